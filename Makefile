@@ -1,0 +1,162 @@
+# PyazDB build. `make` builds src/pyazdb-server and src/pyazdb-cli.
+#   make SANITIZER=address|undefined   sanitizer build (clean rebuild)
+#   make noopt                         -O0 build
+#   make test / test-unit / test-integration
+#   make run                           start a local node with pyazdb.conf
+#   make install PREFIX=/usr/local     install the binaries
+#   make deps                          install missing Debian packages
+# A change of CFLAGS, SANITIZER or OPT forces a clean rebuild (.make-settings).
+
+PREFIX ?= /usr/local
+OPT ?= -O2
+CC ?= cc
+PYTHON ?= /usr/bin/python3
+
+PKGS = libuv libnghttp2 libprotobuf-c sqlite3 libcjson
+WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+       -Wno-missing-field-initializers -Werror
+PZ_CFLAGS = -std=gnu11 -g $(OPT) $(WARN) -MMD -MP -D_GNU_SOURCE \
+            -Isrc -Isrc/gen -I/usr/share/include/llhttp \
+            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
+PZ_LDFLAGS = $(LDFLAGS)
+PZ_LIBS = deps/llhttp/libllhttp.a \
+          $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+
+ifeq ($(SANITIZER),address)
+PZ_CFLAGS += -fsanitize=address -fno-omit-frame-pointer
+PZ_LDFLAGS += -fsanitize=address
+else ifeq ($(SANITIZER),undefined)
+PZ_CFLAGS += -fsanitize=undefined -fno-sanitize-recover=all \
+             -fno-omit-frame-pointer
+PZ_LDFLAGS += -fsanitize=undefined
+else ifneq ($(SANITIZER),)
+$(error SANITIZER must be address or undefined)
+endif
+
+PROTOS = $(basename $(notdir $(wildcard proto/*.proto)))
+GEN_C = $(PROTOS:%=src/gen/%.pb-c.c)
+GEN_H = $(PROTOS:%=src/gen/%.pb-c.h)
+GEN_O = $(GEN_C:.c=.o)
+
+# Modules shared by the server, the CLI and the unit tests.
+CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
+           src/raft.c src/grpc_frame.c
+# I/O modules of the server.
+SERVER_SRC = src/main.c src/server.c src/conn.c src/http.c src/node.c \
+             src/store.c src/transport.c src/grpc.c src/mandi.c
+CLI_SRC = src/cli.c
+
+CORE_SRC := $(wildcard $(CORE_SRC))
+SERVER_SRC := $(wildcard $(SERVER_SRC))
+CLI_SRC := $(wildcard $(CLI_SRC))
+
+CORE_O = $(CORE_SRC:.c=.o) $(GEN_O)
+SERVER_O = $(SERVER_SRC:.c=.o)
+CLI_O = $(CLI_SRC:.c=.o)
+
+UNIT_SRC = $(sort $(wildcard tests/unit/test_*.c))
+UNIT_O = $(UNIT_SRC:.c=.o) tests/unit/runner.o
+
+SERVER = src/pyazdb-server
+CLI = src/pyazdb-cli
+UNIT = tests/unit/test-unit
+
+BINS = $(SERVER) $(if $(CLI_SRC),$(CLI))
+
+all: $(BINS)
+
+# --- settings stamp: rebuild everything when flags change -----------------
+SETTINGS = $(CC) $(PZ_CFLAGS) $(PZ_LDFLAGS) $(SANITIZER)
+OBJ_GLOBS = src/*.o src/gen/*.o tests/unit/*.o deps/llhttp
+ifneq ($(shell cat .make-settings 2>/dev/null),$(SETTINGS))
+$(shell rm -rf $(OBJ_GLOBS) $(SERVER) $(CLI) $(UNIT); \
+        echo '$(SETTINGS)' > .make-settings)
+endif
+
+deps/llhttp/libllhttp.a:
+	$(MAKE) -C deps CC='$(CC)' DEPS_CFLAGS='-g $(OPT) $(filter -fsanitize%,$(PZ_CFLAGS))'
+
+src/gen/%.pb-c.c src/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p src/gen
+	protoc-c --proto_path=proto --c_out=src/gen $<
+
+src/gen/%.pb-c.o: src/gen/%.pb-c.c
+	$(CC) $(filter-out -Wmissing-prototypes -Wshadow,$(PZ_CFLAGS)) -c $< -o $@
+
+ALL_O = $(CORE_O) $(SERVER_O) $(CLI_O) $(UNIT_O)
+$(ALL_O): | $(GEN_H)
+
+%.o: %.c
+	$(CC) $(PZ_CFLAGS) -c $< -o $@
+
+$(SERVER): $(CORE_O) $(SERVER_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(SERVER_O) $(PZ_LIBS)
+
+$(CLI): $(CORE_O) $(CLI_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(CLI_O) $(PZ_LIBS)
+
+tests/unit/suites.h: $(UNIT_SRC) Makefile
+	@{ for f in $(UNIT_SRC); do n=$$(basename $$f .c); n=$${n#test_}; \
+	     echo "extern const struct test_suite suite_$$n;"; done; \
+	   echo "static const struct test_suite *const all_suites[] = {"; \
+	   for f in $(UNIT_SRC); do n=$$(basename $$f .c); n=$${n#test_}; \
+	     echo "    &suite_$$n,"; done; \
+	   echo "    NULL};"; } > $@.tmp && mv $@.tmp $@
+
+tests/unit/runner.o: tests/unit/suites.h
+
+$(UNIT): $(CORE_O) $(UNIT_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(UNIT_O) $(PZ_LIBS)
+
+# --- convenience targets -------------------------------------------------------
+deps:
+	@scripts/install-deps.sh build
+
+deps-test:
+	@scripts/install-deps.sh test
+
+noopt:
+	$(MAKE) OPT=-O0
+
+valgrind:
+	$(MAKE) OPT=-O0 SANITIZER=
+
+test: deps-test
+	$(MAKE) all $(UNIT)
+	$(MAKE) test-unit
+	$(MAKE) test-integration
+
+test-unit: $(UNIT)
+	$(UNIT) $(TESTS)
+
+test-integration: $(BINS)
+	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
+	    tests/integration $(PYTEST_ARGS)
+
+run: deps
+	$(MAKE) all
+	mkdir -p data
+	$(SERVER) pyazdb.conf
+
+lint:
+	@bad=$$(grep -l '#include <uv.h>' $(PURE_SRC) 2>/dev/null); \
+	if [ -n "$$bad" ]; then echo "pure modules must not include uv.h: $$bad"; \
+	    exit 1; fi; echo "lint: ok"
+PURE_SRC = src/pz.c src/kv.c src/config.c src/http_parse.c src/raft.c \
+           src/grpc_frame.c src/kv.h src/raft.h src/config.h
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+
+clean-objs:
+	rm -rf $(OBJ_GLOBS) src/*.d src/gen/*.d tests/unit/*.d
+
+clean: clean-objs
+	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) tests/unit/suites.h \
+	    .make-settings
+
+.PHONY: all deps deps-test noopt valgrind test test-unit test-integration \
+        run lint install clean clean-objs
+
+-include $(ALL_O:.o=.d)

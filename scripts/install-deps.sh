@@ -1,0 +1,42 @@
+#!/bin/sh
+# install-deps.sh - install the Debian 12 packages PyazDB needs, if missing.
+#   scripts/install-deps.sh build   packages to build the server
+#   scripts/install-deps.sh test    build packages plus the test clients
+#   scripts/install-deps.sh bench   test packages plus benchmark tools
+# Runs apt-get as root, through sudo otherwise. Does nothing (and needs no
+# network) when everything is already installed.
+set -eu
+
+build="gcc make pkg-config libc6-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev
+protobuf-c-compiler libsqlite3-dev libcjson-dev node-llhttp"
+test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
+python3-protobuf protobuf-compiler grpc-proto procps"
+bench="$test wrk redis-server redis-tools"
+
+case "${1:-build}" in
+build) want=$build ;;
+test) want=$test ;;
+bench) want=$bench ;;
+*) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
+esac
+
+missing=""
+for p in $want; do
+    st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [ "$st" = "installed" ] || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+echo "install-deps: installing:$missing" >&2
+if [ "$(id -u)" = 0 ]; then
+    SUDO=""
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+else
+    echo "install-deps: need root or sudo to install:$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $missing

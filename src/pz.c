@@ -1,0 +1,230 @@
+/* pz.c - allocation with an abort-on-OOM policy and a fault injector, the
+ * growable buffer, hashing and small parsing helpers. Pure. */
+#include "pz.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static long fail_countdown; /* 0: off; N: the Nth allocation fails */
+
+void pz_assert_fail(const char *expr, const char *file, int line)
+{
+    fprintf(stderr, "pyazdb: assertion failed: %s (%s:%d)\n", expr, file,
+            line);
+    abort();
+}
+
+void pz_alloc_fail_at(long n)
+{
+    fail_countdown = n;
+}
+
+static bool should_fail(void)
+{
+    if (fail_countdown <= 0)
+        return false;
+    return --fail_countdown == 0;
+}
+
+static __attribute__((noreturn)) void oom(size_t n)
+{
+    fprintf(stderr, "pyazdb: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *pz_malloc_try(size_t n)
+{
+    if (should_fail())
+        return NULL;
+    return malloc(n ? n : 1);
+}
+
+void *pz_malloc(size_t n)
+{
+    void *p = should_fail() ? NULL : malloc(n ? n : 1);
+    if (p == NULL)
+        oom(n);
+    return p;
+}
+
+void *pz_calloc(size_t n, size_t size)
+{
+    void *p = should_fail() ? NULL : calloc(n ? n : 1, size ? size : 1);
+    if (p == NULL)
+        oom(n * size);
+    return p;
+}
+
+void *pz_realloc(void *p, size_t n)
+{
+    void *q = should_fail() ? NULL : realloc(p, n ? n : 1);
+    if (q == NULL)
+        oom(n);
+    return q;
+}
+
+void *pz_memdup(const void *p, size_t n)
+{
+    void *q = pz_malloc(n + 1);
+    if (n)
+        memcpy(q, p, n);
+    ((char *)q)[n] = '\0';
+    return q;
+}
+
+char *pz_strndup(const char *s, size_t n)
+{
+    return pz_memdup(s, n);
+}
+
+char *pz_strdup(const char *s)
+{
+    return pz_strndup(s, strlen(s));
+}
+
+void pz_free(void *p)
+{
+    free(p);
+}
+
+const char *pz_strerror(int code)
+{
+    switch (code) {
+    case 0:
+        return "ok";
+#define PZ_ERR_CASE(name, c, msg)                                            \
+    case name:                                                               \
+        return msg;
+        PZ_ERRORS(PZ_ERR_CASE)
+#undef PZ_ERR_CASE
+    default:
+        return code < 0 ? strerror(-code) : "unknown error";
+    }
+}
+
+void pz_buf_init(struct pz_buf *b)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+}
+
+void pz_buf_free(struct pz_buf *b)
+{
+    pz_free(b->data);
+    pz_buf_init(b);
+}
+
+void pz_buf_reserve(struct pz_buf *b, size_t extra)
+{
+    if (b->len + extra + 1 <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    b->data = pz_realloc(b->data, cap);
+    b->cap = cap;
+}
+
+void pz_buf_append(struct pz_buf *b, const void *p, size_t n)
+{
+    pz_buf_reserve(b, n);
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0'; /* always NUL-terminated for convenience */
+}
+
+void pz_buf_appendf(struct pz_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    pz_assert(n >= 0);
+    pz_buf_reserve(b, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void pz_buf_consume(struct pz_buf *b, size_t n)
+{
+    pz_assert(n <= b->len);
+    if (n == b->len) {
+        b->len = 0;
+    } else {
+        memmove(b->data, b->data + n, b->len - n);
+        b->len -= n;
+    }
+    if (b->data)
+        b->data[b->len] = '\0';
+}
+
+void pz_buf_reset(struct pz_buf *b)
+{
+    b->len = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+
+int pz_split_hostport(const char *s, char *host, size_t hostlen, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL)
+        return PZ_EINVAL;
+    const char *h = s;
+    size_t hl = (size_t)(colon - s);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') { /* [::1]:80 */
+        h++;
+        hl -= 2;
+    }
+    if (hl >= hostlen)
+        return PZ_EINVAL;
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end != '\0' || errno || p < 0 || p > 65535)
+        return PZ_EINVAL;
+    if (hl == 0) {
+        snprintf(host, hostlen, "0.0.0.0");
+    } else {
+        memcpy(host, h, hl);
+        host[hl] = '\0';
+    }
+    *port = (int)p;
+    return 0;
+}
+
+static inline uint64_t mix(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+static inline uint64_t read_le(const uint8_t *p, size_t n)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+uint64_t pz_hash(const void *data, size_t n, uint64_t seed)
+{
+    const uint8_t *p = data;
+    const uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull;
+    uint64_t h = seed ^ mix(seed ^ k0, k1) ^ n;
+    while (n >= 8) {
+        h = mix(h ^ read_le(p, 8), k1);
+        p += 8;
+        n -= 8;
+    }
+    if (n)
+        h = mix(h ^ read_le(p, n), k0);
+    return mix(h, h ^ k1);
+}

@@ -1,0 +1,110 @@
+/* pz.h - helpers shared by every module: allocation, assertions, small
+ * utilities. Pure: no I/O, no libuv.
+ *
+ * All allocation goes through pz_malloc() and friends. Out of memory aborts
+ * the process (as Redis's zmalloc does): a database that cannot allocate has
+ * no safe way to carry on. Tests may make the Nth allocation fail through
+ * pz_alloc_fail_at() to exercise error paths of code that reports ENOMEM
+ * instead (pz_malloc_try). */
+#ifndef PZ_H
+#define PZ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#define PZ_VERSION "0.1.0"
+
+#ifndef container_of
+#define container_of(ptr, type, member)                                      \
+    ((type *)((char *)(ptr) - offsetof(type, member)))
+#endif
+
+#define PZ_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define PZ_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define PZ_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define PZ_UNUSED(x) ((void)(x))
+
+/* Assertions stay on in release builds (Redis serverAssert): a broken
+ * invariant in a database must stop it, not corrupt data quietly. */
+#define pz_assert(e)                                                         \
+    ((e) ? (void)0 : pz_assert_fail(#e, __FILE__, __LINE__))
+__attribute__((noreturn)) void pz_assert_fail(const char *expr,
+                                              const char *file, int line);
+
+/* Abort on OOM. */
+void *pz_malloc(size_t n);
+void *pz_calloc(size_t n, size_t size);
+void *pz_realloc(void *p, size_t n);
+char *pz_strdup(const char *s);
+char *pz_strndup(const char *s, size_t n);
+void *pz_memdup(const void *p, size_t n);
+void pz_free(void *p);
+
+/* May return NULL: for callers that turn OOM into an error reply. Counts
+ * toward the fault injector like the others. */
+void *pz_malloc_try(size_t n);
+
+/* Fault injection for tests: the Nth allocation from now (1-based) fails;
+ * 0 disables. pz_malloc() aborts on it, pz_malloc_try() returns NULL. */
+void pz_alloc_fail_at(long n);
+
+/* Growable byte buffer. */
+struct pz_buf {
+    char *data; /* NULL until the first append */
+    size_t len; /* bytes used */
+    size_t cap; /* bytes allocated */
+};
+void pz_buf_init(struct pz_buf *b);
+void pz_buf_free(struct pz_buf *b);
+void pz_buf_reserve(struct pz_buf *b, size_t extra);
+void pz_buf_append(struct pz_buf *b, const void *p, size_t n);
+void pz_buf_appendf(struct pz_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Drop the first n bytes. */
+void pz_buf_consume(struct pz_buf *b, size_t n);
+void pz_buf_reset(struct pz_buf *b);
+
+/* Big-endian and varint helpers used by codecs. */
+static inline void pz_put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+static inline uint32_t pz_get_u32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+           ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+static inline void pz_put_u64(uint8_t *p, uint64_t v)
+{
+    pz_put_u32(p, (uint32_t)(v >> 32));
+    pz_put_u32(p + 4, (uint32_t)v);
+}
+static inline uint64_t pz_get_u64(const uint8_t *p)
+{
+    return ((uint64_t)pz_get_u32(p) << 32) | pz_get_u32(p + 4);
+}
+
+/* Parse "host:port" or ":port" (host defaults to 0.0.0.0... see cfg). Writes
+ * host into buf (NUL-terminated) and the port. Returns 0 or PZ_EINVAL. */
+int pz_split_hostport(const char *s, char *host, size_t hostlen, int *port);
+
+/* 64-bit hash (SipHash-1-3 style keyed hash is overkill here: we use
+ * a seeded wyhash-like mix; seed fixed per table). */
+uint64_t pz_hash(const void *p, size_t n, uint64_t seed);
+
+/* splitmix64 PRNG: deterministic, seedable. */
+static inline uint64_t pz_rand_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+#endif

@@ -1,0 +1,98 @@
+/* test_pz.c - allocation fault injector, buffers, host:port parsing. */
+#include <stdlib.h>
+
+#include "pz.h"
+#include "queue.h"
+#include "test.h"
+
+TEST(buf_append_consume)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_append(&b, "hello ", 6);
+    pz_buf_appendf(&b, "%s %d", "world", 42);
+    CHECK_EQ_STR(b.data, "hello world 42");
+    pz_buf_consume(&b, 6);
+    CHECK_EQ_STR(b.data, "world 42");
+    CHECK_EQ_INT(b.len, 8);
+    for (int i = 0; i < 1000; i++)
+        pz_buf_append(&b, "x", 1);
+    CHECK_EQ_INT(b.len, 1008);
+    pz_buf_free(&b);
+}
+
+TEST(alloc_fail_at)
+{
+    pz_alloc_fail_at(2);
+    void *a = pz_malloc_try(10);
+    void *b = pz_malloc_try(10);
+    void *c = pz_malloc_try(10);
+    CHECK(a != NULL);
+    CHECK(b == NULL);
+    CHECK(c != NULL);
+    free(a);
+    free(c);
+}
+
+TEST(split_hostport)
+{
+    char host[64];
+    int port;
+    CHECK_EQ_INT(pz_split_hostport("127.0.0.1:8080", host, sizeof host, &port),
+                 0);
+    CHECK_EQ_STR(host, "127.0.0.1");
+    CHECK_EQ_INT(port, 8080);
+    CHECK_EQ_INT(pz_split_hostport(":9090", host, sizeof host, &port), 0);
+    CHECK_EQ_STR(host, "0.0.0.0");
+    CHECK_EQ_INT(port, 9090);
+    CHECK_EQ_INT(pz_split_hostport("[::1]:7000", host, sizeof host, &port), 0);
+    CHECK_EQ_STR(host, "::1");
+    CHECK(pz_split_hostport("nocolon", host, sizeof host, &port) < 0);
+    CHECK(pz_split_hostport("h:99999", host, sizeof host, &port) < 0);
+    CHECK(pz_split_hostport("h:", host, sizeof host, &port) < 0);
+    CHECK(pz_split_hostport("h:12x", host, sizeof host, &port) < 0);
+}
+
+TEST(queue_ops)
+{
+    struct item {
+        int v;
+        struct pz_queue q;
+    } items[3] = {{1, {0}}, {2, {0}}, {3, {0}}};
+    struct pz_queue head, *e;
+    pz_queue_init(&head);
+    CHECK(pz_queue_empty(&head));
+    for (int i = 0; i < 3; i++)
+        pz_queue_push(&head, &items[i].q);
+    pz_queue_remove(&items[1].q);
+    pz_queue_remove(&items[1].q); /* twice is harmless */
+    int sum = 0, n = 0;
+    PZ_QUEUE_FOREACH(e, &head)
+    {
+        sum += container_of(e, struct item, q)->v;
+        n++;
+    }
+    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(sum, 4);
+}
+
+TEST(hash_spreads)
+{
+    CHECK(pz_hash("a", 1, 0) != pz_hash("b", 1, 0));
+    CHECK(pz_hash("a", 1, 0) != pz_hash("a", 1, 1));
+    CHECK(pz_hash("abcdefghij", 10, 7) == pz_hash("abcdefghij", 10, 7));
+}
+
+TEST(strerror_codes)
+{
+    CHECK_EQ_STR(pz_strerror(0), "ok");
+    CHECK_EQ_STR(pz_strerror(PZ_ENOLEADER), "no leader known");
+    CHECK(pz_strerror(-2) != NULL);
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(buf_append_consume), TEST_ENTRY(alloc_fail_at),
+    TEST_ENTRY(split_hostport),     TEST_ENTRY(queue_ops),
+    TEST_ENTRY(hash_spreads),       TEST_ENTRY(strerror_codes),
+    TEST_END};
+const struct test_suite suite_pz = {"pz", cases};
