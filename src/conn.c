@@ -1,0 +1,485 @@
+/* conn.c - see conn.h. The one place accepted and outbound TCP sockets are
+ * read and written. */
+#include "conn.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+
+#define READ_BUF_SIZE (64 * 1024)
+
+struct write_req {
+    uv_write_t req;   /* libuv request; req.data unused */
+    struct conn *c;   /* owner; alive until our callback (close waits) */
+    char *mem;        /* buffer taken from c->out, freed here */
+    size_t len;       /* bytes in this write */
+};
+
+static uv_loop_t *loop;
+static struct conn_limits limits;
+static struct pz_queue pending_q;  /* conns with output to write */
+static struct pz_queue closing_q;  /* conns flagged CLOSE_ASAP */
+static struct pz_queue outbound_q; /* conns from conn_connect */
+static size_t n_live;              /* conns not yet freed */
+static char read_buf[READ_BUF_SIZE];
+static struct conn_listener *listeners[8]; /* for the idle sweep */
+static size_t n_listeners;
+static const struct conn_ops no_ops; /* for conns with no protocol state */
+
+void conn_setup(uv_loop_t *l, const struct conn_limits *lim)
+{
+    loop = l;
+    limits = *lim;
+    pz_queue_init(&pending_q);
+    pz_queue_init(&closing_q);
+    pz_queue_init(&outbound_q);
+}
+
+size_t conn_count(void)
+{
+    return n_live;
+}
+
+bool conn_is_closing(const struct conn *c)
+{
+    return (c->flags & (CONN_CLOSE_ASAP | CONN_CLOSED)) != 0;
+}
+
+size_t conn_output_pending(const struct conn *c)
+{
+    return c->out.len + c->inflight;
+}
+
+static void update_reading(struct conn *c);
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    PZ_UNUSED(h);
+    PZ_UNUSED(hint);
+    /* One thread, and on_data consumes synchronously: one buffer serves
+     * every connection. */
+    buf->base = read_buf;
+    buf->len = sizeof read_buf;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = s->data;
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            pz_debug("%s: read from %s: %s", c->ls ? c->ls->name : "out",
+                     c->peer, uv_strerror((int)nread));
+        conn_close(c);
+        return;
+    }
+    if (nread == 0 || conn_is_closing(c))
+        return;
+    c->last_io = uv_now(loop);
+    c->ops->on_data(c, buf->base, (size_t)nread);
+}
+
+static void update_reading(struct conn *c)
+{
+    if (c->flags & CONN_CLOSED)
+        return;
+    bool want = !(c->flags & (CONN_PAUSED | CONN_BACKPRESSURE |
+                              CONN_CLOSE_ASAP));
+    if (want && !(c->flags & CONN_READING)) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->flags |= CONN_READING;
+    } else if (!want && (c->flags & CONN_READING)) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->flags &= ~(unsigned)CONN_READING;
+    }
+}
+
+void conn_pause(struct conn *c)
+{
+    c->flags |= CONN_PAUSED;
+    update_reading(c);
+}
+
+void conn_resume(struct conn *c)
+{
+    c->flags &= ~(unsigned)CONN_PAUSED;
+    update_reading(c);
+}
+
+static void mark_pending(struct conn *c)
+{
+    if (!(c->flags & CONN_PENDING)) {
+        c->flags |= CONN_PENDING;
+        pz_queue_push(&pending_q, &c->pending);
+    }
+}
+
+void conn_write(struct conn *c, const void *p, size_t n)
+{
+    if (conn_is_closing(c) || n == 0)
+        return;
+    pz_buf_append(&c->out, p, n);
+    mark_pending(c);
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->flags & (CONN_CLOSE_ASAP | CONN_CLOSED))
+        return;
+    c->flags |= CONN_CLOSE_ASAP;
+    if (c->flags & CONN_PENDING)
+        pz_queue_remove(&c->pending);
+    c->flags |= CONN_PENDING; /* the pending link now sits in closing_q */
+    pz_queue_push(&closing_q, &c->pending);
+    update_reading(c);
+}
+
+void conn_close_after_flush(struct conn *c)
+{
+    if (conn_is_closing(c))
+        return;
+    c->flags |= CONN_CLOSE_AFTER;
+    mark_pending(c);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    pz_buf_free(&c->out);
+    pz_free(c);
+    n_live--;
+}
+
+static void reap(struct conn *c)
+{
+    if (c->ops->on_close)
+        c->ops->on_close(c);
+    c->proto = NULL;
+    pz_queue_remove(&c->q);
+    if (c->ls)
+        c->ls->n_conns--;
+    c->flags |= CONN_CLOSED;
+    /* Pending writes are cancelled (UV_ECANCELED) before on_closed. */
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct write_req *w = container_of(req, struct write_req, req);
+    struct conn *c = w->c;
+    c->inflight -= w->len;
+    pz_free(w->mem);
+    pz_free(w);
+    if (c->flags & CONN_CLOSED)
+        return; /* UV_ECANCELED after close */
+    if (status < 0) {
+        pz_debug("write to %s: %s", c->peer, uv_strerror(status));
+        conn_close(c);
+        return;
+    }
+    c->last_io = uv_now(loop);
+    mark_pending(c); /* re-check backpressure, close-after, drain */
+}
+
+/* Writes what it can; returns false if the connection was closed. */
+static void flush(struct conn *c)
+{
+    if (c->out.len > 0 && c->inflight == 0) {
+        uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (n < 0 && n != UV_EAGAIN) {
+            conn_close(c);
+            return;
+        }
+        if (n > 0) {
+            pz_buf_consume(&c->out, (size_t)n);
+            c->last_io = uv_now(loop);
+        }
+    }
+    if (c->out.len > 0 && c->inflight == 0) {
+        /* Hand the rest to libuv: the request takes the buffer over. */
+        struct write_req *w = pz_malloc(sizeof *w);
+        w->c = c;
+        w->mem = c->out.data;
+        w->len = c->out.len;
+        pz_buf_init(&c->out);
+        uv_buf_t b = uv_buf_init(w->mem, (unsigned)w->len);
+        int rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+        if (rv < 0) {
+            pz_free(w->mem);
+            pz_free(w);
+            conn_close(c);
+            return;
+        }
+        c->inflight += w->len;
+    }
+}
+
+static void before_sleep_one(struct conn *c)
+{
+    flush(c);
+    if (conn_is_closing(c))
+        return;
+    size_t pend = conn_output_pending(c);
+    if (pend > limits.hard_limit) {
+        pz_warn("closing %s: %zu bytes of output not read by the peer",
+                c->peer, pend);
+        conn_close(c);
+        return;
+    }
+    if (pend > limits.high_water) {
+        c->flags |= CONN_BACKPRESSURE;
+    } else if ((c->flags & CONN_BACKPRESSURE) && pend <= limits.high_water / 2) {
+        c->flags &= ~(unsigned)CONN_BACKPRESSURE;
+    }
+    update_reading(c);
+    if (pend == 0) {
+        if (c->flags & CONN_CLOSE_AFTER) {
+            conn_close(c);
+            return;
+        }
+        if (c->ops->on_drain)
+            c->ops->on_drain(c);
+    }
+}
+
+void conn_before_sleep(void)
+{
+    /* on_drain may write again, re-queueing the conn: loop until stable,
+     * but never spin on a conn whose writes are still in flight. */
+    for (int round = 0; round < 4 && !pz_queue_empty(&pending_q); round++) {
+        struct pz_queue batch;
+        pz_queue_init(&batch);
+        /* Move the list aside so re-queued conns wait for the next round. */
+        while (!pz_queue_empty(&pending_q)) {
+            struct pz_queue *e = pz_queue_head(&pending_q);
+            pz_queue_remove(e);
+            pz_queue_push(&batch, e);
+        }
+        while (!pz_queue_empty(&batch)) {
+            struct pz_queue *e = pz_queue_head(&batch);
+            struct conn *c = container_of(e, struct conn, pending);
+            pz_queue_remove(e);
+            c->flags &= ~(unsigned)CONN_PENDING;
+            before_sleep_one(c);
+        }
+    }
+    while (!pz_queue_empty(&closing_q)) {
+        struct pz_queue *e = pz_queue_head(&closing_q);
+        struct conn *c = container_of(e, struct conn, pending);
+        pz_queue_remove(e);
+        c->flags &= ~(unsigned)CONN_PENDING;
+        reap(c);
+    }
+}
+
+static void cron_list(struct pz_queue *head, uint64_t now)
+{
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, head)
+    {
+        struct conn *c = container_of(e, struct conn, q);
+        if (c->busy > 0 || conn_is_closing(c) || conn_output_pending(c))
+            continue;
+        if (now - c->last_io > limits.idle_timeout) {
+            pz_debug("closing idle connection from %s", c->peer);
+            conn_close(c);
+        }
+    }
+}
+
+void conn_cron(void)
+{
+    if (limits.idle_timeout == 0)
+        return;
+    /* Only accepted connections idle out; outbound ones are ours. */
+    uint64_t now = uv_now(loop);
+    for (size_t i = 0; i < n_listeners; i++)
+        cron_list(&listeners[i]->conns, now);
+}
+
+static void format_peer(uv_tcp_t *t, char *out, size_t len, bool local)
+{
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    int rv = local ? uv_tcp_getsockname(t, (struct sockaddr *)&ss, &sl)
+                   : uv_tcp_getpeername(t, (struct sockaddr *)&ss, &sl);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (rv == 0 && ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        uv_ip4_name(a, ip, sizeof ip);
+        port = ntohs(a->sin_port);
+    } else if (rv == 0 && ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        uv_ip6_name(a, ip, sizeof ip);
+        port = ntohs(a->sin6_port);
+    }
+    snprintf(out, len, "%s:%d", ip, port);
+}
+
+static struct conn *conn_alloc(const struct conn_ops *ops)
+{
+    struct conn *c = pz_calloc(1, sizeof *c);
+    c->ops = ops;
+    pz_buf_init(&c->out);
+    pz_queue_init(&c->q);
+    pz_queue_init(&c->pending);
+    c->tcp.data = c;
+    c->last_io = uv_now(loop);
+    n_live++;
+    return c;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct conn_listener *ls = server->data;
+    if (status < 0) {
+        pz_warn("%s: accept: %s", ls->name, uv_strerror(status));
+        return;
+    }
+    struct conn *c = conn_alloc(ls->ops);
+    uv_tcp_init(loop, &c->tcp);
+    c->ls = ls;
+    pz_queue_push(&ls->conns, &c->q);
+    ls->n_conns++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        c->ops = &no_ops;
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    format_peer(&c->tcp, c->peer, sizeof c->peer, false);
+    if (ls->n_conns > ls->max_conns) {
+        pz_warn("%s: refusing %s: max-clients (%zu) reached", ls->name,
+                c->peer, ls->max_conns);
+        c->ops = &no_ops; /* no protocol state to release */
+        if (ls->on_refuse) {
+            ls->on_refuse(c);
+            conn_close_after_flush(c);
+        } else {
+            conn_close(c);
+        }
+        return;
+    }
+    if (c->ops->on_open && c->ops->on_open(c) < 0) {
+        c->ops = &no_ops;
+        conn_close(c);
+        return;
+    }
+    update_reading(c);
+}
+
+int conn_listen(struct conn_listener *ls, const char *addr,
+                const struct conn_ops *ops, const char *name, size_t max_conns,
+                char *err, size_t errlen)
+{
+    char host[256];
+    int port, rv;
+    struct sockaddr_storage ss;
+    if (pz_split_hostport(addr, host, sizeof host, &port) < 0) {
+        snprintf(err, errlen, "%s: bad address '%s'", name, addr);
+        return PZ_EINVAL;
+    }
+    if (strcmp(host, "localhost") == 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+        snprintf(err, errlen, "%s: '%s' is not an IP address", name, host);
+        return PZ_EINVAL;
+    }
+    pz_assert(n_listeners < PZ_ARRAY_SIZE(listeners));
+    memset(ls, 0, sizeof *ls);
+    ls->ops = ops;
+    ls->name = name;
+    ls->max_conns = max_conns;
+    pz_queue_init(&ls->conns);
+    uv_tcp_init(loop, &ls->tcp);
+    ls->tcp.data = ls;
+    ls->listening = true;
+    rv = uv_tcp_bind(&ls->tcp, (struct sockaddr *)&ss, 0);
+    if (rv == 0)
+        rv = uv_listen((uv_stream_t *)&ls->tcp, 511, on_connection);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s: cannot listen on %s: %s", name, addr,
+                 uv_strerror(rv));
+        uv_close((uv_handle_t *)&ls->tcp, NULL);
+        ls->listening = false;
+        return rv;
+    }
+    listeners[n_listeners++] = ls;
+    return 0;
+}
+
+void conn_listener_stop(struct conn_listener *ls)
+{
+    if (!ls->listening)
+        return;
+    ls->listening = false;
+    uv_close((uv_handle_t *)&ls->tcp, NULL);
+}
+
+void conn_listener_close_all(struct conn_listener *ls)
+{
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &ls->conns)
+    conn_close(container_of(e, struct conn, q));
+}
+
+void conn_close_outbound(void)
+{
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &outbound_q)
+    conn_close(container_of(e, struct conn, q));
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct conn *c = container_of(req, struct conn, connect_req);
+    if (c->flags & CONN_CLOSED)
+        return;
+    if (status == 0 && !conn_is_closing(c)) {
+        uv_tcp_nodelay(&c->tcp, 1);
+        format_peer(&c->tcp, c->peer, sizeof c->peer, false);
+        c->last_io = uv_now(loop);
+        update_reading(c);
+    }
+    if (c->connect_cb)
+        c->connect_cb(c, conn_is_closing(c) && status == 0 ? UV_ECANCELED
+                                                           : status);
+    if (status < 0)
+        conn_close(c);
+    else if (!conn_is_closing(c) && c->out.len)
+        mark_pending(c);
+}
+
+struct conn *conn_connect(const char *addr, const struct conn_ops *ops,
+                          void *proto,
+                          void (*cb)(struct conn *c, int status))
+{
+    char host[256];
+    int port;
+    struct sockaddr_storage ss;
+    if (pz_split_hostport(addr, host, sizeof host, &port) < 0)
+        return NULL;
+    if (strcmp(host, "localhost") == 0 || strcmp(host, "0.0.0.0") == 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0)
+        return NULL;
+    struct conn *c = conn_alloc(ops);
+    uv_tcp_init(loop, &c->tcp);
+    c->proto = proto;
+    c->connect_cb = cb;
+    c->flags |= CONN_OUTBOUND;
+    snprintf(c->peer, sizeof c->peer, "%s", addr);
+    pz_queue_push(&outbound_q, &c->q);
+    int rv = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss,
+                            on_connect);
+    if (rv < 0) {
+        c->connect_cb = NULL;
+        conn_close(c);
+        return NULL;
+    }
+    return c;
+}

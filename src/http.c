@@ -1,0 +1,352 @@
+/* http.c - the HTTP/1.1 API on top of conn.c: one parser per connection,
+ * requests served strictly in order (a pipelined request waits, and the
+ * connection stops reading, while the one before it is in flight).
+ *
+ * Happy path: bytes -> http_parser_feed -> http_api_decode -> node_read or
+ * node_propose -> callback -> reply into the connection's output buffer ->
+ * next request. Failure modes: a protocol error gets its 4xx and the
+ * connection closes after the reply; an API error (404, 405, 400 on bad
+ * JSON) gets its reply and the connection stays open; a connection that
+ * closes while its request is in flight cancels the node request. */
+#include "http.h"
+
+#include <cJSON.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "http_parse.h"
+#include "log.h"
+#include "node.h"
+#include "server.h"
+
+struct http_conn {
+    struct conn *c;          /* our connection */
+    struct http_parser p;    /* request parser */
+    struct pz_buf in;        /* received bytes not yet parsed */
+    struct http_op op;       /* request being served */
+    struct node_req req;     /* its node request, when in flight */
+    bool in_flight;          /* waiting for the node */
+    bool draining;           /* shutdown: close after this reply */
+    bool processing;         /* inside process(): don't recurse */
+};
+
+static struct http_limits parse_limits;
+static struct http_api_limits api_limits;
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+/* Write one response. A body is sent with Content-Length; 204 has none. */
+static void reply(struct http_conn *h, int status, const char *ctype,
+                  const char *body, size_t blen, const char *allow,
+                  bool close)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_appendf(&b, "HTTP/1.1 %d %s\r\n", status, status_text(status));
+    if (status != 204)
+        pz_buf_appendf(&b, "Content-Type: %s\r\nContent-Length: %zu\r\n",
+                       ctype, blen);
+    if (allow)
+        pz_buf_appendf(&b, "Allow: %s\r\n", allow);
+    if (close)
+        pz_buf_append(&b, "Connection: close\r\n", 19);
+    pz_buf_append(&b, "\r\n", 2);
+    if (status != 204 && blen)
+        pz_buf_append(&b, body, blen);
+    conn_write(h->c, b.data, b.len);
+    pz_buf_free(&b);
+}
+
+static void reply_text(struct http_conn *h, int status, const char *line,
+                       const char *allow, bool close)
+{
+    char body[256];
+    int n = snprintf(body, sizeof body, "%s\n", line);
+    reply(h, status, "text/plain; charset=utf-8", body,
+          (size_t)PZ_MIN(n, (int)sizeof body - 1), allow, close);
+}
+
+static void process(struct http_conn *h);
+
+/* The request is answered: get ready for the next one. */
+static void finish(struct http_conn *h, bool close)
+{
+    http_op_free(&h->op);
+    if (h->in_flight) {
+        h->in_flight = false;
+        h->c->busy--;
+    }
+    if (close || h->draining || server_shutting_down()) {
+        conn_close_after_flush(h->c);
+        return;
+    }
+    http_parser_next(&h->p);
+    conn_resume(h->c);
+    if (!h->processing)
+        process(h); /* an asynchronous reply: serve what is buffered */
+}
+
+static bool keep_alive(struct http_conn *h)
+{
+    return h->p.req.keep_alive && !h->draining && !server_shutting_down();
+}
+
+static void reply_node_error(struct http_conn *h, int status)
+{
+    bool ka = keep_alive(h);
+    switch (status) {
+    case PZ_ENOLEADER:
+    case PZ_ENOTLEADER:
+        reply_text(h, 503, "Not leader and no leader known", NULL, !ka);
+        break;
+    case PZ_ESHUTDOWN:
+        reply_text(h, 503, "Server is shutting down", NULL, true);
+        ka = false;
+        break;
+    case PZ_ETIMEDOUT:
+        reply_text(h, 503, "Timed out waiting for the cluster", NULL, !ka);
+        break;
+    default: {
+        char line[128];
+        snprintf(line, sizeof line, "Replication failed: %s",
+                 pz_strerror(status));
+        reply_text(h, 500, line, NULL, !ka);
+    }
+    }
+    finish(h, !ka);
+}
+
+static void on_read_ready(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        reply_node_error(h, status);
+        return;
+    }
+    const uint8_t *val;
+    size_t vlen;
+    bool ka = keep_alive(h);
+    if (kv_get(node_kv(), h->op.key, h->op.klen, &val, &vlen))
+        reply(h, 200, "text/plain", (const char *)val, vlen, NULL, !ka);
+    else
+        reply_text(h, 404, "Key not found", NULL, !ka);
+    finish(h, !ka);
+}
+
+static void on_write_done(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        reply_node_error(h, status);
+        return;
+    }
+    bool ka = keep_alive(h);
+    reply(h, 204, NULL, NULL, 0, NULL, !ka);
+    finish(h, !ka);
+}
+
+static void reply_status(struct http_conn *h)
+{
+    struct node_status st;
+    node_status(&st);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", st.id);
+    cJSON_AddStringToObject(o, "role", st.role);
+    cJSON_AddStringToObject(o, "leader", st.leader);
+    cJSON_AddStringToObject(o, "version", PZ_VERSION);
+    cJSON_AddNumberToObject(o, "uptime_seconds",
+                            (double)(server_uptime_ms() / 1000));
+    cJSON_AddNumberToObject(o, "keys", (double)st.keys);
+    char num[32];
+    /* 64-bit counters as raw JSON numbers: doubles would round them. */
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st.term);
+    cJSON_AddRawToObject(o, "term", num);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st.commit_index);
+    cJSON_AddRawToObject(o, "commit_index", num);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st.applied_index);
+    cJSON_AddRawToObject(o, "applied_index", num);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)st.last_index);
+    cJSON_AddRawToObject(o, "last_index", num);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    bool ka = keep_alive(h);
+    size_t n = strlen(s);
+    s = realloc(s, n + 2);
+    pz_assert(s != NULL);
+    s[n] = '\n';
+    reply(h, 200, "application/json", s, n + 1, NULL, !ka);
+    free(s);
+    finish(h, !ka);
+}
+
+/* Serve the complete request in h->p.req. */
+static void dispatch(struct http_conn *h)
+{
+    struct pz_buf cmd;
+    int rv;
+    http_api_decode(&h->p.req, &api_limits, &h->op);
+    bool ka = keep_alive(h);
+    switch (h->op.kind) {
+    case HTTP_OP_ERROR:
+        reply_text(h, h->op.status, h->op.reason, h->op.allow, !ka);
+        finish(h, !ka);
+        return;
+    case HTTP_OP_HEALTH:
+        reply_text(h, 200, "ok", NULL, !ka);
+        finish(h, !ka);
+        return;
+    case HTTP_OP_STATUS:
+        reply_status(h);
+        return;
+    case HTTP_OP_GET:
+        h->in_flight = true;
+        h->c->busy++;
+        conn_pause(h->c);
+        rv = node_read(&h->req, h->op.stale, on_read_ready);
+        break;
+    case HTTP_OP_SET:
+    case HTTP_OP_DEL:
+        pz_buf_init(&cmd);
+        if (h->op.kind == HTTP_OP_SET)
+            rv = kv_encode_set(&cmd, h->op.key, h->op.klen, h->op.value,
+                               h->op.vlen);
+        else
+            rv = kv_encode_del(&cmd, h->op.key, h->op.klen);
+        if (rv == 0) {
+            h->in_flight = true;
+            h->c->busy++;
+            conn_pause(h->c);
+            rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
+                              on_write_done);
+        }
+        pz_buf_free(&cmd);
+        break;
+    default:
+        pz_assert(0);
+    }
+    if (rv < 0) {
+        if (!h->in_flight) { /* encoding refused it: too big */
+            reply_text(h, 413, "Request too large", NULL, !ka);
+            finish(h, !ka);
+            return;
+        }
+        reply_node_error(h, rv);
+    }
+}
+
+static void process(struct http_conn *h)
+{
+    h->processing = true;
+    while (!h->in_flight && !conn_is_closing(h->c) && h->in.len > 0) {
+        size_t used;
+        int r = http_parser_feed(&h->p, h->in.data, h->in.len, &used);
+        pz_buf_consume(&h->in, used);
+        if (r == HTTP_PARSE_NEED_MORE)
+            break;
+        if (r == HTTP_PARSE_ERROR) {
+            reply_text(h, h->p.err_status, h->p.err_reason, NULL, true);
+            conn_close_after_flush(h->c);
+            pz_buf_reset(&h->in);
+            break;
+        }
+        dispatch(h);
+        if (h->c->flags & CONN_CLOSE_AFTER)
+            break;
+    }
+    h->processing = false;
+}
+
+static void on_data(struct conn *c, const char *data, size_t len)
+{
+    struct http_conn *h = c->proto;
+    if (c->flags & CONN_CLOSE_AFTER)
+        return; /* replying to a fatal error: ignore the rest */
+    pz_buf_append(&h->in, data, len);
+    process(h);
+}
+
+static int on_open(struct conn *c)
+{
+    struct http_conn *h = pz_calloc(1, sizeof *h);
+    h->c = c;
+    http_parser_init(&h->p, &parse_limits);
+    pz_buf_init(&h->in);
+    c->proto = h;
+    return 0;
+}
+
+static void on_close(struct conn *c)
+{
+    struct http_conn *h = c->proto;
+    if (h == NULL)
+        return;
+    if (h->in_flight)
+        node_cancel(&h->req);
+    http_op_free(&h->op);
+    http_parser_free(&h->p);
+    pz_buf_free(&h->in);
+    pz_free(h);
+}
+
+static void on_refuse(struct conn *c)
+{
+    static const char msg[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                              "Content-Type: text/plain; charset=utf-8\r\n"
+                              "Content-Length: 17\r\n"
+                              "Connection: close\r\n\r\n"
+                              "Too many clients\n";
+    conn_write(c, msg, sizeof msg - 1);
+}
+
+static const struct conn_ops http_ops = {
+    .on_open = on_open,
+    .on_data = on_data,
+    .on_close = on_close,
+};
+
+int http_start(struct conn_listener *ls, const struct pz_config *cfg,
+               char *err, size_t errlen)
+{
+    parse_limits.max_header_bytes = (size_t)cfg->http_max_header_size;
+    parse_limits.max_headers = (size_t)cfg->http_max_headers;
+    parse_limits.max_body = (size_t)cfg->http_max_body;
+    api_limits.max_key = (size_t)cfg->max_key_size;
+    api_limits.max_value = (size_t)cfg->max_value_size;
+    int rv = conn_listen(ls, cfg->http_addr, &http_ops, "http",
+                         (size_t)cfg->max_clients, err, errlen);
+    if (rv == 0)
+        ls->on_refuse = on_refuse;
+    return rv;
+}
+
+void http_drain(struct conn_listener *ls)
+{
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &ls->conns)
+    {
+        struct conn *c = container_of(e, struct conn, q);
+        struct http_conn *h = c->proto;
+        if (h == NULL || !h->in_flight)
+            conn_close(c);
+        else
+            h->draining = true;
+    }
+}

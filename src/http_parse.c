@@ -1,0 +1,770 @@
+/* http_parse.c - see http_parse.h. Pure: bytes in, requests out. */
+#include "http_parse.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <sys/types.h>
+#include <string.h>
+
+#define JSON_MAX_DEPTH 64
+
+static struct http_parser *parser_of(llhttp_t *ll)
+{
+    return container_of(ll, struct http_parser, ll);
+}
+
+static int fail(struct http_parser *p, int status, const char *reason)
+{
+    if (p->err_status == 0) {
+        p->err_status = status;
+        snprintf(p->err_reason, sizeof p->err_reason, "%s", reason);
+    }
+    return -1; /* llhttp: HPE_USER */
+}
+
+static int count_header_bytes(struct http_parser *p, size_t n)
+{
+    p->header_bytes += n;
+    if (p->header_bytes > p->lim.max_header_bytes)
+        return fail(p, 431, "Request header fields too large");
+    return 0;
+}
+
+static int on_url(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = parser_of(ll);
+    if (p->req.url.len + n > p->lim.max_header_bytes)
+        return fail(p, 414, "URI too long");
+    if (count_header_bytes(p, n))
+        return -1;
+    pz_buf_append(&p->req.url, at, n);
+    return 0;
+}
+
+static int finish_header(struct http_parser *p)
+{
+    if (p->field.len == 0)
+        return 0;
+    if (p->req.n_headers >= p->lim.max_headers)
+        return fail(p, 431, "Too many header fields");
+    if (memchr(p->value.data ? p->value.data : "", 0, p->value.len))
+        return fail(p, 400, "Bad header value");
+    struct http_header *h;
+    p->req.headers = pz_realloc(p->req.headers, (p->req.n_headers + 1) *
+                                                    sizeof *p->req.headers);
+    h = &p->req.headers[p->req.n_headers++];
+    for (size_t i = 0; i < p->field.len; i++)
+        p->field.data[i] = (char)tolower((unsigned char)p->field.data[i]);
+    h->name = pz_strndup(p->field.data, p->field.len);
+    h->value = pz_strndup(p->value.len ? p->value.data : "", p->value.len);
+    pz_buf_reset(&p->field);
+    pz_buf_reset(&p->value);
+    return 0;
+}
+
+static int on_header_field(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = parser_of(ll);
+    if (count_header_bytes(p, n))
+        return -1;
+    pz_buf_append(&p->field, at, n);
+    return 0;
+}
+
+static int on_header_value(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = parser_of(ll);
+    if (count_header_bytes(p, n))
+        return -1;
+    pz_buf_append(&p->value, at, n);
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *ll)
+{
+    struct http_parser *p = parser_of(ll);
+    if (count_header_bytes(p, 4)) /* ": " and CRLF */
+        return -1;
+    return finish_header(p);
+}
+
+static int on_headers_complete(llhttp_t *ll)
+{
+    struct http_parser *p = parser_of(ll);
+    if (finish_header(p))
+        return -1;
+    /* Refuse an announced oversized body before reading any of it. */
+    if ((ll->flags & F_CONTENT_LENGTH) && ll->content_length > p->lim.max_body)
+        return fail(p, 413, "Request body too large");
+    p->req.method = ll->method;
+    return 0;
+}
+
+static int on_body(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = parser_of(ll);
+    if (p->req.body.len + n > p->lim.max_body)
+        return fail(p, 413, "Request body too large");
+    pz_buf_append(&p->req.body, at, n);
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *ll)
+{
+    struct http_parser *p = parser_of(ll);
+    p->req.keep_alive = llhttp_should_keep_alive(ll) != 0;
+    p->complete = true;
+    return HPE_PAUSED; /* serve this one before parsing the next */
+}
+
+void http_parser_init(struct http_parser *p, const struct http_limits *lim)
+{
+    memset(p, 0, sizeof *p);
+    p->lim = *lim;
+    llhttp_settings_init(&p->settings);
+    p->settings.on_url = on_url;
+    p->settings.on_header_field = on_header_field;
+    p->settings.on_header_value = on_header_value;
+    p->settings.on_header_value_complete = on_header_value_complete;
+    p->settings.on_headers_complete = on_headers_complete;
+    p->settings.on_body = on_body;
+    p->settings.on_message_complete = on_message_complete;
+    llhttp_init(&p->ll, HTTP_REQUEST, &p->settings);
+    pz_buf_init(&p->req.url);
+    pz_buf_init(&p->req.body);
+    pz_buf_init(&p->field);
+    pz_buf_init(&p->value);
+}
+
+static void req_clear(struct http_req *r)
+{
+    for (size_t i = 0; i < r->n_headers; i++) {
+        pz_free(r->headers[i].name);
+        pz_free(r->headers[i].value);
+    }
+    pz_free(r->headers);
+    r->headers = NULL;
+    r->n_headers = 0;
+    pz_buf_reset(&r->url);
+    pz_buf_reset(&r->body);
+    r->method = 0;
+    r->keep_alive = false;
+}
+
+void http_parser_free(struct http_parser *p)
+{
+    req_clear(&p->req);
+    pz_buf_free(&p->req.url);
+    pz_buf_free(&p->req.body);
+    pz_buf_free(&p->field);
+    pz_buf_free(&p->value);
+}
+
+void http_parser_next(struct http_parser *p)
+{
+    req_clear(&p->req);
+    pz_buf_reset(&p->field);
+    pz_buf_reset(&p->value);
+    p->header_bytes = 0;
+    p->complete = false;
+    if (llhttp_get_errno(&p->ll) == HPE_PAUSED_UPGRADE)
+        llhttp_resume_after_upgrade(&p->ll);
+    else if (llhttp_get_errno(&p->ll) == HPE_PAUSED)
+        llhttp_resume(&p->ll);
+}
+
+int http_parser_feed(struct http_parser *p, const char *data, size_t len,
+                     size_t *used)
+{
+    *used = 0;
+    if (p->dead)
+        return HTTP_PARSE_ERROR;
+    pz_assert(!p->complete);
+    if (len == 0)
+        return HTTP_PARSE_NEED_MORE;
+    llhttp_errno_t e = llhttp_execute(&p->ll, data, len);
+    if (e == HPE_PAUSED_UPGRADE && !p->complete) {
+        /* DEPS.md: after a request offering `Upgrade: h2c` llhttp stops
+         * once more; we do not upgrade, so carry on in HTTP/1.1. */
+        const char *pos = llhttp_get_error_pos(&p->ll);
+        size_t done = pos ? (size_t)(pos - data) : 0;
+        llhttp_resume_after_upgrade(&p->ll);
+        int r = http_parser_feed(p, data + done, len - done, used);
+        *used += done;
+        return r;
+    }
+    if (e == HPE_OK) {
+        *used = len;
+        return HTTP_PARSE_NEED_MORE;
+    }
+    if ((e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) && p->complete) {
+        /* DEPS.md: `Upgrade: h2c` pauses with HPE_PAUSED_UPGRADE; we ignore
+         * the upgrade offer and go on with HTTP/1.1 (next() resumes). */
+        const char *pos = llhttp_get_error_pos(&p->ll);
+        *used = pos ? (size_t)(pos - data) : len;
+        return HTTP_PARSE_REQUEST;
+    }
+    p->dead = true;
+    if (p->err_status == 0) {
+        if (e == HPE_UNEXPECTED_CONTENT_LENGTH)
+            fail(p, 400, "Both Content-Length and Transfer-Encoding");
+        else if (e == HPE_INVALID_METHOD)
+            fail(p, 400, "Invalid HTTP method");
+        else if (e == HPE_INVALID_VERSION)
+            fail(p, 505, "HTTP version not supported");
+        else
+            fail(p, 400, "Malformed HTTP request");
+    }
+    return HTTP_PARSE_ERROR;
+}
+
+const char *http_req_header(const struct http_req *r, const char *name)
+{
+    for (size_t i = r->n_headers; i-- > 0;)
+        if (strcmp(r->headers[i].name, name) == 0)
+            return r->headers[i].value;
+    return NULL;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+int http_pct_decode(struct pz_buf *out, const char *s, size_t n,
+                    bool plus_is_space)
+{
+    pz_buf_reserve(out, n);
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%') {
+            int hi, lo;
+            if (i + 2 >= n)
+                return PZ_EINVAL;
+            hi = hexval((unsigned char)s[i + 1]);
+            lo = hexval((unsigned char)s[i + 2]);
+            if (hi < 0 || lo < 0)
+                return PZ_EINVAL;
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        } else if (c == '+' && plus_is_space) {
+            c = ' ';
+        }
+        pz_buf_append(out, &c, 1);
+    }
+    return 0;
+}
+
+int http_url_path(const char *url, size_t urllen, struct pz_buf *path)
+{
+    const char *q = memchr(url, '?', urllen);
+    size_t n = q ? (size_t)(q - url) : urllen;
+    const char *hash = memchr(url, '#', n);
+    if (hash)
+        n = (size_t)(hash - url);
+    pz_buf_reset(path);
+    int rv = http_pct_decode(path, url, n, false);
+    if (rv == 0 && memchr(path->data ? path->data : "", 0, path->len))
+        return PZ_EINVAL; /* a NUL byte in a path is never valid */
+    if (path->data == NULL)
+        pz_buf_append(path, "", 0);
+    return rv;
+}
+
+int http_query_get(const char *url, size_t urllen, const char *name,
+                   char **val, size_t *len)
+{
+    const char *q = memchr(url, '?', urllen);
+    *val = NULL;
+    *len = 0;
+    if (q == NULL)
+        return 0;
+    const char *end = url + urllen;
+    const char *hash = memchr(q, '#', (size_t)(end - q));
+    if (hash)
+        end = hash;
+    size_t nlen = strlen(name);
+    int found = 0;
+    struct pz_buf key, v;
+    pz_buf_init(&key);
+    pz_buf_init(&v);
+    for (const char *s = q + 1; s < end;) {
+        const char *amp = memchr(s, '&', (size_t)(end - s));
+        const char *pe = amp ? amp : end;
+        const char *eq = memchr(s, '=', (size_t)(pe - s));
+        const char *ke = eq ? eq : pe;
+        pz_buf_reset(&key);
+        if (http_pct_decode(&key, s, (size_t)(ke - s), true))
+            goto err;
+        if (key.len == nlen && memcmp(key.data, name, nlen) == 0) {
+            /* The first occurrence counts. */
+            pz_buf_reset(&v);
+            if (eq && http_pct_decode(&v, eq + 1, (size_t)(pe - eq - 1), true))
+                goto err;
+            found = 1;
+            break;
+        }
+        s = amp ? amp + 1 : end;
+    }
+    pz_buf_free(&key);
+    if (found) {
+        *len = v.len;
+        *val = pz_memdup(v.data ? v.data : "", v.len);
+    }
+    pz_buf_free(&v);
+    return found;
+err:
+    pz_buf_free(&key);
+    pz_buf_free(&v);
+    return PZ_EINVAL;
+}
+
+/* --- a small strict JSON reader for the API's flat objects ---------------- */
+
+struct json {
+    const char *s;   /* document */
+    size_t n;        /* its length */
+    size_t i;        /* read position */
+};
+
+static void ws(struct json *j)
+{
+    while (j->i < j->n && (j->s[j->i] == ' ' || j->s[j->i] == '\t' ||
+                           j->s[j->i] == '\n' || j->s[j->i] == '\r'))
+        j->i++;
+}
+
+static void put_utf8(struct pz_buf *out, uint32_t cp)
+{
+    uint8_t b[4];
+    size_t n;
+    if (cp < 0x80) {
+        b[0] = (uint8_t)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        b[0] = (uint8_t)(0xC0 | (cp >> 6));
+        b[1] = (uint8_t)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (uint8_t)(0xE0 | (cp >> 12));
+        b[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        b[2] = (uint8_t)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        b[0] = (uint8_t)(0xF0 | (cp >> 18));
+        b[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+        b[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        b[3] = (uint8_t)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    pz_buf_append(out, b, n);
+}
+
+static int hex4(struct json *j, uint32_t *cp)
+{
+    if (j->n - j->i < 4)
+        return -1;
+    uint32_t v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexval((unsigned char)j->s[j->i + (size_t)k]);
+        if (h < 0)
+            return -1;
+        v = v * 16 + (uint32_t)h;
+    }
+    j->i += 4;
+    *cp = v;
+    return 0;
+}
+
+/* Reads a string at j->i (which is '"'); decoded bytes go to out if not
+ * NULL. */
+static int json_string(struct json *j, struct pz_buf *out)
+{
+    j->i++; /* opening quote */
+    while (j->i < j->n) {
+        unsigned char c = (unsigned char)j->s[j->i++];
+        if (c == '"')
+            return 0;
+        if (c < 0x20)
+            return -1; /* control characters must be escaped */
+        if (c != '\\') {
+            if (out)
+                pz_buf_append(out, &c, 1);
+            continue;
+        }
+        if (j->i >= j->n)
+            return -1;
+        char e = j->s[j->i++];
+        char lit;
+        switch (e) {
+        case '"': lit = '"'; break;
+        case '\\': lit = '\\'; break;
+        case '/': lit = '/'; break;
+        case 'b': lit = '\b'; break;
+        case 'f': lit = '\f'; break;
+        case 'n': lit = '\n'; break;
+        case 'r': lit = '\r'; break;
+        case 't': lit = '\t'; break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (hex4(j, &cp))
+                return -1;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                /* RFC 8259 §7: a surrogate pair escapes one code point. */
+                if (j->n - j->i < 6 || j->s[j->i] != '\\' ||
+                    j->s[j->i + 1] != 'u')
+                    return -1;
+                j->i += 2;
+                if (hex4(j, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+                    return -1;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                return -1; /* a lone low surrogate */
+            }
+            if (out)
+                put_utf8(out, cp);
+            continue;
+        }
+        default:
+            return -1;
+        }
+        if (out)
+            pz_buf_append(out, &lit, 1);
+    }
+    return -1; /* unterminated */
+}
+
+static int json_value(struct json *j, int depth);
+
+static int json_number(struct json *j)
+{
+    size_t i = j->i;
+    if (i < j->n && j->s[i] == '-')
+        i++;
+    if (i >= j->n || !isdigit((unsigned char)j->s[i]))
+        return -1;
+    if (j->s[i] == '0')
+        i++;
+    else
+        while (i < j->n && isdigit((unsigned char)j->s[i]))
+            i++;
+    if (i < j->n && j->s[i] == '.') {
+        i++;
+        if (i >= j->n || !isdigit((unsigned char)j->s[i]))
+            return -1;
+        while (i < j->n && isdigit((unsigned char)j->s[i]))
+            i++;
+    }
+    if (i < j->n && (j->s[i] == 'e' || j->s[i] == 'E')) {
+        i++;
+        if (i < j->n && (j->s[i] == '+' || j->s[i] == '-'))
+            i++;
+        if (i >= j->n || !isdigit((unsigned char)j->s[i]))
+            return -1;
+        while (i < j->n && isdigit((unsigned char)j->s[i]))
+            i++;
+    }
+    j->i = i;
+    return 0;
+}
+
+static int json_literal(struct json *j, const char *lit)
+{
+    size_t l = strlen(lit);
+    if (j->n - j->i < l || memcmp(j->s + j->i, lit, l) != 0)
+        return -1;
+    j->i += l;
+    return 0;
+}
+
+/* Object members are reported through these when depth == 1. */
+struct json_want {
+    const char *const *names;
+    size_t n;
+    char **vals;
+    size_t *lens;
+    char *types;
+};
+
+static int json_object(struct json *j, int depth, struct json_want *w)
+{
+    j->i++; /* '{' */
+    ws(j);
+    if (j->i < j->n && j->s[j->i] == '}') {
+        j->i++;
+        return 0;
+    }
+    struct pz_buf name;
+    pz_buf_init(&name);
+    for (;;) {
+        ws(j);
+        if (j->i >= j->n || j->s[j->i] != '"')
+            goto err;
+        pz_buf_reset(&name);
+        if (json_string(j, w ? &name : NULL))
+            goto err;
+        ws(j);
+        if (j->i >= j->n || j->s[j->i] != ':')
+            goto err;
+        j->i++;
+        ws(j);
+        ssize_t slot = -1;
+        if (w) {
+            for (size_t k = 0; k < w->n; k++)
+                if (strlen(w->names[k]) == name.len &&
+                    memcmp(w->names[k], name.data, name.len) == 0)
+                    slot = (ssize_t)k;
+        }
+        if (slot >= 0 && j->i < j->n && j->s[j->i] == '"') {
+            struct pz_buf v;
+            pz_buf_init(&v);
+            if (json_string(j, &v)) {
+                pz_buf_free(&v);
+                goto err;
+            }
+            pz_free(w->vals[slot]);
+            w->vals[slot] = pz_memdup(v.data ? v.data : "", v.len);
+            w->lens[slot] = v.len;
+            w->types[slot] = 's';
+            pz_buf_free(&v);
+        } else {
+            if (json_value(j, depth + 1))
+                goto err;
+            if (slot >= 0) {
+                pz_free(w->vals[slot]);
+                w->vals[slot] = NULL;
+                w->lens[slot] = 0;
+                w->types[slot] = 'o';
+            }
+        }
+        ws(j);
+        if (j->i < j->n && j->s[j->i] == ',') {
+            j->i++;
+            continue;
+        }
+        if (j->i < j->n && j->s[j->i] == '}') {
+            j->i++;
+            break;
+        }
+        goto err;
+    }
+    pz_buf_free(&name);
+    return 0;
+err:
+    pz_buf_free(&name);
+    return -1;
+}
+
+static int json_value(struct json *j, int depth)
+{
+    if (depth > JSON_MAX_DEPTH)
+        return -1;
+    ws(j);
+    if (j->i >= j->n)
+        return -1;
+    switch (j->s[j->i]) {
+    case '{':
+        return json_object(j, depth, NULL);
+    case '[':
+        j->i++;
+        ws(j);
+        if (j->i < j->n && j->s[j->i] == ']') {
+            j->i++;
+            return 0;
+        }
+        for (;;) {
+            if (json_value(j, depth + 1))
+                return -1;
+            ws(j);
+            if (j->i < j->n && j->s[j->i] == ',') {
+                j->i++;
+                continue;
+            }
+            if (j->i < j->n && j->s[j->i] == ']') {
+                j->i++;
+                return 0;
+            }
+            return -1;
+        }
+    case '"':
+        return json_string(j, NULL);
+    case 't':
+        return json_literal(j, "true");
+    case 'f':
+        return json_literal(j, "false");
+    case 'n':
+        return json_literal(j, "null");
+    default:
+        return json_number(j);
+    }
+}
+
+int http_json_strings(const char *doc, size_t len, const char *const *names,
+                      size_t n, char **vals, size_t *lens, char *types)
+{
+    struct json j = {doc, len, 0};
+    struct json_want w = {names, n, vals, lens, types};
+    for (size_t k = 0; k < n; k++) {
+        vals[k] = NULL;
+        lens[k] = 0;
+        types[k] = 'n';
+    }
+    ws(&j);
+    if (j.i >= j.n || j.s[j.i] != '{' || json_object(&j, 1, &w))
+        goto err;
+    ws(&j);
+    if (j.i != j.n)
+        goto err; /* trailing garbage */
+    return 0;
+err:
+    for (size_t k = 0; k < n; k++) {
+        pz_free(vals[k]);
+        vals[k] = NULL;
+        types[k] = 'n';
+    }
+    return PZ_EINVAL;
+}
+
+/* --- the key-value API ---------------------------------------------------- */
+
+static void op_error(struct http_op *op, int status, const char *reason)
+{
+    http_op_free(op);
+    op->kind = HTTP_OP_ERROR;
+    op->status = status;
+    op->reason = reason;
+}
+
+static bool method_is(const struct http_req *req, int m)
+{
+    return req->method == m;
+}
+
+/* Key from the query string (GET /get, DELETE /delete). */
+static void key_from_query(const struct http_req *req, struct http_op *op)
+{
+    int rv = http_query_get(req->url.data, req->url.len, "key", &op->key,
+                            &op->klen);
+    if (rv < 0)
+        op_error(op, 400, "Bad percent-encoding in query");
+    else if (rv == 0 || op->klen == 0)
+        op_error(op, 400, "Missing key parameter");
+}
+
+/* Key (and value) from a JSON body (POST /set, POST /delete). */
+static void key_from_json(const struct http_req *req, struct http_op *op,
+                          bool want_value)
+{
+    static const char *const names[] = {"key", "value"};
+    char *vals[2];
+    size_t lens[2];
+    char types[2];
+    size_t n = want_value ? 2 : 1;
+    if (http_json_strings(req->body.data ? req->body.data : "", req->body.len,
+                          names, n, vals, lens, types) < 0) {
+        op_error(op, 400, "Invalid JSON");
+        return;
+    }
+    op->key = vals[0];
+    op->klen = lens[0];
+    if (want_value) {
+        op->value = vals[1];
+        op->vlen = lens[1];
+    }
+    /* The original decoded into Go strings: a non-string key or value was
+     * a decoding error, an absent one the empty string. */
+    if (types[0] == 'o' || (want_value && types[1] == 'o'))
+        op_error(op, 400, "Invalid JSON");
+    else if (op->key == NULL || op->klen == 0)
+        op_error(op, 400, "Missing key field");
+    else if (want_value && op->value == NULL)
+        op->value = pz_strdup("");
+}
+
+void http_api_decode(const struct http_req *req,
+                     const struct http_api_limits *lim, struct http_op *op)
+{
+    struct pz_buf path;
+    memset(op, 0, sizeof *op);
+    pz_buf_init(&path);
+    if (http_url_path(req->url.data ? req->url.data : "", req->url.len,
+                      &path) < 0) {
+        op_error(op, 400, "Bad request path");
+        goto out;
+    }
+    const char *p = path.data;
+    if (strcmp(p, "/get") == 0) {
+        if (!method_is(req, HTTP_GET)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "GET";
+            goto out;
+        }
+        op->kind = HTTP_OP_GET;
+        key_from_query(req, op);
+        if (op->kind == HTTP_OP_GET) {
+            char *c;
+            size_t cl;
+            int rv = http_query_get(req->url.data, req->url.len,
+                                    "consistency", &c, &cl);
+            if (rv == 1) {
+                if (strcmp(c, "stale") == 0)
+                    op->stale = true;
+                else if (strcmp(c, "linearizable") != 0)
+                    op_error(op, 400,
+                             "consistency must be linearizable or stale");
+                pz_free(c);
+            }
+        }
+    } else if (strcmp(p, "/set") == 0) {
+        if (!method_is(req, HTTP_POST)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "POST";
+            goto out;
+        }
+        op->kind = HTTP_OP_SET;
+        key_from_json(req, op, true);
+    } else if (strcmp(p, "/delete") == 0) {
+        op->kind = HTTP_OP_DEL;
+        if (method_is(req, HTTP_POST)) {
+            key_from_json(req, op, false);
+        } else if (method_is(req, HTTP_DELETE)) {
+            key_from_query(req, op);
+        } else {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "POST, DELETE";
+            goto out;
+        }
+    } else if (strcmp(p, "/health") == 0 || strcmp(p, "/status") == 0) {
+        if (!method_is(req, HTTP_GET)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "GET";
+            goto out;
+        }
+        op->kind = p[1] == 'h' ? HTTP_OP_HEALTH : HTTP_OP_STATUS;
+    } else {
+        op_error(op, 404, "Not found");
+        goto out;
+    }
+    if (op->kind == HTTP_OP_ERROR)
+        goto out;
+    if (op->key && op->klen > lim->max_key)
+        op_error(op, 413, "Key too large");
+    else if (op->value && op->vlen > lim->max_value)
+        op_error(op, 413, "Value too large");
+out:
+    pz_buf_free(&path);
+}
+
+void http_op_free(struct http_op *op)
+{
+    pz_free(op->key);
+    pz_free(op->value);
+    op->key = NULL;
+    op->value = NULL;
+    op->klen = op->vlen = 0;
+}

@@ -1,0 +1,133 @@
+/* http_parse.h - HTTP/1.1 request parsing and the key-value API's request
+ * rules, with no I/O (llhttp underneath). The connection layer (http.c)
+ * feeds it bytes and turns its results into replies; unit tests feed it the
+ * same bytes whole, pipelined or one at a time.
+ *
+ * Happy path: http_parser_feed() consumes bytes until one request is
+ * complete, then stops (returns HTTP_PARSE_REQUEST) so that pipelined
+ * requests are served strictly one after another; the caller serves p->req,
+ * calls http_parser_next() and feeds the bytes it had left over.
+ * Failure modes: malformed input, a body over the limit (413), headers over
+ * the limit (431) or a URL over the limit (414) end in HTTP_PARSE_ERROR with
+ * a status and a one-line reason; the parser is then dead and the caller
+ * replies and closes the connection. */
+#ifndef PZ_HTTP_PARSE_H
+#define PZ_HTTP_PARSE_H
+
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "pz.h"
+
+struct http_limits {
+    size_t max_header_bytes; /* request line + headers, bytes */
+    size_t max_headers;      /* number of header lines */
+    size_t max_body;         /* body bytes */
+};
+
+struct http_header {
+    char *name;  /* lowercased, NUL-terminated */
+    char *value; /* NUL-terminated (values with NUL bytes are refused) */
+};
+
+struct http_req {
+    int method;                  /* llhttp_method_t */
+    struct pz_buf url;           /* request target as sent */
+    struct pz_buf body;          /* whole body */
+    struct http_header *headers; /* n_headers entries */
+    size_t n_headers;            /* headers kept */
+    bool keep_alive;             /* connection stays open after reply */
+};
+
+enum {
+    HTTP_PARSE_NEED_MORE = 0, /* everything consumed, request incomplete */
+    HTTP_PARSE_REQUEST = 1,   /* p->req is complete */
+    HTTP_PARSE_ERROR = 2,     /* p->err_status / p->err_reason set */
+};
+
+struct http_parser {
+    llhttp_t ll;                 /* the llhttp state machine */
+    llhttp_settings_t settings;  /* callbacks (same for every parser) */
+    struct http_limits lim;      /* copied from init */
+    struct http_req req;         /* request being parsed or complete */
+    struct pz_buf field;         /* header name being assembled */
+    struct pz_buf value;         /* header value being assembled */
+    size_t header_bytes;         /* bytes of request line + headers */
+    bool complete;               /* req is complete, waiting for next() */
+    bool dead;                   /* an error was returned: feed no more */
+    int err_status;              /* HTTP status for HTTP_PARSE_ERROR */
+    char err_reason[128];        /* one-line reason, no newline */
+};
+
+void http_parser_init(struct http_parser *p, const struct http_limits *lim);
+void http_parser_free(struct http_parser *p);
+/* Feed len bytes; *used says how many were consumed. On HTTP_PARSE_REQUEST
+ * the unconsumed rest belongs to later requests: keep it and feed it again
+ * after http_parser_next(). */
+int http_parser_feed(struct http_parser *p, const char *data, size_t len,
+                     size_t *used);
+/* Forget the served request and get ready for the next one. */
+void http_parser_next(struct http_parser *p);
+/* Header value by lowercase name, or NULL. */
+const char *http_req_header(const struct http_req *r, const char *name);
+
+/* Split the request target into its path (percent-decoded, NUL-terminated,
+ * into path) and look up one query parameter. http_query_get() returns 1 and
+ * a freshly allocated decoded value (pz_free it; may hold NUL bytes, length
+ * in *len) when found, 0 when absent, PZ_EINVAL for bad percent-encoding. */
+int http_url_path(const char *url, size_t urllen, struct pz_buf *path);
+int http_query_get(const char *url, size_t urllen, const char *name,
+                   char **val, size_t *len);
+
+/* The flat JSON objects of the API: {"key": "...", "value": "..."}.
+ * Parses a whole JSON document (strict RFC 8259 syntax, nesting up to 64
+ * levels), which must be an object, and returns its top-level string
+ * members listed in names[] (a repeated member: the last one counts, as
+ * in most parsers), decoded to bytes (\u0000 and
+ * surrogate pairs included) in vals[i]/lens[i] (pz_free each), or NULL when
+ * absent. types[i] tells what the member was: 's' string, 'n' absent,
+ * 'o' another JSON type. Returns 0 or PZ_EINVAL on a syntax error. */
+int http_json_strings(const char *doc, size_t len, const char *const *names,
+                      size_t n, char **vals, size_t *lens, char *types);
+
+/* Append a percent-decoded copy of s[0..n) to out; PZ_EINVAL on a bad
+ * escape. '+' is a space in query strings only (plus_is_space). */
+int http_pct_decode(struct pz_buf *out, const char *s, size_t n,
+                    bool plus_is_space);
+
+#endif
+
+/* --- the key-value API's requests ------------------------------------------
+ * http_api_decode() turns a complete request into what to do, applying
+ * every rule of COMPAT.md that needs no state: paths, methods, parameters,
+ * JSON bodies and size limits. */
+enum http_op_kind {
+    HTTP_OP_ERROR = 0, /* reply status/reason (and allow) at once */
+    HTTP_OP_GET,       /* read key */
+    HTTP_OP_SET,       /* write key = value */
+    HTTP_OP_DEL,       /* delete key */
+    HTTP_OP_HEALTH,    /* GET /health */
+    HTTP_OP_STATUS,    /* GET /status */
+};
+
+struct http_api_limits {
+    size_t max_key;   /* bytes */
+    size_t max_value; /* bytes */
+};
+
+struct http_op {
+    enum http_op_kind kind; /* what to do */
+    char *key;              /* HTTP_OP_GET/SET/DEL: owned, pz_free */
+    size_t klen;            /* key length (may hold NUL bytes) */
+    char *value;            /* HTTP_OP_SET: owned */
+    size_t vlen;            /* value length */
+    bool stale;             /* GET: consistency=stale */
+    int status;             /* HTTP_OP_ERROR: HTTP status */
+    const char *reason;     /* HTTP_OP_ERROR: one line, no newline */
+    const char *allow;      /* 405: the Allow header value */
+};
+
+void http_api_decode(const struct http_req *req,
+                     const struct http_api_limits *lim, struct http_op *op);
+void http_op_free(struct http_op *op);

@@ -1,0 +1,35 @@
+/* log.h - levelled, timestamped logging to stderr or a file.
+ *
+ * One line per call: "2026-01-03T10:00:00.123Z node1 I message". The level
+ * letter is D, I, W or E. A prefix (the node name, or "mandi") tells apart
+ * the lines of several processes sharing a terminal. Logging never fails the
+ * caller: a write error is ignored. */
+#ifndef PZ_LOG_H
+#define PZ_LOG_H
+
+#include <stdio.h>
+
+enum pz_log_level {
+    PZ_LOG_DEBUG = 0,
+    PZ_LOG_INFO = 1,
+    PZ_LOG_WARNING = 2,
+    PZ_LOG_ERROR = 3,
+};
+
+/* Set the minimum level printed and the line prefix (copied). */
+void pz_log_setup(enum pz_log_level level, const char *prefix);
+/* Log to this file from now on (appending); NULL or "" means stderr.
+ * Returns 0 or a negative errno, leaving the destination unchanged. */
+int pz_log_open(const char *path);
+/* Parse "debug|info|warning|error"; returns -1 for anything else. */
+int pz_log_level_parse(const char *s);
+void pz_log(enum pz_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void pz_log_close(void);
+
+#define pz_debug(...) pz_log(PZ_LOG_DEBUG, __VA_ARGS__)
+#define pz_info(...) pz_log(PZ_LOG_INFO, __VA_ARGS__)
+#define pz_warn(...) pz_log(PZ_LOG_WARNING, __VA_ARGS__)
+#define pz_error(...) pz_log(PZ_LOG_ERROR, __VA_ARGS__)
+
+#endif

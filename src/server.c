@@ -1,0 +1,175 @@
+/* server.c - server mode: one loop for everything (Redis style).
+ *
+ * Each loop turn ends in the prepare hook (libuv's beforeSleep): the node
+ * does its work and completes requests, then every connection's output is
+ * flushed and closed connections are reaped. When work remains, an idle
+ * handle keeps the next poll from blocking.
+ *
+ * Shutdown (SIGINT/SIGTERM): stop accepting, close idle connections, let
+ * requests in flight finish and flush their replies (at most
+ * SHUTDOWN_GRACE_MS), then close every handle so that uv_loop_close()
+ * succeeds; a second signal exits at once. */
+#include "server.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "http.h"
+#include "log.h"
+#include "node.h"
+
+#define SHUTDOWN_GRACE_MS 5000
+
+struct server {
+    uv_loop_t loop;                  /* the one loop */
+    const struct pz_config *cfg;     /* borrowed from main */
+    uv_prepare_t prepare;            /* before-sleep hook */
+    uv_idle_t idle;                  /* keeps poll from blocking */
+    uv_timer_t cron;                 /* 1 s housekeeping */
+    uv_timer_t grace;                /* shutdown deadline */
+    uv_signal_t sigint, sigterm;     /* shutdown requests */
+    struct conn_listener http;       /* HTTP API */
+    uint64_t start_ms;               /* uv_now() at start */
+    bool shutting_down;              /* a signal arrived */
+    bool stopped;                    /* handles closed */
+};
+
+static struct server srv;
+
+uint64_t server_uptime_ms(void)
+{
+    return uv_now(&srv.loop) - srv.start_ms;
+}
+
+bool server_shutting_down(void)
+{
+    return srv.shutting_down;
+}
+
+uv_loop_t *server_loop(void)
+{
+    return &srv.loop;
+}
+
+const struct pz_config *server_config(void)
+{
+    return srv.cfg;
+}
+
+static void stop_all(void)
+{
+    if (srv.stopped)
+        return;
+    srv.stopped = true;
+    node_close();
+    uv_close((uv_handle_t *)&srv.prepare, NULL);
+    uv_close((uv_handle_t *)&srv.idle, NULL);
+    uv_close((uv_handle_t *)&srv.cron, NULL);
+    uv_close((uv_handle_t *)&srv.grace, NULL);
+    uv_close((uv_handle_t *)&srv.sigint, NULL);
+    uv_close((uv_handle_t *)&srv.sigterm, NULL);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    PZ_UNUSED(h);
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    PZ_UNUSED(h);
+    node_before_sleep();
+    conn_before_sleep();
+    if (srv.shutting_down && conn_count() == 0 && !node_has_work()) {
+        stop_all();
+        return;
+    }
+    if (node_has_work())
+        uv_idle_start(&srv.idle, on_idle);
+    else
+        uv_idle_stop(&srv.idle);
+}
+
+static void on_cron(uv_timer_t *t)
+{
+    PZ_UNUSED(t);
+    conn_cron();
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    PZ_UNUSED(t);
+    pz_warn("shutdown: closing connections still busy after %d ms",
+            SHUTDOWN_GRACE_MS);
+    conn_listener_close_all(&srv.http);
+    conn_close_outbound();
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    PZ_UNUSED(h);
+    if (srv.shutting_down) {
+        pz_warn("second signal %d: exiting now", signum);
+        exit(1);
+    }
+    pz_info("received %s, shutting down", signum == SIGINT ? "SIGINT"
+                                                           : "SIGTERM");
+    srv.shutting_down = true;
+    conn_listener_stop(&srv.http);
+    http_drain(&srv.http);
+    conn_close_outbound();
+    uv_timer_start(&srv.grace, on_grace, SHUTDOWN_GRACE_MS, 0);
+}
+
+int server_run(const struct pz_config *cfg)
+{
+    char err[512];
+    int rv;
+    memset(&srv, 0, sizeof srv);
+    srv.cfg = cfg;
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_init(&srv.loop);
+    srv.start_ms = uv_now(&srv.loop);
+    struct conn_limits lim = {
+        .high_water = (size_t)cfg->conn_high_water,
+        .hard_limit = (size_t)cfg->conn_hard_limit,
+        .idle_timeout = (uint64_t)cfg->client_idle_timeout_ms,
+    };
+    conn_setup(&srv.loop, &lim);
+    uv_prepare_init(&srv.loop, &srv.prepare);
+    uv_prepare_start(&srv.prepare, on_prepare);
+    uv_idle_init(&srv.loop, &srv.idle);
+    uv_timer_init(&srv.loop, &srv.cron);
+    uv_timer_init(&srv.loop, &srv.grace);
+    uv_signal_init(&srv.loop, &srv.sigint);
+    uv_signal_init(&srv.loop, &srv.sigterm);
+    uv_signal_start(&srv.sigint, on_signal, SIGINT);
+    uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
+    uv_timer_start(&srv.cron, on_cron, 1000, 1000);
+    uv_unref((uv_handle_t *)&srv.cron);
+
+    rv = node_init(&srv.loop, cfg, err, sizeof err);
+    if (rv == 0)
+        rv = http_start(&srv.http, cfg, err, sizeof err);
+    if (rv < 0) {
+        pz_error("%s", err);
+        srv.shutting_down = true;
+        conn_listener_stop(&srv.http);
+        stop_all();
+        uv_run(&srv.loop, UV_RUN_DEFAULT);
+        uv_loop_close(&srv.loop);
+        return 1;
+    }
+    pz_info("pyazdb %s node %s: HTTP on %s", PZ_VERSION, cfg->node_id,
+            cfg->http_addr);
+    uv_run(&srv.loop, UV_RUN_DEFAULT);
+    rv = uv_loop_close(&srv.loop);
+    if (rv != 0) {
+        pz_error("loop did not close cleanly: %s", uv_strerror(rv));
+        return 1;
+    }
+    pz_info("stopped");
+    return 0;
+}

@@ -1,0 +1,172 @@
+"""Fixtures that start real pyazdb-server processes on 127.0.0.1.
+
+Every server gets free ports and a config file written into a temporary
+directory; its stderr goes to a log file that is printed when a test fails
+and scanned for sanitizer reports when the server stops. Traffic stays on
+the loopback interface.
+"""
+import os
+import signal
+import socket
+import subprocess
+import time
+import http.client
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SERVER = os.path.join(ROOT, "src", "pyazdb-server")
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                   "runtime error:", "SUMMARY: UndefinedBehaviorSanitizer",
+                   "assertion failed")
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One pyazdb-server process."""
+
+    def __init__(self, tmp, name="node1", args=(), conf=None, env=None):
+        self.name = name
+        self.dir = os.path.join(tmp, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.raft_port = free_port()
+        self.conf_path = os.path.join(self.dir, "pyazdb.conf")
+        lines = {
+            "node-id": name,
+            "http-addr": f"127.0.0.1:{self.http_port}",
+            "grpc-addr": f"127.0.0.1:{self.grpc_port}",
+            "raft-addr": f"127.0.0.1:{self.raft_port}",
+            "raft-data": os.path.join(self.dir, "data"),
+            "raft-bootstrap": "yes",
+            "log-level": "debug",
+        }
+        lines.update(conf or {})
+        with open(self.conf_path, "w") as f:
+            for k, v in lines.items():
+                f.write(f'{k} "{v}"\n')
+        self.args = list(args)
+        self.env = dict(os.environ)
+        for var in ("NODE_ID", "RAFT_ADDR", "RAFT_DATA", "RAFT_LEADER",
+                    "GRPC_ADDR", "HTTP_ADDR", "MANDI_ADDR"):
+            self.env.pop(var, None)
+        self.env.update(env or {})
+        self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        self.log_path = os.path.join(self.dir, "server.log")
+        self.proc = None
+
+    def start(self, wait=True):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([SERVER, self.conf_path] + self.args,
+                                     stdout=self.log, stderr=self.log,
+                                     env=self.env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode}:\n"
+                    + self.read_log())
+            try:
+                st, _, _ = self.request("GET", "/health", timeout=1)
+                if st == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} not ready:\n" + self.read_log())
+
+    def request(self, method, path, body=None, headers=None, timeout=10):
+        c = http.client.HTTPConnection("127.0.0.1", self.http_port,
+                                       timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            c.close()
+
+    def read_log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        """Stop the server; returns its exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"{self.name} did not stop:\n"
+                                 + self.read_log())
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def sanitizer_reports(self):
+        log = self.read_log()
+        return [m for m in SANITIZER_MARKS if m in log]
+
+
+@pytest.fixture
+def servers(tmp_path, request):
+    """Factory: servers(name=..., conf={...}) -> started Server. All are
+    stopped at the end; the test fails on a sanitizer report, and logs are
+    printed when it failed."""
+    started = []
+
+    def make(name="node1", start=True, **kw):
+        s = Server(str(tmp_path), name, **kw)
+        started.append(s)
+        if start:
+            s.start()
+        return s
+
+    yield make
+    problems = []
+    for s in started:
+        try:
+            s.stop()
+        except AssertionError as e:
+            problems.append(str(e))
+        reports = s.sanitizer_reports()
+        if reports:
+            problems.append(f"{s.name}: sanitizer report {reports}:\n"
+                            + s.read_log())
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for s in started:
+            print(f"----- log of {s.name} -----\n{s.read_log()}")
+    if problems:
+        pytest.fail("\n".join(problems))
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def server(servers):
+    return servers()

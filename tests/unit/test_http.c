@@ -1,0 +1,277 @@
+/* test_http.c - HTTP request parsing and the API's request rules, fed
+ * whole, pipelined and one byte at a time, with no socket. */
+#include <stdlib.h>
+
+#include "http_parse.h"
+#include "test.h"
+
+static const struct http_limits lim = {8192, 50, 4096};
+static const struct http_api_limits api = {16, 64};
+
+/* Feed `in` in pieces of `step` bytes (0 = all at once); decode every
+ * complete request into ops[]. Returns the number of requests, or -status
+ * on a parse error. */
+static int run(const char *in, size_t len, size_t step, struct http_op *ops,
+               int max, bool *keep_alive)
+{
+    struct http_parser p;
+    struct pz_buf pending;
+    int n = 0, result = 0;
+    http_parser_init(&p, &lim);
+    pz_buf_init(&pending);
+    size_t off = 0;
+    while (off < len || pending.len) {
+        size_t take = step ? PZ_MIN(step, len - off) : len - off;
+        pz_buf_append(&pending, in + off, take);
+        off += take;
+        for (;;) {
+            size_t used;
+            int r = http_parser_feed(&p, pending.data, pending.len, &used);
+            pz_buf_consume(&pending, used);
+            if (r == HTTP_PARSE_NEED_MORE)
+                break;
+            if (r == HTTP_PARSE_ERROR) {
+                result = -p.err_status;
+                goto out;
+            }
+            if (n < max) {
+                http_api_decode(&p.req, &api, &ops[n]);
+                if (keep_alive)
+                    keep_alive[n] = p.req.keep_alive;
+            }
+            n++;
+            http_parser_next(&p);
+        }
+        if (off >= len)
+            break;
+    }
+    result = n;
+out:
+    http_parser_free(&p);
+    pz_buf_free(&pending);
+    return result;
+}
+
+static const char pipelined[] =
+    "GET /get?key=a%20b HTTP/1.1\r\nHost: x\r\n\r\n"
+    "POST /set HTTP/1.1\r\nContent-Length: 30\r\n\r\n"
+    "{\"key\":\"k\",\"value\":\"v\\u0000w\"}"
+    "DELETE /delete?key=k HTTP/1.1\r\n\r\n"
+    "POST /delete HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    "5\r\n{\"key\r\n7\r\n\":\"zz\"}\r\n0\r\n\r\n"
+    "GET /health HTTP/1.1\r\nConnection: close\r\n\r\n";
+
+static int check_pipelined(size_t step)
+{
+    struct http_op ops[8];
+    bool ka[8];
+    int n = run(pipelined, sizeof pipelined - 1, step, ops, 8, ka);
+    int bad = 0;
+    if (n != 5)
+        return 100 + n;
+    bad |= ops[0].kind != HTTP_OP_GET || ops[0].klen != 3 ||
+           memcmp(ops[0].key, "a b", 3) != 0 || !ka[0];
+    bad |= (ops[1].kind != HTTP_OP_SET || ops[1].vlen != 3 ||
+            memcmp(ops[1].value, "v\0w", 3) != 0) << 1;
+    bad |= (ops[2].kind != HTTP_OP_DEL || ops[2].klen != 1) << 2;
+    bad |= (ops[3].kind != HTTP_OP_DEL || ops[3].klen != 2 ||
+            memcmp(ops[3].key, "zz", 2) != 0) << 3;
+    bad |= (ops[4].kind != HTTP_OP_HEALTH || ka[4]) << 4;
+    for (int i = 0; i < n; i++)
+        http_op_free(&ops[i]);
+    return bad;
+}
+
+TEST(pipelined_whole)
+{
+    CHECK_EQ_INT(check_pipelined(0), 0);
+}
+
+TEST(pipelined_byte_by_byte)
+{
+    CHECK_EQ_INT(check_pipelined(1), 0);
+}
+
+TEST(pipelined_odd_chunks)
+{
+    for (size_t step = 2; step < 40; step += 3)
+        CHECK_EQ_INT(check_pipelined(step), 0);
+}
+
+static struct http_op one(const char *req)
+{
+    struct http_op op;
+    memset(&op, 0, sizeof op);
+    int n = run(req, strlen(req), 0, &op, 1, NULL);
+    if (n < 0) {
+        op.kind = HTTP_OP_ERROR;
+        op.status = -n;
+        op.reason = "parse error";
+    }
+    return op;
+}
+
+static int status_of(const char *req)
+{
+    struct http_op op = one(req);
+    int st = op.kind == HTTP_OP_ERROR ? op.status : 0;
+    http_op_free(&op);
+    return st;
+}
+
+static const char *reason_of(const char *req)
+{
+    struct http_op op = one(req);
+    const char *r = op.kind == HTTP_OP_ERROR ? op.reason : "";
+    http_op_free(&op);
+    return r;
+}
+
+#define POST(path, body)                                                     \
+    "POST " path " HTTP/1.1\r\nContent-Length: " #body "\r\n\r\n"
+
+TEST(api_errors)
+{
+    CHECK_EQ_INT(status_of("GET /nope HTTP/1.1\r\n\r\n"), 404);
+    CHECK_EQ_INT(status_of("POST /get?key=a HTTP/1.1\r\n\r\n"), 405);
+    CHECK_EQ_STR(reason_of("GET /get HTTP/1.1\r\n\r\n"),
+                 "Missing key parameter");
+    CHECK_EQ_STR(reason_of("GET /get?key= HTTP/1.1\r\n\r\n"),
+                 "Missing key parameter");
+    CHECK_EQ_INT(status_of("GET /get?key=%zz HTTP/1.1\r\n\r\n"), 400);
+    CHECK_EQ_INT(status_of("GET /get?key=a&consistency=maybe HTTP/1.1\r\n\r\n"),
+                 400);
+    CHECK_EQ_STR(reason_of("POST /set HTTP/1.1\r\nContent-Length: 5\r\n\r\n"
+                           "{\"ke"
+                           "y"),
+                 "Invalid JSON");
+    CHECK_EQ_STR(reason_of("POST /set HTTP/1.1\r\nContent-Length: 13\r\n\r\n"
+                           "{\"value\":\"v\"}"),
+                 "Missing key field");
+    CHECK_EQ_STR(reason_of("POST /set HTTP/1.1\r\nContent-Length: 21\r\n\r\n"
+                           "{\"key\":\"k\",\"value\":1}"),
+                 "Invalid JSON");
+    CHECK_EQ_STR(reason_of("POST /set HTTP/1.1\r\nContent-Length: 2\r\n\r\n"
+                           "[]"),
+                 "Invalid JSON");
+    CHECK_EQ_STR(reason_of("POST /set HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+                 "Invalid JSON");
+    /* limits of the API: key 16, value 64 */
+    CHECK_EQ_INT(status_of("GET /get?key=0123456789abcdefg HTTP/1.1\r\n\r\n"),
+                 413);
+    CHECK_EQ_INT(status_of("PUT /delete?key=a HTTP/1.1\r\n\r\n"), 405);
+    struct http_op op = one("PUT /delete?key=a HTTP/1.1\r\n\r\n");
+    CHECK_EQ_STR(op.allow, "POST, DELETE");
+    http_op_free(&op);
+}
+
+TEST(api_json_forms)
+{
+    struct http_op op =
+        one("POST /set HTTP/1.1\r\nContent-Length: 59\r\n\r\n"
+            "{\"extra\":{\"a\":[1,2,{\"b\":null}]},\"key\":\"\\u00e9\\ud83d\\ude00\"}");
+    CHECK_EQ_INT(op.kind, HTTP_OP_SET);
+    CHECK_EQ_INT(op.klen, 6);
+    CHECK(memcmp(op.key, "\xc3\xa9\xf0\x9f\x98\x80", 6) == 0);
+    CHECK_EQ_INT(op.vlen, 0); /* absent value is the empty string */
+    http_op_free(&op);
+    /* lone surrogate, bad escape, trailing garbage, control character */
+    CHECK_EQ_INT(status_of(POST("/set", 16) "{\"key\":\"\\ud800\"}"), 400);
+    CHECK_EQ_INT(status_of(POST("/set", 13) "{\"key\":\"\\q\"} "), 400);
+    CHECK_EQ_INT(status_of(POST("/set", 13) "{\"key\":\"a\"} x"), 400);
+    CHECK_EQ_INT(status_of(POST("/set", 11) "{\"key\":\"\x01\"}"), 400);
+}
+
+TEST(protocol_errors)
+{
+    CHECK_EQ_INT(status_of("GARBAGE\r\n\r\n"), 400);
+    CHECK_EQ_INT(status_of("GET / HTTP/9.9\r\n\r\n"), 505);
+    /* both Content-Length and Transfer-Encoding */
+    CHECK_EQ_INT(status_of("POST /set HTTP/1.1\r\nContent-Length: 3\r\n"
+                           "Transfer-Encoding: chunked\r\n\r\n"),
+                 400);
+    /* body over the 4096-byte limit: refused from the header alone */
+    CHECK_EQ_INT(status_of("POST /set HTTP/1.1\r\nContent-Length: 5000\r\n"
+                           "\r\n"),
+                 413);
+    /* too many headers (limit 50) */
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_append(&b, "GET /health HTTP/1.1\r\n", 22);
+    for (int i = 0; i < 60; i++)
+        pz_buf_appendf(&b, "X-H%d: v\r\n", i);
+    pz_buf_append(&b, "\r\n", 2);
+    CHECK_EQ_INT(status_of(b.data), 431);
+    /* header bytes over the 8192 limit */
+    pz_buf_reset(&b);
+    pz_buf_append(&b, "GET /health HTTP/1.1\r\nX-Big: ", 29);
+    for (int i = 0; i < 9000; i++)
+        pz_buf_append(&b, "a", 1);
+    pz_buf_append(&b, "\r\n\r\n", 4);
+    CHECK_EQ_INT(status_of(b.data), 431);
+    /* URL alone over the limit */
+    pz_buf_reset(&b);
+    pz_buf_append(&b, "GET /get?key=", 13);
+    for (int i = 0; i < 9000; i++)
+        pz_buf_append(&b, "a", 1);
+    pz_buf_append(&b, " HTTP/1.1\r\n\r\n", 13);
+    CHECK_EQ_INT(status_of(b.data), 414);
+    pz_buf_free(&b);
+}
+
+TEST(chunked_body_over_limit)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_append(&b, "POST /set HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                  50);
+    for (int i = 0; i < 5; i++) {
+        pz_buf_append(&b, "400\r\n", 5);
+        for (int j = 0; j < 1024; j++)
+            pz_buf_append(&b, "x", 1);
+        pz_buf_append(&b, "\r\n", 2);
+    }
+    CHECK_EQ_INT(status_of(b.data), 413);
+    pz_buf_free(&b);
+}
+
+TEST(upgrade_h2c_ignored)
+{
+    /* curl --http2 offers an upgrade; we answer in HTTP/1.1 and go on. */
+    static const char req[] =
+        "GET /health HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+        "GET /health HTTP/1.1\r\n\r\n";
+    struct http_op ops[2];
+    int n = run(req, sizeof req - 1, 0, ops, 2, NULL);
+    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(ops[0].kind, HTTP_OP_HEALTH);
+    CHECK_EQ_INT(ops[1].kind, HTTP_OP_HEALTH);
+}
+
+TEST(query_decoding)
+{
+    char *v;
+    size_t l;
+    const char *u = "/get?x=1&key=a+b%2Fc%00d&key=second";
+    CHECK_EQ_INT(http_query_get(u, strlen(u), "key", &v, &l), 1);
+    CHECK_EQ_INT(l, 7);
+    CHECK(memcmp(v, "a b/c\0d", 7) == 0);
+    pz_free(v);
+    CHECK_EQ_INT(http_query_get(u, strlen(u), "nokey", &v, &l), 0);
+    CHECK_EQ_INT(http_query_get("/g?key=%4", 9, "key", &v, &l), PZ_EINVAL);
+    struct pz_buf path;
+    pz_buf_init(&path);
+    CHECK_EQ_INT(http_url_path("/h%65alth?x", 11, &path), 0);
+    CHECK_EQ_STR(path.data, "/health");
+    CHECK_EQ_INT(http_url_path("/a%00b", 6, &path), PZ_EINVAL);
+    pz_buf_free(&path);
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(pipelined_whole),     TEST_ENTRY(pipelined_byte_by_byte),
+    TEST_ENTRY(pipelined_odd_chunks), TEST_ENTRY(api_errors),
+    TEST_ENTRY(api_json_forms),      TEST_ENTRY(protocol_errors),
+    TEST_ENTRY(chunked_body_over_limit), TEST_ENTRY(upgrade_h2c_ignored),
+    TEST_ENTRY(query_decoding),      TEST_END};
+const struct test_suite suite_http = {"http", cases};
