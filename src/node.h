@@ -59,6 +59,14 @@ int node_read(struct node_req *req, bool stale, node_req_cb cb);
 void node_cancel(struct node_req *req);
 
 struct kv *node_kv(void);
+/* True when this node is the leader (writes and linearizable reads are
+ * served here). */
+bool node_is_leader(void);
+/* The known leader's HTTP or gRPC address ("host:port"), or NULL when this
+ * node is the leader or no leader is known. Borrowed until the next loop
+ * turn. Followers forward client requests there. */
+const char *node_leader_http_addr(void);
+const char *node_leader_grpc_addr(void);
 void node_status(struct node_status *st);
 /* Work to do before the loop sleeps: completes finished requests. */
 void node_before_sleep(void);
