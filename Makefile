@@ -34,13 +34,19 @@ $(error SANITIZER must be address or undefined)
 endif
 
 PROTOS = $(basename $(notdir $(wildcard proto/*.proto)))
-GEN_C = $(PROTOS:%=src/gen/%.pb-c.c)
-GEN_H = $(PROTOS:%=src/gen/%.pb-c.h)
-GEN_O = $(GEN_C:.c=.o)
+# gRPC's own services (health, reflection) from Debian's grpc-proto, never
+# copied into the repository. Reflection v1alpha has the same wire format as
+# v1, so only v1 gets C code; both go into the descriptor set.
+GRPC_PROTO_DIR ?= /usr/share/grpc-proto
+GRPC_PROTOS = grpc/health/v1/health grpc/reflection/v1/reflection
+GRPC_DESC_PROTOS = $(GRPC_PROTOS) grpc/reflection/v1alpha/reflection
+GEN_C = $(PROTOS:%=src/gen/%.pb-c.c) $(GRPC_PROTOS:%=src/gen/%.pb-c.c)
+GEN_H = $(PROTOS:%=src/gen/%.pb-c.h) $(GRPC_PROTOS:%=src/gen/%.pb-c.h)
+GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 
 # Modules shared by the server, the CLI and the unit tests.
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
-           src/raft*.c src/grpc_frame.c
+           src/raft*.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/conn.c src/http.c src/node.c \
              src/store.c src/transport.c src/grpc.c src/mandi.c
@@ -67,7 +73,7 @@ all: $(BINS)
 
 # --- settings stamp: rebuild everything when flags change -----------------
 SETTINGS = $(CC) $(PZ_CFLAGS) $(PZ_LDFLAGS) $(SANITIZER)
-OBJ_GLOBS = src/*.o src/gen/*.o tests/unit/*.o deps/llhttp
+OBJ_GLOBS = src/*.o src/gen/*.o $(GEN_O) tests/unit/*.o deps/llhttp
 ifneq ($(shell cat .make-settings 2>/dev/null),$(SETTINGS))
 $(shell rm -rf $(OBJ_GLOBS) $(SERVER) $(CLI) $(UNIT); \
         echo '$(SETTINGS)' > .make-settings)
@@ -79,6 +85,30 @@ deps/llhttp/libllhttp.a:
 src/gen/%.pb-c.c src/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p src/gen
 	protoc-c --proto_path=proto --c_out=src/gen $<
+
+src/gen/grpc/%.pb-c.c src/gen/grpc/%.pb-c.h: $(GRPC_PROTO_DIR)/grpc/%.proto
+	@mkdir -p src/gen
+	protoc-c --proto_path=$(GRPC_PROTO_DIR) --c_out=src/gen $<
+
+# The FileDescriptorSet served by gRPC server reflection, embedded as a C
+# array (grpc_reflect.h declares it).
+src/gen/descriptors.pb: $(wildcard proto/*.proto) \
+		$(GRPC_DESC_PROTOS:%=$(GRPC_PROTO_DIR)/%.proto)
+	@mkdir -p src/gen
+	protoc-c --proto_path=proto --proto_path=$(GRPC_PROTO_DIR) \
+	    --include_imports --descriptor_set_out=$@ \
+	    $(notdir $(wildcard proto/*.proto)) $(GRPC_DESC_PROTOS:%=%.proto)
+
+src/gen/descriptors.c: src/gen/descriptors.pb
+	@{ echo '/* Generated from $< by the Makefile. */'; \
+	   echo '#include <stddef.h>'; \
+	   echo 'extern const unsigned char grpc_descriptor_set[];'; \
+	   echo 'extern const size_t grpc_descriptor_set_len;'; \
+	   echo 'const unsigned char grpc_descriptor_set[] = {'; \
+	   od -An -v -tx1 $< | sed -e 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	   echo '};'; \
+	   echo 'const size_t grpc_descriptor_set_len = sizeof grpc_descriptor_set;'; \
+	 } > $@.tmp && mv $@.tmp $@
 
 src/gen/%.pb-c.o: src/gen/%.pb-c.c
 	$(CC) $(filter-out -Wmissing-prototypes -Wshadow,$(PZ_CFLAGS)) -c $< -o $@
@@ -143,7 +173,8 @@ lint:
 	if [ -n "$$bad" ]; then echo "pure modules must not include uv.h: $$bad"; \
 	    exit 1; fi; echo "lint: ok"
 PURE_SRC = src/pz.c src/kv.c src/config.c src/http_parse.c src/raft.c \
-           src/grpc_frame.c src/kv.h src/raft.h src/config.h
+           src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c src/kv.h \
+           src/raft.h src/config.h
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin

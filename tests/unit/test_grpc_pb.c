@@ -1,0 +1,172 @@
+/* test_grpc_pb.c - the protobuf wire helpers and the kv messages, checked
+ * against protobuf-c's encoding of kv.proto and against hand-made bytes. */
+#include "grpc_pb.h"
+#include "kv.pb-c.h"
+#include "test.h"
+
+TEST(matches_protobuf_c)
+{
+    /* SetRequest through protobuf-c and through grpc_pb: same bytes. */
+    Kv__SetRequest m = KV__SET_REQUEST__INIT;
+    m.key = "hello";
+    m.value = "world, a bit longer than the key";
+    size_t n = kv__set_request__get_packed_size(&m);
+    uint8_t *ref = pz_malloc(n);
+    kv__set_request__pack(&m, ref);
+
+    struct grpc_kv_req r = {.kind = GRPC_KV_SET,
+                            .key = (const uint8_t *)m.key,
+                            .klen = strlen(m.key),
+                            .value = (const uint8_t *)m.value,
+                            .vlen = strlen(m.value)};
+    struct pz_buf b;
+    pz_buf_init(&b);
+    grpc_kv_req_encode(&b, &r);
+    CHECK_EQ_INT(b.len, n);
+    CHECK(memcmp(b.data, ref, n) == 0);
+    pz_free(ref);
+
+    /* GetResponse found=true: protobuf-c decodes what we encode. */
+    pz_buf_reset(&b);
+    grpc_kv_get_resp_encode(&b, "v1", 2, true);
+    Kv__GetResponse *g =
+        kv__get_response__unpack(NULL, b.len, (uint8_t *)b.data);
+    CHECK(g != NULL);
+    CHECK_EQ_STR(g->value, "v1");
+    CHECK(g->found);
+    kv__get_response__free_unpacked(g, NULL);
+
+    /* Defaults are omitted: a missing key is an empty message. */
+    pz_buf_reset(&b);
+    grpc_kv_get_resp_encode(&b, "", 0, false);
+    CHECK_EQ_INT(b.len, 0);
+    grpc_kv_ok_resp_encode(&b, true);
+    CHECK_EQ_INT(b.len, 2);
+    CHECK(b.data[0] == 0x08 && b.data[1] == 0x01);
+    pz_buf_free(&b);
+}
+
+TEST(binary_safe)
+{
+    static const uint8_t key[] = {'a', 0, 'b'};
+    static const uint8_t val[] = {0, 0, 0xff, 0};
+    struct grpc_kv_req r = {.kind = GRPC_KV_SET, .key = key, .klen = 3,
+                            .value = val, .vlen = 4};
+    struct pz_buf b;
+    pz_buf_init(&b);
+    grpc_kv_req_encode(&b, &r);
+    struct grpc_kv_req d;
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_SET, (uint8_t *)b.data, b.len, &d),
+                 0);
+    CHECK_EQ_INT(d.klen, 3);
+    CHECK(memcmp(d.key, key, 3) == 0);
+    CHECK_EQ_INT(d.vlen, 4);
+    CHECK(memcmp(d.value, val, 4) == 0);
+    pz_buf_reset(&b);
+    grpc_kv_get_resp_encode(&b, val, 4, true);
+    const uint8_t *v;
+    size_t vl;
+    bool found;
+    CHECK_EQ_INT(grpc_kv_get_resp_decode((uint8_t *)b.data, b.len, &v, &vl,
+                                         &found),
+                 0);
+    CHECK(found);
+    CHECK_EQ_INT(vl, 4);
+    CHECK(memcmp(v, val, 4) == 0);
+    pz_buf_free(&b);
+}
+
+TEST(decode_rules)
+{
+    struct grpc_kv_req d;
+    /* Empty message: empty key. */
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, NULL, 0, &d), 0);
+    CHECK_EQ_INT(d.klen, 0);
+    CHECK(d.key != NULL);
+    CHECK(!d.stale);
+    /* Unknown fields of every wire type are skipped; the last key wins. */
+    static const uint8_t m1[] = {
+        0x0a, 1, 'x',                   /* key = "x" */
+        0x18, 0x96, 0x01,               /* field 3 varint 150 */
+        0x21, 1, 2, 3, 4, 5, 6, 7, 8,   /* field 4 fixed64 */
+        0x2d, 1, 2, 3, 4,               /* field 5 fixed32 */
+        0x32, 2, 'z', 'z',              /* field 6 bytes */
+        0x0a, 2, 'k', '2',              /* key = "k2" */
+        0x10, 0x01,                     /* stale = true */
+    };
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m1, sizeof m1, &d), 0);
+    CHECK_EQ_INT(d.klen, 2);
+    CHECK(memcmp(d.key, "k2", 2) == 0);
+    CHECK(d.stale);
+    /* For Delete, field 2 is unknown, whatever its type. */
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_DEL, m1, sizeof m1, &d), 0);
+    /* For Set, field 2 must be bytes. */
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_SET, m1, sizeof m1, &d),
+                 PZ_EINVAL);
+    /* Key with the wrong wire type. */
+    static const uint8_t m2[] = {0x08, 0x01};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m2, sizeof m2, &d),
+                 PZ_EINVAL);
+    /* Length past the end. */
+    static const uint8_t m3[] = {0x0a, 5, 'a', 'b'};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m3, sizeof m3, &d),
+                 PZ_EINVAL);
+    /* Truncated varint, field number 0, group wire type, bad fixed. */
+    static const uint8_t m4[] = {0x18, 0x80};
+    static const uint8_t m5[] = {0x02, 0x00};
+    static const uint8_t m6[] = {0x0b, 0x0c};
+    static const uint8_t m7[] = {0x21, 1, 2, 3};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m4, sizeof m4, &d),
+                 PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m5, sizeof m5, &d),
+                 PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m6, sizeof m6, &d),
+                 PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m7, sizeof m7, &d),
+                 PZ_EINVAL);
+    /* An 11-byte varint is malformed. */
+    static const uint8_t m8[] = {0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                 0xff, 0xff, 0xff, 0xff, 0x01};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m8, sizeof m8, &d),
+                 PZ_EINVAL);
+    /* Text that is not protobuf at all. */
+    static const char junk[] = "{\"key\":\"a\"}";
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, (const uint8_t *)junk,
+                                    sizeof junk - 1, &d),
+                 PZ_EINVAL);
+}
+
+TEST(field_iteration)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    grpc_pb_put_varint(&b, 1, UINT64_MAX);
+    grpc_pb_put_varint(&b, 536870911, 0);
+    grpc_pb_put_bytes(&b, 2, "", 0);
+    const uint8_t *p = (uint8_t *)b.data, *end = p + b.len;
+    struct grpc_pb_field f;
+    CHECK_EQ_INT(grpc_pb_next(&p, end, &f), 1);
+    CHECK(f.num == 1 && f.wire == GRPC_PB_VARINT && f.v == UINT64_MAX);
+    CHECK_EQ_INT(grpc_pb_next(&p, end, &f), 1);
+    CHECK(f.num == 536870911 && f.v == 0);
+    CHECK_EQ_INT(grpc_pb_next(&p, end, &f), 1);
+    CHECK(f.num == 2 && f.wire == GRPC_PB_LEN && f.len == 0);
+    CHECK_EQ_INT(grpc_pb_next(&p, end, &f), 0);
+    bool ok = true;
+    pz_buf_reset(&b);
+    grpc_kv_ok_resp_encode(&b, false);
+    CHECK_EQ_INT(b.len, 0);
+    CHECK_EQ_INT(grpc_kv_ok_resp_decode((uint8_t *)b.data, 0, &ok), 0);
+    CHECK(!ok);
+    pz_buf_free(&b);
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(matches_protobuf_c),
+    TEST_ENTRY(binary_safe),
+    TEST_ENTRY(decode_rules),
+    TEST_ENTRY(field_iteration),
+    TEST_END,
+};
+
+const struct test_suite suite_grpc_pb = {"grpc_pb", cases};
