@@ -1,0 +1,936 @@
+/* test_kv.c - the key-value state machine: table operations, incremental
+ * rehashing, iteration and scanning during rehashes, the command codec and
+ * its rejection of malformed input, digests, and a seeded randomized
+ * comparison against a plain array model. */
+#include <stdlib.h>
+
+#include "kv.h"
+#include "pz.h"
+#include "test.h"
+
+/* Look key up as a C string; NULL when absent. */
+static const char *get_str(struct kv *kv, const char *key)
+{
+    const uint8_t *v;
+    size_t vl;
+    if (!kv_get(kv, key, strlen(key), &v, &vl))
+        return NULL;
+    return (const char *)v;
+}
+
+static bool has_value(struct kv *kv, const void *k, size_t kl, const void *v,
+                      size_t vl)
+{
+    const uint8_t *got;
+    size_t gotl;
+    if (!kv_get(kv, k, kl, &got, &gotl))
+        return false;
+    return gotl == vl && (vl == 0 || memcmp(got, v, vl) == 0);
+}
+
+TEST(basic_ops)
+{
+    struct kv *kv = kv_new();
+    CHECK_EQ_INT(kv_count(kv), 0);
+    CHECK(get_str(kv, "a") == NULL);
+    CHECK_EQ_INT(kv_set(kv, "a", 1, "one", 3), 0);
+    CHECK_EQ_INT(kv_set(kv, "bb", 2, "two", 3), 0);
+    CHECK_EQ_INT(kv_count(kv), 2);
+    CHECK_EQ_INT(kv_bytes(kv), 1 + 3 + 2 + 3);
+    CHECK_EQ_STR(get_str(kv, "a"), "one");
+    CHECK_EQ_STR(get_str(kv, "bb"), "two");
+    CHECK(get_str(kv, "b") == NULL);
+    CHECK_EQ_INT(kv_del(kv, "a", 1), 1);
+    CHECK(get_str(kv, "a") == NULL);
+    CHECK_EQ_INT(kv_count(kv), 1);
+    CHECK_EQ_INT(kv_bytes(kv), 5);
+    CHECK_EQ_INT(kv_del(kv, "bb", 2), 1);
+    CHECK_EQ_INT(kv_count(kv), 0);
+    CHECK_EQ_INT(kv_bytes(kv), 0);
+    CHECK(kv_digest(kv) == 0);
+    kv_free(kv);
+    kv_free(NULL);
+}
+
+TEST(binary_keys_values)
+{
+    struct kv *kv = kv_new();
+    static const uint8_t k1[] = {'a', 0, 'b'}, k2[] = {'a', 0, 'c'};
+    static const uint8_t v1[] = {0, 0, 0}, v2[] = {1, 0, 2, 0};
+    CHECK_EQ_INT(kv_set(kv, k1, 3, v1, 3), 0);
+    CHECK_EQ_INT(kv_set(kv, k2, 3, v2, 4), 0);
+    CHECK_EQ_INT(kv_set(kv, "a", 1, "plain", 5), 0);
+    CHECK_EQ_INT(kv_set(kv, "", 0, "empty key", 9), 0);
+    CHECK_EQ_INT(kv_set(kv, "ev", 2, "", 0), 0);
+    CHECK_EQ_INT(kv_count(kv), 5);
+    CHECK(has_value(kv, k1, 3, v1, 3));
+    CHECK(has_value(kv, k2, 3, v2, 4));
+    CHECK(has_value(kv, "a", 1, "plain", 5));
+    CHECK(has_value(kv, "", 0, "empty key", 9));
+    CHECK(has_value(kv, "ev", 2, "", 0));
+    CHECK(!has_value(kv, k1, 2, "", 0)); /* "a\0" is not a key */
+    /* The borrowed value is NUL-terminated past its length. */
+    const uint8_t *v;
+    size_t vl;
+    CHECK(kv_get(kv, "a", 1, &v, &vl));
+    CHECK_EQ_INT(v[vl], 0);
+    CHECK_EQ_INT(kv_del(kv, k1, 3), 1);
+    CHECK(!has_value(kv, k1, 3, v1, 3));
+    CHECK(has_value(kv, k2, 3, v2, 4));
+    CHECK_EQ_INT(kv_del(kv, "", 0), 1);
+    CHECK_EQ_INT(kv_count(kv), 3);
+    kv_free(kv);
+}
+
+TEST(overwrite)
+{
+    struct kv *kv = kv_new();
+    CHECK_EQ_INT(kv_set(kv, "k", 1, "aaa", 3), 0);
+    uint64_t d_aaa = kv_digest(kv);
+    CHECK_EQ_INT(kv_set(kv, "k", 1, "bbb", 3), 1); /* same size */
+    CHECK_EQ_STR(get_str(kv, "k"), "bbb");
+    CHECK_EQ_INT(kv_set(kv, "k", 1, "longer value", 12), 1);
+    CHECK_EQ_STR(get_str(kv, "k"), "longer value");
+    CHECK_EQ_INT(kv_set(kv, "k", 1, "s", 1), 1);
+    CHECK_EQ_STR(get_str(kv, "k"), "s");
+    CHECK_EQ_INT(kv_count(kv), 1);
+    CHECK_EQ_INT(kv_bytes(kv), 2);
+    CHECK(kv_digest(kv) != d_aaa);
+    CHECK_EQ_INT(kv_set(kv, "k", 1, "aaa", 3), 1);
+    CHECK(kv_digest(kv) == d_aaa);
+    CHECK(kv_digest(kv) == kv_digest_compute(kv));
+    kv_free(kv);
+}
+
+TEST(value_aliases_table)
+{
+    struct kv *kv = kv_new();
+    CHECK_EQ_INT(kv_set(kv, "a", 1, "0123456789", 10), 0);
+    const uint8_t *v;
+    size_t vl;
+    /* Overwrite a with a suffix of its own value (size changes). */
+    CHECK(kv_get(kv, "a", 1, &v, &vl));
+    CHECK_EQ_INT(kv_set(kv, "a", 1, v + 3, vl - 3), 1);
+    CHECK_EQ_STR(get_str(kv, "a"), "3456789");
+    /* Same size, overlapping. */
+    CHECK(kv_get(kv, "a", 1, &v, &vl));
+    CHECK_EQ_INT(kv_set(kv, "a", 1, v, vl), 1);
+    CHECK_EQ_STR(get_str(kv, "a"), "3456789");
+    /* Another key from a's value, and a key taken from a's value. */
+    CHECK(kv_get(kv, "a", 1, &v, &vl));
+    CHECK_EQ_INT(kv_set(kv, "b", 1, v, vl), 0);
+    CHECK(kv_get(kv, "a", 1, &v, &vl));
+    CHECK_EQ_INT(kv_set(kv, v, 2, "x", 1), 0);
+    CHECK_EQ_STR(get_str(kv, "34"), "x");
+    CHECK_EQ_STR(get_str(kv, "b"), "3456789");
+    CHECK(kv_digest(kv) == kv_digest_compute(kv));
+    kv_free(kv);
+}
+
+TEST(delete_missing)
+{
+    struct kv *kv = kv_new();
+    CHECK_EQ_INT(kv_del(kv, "nope", 4), 0); /* on a table never used */
+    CHECK_EQ_INT(kv_set(kv, "x", 1, "1", 1), 0);
+    CHECK_EQ_INT(kv_del(kv, "nope", 4), 0);
+    CHECK_EQ_INT(kv_del(kv, "x", 1), 1);
+    CHECK_EQ_INT(kv_del(kv, "x", 1), 0);
+    CHECK_EQ_INT(kv_count(kv), 0);
+    kv_free(kv);
+}
+
+TEST(too_big)
+{
+    struct kv *kv = kv_new();
+    static const char small[8] = "k";
+    /* Lengths are checked before anything is read. */
+    CHECK_EQ_INT(kv_set(kv, small, KV_KEY_MAX + 1, "v", 1), PZ_ETOOBIG);
+    CHECK_EQ_INT(kv_set(kv, "k", 1, small, KV_VALUE_MAX + 1), PZ_ETOOBIG);
+    CHECK_EQ_INT(kv_del(kv, small, KV_KEY_MAX + 1), 0);
+    CHECK_EQ_INT(kv_count(kv), 0);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    CHECK_EQ_INT(kv_encode_set(&b, small, KV_KEY_MAX + 1, "v", 1), PZ_ETOOBIG);
+    CHECK_EQ_INT(kv_encode_set(&b, "k", 1, small, KV_VALUE_MAX + 1),
+                 PZ_ETOOBIG);
+    CHECK_EQ_INT(kv_encode_del(&b, small, KV_KEY_MAX + 1), PZ_ETOOBIG);
+    CHECK_EQ_INT(b.len, 0);
+    /* The largest key is accepted. */
+    char *big = pz_calloc(1, KV_KEY_MAX);
+    CHECK_EQ_INT(kv_set(kv, big, KV_KEY_MAX, "v", 1), 0);
+    CHECK(has_value(kv, big, KV_KEY_MAX, "v", 1));
+    pz_free(big);
+    kv_free(kv);
+}
+
+/* --- growth, shrink, incremental rehashing ------------------------------ */
+
+#define BIG_N 1000000
+
+static size_t key_of(char *buf, size_t i)
+{
+    return (size_t)sprintf(buf, "key:%zu", i);
+}
+
+static size_t val_of(char *buf, size_t i)
+{
+    return (size_t)sprintf(buf, "v%zu-%zu", i * 7919, i % 13);
+}
+
+/* Track how long each rehash lasts, in operations, and the per-op bound. */
+struct rehash_watch {
+    uint64_t streak;     /* consecutive ops that ended with a rehash on */
+    uint64_t max_streak; /* longest such run */
+    uint64_t ops;        /* operations watched */
+};
+
+static void watch(struct kv *kv, struct rehash_watch *w)
+{
+    struct kv_stats st;
+    kv_stats(kv, &st);
+    w->ops++;
+    if (st.rehashing) {
+        w->streak++;
+        if (w->streak > w->max_streak)
+            w->max_streak = w->streak;
+    } else {
+        w->streak = 0;
+    }
+}
+
+TEST(grow_to_1m_and_shrink)
+{
+    struct kv *kv = kv_new();
+    char k[32], v[48];
+    struct rehash_watch w = {0};
+    size_t bytes = 0;
+    for (size_t i = 0; i < BIG_N; i++) {
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        CHECK_EQ_INT(kv_set(kv, k, kl, v, vl), 0);
+        bytes += kl + vl;
+        watch(kv, &w);
+    }
+    struct kv_stats st;
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.keys, BIG_N);
+    CHECK_EQ_INT(st.bytes, bytes);
+    CHECK_EQ_INT(st.grows, 18); /* 4 buckets doubled to 2^20 */
+    CHECK_EQ_INT(st.shrinks, 0);
+    CHECK_EQ_INT(st.buckets[0] + st.buckets[1], (size_t)1 << 20);
+    /* Incremental: the last grow (2^19 -> 2^20 buckets) spread over at
+     * least 2^19 / KV_REHASH_EMPTY_VISITS operations, and no operation
+     * processed more than the bound. */
+    CHECK(w.max_streak >= ((uint64_t)1 << 19) / KV_REHASH_EMPTY_VISITS);
+    CHECK(st.max_step_buckets >= 1);
+    CHECK(st.max_step_buckets <= KV_REHASH_EMPTY_VISITS);
+    CHECK(st.max_step_entries <=
+          32); /* one chain; a good hash keeps it short */
+    CHECK(kv_digest(kv) == kv_digest_compute(kv));
+
+    for (size_t i = 0; i < BIG_N; i++) {
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        CHECK(has_value(kv, k, kl, v, vl));
+    }
+    CHECK(get_str(kv, "key:1000000") == NULL);
+
+    /* Delete the even keys, then check both halves. */
+    w = (struct rehash_watch){0};
+    for (size_t i = 0; i < BIG_N; i += 2) {
+        size_t kl = key_of(k, i);
+        CHECK_EQ_INT(kv_del(kv, k, kl), 1);
+        watch(kv, &w);
+    }
+    CHECK_EQ_INT(kv_count(kv), BIG_N / 2);
+    for (size_t i = 0; i < BIG_N; i++) {
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        if (i % 2)
+            CHECK(has_value(kv, k, kl, v, vl));
+        else
+            CHECK(!kv_get(kv, k, kl, &(const uint8_t *){0}, &(size_t){0}));
+    }
+    /* Then the rest, from the top down. */
+    for (size_t i = BIG_N - 1; i < BIG_N; i -= 2) {
+        size_t kl = key_of(k, i);
+        CHECK_EQ_INT(kv_del(kv, k, kl), 1);
+        watch(kv, &w);
+    }
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.keys, 0);
+    CHECK_EQ_INT(st.bytes, 0);
+    CHECK(kv_digest(kv) == 0);
+    /* 2^20 -> 2^18 began at 131071 keys and, moving a sparse table one
+     * bucket per delete, lasted until few keys were left; then a second
+     * shrink. Idle-time rehashing finishes it. */
+    CHECK(st.shrinks >= 2);
+    CHECK(st.max_step_buckets <= KV_REHASH_EMPTY_VISITS);
+    CHECK(w.max_streak >= 10000); /* shrinks were incremental too */
+    while (kv_rehash(kv, 100))
+        ;
+    kv_stats(kv, &st);
+    CHECK(!st.rehashing);
+    CHECK_EQ_INT(st.buckets[1], 0);
+    CHECK(st.buckets[0] <= 256);
+    kv_free(kv);
+}
+
+/* Pointers from kv_get stay valid while gets advance a rehash. */
+TEST(get_pointer_survives_rehash)
+{
+    struct kv *kv = kv_new();
+    char k[32], v[48];
+    size_t i = 0;
+    struct kv_stats st;
+    do {
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        kv_set(kv, k, kl, v, vl);
+        i++;
+        kv_stats(kv, &st);
+    } while (!st.rehashing || i < 1000);
+    const uint8_t *p;
+    size_t pl;
+    CHECK(kv_get(kv, "key:0", 5, &p, &pl));
+    while (st.rehashing) {
+        const uint8_t *q;
+        size_t ql;
+        CHECK(kv_get(kv, "key:1", 5, &q, &ql));
+        kv_stats(kv, &st);
+    }
+    val_of(v, 0);
+    CHECK_EQ_STR((const char *)p, v);
+    kv_free(kv);
+}
+
+/* --- iteration ------------------------------------------------------------ */
+
+#define SCAN_N 5000
+
+struct visits {
+    unsigned counts[SCAN_N]; /* visits of stable key s:<i> */
+    size_t total;            /* all entries visited */
+};
+
+static int count_visit(void *arg, const uint8_t *key, size_t klen,
+                       const uint8_t *value, size_t vlen)
+{
+    struct visits *vs = arg;
+    char buf[32];
+    PZ_UNUSED(value);
+    PZ_UNUSED(vlen);
+    vs->total++;
+    if (klen < 2 || klen >= sizeof buf || memcmp(key, "s:", 2) != 0)
+        return 0;
+    memcpy(buf, key + 2, klen - 2);
+    buf[klen - 2] = '\0';
+    long i = strtol(buf, NULL, 10);
+    if (i >= 0 && i < SCAN_N)
+        vs->counts[i]++;
+    return 0;
+}
+
+static void put_stable(struct kv *kv, size_t n)
+{
+    char k[32];
+    for (size_t i = 0; i < n; i++) {
+        size_t kl = (size_t)sprintf(k, "s:%zu", i);
+        kv_set(kv, k, kl, "x", 1);
+    }
+}
+
+static void put_extra(struct kv *kv, size_t i)
+{
+    char k[32];
+    size_t kl = (size_t)sprintf(k, "x:%zu", i);
+    kv_set(kv, k, kl, "y", 1);
+}
+
+static void del_extra(struct kv *kv, size_t i)
+{
+    char k[32];
+    size_t kl = (size_t)sprintf(k, "x:%zu", i);
+    kv_del(kv, k, kl);
+}
+
+TEST(foreach_during_rehash)
+{
+    struct kv *kv = kv_new();
+    struct visits *vs = pz_calloc(1, sizeof(*vs));
+    struct kv_stats st;
+    size_t n = 0;
+    char k[32];
+    do { /* stop right after a grow began */
+        size_t kl = (size_t)sprintf(k, "s:%zu", n++);
+        kv_set(kv, k, kl, "x", 1);
+        kv_stats(kv, &st);
+    } while (!(st.rehashing && n > 1000));
+    kv_foreach(kv, count_visit, vs);
+    CHECK_EQ_INT(vs->total, n);
+    for (size_t i = 0; i < n; i++)
+        CHECK_EQ_INT(vs->counts[i], 1);
+    pz_free(vs);
+    kv_free(kv);
+}
+
+static int stop_at_third(void *arg, const uint8_t *key, size_t klen,
+                         const uint8_t *value, size_t vlen)
+{
+    PZ_UNUSED(key);
+    PZ_UNUSED(klen);
+    PZ_UNUSED(value);
+    PZ_UNUSED(vlen);
+    return ++*(int *)arg == 3 ? 42 : 0;
+}
+
+TEST(foreach_stops)
+{
+    struct kv *kv = kv_new();
+    put_stable(kv, 10);
+    int n = 0;
+    CHECK_EQ_INT(kv_foreach(kv, stop_at_third, &n), 42);
+    CHECK_EQ_INT(n, 3);
+    kv_free(kv);
+}
+
+/* A full scan of a table that grows by several powers of two while being
+ * scanned, then one that shrinks, visits every stable key. */
+TEST(scan_during_rehash)
+{
+    struct kv *kv = kv_new();
+    struct visits *vs = pz_calloc(1, sizeof(*vs));
+    struct kv_stats st;
+    put_stable(kv, SCAN_N);
+    size_t extra = 0;
+    do { /* start a grow */
+        put_extra(kv, extra++);
+        kv_stats(kv, &st);
+    } while (!st.rehashing);
+    size_t size0 = st.buckets[0];
+
+    uint64_t cursor = 0;
+    size_t calls = 0, calls_rehashing = 0;
+    do {
+        kv_stats(kv, &st);
+        calls_rehashing += st.rehashing;
+        cursor = kv_scan(kv, cursor, count_visit, vs);
+        calls++;
+        for (int j = 0; j < 8 && extra < 60000; j++)
+            put_extra(kv, extra++);
+    } while (cursor != 0);
+    for (size_t i = 0; i < SCAN_N; i++)
+        CHECK(vs->counts[i] >= 1);
+    kv_stats(kv, &st);
+    CHECK(st.buckets[0] >= size0 * 4); /* grew twice or more meanwhile */
+    CHECK(calls_rehashing > 100);
+    CHECK(calls > 1000);
+
+    /* Shrinking: delete every extra key while scanning. */
+    memset(vs, 0, sizeof(*vs));
+    uint64_t shrinks0 = st.shrinks;
+    size_t next_del = 0;
+    cursor = 0;
+    calls_rehashing = 0;
+    do {
+        kv_stats(kv, &st);
+        calls_rehashing += st.rehashing;
+        cursor = kv_scan(kv, cursor, count_visit, vs);
+        for (int j = 0; j < 64 && next_del < extra; j++)
+            del_extra(kv, next_del++);
+    } while (cursor != 0);
+    for (size_t i = 0; i < SCAN_N; i++)
+        CHECK(vs->counts[i] >= 1);
+    kv_stats(kv, &st);
+    CHECK(st.shrinks > shrinks0);
+    CHECK(calls_rehashing > 10);
+
+    /* A scan of a quiet table visits each key exactly once. */
+    while (next_del < extra)
+        del_extra(kv, next_del++);
+    CHECK(!kv_rehash(kv, SIZE_MAX)); /* let any rehash finish */
+    kv_stats(kv, &st);
+    CHECK(!st.rehashing);
+    memset(vs, 0, sizeof(*vs));
+    cursor = 0;
+    do
+        cursor = kv_scan(kv, cursor, count_visit, vs);
+    while (cursor != 0);
+    CHECK_EQ_INT(vs->total, SCAN_N);
+    for (size_t i = 0; i < SCAN_N; i++)
+        CHECK_EQ_INT(vs->counts[i], 1);
+
+    pz_free(vs);
+    kv_free(kv);
+}
+
+TEST(scan_empty)
+{
+    struct kv *kv = kv_new();
+    struct visits *vs = pz_calloc(1, sizeof(*vs));
+    CHECK(kv_scan(kv, 0, count_visit, vs) == 0);
+    CHECK_EQ_INT(vs->total, 0);
+    pz_free(vs);
+    kv_free(kv);
+}
+
+/* --- commands ------------------------------------------------------------- */
+
+TEST(encode_format)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    CHECK_EQ_INT(kv_encode_set(&b, "k", 1, "v", 1), 0);
+    static const uint8_t set_kv[] = {0x11, 1, 'k', 1, 'v'};
+    CHECK_EQ_INT(b.len, sizeof set_kv);
+    CHECK(memcmp(b.data, set_kv, sizeof set_kv) == 0);
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_del(&b, "k", 1), 0);
+    static const uint8_t del_k[] = {0x12, 1, 'k'};
+    CHECK_EQ_INT(b.len, sizeof del_k);
+    CHECK(memcmp(b.data, del_k, sizeof del_k) == 0);
+    /* Appends; 200 = 0xc8 encodes as c8 01; empty value as 00. */
+    char key[200];
+    memset(key, 'z', sizeof key);
+    CHECK_EQ_INT(kv_encode_set(&b, key, sizeof key, "", 0), 0);
+    CHECK_EQ_INT(b.len, 3 + 1 + 2 + 200 + 1);
+    const uint8_t *p = (const uint8_t *)b.data + 3;
+    CHECK_EQ_INT(p[0], 0x11);
+    CHECK_EQ_INT(p[1], 0xc8);
+    CHECK_EQ_INT(p[2], 0x01);
+    CHECK_EQ_INT(p[203], 0);
+    struct kv_cmd c;
+    CHECK_EQ_INT(kv_decode(p, b.len - 3, &c), 0);
+    CHECK_EQ_INT(c.op, KV_OP_SET);
+    CHECK_EQ_INT(c.klen, 200);
+    CHECK_EQ_INT(c.vlen, 0);
+    CHECK(c.key == p + 3);
+    pz_buf_free(&b);
+}
+
+TEST(apply_roundtrip)
+{
+    struct kv *kv = kv_new();
+    struct pz_buf b;
+    struct kv_result res;
+    static const uint8_t bk[] = {0, 'k', 0}, bv[] = {'v', 0, 0, 'w'};
+    pz_buf_init(&b);
+    kv_encode_set(&b, bk, sizeof bk, bv, sizeof bv);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK_EQ_INT(res.op, KV_OP_SET);
+    CHECK(!res.existed);
+    CHECK(has_value(kv, bk, sizeof bk, bv, sizeof bv));
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK(res.existed);
+    CHECK_EQ_INT(kv_count(kv), 1);
+
+    pz_buf_reset(&b);
+    kv_encode_del(&b, bk, sizeof bk);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK_EQ_INT(res.op, KV_OP_DEL);
+    CHECK(res.existed);
+    CHECK_EQ_INT(kv_count(kv), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, NULL), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK(!res.existed);
+    pz_buf_free(&b);
+    kv_free(kv);
+}
+
+struct snap {
+    size_t count;    /* kv_count */
+    size_t bytes;    /* kv_bytes */
+    uint64_t digest; /* kv_digest */
+};
+
+static struct snap snap_of(const struct kv *kv)
+{
+    return (struct snap){kv_count(kv), kv_bytes(kv), kv_digest(kv)};
+}
+
+static bool snap_eq(struct snap a, struct snap b)
+{
+    return a.count == b.count && a.bytes == b.bytes && a.digest == b.digest;
+}
+
+/* Apply must fail with want and leave the table as it was. */
+#define CHECK_REJECT(kv, bytes, n, want)                                       \
+    do {                                                                       \
+        struct snap before_ = snap_of(kv);                                     \
+        struct kv_result r_ = {-1, true};                                      \
+        CHECK_EQ_INT(kv_apply(kv, bytes, n, &r_), want);                       \
+        CHECK(snap_eq(before_, snap_of(kv)));                                  \
+        CHECK_EQ_INT(r_.op, -1);                                               \
+    } while (0)
+
+TEST(apply_malformed)
+{
+    struct kv *kv = kv_new();
+    put_stable(kv, 100);
+    CHECK_EQ_INT(kv_set(kv, "ab", 2, "1", 1), 0);
+    CHECK_EQ_INT(kv_set(kv, "a", 1, "2", 1), 0);
+    static const uint8_t empty[1] = {0};
+    CHECK_REJECT(kv, empty, 0, PZ_EINVAL);
+
+    /* Unknown versions and ops. */
+    static const uint8_t v0[] = {0x01, 1, 'a', 1, 'x'};
+    static const uint8_t v2[] = {0x21, 1, 'a', 1, 'x'};
+    static const uint8_t vf[] = {0xf2, 1, 'a'};
+    static const uint8_t op0[] = {0x10, 1, 'a'};
+    static const uint8_t op3[] = {0x13, 1, 'a'};
+    static const uint8_t opf[] = {0x1f, 1, 'a'};
+    CHECK_REJECT(kv, v0, sizeof v0, PZ_EINVAL);
+    CHECK_REJECT(kv, v2, sizeof v2, PZ_EINVAL);
+    CHECK_REJECT(kv, vf, sizeof vf, PZ_EINVAL);
+    CHECK_REJECT(kv, op0, sizeof op0, PZ_EINVAL);
+    CHECK_REJECT(kv, op3, sizeof op3, PZ_EINVAL);
+    CHECK_REJECT(kv, opf, sizeof opf, PZ_EINVAL);
+
+    /* Every truncation of valid commands (a DEL of "ab" cut to "a" must
+     * not delete "a"). */
+    struct pz_buf b;
+    pz_buf_init(&b);
+    kv_encode_set(&b, "ab", 2, "value", 5);
+    for (size_t n = 1; n < b.len; n++)
+        CHECK_REJECT(kv, (uint8_t *)b.data, n, PZ_ECORRUPT);
+    pz_buf_reset(&b);
+    kv_encode_del(&b, "ab", 2);
+    for (size_t n = 1; n < b.len; n++)
+        CHECK_REJECT(kv, (uint8_t *)b.data, n, PZ_ECORRUPT);
+    static const uint8_t del_a_short[] = {0x12, 2, 'a'};
+    CHECK_REJECT(kv, del_a_short, sizeof del_a_short, PZ_ECORRUPT);
+    /* Trailing bytes. */
+    static const uint8_t del_trail[] = {0x12, 1, 'a', 0};
+    static const uint8_t set_trail[] = {0x11, 1, 'a', 1, 'x', 'y'};
+    CHECK_REJECT(kv, del_trail, sizeof del_trail, PZ_ECORRUPT);
+    CHECK_REJECT(kv, set_trail, sizeof set_trail, PZ_ECORRUPT);
+
+    /* Bad varints and lengths past the end. */
+    static const uint8_t long_varint[] = {0x12, 0x80, 0x80, 0x80,
+                                          0x80, 0x80, 0x00, 'a'};
+    static const uint8_t nonminimal[] = {0x12, 0x81, 0x00, 'a'};
+    static const uint8_t klen_max32[] = {0x12, 0xff, 0xff, 0xff,
+                                         0xff, 0x0f, 'a'};
+    static const uint8_t klen_33bits[] = {0x12, 0xff, 0xff, 0xff,
+                                          0xff, 0x1f, 'a'};
+    static const uint8_t klen_2[] = {0x12, 0x02, 'a'};
+    static const uint8_t vlen_huge[] = {0x11, 1,    'a',  0xff, 0xff,
+                                        0xff, 0xff, 0x0f, 'x'};
+    static const uint8_t vlen_cut[] = {0x11, 1, 'a', 0x80};
+    static const uint8_t vlen_past[] = {0x11, 1, 'a', 3, 'x', 'y'};
+    CHECK_REJECT(kv, long_varint, sizeof long_varint, PZ_ECORRUPT);
+    CHECK_REJECT(kv, nonminimal, sizeof nonminimal, PZ_ECORRUPT);
+    CHECK_REJECT(kv, klen_max32, sizeof klen_max32, PZ_ECORRUPT);
+    CHECK_REJECT(kv, klen_33bits, sizeof klen_33bits, PZ_ECORRUPT);
+    CHECK_REJECT(kv, klen_2, sizeof klen_2, PZ_ECORRUPT);
+    CHECK_REJECT(kv, vlen_huge, sizeof vlen_huge, PZ_ECORRUPT);
+    CHECK_REJECT(kv, vlen_cut, sizeof vlen_cut, PZ_ECORRUPT);
+    CHECK_REJECT(kv, vlen_past, sizeof vlen_past, PZ_ECORRUPT);
+
+    /* A key over the limit whose bytes are all there. */
+    size_t n = 1 + 5 + KV_KEY_MAX + 1;
+    uint8_t *big = pz_calloc(1, n);
+    big[0] = 0x12;
+    size_t pos = 1;
+    uint32_t v = KV_KEY_MAX + 1;
+    while (v >= 0x80) {
+        big[pos++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    big[pos++] = (uint8_t)v;
+    n = pos + KV_KEY_MAX + 1;
+    CHECK_REJECT(kv, big, n, PZ_ETOOBIG);
+    pz_free(big);
+
+    /* Nothing above changed the table. */
+    CHECK_EQ_INT(kv_count(kv), 102);
+    CHECK_EQ_STR(get_str(kv, "a"), "2");
+    CHECK_EQ_STR(get_str(kv, "ab"), "1");
+    CHECK(kv_digest(kv) == kv_digest_compute(kv));
+    pz_buf_free(&b);
+    kv_free(kv);
+}
+
+/* Random byte flips of valid commands: rejected ones change nothing,
+ * accepted ones do exactly what kv_decode says. */
+TEST(apply_fuzz)
+{
+    struct kv *kv = kv_new();
+    put_stable(kv, 50);
+    uint64_t rng = 12345;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    int accepted = 0, rejected = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        pz_buf_reset(&b);
+        char k[16];
+        size_t kl = (size_t)sprintf(k, "s:%d", (int)(pz_rand_next(&rng) % 60));
+        if (pz_rand_next(&rng) % 2)
+            kv_encode_set(&b, k, kl, "value", pz_rand_next(&rng) % 6);
+        else
+            kv_encode_del(&b, k, kl);
+        uint8_t *p = (uint8_t *)b.data;
+        int flips = 1 + (int)(pz_rand_next(&rng) % 3);
+        for (int f = 0; f < flips; f++)
+            p[pz_rand_next(&rng) % b.len] ^=
+                (uint8_t)(1u << (pz_rand_next(&rng) % 8));
+        size_t len = b.len - (size_t)(pz_rand_next(&rng) % 2);
+        struct snap before = snap_of(kv);
+        struct kv_cmd c;
+        int drc = kv_decode(p, len, &c);
+        int rc = kv_apply(kv, p, len, NULL);
+        CHECK_EQ_INT(rc, drc);
+        if (rc) {
+            CHECK(rc == PZ_EINVAL || rc == PZ_ECORRUPT);
+            CHECK(snap_eq(before, snap_of(kv)));
+            rejected++;
+        } else if (c.op == KV_OP_SET) {
+            CHECK(has_value(kv, c.key, c.klen, c.value, c.vlen));
+            accepted++;
+        } else {
+            CHECK(!kv_get(kv, c.key, c.klen, &(const uint8_t *){0},
+                          &(size_t){0}));
+            accepted++;
+        }
+    }
+    CHECK(accepted > 1000);
+    CHECK(rejected > 1000);
+    CHECK(kv_digest(kv) == kv_digest_compute(kv));
+    pz_buf_free(&b);
+    kv_free(kv);
+}
+
+/* --- digests -------------------------------------------------------------- */
+
+TEST(digest_order_independent)
+{
+    struct kv *a = kv_new(), *b = kv_new_seeded(0xdeadbeef);
+    char k[32], v[48];
+    const size_t n = 20000;
+    for (size_t i = 0; i < n; i++) {
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        kv_set(a, k, kl, "old", 3);
+        kv_set(a, k, kl, v, vl);
+    }
+    for (size_t i = n; i-- > 0;) {
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        kv_set(b, k, kl, v, vl);
+    }
+    for (size_t i = n; i < n + 5000; i++) { /* b also held keys since gone */
+        size_t kl = key_of(k, i);
+        kv_set(b, k, kl, "gone", 4);
+    }
+    for (size_t i = n; i < n + 5000; i++) {
+        size_t kl = key_of(k, i);
+        kv_del(b, k, kl);
+    }
+    CHECK(kv_digest(a) != 0);
+    CHECK(kv_digest(a) == kv_digest(b));
+    CHECK(kv_digest(a) == kv_digest_compute(a));
+    CHECK(kv_digest(b) == kv_digest_compute(b));
+    CHECK_EQ_INT(kv_bytes(a), kv_bytes(b));
+
+    /* One changed value, or a value moved to another key, differs. */
+    uint64_t d = kv_digest(a);
+    kv_set(a, "key:5", 5, "changed", 7);
+    CHECK(kv_digest(a) != d);
+    size_t vl = val_of(v, 5);
+    kv_set(a, "key:5", 5, v, vl);
+    CHECK(kv_digest(a) == d);
+    kv_set(a, "k", 1, "ey:5", 4);
+    kv_set(b, "ke", 2, "y:5", 3);
+    CHECK(kv_digest(a) != kv_digest(b));
+    kv_free(a);
+    kv_free(b);
+}
+
+/* --- randomized comparison with a reference model ------------------------- */
+
+#define MODEL_KEYS 600
+#define MODEL_VMAX 40
+
+struct model {
+    bool present[MODEL_KEYS];            /* key i exists */
+    uint8_t val[MODEL_KEYS][MODEL_VMAX]; /* its value */
+    size_t vlen[MODEL_KEYS];             /* its length */
+    size_t count;                        /* keys present */
+    size_t bytes;                        /* key + value bytes */
+};
+
+/* Keys are binary: a NUL, the index in 2 bytes, then some filler. */
+static size_t model_key(uint8_t *k, size_t i)
+{
+    k[0] = 0;
+    k[1] = (uint8_t)(i >> 8);
+    k[2] = (uint8_t)i;
+    size_t n = 3 + i % 5;
+    for (size_t j = 3; j < n; j++)
+        k[j] = (uint8_t)(j * 31 + i);
+    return n;
+}
+
+struct model_visit {
+    const struct model *m; /* expected contents */
+    size_t *seen;          /* visits per key index */
+    size_t bad;            /* entries not matching the model */
+};
+
+static int model_check_visit(void *arg, const uint8_t *key, size_t klen,
+                             const uint8_t *value, size_t vlen)
+{
+    struct model_visit *mv = arg;
+    if (klen < 3) {
+        mv->bad++;
+        return 0;
+    }
+    size_t i = (size_t)key[1] << 8 | key[2];
+    uint8_t want[8];
+    if (i >= MODEL_KEYS || !mv->m->present[i] || model_key(want, i) != klen ||
+        memcmp(want, key, klen) != 0 || mv->m->vlen[i] != vlen ||
+        (vlen && memcmp(mv->m->val[i], value, vlen) != 0))
+        mv->bad++;
+    else
+        mv->seen[i]++;
+    return 0;
+}
+
+static void model_check_all(struct kv *kv, const struct model *m)
+{
+    size_t seen[MODEL_KEYS] = {0};
+    struct model_visit mv = {m, seen, 0};
+    CHECK_EQ_INT(kv_count(kv), m->count);
+    CHECK_EQ_INT(kv_bytes(kv), m->bytes);
+    CHECK(kv_digest(kv) == kv_digest_compute(kv));
+    kv_foreach(kv, model_check_visit, &mv);
+    CHECK_EQ_INT(mv.bad, 0);
+    for (size_t i = 0; i < MODEL_KEYS; i++)
+        CHECK_EQ_INT(seen[i], m->present[i] ? 1 : 0);
+    /* A scan with no mutation visits every key (at least once). */
+    memset(seen, 0, sizeof seen);
+    uint64_t cursor = 0;
+    do
+        cursor = kv_scan(kv, cursor, model_check_visit, &mv);
+    while (cursor != 0);
+    CHECK_EQ_INT(mv.bad, 0);
+    for (size_t i = 0; i < MODEL_KEYS; i++)
+        CHECK(m->present[i] ? seen[i] >= 1 : seen[i] == 0);
+}
+
+static void model_run(uint64_t seed)
+{
+    struct model *m = pz_calloc(1, sizeof(*m));
+    struct kv *kv = kv_new_seeded(seed);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    uint64_t rng = seed;
+    for (int iter = 0; iter < 60000; iter++) {
+        /* Phases of mostly-set and mostly-delete to grow and shrink. */
+        int set_pct = (iter / 5000) % 2 ? 5 : 80;
+        size_t i = pz_rand_next(&rng) % MODEL_KEYS;
+        uint8_t k[8];
+        size_t kl = model_key(k, i);
+        uint64_t r = pz_rand_next(&rng);
+        bool via_apply = r & 1;
+        int pct = (int)((r >> 1) % 100);
+        if (pct < set_pct) {
+            uint8_t v[MODEL_VMAX];
+            size_t vl = (r >> 8) % (MODEL_VMAX + 1);
+            for (size_t j = 0; j < vl; j++)
+                v[j] = (uint8_t)(pz_rand_next(&rng) % 4); /* NULs likely */
+            int rc;
+            if (via_apply) {
+                struct kv_result res;
+                pz_buf_reset(&b);
+                CHECK_EQ_INT(kv_encode_set(&b, k, kl, v, vl), 0);
+                CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+                CHECK_EQ_INT(res.op, KV_OP_SET);
+                rc = res.existed;
+            } else {
+                rc = kv_set(kv, k, kl, v, vl);
+            }
+            CHECK_EQ_INT(rc, m->present[i] ? 1 : 0);
+            if (m->present[i]) {
+                m->bytes -= m->vlen[i];
+            } else {
+                m->count++;
+                m->bytes += kl;
+            }
+            m->present[i] = true;
+            memcpy(m->val[i], v, vl);
+            m->vlen[i] = vl;
+            m->bytes += vl;
+        } else if (pct < 90) {
+            int rc;
+            if (via_apply) {
+                struct kv_result res;
+                pz_buf_reset(&b);
+                CHECK_EQ_INT(kv_encode_del(&b, k, kl), 0);
+                CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+                CHECK_EQ_INT(res.op, KV_OP_DEL);
+                rc = res.existed;
+            } else {
+                rc = kv_del(kv, k, kl);
+            }
+            CHECK_EQ_INT(rc, m->present[i] ? 1 : 0);
+            if (m->present[i]) {
+                m->count--;
+                m->bytes -= kl + m->vlen[i];
+            }
+            m->present[i] = false;
+        } else {
+            const uint8_t *v;
+            size_t vl;
+            bool found = kv_get(kv, k, kl, &v, &vl);
+            CHECK_EQ_INT(found, m->present[i]);
+            if (found) {
+                CHECK_EQ_INT(vl, m->vlen[i]);
+                CHECK(vl == 0 || memcmp(v, m->val[i], vl) == 0);
+            }
+        }
+        if (iter % 997 == 0) {
+            model_check_all(kv, m);
+            if (test_failed_flag)
+                return;
+        }
+    }
+    model_check_all(kv, m);
+    struct kv_stats st;
+    kv_stats(kv, &st);
+    CHECK(st.grows > 0);
+    CHECK(st.shrinks > 0);
+    CHECK(st.max_step_buckets <= KV_REHASH_EMPTY_VISITS);
+    pz_buf_free(&b);
+    kv_free(kv);
+    pz_free(m);
+}
+
+TEST(random_vs_model)
+{
+    static const uint64_t seeds[] = {1, 42, 0x5eed5eed, 20240601};
+    for (size_t s = 0; s < PZ_ARRAY_SIZE(seeds); s++) {
+        model_run(seeds[s]);
+        if (test_failed_flag) {
+            fprintf(stderr, "    model run failed with seed %" PRIu64 "\n",
+                    seeds[s]);
+            return;
+        }
+    }
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(basic_ops),
+    TEST_ENTRY(binary_keys_values),
+    TEST_ENTRY(overwrite),
+    TEST_ENTRY(value_aliases_table),
+    TEST_ENTRY(delete_missing),
+    TEST_ENTRY(too_big),
+    TEST_ENTRY(grow_to_1m_and_shrink),
+    TEST_ENTRY(get_pointer_survives_rehash),
+    TEST_ENTRY(foreach_during_rehash),
+    TEST_ENTRY(foreach_stops),
+    TEST_ENTRY(scan_during_rehash),
+    TEST_ENTRY(scan_empty),
+    TEST_ENTRY(encode_format),
+    TEST_ENTRY(apply_roundtrip),
+    TEST_ENTRY(apply_malformed),
+    TEST_ENTRY(apply_fuzz),
+    TEST_ENTRY(digest_order_independent),
+    TEST_ENTRY(random_vs_model),
+    TEST_END};
+const struct test_suite suite_kv = {"kv", cases};
