@@ -188,12 +188,12 @@ static void reply_status(struct http_conn *h)
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     bool ka = keep_alive(h);
-    size_t n = strlen(s);
-    s = realloc(s, n + 2);
-    pz_assert(s != NULL);
-    s[n] = '\n';
-    reply(h, 200, "application/json", s, n + 1, NULL, !ka);
-    free(s);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_appendf(&b, "%s\n", s);
+    cJSON_free(s);
+    reply(h, 200, "application/json", b.data, b.len, NULL, !ka);
+    pz_buf_free(&b);
     finish(h, !ka);
 }
 

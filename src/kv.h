@@ -5,11 +5,11 @@
  * Keys and values are arbitrary bytes (NUL included); the table copies
  * them. Lookups, inserts and deletes are O(1) on average. The table grows
  * (to twice its size) when it holds as many keys as buckets and shrinks when
- * fewer than one bucket in eight is used; either way the move from the old
- * bucket array to the new one is incremental, as in Redis's dict: every
- * kv_get/kv_set/kv_del moves at most one non-empty bucket and looks at no
- * more than KV_REHASH_EMPTY_VISITS empty ones, so no operation stalls on a
- * full rehash.
+ * it holds fewer keys than an eighth of its buckets; either way the move
+ * from the old bucket array to the new one is incremental, as in Redis's
+ * dict: every kv_get/kv_set/kv_del processes at most KV_REHASH_EMPTY_VISITS
+ * indices of the old array and moves the chain of at most one of them, so
+ * no operation stalls on a full rehash (kv_stats reports the maxima seen).
  *
  * Command format (version 1). A command is what kv_encode_* produce and
  * kv_apply consumes; it travels in Raft log entries unchanged, so the format
@@ -45,7 +45,8 @@
 #define KV_OP_DEL 2      /* low nibble of byte 0: delete key */
 
 /* Bucket indices one rehash step may look at without finding an entry
- * before it gives up for this operation (Redis uses 10 as well). */
+ * before it gives up for this operation (Redis uses 10 as well); also the
+ * most indices any one step processes. */
 #define KV_REHASH_EMPTY_VISITS 10
 
 /* Longest encoding of a command header plus both length fields. */

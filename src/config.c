@@ -1,0 +1,1236 @@
+/* config.c - the directive table and the one parser behind every source of
+ * configuration (defaults, config file, environment, command line).
+ *
+ * Owns: the static table directives[] (one row per directive; adding a
+ * directive means adding a field to struct pz_config, one row here and its
+ * documentation in pyazdb.conf, which a unit test enforces), the value
+ * parsers of each type, the config-file tokenizer, the argv grammar and
+ * the cross-field rules.
+ *
+ * Happy path: cfg_load() fills the defaults by parsing each row's default
+ * string, applies the file, the environment and the command line through
+ * cfg_set(), then runs cfg_check().
+ *
+ * Failure modes: any bad input stops loading at the first error with
+ * PZ_ECONFIG and a message naming its source (file:line, "environment VAR"
+ * or "command line"); the caller prints it and exits. A default that does
+ * not parse is a bug in the table and trips an assertion in cfg_init().
+ *
+ * Pure except cfg_load_file() (reads one file) and cfg_print_help(). */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define KB INT64_C(1024)
+#define MB (1024 * KB)
+#define GB (1024 * MB)
+#define MS_PER_S INT64_C(1000)
+#define MS_PER_MIN (60 * MS_PER_S)
+#define MS_PER_DAY (24 * 60 * MS_PER_MIN)
+
+/* Room a request needs around its key and value (JSON or protobuf). */
+#define FRAMING_SLACK KB
+/* A config file larger than this is refused rather than read. */
+#define FILE_MAX (16 * MB)
+
+static const char *const mode_words[] = {"server", "mandi", NULL};
+static const char *const log_level_words[] = {"debug", "info", "warning",
+                                              "error", NULL};
+
+static int check_node_id(const char *v, char *why, size_t whylen);
+static int check_nonempty(const char *v, char *why, size_t whylen);
+static int check_cluster(const char *v, char *why, size_t whylen);
+static int check_mandi_url(const char *v, char *why, size_t whylen);
+
+/* clang-format off */
+/* offsetof() of a field, refusing to compile when the field's C type does
+ * not match what the directive type stores. */
+#define FIELD(f, T)                                                          \
+    (offsetof(struct pz_config, f) +                                         \
+     0 * sizeof(char[_Generic(((struct pz_config *)0)->f, T: 1,              \
+                              default: -1)]))
+
+/* One builder per type keeps each row on a few lines. */
+#define D_STRING(sec, name, f, def, fl, chk, help)                           \
+    {name, CFG_STRING, FIELD(f, char *), def, 0, 0, fl, NULL, chk, sec, help}
+#define D_ADDR(sec, name, f, def, fl, help)                                  \
+    {name, CFG_ADDR, FIELD(f, char *), def, 0, 0, fl, NULL, NULL, sec, help}
+#define D_BOOL(sec, name, f, def, fl, help)                                  \
+    {name, CFG_BOOL, FIELD(f, bool), def, 0, 1, fl, NULL, NULL, sec, help}
+#define D_ENUM(sec, name, f, def, words, fl, help)                           \
+    {name, CFG_ENUM, FIELD(f, int), def, 0, 0, fl, words, NULL, sec, help}
+#define D_INT(sec, name, f, def, lo, hi, fl, help)                           \
+    {name, CFG_INT, FIELD(f, int64_t), def, lo, hi, fl, NULL, NULL, sec, help}
+#define D_SIZE(sec, name, f, def, lo, hi, fl, help)                          \
+    {name, CFG_SIZE, FIELD(f, int64_t), def, lo, hi, fl, NULL, NULL, sec,    \
+     help}
+#define D_DURATION(sec, name, f, def, lo, hi, fl, help)                      \
+    {name, CFG_DURATION, FIELD(f, int64_t), def, lo, hi, fl, NULL, NULL,     \
+     sec, help}
+
+/* clang-format on */
+
+#define IMM CFG_IMMUTABLE
+#define MANDI CFG_MANDI
+
+/* The table. Rows are grouped by pyazdb.conf section, in file order. */
+static const struct cfg_directive directives[] = {
+    D_ENUM("GENERAL", "mode", mode, "server", mode_words, IMM | MANDI,
+           "run as a database node (server) or the discovery service "
+           "(mandi)"),
+    D_STRING("GENERAL", "node-id", node_id, "node1", IMM, check_node_id,
+             "this node's unique name in the cluster"),
+
+    D_ADDR("NETWORK", "http-addr", http_addr, ":8080", IMM,
+           "listen address of the HTTP API"),
+    D_ADDR("NETWORK", "grpc-addr", grpc_addr, ":9090", IMM,
+           "listen address of the gRPC API"),
+    D_STRING("NETWORK", "mandi-addr", mandi_addr, "http://127.0.0.1:7000",
+             IMM | MANDI, check_mandi_url,
+             "URL of mandi; in mandi mode, its listen address"),
+
+    D_ADDR("RAFT", "raft-addr", raft_addr, "127.0.0.1:12000", IMM,
+           "address peers reach this node's Raft transport on"),
+    D_STRING("RAFT", "raft-data", raft_data, "./data", IMM, check_nonempty,
+             "directory holding the Raft log and state"),
+    D_BOOL("RAFT", "raft-bootstrap", raft_bootstrap, "no", IMM,
+           "start a one-node cluster when there is no state yet"),
+    D_STRING("RAFT", "initial-cluster", initial_cluster, "", IMM, check_cluster,
+             "initial members name=host:port,...; empty means none"),
+    D_DURATION("RAFT", "heartbeat-interval", heartbeat_interval_ms, "100ms", 10,
+               10 * MS_PER_S, IMM, "how often the leader sends heartbeats"),
+    D_DURATION("RAFT", "election-timeout", election_timeout_ms, "1000ms", 30,
+               60 * MS_PER_S, IMM,
+               "silence after which a follower stands for election"),
+
+    D_INT("LIMITS", "max-clients", max_clients, "10000", 1, 1000000, MANDI,
+          "most open client connections per listener"),
+    D_DURATION("LIMITS", "client-idle-timeout", client_idle_timeout_ms, "300s",
+               0, MS_PER_DAY, MANDI,
+               "close a client silent this long; 0 = never"),
+    D_SIZE("LIMITS", "max-key-size", max_key_size, "64kb", 1, MB, 0,
+           "largest key accepted"),
+    D_SIZE("LIMITS", "max-value-size", max_value_size, "1mb", 0, 512 * MB, 0,
+           "largest value accepted"),
+    D_SIZE("LIMITS", "http-max-body", http_max_body, "4mb", KB, GB, MANDI,
+           "largest HTTP request body (413 beyond)"),
+    D_SIZE("LIMITS", "http-max-header-size", http_max_header_size, "16kb", KB,
+           MB, MANDI, "largest HTTP request line plus headers, in bytes"),
+    D_INT("LIMITS", "http-max-headers", http_max_headers, "100", 1, 10000,
+          MANDI, "most header fields in one HTTP request"),
+    D_SIZE("LIMITS", "conn-high-water", conn_high_water, "1mb", KB, GB, MANDI,
+           "output queued per connection before its reads pause"),
+    D_SIZE("LIMITS", "conn-hard-limit", conn_hard_limit, "64mb", KB, 16 * GB,
+           MANDI, "output queued per connection that closes it"),
+    D_SIZE("LIMITS", "grpc-max-message", grpc_max_message, "4mb", KB, GB, 0,
+           "largest gRPC message (RESOURCE_EXHAUSTED beyond)"),
+
+    D_ENUM("LOGGING", "log-level", log_level, "info", log_level_words, MANDI,
+           "least severe level logged"),
+    D_STRING("LOGGING", "log-file", log_file, "", IMM | MANDI, NULL,
+             "append the log to this file; empty = stderr"),
+};
+
+#define N_DIRECTIVES PZ_ARRAY_SIZE(directives)
+
+static const struct cfg_env env_map[] = {
+    {"NODE_ID", "node-id"},       {"RAFT_ADDR", "raft-addr"},
+    {"RAFT_DATA", "raft-data"},   {"RAFT_LEADER", "raft-bootstrap"},
+    {"GRPC_ADDR", "grpc-addr"},   {"HTTP_ADDR", "http-addr"},
+    {"MANDI_ADDR", "mandi-addr"},
+};
+
+/* ------------------------------------------------------------------------
+ * Messages */
+
+static void fmt_err(char *err, size_t errlen, const char *source, int line,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* "source:line: message" (or "source: message" when line <= 0). */
+static void fmt_err(char *err, size_t errlen, const char *source, int line,
+                    const char *fmt, ...)
+{
+    if (errlen == 0)
+        return;
+    int n;
+    if (source == NULL)
+        n = 0;
+    else if (line > 0)
+        n = snprintf(err, errlen, "%s:%d: ", source, line);
+    else
+        n = snprintf(err, errlen, "%s: ", source);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+/* Add a second line quoting the offending file line. */
+static void append_line(char *err, size_t errlen, const char *line, size_t len)
+{
+    size_t used = strnlen(err, errlen);
+    if (used + 1 >= errlen)
+        return;
+    int ilen = len > 200 ? 200 : (int)len;
+    snprintf(err + used, errlen - used, "\n>>> '%.*s%s'", ilen, line,
+             len > 200 ? "..." : "");
+}
+
+/* ------------------------------------------------------------------------
+ * Formatting numbers back to text */
+
+static void fmt_size(int64_t v, char *buf, size_t len)
+{
+    if (v != 0 && v % GB == 0)
+        snprintf(buf, len, "%" PRId64 "gb", v / GB);
+    else if (v != 0 && v % MB == 0)
+        snprintf(buf, len, "%" PRId64 "mb", v / MB);
+    else if (v != 0 && v % KB == 0)
+        snprintf(buf, len, "%" PRId64 "kb", v / KB);
+    else
+        snprintf(buf, len, "%" PRId64, v);
+}
+
+static void fmt_duration(int64_t v, char *buf, size_t len)
+{
+    if (v == 0)
+        snprintf(buf, len, "0");
+    else if (v % MS_PER_S == 0)
+        snprintf(buf, len, "%" PRId64 "s", v / MS_PER_S);
+    else
+        snprintf(buf, len, "%" PRId64 "ms", v);
+}
+
+static void fmt_number(enum cfg_type t, int64_t v, char *buf, size_t len)
+{
+    if (t == CFG_SIZE)
+        fmt_size(v, buf, len);
+    else if (t == CFG_DURATION)
+        fmt_duration(v, buf, len);
+    else
+        snprintf(buf, len, "%" PRId64, v);
+}
+
+/* ------------------------------------------------------------------------
+ * Value parsers. Each returns 0, or -1 with a phrase in why that completes
+ * "'<name>' ...". */
+
+union cfg_value {
+    char *s;   /* CFG_STRING, CFG_ADDR (borrowed from the input) */
+    bool b;    /* CFG_BOOL */
+    int64_t i; /* CFG_INT, CFG_SIZE, CFG_DURATION */
+    int e;     /* CFG_ENUM */
+};
+
+/* Unsigned decimal digits at *p (at least one), advancing *p. Returns 0,
+ * -1 when there is no digit, -2 on overflow of int64_t. */
+static int parse_digits(const char **p, int64_t *out)
+{
+    const char *s = *p;
+    int64_t v = 0;
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    for (; isdigit((unsigned char)*s); s++) {
+        int d = *s - '0';
+        if (v > (INT64_MAX - d) / 10)
+            return -2;
+        v = v * 10 + d;
+    }
+    *p = s;
+    *out = v;
+    return 0;
+}
+
+struct unit {
+    const char *suffix; /* lower case */
+    int64_t mult;       /* value of one unit */
+};
+
+static const struct unit size_units[] = {
+    {"", 1},    {"b", 1},  {"k", KB},  {"kb", KB}, {"m", MB},
+    {"mb", MB}, {"g", GB}, {"gb", GB}, {NULL, 0},
+};
+
+static const struct unit duration_units[] = {
+    {"", 1}, {"ms", 1}, {"s", MS_PER_S}, {"m", MS_PER_MIN}, {NULL, 0},
+};
+
+/* Number with an optional unit. Returns 0, -1 malformed, -2 too large. */
+static int parse_with_unit(const char *s, const struct unit *units,
+                           int64_t *out)
+{
+    const char *p = s;
+    int64_t v;
+    int rc = parse_digits(&p, &v);
+    if (rc < 0)
+        return rc;
+    for (const struct unit *u = units; u->suffix; u++) {
+        if (strcasecmp(p, u->suffix) != 0)
+            continue;
+        if (v > INT64_MAX / u->mult)
+            return -2;
+        *out = v * u->mult;
+        return 0;
+    }
+    return -1;
+}
+
+static int parse_int(const char *s, int64_t *out)
+{
+    const char *p = s;
+    bool neg = *p == '-';
+    if (neg)
+        p++;
+    int64_t v;
+    int rc = parse_digits(&p, &v);
+    if (rc < 0)
+        return rc;
+    if (*p != '\0')
+        return -1;
+    *out = neg ? -v : v;
+    return 0;
+}
+
+static bool is_wildcard_host(const char *h)
+{
+    return h[0] == '\0' || strcmp(h, "0.0.0.0") == 0 || strcmp(h, "::") == 0;
+}
+
+/* host:port, [v6]:port or :port (when !need_host); port 1..65535 in plain
+ * digits; no blanks or control characters; an unbracketed host holds no
+ * colon. On success host and port are filled as pz_split_hostport() does
+ * (host "0.0.0.0" for ":port"). */
+static bool valid_addr(const char *s, bool need_host, char *host,
+                       size_t hostlen, int *port)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > CFG_ADDR_MAX)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p))
+            return false;
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL)
+        return false;
+    size_t hl = (size_t)(colon - s);
+    if (hl > 0 && s[0] == '[') {
+        if (hl < 3 || s[hl - 1] != ']')
+            return false;
+        if (memchr(s + 1, '[', hl - 1) || memchr(s + 1, ']', hl - 2))
+            return false;
+    } else if (memchr(s, ':', hl) || memchr(s, '[', hl) || memchr(s, ']', hl)) {
+        return false;
+    }
+    if (need_host && hl == 0)
+        return false;
+    const char *ps = colon + 1;
+    size_t pl = strlen(ps);
+    if (pl == 0 || pl > 5 || strspn(ps, "0123456789") != pl)
+        return false;
+    if (pz_split_hostport(s, host, hostlen, port) != 0)
+        return false;
+    return *port >= 1 && *port <= 65535;
+}
+
+static int parse_value(const struct cfg_directive *d, const char *v,
+                       union cfg_value *out, char *why, size_t whylen)
+{
+    char lo[32], hi[32];
+    int rc;
+    switch (d->type) {
+    case CFG_STRING:
+        out->s = (char *)v;
+        break;
+    case CFG_ADDR: {
+        char host[256];
+        int port;
+        if (!valid_addr(v, false, host, sizeof host, &port)) {
+            snprintf(why, whylen,
+                     "must be host:port or :port with a port "
+                     "from 1 to 65535");
+            return -1;
+        }
+        out->s = (char *)v;
+        break;
+    }
+    case CFG_BOOL:
+        if (strcasecmp(v, "yes") == 0 || strcasecmp(v, "true") == 0 ||
+            strcmp(v, "1") == 0) {
+            out->b = true;
+        } else if (strcasecmp(v, "no") == 0 || strcasecmp(v, "false") == 0 ||
+                   strcmp(v, "0") == 0) {
+            out->b = false;
+        } else {
+            snprintf(why, whylen, "must be yes or no");
+            return -1;
+        }
+        break;
+    case CFG_ENUM: {
+        int i;
+        for (i = 0; d->words[i]; i++)
+            if (strcasecmp(v, d->words[i]) == 0)
+                break;
+        if (d->words[i] == NULL) {
+            size_t n = (size_t)snprintf(why, whylen, "must be one of");
+            for (int j = 0; d->words[j] && n < whylen; j++)
+                n += (size_t)snprintf(why + n, whylen - n, "%s %s",
+                                      j ? "," : "", d->words[j]);
+            return -1;
+        }
+        out->e = i;
+        break;
+    }
+    case CFG_INT:
+    case CFG_SIZE:
+    case CFG_DURATION:
+        if (d->type == CFG_INT)
+            rc = parse_int(v, &out->i);
+        else
+            rc = parse_with_unit(
+                v, d->type == CFG_SIZE ? size_units : duration_units, &out->i);
+        if (rc == -1) {
+            snprintf(why, whylen, "%s",
+                     d->type == CFG_INT    ? "must be an integer"
+                     : d->type == CFG_SIZE ? "must be a size: a number of "
+                                             "bytes with an optional unit "
+                                             "b, kb, mb or gb"
+                                           : "must be a duration: a number "
+                                             "of milliseconds with an "
+                                             "optional unit ms, s or m");
+            return -1;
+        }
+        if (rc == -2 || out->i < d->min || out->i > d->max) {
+            fmt_number(d->type, d->min, lo, sizeof lo);
+            fmt_number(d->type, d->max, hi, sizeof hi);
+            snprintf(why, whylen, "must be between %s and %s", lo, hi);
+            return -1;
+        }
+        break;
+    }
+    if (d->check != NULL && d->check(v, why, whylen) != 0)
+        return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Validators */
+
+static bool valid_name(const char *s, size_t len)
+{
+    if (len == 0 || len > CFG_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!isalnum(ch) && ch != '.' && ch != '_' && ch != '-')
+            return false;
+    }
+    return true;
+}
+
+static int check_node_id(const char *v, char *why, size_t whylen)
+{
+    if (valid_name(v, strlen(v)))
+        return 0;
+    snprintf(why, whylen, "must be 1 to %d characters from A-Z a-z 0-9 . _ -",
+             CFG_NAME_MAX);
+    return -1;
+}
+
+static int check_nonempty(const char *v, char *why, size_t whylen)
+{
+    if (v[0] != '\0')
+        return 0;
+    snprintf(why, whylen, "must not be empty");
+    return -1;
+}
+
+static int check_cluster(const char *v, char *why, size_t whylen)
+{
+    struct cfg_peer *peers;
+    size_t n;
+    if (cfg_parse_cluster(v, &peers, &n, why, whylen) != 0)
+        return -1;
+    pz_free(peers);
+    return 0;
+}
+
+static int check_mandi_url(const char *v, char *why, size_t whylen)
+{
+    char host[256];
+    int port;
+    if (cfg_url_hostport(v, host, sizeof host, &port) == 0)
+        return 0;
+    snprintf(why, whylen, "must be a URL http://host:port");
+    return -1;
+}
+
+int cfg_url_hostport(const char *url, char *host, size_t hostlen, int *port)
+{
+    static const char scheme[] = "http://";
+    if (strncasecmp(url, scheme, sizeof scheme - 1) != 0)
+        return PZ_EINVAL;
+    const char *a = url + sizeof scheme - 1;
+    size_t alen = strcspn(a, "/");
+    if (a[alen] == '/' && a[alen + 1] != '\0')
+        return PZ_EINVAL; /* a path: we append our own */
+    if (alen == 0 || alen > CFG_ADDR_MAX)
+        return PZ_EINVAL;
+    char addr[CFG_ADDR_MAX + 1];
+    memcpy(addr, a, alen);
+    addr[alen] = '\0';
+    char h[256];
+    if (!valid_addr(addr, true, h, sizeof h, port))
+        return PZ_EINVAL;
+    if (strlen(h) >= hostlen)
+        return PZ_EINVAL;
+    strcpy(host, h);
+    return 0;
+}
+
+static bool is_blank(char ch)
+{
+    return ch == ' ' || ch == '\t';
+}
+
+int cfg_parse_cluster(const char *spec, struct cfg_peer **peers, size_t *npeers,
+                      char *why, size_t whylen)
+{
+    *peers = NULL;
+    *npeers = 0;
+    const char *p = spec;
+    while (is_blank(*p))
+        p++;
+    if (*p == '\0')
+        return 0;
+    size_t cap = 1;
+    for (const char *q = spec; *q; q++)
+        cap += *q == ',';
+    struct cfg_peer *out = pz_calloc(cap, sizeof *out);
+    size_t n = 0;
+    p = spec;
+    for (;;) {
+        const char *e = p + strcspn(p, ",");
+        const char *next = *e == ',' ? e + 1 : NULL;
+        while (p < e && is_blank(*p))
+            p++;
+        while (e > p && is_blank(e[-1]))
+            e--;
+        size_t len = (size_t)(e - p);
+        int ilen = len > 100 ? 100 : (int)len;
+        if (len == 0) {
+            snprintf(why, whylen, "has an empty entry");
+            goto err_after_alloc;
+        }
+        const char *eq = memchr(p, '=', len);
+        if (eq == NULL) {
+            snprintf(why, whylen, "entry '%.*s' is not name=host:port", ilen,
+                     p);
+            goto err_after_alloc;
+        }
+        size_t nl = (size_t)(eq - p), al = (size_t)(e - eq - 1);
+        if (!valid_name(p, nl)) {
+            snprintf(why, whylen,
+                     "entry '%.*s' has a bad name (1 to %d characters from "
+                     "A-Z a-z 0-9 . _ -)",
+                     ilen, p, CFG_NAME_MAX);
+            goto err_after_alloc;
+        }
+        char host[256];
+        int port;
+        if (al <= CFG_ADDR_MAX) {
+            memcpy(out[n].addr, eq + 1, al);
+            out[n].addr[al] = '\0';
+        }
+        if (al > CFG_ADDR_MAX ||
+            !valid_addr(out[n].addr, true, host, sizeof host, &port)) {
+            snprintf(why, whylen,
+                     "entry '%.*s' has a bad address (host:port, port 1 to "
+                     "65535)",
+                     ilen, p);
+            goto err_after_alloc;
+        }
+        memcpy(out[n].name, p, nl);
+        out[n].name[nl] = '\0';
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(out[i].name, out[n].name) == 0) {
+                snprintf(why, whylen, "has a duplicate name '%s'", out[n].name);
+                goto err_after_alloc;
+            }
+            if (strcmp(out[i].addr, out[n].addr) == 0) {
+                snprintf(why, whylen, "has a duplicate address '%s'",
+                         out[n].addr);
+                goto err_after_alloc;
+            }
+        }
+        n++;
+        if (next == NULL)
+            break;
+        p = next;
+    }
+    *peers = out;
+    *npeers = n;
+    return 0;
+
+err_after_alloc:
+    pz_free(out);
+    return PZ_EINVAL;
+}
+
+/* ------------------------------------------------------------------------
+ * The table */
+
+size_t cfg_directive_count(void)
+{
+    return N_DIRECTIVES;
+}
+
+const struct cfg_directive *cfg_directive_at(size_t i)
+{
+    return i < N_DIRECTIVES ? &directives[i] : NULL;
+}
+
+const struct cfg_directive *cfg_find(const char *name)
+{
+    for (size_t i = 0; i < N_DIRECTIVES; i++)
+        if (strcasecmp(directives[i].name, name) == 0)
+            return &directives[i];
+    return NULL;
+}
+
+const char *cfg_type_name(enum cfg_type type)
+{
+    switch (type) {
+    case CFG_STRING:
+        return "string";
+    case CFG_BOOL:
+        return "bool";
+    case CFG_INT:
+        return "int";
+    case CFG_SIZE:
+        return "size";
+    case CFG_DURATION:
+        return "duration";
+    case CFG_ENUM:
+        return "enum";
+    case CFG_ADDR:
+        return "address";
+    }
+    return "?";
+}
+
+size_t cfg_env_count(void)
+{
+    return PZ_ARRAY_SIZE(env_map);
+}
+
+const struct cfg_env *cfg_env_at(size_t i)
+{
+    return i < PZ_ARRAY_SIZE(env_map) ? &env_map[i] : NULL;
+}
+
+static void *field(struct pz_config *c, const struct cfg_directive *d)
+{
+    return (char *)c + d->offset;
+}
+
+static const void *cfield(const struct pz_config *c,
+                          const struct cfg_directive *d)
+{
+    return (const char *)c + d->offset;
+}
+
+static void store(struct pz_config *c, const struct cfg_directive *d,
+                  const union cfg_value *v)
+{
+    void *f = field(c, d);
+    switch (d->type) {
+    case CFG_STRING:
+    case CFG_ADDR: {
+        char **s = f;
+        pz_free(*s);
+        *s = pz_strdup(v->s);
+        break;
+    }
+    case CFG_BOOL:
+        *(bool *)f = v->b;
+        break;
+    case CFG_ENUM:
+        *(int *)f = v->e;
+        break;
+    case CFG_INT:
+    case CFG_SIZE:
+    case CFG_DURATION:
+        *(int64_t *)f = v->i;
+        break;
+    }
+}
+
+void cfg_init(struct pz_config *c)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        char why[256];
+        union cfg_value v;
+        int rc =
+            parse_value(&directives[i], directives[i].def, &v, why, sizeof why);
+        pz_assert(rc == 0);
+        store(c, &directives[i], &v);
+    }
+}
+
+void cfg_free(struct pz_config *c)
+{
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        if (directives[i].type != CFG_STRING && directives[i].type != CFG_ADDR)
+            continue;
+        char **s = field(c, &directives[i]);
+        pz_free(*s);
+        *s = NULL;
+    }
+}
+
+void cfg_format(const struct pz_config *c, const struct cfg_directive *d,
+                char *buf, size_t len)
+{
+    const void *f = cfield(c, d);
+    switch (d->type) {
+    case CFG_STRING:
+    case CFG_ADDR: {
+        const char *s = *(char *const *)f;
+        snprintf(buf, len, "%s", s ? s : "");
+        break;
+    }
+    case CFG_BOOL:
+        snprintf(buf, len, "%s", *(const bool *)f ? "yes" : "no");
+        break;
+    case CFG_ENUM:
+        snprintf(buf, len, "%s", d->words[*(const int *)f]);
+        break;
+    case CFG_INT:
+    case CFG_SIZE:
+    case CFG_DURATION:
+        fmt_number(d->type, *(const int64_t *)f, buf, len);
+        break;
+    }
+}
+
+int cfg_set(struct pz_config *c, const char *name, const char *value,
+            const char *source, int line, char *err, size_t errlen)
+{
+    const struct cfg_directive *d = cfg_find(name);
+    if (d == NULL) {
+        fmt_err(err, errlen, source, line, "unknown directive '%s'", name);
+        return PZ_ECONFIG;
+    }
+    char why[256];
+    union cfg_value v;
+    if (parse_value(d, value, &v, why, sizeof why) != 0) {
+        fmt_err(err, errlen, source, line, "'%s' %s: '%s'", d->name, why,
+                value);
+        return PZ_ECONFIG;
+    }
+    store(c, d, &v);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Config files */
+
+/* The value after the name: quoted or bare, then nothing but blanks.
+ * Returns a new string, or NULL with *why set. */
+static char *parse_file_value(const char *p, const char *e, const char **why)
+{
+    char *v = pz_malloc((size_t)(e - p) + 1), *w = v;
+    if (*p == '"') {
+        for (p++;; p++) {
+            if (p == e) {
+                *why = "unterminated quoted value";
+                goto err_after_alloc;
+            }
+            if (*p == '"')
+                break;
+            if (*p == '\\') {
+                if (++p == e) {
+                    *why = "unterminated quoted value";
+                    goto err_after_alloc;
+                }
+                if (*p != '"' && *p != '\\') {
+                    *why = "unknown escape in quoted value (only \\\" and "
+                           "\\\\ are allowed)";
+                    goto err_after_alloc;
+                }
+            }
+            *w++ = *p;
+        }
+        p++; /* the closing quote */
+    } else {
+        for (; p < e && !is_blank(*p); p++) {
+            if (*p == '"') {
+                *why = "unexpected quote inside a value";
+                goto err_after_alloc;
+            }
+            *w++ = *p;
+        }
+    }
+    *w = '\0';
+    while (p < e && is_blank(*p))
+        p++;
+    if (p != e) {
+        *why = "unexpected text after the value (quote a value that holds "
+               "blanks)";
+        goto err_after_alloc;
+    }
+    return v;
+
+err_after_alloc:
+    pz_free(v);
+    return NULL;
+}
+
+/* One line (without its newline). seen[] holds the line each directive was
+ * set on in this file, 0 if not yet. */
+static int load_line(struct pz_config *c, const char *line, size_t len,
+                     const char *source, int lineno, int *seen, char *err,
+                     size_t errlen)
+{
+    const char *p = line, *e = line + len;
+    if (memchr(line, '\0', len) != NULL) {
+        fmt_err(err, errlen, source, lineno, "NUL byte in the line");
+        return PZ_ECONFIG;
+    }
+    while (p < e && is_blank(*p))
+        p++;
+    if (p == e || *p == '#')
+        return 0;
+    const char *ns = p;
+    while (p < e && !is_blank(*p))
+        p++;
+    char *name = pz_strndup(ns, (size_t)(p - ns));
+    int rc = PZ_ECONFIG;
+    const struct cfg_directive *d = cfg_find(name);
+    if (d == NULL) {
+        fmt_err(err, errlen, source, lineno, "unknown directive '%s'", name);
+        goto out;
+    }
+    size_t idx = (size_t)(d - directives);
+    if (seen[idx] != 0) {
+        fmt_err(err, errlen, source, lineno,
+                "duplicate directive '%s' (first set on line %d)", d->name,
+                seen[idx]);
+        goto out;
+    }
+    while (p < e && is_blank(*p))
+        p++;
+    if (p == e) {
+        fmt_err(err, errlen, source, lineno, "missing value for '%s'", d->name);
+        goto out;
+    }
+    const char *why = NULL;
+    char *value = parse_file_value(p, e, &why);
+    if (value == NULL) {
+        fmt_err(err, errlen, source, lineno, "%s for '%s'", why, d->name);
+        goto out;
+    }
+    rc = cfg_set(c, d->name, value, source, lineno, err, errlen);
+    pz_free(value);
+    if (rc == 0)
+        seen[idx] = lineno;
+
+out:
+    pz_free(name);
+    return rc;
+}
+
+int cfg_load_string(struct pz_config *c, const char *text, size_t len,
+                    const char *source, char *err, size_t errlen)
+{
+    int seen[N_DIRECTIVES] = {0};
+    const char *p = text, *end = text + len;
+    int lineno = 0;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *e = nl ? nl : end;
+        size_t ll = (size_t)(e - p);
+        if (ll > 0 && p[ll - 1] == '\r')
+            ll--;
+        lineno++;
+        int rc = load_line(c, p, ll, source, lineno, seen, err, errlen);
+        if (rc != 0) {
+            append_line(err, errlen, p, ll);
+            return rc;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    return 0;
+}
+
+int cfg_load_file(struct pz_config *c, const char *path, char *err,
+                  size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        fmt_err(err, errlen, path, 0, "cannot open: %s", strerror(errno));
+        return PZ_ECONFIG;
+    }
+    struct pz_buf b;
+    pz_buf_init(&b);
+    int rc = 0;
+    for (;;) {
+        pz_buf_reserve(&b, 65536);
+        size_t n = fread(b.data + b.len, 1, b.cap - b.len, f);
+        b.len += n;
+        if ((int64_t)b.len > FILE_MAX) {
+            fmt_err(err, errlen, path, 0, "file larger than 16mb");
+            rc = PZ_ECONFIG;
+            break;
+        }
+        if (n == 0) {
+            if (ferror(f)) {
+                fmt_err(err, errlen, path, 0, "cannot read: %s",
+                        strerror(errno));
+                rc = PZ_ECONFIG;
+            }
+            break;
+        }
+    }
+    fclose(f);
+    if (rc == 0)
+        rc = cfg_load_string(c, b.data ? b.data : "", b.len, path, err, errlen);
+    pz_buf_free(&b);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Environment */
+
+static const char *env_lookup(char **envp, const char *var)
+{
+    size_t vl = strlen(var);
+    for (char **e = envp; *e; e++)
+        if (strncmp(*e, var, vl) == 0 && (*e)[vl] == '=')
+            return *e + vl + 1;
+    return NULL;
+}
+
+int cfg_load_env(struct pz_config *c, char **envp, char *err, size_t errlen)
+{
+    if (envp == NULL)
+        return 0;
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(env_map); i++) {
+        const char *v = env_lookup(envp, env_map[i].var);
+        if (v == NULL || v[0] == '\0')
+            continue;
+        char source[64];
+        snprintf(source, sizeof source, "environment %s", env_map[i].var);
+        int rc = cfg_set(c, env_map[i].directive, v, source, 0, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Command line */
+
+enum arg_kind {
+    ARG_FILE,        /* a config file path */
+    ARG_FLAG,        /* --help, --version and their short forms */
+    ARG_TEST_CONFIG, /* --test-config FILE */
+    ARG_DIRECTIVE,   /* --name value, --name=value, --mandi */
+};
+
+struct arg {
+    enum arg_kind kind;
+    const char *opt;               /* the option token */
+    size_t optlen;                 /* its length without "=value" */
+    const struct cfg_directive *d; /* ARG_DIRECTIVE */
+    const char *value;             /* FILE path or directive value */
+};
+
+static const char source_cmdline[] = "command line";
+
+/* Classify argv[*i] and consume it (and its value), advancing *i. Returns
+ * 0, or PZ_ECONFIG with a message (*i then skips just the bad token). */
+static int next_arg(int argc, char **argv, int *i, struct arg *a, char *err,
+                    size_t errlen)
+{
+    const char *s = argv[(*i)++];
+    memset(a, 0, sizeof *a);
+    a->opt = s;
+    a->optlen = strlen(s);
+    if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0 ||
+        strcmp(s, "--version") == 0 || strcmp(s, "-v") == 0) {
+        a->kind = ARG_FLAG;
+        return 0;
+    }
+    if (strcmp(s, "--mandi") == 0) {
+        a->kind = ARG_DIRECTIVE;
+        a->d = cfg_find("mode");
+        a->value = "mandi";
+        return 0;
+    }
+    if (s[0] != '-') {
+        a->kind = ARG_FILE;
+        a->value = s;
+        return 0;
+    }
+    if (s[1] != '-' || s[2] == '\0') {
+        fmt_err(err, errlen, source_cmdline, 0, "unknown option '%s'", s);
+        return PZ_ECONFIG;
+    }
+    const char *eq = strchr(s, '=');
+    a->optlen = eq ? (size_t)(eq - s) : strlen(s);
+    char *name = pz_strndup(s + 2, a->optlen - 2);
+    bool test_config = strcmp(name, "test-config") == 0;
+    a->d = test_config ? NULL : cfg_find(name);
+    if (!test_config && a->d == NULL) {
+        fmt_err(err, errlen, source_cmdline, 0, "unknown directive '%s'", name);
+        pz_free(name);
+        return PZ_ECONFIG;
+    }
+    pz_free(name);
+    a->kind = test_config ? ARG_TEST_CONFIG : ARG_DIRECTIVE;
+    if (eq != NULL) {
+        a->value = eq + 1;
+    } else if (*i < argc) {
+        a->value = argv[(*i)++];
+    } else {
+        fmt_err(err, errlen, source_cmdline, 0, "missing value for '%s'", s);
+        return PZ_ECONFIG;
+    }
+    return 0;
+}
+
+bool cfg_has_flag(int argc, char **argv, const char *flag)
+{
+    char err[8];
+    size_t fl = strlen(flag);
+    for (int i = 1; i < argc;) {
+        struct arg a;
+        if (next_arg(argc, argv, &i, &a, err, sizeof err) != 0)
+            continue;
+        if (a.kind != ARG_FILE && a.optlen == fl &&
+            strncmp(a.opt, flag, fl) == 0)
+            return true;
+    }
+    return false;
+}
+
+int cfg_load(struct pz_config *c, int argc, char **argv, char **envp, char *err,
+             size_t errlen)
+{
+    cfg_init(c);
+    struct arg *args = pz_calloc(argc > 0 ? (size_t)argc : 1, sizeof *args);
+    size_t nargs = 0;
+    bool seen[N_DIRECTIVES] = {false};
+    const char *path = NULL;
+    int rc = 0;
+
+    /* The grammar first, so a typo on the command line is reported before
+     * the file is read. */
+    for (int i = 1; i < argc;) {
+        struct arg a;
+        rc = next_arg(argc, argv, &i, &a, err, errlen);
+        if (rc != 0)
+            goto out;
+        if (a.kind == ARG_FILE || a.kind == ARG_TEST_CONFIG) {
+            if (path != NULL) {
+                fmt_err(err, errlen, source_cmdline, 0,
+                        "more than one config file: '%s' and '%s'", path,
+                        a.value);
+                rc = PZ_ECONFIG;
+                goto out;
+            }
+            path = a.value;
+        } else if (a.kind == ARG_DIRECTIVE) {
+            size_t idx = (size_t)(a.d - directives);
+            if (seen[idx]) {
+                fmt_err(err, errlen, source_cmdline, 0,
+                        "duplicate directive '%s'", a.d->name);
+                rc = PZ_ECONFIG;
+                goto out;
+            }
+            seen[idx] = true;
+            args[nargs++] = a;
+        }
+    }
+
+    if (path != NULL && (rc = cfg_load_file(c, path, err, errlen)) != 0)
+        goto out;
+    if ((rc = cfg_load_env(c, envp, err, errlen)) != 0)
+        goto out;
+    for (size_t k = 0; k < nargs; k++) {
+        rc = cfg_set(c, args[k].d->name, args[k].value, source_cmdline, 0, err,
+                     errlen);
+        if (rc != 0)
+            goto out;
+    }
+    rc = cfg_check(c, err, errlen);
+
+out:
+    pz_free(args);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Cross-field rules */
+
+static int check_port_clash(const struct pz_config *c, char *err, size_t errlen)
+{
+    const char *names[] = {"raft-addr", "http-addr", "grpc-addr"};
+    const char *vals[] = {c->raft_addr, c->http_addr, c->grpc_addr};
+    char host[3][256];
+    int port[3];
+    for (int i = 0; i < 3; i++)
+        if (pz_split_hostport(vals[i], host[i], sizeof host[i], &port[i]))
+            port[i] = -1 - i; /* cannot happen: validated on set */
+    for (int i = 0; i < 3; i++) {
+        for (int j = i + 1; j < 3; j++) {
+            if (port[i] != port[j])
+                continue;
+            if (strcmp(host[i], host[j]) != 0 && !is_wildcard_host(host[i]) &&
+                !is_wildcard_host(host[j]))
+                continue;
+            fmt_err(err, errlen, NULL, 0,
+                    "'%s' (%s) and '%s' (%s) must not use the same port",
+                    names[i], vals[i], names[j], vals[j]);
+            return PZ_ECONFIG;
+        }
+    }
+    return 0;
+}
+
+/* need >= key + value + slack, with "what" naming the needy directive. */
+static int check_room(const struct pz_config *c, const char *what, int64_t have,
+                      char *err, size_t errlen)
+{
+    int64_t need = c->max_key_size + c->max_value_size + FRAMING_SLACK;
+    if (have >= need)
+        return 0;
+    char h[32], k[32], v[32];
+    fmt_size(have, h, sizeof h);
+    fmt_size(c->max_key_size, k, sizeof k);
+    fmt_size(c->max_value_size, v, sizeof v);
+    fmt_err(err, errlen, NULL, 0,
+            "'%s' (%s) must be at least 'max-key-size' (%s) + "
+            "'max-value-size' (%s) + 1kb",
+            what, h, k, v);
+    return PZ_ECONFIG;
+}
+
+int cfg_check(const struct pz_config *c, char *err, size_t errlen)
+{
+    char a[32], b[32];
+    if (c->election_timeout_ms < 3 * c->heartbeat_interval_ms) {
+        fmt_duration(c->election_timeout_ms, a, sizeof a);
+        fmt_duration(c->heartbeat_interval_ms, b, sizeof b);
+        fmt_err(err, errlen, NULL, 0,
+                "'election-timeout' (%s) must be at least 3 x "
+                "'heartbeat-interval' (%s)",
+                a, b);
+        return PZ_ECONFIG;
+    }
+    if (check_room(c, "http-max-body", c->http_max_body, err, errlen) != 0)
+        return PZ_ECONFIG;
+    if (check_room(c, "grpc-max-message", c->grpc_max_message, err, errlen) !=
+        0)
+        return PZ_ECONFIG;
+    if (c->conn_hard_limit <= c->conn_high_water) {
+        fmt_size(c->conn_hard_limit, a, sizeof a);
+        fmt_size(c->conn_high_water, b, sizeof b);
+        fmt_err(err, errlen, NULL, 0,
+                "'conn-hard-limit' (%s) must be greater than "
+                "'conn-high-water' (%s)",
+                a, b);
+        return PZ_ECONFIG;
+    }
+    if (c->conn_hard_limit < c->max_value_size + FRAMING_SLACK) {
+        fmt_size(c->conn_hard_limit, a, sizeof a);
+        fmt_size(c->max_value_size, b, sizeof b);
+        fmt_err(err, errlen, NULL, 0,
+                "'conn-hard-limit' (%s) must be at least 'max-value-size' "
+                "(%s) + 1kb",
+                a, b);
+        return PZ_ECONFIG;
+    }
+    if (c->mode != CFG_MODE_SERVER)
+        return 0;
+    if (check_port_clash(c, err, errlen) != 0)
+        return PZ_ECONFIG;
+    struct cfg_peer *peers;
+    size_t n;
+    char why[256];
+    if (cfg_parse_cluster(c->initial_cluster, &peers, &n, why, sizeof why)) {
+        fmt_err(err, errlen, NULL, 0, "'initial-cluster' %s", why);
+        return PZ_ECONFIG;
+    }
+    bool found = n == 0;
+    for (size_t i = 0; i < n; i++)
+        found = found || strcmp(peers[i].name, c->node_id) == 0;
+    pz_free(peers);
+    if (!found) {
+        fmt_err(err, errlen, NULL, 0,
+                "'initial-cluster' must list 'node-id' (%s)", c->node_id);
+        return PZ_ECONFIG;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Help */
+
+void cfg_print_help(FILE *out)
+{
+    fprintf(out, "Usage: pyazdb-server [FILE] [--directive value ...]\n"
+                 "       pyazdb-server --mandi [FILE] [--directive value ...]\n"
+                 "       pyazdb-server --test-config FILE [--directive value "
+                 "...]\n"
+                 "       pyazdb-server --help | --version\n"
+                 "\n"
+                 "FILE is a config file (see pyazdb.conf). Each directive can "
+                 "also be given\n"
+                 "as --name value or --name=value; --mandi is --mode mandi.\n"
+                 "Precedence: defaults < config file < environment < command "
+                 "line.\n"
+                 "\nEnvironment:\n");
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(env_map); i++)
+        fprintf(out, "  %-12s -> %s\n", env_map[i].var, env_map[i].directive);
+    const char *section = "";
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        const struct cfg_directive *d = &directives[i];
+        if (strcmp(d->section, section) != 0) {
+            section = d->section;
+            fprintf(out, "\n%s:\n", section);
+        }
+        char kind[160];
+        if (d->type == CFG_ENUM) {
+            size_t n = 0;
+            kind[0] = '\0';
+            for (int j = 0; d->words[j] && n < sizeof kind; j++)
+                n += (size_t)snprintf(kind + n, sizeof kind - n, "%s%s",
+                                      j ? "|" : "", d->words[j]);
+        } else if (d->type == CFG_INT || d->type == CFG_SIZE ||
+                   d->type == CFG_DURATION) {
+            char lo[32], hi[32];
+            fmt_number(d->type, d->min, lo, sizeof lo);
+            fmt_number(d->type, d->max, hi, sizeof hi);
+            snprintf(kind, sizeof kind, "%s %s..%s", cfg_type_name(d->type), lo,
+                     hi);
+        } else {
+            snprintf(kind, sizeof kind, "%s", cfg_type_name(d->type));
+        }
+        fprintf(out, "  --%s <%s>  (default: %s%s%s)%s\n      %s\n", d->name,
+                kind, d->def[0] ? "" : "\"", d->def, d->def[0] ? "" : "\"",
+                (d->flags & CFG_MANDI) ? "  [mandi too]" : "", d->help);
+    }
+}
