@@ -47,16 +47,20 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 # Modules shared by the server, the CLI and the unit tests.
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
            src/raft*.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
+# I/O modules shared by the server and the CLI.
+NET_SRC = src/conn.c src/grpc_client.c
 # I/O modules of the server.
-SERVER_SRC = src/main.c src/server.c src/conn.c src/http.c src/node.c \
+SERVER_SRC = src/main.c src/server.c src/http.c src/node.c \
              src/store.c src/transport.c src/grpc.c src/mandi.c
 CLI_SRC = src/cli.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
+NET_SRC := $(wildcard $(NET_SRC))
 SERVER_SRC := $(wildcard $(SERVER_SRC))
 CLI_SRC := $(wildcard $(CLI_SRC))
 
 CORE_O = $(CORE_SRC:.c=.o) $(GEN_O)
+NET_O = $(NET_SRC:.c=.o)
 SERVER_O = $(SERVER_SRC:.c=.o)
 CLI_O = $(CLI_SRC:.c=.o)
 
@@ -113,17 +117,17 @@ src/gen/descriptors.c: src/gen/descriptors.pb
 src/gen/%.pb-c.o: src/gen/%.pb-c.c
 	$(CC) $(filter-out -Wmissing-prototypes -Wshadow,$(PZ_CFLAGS)) -c $< -o $@
 
-ALL_O = $(CORE_O) $(SERVER_O) $(CLI_O) $(UNIT_O)
+ALL_O = $(CORE_O) $(NET_O) $(SERVER_O) $(CLI_O) $(UNIT_O)
 $(ALL_O): | $(GEN_H)
 
 %.o: %.c
 	$(CC) $(PZ_CFLAGS) -c $< -o $@
 
-$(SERVER): $(CORE_O) $(SERVER_O) deps/llhttp/libllhttp.a
-	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(SERVER_O) $(PZ_LIBS)
+$(SERVER): $(CORE_O) $(NET_O) $(SERVER_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(NET_O) $(SERVER_O) $(PZ_LIBS)
 
-$(CLI): $(CORE_O) $(CLI_O) deps/llhttp/libllhttp.a
-	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(CLI_O) $(PZ_LIBS)
+$(CLI): $(CORE_O) $(NET_O) $(CLI_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(NET_O) $(CLI_O) $(PZ_LIBS)
 
 tests/unit/suites.h: $(UNIT_SRC) Makefile
 	@{ for f in $(UNIT_SRC); do n=$$(basename $$f .c); n=$${n#test_}; \
@@ -135,8 +139,12 @@ tests/unit/suites.h: $(UNIT_SRC) Makefile
 
 tests/unit/runner.o: tests/unit/suites.h
 
-$(UNIT): $(CORE_O) $(UNIT_O) deps/llhttp/libllhttp.a
-	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(UNIT_O) $(PZ_LIBS)
+# Unit tests link every module but main(), so I/O modules can be tested
+# on a real loop in the same process (e.g. grpc_client against grpc).
+UNIT_LINK_O = $(CORE_O) $(NET_O) $(filter-out src/main.o,$(SERVER_O)) \
+              $(UNIT_O)
+$(UNIT): $(UNIT_LINK_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(UNIT_LINK_O) $(PZ_LIBS)
 
 # --- convenience targets -------------------------------------------------------
 deps:

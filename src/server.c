@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "grpc.h"
 #include "http.h"
 #include "log.h"
 #include "node.h"
@@ -31,6 +32,7 @@ struct server {
     uv_timer_t grace;                /* shutdown deadline */
     uv_signal_t sigint, sigterm;     /* shutdown requests */
     struct conn_listener http;       /* HTTP API */
+    struct grpc_server grpc;         /* gRPC API */
     uint64_t start_ms;               /* uv_now() at start */
     bool shutting_down;              /* a signal arrived */
     bool stopped;                    /* handles closed */
@@ -63,6 +65,7 @@ static void stop_all(void)
     if (srv.stopped)
         return;
     srv.stopped = true;
+    grpc_close(&srv.grpc);
     node_close();
     uv_close((uv_handle_t *)&srv.prepare, NULL);
     uv_close((uv_handle_t *)&srv.idle, NULL);
@@ -104,6 +107,7 @@ static void on_grace(uv_timer_t *t)
     pz_warn("shutdown: closing connections still busy after %d ms",
             SHUTDOWN_GRACE_MS);
     conn_listener_close_all(&srv.http);
+    conn_listener_close_all(&srv.grpc.ls);
     conn_close_outbound();
 }
 
@@ -119,6 +123,7 @@ static void on_signal(uv_signal_t *h, int signum)
     srv.shutting_down = true;
     conn_listener_stop(&srv.http);
     http_drain(&srv.http);
+    grpc_drain(&srv.grpc);
     conn_close_outbound();
     uv_timer_start(&srv.grace, on_grace, SHUTDOWN_GRACE_MS, 0);
 }
@@ -153,17 +158,20 @@ int server_run(const struct pz_config *cfg)
     rv = node_init(&srv.loop, cfg, err, sizeof err);
     if (rv == 0)
         rv = http_start(&srv.http, cfg, err, sizeof err);
+    if (rv == 0)
+        rv = grpc_start(&srv.grpc, &srv.loop, cfg, NULL, err, sizeof err);
     if (rv < 0) {
         pz_error("%s", err);
         srv.shutting_down = true;
         conn_listener_stop(&srv.http);
+        grpc_drain(&srv.grpc);
         stop_all();
         uv_run(&srv.loop, UV_RUN_DEFAULT);
         uv_loop_close(&srv.loop);
         return 1;
     }
-    pz_info("pyazdb %s node %s: HTTP on %s", PZ_VERSION, cfg->node_id,
-            cfg->http_addr);
+    pz_info("pyazdb %s node %s: HTTP on %s, gRPC on %s", PZ_VERSION,
+            cfg->node_id, cfg->http_addr, cfg->grpc_addr);
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     rv = uv_loop_close(&srv.loop);
     if (rv != 0) {

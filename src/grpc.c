@@ -1,0 +1,1332 @@
+/* grpc.c - the gRPC server: nghttp2 server sessions on conn.c connections,
+ * gRPC framing from grpc_frame.c, the node through a grpc_backend.
+ *
+ * Happy path: a connection sends the HTTP/2 preface; we answer with our
+ * SETTINGS at once. Each request stream names a method in :path; its DATA
+ * is fed to a message reader; at END_STREAM a unary call is decoded and
+ * handed to the node (node_read / node_propose); the node's callback
+ * writes response HEADERS, the message (through a data provider) and, when
+ * the provider runs dry, the trailers with grpc-status. Reflection streams
+ * answer each request message as it arrives; Health/Watch streams stay open
+ * and get a message whenever serving state changes.
+ * Output: nghttp2_session_mem_send() is drained into the connection's
+ * buffer (copied: nghttp2 reuses its buffer) until 64 KiB are pending;
+ * past that the connection stops reading until on_drain, so a client that
+ * does not read cannot make us buffer without bound.
+ * Failure modes: protocol errors are nghttp2's (GOAWAY, RST_STREAM); bad
+ * preface or a fatal nghttp2 error closes the connection; gRPC errors end
+ * the stream with a status (see README-grpc.md for the table), as a
+ * Trailers-Only response when nothing was sent yet; a stream the client
+ * resets, or a connection that vanishes, cancels the node request or the
+ * forwarded call and frees the stream, nothing else is affected. A call
+ * this node cannot serve because it is not the leader is forwarded over one
+ * persistent connection to the leader (grpc_client.c). */
+#include "grpc.h"
+
+#include <nghttp2/nghttp2.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cluster.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "grpc_client.h"
+#include "grpc_frame.h"
+#include "grpc_pb.h"
+#include "kv.h"
+#include "log.h"
+
+#define SEND_HIGH (64 * 1024)        /* stop producing output past this */
+#define MAX_STREAMS 1000             /* SETTINGS_MAX_CONCURRENT_STREAMS */
+#define MAX_HEADER_BYTES (16 * 1024) /* request header block, bytes */
+#define MAX_STATUS_MESSAGE 1024      /* encoded grpc-message, bytes */
+#define STREAM_WINDOW (1 << 20)      /* per-stream receive window */
+#define CONN_WINDOW (16 << 20)       /* connection receive window */
+#define WATCH_POLL_MS 100            /* Health/Watch state poll */
+/* Request bytes one connection may hold in partial messages (at least four
+ * maximal messages): HTTP/2 flow control does not bound this, since
+ * nghttp2 reopens the window as soon as we copy the bytes out. */
+#define SESSION_BUFFER_MAX ((size_t)64 << 20)
+
+enum method_kind {
+    M_KV_GET,
+    M_KV_SET,
+    M_KV_DEL,
+    M_STATUS,
+    M_HEALTH_CHECK,
+    M_HEALTH_WATCH,
+    M_REFLECT,
+};
+
+struct method {
+    const char *path;   /* :path */
+    int kind;           /* enum method_kind */
+    bool client_stream; /* request messages are handled one by one */
+};
+
+static const struct method methods[] = {
+    {"/kv.KVService/Get", M_KV_GET, false},
+    {"/kv.KVService/Set", M_KV_SET, false},
+    {"/kv.KVService/Delete", M_KV_DEL, false},
+    {"/pyazdb.Cluster/Status", M_STATUS, false},
+    {"/grpc.health.v1.Health/Check", M_HEALTH_CHECK, false},
+    {"/grpc.health.v1.Health/Watch", M_HEALTH_WATCH, false},
+    {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", M_REFLECT,
+     true},
+    {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+     M_REFLECT, true},
+};
+
+struct gsession;
+
+struct gstream {
+    struct gsession *s;        /* owner */
+    int32_t id;                /* HTTP/2 stream id */
+    struct pz_queue q;         /* in s->streams */
+    const struct method *m;    /* from :path, NULL when unknown */
+    char path[128];            /* :path as sent (cut), for messages */
+    size_t hdr_bytes;          /* request header bytes so far */
+    bool post;                 /* :method is POST */
+    bool ctype_ok;             /* content-type is application/grpc... */
+    bool was_forwarded;        /* pyazdb-forwarded header present */
+    int timeout_state;         /* 0 none, 1 valid, -1 malformed */
+    uint64_t timeout_ms;       /* grpc-timeout */
+    struct grpc_reader rd;     /* request messages */
+    size_t rd_counted;         /* rd.msg.cap counted in s->buffered */
+    bool headers_done;         /* request headers were checked */
+    /* response */
+    bool responded;            /* response HEADERS submitted */
+    bool ended;                /* final status set */
+    bool deferred;             /* data provider is waiting for output */
+    bool http_error;           /* plain HTTP error reply: no trailers */
+    struct pz_buf out;         /* response bytes not yet given to nghttp2 */
+    size_t out_off;            /* bytes of out already given */
+    int status;                /* grpc-status */
+    struct pz_buf msg;         /* percent-encoded grpc-message */
+    /* asynchronous work */
+    struct grpc_kv_req kreq;   /* decoded kv request (borrows rd.msg) */
+    struct node_req req;       /* node request */
+    bool in_node;              /* req is with the node */
+    struct grpc_call call;     /* forwarded call */
+    bool in_fwd;               /* call is with the leader */
+    bool has_deadline;         /* grpc-timeout given */
+    uint64_t deadline;         /* uv_now() ms when it expires */
+    struct pz_queue dq;        /* in gs->deadlines while has_deadline */
+    bool in_dq;                /* dq is linked */
+    struct pz_queue wq;        /* in gs->watchers */
+    bool in_wq;                /* wq is linked */
+    int watch_last;            /* last ServingStatus sent */
+    char watch_service[128];   /* service watched */
+};
+
+struct gsession {
+    struct grpc_server *gs;    /* owner */
+    struct conn *c;            /* the connection */
+    nghttp2_session *ng;       /* HTTP/2 state */
+    struct pz_queue streams;   /* struct gstream */
+    size_t n_streams;          /* length of streams */
+    size_t buffered;           /* request bytes held by readers */
+    int in_recv;               /* inside mem_recv: no mem_send now */
+    bool blocked;              /* output over SEND_HIGH: not reading */
+    bool dirty;                /* on the dirty list: flush soon */
+    struct pz_queue dirty_q;   /* in the dirty list */
+};
+
+static nghttp2_session_callbacks *callbacks; /* shared by all sessions */
+static int callbacks_refs;                   /* servers using callbacks */
+static struct pz_queue dirty_list;           /* sessions to flush */
+
+/* --- backend on the real node ---------------------------------------- */
+
+static const char *node_leader_grpc(void)
+{
+    return node_leader_grpc_addr();
+}
+
+const struct grpc_backend grpc_node_backend = {
+    .propose = node_propose,
+    .read = node_read,
+    .cancel = node_cancel,
+    .kv = node_kv,
+    .leader_grpc_addr = node_leader_grpc,
+    .status = node_status,
+};
+
+/* --- output ---------------------------------------------------------- */
+
+static void on_kick(uv_idle_t *h)
+{
+    uv_idle_stop(h);
+}
+
+static void kick(struct grpc_server *gs)
+{
+    /* Output written while conn_before_sleep runs (on_drain, a reaped
+     * connection's callbacks) may miss this turn's flush: make sure the
+     * next poll does not block before it goes out. */
+    if (!uv_is_closing((uv_handle_t *)&gs->kick))
+        uv_idle_start(&gs->kick, on_kick);
+}
+
+/* Hand nghttp2's output to the connection, up to SEND_HIGH pending.
+ * Returns true if anything was written. Never call from inside an nghttp2
+ * callback of the same session (in_recv guards mem_recv). */
+static bool session_flush(struct gsession *s)
+{
+    bool wrote = false;
+    if (s->in_recv || conn_is_closing(s->c))
+        return false;
+    while (conn_output_pending(s->c) < SEND_HIGH) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(s->ng, &data);
+        if (n < 0) {
+            pz_debug("grpc: %s: send: %s", s->c->peer,
+                     nghttp2_strerror((int)n));
+            conn_close(s->c);
+            return wrote;
+        }
+        if (n == 0)
+            break;
+        conn_write(s->c, data, (size_t)n);
+        wrote = true;
+    }
+    bool over = conn_output_pending(s->c) >= SEND_HIGH;
+    if (over && !s->blocked) {
+        s->blocked = true;
+        conn_pause(s->c);
+    } else if (!over && s->blocked) {
+        s->blocked = false;
+        conn_resume(s->c);
+    }
+    if (!nghttp2_session_want_read(s->ng) &&
+        !nghttp2_session_want_write(s->ng))
+        conn_close_after_flush(s->c);
+    return wrote;
+}
+
+static void mark_dirty(struct gsession *s)
+{
+    if (!s->dirty) {
+        s->dirty = true;
+        pz_queue_push(&dirty_list, &s->dirty_q);
+    }
+}
+
+static void flush_dirty(void)
+{
+    while (!pz_queue_empty(&dirty_list)) {
+        struct pz_queue *e = pz_queue_head(&dirty_list);
+        struct gsession *s = container_of(e, struct gsession, dirty_q);
+        pz_queue_remove(e);
+        s->dirty = false;
+        session_flush(s);
+    }
+}
+
+/* --- response -------------------------------------------------------- */
+
+#define NV(n, v)                                                             \
+    {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v),               \
+     NGHTTP2_NV_FLAG_NO_COPY_NAME}
+
+static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
+                       size_t length, uint32_t *flags,
+                       nghttp2_data_source *src, void *ud);
+
+static void deadline_remove(struct gstream *st);
+static void watch_remove(struct gstream *st);
+
+static void release_reader(struct gstream *st)
+{
+    st->s->buffered -= st->rd_counted;
+    st->rd_counted = 0;
+    grpc_reader_free(&st->rd);
+    grpc_reader_init(&st->rd, 0);
+}
+
+/* Set the final status and get it on the wire: as Trailers-Only when no
+ * response HEADERS went out, else as trailers after the pending output.
+ * Stops any work in flight. Does not flush. */
+static void finish(struct gstream *st, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void finish(struct gstream *st, int status, const char *fmt, ...)
+{
+    struct grpc_server *gs = st->s->gs;
+    if (st->ended)
+        return;
+    st->ended = true;
+    st->status = status;
+    if (fmt) {
+        char text[MAX_STATUS_MESSAGE];
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(text, sizeof text, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            n = 0;
+        grpc_message_encode(&st->msg, text,
+                            PZ_MIN((size_t)n, sizeof text - 1),
+                            MAX_STATUS_MESSAGE);
+    }
+    deadline_remove(st);
+    watch_remove(st);
+    if (st->in_node) {
+        gs->be->cancel(&st->req);
+        st->in_node = false;
+    }
+    if (st->in_fwd) {
+        grpc_client_cancel(&st->call);
+        st->in_fwd = false;
+    }
+    release_reader(st);
+    if (status != GRPC_OK)
+        pz_debug("grpc: %s %s: %s %.*s", st->s->c->peer, st->path,
+                 grpc_status_name(status), (int)st->msg.len,
+                 st->msg.data ? st->msg.data : "");
+    if (!st->responded) {
+        st->responded = true;
+        if (st->out.len == st->out_off) {
+            char code[8];
+            snprintf(code, sizeof code, "%d", status);
+            pz_buf_append(&st->msg, "", 1);
+            nghttp2_nv nva[] = {
+                NV(":status", "200"),
+                NV("content-type", "application/grpc"),
+                NV("grpc-status", code),
+                NV("grpc-message", st->msg.data),
+            };
+            nghttp2_submit_response(st->s->ng, st->id, nva,
+                                    st->msg.len > 1 ? 4 : 3, NULL);
+        } else {
+            nghttp2_nv nva[] = {
+                NV(":status", "200"),
+                NV("content-type", "application/grpc"),
+            };
+            nghttp2_data_provider dp = {.source.ptr = st,
+                                        .read_callback = read_cb};
+            nghttp2_submit_response(st->s->ng, st->id, nva, 2, &dp);
+        }
+    } else if (st->deferred) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->s->ng, st->id);
+    }
+}
+
+/* Queue one response message on a stream that stays open. */
+static void send_message(struct gstream *st, const void *msg, size_t len)
+{
+    if (st->ended)
+        return;
+    grpc_frame_append(&st->out, msg, len);
+    if (!st->responded) {
+        st->responded = true;
+        nghttp2_nv nva[] = {
+            NV(":status", "200"),
+            NV("content-type", "application/grpc"),
+        };
+        nghttp2_data_provider dp = {.source.ptr = st,
+                                    .read_callback = read_cb};
+        nghttp2_submit_response(st->s->ng, st->id, nva, 2, &dp);
+    } else if (st->deferred) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->s->ng, st->id);
+    }
+}
+
+/* A unary call's one response message and OK. */
+static void reply(struct gstream *st, const void *msg, size_t len)
+{
+    if (st->ended)
+        return;
+    grpc_frame_append(&st->out, msg, len);
+    finish(st, GRPC_OK, NULL);
+}
+
+/* A plain HTTP error (not gRPC): 405, 415. */
+static void http_error(struct gstream *st, const char *status,
+                       const char *text)
+{
+    st->http_error = true;
+    st->ended = true;
+    st->responded = true;
+    release_reader(st);
+    pz_buf_append(&st->out, text, strlen(text));
+    nghttp2_nv nva[] = {
+        NV(":status", status),
+        NV("content-type", "text/plain; charset=utf-8"),
+    };
+    nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_cb};
+    nghttp2_submit_response(st->s->ng, st->id, nva, 2, &dp);
+    pz_debug("grpc: %s %s: HTTP %s", st->s->c->peer, st->path, status);
+}
+
+static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
+                       size_t length, uint32_t *flags,
+                       nghttp2_data_source *src, void *ud)
+{
+    struct gstream *st = src->ptr;
+    PZ_UNUSED(ud);
+    size_t avail = st->out.len - st->out_off;
+    size_t n = PZ_MIN(avail, length);
+    if (n)
+        memcpy(buf, st->out.data + st->out_off, n);
+    st->out_off += n;
+    if (st->out_off == st->out.len) {
+        pz_buf_reset(&st->out);
+        st->out_off = 0;
+    }
+    if (n == avail && st->ended) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (!st->http_error) {
+            /* gRPC trailers go out after the last DATA frame. */
+            char code[8];
+            snprintf(code, sizeof code, "%d", st->status);
+            pz_buf_append(&st->msg, "", 1);
+            nghttp2_nv nva[] = {
+                NV("grpc-status", code),
+                NV("grpc-message", st->msg.data),
+            };
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            nghttp2_submit_trailer(ng, id, nva, st->msg.len > 1 ? 2 : 1);
+        }
+        return (ssize_t)n;
+    }
+    if (n == 0) {
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    return (ssize_t)n;
+}
+
+/* --- deadlines --------------------------------------------------------- */
+
+static void on_deadline(uv_timer_t *t);
+
+static void arm_deadline(struct grpc_server *gs, uint64_t due)
+{
+    if (gs->timer_due != 0 && gs->timer_due <= due)
+        return;
+    uint64_t now = uv_now(gs->loop);
+    gs->timer_due = due ? due : 1;
+    uv_timer_start(&gs->deadline_timer, on_deadline, due > now ? due - now : 0,
+                   0);
+}
+
+static void deadline_add(struct gstream *st, uint64_t due)
+{
+    st->has_deadline = true;
+    st->deadline = due;
+    st->in_dq = true;
+    pz_queue_push(&st->s->gs->deadlines, &st->dq);
+    arm_deadline(st->s->gs, due);
+}
+
+static void deadline_remove(struct gstream *st)
+{
+    if (st->in_dq) {
+        pz_queue_remove(&st->dq);
+        st->in_dq = false;
+    }
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct grpc_server *gs = t->data;
+    uint64_t now = uv_now(gs->loop);
+    struct pz_queue expired, *e;
+    gs->timer_due = 0;
+    pz_queue_init(&expired);
+    for (e = pz_queue_head(&gs->deadlines); e != &gs->deadlines;) {
+        struct gstream *st = container_of(e, struct gstream, dq);
+        e = e->next;
+        if (st->deadline <= now) {
+            pz_queue_remove(&st->dq);
+            pz_queue_push(&expired, &st->dq);
+        }
+    }
+    /* finish() does not free streams (only a flush can): end them all,
+     * then flush their sessions. */
+    while (!pz_queue_empty(&expired)) {
+        struct gstream *st =
+            container_of(pz_queue_head(&expired), struct gstream, dq);
+        pz_queue_remove(&st->dq);
+        st->in_dq = false;
+        gs->stats.deadlines++;
+        finish(st, GRPC_DEADLINE_EXCEEDED, "deadline exceeded (%llu ms)",
+               (unsigned long long)st->timeout_ms);
+        mark_dirty(st->s);
+    }
+    uint64_t next = 0;
+    PZ_QUEUE_FOREACH(e, &gs->deadlines)
+    {
+        struct gstream *st = container_of(e, struct gstream, dq);
+        if (next == 0 || st->deadline < next)
+            next = st->deadline;
+    }
+    if (next)
+        arm_deadline(gs, next);
+    flush_dirty();
+}
+
+static bool deadline_passed(struct gstream *st)
+{
+    return st->has_deadline && st->deadline <= uv_now(st->s->gs->loop);
+}
+
+/* --- forwarding ------------------------------------------------------------ */
+
+static void on_forward_done(struct grpc_call *call)
+{
+    struct gstream *st = container_of(call, struct gstream, call);
+    struct gsession *s = st->s;
+    st->in_fwd = false;
+    if (call->status == GRPC_OK && call->has_resp)
+        grpc_frame_append(&st->out, call->resp.data, call->resp.len);
+    finish(st, call->status, "%s", call->message);
+    grpc_call_reset(call);
+    if (session_flush(s))
+        kick(s->gs);
+}
+
+static void forward(struct gstream *st)
+{
+    struct grpc_server *gs = st->s->gs;
+    const char *addr = gs->be->leader_grpc_addr();
+    if (addr == NULL || addr[0] == '\0') {
+        finish(st, GRPC_UNAVAILABLE, "not the leader and no leader known");
+        return;
+    }
+    if (st->was_forwarded) {
+        /* Forwarded to us as the leader, and we are not: one hop only. */
+        finish(st, GRPC_UNAVAILABLE,
+               "not the leader (leadership is changing; retry)");
+        return;
+    }
+    if (gs->fwd && strcmp(grpc_client_addr(gs->fwd), addr) != 0) {
+        pz_info("grpc: leader moved to %s: forwarding there", addr);
+        grpc_client_close(gs->fwd); /* calls on it finish there */
+        gs->fwd = NULL;
+    }
+    if (gs->fwd == NULL)
+        gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
+    static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
+    struct grpc_call_opts opts = {.metadata = md};
+    if (st->has_deadline) {
+        uint64_t now = uv_now(gs->loop);
+        opts.timeout_ms = st->deadline > now ? st->deadline - now : 1;
+    }
+    int rv = grpc_client_call(gs->fwd, &st->call, st->m->path,
+                              st->rd.msg.data, st->rd.msg.len, &opts,
+                              on_forward_done);
+    if (rv < 0) {
+        finish(st, GRPC_UNAVAILABLE, "cannot forward to the leader at %s: %s",
+               addr, pz_strerror(rv));
+        return;
+    }
+    st->in_fwd = true;
+    gs->stats.forwarded++;
+}
+
+/* --- node results ------------------------------------------------------ */
+
+static void node_error(struct gstream *st, int rv, bool write)
+{
+    switch (rv) {
+    case PZ_ENOTLEADER: forward(st); break;
+    case PZ_ENOLEADER:
+        finish(st, GRPC_UNAVAILABLE, "no leader known");
+        break;
+    case PZ_ESHUTDOWN:
+        finish(st, GRPC_UNAVAILABLE, "server is shutting down");
+        break;
+    case PZ_ETIMEDOUT:
+        finish(st, GRPC_UNAVAILABLE, "timed out waiting for the cluster");
+        break;
+    case PZ_ELEADERCHANGE:
+        if (write)
+            finish(st, GRPC_INTERNAL,
+                   "replication failed: leadership changed before the write "
+                   "committed (it may or may not be applied)");
+        else
+            finish(st, GRPC_UNAVAILABLE, "leadership changed; retry");
+        break;
+    case PZ_ETOOBIG:
+        finish(st, GRPC_INVALID_ARGUMENT, "request too large");
+        break;
+    default:
+        finish(st, write ? GRPC_INTERNAL : GRPC_UNAVAILABLE,
+               "%s failed: %s", write ? "replication" : "read",
+               pz_strerror(rv));
+    }
+}
+
+static void on_read_done(struct node_req *req, int status)
+{
+    struct gstream *st = container_of(req, struct gstream, req);
+    struct gsession *s = st->s;
+    st->in_node = false;
+    if (status < 0) {
+        node_error(st, status, false);
+    } else {
+        const uint8_t *val = NULL;
+        size_t vlen = 0;
+        bool found = kv_get(s->gs->be->kv(), st->kreq.key, st->kreq.klen,
+                            &val, &vlen);
+        struct pz_buf b;
+        pz_buf_init(&b);
+        grpc_kv_get_resp_encode(&b, val, vlen, found);
+        reply(st, b.data, b.len);
+        pz_buf_free(&b);
+    }
+    session_flush(s);
+}
+
+static void on_write_done(struct node_req *req, int status)
+{
+    struct gstream *st = container_of(req, struct gstream, req);
+    struct gsession *s = st->s;
+    st->in_node = false;
+    if (status < 0) {
+        node_error(st, status, true);
+    } else {
+        struct pz_buf b;
+        pz_buf_init(&b);
+        grpc_kv_ok_resp_encode(&b, true);
+        reply(st, b.data, b.len);
+        pz_buf_free(&b);
+    }
+    session_flush(s);
+}
+
+/* --- methods ------------------------------------------------------------ */
+
+static const char *const kv_msg_names[] = {
+    [M_KV_GET] = "kv.GetRequest",
+    [M_KV_SET] = "kv.SetRequest",
+    [M_KV_DEL] = "kv.DeleteRequest",
+};
+
+static void call_kv(struct gstream *st)
+{
+    struct grpc_server *gs = st->s->gs;
+    static const int kinds[] = {[M_KV_GET] = GRPC_KV_GET,
+                                [M_KV_SET] = GRPC_KV_SET,
+                                [M_KV_DEL] = GRPC_KV_DEL};
+    struct grpc_kv_req *r = &st->kreq;
+    int rv;
+    if (grpc_kv_req_decode(kinds[st->m->kind], (uint8_t *)st->rd.msg.data,
+                           st->rd.msg.len, r) < 0) {
+        finish(st, GRPC_INVALID_ARGUMENT, "request is not a valid %s message",
+               kv_msg_names[st->m->kind]);
+        return;
+    }
+    if (r->klen == 0) {
+        finish(st, GRPC_INVALID_ARGUMENT, "key is required");
+        return;
+    }
+    if (r->klen > gs->max_key) {
+        finish(st, GRPC_INVALID_ARGUMENT,
+               "key too large: %zu bytes (max-key-size %zu)", r->klen,
+               gs->max_key);
+        return;
+    }
+    if (r->vlen > gs->max_value) {
+        finish(st, GRPC_INVALID_ARGUMENT,
+               "value too large: %zu bytes (max-value-size %zu)", r->vlen,
+               gs->max_value);
+        return;
+    }
+    if (deadline_passed(st)) {
+        gs->stats.deadlines++;
+        finish(st, GRPC_DEADLINE_EXCEEDED, "deadline exceeded (%llu ms)",
+               (unsigned long long)st->timeout_ms);
+        return;
+    }
+    if (st->m->kind == M_KV_GET) {
+        st->in_node = true;
+        rv = gs->be->read(&st->req, r->stale, on_read_done);
+        if (rv < 0) {
+            st->in_node = false;
+            node_error(st, rv, false);
+        }
+        return;
+    }
+    struct pz_buf cmd;
+    pz_buf_init(&cmd);
+    if (st->m->kind == M_KV_SET)
+        rv = kv_encode_set(&cmd, r->key, r->klen, r->value, r->vlen);
+    else
+        rv = kv_encode_del(&cmd, r->key, r->klen);
+    if (rv == 0) {
+        st->in_node = true;
+        rv = gs->be->propose(&st->req, (uint8_t *)cmd.data, cmd.len,
+                             on_write_done);
+        if (rv < 0)
+            st->in_node = false;
+    }
+    pz_buf_free(&cmd);
+    if (rv < 0)
+        node_error(st, rv, true);
+}
+
+/* True when the bytes parse as a protobuf message (any fields). */
+static bool valid_pb(const uint8_t *p, size_t len)
+{
+    const uint8_t *end = p + len;
+    struct grpc_pb_field f;
+    int rv;
+    while ((rv = grpc_pb_next(&p, end, &f)) == 1)
+        ;
+    return rv == 0;
+}
+
+static void call_status(struct gstream *st)
+{
+    struct grpc_server *gs = st->s->gs;
+    if (!valid_pb((uint8_t *)st->rd.msg.data, st->rd.msg.len)) {
+        finish(st, GRPC_INVALID_ARGUMENT,
+               "request is not a valid pyazdb.StatusRequest message");
+        return;
+    }
+    struct node_status ns;
+    gs->be->status(&ns);
+    const char *leader_addr = gs->be->leader_grpc_addr();
+    Pyazdb__StatusResponse r = PYAZDB__STATUS_RESPONSE__INIT;
+    r.id = (char *)(ns.id ? ns.id : "");
+    r.role = (char *)(ns.role ? ns.role : "");
+    r.leader = (char *)(ns.leader ? ns.leader : "");
+    r.term = ns.term;
+    r.commit_index = ns.commit_index;
+    r.applied_index = ns.applied_index;
+    r.last_index = ns.last_index;
+    r.keys = ns.keys;
+    r.version = PZ_VERSION;
+    r.uptime_seconds = (uv_now(gs->loop) - gs->start_ms) / 1000;
+    r.leader_grpc_addr = (char *)(leader_addr ? leader_addr : "");
+    size_t n = pyazdb__status_response__get_packed_size(&r);
+    uint8_t *b = pz_malloc(n + 1);
+    pyazdb__status_response__pack(&r, b);
+    reply(st, b, n);
+    pz_free(b);
+}
+
+static bool serving(struct grpc_server *gs)
+{
+    struct node_status ns;
+    gs->be->status(&ns);
+    return ns.leader != NULL && ns.leader[0] != '\0';
+}
+
+static bool known_service(struct grpc_server *gs, const char *name)
+{
+    if (name[0] == '\0')
+        return true;
+    const struct grpc_reflect_symbol *sym =
+        grpc_reflect_find(&gs->reflect, name);
+    return sym && sym->kind == GRPC_REFLECT_SERVICE;
+}
+
+static int health_now(struct grpc_server *gs, const char *service)
+{
+    if (!known_service(gs, service))
+        return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    return serving(gs)
+               ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+               : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+}
+
+static void health_message(struct pz_buf *b, int status)
+{
+    Grpc__Health__V1__HealthCheckResponse r =
+        GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    r.status = status;
+    size_t n = grpc__health__v1__health_check_response__get_packed_size(&r);
+    pz_buf_reserve(b, n);
+    grpc__health__v1__health_check_response__pack(&r,
+                                                  (uint8_t *)b->data + b->len);
+    b->len += n;
+}
+
+static void on_watch_poll(uv_timer_t *t);
+
+static void watch_remove(struct gstream *st)
+{
+    if (st->in_wq) {
+        pz_queue_remove(&st->wq);
+        st->in_wq = false;
+        if (pz_queue_empty(&st->s->gs->watchers))
+            uv_timer_stop(&st->s->gs->watch_timer);
+    }
+}
+
+static void watch_send(struct gstream *st, int status)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    health_message(&b, status);
+    send_message(st, b.data, b.len);
+    pz_buf_free(&b);
+    st->watch_last = status;
+}
+
+static void on_watch_poll(uv_timer_t *t)
+{
+    struct grpc_server *gs = t->data;
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &gs->watchers)
+    {
+        struct gstream *st = container_of(e, struct gstream, wq);
+        int now = health_now(gs, st->watch_service);
+        if (now != st->watch_last) {
+            watch_send(st, now);
+            mark_dirty(st->s);
+        }
+    }
+    flush_dirty();
+}
+
+static void call_health(struct gstream *st)
+{
+    struct grpc_server *gs = st->s->gs;
+    Grpc__Health__V1__HealthCheckRequest *q =
+        grpc__health__v1__health_check_request__unpack(
+            &grpc_pb_allocator, st->rd.msg.len, (uint8_t *)st->rd.msg.data);
+    if (q == NULL) {
+        finish(st, GRPC_INVALID_ARGUMENT,
+               "request is not a valid grpc.health.v1.HealthCheckRequest");
+        return;
+    }
+    int status = health_now(gs, q->service);
+    if (st->m->kind == M_HEALTH_CHECK) {
+        if (status ==
+            GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN) {
+            finish(st, GRPC_NOT_FOUND, "unknown service %.100s", q->service);
+        } else {
+            struct pz_buf b;
+            pz_buf_init(&b);
+            health_message(&b, status);
+            reply(st, b.data, b.len);
+            pz_buf_free(&b);
+        }
+    } else {
+        snprintf(st->watch_service, sizeof st->watch_service, "%s",
+                 q->service);
+        watch_send(st, status);
+        if (pz_queue_empty(&gs->watchers))
+            uv_timer_start(&gs->watch_timer, on_watch_poll, WATCH_POLL_MS,
+                           WATCH_POLL_MS);
+        st->in_wq = true;
+        pz_queue_push(&gs->watchers, &st->wq);
+    }
+    grpc__health__v1__health_check_request__free_unpacked(q,
+                                                          &grpc_pb_allocator);
+}
+
+/* One reflection request message on a bidirectional stream. */
+static void reflect_message(struct gstream *st)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    if (grpc_reflect_answer(&st->s->gs->reflect, (uint8_t *)st->rd.msg.data,
+                            st->rd.msg.len, &b) < 0)
+        finish(st, GRPC_INVALID_ARGUMENT,
+               "request is not a valid ServerReflectionRequest");
+    else
+        send_message(st, b.data, b.len);
+    pz_buf_free(&b);
+}
+
+/* A unary (or server-streaming) request is complete. */
+static void dispatch(struct gstream *st)
+{
+    st->s->gs->stats.calls++;
+    switch (st->m->kind) {
+    case M_KV_GET:
+    case M_KV_SET:
+    case M_KV_DEL: call_kv(st); break;
+    case M_STATUS: call_status(st); break;
+    case M_HEALTH_CHECK:
+    case M_HEALTH_WATCH: call_health(st); break;
+    default: pz_assert(0);
+    }
+}
+
+/* --- request side --------------------------------------------------------- */
+
+static void headers_done(struct gstream *st)
+{
+    struct grpc_server *gs = st->s->gs;
+    st->headers_done = true;
+    if (!st->post) {
+        http_error(st, "405", "gRPC requests use POST\n");
+        return;
+    }
+    if (!st->ctype_ok) {
+        http_error(st, "415",
+                   "unsupported content-type: gRPC wants application/grpc\n");
+        return;
+    }
+    if (st->m == NULL) {
+        finish(st, GRPC_UNIMPLEMENTED, "unknown method %s", st->path);
+        return;
+    }
+    if (st->timeout_state < 0) {
+        finish(st, GRPC_INTERNAL, "malformed grpc-timeout header");
+        return;
+    }
+    if (st->timeout_state > 0)
+        deadline_add(st, uv_now(gs->loop) + st->timeout_ms);
+    if (gs->draining) {
+        finish(st, GRPC_UNAVAILABLE, "server is shutting down");
+        return;
+    }
+    if (st->m->client_stream)
+        st->s->gs->stats.calls++;
+}
+
+/* END_STREAM from the client. */
+static void request_end(struct gstream *st)
+{
+    if (st->ended || !st->headers_done)
+        return;
+    if (grpc_reader_partial(&st->rd)) {
+        finish(st, GRPC_INVALID_ARGUMENT,
+               "truncated request: the stream ended inside a message");
+        return;
+    }
+    if (st->m->client_stream) {
+        finish(st, GRPC_OK, NULL);
+        return;
+    }
+    if (!st->rd.ready) {
+        finish(st, GRPC_INVALID_ARGUMENT, "missing request message");
+        return;
+    }
+    dispatch(st);
+}
+
+static void request_data(struct gstream *st, const uint8_t *data, size_t len)
+{
+    struct gsession *s = st->s;
+    struct grpc_server *gs = s->gs;
+    while (len > 0 && !st->ended) {
+        if (!st->m->client_stream && st->rd.ready) {
+            finish(st, GRPC_INVALID_ARGUMENT,
+                   "more than one request message for a unary method");
+            return;
+        }
+        size_t used;
+        int rv = grpc_reader_feed(&st->rd, data, len, &used);
+        data += used;
+        len -= used;
+        s->buffered += st->rd.msg.cap - st->rd_counted;
+        st->rd_counted = st->rd.msg.cap;
+        if (rv == GRPC_READ_TOO_BIG) {
+            finish(st, GRPC_RESOURCE_EXHAUSTED,
+                   "message of %lu bytes is larger than grpc-max-message "
+                   "(%zu bytes)",
+                   (unsigned long)st->rd.len, gs->max_message);
+            return;
+        }
+        if (st->rd.hdr_have == GRPC_FRAME_HEADER && st->rd.compressed) {
+            finish(st, GRPC_UNIMPLEMENTED,
+                   "compressed messages are not supported "
+                   "(grpc-encoding: identity only)");
+            return;
+        }
+        if (s->buffered > PZ_MAX(SESSION_BUFFER_MAX, 4 * gs->max_message)) {
+            finish(st, GRPC_RESOURCE_EXHAUSTED,
+                   "too much request data buffered on this connection");
+            return;
+        }
+        if (rv == GRPC_READ_MORE)
+            return;
+        if (st->m->client_stream) {
+            reflect_message(st);
+            if (!st->ended)
+                grpc_reader_next(&st->rd);
+        }
+    }
+}
+
+/* --- nghttp2 callbacks -------------------------------------------------- */
+
+static struct gstream *stream_get(nghttp2_session *ng, int32_t id)
+{
+    return nghttp2_session_get_stream_user_data(ng, id);
+}
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
+                            void *ud)
+{
+    struct gsession *s = ud;
+    if (frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    struct gstream *st = pz_calloc(1, sizeof *st);
+    st->s = s;
+    st->id = frame->hd.stream_id;
+    grpc_reader_init(&st->rd, s->gs->max_message);
+    pz_buf_init(&st->out);
+    pz_buf_init(&st->msg);
+    grpc_call_init(&st->call);
+    pz_queue_init(&st->dq);
+    pz_queue_init(&st->wq);
+    snprintf(st->path, sizeof st->path, "(no path)");
+    pz_queue_push(&s->streams, &st->q);
+    s->n_streams++;
+    s->gs->stats.streams_open++;
+    nghttp2_session_set_stream_user_data(ng, st->id, st);
+    return 0;
+}
+
+static bool name_is(const uint8_t *name, size_t len, const char *want)
+{
+    return len == strlen(want) && memcmp(name, want, len) == 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
+                     const uint8_t *name, size_t namelen,
+                     const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *ud)
+{
+    PZ_UNUSED(flags);
+    PZ_UNUSED(ud);
+    if (frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* request trailers carry nothing we use */
+    struct gstream *st = stream_get(ng, frame->hd.stream_id);
+    if (st == NULL)
+        return 0;
+    st->hdr_bytes += namelen + valuelen + 32;
+    if (st->hdr_bytes > MAX_HEADER_BYTES)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+    const char *v = (const char *)value;
+    if (name_is(name, namelen, ":method")) {
+        st->post = valuelen == 4 && memcmp(v, "POST", 4) == 0;
+    } else if (name_is(name, namelen, ":path")) {
+        snprintf(st->path, sizeof st->path, "%.*s",
+                 (int)PZ_MIN(valuelen, sizeof st->path - 1), v);
+        st->m = NULL;
+        for (size_t i = 0; i < PZ_ARRAY_SIZE(methods); i++)
+            if (name_is(value, valuelen, methods[i].path))
+                st->m = &methods[i];
+    } else if (name_is(name, namelen, "content-type")) {
+        st->ctype_ok = grpc_content_type_ok(v, valuelen);
+    } else if (name_is(name, namelen, "grpc-timeout")) {
+        st->timeout_state =
+            grpc_timeout_parse(v, valuelen, &st->timeout_ms) == 0 ? 1 : -1;
+    } else if (name_is(name, namelen, "pyazdb-forwarded")) {
+        st->was_forwarded = true;
+    }
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame,
+                         void *ud)
+{
+    PZ_UNUSED(ud);
+    struct gstream *st;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+        st = stream_get(ng, frame->hd.stream_id);
+        if (st == NULL)
+            return 0;
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+            headers_done(st);
+        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
+            request_end(st);
+        break;
+    case NGHTTP2_DATA:
+        st = stream_get(ng, frame->hd.stream_id);
+        if (st && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+            request_end(st);
+        break;
+    }
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id,
+                         const uint8_t *data, size_t len, void *ud)
+{
+    PZ_UNUSED(flags);
+    PZ_UNUSED(ud);
+    struct gstream *st = stream_get(ng, id);
+    if (st && st->headers_done && !st->ended)
+        request_data(st, data, len);
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame,
+                         void *ud)
+{
+    PZ_UNUSED(ud);
+    /* Our side is done but the client is still sending (an error before
+     * its END_STREAM): tell it to stop, as gRPC servers do. */
+    if ((frame->hd.type == NGHTTP2_HEADERS ||
+         frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        nghttp2_session_get_stream_remote_close(ng, frame->hd.stream_id) == 0)
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_NO_ERROR);
+    return 0;
+}
+
+static void stream_free(struct gstream *st)
+{
+    struct gsession *s = st->s;
+    struct grpc_server *gs = s->gs;
+    deadline_remove(st);
+    watch_remove(st);
+    if (st->in_node)
+        gs->be->cancel(&st->req);
+    if (st->in_fwd)
+        grpc_client_cancel(&st->call);
+    grpc_call_reset(&st->call);
+    s->buffered -= st->rd_counted;
+    grpc_reader_free(&st->rd);
+    pz_buf_free(&st->out);
+    pz_buf_free(&st->msg);
+    pz_queue_remove(&st->q);
+    s->n_streams--;
+    gs->stats.streams_open--;
+    pz_free(st);
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error,
+                           void *ud)
+{
+    PZ_UNUSED(ud);
+    struct gstream *st = stream_get(ng, id);
+    if (st == NULL)
+        return 0;
+    if (error != NGHTTP2_NO_ERROR && !st->ended)
+        pz_debug("grpc: %s %s: stream reset (%s)", st->s->c->peer, st->path,
+                 nghttp2_http2_strerror(error));
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    stream_free(st);
+    return 0;
+}
+
+/* --- allocation through pz_malloc ------------------------------------- */
+
+static void *ng_malloc(size_t n, void *ud)
+{
+    PZ_UNUSED(ud);
+    return pz_malloc(n ? n : 1);
+}
+
+static void ng_free(void *p, void *ud)
+{
+    PZ_UNUSED(ud);
+    pz_free(p);
+}
+
+static void *ng_calloc(size_t n, size_t size, void *ud)
+{
+    PZ_UNUSED(ud);
+    return pz_calloc(n ? n : 1, size ? size : 1);
+}
+
+static void *ng_realloc(void *p, size_t n, void *ud)
+{
+    PZ_UNUSED(ud);
+    return pz_realloc(p, n ? n : 1);
+}
+
+static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc,
+                             ng_realloc};
+
+/* --- connections -------------------------------------------------------- */
+
+static int on_open(struct conn *c)
+{
+    struct grpc_server *gs = c->ls->data;
+    struct gsession *s = pz_calloc(1, sizeof *s);
+    s->gs = gs;
+    s->c = c;
+    pz_queue_init(&s->streams);
+    pz_queue_init(&s->dirty_q);
+    if (nghttp2_session_server_new3(&s->ng, callbacks, s, NULL, &ng_mem) !=
+        0) {
+        pz_free(s);
+        return PZ_ENOMEM;
+    }
+    c->proto = s;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BYTES},
+    };
+    nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, PZ_ARRAY_SIZE(iv));
+    nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0,
+                                          CONN_WINDOW);
+    session_flush(s); /* our SETTINGS go first, or clients wait */
+    return 0;
+}
+
+static void on_data(struct conn *c, const char *data, size_t len)
+{
+    struct gsession *s = c->proto;
+    s->in_recv++;
+    ssize_t rv = nghttp2_session_mem_recv(s->ng, (const uint8_t *)data, len);
+    s->in_recv--;
+    if (rv < 0) {
+        pz_debug("grpc: %s: %s", c->peer, nghttp2_strerror((int)rv));
+        conn_close(c);
+        return;
+    }
+    session_flush(s);
+}
+
+static void on_drain(struct conn *c)
+{
+    struct gsession *s = c->proto;
+    if (session_flush(s))
+        kick(s->gs);
+}
+
+static void on_close(struct conn *c)
+{
+    struct gsession *s = c->proto;
+    if (s == NULL)
+        return;
+    while (!pz_queue_empty(&s->streams)) {
+        struct gstream *st =
+            container_of(pz_queue_head(&s->streams), struct gstream, q);
+        stream_free(st);
+    }
+    if (s->dirty)
+        pz_queue_remove(&s->dirty_q);
+    nghttp2_session_del(s->ng);
+    pz_free(s);
+    c->proto = NULL;
+}
+
+static const struct conn_ops grpc_ops = {
+    .on_open = on_open,
+    .on_data = on_data,
+    .on_drain = on_drain,
+    .on_close = on_close,
+};
+
+static void setup_callbacks(void)
+{
+    if (callbacks_refs++ > 0)
+        return;
+    pz_queue_init(&dirty_list);
+    nghttp2_session_callbacks_new(&callbacks);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks,
+                                                            on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(callbacks, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks,
+                                                         on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks,
+                                                              on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_send_callback(callbacks,
+                                                         on_frame_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(callbacks,
+                                                           on_stream_close);
+}
+
+static void release_callbacks(void)
+{
+    if (--callbacks_refs == 0) {
+        nghttp2_session_callbacks_del(callbacks);
+        callbacks = NULL;
+    }
+}
+
+int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
+               const struct pz_config *cfg, const struct grpc_backend *be,
+               char *err, size_t errlen)
+{
+    memset(gs, 0, sizeof *gs);
+    gs->loop = loop;
+    gs->be = be ? be : &grpc_node_backend;
+    gs->max_message = (size_t)cfg->grpc_max_message;
+    gs->max_key = (size_t)cfg->max_key_size;
+    gs->max_value = (size_t)cfg->max_value_size;
+    pz_queue_init(&gs->deadlines);
+    pz_queue_init(&gs->watchers);
+    if (grpc_reflect_init(&gs->reflect, grpc_descriptor_set,
+                          grpc_descriptor_set_len) < 0) {
+        snprintf(err, errlen, "grpc: embedded descriptor set is corrupt");
+        return PZ_ECORRUPT;
+    }
+    setup_callbacks();
+    int rv = conn_listen(&gs->ls, cfg->grpc_addr, &grpc_ops, "grpc",
+                         (size_t)cfg->max_clients, err, errlen);
+    if (rv < 0) {
+        grpc_reflect_free(&gs->reflect);
+        release_callbacks();
+        return rv;
+    }
+    gs->ls.data = gs;
+    uv_timer_init(loop, &gs->deadline_timer);
+    uv_timer_init(loop, &gs->watch_timer);
+    uv_idle_init(loop, &gs->kick);
+    gs->deadline_timer.data = gs;
+    gs->watch_timer.data = gs;
+    gs->kick.data = gs;
+    gs->start_ms = uv_now(loop);
+    gs->started = true;
+    return 0;
+}
+
+int grpc_local_port(const struct grpc_server *gs)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getsockname(&gs->ls.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+void grpc_drain(struct grpc_server *gs)
+{
+    struct pz_queue *e;
+    if (!gs->started || gs->draining)
+        return;
+    gs->draining = true;
+    conn_listener_stop(&gs->ls);
+    PZ_QUEUE_FOREACH(e, &gs->ls.conns)
+    {
+        struct conn *c = container_of(e, struct conn, q);
+        struct gsession *s = c->proto;
+        if (s == NULL)
+            continue;
+        /* Watch streams never end on their own. */
+        struct pz_queue *f;
+        PZ_QUEUE_FOREACH(f, &s->streams)
+        {
+            struct gstream *st = container_of(f, struct gstream, q);
+            if (st->in_wq)
+                finish(st, GRPC_UNAVAILABLE, "server is shutting down");
+        }
+        nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(s->ng),
+                              NGHTTP2_NO_ERROR, NULL, 0);
+        if (s->n_streams == 0)
+            conn_close_after_flush(c);
+        session_flush(s);
+    }
+}
+
+void grpc_close(struct grpc_server *gs)
+{
+    if (!gs->started)
+        return;
+    gs->started = false;
+    uv_close((uv_handle_t *)&gs->deadline_timer, NULL);
+    uv_close((uv_handle_t *)&gs->watch_timer, NULL);
+    uv_close((uv_handle_t *)&gs->kick, NULL);
+    if (gs->fwd) {
+        grpc_client_abort(gs->fwd);
+        gs->fwd = NULL;
+    }
+    grpc_reflect_free(&gs->reflect);
+    release_callbacks();
+}

@@ -1,0 +1,80 @@
+/* grpc.h - the gRPC API on a listener: HTTP/2 cleartext with prior
+ * knowledge, kv.KVService (Get, Set, Delete), pyazdb.Cluster/Status,
+ * grpc.health.v1.Health (Check, Watch) and server reflection (v1 and
+ * v1alpha), with calls forwarded to the leader when this node is not it. */
+#ifndef PZ_GRPC_H
+#define PZ_GRPC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "conn.h"
+#include "grpc_reflect.h"
+#include "node.h"
+#include "queue.h"
+
+struct grpc_client;
+
+/* How the server reaches the node. grpc_node_backend calls node_*; tests
+ * substitute their own (e.g. a node that is never the leader). */
+struct grpc_backend {
+    int (*propose)(struct node_req *req, const uint8_t *cmd, size_t len,
+                   node_req_cb cb);
+    int (*read)(struct node_req *req, bool stale, node_req_cb cb);
+    void (*cancel)(struct node_req *req);
+    struct kv *(*kv)(void);
+    /* Leader's gRPC address, NULL when this node leads or none is known. */
+    const char *(*leader_grpc_addr)(void);
+    void (*status)(struct node_status *st);
+};
+
+extern const struct grpc_backend grpc_node_backend;
+
+/* Counters, for tests and logs. */
+struct grpc_stats {
+    uint64_t calls;          /* streams that named a method */
+    uint64_t forwarded;      /* calls relayed to the leader */
+    uint64_t deadlines;      /* calls ended by DEADLINE_EXCEEDED */
+    uint64_t streams_open;   /* streams alive now */
+};
+
+struct grpc_server {
+    struct conn_listener ls;         /* accepted connections */
+    uv_loop_t *loop;                 /* the process loop */
+    const struct grpc_backend *be;   /* the node */
+    size_t max_message;              /* grpc-max-message */
+    size_t max_key;                  /* max-key-size */
+    size_t max_value;                /* max-value-size */
+    struct grpc_reflect reflect;     /* descriptor index */
+    struct pz_queue deadlines;       /* streams with a deadline, unsorted */
+    uv_timer_t deadline_timer;       /* fires at the earliest deadline */
+    uint64_t timer_due;              /* uv_now() it fires at, 0 = idle */
+    struct pz_queue watchers;        /* Health/Watch streams */
+    uv_timer_t watch_timer;          /* polls serving state for them */
+    uv_idle_t kick;                  /* keeps poll from blocking on output */
+    struct grpc_client *fwd;         /* connection to the leader */
+    uint64_t start_ms;               /* uv_now() at start */
+    struct grpc_stats stats;         /* counters */
+    int handles;                     /* our uv handles not yet closed */
+    bool draining;                   /* shutdown began */
+    bool started;                    /* grpc_start succeeded */
+};
+
+/* Listen on cfg->grpc_addr (port 0 picks a free port: see
+ * grpc_local_port). be NULL means grpc_node_backend. Returns 0 or a
+ * negative code with a message in err; on error nothing needs closing. */
+int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
+               const struct pz_config *cfg, const struct grpc_backend *be,
+               char *err, size_t errlen);
+/* The port the listener is bound to. */
+int grpc_local_port(const struct grpc_server *gs);
+/* Shutdown step 1: stop accepting, send GOAWAY on every connection,
+ * close idle ones; calls in flight finish, then their connections close. */
+void grpc_drain(struct grpc_server *gs);
+/* Shutdown step 2, once no connection is left: close timers and the
+ * forwarding client (the loop then runs until they are closed). */
+void grpc_close(struct grpc_server *gs);
+
+#endif
