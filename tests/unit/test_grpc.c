@@ -1,0 +1,622 @@
+/* test_grpc.c - the gRPC client against the gRPC server on one real loop in
+ * this process: unary calls over one persistent connection, forwarding by a
+ * server whose node is not the leader (relayed answers and errors, leader
+ * changes), deadlines on both sides, cancellation, lost connections. Each
+ * test ends by draining everything and checking uv_loop_close() == 0. */
+#include <stdlib.h>
+#include <uv.h>
+
+#include "config.h"
+#include "conn.h"
+#include "grpc.h"
+#include "grpc_client.h"
+#include "grpc_frame.h"
+#include "grpc_pb.h"
+#include "node.h"
+#include "test.h"
+
+struct fx {
+    uv_loop_t loop;          /* the loop */
+    uv_prepare_t prep;       /* node and conn before-sleep work */
+    uv_timer_t tick;         /* wakes UV_RUN_ONCE regularly */
+    struct pz_config cfg;    /* defaults, grpc-addr on a free port */
+    struct grpc_server a;    /* on the real node */
+    struct grpc_server b;    /* on a fake backend, when started */
+    bool b_on;               /* b was started */
+    char a_addr[64];         /* "127.0.0.1:port" of a */
+    char b_addr[64];         /* "127.0.0.1:port" of b */
+};
+
+static void on_prep(uv_prepare_t *h)
+{
+    PZ_UNUSED(h);
+    node_before_sleep();
+    conn_before_sleep();
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    PZ_UNUSED(t);
+}
+
+static bool run_until(struct fx *f, const bool *flag, uint64_t ms)
+{
+    uint64_t end = uv_now(&f->loop) + ms;
+    while (!*flag && uv_now(&f->loop) < end)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    return *flag;
+}
+
+static void run_for(struct fx *f, uint64_t ms)
+{
+    static const bool never = false;
+    run_until(f, &never, ms);
+}
+
+static int fx_init(struct fx *f)
+{
+    char err[256];
+    memset(f, 0, sizeof *f);
+    uv_loop_init(&f->loop);
+    struct conn_limits lim = {.high_water = 1 << 20, .hard_limit = 64 << 20};
+    conn_setup(&f->loop, &lim);
+    cfg_init(&f->cfg);
+    pz_free(f->cfg.grpc_addr);
+    f->cfg.grpc_addr = pz_strdup("127.0.0.1:0");
+    if (node_init(&f->loop, &f->cfg, err, sizeof err) < 0)
+        return -1;
+    uv_prepare_init(&f->loop, &f->prep);
+    uv_prepare_start(&f->prep, on_prep);
+    uv_timer_init(&f->loop, &f->tick);
+    uv_timer_start(&f->tick, on_tick, 5, 5);
+    if (grpc_start(&f->a, &f->loop, &f->cfg, NULL, err, sizeof err) < 0)
+        return -1;
+    snprintf(f->a_addr, sizeof f->a_addr, "127.0.0.1:%d",
+             grpc_local_port(&f->a));
+    return 0;
+}
+
+static int fx_start_b(struct fx *f, const struct grpc_backend *be)
+{
+    char err[256];
+    if (grpc_start(&f->b, &f->loop, &f->cfg, be, err, sizeof err) < 0)
+        return -1;
+    f->b_on = true;
+    snprintf(f->b_addr, sizeof f->b_addr, "127.0.0.1:%d",
+             grpc_local_port(&f->b));
+    return 0;
+}
+
+/* Drain and close everything; returns uv_loop_close(). */
+static int fx_close(struct fx *f)
+{
+    grpc_drain(&f->a);
+    if (f->b_on)
+        grpc_drain(&f->b);
+    conn_close_outbound();
+    for (int i = 0; i < 2000 && conn_count() > 0; i++)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    grpc_close(&f->a);
+    if (f->b_on)
+        grpc_close(&f->b);
+    node_close();
+    uv_close((uv_handle_t *)&f->prep, NULL);
+    uv_close((uv_handle_t *)&f->tick, NULL);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    cfg_free(&f->cfg);
+    return uv_loop_close(&f->loop);
+}
+
+struct res {
+    struct grpc_call call; /* the call */
+    bool done;             /* callback ran */
+    int status;            /* its status */
+    char msg[256];         /* its message */
+    struct pz_buf resp;    /* its response message */
+    bool has_resp;         /* a message came */
+};
+
+static void on_done(struct grpc_call *c)
+{
+    struct res *r = container_of(c, struct res, call);
+    r->done = true;
+    r->status = c->status;
+    snprintf(r->msg, sizeof r->msg, "%s", c->message);
+    r->has_resp = c->has_resp;
+    pz_buf_reset(&r->resp);
+    pz_buf_append(&r->resp, c->resp.data ? c->resp.data : "", c->resp.len);
+    grpc_call_reset(c);
+}
+
+static void res_init(struct res *r)
+{
+    memset(r, 0, sizeof *r);
+    grpc_call_init(&r->call);
+    pz_buf_init(&r->resp);
+}
+
+static void res_free(struct res *r)
+{
+    grpc_call_reset(&r->call);
+    pz_buf_free(&r->resp);
+}
+
+/* Start a kv call and wait for it. */
+static int kv_call(struct fx *f, struct grpc_client *cl, int kind,
+                   const char *key, const char *value, uint64_t timeout_ms,
+                   struct res *r)
+{
+    static const char *const paths[] = {
+        [GRPC_KV_GET] = "/kv.KVService/Get",
+        [GRPC_KV_SET] = "/kv.KVService/Set",
+        [GRPC_KV_DEL] = "/kv.KVService/Delete",
+    };
+    struct grpc_kv_req q = {.kind = kind,
+                            .key = (const uint8_t *)key,
+                            .klen = strlen(key),
+                            .value = (const uint8_t *)(value ? value : ""),
+                            .vlen = value ? strlen(value) : 0};
+    struct pz_buf b;
+    pz_buf_init(&b);
+    grpc_kv_req_encode(&b, &q);
+    struct grpc_call_opts o = {.timeout_ms = timeout_ms};
+    r->done = false;
+    int rv = grpc_client_call(cl, &r->call, paths[kind], b.data, b.len, &o,
+                              on_done);
+    pz_buf_free(&b);
+    if (rv < 0)
+        return rv;
+    run_until(f, &r->done, 5000);
+    return r->done ? 0 : PZ_ETIMEDOUT;
+}
+
+static bool get_value(struct res *r, const char *want)
+{
+    const uint8_t *v;
+    size_t vl;
+    bool found;
+    if (r->status != GRPC_OK || !r->has_resp ||
+        grpc_kv_get_resp_decode((uint8_t *)r->resp.data, r->resp.len, &v, &vl,
+                                &found) < 0)
+        return false;
+    if (want == NULL)
+        return !found && vl == 0;
+    return found && vl == strlen(want) && memcmp(v, want, vl) == 0;
+}
+
+TEST(unary_calls_share_one_connection)
+{
+    struct fx f;
+    struct res r;
+    CHECK_EQ_INT(fx_init(&f), 0);
+    res_init(&r);
+    struct grpc_client *cl = grpc_client_new(&f.loop, f.a_addr, 1 << 20);
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_SET, "k", "v1", 2000, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_OK);
+    bool ok = false;
+    CHECK_EQ_INT(grpc_kv_ok_resp_decode((uint8_t *)r.resp.data, r.resp.len,
+                                        &ok),
+                 0);
+    CHECK(ok);
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "k", NULL, 0, &r), 0);
+    CHECK(get_value(&r, "v1"));
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_DEL, "k", NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_OK);
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "k", NULL, 0, &r), 0);
+    CHECK(get_value(&r, NULL));
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "", NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_INVALID_ARGUMENT);
+    CHECK_EQ_STR(r.msg, "key is required");
+    CHECK_EQ_INT(grpc_client_connects(cl), 1);
+
+    /* Many calls in flight at once on the same connection. */
+    enum { N = 300 };
+    struct res *many = pz_calloc(N, sizeof *many);
+    char key[N][16];
+    for (int i = 0; i < N; i++) {
+        res_init(&many[i]);
+        snprintf(key[i], sizeof key[i], "key%d", i);
+        struct grpc_kv_req q = {.kind = GRPC_KV_SET,
+                                .key = (const uint8_t *)key[i],
+                                .klen = strlen(key[i]),
+                                .value = (const uint8_t *)key[i],
+                                .vlen = strlen(key[i])};
+        struct pz_buf b;
+        pz_buf_init(&b);
+        grpc_kv_req_encode(&b, &q);
+        CHECK_EQ_INT(grpc_client_call(cl, &many[i].call, "/kv.KVService/Set",
+                                      b.data, b.len, NULL, on_done),
+                     0);
+        pz_buf_free(&b);
+    }
+    CHECK_EQ_INT(grpc_client_active(cl), N);
+    for (int i = 0; i < N; i++) {
+        CHECK(run_until(&f, &many[i].done, 5000));
+        CHECK_EQ_INT(many[i].status, GRPC_OK);
+        res_free(&many[i]);
+    }
+    pz_free(many);
+    CHECK_EQ_INT(kv_count(node_kv()), N);
+    CHECK_EQ_INT(grpc_client_connects(cl), 1);
+    CHECK_EQ_INT(grpc_client_active(cl), 0);
+    grpc_client_close(cl);
+    res_free(&r);
+    CHECK_EQ_INT(fx_close(&f), 0);
+}
+
+/* --- a backend whose node is never the leader ---------------------------- */
+
+static const char *fake_leader_addr;
+static int fake_reads, fake_proposes;
+
+static int fake_propose(struct node_req *req, const uint8_t *cmd, size_t len,
+                        node_req_cb cb)
+{
+    PZ_UNUSED(req);
+    PZ_UNUSED(cmd);
+    PZ_UNUSED(len);
+    PZ_UNUSED(cb);
+    fake_proposes++;
+    return PZ_ENOTLEADER;
+}
+
+static int fake_read(struct node_req *req, bool stale, node_req_cb cb)
+{
+    PZ_UNUSED(req);
+    PZ_UNUSED(stale);
+    PZ_UNUSED(cb);
+    fake_reads++;
+    return PZ_ENOTLEADER;
+}
+
+static void fake_cancel(struct node_req *req)
+{
+    PZ_UNUSED(req);
+}
+
+static const char *fake_leader(void)
+{
+    return fake_leader_addr;
+}
+
+static void fake_status(struct node_status *st)
+{
+    memset(st, 0, sizeof *st);
+    st->id = "b";
+    st->role = "follower";
+    st->leader = fake_leader_addr ? "a" : "";
+}
+
+static const struct grpc_backend follower = {
+    .propose = fake_propose,
+    .read = fake_read,
+    .cancel = fake_cancel,
+    .kv = node_kv,
+    .leader_grpc_addr = fake_leader,
+    .status = fake_status,
+};
+
+TEST(follower_forwards_to_leader)
+{
+    struct fx f;
+    struct res r;
+    CHECK_EQ_INT(fx_init(&f), 0);
+    CHECK_EQ_INT(fx_start_b(&f, &follower), 0);
+    res_init(&r);
+    fake_leader_addr = f.a_addr;
+    struct grpc_client *cl = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
+
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_SET, "fk", "fv", 2000, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_OK);
+    CHECK_EQ_INT(fake_proposes, 1);
+    const uint8_t *v;
+    size_t vl;
+    CHECK(kv_get(node_kv(), "fk", 2, &v, &vl)); /* applied on the leader */
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "fk", NULL, 2000, &r), 0);
+    CHECK(get_value(&r, "fv"));
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_DEL, "fk", NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_OK);
+    CHECK(!kv_get(node_kv(), "fk", 2, &v, &vl));
+    CHECK_EQ_INT(f.b.stats.forwarded, 3);
+    CHECK_EQ_INT(f.a.stats.calls, 3);
+    /* One connection from b to the leader, reused. */
+    CHECK(f.b.fwd != NULL);
+    CHECK_EQ_INT(grpc_client_connects(f.b.fwd), 1);
+
+    /* An error found by the leader is relayed as it is: the value is over
+     * the leader's limit but not over b's (b is given a bigger one). */
+    f.a.max_value = 3;
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_SET, "fk", "toolong", 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_INVALID_ARGUMENT);
+    CHECK(strstr(r.msg, "value too large") != NULL);
+    f.a.max_value = f.b.max_value;
+
+    /* Errors found locally are not forwarded. */
+    int before = fake_proposes;
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_SET, "", "x", 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_INVALID_ARGUMENT);
+    CHECK_EQ_INT(fake_proposes, before);
+
+    /* No leader known. */
+    fake_leader_addr = NULL;
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "fk", NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_UNAVAILABLE);
+    CHECK_EQ_STR(r.msg, "not the leader and no leader known");
+
+    /* A leader that does not answer: the connect error comes back. */
+    uv_tcp_t probe;
+    struct sockaddr_in sa;
+    uv_tcp_init(&f.loop, &probe);
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    uv_tcp_bind(&probe, (struct sockaddr *)&sa, 0);
+    int len = sizeof sa;
+    uv_tcp_getsockname(&probe, (struct sockaddr *)&sa, &len);
+    char dead[64];
+    snprintf(dead, sizeof dead, "127.0.0.1:%d", ntohs(sa.sin_port));
+    uv_close((uv_handle_t *)&probe, NULL); /* port now closed */
+    run_for(&f, 20);
+    fake_leader_addr = dead;
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "fk", NULL, 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_UNAVAILABLE);
+    CHECK(strstr(r.msg, "cannot connect") != NULL);
+
+    /* The leader moves back to a: a new connection to it. */
+    fake_leader_addr = f.a_addr;
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_SET, "k2", "v2", 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_OK);
+    CHECK_EQ_STR(grpc_client_addr(f.b.fwd), f.a_addr);
+
+    /* A request already forwarded once is not forwarded again. */
+    struct grpc_client *cl2 = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
+    static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
+    struct grpc_call_opts o = {.metadata = md};
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct grpc_kv_req q = {.kind = GRPC_KV_GET,
+                            .key = (const uint8_t *)"k2",
+                            .klen = 2};
+    grpc_kv_req_encode(&b, &q);
+    r.done = false;
+    CHECK_EQ_INT(grpc_client_call(cl2, &r.call, "/kv.KVService/Get", b.data,
+                                  b.len, &o, on_done),
+                 0);
+    pz_buf_free(&b);
+    CHECK(run_until(&f, &r.done, 5000));
+    CHECK_EQ_INT(r.status, GRPC_UNAVAILABLE);
+
+    grpc_client_close(cl);
+    grpc_client_close(cl2);
+    res_free(&r);
+    fake_leader_addr = NULL;
+    CHECK_EQ_INT(fx_close(&f), 0);
+}
+
+/* --- a node that never answers --------------------------------------------- */
+
+static struct node_req *hung;
+static int hung_cancels;
+
+static int hang_read(struct node_req *req, bool stale, node_req_cb cb)
+{
+    PZ_UNUSED(stale);
+    PZ_UNUSED(cb);
+    hung = req;
+    return 0;
+}
+
+static int hang_propose(struct node_req *req, const uint8_t *cmd, size_t len,
+                        node_req_cb cb)
+{
+    PZ_UNUSED(cmd);
+    PZ_UNUSED(len);
+    return hang_read(req, false, cb);
+}
+
+static void hang_cancel(struct node_req *req)
+{
+    if (req == hung) {
+        hung = NULL;
+        hung_cancels++;
+    }
+}
+
+static const char *no_leader(void)
+{
+    return NULL;
+}
+
+static void leader_status(struct node_status *st)
+{
+    memset(st, 0, sizeof *st);
+    st->id = "h";
+    st->role = "leader";
+    st->leader = "h";
+}
+
+static const struct grpc_backend hanging = {
+    .propose = hang_propose,
+    .read = hang_read,
+    .cancel = hang_cancel,
+    .kv = node_kv,
+    .leader_grpc_addr = no_leader,
+    .status = leader_status,
+};
+
+TEST(server_deadline_cancels_node_request)
+{
+    struct fx f;
+    struct res r;
+    CHECK_EQ_INT(fx_init(&f), 0);
+    CHECK_EQ_INT(fx_start_b(&f, &hanging), 0);
+    res_init(&r);
+    struct grpc_client *cl = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
+    /* grpc-timeout sent by hand: the client keeps no deadline of its own,
+     * so the status must come from the server. */
+    static const char *const md[] = {"grpc-timeout", "150m", NULL};
+    struct grpc_call_opts o = {.metadata = md};
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct grpc_kv_req q = {.kind = GRPC_KV_SET,
+                            .key = (const uint8_t *)"k",
+                            .klen = 1,
+                            .value = (const uint8_t *)"v",
+                            .vlen = 1};
+    grpc_kv_req_encode(&b, &q);
+    hung = NULL;
+    hung_cancels = 0;
+    uint64_t t0 = uv_now(&f.loop);
+    CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Set", b.data,
+                                  b.len, &o, on_done),
+                 0);
+    pz_buf_free(&b);
+    CHECK(run_until(&f, &r.done, 5000));
+    uint64_t took = uv_now(&f.loop) - t0;
+    CHECK_EQ_INT(r.status, GRPC_DEADLINE_EXCEEDED);
+    CHECK(took >= 140 && took < 2000);
+    CHECK_EQ_INT(hung_cancels, 1);
+    CHECK(hung == NULL);
+    CHECK_EQ_INT(f.b.stats.deadlines, 1);
+    CHECK_EQ_STR(r.msg, "deadline exceeded (150 ms)");
+
+    /* With the client's own deadline as well, whichever fires first. */
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "k", NULL, 100, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_DEADLINE_EXCEEDED);
+    for (int i = 0; i < 100 && hung_cancels < 2; i++)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_EQ_INT(hung_cancels, 2);
+    grpc_client_close(cl);
+    res_free(&r);
+    CHECK_EQ_INT(fx_close(&f), 0);
+}
+
+TEST(client_cancel_resets_stream)
+{
+    struct fx f;
+    struct res r;
+    CHECK_EQ_INT(fx_init(&f), 0);
+    CHECK_EQ_INT(fx_start_b(&f, &hanging), 0);
+    res_init(&r);
+    hung = NULL;
+    hung_cancels = 0;
+    struct grpc_client *cl = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct grpc_kv_req q = {.kind = GRPC_KV_GET,
+                            .key = (const uint8_t *)"k",
+                            .klen = 1};
+    grpc_kv_req_encode(&b, &q);
+    CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Get", b.data,
+                                  b.len, NULL, on_done),
+                 0);
+    pz_buf_free(&b);
+    for (int i = 0; i < 500 && hung == NULL; i++)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK(hung != NULL);
+    CHECK_EQ_INT(f.b.stats.streams_open, 1);
+    grpc_client_cancel(&r.call);
+    grpc_client_cancel(&r.call); /* idempotent */
+    CHECK_EQ_INT(grpc_client_active(cl), 0);
+    for (int i = 0; i < 500 && hung_cancels == 0; i++)
+        uv_run(&f.loop, UV_RUN_ONCE);
+    CHECK_EQ_INT(hung_cancels, 1);
+    run_for(&f, 50);
+    CHECK(!r.done); /* no callback after cancel */
+    CHECK_EQ_INT(f.b.stats.streams_open, 0);
+    grpc_client_close(cl);
+    res_free(&r);
+    CHECK_EQ_INT(fx_close(&f), 0);
+}
+
+/* A listener that accepts and never answers. */
+static void silent_data(struct conn *c, const char *data, size_t len)
+{
+    PZ_UNUSED(c);
+    PZ_UNUSED(data);
+    PZ_UNUSED(len);
+}
+
+static const struct conn_ops silent_ops = {.on_data = silent_data};
+
+TEST(client_deadline_and_lost_connection)
+{
+    struct fx f;
+    struct res r, r2;
+    char err[128];
+    CHECK_EQ_INT(fx_init(&f), 0);
+    res_init(&r);
+    res_init(&r2);
+    struct conn_listener silent;
+    CHECK_EQ_INT(conn_listen(&silent, "127.0.0.1:0", &silent_ops, "silent",
+                             10, err, sizeof err),
+                 0);
+    struct sockaddr_in sa;
+    int len = sizeof sa;
+    uv_tcp_getsockname(&silent.tcp, (struct sockaddr *)&sa, &len);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", ntohs(sa.sin_port));
+    struct grpc_client *cl = grpc_client_new(&f.loop, addr, 1 << 20);
+
+    /* Local deadline: the server never answers. */
+    uint64_t t0 = uv_now(&f.loop);
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "k", NULL, 100, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_DEADLINE_EXCEEDED);
+    CHECK(uv_now(&f.loop) - t0 >= 95);
+
+    /* The connection goes away with a call in flight. */
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct grpc_kv_req q = {.kind = GRPC_KV_GET,
+                            .key = (const uint8_t *)"k",
+                            .klen = 1};
+    grpc_kv_req_encode(&b, &q);
+    CHECK_EQ_INT(grpc_client_call(cl, &r2.call, "/kv.KVService/Get", b.data,
+                                  b.len, NULL, on_done),
+                 0);
+    pz_buf_free(&b);
+    run_for(&f, 30);
+    conn_listener_close_all(&silent);
+    CHECK(run_until(&f, &r2.done, 2000));
+    CHECK_EQ_INT(r2.status, GRPC_UNAVAILABLE);
+    conn_listener_stop(&silent);
+
+    /* A closed client refuses new calls. */
+    grpc_client_close(cl);
+    r.done = false;
+    CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Get", "", 0,
+                                  NULL, on_done),
+                 PZ_ESHUTDOWN);
+    res_free(&r);
+    res_free(&r2);
+    CHECK_EQ_INT(fx_close(&f), 0);
+}
+
+TEST(abort_fails_calls_in_flight)
+{
+    struct fx f;
+    struct res r;
+    CHECK_EQ_INT(fx_init(&f), 0);
+    CHECK_EQ_INT(fx_start_b(&f, &hanging), 0);
+    res_init(&r);
+    struct grpc_client *cl = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
+    CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Get",
+                                  "\x0a\x01k", 3, NULL, on_done),
+                 0);
+    run_for(&f, 30);
+    grpc_client_abort(cl);
+    CHECK(r.done);
+    CHECK_EQ_INT(r.status, GRPC_CANCELLED);
+    res_free(&r);
+    CHECK_EQ_INT(fx_close(&f), 0);
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(unary_calls_share_one_connection),
+    TEST_ENTRY(follower_forwards_to_leader),
+    TEST_ENTRY(server_deadline_cancels_node_request),
+    TEST_ENTRY(client_cancel_resets_stream),
+    TEST_ENTRY(client_deadline_and_lost_connection),
+    TEST_ENTRY(abort_fails_calls_in_flight),
+    TEST_END,
+};
+
+const struct test_suite suite_grpc = {"grpc", cases};
