@@ -1,0 +1,564 @@
+/* cli.c - pyazdb-cli, the command-line client.
+ *
+ *   pyazdb-cli [--mandi URL | --addr HOST:PORT] [--timeout SECONDS]
+ *              get KEY | set KEY VALUE | delete KEY | status
+ *
+ * Happy path: without --addr, ask mandi (--mandi, else $MANDI_ADDR, else
+ * http://127.0.0.1:7000) for the leader with GET /leader and take its
+ * grpc_addr; then make one gRPC call over HTTP/2 (grpc_client.c) and print
+ * the result the way the original kv-cli did (COMPAT.md): the value, or
+ * "Key 'K' not found", "Set 'K' = 'V'", "Deleted 'K'". `status` prints what
+ * the node reports (pyazdb.Cluster/Status).
+ * Failure modes: discovery or RPC errors print one line on stderr and exit
+ * 1; a missing key exits 1; bad usage prints the usage and exits 1
+ * (--help exits 0). --timeout bounds discovery and the call together. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <llhttp.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cJSON.h>
+
+#include "cluster.pb-c.h"
+#include "conn.h"
+#include "grpc_client.h"
+#include "grpc_frame.h"
+#include "grpc_pb.h"
+#include "kv.h"
+#include "log.h"
+#include "pz.h"
+
+#define DEFAULT_MANDI "http://127.0.0.1:7000"
+#define DEFAULT_TIMEOUT_MS 5000
+
+static const char usage_text[] =
+    "Usage: pyazdb-cli [--mandi URL | --addr HOST:PORT] [--timeout SECONDS]"
+    " COMMAND\n"
+    "\n"
+    "Commands:\n"
+    "  get KEY          print the value of KEY\n"
+    "  set KEY VALUE    set KEY to VALUE\n"
+    "  delete KEY       delete KEY\n"
+    "  status           show what the node reports about the cluster\n"
+    "\n"
+    "Options:\n"
+    "  --mandi URL      discovery service (default $MANDI_ADDR, else "
+    DEFAULT_MANDI ")\n"
+    "  --addr HOST:PORT talk to this node's gRPC address, skip discovery\n"
+    "  --timeout SECS   give up after this long (default 5)\n"
+    "  -h, --help       this text\n";
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* --- discovery: GET /leader from mandi ------------------------------------ */
+
+struct http_resp {
+    struct pz_buf body; /* response body */
+    bool complete;      /* message complete */
+};
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_resp *r = p->data;
+    if (r->body.len + len > (1 << 20))
+        return -1;
+    pz_buf_append(&r->body, at, len);
+    return 0;
+}
+
+static int on_resp_complete(llhttp_t *p)
+{
+    struct http_resp *r = p->data;
+    r->complete = true;
+    return HPE_PAUSED;
+}
+
+static int wait_fd(int fd, short ev, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t now = now_ms();
+        if (now >= deadline)
+            return PZ_ETIMEDOUT;
+        struct pollfd pfd = {.fd = fd, .events = ev};
+        int n = poll(&pfd, 1, (int)PZ_MIN(deadline - now, 60000));
+        if (n > 0)
+            return 0;
+        if (n < 0 && errno != EINTR)
+            return -errno;
+    }
+}
+
+/* Split "http://host:port[/...]"; returns 0 or PZ_EINVAL. */
+static int parse_url(const char *url, char *host, size_t hostlen, char *port,
+                     size_t portlen)
+{
+    const char *p = url;
+    if (strncmp(p, "http://", 7) == 0)
+        p += 7;
+    else if (strstr(p, "://") != NULL)
+        return PZ_EINVAL; /* https and others: not supported */
+    size_t n = strcspn(p, "/");
+    char hp[300];
+    if (n == 0 || n >= sizeof hp)
+        return PZ_EINVAL;
+    memcpy(hp, p, n);
+    hp[n] = '\0';
+    const char *colon = strrchr(hp, ':');
+    const char *h = hp;
+    size_t hl = colon ? (size_t)(colon - hp) : n;
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    if (hl == 0 || hl >= hostlen)
+        return PZ_EINVAL;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    snprintf(port, portlen, "%s", colon ? colon + 1 : "80");
+    if (port[0] == '\0')
+        return PZ_EINVAL;
+    return 0;
+}
+
+static int connect_host(const char *host, const char *port, uint64_t deadline,
+                        char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int rv = getaddrinfo(host, port, &hints, &res);
+    if (rv != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rv));
+        return -1;
+    }
+    int fd = -1;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK,
+                    a->ai_protocol);
+        if (fd < 0)
+            continue;
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
+            break;
+        if (errno == EINPROGRESS && wait_fd(fd, POLLOUT, deadline) == 0) {
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+            if (soerr == 0)
+                break;
+            errno = soerr;
+        }
+        snprintf(err, errlen, "cannot connect to %s:%s: %s", host, port,
+                 now_ms() >= deadline ? "timed out" : strerror(errno));
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* GET path from host:port. Returns the HTTP status (> 0) with the body, or
+ * -1 with a message in err. */
+static int http_get(const char *host, const char *port, const char *path,
+                    uint64_t deadline, struct pz_buf *body, char *err,
+                    size_t errlen)
+{
+    int fd = connect_host(host, port, deadline, err, errlen);
+    if (fd < 0)
+        return -1;
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: %s:%s\r\n"
+                     "User-Agent: pyazdb-cli/" PZ_VERSION "\r\n"
+                     "Accept: application/json\r\nConnection: close\r\n\r\n",
+                     path, host, port);
+    for (int off = 0; off < n;) {
+        ssize_t w = write(fd, req + off, (size_t)(n - off));
+        if (w > 0) {
+            off += (int)w;
+        } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+            snprintf(err, errlen, "writing to %s:%s: %s", host, port,
+                     strerror(errno));
+            close(fd);
+            return -1;
+        } else if (wait_fd(fd, POLLOUT, deadline) < 0) {
+            snprintf(err, errlen, "writing to %s:%s: timed out", host, port);
+            close(fd);
+            return -1;
+        }
+    }
+    llhttp_settings_t settings;
+    llhttp_t parser;
+    struct http_resp r = {.complete = false};
+    pz_buf_init(&r.body);
+    llhttp_settings_init(&settings);
+    settings.on_body = on_resp_body;
+    settings.on_message_complete = on_resp_complete;
+    llhttp_init(&parser, HTTP_RESPONSE, &settings);
+    parser.data = &r;
+    int status = -1;
+    for (;;) {
+        char buf[16384];
+        ssize_t got = read(fd, buf, sizeof buf);
+        if (got < 0 && (errno == EAGAIN || errno == EINTR)) {
+            if (wait_fd(fd, POLLIN, deadline) < 0) {
+                snprintf(err, errlen, "reading from %s:%s: timed out", host,
+                         port);
+                break;
+            }
+            continue;
+        }
+        if (got < 0) {
+            snprintf(err, errlen, "reading from %s:%s: %s", host, port,
+                     strerror(errno));
+            break;
+        }
+        llhttp_errno_t e = got == 0 ? llhttp_finish(&parser)
+                                    : llhttp_execute(&parser, buf, (size_t)got);
+        if (r.complete) {
+            status = parser.status_code;
+            break;
+        }
+        if (e != HPE_OK) {
+            snprintf(err, errlen, "bad HTTP response from %s:%s: %s", host,
+                     port, llhttp_errno_name(e));
+            break;
+        }
+        if (got == 0) {
+            snprintf(err, errlen, "%s:%s closed the connection", host, port);
+            break;
+        }
+    }
+    close(fd);
+    if (status > 0)
+        *body = r.body;
+    else
+        pz_buf_free(&r.body);
+    return status;
+}
+
+/* Ask mandi for the leader's gRPC address. Returns 0 or -1 (err set). */
+static int discover(const char *mandi, uint64_t deadline, char *addr,
+                    size_t addrlen, char *err, size_t errlen)
+{
+    char host[256], port[32], msg[300];
+    struct pz_buf body;
+    if (parse_url(mandi, host, sizeof host, port, sizeof port) < 0) {
+        snprintf(err, errlen, "bad mandi address '%s' (want http://host:port)",
+                 mandi);
+        return -1;
+    }
+    int status = http_get(host, port, "/leader", deadline, &body, msg,
+                          sizeof msg);
+    if (status < 0) {
+        snprintf(err, errlen, "leader discovery through %s failed: %s", mandi,
+                 msg);
+        return -1;
+    }
+    pz_buf_append(&body, "", 1);
+    int rv = -1;
+    if (status == 404) {
+        snprintf(err, errlen, "no leader available (mandi at %s)", mandi);
+    } else if (status != 200) {
+        snprintf(err, errlen, "leader discovery through %s: HTTP %d", mandi,
+                 status);
+    } else {
+        cJSON *j = cJSON_Parse(body.data);
+        cJSON *g = j ? cJSON_GetObjectItemCaseSensitive(j, "grpc_addr") : NULL;
+        if (!cJSON_IsString(g) || g->valuestring[0] == '\0') {
+            snprintf(err, errlen,
+                     "mandi at %s gave no leader grpc_addr in %.100s", mandi,
+                     body.data);
+        } else {
+            snprintf(addr, addrlen, "%s", g->valuestring);
+            rv = 0;
+        }
+        cJSON_Delete(j);
+    }
+    pz_buf_free(&body);
+    return rv;
+}
+
+/* "host:port" with a name or an empty host -> "ip:port" for conn_connect. */
+static int resolve_addr(const char *in, char *out, size_t outlen, char *err,
+                        size_t errlen)
+{
+    char host[256];
+    int port;
+    if (pz_split_hostport(in, host, sizeof host, &port) < 0 || port == 0) {
+        snprintf(err, errlen, "bad address '%s' (want HOST:PORT)", in);
+        return -1;
+    }
+    if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0) {
+        snprintf(out, outlen, "127.0.0.1:%d", port);
+        return 0;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int rv = getaddrinfo(host, NULL, &hints, &res);
+    if (rv != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rv));
+        return -1;
+    }
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (res->ai_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip,
+                  sizeof ip);
+    else
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr,
+                  ip, sizeof ip);
+    freeaddrinfo(res);
+    if (strchr(ip, ':'))
+        snprintf(out, outlen, "[%s]:%d", ip, port);
+    else
+        snprintf(out, outlen, "%s:%d", ip, port);
+    return 0;
+}
+
+/* --- the call ------------------------------------------------------------------ */
+
+struct cli_call {
+    struct grpc_call call; /* the RPC */
+    bool done;             /* its callback ran */
+};
+
+static void on_prepare(uv_prepare_t *h)
+{
+    PZ_UNUSED(h);
+    conn_before_sleep();
+}
+
+static void on_call_done(struct grpc_call *call)
+{
+    struct cli_call *c = container_of(call, struct cli_call, call);
+    c->done = true;
+}
+
+/* One unary call; fills *call's results. Returns 0 or -1 (err set). */
+static int rpc(const char *addr, const char *path, const void *msg, size_t len,
+               uint64_t deadline, struct cli_call *c, char *err,
+               size_t errlen)
+{
+    uv_loop_t loop;
+    uv_prepare_t prep;
+    uint64_t now = now_ms();
+    if (now >= deadline) {
+        snprintf(err, errlen, "timed out");
+        return -1;
+    }
+    uv_loop_init(&loop);
+    struct conn_limits lim = {.high_water = 1 << 20,
+                              .hard_limit = (size_t)1 << 30};
+    conn_setup(&loop, &lim);
+    uv_prepare_init(&loop, &prep);
+    uv_prepare_start(&prep, on_prepare);
+    struct grpc_client *cl =
+        grpc_client_new(&loop, addr, KV_VALUE_MAX + (1 << 16));
+    struct grpc_call_opts opts = {.timeout_ms = deadline - now};
+    grpc_call_init(&c->call);
+    c->done = false;
+    int rv = grpc_client_call(cl, &c->call, path, msg, len, &opts,
+                              on_call_done);
+    if (rv < 0)
+        snprintf(err, errlen, "cannot call %s: %s", addr, pz_strerror(rv));
+    while (rv == 0 && !c->done)
+        uv_run(&loop, UV_RUN_ONCE);
+    grpc_client_close(cl);
+    conn_close_outbound();
+    while (conn_count() > 0)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&prep, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return rv < 0 ? -1 : 0;
+}
+
+static void print_status(const char *addr, const struct grpc_call *call)
+{
+    Pyazdb__StatusResponse *r = pyazdb__status_response__unpack(
+        &grpc_pb_allocator, call->resp.len, (uint8_t *)call->resp.data);
+    if (r == NULL) {
+        fprintf(stderr, "pyazdb-cli: status: bad response from %s\n", addr);
+        exit(1);
+    }
+    printf("addr: %s\n", addr);
+    printf("id: %s\n", r->id);
+    printf("role: %s\n", r->role);
+    printf("leader: %s\n", r->leader);
+    printf("leader_grpc_addr: %s\n", r->leader_grpc_addr);
+    printf("term: %llu\n", (unsigned long long)r->term);
+    printf("commit_index: %llu\n", (unsigned long long)r->commit_index);
+    printf("applied_index: %llu\n", (unsigned long long)r->applied_index);
+    printf("last_index: %llu\n", (unsigned long long)r->last_index);
+    printf("keys: %llu\n", (unsigned long long)r->keys);
+    printf("version: %s\n", r->version);
+    printf("uptime_seconds: %llu\n", (unsigned long long)r->uptime_seconds);
+    for (size_t i = 0; i < r->n_members; i++)
+        printf("member: %s raft=%s grpc=%s %s\n", r->members[i]->id,
+               r->members[i]->raft_addr, r->members[i]->grpc_addr,
+               r->members[i]->voter ? "voter" : "non-voter");
+    pyazdb__status_response__free_unpacked(r, &grpc_pb_allocator);
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    if (fmt) {
+        fprintf(stderr, "pyazdb-cli: ");
+        fprintf(stderr, fmt, arg);
+        fprintf(stderr, "\n");
+    }
+    fputs(usage_text, stdout);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *mandi = NULL, *addr_opt = NULL;
+    uint64_t timeout_ms = DEFAULT_TIMEOUT_MS;
+    int i;
+    pz_log_setup(PZ_LOG_ERROR, "pyazdb-cli");
+    for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        const char *val = NULL;
+        size_t nl = strcspn(a, "=");
+        if (a[nl] == '=')
+            val = a + nl + 1;
+        else if (i + 1 < argc &&
+                 (strcmp(a, "--mandi") == 0 || strcmp(a, "--addr") == 0 ||
+                  strcmp(a, "--timeout") == 0))
+            val = argv[++i];
+        if (strncmp(a, "--mandi", nl) == 0 && nl == 7 && val) {
+            mandi = val;
+        } else if (strncmp(a, "--addr", nl) == 0 && nl == 6 && val) {
+            addr_opt = val;
+        } else if (strncmp(a, "--timeout", nl) == 0 && nl == 9 && val) {
+            char *end;
+            double s = strtod(val, &end);
+            if (end == val || *end != '\0' || !(s > 0) || s > 86400)
+                return usage_error("bad --timeout '%s' (seconds, > 0)", val);
+            timeout_ms = (uint64_t)(s * 1000 + 0.5);
+            if (timeout_ms == 0)
+                timeout_ms = 1;
+        } else {
+            return usage_error("unknown or incomplete option '%s'", a);
+        }
+    }
+    if (mandi && addr_opt)
+        return usage_error("--mandi and --addr%s exclude each other", "");
+    if (i >= argc)
+        return usage_error("missing command%s", "");
+    const char *cmd = argv[i++];
+    int nargs = argc - i;
+    char **args = argv + i;
+    const char *path;
+    struct pz_buf msg;
+    pz_buf_init(&msg);
+    if (strcmp(cmd, "get") == 0 && nargs == 1) {
+        path = "/kv.KVService/Get";
+    } else if (strcmp(cmd, "set") == 0 && nargs == 2) {
+        path = "/kv.KVService/Set";
+    } else if (strcmp(cmd, "delete") == 0 && nargs == 1) {
+        path = "/kv.KVService/Delete";
+    } else if (strcmp(cmd, "status") == 0 && nargs == 0) {
+        path = "/pyazdb.Cluster/Status";
+    } else if (strcmp(cmd, "get") == 0 || strcmp(cmd, "set") == 0 ||
+               strcmp(cmd, "delete") == 0 || strcmp(cmd, "status") == 0) {
+        return usage_error("wrong number of arguments for '%s'", cmd);
+    } else {
+        return usage_error("unknown command '%s'", cmd);
+    }
+    if (path[1] == 'k') {
+        struct grpc_kv_req q = {
+            .kind = cmd[0] == 'g' ? GRPC_KV_GET
+                    : cmd[0] == 's' ? GRPC_KV_SET
+                                    : GRPC_KV_DEL,
+            .key = (const uint8_t *)args[0],
+            .klen = strlen(args[0]),
+            .value = (const uint8_t *)(nargs > 1 ? args[1] : ""),
+            .vlen = nargs > 1 ? strlen(args[1]) : 0,
+        };
+        grpc_kv_req_encode(&msg, &q);
+    }
+
+    uint64_t deadline = now_ms() + timeout_ms;
+    char err[512], target[300], addr[300];
+    if (addr_opt) {
+        snprintf(target, sizeof target, "%s", addr_opt);
+    } else {
+        if (mandi == NULL)
+            mandi = getenv("MANDI_ADDR");
+        if (mandi == NULL || mandi[0] == '\0')
+            mandi = DEFAULT_MANDI;
+        if (discover(mandi, deadline, target, sizeof target, err,
+                     sizeof err) < 0) {
+            fprintf(stderr, "pyazdb-cli: %s\n", err);
+            pz_buf_free(&msg);
+            return 1;
+        }
+    }
+    if (resolve_addr(target, addr, sizeof addr, err, sizeof err) < 0) {
+        fprintf(stderr, "pyazdb-cli: %s\n", err);
+        pz_buf_free(&msg);
+        return 1;
+    }
+    struct cli_call c;
+    int rv = rpc(addr, path, msg.data ? msg.data : "", msg.len, deadline, &c,
+                 err, sizeof err);
+    pz_buf_free(&msg);
+    if (rv < 0) {
+        fprintf(stderr, "pyazdb-cli: %s\n", err);
+        return 1;
+    }
+    int code = 0;
+    if (c.call.status != GRPC_OK) {
+        fprintf(stderr, "pyazdb-cli: %s failed: %s: %s\n", cmd,
+                grpc_status_name(c.call.status), c.call.message);
+        code = 1;
+    } else if (cmd[0] == 'g') {
+        const uint8_t *v;
+        size_t vl;
+        bool found;
+        if (grpc_kv_get_resp_decode((uint8_t *)c.call.resp.data,
+                                    c.call.resp.len, &v, &vl, &found) < 0) {
+            fprintf(stderr, "pyazdb-cli: get: bad response from %s\n", addr);
+            code = 1;
+        } else if (!found) {
+            printf("Key '%s' not found\n", args[0]);
+            code = 1;
+        } else {
+            fwrite(v, 1, vl, stdout);
+            fputc('\n', stdout);
+        }
+    } else if (cmd[0] == 's' && cmd[1] == 'e') {
+        printf("Set '%s' = '%s'\n", args[0], args[1]);
+    } else if (cmd[0] == 'd') {
+        printf("Deleted '%s'\n", args[0]);
+    } else {
+        print_status(target, &c.call);
+    }
+    grpc_call_reset(&c.call);
+    if (fflush(stdout) != 0)
+        code = 1;
+    return code;
+}
