@@ -43,10 +43,21 @@
 #define STREAM_WINDOW (1 << 20)      /* per-stream receive window */
 #define CONN_WINDOW (16 << 20)       /* connection receive window */
 #define WATCH_POLL_MS 100            /* Health/Watch state poll */
+/* A request refused on its headers alone is answered once the client has
+ * sent the rest (at most this long): curl, for one, stalls when the answer
+ * arrives while it is still uploading. Its body is dropped meanwhile. */
+#define REFUSE_WAIT_MS 100
 /* Request bytes one connection may hold in partial messages (at least four
  * maximal messages): HTTP/2 flow control does not bound this, since
  * nghttp2 reopens the window as soon as we copy the bytes out. */
 #define SESSION_BUFFER_MAX ((size_t)64 << 20)
+/* Response bytes one connection may hold before calls wait: flow control
+ * stops a client from receiving, not us from producing, so past this new
+ * calls are not dispatched and finished reads do not copy their value
+ * until the client reads (a read served later than its read point is still
+ * linearizable). Reading goes on: the WINDOW_UPDATEs that drain it arrive
+ * that way. */
+#define SESSION_OUT_MAX ((size_t)16 << 20)
 
 enum method_kind {
     M_KV_GET,
@@ -79,6 +90,18 @@ static const struct method methods[] = {
 
 struct gsession;
 
+enum {
+    REFUSE_NONE = 0, /* not refused */
+    REFUSE_HTTP = 1, /* plain HTTP error (405, 415) */
+    REFUSE_GRPC = 2, /* gRPC status */
+};
+
+enum {
+    HOLD_NONE = 0,     /* not held */
+    HOLD_DISPATCH = 1, /* request complete, not yet given to the node */
+    HOLD_REPLY = 2,    /* read done, value not yet copied out */
+};
+
 struct gstream {
     struct gsession *s;        /* owner */
     int32_t id;                /* HTTP/2 stream id */
@@ -99,6 +122,11 @@ struct gstream {
     bool ended;                /* final status set */
     bool deferred;             /* data provider is waiting for output */
     bool http_error;           /* plain HTTP error reply: no trailers */
+    bool reset_after;          /* RST_STREAM once the reply is out */
+    bool req_ended;            /* END_STREAM received */
+    int refused;               /* REFUSE_*: answer waiting for END_STREAM */
+    int refuse_status;         /* gRPC status, or HTTP status */
+    char refuse_msg[200];      /* its message or body */
     struct pz_buf out;         /* response bytes not yet given to nghttp2 */
     size_t out_off;            /* bytes of out already given */
     int status;                /* grpc-status */
@@ -115,6 +143,8 @@ struct gstream {
     bool in_dq;                /* dq is linked */
     struct pz_queue wq;        /* in gs->watchers */
     bool in_wq;                /* wq is linked */
+    struct pz_queue hq;        /* in s->held */
+    int held;                  /* HOLD_*: waiting for output room */
     int watch_last;            /* last ServingStatus sent */
     char watch_service[128];   /* service watched */
 };
@@ -126,6 +156,8 @@ struct gsession {
     struct pz_queue streams;   /* struct gstream */
     size_t n_streams;          /* length of streams */
     size_t buffered;           /* request bytes held by readers */
+    size_t out_bytes;          /* response bytes not yet given to nghttp2 */
+    struct pz_queue held;      /* complete calls waiting for out_bytes */
     int in_recv;               /* inside mem_recv: no mem_send now */
     bool blocked;              /* output over SEND_HIGH: not reading */
     bool dirty;                /* on the dirty list: flush soon */
@@ -171,11 +203,42 @@ static void kick(struct grpc_server *gs)
 /* Hand nghttp2's output to the connection, up to SEND_HIGH pending.
  * Returns true if anything was written. Never call from inside an nghttp2
  * callback of the same session (in_recv guards mem_recv). */
+static void dispatch(struct gstream *st);
+static void read_reply(struct gstream *st);
+
+static bool out_full(const struct gsession *s)
+{
+    return s->out_bytes > SESSION_OUT_MAX;
+}
+
+static void hold(struct gstream *st, int why)
+{
+    st->held = why;
+    pz_queue_push(&st->s->held, &st->hq);
+}
+
+/* Go on with held calls, in order, while there is room for output. */
+static void release_held(struct gsession *s)
+{
+    while (!pz_queue_empty(&s->held) && !out_full(s)) {
+        struct gstream *st =
+            container_of(pz_queue_head(&s->held), struct gstream, hq);
+        pz_queue_remove(&st->hq);
+        int why = st->held;
+        st->held = HOLD_NONE;
+        if (why == HOLD_DISPATCH)
+            dispatch(st);
+        else
+            read_reply(st);
+    }
+}
+
 static bool session_flush(struct gsession *s)
 {
     bool wrote = false;
     if (s->in_recv || conn_is_closing(s->c))
         return false;
+    release_held(s);
     while (conn_output_pending(s->c) < SEND_HIGH) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(s->ng, &data);
@@ -185,8 +248,16 @@ static bool session_flush(struct gsession *s)
             conn_close(s->c);
             return wrote;
         }
-        if (n == 0)
-            break;
+        if (n == 0) {
+            /* Sending may have made room for held calls. */
+            size_t before = s->out_bytes;
+            if (pz_queue_empty(&s->held) || out_full(s))
+                break;
+            release_held(s);
+            if (!nghttp2_session_want_write(s->ng) && s->out_bytes == before)
+                break;
+            continue;
+        }
         conn_write(s->c, data, (size_t)n);
         wrote = true;
     }
@@ -270,6 +341,10 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
     }
     deadline_remove(st);
     watch_remove(st);
+    if (st->held) {
+        pz_queue_remove(&st->hq);
+        st->held = HOLD_NONE;
+    }
     if (st->in_node) {
         gs->be->cancel(&st->req);
         st->in_node = false;
@@ -312,12 +387,20 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
     }
 }
 
+/* Frame a message into the stream's output, counted per session. */
+static void out_append(struct gstream *st, const void *msg, size_t len)
+{
+    size_t before = st->out.len;
+    grpc_frame_append(&st->out, msg, len);
+    st->s->out_bytes += st->out.len - before;
+}
+
 /* Queue one response message on a stream that stays open. */
 static void send_message(struct gstream *st, const void *msg, size_t len)
 {
     if (st->ended)
         return;
-    grpc_frame_append(&st->out, msg, len);
+    out_append(st, msg, len);
     if (!st->responded) {
         st->responded = true;
         nghttp2_nv nva[] = {
@@ -338,7 +421,7 @@ static void reply(struct gstream *st, const void *msg, size_t len)
 {
     if (st->ended)
         return;
-    grpc_frame_append(&st->out, msg, len);
+    out_append(st, msg, len);
     finish(st, GRPC_OK, NULL);
 }
 
@@ -351,6 +434,7 @@ static void http_error(struct gstream *st, const char *status,
     st->responded = true;
     release_reader(st);
     pz_buf_append(&st->out, text, strlen(text));
+    st->s->out_bytes += strlen(text);
     nghttp2_nv nva[] = {
         NV(":status", status),
         NV("content-type", "text/plain; charset=utf-8"),
@@ -371,6 +455,7 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
     if (n)
         memcpy(buf, st->out.data + st->out_off, n);
     st->out_off += n;
+    st->s->out_bytes -= n;
     if (st->out_off == st->out.len) {
         pz_buf_reset(&st->out);
         st->out_off = 0;
@@ -401,6 +486,7 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
 /* --- deadlines --------------------------------------------------------- */
 
 static void on_deadline(uv_timer_t *t);
+static void send_refusal(struct gstream *st);
 
 static void arm_deadline(struct grpc_server *gs, uint64_t due)
 {
@@ -451,9 +537,15 @@ static void on_deadline(uv_timer_t *t)
             container_of(pz_queue_head(&expired), struct gstream, dq);
         pz_queue_remove(&st->dq);
         st->in_dq = false;
-        gs->stats.deadlines++;
-        finish(st, GRPC_DEADLINE_EXCEEDED, "deadline exceeded (%llu ms)",
-               (unsigned long long)st->timeout_ms);
+        /* The client is still sending: stop it once we have answered. */
+        st->reset_after = !st->req_ended;
+        if (st->refused) {
+            send_refusal(st);
+        } else {
+            gs->stats.deadlines++;
+            finish(st, GRPC_DEADLINE_EXCEEDED, "deadline exceeded (%llu ms)",
+                   (unsigned long long)st->timeout_ms);
+        }
         mark_dirty(st->s);
     }
     uint64_t next = 0;
@@ -481,7 +573,7 @@ static void on_forward_done(struct grpc_call *call)
     struct gsession *s = st->s;
     st->in_fwd = false;
     if (call->status == GRPC_OK && call->has_resp)
-        grpc_frame_append(&st->out, call->resp.data, call->resp.len);
+        out_append(st, call->resp.data, call->resp.len);
     finish(st, call->status, "%s", call->message);
     grpc_call_reset(call);
     if (session_flush(s))
@@ -560,24 +652,31 @@ static void node_error(struct gstream *st, int rv, bool write)
     }
 }
 
+/* The read is safe: copy the value out. */
+static void read_reply(struct gstream *st)
+{
+    const uint8_t *val = NULL;
+    size_t vlen = 0;
+    bool found = kv_get(st->s->gs->be->kv(), st->kreq.key, st->kreq.klen,
+                        &val, &vlen);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    grpc_kv_get_resp_encode(&b, val, vlen, found);
+    reply(st, b.data, b.len);
+    pz_buf_free(&b);
+}
+
 static void on_read_done(struct node_req *req, int status)
 {
     struct gstream *st = container_of(req, struct gstream, req);
     struct gsession *s = st->s;
     st->in_node = false;
-    if (status < 0) {
+    if (status < 0)
         node_error(st, status, false);
-    } else {
-        const uint8_t *val = NULL;
-        size_t vlen = 0;
-        bool found = kv_get(s->gs->be->kv(), st->kreq.key, st->kreq.klen,
-                            &val, &vlen);
-        struct pz_buf b;
-        pz_buf_init(&b);
-        grpc_kv_get_resp_encode(&b, val, vlen, found);
-        reply(st, b.data, b.len);
-        pz_buf_free(&b);
-    }
+    else if (out_full(s))
+        hold(st, HOLD_REPLY);
+    else
+        read_reply(st);
     session_flush(s);
 }
 
@@ -853,33 +952,66 @@ static void dispatch(struct gstream *st)
 
 /* --- request side --------------------------------------------------------- */
 
+static void send_refusal(struct gstream *st)
+{
+    int kind = st->refused;
+    st->refused = REFUSE_NONE;
+    deadline_remove(st);
+    if (kind == REFUSE_HTTP) {
+        char code[8];
+        snprintf(code, sizeof code, "%d", st->refuse_status);
+        http_error(st, code, st->refuse_msg);
+    } else {
+        finish(st, st->refuse_status, "%s", st->refuse_msg);
+    }
+}
+
+/* Refuse a request on its headers: at END_STREAM, or after REFUSE_WAIT_MS
+ * if the client is still sending (see REFUSE_WAIT_MS). */
+static void refuse(struct gstream *st, int kind, int status, const char *fmt,
+                   ...) __attribute__((format(printf, 4, 5)));
+static void refuse(struct gstream *st, int kind, int status, const char *fmt,
+                   ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->refuse_msg, sizeof st->refuse_msg, fmt, ap);
+    va_end(ap);
+    st->refused = kind;
+    st->refuse_status = status;
+    release_reader(st);
+    deadline_add(st, uv_now(st->s->gs->loop) + REFUSE_WAIT_MS);
+}
+
 static void headers_done(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
     st->headers_done = true;
     if (!st->post) {
-        http_error(st, "405", "gRPC requests use POST\n");
+        refuse(st, REFUSE_HTTP, 405, "gRPC requests use POST\n");
         return;
     }
     if (!st->ctype_ok) {
-        http_error(st, "415",
-                   "unsupported content-type: gRPC wants application/grpc\n");
+        refuse(st, REFUSE_HTTP, 415,
+               "unsupported content-type: gRPC wants application/grpc\n");
         return;
     }
     if (st->m == NULL) {
-        finish(st, GRPC_UNIMPLEMENTED, "unknown method %s", st->path);
+        refuse(st, REFUSE_GRPC, GRPC_UNIMPLEMENTED, "unknown method %s",
+               st->path);
         return;
     }
     if (st->timeout_state < 0) {
-        finish(st, GRPC_INTERNAL, "malformed grpc-timeout header");
+        refuse(st, REFUSE_GRPC, GRPC_INTERNAL,
+               "malformed grpc-timeout header");
+        return;
+    }
+    if (gs->draining) {
+        refuse(st, REFUSE_GRPC, GRPC_UNAVAILABLE, "server is shutting down");
         return;
     }
     if (st->timeout_state > 0)
         deadline_add(st, uv_now(gs->loop) + st->timeout_ms);
-    if (gs->draining) {
-        finish(st, GRPC_UNAVAILABLE, "server is shutting down");
-        return;
-    }
     if (st->m->client_stream)
         st->s->gs->stats.calls++;
 }
@@ -887,8 +1019,13 @@ static void headers_done(struct gstream *st)
 /* END_STREAM from the client. */
 static void request_end(struct gstream *st)
 {
+    st->req_ended = true;
     if (st->ended || !st->headers_done)
         return;
+    if (st->refused) {
+        send_refusal(st);
+        return;
+    }
     if (grpc_reader_partial(&st->rd)) {
         finish(st, GRPC_INVALID_ARGUMENT,
                "truncated request: the stream ended inside a message");
@@ -900,6 +1037,10 @@ static void request_end(struct gstream *st)
     }
     if (!st->rd.ready) {
         finish(st, GRPC_INVALID_ARGUMENT, "missing request message");
+        return;
+    }
+    if (out_full(st->s) || !pz_queue_empty(&st->s->held)) {
+        hold(st, HOLD_DISPATCH); /* in order, once the client reads */
         return;
     }
     dispatch(st);
@@ -922,6 +1063,7 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
         s->buffered += st->rd.msg.cap - st->rd_counted;
         st->rd_counted = st->rd.msg.cap;
         if (rv == GRPC_READ_TOO_BIG) {
+            st->reset_after = true;
             finish(st, GRPC_RESOURCE_EXHAUSTED,
                    "message of %lu bytes is larger than grpc-max-message "
                    "(%zu bytes)",
@@ -935,6 +1077,7 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
             return;
         }
         if (s->buffered > PZ_MAX(SESSION_BUFFER_MAX, 4 * gs->max_message)) {
+            st->reset_after = true;
             finish(st, GRPC_RESOURCE_EXHAUSTED,
                    "too much request data buffered on this connection");
             return;
@@ -972,6 +1115,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
     grpc_call_init(&st->call);
     pz_queue_init(&st->dq);
     pz_queue_init(&st->wq);
+    pz_queue_init(&st->hq);
     snprintf(st->path, sizeof st->path, "(no path)");
     pz_queue_push(&s->streams, &st->q);
     s->n_streams++;
@@ -1052,7 +1196,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id,
     PZ_UNUSED(flags);
     PZ_UNUSED(ud);
     struct gstream *st = stream_get(ng, id);
-    if (st && st->headers_done && !st->ended)
+    if (st && st->headers_done && !st->ended && !st->refused)
         request_data(st, data, len);
     return 0;
 }
@@ -1061,14 +1205,19 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame,
                          void *ud)
 {
     PZ_UNUSED(ud);
-    /* Our side is done but the client is still sending (an error before
-     * its END_STREAM): tell it to stop, as gRPC servers do. */
+    /* Our reply is complete but the client is still sending a message we
+     * refused for its size: ask it to stop (RST_STREAM NO_ERROR, RFC 9113
+     * 8.1). Only then: curl, for one, treats that reset as an error, and
+     * for other early errors the rest of the body is small and ignored. */
     if ((frame->hd.type == NGHTTP2_HEADERS ||
          frame->hd.type == NGHTTP2_DATA) &&
-        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
-        nghttp2_session_get_stream_remote_close(ng, frame->hd.stream_id) == 0)
-        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
-                                  NGHTTP2_NO_ERROR);
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        struct gstream *st = stream_get(ng, frame->hd.stream_id);
+        if (st && st->reset_after &&
+            nghttp2_session_get_stream_remote_close(ng, st->id) == 0)
+            nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id,
+                                      NGHTTP2_NO_ERROR);
+    }
     return 0;
 }
 
@@ -1078,6 +1227,9 @@ static void stream_free(struct gstream *st)
     struct grpc_server *gs = s->gs;
     deadline_remove(st);
     watch_remove(st);
+    if (st->held)
+        pz_queue_remove(&st->hq);
+    s->out_bytes -= st->out.len - st->out_off;
     if (st->in_node)
         gs->be->cancel(&st->req);
     if (st->in_fwd)
@@ -1147,6 +1299,7 @@ static int on_open(struct conn *c)
     s->c = c;
     pz_queue_init(&s->streams);
     pz_queue_init(&s->dirty_q);
+    pz_queue_init(&s->held);
     if (nghttp2_session_server_new3(&s->ng, callbacks, s, NULL, &ng_mem) !=
         0) {
         pz_free(s);

@@ -609,6 +609,104 @@ TEST(abort_fails_calls_in_flight)
     CHECK_EQ_INT(fx_close(&f), 0);
 }
 
+/* --- a node that fails with a given code ------------------------------- */
+
+static int fail_code;       /* what the node answers */
+static bool fail_async;     /* through the callback instead of at once */
+static struct node_req *fail_req;
+static node_req_cb fail_cb;
+static uv_timer_t fail_timer;
+
+static void on_fail_timer(uv_timer_t *t)
+{
+    PZ_UNUSED(t);
+    if (fail_req) {
+        struct node_req *r = fail_req;
+        fail_req = NULL;
+        fail_cb(r, fail_code);
+    }
+}
+
+static int fail_read(struct node_req *req, bool stale, node_req_cb cb)
+{
+    PZ_UNUSED(stale);
+    if (!fail_async)
+        return fail_code;
+    fail_req = req;
+    fail_cb = cb;
+    uv_timer_start(&fail_timer, on_fail_timer, 1, 0);
+    return 0;
+}
+
+static int fail_propose(struct node_req *req, const uint8_t *cmd, size_t len,
+                        node_req_cb cb)
+{
+    PZ_UNUSED(cmd);
+    PZ_UNUSED(len);
+    return fail_read(req, false, cb);
+}
+
+static void fail_cancel(struct node_req *req)
+{
+    if (req == fail_req)
+        fail_req = NULL;
+}
+
+static const struct grpc_backend failing = {
+    .propose = fail_propose,
+    .read = fail_read,
+    .cancel = fail_cancel,
+    .kv = node_kv,
+    .leader_grpc_addr = no_leader,
+    .status = leader_status,
+};
+
+TEST(node_errors_map_to_statuses)
+{
+    static const struct {
+        int code;    /* node answer */
+        int kind;    /* call */
+        int status;  /* gRPC status expected */
+        const char *msg; /* part of the message */
+    } cases[] = {
+        {PZ_ENOLEADER, GRPC_KV_GET, GRPC_UNAVAILABLE, "no leader known"},
+        {PZ_ENOLEADER, GRPC_KV_SET, GRPC_UNAVAILABLE, "no leader known"},
+        {PZ_ENOTLEADER, GRPC_KV_SET, GRPC_UNAVAILABLE,
+         "no leader known"},
+        {PZ_ESHUTDOWN, GRPC_KV_DEL, GRPC_UNAVAILABLE, "shutting down"},
+        {PZ_ETIMEDOUT, GRPC_KV_SET, GRPC_UNAVAILABLE, "timed out"},
+        {PZ_ELEADERCHANGE, GRPC_KV_SET, GRPC_INTERNAL, "replication failed"},
+        {PZ_ELEADERCHANGE, GRPC_KV_GET, GRPC_UNAVAILABLE,
+         "leadership changed"},
+        {PZ_EIO, GRPC_KV_SET, GRPC_INTERNAL, "replication failed"},
+        {PZ_EIO, GRPC_KV_DEL, GRPC_INTERNAL, "replication failed"},
+    };
+    struct fx f;
+    struct res r;
+    CHECK_EQ_INT(fx_init(&f), 0);
+    CHECK_EQ_INT(fx_start_b(&f, &failing), 0);
+    uv_timer_init(&f.loop, &fail_timer);
+    res_init(&r);
+    struct grpc_client *cl = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
+    for (int async = 0; async < 2; async++) {
+        fail_async = async;
+        for (size_t i = 0; i < PZ_ARRAY_SIZE(cases); i++) {
+            fail_code = cases[i].code;
+            CHECK_EQ_INT(kv_call(&f, cl, cases[i].kind, "k", "v", 0, &r), 0);
+            if (r.status != cases[i].status ||
+                strstr(r.msg, cases[i].msg) == NULL)
+                fprintf(stderr, "    case %zu async %d: %s %s\n", i, async,
+                        grpc_status_name(r.status), r.msg);
+            CHECK_EQ_INT(r.status, cases[i].status);
+            CHECK(strstr(r.msg, cases[i].msg) != NULL);
+        }
+    }
+    uv_close((uv_handle_t *)&fail_timer, NULL);
+    grpc_client_close(cl);
+    res_free(&r);
+    CHECK_EQ_INT(fx_close(&f), 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(unary_calls_share_one_connection),
     TEST_ENTRY(follower_forwards_to_leader),
@@ -616,6 +714,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(client_cancel_resets_stream),
     TEST_ENTRY(client_deadline_and_lost_connection),
     TEST_ENTRY(abort_fails_calls_in_flight),
+    TEST_ENTRY(node_errors_map_to_statuses),
     TEST_END,
 };
 

@@ -1,0 +1,226 @@
+"""pyazdb-cli against a real node (--addr) and through a stub mandi (a tiny
+HTTP server in this process answering GET /leader), with the output and
+exit codes of the original kv-cli (COMPAT.md)."""
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from grpc_helpers import CLI
+
+
+def cli(*args, env=None, timeout=20):
+    e = dict(os.environ)
+    e.pop("MANDI_ADDR", None)
+    e.update(env or {})
+    p = subprocess.run([CLI] + list(args), capture_output=True, env=e,
+                       timeout=timeout)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+@pytest.fixture
+def node(servers):
+    return servers()
+
+
+def addr(node):
+    return f"127.0.0.1:{node.grpc_port}"
+
+
+def test_set_get_delete_with_addr(node):
+    a = ["--addr", addr(node)]
+    assert cli(*a, "set", "greeting", "hello world") == (
+        0, "Set 'greeting' = 'hello world'\n", "")
+    assert cli(*a, "get", "greeting") == (0, "hello world\n", "")
+    assert cli(*a, "delete", "greeting") == (0, "Deleted 'greeting'\n", "")
+    assert cli(*a, "get", "greeting") == (
+        1, "Key 'greeting' not found\n", "")
+    # deleting a missing key is fine
+    assert cli(*a, "delete", "greeting")[0] == 0
+    # the value written by the CLI is what HTTP sees
+    cli(*a, "set", "k", "v=1 é")
+    st, _, body = node.request("GET", "/get?key=k")
+    assert st == 200 and body.decode() == "v=1 é"
+    # option forms
+    assert cli("--addr=" + addr(node), "--timeout=2", "get", "k") == (
+        0, "v=1 é\n", "")
+    assert cli("--timeout", "2", "--addr", addr(node), "get", "k")[0] == 0
+
+
+def test_status_command(node):
+    cli("--addr", addr(node), "set", "a", "1")
+    code, out, err = cli("--addr", addr(node), "status")
+    assert code == 0, err
+    fields = dict(line.split(": ", 1) for line in out.splitlines()
+                  if ": " in line)
+    assert fields["id"] == "node1"
+    assert fields["role"] == "leader"
+    assert fields["leader"] == "node1"
+    assert int(fields["term"]) >= 1
+    assert int(fields["applied_index"]) >= 1
+    assert int(fields["keys"]) == 1
+    assert fields["addr"] == addr(node)
+
+
+def test_rpc_errors_go_to_stderr(node):
+    code, out, err = cli("--addr", addr(node), "set", "", "x")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1
+    assert "INVALID_ARGUMENT" in err and "key is required" in err
+    # nothing listens there
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    code, out, err = cli("--addr", f"127.0.0.1:{port}", "get", "k")
+    assert code == 1 and out == ""
+    assert "UNAVAILABLE" in err and "connection refused" in err
+    assert err.count("\n") == 1
+
+
+def test_usage():
+    code, out, err = cli("--help")
+    assert code == 0 and out.startswith("Usage: pyazdb-cli")
+    for args in ([], ["frobnicate"], ["get"], ["get", "a", "b"],
+                 ["set", "k"], ["delete"], ["status", "x"],
+                 ["--bogus", "get", "k"], ["--timeout", "0", "get", "k"],
+                 ["--timeout", "abc", "get", "k"],
+                 ["--mandi", "http://x:1", "--addr", "x:1", "get", "k"],
+                 ["--addr"]):
+        code, out, err = cli(*args)
+        assert code == 1, args
+        assert "Usage: pyazdb-cli" in out, args
+
+
+class Mandi:
+    """A stub mandi: GET /leader answers what the test sets."""
+
+    def __init__(self):
+        self.status = 200
+        self.body = b""
+        self.delay = 0
+        self.hits = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.hits += 1
+                if outer.delay:
+                    time.sleep(outer.delay)
+                if self.path != "/leader":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+
+    def leader(self, grpc_addr):
+        self.status = 200
+        self.body = json.dumps({
+            "id": "node1", "addr": "127.0.0.1:12000",
+            "http_addr": "127.0.0.1:8080", "grpc_addr": grpc_addr,
+            "term": 3, "updated_at": "2026-01-03T10:00:00Z"}).encode()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def mandi():
+    m = Mandi()
+    yield m
+    m.close()
+
+
+def test_through_mandi(node, mandi):
+    mandi.leader(addr(node))
+    assert cli("--mandi", mandi.url, "set", "m", "1") == (
+        0, "Set 'm' = '1'\n", "")
+    assert mandi.hits == 1
+    # MANDI_ADDR from the environment
+    assert cli("get", "m", env={"MANDI_ADDR": mandi.url}) == (0, "1\n", "")
+    assert mandi.hits == 2
+    # --mandi wins over the environment
+    assert cli("--mandi", mandi.url, "get", "m",
+               env={"MANDI_ADDR": "http://127.0.0.1:1"}) == (0, "1\n", "")
+    # a grpc_addr given as ":port" or "localhost:port"
+    mandi.leader(f":{node.grpc_port}")
+    assert cli("--mandi", mandi.url, "get", "m")[0] == 0
+    mandi.leader(f"localhost:{node.grpc_port}")
+    assert cli("--mandi", mandi.url, "status")[0] == 0
+
+
+def test_mandi_errors(node, mandi):
+    mandi.status, mandi.body = 404, b"leader not available\n"
+    code, out, err = cli("--mandi", mandi.url, "get", "k")
+    assert code == 1 and out == ""
+    assert "no leader available" in err and err.count("\n") == 1
+    mandi.status, mandi.body = 200, b"{not json"
+    code, _, err = cli("--mandi", mandi.url, "get", "k")
+    assert code == 1 and "grpc_addr" in err
+    mandi.status, mandi.body = 200, b'{"id":"node1","grpc_addr":""}'
+    code, _, err = cli("--mandi", mandi.url, "get", "k")
+    assert code == 1 and "grpc_addr" in err
+    mandi.status, mandi.body = 500, b"oops"
+    code, _, err = cli("--mandi", mandi.url, "get", "k")
+    assert code == 1 and "HTTP 500" in err
+    # leader known but down
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    mandi.leader(f"127.0.0.1:{port}")
+    code, _, err = cli("--mandi", mandi.url, "get", "k")
+    assert code == 1 and "UNAVAILABLE" in err
+    # mandi itself down (the default address when nothing is set is
+    # 127.0.0.1:7000; use a closed port instead of relying on it)
+    code, _, err = cli("--mandi", f"http://127.0.0.1:{port}", "get", "k")
+    assert code == 1 and "discovery" in err and "refused" in err
+    code, _, err = cli("--mandi", "https://127.0.0.1:1", "get", "k")
+    assert code == 1 and "mandi address" in err
+
+
+def test_timeout_bounds_discovery(mandi):
+    mandi.delay = 5
+    mandi.leader("127.0.0.1:1")
+    t0 = time.time()
+    code, _, err = cli("--mandi", mandi.url, "--timeout", "0.5", "get", "k")
+    took = time.time() - t0
+    assert code == 1 and "timed out" in err
+    assert took < 3, took
+
+
+def test_timeout_bounds_the_call(node):
+    # a "server" that accepts and never answers
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(5)
+    try:
+        t0 = time.time()
+        code, _, err = cli("--addr", f"127.0.0.1:{s.getsockname()[1]}",
+                           "--timeout", "0.5", "get", "k")
+        took = time.time() - t0
+        assert code == 1 and "DEADLINE_EXCEEDED" in err
+        assert took < 3, took
+    finally:
+        s.close()
