@@ -51,8 +51,8 @@ static const char usage_text[] =
     "  status           show what the node reports about the cluster\n"
     "\n"
     "Options:\n"
-    "  --mandi URL      discovery service (default $MANDI_ADDR, else "
-    DEFAULT_MANDI ")\n"
+    "  --mandi URL      discovery service (default $MANDI_ADDR, "
+    "else " DEFAULT_MANDI ")\n"
     "  --addr HOST:PORT talk to this node's gRPC address, skip discovery\n"
     "  --timeout SECS   give up after this long (default 5)\n"
     "  -h, --help       this text\n";
@@ -261,8 +261,8 @@ static int discover(const char *mandi, uint64_t deadline, char *addr,
                  mandi);
         return -1;
     }
-    int status = http_get(host, port, "/leader", deadline, &body, msg,
-                          sizeof msg);
+    int status =
+        http_get(host, port, "/leader", deadline, &body, msg, sizeof msg);
     if (status < 0) {
         snprintf(err, errlen, "leader discovery through %s failed: %s", mandi,
                  msg);
@@ -328,7 +328,8 @@ static int resolve_addr(const char *in, char *out, size_t outlen, char *err,
     return 0;
 }
 
-/* --- the call ------------------------------------------------------------------ */
+/* --- the call
+ * ------------------------------------------------------------------ */
 
 struct cli_call {
     struct grpc_call call; /* the RPC */
@@ -349,8 +350,7 @@ static void on_call_done(struct grpc_call *call)
 
 /* One unary call; fills *call's results. Returns 0 or -1 (err set). */
 static int rpc(const char *addr, const char *path, const void *msg, size_t len,
-               uint64_t deadline, struct cli_call *c, char *err,
-               size_t errlen)
+               uint64_t deadline, struct cli_call *c, char *err, size_t errlen)
 {
     uv_loop_t loop;
     uv_prepare_t prep;
@@ -370,8 +370,8 @@ static int rpc(const char *addr, const char *path, const void *msg, size_t len,
     struct grpc_call_opts opts = {.timeout_ms = deadline - now};
     grpc_call_init(&c->call);
     c->done = false;
-    int rv = grpc_client_call(cl, &c->call, path, msg, len, &opts,
-                              on_call_done);
+    int rv =
+        grpc_client_call(cl, &c->call, path, msg, len, &opts, on_call_done);
     if (rv < 0)
         snprintf(err, errlen, "cannot call %s: %s", addr, pz_strerror(rv));
     while (rv == 0 && !c->done)
@@ -490,7 +490,7 @@ int main(int argc, char **argv)
     }
     if (path[1] == 'k') {
         struct grpc_kv_req q = {
-            .kind = cmd[0] == 'g' ? GRPC_KV_GET
+            .kind = cmd[0] == 'g'   ? GRPC_KV_GET
                     : cmd[0] == 's' ? GRPC_KV_SET
                                     : GRPC_KV_DEL,
             .key = (const uint8_t *)args[0],
@@ -510,8 +510,8 @@ int main(int argc, char **argv)
             mandi = getenv("MANDI_ADDR");
         if (mandi == NULL || mandi[0] == '\0')
             mandi = DEFAULT_MANDI;
-        if (discover(mandi, deadline, target, sizeof target, err,
-                     sizeof err) < 0) {
+        if (discover(mandi, deadline, target, sizeof target, err, sizeof err) <
+            0) {
             fprintf(stderr, "pyazdb-cli: %s\n", err);
             pz_buf_free(&msg);
             return 1;

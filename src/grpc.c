@@ -103,65 +103,65 @@ enum {
 };
 
 struct gstream {
-    struct gsession *s;        /* owner */
-    int32_t id;                /* HTTP/2 stream id */
-    struct pz_queue q;         /* in s->streams */
-    const struct method *m;    /* from :path, NULL when unknown */
-    char path[128];            /* :path as sent (cut), for messages */
-    size_t hdr_bytes;          /* request header bytes so far */
-    bool post;                 /* :method is POST */
-    bool ctype_ok;             /* content-type is application/grpc... */
-    bool was_forwarded;        /* pyazdb-forwarded header present */
-    int timeout_state;         /* 0 none, 1 valid, -1 malformed */
-    uint64_t timeout_ms;       /* grpc-timeout */
-    struct grpc_reader rd;     /* request messages */
-    size_t rd_counted;         /* rd.msg.cap counted in s->buffered */
-    bool headers_done;         /* request headers were checked */
+    struct gsession *s;     /* owner */
+    int32_t id;             /* HTTP/2 stream id */
+    struct pz_queue q;      /* in s->streams */
+    const struct method *m; /* from :path, NULL when unknown */
+    char path[128];         /* :path as sent (cut), for messages */
+    size_t hdr_bytes;       /* request header bytes so far */
+    bool post;              /* :method is POST */
+    bool ctype_ok;          /* content-type is application/grpc... */
+    bool was_forwarded;     /* pyazdb-forwarded header present */
+    int timeout_state;      /* 0 none, 1 valid, -1 malformed */
+    uint64_t timeout_ms;    /* grpc-timeout */
+    struct grpc_reader rd;  /* request messages */
+    size_t rd_counted;      /* rd.msg.cap counted in s->buffered */
+    bool headers_done;      /* request headers were checked */
     /* response */
-    bool responded;            /* response HEADERS submitted */
-    bool ended;                /* final status set */
-    bool deferred;             /* data provider is waiting for output */
-    bool http_error;           /* plain HTTP error reply: no trailers */
-    bool reset_after;          /* RST_STREAM once the reply is out */
-    bool req_ended;            /* END_STREAM received */
-    int refused;               /* REFUSE_*: answer waiting for END_STREAM */
-    int refuse_status;         /* gRPC status, or HTTP status */
-    char refuse_msg[200];      /* its message or body */
-    struct pz_buf out;         /* response bytes not yet given to nghttp2 */
-    size_t out_off;            /* bytes of out already given */
-    int status;                /* grpc-status */
-    struct pz_buf msg;         /* percent-encoded grpc-message */
+    bool responded;       /* response HEADERS submitted */
+    bool ended;           /* final status set */
+    bool deferred;        /* data provider is waiting for output */
+    bool http_error;      /* plain HTTP error reply: no trailers */
+    bool reset_after;     /* RST_STREAM once the reply is out */
+    bool req_ended;       /* END_STREAM received */
+    int refused;          /* REFUSE_*: answer waiting for END_STREAM */
+    int refuse_status;    /* gRPC status, or HTTP status */
+    char refuse_msg[200]; /* its message or body */
+    struct pz_buf out;    /* response bytes not yet given to nghttp2 */
+    size_t out_off;       /* bytes of out already given */
+    int status;           /* grpc-status */
+    struct pz_buf msg;    /* percent-encoded grpc-message */
     /* asynchronous work */
-    struct grpc_kv_req kreq;   /* decoded kv request (borrows rd.msg) */
-    struct node_req req;       /* node request */
-    bool in_node;              /* req is with the node */
-    struct grpc_call call;     /* forwarded call */
-    bool in_fwd;               /* call is with the leader */
-    bool has_deadline;         /* grpc-timeout given */
-    uint64_t deadline;         /* uv_now() ms when it expires */
-    struct pz_queue dq;        /* in gs->deadlines while has_deadline */
-    bool in_dq;                /* dq is linked */
-    struct pz_queue wq;        /* in gs->watchers */
-    bool in_wq;                /* wq is linked */
-    struct pz_queue hq;        /* in s->held */
-    int held;                  /* HOLD_*: waiting for output room */
-    int watch_last;            /* last ServingStatus sent */
-    char watch_service[128];   /* service watched */
+    struct grpc_kv_req kreq; /* decoded kv request (borrows rd.msg) */
+    struct node_req req;     /* node request */
+    bool in_node;            /* req is with the node */
+    struct grpc_call call;   /* forwarded call */
+    bool in_fwd;             /* call is with the leader */
+    bool has_deadline;       /* grpc-timeout given */
+    uint64_t deadline;       /* uv_now() ms when it expires */
+    struct pz_queue dq;      /* in gs->deadlines while has_deadline */
+    bool in_dq;              /* dq is linked */
+    struct pz_queue wq;      /* in gs->watchers */
+    bool in_wq;              /* wq is linked */
+    struct pz_queue hq;      /* in s->held */
+    int held;                /* HOLD_*: waiting for output room */
+    int watch_last;          /* last ServingStatus sent */
+    char watch_service[128]; /* service watched */
 };
 
 struct gsession {
-    struct grpc_server *gs;    /* owner */
-    struct conn *c;            /* the connection */
-    nghttp2_session *ng;       /* HTTP/2 state */
-    struct pz_queue streams;   /* struct gstream */
-    size_t n_streams;          /* length of streams */
-    size_t buffered;           /* request bytes held by readers */
-    size_t out_bytes;          /* response bytes not yet given to nghttp2 */
-    struct pz_queue held;      /* complete calls waiting for out_bytes */
-    int in_recv;               /* inside mem_recv: no mem_send now */
-    bool blocked;              /* output over SEND_HIGH: not reading */
-    bool dirty;                /* on the dirty list: flush soon */
-    struct pz_queue dirty_q;   /* in the dirty list */
+    struct grpc_server *gs;  /* owner */
+    struct conn *c;          /* the connection */
+    nghttp2_session *ng;     /* HTTP/2 state */
+    struct pz_queue streams; /* struct gstream */
+    size_t n_streams;        /* length of streams */
+    size_t buffered;         /* request bytes held by readers */
+    size_t out_bytes;        /* response bytes not yet given to nghttp2 */
+    struct pz_queue held;    /* complete calls waiting for out_bytes */
+    int in_recv;             /* inside mem_recv: no mem_send now */
+    bool blocked;            /* output over SEND_HIGH: not reading */
+    bool dirty;              /* on the dirty list: flush soon */
+    struct pz_queue dirty_q; /* in the dirty list */
 };
 
 static nghttp2_session_callbacks *callbacks; /* shared by all sessions */
@@ -269,8 +269,7 @@ static bool session_flush(struct gsession *s)
         s->blocked = false;
         conn_resume(s->c);
     }
-    if (!nghttp2_session_want_read(s->ng) &&
-        !nghttp2_session_want_write(s->ng))
+    if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng))
         conn_close_after_flush(s->c);
     return wrote;
 }
@@ -296,13 +295,15 @@ static void flush_dirty(void)
 
 /* --- response -------------------------------------------------------- */
 
-#define NV(n, v)                                                             \
-    {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v),               \
-     NGHTTP2_NV_FLAG_NO_COPY_NAME}
+#define NV(n, v)                                                               \
+    {                                                                          \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v),              \
+            NGHTTP2_NV_FLAG_NO_COPY_NAME                                       \
+    }
 
 static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
-                       size_t length, uint32_t *flags,
-                       nghttp2_data_source *src, void *ud);
+                       size_t length, uint32_t *flags, nghttp2_data_source *src,
+                       void *ud);
 
 static void deadline_remove(struct gstream *st);
 static void watch_remove(struct gstream *st);
@@ -335,8 +336,7 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
         va_end(ap);
         if (n < 0)
             n = 0;
-        grpc_message_encode(&st->msg, text,
-                            PZ_MIN((size_t)n, sizeof text - 1),
+        grpc_message_encode(&st->msg, text, PZ_MIN((size_t)n, sizeof text - 1),
                             MAX_STATUS_MESSAGE);
     }
     deadline_remove(st);
@@ -407,8 +407,7 @@ static void send_message(struct gstream *st, const void *msg, size_t len)
             NV(":status", "200"),
             NV("content-type", "application/grpc"),
         };
-        nghttp2_data_provider dp = {.source.ptr = st,
-                                    .read_callback = read_cb};
+        nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_cb};
         nghttp2_submit_response(st->s->ng, st->id, nva, 2, &dp);
     } else if (st->deferred) {
         st->deferred = false;
@@ -426,8 +425,7 @@ static void reply(struct gstream *st, const void *msg, size_t len)
 }
 
 /* A plain HTTP error (not gRPC): 405, 415. */
-static void http_error(struct gstream *st, const char *status,
-                       const char *text)
+static void http_error(struct gstream *st, const char *status, const char *text)
 {
     st->http_error = true;
     st->ended = true;
@@ -445,8 +443,8 @@ static void http_error(struct gstream *st, const char *status,
 }
 
 static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
-                       size_t length, uint32_t *flags,
-                       nghttp2_data_source *src, void *ud)
+                       size_t length, uint32_t *flags, nghttp2_data_source *src,
+                       void *ud)
 {
     struct gstream *st = src->ptr;
     PZ_UNUSED(ud);
@@ -565,7 +563,8 @@ static bool deadline_passed(struct gstream *st)
     return st->has_deadline && st->deadline <= uv_now(st->s->gs->loop);
 }
 
-/* --- forwarding ------------------------------------------------------------ */
+/* --- forwarding ------------------------------------------------------------
+ */
 
 static void on_forward_done(struct grpc_call *call)
 {
@@ -607,9 +606,8 @@ static void forward(struct gstream *st)
         uint64_t now = uv_now(gs->loop);
         opts.timeout_ms = st->deadline > now ? st->deadline - now : 1;
     }
-    int rv = grpc_client_call(gs->fwd, &st->call, st->m->path,
-                              st->rd.msg.data, st->rd.msg.len, &opts,
-                              on_forward_done);
+    int rv = grpc_client_call(gs->fwd, &st->call, st->m->path, st->rd.msg.data,
+                              st->rd.msg.len, &opts, on_forward_done);
     if (rv < 0) {
         finish(st, GRPC_UNAVAILABLE, "cannot forward to the leader at %s: %s",
                addr, pz_strerror(rv));
@@ -624,7 +622,9 @@ static void forward(struct gstream *st)
 static void node_error(struct gstream *st, int rv, bool write)
 {
     switch (rv) {
-    case PZ_ENOTLEADER: forward(st); break;
+    case PZ_ENOTLEADER:
+        forward(st);
+        break;
     case PZ_ENOLEADER:
         finish(st, GRPC_UNAVAILABLE, "no leader known");
         break;
@@ -646,9 +646,8 @@ static void node_error(struct gstream *st, int rv, bool write)
         finish(st, GRPC_INVALID_ARGUMENT, "request too large");
         break;
     default:
-        finish(st, write ? GRPC_INTERNAL : GRPC_UNAVAILABLE,
-               "%s failed: %s", write ? "replication" : "read",
-               pz_strerror(rv));
+        finish(st, write ? GRPC_INTERNAL : GRPC_UNAVAILABLE, "%s failed: %s",
+               write ? "replication" : "read", pz_strerror(rv));
     }
 }
 
@@ -657,8 +656,8 @@ static void read_reply(struct gstream *st)
 {
     const uint8_t *val = NULL;
     size_t vlen = 0;
-    bool found = kv_get(st->s->gs->be->kv(), st->kreq.key, st->kreq.klen,
-                        &val, &vlen);
+    bool found =
+        kv_get(st->s->gs->be->kv(), st->kreq.key, st->kreq.klen, &val, &vlen);
     struct pz_buf b;
     pz_buf_init(&b);
     grpc_kv_get_resp_encode(&b, val, vlen, found);
@@ -809,6 +808,9 @@ static void call_status(struct gstream *st)
     pz_free(b);
 }
 
+/* grpc.health.v1.HealthCheckResponse.ServingStatus, shortened. */
+#define HEALTH(x) GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__##x
+
 static bool serving(struct grpc_server *gs)
 {
     struct node_status ns;
@@ -828,10 +830,8 @@ static bool known_service(struct grpc_server *gs, const char *name)
 static int health_now(struct grpc_server *gs, const char *service)
 {
     if (!known_service(gs, service))
-        return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
-    return serving(gs)
-               ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-               : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+        return HEALTH(SERVICE_UNKNOWN);
+    return serving(gs) ? HEALTH(SERVING) : HEALTH(NOT_SERVING);
 }
 
 static void health_message(struct pz_buf *b, int status)
@@ -897,8 +897,7 @@ static void call_health(struct gstream *st)
     }
     int status = health_now(gs, q->service);
     if (st->m->kind == M_HEALTH_CHECK) {
-        if (status ==
-            GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN) {
+        if (status == HEALTH(SERVICE_UNKNOWN)) {
             finish(st, GRPC_NOT_FOUND, "unknown service %.100s", q->service);
         } else {
             struct pz_buf b;
@@ -908,8 +907,7 @@ static void call_health(struct gstream *st)
             pz_buf_free(&b);
         }
     } else {
-        snprintf(st->watch_service, sizeof st->watch_service, "%s",
-                 q->service);
+        snprintf(st->watch_service, sizeof st->watch_service, "%s", q->service);
         watch_send(st, status);
         if (pz_queue_empty(&gs->watchers))
             uv_timer_start(&gs->watch_timer, on_watch_poll, WATCH_POLL_MS,
@@ -942,11 +940,18 @@ static void dispatch(struct gstream *st)
     switch (st->m->kind) {
     case M_KV_GET:
     case M_KV_SET:
-    case M_KV_DEL: call_kv(st); break;
-    case M_STATUS: call_status(st); break;
+    case M_KV_DEL:
+        call_kv(st);
+        break;
+    case M_STATUS:
+        call_status(st);
+        break;
     case M_HEALTH_CHECK:
-    case M_HEALTH_WATCH: call_health(st); break;
-    default: pz_assert(0);
+    case M_HEALTH_WATCH:
+        call_health(st);
+        break;
+    default:
+        pz_assert(0);
     }
 }
 
@@ -1002,8 +1007,7 @@ static void headers_done(struct gstream *st)
         return;
     }
     if (st->timeout_state < 0) {
-        refuse(st, REFUSE_GRPC, GRPC_INTERNAL,
-               "malformed grpc-timeout header");
+        refuse(st, REFUSE_GRPC, GRPC_INTERNAL, "malformed grpc-timeout header");
         return;
     }
     if (gs->draining) {
@@ -1130,9 +1134,8 @@ static bool name_is(const uint8_t *name, size_t len, const char *want)
 }
 
 static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
-                     const uint8_t *name, size_t namelen,
-                     const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *ud)
+                     const uint8_t *name, size_t namelen, const uint8_t *value,
+                     size_t valuelen, uint8_t flags, void *ud)
 {
     PZ_UNUSED(flags);
     PZ_UNUSED(ud);
@@ -1209,8 +1212,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame,
      * refused for its size: ask it to stop (RST_STREAM NO_ERROR, RFC 9113
      * 8.1). Only then: curl, for one, treats that reset as an error, and
      * for other early errors the rest of the body is small and ignored. */
-    if ((frame->hd.type == NGHTTP2_HEADERS ||
-         frame->hd.type == NGHTTP2_DATA) &&
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         struct gstream *st = stream_get(ng, frame->hd.stream_id);
         if (st && st->reset_after &&
@@ -1286,8 +1288,7 @@ static void *ng_realloc(void *p, size_t n, void *ud)
     return pz_realloc(p, n ? n : 1);
 }
 
-static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc,
-                             ng_realloc};
+static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
 
 /* --- connections -------------------------------------------------------- */
 
@@ -1300,8 +1301,7 @@ static int on_open(struct conn *c)
     pz_queue_init(&s->streams);
     pz_queue_init(&s->dirty_q);
     pz_queue_init(&s->held);
-    if (nghttp2_session_server_new3(&s->ng, callbacks, s, NULL, &ng_mem) !=
-        0) {
+    if (nghttp2_session_server_new3(&s->ng, callbacks, s, NULL, &ng_mem) != 0) {
         pz_free(s);
         return PZ_ENOMEM;
     }

@@ -34,32 +34,32 @@ extern const struct grpc_backend grpc_node_backend;
 
 /* Counters, for tests and logs. */
 struct grpc_stats {
-    uint64_t calls;          /* streams that named a method */
-    uint64_t forwarded;      /* calls relayed to the leader */
-    uint64_t deadlines;      /* calls ended by DEADLINE_EXCEEDED */
-    uint64_t streams_open;   /* streams alive now */
+    uint64_t calls;        /* streams that named a method */
+    uint64_t forwarded;    /* calls relayed to the leader */
+    uint64_t deadlines;    /* calls ended by DEADLINE_EXCEEDED */
+    uint64_t streams_open; /* streams alive now */
 };
 
 struct grpc_server {
-    struct conn_listener ls;         /* accepted connections */
-    uv_loop_t *loop;                 /* the process loop */
-    const struct grpc_backend *be;   /* the node */
-    size_t max_message;              /* grpc-max-message */
-    size_t max_key;                  /* max-key-size */
-    size_t max_value;                /* max-value-size */
-    struct grpc_reflect reflect;     /* descriptor index */
-    struct pz_queue deadlines;       /* streams with a deadline, unsorted */
-    uv_timer_t deadline_timer;       /* fires at the earliest deadline */
-    uint64_t timer_due;              /* uv_now() it fires at, 0 = idle */
-    struct pz_queue watchers;        /* Health/Watch streams */
-    uv_timer_t watch_timer;          /* polls serving state for them */
-    uv_idle_t kick;                  /* keeps poll from blocking on output */
-    struct grpc_client *fwd;         /* connection to the leader */
-    uint64_t start_ms;               /* uv_now() at start */
-    struct grpc_stats stats;         /* counters */
-    int handles;                     /* our uv handles not yet closed */
-    bool draining;                   /* shutdown began */
-    bool started;                    /* grpc_start succeeded */
+    struct conn_listener ls;       /* accepted connections */
+    uv_loop_t *loop;               /* the process loop */
+    const struct grpc_backend *be; /* the node */
+    size_t max_message;            /* grpc-max-message */
+    size_t max_key;                /* max-key-size */
+    size_t max_value;              /* max-value-size */
+    struct grpc_reflect reflect;   /* descriptor index */
+    struct pz_queue deadlines;     /* streams with a deadline, unsorted */
+    uv_timer_t deadline_timer;     /* fires at the earliest deadline */
+    uint64_t timer_due;            /* uv_now() it fires at, 0 = idle */
+    struct pz_queue watchers;      /* Health/Watch streams */
+    uv_timer_t watch_timer;        /* polls serving state for them */
+    uv_idle_t kick;                /* keeps poll from blocking on output */
+    struct grpc_client *fwd;       /* connection to the leader */
+    uint64_t start_ms;             /* uv_now() at start */
+    struct grpc_stats stats;       /* counters */
+    int handles;                   /* our uv handles not yet closed */
+    bool draining;                 /* shutdown began */
+    bool started;                  /* grpc_start succeeded */
 };
 
 /* Listen on cfg->grpc_addr (port 0 picks a free port: see

@@ -37,22 +37,22 @@ struct gc_conn {
 };
 
 struct grpc_client {
-    uv_loop_t *loop;        /* the loop */
-    char addr[256];         /* "host:port" */
-    size_t max_message;     /* response size limit */
-    struct gc_conn *cur;    /* where new calls go, NULL: connect first */
-    struct pz_queue conns;  /* every gc_conn alive */
-    struct pz_queue done;   /* completed calls, callbacks pending */
-    uv_timer_t timer;       /* earliest deadline */
-    uint64_t timer_due;     /* uv_now() it fires at, 0 = idle */
-    uv_idle_t kick;         /* keeps poll from blocking on output */
-    size_t active;          /* calls started, callback not yet run */
-    uint64_t connects;      /* connections opened */
-    int depth;              /* > 0: running callbacks */
-    int handles;            /* open uv handles (timer, kick) */
-    bool closing;           /* grpc_client_close called */
-    bool freeing;           /* handles are closing: gone soon */
-    char last_error[384];   /* why the last connection failed */
+    uv_loop_t *loop;       /* the loop */
+    char addr[256];        /* "host:port" */
+    size_t max_message;    /* response size limit */
+    struct gc_conn *cur;   /* where new calls go, NULL: connect first */
+    struct pz_queue conns; /* every gc_conn alive */
+    struct pz_queue done;  /* completed calls, callbacks pending */
+    uv_timer_t timer;      /* earliest deadline */
+    uint64_t timer_due;    /* uv_now() it fires at, 0 = idle */
+    uv_idle_t kick;        /* keeps poll from blocking on output */
+    size_t active;         /* calls started, callback not yet run */
+    uint64_t connects;     /* connections opened */
+    int depth;             /* > 0: running callbacks */
+    int handles;           /* open uv handles (timer, kick) */
+    bool closing;          /* grpc_client_close called */
+    bool freeing;          /* handles are closing: gone soon */
+    char last_error[384];  /* why the last connection failed */
 };
 
 static nghttp2_session_callbacks *callbacks;
@@ -87,10 +87,10 @@ static void *ng_realloc(void *p, size_t n, void *ud)
     return pz_realloc(p, n ? n : 1);
 }
 
-static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc,
-                             ng_realloc};
+static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
 
-/* --- calls ----------------------------------------------------------------- */
+/* --- calls -----------------------------------------------------------------
+ */
 
 void grpc_call_init(struct grpc_call *call)
 {
@@ -116,10 +116,9 @@ void grpc_call_reset(struct grpc_call *call)
     grpc_call_init(call);
 }
 
-static void set_local(struct grpc_call *call, int status, const char *fmt,
-                      ...) __attribute__((format(printf, 3, 4)));
-static void set_local(struct grpc_call *call, int status, const char *fmt,
-                      ...)
+static void set_local(struct grpc_call *call, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_local(struct grpc_call *call, int status, const char *fmt, ...)
 {
     char text[256];
     va_list ap;
@@ -137,11 +136,16 @@ static void set_local(struct grpc_call *call, int status, const char *fmt,
 static int status_from_rst(uint32_t code)
 {
     switch (code) {
-    case NGHTTP2_REFUSED_STREAM: return GRPC_UNAVAILABLE;
-    case NGHTTP2_CANCEL: return GRPC_CANCELLED;
-    case NGHTTP2_ENHANCE_YOUR_CALM: return GRPC_RESOURCE_EXHAUSTED;
-    case NGHTTP2_INADEQUATE_SECURITY: return GRPC_PERMISSION_DENIED;
-    default: return GRPC_INTERNAL;
+    case NGHTTP2_REFUSED_STREAM:
+        return GRPC_UNAVAILABLE;
+    case NGHTTP2_CANCEL:
+        return GRPC_CANCELLED;
+    case NGHTTP2_ENHANCE_YOUR_CALM:
+        return GRPC_RESOURCE_EXHAUSTED;
+    case NGHTTP2_INADEQUATE_SECURITY:
+        return GRPC_PERMISSION_DENIED;
+    default:
+        return GRPC_INTERNAL;
     }
 }
 
@@ -209,7 +213,8 @@ static void run_done(struct grpc_client *cl)
     maybe_free(cl);
 }
 
-/* --- connection ------------------------------------------------------------ */
+/* --- connection ------------------------------------------------------------
+ */
 
 static void on_kick(uv_idle_t *h)
 {
@@ -303,8 +308,7 @@ static void on_connected(struct conn *c, int status)
     struct gc_conn *gc = c->proto;
     if (status < 0) {
         snprintf(gc->cl->last_error, sizeof gc->cl->last_error,
-                 "cannot connect to %s: %s", gc->cl->addr,
-                 uv_strerror(status));
+                 "cannot connect to %s: %s", gc->cl->addr, uv_strerror(status));
         gc->usable = false;
         return; /* closed right after: on_close fails the calls */
     }
@@ -374,9 +378,8 @@ static bool name_is(const uint8_t *name, size_t len, const char *want)
 }
 
 static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
-                     const uint8_t *name, size_t namelen,
-                     const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *ud)
+                     const uint8_t *name, size_t namelen, const uint8_t *value,
+                     size_t valuelen, uint8_t flags, void *ud)
 {
     PZ_UNUSED(flags);
     PZ_UNUSED(ud);
@@ -490,7 +493,8 @@ static void release_callbacks(void)
     }
 }
 
-/* --- deadlines -------------------------------------------------------------- */
+/* --- deadlines --------------------------------------------------------------
+ */
 
 static void on_timer(uv_timer_t *t);
 
@@ -522,8 +526,7 @@ static void on_timer(uv_timer_t *t)
                     next = call->deadline;
                 continue;
             }
-            nghttp2_session_set_stream_user_data(gc->ng, call->stream_id,
-                                                 NULL);
+            nghttp2_session_set_stream_user_data(gc->ng, call->stream_id, NULL);
             nghttp2_submit_rst_stream(gc->ng, NGHTTP2_FLAG_NONE,
                                       call->stream_id, NGHTTP2_CANCEL);
             set_local(call, GRPC_DEADLINE_EXCEEDED, "deadline exceeded");
@@ -536,7 +539,8 @@ static void on_timer(uv_timer_t *t)
     run_done(cl);
 }
 
-/* --- client ------------------------------------------------------------------ */
+/* --- client ------------------------------------------------------------------
+ */
 
 struct grpc_client *grpc_client_new(uv_loop_t *loop, const char *addr,
                                     size_t max_message)
@@ -616,8 +620,7 @@ void grpc_client_abort(struct grpc_client *cl)
         while (!pz_queue_empty(&gc->calls)) {
             struct grpc_call *call =
                 container_of(pz_queue_head(&gc->calls), struct grpc_call, q);
-            nghttp2_session_set_stream_user_data(gc->ng, call->stream_id,
-                                                 NULL);
+            nghttp2_session_set_stream_user_data(gc->ng, call->stream_id, NULL);
             set_local(call, GRPC_CANCELLED, "client closed");
             complete(call, 0);
         }
@@ -657,8 +660,8 @@ int grpc_client_call(struct grpc_client *cl, struct grpc_call *call,
 
     nghttp2_nv nva[16 + 2 * 8];
     size_t n = 0;
-#define ADD(name, value)                                                     \
-    nva[n++] = (nghttp2_nv){(uint8_t *)(name), (uint8_t *)(value),          \
+#define ADD(name, value)                                                       \
+    nva[n++] = (nghttp2_nv){(uint8_t *)(name), (uint8_t *)(value),             \
                             strlen(name), strlen(value), NGHTTP2_NV_FLAG_NONE}
     ADD(":method", "POST");
     ADD(":scheme", "http");

@@ -39,34 +39,34 @@ typedef void (*grpc_call_cb)(struct grpc_call *call);
  * callback on, until grpc_call_reset() or the next grpc_client_call() on
  * it. Fields below `private` belong to the client. */
 struct grpc_call {
-    int status;            /* grpc-status (GRPC_*) */
-    char *message;         /* decoded grpc-message, never NULL in the cb */
-    struct pz_buf resp;    /* first response message (payload only) */
-    bool has_resp;         /* a response message arrived */
+    int status;         /* grpc-status (GRPC_*) */
+    char *message;      /* decoded grpc-message, never NULL in the cb */
+    struct pz_buf resp; /* first response message (payload only) */
+    bool has_resp;      /* a response message arrived */
     /* private */
-    grpc_call_cb cb;          /* completion callback */
-    struct grpc_client *cl;   /* client, while active */
-    void *conn;               /* struct gc_conn carrying the stream, or
-                                 NULL once completed */
-    int32_t stream_id;        /* its stream, -1 when none */
-    struct pz_queue q;        /* in the conn's calls or the done list */
-    struct pz_buf req;        /* framed request not yet sent */
-    size_t req_off;           /* bytes of req already handed to nghttp2 */
-    struct grpc_reader rd;    /* response message reader */
-    int http_status;          /* :status of the response, 0 before */
-    int grpc_status;          /* grpc-status header, -1 before */
-    int local_status;         /* error found here, -1 when none */
-    struct pz_buf grpc_msg;   /* raw grpc-message header value */
-    uint64_t deadline;        /* uv_now() ms, 0 = none */
-    bool active;              /* started, callback not yet called */
-    bool queued;              /* q is linked */
+    grpc_call_cb cb;        /* completion callback */
+    struct grpc_client *cl; /* client, while active */
+    void *conn;             /* struct gc_conn carrying the stream, or
+                               NULL once completed */
+    int32_t stream_id;      /* its stream, -1 when none */
+    struct pz_queue q;      /* in the conn's calls or the done list */
+    struct pz_buf req;      /* framed request not yet sent */
+    size_t req_off;         /* bytes of req already handed to nghttp2 */
+    struct grpc_reader rd;  /* response message reader */
+    int http_status;        /* :status of the response, 0 before */
+    int grpc_status;        /* grpc-status header, -1 before */
+    int local_status;       /* error found here, -1 when none */
+    struct pz_buf grpc_msg; /* raw grpc-message header value */
+    uint64_t deadline;      /* uv_now() ms, 0 = none */
+    bool active;            /* started, callback not yet called */
+    bool queued;            /* q is linked */
 };
 
 /* Extra request headers: lowercase names, NULL-terminated list of pairs
  * {name, value, name, value, ..., NULL}. */
 struct grpc_call_opts {
-    uint64_t timeout_ms;           /* 0 = no deadline */
-    const char *const *metadata;   /* may be NULL */
+    uint64_t timeout_ms;         /* 0 = no deadline */
+    const char *const *metadata; /* may be NULL */
 };
 
 /* A client for "host:port" on loop. max_message bounds response messages.

@@ -47,15 +47,21 @@ int grpc_status_parse(const char *s, size_t len)
 int grpc_status_from_http(int http_status)
 {
     switch (http_status) {
-    case 400: return GRPC_INTERNAL;
-    case 401: return GRPC_UNAUTHENTICATED;
-    case 403: return GRPC_PERMISSION_DENIED;
-    case 404: return GRPC_UNIMPLEMENTED;
+    case 400:
+        return GRPC_INTERNAL;
+    case 401:
+        return GRPC_UNAUTHENTICATED;
+    case 403:
+        return GRPC_PERMISSION_DENIED;
+    case 404:
+        return GRPC_UNIMPLEMENTED;
     case 429:
     case 502:
     case 503:
-    case 504: return GRPC_UNAVAILABLE;
-    default: return GRPC_UNKNOWN;
+    case 504:
+        return GRPC_UNAVAILABLE;
+    default:
+        return GRPC_UNKNOWN;
     }
 }
 
@@ -173,13 +179,26 @@ int grpc_timeout_parse(const char *s, size_t len, uint64_t *ms)
         v = v * 10 + (uint64_t)(s[i] - '0');
     }
     switch (s[len - 1]) {
-    case 'H': *ms = v * 3600000u; break;
-    case 'M': *ms = v * 60000u; break;
-    case 'S': *ms = v * 1000u; break;
-    case 'm': *ms = v; break;
-    case 'u': *ms = (v + 999u) / 1000u; break;
-    case 'n': *ms = (v + 999999u) / 1000000u; break;
-    default: return PZ_EINVAL;
+    case 'H':
+        *ms = v * 3600000u;
+        break;
+    case 'M':
+        *ms = v * 60000u;
+        break;
+    case 'S':
+        *ms = v * 1000u;
+        break;
+    case 'm':
+        *ms = v;
+        break;
+    case 'u':
+        *ms = (v + 999u) / 1000u;
+        break;
+    case 'n':
+        *ms = (v + 999999u) / 1000000u;
+        break;
+    default:
+        return PZ_EINVAL;
     }
     return 0;
 }

@@ -35,8 +35,7 @@ static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
     return PZ_EINVAL;
 }
 
-int grpc_pb_next(const uint8_t **p, const uint8_t *end,
-                 struct grpc_pb_field *f)
+int grpc_pb_next(const uint8_t **p, const uint8_t *end, struct grpc_pb_field *f)
 {
     uint64_t tag, v;
     if (*p >= end)
@@ -163,8 +162,8 @@ void grpc_kv_req_encode(struct pz_buf *b, const struct grpc_kv_req *r)
         grpc_pb_put_varint_opt(b, 2, r->stale);
 }
 
-void grpc_kv_get_resp_encode(struct pz_buf *b, const void *value,
-                             size_t vlen, bool found)
+void grpc_kv_get_resp_encode(struct pz_buf *b, const void *value, size_t vlen,
+                             bool found)
 {
     grpc_pb_put_bytes_opt(b, 1, value, vlen);
     grpc_pb_put_varint_opt(b, 2, found);
@@ -175,8 +174,8 @@ void grpc_kv_ok_resp_encode(struct pz_buf *b, bool success)
     grpc_pb_put_varint_opt(b, 1, success);
 }
 
-int grpc_kv_get_resp_decode(const uint8_t *p, size_t len,
-                            const uint8_t **value, size_t *vlen, bool *found)
+int grpc_kv_get_resp_decode(const uint8_t *p, size_t len, const uint8_t **value,
+                            size_t *vlen, bool *found)
 {
     const uint8_t *end = p + len;
     struct grpc_pb_field f;

@@ -83,13 +83,12 @@ void grpc_kv_req_encode(struct pz_buf *b, const struct grpc_kv_req *r);
 
 /* GetResponse {value = 1, found = 2}; SetResponse/DeleteResponse
  * {success = 1}. */
-void grpc_kv_get_resp_encode(struct pz_buf *b, const void *value,
-                             size_t vlen, bool found);
+void grpc_kv_get_resp_encode(struct pz_buf *b, const void *value, size_t vlen,
+                             bool found);
 void grpc_kv_ok_resp_encode(struct pz_buf *b, bool success);
 /* For clients. value borrows the message. Returns 0 or PZ_EINVAL. */
-int grpc_kv_get_resp_decode(const uint8_t *p, size_t len,
-                            const uint8_t **value, size_t *vlen,
-                            bool *found);
+int grpc_kv_get_resp_decode(const uint8_t *p, size_t len, const uint8_t **value,
+                            size_t *vlen, bool *found);
 int grpc_kv_ok_resp_decode(const uint8_t *p, size_t len, bool *success);
 
 #endif

@@ -55,14 +55,13 @@ static char *join(const char *prefix, const uint8_t *name, size_t nlen)
     return s;
 }
 
-static void add_symbol(struct index_ctx *x, char *name, size_t file,
-                       int kind)
+static void add_symbol(struct index_ctx *x, char *name, size_t file, int kind)
 {
     struct grpc_reflect *r = x->r;
     if (r->n_symbols == x->cap_symbols) {
         x->cap_symbols = x->cap_symbols ? 2 * x->cap_symbols : 64;
-        r->symbols = pz_realloc(r->symbols,
-                                x->cap_symbols * sizeof *r->symbols);
+        r->symbols =
+            pz_realloc(r->symbols, x->cap_symbols * sizeof *r->symbols);
     }
     r->symbols[r->n_symbols++] =
         (struct grpc_reflect_symbol){.name = name, .file = file, .kind = kind};
@@ -152,12 +151,16 @@ static int walk_file(struct index_ctx *x, size_t file, struct pz_buf *deps)
             pz_buf_append(deps, rec, sizeof rec);
             break;
         }
-        case 4: rv = walk_message(x, f.data, f.len, package, file, 0); break;
+        case 4:
+            rv = walk_message(x, f.data, f.len, package, file, 0);
+            break;
         case 5:
             rv = add_named(x, f.data, f.len, package, file, GRPC_REFLECT_ENUM,
                            &(const char *){NULL});
             break;
-        case 6: rv = walk_service(x, f.data, f.len, package, file); break;
+        case 6:
+            rv = walk_service(x, f.data, f.len, package, file);
+            break;
         }
         if (rv < 0)
             break;
@@ -183,8 +186,8 @@ static int resolve_deps(struct grpc_reflect *r, const struct pz_buf *deps)
         for (size_t k = 0; k < r->n_files; k++) {
             if (strlen(r->files[k].name) == dlen &&
                 memcmp(r->files[k].name, dname, dlen) == 0) {
-                fd->deps = pz_realloc(fd->deps,
-                                      (fd->n_deps + 1) * sizeof *fd->deps);
+                fd->deps =
+                    pz_realloc(fd->deps, (fd->n_deps + 1) * sizeof *fd->deps);
                 fd->deps[fd->n_deps++] = k;
                 break;
             }
@@ -241,8 +244,8 @@ void grpc_reflect_free(struct grpc_reflect *r)
     memset(r, 0, sizeof *r);
 }
 
-const struct grpc_reflect_symbol *grpc_reflect_find(
-    const struct grpc_reflect *r, const char *name)
+const struct grpc_reflect_symbol *
+grpc_reflect_find(const struct grpc_reflect *r, const char *name)
 {
     struct grpc_reflect_symbol key = {.name = (char *)name};
     if (r->n_symbols == 0)
@@ -264,6 +267,12 @@ static const struct grpc_reflect_file *find_file(const struct grpc_reflect *r,
 
 typedef Grpc__Reflection__V1__ServerReflectionRequest refl_req;
 typedef Grpc__Reflection__V1__ServerReflectionResponse refl_resp;
+
+/* The generated names are long: the oneof cases, shortened. */
+#define REQ_CASE(x)                                                            \
+    GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_##x
+#define RESP_CASE(x)                                                           \
+    GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_##x
 
 /* The file at index `file` followed by every file it depends on,
  * transitively, each once. */
@@ -289,14 +298,12 @@ static void answer_files(const struct grpc_reflect *r, size_t file,
     fdr->file_descriptor_proto =
         pz_malloc(n * sizeof *fdr->file_descriptor_proto);
     for (size_t i = 0; i < n; i++) {
-        fdr->file_descriptor_proto[i].data =
-            (uint8_t *)r->files[order[i]].data;
+        fdr->file_descriptor_proto[i].data = (uint8_t *)r->files[order[i]].data;
         fdr->file_descriptor_proto[i].len = r->files[order[i]].len;
     }
     pz_free(order);
     pz_free(seen);
-    resp->message_response_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE;
+    resp->message_response_case = RESP_CASE(FILE_DESCRIPTOR_RESPONSE);
     resp->file_descriptor_response = fdr;
 }
 
@@ -306,8 +313,7 @@ static void answer_error(refl_resp *resp,
 {
     er->error_code = code;
     er->error_message = msg;
-    resp->message_response_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE;
+    resp->message_response_case = RESP_CASE(ERROR_RESPONSE);
     resp->error_response = er;
 }
 
@@ -335,7 +341,7 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
     resp.valid_host = q->host;
     resp.original_request = q;
     switch (q->message_request_case) {
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME:
+    case REQ_CASE(FILE_BY_FILENAME):
         fd = find_file(r, q->file_by_filename);
         if (fd) {
             answer_files(r, (size_t)(fd - r->files), &resp, &fdr);
@@ -345,7 +351,7 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
             answer_error(&resp, &er, GRPC_NOT_FOUND, errmsg);
         }
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL:
+    case REQ_CASE(FILE_CONTAINING_SYMBOL):
         sym = grpc_reflect_find(r, q->file_containing_symbol);
         if (sym) {
             answer_files(r, sym->file, &resp, &fdr);
@@ -355,7 +361,7 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
             answer_error(&resp, &er, GRPC_NOT_FOUND, errmsg);
         }
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_EXTENSION:
+    case REQ_CASE(FILE_CONTAINING_EXTENSION):
         snprintf(errmsg, sizeof errmsg, "extension not found: %.200s(%d)",
                  q->file_containing_extension
                      ? q->file_containing_extension->containing_type
@@ -365,12 +371,12 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
                      : 0);
         answer_error(&resp, &er, GRPC_NOT_FOUND, errmsg);
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_ALL_EXTENSION_NUMBERS_OF_TYPE:
+    case REQ_CASE(ALL_EXTENSION_NUMBERS_OF_TYPE):
         sym = grpc_reflect_find(r, q->all_extension_numbers_of_type);
         if (sym && sym->kind == GRPC_REFLECT_MESSAGE) {
             enr.base_type_name = q->all_extension_numbers_of_type;
             resp.message_response_case =
-                GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE;
+                RESP_CASE(ALL_EXTENSION_NUMBERS_RESPONSE);
             resp.all_extension_numbers_response = &enr;
         } else {
             snprintf(errmsg, sizeof errmsg, "type not found: %.200s",
@@ -378,7 +384,7 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
             answer_error(&resp, &er, GRPC_NOT_FOUND, errmsg);
         }
         break;
-    case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES: {
+    case REQ_CASE(LIST_SERVICES): {
         size_t n = 0;
         for (size_t i = 0; i < r->n_symbols; i++)
             n += r->symbols[i].kind == GRPC_REFLECT_SERVICE;
@@ -394,8 +400,7 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
             lsr.service[lsr.n_service] = &svcs[lsr.n_service];
             lsr.n_service++;
         }
-        resp.message_response_case =
-            GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_LIST_SERVICES_RESPONSE;
+        resp.message_response_case = RESP_CASE(LIST_SERVICES_RESPONSE);
         resp.list_services_response = &lsr;
         break;
     }
@@ -404,8 +409,9 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
                      "empty reflection request");
         break;
     }
-    size_t n = grpc__reflection__v1__server_reflection_response__get_packed_size(
-        &resp);
+    size_t n =
+        grpc__reflection__v1__server_reflection_response__get_packed_size(
+            &resp);
     pz_buf_reserve(out, n);
     grpc__reflection__v1__server_reflection_response__pack(
         &resp, (uint8_t *)out->data + out->len);

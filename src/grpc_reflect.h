@@ -57,13 +57,12 @@ struct grpc_reflect {
 
 /* Index a serialized FileDescriptorSet; set must outlive r. Returns 0, or
  * PZ_EINVAL when the set is malformed (r is then empty but valid). */
-int grpc_reflect_init(struct grpc_reflect *r, const uint8_t *set,
-                      size_t len);
+int grpc_reflect_init(struct grpc_reflect *r, const uint8_t *set, size_t len);
 void grpc_reflect_free(struct grpc_reflect *r);
 
 /* The symbol named name (NULL if none). */
-const struct grpc_reflect_symbol *grpc_reflect_find(
-    const struct grpc_reflect *r, const char *name);
+const struct grpc_reflect_symbol *
+grpc_reflect_find(const struct grpc_reflect *r, const char *name);
 
 /* Answer one serialized ServerReflectionRequest: append the serialized
  * ServerReflectionResponse to out. Returns 0, or PZ_EINVAL (out unchanged)

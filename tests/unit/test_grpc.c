@@ -16,15 +16,15 @@
 #include "test.h"
 
 struct fx {
-    uv_loop_t loop;          /* the loop */
-    uv_prepare_t prep;       /* node and conn before-sleep work */
-    uv_timer_t tick;         /* wakes UV_RUN_ONCE regularly */
-    struct pz_config cfg;    /* defaults, grpc-addr on a free port */
-    struct grpc_server a;    /* on the real node */
-    struct grpc_server b;    /* on a fake backend, when started */
-    bool b_on;               /* b was started */
-    char a_addr[64];         /* "127.0.0.1:port" of a */
-    char b_addr[64];         /* "127.0.0.1:port" of b */
+    uv_loop_t loop;       /* the loop */
+    uv_prepare_t prep;    /* node and conn before-sleep work */
+    uv_timer_t tick;      /* wakes UV_RUN_ONCE regularly */
+    struct pz_config cfg; /* defaults, grpc-addr on a free port */
+    struct grpc_server a; /* on the real node */
+    struct grpc_server b; /* on a fake backend, when started */
+    bool b_on;            /* b was started */
+    char a_addr[64];      /* "127.0.0.1:port" of a */
+    char b_addr[64];      /* "127.0.0.1:port" of b */
 };
 
 static void on_prep(uv_prepare_t *h)
@@ -161,8 +161,8 @@ static int kv_call(struct fx *f, struct grpc_client *cl, int kind,
     grpc_kv_req_encode(&b, &q);
     struct grpc_call_opts o = {.timeout_ms = timeout_ms};
     r->done = false;
-    int rv = grpc_client_call(cl, &r->call, paths[kind], b.data, b.len, &o,
-                              on_done);
+    int rv =
+        grpc_client_call(cl, &r->call, paths[kind], b.data, b.len, &o, on_done);
     pz_buf_free(&b);
     if (rv < 0)
         return rv;
@@ -194,9 +194,8 @@ TEST(unary_calls_share_one_connection)
     CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_SET, "k", "v1", 2000, &r), 0);
     CHECK_EQ_INT(r.status, GRPC_OK);
     bool ok = false;
-    CHECK_EQ_INT(grpc_kv_ok_resp_decode((uint8_t *)r.resp.data, r.resp.len,
-                                        &ok),
-                 0);
+    CHECK_EQ_INT(
+        grpc_kv_ok_resp_decode((uint8_t *)r.resp.data, r.resp.len, &ok), 0);
     CHECK(ok);
     CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "k", NULL, 0, &r), 0);
     CHECK(get_value(&r, "v1"));
@@ -372,9 +371,8 @@ TEST(follower_forwards_to_leader)
     struct grpc_call_opts o = {.metadata = md};
     struct pz_buf b;
     pz_buf_init(&b);
-    struct grpc_kv_req q = {.kind = GRPC_KV_GET,
-                            .key = (const uint8_t *)"k2",
-                            .klen = 2};
+    struct grpc_kv_req q = {
+        .kind = GRPC_KV_GET, .key = (const uint8_t *)"k2", .klen = 2};
     grpc_kv_req_encode(&b, &q);
     r.done = false;
     CHECK_EQ_INT(grpc_client_call(cl2, &r.call, "/kv.KVService/Get", b.data,
@@ -391,7 +389,8 @@ TEST(follower_forwards_to_leader)
     CHECK_EQ_INT(fx_close(&f), 0);
 }
 
-/* --- a node that never answers --------------------------------------------- */
+/* --- a node that never answers ---------------------------------------------
+ */
 
 static struct node_req *hung;
 static int hung_cancels;
@@ -501,9 +500,8 @@ TEST(client_cancel_resets_stream)
     struct grpc_client *cl = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
     struct pz_buf b;
     pz_buf_init(&b);
-    struct grpc_kv_req q = {.kind = GRPC_KV_GET,
-                            .key = (const uint8_t *)"k",
-                            .klen = 1};
+    struct grpc_kv_req q = {
+        .kind = GRPC_KV_GET, .key = (const uint8_t *)"k", .klen = 1};
     grpc_kv_req_encode(&b, &q);
     CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Get", b.data,
                                   b.len, NULL, on_done),
@@ -546,8 +544,8 @@ TEST(client_deadline_and_lost_connection)
     res_init(&r);
     res_init(&r2);
     struct conn_listener silent;
-    CHECK_EQ_INT(conn_listen(&silent, "127.0.0.1:0", &silent_ops, "silent",
-                             10, err, sizeof err),
+    CHECK_EQ_INT(conn_listen(&silent, "127.0.0.1:0", &silent_ops, "silent", 10,
+                             err, sizeof err),
                  0);
     struct sockaddr_in sa;
     int len = sizeof sa;
@@ -565,9 +563,8 @@ TEST(client_deadline_and_lost_connection)
     /* The connection goes away with a call in flight. */
     struct pz_buf b;
     pz_buf_init(&b);
-    struct grpc_kv_req q = {.kind = GRPC_KV_GET,
-                            .key = (const uint8_t *)"k",
-                            .klen = 1};
+    struct grpc_kv_req q = {
+        .kind = GRPC_KV_GET, .key = (const uint8_t *)"k", .klen = 1};
     grpc_kv_req_encode(&b, &q);
     CHECK_EQ_INT(grpc_client_call(cl, &r2.call, "/kv.KVService/Get", b.data,
                                   b.len, NULL, on_done),
@@ -582,8 +579,8 @@ TEST(client_deadline_and_lost_connection)
     /* A closed client refuses new calls. */
     grpc_client_close(cl);
     r.done = false;
-    CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Get", "", 0,
-                                  NULL, on_done),
+    CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Get", "", 0, NULL,
+                                  on_done),
                  PZ_ESHUTDOWN);
     res_free(&r);
     res_free(&r2);
@@ -598,8 +595,8 @@ TEST(abort_fails_calls_in_flight)
     CHECK_EQ_INT(fx_start_b(&f, &hanging), 0);
     res_init(&r);
     struct grpc_client *cl = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
-    CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Get",
-                                  "\x0a\x01k", 3, NULL, on_done),
+    CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Get", "\x0a\x01k",
+                                  3, NULL, on_done),
                  0);
     run_for(&f, 30);
     grpc_client_abort(cl);
@@ -611,8 +608,8 @@ TEST(abort_fails_calls_in_flight)
 
 /* --- a node that fails with a given code ------------------------------- */
 
-static int fail_code;       /* what the node answers */
-static bool fail_async;     /* through the callback instead of at once */
+static int fail_code;   /* what the node answers */
+static bool fail_async; /* through the callback instead of at once */
 static struct node_req *fail_req;
 static node_req_cb fail_cb;
 static uv_timer_t fail_timer;
@@ -664,20 +661,18 @@ static const struct grpc_backend failing = {
 TEST(node_errors_map_to_statuses)
 {
     static const struct {
-        int code;    /* node answer */
-        int kind;    /* call */
-        int status;  /* gRPC status expected */
+        int code;        /* node answer */
+        int kind;        /* call */
+        int status;      /* gRPC status expected */
         const char *msg; /* part of the message */
     } cases[] = {
         {PZ_ENOLEADER, GRPC_KV_GET, GRPC_UNAVAILABLE, "no leader known"},
         {PZ_ENOLEADER, GRPC_KV_SET, GRPC_UNAVAILABLE, "no leader known"},
-        {PZ_ENOTLEADER, GRPC_KV_SET, GRPC_UNAVAILABLE,
-         "no leader known"},
+        {PZ_ENOTLEADER, GRPC_KV_SET, GRPC_UNAVAILABLE, "no leader known"},
         {PZ_ESHUTDOWN, GRPC_KV_DEL, GRPC_UNAVAILABLE, "shutting down"},
         {PZ_ETIMEDOUT, GRPC_KV_SET, GRPC_UNAVAILABLE, "timed out"},
         {PZ_ELEADERCHANGE, GRPC_KV_SET, GRPC_INTERNAL, "replication failed"},
-        {PZ_ELEADERCHANGE, GRPC_KV_GET, GRPC_UNAVAILABLE,
-         "leadership changed"},
+        {PZ_ELEADERCHANGE, GRPC_KV_GET, GRPC_UNAVAILABLE, "leadership changed"},
         {PZ_EIO, GRPC_KV_SET, GRPC_INTERNAL, "replication failed"},
         {PZ_EIO, GRPC_KV_DEL, GRPC_INTERNAL, "replication failed"},
     };

@@ -38,8 +38,8 @@ static int feed_in_steps(const struct pz_buf *b, size_t step, size_t *lens,
                     lens[n] = r.msg.len;
                 if (n == 0 && memcmp(r.msg.data, "abc", 3) != 0)
                     *payload_ok = false;
-                if (n == 2 && (r.msg.data[0] != 'x' ||
-                               r.msg.data[r.msg.len - 1] != 'x'))
+                if (n == 2 &&
+                    (r.msg.data[0] != 'x' || r.msg.data[r.msg.len - 1] != 'x'))
                     *payload_ok = false;
                 if (r.compressed)
                     *payload_ok = false;
@@ -88,9 +88,9 @@ TEST(reader_stops_at_message_boundary)
     CHECK_EQ_INT(used, 8); /* only the first message */
     /* Feeding again before next() consumes nothing. */
     size_t used2 = 99;
-    CHECK_EQ_INT(grpc_reader_feed(&r, (uint8_t *)b.data + used, b.len - used,
-                                  &used2),
-                 GRPC_READ_MESSAGE);
+    CHECK_EQ_INT(
+        grpc_reader_feed(&r, (uint8_t *)b.data + used, b.len - used, &used2),
+        GRPC_READ_MESSAGE);
     CHECK_EQ_INT(used2, 0);
     CHECK_EQ_INT(r.messages, 1);
     grpc_reader_next(&r);
@@ -147,8 +147,7 @@ TEST(reader_rejects_oversize_before_buffering)
     /* Exactly the limit is fine. */
     uint8_t ok[15] = {0, 0, 0, 0, 10};
     grpc_reader_init(&r, 10);
-    CHECK_EQ_INT(grpc_reader_feed(&r, ok, sizeof ok, &used),
-                 GRPC_READ_MESSAGE);
+    CHECK_EQ_INT(grpc_reader_feed(&r, ok, sizeof ok, &used), GRPC_READ_MESSAGE);
     CHECK_EQ_INT(r.msg.len, 10);
     grpc_reader_free(&r);
 }

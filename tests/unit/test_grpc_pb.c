@@ -50,8 +50,8 @@ TEST(binary_safe)
 {
     static const uint8_t key[] = {'a', 0, 'b'};
     static const uint8_t val[] = {0, 0, 0xff, 0};
-    struct grpc_kv_req r = {.kind = GRPC_KV_SET, .key = key, .klen = 3,
-                            .value = val, .vlen = 4};
+    struct grpc_kv_req r = {
+        .kind = GRPC_KV_SET, .key = key, .klen = 3, .value = val, .vlen = 4};
     struct pz_buf b;
     pz_buf_init(&b);
     grpc_kv_req_encode(&b, &r);
@@ -67,9 +67,8 @@ TEST(binary_safe)
     const uint8_t *v;
     size_t vl;
     bool found;
-    CHECK_EQ_INT(grpc_kv_get_resp_decode((uint8_t *)b.data, b.len, &v, &vl,
-                                         &found),
-                 0);
+    CHECK_EQ_INT(
+        grpc_kv_get_resp_decode((uint8_t *)b.data, b.len, &v, &vl, &found), 0);
     CHECK(found);
     CHECK_EQ_INT(vl, 4);
     CHECK(memcmp(v, val, 4) == 0);
@@ -86,13 +85,13 @@ TEST(decode_rules)
     CHECK(!d.stale);
     /* Unknown fields of every wire type are skipped; the last key wins. */
     static const uint8_t m1[] = {
-        0x0a, 1, 'x',                   /* key = "x" */
-        0x18, 0x96, 0x01,               /* field 3 varint 150 */
-        0x21, 1, 2, 3, 4, 5, 6, 7, 8,   /* field 4 fixed64 */
-        0x2d, 1, 2, 3, 4,               /* field 5 fixed32 */
-        0x32, 2, 'z', 'z',              /* field 6 bytes */
-        0x0a, 2, 'k', '2',              /* key = "k2" */
-        0x10, 0x01,                     /* stale = true */
+        0x0a, 1,    'x',                      /* key = "x" */
+        0x18, 0x96, 0x01,                     /* field 3 varint 150 */
+        0x21, 1,    2,    3,   4, 5, 6, 7, 8, /* field 4 fixed64 */
+        0x2d, 1,    2,    3,   4,             /* field 5 fixed32 */
+        0x32, 2,    'z',  'z',                /* field 6 bytes */
+        0x0a, 2,    'k',  '2',                /* key = "k2" */
+        0x10, 0x01,                           /* stale = true */
     };
     CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m1, sizeof m1, &d), 0);
     CHECK_EQ_INT(d.klen, 2);
@@ -101,34 +100,26 @@ TEST(decode_rules)
     /* For Delete, field 2 is unknown, whatever its type. */
     CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_DEL, m1, sizeof m1, &d), 0);
     /* For Set, field 2 must be bytes. */
-    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_SET, m1, sizeof m1, &d),
-                 PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_SET, m1, sizeof m1, &d), PZ_EINVAL);
     /* Key with the wrong wire type. */
     static const uint8_t m2[] = {0x08, 0x01};
-    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m2, sizeof m2, &d),
-                 PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m2, sizeof m2, &d), PZ_EINVAL);
     /* Length past the end. */
     static const uint8_t m3[] = {0x0a, 5, 'a', 'b'};
-    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m3, sizeof m3, &d),
-                 PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m3, sizeof m3, &d), PZ_EINVAL);
     /* Truncated varint, field number 0, group wire type, bad fixed. */
     static const uint8_t m4[] = {0x18, 0x80};
     static const uint8_t m5[] = {0x02, 0x00};
     static const uint8_t m6[] = {0x0b, 0x0c};
     static const uint8_t m7[] = {0x21, 1, 2, 3};
-    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m4, sizeof m4, &d),
-                 PZ_EINVAL);
-    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m5, sizeof m5, &d),
-                 PZ_EINVAL);
-    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m6, sizeof m6, &d),
-                 PZ_EINVAL);
-    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m7, sizeof m7, &d),
-                 PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m4, sizeof m4, &d), PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m5, sizeof m5, &d), PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m6, sizeof m6, &d), PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m7, sizeof m7, &d), PZ_EINVAL);
     /* An 11-byte varint is malformed. */
-    static const uint8_t m8[] = {0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                                 0xff, 0xff, 0xff, 0xff, 0x01};
-    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m8, sizeof m8, &d),
-                 PZ_EINVAL);
+    static const uint8_t m8[] = {0x18, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m8, sizeof m8, &d), PZ_EINVAL);
     /* Text that is not protobuf at all. */
     static const char junk[] = "{\"key\":\"a\"}";
     CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, (const uint8_t *)junk,

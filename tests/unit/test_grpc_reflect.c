@@ -7,11 +7,19 @@
 #include "test.h"
 
 typedef Grpc__Reflection__V1__ServerReflectionResponse resp_t;
+typedef Grpc__Reflection__V1__ServerReflectionRequest req_t;
+
+#define REQ_INIT GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT
+#define REQ_CASE(x)                                                            \
+    GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_##x
+#define RESP_CASE(x)                                                           \
+    GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_##x
 
 static resp_t *ask(const struct grpc_reflect *r,
                    Grpc__Reflection__V1__ServerReflectionRequest *q)
 {
-    size_t n = grpc__reflection__v1__server_reflection_request__get_packed_size(q);
+    size_t n =
+        grpc__reflection__v1__server_reflection_request__get_packed_size(q);
     uint8_t *b = pz_malloc(n + 1);
     grpc__reflection__v1__server_reflection_request__pack(q, b);
     struct pz_buf out;
@@ -66,14 +74,14 @@ TEST(index)
         {"pyazdb.Cluster.Status", GRPC_REFLECT_METHOD},
         {"pyazdb.Member", GRPC_REFLECT_MESSAGE},
         {"grpc.health.v1.Health", GRPC_REFLECT_SERVICE},
-        {"grpc.health.v1.HealthCheckResponse.ServingStatus",
-         GRPC_REFLECT_ENUM},
+        {"grpc.health.v1.HealthCheckResponse.ServingStatus", GRPC_REFLECT_ENUM},
         {"grpc.reflection.v1.ServerReflection.ServerReflectionInfo",
          GRPC_REFLECT_METHOD},
         {"grpc.reflection.v1alpha.ServerReflection", GRPC_REFLECT_SERVICE},
     };
     for (size_t i = 0; i < PZ_ARRAY_SIZE(want); i++) {
-        const struct grpc_reflect_symbol *s = grpc_reflect_find(&r, want[i].name);
+        const struct grpc_reflect_symbol *s =
+            grpc_reflect_find(&r, want[i].name);
         if (s == NULL)
             fprintf(stderr, "    missing %s\n", want[i].name);
         CHECK(s != NULL);
@@ -88,19 +96,16 @@ TEST(list_services)
 {
     struct grpc_reflect r;
     CHECK_EQ_INT(init(&r), 0);
-    Grpc__Reflection__V1__ServerReflectionRequest q =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
+    req_t q = REQ_INIT;
     q.host = "localhost";
-    q.message_request_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES;
+    q.message_request_case = REQ_CASE(LIST_SERVICES);
     q.list_services = "*";
     resp_t *a = ask(&r, &q);
     CHECK(a != NULL);
     CHECK_EQ_STR(a->valid_host, "localhost");
     CHECK(a->original_request != NULL);
     CHECK_EQ_STR(a->original_request->list_services, "*");
-    CHECK_EQ_INT(a->message_response_case,
-                 GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_LIST_SERVICES_RESPONSE);
+    CHECK_EQ_INT(a->message_response_case, RESP_CASE(LIST_SERVICES_RESPONSE));
     Grpc__Reflection__V1__ListServiceResponse *l = a->list_services_response;
     CHECK_EQ_INT(l->n_service, 5);
     CHECK_EQ_STR(l->service[0]->name, "grpc.health.v1.Health");
@@ -117,29 +122,23 @@ TEST(file_requests)
 {
     struct grpc_reflect r;
     CHECK_EQ_INT(init(&r), 0);
-    Grpc__Reflection__V1__ServerReflectionRequest q =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
+    req_t q = REQ_INIT;
     static const struct {
         int kind;
         const char *arg;
         const char *file;
     } cases[] = {
-        {GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL,
-         "kv.KVService", "kv.proto"},
-        {GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL,
-         "kv.KVService.Set", "kv.proto"},
-        {GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL,
-         "kv.GetResponse", "kv.proto"},
-        {GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL,
-         "pyazdb.StatusResponse", "cluster.proto"},
-        {GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL,
+        {REQ_CASE(FILE_CONTAINING_SYMBOL), "kv.KVService", "kv.proto"},
+        {REQ_CASE(FILE_CONTAINING_SYMBOL), "kv.KVService.Set", "kv.proto"},
+        {REQ_CASE(FILE_CONTAINING_SYMBOL), "kv.GetResponse", "kv.proto"},
+        {REQ_CASE(FILE_CONTAINING_SYMBOL), "pyazdb.StatusResponse",
+         "cluster.proto"},
+        {REQ_CASE(FILE_CONTAINING_SYMBOL),
          "grpc.health.v1.HealthCheckResponse.ServingStatus",
          "grpc/health/v1/health.proto"},
-        {GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME,
-         "grpc/reflection/v1alpha/reflection.proto",
+        {REQ_CASE(FILE_BY_FILENAME), "grpc/reflection/v1alpha/reflection.proto",
          "grpc/reflection/v1alpha/reflection.proto"},
-        {GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME,
-         "kv.proto", "kv.proto"},
+        {REQ_CASE(FILE_BY_FILENAME), "kv.proto", "kv.proto"},
     };
     for (size_t i = 0; i < PZ_ARRAY_SIZE(cases); i++) {
         q.message_request_case = cases[i].kind;
@@ -147,7 +146,7 @@ TEST(file_requests)
         resp_t *a = ask(&r, &q);
         CHECK(a != NULL);
         CHECK_EQ_INT(a->message_response_case,
-                     GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE);
+                     RESP_CASE(FILE_DESCRIPTOR_RESPONSE));
         CHECK_EQ_INT(a->file_descriptor_response->n_file_descriptor_proto, 1);
         char *name =
             fd_name(&a->file_descriptor_response->file_descriptor_proto[0]);
@@ -162,34 +161,29 @@ TEST(not_found_and_extensions)
 {
     struct grpc_reflect r;
     CHECK_EQ_INT(init(&r), 0);
-    Grpc__Reflection__V1__ServerReflectionRequest q =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
-    q.message_request_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL;
+    req_t q = REQ_INIT;
+    q.message_request_case = REQ_CASE(FILE_CONTAINING_SYMBOL);
     q.file_containing_symbol = "kv.Nope";
     resp_t *a = ask(&r, &q);
     CHECK(a != NULL);
-    CHECK_EQ_INT(a->message_response_case,
-                 GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE);
+    CHECK_EQ_INT(a->message_response_case, RESP_CASE(ERROR_RESPONSE));
     CHECK_EQ_INT(a->error_response->error_code, GRPC_NOT_FOUND);
     CHECK_EQ_STR(a->error_response->error_message, "symbol not found: kv.Nope");
     free_resp(a);
 
-    q.message_request_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME;
+    q.message_request_case = REQ_CASE(FILE_BY_FILENAME);
     q.file_by_filename = "nope.proto";
     a = ask(&r, &q);
     CHECK(a != NULL);
     CHECK_EQ_INT(a->error_response->error_code, GRPC_NOT_FOUND);
     free_resp(a);
 
-    q.message_request_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_ALL_EXTENSION_NUMBERS_OF_TYPE;
+    q.message_request_case = REQ_CASE(ALL_EXTENSION_NUMBERS_OF_TYPE);
     q.all_extension_numbers_of_type = "kv.GetRequest";
     a = ask(&r, &q);
     CHECK(a != NULL);
     CHECK_EQ_INT(a->message_response_case,
-                 GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE);
+                 RESP_CASE(ALL_EXTENSION_NUMBERS_RESPONSE));
     CHECK_EQ_STR(a->all_extension_numbers_response->base_type_name,
                  "kv.GetRequest");
     CHECK_EQ_INT(a->all_extension_numbers_response->n_extension_number, 0);
@@ -199,8 +193,7 @@ TEST(not_found_and_extensions)
         GRPC__REFLECTION__V1__EXTENSION_REQUEST__INIT;
     ext.containing_type = "kv.GetRequest";
     ext.extension_number = 100;
-    q.message_request_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_EXTENSION;
+    q.message_request_case = REQ_CASE(FILE_CONTAINING_EXTENSION);
     q.file_containing_extension = &ext;
     a = ask(&r, &q);
     CHECK(a != NULL);
@@ -208,8 +201,7 @@ TEST(not_found_and_extensions)
     free_resp(a);
 
     /* No request at all inside the message. */
-    q.message_request_case =
-        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST__NOT_SET;
+    q.message_request_case = REQ_CASE(_NOT_SET);
     a = ask(&r, &q);
     CHECK(a != NULL);
     CHECK_EQ_INT(a->error_response->error_code, GRPC_INVALID_ARGUMENT);
@@ -234,19 +226,16 @@ TEST(malformed_set)
     CHECK(grpc_reflect_find(&r, "kv.KVService") == NULL);
     grpc_reflect_free(&r);
     /* A truncated copy of the real set fails cleanly too. */
-    CHECK_EQ_INT(grpc_reflect_init(&r, grpc_descriptor_set,
-                                   grpc_descriptor_set_len - 3),
-                 PZ_EINVAL);
+    CHECK_EQ_INT(
+        grpc_reflect_init(&r, grpc_descriptor_set, grpc_descriptor_set_len - 3),
+        PZ_EINVAL);
     grpc_reflect_free(&r);
 }
 
 static const struct test_case cases[] = {
-    TEST_ENTRY(index),
-    TEST_ENTRY(list_services),
-    TEST_ENTRY(file_requests),
-    TEST_ENTRY(not_found_and_extensions),
-    TEST_ENTRY(malformed_set),
-    TEST_END,
+    TEST_ENTRY(index),         TEST_ENTRY(list_services),
+    TEST_ENTRY(file_requests), TEST_ENTRY(not_found_and_extensions),
+    TEST_ENTRY(malformed_set), TEST_END,
 };
 
 const struct test_suite suite_grpc_reflect = {"grpc_reflect", cases};
