@@ -200,9 +200,6 @@ static void kick(struct grpc_server *gs)
         uv_idle_start(&gs->kick, on_kick);
 }
 
-/* Hand nghttp2's output to the connection, up to SEND_HIGH pending.
- * Returns true if anything was written. Never call from inside an nghttp2
- * callback of the same session (in_recv guards mem_recv). */
 static void dispatch(struct gstream *st);
 static void read_reply(struct gstream *st);
 
@@ -233,6 +230,10 @@ static void release_held(struct gsession *s)
     }
 }
 
+/* Hand nghttp2's output to the connection, up to SEND_HIGH pending, and
+ * go on with held calls when there is room. Returns true if anything was
+ * written. A no-op inside mem_recv (nghttp2 forbids sending from its
+ * callbacks): on_data flushes once mem_recv returns. */
 static bool session_flush(struct gsession *s)
 {
     bool wrote = false;
