@@ -1124,6 +1124,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
     snprintf(st->path, sizeof st->path, "(no path)");
     pz_queue_push(&s->streams, &st->q);
     s->n_streams++;
+    s->c->busy++; /* no idle timeout while a stream is open (Watch) */
     s->gs->stats.streams_open++;
     nghttp2_session_set_stream_user_data(ng, st->id, st);
     return 0;
@@ -1244,6 +1245,7 @@ static void stream_free(struct gstream *st)
     pz_buf_free(&st->msg);
     pz_queue_remove(&st->q);
     s->n_streams--;
+    s->c->busy--;
     gs->stats.streams_open--;
     pz_free(st);
 }
