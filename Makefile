@@ -45,10 +45,13 @@ CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
 SERVER_SRC = src/main.c src/server.c src/conn.c src/http.c src/node.c \
              src/store.c src/transport.c src/grpc.c src/mandi.c
 CLI_SRC = src/cli.c
+# I/O modules the unit tests link directly (on top of CORE_SRC).
+UNIT_EXTRA_SRC = src/store.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
 SERVER_SRC := $(wildcard $(SERVER_SRC))
 CLI_SRC := $(wildcard $(CLI_SRC))
+UNIT_EXTRA_O = $(UNIT_EXTRA_SRC:.c=.o)
 
 CORE_O = $(CORE_SRC:.c=.o) $(GEN_O)
 SERVER_O = $(SERVER_SRC:.c=.o)
@@ -105,8 +108,8 @@ tests/unit/suites.h: $(UNIT_SRC) Makefile
 
 tests/unit/runner.o: tests/unit/suites.h
 
-$(UNIT): $(CORE_O) $(UNIT_O) deps/llhttp/libllhttp.a
-	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(UNIT_O) $(PZ_LIBS)
+$(UNIT): $(CORE_O) $(UNIT_EXTRA_O) $(UNIT_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(UNIT_EXTRA_O) $(UNIT_O) $(PZ_LIBS)
 
 # --- convenience targets -------------------------------------------------------
 deps:
