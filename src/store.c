@@ -374,6 +374,16 @@ static int prepare_batch(struct store *s, struct batch *b,
                     s->path, s->hs.term, hs->term);
             return PZ_EINVAL;
         }
+        /* Figure 3.1: one vote per term. A vote that changes (or is
+         * cleared) within a term would allow a second vote in it. */
+        if (hs->term == s->hs.term && s->hs.vote != 0 &&
+            hs->vote != s->hs.vote) {
+            set_err(s->errmsg, sizeof s->errmsg,
+                    "%s: vote in term %" PRIu64 " would change from %" PRIu64
+                    " to %" PRIu64,
+                    s->path, hs->term, s->hs.vote, hs->vote);
+            return PZ_EINVAL;
+        }
         b->hs = *hs;
         b->has_hs = true;
     }
