@@ -40,7 +40,7 @@ GEN_O = $(GEN_C:.c=.o)
 
 # Modules shared by the server, the CLI and the unit tests.
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
-           src/raft.c src/grpc_frame.c
+           src/raft.c src/raft_conf.c src/grpc_frame.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/conn.c src/http.c src/node.c \
              src/store.c src/transport.c src/grpc.c src/mandi.c
