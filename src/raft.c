@@ -204,6 +204,9 @@ struct progress {
     uint64_t last_contact;  /* leader tick count when last heard from */
     uint64_t read_acked;    /* highest read round acknowledged this term */
     uint64_t sent_commit;   /* last commit index sent to it */
+    bool want_empty;        /* send an APPEND even if it has no entries
+                               (its prev index tells whether entries in
+                               flight were lost) */
 };
 
 struct pending_read {
@@ -369,6 +372,7 @@ static void progress_reset(struct raft *r, struct progress *pr)
     pr->last_contact = r->ticks;
     pr->read_acked = 0;
     pr->sent_commit = 0;
+    pr->want_empty = false;
 }
 
 /* Leader: make prs mirror the configuration, keeping existing progress. */
@@ -780,7 +784,8 @@ static void leader_flush(struct raft *r)
         struct progress *pr = &r->prs[i];
         if (pr->id == r->id)
             continue;
-        bool empty = r->commit > pr->sent_commit;
+        bool empty = r->commit > pr->sent_commit || pr->want_empty;
+        pr->want_empty = false;
         while (send_append(r, pr, empty))
             empty = false;
     }
@@ -1136,8 +1141,14 @@ static void handle_heartbeat_resp(struct raft *r, const struct raft_msg *m)
     pr->probe_sent = false;
     if (pr->state == RAFT_PROGRESS_REPLICATE && infl_full(r, pr))
         infl_free_first(r, pr);
-    if (pr->match < log_last(&r->log) || r->commit > pr->sent_commit)
+    if (pr->match < log_last(&r->log)) {
+        /* Entries in flight may have been lost: an (empty) APPEND at next
+         * gets them rejected and re-sent (probe). */
+        pr->want_empty = true;
         r->need_flush = true;
+    } else if (r->commit > pr->sent_commit) {
+        r->need_flush = true;
+    }
     if (m->context > pr->read_acked && m->context <= r->read_round) {
         pr->read_acked = m->context;
         confirm_reads(r);
@@ -1603,10 +1614,12 @@ int raft_transfer_leader(struct raft *r, uint64_t id)
     pz_assert(pr != NULL);
     /* Thesis §3.10: "the prior leader sends its log entries to the target
      * server" then "sends a TimeoutNow request". */
-    if (pr->match == log_last(&r->log))
+    if (pr->match == log_last(&r->log)) {
         send_timeout_now(r, id);
-    else
+    } else {
+        pr->want_empty = true;
         r->need_flush = true;
+    }
     return 0;
 }
 
