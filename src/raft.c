@@ -217,6 +217,12 @@ struct pending_read {
                        leader's first commit of its term */
 };
 
+/* A read this follower forwarded to the leader, awaiting its answer. */
+struct fwd_read {
+    uint64_t ctx;  /* caller's id of the read */
+    uint64_t tick; /* r->ticks when forwarded */
+};
+
 struct vote_rec {
     uint64_t id; /* voter */
     int8_t v;    /* 0 unknown, 1 granted, -1 rejected */
@@ -263,6 +269,8 @@ struct raft {
     struct pending_read *reads;  /* leader: FIFO of unconfirmed reads */
     size_t n_reads;              /* entries in reads */
     size_t cap_reads;            /* allocated */
+    struct fwd_read *fwd;        /* non-leader: forwarded, unanswered */
+    size_t n_fwd, cap_fwd;       /* used, allocated */
 
     struct msgvec out;           /* messages to send now */
     struct msgvec out_after;     /* messages to send after persisting */
@@ -503,6 +511,32 @@ static void drop_reads(struct raft *r)
     r->round_wanted = false;
 }
 
+/* Forwarded reads: at most one answer per ctx (the network may duplicate
+ * requests and answers); those whose leader went away or that got no
+ * answer within an election timeout are dropped. */
+static void drop_forwarded(struct raft *r, uint64_t older_than)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < r->n_fwd; i++) {
+        if (r->fwd[i].tick < older_than)
+            push_dropped(r, r->fwd[i].ctx);
+        else
+            r->fwd[k++] = r->fwd[i];
+    }
+    r->n_fwd = k;
+}
+
+static bool take_forwarded(struct raft *r, uint64_t ctx)
+{
+    for (size_t i = 0; i < r->n_fwd; i++) {
+        if (r->fwd[i].ctx == ctx) {
+            r->fwd[i] = r->fwd[--r->n_fwd];
+            return true;
+        }
+    }
+    return false;
+}
+
 static void release_read(struct raft *r, const struct pending_read *pr)
 {
     if (pr->from == 0) {
@@ -614,6 +648,7 @@ static void reset(struct raft *r, uint64_t term)
     r->n_votes = 0;
     if (r->role == RAFT_LEADER)
         drop_reads(r);
+    drop_forwarded(r, UINT64_MAX);
     r->n_reads = 0;
     r->round_wanted = false;
     r->need_flush = false;
@@ -1286,6 +1321,7 @@ void raft_free(struct raft *r)
     clear_progress(r);
     pz_free(r->votes);
     pz_free(r->reads);
+    pz_free(r->fwd);
     pz_free(r->rs);
     pz_free(r->dropped);
     pz_free(r->status_buf);
@@ -1374,6 +1410,8 @@ void raft_tick(struct raft *r)
 {
     r->fresh = false;
     r->ticks++;
+    if (r->n_fwd > 0 && r->ticks > (uint64_t)r->cfg.election_ticks)
+        drop_forwarded(r, r->ticks - (uint64_t)r->cfg.election_ticks);
     if (r->role != RAFT_LEADER) {
         r->election_elapsed++;
         if (promotable(r) && r->election_elapsed >= r->randomized_timeout)
@@ -1452,6 +1490,8 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         return 0;
     }
     if (m->type == RAFT_MSG_READ_INDEX_RESP) {
+        if (!take_forwarded(r, m->context))
+            return 0; /* duplicate, or already dropped */
         if (m->reject)
             push_dropped(r, m->context);
         else
@@ -1488,9 +1528,18 @@ int raft_step(struct raft *r, const struct raft_msg *m)
              * rejoin, since with Pre-Vote/stickiness nobody adopts its
              * term through elections. */
             new_msg(r, false, RAFT_MSG_APPEND_RESP, m->from);
-        } else if (m->type == RAFT_MSG_PREVOTE) {
-            struct raft_msg *resp =
-                new_msg(r, true, RAFT_MSG_PREVOTE_RESP, m->from);
+        } else if (m->type == RAFT_MSG_PREVOTE ||
+                   m->type == RAFT_MSG_VOTE) {
+            /* Figure 3.1 (RequestVote): "Reply false if term <
+             * currentTerm", with currentTerm "for candidate to update
+             * itself": a candidate that nobody else would tell about
+             * newer terms (e.g. its peers have an older configuration)
+             * could otherwise never win. */
+            struct raft_msg *resp = new_msg(r, true,
+                                            m->type == RAFT_MSG_VOTE
+                                                ? RAFT_MSG_VOTE_RESP
+                                                : RAFT_MSG_PREVOTE_RESP,
+                                            m->from);
             resp->reject = true;
         }
         return 0;
@@ -1635,6 +1684,9 @@ int raft_read_index(struct raft *r, uint64_t ctx)
     struct raft_msg *m = new_msg(r, false, RAFT_MSG_READ_INDEX, r->leader);
     m->term = 0;
     m->context = ctx;
+    struct fwd_read *f = VEC_PUSH(r->fwd, r->n_fwd, r->cap_fwd);
+    f->ctx = ctx;
+    f->tick = r->ticks;
     return 0;
 }
 

@@ -764,12 +764,32 @@ TEST(read_index_follower_forwards)
     CHECK_EQ_INT(net.nodes[2].rs[0].ctx, 55);
     CHECK_EQ_INT(net.nodes[2].rs[0].index, idx);
     /* A non-leader refuses forwarded reads: the follower drops them. */
-    raft_step(net.nodes[3].r, &(struct raft_msg){.type = RAFT_MSG_READ_INDEX,
-                                                  .from = 2, .to = 3,
-                                                  .context = 56});
+    CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 56), 0);
+    m = find_msg(&net, 2, RAFT_MSG_READ_INDEX);
+    CHECK(m != NULL);
+    m->to = 3;
     deliver_all(&net);
     CHECK_EQ_INT(net.nodes[2].n_dropped, 1);
     CHECK_EQ_INT(net.nodes[2].dropped[0], 56);
+    /* Duplicated answers yield one outcome per ctx. */
+    CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 57), 0);
+    m = find_msg(&net, 2, RAFT_MSG_READ_INDEX);
+    CHECK(m != NULL);
+    net_send(&net, m);
+    deliver_all(&net);
+    CHECK_EQ_INT(net.nodes[2].n_rs, 2);
+    CHECK_EQ_INT(net.nodes[2].rs[1].ctx, 57);
+    /* A lost request is dropped after an election timeout. */
+    CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 58), 0);
+    pump_all(&net);
+    drop_queue(&net);
+    for (int k = 0; k < 11; k++) {
+        raft_tick(net.nodes[2].r);
+        pump(&net, 2);
+    }
+    CHECK_EQ_INT(net.nodes[2].n_dropped, 2);
+    CHECK_EQ_INT(net.nodes[2].dropped[1], 58);
+    CHECK_EQ_INT(net.nodes[2].n_rs, 2);
     net_free(&net);
 }
 
