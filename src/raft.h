@@ -283,10 +283,11 @@ int raft_transfer_leader(struct raft *r, uint64_t id);
  * round starts share it (rounds start when the next Ready is built). On a
  * follower the request is forwarded to the leader. The result shows up as
  * a read_state (ctx, index) in a later Ready: the read may be served once
- * the local applied index >= index. A read that can no longer complete
- * (leader stepped down, leader refused the forwarded request) shows up in
- * rd.dropped_reads; a forwarded request lost in the network shows up
- * nowhere: the driver needs its own timeout.
+ * the local applied index >= index. Every ctx gets at most one outcome:
+ * a read that can no longer complete shows up in rd.dropped_reads instead
+ * (the leader stepped down; this node's role, term or leader changed while
+ * a forwarded read was pending; the leader refused it; or no answer came
+ * within an election timeout, e.g. a lost message).
  * Returns 0, PZ_ENOLEADER (no leader known). */
 int raft_read_index(struct raft *r, uint64_t ctx);
 
