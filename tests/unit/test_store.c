@@ -1176,6 +1176,232 @@ TEST(crash_consistency_sigkill)
     tdir_free(&t);
 }
 
+/* --- with the real Raft core ------------------------------------------- */
+
+/* Three cores, each persisting its Readies through its own store, with a
+ * lossy instant network and restarts through store_load + raft_restore:
+ * the Ready stream of the real core must pass every check of the store,
+ * and a restarted node must get back exactly its durable log. */
+
+#define RS_N 3
+
+struct rs_node {
+    struct tdir dir;    /* data directory */
+    struct store *s;    /* its store */
+    struct raft *r;     /* its core */
+};
+
+struct rs_net {
+    struct rs_node nodes[RS_N + 1]; /* 1-based */
+    struct raft_msg *q;             /* messages in transit (deep copies) */
+    size_t nq, cap;                 /* queue size, capacity */
+    uint64_t rng;                   /* drop decisions */
+    int failures;                   /* store or restore errors */
+};
+
+static void rs_queue(struct rs_net *net, const struct raft_msg *m, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (pz_rand_next(&net->rng) % 10 == 0)
+            continue; /* lost */
+        if (net->nq == net->cap) {
+            net->cap = net->cap ? net->cap * 2 : 64;
+            net->q = pz_realloc(net->q, net->cap * sizeof *net->q);
+        }
+        struct raft_msg *c = &net->q[net->nq++];
+        *c = m[i];
+        c->entries = NULL;
+        if (m[i].n_entries) {
+            c->entries = pz_malloc(m[i].n_entries * sizeof *c->entries);
+            for (size_t k = 0; k < m[i].n_entries; k++) {
+                c->entries[k] = m[i].entries[k];
+                c->entries[k].data =
+                    m[i].entries[k].len
+                        ? pz_memdup(m[i].entries[k].data,
+                                    m[i].entries[k].len)
+                        : NULL;
+            }
+        }
+    }
+}
+
+static void rs_msg_free(struct raft_msg *m)
+{
+    for (size_t k = 0; k < m->n_entries; k++)
+        pz_free(m->entries[k].data);
+    pz_free(m->entries);
+}
+
+/* Runs every pending Ready of node id, persisting it synchronously. */
+static void rs_ready(struct rs_net *net, int id)
+{
+    struct rs_node *nd = &net->nodes[id];
+    while (raft_has_ready(nd->r)) {
+        struct raft_ready rd;
+        raft_ready(nd->r, &rd);
+        rs_queue(net, rd.msgs, rd.n_msgs);
+        int rc = store_write_sync(nd->s, rd.hs_changed ? &rd.hs : NULL,
+                                  rd.entries, rd.n_entries);
+        if (rc) {
+            fprintf(stderr, "    node %d: %s\n", id, store_errmsg(nd->s));
+            net->failures++;
+            return;
+        }
+        rs_queue(net, rd.msgs_after_persist, rd.n_msgs_after_persist);
+        raft_advance(nd->r, &rd);
+    }
+}
+
+static void rs_deliver(struct rs_net *net)
+{
+    while (net->nq > 0) {
+        struct raft_msg m = net->q[0];
+        memmove(net->q, net->q + 1, (net->nq - 1) * sizeof *net->q);
+        net->nq--;
+        if (m.to >= 1 && m.to <= RS_N) {
+            raft_step(net->nodes[m.to].r, &m);
+            rs_ready(net, (int)m.to);
+        }
+        rs_msg_free(&m);
+    }
+}
+
+static struct raft *rs_core(uint64_t id, uint64_t seed)
+{
+    struct raft_config cfg = {0};
+    cfg.id = id;
+    cfg.election_ticks = 10;
+    cfg.heartbeat_ticks = 2;
+    cfg.seed = seed * 1000 + id;
+    cfg.pre_vote = true;
+    cfg.check_quorum = true;
+    return raft_new(&cfg, NULL);
+}
+
+/* Crash-restarts node id: what the store holds must be exactly the
+ * durable log of the old core. */
+static bool rs_restart(struct rs_net *net, int id, uint64_t seed)
+{
+    struct rs_node *nd = &net->nodes[id];
+    struct raft_status st;
+    raft_status(nd->r, &st);
+    store_close(nd->s);
+    nd->s = open_ok(&nd->dir);
+    if (!nd->s)
+        return false;
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    if (store_load(nd->s, &hs, &e, &n, NULL) != 0) {
+        fprintf(stderr, "    load: %s\n", store_errmsg(nd->s));
+        return false;
+    }
+    bool ok = n == st.persisted_index && hs.term == st.term &&
+              hs.vote == st.vote;
+    for (size_t i = 0; ok && i < n; i++) {
+        const struct raft_entry *x = raft_log_get(nd->r, i + 1);
+        ok = x && x->term == e[i].term && x->type == e[i].type &&
+             x->len == e[i].len && (!x->len || !memcmp(x->data, e[i].data,
+                                                        x->len));
+    }
+    if (!ok)
+        fprintf(stderr,
+                "    node %d: stored %zu entries, term %" PRIu64
+                "; core had %" PRIu64 " durable, term %" PRIu64 "\n",
+                id, n, hs.term, st.persisted_index, st.term);
+    raft_free(nd->r);
+    nd->r = rs_core((uint64_t)id, seed + 77);
+    if (ok && raft_restore(nd->r, &hs, e, n) != 0) {
+        fprintf(stderr, "    node %d: raft_restore refused the log\n", id);
+        ok = false;
+    }
+    store_entries_free(e, n);
+    return ok;
+}
+
+TEST(raft_core_round_trip)
+{
+    uint64_t seed = 42;
+    const char *env = getenv("PZ_TEST_SEED");
+    if (env)
+        seed = strtoull(env, NULL, 10);
+    struct rs_net *net = pz_calloc(1, sizeof *net);
+    net->rng = seed;
+    struct raft_conf conf;
+    raft_conf_init(&conf);
+    for (int i = 1; i <= RS_N; i++)
+        CHECK_EQ_INT(raft_conf_add(&conf, (uint64_t)i, true, "m"), 0);
+    for (int i = 1; i <= RS_N; i++) {
+        struct rs_node *nd = &net->nodes[i];
+        tdir_init(&nd->dir);
+        nd->s = open_ok(&nd->dir);
+        CHECK(nd->s != NULL);
+        nd->r = rs_core((uint64_t)i, seed);
+        CHECK(nd->r != NULL);
+        CHECK_EQ_INT(raft_bootstrap(nd->r, &conf), 0);
+        rs_ready(net, i);
+    }
+    raft_conf_free(&conf);
+    int proposed = 0, restarts = 0;
+    for (int round = 0; round < 3000 && net->failures == 0; round++) {
+        for (int i = 1; i <= RS_N; i++) {
+            raft_tick(net->nodes[i].r);
+            rs_ready(net, i);
+        }
+        rs_deliver(net);
+        uint64_t r = pz_rand_next(&net->rng);
+        int id = 1 + (int)(r % RS_N);
+        if ((r >> 8) % 4 == 0) {
+            char cmd[32];
+            int len = snprintf(cmd, sizeof cmd, "cmd-%d", proposed);
+            if (raft_propose(net->nodes[id].r, (const uint8_t *)cmd,
+                             (size_t)len, NULL, NULL) == 0)
+                proposed++;
+            rs_ready(net, id);
+            rs_deliver(net);
+        }
+        if ((r >> 16) % 150 == 0) {
+            CHECK(rs_restart(net, id, seed + (uint64_t)round));
+            restarts++;
+        }
+    }
+    CHECK_EQ_INT(net->failures, 0);
+    /* Restart everyone; then the committed prefixes must agree. */
+    uint64_t min_commit = UINT64_MAX;
+    for (int i = 1; i <= RS_N; i++) {
+        CHECK(rs_restart(net, i, seed + 5000));
+        struct raft_status st;
+        raft_status(net->nodes[i].r, &st);
+        min_commit = PZ_MIN(min_commit, st.commit);
+    }
+    for (uint64_t x = 1; x <= min_commit; x++) {
+        const struct raft_entry *a = raft_log_get(net->nodes[1].r, x);
+        for (int i = 2; i <= RS_N; i++) {
+            const struct raft_entry *b = raft_log_get(net->nodes[i].r, x);
+            CHECK(a && b && a->term == b->term && a->len == b->len);
+            CHECK(a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
+        }
+    }
+    struct raft_status st1;
+    raft_status(net->nodes[1].r, &st1);
+    fprintf(stderr,
+            "    %d proposals accepted, %d restarts, node 1: last %" PRIu64
+            ", term %" PRIu64 ", committed everywhere: %" PRIu64 "\n",
+            proposed, restarts, st1.last_index, st1.term, min_commit);
+    CHECK(proposed > 50);
+    CHECK(min_commit > 50);
+    for (int i = 1; i <= RS_N; i++) {
+        struct rs_node *nd = &net->nodes[i];
+        raft_free(nd->r);
+        store_close(nd->s);
+        tdir_free(&nd->dir);
+    }
+    for (size_t i = 0; i < net->nq; i++)
+        rs_msg_free(&net->q[i]);
+    pz_free(net->q);
+    pz_free(net);
+}
+
 /* --- throughput ----------------------------------------------------------- */
 
 TEST(bench_batch_sizes)
@@ -1253,6 +1479,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(compact_and_reload),
     TEST_ENTRY(meta_set_once),
     TEST_ENTRY(crash_consistency_sigkill),
+    TEST_ENTRY(raft_core_round_trip),
     TEST_ENTRY(bench_batch_sizes),
     TEST_END,
 };
