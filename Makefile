@@ -40,15 +40,18 @@ GEN_O = $(GEN_C:.c=.o)
 
 # Modules shared by the server, the CLI and the unit tests.
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
-           src/raft*.c src/grpc_frame.c
+           src/raft.c src/raft_conf.c src/grpc_frame.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/conn.c src/http.c src/node.c \
              src/store.c src/transport.c src/grpc.c src/mandi.c
 CLI_SRC = src/cli.c
+# I/O modules the unit tests link directly (on top of CORE_SRC).
+UNIT_EXTRA_SRC = src/store.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
 SERVER_SRC := $(wildcard $(SERVER_SRC))
 CLI_SRC := $(wildcard $(CLI_SRC))
+UNIT_EXTRA_O = $(UNIT_EXTRA_SRC:.c=.o)
 
 CORE_O = $(CORE_SRC:.c=.o) $(GEN_O)
 SERVER_O = $(SERVER_SRC:.c=.o)
@@ -60,6 +63,7 @@ UNIT_O = $(UNIT_SRC:.c=.o) tests/unit/runner.o
 SERVER = src/pyazdb-server
 CLI = src/pyazdb-cli
 UNIT = tests/unit/test-unit
+SIM = tests/unit/raft-sim
 
 BINS = $(SERVER) $(if $(CLI_SRC),$(CLI))
 
@@ -105,8 +109,14 @@ tests/unit/suites.h: $(UNIT_SRC) Makefile
 
 tests/unit/runner.o: tests/unit/suites.h
 
-$(UNIT): $(CORE_O) $(UNIT_O) deps/llhttp/libllhttp.a
-	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(UNIT_O) $(PZ_LIBS)
+$(UNIT): $(CORE_O) $(UNIT_EXTRA_O) $(UNIT_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(UNIT_EXTRA_O) $(UNIT_O) $(PZ_LIBS)
+
+# The Raft simulation as a standalone binary (the same file is also a unit
+# suite with a few seeds). SIM_SEEDS=n sets the number of seeds.
+$(SIM): tests/unit/test_raft_sim.c $(CORE_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_CFLAGS) -DRAFT_SIM_MAIN $(PZ_LDFLAGS) -o $@ $< $(CORE_O) \
+	    $(PZ_LIBS)
 
 # --- convenience targets -------------------------------------------------------
 deps:
@@ -124,10 +134,17 @@ valgrind:
 test: deps-test
 	$(MAKE) all $(UNIT)
 	$(MAKE) test-unit
+	$(MAKE) test-sim
 	$(MAKE) test-integration
 
 test-unit: $(UNIT)
 	$(UNIT) $(TESTS)
+
+test-sim: $(SIM)
+	$(SIM)
+
+test-sim-long: $(SIM)
+	SIM_SEEDS=$${SIM_SEEDS:-100000} $(SIM)
 
 test-integration: $(BINS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
@@ -153,10 +170,11 @@ clean-objs:
 	rm -rf $(OBJ_GLOBS) src/*.d src/gen/*.d tests/unit/*.d
 
 clean: clean-objs
-	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) tests/unit/suites.h \
+	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) tests/unit/suites.h \
 	    .make-settings
 
-.PHONY: all deps deps-test noopt valgrind test test-unit test-integration \
+.PHONY: all deps deps-test noopt valgrind test test-unit test-sim \
+        test-sim-long test-integration \
         run lint install clean clean-objs
 
 -include $(ALL_O:.o=.d)
