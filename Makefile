@@ -56,6 +56,9 @@ CLI_O = $(CLI_SRC:.c=.o)
 
 UNIT_SRC = $(sort $(wildcard tests/unit/test_*.c))
 UNIT_O = $(UNIT_SRC:.c=.o) tests/unit/runner.o
+# I/O modules the unit tests drive on a real loop (loopback only).
+UNIT_EXTRA_SRC = $(wildcard src/transport.c src/conn.c)
+UNIT_EXTRA_O = $(UNIT_EXTRA_SRC:.c=.o)
 
 SERVER = src/pyazdb-server
 CLI = src/pyazdb-cli
@@ -105,8 +108,8 @@ tests/unit/suites.h: $(UNIT_SRC) Makefile
 
 tests/unit/runner.o: tests/unit/suites.h
 
-$(UNIT): $(CORE_O) $(UNIT_O) deps/llhttp/libllhttp.a
-	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(UNIT_O) $(PZ_LIBS)
+$(UNIT): $(CORE_O) $(UNIT_O) $(UNIT_EXTRA_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(UNIT_O) $(UNIT_EXTRA_O) $(PZ_LIBS)
 
 # --- convenience targets -------------------------------------------------------
 deps:
