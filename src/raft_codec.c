@@ -149,10 +149,14 @@ int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
 
 /* --- decoding ----------------------------------------------------------- */
 
+/* Allocations of one decode; ctx counts failures so that an allocation
+ * failure is told apart from bad input (protobuf-c reports both as NULL). */
 static void *pb_alloc(void *ctx, size_t n)
 {
-    PZ_UNUSED(ctx);
-    return pz_malloc_try(n);
+    void *p = pz_malloc_try(n);
+    if (p == NULL)
+        (*(unsigned *)ctx)++;
+    return p;
 }
 
 static void pb_free(void *ctx, void *p)
@@ -161,8 +165,8 @@ static void pb_free(void *ctx, void *p)
     pz_free(p);
 }
 
-static ProtobufCAllocator pb_allocator = {
-    .alloc = pb_alloc,
+static ProtobufCAllocator pb_free_allocator = {
+    .alloc = pb_alloc, /* not used by free_unpacked */
     .free = pb_free,
     .allocator_data = NULL,
 };
@@ -213,11 +217,17 @@ int raft_codec_decode(const uint8_t *body, size_t len,
                       struct raft_decoded *d)
 {
     static const uint8_t empty[1];
+    unsigned alloc_failures = 0;
+    ProtobufCAllocator a = {
+        .alloc = pb_alloc,
+        .free = pb_free,
+        .allocator_data = &alloc_failures,
+    };
     memset(d, 0, sizeof *d);
-    Pyazdb__Raft__Frame *f = pyazdb__raft__frame__unpack(
-        &pb_allocator, len, body ? body : empty);
+    Pyazdb__Raft__Frame *f =
+        pyazdb__raft__frame__unpack(&a, len, body ? body : empty);
     if (f == NULL)
-        return PZ_ECORRUPT;
+        return alloc_failures ? PZ_ENOMEM : PZ_ECORRUPT;
     int rv = 0;
     switch (f->body_case) {
     case PYAZDB__RAFT__FRAME__BODY_HANDSHAKE: {
@@ -252,7 +262,7 @@ int raft_codec_decode(const uint8_t *body, size_t len,
     }
     if (rv < 0) {
         pz_free(d->msg.entries);
-        pyazdb__raft__frame__free_unpacked(f, &pb_allocator);
+        pyazdb__raft__frame__free_unpacked(f, &pb_free_allocator);
         memset(d, 0, sizeof *d);
         return rv;
     }
@@ -263,7 +273,7 @@ int raft_codec_decode(const uint8_t *body, size_t len,
 void raft_decoded_free(struct raft_decoded *d)
 {
     if (d->pb)
-        pyazdb__raft__frame__free_unpacked(d->pb, &pb_allocator);
+        pyazdb__raft__frame__free_unpacked(d->pb, &pb_free_allocator);
     pz_free(d->msg.entries);
     memset(d, 0, sizeof *d);
 }

@@ -40,6 +40,7 @@
 #define REPLY_MAX (64u << 10)     /* handshake frames are small */
 #define SCRATCH_KEEP (4u << 20)   /* encode buffer kept between sends */
 #define NAME_LOG 64               /* bytes of a peer name kept for logs */
+#define REFUSAL_QUIET_MS 60000    /* a repeated refusal is logged at debug */
 
 enum peer_state {
     PEER_IDLE = 0,   /* no connection, nothing scheduled */
@@ -100,6 +101,9 @@ struct transport {
     uint64_t rng;               /* backoff jitter PRNG state */
     struct pz_buf scratch;      /* encode buffer */
     struct transport_stats st;  /* counters */
+    uint64_t refused_id;        /* node of the last refusal we logged */
+    uint32_t refused_status;    /* its status */
+    uint64_t refused_ms;        /* uv_now() when it was logged loudly */
     bool closing;               /* transport_close called */
     size_t closing_handles;     /* uv_close callbacks still to come */
     uv_timer_t fin[2];          /* never started; closed last to free */
@@ -602,9 +606,21 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     pz_assert(rv == 0);
     conn_write(in->c, t->scratch.data, t->scratch.len);
     if (r.status != RAFT_HS_OK) {
-        pz_warn("raft: refusing %s (node %" PRIu64 " '%s'): %s%s",
-                in->c->peer, hs->node_id, in->name,
-                raft_hs_status_str(r.status), why);
+        /* A misconfigured peer retries every couple of seconds: say it
+         * loudly once a minute, not on every attempt. */
+        uint64_t now = uv_now(t->loop);
+        bool again = t->refused_id == hs->node_id &&
+                     t->refused_status == r.status &&
+                     now - t->refused_ms < REFUSAL_QUIET_MS;
+        if (!again) {
+            t->refused_id = hs->node_id;
+            t->refused_status = r.status;
+            t->refused_ms = now;
+        }
+        pz_log(again ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
+               "raft: refusing %s (node %" PRIu64 " '%s'): %s%s",
+               in->c->peer, hs->node_id, in->name,
+               raft_hs_status_str(r.status), why);
         t->st.inbound_refused++;
         in->done = true;
         conn_pause(in->c);
@@ -754,9 +770,9 @@ struct transport *transport_new(uv_loop_t *loop,
         return NULL;
     }
     t->ls.data = t;
-    pz_info("raft: listening on %s (node %" PRIu64 " '%s', cluster %016"
-            PRIx64 ")", t->listen_addr, t->cfg.id, t->name,
-            t->cfg.cluster_id);
+    pz_info("raft: listening on %s, port %d (node %" PRIu64 " '%s', "
+            "cluster %016" PRIx64 ")", t->listen_addr, transport_port(t),
+            t->cfg.id, t->name, t->cfg.cluster_id);
     return t;
 }
 
