@@ -37,7 +37,7 @@
 #define DEF_BACKOFF_MAX_MS 2000
 #define DEF_CONNECT_TIMEOUT_MS 5000
 #define DEF_MAX_INBOUND 1024
-#define REPLY_MAX (64u << 10)     /* handshake frames are small */
+#define REPLY_MAX (64u << 10)     /* handshake frames (either way) */
 #define SCRATCH_KEEP (4u << 20)   /* encode buffer kept between sends */
 #define NAME_LOG 64               /* bytes of a peer name kept for logs */
 #define REFUSAL_QUIET_MS 60000    /* a repeated refusal is logged at debug */
@@ -517,7 +517,9 @@ static int in_open(struct conn *c)
     struct inbound *in = pz_calloc(1, sizeof *in);
     in->t = t;
     in->c = c;
-    raft_frame_parser_init(&in->fp, t->cfg.max_frame);
+    /* Until the handshake is accepted only a small frame is allowed: an
+     * unknown dialer cannot make us buffer max_frame bytes. */
+    raft_frame_parser_init(&in->fp, REPLY_MAX);
     pz_queue_push(&t->inbound, &in->q);
     t->n_inbound++;
     c->proto = in;
@@ -629,6 +631,7 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     }
     in->accepted = true;
     in->peer_id = hs->node_id;
+    in->fp.max = t->cfg.max_frame;
     in->c->busy = 1; /* a quiet peer link is not an idle client */
     /* One inbound link per peer: a new one (the peer restarted, or
      * reconnected before we saw the old one die) replaces the old. */

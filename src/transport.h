@@ -22,9 +22,11 @@
  * retried while messages wait; meanwhile messages queue up to a count and a
  * byte cap, past which the OLDEST are dropped and counted (Raft retries).
  * Messages already handed to a connection that then breaks are lost as TCP
- * loses them. Inbound garbage, an oversize length, a message before the
- * handshake or a refused handshake closes that connection with a log line;
- * nothing a peer sends can crash the process.
+ * loses them. Inbound garbage, an oversize length (max_frame; 64 KiB
+ * until the handshake is accepted), a message before the handshake or a
+ * refused handshake closes that connection with a log line; nothing a peer
+ * sends can crash the process. Inbound links are exempt from the conn
+ * layer's idle timeout once their handshake is accepted, not before.
  *
  * Requires the conn layer: conn_setup() done on the same loop, and
  * conn_before_sleep() called from the loop's prepare hook (output is only
