@@ -14,9 +14,9 @@
 
 #include "raft.pb-c.h"
 
-#define STACK_ENTRIES 16         /* entries encoded without allocating */
-#define PARSER_KEEP (1u << 20)   /* parser buffer kept between frames */
-#define PARSER_MIN_ALLOC 4096    /* first allocation for a split body */
+#define STACK_ENTRIES 16       /* entries encoded without allocating */
+#define PARSER_KEEP (1u << 20) /* parser buffer kept between frames */
+#define PARSER_MIN_ALLOC 4096  /* first allocation for a split body */
 
 const char *raft_hs_status_str(uint32_t status)
 {
@@ -213,8 +213,7 @@ static int decode_msg(const Pyazdb__Raft__RaftMessage *pm, struct raft_msg *m)
     return 0;
 }
 
-int raft_codec_decode(const uint8_t *body, size_t len,
-                      struct raft_decoded *d)
+int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
 {
     static const uint8_t empty[1];
     unsigned alloc_failures = 0;

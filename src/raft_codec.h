@@ -36,14 +36,14 @@
 
 /* Handshake status codes; the numbers are HandshakeReply.Status. */
 enum raft_hs_status {
-    RAFT_HS_UNSPECIFIED = 0,   /* never sent; a reply without status */
-    RAFT_HS_OK = 1,            /* accepted */
-    RAFT_HS_BAD_VERSION = 2,   /* unknown protocol version */
+    RAFT_HS_UNSPECIFIED = 0,      /* never sent; a reply without status */
+    RAFT_HS_OK = 1,               /* accepted */
+    RAFT_HS_BAD_VERSION = 2,      /* unknown protocol version */
     RAFT_HS_CLUSTER_MISMATCH = 3, /* another cluster's id */
-    RAFT_HS_DUPLICATE_ID = 4,  /* sender id equals the acceptor's own */
-    RAFT_HS_BAD_TOKEN = 5,     /* cluster token differs */
-    RAFT_HS_WRONG_NODE = 6,    /* target id is not the acceptor's id */
-    RAFT_HS_BAD_HANDSHAKE = 7, /* sender id 0 or similar */
+    RAFT_HS_DUPLICATE_ID = 4,     /* sender id equals the acceptor's own */
+    RAFT_HS_BAD_TOKEN = 5,        /* cluster token differs */
+    RAFT_HS_WRONG_NODE = 6,       /* target id is not the acceptor's id */
+    RAFT_HS_BAD_HANDSHAKE = 7,    /* sender id 0 or similar */
 };
 
 /* Short text for a status ("cluster id mismatch"); never NULL. */
@@ -102,20 +102,19 @@ struct raft_decoded {
  * message type outside RAFT_MSG_APPEND..RAFT_MSG_TYPE_MAX-1, entry type
  * other than NORMAL/CONF/NOOP), PZ_ENOMEM (allocation failed). On error d
  * holds nothing to free (raft_decoded_free is still harmless). */
-int raft_codec_decode(const uint8_t *body, size_t len,
-                      struct raft_decoded *d);
+int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d);
 void raft_decoded_free(struct raft_decoded *d);
 
 /* --- incremental frame parser ------------------------------------------ */
 
 struct raft_frame_parser {
-    size_t max;          /* largest body accepted */
+    size_t max;                  /* largest body accepted */
     uint8_t hdr[RAFT_FRAME_HDR]; /* length prefix received so far */
-    size_t hdr_len;      /* bytes of hdr filled */
-    size_t body_len;     /* announced body length (valid once hdr full) */
-    uint8_t *buf;        /* body assembled across feeds (pz_malloc) */
-    size_t have;         /* body bytes in buf */
-    size_t cap;          /* bytes allocated for buf */
+    size_t hdr_len;              /* bytes of hdr filled */
+    size_t body_len; /* announced body length (valid once hdr full) */
+    uint8_t *buf;    /* body assembled across feeds (pz_malloc) */
+    size_t have;     /* body bytes in buf */
+    size_t cap;      /* bytes allocated for buf */
 };
 
 enum {

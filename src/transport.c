@@ -37,10 +37,10 @@
 #define DEF_BACKOFF_MAX_MS 2000
 #define DEF_CONNECT_TIMEOUT_MS 5000
 #define DEF_MAX_INBOUND 1024
-#define REPLY_MAX (64u << 10)     /* handshake frames (either way) */
-#define SCRATCH_KEEP (4u << 20)   /* encode buffer kept between sends */
-#define NAME_LOG 64               /* bytes of a peer name kept for logs */
-#define REFUSAL_QUIET_MS 60000    /* a repeated refusal is logged at debug */
+#define REPLY_MAX (64u << 10)   /* handshake frames (either way) */
+#define SCRATCH_KEEP (4u << 20) /* encode buffer kept between sends */
+#define NAME_LOG 64             /* bytes of a peer name kept for logs */
+#define REFUSAL_QUIET_MS 60000  /* a repeated refusal is logged at debug */
 
 enum peer_state {
     PEER_IDLE = 0,   /* no connection, nothing scheduled */
@@ -58,56 +58,56 @@ struct out_msg {
 };
 
 struct peer {
-    struct pz_queue q;          /* in t->peers */
-    struct transport *t;        /* owner */
-    uint64_t id;                /* peer node id */
-    char *addr;                 /* "host:port" (pz_malloc) */
-    int state;                  /* enum peer_state */
-    struct conn *conn;          /* outbound connection, NULL if none */
-    uv_timer_t timer;           /* connect deadline or backoff */
-    uint64_t backoff;           /* next backoff base in ms, 0: minimum */
-    struct raft_frame_parser fp;/* reads the handshake reply */
-    struct pz_queue msgs;       /* struct out_msg, oldest first */
-    size_t n_msgs;              /* length of msgs */
-    size_t bytes;               /* bytes in msgs */
-    bool failing;               /* last attempt failed (quieter logs) */
-    uint32_t last_refusal;      /* status of the last refusal, 0 none */
-    bool removed;               /* unlinked, timer closing */
+    struct pz_queue q;              /* in t->peers */
+    struct transport *t;            /* owner */
+    uint64_t id;                    /* peer node id */
+    char *addr;                     /* "host:port" (pz_malloc) */
+    int state;                      /* enum peer_state */
+    struct conn *conn;              /* outbound connection, NULL if none */
+    uv_timer_t timer;               /* connect deadline or backoff */
+    uint64_t backoff;               /* next backoff base in ms, 0: minimum */
+    struct raft_frame_parser fp;    /* reads the handshake reply */
+    struct pz_queue msgs;           /* struct out_msg, oldest first */
+    size_t n_msgs;                  /* length of msgs */
+    size_t bytes;                   /* bytes in msgs */
+    bool failing;                   /* last attempt failed (quieter logs) */
+    uint32_t last_refusal;          /* status of the last refusal, 0 none */
+    bool removed;                   /* unlinked, timer closing */
     struct transport_peer_stats st; /* counters */
 };
 
 /* State of one accepted connection. */
 struct inbound {
-    struct pz_queue q;          /* in t->inbound */
-    struct transport *t;        /* owner */
-    struct conn *c;             /* the connection */
-    struct raft_frame_parser fp;/* frames from the dialer */
-    uint64_t peer_id;           /* from the handshake, 0 before */
-    char name[NAME_LOG];        /* peer name, printable */
-    bool accepted;              /* handshake accepted */
-    bool done;                  /* refused or failed: ignore input */
+    struct pz_queue q;           /* in t->inbound */
+    struct transport *t;         /* owner */
+    struct conn *c;              /* the connection */
+    struct raft_frame_parser fp; /* frames from the dialer */
+    uint64_t peer_id;            /* from the handshake, 0 before */
+    char name[NAME_LOG];         /* peer name, printable */
+    bool accepted;               /* handshake accepted */
+    bool done;                   /* refused or failed: ignore input */
 };
 
 struct transport {
-    uv_loop_t *loop;            /* the process loop */
-    struct transport_config cfg;/* copy; strings below replace its own */
-    char *listen_addr;          /* copied cfg.listen_addr */
-    char *name;                 /* copied cfg.name */
-    char *token;                /* copied cfg.token ("" = none) */
-    struct conn_listener ls;    /* accepts peers; ls.data == this */
-    struct pz_queue peers;      /* struct peer */
-    struct pz_queue inbound;    /* struct inbound */
-    size_t n_inbound;           /* length of inbound */
-    uint64_t rng;               /* backoff jitter PRNG state */
-    struct pz_buf scratch;      /* encode buffer */
-    struct transport_stats st;  /* counters */
-    uint64_t refused_id;        /* node of the last refusal we logged */
-    uint32_t refused_status;    /* its status */
-    uint64_t refused_ms;        /* uv_now() when it was logged loudly */
-    bool closing;               /* transport_close called */
-    size_t closing_handles;     /* uv_close callbacks still to come */
-    uv_timer_t fin[2];          /* never started; closed last to free */
-    transport_close_cb close_cb;/* from transport_close */
+    uv_loop_t *loop;             /* the process loop */
+    struct transport_config cfg; /* copy; strings below replace its own */
+    char *listen_addr;           /* copied cfg.listen_addr */
+    char *name;                  /* copied cfg.name */
+    char *token;                 /* copied cfg.token ("" = none) */
+    struct conn_listener ls;     /* accepts peers; ls.data == this */
+    struct pz_queue peers;       /* struct peer */
+    struct pz_queue inbound;     /* struct inbound */
+    size_t n_inbound;            /* length of inbound */
+    uint64_t rng;                /* backoff jitter PRNG state */
+    struct pz_buf scratch;       /* encode buffer */
+    struct transport_stats st;   /* counters */
+    uint64_t refused_id;         /* node of the last refusal we logged */
+    uint32_t refused_status;     /* its status */
+    uint64_t refused_ms;         /* uv_now() when it was logged loudly */
+    bool closing;                /* transport_close called */
+    size_t closing_handles;      /* uv_close callbacks still to come */
+    uv_timer_t fin[2];           /* never started; closed last to free */
+    transport_close_cb close_cb; /* from transport_close */
 };
 
 static void peer_connect(struct peer *p);
@@ -204,8 +204,7 @@ static void maybe_finish(struct transport *t)
 
 static void on_listener_closed(uv_handle_t *h)
 {
-    struct transport *t = container_of((uv_tcp_t *)h, struct transport,
-                                       ls.tcp);
+    struct transport *t = container_of((uv_tcp_t *)h, struct transport, ls.tcp);
     t->closing_handles--;
     maybe_finish(t);
 }
@@ -262,8 +261,8 @@ static void schedule_retry(struct peer *p)
     /* Jitter: uniform in [3/4 base, 5/4 base], so peers that failed
      * together do not retry in lockstep. */
     uint64_t span = base / 2;
-    uint64_t delay = base - base / 4 +
-                     (span ? pz_rand_next(&t->rng) % (span + 1) : 0);
+    uint64_t delay =
+        base - base / 4 + (span ? pz_rand_next(&t->rng) % (span + 1) : 0);
     p->backoff = PZ_MIN(base * 2, t->cfg.backoff_max_ms);
     p->state = PEER_BACKOFF;
     uv_timer_start(&p->timer, on_peer_timer, delay, 0);
@@ -351,16 +350,15 @@ static void describe_refusal(const struct transport *t, const struct peer *p,
                  what, r->cluster_id, t->cfg.cluster_id);
         break;
     case RAFT_HS_BAD_VERSION:
-        snprintf(buf, len, "%s (theirs %" PRIu32 ", ours %d)", what,
-                 r->version, RAFT_PROTO_VERSION);
+        snprintf(buf, len, "%s (theirs %" PRIu32 ", ours %d)", what, r->version,
+                 RAFT_PROTO_VERSION);
         break;
     case RAFT_HS_DUPLICATE_ID:
-        snprintf(buf, len, "%s (it is node %" PRIu64 " too)", what,
-                 t->cfg.id);
+        snprintf(buf, len, "%s (it is node %" PRIu64 " too)", what, t->cfg.id);
         break;
     case RAFT_HS_WRONG_NODE:
-        snprintf(buf, len, "%s (it is node %" PRIu64 ", not node %" PRIu64
-                 ")", what, r->node_id, p->id);
+        snprintf(buf, len, "%s (it is node %" PRIu64 ", not node %" PRIu64 ")",
+                 what, r->node_id, p->id);
         break;
     default: {
         char reason[128];
@@ -453,9 +451,10 @@ static void out_close(struct conn *c)
     if (p == NULL)
         return;
     /* The conn layer closed it (EOF, read or write error, output limit). */
-    peer_fail(p, "%s", p->state == PEER_READY
-                           ? "connection lost"
-                           : "connection closed during the handshake");
+    peer_fail(p, "%s",
+              p->state == PEER_READY
+                  ? "connection lost"
+                  : "connection closed during the handshake");
 }
 
 static void peer_connect(struct peer *p)
@@ -535,7 +534,8 @@ static void in_close(struct conn *c)
     struct transport *t = in->t;
     if (in->accepted)
         pz_info("raft: inbound connection from node %" PRIu64
-                " '%s' at %s closed", in->peer_id, in->name, c->peer);
+                " '%s' at %s closed",
+                in->peer_id, in->name, c->peer);
     pz_queue_remove(&in->q);
     t->n_inbound--;
     raft_frame_parser_free(&in->fp);
@@ -574,8 +574,8 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     printable(in->name, sizeof in->name, hs->name);
     if (hs->version != RAFT_PROTO_VERSION) {
         r.status = RAFT_HS_BAD_VERSION;
-        snprintf(why, sizeof why, " (theirs %" PRIu32 ", ours %d)",
-                 hs->version, RAFT_PROTO_VERSION);
+        snprintf(why, sizeof why, " (theirs %" PRIu32 ", ours %d)", hs->version,
+                 RAFT_PROTO_VERSION);
     } else if (hs->node_id == 0) {
         r.status = RAFT_HS_BAD_HANDSHAKE;
         snprintf(why, sizeof why, " (node id 0)");
@@ -588,12 +588,12 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
                  hs->cluster_id, t->cfg.cluster_id);
     } else if (hs->node_id == t->cfg.id) {
         r.status = RAFT_HS_DUPLICATE_ID;
-        snprintf(why, sizeof why, " (it uses our id %" PRIu64 ")",
-                 t->cfg.id);
+        snprintf(why, sizeof why, " (it uses our id %" PRIu64 ")", t->cfg.id);
     } else if (hs->target_id != 0 && hs->target_id != t->cfg.id) {
         r.status = RAFT_HS_WRONG_NODE;
-        snprintf(why, sizeof why, " (it wants node %" PRIu64 ", we are %"
-                 PRIu64 ")", hs->target_id, t->cfg.id);
+        snprintf(why, sizeof why,
+                 " (it wants node %" PRIu64 ", we are %" PRIu64 ")",
+                 hs->target_id, t->cfg.id);
     }
     /* Who we are is only told to dialers that passed the version and
      * token checks. */
@@ -620,9 +620,8 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
             t->refused_ms = now;
         }
         pz_log(again ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
-               "raft: refusing %s (node %" PRIu64 " '%s'): %s%s",
-               in->c->peer, hs->node_id, in->name,
-               raft_hs_status_str(r.status), why);
+               "raft: refusing %s (node %" PRIu64 " '%s'): %s%s", in->c->peer,
+               hs->node_id, in->name, raft_hs_status_str(r.status), why);
         t->st.inbound_refused++;
         in->done = true;
         conn_pause(in->c);
@@ -641,7 +640,8 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         struct inbound *o = container_of(e, struct inbound, q);
         if (o != in && o->accepted && !o->done && o->peer_id == in->peer_id) {
             pz_info("raft: new connection from node %" PRIu64
-                    " replaces the one from %s", in->peer_id, o->c->peer);
+                    " replaces the one from %s",
+                    in->peer_id, o->c->peer);
             o->done = true;
             conn_close(o->c);
         }
@@ -682,11 +682,11 @@ static void in_frame(struct inbound *in, const uint8_t *body, size_t len)
     } else if (d.kind != RAFT_FRAME_MESSAGE) {
         in_fail(in, "unexpected %s", kind_name(d.kind));
     } else if (d.msg.from != in->peer_id) {
-        in_fail(in, "message from node %" PRIu64 " on this link",
-                d.msg.from);
+        in_fail(in, "message from node %" PRIu64 " on this link", d.msg.from);
     } else if (d.msg.to != t->cfg.id) {
         pz_debug("raft: dropping a message for node %" PRIu64
-                 " from node %" PRIu64, d.msg.to, in->peer_id);
+                 " from node %" PRIu64,
+                 d.msg.to, in->peer_id);
     } else if (!t->closing) {
         t->st.recv_msgs++;
         t->st.recv_bytes += RAFT_FRAME_HDR + len;
@@ -720,14 +720,14 @@ static void in_data(struct conn *c, const char *data, size_t len)
 /* --- public API ---------------------------------------------------------- */
 
 struct transport *transport_new(uv_loop_t *loop,
-                                const struct transport_config *cfg,
-                                char *err, size_t errlen)
+                                const struct transport_config *cfg, char *err,
+                                size_t errlen)
 {
     if (cfg->id == 0 || cfg->recv == NULL || cfg->listen_addr == NULL) {
         snprintf(err, errlen, "raft transport: %s",
-                 cfg->id == 0 ? "node id 0" : cfg->recv == NULL
-                                                  ? "no receive callback"
-                                                  : "no listen address");
+                 cfg->id == 0        ? "node id 0"
+                 : cfg->recv == NULL ? "no receive callback"
+                                     : "no listen address");
         return NULL;
     }
     struct transport *t = pz_calloc(1, sizeof *t);
@@ -739,9 +739,11 @@ struct transport *transport_new(uv_loop_t *loop,
     t->cfg.listen_addr = t->listen_addr;
     t->cfg.name = t->name;
     t->cfg.token = t->token;
-#define DEF(f, v)                                                            \
-    if (t->cfg.f == 0)                                                       \
-        t->cfg.f = (v);
+#define DEF(f, v)                                                              \
+    do {                                                                       \
+        if (t->cfg.f == 0)                                                     \
+            t->cfg.f = (v);                                                    \
+    } while (0)
     DEF(max_queue_msgs, DEF_MAX_QUEUE_MSGS);
     DEF(max_queue_bytes, DEF_MAX_QUEUE_BYTES);
     DEF(max_frame, RAFT_FRAME_MAX);
@@ -774,8 +776,9 @@ struct transport *transport_new(uv_loop_t *loop,
     }
     t->ls.data = t;
     pz_info("raft: listening on %s, port %d (node %" PRIu64 " '%s', "
-            "cluster %016" PRIx64 ")", t->listen_addr, transport_port(t),
-            t->cfg.id, t->name, t->cfg.cluster_id);
+            "cluster %016" PRIx64 ")",
+            t->listen_addr, transport_port(t), t->cfg.id, t->name,
+            t->cfg.cluster_id);
     return t;
 }
 
@@ -872,8 +875,8 @@ int transport_send(struct transport *t, const struct raft_msg *m)
     if (rv < 0) {
         p->st.dropped++;
         pz_warn("raft: dropping a message to peer %" PRIu64
-                ": larger than the frame limit of %zu bytes", p->id,
-                t->cfg.max_frame);
+                ": larger than the frame limit of %zu bytes",
+                p->id, t->cfg.max_frame);
         return rv;
     }
     if (p->state == PEER_READY && pz_queue_empty(&p->msgs) &&

@@ -71,50 +71,50 @@ struct transport_config {
     uint64_t seed;             /* backoff jitter PRNG seed (0: from the
                                   clock) */
     /* Tuning; 0 picks the default shown. */
-    size_t max_queue_msgs;     /* per peer queue cap (4096) */
-    size_t max_queue_bytes;    /* per peer queue cap (32 MiB) */
-    size_t max_frame;          /* largest frame body, both ways
-                                  (RAFT_FRAME_MAX, 65 MiB) */
-    size_t out_low_water;      /* queue -> connection while the connection
-                                  has less pending than this (256 KiB) */
-    uint64_t backoff_min_ms;   /* first retry delay (50) */
-    uint64_t backoff_max_ms;   /* retry delay cap (2000) */
+    size_t max_queue_msgs;       /* per peer queue cap (4096) */
+    size_t max_queue_bytes;      /* per peer queue cap (32 MiB) */
+    size_t max_frame;            /* largest frame body, both ways
+                                    (RAFT_FRAME_MAX, 65 MiB) */
+    size_t out_low_water;        /* queue -> connection while the connection
+                                    has less pending than this (256 KiB) */
+    uint64_t backoff_min_ms;     /* first retry delay (50) */
+    uint64_t backoff_max_ms;     /* retry delay cap (2000) */
     uint64_t connect_timeout_ms; /* connect + handshake deadline (5000) */
-    size_t max_inbound;        /* accepted connections at most (1024) */
+    size_t max_inbound;          /* accepted connections at most (1024) */
 };
 
 /* Per-peer counters (outbound side). */
 struct transport_peer_stats {
-    uint64_t id;            /* peer id */
-    bool connected;         /* handshake accepted, link up */
-    size_t queued_msgs;     /* messages waiting in the transport queue */
-    size_t queued_bytes;    /* their encoded bytes */
-    uint64_t sent_msgs;     /* messages handed to a connection */
-    uint64_t sent_bytes;    /* their bytes, framing included */
-    uint64_t dropped;       /* messages dropped: queue cap (oldest
-                               first), too big to send, peer changed */
-    uint64_t connects;      /* handshakes accepted */
-    uint64_t attempts;      /* connection attempts */
-    uint64_t reconnects;    /* attempts after the first one */
-    uint64_t refused;       /* handshakes refused by the peer */
+    uint64_t id;         /* peer id */
+    bool connected;      /* handshake accepted, link up */
+    size_t queued_msgs;  /* messages waiting in the transport queue */
+    size_t queued_bytes; /* their encoded bytes */
+    uint64_t sent_msgs;  /* messages handed to a connection */
+    uint64_t sent_bytes; /* their bytes, framing included */
+    uint64_t dropped;    /* messages dropped: queue cap (oldest
+                            first), too big to send, peer changed */
+    uint64_t connects;   /* handshakes accepted */
+    uint64_t attempts;   /* connection attempts */
+    uint64_t reconnects; /* attempts after the first one */
+    uint64_t refused;    /* handshakes refused by the peer */
 };
 
 struct transport_stats {
-    size_t peers;           /* configured peers */
-    size_t inbound;         /* accepted connections open now */
-    uint64_t recv_msgs;     /* messages delivered to the recv callback */
-    uint64_t recv_bytes;    /* their frame bytes */
+    size_t peers;             /* configured peers */
+    size_t inbound;           /* accepted connections open now */
+    uint64_t recv_msgs;       /* messages delivered to the recv callback */
+    uint64_t recv_bytes;      /* their frame bytes */
     uint64_t inbound_refused; /* handshakes we refused */
     uint64_t inbound_errors;  /* inbound connections closed for garbage,
                                  oversize frames or protocol errors */
-    uint64_t unroutable;    /* transport_send to an unknown peer */
+    uint64_t unroutable;      /* transport_send to an unknown peer */
 };
 
 /* Creates the transport and starts listening. Returns NULL with a message
  * in err (bad config, cannot listen). */
 struct transport *transport_new(uv_loop_t *loop,
-                                const struct transport_config *cfg,
-                                char *err, size_t errlen);
+                                const struct transport_config *cfg, char *err,
+                                size_t errlen);
 
 /* The port actually bound (useful with port 0), or -1. */
 int transport_port(const struct transport *t);

@@ -43,8 +43,7 @@ static uint8_t *pattern(size_t len, unsigned seed)
 /* A message with every field set to a distinct value, n entries whose
  * payload sizes come from lens[] (NULL: 0..n-1 bytes). */
 static void make_msg(struct raft_msg *m, uint8_t type, uint64_t from,
-                     uint64_t to, uint64_t index, size_t n,
-                     const size_t *lens)
+                     uint64_t to, uint64_t index, size_t n, const size_t *lens)
 {
     memset(m, 0, sizeof *m);
     m->type = type;
@@ -82,25 +81,40 @@ static void free_msg(struct raft_msg *m)
 /* Field-by-field comparison, printing the first difference. */
 static bool msg_equal(const struct raft_msg *a, const struct raft_msg *b)
 {
-#define SAME(f)                                                              \
-    if (a->f != b->f) {                                                      \
-        fprintf(stderr, "    field " #f ": %llu != %llu\n",                  \
-                (unsigned long long)a->f, (unsigned long long)b->f);         \
-        return false;                                                        \
-    }
-    SAME(type) SAME(reject) SAME(transfer) SAME(from) SAME(to) SAME(term)
-    SAME(log_term) SAME(index) SAME(commit) SAME(reject_hint) SAME(context)
-    SAME(snap_index) SAME(snap_term) SAME(snap_len) SAME(n_entries)
+#define SAME(f)                                                                \
+    do {                                                                       \
+        if (a->f != b->f) {                                                    \
+            fprintf(stderr, "    field " #f ": %llu != %llu\n",                \
+                    (unsigned long long)a->f, (unsigned long long)b->f);       \
+            return false;                                                      \
+        }                                                                      \
+    } while (0)
+    SAME(type);
+    SAME(reject);
+    SAME(transfer);
+    SAME(from);
+    SAME(to);
+    SAME(term);
+    SAME(log_term);
+    SAME(index);
+    SAME(commit);
+    SAME(reject_hint);
+    SAME(context);
+    SAME(snap_index);
+    SAME(snap_term);
+    SAME(snap_len);
+    SAME(n_entries);
     for (size_t i = 0; i < a->n_entries; i++) {
-        SAME(entries[i].term) SAME(entries[i].index) SAME(entries[i].type)
-        SAME(entries[i].len)
-        if (a->entries[i].len &&
-            memcmp(a->entries[i].data, b->entries[i].data,
-                   a->entries[i].len) != 0) {
+        const struct raft_entry *ea = &a->entries[i], *eb = &b->entries[i];
+        SAME(entries[i].term);
+        SAME(entries[i].index);
+        SAME(entries[i].type);
+        SAME(entries[i].len);
+        if (ea->len && memcmp(ea->data, eb->data, ea->len) != 0) {
             fprintf(stderr, "    entry %zu data differs\n", i);
             return false;
         }
-        if ((a->entries[i].data == NULL) != (b->entries[i].data == NULL)) {
+        if ((ea->data == NULL) != (eb->data == NULL)) {
             fprintf(stderr, "    entry %zu data NULL-ness differs\n", i);
             return false;
         }
@@ -116,11 +130,10 @@ static bool msg_equal(const struct raft_msg *a, const struct raft_msg *b)
 /* One number standing for the whole message (fields, entries, data). */
 static uint64_t msg_digest(const struct raft_msg *m)
 {
-    uint64_t f[] = {m->type,        m->reject,     m->transfer, m->from,
-                    m->to,          m->term,       m->log_term, m->index,
-                    m->commit,      m->reject_hint, m->context,
-                    m->snap_index,  m->snap_term,  m->snap_len,
-                    m->n_entries};
+    uint64_t f[] = {m->type,      m->reject,      m->transfer, m->from,
+                    m->to,        m->term,        m->log_term, m->index,
+                    m->commit,    m->reject_hint, m->context,  m->snap_index,
+                    m->snap_term, m->snap_len,    m->n_entries};
     uint64_t h = pz_hash(f, sizeof f, 1);
     for (size_t i = 0; i < m->n_entries; i++) {
         const struct raft_entry *e = &m->entries[i];
@@ -399,8 +412,8 @@ static void build_stream(struct pz_buf *s, struct raft_msg *msgs, size_t n)
 }
 
 /* Feed s in pieces (step 0: random 1..64 bytes); check every frame. */
-static bool feed_stream(const struct pz_buf *s, struct raft_msg *msgs,
-                        size_t n, size_t step)
+static bool feed_stream(const struct pz_buf *s, struct raft_msg *msgs, size_t n,
+                        size_t step)
 {
     struct raft_frame_parser p;
     raft_frame_parser_init(&p, RAFT_FRAME_MAX);
@@ -475,8 +488,7 @@ TEST(frame_parser_limit)
     }
     uint8_t byte = 0x5a;
     for (int i = 0; i < 99; i++)
-        CHECK_EQ_INT(raft_frame_parser_feed(&p, &byte, 1, &used, &body,
-                                            &blen),
+        CHECK_EQ_INT(raft_frame_parser_feed(&p, &byte, 1, &used, &body, &blen),
                      RAFT_FRAME_NEED_MORE);
     CHECK_EQ_INT(raft_frame_parser_feed(&p, &byte, 1, &used, &body, &blen),
                  RAFT_FRAME_DONE);
@@ -492,9 +504,9 @@ TEST(frame_parser_limit)
      * time too, before any body byte is buffered. */
     pz_put_u32(hdr, 101);
     for (int i = 0; i < 3; i++)
-        CHECK_EQ_INT(raft_frame_parser_feed(&p, &hdr[i], 1, &used, &body,
-                                            &blen),
-                     RAFT_FRAME_NEED_MORE);
+        CHECK_EQ_INT(
+            raft_frame_parser_feed(&p, &hdr[i], 1, &used, &body, &blen),
+            RAFT_FRAME_NEED_MORE);
     CHECK_EQ_INT(raft_frame_parser_feed(&p, &hdr[3], 1, &used, &body, &blen),
                  PZ_ETOOBIG);
     CHECK_EQ_INT(p.body_len, 101);
@@ -516,17 +528,17 @@ TEST(frame_parser_limit)
 #define MAX_NODES 6
 
 struct tnode {
-    struct transport *t;     /* NULL when not running */
-    uint64_t id;             /* node id */
-    int port;                /* bound port */
-    uint64_t *digests;       /* digest of every message received */
-    uint64_t *indexes;       /* index of every message received */
-    size_t n_got;            /* messages received */
-    size_t cap;              /* room in digests/indexes */
-    int ups, downs;          /* on_peer events */
-    bool closed;             /* close callback fired */
-    bool reply_in_recv;      /* echo every message back to its sender */
-    bool close_in_recv;      /* close the transport on the first message */
+    struct transport *t; /* NULL when not running */
+    uint64_t id;         /* node id */
+    int port;            /* bound port */
+    uint64_t *digests;   /* digest of every message received */
+    uint64_t *indexes;   /* index of every message received */
+    size_t n_got;        /* messages received */
+    size_t cap;          /* room in digests/indexes */
+    int ups, downs;      /* on_peer events */
+    bool closed;         /* close callback fired */
+    bool reply_in_recv;  /* echo every message back to its sender */
+    bool close_in_recv;  /* close the transport on the first message */
 };
 
 static uv_loop_t loop;
@@ -788,8 +800,8 @@ static uint64_t send_msg(int i, uint64_t to, uint64_t index, size_t n_entries,
     size_t lens[8];
     for (size_t k = 0; k < 8; k++)
         lens[k] = (data_len + k * 13) % (data_len + 1);
-    make_msg(&m, n_entries ? RAFT_MSG_APPEND : RAFT_MSG_HEARTBEAT,
-             nodes[i].id, to, index, n_entries, lens);
+    make_msg(&m, n_entries ? RAFT_MSG_APPEND : RAFT_MSG_HEARTBEAT, nodes[i].id,
+             to, index, n_entries, lens);
     uint64_t d = msg_digest(&m);
     int rv = transport_send(nodes[i].t, &m);
     free_msg(&m); /* the transport keeps nothing of m */
@@ -929,8 +941,8 @@ TEST(refuse_token_mismatch)
     CHECK(log_has("(node 3 'charlie'): cluster token mismatch"));
     CHECK_EQ_INT(nodes[1].n_got, 0);
     /* The right token gets in. */
-    struct transport_config cd = {.cluster_id = 5, .token = "bravo-token",
-                                  .name = "delta"};
+    struct transport_config cd = {
+        .cluster_id = 5, .token = "bravo-token", .name = "delta"};
     CHECK(start_node_cfg(3, 4, 0, &cd));
     set_peer(3, 2, nodes[1].port);
     send_msg(3, 2, 9, 1, 5);
@@ -960,13 +972,13 @@ TEST(refuse_wrong_node)
 
 /* A hand-driven TCP client for what a transport would never send. */
 struct raw {
-    uv_tcp_t tcp;          /* socket */
-    uv_connect_t creq;     /* connect request */
-    struct pz_buf in;      /* bytes received */
-    int status;            /* connect status */
-    bool connected;        /* connect done */
-    bool eof;              /* EOF or read error seen */
-    bool closed;           /* handle closed */
+    uv_tcp_t tcp;      /* socket */
+    uv_connect_t creq; /* connect request */
+    struct pz_buf in;  /* bytes received */
+    int status;        /* connect status */
+    bool connected;    /* connect done */
+    bool eof;          /* EOF or read error seen */
+    bool closed;       /* handle closed */
 };
 
 struct raw_write {
@@ -1038,8 +1050,8 @@ static void raw_send(struct raw *r, const void *p, size_t n)
     struct raw_write *w = pz_malloc(sizeof *w);
     w->mem = pz_memdup(p, n);
     uv_buf_t b = uv_buf_init(w->mem, (unsigned)n);
-    pz_assert(uv_write(&w->req, (uv_stream_t *)&r->tcp, &b, 1,
-                       raw_written) == 0);
+    pz_assert(uv_write(&w->req, (uv_stream_t *)&r->tcp, &b, 1, raw_written) ==
+              0);
 }
 
 static void raw_send_handshake(struct raw *r, uint32_t version, uint64_t id,
@@ -1047,8 +1059,10 @@ static void raw_send_handshake(struct raw *r, uint32_t version, uint64_t id,
 {
     struct pz_buf b;
     pz_buf_init(&b);
-    struct raft_handshake h = {.version = version, .cluster_id = cluster,
-                               .node_id = id, .name = "raw"};
+    struct raft_handshake h = {.version = version,
+                               .cluster_id = cluster,
+                               .node_id = id,
+                               .name = "raw"};
     pz_assert(raft_codec_encode_handshake(&b, &h, 4096) == 0);
     raw_send(r, b.data, b.len);
     pz_buf_free(&b);
@@ -1057,8 +1071,8 @@ static void raw_send_handshake(struct raw *r, uint32_t version, uint64_t id,
 static void raw_send_msg(struct raw *r, uint64_t from, uint64_t to)
 {
     struct pz_buf b;
-    struct raft_msg m = {.type = RAFT_MSG_HEARTBEAT, .from = from, .to = to,
-                         .index = 77};
+    struct raft_msg m = {
+        .type = RAFT_MSG_HEARTBEAT, .from = from, .to = to, .index = 77};
     pz_buf_init(&b);
     pz_assert(raft_codec_encode_msg(&b, &m, RAFT_FRAME_MAX) == 0);
     raw_send(r, b.data, b.len);
@@ -1391,10 +1405,8 @@ TEST(change_and_remove_peer)
     CHECK_EQ_INT(nodes[1].n_got, 1);
     CHECK(log_has("raft: peer 2 moves from"));
     /* Bad arguments. */
-    CHECK_EQ_INT(transport_set_peer(nodes[0].t, 1, "127.0.0.1:1"),
-                 PZ_EINVAL);
-    CHECK_EQ_INT(transport_set_peer(nodes[0].t, 0, "127.0.0.1:1"),
-                 PZ_EINVAL);
+    CHECK_EQ_INT(transport_set_peer(nodes[0].t, 1, "127.0.0.1:1"), PZ_EINVAL);
+    CHECK_EQ_INT(transport_set_peer(nodes[0].t, 0, "127.0.0.1:1"), PZ_EINVAL);
     CHECK_EQ_INT(transport_set_peer(nodes[0].t, 9, "nonsense"), PZ_EINVAL);
     /* Removed: sends fail and are counted as unroutable. */
     send_msg(0, 2, 3, 0, 0);
@@ -1445,8 +1457,8 @@ TEST(close_with_work_in_flight)
     /* Listening on a busy port fails cleanly. */
     char addr[64], err[256];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port_b);
-    struct transport_config cfg = {.listen_addr = addr, .id = 9,
-                                   .recv = on_recv};
+    struct transport_config cfg = {
+        .listen_addr = addr, .id = 9, .recv = on_recv};
     CHECK(transport_new(&loop, &cfg, err, sizeof err) == NULL);
     CHECK(strstr(err, "cannot listen") != NULL);
     CHECK_EQ_INT(world_close(), 0);
@@ -1464,13 +1476,15 @@ static bool tp_step(void *arg)
     struct tp_arg *a = arg;
     /* Keep a window of messages queued without hitting the cap. */
     while (a->next <= a->total && peer_stats(0, 2).queued_msgs < 2000) {
-        struct raft_msg m = {.type = RAFT_MSG_APPEND, .from = 1, .to = 2,
-                             .index = a->next};
+        struct raft_msg m = {
+            .type = RAFT_MSG_APPEND, .from = 1, .to = 2, .index = a->next};
         struct raft_entry e[8];
         static uint8_t payload[4096];
         for (size_t i = 0; i < a->entries; i++) {
-            e[i] = (struct raft_entry){.term = 1, .index = a->next + i,
-                                       .data = payload, .len = a->len};
+            e[i] = (struct raft_entry){.term = 1,
+                                       .index = a->next + i,
+                                       .data = payload,
+                                       .len = a->len};
         }
         m.entries = a->entries ? e : NULL;
         m.n_entries = a->entries;
@@ -1505,30 +1519,43 @@ TEST(throughput)
     CHECK(throughput(200000, 0, 0));
     CHECK(throughput(50000, 8, 100));
     CHECK(throughput(2000, 4, 4096));
+    /* Sequential round trips (request, reply from the receive callback):
+     * the latency a replicated write pays per hop pair. */
+    set_peer(1, 1, nodes[0].port);
+    nodes[1].reply_in_recv = true;
+    reset_received(&nodes[0]);
+    uint64_t t0 = uv_hrtime();
+    enum { RTT_N = 2000 };
+    for (int i = 0; i < RTT_N; i++) {
+        send_msg(0, 2, 1 + (uint64_t)i, 1, 100);
+        CHECK(wait_got(0, (size_t)i + 1, 3000));
+    }
+    double us = (double)(uv_hrtime() - t0) / 1e3 / RTT_N;
+    printf("    transport: %d sequential round trips, %.1f us each\n", RTT_N,
+           us);
     CHECK_EQ_INT(world_close(), 0);
 }
 
-static const struct test_case cases[] = {
-    TEST_ENTRY(codec_roundtrip_every_type),
-    TEST_ENTRY(codec_large_payloads),
-    TEST_ENTRY(codec_handshake_roundtrip),
-    TEST_ENTRY(codec_malformed_rejected),
-    TEST_ENTRY(codec_decode_alloc_failure),
-    TEST_ENTRY(frame_parser_pieces),
-    TEST_ENTRY(frame_parser_limit),
-    TEST_ENTRY(exchange_both_ways),
-    TEST_ENTRY(refuse_cluster_id_mismatch),
-    TEST_ENTRY(refuse_duplicate_id),
-    TEST_ENTRY(refuse_token_mismatch),
-    TEST_ENTRY(refuse_wrong_node),
-    TEST_ENTRY(refuse_bad_version),
-    TEST_ENTRY(garbage_inbound_closed),
-    TEST_ENTRY(peer_restart),
-    TEST_ENTRY(queue_cap_drops_oldest),
-    TEST_ENTRY(queue_byte_cap),
-    TEST_ENTRY(backoff_is_bounded),
-    TEST_ENTRY(change_and_remove_peer),
-    TEST_ENTRY(close_with_work_in_flight),
-    TEST_ENTRY(throughput),
-    TEST_END};
+static const struct test_case cases[] = {TEST_ENTRY(codec_roundtrip_every_type),
+                                         TEST_ENTRY(codec_large_payloads),
+                                         TEST_ENTRY(codec_handshake_roundtrip),
+                                         TEST_ENTRY(codec_malformed_rejected),
+                                         TEST_ENTRY(codec_decode_alloc_failure),
+                                         TEST_ENTRY(frame_parser_pieces),
+                                         TEST_ENTRY(frame_parser_limit),
+                                         TEST_ENTRY(exchange_both_ways),
+                                         TEST_ENTRY(refuse_cluster_id_mismatch),
+                                         TEST_ENTRY(refuse_duplicate_id),
+                                         TEST_ENTRY(refuse_token_mismatch),
+                                         TEST_ENTRY(refuse_wrong_node),
+                                         TEST_ENTRY(refuse_bad_version),
+                                         TEST_ENTRY(garbage_inbound_closed),
+                                         TEST_ENTRY(peer_restart),
+                                         TEST_ENTRY(queue_cap_drops_oldest),
+                                         TEST_ENTRY(queue_byte_cap),
+                                         TEST_ENTRY(backoff_is_bounded),
+                                         TEST_ENTRY(change_and_remove_peer),
+                                         TEST_ENTRY(close_with_work_in_flight),
+                                         TEST_ENTRY(throughput),
+                                         TEST_END};
 const struct test_suite suite_transport = {"transport", cases};
