@@ -42,7 +42,7 @@ GEN_O = $(GEN_C:.c=.o)
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
            src/raft.c src/raft_conf.c src/raft_codec.c src/grpc_frame.c
 # I/O modules of the server.
-SERVER_SRC = src/main.c src/server.c src/conn.c src/http.c src/node.c \
+SERVER_SRC = src/main.c src/server.c src/conn.c src/http.c src/node.c src/fwd.c \
              src/store.c src/transport.c src/grpc.c src/mandi.c
 CLI_SRC = src/cli.c
 # I/O modules the unit tests drive directly, some on a real loop (loopback

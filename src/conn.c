@@ -243,8 +243,22 @@ static void before_sleep_one(struct conn *c)
     }
 }
 
+static void reap_all(void)
+{
+    while (!pz_queue_empty(&closing_q)) {
+        struct pz_queue *e = pz_queue_head(&closing_q);
+        struct conn *c = container_of(e, struct conn, pending);
+        pz_queue_remove(e);
+        c->flags &= ~(unsigned)CONN_PENDING;
+        reap(c);
+    }
+}
+
 void conn_before_sleep(void)
 {
+    /* Reaping first: a protocol's on_close may write to other
+     * connections (a failed forward answers its client). */
+    reap_all();
     /* on_drain may write again, re-queueing the conn: loop until stable,
      * but never spin on a conn whose writes are still in flight. */
     for (int round = 0; round < 4 && !pz_queue_empty(&pending_q); round++) {
@@ -264,13 +278,12 @@ void conn_before_sleep(void)
             before_sleep_one(c);
         }
     }
-    while (!pz_queue_empty(&closing_q)) {
-        struct pz_queue *e = pz_queue_head(&closing_q);
-        struct conn *c = container_of(e, struct conn, pending);
-        pz_queue_remove(e);
-        c->flags &= ~(unsigned)CONN_PENDING;
-        reap(c);
-    }
+    reap_all();
+}
+
+bool conn_has_work(void)
+{
+    return !pz_queue_empty(&pending_q) || !pz_queue_empty(&closing_q);
 }
 
 static void cron_list(struct pz_queue *head, uint64_t now)

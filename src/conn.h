@@ -121,6 +121,9 @@ bool conn_is_closing(const struct conn *c);
 /* From the prepare hook, once per loop turn: write pending output, apply
  * backpressure, reap closed connections. */
 void conn_before_sleep(void);
+/* True when output or closes wait for the next conn_before_sleep (the
+ * loop must not block in poll). */
+bool conn_has_work(void);
 /* From a 1 s timer: close idle connections. */
 void conn_cron(void);
 /* Flag every outbound connection for closing (shutdown). */

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fwd.h"
 #include "http_parse.h"
 #include "log.h"
 #include "node.h"
@@ -25,7 +26,9 @@ struct http_conn {
     struct pz_buf in;        /* received bytes not yet parsed */
     struct http_op op;       /* request being served */
     struct node_req req;     /* its node request, when in flight */
-    bool in_flight;          /* waiting for the node */
+    struct fwd_req fwd;      /* its forwarded copy, when forwarding */
+    bool in_flight;          /* waiting for the node or the leader */
+    bool forwarding;         /* fwd is in flight */
     bool draining;           /* shutdown: close after this reply */
     bool processing;         /* inside process(): don't recurse */
 };
@@ -114,8 +117,17 @@ static void reply_node_error(struct http_conn *h, int status)
     bool ka = keep_alive(h);
     switch (status) {
     case PZ_ENOLEADER:
-    case PZ_ENOTLEADER:
         reply_text(h, 503, "Not leader and no leader known", NULL, !ka);
+        break;
+    case PZ_ENOTLEADER:
+        reply_text(h, 503, "Not the leader", NULL, !ka);
+        break;
+    case PZ_EBUSY:
+        reply_text(h, 503, "Leadership transfer in progress", NULL, !ka);
+        break;
+    case PZ_ELEADERCHANGE:
+        reply_text(h, 503, "Leader changed before the write committed",
+                   NULL, !ka);
         break;
     case PZ_ESHUTDOWN:
         reply_text(h, 503, "Server is shutting down", NULL, true);
@@ -163,6 +175,14 @@ static void on_write_done(struct node_req *req, int status)
     finish(h, !ka);
 }
 
+static void add_u64(cJSON *o, const char *name, uint64_t v)
+{
+    /* Raw numbers: cJSON's doubles would round 64-bit values. */
+    char num[24];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)v);
+    cJSON_AddRawToObject(o, name, num);
+}
+
 static void reply_status(struct http_conn *h)
 {
     struct node_status st;
@@ -172,19 +192,30 @@ static void reply_status(struct http_conn *h)
     cJSON_AddStringToObject(o, "role", st.role);
     cJSON_AddStringToObject(o, "leader", st.leader);
     cJSON_AddStringToObject(o, "version", PZ_VERSION);
-    cJSON_AddNumberToObject(o, "uptime_seconds",
-                            (double)(server_uptime_ms() / 1000));
-    cJSON_AddNumberToObject(o, "keys", (double)st.keys);
-    char num[32];
-    /* 64-bit counters as raw JSON numbers: doubles would round them. */
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st.term);
-    cJSON_AddRawToObject(o, "term", num);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st.commit_index);
-    cJSON_AddRawToObject(o, "commit_index", num);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st.applied_index);
-    cJSON_AddRawToObject(o, "applied_index", num);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st.last_index);
-    cJSON_AddRawToObject(o, "last_index", num);
+    add_u64(o, "uptime_seconds", server_uptime_ms() / 1000);
+    add_u64(o, "keys", st.keys);
+    add_u64(o, "term", st.term);
+    add_u64(o, "commit_index", st.commit_index);
+    add_u64(o, "applied_index", st.applied_index);
+    add_u64(o, "last_index", st.last_index);
+    add_u64(o, "persisted_index", st.persisted_index);
+    add_u64(o, "fsyncs", st.fsyncs);
+    add_u64(o, "fsync_entries", st.fsync_entries);
+    cJSON *ms = cJSON_AddArrayToObject(o, "members");
+    for (size_t i = 0; i < st.n_members; i++) {
+        const struct node_member *m = &st.members[i];
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", m->name);
+        cJSON_AddStringToObject(j, "raft_addr", m->raft);
+        cJSON_AddStringToObject(j, "http_addr", m->http);
+        cJSON_AddStringToObject(j, "grpc_addr", m->grpc);
+        cJSON_AddBoolToObject(j, "voter", m->voter);
+        if (strcmp(st.role, "leader") == 0) {
+            add_u64(j, "match_index", m->match);
+            add_u64(j, "last_contact_ms", m->last_contact_ms);
+        }
+        cJSON_AddItemToArray(ms, j);
+    }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     bool ka = keep_alive(h);
@@ -197,10 +228,96 @@ static void reply_status(struct http_conn *h)
     finish(h, !ka);
 }
 
+static void on_forwarded(struct fwd_req *f, int status)
+{
+    struct http_conn *h = container_of(f, struct http_conn, fwd);
+    bool ka = keep_alive(h);
+    h->forwarding = false;
+    if (status < 0) {
+        reply_text(h, 502, "Leader unreachable", NULL, !ka);
+    } else {
+        /* Relay the leader's answer as it is. */
+        reply(h, f->http_status,
+              f->content_type[0] ? f->content_type : "text/plain",
+              f->body.data, f->body.len, f->allow[0] ? f->allow : NULL, !ka);
+    }
+    pz_buf_free(&f->body);
+    finish(h, !ka);
+}
+
+/* A follower sends the write to the leader over the kept-alive
+ * connection fwd.c holds for it. */
+static void forward(struct http_conn *h)
+{
+    const char *addr = node_leader_http_addr();
+    struct http_req *req = &h->p.req;
+    if (http_req_header(req, "x-pyazdb-forwarded")) {
+        /* It came from a node that took us for the leader: never forward
+         * twice; the client retries once the cluster agrees. */
+        reply_node_error(h, PZ_ENOTLEADER);
+        return;
+    }
+    if (addr == NULL) {
+        reply_text(h, 503, "Leader address not known yet", NULL,
+                   !keep_alive(h));
+        finish(h, !keep_alive(h));
+        return;
+    }
+    int rv = fwd_send(&h->fwd, addr, llhttp_method_name(req->method),
+                      req->url.data, req->body.data ? req->body.data : "",
+                      req->body.len, on_forwarded);
+    if (rv < 0) {
+        pz_buf_free(&h->fwd.body);
+        reply_text(h, 502, "Leader unreachable", NULL, !keep_alive(h));
+        finish(h, !keep_alive(h));
+        return;
+    }
+    h->forwarding = true;
+}
+
+static void start_write(struct http_conn *h);
+
+static void on_leader_known(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        reply_node_error(h, PZ_ENOLEADER);
+        return;
+    }
+    start_write(h);
+}
+
+/* Propose the write here if this node leads, forward it if another does,
+ * wait (bounded) for an election if none does. h is in flight. */
+static void start_write(struct http_conn *h)
+{
+    struct pz_buf cmd;
+    int rv;
+    pz_buf_init(&cmd);
+    if (h->op.kind == HTTP_OP_SET)
+        rv = kv_encode_set(&cmd, h->op.key, h->op.klen, h->op.value,
+                           h->op.vlen);
+    else
+        rv = kv_encode_del(&cmd, h->op.key, h->op.klen);
+    if (rv == 0)
+        rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
+                          on_write_done);
+    pz_buf_free(&cmd);
+    if (rv == PZ_ETOOBIG) {
+        reply_text(h, 413, "Request too large", NULL, !keep_alive(h));
+        finish(h, !keep_alive(h));
+    } else if (rv == PZ_ENOTLEADER) {
+        forward(h);
+    } else if (rv == PZ_ENOLEADER) {
+        node_wait_leader(&h->req, on_leader_known);
+    } else if (rv < 0) {
+        reply_node_error(h, rv);
+    }
+}
+
 /* Serve the complete request in h->p.req. */
 static void dispatch(struct http_conn *h)
 {
-    struct pz_buf cmd;
     int rv;
     http_api_decode(&h->p.req, &api_limits, &h->op);
     bool ka = keep_alive(h);
@@ -224,32 +341,16 @@ static void dispatch(struct http_conn *h)
         break;
     case HTTP_OP_SET:
     case HTTP_OP_DEL:
-        pz_buf_init(&cmd);
-        if (h->op.kind == HTTP_OP_SET)
-            rv = kv_encode_set(&cmd, h->op.key, h->op.klen, h->op.value,
-                               h->op.vlen);
-        else
-            rv = kv_encode_del(&cmd, h->op.key, h->op.klen);
-        if (rv == 0) {
-            h->in_flight = true;
-            h->c->busy++;
-            conn_pause(h->c);
-            rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
-                              on_write_done);
-        }
-        pz_buf_free(&cmd);
-        break;
+        h->in_flight = true;
+        h->c->busy++;
+        conn_pause(h->c);
+        start_write(h);
+        return;
     default:
         pz_assert(0);
     }
-    if (rv < 0) {
-        if (!h->in_flight) { /* encoding refused it: too big */
-            reply_text(h, 413, "Request too large", NULL, !ka);
-            finish(h, !ka);
-            return;
-        }
+    if (rv < 0)
         reply_node_error(h, rv);
-    }
 }
 
 static void process(struct http_conn *h)
@@ -300,6 +401,10 @@ static void on_close(struct conn *c)
         return;
     if (h->in_flight)
         node_cancel(&h->req);
+    if (h->forwarding) {
+        fwd_cancel(&h->fwd);
+        pz_buf_free(&h->fwd.body);
+    }
     http_op_free(&h->op);
     http_parser_free(&h->p);
     pz_buf_free(&h->in);

@@ -1,87 +1,508 @@
-/* node.c - the node: owns the state machine and orders every write through
- * it. On its own (no cluster configured yet) a write is applied as soon as
- * it is proposed and its callback runs on the next pass of the loop, so
- * callers see the same asynchronous contract the replicated node keeps. */
+/* node.c - the node: the only place the Raft core meets I/O and time.
+ *
+ * Owns the state machine (kv), the Raft core, the log store and the peer
+ * transport, one tick timer, and every client request waiting on them.
+ *
+ * Happy path, once per loop turn from the prepare hook (node_before_sleep),
+ * the Ready cycle of STYLE.md section 1:
+ *   1. take a Ready; apply its committed entries (durable here already) and
+ *      complete the writes and reads they unblock;
+ *   2. send the messages that may go at once (the leader's AppendEntries
+ *      go out before its own disk write: thesis §10.2.1);
+ *   3. hand the hard state and new entries to the store, which commits them
+ *      in one SQLite transaction on libuv's thread pool while the loop goes
+ *      on serving (group commit: whatever arrives meanwhile forms the next
+ *      batch, so the batch grows with the load);
+ *   4. when the write is durable: send the messages that needed it (votes,
+ *      acknowledgements), raft_advance, and start over.
+ * Failure modes: a failed log write is fatal (fail-stop: log it and exit,
+ * never go on with state that is not on disk). A request whose entry is
+ * overwritten by another leader fails with PZ_ELEADERCHANGE; one that waits
+ * longer than request-timeout fails with PZ_ETIMEDOUT (a write may still be
+ * applied later). A database that fails its checks at start stops the
+ * process with the reason. */
 #include "node.h"
 
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
 #include "log.h"
+#include "raft.h"
+#include "store.h"
+#include "transport.h"
+
+#define NAME_SEED 0x7079617a6462ull /* hash seed of node names -> ids */
+
+/* What the node knows of a member: from its configuration entry's meta,
+ * and from its transport handshake (its client addresses). */
+struct member {
+    uint64_t id;        /* Raft id */
+    char *name;         /* node-id */
+    char *raft;         /* Raft address */
+    char *http;         /* HTTP address, "" if unknown */
+    char *grpc;         /* gRPC address, "" if unknown */
+    bool voter;         /* in the current configuration */
+};
 
 struct node {
-    uv_loop_t *loop;              /* the process loop */
-    const struct pz_config *cfg;  /* borrowed from main */
-    struct kv *kv;                /* the state machine */
-    struct pz_queue done;         /* requests to call back */
-    uint64_t applied;             /* entries applied */
-    bool open;                    /* node_init succeeded */
+    uv_loop_t *loop;             /* the process loop */
+    const struct pz_config *cfg; /* borrowed from main */
+    struct kv *kv;               /* the state machine */
+    struct raft *raft;           /* the consensus core */
+    struct store *store;         /* log, hard state, meta */
+    struct transport *tr;        /* peer messages */
+    uint64_t id;                 /* our Raft id */
+    uint64_t cluster_id;         /* identity shared by all members */
+    uv_timer_t tick;             /* drives raft_tick */
+    uint64_t tick_ms;            /* its period */
+    struct raft_ready rd;        /* the Ready being persisted */
+    bool writing;                /* rd is with the store */
+    bool fatal;                  /* a write failed: stop everything */
+    struct pz_queue proposals;   /* writes waiting for apply, by index */
+    struct pz_queue reads;       /* reads waiting for their read index */
+    struct pz_queue reads_apply; /* reads waiting for applied >= index */
+    struct pz_queue wait_leader; /* requests waiting for a leader */
+    struct pz_queue done;        /* requests to call back */
+    uint64_t read_ctx;           /* last ReadIndex context used */
+    uint64_t applied;            /* last index applied to kv */
+    uint64_t leader;             /* known leader, 0 if none */
+    uint8_t role;                /* enum raft_role */
+    struct member *members;      /* current configuration (+ addresses) */
+    size_t n_members;            /* entries in members */
+    struct node_member *view;    /* node_status() scratch */
+    void (*close_cb)(void);      /* node_close callback */
+    bool open;                   /* node_init succeeded */
+    bool closing;                /* node_close waits for a write */
 };
 
 static struct node node;
 
-int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
-              size_t errlen)
+static uint64_t name_to_id(const char *name)
 {
-    uint64_t seed = 0;
-    PZ_UNUSED(err);
-    PZ_UNUSED(errlen);
-    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
-        seed = (uint64_t)uv_hrtime();
-    memset(&node, 0, sizeof node);
-    node.loop = loop;
-    node.cfg = cfg;
-    node.kv = kv_new_seeded(seed);
-    pz_queue_init(&node.done);
-    node.open = true;
-    return 0;
+    uint64_t id = pz_hash(name, strlen(name), NAME_SEED);
+    return id ? id : 1;
 }
 
-static void complete(struct node_req *req, int status)
+/* --- members ---------------------------------------------------------- */
+
+static void member_free(struct member *m)
 {
-    req->status = status;
-    req->queued = true;
-    pz_queue_push(&node.done, &req->q);
+    pz_free(m->name);
+    pz_free(m->raft);
+    pz_free(m->http);
+    pz_free(m->grpc);
 }
 
-void node_close(void)
+static struct member *member_find(uint64_t id)
 {
-    if (!node.open)
-        return;
-    while (!pz_queue_empty(&node.done)) {
-        struct node_req *r =
-            container_of(pz_queue_head(&node.done), struct node_req, q);
-        pz_queue_remove(&r->q);
-        r->queued = false;
-        r->cb(r, PZ_ESHUTDOWN);
+    for (size_t i = 0; i < node.n_members; i++)
+        if (node.members[i].id == id)
+            return &node.members[i];
+    return NULL;
+}
+
+static char *json_str(cJSON *o, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return pz_strdup(cJSON_IsString(v) && v->valuestring ? v->valuestring
+                                                         : "");
+}
+
+/* A member's meta in configuration entries: JSON with its name and the
+ * addresses known when it was added. */
+static char *make_meta(const char *name, const char *raft, const char *http,
+                       const char *grpc)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", name);
+    cJSON_AddStringToObject(o, "raft", raft);
+    if (http)
+        cJSON_AddStringToObject(o, "http", http);
+    if (grpc)
+        cJSON_AddStringToObject(o, "grpc", grpc);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    char *r = pz_strdup(s);
+    cJSON_free(s);
+    return r;
+}
+
+/* Rebuild the member list from the current configuration, keeping the
+ * addresses learned from handshakes, and tell the transport. */
+static void members_refresh(void)
+{
+    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
+    struct member *ms = pz_calloc(conf->n ? conf->n : 1, sizeof *ms);
+    for (size_t i = 0; i < conf->n; i++) {
+        const struct raft_server *s = &conf->servers[i];
+        struct member *m = &ms[i];
+        struct member *old = member_find(s->id);
+        cJSON *o = cJSON_Parse(s->meta ? s->meta : "");
+        m->id = s->id;
+        m->voter = s->voter;
+        m->name = json_str(o, "name");
+        m->raft = json_str(o, "raft");
+        m->http = json_str(o, "http");
+        m->grpc = json_str(o, "grpc");
+        cJSON_Delete(o);
+        if (old && old->http[0] && !m->http[0]) {
+            pz_free(m->http);
+            m->http = pz_strdup(old->http);
+        }
+        if (old && old->grpc[0] && !m->grpc[0]) {
+            pz_free(m->grpc);
+            m->grpc = pz_strdup(old->grpc);
+        }
+        if (s->id != node.id && m->raft[0])
+            transport_set_peer(node.tr, s->id, m->raft);
     }
-    kv_free(node.kv);
-    node.kv = NULL;
-    node.open = false;
+    /* Peers gone from the configuration. */
+    for (size_t i = 0; i < node.n_members; i++) {
+        bool kept = false;
+        for (size_t j = 0; j < conf->n; j++)
+            kept |= conf->servers[j].id == node.members[i].id;
+        if (!kept && node.members[i].id != node.id)
+            transport_remove_peer(node.tr, node.members[i].id);
+        member_free(&node.members[i]);
+    }
+    pz_free(node.members);
+    node.members = ms;
+    node.n_members = conf->n;
 }
 
-int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
-                 node_req_cb cb)
+/* The transport learned a peer's client addresses from its handshake. */
+static void on_peer_info(void *data, uint64_t id, const char *name,
+                         const char *http, const char *grpc)
+{
+    PZ_UNUSED(data);
+    PZ_UNUSED(name);
+    struct member *m = member_find(id);
+    if (m == NULL)
+        return;
+    if (http && http[0] && strcmp(m->http, http) != 0) {
+        pz_free(m->http);
+        m->http = pz_strdup(http);
+    }
+    if (grpc && grpc[0] && strcmp(m->grpc, grpc) != 0) {
+        pz_free(m->grpc);
+        m->grpc = pz_strdup(grpc);
+    }
+}
+
+/* --- request lists ------------------------------------------------------- */
+
+static void req_link(struct pz_queue *list, struct node_req *req)
+{
+    req->queued = true;
+    pz_queue_push(list, &req->q);
+}
+
+static void req_done(struct node_req *req, int status)
+{
+    if (req->queued)
+        pz_queue_remove(&req->q);
+    req->status = status;
+    req_link(&node.done, req);
+}
+
+static void req_prepare(struct node_req *req, node_req_cb cb)
 {
     pz_queue_init(&req->q);
     req->cb = cb;
     req->queued = false;
-    int rv = kv_apply(node.kv, cmd, len, &req->res);
+    req->status = 0;
+    req->index = req->term = req->ctx = 0;
+    req->deadline = uv_now(node.loop) + (uint64_t)node.cfg->request_timeout_ms;
+    memset(&req->res, 0, sizeof req->res);
+}
+
+static void fail_all(struct pz_queue *list, int status)
+{
+    while (!pz_queue_empty(list))
+        req_done(container_of(pz_queue_head(list), struct node_req, q),
+                 status);
+}
+
+/* Requests are linked in arrival order, so each list's deadlines rise:
+ * only heads need looking at. */
+static void expire(struct pz_queue *list, int status)
+{
+    uint64_t now = uv_now(node.loop);
+    while (!pz_queue_empty(list)) {
+        struct node_req *r =
+            container_of(pz_queue_head(list), struct node_req, q);
+        if (r->deadline > now)
+            break;
+        req_done(r, status);
+    }
+}
+
+/* --- applying committed entries ------------------------------------------ */
+
+static void apply_entry(const struct raft_entry *e)
+{
+    struct kv_result res = {0};
+    if (e->type == RAFT_ENTRY_NORMAL) {
+        int rv = kv_apply(node.kv, e->data, e->len, &res);
+        if (rv < 0) /* every node rejects it alike: state stays equal */
+            pz_warn("entry %llu: undecodable command (%s), skipped",
+                    (unsigned long long)e->index, pz_strerror(rv));
+    }
+    node.applied = e->index;
+    /* Complete the writes waiting on this index. */
+    while (!pz_queue_empty(&node.proposals)) {
+        struct node_req *r =
+            container_of(pz_queue_head(&node.proposals), struct node_req, q);
+        if (r->index > e->index)
+            break;
+        if (r->index == e->index && r->term == e->term) {
+            r->res = res;
+            req_done(r, 0);
+        } else {
+            /* Another leader's entry took this place: ours is lost. */
+            req_done(r, PZ_ELEADERCHANGE);
+        }
+    }
+}
+
+static void reads_check_applied(void)
+{
+    struct pz_queue *e = node.reads_apply.next;
+    while (e != &node.reads_apply) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        if (r->index <= node.applied)
+            req_done(r, 0);
+    }
+}
+
+static struct node_req *read_by_ctx(uint64_t ctx)
+{
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &node.reads)
+    {
+        struct node_req *r = container_of(e, struct node_req, q);
+        if (r->ctx == ctx)
+            return r;
+    }
+    return NULL;
+}
+
+static int read_start(struct node_req *req)
+{
+    req->ctx = ++node.read_ctx;
+    int rv = raft_read_index(node.raft, req->ctx);
+    if (rv == 0)
+        req_link(&node.reads, req);
+    return rv;
+}
+
+/* --- the Ready cycle -------------------------------------------------------- */
+
+static void send_all(const struct raft_msg *msgs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        transport_send(node.tr, &msgs[i]);
+}
+
+static void soft_state_changed(const struct raft_soft_state *ss)
+{
+    bool was_leader = node.role == RAFT_LEADER;
+    if (ss->leader != node.leader) {
+        struct member *m = member_find(ss->leader);
+        if (ss->leader == 0)
+            pz_info("term %llu: no leader", (unsigned long long)ss->term);
+        else
+            pz_info("term %llu: leader is %s%s",
+                    (unsigned long long)ss->term,
+                    m && m->name[0] ? m->name : "(unknown)",
+                    ss->leader == node.id ? " (this node)" : "");
+    }
+    node.leader = ss->leader;
+    node.role = ss->role;
+    if (was_leader && ss->role != RAFT_LEADER)
+        pz_info("stepped down in term %llu", (unsigned long long)ss->term);
+    if (node.leader) {
+        /* Requests waiting for a leader: go. Reads retry ReadIndex. */
+        fail_all(&node.wait_leader, 0);
+    }
+}
+
+static void on_written(struct store *s, int status, const char *errmsg,
+                       void *arg);
+static void finish_close(void);
+
+static void ready_apply(struct raft_ready *rd)
+{
+    if (rd->ss_changed)
+        soft_state_changed(&rd->ss);
+    for (size_t i = 0; i < rd->n_committed; i++)
+        apply_entry(&rd->committed[i]);
+    if (rd->conf_changed)
+        members_refresh();
+    for (size_t i = 0; i < rd->n_read_states; i++) {
+        struct node_req *r = read_by_ctx(rd->read_states[i].ctx);
+        if (r == NULL)
+            continue; /* cancelled or timed out */
+        r->index = rd->read_states[i].index;
+        pz_queue_remove(&r->q);
+        req_link(&node.reads_apply, r);
+    }
+    for (size_t i = 0; i < rd->n_dropped_reads; i++) {
+        struct node_req *r = read_by_ctx(rd->dropped_reads[i]);
+        if (r == NULL)
+            continue;
+        /* Leadership moved: wait for a leader and ask again. */
+        pz_queue_remove(&r->q);
+        r->queued = false;
+        req_link(&node.wait_leader, r);
+        r->ctx = UINT64_MAX; /* marks a read in wait_leader */
+    }
+    reads_check_applied();
+}
+
+/* Runs Ready cycles until one needs the disk or nothing is left. */
+static void ready_cycle(void)
+{
+    for (int rounds = 0; rounds < 8 && !node.writing && !node.fatal &&
+                         raft_has_ready(node.raft);
+         rounds++) {
+        struct raft_ready *rd = &node.rd;
+        raft_ready(node.raft, rd);
+        ready_apply(rd);
+        send_all(rd->msgs, rd->n_msgs);
+        if (rd->hs_changed || rd->n_entries) {
+            int rv = store_write(node.store, node.loop,
+                                 rd->hs_changed ? &rd->hs : NULL,
+                                 rd->entries, rd->n_entries, on_written, NULL);
+            if (rv < 0) {
+                pz_error("cannot write the Raft log: %s",
+                         store_errmsg(node.store));
+                exit(1); /* fail-stop */
+            }
+            node.writing = true;
+            return;
+        }
+        send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
+        raft_advance(node.raft, rd);
+    }
+}
+
+static void on_written(struct store *s, int status, const char *errmsg,
+                       void *arg)
+{
+    PZ_UNUSED(s);
+    PZ_UNUSED(arg);
+    if (status < 0) {
+        /* Fail-stop: never go on with state that is not on disk. */
+        pz_error("writing the Raft log failed: %s; stopping",
+                 errmsg ? errmsg : pz_strerror(status));
+        exit(1);
+    }
+    node.writing = false;
+    if (node.closing) {
+        finish_close();
+        return;
+    }
+    send_all(node.rd.msgs_after_persist, node.rd.n_msgs_after_persist);
+    raft_advance(node.raft, &node.rd);
+}
+
+static void on_recv(void *data, const struct raft_msg *m)
+{
+    PZ_UNUSED(data);
+    raft_step(node.raft, m);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    PZ_UNUSED(t);
+    raft_tick(node.raft);
+    expire(&node.proposals, PZ_ETIMEDOUT);
+    expire(&node.reads, PZ_ETIMEDOUT);
+    expire(&node.reads_apply, PZ_ETIMEDOUT);
+    expire(&node.wait_leader, PZ_ENOLEADER);
+}
+
+void node_before_sleep(void)
+{
+    if (!node.open)
+        return;
+    ready_cycle();
+    /* Callbacks may start new requests; those wait for the next turn. */
+    struct pz_queue batch;
+    pz_queue_init(&batch);
+    while (!pz_queue_empty(&node.done)) {
+        struct pz_queue *e = pz_queue_head(&node.done);
+        pz_queue_remove(e);
+        pz_queue_push(&batch, e);
+    }
+    while (!pz_queue_empty(&batch)) {
+        struct node_req *r =
+            container_of(pz_queue_head(&batch), struct node_req, q);
+        pz_queue_remove(&r->q);
+        r->queued = false;
+        if (r->ctx == UINT64_MAX && r->status == 0) {
+            /* A read that waited for a leader: ask for a read index now. */
+            if (read_start(r) == 0)
+                continue;
+            r->status = PZ_ENOLEADER;
+        }
+        r->cb(r, r->status);
+    }
+}
+
+bool node_has_work(void)
+{
+    return node.open && (!pz_queue_empty(&node.done) ||
+                         (!node.writing && raft_has_ready(node.raft)));
+}
+
+/* --- the client-facing API --------------------------------------------------- */
+
+int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
+                 node_req_cb cb)
+{
+    req_prepare(req, cb);
+    if (node.role != RAFT_LEADER)
+        return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
+    int rv = raft_propose(node.raft, cmd, len, &req->index, &req->term);
     if (rv < 0)
         return rv;
-    node.applied++;
-    complete(req, 0);
+    /* Keep the list in index order (a new term may reuse lower indexes). */
+    struct pz_queue *e = node.proposals.prev;
+    while (e != &node.proposals &&
+           container_of(e, struct node_req, q)->index > req->index)
+        e = e->prev;
+    req->queued = true;
+    pz_queue_push(e->next, &req->q); /* insert before e->next */
     return 0;
 }
 
 int node_read(struct node_req *req, bool stale, node_req_cb cb)
 {
-    PZ_UNUSED(stale);
-    pz_queue_init(&req->q);
-    req->cb = cb;
-    req->queued = false;
-    complete(req, 0);
+    req_prepare(req, cb);
+    if (stale) {
+        req_done(req, 0);
+        return 0;
+    }
+    if (read_start(req) < 0) {
+        req->ctx = UINT64_MAX;
+        req_link(&node.wait_leader, req);
+    }
     return 0;
+}
+
+void node_wait_leader(struct node_req *req, node_req_cb cb)
+{
+    req_prepare(req, cb);
+    if (node.leader)
+        req_done(req, 0);
+    else
+        req_link(&node.wait_leader, req);
 }
 
 void node_cancel(struct node_req *req)
@@ -99,52 +520,328 @@ struct kv *node_kv(void)
 
 bool node_is_leader(void)
 {
-    return true;
+    return node.role == RAFT_LEADER;
+}
+
+bool node_has_leader(void)
+{
+    return node.leader != 0;
+}
+
+static const char *leader_addr(bool http)
+{
+    if (node.leader == 0 || node.leader == node.id)
+        return NULL;
+    struct member *m = member_find(node.leader);
+    if (m == NULL)
+        return NULL;
+    const char *a = http ? m->http : m->grpc;
+    return a[0] ? a : NULL;
 }
 
 const char *node_leader_http_addr(void)
 {
-    return NULL;
+    return leader_addr(true);
 }
 
 const char *node_leader_grpc_addr(void)
 {
-    return NULL;
+    return leader_addr(false);
 }
 
 void node_status(struct node_status *st)
 {
+    struct raft_status rs;
+    struct store_stats ss;
     memset(st, 0, sizeof *st);
+    raft_status(node.raft, &rs);
+    store_stats(node.store, &ss);
+    struct member *lm = member_find(rs.leader);
     st->id = node.cfg->node_id;
-    st->role = "leader";
-    st->leader = node.cfg->node_id;
-    st->term = 1;
-    st->commit_index = node.applied;
+    st->role = raft_role_name(rs.role);
+    st->leader = lm ? lm->name : "";
+    st->term = rs.term;
+    st->commit_index = rs.commit;
     st->applied_index = node.applied;
-    st->last_index = node.applied;
+    st->last_index = rs.last_index;
+    st->persisted_index = rs.persisted_index;
     st->keys = kv_count(node.kv);
+    st->fsyncs = ss.batches;
+    st->fsync_entries = ss.entries;
+    pz_free(node.view);
+    node.view = pz_calloc(node.n_members ? node.n_members : 1,
+                          sizeof *node.view);
+    for (size_t i = 0; i < node.n_members; i++) {
+        struct member *m = &node.members[i];
+        struct node_member *v = &node.view[i];
+        v->name = m->name;
+        v->id = m->id;
+        v->voter = m->voter;
+        v->raft = m->raft;
+        v->http = m->id == node.id ? node.cfg->http_addr : m->http;
+        v->grpc = m->id == node.id ? node.cfg->grpc_addr : m->grpc;
+        for (size_t j = 0; j < rs.n_peers; j++) {
+            if (rs.peers[j].id == m->id) {
+                v->match = rs.peers[j].match;
+                v->last_contact_ms = rs.peers[j].last_contact * node.tick_ms;
+            }
+        }
+        if (m->id == node.id)
+            v->match = rs.persisted_index;
+    }
+    st->members = node.view;
+    st->n_members = node.n_members;
 }
 
-void node_before_sleep(void)
+/* --- start and stop ----------------------------------------------------------- */
+
+/* The cluster id of a static initial cluster: the same on every member,
+ * derived from the member list alone (name=address pairs, sorted). */
+static uint64_t cluster_id_of(struct cfg_peer *peers, size_t n)
 {
-    /* Callbacks may propose again; those wait for the next turn. */
-    struct pz_queue batch;
-    pz_queue_init(&batch);
-    while (!pz_queue_empty(&node.done)) {
-        struct pz_queue *e = pz_queue_head(&node.done);
-        pz_queue_remove(e);
-        pz_queue_push(&batch, e);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    for (size_t i = 0; i < n; i++) { /* n is small: selection order */
+        size_t best = SIZE_MAX;
+        for (size_t j = 0; j < n; j++) {
+            if (peers[j].name[0] == '\0')
+                continue;
+            if (best == SIZE_MAX || strcmp(peers[j].name, peers[best].name) < 0)
+                best = j;
+        }
+        pz_buf_appendf(&b, "%s=%s,", peers[best].name, peers[best].addr);
+        peers[best].name[0] = '\0';
     }
-    while (!pz_queue_empty(&batch)) {
+    uint64_t id = pz_hash(b.data, b.len, 0x636c7573746572ull);
+    pz_buf_free(&b);
+    return id ? id : 1;
+}
+
+static int bootstrap(char *err, size_t errlen)
+{
+    const struct pz_config *cfg = node.cfg;
+    struct raft_conf conf;
+    raft_conf_init(&conf);
+    if (cfg->initial_cluster[0]) {
+        struct cfg_peer *peers;
+        size_t n;
+        char why[256];
+        if (cfg_parse_cluster(cfg->initial_cluster, &peers, &n, why,
+                              sizeof why) < 0) {
+            snprintf(err, errlen, "initial-cluster %s", why);
+            return PZ_ECONFIG;
+        }
+        for (size_t i = 0; i < n; i++) {
+            /* Only what every member knows goes into entry 1, so that all
+             * of them write the identical entry. */
+            char *meta = make_meta(peers[i].name, peers[i].addr, NULL, NULL);
+            raft_conf_add(&conf, name_to_id(peers[i].name), true, meta);
+            pz_free(meta);
+        }
+        node.cluster_id = cluster_id_of(peers, n);
+        pz_free(peers);
+        pz_info("forming cluster from initial-cluster (%zu members)", conf.n);
+    } else {
+        char *meta = make_meta(cfg->node_id, cfg->raft_addr, cfg->http_addr,
+                               cfg->grpc_addr);
+        raft_conf_add(&conf, node.id, true, meta);
+        pz_free(meta);
+        uint64_t r = 0;
+        if (getrandom(&r, sizeof r, 0) != sizeof r)
+            r = uv_hrtime();
+        node.cluster_id = r ? r : 1;
+        pz_info("bootstrapping a one-node cluster");
+    }
+    int rv = raft_bootstrap(node.raft, &conf);
+    raft_conf_free(&conf);
+    if (rv < 0) {
+        snprintf(err, errlen, "cannot bootstrap: %s", pz_strerror(rv));
+        return rv;
+    }
+    rv = store_meta_set(node.store, node.cluster_id, node.id, cfg->node_id);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        return rv;
+    }
+    return 0;
+}
+
+static int restore(char *err, size_t errlen)
+{
+    struct raft_hard_state hs;
+    struct raft_entry *ents = NULL;
+    size_t n = 0;
+    struct store_meta meta;
+    int rv = store_load(node.store, &hs, &ents, &n, &meta);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        return rv;
+    }
+    if (meta.node_name[0] && strcmp(meta.node_name, node.cfg->node_id) != 0) {
+        snprintf(err, errlen,
+                 "%s belongs to node '%s', but node-id is '%s': refusing to "
+                 "start",
+                 store_path(node.store), meta.node_name, node.cfg->node_id);
+        store_entries_free(ents, n);
+        return PZ_ECONFIG;
+    }
+    if (n == 0 && hs.term == 0) {
+        store_entries_free(ents, n);
+        return 1; /* nothing stored */
+    }
+    node.cluster_id = meta.cluster_id;
+    rv = raft_restore(node.raft, &hs, ents, n);
+    store_entries_free(ents, n);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s: stored Raft state is inconsistent (%s)",
+                 store_path(node.store), pz_strerror(rv));
+        return rv;
+    }
+    pz_info("recovered term %llu, %zu log entries, commit %llu",
+            (unsigned long long)hs.term, n, (unsigned long long)hs.commit);
+    return 0;
+}
+
+int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
+              size_t errlen)
+{
+    uint64_t seed = 0;
+    int rv;
+    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+        seed = uv_hrtime();
+    memset(&node, 0, sizeof node);
+    node.loop = loop;
+    node.cfg = cfg;
+    node.kv = kv_new_seeded(seed);
+    node.id = name_to_id(cfg->node_id);
+    pz_queue_init(&node.proposals);
+    pz_queue_init(&node.reads);
+    pz_queue_init(&node.reads_apply);
+    pz_queue_init(&node.wait_leader);
+    pz_queue_init(&node.done);
+
+    /* Time is ticks: ten per heartbeat interval. */
+    node.tick_ms = (uint64_t)PZ_MAX(1, cfg->heartbeat_interval_ms / 10);
+    struct raft_config rc = {
+        .id = node.id,
+        .heartbeat_ticks = (int)(cfg->heartbeat_interval_ms /
+                                 (int64_t)node.tick_ms),
+        .election_ticks = (int)(cfg->election_timeout_ms /
+                                (int64_t)node.tick_ms),
+        .seed = seed ^ node.id,
+        .pre_vote = true,
+        .check_quorum = true,
+    };
+    char rerr[RAFT_ERRMSG_SIZE];
+    node.raft = raft_new(&rc, rerr);
+    if (node.raft == NULL) {
+        snprintf(err, errlen, "%s", rerr);
+        goto err_after_kv;
+    }
+    rv = store_open(cfg->raft_data, &node.store, err, errlen);
+    if (rv < 0)
+        goto err_after_raft;
+    rv = restore(err, errlen);
+    if (rv < 0)
+        goto err_after_store;
+    if (rv == 1) { /* no state yet */
+        if (cfg->initial_cluster[0] || cfg->raft_bootstrap) {
+            rv = bootstrap(err, errlen);
+            if (rv < 0)
+                goto err_after_store;
+        } else {
+            snprintf(err, errlen,
+                     "no Raft state in %s and neither initial-cluster nor "
+                     "raft-bootstrap is set: nothing to start from",
+                     cfg->raft_data);
+            goto err_after_store;
+        }
+    }
+    struct transport_config tc = {
+        .listen_addr = cfg->raft_addr,
+        .id = node.id,
+        .name = cfg->node_id,
+        .cluster_id = node.cluster_id,
+        .http_addr = cfg->http_addr,
+        .grpc_addr = cfg->grpc_addr,
+        .recv = on_recv,
+        .on_peer_info = on_peer_info,
+        .data = &node,
+        .seed = seed,
+    };
+    node.tr = transport_new(loop, &tc, err, errlen);
+    if (node.tr == NULL)
+        goto err_after_store;
+    members_refresh();
+    uv_timer_init(loop, &node.tick);
+    uv_timer_start(&node.tick, on_tick, node.tick_ms, node.tick_ms);
+    node.open = true;
+    /* A lone voter need not wait for an election timeout. */
+    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
+    if (conf->n == 1 && conf->servers[0].id == node.id)
+        raft_campaign(node.raft);
+    return 0;
+
+err_after_store:
+    store_close(node.store);
+err_after_raft:
+    raft_free(node.raft);
+err_after_kv:
+    kv_free(node.kv);
+    return PZ_ECONFIG;
+}
+
+static void on_transport_closed(void *data)
+{
+    PZ_UNUSED(data);
+    if (node.close_cb)
+        node.close_cb();
+}
+
+static void on_tick_closed(uv_handle_t *h)
+{
+    PZ_UNUSED(h);
+    transport_close(node.tr, on_transport_closed);
+}
+
+static void finish_close(void)
+{
+    store_close(node.store);
+    raft_free(node.raft);
+    kv_free(node.kv);
+    for (size_t i = 0; i < node.n_members; i++)
+        member_free(&node.members[i]);
+    pz_free(node.members);
+    pz_free(node.view);
+    uv_close((uv_handle_t *)&node.tick, on_tick_closed);
+}
+
+void node_close(void (*cb)(void))
+{
+    if (!node.open) {
+        if (cb)
+            cb();
+        return;
+    }
+    node.open = false;
+    node.close_cb = cb;
+    fail_all(&node.proposals, PZ_ESHUTDOWN);
+    fail_all(&node.reads, PZ_ESHUTDOWN);
+    fail_all(&node.reads_apply, PZ_ESHUTDOWN);
+    fail_all(&node.wait_leader, PZ_ESHUTDOWN);
+    while (!pz_queue_empty(&node.done)) {
         struct node_req *r =
-            container_of(pz_queue_head(&batch), struct node_req, q);
+            container_of(pz_queue_head(&node.done), struct node_req, q);
         pz_queue_remove(&r->q);
         r->queued = false;
-        r->cb(r, r->status);
+        r->cb(r, r->status ? r->status : PZ_ESHUTDOWN);
     }
-}
-
-bool node_has_work(void)
-{
-    return !pz_queue_empty(&node.done);
+    uv_timer_stop(&node.tick);
+    if (node.writing) {
+        /* The store cannot close under a write in flight: on_written
+         * finishes the close. */
+        node.closing = true;
+        return;
+    }
+    finish_close();
 }

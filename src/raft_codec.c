@@ -74,6 +74,8 @@ int raft_codec_encode_handshake(struct pz_buf *out,
     ph.target_id = h->target_id;
     ph.name = str_arg(h->name);
     ph.token = str_arg(h->token);
+    ph.http_addr = str_arg(h->http_addr);
+    ph.grpc_addr = str_arg(h->grpc_addr);
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE;
     f.handshake = &ph;
     return pack_frame(out, &f, max);
@@ -90,6 +92,8 @@ int raft_codec_encode_reply(struct pz_buf *out,
     pr.node_id = r->node_id;
     pr.name = str_arg(r->name);
     pr.reason = str_arg(r->reason);
+    pr.http_addr = str_arg(r->http_addr);
+    pr.grpc_addr = str_arg(r->grpc_addr);
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY;
     f.handshake_reply = &pr;
     return pack_frame(out, &f, max);
@@ -238,6 +242,8 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->hs.target_id = h->target_id;
         d->hs.name = h->name;
         d->hs.token = h->token;
+        d->hs.http_addr = h->http_addr;
+        d->hs.grpc_addr = h->grpc_addr;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY: {
@@ -249,6 +255,8 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->reply.node_id = r->node_id;
         d->reply.name = r->name;
         d->reply.reason = r->reason;
+        d->reply.http_addr = r->http_addr;
+        d->reply.grpc_addr = r->grpc_addr;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_MESSAGE:

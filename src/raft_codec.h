@@ -56,6 +56,8 @@ struct raft_handshake {
     uint64_t target_id;  /* id the dialer expects to reach, 0: any */
     const char *name;    /* dialer's name (NULL: "") */
     const char *token;   /* cluster token (NULL: "") */
+    const char *http_addr; /* dialer's HTTP API address (NULL: "") */
+    const char *grpc_addr; /* dialer's gRPC API address (NULL: "") */
 };
 
 struct raft_handshake_reply {
@@ -65,6 +67,8 @@ struct raft_handshake_reply {
     uint64_t node_id;    /* acceptor's id */
     const char *name;    /* acceptor's name (NULL: "") */
     const char *reason;  /* detail for logs (NULL: "") */
+    const char *http_addr; /* acceptor's HTTP API address (NULL: "") */
+    const char *grpc_addr; /* acceptor's gRPC API address (NULL: "") */
 };
 
 /* --- encoding --------------------------------------------------------- */

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "fwd.h"
 #include "http.h"
 #include "log.h"
 #include "node.h"
@@ -58,18 +59,22 @@ const struct pz_config *server_config(void)
     return srv.cfg;
 }
 
-static void stop_all(void)
+static void on_node_closed(void)
 {
-    if (srv.stopped)
-        return;
-    srv.stopped = true;
-    node_close();
     uv_close((uv_handle_t *)&srv.prepare, NULL);
     uv_close((uv_handle_t *)&srv.idle, NULL);
     uv_close((uv_handle_t *)&srv.cron, NULL);
     uv_close((uv_handle_t *)&srv.grace, NULL);
     uv_close((uv_handle_t *)&srv.sigint, NULL);
     uv_close((uv_handle_t *)&srv.sigterm, NULL);
+}
+
+static void stop_all(void)
+{
+    if (srv.stopped)
+        return;
+    srv.stopped = true;
+    node_close(on_node_closed);
 }
 
 static void on_idle(uv_idle_t *h)
@@ -82,11 +87,11 @@ static void on_prepare(uv_prepare_t *h)
     PZ_UNUSED(h);
     node_before_sleep();
     conn_before_sleep();
-    if (srv.shutting_down && conn_count() == 0 && !node_has_work()) {
+    if (srv.shutting_down && srv.http.n_conns == 0 && !node_has_work()) {
         stop_all();
         return;
     }
-    if (node_has_work())
+    if (node_has_work() || conn_has_work())
         uv_idle_start(&srv.idle, on_idle);
     else
         uv_idle_stop(&srv.idle);
@@ -104,7 +109,7 @@ static void on_grace(uv_timer_t *t)
     pz_warn("shutdown: closing connections still busy after %d ms",
             SHUTDOWN_GRACE_MS);
     conn_listener_close_all(&srv.http);
-    conn_close_outbound();
+    fwd_close_all();
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -119,7 +124,7 @@ static void on_signal(uv_signal_t *h, int signum)
     srv.shutting_down = true;
     conn_listener_stop(&srv.http);
     http_drain(&srv.http);
-    conn_close_outbound();
+    fwd_close_all();
     uv_timer_start(&srv.grace, on_grace, SHUTDOWN_GRACE_MS, 0);
 }
 

@@ -6,7 +6,8 @@
  *
  * Schema (version 1), all tables STRICT:
  *   log(idx INTEGER PRIMARY KEY, term, type, data BLOB)  one row per entry
- *   hard_state(id = 0, term, vote, commit_index)          exactly one row
+ *   hard_state(id = 0, term, vote, commit_index)          exactly one row;
+ *       vote is a node id kept as its 64-bit pattern (may read negative)
  *   meta(key TEXT PRIMARY KEY, value TEXT)                schema_version,
  *       created_ms, cluster_id, node_id, node_name, snapshot_index,
  *       snapshot_term; 64-bit numbers as decimal text, never as doubles
@@ -293,7 +294,9 @@ static int run_batch(struct store *s, struct batch *b)
     }
     if (b->has_hs) {
         bind_u64(s->st_hs_put, 1, b->hs.term);
-        bind_u64(s->st_hs_put, 2, b->hs.vote);
+        /* A vote is a node id: any 64-bit value, kept as its bit
+         * pattern in SQLite's signed integer. */
+        sqlite3_bind_int64(s->st_hs_put, 2, (sqlite3_int64)b->hs.vote);
         bind_u64(s->st_hs_put, 3, b->hs.commit);
         rc = run(s, s->st_hs_put, b->err, "write hard state");
         if (rc)
@@ -361,8 +364,7 @@ static int prepare_batch(struct store *s, struct batch *b,
     }
     uint64_t hs_term = hs ? hs->term : s->hs.term;
     if (hs) {
-        if (hs->term > INT64_MAX || hs->vote > INT64_MAX ||
-            hs->commit > INT64_MAX) {
+        if (hs->term > INT64_MAX || hs->commit > INT64_MAX) {
             set_err(s->errmsg, sizeof s->errmsg,
                     "%s: hard state value out of range", s->path);
             return PZ_EINVAL;
@@ -1098,7 +1100,7 @@ static int load_state(struct store *s, char *err, size_t errlen)
     sqlite3_int64 t = sqlite3_column_int64(st, 0);
     sqlite3_int64 v = sqlite3_column_int64(st, 1);
     sqlite3_int64 c = sqlite3_column_int64(st, 2);
-    if (t < 0 || v < 0 || c < 0) {
+    if (t < 0 || c < 0) {
         set_err(err, errlen, "%s: hard state has negative values", s->path);
         ret = PZ_ECORRUPT;
         goto out;

@@ -179,6 +179,8 @@ static void on_fin_b(uv_handle_t *h)
     pz_free(t->listen_addr);
     pz_free(t->name);
     pz_free(t->token);
+    pz_free((char *)t->cfg.http_addr);
+    pz_free((char *)t->cfg.grpc_addr);
     pz_free(t);
     if (cb)
         cb(data);
@@ -328,6 +330,8 @@ static void out_connected(struct conn *c, int status)
         .target_id = p->id,
         .name = t->name,
         .token = t->token,
+        .http_addr = t->cfg.http_addr,
+        .grpc_addr = t->cfg.grpc_addr,
     };
     pz_buf_reset(&t->scratch);
     if (raft_codec_encode_handshake(&t->scratch, &hs, REPLY_MAX) < 0) {
@@ -393,6 +397,9 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
     printable(name, sizeof name, r->name);
     pz_info("raft: connected to peer %" PRIu64 " '%s' at %s", p->id, name,
             p->addr);
+    if (t->cfg.on_peer_info)
+        t->cfg.on_peer_info(t->cfg.data, p->id, name, r->http_addr,
+                            r->grpc_addr);
     raft_frame_parser_free(&p->fp);
     uv_timer_stop(&p->timer);
     p->state = PEER_READY;
@@ -602,6 +609,10 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         r.node_id = t->cfg.id;
         r.name = t->name;
     }
+    if (r.status == RAFT_HS_OK) {
+        r.http_addr = t->cfg.http_addr;
+        r.grpc_addr = t->cfg.grpc_addr;
+    }
     r.reason = why[0] ? why + 1 : "";
     pz_buf_reset(&t->scratch);
     int rv = raft_codec_encode_reply(&t->scratch, &r, REPLY_MAX);
@@ -629,6 +640,9 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         return;
     }
     in->accepted = true;
+    if (t->cfg.on_peer_info)
+        t->cfg.on_peer_info(t->cfg.data, hs->node_id, in->name,
+                            hs->http_addr, hs->grpc_addr);
     in->peer_id = hs->node_id;
     in->fp.max = t->cfg.max_frame;
     in->c->busy = 1; /* a quiet peer link is not an idle client */
@@ -736,6 +750,8 @@ struct transport *transport_new(uv_loop_t *loop,
     t->listen_addr = pz_strdup(cfg->listen_addr);
     t->name = pz_strdup(cfg->name ? cfg->name : "");
     t->token = pz_strdup(cfg->token ? cfg->token : "");
+    t->cfg.http_addr = pz_strdup(cfg->http_addr ? cfg->http_addr : "");
+    t->cfg.grpc_addr = pz_strdup(cfg->grpc_addr ? cfg->grpc_addr : "");
     t->cfg.listen_addr = t->listen_addr;
     t->cfg.name = t->name;
     t->cfg.token = t->token;

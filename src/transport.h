@@ -53,6 +53,12 @@ typedef void (*transport_recv_cb)(void *data, const struct raft_msg *m);
 /* The outbound link to peer id came up (handshake accepted) or went down
  * (it was up before). Optional. */
 typedef void (*transport_peer_cb)(void *data, uint64_t id, bool connected);
+/* A peer told us its client (HTTP and gRPC) addresses in a handshake:
+ * as a dialer to us, or as the acceptor of our link. Optional. */
+typedef void (*transport_peer_info_cb)(void *data, uint64_t id,
+                                       const char *name,
+                                       const char *http_addr,
+                                       const char *grpc_addr);
 /* transport_close finished: every handle is closed, the transport freed. */
 typedef void (*transport_close_cb)(void *data);
 
@@ -67,6 +73,9 @@ struct transport_config {
                                   copied */
     transport_recv_cb recv;    /* required */
     transport_peer_cb on_peer; /* optional */
+    transport_peer_info_cb on_peer_info; /* optional */
+    const char *http_addr;     /* ours, told to peers; copied (NULL: "") */
+    const char *grpc_addr;     /* ours, told to peers; copied (NULL: "") */
     void *data;                /* passed to the callbacks */
     uint64_t seed;             /* backoff jitter PRNG seed (0: from the
                                   clock) */
