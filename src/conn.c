@@ -23,8 +23,7 @@ static struct pz_queue closing_q;  /* conns flagged CLOSE_ASAP */
 static struct pz_queue outbound_q; /* conns from conn_connect */
 static size_t n_live;              /* conns not yet freed */
 static char read_buf[READ_BUF_SIZE];
-static struct conn_listener *listeners[8]; /* for the idle sweep */
-static size_t n_listeners;
+static struct pz_queue listeners;  /* listening, for the idle sweep */
 static const struct conn_ops no_ops; /* for conns with no protocol state */
 
 void conn_setup(uv_loop_t *l, const struct conn_limits *lim)
@@ -34,6 +33,7 @@ void conn_setup(uv_loop_t *l, const struct conn_limits *lim)
     pz_queue_init(&pending_q);
     pz_queue_init(&closing_q);
     pz_queue_init(&outbound_q);
+    pz_queue_init(&listeners);
 }
 
 size_t conn_count(void)
@@ -307,8 +307,9 @@ void conn_cron(void)
         return;
     /* Only accepted connections idle out; outbound ones are ours. */
     uint64_t now = uv_now(loop);
-    for (size_t i = 0; i < n_listeners; i++)
-        cron_list(&listeners[i]->conns, now);
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &listeners)
+    cron_list(&container_of(e, struct conn_listener, lq)->conns, now);
 }
 
 static void format_peer(uv_tcp_t *t, char *out, size_t len, bool local)
@@ -401,8 +402,8 @@ int conn_listen(struct conn_listener *ls, const char *addr,
         snprintf(err, errlen, "%s: '%s' is not an IP address", name, host);
         return PZ_EINVAL;
     }
-    pz_assert(n_listeners < PZ_ARRAY_SIZE(listeners));
     memset(ls, 0, sizeof *ls);
+    pz_queue_init(&ls->lq);
     ls->ops = ops;
     ls->name = name;
     ls->max_conns = max_conns;
@@ -420,16 +421,17 @@ int conn_listen(struct conn_listener *ls, const char *addr,
         ls->listening = false;
         return rv;
     }
-    listeners[n_listeners++] = ls;
+    pz_queue_push(&listeners, &ls->lq);
     return 0;
 }
 
-void conn_listener_stop(struct conn_listener *ls)
+void conn_listener_stop(struct conn_listener *ls, uv_close_cb cb)
 {
     if (!ls->listening)
         return;
     ls->listening = false;
-    uv_close((uv_handle_t *)&ls->tcp, NULL);
+    pz_queue_remove(&ls->lq);
+    uv_close((uv_handle_t *)&ls->tcp, cb);
 }
 
 void conn_listener_close_all(struct conn_listener *ls)

@@ -414,6 +414,8 @@ static void on_written(struct store *s, int status, const char *errmsg,
 static void on_recv(void *data, const struct raft_msg *m)
 {
     PZ_UNUSED(data);
+    if (!node.open)
+        return; /* closing: the core is about to go */
     raft_step(node.raft, m);
 }
 
@@ -791,9 +793,24 @@ err_after_kv:
     return PZ_ECONFIG;
 }
 
+/* Close order: the tick timer, then the transport (messages may arrive
+ * until it is closed), then what they would have touched. */
 static void on_transport_closed(void *data)
 {
     PZ_UNUSED(data);
+    store_close(node.store);
+    raft_free(node.raft);
+    kv_free(node.kv);
+    for (size_t i = 0; i < node.n_members; i++)
+        member_free(&node.members[i]);
+    pz_free(node.members);
+    pz_free(node.view);
+    node.store = NULL;
+    node.raft = NULL;
+    node.kv = NULL;
+    node.members = NULL;
+    node.view = NULL;
+    node.n_members = 0;
     if (node.close_cb)
         node.close_cb();
 }
@@ -806,13 +823,6 @@ static void on_tick_closed(uv_handle_t *h)
 
 static void finish_close(void)
 {
-    store_close(node.store);
-    raft_free(node.raft);
-    kv_free(node.kv);
-    for (size_t i = 0; i < node.n_members; i++)
-        member_free(&node.members[i]);
-    pz_free(node.members);
-    pz_free(node.view);
     uv_close((uv_handle_t *)&node.tick, on_tick_closed);
 }
 

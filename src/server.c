@@ -122,7 +122,7 @@ static void on_signal(uv_signal_t *h, int signum)
     pz_info("received %s, shutting down", signum == SIGINT ? "SIGINT"
                                                            : "SIGTERM");
     srv.shutting_down = true;
-    conn_listener_stop(&srv.http);
+    conn_listener_stop(&srv.http, NULL);
     http_drain(&srv.http);
     fwd_close_all();
     uv_timer_start(&srv.grace, on_grace, SHUTDOWN_GRACE_MS, 0);
@@ -161,7 +161,7 @@ int server_run(const struct pz_config *cfg)
     if (rv < 0) {
         pz_error("%s", err);
         srv.shutting_down = true;
-        conn_listener_stop(&srv.http);
+        conn_listener_stop(&srv.http, NULL);
         stop_all();
         uv_run(&srv.loop, UV_RUN_DEFAULT);
         uv_loop_close(&srv.loop);

@@ -951,11 +951,8 @@ void transport_close(struct transport *t, transport_close_cb cb)
     t->closing = true;
     t->close_cb = cb;
     if (t->ls.listening) {
-        /* conn_listener_stop() without a callback would not tell us when
-         * the handle is gone; close it ourselves. */
-        t->ls.listening = false;
         t->closing_handles++;
-        uv_close((uv_handle_t *)&t->ls.tcp, on_listener_closed);
+        conn_listener_stop(&t->ls, on_listener_closed);
     }
     struct pz_queue *e;
     PZ_QUEUE_FOREACH(e, &t->inbound)
