@@ -62,7 +62,7 @@ local id = math.random(1e9)
 request = function()
   n = n + 1
   local body = '{"key":"k' .. id .. '-' .. n .. '","value":"$VALUE"}'
-  return wrap.format("POST", "/set", {["Content-Type"]="application/json"}, body)
+  return wrk.format("POST", "/set", {["Content-Type"]="application/json"}, body)
 end
 LUA
 

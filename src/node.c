@@ -76,6 +76,8 @@ struct node {
     void (*close_cb)(void);      /* node_close callback */
     bool open;                   /* node_init succeeded */
     bool closing;                /* node_close waits for a write */
+    uint64_t saved_term;         /* term last handed to the store */
+    uint64_t saved_vote;         /* vote last handed to the store */
 };
 
 static struct node node;
@@ -374,10 +376,17 @@ static void ready_cycle(void)
         raft_ready(node.raft, rd);
         ready_apply(rd);
         send_all(rd->msgs, rd->n_msgs);
-        if (rd->hs_changed || rd->n_entries) {
-            int rv = store_write(node.store, node.loop,
-                                 rd->hs_changed ? &rd->hs : NULL,
-                                 rd->entries, rd->n_entries, on_written, NULL);
+        /* Term and vote must be durable before anything that depends on
+         * them (Figure 3.1); the commit index need not be (it is learned
+         * again from the leader after a restart), so a Ready that only
+         * moves it costs no fsync: it rides along with the next write. */
+        bool hs_needed = rd->hs_changed && (rd->hs.term != node.saved_term ||
+                                            rd->hs.vote != node.saved_vote);
+        if (hs_needed || rd->n_entries) {
+            node.saved_term = rd->hs.term;
+            node.saved_vote = rd->hs.vote;
+            int rv = store_write(node.store, node.loop, &rd->hs, rd->entries,
+                                 rd->n_entries, on_written, NULL);
             if (rv < 0) {
                 pz_error("cannot write the Raft log: %s",
                          store_errmsg(node.store));
@@ -692,6 +701,8 @@ static int restore(char *err, size_t errlen)
         return 1; /* nothing stored */
     }
     node.cluster_id = meta.cluster_id;
+    node.saved_term = hs.term;
+    node.saved_vote = hs.vote;
     rv = raft_restore(node.raft, &hs, ents, n);
     store_entries_free(ents, n);
     if (rv < 0) {
