@@ -248,6 +248,7 @@ struct raft {
 
     struct raft_conf conf;       /* current configuration */
     uint64_t conf_index;         /* index of its entry (0 if none) */
+    bool prev_voter;             /* voter in the conf before that one */
     bool conf_changed;           /* since the previous Ready */
 
     int election_elapsed;        /* ticks since reset */
@@ -305,11 +306,23 @@ static struct raft_server *self_server(const struct raft *r)
     return raft_conf_get(&r->conf, r->id);
 }
 
-/* Thesis §4.1/§4.2.2: only voters of the current configuration campaign. */
-static bool promotable(const struct raft *r)
+static bool is_voter(const struct raft *r)
 {
     const struct raft_server *s = self_server(r);
     return s != NULL && s->voter;
+}
+
+/* Voters of the current configuration campaign; so does a server whose
+ * latest configuration, still uncommitted, removed (or demoted) it while
+ * the previous one had it as a voter. Thesis §4.2.2 lets a leader that is
+ * not in Cnew manage the cluster until Cnew commits; without this rule, a
+ * leader that removed itself and lost leadership (CheckQuorum) before the
+ * entry committed may be the only server holding the entry: no one else
+ * can win without its vote, and it would never run. Votes are still
+ * counted in the current configuration only, so safety is unaffected. */
+static bool promotable(const struct raft *r)
+{
+    return is_voter(r) || (r->conf_index > r->commit && r->prev_voter);
 }
 
 static size_t quorum(const struct raft *r)
@@ -428,6 +441,7 @@ static void apply_conf_entry(struct raft *r, const struct raft_entry *e)
     struct raft_conf c;
     int rc = raft_conf_decode(e->data, e->len, &c);
     pz_assert(rc == 0);
+    r->prev_voter = is_voter(r);
     raft_conf_free(&r->conf);
     r->conf = c;
     r->conf_index = e->index;
@@ -441,16 +455,27 @@ static void apply_conf_entry(struct raft *r, const struct raft_entry *e)
  * ... reverts to the previous configuration"). */
 static void recompute_conf(struct raft *r)
 {
-    for (uint64_t i = log_last(&r->log); i > r->log.offset; i--) {
+    /* The two latest conf entries left: the previous one sets prev_voter,
+     * the latest one the configuration. */
+    const struct raft_entry *latest = NULL, *prev = NULL;
+    for (uint64_t i = log_last(&r->log); i > r->log.offset && !prev; i--) {
         const struct raft_entry *e = log_at(&r->log, i);
-        if (e->type == RAFT_ENTRY_CONF) {
-            apply_conf_entry(r, e);
-            return;
-        }
+        if (e->type != RAFT_ENTRY_CONF)
+            continue;
+        if (latest == NULL)
+            latest = e;
+        else
+            prev = e;
     }
     raft_conf_free(&r->conf);
     r->conf_index = 0;
     r->conf_changed = true;
+    if (prev != NULL)
+        apply_conf_entry(r, prev);
+    if (latest != NULL)
+        apply_conf_entry(r, latest);
+    else
+        r->prev_voter = false;
 }
 
 /* Append an entry created here or received (takes the payload ref). */
@@ -867,7 +892,7 @@ static void leader_committed(struct raft *r)
     confirm_reads(r);
     /* Thesis §4.2.2: a leader that is not part of the new configuration
      * steps down once the Cnew entry is committed. */
-    if (!promotable(r) && r->commit >= r->conf_index) {
+    if (!is_voter(r) && r->commit >= r->conf_index) {
         /* Let the others learn the commit index first. */
         leader_flush(r);
         become_follower(r, r->term, 0);
@@ -1521,12 +1546,11 @@ int raft_step(struct raft *r, const struct raft_msg *m)
             become_follower(r, m->term, from_leader ? m->from : 0);
         }
     } else if (m->term < r->term) {
-        if ((m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT) &&
-            (r->cfg.check_quorum || r->cfg.pre_vote)) {
+        if (m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT) {
             /* A stale leader: tell it our term so it steps down. Without
              * this, a node whose term grew while partitioned could never
-             * rejoin, since with Pre-Vote/stickiness nobody adopts its
-             * term through elections. */
+             * rejoin: with leader stickiness nobody adopts its term
+             * through its vote requests. */
             new_msg(r, false, RAFT_MSG_APPEND_RESP, m->from);
         } else if (m->type == RAFT_MSG_PREVOTE ||
                    m->type == RAFT_MSG_VOTE) {
@@ -1600,10 +1624,15 @@ int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
         return PZ_ENOTLEADER;
     if (r->transferee != 0)
         return PZ_EBUSY;
-    /* Thesis §4.1: "the leader ... must wait for the previous change to
-     * commit before starting a new one"; a conf entry of an earlier term
-     * counts too until it is committed. */
-    if (r->conf_index > r->commit)
+    /* Thesis §4.1: the leader must wait for the previous change to commit
+     * before starting a new one; a conf entry of an earlier term counts
+     * too until it is committed. And (Ongaro's 2015 correction to the
+     * single-server algorithm, raft-dev "bug in single-server membership
+     * changes"): not before the leader has committed an entry of its own
+     * term, or an uncommitted conf entry of an earlier leader that this
+     * leader never saw could form, with ours, two configurations without
+     * overlapping majorities. */
+    if (r->conf_index > r->commit || !committed_in_term(r))
         return PZ_EBUSY;
     struct raft_conf c;
     raft_conf_init(&c);

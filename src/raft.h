@@ -261,7 +261,8 @@ struct raft_conf_change {
  * as it is appended, on every server. The driver learns of it through
  * rd.conf_changed and raft_conf_current().
  * Returns 0, PZ_ENOTLEADER, PZ_EBUSY (an earlier CONF entry is not yet
- * committed, or a transfer is in progress), PZ_EINVAL (add of an existing
+ * committed, the leader has not yet committed an entry of its term, or a
+ * transfer is in progress; retry later), PZ_EINVAL (add of an existing
  * id, promote of a voter/unknown id, demote of a non-voter, remove of an
  * unknown id, a change that would leave no voter). */
 int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,

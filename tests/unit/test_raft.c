@@ -995,6 +995,31 @@ TEST(conf_change_one_at_a_time)
     net_free(&net);
 }
 
+TEST(conf_change_waits_for_commit_in_term)
+{
+    /* A new leader may not append a conf entry before committing an entry
+     * of its term (the fix to single-server changes). */
+    struct tnet net;
+    net_init(&net, 3);
+    isolate(&net, 1, true);
+    raft_campaign(net.nodes[1].r);
+    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_PREVOTE_RESP,
+                                      .from = 2, .term = 2});
+    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_VOTE_RESP, .from = 2,
+                                      .term = 2});
+    pump_all(&net);
+    drop_queue(&net);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    struct raft_conf_change cc = {.type = RAFT_CC_ADD_NONVOTER, .id = 4};
+    CHECK_EQ_INT(raft_propose_conf(net.nodes[1].r, &cc, NULL, NULL),
+                 PZ_EBUSY);
+    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_APPEND_RESP,
+                                      .from = 2, .term = 2, .index = 2});
+    CHECK_EQ_INT(st_of(&net, 1).commit, 2);
+    CHECK_EQ_INT(raft_propose_conf(net.nodes[1].r, &cc, NULL, NULL), 0);
+    net_free(&net);
+}
+
 TEST(joining_node_gets_log)
 {
     /* Node 4 starts empty (no bootstrap), is added, catches up. */
@@ -1202,6 +1227,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(advance_ignores_truncated_batch),
     TEST_ENTRY(truncation_drops_unsent_acks),
     TEST_ENTRY(conf_change_one_at_a_time),
+    TEST_ENTRY(conf_change_waits_for_commit_in_term),
     TEST_ENTRY(joining_node_gets_log),
     TEST_ENTRY(removed_leader_steps_down),
     TEST_ENTRY(transfer_leadership),

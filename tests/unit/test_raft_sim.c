@@ -131,6 +131,12 @@ struct sim {
     int dup_pct;                    /* duplication, percent */
     int max_delay;                  /* ms, usual delay bound */
     bool chaos;                     /* phase 1: faults on */
+    int profile;                    /* 0 network-heavy, 1 crash-heavy,
+                                       2 mixed */
+    uint64_t chaos_gap;             /* ms between fault actions (max) */
+    int crash_pct;                  /* share of crash actions */
+    uint64_t restart_max;           /* ms before a crashed node restarts */
+    uint64_t persist_max;           /* ms a write may take */
     bool pre_vote, check_quorum;    /* core options of this run */
     size_t max_inflight;            /* core option */
     size_t max_bytes;               /* core option */
@@ -601,7 +607,7 @@ static void pump(struct sim *s, int id)
             net_send(s, &rd->msgs[i]);
         if (rd->hs_changed || rd->n_entries > 0) {
             sn->in_flight = true;
-            uint64_t lat = chance(s, 20) ? 0 : rnd(s, 6);
+            uint64_t lat = chance(s, 20) ? 0 : rnd(s, s->persist_max + 1);
             heap_push(s, ev_new(s, EV_PERSIST, id, lat));
         } else {
             for (size_t i = 0; i < rd->n_msgs_after_persist; i++)
@@ -817,9 +823,21 @@ static void heal(struct sim *s)
         s->group[i] = 0;
 }
 
+static void crash_and_restart(struct sim *s, int id)
+{
+    if (id && s->nodes[id].r != NULL && up_count(s) > 1) {
+        node_crash(s, id);
+        heap_push(s, ev_new(s, EV_RESTART, id, 5 + rnd(s, s->restart_max)));
+    }
+}
+
 static void chaos_action(struct sim *s)
 {
-    uint64_t r = rnd(s, 100);
+    if (chance(s, s->crash_pct)) {
+        crash_and_restart(s, chance(s, 50) ? pick_leader(s) : pick_up(s));
+        return;
+    }
+    uint64_t r = rnd(s, 85);
     if (r < 25) {
         heal(s);
         trace(s, "heal");
@@ -839,12 +857,6 @@ static void chaos_action(struct sim *s)
         int id = 1 + (int)rnd(s, (uint64_t)s->n);
         s->group[id] = 2 + id;
         trace(s, "isolate %d", id);
-    } else if (r < 85) {
-        int id = chance(s, 50) ? pick_leader(s) : pick_up(s);
-        if (id && up_count(s) > 1) {
-            node_crash(s, id);
-            heap_push(s, ev_new(s, EV_RESTART, id, 20 + rnd(s, 800)));
-        }
     } else {
         s->loss_pct = (int)rnd(s, 4) * 5;
         s->dup_pct = (int)rnd(s, 3) * 5;
@@ -892,7 +904,7 @@ static void handle_event(struct sim *s, struct event *e)
     case EV_CHAOS:
         if (s->chaos) {
             chaos_action(s);
-            heap_push(s, ev_new(s, EV_CHAOS, 0, 50 + rnd(s, 400)));
+            heap_push(s, ev_new(s, EV_CHAOS, 0, 10 + rnd(s, s->chaos_gap)));
         }
         return;
     case EV_CLIENT:
@@ -995,10 +1007,16 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->max_bytes = chance(s, 50) ? 64 : 4096;
     s->max_delay = 10;
     s->chaos = true;
+    s->profile = (int)rnd(s, 3);
+    s->chaos_gap = s->profile == 1 ? 150 : 400;
+    s->crash_pct = s->profile == 0 ? 10 : s->profile == 1 ? 60 : 25;
+    s->restart_max = s->profile == 1 ? 200 : 800;
+    s->persist_max = chance(s, 30) ? 30 : 5;
     cur_seed_for_signal = (sig_atomic_t)seed;
     trace(s, "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
-          "inflight=%zu bytes=%zu", seed, n, s->pre_vote, s->check_quorum,
-          s->max_inflight, s->max_bytes);
+          "inflight=%zu bytes=%zu profile=%d persist<=%" PRIu64, seed, n,
+          s->pre_vote, s->check_quorum, s->max_inflight, s->max_bytes,
+          s->profile, s->persist_max);
     int founders = n == 5 ? 3 : n;
     for (int i = 1; i <= n; i++) {
         s->nodes[i].id = (uint64_t)i;
