@@ -54,6 +54,7 @@ enum ev_type {
     EV_DELIVER,
     EV_PERSIST,
     EV_RESTART,
+    EV_CRASH,
     EV_CHAOS,
     EV_CLIENT,
 };
@@ -132,11 +133,12 @@ struct sim {
     int max_delay;                  /* ms, usual delay bound */
     bool chaos;                     /* phase 1: faults on */
     int profile;                    /* 0 network-heavy, 1 crash-heavy,
-                                       2 mixed */
+                                       2 mixed, 3 leader churn */
     uint64_t chaos_gap;             /* ms between fault actions (max) */
     int crash_pct;                  /* share of crash actions */
     uint64_t restart_max;           /* ms before a crashed node restarts */
     uint64_t persist_max;           /* ms a write may take */
+    int kill_leader_pct;            /* chance a new leader soon crashes */
     bool pre_vote, check_quorum;    /* core options of this run */
     size_t max_inflight;            /* core option */
     size_t max_bytes;               /* core option */
@@ -453,6 +455,8 @@ static void note_committed(struct sim *s, int node, uint64_t index,
     s->stat_commits++;
 }
 
+static void crash_and_restart(struct sim *s, int id);
+
 static void check_node(struct sim *s, int id)
 {
     struct snode *sn = &s->nodes[id];
@@ -490,6 +494,11 @@ static void check_node(struct sim *s, int id)
             *l = sn->id;
             s->stat_leaders++;
             trace(s, "node %d leader of term %" PRIu64, id, st.term);
+            /* Kill some new leaders while their first entries are in
+             * flight: leaves entries of older terms on minorities, the
+             * material of Figure 3.7. */
+            if (s->chaos && chance(s, s->kill_leader_pct))
+                heap_push(s, ev_new(s, EV_CRASH, id, rnd(s, 30)));
         } else if (*l != sn->id) {
             sim_fail(s, "election safety: term %" PRIu64 " has leaders %"
                      PRIu64 " and %d", st.term, *l, id);
@@ -838,6 +847,8 @@ static void chaos_action(struct sim *s)
         return;
     }
     uint64_t r = rnd(s, 85);
+    if (s->profile == 3) /* leader churn */
+        r = chance(s, 50) ? 50 : chance(s, 60) ? 0 : r;
     if (r < 25) {
         heal(s);
         trace(s, "heal");
@@ -901,6 +912,11 @@ static void handle_event(struct sim *s, struct event *e)
             return;
         node_start(s, e->node);
         break;
+    case EV_CRASH:
+        if (sn->r == NULL || e->epoch != sn->epoch || !s->chaos)
+            return;
+        crash_and_restart(s, e->node);
+        return;
     case EV_CHAOS:
         if (s->chaos) {
             chaos_action(s);
@@ -1004,13 +1020,18 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->pre_vote = !chance(s, 20);
     s->check_quorum = !chance(s, 20);
     s->max_inflight = 1 + rnd(s, 8);
-    s->max_bytes = chance(s, 50) ? 64 : 4096;
+    s->max_bytes = chance(s, 30) ? 1 : chance(s, 50) ? 64 : 4096;
     s->max_delay = 10;
     s->chaos = true;
-    s->profile = (int)rnd(s, 3);
-    s->chaos_gap = s->profile == 1 ? 150 : 400;
-    s->crash_pct = s->profile == 0 ? 10 : s->profile == 1 ? 60 : 25;
-    s->restart_max = s->profile == 1 ? 200 : 800;
+    s->profile = (int)rnd(s, 4);
+    static const uint64_t gap[] = {400, 150, 400, 120};
+    static const int crash[] = {10, 60, 25, 30};
+    static const uint64_t restart[] = {800, 200, 800, 150};
+    static const int kill[] = {0, 40, 15, 50};
+    s->chaos_gap = gap[s->profile];
+    s->crash_pct = crash[s->profile];
+    s->restart_max = restart[s->profile];
+    s->kill_leader_pct = kill[s->profile];
     s->persist_max = chance(s, 30) ? 30 : 5;
     cur_seed_for_signal = (sig_atomic_t)seed;
     trace(s, "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
