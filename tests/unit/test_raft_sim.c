@@ -60,103 +60,103 @@ enum ev_type {
 };
 
 struct event {
-    uint64_t time;      /* ms */
-    uint64_t seq;       /* tie breaker: FIFO among equal times */
-    int type;           /* enum ev_type */
-    int node;           /* node index 1..n */
-    uint64_t epoch;     /* node incarnation the event belongs to */
-    struct raft_msg m;  /* EV_DELIVER: deep copy */
+    uint64_t time;     /* ms */
+    uint64_t seq;      /* tie breaker: FIFO among equal times */
+    int type;          /* enum ev_type */
+    int node;          /* node index 1..n */
+    uint64_t epoch;    /* node incarnation the event belongs to */
+    struct raft_msg m; /* EV_DELIVER: deep copy */
 };
 
 struct mirror {
-    uint64_t term;        /* term of the entry */
-    const uint8_t *data;  /* payload pointer seen last (change detection) */
-    size_t len;           /* payload length */
-    uint8_t type;         /* entry type */
-    uint64_t chain;       /* hash of the entry and all before it */
+    uint64_t term;       /* term of the entry */
+    const uint8_t *data; /* payload pointer seen last (change detection) */
+    size_t len;          /* payload length */
+    uint8_t type;        /* entry type */
+    uint64_t chain;      /* hash of the entry and all before it */
 };
 
 struct snode {
-    uint64_t id;                /* 1..n */
-    struct raft *r;             /* NULL while down */
-    uint64_t epoch;             /* incarnation */
-    bool founder;               /* bootstraps the initial cluster */
+    uint64_t id;    /* 1..n */
+    struct raft *r; /* NULL while down */
+    uint64_t epoch; /* incarnation */
+    bool founder;   /* bootstraps the initial cluster */
     /* durable storage */
-    struct raft_hard_state hs;  /* durable hard state */
-    struct raft_entry *log;     /* durable entries 1..n_log */
-    size_t n_log, cap_log;      /* used, allocated */
+    struct raft_hard_state hs; /* durable hard state */
+    struct raft_entry *log;    /* durable entries 1..n_log */
+    size_t n_log, cap_log;     /* used, allocated */
     /* the Ready being written */
-    bool in_flight;             /* a Ready is taken and not advanced */
-    struct raft_ready rd;       /* it (arrays owned by the core) */
+    bool in_flight;       /* a Ready is taken and not advanced */
+    struct raft_ready rd; /* it (arrays owned by the core) */
     /* checks */
-    struct mirror *mir;         /* mirror of the core's log, by index-1 */
-    size_t n_mir, cap_mir;      /* used, allocated */
-    uint64_t commit;            /* last seen commit (this incarnation) */
-    uint64_t applied;           /* last applied index */
-    uint64_t lc_term;           /* term for which lc_checked holds */
-    uint64_t lc_checked;        /* leader completeness checked up to */
-    uint64_t checks;            /* check counter (full scans) */
-    uint64_t marker_term;       /* liveness: term a marker was proposed */
-    uint64_t marker_index;      /* liveness: its index */
+    struct mirror *mir;    /* mirror of the core's log, by index-1 */
+    size_t n_mir, cap_mir; /* used, allocated */
+    uint64_t commit;       /* last seen commit (this incarnation) */
+    uint64_t applied;      /* last applied index */
+    uint64_t lc_term;      /* term for which lc_checked holds */
+    uint64_t lc_checked;   /* leader completeness checked up to */
+    uint64_t checks;       /* check counter (full scans) */
+    uint64_t marker_term;  /* liveness: term a marker was proposed */
+    uint64_t marker_index; /* liveness: its index */
 };
 
 struct committed_rec {
-    uint64_t chain;     /* chain hash of the committed entry */
-    uint64_t term;      /* its term */
-    uint64_t obs_term;  /* term of the node that first saw it committed */
+    uint64_t chain;    /* chain hash of the committed entry */
+    uint64_t term;     /* its term */
+    uint64_t obs_term; /* term of the node that first saw it committed */
 };
 
 struct chain_slot {
-    uint64_t index;     /* 0: empty */
-    uint64_t term;      /* entry term */
-    uint64_t chain;     /* chain hash */
+    uint64_t index; /* 0: empty */
+    uint64_t term;  /* entry term */
+    uint64_t chain; /* chain hash */
 };
 
 struct read_rec {
-    int node;           /* requesting node */
-    uint64_t required;  /* max commit known anywhere at request time */
-    bool done;          /* answered or dropped */
+    int node;          /* requesting node */
+    uint64_t required; /* max commit known anywhere at request time */
+    bool done;         /* answered or dropped */
 };
 
 struct sim {
-    uint64_t seed;                  /* this run */
-    uint64_t rng;                   /* simulator randomness */
-    int n;                          /* nodes */
-    uint64_t now;                   /* ms */
-    uint64_t seq;                   /* event sequence */
-    struct event **heap;            /* min-heap by (time, seq) */
-    size_t n_heap, cap_heap;        /* used, allocated */
-    struct snode nodes[SIM_MAXN + 1]; /* by id */
-    int group[SIM_MAXN + 1];        /* partition group of each node */
-    int loss_pct;                   /* message loss, percent */
-    int dup_pct;                    /* duplication, percent */
-    int max_delay;                  /* ms, usual delay bound */
-    bool chaos;                     /* phase 1: faults on */
-    int profile;                    /* 0 network-heavy, 1 crash-heavy,
-                                       2 mixed, 3 leader churn */
-    uint64_t chaos_gap;             /* ms between fault actions (max) */
-    int crash_pct;                  /* share of crash actions */
-    uint64_t restart_max;           /* ms before a crashed node restarts */
-    uint64_t persist_max;           /* ms a write may take */
-    int kill_leader_pct;            /* chance a new leader soon crashes */
-    bool pre_vote, check_quorum;    /* core options of this run */
-    size_t max_inflight;            /* core option */
-    size_t max_bytes;               /* core option */
-    uint64_t *leader_of_term;       /* term -> leader id */
-    size_t cap_lot;                 /* allocated */
-    struct committed_rec *committed; /* by index-1 */
+    uint64_t seed;                     /* this run */
+    uint64_t rng;                      /* simulator randomness */
+    int n;                             /* nodes */
+    uint64_t now;                      /* ms */
+    uint64_t seq;                      /* event sequence */
+    struct event **heap;               /* min-heap by (time, seq) */
+    size_t n_heap, cap_heap;           /* used, allocated */
+    struct snode nodes[SIM_MAXN + 1];  /* by id */
+    int group[SIM_MAXN + 1];           /* partition group of each node */
+    int loss_pct;                      /* message loss, percent */
+    int dup_pct;                       /* duplication, percent */
+    int max_delay;                     /* ms, usual delay bound */
+    bool chaos;                        /* phase 1: faults on */
+    int profile;                       /* 0 network-heavy, 1 crash-heavy,
+                                          2 mixed, 3 leader churn */
+    uint64_t chaos_gap;                /* ms between fault actions (max) */
+    int crash_pct;                     /* share of crash actions */
+    uint64_t restart_max;              /* ms before a crashed node restarts */
+    uint64_t persist_max;              /* ms a write may take */
+    int kill_leader_pct;               /* chance a new leader soon crashes */
+    bool pre_vote, check_quorum;       /* core options of this run */
+    size_t max_inflight;               /* core option */
+    size_t max_bytes;                  /* core option */
+    uint64_t *leader_of_term;          /* term -> leader id */
+    size_t cap_lot;                    /* allocated */
+    struct committed_rec *committed;   /* by index-1 */
     size_t n_committed, cap_committed; /* used, allocated */
-    struct chain_slot *chains;      /* open addressing (index, term) */
-    size_t cap_chains, n_chains;    /* slots, used */
-    struct read_rec *reads;         /* by ctx-1 */
-    size_t n_reads, cap_reads;      /* used, allocated */
-    uint64_t proposals;             /* counter for payloads */
-    bool failed;                    /* an invariant broke */
-    bool trace;                     /* print events */
-    uint64_t events;                /* processed */
-    uint64_t stat_commits;          /* stats */
-    uint64_t stat_reads;            /* confirmed reads */
-    uint64_t stat_leaders;          /* leader elections seen */
+    struct chain_slot *chains;         /* open addressing (index, term) */
+    size_t cap_chains, n_chains;       /* slots, used */
+    struct read_rec *reads;            /* by ctx-1 */
+    size_t n_reads, cap_reads;         /* used, allocated */
+    uint64_t proposals;                /* counter for payloads */
+    bool failed;                       /* an invariant broke */
+    bool trace;                        /* print events */
+    uint64_t events;                   /* processed */
+    uint64_t stat_commits;             /* stats */
+    uint64_t stat_reads;               /* confirmed reads */
+    uint64_t stat_leaders;             /* leader elections seen */
 };
 
 static volatile sig_atomic_t cur_seed_for_signal;
@@ -171,12 +171,15 @@ static void sim_fail(struct sim *s, const char *fmt, ...)
     s->failed = true;
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "SIM FAILURE seed=%" PRIu64 " n=%d t=%" PRIu64 "ms: ",
-            s->seed, s->n, s->now);
+    fprintf(stderr,
+            "SIM FAILURE seed=%" PRIu64 " n=%d t=%" PRIu64 "ms: ", s->seed,
+            s->n, s->now);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n  reproduce: SIM_SEED=%" PRIu64 " SIM_TRACE=1 "
-            "tests/unit/raft-sim\n", s->seed);
+    fprintf(stderr,
+            "\n  reproduce: SIM_SEED=%" PRIu64 " SIM_TRACE=1 "
+            "tests/unit/raft-sim\n",
+            s->seed);
 }
 
 static void trace(struct sim *s, const char *fmt, ...)
@@ -204,7 +207,7 @@ static bool chance(struct sim *s, int pct)
     return (int)rnd(s, 100) < pct;
 }
 
-/* --- event heap --------------------------------------------------------- */
+/* --- event heap ----------------------------------------------------------- */
 
 static bool ev_less(const struct event *a, const struct event *b)
 {
@@ -254,8 +257,7 @@ static struct event *heap_pop(struct sim *s)
     return top;
 }
 
-static struct event *ev_new(struct sim *s, int type, int node,
-                            uint64_t delay)
+static struct event *ev_new(struct sim *s, int type, int node, uint64_t delay)
 {
     struct event *e = pz_calloc(1, sizeof *e);
     e->time = s->now + delay;
@@ -277,9 +279,10 @@ static void msg_deep_copy(struct raft_msg *dst, const struct raft_msg *src)
     dst->entries = pz_malloc(src->n_entries * sizeof *dst->entries);
     for (size_t i = 0; i < src->n_entries; i++) {
         dst->entries[i] = src->entries[i];
-        dst->entries[i].data = src->entries[i].len
-            ? pz_memdup(src->entries[i].data, src->entries[i].len)
-            : NULL;
+        dst->entries[i].data =
+            src->entries[i].len
+                ? pz_memdup(src->entries[i].data, src->entries[i].len)
+                : NULL;
     }
 }
 
@@ -297,7 +300,7 @@ static void ev_free(struct event *e)
     pz_free(e);
 }
 
-/* --- network ------------------------------------------------------------ */
+/* --- network -------------------------------------------------------------- */
 
 static bool linked(const struct sim *s, uint64_t a, uint64_t b)
 {
@@ -329,7 +332,7 @@ static void net_send(struct sim *s, const struct raft_msg *m)
     }
 }
 
-/* --- invariants ------------------------------------------------------------ */
+/* --- invariants ----------------------------------------------------------- */
 
 static uint64_t entry_chain(uint64_t prev, const struct raft_entry *e)
 {
@@ -337,6 +340,12 @@ static uint64_t entry_chain(uint64_t prev, const struct raft_entry *e)
     uint64_t x = pz_hash(h, sizeof h, 0x5eed);
     return x ^ pz_hash(e->data ? (const void *)e->data : (const void *)"",
                        e->len, x);
+}
+
+static size_t slot_hash(uint64_t index, uint64_t term)
+{
+    return (size_t)(index * 0x9E3779B97F4A7C15ull ^
+                    term * 0xC2B2AE3D27D4EB4Full);
 }
 
 static void chains_grow(struct sim *s)
@@ -347,8 +356,7 @@ static void chains_grow(struct sim *s)
         struct chain_slot *c = &s->chains[i];
         if (c->index == 0)
             continue;
-        size_t h = (size_t)(c->index * 0x9E3779B97F4A7C15ull ^ c->term *
-                                                                0xC2B2AE3D27D4EB4Full);
+        size_t h = slot_hash(c->index, c->term);
         for (size_t k = h & (ncap - 1);; k = (k + 1) & (ncap - 1)) {
             if (n[k].index == 0) {
                 n[k] = *c;
@@ -363,13 +371,12 @@ static void chains_grow(struct sim *s)
 
 /* Log Matching: the first time (index, term) is seen its chain is recorded;
  * any later sighting anywhere must have the same chain. */
-static void check_chain(struct sim *s, int node, uint64_t index,
-                        uint64_t term, uint64_t chain)
+static void check_chain(struct sim *s, int node, uint64_t index, uint64_t term,
+                        uint64_t chain)
 {
     if ((s->n_chains + 1) * 2 > s->cap_chains)
         chains_grow(s);
-    size_t h = (size_t)(index * 0x9E3779B97F4A7C15ull ^ term *
-                                                        0xC2B2AE3D27D4EB4Full);
+    size_t h = slot_hash(index, term);
     for (size_t k = h & (s->cap_chains - 1);;
          k = (k + 1) & (s->cap_chains - 1)) {
         struct chain_slot *c = &s->chains[k];
@@ -382,8 +389,9 @@ static void check_chain(struct sim *s, int node, uint64_t index,
         }
         if (c->index == index && c->term == term) {
             if (c->chain != chain)
-                sim_fail(s, "log matching: node %d entry %" PRIu64
-                         " term %" PRIu64 " differs from another log's",
+                sim_fail(s,
+                         "log matching: node %d entry %" PRIu64 " term %" PRIu64
+                         " differs from another log's",
                          node, index, term);
             return;
         }
@@ -409,8 +417,8 @@ static void update_mirror(struct sim *s, struct snode *sn)
             break;
     }
     if (from == 1 && i <= sn->n_mir && i <= sn->commit)
-        sim_fail(s, "node %d: committed entry %" PRIu64 " changed",
-                 (int)sn->id, i);
+        sim_fail(s, "node %d: committed entry %" PRIu64 " changed", (int)sn->id,
+                 i);
     if (sn->cap_mir < last) {
         sn->cap_mir = last + 64;
         sn->mir = pz_realloc(sn->mir, sn->cap_mir * sizeof *sn->mir);
@@ -435,7 +443,8 @@ static void note_committed(struct sim *s, int node, uint64_t index,
 {
     if (index <= s->n_committed) {
         if (s->committed[index - 1].chain != chain)
-            sim_fail(s, "state machine safety: node %d commits a different "
+            sim_fail(s,
+                     "state machine safety: node %d commits a different "
                      "entry %" PRIu64 " (term %" PRIu64 " vs %" PRIu64 ")",
                      node, index, term, s->committed[index - 1].term);
         return;
@@ -446,12 +455,11 @@ static void note_committed(struct sim *s, int node, uint64_t index,
     }
     if (s->n_committed == s->cap_committed) {
         s->cap_committed = s->cap_committed ? s->cap_committed * 2 : 256;
-        s->committed = pz_realloc(s->committed,
-                                  s->cap_committed * sizeof *s->committed);
+        s->committed =
+            pz_realloc(s->committed, s->cap_committed * sizeof *s->committed);
     }
-    s->committed[s->n_committed++] =
-        (struct committed_rec){.chain = chain, .term = term,
-                               .obs_term = obs_term};
+    s->committed[s->n_committed++] = (struct committed_rec){
+        .chain = chain, .term = term, .obs_term = obs_term};
     s->stat_commits++;
 }
 
@@ -466,8 +474,8 @@ static void check_node(struct sim *s, int id)
     raft_status(sn->r, &st);
     update_mirror(s, sn);
     if (st.commit > st.last_index)
-        sim_fail(s, "node %d commit %" PRIu64 " > last %" PRIu64, id,
-                 st.commit, st.last_index);
+        sim_fail(s, "node %d commit %" PRIu64 " > last %" PRIu64, id, st.commit,
+                 st.last_index);
     if (st.persisted_index > st.last_index)
         sim_fail(s, "node %d persisted > last", id);
     if (st.commit < sn->commit)
@@ -483,8 +491,8 @@ static void check_node(struct sim *s, int id)
     if (st.role == RAFT_LEADER) {
         if (st.term >= s->cap_lot) {
             size_t ncap = st.term * 2 + 16;
-            s->leader_of_term = pz_realloc(s->leader_of_term,
-                                           ncap * sizeof *s->leader_of_term);
+            s->leader_of_term =
+                pz_realloc(s->leader_of_term, ncap * sizeof *s->leader_of_term);
             memset(s->leader_of_term + s->cap_lot, 0,
                    (ncap - s->cap_lot) * sizeof *s->leader_of_term);
             s->cap_lot = ncap;
@@ -500,8 +508,10 @@ static void check_node(struct sim *s, int id)
             if (s->chaos && chance(s, s->kill_leader_pct))
                 heap_push(s, ev_new(s, EV_CRASH, id, rnd(s, 30)));
         } else if (*l != sn->id) {
-            sim_fail(s, "election safety: term %" PRIu64 " has leaders %"
-                     PRIu64 " and %d", st.term, *l, id);
+            sim_fail(s,
+                     "election safety: term %" PRIu64 " has leaders %" PRIu64
+                     " and %d",
+                     st.term, *l, id);
         }
         /* Leader Completeness. */
         if (sn->lc_term != st.term) {
@@ -512,8 +522,10 @@ static void check_node(struct sim *s, int id)
             const struct committed_rec *c = &s->committed[i - 1];
             if (c->obs_term < st.term &&
                 (i > sn->n_mir || sn->mir[i - 1].chain != c->chain)) {
-                sim_fail(s, "leader completeness: leader %d of term %" PRIu64
-                         " lacks committed entry %" PRIu64, id, st.term, i);
+                sim_fail(s,
+                         "leader completeness: leader %d of term %" PRIu64
+                         " lacks committed entry %" PRIu64,
+                         id, st.term, i);
                 break;
             }
             sn->lc_checked = i;
@@ -521,7 +533,7 @@ static void check_node(struct sim *s, int id)
     }
 }
 
-/* --- node I/O ------------------------------------------------------------ */
+/* --- node I/O ------------------------------------------------------------- */
 
 static void store_write(struct snode *sn, const struct raft_ready *rd)
 {
@@ -557,15 +569,16 @@ static void apply_entries(struct sim *s, struct snode *sn,
             return;
         }
         if (e->index > sn->n_mir || sn->mir[e->index - 1].term != e->term) {
-            sim_fail(s, "node %d applies an entry not in its log",
-                     (int)sn->id);
+            sim_fail(s, "node %d applies an entry not in its log", (int)sn->id);
             return;
         }
         uint64_t chain = sn->mir[e->index - 1].chain;
         if (entry_chain(e->index > 1 ? sn->mir[e->index - 2].chain : 0, e) !=
             chain) {
-            sim_fail(s, "node %d applied entry %" PRIu64 " differs from its "
-                     "log", (int)sn->id, e->index);
+            sim_fail(s,
+                     "node %d applied entry %" PRIu64 " differs from its "
+                     "log",
+                     (int)sn->id, e->index);
             return;
         }
         note_committed(s, (int)sn->id, e->index, chain, e->term, st.term);
@@ -590,8 +603,9 @@ static void check_reads(struct sim *s, struct snode *sn,
         rr->done = true;
         s->stat_reads++;
         if (rd->read_states[i].index < rr->required)
-            sim_fail(s, "linearizability: read %" PRIu64 " got index %"
-                     PRIu64 " < %" PRIu64 " committed before it was asked",
+            sim_fail(s,
+                     "linearizability: read %" PRIu64 " got index %" PRIu64
+                     " < %" PRIu64 " committed before it was asked",
                      ctx, rd->read_states[i].index, rr->required);
     }
     for (size_t i = 0; i < rd->n_dropped_reads; i++) {
@@ -688,8 +702,10 @@ static void node_start(struct sim *s, int id)
     sn->lc_checked = 0;
     sn->marker_term = 0;
     heap_push(s, ev_new(s, EV_TICK, id, 1 + rnd(s, TICK_MS)));
-    trace(s, "node %d up (epoch %" PRIu64 ", %zu durable entries, term %"
-          PRIu64 ")", id, sn->epoch, sn->n_log, sn->hs.term);
+    trace(s,
+          "node %d up (epoch %" PRIu64 ", %zu durable entries, term %" PRIu64
+          ")",
+          id, sn->epoch, sn->n_log, sn->hs.term);
 }
 
 static void node_crash(struct sim *s, int id)
@@ -707,7 +723,7 @@ static void node_crash(struct sim *s, int id)
     trace(s, "node %d crashed", id);
 }
 
-/* --- clients and chaos ------------------------------------------------------ */
+/* --- clients and chaos ---------------------------------------------------- */
 
 static int up_count(const struct sim *s)
 {
@@ -755,8 +771,8 @@ static void propose(struct sim *s, int id)
     uint64_t idx, term;
     int rc = raft_propose(s->nodes[id].r, buf, len, &idx, &term);
     if (rc == 0)
-        trace(s, "node %d proposes %" PRIu64 " at %" PRIu64 "/%" PRIu64, id,
-              k, idx, term);
+        trace(s, "node %d proposes %" PRIu64 " at %" PRIu64 "/%" PRIu64, id, k,
+              idx, term);
 }
 
 static void do_read(struct sim *s, int id)
@@ -792,8 +808,7 @@ static void do_conf_change(struct sim *s, int id)
         if (raft_conf_voters(c) <= 2)
             return;
     }
-    if (!may_remove && (cc.type == RAFT_CC_REMOVE ||
-                        cc.type == RAFT_CC_DEMOTE))
+    if (!may_remove && (cc.type == RAFT_CC_REMOVE || cc.type == RAFT_CC_DEMOTE))
         return;
     cc.id = pick;
     uint64_t idx;
@@ -819,8 +834,7 @@ static void client_action(struct sim *s)
     } else if (l) {
         uint64_t to = 1 + rnd(s, (uint64_t)s->n);
         int rc = raft_transfer_leader(s->nodes[l].r, to);
-        trace(s, "node %d transfer to %" PRIu64 ": %s", l, to,
-              pz_strerror(rc));
+        trace(s, "node %d transfer to %" PRIu64 ": %s", l, to, pz_strerror(rc));
     }
     if (l)
         check_node(s, l);
@@ -872,12 +886,12 @@ static void chaos_action(struct sim *s)
         s->loss_pct = (int)rnd(s, 4) * 5;
         s->dup_pct = (int)rnd(s, 3) * 5;
         s->max_delay = 2 + (int)rnd(s, 20);
-        trace(s, "net loss %d%% dup %d%% delay <= %d", s->loss_pct,
-              s->dup_pct, s->max_delay);
+        trace(s, "net loss %d%% dup %d%% delay <= %d", s->loss_pct, s->dup_pct,
+              s->max_delay);
     }
 }
 
-/* --- the run ---------------------------------------------------------------- */
+/* --- the run -------------------------------------------------------------- */
 
 static void handle_event(struct sim *s, struct event *e)
 {
@@ -893,12 +907,12 @@ static void handle_event(struct sim *s, struct event *e)
         if (sn->r == NULL || !linked(s, e->m.from, e->m.to))
             return;
         if (s->trace)
-            trace(s, "%" PRIu64 "->%" PRIu64 " %s t%" PRIu64 " i%" PRIu64
+            trace(s,
+                  "%" PRIu64 "->%" PRIu64 " %s t%" PRIu64 " i%" PRIu64
                   " lt%" PRIu64 " c%" PRIu64 " n%zu%s ctx%" PRIu64,
-                  e->m.from, e->m.to, raft_msg_type_name(e->m.type),
-                  e->m.term, e->m.index, e->m.log_term, e->m.commit,
-                  e->m.n_entries, e->m.reject ? " REJECT" : "",
-                  e->m.context);
+                  e->m.from, e->m.to, raft_msg_type_name(e->m.type), e->m.term,
+                  e->m.index, e->m.log_term, e->m.commit, e->m.n_entries,
+                  e->m.reject ? " REJECT" : "", e->m.context);
         if (raft_step(sn->r, &e->m) != 0)
             sim_fail(s, "node %d rejected a well-formed message", e->node);
         break;
@@ -1002,10 +1016,10 @@ static void sim_free(struct sim *s)
 }
 
 struct sim_stats {
-    uint64_t events;   /* events processed */
-    uint64_t commits;  /* distinct committed entries */
-    uint64_t reads;    /* confirmed reads */
-    uint64_t leaders;  /* leaders elected */
+    uint64_t events;  /* events processed */
+    uint64_t commits; /* distinct committed entries */
+    uint64_t reads;   /* confirmed reads */
+    uint64_t leaders; /* leaders elected */
 };
 
 /* Runs one seed; returns true if every check passed. */
@@ -1034,9 +1048,10 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->kill_leader_pct = kill[s->profile];
     s->persist_max = chance(s, 30) ? 30 : 5;
     cur_seed_for_signal = (sig_atomic_t)seed;
-    trace(s, "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
-          "inflight=%zu bytes=%zu profile=%d persist<=%" PRIu64, seed, n,
-          s->pre_vote, s->check_quorum, s->max_inflight, s->max_bytes,
+    trace(s,
+          "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
+          "inflight=%zu bytes=%zu profile=%d persist<=%" PRIu64,
+          seed, n, s->pre_vote, s->check_quorum, s->max_inflight, s->max_bytes,
           s->profile, s->persist_max);
     int founders = n == 5 ? 3 : n;
     for (int i = 1; i <= n; i++) {
@@ -1067,7 +1082,7 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     }
     if (!s->failed && !live)
         sim_fail(s, "liveness: no proposal applied on all members within "
-                 "5 s after healing");
+                    "5 s after healing");
     /* Every read must have been answered or dropped, or lost with a
      * message: nothing to check. */
     bool ok = !s->failed;
@@ -1095,8 +1110,7 @@ static void on_abort(int sig)
     int n = snprintf(buf, sizeof buf,
                      "\nSIM CRASH (signal %d) at seed %ld: rerun with "
                      "SIM_SEED=%ld\n",
-                     sig, (long)cur_seed_for_signal,
-                     (long)cur_seed_for_signal);
+                     sig, (long)cur_seed_for_signal, (long)cur_seed_for_signal);
     if (n > 0)
         (void)!write(2, buf, (size_t)n);
     signal(sig, SIG_DFL);
@@ -1126,9 +1140,8 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (verbose)
         printf("raft-sim: %" PRIu64 " seeds from %" PRIu64 ", %" PRIu64
-               " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %"
-               PRIu64 " committed entries, %" PRIu64 " reads, %" PRIu64
-               " leaders\n",
+               " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
+               " committed entries, %" PRIu64 " reads, %" PRIu64 " leaders\n",
                count, first, failed, secs, (double)count / secs, st.events,
                st.commits, st.reads, st.leaders);
     return failed ? 1 : 0;
@@ -1176,9 +1189,12 @@ static int bench(uint64_t total, size_t batch)
     for (uint64_t i = 1; i <= 3; i++)
         raft_conf_add(&c, i, true, "");
     for (uint64_t i = 1; i <= 3; i++) {
-        struct raft_config cfg = {.id = i, .election_ticks = 10,
-                                  .heartbeat_ticks = 1, .seed = i,
-                                  .pre_vote = true, .check_quorum = true};
+        struct raft_config cfg = {.id = i,
+                                  .election_ticks = 10,
+                                  .heartbeat_ticks = 1,
+                                  .seed = i,
+                                  .pre_vote = true,
+                                  .check_quorum = true};
         rs[i] = raft_new(&cfg, NULL);
         raft_bootstrap(rs[i], &c);
     }
@@ -1195,8 +1211,8 @@ static int bench(uint64_t total, size_t batch)
         if (proposed < total) {
             for (size_t k = 0; k < batch && proposed < total; k++) {
                 uint64_t idx;
-                if (raft_propose(rs[1], payload, sizeof payload, &idx,
-                                 NULL) == 0) {
+                if (raft_propose(rs[1], payload, sizeof payload, &idx, NULL) ==
+                    0) {
                     proposed++;
                     target = idx;
                 }
@@ -1228,8 +1244,8 @@ static int bench(uint64_t total, size_t batch)
     double secs = (double)(t1.tv_sec - t0.tv_sec) +
                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     printf("raft bench: %" PRIu64 " entries of 100 B, batch %zu: %.2f s, "
-           "%.0f entries/s, %" PRIu64 " messages\n", total, batch, secs,
-           (double)total / secs, msgs);
+           "%.0f entries/s, %" PRIu64 " messages\n",
+           total, batch, secs, (double)total / secs, msgs);
     for (int i = 1; i <= 3; i++)
         raft_free(rs[i]);
     pz_free(q.m);
@@ -1263,10 +1279,8 @@ TEST(sim_5_nodes)
         CHECK(sim_run(seed, 5, false, NULL));
 }
 
-static const struct test_case cases[] = {
-    TEST_ENTRY(sim_3_nodes),
-    TEST_ENTRY(sim_5_nodes),
-    TEST_END};
+static const struct test_case cases[] = {TEST_ENTRY(sim_3_nodes),
+                                         TEST_ENTRY(sim_5_nodes), TEST_END};
 
 const struct test_suite suite_raft_sim = {"raft_sim", cases};
 #endif
