@@ -14,7 +14,9 @@
  * Happy path of the driver (node.c), one loop turn:
  *   if (raft_has_ready(r)) {
  *       raft_ready(r, &rd);
- *       apply rd.committed[] to the state machine (they are durable);
+ *       apply rd.committed[] to the state machine (they are durable;
+ *         NORMAL entries carry commands, NOOP entries are skipped, CONF
+ *         entries need nothing: the conf took effect when appended);
  *       answer rd.read_states[] once applied >= read index; fail
  *         rd.dropped_reads[];
  *       send rd.msgs[] now;
@@ -26,6 +28,7 @@
  *   }
  * If rd has nothing to persist (!rd.hs_changed && rd.n_entries == 0), the
  * driver may send msgs_after_persist at once and advance immediately.
+ * A failed write is fatal (fail-stop): never advance past it.
  *
  * Exactly one Ready is in flight: between raft_ready() and raft_advance()
  * raft_has_ready() returns false, while raft_tick/raft_step/raft_propose*
@@ -293,7 +296,11 @@ int raft_transfer_leader(struct raft *r, uint64_t id);
 int raft_read_index(struct raft *r, uint64_t ctx);
 
 /* Starts an election now (Pre-Vote first if enabled), as an election
- * timeout would. No-op for a leader or a node that is not a voter. */
+ * timeout would. No-op for a leader or a node that may not campaign: only
+ * voters of the current configuration campaign, plus a node whose latest
+ * (uncommitted) configuration removed or demoted it while the previous one
+ * had it as a voter (so a leader that removed itself and lost leadership
+ * before that entry committed can still finish the change). */
 void raft_campaign(struct raft *r);
 
 /* --- the Ready cycle ----------------------------------------------------- */
@@ -312,8 +319,9 @@ struct raft_soft_state {
 /* Everything a Ready points to belongs to the core and stays valid until
  * the next raft_ready() or raft_free(), whatever else is called meanwhile
  * (stronger than "until the next mutating call"): a driver may hand
- * rd.entries to a writer thread without copying, as long as it does not
- * call raft_ready() again before raft_advance(). */
+ * rd.entries to a writer thread without copying (the thread only reads
+ * them; payload bytes are immutable), as long as the loop does not call
+ * raft_ready() again before raft_advance(). */
 struct raft_ready {
     struct raft_soft_state ss;           /* current soft state */
     bool ss_changed;                     /* differs from the previous Ready */
