@@ -572,6 +572,11 @@ static void apply_entries(struct sim *s, struct snode *sn,
             sim_fail(s, "node %d applies an entry not in its log", (int)sn->id);
             return;
         }
+        if (e->index > sn->n_log || sn->log[e->index - 1].term != e->term) {
+            sim_fail(s, "node %d applies entry %" PRIu64 " that is not "
+                     "durable locally", (int)sn->id, e->index);
+            return;
+        }
         uint64_t chain = sn->mir[e->index - 1].chain;
         if (entry_chain(e->index > 1 ? sn->mir[e->index - 2].chain : 0, e) !=
             chain) {
@@ -617,6 +622,28 @@ static void check_reads(struct sim *s, struct snode *sn,
     }
 }
 
+/* The persistence contract, checked on every message as it leaves: an
+ * acknowledgement covers only durable entries, a granted vote is durable,
+ * and a (pre-)vote request never claims a log we do not have durably. */
+static void send_checked(struct sim *s, struct snode *sn,
+                         const struct raft_msg *m)
+{
+    if (m->type == RAFT_MSG_APPEND_RESP && !m->reject &&
+        m->index > sn->n_log)
+        sim_fail(s, "node %d acks index %" PRIu64 " with %zu entries "
+                 "durable", (int)sn->id, m->index, sn->n_log);
+    if (m->type == RAFT_MSG_VOTE_RESP && !m->reject &&
+        !(sn->hs.term > m->term ||
+          (sn->hs.term == m->term && sn->hs.vote == m->to)))
+        sim_fail(s, "node %d grants a vote in term %" PRIu64
+                 " that is not durable", (int)sn->id, m->term);
+    if (m->type == RAFT_MSG_VOTE &&
+        !(sn->hs.term >= m->term && m->index <= sn->n_log))
+        sim_fail(s, "node %d asks for votes before its term/vote/log are "
+                 "durable", (int)sn->id);
+    net_send(s, m);
+}
+
 static void pump(struct sim *s, int id)
 {
     struct snode *sn = &s->nodes[id];
@@ -627,14 +654,14 @@ static void pump(struct sim *s, int id)
         apply_entries(s, sn, rd);
         check_reads(s, sn, rd);
         for (size_t i = 0; i < rd->n_msgs; i++)
-            net_send(s, &rd->msgs[i]);
+            send_checked(s, sn, &rd->msgs[i]);
         if (rd->hs_changed || rd->n_entries > 0) {
             sn->in_flight = true;
             uint64_t lat = chance(s, 20) ? 0 : rnd(s, s->persist_max + 1);
             heap_push(s, ev_new(s, EV_PERSIST, id, lat));
         } else {
             for (size_t i = 0; i < rd->n_msgs_after_persist; i++)
-                net_send(s, &rd->msgs_after_persist[i]);
+                send_checked(s, sn, &rd->msgs_after_persist[i]);
             raft_advance(sn->r, rd);
         }
     }
@@ -646,7 +673,7 @@ static void persist_done(struct sim *s, int id)
     pz_assert(sn->in_flight);
     store_write(sn, &sn->rd);
     for (size_t i = 0; i < sn->rd.n_msgs_after_persist; i++)
-        net_send(s, &sn->rd.msgs_after_persist[i]);
+        send_checked(s, sn, &sn->rd.msgs_after_persist[i]);
     sn->in_flight = false;
     raft_advance(sn->r, &sn->rd);
 }
