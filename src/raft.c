@@ -27,7 +27,7 @@
 #include "pz.h"
 #include "raft.h"
 
-/* --- reference-counted payloads ------------------------------------------ */
+/* --- reference-counted payloads ------------------------------------------- */
 
 struct rbuf {
     size_t refs; /* references (log, outbox, Readys) */
@@ -75,7 +75,7 @@ static void entries_release(struct raft_entry *e, size_t n)
     pz_free(e);
 }
 
-/* --- the in-memory log ------------------------------------------------------ */
+/* --- the in-memory log ---------------------------------------------------- */
 
 struct rlog {
     struct raft_entry *e; /* entries offset+1 .. offset+n */
@@ -141,7 +141,7 @@ static void log_free(struct rlog *l)
     memset(l, 0, sizeof *l);
 }
 
-/* --- growable arrays for outputs ------------------------------------------- */
+/* --- growable arrays for outputs ------------------------------------------ */
 
 struct msgvec {
     struct raft_msg *m; /* messages */
@@ -181,32 +181,32 @@ static void msgvec_free(struct msgvec *v)
     memset(v, 0, sizeof *v);
 }
 
-#define VEC_PUSH(arr, n, cap)                                                \
-    (((n) == (cap) ? ((cap) = (cap) ? (cap) * 2 : 8,                        \
-                      (arr) = pz_realloc((arr), (cap) * sizeof *(arr)))      \
-                   : (arr)),                                                 \
+#define VEC_PUSH(arr, n, cap)                                                  \
+    (((n) == (cap) ? ((cap) = (cap) ? (cap)*2 : 8,                             \
+                      (arr) = pz_realloc((arr), (cap) * sizeof *(arr)))        \
+                   : (arr)),                                                   \
      &(arr)[(n)++])
 
-/* --- per-peer replication progress (leader) ----------------------------- */
+/* --- per-peer replication progress (leader) ------------------------------- */
 
 struct progress {
-    uint64_t id;            /* peer id (self included) */
-    bool voter;             /* voter in the current conf */
-    uint8_t state;          /* enum raft_progress_state */
-    uint64_t match;         /* highest index known durable on the peer */
-    uint64_t next;          /* next index to send */
-    bool probe_sent;        /* probe: an APPEND is outstanding */
-    uint64_t *infl;         /* replicate: last index of each APPEND in
-                               flight, ring buffer */
-    size_t infl_start;      /* ring head */
-    size_t infl_n;          /* entries in the ring */
-    bool recent_active;     /* heard from since the last quorum check */
-    uint64_t last_contact;  /* leader tick count when last heard from */
-    uint64_t read_acked;    /* highest read round acknowledged this term */
-    uint64_t sent_commit;   /* last commit index sent to it */
-    bool want_empty;        /* send an APPEND even if it has no entries
-                               (its prev index tells whether entries in
-                               flight were lost) */
+    uint64_t id;           /* peer id (self included) */
+    bool voter;            /* voter in the current conf */
+    uint8_t state;         /* enum raft_progress_state */
+    uint64_t match;        /* highest index known durable on the peer */
+    uint64_t next;         /* next index to send */
+    bool probe_sent;       /* probe: an APPEND is outstanding */
+    uint64_t *infl;        /* replicate: last index of each APPEND in
+                              flight, ring buffer */
+    size_t infl_start;     /* ring head */
+    size_t infl_n;         /* entries in the ring */
+    bool recent_active;    /* heard from since the last quorum check */
+    uint64_t last_contact; /* leader tick count when last heard from */
+    uint64_t read_acked;   /* highest read round acknowledged this term */
+    uint64_t sent_commit;  /* last commit index sent to it */
+    bool want_empty;       /* send an APPEND even if it has no entries
+                              (its prev index tells whether entries in
+                              flight were lost) */
 };
 
 struct pending_read {
@@ -229,62 +229,63 @@ struct vote_rec {
 };
 
 struct raft {
-    uint64_t id;                 /* this node */
-    struct raft_config cfg;      /* configuration, defaults filled in */
-    uint64_t rng;                /* PRNG state */
-    bool fresh;                  /* nothing happened yet (restore ok) */
+    uint64_t id;            /* this node */
+    struct raft_config cfg; /* configuration, defaults filled in */
+    uint64_t rng;           /* PRNG state */
+    bool fresh;             /* nothing happened yet (restore ok) */
 
-    uint64_t term;               /* currentTerm */
-    uint64_t vote;               /* votedFor */
-    uint64_t commit;             /* commitIndex */
-    uint8_t role;                /* enum raft_role */
-    uint64_t leader;             /* known leader, 0 if none */
+    uint64_t term;   /* currentTerm */
+    uint64_t vote;   /* votedFor */
+    uint64_t commit; /* commitIndex */
+    uint8_t role;    /* enum raft_role */
+    uint64_t leader; /* known leader, 0 if none */
 
-    struct rlog log;             /* the log */
-    uint64_t persisted;          /* last durable index matching the log */
-    uint64_t unsent;             /* first index not handed to a Ready */
-    uint64_t applied;            /* last index handed out as committed */
-    bool in_flight;              /* a Ready is taken, not advanced */
+    struct rlog log;    /* the log */
+    uint64_t persisted; /* last durable index matching the log */
+    uint64_t unsent;    /* first index not handed to a Ready */
+    uint64_t applied;   /* last index handed out as committed */
+    bool in_flight;     /* a Ready is taken, not advanced */
 
-    struct raft_conf conf;       /* current configuration */
-    uint64_t conf_index;         /* index of its entry (0 if none) */
-    bool conf_changed;           /* since the previous Ready */
+    struct raft_conf conf; /* current configuration */
+    uint64_t conf_index;   /* index of its entry (0 if none) */
+    bool prev_voter;       /* voter in the conf before that one */
+    bool conf_changed;     /* since the previous Ready */
 
-    int election_elapsed;        /* ticks since reset */
-    int heartbeat_elapsed;       /* leader: ticks since last heartbeat */
-    int randomized_timeout;      /* [election, 2*election) */
-    uint64_t ticks;              /* total ticks (leader contact times) */
+    int election_elapsed;   /* ticks since reset */
+    int heartbeat_elapsed;  /* leader: ticks since last heartbeat */
+    int randomized_timeout; /* [election, 2*election) */
+    uint64_t ticks;         /* total ticks (leader contact times) */
 
-    struct progress *prs;        /* leader: one per conf server */
-    size_t n_prs;                /* entries in prs */
-    bool need_flush;             /* leader: appends may be due */
-    uint64_t transferee;         /* leader: transfer target, 0 if none */
-    int transfer_elapsed;        /* ticks since the transfer started */
+    struct progress *prs; /* leader: one per conf server */
+    size_t n_prs;         /* entries in prs */
+    bool need_flush;      /* leader: appends may be due */
+    uint64_t transferee;  /* leader: transfer target, 0 if none */
+    int transfer_elapsed; /* ticks since the transfer started */
 
-    struct vote_rec *votes;      /* (pre-)candidate: votes received */
-    size_t n_votes;              /* entries in votes */
+    struct vote_rec *votes; /* (pre-)candidate: votes received */
+    size_t n_votes;         /* entries in votes */
 
-    uint64_t read_round;         /* leader: last read round sent */
-    bool round_wanted;           /* leader: reads wait for a new round */
-    struct pending_read *reads;  /* leader: FIFO of unconfirmed reads */
-    size_t n_reads;              /* entries in reads */
-    size_t cap_reads;            /* allocated */
-    struct fwd_read *fwd;        /* non-leader: forwarded, unanswered */
-    size_t n_fwd, cap_fwd;       /* used, allocated */
+    uint64_t read_round;        /* leader: last read round sent */
+    bool round_wanted;          /* leader: reads wait for a new round */
+    struct pending_read *reads; /* leader: FIFO of unconfirmed reads */
+    size_t n_reads;             /* entries in reads */
+    size_t cap_reads;           /* allocated */
+    struct fwd_read *fwd;       /* non-leader: forwarded, unanswered */
+    size_t n_fwd, cap_fwd;      /* used, allocated */
 
-    struct msgvec out;           /* messages to send now */
-    struct msgvec out_after;     /* messages to send after persisting */
-    struct raft_read_state *rs;  /* confirmed reads */
-    size_t n_rs, cap_rs;         /* used, allocated */
-    uint64_t *dropped;           /* ctx of dropped local reads */
+    struct msgvec out;             /* messages to send now */
+    struct msgvec out_after;       /* messages to send after persisting */
+    struct raft_read_state *rs;    /* confirmed reads */
+    size_t n_rs, cap_rs;           /* used, allocated */
+    uint64_t *dropped;             /* ctx of dropped local reads */
     size_t n_dropped, cap_dropped; /* used, allocated */
 
     struct raft_hard_state prev_hs; /* hard state of the previous Ready */
     struct raft_soft_state prev_ss; /* soft state of the previous Ready */
 
     /* What the last Ready points to, freed at the next raft_ready(). */
-    struct msgvec rd_out;        /* Ready.msgs */
-    struct msgvec rd_after;      /* Ready.msgs_after_persist */
+    struct msgvec rd_out;            /* Ready.msgs */
+    struct msgvec rd_after;          /* Ready.msgs_after_persist */
     struct raft_entry *rd_entries;   /* Ready.entries */
     size_t rd_n_entries;             /* count */
     struct raft_entry *rd_committed; /* Ready.committed */
@@ -298,18 +299,30 @@ struct raft {
 static void become_follower(struct raft *r, uint64_t term, uint64_t leader);
 static void campaign(struct raft *r, bool pre_vote, bool transfer);
 
-/* --- small helpers ---------------------------------------------------------- */
+/* --- small helpers -------------------------------------------------------- */
 
 static struct raft_server *self_server(const struct raft *r)
 {
     return raft_conf_get(&r->conf, r->id);
 }
 
-/* Thesis §4.1/§4.2.2: only voters of the current configuration campaign. */
-static bool promotable(const struct raft *r)
+static bool is_voter(const struct raft *r)
 {
     const struct raft_server *s = self_server(r);
     return s != NULL && s->voter;
+}
+
+/* Voters of the current configuration campaign; so does a server whose
+ * latest configuration, still uncommitted, removed (or demoted) it while
+ * the previous one had it as a voter. Thesis §4.2.2 lets a leader that is
+ * not in Cnew manage the cluster until Cnew commits; without this rule, a
+ * leader that removed itself and lost leadership (CheckQuorum) before the
+ * entry committed may be the only server holding the entry: no one else
+ * can win without its vote, and it would never run. Votes are still
+ * counted in the current configuration only, so safety is unaffected. */
+static bool promotable(const struct raft *r)
+{
+    return is_voter(r) || (r->conf_index > r->commit && r->prev_voter);
 }
 
 static size_t quorum(const struct raft *r)
@@ -334,8 +347,7 @@ static struct progress *progress_get(struct raft *r, uint64_t id)
 static struct raft_msg *new_msg(struct raft *r, bool after_persist,
                                 uint8_t type, uint64_t to)
 {
-    struct raft_msg *m = msgvec_push(after_persist ? &r->out_after
-                                                   : &r->out);
+    struct raft_msg *m = msgvec_push(after_persist ? &r->out_after : &r->out);
     m->type = type;
     m->from = r->id;
     m->to = to;
@@ -366,7 +378,7 @@ static bool log_up_to_date(const struct raft *r, uint64_t last_index,
            (last_term == my_term && last_index >= log_last(&r->log));
 }
 
-/* --- configuration tracking ---------------------------------------------- */
+/* --- configuration tracking ----------------------------------------------- */
 
 static void progress_reset(struct raft *r, struct progress *pr)
 {
@@ -428,6 +440,7 @@ static void apply_conf_entry(struct raft *r, const struct raft_entry *e)
     struct raft_conf c;
     int rc = raft_conf_decode(e->data, e->len, &c);
     pz_assert(rc == 0);
+    r->prev_voter = is_voter(r);
     raft_conf_free(&r->conf);
     r->conf = c;
     r->conf_index = e->index;
@@ -441,16 +454,27 @@ static void apply_conf_entry(struct raft *r, const struct raft_entry *e)
  * ... reverts to the previous configuration"). */
 static void recompute_conf(struct raft *r)
 {
-    for (uint64_t i = log_last(&r->log); i > r->log.offset; i--) {
+    /* The two latest conf entries left: the previous one sets prev_voter,
+     * the latest one the configuration. */
+    const struct raft_entry *latest = NULL, *prev = NULL;
+    for (uint64_t i = log_last(&r->log); i > r->log.offset && !prev; i--) {
         const struct raft_entry *e = log_at(&r->log, i);
-        if (e->type == RAFT_ENTRY_CONF) {
-            apply_conf_entry(r, e);
-            return;
-        }
+        if (e->type != RAFT_ENTRY_CONF)
+            continue;
+        if (latest == NULL)
+            latest = e;
+        else
+            prev = e;
     }
     raft_conf_free(&r->conf);
     r->conf_index = 0;
     r->conf_changed = true;
+    if (prev != NULL)
+        apply_conf_entry(r, prev);
+    if (latest != NULL)
+        apply_conf_entry(r, latest);
+    else
+        r->prev_voter = false;
 }
 
 /* Append an entry created here or received (takes the payload ref). */
@@ -489,7 +513,7 @@ static void truncate_log(struct raft *r, uint64_t index)
         recompute_conf(r);
 }
 
-/* --- ReadIndex bookkeeping -------------------------------------------------- */
+/* --- ReadIndex bookkeeping ------------------------------------------------ */
 
 /* A leader that loses leadership can confirm nothing: local reads are
  * reported in dropped_reads, forwarded ones refused to their follower. */
@@ -581,8 +605,7 @@ static void confirm_reads(struct raft *r)
         return;
     size_t nv = 0;
     uint64_t acks[64];
-    uint64_t *a = r->n_prs <= 64 ? acks
-                                 : pz_malloc(r->n_prs * sizeof *a);
+    uint64_t *a = r->n_prs <= 64 ? acks : pz_malloc(r->n_prs * sizeof *a);
     for (size_t i = 0; i < r->n_prs; i++) {
         if (!r->prs[i].voter)
             continue;
@@ -631,7 +654,7 @@ static void add_read(struct raft *r, uint64_t from, uint64_t ctx)
     }
 }
 
-/* --- role changes ----------------------------------------------------------- */
+/* --- role changes --------------------------------------------------------- */
 
 static void reset(struct raft *r, uint64_t term)
 {
@@ -679,7 +702,7 @@ static void become_leader(struct raft *r)
     r->need_flush = true;
 }
 
-/* --- leader: replication ----------------------------------------------------- */
+/* --- leader: replication -------------------------------------------------- */
 
 static bool infl_full(const struct raft *r, const struct progress *pr)
 {
@@ -867,7 +890,7 @@ static void leader_committed(struct raft *r)
     confirm_reads(r);
     /* Thesis §4.2.2: a leader that is not part of the new configuration
      * steps down once the Cnew entry is committed. */
-    if (!promotable(r) && r->commit >= r->conf_index) {
+    if (!is_voter(r) && r->commit >= r->conf_index) {
         /* Let the others learn the commit index first. */
         leader_flush(r);
         become_follower(r, r->term, 0);
@@ -880,7 +903,7 @@ static void leader_maybe_commit(struct raft *r)
         leader_committed(r);
 }
 
-/* --- elections ----------------------------------------------------------- */
+/* --- elections ------------------------------------------------------------ */
 
 static void vote_record(struct raft *r, uint64_t id, bool granted)
 {
@@ -946,9 +969,8 @@ static void campaign(struct raft *r, bool pre_vote, bool transfer)
             continue;
         /* A candidate's vote for itself and its term must be durable
          * before it asks for votes; a Pre-Vote changes nothing. */
-        struct raft_msg *m =
-            new_msg(r, !pre_vote, pre_vote ? RAFT_MSG_PREVOTE : RAFT_MSG_VOTE,
-                    s->id);
+        struct raft_msg *m = new_msg(
+            r, !pre_vote, pre_vote ? RAFT_MSG_PREVOTE : RAFT_MSG_VOTE, s->id);
         m->term = vote_term;
         m->index = log_last(&r->log);
         m->log_term = log_last_term(&r->log);
@@ -971,8 +993,7 @@ static void handle_vote(struct raft *r, const struct raft_msg *m)
     /* Figure 3.1: grant if votedFor is null or candidateId (and we do not
      * already follow a leader in this term); a Pre-Vote for a later term
      * can be granted regardless of our vote in the current one. */
-    bool can_vote = r->vote == m->from ||
-                    (r->vote == 0 && r->leader == 0) ||
+    bool can_vote = r->vote == m->from || (r->vote == 0 && r->leader == 0) ||
                     (pre && m->term > r->term);
     bool grant = can_vote && log_up_to_date(r, m->index, m->log_term);
     uint8_t type = pre ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP;
@@ -1006,7 +1027,7 @@ static void handle_vote_resp(struct raft *r, const struct raft_msg *m)
         become_follower(r, r->term, 0);
 }
 
-/* --- followers: AppendEntries receiver ---------------------------------- */
+/* --- followers: AppendEntries receiver ------------------------------------ */
 
 static void commit_to(struct raft *r, uint64_t c)
 {
@@ -1048,8 +1069,7 @@ static void handle_append(struct raft *r, const struct raft_msg *m)
     /* 2. Reply false if log doesn't contain an entry at prevLogIndex whose
      * term matches prevLogTerm. */
     if (m->index > last || log_term(&r->log, m->index) != m->log_term) {
-        struct raft_msg *resp =
-            new_msg(r, true, RAFT_MSG_APPEND_RESP, m->from);
+        struct raft_msg *resp = new_msg(r, true, RAFT_MSG_APPEND_RESP, m->from);
         resp->reject = true;
         resp->index = m->index;
         /* Thesis §5.3 (fast backtracking): report the conflicting term and
@@ -1098,12 +1118,11 @@ static void handle_heartbeat(struct raft *r, const struct raft_msg *m)
 {
     /* The leader sends min(commit, our match): we hold those entries. */
     commit_to(r, PZ_MIN(m->commit, log_last(&r->log)));
-    struct raft_msg *resp =
-        new_msg(r, false, RAFT_MSG_HEARTBEAT_RESP, m->from);
+    struct raft_msg *resp = new_msg(r, false, RAFT_MSG_HEARTBEAT_RESP, m->from);
     resp->context = m->context;
 }
 
-/* --- leader: responses -------------------------------------------------- */
+/* --- leader: responses ---------------------------------------------------- */
 
 static void maybe_send_timeout_now(struct raft *r, struct progress *pr)
 {
@@ -1254,7 +1273,7 @@ static void step_follower(struct raft *r, const struct raft_msg *m)
     }
 }
 
-/* --- public: lifecycle ------------------------------------------------------- */
+/* --- public: lifecycle ---------------------------------------------------- */
 
 static void set_err(char *errmsg, const char *msg)
 {
@@ -1404,7 +1423,7 @@ int raft_bootstrap(struct raft *r, const struct raft_conf *conf)
     return 0;
 }
 
-/* --- public: inputs ------------------------------------------------------ */
+/* --- public: inputs ------------------------------------------------------- */
 
 void raft_tick(struct raft *r)
 {
@@ -1420,8 +1439,7 @@ void raft_tick(struct raft *r)
     }
     r->heartbeat_elapsed++;
     r->election_elapsed++;
-    if (r->transferee != 0 &&
-        ++r->transfer_elapsed >= r->cfg.election_ticks) {
+    if (r->transferee != 0 && ++r->transfer_elapsed >= r->cfg.election_ticks) {
         /* Thesis §3.10: "if the transfer does not complete within about
          * an election timeout, the prior leader aborts the transfer and
          * resumes accepting client requests". */
@@ -1516,30 +1534,28 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         } else {
             /* Figure 3.1: "If RPC request or response contains term T >
              * currentTerm: set currentTerm = T, convert to follower". */
-            bool from_leader = m->type == RAFT_MSG_APPEND ||
-                               m->type == RAFT_MSG_HEARTBEAT;
+            bool from_leader =
+                m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT;
             become_follower(r, m->term, from_leader ? m->from : 0);
         }
     } else if (m->term < r->term) {
-        if ((m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT) &&
-            (r->cfg.check_quorum || r->cfg.pre_vote)) {
+        if (m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT) {
             /* A stale leader: tell it our term so it steps down. Without
              * this, a node whose term grew while partitioned could never
-             * rejoin, since with Pre-Vote/stickiness nobody adopts its
-             * term through elections. */
+             * rejoin: with leader stickiness nobody adopts its term
+             * through its vote requests. */
             new_msg(r, false, RAFT_MSG_APPEND_RESP, m->from);
-        } else if (m->type == RAFT_MSG_PREVOTE ||
-                   m->type == RAFT_MSG_VOTE) {
+        } else if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {
             /* Figure 3.1 (RequestVote): "Reply false if term <
              * currentTerm", with currentTerm "for candidate to update
              * itself": a candidate that nobody else would tell about
              * newer terms (e.g. its peers have an older configuration)
              * could otherwise never win. */
-            struct raft_msg *resp = new_msg(r, true,
-                                            m->type == RAFT_MSG_VOTE
-                                                ? RAFT_MSG_VOTE_RESP
-                                                : RAFT_MSG_PREVOTE_RESP,
-                                            m->from);
+            struct raft_msg *resp =
+                new_msg(r, true,
+                        m->type == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP
+                                                 : RAFT_MSG_PREVOTE_RESP,
+                        m->from);
             resp->reject = true;
         }
         return 0;
@@ -1567,9 +1583,8 @@ int raft_step(struct raft *r, const struct raft_msg *m)
 static void leader_append(struct raft *r, uint8_t type, const uint8_t *data,
                           size_t len, uint64_t *index, uint64_t *term)
 {
-    struct raft_entry e = {.term = r->term,
-                           .index = log_last(&r->log) + 1,
-                           .type = type};
+    struct raft_entry e = {
+        .term = r->term, .index = log_last(&r->log) + 1, .type = type};
     e.data = rbuf_new(data, len);
     e.len = len;
     append_entry(r, &e);
@@ -1600,10 +1615,15 @@ int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
         return PZ_ENOTLEADER;
     if (r->transferee != 0)
         return PZ_EBUSY;
-    /* Thesis §4.1: "the leader ... must wait for the previous change to
-     * commit before starting a new one"; a conf entry of an earlier term
-     * counts too until it is committed. */
-    if (r->conf_index > r->commit)
+    /* Thesis §4.1: the leader must wait for the previous change to commit
+     * before starting a new one; a conf entry of an earlier term counts
+     * too until it is committed. And (Ongaro's 2015 correction to the
+     * single-server algorithm, raft-dev "bug in single-server membership
+     * changes"): not before the leader has committed an entry of its own
+     * term, or an uncommitted conf entry of an earlier leader that this
+     * leader never saw could form, with ours, two configurations without
+     * overlapping majorities. */
+    if (r->conf_index > r->commit || !committed_in_term(r))
         return PZ_EBUSY;
     struct raft_conf c;
     raft_conf_init(&c);
@@ -1696,7 +1716,7 @@ void raft_campaign(struct raft *r)
     campaign(r, r->cfg.pre_vote, false);
 }
 
-/* --- public: Ready ---------------------------------------------------------- */
+/* --- public: Ready -------------------------------------------------------- */
 
 static bool hs_equal(const struct raft_hard_state *a,
                      const struct raft_hard_state *b)
@@ -1774,8 +1794,7 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
     }
 
     uint64_t lim = apply_limit(r);
-    r->rd_committed = share_range(r, r->applied + 1, lim,
-                                  &r->rd_n_committed);
+    r->rd_committed = share_range(r, r->applied + 1, lim, &r->rd_n_committed);
     rd->committed = r->rd_committed;
     rd->n_committed = r->rd_n_committed;
     if (lim > r->applied)
@@ -1829,7 +1848,7 @@ void raft_advance(struct raft *r, const struct raft_ready *rd)
     }
 }
 
-/* --- public: introspection ----------------------------------------------- */
+/* --- public: introspection ------------------------------------------------ */
 
 void raft_status(struct raft *r, struct raft_status *st)
 {
@@ -1870,8 +1889,7 @@ void raft_status(struct raft *r, struct raft_status *st)
     st->peers = r->status_buf;
 }
 
-const struct raft_conf *raft_conf_current(const struct raft *r,
-                                          uint64_t *index)
+const struct raft_conf *raft_conf_current(const struct raft *r, uint64_t *index)
 {
     if (index != NULL)
         *index = r->conf_index;
@@ -1897,10 +1915,19 @@ const char *raft_role_name(uint8_t role)
 
 const char *raft_msg_type_name(uint8_t type)
 {
-    static const char *const names[] = {
-        "?",          "APPEND",        "APPEND_RESP",     "HEARTBEAT",
-        "HEARTBEAT_RESP", "PREVOTE",   "PREVOTE_RESP",    "VOTE",
-        "VOTE_RESP",  "TIMEOUT_NOW",   "READ_INDEX",      "READ_INDEX_RESP",
-        "INSTALL_SNAPSHOT", "INSTALL_SNAPSHOT_RESP"};
+    static const char *const names[] = {"?",
+                                        "APPEND",
+                                        "APPEND_RESP",
+                                        "HEARTBEAT",
+                                        "HEARTBEAT_RESP",
+                                        "PREVOTE",
+                                        "PREVOTE_RESP",
+                                        "VOTE",
+                                        "VOTE_RESP",
+                                        "TIMEOUT_NOW",
+                                        "READ_INDEX",
+                                        "READ_INDEX_RESP",
+                                        "INSTALL_SNAPSHOT",
+                                        "INSTALL_SNAPSHOT_RESP"};
     return type < PZ_ARRAY_SIZE(names) ? names[type] : "?";
 }

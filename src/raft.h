@@ -14,7 +14,9 @@
  * Happy path of the driver (node.c), one loop turn:
  *   if (raft_has_ready(r)) {
  *       raft_ready(r, &rd);
- *       apply rd.committed[] to the state machine (they are durable);
+ *       apply rd.committed[] to the state machine (they are durable;
+ *         NORMAL entries carry commands, NOOP entries are skipped, CONF
+ *         entries need nothing: the conf took effect when appended);
  *       answer rd.read_states[] once applied >= read index; fail
  *         rd.dropped_reads[];
  *       send rd.msgs[] now;
@@ -26,6 +28,7 @@
  *   }
  * If rd has nothing to persist (!rd.hs_changed && rd.n_entries == 0), the
  * driver may send msgs_after_persist at once and advance immediately.
+ * A failed write is fatal (fail-stop): never advance past it.
  *
  * Exactly one Ready is in flight: between raft_ready() and raft_advance()
  * raft_has_ready() returns false, while raft_tick/raft_step/raft_propose*
@@ -113,20 +116,20 @@ struct raft_hard_state {
 };
 
 enum raft_msg_type {
-    RAFT_MSG_APPEND = 1,        /* AppendEntries (leader -> follower) */
-    RAFT_MSG_APPEND_RESP,       /* its answer */
-    RAFT_MSG_HEARTBEAT,         /* empty AppendEntries carrying commit */
-    RAFT_MSG_HEARTBEAT_RESP,    /* its answer */
-    RAFT_MSG_PREVOTE,           /* Pre-Vote request (thesis §9.6) */
-    RAFT_MSG_PREVOTE_RESP,      /* its answer */
-    RAFT_MSG_VOTE,              /* RequestVote */
-    RAFT_MSG_VOTE_RESP,         /* its answer */
-    RAFT_MSG_TIMEOUT_NOW,       /* leadership transfer (thesis §3.10) */
-    RAFT_MSG_READ_INDEX,        /* follower -> leader ReadIndex request */
-    RAFT_MSG_READ_INDEX_RESP,   /* leader -> follower: confirmed index */
-    RAFT_MSG_INSTALL_SNAPSHOT,  /* reserved: not produced yet */
+    RAFT_MSG_APPEND = 1,            /* AppendEntries (leader -> follower) */
+    RAFT_MSG_APPEND_RESP,           /* its answer */
+    RAFT_MSG_HEARTBEAT,             /* empty AppendEntries carrying commit */
+    RAFT_MSG_HEARTBEAT_RESP,        /* its answer */
+    RAFT_MSG_PREVOTE,               /* Pre-Vote request (thesis §9.6) */
+    RAFT_MSG_PREVOTE_RESP,          /* its answer */
+    RAFT_MSG_VOTE,                  /* RequestVote */
+    RAFT_MSG_VOTE_RESP,             /* its answer */
+    RAFT_MSG_TIMEOUT_NOW,           /* leadership transfer (thesis §3.10) */
+    RAFT_MSG_READ_INDEX,            /* follower -> leader ReadIndex request */
+    RAFT_MSG_READ_INDEX_RESP,       /* leader -> follower: confirmed index */
+    RAFT_MSG_INSTALL_SNAPSHOT,      /* reserved: not produced yet */
     RAFT_MSG_INSTALL_SNAPSHOT_RESP, /* reserved: not produced yet */
-    RAFT_MSG_TYPE_MAX           /* one past the last valid type */
+    RAFT_MSG_TYPE_MAX               /* one past the last valid type */
 };
 
 /* One message. Field use per type:
@@ -149,25 +152,25 @@ enum raft_msg_type {
  *    receiver could not serve it (not leader); term 0.
  * Every message has from, to, term (sender's current term unless said). */
 struct raft_msg {
-    uint8_t type;            /* enum raft_msg_type */
-    bool reject;             /* *_RESP: request refused */
-    bool transfer;           /* VOTE: campaign forced by TIMEOUT_NOW */
-    uint64_t from;           /* sender id */
-    uint64_t to;             /* receiver id */
-    uint64_t term;           /* see above */
-    uint64_t log_term;       /* see above */
-    uint64_t index;          /* see above */
-    uint64_t commit;         /* APPEND, HEARTBEAT: leader's commit */
-    uint64_t reject_hint;    /* APPEND_RESP reject: conflict index */
-    uint64_t context;        /* HEARTBEAT*: read round; READ_INDEX*: ctx */
+    uint8_t type;               /* enum raft_msg_type */
+    bool reject;                /* *_RESP: request refused */
+    bool transfer;              /* VOTE: campaign forced by TIMEOUT_NOW */
+    uint64_t from;              /* sender id */
+    uint64_t to;                /* receiver id */
+    uint64_t term;              /* see above */
+    uint64_t log_term;          /* see above */
+    uint64_t index;             /* see above */
+    uint64_t commit;            /* APPEND, HEARTBEAT: leader's commit */
+    uint64_t reject_hint;       /* APPEND_RESP reject: conflict index */
+    uint64_t context;           /* HEARTBEAT*: read round; READ_INDEX*: ctx */
     struct raft_entry *entries; /* APPEND: entries to append */
-    size_t n_entries;        /* number of entries */
+    size_t n_entries;           /* number of entries */
     /* Reserved for INSTALL_SNAPSHOT (not used yet; transports may already
      * carry them): snapshot last included index/term and payload. */
-    uint64_t snap_index;     /* reserved */
-    uint64_t snap_term;      /* reserved */
-    uint8_t *snap_data;      /* reserved */
-    size_t snap_len;         /* reserved */
+    uint64_t snap_index; /* reserved */
+    uint64_t snap_term;  /* reserved */
+    uint8_t *snap_data;  /* reserved */
+    size_t snap_len;     /* reserved */
 };
 
 /* --- the core ----------------------------------------------------------- */
@@ -261,7 +264,8 @@ struct raft_conf_change {
  * as it is appended, on every server. The driver learns of it through
  * rd.conf_changed and raft_conf_current().
  * Returns 0, PZ_ENOTLEADER, PZ_EBUSY (an earlier CONF entry is not yet
- * committed, or a transfer is in progress), PZ_EINVAL (add of an existing
+ * committed, the leader has not yet committed an entry of its term, or a
+ * transfer is in progress; retry later), PZ_EINVAL (add of an existing
  * id, promote of a voter/unknown id, demote of a non-voter, remove of an
  * unknown id, a change that would leave no voter). */
 int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
@@ -292,7 +296,11 @@ int raft_transfer_leader(struct raft *r, uint64_t id);
 int raft_read_index(struct raft *r, uint64_t ctx);
 
 /* Starts an election now (Pre-Vote first if enabled), as an election
- * timeout would. No-op for a leader or a node that is not a voter. */
+ * timeout would. No-op for a leader or a node that may not campaign: only
+ * voters of the current configuration campaign, plus a node whose latest
+ * (uncommitted) configuration removed or demoted it while the previous one
+ * had it as a voter (so a leader that removed itself and lost leadership
+ * before that entry committed can still finish the change). */
 void raft_campaign(struct raft *r);
 
 /* --- the Ready cycle ----------------------------------------------------- */
@@ -311,35 +319,36 @@ struct raft_soft_state {
 /* Everything a Ready points to belongs to the core and stays valid until
  * the next raft_ready() or raft_free(), whatever else is called meanwhile
  * (stronger than "until the next mutating call"): a driver may hand
- * rd.entries to a writer thread without copying, as long as it does not
- * call raft_ready() again before raft_advance(). */
+ * rd.entries to a writer thread without copying (the thread only reads
+ * them; payload bytes are immutable), as long as the loop does not call
+ * raft_ready() again before raft_advance(). */
 struct raft_ready {
-    struct raft_soft_state ss;        /* current soft state */
-    bool ss_changed;                  /* differs from the previous Ready */
-    struct raft_hard_state hs;        /* hard state to persist */
-    bool hs_changed;                  /* term, vote or commit changed */
-    struct raft_entry *entries;       /* to persist; entries[0].index may
-                                         be <= the last stored index: the
-                                         store deletes from there first */
-    size_t n_entries;                 /* number of entries */
-    struct raft_msg *msgs;            /* send now (before persisting) */
-    size_t n_msgs;                    /* number of msgs */
+    struct raft_soft_state ss;           /* current soft state */
+    bool ss_changed;                     /* differs from the previous Ready */
+    struct raft_hard_state hs;           /* hard state to persist */
+    bool hs_changed;                     /* term, vote or commit changed */
+    struct raft_entry *entries;          /* to persist; entries[0].index may
+                                            be <= the last stored index: the
+                                            store deletes from there first */
+    size_t n_entries;                    /* number of entries */
+    struct raft_msg *msgs;               /* send now (before persisting) */
+    size_t n_msgs;                       /* number of msgs */
     struct raft_msg *msgs_after_persist; /* send once hs/entries of this
                                          Ready are durable */
-    size_t n_msgs_after_persist;      /* number of msgs_after_persist */
-    struct raft_entry *committed;     /* apply now, in order: committed and
-                                         already durable locally */
-    size_t n_committed;               /* number of committed */
+    size_t n_msgs_after_persist;         /* number of msgs_after_persist */
+    struct raft_entry *committed;        /* apply now, in order: committed and
+                                            already durable locally */
+    size_t n_committed;                  /* number of committed */
     struct raft_read_state *read_states; /* confirmed reads */
-    size_t n_read_states;             /* number of read_states */
-    uint64_t *dropped_reads;          /* ctx of reads that will never be
-                                         confirmed (lost leadership, or
-                                         refused by the leader) */
-    size_t n_dropped_reads;           /* number of dropped_reads */
-    bool conf_changed;                /* raft_conf_current() changed */
-    uint64_t persist_index;           /* index of the last entry of
-                                         entries[] (0 if none) */
-    uint64_t persist_term;            /* its term */
+    size_t n_read_states;                /* number of read_states */
+    uint64_t *dropped_reads;             /* ctx of reads that will never be
+                                            confirmed (lost leadership, or
+                                            refused by the leader) */
+    size_t n_dropped_reads;              /* number of dropped_reads */
+    bool conf_changed;                   /* raft_conf_current() changed */
+    uint64_t persist_index;              /* index of the last entry of
+                                            entries[] (0 if none) */
+    uint64_t persist_term;               /* its term */
 };
 
 /* True if a Ready with anything in it is available and none is in flight. */
@@ -377,20 +386,20 @@ struct raft_peer_status {
 };
 
 struct raft_status {
-    uint64_t id;                   /* this node */
-    uint8_t role;                  /* enum raft_role */
-    uint64_t term;                 /* current term */
-    uint64_t vote;                 /* vote in term */
-    uint64_t leader;               /* known leader, 0 if none */
-    uint64_t commit;               /* commit index */
-    uint64_t applied;              /* last index handed out as committed */
-    uint64_t first_index;          /* first index held in memory */
-    uint64_t last_index;           /* last log index */
-    uint64_t last_term;            /* its term */
-    uint64_t persisted_index;      /* last index durable locally */
-    uint64_t conf_index;           /* index of the current conf entry */
-    uint64_t transferee;           /* leader: transfer target, 0 if none */
-    size_t n_peers;                /* leader: entries in peers (others) */
+    uint64_t id;                    /* this node */
+    uint8_t role;                   /* enum raft_role */
+    uint64_t term;                  /* current term */
+    uint64_t vote;                  /* vote in term */
+    uint64_t leader;                /* known leader, 0 if none */
+    uint64_t commit;                /* commit index */
+    uint64_t applied;               /* last index handed out as committed */
+    uint64_t first_index;           /* first index held in memory */
+    uint64_t last_index;            /* last log index */
+    uint64_t last_term;             /* its term */
+    uint64_t persisted_index;       /* last index durable locally */
+    uint64_t conf_index;            /* index of the current conf entry */
+    uint64_t transferee;            /* leader: transfer target, 0 if none */
+    size_t n_peers;                 /* leader: entries in peers (others) */
     struct raft_peer_status *peers; /* leader only; owned by r, valid
                                        until the next call on r */
 };

@@ -40,9 +40,8 @@ void raft_conf_copy(struct raft_conf *dst, const struct raft_conf *src)
     dst->servers = pz_malloc(src->n * sizeof *dst->servers);
     for (size_t i = 0; i < src->n; i++) {
         dst->servers[i] = src->servers[i];
-        dst->servers[i].meta = pz_strdup(src->servers[i].meta
-                                             ? src->servers[i].meta
-                                             : "");
+        dst->servers[i].meta =
+            pz_strdup(src->servers[i].meta ? src->servers[i].meta : "");
     }
     dst->n = src->n;
 }

@@ -15,15 +15,15 @@
 #define MAXN 5
 
 struct tnode {
-    struct raft *r;              /* the core */
-    struct raft_hard_state hs;   /* durable hard state */
-    struct raft_entry *log;      /* durable entries 1..n_log */
-    size_t n_log;                /* count */
-    uint64_t applied;            /* last applied index */
+    struct raft *r;                /* the core */
+    struct raft_hard_state hs;     /* durable hard state */
+    struct raft_entry *log;        /* durable entries 1..n_log */
+    size_t n_log;                  /* count */
+    uint64_t applied;              /* last applied index */
     struct raft_read_state rs[64]; /* read states received */
-    size_t n_rs;                 /* count */
-    uint64_t dropped[64];        /* dropped reads */
-    size_t n_dropped;            /* count */
+    size_t n_rs;                   /* count */
+    uint64_t dropped[64];          /* dropped reads */
+    size_t n_dropped;              /* count */
 };
 
 struct tnet {
@@ -41,9 +41,10 @@ static struct raft_msg msg_copy(const struct raft_msg *m)
         c.entries = pz_malloc(m->n_entries * sizeof *c.entries);
         for (size_t i = 0; i < m->n_entries; i++) {
             c.entries[i] = m->entries[i];
-            c.entries[i].data = m->entries[i].len
-                ? pz_memdup(m->entries[i].data, m->entries[i].len)
-                : NULL;
+            c.entries[i].data =
+                m->entries[i].len
+                    ? pz_memdup(m->entries[i].data, m->entries[i].len)
+                    : NULL;
         }
     }
     return c;
@@ -97,8 +98,7 @@ static void store_write(struct tnode *t, const struct raft_ready *rd)
 
 /* Takes the Ready, checks applied order, collects outputs. If persist,
  * writes and advances at once; else leaves it in flight. */
-static void take_ready(struct tnet *net, struct tnode *t,
-                       struct raft_ready *rd)
+static void take_ready(struct tnet *net, struct tnode *t, struct raft_ready *rd)
 {
     raft_ready(t->r, rd);
     for (size_t i = 0; i < rd->n_committed; i++) {
@@ -241,7 +241,7 @@ static int count_leaders(struct tnet *net, uint64_t *term)
     return c;
 }
 
-/* --- tests ------------------------------------------------------------------ */
+/* --- tests ---------------------------------------------------------------- */
 
 TEST(conf_codec)
 {
@@ -302,8 +302,8 @@ TEST(bootstrap_identical_entry)
         CHECK_EQ_INT(t->log[0].term, 1);
         CHECK_EQ_INT(t->log[0].type, RAFT_ENTRY_CONF);
         CHECK_EQ_INT(t->log[0].len, net.nodes[1].log[0].len);
-        CHECK(memcmp(t->log[0].data, net.nodes[1].log[0].data,
-                     t->log[0].len) == 0);
+        CHECK(memcmp(t->log[0].data, net.nodes[1].log[0].data, t->log[0].len) ==
+              0);
         CHECK_EQ_INT(t->hs.term, 1);
         CHECK_EQ_INT(t->hs.commit, 1);
         CHECK_EQ_INT(t->applied, 1);
@@ -364,12 +364,12 @@ TEST(three_node_election)
     }
     /* Proposals: not on followers; commit on all. */
     uint64_t f = leader % 3 + 1;
-    CHECK_EQ_INT(raft_propose(net.nodes[f].r, (const uint8_t *)"a", 1, NULL,
-                              NULL),
-                 PZ_ENOTLEADER);
-    CHECK_EQ_INT(raft_propose(net.nodes[leader].r, (const uint8_t *)"a", 1,
-                              NULL, NULL),
-                 0);
+    CHECK_EQ_INT(
+        raft_propose(net.nodes[f].r, (const uint8_t *)"a", 1, NULL, NULL),
+        PZ_ENOTLEADER);
+    CHECK_EQ_INT(
+        raft_propose(net.nodes[leader].r, (const uint8_t *)"a", 1, NULL, NULL),
+        0);
     deliver_all(&net);
     tick_all(&net, 1); /* heartbeat spreads the commit index */
     for (int i = 1; i <= 3; i++)
@@ -385,8 +385,7 @@ static void inject(struct tnet *net, int id, struct raft_msg m)
 }
 
 /* The last message from node id of type in the queue (after pumping). */
-static struct raft_msg *find_msg(struct tnet *net, uint64_t from,
-                                 uint8_t type)
+static struct raft_msg *find_msg(struct tnet *net, uint64_t from, uint8_t type)
 {
     pump_all(net);
     for (size_t i = net->nq; i-- > 0;)
@@ -407,11 +406,14 @@ static struct raft *restored(uint64_t id, int n_nodes, const uint64_t *terms,
     uint8_t *buf;
     size_t len;
     raft_conf_encode(&c, &buf, &len);
-    e[0] = (struct raft_entry){.term = 1, .index = 1, .type = RAFT_ENTRY_CONF,
-                               .data = buf, .len = len};
+    e[0] = (struct raft_entry){.term = 1,
+                               .index = 1,
+                               .type = RAFT_ENTRY_CONF,
+                               .data = buf,
+                               .len = len};
     for (size_t i = 0; i < n; i++)
-        e[i + 1] = (struct raft_entry){.term = terms[i], .index = i + 2,
-                                       .type = RAFT_ENTRY_NORMAL};
+        e[i + 1] = (struct raft_entry){
+            .term = terms[i], .index = i + 2, .type = RAFT_ENTRY_NORMAL};
     struct raft_hard_state hs = {.term = term, .vote = 0, .commit = 1};
     pz_assert(raft_restore(r, &hs, e, n + 1) == 0);
     pz_free(buf);
@@ -450,8 +452,10 @@ TEST(vote_requires_up_to_date_log)
     };
     for (size_t k = 0; k < PZ_ARRAY_SIZE(cases); k++) {
         uint64_t term = 10 + k; /* fresh term: vote is free */
-        struct raft_msg m = {.type = RAFT_MSG_VOTE, .from = cases[k].from,
-                             .term = term, .index = cases[k].last_index,
+        struct raft_msg m = {.type = RAFT_MSG_VOTE,
+                             .from = cases[k].from,
+                             .term = term,
+                             .index = cases[k].last_index,
                              .log_term = cases[k].last_term};
         inject(&net, 1, m);
         struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_VOTE_RESP);
@@ -459,13 +463,16 @@ TEST(vote_requires_up_to_date_log)
         CHECK_EQ_INT(resp->term, term);
         CHECK_EQ_INT(resp->reject, !cases[k].granted);
         CHECK_EQ_INT(net.nodes[1].hs.term, term);
-        CHECK_EQ_INT(net.nodes[1].hs.vote, cases[k].granted ? cases[k].from
-                                                            : 0);
+        CHECK_EQ_INT(net.nodes[1].hs.vote,
+                     cases[k].granted ? cases[k].from : 0);
         drop_queue(&net);
     }
     /* One vote per term: node 3 asks in the term node 2 got. */
-    struct raft_msg m = {.type = RAFT_MSG_VOTE, .from = 2, .term = 20,
-                         .index = 3, .log_term = 2};
+    struct raft_msg m = {.type = RAFT_MSG_VOTE,
+                         .from = 2,
+                         .term = 20,
+                         .index = 3,
+                         .log_term = 2};
     inject(&net, 1, m);
     m.from = 3;
     inject(&net, 1, m);
@@ -478,8 +485,8 @@ TEST(vote_response_waits_for_persist)
 {
     struct tnet net;
     net_init(&net, 3);
-    struct raft_msg m = {.type = RAFT_MSG_VOTE, .from = 2, .term = 5,
-                         .index = 1, .log_term = 1};
+    struct raft_msg m = {
+        .type = RAFT_MSG_VOTE, .from = 2, .term = 5, .index = 1, .log_term = 1};
     inject(&net, 1, m);
     struct raft_ready rd;
     take_ready(&net, &net.nodes[1], &rd);
@@ -501,8 +508,11 @@ TEST(reject_hint)
     struct raft *rs[1] = {restored(1, 3, t, 4, 3)};
     struct tnet net;
     net_with(&net, 1, rs);
-    struct raft_msg m = {.type = RAFT_MSG_APPEND, .from = 2, .term = 3,
-                         .index = 5, .log_term = 3};
+    struct raft_msg m = {.type = RAFT_MSG_APPEND,
+                         .from = 2,
+                         .term = 3,
+                         .index = 5,
+                         .log_term = 3};
     inject(&net, 1, m);
     struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_APPEND_RESP);
     CHECK(resp != NULL && resp->reject);
@@ -572,19 +582,20 @@ TEST(old_term_entry_not_committed_by_count)
     isolate(&net, 1, true); /* the test answers for the peers */
     raft_campaign(net.nodes[1].r);
     CHECK_EQ_INT(st_of(&net, 1).role, RAFT_PRE_CANDIDATE);
-    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_PREVOTE_RESP,
-                                      .from = 2, .term = 4});
+    inject(
+        &net, 1,
+        (struct raft_msg){.type = RAFT_MSG_PREVOTE_RESP, .from = 2, .term = 4});
     CHECK_EQ_INT(st_of(&net, 1).role, RAFT_CANDIDATE);
-    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_VOTE_RESP, .from = 2,
-                                      .term = 4});
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_VOTE_RESP, .from = 2, .term = 4});
     pump_all(&net);
     drop_queue(&net);
     struct raft_status st = st_of(&net, 1);
     CHECK_EQ_INT(st.role, RAFT_LEADER);
     CHECK_EQ_INT(st.term, 4);
     CHECK_EQ_INT(st.persisted_index, 3);
-    struct raft_msg ack = {.type = RAFT_MSG_APPEND_RESP, .from = 2, .term = 4,
-                           .index = 2};
+    struct raft_msg ack = {
+        .type = RAFT_MSG_APPEND_RESP, .from = 2, .term = 4, .index = 2};
     inject(&net, 1, ack);
     pump_all(&net);
     CHECK_EQ_INT(st_of(&net, 1).commit, 1); /* not 2: term 2 != 4 */
@@ -616,8 +627,11 @@ TEST(prevote_does_not_bump_terms)
     CHECK_EQ_INT(st_of(&net, 3).leader, 1);
     /* A Pre-Vote request with a higher term does not change the term of
      * the receiver even when granted. */
-    struct raft_msg pv = {.type = RAFT_MSG_PREVOTE, .from = 2,
-                          .term = term + 5, .index = 100, .log_term = 100};
+    struct raft_msg pv = {.type = RAFT_MSG_PREVOTE,
+                          .from = 2,
+                          .term = term + 5,
+                          .index = 100,
+                          .log_term = 100};
     isolate(&net, 1, true);
     tick_all(&net, 12); /* node 3 forgets the leader (lease over) */
     drop_queue(&net);
@@ -638,8 +652,11 @@ TEST(leader_stickiness_ignores_votes)
     uint64_t term = st_of(&net, 1).term;
     /* Node 2 just heard from the leader: a vote request of a higher term
      * is ignored, the term unchanged. */
-    struct raft_msg v = {.type = RAFT_MSG_VOTE, .from = 3, .term = term + 1,
-                         .index = 100, .log_term = 100};
+    struct raft_msg v = {.type = RAFT_MSG_VOTE,
+                         .from = 3,
+                         .term = term + 1,
+                         .index = 100,
+                         .log_term = 100};
     inject(&net, 2, v);
     CHECK(find_msg(&net, 2, RAFT_MSG_VOTE_RESP) == NULL);
     CHECK_EQ_INT(st_of(&net, 2).term, term);
@@ -677,8 +694,10 @@ TEST(stale_leader_learns_higher_term)
     elect(&net, 1);
     uint64_t term = st_of(&net, 1).term;
     isolate(&net, 3, true);
-    raft_step(net.nodes[3].r, &(struct raft_msg){
-        .type = RAFT_MSG_TIMEOUT_NOW, .from = 1, .to = 3, .term = term});
+    raft_step(net.nodes[3].r, &(struct raft_msg){.type = RAFT_MSG_TIMEOUT_NOW,
+                                                 .from = 1,
+                                                 .to = 3,
+                                                 .term = term});
     pump_all(&net);
     drop_queue(&net);
     CHECK_EQ_INT(st_of(&net, 3).term, term + 1);
@@ -863,8 +882,10 @@ TEST(persist_rules)
     drop_queue(&net);
     /* Ack from 2 while the leader has not persisted: leader counts itself
      * only at its persisted index -> 1 of 3, no commit. */
-    struct raft_msg ack = {.type = RAFT_MSG_APPEND_RESP, .from = 2,
-                           .term = st_of(&net, 1).term, .index = idx};
+    struct raft_msg ack = {.type = RAFT_MSG_APPEND_RESP,
+                           .from = 2,
+                           .term = st_of(&net, 1).term,
+                           .index = idx};
     inject(&net, 1, ack);
     CHECK_EQ_INT(st_of(&net, 1).commit, idx - 1);
     CHECK(!raft_has_ready(l->r)); /* one batch in flight */
@@ -892,12 +913,14 @@ TEST(leader_self_ack_only_when_durable)
     take_ready(&net, l, &rd);
     drop_queue(&net);
     for (uint64_t f = 2; f <= 3; f++) {
-        struct raft_msg ack = {.type = RAFT_MSG_APPEND_RESP, .from = f,
-                               .term = term, .index = idx};
+        struct raft_msg ack = {.type = RAFT_MSG_APPEND_RESP,
+                               .from = f,
+                               .term = term,
+                               .index = idx};
         inject(&net, 1, ack);
     }
     CHECK_EQ_INT(st_of(&net, 1).commit, idx - 1); /* 2 of 5 + not self */
-    finish_ready(&net, l, &rd);                  /* now durable: 3 of 5 */
+    finish_ready(&net, l, &rd);                   /* now durable: 3 of 5 */
     CHECK_EQ_INT(st_of(&net, 1).commit, idx);
     net_free(&net);
 }
@@ -911,17 +934,27 @@ TEST(advance_ignores_truncated_batch)
     net_with(&net, 1, rs);
     struct tnode *t = &net.nodes[1];
     struct raft_entry e2 = {.term = 2, .index = 2};
-    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_APPEND, .from = 2,
-                                      .term = 2, .index = 1, .log_term = 1,
-                                      .entries = &e2, .n_entries = 1});
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 2,
+                             .index = 1,
+                             .log_term = 1,
+                             .entries = &e2,
+                             .n_entries = 1});
     struct raft_ready rd;
     take_ready(&net, t, &rd);
     CHECK_EQ_INT(rd.persist_index, 2);
     CHECK_EQ_INT(rd.persist_term, 2);
     struct raft_entry e3 = {.term = 3, .index = 2};
-    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_APPEND, .from = 3,
-                                      .term = 3, .index = 1, .log_term = 1,
-                                      .entries = &e3, .n_entries = 1});
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 3,
+                             .term = 3,
+                             .index = 1,
+                             .log_term = 1,
+                             .entries = &e3,
+                             .n_entries = 1});
     finish_ready(&net, t, &rd);
     CHECK_EQ_INT(st_of(&net, 1).persisted_index, 1);
     /* The term-2 ack (in flight with the first batch) went out; the next
@@ -946,13 +979,23 @@ TEST(truncation_drops_unsent_acks)
     struct tnet net;
     net_with(&net, 1, rs);
     struct raft_entry e2 = {.term = 2, .index = 2};
-    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_APPEND, .from = 2,
-                                      .term = 2, .index = 1, .log_term = 1,
-                                      .entries = &e2, .n_entries = 1});
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 2,
+                             .index = 1,
+                             .log_term = 1,
+                             .entries = &e2,
+                             .n_entries = 1});
     struct raft_entry e3 = {.term = 3, .index = 2};
-    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_APPEND, .from = 3,
-                                      .term = 3, .index = 1, .log_term = 1,
-                                      .entries = &e3, .n_entries = 1});
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 3,
+                             .term = 3,
+                             .index = 1,
+                             .log_term = 1,
+                             .entries = &e3,
+                             .n_entries = 1});
     pump_all(&net);
     for (size_t i = 0; i < net.nq; i++)
         CHECK(!(net.q[i].to == 2 && net.q[i].type == RAFT_MSG_APPEND_RESP &&
@@ -966,8 +1009,8 @@ TEST(conf_change_one_at_a_time)
     net_init(&net, 3);
     elect(&net, 1);
     struct raft *l = net.nodes[1].r;
-    struct raft_conf_change cc = {.type = RAFT_CC_ADD_NONVOTER, .id = 4,
-                                  .meta = "{\"name\":\"n4\"}"};
+    struct raft_conf_change cc = {
+        .type = RAFT_CC_ADD_NONVOTER, .id = 4, .meta = "{\"name\":\"n4\"}"};
     CHECK_EQ_INT(raft_propose_conf(l, &cc, NULL, NULL), 0);
     /* In effect at once, on the leader. */
     const struct raft_conf *c = raft_conf_current(l, NULL);
@@ -992,6 +1035,32 @@ TEST(conf_change_one_at_a_time)
     CHECK_EQ_INT(raft_conf_voters(raft_conf_current(l, NULL)), 4);
     CHECK_EQ_INT(raft_propose_conf(net.nodes[2].r, &cc2, NULL, NULL),
                  PZ_ENOTLEADER);
+    net_free(&net);
+}
+
+TEST(conf_change_waits_for_commit_in_term)
+{
+    /* A new leader may not append a conf entry before committing an entry
+     * of its term (the fix to single-server changes). */
+    struct tnet net;
+    net_init(&net, 3);
+    isolate(&net, 1, true);
+    raft_campaign(net.nodes[1].r);
+    inject(
+        &net, 1,
+        (struct raft_msg){.type = RAFT_MSG_PREVOTE_RESP, .from = 2, .term = 2});
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_VOTE_RESP, .from = 2, .term = 2});
+    pump_all(&net);
+    drop_queue(&net);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    struct raft_conf_change cc = {.type = RAFT_CC_ADD_NONVOTER, .id = 4};
+    CHECK_EQ_INT(raft_propose_conf(net.nodes[1].r, &cc, NULL, NULL), PZ_EBUSY);
+    inject(&net, 1,
+           (struct raft_msg){
+               .type = RAFT_MSG_APPEND_RESP, .from = 2, .term = 2, .index = 2});
+    CHECK_EQ_INT(st_of(&net, 1).commit, 2);
+    CHECK_EQ_INT(raft_propose_conf(net.nodes[1].r, &cc, NULL, NULL), 0);
     net_free(&net);
 }
 
@@ -1101,11 +1170,9 @@ TEST(restore_uses_last_conf_entry)
     raft_conf_encode(&a, &ba, &la);
     raft_conf_encode(&b, &bb, &lb);
     struct raft_entry e[3] = {
-        {.term = 1, .index = 1, .type = RAFT_ENTRY_CONF, .data = ba,
-         .len = la},
+        {.term = 1, .index = 1, .type = RAFT_ENTRY_CONF, .data = ba, .len = la},
         {.term = 2, .index = 2, .type = RAFT_ENTRY_NOOP},
-        {.term = 2, .index = 3, .type = RAFT_ENTRY_CONF, .data = bb,
-         .len = lb},
+        {.term = 2, .index = 3, .type = RAFT_ENTRY_CONF, .data = bb, .len = lb},
     };
     struct raft_hard_state hs = {.term = 2, .vote = 1, .commit = 2};
     struct raft_config cfg = tcfg(1);
@@ -1149,27 +1216,31 @@ TEST(malformed_messages)
     struct tnet net;
     net_init(&net, 3);
     struct raft *r = net.nodes[1].r;
-    CHECK_EQ_INT(raft_step(r, &(struct raft_msg){.type = 99, .from = 2,
-                                                 .to = 1}),
-                 PZ_EINVAL);
-    CHECK_EQ_INT(raft_step(r, &(struct raft_msg){.type = RAFT_MSG_APPEND,
-                                                 .from = 0, .to = 1}),
-                 PZ_EINVAL);
+    CHECK_EQ_INT(
+        raft_step(r, &(struct raft_msg){.type = 99, .from = 2, .to = 1}),
+        PZ_EINVAL);
+    CHECK_EQ_INT(
+        raft_step(
+            r, &(struct raft_msg){.type = RAFT_MSG_APPEND, .from = 0, .to = 1}),
+        PZ_EINVAL);
     struct raft_entry bad = {.term = 5, .index = 7};
     CHECK_EQ_INT(raft_step(r, &(struct raft_msg){.type = RAFT_MSG_APPEND,
-                                                 .from = 2, .to = 1,
-                                                 .term = 5, .index = 1,
+                                                 .from = 2,
+                                                 .to = 1,
+                                                 .term = 5,
+                                                 .index = 1,
                                                  .log_term = 1,
                                                  .entries = &bad,
                                                  .n_entries = 1}),
                  PZ_EINVAL);
     uint8_t junk[3] = {1, 2, 3};
-    struct raft_entry badconf = {.term = 5, .index = 2,
-                                 .type = RAFT_ENTRY_CONF, .data = junk,
-                                 .len = 3};
+    struct raft_entry badconf = {
+        .term = 5, .index = 2, .type = RAFT_ENTRY_CONF, .data = junk, .len = 3};
     CHECK_EQ_INT(raft_step(r, &(struct raft_msg){.type = RAFT_MSG_APPEND,
-                                                 .from = 2, .to = 1,
-                                                 .term = 5, .index = 1,
+                                                 .from = 2,
+                                                 .to = 1,
+                                                 .term = 5,
+                                                 .index = 1,
                                                  .log_term = 1,
                                                  .entries = &badconf,
                                                  .n_entries = 1}),
@@ -1202,6 +1273,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(advance_ignores_truncated_batch),
     TEST_ENTRY(truncation_drops_unsent_acks),
     TEST_ENTRY(conf_change_one_at_a_time),
+    TEST_ENTRY(conf_change_waits_for_commit_in_term),
     TEST_ENTRY(joining_node_gets_log),
     TEST_ENTRY(removed_leader_steps_down),
     TEST_ENTRY(transfer_leadership),

@@ -54,101 +54,109 @@ enum ev_type {
     EV_DELIVER,
     EV_PERSIST,
     EV_RESTART,
+    EV_CRASH,
     EV_CHAOS,
     EV_CLIENT,
 };
 
 struct event {
-    uint64_t time;      /* ms */
-    uint64_t seq;       /* tie breaker: FIFO among equal times */
-    int type;           /* enum ev_type */
-    int node;           /* node index 1..n */
-    uint64_t epoch;     /* node incarnation the event belongs to */
-    struct raft_msg m;  /* EV_DELIVER: deep copy */
+    uint64_t time;     /* ms */
+    uint64_t seq;      /* tie breaker: FIFO among equal times */
+    int type;          /* enum ev_type */
+    int node;          /* node index 1..n */
+    uint64_t epoch;    /* node incarnation the event belongs to */
+    struct raft_msg m; /* EV_DELIVER: deep copy */
 };
 
 struct mirror {
-    uint64_t term;        /* term of the entry */
-    const uint8_t *data;  /* payload pointer seen last (change detection) */
-    size_t len;           /* payload length */
-    uint8_t type;         /* entry type */
-    uint64_t chain;       /* hash of the entry and all before it */
+    uint64_t term;       /* term of the entry */
+    const uint8_t *data; /* payload pointer seen last (change detection) */
+    size_t len;          /* payload length */
+    uint8_t type;        /* entry type */
+    uint64_t chain;      /* hash of the entry and all before it */
 };
 
 struct snode {
-    uint64_t id;                /* 1..n */
-    struct raft *r;             /* NULL while down */
-    uint64_t epoch;             /* incarnation */
-    bool founder;               /* bootstraps the initial cluster */
+    uint64_t id;    /* 1..n */
+    struct raft *r; /* NULL while down */
+    uint64_t epoch; /* incarnation */
+    bool founder;   /* bootstraps the initial cluster */
     /* durable storage */
-    struct raft_hard_state hs;  /* durable hard state */
-    struct raft_entry *log;     /* durable entries 1..n_log */
-    size_t n_log, cap_log;      /* used, allocated */
+    struct raft_hard_state hs; /* durable hard state */
+    struct raft_entry *log;    /* durable entries 1..n_log */
+    size_t n_log, cap_log;     /* used, allocated */
     /* the Ready being written */
-    bool in_flight;             /* a Ready is taken and not advanced */
-    struct raft_ready rd;       /* it (arrays owned by the core) */
+    bool in_flight;       /* a Ready is taken and not advanced */
+    struct raft_ready rd; /* it (arrays owned by the core) */
     /* checks */
-    struct mirror *mir;         /* mirror of the core's log, by index-1 */
-    size_t n_mir, cap_mir;      /* used, allocated */
-    uint64_t commit;            /* last seen commit (this incarnation) */
-    uint64_t applied;           /* last applied index */
-    uint64_t lc_term;           /* term for which lc_checked holds */
-    uint64_t lc_checked;        /* leader completeness checked up to */
-    uint64_t checks;            /* check counter (full scans) */
-    uint64_t marker_term;       /* liveness: term a marker was proposed */
-    uint64_t marker_index;      /* liveness: its index */
+    struct mirror *mir;    /* mirror of the core's log, by index-1 */
+    size_t n_mir, cap_mir; /* used, allocated */
+    uint64_t commit;       /* last seen commit (this incarnation) */
+    uint64_t applied;      /* last applied index */
+    uint64_t lc_term;      /* term for which lc_checked holds */
+    uint64_t lc_checked;   /* leader completeness checked up to */
+    uint64_t checks;       /* check counter (full scans) */
+    uint64_t marker_term;  /* liveness: term a marker was proposed */
+    uint64_t marker_index; /* liveness: its index */
 };
 
 struct committed_rec {
-    uint64_t chain;     /* chain hash of the committed entry */
-    uint64_t term;      /* its term */
-    uint64_t obs_term;  /* term of the node that first saw it committed */
+    uint64_t chain;    /* chain hash of the committed entry */
+    uint64_t term;     /* its term */
+    uint64_t obs_term; /* term of the node that first saw it committed */
 };
 
 struct chain_slot {
-    uint64_t index;     /* 0: empty */
-    uint64_t term;      /* entry term */
-    uint64_t chain;     /* chain hash */
+    uint64_t index; /* 0: empty */
+    uint64_t term;  /* entry term */
+    uint64_t chain; /* chain hash */
 };
 
 struct read_rec {
-    int node;           /* requesting node */
-    uint64_t required;  /* max commit known anywhere at request time */
-    bool done;          /* answered or dropped */
+    int node;          /* requesting node */
+    uint64_t required; /* max commit known anywhere at request time */
+    bool done;         /* answered or dropped */
 };
 
 struct sim {
-    uint64_t seed;                  /* this run */
-    uint64_t rng;                   /* simulator randomness */
-    int n;                          /* nodes */
-    uint64_t now;                   /* ms */
-    uint64_t seq;                   /* event sequence */
-    struct event **heap;            /* min-heap by (time, seq) */
-    size_t n_heap, cap_heap;        /* used, allocated */
-    struct snode nodes[SIM_MAXN + 1]; /* by id */
-    int group[SIM_MAXN + 1];        /* partition group of each node */
-    int loss_pct;                   /* message loss, percent */
-    int dup_pct;                    /* duplication, percent */
-    int max_delay;                  /* ms, usual delay bound */
-    bool chaos;                     /* phase 1: faults on */
-    bool pre_vote, check_quorum;    /* core options of this run */
-    size_t max_inflight;            /* core option */
-    size_t max_bytes;               /* core option */
-    uint64_t *leader_of_term;       /* term -> leader id */
-    size_t cap_lot;                 /* allocated */
-    struct committed_rec *committed; /* by index-1 */
+    uint64_t seed;                     /* this run */
+    uint64_t rng;                      /* simulator randomness */
+    int n;                             /* nodes */
+    uint64_t now;                      /* ms */
+    uint64_t seq;                      /* event sequence */
+    struct event **heap;               /* min-heap by (time, seq) */
+    size_t n_heap, cap_heap;           /* used, allocated */
+    struct snode nodes[SIM_MAXN + 1];  /* by id */
+    int group[SIM_MAXN + 1];           /* partition group of each node */
+    int loss_pct;                      /* message loss, percent */
+    int dup_pct;                       /* duplication, percent */
+    int max_delay;                     /* ms, usual delay bound */
+    bool chaos;                        /* phase 1: faults on */
+    int profile;                       /* 0 network-heavy, 1 crash-heavy,
+                                          2 mixed, 3 leader churn */
+    uint64_t chaos_gap;                /* ms between fault actions (max) */
+    int crash_pct;                     /* share of crash actions */
+    uint64_t restart_max;              /* ms before a crashed node restarts */
+    uint64_t persist_max;              /* ms a write may take */
+    int kill_leader_pct;               /* chance a new leader soon crashes */
+    bool pre_vote, check_quorum;       /* core options of this run */
+    size_t max_inflight;               /* core option */
+    size_t max_bytes;                  /* core option */
+    uint64_t *leader_of_term;          /* term -> leader id */
+    size_t cap_lot;                    /* allocated */
+    struct committed_rec *committed;   /* by index-1 */
     size_t n_committed, cap_committed; /* used, allocated */
-    struct chain_slot *chains;      /* open addressing (index, term) */
-    size_t cap_chains, n_chains;    /* slots, used */
-    struct read_rec *reads;         /* by ctx-1 */
-    size_t n_reads, cap_reads;      /* used, allocated */
-    uint64_t proposals;             /* counter for payloads */
-    bool failed;                    /* an invariant broke */
-    bool trace;                     /* print events */
-    uint64_t events;                /* processed */
-    uint64_t stat_commits;          /* stats */
-    uint64_t stat_reads;            /* confirmed reads */
-    uint64_t stat_leaders;          /* leader elections seen */
+    struct chain_slot *chains;         /* open addressing (index, term) */
+    size_t cap_chains, n_chains;       /* slots, used */
+    struct read_rec *reads;            /* by ctx-1 */
+    size_t n_reads, cap_reads;         /* used, allocated */
+    uint64_t proposals;                /* counter for payloads */
+    bool failed;                       /* an invariant broke */
+    bool trace;                        /* print events */
+    uint64_t events;                   /* processed */
+    uint64_t stat_commits;             /* stats */
+    uint64_t stat_reads;               /* confirmed reads */
+    uint64_t stat_leaders;             /* leader elections seen */
 };
 
 static volatile sig_atomic_t cur_seed_for_signal;
@@ -163,12 +171,15 @@ static void sim_fail(struct sim *s, const char *fmt, ...)
     s->failed = true;
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "SIM FAILURE seed=%" PRIu64 " n=%d t=%" PRIu64 "ms: ",
-            s->seed, s->n, s->now);
+    fprintf(stderr,
+            "SIM FAILURE seed=%" PRIu64 " n=%d t=%" PRIu64 "ms: ", s->seed,
+            s->n, s->now);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n  reproduce: SIM_SEED=%" PRIu64 " SIM_TRACE=1 "
-            "tests/unit/raft-sim\n", s->seed);
+    fprintf(stderr,
+            "\n  reproduce: SIM_SEED=%" PRIu64 " SIM_TRACE=1 "
+            "tests/unit/raft-sim\n",
+            s->seed);
 }
 
 static void trace(struct sim *s, const char *fmt, ...)
@@ -196,7 +207,7 @@ static bool chance(struct sim *s, int pct)
     return (int)rnd(s, 100) < pct;
 }
 
-/* --- event heap --------------------------------------------------------- */
+/* --- event heap ----------------------------------------------------------- */
 
 static bool ev_less(const struct event *a, const struct event *b)
 {
@@ -246,8 +257,7 @@ static struct event *heap_pop(struct sim *s)
     return top;
 }
 
-static struct event *ev_new(struct sim *s, int type, int node,
-                            uint64_t delay)
+static struct event *ev_new(struct sim *s, int type, int node, uint64_t delay)
 {
     struct event *e = pz_calloc(1, sizeof *e);
     e->time = s->now + delay;
@@ -269,9 +279,10 @@ static void msg_deep_copy(struct raft_msg *dst, const struct raft_msg *src)
     dst->entries = pz_malloc(src->n_entries * sizeof *dst->entries);
     for (size_t i = 0; i < src->n_entries; i++) {
         dst->entries[i] = src->entries[i];
-        dst->entries[i].data = src->entries[i].len
-            ? pz_memdup(src->entries[i].data, src->entries[i].len)
-            : NULL;
+        dst->entries[i].data =
+            src->entries[i].len
+                ? pz_memdup(src->entries[i].data, src->entries[i].len)
+                : NULL;
     }
 }
 
@@ -289,7 +300,7 @@ static void ev_free(struct event *e)
     pz_free(e);
 }
 
-/* --- network ------------------------------------------------------------ */
+/* --- network -------------------------------------------------------------- */
 
 static bool linked(const struct sim *s, uint64_t a, uint64_t b)
 {
@@ -321,7 +332,7 @@ static void net_send(struct sim *s, const struct raft_msg *m)
     }
 }
 
-/* --- invariants ------------------------------------------------------------ */
+/* --- invariants ----------------------------------------------------------- */
 
 static uint64_t entry_chain(uint64_t prev, const struct raft_entry *e)
 {
@@ -329,6 +340,12 @@ static uint64_t entry_chain(uint64_t prev, const struct raft_entry *e)
     uint64_t x = pz_hash(h, sizeof h, 0x5eed);
     return x ^ pz_hash(e->data ? (const void *)e->data : (const void *)"",
                        e->len, x);
+}
+
+static size_t slot_hash(uint64_t index, uint64_t term)
+{
+    return (size_t)(index * 0x9E3779B97F4A7C15ull ^
+                    term * 0xC2B2AE3D27D4EB4Full);
 }
 
 static void chains_grow(struct sim *s)
@@ -339,8 +356,7 @@ static void chains_grow(struct sim *s)
         struct chain_slot *c = &s->chains[i];
         if (c->index == 0)
             continue;
-        size_t h = (size_t)(c->index * 0x9E3779B97F4A7C15ull ^ c->term *
-                                                                0xC2B2AE3D27D4EB4Full);
+        size_t h = slot_hash(c->index, c->term);
         for (size_t k = h & (ncap - 1);; k = (k + 1) & (ncap - 1)) {
             if (n[k].index == 0) {
                 n[k] = *c;
@@ -355,13 +371,12 @@ static void chains_grow(struct sim *s)
 
 /* Log Matching: the first time (index, term) is seen its chain is recorded;
  * any later sighting anywhere must have the same chain. */
-static void check_chain(struct sim *s, int node, uint64_t index,
-                        uint64_t term, uint64_t chain)
+static void check_chain(struct sim *s, int node, uint64_t index, uint64_t term,
+                        uint64_t chain)
 {
     if ((s->n_chains + 1) * 2 > s->cap_chains)
         chains_grow(s);
-    size_t h = (size_t)(index * 0x9E3779B97F4A7C15ull ^ term *
-                                                        0xC2B2AE3D27D4EB4Full);
+    size_t h = slot_hash(index, term);
     for (size_t k = h & (s->cap_chains - 1);;
          k = (k + 1) & (s->cap_chains - 1)) {
         struct chain_slot *c = &s->chains[k];
@@ -374,8 +389,9 @@ static void check_chain(struct sim *s, int node, uint64_t index,
         }
         if (c->index == index && c->term == term) {
             if (c->chain != chain)
-                sim_fail(s, "log matching: node %d entry %" PRIu64
-                         " term %" PRIu64 " differs from another log's",
+                sim_fail(s,
+                         "log matching: node %d entry %" PRIu64 " term %" PRIu64
+                         " differs from another log's",
                          node, index, term);
             return;
         }
@@ -401,8 +417,8 @@ static void update_mirror(struct sim *s, struct snode *sn)
             break;
     }
     if (from == 1 && i <= sn->n_mir && i <= sn->commit)
-        sim_fail(s, "node %d: committed entry %" PRIu64 " changed",
-                 (int)sn->id, i);
+        sim_fail(s, "node %d: committed entry %" PRIu64 " changed", (int)sn->id,
+                 i);
     if (sn->cap_mir < last) {
         sn->cap_mir = last + 64;
         sn->mir = pz_realloc(sn->mir, sn->cap_mir * sizeof *sn->mir);
@@ -427,7 +443,8 @@ static void note_committed(struct sim *s, int node, uint64_t index,
 {
     if (index <= s->n_committed) {
         if (s->committed[index - 1].chain != chain)
-            sim_fail(s, "state machine safety: node %d commits a different "
+            sim_fail(s,
+                     "state machine safety: node %d commits a different "
                      "entry %" PRIu64 " (term %" PRIu64 " vs %" PRIu64 ")",
                      node, index, term, s->committed[index - 1].term);
         return;
@@ -438,14 +455,15 @@ static void note_committed(struct sim *s, int node, uint64_t index,
     }
     if (s->n_committed == s->cap_committed) {
         s->cap_committed = s->cap_committed ? s->cap_committed * 2 : 256;
-        s->committed = pz_realloc(s->committed,
-                                  s->cap_committed * sizeof *s->committed);
+        s->committed =
+            pz_realloc(s->committed, s->cap_committed * sizeof *s->committed);
     }
-    s->committed[s->n_committed++] =
-        (struct committed_rec){.chain = chain, .term = term,
-                               .obs_term = obs_term};
+    s->committed[s->n_committed++] = (struct committed_rec){
+        .chain = chain, .term = term, .obs_term = obs_term};
     s->stat_commits++;
 }
+
+static void crash_and_restart(struct sim *s, int id);
 
 static void check_node(struct sim *s, int id)
 {
@@ -456,8 +474,8 @@ static void check_node(struct sim *s, int id)
     raft_status(sn->r, &st);
     update_mirror(s, sn);
     if (st.commit > st.last_index)
-        sim_fail(s, "node %d commit %" PRIu64 " > last %" PRIu64, id,
-                 st.commit, st.last_index);
+        sim_fail(s, "node %d commit %" PRIu64 " > last %" PRIu64, id, st.commit,
+                 st.last_index);
     if (st.persisted_index > st.last_index)
         sim_fail(s, "node %d persisted > last", id);
     if (st.commit < sn->commit)
@@ -473,8 +491,8 @@ static void check_node(struct sim *s, int id)
     if (st.role == RAFT_LEADER) {
         if (st.term >= s->cap_lot) {
             size_t ncap = st.term * 2 + 16;
-            s->leader_of_term = pz_realloc(s->leader_of_term,
-                                           ncap * sizeof *s->leader_of_term);
+            s->leader_of_term =
+                pz_realloc(s->leader_of_term, ncap * sizeof *s->leader_of_term);
             memset(s->leader_of_term + s->cap_lot, 0,
                    (ncap - s->cap_lot) * sizeof *s->leader_of_term);
             s->cap_lot = ncap;
@@ -484,9 +502,16 @@ static void check_node(struct sim *s, int id)
             *l = sn->id;
             s->stat_leaders++;
             trace(s, "node %d leader of term %" PRIu64, id, st.term);
+            /* Kill some new leaders while their first entries are in
+             * flight: leaves entries of older terms on minorities, the
+             * material of Figure 3.7. */
+            if (s->chaos && chance(s, s->kill_leader_pct))
+                heap_push(s, ev_new(s, EV_CRASH, id, rnd(s, 30)));
         } else if (*l != sn->id) {
-            sim_fail(s, "election safety: term %" PRIu64 " has leaders %"
-                     PRIu64 " and %d", st.term, *l, id);
+            sim_fail(s,
+                     "election safety: term %" PRIu64 " has leaders %" PRIu64
+                     " and %d",
+                     st.term, *l, id);
         }
         /* Leader Completeness. */
         if (sn->lc_term != st.term) {
@@ -497,8 +522,10 @@ static void check_node(struct sim *s, int id)
             const struct committed_rec *c = &s->committed[i - 1];
             if (c->obs_term < st.term &&
                 (i > sn->n_mir || sn->mir[i - 1].chain != c->chain)) {
-                sim_fail(s, "leader completeness: leader %d of term %" PRIu64
-                         " lacks committed entry %" PRIu64, id, st.term, i);
+                sim_fail(s,
+                         "leader completeness: leader %d of term %" PRIu64
+                         " lacks committed entry %" PRIu64,
+                         id, st.term, i);
                 break;
             }
             sn->lc_checked = i;
@@ -506,7 +533,7 @@ static void check_node(struct sim *s, int id)
     }
 }
 
-/* --- node I/O ------------------------------------------------------------ */
+/* --- node I/O ------------------------------------------------------------- */
 
 static void store_write(struct snode *sn, const struct raft_ready *rd)
 {
@@ -542,15 +569,21 @@ static void apply_entries(struct sim *s, struct snode *sn,
             return;
         }
         if (e->index > sn->n_mir || sn->mir[e->index - 1].term != e->term) {
-            sim_fail(s, "node %d applies an entry not in its log",
-                     (int)sn->id);
+            sim_fail(s, "node %d applies an entry not in its log", (int)sn->id);
+            return;
+        }
+        if (e->index > sn->n_log || sn->log[e->index - 1].term != e->term) {
+            sim_fail(s, "node %d applies entry %" PRIu64 " that is not "
+                     "durable locally", (int)sn->id, e->index);
             return;
         }
         uint64_t chain = sn->mir[e->index - 1].chain;
         if (entry_chain(e->index > 1 ? sn->mir[e->index - 2].chain : 0, e) !=
             chain) {
-            sim_fail(s, "node %d applied entry %" PRIu64 " differs from its "
-                     "log", (int)sn->id, e->index);
+            sim_fail(s,
+                     "node %d applied entry %" PRIu64 " differs from its "
+                     "log",
+                     (int)sn->id, e->index);
             return;
         }
         note_committed(s, (int)sn->id, e->index, chain, e->term, st.term);
@@ -575,8 +608,9 @@ static void check_reads(struct sim *s, struct snode *sn,
         rr->done = true;
         s->stat_reads++;
         if (rd->read_states[i].index < rr->required)
-            sim_fail(s, "linearizability: read %" PRIu64 " got index %"
-                     PRIu64 " < %" PRIu64 " committed before it was asked",
+            sim_fail(s,
+                     "linearizability: read %" PRIu64 " got index %" PRIu64
+                     " < %" PRIu64 " committed before it was asked",
                      ctx, rd->read_states[i].index, rr->required);
     }
     for (size_t i = 0; i < rd->n_dropped_reads; i++) {
@@ -586,6 +620,28 @@ static void check_reads(struct sim *s, struct snode *sn,
         else
             s->reads[ctx - 1].done = true;
     }
+}
+
+/* The persistence contract, checked on every message as it leaves: an
+ * acknowledgement covers only durable entries, a granted vote is durable,
+ * and a (pre-)vote request never claims a log we do not have durably. */
+static void send_checked(struct sim *s, struct snode *sn,
+                         const struct raft_msg *m)
+{
+    if (m->type == RAFT_MSG_APPEND_RESP && !m->reject &&
+        m->index > sn->n_log)
+        sim_fail(s, "node %d acks index %" PRIu64 " with %zu entries "
+                 "durable", (int)sn->id, m->index, sn->n_log);
+    if (m->type == RAFT_MSG_VOTE_RESP && !m->reject &&
+        !(sn->hs.term > m->term ||
+          (sn->hs.term == m->term && sn->hs.vote == m->to)))
+        sim_fail(s, "node %d grants a vote in term %" PRIu64
+                 " that is not durable", (int)sn->id, m->term);
+    if (m->type == RAFT_MSG_VOTE &&
+        !(sn->hs.term >= m->term && m->index <= sn->n_log))
+        sim_fail(s, "node %d asks for votes before its term/vote/log are "
+                 "durable", (int)sn->id);
+    net_send(s, m);
 }
 
 static void pump(struct sim *s, int id)
@@ -598,14 +654,14 @@ static void pump(struct sim *s, int id)
         apply_entries(s, sn, rd);
         check_reads(s, sn, rd);
         for (size_t i = 0; i < rd->n_msgs; i++)
-            net_send(s, &rd->msgs[i]);
+            send_checked(s, sn, &rd->msgs[i]);
         if (rd->hs_changed || rd->n_entries > 0) {
             sn->in_flight = true;
-            uint64_t lat = chance(s, 20) ? 0 : rnd(s, 6);
+            uint64_t lat = chance(s, 20) ? 0 : rnd(s, s->persist_max + 1);
             heap_push(s, ev_new(s, EV_PERSIST, id, lat));
         } else {
             for (size_t i = 0; i < rd->n_msgs_after_persist; i++)
-                net_send(s, &rd->msgs_after_persist[i]);
+                send_checked(s, sn, &rd->msgs_after_persist[i]);
             raft_advance(sn->r, rd);
         }
     }
@@ -617,7 +673,7 @@ static void persist_done(struct sim *s, int id)
     pz_assert(sn->in_flight);
     store_write(sn, &sn->rd);
     for (size_t i = 0; i < sn->rd.n_msgs_after_persist; i++)
-        net_send(s, &sn->rd.msgs_after_persist[i]);
+        send_checked(s, sn, &sn->rd.msgs_after_persist[i]);
     sn->in_flight = false;
     raft_advance(sn->r, &sn->rd);
 }
@@ -673,8 +729,10 @@ static void node_start(struct sim *s, int id)
     sn->lc_checked = 0;
     sn->marker_term = 0;
     heap_push(s, ev_new(s, EV_TICK, id, 1 + rnd(s, TICK_MS)));
-    trace(s, "node %d up (epoch %" PRIu64 ", %zu durable entries, term %"
-          PRIu64 ")", id, sn->epoch, sn->n_log, sn->hs.term);
+    trace(s,
+          "node %d up (epoch %" PRIu64 ", %zu durable entries, term %" PRIu64
+          ")",
+          id, sn->epoch, sn->n_log, sn->hs.term);
 }
 
 static void node_crash(struct sim *s, int id)
@@ -692,7 +750,7 @@ static void node_crash(struct sim *s, int id)
     trace(s, "node %d crashed", id);
 }
 
-/* --- clients and chaos ------------------------------------------------------ */
+/* --- clients and chaos ---------------------------------------------------- */
 
 static int up_count(const struct sim *s)
 {
@@ -740,8 +798,8 @@ static void propose(struct sim *s, int id)
     uint64_t idx, term;
     int rc = raft_propose(s->nodes[id].r, buf, len, &idx, &term);
     if (rc == 0)
-        trace(s, "node %d proposes %" PRIu64 " at %" PRIu64 "/%" PRIu64, id,
-              k, idx, term);
+        trace(s, "node %d proposes %" PRIu64 " at %" PRIu64 "/%" PRIu64, id, k,
+              idx, term);
 }
 
 static void do_read(struct sim *s, int id)
@@ -777,8 +835,7 @@ static void do_conf_change(struct sim *s, int id)
         if (raft_conf_voters(c) <= 2)
             return;
     }
-    if (!may_remove && (cc.type == RAFT_CC_REMOVE ||
-                        cc.type == RAFT_CC_DEMOTE))
+    if (!may_remove && (cc.type == RAFT_CC_REMOVE || cc.type == RAFT_CC_DEMOTE))
         return;
     cc.id = pick;
     uint64_t idx;
@@ -804,8 +861,7 @@ static void client_action(struct sim *s)
     } else if (l) {
         uint64_t to = 1 + rnd(s, (uint64_t)s->n);
         int rc = raft_transfer_leader(s->nodes[l].r, to);
-        trace(s, "node %d transfer to %" PRIu64 ": %s", l, to,
-              pz_strerror(rc));
+        trace(s, "node %d transfer to %" PRIu64 ": %s", l, to, pz_strerror(rc));
     }
     if (l)
         check_node(s, l);
@@ -817,9 +873,23 @@ static void heal(struct sim *s)
         s->group[i] = 0;
 }
 
+static void crash_and_restart(struct sim *s, int id)
+{
+    if (id && s->nodes[id].r != NULL && up_count(s) > 1) {
+        node_crash(s, id);
+        heap_push(s, ev_new(s, EV_RESTART, id, 5 + rnd(s, s->restart_max)));
+    }
+}
+
 static void chaos_action(struct sim *s)
 {
-    uint64_t r = rnd(s, 100);
+    if (chance(s, s->crash_pct)) {
+        crash_and_restart(s, chance(s, 50) ? pick_leader(s) : pick_up(s));
+        return;
+    }
+    uint64_t r = rnd(s, 85);
+    if (s->profile == 3) /* leader churn */
+        r = chance(s, 50) ? 50 : chance(s, 60) ? 0 : r;
     if (r < 25) {
         heal(s);
         trace(s, "heal");
@@ -839,22 +909,16 @@ static void chaos_action(struct sim *s)
         int id = 1 + (int)rnd(s, (uint64_t)s->n);
         s->group[id] = 2 + id;
         trace(s, "isolate %d", id);
-    } else if (r < 85) {
-        int id = chance(s, 50) ? pick_leader(s) : pick_up(s);
-        if (id && up_count(s) > 1) {
-            node_crash(s, id);
-            heap_push(s, ev_new(s, EV_RESTART, id, 20 + rnd(s, 800)));
-        }
     } else {
         s->loss_pct = (int)rnd(s, 4) * 5;
         s->dup_pct = (int)rnd(s, 3) * 5;
         s->max_delay = 2 + (int)rnd(s, 20);
-        trace(s, "net loss %d%% dup %d%% delay <= %d", s->loss_pct,
-              s->dup_pct, s->max_delay);
+        trace(s, "net loss %d%% dup %d%% delay <= %d", s->loss_pct, s->dup_pct,
+              s->max_delay);
     }
 }
 
-/* --- the run ---------------------------------------------------------------- */
+/* --- the run -------------------------------------------------------------- */
 
 static void handle_event(struct sim *s, struct event *e)
 {
@@ -870,12 +934,12 @@ static void handle_event(struct sim *s, struct event *e)
         if (sn->r == NULL || !linked(s, e->m.from, e->m.to))
             return;
         if (s->trace)
-            trace(s, "%" PRIu64 "->%" PRIu64 " %s t%" PRIu64 " i%" PRIu64
+            trace(s,
+                  "%" PRIu64 "->%" PRIu64 " %s t%" PRIu64 " i%" PRIu64
                   " lt%" PRIu64 " c%" PRIu64 " n%zu%s ctx%" PRIu64,
-                  e->m.from, e->m.to, raft_msg_type_name(e->m.type),
-                  e->m.term, e->m.index, e->m.log_term, e->m.commit,
-                  e->m.n_entries, e->m.reject ? " REJECT" : "",
-                  e->m.context);
+                  e->m.from, e->m.to, raft_msg_type_name(e->m.type), e->m.term,
+                  e->m.index, e->m.log_term, e->m.commit, e->m.n_entries,
+                  e->m.reject ? " REJECT" : "", e->m.context);
         if (raft_step(sn->r, &e->m) != 0)
             sim_fail(s, "node %d rejected a well-formed message", e->node);
         break;
@@ -889,10 +953,15 @@ static void handle_event(struct sim *s, struct event *e)
             return;
         node_start(s, e->node);
         break;
+    case EV_CRASH:
+        if (sn->r == NULL || e->epoch != sn->epoch || !s->chaos)
+            return;
+        crash_and_restart(s, e->node);
+        return;
     case EV_CHAOS:
         if (s->chaos) {
             chaos_action(s);
-            heap_push(s, ev_new(s, EV_CHAOS, 0, 50 + rnd(s, 400)));
+            heap_push(s, ev_new(s, EV_CHAOS, 0, 10 + rnd(s, s->chaos_gap)));
         }
         return;
     case EV_CLIENT:
@@ -974,10 +1043,10 @@ static void sim_free(struct sim *s)
 }
 
 struct sim_stats {
-    uint64_t events;   /* events processed */
-    uint64_t commits;  /* distinct committed entries */
-    uint64_t reads;    /* confirmed reads */
-    uint64_t leaders;  /* leaders elected */
+    uint64_t events;  /* events processed */
+    uint64_t commits; /* distinct committed entries */
+    uint64_t reads;   /* confirmed reads */
+    uint64_t leaders; /* leaders elected */
 };
 
 /* Runs one seed; returns true if every check passed. */
@@ -992,13 +1061,25 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->pre_vote = !chance(s, 20);
     s->check_quorum = !chance(s, 20);
     s->max_inflight = 1 + rnd(s, 8);
-    s->max_bytes = chance(s, 50) ? 64 : 4096;
+    s->max_bytes = chance(s, 30) ? 1 : chance(s, 50) ? 64 : 4096;
     s->max_delay = 10;
     s->chaos = true;
+    s->profile = (int)rnd(s, 4);
+    static const uint64_t gap[] = {400, 150, 400, 120};
+    static const int crash[] = {10, 60, 25, 30};
+    static const uint64_t restart[] = {800, 200, 800, 150};
+    static const int kill[] = {0, 40, 15, 50};
+    s->chaos_gap = gap[s->profile];
+    s->crash_pct = crash[s->profile];
+    s->restart_max = restart[s->profile];
+    s->kill_leader_pct = kill[s->profile];
+    s->persist_max = chance(s, 30) ? 30 : 5;
     cur_seed_for_signal = (sig_atomic_t)seed;
-    trace(s, "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
-          "inflight=%zu bytes=%zu", seed, n, s->pre_vote, s->check_quorum,
-          s->max_inflight, s->max_bytes);
+    trace(s,
+          "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
+          "inflight=%zu bytes=%zu profile=%d persist<=%" PRIu64,
+          seed, n, s->pre_vote, s->check_quorum, s->max_inflight, s->max_bytes,
+          s->profile, s->persist_max);
     int founders = n == 5 ? 3 : n;
     for (int i = 1; i <= n; i++) {
         s->nodes[i].id = (uint64_t)i;
@@ -1028,7 +1109,7 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     }
     if (!s->failed && !live)
         sim_fail(s, "liveness: no proposal applied on all members within "
-                 "5 s after healing");
+                    "5 s after healing");
     /* Every read must have been answered or dropped, or lost with a
      * message: nothing to check. */
     bool ok = !s->failed;
@@ -1056,8 +1137,7 @@ static void on_abort(int sig)
     int n = snprintf(buf, sizeof buf,
                      "\nSIM CRASH (signal %d) at seed %ld: rerun with "
                      "SIM_SEED=%ld\n",
-                     sig, (long)cur_seed_for_signal,
-                     (long)cur_seed_for_signal);
+                     sig, (long)cur_seed_for_signal, (long)cur_seed_for_signal);
     if (n > 0)
         (void)!write(2, buf, (size_t)n);
     signal(sig, SIG_DFL);
@@ -1087,21 +1167,129 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (verbose)
         printf("raft-sim: %" PRIu64 " seeds from %" PRIu64 ", %" PRIu64
-               " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %"
-               PRIu64 " committed entries, %" PRIu64 " reads, %" PRIu64
-               " leaders\n",
+               " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
+               " committed entries, %" PRIu64 " reads, %" PRIu64 " leaders\n",
                count, first, failed, secs, (double)count / secs, st.events,
                st.commits, st.reads, st.leaders);
     return failed ? 1 : 0;
 }
 
+/* Throughput of the core alone: 3 nodes, instant network and disk, the
+ * leader proposes batches of `batch` entries of 100 bytes per loop turn.
+ * Measures entries committed and applied everywhere per second. */
+struct bench_q {
+    struct raft_msg *m; /* queued messages (deep copies) */
+    size_t n, cap;      /* used, allocated */
+};
+
+static void bench_push(struct bench_q *q, const struct raft_msg *m)
+{
+    if (q->n == q->cap) {
+        q->cap = q->cap ? q->cap * 2 : 1024;
+        q->m = pz_realloc(q->m, q->cap * sizeof *q->m);
+    }
+    msg_deep_copy(&q->m[q->n++], m);
+}
+
+static uint64_t bench_pump(struct raft *r, struct bench_q *q)
+{
+    uint64_t applied = 0;
+    while (raft_has_ready(r)) {
+        struct raft_ready rd;
+        raft_ready(r, &rd);
+        for (size_t i = 0; i < rd.n_msgs; i++)
+            bench_push(q, &rd.msgs[i]);
+        for (size_t i = 0; i < rd.n_msgs_after_persist; i++)
+            bench_push(q, &rd.msgs_after_persist[i]);
+        if (rd.n_committed)
+            applied = rd.committed[rd.n_committed - 1].index;
+        raft_advance(r, &rd);
+    }
+    return applied;
+}
+
+static int bench(uint64_t total, size_t batch)
+{
+    struct raft *rs[4] = {NULL};
+    struct raft_conf c;
+    raft_conf_init(&c);
+    for (uint64_t i = 1; i <= 3; i++)
+        raft_conf_add(&c, i, true, "");
+    for (uint64_t i = 1; i <= 3; i++) {
+        struct raft_config cfg = {.id = i,
+                                  .election_ticks = 10,
+                                  .heartbeat_ticks = 1,
+                                  .seed = i,
+                                  .pre_vote = true,
+                                  .check_quorum = true};
+        rs[i] = raft_new(&cfg, NULL);
+        raft_bootstrap(rs[i], &c);
+    }
+    raft_conf_free(&c);
+    struct bench_q q = {0}, q2 = {0};
+    uint64_t applied[4] = {0};
+    raft_campaign(rs[1]);
+    uint8_t payload[100];
+    memset(payload, 'x', sizeof payload);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    uint64_t proposed = 0, msgs = 0, target = 0;
+    for (;;) {
+        if (proposed < total) {
+            for (size_t k = 0; k < batch && proposed < total; k++) {
+                uint64_t idx;
+                if (raft_propose(rs[1], payload, sizeof payload, &idx, NULL) ==
+                    0) {
+                    proposed++;
+                    target = idx;
+                }
+            }
+        }
+        for (int i = 1; i <= 3; i++) {
+            uint64_t a = bench_pump(rs[i], &q);
+            if (a)
+                applied[i] = a;
+        }
+        if (q.n == 0) {
+            if (proposed >= total && applied[1] >= target &&
+                applied[2] >= target && applied[3] >= target)
+                break;
+            raft_tick(rs[1]); /* heartbeats spread the commit index */
+            continue;
+        }
+        struct bench_q t = q;
+        q = q2;
+        q2 = t;
+        for (size_t i = 0; i < q2.n; i++) {
+            raft_step(rs[q2.m[i].to], &q2.m[i]);
+            msg_deep_free(&q2.m[i]);
+            msgs++;
+        }
+        q2.n = 0;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) +
+                  (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("raft bench: %" PRIu64 " entries of 100 B, batch %zu: %.2f s, "
+           "%.0f entries/s, %" PRIu64 " messages\n",
+           total, batch, secs, (double)total / secs, msgs);
+    for (int i = 1; i <= 3; i++)
+        raft_free(rs[i]);
+    pz_free(q.m);
+    pz_free(q2.m);
+    return 0;
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    uint64_t nb = env_u64("SIM_BENCH", 0);
+    if (nb)
+        return bench(nb, (size_t)env_u64("SIM_BENCH_BATCH", 64));
     uint64_t one = env_u64("SIM_SEED", 0);
     if (one)
         return sim_main_loop(one, 1, true);
-    uint64_t count = env_u64("SIM_SEEDS", 2000);
+    uint64_t count = env_u64("SIM_SEEDS", 10000);
     uint64_t first = env_u64("SIM_FIRST", 1);
     return sim_main_loop(first, count, true);
 }
@@ -1118,10 +1306,8 @@ TEST(sim_5_nodes)
         CHECK(sim_run(seed, 5, false, NULL));
 }
 
-static const struct test_case cases[] = {
-    TEST_ENTRY(sim_3_nodes),
-    TEST_ENTRY(sim_5_nodes),
-    TEST_END};
+static const struct test_case cases[] = {TEST_ENTRY(sim_3_nodes),
+                                         TEST_ENTRY(sim_5_nodes), TEST_END};
 
 const struct test_suite suite_raft_sim = {"raft_sim", cases};
 #endif
