@@ -169,12 +169,27 @@ def test_paused_leader_never_serves_stale_reads(cluster):
                 result["r"] = get(leader, "k", timeout=15)
             except OSError as e:
                 result["r"] = e
+
+        def write_old():
+            try:
+                result["w"] = put(leader, "paused-write", "x", timeout=15)
+            except OSError as e:
+                result["w"] = e
         t = threading.Thread(target=read_old)
+        tw = threading.Thread(target=write_old)
         t.start()
+        tw.start()
         time.sleep(0.3)
     finally:
         leader.proc.send_signal(signal.SIGCONT)
     t.join(20)
+    tw.join(20)
+    # a write sent to the paused leader is acknowledged only if it really
+    # committed in the new leader's log
+    w = result["w"]
+    if not isinstance(w, Exception) and w[0] == 204:
+        for s in others:
+            assert get(s, "paused-write")[2] == b"x"
     r = result["r"]
     assert not isinstance(r, Exception), r
     assert r[2] != b"old", "a deposed leader served a stale read"
