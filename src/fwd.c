@@ -214,6 +214,7 @@ int fwd_send(struct fwd_req *r, const char *addr, const char *method,
              const char *target, const char *body, size_t blen, fwd_cb cb)
 {
     struct fwd_conn *fc = fc_get(addr);
+    const char *auth = r->auth;
     pz_buf_init(&r->body);
     r->slot = NULL;
     r->cb = cb;
@@ -223,8 +224,11 @@ int fwd_send(struct fwd_req *r, const char *addr, const char *method,
     pz_buf_init(&b);
     pz_buf_appendf(&b,
                    "%s %s HTTP/1.1\r\nHost: %s\r\n" FWD_HEADER ": 1\r\n"
-                   "Content-Length: %zu\r\n\r\n",
+                   "Content-Length: %zu\r\n",
                    method, target, addr, blen);
+    if (auth && auth[0])
+        pz_buf_appendf(&b, "Authorization: Bearer %s\r\n", auth);
+    pz_buf_append(&b, "\r\n", 2);
     pz_buf_append(&b, body, blen);
     conn_write(fc->c, b.data, b.len);
     pz_buf_free(&b);

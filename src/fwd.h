@@ -29,6 +29,8 @@ struct fwd_req {
     char allow[64];         /* its Allow header, "" if none */
     struct pz_buf body;     /* its body (fwd_send initializes, caller
                                frees with pz_buf_free) */
+    const char *auth;       /* set before fwd_send: bearer token sent as
+                               Authorization (NULL or "": none) */
     struct fwd_slot *slot;  /* internal: NULL when not in flight */
 };
 

@@ -175,6 +175,21 @@ static void on_write_done(struct node_req *req, int status)
     finish(h, !ka);
 }
 
+/* Reply 200 with o (consumed) as one line of JSON. */
+static void reply_json(struct http_conn *h, cJSON *o)
+{
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    bool ka = keep_alive(h);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_appendf(&b, "%s\n", s);
+    cJSON_free(s);
+    reply(h, 200, "application/json", b.data, b.len, NULL, !ka);
+    pz_buf_free(&b);
+    finish(h, !ka);
+}
+
 static void add_u64(cJSON *o, const char *name, uint64_t v)
 {
     /* Raw numbers: cJSON's doubles would round 64-bit values. */
@@ -216,16 +231,51 @@ static void reply_status(struct http_conn *h)
         }
         cJSON_AddItemToArray(ms, j);
     }
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    bool ka = keep_alive(h);
-    struct pz_buf b;
-    pz_buf_init(&b);
-    pz_buf_appendf(&b, "%s\n", s);
-    cJSON_free(s);
-    reply(h, 200, "application/json", b.data, b.len, NULL, !ka);
-    pz_buf_free(&b);
-    finish(h, !ka);
+    reply_json(h, o);
+}
+
+/* Cluster-changing requests need "Authorization: Bearer <cluster-token>"
+ * when a token is set. Compared in constant time. */
+static bool authorized(struct http_conn *h)
+{
+    const char *tok = server_config()->cluster_token;
+    if (tok == NULL || tok[0] == '\0')
+        return true;
+    const char *a = http_req_header(&h->p.req, "authorization");
+    if (a == NULL || strncmp(a, "Bearer ", 7) != 0)
+        return false;
+    a += 7;
+    size_t la = strlen(a), lt = strlen(tok);
+    unsigned char diff = la != lt;
+    for (size_t i = 0; i < lt; i++)
+        diff |= (unsigned char)(tok[i] ^ (i < la ? a[i] : 0));
+    return diff == 0;
+}
+
+static void reply_cluster(struct http_conn *h)
+{
+    struct node_status st;
+    node_status(&st);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "leader", st.leader);
+    add_u64(o, "term", st.term);
+    cJSON *ms = cJSON_AddArrayToObject(o, "members");
+    for (size_t i = 0; i < st.n_members; i++) {
+        const struct node_member *m = &st.members[i];
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "id", m->name);
+        cJSON_AddStringToObject(j, "raft_addr", m->raft);
+        cJSON_AddStringToObject(j, "http_addr", m->http);
+        cJSON_AddStringToObject(j, "grpc_addr", m->grpc);
+        cJSON_AddBoolToObject(j, "voter", m->voter);
+        cJSON_AddBoolToObject(j, "leader", strcmp(m->name, st.leader) == 0);
+        if (strcmp(st.role, "leader") == 0) {
+            add_u64(j, "match_index", m->match);
+            add_u64(j, "last_contact_ms", m->last_contact_ms);
+        }
+        cJSON_AddItemToArray(ms, j);
+    }
+    reply_json(h, o);
 }
 
 static void on_forwarded(struct fwd_req *f, int status)
@@ -263,6 +313,8 @@ static void forward(struct http_conn *h)
         finish(h, !keep_alive(h));
         return;
     }
+    /* The request passed our checks: the leader gets our token. */
+    h->fwd.auth = server_config()->cluster_token;
     int rv = fwd_send(&h->fwd, addr, llhttp_method_name(req->method),
                       req->url.data, req->body.data ? req->body.data : "",
                       req->body.len, on_forwarded);
@@ -287,25 +339,71 @@ static void on_leader_known(struct node_req *req, int status)
     start_write(h);
 }
 
-/* Propose the write here if this node leads, forward it if another does,
- * wait (bounded) for an election if none does. h is in flight. */
+static void on_transfer_done(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    bool ka = keep_alive(h);
+    if (status == 0)
+        reply(h, 204, NULL, NULL, 0, NULL, !ka);
+    else if (status == PZ_ELEADERCHANGE)
+        reply_text(h, 409, "Another node won the election", NULL, !ka);
+    else if (status == PZ_ETIMEDOUT)
+        reply_text(h, 503, "Leadership transfer did not complete", NULL, !ka);
+    else {
+        reply_node_error(h, status);
+        return;
+    }
+    finish(h, !ka);
+}
+
+/* Run a request that needs the leader (writes, membership changes) here
+ * if this node leads, forward it if another does, wait (bounded) for an
+ * election if none does. h is in flight. */
 static void start_write(struct http_conn *h)
 {
     struct pz_buf cmd;
     int rv;
     pz_buf_init(&cmd);
-    if (h->op.kind == HTTP_OP_SET)
-        rv = kv_encode_set(&cmd, h->op.key, h->op.klen, h->op.value,
-                           h->op.vlen);
-    else
-        rv = kv_encode_del(&cmd, h->op.key, h->op.klen);
-    if (rv == 0)
-        rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
-                          on_write_done);
+    switch (h->op.kind) {
+    case HTTP_OP_SET:
+    case HTTP_OP_DEL:
+        if (h->op.kind == HTTP_OP_SET)
+            rv = kv_encode_set(&cmd, h->op.key, h->op.klen, h->op.value,
+                               h->op.vlen);
+        else
+            rv = kv_encode_del(&cmd, h->op.key, h->op.klen);
+        if (rv == 0)
+            rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
+                              on_write_done);
+        break;
+    case HTTP_OP_REMOVE:
+        rv = node_remove_member(&h->req, h->op.key, on_write_done);
+        break;
+    case HTTP_OP_TRANSFER:
+        rv = node_transfer(&h->req, h->op.key, on_transfer_done);
+        break;
+    default:
+        pz_assert(0);
+    }
     pz_buf_free(&cmd);
+    bool ka = keep_alive(h);
     if (rv == PZ_ETOOBIG) {
-        reply_text(h, 413, "Request too large", NULL, !keep_alive(h));
-        finish(h, !keep_alive(h));
+        reply_text(h, 413, "Request too large", NULL, !ka);
+        finish(h, !ka);
+    } else if (rv == PZ_ENOTFOUND) {
+        reply_text(h, 404, "No such member", NULL, !ka);
+        finish(h, !ka);
+    } else if (rv == PZ_EBUSY && h->op.kind != HTTP_OP_SET &&
+               h->op.kind != HTTP_OP_DEL) {
+        reply_text(h, 409,
+                   h->op.kind == HTTP_OP_TRANSFER
+                       ? "A leadership transfer is in progress"
+                       : "Another membership change is in progress",
+                   NULL, !ka);
+        finish(h, !ka);
+    } else if (rv == PZ_EINVAL) {
+        reply_text(h, 400, "Member is not a voter", NULL, !ka);
+        finish(h, !ka);
     } else if (rv == PZ_ENOTLEADER) {
         forward(h);
     } else if (rv == PZ_ENOLEADER) {
@@ -341,10 +439,41 @@ static void dispatch(struct http_conn *h)
         break;
     case HTTP_OP_SET:
     case HTTP_OP_DEL:
+    case HTTP_OP_REMOVE:
+    case HTTP_OP_TRANSFER:
+        if (h->op.needs_auth && !authorized(h)) {
+            reply_text(h, 401, "Unauthorized", NULL, !ka);
+            finish(h, !ka);
+            return;
+        }
         h->in_flight = true;
         h->c->busy++;
         conn_pause(h->c);
         start_write(h);
+        return;
+    case HTTP_OP_REMOVED:
+        if (!authorized(h)) {
+            reply_text(h, 401, "Unauthorized", NULL, !ka);
+        } else if (node_removed_notice(h->op.key, h->op.value, h->op.term) ==
+                   0) {
+            reply(h, 204, NULL, NULL, 0, NULL, true);
+            ka = false;
+        } else {
+            reply_text(h, 400, "Notice does not apply", NULL, !ka);
+        }
+        finish(h, !ka);
+        return;
+    case HTTP_OP_CLUSTER:
+        if (!node_is_leader() && node_leader_http_addr() &&
+            !http_req_header(&h->p.req, "x-pyazdb-forwarded")) {
+            /* Replication progress is the leader's to tell. */
+            h->in_flight = true;
+            h->c->busy++;
+            conn_pause(h->c);
+            forward(h);
+            return;
+        }
+        reply_cluster(h);
         return;
     default:
         pz_assert(0);
@@ -450,7 +579,7 @@ void http_drain(struct conn_listener *ls)
         struct conn *c = container_of(e, struct conn, q);
         struct http_conn *h = c->proto;
         if (h == NULL || !h->in_flight)
-            conn_close(c);
+            conn_close_after_flush(c); /* a reply may still be going out */
         else
             h->draining = true;
     }

@@ -29,8 +29,10 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "fwd.h"
 #include "log.h"
 #include "raft.h"
+#include "server.h"
 #include "store.h"
 #include "transport.h"
 
@@ -40,6 +42,8 @@
  * and from its transport handshake (its client addresses). */
 struct member {
     uint64_t id;        /* Raft id */
+    unsigned caught_up; /* leader: consecutive checks a non-voter was
+                           close behind the leader's log */
     char *name;         /* node-id */
     char *raft;         /* Raft address */
     char *http;         /* HTTP address, "" if unknown */
@@ -65,6 +69,7 @@ struct node {
     struct pz_queue reads;       /* reads waiting for their read index */
     struct pz_queue reads_apply; /* reads waiting for applied >= index */
     struct pz_queue wait_leader; /* requests waiting for a leader */
+    struct pz_queue transfers;   /* transfer requests: index = target id */
     struct pz_queue done;        /* requests to call back */
     uint64_t read_ctx;           /* last ReadIndex context used */
     uint64_t applied;            /* last index applied to kv */
@@ -78,6 +83,12 @@ struct node {
     bool closing;                /* node_close waits for a write */
     uint64_t saved_term;         /* term last handed to the store */
     uint64_t saved_vote;         /* vote last handed to the store */
+    struct member departed[4];   /* members dropped from the conf lately */
+    size_t n_departed;           /* entries in departed */
+    uint64_t *committed_ids;     /* members as of the last committed conf */
+    size_t n_committed_ids;      /* entries in committed_ids */
+    bool removed;                /* this node left the configuration */
+    unsigned ticks;              /* ticks since start (for periodic work) */
 };
 
 static struct node node;
@@ -158,17 +169,30 @@ static void members_refresh(void)
             pz_free(m->grpc);
             m->grpc = pz_strdup(old->grpc);
         }
+        if (old)
+            m->caught_up = old->caught_up;
         if (s->id != node.id && m->raft[0])
             transport_set_peer(node.tr, s->id, m->raft);
     }
-    /* Peers gone from the configuration. */
+    /* Peers gone from the configuration: remembered until the change
+     * commits, so that they can be told (notify_removed). */
     for (size_t i = 0; i < node.n_members; i++) {
         bool kept = false;
         for (size_t j = 0; j < conf->n; j++)
             kept |= conf->servers[j].id == node.members[i].id;
-        if (!kept && node.members[i].id != node.id)
-            transport_remove_peer(node.tr, node.members[i].id);
-        member_free(&node.members[i]);
+        if (kept) {
+            member_free(&node.members[i]);
+            continue;
+        }
+        /* The peer link stays until the change commits: a leader that
+         * removes itself still needs the acknowledgements. */
+        if (node.n_departed == PZ_ARRAY_SIZE(node.departed)) {
+            member_free(&node.departed[0]);
+            memmove(&node.departed[0], &node.departed[1],
+                    sizeof node.departed - sizeof node.departed[0]);
+            node.n_departed--;
+        }
+        node.departed[node.n_departed++] = node.members[i];
     }
     pz_free(node.members);
     node.members = ms;
@@ -242,7 +266,70 @@ static void expire(struct pz_queue *list, int status)
     }
 }
 
+/* --- removal notices ---------------------------------------------------------
+ * A member removed from the configuration no longer hears from the leader
+ * (it is not replicated to once the change is appended), so it would never
+ * learn that it was removed. The leader tells it over its HTTP API once the
+ * change has committed; the removed node checks the notice names it and
+ * comes from the leader it knows (or a later term), then stops. */
+struct removal_notice {
+    struct fwd_req fwd; /* the POST in flight */
+    char name[64];      /* removed member, for the log */
+};
+
+static void on_notice_sent(struct fwd_req *f, int status)
+{
+    struct removal_notice *n = container_of(f, struct removal_notice, fwd);
+    if (status < 0 || f->http_status != 204)
+        pz_info("could not tell %s it was removed (%s); it stays idle",
+                n->name, status < 0 ? "unreachable" : "refused");
+    pz_buf_free(&f->body);
+    pz_free(n);
+}
+
+static void notify_removed(uint64_t id, const struct member *m)
+{
+    PZ_UNUSED(id);
+    if (m == NULL || m->http[0] == '\0')
+        return;
+    struct removal_notice *n = pz_calloc(1, sizeof *n);
+    snprintf(n->name, sizeof n->name, "%s", m->name);
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    char body[256];
+    int len = snprintf(body, sizeof body,
+                       "{\"id\":\"%s\",\"leader\":\"%s\",\"term\":\"%llu\"}",
+                       m->name, node.cfg->node_id, (unsigned long long)rs.term);
+    n->fwd.auth = node.cfg->cluster_token;
+    if (fwd_send(&n->fwd, m->http, "POST", "/cluster/removed", body,
+                 (size_t)len, on_notice_sent) < 0) {
+        pz_buf_free(&n->fwd.body);
+        pz_free(n);
+    }
+}
+
+int node_removed_notice(const char *id, const char *leader, uint64_t term)
+{
+    if (strcmp(id, node.cfg->node_id) != 0)
+        return PZ_EINVAL;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    struct member *lm = member_find(node.leader);
+    bool from_leader = lm && strcmp(lm->name, leader) == 0;
+    if (!from_leader && term <= rs.term)
+        return PZ_EINVAL; /* not the leader we know, and no newer term */
+    if (!node.removed) {
+        node.removed = true;
+        pz_warn("removed from the cluster by %s in term %llu: stopping",
+                leader, (unsigned long long)term);
+        server_stop("removed from the cluster");
+    }
+    return 0;
+}
+
 /* --- applying committed entries ------------------------------------------ */
+
+static void conf_committed(const struct raft_entry *e);
 
 static void apply_entry(const struct raft_entry *e)
 {
@@ -252,6 +339,8 @@ static void apply_entry(const struct raft_entry *e)
         if (rv < 0) /* every node rejects it alike: state stays equal */
             pz_warn("entry %llu: undecodable command (%s), skipped",
                     (unsigned long long)e->index, pz_strerror(rv));
+    } else if (e->type == RAFT_ENTRY_CONF) {
+        conf_committed(e);
     }
     node.applied = e->index;
     /* Complete the writes waiting on this index. */
@@ -267,6 +356,49 @@ static void apply_entry(const struct raft_entry *e)
             /* Another leader's entry took this place: ours is lost. */
             req_done(r, PZ_ELEADERCHANGE);
         }
+    }
+}
+
+/* A configuration entry committed: say who joined and left; tell a
+ * removed member (leader only), and stop if it is us. */
+static void conf_committed(const struct raft_entry *e)
+{
+    struct raft_conf c;
+    if (raft_conf_decode(e->data, e->len, &c) < 0)
+        return; /* the core refused it already; nothing to act on */
+    bool self_in = false, was_in = false;
+    for (size_t i = 0; i < c.n; i++)
+        self_in |= c.servers[i].id == node.id;
+    for (size_t i = 0; i < node.n_committed_ids; i++)
+        was_in |= node.committed_ids[i] == node.id;
+    for (size_t i = 0; i < node.n_committed_ids; i++) {
+        uint64_t id = node.committed_ids[i];
+        if (raft_conf_get(&c, id) != NULL)
+            continue;
+        struct member *m = member_find(id);
+        for (size_t j = 0; m == NULL && j < node.n_departed; j++)
+            if (node.departed[j].id == id)
+                m = &node.departed[j];
+        pz_info("member %s left the cluster (entry %llu)",
+                m && m->name[0] ? m->name : "(unknown)",
+                (unsigned long long)e->index);
+        if (id != node.id && member_find(id) == NULL)
+            transport_remove_peer(node.tr, id);
+        if (id != node.id && node.role == RAFT_LEADER)
+            notify_removed(id, m);
+    }
+    pz_free(node.committed_ids);
+    node.committed_ids = pz_calloc(c.n ? c.n : 1, sizeof(uint64_t));
+    node.n_committed_ids = c.n;
+    for (size_t i = 0; i < c.n; i++)
+        node.committed_ids[i] = c.servers[i].id;
+    raft_conf_free(&c);
+    if (was_in && !self_in && !node.removed) {
+        node.removed = true;
+        pz_warn("this node was removed from the cluster configuration "
+                "(entry %llu): stopping",
+                (unsigned long long)e->index);
+        server_stop("removed from the cluster");
     }
 }
 
@@ -325,6 +457,16 @@ static void soft_state_changed(const struct raft_soft_state *ss)
     }
     node.leader = ss->leader;
     node.role = ss->role;
+    /* Leadership transfers finish when the target leads. */
+    struct pz_queue *e = node.transfers.next;
+    while (e != &node.transfers) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        if (ss->leader == r->index)
+            req_done(r, 0);
+        else if (ss->leader != 0 && ss->leader != node.id)
+            req_done(r, PZ_ELEADERCHANGE); /* someone else won */
+    }
     if (was_leader && ss->role != RAFT_LEADER)
         pz_info("stepped down in term %llu", (unsigned long long)ss->term);
     if (node.leader) {
@@ -428,6 +570,45 @@ static void on_recv(void *data, const struct raft_msg *m)
     raft_step(node.raft, m);
 }
 
+static void join_cron(void);
+
+/* A non-voter is promoted once its log is within PROMOTE_SLACK entries of
+ * the leader's for PROMOTE_CHECKS consecutive seconds (it has caught up
+ * and keeps up), so that it adds to the quorum without slowing it. */
+#define PROMOTE_SLACK 16
+#define PROMOTE_CHECKS 2
+
+static void membership_cron(void)
+{
+    if (node.role != RAFT_LEADER)
+        return;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    for (size_t i = 0; i < node.n_members; i++) {
+        struct member *m = &node.members[i];
+        if (m->voter || m->id == node.id)
+            continue;
+        uint64_t match = 0;
+        for (size_t j = 0; j < rs.n_peers; j++)
+            if (rs.peers[j].id == m->id)
+                match = rs.peers[j].match;
+        if (match + PROMOTE_SLACK >= rs.last_index)
+            m->caught_up++;
+        else
+            m->caught_up = 0;
+        if (m->caught_up < PROMOTE_CHECKS)
+            continue;
+        struct raft_conf_change cc = {.type = RAFT_CC_PROMOTE, .id = m->id};
+        int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
+        if (rv == 0)
+            pz_info("promoting %s to voter (match %llu of %llu)", m->name,
+                    (unsigned long long)match,
+                    (unsigned long long)rs.last_index);
+        break; /* one configuration change at a time */
+    }
+    join_cron();
+}
+
 static void on_tick(uv_timer_t *t)
 {
     PZ_UNUSED(t);
@@ -436,6 +617,10 @@ static void on_tick(uv_timer_t *t)
     expire(&node.reads, PZ_ETIMEDOUT);
     expire(&node.reads_apply, PZ_ETIMEDOUT);
     expire(&node.wait_leader, PZ_ENOLEADER);
+    expire(&node.transfers, PZ_ETIMEDOUT);
+    /* Once a second: membership housekeeping. */
+    if (++node.ticks % (unsigned)PZ_MAX(1, 1000 / node.tick_ms) == 0)
+        membership_cron();
 }
 
 void node_before_sleep(void)
@@ -474,6 +659,18 @@ bool node_has_work(void)
 
 /* --- the client-facing API --------------------------------------------------- */
 
+/* Wait for the entry at req->index/term to apply. The list stays in index
+ * order (a new term may reuse lower indexes). */
+static void proposal_link(struct node_req *req)
+{
+    struct pz_queue *e = node.proposals.prev;
+    while (e != &node.proposals &&
+           container_of(e, struct node_req, q)->index > req->index)
+        e = e->prev;
+    req->queued = true;
+    pz_queue_push(e->next, &req->q); /* insert before e->next */
+}
+
 int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
                  node_req_cb cb)
 {
@@ -483,13 +680,7 @@ int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
     int rv = raft_propose(node.raft, cmd, len, &req->index, &req->term);
     if (rv < 0)
         return rv;
-    /* Keep the list in index order (a new term may reuse lower indexes). */
-    struct pz_queue *e = node.proposals.prev;
-    while (e != &node.proposals &&
-           container_of(e, struct node_req, q)->index > req->index)
-        e = e->prev;
-    req->queued = true;
-    pz_queue_push(e->next, &req->q); /* insert before e->next */
+    proposal_link(req);
     return 0;
 }
 
@@ -522,6 +713,62 @@ void node_cancel(struct node_req *req)
         pz_queue_remove(&req->q);
         req->queued = false;
     }
+}
+
+static struct member *member_by_name(const char *name)
+{
+    for (size_t i = 0; i < node.n_members; i++)
+        if (strcmp(node.members[i].name, name) == 0)
+            return &node.members[i];
+    return NULL;
+}
+
+static int leader_only(void)
+{
+    if (node.role == RAFT_LEADER)
+        return 0;
+    return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
+}
+
+int node_remove_member(struct node_req *req, const char *name,
+                       node_req_cb cb)
+{
+    req_prepare(req, cb);
+    int rv = leader_only();
+    if (rv < 0)
+        return rv;
+    struct member *m = member_by_name(name);
+    if (m == NULL)
+        return PZ_ENOTFOUND;
+    struct raft_conf_change cc = {.type = RAFT_CC_REMOVE, .id = m->id};
+    rv = raft_propose_conf(node.raft, &cc, &req->index, &req->term);
+    if (rv < 0)
+        return rv;
+    pz_info("removing member %s", name);
+    proposal_link(req);
+    return 0;
+}
+
+int node_transfer(struct node_req *req, const char *name, node_req_cb cb)
+{
+    req_prepare(req, cb);
+    int rv = leader_only();
+    if (rv < 0)
+        return rv;
+    struct member *m = member_by_name(name);
+    if (m == NULL)
+        return PZ_ENOTFOUND;
+    if (m->id == node.id) {
+        req_done(req, 0); /* already leads */
+        return 0;
+    }
+    rv = raft_transfer_leader(node.raft, m->id);
+    if (rv < 0)
+        return rv;
+    pz_info("transferring leadership to %s", name);
+    req->index = m->id;
+    req_link(&node.transfers, req);
+    return 0;
 }
 
 struct kv *node_kv(void)
@@ -731,6 +978,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
     pz_queue_init(&node.reads);
     pz_queue_init(&node.reads_apply);
     pz_queue_init(&node.wait_leader);
+    pz_queue_init(&node.transfers);
     pz_queue_init(&node.done);
 
     /* Time is ticks: ten per heartbeat interval. */
@@ -775,6 +1023,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
         .id = node.id,
         .name = cfg->node_id,
         .cluster_id = node.cluster_id,
+        .token = cfg->cluster_token,
         .http_addr = cfg->http_addr,
         .grpc_addr = cfg->grpc_addr,
         .recv = on_recv,
@@ -786,6 +1035,9 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
     if (node.tr == NULL)
         goto err_after_store;
     members_refresh();
+    if (cfg->cluster_token[0] == '\0')
+        pz_warn("cluster-token is not set: anyone who can reach this node "
+                "can join the cluster or change its membership");
     uv_timer_init(loop, &node.tick);
     uv_timer_start(&node.tick, on_tick, node.tick_ms, node.tick_ms);
     node.open = true;
@@ -814,8 +1066,12 @@ static void on_transport_closed(void *data)
     kv_free(node.kv);
     for (size_t i = 0; i < node.n_members; i++)
         member_free(&node.members[i]);
+    for (size_t i = 0; i < node.n_departed; i++)
+        member_free(&node.departed[i]);
     pz_free(node.members);
     pz_free(node.view);
+    pz_free(node.committed_ids);
+    node.committed_ids = NULL;
     node.store = NULL;
     node.raft = NULL;
     node.kv = NULL;
@@ -850,6 +1106,7 @@ void node_close(void (*cb)(void))
     fail_all(&node.reads, PZ_ESHUTDOWN);
     fail_all(&node.reads_apply, PZ_ESHUTDOWN);
     fail_all(&node.wait_leader, PZ_ESHUTDOWN);
+    fail_all(&node.transfers, PZ_ESHUTDOWN);
     while (!pz_queue_empty(&node.done)) {
         struct node_req *r =
             container_of(pz_queue_head(&node.done), struct node_req, q);
@@ -865,4 +1122,8 @@ void node_close(void (*cb)(void))
         return;
     }
     finish_close();
+}
+
+static void join_cron(void)
+{
 }

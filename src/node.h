@@ -87,6 +87,21 @@ int node_read(struct node_req *req, bool stale, node_req_cb cb);
 /* cb(0) as soon as a leader is known (maybe at once, on the next turn), or
  * cb(PZ_ENOLEADER) after request-timeout. */
 void node_wait_leader(struct node_req *req, node_req_cb cb);
+/* Leader only. Remove member `name` (node-id) from the configuration; cb
+ * once the change is committed and applied here. The removed member is
+ * told and stops. Returns 0, or at once PZ_ENOTLEADER / PZ_ENOLEADER,
+ * PZ_ENOTFOUND (no such member), PZ_EBUSY (another change is pending). */
+int node_remove_member(struct node_req *req, const char *name,
+                       node_req_cb cb);
+/* Leader only. Hand leadership to member `name` (TimeoutNow, thesis
+ * §3.10); cb(0) once it leads, PZ_ELEADERCHANGE if another node won,
+ * PZ_ETIMEDOUT if nothing happened. Immediate errors as above, and
+ * PZ_EINVAL for a non-voter. */
+int node_transfer(struct node_req *req, const char *name, node_req_cb cb);
+/* The leader says this node was removed (POST /cluster/removed): accepted
+ * (0, the server stops) if id is this node and the notice comes from the
+ * known leader or a later term; PZ_EINVAL otherwise. */
+int node_removed_notice(const char *id, const char *leader, uint64_t term);
 /* Forget req: its callback will not be called. Idempotent. */
 void node_cancel(struct node_req *req);
 

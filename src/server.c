@@ -112,6 +112,15 @@ static void on_grace(uv_timer_t *t)
     fwd_close_all();
 }
 
+static void begin_shutdown(void)
+{
+    srv.shutting_down = true;
+    conn_listener_stop(&srv.http, NULL);
+    http_drain(&srv.http);
+    fwd_close_all();
+    uv_timer_start(&srv.grace, on_grace, SHUTDOWN_GRACE_MS, 0);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     PZ_UNUSED(h);
@@ -121,11 +130,15 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     pz_info("received %s, shutting down", signum == SIGINT ? "SIGINT"
                                                            : "SIGTERM");
-    srv.shutting_down = true;
-    conn_listener_stop(&srv.http, NULL);
-    http_drain(&srv.http);
-    fwd_close_all();
-    uv_timer_start(&srv.grace, on_grace, SHUTDOWN_GRACE_MS, 0);
+    begin_shutdown();
+}
+
+void server_stop(const char *why)
+{
+    if (srv.shutting_down)
+        return;
+    pz_info("%s, shutting down", why);
+    begin_shutdown();
 }
 
 int server_run(const struct pz_config *cfg)

@@ -588,7 +588,11 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         snprintf(why, sizeof why, " (node id 0)");
     } else if (t->token[0] && !token_equal(t->token, hs->token)) {
         r.status = RAFT_HS_BAD_TOKEN;
-    } else if (hs->cluster_id != t->cfg.cluster_id) {
+    } else if (hs->cluster_id == 0 ||
+               (t->cfg.cluster_id != 0 &&
+                hs->cluster_id != t->cfg.cluster_id)) {
+        /* A node that is still joining has cluster id 0 and takes the id
+         * of the first member that dials it (below). */
         r.status = RAFT_HS_CLUSTER_MISMATCH;
         snprintf(why, sizeof why,
                  " (theirs %016" PRIx64 ", ours %016" PRIx64 ")",
@@ -605,7 +609,7 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     /* Who we are is only told to dialers that passed the version and
      * token checks. */
     if (r.status != RAFT_HS_BAD_VERSION && r.status != RAFT_HS_BAD_TOKEN) {
-        r.cluster_id = t->cfg.cluster_id;
+        r.cluster_id = t->cfg.cluster_id ? t->cfg.cluster_id : hs->cluster_id;
         r.node_id = t->cfg.id;
         r.name = t->name;
     }
@@ -638,6 +642,14 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         conn_pause(in->c);
         conn_close_after_flush(in->c);
         return;
+    }
+    if (t->cfg.cluster_id == 0) {
+        t->cfg.cluster_id = hs->cluster_id;
+        pz_info("raft: joined cluster %016" PRIx64 " (first contact from "
+                "node '%s')",
+                hs->cluster_id, in->name);
+        if (t->cfg.on_cluster_id)
+            t->cfg.on_cluster_id(t->cfg.data, hs->cluster_id);
     }
     in->accepted = true;
     if (t->cfg.on_peer_info)

@@ -74,6 +74,10 @@ struct transport_config {
     transport_recv_cb recv;    /* required */
     transport_peer_cb on_peer; /* optional */
     transport_peer_info_cb on_peer_info; /* optional */
+    /* cluster_id 0 means "joining": the first peer that dials us with a
+     * valid handshake gives us its cluster id, reported here (optional;
+     * persist it). */
+    void (*on_cluster_id)(void *data, uint64_t cluster_id);
     const char *http_addr;     /* ours, told to peers; copied (NULL: "") */
     const char *grpc_addr;     /* ours, told to peers; copied (NULL: "") */
     void *data;                /* passed to the callbacks */
