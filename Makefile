@@ -46,11 +46,12 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 
 # Modules shared by the server, the CLI and the unit tests.
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
-           src/raft*.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
+           src/raft.c src/raft_conf.c src/raft_codec.c src/grpc_frame.c \
+           src/grpc_pb.c src/grpc_reflect.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/grpc_client.c
 # I/O modules of the server.
-SERVER_SRC = src/main.c src/server.c src/http.c src/node.c \
+SERVER_SRC = src/main.c src/server.c src/http.c src/node.c src/fwd.c \
              src/store.c src/transport.c src/grpc.c src/mandi.c
 CLI_SRC = src/cli.c
 
@@ -70,6 +71,7 @@ UNIT_O = $(UNIT_SRC:.c=.o) tests/unit/runner.o
 SERVER = src/pyazdb-server
 CLI = src/pyazdb-cli
 UNIT = tests/unit/test-unit
+SIM = tests/unit/raft-sim
 
 BINS = $(SERVER) $(if $(CLI_SRC),$(CLI))
 
@@ -95,13 +97,15 @@ src/gen/grpc/%.pb-c.c src/gen/grpc/%.pb-c.h: $(GRPC_PROTO_DIR)/grpc/%.proto
 	protoc-c --proto_path=$(GRPC_PROTO_DIR) --c_out=src/gen $<
 
 # The FileDescriptorSet served by gRPC server reflection, embedded as a C
-# array (grpc_reflect.h declares it).
-src/gen/descriptors.pb: $(wildcard proto/*.proto) \
+# array (grpc_reflect.h declares it): the client-facing protos only (not
+# the Raft peer protocol).
+API_PROTOS = kv cluster
+src/gen/descriptors.pb: $(API_PROTOS:%=proto/%.proto) \
 		$(GRPC_DESC_PROTOS:%=$(GRPC_PROTO_DIR)/%.proto)
 	@mkdir -p src/gen
 	protoc-c --proto_path=proto --proto_path=$(GRPC_PROTO_DIR) \
 	    --include_imports --descriptor_set_out=$@ \
-	    $(notdir $(wildcard proto/*.proto)) $(GRPC_DESC_PROTOS:%=%.proto)
+	    $(API_PROTOS:%=%.proto) $(GRPC_DESC_PROTOS:%=%.proto)
 
 src/gen/descriptors.c: src/gen/descriptors.pb
 	@{ echo '/* Generated from $< by the Makefile. */'; \
@@ -146,6 +150,12 @@ UNIT_LINK_O = $(CORE_O) $(NET_O) $(filter-out src/main.o,$(SERVER_O)) \
 $(UNIT): $(UNIT_LINK_O) deps/llhttp/libllhttp.a
 	$(CC) $(PZ_LDFLAGS) -o $@ $(UNIT_LINK_O) $(PZ_LIBS)
 
+# The Raft simulation as a standalone binary (the same file is also a unit
+# suite with a few seeds). SIM_SEEDS=n sets the number of seeds.
+$(SIM): tests/unit/test_raft_sim.c $(CORE_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_CFLAGS) -DRAFT_SIM_MAIN $(PZ_LDFLAGS) -o $@ $< $(CORE_O) \
+	    $(PZ_LIBS)
+
 # --- convenience targets -------------------------------------------------------
 deps:
 	@scripts/install-deps.sh build
@@ -162,10 +172,17 @@ valgrind:
 test: deps-test
 	$(MAKE) all $(UNIT)
 	$(MAKE) test-unit
+	$(MAKE) test-sim
 	$(MAKE) test-integration
 
 test-unit: $(UNIT)
 	$(UNIT) $(TESTS)
+
+test-sim: $(SIM)
+	$(SIM)
+
+test-sim-long: $(SIM)
+	SIM_SEEDS=$${SIM_SEEDS:-100000} $(SIM)
 
 test-integration: $(BINS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
@@ -192,10 +209,11 @@ clean-objs:
 	rm -rf $(OBJ_GLOBS) src/*.d src/gen/*.d tests/unit/*.d
 
 clean: clean-objs
-	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) tests/unit/suites.h \
+	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) tests/unit/suites.h \
 	    .make-settings
 
-.PHONY: all deps deps-test noopt valgrind test test-unit test-integration \
+.PHONY: all deps deps-test noopt valgrind test test-unit test-sim \
+        test-sim-long test-integration \
         run lint install clean clean-objs
 
 -include $(ALL_O:.o=.d)

@@ -47,7 +47,7 @@ local n = 0
 request = function()
   n = n + 1
   local body = '{"key":"k' .. n .. '-' .. math.random(1e9) .. '","value":"$VALUE"}'
-  return wrap.format("POST", "/set", {["Content-Type"]="application/json"}, body)
+  return wrk.format("POST", "/set", {["Content-Type"]="application/json"}, body)
 end
 LUA
 

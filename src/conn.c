@@ -23,8 +23,7 @@ static struct pz_queue closing_q;  /* conns flagged CLOSE_ASAP */
 static struct pz_queue outbound_q; /* conns from conn_connect */
 static size_t n_live;              /* conns not yet freed */
 static char read_buf[READ_BUF_SIZE];
-static struct conn_listener *listeners[8]; /* for the idle sweep */
-static size_t n_listeners;
+static struct pz_queue listeners;  /* listening, for the idle sweep */
 static const struct conn_ops no_ops; /* for conns with no protocol state */
 
 void conn_setup(uv_loop_t *l, const struct conn_limits *lim)
@@ -34,6 +33,7 @@ void conn_setup(uv_loop_t *l, const struct conn_limits *lim)
     pz_queue_init(&pending_q);
     pz_queue_init(&closing_q);
     pz_queue_init(&outbound_q);
+    pz_queue_init(&listeners);
 }
 
 size_t conn_count(void)
@@ -243,8 +243,22 @@ static void before_sleep_one(struct conn *c)
     }
 }
 
+static void reap_all(void)
+{
+    while (!pz_queue_empty(&closing_q)) {
+        struct pz_queue *e = pz_queue_head(&closing_q);
+        struct conn *c = container_of(e, struct conn, pending);
+        pz_queue_remove(e);
+        c->flags &= ~(unsigned)CONN_PENDING;
+        reap(c);
+    }
+}
+
 void conn_before_sleep(void)
 {
+    /* Reaping first: a protocol's on_close may write to other
+     * connections (a failed forward answers its client). */
+    reap_all();
     /* on_drain may write again, re-queueing the conn: loop until stable,
      * but never spin on a conn whose writes are still in flight. */
     for (int round = 0; round < 4 && !pz_queue_empty(&pending_q); round++) {
@@ -264,13 +278,12 @@ void conn_before_sleep(void)
             before_sleep_one(c);
         }
     }
-    while (!pz_queue_empty(&closing_q)) {
-        struct pz_queue *e = pz_queue_head(&closing_q);
-        struct conn *c = container_of(e, struct conn, pending);
-        pz_queue_remove(e);
-        c->flags &= ~(unsigned)CONN_PENDING;
-        reap(c);
-    }
+    reap_all();
+}
+
+bool conn_has_work(void)
+{
+    return !pz_queue_empty(&pending_q) || !pz_queue_empty(&closing_q);
 }
 
 static void cron_list(struct pz_queue *head, uint64_t now)
@@ -294,8 +307,9 @@ void conn_cron(void)
         return;
     /* Only accepted connections idle out; outbound ones are ours. */
     uint64_t now = uv_now(loop);
-    for (size_t i = 0; i < n_listeners; i++)
-        cron_list(&listeners[i]->conns, now);
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &listeners)
+    cron_list(&container_of(e, struct conn_listener, lq)->conns, now);
 }
 
 static void format_peer(uv_tcp_t *t, char *out, size_t len, bool local)
@@ -388,8 +402,8 @@ int conn_listen(struct conn_listener *ls, const char *addr,
         snprintf(err, errlen, "%s: '%s' is not an IP address", name, host);
         return PZ_EINVAL;
     }
-    pz_assert(n_listeners < PZ_ARRAY_SIZE(listeners));
     memset(ls, 0, sizeof *ls);
+    pz_queue_init(&ls->lq);
     ls->ops = ops;
     ls->name = name;
     ls->max_conns = max_conns;
@@ -407,16 +421,17 @@ int conn_listen(struct conn_listener *ls, const char *addr,
         ls->listening = false;
         return rv;
     }
-    listeners[n_listeners++] = ls;
+    pz_queue_push(&listeners, &ls->lq);
     return 0;
 }
 
-void conn_listener_stop(struct conn_listener *ls)
+void conn_listener_stop(struct conn_listener *ls, uv_close_cb cb)
 {
     if (!ls->listening)
         return;
     ls->listening = false;
-    uv_close((uv_handle_t *)&ls->tcp, NULL);
+    pz_queue_remove(&ls->lq);
+    uv_close((uv_handle_t *)&ls->tcp, cb);
 }
 
 void conn_listener_close_all(struct conn_listener *ls)

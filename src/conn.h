@@ -52,6 +52,7 @@ struct conn_listener {
      * protocol can say why (optional). */
     void (*on_refuse)(struct conn *c);
     bool listening;             /* tcp is open */
+    struct pz_queue lq;         /* in the idle sweep's list of listeners */
 };
 
 enum {
@@ -95,8 +96,9 @@ void conn_setup(uv_loop_t *loop, const struct conn_limits *lim);
 int conn_listen(struct conn_listener *ls, const char *addr,
                 const struct conn_ops *ops, const char *name, size_t max_conns,
                 char *err, size_t errlen);
-/* Stop accepting (the handle closes; existing connections stay). */
-void conn_listener_stop(struct conn_listener *ls);
+/* Stop accepting: the handle closes (cb, may be NULL, when it is closed);
+ * existing connections stay. Idempotent. */
+void conn_listener_stop(struct conn_listener *ls, uv_close_cb cb);
 /* Flag every connection of ls for closing. */
 void conn_listener_close_all(struct conn_listener *ls);
 
@@ -121,6 +123,9 @@ bool conn_is_closing(const struct conn *c);
 /* From the prepare hook, once per loop turn: write pending output, apply
  * backpressure, reap closed connections. */
 void conn_before_sleep(void);
+/* True when output or closes wait for the next conn_before_sleep (the
+ * loop must not block in poll). */
+bool conn_has_work(void);
 /* From a 1 s timer: close idle connections. */
 void conn_cron(void);
 /* Flag every outbound connection for closing (shutdown). */

@@ -182,6 +182,7 @@ const struct grpc_backend grpc_node_backend = {
     .kv = node_kv,
     .leader_grpc_addr = node_leader_grpc,
     .status = node_status,
+    .wait_leader = node_wait_leader,
 };
 
 /* --- output ---------------------------------------------------------- */
@@ -574,7 +575,10 @@ static void on_forward_done(struct grpc_call *call)
     st->in_fwd = false;
     if (call->status == GRPC_OK && call->has_resp)
         out_append(st, call->resp.data, call->resp.len);
-    finish(st, call->status, "%s", call->message);
+    if (call->status == GRPC_CANCELLED && s->gs->draining)
+        finish(st, GRPC_UNAVAILABLE, "server is shutting down");
+    else
+        finish(st, call->status, "%s", call->message);
     grpc_call_reset(call);
     if (session_flush(s))
         kick(s->gs);
@@ -634,6 +638,10 @@ static void node_error(struct gstream *st, int rv, bool write)
         break;
     case PZ_ETIMEDOUT:
         finish(st, GRPC_UNAVAILABLE, "timed out waiting for the cluster");
+        break;
+    case PZ_EBUSY:
+        finish(st, GRPC_UNAVAILABLE,
+               "leadership transfer in progress; retry");
         break;
     case PZ_ELEADERCHANGE:
         if (write)
@@ -705,6 +713,49 @@ static const char *const kv_msg_names[] = {
     [M_KV_DEL] = "kv.DeleteRequest",
 };
 
+static void start_write(struct gstream *st);
+
+static void on_leader_known(struct node_req *req, int status)
+{
+    struct gstream *st = container_of(req, struct gstream, req);
+    struct gsession *s = st->s;
+    st->in_node = false;
+    if (status < 0)
+        finish(st, GRPC_UNAVAILABLE, "no leader known");
+    else
+        start_write(st); /* here, or forwarded to the new leader */
+    session_flush(s);
+}
+
+/* Propose the write here if this node leads, forward it if another node
+ * does, wait (bounded by the node) for an election if none does. */
+static void start_write(struct gstream *st)
+{
+    struct grpc_server *gs = st->s->gs;
+    struct grpc_kv_req *r = &st->kreq;
+    struct pz_buf cmd;
+    int rv;
+    pz_buf_init(&cmd);
+    if (st->m->kind == M_KV_SET)
+        rv = kv_encode_set(&cmd, r->key, r->klen, r->value, r->vlen);
+    else
+        rv = kv_encode_del(&cmd, r->key, r->klen);
+    if (rv == 0) {
+        st->in_node = true;
+        rv = gs->be->propose(&st->req, (uint8_t *)cmd.data, cmd.len,
+                             on_write_done);
+        if (rv < 0)
+            st->in_node = false;
+    }
+    pz_buf_free(&cmd);
+    if (rv == PZ_ENOLEADER && gs->be->wait_leader && !st->was_forwarded) {
+        st->in_node = true;
+        gs->be->wait_leader(&st->req, on_leader_known);
+    } else if (rv < 0) {
+        node_error(st, rv, true);
+    }
+}
+
 static void call_kv(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
@@ -750,22 +801,7 @@ static void call_kv(struct gstream *st)
         }
         return;
     }
-    struct pz_buf cmd;
-    pz_buf_init(&cmd);
-    if (st->m->kind == M_KV_SET)
-        rv = kv_encode_set(&cmd, r->key, r->klen, r->value, r->vlen);
-    else
-        rv = kv_encode_del(&cmd, r->key, r->klen);
-    if (rv == 0) {
-        st->in_node = true;
-        rv = gs->be->propose(&st->req, (uint8_t *)cmd.data, cmd.len,
-                             on_write_done);
-        if (rv < 0)
-            st->in_node = false;
-    }
-    pz_buf_free(&cmd);
-    if (rv < 0)
-        node_error(st, rv, true);
+    start_write(st);
 }
 
 /* True when the bytes parse as a protobuf message (any fields). */
@@ -802,11 +838,27 @@ static void call_status(struct gstream *st)
     r.version = PZ_VERSION;
     r.uptime_seconds = (uv_now(gs->loop) - gs->start_ms) / 1000;
     r.leader_grpc_addr = (char *)(leader_addr ? leader_addr : "");
+    Pyazdb__Member *mem = pz_calloc(ns.n_members + 1, sizeof *mem);
+    Pyazdb__Member **memp = pz_calloc(ns.n_members + 1, sizeof *memp);
+    for (size_t i = 0; i < ns.n_members; i++) {
+        const struct node_member *m = &ns.members[i];
+        Pyazdb__Member init = PYAZDB__MEMBER__INIT;
+        mem[i] = init;
+        mem[i].id = (char *)(m->name ? m->name : "");
+        mem[i].raft_addr = (char *)(m->raft ? m->raft : "");
+        mem[i].grpc_addr = (char *)(m->grpc ? m->grpc : "");
+        mem[i].voter = m->voter;
+        memp[i] = &mem[i];
+    }
+    r.n_members = ns.n_members;
+    r.members = memp;
     size_t n = pyazdb__status_response__get_packed_size(&r);
     uint8_t *b = pz_malloc(n + 1);
     pyazdb__status_response__pack(&r, b);
     reply(st, b, n);
     pz_free(b);
+    pz_free(memp);
+    pz_free(mem);
 }
 
 /* grpc.health.v1.HealthCheckResponse.ServingStatus, shortened. */
@@ -1430,6 +1482,11 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     return 0;
 }
 
+bool grpc_quiet(const struct grpc_server *gs)
+{
+    return !gs->started || gs->ls.n_conns == 0;
+}
+
 int grpc_local_port(const struct grpc_server *gs)
 {
     struct sockaddr_storage ss;
@@ -1447,7 +1504,12 @@ void grpc_drain(struct grpc_server *gs)
     if (!gs->started || gs->draining)
         return;
     gs->draining = true;
-    conn_listener_stop(&gs->ls);
+    conn_listener_stop(&gs->ls, NULL);
+    if (gs->fwd) {
+        /* Forwarded calls fail now (UNAVAILABLE), as HTTP's do. */
+        grpc_client_abort(gs->fwd);
+        gs->fwd = NULL;
+    }
     PZ_QUEUE_FOREACH(e, &gs->ls.conns)
     {
         struct conn *c = container_of(e, struct conn, q);

@@ -28,6 +28,9 @@ struct grpc_backend {
     /* Leader's gRPC address, NULL when this node leads or none is known. */
     const char *(*leader_grpc_addr)(void);
     void (*status)(struct node_status *st);
+    /* cb(0) once a leader is known, cb(< 0) when none comes in time (may
+     * be NULL: "no leader" is then final). */
+    void (*wait_leader)(struct node_req *req, node_req_cb cb);
 };
 
 extern const struct grpc_backend grpc_node_backend;
@@ -71,10 +74,13 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
 /* The port the listener is bound to. */
 int grpc_local_port(const struct grpc_server *gs);
 /* Shutdown step 1: stop accepting, send GOAWAY on every connection,
- * close idle ones; calls in flight finish, then their connections close. */
+ * close idle ones; calls in flight finish (forwarded ones fail with
+ * UNAVAILABLE, Health/Watch streams end), then their connections close. */
 void grpc_drain(struct grpc_server *gs);
-/* Shutdown step 2, once no connection is left: close timers and the
- * forwarding client (the loop then runs until they are closed). */
+/* True when no gRPC connection is left (or the server never started). */
+bool grpc_quiet(const struct grpc_server *gs);
+/* Shutdown step 2, once grpc_quiet(): close timers and the forwarding
+ * client (the loop then runs until they are closed). */
 void grpc_close(struct grpc_server *gs);
 
 #endif

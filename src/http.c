@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fwd.h"
 #include "http_parse.h"
 #include "log.h"
 #include "node.h"
@@ -25,7 +26,9 @@ struct http_conn {
     struct pz_buf in;        /* received bytes not yet parsed */
     struct http_op op;       /* request being served */
     struct node_req req;     /* its node request, when in flight */
-    bool in_flight;          /* waiting for the node */
+    struct fwd_req fwd;      /* its forwarded copy, when forwarding */
+    bool in_flight;          /* waiting for the node or the leader */
+    bool forwarding;         /* fwd is in flight */
     bool draining;           /* shutdown: close after this reply */
     bool processing;         /* inside process(): don't recurse */
 };
@@ -114,8 +117,17 @@ static void reply_node_error(struct http_conn *h, int status)
     bool ka = keep_alive(h);
     switch (status) {
     case PZ_ENOLEADER:
-    case PZ_ENOTLEADER:
         reply_text(h, 503, "Not leader and no leader known", NULL, !ka);
+        break;
+    case PZ_ENOTLEADER:
+        reply_text(h, 503, "Not the leader", NULL, !ka);
+        break;
+    case PZ_EBUSY:
+        reply_text(h, 503, "Leadership transfer in progress", NULL, !ka);
+        break;
+    case PZ_ELEADERCHANGE:
+        reply_text(h, 503, "Leader changed before the write committed",
+                   NULL, !ka);
         break;
     case PZ_ESHUTDOWN:
         reply_text(h, 503, "Server is shutting down", NULL, true);
@@ -163,28 +175,9 @@ static void on_write_done(struct node_req *req, int status)
     finish(h, !ka);
 }
 
-static void reply_status(struct http_conn *h)
+/* Reply 200 with o (consumed) as one line of JSON. */
+static void reply_json(struct http_conn *h, cJSON *o)
 {
-    struct node_status st;
-    node_status(&st);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", st.id);
-    cJSON_AddStringToObject(o, "role", st.role);
-    cJSON_AddStringToObject(o, "leader", st.leader);
-    cJSON_AddStringToObject(o, "version", PZ_VERSION);
-    cJSON_AddNumberToObject(o, "uptime_seconds",
-                            (double)(server_uptime_ms() / 1000));
-    cJSON_AddNumberToObject(o, "keys", (double)st.keys);
-    char num[32];
-    /* 64-bit counters as raw JSON numbers: doubles would round them. */
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st.term);
-    cJSON_AddRawToObject(o, "term", num);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st.commit_index);
-    cJSON_AddRawToObject(o, "commit_index", num);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st.applied_index);
-    cJSON_AddRawToObject(o, "applied_index", num);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)st.last_index);
-    cJSON_AddRawToObject(o, "last_index", num);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     bool ka = keep_alive(h);
@@ -197,10 +190,232 @@ static void reply_status(struct http_conn *h)
     finish(h, !ka);
 }
 
+static void add_u64(cJSON *o, const char *name, uint64_t v)
+{
+    /* Raw numbers: cJSON's doubles would round 64-bit values. */
+    char num[24];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)v);
+    cJSON_AddRawToObject(o, name, num);
+}
+
+static void reply_status(struct http_conn *h)
+{
+    struct node_status st;
+    node_status(&st);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", st.id);
+    cJSON_AddStringToObject(o, "role", st.role);
+    cJSON_AddStringToObject(o, "leader", st.leader);
+    cJSON_AddStringToObject(o, "version", PZ_VERSION);
+    add_u64(o, "uptime_seconds", server_uptime_ms() / 1000);
+    add_u64(o, "keys", st.keys);
+    add_u64(o, "term", st.term);
+    add_u64(o, "commit_index", st.commit_index);
+    add_u64(o, "applied_index", st.applied_index);
+    add_u64(o, "last_index", st.last_index);
+    add_u64(o, "persisted_index", st.persisted_index);
+    add_u64(o, "fsyncs", st.fsyncs);
+    add_u64(o, "fsync_entries", st.fsync_entries);
+    cJSON *ms = cJSON_AddArrayToObject(o, "members");
+    for (size_t i = 0; i < st.n_members; i++) {
+        const struct node_member *m = &st.members[i];
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", m->name);
+        cJSON_AddStringToObject(j, "raft_addr", m->raft);
+        cJSON_AddStringToObject(j, "http_addr", m->http);
+        cJSON_AddStringToObject(j, "grpc_addr", m->grpc);
+        cJSON_AddBoolToObject(j, "voter", m->voter);
+        if (strcmp(st.role, "leader") == 0) {
+            add_u64(j, "match_index", m->match);
+            add_u64(j, "last_contact_ms", m->last_contact_ms);
+        }
+        cJSON_AddItemToArray(ms, j);
+    }
+    reply_json(h, o);
+}
+
+/* Cluster-changing requests need "Authorization: Bearer <cluster-token>"
+ * when a token is set. Compared in constant time. */
+static bool authorized(struct http_conn *h)
+{
+    const char *tok = server_config()->cluster_token;
+    if (tok == NULL || tok[0] == '\0')
+        return true;
+    const char *a = http_req_header(&h->p.req, "authorization");
+    if (a == NULL || strncmp(a, "Bearer ", 7) != 0)
+        return false;
+    a += 7;
+    size_t la = strlen(a), lt = strlen(tok);
+    unsigned char diff = la != lt;
+    for (size_t i = 0; i < lt; i++)
+        diff |= (unsigned char)(tok[i] ^ (i < la ? a[i] : 0));
+    return diff == 0;
+}
+
+static void reply_cluster(struct http_conn *h)
+{
+    struct node_status st;
+    node_status(&st);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "leader", st.leader);
+    add_u64(o, "term", st.term);
+    cJSON *ms = cJSON_AddArrayToObject(o, "members");
+    for (size_t i = 0; i < st.n_members; i++) {
+        const struct node_member *m = &st.members[i];
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "id", m->name);
+        cJSON_AddStringToObject(j, "raft_addr", m->raft);
+        cJSON_AddStringToObject(j, "http_addr", m->http);
+        cJSON_AddStringToObject(j, "grpc_addr", m->grpc);
+        cJSON_AddBoolToObject(j, "voter", m->voter);
+        cJSON_AddBoolToObject(j, "leader", strcmp(m->name, st.leader) == 0);
+        if (strcmp(st.role, "leader") == 0) {
+            add_u64(j, "match_index", m->match);
+            add_u64(j, "last_contact_ms", m->last_contact_ms);
+        }
+        cJSON_AddItemToArray(ms, j);
+    }
+    reply_json(h, o);
+}
+
+static void on_forwarded(struct fwd_req *f, int status)
+{
+    struct http_conn *h = container_of(f, struct http_conn, fwd);
+    bool ka = keep_alive(h);
+    h->forwarding = false;
+    if (status < 0) {
+        reply_text(h, 502, "Leader unreachable", NULL, !ka);
+    } else {
+        /* Relay the leader's answer as it is. */
+        reply(h, f->http_status,
+              f->content_type[0] ? f->content_type : "text/plain",
+              f->body.data, f->body.len, f->allow[0] ? f->allow : NULL, !ka);
+    }
+    pz_buf_free(&f->body);
+    finish(h, !ka);
+}
+
+/* A follower sends the write to the leader over the kept-alive
+ * connection fwd.c holds for it. */
+static void forward(struct http_conn *h)
+{
+    const char *addr = node_leader_http_addr();
+    struct http_req *req = &h->p.req;
+    if (http_req_header(req, "x-pyazdb-forwarded")) {
+        /* It came from a node that took us for the leader: never forward
+         * twice; the client retries once the cluster agrees. */
+        reply_node_error(h, PZ_ENOTLEADER);
+        return;
+    }
+    if (addr == NULL) {
+        reply_text(h, 503, "Leader address not known yet", NULL,
+                   !keep_alive(h));
+        finish(h, !keep_alive(h));
+        return;
+    }
+    /* The request passed our checks: the leader gets our token. */
+    h->fwd.auth = server_config()->cluster_token;
+    int rv = fwd_send(&h->fwd, addr, llhttp_method_name(req->method),
+                      req->url.data, req->body.data ? req->body.data : "",
+                      req->body.len, on_forwarded);
+    if (rv < 0) {
+        pz_buf_free(&h->fwd.body);
+        reply_text(h, 502, "Leader unreachable", NULL, !keep_alive(h));
+        finish(h, !keep_alive(h));
+        return;
+    }
+    h->forwarding = true;
+}
+
+static void start_write(struct http_conn *h);
+
+static void on_leader_known(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        reply_node_error(h, PZ_ENOLEADER);
+        return;
+    }
+    start_write(h);
+}
+
+static void on_transfer_done(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    bool ka = keep_alive(h);
+    if (status == 0)
+        reply(h, 204, NULL, NULL, 0, NULL, !ka);
+    else if (status == PZ_ELEADERCHANGE)
+        reply_text(h, 409, "Another node won the election", NULL, !ka);
+    else if (status == PZ_ETIMEDOUT)
+        reply_text(h, 503, "Leadership transfer did not complete", NULL, !ka);
+    else {
+        reply_node_error(h, status);
+        return;
+    }
+    finish(h, !ka);
+}
+
+/* Run a request that needs the leader (writes, membership changes) here
+ * if this node leads, forward it if another does, wait (bounded) for an
+ * election if none does. h is in flight. */
+static void start_write(struct http_conn *h)
+{
+    struct pz_buf cmd;
+    int rv;
+    pz_buf_init(&cmd);
+    switch (h->op.kind) {
+    case HTTP_OP_SET:
+    case HTTP_OP_DEL:
+        if (h->op.kind == HTTP_OP_SET)
+            rv = kv_encode_set(&cmd, h->op.key, h->op.klen, h->op.value,
+                               h->op.vlen);
+        else
+            rv = kv_encode_del(&cmd, h->op.key, h->op.klen);
+        if (rv == 0)
+            rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
+                              on_write_done);
+        break;
+    case HTTP_OP_REMOVE:
+        rv = node_remove_member(&h->req, h->op.key, on_write_done);
+        break;
+    case HTTP_OP_TRANSFER:
+        rv = node_transfer(&h->req, h->op.key, on_transfer_done);
+        break;
+    default:
+        pz_assert(0);
+    }
+    pz_buf_free(&cmd);
+    bool ka = keep_alive(h);
+    if (rv == PZ_ETOOBIG) {
+        reply_text(h, 413, "Request too large", NULL, !ka);
+        finish(h, !ka);
+    } else if (rv == PZ_ENOTFOUND) {
+        reply_text(h, 404, "No such member", NULL, !ka);
+        finish(h, !ka);
+    } else if (rv == PZ_EBUSY && h->op.kind != HTTP_OP_SET &&
+               h->op.kind != HTTP_OP_DEL) {
+        reply_text(h, 409,
+                   h->op.kind == HTTP_OP_TRANSFER
+                       ? "A leadership transfer is in progress"
+                       : "Another membership change is in progress",
+                   NULL, !ka);
+        finish(h, !ka);
+    } else if (rv == PZ_EINVAL) {
+        reply_text(h, 400, "Member is not a voter", NULL, !ka);
+        finish(h, !ka);
+    } else if (rv == PZ_ENOTLEADER) {
+        forward(h);
+    } else if (rv == PZ_ENOLEADER) {
+        node_wait_leader(&h->req, on_leader_known);
+    } else if (rv < 0) {
+        reply_node_error(h, rv);
+    }
+}
+
 /* Serve the complete request in h->p.req. */
 static void dispatch(struct http_conn *h)
 {
-    struct pz_buf cmd;
     int rv;
     http_api_decode(&h->p.req, &api_limits, &h->op);
     bool ka = keep_alive(h);
@@ -224,32 +439,47 @@ static void dispatch(struct http_conn *h)
         break;
     case HTTP_OP_SET:
     case HTTP_OP_DEL:
-        pz_buf_init(&cmd);
-        if (h->op.kind == HTTP_OP_SET)
-            rv = kv_encode_set(&cmd, h->op.key, h->op.klen, h->op.value,
-                               h->op.vlen);
-        else
-            rv = kv_encode_del(&cmd, h->op.key, h->op.klen);
-        if (rv == 0) {
-            h->in_flight = true;
-            h->c->busy++;
-            conn_pause(h->c);
-            rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
-                              on_write_done);
-        }
-        pz_buf_free(&cmd);
-        break;
-    default:
-        pz_assert(0);
-    }
-    if (rv < 0) {
-        if (!h->in_flight) { /* encoding refused it: too big */
-            reply_text(h, 413, "Request too large", NULL, !ka);
+    case HTTP_OP_REMOVE:
+    case HTTP_OP_TRANSFER:
+        if (h->op.needs_auth && !authorized(h)) {
+            reply_text(h, 401, "Unauthorized", NULL, !ka);
             finish(h, !ka);
             return;
         }
-        reply_node_error(h, rv);
+        h->in_flight = true;
+        h->c->busy++;
+        conn_pause(h->c);
+        start_write(h);
+        return;
+    case HTTP_OP_REMOVED:
+        if (!authorized(h)) {
+            reply_text(h, 401, "Unauthorized", NULL, !ka);
+        } else if (node_removed_notice(h->op.key, h->op.value, h->op.term) ==
+                   0) {
+            reply(h, 204, NULL, NULL, 0, NULL, true);
+            ka = false;
+        } else {
+            reply_text(h, 400, "Notice does not apply", NULL, !ka);
+        }
+        finish(h, !ka);
+        return;
+    case HTTP_OP_CLUSTER:
+        if (!node_is_leader() && node_leader_http_addr() &&
+            !http_req_header(&h->p.req, "x-pyazdb-forwarded")) {
+            /* Replication progress is the leader's to tell. */
+            h->in_flight = true;
+            h->c->busy++;
+            conn_pause(h->c);
+            forward(h);
+            return;
+        }
+        reply_cluster(h);
+        return;
+    default:
+        pz_assert(0);
     }
+    if (rv < 0)
+        reply_node_error(h, rv);
 }
 
 static void process(struct http_conn *h)
@@ -300,6 +530,10 @@ static void on_close(struct conn *c)
         return;
     if (h->in_flight)
         node_cancel(&h->req);
+    if (h->forwarding) {
+        fwd_cancel(&h->fwd);
+        pz_buf_free(&h->fwd.body);
+    }
     http_op_free(&h->op);
     http_parser_free(&h->p);
     pz_buf_free(&h->in);
@@ -345,7 +579,7 @@ void http_drain(struct conn_listener *ls)
         struct conn *c = container_of(e, struct conn, q);
         struct http_conn *h = c->proto;
         if (h == NULL || !h->in_flight)
-            conn_close(c);
+            conn_close_after_flush(c); /* a reply may still be going out */
         else
             h->draining = true;
     }

@@ -109,6 +109,11 @@ enum http_op_kind {
     HTTP_OP_DEL,       /* delete key */
     HTTP_OP_HEALTH,    /* GET /health */
     HTTP_OP_STATUS,    /* GET /status */
+    HTTP_OP_CLUSTER,   /* GET /cluster */
+    HTTP_OP_REMOVE,    /* DELETE /cluster/members/ID: key = ID */
+    HTTP_OP_TRANSFER,  /* POST /cluster/transfer?to=ID: key = ID */
+    HTTP_OP_REMOVED,   /* POST /cluster/removed (leader -> removed node):
+                          key = id, value = leader, term */
 };
 
 struct http_api_limits {
@@ -123,6 +128,8 @@ struct http_op {
     char *value;            /* HTTP_OP_SET: owned */
     size_t vlen;            /* value length */
     bool stale;             /* GET: consistency=stale */
+    bool needs_auth;        /* changes the cluster: cluster-token applies */
+    uint64_t term;          /* HTTP_OP_REMOVED: the leader's term */
     int status;             /* HTTP_OP_ERROR: HTTP status */
     const char *reason;     /* HTTP_OP_ERROR: one line, no newline */
     const char *allow;      /* 405: the Allow header value */

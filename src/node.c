@@ -1,133 +1,634 @@
-/* node.c - the node: owns the state machine and orders every write through
- * it. On its own (no cluster configured yet) a write is applied as soon as
- * it is proposed and its callback runs on the next pass of the loop, so
- * callers see the same asynchronous contract the replicated node keeps. */
+/* node.c - the node: the only place the Raft core meets I/O and time.
+ *
+ * Owns the state machine (kv), the Raft core, the log store and the peer
+ * transport, one tick timer, and every client request waiting on them.
+ *
+ * Happy path, once per loop turn from the prepare hook (node_before_sleep),
+ * the Ready cycle of STYLE.md section 1:
+ *   1. take a Ready; apply its committed entries (durable here already) and
+ *      complete the writes and reads they unblock;
+ *   2. send the messages that may go at once (the leader's AppendEntries
+ *      go out before its own disk write: thesis §10.2.1);
+ *   3. hand the hard state and new entries to the store, which commits them
+ *      in one SQLite transaction on libuv's thread pool while the loop goes
+ *      on serving (group commit: whatever arrives meanwhile forms the next
+ *      batch, so the batch grows with the load);
+ *   4. when the write is durable: send the messages that needed it (votes,
+ *      acknowledgements), raft_advance, and start over.
+ * Failure modes: a failed log write is fatal (fail-stop: log it and exit,
+ * never go on with state that is not on disk). A request whose entry is
+ * overwritten by another leader fails with PZ_ELEADERCHANGE; one that waits
+ * longer than request-timeout fails with PZ_ETIMEDOUT (a write may still be
+ * applied later). A database that fails its checks at start stops the
+ * process with the reason. */
 #include "node.h"
 
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
+#include "fwd.h"
 #include "log.h"
+#include "raft.h"
+#include "server.h"
+#include "store.h"
+#include "transport.h"
+
+#define NAME_SEED 0x7079617a6462ull /* hash seed of node names -> ids */
+
+/* What the node knows of a member: from its configuration entry's meta,
+ * and from its transport handshake (its client addresses). */
+struct member {
+    uint64_t id;        /* Raft id */
+    unsigned caught_up; /* leader: consecutive checks a non-voter was
+                           close behind the leader's log */
+    char *name;         /* node-id */
+    char *raft;         /* Raft address */
+    char *http;         /* HTTP address, "" if unknown */
+    char *grpc;         /* gRPC address, "" if unknown */
+    bool voter;         /* in the current configuration */
+};
 
 struct node {
-    uv_loop_t *loop;              /* the process loop */
-    const struct pz_config *cfg;  /* borrowed from main */
-    struct kv *kv;                /* the state machine */
-    struct pz_queue done;         /* requests to call back */
-    uint64_t applied;             /* entries applied */
-    bool open;                    /* node_init succeeded */
+    uv_loop_t *loop;             /* the process loop */
+    const struct pz_config *cfg; /* borrowed from main */
+    struct kv *kv;               /* the state machine */
+    struct raft *raft;           /* the consensus core */
+    struct store *store;         /* log, hard state, meta */
+    struct transport *tr;        /* peer messages */
+    uint64_t id;                 /* our Raft id */
+    uint64_t cluster_id;         /* identity shared by all members */
+    uv_timer_t tick;             /* drives raft_tick */
+    uint64_t tick_ms;            /* its period */
+    struct raft_ready rd;        /* the Ready being persisted */
+    bool writing;                /* rd is with the store */
+    bool fatal;                  /* a write failed: stop everything */
+    struct pz_queue proposals;   /* writes waiting for apply, by index */
+    struct pz_queue reads;       /* reads waiting for their read index */
+    struct pz_queue reads_apply; /* reads waiting for applied >= index */
+    struct pz_queue wait_leader; /* requests waiting for a leader */
+    struct pz_queue transfers;   /* transfer requests: index = target id */
+    struct pz_queue done;        /* requests to call back */
+    uint64_t read_ctx;           /* last ReadIndex context used */
+    uint64_t applied;            /* last index applied to kv */
+    uint64_t leader;             /* known leader, 0 if none */
+    uint8_t role;                /* enum raft_role */
+    struct member *members;      /* current configuration (+ addresses) */
+    size_t n_members;            /* entries in members */
+    struct node_member *view;    /* node_status() scratch */
+    void (*close_cb)(void);      /* node_close callback */
+    bool open;                   /* node_init succeeded */
+    bool closing;                /* node_close waits for a write */
+    uint64_t saved_term;         /* term last handed to the store */
+    uint64_t saved_vote;         /* vote last handed to the store */
+    struct member departed[4];   /* members dropped from the conf lately */
+    size_t n_departed;           /* entries in departed */
+    uint64_t *committed_ids;     /* members as of the last committed conf */
+    size_t n_committed_ids;      /* entries in committed_ids */
+    bool removed;                /* this node left the configuration */
+    unsigned ticks;              /* ticks since start (for periodic work) */
 };
 
 static struct node node;
 
-int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
-              size_t errlen)
+static uint64_t name_to_id(const char *name)
 {
-    uint64_t seed = 0;
-    PZ_UNUSED(err);
-    PZ_UNUSED(errlen);
-    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
-        seed = (uint64_t)uv_hrtime();
-    memset(&node, 0, sizeof node);
-    node.loop = loop;
-    node.cfg = cfg;
-    node.kv = kv_new_seeded(seed);
-    pz_queue_init(&node.done);
-    node.open = true;
+    uint64_t id = pz_hash(name, strlen(name), NAME_SEED);
+    return id ? id : 1;
+}
+
+/* --- members ---------------------------------------------------------- */
+
+static void member_free(struct member *m)
+{
+    pz_free(m->name);
+    pz_free(m->raft);
+    pz_free(m->http);
+    pz_free(m->grpc);
+}
+
+static struct member *member_find(uint64_t id)
+{
+    for (size_t i = 0; i < node.n_members; i++)
+        if (node.members[i].id == id)
+            return &node.members[i];
+    return NULL;
+}
+
+static char *json_str(cJSON *o, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return pz_strdup(cJSON_IsString(v) && v->valuestring ? v->valuestring
+                                                         : "");
+}
+
+/* A member's meta in configuration entries: JSON with its name and the
+ * addresses known when it was added. */
+static char *make_meta(const char *name, const char *raft, const char *http,
+                       const char *grpc)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", name);
+    cJSON_AddStringToObject(o, "raft", raft);
+    if (http)
+        cJSON_AddStringToObject(o, "http", http);
+    if (grpc)
+        cJSON_AddStringToObject(o, "grpc", grpc);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    char *r = pz_strdup(s);
+    cJSON_free(s);
+    return r;
+}
+
+/* Rebuild the member list from the current configuration, keeping the
+ * addresses learned from handshakes, and tell the transport. */
+static void members_refresh(void)
+{
+    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
+    struct member *ms = pz_calloc(conf->n ? conf->n : 1, sizeof *ms);
+    for (size_t i = 0; i < conf->n; i++) {
+        const struct raft_server *s = &conf->servers[i];
+        struct member *m = &ms[i];
+        struct member *old = member_find(s->id);
+        cJSON *o = cJSON_Parse(s->meta ? s->meta : "");
+        m->id = s->id;
+        m->voter = s->voter;
+        m->name = json_str(o, "name");
+        m->raft = json_str(o, "raft");
+        m->http = json_str(o, "http");
+        m->grpc = json_str(o, "grpc");
+        cJSON_Delete(o);
+        if (old && old->http[0] && !m->http[0]) {
+            pz_free(m->http);
+            m->http = pz_strdup(old->http);
+        }
+        if (old && old->grpc[0] && !m->grpc[0]) {
+            pz_free(m->grpc);
+            m->grpc = pz_strdup(old->grpc);
+        }
+        if (old)
+            m->caught_up = old->caught_up;
+        if (s->id != node.id && m->raft[0])
+            transport_set_peer(node.tr, s->id, m->raft);
+    }
+    /* Peers gone from the configuration: remembered until the change
+     * commits, so that they can be told (notify_removed). */
+    for (size_t i = 0; i < node.n_members; i++) {
+        bool kept = false;
+        for (size_t j = 0; j < conf->n; j++)
+            kept |= conf->servers[j].id == node.members[i].id;
+        if (kept) {
+            member_free(&node.members[i]);
+            continue;
+        }
+        /* The peer link stays until the change commits: a leader that
+         * removes itself still needs the acknowledgements. */
+        if (node.n_departed == PZ_ARRAY_SIZE(node.departed)) {
+            member_free(&node.departed[0]);
+            memmove(&node.departed[0], &node.departed[1],
+                    sizeof node.departed - sizeof node.departed[0]);
+            node.n_departed--;
+        }
+        node.departed[node.n_departed++] = node.members[i];
+    }
+    pz_free(node.members);
+    node.members = ms;
+    node.n_members = conf->n;
+}
+
+/* The transport learned a peer's client addresses from its handshake. */
+static void on_peer_info(void *data, uint64_t id, const char *name,
+                         const char *http, const char *grpc)
+{
+    PZ_UNUSED(data);
+    PZ_UNUSED(name);
+    struct member *m = member_find(id);
+    if (m == NULL)
+        return;
+    if (http && http[0] && strcmp(m->http, http) != 0) {
+        pz_free(m->http);
+        m->http = pz_strdup(http);
+    }
+    if (grpc && grpc[0] && strcmp(m->grpc, grpc) != 0) {
+        pz_free(m->grpc);
+        m->grpc = pz_strdup(grpc);
+    }
+}
+
+/* --- request lists ------------------------------------------------------- */
+
+static void req_link(struct pz_queue *list, struct node_req *req)
+{
+    req->queued = true;
+    pz_queue_push(list, &req->q);
+}
+
+static void req_done(struct node_req *req, int status)
+{
+    if (req->queued)
+        pz_queue_remove(&req->q);
+    req->status = status;
+    req_link(&node.done, req);
+}
+
+static void req_prepare(struct node_req *req, node_req_cb cb)
+{
+    pz_queue_init(&req->q);
+    req->cb = cb;
+    req->queued = false;
+    req->status = 0;
+    req->index = req->term = req->ctx = 0;
+    req->deadline = uv_now(node.loop) + (uint64_t)node.cfg->request_timeout_ms;
+    memset(&req->res, 0, sizeof req->res);
+}
+
+static void fail_all(struct pz_queue *list, int status)
+{
+    while (!pz_queue_empty(list))
+        req_done(container_of(pz_queue_head(list), struct node_req, q),
+                 status);
+}
+
+/* Requests are linked in arrival order, so each list's deadlines rise:
+ * only heads need looking at. */
+static void expire(struct pz_queue *list, int status)
+{
+    uint64_t now = uv_now(node.loop);
+    while (!pz_queue_empty(list)) {
+        struct node_req *r =
+            container_of(pz_queue_head(list), struct node_req, q);
+        if (r->deadline > now)
+            break;
+        req_done(r, status);
+    }
+}
+
+/* --- removal notices ---------------------------------------------------------
+ * A member removed from the configuration no longer hears from the leader
+ * (it is not replicated to once the change is appended), so it would never
+ * learn that it was removed. The leader tells it over its HTTP API once the
+ * change has committed; the removed node checks the notice names it and
+ * comes from the leader it knows (or a later term), then stops. */
+struct removal_notice {
+    struct fwd_req fwd; /* the POST in flight */
+    char name[64];      /* removed member, for the log */
+};
+
+static void on_notice_sent(struct fwd_req *f, int status)
+{
+    struct removal_notice *n = container_of(f, struct removal_notice, fwd);
+    if (status < 0 || f->http_status != 204)
+        pz_info("could not tell %s it was removed (%s); it stays idle",
+                n->name, status < 0 ? "unreachable" : "refused");
+    pz_buf_free(&f->body);
+    pz_free(n);
+}
+
+static void notify_removed(uint64_t id, const struct member *m)
+{
+    PZ_UNUSED(id);
+    if (m == NULL || m->http[0] == '\0')
+        return;
+    struct removal_notice *n = pz_calloc(1, sizeof *n);
+    snprintf(n->name, sizeof n->name, "%s", m->name);
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    char body[256];
+    int len = snprintf(body, sizeof body,
+                       "{\"id\":\"%s\",\"leader\":\"%s\",\"term\":\"%llu\"}",
+                       m->name, node.cfg->node_id, (unsigned long long)rs.term);
+    n->fwd.auth = node.cfg->cluster_token;
+    if (fwd_send(&n->fwd, m->http, "POST", "/cluster/removed", body,
+                 (size_t)len, on_notice_sent) < 0) {
+        pz_buf_free(&n->fwd.body);
+        pz_free(n);
+    }
+}
+
+int node_removed_notice(const char *id, const char *leader, uint64_t term)
+{
+    if (strcmp(id, node.cfg->node_id) != 0)
+        return PZ_EINVAL;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    struct member *lm = member_find(node.leader);
+    bool from_leader = lm && strcmp(lm->name, leader) == 0;
+    if (!from_leader && term <= rs.term)
+        return PZ_EINVAL; /* not the leader we know, and no newer term */
+    if (!node.removed) {
+        node.removed = true;
+        pz_warn("removed from the cluster by %s in term %llu: stopping",
+                leader, (unsigned long long)term);
+        server_stop("removed from the cluster");
+    }
     return 0;
 }
 
-static void complete(struct node_req *req, int status)
+/* --- applying committed entries ------------------------------------------ */
+
+static void conf_committed(const struct raft_entry *e);
+
+static void apply_entry(const struct raft_entry *e)
 {
-    req->status = status;
-    req->queued = true;
-    pz_queue_push(&node.done, &req->q);
+    struct kv_result res = {0};
+    if (e->type == RAFT_ENTRY_NORMAL) {
+        int rv = kv_apply(node.kv, e->data, e->len, &res);
+        if (rv < 0) /* every node rejects it alike: state stays equal */
+            pz_warn("entry %llu: undecodable command (%s), skipped",
+                    (unsigned long long)e->index, pz_strerror(rv));
+    } else if (e->type == RAFT_ENTRY_CONF) {
+        conf_committed(e);
+    }
+    node.applied = e->index;
+    /* Complete the writes waiting on this index. */
+    while (!pz_queue_empty(&node.proposals)) {
+        struct node_req *r =
+            container_of(pz_queue_head(&node.proposals), struct node_req, q);
+        if (r->index > e->index)
+            break;
+        if (r->index == e->index && r->term == e->term) {
+            r->res = res;
+            req_done(r, 0);
+        } else {
+            /* Another leader's entry took this place: ours is lost. */
+            req_done(r, PZ_ELEADERCHANGE);
+        }
+    }
 }
 
-void node_close(void)
+/* A configuration entry committed: say who joined and left; tell a
+ * removed member (leader only), and stop if it is us. */
+static void conf_committed(const struct raft_entry *e)
 {
-    if (!node.open)
-        return;
-    while (!pz_queue_empty(&node.done)) {
-        struct node_req *r =
-            container_of(pz_queue_head(&node.done), struct node_req, q);
+    struct raft_conf c;
+    if (raft_conf_decode(e->data, e->len, &c) < 0)
+        return; /* the core refused it already; nothing to act on */
+    bool self_in = false, was_in = false;
+    for (size_t i = 0; i < c.n; i++)
+        self_in |= c.servers[i].id == node.id;
+    for (size_t i = 0; i < node.n_committed_ids; i++)
+        was_in |= node.committed_ids[i] == node.id;
+    for (size_t i = 0; i < node.n_committed_ids; i++) {
+        uint64_t id = node.committed_ids[i];
+        if (raft_conf_get(&c, id) != NULL)
+            continue;
+        struct member *m = member_find(id);
+        for (size_t j = 0; m == NULL && j < node.n_departed; j++)
+            if (node.departed[j].id == id)
+                m = &node.departed[j];
+        pz_info("member %s left the cluster (entry %llu)",
+                m && m->name[0] ? m->name : "(unknown)",
+                (unsigned long long)e->index);
+        if (id != node.id && member_find(id) == NULL)
+            transport_remove_peer(node.tr, id);
+        if (id != node.id && node.role == RAFT_LEADER)
+            notify_removed(id, m);
+    }
+    pz_free(node.committed_ids);
+    node.committed_ids = pz_calloc(c.n ? c.n : 1, sizeof(uint64_t));
+    node.n_committed_ids = c.n;
+    for (size_t i = 0; i < c.n; i++)
+        node.committed_ids[i] = c.servers[i].id;
+    raft_conf_free(&c);
+    if (was_in && !self_in && !node.removed) {
+        node.removed = true;
+        pz_warn("this node was removed from the cluster configuration "
+                "(entry %llu): stopping",
+                (unsigned long long)e->index);
+        server_stop("removed from the cluster");
+    }
+}
+
+static void reads_check_applied(void)
+{
+    struct pz_queue *e = node.reads_apply.next;
+    while (e != &node.reads_apply) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        if (r->index <= node.applied)
+            req_done(r, 0);
+    }
+}
+
+static struct node_req *read_by_ctx(uint64_t ctx)
+{
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &node.reads)
+    {
+        struct node_req *r = container_of(e, struct node_req, q);
+        if (r->ctx == ctx)
+            return r;
+    }
+    return NULL;
+}
+
+static int read_start(struct node_req *req)
+{
+    req->ctx = ++node.read_ctx;
+    int rv = raft_read_index(node.raft, req->ctx);
+    if (rv == 0)
+        req_link(&node.reads, req);
+    return rv;
+}
+
+/* --- the Ready cycle -------------------------------------------------------- */
+
+static void send_all(const struct raft_msg *msgs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        transport_send(node.tr, &msgs[i]);
+}
+
+static void soft_state_changed(const struct raft_soft_state *ss)
+{
+    bool was_leader = node.role == RAFT_LEADER;
+    if (ss->leader != node.leader) {
+        struct member *m = member_find(ss->leader);
+        if (ss->leader == 0)
+            pz_info("term %llu: no leader", (unsigned long long)ss->term);
+        else
+            pz_info("term %llu: leader is %s%s",
+                    (unsigned long long)ss->term,
+                    m && m->name[0] ? m->name : "(unknown)",
+                    ss->leader == node.id ? " (this node)" : "");
+    }
+    node.leader = ss->leader;
+    node.role = ss->role;
+    /* Leadership transfers finish when the target leads. */
+    struct pz_queue *e = node.transfers.next;
+    while (e != &node.transfers) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        if (ss->leader == r->index)
+            req_done(r, 0);
+        else if (ss->leader != 0 && ss->leader != node.id)
+            req_done(r, PZ_ELEADERCHANGE); /* someone else won */
+    }
+    if (was_leader && ss->role != RAFT_LEADER)
+        pz_info("stepped down in term %llu", (unsigned long long)ss->term);
+    if (node.leader) {
+        /* Requests waiting for a leader: go. Reads retry ReadIndex. */
+        fail_all(&node.wait_leader, 0);
+    }
+}
+
+static void on_written(struct store *s, int status, const char *errmsg,
+                       void *arg);
+static void finish_close(void);
+
+static void ready_apply(struct raft_ready *rd)
+{
+    if (rd->ss_changed)
+        soft_state_changed(&rd->ss);
+    for (size_t i = 0; i < rd->n_committed; i++)
+        apply_entry(&rd->committed[i]);
+    if (rd->conf_changed)
+        members_refresh();
+    for (size_t i = 0; i < rd->n_read_states; i++) {
+        struct node_req *r = read_by_ctx(rd->read_states[i].ctx);
+        if (r == NULL)
+            continue; /* cancelled or timed out */
+        r->index = rd->read_states[i].index;
+        pz_queue_remove(&r->q);
+        req_link(&node.reads_apply, r);
+    }
+    for (size_t i = 0; i < rd->n_dropped_reads; i++) {
+        struct node_req *r = read_by_ctx(rd->dropped_reads[i]);
+        if (r == NULL)
+            continue;
+        /* Leadership moved: wait for a leader and ask again. */
         pz_queue_remove(&r->q);
         r->queued = false;
-        r->cb(r, PZ_ESHUTDOWN);
+        req_link(&node.wait_leader, r);
+        r->ctx = UINT64_MAX; /* marks a read in wait_leader */
     }
-    kv_free(node.kv);
-    node.kv = NULL;
-    node.open = false;
+    reads_check_applied();
 }
 
-int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
-                 node_req_cb cb)
+/* Runs Ready cycles until one needs the disk or nothing is left. */
+static void ready_cycle(void)
 {
-    pz_queue_init(&req->q);
-    req->cb = cb;
-    req->queued = false;
-    int rv = kv_apply(node.kv, cmd, len, &req->res);
-    if (rv < 0)
-        return rv;
-    node.applied++;
-    complete(req, 0);
-    return 0;
-}
-
-int node_read(struct node_req *req, bool stale, node_req_cb cb)
-{
-    PZ_UNUSED(stale);
-    pz_queue_init(&req->q);
-    req->cb = cb;
-    req->queued = false;
-    complete(req, 0);
-    return 0;
-}
-
-void node_cancel(struct node_req *req)
-{
-    if (req->queued) {
-        pz_queue_remove(&req->q);
-        req->queued = false;
+    for (int rounds = 0; rounds < 8 && !node.writing && !node.fatal &&
+                         raft_has_ready(node.raft);
+         rounds++) {
+        struct raft_ready *rd = &node.rd;
+        raft_ready(node.raft, rd);
+        ready_apply(rd);
+        send_all(rd->msgs, rd->n_msgs);
+        /* Term and vote must be durable before anything that depends on
+         * them (Figure 3.1); the commit index need not be (it is learned
+         * again from the leader after a restart), so a Ready that only
+         * moves it costs no fsync: it rides along with the next write. */
+        bool hs_needed = rd->hs_changed && (rd->hs.term != node.saved_term ||
+                                            rd->hs.vote != node.saved_vote);
+        if (hs_needed || rd->n_entries) {
+            node.saved_term = rd->hs.term;
+            node.saved_vote = rd->hs.vote;
+            int rv = store_write(node.store, node.loop, &rd->hs, rd->entries,
+                                 rd->n_entries, on_written, NULL);
+            if (rv < 0) {
+                pz_error("cannot write the Raft log: %s",
+                         store_errmsg(node.store));
+                exit(1); /* fail-stop */
+            }
+            node.writing = true;
+            return;
+        }
+        send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
+        raft_advance(node.raft, rd);
     }
 }
 
-struct kv *node_kv(void)
+static void on_written(struct store *s, int status, const char *errmsg,
+                       void *arg)
 {
-    return node.kv;
+    PZ_UNUSED(s);
+    PZ_UNUSED(arg);
+    if (status < 0) {
+        /* Fail-stop: never go on with state that is not on disk. */
+        pz_error("writing the Raft log failed: %s; stopping",
+                 errmsg ? errmsg : pz_strerror(status));
+        exit(1);
+    }
+    node.writing = false;
+    if (node.closing) {
+        finish_close();
+        return;
+    }
+    send_all(node.rd.msgs_after_persist, node.rd.n_msgs_after_persist);
+    raft_advance(node.raft, &node.rd);
 }
 
-bool node_is_leader(void)
+static void on_recv(void *data, const struct raft_msg *m)
 {
-    return true;
+    PZ_UNUSED(data);
+    if (!node.open)
+        return; /* closing: the core is about to go */
+    raft_step(node.raft, m);
 }
 
-const char *node_leader_http_addr(void)
+static void join_cron(void);
+
+/* A non-voter is promoted once its log is within PROMOTE_SLACK entries of
+ * the leader's for PROMOTE_CHECKS consecutive seconds (it has caught up
+ * and keeps up), so that it adds to the quorum without slowing it. */
+#define PROMOTE_SLACK 16
+#define PROMOTE_CHECKS 2
+
+static void membership_cron(void)
 {
-    return NULL;
+    if (node.role != RAFT_LEADER)
+        return;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    for (size_t i = 0; i < node.n_members; i++) {
+        struct member *m = &node.members[i];
+        if (m->voter || m->id == node.id)
+            continue;
+        uint64_t match = 0;
+        for (size_t j = 0; j < rs.n_peers; j++)
+            if (rs.peers[j].id == m->id)
+                match = rs.peers[j].match;
+        if (match + PROMOTE_SLACK >= rs.last_index)
+            m->caught_up++;
+        else
+            m->caught_up = 0;
+        if (m->caught_up < PROMOTE_CHECKS)
+            continue;
+        struct raft_conf_change cc = {.type = RAFT_CC_PROMOTE, .id = m->id};
+        int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
+        if (rv == 0)
+            pz_info("promoting %s to voter (match %llu of %llu)", m->name,
+                    (unsigned long long)match,
+                    (unsigned long long)rs.last_index);
+        break; /* one configuration change at a time */
+    }
+    join_cron();
 }
 
-const char *node_leader_grpc_addr(void)
+static void on_tick(uv_timer_t *t)
 {
-    return NULL;
-}
-
-void node_status(struct node_status *st)
-{
-    memset(st, 0, sizeof *st);
-    st->id = node.cfg->node_id;
-    st->role = "leader";
-    st->leader = node.cfg->node_id;
-    st->term = 1;
-    st->commit_index = node.applied;
-    st->applied_index = node.applied;
-    st->last_index = node.applied;
-    st->keys = kv_count(node.kv);
+    PZ_UNUSED(t);
+    raft_tick(node.raft);
+    expire(&node.proposals, PZ_ETIMEDOUT);
+    expire(&node.reads, PZ_ETIMEDOUT);
+    expire(&node.reads_apply, PZ_ETIMEDOUT);
+    expire(&node.wait_leader, PZ_ENOLEADER);
+    expire(&node.transfers, PZ_ETIMEDOUT);
+    /* Once a second: membership housekeeping. */
+    if (++node.ticks % (unsigned)PZ_MAX(1, 1000 / node.tick_ms) == 0)
+        membership_cron();
 }
 
 void node_before_sleep(void)
 {
-    /* Callbacks may propose again; those wait for the next turn. */
+    if (!node.open)
+        return;
+    ready_cycle();
+    /* Callbacks may start new requests; those wait for the next turn. */
     struct pz_queue batch;
     pz_queue_init(&batch);
     while (!pz_queue_empty(&node.done)) {
@@ -140,11 +641,489 @@ void node_before_sleep(void)
             container_of(pz_queue_head(&batch), struct node_req, q);
         pz_queue_remove(&r->q);
         r->queued = false;
+        if (r->ctx == UINT64_MAX && r->status == 0) {
+            /* A read that waited for a leader: ask for a read index now. */
+            if (read_start(r) == 0)
+                continue;
+            r->status = PZ_ENOLEADER;
+        }
         r->cb(r, r->status);
     }
 }
 
 bool node_has_work(void)
 {
-    return !pz_queue_empty(&node.done);
+    return node.open && (!pz_queue_empty(&node.done) ||
+                         (!node.writing && raft_has_ready(node.raft)));
+}
+
+/* --- the client-facing API --------------------------------------------------- */
+
+/* Wait for the entry at req->index/term to apply. The list stays in index
+ * order (a new term may reuse lower indexes). */
+static void proposal_link(struct node_req *req)
+{
+    struct pz_queue *e = node.proposals.prev;
+    while (e != &node.proposals &&
+           container_of(e, struct node_req, q)->index > req->index)
+        e = e->prev;
+    req->queued = true;
+    pz_queue_push(e->next, &req->q); /* insert before e->next */
+}
+
+int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
+                 node_req_cb cb)
+{
+    req_prepare(req, cb);
+    if (node.role != RAFT_LEADER)
+        return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
+    int rv = raft_propose(node.raft, cmd, len, &req->index, &req->term);
+    if (rv < 0)
+        return rv;
+    proposal_link(req);
+    return 0;
+}
+
+int node_read(struct node_req *req, bool stale, node_req_cb cb)
+{
+    req_prepare(req, cb);
+    if (stale) {
+        req_done(req, 0);
+        return 0;
+    }
+    if (read_start(req) < 0) {
+        req->ctx = UINT64_MAX;
+        req_link(&node.wait_leader, req);
+    }
+    return 0;
+}
+
+void node_wait_leader(struct node_req *req, node_req_cb cb)
+{
+    req_prepare(req, cb);
+    if (node.leader)
+        req_done(req, 0);
+    else
+        req_link(&node.wait_leader, req);
+}
+
+void node_cancel(struct node_req *req)
+{
+    if (req->queued) {
+        pz_queue_remove(&req->q);
+        req->queued = false;
+    }
+}
+
+static struct member *member_by_name(const char *name)
+{
+    for (size_t i = 0; i < node.n_members; i++)
+        if (strcmp(node.members[i].name, name) == 0)
+            return &node.members[i];
+    return NULL;
+}
+
+static int leader_only(void)
+{
+    if (node.role == RAFT_LEADER)
+        return 0;
+    return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
+}
+
+int node_remove_member(struct node_req *req, const char *name,
+                       node_req_cb cb)
+{
+    req_prepare(req, cb);
+    int rv = leader_only();
+    if (rv < 0)
+        return rv;
+    struct member *m = member_by_name(name);
+    if (m == NULL)
+        return PZ_ENOTFOUND;
+    struct raft_conf_change cc = {.type = RAFT_CC_REMOVE, .id = m->id};
+    rv = raft_propose_conf(node.raft, &cc, &req->index, &req->term);
+    if (rv < 0)
+        return rv;
+    pz_info("removing member %s", name);
+    proposal_link(req);
+    return 0;
+}
+
+int node_transfer(struct node_req *req, const char *name, node_req_cb cb)
+{
+    req_prepare(req, cb);
+    int rv = leader_only();
+    if (rv < 0)
+        return rv;
+    struct member *m = member_by_name(name);
+    if (m == NULL)
+        return PZ_ENOTFOUND;
+    if (m->id == node.id) {
+        req_done(req, 0); /* already leads */
+        return 0;
+    }
+    rv = raft_transfer_leader(node.raft, m->id);
+    if (rv < 0)
+        return rv;
+    pz_info("transferring leadership to %s", name);
+    req->index = m->id;
+    req_link(&node.transfers, req);
+    return 0;
+}
+
+struct kv *node_kv(void)
+{
+    return node.kv;
+}
+
+bool node_is_leader(void)
+{
+    return node.role == RAFT_LEADER;
+}
+
+bool node_has_leader(void)
+{
+    return node.leader != 0;
+}
+
+static const char *leader_addr(bool http)
+{
+    if (node.leader == 0 || node.leader == node.id)
+        return NULL;
+    struct member *m = member_find(node.leader);
+    if (m == NULL)
+        return NULL;
+    const char *a = http ? m->http : m->grpc;
+    return a[0] ? a : NULL;
+}
+
+const char *node_leader_http_addr(void)
+{
+    return leader_addr(true);
+}
+
+const char *node_leader_grpc_addr(void)
+{
+    return leader_addr(false);
+}
+
+void node_status(struct node_status *st)
+{
+    struct raft_status rs;
+    struct store_stats ss;
+    memset(st, 0, sizeof *st);
+    raft_status(node.raft, &rs);
+    store_stats(node.store, &ss);
+    struct member *lm = member_find(rs.leader);
+    st->id = node.cfg->node_id;
+    st->role = raft_role_name(rs.role);
+    st->leader = lm ? lm->name : "";
+    st->term = rs.term;
+    st->commit_index = rs.commit;
+    st->applied_index = node.applied;
+    st->last_index = rs.last_index;
+    st->persisted_index = rs.persisted_index;
+    st->keys = kv_count(node.kv);
+    st->fsyncs = ss.batches;
+    st->fsync_entries = ss.entries;
+    pz_free(node.view);
+    node.view = pz_calloc(node.n_members ? node.n_members : 1,
+                          sizeof *node.view);
+    for (size_t i = 0; i < node.n_members; i++) {
+        struct member *m = &node.members[i];
+        struct node_member *v = &node.view[i];
+        v->name = m->name;
+        v->id = m->id;
+        v->voter = m->voter;
+        v->raft = m->raft;
+        v->http = m->id == node.id ? node.cfg->http_addr : m->http;
+        v->grpc = m->id == node.id ? node.cfg->grpc_addr : m->grpc;
+        for (size_t j = 0; j < rs.n_peers; j++) {
+            if (rs.peers[j].id == m->id) {
+                v->match = rs.peers[j].match;
+                v->last_contact_ms = rs.peers[j].last_contact * node.tick_ms;
+            }
+        }
+        if (m->id == node.id)
+            v->match = rs.persisted_index;
+    }
+    st->members = node.view;
+    st->n_members = node.n_members;
+}
+
+/* --- start and stop ----------------------------------------------------------- */
+
+/* The cluster id of a static initial cluster: the same on every member,
+ * derived from the member list alone (name=address pairs, sorted). */
+static uint64_t cluster_id_of(struct cfg_peer *peers, size_t n)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    for (size_t i = 0; i < n; i++) { /* n is small: selection order */
+        size_t best = SIZE_MAX;
+        for (size_t j = 0; j < n; j++) {
+            if (peers[j].name[0] == '\0')
+                continue;
+            if (best == SIZE_MAX || strcmp(peers[j].name, peers[best].name) < 0)
+                best = j;
+        }
+        pz_buf_appendf(&b, "%s=%s,", peers[best].name, peers[best].addr);
+        peers[best].name[0] = '\0';
+    }
+    uint64_t id = pz_hash(b.data, b.len, 0x636c7573746572ull);
+    pz_buf_free(&b);
+    return id ? id : 1;
+}
+
+static int bootstrap(char *err, size_t errlen)
+{
+    const struct pz_config *cfg = node.cfg;
+    struct raft_conf conf;
+    raft_conf_init(&conf);
+    if (cfg->initial_cluster[0]) {
+        struct cfg_peer *peers;
+        size_t n;
+        char why[256];
+        if (cfg_parse_cluster(cfg->initial_cluster, &peers, &n, why,
+                              sizeof why) < 0) {
+            snprintf(err, errlen, "initial-cluster %s", why);
+            return PZ_ECONFIG;
+        }
+        for (size_t i = 0; i < n; i++) {
+            /* Only what every member knows goes into entry 1, so that all
+             * of them write the identical entry. */
+            char *meta = make_meta(peers[i].name, peers[i].addr, NULL, NULL);
+            raft_conf_add(&conf, name_to_id(peers[i].name), true, meta);
+            pz_free(meta);
+        }
+        node.cluster_id = cluster_id_of(peers, n);
+        pz_free(peers);
+        pz_info("forming cluster from initial-cluster (%zu members)", conf.n);
+    } else {
+        char *meta = make_meta(cfg->node_id, cfg->raft_addr, cfg->http_addr,
+                               cfg->grpc_addr);
+        raft_conf_add(&conf, node.id, true, meta);
+        pz_free(meta);
+        uint64_t r = 0;
+        if (getrandom(&r, sizeof r, 0) != sizeof r)
+            r = uv_hrtime();
+        node.cluster_id = r ? r : 1;
+        pz_info("bootstrapping a one-node cluster");
+    }
+    int rv = raft_bootstrap(node.raft, &conf);
+    raft_conf_free(&conf);
+    if (rv < 0) {
+        snprintf(err, errlen, "cannot bootstrap: %s", pz_strerror(rv));
+        return rv;
+    }
+    rv = store_meta_set(node.store, node.cluster_id, node.id, cfg->node_id);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        return rv;
+    }
+    return 0;
+}
+
+static int restore(char *err, size_t errlen)
+{
+    struct raft_hard_state hs;
+    struct raft_entry *ents = NULL;
+    size_t n = 0;
+    struct store_meta meta;
+    int rv = store_load(node.store, &hs, &ents, &n, &meta);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        return rv;
+    }
+    if (meta.node_name[0] && strcmp(meta.node_name, node.cfg->node_id) != 0) {
+        snprintf(err, errlen,
+                 "%s belongs to node '%s', but node-id is '%s': refusing to "
+                 "start",
+                 store_path(node.store), meta.node_name, node.cfg->node_id);
+        store_entries_free(ents, n);
+        return PZ_ECONFIG;
+    }
+    if (n == 0 && hs.term == 0) {
+        store_entries_free(ents, n);
+        return 1; /* nothing stored */
+    }
+    node.cluster_id = meta.cluster_id;
+    node.saved_term = hs.term;
+    node.saved_vote = hs.vote;
+    rv = raft_restore(node.raft, &hs, ents, n);
+    store_entries_free(ents, n);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s: stored Raft state is inconsistent (%s)",
+                 store_path(node.store), pz_strerror(rv));
+        return rv;
+    }
+    pz_info("recovered term %llu, %zu log entries, commit %llu",
+            (unsigned long long)hs.term, n, (unsigned long long)hs.commit);
+    return 0;
+}
+
+int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
+              size_t errlen)
+{
+    uint64_t seed = 0;
+    int rv;
+    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+        seed = uv_hrtime();
+    memset(&node, 0, sizeof node);
+    node.loop = loop;
+    node.cfg = cfg;
+    node.kv = kv_new_seeded(seed);
+    node.id = name_to_id(cfg->node_id);
+    pz_queue_init(&node.proposals);
+    pz_queue_init(&node.reads);
+    pz_queue_init(&node.reads_apply);
+    pz_queue_init(&node.wait_leader);
+    pz_queue_init(&node.transfers);
+    pz_queue_init(&node.done);
+
+    /* Time is ticks: ten per heartbeat interval. */
+    node.tick_ms = (uint64_t)PZ_MAX(1, cfg->heartbeat_interval_ms / 10);
+    struct raft_config rc = {
+        .id = node.id,
+        .heartbeat_ticks = (int)(cfg->heartbeat_interval_ms /
+                                 (int64_t)node.tick_ms),
+        .election_ticks = (int)(cfg->election_timeout_ms /
+                                (int64_t)node.tick_ms),
+        .seed = seed ^ node.id,
+        .pre_vote = true,
+        .check_quorum = true,
+    };
+    char rerr[RAFT_ERRMSG_SIZE];
+    node.raft = raft_new(&rc, rerr);
+    if (node.raft == NULL) {
+        snprintf(err, errlen, "%s", rerr);
+        goto err_after_kv;
+    }
+    rv = store_open(cfg->raft_data, &node.store, err, errlen);
+    if (rv < 0)
+        goto err_after_raft;
+    rv = restore(err, errlen);
+    if (rv < 0)
+        goto err_after_store;
+    if (rv == 1) { /* no state yet */
+        if (cfg->initial_cluster[0] || cfg->raft_bootstrap) {
+            rv = bootstrap(err, errlen);
+            if (rv < 0)
+                goto err_after_store;
+        } else {
+            snprintf(err, errlen,
+                     "no Raft state in %s and neither initial-cluster nor "
+                     "raft-bootstrap is set: nothing to start from",
+                     cfg->raft_data);
+            goto err_after_store;
+        }
+    }
+    struct transport_config tc = {
+        .listen_addr = cfg->raft_addr,
+        .id = node.id,
+        .name = cfg->node_id,
+        .cluster_id = node.cluster_id,
+        .token = cfg->cluster_token,
+        .http_addr = cfg->http_addr,
+        .grpc_addr = cfg->grpc_addr,
+        .recv = on_recv,
+        .on_peer_info = on_peer_info,
+        .data = &node,
+        .seed = seed,
+    };
+    node.tr = transport_new(loop, &tc, err, errlen);
+    if (node.tr == NULL)
+        goto err_after_store;
+    members_refresh();
+    if (cfg->cluster_token[0] == '\0')
+        pz_warn("cluster-token is not set: anyone who can reach this node "
+                "can join the cluster or change its membership");
+    uv_timer_init(loop, &node.tick);
+    uv_timer_start(&node.tick, on_tick, node.tick_ms, node.tick_ms);
+    node.open = true;
+    /* A lone voter need not wait for an election timeout. */
+    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
+    if (conf->n == 1 && conf->servers[0].id == node.id)
+        raft_campaign(node.raft);
+    return 0;
+
+err_after_store:
+    store_close(node.store);
+err_after_raft:
+    raft_free(node.raft);
+err_after_kv:
+    kv_free(node.kv);
+    return PZ_ECONFIG;
+}
+
+/* Close order: the tick timer, then the transport (messages may arrive
+ * until it is closed), then what they would have touched. */
+static void on_transport_closed(void *data)
+{
+    PZ_UNUSED(data);
+    store_close(node.store);
+    raft_free(node.raft);
+    kv_free(node.kv);
+    for (size_t i = 0; i < node.n_members; i++)
+        member_free(&node.members[i]);
+    for (size_t i = 0; i < node.n_departed; i++)
+        member_free(&node.departed[i]);
+    pz_free(node.members);
+    pz_free(node.view);
+    pz_free(node.committed_ids);
+    node.committed_ids = NULL;
+    node.store = NULL;
+    node.raft = NULL;
+    node.kv = NULL;
+    node.members = NULL;
+    node.view = NULL;
+    node.n_members = 0;
+    if (node.close_cb)
+        node.close_cb();
+}
+
+static void on_tick_closed(uv_handle_t *h)
+{
+    PZ_UNUSED(h);
+    transport_close(node.tr, on_transport_closed);
+}
+
+static void finish_close(void)
+{
+    uv_close((uv_handle_t *)&node.tick, on_tick_closed);
+}
+
+void node_close(void (*cb)(void))
+{
+    if (!node.open) {
+        if (cb)
+            cb();
+        return;
+    }
+    node.open = false;
+    node.close_cb = cb;
+    fail_all(&node.proposals, PZ_ESHUTDOWN);
+    fail_all(&node.reads, PZ_ESHUTDOWN);
+    fail_all(&node.reads_apply, PZ_ESHUTDOWN);
+    fail_all(&node.wait_leader, PZ_ESHUTDOWN);
+    fail_all(&node.transfers, PZ_ESHUTDOWN);
+    while (!pz_queue_empty(&node.done)) {
+        struct node_req *r =
+            container_of(pz_queue_head(&node.done), struct node_req, q);
+        pz_queue_remove(&r->q);
+        r->queued = false;
+        r->cb(r, r->status ? r->status : PZ_ESHUTDOWN);
+    }
+    uv_timer_stop(&node.tick);
+    if (node.writing) {
+        /* The store cannot close under a write in flight: on_written
+         * finishes the close. */
+        node.closing = true;
+        return;
+    }
+    finish_close();
+}
+
+static void join_cron(void)
+{
 }

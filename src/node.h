@@ -1,11 +1,17 @@
 /* node.h - the replicated key-value node as the protocols see it: propose a
- * write, wait until a read is safe, look at the state machine.
+ * write, wait until a read is safe, find the leader, look at the state.
  *
  * Requests are asynchronous. The caller embeds a struct node_req in its own
- * state, calls node_propose() or node_read(), and gets exactly one callback
- * later, from the loop (never from inside the call), unless it calls
- * node_cancel() first, after which no callback comes. A caller that goes
- * away (its connection closed) must cancel. */
+ * state, calls node_propose(), node_read() or node_wait_leader(), and gets
+ * exactly one callback later, from the loop (never from inside the call),
+ * unless it calls node_cancel() first, after which no callback comes. A
+ * caller that goes away (its connection closed) must cancel.
+ *
+ * Consistency: a write's callback runs once its entry is committed and
+ * applied here. A linearizable read's callback runs once this node has
+ * applied at least the leader's commit index as of a moment after the read
+ * arrived, confirmed by a heartbeat round (ReadIndex, thesis §6.4); the
+ * caller then reads node_kv() directly. A stale read completes at once. */
 #ifndef PZ_NODE_H
 #define PZ_NODE_H
 
@@ -23,52 +29,95 @@ struct node_req;
 typedef void (*node_req_cb)(struct node_req *req, int status);
 
 struct node_req {
-    struct pz_queue q;     /* in the node's waiting or done list */
+    struct pz_queue q;     /* in one of the node's lists */
     node_req_cb cb;        /* called once, unless cancelled */
     int status;            /* result, set before cb */
     bool queued;           /* q is linked */
+    uint64_t index;        /* write: log index; read: read index */
+    uint64_t term;         /* write: term of the proposal */
+    uint64_t ctx;          /* read: ReadIndex context */
+    uint64_t deadline;     /* uv_now() past which it fails (timeout) */
     struct kv_result res;  /* writes: what apply did */
 };
 
-struct node_status {
-    const char *id;         /* node-id */
-    const char *role;       /* "leader", "follower", "candidate", ... */
-    const char *leader;     /* leader's node-id, "" when unknown */
-    uint64_t term;          /* current term */
-    uint64_t commit_index;  /* highest committed log index */
-    uint64_t applied_index; /* highest applied log index */
-    uint64_t last_index;    /* last log index */
-    size_t keys;            /* keys in the state machine */
+struct node_member {
+    const char *name;     /* node-id */
+    uint64_t id;          /* Raft id */
+    bool voter;           /* voter or non-voter */
+    const char *raft;     /* Raft address */
+    const char *http;     /* HTTP address, "" if not known yet */
+    const char *grpc;     /* gRPC address, "" if not known yet */
+    uint64_t match;       /* leader only: replicated up to */
+    uint64_t last_contact_ms; /* leader only: since last heard */
 };
 
-/* Open the node (data directory, state machine). Returns 0 or a negative
- * code with a message in err. */
+struct node_status {
+    const char *id;          /* node-id */
+    const char *role;        /* "leader", "follower", "candidate", ... */
+    const char *leader;      /* leader's node-id, "" when unknown */
+    uint64_t term;           /* current term */
+    uint64_t commit_index;   /* highest committed log index */
+    uint64_t applied_index;  /* highest applied log index */
+    uint64_t last_index;     /* last log index */
+    uint64_t persisted_index;/* last index durable here */
+    size_t keys;             /* keys in the state machine */
+    size_t n_members;        /* entries in members */
+    struct node_member *members; /* valid until the next loop turn */
+    uint64_t fsyncs;         /* log write transactions */
+    uint64_t fsync_entries;  /* entries written by them */
+};
+
+/* Open the node (data directory, state machine, Raft, peers). Returns 0 or
+ * a negative code with a message in err. */
 int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
               size_t errlen);
-/* Fail every waiting request with PZ_ESHUTDOWN and release everything. */
-void node_close(void);
+/* Stop: fail every waiting request with PZ_ESHUTDOWN, close the peer
+ * transport, and call cb once every handle is closed. */
+void node_close(void (*cb)(void));
 
 /* Replicate an encoded kv command (kv_encode_*); cb once it is applied
- * here. Returns 0, or a negative code at once (cb never called). */
+ * here. Returns 0, or at once (cb never called): PZ_ENOTLEADER (a leader is
+ * known elsewhere: forward to node_leader_*_addr()), PZ_ENOLEADER (none
+ * known: node_wait_leader() then retry), PZ_EBUSY (leadership transfer). */
 int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
                  node_req_cb cb);
 /* cb once reading the local state machine is linearizable (stale: at the
- * next loop turn, without any check). */
+ * next loop turn, without any check). Works on followers too. */
 int node_read(struct node_req *req, bool stale, node_req_cb cb);
+/* cb(0) as soon as a leader is known (maybe at once, on the next turn), or
+ * cb(PZ_ENOLEADER) after request-timeout. */
+void node_wait_leader(struct node_req *req, node_req_cb cb);
+/* Leader only. Remove member `name` (node-id) from the configuration; cb
+ * once the change is committed and applied here. The removed member is
+ * told and stops. Returns 0, or at once PZ_ENOTLEADER / PZ_ENOLEADER,
+ * PZ_ENOTFOUND (no such member), PZ_EBUSY (another change is pending). */
+int node_remove_member(struct node_req *req, const char *name,
+                       node_req_cb cb);
+/* Leader only. Hand leadership to member `name` (TimeoutNow, thesis
+ * §3.10); cb(0) once it leads, PZ_ELEADERCHANGE if another node won,
+ * PZ_ETIMEDOUT if nothing happened. Immediate errors as above, and
+ * PZ_EINVAL for a non-voter. */
+int node_transfer(struct node_req *req, const char *name, node_req_cb cb);
+/* The leader says this node was removed (POST /cluster/removed): accepted
+ * (0, the server stops) if id is this node and the notice comes from the
+ * known leader or a later term; PZ_EINVAL otherwise. */
+int node_removed_notice(const char *id, const char *leader, uint64_t term);
 /* Forget req: its callback will not be called. Idempotent. */
 void node_cancel(struct node_req *req);
 
 struct kv *node_kv(void);
-/* True when this node is the leader (writes and linearizable reads are
- * served here). */
+/* True when this node is the leader. */
 bool node_is_leader(void);
+/* True when some node (maybe this one) is known to be the leader. */
+bool node_has_leader(void);
 /* The known leader's HTTP or gRPC address ("host:port"), or NULL when this
- * node is the leader or no leader is known. Borrowed until the next loop
- * turn. Followers forward client requests there. */
+ * node is the leader, no leader is known, or its address is not known yet.
+ * Borrowed until the next loop turn. Followers forward client requests
+ * there. */
 const char *node_leader_http_addr(void);
 const char *node_leader_grpc_addr(void);
 void node_status(struct node_status *st);
-/* Work to do before the loop sleeps: completes finished requests. */
+/* Work to do before the loop sleeps: the Raft Ready cycle, completions. */
 void node_before_sleep(void);
 /* True when node_before_sleep has work it could not finish this turn. */
 bool node_has_work(void);

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "fwd.h"
 #include "grpc.h"
 #include "http.h"
 #include "log.h"
@@ -60,19 +61,23 @@ const struct pz_config *server_config(void)
     return srv.cfg;
 }
 
-static void stop_all(void)
+static void on_node_closed(void)
 {
-    if (srv.stopped)
-        return;
-    srv.stopped = true;
-    grpc_close(&srv.grpc);
-    node_close();
     uv_close((uv_handle_t *)&srv.prepare, NULL);
     uv_close((uv_handle_t *)&srv.idle, NULL);
     uv_close((uv_handle_t *)&srv.cron, NULL);
     uv_close((uv_handle_t *)&srv.grace, NULL);
     uv_close((uv_handle_t *)&srv.sigint, NULL);
     uv_close((uv_handle_t *)&srv.sigterm, NULL);
+}
+
+static void stop_all(void)
+{
+    if (srv.stopped)
+        return;
+    srv.stopped = true;
+    grpc_close(&srv.grpc);
+    node_close(on_node_closed);
 }
 
 static void on_idle(uv_idle_t *h)
@@ -85,11 +90,12 @@ static void on_prepare(uv_prepare_t *h)
     PZ_UNUSED(h);
     node_before_sleep();
     conn_before_sleep();
-    if (srv.shutting_down && conn_count() == 0 && !node_has_work()) {
+    if (srv.shutting_down && srv.http.n_conns == 0 &&
+        grpc_quiet(&srv.grpc) && !node_has_work()) {
         stop_all();
         return;
     }
-    if (node_has_work())
+    if (node_has_work() || conn_has_work())
         uv_idle_start(&srv.idle, on_idle);
     else
         uv_idle_stop(&srv.idle);
@@ -108,7 +114,17 @@ static void on_grace(uv_timer_t *t)
             SHUTDOWN_GRACE_MS);
     conn_listener_close_all(&srv.http);
     conn_listener_close_all(&srv.grpc.ls);
-    conn_close_outbound();
+    fwd_close_all();
+}
+
+static void begin_shutdown(void)
+{
+    srv.shutting_down = true;
+    conn_listener_stop(&srv.http, NULL);
+    http_drain(&srv.http);
+    grpc_drain(&srv.grpc);
+    fwd_close_all();
+    uv_timer_start(&srv.grace, on_grace, SHUTDOWN_GRACE_MS, 0);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -120,12 +136,15 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     pz_info("received %s, shutting down", signum == SIGINT ? "SIGINT"
                                                            : "SIGTERM");
-    srv.shutting_down = true;
-    conn_listener_stop(&srv.http);
-    http_drain(&srv.http);
-    grpc_drain(&srv.grpc);
-    conn_close_outbound();
-    uv_timer_start(&srv.grace, on_grace, SHUTDOWN_GRACE_MS, 0);
+    begin_shutdown();
+}
+
+void server_stop(const char *why)
+{
+    if (srv.shutting_down)
+        return;
+    pz_info("%s, shutting down", why);
+    begin_shutdown();
 }
 
 int server_run(const struct pz_config *cfg)
@@ -163,7 +182,7 @@ int server_run(const struct pz_config *cfg)
     if (rv < 0) {
         pz_error("%s", err);
         srv.shutting_down = true;
-        conn_listener_stop(&srv.http);
+        conn_listener_stop(&srv.http, NULL);
         grpc_drain(&srv.grpc);
         stop_all();
         uv_run(&srv.loop, UV_RUN_DEFAULT);

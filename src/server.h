@@ -17,6 +17,8 @@ uint64_t server_uptime_ms(void);
  * flight and close instead of waiting for the next one. */
 bool server_shutting_down(void);
 uv_loop_t *server_loop(void);
+/* Shut down as on SIGTERM, logging why. */
+void server_stop(const char *why);
 const struct pz_config *server_config(void);
 
 #endif

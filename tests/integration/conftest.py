@@ -38,7 +38,7 @@ class Server:
         self.grpc_port = free_port()
         self.raft_port = free_port()
         self.conf_path = os.path.join(self.dir, "pyazdb.conf")
-        lines = {
+        self.conf = {
             "node-id": name,
             "http-addr": f"127.0.0.1:{self.http_port}",
             "grpc-addr": f"127.0.0.1:{self.grpc_port}",
@@ -47,10 +47,8 @@ class Server:
             "raft-bootstrap": "yes",
             "log-level": "debug",
         }
-        lines.update(conf or {})
-        with open(self.conf_path, "w") as f:
-            for k, v in lines.items():
-                f.write(f'{k} "{v}"\n')
+        self.conf.update(conf or {})
+        self.write_conf()
         self.args = list(args)
         self.env = dict(os.environ)
         for var in ("NODE_ID", "RAFT_ADDR", "RAFT_DATA", "RAFT_LEADER",
@@ -60,6 +58,17 @@ class Server:
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self.log_path = os.path.join(self.dir, "server.log")
         self.proc = None
+
+    def write_conf(self):
+        with open(self.conf_path, "w") as f:
+            for k, v in self.conf.items():
+                f.write(f'{k} "{v}"\n')
+
+    def status(self, timeout=5):
+        import json
+        st, _, body = self.request("GET", "/status", timeout=timeout)
+        assert st == 200, body
+        return json.loads(body)
 
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")

@@ -1,8 +1,11 @@
 /* test_grpc.c - the gRPC client against the gRPC server on one real loop in
  * this process: unary calls over one persistent connection, forwarding by a
  * server whose node is not the leader (relayed answers and errors, leader
- * changes), deadlines on both sides, cancellation, lost connections. Each
- * test ends by draining everything and checking uv_loop_close() == 0. */
+ * changes), deadlines on both sides, cancellation, lost connections. The
+ * servers run on fake nodes (struct grpc_backend): "a" is a leader that
+ * applies writes to its own table at once, the others are never the
+ * leader, never answer or fail on purpose. Each test ends by draining
+ * everything and checking uv_loop_close() == 0. */
 #include <stdlib.h>
 #include <uv.h>
 
@@ -12,26 +15,121 @@
 #include "grpc_client.h"
 #include "grpc_frame.h"
 #include "grpc_pb.h"
+#include "kv.h"
 #include "node.h"
 #include "test.h"
 
+/* --- the leader: a table, requests completed on the next prepare ------- */
+
+static struct kv *mem_kv;
+static struct pz_queue mem_done;
+
+static void mem_complete(struct node_req *req, node_req_cb cb)
+{
+    pz_queue_init(&req->q);
+    req->cb = cb;
+    req->status = 0;
+    req->queued = true;
+    pz_queue_push(&mem_done, &req->q);
+}
+
+static int mem_propose(struct node_req *req, const uint8_t *cmd, size_t len,
+                       node_req_cb cb)
+{
+    int rv = kv_apply(mem_kv, cmd, len, &req->res);
+    if (rv < 0)
+        return rv;
+    mem_complete(req, cb);
+    return 0;
+}
+
+static int mem_read(struct node_req *req, bool stale, node_req_cb cb)
+{
+    PZ_UNUSED(stale);
+    mem_complete(req, cb);
+    return 0;
+}
+
+static void mem_cancel(struct node_req *req)
+{
+    if (req->queued) {
+        pz_queue_remove(&req->q);
+        req->queued = false;
+    }
+}
+
+static struct kv *mem_table(void)
+{
+    return mem_kv;
+}
+
+static const char *no_leader(void)
+{
+    return NULL;
+}
+
+static void leader_status(struct node_status *st)
+{
+    memset(st, 0, sizeof *st);
+    st->id = "a";
+    st->role = "leader";
+    st->leader = "a";
+}
+
+static const struct grpc_backend leader = {
+    .propose = mem_propose,
+    .read = mem_read,
+    .cancel = mem_cancel,
+    .kv = mem_table,
+    .leader_grpc_addr = no_leader,
+    .status = leader_status,
+};
+
+static void mem_before_sleep(void)
+{
+    struct pz_queue batch;
+    pz_queue_init(&batch);
+    while (!pz_queue_empty(&mem_done)) {
+        struct pz_queue *e = pz_queue_head(&mem_done);
+        pz_queue_remove(e);
+        pz_queue_push(&batch, e);
+    }
+    while (!pz_queue_empty(&batch)) {
+        struct node_req *r =
+            container_of(pz_queue_head(&batch), struct node_req, q);
+        pz_queue_remove(&r->q);
+        r->queued = false;
+        r->cb(r, r->status);
+    }
+}
+
 struct fx {
     uv_loop_t loop;       /* the loop */
-    uv_prepare_t prep;    /* node and conn before-sleep work */
+    uv_prepare_t prep;    /* fake node and conn before-sleep work */
+    uv_idle_t idle;       /* keeps poll from blocking on work */
     uv_timer_t tick;      /* wakes UV_RUN_ONCE regularly */
     struct pz_config cfg; /* defaults, grpc-addr on a free port */
-    struct grpc_server a; /* on the real node */
+    struct grpc_server a; /* on the fake leader */
     struct grpc_server b; /* on a fake backend, when started */
     bool b_on;            /* b was started */
     char a_addr[64];      /* "127.0.0.1:port" of a */
     char b_addr[64];      /* "127.0.0.1:port" of b */
 };
 
-static void on_prep(uv_prepare_t *h)
+static void on_idle(uv_idle_t *h)
 {
     PZ_UNUSED(h);
-    node_before_sleep();
+}
+
+static void on_prep(uv_prepare_t *h)
+{
+    struct fx *f = h->data;
+    mem_before_sleep();
     conn_before_sleep();
+    if (!pz_queue_empty(&mem_done) || conn_has_work())
+        uv_idle_start(&f->idle, on_idle);
+    else
+        uv_idle_stop(&f->idle);
 }
 
 static void on_tick(uv_timer_t *t)
@@ -63,13 +161,15 @@ static int fx_init(struct fx *f)
     cfg_init(&f->cfg);
     pz_free(f->cfg.grpc_addr);
     f->cfg.grpc_addr = pz_strdup("127.0.0.1:0");
-    if (node_init(&f->loop, &f->cfg, err, sizeof err) < 0)
-        return -1;
+    mem_kv = kv_new();
+    pz_queue_init(&mem_done);
     uv_prepare_init(&f->loop, &f->prep);
+    f->prep.data = f;
     uv_prepare_start(&f->prep, on_prep);
+    uv_idle_init(&f->loop, &f->idle);
     uv_timer_init(&f->loop, &f->tick);
     uv_timer_start(&f->tick, on_tick, 5, 5);
-    if (grpc_start(&f->a, &f->loop, &f->cfg, NULL, err, sizeof err) < 0)
+    if (grpc_start(&f->a, &f->loop, &f->cfg, &leader, err, sizeof err) < 0)
         return -1;
     snprintf(f->a_addr, sizeof f->a_addr, "127.0.0.1:%d",
              grpc_local_port(&f->a));
@@ -99,8 +199,10 @@ static int fx_close(struct fx *f)
     grpc_close(&f->a);
     if (f->b_on)
         grpc_close(&f->b);
-    node_close();
+    kv_free(mem_kv);
+    mem_kv = NULL;
     uv_close((uv_handle_t *)&f->prep, NULL);
+    uv_close((uv_handle_t *)&f->idle, NULL);
     uv_close((uv_handle_t *)&f->tick, NULL);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     cfg_free(&f->cfg);
@@ -235,7 +337,7 @@ TEST(unary_calls_share_one_connection)
         res_free(&many[i]);
     }
     pz_free(many);
-    CHECK_EQ_INT(kv_count(node_kv()), N);
+    CHECK_EQ_INT(kv_count(mem_kv), N);
     CHECK_EQ_INT(grpc_client_connects(cl), 1);
     CHECK_EQ_INT(grpc_client_active(cl), 0);
     grpc_client_close(cl);
@@ -290,7 +392,7 @@ static const struct grpc_backend follower = {
     .propose = fake_propose,
     .read = fake_read,
     .cancel = fake_cancel,
-    .kv = node_kv,
+    .kv = mem_table,
     .leader_grpc_addr = fake_leader,
     .status = fake_status,
 };
@@ -310,12 +412,12 @@ TEST(follower_forwards_to_leader)
     CHECK_EQ_INT(fake_proposes, 1);
     const uint8_t *v;
     size_t vl;
-    CHECK(kv_get(node_kv(), "fk", 2, &v, &vl)); /* applied on the leader */
+    CHECK(kv_get(mem_kv, "fk", 2, &v, &vl)); /* applied on the leader */
     CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "fk", NULL, 2000, &r), 0);
     CHECK(get_value(&r, "fv"));
     CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_DEL, "fk", NULL, 0, &r), 0);
     CHECK_EQ_INT(r.status, GRPC_OK);
-    CHECK(!kv_get(node_kv(), "fk", 2, &v, &vl));
+    CHECK(!kv_get(mem_kv, "fk", 2, &v, &vl));
     CHECK_EQ_INT(f.b.stats.forwarded, 3);
     CHECK_EQ_INT(f.a.stats.calls, 3);
     /* One connection from b to the leader, reused. */
@@ -419,24 +521,11 @@ static void hang_cancel(struct node_req *req)
     }
 }
 
-static const char *no_leader(void)
-{
-    return NULL;
-}
-
-static void leader_status(struct node_status *st)
-{
-    memset(st, 0, sizeof *st);
-    st->id = "h";
-    st->role = "leader";
-    st->leader = "h";
-}
-
 static const struct grpc_backend hanging = {
     .propose = hang_propose,
     .read = hang_read,
     .cancel = hang_cancel,
-    .kv = node_kv,
+    .kv = mem_table,
     .leader_grpc_addr = no_leader,
     .status = leader_status,
 };
@@ -574,7 +663,7 @@ TEST(client_deadline_and_lost_connection)
     conn_listener_close_all(&silent);
     CHECK(run_until(&f, &r2.done, 2000));
     CHECK_EQ_INT(r2.status, GRPC_UNAVAILABLE);
-    conn_listener_stop(&silent);
+    conn_listener_stop(&silent, NULL);
 
     /* A closed client refuses new calls. */
     grpc_client_close(cl);
@@ -653,7 +742,7 @@ static const struct grpc_backend failing = {
     .propose = fail_propose,
     .read = fail_read,
     .cancel = fail_cancel,
-    .kv = node_kv,
+    .kv = mem_table,
     .leader_grpc_addr = no_leader,
     .status = leader_status,
 };

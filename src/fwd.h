@@ -1,0 +1,47 @@
+/* fwd.h - forwarding of HTTP requests from a follower to the leader.
+ *
+ * One kept-alive HTTP/1.1 connection per leader address carries every
+ * forwarded request, pipelined, with the responses matched in order. No
+ * connection is opened per request and nothing asks mandi. The whole
+ * response (status, Content-Type, Allow, body) comes back to the caller.
+ *
+ * A forwarded request carries `X-Pyazdb-Forwarded: 1`; a node that gets one
+ * while it is not the leader answers 503 rather than forwarding again, so a
+ * request never loops between nodes that disagree about the leader. */
+#ifndef PZ_FWD_H
+#define PZ_FWD_H
+
+#include "pz.h"
+#include "queue.h"
+
+#define FWD_HEADER "X-Pyazdb-Forwarded"
+
+struct fwd_slot;
+struct fwd_req;
+/* status 0: the response is in the fields below; < 0: the leader could not
+ * be reached or the connection broke before the response (PZ_EIO). */
+typedef void (*fwd_cb)(struct fwd_req *r, int status);
+
+struct fwd_req {
+    fwd_cb cb;              /* called once unless cancelled */
+    int http_status;        /* the leader's status code */
+    char content_type[128]; /* its Content-Type, "" if none */
+    char allow[64];         /* its Allow header, "" if none */
+    struct pz_buf body;     /* its body (fwd_send initializes, caller
+                               frees with pz_buf_free) */
+    const char *auth;       /* set before fwd_send: bearer token sent as
+                               Authorization (NULL or "": none) */
+    struct fwd_slot *slot;  /* internal: NULL when not in flight */
+};
+
+/* Send method target (the original request target, e.g. "/set") with body
+ * to addr ("host:port"). Returns 0 (cb later, never from inside the call)
+ * or PZ_EINVAL for a bad address. */
+int fwd_send(struct fwd_req *r, const char *addr, const char *method,
+             const char *target, const char *body, size_t blen, fwd_cb cb);
+/* Forget r: no callback will come. Idempotent. */
+void fwd_cancel(struct fwd_req *r);
+/* Shutdown: close every forwarding connection (their requests fail). */
+void fwd_close_all(void);
+
+#endif

@@ -1,0 +1,1933 @@
+/* raft.c - the pure Raft consensus core: log, elections, replication,
+ * membership, leadership transfer, ReadIndex and the Ready cycle.
+ *
+ * Happy path: followers tick until an election timeout, run Pre-Vote, then
+ * a real election; the winner appends a NOOP and replicates it; proposals
+ * are appended to the leader's log and shipped in APPEND messages built
+ * when the next Ready is assembled (so proposals of one loop turn share
+ * messages); followers persist and acknowledge; the leader commits entries
+ * of its term once a quorum of voters has them durably.
+ *
+ * Persistence: `persisted` is the last index durable locally that still
+ * matches the in-memory log; `unsent` is the first index not yet handed to
+ * the driver in a Ready. Truncation lowers both. Only entries <= persisted
+ * are applied, and the leader counts itself at `persisted` (thesis
+ * §10.2.1: it may replicate before its own write completes). Messages that
+ * acknowledge state (APPEND_RESP, votes) go to msgs_after_persist.
+ *
+ * Entry payloads are reference counted (`rbuf`), so the log, messages in
+ * the outbox and the Ready handed out can share them without copies and a
+ * truncation never frees a payload still referenced by a Ready.
+ *
+ * Failure modes: malformed peer messages return PZ_EINVAL and change
+ * nothing; stale messages are ignored; broken invariants pz_assert. */
+#include <stdio.h>
+#include <string.h>
+
+#include "pz.h"
+#include "raft.h"
+
+/* --- reference-counted payloads ------------------------------------------- */
+
+struct rbuf {
+    size_t refs; /* references (log, outbox, Readys) */
+    size_t len;  /* payload bytes, which follow the header */
+};
+
+static uint8_t *rbuf_new(const uint8_t *src, size_t len)
+{
+    if (len == 0)
+        return NULL;
+    struct rbuf *b = pz_malloc(sizeof *b + len);
+    b->refs = 1;
+    b->len = len;
+    memcpy(b + 1, src, len);
+    return (uint8_t *)(b + 1);
+}
+
+static void rbuf_ref(uint8_t *data)
+{
+    if (data != NULL)
+        ((struct rbuf *)data - 1)->refs++;
+}
+
+static void rbuf_unref(uint8_t *data)
+{
+    if (data == NULL)
+        return;
+    struct rbuf *b = (struct rbuf *)data - 1;
+    pz_assert(b->refs > 0);
+    if (--b->refs == 0)
+        pz_free(b);
+}
+
+/* dst shares src's payload. */
+static void entry_share(struct raft_entry *dst, const struct raft_entry *src)
+{
+    *dst = *src;
+    rbuf_ref(dst->data);
+}
+
+static void entries_release(struct raft_entry *e, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        rbuf_unref(e[i].data);
+    pz_free(e);
+}
+
+/* --- the in-memory log ---------------------------------------------------- */
+
+struct rlog {
+    struct raft_entry *e; /* entries offset+1 .. offset+n */
+    size_t n;             /* entries held */
+    size_t cap;           /* allocated slots */
+    uint64_t offset;      /* index before e[0] (snapshot index; 0 for now) */
+    uint64_t offset_term; /* term of the entry at offset */
+};
+
+static uint64_t log_last(const struct rlog *l)
+{
+    return l->offset + l->n;
+}
+
+/* Term at index, 0 if unknown (index 0, compacted, or past the end). */
+static uint64_t log_term(const struct rlog *l, uint64_t index)
+{
+    if (index == l->offset)
+        return l->offset_term;
+    if (index < l->offset || index > log_last(l))
+        return 0;
+    return l->e[index - l->offset - 1].term;
+}
+
+static uint64_t log_last_term(const struct rlog *l)
+{
+    return log_term(l, log_last(l));
+}
+
+static struct raft_entry *log_at(const struct rlog *l, uint64_t index)
+{
+    if (index <= l->offset || index > log_last(l))
+        return NULL;
+    return &l->e[index - l->offset - 1];
+}
+
+/* Takes over e's payload reference. */
+static void log_append(struct rlog *l, const struct raft_entry *e)
+{
+    pz_assert(e->index == log_last(l) + 1);
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 64;
+        l->e = pz_realloc(l->e, l->cap * sizeof *l->e);
+    }
+    l->e[l->n++] = *e;
+}
+
+/* Deletes entries >= index. */
+static void log_truncate(struct rlog *l, uint64_t index)
+{
+    pz_assert(index > l->offset);
+    while (log_last(l) >= index) {
+        l->n--;
+        rbuf_unref(l->e[l->n].data);
+    }
+}
+
+static void log_free(struct rlog *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        rbuf_unref(l->e[i].data);
+    pz_free(l->e);
+    memset(l, 0, sizeof *l);
+}
+
+/* --- growable arrays for outputs ------------------------------------------ */
+
+struct msgvec {
+    struct raft_msg *m; /* messages */
+    size_t n;           /* used */
+    size_t cap;         /* allocated */
+};
+
+static struct raft_msg *msgvec_push(struct msgvec *v)
+{
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 16;
+        v->m = pz_realloc(v->m, v->cap * sizeof *v->m);
+    }
+    struct raft_msg *m = &v->m[v->n++];
+    memset(m, 0, sizeof *m);
+    return m;
+}
+
+static void msg_release(struct raft_msg *m)
+{
+    entries_release(m->entries, m->n_entries);
+    m->entries = NULL;
+    m->n_entries = 0;
+}
+
+static void msgvec_clear(struct msgvec *v)
+{
+    for (size_t i = 0; i < v->n; i++)
+        msg_release(&v->m[i]);
+    v->n = 0;
+}
+
+static void msgvec_free(struct msgvec *v)
+{
+    msgvec_clear(v);
+    pz_free(v->m);
+    memset(v, 0, sizeof *v);
+}
+
+#define VEC_PUSH(arr, n, cap)                                                  \
+    (((n) == (cap) ? ((cap) = (cap) ? (cap)*2 : 8,                             \
+                      (arr) = pz_realloc((arr), (cap) * sizeof *(arr)))        \
+                   : (arr)),                                                   \
+     &(arr)[(n)++])
+
+/* --- per-peer replication progress (leader) ------------------------------- */
+
+struct progress {
+    uint64_t id;           /* peer id (self included) */
+    bool voter;            /* voter in the current conf */
+    uint8_t state;         /* enum raft_progress_state */
+    uint64_t match;        /* highest index known durable on the peer */
+    uint64_t next;         /* next index to send */
+    bool probe_sent;       /* probe: an APPEND is outstanding */
+    uint64_t *infl;        /* replicate: last index of each APPEND in
+                              flight, ring buffer */
+    size_t infl_start;     /* ring head */
+    size_t infl_n;         /* entries in the ring */
+    bool recent_active;    /* heard from since the last quorum check */
+    uint64_t last_contact; /* leader tick count when last heard from */
+    uint64_t read_acked;   /* highest read round acknowledged this term */
+    uint64_t sent_commit;  /* last commit index sent to it */
+    bool want_empty;       /* send an APPEND even if it has no entries
+                              (its prev index tells whether entries in
+                              flight were lost) */
+};
+
+struct pending_read {
+    uint64_t from;  /* 0: local; else the follower that forwarded it */
+    uint64_t ctx;   /* caller's id of the read */
+    uint64_t index; /* read index (valid once round != 0) */
+    uint64_t round; /* heartbeat round confirming it; 0: waiting for the
+                       leader's first commit of its term */
+};
+
+/* A read this follower forwarded to the leader, awaiting its answer. */
+struct fwd_read {
+    uint64_t ctx;  /* caller's id of the read */
+    uint64_t tick; /* r->ticks when forwarded */
+};
+
+struct vote_rec {
+    uint64_t id; /* voter */
+    int8_t v;    /* 0 unknown, 1 granted, -1 rejected */
+};
+
+struct raft {
+    uint64_t id;            /* this node */
+    struct raft_config cfg; /* configuration, defaults filled in */
+    uint64_t rng;           /* PRNG state */
+    bool fresh;             /* nothing happened yet (restore ok) */
+
+    uint64_t term;   /* currentTerm */
+    uint64_t vote;   /* votedFor */
+    uint64_t commit; /* commitIndex */
+    uint8_t role;    /* enum raft_role */
+    uint64_t leader; /* known leader, 0 if none */
+
+    struct rlog log;    /* the log */
+    uint64_t persisted; /* last durable index matching the log */
+    uint64_t unsent;    /* first index not handed to a Ready */
+    uint64_t applied;   /* last index handed out as committed */
+    bool in_flight;     /* a Ready is taken, not advanced */
+
+    struct raft_conf conf; /* current configuration */
+    uint64_t conf_index;   /* index of its entry (0 if none) */
+    bool prev_voter;       /* voter in the conf before that one */
+    bool conf_changed;     /* since the previous Ready */
+
+    int election_elapsed;   /* ticks since reset */
+    int heartbeat_elapsed;  /* leader: ticks since last heartbeat */
+    int randomized_timeout; /* [election, 2*election) */
+    uint64_t ticks;         /* total ticks (leader contact times) */
+
+    struct progress *prs; /* leader: one per conf server */
+    size_t n_prs;         /* entries in prs */
+    bool need_flush;      /* leader: appends may be due */
+    uint64_t transferee;  /* leader: transfer target, 0 if none */
+    int transfer_elapsed; /* ticks since the transfer started */
+
+    struct vote_rec *votes; /* (pre-)candidate: votes received */
+    size_t n_votes;         /* entries in votes */
+
+    uint64_t read_round;        /* leader: last read round sent */
+    bool round_wanted;          /* leader: reads wait for a new round */
+    struct pending_read *reads; /* leader: FIFO of unconfirmed reads */
+    size_t n_reads;             /* entries in reads */
+    size_t cap_reads;           /* allocated */
+    struct fwd_read *fwd;       /* non-leader: forwarded, unanswered */
+    size_t n_fwd, cap_fwd;      /* used, allocated */
+
+    struct msgvec out;             /* messages to send now */
+    struct msgvec out_after;       /* messages to send after persisting */
+    struct raft_read_state *rs;    /* confirmed reads */
+    size_t n_rs, cap_rs;           /* used, allocated */
+    uint64_t *dropped;             /* ctx of dropped local reads */
+    size_t n_dropped, cap_dropped; /* used, allocated */
+
+    struct raft_hard_state prev_hs; /* hard state of the previous Ready */
+    struct raft_soft_state prev_ss; /* soft state of the previous Ready */
+
+    /* What the last Ready points to, freed at the next raft_ready(). */
+    struct msgvec rd_out;            /* Ready.msgs */
+    struct msgvec rd_after;          /* Ready.msgs_after_persist */
+    struct raft_entry *rd_entries;   /* Ready.entries */
+    size_t rd_n_entries;             /* count */
+    struct raft_entry *rd_committed; /* Ready.committed */
+    size_t rd_n_committed;           /* count */
+    struct raft_read_state *rd_rs;   /* Ready.read_states */
+    uint64_t *rd_dropped;            /* Ready.dropped_reads */
+
+    struct raft_peer_status *status_buf; /* raft_status peers */
+};
+
+static void become_follower(struct raft *r, uint64_t term, uint64_t leader);
+static void campaign(struct raft *r, bool pre_vote, bool transfer);
+
+/* --- small helpers -------------------------------------------------------- */
+
+static struct raft_server *self_server(const struct raft *r)
+{
+    return raft_conf_get(&r->conf, r->id);
+}
+
+static bool is_voter(const struct raft *r)
+{
+    const struct raft_server *s = self_server(r);
+    return s != NULL && s->voter;
+}
+
+/* Voters of the current configuration campaign; so does a server whose
+ * latest configuration, still uncommitted, removed (or demoted) it while
+ * the previous one had it as a voter. Thesis §4.2.2 lets a leader that is
+ * not in Cnew manage the cluster until Cnew commits; without this rule, a
+ * leader that removed itself and lost leadership (CheckQuorum) before the
+ * entry committed may be the only server holding the entry: no one else
+ * can win without its vote, and it would never run. Votes are still
+ * counted in the current configuration only, so safety is unaffected. */
+static bool promotable(const struct raft *r)
+{
+    return is_voter(r) || (r->conf_index > r->commit && r->prev_voter);
+}
+
+static size_t quorum(const struct raft *r)
+{
+    return raft_conf_voters(&r->conf) / 2 + 1;
+}
+
+static void reset_randomized_timeout(struct raft *r)
+{
+    uint64_t et = (uint64_t)r->cfg.election_ticks;
+    r->randomized_timeout = (int)(et + pz_rand_next(&r->rng) % et);
+}
+
+static struct progress *progress_get(struct raft *r, uint64_t id)
+{
+    for (size_t i = 0; i < r->n_prs; i++)
+        if (r->prs[i].id == id)
+            return &r->prs[i];
+    return NULL;
+}
+
+static struct raft_msg *new_msg(struct raft *r, bool after_persist,
+                                uint8_t type, uint64_t to)
+{
+    struct raft_msg *m = msgvec_push(after_persist ? &r->out_after : &r->out);
+    m->type = type;
+    m->from = r->id;
+    m->to = to;
+    m->term = r->term;
+    return m;
+}
+
+static void push_read_state(struct raft *r, uint64_t ctx, uint64_t index)
+{
+    struct raft_read_state *s = VEC_PUSH(r->rs, r->n_rs, r->cap_rs);
+    s->ctx = ctx;
+    s->index = index;
+}
+
+static void push_dropped(struct raft *r, uint64_t ctx)
+{
+    *VEC_PUSH(r->dropped, r->n_dropped, r->cap_dropped) = ctx;
+}
+
+/* Thesis §3.6.1: a voter denies its vote if its own log is more
+ * up-to-date than the candidate's: compare the terms of the last entries,
+ * then, if equal, the lengths. */
+static bool log_up_to_date(const struct raft *r, uint64_t last_index,
+                           uint64_t last_term)
+{
+    uint64_t my_term = log_last_term(&r->log);
+    return last_term > my_term ||
+           (last_term == my_term && last_index >= log_last(&r->log));
+}
+
+/* --- configuration tracking ----------------------------------------------- */
+
+static void progress_reset(struct raft *r, struct progress *pr)
+{
+    pr->state = RAFT_PROGRESS_PROBE;
+    pr->match = 0;
+    pr->next = log_last(&r->log) + 1;
+    pr->probe_sent = false;
+    pr->infl_start = 0;
+    pr->infl_n = 0;
+    pr->recent_active = true;
+    pr->last_contact = r->ticks;
+    pr->read_acked = 0;
+    pr->sent_commit = 0;
+    pr->want_empty = false;
+}
+
+/* Leader: make prs mirror the configuration, keeping existing progress. */
+static void sync_progress(struct raft *r)
+{
+    struct progress *n = pz_calloc(r->conf.n ? r->conf.n : 1, sizeof *n);
+    for (size_t i = 0; i < r->conf.n; i++) {
+        const struct raft_server *s = &r->conf.servers[i];
+        struct progress *old = progress_get(r, s->id);
+        if (old != NULL) {
+            n[i] = *old;
+            old->infl = NULL;
+        } else {
+            n[i].id = s->id;
+            n[i].infl = pz_malloc(r->cfg.max_inflight_msgs * sizeof(uint64_t));
+            progress_reset(r, &n[i]);
+        }
+        n[i].voter = s->voter;
+        if (s->id == r->id) {
+            n[i].match = r->persisted;
+            n[i].next = log_last(&r->log) + 1;
+        }
+    }
+    for (size_t i = 0; i < r->n_prs; i++)
+        pz_free(r->prs[i].infl);
+    pz_free(r->prs);
+    r->prs = n;
+    r->n_prs = r->conf.n;
+}
+
+static void clear_progress(struct raft *r)
+{
+    for (size_t i = 0; i < r->n_prs; i++)
+        pz_free(r->prs[i].infl);
+    pz_free(r->prs);
+    r->prs = NULL;
+    r->n_prs = 0;
+}
+
+/* Thesis §4.1: "a server always uses the latest configuration in its log,
+ * regardless of whether the entry is committed". data must decode (checked
+ * before the entry was accepted). */
+static void apply_conf_entry(struct raft *r, const struct raft_entry *e)
+{
+    struct raft_conf c;
+    int rc = raft_conf_decode(e->data, e->len, &c);
+    pz_assert(rc == 0);
+    r->prev_voter = is_voter(r);
+    raft_conf_free(&r->conf);
+    r->conf = c;
+    r->conf_index = e->index;
+    r->conf_changed = true;
+    if (r->role == RAFT_LEADER)
+        sync_progress(r);
+}
+
+/* After a truncation removed the conf entry in use: fall back to the
+ * latest one left in the log (thesis §4.1, a log entry "that is removed
+ * ... reverts to the previous configuration"). */
+static void recompute_conf(struct raft *r)
+{
+    /* The two latest conf entries left: the previous one sets prev_voter,
+     * the latest one the configuration. */
+    const struct raft_entry *latest = NULL, *prev = NULL;
+    for (uint64_t i = log_last(&r->log); i > r->log.offset && !prev; i--) {
+        const struct raft_entry *e = log_at(&r->log, i);
+        if (e->type != RAFT_ENTRY_CONF)
+            continue;
+        if (latest == NULL)
+            latest = e;
+        else
+            prev = e;
+    }
+    raft_conf_free(&r->conf);
+    r->conf_index = 0;
+    r->conf_changed = true;
+    if (prev != NULL)
+        apply_conf_entry(r, prev);
+    if (latest != NULL)
+        apply_conf_entry(r, latest);
+    else
+        r->prev_voter = false;
+}
+
+/* Append an entry created here or received (takes the payload ref). */
+static void append_entry(struct raft *r, const struct raft_entry *e)
+{
+    log_append(&r->log, e);
+    if (e->type == RAFT_ENTRY_CONF)
+        apply_conf_entry(r, log_at(&r->log, e->index));
+}
+
+/* Delete entries >= index (a follower's conflicting suffix). */
+static void truncate_log(struct raft *r, uint64_t index)
+{
+    /* Committed entries are never overwritten (Figure 3.2, Leader
+     * Completeness): a conflict there means a broken peer or bug. */
+    pz_assert(index > r->commit);
+    log_truncate(&r->log, index);
+    if (r->persisted >= index)
+        r->persisted = index - 1;
+    if (r->unsent > index)
+        r->unsent = index;
+    /* Acknowledgements not yet handed out that cover removed entries would
+     * claim entries this node will never have durably: drop them. */
+    size_t k = 0;
+    for (size_t i = 0; i < r->out_after.n; i++) {
+        struct raft_msg *m = &r->out_after.m[i];
+        if (m->type == RAFT_MSG_APPEND_RESP && !m->reject &&
+            m->index >= index) {
+            msg_release(m);
+            continue;
+        }
+        r->out_after.m[k++] = *m;
+    }
+    r->out_after.n = k;
+    if (r->conf_index >= index)
+        recompute_conf(r);
+}
+
+/* --- ReadIndex bookkeeping ------------------------------------------------ */
+
+/* A leader that loses leadership can confirm nothing: local reads are
+ * reported in dropped_reads, forwarded ones refused to their follower. */
+static void drop_reads(struct raft *r)
+{
+    for (size_t i = 0; i < r->n_reads; i++) {
+        struct pending_read *pr = &r->reads[i];
+        if (pr->from == 0) {
+            push_dropped(r, pr->ctx);
+        } else {
+            struct raft_msg *m =
+                new_msg(r, false, RAFT_MSG_READ_INDEX_RESP, pr->from);
+            m->term = 0;
+            m->reject = true;
+            m->context = pr->ctx;
+        }
+    }
+    r->n_reads = 0;
+    r->round_wanted = false;
+}
+
+/* Forwarded reads: at most one answer per ctx (the network may duplicate
+ * requests and answers); those whose leader went away or that got no
+ * answer within an election timeout are dropped. */
+static void drop_forwarded(struct raft *r, uint64_t older_than)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < r->n_fwd; i++) {
+        if (r->fwd[i].tick < older_than)
+            push_dropped(r, r->fwd[i].ctx);
+        else
+            r->fwd[k++] = r->fwd[i];
+    }
+    r->n_fwd = k;
+}
+
+static bool take_forwarded(struct raft *r, uint64_t ctx)
+{
+    for (size_t i = 0; i < r->n_fwd; i++) {
+        if (r->fwd[i].ctx == ctx) {
+            r->fwd[i] = r->fwd[--r->n_fwd];
+            return true;
+        }
+    }
+    return false;
+}
+
+static void release_read(struct raft *r, const struct pending_read *pr)
+{
+    if (pr->from == 0) {
+        push_read_state(r, pr->ctx, pr->index);
+    } else {
+        struct raft_msg *m =
+            new_msg(r, false, RAFT_MSG_READ_INDEX_RESP, pr->from);
+        m->term = 0;
+        m->index = pr->index;
+        m->context = pr->ctx;
+    }
+}
+
+static bool committed_in_term(const struct raft *r)
+{
+    return log_term(&r->log, r->commit) == r->term;
+}
+
+/* Thesis §6.4: "the leader needs to have committed an entry from its
+ * current term" before serving reads: reads that arrived before get the
+ * commit index once it has. */
+static void assign_waiting_reads(struct raft *r)
+{
+    if (!committed_in_term(r))
+        return;
+    for (size_t i = 0; i < r->n_reads; i++) {
+        if (r->reads[i].round == 0) {
+            r->reads[i].index = r->commit;
+            r->reads[i].round = r->read_round + 1;
+            r->round_wanted = true;
+        }
+    }
+}
+
+/* Thesis §6.4 step 3: the leader "sends a new round of heartbeats and
+ * waits for their acknowledgments from a majority": round k is confirmed
+ * once a quorum of voters acknowledged a heartbeat of round >= k, which
+ * were all sent after every read of round k was requested. */
+static void confirm_reads(struct raft *r)
+{
+    if (r->n_reads == 0)
+        return;
+    size_t nv = 0;
+    uint64_t acks[64];
+    uint64_t *a = r->n_prs <= 64 ? acks : pz_malloc(r->n_prs * sizeof *a);
+    for (size_t i = 0; i < r->n_prs; i++) {
+        if (!r->prs[i].voter)
+            continue;
+        a[nv++] = r->prs[i].id == r->id ? UINT64_MAX : r->prs[i].read_acked;
+    }
+    uint64_t confirmed = 0;
+    if (nv > 0) {
+        /* quorum-th largest */
+        for (size_t i = 1; i < nv; i++) {
+            uint64_t x = a[i];
+            size_t j = i;
+            while (j > 0 && a[j - 1] < x) {
+                a[j] = a[j - 1];
+                j--;
+            }
+            a[j] = x;
+        }
+        confirmed = a[nv / 2];
+    }
+    if (a != acks)
+        pz_free(a);
+    size_t k = 0;
+    for (size_t i = 0; i < r->n_reads; i++) {
+        struct pending_read *pr = &r->reads[i];
+        if (pr->round != 0 && pr->round <= confirmed)
+            release_read(r, pr);
+        else
+            r->reads[k++] = *pr;
+    }
+    r->n_reads = k;
+}
+
+static void add_read(struct raft *r, uint64_t from, uint64_t ctx)
+{
+    struct pending_read *pr = VEC_PUSH(r->reads, r->n_reads, r->cap_reads);
+    pr->from = from;
+    pr->ctx = ctx;
+    pr->index = 0;
+    pr->round = 0;
+    if (committed_in_term(r)) {
+        pr->index = r->commit;
+        pr->round = r->read_round + 1;
+        r->round_wanted = true;
+        /* With a single voter (this leader) nobody else must confirm. */
+        confirm_reads(r);
+    }
+}
+
+/* --- role changes --------------------------------------------------------- */
+
+static void reset(struct raft *r, uint64_t term)
+{
+    if (r->term != term) {
+        r->term = term;
+        r->vote = 0;
+    }
+    r->leader = 0;
+    r->election_elapsed = 0;
+    r->heartbeat_elapsed = 0;
+    reset_randomized_timeout(r);
+    r->transferee = 0;
+    r->transfer_elapsed = 0;
+    r->n_votes = 0;
+    if (r->role == RAFT_LEADER)
+        drop_reads(r);
+    drop_forwarded(r, UINT64_MAX);
+    r->n_reads = 0;
+    r->round_wanted = false;
+    r->need_flush = false;
+    clear_progress(r);
+}
+
+static void become_follower(struct raft *r, uint64_t term, uint64_t leader)
+{
+    reset(r, term);
+    r->role = RAFT_FOLLOWER;
+    r->leader = leader;
+}
+
+static void become_leader(struct raft *r)
+{
+    pz_assert(r->role == RAFT_CANDIDATE);
+    reset(r, r->term);
+    r->role = RAFT_LEADER;
+    r->leader = r->id;
+    r->read_round = 0;
+    sync_progress(r);
+    /* Thesis §6.4 / §3.6.2: a new leader commits a blank no-op entry of its
+     * term, which also commits every earlier entry (Figure 3.7 rule). */
+    struct raft_entry e = {.term = r->term,
+                           .index = log_last(&r->log) + 1,
+                           .type = RAFT_ENTRY_NOOP};
+    append_entry(r, &e);
+    r->need_flush = true;
+}
+
+/* --- leader: replication -------------------------------------------------- */
+
+static bool infl_full(const struct raft *r, const struct progress *pr)
+{
+    return pr->infl_n >= r->cfg.max_inflight_msgs;
+}
+
+static void infl_add(struct raft *r, struct progress *pr, uint64_t last)
+{
+    pz_assert(!infl_full(r, pr));
+    size_t cap = r->cfg.max_inflight_msgs;
+    pr->infl[(pr->infl_start + pr->infl_n) % cap] = last;
+    pr->infl_n++;
+}
+
+/* Frees every in-flight APPEND whose last index is <= index. */
+static void infl_free_to(struct raft *r, struct progress *pr, uint64_t index)
+{
+    size_t cap = r->cfg.max_inflight_msgs;
+    while (pr->infl_n > 0 && pr->infl[pr->infl_start] <= index) {
+        pr->infl_start = (pr->infl_start + 1) % cap;
+        pr->infl_n--;
+    }
+}
+
+static void infl_free_first(struct raft *r, struct progress *pr)
+{
+    if (pr->infl_n > 0) {
+        pr->infl_start = (pr->infl_start + 1) % r->cfg.max_inflight_msgs;
+        pr->infl_n--;
+    }
+}
+
+static void become_probe(struct raft *r, struct progress *pr)
+{
+    PZ_UNUSED(r);
+    pr->state = RAFT_PROGRESS_PROBE;
+    pr->next = pr->match + 1;
+    pr->probe_sent = false;
+    pr->infl_start = 0;
+    pr->infl_n = 0;
+}
+
+static void become_replicate(struct raft *r, struct progress *pr)
+{
+    PZ_UNUSED(r);
+    pr->state = RAFT_PROGRESS_REPLICATE;
+    pr->next = pr->match + 1;
+    pr->probe_sent = false;
+    pr->infl_start = 0;
+    pr->infl_n = 0;
+}
+
+static bool progress_paused(const struct raft *r, const struct progress *pr)
+{
+    if (pr->state == RAFT_PROGRESS_PROBE)
+        return pr->probe_sent;
+    return infl_full(r, pr);
+}
+
+/* Sends one APPEND to pr if allowed. Empty APPENDs (commit updates) only
+ * if send_empty. Returns whether a message was sent. */
+static bool send_append(struct raft *r, struct progress *pr, bool send_empty)
+{
+    if (progress_paused(r, pr))
+        return false;
+    uint64_t last = log_last(&r->log);
+    uint64_t prev = pr->next - 1;
+    pz_assert(prev >= r->log.offset); /* snapshots: not yet */
+    size_t n = 0, bytes = 0;
+    while (pr->next + n <= last) {
+        const struct raft_entry *e = log_at(&r->log, pr->next + n);
+        if (n > 0 && bytes + e->len > r->cfg.max_bytes_per_msg)
+            break;
+        bytes += e->len;
+        n++;
+    }
+    if (n == 0 && !send_empty)
+        return false;
+    struct raft_msg *m = new_msg(r, false, RAFT_MSG_APPEND, pr->id);
+    m->index = prev;
+    m->log_term = log_term(&r->log, prev);
+    m->commit = r->commit;
+    pr->sent_commit = r->commit;
+    if (n > 0) {
+        m->entries = pz_malloc(n * sizeof *m->entries);
+        m->n_entries = n;
+        for (size_t i = 0; i < n; i++)
+            entry_share(&m->entries[i], log_at(&r->log, pr->next + i));
+    }
+    if (pr->state == RAFT_PROGRESS_REPLICATE) {
+        /* Thesis §10.2.2 (pipelining): send the next batch without
+         * waiting, optimistically advancing next. */
+        if (n > 0) {
+            pr->next += n;
+            infl_add(r, pr, pr->next - 1);
+        }
+    } else {
+        pr->probe_sent = true;
+    }
+    return true;
+}
+
+static void send_heartbeat(struct raft *r, struct progress *pr)
+{
+    struct raft_msg *m = new_msg(r, false, RAFT_MSG_HEARTBEAT, pr->id);
+    /* The follower may not have the leader's log up to commit yet:
+     * heartbeats carry min(commit, match). */
+    m->commit = PZ_MIN(r->commit, pr->match);
+    m->context = r->read_round;
+}
+
+static void bcast_heartbeat(struct raft *r)
+{
+    for (size_t i = 0; i < r->n_prs; i++)
+        if (r->prs[i].id != r->id)
+            send_heartbeat(r, &r->prs[i]);
+}
+
+static void send_timeout_now(struct raft *r, uint64_t to)
+{
+    new_msg(r, false, RAFT_MSG_TIMEOUT_NOW, to);
+}
+
+/* Ready-time flush: start a read round if reads wait for one, and send
+ * every APPEND that is due (new entries, commit updates). */
+static void leader_flush(struct raft *r)
+{
+    if (r->round_wanted) {
+        r->round_wanted = false;
+        r->read_round++;
+        bcast_heartbeat(r);
+    }
+    if (!r->need_flush)
+        return;
+    r->need_flush = false;
+    for (size_t i = 0; i < r->n_prs; i++) {
+        struct progress *pr = &r->prs[i];
+        if (pr->id == r->id)
+            continue;
+        bool empty = r->commit > pr->sent_commit || pr->want_empty;
+        pr->want_empty = false;
+        while (send_append(r, pr, empty))
+            empty = false;
+    }
+}
+
+/* Figure 3.1 (Rules for Servers, leaders): "If there exists an N such that
+ * N > commitIndex, a majority of matchIndex[i] >= N, and log[N].term ==
+ * currentTerm: set commitIndex = N" (§3.6.2: never count replicas for an
+ * entry of an earlier term, Figure 3.7). The leader counts itself only up
+ * to its durable index. */
+static bool maybe_commit(struct raft *r)
+{
+    uint64_t m[64];
+    uint64_t *a = r->n_prs <= 64 ? m : pz_malloc(r->n_prs * sizeof *a);
+    size_t nv = 0;
+    for (size_t i = 0; i < r->n_prs; i++) {
+        struct progress *pr = &r->prs[i];
+        if (pr->id == r->id)
+            pr->match = r->persisted;
+        if (!pr->voter)
+            continue;
+        uint64_t x = pr->match;
+        size_t j = nv++;
+        while (j > 0 && a[j - 1] < x) {
+            a[j] = a[j - 1];
+            j--;
+        }
+        a[j] = x;
+    }
+    uint64_t n = nv ? a[nv / 2] : 0;
+    if (a != m)
+        pz_free(a);
+    if (n <= r->commit || log_term(&r->log, n) != r->term)
+        return false;
+    r->commit = n;
+    return true;
+}
+
+/* Everything that follows an advance of the leader's commit index. */
+static void leader_committed(struct raft *r)
+{
+    r->need_flush = true;
+    assign_waiting_reads(r);
+    confirm_reads(r);
+    /* Thesis §4.2.2: a leader that is not part of the new configuration
+     * steps down once the Cnew entry is committed. */
+    if (!is_voter(r) && r->commit >= r->conf_index) {
+        /* Let the others learn the commit index first. */
+        leader_flush(r);
+        become_follower(r, r->term, 0);
+    }
+}
+
+static void leader_maybe_commit(struct raft *r)
+{
+    if (maybe_commit(r))
+        leader_committed(r);
+}
+
+/* --- elections ------------------------------------------------------------ */
+
+static void vote_record(struct raft *r, uint64_t id, bool granted)
+{
+    for (size_t i = 0; i < r->n_votes; i++)
+        if (r->votes[i].id == id)
+            return; /* first answer counts */
+    r->votes = pz_realloc(r->votes, (r->n_votes + 1) * sizeof *r->votes);
+    r->votes[r->n_votes].id = id;
+    r->votes[r->n_votes].v = granted ? 1 : -1;
+    r->n_votes++;
+}
+
+/* 1: won, -1: lost, 0: pending. Only voters of the current conf count. */
+static int vote_tally(const struct raft *r)
+{
+    size_t granted = 0, rejected = 0, nv = raft_conf_voters(&r->conf);
+    for (size_t i = 0; i < r->n_votes; i++) {
+        const struct raft_server *s = raft_conf_get(&r->conf, r->votes[i].id);
+        if (s == NULL || !s->voter)
+            continue;
+        if (r->votes[i].v > 0)
+            granted++;
+        else
+            rejected++;
+    }
+    if (granted >= nv / 2 + 1)
+        return 1;
+    if (rejected > nv - (nv / 2 + 1))
+        return -1;
+    return 0;
+}
+
+static void election_won(struct raft *r);
+
+/* Thesis §3.4: a follower whose election timeout elapses "increments its
+ * current term and transitions to candidate state. It then votes for
+ * itself and issues RequestVote RPCs". With Pre-Vote (§9.6) it first asks
+ * whether it could win, without changing its term. */
+static void campaign(struct raft *r, bool pre_vote, bool transfer)
+{
+    if (!promotable(r) || r->role == RAFT_LEADER)
+        return;
+    uint64_t vote_term;
+    if (pre_vote) {
+        uint64_t term = r->term;
+        reset(r, term);
+        r->role = RAFT_PRE_CANDIDATE;
+        vote_term = r->term + 1;
+    } else {
+        reset(r, r->term + 1);
+        r->role = RAFT_CANDIDATE;
+        r->vote = r->id;
+        vote_term = r->term;
+    }
+    vote_record(r, r->id, true);
+    if (vote_tally(r) == 1) {
+        election_won(r);
+        return;
+    }
+    for (size_t i = 0; i < r->conf.n; i++) {
+        const struct raft_server *s = &r->conf.servers[i];
+        if (!s->voter || s->id == r->id)
+            continue;
+        /* A candidate's vote for itself and its term must be durable
+         * before it asks for votes; a Pre-Vote changes nothing. */
+        struct raft_msg *m = new_msg(
+            r, !pre_vote, pre_vote ? RAFT_MSG_PREVOTE : RAFT_MSG_VOTE, s->id);
+        m->term = vote_term;
+        m->index = log_last(&r->log);
+        m->log_term = log_last_term(&r->log);
+        m->transfer = transfer;
+    }
+}
+
+static void election_won(struct raft *r)
+{
+    if (r->role == RAFT_PRE_CANDIDATE)
+        campaign(r, false, false);
+    else
+        become_leader(r);
+}
+
+/* RequestVote / Pre-Vote receiver (Figure 3.1 and thesis §9.6). */
+static void handle_vote(struct raft *r, const struct raft_msg *m)
+{
+    bool pre = m->type == RAFT_MSG_PREVOTE;
+    /* Figure 3.1: grant if votedFor is null or candidateId (and we do not
+     * already follow a leader in this term); a Pre-Vote for a later term
+     * can be granted regardless of our vote in the current one. */
+    bool can_vote = r->vote == m->from || (r->vote == 0 && r->leader == 0) ||
+                    (pre && m->term > r->term);
+    bool grant = can_vote && log_up_to_date(r, m->index, m->log_term);
+    uint8_t type = pre ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP;
+    struct raft_msg *resp = new_msg(r, true, type, m->from);
+    if (grant) {
+        /* The pre-candidate only counts answers for its proposed term. */
+        resp->term = m->term;
+        if (!pre) {
+            r->vote = m->from;
+            r->election_elapsed = 0;
+        }
+    } else {
+        resp->term = r->term;
+        resp->reject = true;
+    }
+}
+
+static void handle_vote_resp(struct raft *r, const struct raft_msg *m)
+{
+    bool pre = m->type == RAFT_MSG_PREVOTE_RESP;
+    if (pre != (r->role == RAFT_PRE_CANDIDATE))
+        return;
+    uint64_t want = pre ? r->term + 1 : r->term;
+    if (m->term != want && !(m->reject && m->term == r->term))
+        return;
+    vote_record(r, m->from, !m->reject);
+    int t = vote_tally(r);
+    if (t == 1)
+        election_won(r);
+    else if (t == -1)
+        become_follower(r, r->term, 0);
+}
+
+/* --- followers: AppendEntries receiver ------------------------------------ */
+
+static void commit_to(struct raft *r, uint64_t c)
+{
+    if (c > r->commit)
+        r->commit = c;
+}
+
+static void send_append_resp(struct raft *r, uint64_t to, uint64_t index)
+{
+    struct raft_msg *m = new_msg(r, true, RAFT_MSG_APPEND_RESP, to);
+    m->index = index;
+}
+
+/* Validates the shape of an APPEND before anything changes. */
+static bool append_valid(const struct raft_msg *m)
+{
+    uint64_t prev_term = m->log_term;
+    for (size_t i = 0; i < m->n_entries; i++) {
+        const struct raft_entry *e = &m->entries[i];
+        if (e->index != m->index + 1 + i || e->term < prev_term ||
+            e->term > m->term || e->type > RAFT_ENTRY_NOOP ||
+            (e->len > 0 && e->data == NULL))
+            return false;
+        if (e->type == RAFT_ENTRY_CONF) {
+            struct raft_conf c;
+            if (raft_conf_decode(e->data, e->len, &c) != 0)
+                return false;
+            raft_conf_free(&c);
+        }
+        prev_term = e->term;
+    }
+    return true;
+}
+
+/* Figure 3.1 (AppendEntries receiver implementation). */
+static void handle_append(struct raft *r, const struct raft_msg *m)
+{
+    uint64_t last = log_last(&r->log);
+    /* 2. Reply false if log doesn't contain an entry at prevLogIndex whose
+     * term matches prevLogTerm. */
+    if (m->index > last || log_term(&r->log, m->index) != m->log_term) {
+        struct raft_msg *resp = new_msg(r, true, RAFT_MSG_APPEND_RESP, m->from);
+        resp->reject = true;
+        resp->index = m->index;
+        /* Thesis §5.3 (fast backtracking): report the conflicting term and
+         * the first index we hold for it, or our last index + 1. */
+        if (m->index > last) {
+            resp->log_term = 0;
+            resp->reject_hint = last + 1;
+        } else {
+            uint64_t t = log_term(&r->log, m->index);
+            uint64_t i = m->index;
+            while (i - 1 > r->log.offset && i - 1 > r->commit &&
+                   log_term(&r->log, i - 1) == t)
+                i--;
+            resp->log_term = t;
+            resp->reject_hint = i;
+        }
+        return;
+    }
+    /* 3. If an existing entry conflicts with a new one (same index but
+     * different terms), delete the existing entry and all that follow it.
+     * 4. Append any new entries not already in the log. */
+    size_t i = 0;
+    for (; i < m->n_entries; i++) {
+        const struct raft_entry *e = &m->entries[i];
+        if (e->index > log_last(&r->log))
+            break;
+        if (log_term(&r->log, e->index) != e->term) {
+            truncate_log(r, e->index);
+            break;
+        }
+    }
+    for (; i < m->n_entries; i++) {
+        struct raft_entry e;
+        e = m->entries[i];
+        e.data = rbuf_new(m->entries[i].data, m->entries[i].len);
+        append_entry(r, &e);
+    }
+    uint64_t last_new = m->index + m->n_entries;
+    /* 5. If leaderCommit > commitIndex, set commitIndex =
+     * min(leaderCommit, index of last new entry). */
+    commit_to(r, PZ_MIN(m->commit, last_new));
+    send_append_resp(r, m->from, last_new);
+}
+
+static void handle_heartbeat(struct raft *r, const struct raft_msg *m)
+{
+    /* The leader sends min(commit, our match): we hold those entries. */
+    commit_to(r, PZ_MIN(m->commit, log_last(&r->log)));
+    struct raft_msg *resp = new_msg(r, false, RAFT_MSG_HEARTBEAT_RESP, m->from);
+    resp->context = m->context;
+}
+
+/* --- leader: responses ---------------------------------------------------- */
+
+static void maybe_send_timeout_now(struct raft *r, struct progress *pr)
+{
+    if (r->transferee == pr->id && pr->match == log_last(&r->log))
+        send_timeout_now(r, pr->id);
+}
+
+static void handle_append_resp(struct raft *r, const struct raft_msg *m)
+{
+    struct progress *pr = progress_get(r, m->from);
+    if (pr == NULL || pr->id == r->id)
+        return;
+    pr->recent_active = true;
+    pr->last_contact = r->ticks;
+    if (m->reject) {
+        /* Stale rejections (for an index we already know matches, or not
+         * the outstanding probe) carry no news. */
+        if (m->index <= pr->match)
+            return;
+        if (pr->state == RAFT_PROGRESS_PROBE && m->index != pr->next - 1)
+            return;
+        uint64_t next = m->reject_hint;
+        if (m->log_term != 0) {
+            /* Thesis §5.3: if the leader has entries of the conflict
+             * term, continue after its last one; else skip the whole
+             * term. */
+            uint64_t j = PZ_MIN(m->index, log_last(&r->log));
+            while (j > r->log.offset && log_term(&r->log, j) > m->log_term)
+                j--;
+            if (j > r->log.offset && log_term(&r->log, j) == m->log_term)
+                next = j + 1;
+        }
+        next = PZ_MIN(next, m->index);
+        next = PZ_MAX(next, pr->match + 1);
+        become_probe(r, pr);
+        pr->next = next;
+        r->need_flush = true;
+        return;
+    }
+    if (m->index > log_last(&r->log))
+        return; /* acknowledges entries we never had: ignore */
+    if (m->index > pr->match) {
+        pr->match = m->index;
+        if (pr->next <= m->index)
+            pr->next = m->index + 1;
+        if (pr->state == RAFT_PROGRESS_PROBE)
+            become_replicate(r, pr);
+        else
+            infl_free_to(r, pr, m->index);
+        r->need_flush = true;
+        leader_maybe_commit(r);
+        if (r->role != RAFT_LEADER)
+            return;
+        maybe_send_timeout_now(r, pr);
+    } else if (pr->state == RAFT_PROGRESS_PROBE && pr->probe_sent &&
+               m->index + 1 >= pr->next) {
+        /* The outstanding probe was answered (e.g. it was empty). */
+        pr->probe_sent = false;
+        r->need_flush = true;
+    }
+}
+
+static void handle_heartbeat_resp(struct raft *r, const struct raft_msg *m)
+{
+    struct progress *pr = progress_get(r, m->from);
+    if (pr == NULL || pr->id == r->id)
+        return;
+    pr->recent_active = true;
+    pr->last_contact = r->ticks;
+    pr->probe_sent = false;
+    if (pr->state == RAFT_PROGRESS_REPLICATE && infl_full(r, pr))
+        infl_free_first(r, pr);
+    if (pr->match < log_last(&r->log)) {
+        /* Entries in flight may have been lost: an (empty) APPEND at next
+         * gets them rejected and re-sent (probe). */
+        pr->want_empty = true;
+        r->need_flush = true;
+    } else if (r->commit > pr->sent_commit) {
+        r->need_flush = true;
+    }
+    if (m->context > pr->read_acked && m->context <= r->read_round) {
+        pr->read_acked = m->context;
+        confirm_reads(r);
+    }
+}
+
+static void step_leader(struct raft *r, const struct raft_msg *m)
+{
+    switch (m->type) {
+    case RAFT_MSG_APPEND_RESP:
+        handle_append_resp(r, m);
+        break;
+    case RAFT_MSG_HEARTBEAT_RESP:
+        handle_heartbeat_resp(r, m);
+        break;
+    case RAFT_MSG_READ_INDEX:
+        add_read(r, m->from, m->context);
+        break;
+    default:
+        break; /* APPEND/HEARTBEAT of our own term cannot come from another
+                  leader (Election Safety); stale answers: ignore */
+    }
+}
+
+static void step_candidate(struct raft *r, const struct raft_msg *m)
+{
+    switch (m->type) {
+    case RAFT_MSG_APPEND:
+    case RAFT_MSG_HEARTBEAT:
+        /* Thesis §3.4: "If the leader's term is at least as large as the
+         * candidate's current term, then the candidate recognizes the
+         * leader as legitimate and returns to follower state." */
+        become_follower(r, m->term, m->from);
+        if (m->type == RAFT_MSG_APPEND)
+            handle_append(r, m);
+        else
+            handle_heartbeat(r, m);
+        break;
+    case RAFT_MSG_PREVOTE_RESP:
+    case RAFT_MSG_VOTE_RESP:
+        handle_vote_resp(r, m);
+        break;
+    default:
+        break;
+    }
+}
+
+static void step_follower(struct raft *r, const struct raft_msg *m)
+{
+    switch (m->type) {
+    case RAFT_MSG_APPEND:
+        r->election_elapsed = 0;
+        r->leader = m->from;
+        handle_append(r, m);
+        break;
+    case RAFT_MSG_HEARTBEAT:
+        r->election_elapsed = 0;
+        r->leader = m->from;
+        handle_heartbeat(r, m);
+        break;
+    case RAFT_MSG_TIMEOUT_NOW:
+        /* Thesis §3.10: the target "starts a new election immediately",
+         * without Pre-Vote: the leader asked for it. */
+        campaign(r, false, true);
+        break;
+    default:
+        break;
+    }
+}
+
+/* --- public: lifecycle ---------------------------------------------------- */
+
+static void set_err(char *errmsg, const char *msg)
+{
+    if (errmsg != NULL)
+        snprintf(errmsg, RAFT_ERRMSG_SIZE, "%s", msg);
+}
+
+struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
+{
+    if (cfg->id == 0) {
+        set_err(errmsg, "raft: id must be non-zero");
+        return NULL;
+    }
+    if (cfg->election_ticks < 2 || cfg->heartbeat_ticks < 1 ||
+        cfg->heartbeat_ticks >= cfg->election_ticks) {
+        set_err(errmsg, "raft: need 1 <= heartbeat_ticks < election_ticks");
+        return NULL;
+    }
+    struct raft *r = pz_calloc(1, sizeof *r);
+    r->id = cfg->id;
+    r->cfg = *cfg;
+    if (r->cfg.max_inflight_msgs == 0)
+        r->cfg.max_inflight_msgs = 256;
+    if (r->cfg.max_bytes_per_msg == 0)
+        r->cfg.max_bytes_per_msg = 1024 * 1024;
+    r->rng = cfg->seed ^ (cfg->id * 0x9E3779B97F4A7C15ull);
+    r->fresh = true;
+    r->role = RAFT_FOLLOWER;
+    r->unsent = 1;
+    r->applied = cfg->applied;
+    raft_conf_init(&r->conf);
+    reset_randomized_timeout(r);
+    r->prev_ss.role = RAFT_FOLLOWER;
+    return r;
+}
+
+static void free_handed(struct raft *r)
+{
+    msgvec_clear(&r->rd_out);
+    msgvec_clear(&r->rd_after);
+    entries_release(r->rd_entries, r->rd_n_entries);
+    r->rd_entries = NULL;
+    r->rd_n_entries = 0;
+    entries_release(r->rd_committed, r->rd_n_committed);
+    r->rd_committed = NULL;
+    r->rd_n_committed = 0;
+    pz_free(r->rd_rs);
+    r->rd_rs = NULL;
+    pz_free(r->rd_dropped);
+    r->rd_dropped = NULL;
+}
+
+void raft_free(struct raft *r)
+{
+    if (r == NULL)
+        return;
+    free_handed(r);
+    msgvec_free(&r->rd_out);
+    msgvec_free(&r->rd_after);
+    msgvec_free(&r->out);
+    msgvec_free(&r->out_after);
+    log_free(&r->log);
+    raft_conf_free(&r->conf);
+    clear_progress(r);
+    pz_free(r->votes);
+    pz_free(r->reads);
+    pz_free(r->fwd);
+    pz_free(r->rs);
+    pz_free(r->dropped);
+    pz_free(r->status_buf);
+    pz_free(r);
+}
+
+int raft_restore(struct raft *r, const struct raft_hard_state *hs,
+                 const struct raft_entry *entries, size_t n)
+{
+    if (!r->fresh)
+        return PZ_EBUSY;
+    uint64_t prev_term = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct raft_entry *e = &entries[i];
+        if (e->index != i + 1 || e->term < prev_term || e->term > hs->term ||
+            e->term == 0 || e->type > RAFT_ENTRY_NOOP ||
+            (e->len > 0 && e->data == NULL))
+            return PZ_ECORRUPT;
+        if (e->type == RAFT_ENTRY_CONF) {
+            struct raft_conf c;
+            if (raft_conf_decode(e->data, e->len, &c) != 0)
+                return PZ_ECORRUPT;
+            raft_conf_free(&c);
+        }
+        prev_term = e->term;
+    }
+    r->fresh = false;
+    r->term = hs->term;
+    r->vote = hs->vote;
+    for (size_t i = 0; i < n; i++) {
+        struct raft_entry e = entries[i];
+        e.data = rbuf_new(entries[i].data, entries[i].len);
+        append_entry(r, &e);
+    }
+    r->commit = PZ_MIN(hs->commit, log_last(&r->log));
+    r->persisted = log_last(&r->log);
+    r->unsent = r->persisted + 1;
+    if (r->applied > r->commit)
+        r->applied = r->commit;
+    r->prev_hs.term = r->term;
+    r->prev_hs.vote = r->vote;
+    r->prev_hs.commit = r->commit;
+    r->prev_ss.term = r->term;
+    r->conf_changed = true;
+    return 0;
+}
+
+int raft_bootstrap(struct raft *r, const struct raft_conf *conf)
+{
+    if (log_last(&r->log) != 0 || r->term != 0)
+        return PZ_EBUSY;
+    if (raft_conf_get(conf, r->id) == NULL || raft_conf_voters(conf) == 0)
+        return PZ_EINVAL;
+    for (size_t i = 0; i < conf->n; i++)
+        if (conf->servers[i].id == 0)
+            return PZ_EINVAL;
+    struct raft_conf sorted;
+    raft_conf_init(&sorted);
+    for (size_t i = 0; i < conf->n; i++) {
+        if (raft_conf_add(&sorted, conf->servers[i].id, conf->servers[i].voter,
+                          conf->servers[i].meta) != 0) {
+            raft_conf_free(&sorted);
+            return PZ_EINVAL;
+        }
+    }
+    uint8_t *buf;
+    size_t len;
+    raft_conf_encode(&sorted, &buf, &len);
+    raft_conf_free(&sorted);
+    r->fresh = false;
+    r->term = 1;
+    r->vote = 0;
+    struct raft_entry e = {.term = 1, .index = 1, .type = RAFT_ENTRY_CONF};
+    e.data = rbuf_new(buf, len);
+    e.len = len;
+    pz_free(buf);
+    append_entry(r, &e);
+    /* The entry is identical on every founding member: committed. */
+    r->commit = 1;
+    return 0;
+}
+
+/* --- public: inputs ------------------------------------------------------- */
+
+void raft_tick(struct raft *r)
+{
+    r->fresh = false;
+    r->ticks++;
+    if (r->n_fwd > 0 && r->ticks > (uint64_t)r->cfg.election_ticks)
+        drop_forwarded(r, r->ticks - (uint64_t)r->cfg.election_ticks);
+    if (r->role != RAFT_LEADER) {
+        r->election_elapsed++;
+        if (promotable(r) && r->election_elapsed >= r->randomized_timeout)
+            campaign(r, r->cfg.pre_vote, false);
+        return;
+    }
+    r->heartbeat_elapsed++;
+    r->election_elapsed++;
+    if (r->transferee != 0 && ++r->transfer_elapsed >= r->cfg.election_ticks) {
+        /* Thesis §3.10: "if the transfer does not complete within about
+         * an election timeout, the prior leader aborts the transfer and
+         * resumes accepting client requests". */
+        r->transferee = 0;
+        r->transfer_elapsed = 0;
+    }
+    if (r->election_elapsed >= r->cfg.election_ticks) {
+        r->election_elapsed = 0;
+        if (r->cfg.check_quorum) {
+            /* Thesis §6.2: "a leader steps down if an election timeout
+             * elapses without a successful round of heartbeats to a
+             * majority of its cluster". */
+            size_t active = 0;
+            for (size_t i = 0; i < r->n_prs; i++) {
+                struct progress *pr = &r->prs[i];
+                if (pr->voter && (pr->id == r->id || pr->recent_active))
+                    active++;
+                if (pr->id != r->id)
+                    pr->recent_active = false;
+            }
+            if (active < quorum(r)) {
+                become_follower(r, r->term, 0);
+                return;
+            }
+        }
+    }
+    if (r->heartbeat_elapsed >= r->cfg.heartbeat_ticks) {
+        r->heartbeat_elapsed = 0;
+        bcast_heartbeat(r);
+    }
+}
+
+static bool in_lease(const struct raft *r)
+{
+    if (r->role == RAFT_LEADER)
+        return r->cfg.check_quorum;
+    return r->leader != 0 && r->election_elapsed < r->cfg.election_ticks;
+}
+
+int raft_step(struct raft *r, const struct raft_msg *m)
+{
+    if (m->type < RAFT_MSG_APPEND || m->type >= RAFT_MSG_TYPE_MAX ||
+        m->from == 0)
+        return PZ_EINVAL;
+    if (m->to != r->id || m->from == r->id)
+        return 0;
+    if (m->type == RAFT_MSG_INSTALL_SNAPSHOT ||
+        m->type == RAFT_MSG_INSTALL_SNAPSHOT_RESP)
+        return 0;
+    if (m->type == RAFT_MSG_APPEND && !append_valid(m))
+        return PZ_EINVAL;
+    r->fresh = false;
+
+    /* ReadIndex traffic is term-less: a confirmed read index stays valid
+     * whatever happened to the terms since. */
+    if (m->type == RAFT_MSG_READ_INDEX) {
+        if (r->role == RAFT_LEADER) {
+            add_read(r, m->from, m->context);
+        } else {
+            struct raft_msg *resp =
+                new_msg(r, false, RAFT_MSG_READ_INDEX_RESP, m->from);
+            resp->term = 0;
+            resp->reject = true;
+            resp->context = m->context;
+        }
+        return 0;
+    }
+    if (m->type == RAFT_MSG_READ_INDEX_RESP) {
+        if (!take_forwarded(r, m->context))
+            return 0; /* duplicate, or already dropped */
+        if (m->reject)
+            push_dropped(r, m->context);
+        else
+            push_read_state(r, m->context, m->index);
+        return 0;
+    }
+
+    if (m->term > r->term) {
+        if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {
+            /* Thesis §4.2.3: "if a server receives a RequestVote request
+             * within the minimum election timeout of hearing from a
+             * current leader, it does not update its term or grant its
+             * vote" (unless the leader itself asked, §3.10). */
+            bool force = m->type == RAFT_MSG_VOTE && m->transfer;
+            if (!force && in_lease(r))
+                return 0;
+        }
+        if (m->type == RAFT_MSG_PREVOTE ||
+            (m->type == RAFT_MSG_PREVOTE_RESP && !m->reject)) {
+            /* Thesis §9.6: Pre-Vote does not change terms. A granted
+             * answer carries the proposed term. */
+        } else {
+            /* Figure 3.1: "If RPC request or response contains term T >
+             * currentTerm: set currentTerm = T, convert to follower". */
+            bool from_leader =
+                m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT;
+            become_follower(r, m->term, from_leader ? m->from : 0);
+        }
+    } else if (m->term < r->term) {
+        if (m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT) {
+            /* A stale leader: tell it our term so it steps down. Without
+             * this, a node whose term grew while partitioned could never
+             * rejoin: with leader stickiness nobody adopts its term
+             * through its vote requests. */
+            new_msg(r, false, RAFT_MSG_APPEND_RESP, m->from);
+        } else if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {
+            /* Figure 3.1 (RequestVote): "Reply false if term <
+             * currentTerm", with currentTerm "for candidate to update
+             * itself": a candidate that nobody else would tell about
+             * newer terms (e.g. its peers have an older configuration)
+             * could otherwise never win. */
+            struct raft_msg *resp =
+                new_msg(r, true,
+                        m->type == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP
+                                                 : RAFT_MSG_PREVOTE_RESP,
+                        m->from);
+            resp->reject = true;
+        }
+        return 0;
+    }
+
+    if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {
+        handle_vote(r, m);
+        return 0;
+    }
+    switch (r->role) {
+    case RAFT_LEADER:
+        step_leader(r, m);
+        break;
+    case RAFT_CANDIDATE:
+    case RAFT_PRE_CANDIDATE:
+        step_candidate(r, m);
+        break;
+    default:
+        step_follower(r, m);
+        break;
+    }
+    return 0;
+}
+
+static void leader_append(struct raft *r, uint8_t type, const uint8_t *data,
+                          size_t len, uint64_t *index, uint64_t *term)
+{
+    struct raft_entry e = {
+        .term = r->term, .index = log_last(&r->log) + 1, .type = type};
+    e.data = rbuf_new(data, len);
+    e.len = len;
+    append_entry(r, &e);
+    r->need_flush = true;
+    if (index != NULL)
+        *index = e.index;
+    if (term != NULL)
+        *term = e.term;
+    /* A single voter commits as soon as the entry is durable; nothing to
+     * do here (advance recomputes the commit index). */
+}
+
+int raft_propose(struct raft *r, const uint8_t *data, size_t len,
+                 uint64_t *index, uint64_t *term)
+{
+    if (r->role != RAFT_LEADER)
+        return PZ_ENOTLEADER;
+    if (r->transferee != 0)
+        return PZ_EBUSY;
+    leader_append(r, RAFT_ENTRY_NORMAL, data, len, index, term);
+    return 0;
+}
+
+int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
+                      uint64_t *index, uint64_t *term)
+{
+    if (r->role != RAFT_LEADER)
+        return PZ_ENOTLEADER;
+    if (r->transferee != 0)
+        return PZ_EBUSY;
+    /* Thesis §4.1: the leader must wait for the previous change to commit
+     * before starting a new one; a conf entry of an earlier term counts
+     * too until it is committed. And (Ongaro's 2015 correction to the
+     * single-server algorithm, raft-dev "bug in single-server membership
+     * changes"): not before the leader has committed an entry of its own
+     * term, or an uncommitted conf entry of an earlier leader that this
+     * leader never saw could form, with ours, two configurations without
+     * overlapping majorities. */
+    if (r->conf_index > r->commit || !committed_in_term(r))
+        return PZ_EBUSY;
+    struct raft_conf c;
+    raft_conf_init(&c);
+    raft_conf_copy(&c, &r->conf);
+    struct raft_server *s = raft_conf_get(&c, cc->id);
+    int rc = 0;
+    switch (cc->type) {
+    case RAFT_CC_ADD_NONVOTER:
+        rc = raft_conf_add(&c, cc->id, false, cc->meta);
+        break;
+    case RAFT_CC_PROMOTE:
+        if (s == NULL || s->voter)
+            rc = PZ_EINVAL;
+        else
+            s->voter = true;
+        break;
+    case RAFT_CC_DEMOTE:
+        if (s == NULL || !s->voter)
+            rc = PZ_EINVAL;
+        else
+            s->voter = false;
+        break;
+    case RAFT_CC_REMOVE:
+        rc = raft_conf_remove(&c, cc->id) == 0 ? 0 : PZ_EINVAL;
+        break;
+    default:
+        rc = PZ_EINVAL;
+        break;
+    }
+    if (rc == 0 && raft_conf_voters(&c) == 0)
+        rc = PZ_EINVAL;
+    if (rc != 0) {
+        raft_conf_free(&c);
+        return rc;
+    }
+    uint8_t *buf;
+    size_t len;
+    raft_conf_encode(&c, &buf, &len);
+    raft_conf_free(&c);
+    leader_append(r, RAFT_ENTRY_CONF, buf, len, index, term);
+    pz_free(buf);
+    return 0;
+}
+
+int raft_transfer_leader(struct raft *r, uint64_t id)
+{
+    if (r->role != RAFT_LEADER)
+        return PZ_ENOTLEADER;
+    const struct raft_server *s = raft_conf_get(&r->conf, id);
+    if (id == r->id || s == NULL || !s->voter)
+        return PZ_EINVAL;
+    if (r->transferee != 0)
+        return PZ_EBUSY;
+    r->transferee = id;
+    r->transfer_elapsed = 0;
+    struct progress *pr = progress_get(r, id);
+    pz_assert(pr != NULL);
+    /* Thesis §3.10: "the prior leader sends its log entries to the target
+     * server" then "sends a TimeoutNow request". */
+    if (pr->match == log_last(&r->log)) {
+        send_timeout_now(r, id);
+    } else {
+        pr->want_empty = true;
+        r->need_flush = true;
+    }
+    return 0;
+}
+
+int raft_read_index(struct raft *r, uint64_t ctx)
+{
+    r->fresh = false;
+    if (r->role == RAFT_LEADER) {
+        add_read(r, 0, ctx);
+        return 0;
+    }
+    if (r->leader == 0)
+        return PZ_ENOLEADER;
+    struct raft_msg *m = new_msg(r, false, RAFT_MSG_READ_INDEX, r->leader);
+    m->term = 0;
+    m->context = ctx;
+    struct fwd_read *f = VEC_PUSH(r->fwd, r->n_fwd, r->cap_fwd);
+    f->ctx = ctx;
+    f->tick = r->ticks;
+    return 0;
+}
+
+void raft_campaign(struct raft *r)
+{
+    r->fresh = false;
+    campaign(r, r->cfg.pre_vote, false);
+}
+
+/* --- public: Ready -------------------------------------------------------- */
+
+static bool hs_equal(const struct raft_hard_state *a,
+                     const struct raft_hard_state *b)
+{
+    return a->term == b->term && a->vote == b->vote && a->commit == b->commit;
+}
+
+static uint64_t apply_limit(const struct raft *r)
+{
+    return PZ_MIN(r->commit, r->persisted);
+}
+
+bool raft_has_ready(const struct raft *r)
+{
+    if (r->in_flight)
+        return false;
+    struct raft_hard_state hs = {r->term, r->vote, r->commit};
+    if (!hs_equal(&hs, &r->prev_hs))
+        return true;
+    if (r->role != r->prev_ss.role || r->leader != r->prev_ss.leader ||
+        r->term != r->prev_ss.term)
+        return true;
+    if (r->unsent <= log_last(&r->log) || r->out.n || r->out_after.n ||
+        r->n_rs || r->n_dropped || r->conf_changed ||
+        apply_limit(r) > r->applied)
+        return true;
+    return r->role == RAFT_LEADER && (r->need_flush || r->round_wanted);
+}
+
+static struct raft_entry *share_range(const struct raft *r, uint64_t lo,
+                                      uint64_t hi, size_t *n)
+{
+    *n = 0;
+    if (lo > hi)
+        return NULL;
+    size_t cnt = (size_t)(hi - lo + 1);
+    struct raft_entry *a = pz_malloc(cnt * sizeof *a);
+    for (size_t i = 0; i < cnt; i++)
+        entry_share(&a[i], log_at(&r->log, lo + i));
+    *n = cnt;
+    return a;
+}
+
+void raft_ready(struct raft *r, struct raft_ready *rd)
+{
+    pz_assert(!r->in_flight);
+    r->fresh = false;
+    free_handed(r);
+    if (r->role == RAFT_LEADER)
+        leader_flush(r);
+    memset(rd, 0, sizeof *rd);
+
+    rd->ss.role = r->role;
+    rd->ss.leader = r->leader;
+    rd->ss.term = r->term;
+    rd->ss_changed = rd->ss.role != r->prev_ss.role ||
+                     rd->ss.leader != r->prev_ss.leader ||
+                     rd->ss.term != r->prev_ss.term;
+    r->prev_ss = rd->ss;
+
+    rd->hs.term = r->term;
+    rd->hs.vote = r->vote;
+    rd->hs.commit = r->commit;
+    rd->hs_changed = !hs_equal(&rd->hs, &r->prev_hs);
+    r->prev_hs = rd->hs;
+
+    uint64_t last = log_last(&r->log);
+    r->rd_entries = share_range(r, r->unsent, last, &r->rd_n_entries);
+    rd->entries = r->rd_entries;
+    rd->n_entries = r->rd_n_entries;
+    if (rd->n_entries > 0) {
+        rd->persist_index = last;
+        rd->persist_term = log_term(&r->log, last);
+        r->unsent = last + 1;
+    }
+
+    uint64_t lim = apply_limit(r);
+    r->rd_committed = share_range(r, r->applied + 1, lim, &r->rd_n_committed);
+    rd->committed = r->rd_committed;
+    rd->n_committed = r->rd_n_committed;
+    if (lim > r->applied)
+        r->applied = lim;
+
+    /* Hand the outbox over (swap, keeping allocations). */
+    struct msgvec t = r->rd_out;
+    r->rd_out = r->out;
+    r->out = t;
+    t = r->rd_after;
+    r->rd_after = r->out_after;
+    r->out_after = t;
+    rd->msgs = r->rd_out.m;
+    rd->n_msgs = r->rd_out.n;
+    rd->msgs_after_persist = r->rd_after.m;
+    rd->n_msgs_after_persist = r->rd_after.n;
+
+    r->rd_rs = r->rs;
+    rd->read_states = r->rs;
+    rd->n_read_states = r->n_rs;
+    r->rs = NULL;
+    r->n_rs = r->cap_rs = 0;
+    r->rd_dropped = r->dropped;
+    rd->dropped_reads = r->dropped;
+    rd->n_dropped_reads = r->n_dropped;
+    r->dropped = NULL;
+    r->n_dropped = r->cap_dropped = 0;
+
+    rd->conf_changed = r->conf_changed;
+    r->conf_changed = false;
+    r->in_flight = true;
+}
+
+void raft_advance(struct raft *r, const struct raft_ready *rd)
+{
+    pz_assert(r->in_flight);
+    r->in_flight = false;
+    if (rd->persist_index == 0)
+        return;
+    /* Only if what was written is still our log at persist_index (Log
+     * Matching: then everything before it is too). */
+    if (log_term(&r->log, rd->persist_index) == rd->persist_term &&
+        rd->persist_index > r->persisted) {
+        r->persisted = rd->persist_index;
+        if (r->role == RAFT_LEADER) {
+            struct progress *self = progress_get(r, r->id);
+            if (self != NULL)
+                self->match = r->persisted;
+            leader_maybe_commit(r);
+        }
+    }
+}
+
+/* --- public: introspection ------------------------------------------------ */
+
+void raft_status(struct raft *r, struct raft_status *st)
+{
+    memset(st, 0, sizeof *st);
+    st->id = r->id;
+    st->role = r->role;
+    st->term = r->term;
+    st->vote = r->vote;
+    st->leader = r->leader;
+    st->commit = r->commit;
+    st->applied = r->applied;
+    st->first_index = r->log.offset + 1;
+    st->last_index = log_last(&r->log);
+    st->last_term = log_last_term(&r->log);
+    st->persisted_index = r->persisted;
+    st->conf_index = r->conf_index;
+    st->transferee = r->transferee;
+    pz_free(r->status_buf);
+    r->status_buf = NULL;
+    if (r->role != RAFT_LEADER)
+        return;
+    r->status_buf = pz_calloc(r->n_prs ? r->n_prs : 1, sizeof *r->status_buf);
+    size_t k = 0;
+    for (size_t i = 0; i < r->n_prs; i++) {
+        const struct progress *pr = &r->prs[i];
+        if (pr->id == r->id)
+            continue;
+        struct raft_peer_status *ps = &r->status_buf[k++];
+        ps->id = pr->id;
+        ps->voter = pr->voter;
+        ps->state = pr->state;
+        ps->match = pr->match;
+        ps->next = pr->next;
+        ps->last_contact = r->ticks - pr->last_contact;
+        ps->inflight = pr->infl_n;
+    }
+    st->n_peers = k;
+    st->peers = r->status_buf;
+}
+
+const struct raft_conf *raft_conf_current(const struct raft *r, uint64_t *index)
+{
+    if (index != NULL)
+        *index = r->conf_index;
+    return &r->conf;
+}
+
+const struct raft_entry *raft_log_get(const struct raft *r, uint64_t index)
+{
+    return log_at(&r->log, index);
+}
+
+uint64_t raft_last_index(const struct raft *r)
+{
+    return log_last(&r->log);
+}
+
+const char *raft_role_name(uint8_t role)
+{
+    static const char *const names[] = {"follower", "pre-candidate",
+                                        "candidate", "leader"};
+    return role < PZ_ARRAY_SIZE(names) ? names[role] : "unknown";
+}
+
+const char *raft_msg_type_name(uint8_t type)
+{
+    static const char *const names[] = {"?",
+                                        "APPEND",
+                                        "APPEND_RESP",
+                                        "HEARTBEAT",
+                                        "HEARTBEAT_RESP",
+                                        "PREVOTE",
+                                        "PREVOTE_RESP",
+                                        "VOTE",
+                                        "VOTE_RESP",
+                                        "TIMEOUT_NOW",
+                                        "READ_INDEX",
+                                        "READ_INDEX_RESP",
+                                        "INSTALL_SNAPSHOT",
+                                        "INSTALL_SNAPSHOT_RESP"};
+    return type < PZ_ARRAY_SIZE(names) ? names[type] : "?";
+}

@@ -1,0 +1,422 @@
+/* raft.h - the pure Raft consensus core (etcd-raft RawNode style).
+ *
+ * Owns: the in-memory log, term/vote/commit, elections (randomized timeouts,
+ * Pre-Vote, CheckQuorum, leader stickiness), replication (probe/replicate
+ * progress, pipelining, conflict hints), single-server membership changes,
+ * leadership transfer (TimeoutNow) and ReadIndex reads.
+ *
+ * Pure: no I/O, clocks or rand(). Inputs are messages (raft_step), proposals
+ * (raft_propose*, raft_read_index, raft_transfer_leader) and ticks
+ * (raft_tick). Outputs are plain C data collected in a struct raft_ready.
+ * Given the same seed and the same sequence of calls the core behaves
+ * identically (randomness comes from pz_rand_next seeded by config.seed).
+ *
+ * Happy path of the driver (node.c), one loop turn:
+ *   if (raft_has_ready(r)) {
+ *       raft_ready(r, &rd);
+ *       apply rd.committed[] to the state machine (they are durable;
+ *         NORMAL entries carry commands, NOOP entries are skipped, CONF
+ *         entries need nothing: the conf took effect when appended);
+ *       answer rd.read_states[] once applied >= read index; fail
+ *         rd.dropped_reads[];
+ *       send rd.msgs[] now;
+ *       start writing rd.hs (if rd.hs_changed) and rd.entries[] in ONE
+ *         transaction (storage first deletes every stored entry with
+ *         index >= rd.entries[0].index, then appends);
+ *       when the write is durable: send rd.msgs_after_persist[], then
+ *         raft_advance(r, &rd);
+ *   }
+ * If rd has nothing to persist (!rd.hs_changed && rd.n_entries == 0), the
+ * driver may send msgs_after_persist at once and advance immediately.
+ * A failed write is fatal (fail-stop): never advance past it.
+ *
+ * Exactly one Ready is in flight: between raft_ready() and raft_advance()
+ * raft_has_ready() returns false, while raft_tick/raft_step/raft_propose*
+ * keep working; what they produce goes into the next Ready. A Ready only
+ * contains what is new since the previous one.
+ *
+ * Failure modes: calls return 0 or a negative PZ_E* code (err.h); invalid
+ * or stale peer messages are ignored (never an error, never an abort);
+ * a broken internal invariant is a pz_assert. OOM aborts (pz_malloc).
+ *
+ * Thread safety: none. One owner calls everything. */
+#ifndef RAFT_H
+#define RAFT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RAFT_ERRMSG_SIZE 256 /* size of the errmsg buffer of raft_new */
+
+/* --- configurations (membership) ------------------------------------ */
+
+struct raft_server {
+    uint64_t id; /* non-zero node id */
+    bool voter;  /* false: non-voter (receives entries, never votes,
+                    never counts for a quorum, never campaigns) */
+    char *meta;  /* opaque NUL-terminated string, owned by the conf; the
+                    core copies and stores it, never interprets it */
+};
+
+struct raft_conf {
+    struct raft_server *servers; /* sorted by id (the helpers keep it so) */
+    size_t n;                    /* number of servers */
+};
+
+/* An empty conf (servers NULL, n 0). */
+void raft_conf_init(struct raft_conf *c);
+/* Frees the servers and their meta strings; c is empty afterwards. */
+void raft_conf_free(struct raft_conf *c);
+/* Deep copy into dst (dst's previous content is freed). */
+void raft_conf_copy(struct raft_conf *dst, const struct raft_conf *src);
+/* Adds a server (meta copied; NULL means ""), keeping servers sorted.
+ * Returns 0, PZ_EINVAL for id 0 or an id already present. */
+int raft_conf_add(struct raft_conf *c, uint64_t id, bool voter,
+                  const char *meta);
+/* Removes id. Returns 0 or PZ_ENOTFOUND. */
+int raft_conf_remove(struct raft_conf *c, uint64_t id);
+/* The server with this id, or NULL. Pointer valid until c changes. */
+struct raft_server *raft_conf_get(const struct raft_conf *c, uint64_t id);
+/* Number of voters. */
+size_t raft_conf_voters(const struct raft_conf *c);
+
+/* Deterministic encoding of a configuration entry's data: same member set
+ * (ids, voter flags, meta) -> same bytes, whatever the order of c->servers.
+ * Format (big-endian): u8 version(1), u32 n, then per server sorted by id:
+ * u64 id, u8 voter, u32 meta_len, meta bytes (no NUL).
+ * *buf is allocated with pz_malloc; the caller frees it with pz_free. */
+void raft_conf_encode(const struct raft_conf *c, uint8_t **buf, size_t *len);
+/* Decodes into out (initialized by the callee; free with raft_conf_free).
+ * Returns 0 or PZ_ECORRUPT (truncated, trailing bytes, bad version, id 0,
+ * duplicate id); on error out is left empty. */
+int raft_conf_decode(const uint8_t *buf, size_t len, struct raft_conf *out);
+
+/* --- log entries, hard state, messages ------------------------------- */
+
+enum raft_entry_type {
+    RAFT_ENTRY_NORMAL = 0, /* application command (data opaque) */
+    RAFT_ENTRY_CONF = 1,   /* data = raft_conf_encode() of the new conf */
+    RAFT_ENTRY_NOOP = 2,   /* appended by a new leader (no data) */
+};
+
+struct raft_entry {
+    uint64_t term;  /* term in which the entry was created */
+    uint64_t index; /* position in the log, from 1 */
+    uint8_t type;   /* enum raft_entry_type */
+    uint8_t *data;  /* payload (NULL when len is 0); see ownership notes */
+    size_t len;     /* payload bytes */
+};
+
+/* What must be durable before acknowledging anything (Figure 3.1). */
+struct raft_hard_state {
+    uint64_t term;   /* currentTerm */
+    uint64_t vote;   /* votedFor in term (0: none) */
+    uint64_t commit; /* commit index (may lag; persisted lazily) */
+};
+
+enum raft_msg_type {
+    RAFT_MSG_APPEND = 1,            /* AppendEntries (leader -> follower) */
+    RAFT_MSG_APPEND_RESP,           /* its answer */
+    RAFT_MSG_HEARTBEAT,             /* empty AppendEntries carrying commit */
+    RAFT_MSG_HEARTBEAT_RESP,        /* its answer */
+    RAFT_MSG_PREVOTE,               /* Pre-Vote request (thesis §9.6) */
+    RAFT_MSG_PREVOTE_RESP,          /* its answer */
+    RAFT_MSG_VOTE,                  /* RequestVote */
+    RAFT_MSG_VOTE_RESP,             /* its answer */
+    RAFT_MSG_TIMEOUT_NOW,           /* leadership transfer (thesis §3.10) */
+    RAFT_MSG_READ_INDEX,            /* follower -> leader ReadIndex request */
+    RAFT_MSG_READ_INDEX_RESP,       /* leader -> follower: confirmed index */
+    RAFT_MSG_INSTALL_SNAPSHOT,      /* reserved: not produced yet */
+    RAFT_MSG_INSTALL_SNAPSHOT_RESP, /* reserved: not produced yet */
+    RAFT_MSG_TYPE_MAX               /* one past the last valid type */
+};
+
+/* One message. Field use per type:
+ *  APPEND: index/log_term = index and term of the entry preceding
+ *    entries[] (prevLogIndex/prevLogTerm); commit = leader commit.
+ *  APPEND_RESP: accepted: index = last index known to match the leader's
+ *    log (durable). rejected: index = the rejected prevLogIndex,
+ *    log_term = conflict term (term of the follower's entry at index, 0 if
+ *    it has none), reject_hint = conflict index (first index of that term
+ *    in the follower's log, or its last index + 1).
+ *  HEARTBEAT: commit = min(leader commit, follower match); context = read
+ *    round. HEARTBEAT_RESP: context echoed.
+ *  PREVOTE/VOTE: index/log_term = candidate's last log index/term;
+ *    term = the (proposed) election term; transfer = started by
+ *    TIMEOUT_NOW (bypasses leader stickiness).
+ *  PREVOTE_RESP/VOTE_RESP: reject = not granted. A granted PREVOTE_RESP
+ *    carries the term of the request.
+ *  READ_INDEX: context = the follower's read ctx; term 0 (term-less).
+ *  READ_INDEX_RESP: context = ctx, index = read index, reject = the
+ *    receiver could not serve it (not leader); term 0.
+ * Every message has from, to, term (sender's current term unless said). */
+struct raft_msg {
+    uint8_t type;               /* enum raft_msg_type */
+    bool reject;                /* *_RESP: request refused */
+    bool transfer;              /* VOTE: campaign forced by TIMEOUT_NOW */
+    uint64_t from;              /* sender id */
+    uint64_t to;                /* receiver id */
+    uint64_t term;              /* see above */
+    uint64_t log_term;          /* see above */
+    uint64_t index;             /* see above */
+    uint64_t commit;            /* APPEND, HEARTBEAT: leader's commit */
+    uint64_t reject_hint;       /* APPEND_RESP reject: conflict index */
+    uint64_t context;           /* HEARTBEAT*: read round; READ_INDEX*: ctx */
+    struct raft_entry *entries; /* APPEND: entries to append */
+    size_t n_entries;           /* number of entries */
+    /* Reserved for INSTALL_SNAPSHOT (not used yet; transports may already
+     * carry them): snapshot last included index/term and payload. */
+    uint64_t snap_index; /* reserved */
+    uint64_t snap_term;  /* reserved */
+    uint8_t *snap_data;  /* reserved */
+    size_t snap_len;     /* reserved */
+};
+
+/* --- the core ----------------------------------------------------------- */
+
+enum raft_role {
+    RAFT_FOLLOWER = 0,
+    RAFT_PRE_CANDIDATE = 1, /* running a Pre-Vote round */
+    RAFT_CANDIDATE = 2,
+    RAFT_LEADER = 3,
+};
+
+struct raft_config {
+    uint64_t id;              /* this node, non-zero */
+    int election_ticks;       /* election timeout; randomized in
+                                 [election_ticks, 2*election_ticks) */
+    int heartbeat_ticks;      /* heartbeat interval, < election_ticks */
+    uint64_t seed;            /* PRNG seed (distinct per node) */
+    size_t max_inflight_msgs; /* APPENDs in flight per follower
+                                 (replicate state); 0 -> 256 */
+    size_t max_bytes_per_msg; /* soft cap of entry bytes per APPEND (at
+                                 least one entry is sent); 0 -> 1 MiB */
+    bool pre_vote;            /* thesis §9.6 */
+    bool check_quorum;        /* leader steps down without a quorum */
+    uint64_t applied;         /* index already applied by the state
+                                 machine at start (0: replay everything) */
+};
+
+struct raft;
+
+/* Creates a node: follower, term 0, empty log, empty configuration.
+ * Returns NULL and writes a message into errmsg (RAFT_ERRMSG_SIZE bytes,
+ * may be NULL) if the config is invalid. */
+struct raft *raft_new(const struct raft_config *cfg, char *errmsg);
+void raft_free(struct raft *r);
+
+/* Restart: loads durable state (copied; caller keeps ownership). Only on a
+ * fresh node (nothing stepped yet). entries must be contiguous from index 1
+ * (a later version will accept a snapshot offset). The configuration is
+ * the last CONF entry among them (thesis §4.1: a server uses the latest
+ * configuration in its log, committed or not). Loaded entries count as
+ * persisted. hs->commit is clamped to the last index.
+ * Returns 0, PZ_EBUSY (node not fresh), PZ_ECORRUPT (gaps, decreasing
+ * terms, a term above hs->term, undecodable CONF entry). */
+int raft_restore(struct raft *r, const struct raft_hard_state *hs,
+                 const struct raft_entry *entries, size_t n);
+
+/* Bootstrap of a static initial cluster, on an empty node only (empty log,
+ * term 0). Appends entry 1 (term 1, CONF, raft_conf_encode(conf)) and sets
+ * term 1, commit 1: every member bootstrapping with the same member set gets
+ * the identical entry 1. conf must contain this node and at least one
+ * voter. The entry and hard state reach storage through the next Ready.
+ * A node joining an existing cluster must NOT bootstrap: it starts empty and
+ * receives the log from the leader once added.
+ * Returns 0, PZ_EBUSY (not empty), PZ_EINVAL (bad conf). */
+int raft_bootstrap(struct raft *r, const struct raft_conf *conf);
+
+/* Advances logical time by one tick (elections, heartbeats, CheckQuorum,
+ * transfer timeout). */
+void raft_tick(struct raft *r);
+
+/* Feeds one message from a peer (m->to should be this node; otherwise it
+ * is ignored). Everything kept is copied; m stays the caller's. Returns 0
+ * or PZ_EINVAL for a malformed message (unknown type, from 0); stale or
+ * inapplicable messages return 0 and are ignored. */
+int raft_step(struct raft *r, const struct raft_msg *m);
+
+/* Appends a NORMAL entry (data copied) on the leader. *index and *term (may be
+ * NULL) identify it: it is committed iff an entry with this index and term
+ * later shows up in Ready.committed; if a different term shows up at that
+ * index, or the term moves on and the entry is gone, it was lost.
+ * Returns 0, PZ_ENOTLEADER (not leader), PZ_EBUSY (leadership transfer in
+ * progress). */
+int raft_propose(struct raft *r, const uint8_t *data, size_t len,
+                 uint64_t *index, uint64_t *term);
+
+enum raft_conf_change_type {
+    RAFT_CC_ADD_NONVOTER = 1, /* new server as non-voter (meta stored) */
+    RAFT_CC_PROMOTE = 2,      /* non-voter -> voter */
+    RAFT_CC_DEMOTE = 3,       /* voter -> non-voter */
+    RAFT_CC_REMOVE = 4,       /* remove a server (voter or not) */
+};
+
+struct raft_conf_change {
+    uint8_t type;     /* enum raft_conf_change_type */
+    uint64_t id;      /* server concerned */
+    const char *meta; /* ADD_NONVOTER: its meta (copied; NULL -> "") */
+};
+
+/* Single-server membership change (thesis §4.1) on the leader: appends a
+ * CONF entry with the whole new configuration, which takes effect as soon
+ * as it is appended, on every server. The driver learns of it through
+ * rd.conf_changed and raft_conf_current().
+ * Returns 0, PZ_ENOTLEADER, PZ_EBUSY (an earlier CONF entry is not yet
+ * committed, the leader has not yet committed an entry of its term, or a
+ * transfer is in progress; retry later), PZ_EINVAL (add of an existing
+ * id, promote of a voter/unknown id, demote of a non-voter, remove of an
+ * unknown id, a change that would leave no voter). */
+int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
+                      uint64_t *index, uint64_t *term);
+
+/* Leadership transfer (thesis §3.10) to voter id: the leader stops
+ * accepting proposals (PZ_EBUSY), brings the target up to date, then sends
+ * it TIMEOUT_NOW; the target campaigns at once (no Pre-Vote). Aborted after
+ * an election timeout without success. Returns 0, PZ_ENOTLEADER, PZ_EINVAL
+ * (id is self, unknown or a non-voter), PZ_EBUSY (a transfer is already
+ * running). */
+int raft_transfer_leader(struct raft *r, uint64_t id);
+
+/* ReadIndex (thesis §6.4). ctx identifies the read for the caller (unique
+ * per node among pending reads). On the leader the read index is the
+ * commit index at request time (or, before the leader has committed an
+ * entry of its term, the commit index once it has); it is confirmed by one
+ * heartbeat round that a quorum acknowledges; all reads pending when a
+ * round starts share it (rounds start when the next Ready is built). On a
+ * follower the request is forwarded to the leader. The result shows up as
+ * a read_state (ctx, index) in a later Ready: the read may be served once
+ * the local applied index >= index. Every ctx gets at most one outcome:
+ * a read that can no longer complete shows up in rd.dropped_reads instead
+ * (the leader stepped down; this node's role, term or leader changed while
+ * a forwarded read was pending; the leader refused it; or no answer came
+ * within an election timeout, e.g. a lost message).
+ * Returns 0, PZ_ENOLEADER (no leader known). */
+int raft_read_index(struct raft *r, uint64_t ctx);
+
+/* Starts an election now (Pre-Vote first if enabled), as an election
+ * timeout would. No-op for a leader or a node that may not campaign: only
+ * voters of the current configuration campaign, plus a node whose latest
+ * (uncommitted) configuration removed or demoted it while the previous one
+ * had it as a voter (so a leader that removed itself and lost leadership
+ * before that entry committed can still finish the change). */
+void raft_campaign(struct raft *r);
+
+/* --- the Ready cycle ----------------------------------------------------- */
+
+struct raft_read_state {
+    uint64_t ctx;   /* as given to raft_read_index */
+    uint64_t index; /* serve the read once applied >= index */
+};
+
+struct raft_soft_state {
+    uint8_t role;    /* enum raft_role */
+    uint64_t leader; /* known leader id, 0 if none */
+    uint64_t term;   /* current term */
+};
+
+/* Everything a Ready points to belongs to the core and stays valid until
+ * the next raft_ready() or raft_free(), whatever else is called meanwhile
+ * (stronger than "until the next mutating call"): a driver may hand
+ * rd.entries to a writer thread without copying (the thread only reads
+ * them; payload bytes are immutable), as long as the loop does not call
+ * raft_ready() again before raft_advance(). */
+struct raft_ready {
+    struct raft_soft_state ss;           /* current soft state */
+    bool ss_changed;                     /* differs from the previous Ready */
+    struct raft_hard_state hs;           /* hard state to persist */
+    bool hs_changed;                     /* term, vote or commit changed */
+    struct raft_entry *entries;          /* to persist; entries[0].index may
+                                            be <= the last stored index: the
+                                            store deletes from there first */
+    size_t n_entries;                    /* number of entries */
+    struct raft_msg *msgs;               /* send now (before persisting) */
+    size_t n_msgs;                       /* number of msgs */
+    struct raft_msg *msgs_after_persist; /* send once hs/entries of this
+                                         Ready are durable */
+    size_t n_msgs_after_persist;         /* number of msgs_after_persist */
+    struct raft_entry *committed;        /* apply now, in order: committed and
+                                            already durable locally */
+    size_t n_committed;                  /* number of committed */
+    struct raft_read_state *read_states; /* confirmed reads */
+    size_t n_read_states;                /* number of read_states */
+    uint64_t *dropped_reads;             /* ctx of reads that will never be
+                                            confirmed (lost leadership, or
+                                            refused by the leader) */
+    size_t n_dropped_reads;              /* number of dropped_reads */
+    bool conf_changed;                   /* raft_conf_current() changed */
+    uint64_t persist_index;              /* index of the last entry of
+                                            entries[] (0 if none) */
+    uint64_t persist_term;               /* its term */
+};
+
+/* True if a Ready with anything in it is available and none is in flight. */
+bool raft_has_ready(const struct raft *r);
+
+/* Fills rd with everything new since the previous Ready and marks it in
+ * flight. The committed entries count as applied from now on (the driver
+ * applies them synchronously). Must not be called while a Ready is in
+ * flight (pz_assert). Calling it when raft_has_ready() is false yields an
+ * empty (but valid, and in-flight) Ready. */
+void raft_ready(struct raft *r, struct raft_ready *rd);
+
+/* The Ready previously returned is durable (its hs and entries written).
+ * Uses only rd's scalar fields (persist_index, persist_term). Entries are
+ * marked durable up to persist_index only if the log still holds
+ * persist_term there (a later step may have truncated them). */
+void raft_advance(struct raft *r, const struct raft_ready *rd);
+
+/* --- introspection ------------------------------------------------------ */
+
+enum raft_progress_state {
+    RAFT_PROGRESS_PROBE = 0,     /* one APPEND at a time, finding next */
+    RAFT_PROGRESS_REPLICATE = 1, /* pipelining APPENDs */
+    RAFT_PROGRESS_SNAPSHOT = 2,  /* reserved */
+};
+
+struct raft_peer_status {
+    uint64_t id;           /* peer id */
+    bool voter;            /* voter in the current conf */
+    uint8_t state;         /* enum raft_progress_state */
+    uint64_t match;        /* highest index known replicated (durable) */
+    uint64_t next;         /* next index to send */
+    uint64_t last_contact; /* ticks since the leader last heard from it */
+    size_t inflight;       /* APPENDs in flight */
+};
+
+struct raft_status {
+    uint64_t id;                    /* this node */
+    uint8_t role;                   /* enum raft_role */
+    uint64_t term;                  /* current term */
+    uint64_t vote;                  /* vote in term */
+    uint64_t leader;                /* known leader, 0 if none */
+    uint64_t commit;                /* commit index */
+    uint64_t applied;               /* last index handed out as committed */
+    uint64_t first_index;           /* first index held in memory */
+    uint64_t last_index;            /* last log index */
+    uint64_t last_term;             /* its term */
+    uint64_t persisted_index;       /* last index durable locally */
+    uint64_t conf_index;            /* index of the current conf entry */
+    uint64_t transferee;            /* leader: transfer target, 0 if none */
+    size_t n_peers;                 /* leader: entries in peers (others) */
+    struct raft_peer_status *peers; /* leader only; owned by r, valid
+                                       until the next call on r */
+};
+
+void raft_status(struct raft *r, struct raft_status *st);
+
+/* The current configuration (last CONF entry in the log, or empty) and the
+ * index of that entry (0 if none). Valid until the next mutating call. */
+const struct raft_conf *raft_conf_current(const struct raft *r,
+                                          uint64_t *index);
+
+/* The entry at index, or NULL if outside [first_index, last_index].
+ * Valid until the next mutating call. For tests and diagnostics. */
+const struct raft_entry *raft_log_get(const struct raft *r, uint64_t index);
+uint64_t raft_last_index(const struct raft *r);
+
+const char *raft_role_name(uint8_t role);
+const char *raft_msg_type_name(uint8_t type);
+
+#endif

@@ -1,0 +1,370 @@
+/* raft_codec.c - see raft_codec.h. Translates between the C structs and the
+ * protobuf-c structs generated from proto/raft.proto, and reassembles
+ * length-prefixed frames. Pure.
+ *
+ * Encoding builds the protobuf-c structs on the stack pointing at the
+ * caller's memory (payloads are not copied twice), sizes the frame, then
+ * packs it straight into the output buffer. Decoding unpacks with an
+ * allocator that goes through pz_malloc_try, so an allocation failure is an
+ * error, not an abort, and every peer-controlled value is range-checked
+ * before it is narrowed into struct raft_msg. */
+#include "raft_codec.h"
+
+#include <string.h>
+
+#include "raft.pb-c.h"
+
+#define STACK_ENTRIES 16       /* entries encoded without allocating */
+#define PARSER_KEEP (1u << 20) /* parser buffer kept between frames */
+#define PARSER_MIN_ALLOC 4096  /* first allocation for a split body */
+
+const char *raft_hs_status_str(uint32_t status)
+{
+    switch (status) {
+    case RAFT_HS_OK:
+        return "ok";
+    case RAFT_HS_BAD_VERSION:
+        return "unsupported protocol version";
+    case RAFT_HS_CLUSTER_MISMATCH:
+        return "cluster id mismatch";
+    case RAFT_HS_DUPLICATE_ID:
+        return "duplicate node id";
+    case RAFT_HS_BAD_TOKEN:
+        return "cluster token mismatch";
+    case RAFT_HS_WRONG_NODE:
+        return "wrong node";
+    case RAFT_HS_BAD_HANDSHAKE:
+        return "invalid handshake";
+    default:
+        return "unknown status";
+    }
+}
+
+/* --- encoding --------------------------------------------------------- */
+
+static int pack_frame(struct pz_buf *out, Pyazdb__Raft__Frame *f, size_t max)
+{
+    size_t n = pyazdb__raft__frame__get_packed_size(f);
+    if (n > max || n > UINT32_MAX)
+        return PZ_ETOOBIG;
+    pz_buf_reserve(out, RAFT_FRAME_HDR + n);
+    uint8_t *p = (uint8_t *)out->data + out->len;
+    pz_put_u32(p, (uint32_t)n);
+    size_t w = pyazdb__raft__frame__pack(f, p + RAFT_FRAME_HDR);
+    pz_assert(w == n);
+    out->len += RAFT_FRAME_HDR + n;
+    out->data[out->len] = '\0'; /* pz_buf keeps a NUL after the data */
+    return 0;
+}
+
+/* protobuf-c wants char * even for fields it only reads. */
+static char *str_arg(const char *s)
+{
+    return (char *)(s ? s : "");
+}
+
+int raft_codec_encode_handshake(struct pz_buf *out,
+                                const struct raft_handshake *h, size_t max)
+{
+    Pyazdb__Raft__Handshake ph = PYAZDB__RAFT__HANDSHAKE__INIT;
+    Pyazdb__Raft__Frame f = PYAZDB__RAFT__FRAME__INIT;
+    ph.version = h->version;
+    ph.cluster_id = h->cluster_id;
+    ph.node_id = h->node_id;
+    ph.target_id = h->target_id;
+    ph.name = str_arg(h->name);
+    ph.token = str_arg(h->token);
+    ph.http_addr = str_arg(h->http_addr);
+    ph.grpc_addr = str_arg(h->grpc_addr);
+    f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE;
+    f.handshake = &ph;
+    return pack_frame(out, &f, max);
+}
+
+int raft_codec_encode_reply(struct pz_buf *out,
+                            const struct raft_handshake_reply *r, size_t max)
+{
+    Pyazdb__Raft__HandshakeReply pr = PYAZDB__RAFT__HANDSHAKE_REPLY__INIT;
+    Pyazdb__Raft__Frame f = PYAZDB__RAFT__FRAME__INIT;
+    pr.status = (Pyazdb__Raft__HandshakeReply__Status)r->status;
+    pr.version = r->version;
+    pr.cluster_id = r->cluster_id;
+    pr.node_id = r->node_id;
+    pr.name = str_arg(r->name);
+    pr.reason = str_arg(r->reason);
+    pr.http_addr = str_arg(r->http_addr);
+    pr.grpc_addr = str_arg(r->grpc_addr);
+    f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY;
+    f.handshake_reply = &pr;
+    return pack_frame(out, &f, max);
+}
+
+int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
+                          size_t max)
+{
+    Pyazdb__Raft__RaftMessage pm = PYAZDB__RAFT__RAFT_MESSAGE__INIT;
+    Pyazdb__Raft__Frame f = PYAZDB__RAFT__FRAME__INIT;
+    Pyazdb__Raft__Entry stack_e[STACK_ENTRIES];
+    Pyazdb__Raft__Entry *stack_p[STACK_ENTRIES];
+    Pyazdb__Raft__Entry *es = stack_e;
+    Pyazdb__Raft__Entry **ps = stack_p;
+    size_t n = m->n_entries;
+    if (n > STACK_ENTRIES) {
+        es = pz_malloc(n * sizeof *es);
+        ps = pz_malloc(n * sizeof *ps);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct raft_entry *e = &m->entries[i];
+        Pyazdb__Raft__Entry init = PYAZDB__RAFT__ENTRY__INIT;
+        es[i] = init;
+        es[i].term = e->term;
+        es[i].index = e->index;
+        es[i].type = e->type;
+        es[i].data.len = e->len;
+        es[i].data.data = e->data;
+        ps[i] = &es[i];
+    }
+    pm.type = m->type;
+    pm.reject = m->reject;
+    pm.transfer = m->transfer;
+    pm.from = m->from;
+    pm.to = m->to;
+    pm.term = m->term;
+    pm.log_term = m->log_term;
+    pm.index = m->index;
+    pm.commit = m->commit;
+    pm.reject_hint = m->reject_hint;
+    pm.context = m->context;
+    pm.n_entries = n;
+    pm.entries = n ? ps : NULL;
+    pm.snap_index = m->snap_index;
+    pm.snap_term = m->snap_term;
+    pm.snap_data.len = m->snap_len;
+    pm.snap_data.data = m->snap_data;
+    f.body_case = PYAZDB__RAFT__FRAME__BODY_MESSAGE;
+    f.message = &pm;
+    int rv = pack_frame(out, &f, max);
+    if (es != stack_e) {
+        pz_free(es);
+        pz_free(ps);
+    }
+    return rv;
+}
+
+/* --- decoding ----------------------------------------------------------- */
+
+/* Allocations of one decode; ctx counts failures so that an allocation
+ * failure is told apart from bad input (protobuf-c reports both as NULL). */
+static void *pb_alloc(void *ctx, size_t n)
+{
+    void *p = pz_malloc_try(n);
+    if (p == NULL)
+        (*(unsigned *)ctx)++;
+    return p;
+}
+
+static void pb_free(void *ctx, void *p)
+{
+    PZ_UNUSED(ctx);
+    pz_free(p);
+}
+
+static ProtobufCAllocator pb_free_allocator = {
+    .alloc = pb_alloc, /* not used by free_unpacked */
+    .free = pb_free,
+    .allocator_data = NULL,
+};
+
+static int decode_msg(const Pyazdb__Raft__RaftMessage *pm, struct raft_msg *m)
+{
+    if (pm->type < RAFT_MSG_APPEND || pm->type >= RAFT_MSG_TYPE_MAX)
+        return PZ_EPROTO;
+    m->type = (uint8_t)pm->type;
+    m->reject = pm->reject;
+    m->transfer = pm->transfer;
+    m->from = pm->from;
+    m->to = pm->to;
+    m->term = pm->term;
+    m->log_term = pm->log_term;
+    m->index = pm->index;
+    m->commit = pm->commit;
+    m->reject_hint = pm->reject_hint;
+    m->context = pm->context;
+    m->snap_index = pm->snap_index;
+    m->snap_term = pm->snap_term;
+    m->snap_len = pm->snap_data.len;
+    m->snap_data = pm->snap_data.len ? pm->snap_data.data : NULL;
+    m->n_entries = 0;
+    m->entries = NULL;
+    if (pm->n_entries == 0)
+        return 0;
+    for (size_t i = 0; i < pm->n_entries; i++)
+        if (pm->entries[i]->type > RAFT_ENTRY_NOOP)
+            return PZ_EPROTO;
+    m->entries = pz_malloc_try(pm->n_entries * sizeof *m->entries);
+    if (m->entries == NULL)
+        return PZ_ENOMEM;
+    for (size_t i = 0; i < pm->n_entries; i++) {
+        const Pyazdb__Raft__Entry *pe = pm->entries[i];
+        struct raft_entry *e = &m->entries[i];
+        e->term = pe->term;
+        e->index = pe->index;
+        e->type = (uint8_t)pe->type;
+        e->len = pe->data.len;
+        e->data = pe->data.len ? pe->data.data : NULL;
+    }
+    m->n_entries = pm->n_entries;
+    return 0;
+}
+
+int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
+{
+    static const uint8_t empty[1];
+    unsigned alloc_failures = 0;
+    ProtobufCAllocator a = {
+        .alloc = pb_alloc,
+        .free = pb_free,
+        .allocator_data = &alloc_failures,
+    };
+    memset(d, 0, sizeof *d);
+    Pyazdb__Raft__Frame *f =
+        pyazdb__raft__frame__unpack(&a, len, body ? body : empty);
+    if (f == NULL)
+        return alloc_failures ? PZ_ENOMEM : PZ_ECORRUPT;
+    int rv = 0;
+    switch (f->body_case) {
+    case PYAZDB__RAFT__FRAME__BODY_HANDSHAKE: {
+        const Pyazdb__Raft__Handshake *h = f->handshake;
+        d->kind = RAFT_FRAME_HANDSHAKE;
+        d->hs.version = h->version;
+        d->hs.cluster_id = h->cluster_id;
+        d->hs.node_id = h->node_id;
+        d->hs.target_id = h->target_id;
+        d->hs.name = h->name;
+        d->hs.token = h->token;
+        d->hs.http_addr = h->http_addr;
+        d->hs.grpc_addr = h->grpc_addr;
+        break;
+    }
+    case PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY: {
+        const Pyazdb__Raft__HandshakeReply *r = f->handshake_reply;
+        d->kind = RAFT_FRAME_REPLY;
+        d->reply.status = (uint32_t)r->status;
+        d->reply.version = r->version;
+        d->reply.cluster_id = r->cluster_id;
+        d->reply.node_id = r->node_id;
+        d->reply.name = r->name;
+        d->reply.reason = r->reason;
+        d->reply.http_addr = r->http_addr;
+        d->reply.grpc_addr = r->grpc_addr;
+        break;
+    }
+    case PYAZDB__RAFT__FRAME__BODY_MESSAGE:
+        d->kind = RAFT_FRAME_MESSAGE;
+        rv = decode_msg(f->message, &d->msg);
+        break;
+    default:
+        rv = PZ_EPROTO;
+        break;
+    }
+    if (rv < 0) {
+        pz_free(d->msg.entries);
+        pyazdb__raft__frame__free_unpacked(f, &pb_free_allocator);
+        memset(d, 0, sizeof *d);
+        return rv;
+    }
+    d->pb = f;
+    return 0;
+}
+
+void raft_decoded_free(struct raft_decoded *d)
+{
+    if (d->pb)
+        pyazdb__raft__frame__free_unpacked(d->pb, &pb_free_allocator);
+    pz_free(d->msg.entries);
+    memset(d, 0, sizeof *d);
+}
+
+/* --- incremental frame parser ------------------------------------------ */
+
+void raft_frame_parser_init(struct raft_frame_parser *p, size_t max)
+{
+    memset(p, 0, sizeof *p);
+    p->max = max;
+}
+
+void raft_frame_parser_free(struct raft_frame_parser *p)
+{
+    pz_free(p->buf);
+    p->buf = NULL;
+    p->cap = 0;
+    p->have = 0;
+    p->hdr_len = 0;
+}
+
+/* Makes room for `need` body bytes, growing geometrically but never past
+ * the announced length. */
+static void parser_grow(struct raft_frame_parser *p, size_t need)
+{
+    if (need <= p->cap)
+        return;
+    size_t cap = p->cap ? p->cap * 2 : PARSER_MIN_ALLOC;
+    if (cap < need)
+        cap = need;
+    if (cap > p->body_len)
+        cap = p->body_len;
+    p->buf = pz_realloc(p->buf, cap);
+    p->cap = cap;
+}
+
+int raft_frame_parser_feed(struct raft_frame_parser *p, const uint8_t *data,
+                           size_t len, size_t *used, const uint8_t **body,
+                           size_t *body_len)
+{
+    static const uint8_t empty[1];
+    size_t off = 0;
+    *used = 0;
+    if (p->hdr_len == 0 && p->have == 0 && p->cap > PARSER_KEEP) {
+        /* Do not keep a large frame's buffer around between frames. */
+        pz_free(p->buf);
+        p->buf = NULL;
+        p->cap = 0;
+    }
+    if (p->hdr_len < RAFT_FRAME_HDR) {
+        size_t take = PZ_MIN(RAFT_FRAME_HDR - p->hdr_len, len);
+        if (take)
+            memcpy(p->hdr + p->hdr_len, data, take);
+        p->hdr_len += take;
+        off += take;
+        *used = off;
+        if (p->hdr_len < RAFT_FRAME_HDR)
+            return RAFT_FRAME_NEED_MORE;
+        p->body_len = pz_get_u32(p->hdr);
+        p->have = 0;
+    }
+    if (p->body_len > p->max)
+        return PZ_ETOOBIG;
+    size_t rest = len - off;
+    size_t want = p->body_len - p->have;
+    if (p->have == 0 && rest >= want) {
+        /* The whole body is in this input: hand it out in place. */
+        *body = want ? data + off : empty;
+        *body_len = want;
+        *used = off + want;
+        p->hdr_len = 0;
+        return RAFT_FRAME_DONE;
+    }
+    size_t take = PZ_MIN(rest, want);
+    parser_grow(p, p->have + take);
+    if (take)
+        memcpy(p->buf + p->have, data + off, take);
+    p->have += take;
+    *used = off + take;
+    if (p->have < p->body_len)
+        return RAFT_FRAME_NEED_MORE;
+    *body = p->buf;
+    *body_len = p->body_len;
+    p->hdr_len = 0;
+    p->have = 0;
+    return RAFT_FRAME_DONE;
+}

@@ -1,0 +1,144 @@
+/* raft_codec.h - the wire format of the Raft peer protocol: encoding and
+ * decoding between plain C structs (struct raft_msg from raft.h, the
+ * handshake structs below) and length-prefixed protobuf frames
+ * (proto/raft.proto), plus an incremental frame parser.
+ *
+ * A frame is a 4-byte big-endian body length followed by the body, one
+ * pyazdb.raft.Frame message holding a Handshake, a HandshakeReply or a
+ * RaftMessage.
+ *
+ * Happy path: the sender calls raft_codec_encode_*() to append a whole
+ * frame to a pz_buf; the receiver feeds bytes as they arrive to
+ * raft_frame_parser_feed(), which hands back one complete body at a time,
+ * and raft_codec_decode() turns the body into C structs.
+ * Failure modes: a length over the parser's maximum is PZ_ETOOBIG (the
+ * stream cannot be resynchronised: close it); a body that is not valid
+ * protobuf is PZ_ECORRUPT; valid protobuf that breaks the protocol rules
+ * (no body, unknown message or entry type) is PZ_EPROTO. Nothing aborts on
+ * peer input.
+ *
+ * Pure: no I/O, no libuv. Memory through pz_malloc. */
+#ifndef RAFT_CODEC_H
+#define RAFT_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pz.h"
+#include "raft.h"
+
+#define RAFT_PROTO_VERSION 1 /* the one version spoken and accepted */
+#define RAFT_FRAME_HDR 4     /* bytes of the length prefix */
+/* Largest body accepted by default: room for a 64 MiB payload (a future
+ * snapshot chunk or a large entry) plus the message around it. */
+#define RAFT_FRAME_MAX (64u * 1024 * 1024 + 1024 * 1024)
+
+/* Handshake status codes; the numbers are HandshakeReply.Status. */
+enum raft_hs_status {
+    RAFT_HS_UNSPECIFIED = 0,      /* never sent; a reply without status */
+    RAFT_HS_OK = 1,               /* accepted */
+    RAFT_HS_BAD_VERSION = 2,      /* unknown protocol version */
+    RAFT_HS_CLUSTER_MISMATCH = 3, /* another cluster's id */
+    RAFT_HS_DUPLICATE_ID = 4,     /* sender id equals the acceptor's own */
+    RAFT_HS_BAD_TOKEN = 5,        /* cluster token differs */
+    RAFT_HS_WRONG_NODE = 6,       /* target id is not the acceptor's id */
+    RAFT_HS_BAD_HANDSHAKE = 7,    /* sender id 0 or similar */
+};
+
+/* Short text for a status ("cluster id mismatch"); never NULL. */
+const char *raft_hs_status_str(uint32_t status);
+
+struct raft_handshake {
+    uint32_t version;    /* RAFT_PROTO_VERSION */
+    uint64_t cluster_id; /* dialer's cluster */
+    uint64_t node_id;    /* dialer's id */
+    uint64_t target_id;  /* id the dialer expects to reach, 0: any */
+    const char *name;    /* dialer's name (NULL: "") */
+    const char *token;   /* cluster token (NULL: "") */
+    const char *http_addr; /* dialer's HTTP API address (NULL: "") */
+    const char *grpc_addr; /* dialer's gRPC API address (NULL: "") */
+};
+
+struct raft_handshake_reply {
+    uint32_t status;     /* enum raft_hs_status */
+    uint32_t version;    /* acceptor's protocol version */
+    uint64_t cluster_id; /* acceptor's cluster */
+    uint64_t node_id;    /* acceptor's id */
+    const char *name;    /* acceptor's name (NULL: "") */
+    const char *reason;  /* detail for logs (NULL: "") */
+    const char *http_addr; /* acceptor's HTTP API address (NULL: "") */
+    const char *grpc_addr; /* acceptor's gRPC API address (NULL: "") */
+};
+
+/* --- encoding --------------------------------------------------------- */
+
+/* Each appends one whole frame (length prefix and body) to out. Nothing of
+ * the input is kept. Return 0, or PZ_ETOOBIG when the body would exceed
+ * max (out unchanged). */
+int raft_codec_encode_handshake(struct pz_buf *out,
+                                const struct raft_handshake *h, size_t max);
+int raft_codec_encode_reply(struct pz_buf *out,
+                            const struct raft_handshake_reply *r, size_t max);
+int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
+                          size_t max);
+
+/* --- decoding ----------------------------------------------------------- */
+
+enum raft_frame_kind {
+    RAFT_FRAME_HANDSHAKE = 1, /* d.hs is valid */
+    RAFT_FRAME_REPLY = 2,     /* d.reply is valid */
+    RAFT_FRAME_MESSAGE = 3,   /* d.msg is valid */
+};
+
+/* A decoded frame. Strings, entries and payloads point into memory owned
+ * by this struct: valid until raft_decoded_free(). */
+struct raft_decoded {
+    int kind;                          /* enum raft_frame_kind */
+    struct raft_handshake hs;          /* RAFT_FRAME_HANDSHAKE */
+    struct raft_handshake_reply reply; /* RAFT_FRAME_REPLY */
+    struct raft_msg msg;               /* RAFT_FRAME_MESSAGE */
+    void *pb;                          /* private: the unpacked protobuf */
+};
+
+/* Decodes one frame body (without its length prefix). Returns 0 (free d
+ * with raft_decoded_free), PZ_ECORRUPT (not protobuf), PZ_EPROTO (no body,
+ * message type outside RAFT_MSG_APPEND..RAFT_MSG_TYPE_MAX-1, entry type
+ * other than NORMAL/CONF/NOOP), PZ_ENOMEM (allocation failed). On error d
+ * holds nothing to free (raft_decoded_free is still harmless). */
+int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d);
+void raft_decoded_free(struct raft_decoded *d);
+
+/* --- incremental frame parser ------------------------------------------ */
+
+struct raft_frame_parser {
+    size_t max;                  /* largest body accepted */
+    uint8_t hdr[RAFT_FRAME_HDR]; /* length prefix received so far */
+    size_t hdr_len;              /* bytes of hdr filled */
+    size_t body_len; /* announced body length (valid once hdr full) */
+    uint8_t *buf;    /* body assembled across feeds (pz_malloc) */
+    size_t have;     /* body bytes in buf */
+    size_t cap;      /* bytes allocated for buf */
+};
+
+enum {
+    RAFT_FRAME_NEED_MORE = 0, /* all input consumed, no frame complete */
+    RAFT_FRAME_DONE = 1,      /* one frame complete */
+};
+
+void raft_frame_parser_init(struct raft_frame_parser *p, size_t max);
+void raft_frame_parser_free(struct raft_frame_parser *p);
+
+/* Consumes input up to the end of at most one frame: *used says how many
+ * bytes of data were taken. Returns RAFT_FRAME_DONE with *body and *body_len
+ * set to the complete body (pointing into data when it arrived in one
+ * piece, else into the parser's buffer; valid until the next call),
+ * RAFT_FRAME_NEED_MORE when data ran out first (then *used == len), or
+ * PZ_ETOOBIG when the announced length exceeds max (p->body_len holds it;
+ * the stream is unusable). Bodies are never buffered beyond what arrived,
+ * so a bare length prefix does not allocate its length. */
+int raft_frame_parser_feed(struct raft_frame_parser *p, const uint8_t *data,
+                           size_t len, size_t *used, const uint8_t **body,
+                           size_t *body_len);
+
+#endif

@@ -1,0 +1,1349 @@
+/* store.c - the Raft log, hard state and node meta in SQLite (raft.db).
+ *
+ * Owns: the SQLite connection to <data-dir>/raft.db, its prepared
+ * statements, the in-memory copy of what is stored (hard state, meta, last
+ * index/term) and the one write in flight on libuv's thread pool.
+ *
+ * Schema (version 1), all tables STRICT:
+ *   log(idx INTEGER PRIMARY KEY, term, type, data BLOB)  one row per entry
+ *   hard_state(id = 0, term, vote, commit_index)          exactly one row;
+ *       vote is a node id kept as its 64-bit pattern (may read negative)
+ *   meta(key TEXT PRIMARY KEY, value TEXT)                schema_version,
+ *       created_ms, cluster_id, node_id, node_name, snapshot_index,
+ *       snapshot_term; 64-bit numbers as decimal text, never as doubles
+ * plus PRAGMA application_id = STORE_APP_ID to recognise our files.
+ * Terms and indexes are stored in SQLite's signed 64-bit INTEGER; values
+ * above INT64_MAX are refused on write and reported as corruption on read.
+ *
+ * Happy path: store_open creates the directory and, if raft.db is missing,
+ * builds a fresh database as raft.db.tmp, fsyncs it and renames it into
+ * place (so a raft.db that exists always has a whole schema; an empty or
+ * truncated one is refused, never mistaken for a new node). It then takes
+ * an exclusive lock, switches to WAL with synchronous=FULL, runs PRAGMA
+ * quick_check and validates schema version, meta and hard state.
+ * store_write copies the hard state, borrows the entries and runs
+ * BEGIN, DELETE idx >= first, INSERT..., UPDATE hard_state, COMMIT in a
+ * worker thread; the result is applied to the in-memory copy and reported
+ * on the loop thread.
+ *
+ * Failure modes: any failed step inside a write rolls the transaction back
+ * (if SQLite has not already), marks the store failed (every later write
+ * is refused) and reports a negative code with "<path>: <step>: <why>". A
+ * COMMIT that failed may or may not have reached the disk; it is reported
+ * as failed all the same, which is safe: nothing was acknowledged. Batches
+ * that would break the log's invariants (gaps, decreasing terms) are
+ * refused with PZ_EINVAL before anything is written. */
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pz.h"
+
+#define STORE_APP_ID 0x50595a44 /* "PYZD" in the SQLite header */
+#define STORE_FILE "raft.db"
+
+/* One write transaction: the input, then the outcome. */
+struct batch {
+    struct raft_hard_state hs;        /* to write if has_hs */
+    bool has_hs;                      /* hs is part of the batch */
+    const struct raft_entry *entries; /* borrowed until done */
+    size_t n;                         /* number of entries */
+    uint64_t bytes;                   /* payload bytes of entries */
+    bool check_prev;                  /* read the term at first - 1 */
+    int rc;                           /* 0 or negative code */
+    uint64_t commit_ns;               /* time inside COMMIT */
+    uint64_t total_ns;                /* BEGIN to COMMIT */
+    char err[STORE_ERRMSG_SIZE];      /* message if rc != 0 */
+};
+
+struct store {
+    sqlite3 *db;                       /* the connection */
+    char *path;                        /* <dir>/raft.db */
+    char errmsg[STORE_ERRMSG_SIZE];    /* last failure */
+    sqlite3_stmt *st_begin;            /* BEGIN IMMEDIATE */
+    sqlite3_stmt *st_commit;           /* COMMIT */
+    sqlite3_stmt *st_rollback;         /* ROLLBACK */
+    sqlite3_stmt *st_del_from;         /* DELETE idx >= ?1 */
+    sqlite3_stmt *st_del_upto;         /* DELETE idx <= ?1 */
+    sqlite3_stmt *st_insert;           /* INSERT an entry */
+    sqlite3_stmt *st_term_at;          /* term of entry ?1 */
+    sqlite3_stmt *st_hs_put;           /* UPDATE hard_state */
+    sqlite3_stmt *st_meta_put;         /* upsert a meta key */
+    sqlite3_stmt *st_scan;             /* every entry, by index */
+    struct store_meta meta;            /* as stored */
+    struct raft_hard_state hs;         /* as stored */
+    uint64_t last_index;               /* last stored index (or snap) */
+    uint64_t last_term;                /* its term (or snap term) */
+    struct store_stats stats;          /* counters */
+    long fail_at;                      /* test hook: steps until failure */
+    bool injected;                     /* last failing step was injected */
+    bool failed;                       /* a write failed: refuse more */
+    bool busy;                         /* a write is in flight */
+    uv_work_t work;                    /* the write in flight */
+    struct batch w;                    /* its batch */
+    store_write_cb cb;                 /* its callback */
+    void *cb_arg;                      /* and argument */
+};
+
+/* --- errors --------------------------------------------------------------- */
+
+static void set_err(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    if (buf == NULL || len == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+}
+
+static int map_sqlite(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_FORMAT:
+    case SQLITE_SCHEMA:
+        return PZ_ECORRUPT;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return PZ_EBUSY;
+    case SQLITE_NOMEM:
+        return PZ_ENOMEM;
+    default:
+        return PZ_EIO;
+    }
+}
+
+/* "<path>: <what>: <SQLite's message> (SQLite error N)" into buf; returns
+ * the mapped code. Reads the connection's message before anything resets
+ * it. */
+static int sql_err(struct store *s, char *buf, const char *what, int rc)
+{
+    if (s->injected) {
+        s->injected = false;
+        set_err(buf, STORE_ERRMSG_SIZE,
+                "%s: %s: injected I/O error (store_fail_at test hook)",
+                s->path, what);
+        return PZ_EIO;
+    }
+    const char *msg = sqlite3_extended_errcode(s->db) == rc
+                          ? sqlite3_errmsg(s->db)
+                          : sqlite3_errstr(rc);
+    set_err(buf, STORE_ERRMSG_SIZE, "%s: %s: %s (SQLite error %d)", s->path,
+            what, msg, rc);
+    return map_sqlite(rc);
+}
+
+/* --- statements ----------------------------------------------------------- */
+
+/* Every step of ours goes through here so tests can fail the nth one. */
+static int step(struct store *s, sqlite3_stmt *st)
+{
+    if (s->fail_at > 0 && --s->fail_at == 0) {
+        s->injected = true;
+        return SQLITE_IOERR;
+    }
+    return sqlite3_step(st);
+}
+
+/* Runs a statement that returns no row; resets it. */
+static int run(struct store *s, sqlite3_stmt *st, char *buf, const char *what)
+{
+    int rc = step(s, st);
+    int ret = 0;
+    if (rc != SQLITE_DONE)
+        ret = sql_err(s, buf, what, rc == SQLITE_ROW ? SQLITE_MISUSE : rc);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return ret;
+}
+
+static void bind_u64(sqlite3_stmt *st, int i, uint64_t v)
+{
+    pz_assert(v <= (uint64_t)INT64_MAX);
+    sqlite3_bind_int64(st, i, (sqlite3_int64)v);
+}
+
+/* Rolls back if a transaction is open. Never counted by the fault hook:
+ * it is the cleanup of a failure. */
+static void rollback(struct store *s)
+{
+    if (!sqlite3_get_autocommit(s->db)) {
+        sqlite3_step(s->st_rollback);
+        sqlite3_reset(s->st_rollback);
+    }
+}
+
+static int commit(struct store *s, char *buf, uint64_t *ns)
+{
+    uint64_t t0 = uv_hrtime();
+    int rc = run(s, s->st_commit, buf, "COMMIT");
+    if (ns)
+        *ns = uv_hrtime() - t0;
+    return rc;
+}
+
+/* Term of the stored entry at index into *term. PZ_ECORRUPT if missing. */
+static int term_at(struct store *s, uint64_t index, uint64_t *term,
+                   char *buf)
+{
+    sqlite3_stmt *st = s->st_term_at;
+    bind_u64(st, 1, index);
+    int rc = step(s, st);
+    int ret = 0;
+    if (rc == SQLITE_ROW) {
+        sqlite3_int64 t = sqlite3_column_int64(st, 0);
+        if (t < 0) {
+            set_err(buf, STORE_ERRMSG_SIZE,
+                    "%s: entry %" PRIu64 " has a negative term", s->path,
+                    index);
+            ret = PZ_ECORRUPT;
+        }
+        *term = (uint64_t)t;
+    } else if (rc == SQLITE_DONE) {
+        set_err(buf, STORE_ERRMSG_SIZE,
+                "%s: entry %" PRIu64 " is missing from the log", s->path,
+                index);
+        ret = PZ_ECORRUPT;
+    } else {
+        ret = sql_err(s, buf, "read term", rc);
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return ret;
+}
+
+static int meta_put(struct store *s, const char *key, const char *value,
+                    char *buf)
+{
+    sqlite3_bind_text(s->st_meta_put, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s->st_meta_put, 2, value, -1, SQLITE_STATIC);
+    return run(s, s->st_meta_put, buf, "write meta");
+}
+
+static int meta_put_u64(struct store *s, const char *key, uint64_t v,
+                        char *buf)
+{
+    char tmp[24];
+    snprintf(tmp, sizeof tmp, "%" PRIu64, v);
+    return meta_put(s, key, tmp, buf);
+}
+
+/* --- the write transaction ------------------------------------------------ */
+
+/* Runs on the worker thread (store_write) or the caller's (sync). Uses
+ * only the connection and statements, which nothing else touches while
+ * the store is busy, and the batch. */
+static int run_batch(struct store *s, struct batch *b)
+{
+    if (b->n == 0 && !b->has_hs)
+        return 0;
+    uint64_t t0 = uv_hrtime();
+    int rc = run(s, s->st_begin, b->err, "BEGIN");
+    if (rc)
+        goto err_in_txn;
+    if (b->n > 0) {
+        uint64_t first = b->entries[0].index;
+        if (b->check_prev) {
+            uint64_t prev = 0;
+            rc = term_at(s, first - 1, &prev, b->err);
+            if (rc)
+                goto err_in_txn;
+            if (prev > b->entries[0].term) {
+                set_err(b->err, STORE_ERRMSG_SIZE,
+                        "%s: batch term %" PRIu64 " at index %" PRIu64
+                        " is below the stored term %" PRIu64 " before it",
+                        s->path, b->entries[0].term, first, prev);
+                rc = PZ_EINVAL;
+                goto err_in_txn;
+            }
+        }
+        bind_u64(s->st_del_from, 1, first);
+        rc = run(s, s->st_del_from, b->err, "delete conflicting entries");
+        if (rc)
+            goto err_in_txn;
+        for (size_t i = 0; i < b->n; i++) {
+            const struct raft_entry *e = &b->entries[i];
+            sqlite3_stmt *st = s->st_insert;
+            bind_u64(st, 1, e->index);
+            bind_u64(st, 2, e->term);
+            sqlite3_bind_int(st, 3, e->type);
+            if (e->len > 0)
+                sqlite3_bind_blob64(st, 4, e->data, e->len, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(st, 4);
+            rc = run(s, st, b->err, "insert entry");
+            if (rc)
+                goto err_in_txn;
+        }
+    }
+    if (b->has_hs) {
+        bind_u64(s->st_hs_put, 1, b->hs.term);
+        /* A vote is a node id: any 64-bit value, kept as its bit
+         * pattern in SQLite's signed integer. */
+        sqlite3_bind_int64(s->st_hs_put, 2, (sqlite3_int64)b->hs.vote);
+        bind_u64(s->st_hs_put, 3, b->hs.commit);
+        rc = run(s, s->st_hs_put, b->err, "write hard state");
+        if (rc)
+            goto err_in_txn;
+        if (sqlite3_changes(s->db) != 1) {
+            set_err(b->err, STORE_ERRMSG_SIZE,
+                    "%s: hard state row is missing", s->path);
+            rc = PZ_ECORRUPT;
+            goto err_in_txn;
+        }
+    }
+    rc = commit(s, b->err, &b->commit_ns);
+    if (rc)
+        goto err_in_txn;
+    b->total_ns = uv_hrtime() - t0;
+    return 0;
+
+err_in_txn:
+    rollback(s);
+    return rc;
+}
+
+/* Loop thread: the batch is over; update the in-memory copy or fail. */
+static void finish_batch(struct store *s, struct batch *b)
+{
+    if (b->rc != 0) {
+        s->failed = true;
+        s->stats.failures++;
+        memcpy(s->errmsg, b->err, sizeof s->errmsg);
+        return;
+    }
+    if (b->n == 0 && !b->has_hs)
+        return;
+    if (b->has_hs)
+        s->hs = b->hs;
+    if (b->n > 0) {
+        s->last_index = b->entries[b->n - 1].index;
+        s->last_term = b->entries[b->n - 1].term;
+    }
+    struct store_stats *st = &s->stats;
+    st->batches++;
+    st->entries += b->n;
+    st->bytes += b->bytes;
+    st->hs_writes += b->has_hs;
+    st->last_batch_entries = b->n;
+    st->last_batch_bytes = b->bytes;
+    st->max_batch_entries = PZ_MAX(st->max_batch_entries, (uint64_t)b->n);
+    st->commit_ns += b->commit_ns;
+    st->last_commit_ns = b->commit_ns;
+    st->write_ns += b->total_ns;
+}
+
+/* Loop thread: checks a batch against what is stored and fills b. */
+static int prepare_batch(struct store *s, struct batch *b,
+                         const struct raft_hard_state *hs,
+                         const struct raft_entry *entries, size_t n)
+{
+    memset(b, 0, sizeof *b);
+    if (s->failed) {
+        char prev[STORE_ERRMSG_SIZE];
+        memcpy(prev, s->errmsg, sizeof prev);
+        set_err(s->errmsg, sizeof s->errmsg,
+                "refusing to write after an earlier failure: %s", prev);
+        return PZ_EIO;
+    }
+    uint64_t hs_term = hs ? hs->term : s->hs.term;
+    if (hs) {
+        if (hs->term > INT64_MAX || hs->commit > INT64_MAX) {
+            set_err(s->errmsg, sizeof s->errmsg,
+                    "%s: hard state value out of range", s->path);
+            return PZ_EINVAL;
+        }
+        if (hs->term < s->hs.term) {
+            set_err(s->errmsg, sizeof s->errmsg,
+                    "%s: hard state term would go back from %" PRIu64
+                    " to %" PRIu64,
+                    s->path, s->hs.term, hs->term);
+            return PZ_EINVAL;
+        }
+        /* Figure 3.1: one vote per term. A vote that changes (or is
+         * cleared) within a term would allow a second vote in it. */
+        if (hs->term == s->hs.term && s->hs.vote != 0 &&
+            hs->vote != s->hs.vote) {
+            set_err(s->errmsg, sizeof s->errmsg,
+                    "%s: vote in term %" PRIu64 " would change from %" PRIu64
+                    " to %" PRIu64,
+                    s->path, hs->term, s->hs.vote, hs->vote);
+            return PZ_EINVAL;
+        }
+        b->hs = *hs;
+        b->has_hs = true;
+    }
+    if (n == 0)
+        return 0;
+    pz_assert(entries != NULL);
+    uint64_t first = entries[0].index;
+    uint64_t prev_term = 0;
+    if (first <= s->meta.snap_index || first > s->last_index + 1) {
+        set_err(s->errmsg, sizeof s->errmsg,
+                "%s: batch starts at index %" PRIu64
+                ", outside the writable range [%" PRIu64 ", %" PRIu64 "]",
+                s->path, first, s->meta.snap_index + 1, s->last_index + 1);
+        return PZ_EINVAL;
+    }
+    if (first == s->last_index + 1)
+        prev_term = s->last_term;
+    else if (first == s->meta.snap_index + 1)
+        prev_term = s->meta.snap_term;
+    else
+        b->check_prev = true;
+    for (size_t i = 0; i < n; i++) {
+        const struct raft_entry *e = &entries[i];
+        const char *bad = NULL;
+        if (e->index != first + i)
+            bad = "indexes not contiguous";
+        else if (e->index > INT64_MAX || e->term > INT64_MAX)
+            bad = "index or term out of range";
+        else if (e->term < prev_term)
+            bad = "terms decrease";
+        else if (e->term > hs_term)
+            bad = "term above the hard state's term";
+        else if (e->len > 0 && e->data == NULL)
+            bad = "payload missing";
+        if (bad) {
+            set_err(s->errmsg, sizeof s->errmsg,
+                    "%s: bad batch at entry %zu (index %" PRIu64
+                    ", term %" PRIu64 "): %s",
+                    s->path, i, e->index, e->term, bad);
+            return PZ_EINVAL;
+        }
+        prev_term = e->term;
+        b->bytes += e->len;
+    }
+    b->entries = entries;
+    b->n = n;
+    return 0;
+}
+
+static void work_cb(uv_work_t *req)
+{
+    struct store *s = req->data;
+    s->w.rc = run_batch(s, &s->w);
+}
+
+static void after_work_cb(uv_work_t *req, int status)
+{
+    struct store *s = req->data;
+    if (status < 0 && s->w.rc == 0) {
+        s->w.rc = status;
+        set_err(s->w.err, sizeof s->w.err, "%s: write not run: %s", s->path,
+                uv_strerror(status));
+    }
+    finish_batch(s, &s->w);
+    s->busy = false;
+    store_write_cb cb = s->cb;
+    void *arg = s->cb_arg;
+    int rc = s->w.rc;
+    s->cb = NULL;
+    s->cb_arg = NULL;
+    cb(s, rc, rc ? s->errmsg : NULL, arg);
+}
+
+int store_write(struct store *s, uv_loop_t *loop,
+                const struct raft_hard_state *hs,
+                const struct raft_entry *entries, size_t n,
+                store_write_cb cb, void *arg)
+{
+    pz_assert(!s->busy);
+    pz_assert(cb != NULL);
+    int rc = prepare_batch(s, &s->w, hs, entries, n);
+    if (rc)
+        return rc;
+    s->cb = cb;
+    s->cb_arg = arg;
+    s->work.data = s;
+    rc = uv_queue_work(loop, &s->work, work_cb, after_work_cb);
+    if (rc < 0) {
+        set_err(s->errmsg, sizeof s->errmsg, "%s: uv_queue_work: %s",
+                s->path, uv_strerror(rc));
+        s->cb = NULL;
+        return rc;
+    }
+    s->busy = true;
+    return 0;
+}
+
+int store_write_sync(struct store *s, const struct raft_hard_state *hs,
+                     const struct raft_entry *entries, size_t n)
+{
+    pz_assert(!s->busy);
+    struct batch *b = pz_malloc(sizeof *b);
+    int rc = prepare_batch(s, b, hs, entries, n);
+    if (rc == 0) {
+        b->rc = run_batch(s, b);
+        finish_batch(s, b);
+        rc = b->rc;
+    }
+    pz_free(b);
+    return rc;
+}
+
+bool store_busy(const struct store *s)
+{
+    return s->busy;
+}
+
+/* --- compaction and meta -------------------------------------------------- */
+
+int store_compact(struct store *s, uint64_t upto, uint64_t term)
+{
+    pz_assert(!s->busy);
+    char *buf = s->errmsg;
+    if (s->failed)
+        return PZ_EIO;
+    if (upto <= s->meta.snap_index)
+        return 0;
+    if (upto > INT64_MAX || term > INT64_MAX || term > s->hs.term) {
+        set_err(buf, STORE_ERRMSG_SIZE,
+                "%s: compact: index %" PRIu64 " or term %" PRIu64
+                " out of range",
+                s->path, upto, term);
+        return PZ_EINVAL;
+    }
+    int rc = run(s, s->st_begin, buf, "BEGIN");
+    if (rc)
+        goto err_in_txn;
+    if (upto <= s->last_index) {
+        uint64_t t = 0;
+        rc = term_at(s, upto, &t, buf);
+        if (rc)
+            goto err_in_txn;
+        if (t != term) {
+            set_err(buf, STORE_ERRMSG_SIZE,
+                    "%s: compact: entry %" PRIu64 " has term %" PRIu64
+                    ", not %" PRIu64,
+                    s->path, upto, t, term);
+            rollback(s);
+            return PZ_EINVAL;
+        }
+    }
+    bind_u64(s->st_del_upto, 1, upto);
+    rc = run(s, s->st_del_upto, buf, "delete compacted entries");
+    if (rc)
+        goto err_in_txn;
+    rc = meta_put_u64(s, "snapshot_index", upto, buf);
+    if (rc)
+        goto err_in_txn;
+    rc = meta_put_u64(s, "snapshot_term", term, buf);
+    if (rc)
+        goto err_in_txn;
+    rc = commit(s, buf, NULL);
+    if (rc)
+        goto err_in_txn;
+    s->meta.snap_index = upto;
+    s->meta.snap_term = term;
+    if (upto >= s->last_index) {
+        s->last_index = upto;
+        s->last_term = term;
+    }
+    return 0;
+
+err_in_txn:
+    rollback(s);
+    s->failed = true;
+    return rc;
+}
+
+int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
+                   const char *node_name)
+{
+    pz_assert(!s->busy);
+    char *buf = s->errmsg;
+    struct store_meta *m = &s->meta;
+    bool put_cluster = false, put_id = false, put_name = false;
+    if (s->failed)
+        return PZ_EIO;
+    if (node_name == NULL)
+        node_name = "";
+    if (strlen(node_name) >= STORE_NAME_MAX) {
+        set_err(buf, STORE_ERRMSG_SIZE, "%s: node name too long", s->path);
+        return PZ_EINVAL;
+    }
+    if (cluster_id != 0 && m->cluster_id != 0 && cluster_id != m->cluster_id) {
+        set_err(buf, STORE_ERRMSG_SIZE,
+                "%s: stored cluster id %" PRIu64 " differs from %" PRIu64,
+                s->path, m->cluster_id, cluster_id);
+        return PZ_EINVAL;
+    }
+    if (node_id != 0 && m->node_id != 0 && node_id != m->node_id) {
+        set_err(buf, STORE_ERRMSG_SIZE,
+                "%s: stored node id %" PRIu64 " differs from %" PRIu64,
+                s->path, m->node_id, node_id);
+        return PZ_EINVAL;
+    }
+    if (node_name[0] && m->node_name[0] &&
+        strcmp(node_name, m->node_name) != 0) {
+        set_err(buf, STORE_ERRMSG_SIZE,
+                "%s: stored node name \"%s\" differs from \"%s\"", s->path,
+                m->node_name, node_name);
+        return PZ_EINVAL;
+    }
+    put_cluster = cluster_id != 0 && m->cluster_id == 0;
+    put_id = node_id != 0 && m->node_id == 0;
+    put_name = node_name[0] && !m->node_name[0];
+    if (!put_cluster && !put_id && !put_name)
+        return 0;
+    int rc = run(s, s->st_begin, buf, "BEGIN");
+    if (rc == 0 && put_cluster)
+        rc = meta_put_u64(s, "cluster_id", cluster_id, buf);
+    if (rc == 0 && put_id)
+        rc = meta_put_u64(s, "node_id", node_id, buf);
+    if (rc == 0 && put_name)
+        rc = meta_put(s, "node_name", node_name, buf);
+    if (rc == 0)
+        rc = commit(s, buf, NULL);
+    if (rc) {
+        rollback(s);
+        s->failed = true;
+        return rc;
+    }
+    if (put_cluster)
+        m->cluster_id = cluster_id;
+    if (put_id)
+        m->node_id = node_id;
+    if (put_name)
+        snprintf(m->node_name, sizeof m->node_name, "%s", node_name);
+    return 0;
+}
+
+void store_meta_get(const struct store *s, struct store_meta *meta)
+{
+    *meta = s->meta;
+}
+
+/* --- load ----------------------------------------------------------------- */
+
+void store_entries_free(struct raft_entry *entries, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        pz_free(entries[i].data);
+    pz_free(entries);
+}
+
+int store_load(struct store *s, struct raft_hard_state *hs,
+               struct raft_entry **entries, size_t *n,
+               struct store_meta *meta)
+{
+    pz_assert(!s->busy);
+    char *buf = s->errmsg;
+    sqlite3_stmt *st = s->st_scan;
+    struct raft_entry *ents = NULL;
+    size_t cnt = 0, cap = 0;
+    uint64_t expect = s->meta.snap_index + 1;
+    uint64_t prev_term = s->meta.snap_term;
+    int rc, ret = 0;
+
+    *entries = NULL;
+    *n = 0;
+    while ((rc = step(s, st)) == SQLITE_ROW) {
+        if (sqlite3_column_type(st, 0) != SQLITE_INTEGER ||
+            sqlite3_column_type(st, 1) != SQLITE_INTEGER ||
+            sqlite3_column_type(st, 2) != SQLITE_INTEGER ||
+            (sqlite3_column_type(st, 3) != SQLITE_BLOB &&
+             sqlite3_column_type(st, 3) != SQLITE_NULL)) {
+            set_err(buf, STORE_ERRMSG_SIZE,
+                    "%s: log row after index %" PRIu64
+                    " has columns of the wrong type",
+                    s->path, expect - 1);
+            ret = PZ_ECORRUPT;
+            break;
+        }
+        sqlite3_int64 idx = sqlite3_column_int64(st, 0);
+        sqlite3_int64 term = sqlite3_column_int64(st, 1);
+        sqlite3_int64 type = sqlite3_column_int64(st, 2);
+        const char *bad = NULL;
+        if (idx < 0 || (uint64_t)idx < expect)
+            bad = "index at or below the snapshot index";
+        else if ((uint64_t)idx > expect)
+            bad = "gap in the log";
+        else if (term < 0 || (uint64_t)term < prev_term)
+            bad = "term decreases";
+        else if ((uint64_t)term > s->hs.term)
+            bad = "term above the hard state's term";
+        else if (type != RAFT_ENTRY_NORMAL && type != RAFT_ENTRY_CONF &&
+                 type != RAFT_ENTRY_NOOP)
+            bad = "unknown entry type";
+        if (bad) {
+            set_err(buf, STORE_ERRMSG_SIZE,
+                    "%s: log corrupt at index %lld (expected index %" PRIu64
+                    ", term %lld after %" PRIu64 ", hard state term %" PRIu64
+                    ", type %lld): %s",
+                    s->path, idx, expect, term, prev_term, s->hs.term, type,
+                    bad);
+            ret = PZ_ECORRUPT;
+            break;
+        }
+        if (cnt == cap) {
+            cap = cap ? cap * 2 : 64;
+            ents = pz_realloc(ents, cap * sizeof *ents);
+        }
+        struct raft_entry *e = &ents[cnt++];
+        int len = sqlite3_column_bytes(st, 3);
+        e->index = (uint64_t)idx;
+        e->term = (uint64_t)term;
+        e->type = (uint8_t)type;
+        e->len = (size_t)len;
+        e->data = len > 0 ? pz_memdup(sqlite3_column_blob(st, 3), (size_t)len)
+                          : NULL;
+        expect++;
+        prev_term = (uint64_t)term;
+    }
+    if (ret == 0 && rc != SQLITE_DONE)
+        ret = sql_err(s, buf, "read log", rc);
+    sqlite3_reset(st);
+    if (ret == 0 && (expect - 1 != s->last_index ||
+                     (cnt > 0 && prev_term != s->last_term))) {
+        set_err(buf, STORE_ERRMSG_SIZE,
+                "%s: log changed under us: last index %" PRIu64
+                " read, %" PRIu64 " expected",
+                s->path, expect - 1, s->last_index);
+        ret = PZ_ECORRUPT;
+    }
+    if (ret) {
+        store_entries_free(ents, cnt);
+        return ret;
+    }
+    *hs = s->hs;
+    *entries = ents;
+    *n = cnt;
+    if (meta)
+        *meta = s->meta;
+    return 0;
+}
+
+/* --- open / close --------------------------------------------------------- */
+
+static const char schema_sql[] =
+    "CREATE TABLE meta ("
+    "  key TEXT PRIMARY KEY NOT NULL,"
+    "  value TEXT NOT NULL) STRICT;"
+    "CREATE TABLE log ("
+    "  idx INTEGER PRIMARY KEY,"
+    "  term INTEGER NOT NULL,"
+    "  type INTEGER NOT NULL,"
+    "  data BLOB) STRICT;"
+    "CREATE TABLE hard_state ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 0),"
+    "  term INTEGER NOT NULL,"
+    "  vote INTEGER NOT NULL,"
+    "  commit_index INTEGER NOT NULL) STRICT;"
+    "INSERT INTO hard_state VALUES (0, 0, 0, 0);";
+
+static const char *const stmt_sql[] = {
+    "BEGIN IMMEDIATE",
+    "COMMIT",
+    "ROLLBACK",
+    "DELETE FROM log WHERE idx >= ?1",
+    "DELETE FROM log WHERE idx <= ?1",
+    "INSERT INTO log (idx, term, type, data) VALUES (?1, ?2, ?3, ?4)",
+    "SELECT term FROM log WHERE idx = ?1",
+    "UPDATE hard_state SET term = ?1, vote = ?2, commit_index = ?3 "
+    "WHERE id = 0",
+    "INSERT INTO meta (key, value) VALUES (?1, ?2) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    "SELECT idx, term, type, data FROM log ORDER BY idx",
+};
+
+static sqlite3_stmt **stmt_slot(struct store *s, size_t i)
+{
+    sqlite3_stmt **slots[] = {
+        &s->st_begin,    &s->st_commit,  &s->st_rollback, &s->st_del_from,
+        &s->st_del_upto, &s->st_insert,  &s->st_term_at,  &s->st_hs_put,
+        &s->st_meta_put, &s->st_scan,
+    };
+    _Static_assert(PZ_ARRAY_SIZE(slots) == PZ_ARRAY_SIZE(stmt_sql),
+                   "one slot per statement");
+    return slots[i];
+}
+
+/* mkdir -p with mode 0700 for what is created. */
+static int make_dir(const char *dir, char *err, size_t errlen)
+{
+    char *p = pz_strdup(dir);
+    int ret = 0;
+    for (char *c = p + 1;; c++) {
+        if (*c != '/' && *c != '\0')
+            continue;
+        char saved = *c;
+        *c = '\0';
+        if (mkdir(p, 0700) < 0 && errno != EEXIST) {
+            ret = -errno;
+            set_err(err, errlen, "%s: cannot create directory: %s", p,
+                    strerror(errno));
+            break;
+        }
+        *c = saved;
+        if (saved == '\0')
+            break;
+    }
+    struct stat st;
+    if (ret == 0 && (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))) {
+        ret = errno ? -errno : PZ_EINVAL;
+        set_err(err, errlen, "%s: not a directory", dir);
+    }
+    pz_free(p);
+    return ret;
+}
+
+static int fsync_path(const char *path, bool dir)
+{
+    int fd = open(path, (dir ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+static char *join(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *p = pz_malloc(la + lb + 2);
+    memcpy(p, a, la);
+    p[la] = '/';
+    memcpy(p + la + 1, b, lb + 1);
+    return p;
+}
+
+static char *suffixed(const char *a, const char *suffix)
+{
+    size_t la = strlen(a), ls = strlen(suffix);
+    char *p = pz_malloc(la + ls + 1);
+    memcpy(p, a, la);
+    memcpy(p + la, suffix, ls + 1);
+    return p;
+}
+
+static bool path_exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+/* Builds a fresh database as <path>.tmp and renames it to path. */
+static int create_db(const char *dir, const char *path, char *err,
+                     size_t errlen)
+{
+    char *tmp = suffixed(path, ".tmp");
+    static const char *const extra[] = {"", "-journal", "-wal", "-shm"};
+    sqlite3 *db = NULL;
+    char *msg = NULL;
+    char sql[sizeof schema_sql + 512];
+    int ret = 0;
+
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(extra); i++) {
+        char *f = suffixed(tmp, extra[i]);
+        if (unlink(f) < 0 && errno != ENOENT) {
+            ret = -errno;
+            set_err(err, errlen, "%s: cannot remove: %s", f, strerror(errno));
+        }
+        pz_free(f);
+        if (ret)
+            goto out;
+    }
+    int rc = sqlite3_open_v2(tmp, &db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: create: %s", tmp,
+                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        ret = map_sqlite(rc);
+        goto out;
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    snprintf(sql, sizeof sql,
+             "PRAGMA synchronous = FULL;"
+             "BEGIN;"
+             "PRAGMA application_id = %d;"
+             "%s"
+             "INSERT INTO meta VALUES ('schema_version', '%d'),"
+             " ('created_ms', '%" PRId64 "'), ('cluster_id', '0'),"
+             " ('node_id', '0'), ('node_name', ''),"
+             " ('snapshot_index', '0'), ('snapshot_term', '0');"
+             "COMMIT;",
+             STORE_APP_ID, schema_sql, STORE_SCHEMA_VERSION, ms);
+    rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: create schema: %s", tmp,
+                msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        ret = map_sqlite(rc);
+        goto out;
+    }
+    rc = sqlite3_close(db);
+    db = NULL;
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: close: %s", tmp, sqlite3_errstr(rc));
+        ret = PZ_EIO;
+        goto out;
+    }
+    if ((ret = fsync_path(tmp, false)) < 0 || rename(tmp, path) < 0 ||
+        (ret = fsync_path(dir, true)) < 0) {
+        if (ret == 0)
+            ret = -errno;
+        set_err(err, errlen, "%s: cannot install new database: %s", path,
+                strerror(-ret));
+        goto out;
+    }
+out:
+    if (db)
+        sqlite3_close(db);
+    pz_free(tmp);
+    return ret;
+}
+
+/* Runs a statement that yields one text or integer row, copies it into
+ * out. */
+static int pragma_row(struct store *s, const char *sql, char *out,
+                      size_t outlen, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const unsigned char *t = sqlite3_column_text(st, 0);
+            snprintf(out, outlen, "%s", t ? (const char *)t : "");
+            rc = SQLITE_OK;
+        } else if (rc == SQLITE_DONE) {
+            snprintf(out, outlen, "%s", "");
+            rc = SQLITE_OK;
+        }
+    }
+    int ret = 0;
+    if (rc != SQLITE_OK) {
+        ret = sql_err(s, s->errmsg, sql, rc);
+        set_err(err, errlen, "%s", s->errmsg);
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+static int exec_sql(struct store *s, const char *sql, char *err,
+                    size_t errlen)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        return 0;
+    set_err(err, errlen, "%s: %s: %s (SQLite error %d)", s->path, sql,
+            msg ? msg : sqlite3_errstr(rc), rc);
+    sqlite3_free(msg);
+    return map_sqlite(rc);
+}
+
+/* PRAGMA quick_check: "ok" or a list of problems. */
+static int quick_check(struct store *s, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    char report[STORE_ERRMSG_SIZE] = "";
+    size_t used = 0;
+    int rows = 0, rc;
+    rc = sqlite3_prepare_v2(s->db, "PRAGMA quick_check(4)", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            const char *t = (const char *)sqlite3_column_text(st, 0);
+            if (rows++ == 0 && t && strcmp(t, "ok") == 0)
+                continue;
+            if (used < sizeof report - 1)
+                used += (size_t)snprintf(report + used, sizeof report - used,
+                                         "%s%s", used ? "; " : "",
+                                         t ? t : "?");
+        }
+    }
+    int ret = 0;
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
+        ret = sql_err(s, s->errmsg, "PRAGMA quick_check", rc);
+        set_err(err, errlen, "%s", s->errmsg);
+    } else if (report[0]) {
+        for (char *c = report; *c; c++)
+            if (*c == '\n')
+                *c = ' ';
+        set_err(err, errlen, "%s: PRAGMA quick_check failed: %s", s->path,
+                report);
+        ret = PZ_ECORRUPT;
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* Strict decimal uint64 (no sign, no spaces, no overflow). */
+static bool parse_u64(const char *t, uint64_t *v)
+{
+    if (t == NULL || *t < '0' || *t > '9')
+        return false;
+    errno = 0;
+    char *end;
+    unsigned long long x = strtoull(t, &end, 10);
+    if (errno || *end)
+        return false;
+    *v = x;
+    return true;
+}
+
+/* Reads and validates the meta rows. */
+static int load_meta(struct store *s, char *err, size_t errlen)
+{
+    static const char *const keys[] = {
+        "schema_version", "created_ms",     "cluster_id",    "node_id",
+        "node_name",      "snapshot_index", "snapshot_term",
+    };
+    bool seen[PZ_ARRAY_SIZE(keys)] = {false};
+    struct store_meta *m = &s->meta;
+    sqlite3_stmt *st = NULL;
+    uint64_t v = 0;
+    int ret = 0;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT key, value FROM meta", -1, &st,
+                                NULL);
+    if (rc != SQLITE_OK)
+        goto sql_error;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        const char *t = (const char *)sqlite3_column_text(st, 1);
+        size_t i;
+        for (i = 0; i < PZ_ARRAY_SIZE(keys); i++)
+            if (k && strcmp(k, keys[i]) == 0)
+                break;
+        if (i == PZ_ARRAY_SIZE(keys))
+            continue; /* unknown keys are for later versions */
+        seen[i] = true;
+        bool ok = i == 4 ? t && strlen(t) < STORE_NAME_MAX
+                         : parse_u64(t, &v);
+        if (ok && (i == 1 || i == 5 || i == 6) && v > INT64_MAX)
+            ok = false; /* kept in signed 64-bit columns elsewhere */
+        if (!ok) {
+            set_err(err, errlen, "%s: meta %s has a bad value \"%s\"",
+                    s->path, keys[i], t ? t : "(null)");
+            ret = PZ_ECORRUPT;
+            goto out;
+        }
+        switch (i) {
+        case 0:
+            if (v != STORE_SCHEMA_VERSION) {
+                set_err(err, errlen,
+                        "%s: unknown schema version %" PRIu64
+                        " (this build reads version %d)",
+                        s->path, v, STORE_SCHEMA_VERSION);
+                ret = PZ_ECORRUPT;
+                goto out;
+            }
+            m->schema_version = (int)v;
+            break;
+        case 1: m->created_ms = (int64_t)v; break;
+        case 2: m->cluster_id = v; break;
+        case 3: m->node_id = v; break;
+        case 4: snprintf(m->node_name, sizeof m->node_name, "%s", t); break;
+        case 5: m->snap_index = v; break;
+        case 6: m->snap_term = v; break;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        goto sql_error;
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(keys); i++) {
+        if (!seen[i]) {
+            set_err(err, errlen, "%s: meta row %s is missing", s->path,
+                    keys[i]);
+            ret = PZ_ECORRUPT;
+            goto out;
+        }
+    }
+    goto out;
+sql_error:
+    ret = sql_err(s, s->errmsg, "read meta", rc);
+    if (ret == PZ_EIO && rc == SQLITE_ERROR)
+        ret = PZ_ECORRUPT; /* e.g. no such table: not our schema */
+    set_err(err, errlen, "%s", s->errmsg);
+out:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* Reads the hard state row and the last entry. */
+static int load_state(struct store *s, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = 0;
+    int rc = sqlite3_prepare_v2(
+        s->db, "SELECT term, vote, commit_index FROM hard_state WHERE id = 0",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        goto sql_error;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        set_err(err, errlen, "%s: hard state row is missing", s->path);
+        ret = PZ_ECORRUPT;
+        goto out;
+    }
+    if (rc != SQLITE_ROW)
+        goto sql_error;
+    sqlite3_int64 t = sqlite3_column_int64(st, 0);
+    sqlite3_int64 v = sqlite3_column_int64(st, 1);
+    sqlite3_int64 c = sqlite3_column_int64(st, 2);
+    if (t < 0 || c < 0) {
+        set_err(err, errlen, "%s: hard state has negative values", s->path);
+        ret = PZ_ECORRUPT;
+        goto out;
+    }
+    s->hs.term = (uint64_t)t;
+    s->hs.vote = (uint64_t)v;
+    s->hs.commit = (uint64_t)c;
+    sqlite3_finalize(st);
+    st = NULL;
+
+    rc = sqlite3_prepare_v2(
+        s->db, "SELECT idx, term FROM log ORDER BY idx DESC LIMIT 1", -1, &st,
+        NULL);
+    if (rc != SQLITE_OK)
+        goto sql_error;
+    rc = sqlite3_step(st);
+    s->last_index = s->meta.snap_index;
+    s->last_term = s->meta.snap_term;
+    if (rc == SQLITE_ROW) {
+        sqlite3_int64 i = sqlite3_column_int64(st, 0);
+        t = sqlite3_column_int64(st, 1);
+        if (i < 0 || t < 0 || (uint64_t)i <= s->meta.snap_index) {
+            set_err(err, errlen,
+                    "%s: last log entry %lld (term %lld) is invalid or not "
+                    "after the snapshot index %" PRIu64,
+                    s->path, i, t, s->meta.snap_index);
+            ret = PZ_ECORRUPT;
+            goto out;
+        }
+        s->last_index = (uint64_t)i;
+        s->last_term = (uint64_t)t;
+    } else if (rc != SQLITE_DONE) {
+        goto sql_error;
+    }
+    goto out;
+sql_error:
+    ret = sql_err(s, s->errmsg, "read hard state", rc);
+    if (ret == PZ_EIO && rc == SQLITE_ERROR)
+        ret = PZ_ECORRUPT;
+    set_err(err, errlen, "%s", s->errmsg);
+out:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* Looks at the file before SQLite does: SQLite would happily turn an empty
+ * file into a fresh database, and writes a header when switching to WAL. */
+static int check_header(const char *path, char *err, size_t errlen)
+{
+    static const char magic[16] = "SQLite format 3";
+    char head[16];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        set_err(err, errlen, "%s: open: %s", path, strerror(e));
+        return -e;
+    }
+    ssize_t r = pread(fd, head, sizeof head, 0);
+    int e = errno;
+    close(fd);
+    if (r < 0) {
+        set_err(err, errlen, "%s: read: %s", path, strerror(e));
+        return -e;
+    }
+    if (r == 0) {
+        set_err(err, errlen,
+                "%s: empty file (truncated?); refusing to treat it as a "
+                "new node",
+                path);
+        return PZ_ECORRUPT;
+    }
+    if ((size_t)r < sizeof head || memcmp(head, magic, sizeof head) != 0) {
+        set_err(err, errlen,
+                "%s: not an SQLite database (bad header: garbage or "
+                "overwritten)",
+                path);
+        return PZ_ECORRUPT;
+    }
+    return 0;
+}
+
+static int open_db(struct store *s, char *err, size_t errlen)
+{
+    char row[64];
+    int rc = check_header(s->path, err, errlen);
+    if (rc)
+        return rc;
+    rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: open: %s (SQLite error %d)", s->path,
+                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc), rc);
+        return map_sqlite(rc);
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    /* Exclusive locking: a second process on the same data directory gets
+     * SQLITE_BUSY at once; in WAL mode it also means no shared-memory
+     * index. The empty write transaction takes the lock now. */
+    int ret = exec_sql(s, "PRAGMA locking_mode = EXCLUSIVE", err, errlen);
+    if (ret)
+        return ret;
+    if ((ret = pragma_row(s, "PRAGMA journal_mode = WAL", row, sizeof row,
+                          err, errlen)))
+        goto check_busy;
+    if (strcmp(row, "wal") != 0) {
+        set_err(err, errlen, "%s: cannot switch to WAL (journal mode %s)",
+                s->path, row);
+        return PZ_EIO;
+    }
+    if ((ret = exec_sql(s, "BEGIN EXCLUSIVE; COMMIT", err, errlen)))
+        goto check_busy;
+    if ((ret = exec_sql(s,
+                        "PRAGMA synchronous = FULL;"
+                        "PRAGMA cell_size_check = ON;",
+                        err, errlen)))
+        return ret;
+    if ((ret = pragma_row(s, "PRAGMA synchronous", row, sizeof row, err,
+                          errlen)))
+        return ret;
+    if (strcmp(row, "2") != 0) {
+        set_err(err, errlen, "%s: synchronous is %s, not FULL", s->path,
+                row);
+        return PZ_EIO;
+    }
+    if ((ret = quick_check(s, err, errlen)))
+        return ret;
+    if ((ret = pragma_row(s, "PRAGMA application_id", row, sizeof row, err,
+                          errlen)))
+        return ret;
+    if (strtol(row, NULL, 10) != STORE_APP_ID) {
+        if (strcmp(row, "0") == 0 &&
+            pragma_row(s, "SELECT count(*) FROM sqlite_schema", row,
+                       sizeof row, err, errlen) == 0 &&
+            strcmp(row, "0") == 0)
+            set_err(err, errlen,
+                    "%s: database holds no schema (empty or truncated "
+                    "file?); refusing to treat it as a new node",
+                    s->path);
+        else
+            set_err(err, errlen,
+                    "%s: not a PyazDB raft log (application_id %s)",
+                    s->path, row);
+        return PZ_ECORRUPT;
+    }
+    if ((ret = load_meta(s, err, errlen)))
+        return ret;
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(stmt_sql); i++) {
+        rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1,
+                                SQLITE_PREPARE_PERSISTENT, stmt_slot(s, i),
+                                NULL);
+        if (rc != SQLITE_OK) {
+            set_err(err, errlen, "%s: schema does not match (%s): %s",
+                    s->path, stmt_sql[i], sqlite3_errmsg(s->db));
+            return PZ_ECORRUPT;
+        }
+    }
+    return load_state(s, err, errlen);
+
+check_busy:
+    if (ret == PZ_EBUSY)
+        set_err(err, errlen,
+                "%s: locked by another process (is another server using "
+                "this data directory?)",
+                s->path);
+    return ret;
+}
+
+int store_open(const char *dir, struct store **out, char *err,
+               size_t errlen)
+{
+    *out = NULL;
+    set_err(err, errlen, "%s", "");
+    int ret = make_dir(dir, err, errlen);
+    if (ret)
+        return ret;
+    char *path = join(dir, STORE_FILE);
+    if (!path_exists(path)) {
+        char *wal = suffixed(path, "-wal");
+        bool orphan = path_exists(wal);
+        pz_free(wal);
+        if (orphan) {
+            set_err(err, errlen,
+                    "%s is missing but %s-wal exists: refusing to start "
+                    "(remove the -wal file only if the database was "
+                    "deliberately deleted)",
+                    path, path);
+            pz_free(path);
+            return PZ_ECORRUPT;
+        }
+        ret = create_db(dir, path, err, errlen);
+        if (ret) {
+            pz_free(path);
+            return ret;
+        }
+    }
+    struct store *s = pz_calloc(1, sizeof *s);
+    s->path = path;
+    ret = open_db(s, err, errlen);
+    if (ret) {
+        store_close(s);
+        return ret;
+    }
+    const char *env = getenv("PYAZDB_TEST_STORE_FAIL_AT");
+    if (env && *env)
+        s->fail_at = strtol(env, NULL, 10);
+    s->errmsg[0] = '\0';
+    *out = s;
+    return 0;
+}
+
+void store_close(struct store *s)
+{
+    if (s == NULL)
+        return;
+    pz_assert(!s->busy);
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(stmt_sql); i++)
+        sqlite3_finalize(*stmt_slot(s, i));
+    if (s->db)
+        sqlite3_close(s->db);
+    pz_free(s->path);
+    pz_free(s);
+}
+
+/* --- misc ----------------------------------------------------------------- */
+
+void store_stats(const struct store *s, struct store_stats *st)
+{
+    *st = s->stats;
+    st->first_index = s->meta.snap_index + 1;
+    st->last_index = s->last_index;
+}
+
+const char *store_errmsg(const struct store *s)
+{
+    return s->errmsg;
+}
+
+const char *store_path(const struct store *s)
+{
+    return s->path;
+}
+
+void store_fail_at(struct store *s, long n)
+{
+    s->fail_at = n > 0 ? n : 0;
+    s->injected = false;
+}

@@ -1,0 +1,181 @@
+/* store.h - durable Raft state: the log, the hard state and node meta in
+ * one SQLite database, <data-dir>/raft.db.
+ *
+ * Happy path (node.c):
+ *   store_open(dir, &s, err, errlen);            creates or checks raft.db
+ *   store_load(s, &hs, &ents, &n, &meta);        everything raft_restore needs
+ *   store_meta_set(s, cluster, id, name);        first start; later compare
+ *   raft_restore(r, &hs, ents, n); store_entries_free(ents, n);
+ *   per Ready: store_write(s, loop, hs or NULL, rd.entries, rd.n_entries,
+ *              cb, arg); in cb: send msgs_after_persist, raft_advance.
+ *   store_close(s) once no write is in flight.
+ *
+ * Durability: WAL journal with synchronous=FULL, so a transaction is on disk
+ * when COMMIT returns. One batch (a Ready's hard state + entries) is one
+ * transaction: stored entries with index >= entries[0].index are deleted,
+ * then the batch is inserted (follower truncation), then the hard state is
+ * updated. Either all of it is durable or none of it.
+ *
+ * Failure modes: every function returns 0 or a negative code and leaves a
+ * message naming the file and the problem in store_errmsg() (or err for
+ * store_open). PZ_ECORRUPT: the database is not usable as it is (SQLite
+ * corruption, PRAGMA quick_check failure, unknown schema version, gaps or
+ * decreasing terms in the log); the node must refuse to start. PZ_EIO (or a
+ * negative errno): a write or read failed. A failed write is fatal: the
+ * store refuses every later write (fail-stop) and the node must exit; a
+ * write is reported successful only after COMMIT succeeded. PZ_EBUSY from
+ * store_open: another process holds raft.db (it is locked exclusively).
+ *
+ * Threads: every function must be called from one thread (the loop
+ * thread). store_write runs its transaction on libuv's thread pool; while it
+ * runs, only store_busy, store_stats, store_meta_get, store_errmsg and
+ * store_path may be called (anything touching the database asserts). */
+#ifndef PZ_STORE_H
+#define PZ_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "raft.h"
+
+#define STORE_SCHEMA_VERSION 1  /* schema written by this code */
+#define STORE_NAME_MAX 256      /* node_name buffer, NUL included */
+#define STORE_ERRMSG_SIZE 512   /* store_errmsg() buffer */
+
+struct store;
+
+/* Identity and layout facts kept next to the log. An unset id is 0, an
+ * unset name "". */
+struct store_meta {
+    int schema_version;            /* STORE_SCHEMA_VERSION */
+    uint64_t cluster_id;           /* 0 until set */
+    uint64_t node_id;              /* 0 until set */
+    char node_name[STORE_NAME_MAX]; /* "" until set */
+    int64_t created_ms;            /* unix time (ms) raft.db was created */
+    uint64_t snap_index;           /* last index compacted away (0: none);
+                                      the log starts at snap_index + 1 */
+    uint64_t snap_term;            /* term of the entry at snap_index */
+};
+
+/* Counters since store_open, for /status and benchmarks. A batch is one
+ * committed write transaction (empty writes are not counted). */
+struct store_stats {
+    uint64_t batches;            /* committed write transactions */
+    uint64_t entries;            /* entries written */
+    uint64_t bytes;              /* entry payload bytes written */
+    uint64_t hs_writes;          /* batches that carried a hard state */
+    uint64_t last_batch_entries; /* entries in the latest batch */
+    uint64_t last_batch_bytes;   /* payload bytes in the latest batch */
+    uint64_t max_batch_entries;  /* largest batch so far */
+    uint64_t commit_ns;          /* total time inside COMMIT (the WAL
+                                    fsync); entries / batches = entries
+                                    per fsync */
+    uint64_t last_commit_ns;     /* COMMIT time of the latest batch */
+    uint64_t write_ns;           /* total time of write transactions,
+                                    BEGIN to COMMIT */
+    uint64_t failures;           /* failed writes (at most 1: fail-stop) */
+    uint64_t first_index;        /* first stored index (snap_index + 1) */
+    uint64_t last_index;         /* last stored index (snap_index if the
+                                    log is empty) */
+};
+
+/* Called on the loop thread once the write is durable (status 0) or has
+ * failed (status < 0, errmsg says why; nothing of the batch may be
+ * assumed durable and the node must stop). errmsg is NULL on success and
+ * valid only during the call. The store is no longer busy when cb runs:
+ * cb may start the next write. */
+typedef void (*store_write_cb)(struct store *s, int status,
+                               const char *errmsg, void *arg);
+
+/* Opens <dir>/raft.db, creating dir (mode 0700) and a fresh database if
+ * missing. A fresh database is built under a temporary name and renamed
+ * into place, so an existing raft.db always holds a complete schema.
+ * Checks the file: SQLite can read it, PRAGMA quick_check passes, the
+ * application id and schema version are ours, meta and hard state rows are
+ * present and well-formed. Takes an exclusive lock held until close.
+ * Returns 0 and *out, or a negative code (PZ_ECORRUPT, PZ_EIO, PZ_EBUSY,
+ * -errno) with a message "<path>: <what>" in err (errlen bytes). */
+int store_open(const char *dir, struct store **out, char *err,
+               size_t errlen);
+
+/* Closes the database and frees s. No write may be in flight (asserted):
+ * wait for the write callback first. */
+void store_close(struct store *s);
+
+/* Reads the whole log and the hard state. *entries (allocated, each entry's
+ * data too; free with store_entries_free) holds *n entries contiguous from
+ * meta.snap_index + 1 (from index 1 without compaction). Verifies that
+ * indexes have no gaps, terms never decrease, no term exceeds hs->term or
+ * precedes the snapshot term, and entry types are known.
+ * meta may be NULL. Returns 0, PZ_ECORRUPT or PZ_EIO (store_errmsg). */
+int store_load(struct store *s, struct raft_hard_state *hs,
+               struct raft_entry **entries, size_t *n,
+               struct store_meta *meta);
+void store_entries_free(struct raft_entry *entries, size_t n);
+
+/* The meta as currently stored (no database access). */
+void store_meta_get(const struct store *s, struct store_meta *meta);
+
+/* Records identity, durably and synchronously. Each field is set once:
+ * a field passed as 0 / NULL / "" is left alone; an unset stored field
+ * takes the given value; a set field must equal the given value. The node
+ * compares store_meta_get() with its config itself to word its refusal;
+ * this is the last line of defence. Returns 0, PZ_EINVAL (differs from the
+ * stored value, or name too long; nothing written), PZ_EIO. */
+int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
+                   const char *node_name);
+
+/* Persists one Ready in one transaction on libuv's thread pool: deletes
+ * stored entries with index >= entries[0].index, inserts entries[0..n),
+ * and writes *hs if hs is not NULL. hs is copied; entries are NOT: they
+ * and their data must stay valid and unchanged until cb runs (raft keeps
+ * Ready buffers until the next raft_ready). At most one write in flight
+ * (asserted). n == 0 and hs == NULL is an empty write: nothing touches
+ * the database, cb still comes later with 0.
+ * Returns 0 (cb will be called exactly once, from the loop, never from
+ * inside this call), or at once without calling cb: PZ_EINVAL (batch not
+ * contiguous, terms decreasing, first index beyond last + 1 or inside the
+ * compacted prefix, a term above the hard state's), PZ_EIO (the store
+ * failed earlier), or a libuv error from uv_queue_work. */
+int store_write(struct store *s, uv_loop_t *loop,
+                const struct raft_hard_state *hs,
+                const struct raft_entry *entries, size_t n,
+                store_write_cb cb, void *arg);
+
+/* The same transaction, run on the calling thread (bootstrap, tests).
+ * Returns 0 once durable, or a negative code as store_write would report
+ * it either way (store_errmsg). */
+int store_write_sync(struct store *s, const struct raft_hard_state *hs,
+                     const struct raft_entry *entries, size_t n);
+
+/* True while a store_write is in flight. */
+bool store_busy(const struct store *s);
+
+/* Deletes stored entries with index <= upto and records (upto, term) as
+ * the snapshot point, in one transaction (synchronous). If upto is
+ * within the stored log, the entry there must have this term; if upto is
+ * beyond the last stored index (an installed snapshot), the whole log is
+ * dropped. upto <= the current snapshot index is a no-op. The caller
+ * ensures everything up to upto is committed and captured in a snapshot.
+ * Returns 0, PZ_EINVAL (term mismatch), PZ_EIO. */
+int store_compact(struct store *s, uint64_t upto, uint64_t term);
+
+void store_stats(const struct store *s, struct store_stats *st);
+
+/* Message of the last failure ("" if none). Valid until the next call. */
+const char *store_errmsg(const struct store *s);
+
+/* Full path of raft.db. */
+const char *store_path(const struct store *s);
+
+/* Test hook: the nth SQLite step from now (1-based, counting every
+ * statement step of writes, loads, compaction and meta updates, COMMIT
+ * included, ROLLBACK excluded) fails as an I/O error would, without
+ * running; 0 disables. store_open also reads the environment variable
+ * PYAZDB_TEST_STORE_FAIL_AT (a positive integer) once, so a whole server
+ * can be made to fail its nth step. */
+void store_fail_at(struct store *s, long n);
+
+#endif

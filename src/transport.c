@@ -1,0 +1,979 @@
+/* transport.c - see transport.h. Owns the Raft listener, one outbound
+ * connection per peer (dialed on demand, retried with backoff), the
+ * per-peer send queues and the handshake on both sides. The conn layer
+ * does the socket work: reading, buffered writing flushed once per loop
+ * turn, and deferred closing.
+ *
+ * Outbound peer states:
+ *   IDLE -> (something to send) CONNECTING -> (TCP up, Handshake written)
+ *   HANDSHAKE -> (reply OK) READY
+ * Any failure (connect error, refusal, no reply before the deadline, the
+ * connection dropping) -> BACKOFF, whose timer reconnects if messages wait
+ * or else returns to IDLE. The per-peer timer serves both as the
+ * connect/handshake deadline and as the backoff delay.
+ *
+ * Connection ownership: a conn's proto points at its peer (outbound) or at
+ * its struct inbound. To let go of an outbound conn we clear its proto and
+ * flag it for closing, so no callback of ours ever sees it again. Inbound
+ * conns belong to our listener (c->ls points into the transport), so the
+ * transport is only freed after the conn layer has reaped every one of
+ * them. */
+#include "transport.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "conn.h"
+#include "log.h"
+#include "queue.h"
+#include "raft_codec.h"
+
+#define DEF_MAX_QUEUE_MSGS 4096
+#define DEF_MAX_QUEUE_BYTES (32u << 20)
+#define DEF_OUT_LOW_WATER (256u << 10)
+#define DEF_BACKOFF_MIN_MS 50
+#define DEF_BACKOFF_MAX_MS 2000
+#define DEF_CONNECT_TIMEOUT_MS 5000
+#define DEF_MAX_INBOUND 1024
+#define REPLY_MAX (64u << 10)   /* handshake frames (either way) */
+#define SCRATCH_KEEP (4u << 20) /* encode buffer kept between sends */
+#define NAME_LOG 64             /* bytes of a peer name kept for logs */
+#define REFUSAL_QUIET_MS 60000  /* a repeated refusal is logged at debug */
+
+enum peer_state {
+    PEER_IDLE = 0,   /* no connection, nothing scheduled */
+    PEER_CONNECTING, /* TCP connect in progress */
+    PEER_HANDSHAKE,  /* Handshake sent, waiting for the reply */
+    PEER_READY,      /* accepted: queued messages flow */
+    PEER_BACKOFF,    /* waiting before the next attempt */
+};
+
+/* One encoded frame waiting in a peer queue. */
+struct out_msg {
+    struct pz_queue q; /* in peer->msgs */
+    size_t len;        /* bytes in data */
+    uint8_t data[];    /* length prefix + body */
+};
+
+struct peer {
+    struct pz_queue q;              /* in t->peers */
+    struct transport *t;            /* owner */
+    uint64_t id;                    /* peer node id */
+    char *addr;                     /* "host:port" (pz_malloc) */
+    int state;                      /* enum peer_state */
+    struct conn *conn;              /* outbound connection, NULL if none */
+    uv_timer_t timer;               /* connect deadline or backoff */
+    uint64_t backoff;               /* next backoff base in ms, 0: minimum */
+    struct raft_frame_parser fp;    /* reads the handshake reply */
+    struct pz_queue msgs;           /* struct out_msg, oldest first */
+    size_t n_msgs;                  /* length of msgs */
+    size_t bytes;                   /* bytes in msgs */
+    bool failing;                   /* last attempt failed (quieter logs) */
+    uint32_t last_refusal;          /* status of the last refusal, 0 none */
+    bool removed;                   /* unlinked, timer closing */
+    struct transport_peer_stats st; /* counters */
+};
+
+/* State of one accepted connection. */
+struct inbound {
+    struct pz_queue q;           /* in t->inbound */
+    struct transport *t;         /* owner */
+    struct conn *c;              /* the connection */
+    struct raft_frame_parser fp; /* frames from the dialer */
+    uint64_t peer_id;            /* from the handshake, 0 before */
+    char name[NAME_LOG];         /* peer name, printable */
+    bool accepted;               /* handshake accepted */
+    bool done;                   /* refused or failed: ignore input */
+};
+
+struct transport {
+    uv_loop_t *loop;             /* the process loop */
+    struct transport_config cfg; /* copy; strings below replace its own */
+    char *listen_addr;           /* copied cfg.listen_addr */
+    char *name;                  /* copied cfg.name */
+    char *token;                 /* copied cfg.token ("" = none) */
+    struct conn_listener ls;     /* accepts peers; ls.data == this */
+    struct pz_queue peers;       /* struct peer */
+    struct pz_queue inbound;     /* struct inbound */
+    size_t n_inbound;            /* length of inbound */
+    uint64_t rng;                /* backoff jitter PRNG state */
+    struct pz_buf scratch;       /* encode buffer */
+    struct transport_stats st;   /* counters */
+    uint64_t refused_id;         /* node of the last refusal we logged */
+    uint32_t refused_status;     /* its status */
+    uint64_t refused_ms;         /* uv_now() when it was logged loudly */
+    bool closing;                /* transport_close called */
+    size_t closing_handles;      /* uv_close callbacks still to come */
+    uv_timer_t fin[2];           /* never started; closed last to free */
+    transport_close_cb close_cb; /* from transport_close */
+};
+
+static void peer_connect(struct peer *p);
+static void pump(struct peer *p);
+
+/* --- helpers ------------------------------------------------------------ */
+
+static void printable(char *dst, size_t cap, const char *src)
+{
+    size_t i = 0;
+    for (; src && src[i] && i + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        dst[i] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
+    }
+    dst[i] = '\0';
+}
+
+/* Token comparison whose time does not depend on where the strings
+ * differ (only on the length of the presented one). */
+static bool token_equal(const char *want, const char *got)
+{
+    size_t lw = strlen(want), lg = strlen(got);
+    volatile unsigned char acc = (unsigned char)(lw != lg);
+    for (size_t i = 0; i < lg; i++)
+        acc |= (unsigned char)(want[i < lw ? i : 0] ^ got[i]);
+    return acc == 0;
+}
+
+static struct peer *find_peer(const struct transport *t, uint64_t id)
+{
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &t->peers)
+    {
+        struct peer *p = container_of(e, struct peer, q);
+        if (p->id == id)
+            return p;
+    }
+    return NULL;
+}
+
+static void notify_peer(struct peer *p, bool connected)
+{
+    struct transport *t = p->t;
+    if (t->cfg.on_peer && !t->closing && !p->removed)
+        t->cfg.on_peer(t->cfg.data, p->id, connected);
+}
+
+static void free_queue(struct peer *p, bool count)
+{
+    while (!pz_queue_empty(&p->msgs)) {
+        struct pz_queue *e = pz_queue_head(&p->msgs);
+        pz_queue_remove(e);
+        pz_free(container_of(e, struct out_msg, q));
+        if (count)
+            p->st.dropped++;
+    }
+    p->n_msgs = 0;
+    p->bytes = 0;
+}
+
+/* --- closing ------------------------------------------------------------- */
+
+static void on_fin_b(uv_handle_t *h)
+{
+    struct transport *t = h->data;
+    transport_close_cb cb = t->close_cb;
+    void *data = t->cfg.data;
+    pz_buf_free(&t->scratch);
+    pz_free(t->listen_addr);
+    pz_free(t->name);
+    pz_free(t->token);
+    pz_free((char *)t->cfg.http_addr);
+    pz_free((char *)t->cfg.grpc_addr);
+    pz_free(t);
+    if (cb)
+        cb(data);
+}
+
+/* Two hops: a handle closed now may share a close pass with handles closed
+ * just before it (and run first); the handle closed from its callback runs
+ * in a later pass, after all of them. */
+static void on_fin_a(uv_handle_t *h)
+{
+    struct transport *t = h->data;
+    uv_close((uv_handle_t *)&t->fin[1], on_fin_b);
+}
+
+static void maybe_finish(struct transport *t)
+{
+    if (!t->closing || t->closing_handles > 0 || t->n_inbound > 0)
+        return;
+    if (uv_is_closing((uv_handle_t *)&t->fin[0]))
+        return;
+    uv_close((uv_handle_t *)&t->fin[0], on_fin_a);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct transport *t = container_of((uv_tcp_t *)h, struct transport, ls.tcp);
+    t->closing_handles--;
+    maybe_finish(t);
+}
+
+static void on_peer_timer_closed(uv_handle_t *h)
+{
+    struct peer *p = h->data;
+    struct transport *t = p->t;
+    raft_frame_parser_free(&p->fp);
+    pz_free(p->addr);
+    pz_free(p);
+    t->closing_handles--;
+    maybe_finish(t);
+}
+
+/* --- outbound ------------------------------------------------------------ */
+
+static void out_data(struct conn *c, const char *data, size_t len);
+static void out_drain(struct conn *c);
+static void out_close(struct conn *c);
+
+static const struct conn_ops out_ops = {
+    .on_open = NULL,
+    .on_data = out_data,
+    .on_drain = out_drain,
+    .on_close = out_close,
+};
+
+/* Lets go of the connection (if any). Returns true if the link was up. */
+static bool peer_drop_conn(struct peer *p)
+{
+    bool was_ready = p->state == PEER_READY;
+    if (p->conn) {
+        p->conn->proto = NULL;
+        conn_close(p->conn);
+        p->conn = NULL;
+    }
+    raft_frame_parser_free(&p->fp);
+    if (!p->removed)
+        uv_timer_stop(&p->timer);
+    p->state = PEER_IDLE;
+    p->st.connected = false;
+    return was_ready;
+}
+
+static void on_peer_timer(uv_timer_t *h);
+
+static void schedule_retry(struct peer *p)
+{
+    struct transport *t = p->t;
+    if (p->removed || t->closing)
+        return;
+    uint64_t base = p->backoff ? p->backoff : t->cfg.backoff_min_ms;
+    /* Jitter: uniform in [3/4 base, 5/4 base], so peers that failed
+     * together do not retry in lockstep. */
+    uint64_t span = base / 2;
+    uint64_t delay =
+        base - base / 4 + (span ? pz_rand_next(&t->rng) % (span + 1) : 0);
+    p->backoff = PZ_MIN(base * 2, t->cfg.backoff_max_ms);
+    p->state = PEER_BACKOFF;
+    uv_timer_start(&p->timer, on_peer_timer, delay, 0);
+}
+
+/* The attempt or the link failed: log (loudly the first time in a row),
+ * drop the connection and retry later. */
+static void peer_fail(struct peer *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void peer_fail(struct peer *p, const char *fmt, ...)
+{
+    char why[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    pz_log(p->failing ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
+           "raft: peer %" PRIu64 " at %s: %s", p->id, p->addr, why);
+    p->failing = true;
+    bool was_ready = peer_drop_conn(p);
+    schedule_retry(p);
+    if (was_ready)
+        notify_peer(p, false);
+}
+
+static void on_peer_timer(uv_timer_t *h)
+{
+    struct peer *p = h->data;
+    switch (p->state) {
+    case PEER_BACKOFF:
+        if (p->n_msgs > 0)
+            peer_connect(p);
+        else
+            p->state = PEER_IDLE;
+        break;
+    case PEER_CONNECTING:
+        peer_fail(p, "no connection within %" PRIu64 " ms",
+                  p->t->cfg.connect_timeout_ms);
+        break;
+    case PEER_HANDSHAKE:
+        peer_fail(p, "no handshake reply within %" PRIu64 " ms",
+                  p->t->cfg.connect_timeout_ms);
+        break;
+    default:
+        break;
+    }
+}
+
+static void out_connected(struct conn *c, int status)
+{
+    struct peer *p = c->proto;
+    if (p == NULL)
+        return; /* we let go of this connection already */
+    struct transport *t = p->t;
+    if (status < 0) {
+        peer_fail(p, "connect: %s", uv_strerror(status));
+        return;
+    }
+    struct raft_handshake hs = {
+        .version = RAFT_PROTO_VERSION,
+        .cluster_id = t->cfg.cluster_id,
+        .node_id = t->cfg.id,
+        .target_id = p->id,
+        .name = t->name,
+        .token = t->token,
+        .http_addr = t->cfg.http_addr,
+        .grpc_addr = t->cfg.grpc_addr,
+    };
+    pz_buf_reset(&t->scratch);
+    if (raft_codec_encode_handshake(&t->scratch, &hs, REPLY_MAX) < 0) {
+        peer_fail(p, "handshake too large (name or token too long)");
+        return;
+    }
+    conn_write(c, t->scratch.data, t->scratch.len);
+    raft_frame_parser_init(&p->fp, REPLY_MAX);
+    p->state = PEER_HANDSHAKE;
+}
+
+static void describe_refusal(const struct transport *t, const struct peer *p,
+                             const struct raft_handshake_reply *r, char *buf,
+                             size_t len)
+{
+    const char *what = raft_hs_status_str(r->status);
+    switch (r->status) {
+    case RAFT_HS_CLUSTER_MISMATCH:
+        snprintf(buf, len, "%s (theirs %016" PRIx64 ", ours %016" PRIx64 ")",
+                 what, r->cluster_id, t->cfg.cluster_id);
+        break;
+    case RAFT_HS_BAD_VERSION:
+        snprintf(buf, len, "%s (theirs %" PRIu32 ", ours %d)", what, r->version,
+                 RAFT_PROTO_VERSION);
+        break;
+    case RAFT_HS_DUPLICATE_ID:
+        snprintf(buf, len, "%s (it is node %" PRIu64 " too)", what, t->cfg.id);
+        break;
+    case RAFT_HS_WRONG_NODE:
+        snprintf(buf, len, "%s (it is node %" PRIu64 ", not node %" PRIu64 ")",
+                 what, r->node_id, p->id);
+        break;
+    default: {
+        char reason[128];
+        printable(reason, sizeof reason, r->reason);
+        snprintf(buf, len, "%s%s%s", what, reason[0] ? ": " : "", reason);
+        break;
+    }
+    }
+}
+
+static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
+{
+    struct transport *t = p->t;
+    char name[NAME_LOG];
+    if (r->status != RAFT_HS_OK) {
+        char why[256];
+        describe_refusal(t, p, r, why, sizeof why);
+        p->st.refused++;
+        pz_log(p->last_refusal == r->status ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
+               "raft: peer %s (node %" PRIu64 ") refused us: %s", p->addr,
+               p->id, why);
+        p->last_refusal = r->status;
+        p->failing = true;
+        peer_drop_conn(p);
+        schedule_retry(p);
+        return;
+    }
+    if (r->node_id != p->id) {
+        peer_fail(p, "answered as node %" PRIu64, r->node_id);
+        return;
+    }
+    printable(name, sizeof name, r->name);
+    pz_info("raft: connected to peer %" PRIu64 " '%s' at %s", p->id, name,
+            p->addr);
+    if (t->cfg.on_peer_info)
+        t->cfg.on_peer_info(t->cfg.data, p->id, name, r->http_addr,
+                            r->grpc_addr);
+    raft_frame_parser_free(&p->fp);
+    uv_timer_stop(&p->timer);
+    p->state = PEER_READY;
+    p->backoff = 0;
+    p->failing = false;
+    p->last_refusal = 0;
+    p->st.connects++;
+    p->st.connected = true;
+    pump(p);
+    notify_peer(p, true);
+}
+
+static void out_data(struct conn *c, const char *data, size_t len)
+{
+    struct peer *p = c->proto;
+    if (p == NULL)
+        return;
+    if (p->state != PEER_HANDSHAKE) {
+        peer_fail(p, "unexpected %zu bytes from the acceptor", len);
+        return;
+    }
+    const uint8_t *body;
+    size_t blen, used;
+    int r = raft_frame_parser_feed(&p->fp, (const uint8_t *)data, len, &used,
+                                   &body, &blen);
+    if (r == PZ_ETOOBIG) {
+        peer_fail(p, "handshake reply of %zu bytes is too large",
+                  p->fp.body_len);
+        return;
+    }
+    if (r == RAFT_FRAME_NEED_MORE)
+        return;
+    struct raft_decoded d;
+    int rv = raft_codec_decode(body, blen, &d);
+    if (rv < 0 || d.kind != RAFT_FRAME_REPLY) {
+        peer_fail(p, "bad handshake reply (%s)",
+                  rv < 0 ? pz_strerror(rv) : "not a reply");
+    } else if (used != len) {
+        peer_fail(p, "unexpected data after the handshake reply");
+    } else {
+        handle_reply(p, &d.reply);
+    }
+    raft_decoded_free(&d);
+}
+
+static void out_drain(struct conn *c)
+{
+    struct peer *p = c->proto;
+    if (p)
+        pump(p);
+}
+
+static void out_close(struct conn *c)
+{
+    struct peer *p = c->proto;
+    if (p == NULL)
+        return;
+    /* The conn layer closed it (EOF, read or write error, output limit). */
+    peer_fail(p, "%s",
+              p->state == PEER_READY
+                  ? "connection lost"
+                  : "connection closed during the handshake");
+}
+
+static void peer_connect(struct peer *p)
+{
+    struct transport *t = p->t;
+    p->st.attempts++;
+    if (p->st.attempts > 1)
+        p->st.reconnects++;
+    struct conn *c = conn_connect(p->addr, &out_ops, NULL, out_connected);
+    if (c == NULL) {
+        peer_fail(p, "cannot start a connection");
+        return;
+    }
+    /* Set after the call: conn_connect never calls back synchronously, and
+     * a conn it gives up on internally must not point at us. */
+    c->proto = p;
+    p->conn = c;
+    p->state = PEER_CONNECTING;
+    uv_timer_start(&p->timer, on_peer_timer, t->cfg.connect_timeout_ms, 0);
+}
+
+/* Moves queued frames into the connection while it has room. */
+static void pump(struct peer *p)
+{
+    struct transport *t = p->t;
+    while (p->state == PEER_READY && !pz_queue_empty(&p->msgs) &&
+           !conn_is_closing(p->conn) &&
+           conn_output_pending(p->conn) < t->cfg.out_low_water) {
+        struct pz_queue *e = pz_queue_head(&p->msgs);
+        struct out_msg *m = container_of(e, struct out_msg, q);
+        pz_queue_remove(e);
+        p->n_msgs--;
+        p->bytes -= m->len;
+        conn_write(p->conn, m->data, m->len);
+        p->st.sent_msgs++;
+        p->st.sent_bytes += m->len;
+        pz_free(m);
+    }
+}
+
+/* --- inbound ------------------------------------------------------------- */
+
+static int in_open(struct conn *c);
+static void in_data(struct conn *c, const char *data, size_t len);
+static void in_close(struct conn *c);
+
+static const struct conn_ops in_ops = {
+    .on_open = in_open,
+    .on_data = in_data,
+    .on_drain = NULL,
+    .on_close = in_close,
+};
+
+static int in_open(struct conn *c)
+{
+    struct transport *t = c->ls->data;
+    if (t->closing)
+        return PZ_ESHUTDOWN;
+    struct inbound *in = pz_calloc(1, sizeof *in);
+    in->t = t;
+    in->c = c;
+    /* Until the handshake is accepted only a small frame is allowed: an
+     * unknown dialer cannot make us buffer max_frame bytes. */
+    raft_frame_parser_init(&in->fp, REPLY_MAX);
+    pz_queue_push(&t->inbound, &in->q);
+    t->n_inbound++;
+    c->proto = in;
+    pz_debug("raft: inbound connection from %s", c->peer);
+    return 0;
+}
+
+static void in_close(struct conn *c)
+{
+    struct inbound *in = c->proto;
+    if (in == NULL)
+        return;
+    struct transport *t = in->t;
+    if (in->accepted)
+        pz_info("raft: inbound connection from node %" PRIu64
+                " '%s' at %s closed",
+                in->peer_id, in->name, c->peer);
+    pz_queue_remove(&in->q);
+    t->n_inbound--;
+    raft_frame_parser_free(&in->fp);
+    pz_free(in);
+    c->proto = NULL;
+    maybe_finish(t);
+}
+
+static void in_fail(struct inbound *in, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void in_fail(struct inbound *in, const char *fmt, ...)
+{
+    char why[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    if (in->accepted)
+        pz_warn("raft: closing connection from node %" PRIu64 " at %s: %s",
+                in->peer_id, in->c->peer, why);
+    else
+        pz_warn("raft: closing connection from %s: %s", in->c->peer, why);
+    in->t->st.inbound_errors++;
+    in->done = true;
+    conn_close(in->c);
+}
+
+static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
+{
+    struct transport *t = in->t;
+    struct raft_handshake_reply r = {
+        .status = RAFT_HS_OK,
+        .version = RAFT_PROTO_VERSION,
+    };
+    char why[200] = "";
+    printable(in->name, sizeof in->name, hs->name);
+    if (hs->version != RAFT_PROTO_VERSION) {
+        r.status = RAFT_HS_BAD_VERSION;
+        snprintf(why, sizeof why, " (theirs %" PRIu32 ", ours %d)", hs->version,
+                 RAFT_PROTO_VERSION);
+    } else if (hs->node_id == 0) {
+        r.status = RAFT_HS_BAD_HANDSHAKE;
+        snprintf(why, sizeof why, " (node id 0)");
+    } else if (t->token[0] && !token_equal(t->token, hs->token)) {
+        r.status = RAFT_HS_BAD_TOKEN;
+    } else if (hs->cluster_id == 0 ||
+               (t->cfg.cluster_id != 0 &&
+                hs->cluster_id != t->cfg.cluster_id)) {
+        /* A node that is still joining has cluster id 0 and takes the id
+         * of the first member that dials it (below). */
+        r.status = RAFT_HS_CLUSTER_MISMATCH;
+        snprintf(why, sizeof why,
+                 " (theirs %016" PRIx64 ", ours %016" PRIx64 ")",
+                 hs->cluster_id, t->cfg.cluster_id);
+    } else if (hs->node_id == t->cfg.id) {
+        r.status = RAFT_HS_DUPLICATE_ID;
+        snprintf(why, sizeof why, " (it uses our id %" PRIu64 ")", t->cfg.id);
+    } else if (hs->target_id != 0 && hs->target_id != t->cfg.id) {
+        r.status = RAFT_HS_WRONG_NODE;
+        snprintf(why, sizeof why,
+                 " (it wants node %" PRIu64 ", we are %" PRIu64 ")",
+                 hs->target_id, t->cfg.id);
+    }
+    /* Who we are is only told to dialers that passed the version and
+     * token checks. */
+    if (r.status != RAFT_HS_BAD_VERSION && r.status != RAFT_HS_BAD_TOKEN) {
+        r.cluster_id = t->cfg.cluster_id ? t->cfg.cluster_id : hs->cluster_id;
+        r.node_id = t->cfg.id;
+        r.name = t->name;
+    }
+    if (r.status == RAFT_HS_OK) {
+        r.http_addr = t->cfg.http_addr;
+        r.grpc_addr = t->cfg.grpc_addr;
+    }
+    r.reason = why[0] ? why + 1 : "";
+    pz_buf_reset(&t->scratch);
+    int rv = raft_codec_encode_reply(&t->scratch, &r, REPLY_MAX);
+    pz_assert(rv == 0);
+    conn_write(in->c, t->scratch.data, t->scratch.len);
+    if (r.status != RAFT_HS_OK) {
+        /* A misconfigured peer retries every couple of seconds: say it
+         * loudly once a minute, not on every attempt. */
+        uint64_t now = uv_now(t->loop);
+        bool again = t->refused_id == hs->node_id &&
+                     t->refused_status == r.status &&
+                     now - t->refused_ms < REFUSAL_QUIET_MS;
+        if (!again) {
+            t->refused_id = hs->node_id;
+            t->refused_status = r.status;
+            t->refused_ms = now;
+        }
+        pz_log(again ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
+               "raft: refusing %s (node %" PRIu64 " '%s'): %s%s", in->c->peer,
+               hs->node_id, in->name, raft_hs_status_str(r.status), why);
+        t->st.inbound_refused++;
+        in->done = true;
+        conn_pause(in->c);
+        conn_close_after_flush(in->c);
+        return;
+    }
+    if (t->cfg.cluster_id == 0) {
+        t->cfg.cluster_id = hs->cluster_id;
+        pz_info("raft: joined cluster %016" PRIx64 " (first contact from "
+                "node '%s')",
+                hs->cluster_id, in->name);
+        if (t->cfg.on_cluster_id)
+            t->cfg.on_cluster_id(t->cfg.data, hs->cluster_id);
+    }
+    in->accepted = true;
+    if (t->cfg.on_peer_info)
+        t->cfg.on_peer_info(t->cfg.data, hs->node_id, in->name,
+                            hs->http_addr, hs->grpc_addr);
+    in->peer_id = hs->node_id;
+    in->fp.max = t->cfg.max_frame;
+    in->c->busy = 1; /* a quiet peer link is not an idle client */
+    /* One inbound link per peer: a new one (the peer restarted, or
+     * reconnected before we saw the old one die) replaces the old. */
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &t->inbound)
+    {
+        struct inbound *o = container_of(e, struct inbound, q);
+        if (o != in && o->accepted && !o->done && o->peer_id == in->peer_id) {
+            pz_info("raft: new connection from node %" PRIu64
+                    " replaces the one from %s",
+                    in->peer_id, o->c->peer);
+            o->done = true;
+            conn_close(o->c);
+        }
+    }
+    pz_info("raft: accepted node %" PRIu64 " '%s' from %s", in->peer_id,
+            in->name, in->c->peer);
+}
+
+static const char *kind_name(int kind)
+{
+    switch (kind) {
+    case RAFT_FRAME_HANDSHAKE:
+        return "handshake";
+    case RAFT_FRAME_REPLY:
+        return "handshake reply";
+    case RAFT_FRAME_MESSAGE:
+        return "raft message";
+    default:
+        return "unknown frame";
+    }
+}
+
+static void in_frame(struct inbound *in, const uint8_t *body, size_t len)
+{
+    struct transport *t = in->t;
+    struct raft_decoded d;
+    int rv = raft_codec_decode(body, len, &d);
+    if (rv < 0) {
+        in_fail(in, "undecodable frame of %zu bytes (%s)", len,
+                pz_strerror(rv));
+        return;
+    }
+    if (!in->accepted) {
+        if (d.kind == RAFT_FRAME_HANDSHAKE)
+            in_handshake(in, &d.hs);
+        else
+            in_fail(in, "%s before the handshake", kind_name(d.kind));
+    } else if (d.kind != RAFT_FRAME_MESSAGE) {
+        in_fail(in, "unexpected %s", kind_name(d.kind));
+    } else if (d.msg.from != in->peer_id) {
+        in_fail(in, "message from node %" PRIu64 " on this link", d.msg.from);
+    } else if (d.msg.to != t->cfg.id) {
+        pz_debug("raft: dropping a message for node %" PRIu64
+                 " from node %" PRIu64,
+                 d.msg.to, in->peer_id);
+    } else if (!t->closing) {
+        t->st.recv_msgs++;
+        t->st.recv_bytes += RAFT_FRAME_HDR + len;
+        t->cfg.recv(t->cfg.data, &d.msg);
+    }
+    raft_decoded_free(&d);
+}
+
+static void in_data(struct conn *c, const char *data, size_t len)
+{
+    struct inbound *in = c->proto;
+    const uint8_t *p = (const uint8_t *)data;
+    size_t off = 0;
+    while (in && off < len && !in->done && !conn_is_closing(c)) {
+        const uint8_t *body;
+        size_t blen, used;
+        int r = raft_frame_parser_feed(&in->fp, p + off, len - off, &used,
+                                       &body, &blen);
+        off += used;
+        if (r == PZ_ETOOBIG) {
+            in_fail(in, "frame of %zu bytes exceeds the limit of %zu",
+                    in->fp.body_len, in->fp.max);
+            return;
+        }
+        if (r == RAFT_FRAME_NEED_MORE)
+            return;
+        in_frame(in, body, blen);
+    }
+}
+
+/* --- public API ---------------------------------------------------------- */
+
+struct transport *transport_new(uv_loop_t *loop,
+                                const struct transport_config *cfg, char *err,
+                                size_t errlen)
+{
+    if (cfg->id == 0 || cfg->recv == NULL || cfg->listen_addr == NULL) {
+        snprintf(err, errlen, "raft transport: %s",
+                 cfg->id == 0        ? "node id 0"
+                 : cfg->recv == NULL ? "no receive callback"
+                                     : "no listen address");
+        return NULL;
+    }
+    struct transport *t = pz_calloc(1, sizeof *t);
+    t->loop = loop;
+    t->cfg = *cfg;
+    t->listen_addr = pz_strdup(cfg->listen_addr);
+    t->name = pz_strdup(cfg->name ? cfg->name : "");
+    t->token = pz_strdup(cfg->token ? cfg->token : "");
+    t->cfg.http_addr = pz_strdup(cfg->http_addr ? cfg->http_addr : "");
+    t->cfg.grpc_addr = pz_strdup(cfg->grpc_addr ? cfg->grpc_addr : "");
+    t->cfg.listen_addr = t->listen_addr;
+    t->cfg.name = t->name;
+    t->cfg.token = t->token;
+#define DEF(f, v)                                                              \
+    do {                                                                       \
+        if (t->cfg.f == 0)                                                     \
+            t->cfg.f = (v);                                                    \
+    } while (0)
+    DEF(max_queue_msgs, DEF_MAX_QUEUE_MSGS);
+    DEF(max_queue_bytes, DEF_MAX_QUEUE_BYTES);
+    DEF(max_frame, RAFT_FRAME_MAX);
+    DEF(out_low_water, DEF_OUT_LOW_WATER);
+    DEF(backoff_min_ms, DEF_BACKOFF_MIN_MS);
+    DEF(backoff_max_ms, DEF_BACKOFF_MAX_MS);
+    DEF(connect_timeout_ms, DEF_CONNECT_TIMEOUT_MS);
+    DEF(max_inbound, DEF_MAX_INBOUND);
+#undef DEF
+    if (t->cfg.max_frame > UINT32_MAX)
+        t->cfg.max_frame = UINT32_MAX;
+    if (t->cfg.backoff_max_ms < t->cfg.backoff_min_ms)
+        t->cfg.backoff_max_ms = t->cfg.backoff_min_ms;
+    t->rng = cfg->seed ? cfg->seed : uv_hrtime() ^ (cfg->id << 32);
+    pz_queue_init(&t->peers);
+    pz_queue_init(&t->inbound);
+    pz_buf_init(&t->scratch);
+    for (int i = 0; i < 2; i++) {
+        uv_timer_init(loop, &t->fin[i]);
+        t->fin[i].data = t;
+    }
+    int rv = conn_listen(&t->ls, t->listen_addr, &in_ops, "raft",
+                         t->cfg.max_inbound, err, errlen);
+    if (rv < 0) {
+        /* conn_listen may have a handle of t->ls closing: free t from the
+         * loop, after it (the caller runs the loop to finish). */
+        t->closing = true;
+        maybe_finish(t);
+        return NULL;
+    }
+    t->ls.data = t;
+    pz_info("raft: listening on %s, port %d (node %" PRIu64 " '%s', "
+            "cluster %016" PRIx64 ")",
+            t->listen_addr, transport_port(t), t->cfg.id, t->name,
+            t->cfg.cluster_id);
+    return t;
+}
+
+int transport_port(const struct transport *t)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (!t->ls.listening ||
+        uv_tcp_getsockname(&t->ls.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
+}
+
+int transport_set_peer(struct transport *t, uint64_t id, const char *addr)
+{
+    char host[256];
+    int port;
+    if (t->closing)
+        return PZ_ESHUTDOWN;
+    if (id == 0 || id == t->cfg.id || addr == NULL ||
+        pz_split_hostport(addr, host, sizeof host, &port) < 0 || port == 0)
+        return PZ_EINVAL;
+    struct peer *p = find_peer(t, id);
+    if (p) {
+        if (strcmp(p->addr, addr) == 0)
+            return 0;
+        pz_info("raft: peer %" PRIu64 " moves from %s to %s", id, p->addr,
+                addr);
+        pz_free(p->addr);
+        p->addr = pz_strdup(addr);
+        bool was_ready = peer_drop_conn(p);
+        p->backoff = 0;
+        p->failing = false;
+        p->last_refusal = 0;
+        if (p->n_msgs > 0)
+            peer_connect(p);
+        if (was_ready)
+            notify_peer(p, false);
+        return 0;
+    }
+    p = pz_calloc(1, sizeof *p);
+    p->t = t;
+    p->id = id;
+    p->st.id = id;
+    p->addr = pz_strdup(addr);
+    pz_queue_init(&p->msgs);
+    raft_frame_parser_init(&p->fp, REPLY_MAX);
+    uv_timer_init(t->loop, &p->timer);
+    p->timer.data = p;
+    pz_queue_push(&t->peers, &p->q);
+    t->st.peers++;
+    return 0;
+}
+
+static void peer_release(struct peer *p)
+{
+    struct transport *t = p->t;
+    pz_queue_remove(&p->q);
+    t->st.peers--;
+    peer_drop_conn(p);
+    p->removed = true;
+    free_queue(p, true);
+    t->closing_handles++;
+    uv_close((uv_handle_t *)&p->timer, on_peer_timer_closed);
+}
+
+int transport_remove_peer(struct transport *t, uint64_t id)
+{
+    struct peer *p = find_peer(t, id);
+    if (p == NULL)
+        return PZ_ENOTFOUND;
+    peer_release(p);
+    return 0;
+}
+
+int transport_send(struct transport *t, const struct raft_msg *m)
+{
+    if (t->closing)
+        return PZ_ESHUTDOWN;
+    struct peer *p = find_peer(t, m->to);
+    if (p == NULL) {
+        t->st.unroutable++;
+        return PZ_ENOTFOUND;
+    }
+    struct pz_buf *b = &t->scratch;
+    if (b->cap > SCRATCH_KEEP)
+        pz_buf_free(b);
+    pz_buf_reset(b);
+    int rv = raft_codec_encode_msg(b, m, t->cfg.max_frame);
+    if (rv < 0) {
+        p->st.dropped++;
+        pz_warn("raft: dropping a message to peer %" PRIu64
+                ": larger than the frame limit of %zu bytes",
+                p->id, t->cfg.max_frame);
+        return rv;
+    }
+    if (p->state == PEER_READY && pz_queue_empty(&p->msgs) &&
+        conn_output_pending(p->conn) < t->cfg.out_low_water) {
+        /* Fast path: nothing waits, the connection has room. */
+        conn_write(p->conn, b->data, b->len);
+        p->st.sent_msgs++;
+        p->st.sent_bytes += b->len;
+        return 0;
+    }
+    struct out_msg *om = pz_malloc(sizeof *om + b->len);
+    om->len = b->len;
+    memcpy(om->data, b->data, b->len);
+    pz_queue_push(&p->msgs, &om->q);
+    p->n_msgs++;
+    p->bytes += om->len;
+    /* Over the cap: drop the oldest, keeping at least the newest. */
+    while (p->n_msgs > 1 && (p->n_msgs > t->cfg.max_queue_msgs ||
+                             p->bytes > t->cfg.max_queue_bytes)) {
+        struct pz_queue *e = pz_queue_head(&p->msgs);
+        struct out_msg *old = container_of(e, struct out_msg, q);
+        pz_queue_remove(e);
+        p->n_msgs--;
+        p->bytes -= old->len;
+        p->st.dropped++;
+        pz_free(old);
+    }
+    if (p->state == PEER_IDLE)
+        peer_connect(p);
+    else if (p->state == PEER_READY)
+        pump(p);
+    return 0;
+}
+
+int transport_peer_stats(const struct transport *t, uint64_t id,
+                         struct transport_peer_stats *st)
+{
+    const struct peer *p = find_peer(t, id);
+    if (p == NULL)
+        return PZ_ENOTFOUND;
+    *st = p->st;
+    st->queued_msgs = p->n_msgs;
+    st->queued_bytes = p->bytes;
+    return 0;
+}
+
+void transport_stats(const struct transport *t, struct transport_stats *st)
+{
+    *st = t->st;
+    st->inbound = t->n_inbound;
+}
+
+void transport_close(struct transport *t, transport_close_cb cb)
+{
+    pz_assert(!t->closing);
+    t->closing = true;
+    t->close_cb = cb;
+    if (t->ls.listening) {
+        t->closing_handles++;
+        conn_listener_stop(&t->ls, on_listener_closed);
+    }
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &t->inbound)
+    {
+        struct inbound *in = container_of(e, struct inbound, q);
+        in->done = true;
+    }
+    conn_listener_close_all(&t->ls);
+    while (!pz_queue_empty(&t->peers))
+        peer_release(container_of(pz_queue_head(&t->peers), struct peer, q));
+    maybe_finish(t);
+}

@@ -1,0 +1,240 @@
+"""A real 3-node cluster on 127.0.0.1: replication, forwarding, failover,
+crash recovery, a paused leader, concurrent writers during failover."""
+import json
+import os
+import signal
+import threading
+import time
+import http.client
+
+import pytest
+
+
+def make_cluster(servers, n=3, conf=None):
+    nodes = [servers(f"node{i + 1}", start=False, conf=conf) for i in range(n)]
+    spec = ",".join(f"{s.name}=127.0.0.1:{s.raft_port}" for s in nodes)
+    for s in nodes:
+        s.conf["initial-cluster"] = spec
+        s.conf["raft-bootstrap"] = "no"
+        s.write_conf()
+    for s in nodes:
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    return nodes
+
+
+def leader_of(nodes, timeout=10, exclude=()):
+    """Wait until one live node reports itself leader and every other live
+    node names it; return it."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        live = [s for s in nodes if s not in exclude and s.proc.poll() is None]
+        try:
+            sts = {s.name: s.status(timeout=1) for s in live}
+        except (OSError, AssertionError) as e:
+            last = e
+            time.sleep(0.05)
+            continue
+        leaders = [n for n, st in sts.items() if st["role"] == "leader"]
+        if len(leaders) == 1 and all(st["leader"] == leaders[0]
+                                     for st in sts.values()):
+            return next(s for s in live if s.name == leaders[0])
+        last = sts
+        time.sleep(0.05)
+    raise AssertionError(f"no agreed leader: {last}")
+
+
+def put(s, key, value, timeout=10):
+    return s.request("POST", "/set", json.dumps({"key": key, "value": value}),
+                     timeout=timeout)
+
+
+def get(s, key, stale=False, timeout=10):
+    q = "&consistency=stale" if stale else ""
+    return s.request("GET", f"/get?key={key}{q}", timeout=timeout)
+
+
+def wait_value(s, key, value, timeout=10, stale=True):
+    deadline = time.time() + timeout
+    got = None
+    while time.time() < deadline:
+        try:
+            got = get(s, key, stale=stale, timeout=2)
+            if got[0] == 200 and got[2] == value.encode():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{s.name}: {key} is {got}, wanted {value}")
+
+
+@pytest.fixture
+def cluster(servers):
+    return make_cluster(servers)
+
+
+def test_replication_and_forwarding(cluster):
+    leader = leader_of(cluster)
+    followers = [s for s in cluster if s is not leader]
+    assert put(leader, "a", "1")[0] == 204
+    # a write through a follower is forwarded to the leader
+    st, _, body = put(followers[0], "b", "2")
+    assert st == 204, body
+    # error replies of the leader are relayed whole
+    st, h, body = followers[1].request("POST", "/set", "{bad json")
+    assert (st, body) == (400, b"Invalid JSON\n")
+    st, _, _ = followers[1].request("DELETE", "/delete?key=a")
+    assert st == 204
+    for s in cluster:
+        # linearizable reads work on every node
+        assert get(s, "b")[0:3:2] == (200, b"2")
+        assert get(s, "a")[0] == 404
+    for s in cluster:
+        wait_value(s, "b", "2", stale=True)
+    st = leader.status()
+    assert st["term"] >= 1 and st["commit_index"] >= 3
+    assert len(st["members"]) == 3
+    assert {m["name"] for m in st["members"]} == {"node1", "node2", "node3"}
+
+
+def test_leader_kill_failover_and_catch_up(cluster):
+    leader = leader_of(cluster)
+    assert put(leader, "before", "x")[0] == 204
+    others = [s for s in cluster if s is not leader]
+    leader.kill()
+    t0 = time.time()
+    ok = None
+    while time.time() - t0 < 10:
+        try:
+            st, _, _ = put(others[0], "after", "y", timeout=3)
+            if st == 204:
+                ok = time.time() - t0
+                break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    assert ok is not None, "no write succeeded after the leader was killed"
+    print(f"failover: first successful write {ok:.2f}s after kill -9")
+    assert ok < 3.0
+    new_leader = leader_of(cluster, exclude=(leader,))
+    assert new_leader is not leader
+    # the old leader restarts and catches up
+    leader.start()
+    wait_value(leader, "after", "y")
+    wait_value(leader, "before", "x")
+    assert get(leader, "after")[2] == b"y"
+
+
+def test_kill_all_then_restart_keeps_acknowledged_writes(cluster):
+    leader = leader_of(cluster)
+    acked = {}
+    for i in range(200):
+        s = cluster[i % 3]
+        st, _, _ = put(s, f"k{i}", f"v{i}")
+        if st == 204:
+            acked[f"k{i}"] = f"v{i}"
+    assert len(acked) == 200
+    for s in cluster:
+        s.kill()
+    for s in cluster:
+        s.start(wait=False)
+    for s in cluster:
+        s.wait_ready()
+    leader_of(cluster)
+    for s in cluster:
+        for k, v in list(acked.items())[::17]:
+            assert get(s, k)[2] == v.encode()
+    st = cluster[0].status()
+    assert st["keys"] == 200
+
+
+def test_paused_leader_never_serves_stale_reads(cluster):
+    leader = leader_of(cluster)
+    assert put(leader, "k", "old")[0] == 204
+    others = [s for s in cluster if s is not leader]
+    for s in others:
+        wait_value(s, "k", "old")
+    leader.proc.send_signal(signal.SIGSTOP)
+    try:
+        new_leader = leader_of(cluster, exclude=(leader,), timeout=15)
+        assert put(new_leader, "k", "new")[0] == 204
+        # a read sent to the paused old leader: answered only after SIGCONT,
+        # and never with the old value
+        result = {}
+
+        def read_old():
+            try:
+                result["r"] = get(leader, "k", timeout=15)
+            except OSError as e:
+                result["r"] = e
+
+        def write_old():
+            try:
+                result["w"] = put(leader, "paused-write", "x", timeout=15)
+            except OSError as e:
+                result["w"] = e
+        t = threading.Thread(target=read_old)
+        tw = threading.Thread(target=write_old)
+        t.start()
+        tw.start()
+        time.sleep(0.3)
+    finally:
+        leader.proc.send_signal(signal.SIGCONT)
+    t.join(20)
+    tw.join(20)
+    # a write sent to the paused leader is acknowledged only if it really
+    # committed in the new leader's log
+    w = result["w"]
+    if not isinstance(w, Exception) and w[0] == 204:
+        for s in others:
+            assert get(s, "paused-write")[2] == b"x"
+    r = result["r"]
+    assert not isinstance(r, Exception), r
+    assert r[2] != b"old", "a deposed leader served a stale read"
+    assert r[0] in (200, 503)
+    # it stepped down and caught up
+    leader_of(cluster)
+    assert leader.status()["role"] != "leader" or new_leader.status()["role"] != "leader"
+    wait_value(leader, "k", "new")
+    assert get(leader, "k")[2] == b"new"
+
+
+def test_concurrent_writers_through_failover(cluster):
+    leader = leader_of(cluster)
+    acked = {}
+    lock = threading.Lock()
+    stop = time.time() + 6
+
+    def writer(idx, node):
+        n = 0
+        while time.time() < stop:
+            key, val = f"w{idx}-{n}", f"{n}"
+            try:
+                st, _, _ = put(node, key, val, timeout=5)
+                if st == 204:
+                    with lock:
+                        acked[key] = val
+            except OSError:
+                time.sleep(0.05)
+            n += 1
+
+    targets = [s for s in cluster if s is not leader] + [leader]
+    threads = [threading.Thread(target=writer, args=(i, targets[i % 3]))
+               for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    leader.kill()
+    for t in threads:
+        t.join(30)
+    leader.start()
+    leader_of(cluster)
+    assert len(acked) > 50
+    items = sorted(acked.items())
+    for i, s in enumerate(cluster):
+        # every acknowledged write, spread over the three nodes
+        for k, v in items[i::3]:
+            st, _, body = get(s, k, stale=False)
+            assert (st, body) == (200, v.encode()), (s.name, k)

@@ -1,0 +1,104 @@
+"""Membership changes on a running cluster: removal of a follower and of
+the leader, leadership transfer, the member list, the cluster token."""
+import json
+import time
+
+from test_cluster import make_cluster, leader_of, put, get, wait_value
+
+
+def members(s):
+    st, _, body = s.request("GET", "/cluster")
+    assert st == 200, body
+    return json.loads(body)
+
+
+def test_cluster_lists_members_from_any_node(servers):
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    for s in nodes:
+        c = members(s)
+        assert c["leader"] == leader.name
+        by = {m["id"]: m for m in c["members"]}
+        assert set(by) == {"node1", "node2", "node3"}
+        assert all(m["voter"] for m in by.values())
+        # seen from the leader: replication progress, contact
+        assert all("match_index" in m for m in by.values())
+        for s2 in nodes:
+            m = by[s2.name]
+            assert m["raft_addr"] == f"127.0.0.1:{s2.raft_port}"
+        assert by[leader.name]["http_addr"] == f"127.0.0.1:{leader.http_port}"
+
+
+def test_transfer_leadership(servers):
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    target = next(s for s in nodes if s is not leader)
+    # asked through a third node: forwarded to the leader
+    via = next(s for s in nodes if s not in (leader, target))
+    st, _, body = via.request("POST", f"/cluster/transfer?to={target.name}")
+    assert st == 204, body
+    assert leader_of(nodes) is target
+    assert put(via, "after-transfer", "1")[0] == 204
+    st, _, body = via.request("POST", "/cluster/transfer?to=nobody")
+    assert (st, body) == (404, b"No such member\n")
+
+
+def test_remove_follower_and_leader(servers):
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    follower = next(s for s in nodes if s is not leader)
+    assert put(leader, "a", "1")[0] == 204
+    st, _, body = leader.request("DELETE", f"/cluster/members/{follower.name}")
+    assert st == 204, body
+    # the removed node is told and stops, saying why
+    assert follower.proc.wait(10) == 0
+    assert "removed from the cluster" in follower.read_log()
+    rest = [s for s in nodes if s is not follower]
+    assert {m["id"] for m in members(leader)["members"]} == {s.name for s in rest}
+    assert put(leader, "b", "2")[0] == 204  # a 2-node cluster still commits
+    # now remove the leader itself: it steps down and stops, the other
+    # node carries on alone
+    st, _, body = leader.request("DELETE", f"/cluster/members/{leader.name}")
+    assert st == 204, body
+    assert leader.proc.wait(10) == 0
+    last = next(s for s in rest if s is not leader)
+    assert leader_of([last], timeout=15) is last
+    assert put(last, "c", "3")[0] == 204
+    assert get(last, "a")[2] == b"1" and get(last, "b")[2] == b"2"
+
+
+def test_token_protects_membership(servers):
+    nodes = make_cluster(servers, conf={"cluster-token": "s3cret"})
+    leader = leader_of(nodes)
+    victim = next(s for s in nodes if s is not leader)
+    st, _, body = leader.request("DELETE", f"/cluster/members/{victim.name}")
+    assert (st, body) == (401, b"Unauthorized\n")
+    st, _, _ = leader.request("DELETE", f"/cluster/members/{victim.name}",
+                              headers={"Authorization": "Bearer wrong"})
+    assert st == 401
+    st, _, _ = leader.request("POST", "/cluster/removed",
+                              json.dumps({"id": victim.name, "leader": leader.name,
+                                          "term": "999"}))
+    assert st == 401
+    assert victim.proc.poll() is None
+    # data writes need no token
+    assert put(victim, "k", "v")[0] == 204
+    st, _, body = victim.request("DELETE", f"/cluster/members/{victim.name}",
+                                 headers={"Authorization": "Bearer s3cret"})
+    assert st == 204, body
+    assert victim.proc.wait(10) == 0
+
+
+def test_forged_removal_notice_is_refused(servers):
+    nodes = make_cluster(servers)
+    leader_of(nodes)
+    s = nodes[0]
+    st, _, body = s.request("POST", "/cluster/removed",
+                            json.dumps({"id": s.name, "leader": "mallory",
+                                        "term": "0"}))
+    assert (st, body) == (400, b"Notice does not apply\n")
+    st, _, _ = s.request("POST", "/cluster/removed",
+                         json.dumps({"id": "someone-else", "leader": "x",
+                                     "term": "99"}))
+    assert st == 400
+    assert s.proc.poll() is None

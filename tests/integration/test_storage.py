@@ -1,0 +1,86 @@
+"""Durability edges: a damaged database is refused at start, a failed log
+write stops the node (fail-stop), identity mismatches are refused."""
+import json
+import os
+import time
+
+from test_cluster import make_cluster, leader_of, put, get
+
+
+def test_corrupt_database_is_refused(servers):
+    s = servers()
+    assert put(s, "k", "v")[0] == 204
+    s.stop()
+    db = os.path.join(s.dir, "data", "raft.db")
+    with open(db, "r+b") as f:
+        f.seek(0)
+        f.write(b"this is not a SQLite database at all!!")
+    s.start(wait=False)
+    assert s.proc.wait(10) != 0
+    log = s.read_log()
+    assert "raft.db" in log and ("not a database" in log or "corrupt" in log
+                                 or "malformed" in log or "header" in log), log
+
+
+def test_node_name_mismatch_is_refused(servers):
+    s = servers()
+    assert put(s, "k", "v")[0] == 204
+    s.stop()
+    s.conf["node-id"] = "someone-else"
+    s.write_conf()
+    s.start(wait=False)
+    assert s.proc.wait(10) != 0
+    assert "belongs to node 'node1'" in s.read_log()
+
+
+def test_failed_log_write_stops_the_node(servers):
+    s = servers()
+    assert put(s, "before", "1")[0] == 204
+    s.stop()
+    # the 60th SQLite step after opening (past the load, inside the writes)
+    # fails: the node must stop, never acknowledge that write, and restart
+    # cleanly without the fault
+    s.env["PYAZDB_TEST_STORE_FAIL_AT"] = "60"
+    s.start(wait=False)
+    deadline = time.time() + 10
+    acked = []
+    while time.time() < deadline and s.proc.poll() is None:
+        try:
+            st, _, _ = put(s, f"k{len(acked)}", "v", timeout=2)
+            if st == 204:
+                acked.append(f"k{len(acked)}")
+        except OSError:
+            pass
+        time.sleep(0.05)
+    assert s.proc.wait(10) != 0
+    log = s.read_log()
+    assert "injected I/O error" in log and "stopping" in log, log
+    assert len(acked) > 0
+    del s.env["PYAZDB_TEST_STORE_FAIL_AT"]
+    s.start()
+    assert get(s, "before")[2] == b"1"
+    for k in acked:  # anything acknowledged before the failure survived
+        assert get(s, k)[2] == b"v"
+
+
+def test_node_of_another_cluster_is_refused(servers):
+    nodes = make_cluster(servers)
+    leader_of(nodes)
+    # a one-node cluster of its own, told to talk to node1's Raft port as
+    # if it were a member: the handshake refuses it, nothing breaks
+    stranger = servers("node9", start=False)
+    stranger.conf["initial-cluster"] = (
+        f"node9=127.0.0.1:{stranger.raft_port},"
+        f"node1=127.0.0.1:{nodes[0].raft_port}")
+    stranger.conf["raft-bootstrap"] = "no"
+    stranger.write_conf()
+    stranger.start(wait=False)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if "cluster id mismatch" in nodes[0].read_log():
+            break
+        time.sleep(0.1)
+    assert "cluster id mismatch" in nodes[0].read_log()
+    assert "refused us" in stranger.read_log()
+    leader = leader_of(nodes)
+    assert put(leader, "still", "fine")[0] == 204

@@ -1,0 +1,1285 @@
+/* test_raft.c - focused cases for the Raft core: elections, vote rules,
+ * rejection hints, the commit rule, Pre-Vote, CheckQuorum, ReadIndex
+ * batching, persistence ordering, membership and leadership transfer.
+ *
+ * A tiny in-memory cluster: every node's Ready is persisted at once into a
+ * fake store, messages go into one FIFO which tests deliver explicitly
+ * (optionally dropping links). The randomized simulation lives in
+ * test_raft_sim.c. */
+#include <stdlib.h>
+
+#include "pz.h"
+#include "raft.h"
+#include "test.h"
+
+#define MAXN 5
+
+struct tnode {
+    struct raft *r;                /* the core */
+    struct raft_hard_state hs;     /* durable hard state */
+    struct raft_entry *log;        /* durable entries 1..n_log */
+    size_t n_log;                  /* count */
+    uint64_t applied;              /* last applied index */
+    struct raft_read_state rs[64]; /* read states received */
+    size_t n_rs;                   /* count */
+    uint64_t dropped[64];          /* dropped reads */
+    size_t n_dropped;              /* count */
+};
+
+struct tnet {
+    struct tnode nodes[MAXN + 1]; /* by id, 1..n */
+    int n;                        /* nodes */
+    struct raft_msg *q;           /* in-flight messages */
+    size_t nq, capq;              /* used, allocated */
+    bool cut[MAXN + 1][MAXN + 1]; /* link from -> to dropped */
+};
+
+static struct raft_msg msg_copy(const struct raft_msg *m)
+{
+    struct raft_msg c = *m;
+    if (m->n_entries) {
+        c.entries = pz_malloc(m->n_entries * sizeof *c.entries);
+        for (size_t i = 0; i < m->n_entries; i++) {
+            c.entries[i] = m->entries[i];
+            c.entries[i].data =
+                m->entries[i].len
+                    ? pz_memdup(m->entries[i].data, m->entries[i].len)
+                    : NULL;
+        }
+    }
+    return c;
+}
+
+static void msg_free(struct raft_msg *m)
+{
+    for (size_t i = 0; i < m->n_entries; i++)
+        pz_free(m->entries[i].data);
+    pz_free(m->entries);
+}
+
+static void net_send(struct tnet *net, const struct raft_msg *m)
+{
+    if (net->nq == net->capq) {
+        net->capq = net->capq ? net->capq * 2 : 64;
+        net->q = pz_realloc(net->q, net->capq * sizeof *net->q);
+    }
+    net->q[net->nq++] = msg_copy(m);
+}
+
+static struct raft_config tcfg(uint64_t id)
+{
+    struct raft_config c = {.id = id,
+                            .election_ticks = 10,
+                            .heartbeat_ticks = 1,
+                            .seed = 42 + id,
+                            .max_inflight_msgs = 4,
+                            .max_bytes_per_msg = 1 << 20,
+                            .pre_vote = true,
+                            .check_quorum = true};
+    return c;
+}
+
+static void store_write(struct tnode *t, const struct raft_ready *rd)
+{
+    if (rd->hs_changed)
+        t->hs = rd->hs;
+    for (size_t i = 0; i < rd->n_entries; i++) {
+        const struct raft_entry *e = &rd->entries[i];
+        while (t->n_log >= e->index) {
+            t->n_log--;
+            pz_free(t->log[t->n_log].data);
+        }
+        t->log = pz_realloc(t->log, (t->n_log + 1) * sizeof *t->log);
+        t->log[t->n_log] = *e;
+        t->log[t->n_log].data = e->len ? pz_memdup(e->data, e->len) : NULL;
+        t->n_log++;
+    }
+}
+
+/* Takes the Ready, checks applied order, collects outputs. If persist,
+ * writes and advances at once; else leaves it in flight. */
+static void take_ready(struct tnet *net, struct tnode *t, struct raft_ready *rd)
+{
+    raft_ready(t->r, rd);
+    for (size_t i = 0; i < rd->n_committed; i++) {
+        pz_assert(rd->committed[i].index == t->applied + 1);
+        t->applied++;
+    }
+    for (size_t i = 0; i < rd->n_read_states && t->n_rs < 64; i++)
+        t->rs[t->n_rs++] = rd->read_states[i];
+    for (size_t i = 0; i < rd->n_dropped_reads && t->n_dropped < 64; i++)
+        t->dropped[t->n_dropped++] = rd->dropped_reads[i];
+    for (size_t i = 0; i < rd->n_msgs; i++)
+        net_send(net, &rd->msgs[i]);
+}
+
+static void finish_ready(struct tnet *net, struct tnode *t,
+                         const struct raft_ready *rd)
+{
+    store_write(t, rd);
+    for (size_t i = 0; i < rd->n_msgs_after_persist; i++)
+        net_send(net, &rd->msgs_after_persist[i]);
+    raft_advance(t->r, rd);
+}
+
+static void pump(struct tnet *net, int id)
+{
+    struct tnode *t = &net->nodes[id];
+    while (raft_has_ready(t->r)) {
+        struct raft_ready rd;
+        take_ready(net, t, &rd);
+        finish_ready(net, t, &rd);
+    }
+}
+
+static void pump_all(struct tnet *net)
+{
+    for (int i = 1; i <= net->n; i++)
+        pump(net, i);
+}
+
+/* Delivers queued messages (and what they cause) until none is left. */
+static void deliver_all(struct tnet *net)
+{
+    pump_all(net);
+    for (int guard = 0; net->nq > 0 && guard < 100000; guard++) {
+        struct raft_msg m = net->q[0];
+        memmove(net->q, net->q + 1, (net->nq - 1) * sizeof *net->q);
+        net->nq--;
+        if (m.to >= 1 && m.to <= (uint64_t)net->n && !net->cut[m.from][m.to]) {
+            raft_step(net->nodes[m.to].r, &m);
+            pump(net, (int)m.to);
+        }
+        msg_free(&m);
+    }
+}
+
+static void drop_queue(struct tnet *net)
+{
+    for (size_t i = 0; i < net->nq; i++)
+        msg_free(&net->q[i]);
+    net->nq = 0;
+}
+
+static void conf_of(struct raft_conf *c, int n)
+{
+    raft_conf_init(c);
+    for (int i = 1; i <= n; i++)
+        raft_conf_add(c, (uint64_t)i, true, "m");
+}
+
+static void net_init(struct tnet *net, int n)
+{
+    memset(net, 0, sizeof *net);
+    net->n = n;
+    struct raft_conf c;
+    conf_of(&c, n);
+    for (int i = 1; i <= n; i++) {
+        struct raft_config cfg = tcfg((uint64_t)i);
+        net->nodes[i].r = raft_new(&cfg, NULL);
+        pz_assert(raft_bootstrap(net->nodes[i].r, &c) == 0);
+    }
+    raft_conf_free(&c);
+    pump_all(net);
+}
+
+static void net_free(struct tnet *net)
+{
+    drop_queue(net);
+    pz_free(net->q);
+    for (int i = 1; i <= net->n; i++) {
+        struct tnode *t = &net->nodes[i];
+        raft_free(t->r);
+        for (size_t k = 0; k < t->n_log; k++)
+            pz_free(t->log[k].data);
+        pz_free(t->log);
+    }
+}
+
+static void isolate(struct tnet *net, int id, bool on)
+{
+    for (int i = 1; i <= MAXN; i++) {
+        net->cut[id][i] = on;
+        net->cut[i][id] = on;
+    }
+}
+
+static struct raft_status st_of(struct tnet *net, int id)
+{
+    struct raft_status st;
+    raft_status(net->nodes[id].r, &st);
+    return st;
+}
+
+/* Elects node id (campaign, deliver everything). */
+static void elect(struct tnet *net, int id)
+{
+    raft_campaign(net->nodes[id].r);
+    deliver_all(net);
+}
+
+static void tick_all(struct tnet *net, int ticks)
+{
+    for (int k = 0; k < ticks; k++) {
+        for (int i = 1; i <= net->n; i++)
+            raft_tick(net->nodes[i].r);
+        deliver_all(net);
+    }
+}
+
+static int count_leaders(struct tnet *net, uint64_t *term)
+{
+    int c = 0;
+    for (int i = 1; i <= net->n; i++) {
+        struct raft_status st = st_of(net, i);
+        if (st.role == RAFT_LEADER) {
+            c++;
+            if (term)
+                *term = st.term;
+        }
+    }
+    return c;
+}
+
+/* --- tests ---------------------------------------------------------------- */
+
+TEST(conf_codec)
+{
+    struct raft_conf a, b, d;
+    raft_conf_init(&a);
+    raft_conf_init(&b);
+    CHECK_EQ_INT(raft_conf_add(&a, 3, true, "c"), 0);
+    CHECK_EQ_INT(raft_conf_add(&a, 1, false, "{\"x\":1}"), 0);
+    CHECK_EQ_INT(raft_conf_add(&a, 1, true, "dup"), PZ_EINVAL);
+    CHECK_EQ_INT(raft_conf_add(&a, 0, true, "zero"), PZ_EINVAL);
+    CHECK_EQ_INT(raft_conf_add(&b, 1, false, "{\"x\":1}"), 0);
+    CHECK_EQ_INT(raft_conf_add(&b, 3, true, "c"), 0);
+    CHECK_EQ_INT(a.servers[0].id, 1);
+    uint8_t *ba, *bb;
+    size_t la, lb;
+    raft_conf_encode(&a, &ba, &la);
+    raft_conf_encode(&b, &bb, &lb);
+    CHECK_EQ_INT(la, lb);
+    CHECK(memcmp(ba, bb, la) == 0);
+    CHECK_EQ_INT(raft_conf_decode(ba, la, &d), 0);
+    CHECK_EQ_INT(d.n, 2);
+    CHECK_EQ_INT(d.servers[0].id, 1);
+    CHECK(!d.servers[0].voter);
+    CHECK_EQ_STR(d.servers[0].meta, "{\"x\":1}");
+    CHECK(d.servers[1].voter);
+    CHECK_EQ_INT(raft_conf_voters(&d), 1);
+    raft_conf_free(&d);
+    for (size_t cut = 0; cut < la; cut++)
+        CHECK_EQ_INT(raft_conf_decode(ba, cut, &d), PZ_ECORRUPT);
+    ba[0] = 9;
+    CHECK_EQ_INT(raft_conf_decode(ba, la, &d), PZ_ECORRUPT);
+    CHECK_EQ_INT(raft_conf_remove(&a, 3), 0);
+    CHECK_EQ_INT(raft_conf_remove(&a, 3), PZ_ENOTFOUND);
+    pz_free(ba);
+    pz_free(bb);
+    raft_conf_free(&a);
+    raft_conf_free(&b);
+}
+
+TEST(new_rejects_bad_config)
+{
+    char err[RAFT_ERRMSG_SIZE];
+    struct raft_config c = tcfg(0);
+    CHECK(raft_new(&c, err) == NULL);
+    c = tcfg(1);
+    c.heartbeat_ticks = 10;
+    CHECK(raft_new(&c, err) == NULL);
+    CHECK(strstr(err, "heartbeat") != NULL);
+}
+
+TEST(bootstrap_identical_entry)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    for (int i = 1; i <= 3; i++) {
+        struct tnode *t = &net.nodes[i];
+        CHECK_EQ_INT(t->n_log, 1);
+        CHECK_EQ_INT(t->log[0].term, 1);
+        CHECK_EQ_INT(t->log[0].type, RAFT_ENTRY_CONF);
+        CHECK_EQ_INT(t->log[0].len, net.nodes[1].log[0].len);
+        CHECK(memcmp(t->log[0].data, net.nodes[1].log[0].data, t->log[0].len) ==
+              0);
+        CHECK_EQ_INT(t->hs.term, 1);
+        CHECK_EQ_INT(t->hs.commit, 1);
+        CHECK_EQ_INT(t->applied, 1);
+    }
+    struct raft_conf c;
+    conf_of(&c, 3);
+    CHECK_EQ_INT(raft_bootstrap(net.nodes[1].r, &c), PZ_EBUSY);
+    raft_conf_free(&c);
+    net_free(&net);
+}
+
+TEST(single_node_election_and_commit)
+{
+    struct tnet net;
+    net_init(&net, 1);
+    struct tnode *t = &net.nodes[1];
+    for (int i = 0; i < 20 && st_of(&net, 1).role != RAFT_LEADER; i++) {
+        raft_tick(t->r);
+        pump(&net, 1);
+    }
+    struct raft_status st = st_of(&net, 1);
+    CHECK_EQ_INT(st.role, RAFT_LEADER);
+    CHECK_EQ_INT(st.term, 2);
+    CHECK_EQ_INT(st.commit, 2); /* the NOOP */
+    uint64_t idx, term;
+    CHECK_EQ_INT(raft_propose(t->r, (const uint8_t *)"x", 1, &idx, &term), 0);
+    CHECK_EQ_INT(idx, 3);
+    pump(&net, 1);
+    CHECK_EQ_INT(t->applied, 3);
+    CHECK_EQ_INT(t->hs.commit, 3);
+    /* A single voter confirms reads at once. */
+    CHECK_EQ_INT(raft_read_index(t->r, 77), 0);
+    pump(&net, 1);
+    CHECK_EQ_INT(t->n_rs, 1);
+    CHECK_EQ_INT(t->rs[0].ctx, 77);
+    CHECK_EQ_INT(t->rs[0].index, 3);
+    net_free(&net);
+}
+
+TEST(three_node_election)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    uint64_t term = 0;
+    for (int k = 0; k < 40 && count_leaders(&net, &term) == 0; k++)
+        tick_all(&net, 1);
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    uint64_t leader = 0;
+    for (int i = 1; i <= 3; i++)
+        if (st_of(&net, i).role == RAFT_LEADER)
+            leader = (uint64_t)i;
+    for (int i = 1; i <= 3; i++) {
+        struct raft_status st = st_of(&net, i);
+        CHECK_EQ_INT(st.term, term);
+        CHECK_EQ_INT(st.leader, leader);
+        CHECK_EQ_INT(st.commit, 2);
+        CHECK_EQ_INT(net.nodes[i].applied, 2);
+    }
+    /* Proposals: not on followers; commit on all. */
+    uint64_t f = leader % 3 + 1;
+    CHECK_EQ_INT(
+        raft_propose(net.nodes[f].r, (const uint8_t *)"a", 1, NULL, NULL),
+        PZ_ENOTLEADER);
+    CHECK_EQ_INT(
+        raft_propose(net.nodes[leader].r, (const uint8_t *)"a", 1, NULL, NULL),
+        0);
+    deliver_all(&net);
+    tick_all(&net, 1); /* heartbeat spreads the commit index */
+    for (int i = 1; i <= 3; i++)
+        CHECK_EQ_INT(net.nodes[i].applied, 3);
+    net_free(&net);
+}
+
+/* Feeds a message built by the test to node id. */
+static void inject(struct tnet *net, int id, struct raft_msg m)
+{
+    m.to = (uint64_t)id;
+    CHECK_EQ_INT(raft_step(net->nodes[id].r, &m), 0);
+}
+
+/* The last message from node id of type in the queue (after pumping). */
+static struct raft_msg *find_msg(struct tnet *net, uint64_t from, uint8_t type)
+{
+    pump_all(net);
+    for (size_t i = net->nq; i-- > 0;)
+        if (net->q[i].from == from && net->q[i].type == type)
+            return &net->q[i];
+    return NULL;
+}
+
+/* A node restored with a given log (terms of entries 2..) at term t. */
+static struct raft *restored(uint64_t id, int n_nodes, const uint64_t *terms,
+                             size_t n, uint64_t term)
+{
+    struct raft_config cfg = tcfg(id);
+    struct raft *r = raft_new(&cfg, NULL);
+    struct raft_conf c;
+    conf_of(&c, n_nodes);
+    struct raft_entry *e = pz_calloc(n + 1, sizeof *e);
+    uint8_t *buf;
+    size_t len;
+    raft_conf_encode(&c, &buf, &len);
+    e[0] = (struct raft_entry){.term = 1,
+                               .index = 1,
+                               .type = RAFT_ENTRY_CONF,
+                               .data = buf,
+                               .len = len};
+    for (size_t i = 0; i < n; i++)
+        e[i + 1] = (struct raft_entry){
+            .term = terms[i], .index = i + 2, .type = RAFT_ENTRY_NORMAL};
+    struct raft_hard_state hs = {.term = term, .vote = 0, .commit = 1};
+    pz_assert(raft_restore(r, &hs, e, n + 1) == 0);
+    pz_free(buf);
+    pz_free(e);
+    raft_conf_free(&c);
+    return r;
+}
+
+static void net_with(struct tnet *net, int n, struct raft **rs)
+{
+    memset(net, 0, sizeof *net);
+    net->n = n;
+    for (int i = 1; i <= n; i++)
+        net->nodes[i].r = rs[i - 1];
+    pump_all(net);
+    for (int i = 1; i <= n; i++)
+        net->nodes[i].applied = 1;
+}
+
+TEST(vote_requires_up_to_date_log)
+{
+    /* Thesis §3.6.1. Node 1's log: terms 1,2,2 (last index 3, term 2). */
+    const uint64_t t1[] = {2, 2};
+    struct raft *rs[3] = {restored(1, 3, t1, 2, 2), restored(2, 3, NULL, 0, 2),
+                          restored(3, 3, NULL, 0, 2)};
+    struct tnet net;
+    net_with(&net, 3, rs);
+    struct {
+        uint64_t from, last_index, last_term;
+        bool granted;
+    } cases[] = {
+        {2, 10, 1, false}, /* longer log, older last term */
+        {2, 2, 2, false},  /* same last term, shorter */
+        {2, 3, 2, true},   /* identical */
+        {3, 1, 3, true},   /* newer last term wins even if shorter */
+    };
+    for (size_t k = 0; k < PZ_ARRAY_SIZE(cases); k++) {
+        uint64_t term = 10 + k; /* fresh term: vote is free */
+        struct raft_msg m = {.type = RAFT_MSG_VOTE,
+                             .from = cases[k].from,
+                             .term = term,
+                             .index = cases[k].last_index,
+                             .log_term = cases[k].last_term};
+        inject(&net, 1, m);
+        struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_VOTE_RESP);
+        CHECK(resp != NULL);
+        CHECK_EQ_INT(resp->term, term);
+        CHECK_EQ_INT(resp->reject, !cases[k].granted);
+        CHECK_EQ_INT(net.nodes[1].hs.term, term);
+        CHECK_EQ_INT(net.nodes[1].hs.vote,
+                     cases[k].granted ? cases[k].from : 0);
+        drop_queue(&net);
+    }
+    /* One vote per term: node 3 asks in the term node 2 got. */
+    struct raft_msg m = {.type = RAFT_MSG_VOTE,
+                         .from = 2,
+                         .term = 20,
+                         .index = 3,
+                         .log_term = 2};
+    inject(&net, 1, m);
+    m.from = 3;
+    inject(&net, 1, m);
+    struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_VOTE_RESP);
+    CHECK(resp != NULL && resp->to == 3 && resp->reject);
+    net_free(&net);
+}
+
+TEST(vote_response_waits_for_persist)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    struct raft_msg m = {
+        .type = RAFT_MSG_VOTE, .from = 2, .term = 5, .index = 1, .log_term = 1};
+    inject(&net, 1, m);
+    struct raft_ready rd;
+    take_ready(&net, &net.nodes[1], &rd);
+    CHECK_EQ_INT(rd.n_msgs, 0);
+    CHECK_EQ_INT(rd.n_msgs_after_persist, 1);
+    CHECK_EQ_INT(rd.msgs_after_persist[0].type, RAFT_MSG_VOTE_RESP);
+    CHECK(rd.hs_changed);
+    CHECK_EQ_INT(rd.hs.vote, 2);
+    CHECK_EQ_INT(rd.hs.term, 5);
+    CHECK(!raft_has_ready(net.nodes[1].r)); /* one batch in flight */
+    finish_ready(&net, &net.nodes[1], &rd);
+    net_free(&net);
+}
+
+TEST(reject_hint)
+{
+    /* Follower log terms: 1 (conf), 1, 2, 2, 2 -> indexes 1..5. */
+    const uint64_t t[] = {1, 2, 2, 2};
+    struct raft *rs[1] = {restored(1, 3, t, 4, 3)};
+    struct tnet net;
+    net_with(&net, 1, rs);
+    struct raft_msg m = {.type = RAFT_MSG_APPEND,
+                         .from = 2,
+                         .term = 3,
+                         .index = 5,
+                         .log_term = 3};
+    inject(&net, 1, m);
+    struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_APPEND_RESP);
+    CHECK(resp != NULL && resp->reject);
+    CHECK_EQ_INT(resp->index, 5);
+    CHECK_EQ_INT(resp->log_term, 2);
+    CHECK_EQ_INT(resp->reject_hint, 3); /* first index of term 2 */
+    drop_queue(&net);
+    m.index = 9;
+    inject(&net, 1, m);
+    resp = find_msg(&net, 1, RAFT_MSG_APPEND_RESP);
+    CHECK(resp != NULL && resp->reject);
+    CHECK_EQ_INT(resp->log_term, 0);
+    CHECK_EQ_INT(resp->reject_hint, 6); /* last + 1 */
+    drop_queue(&net);
+    net_free(&net);
+}
+
+TEST(backtracking_converges_fast)
+{
+    /* Node 1 (future leader) has 1,1,3,3,3,3; node 2 has a long divergent
+     * tail of term 2. Conflict hints let the leader skip a term per round
+     * trip instead of one entry per round trip. */
+    const uint64_t lt[] = {1, 3, 3, 3, 3};
+    uint64_t ft[40];
+    ft[0] = 1;
+    for (int i = 1; i < 40; i++)
+        ft[i] = 2;
+    struct raft *rs[3] = {restored(1, 3, lt, 5, 3), restored(2, 3, ft, 40, 3),
+                          restored(3, 3, lt, 5, 3)};
+    struct tnet net;
+    net_with(&net, 3, rs);
+    raft_campaign(net.nodes[1].r);
+    int appends_to_2 = 0;
+    pump_all(&net);
+    for (int guard = 0; net.nq > 0 && guard < 10000; guard++) {
+        struct raft_msg m = net.q[0];
+        memmove(net.q, net.q + 1, (net.nq - 1) * sizeof *net.q);
+        net.nq--;
+        if (m.type == RAFT_MSG_APPEND && m.to == 2)
+            appends_to_2++;
+        raft_step(net.nodes[m.to].r, &m);
+        pump(&net, (int)m.to);
+        msg_free(&m);
+    }
+    struct raft_status s1 = st_of(&net, 1), s2 = st_of(&net, 2);
+    CHECK_EQ_INT(s1.role, RAFT_LEADER);
+    CHECK_EQ_INT(s2.last_index, s1.last_index);
+    CHECK_EQ_INT(s2.last_term, s1.last_term);
+    CHECK(appends_to_2 <= 4);
+    for (uint64_t i = 1; i <= s1.last_index; i++)
+        CHECK_EQ_INT(raft_log_get(net.nodes[2].r, i)->term,
+                     raft_log_get(net.nodes[1].r, i)->term);
+    net_free(&net);
+}
+
+TEST(old_term_entry_not_committed_by_count)
+{
+    /* Figure 3.7: node 1 has entry 2 of term 2 that nobody else has; it
+     * becomes leader in term 4 and appends its NOOP at 3. A majority
+     * holding index 2 must not commit it; only index 3 (current term)
+     * commits, and index 2 with it. */
+    const uint64_t t1[] = {2};
+    struct raft *rs[3] = {restored(1, 3, t1, 1, 3), restored(2, 3, NULL, 0, 3),
+                          restored(3, 3, NULL, 0, 3)};
+    struct tnet net;
+    net_with(&net, 3, rs);
+    isolate(&net, 1, true); /* the test answers for the peers */
+    raft_campaign(net.nodes[1].r);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_PRE_CANDIDATE);
+    inject(
+        &net, 1,
+        (struct raft_msg){.type = RAFT_MSG_PREVOTE_RESP, .from = 2, .term = 4});
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_CANDIDATE);
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_VOTE_RESP, .from = 2, .term = 4});
+    pump_all(&net);
+    drop_queue(&net);
+    struct raft_status st = st_of(&net, 1);
+    CHECK_EQ_INT(st.role, RAFT_LEADER);
+    CHECK_EQ_INT(st.term, 4);
+    CHECK_EQ_INT(st.persisted_index, 3);
+    struct raft_msg ack = {
+        .type = RAFT_MSG_APPEND_RESP, .from = 2, .term = 4, .index = 2};
+    inject(&net, 1, ack);
+    pump_all(&net);
+    CHECK_EQ_INT(st_of(&net, 1).commit, 1); /* not 2: term 2 != 4 */
+    ack.index = 3;
+    inject(&net, 1, ack);
+    pump_all(&net);
+    CHECK_EQ_INT(st_of(&net, 1).commit, 3);
+    CHECK_EQ_INT(net.nodes[1].applied, 3);
+    net_free(&net);
+}
+
+TEST(prevote_does_not_bump_terms)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    uint64_t term = st_of(&net, 1).term;
+    isolate(&net, 3, true);
+    for (int k = 0; k < 100; k++)
+        tick_all(&net, 1);
+    struct raft_status s3 = st_of(&net, 3);
+    CHECK_EQ_INT(s3.term, term); /* pre-votes failed: no term growth */
+    CHECK(s3.role == RAFT_PRE_CANDIDATE || s3.role == RAFT_FOLLOWER);
+    isolate(&net, 3, false);
+    tick_all(&net, 3);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    CHECK_EQ_INT(st_of(&net, 1).term, term);
+    CHECK_EQ_INT(st_of(&net, 3).leader, 1);
+    /* A Pre-Vote request with a higher term does not change the term of
+     * the receiver even when granted. */
+    struct raft_msg pv = {.type = RAFT_MSG_PREVOTE,
+                          .from = 2,
+                          .term = term + 5,
+                          .index = 100,
+                          .log_term = 100};
+    isolate(&net, 1, true);
+    tick_all(&net, 12); /* node 3 forgets the leader (lease over) */
+    drop_queue(&net);
+    uint64_t t3 = st_of(&net, 3).term;
+    inject(&net, 3, pv);
+    struct raft_msg *resp = find_msg(&net, 3, RAFT_MSG_PREVOTE_RESP);
+    CHECK(resp != NULL && !resp->reject);
+    CHECK_EQ_INT(resp->term, term + 5);
+    CHECK_EQ_INT(st_of(&net, 3).term, t3);
+    net_free(&net);
+}
+
+TEST(leader_stickiness_ignores_votes)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    uint64_t term = st_of(&net, 1).term;
+    /* Node 2 just heard from the leader: a vote request of a higher term
+     * is ignored, the term unchanged. */
+    struct raft_msg v = {.type = RAFT_MSG_VOTE,
+                         .from = 3,
+                         .term = term + 1,
+                         .index = 100,
+                         .log_term = 100};
+    inject(&net, 2, v);
+    CHECK(find_msg(&net, 2, RAFT_MSG_VOTE_RESP) == NULL);
+    CHECK_EQ_INT(st_of(&net, 2).term, term);
+    /* Unless the leader asked for it (transfer). */
+    v.transfer = true;
+    inject(&net, 2, v);
+    struct raft_msg *resp = find_msg(&net, 2, RAFT_MSG_VOTE_RESP);
+    CHECK(resp != NULL && !resp->reject);
+    CHECK_EQ_INT(st_of(&net, 2).term, term + 1);
+    net_free(&net);
+}
+
+TEST(check_quorum_step_down)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    isolate(&net, 1, true);
+    for (int k = 0; k < 25; k++) {
+        raft_tick(net.nodes[1].r);
+        deliver_all(&net);
+    }
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_FOLLOWER);
+    CHECK_EQ_INT(st_of(&net, 1).leader, 0);
+    net_free(&net);
+}
+
+TEST(stale_leader_learns_higher_term)
+{
+    /* A node whose term grew while cut off makes the leader step down when
+     * it hears a stale heartbeat, so it can rejoin. */
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    uint64_t term = st_of(&net, 1).term;
+    isolate(&net, 3, true);
+    raft_step(net.nodes[3].r, &(struct raft_msg){.type = RAFT_MSG_TIMEOUT_NOW,
+                                                 .from = 1,
+                                                 .to = 3,
+                                                 .term = term});
+    pump_all(&net);
+    drop_queue(&net);
+    CHECK_EQ_INT(st_of(&net, 3).term, term + 1);
+    isolate(&net, 3, false);
+    tick_all(&net, 1);
+    CHECK(st_of(&net, 1).term >= term + 1);
+    tick_all(&net, 40);
+    CHECK_EQ_INT(count_leaders(&net, NULL), 1);
+    net_free(&net);
+}
+
+TEST(read_index_batches_one_round)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct tnode *l = &net.nodes[1];
+    uint64_t commit = st_of(&net, 1).commit;
+    CHECK_EQ_INT(commit, 2);
+    for (uint64_t c = 1; c <= 5; c++)
+        CHECK_EQ_INT(raft_read_index(l->r, c), 0);
+    struct raft_ready rd;
+    take_ready(&net, l, &rd);
+    int hb = 0;
+    uint64_t ctx = 0;
+    for (size_t i = 0; i < rd.n_msgs; i++) {
+        if (rd.msgs[i].type == RAFT_MSG_HEARTBEAT) {
+            hb++;
+            ctx = rd.msgs[i].context;
+        }
+    }
+    CHECK_EQ_INT(hb, 2); /* one round: one heartbeat per peer */
+    CHECK(ctx != 0);
+    CHECK_EQ_INT(rd.n_read_states, 0);
+    finish_ready(&net, l, &rd);
+    /* Reads asked during the round join the next one. */
+    CHECK_EQ_INT(raft_read_index(l->r, 6), 0);
+    deliver_all(&net);
+    CHECK_EQ_INT(l->n_rs, 6);
+    for (size_t i = 0; i < 6; i++) {
+        CHECK_EQ_INT(l->rs[i].ctx, i + 1);
+        CHECK_EQ_INT(l->rs[i].index, commit);
+    }
+    net_free(&net);
+}
+
+TEST(read_index_quorum_needed)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct tnode *l = &net.nodes[1];
+    isolate(&net, 1, true);
+    CHECK_EQ_INT(raft_read_index(l->r, 9), 0);
+    deliver_all(&net);
+    CHECK_EQ_INT(l->n_rs, 0);
+    /* Losing leadership drops it. */
+    for (int k = 0; k < 25; k++) {
+        raft_tick(l->r);
+        deliver_all(&net);
+    }
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_FOLLOWER);
+    CHECK_EQ_INT(l->n_rs, 0);
+    CHECK_EQ_INT(l->n_dropped, 1);
+    CHECK_EQ_INT(l->dropped[0], 9);
+    CHECK_EQ_INT(raft_read_index(l->r, 10), PZ_ENOLEADER);
+    net_free(&net);
+}
+
+TEST(read_index_follower_forwards)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    uint64_t idx;
+    raft_propose(net.nodes[1].r, (const uint8_t *)"w", 1, &idx, NULL);
+    deliver_all(&net);
+    CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 55), 0);
+    struct raft_msg *m = find_msg(&net, 2, RAFT_MSG_READ_INDEX);
+    CHECK(m != NULL && m->to == 1 && m->context == 55);
+    deliver_all(&net);
+    CHECK_EQ_INT(net.nodes[2].n_rs, 1);
+    CHECK_EQ_INT(net.nodes[2].rs[0].ctx, 55);
+    CHECK_EQ_INT(net.nodes[2].rs[0].index, idx);
+    /* A non-leader refuses forwarded reads: the follower drops them. */
+    CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 56), 0);
+    m = find_msg(&net, 2, RAFT_MSG_READ_INDEX);
+    CHECK(m != NULL);
+    m->to = 3;
+    deliver_all(&net);
+    CHECK_EQ_INT(net.nodes[2].n_dropped, 1);
+    CHECK_EQ_INT(net.nodes[2].dropped[0], 56);
+    /* Duplicated answers yield one outcome per ctx. */
+    CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 57), 0);
+    m = find_msg(&net, 2, RAFT_MSG_READ_INDEX);
+    CHECK(m != NULL);
+    net_send(&net, m);
+    deliver_all(&net);
+    CHECK_EQ_INT(net.nodes[2].n_rs, 2);
+    CHECK_EQ_INT(net.nodes[2].rs[1].ctx, 57);
+    /* A lost request is dropped after an election timeout. */
+    CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 58), 0);
+    pump_all(&net);
+    drop_queue(&net);
+    for (int k = 0; k < 11; k++) {
+        raft_tick(net.nodes[2].r);
+        pump(&net, 2);
+    }
+    CHECK_EQ_INT(net.nodes[2].n_dropped, 2);
+    CHECK_EQ_INT(net.nodes[2].dropped[1], 58);
+    CHECK_EQ_INT(net.nodes[2].n_rs, 2);
+    net_free(&net);
+}
+
+TEST(read_index_waits_for_commit_in_term)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    isolate(&net, 3, true);
+    raft_campaign(net.nodes[1].r);
+    /* Deliver votes but hold back replication acks: step by hand. */
+    for (int guard = 0; guard < 100 && st_of(&net, 1).role != RAFT_LEADER;
+         guard++) {
+        pump_all(&net);
+        if (net.nq == 0)
+            break;
+        struct raft_msg m = net.q[0];
+        memmove(net.q, net.q + 1, (net.nq - 1) * sizeof *net.q);
+        net.nq--;
+        if (!net.cut[m.from][m.to])
+            raft_step(net.nodes[m.to].r, &m);
+        msg_free(&m);
+    }
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    CHECK_EQ_INT(st_of(&net, 1).commit, 1); /* NOOP not yet committed */
+    CHECK_EQ_INT(raft_read_index(net.nodes[1].r, 1), 0);
+    deliver_all(&net);
+    CHECK_EQ_INT(net.nodes[1].n_rs, 1);
+    CHECK_EQ_INT(net.nodes[1].rs[0].index, 2); /* waited for the NOOP */
+    net_free(&net);
+}
+
+TEST(persist_rules)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct tnode *l = &net.nodes[1], *f2 = &net.nodes[2];
+    uint64_t idx;
+    CHECK_EQ_INT(raft_propose(l->r, (const uint8_t *)"p", 1, &idx, NULL), 0);
+    /* The leader sends APPEND before its own write is done (§10.2.1). */
+    struct raft_ready lrd;
+    take_ready(&net, l, &lrd);
+    CHECK_EQ_INT(lrd.n_entries, 1);
+    CHECK_EQ_INT(lrd.persist_index, idx);
+    bool sent_append = false;
+    for (size_t i = 0; i < lrd.n_msgs; i++)
+        sent_append |= lrd.msgs[i].type == RAFT_MSG_APPEND;
+    CHECK(sent_append);
+    CHECK_EQ_INT(st_of(&net, 1).persisted_index, idx - 1);
+    /* Follower 2 gets it; its ack waits for its own persist. */
+    struct raft_msg m;
+    bool found = false;
+    for (size_t i = 0; i < net.nq; i++) {
+        if (net.q[i].to == 2 && net.q[i].type == RAFT_MSG_APPEND) {
+            m = net.q[i];
+            found = true;
+        }
+    }
+    CHECK(found);
+    raft_step(f2->r, &m);
+    struct raft_ready frd;
+    take_ready(&net, f2, &frd);
+    CHECK_EQ_INT(frd.n_entries, 1);
+    bool ack_now = false, ack_after = false;
+    for (size_t i = 0; i < frd.n_msgs; i++)
+        ack_now |= frd.msgs[i].type == RAFT_MSG_APPEND_RESP;
+    for (size_t i = 0; i < frd.n_msgs_after_persist; i++)
+        ack_after |= frd.msgs_after_persist[i].type == RAFT_MSG_APPEND_RESP;
+    CHECK(!ack_now && ack_after);
+    finish_ready(&net, f2, &frd);
+    drop_queue(&net);
+    /* Ack from 2 while the leader has not persisted: leader counts itself
+     * only at its persisted index -> 1 of 3, no commit. */
+    struct raft_msg ack = {.type = RAFT_MSG_APPEND_RESP,
+                           .from = 2,
+                           .term = st_of(&net, 1).term,
+                           .index = idx};
+    inject(&net, 1, ack);
+    CHECK_EQ_INT(st_of(&net, 1).commit, idx - 1);
+    CHECK(!raft_has_ready(l->r)); /* one batch in flight */
+    finish_ready(&net, l, &lrd);  /* leader durable: 2 of 3 */
+    CHECK_EQ_INT(st_of(&net, 1).commit, idx);
+    struct raft_ready rd2;
+    take_ready(&net, l, &rd2);
+    CHECK_EQ_INT(rd2.n_committed, 1);
+    CHECK_EQ_INT(rd2.committed[0].index, idx);
+    finish_ready(&net, l, &rd2);
+    net_free(&net);
+}
+
+TEST(leader_self_ack_only_when_durable)
+{
+    /* 5 nodes: leader + 1 follower ack is not a quorum unless the
+     * leader's own entry is durable. */
+    struct tnet net;
+    net_init(&net, 5);
+    elect(&net, 1);
+    struct tnode *l = &net.nodes[1];
+    uint64_t term = st_of(&net, 1).term, idx;
+    CHECK_EQ_INT(raft_propose(l->r, (const uint8_t *)"q", 1, &idx, NULL), 0);
+    struct raft_ready rd;
+    take_ready(&net, l, &rd);
+    drop_queue(&net);
+    for (uint64_t f = 2; f <= 3; f++) {
+        struct raft_msg ack = {.type = RAFT_MSG_APPEND_RESP,
+                               .from = f,
+                               .term = term,
+                               .index = idx};
+        inject(&net, 1, ack);
+    }
+    CHECK_EQ_INT(st_of(&net, 1).commit, idx - 1); /* 2 of 5 + not self */
+    finish_ready(&net, l, &rd);                   /* now durable: 3 of 5 */
+    CHECK_EQ_INT(st_of(&net, 1).commit, idx);
+    net_free(&net);
+}
+
+TEST(advance_ignores_truncated_batch)
+{
+    /* Follower log: 1 (conf), 2 (t2), in flight; then a term-3 leader
+     * replaces index 2 before the write completes. */
+    struct raft *rs[1] = {restored(1, 3, NULL, 0, 2)};
+    struct tnet net;
+    net_with(&net, 1, rs);
+    struct tnode *t = &net.nodes[1];
+    struct raft_entry e2 = {.term = 2, .index = 2};
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 2,
+                             .index = 1,
+                             .log_term = 1,
+                             .entries = &e2,
+                             .n_entries = 1});
+    struct raft_ready rd;
+    take_ready(&net, t, &rd);
+    CHECK_EQ_INT(rd.persist_index, 2);
+    CHECK_EQ_INT(rd.persist_term, 2);
+    struct raft_entry e3 = {.term = 3, .index = 2};
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 3,
+                             .term = 3,
+                             .index = 1,
+                             .log_term = 1,
+                             .entries = &e3,
+                             .n_entries = 1});
+    finish_ready(&net, t, &rd);
+    CHECK_EQ_INT(st_of(&net, 1).persisted_index, 1);
+    /* The term-2 ack (in flight with the first batch) went out; the next
+     * batch rewrites index 2 with term 3 and acks it after persist. */
+    struct raft_ready rd2;
+    take_ready(&net, t, &rd2);
+    CHECK_EQ_INT(rd2.n_entries, 1);
+    CHECK_EQ_INT(rd2.entries[0].index, 2);
+    CHECK_EQ_INT(rd2.entries[0].term, 3);
+    finish_ready(&net, t, &rd2);
+    CHECK_EQ_INT(st_of(&net, 1).persisted_index, 2);
+    CHECK_EQ_INT(t->n_log, 2);
+    CHECK_EQ_INT(t->log[1].term, 3);
+    net_free(&net);
+}
+
+TEST(truncation_drops_unsent_acks)
+{
+    /* An ack queued for entries that a newer leader then overwrites must
+     * never be sent. */
+    struct raft *rs[1] = {restored(1, 3, NULL, 0, 2)};
+    struct tnet net;
+    net_with(&net, 1, rs);
+    struct raft_entry e2 = {.term = 2, .index = 2};
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 2,
+                             .index = 1,
+                             .log_term = 1,
+                             .entries = &e2,
+                             .n_entries = 1});
+    struct raft_entry e3 = {.term = 3, .index = 2};
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 3,
+                             .term = 3,
+                             .index = 1,
+                             .log_term = 1,
+                             .entries = &e3,
+                             .n_entries = 1});
+    pump_all(&net);
+    for (size_t i = 0; i < net.nq; i++)
+        CHECK(!(net.q[i].to == 2 && net.q[i].type == RAFT_MSG_APPEND_RESP &&
+                net.q[i].index >= 2 && !net.q[i].reject));
+    net_free(&net);
+}
+
+TEST(conf_change_one_at_a_time)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct raft *l = net.nodes[1].r;
+    struct raft_conf_change cc = {
+        .type = RAFT_CC_ADD_NONVOTER, .id = 4, .meta = "{\"name\":\"n4\"}"};
+    CHECK_EQ_INT(raft_propose_conf(l, &cc, NULL, NULL), 0);
+    /* In effect at once, on the leader. */
+    const struct raft_conf *c = raft_conf_current(l, NULL);
+    CHECK_EQ_INT(c->n, 4);
+    CHECK(!raft_conf_get(c, 4)->voter);
+    CHECK_EQ_STR(raft_conf_get(c, 4)->meta, "{\"name\":\"n4\"}");
+    struct raft_conf_change cc2 = {.type = RAFT_CC_PROMOTE, .id = 4};
+    CHECK_EQ_INT(raft_propose_conf(l, &cc2, NULL, NULL), PZ_EBUSY);
+    deliver_all(&net);
+    tick_all(&net, 1);
+    /* Followers use it as soon as appended. */
+    CHECK_EQ_INT(raft_conf_current(net.nodes[2].r, NULL)->n, 4);
+    struct raft_conf_change bad = {.type = RAFT_CC_ADD_NONVOTER, .id = 4};
+    CHECK_EQ_INT(raft_propose_conf(l, &bad, NULL, NULL), PZ_EINVAL);
+    bad.type = RAFT_CC_PROMOTE;
+    bad.id = 2;
+    CHECK_EQ_INT(raft_propose_conf(l, &bad, NULL, NULL), PZ_EINVAL);
+    bad.type = RAFT_CC_REMOVE;
+    bad.id = 9;
+    CHECK_EQ_INT(raft_propose_conf(l, &bad, NULL, NULL), PZ_EINVAL);
+    CHECK_EQ_INT(raft_propose_conf(l, &cc2, NULL, NULL), 0);
+    CHECK_EQ_INT(raft_conf_voters(raft_conf_current(l, NULL)), 4);
+    CHECK_EQ_INT(raft_propose_conf(net.nodes[2].r, &cc2, NULL, NULL),
+                 PZ_ENOTLEADER);
+    net_free(&net);
+}
+
+TEST(conf_change_waits_for_commit_in_term)
+{
+    /* A new leader may not append a conf entry before committing an entry
+     * of its term (the fix to single-server changes). */
+    struct tnet net;
+    net_init(&net, 3);
+    isolate(&net, 1, true);
+    raft_campaign(net.nodes[1].r);
+    inject(
+        &net, 1,
+        (struct raft_msg){.type = RAFT_MSG_PREVOTE_RESP, .from = 2, .term = 2});
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_VOTE_RESP, .from = 2, .term = 2});
+    pump_all(&net);
+    drop_queue(&net);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    struct raft_conf_change cc = {.type = RAFT_CC_ADD_NONVOTER, .id = 4};
+    CHECK_EQ_INT(raft_propose_conf(net.nodes[1].r, &cc, NULL, NULL), PZ_EBUSY);
+    inject(&net, 1,
+           (struct raft_msg){
+               .type = RAFT_MSG_APPEND_RESP, .from = 2, .term = 2, .index = 2});
+    CHECK_EQ_INT(st_of(&net, 1).commit, 2);
+    CHECK_EQ_INT(raft_propose_conf(net.nodes[1].r, &cc, NULL, NULL), 0);
+    net_free(&net);
+}
+
+TEST(joining_node_gets_log)
+{
+    /* Node 4 starts empty (no bootstrap), is added, catches up. */
+    struct tnet net;
+    net_init(&net, 3);
+    net.n = 4;
+    struct raft_config cfg = tcfg(4);
+    net.nodes[4].r = raft_new(&cfg, NULL);
+    elect(&net, 1);
+    struct raft_conf_change cc = {.type = RAFT_CC_ADD_NONVOTER, .id = 4};
+    CHECK_EQ_INT(raft_propose_conf(net.nodes[1].r, &cc, NULL, NULL), 0);
+    deliver_all(&net);
+    tick_all(&net, 2);
+    struct raft_status s1 = st_of(&net, 1), s4 = st_of(&net, 4);
+    CHECK_EQ_INT(s4.last_index, s1.last_index);
+    CHECK_EQ_INT(s4.commit, s1.commit);
+    CHECK_EQ_INT(net.nodes[4].applied, s1.commit);
+    /* A non-voter never campaigns. */
+    isolate(&net, 4, true);
+    for (int k = 0; k < 50; k++) {
+        raft_tick(net.nodes[4].r);
+        pump(&net, 4);
+    }
+    CHECK_EQ_INT(st_of(&net, 4).role, RAFT_FOLLOWER);
+    CHECK_EQ_INT(st_of(&net, 4).term, s1.term);
+    net_free(&net);
+}
+
+TEST(removed_leader_steps_down)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct raft_conf_change cc = {.type = RAFT_CC_REMOVE, .id = 1};
+    uint64_t idx;
+    CHECK_EQ_INT(raft_propose_conf(net.nodes[1].r, &cc, &idx, NULL), 0);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER); /* until committed */
+    deliver_all(&net);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_FOLLOWER);
+    tick_all(&net, 40);
+    uint64_t term;
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    CHECK(st_of(&net, 1).role != RAFT_LEADER);
+    net_free(&net);
+}
+
+TEST(transfer_leadership)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    uint64_t term = st_of(&net, 1).term;
+    struct raft *l = net.nodes[1].r;
+    CHECK_EQ_INT(raft_transfer_leader(l, 1), PZ_EINVAL);
+    CHECK_EQ_INT(raft_transfer_leader(l, 9), PZ_EINVAL);
+    /* Make 3 lag, then transfer to it. */
+    isolate(&net, 3, true);
+    raft_propose(l, (const uint8_t *)"z", 1, NULL, NULL);
+    deliver_all(&net);
+    isolate(&net, 3, false);
+    CHECK_EQ_INT(raft_transfer_leader(l, 3), 0);
+    CHECK_EQ_INT(raft_transfer_leader(l, 2), PZ_EBUSY);
+    CHECK_EQ_INT(raft_propose(l, (const uint8_t *)"y", 1, NULL, NULL),
+                 PZ_EBUSY);
+    deliver_all(&net);
+    CHECK_EQ_INT(st_of(&net, 3).role, RAFT_LEADER);
+    CHECK_EQ_INT(st_of(&net, 3).term, term + 1);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_FOLLOWER);
+    CHECK_EQ_INT(st_of(&net, 1).leader, 3);
+    net_free(&net);
+}
+
+TEST(transfer_aborts_after_timeout)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct raft *l = net.nodes[1].r;
+    isolate(&net, 3, true);
+    raft_propose(l, (const uint8_t *)"z", 1, NULL, NULL);
+    deliver_all(&net);
+    CHECK_EQ_INT(raft_transfer_leader(l, 3), 0);
+    CHECK_EQ_INT(raft_propose(l, (const uint8_t *)"y", 1, NULL, NULL),
+                 PZ_EBUSY);
+    for (int k = 0; k < 10; k++) {
+        raft_tick(l);
+        raft_tick(net.nodes[2].r);
+        deliver_all(&net);
+    }
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    CHECK_EQ_INT(st_of(&net, 1).transferee, 0);
+    CHECK_EQ_INT(raft_propose(l, (const uint8_t *)"y", 1, NULL, NULL), 0);
+    net_free(&net);
+}
+
+TEST(restore_uses_last_conf_entry)
+{
+    struct raft_conf a, b;
+    conf_of(&a, 3);
+    conf_of(&b, 3);
+    raft_conf_add(&b, 4, false, "x");
+    uint8_t *ba, *bb;
+    size_t la, lb;
+    raft_conf_encode(&a, &ba, &la);
+    raft_conf_encode(&b, &bb, &lb);
+    struct raft_entry e[3] = {
+        {.term = 1, .index = 1, .type = RAFT_ENTRY_CONF, .data = ba, .len = la},
+        {.term = 2, .index = 2, .type = RAFT_ENTRY_NOOP},
+        {.term = 2, .index = 3, .type = RAFT_ENTRY_CONF, .data = bb, .len = lb},
+    };
+    struct raft_hard_state hs = {.term = 2, .vote = 1, .commit = 2};
+    struct raft_config cfg = tcfg(1);
+    struct raft *r = raft_new(&cfg, NULL);
+    CHECK_EQ_INT(raft_restore(r, &hs, e, 3), 0);
+    uint64_t ci;
+    CHECK_EQ_INT(raft_conf_current(r, &ci)->n, 4);
+    CHECK_EQ_INT(ci, 3);
+    struct raft_status st;
+    raft_status(r, &st);
+    CHECK_EQ_INT(st.term, 2);
+    CHECK_EQ_INT(st.vote, 1);
+    CHECK_EQ_INT(st.commit, 2);
+    CHECK_EQ_INT(st.persisted_index, 3);
+    CHECK(raft_has_ready(r));
+    struct raft_ready rd;
+    raft_ready(r, &rd);
+    CHECK(!rd.hs_changed);
+    CHECK_EQ_INT(rd.n_entries, 0);
+    CHECK_EQ_INT(rd.n_committed, 2);
+    CHECK(rd.conf_changed);
+    raft_advance(r, &rd);
+    CHECK_EQ_INT(raft_restore(r, &hs, e, 3), PZ_EBUSY);
+    raft_free(r);
+    /* Corrupt inputs. */
+    r = raft_new(&cfg, NULL);
+    e[1].index = 5;
+    CHECK_EQ_INT(raft_restore(r, &hs, e, 3), PZ_ECORRUPT);
+    e[1].index = 2;
+    hs.term = 1;
+    CHECK_EQ_INT(raft_restore(r, &hs, e, 3), PZ_ECORRUPT);
+    raft_free(r);
+    pz_free(ba);
+    pz_free(bb);
+    raft_conf_free(&a);
+    raft_conf_free(&b);
+}
+
+TEST(malformed_messages)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    struct raft *r = net.nodes[1].r;
+    CHECK_EQ_INT(
+        raft_step(r, &(struct raft_msg){.type = 99, .from = 2, .to = 1}),
+        PZ_EINVAL);
+    CHECK_EQ_INT(
+        raft_step(
+            r, &(struct raft_msg){.type = RAFT_MSG_APPEND, .from = 0, .to = 1}),
+        PZ_EINVAL);
+    struct raft_entry bad = {.term = 5, .index = 7};
+    CHECK_EQ_INT(raft_step(r, &(struct raft_msg){.type = RAFT_MSG_APPEND,
+                                                 .from = 2,
+                                                 .to = 1,
+                                                 .term = 5,
+                                                 .index = 1,
+                                                 .log_term = 1,
+                                                 .entries = &bad,
+                                                 .n_entries = 1}),
+                 PZ_EINVAL);
+    uint8_t junk[3] = {1, 2, 3};
+    struct raft_entry badconf = {
+        .term = 5, .index = 2, .type = RAFT_ENTRY_CONF, .data = junk, .len = 3};
+    CHECK_EQ_INT(raft_step(r, &(struct raft_msg){.type = RAFT_MSG_APPEND,
+                                                 .from = 2,
+                                                 .to = 1,
+                                                 .term = 5,
+                                                 .index = 1,
+                                                 .log_term = 1,
+                                                 .entries = &badconf,
+                                                 .n_entries = 1}),
+                 PZ_EINVAL);
+    CHECK_EQ_INT(st_of(&net, 1).term, 1); /* nothing changed */
+    net_free(&net);
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(conf_codec),
+    TEST_ENTRY(new_rejects_bad_config),
+    TEST_ENTRY(bootstrap_identical_entry),
+    TEST_ENTRY(single_node_election_and_commit),
+    TEST_ENTRY(three_node_election),
+    TEST_ENTRY(vote_requires_up_to_date_log),
+    TEST_ENTRY(vote_response_waits_for_persist),
+    TEST_ENTRY(reject_hint),
+    TEST_ENTRY(backtracking_converges_fast),
+    TEST_ENTRY(old_term_entry_not_committed_by_count),
+    TEST_ENTRY(prevote_does_not_bump_terms),
+    TEST_ENTRY(leader_stickiness_ignores_votes),
+    TEST_ENTRY(check_quorum_step_down),
+    TEST_ENTRY(stale_leader_learns_higher_term),
+    TEST_ENTRY(read_index_batches_one_round),
+    TEST_ENTRY(read_index_quorum_needed),
+    TEST_ENTRY(read_index_follower_forwards),
+    TEST_ENTRY(read_index_waits_for_commit_in_term),
+    TEST_ENTRY(persist_rules),
+    TEST_ENTRY(leader_self_ack_only_when_durable),
+    TEST_ENTRY(advance_ignores_truncated_batch),
+    TEST_ENTRY(truncation_drops_unsent_acks),
+    TEST_ENTRY(conf_change_one_at_a_time),
+    TEST_ENTRY(conf_change_waits_for_commit_in_term),
+    TEST_ENTRY(joining_node_gets_log),
+    TEST_ENTRY(removed_leader_steps_down),
+    TEST_ENTRY(transfer_leadership),
+    TEST_ENTRY(transfer_aborts_after_timeout),
+    TEST_ENTRY(restore_uses_last_conf_entry),
+    TEST_ENTRY(malformed_messages),
+    TEST_END};
+
+const struct test_suite suite_raft = {"raft", cases};

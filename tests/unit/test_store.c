@@ -1,0 +1,1487 @@
+/* test_store.c - the SQLite Raft log: round trips, follower truncation,
+ * the thread-pool write path on a real loop, refusal of damaged files,
+ * fault injection, crash consistency under SIGKILL, and a throughput
+ * measurement (printed, not asserted). */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "pz.h"
+#include "store.h"
+#include "test.h"
+
+/* --- helpers -------------------------------------------------------------- */
+
+struct tdir {
+    char root[64];  /* mkdtemp directory */
+    char data[96];  /* root/data: the store's directory (created by it) */
+    char db[128];   /* data/raft.db */
+};
+
+static void tdir_init(struct tdir *t)
+{
+    snprintf(t->root, sizeof t->root, "/tmp/pz-store-XXXXXX");
+    if (mkdtemp(t->root) == NULL) {
+        perror("mkdtemp");
+        abort();
+    }
+    snprintf(t->data, sizeof t->data, "%s/data", t->root);
+    snprintf(t->db, sizeof t->db, "%s/raft.db", t->data);
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag,
+                  struct FTW *ftw)
+{
+    PZ_UNUSED(sb);
+    PZ_UNUSED(flag);
+    PZ_UNUSED(ftw);
+    return remove(p);
+}
+
+static void tdir_free(struct tdir *t)
+{
+    nftw(t->root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Payload of the entry (index, term): deterministic, length varies. */
+static size_t payload(uint64_t index, uint64_t term, uint8_t *buf,
+                      size_t cap)
+{
+    int n = snprintf((char *)buf, cap, "i%" PRIu64 "t%" PRIu64 ":", index,
+                     term);
+    size_t len = (size_t)n + (size_t)((index * 7 + term * 13) % 90);
+    if (len > cap)
+        len = cap;
+    for (size_t i = (size_t)n; i < len; i++)
+        buf[i] = (uint8_t)(index + term + i);
+    return len;
+}
+
+/* Entries [first, first + n) of one term; index % 5 == 0 is empty. */
+static struct raft_entry *mk_entries(uint64_t first, size_t n, uint64_t term)
+{
+    struct raft_entry *e = pz_calloc(n ? n : 1, sizeof *e);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t buf[160];
+        e[i].index = first + i;
+        e[i].term = term;
+        e[i].type = (uint8_t)((first + i) % 3);
+        if ((first + i) % 5 != 0) {
+            e[i].len = payload(first + i, term, buf, sizeof buf);
+            e[i].data = pz_memdup(buf, e[i].len);
+        }
+    }
+    return e;
+}
+
+static void free_entries(struct raft_entry *e, size_t n)
+{
+    store_entries_free(e, n);
+}
+
+static bool entry_ok(const struct raft_entry *e, uint64_t index,
+                     uint64_t term)
+{
+    uint8_t buf[160];
+    size_t len = index % 5 != 0 ? payload(index, term, buf, sizeof buf) : 0;
+    if (e->index != index || e->term != term || e->len != len ||
+        e->type != index % 3) {
+        fprintf(stderr,
+                "    entry %" PRIu64 ": got index %" PRIu64 " term %" PRIu64
+                " len %zu type %d, want term %" PRIu64 " len %zu\n",
+                index, e->index, e->term, e->len, e->type, term, len);
+        return false;
+    }
+    if (len && memcmp(e->data, buf, len) != 0) {
+        fprintf(stderr, "    entry %" PRIu64 ": payload differs\n", index);
+        return false;
+    }
+    return len > 0 || e->data == NULL;
+}
+
+static struct store *open_ok(const struct tdir *t)
+{
+    char err[512];
+    struct store *s = NULL;
+    int rc = store_open(t->data, &s, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "    store_open: %d %s\n", rc, err);
+        return NULL;
+    }
+    return s;
+}
+
+/* Opens and loads; on failure returns the code and the message in err. */
+static int open_load(const struct tdir *t, char *err, size_t errlen)
+{
+    struct store *s = NULL;
+    int rc = store_open(t->data, &s, err, errlen);
+    if (rc)
+        return rc;
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    rc = store_load(s, &hs, &e, &n, NULL);
+    if (rc)
+        snprintf(err, errlen, "%s", store_errmsg(s));
+    else
+        free_entries(e, n);
+    store_close(s);
+    return rc;
+}
+
+static int write_range(struct store *s, uint64_t first, size_t n,
+                       uint64_t term, const struct raft_hard_state *hs)
+{
+    struct raft_entry *e = mk_entries(first, n, term);
+    int rc = store_write_sync(s, hs, e, n);
+    free_entries(e, n);
+    return rc;
+}
+
+/* Runs SQL against the closed database behind the store's back. */
+static bool sql(const struct tdir *t, const char *q)
+{
+    sqlite3 *db;
+    char *msg = NULL;
+    bool ok = sqlite3_open(t->db, &db) == SQLITE_OK &&
+              sqlite3_exec(db, q, NULL, NULL, &msg) == SQLITE_OK;
+    if (!ok)
+        fprintf(stderr, "    sql %s: %s\n", q, msg ? msg : "?");
+    sqlite3_free(msg);
+    sqlite3_close(db);
+    return ok;
+}
+
+static bool has(const char *hay, const char *needle)
+{
+    if (strstr(hay, needle) == NULL) {
+        fprintf(stderr, "    \"%s\" not in \"%s\"\n", needle, hay);
+        return false;
+    }
+    return true;
+}
+
+/* A database with entries 1..n (term 1..), hs term 3, closed. */
+static bool build_db(const struct tdir *t, size_t n)
+{
+    struct store *s = open_ok(t);
+    if (!s)
+        return false;
+    struct raft_hard_state hs = {3, 2, 0};
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i += 100) {
+        size_t k = PZ_MIN(100, n - i);
+        rc = write_range(s, i + 1, k, 1 + (i * 3) / n, &hs);
+    }
+    store_close(s);
+    return rc == 0;
+}
+
+/* --- basics --------------------------------------------------------------- */
+
+TEST(round_trip)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct stat st;
+    CHECK(stat(t.data, &st) == 0);
+    CHECK_EQ_INT(st.st_mode & 0777, 0700);
+    CHECK_EQ_STR(store_path(s), t.db);
+
+    struct raft_hard_state hs = {9, 9, 9};
+    struct raft_entry *e;
+    size_t n = 99;
+    struct store_meta m;
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, &m), 0);
+    CHECK_EQ_INT(n, 0);
+    CHECK(e == NULL);
+    CHECK(hs.term == 0 && hs.vote == 0 && hs.commit == 0);
+    CHECK_EQ_INT(m.schema_version, STORE_SCHEMA_VERSION);
+    CHECK(m.created_ms > 1600000000000LL);
+    CHECK(m.cluster_id == 0 && m.node_id == 0 && m.node_name[0] == 0);
+    CHECK(m.snap_index == 0 && m.snap_term == 0);
+
+    struct raft_hard_state w = {1, 0, 0};
+    CHECK_EQ_INT(write_range(s, 1, 3, 1, &w), 0);
+    w = (struct raft_hard_state){2, 7, 3};
+    CHECK_EQ_INT(write_range(s, 4, 7, 2, &w), 0);
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.batches, 2);
+    CHECK_EQ_INT(ss.entries, 10);
+    CHECK_EQ_INT(ss.hs_writes, 2);
+    CHECK_EQ_INT(ss.last_batch_entries, 7);
+    CHECK_EQ_INT(ss.max_batch_entries, 7);
+    CHECK_EQ_INT(ss.last_index, 10);
+    CHECK_EQ_INT(ss.first_index, 1);
+    CHECK(ss.bytes > 0 && ss.commit_ns > 0 && ss.write_ns >= ss.commit_ns);
+    store_close(s);
+
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, &m), 0);
+    CHECK(hs.term == 2 && hs.vote == 7 && hs.commit == 3);
+    CHECK_EQ_INT(n, 10);
+    for (size_t i = 0; i < n; i++)
+        CHECK(entry_ok(&e[i], i + 1, i < 3 ? 1 : 2));
+    free_entries(e, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
+TEST(overwrite_from_lower_index)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 1, 0};
+    CHECK_EQ_INT(write_range(s, 1, 10, 1, &hs), 0);
+    /* A new leader of term 3 overwrites from index 6 with 2 entries. */
+    hs.term = 3;
+    CHECK_EQ_INT(write_range(s, 6, 2, 3, &hs), 0);
+    store_close(s);
+
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *e;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, 7);
+    for (size_t i = 0; i < n; i++)
+        CHECK(entry_ok(&e[i], i + 1, i < 5 ? 1 : 3));
+    free_entries(e, n);
+    /* The whole log replaced from index 1, then continued. */
+    hs.term = 4;
+    CHECK_EQ_INT(write_range(s, 1, 2, 4, &hs), 0);
+    CHECK_EQ_INT(write_range(s, 3, 1, 4, NULL), 0);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, 3);
+    for (size_t i = 0; i < n; i++)
+        CHECK(entry_ok(&e[i], i + 1, 4));
+    free_entries(e, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
+TEST(hard_state_only)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {5, 2, 0};
+    CHECK_EQ_INT(store_write_sync(s, &hs, NULL, 0), 0);
+    hs.vote = 0;
+    hs.term = 6;
+    CHECK_EQ_INT(store_write_sync(s, &hs, NULL, 0), 0);
+    /* Terms never go back. */
+    struct raft_hard_state back = {4, 1, 0};
+    CHECK_EQ_INT(store_write_sync(s, &back, NULL, 0), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "go back"));
+    /* One vote per term: once cast, neither changed nor cleared. */
+    struct raft_hard_state revote = {6, 0, 0};
+    CHECK_EQ_INT(store_write_sync(s, &revote, NULL, 0), 0);
+    revote.vote = 3;
+    CHECK_EQ_INT(store_write_sync(s, &revote, NULL, 0), 0);
+    revote.vote = 2;
+    CHECK_EQ_INT(store_write_sync(s, &revote, NULL, 0), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "vote in term 6 would change"));
+    revote.vote = 0;
+    CHECK_EQ_INT(store_write_sync(s, &revote, NULL, 0), PZ_EINVAL);
+    revote = (struct raft_hard_state){6, 3, 1};
+    CHECK_EQ_INT(store_write_sync(s, &revote, NULL, 0), 0);
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.batches, 5);
+    CHECK_EQ_INT(ss.hs_writes, 5);
+    CHECK_EQ_INT(ss.entries, 0);
+    store_close(s);
+
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *e;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
+    CHECK(hs.term == 6 && hs.vote == 3 && hs.commit == 1);
+    CHECK_EQ_INT(n, 0);
+    store_close(s);
+    tdir_free(&t);
+}
+
+struct empty_ctx {
+    bool in_call; /* inside store_write */
+    int calls;    /* callbacks seen */
+    int status;   /* last status */
+};
+
+static void empty_cb(struct store *s, int status, const char *msg, void *arg)
+{
+    struct empty_ctx *c = arg;
+    PZ_UNUSED(s);
+    PZ_UNUSED(msg);
+    if (c->in_call)
+        c->status = -1000; /* called from inside store_write */
+    else
+        c->status = status;
+    c->calls++;
+}
+
+TEST(empty_batches)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    CHECK_EQ_INT(store_write_sync(s, NULL, NULL, 0), 0);
+    struct raft_entry none;
+    CHECK_EQ_INT(store_write_sync(s, NULL, &none, 0), 0);
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    struct empty_ctx c = {0};
+    c.in_call = true;
+    CHECK_EQ_INT(store_write(s, &loop, NULL, NULL, 0, empty_cb, &c), 0);
+    c.in_call = false;
+    CHECK(store_busy(s));
+    CHECK_EQ_INT(c.calls, 0);
+    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(c.calls, 1);
+    CHECK_EQ_INT(c.status, 0);
+    CHECK(!store_busy(s));
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.batches, 0);
+    CHECK_EQ_INT(ss.last_index, 0);
+    store_close(s);
+    tdir_free(&t);
+}
+
+TEST(invalid_batches_refused)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {2, 0, 0};
+    CHECK_EQ_INT(write_range(s, 1, 4, 2, &hs), 0);
+    /* Beyond last + 1: would leave a gap. */
+    CHECK_EQ_INT(write_range(s, 6, 1, 2, NULL), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "outside the writable range"));
+    /* Index 0. */
+    CHECK_EQ_INT(write_range(s, 0, 1, 2, NULL), PZ_EINVAL);
+    /* Term above the hard state's. */
+    CHECK_EQ_INT(write_range(s, 5, 1, 3, NULL), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "above the hard state"));
+    /* Term below the previous entry's. */
+    CHECK_EQ_INT(write_range(s, 5, 1, 1, NULL), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "terms decrease"));
+    /* Not contiguous. */
+    struct raft_entry *e = mk_entries(5, 3, 2);
+    e[2].index = 8;
+    CHECK_EQ_INT(store_write_sync(s, NULL, e, 3), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "not contiguous"));
+    free_entries(e, 3);
+    /* Overwrite whose term is below the kept entry before it: found
+     * inside the transaction, which is rolled back. */
+    hs.term = 5;
+    CHECK_EQ_INT(write_range(s, 3, 2, 5, &hs), 0);
+    CHECK_EQ_INT(write_range(s, 4, 1, 4, NULL), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "below the stored term"));
+    /* That one was found mid-transaction: the store is failed now. */
+    CHECK_EQ_INT(write_range(s, 4, 1, 5, NULL), PZ_EIO);
+    CHECK(has(store_errmsg(s), "earlier failure"));
+    store_close(s);
+
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, 4);
+    CHECK(entry_ok(&e[0], 1, 2) && entry_ok(&e[1], 2, 2));
+    CHECK(entry_ok(&e[2], 3, 5) && entry_ok(&e[3], 4, 5));
+    CHECK_EQ_INT(hs.term, 5);
+    free_entries(e, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
+/* --- the thread-pool path on a real loop ---------------------------------- */
+
+struct pump {
+    uv_loop_t loop;           /* the loop the test runs */
+    uv_timer_t timer;         /* ticks while writes run */
+    struct store *s;          /* store under test */
+    struct raft_entry *batch; /* entries of the write in flight */
+    size_t batch_n;           /* their number */
+    uint64_t next_index;      /* first index of the next batch */
+    uint64_t term;            /* term used */
+    long done;                /* batches acknowledged */
+    long target;              /* batches to write (0: until deadline) */
+    uint64_t deadline;        /* uv_hrtime() limit when target is 0 */
+    size_t fixed;             /* batch size if non-zero, else varying */
+    int inflight;             /* writes started, not called back */
+    int max_inflight;         /* highest inflight seen */
+    bool in_call;             /* inside store_write */
+    bool cb_in_call;          /* a callback ran inside store_write */
+    long ticks;               /* timer ticks seen */
+    int status;               /* first failure, or 0 */
+    char errmsg[512];         /* its message */
+};
+
+static void pump_next(struct pump *p);
+
+static void pump_cb(struct store *s, int status, const char *msg, void *arg)
+{
+    struct pump *p = arg;
+    PZ_UNUSED(s);
+    if (p->in_call)
+        p->cb_in_call = true;
+    p->inflight--;
+    free_entries(p->batch, p->batch_n);
+    p->batch = NULL;
+    if (status) {
+        p->status = status;
+        snprintf(p->errmsg, sizeof p->errmsg, "%s", msg ? msg : "(null)");
+        uv_close((uv_handle_t *)&p->timer, NULL);
+        return;
+    }
+    p->done++;
+    pump_next(p);
+}
+
+static void pump_next(struct pump *p)
+{
+    bool more = p->target ? p->done < p->target
+                          : uv_hrtime() < p->deadline;
+    if (!more) {
+        uv_close((uv_handle_t *)&p->timer, NULL);
+        return;
+    }
+    p->batch_n = p->fixed ? p->fixed : 1 + (size_t)(p->done * 7 % 20);
+    p->batch = mk_entries(p->next_index, p->batch_n, p->term);
+    p->next_index += p->batch_n;
+    struct raft_hard_state hs = {p->term, 1, p->next_index - 1};
+    p->in_call = true;
+    int rc = store_write(p->s, &p->loop, p->done % 3 ? NULL : &hs, p->batch,
+                         p->batch_n, pump_cb, p);
+    p->in_call = false;
+    if (rc) {
+        p->status = rc;
+        snprintf(p->errmsg, sizeof p->errmsg, "%s", store_errmsg(p->s));
+        free_entries(p->batch, p->batch_n);
+        p->batch = NULL;
+        uv_close((uv_handle_t *)&p->timer, NULL);
+        return;
+    }
+    p->inflight++;
+    p->max_inflight = PZ_MAX(p->max_inflight, p->inflight);
+}
+
+static void pump_tick(uv_timer_t *t)
+{
+    struct pump *p = t->data;
+    p->ticks++;
+}
+
+static void pump_init(struct pump *p, struct store *s, uint64_t term)
+{
+    memset(p, 0, sizeof *p);
+    pz_assert(uv_loop_init(&p->loop) == 0);
+    uv_timer_init(&p->loop, &p->timer);
+    p->timer.data = p;
+    uv_timer_start(&p->timer, pump_tick, 1, 1);
+    p->s = s;
+    p->term = term;
+    struct store_stats ss;
+    store_stats(s, &ss);
+    p->next_index = ss.last_index + 1;
+}
+
+TEST(async_many_batches)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs0 = {4, 0, 0};
+    CHECK_EQ_INT(store_write_sync(s, &hs0, NULL, 0), 0);
+    struct pump p;
+    pump_init(&p, s, 4);
+    p.target = 600;
+    pump_next(&p);
+    CHECK_EQ_INT(uv_run(&p.loop, UV_RUN_DEFAULT), 0);
+    if (p.status)
+        fprintf(stderr, "    write failed: %s\n", p.errmsg);
+    CHECK_EQ_INT(p.status, 0);
+    CHECK_EQ_INT(p.done, 600);
+    CHECK_EQ_INT(p.max_inflight, 1);
+    CHECK(!p.cb_in_call);
+    /* The loop kept turning while the pool wrote. */
+    CHECK(p.ticks > 0);
+    fprintf(stderr, "    600 batches, %ld timer ticks of 1 ms meanwhile\n",
+            p.ticks);
+    CHECK_EQ_INT(uv_loop_close(&p.loop), 0);
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.batches, 601);
+    CHECK_EQ_INT(ss.entries, p.next_index - 1);
+    CHECK_EQ_INT(ss.last_index, p.next_index - 1);
+    CHECK_EQ_INT(ss.failures, 0);
+    store_close(s);
+
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, p.next_index - 1);
+    for (size_t i = 0; i < n; i++)
+        CHECK(entry_ok(&e[i], i + 1, 4));
+    CHECK_EQ_INT(hs.term, 4);
+    free_entries(e, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
+static void never_cb(struct store *s, int status, const char *msg, void *arg)
+{
+    PZ_UNUSED(s);
+    PZ_UNUSED(status);
+    PZ_UNUSED(msg);
+    PZ_UNUSED(arg);
+}
+
+TEST(second_write_in_flight_asserts)
+{
+    struct tdir t;
+    tdir_init(&t);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        dup2(fd, 2);
+        struct store *s = open_ok(&t);
+        if (!s)
+            _exit(3);
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        struct raft_hard_state hs = {1, 0, 0};
+        struct raft_entry *e = mk_entries(1, 2, 1);
+        if (store_write(s, &loop, &hs, e, 2, never_cb, NULL) != 0)
+            _exit(4);
+        store_write(s, &loop, NULL, e, 2, never_cb, NULL);
+        _exit(0); /* not reached: the second write must abort */
+    }
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFSIGNALED(st));
+    CHECK_EQ_INT(WTERMSIG(st), SIGABRT);
+    tdir_free(&t);
+}
+
+/* --- damaged files are refused -------------------------------------------- */
+
+static bool overwrite(const char *path, off_t off, size_t len, uint64_t seed)
+{
+    int fd = open(path, O_WRONLY);
+    if (fd < 0)
+        return false;
+    uint8_t *buf = pz_malloc(len);
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (uint8_t)pz_rand_next(&seed);
+    bool ok = pwrite(fd, buf, len, off) == (ssize_t)len;
+    pz_free(buf);
+    close(fd);
+    return ok;
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+TEST(garbage_header_refused)
+{
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 50));
+    CHECK(file_size(t.db) > 0);
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", t.db);
+    CHECK(file_size(wal) < 0); /* checkpointed and removed on close */
+    CHECK(overwrite(t.db, 0, 100, 1));
+    char err[512];
+    struct store *s = NULL;
+    int rc = store_open(t.data, &s, err, sizeof err);
+    fprintf(stderr, "    -> %s\n", err);
+    CHECK_EQ_INT(rc, PZ_ECORRUPT);
+    CHECK(s == NULL);
+    CHECK(has(err, t.db));
+    CHECK(has(err, "not an SQLite database"));
+    tdir_free(&t);
+}
+
+TEST(garbage_pages_refused)
+{
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 3000));
+    off_t size = file_size(t.db);
+    CHECK(size > 40 * 4096);
+    /* Garbage over a few pages in the middle of the log's b-tree. */
+    CHECK(overwrite(t.db, (size / 4096 / 2) * 4096 + 100, 3 * 4096, 2));
+    char err[512];
+    int rc = open_load(&t, err, sizeof err);
+    fprintf(stderr, "    -> %s\n", err);
+    CHECK_EQ_INT(rc, PZ_ECORRUPT);
+    CHECK(has(err, t.db));
+    tdir_free(&t);
+}
+
+TEST(truncated_file_refused)
+{
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 3000));
+    off_t size = file_size(t.db);
+    CHECK(truncate(t.db, size / 2) == 0);
+    char err[512];
+    int rc = open_load(&t, err, sizeof err);
+    fprintf(stderr, "    -> %s\n", err);
+    CHECK_EQ_INT(rc, PZ_ECORRUPT);
+    CHECK(has(err, t.db));
+    /* Truncated to nothing: must not pass for a fresh node. */
+    CHECK(truncate(t.db, 0) == 0);
+    rc = open_load(&t, err, sizeof err);
+    fprintf(stderr, "    -> %s\n", err);
+    CHECK_EQ_INT(rc, PZ_ECORRUPT);
+    CHECK(has(err, "empty file"));
+    CHECK_EQ_INT(file_size(t.db), 0);
+    tdir_free(&t);
+}
+
+TEST(orphan_wal_refused)
+{
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 10));
+    CHECK(unlink(t.db) == 0);
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", t.db);
+    int fd = open(wal, O_CREAT | O_WRONLY, 0600);
+    CHECK(fd >= 0);
+    close(fd);
+    char err[512];
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
+    CHECK(has(err, "-wal exists"));
+    CHECK(file_size(t.db) < 0);
+    tdir_free(&t);
+}
+
+/* Damage done with SQL behind the store's back, and what must be said. */
+struct tamper {
+    const char *sql;  /* run on the closed database */
+    int rc;           /* expected from open or load */
+    const char *msg;  /* expected in the message */
+};
+
+TEST(tampered_rows_refused)
+{
+    static const struct tamper cases[] = {
+        {"DELETE FROM log WHERE idx = 50", PZ_ECORRUPT, "gap in the log"},
+        {"DELETE FROM log WHERE idx = 1", PZ_ECORRUPT, "gap in the log"},
+        {"UPDATE log SET term = 2 WHERE idx = 50", PZ_ECORRUPT,
+         "term decreases"},
+        {"UPDATE log SET term = 9 WHERE idx = 90", PZ_ECORRUPT,
+         "above the hard state"},
+        {"UPDATE log SET type = 77 WHERE idx = 3", PZ_ECORRUPT,
+         "unknown entry type"},
+        {"DELETE FROM hard_state", PZ_ECORRUPT, "hard state row is missing"},
+        {"UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+         PZ_ECORRUPT, "unknown schema version 99"},
+        {"UPDATE meta SET value = '1e3' WHERE key = 'node_id'", PZ_ECORRUPT,
+         "bad value"},
+        {"DELETE FROM meta WHERE key = 'snapshot_index'", PZ_ECORRUPT,
+         "snapshot_index is missing"},
+        {"UPDATE meta SET value = '60' WHERE key = 'snapshot_index'",
+         PZ_ECORRUPT, "snapshot index"},
+        {"DROP TABLE log", PZ_ECORRUPT, "schema does not match"},
+        {"PRAGMA application_id = 7", PZ_ECORRUPT, "not a PyazDB raft log"},
+        {"DROP TABLE log; DROP TABLE meta; DROP TABLE hard_state;"
+         "PRAGMA application_id = 0",
+         PZ_ECORRUPT, "no schema"},
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(cases); i++) {
+        struct tdir t;
+        tdir_init(&t);
+        CHECK(build_db(&t, 100));
+        char err[512];
+        CHECK_EQ_INT(open_load(&t, err, sizeof err), 0);
+        CHECK(sql(&t, cases[i].sql));
+        int rc = open_load(&t, err, sizeof err);
+        fprintf(stderr, "    %s -> %s\n", cases[i].sql, err);
+        CHECK_EQ_INT(rc, cases[i].rc);
+        CHECK(has(err, t.db));
+        CHECK(has(err, cases[i].msg));
+        tdir_free(&t);
+    }
+    /* Losing a suffix is indistinguishable from a shorter log (a valid
+     * prefix): accepted. */
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 100));
+    CHECK(sql(&t, "DELETE FROM log WHERE idx > 80"));
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, 80);
+    free_entries(e, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
+TEST(second_process_locked_out)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    int pfd[2];
+    CHECK(pipe(pfd) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char err[512] = "";
+        struct store *s2 = NULL;
+        int rc = store_open(t.data, &s2, err, sizeof err);
+        ssize_t w = write(pfd[1], err, strlen(err) + 1);
+        PZ_UNUSED(w);
+        _exit(rc == PZ_EBUSY ? 0 : 1);
+    }
+    close(pfd[1]);
+    char err[512] = "";
+    ssize_t r = read(pfd[0], err, sizeof err - 1);
+    close(pfd[0]);
+    CHECK(r > 0);
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    fprintf(stderr, "    -> %s\n", err);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(has(err, "locked by another process"));
+    /* The holder is unaffected. */
+    CHECK_EQ_INT(write_range(s, 1, 3, 0, NULL), 0);
+    store_close(s);
+    tdir_free(&t);
+}
+
+/* --- fault injection ------------------------------------------------------ */
+
+static bool log_is(const struct tdir *t, size_t want_n, uint64_t last_term,
+                   uint64_t hs_term)
+{
+    struct store *s = open_ok(t);
+    if (!s)
+        return false;
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    bool ok = store_load(s, &hs, &e, &n, NULL) == 0;
+    if (ok) {
+        ok = n == want_n && hs.term == hs_term &&
+             (n == 0 || e[n - 1].term == last_term);
+        if (!ok)
+            fprintf(stderr,
+                    "    log: n %zu (want %zu), hs term %" PRIu64
+                    " (want %" PRIu64 ")\n",
+                    n, want_n, hs.term, hs_term);
+        free_entries(e, n);
+    }
+    store_close(s);
+    return ok;
+}
+
+TEST(fault_injection_sync)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 1, 0};
+    CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
+    store_close(s);
+    /* Append 3 entries + hs: BEGIN, DELETE, 3 x INSERT, UPDATE, COMMIT.
+     * Overwrite from 4 adds the read of the term at 3. */
+    for (int overwrite_mode = 0; overwrite_mode < 2; overwrite_mode++) {
+        uint64_t first = overwrite_mode ? 4 : 6;
+        int steps = overwrite_mode ? 8 : 7;
+        for (int k = 1; k <= steps + 1; k++) {
+            s = open_ok(&t);
+            CHECK(s != NULL);
+            store_fail_at(s, k);
+            struct raft_hard_state h2 = {2, 0, 0};
+            int rc = write_range(s, first, 3, 2, &h2);
+            if (k <= steps) {
+                CHECK_EQ_INT(rc, PZ_EIO);
+                CHECK(has(store_errmsg(s), "injected"));
+                CHECK(has(store_errmsg(s), t.db));
+                struct store_stats ss;
+                store_stats(s, &ss);
+                CHECK_EQ_INT(ss.failures, 1);
+                CHECK_EQ_INT(ss.batches, 0);
+                CHECK_EQ_INT(ss.last_index, 5);
+                /* Fail-stop: no later write is accepted. */
+                CHECK_EQ_INT(write_range(s, 6, 1, 1, NULL), PZ_EIO);
+                store_close(s);
+                CHECK(log_is(&t, 5, 1, 1));
+            } else {
+                CHECK_EQ_INT(rc, 0);
+                store_close(s);
+                CHECK(log_is(&t, first + 2, 2, 2));
+            }
+        }
+        /* Back to 5 entries of term 1 for the next mode. */
+        CHECK(sql(&t, "DELETE FROM log WHERE idx > 5;"
+                      "UPDATE log SET term = 1;"
+                      "UPDATE hard_state SET term = 1"));
+    }
+    tdir_free(&t);
+}
+
+TEST(fault_injection_async)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 0, 0};
+    CHECK_EQ_INT(store_write_sync(s, &hs, NULL, 0), 0);
+    struct pump p;
+    pump_init(&p, s, 1);
+    p.target = 1000;
+    p.fixed = 4;
+    /* Each batch of 4 without hs has 7 steps; every third carries hs (8):
+     * fail somewhere inside the 11th batch. */
+    store_fail_at(s, 7 * 7 + 4 * 8 + 5);
+    pump_next(&p);
+    CHECK_EQ_INT(uv_run(&p.loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(uv_loop_close(&p.loop), 0);
+    fprintf(stderr, "    -> %s\n", p.errmsg);
+    CHECK_EQ_INT(p.status, PZ_EIO);
+    CHECK_EQ_INT(p.done, 11);
+    CHECK(has(p.errmsg, "injected"));
+    CHECK(!store_busy(s));
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.failures, 1);
+    CHECK_EQ_INT(ss.last_index, 44);
+    store_close(s);
+    CHECK(log_is(&t, 44, 1, 1));
+    tdir_free(&t);
+}
+
+/* --- compaction and meta -------------------------------------------------- */
+
+TEST(compact_and_reload)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {3, 1, 8};
+    CHECK_EQ_INT(write_range(s, 1, 5, 2, &hs), 0);
+    CHECK_EQ_INT(write_range(s, 6, 5, 3, NULL), 0);
+    CHECK_EQ_INT(store_compact(s, 4, 3), PZ_EINVAL); /* term is 2 there */
+    CHECK(has(store_errmsg(s), "has term 2"));
+    CHECK_EQ_INT(store_compact(s, 4, 2), 0);
+    CHECK_EQ_INT(store_compact(s, 3, 2), 0); /* no-op */
+    CHECK_EQ_INT(write_range(s, 4, 1, 3, NULL), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "outside the writable range"));
+    store_close(s);
+
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *e;
+    size_t n;
+    struct store_meta m;
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, &m), 0);
+    CHECK(m.snap_index == 4 && m.snap_term == 2);
+    CHECK_EQ_INT(n, 6);
+    CHECK(entry_ok(&e[0], 5, 2));
+    for (size_t i = 1; i < n; i++)
+        CHECK(entry_ok(&e[i], 5 + i, 3));
+    free_entries(e, n);
+    /* Overwrite right after the snapshot point, then an installed
+     * snapshot beyond the log. */
+    CHECK_EQ_INT(write_range(s, 5, 2, 3, NULL), 0);
+    CHECK_EQ_INT(store_compact(s, 15, 3), 0);
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK(ss.first_index == 16 && ss.last_index == 15);
+    CHECK_EQ_INT(write_range(s, 16, 2, 3, NULL), 0);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, &m), 0);
+    CHECK(m.snap_index == 15 && m.snap_term == 3);
+    CHECK_EQ_INT(n, 2);
+    CHECK(entry_ok(&e[0], 16, 3) && entry_ok(&e[1], 17, 3));
+    free_entries(e, n);
+    store_close(s);
+    /* A log that no longer starts right after the snapshot: a gap. */
+    CHECK(sql(&t, "DELETE FROM log WHERE idx = 16"));
+    char err[512];
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
+    CHECK(has(err, "gap in the log"));
+    tdir_free(&t);
+}
+
+TEST(meta_set_once)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    const uint64_t cid = 0xfedcba9876543210ull; /* above INT64_MAX */
+    CHECK_EQ_INT(store_meta_set(s, 0, 7, "node-a"), 0);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct store_meta m;
+    store_meta_get(s, &m);
+    CHECK(m.cluster_id == 0 && m.node_id == 7);
+    CHECK_EQ_STR(m.node_name, "node-a");
+    /* The cluster id learned later; the rest must match. */
+    CHECK_EQ_INT(store_meta_set(s, cid, 7, "node-a"), 0);
+    CHECK_EQ_INT(store_meta_set(s, cid, 0, NULL), 0);
+    CHECK_EQ_INT(store_meta_set(s, cid, 7, "node-b"), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "\"node-a\" differs from \"node-b\""));
+    CHECK_EQ_INT(store_meta_set(s, cid, 8, NULL), PZ_EINVAL);
+    CHECK_EQ_INT(store_meta_set(s, cid + 1, 0, NULL), PZ_EINVAL);
+    char big[STORE_NAME_MAX + 1];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    CHECK_EQ_INT(store_meta_set(s, 0, 0, big), PZ_EINVAL);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &e, &n, &m), 0);
+    CHECK(m.cluster_id == cid);
+    CHECK(m.node_id == 7);
+    CHECK_EQ_STR(m.node_name, "node-a");
+    store_close(s);
+    /* Stored as exact decimal text. */
+    CHECK(sql(&t, "CREATE TABLE x AS SELECT value FROM meta "
+                  "WHERE key = 'cluster_id' AND value = "
+                  "'18364758544493064720'"));
+    sqlite3 *db;
+    CHECK(sqlite3_open(t.db, &db) == SQLITE_OK);
+    sqlite3_stmt *st;
+    CHECK(sqlite3_prepare_v2(db, "SELECT count(*) FROM x", -1, &st, NULL) ==
+          SQLITE_OK);
+    CHECK(sqlite3_step(st) == SQLITE_ROW);
+    CHECK_EQ_INT(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    tdir_free(&t);
+}
+
+/* --- crash consistency ---------------------------------------------------- */
+
+/* Batch k (from 1) of the crash workload, given the last index before it:
+ * term k; every 7th batch rewrites the last 3 entries; 1..13 entries. */
+static void crash_batch(long k, uint64_t last, uint64_t *first, size_t *n)
+{
+    *first = (k % 7 == 0 && last >= 3) ? last - 2 : last + 1;
+    *n = 1 + (size_t)(k * 31 % 13);
+}
+
+/* Model after j batches: terms[i] = term of index i + 1; returns count. */
+static size_t crash_model(long j, uint64_t *terms, size_t cap,
+                          struct raft_hard_state *hs)
+{
+    uint64_t last = 0;
+    memset(hs, 0, sizeof *hs);
+    for (long k = 1; k <= j; k++) {
+        uint64_t first;
+        size_t n;
+        crash_batch(k, last, &first, &n);
+        pz_assert(first + n - 1 <= cap);
+        for (size_t i = 0; i < n; i++)
+            terms[first - 1 + i] = (uint64_t)k;
+        last = first + n - 1;
+        *hs = (struct raft_hard_state){(uint64_t)k, (uint64_t)(k % 3 + 1),
+                                       first - 1};
+    }
+    return last;
+}
+
+struct crash_child {
+    struct pump p; /* reused for the loop; batches driven here */
+    long k;        /* batch in flight */
+    uint64_t last; /* last index written */
+    int fd;        /* ack pipe */
+    struct raft_entry *e; /* entries in flight */
+    size_t n;      /* their number */
+};
+
+static void crash_next(struct crash_child *c);
+
+static void crash_cb(struct store *s, int status, const char *msg, void *arg)
+{
+    struct crash_child *c = arg;
+    PZ_UNUSED(s);
+    PZ_UNUSED(msg);
+    if (status)
+        _exit(5);
+    int32_t k = (int32_t)c->k;
+    if (write(c->fd, &k, sizeof k) != sizeof k)
+        _exit(6);
+    free_entries(c->e, c->n);
+    crash_next(c);
+}
+
+static void crash_next(struct crash_child *c)
+{
+    uint64_t first;
+    c->k++;
+    crash_batch(c->k, c->last, &first, &c->n);
+    c->e = mk_entries(first, c->n, (uint64_t)c->k);
+    c->last = first + c->n - 1;
+    struct raft_hard_state hs = {(uint64_t)c->k, (uint64_t)(c->k % 3 + 1),
+                                 first - 1};
+    if (store_write(c->p.s, &c->p.loop, &hs, c->e, c->n, crash_cb, c) != 0)
+        _exit(7);
+}
+
+/* Child: continues the workload after batch `start`, acking each batch
+ * once durable, until killed. */
+static void crash_run_child(const struct tdir *t, long start, int fd)
+{
+    struct crash_child *c = pz_calloc(1, sizeof *c);
+    struct store *s = open_ok(t);
+    if (!s)
+        _exit(8);
+    uint64_t *terms = pz_malloc(20 * (size_t)(start + 2) * sizeof *terms + 8);
+    struct raft_hard_state hs;
+    c->last = crash_model(start, terms, 20 * (size_t)(start + 2), &hs);
+    pz_free(terms);
+    c->k = start;
+    c->fd = fd;
+    c->p.s = s;
+    uv_loop_init(&c->p.loop);
+    crash_next(c);
+    uv_run(&c->p.loop, UV_RUN_DEFAULT);
+    _exit(9);
+}
+
+/* Does the store hold exactly the model after j batches? */
+static bool crash_matches(const struct raft_hard_state *hs,
+                          const struct raft_entry *e, size_t n, long j)
+{
+    size_t cap = 20 * (size_t)(j + 2);
+    uint64_t *terms = pz_malloc(cap * sizeof *terms);
+    struct raft_hard_state mhs;
+    size_t mn = crash_model(j, terms, cap, &mhs);
+    bool ok = mn == n && mhs.term == hs->term && mhs.vote == hs->vote &&
+              mhs.commit == hs->commit;
+    for (size_t i = 0; ok && i < n; i++) {
+        uint8_t buf[160];
+        size_t len =
+            (i + 1) % 5 ? payload(i + 1, terms[i], buf, sizeof buf) : 0;
+        ok = e[i].index == i + 1 && e[i].term == terms[i] &&
+             e[i].len == len && (len == 0 || !memcmp(e[i].data, buf, len));
+    }
+    pz_free(terms);
+    return ok;
+}
+
+TEST(crash_consistency_sigkill)
+{
+    struct tdir t;
+    tdir_init(&t);
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    const char *env = getenv("PZ_TEST_SEED");
+    if (env)
+        seed = strtoull(env, NULL, 10);
+    fprintf(stderr, "    seed %" PRIu64 " (PZ_TEST_SEED)\n", seed);
+    uint64_t rng = seed;
+    long verified = 0; /* batches known to be on disk */
+    for (int round = 0; round < 8; round++) {
+        int pfd[2];
+        CHECK(pipe(pfd) == 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(pfd[0]);
+            crash_run_child(&t, verified, pfd[1]);
+        }
+        close(pfd[1]);
+        long wait_us = 5000 + (long)(pz_rand_next(&rng) % 200000);
+        usleep((useconds_t)wait_us);
+        kill(pid, SIGKILL);
+        int st = 0;
+        CHECK(waitpid(pid, &st, 0) == pid);
+        if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+            fprintf(stderr, "    child ended early: status %d\n", st);
+        CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+        long acked = verified;
+        int32_t k;
+        while (read(pfd[0], &k, sizeof k) == sizeof k) {
+            CHECK_EQ_INT(k, acked + 1);
+            acked = k;
+        }
+        close(pfd[0]);
+
+        struct store *s = open_ok(&t);
+        CHECK(s != NULL);
+        struct raft_hard_state hs;
+        struct raft_entry *e;
+        size_t n;
+        CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
+        store_close(s);
+        long found = -1;
+        if (crash_matches(&hs, e, n, acked))
+            found = acked;
+        else if (crash_matches(&hs, e, n, acked + 1))
+            found = acked + 1;
+        fprintf(stderr,
+                "    round %d: killed after %ld us, %ld acked, disk holds "
+                "batch %ld (%zu entries)\n",
+                round, wait_us, acked, found, n);
+        free_entries(e, n);
+        CHECK(found >= 0);
+        verified = found;
+    }
+    CHECK(verified > 0);
+    tdir_free(&t);
+}
+
+/* --- with the real Raft core ------------------------------------------- */
+
+/* Three cores, each persisting its Readies through its own store, with a
+ * lossy instant network and restarts through store_load + raft_restore:
+ * the Ready stream of the real core must pass every check of the store,
+ * and a restarted node must get back exactly its durable log. */
+
+#define RS_N 3
+
+struct rs_node {
+    struct tdir dir;    /* data directory */
+    struct store *s;    /* its store */
+    struct raft *r;     /* its core */
+};
+
+struct rs_net {
+    struct rs_node nodes[RS_N + 1]; /* 1-based */
+    struct raft_msg *q;             /* messages in transit (deep copies) */
+    size_t nq, cap;                 /* queue size, capacity */
+    uint64_t rng;                   /* drop decisions */
+    int failures;                   /* store or restore errors */
+};
+
+static void rs_queue(struct rs_net *net, const struct raft_msg *m, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (pz_rand_next(&net->rng) % 10 == 0)
+            continue; /* lost */
+        if (net->nq == net->cap) {
+            net->cap = net->cap ? net->cap * 2 : 64;
+            net->q = pz_realloc(net->q, net->cap * sizeof *net->q);
+        }
+        struct raft_msg *c = &net->q[net->nq++];
+        *c = m[i];
+        c->entries = NULL;
+        if (m[i].n_entries) {
+            c->entries = pz_malloc(m[i].n_entries * sizeof *c->entries);
+            for (size_t k = 0; k < m[i].n_entries; k++) {
+                c->entries[k] = m[i].entries[k];
+                c->entries[k].data =
+                    m[i].entries[k].len
+                        ? pz_memdup(m[i].entries[k].data,
+                                    m[i].entries[k].len)
+                        : NULL;
+            }
+        }
+    }
+}
+
+static void rs_msg_free(struct raft_msg *m)
+{
+    for (size_t k = 0; k < m->n_entries; k++)
+        pz_free(m->entries[k].data);
+    pz_free(m->entries);
+}
+
+/* Runs every pending Ready of node id, persisting it synchronously. */
+static void rs_ready(struct rs_net *net, int id)
+{
+    struct rs_node *nd = &net->nodes[id];
+    while (raft_has_ready(nd->r)) {
+        struct raft_ready rd;
+        raft_ready(nd->r, &rd);
+        rs_queue(net, rd.msgs, rd.n_msgs);
+        int rc = store_write_sync(nd->s, rd.hs_changed ? &rd.hs : NULL,
+                                  rd.entries, rd.n_entries);
+        if (rc) {
+            fprintf(stderr, "    node %d: %s\n", id, store_errmsg(nd->s));
+            net->failures++;
+            return;
+        }
+        rs_queue(net, rd.msgs_after_persist, rd.n_msgs_after_persist);
+        raft_advance(nd->r, &rd);
+    }
+}
+
+static void rs_deliver(struct rs_net *net)
+{
+    while (net->nq > 0) {
+        struct raft_msg m = net->q[0];
+        memmove(net->q, net->q + 1, (net->nq - 1) * sizeof *net->q);
+        net->nq--;
+        if (m.to >= 1 && m.to <= RS_N) {
+            raft_step(net->nodes[m.to].r, &m);
+            rs_ready(net, (int)m.to);
+        }
+        rs_msg_free(&m);
+    }
+}
+
+static struct raft *rs_core(uint64_t id, uint64_t seed)
+{
+    struct raft_config cfg = {0};
+    cfg.id = id;
+    cfg.election_ticks = 10;
+    cfg.heartbeat_ticks = 2;
+    cfg.seed = seed * 1000 + id;
+    cfg.pre_vote = true;
+    cfg.check_quorum = true;
+    return raft_new(&cfg, NULL);
+}
+
+/* Crash-restarts node id: what the store holds must be exactly the
+ * durable log of the old core. */
+static bool rs_restart(struct rs_net *net, int id, uint64_t seed)
+{
+    struct rs_node *nd = &net->nodes[id];
+    struct raft_status st;
+    raft_status(nd->r, &st);
+    store_close(nd->s);
+    nd->s = open_ok(&nd->dir);
+    if (!nd->s)
+        return false;
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    if (store_load(nd->s, &hs, &e, &n, NULL) != 0) {
+        fprintf(stderr, "    load: %s\n", store_errmsg(nd->s));
+        return false;
+    }
+    bool ok = n == st.persisted_index && hs.term == st.term &&
+              hs.vote == st.vote;
+    for (size_t i = 0; ok && i < n; i++) {
+        const struct raft_entry *x = raft_log_get(nd->r, i + 1);
+        ok = x && x->term == e[i].term && x->type == e[i].type &&
+             x->len == e[i].len && (!x->len || !memcmp(x->data, e[i].data,
+                                                        x->len));
+    }
+    if (!ok)
+        fprintf(stderr,
+                "    node %d: stored %zu entries, term %" PRIu64
+                "; core had %" PRIu64 " durable, term %" PRIu64 "\n",
+                id, n, hs.term, st.persisted_index, st.term);
+    raft_free(nd->r);
+    nd->r = rs_core((uint64_t)id, seed + 77);
+    if (ok && raft_restore(nd->r, &hs, e, n) != 0) {
+        fprintf(stderr, "    node %d: raft_restore refused the log\n", id);
+        ok = false;
+    }
+    store_entries_free(e, n);
+    return ok;
+}
+
+TEST(raft_core_round_trip)
+{
+    uint64_t seed = 42;
+    const char *env = getenv("PZ_TEST_SEED");
+    if (env)
+        seed = strtoull(env, NULL, 10);
+    struct rs_net *net = pz_calloc(1, sizeof *net);
+    net->rng = seed;
+    struct raft_conf conf;
+    raft_conf_init(&conf);
+    for (int i = 1; i <= RS_N; i++)
+        CHECK_EQ_INT(raft_conf_add(&conf, (uint64_t)i, true, "m"), 0);
+    for (int i = 1; i <= RS_N; i++) {
+        struct rs_node *nd = &net->nodes[i];
+        tdir_init(&nd->dir);
+        nd->s = open_ok(&nd->dir);
+        CHECK(nd->s != NULL);
+        nd->r = rs_core((uint64_t)i, seed);
+        CHECK(nd->r != NULL);
+        CHECK_EQ_INT(raft_bootstrap(nd->r, &conf), 0);
+        rs_ready(net, i);
+    }
+    raft_conf_free(&conf);
+    int proposed = 0, restarts = 0;
+    for (int round = 0; round < 3000 && net->failures == 0; round++) {
+        for (int i = 1; i <= RS_N; i++) {
+            raft_tick(net->nodes[i].r);
+            rs_ready(net, i);
+        }
+        rs_deliver(net);
+        uint64_t r = pz_rand_next(&net->rng);
+        int id = 1 + (int)(r % RS_N);
+        if ((r >> 8) % 4 == 0) {
+            char cmd[32];
+            int len = snprintf(cmd, sizeof cmd, "cmd-%d", proposed);
+            if (raft_propose(net->nodes[id].r, (const uint8_t *)cmd,
+                             (size_t)len, NULL, NULL) == 0)
+                proposed++;
+            rs_ready(net, id);
+            rs_deliver(net);
+        }
+        if ((r >> 16) % 150 == 0) {
+            CHECK(rs_restart(net, id, seed + (uint64_t)round));
+            restarts++;
+        }
+    }
+    CHECK_EQ_INT(net->failures, 0);
+    /* Restart everyone; then the committed prefixes must agree. */
+    uint64_t min_commit = UINT64_MAX;
+    for (int i = 1; i <= RS_N; i++) {
+        CHECK(rs_restart(net, i, seed + 5000));
+        struct raft_status st;
+        raft_status(net->nodes[i].r, &st);
+        min_commit = PZ_MIN(min_commit, st.commit);
+    }
+    for (uint64_t x = 1; x <= min_commit; x++) {
+        const struct raft_entry *a = raft_log_get(net->nodes[1].r, x);
+        for (int i = 2; i <= RS_N; i++) {
+            const struct raft_entry *b = raft_log_get(net->nodes[i].r, x);
+            CHECK(a && b && a->term == b->term && a->len == b->len);
+            CHECK(a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
+        }
+    }
+    struct raft_status st1;
+    raft_status(net->nodes[1].r, &st1);
+    fprintf(stderr,
+            "    %d proposals accepted, %d restarts, node 1: last %" PRIu64
+            ", term %" PRIu64 ", committed everywhere: %" PRIu64 "\n",
+            proposed, restarts, st1.last_index, st1.term, min_commit);
+    CHECK(proposed > 50);
+    CHECK(min_commit > 50);
+    for (int i = 1; i <= RS_N; i++) {
+        struct rs_node *nd = &net->nodes[i];
+        raft_free(nd->r);
+        store_close(nd->s);
+        tdir_free(&nd->dir);
+    }
+    for (size_t i = 0; i < net->nq; i++)
+        rs_msg_free(&net->q[i]);
+    pz_free(net->q);
+    pz_free(net);
+}
+
+/* --- throughput ----------------------------------------------------------- */
+
+TEST(bench_batch_sizes)
+{
+    double secs = 0.4;
+    const char *env = getenv("PZ_STORE_BENCH_SECS");
+    if (env)
+        secs = atof(env);
+    static const size_t sizes[] = {1, 10, 100};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(sizes); i++) {
+        struct tdir t;
+        tdir_init(&t);
+        struct store *s = open_ok(&t);
+        CHECK(s != NULL);
+        struct raft_hard_state hs = {1, 0, 0};
+        CHECK_EQ_INT(store_write_sync(s, &hs, NULL, 0), 0);
+        struct pump p;
+        pump_init(&p, s, 1);
+        p.fixed = sizes[i];
+        uint64_t t0 = uv_hrtime();
+        p.deadline = t0 + (uint64_t)(secs * 1e9);
+        pump_next(&p);
+        CHECK_EQ_INT(uv_run(&p.loop, UV_RUN_DEFAULT), 0);
+        double el = (double)(uv_hrtime() - t0) / 1e9;
+        CHECK_EQ_INT(p.status, 0);
+        CHECK_EQ_INT(uv_loop_close(&p.loop), 0);
+        struct store_stats ss;
+        store_stats(s, &ss);
+        CHECK_EQ_INT(ss.batches, p.done + 1);
+        fprintf(stderr,
+                "    batch %3zu: %7.0f commits/s %8.0f entries/s, "
+                "%.1f entries/fsync, commit %.3f ms avg, %.0f B/entry "
+                "(%ld batches)\n",
+                sizes[i], (double)p.done / el,
+                (double)p.done * (double)sizes[i] / el,
+                (double)ss.entries / (double)(ss.batches - 1),
+                (double)ss.commit_ns / 1e6 / (double)ss.batches,
+                (double)ss.bytes / (double)ss.entries, p.done);
+        /* The same on the calling thread, for comparison. */
+        long done = 0;
+        t0 = uv_hrtime();
+        uint64_t end = t0 + (uint64_t)(secs * 0.5e9);
+        while (uv_hrtime() < end) {
+            CHECK_EQ_INT(write_range(s, p.next_index, sizes[i], 1, NULL), 0);
+            p.next_index += sizes[i];
+            done++;
+        }
+        el = (double)(uv_hrtime() - t0) / 1e9;
+        fprintf(stderr,
+                "    batch %3zu: %7.0f commits/s %8.0f entries/s "
+                "(store_write_sync on the caller's thread)\n",
+                sizes[i], (double)done / el,
+                (double)done * (double)sizes[i] / el);
+        store_close(s);
+        tdir_free(&t);
+    }
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(round_trip),
+    TEST_ENTRY(overwrite_from_lower_index),
+    TEST_ENTRY(hard_state_only),
+    TEST_ENTRY(empty_batches),
+    TEST_ENTRY(invalid_batches_refused),
+    TEST_ENTRY(async_many_batches),
+    TEST_ENTRY(second_write_in_flight_asserts),
+    TEST_ENTRY(garbage_header_refused),
+    TEST_ENTRY(garbage_pages_refused),
+    TEST_ENTRY(truncated_file_refused),
+    TEST_ENTRY(orphan_wal_refused),
+    TEST_ENTRY(tampered_rows_refused),
+    TEST_ENTRY(second_process_locked_out),
+    TEST_ENTRY(fault_injection_sync),
+    TEST_ENTRY(fault_injection_async),
+    TEST_ENTRY(compact_and_reload),
+    TEST_ENTRY(meta_set_once),
+    TEST_ENTRY(crash_consistency_sigkill),
+    TEST_ENTRY(raft_core_round_trip),
+    TEST_ENTRY(bench_batch_sizes),
+    TEST_END,
+};
+
+const struct test_suite suite_store = {"store", cases};
