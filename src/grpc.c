@@ -589,7 +589,14 @@ static void forward(struct gstream *st)
     struct grpc_server *gs = st->s->gs;
     const char *addr = gs->be->leader_grpc_addr();
     if (addr == NULL || addr[0] == '\0') {
-        finish(st, GRPC_UNAVAILABLE, "not the leader and no leader known");
+        struct node_status ns;
+        gs->be->status(&ns);
+        if (ns.leader && ns.leader[0])
+            finish(st, GRPC_UNAVAILABLE,
+                   "the leader's (%s) gRPC address is not known yet",
+                   ns.leader);
+        else
+            finish(st, GRPC_UNAVAILABLE, "not the leader and no leader known");
         return;
     }
     if (st->was_forwarded) {
@@ -640,8 +647,7 @@ static void node_error(struct gstream *st, int rv, bool write)
         finish(st, GRPC_UNAVAILABLE, "timed out waiting for the cluster");
         break;
     case PZ_EBUSY:
-        finish(st, GRPC_UNAVAILABLE,
-               "leadership transfer in progress; retry");
+        finish(st, GRPC_UNAVAILABLE, "leadership transfer in progress; retry");
         break;
     case PZ_ELEADERCHANGE:
         if (write)
