@@ -757,7 +757,8 @@ TEST(node_errors_map_to_statuses)
     } cases[] = {
         {PZ_ENOLEADER, GRPC_KV_GET, GRPC_UNAVAILABLE, "no leader known"},
         {PZ_ENOLEADER, GRPC_KV_SET, GRPC_UNAVAILABLE, "no leader known"},
-        {PZ_ENOTLEADER, GRPC_KV_SET, GRPC_UNAVAILABLE, "no leader known"},
+        {PZ_ENOTLEADER, GRPC_KV_SET, GRPC_UNAVAILABLE,
+         "gRPC address is not known yet"},
         {PZ_ESHUTDOWN, GRPC_KV_DEL, GRPC_UNAVAILABLE, "shutting down"},
         {PZ_ETIMEDOUT, GRPC_KV_SET, GRPC_UNAVAILABLE, "timed out"},
         {PZ_ELEADERCHANGE, GRPC_KV_SET, GRPC_INTERNAL, "replication failed"},
