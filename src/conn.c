@@ -75,6 +75,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0 || conn_is_closing(c))
         return;
+    if (c->flags & CONN_LINGER)
+        return; /* closing: what the peer still sends is dropped */
     c->last_io = uv_now(loop);
     c->ops->on_data(c, buf->base, (size_t)nread);
 }
@@ -83,7 +85,8 @@ static void update_reading(struct conn *c)
 {
     if (c->flags & CONN_CLOSED)
         return;
-    bool want = !(c->flags & (CONN_PAUSED | CONN_BACKPRESSURE |
+    bool want = (c->flags & CONN_LINGER) ||
+                !(c->flags & (CONN_PAUSED | CONN_BACKPRESSURE |
                               CONN_CLOSE_ASAP));
     if (want && !(c->flags & CONN_READING)) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
@@ -215,6 +218,35 @@ static void flush(struct conn *c)
     }
 }
 
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct conn *c = req->data;
+    if (status < 0 && !(c->flags & CONN_CLOSED))
+        conn_close(c);
+}
+
+/* Close once the reply is out, without resetting it: shut our side down
+ * and drain the peer's until it closes (EOF) or LINGER_MS pass, so that
+ * unread request bytes never turn the close into a reset that could
+ * destroy the reply in flight (as web servers do). */
+#define LINGER_MS 2000
+
+static void linger(struct conn *c)
+{
+    if (c->flags & CONN_LINGER)
+        return;
+    c->flags |= CONN_LINGER;
+    c->flags &= ~(unsigned)CONN_PAUSED;
+    c->last_io = uv_now(loop);
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) <
+        0) {
+        conn_close(c);
+        return;
+    }
+    update_reading(c);
+}
+
 static void before_sleep_one(struct conn *c)
 {
     flush(c);
@@ -235,7 +267,7 @@ static void before_sleep_one(struct conn *c)
     update_reading(c);
     if (pend == 0) {
         if (c->flags & CONN_CLOSE_AFTER) {
-            conn_close(c);
+            linger(c);
             return;
         }
         if (c->ops->on_drain)
@@ -292,7 +324,13 @@ static void cron_list(struct pz_queue *head, uint64_t now)
     PZ_QUEUE_FOREACH(e, head)
     {
         struct conn *c = container_of(e, struct conn, q);
-        if (c->busy > 0 || conn_is_closing(c) || conn_output_pending(c))
+        if ((c->flags & CONN_LINGER) && !conn_is_closing(c) &&
+            now - c->last_io > LINGER_MS) {
+            conn_close(c);
+            continue;
+        }
+        if (c->busy > 0 || conn_is_closing(c) || conn_output_pending(c) ||
+            limits.idle_timeout == 0)
             continue;
         if (now - c->last_io > limits.idle_timeout) {
             pz_debug("closing idle connection from %s", c->peer);
@@ -303,8 +341,6 @@ static void cron_list(struct pz_queue *head, uint64_t now)
 
 void conn_cron(void)
 {
-    if (limits.idle_timeout == 0)
-        return;
     /* Only accepted connections idle out; outbound ones are ours. */
     uint64_t now = uv_now(loop);
     struct pz_queue *e;

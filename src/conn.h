@@ -64,6 +64,8 @@ enum {
     CONN_PENDING = 1 << 5,      /* on the pending-write list */
     CONN_CLOSED = 1 << 6,       /* uv_close called */
     CONN_OUTBOUND = 1 << 7,     /* made by conn_connect */
+    CONN_LINGER = 1 << 8,       /* output done, write side shut down:
+                                   reading and discarding until EOF */
 };
 
 struct conn {
@@ -80,6 +82,7 @@ struct conn {
     struct pz_queue pending;   /* in the pending-write or close list */
     char peer[64];             /* "ip:port" of the other end */
     uv_connect_t connect_req;  /* outbound: the connect request */
+    uv_shutdown_t shutdown_req; /* lingering close */
     void (*connect_cb)(struct conn *c, int status); /* outbound */
 };
 
