@@ -43,11 +43,13 @@ CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
            src/raft.c src/raft_conf.c src/raft_codec.c src/grpc_frame.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/conn.c src/http.c src/node.c src/fwd.c \
-             src/store.c src/transport.c src/grpc.c src/mandi.c
+             src/store.c src/transport.c src/grpc.c src/mandi.c \
+             src/mandi_client.c
 CLI_SRC = src/cli.c
 # I/O modules the unit tests drive directly, some on a real loop (loopback
 # only), on top of CORE_SRC.
-UNIT_EXTRA_SRC = src/store.c src/transport.c src/conn.c
+UNIT_EXTRA_SRC = src/store.c src/transport.c src/conn.c src/mandi.c \
+                 src/mandi_client.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
 SERVER_SRC := $(wildcard $(SERVER_SRC))
