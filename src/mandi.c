@@ -370,6 +370,7 @@ struct mandi_conn {
     struct conn *c;       /* our connection */
     struct http_parser p; /* request parser */
     struct pz_buf in;     /* received bytes not yet parsed */
+    bool head;            /* serving a HEAD request: replies have no body */
 };
 
 struct mandi {
@@ -516,7 +517,7 @@ static void send_reply(struct mandi_conn *mc, const struct reply *r)
     if (r->close)
         pz_buf_appendf(&b, "Connection: close\r\n");
     pz_buf_append(&b, "\r\n", 2);
-    if (r->status != 204)
+    if (r->status != 204 && !mc->head)
         pz_buf_append(&b, r->body, r->blen);
     conn_write(mc->c, b.data, b.len);
     pz_buf_free(&b);
@@ -747,6 +748,7 @@ static void dispatch(struct mandi_conn *mc)
     const struct http_req *req = &mc->p.req;
     bool close = !req->keep_alive || m->closing;
     struct pz_buf path;
+    mc->head = req->method == HTTP_HEAD;
     pz_buf_init(&path);
     if (http_url_path(req->url.data, req->url.len, &path) < 0) {
         send_text(mc, 400, "bad request target", close);
@@ -800,6 +802,7 @@ static void process(struct mandi_conn *mc)
             break;
         }
         dispatch(mc);
+        mc->head = false;
         http_parser_next(&mc->p);
     }
 }

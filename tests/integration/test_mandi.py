@@ -377,6 +377,16 @@ def test_keep_alive_and_pipelining(mandi):
     assert out.count(b"Connection: close") == 1
 
 
+def test_head_reply_has_no_body(mandi):
+    out = raw(mandi, b"HEAD /leader HTTP/1.1\r\nHost: m\r\n\r\n"
+              b"GET /leader HTTP/1.1\r\nHost: m\r\nConnection: close\r\n"
+              b"\r\n")
+    head, rest = out.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 405 ") and b"Content-Length: 19" in head
+    assert rest.startswith(b"HTTP/1.1 404 ")
+    assert rest.endswith(b"\r\n\r\nleader not available\n")
+
+
 def test_one_connection_many_requests(mandi):
     import http.client
     c = http.client.HTTPConnection("127.0.0.1", mandi.port, timeout=5)
