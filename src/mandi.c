@@ -124,11 +124,21 @@ static bool key_is(const char *k, size_t kl, const char *name)
                 return false;
             char e = k[i++];
             switch (e) {
-            case 'b': ch = '\b'; break;
-            case 'f': ch = '\f'; break;
-            case 'n': ch = '\n'; break;
-            case 'r': ch = '\r'; break;
-            case 't': ch = '\t'; break;
+            case 'b':
+                ch = '\b';
+                break;
+            case 'f':
+                ch = '\f';
+                break;
+            case 'n':
+                ch = '\n';
+                break;
+            case 'r':
+                ch = '\r';
+                break;
+            case 't':
+                ch = '\t';
+                break;
             case 'u': {
                 unsigned cp = 0;
                 if (kl - i < 4)
@@ -142,7 +152,8 @@ static bool key_is(const char *k, size_t kl, const char *name)
                 ch = cp < 0x80 ? cp : 0x100;
                 break;
             }
-            default: ch = (unsigned char)e; /* " \ / */
+            default:
+                ch = (unsigned char)e; /* " \ / */
             }
         }
         if (j >= nl || ch != (unsigned char)name[j])
@@ -205,8 +216,7 @@ static bool is_null(const char *v, size_t n)
     return n == 4 && memcmp(v, "null", 4) == 0;
 }
 
-int mandi_json_u64(const char *doc, size_t len, const char *name,
-                   uint64_t *out)
+int mandi_json_u64(const char *doc, size_t len, const char *name, uint64_t *out)
 {
     const char *v;
     size_t n;
@@ -237,8 +247,8 @@ static int parse_fields(const char *doc, size_t len, const char *time_name,
                         char *const dst[N_FIELDS], const size_t cap[N_FIELDS],
                         char *why, size_t whylen)
 {
-    const char *const names[N_FIELDS] = {"id", "addr", "http_addr",
-                                         "grpc_addr", time_name};
+    const char *const names[N_FIELDS] = {"id", "addr", "http_addr", "grpc_addr",
+                                         time_name};
     char *vals[N_FIELDS];
     size_t lens[N_FIELDS];
     char types[N_FIELDS];
@@ -374,23 +384,23 @@ struct mandi_conn {
 };
 
 struct mandi {
-    uv_loop_t *loop;          /* borrowed */
-    struct mandi_opts o;      /* copy; o.token points to token */
-    char *token;              /* owned copy, NULL when writes are open */
-    size_t token_len;         /* its length */
-    struct http_limits lim;   /* request parsing limits */
-    struct conn_listener ls;  /* accepts clients; ls.data == this */
-    int port;                 /* bound port */
-    uv_timer_t timer;         /* sweep; while closing, the grace deadline */
-    uv_check_t check;         /* closing: waits for the last connection */
-    bool have_leader;         /* leader is set and maybe not expired */
+    uv_loop_t *loop;            /* borrowed */
+    struct mandi_opts o;        /* copy; o.token points to token */
+    char *token;                /* owned copy, NULL when writes are open */
+    size_t token_len;           /* its length */
+    struct http_limits lim;     /* request parsing limits */
+    struct conn_listener ls;    /* accepts clients; ls.data == this */
+    int port;                   /* bound port */
+    uv_timer_t timer;           /* sweep; while closing, the grace deadline */
+    uv_check_t check;           /* closing: waits for the last connection */
+    bool have_leader;           /* leader is set and maybe not expired */
     struct mandi_leader leader; /* last accepted PUT */
-    uint64_t leader_expires;  /* uv_now() at which it is forgotten */
-    struct pz_queue joins;    /* struct join_entry, oldest first */
-    size_t n_joins;           /* length of joins */
-    bool closing;             /* mandi_close was called */
-    void (*close_cb)(void *); /* mandi_close's callback */
-    void *close_data;         /* its argument */
+    uint64_t leader_expires;    /* uv_now() at which it is forgotten */
+    struct pz_queue joins;      /* struct join_entry, oldest first */
+    size_t n_joins;             /* length of joins */
+    bool closing;               /* mandi_close was called */
+    void (*close_cb)(void *);   /* mandi_close's callback */
+    void *close_data;           /* its argument */
 };
 
 static uint64_t now_ms(struct mandi *m)
@@ -458,8 +468,8 @@ static void drop_state(struct mandi *m)
 {
     m->have_leader = false;
     while (!pz_queue_empty(&m->joins))
-        drop_join(m, container_of(pz_queue_head(&m->joins),
-                                  struct join_entry, q));
+        drop_join(m,
+                  container_of(pz_queue_head(&m->joins), struct join_entry, q));
 }
 
 static void on_sweep(uv_timer_t *t)
@@ -475,38 +485,50 @@ static void on_sweep(uv_timer_t *t)
 static const char *status_text(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Error";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 503:
+        return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Error";
     }
 }
 
 struct reply {
-    int status;         /* HTTP status */
-    const char *ctype;  /* Content-Type, NULL for 204 */
-    const char *body;   /* body bytes */
-    size_t blen;        /* their length */
-    const char *allow;  /* Allow header (405), or NULL */
-    bool challenge;     /* add WWW-Authenticate (401) */
-    bool close;         /* Connection: close */
+    int status;        /* HTTP status */
+    const char *ctype; /* Content-Type, NULL for 204 */
+    const char *body;  /* body bytes */
+    size_t blen;       /* their length */
+    const char *allow; /* Allow header (405), or NULL */
+    bool challenge;    /* add WWW-Authenticate (401) */
+    bool close;        /* Connection: close */
 };
 
 static void send_reply(struct mandi_conn *mc, const struct reply *r)
 {
     struct pz_buf b;
     pz_buf_init(&b);
-    pz_buf_appendf(&b, "HTTP/1.1 %d %s\r\n", r->status,
-                   status_text(r->status));
+    pz_buf_appendf(&b, "HTTP/1.1 %d %s\r\n", r->status, status_text(r->status));
     if (r->status != 204)
         pz_buf_appendf(&b, "Content-Type: %s\r\nContent-Length: %zu\r\n",
                        r->ctype, r->blen);
@@ -622,8 +644,8 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
     uint64_t now = now_ms(m);
     expire_leader(m, now);
     if (m->have_leader && l.term < m->leader.term) {
-        pz_warn("refused leader %s at term %llu: %s holds term %llu",
-                l.id, (unsigned long long)l.term, m->leader.id,
+        pz_warn("refused leader %s at term %llu: %s holds term %llu", l.id,
+                (unsigned long long)l.term, m->leader.id,
                 (unsigned long long)m->leader.term);
         send_text(mc, 409, "stale term", close);
         return;

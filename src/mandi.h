@@ -26,9 +26,9 @@
 #include "config.h"
 #include "pz.h"
 
-#define MANDI_ID_MAX 255   /* longest node id mandi stores, bytes */
-#define MANDI_ADDR_MAX 300 /* longest address mandi stores, bytes */
-#define MANDI_TIME_MAX 40  /* room for an RFC 3339 timestamp */
+#define MANDI_ID_MAX 255           /* longest node id mandi stores, bytes */
+#define MANDI_ADDR_MAX 300         /* longest address mandi stores, bytes */
+#define MANDI_TIME_MAX 40          /* room for an RFC 3339 timestamp */
 #define MANDI_MAX_BODY (64 * 1024) /* request bodies, unless lower in cfg */
 
 /* LeaderInfo. Strings are NUL-terminated and hold no NUL byte. */
@@ -81,17 +81,17 @@ int mandi_json_u64(const char *doc, size_t len, const char *name,
 
 struct mandi_opts {
     char listen_addr[CFG_ADDR_MAX + 3]; /* host:port; port 0 picks one */
-    const char *token;         /* borrowed; "" or NULL: writes are open */
-    uint64_t leader_ttl_ms;    /* leader forgotten after this */
-    uint64_t join_ttl_ms;      /* join request forgotten after this */
-    uint64_t sweep_ms;         /* expired entries dropped this often */
-    size_t max_joins;          /* join requests held at most */
-    size_t max_clients;        /* open connections at most */
-    size_t max_body;           /* request body bytes (413 beyond) */
-    size_t max_header_bytes;   /* request line + headers (431 beyond) */
-    size_t max_headers;        /* header fields per request */
-    size_t out_pause;          /* stop serving a connection whose unread
-                                  output passes this, until it drains */
+    const char *token;       /* borrowed; "" or NULL: writes are open */
+    uint64_t leader_ttl_ms;  /* leader forgotten after this */
+    uint64_t join_ttl_ms;    /* join request forgotten after this */
+    uint64_t sweep_ms;       /* expired entries dropped this often */
+    size_t max_joins;        /* join requests held at most */
+    size_t max_clients;      /* open connections at most */
+    size_t max_body;         /* request body bytes (413 beyond) */
+    size_t max_header_bytes; /* request line + headers (431 beyond) */
+    size_t max_headers;      /* header fields per request */
+    size_t out_pause;        /* stop serving a connection whose unread
+                                output passes this, until it drains */
 };
 
 struct mandi;
@@ -100,8 +100,7 @@ struct mandi;
  * (borrowed from cfg), the mandi-* directives, max-clients, the http-*
  * limits (the body capped at MANDI_MAX_BODY) and conn-high-water.
  * Returns 0 or PZ_EINVAL for a mandi-addr that is not http://host:port. */
-int mandi_opts_from_config(const struct pz_config *cfg,
-                           struct mandi_opts *o);
+int mandi_opts_from_config(const struct pz_config *cfg, struct mandi_opts *o);
 
 /* Listen and serve on loop. The caller owns the loop and must have called
  * conn_setup() and run conn_before_sleep() from its prepare hook (as

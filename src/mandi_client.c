@@ -27,7 +27,7 @@
 #include "conn.h"
 #include "log.h"
 
-#define MAX_ATTEMPTS 2                  /* connections a request is sent on */
+#define MAX_ATTEMPTS 2                   /* connections a request is sent on */
 #define MAX_RESPONSE (16u * 1024 * 1024) /* larger answers are not mandi's */
 
 enum req_kind {
@@ -52,20 +52,20 @@ struct mreq {
 };
 
 struct mandi_client {
-    uv_loop_t *loop;               /* borrowed */
-    char addr[CFG_ADDR_MAX + 3];   /* host:port to dial */
-    char *token;                   /* owned; NULL: no Authorization */
-    uint64_t timeout_ms;           /* per request */
-    struct conn *c;                /* NULL when not connected */
-    llhttp_t parser;               /* responses on c */
-    llhttp_settings_t settings;    /* its callbacks */
-    struct pz_buf body;            /* body of the response being read */
-    struct pz_queue reqs;          /* struct mreq, oldest first */
-    size_t n_live;                 /* requests with a callback due */
-    uint64_t next_id;              /* last id handed out */
-    uv_timer_t timer;              /* the oldest deadline, or a dial error */
-    int dial_err;                  /* conn_connect failed at once */
-    bool freeing;                  /* mandi_client_free ran */
+    uv_loop_t *loop;             /* borrowed */
+    char addr[CFG_ADDR_MAX + 3]; /* host:port to dial */
+    char *token;                 /* owned; NULL: no Authorization */
+    uint64_t timeout_ms;         /* per request */
+    struct conn *c;              /* NULL when not connected */
+    llhttp_t parser;             /* responses on c */
+    llhttp_settings_t settings;  /* its callbacks */
+    struct pz_buf body;          /* body of the response being read */
+    struct pz_queue reqs;        /* struct mreq, oldest first */
+    size_t n_live;               /* requests with a callback due */
+    uint64_t next_id;            /* last id handed out */
+    uv_timer_t timer;            /* the oldest deadline, or a dial error */
+    int dial_err;                /* conn_connect failed at once */
+    bool freeing;                /* mandi_client_free ran */
 };
 
 static void free_req(struct mreq *r)
@@ -238,8 +238,7 @@ static void on_data(struct conn *c, const char *data, size_t len)
     llhttp_errno_t e = llhttp_execute(&mc->parser, data, len);
     if (mc->freeing || c->proto != mc || e == HPE_OK)
         return;
-    pz_warn("mandi at %s: bad response (%s)", mc->addr,
-            llhttp_errno_name(e));
+    pz_warn("mandi at %s: bad response (%s)", mc->addr, llhttp_errno_name(e));
     struct pz_queue done;
     pz_queue_init(&done);
     drop_conn(mc, PZ_EPROTO, &done);
@@ -391,13 +390,14 @@ struct mandi_client *mandi_client_new(uv_loop_t *loop, const char *url,
     bool v6 = uv_ip6_addr(host, port, &sa6) == 0;
     if (strcmp(host, "localhost") != 0 && uv_ip4_addr(host, port, &sa4) != 0 &&
         !v6) {
-        snprintf(err, errlen, "mandi url '%s': '%s' is not an IP address",
-                 url, host);
+        snprintf(err, errlen, "mandi url '%s': '%s' is not an IP address", url,
+                 host);
         return NULL;
     }
     if (token && !valid_token(token)) {
-        snprintf(err, errlen, "cluster token: printable ASCII without "
-                              "blanks, at most %d characters",
+        snprintf(err, errlen,
+                 "cluster token: printable ASCII without "
+                 "blanks, at most %d characters",
                  CFG_TOKEN_MAX);
         return NULL;
     }
@@ -506,8 +506,7 @@ uint64_t mandi_delete_join(struct mandi_client *mc, const char *id,
             pz_buf_append(&t, e, 3);
         }
     }
-    uint64_t rid =
-        submit(mc, K_DELETE_JOIN, "DELETE", t.data, NULL, cb, data);
+    uint64_t rid = submit(mc, K_DELETE_JOIN, "DELETE", t.data, NULL, cb, data);
     pz_buf_free(&t);
     return rid;
 }

@@ -64,9 +64,14 @@ TEST(json_u64)
     CHECK(v == 3);
     /* Not an unsigned integer. */
     static const char *const bad[] = {
-        "{\"term\":-1}",      "{\"term\":1.0}",  "{\"term\":1e2}",
-        "{\"term\":\"3\"}",   "{\"term\":true}", "{\"term\":[1]}",
-        "{\"term\":{}}",      "{\"term\":-0}",
+        "{\"term\":-1}",
+        "{\"term\":1.0}",
+        "{\"term\":1e2}",
+        "{\"term\":\"3\"}",
+        "{\"term\":true}",
+        "{\"term\":[1]}",
+        "{\"term\":{}}",
+        "{\"term\":-0}",
         "{\"term\":18446744073709551616}",
         "{\"term\":99999999999999999999}",
     };
@@ -77,8 +82,14 @@ TEST(json_u64)
     }
     /* Not a well-formed object. */
     static const char *const broken[] = {
-        "",        "[]",          "{\"term\":1",     "{\"term\":01}",
-        "{term:1}", "{\"term\":1}x", "{\"term\":1,}", "\"term\"",
+        "",
+        "[]",
+        "{\"term\":1",
+        "{\"term\":01}",
+        "{term:1}",
+        "{\"term\":1}x",
+        "{\"term\":1,}",
+        "\"term\"",
     };
     for (size_t i = 0; i < PZ_ARRAY_SIZE(broken); i++)
         CHECK_EQ_INT(u64_of(broken[i], &v), PZ_EINVAL);
@@ -110,9 +121,8 @@ TEST(parse_leader)
     CHECK(l.term == 3);
     CHECK_EQ_STR(l.updated_at, "2026-01-03T10:00:00Z");
     /* Only id is required; null is absent; a bad updated_at is ignored. */
-    CHECK_EQ_INT(leader_of("{\"id\":\"a\",\"addr\":null,\"updated_at\":5}",
-                           &l, why),
-                 0);
+    CHECK_EQ_INT(
+        leader_of("{\"id\":\"a\",\"addr\":null,\"updated_at\":5}", &l, why), 0);
     CHECK_EQ_STR(l.addr, "");
     CHECK_EQ_STR(l.updated_at, "");
     CHECK(l.term == 0);
@@ -141,8 +151,8 @@ TEST(parse_leader)
     /* Length limits: exactly the maximum passes, one more fails. */
     struct pz_buf b;
     pz_buf_init(&b);
-    pz_buf_appendf(&b, "{\"id\":\"%0*d\",\"addr\":\"%0*d\"}", MANDI_ID_MAX,
-                   0, MANDI_ADDR_MAX, 0);
+    pz_buf_appendf(&b, "{\"id\":\"%0*d\",\"addr\":\"%0*d\"}", MANDI_ID_MAX, 0,
+                   MANDI_ADDR_MAX, 0);
     CHECK_EQ_INT(leader_of(b.data, &l, why), 0);
     CHECK_EQ_INT(strlen(l.id), MANDI_ID_MAX);
     CHECK_EQ_INT(strlen(l.addr), MANDI_ADDR_MAX);
@@ -656,21 +666,21 @@ TEST(client_connection_refused)
 /* --- a raw server for what mandi never does ------------------------------ */
 
 enum raw_mode {
-    RAW_SILENT,   /* read and never answer */
-    RAW_HANGUP,   /* close as soon as a request arrives */
-    RAW_REPLY,    /* answer every read with raw.reply */
+    RAW_SILENT, /* read and never answer */
+    RAW_HANGUP, /* close as soon as a request arrives */
+    RAW_REPLY,  /* answer every read with raw.reply */
 };
 
 #define RAW_MAX 8
 
 static struct {
-    uv_tcp_t ls;           /* listener */
-    int port;              /* its port */
-    enum raw_mode mode;    /* behaviour */
-    const char *reply;     /* RAW_REPLY: bytes to send */
-    uv_tcp_t cl[RAW_MAX];  /* accepted connections */
-    int n;                 /* accepted so far */
-    int reads;             /* reads with data */
+    uv_tcp_t ls;          /* listener */
+    int port;             /* its port */
+    enum raw_mode mode;   /* behaviour */
+    const char *reply;    /* RAW_REPLY: bytes to send */
+    uv_tcp_t cl[RAW_MAX]; /* accepted connections */
+    int n;                /* accepted so far */
+    int reads;            /* reads with data */
 } raw;
 
 static char raw_buf[65536];
@@ -695,8 +705,8 @@ static void raw_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (raw.mode == RAW_HANGUP) {
         uv_close((uv_handle_t *)s, NULL);
     } else if (raw.mode == RAW_REPLY) {
-        uv_buf_t out = uv_buf_init((char *)raw.reply,
-                                   (unsigned)strlen(raw.reply));
+        uv_buf_t out =
+            uv_buf_init((char *)raw.reply, (unsigned)strlen(raw.reply));
         uv_try_write(s, &out, 1);
     }
 }
@@ -846,7 +856,7 @@ TEST(client_cancel)
     uint64_t ic = mandi_get_leader(mc, record, fresh(&c));
     CHECK(ia > 0 && ib > ia && ic > ib);
     CHECK(mandi_cancel(mc, ib));
-    CHECK(!mandi_cancel(mc, ib)); /* once */
+    CHECK(!mandi_cancel(mc, ib));  /* once */
     CHECK(!mandi_cancel(mc, 999)); /* never existed */
     CHECK_EQ_INT(mandi_client_pending(mc), 2);
     CHECK(wait_got(&c));
@@ -978,7 +988,9 @@ TEST(client_bad_arguments)
 {
     world_init(0);
     char err[256];
-    static const char *const urls[] = {"127.0.0.1:7000", "http://", "",
+    static const char *const urls[] = {"127.0.0.1:7000",
+                                       "http://",
+                                       "",
                                        "http://example.org:7000",
                                        "https://127.0.0.1:7000",
                                        "http://127.0.0.1:7000/x",
@@ -992,8 +1004,8 @@ TEST(client_bad_arguments)
     CHECK(mandi_client_new(&loop, "http://127.0.0.1:7000", "a b", 1000, err,
                            sizeof err) == NULL);
     CHECK(strstr(err, "token") != NULL);
-    CHECK(mandi_client_new(&loop, "http://127.0.0.1:7000", "x\r\ny", 1000,
-                           err, sizeof err) == NULL);
+    CHECK(mandi_client_new(&loop, "http://127.0.0.1:7000", "x\r\ny", 1000, err,
+                           sizeof err) == NULL);
     CHECK(mandi_client_new(&loop, "http://127.0.0.1:7000", NULL, 0, err,
                            sizeof err) == NULL);
     struct mandi_client *mc[3] = {
@@ -1029,10 +1041,15 @@ TEST(server_close_with_clients_connected)
     world_init(0);
     CHECK(start_mandi(0, ""));
     struct mandi *first = srv;
-    struct mandi_opts o = {.max_clients = 1, .sweep_ms = 1000, .max_joins = 1,
-                           .max_body = 1024, .max_header_bytes = 1024,
-                           .max_headers = 10, .out_pause = 1024,
-                           .leader_ttl_ms = 1, .join_ttl_ms = 1};
+    struct mandi_opts o = {.max_clients = 1,
+                           .sweep_ms = 1000,
+                           .max_joins = 1,
+                           .max_body = 1024,
+                           .max_header_bytes = 1024,
+                           .max_headers = 10,
+                           .out_pause = 1024,
+                           .leader_ttl_ms = 1,
+                           .join_ttl_ms = 1};
     char err[256];
     snprintf(o.listen_addr, sizeof o.listen_addr, "127.0.0.1:%d", srv_port);
     CHECK(mandi_new(&loop, &o, err, sizeof err) == NULL);
