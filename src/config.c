@@ -47,6 +47,7 @@ static int check_node_id(const char *v, char *why, size_t whylen);
 static int check_nonempty(const char *v, char *why, size_t whylen);
 static int check_cluster(const char *v, char *why, size_t whylen);
 static int check_mandi_url(const char *v, char *why, size_t whylen);
+static int check_token(const char *v, char *why, size_t whylen);
 
 /* clang-format off */
 /* offsetof() of a field, refusing to compile when the field's C type does
@@ -94,6 +95,9 @@ static const struct cfg_directive directives[] = {
     D_STRING("NETWORK", "mandi-addr", mandi_addr, "http://127.0.0.1:7000",
              IMM | MANDI, check_mandi_url,
              "URL of mandi; in mandi mode, its listen address"),
+    D_STRING("NETWORK", "cluster-token", cluster_token, "", IMM | MANDI,
+             check_token,
+             "shared secret for writes to mandi; empty = no check"),
 
     D_ADDR("RAFT", "raft-addr", raft_addr, "127.0.0.1:12000", IMM,
            "address peers reach this node's Raft transport on"),
@@ -135,6 +139,18 @@ static const struct cfg_directive directives[] = {
            MANDI, "output queued per connection that closes it"),
     D_SIZE("LIMITS", "grpc-max-message", grpc_max_message, "4mb", KB, GB, 0,
            "largest gRPC message (RESOURCE_EXHAUSTED beyond)"),
+
+    D_DURATION("MANDI", "mandi-leader-ttl", mandi_leader_ttl_ms, "10s", 10,
+               MS_PER_DAY, MANDI,
+               "mandi forgets the leader this long after its last update"),
+    D_DURATION("MANDI", "mandi-join-ttl", mandi_join_ttl_ms, "30s", 10,
+               MS_PER_DAY, MANDI,
+               "mandi forgets a join request this long after it was posted"),
+    D_DURATION("MANDI", "mandi-sweep-interval", mandi_sweep_interval_ms, "5s",
+               10, MS_PER_DAY, MANDI,
+               "how often mandi drops expired entries"),
+    D_INT("MANDI", "mandi-max-join-requests", mandi_max_join_requests, "1024",
+          1, 1000000, MANDI, "most join requests mandi holds at once"),
 
     D_ENUM("LOGGING", "log-level", log_level, "info", log_level_words, MANDI,
            "least severe level logged"),
@@ -476,6 +492,21 @@ static int check_mandi_url(const char *v, char *why, size_t whylen)
     if (cfg_url_hostport(v, host, sizeof host, &port) == 0)
         return 0;
     snprintf(why, whylen, "must be a URL http://host:port");
+    return -1;
+}
+
+/* A token travels in an HTTP header: printable ASCII, no blanks. */
+static int check_token(const char *v, char *why, size_t whylen)
+{
+    size_t n = strlen(v);
+    bool ok = n <= CFG_TOKEN_MAX;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = v[i] > ' ' && v[i] < 0x7f;
+    if (ok)
+        return 0;
+    snprintf(why, whylen,
+             "must be at most %d printable ASCII characters without blanks",
+             CFG_TOKEN_MAX);
     return -1;
 }
 

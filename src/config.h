@@ -76,6 +76,7 @@ enum cfg_log_level {
 
 #define CFG_NAME_MAX 63  /* longest node-id / initial-cluster name */
 #define CFG_ADDR_MAX 300 /* longest host:port accepted */
+#define CFG_TOKEN_MAX 256 /* longest cluster-token */
 
 /* One field per directive. Strings are owned (pz_strdup) and never NULL
  * after cfg_init(); cfg_free() releases them. Addresses are kept as given
@@ -89,6 +90,7 @@ struct pz_config {
     char *http_addr;  /* http-addr: HTTP API listen address */
     char *grpc_addr;  /* grpc-addr: gRPC API listen address */
     char *mandi_addr; /* mandi-addr: URL http://host:port of mandi */
+    char *cluster_token; /* cluster-token: shared secret, "" = none */
     /* RAFT */
     char *raft_addr;               /* raft-addr: peer listen address */
     char *raft_data;               /* raft-data: data directory */
@@ -109,6 +111,11 @@ struct pz_config {
     int64_t conn_high_water;        /* conn-high-water: bytes */
     int64_t conn_hard_limit;        /* conn-hard-limit: bytes */
     int64_t grpc_max_message;       /* grpc-max-message: bytes */
+    /* MANDI */
+    int64_t mandi_leader_ttl_ms;     /* mandi-leader-ttl */
+    int64_t mandi_join_ttl_ms;       /* mandi-join-ttl */
+    int64_t mandi_sweep_interval_ms; /* mandi-sweep-interval */
+    int64_t mandi_max_join_requests; /* mandi-max-join-requests */
     /* LOGGING */
     int log_level;  /* log-level: enum cfg_log_level */
     char *log_file; /* log-file: "" = stderr */

@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "mandi.h"
 #include "pz.h"
 #include "server.h"
 
@@ -67,9 +68,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (cfg.mode == CFG_MODE_MANDI) {
-        fprintf(stderr, "pyazdb-server: mandi mode is not available in "
-                        "this version\n");
-        rv = 1;
+        rv = mandi_run(&cfg);
     } else {
         rv = server_run(&cfg);
     }

@@ -145,15 +145,65 @@ class Server:
         return [m for m in SANITIZER_MARKS if m in log]
 
 
-@pytest.fixture
-def servers(tmp_path, request):
-    """Factory: servers(name=..., conf={...}) -> started Server. All are
-    stopped at the end; the test fails on a sanitizer report, and logs are
-    printed when it failed."""
+class Mandi(Server):
+    """One pyazdb-server process in mandi mode, on its own free port.
+    request() talks to it; restart() starts it again on the same port."""
+
+    def __init__(self, tmp, name="mandi", args=(), conf=None, env=None):
+        self.name = name
+        self.dir = os.path.join(tmp, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.http_port = self.port  # what Server.request() talks to
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.conf_path = os.path.join(self.dir, "mandi.conf")
+        self.conf = {
+            "mode": "mandi",
+            "mandi-addr": self.url,
+            "log-level": "debug",
+        }
+        self.conf.update(conf or {})
+        self.write_conf()
+        self.args = list(args)
+        self.env = dict(os.environ)
+        for var in ("NODE_ID", "RAFT_ADDR", "RAFT_DATA", "RAFT_LEADER",
+                    "GRPC_ADDR", "HTTP_ADDR", "MANDI_ADDR"):
+            self.env.pop(var, None)
+        self.env.update(env or {})
+        self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        self.log_path = os.path.join(self.dir, "mandi.log")
+        self.proc = None
+
+    def wait_ready(self, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode}:\n"
+                    + self.read_log())
+            try:
+                st, _, _ = self.request("GET", "/leader", timeout=1)
+                if st in (200, 404):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} not ready:\n" + self.read_log())
+
+    def restart(self):
+        rc = self.stop()
+        self.start()
+        return rc
+
+
+def _factory(cls, tmp_path, request, default_name):
+    """Yields make(name=..., start=True, **kw) -> cls instance; stops every
+    process at the end, fails the test on a sanitizer report or a process
+    that does not stop, and prints the logs of a failed test."""
     started = []
 
-    def make(name="node1", start=True, **kw):
-        s = Server(str(tmp_path), name, **kw)
+    def make(name=default_name, start=True, **kw):
+        s = cls(str(tmp_path), name, **kw)
         started.append(s)
         if start:
             s.start()
@@ -176,6 +226,25 @@ def servers(tmp_path, request):
             print(f"----- log of {s.name} -----\n{s.read_log()}")
     if problems:
         pytest.fail("\n".join(problems))
+
+
+@pytest.fixture
+def servers(tmp_path, request):
+    """Factory: servers(name=..., conf={...}) -> started Server. All are
+    stopped at the end; the test fails on a sanitizer report, and logs are
+    printed when it failed."""
+    yield from _factory(Server, tmp_path, request, "node1")
+
+
+@pytest.fixture
+def mandis(tmp_path, request):
+    """Factory: mandis(conf={...}) -> started Mandi, as servers()."""
+    yield from _factory(Mandi, tmp_path, request, "mandi")
+
+
+@pytest.fixture
+def mandi(mandis):
+    return mandis()
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -1,0 +1,504 @@
+"""Mandi, the discovery service (pyazdb-server --mandi), against a real
+process on 127.0.0.1: every endpoint and error of COMPAT.md's table, the
+exact JSON shapes, expiry, stale terms, the cluster token, limits,
+keep-alive and pipelining, restart and graceful shutdown."""
+import datetime
+import json
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+LEADER = {"id": "node1", "addr": "127.0.0.1:12000",
+          "http_addr": "127.0.0.1:8080", "grpc_addr": "127.0.0.1:9090",
+          "term": 3}
+
+
+def put_leader(m, info, headers=None):
+    return m.request("PUT", "/leader", json.dumps(info), headers)
+
+
+def post_join(m, req, headers=None):
+    return m.request("POST", "/join-requests", json.dumps(req), headers)
+
+
+def get_json(m, path):
+    st, h, body = m.request("GET", path)
+    assert st == 200, (st, body)
+    assert h["Content-Type"] == "application/json"
+    assert body.endswith(b"\n")
+    return json.loads(body)
+
+
+def rfc3339(s):
+    """Parses an RFC 3339 UTC timestamp; fails the test if it is not one."""
+    assert s.endswith("Z"), s
+    assert len(s) >= 20 and s[10] == "T", s
+    return datetime.datetime.fromisoformat(s[:-1] + "+00:00")
+
+
+def near_now(ts, slack=10):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return abs((rfc3339(ts) - now).total_seconds()) < slack
+
+
+def raw(m, data, timeout=5):
+    """Sends raw bytes; returns everything read until mandi closes or the
+    timeout passes."""
+    with socket.create_connection(("127.0.0.1", m.port),
+                                  timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except socket.timeout:
+            pass
+        return out
+
+
+# --- /leader -------------------------------------------------------------
+
+def test_leader_unknown_then_put_then_get(mandi):
+    st, h, body = mandi.request("GET", "/leader")
+    assert st == 404 and body == b"leader not available\n"
+    assert h["Content-Type"].startswith("text/plain")
+    st, _, body = put_leader(mandi, LEADER)
+    assert st == 204 and body == b""
+    st, h, body = mandi.request("GET", "/leader")
+    assert st == 200
+    got = json.loads(body)
+    # Exactly COMPAT's LeaderInfo, in its order, updated_at set by mandi.
+    assert list(got) == ["id", "addr", "http_addr", "grpc_addr", "term",
+                         "updated_at"]
+    assert {k: got[k] for k in LEADER} == LEADER
+    assert near_now(got["updated_at"])
+    assert body.startswith(b'{"id":"node1","addr":"127.0.0.1:12000",'
+                           b'"http_addr":"127.0.0.1:8080",'
+                           b'"grpc_addr":"127.0.0.1:9090","term":3,'
+                           b'"updated_at":"')
+
+
+def test_updated_at_is_mandis_clock(mandi):
+    info = dict(LEADER, updated_at="1999-01-01T00:00:00Z")
+    assert put_leader(mandi, info)[0] == 204
+    first = get_json(mandi, "/leader")["updated_at"]
+    assert near_now(first)
+    time.sleep(0.02)
+    assert put_leader(mandi, LEADER)[0] == 204
+    second = get_json(mandi, "/leader")["updated_at"]
+    assert rfc3339(second) > rfc3339(first)
+
+
+@pytest.mark.parametrize("term", [0, 2**53 + 1, 2**63 + 12345, 2**64 - 1])
+def test_term_is_exact(mandi, term):
+    assert put_leader(mandi, dict(LEADER, term=term))[0] == 204
+    st, _, body = mandi.request("GET", "/leader")
+    assert st == 200 and f'"term":{term},'.encode() in body
+    assert json.loads(body)["term"] == term
+
+
+@pytest.mark.parametrize("body,reason", [
+    ("", "invalid JSON"),
+    ("{", "invalid JSON"),
+    ("not json", "invalid JSON"),
+    ('{"id":"a"} x', "invalid JSON"),
+    ("[]", "invalid JSON"),
+    ('{"addr":"127.0.0.1:1","term":1}', "missing id"),
+    ('{"id":"","term":1}', "missing id"),
+    ('{"id":null,"term":1}', "missing id"),
+    ('{"id":7,"term":1}', "'id' must be a string"),
+    ('{"id":"a","addr":["x"]}', "'addr' must be a string"),
+    ('{"id":"a","term":-1}', "'term' must be an unsigned integer"),
+    ('{"id":"a","term":1.5}', "'term' must be an unsigned integer"),
+    ('{"id":"a","term":1e3}', "'term' must be an unsigned integer"),
+    ('{"id":"a","term":"3"}', "'term' must be an unsigned integer"),
+    ('{"id":"a","term":18446744073709551616}',
+     "'term' must be an unsigned integer"),
+    ('{"id":"%s","term":1}' % ("x" * 256), "id too long"),
+    ('{"id":"a","addr":"%s"}' % ("x" * 301), "addr too long"),
+    ('{"id":"a\\u0000b"}', "'id' holds a NUL character"),
+])
+def test_put_leader_bad_body(mandi, body, reason):
+    st, _, got = mandi.request("PUT", "/leader", body)
+    assert st == 400 and got == (reason + "\n").encode()
+    assert mandi.request("GET", "/leader")[0] == 404
+
+
+def test_put_leader_lenient_parts(mandi):
+    # Unknown fields are ignored, null counts as absent, a missing term is
+    # 0, escapes decode, a repeated member counts last.
+    body = ('{"id":"n\\u00e9","addr":null,"extra":{"a":[1,2]},'
+            '"\\u0074erm":4,"term":5}')
+    assert mandi.request("PUT", "/leader", body)[0] == 204
+    got = get_json(mandi, "/leader")
+    assert got["id"] == "n\u00e9" and got["addr"] == "" and got["term"] == 5
+    assert mandi.request("PUT", "/leader", '{"id":"z","term":9}')[0] == 204
+    assert put_leader(mandi, {"id": "y"})[0] == 409  # term 0 < 9
+
+
+def test_stale_term_is_refused(mandi):
+    assert put_leader(mandi, dict(LEADER, term=5))[0] == 204
+    st, _, body = put_leader(mandi, dict(LEADER, id="node2", term=4))
+    assert st == 409 and body == b"stale term\n"
+    assert get_json(mandi, "/leader")["id"] == "node1"
+    # The same term refreshes (or replaces), a higher one replaces.
+    assert put_leader(mandi, dict(LEADER, id="node2", term=5))[0] == 204
+    assert get_json(mandi, "/leader")["id"] == "node2"
+    assert put_leader(mandi, dict(LEADER, id="node3", term=6))[0] == 204
+    got = get_json(mandi, "/leader")
+    assert (got["id"], got["term"]) == ("node3", 6)
+    assert "refused leader node2 at term 4: node1 holds term 5" \
+        in mandi.read_log()
+
+
+def test_leader_expires(mandis):
+    # A long sweep interval: expiry must hold between sweeps too.
+    m = mandis(conf={"mandi-leader-ttl": "400ms",
+                     "mandi-sweep-interval": "1m"})
+    assert put_leader(m, dict(LEADER, term=7))[0] == 204
+    assert m.request("GET", "/leader")[0] == 200
+    time.sleep(0.25)
+    assert put_leader(m, dict(LEADER, term=7))[0] == 204  # refresh
+    time.sleep(0.25)
+    assert m.request("GET", "/leader")[0] == 200  # 500 ms after the first
+    time.sleep(0.3)
+    st, _, body = m.request("GET", "/leader")
+    assert st == 404 and body == b"leader not available\n"
+    # An expired leader's term no longer blocks a lower one.
+    assert put_leader(m, dict(LEADER, id="node2", term=1))[0] == 204
+    assert get_json(m, "/leader")["id"] == "node2"
+
+
+def test_sweep_drops_expired_leader(mandis):
+    m = mandis(conf={"mandi-leader-ttl": "100ms",
+                     "mandi-sweep-interval": "50ms"})
+    assert put_leader(m, LEADER)[0] == 204
+    deadline = time.time() + 5
+    while "expired" not in m.read_log() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "leader node1 (term 3) expired" in m.read_log()
+
+
+# --- /join-requests ------------------------------------------------------
+
+def test_join_requests(mandi):
+    st, h, body = mandi.request("GET", "/join-requests")
+    assert st == 200 and body == b"[]\n"
+    assert h["Content-Type"] == "application/json"
+    st, _, body = post_join(mandi, {"id": "node2", "addr": "127.0.0.1:12001"})
+    assert st == 204 and body == b""
+    got = get_json(mandi, "/join-requests")
+    assert len(got) == 1
+    j = got[0]
+    assert list(j) == ["id", "addr", "http_addr", "grpc_addr", "started_at"]
+    assert (j["id"], j["addr"], j["http_addr"], j["grpc_addr"]) == \
+        ("node2", "127.0.0.1:12001", "", "")
+    assert near_now(j["started_at"])
+    # The optional addresses are stored and returned.
+    assert post_join(mandi, {"id": "node3", "addr": "127.0.0.1:12002",
+                             "http_addr": "127.0.0.1:8082",
+                             "grpc_addr": "127.0.0.1:9092",
+                             "unknown": True})[0] == 204
+    got = get_json(mandi, "/join-requests")
+    assert [x["id"] for x in got] == ["node2", "node3"]
+    assert got[1]["http_addr"] == "127.0.0.1:8082"
+    assert got[1]["grpc_addr"] == "127.0.0.1:9092"
+
+
+def test_repeat_join_replaces(mandi):
+    assert post_join(mandi, {"id": "node2", "addr": "a:1"})[0] == 204
+    first = get_json(mandi, "/join-requests")[0]["started_at"]
+    assert post_join(mandi, {"id": "node3", "addr": "b:1"})[0] == 204
+    time.sleep(0.02)
+    assert post_join(mandi, {"id": "node2", "addr": "a:2"})[0] == 204
+    got = get_json(mandi, "/join-requests")
+    assert [(x["id"], x["addr"]) for x in got] == [("node3", "b:1"),
+                                                  ("node2", "a:2")]
+    assert rfc3339(got[1]["started_at"]) > rfc3339(first)
+
+
+def test_delete_join(mandi):
+    for i in (2, 3):
+        assert post_join(mandi, {"id": f"node{i}", "addr": f"h:{i}"})[0] == 204
+    st, _, body = mandi.request("DELETE", "/join-requests?id=node2")
+    assert st == 204 and body == b""
+    assert [x["id"] for x in get_json(mandi, "/join-requests")] == ["node3"]
+    # Absent: 204 too.
+    assert mandi.request("DELETE", "/join-requests?id=node2")[0] == 204
+    assert mandi.request("DELETE", "/join-requests?id=nobody")[0] == 204
+    # Percent-encoded ids.
+    assert post_join(mandi, {"id": "a b/c", "addr": "h:1"})[0] == 204
+    assert mandi.request("DELETE", "/join-requests?x=1&id=a%20b%2Fc")[0] == 204
+    assert [x["id"] for x in get_json(mandi, "/join-requests")] == ["node3"]
+
+
+@pytest.mark.parametrize("target", ["/join-requests", "/join-requests?id=",
+                                    "/join-requests?other=1"])
+def test_delete_join_missing_id(mandi, target):
+    st, _, body = mandi.request("DELETE", target)
+    assert st == 400 and body == b"missing id\n"
+
+
+@pytest.mark.parametrize("body,reason", [
+    ("nope", "invalid JSON"),
+    ('{"addr":"h:1"}', "missing id"),
+    ('{"id":"x","addr":1}', "'addr' must be a string"),
+    ('{"id":"x","http_addr":"%s"}' % ("h" * 301), "http_addr too long"),
+])
+def test_post_join_bad_body(mandi, body, reason):
+    st, _, got = mandi.request("POST", "/join-requests", body)
+    assert st == 400 and got == (reason + "\n").encode()
+    assert get_json(mandi, "/join-requests") == []
+
+
+def test_join_requests_expire(mandis):
+    m = mandis(conf={"mandi-join-ttl": "400ms",
+                     "mandi-sweep-interval": "1m"})
+    assert post_join(m, {"id": "node2", "addr": "a:1"})[0] == 204
+    time.sleep(0.25)
+    assert post_join(m, {"id": "node3", "addr": "b:1"})[0] == 204
+    time.sleep(0.25)
+    assert [x["id"] for x in get_json(m, "/join-requests")] == ["node3"]
+    time.sleep(0.25)
+    assert m.request("GET", "/join-requests")[2] == b"[]\n"
+
+
+def test_join_request_limit(mandis):
+    m = mandis(conf={"mandi-max-join-requests": "2"})
+    assert post_join(m, {"id": "a", "addr": "h:1"})[0] == 204
+    assert post_join(m, {"id": "b", "addr": "h:2"})[0] == 204
+    st, _, body = post_join(m, {"id": "c", "addr": "h:3"})
+    assert st == 503 and body == b"too many join requests\n"
+    assert post_join(m, {"id": "a", "addr": "h:9"})[0] == 204  # a repeat
+    assert m.request("DELETE", "/join-requests?id=b")[0] == 204
+    assert post_join(m, {"id": "c", "addr": "h:3"})[0] == 204
+    assert [x["id"] for x in get_json(m, "/join-requests")] == ["a", "c"]
+
+
+# --- methods, paths ------------------------------------------------------
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("POST", "/leader", "GET, PUT"),
+    ("DELETE", "/leader", "GET, PUT"),
+    ("PATCH", "/leader", "GET, PUT"),
+    ("HEAD", "/leader", "GET, PUT"),
+    ("PUT", "/join-requests", "GET, POST, DELETE"),
+    ("PATCH", "/join-requests", "GET, POST, DELETE"),
+    ("OPTIONS", "/join-requests", "GET, POST, DELETE"),
+])
+def test_other_methods_405(mandi, method, path, allow):
+    st, h, body = mandi.request(method, path, "{}")
+    assert st == 405 and h["Allow"] == allow
+    if method != "HEAD":
+        assert body == b"method not allowed\n"
+
+
+@pytest.mark.parametrize("path", ["/", "/leader/", "/leaders", "/health",
+                                  "/join-requests/node2", "/get?key=a"])
+def test_other_paths_404(mandi, path):
+    st, _, body = mandi.request("GET", path)
+    assert st == 404 and body == b"404 page not found\n"
+
+
+def test_query_string_on_leader_is_ignored(mandi):
+    assert put_leader(mandi, LEADER)[0] == 204
+    assert mandi.request("GET", "/leader?x=1")[0] == 200
+
+
+# --- the cluster token ---------------------------------------------------
+
+def test_token_guards_writes(mandis):
+    m = mandis(conf={"cluster-token": "s3cret-Token"})
+    good = {"Authorization": "Bearer s3cret-Token"}
+    writes = [
+        lambda h: put_leader(m, LEADER, h),
+        lambda h: post_join(m, {"id": "node2", "addr": "h:1"}, h),
+        lambda h: m.request("DELETE", "/join-requests?id=node2", None, h),
+    ]
+    bad_headers = [None, {"Authorization": "Bearer wrong"},
+                   {"Authorization": "Bearer s3cret-Toke"},
+                   {"Authorization": "Bearer s3cret-Token2"},
+                   {"Authorization": "Basic s3cret-Token"},
+                   {"Authorization": "s3cret-Token"},
+                   {"Authorization": "Bearer"}]
+    for w in writes:
+        for h in bad_headers:
+            st, hd, body = w(h)
+            assert st == 401 and body == b"unauthorized\n", (h, st, body)
+            assert hd["WWW-Authenticate"].startswith("Bearer")
+    # Refused writes changed nothing; GETs are open.
+    assert m.request("GET", "/leader")[0] == 404
+    assert m.request("GET", "/join-requests")[2] == b"[]\n"
+    assert put_leader(m, LEADER, good)[0] == 204
+    assert post_join(m, {"id": "node2", "addr": "h:1"},
+                     {"Authorization": "bearer  s3cret-Token "})[0] == 204
+    assert get_json(m, "/leader")["id"] == "node1"
+    assert [x["id"] for x in get_json(m, "/join-requests")] == ["node2"]
+    assert m.request("DELETE", "/join-requests?id=node2", None,
+                     good)[0] == 204
+    assert get_json(m, "/join-requests") == []
+    # 405 and 404 come before authentication.
+    assert m.request("PATCH", "/leader")[0] == 405
+    assert m.request("PUT", "/nowhere")[0] == 404
+    assert "cluster-token is not set" not in m.read_log()
+
+
+def test_open_cluster_is_logged(mandi):
+    assert "cluster-token is not set" in mandi.read_log()
+
+
+def test_bad_token_is_a_config_error(mandis):
+    m = mandis(start=False, conf={"cluster-token": "has space"})
+    m.start(wait=False)
+    assert m.proc.wait(10) == 1
+    assert "cluster-token" in m.read_log()
+
+
+# --- HTTP behaviour ------------------------------------------------------
+
+def test_keep_alive_and_pipelining(mandi):
+    body = json.dumps(LEADER)
+    reqs = (b"GET /leader HTTP/1.1\r\nHost: m\r\n\r\n"
+            + (f"PUT /leader HTTP/1.1\r\nHost: m\r\nContent-Length: "
+               f"{len(body)}\r\n\r\n{body}").encode()
+            + b"GET /leader HTTP/1.1\r\nHost: m\r\n\r\n"
+            + b"GET /join-requests HTTP/1.1\r\nHost: m\r\n"
+              b"Connection: close\r\n\r\n")
+    out = raw(mandi, reqs)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", out)
+    assert statuses == [b"404", b"204", b"200", b"200"]
+    assert out.endswith(b"[]\n")
+    assert out.count(b"Connection: close") == 1
+
+
+def test_head_reply_has_no_body(mandi):
+    out = raw(mandi, b"HEAD /leader HTTP/1.1\r\nHost: m\r\n\r\n"
+              b"GET /leader HTTP/1.1\r\nHost: m\r\nConnection: close\r\n"
+              b"\r\n")
+    head, rest = out.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 405 ") and b"Content-Length: 19" in head
+    assert rest.startswith(b"HTTP/1.1 404 ")
+    assert rest.endswith(b"\r\n\r\nleader not available\n")
+
+
+def test_one_connection_many_requests(mandi):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", mandi.port, timeout=5)
+    for term in range(1, 50):
+        c.request("PUT", "/leader", json.dumps(dict(LEADER, term=term)))
+        r = c.getresponse()
+        assert r.status == 204 and r.read() == b""
+        c.request("GET", "/leader")
+        r = c.getresponse()
+        assert r.status == 200 and json.loads(r.read())["term"] == term
+    c.close()
+
+
+def test_body_too_large(mandi):
+    # Bodies are capped at 64 KiB: refused on the announced length, before
+    # the body is sent (sending it would race mandi's close with a reset).
+    out = raw(mandi, b"PUT /leader HTTP/1.1\r\nHost: m\r\n"
+              b"Content-Length: 65537\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 413 ")
+    body = json.dumps(dict(LEADER, addr="")).encode()
+    body = body[:-1] + b" " * (65536 - len(body)) + b"}"
+    assert len(body) == 65536
+    assert mandi.request("PUT", "/leader", body)[0] == 204
+
+
+def test_malformed_request_closes(mandi):
+    out = raw(mandi, b"NONSENSE\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ")
+    assert mandi.request("GET", "/leader")[0] == 404
+
+
+def test_idle_connection_is_closed(mandis):
+    m = mandis(conf={"client-idle-timeout": "1s"})
+    with socket.create_connection(("127.0.0.1", m.port), timeout=5) as s:
+        t0 = time.time()
+        assert s.recv(1) == b""  # closed by mandi
+        assert 0.5 < time.time() - t0 < 4
+
+
+def open_served(m, n, timeout=5):
+    """n connections that mandi serves (a connection closed just before
+    may still count for a moment: retry until none is refused)."""
+    deadline = time.time() + timeout
+    while True:
+        socks = [socket.create_connection(("127.0.0.1", m.port), timeout=5)
+                 for _ in range(n)]
+        answers = []
+        for s in socks:
+            s.sendall(b"GET /leader HTTP/1.1\r\nHost: m\r\n\r\n")
+            answers.append(s.recv(4096))
+        if all(a.startswith(b"HTTP/1.1 404 ") for a in answers):
+            return socks
+        for s in socks:
+            s.close()
+        assert time.time() < deadline, answers
+        time.sleep(0.05)
+
+
+def test_max_clients(mandis):
+    m = mandis(conf={"max-clients": "2"})
+    socks = open_served(m, 2)
+    try:
+        # Refused at once (before it sends anything, so no reset races
+        # the answer).
+        with socket.create_connection(("127.0.0.1", m.port), timeout=5) as s:
+            out = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+        assert out.startswith(b"HTTP/1.1 503 ") and b"too many clients" in out
+    finally:
+        for s in socks:
+            s.close()
+    for s in open_served(m, 2):  # served again once those are gone
+        s.close()
+
+
+# --- lifecycle -----------------------------------------------------------
+
+def test_restart_loses_state(mandi):
+    assert put_leader(mandi, dict(LEADER, term=9))[0] == 204
+    assert post_join(mandi, {"id": "node2", "addr": "h:1"})[0] == 204
+    assert mandi.restart() == 0
+    assert mandi.request("GET", "/leader")[0] == 404
+    assert mandi.request("GET", "/join-requests")[2] == b"[]\n"
+    # Soft state: the leader's next PUT makes it known again, at any term.
+    assert put_leader(mandi, dict(LEADER, term=2))[0] == 204
+    assert get_json(mandi, "/leader")["term"] == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_graceful_shutdown(mandi, sig):
+    # An idle kept-alive connection does not hold the shutdown up.
+    s = socket.create_connection(("127.0.0.1", mandi.port), timeout=5)
+    s.sendall(b"GET /leader HTTP/1.1\r\nHost: m\r\n\r\n")
+    assert s.recv(4096).startswith(b"HTTP/1.1 404 ")
+    t0 = time.time()
+    assert mandi.stop(sig) == 0
+    assert time.time() - t0 < 3
+    assert s.recv(1) == b""
+    s.close()
+    log = mandi.read_log()
+    assert "shutting down" in log and log.rstrip().endswith("stopped")
+
+
+def test_port_in_use_fails(mandis):
+    a = mandis()
+    b = mandis(name="mandi2", start=False)
+    b.conf["mandi-addr"] = a.url
+    b.write_conf()
+    b.start(wait=False)
+    assert b.proc.wait(10) == 1
+    assert "address already in use" in b.read_log()
