@@ -191,8 +191,7 @@ test-integration: $(BINS)
 
 run: deps
 	$(MAKE) all
-	mkdir -p data
-	$(SERVER) pyazdb.conf
+	scripts/cluster.sh run 3
 
 lint:
 	@bad=$$(grep -l '#include <uv.h>' $(PURE_SRC) 2>/dev/null); \

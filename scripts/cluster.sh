@@ -24,9 +24,9 @@ node_args() { # i
         --grpc-addr 127.0.0.1:$((9089 + $1)) --mandi-addr $MANDI"
 }
 
-wait_http() { # url
+wait_http() { # url: until it answers at all (any HTTP status)
     i=0
-    until curl -sf "$1" >/dev/null 2>&1; do
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" != 000 ]; do
         i=$((i + 1))
         if [ $i -gt 150 ]; then echo "cluster: $1 does not answer" >&2; return 1; fi
         sleep 0.1
@@ -50,7 +50,7 @@ start() { # n foreground
     }
     fg=$2
     launch mandi --mandi --mandi-addr "$MANDI"
-    wait_http "$MANDI/leader" 2>/dev/null || wait_http "$MANDI/join-requests"
+    wait_http "$MANDI/leader"
     # node1 bootstraps a one-node cluster the first time (pyazdb.conf says
     # raft-bootstrap yes); the others start empty and ask mandi to join.
     # shellcheck disable=SC2046

@@ -112,8 +112,6 @@ static const struct cfg_directive directives[] = {
     D_DURATION("RAFT", "election-timeout", election_timeout_ms, "1000ms", 30,
                60 * MS_PER_S, IMM,
                "silence after which a follower stands for election"),
-    D_STRING("RAFT", "cluster-token", cluster_token, "", IMM | MANDI, NULL,
-             "shared secret of the cluster; empty means an open cluster"),
     D_DURATION("RAFT", "request-timeout", request_timeout_ms, "5s", 100,
                10 * 60 * MS_PER_S, IMM,
                "how long a request waits for the cluster before failing"),

@@ -99,7 +99,6 @@ struct pz_config {
     int64_t heartbeat_interval_ms; /* heartbeat-interval */
     int64_t election_timeout_ms;   /* election-timeout */
     int64_t request_timeout_ms;    /* request-timeout */
-    char *cluster_token;           /* cluster-token: "" = open cluster */
     /* LIMITS */
     int64_t max_clients;            /* max-clients: per listener */
     int64_t client_idle_timeout_ms; /* client-idle-timeout: 0 = never */

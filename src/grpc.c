@@ -832,6 +832,10 @@ static void call_status(struct gstream *st)
     struct node_status ns;
     gs->be->status(&ns);
     const char *leader_addr = gs->be->leader_grpc_addr();
+    for (size_t i = 0; leader_addr == NULL && i < ns.n_members; i++)
+        if (ns.leader && strcmp(ns.members[i].name, ns.leader) == 0 &&
+            ns.members[i].grpc[0])
+            leader_addr = ns.members[i].grpc; /* this node leads */
     Pyazdb__StatusResponse r = PYAZDB__STATUS_RESPONSE__INIT;
     r.id = (char *)(ns.id ? ns.id : "");
     r.role = (char *)(ns.role ? ns.role : "");

@@ -31,6 +31,7 @@
 
 #include "fwd.h"
 #include "log.h"
+#include "mandi_client.h"
 #include "raft.h"
 #include "server.h"
 #include "store.h"
@@ -81,6 +82,7 @@ struct node {
     void (*close_cb)(void);      /* node_close callback */
     bool open;                   /* node_init succeeded */
     bool closing;                /* node_close waits for a write */
+    bool cluster_id_unsaved;     /* on_cluster_id came during a write */
     uint64_t saved_term;         /* term last handed to the store */
     uint64_t saved_vote;         /* vote last handed to the store */
     struct member departed[4];   /* members dropped from the conf lately */
@@ -89,6 +91,12 @@ struct node {
     size_t n_committed_ids;      /* entries in committed_ids */
     bool removed;                /* this node left the configuration */
     unsigned ticks;              /* ticks since start (for periodic work) */
+    unsigned seconds;            /* membership_cron runs so far */
+    struct mandi_client *mandi;  /* discovery service client */
+    uint64_t mandi_put;          /* PUT /leader in flight (request id) */
+    uint64_t mandi_poll;         /* GET /join-requests in flight */
+    uint64_t mandi_join;         /* POST /join-requests in flight */
+    uint64_t mandi_del;          /* DELETE /join-requests in flight */
 };
 
 static struct node node;
@@ -201,13 +209,19 @@ static void members_refresh(void)
 
 /* The transport learned a peer's client addresses from its handshake. */
 static void on_peer_info(void *data, uint64_t id, const char *name,
-                         const char *http, const char *grpc)
+                         const char *raft, const char *http, const char *grpc)
 {
     PZ_UNUSED(data);
     PZ_UNUSED(name);
     struct member *m = member_find(id);
-    if (m == NULL)
+    if (m == NULL) {
+        /* Not in our configuration (yet): a joining node hears from the
+         * leader before it has the log that lists it. Make it possible to
+         * answer. */
+        if (raft && raft[0] && id != node.id)
+            transport_set_peer(node.tr, id, raft);
         return;
+    }
     if (http && http[0] && strcmp(m->http, http) != 0) {
         pz_free(m->http);
         m->http = pz_strdup(http);
@@ -215,6 +229,23 @@ static void on_peer_info(void *data, uint64_t id, const char *name,
     if (grpc && grpc[0] && strcmp(m->grpc, grpc) != 0) {
         pz_free(m->grpc);
         m->grpc = pz_strdup(grpc);
+    }
+}
+
+/* A joining node learned its cluster's id from the first member that
+ * dialed it: keep it, so that a restart presents the same one. */
+static void on_cluster_id(void *data, uint64_t id)
+{
+    PZ_UNUSED(data);
+    node.cluster_id = id;
+    if (store_busy(node.store)) {
+        node.cluster_id_unsaved = true; /* saved after the write */
+        return;
+    }
+    if (store_meta_set(node.store, id, 0, NULL) < 0) {
+        pz_error("cannot record the cluster id: %s; stopping",
+                 store_errmsg(node.store));
+        exit(1);
     }
 }
 
@@ -442,6 +473,8 @@ static void send_all(const struct raft_msg *msgs, size_t n)
         transport_send(node.tr, &msgs[i]);
 }
 
+static void register_leader(void);
+
 static void soft_state_changed(const struct raft_soft_state *ss)
 {
     bool was_leader = node.role == RAFT_LEADER;
@@ -469,6 +502,8 @@ static void soft_state_changed(const struct raft_soft_state *ss)
     }
     if (was_leader && ss->role != RAFT_LEADER)
         pz_info("stepped down in term %llu", (unsigned long long)ss->term);
+    if (!was_leader && ss->role == RAFT_LEADER)
+        register_leader(); /* clients find the new leader at once */
     if (node.leader) {
         /* Requests waiting for a leader: go. Reads retry ReadIndex. */
         fail_all(&node.wait_leader, 0);
@@ -554,6 +589,10 @@ static void on_written(struct store *s, int status, const char *errmsg,
         exit(1);
     }
     node.writing = false;
+    if (node.cluster_id_unsaved) {
+        node.cluster_id_unsaved = false;
+        on_cluster_id(NULL, node.cluster_id);
+    }
     if (node.closing) {
         finish_close();
         return;
@@ -580,6 +619,7 @@ static void join_cron(void);
 
 static void membership_cron(void)
 {
+    join_cron();
     if (node.role != RAFT_LEADER)
         return;
     struct raft_status rs;
@@ -592,7 +632,7 @@ static void membership_cron(void)
         for (size_t j = 0; j < rs.n_peers; j++)
             if (rs.peers[j].id == m->id)
                 match = rs.peers[j].match;
-        if (match + PROMOTE_SLACK >= rs.last_index)
+        if (match > 0 && match + PROMOTE_SLACK >= rs.last_index)
             m->caught_up++;
         else
             m->caught_up = 0;
@@ -606,7 +646,6 @@ static void membership_cron(void)
                     (unsigned long long)rs.last_index);
         break; /* one configuration change at a time */
     }
-    join_cron();
 }
 
 static void on_tick(uv_timer_t *t)
@@ -1011,13 +1050,22 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
             if (rv < 0)
                 goto err_after_store;
         } else {
-            snprintf(err, errlen,
-                     "no Raft state in %s and neither initial-cluster nor "
-                     "raft-bootstrap is set: nothing to start from",
-                     cfg->raft_data);
-            goto err_after_store;
+            /* Neither: join a running cluster through mandi. The cluster
+             * id comes with the first member that dials us. */
+            rv = store_meta_set(node.store, 0, node.id, cfg->node_id);
+            if (rv < 0) {
+                snprintf(err, errlen, "%s", store_errmsg(node.store));
+                goto err_after_store;
+            }
+            pz_info("no Raft state and no initial-cluster or raft-bootstrap: "
+                    "asking to join through mandi at %s",
+                    cfg->mandi_addr);
         }
     }
+    node.mandi = mandi_client_new(loop, cfg->mandi_addr, cfg->cluster_token,
+                                  2000, err, errlen);
+    if (node.mandi == NULL)
+        goto err_after_store;
     struct transport_config tc = {
         .listen_addr = cfg->raft_addr,
         .id = node.id,
@@ -1028,12 +1076,13 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
         .grpc_addr = cfg->grpc_addr,
         .recv = on_recv,
         .on_peer_info = on_peer_info,
+        .on_cluster_id = on_cluster_id,
         .data = &node,
         .seed = seed,
     };
     node.tr = transport_new(loop, &tc, err, errlen);
     if (node.tr == NULL)
-        goto err_after_store;
+        goto err_after_mandi;
     members_refresh();
     if (cfg->cluster_token[0] == '\0')
         pz_warn("cluster-token is not set: anyone who can reach this node "
@@ -1047,6 +1096,8 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
         raft_campaign(node.raft);
     return 0;
 
+err_after_mandi:
+    mandi_client_free(node.mandi);
 err_after_store:
     store_close(node.store);
 err_after_raft:
@@ -1085,6 +1136,8 @@ static void on_transport_closed(void *data)
 static void on_tick_closed(uv_handle_t *h)
 {
     PZ_UNUSED(h);
+    mandi_client_free(node.mandi);
+    node.mandi = NULL;
     transport_close(node.tr, on_transport_closed);
 }
 
@@ -1124,6 +1177,112 @@ void node_close(void (*cb)(void))
     finish_close();
 }
 
+/* --- mandi: leader registration and joining ----------------------------------
+ * Soft state only: replication, forwarding and failover never need mandi.
+ * The leader publishes itself (at once when elected, then every
+ * MANDI_PUT_S seconds) and takes join requests (every MANDI_POLL_S
+ * seconds): each unknown requester is added as a non-voter, promoted by
+ * membership_cron once it has caught up, and its request deleted once it
+ * votes. A node that is not a member posts its join request every
+ * MANDI_PUT_S seconds until it sees itself in the configuration. At most
+ * one request of each kind is in flight. */
+#define MANDI_PUT_S 2
+#define MANDI_POLL_S 3
+
+static bool self_in_conf(void)
+{
+    return member_find(node.id) != NULL;
+}
+
+static void on_mandi_done(const struct mandi_result *res, void *data)
+{
+    uint64_t *inflight = data;
+    *inflight = 0;
+    if (res->err == PZ_ECANCELED)
+        return;
+    if (res->err < 0)
+        pz_debug("mandi: %s", pz_strerror(res->err));
+    else if (res->http_status >= 300)
+        pz_warn("mandi answered %d: %s", res->http_status, res->message);
+}
+
+static void register_leader(void)
+{
+    if (node.mandi == NULL || node.mandi_put)
+        return;
+    struct mandi_leader li;
+    memset(&li, 0, sizeof li);
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    snprintf(li.id, sizeof li.id, "%s", node.cfg->node_id);
+    snprintf(li.addr, sizeof li.addr, "%s", node.cfg->raft_addr);
+    snprintf(li.http_addr, sizeof li.http_addr, "%s", node.cfg->http_addr);
+    snprintf(li.grpc_addr, sizeof li.grpc_addr, "%s", node.cfg->grpc_addr);
+    li.term = rs.term;
+    node.mandi_put =
+        mandi_put_leader(node.mandi, &li, on_mandi_done, &node.mandi_put);
+}
+
+static void on_joins(const struct mandi_result *res, void *data)
+{
+    PZ_UNUSED(data);
+    node.mandi_poll = 0;
+    if (res->err < 0 || res->http_status != 200 || node.role != RAFT_LEADER)
+        return;
+    bool proposed = false;
+    for (size_t i = 0; i < res->n_joins; i++) {
+        const struct mandi_join *j = &res->joins[i];
+        struct member *m = member_by_name(j->id);
+        if (m && m->voter) {
+            /* Joined and voting: the request has served. */
+            if (!node.mandi_del)
+                node.mandi_del = mandi_delete_join(node.mandi, j->id,
+                                                   on_mandi_done,
+                                                   &node.mandi_del);
+            continue;
+        }
+        if (m || proposed)
+            continue; /* catching up, or one change per poll */
+        char *meta = make_meta(j->id, j->addr, j->http_addr, j->grpc_addr);
+        struct raft_conf_change cc = {
+            .type = RAFT_CC_ADD_NONVOTER,
+            .id = name_to_id(j->id),
+            .meta = meta,
+        };
+        int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
+        pz_free(meta);
+        if (rv == 0)
+            pz_info("adding %s (%s) as a non-voter", j->id, j->addr);
+        else if (rv != PZ_EBUSY)
+            pz_warn("cannot add %s: %s", j->id, pz_strerror(rv));
+        proposed = true;
+    }
+}
+
+static void post_join(void)
+{
+    if (node.mandi == NULL || node.mandi_join)
+        return;
+    struct mandi_join j;
+    memset(&j, 0, sizeof j);
+    snprintf(j.id, sizeof j.id, "%s", node.cfg->node_id);
+    snprintf(j.addr, sizeof j.addr, "%s", node.cfg->raft_addr);
+    snprintf(j.http_addr, sizeof j.http_addr, "%s", node.cfg->http_addr);
+    snprintf(j.grpc_addr, sizeof j.grpc_addr, "%s", node.cfg->grpc_addr);
+    node.mandi_join =
+        mandi_post_join(node.mandi, &j, on_mandi_done, &node.mandi_join);
+}
+
 static void join_cron(void)
 {
+    unsigned s = node.seconds++;
+    if (node.role == RAFT_LEADER) {
+        if (s % MANDI_PUT_S == 0)
+            register_leader();
+        if (s % MANDI_POLL_S == 0 && node.mandi && !node.mandi_poll)
+            node.mandi_poll = mandi_get_joins(node.mandi, on_joins, NULL);
+    } else if (!self_in_conf() && !node.removed) {
+        if (s % MANDI_PUT_S == 0)
+            post_join();
+    }
 }

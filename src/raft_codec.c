@@ -76,6 +76,7 @@ int raft_codec_encode_handshake(struct pz_buf *out,
     ph.token = str_arg(h->token);
     ph.http_addr = str_arg(h->http_addr);
     ph.grpc_addr = str_arg(h->grpc_addr);
+    ph.raft_addr = str_arg(h->raft_addr);
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE;
     f.handshake = &ph;
     return pack_frame(out, &f, max);
@@ -244,6 +245,7 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->hs.token = h->token;
         d->hs.http_addr = h->http_addr;
         d->hs.grpc_addr = h->grpc_addr;
+        d->hs.raft_addr = h->raft_addr;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY: {

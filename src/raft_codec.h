@@ -58,6 +58,7 @@ struct raft_handshake {
     const char *token;   /* cluster token (NULL: "") */
     const char *http_addr; /* dialer's HTTP API address (NULL: "") */
     const char *grpc_addr; /* dialer's gRPC API address (NULL: "") */
+    const char *raft_addr; /* dialer's Raft listen address (NULL: "") */
 };
 
 struct raft_handshake_reply {

@@ -332,6 +332,7 @@ static void out_connected(struct conn *c, int status)
         .token = t->token,
         .http_addr = t->cfg.http_addr,
         .grpc_addr = t->cfg.grpc_addr,
+        .raft_addr = t->listen_addr,
     };
     pz_buf_reset(&t->scratch);
     if (raft_codec_encode_handshake(&t->scratch, &hs, REPLY_MAX) < 0) {
@@ -398,7 +399,7 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
     pz_info("raft: connected to peer %" PRIu64 " '%s' at %s", p->id, name,
             p->addr);
     if (t->cfg.on_peer_info)
-        t->cfg.on_peer_info(t->cfg.data, p->id, name, r->http_addr,
+        t->cfg.on_peer_info(t->cfg.data, p->id, name, "", r->http_addr,
                             r->grpc_addr);
     raft_frame_parser_free(&p->fp);
     uv_timer_stop(&p->timer);
@@ -654,7 +655,7 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     in->accepted = true;
     if (t->cfg.on_peer_info)
         t->cfg.on_peer_info(t->cfg.data, hs->node_id, in->name,
-                            hs->http_addr, hs->grpc_addr);
+                            hs->raft_addr, hs->http_addr, hs->grpc_addr);
     in->peer_id = hs->node_id;
     in->fp.max = t->cfg.max_frame;
     in->c->busy = 1; /* a quiet peer link is not an idle client */

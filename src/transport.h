@@ -53,10 +53,12 @@ typedef void (*transport_recv_cb)(void *data, const struct raft_msg *m);
 /* The outbound link to peer id came up (handshake accepted) or went down
  * (it was up before). Optional. */
 typedef void (*transport_peer_cb)(void *data, uint64_t id, bool connected);
-/* A peer told us its client (HTTP and gRPC) addresses in a handshake:
- * as a dialer to us, or as the acceptor of our link. Optional. */
+/* A peer told us its addresses in a handshake: as a dialer to us (Raft
+ * listen address too), or as the acceptor of our link (raft_addr ""; we
+ * dialed it). Optional. */
 typedef void (*transport_peer_info_cb)(void *data, uint64_t id,
                                        const char *name,
+                                       const char *raft_addr,
                                        const char *http_addr,
                                        const char *grpc_addr);
 /* transport_close finished: every handle is closed, the transport freed. */

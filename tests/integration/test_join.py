@@ -1,0 +1,139 @@
+"""The original program's flow: mandi, node1 bootstraps, node2 and node3
+join through mandi, get promoted once caught up; the token keeps strangers
+out; the cluster does not need mandi to replicate or fail over."""
+import json
+import time
+
+from test_cluster import leader_of, put, get, wait_value
+
+
+def cluster_view(s):
+    st, _, body = s.request("GET", "/cluster")
+    assert st == 200, body
+    return json.loads(body)
+
+
+def wait_voters(s, names, timeout=30):
+    deadline = time.time() + timeout
+    c = None
+    while time.time() < deadline:
+        try:
+            c = cluster_view(s)
+            voters = {m["id"] for m in c["members"] if m["voter"]}
+            if voters == set(names):
+                return c
+        except (OSError, AssertionError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"voters never became {names}: {c}")
+
+
+def start_joining(servers, mandi, name, conf=None):
+    c = {"raft-bootstrap": "no", "mandi-addr": mandi.url}
+    c.update(conf or {})
+    return servers(name, conf=c)
+
+
+def grow(servers, mandi, n=3, conf=None):
+    c = {"mandi-addr": mandi.url}
+    c.update(conf or {})
+    first = servers("node1", conf=c)
+    nodes = [first] + [start_joining(servers, mandi, f"node{i}", conf)
+                       for i in range(2, n + 1)]
+    wait_voters(first, [s.name for s in nodes])
+    return nodes
+
+
+def test_nodes_join_through_mandi(servers, mandi):
+    nodes = grow(servers, mandi)
+    leader = leader_of(nodes)
+    # the leader registered itself with mandi
+    st, _, body = mandi.request("GET", "/leader")
+    info = json.loads(body)
+    assert st == 200 and info["id"] == leader.name
+    assert info["http_addr"] == f"127.0.0.1:{leader.http_port}"
+    assert info["grpc_addr"] == f"127.0.0.1:{leader.grpc_port}"
+    # every node replicates
+    assert put(nodes[2], "joined", "yes")[0] == 204
+    for s in nodes:
+        wait_value(s, "joined", "yes")
+    # served join requests are deleted once the node votes
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        st, _, body = mandi.request("GET", "/join-requests")
+        if json.loads(body) == []:
+            break
+        time.sleep(0.3)
+    assert json.loads(body) == []
+    # a restart with data ignores mandi's join flow and recovers
+    nodes[1].stop()
+    nodes[1].start()
+    wait_value(nodes[1], "joined", "yes")
+
+
+def test_far_behind_node_is_promoted_only_once_caught_up(servers, mandi):
+    first = servers("node1", conf={"mandi-addr": mandi.url})
+    for i in range(1500):
+        assert put(first, f"k{i}", "x" * 100)[0] == 204
+    late = start_joining(servers, mandi, "node2")
+    seen_nonvoter = False
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        c = cluster_view(first)
+        st = first.status()
+        m = {x["id"]: x for x in c["members"]}.get("node2")
+        if m is not None and not m["voter"]:
+            seen_nonvoter = True
+        if m is not None and m["voter"]:
+            # promoted: by then it had caught up
+            assert m["match_index"] + 64 >= st["last_index"], (m, st)
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("node2 was never promoted")
+    assert seen_nonvoter
+    wait_value(late, "k1499", "x" * 100)
+
+
+def test_token_keeps_strangers_out(servers, mandis):
+    mandi = mandis(conf={"cluster-token": "t0ken"})
+    nodes = grow(servers, mandi, n=2, conf={"cluster-token": "t0ken"})
+    # a node without the token cannot even post its request
+    stranger = start_joining(servers, mandi, "intruder")
+    time.sleep(5)
+    c = cluster_view(nodes[0])
+    assert "intruder" not in {m["id"] for m in c["members"]}
+    st, _, body = mandi.request("GET", "/join-requests")
+    assert "intruder" not in body.decode()
+    assert "401" in stranger.read_log() or "unauthorized" in stranger.read_log()
+
+
+def test_cluster_works_without_mandi(servers, mandi):
+    nodes = grow(servers, mandi)
+    mandi.stop()
+    leader = leader_of(nodes)
+    follower = next(s for s in nodes if s is not leader)
+    # forwarding needs no mandi
+    assert put(follower, "no-mandi", "1")[0] == 204
+    # failover needs no mandi
+    leader.kill()
+    rest = [s for s in nodes if s is not leader]
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        try:
+            if put(rest[0], "after", "2", timeout=3)[0] == 204:
+                break
+        except OSError:
+            pass
+        time.sleep(0.05)
+    assert get(rest[1], "after")[2] == b"2"
+    # a restarted mandi learns the leader again within a registration period
+    mandi.start()
+    new_leader = leader_of(nodes, exclude=(leader,))
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        st, _, body = mandi.request("GET", "/leader")
+        if st == 200 and json.loads(body)["id"] == new_leader.name:
+            break
+        time.sleep(0.2)
+    assert st == 200 and json.loads(body)["id"] == new_leader.name
