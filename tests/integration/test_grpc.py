@@ -103,7 +103,7 @@ def test_large_value(client, pb):
     assert r.found and r.value == val
 
 
-def test_status_rpc(client, pb):
+def test_status_rpc(client, pb, node):
     client.Set(pb.kv.SetRequest(key="s", value="1"))
     r = client.Status(pb.cluster.StatusRequest(), timeout=5)
     assert r.id == "node1"
@@ -113,7 +113,8 @@ def test_status_rpc(client, pb):
     assert r.last_index >= r.commit_index
     assert r.keys == 1
     assert r.version
-    assert r.leader_grpc_addr == ""
+    # the leader names its own gRPC address (clients redirect to it)
+    assert r.leader_grpc_addr == f"127.0.0.1:{node.grpc_port}"
 
 
 def test_health(client, pb):
