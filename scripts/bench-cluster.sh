@@ -11,47 +11,11 @@ DUR=${1:-10}
 scripts/install-deps.sh bench
 make -s all
 
+. scripts/bench-lib.sh
 tmp=$(mktemp -d)
-pids=""
-cleanup() {
-    for p in $pids; do kill "$p" 2>/dev/null || true; done
-    for p in $pids; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-spec=""
-for i in 1 2 3; do
-    eval "RAFT$i=$(free_port) HTTP$i=$(free_port) GRPC$i=$(free_port)"
-    eval "spec=\"\${spec:+\$spec,}node$i=127.0.0.1:\$RAFT$i\""
-done
-for i in 1 2 3; do
-    eval "rp=\$RAFT$i hp=\$HTTP$i gp=\$GRPC$i"
-    src/pyazdb-server --node-id "node$i" --raft-data "$tmp/node$i" \
-        --raft-addr "127.0.0.1:$rp" --http-addr "127.0.0.1:$hp" \
-        --grpc-addr "127.0.0.1:$gp" --initial-cluster "$spec" \
-        --log-level warning 2>"$tmp/node$i.log" &
-    pids="$pids $!"
-done
-
-# Wait for a leader and find its HTTP port.
-LEADER=""
-i=0
-while [ -z "$LEADER" ]; do
-    i=$((i + 1)); [ $i -gt 200 ] && { cat "$tmp"/*.log; exit 1; }
-    sleep 0.1
-    for n in 1 2 3; do
-        eval "hp=\$HTTP$n"
-        if curl -sf "http://127.0.0.1:$hp/status" 2>/dev/null |
-            grep -q '"role":"leader"'; then
-            LEADER=$hp
-        fi
-    done
-done
+trap 'bench_stop; rm -rf "$tmp"' EXIT INT TERM
+bench_start_cluster
+LEADER=$LEADER_HTTP
 BASE="http://127.0.0.1:$LEADER"
 VALUE=$(head -c 100 /dev/zero | tr '\0' v)
 curl -sf -X POST -d "{\"key\":\"bench\",\"value\":\"$VALUE\"}" "$BASE/set"

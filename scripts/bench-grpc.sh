@@ -1,10 +1,11 @@
 #!/bin/sh
-# bench-grpc.sh - gRPC API throughput of one pyazdb-server node under h2load.
+# bench-grpc.sh - gRPC API throughput of a 3-node cluster under h2load.
 #
 #   scripts/bench-grpc.sh [seconds]      (default 10 s per run)
 #
-# Starts a node on free loopback ports, then runs h2load for a fixed time
-# against /kv.KVService/Set and /kv.KVService/Get with prebuilt framed
+# Starts a 3-node cluster on free loopback ports (fsync on, as always), then
+# runs h2load for a fixed time against the leader's /kv.KVService/Set and
+# /kv.KVService/Get with prebuilt framed
 # request bodies, at 1x1, 16x1, 64x1 and 16x16 (connections x concurrent
 # streams per connection). The bodies:
 #   Set: SetRequest{key: "bench", value: 100 x "v"} (the same key every time)
@@ -19,29 +20,11 @@ DUR=${1:-10}
 scripts/install-deps.sh test
 make -s all
 
+. scripts/bench-lib.sh
 tmp=$(mktemp -d)
-cleanup() {
-    [ -n "${pz_pid:-}" ] && kill "$pz_pid" 2>/dev/null && wait "$pz_pid" 2>/dev/null
-    rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-HTTP_PORT=$(free_port)
-GRPC_PORT=$(free_port)
-src/pyazdb-server pyazdb.conf --node-id bench --raft-data "$tmp/data" \
-    --http-addr "127.0.0.1:$HTTP_PORT" --grpc-addr "127.0.0.1:$GRPC_PORT" \
-    --raft-addr "127.0.0.1:$(free_port)" --log-level warning \
-    2>"$tmp/server.log" &
-pz_pid=$!
-i=0
-until curl -sf "http://127.0.0.1:$HTTP_PORT/health" >/dev/null; do
-    i=$((i + 1)); [ $i -gt 100 ] && { cat "$tmp/server.log"; exit 1; }
-    sleep 0.1
-done
+trap 'bench_stop; rm -rf "$tmp"' EXIT INT TERM
+bench_start_cluster
+GRPC_PORT=$LEADER_GRPC
 
 # Framed bodies: flag 0, 4-byte big-endian length, then the message.
 #   SetRequest: 0a 05 "bench" 12 64 <100 x 'v'>  (109 bytes)
@@ -81,7 +64,7 @@ run() { # method body conns streams
 
 check_status Set "$tmp/set.bin"
 check_status Get "$tmp/get.bin"
-echo "== pyazdb gRPC, h2load ${DUR}s per run (connections x streams)"
+echo "== pyazdb gRPC, 3-node cluster, leader :$GRPC_PORT, h2load ${DUR}s per run (connections x streams)"
 for m in Set Get; do
     body="$tmp/$(echo "$m" | tr SG sg).bin"
     run "$m" "$body" 1 1

@@ -1,0 +1,54 @@
+# bench-lib.sh - shared by the benchmark scripts (sourced, not run).
+# Starts a 3-node cluster on 127.0.0.1 from a static initial-cluster, with
+# free ports and data under $tmp, and sets LEADER_HTTP / LEADER_GRPC to the
+# leader's ports. The caller sets `tmp` and a trap that calls bench_stop.
+
+bench_free_port() {
+    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+bench_pids=""
+
+bench_stop() {
+    for p in $bench_pids; do kill "$p" 2>/dev/null || true; done
+    for p in $bench_pids; do wait "$p" 2>/dev/null || true; done
+    bench_pids=""
+}
+
+bench_start_cluster() {
+    spec=""
+    ports=""
+    for i in 1 2 3; do
+        r=$(bench_free_port); h=$(bench_free_port); g=$(bench_free_port)
+        # the kernel may offer a port twice: retry until all differ
+        while echo " $ports " | grep -q " \($r\|$h\|$g\) " ||
+              [ "$r" = "$h" ] || [ "$h" = "$g" ] || [ "$r" = "$g" ]; do
+            r=$(bench_free_port); h=$(bench_free_port); g=$(bench_free_port)
+        done
+        ports="$ports $r $h $g"
+        eval "RAFT$i=$r HTTP$i=$h GRPC$i=$g"
+        spec="${spec:+$spec,}node$i=127.0.0.1:$r"
+    done
+    for i in 1 2 3; do
+        eval "rp=\$RAFT$i hp=\$HTTP$i gp=\$GRPC$i"
+        src/pyazdb-server --node-id "node$i" --raft-data "$tmp/node$i" \
+            --raft-addr "127.0.0.1:$rp" --http-addr "127.0.0.1:$hp" \
+            --grpc-addr "127.0.0.1:$gp" --initial-cluster "$spec" \
+            --log-level warning 2>"$tmp/node$i.log" &
+        bench_pids="$bench_pids $!"
+    done
+    LEADER_HTTP=""
+    n=0
+    while [ -z "$LEADER_HTTP" ]; do
+        n=$((n + 1)); [ $n -gt 200 ] && { cat "$tmp"/node*.log; exit 1; }
+        sleep 0.1
+        for i in 1 2 3; do
+            eval "hp=\$HTTP$i gp=\$GRPC$i"
+            if curl -sf "http://127.0.0.1:$hp/status" 2>/dev/null |
+                grep -q '"role":"leader"'; then
+                LEADER_HTTP=$hp
+                LEADER_GRPC=$gp
+            fi
+        done
+    done
+}
