@@ -2024,10 +2024,10 @@ int raft_snapshot_meta_at(const struct raft *r, uint64_t index,
 
 int raft_compact(struct raft *r, uint64_t index, uint64_t trailing)
 {
-    if (index <= r->snap.index)
-        return 0;
     if (index > r->applied)
         return PZ_EINVAL;
+    if (index <= r->snap.index)
+        return PZ_ECANCELED;
     /* index <= applied <= persisted: every entry dropped is durable, and
      * committed, so no truncation will ever need it back. */
     struct raft_conf c;

@@ -378,11 +378,13 @@ int raft_snapshot_meta_at(const struct raft *r, uint64_t index,
  * the one served to followers that need entries no longer held, and drops
  * the in-memory entries up to index - trailing (none if trailing >= index;
  * never below what is already dropped). The current configuration stays
- * known when its CONF entry goes. Afterwards raft_status gives first_index
- * and compact_term for the matching store compaction. index <= the current
- * snapshot index is a no-op (e.g. a snapshot that finished after a newer
- * one was installed from the leader). Returns 0, PZ_EINVAL (index >
- * applied). */
+ * known when its CONF entry goes.
+ * Returns 0: the driver may now drop the same prefix of the stored log,
+ * store_compact(first_index - 1, compact_term) with both from raft_status
+ * (or keep more); PZ_ECANCELED: index <= the current snapshot index (the
+ * file is obsolete, e.g. a newer snapshot was installed from the leader,
+ * maybe not yet durably): nothing changed, compact nothing; PZ_EINVAL:
+ * index > applied. */
 int raft_compact(struct raft *r, uint64_t index, uint64_t trailing);
 
 /* Leader: outcome of sending the INSTALL_SNAPSHOT message to peer id, from
