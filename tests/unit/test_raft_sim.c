@@ -908,16 +908,62 @@ static void start_xfer(struct sim *s, struct snode *sn,
           (int)sn->id, to);
 }
 
+/* An acknowledgement of index i to the leader of term T claims that our
+ * durable log (snapshot included) matches that leader's log up to i: if
+ * it still leads in T, the terms at i must agree (Log Matching, checked
+ * globally, does the rest). */
+static void check_ack(struct sim *s, struct snode *sn,
+                      const struct raft_msg *m)
+{
+    uint64_t i = m->index;
+    if (i == 0 || m->to < 1 || m->to > (uint64_t)s->n)
+        return;
+    uint64_t dterm;
+    const struct raft_entry *d = dlog_at(sn, i);
+    if (d != NULL)
+        dterm = d->term;
+    else if (i == sn->dsnap.index)
+        dterm = sn->dsnap.term;
+    else if (i < sn->dsnap.index)
+        dterm = s->committed[i - 1].term; /* in the snapshot */
+    else
+        return;
+    struct snode *ln = &s->nodes[m->to];
+    if (ln->r == NULL)
+        return;
+    struct raft_status st;
+    raft_status(ln->r, &st);
+    if (st.role != RAFT_LEADER || st.term != m->term)
+        return;
+    uint64_t lterm;
+    if (i <= ln->mir_base)
+        lterm = s->committed[i - 1].term;
+    else if (i <= ln->mir_base + ln->n_mir)
+        lterm = mir_at(ln, i)->term;
+    else
+        lterm = 0;
+    if (lterm != dterm)
+        sim_fail(s,
+                 "node %d acks index %" PRIu64 " (durable term %" PRIu64
+                 ") to the leader of term %" PRIu64 ", which has term %" PRIu64
+                 " there",
+                 (int)sn->id, i, dterm, m->term, lterm);
+}
+
 /* The persistence contract, checked on every message as it leaves: an
- * acknowledgement covers only durable entries, a granted vote is durable,
- * and a (pre-)vote request never claims a log we do not have durably. */
+ * acknowledgement covers only durable entries that agree with the
+ * leader's, a granted vote is durable, and a (pre-)vote request never
+ * claims a log we do not have durably. */
 static void send_checked(struct sim *s, struct snode *sn,
                          const struct raft_msg *m)
 {
-    if (m->type == RAFT_MSG_APPEND_RESP && !m->reject &&
-        m->index > dlast(sn))
-        sim_fail(s, "node %d acks index %" PRIu64 " with %" PRIu64
-                 " entries durable", (int)sn->id, m->index, dlast(sn));
+    if (m->type == RAFT_MSG_APPEND_RESP && !m->reject) {
+        if (m->index > dlast(sn))
+            sim_fail(s, "node %d acks index %" PRIu64 " with %" PRIu64
+                     " entries durable", (int)sn->id, m->index, dlast(sn));
+        else
+            check_ack(s, sn, m);
+    }
     if (m->type == RAFT_MSG_VOTE_RESP && !m->reject &&
         !(sn->hs.term > m->term ||
           (sn->hs.term == m->term && sn->hs.vote == m->to)))
