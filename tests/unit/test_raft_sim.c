@@ -539,13 +539,12 @@ static void rebase_mirror(struct sim *s, struct snode *sn, uint64_t base,
 
 /* Refreshes the mirror of node's log; full scan sometimes, else from its
  * commit index (committed entries never change). */
-static void update_mirror(struct sim *s, struct snode *sn)
+static void update_mirror(struct sim *s, struct snode *sn,
+                          const struct raft_status *st)
 {
-    struct raft_status st;
-    raft_status(sn->r, &st);
-    uint64_t base = st.first_index - 1;
+    uint64_t base = st->first_index - 1;
     if (base != sn->mir_base) {
-        rebase_mirror(s, sn, base, st.compact_term);
+        rebase_mirror(s, sn, base, st->compact_term);
         if (s->failed)
             return;
     }
@@ -621,7 +620,7 @@ static void check_node(struct sim *s, int id)
         return;
     struct raft_status st;
     raft_status(sn->r, &st);
-    update_mirror(s, sn);
+    update_mirror(s, sn, &st);
     if (s->failed)
         return;
     if (st.commit > st.last_index)
@@ -929,7 +928,8 @@ static void check_ack(struct sim *s, struct snode *sn,
     else
         return;
     struct snode *ln = &s->nodes[m->to];
-    if (ln->r == NULL)
+    if (ln->r == NULL || m->term >= s->cap_lot ||
+        s->leader_of_term[m->term] != m->to)
         return;
     struct raft_status st;
     raft_status(ln->r, &st);
