@@ -275,7 +275,7 @@ struct raft {
     uint8_t role;    /* enum raft_role */
     uint64_t leader; /* known leader, 0 if none */
 
-    struct rlog log;    /* the log */
+    struct rlog log;                /* the log */
     struct raft_snapshot_meta snap; /* snapshot point (index 0: none) */
     uint8_t *snap_conf;             /* rbuf: raft_conf_encode(snap.conf) */
     size_t snap_conf_len;           /* its bytes */
@@ -325,14 +325,14 @@ struct raft {
     struct raft_soft_state prev_ss; /* soft state of the previous Ready */
 
     /* What the last Ready points to, freed at the next raft_ready(). */
-    struct msgvec rd_out;            /* Ready.msgs */
-    struct msgvec rd_after;          /* Ready.msgs_after_persist */
-    struct raft_entry *rd_entries;   /* Ready.entries */
-    size_t rd_n_entries;             /* count */
-    struct raft_entry *rd_committed; /* Ready.committed */
-    size_t rd_n_committed;           /* count */
-    struct raft_read_state *rd_rs;   /* Ready.read_states */
-    uint64_t *rd_dropped;            /* Ready.dropped_reads */
+    struct msgvec rd_out;              /* Ready.msgs */
+    struct msgvec rd_after;            /* Ready.msgs_after_persist */
+    struct raft_entry *rd_entries;     /* Ready.entries */
+    size_t rd_n_entries;               /* count */
+    struct raft_entry *rd_committed;   /* Ready.committed */
+    size_t rd_n_committed;             /* count */
+    struct raft_read_state *rd_rs;     /* Ready.read_states */
+    uint64_t *rd_dropped;              /* Ready.dropped_reads */
     struct raft_snapshot_meta rd_snap; /* Ready.snapshot (a copy) */
 
     struct raft_peer_status *status_buf; /* raft_status peers */
@@ -1377,8 +1377,7 @@ static void handle_append_resp(struct raft *r, const struct raft_msg *m)
             become_replicate(r, pr);
         else if (pr->state == RAFT_PROGRESS_REPLICATE)
             infl_free_to(r, pr, m->index);
-        else if (pr->match >= pr->pending_snap ||
-                 pr->match >= r->log.offset)
+        else if (pr->match >= pr->pending_snap || pr->match >= r->log.offset)
             /* The snapshot is installed, or entries can reach it again. */
             become_replicate(r, pr);
         r->need_flush = true;
@@ -1585,12 +1584,11 @@ static bool restore_valid(const struct raft_hard_state *hs, uint64_t si,
     for (size_t i = 0; i < n; i++) {
         const struct raft_entry *e = &entries[i];
         if (e->index != first + i || e->term < prev_term ||
-            e->term > hs->term || e->term == 0 ||
-            e->type > RAFT_ENTRY_NOOP || (e->len > 0 && e->data == NULL))
+            e->term > hs->term || e->term == 0 || e->type > RAFT_ENTRY_NOOP ||
+            (e->len > 0 && e->data == NULL))
             return false;
         if ((e->index == si && e->term != st) ||
-            (e->index < si && e->term > st) ||
-            (e->index > si && e->term < st))
+            (e->index < si && e->term > st) || (e->index > si && e->term < st))
             return false;
         if (e->type == RAFT_ENTRY_CONF) {
             struct raft_conf c;
@@ -2045,8 +2043,7 @@ int raft_report_snapshot(struct raft *r, uint64_t id, bool ok)
     if (r->role != RAFT_LEADER)
         return PZ_ENOTLEADER;
     struct progress *pr = progress_get(r, id);
-    if (pr == NULL || pr->id == r->id ||
-        pr->state != RAFT_PROGRESS_SNAPSHOT)
+    if (pr == NULL || pr->id == r->id || pr->state != RAFT_PROGRESS_SNAPSHOT)
         return 0;
     uint64_t pending = pr->pending_snap;
     become_probe(r, pr);

@@ -203,11 +203,10 @@ struct raft_msg {
     uint64_t context;           /* HEARTBEAT*: read round; READ_INDEX*: ctx */
     struct raft_entry *entries; /* APPEND: entries to append */
     size_t n_entries;           /* number of entries */
-    uint64_t snap_index; /* INSTALL_SNAPSHOT: last index covered */
-    uint64_t snap_term;  /* INSTALL_SNAPSHOT: its term */
-    uint8_t *snap_data;  /* unused by the core (never read, never set);
-                            transports carry it */
-    size_t snap_len;     /* bytes at snap_data */
+    uint64_t snap_index;        /* INSTALL_SNAPSHOT: last index covered */
+    uint64_t snap_term;         /* INSTALL_SNAPSHOT: its term */
+    uint8_t *snap_data;         /* not used by the core (transports carry it) */
+    size_t snap_len;            /* bytes at snap_data */
 };
 
 /* --- the core ----------------------------------------------------------- */
@@ -220,20 +219,20 @@ enum raft_role {
 };
 
 struct raft_config {
-    uint64_t id;              /* this node, non-zero */
-    int election_ticks;       /* election timeout; randomized in
-                                 [election_ticks, 2*election_ticks) */
-    int heartbeat_ticks;      /* heartbeat interval, < election_ticks */
-    uint64_t seed;            /* PRNG seed (distinct per node) */
-    size_t max_inflight_msgs; /* APPENDs in flight per follower
-                                 (replicate state); 0 -> 256 */
-    size_t max_bytes_per_msg; /* soft cap of entry bytes per APPEND (at
-                                 least one entry is sent); 0 -> 1 MiB */
-    bool pre_vote;            /* thesis §9.6 */
-    bool check_quorum;        /* leader steps down without a quorum */
-    uint64_t applied;         /* index already applied by the state
-                                 machine at start (0: replay everything
-                                 after the snapshot, if any) */
+    uint64_t id;                /* this node, non-zero */
+    int election_ticks;         /* election timeout; randomized in
+                                   [election_ticks, 2*election_ticks) */
+    int heartbeat_ticks;        /* heartbeat interval, < election_ticks */
+    uint64_t seed;              /* PRNG seed (distinct per node) */
+    size_t max_inflight_msgs;   /* APPENDs in flight per follower
+                                   (replicate state); 0 -> 256 */
+    size_t max_bytes_per_msg;   /* soft cap of entry bytes per APPEND (at
+                                   least one entry is sent); 0 -> 1 MiB */
+    bool pre_vote;              /* thesis §9.6 */
+    bool check_quorum;          /* leader steps down without a quorum */
+    uint64_t applied;           /* index already applied by the state
+                                   machine at start (0: replay everything
+                                   after the snapshot, if any) */
     int snapshot_timeout_ticks; /* leader: a peer in SNAPSHOT state with
                                    neither an answer nor a report for
                                    this long goes back to probing;

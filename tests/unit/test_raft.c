@@ -16,17 +16,17 @@
 #define MAXN 5
 
 struct tnode {
-    struct raft *r;                /* the core */
-    struct raft_hard_state hs;     /* durable hard state */
+    struct raft *r;                 /* the core */
+    struct raft_hard_state hs;      /* durable hard state */
     struct raft_snapshot_meta snap; /* durable snapshot (index 0: none) */
-    uint64_t base;                 /* the durable log starts after it */
-    struct raft_entry *log;        /* durable entries base+1..base+n_log */
-    size_t n_log;                  /* count */
-    uint64_t applied;              /* last applied index */
-    struct raft_read_state rs[64]; /* read states received */
-    size_t n_rs;                   /* count */
-    uint64_t dropped[64];          /* dropped reads */
-    size_t n_dropped;              /* count */
+    uint64_t base;                  /* the durable log starts after it */
+    struct raft_entry *log;         /* durable entries base+1..base+n_log */
+    size_t n_log;                   /* count */
+    uint64_t applied;               /* last applied index */
+    struct raft_read_state rs[64];  /* read states received */
+    size_t n_rs;                    /* count */
+    uint64_t dropped[64];           /* dropped reads */
+    size_t n_dropped;               /* count */
 };
 
 struct tnet {
@@ -1331,8 +1331,8 @@ static void restart(struct tnet *net, int id)
 static void propose_n(struct tnet *net, int id, int n)
 {
     for (int i = 0; i < n; i++)
-        pz_assert(raft_propose(net->nodes[id].r, (const uint8_t *)"v", 1,
-                               NULL, NULL) == 0);
+        pz_assert(raft_propose(net->nodes[id].r, (const uint8_t *)"v", 1, NULL,
+                               NULL) == 0);
 }
 
 static const struct raft_peer_status *peer_of(struct tnet *net, int id,
@@ -1363,9 +1363,11 @@ static struct raft_msg snap_msg(uint64_t from, uint64_t term, uint64_t si,
     uint8_t *buf;
     size_t len;
     raft_conf_encode(c, &buf, &len);
-    *e = (struct raft_entry){
-        .term = st, .index = si, .type = RAFT_ENTRY_CONF, .data = buf,
-        .len = len};
+    *e = (struct raft_entry){.term = st,
+                             .index = si,
+                             .type = RAFT_ENTRY_CONF,
+                             .data = buf,
+                             .len = len};
     return (struct raft_msg){.type = RAFT_MSG_INSTALL_SNAPSHOT,
                              .from = from,
                              .term = term,
@@ -1578,8 +1580,7 @@ TEST(snapshot_report_and_retry)
     uint64_t si;
     lagging_follower(&net, &si);
     struct raft *l = net.nodes[1].r;
-    CHECK_EQ_INT(raft_report_snapshot(net.nodes[2].r, 3, false),
-                 PZ_ENOTLEADER);
+    CHECK_EQ_INT(raft_report_snapshot(net.nodes[2].r, 3, false), PZ_ENOTLEADER);
     /* Failed transfer: back to probe, no resend before a heartbeat
      * answer, then a new snapshot. */
     drop_queue(&net);
@@ -1614,8 +1615,7 @@ TEST(snapshot_report_and_retry)
      * (30 here), heartbeats going on, then probes and resends. */
     drop_queue(&net);
     int ticks = 0;
-    while (count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT) == 0 &&
-           ticks < 100) {
+    while (count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT) == 0 && ticks < 100) {
         CHECK_EQ_INT(peer_of(&net, 1, 3)->state, RAFT_PROGRESS_SNAPSHOT);
         deliver_all(&net);
         raft_tick(l);
@@ -1720,13 +1720,19 @@ TEST(follower_snapshot_rules)
 
     /* APPENDs reaching below the snapshot: the compacted part is skipped
      * (committed, so matching); wholly below: acknowledged at commit. */
-    struct raft_entry es[4] = {
-        {.term = 1, .index = 2}, {.term = 2, .index = 3},
-        {.term = 2, .index = 4}, {.term = 3, .index = 5}};
+    struct raft_entry es[4] = {{.term = 1, .index = 2},
+                               {.term = 2, .index = 3},
+                               {.term = 2, .index = 4},
+                               {.term = 3, .index = 5}};
     inject(&net, 1,
-           (struct raft_msg){.type = RAFT_MSG_APPEND, .from = 2, .term = 3,
-                             .index = 1, .log_term = 1, .commit = 4,
-                             .entries = es, .n_entries = 4});
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 3,
+                             .index = 1,
+                             .log_term = 1,
+                             .commit = 4,
+                             .entries = es,
+                             .n_entries = 4});
     resp = find_msg(&net, 1, RAFT_MSG_APPEND_RESP);
     CHECK(resp != NULL && !resp->reject);
     CHECK_EQ_INT(resp->index, 5);
@@ -1734,9 +1740,14 @@ TEST(follower_snapshot_rules)
     CHECK_EQ_INT(st_of(&net, 1).commit, 4);
     drop_queue(&net);
     inject(&net, 1,
-           (struct raft_msg){.type = RAFT_MSG_APPEND, .from = 2, .term = 3,
-                             .index = 1, .log_term = 1, .commit = 4,
-                             .entries = es, .n_entries = 1});
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 3,
+                             .index = 1,
+                             .log_term = 1,
+                             .commit = 4,
+                             .entries = es,
+                             .n_entries = 1});
     resp = find_msg(&net, 1, RAFT_MSG_APPEND_RESP);
     CHECK(resp != NULL && !resp->reject);
     CHECK_EQ_INT(resp->index, 4);
@@ -1757,9 +1768,14 @@ TEST(follower_snapshot_rules)
      * with it an acknowledgement not handed out yet. */
     struct raft_entry e6 = {.term = 3, .index = 6};
     inject(&net, 1,
-           (struct raft_msg){.type = RAFT_MSG_APPEND, .from = 2, .term = 3,
-                             .index = 5, .log_term = 3, .commit = 4,
-                             .entries = &e6, .n_entries = 1});
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 3,
+                             .index = 5,
+                             .log_term = 3,
+                             .commit = 4,
+                             .entries = &e6,
+                             .n_entries = 1});
     m.term = 4;
     m.snap_index = 6;
     m.snap_term = 4;
@@ -1785,8 +1801,12 @@ TEST(follower_snapshot_rules)
     /* A vote request is judged against the snapshot's last index/term. */
     drop_queue(&net);
     inject(&net, 1,
-           (struct raft_msg){.type = RAFT_MSG_VOTE, .from = 3, .term = 9,
-                             .transfer = true, .index = 5, .log_term = 4});
+           (struct raft_msg){.type = RAFT_MSG_VOTE,
+                             .from = 3,
+                             .term = 9,
+                             .transfer = true,
+                             .index = 5,
+                             .log_term = 4});
     resp = find_msg(&net, 1, RAFT_MSG_VOTE_RESP);
     CHECK(resp != NULL && resp->reject);
     drop_queue(&net);
@@ -1888,8 +1908,7 @@ TEST(restore_from_snapshot)
     CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, NULL, 0),
                  PZ_ECORRUPT); /* above hs.term */
     snap.term = 0;
-    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, NULL, 0),
-                 PZ_ECORRUPT);
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, NULL, 0), PZ_ECORRUPT);
     snap.term = 2;
     e[3].term = 1;
     CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e + 3, 3),
@@ -1945,12 +1964,12 @@ TEST(installed_snapshot_sent_on_only_when_durable)
         CHECK(rd.msgs[i].type != RAFT_MSG_INSTALL_SNAPSHOT);
     raft_advance(r, &rd);
     raft_tick(r);
-    CHECK_EQ_INT(raft_step(r, &(struct raft_msg){.type =
-                                                     RAFT_MSG_HEARTBEAT_RESP,
-                                                 .from = 1,
-                                                 .to = 2,
-                                                 .term = st.term}),
-                 0);
+    CHECK_EQ_INT(
+        raft_step(r, &(struct raft_msg){.type = RAFT_MSG_HEARTBEAT_RESP,
+                                        .from = 1,
+                                        .to = 2,
+                                        .term = st.term}),
+        0);
     raft_ready(r, &rd);
     size_t n = 0;
     for (size_t i = 0; i < rd.n_msgs; i++)

@@ -127,8 +127,8 @@ struct snode {
     size_t n_rx;                          /* received so far */
     bool snap_busy; /* a local snapshot is being written */
     /* the state machine */
-    uint64_t sm;             /* digest of what was applied (chain hash) */
-    uint64_t applied;        /* last applied index */
+    uint64_t sm;              /* digest of what was applied (chain hash) */
+    uint64_t applied;         /* last applied index */
     struct raft_conf sm_conf; /* configuration as of applied */
     /* checks */
     struct mirror *mir;      /* mirror of the core's log, by index-base-1 */
@@ -136,11 +136,11 @@ struct snode {
     uint64_t mir_base;       /* index before mir[0] */
     uint64_t mir_base_chain; /* chain hash at mir_base */
     uint64_t commit;         /* last seen commit (this incarnation) */
-    uint64_t lc_term;      /* term for which lc_checked holds */
-    uint64_t lc_checked;   /* leader completeness checked up to */
-    uint64_t checks;       /* check counter (full scans) */
-    uint64_t marker_term;  /* liveness: term a marker was proposed */
-    uint64_t marker_index; /* liveness: its index */
+    uint64_t lc_term;        /* term for which lc_checked holds */
+    uint64_t lc_checked;     /* leader completeness checked up to */
+    uint64_t checks;         /* check counter (full scans) */
+    uint64_t marker_term;    /* liveness: term a marker was proposed */
+    uint64_t marker_index;   /* liveness: its index */
 };
 
 struct committed_rec {
@@ -526,8 +526,10 @@ static void rebase_mirror(struct sim *s, struct snode *sn, uint64_t base,
     if (k <= sn->n_mir) {
         if (mir_at(sn, base)->term == base_term &&
             mir_at(sn, base)->chain != c->chain)
-            sim_fail(s, "node %d: compacted entry %" PRIu64 " differs from "
-                     "the committed one", (int)sn->id, base);
+            sim_fail(s,
+                     "node %d: compacted entry %" PRIu64 " differs from "
+                     "the committed one",
+                     (int)sn->id, base);
         memmove(sn->mir, sn->mir + k, (sn->n_mir - k) * sizeof *sn->mir);
         sn->n_mir -= k;
     } else {
@@ -673,9 +675,8 @@ static void check_node(struct sim *s, int id)
         for (uint64_t i = PZ_MAX(sn->lc_checked, sn->mir_base) + 1;
              i <= s->n_committed; i++) {
             const struct committed_rec *c = &s->committed[i - 1];
-            if (c->obs_term < st.term &&
-                (i > sn->mir_base + sn->n_mir ||
-                 mir_at(sn, i)->chain != c->chain)) {
+            if (c->obs_term < st.term && (i > sn->mir_base + sn->n_mir ||
+                                          mir_at(sn, i)->chain != c->chain)) {
                 sim_fail(s,
                          "leader completeness: leader %d of term %" PRIu64
                          " lacks committed entry %" PRIu64,
@@ -738,9 +739,10 @@ static void store_write(struct sim *s, struct snode *sn,
     for (size_t i = 0; i < rd->n_entries; i++) {
         const struct raft_entry *e = &rd->entries[i];
         if (e->index <= sn->dbase) {
-            sim_fail(s, "node %d writes entry %" PRIu64 " at or below its "
-                     "compacted log (%" PRIu64 ")", (int)sn->id, e->index,
-                     sn->dbase);
+            sim_fail(s,
+                     "node %d writes entry %" PRIu64 " at or below its "
+                     "compacted log (%" PRIu64 ")",
+                     (int)sn->id, e->index, sn->dbase);
             return;
         }
         while (dlast(sn) >= e->index)
@@ -768,16 +770,17 @@ static void apply_entries(struct sim *s, struct snode *sn,
                      (int)sn->id, e->index, sn->applied);
             return;
         }
-        if (e->index <= sn->mir_base ||
-            e->index > sn->mir_base + sn->n_mir ||
+        if (e->index <= sn->mir_base || e->index > sn->mir_base + sn->n_mir ||
             mir_at(sn, e->index)->term != e->term) {
             sim_fail(s, "node %d applies an entry not in its log", (int)sn->id);
             return;
         }
         const struct raft_entry *d = dlog_at(sn, e->index);
         if (d == NULL || d->term != e->term) {
-            sim_fail(s, "node %d applies entry %" PRIu64 " that is not "
-                     "durable locally", (int)sn->id, e->index);
+            sim_fail(s,
+                     "node %d applies entry %" PRIu64 " that is not "
+                     "durable locally",
+                     (int)sn->id, e->index);
             return;
         }
         uint64_t chain = mir_at(sn, e->index)->chain;
@@ -795,8 +798,10 @@ static void apply_entries(struct sim *s, struct snode *sn,
             pz_assert(raft_conf_decode(e->data, e->len, &sn->sm_conf) == 0);
         }
         if (sn->sm != chain) {
-            sim_fail(s, "node %d: state machine after %" PRIu64 " differs "
-                     "from its log's history", (int)sn->id, e->index);
+            sim_fail(s,
+                     "node %d: state machine after %" PRIu64 " differs "
+                     "from its log's history",
+                     (int)sn->id, e->index);
             return;
         }
         note_committed(s, (int)sn->id, e->index, sn->sm, e->term, st.term);
@@ -871,16 +876,18 @@ static void start_xfer(struct sim *s, struct snode *sn,
     bool same = conf_equal(&c, &sn->dsnap.conf);
     raft_conf_free(&c);
     if (!same) {
-        sim_fail(s, "node %d: INSTALL_SNAPSHOT conf differs from the "
-                 "snapshot file's", (int)sn->id);
+        sim_fail(s,
+                 "node %d: INSTALL_SNAPSHOT conf differs from the "
+                 "snapshot file's",
+                 (int)sn->id);
         return;
     }
     int to = (int)m->to;
     if (to < 1 || to > s->n || to == (int)sn->id)
         return;
     if (!linked(s, m->from, m->to)) {
-        trace(s, "snapshot %" PRIu64 " %d->%d: no connection",
-              m->snap_index, (int)sn->id, to);
+        trace(s, "snapshot %" PRIu64 " %d->%d: no connection", m->snap_index,
+              (int)sn->id, to);
         push_report(s, (int)sn->id, to, false, 1 + rnd(s, 20));
         return;
     }
@@ -895,8 +902,7 @@ static void start_xfer(struct sim *s, struct snode *sn,
         push_report(s, (int)sn->id, to, false, 1 + rnd(s, 100));
         return;
     }
-    struct event *e =
-        ev_new(s, EV_XFER, to, 5 + rnd(s, s->chaos ? 150 : 30));
+    struct event *e = ev_new(s, EV_XFER, to, 5 + rnd(s, s->chaos ? 150 : 30));
     msg_deep_copy(&e->m, m);
     ssnap_copy(&e->snap, &sn->dsnap);
     e->peer = (int)sn->id;
@@ -911,8 +917,7 @@ static void start_xfer(struct sim *s, struct snode *sn,
  * durable log (snapshot included) matches that leader's log up to i: if
  * it still leads in T, the terms at i must agree (Log Matching, checked
  * globally, does the rest). */
-static void check_ack(struct sim *s, struct snode *sn,
-                      const struct raft_msg *m)
+static void check_ack(struct sim *s, struct snode *sn, const struct raft_msg *m)
 {
     uint64_t i = m->index;
     if (i == 0 || m->to < 1 || m->to > (uint64_t)s->n)
@@ -959,20 +964,25 @@ static void send_checked(struct sim *s, struct snode *sn,
 {
     if (m->type == RAFT_MSG_APPEND_RESP && !m->reject) {
         if (m->index > dlast(sn))
-            sim_fail(s, "node %d acks index %" PRIu64 " with %" PRIu64
-                     " entries durable", (int)sn->id, m->index, dlast(sn));
+            sim_fail(s,
+                     "node %d acks index %" PRIu64 " with %" PRIu64
+                     " entries durable",
+                     (int)sn->id, m->index, dlast(sn));
         else
             check_ack(s, sn, m);
     }
     if (m->type == RAFT_MSG_VOTE_RESP && !m->reject &&
         !(sn->hs.term > m->term ||
           (sn->hs.term == m->term && sn->hs.vote == m->to)))
-        sim_fail(s, "node %d grants a vote in term %" PRIu64
-                 " that is not durable", (int)sn->id, m->term);
+        sim_fail(
+            s, "node %d grants a vote in term %" PRIu64 " that is not durable",
+            (int)sn->id, m->term);
     if (m->type == RAFT_MSG_VOTE &&
         !(sn->hs.term >= m->term && m->index <= dlast(sn)))
-        sim_fail(s, "node %d asks for votes before its term/vote/log are "
-                 "durable", (int)sn->id);
+        sim_fail(s,
+                 "node %d asks for votes before its term/vote/log are "
+                 "durable",
+                 (int)sn->id);
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT)
         start_xfer(s, sn, m);
     else
@@ -989,31 +999,44 @@ static void install_snapshot(struct sim *s, struct snode *sn,
         if (sn->rx[k].index == snap->index && sn->rx[k].term == snap->term)
             f = &sn->rx[k];
     if (f == NULL) {
-        sim_fail(s, "node %d installs snapshot %" PRIu64 "/%" PRIu64
-                 " it never received", (int)sn->id, snap->index, snap->term);
+        sim_fail(s,
+                 "node %d installs snapshot %" PRIu64 "/%" PRIu64
+                 " it never received",
+                 (int)sn->id, snap->index, snap->term);
         return;
     }
     if (!conf_equal(&f->conf, &snap->conf))
-        sim_fail(s, "node %d installs a snapshot with another conf than "
-                 "its file's", (int)sn->id);
+        sim_fail(s,
+                 "node %d installs a snapshot with another conf than "
+                 "its file's",
+                 (int)sn->id);
     if (rd->n_committed > 0)
-        sim_fail(s, "node %d: a Ready installing a snapshot applies "
-                 "entries", (int)sn->id);
+        sim_fail(s,
+                 "node %d: a Ready installing a snapshot applies "
+                 "entries",
+                 (int)sn->id);
     if (rd->hs.commit < snap->index)
-        sim_fail(s, "node %d: commit %" PRIu64 " below the installed "
-                 "snapshot", (int)sn->id, rd->hs.commit);
+        sim_fail(s,
+                 "node %d: commit %" PRIu64 " below the installed "
+                 "snapshot",
+                 (int)sn->id, rd->hs.commit);
     if (rd->n_entries > 0 && rd->entries[0].index != snap->index + 1)
-        sim_fail(s, "node %d: entries after an installed snapshot start at "
-                 "%" PRIu64, (int)sn->id, rd->entries[0].index);
+        sim_fail(s,
+                 "node %d: entries after an installed snapshot start at "
+                 "%" PRIu64,
+                 (int)sn->id, rd->entries[0].index);
     /* State machine safety across installs. */
     if (snap->index > s->n_committed ||
         s->committed[snap->index - 1].chain != f->digest)
-        sim_fail(s, "node %d installs a snapshot of %" PRIu64 " that "
-                 "differs from the committed history", (int)sn->id,
-                 snap->index);
+        sim_fail(s,
+                 "node %d installs a snapshot of %" PRIu64 " that "
+                 "differs from the committed history",
+                 (int)sn->id, snap->index);
     if (snap->index <= sn->applied)
-        sim_fail(s, "node %d installs snapshot %" PRIu64 " at or below "
-                 "applied %" PRIu64, (int)sn->id, snap->index, sn->applied);
+        sim_fail(s,
+                 "node %d installs snapshot %" PRIu64 " at or below "
+                 "applied %" PRIu64,
+                 (int)sn->id, snap->index, sn->applied);
     if (s->failed)
         return;
     ssnap_copy(&sn->install, f);
@@ -1036,16 +1059,18 @@ static void maybe_snapshot(struct sim *s, int id)
     struct raft_snapshot_meta meta;
     int rc = raft_snapshot_meta_at(sn->r, sn->applied, &meta);
     if (rc != 0) {
-        sim_fail(s, "node %d: no snapshot meta at applied %" PRIu64 ": %s",
-                 id, sn->applied, pz_strerror(rc));
+        sim_fail(s, "node %d: no snapshot meta at applied %" PRIu64 ": %s", id,
+                 sn->applied, pz_strerror(rc));
         return;
     }
     if (!conf_equal(&meta.conf, &sn->sm_conf))
-        sim_fail(s, "node %d: snapshot conf at %" PRIu64 " differs from "
-                 "the applied one", id, sn->applied);
+        sim_fail(s,
+                 "node %d: snapshot conf at %" PRIu64 " differs from "
+                 "the applied one",
+                 id, sn->applied);
     if (meta.term != s->committed[sn->applied - 1].term)
-        sim_fail(s, "node %d: snapshot term at %" PRIu64 " is %" PRIu64,
-                 id, sn->applied, meta.term);
+        sim_fail(s, "node %d: snapshot term at %" PRIu64 " is %" PRIu64, id,
+                 sn->applied, meta.term);
     struct event *e =
         ev_new(s, EV_SNAP_DONE, id, rnd(s, s->snap_write_max + 1));
     e->snap.index = meta.index;
@@ -1079,18 +1104,20 @@ static void snap_done(struct sim *s, int id, const struct sim_snapshot *f)
     struct raft_status st;
     raft_status(sn->r, &st);
     if (st.snap_index != f->index || st.snap_term != f->term)
-        sim_fail(s, "node %d: snapshot point %" PRIu64 "/%" PRIu64
-                 " after compacting at %" PRIu64 "/%" PRIu64, id,
-                 st.snap_index, st.snap_term, f->index, f->term);
+        sim_fail(s,
+                 "node %d: snapshot point %" PRIu64 "/%" PRIu64
+                 " after compacting at %" PRIu64 "/%" PRIu64,
+                 id, st.snap_index, st.snap_term, f->index, f->term);
     uint64_t upto = st.first_index - 1;
-    trace(s, "node %d compacts at %" PRIu64 ", log from %" PRIu64, id,
-          f->index, upto + 1);
+    trace(s, "node %d compacts at %" PRIu64 ", log from %" PRIu64, id, f->index,
+          upto + 1);
     if (upto > sn->dbase && !chance(s, s->store_keep_pct)) {
         const struct raft_entry *d = dlog_at(sn, upto);
         if (d == NULL || d->term != st.compact_term) {
-            sim_fail(s, "node %d: compaction point %" PRIu64 " is not "
-                     "durable with term %" PRIu64, id, upto,
-                     st.compact_term);
+            sim_fail(s,
+                     "node %d: compaction point %" PRIu64 " is not "
+                     "durable with term %" PRIu64,
+                     id, upto, st.compact_term);
             return;
         }
         dlog_compact(sn, upto);
@@ -1459,8 +1486,7 @@ static void handle_event(struct sim *s, struct event *e)
         if (ok) {
             ssnap_copy(&sn->rx[sn->n_rx++ % SIM_RX_FILES], &e->snap);
             if (raft_step(sn->r, &e->m) != 0)
-                sim_fail(s, "node %d rejected a well-formed snapshot",
-                         e->node);
+                sim_fail(s, "node %d rejected a well-formed snapshot", e->node);
         }
         if (e->report || !ok)
             push_report(s, e->peer, e->node, ok, 1 + rnd(s, 10));
@@ -1563,10 +1589,10 @@ static void sim_free(struct sim *s)
 }
 
 struct sim_stats {
-    uint64_t events;  /* events processed */
-    uint64_t commits; /* distinct committed entries */
-    uint64_t reads;   /* confirmed reads */
-    uint64_t leaders; /* leaders elected */
+    uint64_t events;   /* events processed */
+    uint64_t commits;  /* distinct committed entries */
+    uint64_t reads;    /* confirmed reads */
+    uint64_t leaders;  /* leaders elected */
     uint64_t snaps;    /* local snapshots taken (compactions) */
     uint64_t installs; /* snapshots installed from a leader */
 };
