@@ -1308,8 +1308,10 @@ static void handle_snapshot(struct raft *r, const struct raft_msg *m)
         r->persisted = PZ_MAX(r->persisted, si);
     } else {
         /* 7. "Discard the entire log". Our entry at si differs from a
-         * committed one, so nothing after it can be committed. */
-        drop_acks_from(r, si + 1);
+         * committed one, so nothing after it can be committed. Entries
+         * above our commit index may be replaced: acknowledgements of
+         * them not handed out yet would claim what we will not hold. */
+        drop_acks_from(r, r->commit + 1);
         log_reset(&r->log, si, st);
         r->persisted = si;
     }
