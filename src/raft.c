@@ -1582,6 +1582,11 @@ static bool restore_valid(const struct raft_hard_state *hs, uint64_t si,
     uint64_t first = n ? entries[0].index : si + 1;
     if (si == 0 ? first != 1 : (first == 0 || first > si + 1))
         return false;
+    /* A log reaching into the snapshot must reach its index: one that
+     * ends inside it belongs to an older state (e.g. a received snapshot
+     * whose install never became durable). */
+    if (n > 0 && first <= si && first + n - 1 < si)
+        return false;
     uint64_t prev_term = 0;
     for (size_t i = 0; i < n; i++) {
         const struct raft_entry *e = &entries[i];

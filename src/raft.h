@@ -266,10 +266,15 @@ int raft_restore(struct raft *r, const struct raft_hard_state *hs,
  * index is hs->commit clamped to the last index, and at least snap->index;
  * applied starts at max(config.applied, snap->index): committed entries
  * handed out start right after it.
+ * snap must be the snapshot recorded durably together with this log: the
+ * latest one taken locally, or installed by a Ready that became durable;
+ * never a received file whose install Ready was not written.
  * Returns 0, PZ_EBUSY (node not fresh), PZ_ECORRUPT (gaps, a log that
- * starts after snap->index + 1 or not at 1 without a snapshot, an entry at
+ * starts after snap->index + 1 or not at 1 without a snapshot, or that
+ * starts at or below snap->index but ends before it, an entry at
  * snap->index with another term, decreasing terms, a term above hs->term,
- * undecodable CONF entry, snapshot term 0 or above hs->term). */
+ * undecodable CONF entry, snapshot term 0 or above hs->term, a conf with
+ * id 0 or a duplicate id). */
 int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
                           const struct raft_snapshot_meta *snap,
                           const struct raft_entry *entries, size_t n);

@@ -1901,6 +1901,8 @@ TEST(restore_from_snapshot)
     r = raft_new(&cfg, NULL);
     CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e + 4, 2),
                  PZ_ECORRUPT); /* gap: starts at 7 */
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e, 2),
+                 PZ_ECORRUPT); /* 3..4: ends inside the snapshot */
     snap.term = 3;
     CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e, 6),
                  PZ_ECORRUPT); /* entry 5 has term 2 */

@@ -1203,9 +1203,11 @@ static void node_start(struct sim *s, int id)
         raft_conf_free(&c);
     } else {
         /* The durable log must continue the durable snapshot: no gap
-         * after it, the same term at its index. */
+         * after it; if it reaches into it, it reaches its index, with the
+         * same term. */
         const struct raft_entry *at = dlog_at(sn, sn->dsnap.index);
         if (sn->dbase > sn->dsnap.index ||
+            (sn->dbase < sn->dsnap.index && at == NULL && sn->n_log > 0) ||
             (at != NULL && at->term != sn->dsnap.term))
             sim_fail(s,
                      "node %d: durable log (from %" PRIu64 ") does not "
