@@ -39,10 +39,13 @@
  *    raft_snapshot_meta_at(r, A, &meta) and write the state machine as of A
  *    together with meta (index, term, conf) to a snapshot file, off the hot
  *    path. Once the file is durable, call raft_compact(r, A, trailing);
- *    then drop the same log prefix durably: store_compact(first_index - 1,
- *    compact_term) from raft_status (or less; never more).
- *  - restart: load the newest durable snapshot file (state machine +
- *    meta) and the stored log after it, then raft_restore_snapshot().
+ *    if it returns 0, drop the same log prefix durably: store_compact(
+ *    first_index - 1, compact_term) from raft_status (or less; never
+ *    more); PZ_ECANCELED: the file is obsolete, drop it.
+ *  - restart: load the current snapshot (state machine + meta: the latest
+ *    local one whose file is durable, or the last one installed by a
+ *    durable Ready, never a received file whose install was not written)
+ *    and the stored log, then raft_restore_snapshot().
  *  - sending one: an INSTALL_SNAPSHOT in rd.msgs names (snap_index,
  *    snap_term): the driver streams the file of that snapshot to m.to and
  *    delivers m to the peer's core only once the whole file has arrived
