@@ -1,5 +1,6 @@
 /* raft.c - the pure Raft consensus core: log, elections, replication,
- * membership, leadership transfer, ReadIndex and the Ready cycle.
+ * membership, leadership transfer, ReadIndex, snapshots and the Ready
+ * cycle.
  *
  * Happy path: followers tick until an election timeout, run Pre-Vote, then
  * a real election; the winner appends a NOOP and replicates it; proposals
@@ -18,6 +19,14 @@
  * Entry payloads are reference counted (`rbuf`), so the log, messages in
  * the outbox and the Ready handed out can share them without copies and a
  * truncation never frees a payload still referenced by a Ready.
+ *
+ * Snapshots: the log holds entries offset+1..last; the entry at offset is
+ * gone but its term is kept (the boundary). The snapshot point `snap`
+ * (index, term, conf) satisfies offset <= snap.index <= commit: compaction
+ * (raft_compact) moves it forward on the driver's word, keeping trailing
+ * entries; a follower moves it with INSTALL_SNAPSHOT, which the next Ready
+ * hands to the driver to install durably. A leader whose follower needs an
+ * entry at or below offset sends the snapshot instead (progress SNAPSHOT).
  *
  * Failure modes: malformed peer messages return PZ_EINVAL and change
  * nothing; stale messages are ignored; broken invariants pz_assert. */
@@ -81,7 +90,7 @@ struct rlog {
     struct raft_entry *e; /* entries offset+1 .. offset+n */
     size_t n;             /* entries held */
     size_t cap;           /* allocated slots */
-    uint64_t offset;      /* index before e[0] (snapshot index; 0 for now) */
+    uint64_t offset;      /* index before e[0] (compacted up to here) */
     uint64_t offset_term; /* term of the entry at offset */
 };
 
@@ -131,6 +140,30 @@ static void log_truncate(struct rlog *l, uint64_t index)
         l->n--;
         rbuf_unref(l->e[l->n].data);
     }
+}
+
+/* Deletes entries <= index (compaction); offset becomes index. */
+static void log_compact(struct rlog *l, uint64_t index)
+{
+    pz_assert(index > l->offset && index <= log_last(l));
+    size_t k = (size_t)(index - l->offset);
+    uint64_t term = l->e[k - 1].term;
+    for (size_t i = 0; i < k; i++)
+        rbuf_unref(l->e[i].data);
+    memmove(l->e, l->e + k, (l->n - k) * sizeof *l->e);
+    l->n -= k;
+    l->offset = index;
+    l->offset_term = term;
+}
+
+/* Drops every entry: the log becomes empty after (index, term). */
+static void log_reset(struct rlog *l, uint64_t index, uint64_t term)
+{
+    for (size_t i = 0; i < l->n; i++)
+        rbuf_unref(l->e[i].data);
+    l->n = 0;
+    l->offset = index;
+    l->offset_term = term;
 }
 
 static void log_free(struct rlog *l)
@@ -207,6 +240,8 @@ struct progress {
     bool want_empty;       /* send an APPEND even if it has no entries
                               (its prev index tells whether entries in
                               flight were lost) */
+    uint64_t pending_snap; /* snapshot: index of the snapshot sent */
+    int snap_elapsed;      /* snapshot: ticks without answer or report */
 };
 
 struct pending_read {
@@ -240,14 +275,20 @@ struct raft {
     uint8_t role;    /* enum raft_role */
     uint64_t leader; /* known leader, 0 if none */
 
-    struct rlog log;    /* the log */
+    struct rlog log;                /* the log */
+    struct raft_snapshot_meta snap; /* snapshot point (index 0: none) */
+    uint8_t *snap_conf;             /* rbuf: raft_conf_encode(snap.conf) */
+    size_t snap_conf_len;           /* its bytes */
+    bool snap_unsent;   /* installed from the leader, not yet in a Ready */
+    bool snap_handed;   /* installed, in the Ready in flight */
     uint64_t persisted; /* last durable index matching the log */
     uint64_t unsent;    /* first index not handed to a Ready */
     uint64_t applied;   /* last index handed out as committed */
     bool in_flight;     /* a Ready is taken, not advanced */
 
     struct raft_conf conf; /* current configuration */
-    uint64_t conf_index;   /* index of its entry (0 if none) */
+    uint64_t conf_index;   /* index of its entry (snap.index if it came
+                              with the snapshot; 0 if none) */
     bool prev_voter;       /* voter in the conf before that one */
     bool conf_changed;     /* since the previous Ready */
 
@@ -284,14 +325,15 @@ struct raft {
     struct raft_soft_state prev_ss; /* soft state of the previous Ready */
 
     /* What the last Ready points to, freed at the next raft_ready(). */
-    struct msgvec rd_out;            /* Ready.msgs */
-    struct msgvec rd_after;          /* Ready.msgs_after_persist */
-    struct raft_entry *rd_entries;   /* Ready.entries */
-    size_t rd_n_entries;             /* count */
-    struct raft_entry *rd_committed; /* Ready.committed */
-    size_t rd_n_committed;           /* count */
-    struct raft_read_state *rd_rs;   /* Ready.read_states */
-    uint64_t *rd_dropped;            /* Ready.dropped_reads */
+    struct msgvec rd_out;              /* Ready.msgs */
+    struct msgvec rd_after;            /* Ready.msgs_after_persist */
+    struct raft_entry *rd_entries;     /* Ready.entries */
+    size_t rd_n_entries;               /* count */
+    struct raft_entry *rd_committed;   /* Ready.committed */
+    size_t rd_n_committed;             /* count */
+    struct raft_read_state *rd_rs;     /* Ready.read_states */
+    uint64_t *rd_dropped;              /* Ready.dropped_reads */
+    struct raft_snapshot_meta rd_snap; /* Ready.snapshot (a copy) */
 
     struct raft_peer_status *status_buf; /* raft_status peers */
 };
@@ -449,9 +491,10 @@ static void apply_conf_entry(struct raft *r, const struct raft_entry *e)
         sync_progress(r);
 }
 
-/* After a truncation removed the conf entry in use: fall back to the
- * latest one left in the log (thesis §4.1, a log entry "that is removed
- * ... reverts to the previous configuration"). */
+/* The configuration from the log (restart, snapshot install, or after a
+ * truncation removed the conf entry in use): the latest conf entry left
+ * in the log, else the snapshot's (thesis §4.1, a log entry "that is
+ * removed ... reverts to the previous configuration"). */
 static void recompute_conf(struct raft *r)
 {
     /* The two latest conf entries left: the previous one sets prev_voter,
@@ -466,15 +509,56 @@ static void recompute_conf(struct raft *r)
         else
             prev = e;
     }
-    raft_conf_free(&r->conf);
-    r->conf_index = 0;
+    /* The snapshot's conf comes before any entry left in the log. */
+    raft_conf_copy(&r->conf, &r->snap.conf);
+    r->conf_index = r->snap.index;
     r->conf_changed = true;
+    r->prev_voter = false;
     if (prev != NULL)
         apply_conf_entry(r, prev);
     if (latest != NULL)
         apply_conf_entry(r, latest);
-    else
-        r->prev_voter = false;
+    else if (r->role == RAFT_LEADER)
+        sync_progress(r);
+}
+
+/* The configuration as of index (snap.index <= index <= last): the latest
+ * conf entry at or before index, else the snapshot's. Initializes out. */
+static void conf_as_of(const struct raft *r, uint64_t index,
+                       struct raft_conf *out)
+{
+    raft_conf_init(out);
+    if (r->conf_index <= index) {
+        /* The latest conf entry of the whole log is at or before index. */
+        raft_conf_copy(out, &r->conf);
+        return;
+    }
+    for (uint64_t i = index; i > r->snap.index; i--) {
+        const struct raft_entry *e = log_at(&r->log, i);
+        if (e->type == RAFT_ENTRY_CONF) {
+            int rc = raft_conf_decode(e->data, e->len, out);
+            pz_assert(rc == 0);
+            return;
+        }
+    }
+    raft_conf_copy(out, &r->snap.conf);
+}
+
+/* Records the snapshot point (conf copied) and its encoded conf, shared by
+ * the INSTALL_SNAPSHOT messages built from it. */
+static void snap_set(struct raft *r, uint64_t index, uint64_t term,
+                     const struct raft_conf *conf)
+{
+    r->snap.index = index;
+    r->snap.term = term;
+    raft_conf_copy(&r->snap.conf, conf);
+    uint8_t *buf;
+    size_t len;
+    raft_conf_encode(&r->snap.conf, &buf, &len);
+    rbuf_unref(r->snap_conf);
+    r->snap_conf = rbuf_new(buf, len);
+    r->snap_conf_len = len;
+    pz_free(buf);
 }
 
 /* Append an entry created here or received (takes the payload ref). */
@@ -483,6 +567,24 @@ static void append_entry(struct raft *r, const struct raft_entry *e)
     log_append(&r->log, e);
     if (e->type == RAFT_ENTRY_CONF)
         apply_conf_entry(r, log_at(&r->log, e->index));
+}
+
+/* Acknowledgements not yet handed out that cover entries >= index, about
+ * to be removed, would claim entries this node will never have durably:
+ * drop them. */
+static void drop_acks_from(struct raft *r, uint64_t index)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < r->out_after.n; i++) {
+        struct raft_msg *m = &r->out_after.m[i];
+        if (m->type == RAFT_MSG_APPEND_RESP && !m->reject &&
+            m->index >= index) {
+            msg_release(m);
+            continue;
+        }
+        r->out_after.m[k++] = *m;
+    }
+    r->out_after.n = k;
 }
 
 /* Delete entries >= index (a follower's conflicting suffix). */
@@ -496,19 +598,7 @@ static void truncate_log(struct raft *r, uint64_t index)
         r->persisted = index - 1;
     if (r->unsent > index)
         r->unsent = index;
-    /* Acknowledgements not yet handed out that cover removed entries would
-     * claim entries this node will never have durably: drop them. */
-    size_t k = 0;
-    for (size_t i = 0; i < r->out_after.n; i++) {
-        struct raft_msg *m = &r->out_after.m[i];
-        if (m->type == RAFT_MSG_APPEND_RESP && !m->reject &&
-            m->index >= index) {
-            msg_release(m);
-            continue;
-        }
-        r->out_after.m[k++] = *m;
-    }
-    r->out_after.n = k;
+    drop_acks_from(r, index);
     if (r->conf_index >= index)
         recompute_conf(r);
 }
@@ -759,18 +849,56 @@ static bool progress_paused(const struct raft *r, const struct progress *pr)
 {
     if (pr->state == RAFT_PROGRESS_PROBE)
         return pr->probe_sent;
+    if (pr->state == RAFT_PROGRESS_SNAPSHOT)
+        return true;
     return infl_full(r, pr);
 }
 
-/* Sends one APPEND to pr if allowed. Empty APPENDs (commit updates) only
- * if send_empty. Returns whether a message was sent. */
+/* Thesis §5.1: "the leader must occasionally send snapshots to followers
+ * that lag behind", when it has discarded the next entry it needs to send.
+ * One INSTALL_SNAPSHOT, then nothing but heartbeats until it is answered,
+ * reported or times out. */
+static void send_snapshot(struct raft *r, struct progress *pr)
+{
+    /* A snapshot installed from an earlier leader is sent on only once it
+     * is durable here (the driver could not stream it before). The probe
+     * is retried at a later flush. */
+    if (r->snap_unsent || r->snap_handed)
+        return;
+    pz_assert(r->snap.index > 0 && r->snap.index >= r->log.offset);
+    struct raft_msg *m = new_msg(r, false, RAFT_MSG_INSTALL_SNAPSHOT, pr->id);
+    m->snap_index = r->snap.index;
+    m->snap_term = r->snap.term;
+    m->entries = pz_malloc(sizeof *m->entries);
+    m->n_entries = 1;
+    m->entries[0] = (struct raft_entry){.term = r->snap.term,
+                                        .index = r->snap.index,
+                                        .type = RAFT_ENTRY_CONF,
+                                        .data = r->snap_conf,
+                                        .len = r->snap_conf_len};
+    rbuf_ref(r->snap_conf);
+    pr->state = RAFT_PROGRESS_SNAPSHOT;
+    pr->pending_snap = r->snap.index;
+    pr->snap_elapsed = 0;
+    pr->next = r->snap.index + 1;
+    pr->probe_sent = false;
+    pr->infl_start = 0;
+    pr->infl_n = 0;
+}
+
+/* Sends one APPEND to pr if allowed (or the snapshot, if it needs
+ * compacted entries). Empty APPENDs (commit updates) only if send_empty.
+ * Returns whether an APPEND was sent (more may follow). */
 static bool send_append(struct raft *r, struct progress *pr, bool send_empty)
 {
     if (progress_paused(r, pr))
         return false;
     uint64_t last = log_last(&r->log);
     uint64_t prev = pr->next - 1;
-    pz_assert(prev >= r->log.offset); /* snapshots: not yet */
+    if (prev < r->log.offset) {
+        send_snapshot(r, pr);
+        return false;
+    }
     size_t n = 0, bytes = 0;
     while (pr->next + n <= last) {
         const struct raft_entry *e = log_at(&r->log, pr->next + n);
@@ -1066,20 +1194,38 @@ static bool append_valid(const struct raft_msg *m)
 static void handle_append(struct raft *r, const struct raft_msg *m)
 {
     uint64_t last = log_last(&r->log);
+    uint64_t prev = m->index, prev_term = m->log_term;
+    const struct raft_entry *ents = m->entries;
+    size_t n = m->n_entries;
+    if (prev < r->log.offset) {
+        /* Entries up to offset are compacted into our snapshot: they are
+         * committed, so they match any current leader's log (Leader
+         * Completeness). Skip them. */
+        size_t skip = (size_t)PZ_MIN(r->log.offset - prev, (uint64_t)n);
+        ents += skip;
+        n -= skip;
+        prev += skip;
+        if (prev < r->log.offset) {
+            /* Nothing past our snapshot: our log matches up to commit. */
+            send_append_resp(r, m->from, r->commit);
+            return;
+        }
+        prev_term = r->log.offset_term;
+    }
     /* 2. Reply false if log doesn't contain an entry at prevLogIndex whose
      * term matches prevLogTerm. */
-    if (m->index > last || log_term(&r->log, m->index) != m->log_term) {
+    if (prev > last || log_term(&r->log, prev) != prev_term) {
         struct raft_msg *resp = new_msg(r, true, RAFT_MSG_APPEND_RESP, m->from);
         resp->reject = true;
-        resp->index = m->index;
+        resp->index = prev;
         /* Thesis §5.3 (fast backtracking): report the conflicting term and
          * the first index we hold for it, or our last index + 1. */
-        if (m->index > last) {
+        if (prev > last) {
             resp->log_term = 0;
             resp->reject_hint = last + 1;
         } else {
-            uint64_t t = log_term(&r->log, m->index);
-            uint64_t i = m->index;
+            uint64_t t = log_term(&r->log, prev);
+            uint64_t i = prev;
             while (i - 1 > r->log.offset && i - 1 > r->commit &&
                    log_term(&r->log, i - 1) == t)
                 i--;
@@ -1092,8 +1238,8 @@ static void handle_append(struct raft *r, const struct raft_msg *m)
      * different terms), delete the existing entry and all that follow it.
      * 4. Append any new entries not already in the log. */
     size_t i = 0;
-    for (; i < m->n_entries; i++) {
-        const struct raft_entry *e = &m->entries[i];
+    for (; i < n; i++) {
+        const struct raft_entry *e = &ents[i];
         if (e->index > log_last(&r->log))
             break;
         if (log_term(&r->log, e->index) != e->term) {
@@ -1101,13 +1247,13 @@ static void handle_append(struct raft *r, const struct raft_msg *m)
             break;
         }
     }
-    for (; i < m->n_entries; i++) {
+    for (; i < n; i++) {
         struct raft_entry e;
-        e = m->entries[i];
-        e.data = rbuf_new(m->entries[i].data, m->entries[i].len);
+        e = ents[i];
+        e.data = rbuf_new(ents[i].data, ents[i].len);
         append_entry(r, &e);
     }
-    uint64_t last_new = m->index + m->n_entries;
+    uint64_t last_new = prev + n;
     /* 5. If leaderCommit > commitIndex, set commitIndex =
      * min(leaderCommit, index of last new entry). */
     commit_to(r, PZ_MIN(m->commit, last_new));
@@ -1120,6 +1266,66 @@ static void handle_heartbeat(struct raft *r, const struct raft_msg *m)
     commit_to(r, PZ_MIN(m->commit, log_last(&r->log)));
     struct raft_msg *resp = new_msg(r, false, RAFT_MSG_HEARTBEAT_RESP, m->from);
     resp->context = m->context;
+}
+
+/* Validates the shape of an INSTALL_SNAPSHOT before anything changes. */
+static bool snapshot_valid(const struct raft_msg *m)
+{
+    if (m->snap_index == 0 || m->snap_term == 0 || m->snap_term > m->term ||
+        m->n_entries != 1)
+        return false;
+    const struct raft_entry *e = &m->entries[0];
+    if (e->type != RAFT_ENTRY_CONF || e->index != m->snap_index ||
+        e->term != m->snap_term || (e->len > 0 && e->data == NULL))
+        return false;
+    struct raft_conf c;
+    if (raft_conf_decode(e->data, e->len, &c) != 0)
+        return false;
+    raft_conf_free(&c);
+    return true;
+}
+
+/* Thesis Figure 5.3 (InstallSnapshot receiver), whole snapshots: the
+ * driver has received and checked the state machine file already. */
+static void handle_snapshot(struct raft *r, const struct raft_msg *m)
+{
+    uint64_t si = m->snap_index, st = m->snap_term;
+    if (si <= r->commit) {
+        /* Everything it covers is committed here already (a duplicate, or
+         * we caught up meanwhile): nothing to install. */
+        send_append_resp(r, m->from, r->commit);
+        return;
+    }
+    struct raft_conf c;
+    int rc = raft_conf_decode(m->entries[0].data, m->entries[0].len, &c);
+    pz_assert(rc == 0);
+    if (log_term(&r->log, si) == st) {
+        /* 6. "If existing log entry has same index and term as snapshot's
+         * last included entry, retain log entries following it". They
+         * match the leader's log up to si; acknowledgements already given
+         * for them stay true. */
+        log_compact(&r->log, si);
+        r->persisted = PZ_MAX(r->persisted, si);
+    } else {
+        /* 7. "Discard the entire log". Our entry at si differs from a
+         * committed one, so nothing after it can be committed. Entries
+         * above our commit index may be replaced: acknowledgements of
+         * them not handed out yet would claim what we will not hold. */
+        drop_acks_from(r, r->commit + 1);
+        log_reset(&r->log, si, st);
+        r->persisted = si;
+    }
+    snap_set(r, si, st, &c);
+    raft_conf_free(&c);
+    /* 8. "Reset state machine using snapshot contents": through the next
+     * Ready, which also rewrites the stored log from si + 1 (the retained
+     * suffix is handed again). */
+    r->commit = si;
+    r->applied = si;
+    r->unsent = si + 1;
+    r->snap_unsent = true;
+    recompute_conf(r);
+    send_append_resp(r, m->from, si);
 }
 
 /* --- leader: responses ---------------------------------------------------- */
@@ -1139,8 +1345,9 @@ static void handle_append_resp(struct raft *r, const struct raft_msg *m)
     pr->last_contact = r->ticks;
     if (m->reject) {
         /* Stale rejections (for an index we already know matches, or not
-         * the outstanding probe) carry no news. */
-        if (m->index <= pr->match)
+         * the outstanding probe, or while a snapshot is on its way) carry
+         * no news. */
+        if (m->index <= pr->match || pr->state == RAFT_PROGRESS_SNAPSHOT)
             return;
         if (pr->state == RAFT_PROGRESS_PROBE && m->index != pr->next - 1)
             return;
@@ -1170,8 +1377,11 @@ static void handle_append_resp(struct raft *r, const struct raft_msg *m)
             pr->next = m->index + 1;
         if (pr->state == RAFT_PROGRESS_PROBE)
             become_replicate(r, pr);
-        else
+        else if (pr->state == RAFT_PROGRESS_REPLICATE)
             infl_free_to(r, pr, m->index);
+        else if (pr->match >= pr->pending_snap || pr->match >= r->log.offset)
+            /* The snapshot is installed, or entries can reach it again. */
+            become_replicate(r, pr);
         r->need_flush = true;
         leader_maybe_commit(r);
         if (r->role != RAFT_LEADER)
@@ -1232,14 +1442,17 @@ static void step_candidate(struct raft *r, const struct raft_msg *m)
     switch (m->type) {
     case RAFT_MSG_APPEND:
     case RAFT_MSG_HEARTBEAT:
+    case RAFT_MSG_INSTALL_SNAPSHOT:
         /* Thesis §3.4: "If the leader's term is at least as large as the
          * candidate's current term, then the candidate recognizes the
          * leader as legitimate and returns to follower state." */
         become_follower(r, m->term, m->from);
         if (m->type == RAFT_MSG_APPEND)
             handle_append(r, m);
-        else
+        else if (m->type == RAFT_MSG_HEARTBEAT)
             handle_heartbeat(r, m);
+        else
+            handle_snapshot(r, m);
         break;
     case RAFT_MSG_PREVOTE_RESP:
     case RAFT_MSG_VOTE_RESP:
@@ -1262,6 +1475,11 @@ static void step_follower(struct raft *r, const struct raft_msg *m)
         r->election_elapsed = 0;
         r->leader = m->from;
         handle_heartbeat(r, m);
+        break;
+    case RAFT_MSG_INSTALL_SNAPSHOT:
+        r->election_elapsed = 0;
+        r->leader = m->from;
+        handle_snapshot(r, m);
         break;
     case RAFT_MSG_TIMEOUT_NOW:
         /* Thesis §3.10: the target "starts a new election immediately",
@@ -1299,6 +1517,8 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
         r->cfg.max_inflight_msgs = 256;
     if (r->cfg.max_bytes_per_msg == 0)
         r->cfg.max_bytes_per_msg = 1024 * 1024;
+    if (r->cfg.snapshot_timeout_ticks <= 0)
+        r->cfg.snapshot_timeout_ticks = 10 * cfg->election_ticks;
     r->rng = cfg->seed ^ (cfg->id * 0x9E3779B97F4A7C15ull);
     r->fresh = true;
     r->role = RAFT_FOLLOWER;
@@ -1324,6 +1544,8 @@ static void free_handed(struct raft *r)
     r->rd_rs = NULL;
     pz_free(r->rd_dropped);
     r->rd_dropped = NULL;
+    raft_conf_free(&r->rd_snap.conf);
+    memset(&r->rd_snap, 0, sizeof r->rd_snap);
 }
 
 void raft_free(struct raft *r)
@@ -1337,6 +1559,8 @@ void raft_free(struct raft *r)
     msgvec_free(&r->out_after);
     log_free(&r->log);
     raft_conf_free(&r->conf);
+    raft_conf_free(&r->snap.conf);
+    rbuf_unref(r->snap_conf);
     clear_progress(r);
     pz_free(r->votes);
     pz_free(r->reads);
@@ -1347,37 +1571,97 @@ void raft_free(struct raft *r)
     pz_free(r);
 }
 
-int raft_restore(struct raft *r, const struct raft_hard_state *hs,
-                 const struct raft_entry *entries, size_t n)
+/* Checks a restored log (see raft_restore_snapshot) before anything is
+ * kept. */
+static bool restore_valid(const struct raft_hard_state *hs, uint64_t si,
+                          uint64_t st, const struct raft_entry *entries,
+                          size_t n)
 {
-    if (!r->fresh)
-        return PZ_EBUSY;
+    if (si > 0 && (st == 0 || st > hs->term))
+        return false;
+    uint64_t first = n ? entries[0].index : si + 1;
+    if (si == 0 ? first != 1 : (first == 0 || first > si + 1))
+        return false;
+    /* A log reaching into the snapshot must reach its index: one that
+     * ends inside it belongs to an older state (e.g. a received snapshot
+     * whose install never became durable). */
+    if (n > 0 && first <= si && first + n - 1 < si)
+        return false;
     uint64_t prev_term = 0;
     for (size_t i = 0; i < n; i++) {
         const struct raft_entry *e = &entries[i];
-        if (e->index != i + 1 || e->term < prev_term || e->term > hs->term ||
-            e->term == 0 || e->type > RAFT_ENTRY_NOOP ||
+        if (e->index != first + i || e->term < prev_term ||
+            e->term > hs->term || e->term == 0 || e->type > RAFT_ENTRY_NOOP ||
             (e->len > 0 && e->data == NULL))
-            return PZ_ECORRUPT;
+            return false;
+        if ((e->index == si && e->term != st) ||
+            (e->index < si && e->term > st) || (e->index > si && e->term < st))
+            return false;
         if (e->type == RAFT_ENTRY_CONF) {
             struct raft_conf c;
             if (raft_conf_decode(e->data, e->len, &c) != 0)
-                return PZ_ECORRUPT;
+                return false;
             raft_conf_free(&c);
         }
         prev_term = e->term;
     }
+    return true;
+}
+
+int raft_restore(struct raft *r, const struct raft_hard_state *hs,
+                 const struct raft_entry *entries, size_t n)
+{
+    return raft_restore_snapshot(r, hs, NULL, entries, n);
+}
+
+int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
+                          const struct raft_snapshot_meta *snap,
+                          const struct raft_entry *entries, size_t n)
+{
+    if (!r->fresh)
+        return PZ_EBUSY;
+    uint64_t si = snap != NULL ? snap->index : 0;
+    uint64_t st = si > 0 ? snap->term : 0;
+    if (!restore_valid(hs, si, st, entries, n))
+        return PZ_ECORRUPT;
+    struct raft_conf sc;
+    raft_conf_init(&sc);
+    for (size_t i = 0; si > 0 && i < snap->conf.n; i++) {
+        const struct raft_server *sv = &snap->conf.servers[i];
+        if (raft_conf_add(&sc, sv->id, sv->voter, sv->meta) != 0) {
+            raft_conf_free(&sc);
+            return PZ_ECORRUPT;
+        }
+    }
     r->fresh = false;
     r->term = hs->term;
     r->vote = hs->vote;
-    for (size_t i = 0; i < n; i++) {
-        struct raft_entry e = entries[i];
-        e.data = rbuf_new(entries[i].data, entries[i].len);
-        append_entry(r, &e);
+    if (si > 0)
+        snap_set(r, si, st, &sc);
+    raft_conf_free(&sc);
+    /* The log starts after the snapshot, or after the first entry given
+     * if trailing entries below the snapshot were kept (its term is the
+     * boundary's). */
+    size_t k = 0;
+    if (n > 0 && entries[0].index <= si) {
+        r->log.offset = entries[0].index;
+        r->log.offset_term = entries[0].term;
+        k = 1;
+    } else {
+        r->log.offset = si;
+        r->log.offset_term = st;
     }
-    r->commit = PZ_MIN(hs->commit, log_last(&r->log));
+    for (; k < n; k++) {
+        struct raft_entry e = entries[k];
+        e.data = rbuf_new(entries[k].data, entries[k].len);
+        log_append(&r->log, &e);
+    }
+    recompute_conf(r);
+    r->commit = PZ_MAX(si, PZ_MIN(hs->commit, log_last(&r->log)));
     r->persisted = log_last(&r->log);
     r->unsent = r->persisted + 1;
+    if (r->applied < si)
+        r->applied = si;
     if (r->applied > r->commit)
         r->applied = r->commit;
     r->prev_hs.term = r->term;
@@ -1466,6 +1750,15 @@ void raft_tick(struct raft *r)
             }
         }
     }
+    for (size_t i = 0; i < r->n_prs; i++) {
+        struct progress *pr = &r->prs[i];
+        if (pr->state == RAFT_PROGRESS_SNAPSHOT &&
+            ++pr->snap_elapsed >= r->cfg.snapshot_timeout_ticks) {
+            /* Lost without a word: probe again (and resend if needed). */
+            become_probe(r, pr);
+            r->need_flush = true;
+        }
+    }
     if (r->heartbeat_elapsed >= r->cfg.heartbeat_ticks) {
         r->heartbeat_elapsed = 0;
         bcast_heartbeat(r);
@@ -1486,10 +1779,11 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         return PZ_EINVAL;
     if (m->to != r->id || m->from == r->id)
         return 0;
-    if (m->type == RAFT_MSG_INSTALL_SNAPSHOT ||
-        m->type == RAFT_MSG_INSTALL_SNAPSHOT_RESP)
+    if (m->type == RAFT_MSG_INSTALL_SNAPSHOT_RESP)
         return 0;
     if (m->type == RAFT_MSG_APPEND && !append_valid(m))
+        return PZ_EINVAL;
+    if (m->type == RAFT_MSG_INSTALL_SNAPSHOT && !snapshot_valid(m))
         return PZ_EINVAL;
     r->fresh = false;
 
@@ -1534,12 +1828,14 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         } else {
             /* Figure 3.1: "If RPC request or response contains term T >
              * currentTerm: set currentTerm = T, convert to follower". */
-            bool from_leader =
-                m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT;
+            bool from_leader = m->type == RAFT_MSG_APPEND ||
+                               m->type == RAFT_MSG_HEARTBEAT ||
+                               m->type == RAFT_MSG_INSTALL_SNAPSHOT;
             become_follower(r, m->term, from_leader ? m->from : 0);
         }
     } else if (m->term < r->term) {
-        if (m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT) {
+        if (m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT ||
+            m->type == RAFT_MSG_INSTALL_SNAPSHOT) {
             /* A stale leader: tell it our term so it steps down. Without
              * this, a node whose term grew while partitioned could never
              * rejoin: with leader stickiness nobody adopts its term
@@ -1716,6 +2012,61 @@ void raft_campaign(struct raft *r)
     campaign(r, r->cfg.pre_vote, false);
 }
 
+/* --- public: snapshots ---------------------------------------------------- */
+
+int raft_snapshot_meta_at(const struct raft *r, uint64_t index,
+                          struct raft_snapshot_meta *out)
+{
+    memset(out, 0, sizeof *out);
+    raft_conf_init(&out->conf);
+    if (index > r->applied || index < r->snap.index)
+        return PZ_EINVAL;
+    out->index = index;
+    out->term = log_term(&r->log, index);
+    conf_as_of(r, index, &out->conf);
+    return 0;
+}
+
+int raft_compact(struct raft *r, uint64_t index, uint64_t trailing)
+{
+    if (index > r->applied)
+        return PZ_EINVAL;
+    if (index <= r->snap.index)
+        return PZ_ECANCELED;
+    /* index <= applied <= persisted: every entry dropped is durable, and
+     * committed, so no truncation will ever need it back. */
+    struct raft_conf c;
+    conf_as_of(r, index, &c);
+    snap_set(r, index, log_term(&r->log, index), &c);
+    raft_conf_free(&c);
+    uint64_t upto = trailing < index ? index - trailing : 0;
+    if (upto > r->log.offset)
+        log_compact(&r->log, upto);
+    return 0;
+}
+
+int raft_report_snapshot(struct raft *r, uint64_t id, bool ok)
+{
+    if (r->role != RAFT_LEADER)
+        return PZ_ENOTLEADER;
+    struct progress *pr = progress_get(r, id);
+    if (pr == NULL || pr->id == r->id || pr->state != RAFT_PROGRESS_SNAPSHOT)
+        return 0;
+    uint64_t pending = pr->pending_snap;
+    become_probe(r, pr);
+    if (ok) {
+        /* Delivered: continue right after it once the follower answers
+         * (its APPEND_RESP), or after a heartbeat answer if that got
+         * lost; a follower that did not install it rejects the probe and
+         * gets a new snapshot. */
+        pr->next = pending + 1;
+    }
+    /* Failed: probe from match after the next heartbeat answer, which
+     * sends a new snapshot if still needed (not in a tight loop). */
+    pr->probe_sent = true;
+    return 0;
+}
+
 /* --- public: Ready -------------------------------------------------------- */
 
 static bool hs_equal(const struct raft_hard_state *a,
@@ -1740,7 +2091,7 @@ bool raft_has_ready(const struct raft *r)
         r->term != r->prev_ss.term)
         return true;
     if (r->unsent <= log_last(&r->log) || r->out.n || r->out_after.n ||
-        r->n_rs || r->n_dropped || r->conf_changed ||
+        r->n_rs || r->n_dropped || r->conf_changed || r->snap_unsent ||
         apply_limit(r) > r->applied)
         return true;
     return r->role == RAFT_LEADER && (r->need_flush || r->round_wanted);
@@ -1793,12 +2144,24 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
         r->unsent = last + 1;
     }
 
-    uint64_t lim = apply_limit(r);
-    r->rd_committed = share_range(r, r->applied + 1, lim, &r->rd_n_committed);
-    rd->committed = r->rd_committed;
-    rd->n_committed = r->rd_n_committed;
-    if (lim > r->applied)
-        r->applied = lim;
+    if (r->snap_unsent) {
+        /* Installed from the leader: the driver loads and persists it.
+         * Nothing is applied on top before it is durable. */
+        r->rd_snap.index = r->snap.index;
+        r->rd_snap.term = r->snap.term;
+        raft_conf_copy(&r->rd_snap.conf, &r->snap.conf);
+        rd->snapshot = &r->rd_snap;
+        r->snap_unsent = false;
+        r->snap_handed = true;
+    } else {
+        uint64_t lim = apply_limit(r);
+        r->rd_committed =
+            share_range(r, r->applied + 1, lim, &r->rd_n_committed);
+        rd->committed = r->rd_committed;
+        rd->n_committed = r->rd_n_committed;
+        if (lim > r->applied)
+            r->applied = lim;
+    }
 
     /* Hand the outbox over (swap, keeping allocations). */
     struct msgvec t = r->rd_out;
@@ -1832,6 +2195,7 @@ void raft_advance(struct raft *r, const struct raft_ready *rd)
 {
     pz_assert(r->in_flight);
     r->in_flight = false;
+    r->snap_handed = false; /* an installed snapshot in it is durable */
     if (rd->persist_index == 0)
         return;
     /* Only if what was written is still our log at persist_index (Log
@@ -1861,6 +2225,9 @@ void raft_status(struct raft *r, struct raft_status *st)
     st->commit = r->commit;
     st->applied = r->applied;
     st->first_index = r->log.offset + 1;
+    st->compact_term = r->log.offset_term;
+    st->snap_index = r->snap.index;
+    st->snap_term = r->snap.term;
     st->last_index = log_last(&r->log);
     st->last_term = log_last_term(&r->log);
     st->persisted_index = r->persisted;
@@ -1884,6 +2251,8 @@ void raft_status(struct raft *r, struct raft_status *st)
         ps->next = pr->next;
         ps->last_contact = r->ticks - pr->last_contact;
         ps->inflight = pr->infl_n;
+        ps->pending_snap =
+            pr->state == RAFT_PROGRESS_SNAPSHOT ? pr->pending_snap : 0;
     }
     st->n_peers = k;
     st->peers = r->status_buf;

@@ -3,7 +3,10 @@
  * Owns: the in-memory log, term/vote/commit, elections (randomized timeouts,
  * Pre-Vote, CheckQuorum, leader stickiness), replication (probe/replicate
  * progress, pipelining, conflict hints), single-server membership changes,
- * leadership transfer (TimeoutNow) and ReadIndex reads.
+ * leadership transfer (TimeoutNow), ReadIndex reads, and the Raft side of
+ * snapshots: log compaction, the snapshot point (index, term, conf) and
+ * InstallSnapshot (thesis §5). The state machine bytes of a snapshot never
+ * enter the core: the driver writes, streams and loads snapshot files.
  *
  * Pure: no I/O, clocks or rand(). Inputs are messages (raft_step), proposals
  * (raft_propose*, raft_read_index, raft_transfer_leader) and ticks
@@ -26,9 +29,28 @@
  *       when the write is durable: send rd.msgs_after_persist[], then
  *         raft_advance(r, &rd);
  *   }
- * If rd has nothing to persist (!rd.hs_changed && rd.n_entries == 0), the
- * driver may send msgs_after_persist at once and advance immediately.
- * A failed write is fatal (fail-stop): never advance past it.
+ * If rd has nothing to persist (!rd.hs_changed && rd.n_entries == 0 &&
+ * !rd.snapshot), the driver may send msgs_after_persist at once and advance
+ * immediately. A failed write is fatal (fail-stop): never advance past it.
+ *
+ * Snapshots, the driver's side (see raft_compact, raft_snapshot_meta_at,
+ * raft_restore_snapshot, raft_report_snapshot and Ready.snapshot):
+ *  - taking one: right after applying up to index A, call
+ *    raft_snapshot_meta_at(r, A, &meta) and write the state machine as of A
+ *    together with meta (index, term, conf) to a snapshot file, off the hot
+ *    path. Once the file is durable, call raft_compact(r, A, trailing);
+ *    if it returns 0, drop the same log prefix durably: store_compact(
+ *    first_index - 1, compact_term) from raft_status (or less; never
+ *    more); PZ_ECANCELED: the file is obsolete, drop it.
+ *  - restart: load the current snapshot (state machine + meta: the latest
+ *    local one whose file is durable, or the last one installed by a
+ *    durable Ready, never a received file whose install was not written)
+ *    and the stored log, then raft_restore_snapshot().
+ *  - sending one: an INSTALL_SNAPSHOT in rd.msgs names (snap_index,
+ *    snap_term): the driver streams the file of that snapshot to m.to and
+ *    delivers m to the peer's core only once the whole file has arrived
+ *    and checks out; it reports the outcome with raft_report_snapshot().
+ *  - receiving one: rd.snapshot (see struct raft_ready).
  *
  * Exactly one Ready is in flight: between raft_ready() and raft_advance()
  * raft_has_ready() returns false, while raft_tick/raft_step/raft_propose*
@@ -92,6 +114,15 @@ void raft_conf_encode(const struct raft_conf *c, uint8_t **buf, size_t *len);
  * duplicate id); on error out is left empty. */
 int raft_conf_decode(const uint8_t *buf, size_t len, struct raft_conf *out);
 
+/* A snapshot point: the state machine as of index, and what Raft must know
+ * about the log it replaces. */
+struct raft_snapshot_meta {
+    uint64_t index;        /* last index covered (0: no snapshot) */
+    uint64_t term;         /* term of the entry at index */
+    struct raft_conf conf; /* configuration as of index (the latest CONF
+                              entry at or before index) */
+};
+
 /* --- log entries, hard state, messages ------------------------------- */
 
 enum raft_entry_type {
@@ -127,8 +158,10 @@ enum raft_msg_type {
     RAFT_MSG_TIMEOUT_NOW,           /* leadership transfer (thesis §3.10) */
     RAFT_MSG_READ_INDEX,            /* follower -> leader ReadIndex request */
     RAFT_MSG_READ_INDEX_RESP,       /* leader -> follower: confirmed index */
-    RAFT_MSG_INSTALL_SNAPSHOT,      /* reserved: not produced yet */
-    RAFT_MSG_INSTALL_SNAPSHOT_RESP, /* reserved: not produced yet */
+    RAFT_MSG_INSTALL_SNAPSHOT,      /* InstallSnapshot (leader -> follower;
+                                       thesis §5, whole snapshots) */
+    RAFT_MSG_INSTALL_SNAPSHOT_RESP, /* reserved: never produced (the answer
+                                       to INSTALL_SNAPSHOT is APPEND_RESP) */
     RAFT_MSG_TYPE_MAX               /* one past the last valid type */
 };
 
@@ -150,6 +183,14 @@ enum raft_msg_type {
  *  READ_INDEX: context = the follower's read ctx; term 0 (term-less).
  *  READ_INDEX_RESP: context = ctx, index = read index, reject = the
  *    receiver could not serve it (not leader); term 0.
+ *  INSTALL_SNAPSHOT: snap_index/snap_term = last index and term the
+ *    snapshot covers; exactly one entry, entries[0] = {type CONF, index
+ *    snap_index, term snap_term, data raft_conf_encode(conf as of
+ *    snap_index)}. snap_data/snap_len are not used by the core (the state
+ *    machine travels separately, see the driver notes above). Answered
+ *    with an APPEND_RESP: accepted, index = snap_index once installed
+ *    durably, or index = the receiver's commit index if it already had
+ *    everything up to snap_index.
  * Every message has from, to, term (sender's current term unless said). */
 struct raft_msg {
     uint8_t type;               /* enum raft_msg_type */
@@ -165,12 +206,10 @@ struct raft_msg {
     uint64_t context;           /* HEARTBEAT*: read round; READ_INDEX*: ctx */
     struct raft_entry *entries; /* APPEND: entries to append */
     size_t n_entries;           /* number of entries */
-    /* Reserved for INSTALL_SNAPSHOT (not used yet; transports may already
-     * carry them): snapshot last included index/term and payload. */
-    uint64_t snap_index; /* reserved */
-    uint64_t snap_term;  /* reserved */
-    uint8_t *snap_data;  /* reserved */
-    size_t snap_len;     /* reserved */
+    uint64_t snap_index;        /* INSTALL_SNAPSHOT: last index covered */
+    uint64_t snap_term;         /* INSTALL_SNAPSHOT: its term */
+    uint8_t *snap_data;         /* not used by the core (transports carry it) */
+    size_t snap_len;            /* bytes at snap_data */
 };
 
 /* --- the core ----------------------------------------------------------- */
@@ -183,19 +222,24 @@ enum raft_role {
 };
 
 struct raft_config {
-    uint64_t id;              /* this node, non-zero */
-    int election_ticks;       /* election timeout; randomized in
-                                 [election_ticks, 2*election_ticks) */
-    int heartbeat_ticks;      /* heartbeat interval, < election_ticks */
-    uint64_t seed;            /* PRNG seed (distinct per node) */
-    size_t max_inflight_msgs; /* APPENDs in flight per follower
-                                 (replicate state); 0 -> 256 */
-    size_t max_bytes_per_msg; /* soft cap of entry bytes per APPEND (at
-                                 least one entry is sent); 0 -> 1 MiB */
-    bool pre_vote;            /* thesis §9.6 */
-    bool check_quorum;        /* leader steps down without a quorum */
-    uint64_t applied;         /* index already applied by the state
-                                 machine at start (0: replay everything) */
+    uint64_t id;                /* this node, non-zero */
+    int election_ticks;         /* election timeout; randomized in
+                                   [election_ticks, 2*election_ticks) */
+    int heartbeat_ticks;        /* heartbeat interval, < election_ticks */
+    uint64_t seed;              /* PRNG seed (distinct per node) */
+    size_t max_inflight_msgs;   /* APPENDs in flight per follower
+                                   (replicate state); 0 -> 256 */
+    size_t max_bytes_per_msg;   /* soft cap of entry bytes per APPEND (at
+                                   least one entry is sent); 0 -> 1 MiB */
+    bool pre_vote;              /* thesis §9.6 */
+    bool check_quorum;          /* leader steps down without a quorum */
+    uint64_t applied;           /* index already applied by the state
+                                   machine at start (0: replay everything
+                                   after the snapshot, if any) */
+    int snapshot_timeout_ticks; /* leader: a peer in SNAPSHOT state with
+                                   neither an answer nor a report for
+                                   this long goes back to probing;
+                                   0 -> 10 * election_ticks */
 };
 
 struct raft;
@@ -206,16 +250,37 @@ struct raft;
 struct raft *raft_new(const struct raft_config *cfg, char *errmsg);
 void raft_free(struct raft *r);
 
-/* Restart: loads durable state (copied; caller keeps ownership). Only on a
- * fresh node (nothing stepped yet). entries must be contiguous from index 1
- * (a later version will accept a snapshot offset). The configuration is
- * the last CONF entry among them (thesis §4.1: a server uses the latest
- * configuration in its log, committed or not). Loaded entries count as
- * persisted. hs->commit is clamped to the last index.
- * Returns 0, PZ_EBUSY (node not fresh), PZ_ECORRUPT (gaps, decreasing
- * terms, a term above hs->term, undecodable CONF entry). */
+/* Restart without a snapshot: raft_restore_snapshot(r, hs, NULL, entries,
+ * n); entries must then be contiguous from index 1. */
 int raft_restore(struct raft *r, const struct raft_hard_state *hs,
                  const struct raft_entry *entries, size_t n);
+
+/* Restart: loads durable state (copied; caller keeps ownership). Only on a
+ * fresh node (nothing stepped yet). snap (NULL or index 0: no snapshot) is
+ * the durable snapshot the state machine was loaded from; entries are the
+ * stored log, contiguous, starting at index 1 without a snapshot, else at
+ * any index <= snap->index + 1 (trailing entries kept below the snapshot
+ * are fine; n == 0 is fine). With a snapshot and a log starting at or below
+ * snap->index, the first entry given becomes the log's boundary (its term
+ * is needed to check the entry after it) and the core holds the entries
+ * after it. The configuration is the last CONF entry of the log (thesis
+ * §4.1: a server uses the latest configuration in its log, committed or
+ * not), else snap->conf. Loaded entries count as persisted. The commit
+ * index is hs->commit clamped to the last index, and at least snap->index;
+ * applied starts at max(config.applied, snap->index): committed entries
+ * handed out start right after it.
+ * snap must be the snapshot recorded durably together with this log: the
+ * latest one taken locally, or installed by a Ready that became durable;
+ * never a received file whose install Ready was not written.
+ * Returns 0, PZ_EBUSY (node not fresh), PZ_ECORRUPT (gaps, a log that
+ * starts after snap->index + 1 or not at 1 without a snapshot, or that
+ * starts at or below snap->index but ends before it, an entry at
+ * snap->index with another term, decreasing terms, a term above hs->term,
+ * undecodable CONF entry, snapshot term 0 or above hs->term, a conf with
+ * id 0 or a duplicate id). */
+int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
+                          const struct raft_snapshot_meta *snap,
+                          const struct raft_entry *entries, size_t n);
 
 /* Bootstrap of a static initial cluster, on an empty node only (empty log,
  * term 0). Appends entry 1 (term 1, CONF, raft_conf_encode(conf)) and sets
@@ -303,6 +368,44 @@ int raft_read_index(struct raft *r, uint64_t ctx);
  * before that entry committed can still finish the change). */
 void raft_campaign(struct raft *r);
 
+/* --- snapshots and compaction ------------------------------------------ */
+
+/* The snapshot point of index: its term and the configuration as of index
+ * (deep copy in out->conf: free it with raft_conf_free). For the driver
+ * about to snapshot its state machine at index (== its applied index), so
+ * the file can hold everything raft_restore_snapshot needs.
+ * Returns 0, PZ_EINVAL (index above the applied index, or below the
+ * current snapshot index: the core no longer knows the conf there;
+ * out->conf is then left empty). */
+int raft_snapshot_meta_at(const struct raft *r, uint64_t index,
+                          struct raft_snapshot_meta *out);
+
+/* The driver holds a durable snapshot covering index (index <= applied).
+ * Records (index, its term, the conf as of index) as the snapshot point,
+ * the one served to followers that need entries no longer held, and drops
+ * the in-memory entries up to index - trailing (none if trailing >= index;
+ * never below what is already dropped). The current configuration stays
+ * known when its CONF entry goes.
+ * Returns 0: the driver may now drop the same prefix of the stored log,
+ * store_compact(first_index - 1, compact_term) with both from raft_status
+ * (or keep more); PZ_ECANCELED: index <= the current snapshot index (the
+ * file is obsolete, e.g. a newer snapshot was installed from the leader,
+ * maybe not yet durably): nothing changed, compact nothing; PZ_EINVAL:
+ * index > applied. */
+int raft_compact(struct raft *r, uint64_t index, uint64_t trailing);
+
+/* Leader: outcome of sending the INSTALL_SNAPSHOT message to peer id, from
+ * the driver that streams the file (etcd's ReportSnapshot). ok: the whole
+ * file and the message were delivered; the leader then waits for the
+ * follower's answer (or a heartbeat answer) before sending entries after
+ * the snapshot. !ok: the transfer failed; the leader probes again after
+ * the next heartbeat answer and sends a new snapshot if still needed.
+ * Should be called once per INSTALL_SNAPSHOT handed out; reports for a
+ * peer that is not waiting for a snapshot are ignored. Without any report
+ * or answer the leader gives up after config.snapshot_timeout_ticks.
+ * Returns 0, PZ_ENOTLEADER. */
+int raft_report_snapshot(struct raft *r, uint64_t id, bool ok);
+
 /* --- the Ready cycle ----------------------------------------------------- */
 
 struct raft_read_state {
@@ -349,6 +452,16 @@ struct raft_ready {
     uint64_t persist_index;              /* index of the last entry of
                                             entries[] (0 if none) */
     uint64_t persist_term;               /* its term */
+    const struct raft_snapshot_meta *snapshot; /* non-NULL: a snapshot
+        received from the leader (INSTALL_SNAPSHOT at index/term) to
+        install. The driver loads the state machine from the received file
+        of (index, term) before applying anything else, and persists, in
+        the SAME transaction as hs and entries: delete every stored entry,
+        record this snapshot (index, term, conf) as the durable one, then
+        write hs and entries (which then start at index + 1: a suffix of
+        the old log that matched is handed again). Such a Ready has no
+        committed entries; later ones start at index + 1. hs.commit >=
+        index. The acknowledgement is in msgs_after_persist. */
 };
 
 /* True if a Ready with anything in it is available and none is in flight. */
@@ -361,10 +474,13 @@ bool raft_has_ready(const struct raft *r);
  * empty (but valid, and in-flight) Ready. */
 void raft_ready(struct raft *r, struct raft_ready *rd);
 
-/* The Ready previously returned is durable (its hs and entries written).
- * Uses only rd's scalar fields (persist_index, persist_term). Entries are
- * marked durable up to persist_index only if the log still holds
- * persist_term there (a later step may have truncated them). */
+/* The Ready previously returned is durable (its snapshot, hs and entries
+ * written). Uses only rd's scalar fields (persist_index, persist_term).
+ * Entries are marked durable up to persist_index only if the log still
+ * holds persist_term there (a later step may have truncated them). An
+ * installed snapshot it carried counts as durable from now on (it may be
+ * sent on to other followers; committed entries after it are handed
+ * out). */
 void raft_advance(struct raft *r, const struct raft_ready *rd);
 
 /* --- introspection ------------------------------------------------------ */
@@ -372,7 +488,9 @@ void raft_advance(struct raft *r, const struct raft_ready *rd);
 enum raft_progress_state {
     RAFT_PROGRESS_PROBE = 0,     /* one APPEND at a time, finding next */
     RAFT_PROGRESS_REPLICATE = 1, /* pipelining APPENDs */
-    RAFT_PROGRESS_SNAPSHOT = 2,  /* reserved */
+    RAFT_PROGRESS_SNAPSHOT = 2,  /* INSTALL_SNAPSHOT sent; no APPENDs
+                                    until answered, reported or timed
+                                    out */
 };
 
 struct raft_peer_status {
@@ -383,6 +501,7 @@ struct raft_peer_status {
     uint64_t next;         /* next index to send */
     uint64_t last_contact; /* ticks since the leader last heard from it */
     size_t inflight;       /* APPENDs in flight */
+    uint64_t pending_snap; /* SNAPSHOT state: index of the snapshot sent */
 };
 
 struct raft_status {
@@ -393,11 +512,18 @@ struct raft_status {
     uint64_t leader;                /* known leader, 0 if none */
     uint64_t commit;                /* commit index */
     uint64_t applied;               /* last index handed out as committed */
-    uint64_t first_index;           /* first index held in memory */
+    uint64_t first_index;           /* first index held in memory (the
+                                       log is empty if > last_index) */
+    uint64_t compact_term;          /* term of the entry at
+                                       first_index - 1 (0 if none) */
+    uint64_t snap_index;            /* snapshot point (0: none) */
+    uint64_t snap_term;             /* its term */
     uint64_t last_index;            /* last log index */
     uint64_t last_term;             /* its term */
     uint64_t persisted_index;       /* last index durable locally */
-    uint64_t conf_index;            /* index of the current conf entry */
+    uint64_t conf_index;            /* index of the current conf entry
+                                       (the snapshot index if the conf
+                                       came with a snapshot) */
     uint64_t transferee;            /* leader: transfer target, 0 if none */
     size_t n_peers;                 /* leader: entries in peers (others) */
     struct raft_peer_status *peers; /* leader only; owned by r, valid
@@ -406,8 +532,10 @@ struct raft_status {
 
 void raft_status(struct raft *r, struct raft_status *st);
 
-/* The current configuration (last CONF entry in the log, or empty) and the
- * index of that entry (0 if none). Valid until the next mutating call. */
+/* The current configuration (last CONF entry in the log, else the conf of
+ * the snapshot, else empty) and the index of that entry (the snapshot
+ * index if it came with a snapshot; 0 if none). Valid until the next
+ * mutating call. */
 const struct raft_conf *raft_conf_current(const struct raft *r,
                                           uint64_t *index);
 

@@ -1,6 +1,7 @@
 /* test_raft.c - focused cases for the Raft core: elections, vote rules,
  * rejection hints, the commit rule, Pre-Vote, CheckQuorum, ReadIndex
- * batching, persistence ordering, membership and leadership transfer.
+ * batching, persistence ordering, membership, leadership transfer,
+ * compaction, InstallSnapshot and restarts from a snapshot.
  *
  * A tiny in-memory cluster: every node's Ready is persisted at once into a
  * fake store, messages go into one FIFO which tests deliver explicitly
@@ -15,15 +16,17 @@
 #define MAXN 5
 
 struct tnode {
-    struct raft *r;                /* the core */
-    struct raft_hard_state hs;     /* durable hard state */
-    struct raft_entry *log;        /* durable entries 1..n_log */
-    size_t n_log;                  /* count */
-    uint64_t applied;              /* last applied index */
-    struct raft_read_state rs[64]; /* read states received */
-    size_t n_rs;                   /* count */
-    uint64_t dropped[64];          /* dropped reads */
-    size_t n_dropped;              /* count */
+    struct raft *r;                 /* the core */
+    struct raft_hard_state hs;      /* durable hard state */
+    struct raft_snapshot_meta snap; /* durable snapshot (index 0: none) */
+    uint64_t base;                  /* the durable log starts after it */
+    struct raft_entry *log;         /* durable entries base+1..base+n_log */
+    size_t n_log;                   /* count */
+    uint64_t applied;               /* last applied index */
+    struct raft_read_state rs[64];  /* read states received */
+    size_t n_rs;                    /* count */
+    uint64_t dropped[64];           /* dropped reads */
+    size_t n_dropped;               /* count */
 };
 
 struct tnet {
@@ -75,17 +78,39 @@ static struct raft_config tcfg(uint64_t id)
                             .max_inflight_msgs = 4,
                             .max_bytes_per_msg = 1 << 20,
                             .pre_vote = true,
-                            .check_quorum = true};
+                            .check_quorum = true,
+                            .snapshot_timeout_ticks = 30};
     return c;
+}
+
+/* Drops durable entries <= upto (the store's compaction). */
+static void store_compact(struct tnode *t, uint64_t upto)
+{
+    while (t->base < upto && t->n_log > 0) {
+        pz_free(t->log[0].data);
+        memmove(t->log, t->log + 1, (t->n_log - 1) * sizeof *t->log);
+        t->n_log--;
+        t->base++;
+    }
+    if (t->base < upto)
+        t->base = upto;
 }
 
 static void store_write(struct tnode *t, const struct raft_ready *rd)
 {
+    if (rd->snapshot != NULL) {
+        t->snap.index = rd->snapshot->index;
+        t->snap.term = rd->snapshot->term;
+        raft_conf_copy(&t->snap.conf, &rd->snapshot->conf);
+        store_compact(t, t->base + t->n_log);
+        t->base = rd->snapshot->index;
+    }
     if (rd->hs_changed)
         t->hs = rd->hs;
     for (size_t i = 0; i < rd->n_entries; i++) {
         const struct raft_entry *e = &rd->entries[i];
-        while (t->n_log >= e->index) {
+        pz_assert(e->index > t->base);
+        while (t->base + t->n_log >= e->index) {
             t->n_log--;
             pz_free(t->log[t->n_log].data);
         }
@@ -101,6 +126,8 @@ static void store_write(struct tnode *t, const struct raft_ready *rd)
 static void take_ready(struct tnet *net, struct tnode *t, struct raft_ready *rd)
 {
     raft_ready(t->r, rd);
+    if (rd->snapshot != NULL)
+        t->applied = rd->snapshot->index; /* state machine loaded */
     for (size_t i = 0; i < rd->n_committed; i++) {
         pz_assert(rd->committed[i].index == t->applied + 1);
         t->applied++;
@@ -138,20 +165,33 @@ static void pump_all(struct tnet *net)
         pump(net, i);
 }
 
-/* Delivers queued messages (and what they cause) until none is left. */
-static void deliver_all(struct tnet *net)
+/* Delivers the oldest queued message (and pumps its receiver); a message
+ * of type drop_type (0: none) is dropped instead. */
+static void deliver_one(struct tnet *net, uint8_t drop_type)
+{
+    struct raft_msg m = net->q[0];
+    memmove(net->q, net->q + 1, (net->nq - 1) * sizeof *net->q);
+    net->nq--;
+    if (m.to >= 1 && m.to <= (uint64_t)net->n && !net->cut[m.from][m.to] &&
+        m.type != drop_type) {
+        raft_step(net->nodes[m.to].r, &m);
+        pump(net, (int)m.to);
+    }
+    msg_free(&m);
+}
+
+/* Delivers queued messages (and what they cause) until none is left,
+ * dropping those of type drop_type (0: none). */
+static void deliver_all_but(struct tnet *net, uint8_t drop_type)
 {
     pump_all(net);
-    for (int guard = 0; net->nq > 0 && guard < 100000; guard++) {
-        struct raft_msg m = net->q[0];
-        memmove(net->q, net->q + 1, (net->nq - 1) * sizeof *net->q);
-        net->nq--;
-        if (m.to >= 1 && m.to <= (uint64_t)net->n && !net->cut[m.from][m.to]) {
-            raft_step(net->nodes[m.to].r, &m);
-            pump(net, (int)m.to);
-        }
-        msg_free(&m);
-    }
+    for (int guard = 0; net->nq > 0 && guard < 100000; guard++)
+        deliver_one(net, drop_type);
+}
+
+static void deliver_all(struct tnet *net)
+{
+    deliver_all_but(net, 0);
 }
 
 static void drop_queue(struct tnet *net)
@@ -193,6 +233,7 @@ static void net_free(struct tnet *net)
         for (size_t k = 0; k < t->n_log; k++)
             pz_free(t->log[k].data);
         pz_free(t->log);
+        raft_conf_free(&t->snap.conf);
     }
 }
 
@@ -1249,6 +1290,703 @@ TEST(malformed_messages)
     net_free(&net);
 }
 
+/* --- snapshots and compaction --------------------------------------------- */
+
+/* The driver's side of a local snapshot at index: the meta goes with the
+ * (durable) state machine file, then the core and the store compact. */
+static int compact_node(struct tnet *net, int id, uint64_t index,
+                        uint64_t trailing)
+{
+    struct tnode *t = &net->nodes[id];
+    struct raft_snapshot_meta m;
+    int rc = raft_snapshot_meta_at(t->r, index, &m);
+    if (rc != 0)
+        return rc;
+    rc = raft_compact(t->r, index, trailing);
+    if (rc != 0) {
+        raft_conf_free(&m.conf);
+        return rc;
+    }
+    raft_conf_free(&t->snap.conf);
+    t->snap = m;
+    struct raft_status st;
+    raft_status(t->r, &st);
+    store_compact(t, st.first_index - 1);
+    return 0;
+}
+
+/* Crash and restart from the durable snapshot and log. */
+static void restart(struct tnet *net, int id)
+{
+    struct tnode *t = &net->nodes[id];
+    raft_free(t->r);
+    struct raft_config cfg = tcfg((uint64_t)id);
+    t->r = raft_new(&cfg, NULL);
+    int rc = raft_restore_snapshot(t->r, &t->hs, &t->snap, t->log, t->n_log);
+    pz_assert(rc == 0);
+    t->applied = t->snap.index;
+    pump(net, id);
+}
+
+static void propose_n(struct tnet *net, int id, int n)
+{
+    for (int i = 0; i < n; i++)
+        pz_assert(raft_propose(net->nodes[id].r, (const uint8_t *)"v", 1, NULL,
+                               NULL) == 0);
+}
+
+static const struct raft_peer_status *peer_of(struct tnet *net, int id,
+                                              uint64_t peer)
+{
+    struct raft_status st;
+    raft_status(net->nodes[id].r, &st);
+    for (size_t i = 0; i < st.n_peers; i++)
+        if (st.peers[i].id == peer)
+            return &st.peers[i];
+    return NULL;
+}
+
+static size_t count_msgs(struct tnet *net, uint64_t to, uint8_t type)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < net->nq; i++)
+        c += net->q[i].to == to && net->q[i].type == type;
+    return c;
+}
+
+/* An INSTALL_SNAPSHOT as a leader builds it; data of entries[0] must be
+ * freed with pz_free. */
+static struct raft_msg snap_msg(uint64_t from, uint64_t term, uint64_t si,
+                                uint64_t st, const struct raft_conf *c,
+                                struct raft_entry *e)
+{
+    uint8_t *buf;
+    size_t len;
+    raft_conf_encode(c, &buf, &len);
+    *e = (struct raft_entry){.term = st,
+                             .index = si,
+                             .type = RAFT_ENTRY_CONF,
+                             .data = buf,
+                             .len = len};
+    return (struct raft_msg){.type = RAFT_MSG_INSTALL_SNAPSHOT,
+                             .from = from,
+                             .term = term,
+                             .snap_index = si,
+                             .snap_term = st,
+                             .entries = e,
+                             .n_entries = 1};
+}
+
+TEST(compact_boundaries)
+{
+    struct tnet net;
+    net_init(&net, 1);
+    elect(&net, 1);
+    struct raft *r = net.nodes[1].r;
+    propose_n(&net, 1, 8);
+    pump(&net, 1);
+    CHECK_EQ_INT(net.nodes[1].applied, 10);
+    CHECK_EQ_INT(raft_compact(r, 11, 0), PZ_EINVAL); /* beyond applied */
+    CHECK_EQ_INT(raft_compact(r, 6, 2), 0);
+    struct raft_status st = st_of(&net, 1);
+    CHECK_EQ_INT(st.snap_index, 6);
+    CHECK_EQ_INT(st.snap_term, 2);
+    CHECK_EQ_INT(st.first_index, 5); /* 6 - 2 trailing + 1 */
+    CHECK_EQ_INT(st.compact_term, 2);
+    CHECK_EQ_INT(st.last_index, 10);
+    CHECK(raft_log_get(r, 4) == NULL);
+    CHECK(raft_log_get(r, 5) != NULL);
+    /* Not newer than the snapshot point: obsolete, nothing changes. */
+    CHECK_EQ_INT(raft_compact(r, 6, 0), PZ_ECANCELED);
+    CHECK_EQ_INT(raft_compact(r, 3, 0), PZ_ECANCELED);
+    CHECK_EQ_INT(st_of(&net, 1).first_index, 5);
+    /* More trailing than is left: the point moves, nothing is dropped. */
+    CHECK_EQ_INT(raft_compact(r, 8, 7), 0);
+    st = st_of(&net, 1);
+    CHECK_EQ_INT(st.snap_index, 8);
+    CHECK_EQ_INT(st.first_index, 5);
+    /* No trailing: the log is empty after the snapshot. */
+    CHECK_EQ_INT(raft_compact(r, 10, 0), 0);
+    st = st_of(&net, 1);
+    CHECK_EQ_INT(st.first_index, 11);
+    CHECK_EQ_INT(st.last_index, 10);
+    CHECK_EQ_INT(st.last_term, 2);
+    CHECK_EQ_INT(st.compact_term, 2);
+    struct raft_snapshot_meta m;
+    CHECK_EQ_INT(raft_snapshot_meta_at(r, 9, &m), PZ_EINVAL); /* < snap */
+    CHECK_EQ_INT(m.conf.n, 0);
+    CHECK_EQ_INT(raft_snapshot_meta_at(r, 10, &m), 0);
+    CHECK_EQ_INT(m.index, 10);
+    CHECK_EQ_INT(m.term, 2);
+    CHECK_EQ_INT(m.conf.n, 1);
+    raft_conf_free(&m.conf);
+    /* The log goes on after an emptied log. */
+    uint64_t idx;
+    CHECK_EQ_INT(raft_propose(r, (const uint8_t *)"w", 1, &idx, NULL), 0);
+    CHECK_EQ_INT(idx, 11);
+    pump(&net, 1);
+    CHECK_EQ_INT(net.nodes[1].applied, 11);
+    CHECK_EQ_INT(raft_snapshot_meta_at(r, 12, &m), PZ_EINVAL); /* > applied */
+    CHECK_EQ_INT(raft_conf_current(r, NULL)->n, 1);
+    net_free(&net);
+}
+
+TEST(conf_survives_compaction)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct raft *l = net.nodes[1].r;
+    struct raft_conf_change cc = {.type = RAFT_CC_ADD_NONVOTER, .id = 4};
+    uint64_t ci;
+    CHECK_EQ_INT(raft_propose_conf(l, &cc, &ci, NULL), 0);
+    propose_n(&net, 1, 3);
+    deliver_all(&net);
+    tick_all(&net, 1);
+    uint64_t applied = net.nodes[1].applied;
+    CHECK_EQ_INT(applied, ci + 3);
+    /* The conf as of an index before and at the CONF entry. */
+    struct raft_snapshot_meta m;
+    CHECK_EQ_INT(raft_snapshot_meta_at(l, ci - 1, &m), 0);
+    CHECK_EQ_INT(m.conf.n, 3);
+    raft_conf_free(&m.conf);
+    CHECK_EQ_INT(raft_snapshot_meta_at(l, ci, &m), 0);
+    CHECK_EQ_INT(m.conf.n, 4);
+    raft_conf_free(&m.conf);
+    /* Compact a snapshot taken before the change: its conf is the old
+     * one, the current conf is untouched. */
+    CHECK_EQ_INT(compact_node(&net, 1, ci - 1, 0), 0);
+    CHECK_EQ_INT(net.nodes[1].snap.conf.n, 3);
+    CHECK_EQ_INT(raft_conf_current(l, NULL)->n, 4);
+    /* Compact past the CONF entry on the leader and a follower. */
+    CHECK_EQ_INT(compact_node(&net, 1, applied, 0), 0);
+    CHECK_EQ_INT(compact_node(&net, 2, net.nodes[2].applied, 0), 0);
+    CHECK(raft_log_get(l, ci) == NULL);
+    uint64_t idx;
+    CHECK_EQ_INT(raft_conf_current(l, &idx)->n, 4);
+    CHECK_EQ_INT(idx, ci);
+    CHECK_EQ_INT(net.nodes[1].snap.conf.n, 4);
+    CHECK_EQ_INT(raft_snapshot_meta_at(l, applied, &m), 0);
+    CHECK_EQ_INT(m.conf.n, 4);
+    raft_conf_free(&m.conf);
+    /* Membership changes go on. */
+    cc.type = RAFT_CC_PROMOTE;
+    CHECK_EQ_INT(raft_propose_conf(l, &cc, NULL, NULL), 0);
+    deliver_all(&net);
+    CHECK(raft_conf_get(raft_conf_current(l, NULL), 4)->voter);
+    /* A restart knows the conf from the snapshot alone (empty log). */
+    CHECK_EQ_INT(net.nodes[2].n_log, 1); /* the promotion only */
+    store_compact(&net.nodes[2], net.nodes[2].base + 1);
+    net.nodes[2].snap.index = net.nodes[2].base;
+    net.nodes[2].snap.term = net.nodes[2].hs.term;
+    restart(&net, 2);
+    CHECK_EQ_INT(raft_conf_current(net.nodes[2].r, &idx)->n, 4);
+    CHECK(!raft_conf_get(raft_conf_current(net.nodes[2].r, NULL), 4)->voter);
+    CHECK_EQ_INT(idx, net.nodes[2].snap.index);
+    net_free(&net);
+}
+
+/* Node 3 misses entries the leader then compacts away; heals; the leader
+ * switches it to SNAPSHOT and leaves the INSTALL_SNAPSHOT queued. */
+static void lagging_follower(struct tnet *net, uint64_t *snap_index)
+{
+    net_init(net, 3);
+    elect(net, 1);
+    isolate(net, 3, true);
+    propose_n(net, 1, 5);
+    deliver_all(net);
+    tick_all(net, 1);
+    *snap_index = net->nodes[1].applied;
+    pz_assert(compact_node(net, 1, *snap_index, 1) == 0);
+    isolate(net, 3, false);
+    raft_tick(net->nodes[1].r); /* heartbeat */
+    pump_all(net);
+    for (int g = 0; g < 100 && net->nq > 0 &&
+                    count_msgs(net, 3, RAFT_MSG_INSTALL_SNAPSHOT) == 0;
+         g++)
+        deliver_one(net, 0);
+}
+
+TEST(leader_sends_snapshot)
+{
+    struct tnet net;
+    uint64_t si;
+    lagging_follower(&net, &si);
+    const struct raft_peer_status *ps = peer_of(&net, 1, 3);
+    CHECK(ps != NULL);
+    CHECK_EQ_INT(ps->state, RAFT_PROGRESS_SNAPSHOT);
+    CHECK_EQ_INT(ps->pending_snap, si);
+    CHECK_EQ_INT(count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT), 1);
+    struct raft_msg *m = find_msg(&net, 1, RAFT_MSG_INSTALL_SNAPSHOT);
+    CHECK_EQ_INT(m->snap_index, si);
+    CHECK_EQ_INT(m->snap_term, st_of(&net, 1).term);
+    CHECK_EQ_INT(m->term, st_of(&net, 1).term);
+    CHECK_EQ_INT(m->n_entries, 1);
+    CHECK_EQ_INT(m->entries[0].type, RAFT_ENTRY_CONF);
+    CHECK_EQ_INT(m->entries[0].index, si);
+    struct raft_conf c;
+    CHECK_EQ_INT(raft_conf_decode(m->entries[0].data, m->entries[0].len, &c),
+                 0);
+    CHECK_EQ_INT(c.n, 3);
+    raft_conf_free(&c);
+    /* No APPENDs to it while it waits, whatever happens. */
+    propose_n(&net, 1, 2);
+    raft_tick(net.nodes[1].r);
+    pump(&net, 1);
+    CHECK_EQ_INT(count_msgs(&net, 3, RAFT_MSG_APPEND), 0);
+    CHECK_EQ_INT(count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT), 1);
+    /* Deliver up to the snapshot, then install it by hand. */
+    while (net.q[0].type != RAFT_MSG_INSTALL_SNAPSHOT)
+        deliver_one(&net, 0);
+    struct raft_msg sm = net.q[0];
+    memmove(net.q, net.q + 1, (net.nq - 1) * sizeof *net.q);
+    net.nq--;
+    CHECK_EQ_INT(raft_step(net.nodes[3].r, &sm), 0);
+    msg_free(&sm);
+    struct tnode *t3 = &net.nodes[3];
+    struct raft_ready rd;
+    take_ready(&net, t3, &rd);
+    CHECK(rd.snapshot != NULL);
+    CHECK_EQ_INT(rd.snapshot->index, si);
+    CHECK_EQ_INT(rd.snapshot->conf.n, 3);
+    CHECK_EQ_INT(rd.n_committed, 0);
+    CHECK_EQ_INT(rd.n_entries, 0);
+    CHECK(rd.hs_changed);
+    CHECK_EQ_INT(rd.hs.commit, si);
+    CHECK_EQ_INT(rd.n_msgs_after_persist, 1);
+    CHECK_EQ_INT(rd.msgs_after_persist[0].type, RAFT_MSG_APPEND_RESP);
+    CHECK(!rd.msgs_after_persist[0].reject);
+    CHECK_EQ_INT(rd.msgs_after_persist[0].index, si);
+    finish_ready(&net, t3, &rd);
+    CHECK_EQ_INT(t3->base, si);
+    CHECK_EQ_INT(t3->snap.index, si);
+    deliver_all(&net);
+    tick_all(&net, 1);
+    ps = peer_of(&net, 1, 3);
+    CHECK_EQ_INT(ps->state, RAFT_PROGRESS_REPLICATE);
+    CHECK_EQ_INT(ps->match, st_of(&net, 1).last_index);
+    CHECK_EQ_INT(t3->applied, st_of(&net, 1).commit);
+    CHECK_EQ_INT(st_of(&net, 3).first_index, si + 1);
+    /* It restarts from what it installed. */
+    restart(&net, 3);
+    CHECK_EQ_INT(st_of(&net, 3).commit, st_of(&net, 1).commit);
+    CHECK_EQ_INT(st_of(&net, 3).snap_index, si);
+    net_free(&net);
+}
+
+TEST(snapshot_report_and_retry)
+{
+    struct tnet net;
+    uint64_t si;
+    lagging_follower(&net, &si);
+    struct raft *l = net.nodes[1].r;
+    CHECK_EQ_INT(raft_report_snapshot(net.nodes[2].r, 3, false), PZ_ENOTLEADER);
+    /* Failed transfer: back to probe, no resend before a heartbeat
+     * answer, then a new snapshot. */
+    drop_queue(&net);
+    CHECK_EQ_INT(raft_report_snapshot(l, 3, false), 0);
+    CHECK_EQ_INT(peer_of(&net, 1, 3)->state, RAFT_PROGRESS_PROBE);
+    pump_all(&net);
+    CHECK_EQ_INT(count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT), 0);
+    CHECK_EQ_INT(raft_report_snapshot(l, 3, false), 0); /* ignored */
+    raft_tick(l);
+    pump_all(&net);
+    for (int g = 0; g < 100 && net.nq > 0 &&
+                    count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT) == 0;
+         g++)
+        deliver_one(&net, 0);
+    CHECK_EQ_INT(count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT), 1);
+    CHECK_EQ_INT(peer_of(&net, 1, 3)->state, RAFT_PROGRESS_SNAPSHOT);
+    /* "Delivered" but the follower never got it (lost on its side): the
+     * leader probes right after the snapshot, the follower rejects, and
+     * a new snapshot goes out. */
+    drop_queue(&net);
+    CHECK_EQ_INT(raft_report_snapshot(l, 3, true), 0);
+    CHECK_EQ_INT(peer_of(&net, 1, 3)->state, RAFT_PROGRESS_PROBE);
+    CHECK_EQ_INT(peer_of(&net, 1, 3)->next, si + 1);
+    raft_tick(l);
+    pump_all(&net);
+    for (int g = 0; g < 100 && net.nq > 0 &&
+                    count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT) == 0;
+         g++)
+        deliver_one(&net, 0);
+    CHECK_EQ_INT(count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT), 1);
+    /* Lost without any report: the leader waits snapshot_timeout_ticks
+     * (30 here), heartbeats going on, then probes and resends. */
+    drop_queue(&net);
+    int ticks = 0;
+    while (count_msgs(&net, 3, RAFT_MSG_INSTALL_SNAPSHOT) == 0 && ticks < 100) {
+        CHECK_EQ_INT(peer_of(&net, 1, 3)->state, RAFT_PROGRESS_SNAPSHOT);
+        deliver_all(&net);
+        raft_tick(l);
+        ticks++;
+        pump_all(&net);
+    }
+    CHECK_EQ_INT(ticks, 30);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    /* This time it arrives. */
+    deliver_all(&net);
+    tick_all(&net, 1);
+    CHECK_EQ_INT(peer_of(&net, 1, 3)->state, RAFT_PROGRESS_REPLICATE);
+    CHECK_EQ_INT(net.nodes[3].snap.index, si);
+    CHECK_EQ_INT(net.nodes[3].applied, st_of(&net, 1).commit);
+    net_free(&net);
+}
+
+TEST(follower_snapshot_rules)
+{
+    struct raft_conf c4;
+    conf_of(&c4, 3);
+    raft_conf_add(&c4, 4, false, "j");
+    struct raft_entry ce;
+    /* Log terms 1 (conf), 1, 2, 2, 2 -> indexes 1..5; commit 1. */
+    const uint64_t t[] = {1, 2, 2, 2};
+    struct raft *rs[1] = {restored(1, 3, t, 4, 2)};
+    struct tnet net;
+    net_with(&net, 1, rs);
+    struct tnode *t1 = &net.nodes[1];
+    struct raft *r = t1->r;
+
+    /* Malformed: rejected before anything changes. */
+    struct raft_msg m = snap_msg(2, 3, 3, 2, &c4, &ce);
+    m.to = 1;
+    m.n_entries = 0;
+    CHECK_EQ_INT(raft_step(r, &m), PZ_EINVAL);
+    m.n_entries = 1;
+    m.snap_term = 4; /* above the message term */
+    CHECK_EQ_INT(raft_step(r, &m), PZ_EINVAL);
+    m.snap_term = 2;
+    ce.index = 2; /* conf entry not at the snapshot index */
+    CHECK_EQ_INT(raft_step(r, &m), PZ_EINVAL);
+    ce.index = 3;
+    size_t len = ce.len;
+    ce.len = 3; /* undecodable conf */
+    CHECK_EQ_INT(raft_step(r, &m), PZ_EINVAL);
+    ce.len = len;
+    m.snap_index = 0;
+    CHECK_EQ_INT(raft_step(r, &m), PZ_EINVAL);
+    m.snap_index = 3;
+    CHECK_EQ_INT(st_of(&net, 1).term, 2);
+
+    /* From a stale leader: answered with our term, not installed. */
+    m.term = 1;
+    m.snap_term = 1;
+    ce.term = 1;
+    inject(&net, 1, m);
+    struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_APPEND_RESP);
+    CHECK(resp != NULL && resp->term == 2);
+    CHECK_EQ_INT(st_of(&net, 1).snap_index, 0);
+    drop_queue(&net);
+
+    /* Matching entry at the snapshot index: the suffix is retained (and
+     * handed again for the rewritten log). */
+    m.term = 3;
+    m.snap_term = 2;
+    ce.term = 2;
+    inject(&net, 1, m);
+    struct raft_ready rd;
+    take_ready(&net, t1, &rd);
+    CHECK(rd.snapshot != NULL);
+    CHECK_EQ_INT(rd.snapshot->index, 3);
+    CHECK_EQ_INT(rd.snapshot->term, 2);
+    CHECK_EQ_INT(rd.snapshot->conf.n, 4);
+    CHECK_EQ_INT(rd.n_entries, 2);
+    CHECK_EQ_INT(rd.entries[0].index, 4);
+    CHECK_EQ_INT(rd.n_committed, 0);
+    CHECK_EQ_INT(rd.hs.commit, 3);
+    CHECK(rd.conf_changed);
+    CHECK_EQ_INT(rd.n_msgs_after_persist, 1);
+    CHECK_EQ_INT(rd.msgs_after_persist[0].index, 3);
+    CHECK_EQ_INT(rd.ss.leader, 2);
+    /* Only one Ready in flight; a duplicate meanwhile is answered with
+     * the commit index, no second install. */
+    inject(&net, 1, m);
+    finish_ready(&net, t1, &rd);
+    CHECK_EQ_INT(t1->base, 3);
+    CHECK_EQ_INT(t1->n_log, 2);
+    struct raft_status st = st_of(&net, 1);
+    CHECK_EQ_INT(st.first_index, 4);
+    CHECK_EQ_INT(st.last_index, 5);
+    CHECK_EQ_INT(st.commit, 3);
+    CHECK_EQ_INT(st.applied, 3);
+    CHECK_EQ_INT(st.persisted_index, 5);
+    CHECK_EQ_INT(raft_conf_current(r, NULL)->n, 4);
+    take_ready(&net, t1, &rd);
+    CHECK(rd.snapshot == NULL);
+    CHECK_EQ_INT(rd.n_msgs_after_persist, 1);
+    CHECK_EQ_INT(rd.msgs_after_persist[0].index, 3);
+    finish_ready(&net, t1, &rd);
+    drop_queue(&net);
+
+    /* APPENDs reaching below the snapshot: the compacted part is skipped
+     * (committed, so matching); wholly below: acknowledged at commit. */
+    struct raft_entry es[4] = {{.term = 1, .index = 2},
+                               {.term = 2, .index = 3},
+                               {.term = 2, .index = 4},
+                               {.term = 3, .index = 5}};
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 3,
+                             .index = 1,
+                             .log_term = 1,
+                             .commit = 4,
+                             .entries = es,
+                             .n_entries = 4});
+    resp = find_msg(&net, 1, RAFT_MSG_APPEND_RESP);
+    CHECK(resp != NULL && !resp->reject);
+    CHECK_EQ_INT(resp->index, 5);
+    CHECK_EQ_INT(raft_log_get(r, 5)->term, 3); /* conflict replaced */
+    CHECK_EQ_INT(st_of(&net, 1).commit, 4);
+    drop_queue(&net);
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 3,
+                             .index = 1,
+                             .log_term = 1,
+                             .commit = 4,
+                             .entries = es,
+                             .n_entries = 1});
+    resp = find_msg(&net, 1, RAFT_MSG_APPEND_RESP);
+    CHECK(resp != NULL && !resp->reject);
+    CHECK_EQ_INT(resp->index, 4);
+    drop_queue(&net);
+
+    /* Stale: at or below our commit index, answered with it. */
+    m.snap_index = 4;
+    ce.index = 4;
+    inject(&net, 1, m);
+    take_ready(&net, t1, &rd);
+    CHECK(rd.snapshot == NULL);
+    CHECK_EQ_INT(rd.n_msgs_after_persist, 1);
+    CHECK_EQ_INT(rd.msgs_after_persist[0].index, 4);
+    finish_ready(&net, t1, &rd);
+    drop_queue(&net);
+
+    /* Conflicting entry at the snapshot index: the whole log goes, and
+     * with it an acknowledgement not handed out yet. */
+    struct raft_entry e6 = {.term = 3, .index = 6};
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 3,
+                             .index = 5,
+                             .log_term = 3,
+                             .commit = 4,
+                             .entries = &e6,
+                             .n_entries = 1});
+    m.term = 4;
+    m.snap_index = 6;
+    m.snap_term = 4;
+    ce.index = 6;
+    ce.term = 4;
+    inject(&net, 1, m);
+    take_ready(&net, t1, &rd);
+    CHECK(rd.snapshot != NULL);
+    CHECK_EQ_INT(rd.snapshot->index, 6);
+    CHECK_EQ_INT(rd.n_entries, 0);
+    CHECK_EQ_INT(rd.n_msgs_after_persist, 1); /* the ack of 6 dropped */
+    CHECK_EQ_INT(rd.msgs_after_persist[0].index, 6);
+    CHECK_EQ_INT(rd.msgs_after_persist[0].term, 4);
+    finish_ready(&net, t1, &rd);
+    st = st_of(&net, 1);
+    CHECK_EQ_INT(st.first_index, 7);
+    CHECK_EQ_INT(st.last_index, 6);
+    CHECK_EQ_INT(st.last_term, 4);
+    CHECK_EQ_INT(st.commit, 6);
+    CHECK_EQ_INT(t1->base, 6);
+    CHECK_EQ_INT(t1->n_log, 0);
+    CHECK_EQ_INT(t1->applied, 6);
+    /* A vote request is judged against the snapshot's last index/term. */
+    drop_queue(&net);
+    inject(&net, 1,
+           (struct raft_msg){.type = RAFT_MSG_VOTE,
+                             .from = 3,
+                             .term = 9,
+                             .transfer = true,
+                             .index = 5,
+                             .log_term = 4});
+    resp = find_msg(&net, 1, RAFT_MSG_VOTE_RESP);
+    CHECK(resp != NULL && resp->reject);
+    drop_queue(&net);
+    pz_free(ce.data);
+    raft_conf_free(&c4);
+    net_free(&net);
+}
+
+TEST(restore_from_snapshot)
+{
+    struct raft_conf a, b;
+    conf_of(&a, 3);
+    conf_of(&b, 3);
+    raft_conf_add(&b, 4, false, "x");
+    uint8_t *ba;
+    size_t la;
+    raft_conf_encode(&a, &ba, &la);
+    /* Entries 3..8: terms 2 2 2 3 3 3; entry 7 is a CONF (a). */
+    struct raft_entry e[6];
+    for (int i = 0; i < 6; i++)
+        e[i] = (struct raft_entry){.term = i < 3 ? 2 : 3,
+                                   .index = (uint64_t)i + 3,
+                                   .type = RAFT_ENTRY_NORMAL};
+    e[4].type = RAFT_ENTRY_CONF;
+    e[4].data = ba;
+    e[4].len = la;
+    struct raft_snapshot_meta snap = {.index = 5, .term = 2, .conf = b};
+    struct raft_hard_state hs = {.term = 3, .vote = 1, .commit = 2};
+    struct raft_config cfg = tcfg(1);
+    struct raft_ready rd;
+    struct raft_status st;
+
+    /* Snapshot only: conf and commit from the snapshot. */
+    struct raft *r = raft_new(&cfg, NULL);
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, NULL, 0), 0);
+    raft_status(r, &st);
+    CHECK_EQ_INT(st.commit, 5);
+    CHECK_EQ_INT(st.applied, 5);
+    CHECK_EQ_INT(st.first_index, 6);
+    CHECK_EQ_INT(st.last_index, 5);
+    CHECK_EQ_INT(st.last_term, 2);
+    CHECK_EQ_INT(st.snap_index, 5);
+    CHECK_EQ_INT(st.snap_term, 2);
+    uint64_t ci;
+    CHECK_EQ_INT(raft_conf_current(r, &ci)->n, 4);
+    CHECK_EQ_INT(ci, 5);
+    raft_ready(r, &rd);
+    CHECK_EQ_INT(rd.n_committed, 0);
+    CHECK(rd.snapshot == NULL);
+    CHECK(rd.conf_changed);
+    raft_advance(r, &rd);
+    raft_free(r);
+
+    /* Log right after the snapshot: committed entries start after it. */
+    hs.commit = 8;
+    r = raft_new(&cfg, NULL);
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e + 3, 3), 0);
+    CHECK_EQ_INT(raft_conf_current(r, &ci)->n, 3); /* entry 7 */
+    CHECK_EQ_INT(ci, 7);
+    raft_ready(r, &rd);
+    CHECK_EQ_INT(rd.n_committed, 3);
+    CHECK_EQ_INT(rd.committed[0].index, 6);
+    raft_advance(r, &rd);
+    raft_free(r);
+
+    /* Trailing entries below the snapshot: the first is the boundary. */
+    r = raft_new(&cfg, NULL);
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e, 6), 0);
+    raft_status(r, &st);
+    CHECK_EQ_INT(st.first_index, 4);
+    CHECK_EQ_INT(st.compact_term, 2);
+    CHECK(raft_log_get(r, 3) == NULL);
+    CHECK_EQ_INT(raft_log_get(r, 4)->term, 2);
+    raft_ready(r, &rd);
+    CHECK_EQ_INT(rd.n_committed, 3);
+    CHECK_EQ_INT(rd.committed[0].index, 6);
+    raft_advance(r, &rd);
+    raft_free(r);
+
+    /* config.applied beyond the snapshot. */
+    cfg.applied = 7;
+    r = raft_new(&cfg, NULL);
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e, 6), 0);
+    raft_ready(r, &rd);
+    CHECK_EQ_INT(rd.n_committed, 1);
+    CHECK_EQ_INT(rd.committed[0].index, 8);
+    raft_advance(r, &rd);
+    raft_free(r);
+    cfg.applied = 0;
+
+    /* Corrupt inputs. */
+    r = raft_new(&cfg, NULL);
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e + 4, 2),
+                 PZ_ECORRUPT); /* gap: starts at 7 */
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e, 2),
+                 PZ_ECORRUPT); /* 3..4: ends inside the snapshot */
+    snap.term = 3;
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e, 6),
+                 PZ_ECORRUPT); /* entry 5 has term 2 */
+    snap.term = 4;
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, NULL, 0),
+                 PZ_ECORRUPT); /* above hs.term */
+    snap.term = 0;
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, NULL, 0), PZ_ECORRUPT);
+    snap.term = 2;
+    e[3].term = 1;
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e + 3, 3),
+                 PZ_ECORRUPT); /* below the snapshot term */
+    e[3].term = 3;
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, NULL, e, 6),
+                 PZ_ECORRUPT); /* no snapshot: must start at 1 */
+    struct raft_server dup[2] = {{.id = 1, .voter = true, .meta = "a"},
+                                 {.id = 1, .voter = true, .meta = "b"}};
+    struct raft_snapshot_meta bad = {
+        .index = 5, .term = 2, .conf = {.servers = dup, .n = 2}};
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &bad, NULL, 0), PZ_ECORRUPT);
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e, 6), 0);
+    CHECK_EQ_INT(raft_restore_snapshot(r, &hs, &snap, e, 6), PZ_EBUSY);
+    raft_free(r);
+    pz_free(ba);
+    raft_conf_free(&a);
+    raft_conf_free(&b);
+}
+
+TEST(installed_snapshot_sent_on_only_when_durable)
+{
+    /* Node 2 installs a snapshot whose conf makes it the only voter, wins
+     * at once and must serve node 1 a snapshot: not before its own
+     * install is durable. */
+    struct raft_config cfg = tcfg(2);
+    struct raft *r = raft_new(&cfg, NULL);
+    struct raft_conf c;
+    raft_conf_init(&c);
+    raft_conf_add(&c, 1, false, "a");
+    raft_conf_add(&c, 2, true, "b");
+    struct raft_entry ce;
+    struct raft_msg m = snap_msg(1, 5, 10, 5, &c, &ce);
+    m.to = 2;
+    CHECK_EQ_INT(raft_step(r, &m), 0);
+    raft_campaign(r);
+    struct raft_status st;
+    raft_status(r, &st);
+    CHECK_EQ_INT(st.role, RAFT_LEADER);
+    /* Node 1 rejects the first probe: it needs everything. */
+    CHECK_EQ_INT(raft_step(r, &(struct raft_msg){.type = RAFT_MSG_APPEND_RESP,
+                                                 .from = 1,
+                                                 .to = 2,
+                                                 .term = st.term,
+                                                 .reject = true,
+                                                 .index = 10,
+                                                 .reject_hint = 1}),
+                 0);
+    struct raft_ready rd;
+    raft_ready(r, &rd);
+    CHECK(rd.snapshot != NULL);
+    for (size_t i = 0; i < rd.n_msgs; i++)
+        CHECK(rd.msgs[i].type != RAFT_MSG_INSTALL_SNAPSHOT);
+    raft_advance(r, &rd);
+    raft_tick(r);
+    CHECK_EQ_INT(
+        raft_step(r, &(struct raft_msg){.type = RAFT_MSG_HEARTBEAT_RESP,
+                                        .from = 1,
+                                        .to = 2,
+                                        .term = st.term}),
+        0);
+    raft_ready(r, &rd);
+    size_t n = 0;
+    for (size_t i = 0; i < rd.n_msgs; i++)
+        if (rd.msgs[i].type == RAFT_MSG_INSTALL_SNAPSHOT) {
+            n++;
+            CHECK_EQ_INT(rd.msgs[i].snap_index, 10);
+            CHECK_EQ_INT(rd.msgs[i].snap_term, 5);
+        }
+    CHECK_EQ_INT(n, 1);
+    raft_advance(r, &rd);
+    raft_free(r);
+    pz_free(ce.data);
+    raft_conf_free(&c);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(conf_codec),
     TEST_ENTRY(new_rejects_bad_config),
@@ -1280,6 +2018,13 @@ static const struct test_case cases[] = {
     TEST_ENTRY(transfer_aborts_after_timeout),
     TEST_ENTRY(restore_uses_last_conf_entry),
     TEST_ENTRY(malformed_messages),
+    TEST_ENTRY(compact_boundaries),
+    TEST_ENTRY(conf_survives_compaction),
+    TEST_ENTRY(leader_sends_snapshot),
+    TEST_ENTRY(snapshot_report_and_retry),
+    TEST_ENTRY(follower_snapshot_rules),
+    TEST_ENTRY(restore_from_snapshot),
+    TEST_ENTRY(installed_snapshot_sent_on_only_when_durable),
     TEST_END};
 
 const struct test_suite suite_raft = {"raft", cases};

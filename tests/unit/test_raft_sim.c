@@ -6,9 +6,17 @@
  * fake storage whose write of a Ready completes after a random delay (one
  * batch in flight per node, the Ready's arrays used in place meanwhile),
  * and crashes that lose what was not durable (a write in flight is either
- * lost or complete) followed by a restart through raft_restore from the
- * durable state only. Clients propose, read, change membership and
- * transfer leadership at random.
+ * lost or complete) followed by a restart through raft_restore_snapshot
+ * from the durable state only. Clients propose, read, change membership
+ * and transfer leadership at random.
+ *
+ * Snapshots: each node's state machine is the chained digest of the
+ * entries it applied. Nodes snapshot it at random applied indexes (the
+ * write takes a while and is lost in a crash), then compact the core and
+ * the durable log with small trailing counts, so lagging, partitioned,
+ * restarted and joining nodes catch up through InstallSnapshot. Transfers
+ * take time, fail (raft_report_snapshot false), or vanish without a word;
+ * an installed snapshot is durable only with its Ready.
  *
  * After every event the simulator checks, for the node concerned:
  *  - Election Safety: at most one leader per term, ever;
@@ -19,7 +27,12 @@
  *  - Leader Completeness: a leader of term T holds every entry known
  *    committed by a node whose term was < T;
  *  - State Machine Safety: every applied entry equals the committed entry
- *    of that index; each node applies 1, 2, 3, ... in order;
+ *    of that index; each node applies 1, 2, 3, ... in order (after its
+ *    snapshot); a node's state machine digest after applying i (or after
+ *    installing a snapshot of i) equals the committed history up to i;
+ *  - snapshots: a leader sends only its durable snapshot; a Ready only
+ *    installs a snapshot the node received, with the conf it came with; a
+ *    node's durable log is a valid continuation of its durable snapshot;
  *  - ReadIndex linearizability: a confirmed read index is >= the highest
  *    commit index any node knew when the read was requested.
  * Then liveness: after healing everything and restarting crashed nodes, a
@@ -57,16 +70,34 @@ enum ev_type {
     EV_CRASH,
     EV_CHAOS,
     EV_CLIENT,
+    EV_SNAP_DONE, /* a local snapshot file is durable */
+    EV_XFER,      /* a snapshot transfer reaches its receiver */
+    EV_REPORT,    /* the sender's transport reports a transfer's outcome */
+};
+
+/* A snapshot file: the state machine (a digest) and its meta. */
+struct sim_snapshot {
+    uint64_t index;        /* last index covered, 0: none */
+    uint64_t term;         /* its term */
+    struct raft_conf conf; /* configuration as of index */
+    uint64_t digest;       /* state machine: chain of entries 1..index */
 };
 
 struct event {
-    uint64_t time;     /* ms */
-    uint64_t seq;      /* tie breaker: FIFO among equal times */
-    int type;          /* enum ev_type */
-    int node;          /* node index 1..n */
-    uint64_t epoch;    /* node incarnation the event belongs to */
-    struct raft_msg m; /* EV_DELIVER: deep copy */
+    uint64_t time;            /* ms */
+    uint64_t seq;             /* tie breaker: FIFO among equal times */
+    int type;                 /* enum ev_type */
+    int node;                 /* node index 1..n */
+    uint64_t epoch;           /* node incarnation the event belongs to */
+    struct raft_msg m;        /* EV_DELIVER, EV_XFER: deep copy */
+    struct sim_snapshot snap; /* EV_SNAP_DONE, EV_XFER: the file */
+    int peer;                 /* EV_XFER: sender; EV_REPORT: receiver */
+    uint64_t peer_epoch;      /* EV_XFER: sender's incarnation */
+    bool ok;                  /* EV_REPORT: outcome */
+    bool report;              /* EV_XFER: the sender hears of delivery */
 };
+
+#define SIM_RX_FILES 4 /* snapshot files a node keeps received */
 
 struct mirror {
     uint64_t term;       /* term of the entry */
@@ -83,21 +114,33 @@ struct snode {
     bool founder;   /* bootstraps the initial cluster */
     /* durable storage */
     struct raft_hard_state hs; /* durable hard state */
-    struct raft_entry *log;    /* durable entries 1..n_log */
+    struct sim_snapshot dsnap; /* durable snapshot (index 0: none) */
+    uint64_t dbase;            /* durable log starts after this index */
+    struct raft_entry *log;    /* durable entries dbase+1..dbase+n_log */
     size_t n_log, cap_log;     /* used, allocated */
     /* the Ready being written */
-    bool in_flight;       /* a Ready is taken and not advanced */
-    struct raft_ready rd; /* it (arrays owned by the core) */
+    bool in_flight;              /* a Ready is taken and not advanced */
+    struct raft_ready rd;        /* it (arrays owned by the core) */
+    struct sim_snapshot install; /* rd.snapshot's file, if any */
+    /* snapshot files received, not yet installed (lost in a crash) */
+    struct sim_snapshot rx[SIM_RX_FILES]; /* ring of the latest */
+    size_t n_rx;                          /* received so far */
+    bool snap_busy; /* a local snapshot is being written */
+    /* the state machine */
+    uint64_t sm;              /* digest of what was applied (chain hash) */
+    uint64_t applied;         /* last applied index */
+    struct raft_conf sm_conf; /* configuration as of applied */
     /* checks */
-    struct mirror *mir;    /* mirror of the core's log, by index-1 */
-    size_t n_mir, cap_mir; /* used, allocated */
-    uint64_t commit;       /* last seen commit (this incarnation) */
-    uint64_t applied;      /* last applied index */
-    uint64_t lc_term;      /* term for which lc_checked holds */
-    uint64_t lc_checked;   /* leader completeness checked up to */
-    uint64_t checks;       /* check counter (full scans) */
-    uint64_t marker_term;  /* liveness: term a marker was proposed */
-    uint64_t marker_index; /* liveness: its index */
+    struct mirror *mir;      /* mirror of the core's log, by index-base-1 */
+    size_t n_mir, cap_mir;   /* used, allocated */
+    uint64_t mir_base;       /* index before mir[0] */
+    uint64_t mir_base_chain; /* chain hash at mir_base */
+    uint64_t commit;         /* last seen commit (this incarnation) */
+    uint64_t lc_term;        /* term for which lc_checked holds */
+    uint64_t lc_checked;     /* leader completeness checked up to */
+    uint64_t checks;         /* check counter (full scans) */
+    uint64_t marker_term;    /* liveness: term a marker was proposed */
+    uint64_t marker_index;   /* liveness: its index */
 };
 
 struct committed_rec {
@@ -142,6 +185,18 @@ struct sim {
     bool pre_vote, check_quorum;       /* core options of this run */
     size_t max_inflight;               /* core option */
     size_t max_bytes;                  /* core option */
+    int snap_pct;                      /* chance per Ready with applied
+                                          entries to start a snapshot
+                                          (0: never) */
+    uint64_t snap_gap;                 /* entries since the last snapshot
+                                          before another */
+    uint64_t trail_max;                /* trailing entries kept, max */
+    uint64_t snap_write_max;           /* ms a snapshot write may take */
+    int xfer_fail_pct;                 /* transfers that fail */
+    int xfer_silent_pct;               /* transfers lost without report */
+    int store_keep_pct;                /* compactions that keep the
+                                          durable log (trailing below the
+                                          snapshot on restart) */
     uint64_t *leader_of_term;          /* term -> leader id */
     size_t cap_lot;                    /* allocated */
     struct committed_rec *committed;   /* by index-1 */
@@ -157,6 +212,8 @@ struct sim {
     uint64_t stat_commits;             /* stats */
     uint64_t stat_reads;               /* confirmed reads */
     uint64_t stat_leaders;             /* leader elections seen */
+    uint64_t stat_snaps;               /* local snapshots taken */
+    uint64_t stat_installs;            /* snapshots installed */
 };
 
 static volatile sig_atomic_t cur_seed_for_signal;
@@ -293,10 +350,39 @@ static void msg_deep_free(struct raft_msg *m)
     pz_free(m->entries);
 }
 
+static void ssnap_free(struct sim_snapshot *f)
+{
+    raft_conf_free(&f->conf);
+    memset(f, 0, sizeof *f);
+}
+
+static void ssnap_copy(struct sim_snapshot *dst, const struct sim_snapshot *src)
+{
+    if (dst == src)
+        return;
+    dst->index = src->index;
+    dst->term = src->term;
+    dst->digest = src->digest;
+    raft_conf_copy(&dst->conf, &src->conf);
+}
+
+static bool conf_equal(const struct raft_conf *a, const struct raft_conf *b)
+{
+    if (a->n != b->n)
+        return false;
+    for (size_t i = 0; i < a->n; i++)
+        if (a->servers[i].id != b->servers[i].id ||
+            a->servers[i].voter != b->servers[i].voter ||
+            strcmp(a->servers[i].meta, b->servers[i].meta) != 0)
+            return false;
+    return true;
+}
+
 static void ev_free(struct event *e)
 {
-    if (e->type == EV_DELIVER)
+    if (e->type == EV_DELIVER || e->type == EV_XFER)
         msg_deep_free(&e->m);
+    ssnap_free(&e->snap);
     pz_free(e);
 }
 
@@ -398,36 +484,101 @@ static void check_chain(struct sim *s, int node, uint64_t index, uint64_t term,
     }
 }
 
+static struct mirror *mir_at(struct snode *sn, uint64_t index)
+{
+    pz_assert(index > sn->mir_base && index <= sn->mir_base + sn->n_mir);
+    return &sn->mir[index - sn->mir_base - 1];
+}
+
+static uint64_t mir_chain(struct snode *sn, uint64_t index)
+{
+    return index == sn->mir_base ? sn->mir_base_chain
+                                 : mir_at(sn, index)->chain;
+}
+
+/* The core's log now starts after base (compaction, snapshot install or
+ * restart): entries up to base are in its snapshot, so they must be
+ * committed, and the boundary's term must be the committed one. */
+static void rebase_mirror(struct sim *s, struct snode *sn, uint64_t base,
+                          uint64_t base_term)
+{
+    if (base < sn->mir_base) {
+        sim_fail(s, "node %d: log start went back %" PRIu64 " -> %" PRIu64,
+                 (int)sn->id, sn->mir_base, base);
+        return;
+    }
+    if (base > s->n_committed) {
+        sim_fail(s,
+                 "node %d: log compacted up to %" PRIu64 " but only %zu "
+                 "entries are committed",
+                 (int)sn->id, base, s->n_committed);
+        return;
+    }
+    const struct committed_rec *c = &s->committed[base - 1];
+    if (c->term != base_term) {
+        sim_fail(s,
+                 "node %d: snapshot/compaction boundary %" PRIu64
+                 " has term %" PRIu64 ", committed entry has %" PRIu64,
+                 (int)sn->id, base, base_term, c->term);
+        return;
+    }
+    uint64_t k = base - sn->mir_base;
+    if (k <= sn->n_mir) {
+        if (mir_at(sn, base)->term == base_term &&
+            mir_at(sn, base)->chain != c->chain)
+            sim_fail(s,
+                     "node %d: compacted entry %" PRIu64 " differs from "
+                     "the committed one",
+                     (int)sn->id, base);
+        memmove(sn->mir, sn->mir + k, (sn->n_mir - k) * sizeof *sn->mir);
+        sn->n_mir -= k;
+    } else {
+        sn->n_mir = 0;
+    }
+    sn->mir_base = base;
+    sn->mir_base_chain = c->chain;
+}
+
 /* Refreshes the mirror of node's log; full scan sometimes, else from its
  * commit index (committed entries never change). */
-static void update_mirror(struct sim *s, struct snode *sn)
+static void update_mirror(struct sim *s, struct snode *sn,
+                          const struct raft_status *st)
 {
+    uint64_t base = st->first_index - 1;
+    if (base != sn->mir_base) {
+        rebase_mirror(s, sn, base, st->compact_term);
+        if (s->failed)
+            return;
+    }
     uint64_t last = raft_last_index(sn->r);
-    uint64_t from = 1;
-    if (++sn->checks % 16 != 0)
-        from = PZ_MIN(sn->commit, (uint64_t)sn->n_mir) + 1;
-    if (from > 1 && from - 1 > last)
+    uint64_t mir_last = sn->mir_base + sn->n_mir;
+    uint64_t from = base + 1;
+    bool full = ++sn->checks % 16 == 0;
+    if (!full)
+        from = PZ_MAX(base + 1, PZ_MIN(sn->commit, mir_last) + 1);
+    if (from > last + 1)
         from = last + 1;
     uint64_t i = from;
-    for (; i <= last && i <= sn->n_mir; i++) {
+    for (; i <= last && i <= mir_last; i++) {
         const struct raft_entry *e = raft_log_get(sn->r, i);
-        const struct mirror *m = &sn->mir[i - 1];
+        const struct mirror *m = mir_at(sn, i);
         if (e->term != m->term || e->data != m->data || e->len != m->len ||
             e->type != m->type)
             break;
     }
-    if (from == 1 && i <= sn->n_mir && i <= sn->commit)
+    if (full && i <= mir_last && i <= sn->commit)
         sim_fail(s, "node %d: committed entry %" PRIu64 " changed", (int)sn->id,
                  i);
-    if (sn->cap_mir < last) {
-        sn->cap_mir = last + 64;
+    if (sn->cap_mir < last - base) {
+        sn->cap_mir = last - base + 64;
         sn->mir = pz_realloc(sn->mir, sn->cap_mir * sizeof *sn->mir);
     }
+    sn->n_mir = last - base;
     for (; i <= last; i++) {
         const struct raft_entry *e = raft_log_get(sn->r, i);
         pz_assert(e != NULL && e->index == i);
-        uint64_t prev = i > 1 ? sn->mir[i - 2].chain : 0;
-        struct mirror *m = &sn->mir[i - 1];
+        uint64_t prev = mir_chain(sn, i - 1);
+        struct mirror *m = mir_at(sn, i);
         m->term = e->term;
         m->data = e->data;
         m->len = e->len;
@@ -435,7 +586,6 @@ static void update_mirror(struct sim *s, struct snode *sn)
         m->chain = entry_chain(prev, e);
         check_chain(s, (int)sn->id, i, e->term, m->chain);
     }
-    sn->n_mir = last;
 }
 
 static void note_committed(struct sim *s, int node, uint64_t index,
@@ -472,7 +622,9 @@ static void check_node(struct sim *s, int id)
         return;
     struct raft_status st;
     raft_status(sn->r, &st);
-    update_mirror(s, sn);
+    update_mirror(s, sn, &st);
+    if (s->failed)
+        return;
     if (st.commit > st.last_index)
         sim_fail(s, "node %d commit %" PRIu64 " > last %" PRIu64, id, st.commit,
                  st.last_index);
@@ -481,9 +633,11 @@ static void check_node(struct sim *s, int id)
     if (st.commit < sn->commit)
         sim_fail(s, "node %d commit went back %" PRIu64 " -> %" PRIu64, id,
                  sn->commit, st.commit);
-    /* Register newly committed entries (and check them). */
-    for (uint64_t i = sn->commit + 1; i <= st.commit && !s->failed; i++)
-        note_committed(s, id, i, sn->mir[i - 1].chain, sn->mir[i - 1].term,
+    /* Register newly committed entries (and check them). Those in the
+     * snapshot were checked when the mirror was rebased. */
+    for (uint64_t i = PZ_MAX(sn->commit, sn->mir_base) + 1;
+         i <= st.commit && !s->failed; i++)
+        note_committed(s, id, i, mir_at(sn, i)->chain, mir_at(sn, i)->term,
                        st.term);
     if (st.commit > sn->commit)
         sn->commit = st.commit;
@@ -518,10 +672,11 @@ static void check_node(struct sim *s, int id)
             sn->lc_term = st.term;
             sn->lc_checked = 0;
         }
-        for (uint64_t i = sn->lc_checked + 1; i <= s->n_committed; i++) {
+        for (uint64_t i = PZ_MAX(sn->lc_checked, sn->mir_base) + 1;
+             i <= s->n_committed; i++) {
             const struct committed_rec *c = &s->committed[i - 1];
-            if (c->obs_term < st.term &&
-                (i > sn->n_mir || sn->mir[i - 1].chain != c->chain)) {
+            if (c->obs_term < st.term && (i > sn->mir_base + sn->n_mir ||
+                                          mir_at(sn, i)->chain != c->chain)) {
                 sim_fail(s,
                          "leader completeness: leader %d of term %" PRIu64
                          " lacks committed entry %" PRIu64,
@@ -535,17 +690,64 @@ static void check_node(struct sim *s, int id)
 
 /* --- node I/O ------------------------------------------------------------- */
 
-static void store_write(struct snode *sn, const struct raft_ready *rd)
+static uint64_t dlast(const struct snode *sn)
 {
+    return sn->dbase + sn->n_log;
+}
+
+static void dlog_pop(struct snode *sn)
+{
+    sn->n_log--;
+    pz_free(sn->log[sn->n_log].data);
+}
+
+/* Drops durable entries <= upto (the store's compaction). */
+static void dlog_compact(struct snode *sn, uint64_t upto)
+{
+    if (upto <= sn->dbase)
+        return;
+    size_t k = (size_t)PZ_MIN(upto - sn->dbase, (uint64_t)sn->n_log);
+    for (size_t i = 0; i < k; i++)
+        pz_free(sn->log[i].data);
+    memmove(sn->log, sn->log + k, (sn->n_log - k) * sizeof *sn->log);
+    sn->n_log -= k;
+    sn->dbase = upto;
+}
+
+/* The durable entry at index, or NULL. */
+static const struct raft_entry *dlog_at(const struct snode *sn, uint64_t index)
+{
+    if (index <= sn->dbase || index > dlast(sn))
+        return NULL;
+    return &sn->log[index - sn->dbase - 1];
+}
+
+/* One Ready's transaction: an installed snapshot replaces the whole log,
+ * then the hard state, then the entries (after deleting those >= the
+ * first). */
+static void store_write(struct sim *s, struct snode *sn,
+                        const struct raft_ready *rd)
+{
+    if (rd->snapshot != NULL) {
+        ssnap_copy(&sn->dsnap, &sn->install);
+        while (sn->n_log > 0)
+            dlog_pop(sn);
+        sn->dbase = rd->snapshot->index;
+    }
     if (rd->hs_changed)
         sn->hs = rd->hs;
     for (size_t i = 0; i < rd->n_entries; i++) {
         const struct raft_entry *e = &rd->entries[i];
-        while (sn->n_log >= e->index) {
-            sn->n_log--;
-            pz_free(sn->log[sn->n_log].data);
+        if (e->index <= sn->dbase) {
+            sim_fail(s,
+                     "node %d writes entry %" PRIu64 " at or below its "
+                     "compacted log (%" PRIu64 ")",
+                     (int)sn->id, e->index, sn->dbase);
+            return;
         }
-        pz_assert(sn->n_log + 1 == e->index);
+        while (dlast(sn) >= e->index)
+            dlog_pop(sn);
+        pz_assert(dlast(sn) + 1 == e->index);
         if (sn->n_log == sn->cap_log) {
             sn->cap_log = sn->cap_log ? sn->cap_log * 2 : 64;
             sn->log = pz_realloc(sn->log, sn->cap_log * sizeof *sn->log);
@@ -568,25 +770,41 @@ static void apply_entries(struct sim *s, struct snode *sn,
                      (int)sn->id, e->index, sn->applied);
             return;
         }
-        if (e->index > sn->n_mir || sn->mir[e->index - 1].term != e->term) {
+        if (e->index <= sn->mir_base || e->index > sn->mir_base + sn->n_mir ||
+            mir_at(sn, e->index)->term != e->term) {
             sim_fail(s, "node %d applies an entry not in its log", (int)sn->id);
             return;
         }
-        if (e->index > sn->n_log || sn->log[e->index - 1].term != e->term) {
-            sim_fail(s, "node %d applies entry %" PRIu64 " that is not "
-                     "durable locally", (int)sn->id, e->index);
+        const struct raft_entry *d = dlog_at(sn, e->index);
+        if (d == NULL || d->term != e->term) {
+            sim_fail(s,
+                     "node %d applies entry %" PRIu64 " that is not "
+                     "durable locally",
+                     (int)sn->id, e->index);
             return;
         }
-        uint64_t chain = sn->mir[e->index - 1].chain;
-        if (entry_chain(e->index > 1 ? sn->mir[e->index - 2].chain : 0, e) !=
-            chain) {
+        uint64_t chain = mir_at(sn, e->index)->chain;
+        if (entry_chain(mir_chain(sn, e->index - 1), e) != chain) {
             sim_fail(s,
                      "node %d applied entry %" PRIu64 " differs from its "
                      "log",
                      (int)sn->id, e->index);
             return;
         }
-        note_committed(s, (int)sn->id, e->index, chain, e->term, st.term);
+        /* The state machine: everything applied so far, chained. */
+        sn->sm = entry_chain(sn->sm, e);
+        if (e->type == RAFT_ENTRY_CONF) {
+            raft_conf_free(&sn->sm_conf);
+            pz_assert(raft_conf_decode(e->data, e->len, &sn->sm_conf) == 0);
+        }
+        if (sn->sm != chain) {
+            sim_fail(s,
+                     "node %d: state machine after %" PRIu64 " differs "
+                     "from its log's history",
+                     (int)sn->id, e->index);
+            return;
+        }
+        note_committed(s, (int)sn->id, e->index, sn->sm, e->term, st.term);
         sn->applied = e->index;
     }
 }
@@ -625,23 +843,285 @@ static void check_reads(struct sim *s, struct snode *sn,
 /* The persistence contract, checked on every message as it leaves: an
  * acknowledgement covers only durable entries, a granted vote is durable,
  * and a (pre-)vote request never claims a log we do not have durably. */
+static void push_report(struct sim *s, int leader, int to, bool ok,
+                        uint64_t delay)
+{
+    struct event *e = ev_new(s, EV_REPORT, leader, delay);
+    e->peer = to;
+    e->ok = ok;
+    heap_push(s, e);
+}
+
+/* The transport streams the durable snapshot file named by an
+ * INSTALL_SNAPSHOT to its receiver, which hands the message to its core
+ * once the whole file is there. It may fail (reported), or vanish. */
+static void start_xfer(struct sim *s, struct snode *sn,
+                       const struct raft_msg *m)
+{
+    if (m->snap_index == 0 || m->snap_index != sn->dsnap.index ||
+        m->snap_term != sn->dsnap.term) {
+        sim_fail(s,
+                 "node %d sends snapshot %" PRIu64 "/%" PRIu64
+                 ", its durable one is %" PRIu64 "/%" PRIu64,
+                 (int)sn->id, m->snap_index, m->snap_term, sn->dsnap.index,
+                 sn->dsnap.term);
+        return;
+    }
+    struct raft_conf c;
+    if (m->n_entries != 1 ||
+        raft_conf_decode(m->entries[0].data, m->entries[0].len, &c) != 0) {
+        sim_fail(s, "node %d: INSTALL_SNAPSHOT without a conf", (int)sn->id);
+        return;
+    }
+    bool same = conf_equal(&c, &sn->dsnap.conf);
+    raft_conf_free(&c);
+    if (!same) {
+        sim_fail(s,
+                 "node %d: INSTALL_SNAPSHOT conf differs from the "
+                 "snapshot file's",
+                 (int)sn->id);
+        return;
+    }
+    int to = (int)m->to;
+    if (to < 1 || to > s->n || to == (int)sn->id)
+        return;
+    if (!linked(s, m->from, m->to)) {
+        trace(s, "snapshot %" PRIu64 " %d->%d: no connection", m->snap_index,
+              (int)sn->id, to);
+        push_report(s, (int)sn->id, to, false, 1 + rnd(s, 20));
+        return;
+    }
+    if (s->chaos && chance(s, s->xfer_silent_pct)) {
+        trace(s, "snapshot %" PRIu64 " %d->%d: vanishes", m->snap_index,
+              (int)sn->id, to);
+        return;
+    }
+    if (s->chaos && chance(s, s->xfer_fail_pct)) {
+        trace(s, "snapshot %" PRIu64 " %d->%d: fails", m->snap_index,
+              (int)sn->id, to);
+        push_report(s, (int)sn->id, to, false, 1 + rnd(s, 100));
+        return;
+    }
+    struct event *e = ev_new(s, EV_XFER, to, 5 + rnd(s, s->chaos ? 150 : 30));
+    msg_deep_copy(&e->m, m);
+    ssnap_copy(&e->snap, &sn->dsnap);
+    e->peer = (int)sn->id;
+    e->peer_epoch = sn->epoch;
+    e->report = !(s->chaos && chance(s, 5));
+    heap_push(s, e);
+    trace(s, "snapshot %" PRIu64 " %d->%d: streaming", m->snap_index,
+          (int)sn->id, to);
+}
+
+/* An acknowledgement of index i to the leader of term T claims that our
+ * durable log (snapshot included) matches that leader's log up to i: if
+ * it still leads in T, the terms at i must agree (Log Matching, checked
+ * globally, does the rest). */
+static void check_ack(struct sim *s, struct snode *sn, const struct raft_msg *m)
+{
+    uint64_t i = m->index;
+    if (i == 0 || m->to < 1 || m->to > (uint64_t)s->n)
+        return;
+    uint64_t dterm;
+    const struct raft_entry *d = dlog_at(sn, i);
+    if (d != NULL)
+        dterm = d->term;
+    else if (i == sn->dsnap.index)
+        dterm = sn->dsnap.term;
+    else if (i < sn->dsnap.index)
+        dterm = s->committed[i - 1].term; /* in the snapshot */
+    else
+        return;
+    struct snode *ln = &s->nodes[m->to];
+    if (ln->r == NULL || m->term >= s->cap_lot ||
+        s->leader_of_term[m->term] != m->to)
+        return;
+    struct raft_status st;
+    raft_status(ln->r, &st);
+    if (st.role != RAFT_LEADER || st.term != m->term)
+        return;
+    uint64_t lterm;
+    if (i <= ln->mir_base)
+        lterm = s->committed[i - 1].term;
+    else if (i <= ln->mir_base + ln->n_mir)
+        lterm = mir_at(ln, i)->term;
+    else
+        lterm = 0;
+    if (lterm != dterm)
+        sim_fail(s,
+                 "node %d acks index %" PRIu64 " (durable term %" PRIu64
+                 ") to the leader of term %" PRIu64 ", which has term %" PRIu64
+                 " there",
+                 (int)sn->id, i, dterm, m->term, lterm);
+}
+
+/* The persistence contract, checked on every message as it leaves: an
+ * acknowledgement covers only durable entries that agree with the
+ * leader's, a granted vote is durable, and a (pre-)vote request never
+ * claims a log we do not have durably. */
 static void send_checked(struct sim *s, struct snode *sn,
                          const struct raft_msg *m)
 {
-    if (m->type == RAFT_MSG_APPEND_RESP && !m->reject &&
-        m->index > sn->n_log)
-        sim_fail(s, "node %d acks index %" PRIu64 " with %zu entries "
-                 "durable", (int)sn->id, m->index, sn->n_log);
+    if (m->type == RAFT_MSG_APPEND_RESP && !m->reject) {
+        if (m->index > dlast(sn))
+            sim_fail(s,
+                     "node %d acks index %" PRIu64 " with %" PRIu64
+                     " entries durable",
+                     (int)sn->id, m->index, dlast(sn));
+        else
+            check_ack(s, sn, m);
+    }
     if (m->type == RAFT_MSG_VOTE_RESP && !m->reject &&
         !(sn->hs.term > m->term ||
           (sn->hs.term == m->term && sn->hs.vote == m->to)))
-        sim_fail(s, "node %d grants a vote in term %" PRIu64
-                 " that is not durable", (int)sn->id, m->term);
+        sim_fail(
+            s, "node %d grants a vote in term %" PRIu64 " that is not durable",
+            (int)sn->id, m->term);
     if (m->type == RAFT_MSG_VOTE &&
-        !(sn->hs.term >= m->term && m->index <= sn->n_log))
-        sim_fail(s, "node %d asks for votes before its term/vote/log are "
-                 "durable", (int)sn->id);
-    net_send(s, m);
+        !(sn->hs.term >= m->term && m->index <= dlast(sn)))
+        sim_fail(s,
+                 "node %d asks for votes before its term/vote/log are "
+                 "durable",
+                 (int)sn->id);
+    if (m->type == RAFT_MSG_INSTALL_SNAPSHOT)
+        start_xfer(s, sn, m);
+    else
+        net_send(s, m);
+}
+
+/* rd.snapshot: load the state machine from the received file. */
+static void install_snapshot(struct sim *s, struct snode *sn,
+                             const struct raft_ready *rd)
+{
+    const struct raft_snapshot_meta *snap = rd->snapshot;
+    const struct sim_snapshot *f = NULL;
+    for (size_t k = 0; k < SIM_RX_FILES && k < sn->n_rx; k++)
+        if (sn->rx[k].index == snap->index && sn->rx[k].term == snap->term)
+            f = &sn->rx[k];
+    if (f == NULL) {
+        sim_fail(s,
+                 "node %d installs snapshot %" PRIu64 "/%" PRIu64
+                 " it never received",
+                 (int)sn->id, snap->index, snap->term);
+        return;
+    }
+    if (!conf_equal(&f->conf, &snap->conf))
+        sim_fail(s,
+                 "node %d installs a snapshot with another conf than "
+                 "its file's",
+                 (int)sn->id);
+    if (rd->n_committed > 0)
+        sim_fail(s,
+                 "node %d: a Ready installing a snapshot applies "
+                 "entries",
+                 (int)sn->id);
+    if (rd->hs.commit < snap->index)
+        sim_fail(s,
+                 "node %d: commit %" PRIu64 " below the installed "
+                 "snapshot",
+                 (int)sn->id, rd->hs.commit);
+    if (rd->n_entries > 0 && rd->entries[0].index != snap->index + 1)
+        sim_fail(s,
+                 "node %d: entries after an installed snapshot start at "
+                 "%" PRIu64,
+                 (int)sn->id, rd->entries[0].index);
+    /* State machine safety across installs. */
+    if (snap->index > s->n_committed ||
+        s->committed[snap->index - 1].chain != f->digest)
+        sim_fail(s,
+                 "node %d installs a snapshot of %" PRIu64 " that "
+                 "differs from the committed history",
+                 (int)sn->id, snap->index);
+    if (snap->index <= sn->applied)
+        sim_fail(s,
+                 "node %d installs snapshot %" PRIu64 " at or below "
+                 "applied %" PRIu64,
+                 (int)sn->id, snap->index, sn->applied);
+    if (s->failed)
+        return;
+    ssnap_copy(&sn->install, f);
+    sn->sm = f->digest;
+    sn->applied = snap->index;
+    raft_conf_copy(&sn->sm_conf, &f->conf);
+    s->stat_installs++;
+    trace(s, "node %d installs snapshot %" PRIu64 "/%" PRIu64, (int)sn->id,
+          snap->index, snap->term);
+}
+
+/* Sometimes snapshot the state machine at the applied index; the write
+ * completes later (EV_SNAP_DONE), unless the node crashes first. */
+static void maybe_snapshot(struct sim *s, int id)
+{
+    struct snode *sn = &s->nodes[id];
+    if (s->snap_pct == 0 || sn->snap_busy ||
+        sn->applied < sn->dsnap.index + s->snap_gap || !chance(s, s->snap_pct))
+        return;
+    struct raft_snapshot_meta meta;
+    int rc = raft_snapshot_meta_at(sn->r, sn->applied, &meta);
+    if (rc != 0) {
+        sim_fail(s, "node %d: no snapshot meta at applied %" PRIu64 ": %s", id,
+                 sn->applied, pz_strerror(rc));
+        return;
+    }
+    if (!conf_equal(&meta.conf, &sn->sm_conf))
+        sim_fail(s,
+                 "node %d: snapshot conf at %" PRIu64 " differs from "
+                 "the applied one",
+                 id, sn->applied);
+    if (meta.term != s->committed[sn->applied - 1].term)
+        sim_fail(s, "node %d: snapshot term at %" PRIu64 " is %" PRIu64, id,
+                 sn->applied, meta.term);
+    struct event *e =
+        ev_new(s, EV_SNAP_DONE, id, rnd(s, s->snap_write_max + 1));
+    e->snap.index = meta.index;
+    e->snap.term = meta.term;
+    e->snap.conf = meta.conf; /* taken over */
+    e->snap.digest = sn->sm;
+    heap_push(s, e);
+    sn->snap_busy = true;
+    trace(s, "node %d snapshots at %" PRIu64, id, meta.index);
+}
+
+/* The snapshot file is durable: compact the core, then the stored log. */
+static void snap_done(struct sim *s, int id, const struct sim_snapshot *f)
+{
+    struct snode *sn = &s->nodes[id];
+    sn->snap_busy = false;
+    if (f->index > sn->dsnap.index)
+        ssnap_copy(&sn->dsnap, f);
+    uint64_t trailing = rnd(s, s->trail_max + 1);
+    int rc = raft_compact(sn->r, f->index, trailing);
+    if (rc == PZ_ECANCELED) {
+        trace(s, "node %d snapshot %" PRIu64 " obsolete", id, f->index);
+        return;
+    }
+    if (rc != 0) {
+        sim_fail(s, "node %d: compact at %" PRIu64 ": %s", id, f->index,
+                 pz_strerror(rc));
+        return;
+    }
+    s->stat_snaps++;
+    struct raft_status st;
+    raft_status(sn->r, &st);
+    if (st.snap_index != f->index || st.snap_term != f->term)
+        sim_fail(s,
+                 "node %d: snapshot point %" PRIu64 "/%" PRIu64
+                 " after compacting at %" PRIu64 "/%" PRIu64,
+                 id, st.snap_index, st.snap_term, f->index, f->term);
+    uint64_t upto = st.first_index - 1;
+    trace(s, "node %d compacts at %" PRIu64 ", log from %" PRIu64, id, f->index,
+          upto + 1);
+    if (upto > sn->dbase && !chance(s, s->store_keep_pct)) {
+        const struct raft_entry *d = dlog_at(sn, upto);
+        if (d == NULL || d->term != st.compact_term) {
+            sim_fail(s,
+                     "node %d: compaction point %" PRIu64 " is not "
+                     "durable with term %" PRIu64,
+                     id, upto, st.compact_term);
+            return;
+        }
+        dlog_compact(sn, upto);
+    }
 }
 
 static void pump(struct sim *s, int id)
@@ -651,11 +1131,15 @@ static void pump(struct sim *s, int id)
            raft_has_ready(sn->r)) {
         struct raft_ready *rd = &sn->rd;
         raft_ready(sn->r, rd);
+        if (rd->snapshot != NULL)
+            install_snapshot(s, sn, rd);
         apply_entries(s, sn, rd);
         check_reads(s, sn, rd);
+        if (rd->n_committed > 0 && !s->failed)
+            maybe_snapshot(s, id);
         for (size_t i = 0; i < rd->n_msgs; i++)
             send_checked(s, sn, &rd->msgs[i]);
-        if (rd->hs_changed || rd->n_entries > 0) {
+        if (rd->hs_changed || rd->n_entries > 0 || rd->snapshot != NULL) {
             sn->in_flight = true;
             uint64_t lat = chance(s, 20) ? 0 : rnd(s, s->persist_max + 1);
             heap_push(s, ev_new(s, EV_PERSIST, id, lat));
@@ -671,7 +1155,7 @@ static void persist_done(struct sim *s, int id)
 {
     struct snode *sn = &s->nodes[id];
     pz_assert(sn->in_flight);
-    store_write(sn, &sn->rd);
+    store_write(s, sn, &sn->rd);
     for (size_t i = 0; i < sn->rd.n_msgs_after_persist; i++)
         send_checked(s, sn, &sn->rd.msgs_after_persist[i]);
     sn->in_flight = false;
@@ -711,28 +1195,52 @@ static void node_start(struct sim *s, int id)
     char err[RAFT_ERRMSG_SIZE];
     sn->r = raft_new(&cfg, err);
     pz_assert(sn->r != NULL);
-    if (sn->n_log == 0 && sn->hs.term == 0 && sn->founder) {
+    if (sn->n_log == 0 && sn->hs.term == 0 && sn->founder &&
+        sn->dsnap.index == 0) {
         struct raft_conf c;
         founders_conf(s, &c);
         pz_assert(raft_bootstrap(sn->r, &c) == 0);
         raft_conf_free(&c);
     } else {
-        int rc = raft_restore(sn->r, &sn->hs, sn->log, sn->n_log);
+        /* The durable log must continue the durable snapshot: no gap
+         * after it; if it reaches into it, it reaches its index, with the
+         * same term. */
+        const struct raft_entry *at = dlog_at(sn, sn->dsnap.index);
+        if (sn->dbase > sn->dsnap.index ||
+            (sn->dbase < sn->dsnap.index && at == NULL && sn->n_log > 0) ||
+            (at != NULL && at->term != sn->dsnap.term))
+            sim_fail(s,
+                     "node %d: durable log (from %" PRIu64 ") does not "
+                     "continue its snapshot %" PRIu64 "/%" PRIu64,
+                     id, sn->dbase + 1, sn->dsnap.index, sn->dsnap.term);
+        struct raft_snapshot_meta meta = {.index = sn->dsnap.index,
+                                          .term = sn->dsnap.term,
+                                          .conf = sn->dsnap.conf};
+        int rc = sn->dsnap.index > 0
+                     ? raft_restore_snapshot(sn->r, &sn->hs, &meta, sn->log,
+                                             sn->n_log)
+                     : raft_restore(sn->r, &sn->hs, sn->log, sn->n_log);
         if (rc != 0)
             sim_fail(s, "node %d restore failed: %s", id, pz_strerror(rc));
     }
     sn->in_flight = false;
     sn->n_mir = 0;
+    sn->mir_base = 0;
+    sn->mir_base_chain = 0;
     sn->commit = 0;
-    sn->applied = 0;
+    /* The state machine comes back from the durable snapshot. */
+    sn->sm = sn->dsnap.digest;
+    sn->applied = sn->dsnap.index;
+    raft_conf_copy(&sn->sm_conf, &sn->dsnap.conf);
+    sn->snap_busy = false;
     sn->lc_term = 0;
     sn->lc_checked = 0;
     sn->marker_term = 0;
     heap_push(s, ev_new(s, EV_TICK, id, 1 + rnd(s, TICK_MS)));
     trace(s,
-          "node %d up (epoch %" PRIu64 ", %zu durable entries, term %" PRIu64
-          ")",
-          id, sn->epoch, sn->n_log, sn->hs.term);
+          "node %d up (epoch %" PRIu64 ", snapshot %" PRIu64
+          ", %zu durable entries, term %" PRIu64 ")",
+          id, sn->epoch, sn->dsnap.index, sn->n_log, sn->hs.term);
 }
 
 static void node_crash(struct sim *s, int id)
@@ -742,7 +1250,12 @@ static void node_crash(struct sim *s, int id)
         return;
     /* A write in flight either reached the disk or not. */
     if (sn->in_flight && chance(s, 50))
-        store_write(sn, &sn->rd);
+        store_write(s, sn, &sn->rd);
+    /* Received snapshot files not installed yet are garbage now. */
+    for (size_t k = 0; k < SIM_RX_FILES; k++)
+        ssnap_free(&sn->rx[k]);
+    sn->n_rx = 0;
+    ssnap_free(&sn->install);
     raft_free(sn->r);
     sn->r = NULL;
     sn->in_flight = false;
@@ -958,6 +1471,36 @@ static void handle_event(struct sim *s, struct event *e)
             return;
         crash_and_restart(s, e->node);
         return;
+    case EV_SNAP_DONE:
+        if (sn->r == NULL || e->epoch != sn->epoch)
+            return; /* the write died with the node */
+        snap_done(s, e->node, &e->snap);
+        break;
+    case EV_XFER: {
+        /* The stream dies with its sender; the receiver must be the
+         * incarnation it started with, and reachable. */
+        if (s->nodes[e->peer].epoch != e->peer_epoch)
+            return;
+        bool ok = sn->r != NULL && e->epoch == sn->epoch &&
+                  linked(s, (uint64_t)e->peer, (uint64_t)e->node);
+        trace(s, "snapshot %" PRIu64 " %d->%d: %s", e->m.snap_index, e->peer,
+              e->node, ok ? "received" : "broken");
+        if (ok) {
+            ssnap_copy(&sn->rx[sn->n_rx++ % SIM_RX_FILES], &e->snap);
+            if (raft_step(sn->r, &e->m) != 0)
+                sim_fail(s, "node %d rejected a well-formed snapshot", e->node);
+        }
+        if (e->report || !ok)
+            push_report(s, e->peer, e->node, ok, 1 + rnd(s, 10));
+        break;
+    }
+    case EV_REPORT:
+        if (sn->r == NULL || e->epoch != sn->epoch)
+            return;
+        trace(s, "node %d: snapshot to %d %s", e->node, e->peer,
+              e->ok ? "delivered" : "failed");
+        raft_report_snapshot(sn->r, (uint64_t)e->peer, e->ok);
+        break;
     case EV_CHAOS:
         if (s->chaos) {
             chaos_action(s);
@@ -1035,6 +1578,11 @@ static void sim_free(struct sim *s)
             pz_free(sn->log[k].data);
         pz_free(sn->log);
         pz_free(sn->mir);
+        ssnap_free(&sn->dsnap);
+        ssnap_free(&sn->install);
+        for (size_t k = 0; k < SIM_RX_FILES; k++)
+            ssnap_free(&sn->rx[k]);
+        raft_conf_free(&sn->sm_conf);
     }
     pz_free(s->leader_of_term);
     pz_free(s->committed);
@@ -1043,10 +1591,12 @@ static void sim_free(struct sim *s)
 }
 
 struct sim_stats {
-    uint64_t events;  /* events processed */
-    uint64_t commits; /* distinct committed entries */
-    uint64_t reads;   /* confirmed reads */
-    uint64_t leaders; /* leaders elected */
+    uint64_t events;   /* events processed */
+    uint64_t commits;  /* distinct committed entries */
+    uint64_t reads;    /* confirmed reads */
+    uint64_t leaders;  /* leaders elected */
+    uint64_t snaps;    /* local snapshots taken (compactions) */
+    uint64_t installs; /* snapshots installed from a leader */
 };
 
 /* Runs one seed; returns true if every check passed. */
@@ -1074,12 +1624,22 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->restart_max = restart[s->profile];
     s->kill_leader_pct = kill[s->profile];
     s->persist_max = chance(s, 30) ? 30 : 5;
+    s->snap_pct = chance(s, 15) ? 0 : 5 + (int)rnd(s, 40);
+    s->snap_gap = 1 + rnd(s, 10);
+    s->trail_max = rnd(s, 6);
+    s->snap_write_max = chance(s, 50) ? 5 : 60;
+    s->xfer_fail_pct = (int)rnd(s, 3) * 10;
+    s->xfer_silent_pct = (int)rnd(s, 2) * 5;
+    s->store_keep_pct = (int)rnd(s, 2) * 30;
     cur_seed_for_signal = (sig_atomic_t)seed;
     trace(s,
           "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
-          "inflight=%zu bytes=%zu profile=%d persist<=%" PRIu64,
+          "inflight=%zu bytes=%zu profile=%d persist<=%" PRIu64
+          " snap%%=%d gap=%" PRIu64 " trail<=%" PRIu64 " xfer fail%%=%d "
+          "silent%%=%d",
           seed, n, s->pre_vote, s->check_quorum, s->max_inflight, s->max_bytes,
-          s->profile, s->persist_max);
+          s->profile, s->persist_max, s->snap_pct, s->snap_gap, s->trail_max,
+          s->xfer_fail_pct, s->xfer_silent_pct);
     int founders = n == 5 ? 3 : n;
     for (int i = 1; i <= n; i++) {
         s->nodes[i].id = (uint64_t)i;
@@ -1118,6 +1678,8 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
         stats->commits += s->stat_commits;
         stats->reads += s->stat_reads;
         stats->leaders += s->stat_leaders;
+        stats->snaps += s->stat_snaps;
+        stats->installs += s->stat_installs;
     }
     sim_free(s);
     pz_free(s);
@@ -1168,9 +1730,10 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
     if (verbose)
         printf("raft-sim: %" PRIu64 " seeds from %" PRIu64 ", %" PRIu64
                " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
-               " committed entries, %" PRIu64 " reads, %" PRIu64 " leaders\n",
+               " committed entries, %" PRIu64 " reads, %" PRIu64
+               " leaders, %" PRIu64 " snapshots, %" PRIu64 " installs\n",
                count, first, failed, secs, (double)count / secs, st.events,
-               st.commits, st.reads, st.leaders);
+               st.commits, st.reads, st.leaders, st.snaps, st.installs);
     return failed ? 1 : 0;
 }
 
