@@ -52,7 +52,8 @@ CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/http_parse.c \
 NET_SRC = src/conn.c src/grpc_client.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/http.c src/node.c src/fwd.c \
-             src/store.c src/transport.c src/grpc.c src/mandi.c
+             src/store.c src/transport.c src/grpc.c src/mandi.c \
+             src/snapshot.c src/failpoint.c
 CLI_SRC = src/cli.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
