@@ -204,21 +204,25 @@ static int w_flush(struct writer *w)
     return w->err;
 }
 
+/* Fills the buffer completely before each flush, so every write(2) but
+ * the last is exactly IO_BUF_SIZE bytes. */
 static void w_put(struct writer *w, const void *data, size_t n)
 {
-    if (w->err)
-        return;
-    if (n > IO_BUF_SIZE - w->len) {
-        if (w_flush(w))
-            return;
-        if (n > IO_BUF_SIZE) { /* a huge value: straight to the file */
-            w->crc = snapshot_crc64(w->crc, data, n);
-            w->err = write_all(w->fd, data, n);
+    const uint8_t *p = data;
+    while (n > 0 && w->err == 0) {
+        if (w->len == 0 && n >= IO_BUF_SIZE) { /* a huge value: direct */
+            w->crc = snapshot_crc64(w->crc, p, n);
+            w->err = write_all(w->fd, p, n);
             return;
         }
+        size_t c = PZ_MIN(n, IO_BUF_SIZE - w->len);
+        memcpy(w->buf + w->len, p, c);
+        w->len += c;
+        p += c;
+        n -= c;
+        if (w->len == IO_BUF_SIZE)
+            w_flush(w);
     }
-    memcpy(w->buf + w->len, data, n);
-    w->len += n;
 }
 
 static int w_record(void *arg, const uint8_t *key, size_t klen,
@@ -509,6 +513,15 @@ static void child_reaped(struct snapshot_child *h, int status, bool *ok)
         h->errmsg[0] = '\0';
         return;
     }
+    /* A failpoint simulates a crash of the node: leave the files as the
+     * child left them and go no further. */
+    if (WIFEXITED(status) && WEXITSTATUS(status) == PZ_FAILPOINT_EXIT &&
+        getenv(PZ_FAILPOINT_ENV)) {
+        pz_warn("snapshot child %ld stopped at failpoint %s: exiting with "
+                "status %d",
+                (long)pid, getenv(PZ_FAILPOINT_ENV), PZ_FAILPOINT_EXIT);
+        _exit(PZ_FAILPOINT_EXIT);
+    }
     unlink(h->tmp);
     if (msg[0])
         set_err(h->errmsg, sizeof h->errmsg, "%s", msg);
@@ -520,13 +533,6 @@ static void child_reaped(struct snapshot_child *h, int status, bool *ok)
         set_err(h->errmsg, sizeof h->errmsg,
                 "%s: snapshot child %ld exited with status %d", h->tmp,
                 (long)pid, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == PZ_FAILPOINT_EXIT &&
-        getenv(PZ_FAILPOINT_ENV)) {
-        pz_warn("snapshot child %ld stopped at failpoint %s: exiting with "
-                "status %d",
-                (long)pid, getenv(PZ_FAILPOINT_ENV), PZ_FAILPOINT_EXIT);
-        _exit(PZ_FAILPOINT_EXIT);
-    }
 }
 
 int snapshot_child_poll(struct snapshot_child *h, bool *done, bool *ok)
