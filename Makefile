@@ -53,7 +53,7 @@ NET_SRC = src/conn.c src/grpc_client.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/http.c src/node.c src/fwd.c \
              src/store.c src/transport.c src/grpc.c src/mandi.c \
-             src/mandi_client.c
+             src/mandi_client.c src/snapshot.c src/failpoint.c
 CLI_SRC = src/cli.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))

@@ -1,0 +1,1306 @@
+/* snapshot.c - snapshot files (format and contracts in snapshot.h): the
+ * buffered writer shared by the in-process and the forked path, the
+ * verifying loader, listing and pruning, and the chunked sender/receiver
+ * of InstallSnapshot.
+ *
+ * Happy path: snapshot_write_fork() opens <name>.tmp and forks; the child
+ * walks the table (its copy-on-write view) into a 1 MiB buffer flushed with
+ * write(2), CRCs each flushed block, appends the trailer, fsyncs, renames
+ * the file to <name>.snap, fsyncs the directory and exits 0. The parent
+ * polls with waitpid(WNOHANG). snapshot_load() reads 1 MiB blocks, CRCs
+ * them as they arrive and kv_sets every record straight out of the block.
+ *
+ * Failure modes: a failed write leaves no .snap (the .tmp is removed by
+ * whoever notices: the sync writer, the poller, prune); a crash leaves at
+ * most a stray .tmp. Every defect of a file found while reading is
+ * PZ_ECORRUPT with the path and the reason; nothing is repaired. The child
+ * reports its error through a pipe as one short message and exits 1. */
+#include "snapshot.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "failpoint.h"
+#include "log.h"
+#include "pz.h"
+
+#define IO_BUF_SIZE (1u << 20) /* write buffer and read block size */
+#define CRC64_POLY 0xc96c5795d7870f42ull /* ECMA-182, reflected */
+#define TMP_SUFFIX ".tmp"
+#define RECV_TMP_SUFFIX ".recv.tmp"
+#define SNAP_PREFIX "snap-"
+#define SNAP_SUFFIX ".snap"
+#define MIN_FILE_SIZE (SNAPSHOT_HEADER_SIZE + SNAPSHOT_TRAILER_SIZE)
+
+/* --- small helpers -------------------------------------------------------- */
+
+static void set_err(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    if (buf == NULL || len == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+}
+
+/* Untranslated and allocation-free: usable in the forked child. */
+static const char *errstr(int e)
+{
+    if (e < 0)
+        e = -e;
+    const char *s = strerrordesc_np(e);
+    return s ? s : "unknown error";
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+/* "<dir>/snap-<index>-<term><suffix>" into buf. */
+static int name_path(const char *dir, uint64_t index, uint64_t term,
+                     const char *suffix, char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "%s/" SNAP_PREFIX "%" PRIu64 "-%" PRIu64 "%s",
+                     dir, index, term, suffix);
+    return n < 0 || (size_t)n >= len ? PZ_ETOOBIG : 0;
+}
+
+int snapshot_path(const char *dir, uint64_t index, uint64_t term, char *buf,
+                  size_t len)
+{
+    return name_path(dir, index, term, SNAP_SUFFIX, buf, len);
+}
+
+void snapshot_meta_free(struct snapshot_meta *meta)
+{
+    if (meta == NULL)
+        return;
+    pz_free(meta->conf);
+    memset(meta, 0, sizeof(*meta));
+}
+
+/* --- CRC-64/XZ, slicing by 8 ------------------------------------------------ */
+
+static uint64_t crc_table[8][256];
+static bool crc_ready;
+
+static void crc_init(void)
+{
+    if (crc_ready)
+        return;
+    for (unsigned i = 0; i < 256; i++) {
+        uint64_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ CRC64_POLY : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (unsigned i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++) {
+            uint64_t c = crc_table[t - 1][i];
+            crc_table[t][i] = (c >> 8) ^ crc_table[0][c & 0xff];
+        }
+    crc_ready = true;
+}
+
+uint64_t snapshot_crc64(uint64_t crc, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    crc_init();
+    crc = ~crc;
+    while (len >= 8) {
+        uint64_t w = (uint64_t)p[0] | (uint64_t)p[1] << 8 |
+                     (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
+                     (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 |
+                     (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+        crc ^= w;
+        crc = crc_table[7][crc & 0xff] ^ crc_table[6][(crc >> 8) & 0xff] ^
+              crc_table[5][(crc >> 16) & 0xff] ^
+              crc_table[4][(crc >> 24) & 0xff] ^
+              crc_table[3][(crc >> 32) & 0xff] ^
+              crc_table[2][(crc >> 40) & 0xff] ^
+              crc_table[1][(crc >> 48) & 0xff] ^ crc_table[0][crc >> 56];
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        crc = crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* --- writer ------------------------------------------------------------------ */
+
+/* Buffered writer of one file. Allocates nothing: the buffer is given. */
+struct writer {
+    int fd;           /* the .tmp */
+    uint8_t *buf;     /* IO_BUF_SIZE bytes */
+    size_t len;       /* bytes buffered */
+    uint64_t crc;     /* CRC of every byte flushed so far */
+    uint64_t records; /* records written */
+    int flushes;      /* flushes so far (for the mid-write failpoint) */
+    int err;          /* first error (negative errno), then sticky */
+};
+
+static int w_flush(struct writer *w)
+{
+    if (w->err || w->len == 0)
+        return w->err;
+    w->crc = snapshot_crc64(w->crc, w->buf, w->len);
+    w->err = write_all(w->fd, w->buf, w->len);
+    w->len = 0;
+    if (++w->flushes == 1)
+        pz_failpoint(SNAPSHOT_FP_MID_WRITE);
+    return w->err;
+}
+
+/* Fills the buffer completely before each flush, so every write(2) but
+ * the last is exactly IO_BUF_SIZE bytes. */
+static void w_put(struct writer *w, const void *data, size_t n)
+{
+    const uint8_t *p = data;
+    while (n > 0 && w->err == 0) {
+        if (w->len == 0 && n >= IO_BUF_SIZE) { /* a huge value: direct */
+            w->crc = snapshot_crc64(w->crc, p, n);
+            w->err = write_all(w->fd, p, n);
+            return;
+        }
+        size_t c = PZ_MIN(n, IO_BUF_SIZE - w->len);
+        memcpy(w->buf + w->len, p, c);
+        w->len += c;
+        p += c;
+        n -= c;
+        if (w->len == IO_BUF_SIZE)
+            w_flush(w);
+    }
+}
+
+static int w_record(void *arg, const uint8_t *key, size_t klen,
+                    const uint8_t *value, size_t vlen)
+{
+    struct writer *w = arg;
+    uint8_t h[8];
+    pz_put_u32(h, (uint32_t)klen);
+    pz_put_u32(h + 4, (uint32_t)vlen);
+    w_put(w, h, sizeof h);
+    w_put(w, key, klen);
+    w_put(w, value, vlen);
+    w->records++;
+    return w->err;
+}
+
+/* What goes into a header besides the table. */
+struct header {
+    uint64_t index;     /* snapshot index */
+    uint64_t term;      /* its term */
+    int64_t created_ms; /* wall clock at the start */
+    uint64_t nkeys;     /* kv_count at the start */
+    const uint8_t *conf; /* configuration bytes (borrowed) */
+    size_t conf_len;    /* their length */
+};
+
+/* Write the whole file to fd, fsync it (fd stays open). Returns 0 or a
+ * negative errno, with a message in msg. Allocates nothing. */
+static int write_contents(int fd, const struct kv *kv, const struct header *hd,
+                          uint8_t *buf, const char *tmp, char *msg,
+                          size_t msglen)
+{
+    struct writer w = {.fd = fd, .buf = buf};
+    uint8_t h[SNAPSHOT_HEADER_SIZE];
+    memcpy(h, SNAPSHOT_MAGIC, 8);
+    pz_put_u32(h + 8, SNAPSHOT_VERSION);
+    pz_put_u64(h + 12, hd->index);
+    pz_put_u64(h + 20, hd->term);
+    pz_put_u64(h + 28, (uint64_t)hd->created_ms);
+    pz_put_u64(h + 36, hd->nkeys);
+    pz_put_u32(h + 44, (uint32_t)hd->conf_len);
+    w_put(&w, h, sizeof h);
+    if (hd->conf_len)
+        w_put(&w, hd->conf, hd->conf_len);
+    kv_foreach(kv, w_record, &w);
+    if (w.err == 0 && w.records != hd->nkeys) {
+        set_err(msg, msglen, "%s: table has %" PRIu64 " entries, expected "
+                "%" PRIu64, tmp, w.records, hd->nkeys);
+        return PZ_EINVAL;
+    }
+    w_put(&w, SNAPSHOT_END_MAGIC, 8);
+    if (w_flush(&w) == 0) {
+        uint8_t c[8];
+        pz_put_u64(c, w.crc);
+        w.err = write_all(fd, c, sizeof c);
+    }
+    if (w.err) {
+        set_err(msg, msglen, "%s: write: %s", tmp, errstr(w.err));
+        return w.err;
+    }
+    if (fsync(fd) < 0) {
+        int e = -errno;
+        set_err(msg, msglen, "%s: fsync: %s", tmp, errstr(e));
+        return e;
+    }
+    return 0;
+}
+
+/* Rename a synced tmp into place and make the rename durable. */
+static int commit_file(const char *tmp, const char *path, const char *dir,
+                       char *msg, size_t msglen)
+{
+    pz_failpoint(SNAPSHOT_FP_BEFORE_RENAME);
+    if (rename(tmp, path) < 0) {
+        int e = -errno;
+        set_err(msg, msglen, "rename %s to %s: %s", tmp, path, errstr(e));
+        return e;
+    }
+    int rc = fsync_dir(dir);
+    if (rc) {
+        set_err(msg, msglen, "%s: fsync of the directory: %s", dir,
+                errstr(rc));
+        return rc;
+    }
+    pz_failpoint(SNAPSHOT_FP_AFTER_RENAME);
+    return 0;
+}
+
+static int open_tmp(const char *tmp, char *err, size_t errlen)
+{
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int e = -errno;
+        set_err(err, errlen, "%s: open: %s", tmp, errstr(e));
+        return e;
+    }
+    return fd;
+}
+
+/* Checks and paths shared by both writers. */
+static int prepare(const char *dir, const struct kv *kv, uint64_t index,
+                   uint64_t term, const uint8_t *conf, size_t conf_len,
+                   struct header *hd, char *path, char *tmp, char *err,
+                   size_t errlen)
+{
+    if (conf_len > SNAPSHOT_CONF_MAX || (conf_len && conf == NULL)) {
+        set_err(err, errlen, "%s: bad configuration blob (%zu bytes)", dir,
+                conf_len);
+        return PZ_EINVAL;
+    }
+    if (name_path(dir, index, term, SNAP_SUFFIX, path, SNAPSHOT_PATH_MAX) ||
+        name_path(dir, index, term, TMP_SUFFIX, tmp, SNAPSHOT_PATH_MAX)) {
+        set_err(err, errlen, "%s: directory name too long", dir);
+        return PZ_ETOOBIG;
+    }
+    *hd = (struct header){.index = index,
+                          .term = term,
+                          .created_ms = wall_ms(),
+                          .nkeys = kv_count(kv),
+                          .conf = conf,
+                          .conf_len = conf_len};
+    crc_init(); /* before fork: the child then only reads the tables */
+    return 0;
+}
+
+int snapshot_write(const char *dir, const struct kv *kv, uint64_t index,
+                   uint64_t term, const uint8_t *conf, size_t conf_len,
+                   char *path_out, size_t pathlen, char *err, size_t errlen)
+{
+    struct header hd;
+    char path[SNAPSHOT_PATH_MAX], tmp[SNAPSHOT_PATH_MAX];
+    int rc = prepare(dir, kv, index, term, conf, conf_len, &hd, path, tmp,
+                     err, errlen);
+    if (rc)
+        return rc;
+    int fd = open_tmp(tmp, err, errlen);
+    if (fd < 0)
+        return fd;
+    uint8_t *buf = pz_malloc(IO_BUF_SIZE);
+    char msg[SNAPSHOT_ERRMSG_SIZE] = "";
+    rc = write_contents(fd, kv, &hd, buf, tmp, msg, sizeof msg);
+    pz_free(buf);
+    if (close(fd) < 0 && rc == 0) {
+        rc = -errno;
+        set_err(msg, sizeof msg, "%s: close: %s", tmp, errstr(rc));
+    }
+    if (rc == 0)
+        rc = commit_file(tmp, path, dir, msg, sizeof msg);
+    if (rc) {
+        unlink(tmp);
+        set_err(err, errlen, "%s", msg);
+        return rc;
+    }
+    if (path_out)
+        snprintf(path_out, pathlen, "%s", path);
+    return 0;
+}
+
+/* --- the forked writer ----------------------------------------------------- */
+
+static void close_range_compat(unsigned lo, unsigned hi)
+{
+    if (lo > hi)
+        return;
+    if (close_range(lo, hi, 0) == 0)
+        return;
+    /* Kernel without close_range: close what the limit allows. */
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > (1 << 20))
+        max = 1 << 20;
+    for (long fd = lo; fd <= (long)hi && fd < max; fd++)
+        close((int)fd);
+}
+
+/* Close every descriptor above stderr except a and b. */
+static void close_other_fds(int a, int b)
+{
+    unsigned lo = (unsigned)PZ_MIN(a, b), hi = (unsigned)PZ_MAX(a, b);
+    if (lo > 3)
+        close_range_compat(3, lo - 1);
+    if (hi > lo + 1)
+        close_range_compat(lo + 1, hi - 1);
+    close_range_compat(hi + 1, ~0u);
+}
+
+/* The child's whole life. Never returns. */
+__attribute__((noreturn)) static void child_main(
+    pid_t parent, int fd, int msg_fd, const struct kv *kv,
+    const struct header *hd, uint8_t *buf, const char *dir, const char *tmp,
+    const char *path)
+{
+    char msg[SNAPSHOT_ERRMSG_SIZE] = "";
+    /* Die with the node: an orphan writer could race a restarted node
+     * writing the same .tmp. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1);
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    signal(SIGPIPE, SIG_IGN);
+    close_other_fds(fd, msg_fd);
+
+    int rc = write_contents(fd, kv, hd, buf, tmp, msg, sizeof msg);
+    if (rc == 0 && close(fd) < 0) {
+        rc = -errno;
+        set_err(msg, sizeof msg, "%s: close: %s", tmp, errstr(rc));
+    }
+    if (rc == 0)
+        rc = commit_file(tmp, path, dir, msg, sizeof msg);
+    if (rc) {
+        (void)write_all(msg_fd, msg, strlen(msg));
+        _exit(1);
+    }
+    _exit(0);
+}
+
+int snapshot_write_fork(const char *dir, const struct kv *kv, uint64_t index,
+                        uint64_t term, const uint8_t *conf, size_t conf_len,
+                        struct snapshot_child *h, char *err, size_t errlen)
+{
+    struct header hd;
+    memset(h, 0, sizeof(*h));
+    h->msg_fd = -1;
+    h->index = index;
+    h->term = term;
+    int rc = prepare(dir, kv, index, term, conf, conf_len, &hd, h->path,
+                     h->tmp, err, errlen);
+    if (rc)
+        return rc;
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) < 0) {
+        rc = -errno;
+        set_err(err, errlen, "%s: pipe: %s", dir, errstr(rc));
+        return rc;
+    }
+    int fd = open_tmp(h->tmp, err, errlen);
+    if (fd < 0) {
+        close(pfd[0]);
+        close(pfd[1]);
+        return fd;
+    }
+    /* Everything the child needs exists before fork: it allocates nothing. */
+    uint8_t *buf = pz_malloc(IO_BUF_SIZE);
+    pid_t parent = getpid();
+    uint64_t t0 = mono_us();
+    pid_t pid = fork();
+    int fork_errno = errno;
+    if (pid == 0)
+        child_main(parent, fd, pfd[1], kv, &hd, buf, dir, h->tmp, h->path);
+    uint64_t t1 = mono_us();
+    pz_free(buf);
+    close(fd);
+    close(pfd[1]);
+    if (pid < 0) {
+        close(pfd[0]);
+        unlink(h->tmp);
+        set_err(err, errlen, "%s: fork: %s", h->tmp, errstr(fork_errno));
+        return -fork_errno;
+    }
+    fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+    h->pid = pid;
+    h->msg_fd = pfd[0];
+    h->started_ms = t0 / 1000;
+    h->fork_us = t1 - t0;
+    return 0;
+}
+
+/* The child is gone: collect its message, clean up, clear the handle. */
+static void child_reaped(struct snapshot_child *h, int status, bool *ok)
+{
+    char msg[SNAPSHOT_ERRMSG_SIZE];
+    ssize_t n = -1;
+    if (h->msg_fd >= 0) {
+        n = read(h->msg_fd, msg, sizeof msg - 1);
+        close(h->msg_fd);
+        h->msg_fd = -1;
+    }
+    msg[n > 0 ? n : 0] = '\0';
+    pid_t pid = h->pid;
+    h->pid = 0;
+    h->status = status;
+    *ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (*ok) {
+        h->errmsg[0] = '\0';
+        return;
+    }
+    /* A failpoint simulates a crash of the node: leave the files as the
+     * child left them and go no further. */
+    if (WIFEXITED(status) && WEXITSTATUS(status) == PZ_FAILPOINT_EXIT &&
+        getenv(PZ_FAILPOINT_ENV)) {
+        pz_warn("snapshot child %ld stopped at failpoint %s: exiting with "
+                "status %d",
+                (long)pid, getenv(PZ_FAILPOINT_ENV), PZ_FAILPOINT_EXIT);
+        _exit(PZ_FAILPOINT_EXIT);
+    }
+    unlink(h->tmp);
+    if (msg[0])
+        set_err(h->errmsg, sizeof h->errmsg, "%s", msg);
+    else if (WIFSIGNALED(status))
+        set_err(h->errmsg, sizeof h->errmsg,
+                "%s: snapshot child %ld killed by signal %d", h->tmp,
+                (long)pid, WTERMSIG(status));
+    else
+        set_err(h->errmsg, sizeof h->errmsg,
+                "%s: snapshot child %ld exited with status %d", h->tmp,
+                (long)pid, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
+int snapshot_child_poll(struct snapshot_child *h, bool *done, bool *ok)
+{
+    *done = true;
+    *ok = false;
+    if (h->pid <= 0)
+        return 0;
+    int status = 0;
+    pid_t r;
+    do
+        r = waitpid(h->pid, &status, WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r == 0) {
+        *done = false;
+        return 0;
+    }
+    if (r < 0 && errno != ECHILD) {
+        *done = false;
+        return -errno;
+    }
+    if (r < 0) { /* reaped by someone else: status unknown */
+        pid_t pid = h->pid;
+        child_reaped(h, W_EXITCODE(1, 0), ok);
+        set_err(h->errmsg, sizeof h->errmsg,
+                "%s: snapshot child %ld was reaped elsewhere", h->tmp,
+                (long)pid);
+        return 0;
+    }
+    child_reaped(h, status, ok);
+    return 0;
+}
+
+void snapshot_child_kill(struct snapshot_child *h)
+{
+    if (h->pid <= 0)
+        return;
+    kill(h->pid, SIGKILL);
+    int status = 0;
+    pid_t r;
+    do
+        r = waitpid(h->pid, &status, 0);
+    while (r < 0 && errno == EINTR);
+    bool ok;
+    child_reaped(h, r == h->pid ? status : W_EXITCODE(1, 0), &ok);
+}
+
+/* --- listing and pruning ----------------------------------------------------- */
+
+/* Parse decimal digits at *p (at least one, no overflow). */
+static bool parse_u64(const char **p, uint64_t *out)
+{
+    const char *s = *p;
+    uint64_t v = 0;
+    if (*s < '0' || *s > '9')
+        return false;
+    while (*s >= '0' && *s <= '9') {
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+        s++;
+    }
+    *p = s;
+    *out = v;
+    return true;
+}
+
+/* snap-<index>-<term><suffix>, exactly. */
+static bool parse_name(const char *name, const char *suffix, uint64_t *index,
+                       uint64_t *term)
+{
+    size_t pl = strlen(SNAP_PREFIX);
+    if (strncmp(name, SNAP_PREFIX, pl) != 0)
+        return false;
+    const char *p = name + pl;
+    if (!parse_u64(&p, index) || *p++ != '-' || !parse_u64(&p, term))
+        return false;
+    return strcmp(p, suffix) == 0;
+}
+
+static int cmp_newest_first(const void *a, const void *b)
+{
+    const struct snapshot_info *x = a, *y = b;
+    if (x->index != y->index)
+        return x->index > y->index ? -1 : 1;
+    if (x->term != y->term)
+        return x->term > y->term ? -1 : 1;
+    return 0;
+}
+
+static char *join(const char *dir, const char *name)
+{
+    size_t ld = strlen(dir), ln = strlen(name);
+    char *p = pz_malloc(ld + ln + 2);
+    memcpy(p, dir, ld);
+    p[ld] = '/';
+    memcpy(p + ld + 1, name, ln + 1);
+    return p;
+}
+
+int snapshot_list(const char *dir, struct snapshot_info **out, size_t *n,
+                  char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        if (errno == ENOENT)
+            return 0;
+        int e = -errno;
+        set_err(err, errlen, "%s: opendir: %s", dir, errstr(e));
+        return e;
+    }
+    struct snapshot_info *list = NULL;
+    size_t len = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        uint64_t index, term;
+        if (!parse_name(de->d_name, SNAP_SUFFIX, &index, &term))
+            continue;
+        if (len == cap) {
+            cap = cap ? cap * 2 : 8;
+            list = pz_realloc(list, cap * sizeof(*list));
+        }
+        list[len++] = (struct snapshot_info){
+            .index = index, .term = term, .path = join(dir, de->d_name)};
+    }
+    closedir(d);
+    if (len > 1)
+        qsort(list, len, sizeof(*list), cmp_newest_first);
+    *out = list;
+    *n = len;
+    return 0;
+}
+
+void snapshot_list_free(struct snapshot_info *list, size_t n)
+{
+    for (size_t i = 0; i < n && list; i++)
+        pz_free(list[i].path);
+    pz_free(list);
+}
+
+int snapshot_prune(const char *dir, size_t keep, size_t *removed, char *err,
+                   size_t errlen)
+{
+    size_t count = 0;
+    if (removed)
+        *removed = 0;
+    if (keep < 1) {
+        set_err(err, errlen, "%s: prune must keep at least one snapshot", dir);
+        return PZ_EINVAL;
+    }
+    struct snapshot_info *list;
+    size_t n;
+    int rc = snapshot_list(dir, &list, &n, err, errlen);
+    if (rc)
+        return rc;
+    int first = 0;
+    for (size_t i = keep; i < n; i++) {
+        if (unlink(list[i].path) == 0) {
+            count++;
+        } else if (errno != ENOENT && first == 0) {
+            first = -errno;
+            set_err(err, errlen, "%s: unlink: %s", list[i].path,
+                    errstr(first));
+        }
+    }
+    snapshot_list_free(list, n);
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            size_t l = strlen(de->d_name), sl = strlen(TMP_SUFFIX);
+            if (strncmp(de->d_name, SNAP_PREFIX, strlen(SNAP_PREFIX)) != 0 ||
+                l < sl || strcmp(de->d_name + l - sl, TMP_SUFFIX) != 0)
+                continue;
+            if (unlinkat(dirfd(d), de->d_name, 0) == 0) {
+                count++;
+            } else if (errno != ENOENT && first == 0) {
+                first = -errno;
+                set_err(err, errlen, "%s/%s: unlink: %s", dir, de->d_name,
+                        errstr(first));
+            }
+        }
+        closedir(d);
+    }
+    if (count)
+        fsync_dir(dir); /* deletions need not be durable; best effort */
+    if (removed)
+        *removed = count;
+    return first;
+}
+
+/* --- reading ----------------------------------------------------------------- */
+
+/* Sequential block reader of one file that CRCs what it reads. */
+struct reader {
+    const char *path;  /* for messages */
+    int fd;            /* open file */
+    uint64_t size;     /* file size at open */
+    uint8_t *buf;      /* block buffer */
+    size_t cap;        /* its size */
+    size_t start;      /* first unconsumed byte in buf */
+    size_t end;        /* end of the bytes read into buf */
+    uint64_t pos;      /* file offset of buf[start] */
+    uint64_t read_off; /* file offset of buf[end] */
+    uint64_t crc;      /* CRC of bytes [0, read_off) below size - 8 */
+    char *err;         /* caller's buffer */
+    size_t errlen;     /* its size */
+};
+
+static int rd_open(struct reader *r, const char *path, char *err,
+                   size_t errlen)
+{
+    memset(r, 0, sizeof(*r));
+    r->path = path;
+    r->err = err;
+    r->errlen = errlen;
+    r->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (r->fd < 0) {
+        int e = errno;
+        set_err(err, errlen, "%s: open: %s", path, errstr(e));
+        return e == ENOENT ? PZ_ENOTFOUND : -e;
+    }
+    struct stat st;
+    if (fstat(r->fd, &st) < 0) {
+        int e = -errno;
+        set_err(err, errlen, "%s: fstat: %s", path, errstr(e));
+        close(r->fd);
+        r->fd = -1;
+        return e;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        set_err(err, errlen, "%s: not a regular file", path);
+        close(r->fd);
+        r->fd = -1;
+        return PZ_ECORRUPT;
+    }
+    r->size = (uint64_t)st.st_size;
+    return 0;
+}
+
+static void rd_close(struct reader *r)
+{
+    pz_free(r->buf);
+    r->buf = NULL;
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = -1;
+}
+
+static uint64_t rd_left(const struct reader *r)
+{
+    return r->size - r->pos;
+}
+
+/* Make n bytes available at r->buf + r->start. The caller has checked that
+ * the file holds them (n <= rd_left). */
+static int rd_need(struct reader *r, size_t n)
+{
+    if (r->end - r->start >= n)
+        return 0;
+    if (r->cap - r->start < n) {
+        size_t have = r->end - r->start;
+        if (r->cap < n) {
+            r->cap = PZ_MAX(n, (size_t)IO_BUF_SIZE);
+            uint8_t *nb = pz_malloc(r->cap);
+            if (have)
+                memcpy(nb, r->buf + r->start, have);
+            pz_free(r->buf);
+            r->buf = nb;
+        } else if (have) {
+            memmove(r->buf, r->buf + r->start, have);
+        }
+        r->start = 0;
+        r->end = have;
+    }
+    uint64_t crc_limit = r->size - 8;
+    while (r->end - r->start < n) {
+        ssize_t got = read(r->fd, r->buf + r->end, r->cap - r->end);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = -errno;
+            set_err(r->err, r->errlen, "%s: read at offset %" PRIu64 ": %s",
+                    r->path, r->read_off, errstr(e));
+            return e;
+        }
+        if (got == 0) {
+            set_err(r->err, r->errlen,
+                    "%s: truncated: file ended at offset %" PRIu64
+                    " while reading it (it shrank)",
+                    r->path, r->read_off);
+            return PZ_ECORRUPT;
+        }
+        if (r->read_off < crc_limit) {
+            uint64_t c = PZ_MIN((uint64_t)got, crc_limit - r->read_off);
+            r->crc = snapshot_crc64(r->crc, r->buf + r->end, (size_t)c);
+        }
+        r->end += (size_t)got;
+        r->read_off += (uint64_t)got;
+    }
+    return 0;
+}
+
+static const uint8_t *rd_take(struct reader *r, size_t n)
+{
+    const uint8_t *p = r->buf + r->start;
+    r->start += n;
+    r->pos += n;
+    return p;
+}
+
+/* Parse the fixed header and the conf; leaves the reader at the first
+ * record. */
+static int rd_header(struct reader *r, struct snapshot_meta *m)
+{
+    if (r->size < MIN_FILE_SIZE) {
+        uint8_t magic[8];
+        if (r->size >= 8 && pread(r->fd, magic, 8, 0) == 8 &&
+            memcmp(magic, SNAPSHOT_MAGIC, 8) != 0)
+            set_err(r->err, r->errlen, "%s: bad magic: not a snapshot file",
+                    r->path);
+        else
+            set_err(r->err, r->errlen,
+                    "%s: truncated: %" PRIu64 " bytes, a snapshot has at "
+                    "least %d",
+                    r->path, r->size, MIN_FILE_SIZE);
+        return PZ_ECORRUPT;
+    }
+    int rc = rd_need(r, SNAPSHOT_HEADER_SIZE);
+    if (rc)
+        return rc;
+    const uint8_t *h = rd_take(r, SNAPSHOT_HEADER_SIZE);
+    if (memcmp(h, SNAPSHOT_MAGIC, 8) != 0) {
+        set_err(r->err, r->errlen, "%s: bad magic: not a snapshot file",
+                r->path);
+        return PZ_ECORRUPT;
+    }
+    uint32_t version = pz_get_u32(h + 8);
+    if (version != SNAPSHOT_VERSION) {
+        set_err(r->err, r->errlen,
+                "%s: unsupported format version %" PRIu32 " (this build "
+                "reads version %d)",
+                r->path, version, SNAPSHOT_VERSION);
+        return PZ_ECORRUPT;
+    }
+    m->index = pz_get_u64(h + 12);
+    m->term = pz_get_u64(h + 20);
+    m->created_ms = (int64_t)pz_get_u64(h + 28);
+    m->nkeys = pz_get_u64(h + 36);
+    uint32_t conf_len = pz_get_u32(h + 44);
+    m->file_size = r->size;
+    if (conf_len > SNAPSHOT_CONF_MAX ||
+        conf_len > rd_left(r) - SNAPSHOT_TRAILER_SIZE) {
+        set_err(r->err, r->errlen,
+                "%s: truncated or corrupt header: configuration length "
+                "%" PRIu32 " with %" PRIu64 " bytes left",
+                r->path, conf_len, rd_left(r));
+        return PZ_ECORRUPT;
+    }
+    /* Every record takes at least 8 bytes: a count that cannot fit is
+     * caught here rather than after reading the whole file. */
+    uint64_t room = rd_left(r) - SNAPSHOT_TRAILER_SIZE - conf_len;
+    if (m->nkeys > room / 8) {
+        set_err(r->err, r->errlen,
+                "%s: truncated or corrupt header: %" PRIu64 " keys cannot "
+                "fit in %" PRIu64 " bytes",
+                r->path, m->nkeys, room);
+        return PZ_ECORRUPT;
+    }
+    if (conf_len) {
+        rc = rd_need(r, conf_len);
+        if (rc)
+            return rc;
+        m->conf = pz_memdup(rd_take(r, conf_len), conf_len);
+        m->conf_len = conf_len;
+    }
+    return 0;
+}
+
+/* Read (and into kv, unless NULL, load) a whole file with every check. */
+static int read_file(const char *path, struct kv *kv,
+                     struct snapshot_meta *meta, char *err, size_t errlen)
+{
+    struct snapshot_meta m = {0};
+    struct reader r;
+    int rc = rd_open(&r, path, err, errlen);
+    if (rc)
+        goto out;
+    rc = rd_header(&r, &m);
+    for (uint64_t i = 0; rc == 0 && i < m.nkeys; i++) {
+        uint64_t at = r.pos;
+        if (rd_left(&r) < 8 + SNAPSHOT_TRAILER_SIZE) {
+            set_err(err, errlen,
+                    "%s: truncated: record %" PRIu64 " of %" PRIu64
+                    " at offset %" PRIu64 " is past the end",
+                    path, i, m.nkeys, at);
+            rc = PZ_ECORRUPT;
+            break;
+        }
+        if ((rc = rd_need(&r, 8)) != 0)
+            break;
+        const uint8_t *h = rd_take(&r, 8);
+        uint32_t klen = pz_get_u32(h), vlen = pz_get_u32(h + 4);
+        if (klen > KV_KEY_MAX || vlen > KV_VALUE_MAX) {
+            set_err(err, errlen,
+                    "%s: corrupt record %" PRIu64 " at offset %" PRIu64
+                    ": key length %" PRIu32 ", value length %" PRIu32
+                    " (limits %u, %u)",
+                    path, i, at, klen, vlen, KV_KEY_MAX, KV_VALUE_MAX);
+            rc = PZ_ECORRUPT;
+            break;
+        }
+        uint64_t need = (uint64_t)klen + vlen;
+        if (need > rd_left(&r) - SNAPSHOT_TRAILER_SIZE) {
+            set_err(err, errlen,
+                    "%s: truncated: record %" PRIu64 " at offset %" PRIu64
+                    " needs %" PRIu64 " bytes, %" PRIu64
+                    " left before the trailer",
+                    path, i, at, need, rd_left(&r) - SNAPSHOT_TRAILER_SIZE);
+            rc = PZ_ECORRUPT;
+            break;
+        }
+        if ((rc = rd_need(&r, (size_t)need)) != 0)
+            break;
+        const uint8_t *kvp = rd_take(&r, (size_t)need);
+        if (kv && kv_set(kv, kvp, klen, kvp + klen, vlen) != 0) {
+            set_err(err, errlen,
+                    "%s: corrupt: record %" PRIu64 " at offset %" PRIu64
+                    " repeats a key",
+                    path, i, at);
+            rc = PZ_ECORRUPT;
+        }
+    }
+    if (rc)
+        goto out;
+    if (rd_left(&r) != SNAPSHOT_TRAILER_SIZE) {
+        set_err(err, errlen,
+                "%s: corrupt: %" PRIu64 " bytes after record %" PRIu64
+                " where the %d-byte trailer should end the file",
+                path, rd_left(&r), m.nkeys, SNAPSHOT_TRAILER_SIZE);
+        rc = PZ_ECORRUPT;
+        goto out;
+    }
+    if ((rc = rd_need(&r, SNAPSHOT_TRAILER_SIZE)) != 0)
+        goto out;
+    const uint8_t *t = rd_take(&r, SNAPSHOT_TRAILER_SIZE);
+    if (memcmp(t, SNAPSHOT_END_MAGIC, 8) != 0) {
+        set_err(err, errlen, "%s: corrupt: end marker missing at offset "
+                "%" PRIu64, path, r.pos - SNAPSHOT_TRAILER_SIZE);
+        rc = PZ_ECORRUPT;
+        goto out;
+    }
+    m.checksum = pz_get_u64(t + 8);
+    if (m.checksum != r.crc) {
+        set_err(err, errlen,
+                "%s: checksum mismatch: stored %016" PRIx64
+                ", computed %016" PRIx64,
+                path, m.checksum, r.crc);
+        rc = PZ_ECORRUPT;
+        goto out;
+    }
+out:
+    rd_close(&r);
+    if (rc || meta == NULL)
+        snapshot_meta_free(&m);
+    if (meta)
+        *meta = m;
+    return rc;
+}
+
+int snapshot_load(const char *path, struct kv *into,
+                  struct snapshot_meta *meta, char *err, size_t errlen)
+{
+    pz_assert(into != NULL);
+    return read_file(path, into, meta, err, errlen);
+}
+
+int snapshot_verify(const char *path, struct snapshot_meta *meta, char *err,
+                    size_t errlen)
+{
+    return read_file(path, NULL, meta, err, errlen);
+}
+
+int snapshot_peek(const char *path, struct snapshot_meta *meta, char *err,
+                  size_t errlen)
+{
+    struct reader r;
+    memset(meta, 0, sizeof(*meta));
+    int rc = rd_open(&r, path, err, errlen);
+    if (rc)
+        return rc;
+    rc = rd_header(&r, meta);
+    rd_close(&r);
+    if (rc)
+        snapshot_meta_free(meta);
+    return rc;
+}
+
+int snapshot_load_newest_valid(const char *dir, uint64_t seed,
+                               struct kv **out, struct snapshot_meta *meta,
+                               char **path_out, snapshot_damaged_cb cb,
+                               void *arg, char *err, size_t errlen)
+{
+    struct snapshot_info *list;
+    size_t n;
+    *out = NULL;
+    if (meta)
+        memset(meta, 0, sizeof(*meta));
+    if (path_out)
+        *path_out = NULL;
+    int rc = snapshot_list(dir, &list, &n, err, errlen);
+    if (rc)
+        return rc;
+    if (n == 0) {
+        set_err(err, errlen, "%s: no snapshot", dir);
+        return PZ_ENOTFOUND;
+    }
+    char msg[SNAPSHOT_ERRMSG_SIZE];
+    rc = PZ_ECORRUPT;
+    for (size_t i = 0; i < n; i++) {
+        struct kv *kv = kv_new_seeded(seed);
+        int lrc = snapshot_load(list[i].path, kv, meta, msg, sizeof msg);
+        if (lrc == 0) {
+            *out = kv;
+            if (path_out)
+                *path_out = pz_strdup(list[i].path);
+            rc = 0;
+            break;
+        }
+        kv_free(kv);
+        if (cb)
+            cb(arg, list[i].path, lrc, msg);
+        else
+            pz_warn("skipping damaged snapshot: %s", msg);
+    }
+    if (rc)
+        set_err(err, errlen, "%s: none of the %zu snapshots is valid", dir,
+                n);
+    snapshot_list_free(list, n);
+    return rc;
+}
+
+/* --- streaming: sender side ------------------------------------------------ */
+
+struct snapshot_reader {
+    int fd;        /* open file */
+    uint64_t size; /* size at open */
+    char *path;    /* for messages (pz_malloc) */
+};
+
+int snapshot_reader_open(const char *path, struct snapshot_reader **out,
+                         char *err, size_t errlen)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        set_err(err, errlen, "%s: open: %s", path, errstr(e));
+        return e == ENOENT ? PZ_ENOTFOUND : -e;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = -errno;
+        set_err(err, errlen, "%s: fstat: %s", path, errstr(e));
+        close(fd);
+        return e;
+    }
+    struct snapshot_reader *r = pz_malloc(sizeof(*r));
+    r->fd = fd;
+    r->size = (uint64_t)st.st_size;
+    r->path = pz_strdup(path);
+    *out = r;
+    return 0;
+}
+
+uint64_t snapshot_reader_size(const struct snapshot_reader *r)
+{
+    return r->size;
+}
+
+int snapshot_reader_read(struct snapshot_reader *r, uint64_t offset,
+                         void *buf, size_t len, size_t *got, char *err,
+                         size_t errlen)
+{
+    *got = 0;
+    if (offset >= r->size)
+        return 0;
+    len = (size_t)PZ_MIN((uint64_t)len, r->size - offset);
+    uint8_t *p = buf;
+    while (*got < len) {
+        ssize_t n = pread(r->fd, p + *got, len - *got,
+                          (off_t)(offset + *got));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = -errno;
+            set_err(err, errlen, "%s: read at offset %" PRIu64 ": %s",
+                    r->path, offset + *got, errstr(e));
+            return e;
+        }
+        if (n == 0)
+            break; /* the file shrank: report what there is */
+        *got += (size_t)n;
+    }
+    return 0;
+}
+
+void snapshot_reader_close(struct snapshot_reader *r)
+{
+    if (r == NULL)
+        return;
+    close(r->fd);
+    pz_free(r->path);
+    pz_free(r);
+}
+
+/* --- streaming: receiver side ---------------------------------------------- */
+
+struct snapshot_receiver {
+    int fd;                       /* the .recv.tmp */
+    uint64_t index;               /* snapshot being received */
+    uint64_t term;                /* its term */
+    uint64_t total;               /* announced size */
+    uint64_t received;            /* bytes written so far */
+    char *dir;                    /* directory (pz_malloc) */
+    char path[SNAPSHOT_PATH_MAX]; /* final .snap */
+    char tmp[SNAPSHOT_PATH_MAX];  /* file being written */
+};
+
+static void receiver_free(struct snapshot_receiver *r, bool remove_tmp)
+{
+    if (r->fd >= 0)
+        close(r->fd);
+    if (remove_tmp)
+        unlink(r->tmp);
+    pz_free(r->dir);
+    pz_free(r);
+}
+
+int snapshot_receiver_begin(const char *dir, uint64_t index, uint64_t term,
+                            uint64_t total_size,
+                            struct snapshot_receiver **out, char *err,
+                            size_t errlen)
+{
+    *out = NULL;
+    struct snapshot_receiver *r = pz_calloc(1, sizeof(*r));
+    r->fd = -1;
+    if (name_path(dir, index, term, SNAP_SUFFIX, r->path, sizeof r->path) ||
+        name_path(dir, index, term, RECV_TMP_SUFFIX, r->tmp,
+                  sizeof r->tmp)) {
+        set_err(err, errlen, "%s: directory name too long", dir);
+        pz_free(r);
+        return PZ_ETOOBIG;
+    }
+    if (total_size < MIN_FILE_SIZE) {
+        set_err(err, errlen,
+                "%s: announced size %" PRIu64 " is below the smallest "
+                "snapshot (%d bytes)",
+                r->tmp, total_size, MIN_FILE_SIZE);
+        pz_free(r);
+        return PZ_EINVAL;
+    }
+    r->fd = open_tmp(r->tmp, err, errlen);
+    if (r->fd < 0) {
+        int rc = r->fd;
+        pz_free(r);
+        return rc;
+    }
+    r->dir = pz_strdup(dir);
+    r->index = index;
+    r->term = term;
+    r->total = total_size;
+    crc_init();
+    *out = r;
+    return 0;
+}
+
+int snapshot_receiver_write(struct snapshot_receiver *r, uint64_t offset,
+                            const void *data, size_t len, char *err,
+                            size_t errlen)
+{
+    if (offset != r->received) {
+        set_err(err, errlen,
+                "%s: chunk at offset %" PRIu64 " but %" PRIu64
+                " bytes received: chunks must be contiguous",
+                r->tmp, offset, r->received);
+        return PZ_EINVAL;
+    }
+    if (len > r->total - r->received) {
+        set_err(err, errlen,
+                "%s: chunk of %zu bytes at offset %" PRIu64
+                " goes past the announced size %" PRIu64,
+                r->tmp, len, offset, r->total);
+        return PZ_EINVAL;
+    }
+    if (len == 0)
+        return 0;
+    int rc = write_all(r->fd, data, len);
+    if (rc) {
+        set_err(err, errlen, "%s: write: %s", r->tmp, errstr(rc));
+        return rc;
+    }
+    bool first = r->received == 0;
+    r->received += len;
+    if (first)
+        pz_failpoint(SNAPSHOT_FP_INSTALL_MID);
+    return 0;
+}
+
+uint64_t snapshot_receiver_offset(const struct snapshot_receiver *r)
+{
+    return r->received;
+}
+
+int snapshot_receiver_finish(struct snapshot_receiver *r, char *path_out,
+                             size_t pathlen, struct snapshot_meta *meta,
+                             char *err, size_t errlen)
+{
+    struct snapshot_meta m = {0};
+    int rc = 0;
+    if (meta)
+        memset(meta, 0, sizeof(*meta));
+    if (r->received != r->total) {
+        set_err(err, errlen,
+                "%s: incomplete: %" PRIu64 " of %" PRIu64 " bytes received",
+                r->tmp, r->received, r->total);
+        receiver_free(r, true);
+        return PZ_EINVAL;
+    }
+    rc = fsync(r->fd) < 0 ? -errno : 0;
+    if (close(r->fd) < 0 && rc == 0)
+        rc = -errno;
+    r->fd = -1;
+    if (rc) {
+        set_err(err, errlen, "%s: fsync: %s", r->tmp, errstr(rc));
+        receiver_free(r, true);
+        return rc;
+    }
+    rc = snapshot_verify(r->tmp, &m, err, errlen);
+    if (rc == 0 && (m.index != r->index || m.term != r->term)) {
+        set_err(err, errlen,
+                "%s: corrupt: header says index %" PRIu64 " term %" PRIu64
+                ", the leader announced index %" PRIu64 " term %" PRIu64,
+                r->tmp, m.index, m.term, r->index, r->term);
+        rc = PZ_ECORRUPT;
+    }
+    if (rc == 0)
+        rc = commit_file(r->tmp, r->path, r->dir, err, errlen);
+    if (rc) {
+        snapshot_meta_free(&m);
+        receiver_free(r, true);
+        return rc;
+    }
+    if (path_out)
+        snprintf(path_out, pathlen, "%s", r->path);
+    if (meta)
+        *meta = m;
+    else
+        snapshot_meta_free(&m);
+    receiver_free(r, false);
+    return 0;
+}
+
+void snapshot_receiver_abort(struct snapshot_receiver *r)
+{
+    if (r)
+        receiver_free(r, true);
+}

@@ -1,0 +1,308 @@
+/* snapshot.h - snapshot files: the whole key-value table at one Raft index,
+ * written atomically, verified on every read, streamed to followers.
+ *
+ * Files live in one directory and are named snap-<index>-<term>.snap
+ * (decimal, no padding). A snapshot being written is <name>.tmp (local
+ * write) or <name>.recv.tmp (InstallSnapshot receiver); it becomes a .snap
+ * only by rename(2) after it was fsynced, and the directory is fsynced after
+ * the rename. So a .snap is complete or absent, and the previous snapshot is
+ * never touched by a new one.
+ *
+ * Happy path (node.c):
+ *   snapshot_write_fork(dir, kv, index, term, conf, len, &child, err, n);
+ *   every tick: snapshot_child_poll(&child, &done, &ok); when done and ok:
+ *       truncate the log up to index, snapshot_prune(dir, 2, ...)
+ *   at startup: kv = NULL; snapshot_load_newest_valid(dir, seed, &kv, &meta,
+ *       &path, NULL, NULL, err, n); then replay the log after meta.index
+ *   leader: snapshot_reader_open(path), snapshot_reader_read(...) per chunk
+ *   follower: snapshot_receiver_begin, _write per chunk, _finish, then
+ *       snapshot_load the returned path into a fresh table
+ *
+ * File format, version 1. Integers are big-endian and unsigned unless
+ * stated otherwise:
+ *
+ *   offset  size      field
+ *   0       8         magic "PYAZSNAP"
+ *   8       4         format version (1)
+ *   12      8         index: last Raft index the table includes
+ *   20      8         term of the entry at index
+ *   28      8         created: unix time in milliseconds (signed)
+ *   36      8         nkeys: number of key/value records
+ *   44      4         conf_len (at most SNAPSHOT_CONF_MAX)
+ *   48      conf_len  Raft configuration as of index (raft_conf_encode
+ *                     output; opaque to this module)
+ *   then nkeys records, in table order (no sorting):
+ *           4         klen (at most KV_KEY_MAX)
+ *           4         vlen (at most KV_VALUE_MAX)
+ *           klen      key bytes (any bytes, NUL included)
+ *           vlen      value bytes
+ *   trailer:
+ *           8         end marker "PYAZEND\n"
+ *           8         checksum: CRC-64/XZ (snapshot_crc64) of every byte
+ *                     of the file before this field
+ *
+ * Nothing follows the checksum. A reader refuses a file whose magic,
+ * version, lengths, record count, end marker, size or checksum is wrong,
+ * and a file holding the same key twice. A new format gets a new version
+ * number; readers keep accepting the old ones.
+ *
+ * CRC-64 detects every error burst up to 64 bits and misses a random
+ * corruption with probability 2^-64; it guards against damage and
+ * truncation, not against someone forging a file.
+ *
+ * Errors: every function returns 0 or a negative code and writes a message
+ * naming the file and the problem into err (err may be NULL).
+ * PZ_ECORRUPT: the file is not a valid snapshot (the message says why:
+ * bad magic, unsupported version, truncated, checksum mismatch, ...).
+ * PZ_ENOTFOUND: no such file / no snapshot. Negative errno values: a
+ * system call failed (disk full, permission, ...).
+ *
+ * Threads and processes: call everything from one thread (the loop thread).
+ * Loading and the synchronous writer block that thread for as long as the
+ * file takes; snapshot_write_fork does the writing in a child process. Not
+ * pure: files, fork, the wall clock (creation time). */
+#ifndef PZ_SNAPSHOT_H
+#define PZ_SNAPSHOT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "kv.h"
+
+#define SNAPSHOT_MAGIC "PYAZSNAP"     /* first 8 bytes of a file */
+#define SNAPSHOT_END_MAGIC "PYAZEND\n" /* first 8 bytes of the trailer */
+#define SNAPSHOT_VERSION 1            /* format written by this code */
+#define SNAPSHOT_HEADER_SIZE 48       /* fixed part, before the conf */
+#define SNAPSHOT_TRAILER_SIZE 16      /* end marker + checksum */
+#define SNAPSHOT_CONF_MAX (1u << 24)  /* longest configuration blob */
+#define SNAPSHOT_PATH_MAX 4096        /* path buffers, NUL included */
+#define SNAPSHOT_ERRMSG_SIZE 512      /* err buffers that fit any message */
+
+/* Failpoints (failpoint.h) of this module. */
+#define SNAPSHOT_FP_MID_WRITE "snapshot-mid-write"   /* after 1st flush */
+#define SNAPSHOT_FP_BEFORE_RENAME "snapshot-before-rename" /* synced tmp */
+#define SNAPSHOT_FP_AFTER_RENAME "snapshot-after-rename"   /* .snap there */
+#define SNAPSHOT_FP_INSTALL_MID "install-mid" /* receiver, 1st chunk done */
+
+/* What a snapshot's header says, plus facts about the file. */
+struct snapshot_meta {
+    uint64_t index;      /* last Raft index included */
+    uint64_t term;       /* term of that entry */
+    int64_t created_ms;  /* unix time (ms) the writer started */
+    uint64_t nkeys;      /* number of records */
+    uint8_t *conf;       /* configuration bytes (pz_malloc, owned; NULL
+                            when conf_len is 0) */
+    size_t conf_len;     /* length of conf */
+    uint64_t file_size;  /* bytes in the file */
+    uint64_t checksum;   /* stored checksum (0 from snapshot_peek) */
+};
+
+/* Frees meta->conf and zeroes *meta. NULL or an all-zero meta is fine. */
+void snapshot_meta_free(struct snapshot_meta *meta);
+
+/* CRC-64/XZ (ECMA-182 polynomial, reflected, initial value and final XOR
+ * all ones). Incremental: start with crc = 0 and feed the bytes in any
+ * number of pieces; snapshot_crc64(snapshot_crc64(0, a), b) equals the CRC
+ * of a followed by b. The CRC of "123456789" is 0x995dc9bbdf1939fa. */
+uint64_t snapshot_crc64(uint64_t crc, const void *data, size_t len);
+
+/* Writes "<dir>/snap-<index>-<term>.snap" into buf (len bytes). Returns 0
+ * or PZ_ETOOBIG if it does not fit. */
+int snapshot_path(const char *dir, uint64_t index, uint64_t term, char *buf,
+                  size_t len);
+
+/* --- writing ------------------------------------------------------------ */
+
+/* Write kv (borrowed, unchanged) as snapshot (index, term) with conf
+ * (conf_len bytes, borrowed; may be NULL when conf_len is 0) into dir, in
+ * this process: <name>.tmp, fsync, rename to <name>.snap, fsync dir. On
+ * success the path is copied to path_out when it is not NULL (pathlen
+ * bytes). On failure the .tmp is removed and no .snap was created (an
+ * existing file of the same name is left as it was). Blocks for the whole
+ * write: for tests, tools and small tables. Returns 0, PZ_EINVAL
+ * (conf_len > SNAPSHOT_CONF_MAX), PZ_ETOOBIG (path too long) or a negative
+ * errno. */
+int snapshot_write(const char *dir, const struct kv *kv, uint64_t index,
+                   uint64_t term, const uint8_t *conf, size_t conf_len,
+                   char *path_out, size_t pathlen, char *err, size_t errlen);
+
+/* A snapshot being written by a child process. Embed it in the owner; it
+ * holds no heap memory, only the child's pid and a pipe. */
+struct snapshot_child {
+    pid_t pid;                      /* child; 0 when none is running */
+    int msg_fd;                     /* read end of the child's error pipe,
+                                       -1 when none */
+    uint64_t index;                 /* snapshot being written */
+    uint64_t term;                  /* its term */
+    uint64_t started_ms;            /* monotonic ms when forked */
+    uint64_t fork_us;               /* how long fork() took (us) */
+    int status;                     /* waitpid status once reaped */
+    char path[SNAPSHOT_PATH_MAX];   /* final .snap path */
+    char tmp[SNAPSHOT_PATH_MAX];    /* the .tmp the child writes */
+    char errmsg[SNAPSHOT_ERRMSG_SIZE]; /* why it failed ("" on success) */
+};
+
+/* Start writing kv as snapshot (index, term, conf) in a child process
+ * (Redis BGSAVE): the parent opens the .tmp, forks and returns at once;
+ * the child sees the table as it was at fork() (copy-on-write), so the
+ * caller may go on mutating kv, even freeing it. The child writes with
+ * large buffered write(2)s (no allocation, no libuv), fsyncs, renames,
+ * fsyncs the directory and _exit()s: 0 on success, otherwise 1 after
+ * sending a message down a pipe. It closes the descriptors it does not
+ * need (listening sockets, peer connections, the Raft database) and dies
+ * with its parent (PR_SET_PDEATHSIG), so a killed node leaves no writer
+ * behind. *h must not hold a running child (h->pid == 0); it is
+ * initialized by this call. Returns 0 (h->pid set), PZ_EINVAL, PZ_ETOOBIG
+ * or a negative errno (no child was started, nothing is left on disk). */
+int snapshot_write_fork(const char *dir, const struct kv *kv, uint64_t index,
+                        uint64_t term, const uint8_t *conf, size_t conf_len,
+                        struct snapshot_child *h, char *err, size_t errlen);
+
+/* Reap the child without blocking (waitpid WNOHANG). If it is still
+ * running: *done = false. If it ended: *done = true, *ok = whether the
+ * .snap is in place; on failure h->errmsg says why and the .tmp has been
+ * removed; h->pid is 0 either way and h may be reused. With h->pid == 0
+ * (no child): *done = true, *ok = false. Returns 0, or a negative errno
+ * if waitpid failed (h unchanged).
+ *
+ * If the child stopped at a failpoint (exit status PZ_FAILPOINT_EXIT) and
+ * PYAZDB_FAILPOINT is set, this process exits with that status too: the
+ * files are exactly as the crash left them and the node goes no further. */
+int snapshot_child_poll(struct snapshot_child *h, bool *done, bool *ok);
+
+/* For shutdown or a snapshot that became pointless: SIGKILL the child,
+ * wait for it (blocking, briefly), remove its .tmp. No-op when h->pid is
+ * 0. A .snap the child managed to rename before the kill stays (it is
+ * complete). */
+void snapshot_child_kill(struct snapshot_child *h);
+
+/* Delete older snapshots in dir, keeping the `keep` newest .snap files (by
+ * index, then term; keep >= 1), and delete every *.tmp (interrupted writes
+ * and transfers). Must not run while a snapshot_child or a receiver is
+ * writing into dir: it would remove their .tmp. Files that do not look like
+ * snapshots are left alone. *removed (may be NULL) gets the number of files
+ * deleted. Returns 0, PZ_EINVAL (keep < 1) or a negative errno (the first
+ * failure; the other files were still processed). */
+int snapshot_prune(const char *dir, size_t keep, size_t *removed, char *err,
+                   size_t errlen);
+
+/* --- reading ------------------------------------------------------------ */
+
+/* One .snap file found by snapshot_list. */
+struct snapshot_info {
+    uint64_t index; /* from the file name */
+    uint64_t term;  /* from the file name */
+    char *path;     /* dir/name (pz_malloc, owned by the list) */
+};
+
+/* The .snap files of dir, newest first (higher index first, then higher
+ * term). Only names of the exact form snap-<index>-<term>.snap count; their
+ * contents are not read. *out is NULL when *n is 0. Free with
+ * snapshot_list_free. Returns 0 (a missing dir is an empty list) or a
+ * negative errno. */
+int snapshot_list(const char *dir, struct snapshot_info **out, size_t *n,
+                  char *err, size_t errlen);
+void snapshot_list_free(struct snapshot_info *list, size_t n);
+
+/* Read the fixed header and conf of path into *meta (file_size set,
+ * checksum 0) without reading or checking the rest: fast, but the values
+ * are unverified. For a leader filling in an InstallSnapshot message from a
+ * file it loaded or wrote itself. Returns 0, PZ_ENOTFOUND, PZ_ECORRUPT or a
+ * negative errno; on error *meta is zeroed. */
+int snapshot_peek(const char *path, struct snapshot_meta *meta, char *err,
+                  size_t errlen);
+
+/* Load path into `into`, which should be a fresh, empty table: every
+ * record is kv_set into it. Checks everything the file comment lists. On
+ * success fills *meta (may be NULL; free with snapshot_meta_free) and
+ * returns 0. On failure returns PZ_ECORRUPT, PZ_ENOTFOUND or a negative
+ * errno with a message naming the file and what is wrong; `into` may then
+ * hold part of the file and must be discarded (kv_free), *meta is zeroed.
+ * Reads in large blocks: no system call per key. */
+int snapshot_load(const char *path, struct kv *into,
+                  struct snapshot_meta *meta, char *err, size_t errlen);
+
+/* Like snapshot_load, but builds no table: only checks the file. */
+int snapshot_verify(const char *path, struct snapshot_meta *meta, char *err,
+                    size_t errlen);
+
+/* Called by snapshot_load_newest_valid for each file it skips: rc is the
+ * snapshot_load error, msg its message. */
+typedef void (*snapshot_damaged_cb)(void *arg, const char *path, int rc,
+                                    const char *msg);
+
+/* Load the newest .snap of dir that loads cleanly, trying older ones in
+ * turn. Each attempt loads into a new kv_new_seeded(seed); a damaged file's
+ * table is freed and the file reported through cb (or, when cb is NULL,
+ * logged as a warning); damaged files are not deleted. On success *out is
+ * the table (the caller owns it), *meta filled (may be NULL), *path_out
+ * (may be NULL) a pz_malloc'd copy of the file's path for the caller to
+ * pz_free. Returns 0; PZ_ENOTFOUND if dir holds no .snap at all (or does
+ * not exist); PZ_ECORRUPT if there are snapshots but none is valid (err
+ * says how many); a negative errno if listing failed. */
+int snapshot_load_newest_valid(const char *dir, uint64_t seed,
+                               struct kv **out, struct snapshot_meta *meta,
+                               char **path_out, snapshot_damaged_cb cb,
+                               void *arg, char *err, size_t errlen);
+
+/* --- streaming (InstallSnapshot) ------------------------------------------ */
+
+/* A snapshot file opened for sending in chunks. Holds the descriptor, so
+ * the file can be read to the end even if snapshot_prune deletes it in the
+ * meantime. */
+struct snapshot_reader;
+
+/* Open path for chunked reading. Returns 0 and *out, PZ_ENOTFOUND or a
+ * negative errno. */
+int snapshot_reader_open(const char *path, struct snapshot_reader **out,
+                         char *err, size_t errlen);
+/* Size of the file in bytes (fixed at open). */
+uint64_t snapshot_reader_size(const struct snapshot_reader *r);
+/* Copy up to len bytes at offset into buf (pread; any offset, any order).
+ * *got is len, or less only when the end of the file is reached (0 at or
+ * past the end). Returns 0 or a negative errno. */
+int snapshot_reader_read(struct snapshot_reader *r, uint64_t offset,
+                         void *buf, size_t len, size_t *got, char *err,
+                         size_t errlen);
+/* Close and free. NULL is fine. */
+void snapshot_reader_close(struct snapshot_reader *r);
+
+/* A snapshot being received from the leader into <name>.recv.tmp. */
+struct snapshot_receiver;
+
+/* Start receiving snapshot (index, term) of total_size bytes into dir.
+ * Creates (truncating a stale one) <dir>/snap-<index>-<term>.recv.tmp; an
+ * existing .snap is not touched. Returns 0 and *out, PZ_EINVAL (total_size
+ * smaller than the smallest valid file), PZ_ETOOBIG or a negative errno. */
+int snapshot_receiver_begin(const char *dir, uint64_t index, uint64_t term,
+                            uint64_t total_size,
+                            struct snapshot_receiver **out, char *err,
+                            size_t errlen);
+/* Append a chunk. offset must equal the bytes received so far (chunks are
+ * contiguous and in order; a chunk already received, i.e. offset + len <=
+ * received and matching, is NOT accepted either: the transport must not
+ * resend), and offset + len must not exceed total_size. Returns 0,
+ * PZ_EINVAL (gap, overlap or past the end: nothing written, the transfer
+ * may go on from snapshot_receiver_offset) or a negative errno (write
+ * failed: abort the transfer). */
+int snapshot_receiver_write(struct snapshot_receiver *r, uint64_t offset,
+                            const void *data, size_t len, char *err,
+                            size_t errlen);
+/* Bytes received so far: the offset the next chunk must start at. */
+uint64_t snapshot_receiver_offset(const struct snapshot_receiver *r);
+/* Finish: requires all total_size bytes; fsyncs, verifies the whole file
+ * (format and checksum, and that its header says index and term), renames
+ * it to snap-<index>-<term>.snap and fsyncs dir. Frees r in every case. On
+ * success copies the .snap path to path_out (pathlen bytes; may be NULL)
+ * and fills *meta (may be NULL). On failure removes the .tmp and returns
+ * PZ_EINVAL (incomplete), PZ_ECORRUPT (verification failed) or a negative
+ * errno; the previous snapshots are untouched. */
+int snapshot_receiver_finish(struct snapshot_receiver *r, char *path_out,
+                             size_t pathlen, struct snapshot_meta *meta,
+                             char *err, size_t errlen);
+/* Give up: close and remove the .tmp, free r. NULL is fine. */
+void snapshot_receiver_abort(struct snapshot_receiver *r);
+
+#endif
