@@ -100,6 +100,22 @@ int raft_codec_encode_reply(struct pz_buf *out,
     return pack_frame(out, &f, max);
 }
 
+int raft_codec_encode_chunk(struct pz_buf *out,
+                            const struct raft_snap_chunk *c, size_t max)
+{
+    Pyazdb__Raft__SnapshotChunk pc = PYAZDB__RAFT__SNAPSHOT_CHUNK__INIT;
+    Pyazdb__Raft__Frame f = PYAZDB__RAFT__FRAME__INIT;
+    pc.snap_index = c->snap_index;
+    pc.snap_term = c->snap_term;
+    pc.offset = c->offset;
+    pc.total = c->total;
+    pc.data.len = c->len;
+    pc.data.data = (uint8_t *)c->data;
+    f.body_case = PYAZDB__RAFT__FRAME__BODY_CHUNK;
+    f.chunk = &pc;
+    return pack_frame(out, &f, max);
+}
+
 int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
                           size_t max)
 {
@@ -265,6 +281,19 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->kind = RAFT_FRAME_MESSAGE;
         rv = decode_msg(f->message, &d->msg);
         break;
+    case PYAZDB__RAFT__FRAME__BODY_CHUNK: {
+        const Pyazdb__Raft__SnapshotChunk *c = f->chunk;
+        d->kind = RAFT_FRAME_CHUNK;
+        d->chunk.snap_index = c->snap_index;
+        d->chunk.snap_term = c->snap_term;
+        d->chunk.offset = c->offset;
+        d->chunk.total = c->total;
+        d->chunk.data = c->data.data;
+        d->chunk.len = c->data.len;
+        if (c->offset > c->total || c->data.len > c->total - c->offset)
+            rv = PZ_EPROTO;
+        break;
+    }
     default:
         rv = PZ_EPROTO;
         break;

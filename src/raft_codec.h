@@ -81,6 +81,17 @@ int raft_codec_encode_handshake(struct pz_buf *out,
                                 const struct raft_handshake *h, size_t max);
 int raft_codec_encode_reply(struct pz_buf *out,
                             const struct raft_handshake_reply *r, size_t max);
+/* A piece of a snapshot file (InstallSnapshot streaming). */
+struct raft_snap_chunk {
+    uint64_t snap_index; /* snapshot's last index */
+    uint64_t snap_term;  /* and term */
+    uint64_t offset;     /* position of data in the file */
+    uint64_t total;      /* file size */
+    const uint8_t *data; /* bytes (borrowed) */
+    size_t len;          /* their number */
+};
+int raft_codec_encode_chunk(struct pz_buf *out,
+                            const struct raft_snap_chunk *c, size_t max);
 int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
                           size_t max);
 
@@ -90,6 +101,7 @@ enum raft_frame_kind {
     RAFT_FRAME_HANDSHAKE = 1, /* d.hs is valid */
     RAFT_FRAME_REPLY = 2,     /* d.reply is valid */
     RAFT_FRAME_MESSAGE = 3,   /* d.msg is valid */
+    RAFT_FRAME_CHUNK = 4,     /* d.chunk is valid */
 };
 
 /* A decoded frame. Strings, entries and payloads point into memory owned
@@ -99,6 +111,7 @@ struct raft_decoded {
     struct raft_handshake hs;          /* RAFT_FRAME_HANDSHAKE */
     struct raft_handshake_reply reply; /* RAFT_FRAME_REPLY */
     struct raft_msg msg;               /* RAFT_FRAME_MESSAGE */
+    struct raft_snap_chunk chunk;      /* RAFT_FRAME_CHUNK */
     void *pb;                          /* private: the unpacked protobuf */
 };
 

@@ -61,6 +61,9 @@ struct batch {
     size_t n;                         /* number of entries */
     uint64_t bytes;                   /* payload bytes of entries */
     bool check_prev;                  /* read the term at first - 1 */
+    bool reset;                       /* install: drop the whole log and
+                                         move the snapshot point first */
+    uint64_t reset_index, reset_term; /* the new snapshot point */
     int rc;                           /* 0 or negative code */
     uint64_t commit_ns;               /* time inside COMMIT */
     uint64_t total_ns;                /* BEGIN to COMMIT */
@@ -251,12 +254,24 @@ static int meta_put_u64(struct store *s, const char *key, uint64_t v,
  * the store is busy, and the batch. */
 static int run_batch(struct store *s, struct batch *b)
 {
-    if (b->n == 0 && !b->has_hs)
+    if (b->n == 0 && !b->has_hs && !b->reset)
         return 0;
     uint64_t t0 = uv_hrtime();
     int rc = run(s, s->st_begin, b->err, "BEGIN");
     if (rc)
         goto err_in_txn;
+    if (b->reset) {
+        /* An installed snapshot replaces the whole log, atomically with
+         * the entries and hard state that follow it. */
+        bind_u64(s->st_del_from, 1, 0);
+        rc = run(s, s->st_del_from, b->err, "drop the log for a snapshot");
+        if (rc == 0)
+            rc = meta_put_u64(s, "snapshot_index", b->reset_index, b->err);
+        if (rc == 0)
+            rc = meta_put_u64(s, "snapshot_term", b->reset_term, b->err);
+        if (rc)
+            goto err_in_txn;
+    }
     if (b->n > 0) {
         uint64_t first = b->entries[0].index;
         if (b->check_prev) {
@@ -328,8 +343,14 @@ static void finish_batch(struct store *s, struct batch *b)
         memcpy(s->errmsg, b->err, sizeof s->errmsg);
         return;
     }
-    if (b->n == 0 && !b->has_hs)
+    if (b->n == 0 && !b->has_hs && !b->reset)
         return;
+    if (b->reset) {
+        s->meta.snap_index = b->reset_index;
+        s->meta.snap_term = b->reset_term;
+        s->last_index = b->reset_index;
+        s->last_term = b->reset_term;
+    }
     if (b->has_hs)
         s->hs = b->hs;
     if (b->n > 0) {
@@ -496,6 +517,53 @@ int store_write_sync(struct store *s, const struct raft_hard_state *hs,
     }
     pz_free(b);
     return rc;
+}
+
+int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
+                        uint64_t term, const struct raft_hard_state *hs,
+                        const struct raft_entry *entries, size_t n,
+                        store_write_cb cb, void *arg)
+{
+    pz_assert(!s->busy);
+    if (index > INT64_MAX || term > INT64_MAX || term > hs->term ||
+        index < s->meta.snap_index ||
+        (n > 0 && entries[0].index != index + 1)) {
+        set_err(s->errmsg, sizeof s->errmsg,
+                "%s: snapshot install at index %" PRIu64 " term %" PRIu64
+                " does not fit (stored snapshot %" PRIu64 ")",
+                s->path, index, term, s->meta.snap_index);
+        return PZ_EINVAL;
+    }
+    /* Validate the entries as if the log already ended at the snapshot. */
+    uint64_t li = s->last_index, lt = s->last_term;
+    uint64_t si = s->meta.snap_index, st = s->meta.snap_term;
+    s->last_index = index;
+    s->last_term = term;
+    s->meta.snap_index = index;
+    s->meta.snap_term = term;
+    int rc = prepare_batch(s, &s->w, hs, entries, n);
+    s->last_index = li;
+    s->last_term = lt;
+    s->meta.snap_index = si;
+    s->meta.snap_term = st;
+    if (rc)
+        return rc;
+    s->w.check_prev = false;
+    s->w.reset = true;
+    s->w.reset_index = index;
+    s->w.reset_term = term;
+    s->cb = cb;
+    s->cb_arg = arg;
+    s->work.data = s;
+    rc = uv_queue_work(loop, &s->work, work_cb, after_work_cb);
+    if (rc < 0) {
+        set_err(s->errmsg, sizeof s->errmsg, "%s: uv_queue_work: %s",
+                s->path, uv_strerror(rc));
+        s->cb = NULL;
+        return rc;
+    }
+    s->busy = true;
+    return 0;
 }
 
 bool store_busy(const struct store *s)

@@ -150,6 +150,16 @@ int store_write(struct store *s, uv_loop_t *loop,
 int store_write_sync(struct store *s, const struct raft_hard_state *hs,
                      const struct raft_entry *entries, size_t n);
 
+/* A snapshot received from the leader is being installed: in ONE
+ * transaction, drop every stored entry, record (index, term) as the
+ * snapshot point, then write hs (required) and entries (which must start
+ * at index + 1, if any), as store_write does, on the thread pool. Returns
+ * 0 (cb later) or PZ_EINVAL / PZ_EIO at once. */
+int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
+                        uint64_t term, const struct raft_hard_state *hs,
+                        const struct raft_entry *entries, size_t n,
+                        store_write_cb cb, void *arg);
+
 /* True while a store_write is in flight. */
 bool store_busy(const struct store *s);
 

@@ -686,6 +686,8 @@ static const char *kind_name(int kind)
         return "handshake reply";
     case RAFT_FRAME_MESSAGE:
         return "raft message";
+    case RAFT_FRAME_CHUNK:
+        return "snapshot chunk";
     default:
         return "unknown frame";
     }
@@ -706,6 +708,9 @@ static void in_frame(struct inbound *in, const uint8_t *body, size_t len)
             in_handshake(in, &d.hs);
         else
             in_fail(in, "%s before the handshake", kind_name(d.kind));
+    } else if (d.kind == RAFT_FRAME_CHUNK) {
+        if (t->cfg.on_chunk && !t->closing)
+            t->cfg.on_chunk(t->cfg.data, in->peer_id, &d.chunk);
     } else if (d.kind != RAFT_FRAME_MESSAGE) {
         in_fail(in, "unexpected %s", kind_name(d.kind));
     } else if (d.msg.from != in->peer_id) {
@@ -887,11 +892,13 @@ int transport_remove_peer(struct transport *t, uint64_t id)
     return 0;
 }
 
-int transport_send(struct transport *t, const struct raft_msg *m)
+static int send_frame(struct transport *t, uint64_t to,
+                      const struct raft_msg *m,
+                      const struct raft_snap_chunk *chunk)
 {
     if (t->closing)
         return PZ_ESHUTDOWN;
-    struct peer *p = find_peer(t, m->to);
+    struct peer *p = find_peer(t, to);
     if (p == NULL) {
         t->st.unroutable++;
         return PZ_ENOTFOUND;
@@ -900,7 +907,8 @@ int transport_send(struct transport *t, const struct raft_msg *m)
     if (b->cap > SCRATCH_KEEP)
         pz_buf_free(b);
     pz_buf_reset(b);
-    int rv = raft_codec_encode_msg(b, m, t->cfg.max_frame);
+    int rv = m ? raft_codec_encode_msg(b, m, t->cfg.max_frame)
+               : raft_codec_encode_chunk(b, chunk, t->cfg.max_frame);
     if (rv < 0) {
         p->st.dropped++;
         pz_warn("raft: dropping a message to peer %" PRIu64
@@ -938,6 +946,17 @@ int transport_send(struct transport *t, const struct raft_msg *m)
     else if (p->state == PEER_READY)
         pump(p);
     return 0;
+}
+
+int transport_send(struct transport *t, const struct raft_msg *m)
+{
+    return send_frame(t, m->to, m, NULL);
+}
+
+int transport_send_chunk(struct transport *t, uint64_t to,
+                         const struct raft_snap_chunk *c)
+{
+    return send_frame(t, to, NULL, c);
 }
 
 int transport_peer_stats(const struct transport *t, uint64_t id,

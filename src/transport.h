@@ -42,6 +42,7 @@
 #include <uv.h>
 
 #include "raft.h"
+#include "raft_codec.h"
 
 struct transport;
 
@@ -80,6 +81,9 @@ struct transport_config {
      * valid handshake gives us its cluster id, reported here (optional;
      * persist it). */
     void (*on_cluster_id)(void *data, uint64_t cluster_id);
+    /* A snapshot chunk from peer `from` (data valid during the call). */
+    void (*on_chunk)(void *data, uint64_t from,
+                     const struct raft_snap_chunk *c);
     const char *http_addr;     /* ours, told to peers; copied (NULL: "") */
     const char *grpc_addr;     /* ours, told to peers; copied (NULL: "") */
     void *data;                /* passed to the callbacks */
@@ -149,6 +153,13 @@ int transport_remove_peer(struct transport *t, uint64_t id);
  * guaranteed), PZ_ENOTFOUND (unknown peer), PZ_ETOOBIG (over max_frame;
  * counted as dropped), PZ_ESHUTDOWN (transport closing). */
 int transport_send(struct transport *t, const struct raft_msg *m);
+
+/* Queue a snapshot chunk to peer `to`, in order with its messages. The
+ * queue drops the oldest frames past its caps like any message: senders
+ * pace chunks on transport_peer_stats().queued_bytes. Returns as
+ * transport_send. */
+int transport_send_chunk(struct transport *t, uint64_t to,
+                         const struct raft_snap_chunk *c);
 
 /* Counters of peer id. Returns 0 or PZ_ENOTFOUND. */
 int transport_peer_stats(const struct transport *t, uint64_t id,
