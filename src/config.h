@@ -99,6 +99,8 @@ struct pz_config {
     int64_t heartbeat_interval_ms; /* heartbeat-interval */
     int64_t election_timeout_ms;   /* election-timeout */
     int64_t request_timeout_ms;    /* request-timeout */
+    int64_t raft_snapshot_entries; /* raft-snapshot-entries */
+    int64_t raft_trailing_entries; /* raft-trailing-entries */
     /* LIMITS */
     int64_t max_clients;            /* max-clients: per listener */
     int64_t client_idle_timeout_ms; /* client-idle-timeout: 0 = never */

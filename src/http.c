@@ -215,6 +215,16 @@ static void reply_status(struct http_conn *h)
     add_u64(o, "last_index", st.last_index);
     add_u64(o, "persisted_index", st.persisted_index);
     add_u64(o, "fsyncs", st.fsyncs);
+    uint64_t snap_index, snap_size;
+    node_snapshot_info(&snap_index, &snap_size);
+    add_u64(o, "snapshot_index", snap_index);
+    add_u64(o, "snapshot_size", snap_size);
+    /* Order-independent digest of the state machine: equal on nodes that
+     * applied the same entries (compare at equal applied_index). */
+    char dg[24];
+    snprintf(dg, sizeof dg, "%016llx",
+             (unsigned long long)kv_digest(node_kv()));
+    cJSON_AddStringToObject(o, "digest", dg);
     add_u64(o, "fsync_entries", st.fsync_entries);
     cJSON *ms = cJSON_AddArrayToObject(o, "members");
     for (size_t i = 0; i < st.n_members; i++) {
@@ -231,6 +241,23 @@ static void reply_status(struct http_conn *h)
         }
         cJSON_AddItemToArray(ms, j);
     }
+    reply_json(h, o);
+}
+
+static void on_snapshot_done(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        bool ka = keep_alive(h);
+        reply_text(h, 500, "Snapshot failed (see the server log)", NULL, !ka);
+        finish(h, !ka);
+        return;
+    }
+    uint64_t index, size;
+    node_snapshot_info(&index, &size);
+    cJSON *o = cJSON_CreateObject();
+    add_u64(o, "snapshot_index", index);
+    add_u64(o, "snapshot_size", size);
     reply_json(h, o);
 }
 
@@ -450,6 +477,18 @@ static void dispatch(struct http_conn *h)
         h->c->busy++;
         conn_pause(h->c);
         start_write(h);
+        return;
+    case HTTP_OP_SNAPSHOT:
+        if (!authorized(h)) {
+            reply_text(h, 401, "Unauthorized", NULL, !ka);
+            finish(h, !ka);
+            return;
+        }
+        h->in_flight = true;
+        h->c->busy++;
+        conn_pause(h->c);
+        if (node_snapshot_now(&h->req, on_snapshot_done) < 0)
+            on_snapshot_done(&h->req, PZ_EIO);
         return;
     case HTTP_OP_REMOVED:
         if (!authorized(h)) {

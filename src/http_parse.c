@@ -740,6 +740,14 @@ void http_api_decode(const struct http_req *req,
             op->allow = "POST, DELETE";
             goto out;
         }
+    } else if (strcmp(p, "/admin/snapshot") == 0) {
+        if (!method_is(req, HTTP_POST)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "POST";
+            goto out;
+        }
+        op->kind = HTTP_OP_SNAPSHOT;
+        op->needs_auth = true;
     } else if (strcmp(p, "/cluster") == 0) {
         if (!method_is(req, HTTP_GET)) {
             op_error(op, 405, "Method not allowed");

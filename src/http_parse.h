@@ -114,6 +114,7 @@ enum http_op_kind {
     HTTP_OP_TRANSFER,  /* POST /cluster/transfer?to=ID: key = ID */
     HTTP_OP_REMOVED,   /* POST /cluster/removed (leader -> removed node):
                           key = id, value = leader, term */
+    HTTP_OP_SNAPSHOT,  /* POST /admin/snapshot */
 };
 
 struct http_api_limits {

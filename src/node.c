@@ -29,11 +29,13 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "failpoint.h"
 #include "fwd.h"
 #include "log.h"
 #include "mandi_client.h"
 #include "raft.h"
 #include "server.h"
+#include "snapshot.h"
 #include "store.h"
 #include "transport.h"
 
@@ -97,9 +99,34 @@ struct node {
     uint64_t mandi_poll;         /* GET /join-requests in flight */
     uint64_t mandi_join;         /* POST /join-requests in flight */
     uint64_t mandi_del;          /* DELETE /join-requests in flight */
+    /* snapshots (see the section below) */
+    struct snapshot_child snap_child; /* the forked writer, pid 0: none */
+    uint64_t snap_index;         /* newest durable local snapshot */
+    uint64_t snap_term;          /* its term */
+    uint64_t snap_size;          /* its file size */
+    bool compact_pending;        /* store_compact waits for the write */
+    struct pz_queue snap_waiters;/* POST /admin/snapshot requests */
+    struct xfer *xfers;          /* snapshots being sent to followers */
+    struct snapshot_receiver *rx;/* snapshot being received */
+    uint64_t rx_from, rx_index, rx_term; /* what rx receives, from whom */
+    uint64_t got_index, got_term;/* verified received file, not installed */
 };
 
 static struct node node;
+
+struct xfer;
+static void snapshot_install(const struct raft_snapshot_meta *sm);
+static void snapshot_maybe(void);
+static void snapshot_poll(void);
+static void compact_store(void);
+static void xfer_start(const struct raft_msg *m);
+static void xfer_pump(void);
+static bool install_msg_ready(const struct raft_msg *m);
+static void on_chunk(void *data, uint64_t from,
+                     const struct raft_snap_chunk *c);
+static void on_peer_link(void *data, uint64_t id, bool connected);
+static void rx_abort(void);
+static void xfer_free_all_one(void);
 
 static uint64_t name_to_id(const char *name)
 {
@@ -469,8 +496,12 @@ static int read_start(struct node_req *req)
 
 static void send_all(const struct raft_msg *msgs, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        transport_send(node.tr, &msgs[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (msgs[i].type == RAFT_MSG_INSTALL_SNAPSHOT)
+            xfer_start(&msgs[i]); /* the file goes first */
+        else
+            transport_send(node.tr, &msgs[i]);
+    }
 }
 
 static void register_leader(void);
@@ -513,13 +544,21 @@ static void soft_state_changed(const struct raft_soft_state *ss)
 static void on_written(struct store *s, int status, const char *errmsg,
                        void *arg);
 static void finish_close(void);
+static int snapshot_restore(const struct store_meta *sm,
+                            const struct raft_entry *ents, size_t n,
+                            struct raft_snapshot_meta *out, bool *have,
+                            char *err, size_t errlen);
 
 static void ready_apply(struct raft_ready *rd)
 {
     if (rd->ss_changed)
         soft_state_changed(&rd->ss);
+    if (rd->snapshot)
+        snapshot_install(rd->snapshot);
     for (size_t i = 0; i < rd->n_committed; i++)
         apply_entry(&rd->committed[i]);
+    if (rd->n_committed)
+        snapshot_maybe();
     if (rd->conf_changed)
         members_refresh();
     for (size_t i = 0; i < rd->n_read_states; i++) {
@@ -559,10 +598,18 @@ static void ready_cycle(void)
          * moves it costs no fsync: it rides along with the next write. */
         bool hs_needed = rd->hs_changed && (rd->hs.term != node.saved_term ||
                                             rd->hs.vote != node.saved_vote);
-        if (hs_needed || rd->n_entries) {
+        if (hs_needed || rd->n_entries || rd->snapshot) {
             node.saved_term = rd->hs.term;
             node.saved_vote = rd->hs.vote;
-            int rv = store_write(node.store, node.loop, &rd->hs, rd->entries,
+            int rv;
+            if (rd->snapshot)
+                rv = store_write_install(node.store, node.loop,
+                                         rd->snapshot->index,
+                                         rd->snapshot->term, &rd->hs,
+                                         rd->entries, rd->n_entries,
+                                         on_written, NULL);
+            else
+                rv = store_write(node.store, node.loop, &rd->hs, rd->entries,
                                  rd->n_entries, on_written, NULL);
             if (rv < 0) {
                 pz_error("cannot write the Raft log: %s",
@@ -597,6 +644,8 @@ static void on_written(struct store *s, int status, const char *errmsg,
         finish_close();
         return;
     }
+    if (node.compact_pending)
+        compact_store();
     send_all(node.rd.msgs_after_persist, node.rd.n_msgs_after_persist);
     raft_advance(node.raft, &node.rd);
 }
@@ -606,6 +655,8 @@ static void on_recv(void *data, const struct raft_msg *m)
     PZ_UNUSED(data);
     if (!node.open)
         return; /* closing: the core is about to go */
+    if (!install_msg_ready(m))
+        return; /* its file did not arrive whole: the leader retries */
     raft_step(node.raft, m);
 }
 
@@ -652,6 +703,8 @@ static void on_tick(uv_timer_t *t)
 {
     PZ_UNUSED(t);
     raft_tick(node.raft);
+    snapshot_poll();
+    xfer_pump();
     expire(&node.proposals, PZ_ETIMEDOUT);
     expire(&node.reads, PZ_ETIMEDOUT);
     expire(&node.reads_apply, PZ_ETIMEDOUT);
@@ -989,7 +1042,19 @@ static int restore(char *err, size_t errlen)
     node.cluster_id = meta.cluster_id;
     node.saved_term = hs.term;
     node.saved_vote = hs.vote;
-    rv = raft_restore(node.raft, &hs, ents, n);
+    struct raft_snapshot_meta snap;
+    bool have = false;
+    rv = snapshot_restore(&meta, ents, n, &snap, &have, err, errlen);
+    if (rv < 0) {
+        store_entries_free(ents, n);
+        return rv;
+    }
+    rv = raft_restore_snapshot(node.raft, &hs, have ? &snap : NULL, ents, n);
+    if (have) {
+        pz_info("loaded snapshot at index %llu (%zu keys)",
+                (unsigned long long)snap.index, kv_count(node.kv));
+        raft_conf_free(&snap.conf);
+    }
     store_entries_free(ents, n);
     if (rv < 0) {
         snprintf(err, errlen, "%s: stored Raft state is inconsistent (%s)",
@@ -1018,6 +1083,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
     pz_queue_init(&node.reads_apply);
     pz_queue_init(&node.wait_leader);
     pz_queue_init(&node.transfers);
+    pz_queue_init(&node.snap_waiters);
     pz_queue_init(&node.done);
 
     /* Time is ticks: ten per heartbeat interval. */
@@ -1077,6 +1143,8 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
         .recv = on_recv,
         .on_peer_info = on_peer_info,
         .on_cluster_id = on_cluster_id,
+        .on_peer = on_peer_link,
+        .on_chunk = on_chunk,
         .data = &node,
         .seed = seed,
     };
@@ -1168,6 +1236,11 @@ void node_close(void (*cb)(void))
         r->cb(r, r->status ? r->status : PZ_ESHUTDOWN);
     }
     uv_timer_stop(&node.tick);
+    snapshot_child_kill(&node.snap_child);
+    fail_all(&node.snap_waiters, PZ_ESHUTDOWN);
+    rx_abort();
+    while (node.xfers)
+        xfer_free_all_one();
     if (node.writing) {
         /* The store cannot close under a write in flight: on_written
          * finishes the close. */
@@ -1285,4 +1358,449 @@ static void join_cron(void)
         if (s % MANDI_PUT_S == 0)
             post_join();
     }
+}
+
+/* --- snapshots ------------------------------------------------------------
+ * Taking one (every raft-snapshot-entries applied entries, or POST
+ * /admin/snapshot): fork, as Redis's BGSAVE does, so that the child writes
+ * the table as of the fork from copy-on-write memory while the loop goes on
+ * serving; the parent only polls the child from the tick timer. When the
+ * file is durable (written, fsynced, renamed), the Raft core records the
+ * snapshot point and drops its log up to index - raft-trailing-entries,
+ * and the store drops the same prefix. The two newest files are kept.
+ * Fork rather than an incremental copy-on-write scan of the table: the
+ * table stays simple and the loop does no snapshot work at all; the price
+ * is the fork itself (page tables: a few milliseconds per GB) and memory
+ * for the pages written meanwhile.
+ *
+ * Sending one (leader): an INSTALL_SNAPSHOT from the core is not sent as
+ * it is: the file goes first, in chunks on the same ordered link, paced on
+ * the transport's queue so that no chunk is dropped, then the message. The
+ * outcome goes back to the core (raft_report_snapshot); a lost link fails
+ * the transfer and the core retries.
+ *
+ * Receiving one (follower): chunks are written to a temporary file, which
+ * is verified (checksum) and renamed into place when complete; only then is
+ * the INSTALL_SNAPSHOT message handed to the core. The core's Ready then
+ * carries the snapshot: the state machine is loaded from the file and the
+ * store replaces its log in the same transaction as the Ready's hard state
+ * and entries, so a crash leaves the old state or the new one.
+ *
+ * Restart: the newest snapshot file that checks out and agrees with the
+ * stored log (the log holds its index with its term, or was compacted
+ * exactly to it) is loaded, then the log after it is replayed. A damaged
+ * file is reported and an older one tried; with none usable while the log
+ * was compacted, the node refuses to start. */
+
+#define XFER_CHUNK (256 * 1024)     /* bytes per snapshot chunk */
+#define XFER_QUEUE_MAX (1024 * 1024) /* pace: peer queue below this */
+
+struct xfer {
+    struct xfer *next;              /* in node.xfers */
+    uint64_t to;                    /* follower */
+    struct raft_msg msg;            /* INSTALL_SNAPSHOT, sent last */
+    struct raft_entry conf;         /* msg's entry (copied) */
+    struct snapshot_reader *reader; /* the file */
+    uint64_t offset;                /* bytes sent */
+    uint64_t total;                 /* file size */
+};
+
+static void snapshot_start(void)
+{
+    if (node.snap_child.pid != 0 || node.applied == 0 ||
+        node.applied <= node.snap_index)
+        return;
+    uint64_t at = node.applied;
+    struct raft_snapshot_meta meta;
+    int rv = raft_snapshot_meta_at(node.raft, at, &meta);
+    if (rv < 0)
+        return;
+    uint8_t *conf;
+    size_t conf_len;
+    raft_conf_encode(&meta.conf, &conf, &conf_len);
+    raft_conf_free(&meta.conf);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    rv = snapshot_write_fork(node.cfg->raft_data, node.kv, at, meta.term,
+                             conf, conf_len, &node.snap_child, err,
+                             sizeof err);
+    pz_free(conf);
+    if (rv < 0) {
+        pz_warn("cannot start a snapshot: %s", err);
+        return;
+    }
+    pz_info("snapshot at index %llu: writing (%zu keys, fork %llu us)",
+            (unsigned long long)at, kv_count(node.kv),
+            (unsigned long long)node.snap_child.fork_us);
+}
+
+static void snap_waiters_done(int status)
+{
+    fail_all(&node.snap_waiters, status);
+}
+
+/* Drop the stored log prefix the core dropped (not during a write). */
+static void compact_store(void)
+{
+    if (store_busy(node.store)) {
+        node.compact_pending = true;
+        return;
+    }
+    node.compact_pending = false;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    if (rs.first_index <= 1)
+        return;
+    pz_failpoint("before-log-truncate");
+    if (store_compact(node.store, rs.first_index - 1, rs.compact_term) < 0) {
+        pz_error("cannot compact the Raft log: %s; stopping",
+                 store_errmsg(node.store));
+        exit(1);
+    }
+    pz_failpoint("after-log-truncate");
+}
+
+static void snapshot_poll(void)
+{
+    if (node.snap_child.pid == 0)
+        return;
+    bool done = false, ok = false;
+    snapshot_child_poll(&node.snap_child, &done, &ok);
+    if (!done)
+        return;
+    struct snapshot_child *c = &node.snap_child;
+    if (!ok) {
+        pz_warn("snapshot at index %llu failed: %s",
+                (unsigned long long)c->index, c->errmsg);
+        c->pid = 0;
+        snap_waiters_done(PZ_EIO);
+        return;
+    }
+    int rv = raft_compact(node.raft, c->index,
+                          (uint64_t)node.cfg->raft_trailing_entries);
+    if (rv == PZ_ECANCELED) {
+        /* A newer snapshot came from the leader meanwhile. */
+        unlink(c->path);
+        c->pid = 0;
+        snap_waiters_done(0);
+        return;
+    }
+    struct snapshot_meta sm;
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    node.snap_index = c->index;
+    node.snap_term = c->term;
+    if (snapshot_peek(c->path, &sm, err, sizeof err) == 0) {
+        node.snap_size = sm.file_size;
+        snapshot_meta_free(&sm);
+    }
+    pz_info("snapshot at index %llu done: %llu bytes",
+            (unsigned long long)c->index,
+            (unsigned long long)node.snap_size);
+    c->pid = 0;
+    if (rv == 0)
+        compact_store();
+    size_t removed = 0;
+    snapshot_prune(node.cfg->raft_data, 2, &removed, err, sizeof err);
+    snap_waiters_done(0);
+}
+
+/* After applying: time for a snapshot? */
+static void snapshot_maybe(void)
+{
+    if (node.applied >=
+        node.snap_index + (uint64_t)node.cfg->raft_snapshot_entries)
+        snapshot_start();
+}
+
+int node_snapshot_now(struct node_req *req, node_req_cb cb)
+{
+    req_prepare(req, cb);
+    req->deadline = UINT64_MAX; /* a large table takes a while */
+    if (node.applied <= node.snap_index && node.snap_child.pid == 0) {
+        req_done(req, 0); /* nothing new since the last one */
+        return 0;
+    }
+    snapshot_start();
+    if (node.snap_child.pid == 0)
+        return PZ_EIO;
+    req_link(&node.snap_waiters, req);
+    return 0;
+}
+
+void node_snapshot_info(uint64_t *index, uint64_t *size)
+{
+    *index = node.snap_index;
+    *size = node.snap_size;
+}
+
+/* --- sending snapshots --- */
+
+static void xfer_free(struct xfer *x, bool ok)
+{
+    struct xfer **pp = &node.xfers;
+    while (*pp && *pp != x)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = x->next;
+    if (node.raft)
+        raft_report_snapshot(node.raft, x->to, ok);
+    snapshot_reader_close(x->reader);
+    pz_free(x->conf.data);
+    pz_free(x);
+}
+
+static void xfer_free_all_one(void)
+{
+    xfer_free(node.xfers, false);
+}
+
+static void xfer_start(const struct raft_msg *m)
+{
+    for (struct xfer *x = node.xfers; x; x = x->next)
+        if (x->to == m->to)
+            return; /* one at a time per follower */
+    char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
+    struct xfer *x = pz_calloc(1, sizeof *x);
+    x->to = m->to;
+    x->msg = *m;
+    if (m->n_entries == 1) {
+        x->conf = m->entries[0];
+        x->conf.data = pz_memdup(m->entries[0].data, m->entries[0].len);
+        x->msg.entries = &x->conf;
+    }
+    x->next = node.xfers;
+    node.xfers = x;
+    snapshot_path(node.cfg->raft_data, m->snap_index, m->snap_term, path,
+                  sizeof path);
+    if (snapshot_reader_open(path, &x->reader, err, sizeof err) < 0) {
+        pz_warn("cannot send snapshot %llu to a follower: %s",
+                (unsigned long long)m->snap_index, err);
+        xfer_free(x, false);
+        return;
+    }
+    x->total = snapshot_reader_size(x->reader);
+    struct member *mb = member_find(m->to);
+    pz_info("sending snapshot at index %llu (%llu bytes) to %s",
+            (unsigned long long)m->snap_index,
+            (unsigned long long)x->total, mb ? mb->name : "a follower");
+}
+
+static void xfer_pump(void)
+{
+    static uint8_t buf[XFER_CHUNK];
+    struct xfer *x = node.xfers;
+    while (x) {
+        struct xfer *next = x->next;
+        struct transport_peer_stats ps;
+        bool failed = transport_peer_stats(node.tr, x->to, &ps) < 0;
+        while (!failed && x->offset < x->total &&
+               ps.queued_bytes < XFER_QUEUE_MAX) {
+            size_t got = 0;
+            char err[SNAPSHOT_ERRMSG_SIZE];
+            if (snapshot_reader_read(x->reader, x->offset, buf, sizeof buf,
+                                     &got, err, sizeof err) < 0 ||
+                got == 0) {
+                failed = true;
+                break;
+            }
+            struct raft_snap_chunk c = {
+                .snap_index = x->msg.snap_index,
+                .snap_term = x->msg.snap_term,
+                .offset = x->offset,
+                .total = x->total,
+                .data = buf,
+                .len = got,
+            };
+            if (transport_send_chunk(node.tr, x->to, &c) < 0 ||
+                transport_peer_stats(node.tr, x->to, &ps) < 0)
+                failed = true;
+            x->offset += got;
+        }
+        if (failed) {
+            xfer_free(x, false);
+        } else if (x->offset == x->total) {
+            transport_send(node.tr, &x->msg);
+            xfer_free(x, true);
+        }
+        x = next;
+    }
+}
+
+/* A link went down: a transfer on it is lost. */
+static void on_peer_link(void *data, uint64_t id, bool connected)
+{
+    PZ_UNUSED(data);
+    if (connected)
+        return;
+    for (struct xfer *x = node.xfers; x; x = x->next) {
+        if (x->to == id && x->offset > 0) {
+            xfer_free(x, false);
+            return;
+        }
+    }
+}
+
+/* --- receiving snapshots --- */
+
+static void rx_abort(void)
+{
+    snapshot_receiver_abort(node.rx);
+    node.rx = NULL;
+}
+
+static void on_chunk(void *data, uint64_t from,
+                     const struct raft_snap_chunk *c)
+{
+    PZ_UNUSED(data);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    if (!node.open)
+        return;
+    if (c->offset == 0) {
+        rx_abort();
+        if (snapshot_receiver_begin(node.cfg->raft_data, c->snap_index,
+                                    c->snap_term, c->total, &node.rx, err,
+                                    sizeof err) < 0) {
+            pz_warn("cannot receive snapshot %llu: %s",
+                    (unsigned long long)c->snap_index, err);
+            return;
+        }
+        node.rx_from = from;
+        node.rx_index = c->snap_index;
+        node.rx_term = c->snap_term;
+        pz_info("receiving snapshot at index %llu (%llu bytes)",
+                (unsigned long long)c->snap_index,
+                (unsigned long long)c->total);
+    }
+    if (node.rx == NULL || from != node.rx_from ||
+        c->snap_index != node.rx_index || c->snap_term != node.rx_term)
+        return; /* the rest of a transfer we gave up on */
+    if (snapshot_receiver_write(node.rx, c->offset, c->data, c->len, err,
+                                sizeof err) < 0) {
+        pz_warn("snapshot %llu: %s; dropping the transfer",
+                (unsigned long long)c->snap_index, err);
+        rx_abort();
+        return;
+    }
+    if (c->offset == 0)
+        pz_failpoint(SNAPSHOT_FP_INSTALL_MID);
+    if (c->offset + c->len < c->total)
+        return;
+    struct snapshot_receiver *rx = node.rx;
+    node.rx = NULL;
+    if (snapshot_receiver_finish(rx, NULL, 0, NULL, err, sizeof err) < 0) {
+        pz_warn("snapshot %llu refused: %s",
+                (unsigned long long)c->snap_index, err);
+        return;
+    }
+    node.got_index = c->snap_index;
+    node.got_term = c->snap_term;
+}
+
+/* The core may see INSTALL_SNAPSHOT only once its file is here. */
+static bool install_msg_ready(const struct raft_msg *m)
+{
+    return m->type != RAFT_MSG_INSTALL_SNAPSHOT ||
+           (m->snap_index == node.got_index && m->snap_term == node.got_term);
+}
+
+/* rd.snapshot: load the state machine from the received file. The store
+ * write that makes it durable follows in the Ready cycle. */
+static void snapshot_install(const struct raft_snapshot_meta *sm)
+{
+    char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
+    snapshot_path(node.cfg->raft_data, sm->index, sm->term, path,
+                  sizeof path);
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+        seed = uv_hrtime();
+    struct kv *kv = kv_new_seeded(seed);
+    struct snapshot_meta meta;
+    if (snapshot_load(path, kv, &meta, err, sizeof err) < 0 ||
+        meta.index != sm->index || meta.term != sm->term) {
+        pz_error("cannot install snapshot %llu: %s; stopping",
+                 (unsigned long long)sm->index, err);
+        exit(1);
+    }
+    node.snap_size = meta.file_size;
+    snapshot_meta_free(&meta);
+    kv_free(node.kv);
+    node.kv = kv;
+    node.applied = sm->index;
+    node.snap_index = sm->index;
+    node.snap_term = sm->term;
+    /* Writes waiting here can no longer be matched to their entries. */
+    struct pz_queue *e = node.proposals.next;
+    while (e != &node.proposals) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        if (r->index <= sm->index)
+            req_done(r, PZ_ELEADERCHANGE);
+    }
+    reads_check_applied();
+    pz_info("installed snapshot at index %llu (%zu keys)",
+            (unsigned long long)sm->index, kv_count(kv));
+}
+
+/* Restart: the newest usable snapshot, or none. Returns 0 (*have says
+ * whether one was loaded into node.kv and meta), or PZ_ECORRUPT when the
+ * log was compacted and no snapshot covers it. */
+static int snapshot_restore(const struct store_meta *sm,
+                            const struct raft_entry *ents, size_t n,
+                            struct raft_snapshot_meta *out, bool *have,
+                            char *err, size_t errlen)
+{
+    struct snapshot_info *list = NULL;
+    size_t nl = 0;
+    char e2[SNAPSHOT_ERRMSG_SIZE];
+    *have = false;
+    if (snapshot_list(node.cfg->raft_data, &list, &nl, e2, sizeof e2) < 0)
+        nl = 0;
+    for (size_t i = 0; i < nl && !*have; i++) {
+        struct snapshot_info *s = &list[i];
+        /* Usable only if the stored log agrees with it. */
+        bool fits = s->index == sm->snap_index && s->term == sm->snap_term;
+        for (size_t j = 0; !fits && j < n; j++)
+            if (ents[j].index == s->index)
+                fits = ents[j].term == s->term;
+        if (!fits)
+            continue;
+        uint64_t seed = 0;
+        if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+            seed = uv_hrtime();
+        struct kv *kv = kv_new_seeded(seed);
+        struct snapshot_meta meta;
+        if (snapshot_load(s->path, kv, &meta, e2, sizeof e2) < 0) {
+            pz_warn("damaged snapshot %s: %s; trying an older one", s->path,
+                    e2);
+            kv_free(kv);
+            continue;
+        }
+        out->index = meta.index;
+        out->term = meta.term;
+        raft_conf_init(&out->conf);
+        if (raft_conf_decode(meta.conf, meta.conf_len, &out->conf) < 0) {
+            pz_warn("snapshot %s: bad configuration; trying an older one",
+                    s->path);
+            snapshot_meta_free(&meta);
+            kv_free(kv);
+            continue;
+        }
+        kv_free(node.kv);
+        node.kv = kv;
+        node.applied = meta.index;
+        node.snap_index = meta.index;
+        node.snap_term = meta.term;
+        node.snap_size = meta.file_size;
+        snapshot_meta_free(&meta);
+        *have = true;
+    }
+    snapshot_list_free(list, nl);
+    if (!*have && sm->snap_index > 0) {
+        snprintf(err, errlen,
+                 "%s: the log was compacted up to index %llu but no valid "
+                 "snapshot in %s covers it: refusing to start",
+                 store_path(node.store), (unsigned long long)sm->snap_index,
+                 node.cfg->raft_data);
+        return PZ_ECORRUPT;
+    }
+    return 0;
 }

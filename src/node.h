@@ -102,6 +102,12 @@ int node_transfer(struct node_req *req, const char *name, node_req_cb cb);
  * (0, the server stops) if id is this node and the notice comes from the
  * known leader or a later term; PZ_EINVAL otherwise. */
 int node_removed_notice(const char *id, const char *leader, uint64_t term);
+/* Take a snapshot now (POST /admin/snapshot): cb(0) once it is durable
+ * (at once if nothing was applied since the last one), PZ_EIO if writing
+ * it failed. Returns 0 or PZ_EIO at once. */
+int node_snapshot_now(struct node_req *req, node_req_cb cb);
+/* Index and file size of the newest local snapshot (0, 0: none). */
+void node_snapshot_info(uint64_t *index, uint64_t *size);
 /* Forget req: its callback will not be called. Idempotent. */
 void node_cancel(struct node_req *req);
 

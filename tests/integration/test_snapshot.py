@@ -1,0 +1,202 @@
+"""Snapshots and log compaction: the original program lost every key
+written before a snapshot on restart; here nothing is lost, lagging nodes
+catch up by InstallSnapshot, and a crash at any failure point leaves a
+consistent state."""
+import json
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from test_cluster import make_cluster, leader_of, put, get, wait_value
+
+SNAP = {"raft-snapshot-entries": "500", "raft-trailing-entries": "100"}
+
+
+def write_many(node, keys, threads=8):
+    """Write key=value for every key through node, from several threads.
+    Returns the acknowledged keys."""
+    acked = set()
+    lock = threading.Lock()
+    chunks = [keys[i::threads] for i in range(threads)]
+
+    def run(chunk):
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=10)
+        for k in chunk:
+            c.request("POST", "/set", json.dumps({"key": k, "value": "v-" + k}))
+            r = c.getresponse()
+            r.read()
+            if r.status == 204:
+                with lock:
+                    acked.add(k)
+        c.close()
+    ts = [threading.Thread(target=run, args=(ch,)) for ch in chunks]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    return acked
+
+
+def settled(nodes, timeout=30):
+    """Wait until every node applied the same index; return the statuses."""
+    deadline = time.time() + timeout
+    sts = None
+    while time.time() < deadline:
+        sts = [s.status() for s in nodes]
+        if len({st["applied_index"] for st in sts}) == 1 and \
+                len({st["digest"] for st in sts}) == 1:
+            return sts
+        time.sleep(0.2)
+    raise AssertionError(f"nodes never agreed: {sts}")
+
+
+def test_restart_after_snapshots_keeps_every_key(servers):
+    nodes = make_cluster(servers, conf=SNAP)
+    leader = leader_of(nodes)
+    keys = [f"key{i:05d}" for i in range(20000)]
+    acked = write_many(leader, keys)
+    assert len(acked) == len(keys)
+    sts = settled(nodes)
+    assert all(st["snapshot_index"] > 0 for st in sts)
+    digest = sts[0]["digest"]
+    for s in nodes:
+        s.kill()
+    for s in nodes:
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    leader_of(nodes)
+    sts = settled(nodes)
+    for st in sts:
+        assert st["keys"] == 20000
+        assert st["digest"] == digest
+    for s in nodes:
+        for k in random.Random(1).sample(keys, 200):
+            assert get(s, k, stale=True)[2] == ("v-" + k).encode()
+    # the log stays bounded: a few snapshots' worth, not 20000 entries
+    db = os.path.join(nodes[0].dir, "data", "raft.db")
+    assert os.path.getsize(db) < 20000 * 60
+
+
+def test_lagging_node_catches_up_by_install_snapshot(servers):
+    nodes = make_cluster(servers, conf=SNAP)
+    leader = leader_of(nodes)
+    lagging = next(s for s in nodes if s is not leader)
+    assert put(leader, "early", "1")[0] == 204
+    wait_value(lagging, "early", "1")
+    lagging.stop()
+    acked = write_many(leader, [f"k{i}" for i in range(3000)])
+    assert len(acked) == 3000
+    live = [s for s in nodes if s is not lagging]
+    assert min(s.status()["snapshot_index"] for s in live) > 1000
+    lagging.start()
+    sts = settled(nodes)
+    assert sts[0]["keys"] == 3001
+    log = lagging.read_log()
+    assert "installed snapshot" in log
+    assert get(lagging, "k2999")[2] == b"v-k2999"
+
+
+def test_admin_snapshot_and_status(servers):
+    s = servers(conf={"cluster-token": "tok"})
+    for i in range(50):
+        assert put(s, f"a{i}", "x")[0] == 204
+    st, _, body = s.request("POST", "/admin/snapshot")
+    assert st == 401
+    st, _, body = s.request("POST", "/admin/snapshot",
+                            headers={"Authorization": "Bearer tok"})
+    assert st == 200, body
+    r = json.loads(body)
+    assert r["snapshot_index"] >= 50 and r["snapshot_size"] > 50 * 10
+    status = s.status()
+    assert status["snapshot_index"] == r["snapshot_index"]
+    s.stop()
+    s.start()
+    assert s.status()["keys"] == 50
+    assert "loaded snapshot" in s.read_log()
+
+
+@pytest.mark.parametrize("point", ["snapshot-before-rename",
+                                   "snapshot-after-rename",
+                                   "before-log-truncate",
+                                   "after-log-truncate"])
+def test_crash_at_failure_point(servers, point):
+    s = servers(conf={"raft-snapshot-entries": "200",
+                      "raft-trailing-entries": "50"})
+    s.stop()
+    s.env["PYAZDB_FAILPOINT"] = point
+    s.start()
+    acked = []
+    for i in range(2000):
+        try:
+            st, _, _ = put(s, f"f{i}", str(i), timeout=3)
+        except OSError:
+            break
+        if st != 204:
+            break
+        acked.append(i)
+    assert s.proc.wait(10) == 99, s.read_log()
+    assert f"failpoint {point}" in s.read_log() or point in s.read_log()
+    del s.env["PYAZDB_FAILPOINT"]
+    s.start()
+    for i in acked[::37] + acked[-3:]:
+        assert get(s, f"f{i}")[2] == str(i).encode(), i
+    assert s.status()["keys"] >= len(acked)
+
+
+def test_crash_mid_install_then_recovery(servers):
+    nodes = make_cluster(servers, conf=SNAP)
+    leader = leader_of(nodes)
+    lagging = next(s for s in nodes if s is not leader)
+    lagging.stop()
+    assert len(write_many(leader, [f"m{i}" for i in range(1500)])) == 1500
+    lagging.env["PYAZDB_FAILPOINT"] = "install-mid"
+    lagging.start()
+    assert lagging.proc.wait(20) == 99
+    del lagging.env["PYAZDB_FAILPOINT"]
+    lagging.start()
+    sts = settled(nodes)
+    assert sts[0]["keys"] == 1500
+
+
+def test_damaged_snapshot_falls_back_or_refuses(servers):
+    # plenty of trailing entries: an older snapshot plus the log suffices
+    s = servers(conf={"raft-snapshot-entries": "100",
+                      "raft-trailing-entries": "1000"})
+    for i in range(350):
+        assert put(s, f"d{i}", str(i))[0] == 204
+    time.sleep(0.5)
+    s.stop()
+    data = os.path.join(s.dir, "data")
+    snaps = sorted(f for f in os.listdir(data) if f.endswith(".snap"))
+    assert len(snaps) >= 2
+    newest = max(snaps, key=lambda f: int(f.split("-")[1]))
+    with open(os.path.join(data, newest), "r+b") as f:
+        f.seek(200)
+        f.write(b"\xff" * 16)
+    s.start()
+    assert "damaged snapshot" in s.read_log()
+    assert s.status()["keys"] == 350
+    assert get(s, "d349")[2] == b"349"
+
+
+def test_damaged_snapshot_without_fallback_refuses_to_start(servers):
+    s = servers(conf={"raft-snapshot-entries": "100",
+                      "raft-trailing-entries": "0"})
+    for i in range(250):
+        assert put(s, f"e{i}", str(i))[0] == 204
+    time.sleep(0.5)
+    s.stop()
+    data = os.path.join(s.dir, "data")
+    for f in os.listdir(data):
+        if f.endswith(".snap"):
+            with open(os.path.join(data, f), "r+b") as fh:
+                fh.seek(100)
+                fh.write(b"\x00" * 32)
+    s.start(wait=False)
+    assert s.proc.wait(10) != 0
+    assert "no valid snapshot" in s.read_log()
