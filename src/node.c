@@ -1499,7 +1499,8 @@ static void snapshot_poll(void)
     if (rv == 0)
         compact_store();
     size_t removed = 0;
-    snapshot_prune(node.cfg->raft_data, 2, &removed, err, sizeof err);
+    if (node.rx == NULL) /* pruning removes temporary files too */
+        snapshot_prune(node.cfg->raft_data, 2, &removed, err, sizeof err);
     snap_waiters_done(0);
 }
 
