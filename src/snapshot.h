@@ -80,11 +80,18 @@
 #define SNAPSHOT_PATH_MAX 4096        /* path buffers, NUL included */
 #define SNAPSHOT_ERRMSG_SIZE 512      /* err buffers that fit any message */
 
-/* Failpoints (failpoint.h) of this module. */
-#define SNAPSHOT_FP_MID_WRITE "snapshot-mid-write"   /* after 1st flush */
-#define SNAPSHOT_FP_BEFORE_RENAME "snapshot-before-rename" /* synced tmp */
-#define SNAPSHOT_FP_AFTER_RENAME "snapshot-after-rename"   /* .snap there */
-#define SNAPSHOT_FP_INSTALL_MID "install-mid" /* receiver, 1st chunk done */
+/* Failpoints (failpoint.h) of this module. The rename points fire in
+ * every writer: snapshot_write, the forked child, the receiver's finish.
+ *   snapshot-mid-write       writer, after its first 1 MiB write(2): the
+ *                            .tmp is partial
+ *   snapshot-before-rename   the .tmp is complete and fsynced, no .snap yet
+ *   snapshot-after-rename    the .snap is in place, directory fsynced, the
+ *                            caller not yet told
+ *   install-mid              receiver, right after the first chunk */
+#define SNAPSHOT_FP_MID_WRITE "snapshot-mid-write"
+#define SNAPSHOT_FP_BEFORE_RENAME "snapshot-before-rename"
+#define SNAPSHOT_FP_AFTER_RENAME "snapshot-after-rename"
+#define SNAPSHOT_FP_INSTALL_MID "install-mid"
 
 /* What a snapshot's header says, plus facts about the file. */
 struct snapshot_meta {

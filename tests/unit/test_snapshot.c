@@ -842,6 +842,111 @@ TEST(fork_child_killed_mid_write)
     tdir_free(&t);
 }
 
+/* Descriptors the child holds, as a bitmap of fds below 64. */
+static uint64_t child_fds(pid_t pid)
+{
+    char d[64];
+    snprintf(d, sizeof d, "/proc/%ld/fd", (long)pid);
+    DIR *dir = opendir(d);
+    uint64_t bits = 0;
+    struct dirent *de;
+    while (dir && (de = readdir(dir)) != NULL) {
+        int fd = atoi(de->d_name);
+        if (de->d_name[0] != '.' && fd < 64)
+            bits |= 1ull << fd;
+    }
+    if (dir)
+        closedir(dir);
+    return bits;
+}
+
+struct orphan_case {
+    const char *dir; /* snapshot directory */
+    struct kv *kv;   /* table to write */
+    int report_fd;   /* pipe the pid of the writer goes to */
+};
+
+static void orphan_run(void *arg)
+{
+    struct orphan_case *c = arg;
+    struct snapshot_child h;
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    if (snapshot_write_fork(c->dir, c->kv, 70, 1, NULL, 0, &h, err,
+                            sizeof err))
+        _exit(2);
+    int st;
+    if (waitpid(h.pid, &st, WUNTRACED) != h.pid || !WIFSTOPPED(st))
+        _exit(3);
+    if (write(c->report_fd, &h.pid, sizeof h.pid) != sizeof h.pid)
+        _exit(4);
+    _exit(0); /* the node dies while its writer is stopped mid-write */
+}
+
+static bool process_gone(pid_t pid)
+{
+    char p[64], buf[256];
+    snprintf(p, sizeof p, "/proc/%ld/stat", (long)pid);
+    for (int i = 0; i < 5000; i++) {
+        FILE *f = fopen(p, "r");
+        if (f == NULL)
+            return true;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *rp = strrchr(buf, ')');
+        if (rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'))
+            return true; /* dead, waiting for its new parent to reap */
+        usleep(1000);
+    }
+    return false;
+}
+
+TEST(fork_child_isolation)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct kv *kv = kv_new();
+    fill(kv, 20000, 100, 4);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    /* A descriptor of the "node" (think listening socket): the child must
+     * not keep it open. */
+    int extra[2];
+    CHECK(pipe(extra) == 0);
+    setenv(PZ_FAILPOINT_ENV, SNAPSHOT_FP_MID_WRITE ":stop", 1);
+    struct snapshot_child h;
+    CHECK_EQ_INT(snapshot_write_fork(t.root, kv, 60, 1, NULL, 0, &h, err,
+                                     sizeof err),
+                 0);
+    int st;
+    CHECK(waitpid(h.pid, &st, WUNTRACED) == h.pid && WIFSTOPPED(st));
+    uint64_t fds = child_fds(h.pid);
+    CHECK((fds & (1ull << extra[0])) == 0);
+    CHECK((fds & (1ull << extra[1])) == 0);
+    CHECK((fds & 7) == 7); /* stdio kept */
+    snapshot_child_kill(&h);
+    CHECK(!exists(h.tmp));
+
+    /* The node dies: its stopped writer dies with it (PR_SET_PDEATHSIG)
+     * instead of finishing an orphan .snap. */
+    struct orphan_case c = {t.root, kv, extra[1]};
+    CHECK_EQ_INT(run_in_child(orphan_run, &c), 0);
+    unsetenv(PZ_FAILPOINT_ENV);
+    pid_t writer = 0;
+    CHECK(read(extra[0], &writer, sizeof writer) == sizeof writer);
+    CHECK(writer > 0);
+    bool gone = process_gone(writer);
+    if (!gone)
+        kill(writer, SIGKILL); /* do not leave a stopped orphan behind */
+    CHECK(gone);
+    char snap[SNAPSHOT_PATH_MAX];
+    snapshot_path(t.root, 70, 1, snap, sizeof snap);
+    CHECK(!exists(snap));
+    close(extra[0]);
+    close(extra[1]);
+    kv_free(kv);
+    tdir_free(&t);
+}
+
 struct fp_case {
     const char *dir;   /* snapshot directory */
     struct kv *kv;     /* table to write */
@@ -1358,6 +1463,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(fork_snapshot_is_table_at_fork_time),
     TEST_ENTRY(fork_errors),
     TEST_ENTRY(fork_child_killed_mid_write),
+    TEST_ENTRY(fork_child_isolation),
     TEST_ENTRY(failpoints),
     TEST_ENTRY(reader_chunks),
     TEST_ENTRY(receiver_roundtrip),
