@@ -36,7 +36,7 @@
 #include "log.h"
 #include "pz.h"
 
-#define IO_BUF_SIZE (1u << 20) /* write buffer and read block size */
+#define IO_BUF_SIZE (1u << 20)           /* write buffer and read block size */
 #define CRC64_POLY 0xc96c5795d7870f42ull /* ECMA-182, reflected */
 #define TMP_SUFFIX ".tmp"
 #define RECV_TMP_SUFFIX ".recv.tmp"
@@ -131,7 +131,7 @@ void snapshot_meta_free(struct snapshot_meta *meta)
     memset(meta, 0, sizeof(*meta));
 }
 
-/* --- CRC-64/XZ, slicing by 8 ------------------------------------------------ */
+/* --- CRC-64/XZ, slicing by 8 ---------------------------------------------- */
 
 static uint64_t crc_table[8][256];
 static bool crc_ready;
@@ -179,7 +179,7 @@ uint64_t snapshot_crc64(uint64_t crc, const void *data, size_t len)
     return ~crc;
 }
 
-/* --- writer ------------------------------------------------------------------ */
+/* --- writer --------------------------------------------------------------- */
 
 /* Buffered writer of one file. Allocates nothing: the buffer is given. */
 struct writer {
@@ -241,12 +241,12 @@ static int w_record(void *arg, const uint8_t *key, size_t klen,
 
 /* What goes into a header besides the table. */
 struct header {
-    uint64_t index;     /* snapshot index */
-    uint64_t term;      /* its term */
-    int64_t created_ms; /* wall clock at the start */
-    uint64_t nkeys;     /* kv_count at the start */
+    uint64_t index;      /* snapshot index */
+    uint64_t term;       /* its term */
+    int64_t created_ms;  /* wall clock at the start */
+    uint64_t nkeys;      /* kv_count at the start */
     const uint8_t *conf; /* configuration bytes (borrowed) */
-    size_t conf_len;    /* their length */
+    size_t conf_len;     /* their length */
 };
 
 /* Write the whole file to fd, fsync it (fd stays open). Returns 0 or a
@@ -269,8 +269,10 @@ static int write_contents(int fd, const struct kv *kv, const struct header *hd,
         w_put(&w, hd->conf, hd->conf_len);
     kv_foreach(kv, w_record, &w);
     if (w.err == 0 && w.records != hd->nkeys) {
-        set_err(msg, msglen, "%s: table has %" PRIu64 " entries, expected "
-                "%" PRIu64, tmp, w.records, hd->nkeys);
+        set_err(msg, msglen,
+                "%s: table has %" PRIu64 " entries, expected "
+                "%" PRIu64,
+                tmp, w.records, hd->nkeys);
         return PZ_EINVAL;
     }
     w_put(&w, SNAPSHOT_END_MAGIC, 8);
@@ -303,8 +305,7 @@ static int commit_file(const char *tmp, const char *path, const char *dir,
     }
     int rc = fsync_dir(dir);
     if (rc) {
-        set_err(msg, msglen, "%s: fsync of the directory: %s", dir,
-                errstr(rc));
+        set_err(msg, msglen, "%s: fsync of the directory: %s", dir, errstr(rc));
         return rc;
     }
     pz_failpoint(SNAPSHOT_FP_AFTER_RENAME);
@@ -354,8 +355,8 @@ int snapshot_write(const char *dir, const struct kv *kv, uint64_t index,
 {
     struct header hd;
     char path[SNAPSHOT_PATH_MAX], tmp[SNAPSHOT_PATH_MAX];
-    int rc = prepare(dir, kv, index, term, conf, conf_len, &hd, path, tmp,
-                     err, errlen);
+    int rc = prepare(dir, kv, index, term, conf, conf_len, &hd, path, tmp, err,
+                     errlen);
     if (rc)
         return rc;
     int fd = open_tmp(tmp, err, errlen);
@@ -381,7 +382,7 @@ int snapshot_write(const char *dir, const struct kv *kv, uint64_t index,
     return 0;
 }
 
-/* --- the forked writer ----------------------------------------------------- */
+/* --- the forked writer ---------------------------------------------------- */
 
 static void close_range_compat(unsigned lo, unsigned hi)
 {
@@ -409,10 +410,10 @@ static void close_other_fds(int a, int b)
 }
 
 /* The child's whole life. Never returns. */
-__attribute__((noreturn)) static void child_main(
-    pid_t parent, int fd, int msg_fd, const struct kv *kv,
-    const struct header *hd, uint8_t *buf, const char *dir, const char *tmp,
-    const char *path)
+__attribute__((noreturn)) static void
+child_main(pid_t parent, int fd, int msg_fd, const struct kv *kv,
+           const struct header *hd, uint8_t *buf, const char *dir,
+           const char *tmp, const char *path)
 {
     char msg[SNAPSHOT_ERRMSG_SIZE] = "";
     /* Die with the node: an orphan writer could race a restarted node
@@ -452,8 +453,8 @@ int snapshot_write_fork(const char *dir, const struct kv *kv, uint64_t index,
     h->msg_fd = -1;
     h->index = index;
     h->term = term;
-    int rc = prepare(dir, kv, index, term, conf, conf_len, &hd, h->path,
-                     h->tmp, err, errlen);
+    int rc = prepare(dir, kv, index, term, conf, conf_len, &hd, h->path, h->tmp,
+                     err, errlen);
     if (rc)
         return rc;
     int pfd[2];
@@ -527,8 +528,8 @@ static void child_reaped(struct snapshot_child *h, int status, bool *ok)
         set_err(h->errmsg, sizeof h->errmsg, "%s", msg);
     else if (WIFSIGNALED(status))
         set_err(h->errmsg, sizeof h->errmsg,
-                "%s: snapshot child %ld killed by signal %d", h->tmp,
-                (long)pid, WTERMSIG(status));
+                "%s: snapshot child %ld killed by signal %d", h->tmp, (long)pid,
+                WTERMSIG(status));
     else
         set_err(h->errmsg, sizeof h->errmsg,
                 "%s: snapshot child %ld exited with status %d", h->tmp,
@@ -580,7 +581,7 @@ void snapshot_child_kill(struct snapshot_child *h)
     child_reaped(h, r == h->pid ? status : W_EXITCODE(1, 0), &ok);
 }
 
-/* --- listing and pruning ----------------------------------------------------- */
+/* --- listing and pruning -------------------------------------------------- */
 
 /* Parse decimal digits at *p (at least one, no overflow). */
 static bool parse_u64(const char **p, uint64_t *out)
@@ -697,8 +698,7 @@ int snapshot_prune(const char *dir, size_t keep, size_t *removed, char *err,
             count++;
         } else if (errno != ENOENT && first == 0) {
             first = -errno;
-            set_err(err, errlen, "%s: unlink: %s", list[i].path,
-                    errstr(first));
+            set_err(err, errlen, "%s: unlink: %s", list[i].path, errstr(first));
         }
     }
     snapshot_list_free(list, n);
@@ -727,7 +727,7 @@ int snapshot_prune(const char *dir, size_t keep, size_t *removed, char *err,
     return first;
 }
 
-/* --- reading ----------------------------------------------------------------- */
+/* --- reading -------------------------------------------------------------- */
 
 /* Sequential block reader of one file that CRCs what it reads. */
 struct reader {
@@ -745,8 +745,7 @@ struct reader {
     size_t errlen;     /* its size */
 };
 
-static int rd_open(struct reader *r, const char *path, char *err,
-                   size_t errlen)
+static int rd_open(struct reader *r, const char *path, char *err, size_t errlen)
 {
     memset(r, 0, sizeof(*r));
     r->path = path;
@@ -773,6 +772,7 @@ static int rd_open(struct reader *r, const char *path, char *err,
         return PZ_ECORRUPT;
     }
     r->size = (uint64_t)st.st_size;
+    (void)posix_fadvise(r->fd, 0, 0, POSIX_FADV_SEQUENTIAL); /* a hint */
     return 0;
 }
 
@@ -983,8 +983,10 @@ static int read_file(const char *path, struct kv *kv,
         goto out;
     const uint8_t *t = rd_take(&r, SNAPSHOT_TRAILER_SIZE);
     if (memcmp(t, SNAPSHOT_END_MAGIC, 8) != 0) {
-        set_err(err, errlen, "%s: corrupt: end marker missing at offset "
-                "%" PRIu64, path, r.pos - SNAPSHOT_TRAILER_SIZE);
+        set_err(err, errlen,
+                "%s: corrupt: end marker missing at offset "
+                "%" PRIu64,
+                path, r.pos - SNAPSHOT_TRAILER_SIZE);
         rc = PZ_ECORRUPT;
         goto out;
     }
@@ -1006,8 +1008,8 @@ out:
     return rc;
 }
 
-int snapshot_load(const char *path, struct kv *into,
-                  struct snapshot_meta *meta, char *err, size_t errlen)
+int snapshot_load(const char *path, struct kv *into, struct snapshot_meta *meta,
+                  char *err, size_t errlen)
 {
     pz_assert(into != NULL);
     return read_file(path, into, meta, err, errlen);
@@ -1034,10 +1036,10 @@ int snapshot_peek(const char *path, struct snapshot_meta *meta, char *err,
     return rc;
 }
 
-int snapshot_load_newest_valid(const char *dir, uint64_t seed,
-                               struct kv **out, struct snapshot_meta *meta,
-                               char **path_out, snapshot_damaged_cb cb,
-                               void *arg, char *err, size_t errlen)
+int snapshot_load_newest_valid(const char *dir, uint64_t seed, struct kv **out,
+                               struct snapshot_meta *meta, char **path_out,
+                               snapshot_damaged_cb cb, void *arg, char *err,
+                               size_t errlen)
 {
     struct snapshot_info *list;
     size_t n;
@@ -1072,13 +1074,12 @@ int snapshot_load_newest_valid(const char *dir, uint64_t seed,
             pz_warn("skipping damaged snapshot: %s", msg);
     }
     if (rc)
-        set_err(err, errlen, "%s: none of the %zu snapshots is valid", dir,
-                n);
+        set_err(err, errlen, "%s: none of the %zu snapshots is valid", dir, n);
     snapshot_list_free(list, n);
     return rc;
 }
 
-/* --- streaming: sender side ------------------------------------------------ */
+/* --- streaming: sender side ----------------------------------------------- */
 
 struct snapshot_reader {
     int fd;        /* open file */
@@ -1116,9 +1117,8 @@ uint64_t snapshot_reader_size(const struct snapshot_reader *r)
     return r->size;
 }
 
-int snapshot_reader_read(struct snapshot_reader *r, uint64_t offset,
-                         void *buf, size_t len, size_t *got, char *err,
-                         size_t errlen)
+int snapshot_reader_read(struct snapshot_reader *r, uint64_t offset, void *buf,
+                         size_t len, size_t *got, char *err, size_t errlen)
 {
     *got = 0;
     if (offset >= r->size)
@@ -1126,14 +1126,13 @@ int snapshot_reader_read(struct snapshot_reader *r, uint64_t offset,
     len = (size_t)PZ_MIN((uint64_t)len, r->size - offset);
     uint8_t *p = buf;
     while (*got < len) {
-        ssize_t n = pread(r->fd, p + *got, len - *got,
-                          (off_t)(offset + *got));
+        ssize_t n = pread(r->fd, p + *got, len - *got, (off_t)(offset + *got));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             int e = -errno;
-            set_err(err, errlen, "%s: read at offset %" PRIu64 ": %s",
-                    r->path, offset + *got, errstr(e));
+            set_err(err, errlen, "%s: read at offset %" PRIu64 ": %s", r->path,
+                    offset + *got, errstr(e));
             return e;
         }
         if (n == 0)
@@ -1152,7 +1151,7 @@ void snapshot_reader_close(struct snapshot_reader *r)
     pz_free(r);
 }
 
-/* --- streaming: receiver side ---------------------------------------------- */
+/* --- streaming: receiver side --------------------------------------------- */
 
 struct snapshot_receiver {
     int fd;                       /* the .recv.tmp */
@@ -1176,16 +1175,14 @@ static void receiver_free(struct snapshot_receiver *r, bool remove_tmp)
 }
 
 int snapshot_receiver_begin(const char *dir, uint64_t index, uint64_t term,
-                            uint64_t total_size,
-                            struct snapshot_receiver **out, char *err,
-                            size_t errlen)
+                            uint64_t total_size, struct snapshot_receiver **out,
+                            char *err, size_t errlen)
 {
     *out = NULL;
     struct snapshot_receiver *r = pz_calloc(1, sizeof(*r));
     r->fd = -1;
     if (name_path(dir, index, term, SNAP_SUFFIX, r->path, sizeof r->path) ||
-        name_path(dir, index, term, RECV_TMP_SUFFIX, r->tmp,
-                  sizeof r->tmp)) {
+        name_path(dir, index, term, RECV_TMP_SUFFIX, r->tmp, sizeof r->tmp)) {
         set_err(err, errlen, "%s: directory name too long", dir);
         pz_free(r);
         return PZ_ETOOBIG;

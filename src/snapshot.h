@@ -71,32 +71,39 @@
 
 #include "kv.h"
 
-#define SNAPSHOT_MAGIC "PYAZSNAP"     /* first 8 bytes of a file */
+#define SNAPSHOT_MAGIC "PYAZSNAP"      /* first 8 bytes of a file */
 #define SNAPSHOT_END_MAGIC "PYAZEND\n" /* first 8 bytes of the trailer */
-#define SNAPSHOT_VERSION 1            /* format written by this code */
-#define SNAPSHOT_HEADER_SIZE 48       /* fixed part, before the conf */
-#define SNAPSHOT_TRAILER_SIZE 16      /* end marker + checksum */
-#define SNAPSHOT_CONF_MAX (1u << 24)  /* longest configuration blob */
-#define SNAPSHOT_PATH_MAX 4096        /* path buffers, NUL included */
-#define SNAPSHOT_ERRMSG_SIZE 512      /* err buffers that fit any message */
+#define SNAPSHOT_VERSION 1             /* format written by this code */
+#define SNAPSHOT_HEADER_SIZE 48        /* fixed part, before the conf */
+#define SNAPSHOT_TRAILER_SIZE 16       /* end marker + checksum */
+#define SNAPSHOT_CONF_MAX (1u << 24)   /* longest configuration blob */
+#define SNAPSHOT_PATH_MAX 4096         /* path buffers, NUL included */
+#define SNAPSHOT_ERRMSG_SIZE 512       /* err buffers that fit any message */
 
-/* Failpoints (failpoint.h) of this module. */
-#define SNAPSHOT_FP_MID_WRITE "snapshot-mid-write"   /* after 1st flush */
-#define SNAPSHOT_FP_BEFORE_RENAME "snapshot-before-rename" /* synced tmp */
-#define SNAPSHOT_FP_AFTER_RENAME "snapshot-after-rename"   /* .snap there */
-#define SNAPSHOT_FP_INSTALL_MID "install-mid" /* receiver, 1st chunk done */
+/* Failpoints (failpoint.h) of this module. The rename points fire in
+ * every writer: snapshot_write, the forked child, the receiver's finish.
+ *   snapshot-mid-write       writer, after its first 1 MiB write(2): the
+ *                            .tmp is partial
+ *   snapshot-before-rename   the .tmp is complete and fsynced, no .snap yet
+ *   snapshot-after-rename    the .snap is in place, directory fsynced, the
+ *                            caller not yet told
+ *   install-mid              receiver, right after the first chunk */
+#define SNAPSHOT_FP_MID_WRITE "snapshot-mid-write"
+#define SNAPSHOT_FP_BEFORE_RENAME "snapshot-before-rename"
+#define SNAPSHOT_FP_AFTER_RENAME "snapshot-after-rename"
+#define SNAPSHOT_FP_INSTALL_MID "install-mid"
 
 /* What a snapshot's header says, plus facts about the file. */
 struct snapshot_meta {
-    uint64_t index;      /* last Raft index included */
-    uint64_t term;       /* term of that entry */
-    int64_t created_ms;  /* unix time (ms) the writer started */
-    uint64_t nkeys;      /* number of records */
-    uint8_t *conf;       /* configuration bytes (pz_malloc, owned; NULL
-                            when conf_len is 0) */
-    size_t conf_len;     /* length of conf */
-    uint64_t file_size;  /* bytes in the file */
-    uint64_t checksum;   /* stored checksum (0 from snapshot_peek) */
+    uint64_t index;     /* last Raft index included */
+    uint64_t term;      /* term of that entry */
+    int64_t created_ms; /* unix time (ms) the writer started */
+    uint64_t nkeys;     /* number of records */
+    uint8_t *conf;      /* configuration bytes (pz_malloc, owned; NULL
+                           when conf_len is 0) */
+    size_t conf_len;    /* length of conf */
+    uint64_t file_size; /* bytes in the file */
+    uint64_t checksum;  /* stored checksum (0 from snapshot_peek) */
 };
 
 /* Frees meta->conf and zeroes *meta. NULL or an all-zero meta is fine. */
@@ -113,7 +120,7 @@ uint64_t snapshot_crc64(uint64_t crc, const void *data, size_t len);
 int snapshot_path(const char *dir, uint64_t index, uint64_t term, char *buf,
                   size_t len);
 
-/* --- writing ------------------------------------------------------------ */
+/* --- writing -------------------------------------------------------------- */
 
 /* Write kv (borrowed, unchanged) as snapshot (index, term) with conf
  * (conf_len bytes, borrowed; may be NULL when conf_len is 0) into dir, in
@@ -131,16 +138,16 @@ int snapshot_write(const char *dir, const struct kv *kv, uint64_t index,
 /* A snapshot being written by a child process. Embed it in the owner; it
  * holds no heap memory, only the child's pid and a pipe. */
 struct snapshot_child {
-    pid_t pid;                      /* child; 0 when none is running */
-    int msg_fd;                     /* read end of the child's error pipe,
-                                       -1 when none */
-    uint64_t index;                 /* snapshot being written */
-    uint64_t term;                  /* its term */
-    uint64_t started_ms;            /* monotonic ms when forked */
-    uint64_t fork_us;               /* how long fork() took (us) */
-    int status;                     /* waitpid status once reaped */
-    char path[SNAPSHOT_PATH_MAX];   /* final .snap path */
-    char tmp[SNAPSHOT_PATH_MAX];    /* the .tmp the child writes */
+    pid_t pid;                         /* child; 0 when none is running */
+    int msg_fd;                        /* read end of the child's error pipe,
+                                          -1 when none */
+    uint64_t index;                    /* snapshot being written */
+    uint64_t term;                     /* its term */
+    uint64_t started_ms;               /* monotonic ms when forked */
+    uint64_t fork_us;                  /* how long fork() took (us) */
+    int status;                        /* waitpid status once reaped */
+    char path[SNAPSHOT_PATH_MAX];      /* final .snap path */
+    char tmp[SNAPSHOT_PATH_MAX];       /* the .tmp the child writes */
     char errmsg[SNAPSHOT_ERRMSG_SIZE]; /* why it failed ("" on success) */
 };
 
@@ -188,7 +195,7 @@ void snapshot_child_kill(struct snapshot_child *h);
 int snapshot_prune(const char *dir, size_t keep, size_t *removed, char *err,
                    size_t errlen);
 
-/* --- reading ------------------------------------------------------------ */
+/* --- reading -------------------------------------------------------------- */
 
 /* One .snap file found by snapshot_list. */
 struct snapshot_info {
@@ -221,8 +228,8 @@ int snapshot_peek(const char *path, struct snapshot_meta *meta, char *err,
  * errno with a message naming the file and what is wrong; `into` may then
  * hold part of the file and must be discarded (kv_free), *meta is zeroed.
  * Reads in large blocks: no system call per key. */
-int snapshot_load(const char *path, struct kv *into,
-                  struct snapshot_meta *meta, char *err, size_t errlen);
+int snapshot_load(const char *path, struct kv *into, struct snapshot_meta *meta,
+                  char *err, size_t errlen);
 
 /* Like snapshot_load, but builds no table: only checks the file. */
 int snapshot_verify(const char *path, struct snapshot_meta *meta, char *err,
@@ -242,10 +249,10 @@ typedef void (*snapshot_damaged_cb)(void *arg, const char *path, int rc,
  * pz_free. Returns 0; PZ_ENOTFOUND if dir holds no .snap at all (or does
  * not exist); PZ_ECORRUPT if there are snapshots but none is valid (err
  * says how many); a negative errno if listing failed. */
-int snapshot_load_newest_valid(const char *dir, uint64_t seed,
-                               struct kv **out, struct snapshot_meta *meta,
-                               char **path_out, snapshot_damaged_cb cb,
-                               void *arg, char *err, size_t errlen);
+int snapshot_load_newest_valid(const char *dir, uint64_t seed, struct kv **out,
+                               struct snapshot_meta *meta, char **path_out,
+                               snapshot_damaged_cb cb, void *arg, char *err,
+                               size_t errlen);
 
 /* --- streaming (InstallSnapshot) ------------------------------------------ */
 
@@ -263,9 +270,8 @@ uint64_t snapshot_reader_size(const struct snapshot_reader *r);
 /* Copy up to len bytes at offset into buf (pread; any offset, any order).
  * *got is len, or less only when the end of the file is reached (0 at or
  * past the end). Returns 0 or a negative errno. */
-int snapshot_reader_read(struct snapshot_reader *r, uint64_t offset,
-                         void *buf, size_t len, size_t *got, char *err,
-                         size_t errlen);
+int snapshot_reader_read(struct snapshot_reader *r, uint64_t offset, void *buf,
+                         size_t len, size_t *got, char *err, size_t errlen);
 /* Close and free. NULL is fine. */
 void snapshot_reader_close(struct snapshot_reader *r);
 
@@ -277,16 +283,15 @@ struct snapshot_receiver;
  * existing .snap is not touched. Returns 0 and *out, PZ_EINVAL (total_size
  * smaller than the smallest valid file), PZ_ETOOBIG or a negative errno. */
 int snapshot_receiver_begin(const char *dir, uint64_t index, uint64_t term,
-                            uint64_t total_size,
-                            struct snapshot_receiver **out, char *err,
-                            size_t errlen);
-/* Append a chunk. offset must equal the bytes received so far (chunks are
- * contiguous and in order; a chunk already received, i.e. offset + len <=
- * received and matching, is NOT accepted either: the transport must not
- * resend), and offset + len must not exceed total_size. Returns 0,
- * PZ_EINVAL (gap, overlap or past the end: nothing written, the transfer
- * may go on from snapshot_receiver_offset) or a negative errno (write
- * failed: abort the transfer). */
+                            uint64_t total_size, struct snapshot_receiver **out,
+                            char *err, size_t errlen);
+/* Append a chunk of len bytes at offset. offset must equal
+ * snapshot_receiver_offset(r) (chunks arrive contiguous and in order; a
+ * resent chunk is refused like a gap, the caller tells the leader the
+ * offset it expects) and offset + len must not exceed total_size. Returns
+ * 0, PZ_EINVAL (gap, resend, overlap or past the end: nothing written, the
+ * transfer can go on at snapshot_receiver_offset) or a negative errno
+ * (write failed: abort the transfer). */
 int snapshot_receiver_write(struct snapshot_receiver *r, uint64_t offset,
                             const void *data, size_t len, char *err,
                             size_t errlen);

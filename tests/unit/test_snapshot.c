@@ -130,19 +130,17 @@ static bool write_ok(const char *dir, const struct kv *kv, uint64_t index,
                      uint64_t term, char *path)
 {
     char err[SNAPSHOT_ERRMSG_SIZE] = "";
-    int rc = snapshot_write(dir, kv, index, term, conf_blob,
-                            sizeof conf_blob, path, SNAPSHOT_PATH_MAX, err,
-                            sizeof err);
+    int rc = snapshot_write(dir, kv, index, term, conf_blob, sizeof conf_blob,
+                            path, SNAPSHOT_PATH_MAX, err, sizeof err);
     if (rc)
-        fprintf(stderr, "    snapshot_write: %s (%s)\n", err,
-                pz_strerror(rc));
+        fprintf(stderr, "    snapshot_write: %s (%s)\n", err, pz_strerror(rc));
     return rc == 0;
 }
 
 /* Load path into a fresh table; returns its digest or 0 on failure (and
  * the error code / message through rc / err). */
-static uint64_t load_digest(const char *path, int *rc, char *err,
-                            size_t errlen, size_t *nkeys)
+static uint64_t load_digest(const char *path, int *rc, char *err, size_t errlen,
+                            size_t *nkeys)
 {
     struct kv *kv = kv_new();
     struct snapshot_meta m;
@@ -195,7 +193,7 @@ static int run_in_child(void (*fn)(void *), void *arg)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
 }
 
-/* --- format ----------------------------------------------------------------- */
+/* --- format --------------------------------------------------------------- */
 
 TEST(crc64_vectors)
 {
@@ -235,8 +233,8 @@ TEST(layout)
     uint8_t *p = read_all(path, &len);
     CHECK(p != NULL);
     size_t cl = sizeof conf_blob;
-    CHECK_EQ_INT(len, SNAPSHOT_HEADER_SIZE + cl + 8 + 2 + 3 +
-                          SNAPSHOT_TRAILER_SIZE);
+    CHECK_EQ_INT(len,
+                 SNAPSHOT_HEADER_SIZE + cl + 8 + 2 + 3 + SNAPSHOT_TRAILER_SIZE);
     CHECK(memcmp(p, "PYAZSNAP", 8) == 0);
     CHECK_EQ_INT(pz_get_u32(p + 8), 1);
     CHECK(pz_get_u64(p + 12) == 0x0102030405060708ull);
@@ -269,7 +267,7 @@ TEST(layout)
     tdir_free(&t);
 }
 
-/* --- round trips -------------------------------------------------------------- */
+/* --- round trips ---------------------------------------------------------- */
 
 TEST(roundtrip_empty)
 {
@@ -359,7 +357,7 @@ TEST(roundtrip_100k)
     tdir_free(&t);
 }
 
-/* --- corruption ------------------------------------------------------------- */
+/* --- corruption ----------------------------------------------------------- */
 
 static bool is_corrupt_named(int rc, const char *err, const char *path)
 {
@@ -433,8 +431,7 @@ TEST(corrupt_truncated_everywhere)
         err[0] = '\0';
         load_digest(path, &rc, err, sizeof err, NULL);
         if (!is_corrupt_named(rc, err, path)) {
-            fprintf(stderr, "    truncation to %zu bytes not detected\n",
-                    cut);
+            fprintf(stderr, "    truncation to %zu bytes not detected\n", cut);
             CHECK(false);
         }
         CHECK(write_file(path, orig, len));
@@ -504,9 +501,9 @@ TEST(corrupt_magic_version_lengths)
     pz_put_u32(p + 44, 0xffffffffu);
     rewrite_crc(p, len);
     CHECK(write_file(path, p, len));
-    CHECK_EQ_INT(snapshot_peek(path, &(struct snapshot_meta){0}, err,
-                               sizeof err),
-                 PZ_ECORRUPT);
+    CHECK_EQ_INT(
+        snapshot_peek(path, &(struct snapshot_meta){0}, err, sizeof err),
+        PZ_ECORRUPT);
     /* A repeated key (a second record equal to the first). */
     pz_free(p);
     struct kv *two = kv_new();
@@ -537,12 +534,12 @@ TEST(corrupt_magic_version_lengths)
     tdir_free(&t);
 }
 
-/* --- choosing a snapshot ------------------------------------------------------ */
+/* --- choosing a snapshot -------------------------------------------------- */
 
 struct damaged {
-    int n;            /* reports */
+    int n;                            /* reports */
     char paths[4][SNAPSHOT_PATH_MAX]; /* reported paths */
-    int rcs[4];       /* their codes */
+    int rcs[4];                       /* their codes */
 };
 
 static void on_damaged(void *arg, const char *path, int rc, const char *msg)
@@ -560,8 +557,8 @@ TEST(fallback_to_older_valid)
 {
     struct tdir t;
     tdir_init(&t);
-    char p10[SNAPSHOT_PATH_MAX], p20[SNAPSHOT_PATH_MAX],
-        p30[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
+    char p10[SNAPSHOT_PATH_MAX], p20[SNAPSHOT_PATH_MAX], p30[SNAPSHOT_PATH_MAX],
+        err[SNAPSHOT_ERRMSG_SIZE];
     struct kv *a = kv_new(), *b = kv_new(), *c = kv_new();
     fill(a, 100, 10, 1);
     fill(b, 200, 10, 2);
@@ -615,13 +612,13 @@ TEST(fallback_to_older_valid)
     unlink(p10);
     unlink(p20);
     unlink(p30);
-    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 77, &got, NULL, NULL,
-                                            NULL, NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 77, &got, NULL, NULL, NULL,
+                                            NULL, err, sizeof err),
                  PZ_ENOTFOUND);
     char nodir[SNAPSHOT_PATH_MAX];
     snprintf(nodir, sizeof nodir, "%s/missing", t.root);
-    CHECK_EQ_INT(snapshot_load_newest_valid(nodir, 77, &got, NULL, NULL,
-                                            NULL, NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(nodir, 77, &got, NULL, NULL, NULL,
+                                            NULL, err, sizeof err),
                  PZ_ENOTFOUND);
     kv_free(a);
     kv_free(b);
@@ -643,8 +640,8 @@ TEST(list_and_prune)
     struct kv *kv = kv_new();
     fill(kv, 10, 10, 1);
     char p[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
-    static const uint64_t idx[][2] = {{5, 1}, {100, 2}, {20, 1}, {100, 3},
-                                      {9, 1}};
+    static const uint64_t idx[][2] = {
+        {5, 1}, {100, 2}, {20, 1}, {100, 3}, {9, 1}};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(idx); i++)
         CHECK(write_ok(t.root, kv, idx[i][0], idx[i][1], p));
     touch(t.root, "snap-7-1.tmp");
@@ -660,8 +657,8 @@ TEST(list_and_prune)
     size_t n;
     CHECK_EQ_INT(snapshot_list(t.root, &list, &n, err, sizeof err), 0);
     CHECK_EQ_INT(n, 5);
-    static const uint64_t want[][2] = {{100, 3}, {100, 2}, {20, 1}, {9, 1},
-                                       {5, 1}};
+    static const uint64_t want[][2] = {
+        {100, 3}, {100, 2}, {20, 1}, {9, 1}, {5, 1}};
     for (size_t i = 0; i < n; i++) {
         CHECK(list[i].index == want[i][0] && list[i].term == want[i][1]);
         char w[SNAPSHOT_PATH_MAX];
@@ -758,9 +755,9 @@ TEST(fork_errors)
     struct snapshot_child h;
     char err[SNAPSHOT_ERRMSG_SIZE] = "", dir[SNAPSHOT_PATH_MAX];
     snprintf(dir, sizeof dir, "%s/missing", t.root);
-    CHECK_EQ_INT(snapshot_write_fork(dir, kv, 1, 1, NULL, 0, &h, err,
-                                     sizeof err),
-                 -ENOENT);
+    CHECK_EQ_INT(
+        snapshot_write_fork(dir, kv, 1, 1, NULL, 0, &h, err, sizeof err),
+        -ENOENT);
     CHECK(h.pid == 0 && strstr(err, dir) != NULL);
     CHECK_EQ_INT(snapshot_write_fork(t.root, kv, 1, 1, conf_blob,
                                      SNAPSHOT_CONF_MAX + 1, &h, err,
@@ -772,9 +769,8 @@ TEST(fork_errors)
     snapshot_path(t.root, 2, 1, target, sizeof target);
     CHECK(mkdir(target, 0755) == 0);
     touch(target, "x");
-    CHECK_EQ_INT(snapshot_write_fork(t.root, kv, 2, 1, NULL, 0, &h, err,
-                                     sizeof err),
-                 0);
+    CHECK_EQ_INT(
+        snapshot_write_fork(t.root, kv, 2, 1, NULL, 0, &h, err, sizeof err), 0);
     bool ok = true;
     CHECK(poll_until_done(&h, &ok));
     CHECK(!ok);
@@ -823,16 +819,16 @@ TEST(fork_child_killed_mid_write)
     int rc;
     CHECK(load_digest(prev, &rc, err, sizeof err, NULL) == prev_digest);
     struct kv *got;
-    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 1, &got, NULL, NULL,
-                                            NULL, NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 1, &got, NULL, NULL, NULL,
+                                            NULL, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == prev_digest);
     kv_free(got);
 
     /* snapshot_child_kill: the same without the poller. */
-    CHECK_EQ_INT(snapshot_write_fork(t.root, kv, 60, 2, NULL, 0, &h, err,
-                                     sizeof err),
-                 0);
+    CHECK_EQ_INT(
+        snapshot_write_fork(t.root, kv, 60, 2, NULL, 0, &h, err, sizeof err),
+        0);
     snapshot_child_kill(&h);
     CHECK(h.pid == 0 && h.msg_fd == -1);
     CHECK(!exists(h.tmp));
@@ -842,11 +838,115 @@ TEST(fork_child_killed_mid_write)
     tdir_free(&t);
 }
 
+/* Descriptors the child holds, as a bitmap of fds below 64. */
+static uint64_t child_fds(pid_t pid)
+{
+    char d[64];
+    snprintf(d, sizeof d, "/proc/%ld/fd", (long)pid);
+    DIR *dir = opendir(d);
+    uint64_t bits = 0;
+    struct dirent *de;
+    while (dir && (de = readdir(dir)) != NULL) {
+        int fd = atoi(de->d_name);
+        if (de->d_name[0] != '.' && fd < 64)
+            bits |= 1ull << fd;
+    }
+    if (dir)
+        closedir(dir);
+    return bits;
+}
+
+struct orphan_case {
+    const char *dir; /* snapshot directory */
+    struct kv *kv;   /* table to write */
+    int report_fd;   /* pipe the pid of the writer goes to */
+};
+
+static void orphan_run(void *arg)
+{
+    struct orphan_case *c = arg;
+    struct snapshot_child h;
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    if (snapshot_write_fork(c->dir, c->kv, 70, 1, NULL, 0, &h, err, sizeof err))
+        _exit(2);
+    int st;
+    if (waitpid(h.pid, &st, WUNTRACED) != h.pid || !WIFSTOPPED(st))
+        _exit(3);
+    if (write(c->report_fd, &h.pid, sizeof h.pid) != sizeof h.pid)
+        _exit(4);
+    _exit(0); /* the node dies while its writer is stopped mid-write */
+}
+
+static bool process_gone(pid_t pid)
+{
+    char p[64], buf[256];
+    snprintf(p, sizeof p, "/proc/%ld/stat", (long)pid);
+    for (int i = 0; i < 5000; i++) {
+        FILE *f = fopen(p, "r");
+        if (f == NULL)
+            return true;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *rp = strrchr(buf, ')');
+        if (rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'))
+            return true; /* dead, waiting for its new parent to reap */
+        usleep(1000);
+    }
+    return false;
+}
+
+TEST(fork_child_isolation)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct kv *kv = kv_new();
+    fill(kv, 20000, 100, 4);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    /* A descriptor of the "node" (think listening socket): the child must
+     * not keep it open. */
+    int extra[2];
+    CHECK(pipe(extra) == 0);
+    setenv(PZ_FAILPOINT_ENV, SNAPSHOT_FP_MID_WRITE ":stop", 1);
+    struct snapshot_child h;
+    CHECK_EQ_INT(
+        snapshot_write_fork(t.root, kv, 60, 1, NULL, 0, &h, err, sizeof err),
+        0);
+    int st;
+    CHECK(waitpid(h.pid, &st, WUNTRACED) == h.pid && WIFSTOPPED(st));
+    uint64_t fds = child_fds(h.pid);
+    CHECK((fds & (1ull << extra[0])) == 0);
+    CHECK((fds & (1ull << extra[1])) == 0);
+    CHECK((fds & 7) == 7); /* stdio kept */
+    snapshot_child_kill(&h);
+    CHECK(!exists(h.tmp));
+
+    /* The node dies: its stopped writer dies with it (PR_SET_PDEATHSIG)
+     * instead of finishing an orphan .snap. */
+    struct orphan_case c = {t.root, kv, extra[1]};
+    CHECK_EQ_INT(run_in_child(orphan_run, &c), 0);
+    unsetenv(PZ_FAILPOINT_ENV);
+    pid_t writer = 0;
+    CHECK(read(extra[0], &writer, sizeof writer) == sizeof writer);
+    CHECK(writer > 0);
+    bool gone = process_gone(writer);
+    if (!gone)
+        kill(writer, SIGKILL); /* do not leave a stopped orphan behind */
+    CHECK(gone);
+    char snap[SNAPSHOT_PATH_MAX];
+    snapshot_path(t.root, 70, 1, snap, sizeof snap);
+    CHECK(!exists(snap));
+    close(extra[0]);
+    close(extra[1]);
+    kv_free(kv);
+    tdir_free(&t);
+}
+
 struct fp_case {
-    const char *dir;   /* snapshot directory */
-    struct kv *kv;     /* table to write */
-    bool fork;         /* forked writer (else synchronous) */
-    uint64_t index;    /* snapshot index */
+    const char *dir; /* snapshot directory */
+    struct kv *kv;   /* table to write */
+    bool fork;       /* forked writer (else synchronous) */
+    uint64_t index;  /* snapshot index */
 };
 
 static void fp_run(void *arg)
@@ -880,8 +980,8 @@ static bool fp_check(const char *dir, struct kv *kv, bool fork, uint64_t index,
     snprintf(tmp, sizeof tmp, "%.*s.tmp", (int)(strlen(snap) - 5), snap);
     if (st != PZ_FAILPOINT_EXIT || exists(tmp) != want_tmp ||
         exists(snap) != want_snap) {
-        fprintf(stderr, "    %s fork=%d: status %d tmp %d snap %d\n", fp,
-                fork, st, exists(tmp), exists(snap));
+        fprintf(stderr, "    %s fork=%d: status %d tmp %d snap %d\n", fp, fork,
+                st, exists(tmp), exists(snap));
         return false;
     }
     /* Whatever the crash left in place is complete and valid. */
@@ -902,12 +1002,12 @@ TEST(failpoints)
     CHECK(write_ok(t.root, kv, 1, 1, prev));
     CHECK(fp_check(t.root, kv, false, 10, SNAPSHOT_FP_BEFORE_RENAME, true,
                    false));
-    CHECK(fp_check(t.root, kv, false, 11, SNAPSHOT_FP_AFTER_RENAME, false,
-                   true));
-    CHECK(fp_check(t.root, kv, true, 12, SNAPSHOT_FP_BEFORE_RENAME, true,
-                   false));
-    CHECK(fp_check(t.root, kv, true, 13, SNAPSHOT_FP_AFTER_RENAME, false,
-                   true));
+    CHECK(
+        fp_check(t.root, kv, false, 11, SNAPSHOT_FP_AFTER_RENAME, false, true));
+    CHECK(
+        fp_check(t.root, kv, true, 12, SNAPSHOT_FP_BEFORE_RENAME, true, false));
+    CHECK(
+        fp_check(t.root, kv, true, 13, SNAPSHOT_FP_AFTER_RENAME, false, true));
     /* An unrelated or suffixed name is not this point. */
     setenv(PZ_FAILPOINT_ENV, "snapshot-before-renamex", 1);
     CHECK(!pz_failpoint_armed(SNAPSHOT_FP_BEFORE_RENAME));
@@ -931,7 +1031,7 @@ TEST(failpoints)
     tdir_free(&t);
 }
 
-/* --- streaming ------------------------------------------------------------- */
+/* --- streaming ------------------------------------------------------------ */
 
 /* Send src to a receiver in dir in chunks of `chunk` bytes, optionally
  * corrupting one byte. Returns finish's code. */
@@ -987,20 +1087,18 @@ TEST(reader_chunks)
     CHECK(unlink(path) == 0);
     uint8_t buf[4096];
     size_t got;
-    CHECK_EQ_INT(snapshot_reader_read(rd, 100, buf, 1000, &got, err,
-                                      sizeof err),
-                 0);
+    CHECK_EQ_INT(
+        snapshot_reader_read(rd, 100, buf, 1000, &got, err, sizeof err), 0);
     CHECK(got == 1000 && memcmp(buf, whole + 100, 1000) == 0);
-    CHECK_EQ_INT(snapshot_reader_read(rd, len - 10, buf, sizeof buf, &got,
-                                      err, sizeof err),
+    CHECK_EQ_INT(snapshot_reader_read(rd, len - 10, buf, sizeof buf, &got, err,
+                                      sizeof err),
                  0);
     CHECK(got == 10 && memcmp(buf, whole + len - 10, 10) == 0);
-    CHECK_EQ_INT(snapshot_reader_read(rd, len, buf, sizeof buf, &got, err,
-                                      sizeof err),
-                 0);
+    CHECK_EQ_INT(
+        snapshot_reader_read(rd, len, buf, sizeof buf, &got, err, sizeof err),
+        0);
     CHECK_EQ_INT(got, 0);
-    CHECK_EQ_INT(snapshot_reader_read(rd, 0, buf, 8, &got, err, sizeof err),
-                 0);
+    CHECK_EQ_INT(snapshot_reader_read(rd, 0, buf, 8, &got, err, sizeof err), 0);
     CHECK(got == 8 && memcmp(buf, "PYAZSNAP", 8) == 0);
     snapshot_reader_close(rd);
     snapshot_reader_close(NULL);
@@ -1031,8 +1129,7 @@ TEST(receiver_roundtrip)
         char want[SNAPSHOT_PATH_MAX];
         snapshot_path(u.root, 300, 4, want, sizeof want);
         CHECK_EQ_STR(out, want);
-        CHECK(load_digest(out, &rc, err, sizeof err, NULL) ==
-              kv_digest(kv));
+        CHECK(load_digest(out, &rc, err, sizeof err, NULL) == kv_digest(kv));
         CHECK_EQ_INT(count_suffix(u.root, ".tmp"), 0);
     }
     /* finish reports the header. */
@@ -1042,18 +1139,14 @@ TEST(receiver_roundtrip)
     uint64_t size = snapshot_reader_size(rd);
     uint8_t *buf = pz_malloc(size);
     size_t got;
-    CHECK_EQ_INT(snapshot_reader_read(rd, 0, buf, size, &got, err,
-                                      sizeof err),
+    CHECK_EQ_INT(snapshot_reader_read(rd, 0, buf, size, &got, err, sizeof err),
                  0);
     snapshot_reader_close(rd);
-    CHECK_EQ_INT(snapshot_receiver_begin(u.root, 300, 4, size, &rx, err,
-                                         sizeof err),
-                 0);
-    CHECK_EQ_INT(snapshot_receiver_write(rx, 0, buf, size, err, sizeof err),
-                 0);
+    CHECK_EQ_INT(
+        snapshot_receiver_begin(u.root, 300, 4, size, &rx, err, sizeof err), 0);
+    CHECK_EQ_INT(snapshot_receiver_write(rx, 0, buf, size, err, sizeof err), 0);
     struct snapshot_meta m;
-    CHECK_EQ_INT(snapshot_receiver_finish(rx, NULL, 0, &m, err, sizeof err),
-                 0);
+    CHECK_EQ_INT(snapshot_receiver_finish(rx, NULL, 0, &m, err, sizeof err), 0);
     CHECK(m.index == 300 && m.term == 4 && m.nkeys == 20000);
     CHECK(m.conf_len == sizeof conf_blob);
     snapshot_meta_free(&m);
@@ -1076,49 +1169,45 @@ TEST(receiver_refuses_gaps_and_overruns)
     size_t len;
     uint8_t *b = read_all(src, &len);
     struct snapshot_receiver *rx;
-    CHECK_EQ_INT(snapshot_receiver_begin(u.root, 30, 2, 10, &rx, err,
-                                         sizeof err),
-                 PZ_EINVAL);
-    CHECK_EQ_INT(snapshot_receiver_begin(u.root, 30, 2, len, &rx, err,
-                                         sizeof err),
-                 0);
-    CHECK_EQ_INT(snapshot_receiver_write(rx, 100, b + 100, 100, err,
-                                         sizeof err),
-                 PZ_EINVAL); /* gap */
+    CHECK_EQ_INT(
+        snapshot_receiver_begin(u.root, 30, 2, 10, &rx, err, sizeof err),
+        PZ_EINVAL);
+    CHECK_EQ_INT(
+        snapshot_receiver_begin(u.root, 30, 2, len, &rx, err, sizeof err), 0);
+    CHECK_EQ_INT(
+        snapshot_receiver_write(rx, 100, b + 100, 100, err, sizeof err),
+        PZ_EINVAL); /* gap */
     CHECK(strstr(err, "contiguous") != NULL);
     CHECK_EQ_INT(snapshot_receiver_write(rx, 0, b, 100, err, sizeof err), 0);
     CHECK_EQ_INT(snapshot_receiver_write(rx, 0, b, 100, err, sizeof err),
                  PZ_EINVAL); /* resent */
-    CHECK_EQ_INT(snapshot_receiver_write(rx, 50, b + 50, 100, err,
-                                         sizeof err),
+    CHECK_EQ_INT(snapshot_receiver_write(rx, 50, b + 50, 100, err, sizeof err),
                  PZ_EINVAL); /* overlap */
-    CHECK_EQ_INT(snapshot_receiver_write(rx, 300, b + 300, 10, err,
-                                         sizeof err),
+    CHECK_EQ_INT(snapshot_receiver_write(rx, 300, b + 300, 10, err, sizeof err),
                  PZ_EINVAL); /* ahead */
     CHECK_EQ_INT(snapshot_receiver_offset(rx), 100);
-    CHECK_EQ_INT(snapshot_receiver_write(rx, 100, b + 100, len, err,
-                                         sizeof err),
-                 PZ_EINVAL); /* past the announced size */
+    CHECK_EQ_INT(
+        snapshot_receiver_write(rx, 100, b + 100, len, err, sizeof err),
+        PZ_EINVAL); /* past the announced size */
     CHECK_EQ_INT(snapshot_receiver_offset(rx), 100);
     /* The transfer goes on from the offset it reports. */
-    CHECK_EQ_INT(snapshot_receiver_write(rx, 100, b + 100, len - 100, err,
-                                         sizeof err),
-                 0);
-    CHECK_EQ_INT(snapshot_receiver_finish(rx, out, sizeof out, NULL, err,
-                                          sizeof err),
-                 0);
+    CHECK_EQ_INT(
+        snapshot_receiver_write(rx, 100, b + 100, len - 100, err, sizeof err),
+        0);
+    CHECK_EQ_INT(
+        snapshot_receiver_finish(rx, out, sizeof out, NULL, err, sizeof err),
+        0);
     int rc;
     CHECK(load_digest(out, &rc, err, sizeof err, NULL) == kv_digest(kv));
 
     /* Incomplete: finish refuses, the .tmp goes away. */
-    CHECK_EQ_INT(snapshot_receiver_begin(u.root, 31, 2, len, &rx, err,
-                                         sizeof err),
-                 0);
+    CHECK_EQ_INT(
+        snapshot_receiver_begin(u.root, 31, 2, len, &rx, err, sizeof err), 0);
     CHECK_EQ_INT(snapshot_receiver_write(rx, 0, b, len - 1, err, sizeof err),
                  0);
-    CHECK_EQ_INT(snapshot_receiver_finish(rx, out, sizeof out, NULL, err,
-                                          sizeof err),
-                 PZ_EINVAL);
+    CHECK_EQ_INT(
+        snapshot_receiver_finish(rx, out, sizeof out, NULL, err, sizeof err),
+        PZ_EINVAL);
     CHECK(strstr(err, "incomplete") != NULL);
     CHECK_EQ_INT(count_suffix(u.root, ".tmp"), 0);
     char p31[SNAPSHOT_PATH_MAX];
@@ -1148,9 +1237,8 @@ TEST(receiver_abort_and_corruption)
 
     /* Abort removes the .tmp and nothing else. */
     struct snapshot_receiver *rx;
-    CHECK_EQ_INT(snapshot_receiver_begin(u.root, 40, 3, len, &rx, err,
-                                         sizeof err),
-                 0);
+    CHECK_EQ_INT(
+        snapshot_receiver_begin(u.root, 40, 3, len, &rx, err, sizeof err), 0);
     CHECK_EQ_INT(snapshot_receiver_write(rx, 0, b, len / 2, err, sizeof err),
                  0);
     CHECK_EQ_INT(count_suffix(u.root, ".recv.tmp"), 1);
@@ -1164,8 +1252,8 @@ TEST(receiver_abort_and_corruption)
     long flips[] = {5, 20, (long)len / 2, (long)len - 12, (long)len - 1};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(flips); i++) {
         err[0] = '\0';
-        int rc = transfer(src, u.root, 40, 3, 4096, flips[i], out, err,
-                          sizeof err);
+        int rc =
+            transfer(src, u.root, 40, 3, 4096, flips[i], out, err, sizeof err);
         CHECK_EQ_INT(rc, PZ_ECORRUPT);
         CHECK(strstr(err, ".recv.tmp") != NULL);
         CHECK_EQ_INT(count_suffix(u.root, ".tmp"), 0);
@@ -1177,8 +1265,8 @@ TEST(receiver_abort_and_corruption)
     CHECK(strstr(err, "announced") != NULL);
     CHECK_EQ_INT(count_suffix(u.root, ".snap"), 1);
     struct kv *got;
-    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, &got, NULL, NULL,
-                                            NULL, NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, &got, NULL, NULL, NULL,
+                                            NULL, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == kv_digest(old));
     kv_free(got);
@@ -1204,8 +1292,7 @@ static void install_run(void *arg)
         _exit(2);
     for (size_t off = 0; off < c->len; off += 1000) {
         size_t n = PZ_MIN((size_t)1000, c->len - off);
-        if (snapshot_receiver_write(rx, off, c->data + off, n, err,
-                                    sizeof err))
+        if (snapshot_receiver_write(rx, off, c->data + off, n, err, sizeof err))
             _exit(3);
     }
     snapshot_receiver_finish(rx, NULL, 0, NULL, err, sizeof err);
@@ -1235,16 +1322,16 @@ TEST(receiver_crash_mid_install)
     CHECK_EQ_INT(file_size(tmp), 1000);
     CHECK_EQ_INT(count_suffix(u.root, ".snap"), 1);
     struct kv *got;
-    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, &got, NULL, NULL,
-                                            NULL, NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, &got, NULL, NULL, NULL,
+                                            NULL, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == kv_digest(old));
     kv_free(got);
     /* After the restart the transfer starts over and succeeds. */
     CHECK_EQ_INT(run_in_child(install_run, &c), 0);
     CHECK_EQ_INT(count_suffix(u.root, ".tmp"), 0);
-    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, &got, NULL, NULL,
-                                            NULL, NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, &got, NULL, NULL, NULL,
+                                            NULL, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == kv_digest(kv));
     kv_free(got);
@@ -1255,7 +1342,7 @@ TEST(receiver_crash_mid_install)
     tdir_free(&u);
 }
 
-/* --- measurement -------------------------------------------------------------- */
+/* --- measurement ---------------------------------------------------------- */
 
 /* 1M keys of 16 bytes with 100-byte values: fork writer and load, timed.
  * Runs only with PYAZDB_SNAPSHOT_BENCH set (PYAZDB_SNAPSHOT_BENCH_DIR
@@ -1358,6 +1445,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(fork_snapshot_is_table_at_fork_time),
     TEST_ENTRY(fork_errors),
     TEST_ENTRY(fork_child_killed_mid_write),
+    TEST_ENTRY(fork_child_isolation),
     TEST_ENTRY(failpoints),
     TEST_ENTRY(reader_chunks),
     TEST_ENTRY(receiver_roundtrip),
