@@ -1,7 +1,8 @@
 # bench-lib.sh - shared by the benchmark scripts (sourced, not run).
 # Starts a 3-node cluster on 127.0.0.1 from a static initial-cluster, with
 # free ports and data under $tmp, and sets LEADER_HTTP / LEADER_GRPC to the
-# leader's ports. The caller sets `tmp` and a trap that calls bench_stop.
+# leader's ports, PIDi to node i's process. The caller sets `tmp` and a
+# trap that calls bench_stop.
 
 bench_free_port() {
     /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -34,8 +35,10 @@ bench_start_cluster() {
         src/pyazdb-server --node-id "node$i" --raft-data "$tmp/node$i" \
             --raft-addr "127.0.0.1:$rp" --http-addr "127.0.0.1:$hp" \
             --grpc-addr "127.0.0.1:$gp" --initial-cluster "$spec" \
-            --log-level warning 2>"$tmp/node$i.log" &
+            ${BENCH_MANDI:+--mandi-addr "$BENCH_MANDI"} \
+            --log-level "${BENCH_LOG_LEVEL:-warning}" 2>"$tmp/node$i.log" &
         bench_pids="$bench_pids $!"
+        eval "PID$i=$!"
     done
     LEADER_HTTP=""
     n=0

@@ -7,8 +7,8 @@
 # wrk, then measures: the time to take a snapshot (POST /admin/snapshot)
 # and the p99 latency of requests served meanwhile; the snapshot file and
 # the SQLite database sizes against the raw data size; the restart time of
-# a follower (start to /health, then to caught up); the time for a fresh
-# node (data wiped) to catch up by InstallSnapshot. Loopback only.
+# a follower (start to /health, then to caught up); the time for a new
+# node joining through mandi to catch up by InstallSnapshot. Loopback only.
 set -eu
 cd "$(dirname "$0")/.."
 KEYS=${1:-1000000}
@@ -16,7 +16,14 @@ scripts/install-deps.sh bench
 make -s all
 . scripts/bench-lib.sh
 tmp=$(mktemp -d)
-trap 'bench_stop; rm -rf "$tmp"' EXIT INT TERM
+trap 'bench_stop; [ -n "${BENCH_KEEP:-}" ] || rm -rf "$tmp"' EXIT INT TERM
+# a mandi, so that a new node can join later
+MP=$(bench_free_port)
+BENCH_MANDI="http://127.0.0.1:$MP"
+src/pyazdb-server --mandi --mandi-addr "$BENCH_MANDI" --log-level warning \
+    2>"$tmp/mandi.log" &
+bench_pids="$bench_pids $!"
+BENCH_LOG_LEVEL=info
 bench_start_cluster
 BASE="http://127.0.0.1:$LEADER_HTTP"
 now_ms() { date +%s%3N; }
@@ -26,7 +33,6 @@ field() { /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['$1']
 echo "== loading $KEYS keys (16-byte keys, 100-byte values)"
 cat > "$tmp/load.lua" <<LUA
 local counter = 0
-local threads = {}
 function setup(thread)
   thread:set("id", counter)
   counter = counter + 1
@@ -48,9 +54,16 @@ request = function()
 end
 LUA
 t0=$(now_ms)
-wrk -t2 -c64 -d600s -s "$tmp/load.lua" "$BASE" >"$tmp/load.out" 2>&1 || { cat "$tmp/load.out"; }
+wrk -t2 -c64 -d900s -s "$tmp/load.lua" "$BASE" >"$tmp/load.out" 2>&1 &
+wrkpid=$!
+keys=0
+while [ "$keys" -lt "$KEYS" ]; do
+    sleep 0.5
+    keys=$(status "$LEADER_HTTP" | field keys)
+done
+kill "$wrkpid" 2>/dev/null || true
+wait "$wrkpid" 2>/dev/null || true
 t1=$(now_ms)
-keys=$(status "$LEADER_HTTP" | field keys)
 echo "loaded: $keys keys in $(( (t1 - t0) / 1000 )) s"
 
 echo "== snapshot of the leader while serving reads and writes"
@@ -89,7 +102,7 @@ echo "raw data $raw bytes; snapshot file $snapsz bytes ($(awk -v a="$snapsz" -v 
 
 F=$(( L % 3 + 1 ))
 eval "fhp=\$HTTP$F frp=\$RAFT$F fgp=\$GRPC$F"
-fpid=$(echo $bench_pids | cut -d' ' -f$F)
+eval "fpid=\$PID$F"
 echo "== restart of follower node$F"
 kill -9 "$fpid"; sleep 0.5
 spec=$(echo "node1=127.0.0.1:$RAFT1,node2=127.0.0.1:$RAFT2,node3=127.0.0.1:$RAFT3")
@@ -111,11 +124,15 @@ until curl -sf "http://127.0.0.1:$fhp/health" >/dev/null 2>&1; do sleep 0.02; do
 t1=$(now_ms); caught_up; t2=$(now_ms)
 echo "restart: serving after $((t1 - t0)) ms, caught up after $((t2 - t0)) ms"
 
-echo "== fresh node (data wiped) catches up by InstallSnapshot"
-fpid=$(echo $bench_pids | awk '{print $NF}')
-kill -9 "$fpid"; sleep 0.5
-rm -rf "$tmp/node$F"
-t0=$(now_ms); restart
+echo "== a new node joins through mandi and catches up by InstallSnapshot"
+np=$(bench_free_port); nh=$(bench_free_port); ng=$(bench_free_port)
+t0=$(now_ms)
+src/pyazdb-server --node-id node4 --raft-data "$tmp/node4" \
+    --raft-addr "127.0.0.1:$np" --http-addr "127.0.0.1:$nh" \
+    --grpc-addr "127.0.0.1:$ng" --mandi-addr "$BENCH_MANDI" \
+    --log-level info 2>>"$tmp/node4.log" &
+bench_pids="$bench_pids $!"
+fhp=$nh
 until curl -sf "http://127.0.0.1:$fhp/health" >/dev/null 2>&1; do sleep 0.02; done
 caught_up; t1=$(now_ms)
-echo "fresh node caught up in $((t1 - t0)) ms ($(grep -c 'installed snapshot' "$tmp/node$F.log") snapshot installed)"
+echo "new node caught up in $((t1 - t0)) ms, join polling included ($(grep -c 'installed snapshot' "$tmp/node4.log") snapshot installed)"

@@ -200,3 +200,17 @@ def test_damaged_snapshot_without_fallback_refuses_to_start(servers):
     s.start(wait=False)
     assert s.proc.wait(10) != 0
     assert "no valid snapshot" in s.read_log()
+
+
+def test_new_node_joins_a_compacted_cluster_by_snapshot(servers, mandi):
+    from test_join import grow, start_joining, wait_voters
+    conf = dict(SNAP)
+    nodes = grow(servers, mandi, n=2, conf=conf)
+    leader = leader_of(nodes)
+    assert len(write_many(leader, [f"j{i}" for i in range(2000)])) == 2000
+    assert leader.status()["snapshot_index"] > 1000
+    new = start_joining(servers, mandi, "node3", conf)
+    wait_voters(leader, ["node1", "node2", "node3"])
+    sts = settled(nodes + [new])
+    assert sts[0]["keys"] == 2000
+    assert "installed snapshot" in new.read_log()
