@@ -480,6 +480,24 @@ static void after_work_cb(uv_work_t *req, int status)
     cb(s, rc, rc ? s->errmsg : NULL, arg);
 }
 
+/* Hand the prepared batch s->w to the thread pool. */
+static int queue_batch(struct store *s, uv_loop_t *loop, store_write_cb cb,
+                       void *arg)
+{
+    s->cb = cb;
+    s->cb_arg = arg;
+    s->work.data = s;
+    int rc = uv_queue_work(loop, &s->work, work_cb, after_work_cb);
+    if (rc < 0) {
+        set_err(s->errmsg, sizeof s->errmsg, "%s: uv_queue_work: %s",
+                s->path, uv_strerror(rc));
+        s->cb = NULL;
+        return rc;
+    }
+    s->busy = true;
+    return 0;
+}
+
 int store_write(struct store *s, uv_loop_t *loop,
                 const struct raft_hard_state *hs,
                 const struct raft_entry *entries, size_t n,
@@ -490,18 +508,7 @@ int store_write(struct store *s, uv_loop_t *loop,
     int rc = prepare_batch(s, &s->w, hs, entries, n);
     if (rc)
         return rc;
-    s->cb = cb;
-    s->cb_arg = arg;
-    s->work.data = s;
-    rc = uv_queue_work(loop, &s->work, work_cb, after_work_cb);
-    if (rc < 0) {
-        set_err(s->errmsg, sizeof s->errmsg, "%s: uv_queue_work: %s",
-                s->path, uv_strerror(rc));
-        s->cb = NULL;
-        return rc;
-    }
-    s->busy = true;
-    return 0;
+    return queue_batch(s, loop, cb, arg);
 }
 
 int store_write_sync(struct store *s, const struct raft_hard_state *hs,
@@ -552,18 +559,7 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
     s->w.reset = true;
     s->w.reset_index = index;
     s->w.reset_term = term;
-    s->cb = cb;
-    s->cb_arg = arg;
-    s->work.data = s;
-    rc = uv_queue_work(loop, &s->work, work_cb, after_work_cb);
-    if (rc < 0) {
-        set_err(s->errmsg, sizeof s->errmsg, "%s: uv_queue_work: %s",
-                s->path, uv_strerror(rc));
-        s->cb = NULL;
-        return rc;
-    }
-    s->busy = true;
-    return 0;
+    return queue_batch(s, loop, cb, arg);
 }
 
 bool store_busy(const struct store *s)

@@ -899,6 +899,51 @@ TEST(fault_injection_async)
 
 /* --- compaction and meta -------------------------------------------------- */
 
+/* An installed snapshot replaces the whole log in one transaction with the
+ * hard state and the entries after it. */
+TEST(install_snapshot_replaces_log)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {2, 1, 3};
+    CHECK_EQ_INT(write_range(s, 1, 10, 2, &hs), 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct raft_hard_state hs2 = {4, 0, 20};
+    struct raft_entry *e = mk_entries(21, 2, 4);
+    struct empty_ctx c = {0};
+    /* entries must follow the snapshot point */
+    CHECK_EQ_INT(store_write_install(s, &loop, 20, 3, &hs2, e + 1, 1,
+                                     empty_cb, &c),
+                 PZ_EINVAL);
+    CHECK_EQ_INT(store_write_install(s, &loop, 20, 3, &hs2, e, 2, empty_cb,
+                                     &c),
+                 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(c.calls, 1);
+    CHECK_EQ_INT(c.status, 0);
+    free_entries(e, 2);
+    store_close(s);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *le;
+    size_t n;
+    struct store_meta m;
+    struct raft_hard_state lhs;
+    CHECK_EQ_INT(store_load(s, &lhs, &le, &n, &m), 0);
+    CHECK(m.snap_index == 20 && m.snap_term == 3);
+    CHECK(lhs.term == 4 && lhs.commit == 20);
+    CHECK_EQ_INT(n, 2);
+    CHECK(entry_ok(&le[0], 21, 4) && entry_ok(&le[1], 22, 4));
+    free_entries(le, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
 TEST(compact_and_reload)
 {
     struct tdir t;
@@ -1477,6 +1522,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(fault_injection_sync),
     TEST_ENTRY(fault_injection_async),
     TEST_ENTRY(compact_and_reload),
+    TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
     TEST_ENTRY(crash_consistency_sigkill),
     TEST_ENTRY(raft_core_round_trip),
