@@ -24,6 +24,8 @@ src/pyazdb-server --mandi --mandi-addr "$BENCH_MANDI" --log-level warning \
     2>"$tmp/mandi.log" &
 bench_pids="$bench_pids $!"
 BENCH_LOG_LEVEL=info
+# Only the snapshot under test: no automatic ones during the measurement.
+BENCH_ARGS="--raft-snapshot-entries 1000000000"
 bench_start_cluster
 BASE="http://127.0.0.1:$LEADER_HTTP"
 now_ms() { date +%s%3N; }
@@ -101,6 +103,11 @@ dbsz=$(du -cb "$tmp/node$L"/raft.db* | tail -1 | cut -f1)
 echo "raw data $raw bytes; snapshot file $snapsz bytes ($(awk -v a="$snapsz" -v b="$raw" 'BEGIN{printf "%.2f", a/b}')x); raft.db $dbsz bytes; data dir $(du -sb "$tmp/node$L" | cut -f1) bytes"
 
 F=$(( L % 3 + 1 ))
+# the followers snapshot too, so that a restart loads a snapshot
+for i in 1 2 3; do
+    eval "hp=\$HTTP$i"
+    [ "$i" = "$L" ] || curl -sf -X POST "http://127.0.0.1:$hp/admin/snapshot" >/dev/null
+done
 eval "fhp=\$HTTP$F frp=\$RAFT$F fgp=\$GRPC$F"
 eval "fpid=\$PID$F"
 echo "== restart of follower node$F"

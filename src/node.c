@@ -119,6 +119,7 @@ static void snapshot_install(const struct raft_snapshot_meta *sm);
 static void snapshot_maybe(void);
 static void snapshot_poll(void);
 static void compact_store(void);
+static void compact_step(void);
 static void xfer_start(const struct raft_msg *m);
 static void xfer_pump(void);
 static bool install_msg_ready(const struct raft_msg *m);
@@ -622,6 +623,8 @@ static void ready_cycle(void)
         send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
         raft_advance(node.raft, rd);
     }
+    if (!node.writing && !raft_has_ready(node.raft))
+        compact_step();
 }
 
 static void on_written(struct store *s, int status, const char *errmsg,
@@ -644,8 +647,6 @@ static void on_written(struct store *s, int status, const char *errmsg,
         finish_close();
         return;
     }
-    if (node.compact_pending)
-        compact_store();
     send_all(node.rd.msgs_after_persist, node.rd.n_msgs_after_persist);
     raft_advance(node.raft, &node.rd);
 }
@@ -1438,25 +1439,55 @@ static void snap_waiters_done(int status)
     fail_all(&node.snap_waiters, status);
 }
 
-/* Drop the stored log prefix the core dropped (not during a write). */
+/* Drop the stored log prefix the core dropped, COMPACT_ROWS entries per
+ * step on the thread pool, between log writes (never during one), so that
+ * a million-entry prefix never stalls the loop or the writes. */
+#define COMPACT_ROWS 20000
+
+static void on_compacted(struct store *s, int status, const char *errmsg,
+                         void *arg)
+{
+    PZ_UNUSED(s);
+    PZ_UNUSED(arg);
+    if (status < 0) {
+        pz_error("cannot compact the Raft log: %s; stopping",
+                 errmsg ? errmsg : pz_strerror(status));
+        exit(1);
+    }
+    node.writing = false;
+    pz_failpoint("after-log-truncate");
+    if (node.closing)
+        finish_close();
+}
+
 static void compact_store(void)
 {
-    if (store_busy(node.store)) {
-        node.compact_pending = true;
+    node.compact_pending = true;
+}
+
+/* From the Ready cycle, when no log write is due: one compaction step. */
+static void compact_step(void)
+{
+    if (!node.compact_pending || node.writing || node.closing)
         return;
-    }
-    node.compact_pending = false;
     struct raft_status rs;
     raft_status(node.raft, &rs);
-    if (rs.first_index <= 1)
+    if (rs.first_index <= 1) {
+        node.compact_pending = false;
         return;
+    }
     pz_failpoint("before-log-truncate");
-    if (store_compact(node.store, rs.first_index - 1, rs.compact_term) < 0) {
+    int rv = store_compact_step(node.store, node.loop, rs.first_index - 1,
+                                COMPACT_ROWS, on_compacted, NULL);
+    if (rv < 0) {
         pz_error("cannot compact the Raft log: %s; stopping",
                  store_errmsg(node.store));
         exit(1);
     }
-    pz_failpoint("after-log-truncate");
+    if (rv == 1)
+        node.compact_pending = false; /* done */
+    else
+        node.writing = true;
 }
 
 static void snapshot_poll(void)

@@ -64,6 +64,9 @@ struct batch {
     bool reset;                       /* install: drop the whole log and
                                          move the snapshot point first */
     uint64_t reset_index, reset_term; /* the new snapshot point */
+    bool compact;                     /* drop the log up to compact_upto */
+    uint64_t compact_upto;            /* (stored, so below last_index) */
+    uint64_t compact_term;            /* read in the transaction */
     int rc;                           /* 0 or negative code */
     uint64_t commit_ns;               /* time inside COMMIT */
     uint64_t total_ns;                /* BEGIN to COMMIT */
@@ -254,12 +257,25 @@ static int meta_put_u64(struct store *s, const char *key, uint64_t v,
  * the store is busy, and the batch. */
 static int run_batch(struct store *s, struct batch *b)
 {
-    if (b->n == 0 && !b->has_hs && !b->reset)
+    if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
         return 0;
     uint64_t t0 = uv_hrtime();
     int rc = run(s, s->st_begin, b->err, "BEGIN");
     if (rc)
         goto err_in_txn;
+    if (b->compact) {
+        rc = term_at(s, b->compact_upto, &b->compact_term, b->err);
+        if (rc == 0) {
+            bind_u64(s->st_del_upto, 1, b->compact_upto);
+            rc = run(s, s->st_del_upto, b->err, "delete compacted entries");
+        }
+        if (rc == 0)
+            rc = meta_put_u64(s, "snapshot_index", b->compact_upto, b->err);
+        if (rc == 0)
+            rc = meta_put_u64(s, "snapshot_term", b->compact_term, b->err);
+        if (rc)
+            goto err_in_txn;
+    }
     if (b->reset) {
         /* An installed snapshot replaces the whole log, atomically with
          * the entries and hard state that follow it. */
@@ -343,8 +359,13 @@ static void finish_batch(struct store *s, struct batch *b)
         memcpy(s->errmsg, b->err, sizeof s->errmsg);
         return;
     }
-    if (b->n == 0 && !b->has_hs && !b->reset)
+    if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
         return;
+    if (b->compact) {
+        s->meta.snap_index = b->compact_upto;
+        s->meta.snap_term = b->compact_term;
+        return; /* not a log write: not counted as a batch */
+    }
     if (b->reset) {
         s->meta.snap_index = b->reset_index;
         s->meta.snap_term = b->reset_term;
@@ -559,6 +580,22 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
     s->w.reset = true;
     s->w.reset_index = index;
     s->w.reset_term = term;
+    return queue_batch(s, loop, cb, arg);
+}
+
+int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
+                       uint64_t max_rows, store_write_cb cb, void *arg)
+{
+    pz_assert(!s->busy);
+    if (s->failed)
+        return PZ_EIO;
+    upto = PZ_MIN(upto, s->last_index);
+    if (upto <= s->meta.snap_index)
+        return 1;
+    upto = PZ_MIN(upto, s->meta.snap_index + max_rows);
+    memset(&s->w, 0, sizeof s->w);
+    s->w.compact = true;
+    s->w.compact_upto = upto;
     return queue_batch(s, loop, cb, arg);
 }
 

@@ -160,6 +160,14 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
                         const struct raft_entry *entries, size_t n,
                         store_write_cb cb, void *arg);
 
+/* Drop stored entries up to upto (at most max_rows of them, from the
+ * current snapshot point on; never past the last stored entry) on the
+ * thread pool, moving the snapshot point there with the term stored at
+ * it: compaction in steps short enough that log writes never wait long.
+ * Returns 0 (cb later), 1 when there is nothing to drop (no cb), PZ_EIO. */
+int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
+                       uint64_t max_rows, store_write_cb cb, void *arg);
+
 /* True while a store_write is in flight. */
 bool store_busy(const struct store *s);
 
