@@ -49,12 +49,19 @@ static const char usage_text[] =
     "  set KEY VALUE    set KEY to VALUE\n"
     "  delete KEY       delete KEY\n"
     "  status           show what the node reports about the cluster\n"
+    "  members          the members as the leader sees them (a table)\n"
+    "  remove ID        remove member ID from the cluster\n"
+    "  transfer ID      hand leadership to member ID\n"
     "\n"
     "Options:\n"
     "  --mandi URL      discovery service (default $MANDI_ADDR, "
     "else " DEFAULT_MANDI ")\n"
     "  --addr HOST:PORT talk to this node's gRPC address, skip discovery\n"
     "  --timeout SECS   give up after this long (default 5)\n"
+    "  --http HOST:PORT members/remove/transfer: this node's HTTP address\n"
+    "                   (default: the leader's, from mandi)\n"
+    "  --token TOKEN    cluster token for remove/transfer "
+    "(default $PYAZDB_TOKEN)\n"
     "  -h, --help       this text\n";
 
 static uint64_t now_ms(void)
@@ -172,19 +179,28 @@ static int connect_host(const char *host, const char *port, uint64_t deadline,
 
 /* GET path from host:port. Returns the HTTP status (> 0) with the body, or
  * -1 with a message in err. */
-static int http_get(const char *host, const char *port, const char *path,
-                    uint64_t deadline, struct pz_buf *body, char *err,
-                    size_t errlen)
+static int http_request(const char *method, const char *host,
+                        const char *port, const char *path, const char *token,
+                        uint64_t deadline, struct pz_buf *body, char *err,
+                        size_t errlen)
 {
     int fd = connect_host(host, port, deadline, err, errlen);
     if (fd < 0)
         return -1;
-    char req[512];
+    char req[1024], auth[400] = "";
+    if (token && token[0])
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", token);
     int n = snprintf(req, sizeof req,
-                     "GET %s HTTP/1.1\r\nHost: %s:%s\r\n"
-                     "User-Agent: pyazdb-cli/" PZ_VERSION "\r\n"
+                     "%s %s HTTP/1.1\r\nHost: %s:%s\r\n"
+                     "User-Agent: pyazdb-cli/" PZ_VERSION "\r\n%s"
+                     "Content-Length: 0\r\n"
                      "Accept: application/json\r\nConnection: close\r\n\r\n",
-                     path, host, port);
+                     method, path, host, port, auth);
+    if (n <= 0 || (size_t)n >= sizeof req) {
+        snprintf(err, errlen, "request too long");
+        close(fd);
+        return -1;
+    }
     for (int off = 0; off < n;) {
         ssize_t w = write(fd, req + off, (size_t)(n - off));
         if (w > 0) {
@@ -250,9 +266,29 @@ static int http_get(const char *host, const char *port, const char *path,
     return status;
 }
 
-/* Ask mandi for the leader's gRPC address. Returns 0 or -1 (err set). */
+static int http_get(const char *host, const char *port, const char *path,
+                    uint64_t deadline, struct pz_buf *body, char *err,
+                    size_t errlen)
+{
+    return http_request("GET", host, port, path, NULL, deadline, body, err,
+                        errlen);
+}
+
+/* Ask mandi for the leader's gRPC (or HTTP) address. Returns 0 or -1. */
+static int discover_field(const char *mandi, const char *field,
+                          uint64_t deadline, char *addr, size_t addrlen,
+                          char *err, size_t errlen);
+
 static int discover(const char *mandi, uint64_t deadline, char *addr,
                     size_t addrlen, char *err, size_t errlen)
+{
+    return discover_field(mandi, "grpc_addr", deadline, addr, addrlen, err,
+                          errlen);
+}
+
+static int discover_field(const char *mandi, const char *field,
+                          uint64_t deadline, char *addr, size_t addrlen,
+                          char *err, size_t errlen)
 {
     char host[256], port[32], msg[300];
     struct pz_buf body;
@@ -277,11 +313,10 @@ static int discover(const char *mandi, uint64_t deadline, char *addr,
                  status);
     } else {
         cJSON *j = cJSON_Parse(body.data);
-        cJSON *g = j ? cJSON_GetObjectItemCaseSensitive(j, "grpc_addr") : NULL;
+        cJSON *g = j ? cJSON_GetObjectItemCaseSensitive(j, field) : NULL;
         if (!cJSON_IsString(g) || g->valuestring[0] == '\0') {
-            snprintf(err, errlen,
-                     "mandi at %s gave no leader grpc_addr in %.100s", mandi,
-                     body.data);
+            snprintf(err, errlen, "mandi at %s gave no leader %s in %.100s",
+                     mandi, field, body.data);
         } else {
             snprintf(addr, addrlen, "%s", g->valuestring);
             rv = 0;
@@ -424,9 +459,109 @@ static int usage_error(const char *fmt, const char *arg)
     return 1;
 }
 
+static void print_members(const char *json)
+{
+    cJSON *j = cJSON_Parse(json);
+    cJSON *ms = j ? cJSON_GetObjectItemCaseSensitive(j, "members") : NULL;
+    printf("%-16s %-6s %-6s %-22s %-22s %-22s %10s %10s\n", "ID", "VOTER",
+           "LEADER", "RAFT", "HTTP", "GRPC", "MATCH", "CONTACT");
+    cJSON *m;
+    cJSON_ArrayForEach(m, ms)
+    {
+        const char *f[4] = {"id", "raft_addr", "http_addr", "grpc_addr"};
+        const char *v[4];
+        for (int k = 0; k < 4; k++) {
+            cJSON *x = cJSON_GetObjectItemCaseSensitive(m, f[k]);
+            v[k] = cJSON_IsString(x) ? x->valuestring : "";
+        }
+        cJSON *match = cJSON_GetObjectItemCaseSensitive(m, "match_index");
+        cJSON *contact =
+            cJSON_GetObjectItemCaseSensitive(m, "last_contact_ms");
+        char mb[24] = "-", cb[24] = "-";
+        if (cJSON_IsNumber(match))
+            snprintf(mb, sizeof mb, "%.0f", match->valuedouble);
+        if (cJSON_IsNumber(contact))
+            snprintf(cb, sizeof cb, "%.0fms", contact->valuedouble);
+        printf("%-16s %-6s %-6s %-22s %-22s %-22s %10s %10s\n", v[0],
+               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "voter"))
+                   ? "yes"
+                   : "no",
+               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "leader"))
+                   ? "yes"
+                   : "",
+               v[1], v[2], v[3], mb, cb);
+    }
+    cJSON_Delete(j);
+}
+
+/* members / remove ID / transfer ID over the node's HTTP API. */
+static int membership(const char *cmd, const char *id, const char *http,
+                      const char *mandi, const char *token,
+                      uint64_t deadline)
+{
+    char err[512], target[300], host[256], path[512];
+    int port;
+    if (http) {
+        snprintf(target, sizeof target, "%s", http);
+    } else {
+        if (mandi == NULL)
+            mandi = getenv("MANDI_ADDR");
+        if (mandi == NULL || mandi[0] == '\0')
+            mandi = DEFAULT_MANDI;
+        if (discover_field(mandi, "http_addr", deadline, target,
+                           sizeof target, err, sizeof err) < 0) {
+            fprintf(stderr, "pyazdb-cli: %s\n", err);
+            return 1;
+        }
+    }
+    if (pz_split_hostport(target, host, sizeof host, &port) < 0) {
+        fprintf(stderr, "pyazdb-cli: bad HTTP address '%s'\n", target);
+        return 1;
+    }
+    if (strcmp(host, "0.0.0.0") == 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    const char *method = "GET";
+    if (cmd[0] == 'm') {
+        snprintf(path, sizeof path, "/cluster");
+    } else if (cmd[0] == 'r') {
+        method = "DELETE";
+        snprintf(path, sizeof path, "/cluster/members/%s", id);
+    } else {
+        method = "POST";
+        snprintf(path, sizeof path, "/cluster/transfer?to=%s", id);
+    }
+    struct pz_buf body;
+    int st = http_request(method, host, portstr, path, token, deadline,
+                          &body, err, sizeof err);
+    if (st < 0) {
+        fprintf(stderr, "pyazdb-cli: %s\n", err);
+        return 1;
+    }
+    pz_buf_append(&body, "", 1);
+    int code = 0;
+    if (cmd[0] == 'm' && st == 200) {
+        print_members(body.data);
+    } else if (cmd[0] != 'm' && st == 204) {
+        if (cmd[0] == 'r')
+            printf("Removed '%s'\n", id);
+        else
+            printf("Leadership transferred to '%s'\n", id);
+    } else {
+        body.data[strcspn(body.data, "\n")] = '\0';
+        fprintf(stderr, "pyazdb-cli: %s failed: HTTP %d: %s\n", cmd, st,
+                body.data);
+        code = 1;
+    }
+    pz_buf_free(&body);
+    return code;
+}
+
 int main(int argc, char **argv)
 {
-    const char *mandi = NULL, *addr_opt = NULL;
+    const char *mandi = NULL, *addr_opt = NULL, *http_opt = NULL;
+    const char *token = NULL;
     uint64_t timeout_ms = DEFAULT_TIMEOUT_MS;
     int i;
     pz_log_setup(PZ_LOG_ERROR, "pyazdb-cli");
@@ -446,12 +581,17 @@ int main(int argc, char **argv)
             val = a + nl + 1;
         else if (i + 1 < argc &&
                  (strcmp(a, "--mandi") == 0 || strcmp(a, "--addr") == 0 ||
-                  strcmp(a, "--timeout") == 0))
+                  strcmp(a, "--timeout") == 0 || strcmp(a, "--http") == 0 ||
+                  strcmp(a, "--token") == 0))
             val = argv[++i];
         if (strncmp(a, "--mandi", nl) == 0 && nl == 7 && val) {
             mandi = val;
         } else if (strncmp(a, "--addr", nl) == 0 && nl == 6 && val) {
             addr_opt = val;
+        } else if (strncmp(a, "--http", nl) == 0 && nl == 6 && val) {
+            http_opt = val;
+        } else if (strncmp(a, "--token", nl) == 0 && nl == 7 && val) {
+            token = val;
         } else if (strncmp(a, "--timeout", nl) == 0 && nl == 9 && val) {
             char *end;
             double s = strtod(val, &end);
@@ -471,6 +611,17 @@ int main(int argc, char **argv)
     const char *cmd = argv[i++];
     int nargs = argc - i;
     char **args = argv + i;
+    if (strcmp(cmd, "members") == 0 || strcmp(cmd, "remove") == 0 ||
+        strcmp(cmd, "transfer") == 0) {
+        if (nargs != (cmd[0] == 'm' ? 0 : 1))
+            return usage_error("wrong number of arguments for '%s'", cmd);
+        if (addr_opt)
+            return usage_error("'%s' talks HTTP: use --http, not --addr",
+                               cmd);
+        return membership(cmd, nargs ? args[0] : NULL, http_opt, mandi,
+                          token ? token : getenv("PYAZDB_TOKEN"),
+                          now_ms() + timeout_ms);
+    }
     const char *path;
     struct pz_buf msg;
     pz_buf_init(&msg);

@@ -1,6 +1,7 @@
 """Membership changes on a running cluster: removal of a follower and of
 the leader, leadership transfer, the member list, the cluster token."""
 import json
+import os
 import time
 
 from test_cluster import make_cluster, leader_of, put, get, wait_value
@@ -102,3 +103,38 @@ def test_forged_removal_notice_is_refused(servers):
                                      "term": "99"}))
     assert st == 400
     assert s.proc.poll() is None
+
+
+def test_cli_members_transfer_remove(servers):
+    import subprocess
+    from conftest import ROOT
+    cli = os.path.join(ROOT, "src", "pyazdb-cli")
+    nodes = make_cluster(servers, conf={"cluster-token": "tk"})
+    leader = leader_of(nodes)
+    via = f"127.0.0.1:{nodes[0].http_port}"
+
+    def run(*args, env=None):
+        e = dict(os.environ)
+        e.pop("PYAZDB_TOKEN", None)
+        e.update(env or {})
+        return subprocess.run([cli, "--http", via, *args], capture_output=True,
+                              text=True, timeout=20, env=e)
+    r = run("members")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["ID", "VOTER", "LEADER"]
+    assert {l.split()[0] for l in lines[1:]} == {"node1", "node2", "node3"}
+    target = next(s for s in nodes if s is not leader)
+    r = run("transfer", target.name)
+    assert r.returncode == 1 and "401" in r.stderr  # no token
+    r = run("--token", "tk", "transfer", target.name)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"Leadership transferred to '{target.name}'\n"
+    assert leader_of(nodes) is target
+    victim = next(s for s in nodes if s is not target and s is not nodes[0])
+    r = run("remove", victim.name, env={"PYAZDB_TOKEN": "tk"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"Removed '{victim.name}'\n"
+    assert victim.proc.wait(10) == 0
+    r = run("remove", "nobody", env={"PYAZDB_TOKEN": "tk"})
+    assert r.returncode == 1 and "No such member" in r.stderr
