@@ -108,6 +108,40 @@ def test_token_keeps_strangers_out(servers, mandis):
     assert "401" in stranger.read_log() or "unauthorized" in stranger.read_log()
 
 
+def test_writes_go_on_while_mandi_restarts(servers, mandi):
+    import threading
+    nodes = grow(servers, mandi)
+    acked, stop = [], threading.Event()
+
+    def writer():
+        n = 0
+        while not stop.is_set():
+            try:
+                if put(nodes[n % 3], f"m{n}", str(n), timeout=5)[0] == 204:
+                    acked.append(n)
+            except OSError:
+                pass
+            n += 1
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        time.sleep(0.5)
+        mandi.kill()
+        time.sleep(1.5)
+        before = len(acked)
+        mandi.start()
+        time.sleep(2.5)
+    finally:
+        stop.set()
+        t.join(30)
+    assert len(acked) > before > 0  # writes never stopped
+    leader = leader_of(nodes)
+    st, _, body = mandi.request("GET", "/leader")
+    assert st == 200 and json.loads(body)["id"] == leader.name
+    for n in acked[::7]:
+        assert get(nodes[n % 3], f"m{n}")[2] == str(n).encode()
+
+
 def test_cluster_works_without_mandi(servers, mandi):
     nodes = grow(servers, mandi)
     mandi.stop()

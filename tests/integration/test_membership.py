@@ -138,3 +138,54 @@ def test_cli_members_transfer_remove(servers):
     assert victim.proc.wait(10) == 0
     r = run("remove", "nobody", env={"PYAZDB_TOKEN": "tk"})
     assert r.returncode == 1 and "No such member" in r.stderr
+
+
+def test_five_nodes_shrink_to_three_under_writes(servers):
+    import threading
+    nodes = make_cluster(servers, n=5)
+    leader = leader_of(nodes)
+    acked = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(idx):
+        n = 0
+        while not stop.is_set():
+            k = f"s{idx}-{n}"
+            try:
+                live = [s for s in nodes if s.proc.poll() is None]
+                st, _, _ = put(live[n % len(live)], k, str(n), timeout=5)
+                if st == 204:
+                    with lock:
+                        acked[k] = str(n)
+            except OSError:
+                pass
+            n += 1
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        # remove two followers, one at a time, while the writes go on
+        for victim in [s for s in nodes if s is not leader][:2]:
+            deadline = time.time() + 20
+            while True:
+                st, _, body = leader.request(
+                    "DELETE", f"/cluster/members/{victim.name}")
+                if st == 204 or time.time() > deadline:
+                    break
+                time.sleep(0.2)  # another change may still be pending
+            assert st == 204, body
+            assert victim.proc.wait(10) == 0
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    rest = [s for s in nodes if s.proc.poll() is None]
+    assert len(rest) == 3
+    assert {m["id"] for m in members(leader)["members"]} == {s.name for s in rest}
+    assert len(acked) > 20
+    for i, s in enumerate(rest):
+        for k, v in sorted(acked.items())[i::3]:
+            assert get(s, k)[2] == v.encode(), (s.name, k)
