@@ -37,6 +37,8 @@ struct fwd_conn {
     char ctype[128];            /* its Content-Type */
     char allow[64];             /* its Allow */
     struct pz_buf body;         /* its body */
+    bool in_parse;              /* inside llhttp_execute: don't free */
+    bool dead;                  /* failed; freed once out of the parser */
 };
 
 static struct pz_queue conns = {&conns, &conns};
@@ -115,14 +117,29 @@ static int on_message_complete(llhttp_t *p)
                       fc->body.len);
         r->cb(r, 0);
     }
+    if (fc->dead)
+        return -1; /* the callback shut us down: stop parsing */
     fc->ctype[0] = fc->allow[0] = '\0';
     pz_buf_reset(&fc->body);
     return 0;
 }
 
-/* Fail every slot and forget the connection. */
+static void fc_free(struct fwd_conn *fc)
+{
+    pz_buf_free(&fc->field);
+    pz_buf_free(&fc->value);
+    pz_buf_free(&fc->body);
+    pz_free(fc);
+}
+
+/* Fail every slot and forget the connection. A callback may get here
+ * while the parser runs on fc (a reply that shuts the server down): then
+ * on_data frees fc once the parser has returned. */
 static void fc_fail(struct fwd_conn *fc)
 {
+    if (fc->dead)
+        return;
+    fc->dead = true;
     pz_queue_remove(&fc->q);
     if (fc->c) {
         fc->c->proto = NULL;
@@ -140,10 +157,8 @@ static void fc_fail(struct fwd_conn *fc)
             r->cb(r, PZ_EIO);
         }
     }
-    pz_buf_free(&fc->field);
-    pz_buf_free(&fc->value);
-    pz_buf_free(&fc->body);
-    pz_free(fc);
+    if (!fc->in_parse)
+        fc_free(fc);
 }
 
 static void on_data(struct conn *c, const char *data, size_t len)
@@ -151,7 +166,13 @@ static void on_data(struct conn *c, const char *data, size_t len)
     struct fwd_conn *fc = c->proto;
     if (fc == NULL)
         return;
+    fc->in_parse = true;
     llhttp_errno_t e = llhttp_execute(&fc->parser, data, len);
+    fc->in_parse = false;
+    if (fc->dead) {
+        fc_free(fc);
+        return;
+    }
     if (e != HPE_OK) {
         pz_warn("forwarding to %s: bad response (%s)", fc->addr,
                 llhttp_errno_name(e));

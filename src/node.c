@@ -311,17 +311,17 @@ static void fail_all(struct pz_queue *list, int status)
                  status);
 }
 
-/* Requests are linked in arrival order, so each list's deadlines rise:
- * only heads need looking at. */
+/* Fail the requests of list past their deadline. Lists are not always in
+ * deadline order (writes are kept in index order), so all are looked at. */
 static void expire(struct pz_queue *list, int status)
 {
     uint64_t now = uv_now(node.loop);
-    while (!pz_queue_empty(list)) {
-        struct node_req *r =
-            container_of(pz_queue_head(list), struct node_req, q);
-        if (r->deadline > now)
-            break;
-        req_done(r, status);
+    struct pz_queue *e = list->next;
+    while (e != list) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        if (r->deadline <= now)
+            req_done(r, status);
     }
 }
 
@@ -711,6 +711,10 @@ static void on_tick(uv_timer_t *t)
     expire(&node.reads_apply, PZ_ETIMEDOUT);
     expire(&node.wait_leader, PZ_ENOLEADER);
     expire(&node.transfers, PZ_ETIMEDOUT);
+    /* Reads the leader refused (it has not committed in its term yet)
+     * wait here with a leader known: retry them, once per tick. */
+    if (node.leader)
+        fail_all(&node.wait_leader, 0);
     /* Once a second: membership housekeeping. */
     if (++node.ticks % (unsigned)PZ_MAX(1, 1000 / node.tick_ms) == 0)
         membership_cron();
@@ -1229,16 +1233,16 @@ void node_close(void (*cb)(void))
     fail_all(&node.reads_apply, PZ_ESHUTDOWN);
     fail_all(&node.wait_leader, PZ_ESHUTDOWN);
     fail_all(&node.transfers, PZ_ESHUTDOWN);
+    fail_all(&node.snap_waiters, PZ_ESHUTDOWN);
     while (!pz_queue_empty(&node.done)) {
         struct node_req *r =
             container_of(pz_queue_head(&node.done), struct node_req, q);
         pz_queue_remove(&r->q);
         r->queued = false;
-        r->cb(r, r->status ? r->status : PZ_ESHUTDOWN);
+        r->cb(r, r->status);
     }
     uv_timer_stop(&node.tick);
     snapshot_child_kill(&node.snap_child);
-    fail_all(&node.snap_waiters, PZ_ESHUTDOWN);
     rx_abort();
     while (node.xfers)
         xfer_free_all_one();
@@ -1456,6 +1460,10 @@ static void on_compacted(struct store *s, int status, const char *errmsg,
     }
     node.writing = false;
     pz_failpoint("after-log-truncate");
+    if (node.cluster_id_unsaved) {
+        node.cluster_id_unsaved = false;
+        on_cluster_id(NULL, node.cluster_id);
+    }
     if (node.closing)
         finish_close();
 }
