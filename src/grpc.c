@@ -1327,33 +1327,6 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error,
     return 0;
 }
 
-/* --- allocation through pz_malloc ------------------------------------- */
-
-static void *ng_malloc(size_t n, void *ud)
-{
-    PZ_UNUSED(ud);
-    return pz_malloc(n ? n : 1);
-}
-
-static void ng_free(void *p, void *ud)
-{
-    PZ_UNUSED(ud);
-    pz_free(p);
-}
-
-static void *ng_calloc(size_t n, size_t size, void *ud)
-{
-    PZ_UNUSED(ud);
-    return pz_calloc(n ? n : 1, size ? size : 1);
-}
-
-static void *ng_realloc(void *p, size_t n, void *ud)
-{
-    PZ_UNUSED(ud);
-    return pz_realloc(p, n ? n : 1);
-}
-
-static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
 
 /* --- connections -------------------------------------------------------- */
 
@@ -1366,7 +1339,8 @@ static int on_open(struct conn *c)
     pz_queue_init(&s->streams);
     pz_queue_init(&s->dirty_q);
     pz_queue_init(&s->held);
-    if (nghttp2_session_server_new3(&s->ng, callbacks, s, NULL, &ng_mem) != 0) {
+    if (nghttp2_session_server_new3(&s->ng, callbacks, s, NULL,
+                                    grpc_nghttp2_mem()) != 0) {
         pz_free(s);
         return PZ_ENOMEM;
     }

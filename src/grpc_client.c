@@ -89,6 +89,11 @@ static void *ng_realloc(void *p, size_t n, void *ud)
 
 static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
 
+nghttp2_mem *grpc_nghttp2_mem(void)
+{
+    return &ng_mem;
+}
+
 /* --- calls -----------------------------------------------------------------
  */
 

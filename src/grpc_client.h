@@ -22,6 +22,7 @@
 #ifndef PZ_GRPC_CLIENT_H
 #define PZ_GRPC_CLIENT_H
 
+#include <nghttp2/nghttp2.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -102,5 +103,9 @@ void grpc_client_cancel(struct grpc_call *call);
 size_t grpc_client_active(const struct grpc_client *cl);
 /* Connections ever opened by this client (for tests). */
 uint64_t grpc_client_connects(const struct grpc_client *cl);
+
+/* nghttp2's allocator, through pz_malloc (abort on OOM, fault injection):
+ * for every nghttp2 session of the process, client or server. */
+nghttp2_mem *grpc_nghttp2_mem(void);
 
 #endif

@@ -127,7 +127,7 @@ static void on_chunk(void *data, uint64_t from,
                      const struct raft_snap_chunk *c);
 static void on_peer_link(void *data, uint64_t id, bool connected);
 static void rx_abort(void);
-static void xfer_free_all_one(void);
+static void xfer_free(struct xfer *x, bool ok);
 
 static uint64_t name_to_id(const char *name)
 {
@@ -346,9 +346,8 @@ static void on_notice_sent(struct fwd_req *f, int status)
     pz_free(n);
 }
 
-static void notify_removed(uint64_t id, const struct member *m)
+static void notify_removed(const struct member *m)
 {
-    PZ_UNUSED(id);
     if (m == NULL || m->http[0] == '\0')
         return;
     struct removal_notice *n = pz_calloc(1, sizeof *n);
@@ -444,7 +443,7 @@ static void conf_committed(const struct raft_entry *e)
         if (id != node.id && member_find(id) == NULL)
             transport_remove_peer(node.tr, id);
         if (id != node.id && node.role == RAFT_LEADER)
-            notify_removed(id, m);
+            notify_removed(m);
     }
     pz_free(node.committed_ids);
     node.committed_ids = pz_calloc(c.n ? c.n : 1, sizeof(uint64_t));
@@ -1245,7 +1244,7 @@ void node_close(void (*cb)(void))
     snapshot_child_kill(&node.snap_child);
     rx_abort();
     while (node.xfers)
-        xfer_free_all_one();
+        xfer_free(node.xfers, false);
     if (node.writing) {
         /* The store cannot close under a write in flight: on_written
          * finishes the close. */
@@ -1586,11 +1585,6 @@ static void xfer_free(struct xfer *x, bool ok)
     snapshot_reader_close(x->reader);
     pz_free(x->conf.data);
     pz_free(x);
-}
-
-static void xfer_free_all_one(void)
-{
-    xfer_free(node.xfers, false);
 }
 
 static void xfer_start(const struct raft_msg *m)
