@@ -117,7 +117,9 @@ def test_leader_kill_failover_and_catch_up(cluster):
         time.sleep(0.02)
     assert ok is not None, "no write succeeded after the leader was killed"
     print(f"failover: first successful write {ok:.2f}s after kill -9")
-    assert ok < 3.0
+    # 1-2 s here (scripts/bench-cluster.sh measures it); the bound leaves
+    # room for a split pre-vote and a loaded machine stretching the timers
+    assert ok < 6.0
     new_leader = leader_of(cluster, exclude=(leader,))
     assert new_leader is not leader
     # the old leader restarts and catches up

@@ -190,18 +190,32 @@ def test_idle_client_is_disconnected(servers):
 
 def test_max_clients(servers):
     s = servers(conf={"max-clients": "2"})
-    time.sleep(0.3)  # let the readiness probe's connection be reaped
-    a = http.client.HTTPConnection("127.0.0.1", s.http_port, timeout=5)
-    b = http.client.HTTPConnection("127.0.0.1", s.http_port, timeout=5)
-    for c in (a, b):  # both accepted and served, kept open
-        c.request("GET", "/health")
-        assert c.getresponse().read() == b"ok\n"
+    # A connection the client closed still counts until the server has
+    # seen the close: retry until two are served (the readiness probe's
+    # may linger for a moment).
+    deadline = time.time() + 5
+    while True:
+        a = http.client.HTTPConnection("127.0.0.1", s.http_port, timeout=5)
+        b = http.client.HTTPConnection("127.0.0.1", s.http_port, timeout=5)
+        got = []
+        for c in (a, b):  # both accepted and served, kept open
+            c.request("GET", "/health")
+            r = c.getresponse()
+            got.append((r.status, r.read()))
+        if got == [(200, b"ok\n")] * 2:
+            break
+        a.close()
+        b.close()
+        assert time.time() < deadline, got
+        time.sleep(0.05)
     out = raw(s, b"GET /health HTTP/1.1\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 503") and b"Too many clients" in out
     a.close()
     b.close()
-    time.sleep(0.2)
-    assert s.request("GET", "/health")[0] == 200
+    deadline = time.time() + 5
+    while s.request("GET", "/health")[0] != 200:  # once the closes are seen
+        assert time.time() < deadline
+        time.sleep(0.05)
 
 
 def test_curl_set_get_delete(server):

@@ -58,7 +58,7 @@ def test_nodes_join_through_mandi(servers, mandi):
     for s in nodes:
         wait_value(s, "joined", "yes")
     # served join requests are deleted once the node votes
-    deadline = time.time() + 10
+    deadline = time.time() + 20
     while time.time() < deadline:
         st, _, body = mandi.request("GET", "/join-requests")
         if json.loads(body) == []:
@@ -136,10 +136,22 @@ def test_writes_go_on_while_mandi_restarts(servers, mandi):
         t.join(30)
     assert len(acked) > before > 0  # writes never stopped
     leader = leader_of(nodes)
-    st, _, body = mandi.request("GET", "/leader")
-    assert st == 200 and json.loads(body)["id"] == leader.name
+    wait_mandi_leader(mandi, leader)
     for n in acked[::7]:
         assert get(nodes[n % 3], f"m{n}")[2] == str(n).encode()
+
+
+def wait_mandi_leader(mandi, leader, timeout=15):
+    """The leader registers every 2 s: poll mandi until it names leader."""
+    deadline = time.time() + timeout
+    got = None
+    while time.time() < deadline:
+        st, _, body = mandi.request("GET", "/leader")
+        got = (st, body)
+        if st == 200 and json.loads(body)["id"] == leader.name:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"mandi never named {leader.name}: {got}")
 
 
 def test_cluster_works_without_mandi(servers, mandi):
@@ -164,10 +176,4 @@ def test_cluster_works_without_mandi(servers, mandi):
     # a restarted mandi learns the leader again within a registration period
     mandi.start()
     new_leader = leader_of(nodes, exclude=(leader,))
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        st, _, body = mandi.request("GET", "/leader")
-        if st == 200 and json.loads(body)["id"] == new_leader.name:
-            break
-        time.sleep(0.2)
-    assert st == 200 and json.loads(body)["id"] == new_leader.name
+    wait_mandi_leader(mandi, new_leader)

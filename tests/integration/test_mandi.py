@@ -159,15 +159,18 @@ def test_stale_term_is_refused(mandi):
 
 def test_leader_expires(mandis):
     # A long sweep interval: expiry must hold between sweeps too.
-    m = mandis(conf={"mandi-leader-ttl": "400ms",
+    # A TTL long enough that the "still there" checks hold on a loaded
+    # machine (each has 0.8 s to spare); sleeps only overshoot, which the
+    # "gone" checks do not mind.
+    m = mandis(conf={"mandi-leader-ttl": "2s",
                      "mandi-sweep-interval": "1m"})
     assert put_leader(m, dict(LEADER, term=7))[0] == 204
     assert m.request("GET", "/leader")[0] == 200
-    time.sleep(0.25)
+    time.sleep(1.2)
     assert put_leader(m, dict(LEADER, term=7))[0] == 204  # refresh
-    time.sleep(0.25)
-    assert m.request("GET", "/leader")[0] == 200  # 500 ms after the first
-    time.sleep(0.3)
+    time.sleep(1.2)
+    assert m.request("GET", "/leader")[0] == 200  # 2.4 s after the first
+    time.sleep(1.6)
     st, _, body = m.request("GET", "/leader")
     assert st == 404 and body == b"leader not available\n"
     # An expired leader's term no longer blocks a lower one.
@@ -258,14 +261,14 @@ def test_post_join_bad_body(mandi, body, reason):
 
 
 def test_join_requests_expire(mandis):
-    m = mandis(conf={"mandi-join-ttl": "400ms",
+    m = mandis(conf={"mandi-join-ttl": "2s",
                      "mandi-sweep-interval": "1m"})
     assert post_join(m, {"id": "node2", "addr": "a:1"})[0] == 204
-    time.sleep(0.25)
+    time.sleep(1.2)
     assert post_join(m, {"id": "node3", "addr": "b:1"})[0] == 204
-    time.sleep(0.25)
+    time.sleep(1.2)
     assert [x["id"] for x in get_json(m, "/join-requests")] == ["node3"]
-    time.sleep(0.25)
+    time.sleep(1.2)
     assert m.request("GET", "/join-requests")[2] == b"[]\n"
 
 

@@ -41,9 +41,26 @@ def write_many(node, keys, threads=8):
     return acked
 
 
+def read_barrier(node, deadline):
+    """A linearizable read on node: once it answers, the node has applied
+    everything the leader had committed, including what a restart left
+    past the persisted commit index (applied when the new term's no-op
+    commits). 200 and 404 both count; 503 (no leader yet) is retried."""
+    while time.time() < deadline:
+        try:
+            if get(node, "barrier", timeout=3)[0] in (200, 404):
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{node.name}: no linearizable read succeeded")
+
+
 def settled(nodes, timeout=30):
     """Wait until every node applied the same index; return the statuses."""
     deadline = time.time() + timeout
+    for s in nodes:
+        read_barrier(s, deadline)
     sts = None
     while time.time() < deadline:
         sts = [s.status() for s in nodes]
@@ -52,6 +69,18 @@ def settled(nodes, timeout=30):
             return sts
         time.sleep(0.2)
     raise AssertionError(f"nodes never agreed: {sts}")
+
+
+def wait_snapshot_index(nodes, above, timeout=15):
+    """Snapshots are written by a forked child and recorded on a later
+    tick; followers apply on later heartbeats: poll."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = [s.status()["snapshot_index"] for s in nodes]
+        if min(got) > above:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"snapshot_index {got}, expected > {above}")
 
 
 def test_restart_after_snapshots_keeps_every_key(servers):
@@ -92,7 +121,7 @@ def test_lagging_node_catches_up_by_install_snapshot(servers):
     acked = write_many(leader, [f"k{i}" for i in range(3000)])
     assert len(acked) == 3000
     live = [s for s in nodes if s is not lagging]
-    assert min(s.status()["snapshot_index"] for s in live) > 1000
+    wait_snapshot_index(live, 1000)
     lagging.start()
     sts = settled(nodes)
     assert sts[0]["keys"] == 3001
@@ -212,7 +241,7 @@ def test_new_node_joins_a_compacted_cluster_by_snapshot(servers, mandi):
     nodes = grow(servers, mandi, n=2, conf=conf)
     leader = leader_of(nodes)
     assert len(write_many(leader, [f"j{i}" for i in range(2000)])) == 2000
-    assert leader.status()["snapshot_index"] > 1000
+    wait_snapshot_index([leader], 1000)
     new = start_joining(servers, mandi, "node3", conf)
     wait_voters(leader, ["node1", "node2", "node3"])
     sts = settled(nodes + [new])

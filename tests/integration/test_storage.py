@@ -77,7 +77,8 @@ def test_node_of_another_cluster_is_refused(servers):
     stranger.start(wait=False)
     deadline = time.time() + 10
     while time.time() < deadline:
-        if "cluster id mismatch" in nodes[0].read_log():
+        if "cluster id mismatch" in nodes[0].read_log() and \
+                "refused us" in stranger.read_log():
             break
         time.sleep(0.1)
     assert "cluster id mismatch" in nodes[0].read_log()
