@@ -166,11 +166,22 @@ static void on_read_ready(struct node_req *req, int status)
 static void on_write_done(struct node_req *req, int status)
 {
     struct http_conn *h = container_of(req, struct http_conn, req);
+    bool ka = keep_alive(h);
+    if (h->op.kind == HTTP_OP_REMOVE &&
+        (status == PZ_EBUSY || status == PZ_ENOTFOUND)) {
+        /* a removal that waited for another change (node_remove_member) */
+        reply_text(h, status == PZ_EBUSY ? 409 : 404,
+                   status == PZ_EBUSY
+                       ? "Another membership change is in progress"
+                       : "No such member",
+                   NULL, !ka);
+        finish(h, !ka);
+        return;
+    }
     if (status < 0) {
         reply_node_error(h, status);
         return;
     }
-    bool ka = keep_alive(h);
     reply(h, 204, NULL, NULL, 0, NULL, !ka);
     finish(h, !ka);
 }

@@ -73,6 +73,7 @@ struct node {
     struct pz_queue reads_apply; /* reads waiting for applied >= index */
     struct pz_queue wait_leader; /* requests waiting for a leader */
     struct pz_queue transfers;   /* transfer requests: index = target id */
+    struct pz_queue conf_wait;   /* removals waiting to start: ctx = id */
     struct pz_queue done;        /* requests to call back */
     uint64_t read_ctx;           /* last ReadIndex context used */
     uint64_t applied;            /* last index applied to kv */
@@ -661,6 +662,7 @@ static void on_recv(void *data, const struct raft_msg *m)
 }
 
 static void join_cron(void);
+static void conf_wait_retry(void);
 
 /* A non-voter is promoted once its log is within PROMOTE_SLACK entries of
  * the leader's for PROMOTE_CHECKS consecutive seconds (it has caught up
@@ -710,6 +712,8 @@ static void on_tick(uv_timer_t *t)
     expire(&node.reads_apply, PZ_ETIMEDOUT);
     expire(&node.wait_leader, PZ_ENOLEADER);
     expire(&node.transfers, PZ_ETIMEDOUT);
+    expire(&node.conf_wait, PZ_EBUSY);
+    conf_wait_retry();
     /* Reads the leader refused (it has not committed in its term yet)
      * wait here with a leader known: retry them, once per tick. */
     if (node.leader)
@@ -838,11 +842,51 @@ int node_remove_member(struct node_req *req, const char *name,
         return PZ_ENOTFOUND;
     struct raft_conf_change cc = {.type = RAFT_CC_REMOVE, .id = m->id};
     rv = raft_propose_conf(node.raft, &cc, &req->index, &req->term);
+    if (rv == PZ_EBUSY) {
+        /* Another change (or a transfer) is in flight, or we were elected
+         * a moment ago and have not committed in our term yet: both end
+         * within a round trip or two, so wait (up to request-timeout)
+         * rather than make the caller retry. */
+        pz_info("removing member %s: waiting for the change in progress",
+                name);
+        req->ctx = m->id;
+        req_link(&node.conf_wait, req);
+        return 0;
+    }
     if (rv < 0)
         return rv;
     pz_info("removing member %s", name);
     proposal_link(req);
     return 0;
+}
+
+/* Once a tick: start the removals that waited for a change in progress.
+ * A node that lost the leadership meanwhile answers "not the leader". */
+static void conf_wait_retry(void)
+{
+    struct pz_queue *e = node.conf_wait.next;
+    while (e != &node.conf_wait) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        int rv = leader_only();
+        if (rv == 0) {
+            struct raft_conf_change cc = {.type = RAFT_CC_REMOVE,
+                                          .id = r->ctx};
+            rv = raft_propose_conf(node.raft, &cc, &r->index, &r->term);
+            if (rv == PZ_EBUSY)
+                continue;
+        }
+        if (rv < 0) {
+            req_done(r, rv == PZ_EINVAL ? PZ_ENOTFOUND : rv);
+            continue;
+        }
+        pz_queue_remove(&r->q);
+        r->queued = false;
+        struct member *m = member_find(r->ctx);
+        pz_info("removing member %s", m ? m->name : "?");
+        r->ctx = 0;
+        proposal_link(r);
+    }
 }
 
 int node_transfer(struct node_req *req, const char *name, node_req_cb cb)
@@ -1087,6 +1131,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
     pz_queue_init(&node.reads_apply);
     pz_queue_init(&node.wait_leader);
     pz_queue_init(&node.transfers);
+    pz_queue_init(&node.conf_wait);
     pz_queue_init(&node.snap_waiters);
     pz_queue_init(&node.done);
 
@@ -1232,6 +1277,7 @@ void node_close(void (*cb)(void))
     fail_all(&node.reads_apply, PZ_ESHUTDOWN);
     fail_all(&node.wait_leader, PZ_ESHUTDOWN);
     fail_all(&node.transfers, PZ_ESHUTDOWN);
+    fail_all(&node.conf_wait, PZ_ESHUTDOWN);
     fail_all(&node.snap_waiters, PZ_ESHUTDOWN);
     while (!pz_queue_empty(&node.done)) {
         struct node_req *r =

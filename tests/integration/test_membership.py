@@ -189,3 +189,66 @@ def test_five_nodes_shrink_to_three_under_writes(servers):
     for i, s in enumerate(rest):
         for k, v in sorted(acked.items())[i::3]:
             assert get(s, k)[2] == v.encode(), (s.name, k)
+
+
+def test_removal_waits_for_a_change_in_progress(servers):
+    import signal
+    import threading
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    stopped, other = [s for s in nodes if s is not leader]
+    # A transfer to a stopped node stays in flight for an election timeout
+    # (then the leader gives it up): a removal asked meanwhile waits for
+    # it rather than failing, then goes through.
+    stopped.proc.send_signal(signal.SIGSTOP)
+    try:
+        got = {}
+        t = threading.Thread(target=lambda: got.update(transfer=leader.request(
+            "POST", f"/cluster/transfer?to={stopped.name}")))
+        t.start()
+        deadline = time.time() + 5
+        while "transferring leadership" not in leader.read_log():
+            assert time.time() < deadline
+            time.sleep(0.02)
+        st, _, body = leader.request("DELETE",
+                                     f"/cluster/members/{stopped.name}")
+        assert st == 204, body
+        t.join(10)
+        assert got["transfer"][0] == 503  # the target never answered
+        assert "waiting for the change in progress" in leader.read_log()
+        assert {m["id"] for m in members(leader)["members"]} == \
+            {leader.name, other.name}
+        assert put(leader, "after-removal", "1")[0] == 204
+        wait_value(other, "after-removal", "1")
+    finally:
+        stopped.proc.send_signal(signal.SIGCONT)
+
+
+def test_removal_gives_up_after_request_timeout(servers):
+    import signal
+    import threading
+    # the transfer holds for an election timeout (2 s here), longer than
+    # the removal may wait (300 ms)
+    nodes = make_cluster(servers, conf={"request-timeout": "300ms",
+                                        "election-timeout": "2s"})
+    leader = leader_of(nodes, timeout=20)
+    stopped = next(s for s in nodes if s is not leader)
+    stopped.proc.send_signal(signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=lambda: leader.request(
+            "POST", f"/cluster/transfer?to={stopped.name}"))
+        t.start()
+        deadline = time.time() + 5
+        while "transferring leadership" not in leader.read_log():
+            assert time.time() < deadline
+            time.sleep(0.02)
+        st, _, body = leader.request("DELETE",
+                                     f"/cluster/members/{stopped.name}")
+        assert (st, body) == \
+            (409, b"Another membership change is in progress\n")
+        t.join(10)
+    finally:
+        stopped.proc.send_signal(signal.SIGCONT)
+    # nothing changed, and the cluster still works
+    assert len(members(leader)["members"]) == 3
+    assert put(leader_of(nodes, timeout=20), "still", "ok")[0] == 204
