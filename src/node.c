@@ -93,7 +93,7 @@ struct node {
     uint64_t *committed_ids;     /* members as of the last committed conf */
     size_t n_committed_ids;      /* entries in committed_ids */
     bool removed;                /* this node left the configuration */
-    unsigned ticks;              /* ticks since start (for periodic work) */
+    uint64_t cron_at;            /* uv_now() of the next membership_cron */
     unsigned seconds;            /* membership_cron runs so far */
     struct mandi_client *mandi;  /* discovery service client */
     uint64_t mandi_put;          /* PUT /leader in flight (request id) */
@@ -718,9 +718,13 @@ static void on_tick(uv_timer_t *t)
      * wait here with a leader known: retry them, once per tick. */
     if (node.leader)
         fail_all(&node.wait_leader, 0);
-    /* Once a second: membership housekeeping. */
-    if (++node.ticks % (unsigned)PZ_MAX(1, 1000 / node.tick_ms) == 0)
+    /* Once a second of the clock (not of ticks, which run late on a loaded
+     * machine): membership housekeeping, mandi registration and polling. */
+    uint64_t now = uv_now(node.loop);
+    if (now >= node.cron_at) {
+        node.cron_at = now + 1000;
         membership_cron();
+    }
 }
 
 void node_before_sleep(void)
@@ -1205,6 +1209,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
         pz_warn("cluster-token is not set: anyone who can reach this node "
                 "can join the cluster or change its membership");
     uv_timer_init(loop, &node.tick);
+    node.cron_at = uv_now(loop) + 1000;
     uv_timer_start(&node.tick, on_tick, node.tick_ms, node.tick_ms);
     node.open = true;
     /* A lone voter need not wait for an election timeout. */
