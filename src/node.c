@@ -52,6 +52,7 @@ struct member {
     char *http;         /* HTTP address, "" if unknown */
     char *grpc;         /* gRPC address, "" if unknown */
     bool voter;         /* in the current configuration */
+    uint64_t told_ms;   /* departed: uv_now() of the last removal notice */
 };
 
 struct node {
@@ -128,6 +129,7 @@ static void on_chunk(void *data, uint64_t from,
                      const struct raft_snap_chunk *c);
 static void on_peer_link(void *data, uint64_t id, bool connected);
 static void rx_abort(void);
+static bool remind_departed(uint64_t id);
 static void xfer_free(struct xfer *x, bool ok);
 
 static uint64_t name_to_id(const char *name)
@@ -246,7 +248,9 @@ static void on_peer_info(void *data, uint64_t id, const char *name,
     if (m == NULL) {
         /* Not in our configuration (yet): a joining node hears from the
          * leader before it has the log that lists it. Make it possible to
-         * answer. */
+         * answer. Or a removed member that missed its notice. */
+        if (remind_departed(id))
+            return;
         if (raft && raft[0] && id != node.id)
             transport_set_peer(node.tr, id, raft);
         return;
@@ -341,16 +345,18 @@ static void on_notice_sent(struct fwd_req *f, int status)
 {
     struct removal_notice *n = container_of(f, struct removal_notice, fwd);
     if (status < 0 || f->http_status != 204)
-        pz_info("could not tell %s it was removed (%s); it stays idle",
+        pz_info("could not tell %s it was removed (%s); will tell it again "
+                "if it contacts this leader",
                 n->name, status < 0 ? "unreachable" : "refused");
     pz_buf_free(&f->body);
     pz_free(n);
 }
 
-static void notify_removed(const struct member *m)
+static void notify_removed(struct member *m)
 {
     if (m == NULL || m->http[0] == '\0')
         return;
+    m->told_ms = uv_now(node.loop);
     struct removal_notice *n = pz_calloc(1, sizeof *n);
     snprintf(n->name, sizeof n->name, "%s", m->name);
     struct raft_status rs;
@@ -367,6 +373,34 @@ static void notify_removed(const struct member *m)
     }
 }
 
+/* A removed member that missed its notice (down or cut off when the
+ * removal committed) still thinks it belongs: once its election timer
+ * fires it dials the members it knows. When it reaches the leader, tell
+ * it again, at most every REMIND_MS. Only the leader does, and only for a
+ * removal it saw commit: a follower may lag behind a member's addition. */
+#define REMIND_MS 5000
+
+static bool remind_departed(uint64_t id)
+{
+    for (size_t i = 0; i < node.n_committed_ids; i++)
+        if (node.committed_ids[i] == id)
+            return false; /* a member as far as the committed log says */
+    for (size_t i = 0; i < node.n_departed; i++) {
+        struct member *d = &node.departed[i];
+        if (d->id != id)
+            continue;
+        uint64_t now = uv_now(node.loop);
+        if (node.role != RAFT_LEADER ||
+            (d->told_ms != 0 && now - d->told_ms < REMIND_MS))
+            return true;
+        pz_info("removed member %s is still talking to us: telling it again",
+                d->name);
+        notify_removed(d);
+        return true;
+    }
+    return false;
+}
+
 int node_removed_notice(const char *id, const char *leader, uint64_t term)
 {
     if (strcmp(id, node.cfg->node_id) != 0)
@@ -375,8 +409,12 @@ int node_removed_notice(const char *id, const char *leader, uint64_t term)
     raft_status(node.raft, &rs);
     struct member *lm = member_find(node.leader);
     bool from_leader = lm && strcmp(lm->name, leader) == 0;
-    if (!from_leader && term <= rs.term)
-        return PZ_EINVAL; /* not the leader we know, and no newer term */
+    /* From the leader we know, or a newer term, or our own term when we
+     * know no leader (a restarted node that was removed while down). */
+    if (!from_leader && term < rs.term)
+        return PZ_EINVAL;
+    if (!from_leader && term == rs.term && node.leader != 0)
+        return PZ_EINVAL; /* another leader in our term: stale or forged */
     if (!node.removed) {
         node.removed = true;
         pz_warn("removed from the cluster by %s in term %llu: stopping",
@@ -656,6 +694,8 @@ static void on_recv(void *data, const struct raft_msg *m)
     PZ_UNUSED(data);
     if (!node.open)
         return; /* closing: the core is about to go */
+    if (member_find(m->from) == NULL)
+        remind_departed(m->from);
     if (!install_msg_ready(m))
         return; /* its file did not arrive whole: the leader retries */
     raft_step(node.raft, m);

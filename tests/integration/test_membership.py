@@ -98,6 +98,12 @@ def test_forged_removal_notice_is_refused(servers):
                             json.dumps({"id": s.name, "leader": "mallory",
                                         "term": "0"}))
     assert (st, body) == (400, b"Notice does not apply\n")
+    # our own term, but not the leader we know of
+    term = s.status()["term"]
+    st, _, body = s.request("POST", "/cluster/removed",
+                            json.dumps({"id": s.name, "leader": "mallory",
+                                        "term": str(term)}))
+    assert (st, body) == (400, b"Notice does not apply\n")
     st, _, _ = s.request("POST", "/cluster/removed",
                          json.dumps({"id": "someone-else", "leader": "x",
                                      "term": "99"}))
@@ -252,3 +258,25 @@ def test_removal_gives_up_after_request_timeout(servers):
     # nothing changed, and the cluster still works
     assert len(members(leader)["members"]) == 3
     assert put(leader_of(nodes, timeout=20), "still", "ok")[0] == 204
+
+
+def test_removed_node_that_was_down_is_told_when_it_returns(servers):
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    gone = next(s for s in nodes if s is not leader)
+    assert put(leader, "k", "1")[0] == 204
+    gone.kill()  # down when the removal commits: the notice cannot reach it
+    st, _, body = leader.request("DELETE", f"/cluster/members/{gone.name}")
+    assert st == 204, body
+    deadline = time.time() + 10
+    while "could not tell" not in leader.read_log():
+        assert time.time() < deadline, leader.read_log()
+        time.sleep(0.05)
+    # back with its old data, it still believes it is a member; when its
+    # election timer fires it contacts the leader, which tells it again
+    gone.start()
+    assert gone.proc.wait(20) == 0
+    assert "removed from the cluster" in gone.read_log()
+    assert "telling it again" in leader.read_log()
+    assert {m["id"] for m in members(leader)["members"]} == \
+        {s.name for s in nodes if s is not gone}
