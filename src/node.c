@@ -661,8 +661,16 @@ static void ready_cycle(void)
         send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
         raft_advance(node.raft, rd);
     }
-    if (!node.writing && !raft_has_ready(node.raft))
+    if (node.writing) {
+        /* The leader replicates while its own write is in flight
+         * (raft_take_msgs): heartbeats keep flowing through a slow fsync
+         * and followers start on new entries at once. */
+        const struct raft_msg *msgs;
+        size_t n = raft_take_msgs(node.raft, &msgs);
+        send_all(msgs, n);
+    } else if (!raft_has_ready(node.raft)) {
         compact_step();
+    }
 }
 
 static void on_written(struct store *s, int status, const char *errmsg,

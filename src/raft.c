@@ -316,6 +316,8 @@ struct raft {
 
     struct msgvec out;             /* messages to send now */
     struct msgvec out_after;       /* messages to send after persisting */
+    struct msgvec taken;           /* raft_take_msgs' last hand-out */
+    uint64_t durable_term;         /* term of the last advanced Ready */
     struct raft_read_state *rs;    /* confirmed reads */
     size_t n_rs, cap_rs;           /* used, allocated */
     uint64_t *dropped;             /* ctx of dropped local reads */
@@ -1086,7 +1088,12 @@ static void campaign(struct raft *r, bool pre_vote, bool transfer)
         r->vote = r->id;
         vote_term = r->term;
     }
-    vote_record(r, r->id, true);
+    /* A candidate's vote for itself counts once it is durable (see
+     * raft_advance): a lone voter would otherwise lead at once, and if it
+     * crashed before its new term reached the disk it could lead the same
+     * term again with another log, after non-voters had heard from it. */
+    if (pre_vote || r->durable_term == r->term)
+        vote_record(r, r->id, true);
     if (vote_tally(r) == 1) {
         election_won(r);
         return;
@@ -1557,6 +1564,7 @@ void raft_free(struct raft *r)
     msgvec_free(&r->rd_after);
     msgvec_free(&r->out);
     msgvec_free(&r->out_after);
+    msgvec_free(&r->taken);
     log_free(&r->log);
     raft_conf_free(&r->conf);
     raft_conf_free(&r->snap.conf);
@@ -1636,6 +1644,7 @@ int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
     r->fresh = false;
     r->term = hs->term;
     r->vote = hs->vote;
+    r->durable_term = hs->term;
     if (si > 0)
         snap_set(r, si, st, &sc);
     raft_conf_free(&sc);
@@ -2191,16 +2200,39 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
     r->in_flight = true;
 }
 
+/* Thesis §10.2.1: "the leader can write to its disk in parallel with
+ * replicating to the followers". A leader whose term (and so its vote for
+ * itself) is durable sends nothing that depends on the Ready in flight:
+ * its AppendEntries may carry entries it has not persisted yet (it counts
+ * itself for them only once they are), heartbeats and TimeoutNow claim
+ * nothing of its disk; what does (answers to vote requests) is in
+ * out_after and stays there. So it may send the rest now rather than after the
+ * write: heartbeats keep flowing through a slow fsync, and followers
+ * start on new entries while the leader is still writing earlier ones. */
+size_t raft_take_msgs(struct raft *r, const struct raft_msg **msgs)
+{
+    msgvec_clear(&r->taken);
+    *msgs = NULL;
+    if (!r->in_flight || r->role != RAFT_LEADER || r->durable_term != r->term)
+        return 0;
+    leader_flush(r); /* out_after (answers to votes) waits for the Ready */
+    struct msgvec t = r->taken;
+    r->taken = r->out;
+    r->out = t;
+    *msgs = r->taken.m;
+    return r->taken.n;
+}
+
 void raft_advance(struct raft *r, const struct raft_ready *rd)
 {
     pz_assert(r->in_flight);
     r->in_flight = false;
     r->snap_handed = false; /* an installed snapshot in it is durable */
-    if (rd->persist_index == 0)
-        return;
+    r->durable_term = rd->hs.term;
     /* Only if what was written is still our log at persist_index (Log
      * Matching: then everything before it is too). */
-    if (log_term(&r->log, rd->persist_index) == rd->persist_term &&
+    if (rd->persist_index != 0 &&
+        log_term(&r->log, rd->persist_index) == rd->persist_term &&
         rd->persist_index > r->persisted) {
         r->persisted = rd->persist_index;
         if (r->role == RAFT_LEADER) {
@@ -2209,6 +2241,11 @@ void raft_advance(struct raft *r, const struct raft_ready *rd)
                 self->match = r->persisted;
             leader_maybe_commit(r);
         }
+    }
+    if (r->role == RAFT_CANDIDATE && r->durable_term == r->term) {
+        vote_record(r, r->id, true); /* now durable: it counts */
+        if (vote_tally(r) == 1)
+            become_leader(r);
     }
 }
 

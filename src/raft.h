@@ -483,6 +483,14 @@ void raft_ready(struct raft *r, struct raft_ready *rd);
  * out). */
 void raft_advance(struct raft *r, const struct raft_ready *rd);
 
+/* While a Ready is in flight, a leader whose term is durable may send the
+ * messages produced since (appends for new proposals, heartbeats, read
+ * rounds) without waiting for the write: returns them (valid until the
+ * next call, raft_ready or raft_free) or 0 when there are none or the
+ * node is not such a leader. Optional: whatever is not taken goes into
+ * the next Ready. */
+size_t raft_take_msgs(struct raft *r, const struct raft_msg **msgs);
+
 /* --- introspection ------------------------------------------------------ */
 
 enum raft_progress_state {

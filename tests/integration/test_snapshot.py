@@ -188,7 +188,7 @@ def test_crash_mid_install_then_recovery(servers):
     lagging.stop()
     assert len(write_many(leader, [f"m{i}" for i in range(1500)])) == 1500
     lagging.env["PYAZDB_FAILPOINT"] = "install-mid"
-    lagging.start()
+    lagging.start(wait=False)  # it may die before it answers /health
     assert lagging.proc.wait(20) == 99
     del lagging.env["PYAZDB_FAILPOINT"]
     lagging.start()

@@ -1933,9 +1933,10 @@ TEST(restore_from_snapshot)
 
 TEST(installed_snapshot_sent_on_only_when_durable)
 {
-    /* Node 2 installs a snapshot whose conf makes it the only voter, wins
-     * at once and must serve node 1 a snapshot: not before its own
-     * install is durable. */
+    /* Node 2 installs a snapshot whose conf makes it the only voter and
+     * campaigns while the install is being written. It leads only once
+     * its new term is durable (so after the install too: one Ready at a
+     * time), and must then serve node 1 that snapshot. */
     struct raft_config cfg = tcfg(2);
     struct raft *r = raft_new(&cfg, NULL);
     struct raft_conf c;
@@ -1946,8 +1947,20 @@ TEST(installed_snapshot_sent_on_only_when_durable)
     struct raft_msg m = snap_msg(1, 5, 10, 5, &c, &ce);
     m.to = 2;
     CHECK_EQ_INT(raft_step(r, &m), 0);
-    raft_campaign(r);
+    struct raft_ready rd;
+    raft_ready(r, &rd);
+    CHECK(rd.snapshot != NULL);
+    raft_campaign(r); /* while the install is in flight */
     struct raft_status st;
+    raft_status(r, &st);
+    CHECK_EQ_INT(st.role, RAFT_CANDIDATE);
+    raft_advance(r, &rd); /* the install is durable, the new term not */
+    raft_status(r, &st);
+    CHECK_EQ_INT(st.role, RAFT_CANDIDATE);
+    raft_ready(r, &rd);
+    CHECK(rd.hs_changed && rd.hs.term == st.term && rd.hs.vote == 2);
+    CHECK(rd.snapshot == NULL);
+    raft_advance(r, &rd); /* now it is */
     raft_status(r, &st);
     CHECK_EQ_INT(st.role, RAFT_LEADER);
     /* Node 1 rejects the first probe: it needs everything. */
@@ -1959,12 +1972,6 @@ TEST(installed_snapshot_sent_on_only_when_durable)
                                                  .index = 10,
                                                  .reject_hint = 1}),
                  0);
-    struct raft_ready rd;
-    raft_ready(r, &rd);
-    CHECK(rd.snapshot != NULL);
-    for (size_t i = 0; i < rd.n_msgs; i++)
-        CHECK(rd.msgs[i].type != RAFT_MSG_INSTALL_SNAPSHOT);
-    raft_advance(r, &rd);
     raft_tick(r);
     CHECK_EQ_INT(
         raft_step(r, &(struct raft_msg){.type = RAFT_MSG_HEARTBEAT_RESP,
@@ -1987,8 +1994,75 @@ TEST(installed_snapshot_sent_on_only_when_durable)
     raft_conf_free(&c);
 }
 
+TEST(leader_sends_while_its_write_is_in_flight)
+{
+    /* Thesis §10.2.1: the leader replicates in parallel with its own
+     * write; followers (and a leader whose term is not durable) wait. */
+    struct tnet net;
+    net_init(&net, 3);
+    uint64_t term = 0;
+    for (int k = 0; k < 40 && count_leaders(&net, &term) == 0; k++)
+        tick_all(&net, 1);
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    int leader = 0;
+    for (int i = 1; i <= 3; i++)
+        if (st_of(&net, i).role == RAFT_LEADER)
+            leader = i;
+    int f = leader % 3 + 1;
+    struct tnode *l = &net.nodes[leader];
+    const struct raft_msg *ms;
+    CHECK_EQ_INT(raft_take_msgs(l->r, &ms), 0); /* nothing in flight */
+    CHECK_EQ_INT(raft_propose(l->r, (const uint8_t *)"a", 1, NULL, NULL), 0);
+    struct raft_ready rd;
+    take_ready(&net, l, &rd); /* sends the appends of "a", writes it */
+    CHECK_EQ_INT(rd.n_entries, 1);
+    size_t queued = net.nq;
+    /* "b" is proposed while "a" is being written */
+    CHECK_EQ_INT(raft_propose(l->r, (const uint8_t *)"b", 1, NULL, NULL), 0);
+    size_t n = raft_take_msgs(l->r, &ms);
+    CHECK_EQ_INT(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        CHECK_EQ_INT(ms[i].type, RAFT_MSG_APPEND);
+        CHECK_EQ_INT(ms[i].n_entries, 1);
+        CHECK_EQ_INT(ms[i].entries[0].index, 4);
+        net_send(&net, &ms[i]);
+    }
+    CHECK_EQ_INT(raft_take_msgs(l->r, &ms), 0); /* handed out once */
+    /* the followers store both and ack: both commit (the leader counts
+     * itself only for what it has written, but two of three suffice) */
+    for (int guard = 0; net.nq > queued && guard < 100; guard++)
+        deliver_one(&net, 0);
+    for (int guard = 0; net.nq > 0 && guard < 100; guard++)
+        deliver_one(&net, 0);
+    CHECK_EQ_INT(st_of(&net, leader).commit, 4);
+    CHECK_EQ_INT(st_of(&net, leader).persisted_index, 2);
+    finish_ready(&net, l, &rd);
+    pump(&net, leader);
+    CHECK_EQ_INT(st_of(&net, leader).persisted_index, 4);
+    CHECK_EQ_INT(l->applied, 4);
+    /* a follower never sends early, even with a write in flight */
+    struct tnode *fn = &net.nodes[f];
+    CHECK_EQ_INT(raft_propose(l->r, (const uint8_t *)"c", 1, NULL, NULL), 0);
+    pump(&net, leader);
+    for (int guard = 0; net.nq > 0 && net.q[0].to != (uint64_t)f &&
+                        guard < 100; guard++)
+        deliver_one(&net, 0);
+    CHECK(net.nq > 0);
+    struct raft_msg m = net.q[0];
+    memmove(net.q, net.q + 1, (net.nq - 1) * sizeof *net.q);
+    net.nq--;
+    CHECK_EQ_INT(raft_step(fn->r, &m), 0);
+    msg_free(&m);
+    take_ready(&net, fn, &rd);
+    CHECK_EQ_INT(raft_take_msgs(fn->r, &ms), 0);
+    finish_ready(&net, fn, &rd);
+    drop_queue(&net);
+    net_free(&net);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(conf_codec),
+    TEST_ENTRY(leader_sends_while_its_write_is_in_flight),
     TEST_ENTRY(new_rejects_bad_config),
     TEST_ENTRY(bootstrap_identical_entry),
     TEST_ENTRY(single_node_election_and_commit),

@@ -194,6 +194,9 @@ struct sim {
     uint64_t snap_write_max;           /* ms a snapshot write may take */
     int xfer_fail_pct;                 /* transfers that fail */
     int xfer_silent_pct;               /* transfers lost without report */
+    int take_pct;                      /* chance a pump takes a leader's
+                                          messages mid-write */
+    unsigned min_voters;               /* conf changes keep at least */
     int store_keep_pct;                /* compactions that keep the
                                           durable log (trailing below the
                                           snapshot on restart) */
@@ -983,6 +986,16 @@ static void send_checked(struct sim *s, struct snode *sn,
                  "node %d asks for votes before its term/vote/log are "
                  "durable",
                  (int)sn->id);
+    /* A leader speaks for a term only once it is durable: after a crash
+     * it could otherwise lead the same term again with another log. */
+    if ((m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT ||
+         m->type == RAFT_MSG_TIMEOUT_NOW ||
+         m->type == RAFT_MSG_INSTALL_SNAPSHOT) &&
+        sn->hs.term < m->term)
+        sim_fail(s,
+                 "node %d sends %d in term %" PRIu64
+                 " with term %" PRIu64 " durable",
+                 (int)sn->id, m->type, m->term, sn->hs.term);
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT)
         start_xfer(s, sn, m);
     else
@@ -1127,6 +1140,13 @@ static void snap_done(struct sim *s, int id, const struct sim_snapshot *f)
 static void pump(struct sim *s, int id)
 {
     struct snode *sn = &s->nodes[id];
+    if (sn->r != NULL && sn->in_flight && !s->failed &&
+        chance(s, s->take_pct)) {
+        const struct raft_msg *ms;
+        size_t n = raft_take_msgs(sn->r, &ms);
+        for (size_t i = 0; i < n && !s->failed; i++)
+            send_checked(s, sn, &ms[i]);
+    }
     while (sn->r != NULL && !sn->in_flight && !s->failed &&
            raft_has_ready(sn->r)) {
         struct raft_ready *rd = &sn->rd;
@@ -1345,7 +1365,7 @@ static void do_conf_change(struct sim *s, int id)
         cc.type = chance(s, 70) ? RAFT_CC_PROMOTE : RAFT_CC_REMOVE;
     } else {
         cc.type = chance(s, 50) ? RAFT_CC_DEMOTE : RAFT_CC_REMOVE;
-        if (raft_conf_voters(c) <= 2)
+        if (raft_conf_voters(c) <= s->min_voters)
             return;
     }
     if (!may_remove && (cc.type == RAFT_CC_REMOVE || cc.type == RAFT_CC_DEMOTE))
@@ -1631,6 +1651,8 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->xfer_fail_pct = (int)rnd(s, 3) * 10;
     s->xfer_silent_pct = (int)rnd(s, 2) * 5;
     s->store_keep_pct = (int)rnd(s, 2) * 30;
+    s->take_pct = chance(s, 25) ? 0 : chance(s, 50) ? 100 : 30;
+    s->min_voters = chance(s, 25) ? 1 : 2;
     cur_seed_for_signal = (sig_atomic_t)seed;
     trace(s,
           "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
