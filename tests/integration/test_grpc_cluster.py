@@ -118,3 +118,32 @@ def test_forwarding_follows_a_new_leader(servers, pb):
             nc.close()
     finally:
         fc.close()
+
+
+def test_health_watch_follows_the_leader(servers, pb):
+    # Watch on a follower: SERVING while there is a leader, NOT_SERVING
+    # once the follower knows there is none (the other two are stopped),
+    # SERVING again when a leader is back; one stream throughout.
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    watcher = next(s for s in nodes if s is not leader)
+    others = [s for s in nodes if s is not watcher]
+    h = pb.health
+    c = Client(watcher.grpc_port, pb)
+    try:
+        stream = c.Watch(h.HealthCheckRequest(), timeout=60)
+        assert next(stream).status == h.HealthCheckResponse.SERVING
+        for s in others:
+            s.proc.send_signal(signal.SIGSTOP)
+        try:
+            # the follower forgets the leader when its election timer
+            # fires and it stands for election (pre-vote)
+            assert next(stream).status == h.HealthCheckResponse.NOT_SERVING
+        finally:
+            for s in others:
+                s.proc.send_signal(signal.SIGCONT)
+        assert next(stream).status == h.HealthCheckResponse.SERVING
+        leader_of(nodes, timeout=20)
+        stream.cancel()
+    finally:
+        c.close()
