@@ -661,16 +661,20 @@ static void ready_cycle(void)
         send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
         raft_advance(node.raft, rd);
     }
-    if (node.writing) {
-        /* The leader replicates while its own write is in flight
-         * (raft_take_msgs): heartbeats keep flowing through a slow fsync
-         * and followers start on new entries at once. */
-        const struct raft_msg *msgs;
-        size_t n = raft_take_msgs(node.raft, &msgs);
-        send_all(msgs, n);
-    } else if (!raft_has_ready(node.raft)) {
+    if (!node.writing && !raft_has_ready(node.raft))
         compact_step();
-    }
+}
+
+/* The leader replicates while the store is busy (a Ready being written, a
+ * compaction step): heartbeats keep flowing through a slow fsync and
+ * followers start on new entries at once (raft_take_msgs). */
+static void send_early(void)
+{
+    if (!node.writing)
+        return; /* ready_cycle sends them with the next Ready */
+    const struct raft_msg *msgs;
+    size_t n = raft_take_msgs(node.raft, &msgs);
+    send_all(msgs, n);
 }
 
 static void on_written(struct store *s, int status, const char *errmsg,
@@ -801,12 +805,15 @@ void node_before_sleep(void)
         }
         r->cb(r, r->status);
     }
+    send_early(); /* including what those callbacks proposed */
 }
 
 bool node_has_work(void)
 {
-    return node.open && (!pz_queue_empty(&node.done) ||
-                         (!node.writing && raft_has_ready(node.raft)));
+    return node.open &&
+           (!pz_queue_empty(&node.done) ||
+            (!node.writing && raft_has_ready(node.raft)) ||
+            (node.writing && raft_has_msgs(node.raft)));
 }
 
 /* --- the client-facing API --------------------------------------------------- */

@@ -2209,11 +2209,18 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
  * out_after and stays there. So it may send the rest now rather than after the
  * write: heartbeats keep flowing through a slow fsync, and followers
  * start on new entries while the leader is still writing earlier ones. */
+bool raft_has_msgs(const struct raft *r)
+{
+    return r->role == RAFT_LEADER && r->durable_term == r->term &&
+           (r->out.n > 0 || r->need_flush || r->round_wanted);
+}
+
 size_t raft_take_msgs(struct raft *r, const struct raft_msg **msgs)
 {
     msgvec_clear(&r->taken);
     *msgs = NULL;
-    if (!r->in_flight || r->role != RAFT_LEADER || r->durable_term != r->term)
+    /* (Always true of a leader: it wins only once its term is durable.) */
+    if (r->role != RAFT_LEADER || r->durable_term != r->term)
         return 0;
     leader_flush(r); /* out_after (answers to votes) waits for the Ready */
     struct msgvec t = r->taken;

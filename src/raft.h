@@ -54,7 +54,8 @@
  *
  * Exactly one Ready is in flight: between raft_ready() and raft_advance()
  * raft_has_ready() returns false, while raft_tick/raft_step/raft_propose*
- * keep working; what they produce goes into the next Ready. A Ready only
+ * keep working; what they produce goes into the next Ready, except that a
+ * leader's messages may be taken earlier with raft_take_msgs. A Ready only
  * contains what is new since the previous one.
  *
  * Failure modes: calls return 0 or a negative PZ_E* code (err.h); invalid
@@ -349,7 +350,8 @@ int raft_transfer_leader(struct raft *r, uint64_t id);
  * commit index at request time (or, before the leader has committed an
  * entry of its term, the commit index once it has); it is confirmed by one
  * heartbeat round that a quorum acknowledges; all reads pending when a
- * round starts share it (rounds start when the next Ready is built). On a
+ * round starts share it (rounds start when the next Ready is built, or at
+ * raft_take_msgs). On a
  * follower the request is forwarded to the leader. The result shows up as
  * a read_state (ctx, index) in a later Ready: the read may be served once
  * the local applied index >= index. Every ctx gets at most one outcome:
@@ -483,13 +485,15 @@ void raft_ready(struct raft *r, struct raft_ready *rd);
  * out). */
 void raft_advance(struct raft *r, const struct raft_ready *rd);
 
-/* While a Ready is in flight, a leader whose term is durable may send the
- * messages produced since (appends for new proposals, heartbeats, read
- * rounds) without waiting for the write: returns them (valid until the
- * next call, raft_ready or raft_free) or 0 when there are none or the
- * node is not such a leader. Optional: whatever is not taken goes into
- * the next Ready. */
+/* A leader whose term is durable may send the messages it has produced
+ * (appends for new proposals, heartbeats, read rounds) at any time, also
+ * while a Ready is being written or the driver's store is busy with other
+ * work: returns them (valid until the next call or raft_free) or 0 when
+ * there are none or the node is not such a leader. Optional: whatever is
+ * not taken goes into the next Ready. raft_has_msgs: whether a call would
+ * return any. */
 size_t raft_take_msgs(struct raft *r, const struct raft_msg **msgs);
+bool raft_has_msgs(const struct raft *r);
 
 /* --- introspection ------------------------------------------------------ */
 

@@ -2011,7 +2011,7 @@ TEST(leader_sends_while_its_write_is_in_flight)
     int f = leader % 3 + 1;
     struct tnode *l = &net.nodes[leader];
     const struct raft_msg *ms;
-    CHECK_EQ_INT(raft_take_msgs(l->r, &ms), 0); /* nothing in flight */
+    CHECK_EQ_INT(raft_take_msgs(l->r, &ms), 0); /* nothing to send */
     CHECK_EQ_INT(raft_propose(l->r, (const uint8_t *)"a", 1, NULL, NULL), 0);
     struct raft_ready rd;
     take_ready(&net, l, &rd); /* sends the appends of "a", writes it */
