@@ -13,7 +13,7 @@ test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
 python3-protobuf python3-pytest-timeout protobuf-compiler procps"
 # The reflection test also uses Node.js and npm when the machine has them
 # (they are not installed here: the test skips without them).
-bench="$test wrk redis-server redis-tools"
+bench="$test wrk redis-server redis-tools etcd-server"
 
 case "${1:-build}" in
 build) want=$build ;;
