@@ -226,6 +226,14 @@ static void maybe_grow(struct kv *kv)
         rehash_begin(kv, kv->t[0].size * 2);
 }
 
+void kv_reserve(struct kv *kv, size_t n)
+{
+    if (rehashing(kv) || kv->t[0].used > 0 || n <= kv->t[0].size)
+        return;
+    table_free(&kv->t[0]);
+    table_alloc(&kv->t[0], next_pow2(n));
+}
+
 /* After a delete: start shrinking when fewer than 1/SHRINK_RATIO buckets
  * are used. The new size leaves room to grow by half before the next grow,
  * so alternating inserts and deletes near the threshold do not thrash. */

@@ -97,6 +97,9 @@ struct kv *kv_new(void);
 struct kv *kv_new_seeded(uint64_t seed);
 /* Frees the table and every entry. NULL is fine. */
 void kv_free(struct kv *kv);
+/* Sizes an empty table for n keys at once (loading a snapshot), so that
+ * the load does no rehashing. No effect on a table that holds keys. */
+void kv_reserve(struct kv *kv, size_t n);
 
 /* Set key to value, copying both. Returns 1 if an existing value was
  * replaced, 0 if the key is new, PZ_ETOOBIG if klen > KV_KEY_MAX or

@@ -925,6 +925,8 @@ static int read_file(const char *path, struct kv *kv,
     if (rc)
         goto out;
     rc = rd_header(&r, &m);
+    if (rc == 0 && kv)
+        kv_reserve(kv, (size_t)m.nkeys); /* bounded by the file's size */
     for (uint64_t i = 0; rc == 0 && i < m.nkeys; i++) {
         uint64_t at = r.pos;
         if (rd_left(&r) < 8 + SNAPSHOT_TRAILER_SIZE) {

@@ -274,6 +274,36 @@ TEST(grow_to_1m_and_shrink)
 }
 
 /* Pointers from kv_get stay valid while gets advance a rehash. */
+TEST(reserve_loads_without_rehashing)
+{
+    struct kv *kv = kv_new();
+    kv_reserve(kv, 1000);
+    struct kv_stats st;
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.buckets[0], 1024);
+    char k[32], v[48];
+    for (size_t i = 0; i < 1000; i++) {
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        CHECK_EQ_INT(kv_set(kv, k, kl, v, vl), 0);
+    }
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.keys, 1000);
+    CHECK_EQ_INT(st.grows, 0);
+    CHECK(!st.rehashing);
+    /* a table holding keys is left alone; so is a smaller request */
+    kv_reserve(kv, 100000);
+    kv_reserve(kv, 10);
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.buckets[0], 1024);
+    for (size_t i = 0; i < 1000; i++) {
+        size_t kl = key_of(k, i);
+        const uint8_t *val;
+        size_t vlen;
+        CHECK(kv_get(kv, k, kl, &val, &vlen));
+    }
+    kv_free(kv);
+}
+
 TEST(get_pointer_survives_rehash)
 {
     struct kv *kv = kv_new();
@@ -921,6 +951,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(delete_missing),
     TEST_ENTRY(too_big),
     TEST_ENTRY(grow_to_1m_and_shrink),
+    TEST_ENTRY(reserve_loads_without_rehashing),
     TEST_ENTRY(get_pointer_survives_rehash),
     TEST_ENTRY(foreach_during_rehash),
     TEST_ENTRY(foreach_stops),
