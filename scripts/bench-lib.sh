@@ -35,7 +35,7 @@ bench_start_cluster() {
         src/pyazdb-server --node-id "node$i" --raft-data "$tmp/node$i" \
             --raft-addr "127.0.0.1:$rp" --http-addr "127.0.0.1:$hp" \
             --grpc-addr "127.0.0.1:$gp" --initial-cluster "$spec" \
-            ${BENCH_MANDI:+--mandi-addr "$BENCH_MANDI"} ${BENCH_ARGS:-} \
+            --mandi-addr "${BENCH_MANDI:-none}" ${BENCH_ARGS:-} \
             --log-level "${BENCH_LOG_LEVEL:-warning}" 2>"$tmp/node$i.log" &
         bench_pids="$bench_pids $!"
         eval "PID$i=$!"

@@ -94,7 +94,8 @@ static const struct cfg_directive directives[] = {
            "listen address of the gRPC API"),
     D_STRING("NETWORK", "mandi-addr", mandi_addr, "http://127.0.0.1:7000",
              IMM | MANDI, check_mandi_url,
-             "URL of mandi; in mandi mode, its listen address"),
+             "URL of mandi (none: no discovery); in mandi mode, its "
+             "listen address"),
     D_STRING("NETWORK", "cluster-token", cluster_token, "", IMM | MANDI,
              check_token,
              "shared secret for writes to mandi; empty = no check"),
@@ -491,9 +492,10 @@ static int check_mandi_url(const char *v, char *why, size_t whylen)
 {
     char host[256];
     int port;
-    if (cfg_url_hostport(v, host, sizeof host, &port) == 0)
+    if (strcmp(v, "none") == 0 || cfg_url_hostport(v, host, sizeof host,
+                                                   &port) == 0)
         return 0;
-    snprintf(why, whylen, "must be a URL http://host:port");
+    snprintf(why, whylen, "must be a URL http://host:port, or none");
     return -1;
 }
 

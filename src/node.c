@@ -1226,6 +1226,14 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
         } else {
             /* Neither: join a running cluster through mandi. The cluster
              * id comes with the first member that dials us. */
+            if (strcmp(cfg->mandi_addr, "none") == 0) {
+                snprintf(err, errlen,
+                         "no Raft state in %s and nothing to start from: "
+                         "set initial-cluster, raft-bootstrap yes, or a "
+                         "mandi-addr to join through (it is none)",
+                         cfg->raft_data);
+                goto err_after_store;
+            }
             rv = store_meta_set(node.store, 0, node.id, cfg->node_id);
             if (rv < 0) {
                 snprintf(err, errlen, "%s", store_errmsg(node.store));
@@ -1236,10 +1244,12 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
                     cfg->mandi_addr);
         }
     }
-    node.mandi = mandi_client_new(loop, cfg->mandi_addr, cfg->cluster_token,
-                                  2000, err, errlen);
-    if (node.mandi == NULL)
-        goto err_after_store;
+    if (strcmp(cfg->mandi_addr, "none") != 0) {
+        node.mandi = mandi_client_new(loop, cfg->mandi_addr,
+                                      cfg->cluster_token, 2000, err, errlen);
+        if (node.mandi == NULL)
+            goto err_after_store;
+    }
     struct transport_config tc = {
         .listen_addr = cfg->raft_addr,
         .id = node.id,

@@ -55,6 +55,9 @@ class Server:
             "raft-data": os.path.join(self.dir, "data"),
             "raft-bootstrap": "yes",
             "log-level": "debug",
+            # not the default 127.0.0.1:7000, which may be a developer's
+            # `make run` cluster: tests that use mandi give its address
+            "mandi-addr": "none",
         }
         self.conf.update(conf or {})
         self.write_conf()

@@ -177,3 +177,18 @@ def test_cluster_works_without_mandi(servers, mandi):
     mandi.start()
     new_leader = leader_of(nodes, exclude=(leader,))
     wait_mandi_leader(mandi, new_leader)
+
+
+def test_joiner_without_mandi_refuses_to_start(servers):
+    # no data, no initial-cluster, no raft-bootstrap and discovery off:
+    # nothing to start from, said plainly instead of waiting forever
+    s = servers("node2", start=False, conf={"raft-bootstrap": "no",
+                                            "mandi-addr": "none"})
+    s.start(wait=False)
+    assert s.proc.wait(10) != 0
+    log = s.read_log()
+    assert "nothing to start from" in log and "mandi-addr" in log
+    # a node that bootstraps needs no mandi at all
+    b = servers("node1", conf={"mandi-addr": "none"})
+    assert put(b, "k", "v")[0] == 204
+    assert "mandi" not in b.read_log().lower().replace("mandi-addr", "")

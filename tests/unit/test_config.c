@@ -376,17 +376,18 @@ TEST(parse_strings)
     CHECK_EQ_STR(c.log_file, "/tmp/x y.log");
 
     const char *urls[] = {"http://127.0.0.1:7000", "http://mandi:7000/",
-                          "HTTP://h:1", "http://[::1]:7000"};
+                          "HTTP://h:1", "http://[::1]:7000", "none"};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(urls); i++)
         CHECK_EQ_INT(set1(&c, "mandi-addr", urls[i], err, sizeof err), 0);
     const char *bad_urls[] = {
         "https://h:7000", "http://:7000", "http://h", "http://h:70/x",
-        "h:7000",         "http://h:0",   "http://",  ""};
+        "h:7000",         "http://h:0",   "http://",  "",
+        "None"};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(bad_urls); i++) {
         CHECK_EQ_INT(set1(&c, "mandi-addr", bad_urls[i], err, sizeof err),
                      PZ_ECONFIG);
-        CHECK(strstr(err, "'mandi-addr' must be a URL http://host:port") !=
-              NULL);
+        CHECK(strstr(err, "'mandi-addr' must be a URL http://host:port, "
+                          "or none") != NULL);
     }
     char host[64];
     int port = 0;
