@@ -12,7 +12,8 @@
 #   read:  PyazDB /kv.KVService/Get  vs etcd /etcdserverpb.KV/Range
 #          (key "bench"; both linearizable, their defaults)
 # at 1x1, 16x1, 64x1 and 16x16 (connections x streams per connection). The
-# systems run one after the other, never at the same time; each run ends
+# systems are loaded one after the other (both clusters stay up; the idle
+# one only sends its heartbeats); each run ends
 # with one request checked for grpc-status 0. Prints req/s for both and the
 # ratio PyazDB / etcd.
 set -eu

@@ -163,17 +163,30 @@ static void on_read_ready(struct node_req *req, int status)
     finish(h, !ka);
 }
 
+static void start_write(struct http_conn *h);
+
 static void on_write_done(struct node_req *req, int status)
 {
     struct http_conn *h = container_of(req, struct http_conn, req);
     bool ka = keep_alive(h);
     if (h->op.kind == HTTP_OP_REMOVE &&
-        (status == PZ_EBUSY || status == PZ_ENOTFOUND)) {
+        (status == PZ_ENOTLEADER || status == PZ_ENOLEADER)) {
+        /* The removal waited for a change in progress (a transfer, say)
+         * and leadership moved meanwhile; nothing was proposed: start
+         * over, which forwards it to the new leader or waits for one. */
+        start_write(h);
+        return;
+    }
+    if (h->op.kind == HTTP_OP_REMOVE &&
+        (status == PZ_EBUSY || status == PZ_ENOTFOUND ||
+         status == PZ_EINVAL)) {
         /* a removal that waited for another change (node_remove_member) */
-        reply_text(h, status == PZ_EBUSY ? 409 : 404,
-                   status == PZ_EBUSY
-                       ? "Another membership change is in progress"
-                       : "No such member",
+        reply_text(h,
+                   status == PZ_EBUSY ? 409 : status == PZ_EINVAL ? 400 : 404,
+                   status == PZ_EBUSY ? "Another membership change is in "
+                                        "progress"
+                   : status == PZ_EINVAL ? "Cannot remove the last voter"
+                                         : "No such member",
                    NULL, !ka);
         finish(h, !ka);
         return;
@@ -365,8 +378,6 @@ static void forward(struct http_conn *h)
     h->forwarding = true;
 }
 
-static void start_write(struct http_conn *h);
-
 static void on_leader_known(struct node_req *req, int status)
 {
     struct http_conn *h = container_of(req, struct http_conn, req);
@@ -440,7 +451,10 @@ static void start_write(struct http_conn *h)
                    NULL, !ka);
         finish(h, !ka);
     } else if (rv == PZ_EINVAL) {
-        reply_text(h, 400, "Member is not a voter", NULL, !ka);
+        reply_text(h, 400,
+                   h->op.kind == HTTP_OP_REMOVE ? "Cannot remove the last voter"
+                                                : "Member is not a voter",
+                   NULL, !ka);
         finish(h, !ka);
     } else if (rv == PZ_ENOTLEADER) {
         forward(h);

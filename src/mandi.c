@@ -1086,7 +1086,11 @@ int mandi_run(const struct pz_config *cfg)
     memset(&proc, 0, sizeof proc);
     signal(SIGPIPE, SIG_IGN);
     if (mandi_opts_from_config(cfg, &opts) < 0) {
-        pz_error("mandi-addr '%s' is not http://host:port", cfg->mandi_addr);
+        pz_error("mandi-addr '%s' is not http://host:port%s",
+                 cfg->mandi_addr,
+                 strcmp(cfg->mandi_addr, "none") == 0
+                     ? ": mandi mode needs the address to listen on"
+                     : "");
         return 1;
     }
     uv_loop_init(&proc.loop);

@@ -354,9 +354,11 @@ static void on_notice_sent(struct fwd_req *f, int status)
 
 static void notify_removed(struct member *m)
 {
-    if (m == NULL || m->http[0] == '\0')
+    if (m == NULL)
         return;
     m->told_ms = uv_now(node.loop);
+    if (m->http[0] == '\0')
+        return;
     struct removal_notice *n = pz_calloc(1, sizeof *n);
     snprintf(n->name, sizeof n->name, "%s", m->name);
     struct raft_status rs;
@@ -936,7 +938,11 @@ static void conf_wait_retry(void)
                 continue;
         }
         if (rv < 0) {
-            req_done(r, rv == PZ_EINVAL ? PZ_ENOTFOUND : rv);
+            /* EINVAL: removed by someone else meanwhile (404), or it
+             * would leave no voter (400, as when asked directly) */
+            if (rv == PZ_EINVAL && member_find(r->ctx) == NULL)
+                rv = PZ_ENOTFOUND;
+            req_done(r, rv);
             continue;
         }
         pz_queue_remove(&r->q);

@@ -477,8 +477,9 @@ bool raft_has_ready(const struct raft *r);
 void raft_ready(struct raft *r, struct raft_ready *rd);
 
 /* The Ready previously returned is durable (its snapshot, hs and entries
- * written). Uses only rd's scalar fields (persist_index, persist_term).
- * Entries are marked durable up to persist_index only if the log still
+ * written). Uses only rd's scalar fields (persist_index, persist_term,
+ * hs.term: that term is now durable, and a candidate's vote for itself
+ * counts from now on, which may make it leader). Entries are marked durable up to persist_index only if the log still
  * holds persist_term there (a later step may have truncated them). An
  * installed snapshot it carried counts as durable from now on (it may be
  * sent on to other followers; committed entries after it are handed
@@ -490,8 +491,8 @@ void raft_advance(struct raft *r, const struct raft_ready *rd);
  * while a Ready is being written or the driver's store is busy with other
  * work: returns them (valid until the next call or raft_free) or 0 when
  * there are none or the node is not such a leader. Optional: whatever is
- * not taken goes into the next Ready. raft_has_msgs: whether a call would
- * return any. */
+ * not taken goes into the next Ready. raft_has_msgs: whether a call may
+ * return any (a due flush may turn out to have nothing to send). */
 size_t raft_take_msgs(struct raft *r, const struct raft_msg **msgs);
 bool raft_has_msgs(const struct raft *r);
 

@@ -230,6 +230,50 @@ def test_removal_waits_for_a_change_in_progress(servers):
         stopped.proc.send_signal(signal.SIGCONT)
 
 
+def test_removal_follows_a_transfer_that_succeeds(servers):
+    import signal
+    import threading
+    # The removal waits on the old leader for the transfer in flight; the
+    # transfer succeeds, so the old leader hands the removal on to the new
+    # one instead of failing it.
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    target, victim = [s for s in nodes if s is not leader]
+    got = {}
+    target.proc.send_signal(signal.SIGSTOP)  # holds the transfer in flight
+    try:
+        tt = threading.Thread(target=lambda: got.update(t=leader.request(
+            "POST", f"/cluster/transfer?to={target.name}")))
+        tt.start()
+        deadline = time.time() + 5
+        while "transferring leadership" not in leader.read_log():
+            assert time.time() < deadline
+            time.sleep(0.02)
+        rt = threading.Thread(target=lambda: got.update(r=leader.request(
+            "DELETE", f"/cluster/members/{victim.name}")))
+        rt.start()
+        while "waiting for the change in progress" not in leader.read_log():
+            assert time.time() < deadline
+            time.sleep(0.02)
+    finally:
+        target.proc.send_signal(signal.SIGCONT)
+    tt.join(15)
+    rt.join(15)
+    assert got["t"][0] == 204, got["t"]
+    assert got["r"][0] == 204, got["r"]
+    assert leader_of([leader, target]) is target
+    assert victim.proc.wait(10) == 0
+    assert {m["id"] for m in members(target)["members"]} == \
+        {leader.name, target.name}
+
+
+def test_last_voter_cannot_be_removed(servers):
+    s = servers()
+    st, _, body = s.request("DELETE", f"/cluster/members/{s.name}")
+    assert (st, body) == (400, b"Cannot remove the last voter\n")
+    assert put(s, "still", "here")[0] == 204
+
+
 def test_removal_gives_up_after_request_timeout(servers):
     import signal
     import threading
@@ -248,10 +292,13 @@ def test_removal_gives_up_after_request_timeout(servers):
         while "transferring leadership" not in leader.read_log():
             assert time.time() < deadline
             time.sleep(0.02)
+        t0 = time.time()
         st, _, body = leader.request("DELETE",
                                      f"/cluster/members/{stopped.name}")
         assert (st, body) == \
             (409, b"Another membership change is in progress\n")
+        assert time.time() - t0 >= 0.3  # it waited request-timeout first
+        assert "waiting for the change in progress" in leader.read_log()
         t.join(10)
     finally:
         stopped.proc.send_signal(signal.SIGCONT)

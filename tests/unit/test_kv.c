@@ -273,12 +273,14 @@ TEST(grow_to_1m_and_shrink)
     kv_free(kv);
 }
 
-/* Pointers from kv_get stay valid while gets advance a rehash. */
 TEST(reserve_loads_without_rehashing)
 {
     struct kv *kv = kv_new();
     kv_reserve(kv, 1000);
     struct kv_stats st;
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.buckets[0], 1024);
+    kv_reserve(kv, 10); /* smaller than what the empty table has: kept */
     kv_stats(kv, &st);
     CHECK_EQ_INT(st.buckets[0], 1024);
     char k[32], v[48];
@@ -304,6 +306,7 @@ TEST(reserve_loads_without_rehashing)
     kv_free(kv);
 }
 
+/* Pointers from kv_get stay valid while gets advance a rehash. */
 TEST(get_pointer_survives_rehash)
 {
     struct kv *kv = kv_new();

@@ -1997,7 +1997,9 @@ TEST(installed_snapshot_sent_on_only_when_durable)
 TEST(leader_sends_while_its_write_is_in_flight)
 {
     /* Thesis §10.2.1: the leader replicates in parallel with its own
-     * write; followers (and a leader whose term is not durable) wait. */
+     * write; a follower's messages wait for the next Ready. (A leader's
+     * term is always durable: raft/installed_snapshot_sent_on_only_when_
+     * durable checks that a lone voter leads only then.) */
     struct tnet net;
     net_init(&net, 3);
     uint64_t term = 0;
@@ -2054,8 +2056,22 @@ TEST(leader_sends_while_its_write_is_in_flight)
     CHECK_EQ_INT(raft_step(fn->r, &m), 0);
     msg_free(&m);
     take_ready(&net, fn, &rd);
+    /* a heartbeat's answer goes to the immediate outbox (not after the
+     * write): still not handed out early by a follower */
+    CHECK_EQ_INT(raft_step(fn->r, &(struct raft_msg){.type =
+                                                         RAFT_MSG_HEARTBEAT,
+                                                     .from = (uint64_t)leader,
+                                                     .to = (uint64_t)f,
+                                                     .term = term}),
+                 0);
+    CHECK(!raft_has_msgs(fn->r));
     CHECK_EQ_INT(raft_take_msgs(fn->r, &ms), 0);
     finish_ready(&net, fn, &rd);
+    pump(&net, f);
+    size_t resp = 0;
+    for (size_t i = 0; i < net.nq; i++)
+        resp += net.q[i].type == RAFT_MSG_HEARTBEAT_RESP;
+    CHECK_EQ_INT(resp, 1); /* it went with the next Ready */
     drop_queue(&net);
     net_free(&net);
 }
