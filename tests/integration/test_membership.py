@@ -2,6 +2,7 @@
 the leader, leadership transfer, the member list, the cluster token."""
 import json
 import os
+import threading
 import time
 
 from test_cluster import make_cluster, leader_of, put, get, wait_value
@@ -11,6 +12,24 @@ def members(s):
     st, _, body = s.request("GET", "/cluster")
     assert st == 200, body
     return json.loads(body)
+
+
+def transfer_in_background(leader, target, got, key="t"):
+    """POST /cluster/transfer?to=target on leader from a thread (its answer
+    lands in got[key]); returns the thread once the leader has started the
+    transfer."""
+    t = threading.Thread(target=lambda: got.update({key: leader.request(
+        "POST", f"/cluster/transfer?to={target.name}")}))
+    t.start()
+    wait_log(leader, "transferring leadership")
+    return t
+
+
+def wait_log(node, text, timeout=5):
+    deadline = time.time() + timeout
+    while text not in node.read_log():
+        assert time.time() < deadline, f"{node.name} never logged {text!r}"
+        time.sleep(0.02)
 
 
 def test_cluster_lists_members_from_any_node(servers):
@@ -147,7 +166,6 @@ def test_cli_members_transfer_remove(servers):
 
 
 def test_five_nodes_shrink_to_three_under_writes(servers):
-    import threading
     nodes = make_cluster(servers, n=5)
     leader = leader_of(nodes)
     acked = {}
@@ -199,7 +217,6 @@ def test_five_nodes_shrink_to_three_under_writes(servers):
 
 def test_removal_waits_for_a_change_in_progress(servers):
     import signal
-    import threading
     nodes = make_cluster(servers)
     leader = leader_of(nodes)
     stopped, other = [s for s in nodes if s is not leader]
@@ -209,13 +226,7 @@ def test_removal_waits_for_a_change_in_progress(servers):
     stopped.proc.send_signal(signal.SIGSTOP)
     try:
         got = {}
-        t = threading.Thread(target=lambda: got.update(transfer=leader.request(
-            "POST", f"/cluster/transfer?to={stopped.name}")))
-        t.start()
-        deadline = time.time() + 5
-        while "transferring leadership" not in leader.read_log():
-            assert time.time() < deadline
-            time.sleep(0.02)
+        t = transfer_in_background(leader, stopped, got, "transfer")
         st, _, body = leader.request("DELETE",
                                      f"/cluster/members/{stopped.name}")
         assert st == 204, body
@@ -232,7 +243,6 @@ def test_removal_waits_for_a_change_in_progress(servers):
 
 def test_removal_follows_a_transfer_that_succeeds(servers):
     import signal
-    import threading
     # The removal waits on the old leader for the transfer in flight; the
     # transfer succeeds, so the old leader hands the removal on to the new
     # one instead of failing it.
@@ -242,19 +252,11 @@ def test_removal_follows_a_transfer_that_succeeds(servers):
     got = {}
     target.proc.send_signal(signal.SIGSTOP)  # holds the transfer in flight
     try:
-        tt = threading.Thread(target=lambda: got.update(t=leader.request(
-            "POST", f"/cluster/transfer?to={target.name}")))
-        tt.start()
-        deadline = time.time() + 5
-        while "transferring leadership" not in leader.read_log():
-            assert time.time() < deadline
-            time.sleep(0.02)
+        tt = transfer_in_background(leader, target, got)
         rt = threading.Thread(target=lambda: got.update(r=leader.request(
             "DELETE", f"/cluster/members/{victim.name}")))
         rt.start()
-        while "waiting for the change in progress" not in leader.read_log():
-            assert time.time() < deadline
-            time.sleep(0.02)
+        wait_log(leader, "waiting for the change in progress")
     finally:
         target.proc.send_signal(signal.SIGCONT)
     tt.join(15)
@@ -276,7 +278,6 @@ def test_last_voter_cannot_be_removed(servers):
 
 def test_removal_gives_up_after_request_timeout(servers):
     import signal
-    import threading
     # the transfer holds for an election timeout (2 s here), longer than
     # the removal may wait (300 ms)
     nodes = make_cluster(servers, conf={"request-timeout": "300ms",
@@ -285,13 +286,7 @@ def test_removal_gives_up_after_request_timeout(servers):
     stopped = next(s for s in nodes if s is not leader)
     stopped.proc.send_signal(signal.SIGSTOP)
     try:
-        t = threading.Thread(target=lambda: leader.request(
-            "POST", f"/cluster/transfer?to={stopped.name}"))
-        t.start()
-        deadline = time.time() + 5
-        while "transferring leadership" not in leader.read_log():
-            assert time.time() < deadline
-            time.sleep(0.02)
+        t = transfer_in_background(leader, stopped, {})
         t0 = time.time()
         st, _, body = leader.request("DELETE",
                                      f"/cluster/members/{stopped.name}")

@@ -2002,14 +2002,10 @@ TEST(leader_sends_while_its_write_is_in_flight)
      * durable checks that a lone voter leads only then.) */
     struct tnet net;
     net_init(&net, 3);
-    uint64_t term = 0;
-    for (int k = 0; k < 40 && count_leaders(&net, &term) == 0; k++)
-        tick_all(&net, 1);
-    CHECK_EQ_INT(count_leaders(&net, &term), 1);
-    int leader = 0;
-    for (int i = 1; i <= 3; i++)
-        if (st_of(&net, i).role == RAFT_LEADER)
-            leader = i;
+    int leader = 1;
+    elect(&net, leader);
+    CHECK_EQ_INT(st_of(&net, leader).role, RAFT_LEADER);
+    uint64_t term = st_of(&net, leader).term;
     int f = leader % 3 + 1;
     struct tnode *l = &net.nodes[leader];
     const struct raft_msg *ms;
