@@ -922,7 +922,9 @@ int node_remove_member(struct node_req *req, const char *name,
 }
 
 /* Once a tick: start the removals that waited for a change in progress.
- * A node that lost the leadership meanwhile answers "not the leader". */
+ * One whose node lost the leadership meanwhile completes with
+ * PZ_ENOTLEADER or PZ_ENOLEADER, with nothing proposed: the caller starts
+ * it over (http.c forwards it to the new leader). */
 static void conf_wait_retry(void)
 {
     struct pz_queue *e = node.conf_wait.next;
