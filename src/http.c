@@ -165,36 +165,52 @@ static void on_read_ready(struct node_req *req, int status)
 
 static void start_write(struct http_conn *h);
 
+/* The answers of a refused membership request (removal, transfer), at
+ * once or after a removal waited (node_remove_member). False if status is
+ * not one of them. */
+static bool reply_membership_refusal(struct http_conn *h, int status)
+{
+    bool ka = keep_alive(h);
+    bool remove = h->op.kind == HTTP_OP_REMOVE;
+    if (status == PZ_ENOTFOUND)
+        reply_text(h, 404, "No such member", NULL, !ka);
+    else if (status == PZ_EBUSY && h->op.kind != HTTP_OP_SET &&
+             h->op.kind != HTTP_OP_DEL)
+        reply_text(h, 409,
+                   remove ? "Another membership change is in progress"
+                          : "A leadership transfer is in progress",
+                   NULL, !ka);
+    else if (status == PZ_EINVAL)
+        reply_text(h, 400,
+                   remove ? "Cannot remove the last voter"
+                          : "Member is not a voter",
+                   NULL, !ka);
+    else
+        return false;
+    finish(h, !ka);
+    return true;
+}
+
 static void on_write_done(struct node_req *req, int status)
 {
     struct http_conn *h = container_of(req, struct http_conn, req);
-    bool ka = keep_alive(h);
-    if (h->op.kind == HTTP_OP_REMOVE &&
-        (status == PZ_ENOTLEADER || status == PZ_ENOLEADER)) {
-        /* The removal waited for a change in progress (a transfer, say)
-         * and leadership moved meanwhile; nothing was proposed: start
-         * over, which forwards it to the new leader or waits for one. */
-        start_write(h);
-        return;
-    }
-    if (h->op.kind == HTTP_OP_REMOVE &&
-        (status == PZ_EBUSY || status == PZ_ENOTFOUND ||
-         status == PZ_EINVAL)) {
-        /* a removal that waited for another change (node_remove_member) */
-        reply_text(h,
-                   status == PZ_EBUSY ? 409 : status == PZ_EINVAL ? 400 : 404,
-                   status == PZ_EBUSY ? "Another membership change is in "
-                                        "progress"
-                   : status == PZ_EINVAL ? "Cannot remove the last voter"
-                                         : "No such member",
-                   NULL, !ka);
-        finish(h, !ka);
-        return;
+    if (h->op.kind == HTTP_OP_REMOVE) {
+        if (status == PZ_ENOTLEADER || status == PZ_ENOLEADER) {
+            /* The removal waited for a change in progress (a transfer,
+             * say) and leadership moved meanwhile; nothing was proposed:
+             * start over, which forwards it to the new leader or waits
+             * for one. */
+            start_write(h);
+            return;
+        }
+        if (reply_membership_refusal(h, status))
+            return;
     }
     if (status < 0) {
         reply_node_error(h, status);
         return;
     }
+    bool ka = keep_alive(h);
     reply(h, 204, NULL, NULL, 0, NULL, !ka);
     finish(h, !ka);
 }
@@ -439,23 +455,8 @@ static void start_write(struct http_conn *h)
     if (rv == PZ_ETOOBIG) {
         reply_text(h, 413, "Request too large", NULL, !ka);
         finish(h, !ka);
-    } else if (rv == PZ_ENOTFOUND) {
-        reply_text(h, 404, "No such member", NULL, !ka);
-        finish(h, !ka);
-    } else if (rv == PZ_EBUSY && h->op.kind != HTTP_OP_SET &&
-               h->op.kind != HTTP_OP_DEL) {
-        reply_text(h, 409,
-                   h->op.kind == HTTP_OP_TRANSFER
-                       ? "A leadership transfer is in progress"
-                       : "Another membership change is in progress",
-                   NULL, !ka);
-        finish(h, !ka);
-    } else if (rv == PZ_EINVAL) {
-        reply_text(h, 400,
-                   h->op.kind == HTTP_OP_REMOVE ? "Cannot remove the last voter"
-                                                : "Member is not a voter",
-                   NULL, !ka);
-        finish(h, !ka);
+    } else if (reply_membership_refusal(h, rv)) {
+        /* answered */
     } else if (rv == PZ_ENOTLEADER) {
         forward(h);
     } else if (rv == PZ_ENOLEADER) {

@@ -2200,21 +2200,22 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
     r->in_flight = true;
 }
 
-/* Thesis §10.2.1: "the leader can write to its disk in parallel with
- * replicating to the followers". A leader whose term (and so its vote for
- * itself) is durable sends nothing that depends on the Ready in flight:
- * its AppendEntries may carry entries it has not persisted yet (it counts
- * itself for them only once they are), heartbeats and TimeoutNow claim
- * nothing of its disk; what does (answers to vote requests) is in
- * out_after and stays there. So it may send the rest now rather than after the
- * write: heartbeats keep flowing through a slow fsync, and followers
- * start on new entries while the leader is still writing earlier ones. */
 bool raft_has_msgs(const struct raft *r)
 {
     return r->role == RAFT_LEADER && r->durable_term == r->term &&
            (r->out.n > 0 || r->need_flush || r->round_wanted);
 }
 
+/* Thesis §10.2.1: "the leader can write to its disk in parallel with
+ * replicating to the followers". A leader whose term (and so its vote for
+ * itself) is durable sends nothing that depends on the Ready in flight:
+ * its AppendEntries may carry entries it has not persisted yet (it counts
+ * itself for them only once they are), heartbeats and TimeoutNow claim
+ * nothing of its disk; what does (answers to vote requests) is in
+ * out_after and stays there. So it may send the rest now rather than
+ * after the write: heartbeats keep flowing through a slow fsync, and
+ * followers start on new entries while the leader still writes older
+ * ones. */
 size_t raft_take_msgs(struct raft *r, const struct raft_msg **msgs)
 {
     msgvec_clear(&r->taken);
