@@ -338,6 +338,8 @@ struct raft {
     struct raft_snapshot_meta rd_snap; /* Ready.snapshot (a copy) */
 
     struct raft_peer_status *status_buf; /* raft_status peers */
+    char errmsg[RAFT_ERRMSG_SIZE];       /* why the last raft_step
+                                            refused a message */
 };
 
 static void become_follower(struct raft *r, uint64_t term, uint64_t leader);
@@ -1037,6 +1039,10 @@ static void leader_maybe_commit(struct raft *r)
 
 static void vote_record(struct raft *r, uint64_t id, bool granted)
 {
+    /* Only members of the configuration can count (vote_tally), so only
+     * they are recorded: the list stays as short as the configuration. */
+    if (raft_conf_get(&r->conf, id) == NULL)
+        return;
     for (size_t i = 0; i < r->n_votes; i++)
         if (r->votes[i].id == id)
             return; /* first answer counts */
@@ -1176,25 +1182,65 @@ static void send_append_resp(struct raft *r, uint64_t to, uint64_t index)
     m->index = index;
 }
 
-/* Validates the shape of an APPEND before anything changes. */
-static bool append_valid(const struct raft_msg *m)
+/* A configuration entry a correct leader can write: it decodes and keeps
+ * at least one voter (raft_propose_conf refuses to remove the last). */
+static bool conf_data_valid(const uint8_t *data, size_t len)
 {
+    struct raft_conf c;
+    if (raft_conf_decode(data, len, &c) != 0)
+        return false;
+    bool ok = raft_conf_voters(&c) > 0;
+    raft_conf_free(&c);
+    return ok;
+}
+
+/* Validates the shape of an APPEND before anything changes: entries
+ * follow prevLogIndex one by one, with terms from 1, never decreasing
+ * from prevLogTerm and never above the leader's term. */
+static const char *append_invalid(const struct raft_msg *m)
+{
+    if (m->index == 0 && m->log_term != 0)
+        return "APPEND with a term for index 0";
+    if (m->log_term > m->term)
+        return "APPEND whose previous entry is newer than its term";
     uint64_t prev_term = m->log_term;
     for (size_t i = 0; i < m->n_entries; i++) {
         const struct raft_entry *e = &m->entries[i];
-        if (e->index != m->index + 1 + i || e->term < prev_term ||
-            e->term > m->term || e->type > RAFT_ENTRY_NOOP ||
-            (e->len > 0 && e->data == NULL))
-            return false;
-        if (e->type == RAFT_ENTRY_CONF) {
-            struct raft_conf c;
-            if (raft_conf_decode(e->data, e->len, &c) != 0)
-                return false;
-            raft_conf_free(&c);
-        }
+        if (e->index != m->index + 1 + i || e->index >= RAFT_LIMIT)
+            return "APPEND with entries out of sequence";
+        if (e->term == 0 || e->term < prev_term || e->term > m->term)
+            return "APPEND with an entry term out of order";
+        if (e->type > RAFT_ENTRY_NOOP || (e->len > 0 && e->data == NULL))
+            return "APPEND with a malformed entry";
+        if (e->type == RAFT_ENTRY_CONF && !conf_data_valid(e->data, e->len))
+            return "APPEND with an invalid configuration entry";
         prev_term = e->term;
     }
-    return true;
+    return NULL;
+}
+
+/* An APPEND of a current or newer term never contradicts a committed
+ * entry: its leader holds every entry committed before its term (Leader
+ * Completeness, thesis §3.6.3) and every one it committed itself. A peer
+ * that says otherwise is broken or lying; following it would overwrite
+ * committed state. (A stale leader's APPEND may well conflict: it is
+ * answered with our term before this check.) */
+static const char *append_conflicts(const struct raft *r,
+                                    const struct raft_msg *m)
+{
+    uint64_t upto = PZ_MIN(r->commit, log_last(&r->log));
+    uint64_t prev = m->index;
+    if (prev >= r->log.offset && prev <= upto &&
+        log_term(&r->log, prev) != m->log_term)
+        return "APPEND contradicts a committed entry (previous index)";
+    for (size_t i = 0; i < m->n_entries; i++) {
+        const struct raft_entry *e = &m->entries[i];
+        if (e->index > upto)
+            break;
+        if (e->index > r->log.offset && log_term(&r->log, e->index) != e->term)
+            return "APPEND contradicts a committed entry";
+    }
+    return NULL;
 }
 
 /* Figure 3.1 (AppendEntries receiver implementation). */
@@ -1233,7 +1279,7 @@ static void handle_append(struct raft *r, const struct raft_msg *m)
         } else {
             uint64_t t = log_term(&r->log, prev);
             uint64_t i = prev;
-            while (i - 1 > r->log.offset && i - 1 > r->commit &&
+            while (i > r->log.offset + 1 && i > r->commit + 1 &&
                    log_term(&r->log, i - 1) == t)
                 i--;
             resp->log_term = t;
@@ -1276,20 +1322,18 @@ static void handle_heartbeat(struct raft *r, const struct raft_msg *m)
 }
 
 /* Validates the shape of an INSTALL_SNAPSHOT before anything changes. */
-static bool snapshot_valid(const struct raft_msg *m)
+static const char *snapshot_invalid(const struct raft_msg *m)
 {
-    if (m->snap_index == 0 || m->snap_term == 0 || m->snap_term > m->term ||
-        m->n_entries != 1)
-        return false;
+    if (m->snap_index == 0 || m->snap_term == 0 || m->snap_term > m->term)
+        return "INSTALL_SNAPSHOT with an impossible index or term";
+    if (m->n_entries != 1)
+        return "INSTALL_SNAPSHOT without exactly one entry";
     const struct raft_entry *e = &m->entries[0];
     if (e->type != RAFT_ENTRY_CONF || e->index != m->snap_index ||
-        e->term != m->snap_term || (e->len > 0 && e->data == NULL))
-        return false;
-    struct raft_conf c;
-    if (raft_conf_decode(e->data, e->len, &c) != 0)
-        return false;
-    raft_conf_free(&c);
-    return true;
+        e->term != m->snap_term || (e->len > 0 && e->data == NULL) ||
+        !conf_data_valid(e->data, e->len))
+        return "INSTALL_SNAPSHOT with an invalid configuration";
+    return NULL;
 }
 
 /* Thesis Figure 5.3 (InstallSnapshot receiver), whole snapshots: the
@@ -1354,7 +1398,8 @@ static void handle_append_resp(struct raft *r, const struct raft_msg *m)
         /* Stale rejections (for an index we already know matches, or not
          * the outstanding probe, or while a snapshot is on its way) carry
          * no news. */
-        if (m->index <= pr->match || pr->state == RAFT_PROGRESS_SNAPSHOT)
+        if (m->index <= pr->match || m->index > log_last(&r->log) ||
+            pr->state == RAFT_PROGRESS_SNAPSHOT)
             return;
         if (pr->state == RAFT_PROGRESS_PROBE && m->index != pr->next - 1)
             return;
@@ -1490,8 +1535,10 @@ static void step_follower(struct raft *r, const struct raft_msg *m)
         break;
     case RAFT_MSG_TIMEOUT_NOW:
         /* Thesis §3.10: the target "starts a new election immediately",
-         * without Pre-Vote: the leader asked for it. */
-        campaign(r, false, true);
+         * without Pre-Vote: the leader asked for it. Only the leader we
+         * follow may ask; anyone else would just disrupt the cluster. */
+        if (m->from == r->leader)
+            campaign(r, false, true);
         break;
     default:
         break;
@@ -1781,25 +1828,79 @@ static bool in_lease(const struct raft *r)
     return r->leader != 0 && r->election_elapsed < r->cfg.election_ticks;
 }
 
+/* What no correct peer sends, whatever our state: NULL if m is fine. */
+static const char *msg_invalid(const struct raft_msg *m)
+{
+    if (m->type < RAFT_MSG_APPEND || m->type >= RAFT_MSG_TYPE_MAX)
+        return "unknown message type";
+    if (m->from == 0)
+        return "message from node 0";
+    if (m->term >= RAFT_LIMIT || m->log_term >= RAFT_LIMIT ||
+        m->index >= RAFT_LIMIT || m->commit >= RAFT_LIMIT ||
+        m->reject_hint >= RAFT_LIMIT || m->snap_index >= RAFT_LIMIT ||
+        m->snap_term >= RAFT_LIMIT)
+        return "term or index beyond any real log";
+    if (m->n_entries > 0 && m->entries == NULL)
+        return "entries missing";
+    if (m->n_entries > 0 && m->type != RAFT_MSG_APPEND &&
+        m->type != RAFT_MSG_INSTALL_SNAPSHOT)
+        return "entries in a message that carries none";
+    switch (m->type) {
+    case RAFT_MSG_APPEND:
+    case RAFT_MSG_HEARTBEAT:
+    case RAFT_MSG_TIMEOUT_NOW:
+    case RAFT_MSG_INSTALL_SNAPSHOT:
+        if (m->term == 0)
+            return "leader message with term 0";
+        if (m->type == RAFT_MSG_APPEND)
+            return append_invalid(m);
+        if (m->type == RAFT_MSG_INSTALL_SNAPSHOT)
+            return snapshot_invalid(m);
+        return NULL;
+    case RAFT_MSG_PREVOTE:
+    case RAFT_MSG_VOTE:
+        if (m->term == 0 || m->log_term > m->term)
+            return "vote request with an impossible term";
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+static int refuse(struct raft *r, const struct raft_msg *m, const char *why)
+{
+    snprintf(r->errmsg, sizeof r->errmsg, "%s %s from node %llu: %s",
+             m->type < RAFT_MSG_TYPE_MAX ? "invalid" : "invalid message",
+             m->type < RAFT_MSG_TYPE_MAX ? raft_msg_type_name(m->type) : "",
+             (unsigned long long)m->from, why);
+    return PZ_EINVAL;
+}
+
+const char *raft_errmsg(const struct raft *r)
+{
+    return r->errmsg;
+}
+
 int raft_step(struct raft *r, const struct raft_msg *m)
 {
-    if (m->type < RAFT_MSG_APPEND || m->type >= RAFT_MSG_TYPE_MAX ||
-        m->from == 0)
-        return PZ_EINVAL;
+    const char *why = msg_invalid(m);
+    if (why != NULL)
+        return refuse(r, m, why);
     if (m->to != r->id || m->from == r->id)
         return 0;
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT_RESP)
         return 0;
-    if (m->type == RAFT_MSG_APPEND && !append_valid(m))
-        return PZ_EINVAL;
-    if (m->type == RAFT_MSG_INSTALL_SNAPSHOT && !snapshot_valid(m))
-        return PZ_EINVAL;
+    if (m->type == RAFT_MSG_APPEND && m->term >= r->term &&
+        (why = append_conflicts(r, m)) != NULL)
+        return refuse(r, m, why);
     r->fresh = false;
 
     /* ReadIndex traffic is term-less: a confirmed read index stays valid
      * whatever happened to the terms since. */
     if (m->type == RAFT_MSG_READ_INDEX) {
-        if (r->role == RAFT_LEADER) {
+        /* Only members read through us: the list of pending reads stays
+         * bounded by what members ask. */
+        if (r->role == RAFT_LEADER && progress_get(r, m->from) != NULL) {
             add_read(r, m->from, m->context);
         } else {
             struct raft_msg *resp =
@@ -1811,7 +1912,10 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         return 0;
     }
     if (m->type == RAFT_MSG_READ_INDEX_RESP) {
-        if (!take_forwarded(r, m->context))
+        /* Reads were forwarded to the leader: an index from anyone else
+         * could be any index (a refusal only makes the caller retry). */
+        if ((!m->reject && m->from != r->leader) ||
+            !take_forwarded(r, m->context))
             return 0; /* duplicate, or already dropped */
         if (m->reject)
             push_dropped(r, m->context);

@@ -58,9 +58,12 @@
  * leader's messages may be taken earlier with raft_take_msgs. A Ready only
  * contains what is new since the previous one.
  *
- * Failure modes: calls return 0 or a negative PZ_E* code (err.h); invalid
- * or stale peer messages are ignored (never an error, never an abort);
- * a broken internal invariant is a pz_assert. OOM aborts (pz_malloc).
+ * Failure modes: calls return 0 or a negative PZ_E* code (err.h). Nothing
+ * a peer sends can abort or hang the core: raft_step refuses, before
+ * changing anything, every message no correct peer sends (PZ_EINVAL, with
+ * the reason in raft_errmsg; the driver should drop the peer's link), and
+ * ignores stale or inapplicable ones. A broken internal invariant is a
+ * pz_assert. OOM aborts (pz_malloc).
  *
  * Thread safety: none. One owner calls everything. */
 #ifndef RAFT_H
@@ -71,6 +74,10 @@
 #include <stdint.h>
 
 #define RAFT_ERRMSG_SIZE 256 /* size of the errmsg buffer of raft_new */
+/* Terms and indexes in messages must stay below this: no real cluster gets
+ * near it (2^62 elections or entries), and arithmetic on them (term + 1,
+ * index + n) can then never wrap around. */
+#define RAFT_LIMIT (UINT64_C(1) << 62)
 
 /* --- configurations (membership) ------------------------------------ */
 
@@ -298,10 +305,22 @@ int raft_bootstrap(struct raft *r, const struct raft_conf *conf);
 void raft_tick(struct raft *r);
 
 /* Feeds one message from a peer (m->to should be this node; otherwise it
- * is ignored). Everything kept is copied; m stays the caller's. Returns 0
- * or PZ_EINVAL for a malformed message (unknown type, from 0); stale or
- * inapplicable messages return 0 and are ignored. */
+ * is ignored). Everything kept is copied; m stays the caller's. Returns 0,
+ * or PZ_EINVAL for a message no correct peer sends, with nothing changed
+ * and the reason in raft_errmsg(): an unknown type, sender 0, a term or
+ * index at or above RAFT_LIMIT, entries where none belong, a leader
+ * message or vote request of term 0, an APPEND whose entries do not
+ * follow its previous index one by one with terms from 1 never
+ * decreasing and never above the message's, a configuration entry that
+ * does not decode or has no voter, an INSTALL_SNAPSHOT not shaped as
+ * documented above, and an APPEND of our term or a newer one that
+ * contradicts an entry we know is committed. Stale or inapplicable
+ * messages return 0 and are ignored, among them a TIMEOUT_NOW not from
+ * the leader we follow, a READ_INDEX_RESP with an index not from it, and a READ_INDEX
+ * from a non-member (answered with a refusal). */
 int raft_step(struct raft *r, const struct raft_msg *m);
+/* Why the last raft_step returned PZ_EINVAL ("" before any). */
+const char *raft_errmsg(const struct raft *r);
 
 /* Appends a NORMAL entry (data copied) on the leader. *index and *term (may be
  * NULL) identify it: it is committed iff an entry with this index and term

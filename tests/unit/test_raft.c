@@ -672,7 +672,7 @@ TEST(prevote_does_not_bump_terms)
                           .from = 2,
                           .term = term + 5,
                           .index = 100,
-                          .log_term = 100};
+                          .log_term = term};
     isolate(&net, 1, true);
     tick_all(&net, 12); /* node 3 forgets the leader (lease over) */
     drop_queue(&net);
@@ -697,7 +697,7 @@ TEST(leader_stickiness_ignores_votes)
                          .from = 3,
                          .term = term + 1,
                          .index = 100,
-                         .log_term = 100};
+                         .log_term = term};
     inject(&net, 2, v);
     CHECK(find_msg(&net, 2, RAFT_MSG_VOTE_RESP) == NULL);
     CHECK_EQ_INT(st_of(&net, 2).term, term);
@@ -1375,6 +1375,291 @@ static struct raft_msg snap_msg(uint64_t from, uint64_t term, uint64_t si,
                              .snap_term = st,
                              .entries = e,
                              .n_entries = 1};
+}
+
+/* What a refused message must leave alone. */
+struct observed {
+    uint64_t term, vote, commit, last, leader;
+    uint8_t role;
+    bool ready;
+};
+
+static struct observed observe(struct raft *r)
+{
+    struct raft_status st;
+    raft_status(r, &st);
+    return (struct observed){st.term,   st.vote,     st.commit,
+                             st.last_index, st.leader, st.role,
+                             raft_has_ready(r)};
+}
+
+static bool same(struct observed a, struct observed b)
+{
+    return a.term == b.term && a.vote == b.vote && a.commit == b.commit &&
+           a.last == b.last && a.leader == b.leader && a.role == b.role &&
+           a.ready == b.ready;
+}
+
+/* Steps m into r; it must be refused with nothing changed. */
+static bool refused(struct raft *r, struct raft_msg m)
+{
+    struct observed before = observe(r);
+    int rv = raft_step(r, &m);
+    if (rv != PZ_EINVAL || raft_errmsg(r)[0] == '\0') {
+        fprintf(stderr, "    step returned %d\n", rv);
+        return false;
+    }
+    return same(before, observe(r));
+}
+
+/* A 3-node cluster led by node 1 with entries 1..4 committed everywhere. */
+static void committed_cluster(struct tnet *net)
+{
+    net_init(net, 3);
+    elect(net, 1);
+    propose_n(net, 1, 2);
+    deliver_all(net);
+    tick_all(net, 1); /* commit reaches the followers */
+}
+
+/* An APPEND of a higher term whose entry conflicts with a committed one
+ * (a broken or lying peer) used to hit the truncation assertion and abort
+ * the node. It is refused and changes nothing, term included. */
+TEST(append_contradicting_commit_refused)
+{
+    struct tnet net;
+    committed_cluster(&net);
+    struct raft_status s2 = st_of(&net, 2);
+    CHECK(s2.commit >= 3);
+    uint64_t t = s2.term;
+    struct raft_entry e = {.term = t + 1, .index = 3,
+                           .type = RAFT_ENTRY_NORMAL};
+    struct raft_msg m = {.type = RAFT_MSG_APPEND, .from = 3, .to = 2,
+                         .term = t + 1, .index = 2,
+                         .log_term = raft_log_get(net.nodes[2].r, 2)->term,
+                         .entries = &e, .n_entries = 1, .commit = 3};
+    CHECK(refused(net.nodes[2].r, m));
+    CHECK(strstr(raft_errmsg(net.nodes[2].r), "committed") != NULL);
+    /* the previous entry itself contradicting a committed one */
+    m.n_entries = 0;
+    m.log_term = t + 1;
+    CHECK(refused(net.nodes[2].r, m));
+    /* from the leader of our own term too */
+    m.from = 1;
+    m.term = t;
+    m.log_term = t;
+    e.term = t;
+    m.index = 1;
+    m.n_entries = 1;
+    e.index = 2;
+    CHECK(refused(net.nodes[2].r, m));
+    /* a stale leader's conflicting APPEND is no error: answered, ignored */
+    CHECK(t >= 2);
+    m.term = t - 1;
+    e.term = m.term;
+    m.log_term = m.term;
+    CHECK_EQ_INT(raft_step(net.nodes[2].r, &m), 0);
+    /* the cluster goes on */
+    propose_n(&net, 1, 1);
+    deliver_all(&net);
+    CHECK_EQ_INT(st_of(&net, 2).term, t);
+    CHECK(st_of(&net, 2).commit >= 4);
+    net_free(&net);
+}
+
+/* An APPEND whose previous index is the log's start (0 on a new node) with
+ * a term other than the boundary's used to send the conflict hint loop
+ * below index 0 for ~2^64 rounds: the node hung. */
+TEST(append_prev_at_log_start_refused)
+{
+    struct raft_config cfg = tcfg(4);
+    struct raft *fresh = raft_new(&cfg, NULL); /* joining: empty log */
+    struct raft_msg m = {.type = RAFT_MSG_APPEND, .from = 1, .to = 4,
+                         .term = 3, .index = 0, .log_term = 2};
+    CHECK(refused(fresh, m));
+    raft_free(fresh);
+    /* A node whose log was compacted: prev at the boundary, wrong term. */
+    struct tnet net;
+    committed_cluster(&net);
+    CHECK_EQ_INT(compact_node(&net, 2, 3, 0), 0);
+    CHECK_EQ_INT(st_of(&net, 2).first_index, 4);
+    uint64_t t = st_of(&net, 2).term;
+    CHECK(t >= 2);
+    m = (struct raft_msg){.type = RAFT_MSG_APPEND, .from = 1, .to = 2,
+                          .term = t, .index = 3, .log_term = t};
+    /* the boundary's term is t too: matches */
+    CHECK_EQ_INT(raft_step(net.nodes[2].r, &m), 0);
+    m.log_term = t - 1;
+    CHECK(refused(net.nodes[2].r, m));
+    net_free(&net);
+}
+
+/* The conflict hint of a rejected APPEND stays inside the log and above
+ * the commit index, whatever the previous index (no wrap-around). */
+TEST(reject_hint_bounded)
+{
+    struct tnet net;
+    committed_cluster(&net);
+    uint64_t t = st_of(&net, 2).term;
+    uint64_t last = st_of(&net, 2).last_index;
+    /* uncommitted entries of term t on node 2 that the leader never
+     * sent: a probe past them is rejected with a hint above commit */
+    drop_queue(&net);
+    struct raft_msg m = {.type = RAFT_MSG_APPEND, .from = 1, .to = 2,
+                         .term = t, .index = last + 5, .log_term = t};
+    CHECK_EQ_INT(raft_step(net.nodes[2].r, &m), 0);
+    struct raft_msg *resp = find_msg(&net, 2, RAFT_MSG_APPEND_RESP);
+    CHECK(resp != NULL && resp->reject);
+    CHECK_EQ_INT(resp->reject_hint, last + 1);
+    net_free(&net);
+}
+
+/* Every check raft_step makes on a message's shape, each refused with
+ * nothing changed. */
+TEST(message_shape_checks)
+{
+    struct tnet net;
+    committed_cluster(&net);
+    struct raft *r = net.nodes[2].r;
+    uint64_t t = st_of(&net, 2).term;
+    uint8_t cb[64];
+    struct raft_entry ok = {.term = t, .index = 5, .type = RAFT_ENTRY_NORMAL};
+    struct raft_msg base = {.type = RAFT_MSG_APPEND, .from = 1, .to = 2,
+                            .term = t, .index = 4, .log_term = t};
+    struct raft_msg m;
+    /* terms and indexes beyond any real log */
+    m = base;
+    m.term = RAFT_LIMIT;
+    CHECK(refused(r, m));
+    m = base;
+    m.commit = UINT64_MAX;
+    CHECK(refused(r, m));
+    m = (struct raft_msg){.type = RAFT_MSG_HEARTBEAT, .from = 1, .to = 2,
+                          .term = t, .context = 1, .commit = RAFT_LIMIT};
+    CHECK(refused(r, m));
+    /* entries where none belong, or missing */
+    m = (struct raft_msg){.type = RAFT_MSG_HEARTBEAT, .from = 1, .to = 2,
+                          .term = t, .entries = &ok, .n_entries = 1};
+    CHECK(refused(r, m));
+    m = base;
+    m.n_entries = 3;
+    CHECK(refused(r, m));
+    /* leader messages and vote requests of term 0 */
+    m = base;
+    m.term = 0;
+    m.log_term = 0;
+    CHECK(refused(r, m));
+    m = (struct raft_msg){.type = RAFT_MSG_TIMEOUT_NOW, .from = 1, .to = 2};
+    CHECK(refused(r, m));
+    m = (struct raft_msg){.type = RAFT_MSG_VOTE, .from = 3, .to = 2,
+                          .term = t + 1, .index = 9, .log_term = t + 2};
+    CHECK(refused(r, m));
+    /* APPEND shape */
+    m = base;
+    m.index = 0;
+    m.log_term = 1;
+    CHECK(refused(r, m));
+    m = base;
+    m.log_term = t + 1;
+    CHECK(refused(r, m));
+    struct raft_entry e = ok;
+    m = base;
+    m.entries = &e;
+    m.n_entries = 1;
+    e.term = 0;
+    CHECK(refused(r, m));
+    e = ok;
+    e.index = 6; /* gap */
+    CHECK(refused(r, m));
+    e = ok;
+    e.term = t + 1; /* newer than the message */
+    CHECK(refused(r, m));
+    e = ok;
+    e.type = 9;
+    CHECK(refused(r, m));
+    e = ok;
+    e.len = 4; /* no data */
+    CHECK(refused(r, m));
+    /* a configuration without any voter */
+    struct raft_conf c;
+    raft_conf_init(&c);
+    raft_conf_add(&c, 2, false, "m");
+    uint8_t *buf;
+    size_t len;
+    raft_conf_encode(&c, &buf, &len);
+    pz_assert(len <= sizeof cb);
+    memcpy(cb, buf, len);
+    pz_free(buf);
+    raft_conf_free(&c);
+    e = ok;
+    e.type = RAFT_ENTRY_CONF;
+    e.data = cb;
+    e.len = len;
+    CHECK(refused(r, m));
+    /* INSTALL_SNAPSHOT shape */
+    struct raft_entry se = {.term = t, .index = 50, .type = RAFT_ENTRY_CONF,
+                            .data = cb, .len = len};
+    m = (struct raft_msg){.type = RAFT_MSG_INSTALL_SNAPSHOT, .from = 1,
+                          .to = 2, .term = t, .snap_index = 50,
+                          .snap_term = t, .entries = &se, .n_entries = 1};
+    CHECK(refused(r, m)); /* no voter */
+    m.snap_term = t + 1;
+    CHECK(refused(r, m));
+    m.snap_term = 0;
+    CHECK(refused(r, m));
+    /* nothing was disturbed: node 2 still follows node 1 */
+    propose_n(&net, 1, 1);
+    deliver_all(&net);
+    CHECK_EQ_INT(st_of(&net, 2).term, t);
+    CHECK_EQ_INT(st_of(&net, 2).leader, 1);
+    CHECK_EQ_INT(st_of(&net, 2).commit, st_of(&net, 1).commit);
+    net_free(&net);
+}
+
+/* Messages that only the leader, or a member, may send are ignored from
+ * anyone else. */
+TEST(messages_from_the_wrong_peer_ignored)
+{
+    struct tnet net;
+    committed_cluster(&net);
+    uint64_t t = st_of(&net, 2).term;
+    /* TIMEOUT_NOW from a follower does not start an election */
+    drop_queue(&net);
+    inject(&net, 2, (struct raft_msg){.type = RAFT_MSG_TIMEOUT_NOW,
+                                      .from = 3, .term = t});
+    CHECK_EQ_INT(st_of(&net, 2).role, RAFT_FOLLOWER);
+    CHECK_EQ_INT(st_of(&net, 2).term, t);
+    /* a read index answer from a non-leader is not taken */
+    CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 77), 0);
+    pump_all(&net);
+    drop_queue(&net);
+    inject(&net, 2, (struct raft_msg){.type = RAFT_MSG_READ_INDEX_RESP,
+                                      .from = 3, .context = 77,
+                                      .index = 1000});
+    pump(&net, 2);
+    CHECK_EQ_INT(net.nodes[2].n_rs, 0);
+    /* ... while the leader's is */
+    inject(&net, 2, (struct raft_msg){.type = RAFT_MSG_READ_INDEX_RESP,
+                                      .from = 1, .context = 77, .index = 4});
+    pump(&net, 2);
+    CHECK_EQ_INT(net.nodes[2].n_rs, 1);
+    /* a read through the leader from a non-member is refused */
+    drop_queue(&net);
+    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_READ_INDEX,
+                                      .from = 9, .context = 5});
+    struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_READ_INDEX_RESP);
+    CHECK(resp != NULL && resp->reject && resp->to == 9);
+    /* a rejection naming an index beyond the leader's log changes no
+     * progress */
+    uint64_t last = st_of(&net, 1).last_index;
+    drop_queue(&net);
+    inject(&net, 1, (struct raft_msg){.type = RAFT_MSG_APPEND_RESP,
+                                      .from = 2, .term = t, .reject = true,
+                                      .index = last + 100,
+                                      .reject_hint = last + 50});
+    const struct raft_peer_status *p = peer_of(&net, 1, 2);
+    CHECK(p != NULL && p->next <= last + 1);
+    net_free(&net);
 }
 
 TEST(compact_boundaries)
@@ -2104,6 +2389,11 @@ static const struct test_case cases[] = {
     TEST_ENTRY(transfer_aborts_after_timeout),
     TEST_ENTRY(restore_uses_last_conf_entry),
     TEST_ENTRY(malformed_messages),
+    TEST_ENTRY(append_contradicting_commit_refused),
+    TEST_ENTRY(append_prev_at_log_start_refused),
+    TEST_ENTRY(reject_hint_bounded),
+    TEST_ENTRY(message_shape_checks),
+    TEST_ENTRY(messages_from_the_wrong_peer_ignored),
     TEST_ENTRY(compact_boundaries),
     TEST_ENTRY(conf_survives_compaction),
     TEST_ENTRY(leader_sends_snapshot),

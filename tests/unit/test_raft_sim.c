@@ -34,7 +34,8 @@
  *    installs a snapshot the node received, with the conf it came with; a
  *    node's durable log is a valid continuation of its durable snapshot;
  *  - ReadIndex linearizability: a confirmed read index is >= the highest
- *    commit index any node knew when the read was requested.
+ *    commit index any node knew when the read was requested;
+ *  - forged messages (see forge()) are refused and change nothing.
  * Then liveness: after healing everything and restarting crashed nodes, a
  * leader must be elected and a proposal applied on every member within a
  * bound.
@@ -217,6 +218,9 @@ struct sim {
     uint64_t stat_leaders;             /* leader elections seen */
     uint64_t stat_snaps;               /* local snapshots taken */
     uint64_t stat_installs;            /* snapshots installed */
+    uint64_t forge_rng;                /* forged messages' randomness (its
+                                          own, so seeds replay as before) */
+    uint64_t stat_forged;              /* forged messages refused */
 };
 
 static volatile sig_atomic_t cur_seed_for_signal;
@@ -1453,6 +1457,91 @@ static void chaos_action(struct sim *s)
 
 /* --- the run -------------------------------------------------------------- */
 
+/* --- forged messages --------------------------------------------------------
+ * Now and then, before a real message is delivered, the receiver gets a
+ * forged variant no correct peer sends: the core must refuse it
+ * (PZ_EINVAL) and change nothing. The variants: an APPEND whose previous
+ * index is 0 with a term (once hung the node), an APPEND of a current or
+ * newer term rewriting the receiver's last committed entry (once aborted
+ * it), and any message with a term beyond RAFT_LIMIT. */
+struct sim_seen {
+    struct raft_status st;
+    bool ready;
+};
+
+static struct sim_seen sim_observe(struct raft *r)
+{
+    struct sim_seen o;
+    raft_status(r, &o.st);
+    o.ready = raft_has_ready(r);
+    return o;
+}
+
+static bool sim_same(const struct sim_seen *a, const struct sim_seen *b)
+{
+    return a->st.term == b->st.term && a->st.vote == b->st.vote &&
+           a->st.commit == b->st.commit && a->st.role == b->st.role &&
+           a->st.leader == b->st.leader &&
+           a->st.last_index == b->st.last_index &&
+           a->st.first_index == b->st.first_index && a->ready == b->ready;
+}
+
+static void forge_step(struct sim *s, struct snode *sn, struct raft_msg *f,
+                       const char *what)
+{
+    struct sim_seen before = sim_observe(sn->r);
+    int rv = raft_step(sn->r, f);
+    struct sim_seen after = sim_observe(sn->r);
+    if (rv != PZ_EINVAL)
+        sim_fail(s, "node %" PRIu64 " took a forged %s (%d)", sn->id, what,
+                 rv);
+    else if (!sim_same(&before, &after))
+        sim_fail(s, "node %" PRIu64 " changed on a refused forged %s", sn->id,
+                 what);
+    else
+        s->stat_forged++;
+}
+
+static void forge(struct sim *s, struct snode *sn, const struct raft_msg *m)
+{
+    uint64_t pick = pz_rand_next(&s->forge_rng) % 3;
+    struct raft_msg f = *m;
+    f.entries = NULL;
+    f.n_entries = 0;
+    if (pick == 0) {
+        f.term = RAFT_LIMIT + pz_rand_next(&s->forge_rng) % 1000;
+        forge_step(s, sn, &f, "huge term");
+        return;
+    }
+    struct raft_status st;
+    raft_status(sn->r, &st);
+    f.type = RAFT_MSG_APPEND;
+    f.term = PZ_MAX(PZ_MAX(m->term, st.term), 1);
+    if (pick == 1) {
+        f.index = 0;
+        f.log_term = 1 + pz_rand_next(&s->forge_rng) % f.term;
+        forge_step(s, sn, &f, "APPEND after index 0");
+        return;
+    }
+    /* Rewrite the last committed entry, if the log still holds it and
+     * the one before it. */
+    uint64_t c = PZ_MIN(st.commit, st.last_index);
+    const struct raft_entry *ce = raft_log_get(sn->r, c);
+    if (c < 2 || ce == NULL || c - 1 < st.first_index - 1)
+        return;
+    const struct raft_entry *pe = raft_log_get(sn->r, c - 1);
+    uint64_t prev_term = pe ? pe->term : st.compact_term;
+    if (ce->term >= f.term)
+        f.term = ce->term + 1;
+    struct raft_entry e = {.term = f.term, .index = c,
+                           .type = RAFT_ENTRY_NOOP};
+    f.index = c - 1;
+    f.log_term = prev_term;
+    f.entries = &e;
+    f.n_entries = 1;
+    forge_step(s, sn, &f, "APPEND rewriting a committed entry");
+}
+
 static void handle_event(struct sim *s, struct event *e)
 {
     struct snode *sn = e->node > 0 ? &s->nodes[e->node] : NULL;
@@ -1473,6 +1562,8 @@ static void handle_event(struct sim *s, struct event *e)
                   e->m.from, e->m.to, raft_msg_type_name(e->m.type), e->m.term,
                   e->m.index, e->m.log_term, e->m.commit, e->m.n_entries,
                   e->m.reject ? " REJECT" : "", e->m.context);
+        if (s->chaos && pz_rand_next(&s->forge_rng) % 50 == 0)
+            forge(s, sn, &e->m);
         if (raft_step(sn->r, &e->m) != 0)
             sim_fail(s, "node %d rejected a well-formed message", e->node);
         break;
@@ -1617,6 +1708,7 @@ struct sim_stats {
     uint64_t leaders;  /* leaders elected */
     uint64_t snaps;    /* local snapshots taken (compactions) */
     uint64_t installs; /* snapshots installed from a leader */
+    uint64_t forged;   /* forged messages refused */
 };
 
 /* Runs one seed; returns true if every check passed. */
@@ -1627,6 +1719,7 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->seed = seed;
     s->rng = seed * 0x2545F4914F6CDD1Dull + 17;
     s->n = n;
+    s->forge_rng = seed ^ 0x666f726765ull;
     s->trace = trace_on;
     s->pre_vote = !chance(s, 20);
     s->check_quorum = !chance(s, 20);
@@ -1702,6 +1795,7 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
         stats->leaders += s->stat_leaders;
         stats->snaps += s->stat_snaps;
         stats->installs += s->stat_installs;
+        stats->forged += s->stat_forged;
     }
     sim_free(s);
     pz_free(s);
@@ -1753,9 +1847,11 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
         printf("raft-sim: %" PRIu64 " seeds from %" PRIu64 ", %" PRIu64
                " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
                " committed entries, %" PRIu64 " reads, %" PRIu64
-               " leaders, %" PRIu64 " snapshots, %" PRIu64 " installs\n",
+               " leaders, %" PRIu64 " snapshots, %" PRIu64 " installs, %" PRIu64
+               " forged messages refused\n",
                count, first, failed, secs, (double)count / secs, st.events,
-               st.commits, st.reads, st.leaders, st.snaps, st.installs);
+               st.commits, st.reads, st.leaders, st.snaps, st.installs,
+               st.forged);
     return failed ? 1 : 0;
 }
 
