@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
 
 #define KB INT64_C(1024)
 #define MB (1024 * KB)
@@ -98,7 +99,8 @@ static const struct cfg_directive directives[] = {
              "listen address"),
     D_STRING("NETWORK", "cluster-token", cluster_token, "", IMM | MANDI,
              check_token,
-             "shared secret for writes to mandi; empty = no check"),
+             "shared secret of the cluster; empty = no check (loopback "
+             "raft-addr only), none = no check anywhere"),
 
     D_ADDR("RAFT", "raft-addr", raft_addr, "127.0.0.1:12000", IMM,
            "address peers reach this node's Raft transport on"),
@@ -117,6 +119,10 @@ static const struct cfg_directive directives[] = {
           1000000000, IMM, "take a snapshot after this many new entries"),
     D_INT("RAFT", "raft-trailing-entries", raft_trailing_entries, "10240", 0,
           1000000000, IMM, "log entries kept behind a snapshot"),
+    D_SIZE("RAFT", "raft-snapshot-max-size", raft_snapshot_max_size, "0", 0,
+           1024 * GB, IMM,
+           "largest snapshot accepted from the leader; 0 = 4 x own data, at "
+           "least 4gb"),
     D_DURATION("RAFT", "request-timeout", request_timeout_ms, "5s", 100,
                10 * 60 * MS_PER_S, IMM,
                "how long a request waits for the cluster before failing"),
@@ -1115,6 +1121,12 @@ int cfg_load(struct pz_config *c, int argc, char **argv, char **envp, char *err,
         if (rc != 0)
             goto out;
     }
+    if (strcmp(c->cluster_token, "none") == 0) {
+        /* No token, on purpose: everything else sees "". */
+        pz_free(c->cluster_token);
+        c->cluster_token = pz_strdup("");
+        c->cluster_token_none = true;
+    }
     rc = cfg_check(c, err, errlen);
 
 out:
@@ -1148,6 +1160,39 @@ static int check_port_clash(const struct pz_config *c, char *err, size_t errlen)
         }
     }
     return 0;
+}
+
+bool cfg_host_is_loopback(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (strcasecmp(host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6);
+    return false; /* "" (every interface), a name, any other address */
+}
+
+/* No token on a Raft port others can reach: anyone who reaches it could
+ * take part in the cluster. Loopback only, unless `cluster-token none`. */
+static int check_open_cluster(const struct pz_config *c, char *err,
+                              size_t errlen)
+{
+    char host[256];
+    int port;
+    if (c->cluster_token[0] != '\0' || c->cluster_token_none ||
+        pz_split_hostport(c->raft_addr, host, sizeof host, &port) != 0 ||
+        cfg_host_is_loopback(host))
+        return 0;
+    fmt_err(err, errlen, NULL, 0,
+            "'raft-addr' (%s) is not a loopback address and 'cluster-token' "
+            "is not set: anyone who can reach it could take part in the "
+            "cluster. Set the same 'cluster-token' on every node and mandi, "
+            "or 'cluster-token none' to run without one",
+            c->raft_addr);
+    return PZ_ECONFIG;
 }
 
 /* need >= key + value + slack, with "what" naming the needy directive. */
@@ -1206,6 +1251,8 @@ int cfg_check(const struct pz_config *c, char *err, size_t errlen)
     if (c->mode != CFG_MODE_SERVER)
         return 0;
     if (check_port_clash(c, err, errlen) != 0)
+        return PZ_ECONFIG;
+    if (check_open_cluster(c, err, errlen) != 0)
         return PZ_ECONFIG;
     struct cfg_peer *peers;
     size_t n;

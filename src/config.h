@@ -90,7 +90,10 @@ struct pz_config {
     char *http_addr;  /* http-addr: HTTP API listen address */
     char *grpc_addr;  /* grpc-addr: gRPC API listen address */
     char *mandi_addr; /* mandi-addr: URL http://host:port of mandi */
-    char *cluster_token; /* cluster-token: shared secret, "" = none */
+    char *cluster_token; /* cluster-token: shared secret, "" = none (the
+                            value `none` is turned into "" by cfg_load,
+                            setting cluster_token_none) */
+    bool cluster_token_none; /* cluster-token was `none`: open on purpose */
     /* RAFT */
     char *raft_addr;               /* raft-addr: peer listen address */
     char *raft_data;               /* raft-data: data directory */
@@ -101,6 +104,7 @@ struct pz_config {
     int64_t request_timeout_ms;    /* request-timeout */
     int64_t raft_snapshot_entries; /* raft-snapshot-entries */
     int64_t raft_trailing_entries; /* raft-trailing-entries */
+    int64_t raft_snapshot_max_size; /* raft-snapshot-max-size: 0 = auto */
     /* LIMITS */
     int64_t max_clients;            /* max-clients: per listener */
     int64_t client_idle_timeout_ms; /* client-idle-timeout: 0 = never */
@@ -243,6 +247,9 @@ void cfg_print_help(FILE *out);
 /* True when argv (same grammar as cfg_load) holds the option flag, e.g.
  * "--help" or "--test-config"; a directive's value never counts. */
 bool cfg_has_flag(int argc, char **argv, const char *flag);
+/* True for 127.0.0.0/8, ::1 and "localhost"; false for "" (every
+ * interface), other names and addresses. */
+bool cfg_host_is_loopback(const char *host);
 
 /* Parse an initial-cluster value "name=host:port,name=host:port" (blanks
  * around entries allowed). Names follow the node-id rule and are unique;

@@ -516,18 +516,6 @@ static void dispatch(struct http_conn *h)
         if (node_snapshot_now(&h->req, on_snapshot_done) < 0)
             on_snapshot_done(&h->req, PZ_EIO);
         return;
-    case HTTP_OP_REMOVED:
-        if (!authorized(h)) {
-            reply_text(h, 401, "Unauthorized", NULL, !ka);
-        } else if (node_removed_notice(h->op.key, h->op.value, h->op.term) ==
-                   0) {
-            reply(h, 204, NULL, NULL, 0, NULL, true);
-            ka = false;
-        } else {
-            reply_text(h, 400, "Notice does not apply", NULL, !ka);
-        }
-        finish(h, !ka);
-        return;
     case HTTP_OP_CLUSTER:
         if (!node_is_leader() && node_leader_http_addr() &&
             !http_req_header(&h->p.req, "x-pyazdb-forwarded")) {

@@ -779,37 +779,6 @@ void http_api_decode(const struct http_req *req,
                                 &op->klen);
         if (rv <= 0 || op->klen == 0 || memchr(op->key, 0, op->klen))
             op_error(op, 400, "Missing to parameter");
-    } else if (strcmp(p, "/cluster/removed") == 0) {
-        static const char *const names[] = {"id", "leader", "term"};
-        char *vals[3];
-        size_t lens[3];
-        char types[3];
-        if (!method_is(req, HTTP_POST)) {
-            op_error(op, 405, "Method not allowed");
-            op->allow = "POST";
-            goto out;
-        }
-        op->kind = HTTP_OP_REMOVED;
-        op->needs_auth = true;
-        if (http_json_strings(req->body.data ? req->body.data : "",
-                              req->body.len, names, 3, vals, lens,
-                              types) < 0) {
-            op_error(op, 400, "Invalid JSON");
-            goto out;
-        }
-        op->key = vals[0];
-        op->klen = lens[0];
-        op->value = vals[1];
-        op->vlen = lens[1];
-        char *end = NULL;
-        if (vals[2])
-            op->term = strtoull(vals[2], &end, 10);
-        bool ok = vals[0] && vals[1] && vals[2] && end && *end == '\0' &&
-                  vals[2][0] != '\0';
-        pz_free(vals[2]);
-        if (!ok)
-            op_error(op, 400, "Missing id, leader or term");
-        goto out; /* no key/value limits for this one */
     } else if (strcmp(p, "/health") == 0 || strcmp(p, "/status") == 0) {
         if (!method_is(req, HTTP_GET)) {
             op_error(op, 405, "Method not allowed");

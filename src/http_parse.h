@@ -112,8 +112,6 @@ enum http_op_kind {
     HTTP_OP_CLUSTER,   /* GET /cluster */
     HTTP_OP_REMOVE,    /* DELETE /cluster/members/ID: key = ID */
     HTTP_OP_TRANSFER,  /* POST /cluster/transfer?to=ID: key = ID */
-    HTTP_OP_REMOVED,   /* POST /cluster/removed (leader -> removed node):
-                          key = id, value = leader, term */
     HTTP_OP_SNAPSHOT,  /* POST /admin/snapshot */
 };
 
@@ -130,7 +128,6 @@ struct http_op {
     size_t vlen;            /* value length */
     bool stale;             /* GET: consistency=stale */
     bool needs_auth;        /* changes the cluster: cluster-token applies */
-    uint64_t term;          /* HTTP_OP_REMOVED: the leader's term */
     int status;             /* HTTP_OP_ERROR: HTTP status */
     const char *reason;     /* HTTP_OP_ERROR: one line, no newline */
     const char *allow;      /* 405: the Allow header value */

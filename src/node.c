@@ -28,9 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/statvfs.h>
 
 #include "failpoint.h"
-#include "fwd.h"
 #include "log.h"
 #include "mandi_client.h"
 #include "raft.h"
@@ -52,7 +52,12 @@ struct member {
     char *http;         /* HTTP address, "" if unknown */
     char *grpc;         /* gRPC address, "" if unknown */
     bool voter;         /* in the current configuration */
-    uint64_t told_ms;   /* departed: uv_now() of the last removal notice */
+};
+
+/* A member a committed configuration removed: told so if it dials us. */
+struct gone {
+    uint64_t id;         /* its Raft id */
+    uint64_t conf_index; /* the configuration entry without it */
 };
 
 struct node {
@@ -89,8 +94,11 @@ struct node {
     bool cluster_id_unsaved;     /* on_cluster_id came during a write */
     uint64_t saved_term;         /* term last handed to the store */
     uint64_t saved_vote;         /* vote last handed to the store */
-    struct member departed[4];   /* members dropped from the conf lately */
+    struct member departed[4];   /* members dropped from the conf lately
+                                    (names for the logs) */
     size_t n_departed;           /* entries in departed */
+    struct gone gone[16];        /* removed by committed confs, newest last */
+    size_t n_gone;               /* entries in gone */
     uint64_t *committed_ids;     /* members as of the last committed conf */
     size_t n_committed_ids;      /* entries in committed_ids */
     bool removed;                /* this node left the configuration */
@@ -106,12 +114,17 @@ struct node {
     uint64_t snap_index;         /* newest durable local snapshot */
     uint64_t snap_term;          /* its term */
     uint64_t snap_size;          /* its file size */
+    uint64_t prev_snap_index;    /* the durable snapshot before it */
+    uint64_t prev_snap_term;     /* its term */
     bool compact_pending;        /* store_compact waits for the write */
     struct pz_queue snap_waiters;/* POST /admin/snapshot requests */
     struct xfer *xfers;          /* snapshots being sent to followers */
     struct snapshot_receiver *rx;/* snapshot being received */
     uint64_t rx_from, rx_index, rx_term; /* what rx receives, from whom */
+    uint64_t rx_leader_term;     /* the term its leader sends it in */
+    uint64_t rx_last_ms;         /* uv_now() of its last chunk */
     uint64_t got_index, got_term;/* verified received file, not installed */
+    struct kv *got_kv;           /* that file, loaded (the check loads) */
 };
 
 static struct node node;
@@ -125,11 +138,13 @@ static void compact_step(void);
 static void xfer_start(const struct raft_msg *m);
 static void xfer_pump(void);
 static bool install_msg_ready(const struct raft_msg *m);
-static void on_chunk(void *data, uint64_t from,
-                     const struct raft_snap_chunk *c);
+static const char *on_chunk(void *data, uint64_t from,
+                            const struct raft_snap_chunk *c);
 static void on_peer_link(void *data, uint64_t id, bool connected);
 static void rx_abort(void);
-static bool remind_departed(uint64_t id);
+static void rx_check(void);
+static void got_drop(void);
+static void on_inbound_closed(void *data, uint64_t from);
 static void xfer_free(struct xfer *x, bool ok);
 
 static uint64_t name_to_id(const char *name)
@@ -213,8 +228,8 @@ static void members_refresh(void)
         if (s->id != node.id && m->raft[0])
             transport_set_peer(node.tr, s->id, m->raft);
     }
-    /* Peers gone from the configuration: remembered until the change
-     * commits, so that they can be told (notify_removed). */
+    /* Peers gone from the configuration: their names are remembered for
+     * the log line when the change commits (conf_committed). */
     for (size_t i = 0; i < node.n_members; i++) {
         bool kept = false;
         for (size_t j = 0; j < conf->n; j++)
@@ -238,28 +253,44 @@ static void members_refresh(void)
     node.n_members = conf->n;
 }
 
-/* The transport learned a peer's client addresses from its handshake. */
-static void on_peer_info(void *data, uint64_t id, const char *name,
-                         const char *raft, const char *http, const char *grpc)
+/* A client address a peer announced: "host:port" with a port, printable,
+ * or it is not taken (forwarding would dial it). */
+static bool plausible_addr(const char *a)
+{
+    char host[256];
+    int port;
+    for (const char *p = a; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f)
+            return false;
+    return pz_split_hostport(a, host, sizeof host, &port) == 0 && port > 0;
+}
+
+/* The transport learned a peer's addresses: its client addresses from the
+ * reply of a member we dialed at its configured Raft address (dialed), or,
+ * while this node is joining and knows no configuration, the Raft address
+ * of a member that dialed us, so that we can answer it. What a dialer says
+ * of itself is never taken once we have a configuration: a stranger could
+ * otherwise redirect our forwarding or our replies. */
+static void on_peer_info(void *data, uint64_t id, bool dialed,
+                         const char *name, const char *raft, const char *http,
+                         const char *grpc)
 {
     PZ_UNUSED(data);
     PZ_UNUSED(name);
-    struct member *m = member_find(id);
-    if (m == NULL) {
-        /* Not in our configuration (yet): a joining node hears from the
-         * leader before it has the log that lists it. Make it possible to
-         * answer. Or a removed member that missed its notice. */
-        if (remind_departed(id))
-            return;
-        if (raft && raft[0] && id != node.id)
+    if (!dialed) {
+        if (node.n_members == 0 && raft && plausible_addr(raft) &&
+            id != node.id)
             transport_set_peer(node.tr, id, raft);
         return;
     }
-    if (http && http[0] && strcmp(m->http, http) != 0) {
+    struct member *m = member_find(id);
+    if (m == NULL)
+        return;
+    if (http && plausible_addr(http) && strcmp(m->http, http) != 0) {
         pz_free(m->http);
         m->http = pz_strdup(http);
     }
-    if (grpc && grpc[0] && strcmp(m->grpc, grpc) != 0) {
+    if (grpc && plausible_addr(grpc) && strcmp(m->grpc, grpc) != 0) {
         pz_free(m->grpc);
         m->grpc = pz_strdup(grpc);
     }
@@ -330,100 +361,74 @@ static void expire(struct pz_queue *list, int status)
     }
 }
 
-/* --- removal notices ---------------------------------------------------------
+/* --- removal --------------------------------------------------------------
  * A member removed from the configuration no longer hears from the leader
  * (it is not replicated to once the change is appended), so it would never
- * learn that it was removed. The leader tells it over its HTTP API once the
- * change has committed; the removed node checks the notice names it and
- * comes from the leader it knows (or a later term), then stops. */
-struct removal_notice {
-    struct fwd_req fwd; /* the POST in flight */
-    char name[64];      /* removed member, for the log */
-};
+ * learn that it was removed. It does when it next dials a member: its
+ * election timer fires and it asks for votes, or it redials the leader
+ * whose link to it closed at the commit. A member whose committed
+ * configuration no longer has it answers with the REMOVED refusal and the
+ * index of that configuration (check_peer), over the authenticated peer
+ * link. The removed node stops unless it knows a newer configuration
+ * (it was added again). A member removed before this node's last restart
+ * is not remembered (gone[] lives in memory): it is refused as a
+ * non-member and keeps retrying quietly until stopped by hand. */
 
-static void on_notice_sent(struct fwd_req *f, int status)
+static void gone_add(uint64_t id, uint64_t conf_index)
 {
-    struct removal_notice *n = container_of(f, struct removal_notice, fwd);
-    if (status < 0 || f->http_status != 204)
-        pz_info("could not tell %s it was removed (%s); will tell it again "
-                "if it contacts this leader",
-                n->name, status < 0 ? "unreachable" : "refused");
-    pz_buf_free(&f->body);
-    pz_free(n);
+    for (size_t i = 0; i < node.n_gone; i++) {
+        if (node.gone[i].id == id) {
+            node.gone[i].conf_index = conf_index;
+            return;
+        }
+    }
+    if (node.n_gone == PZ_ARRAY_SIZE(node.gone)) {
+        memmove(&node.gone[0], &node.gone[1],
+                sizeof node.gone - sizeof node.gone[0]);
+        node.n_gone--;
+    }
+    node.gone[node.n_gone++] = (struct gone){id, conf_index};
 }
 
-static void notify_removed(struct member *m)
+/* Who is dialing us (transport_config.check_peer). */
+static int check_peer(void *data, uint64_t id, uint64_t *conf_index)
 {
-    if (m == NULL)
+    PZ_UNUSED(data);
+    if (node.n_members == 0)
+        return TRANSPORT_PEER_JOINING;
+    if (member_find(id) != NULL)
+        return TRANSPORT_PEER_MEMBER;
+    for (size_t i = 0; i < node.n_gone; i++) {
+        if (node.gone[i].id == id) {
+            *conf_index = node.gone[i].conf_index;
+            return TRANSPORT_PEER_REMOVED;
+        }
+    }
+    return TRANSPORT_PEER_UNKNOWN;
+}
+
+/* Peer `from`, a member we dialed, says its committed configuration at
+ * conf_index no longer has us. */
+static void on_removed(void *data, uint64_t from, uint64_t conf_index)
+{
+    PZ_UNUSED(data);
+    uint64_t ours = 0;
+    raft_conf_current(node.raft, &ours);
+    struct member *m = member_find(from);
+    if (node.removed || !node.open || node.n_members == 0)
+        return; /* a joining node was never removed */
+    if (ours > conf_index) {
+        pz_info("%s says this node was removed by configuration entry "
+                "%llu, but we know entry %llu: ignored",
+                m ? m->name : "a peer", (unsigned long long)conf_index,
+                (unsigned long long)ours);
         return;
-    m->told_ms = uv_now(node.loop);
-    if (m->http[0] == '\0')
-        return;
-    struct removal_notice *n = pz_calloc(1, sizeof *n);
-    snprintf(n->name, sizeof n->name, "%s", m->name);
-    struct raft_status rs;
-    raft_status(node.raft, &rs);
-    char body[256];
-    int len = snprintf(body, sizeof body,
-                       "{\"id\":\"%s\",\"leader\":\"%s\",\"term\":\"%llu\"}",
-                       m->name, node.cfg->node_id, (unsigned long long)rs.term);
-    n->fwd.auth = node.cfg->cluster_token;
-    if (fwd_send(&n->fwd, m->http, "POST", "/cluster/removed", body,
-                 (size_t)len, on_notice_sent) < 0) {
-        pz_buf_free(&n->fwd.body);
-        pz_free(n);
     }
-}
-
-/* A removed member that missed its notice (down or cut off when the
- * removal committed) still thinks it belongs: once its election timer
- * fires it dials the members it knows. When it reaches the leader, tell
- * it again, at most every REMIND_MS. Only the leader does, and only for a
- * removal it saw commit: a follower may lag behind a member's addition. */
-#define REMIND_MS 5000
-
-static bool remind_departed(uint64_t id)
-{
-    for (size_t i = 0; i < node.n_committed_ids; i++)
-        if (node.committed_ids[i] == id)
-            return false; /* a member as far as the committed log says */
-    for (size_t i = 0; i < node.n_departed; i++) {
-        struct member *d = &node.departed[i];
-        if (d->id != id)
-            continue;
-        uint64_t now = uv_now(node.loop);
-        if (node.role != RAFT_LEADER ||
-            (d->told_ms != 0 && now - d->told_ms < REMIND_MS))
-            return true;
-        pz_info("removed member %s is still talking to us: telling it again",
-                d->name);
-        notify_removed(d);
-        return true;
-    }
-    return false;
-}
-
-int node_removed_notice(const char *id, const char *leader, uint64_t term)
-{
-    if (strcmp(id, node.cfg->node_id) != 0)
-        return PZ_EINVAL;
-    struct raft_status rs;
-    raft_status(node.raft, &rs);
-    struct member *lm = member_find(node.leader);
-    bool from_leader = lm && strcmp(lm->name, leader) == 0;
-    /* From the leader we know, or a newer term, or our own term when we
-     * know no leader (a restarted node that was removed while down). */
-    if (!from_leader && term < rs.term)
-        return PZ_EINVAL;
-    if (!from_leader && term == rs.term && node.leader != 0)
-        return PZ_EINVAL; /* another leader in our term: stale or forged */
-    if (!node.removed) {
-        node.removed = true;
-        pz_warn("removed from the cluster by %s in term %llu: stopping",
-                leader, (unsigned long long)term);
-        server_stop("removed from the cluster");
-    }
-    return 0;
+    node.removed = true;
+    pz_warn("removed from the cluster (configuration entry %llu, as %s "
+            "says): stopping",
+            (unsigned long long)conf_index, m ? m->name : "a member");
+    server_stop("removed from the cluster");
 }
 
 /* --- applying committed entries ------------------------------------------ */
@@ -481,10 +486,11 @@ static void conf_committed(const struct raft_entry *e)
         pz_info("member %s left the cluster (entry %llu)",
                 m && m->name[0] ? m->name : "(unknown)",
                 (unsigned long long)e->index);
-        if (id != node.id && member_find(id) == NULL)
+        if (id != node.id && member_find(id) == NULL) {
+            /* Closes its links too: it redials and is told. */
             transport_remove_peer(node.tr, id);
-        if (id != node.id && node.role == RAFT_LEADER)
-            notify_removed(m);
+            gone_add(id, e->index);
+        }
     }
     pz_free(node.committed_ids);
     node.committed_ids = pz_calloc(c.n ? c.n : 1, sizeof(uint64_t));
@@ -703,16 +709,25 @@ static void on_written(struct store *s, int status, const char *errmsg,
     raft_advance(node.raft, &node.rd);
 }
 
-static void on_recv(void *data, const struct raft_msg *m)
+/* A message from a peer; the reason if the core calls it invalid (the
+ * transport then closes the link). */
+static const char *on_recv(void *data, const struct raft_msg *m)
 {
     PZ_UNUSED(data);
     if (!node.open)
-        return; /* closing: the core is about to go */
-    if (member_find(m->from) == NULL)
-        remind_departed(m->from);
+        return NULL; /* closing: the core is about to go */
     if (!install_msg_ready(m))
-        return; /* its file did not arrive whole: the leader retries */
-    raft_step(node.raft, m);
+        return NULL; /* its file did not arrive whole: the leader retries */
+    if (raft_step(node.raft, m) == PZ_EINVAL)
+        return raft_errmsg(node.raft);
+    if (m->type == RAFT_MSG_INSTALL_SNAPSHOT) {
+        /* Not taken (we had it all already): its table need not wait. */
+        struct raft_status rs;
+        raft_status(node.raft, &rs);
+        if (rs.snap_index != m->snap_index || rs.snap_term != m->snap_term)
+            got_drop();
+    }
+    return NULL;
 }
 
 static void join_cron(void);
@@ -761,6 +776,7 @@ static void on_tick(uv_timer_t *t)
     raft_tick(node.raft);
     snapshot_poll();
     xfer_pump();
+    rx_check();
     expire(&node.proposals, PZ_ETIMEDOUT);
     expire(&node.reads, PZ_ETIMEDOUT);
     expire(&node.reads_apply, PZ_ETIMEDOUT);
@@ -1268,11 +1284,20 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
         .grpc_addr = cfg->grpc_addr,
         .recv = on_recv,
         .on_peer_info = on_peer_info,
+        .check_peer = check_peer,
+        .on_removed = on_removed,
+        .on_inbound_closed = on_inbound_closed,
         .on_cluster_id = on_cluster_id,
         .on_peer = on_peer_link,
         .on_chunk = on_chunk,
         .data = &node,
         .seed = seed,
+        /* The largest frame a correct peer sends: a batch of entries
+         * (RAFT_MAX_BYTES_PER_MSG) or one entry as large as the largest
+         * command, with room for the framing. */
+        .max_frame = (size_t)(RAFT_MAX_BYTES_PER_MSG + (1u << 20) +
+                              (uint64_t)cfg->max_key_size +
+                              (uint64_t)cfg->max_value_size),
     };
     node.tr = transport_new(loop, &tc, err, errlen);
     if (node.tr == NULL)
@@ -1367,6 +1392,7 @@ void node_close(void (*cb)(void))
     uv_timer_stop(&node.tick);
     snapshot_child_kill(&node.snap_child);
     rx_abort();
+    got_drop();
     while (node.xfers)
         xfer_free(node.xfers, false);
     if (node.writing) {
@@ -1648,6 +1674,8 @@ static void snapshot_poll(void)
     }
     struct snapshot_meta sm;
     char err[SNAPSHOT_ERRMSG_SIZE];
+    node.prev_snap_index = node.snap_index;
+    node.prev_snap_term = node.snap_term;
     node.snap_index = c->index;
     node.snap_term = c->term;
     if (snapshot_peek(c->path, &sm, err, sizeof err) == 0) {
@@ -1661,8 +1689,17 @@ static void snapshot_poll(void)
     if (rv == 0)
         compact_store();
     size_t removed = 0;
+    /* Keep the two newest durable snapshots (the newest covers the
+     * compacted log) and a received one waiting for its install; any other
+     * file goes, a newer one included. */
+    struct snapshot_id keep[3] = {
+        {node.snap_index, node.snap_term},
+        {node.prev_snap_index, node.prev_snap_term},
+        {node.got_index, node.got_term},
+    };
     if (node.rx == NULL) /* pruning removes temporary files too */
-        snapshot_prune(node.cfg->raft_data, 2, &removed, err, sizeof err);
+        snapshot_prune_except(node.cfg->raft_data, keep, 3, &removed, err,
+                              sizeof err);
     snap_waiters_done(0);
 }
 
@@ -1746,10 +1783,15 @@ static void xfer_pump(void)
 {
     static uint8_t buf[XFER_CHUNK];
     struct xfer *x = node.xfers;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
     while (x) {
         struct xfer *next = x->next;
         struct transport_peer_stats ps;
-        bool failed = transport_peer_stats(node.tr, x->to, &ps) < 0;
+        /* Chunks go out in the term we lead in; a leader that stepped down
+         * has nothing to send (followers would drop it). */
+        bool failed = rs.role != RAFT_LEADER || rs.term != x->msg.term ||
+                      transport_peer_stats(node.tr, x->to, &ps) < 0;
         while (!failed && x->offset < x->total &&
                ps.queued_bytes < XFER_QUEUE_MAX) {
             size_t got = 0;
@@ -1761,6 +1803,7 @@ static void xfer_pump(void)
                 break;
             }
             struct raft_snap_chunk c = {
+                .term = x->msg.term,
                 .snap_index = x->msg.snap_index,
                 .snap_term = x->msg.snap_term,
                 .offset = x->offset,
@@ -1797,7 +1840,26 @@ static void on_peer_link(void *data, uint64_t id, bool connected)
     }
 }
 
-/* --- receiving snapshots --- */
+/* --- receiving snapshots ---
+ * Only the leader we follow, in our current term, may stream a snapshot
+ * to us, one at a time, and only one that covers more than we have
+ * committed. A transfer dies (its .recv.tmp removed) when its link
+ * closes, the leader or term changes, or no chunk came for
+ * RX_IDLE_MS. Its size is bounded before anything is written: by
+ * raft-snapshot-max-size (0: four times our own state, at least
+ * RX_AUTO_MIN), and by the free space of the data directory, which keeps
+ * RX_DISK_RESERVE free. The file is checked by loading it (the loader's
+ * checks, a repeated key included) into the table the install will use. */
+#define RX_IDLE_MS 30000
+#define RX_AUTO_MIN (UINT64_C(4) << 30)
+#define RX_DISK_RESERVE (UINT64_C(64) << 20)
+
+static void got_drop(void)
+{
+    kv_free(node.got_kv);
+    node.got_kv = NULL;
+    node.got_index = node.got_term = 0;
+}
 
 static void rx_abort(void)
 {
@@ -1805,84 +1867,192 @@ static void rx_abort(void)
     node.rx = NULL;
 }
 
-static void on_chunk(void *data, uint64_t from,
-                     const struct raft_snap_chunk *c)
+/* Why a snapshot of total bytes cannot be received, or NULL. */
+static const char *rx_too_big(uint64_t total, char *why, size_t len)
+{
+    uint64_t cap = (uint64_t)node.cfg->raft_snapshot_max_size;
+    if (cap == 0)
+        cap = PZ_MAX(RX_AUTO_MIN, 4 * (uint64_t)kv_bytes(node.kv));
+    if (total > cap) {
+        snprintf(why, len,
+                 "%llu bytes is over raft-snapshot-max-size (%llu)",
+                 (unsigned long long)total, (unsigned long long)cap);
+        return why;
+    }
+    struct statvfs vfs;
+    if (statvfs(node.cfg->raft_data, &vfs) == 0) {
+        uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+        if (total + RX_DISK_RESERVE > avail) {
+            snprintf(why, len,
+                     "%llu bytes do not fit in the %llu bytes free in %s",
+                     (unsigned long long)total, (unsigned long long)avail,
+                     node.cfg->raft_data);
+            return why;
+        }
+    }
+    return NULL;
+}
+
+static const char *on_chunk(void *data, uint64_t from,
+                            const struct raft_snap_chunk *c)
 {
     PZ_UNUSED(data);
     char err[SNAPSHOT_ERRMSG_SIZE];
     if (!node.open)
-        return;
+        return NULL;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    if (from != rs.leader || c->term != rs.term || rs.leader == node.id) {
+        /* Not the leader we follow, or not in our term: a stale leader's
+         * transfer, never applied. */
+        if (node.rx && node.rx_from == from)
+            rx_abort();
+        return NULL;
+    }
+    if (c->snap_index == 0 || c->snap_term == 0 || c->snap_term > c->term)
+        return "snapshot chunk with an impossible index or term";
     if (c->offset == 0) {
         rx_abort();
+        if (c->snap_index <= rs.commit)
+            return NULL; /* we have all it covers: the leader learns so */
+        if (node.got_kv && c->snap_index == node.got_index &&
+            c->snap_term == node.got_term)
+            return NULL; /* here already, waiting for the message */
+        char why[256];
+        if (rx_too_big(c->total, why, sizeof why) != NULL) {
+            pz_warn("refusing snapshot %llu from the leader: %s",
+                    (unsigned long long)c->snap_index, why);
+            return NULL;
+        }
         if (snapshot_receiver_begin(node.cfg->raft_data, c->snap_index,
                                     c->snap_term, c->total, &node.rx, err,
                                     sizeof err) < 0) {
             pz_warn("cannot receive snapshot %llu: %s",
                     (unsigned long long)c->snap_index, err);
-            return;
+            return NULL;
         }
         node.rx_from = from;
         node.rx_index = c->snap_index;
         node.rx_term = c->snap_term;
+        node.rx_leader_term = c->term;
         pz_info("receiving snapshot at index %llu (%llu bytes)",
                 (unsigned long long)c->snap_index,
                 (unsigned long long)c->total);
     }
-    if (node.rx == NULL || from != node.rx_from ||
-        c->snap_index != node.rx_index || c->snap_term != node.rx_term)
-        return; /* the rest of a transfer we gave up on */
+    if (node.rx == NULL || c->snap_index != node.rx_index ||
+        c->snap_term != node.rx_term)
+        return NULL; /* the rest of a transfer we gave up on */
+    node.rx_last_ms = uv_now(node.loop);
     if (snapshot_receiver_write(node.rx, c->offset, c->data, c->len, err,
                                 sizeof err) < 0) {
         pz_warn("snapshot %llu: %s; dropping the transfer",
                 (unsigned long long)c->snap_index, err);
         rx_abort();
-        return;
+        return NULL;
     }
-    if (c->offset == 0)
-        pz_failpoint(SNAPSHOT_FP_INSTALL_MID);
     if (c->offset + c->len < c->total)
-        return;
+        return NULL;
     struct snapshot_receiver *rx = node.rx;
     node.rx = NULL;
-    if (snapshot_receiver_finish(rx, NULL, 0, NULL, err, sizeof err) < 0) {
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+        seed = uv_hrtime();
+    struct kv *kv = kv_new_seeded(seed);
+    if (snapshot_receiver_finish(rx, kv, NULL, 0, NULL, err, sizeof err) < 0) {
         pz_warn("snapshot %llu refused: %s",
                 (unsigned long long)c->snap_index, err);
-        return;
+        kv_free(kv);
+        return NULL;
     }
+    got_drop();
+    node.got_kv = kv;
     node.got_index = c->snap_index;
     node.got_term = c->snap_term;
+    return NULL;
+}
+
+/* The accepted link from `from` closed: a transfer on it is over. */
+static void on_inbound_closed(void *data, uint64_t from)
+{
+    PZ_UNUSED(data);
+    if (node.rx && node.rx_from == from) {
+        pz_info("snapshot %llu: the leader's link closed; dropping the "
+                "transfer",
+                (unsigned long long)node.rx_index);
+        rx_abort();
+    }
+}
+
+/* From the tick: a transfer whose leader moved on or went quiet. */
+static void rx_check(void)
+{
+    if (node.rx == NULL && node.got_kv == NULL)
+        return;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    bool moved = rs.leader != node.rx_from || rs.term != node.rx_leader_term;
+    if (node.got_kv && node.rx == NULL && moved) {
+        /* Received whole, but its leader is gone before installing it:
+         * the memory goes now (the file at the next prune). */
+        got_drop();
+        return;
+    }
+    if (node.rx == NULL)
+        return;
+    if (moved || uv_now(node.loop) - node.rx_last_ms > RX_IDLE_MS) {
+        pz_info("snapshot %llu: %s; dropping the transfer",
+                (unsigned long long)node.rx_index,
+                moved ? "the leader changed" : "no data for 30 s");
+        rx_abort();
+    }
 }
 
 /* The core may see INSTALL_SNAPSHOT only once its file is here. */
 static bool install_msg_ready(const struct raft_msg *m)
 {
     return m->type != RAFT_MSG_INSTALL_SNAPSHOT ||
-           (m->snap_index == node.got_index && m->snap_term == node.got_term);
+           (node.got_kv && m->snap_index == node.got_index &&
+            m->snap_term == node.got_term);
 }
 
-/* rd.snapshot: load the state machine from the received file. The store
- * write that makes it durable follows in the Ready cycle. */
+/* rd.snapshot: the state machine becomes the received file's table
+ * (loaded when the file was checked). The store write that makes it
+ * durable follows in the Ready cycle. */
 static void snapshot_install(const struct raft_snapshot_meta *sm)
 {
     char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
+    struct snapshot_meta meta;
     snapshot_path(node.cfg->raft_data, sm->index, sm->term, path,
                   sizeof path);
-    uint64_t seed = 0;
-    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
-        seed = uv_hrtime();
-    struct kv *kv = kv_new_seeded(seed);
-    struct snapshot_meta meta;
-    if (snapshot_load(path, kv, &meta, err, sizeof err) < 0 ||
-        meta.index != sm->index || meta.term != sm->term) {
-        pz_error("cannot install snapshot %llu: %s; stopping",
-                 (unsigned long long)sm->index, err);
-        exit(1);
+    struct kv *kv = NULL;
+    if (node.got_kv && node.got_index == sm->index &&
+        node.got_term == sm->term) {
+        kv = node.got_kv; /* the usual case: loaded when it arrived */
+        node.got_kv = NULL;
+        if (snapshot_peek(path, &meta, err, sizeof err) == 0) {
+            node.snap_size = meta.file_size;
+            snapshot_meta_free(&meta);
+        }
+    } else {
+        uint64_t seed = 0;
+        if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+            seed = uv_hrtime();
+        kv = kv_new_seeded(seed);
+        if (snapshot_load(path, kv, &meta, err, sizeof err) < 0 ||
+            meta.index != sm->index || meta.term != sm->term) {
+            pz_error("cannot install snapshot %llu: %s; stopping",
+                     (unsigned long long)sm->index, err);
+            exit(1);
+        }
+        node.snap_size = meta.file_size;
+        snapshot_meta_free(&meta);
     }
-    node.snap_size = meta.file_size;
-    snapshot_meta_free(&meta);
+    got_drop();
     kv_free(node.kv);
     node.kv = kv;
     node.applied = sm->index;
+    node.prev_snap_index = node.snap_index;
+    node.prev_snap_term = node.snap_term;
     node.snap_index = sm->index;
     node.snap_term = sm->term;
     /* Writes waiting here can no longer be matched to their entries. */

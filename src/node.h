@@ -98,10 +98,6 @@ int node_remove_member(struct node_req *req, const char *name,
  * PZ_ETIMEDOUT if nothing happened. Immediate errors as above, and
  * PZ_EINVAL for a non-voter. */
 int node_transfer(struct node_req *req, const char *name, node_req_cb cb);
-/* The leader says this node was removed (POST /cluster/removed): accepted
- * (0, the server stops) if id is this node and the notice comes from the
- * known leader or a later term; PZ_EINVAL otherwise. */
-int node_removed_notice(const char *id, const char *leader, uint64_t term);
 /* Take a snapshot now (POST /admin/snapshot): cb(0) once it is durable
  * (at once if nothing was applied since the last one), PZ_EIO if writing
  * it failed. Returns 0 or PZ_EIO at once. */

@@ -906,9 +906,10 @@ static bool send_append(struct raft *r, struct progress *pr, bool send_empty)
     size_t n = 0, bytes = 0;
     while (pr->next + n <= last) {
         const struct raft_entry *e = log_at(&r->log, pr->next + n);
-        if (n > 0 && bytes + e->len > r->cfg.max_bytes_per_msg)
+        size_t cost = e->len + RAFT_ENTRY_OVERHEAD;
+        if (n > 0 && bytes + cost > r->cfg.max_bytes_per_msg)
             break;
-        bytes += e->len;
+        bytes += cost;
         n++;
     }
     if (n == 0 && !send_empty)
@@ -1570,7 +1571,7 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
     if (r->cfg.max_inflight_msgs == 0)
         r->cfg.max_inflight_msgs = 256;
     if (r->cfg.max_bytes_per_msg == 0)
-        r->cfg.max_bytes_per_msg = 1024 * 1024;
+        r->cfg.max_bytes_per_msg = RAFT_MAX_BYTES_PER_MSG;
     if (r->cfg.snapshot_timeout_ticks <= 0)
         r->cfg.snapshot_timeout_ticks = 10 * cfg->election_ticks;
     r->rng = cfg->seed ^ (cfg->id * 0x9E3779B97F4A7C15ull);

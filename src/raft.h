@@ -78,6 +78,11 @@
  * near it (2^62 elections or entries), and arithmetic on them (term + 1,
  * index + n) can then never wrap around. */
 #define RAFT_LIMIT (UINT64_C(1) << 62)
+/* Default soft cap of an APPEND's entries, and what each entry counts on
+ * top of its payload (its framing on the wire, roughly): a message of
+ * many small entries stays as small as one of few large ones. */
+#define RAFT_MAX_BYTES_PER_MSG (1024 * 1024)
+#define RAFT_ENTRY_OVERHEAD 32
 
 /* --- configurations (membership) ------------------------------------ */
 
@@ -237,8 +242,10 @@ struct raft_config {
     uint64_t seed;              /* PRNG seed (distinct per node) */
     size_t max_inflight_msgs;   /* APPENDs in flight per follower
                                    (replicate state); 0 -> 256 */
-    size_t max_bytes_per_msg;   /* soft cap of entry bytes per APPEND (at
-                                   least one entry is sent); 0 -> 1 MiB */
+    size_t max_bytes_per_msg;   /* soft cap of entry bytes per APPEND,
+                                   payloads plus RAFT_ENTRY_OVERHEAD per
+                                   entry (at least one entry is sent);
+                                   0 -> RAFT_MAX_BYTES_PER_MSG */
     bool pre_vote;              /* thesis §9.6 */
     bool check_quorum;          /* leader steps down without a quorum */
     uint64_t applied;           /* index already applied by the state

@@ -35,6 +35,10 @@ const char *raft_hs_status_str(uint32_t status)
         return "wrong node";
     case RAFT_HS_BAD_HANDSHAKE:
         return "invalid handshake";
+    case RAFT_HS_NOT_MEMBER:
+        return "not a member of the cluster";
+    case RAFT_HS_REMOVED:
+        return "removed from the cluster";
     default:
         return "unknown status";
     }
@@ -89,12 +93,11 @@ int raft_codec_encode_reply(struct pz_buf *out,
     Pyazdb__Raft__Frame f = PYAZDB__RAFT__FRAME__INIT;
     pr.status = (Pyazdb__Raft__HandshakeReply__Status)r->status;
     pr.version = r->version;
-    pr.cluster_id = r->cluster_id;
     pr.node_id = r->node_id;
     pr.name = str_arg(r->name);
-    pr.reason = str_arg(r->reason);
     pr.http_addr = str_arg(r->http_addr);
     pr.grpc_addr = str_arg(r->grpc_addr);
+    pr.conf_index = r->conf_index;
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY;
     f.handshake_reply = &pr;
     return pack_frame(out, &f, max);
@@ -105,6 +108,7 @@ int raft_codec_encode_chunk(struct pz_buf *out,
 {
     Pyazdb__Raft__SnapshotChunk pc = PYAZDB__RAFT__SNAPSHOT_CHUNK__INIT;
     Pyazdb__Raft__Frame f = PYAZDB__RAFT__FRAME__INIT;
+    pc.term = c->term;
     pc.snap_index = c->snap_index;
     pc.snap_term = c->snap_term;
     pc.offset = c->offset;
@@ -170,13 +174,29 @@ int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
 
 /* --- decoding ----------------------------------------------------------- */
 
-/* Allocations of one decode; ctx counts failures so that an allocation
- * failure is told apart from bad input (protobuf-c reports both as NULL). */
+/* Allocations of one decode, charged against a budget proportional to
+ * the frame's size; the counters tell an allocation failure and an
+ * exhausted budget apart from bad input (protobuf-c reports all three as
+ * NULL). */
+struct decode_budget {
+    size_t left;       /* bytes the decode may still allocate */
+    unsigned failures; /* allocations that failed */
+    bool over;         /* an allocation exceeded the budget */
+};
+
 static void *pb_alloc(void *ctx, size_t n)
 {
+    struct decode_budget *b = ctx;
+    if (n > b->left) {
+        b->over = true;
+        return NULL;
+    }
     void *p = pz_malloc_try(n);
-    if (p == NULL)
-        (*(unsigned *)ctx)++;
+    if (p == NULL) {
+        b->failures++;
+        return NULL;
+    }
+    b->left -= n;
     return p;
 }
 
@@ -192,7 +212,8 @@ static ProtobufCAllocator pb_free_allocator = {
     .allocator_data = NULL,
 };
 
-static int decode_msg(const Pyazdb__Raft__RaftMessage *pm, struct raft_msg *m)
+static int decode_msg(const Pyazdb__Raft__RaftMessage *pm, struct raft_msg *m,
+                      struct decode_budget *b)
 {
     if (pm->type < RAFT_MSG_APPEND || pm->type >= RAFT_MSG_TYPE_MAX)
         return PZ_EPROTO;
@@ -218,6 +239,8 @@ static int decode_msg(const Pyazdb__Raft__RaftMessage *pm, struct raft_msg *m)
     for (size_t i = 0; i < pm->n_entries; i++)
         if (pm->entries[i]->type > RAFT_ENTRY_NOOP)
             return PZ_EPROTO;
+    if (pm->n_entries > b->left / sizeof *m->entries)
+        return PZ_ETOOBIG;
     m->entries = pz_malloc_try(pm->n_entries * sizeof *m->entries);
     if (m->entries == NULL)
         return PZ_ENOMEM;
@@ -237,17 +260,23 @@ static int decode_msg(const Pyazdb__Raft__RaftMessage *pm, struct raft_msg *m)
 int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
 {
     static const uint8_t empty[1];
-    unsigned alloc_failures = 0;
+    struct decode_budget budget = {
+        .left = len > (SIZE_MAX - RAFT_DECODE_SLACK) / RAFT_DECODE_FACTOR
+                    ? SIZE_MAX
+                    : len * RAFT_DECODE_FACTOR + RAFT_DECODE_SLACK,
+    };
     ProtobufCAllocator a = {
         .alloc = pb_alloc,
         .free = pb_free,
-        .allocator_data = &alloc_failures,
+        .allocator_data = &budget,
     };
     memset(d, 0, sizeof *d);
     Pyazdb__Raft__Frame *f =
         pyazdb__raft__frame__unpack(&a, len, body ? body : empty);
     if (f == NULL)
-        return alloc_failures ? PZ_ENOMEM : PZ_ECORRUPT;
+        return budget.over       ? PZ_ETOOBIG
+               : budget.failures ? PZ_ENOMEM
+                                 : PZ_ECORRUPT;
     int rv = 0;
     switch (f->body_case) {
     case PYAZDB__RAFT__FRAME__BODY_HANDSHAKE: {
@@ -269,21 +298,21 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->kind = RAFT_FRAME_REPLY;
         d->reply.status = (uint32_t)r->status;
         d->reply.version = r->version;
-        d->reply.cluster_id = r->cluster_id;
         d->reply.node_id = r->node_id;
         d->reply.name = r->name;
-        d->reply.reason = r->reason;
         d->reply.http_addr = r->http_addr;
         d->reply.grpc_addr = r->grpc_addr;
+        d->reply.conf_index = r->conf_index;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_MESSAGE:
         d->kind = RAFT_FRAME_MESSAGE;
-        rv = decode_msg(f->message, &d->msg);
+        rv = decode_msg(f->message, &d->msg, &budget);
         break;
     case PYAZDB__RAFT__FRAME__BODY_CHUNK: {
         const Pyazdb__Raft__SnapshotChunk *c = f->chunk;
         d->kind = RAFT_FRAME_CHUNK;
+        d->chunk.term = c->term;
         d->chunk.snap_index = c->snap_index;
         d->chunk.snap_term = c->snap_term;
         d->chunk.offset = c->offset;

@@ -44,6 +44,8 @@ enum raft_hs_status {
     RAFT_HS_BAD_TOKEN = 5,        /* cluster token differs */
     RAFT_HS_WRONG_NODE = 6,       /* target id is not the acceptor's id */
     RAFT_HS_BAD_HANDSHAKE = 7,    /* sender id 0 or similar */
+    RAFT_HS_NOT_MEMBER = 8,       /* dialer not in the configuration */
+    RAFT_HS_REMOVED = 9,          /* dialer removed (conf_index) */
 };
 
 /* Short text for a status ("cluster id mismatch"); never NULL. */
@@ -64,12 +66,11 @@ struct raft_handshake {
 struct raft_handshake_reply {
     uint32_t status;     /* enum raft_hs_status */
     uint32_t version;    /* acceptor's protocol version */
-    uint64_t cluster_id; /* acceptor's cluster */
-    uint64_t node_id;    /* acceptor's id */
-    const char *name;    /* acceptor's name (NULL: "") */
-    const char *reason;  /* detail for logs (NULL: "") */
+    uint64_t node_id;    /* acceptor's id (OK only) */
+    const char *name;    /* acceptor's name (OK only; NULL: "") */
     const char *http_addr; /* acceptor's HTTP API address (NULL: "") */
     const char *grpc_addr; /* acceptor's gRPC API address (NULL: "") */
+    uint64_t conf_index; /* REMOVED: index of the configuration entry */
 };
 
 /* --- encoding --------------------------------------------------------- */
@@ -83,6 +84,7 @@ int raft_codec_encode_reply(struct pz_buf *out,
                             const struct raft_handshake_reply *r, size_t max);
 /* A piece of a snapshot file (InstallSnapshot streaming). */
 struct raft_snap_chunk {
+    uint64_t term;       /* sender's current term (it leads in it) */
     uint64_t snap_index; /* snapshot's last index */
     uint64_t snap_term;  /* and term */
     uint64_t offset;     /* position of data in the file */
@@ -115,11 +117,18 @@ struct raft_decoded {
     void *pb;                          /* private: the unpacked protobuf */
 };
 
-/* Decodes one frame body (without its length prefix). Returns 0 (free d
- * with raft_decoded_free), PZ_ECORRUPT (not protobuf), PZ_EPROTO (no body,
- * message type outside RAFT_MSG_APPEND..RAFT_MSG_TYPE_MAX-1, entry type
- * other than NORMAL/CONF/NOOP), PZ_ENOMEM (allocation failed). On error d
- * holds nothing to free (raft_decoded_free is still harmless). */
+/* Decodes one frame body (without its length prefix). The memory a decode
+ * may take is proportional to len (RAFT_DECODE_FACTOR times, plus
+ * RAFT_DECODE_SLACK): a frame packed with empty entries cannot make it
+ * allocate much more than it is, and one that would is refused.
+ * Returns 0 (free d with raft_decoded_free), PZ_ECORRUPT (not protobuf),
+ * PZ_EPROTO (no body, message type outside
+ * RAFT_MSG_APPEND..RAFT_MSG_TYPE_MAX-1, entry type other than
+ * NORMAL/CONF/NOOP, a chunk past its total), PZ_ETOOBIG (over the decode limit), PZ_ENOMEM (allocation
+ * failed). On error d holds nothing to free (raft_decoded_free is still
+ * harmless). */
+#define RAFT_DECODE_FACTOR 16
+#define RAFT_DECODE_SLACK (64u * 1024)
 int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d);
 void raft_decoded_free(struct raft_decoded *d);
 

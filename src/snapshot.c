@@ -677,23 +677,57 @@ void snapshot_list_free(struct snapshot_info *list, size_t n)
     pz_free(list);
 }
 
-int snapshot_prune(const char *dir, size_t keep, size_t *removed, char *err,
-                   size_t errlen)
+/* Deletes every <name>.tmp of dir (interrupted writes and transfers);
+ * counts into *count, keeps the first error in *first. */
+static void remove_temp(const char *dir, size_t *count, int *first, char *err,
+                        size_t errlen)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t l = strlen(de->d_name), sl = strlen(TMP_SUFFIX);
+        if (strncmp(de->d_name, SNAP_PREFIX, strlen(SNAP_PREFIX)) != 0 ||
+            l < sl || strcmp(de->d_name + l - sl, TMP_SUFFIX) != 0)
+            continue;
+        if (unlinkat(dirfd(d), de->d_name, 0) == 0) {
+            (*count)++;
+        } else if (errno != ENOENT && *first == 0) {
+            *first = -errno;
+            set_err(err, errlen, "%s/%s: unlink: %s", dir, de->d_name,
+                    errstr(*first));
+        }
+    }
+    closedir(d);
+}
+
+static bool kept(const struct snapshot_info *s, const struct snapshot_id *keep,
+                 size_t nkeep)
+{
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i].index == s->index && keep[i].term == s->term)
+            return true;
+    return false;
+}
+
+/* The pruning of both public functions: keep the `newest` newest .snap
+ * files and those listed in keep, delete the other .snap and every .tmp. */
+static int prune(const char *dir, size_t newest, const struct snapshot_id *keep,
+                 size_t nkeep, size_t *removed, char *err, size_t errlen)
 {
     size_t count = 0;
     if (removed)
         *removed = 0;
-    if (keep < 1) {
-        set_err(err, errlen, "%s: prune must keep at least one snapshot", dir);
-        return PZ_EINVAL;
-    }
     struct snapshot_info *list;
     size_t n;
     int rc = snapshot_list(dir, &list, &n, err, errlen);
     if (rc)
         return rc;
     int first = 0;
-    for (size_t i = keep; i < n; i++) {
+    for (size_t i = newest; i < n; i++) {
+        if (kept(&list[i], keep, nkeep))
+            continue;
         if (unlink(list[i].path) == 0) {
             count++;
         } else if (errno != ENOENT && first == 0) {
@@ -702,26 +736,41 @@ int snapshot_prune(const char *dir, size_t keep, size_t *removed, char *err,
         }
     }
     snapshot_list_free(list, n);
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *de;
-        while ((de = readdir(d)) != NULL) {
-            size_t l = strlen(de->d_name), sl = strlen(TMP_SUFFIX);
-            if (strncmp(de->d_name, SNAP_PREFIX, strlen(SNAP_PREFIX)) != 0 ||
-                l < sl || strcmp(de->d_name + l - sl, TMP_SUFFIX) != 0)
-                continue;
-            if (unlinkat(dirfd(d), de->d_name, 0) == 0) {
-                count++;
-            } else if (errno != ENOENT && first == 0) {
-                first = -errno;
-                set_err(err, errlen, "%s/%s: unlink: %s", dir, de->d_name,
-                        errstr(first));
-            }
-        }
-        closedir(d);
-    }
+    remove_temp(dir, &count, &first, err, errlen);
     if (count)
         fsync_dir(dir); /* deletions need not be durable; best effort */
+    if (removed)
+        *removed = count;
+    return first;
+}
+
+int snapshot_prune(const char *dir, size_t keep, size_t *removed, char *err,
+                   size_t errlen)
+{
+    if (keep < 1) {
+        if (removed)
+            *removed = 0;
+        set_err(err, errlen, "%s: prune must keep at least one snapshot", dir);
+        return PZ_EINVAL;
+    }
+    return prune(dir, keep, NULL, 0, removed, err, errlen);
+}
+
+int snapshot_prune_except(const char *dir, const struct snapshot_id *keep,
+                          size_t nkeep, size_t *removed, char *err,
+                          size_t errlen)
+{
+    return prune(dir, 0, keep, nkeep, removed, err, errlen);
+}
+
+int snapshot_remove_temp(const char *dir, size_t *removed, char *err,
+                         size_t errlen)
+{
+    size_t count = 0;
+    int first = 0;
+    remove_temp(dir, &count, &first, err, errlen);
+    if (count)
+        fsync_dir(dir);
     if (removed)
         *removed = count;
     return first;
@@ -1249,9 +1298,10 @@ uint64_t snapshot_receiver_offset(const struct snapshot_receiver *r)
     return r->received;
 }
 
-int snapshot_receiver_finish(struct snapshot_receiver *r, char *path_out,
-                             size_t pathlen, struct snapshot_meta *meta,
-                             char *err, size_t errlen)
+int snapshot_receiver_finish(struct snapshot_receiver *r, struct kv *into,
+                             char *path_out, size_t pathlen,
+                             struct snapshot_meta *meta, char *err,
+                             size_t errlen)
 {
     struct snapshot_meta m = {0};
     int rc = 0;
@@ -1273,7 +1323,10 @@ int snapshot_receiver_finish(struct snapshot_receiver *r, char *path_out,
         receiver_free(r, true);
         return rc;
     }
-    rc = snapshot_verify(r->tmp, &m, err, errlen);
+    /* Loading is the most thorough check (a repeated key included); a
+     * caller that will load the file anyway does it here, once. */
+    rc = into ? snapshot_load(r->tmp, into, &m, err, errlen)
+              : snapshot_verify(r->tmp, &m, err, errlen);
     if (rc == 0 && (m.index != r->index || m.term != r->term)) {
         set_err(err, errlen,
                 "%s: corrupt: header says index %" PRIu64 " term %" PRIu64

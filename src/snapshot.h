@@ -15,8 +15,8 @@
  *   at startup: kv = NULL; snapshot_load_newest_valid(dir, seed, &kv, &meta,
  *       &path, NULL, NULL, err, n); then replay the log after meta.index
  *   leader: snapshot_reader_open(path), snapshot_reader_read(...) per chunk
- *   follower: snapshot_receiver_begin, _write per chunk, _finish, then
- *       snapshot_load the returned path into a fresh table
+ *   follower: snapshot_receiver_begin, _write per chunk, _finish loading
+ *       into a fresh table (the check and the load are one pass)
  *
  * File format, version 1. Integers are big-endian and unsigned unless
  * stated otherwise:
@@ -195,6 +195,26 @@ void snapshot_child_kill(struct snapshot_child *h);
 int snapshot_prune(const char *dir, size_t keep, size_t *removed, char *err,
                    size_t errlen);
 
+/* A snapshot by name. */
+struct snapshot_id {
+    uint64_t index; /* last index covered */
+    uint64_t term;  /* its term */
+};
+
+/* Like snapshot_prune, but keeps exactly the snapshots listed in keep
+ * (nkeep entries; those absent are no error) and deletes every other
+ * .snap, newer ones included: a file that is not the node's own durable
+ * snapshot (say, a received one whose install never happened) can never
+ * push the one that covers the compacted log out. */
+int snapshot_prune_except(const char *dir, const struct snapshot_id *keep,
+                          size_t nkeep, size_t *removed, char *err,
+                          size_t errlen);
+
+/* Delete every *.tmp in dir (what a crash left of interrupted writes and
+ * transfers), at startup. Returns as snapshot_prune. */
+int snapshot_remove_temp(const char *dir, size_t *removed, char *err,
+                         size_t errlen);
+
 /* --- reading -------------------------------------------------------------- */
 
 /* One .snap file found by snapshot_list. */
@@ -231,7 +251,8 @@ int snapshot_peek(const char *path, struct snapshot_meta *meta, char *err,
 int snapshot_load(const char *path, struct kv *into, struct snapshot_meta *meta,
                   char *err, size_t errlen);
 
-/* Like snapshot_load, but builds no table: only checks the file. */
+/* Like snapshot_load, but builds no table: only checks the file (all but
+ * a repeated key, which only loading finds). */
 int snapshot_verify(const char *path, struct snapshot_meta *meta, char *err,
                     size_t errlen);
 
@@ -297,16 +318,20 @@ int snapshot_receiver_write(struct snapshot_receiver *r, uint64_t offset,
                             size_t errlen);
 /* Bytes received so far: the offset the next chunk must start at. */
 uint64_t snapshot_receiver_offset(const struct snapshot_receiver *r);
-/* Finish: requires all total_size bytes; fsyncs, verifies the whole file
+/* Finish: requires all total_size bytes; fsyncs, checks the whole file
  * (format and checksum, and that its header says index and term), renames
- * it to snap-<index>-<term>.snap and fsyncs dir. Frees r in every case. On
- * success copies the .snap path to path_out (pathlen bytes; may be NULL)
- * and fills *meta (may be NULL). On failure removes the .tmp and returns
- * PZ_EINVAL (incomplete), PZ_ECORRUPT (verification failed) or a negative
- * errno; the previous snapshots are untouched. */
-int snapshot_receiver_finish(struct snapshot_receiver *r, char *path_out,
-                             size_t pathlen, struct snapshot_meta *meta,
-                             char *err, size_t errlen);
+ * it to snap-<index>-<term>.snap and fsyncs dir. With into (a fresh, empty
+ * table) the check is snapshot_load into it, which also refuses a
+ * repeated key, and the caller keeps the loaded table; NULL: the check is
+ * snapshot_verify. Frees r in every case. On success copies the .snap path
+ * to path_out (pathlen bytes; may be NULL) and fills *meta (may be NULL).
+ * On failure removes the .tmp and returns PZ_EINVAL (incomplete),
+ * PZ_ECORRUPT (the check failed; discard into) or a negative errno; the
+ * previous snapshots are untouched. */
+int snapshot_receiver_finish(struct snapshot_receiver *r, struct kv *into,
+                             char *path_out, size_t pathlen,
+                             struct snapshot_meta *meta, char *err,
+                             size_t errlen);
 /* Give up: close and remove the .tmp, free r. NULL is fine. */
 void snapshot_receiver_abort(struct snapshot_receiver *r);
 

@@ -37,7 +37,13 @@
 #define DEF_BACKOFF_MAX_MS 2000
 #define DEF_CONNECT_TIMEOUT_MS 5000
 #define DEF_MAX_INBOUND 1024
-#define REPLY_MAX (64u << 10)   /* handshake frames (either way) */
+#define DEF_HANDSHAKE_TIMEOUT_MS 5000
+#define DEF_MAX_UNAUTH 64
+#define REPLY_MAX 4096          /* handshake frames (either way): names,
+                                   a token and addresses fit in 1.3 KiB */
+#define SWEEP_MS 250            /* handshake deadline check period */
+#define LOUD_BURST 10           /* inbound problems logged as warnings */
+#define LOUD_WINDOW_MS 60000    /* ... per this window, then at debug */
 #define SCRATCH_KEEP (4u << 20) /* encode buffer kept between sends */
 #define NAME_LOG 64             /* bytes of a peer name kept for logs */
 #define REFUSAL_QUIET_MS 60000  /* a repeated refusal is logged at debug */
@@ -86,6 +92,9 @@ struct inbound {
     char name[NAME_LOG];         /* peer name, printable */
     bool accepted;               /* handshake accepted */
     bool done;                   /* refused or failed: ignore input */
+    uint64_t opened_ms;          /* uv_now() at accept: handshake deadline */
+    bool unauth;                 /* counted in t->n_unauth: no handshake
+                                    accepted or refused yet */
 };
 
 struct transport {
@@ -104,6 +113,11 @@ struct transport {
     uint64_t refused_id;         /* node of the last refusal we logged */
     uint32_t refused_status;     /* its status */
     uint64_t refused_ms;         /* uv_now() when it was logged loudly */
+    size_t n_unauth;             /* inbound still in their handshake */
+    uv_timer_t sweep;            /* closes handshakes past their deadline */
+    uint64_t loud_start;         /* uv_now() the log window began */
+    unsigned loud_n;             /* warnings in the window so far */
+    unsigned quiet_n;            /* lines logged at debug instead */
     bool closing;                /* transport_close called */
     size_t closing_handles;      /* uv_close callbacks still to come */
     uv_timer_t fin[2];           /* never started; closed last to free */
@@ -207,6 +221,13 @@ static void maybe_finish(struct transport *t)
 static void on_listener_closed(uv_handle_t *h)
 {
     struct transport *t = container_of((uv_tcp_t *)h, struct transport, ls.tcp);
+    t->closing_handles--;
+    maybe_finish(t);
+}
+
+static void on_sweep_closed(uv_handle_t *h)
+{
+    struct transport *t = h->data;
     t->closing_handles--;
     maybe_finish(t);
 }
@@ -344,51 +365,32 @@ static void out_connected(struct conn *c, int status)
     p->state = PEER_HANDSHAKE;
 }
 
-static void describe_refusal(const struct transport *t, const struct peer *p,
-                             const struct raft_handshake_reply *r, char *buf,
-                             size_t len)
-{
-    const char *what = raft_hs_status_str(r->status);
-    switch (r->status) {
-    case RAFT_HS_CLUSTER_MISMATCH:
-        snprintf(buf, len, "%s (theirs %016" PRIx64 ", ours %016" PRIx64 ")",
-                 what, r->cluster_id, t->cfg.cluster_id);
-        break;
-    case RAFT_HS_BAD_VERSION:
-        snprintf(buf, len, "%s (theirs %" PRIu32 ", ours %d)", what, r->version,
-                 RAFT_PROTO_VERSION);
-        break;
-    case RAFT_HS_DUPLICATE_ID:
-        snprintf(buf, len, "%s (it is node %" PRIu64 " too)", what, t->cfg.id);
-        break;
-    case RAFT_HS_WRONG_NODE:
-        snprintf(buf, len, "%s (it is node %" PRIu64 ", not node %" PRIu64 ")",
-                 what, r->node_id, p->id);
-        break;
-    default: {
-        char reason[128];
-        printable(reason, sizeof reason, r->reason);
-        snprintf(buf, len, "%s%s%s", what, reason[0] ? ": " : "", reason);
-        break;
-    }
-    }
-}
-
 static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
 {
     struct transport *t = p->t;
     char name[NAME_LOG];
     if (r->status != RAFT_HS_OK) {
-        char why[256];
-        describe_refusal(t, p, r, why, sizeof why);
+        char why[160];
+        snprintf(why, sizeof why, "%s", raft_hs_status_str(r->status));
+        if (r->status == RAFT_HS_REMOVED)
+            snprintf(why, sizeof why,
+                     "removed from the cluster (configuration entry "
+                     "%" PRIu64 ")",
+                     r->conf_index);
         p->st.refused++;
-        pz_log(p->last_refusal == r->status ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
+        /* Not being a member yet is normal for a moment (a change on its
+         * way): say it at debug level. */
+        bool quiet = p->last_refusal == r->status ||
+                     r->status == RAFT_HS_NOT_MEMBER;
+        pz_log(quiet ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
                "raft: peer %s (node %" PRIu64 ") refused us: %s", p->addr,
                p->id, why);
         p->last_refusal = r->status;
         p->failing = true;
         peer_drop_conn(p);
         schedule_retry(p);
+        if (r->status == RAFT_HS_REMOVED && t->cfg.on_removed && !t->closing)
+            t->cfg.on_removed(t->cfg.data, p->id, r->conf_index);
         return;
     }
     if (r->node_id != p->id) {
@@ -399,7 +401,7 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
     pz_info("raft: connected to peer %" PRIu64 " '%s' at %s", p->id, name,
             p->addr);
     if (t->cfg.on_peer_info)
-        t->cfg.on_peer_info(t->cfg.data, p->id, name, "", r->http_addr,
+        t->cfg.on_peer_info(t->cfg.data, p->id, true, name, "", r->http_addr,
                             r->grpc_addr);
     raft_frame_parser_free(&p->fp);
     uv_timer_stop(&p->timer);
@@ -516,19 +518,93 @@ static const struct conn_ops in_ops = {
     .on_close = in_close,
 };
 
+/* Inbound problems are logged as warnings LOUD_BURST times per
+ * LOUD_WINDOW_MS, then at debug level, so a dialer that keeps failing (or
+ * many of them) cannot flood the log; a summary says how many went
+ * quiet. */
+static int inbound_level(struct transport *t)
+{
+    uint64_t now = uv_now(t->loop);
+    if (now - t->loud_start >= LOUD_WINDOW_MS) {
+        if (t->quiet_n > 0)
+            pz_warn("raft: %u more inbound connection problems in the last "
+                    "%d s were logged at debug level",
+                    t->quiet_n, LOUD_WINDOW_MS / 1000);
+        t->loud_start = now;
+        t->loud_n = 0;
+        t->quiet_n = 0;
+    }
+    if (t->loud_n < LOUD_BURST) {
+        t->loud_n++;
+        return PZ_LOG_WARNING;
+    }
+    t->quiet_n++;
+    return PZ_LOG_DEBUG;
+}
+
+/* The handshake is over, one way or another: no longer counted among
+ * those waiting for it. Idempotent. */
+static void in_settle(struct inbound *in)
+{
+    if (in->unauth) {
+        in->unauth = false;
+        in->t->n_unauth--;
+    }
+}
+
+static void in_fail(struct inbound *in, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void in_fail(struct inbound *in, const char *fmt, ...)
+{
+    char why[320];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    in_settle(in);
+    int level = inbound_level(in->t);
+    if (in->accepted)
+        pz_log(level, "raft: closing connection from node %" PRIu64 " at %s: %s",
+               in->peer_id, in->c->peer, why);
+    else
+        pz_log(level, "raft: closing connection from %s: %s", in->c->peer, why);
+    in->t->st.inbound_errors++;
+    in->done = true;
+    conn_close(in->c);
+}
+
 static int in_open(struct conn *c)
 {
     struct transport *t = c->ls->data;
     if (t->closing)
         return PZ_ESHUTDOWN;
+    if (t->n_unauth >= t->cfg.max_unauth) {
+        /* Make room: the oldest dialer still in its handshake goes (the
+         * list is in accept order). */
+        struct pz_queue *e;
+        PZ_QUEUE_FOREACH(e, &t->inbound)
+        {
+            struct inbound *o = container_of(e, struct inbound, q);
+            if (o->unauth) {
+                t->st.inbound_evicted++;
+                in_fail(o, "closed to make room (%zu connections waiting "
+                           "for their handshake)",
+                        t->cfg.max_unauth);
+                break;
+            }
+        }
+    }
     struct inbound *in = pz_calloc(1, sizeof *in);
     in->t = t;
     in->c = c;
+    in->opened_ms = uv_now(t->loop);
     /* Until the handshake is accepted only a small frame is allowed: an
      * unknown dialer cannot make us buffer max_frame bytes. */
     raft_frame_parser_init(&in->fp, REPLY_MAX);
     pz_queue_push(&t->inbound, &in->q);
     t->n_inbound++;
+    t->n_unauth++;
+    in->unauth = true;
     c->proto = in;
     pz_debug("raft: inbound connection from %s", c->peer);
     return 0;
@@ -544,106 +620,157 @@ static void in_close(struct conn *c)
         pz_info("raft: inbound connection from node %" PRIu64
                 " '%s' at %s closed",
                 in->peer_id, in->name, c->peer);
+    in_settle(in);
     pz_queue_remove(&in->q);
     t->n_inbound--;
     raft_frame_parser_free(&in->fp);
+    uint64_t id = in->accepted ? in->peer_id : 0;
     pz_free(in);
     c->proto = NULL;
+    if (id && t->cfg.on_inbound_closed && !t->closing)
+        t->cfg.on_inbound_closed(t->cfg.data, id);
     maybe_finish(t);
 }
 
-static void in_fail(struct inbound *in, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void in_fail(struct inbound *in, const char *fmt, ...)
+/* Closes the accepted links from peer id except `keep`. */
+static void close_inbound_from(struct transport *t, uint64_t id,
+                               const struct inbound *keep)
 {
-    char why[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, sizeof why, fmt, ap);
-    va_end(ap);
-    if (in->accepted)
-        pz_warn("raft: closing connection from node %" PRIu64 " at %s: %s",
-                in->peer_id, in->c->peer, why);
-    else
-        pz_warn("raft: closing connection from %s: %s", in->c->peer, why);
-    in->t->st.inbound_errors++;
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &t->inbound)
+    {
+        struct inbound *o = container_of(e, struct inbound, q);
+        if (o != keep && o->accepted && !o->done && o->peer_id == id) {
+            o->done = true;
+            conn_close(o->c);
+        }
+    }
+}
+
+/* Handshakes past their deadline: trickling bytes does not extend it. */
+static void on_sweep(uv_timer_t *h)
+{
+    struct transport *t = h->data;
+    if (t->n_unauth == 0)
+        return;
+    uint64_t now = uv_now(t->loop);
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &t->inbound)
+    {
+        struct inbound *in = container_of(e, struct inbound, q);
+        if (in->unauth &&
+            now - in->opened_ms >= t->cfg.handshake_timeout_ms) {
+            t->st.inbound_timeouts++;
+            in_fail(in, "no handshake within %" PRIu64 " ms",
+                    t->cfg.handshake_timeout_ms);
+        }
+    }
+}
+
+static void refuse(struct inbound *in, uint32_t status, uint64_t conf_index,
+                   uint64_t node_id, const char *detail)
+{
+    struct transport *t = in->t;
+    /* The refusal says only what went wrong: nothing about us. */
+    struct raft_handshake_reply r = {
+        .status = status,
+        .version = RAFT_PROTO_VERSION,
+        .conf_index = conf_index,
+    };
+    pz_buf_reset(&t->scratch);
+    int rv = raft_codec_encode_reply(&t->scratch, &r, REPLY_MAX);
+    pz_assert(rv == 0);
+    conn_write(in->c, t->scratch.data, t->scratch.len);
+    /* A misconfigured peer retries every couple of seconds: say it
+     * loudly once a minute, not on every attempt. */
+    uint64_t now = uv_now(t->loop);
+    bool again = t->refused_id == node_id && t->refused_status == status &&
+                 now - t->refused_ms < REFUSAL_QUIET_MS;
+    if (!again) {
+        t->refused_id = node_id;
+        t->refused_status = status;
+        t->refused_ms = now;
+    }
+    int level = again ? PZ_LOG_DEBUG : inbound_level(t);
+    if (status == RAFT_HS_NOT_MEMBER && level == PZ_LOG_WARNING)
+        level = PZ_LOG_INFO; /* also a member added a moment ago */
+    pz_log(level, "raft: refusing %s (node %" PRIu64 " '%s'): %s%s",
+           in->c->peer, node_id, in->name, raft_hs_status_str(status),
+           detail);
+    t->st.inbound_refused++;
+    in_settle(in);
     in->done = true;
-    conn_close(in->c);
+    conn_pause(in->c);
+    conn_close_after_flush(in->c);
 }
 
 static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
 {
     struct transport *t = in->t;
-    struct raft_handshake_reply r = {
-        .status = RAFT_HS_OK,
-        .version = RAFT_PROTO_VERSION,
-    };
     char why[200] = "";
+    uint64_t conf_index = 0;
     printable(in->name, sizeof in->name, hs->name);
     if (hs->version != RAFT_PROTO_VERSION) {
-        r.status = RAFT_HS_BAD_VERSION;
         snprintf(why, sizeof why, " (theirs %" PRIu32 ", ours %d)", hs->version,
                  RAFT_PROTO_VERSION);
-    } else if (hs->node_id == 0) {
-        r.status = RAFT_HS_BAD_HANDSHAKE;
-        snprintf(why, sizeof why, " (node id 0)");
-    } else if (t->token[0] && !token_equal(t->token, hs->token)) {
-        r.status = RAFT_HS_BAD_TOKEN;
-    } else if (hs->cluster_id == 0 ||
-               (t->cfg.cluster_id != 0 &&
-                hs->cluster_id != t->cfg.cluster_id)) {
-        /* A node that is still joining has cluster id 0 and takes the id
-         * of the first member that dials it (below). */
-        r.status = RAFT_HS_CLUSTER_MISMATCH;
-        snprintf(why, sizeof why,
-                 " (theirs %016" PRIx64 ", ours %016" PRIx64 ")",
-                 hs->cluster_id, t->cfg.cluster_id);
-    } else if (hs->node_id == t->cfg.id) {
-        r.status = RAFT_HS_DUPLICATE_ID;
+        refuse(in, RAFT_HS_BAD_VERSION, 0, hs->node_id, why);
+        return;
+    }
+    if (t->token[0] && !token_equal(t->token, hs->token)) {
+        refuse(in, RAFT_HS_BAD_TOKEN, 0, hs->node_id, "");
+        return;
+    }
+    if (hs->node_id == 0) {
+        refuse(in, RAFT_HS_BAD_HANDSHAKE, 0, 0, " (node id 0)");
+        return;
+    }
+    if (hs->node_id == t->cfg.id) {
         snprintf(why, sizeof why, " (it uses our id %" PRIu64 ")", t->cfg.id);
-    } else if (hs->target_id != 0 && hs->target_id != t->cfg.id) {
-        r.status = RAFT_HS_WRONG_NODE;
+        refuse(in, RAFT_HS_DUPLICATE_ID, 0, hs->node_id, why);
+        return;
+    }
+    if (hs->target_id != 0 && hs->target_id != t->cfg.id) {
         snprintf(why, sizeof why,
                  " (it wants node %" PRIu64 ", we are %" PRIu64 ")",
                  hs->target_id, t->cfg.id);
+        refuse(in, RAFT_HS_WRONG_NODE, 0, hs->node_id, why);
+        return;
     }
-    /* Who we are is only told to dialers that passed the version and
-     * token checks. */
-    if (r.status != RAFT_HS_BAD_VERSION && r.status != RAFT_HS_BAD_TOKEN) {
-        r.cluster_id = t->cfg.cluster_id ? t->cfg.cluster_id : hs->cluster_id;
-        r.node_id = t->cfg.id;
-        r.name = t->name;
+    /* A node that is still joining has cluster id 0 and takes the id of
+     * the first member that dials it (below). */
+    if (hs->cluster_id == 0 ||
+        (t->cfg.cluster_id != 0 && hs->cluster_id != t->cfg.cluster_id)) {
+        snprintf(why, sizeof why,
+                 " (theirs %016" PRIx64 ", ours %016" PRIx64 ")",
+                 hs->cluster_id, t->cfg.cluster_id);
+        refuse(in, RAFT_HS_CLUSTER_MISMATCH, 0, hs->node_id, why);
+        return;
     }
-    if (r.status == RAFT_HS_OK) {
-        r.http_addr = t->cfg.http_addr;
-        r.grpc_addr = t->cfg.grpc_addr;
+    int kind = t->cfg.check_peer
+                   ? t->cfg.check_peer(t->cfg.data, hs->node_id, &conf_index)
+                   : TRANSPORT_PEER_MEMBER;
+    if (kind == TRANSPORT_PEER_REMOVED) {
+        snprintf(why, sizeof why, " (configuration entry %" PRIu64 ")",
+                 conf_index);
+        refuse(in, RAFT_HS_REMOVED, conf_index, hs->node_id, why);
+        return;
     }
-    r.reason = why[0] ? why + 1 : "";
+    if (kind != TRANSPORT_PEER_MEMBER && kind != TRANSPORT_PEER_JOINING) {
+        refuse(in, RAFT_HS_NOT_MEMBER, 0, hs->node_id, "");
+        return;
+    }
+    struct raft_handshake_reply r = {
+        .status = RAFT_HS_OK,
+        .version = RAFT_PROTO_VERSION,
+        .node_id = t->cfg.id,
+        .name = t->name,
+        .http_addr = t->cfg.http_addr,
+        .grpc_addr = t->cfg.grpc_addr,
+    };
     pz_buf_reset(&t->scratch);
     int rv = raft_codec_encode_reply(&t->scratch, &r, REPLY_MAX);
     pz_assert(rv == 0);
     conn_write(in->c, t->scratch.data, t->scratch.len);
-    if (r.status != RAFT_HS_OK) {
-        /* A misconfigured peer retries every couple of seconds: say it
-         * loudly once a minute, not on every attempt. */
-        uint64_t now = uv_now(t->loop);
-        bool again = t->refused_id == hs->node_id &&
-                     t->refused_status == r.status &&
-                     now - t->refused_ms < REFUSAL_QUIET_MS;
-        if (!again) {
-            t->refused_id = hs->node_id;
-            t->refused_status = r.status;
-            t->refused_ms = now;
-        }
-        pz_log(again ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
-               "raft: refusing %s (node %" PRIu64 " '%s'): %s%s", in->c->peer,
-               hs->node_id, in->name, raft_hs_status_str(r.status), why);
-        t->st.inbound_refused++;
-        in->done = true;
-        conn_pause(in->c);
-        conn_close_after_flush(in->c);
-        return;
-    }
     if (t->cfg.cluster_id == 0) {
         t->cfg.cluster_id = hs->cluster_id;
         pz_info("raft: joined cluster %016" PRIx64 " (first contact from "
@@ -652,27 +779,19 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         if (t->cfg.on_cluster_id)
             t->cfg.on_cluster_id(t->cfg.data, hs->cluster_id);
     }
+    in_settle(in);
     in->accepted = true;
-    if (t->cfg.on_peer_info)
-        t->cfg.on_peer_info(t->cfg.data, hs->node_id, in->name,
-                            hs->raft_addr, hs->http_addr, hs->grpc_addr);
+    /* What a dialer says of itself counts only for a node that has no
+     * configuration to learn addresses from (joining). */
+    if (t->cfg.on_peer_info && kind == TRANSPORT_PEER_JOINING)
+        t->cfg.on_peer_info(t->cfg.data, hs->node_id, false, in->name,
+                            hs->raft_addr, "", "");
     in->peer_id = hs->node_id;
     in->fp.max = t->cfg.max_frame;
     in->c->busy = 1; /* a quiet peer link is not an idle client */
     /* One inbound link per peer: a new one (the peer restarted, or
      * reconnected before we saw the old one die) replaces the old. */
-    struct pz_queue *e;
-    PZ_QUEUE_FOREACH(e, &t->inbound)
-    {
-        struct inbound *o = container_of(e, struct inbound, q);
-        if (o != in && o->accepted && !o->done && o->peer_id == in->peer_id) {
-            pz_info("raft: new connection from node %" PRIu64
-                    " replaces the one from %s",
-                    in->peer_id, o->c->peer);
-            o->done = true;
-            conn_close(o->c);
-        }
-    }
+    close_inbound_from(t, in->peer_id, in);
     pz_info("raft: accepted node %" PRIu64 " '%s' from %s", in->peer_id,
             in->name, in->c->peer);
 }
@@ -709,8 +828,13 @@ static void in_frame(struct inbound *in, const uint8_t *body, size_t len)
         else
             in_fail(in, "%s before the handshake", kind_name(d.kind));
     } else if (d.kind == RAFT_FRAME_CHUNK) {
+        const char *why = NULL;
         if (t->cfg.on_chunk && !t->closing)
-            t->cfg.on_chunk(t->cfg.data, in->peer_id, &d.chunk);
+            why = t->cfg.on_chunk(t->cfg.data, in->peer_id, &d.chunk);
+        if (why != NULL) {
+            t->st.inbound_invalid++;
+            in_fail(in, "%s", why);
+        }
     } else if (d.kind != RAFT_FRAME_MESSAGE) {
         in_fail(in, "unexpected %s", kind_name(d.kind));
     } else if (d.msg.from != in->peer_id) {
@@ -722,7 +846,11 @@ static void in_frame(struct inbound *in, const uint8_t *body, size_t len)
     } else if (!t->closing) {
         t->st.recv_msgs++;
         t->st.recv_bytes += RAFT_FRAME_HDR + len;
-        t->cfg.recv(t->cfg.data, &d.msg);
+        const char *why = t->cfg.recv(t->cfg.data, &d.msg);
+        if (why != NULL) {
+            t->st.inbound_invalid++;
+            in_fail(in, "%s", why);
+        }
     }
     raft_decoded_free(&d);
 }
@@ -786,6 +914,8 @@ struct transport *transport_new(uv_loop_t *loop,
     DEF(backoff_max_ms, DEF_BACKOFF_MAX_MS);
     DEF(connect_timeout_ms, DEF_CONNECT_TIMEOUT_MS);
     DEF(max_inbound, DEF_MAX_INBOUND);
+    DEF(handshake_timeout_ms, DEF_HANDSHAKE_TIMEOUT_MS);
+    DEF(max_unauth, DEF_MAX_UNAUTH);
 #undef DEF
     if (t->cfg.max_frame > UINT32_MAX)
         t->cfg.max_frame = UINT32_MAX;
@@ -799,15 +929,20 @@ struct transport *transport_new(uv_loop_t *loop,
         uv_timer_init(loop, &t->fin[i]);
         t->fin[i].data = t;
     }
+    uv_timer_init(loop, &t->sweep);
+    t->sweep.data = t;
+    t->loud_start = uv_now(loop);
     int rv = conn_listen(&t->ls, t->listen_addr, &in_ops, "raft",
                          t->cfg.max_inbound, err, errlen);
     if (rv < 0) {
         /* conn_listen may have a handle of t->ls closing: free t from the
          * loop, after it (the caller runs the loop to finish). */
         t->closing = true;
-        maybe_finish(t);
+        t->closing_handles++;
+        uv_close((uv_handle_t *)&t->sweep, on_sweep_closed);
         return NULL;
     }
+    uv_timer_start(&t->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
     t->ls.data = t;
     pz_info("raft: listening on %s, port %d (node %" PRIu64 " '%s', "
             "cluster %016" PRIx64 ")",
@@ -885,6 +1020,7 @@ static void peer_release(struct peer *p)
 
 int transport_remove_peer(struct transport *t, uint64_t id)
 {
+    close_inbound_from(t, id, NULL);
     struct peer *p = find_peer(t, id);
     if (p == NULL)
         return PZ_ENOTFOUND;
@@ -982,6 +1118,8 @@ void transport_close(struct transport *t, transport_close_cb cb)
     pz_assert(!t->closing);
     t->closing = true;
     t->close_cb = cb;
+    t->closing_handles++;
+    uv_close((uv_handle_t *)&t->sweep, on_sweep_closed);
     if (t->ls.listening) {
         t->closing_handles++;
         conn_listener_stop(&t->ls, on_listener_closed);

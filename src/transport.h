@@ -8,8 +8,21 @@
  * only reads from those. The dialer opens with a Handshake (protocol
  * version, cluster id, its node id and name, the node id it expects to
  * reach, an optional cluster token); the acceptor answers OK or refuses
- * with a reason and closes. Frames: 4-byte big-endian length + protobuf
+ * and closes. Frames: 4-byte big-endian length + protobuf
  * (proto/raft.proto, src/raft_codec.h).
+ *
+ * Who may connect: a dialer is accepted only if it presents the cluster
+ * token (when one is set), the cluster id, a non-zero id other than ours,
+ * and the owner says it is a member (check_peer; a node that is not in any
+ * configuration yet accepts the first members that reach it). A refusal
+ * carries its status and nothing else: no cluster id, no node id, no name,
+ * no addresses, so a stranger learns nothing by dialing. A member removed
+ * from the committed configuration is told so in the refusal (status
+ * REMOVED with the index of that configuration), which is how a removed
+ * node learns it must stop. Addresses travel only from an acceptor to a
+ * dialer (the dialer reached it at the member's configured address); what
+ * a dialer says about itself is passed on only for a node that is still
+ * joining (on_peer_info, dialed false).
  *
  * Happy path: transport_send() encodes the message at once and queues the
  * bytes for peer m->to; the peer's connection is opened on demand, and
@@ -22,11 +35,19 @@
  * retried while messages wait; meanwhile messages queue up to a count and a
  * byte cap, past which the OLDEST are dropped and counted (Raft retries).
  * Messages already handed to a connection that then breaks are lost as TCP
- * loses them. Inbound garbage, an oversize length (max_frame; 64 KiB
- * until the handshake is accepted), a message before the handshake or a
- * refused handshake closes that connection with a log line; nothing a peer
- * sends can crash the process. Inbound links are exempt from the conn
- * layer's idle timeout once their handshake is accepted, not before.
+ * loses them. Inbound garbage, an oversize length (max_frame; 4 KiB until
+ * the handshake is accepted), a message before the handshake, a refused
+ * handshake, a handshake not complete within handshake_timeout_ms of the
+ * accept (trickling does not extend it), or a message or chunk the owner's
+ * callback calls invalid closes that connection, counted and logged (a
+ * burst of such lines is cut short, with a summary); nothing a peer sends
+ * can crash the process. At most max_unauth connections may be waiting
+ * for their handshake: one more closes the oldest of them, so dialers that
+ * never finish cannot lock members out. Inbound links are exempt from the
+ * conn layer's idle timeout once their handshake is accepted, not before.
+ * Memory held for a peer: one partial frame of at most max_frame bytes
+ * per accepted link (one link per member), 4 KiB per link still in its
+ * handshake.
  *
  * Requires the conn layer: conn_setup() done on the same loop, and
  * conn_before_sleep() called from the loop's prepare hook (output is only
@@ -48,22 +69,36 @@ struct transport;
 
 /* A message arrived from a peer whose handshake was accepted (m->from is
  * that peer's id). m, its entries and their data are valid only during
- * the call: copy what you keep (raft_step does). The callback may call
- * transport_send and transport_close. */
-typedef void (*transport_recv_cb)(void *data, const struct raft_msg *m);
+ * the call: copy what you keep (raft_step does). Return NULL, or why the
+ * message is invalid (no correct peer sends it): the link is then closed
+ * and the reason logged. The callback may call transport_send and
+ * transport_close. */
+typedef const char *(*transport_recv_cb)(void *data, const struct raft_msg *m);
 /* The outbound link to peer id came up (handshake accepted) or went down
  * (it was up before). Optional. */
 typedef void (*transport_peer_cb)(void *data, uint64_t id, bool connected);
-/* A peer told us its addresses in a handshake: as a dialer to us (Raft
- * listen address too), or as the acceptor of our link (raft_addr ""; we
- * dialed it). Optional. */
-typedef void (*transport_peer_info_cb)(void *data, uint64_t id,
+/* A peer's addresses. dialed: from the reply of peer id, which we reached
+ * at its configured address (raft_addr is ""); else from the handshake of
+ * a dialer claiming to be id (only its Raft listen address), reported only
+ * while the owner says it is joining (check_peer). Optional. */
+typedef void (*transport_peer_info_cb)(void *data, uint64_t id, bool dialed,
                                        const char *name,
                                        const char *raft_addr,
                                        const char *http_addr,
                                        const char *grpc_addr);
 /* transport_close finished: every handle is closed, the transport freed. */
 typedef void (*transport_close_cb)(void *data);
+
+/* The owner's verdict on a dialer's node id (check_peer). */
+enum transport_peer_kind {
+    TRANSPORT_PEER_UNKNOWN = 0, /* not a member: refused */
+    TRANSPORT_PEER_MEMBER,      /* a member, or one being added: accepted */
+    TRANSPORT_PEER_JOINING,     /* we are in no configuration yet (a new
+                                   node): any dialer that passed the token
+                                   and cluster checks is accepted */
+    TRANSPORT_PEER_REMOVED,     /* removed by a committed configuration:
+                                   refused with REMOVED and *conf_index */
+};
 
 struct transport_config {
     const char *listen_addr;   /* "host:port" (port 0: any, see
@@ -77,13 +112,24 @@ struct transport_config {
     transport_recv_cb recv;    /* required */
     transport_peer_cb on_peer; /* optional */
     transport_peer_info_cb on_peer_info; /* optional */
+    /* Who is dialing us (enum transport_peer_kind); for REMOVED also the
+     * index of the committed configuration without id. Optional: without
+     * it every dialer that passes the other checks is a member. */
+    int (*check_peer)(void *data, uint64_t id, uint64_t *conf_index);
+    /* Peer id, which we dialed, says the committed configuration of
+     * conf_index no longer has us (we were removed). Optional. */
+    void (*on_removed)(void *data, uint64_t id, uint64_t conf_index);
+    /* The accepted link from peer id closed (snapshot transfers on it are
+     * over). Optional. */
+    void (*on_inbound_closed)(void *data, uint64_t id);
     /* cluster_id 0 means "joining": the first peer that dials us with a
      * valid handshake gives us its cluster id, reported here (optional;
      * persist it). */
     void (*on_cluster_id)(void *data, uint64_t cluster_id);
-    /* A snapshot chunk from peer `from` (data valid during the call). */
-    void (*on_chunk)(void *data, uint64_t from,
-                     const struct raft_snap_chunk *c);
+    /* A snapshot chunk from peer `from` (data valid during the call).
+     * Returns NULL or why it is invalid (the link is closed). */
+    const char *(*on_chunk)(void *data, uint64_t from,
+                            const struct raft_snap_chunk *c);
     const char *http_addr;     /* ours, told to peers; copied (NULL: "") */
     const char *grpc_addr;     /* ours, told to peers; copied (NULL: "") */
     void *data;                /* passed to the callbacks */
@@ -100,6 +146,9 @@ struct transport_config {
     uint64_t backoff_max_ms;     /* retry delay cap (2000) */
     uint64_t connect_timeout_ms; /* connect + handshake deadline (5000) */
     size_t max_inbound;          /* accepted connections at most (1024) */
+    uint64_t handshake_timeout_ms; /* inbound: accept to handshake (5000) */
+    size_t max_unauth;           /* inbound links still in their handshake
+                                    (64); one more closes the oldest */
 };
 
 /* Per-peer counters (outbound side). */
@@ -126,6 +175,10 @@ struct transport_stats {
     uint64_t inbound_refused; /* handshakes we refused */
     uint64_t inbound_errors;  /* inbound connections closed for garbage,
                                  oversize frames or protocol errors */
+    uint64_t inbound_invalid; /* of those: messages or chunks the owner
+                                 called invalid */
+    uint64_t inbound_timeouts; /* handshakes not done in time */
+    uint64_t inbound_evicted; /* closed to make room (max_unauth) */
     uint64_t unroutable;      /* transport_send to an unknown peer */
 };
 
@@ -144,8 +197,10 @@ int transport_port(const struct transport *t);
  * Returns 0, PZ_EINVAL (id 0, own id, bad address), PZ_ESHUTDOWN. */
 int transport_set_peer(struct transport *t, uint64_t id, const char *addr);
 
-/* Forgets peer id: closes its connection, drops its queue. Returns 0 or
- * PZ_ENOTFOUND. */
+/* Forgets peer id: closes its connection, drops its queue, and closes the
+ * link it dialed to us, if any (a removed member redials and is told).
+ * Returns 0 or PZ_ENOTFOUND (no outbound peer; its inbound link is
+ * closed all the same). */
 int transport_remove_peer(struct transport *t, uint64_t id);
 
 /* Encodes m now (nothing of m is kept after the call) and queues it for

@@ -1066,7 +1066,7 @@ static int transfer(const char *src, const char *dir, uint64_t index,
     }
     pz_free(buf);
     snapshot_reader_close(rd);
-    return snapshot_receiver_finish(rx, out, SNAPSHOT_PATH_MAX, NULL, err,
+    return snapshot_receiver_finish(rx, NULL, out, SNAPSHOT_PATH_MAX, NULL, err,
                                     errlen);
 }
 
@@ -1146,7 +1146,7 @@ TEST(receiver_roundtrip)
         snapshot_receiver_begin(u.root, 300, 4, size, &rx, err, sizeof err), 0);
     CHECK_EQ_INT(snapshot_receiver_write(rx, 0, buf, size, err, sizeof err), 0);
     struct snapshot_meta m;
-    CHECK_EQ_INT(snapshot_receiver_finish(rx, NULL, 0, &m, err, sizeof err), 0);
+    CHECK_EQ_INT(snapshot_receiver_finish(rx, NULL, NULL, 0, &m, err, sizeof err), 0);
     CHECK(m.index == 300 && m.term == 4 && m.nkeys == 20000);
     CHECK(m.conf_len == sizeof conf_blob);
     snapshot_meta_free(&m);
@@ -1195,7 +1195,7 @@ TEST(receiver_refuses_gaps_and_overruns)
         snapshot_receiver_write(rx, 100, b + 100, len - 100, err, sizeof err),
         0);
     CHECK_EQ_INT(
-        snapshot_receiver_finish(rx, out, sizeof out, NULL, err, sizeof err),
+        snapshot_receiver_finish(rx, NULL, out, sizeof out, NULL, err, sizeof err),
         0);
     int rc;
     CHECK(load_digest(out, &rc, err, sizeof err, NULL) == kv_digest(kv));
@@ -1206,7 +1206,7 @@ TEST(receiver_refuses_gaps_and_overruns)
     CHECK_EQ_INT(snapshot_receiver_write(rx, 0, b, len - 1, err, sizeof err),
                  0);
     CHECK_EQ_INT(
-        snapshot_receiver_finish(rx, out, sizeof out, NULL, err, sizeof err),
+        snapshot_receiver_finish(rx, NULL, out, sizeof out, NULL, err, sizeof err),
         PZ_EINVAL);
     CHECK(strstr(err, "incomplete") != NULL);
     CHECK_EQ_INT(count_suffix(u.root, ".tmp"), 0);
@@ -1295,7 +1295,7 @@ static void install_run(void *arg)
         if (snapshot_receiver_write(rx, off, c->data + off, n, err, sizeof err))
             _exit(3);
     }
-    snapshot_receiver_finish(rx, NULL, 0, NULL, err, sizeof err);
+    snapshot_receiver_finish(rx, NULL, NULL, 0, NULL, err, sizeof err);
 }
 
 TEST(receiver_crash_mid_install)
