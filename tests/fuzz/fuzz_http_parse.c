@@ -228,6 +228,11 @@ static void feed(const uint8_t *data, size_t size, enum feed_mode mode,
     pz_buf_free(&in);
 }
 
+static bool is_limit(int status)
+{
+    return status == 413 || status == 414 || status == 431;
+}
+
 static void same(const struct outcome *a, const struct outcome *b,
                  const char *how)
 {
@@ -239,8 +244,13 @@ static void same(const struct outcome *a, const struct outcome *b,
                     how, i);
     FUZZ_CHECKF(a->end == b->end, "%s: ends with %d, whole: %d", how, b->end,
                 a->end);
-    FUZZ_CHECKF(a->err_status == b->err_status &&
-                    strcmp(a->err_reason, b->err_reason) == 0,
+    /* Limits are checked in llhttp's span callbacks, which come once per
+     * piece of input: when a request breaks a limit and the syntax too,
+     * which one is seen first depends on the pieces (413/414/431 or
+     * 400). Two syntax errors must be the same. */
+    bool limit = is_limit(a->err_status) || is_limit(b->err_status);
+    FUZZ_CHECKF(limit || (a->err_status == b->err_status &&
+                          strcmp(a->err_reason, b->err_reason) == 0),
                 "%s: error %d '%s', whole: %d '%s'", how, b->err_status,
                 b->err_reason, a->err_status, a->err_reason);
     /* After an error, what counts as consumed depends on where the feed
