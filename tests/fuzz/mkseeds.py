@@ -254,6 +254,13 @@ def config_seeds():
                    ",node3=h:12002\nmandi-addr http://127.0.0.1:7000/\n",
         "errors": "# comment\r\n   \nmax-clients 0\n",
         "mandi": "mode mandi\nmandi-addr http://0.0.0.0:7000\n",
+        "limits": "max-clients 1000000\nclient-idle-timeout 0\n"
+                  "conn-high-water 1kb\nconn-hard-limit 16gb\n"
+                  "http-max-headers 10000\ngrpc-max-message 1024\n",
+        "clash": "raft-addr :9090\ngrpc-addr 0.0.0.0:9090\n"
+                 "http-addr [::]:8080\n",
+        "duplicate": "node-id a\nNODE-ID b\n",
+        "unterminated": 'log-file "/tmp/x\nlog-level debug\n',
     }
     for name, text in files.items():
         out("config", name, text)
