@@ -1242,6 +1242,14 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
     rv = restore(err, errlen);
     if (rv < 0)
         goto err_after_store;
+    /* What a crash left of interrupted snapshot writes and transfers. */
+    size_t stale = 0;
+    char serr[SNAPSHOT_ERRMSG_SIZE];
+    if (snapshot_remove_temp(cfg->raft_data, &stale, serr, sizeof serr) < 0)
+        pz_warn("cannot remove temporary snapshot files: %s", serr);
+    else if (stale > 0)
+        pz_info("removed %zu temporary snapshot file%s left by a crash",
+                stale, stale == 1 ? "" : "s");
     if (rv == 1) { /* no state yet */
         if (cfg->initial_cluster[0] || cfg->raft_bootstrap) {
             rv = bootstrap(err, errlen);
@@ -1909,7 +1917,8 @@ static const char *on_chunk(void *data, uint64_t from,
             rx_abort();
         return NULL;
     }
-    if (c->snap_index == 0 || c->snap_term == 0 || c->snap_term > c->term)
+    if (c->snap_index == 0 || c->snap_index >= RAFT_LIMIT ||
+        c->snap_term == 0 || c->snap_term > c->term)
         return "snapshot chunk with an impossible index or term";
     if (c->offset == 0) {
         rx_abort();
@@ -1991,15 +2000,17 @@ static void rx_check(void)
     struct raft_status rs;
     raft_status(node.raft, &rs);
     bool moved = rs.leader != node.rx_from || rs.term != node.rx_leader_term;
-    if (node.got_kv && node.rx == NULL && moved) {
-        /* Received whole, but its leader is gone before installing it:
-         * the memory goes now (the file at the next prune). */
+    bool idle = uv_now(node.loop) - node.rx_last_ms > RX_IDLE_MS;
+    if (node.got_kv && node.rx == NULL && (moved || idle)) {
+        /* Received whole, but its leader moved on or never sent the
+         * message that installs it: the memory goes now (the file at the
+         * next prune). */
         got_drop();
         return;
     }
     if (node.rx == NULL)
         return;
-    if (moved || uv_now(node.loop) - node.rx_last_ms > RX_IDLE_MS) {
+    if (moved || idle) {
         pz_info("snapshot %llu: %s; dropping the transfer",
                 (unsigned long long)node.rx_index,
                 moved ? "the leader changed" : "no data for 30 s");
