@@ -121,6 +121,7 @@ struct node {
     struct xfer *xfers;          /* snapshots being sent to followers */
     struct snapshot_receiver *rx;/* snapshot being received */
     uint64_t rx_from, rx_index, rx_term; /* what rx receives, from whom */
+    uint64_t rx_total;           /* its announced size */
     uint64_t rx_leader_term;     /* the term its leader sends it in */
     uint64_t rx_last_ms;         /* uv_now() of its last chunk */
     uint64_t got_index, got_term;/* verified received file, not installed */
@@ -1875,30 +1876,26 @@ static void rx_abort(void)
     node.rx = NULL;
 }
 
-/* Why a snapshot of total bytes cannot be received, or NULL. */
-static const char *rx_too_big(uint64_t total, char *why, size_t len)
+static uint64_t rx_max_size(void)
 {
     uint64_t cap = (uint64_t)node.cfg->raft_snapshot_max_size;
-    if (cap == 0)
-        cap = PZ_MAX(RX_AUTO_MIN, 4 * (uint64_t)kv_bytes(node.kv));
-    if (total > cap) {
-        snprintf(why, len,
-                 "%llu bytes is over raft-snapshot-max-size (%llu)",
-                 (unsigned long long)total, (unsigned long long)cap);
-        return why;
-    }
+    return cap ? cap : PZ_MAX(RX_AUTO_MIN, 4 * (uint64_t)kv_bytes(node.kv));
+}
+
+/* Whether total more bytes fit on the data directory's disk, keeping
+ * RX_DISK_RESERVE free; why not in why. */
+static bool rx_fits_disk(uint64_t total, char *why, size_t len)
+{
     struct statvfs vfs;
-    if (statvfs(node.cfg->raft_data, &vfs) == 0) {
-        uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
-        if (total + RX_DISK_RESERVE > avail) {
-            snprintf(why, len,
-                     "%llu bytes do not fit in the %llu bytes free in %s",
-                     (unsigned long long)total, (unsigned long long)avail,
-                     node.cfg->raft_data);
-            return why;
-        }
-    }
-    return NULL;
+    if (statvfs(node.cfg->raft_data, &vfs) != 0)
+        return true; /* cannot tell: the writes will say */
+    uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    if (total + RX_DISK_RESERVE <= avail)
+        return true;
+    snprintf(why, len, "%llu bytes do not fit in the %llu bytes free in %s",
+             (unsigned long long)total, (unsigned long long)avail,
+             node.cfg->raft_data);
+    return false;
 }
 
 static const char *on_chunk(void *data, uint64_t from,
@@ -1910,27 +1907,42 @@ static const char *on_chunk(void *data, uint64_t from,
         return NULL;
     struct raft_status rs;
     raft_status(node.raft, &rs);
-    if (from != rs.leader || c->term != rs.term || rs.leader == node.id) {
-        /* Not the leader we follow, or not in our term: a stale leader's
-         * transfer, never applied. */
+    struct snapshot_rx_view v = {
+        .self = node.id,
+        .leader = rs.leader,
+        .term = rs.term,
+        .commit = rs.commit,
+        .receiving = node.rx != NULL,
+        .rx_from = node.rx_from,
+        .rx_index = node.rx_index,
+        .rx_term = node.rx_term,
+        .rx_offset = node.rx ? snapshot_receiver_offset(node.rx) : 0,
+        .rx_total = node.rx_total,
+        .have_index = node.got_kv ? node.got_index : 0,
+        .have_term = node.got_kv ? node.got_term : 0,
+        .max_size = rx_max_size(),
+    };
+    switch (snapshot_rx_decide(&v, from, c)) {
+    case SNAPSHOT_RX_INVALID:
+        return "snapshot chunk with an impossible index, term, size or "
+               "offset";
+    case SNAPSHOT_RX_STALE:
         if (node.rx && node.rx_from == from)
             rx_abort();
         return NULL;
-    }
-    if (c->snap_index == 0 || c->snap_index >= RAFT_LIMIT ||
-        c->snap_term == 0 || c->snap_term > c->term)
-        return "snapshot chunk with an impossible index or term";
-    if (c->offset == 0) {
+    case SNAPSHOT_RX_TOO_BIG:
         rx_abort();
-        if (c->snap_index <= rs.commit)
-            return NULL; /* we have all it covers: the leader learns so */
-        if (node.got_kv && c->snap_index == node.got_index &&
-            c->snap_term == node.got_term)
-            return NULL; /* here already, waiting for the message */
-        char why[256];
-        if (rx_too_big(c->total, why, sizeof why) != NULL) {
+        pz_warn("refusing snapshot %llu from the leader: %llu bytes is over "
+                "raft-snapshot-max-size (%llu)",
+                (unsigned long long)c->snap_index,
+                (unsigned long long)c->total,
+                (unsigned long long)v.max_size);
+        return NULL;
+    case SNAPSHOT_RX_BEGIN:
+        rx_abort();
+        if (!rx_fits_disk(c->total, err, sizeof err)) {
             pz_warn("refusing snapshot %llu from the leader: %s",
-                    (unsigned long long)c->snap_index, why);
+                    (unsigned long long)c->snap_index, err);
             return NULL;
         }
         if (snapshot_receiver_begin(node.cfg->raft_data, c->snap_index,
@@ -1943,14 +1955,17 @@ static const char *on_chunk(void *data, uint64_t from,
         node.rx_from = from;
         node.rx_index = c->snap_index;
         node.rx_term = c->snap_term;
+        node.rx_total = c->total;
         node.rx_leader_term = c->term;
         pz_info("receiving snapshot at index %llu (%llu bytes)",
                 (unsigned long long)c->snap_index,
                 (unsigned long long)c->total);
+        break;
+    case SNAPSHOT_RX_WRITE:
+        break;
+    default:
+        return NULL;
     }
-    if (node.rx == NULL || c->snap_index != node.rx_index ||
-        c->snap_term != node.rx_term)
-        return NULL; /* the rest of a transfer we gave up on */
     node.rx_last_ms = uv_now(node.loop);
     if (snapshot_receiver_write(node.rx, c->offset, c->data, c->len, err,
                                 sizeof err) < 0) {
