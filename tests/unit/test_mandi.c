@@ -215,6 +215,50 @@ TEST(json_round_trip)
     pz_buf_free(&j);
 }
 
+/* --- the escaping of untrusted text for logs (pz.h) --------------------- */
+
+static const char *esc(char *buf, size_t len, const char *s)
+{
+    return pz_escape(buf, len, s, strlen(s));
+}
+
+TEST(escape)
+{
+    char b[PZ_ESCAPED_MAX];
+    CHECK_EQ_STR(esc(b, sizeof b, "node1 127.0.0.1:80"), "node1 127.0.0.1:80");
+    CHECK_EQ_STR(pz_escape(b, sizeof b, NULL, 0), "");
+    /* A newline cannot start a forged line; escapes stay readable. */
+    CHECK_EQ_STR(esc(b, sizeof b, "x\nFAKE LOG LINE"), "x\\nFAKE LOG LINE");
+    CHECK_EQ_STR(esc(b, sizeof b, "a\r\tb\\c\"d"), "a\\r\\tb\\\\c\\\"d");
+    /* Other controls, DEL, NUL, terminal escapes and non-ASCII bytes. */
+    CHECK_EQ_STR(pz_escape(b, sizeof b, "\x1b[31m\x7f\0\xc3\xa9\xff", 10),
+                 "\\x1b[31m\\x7f\\x00\\xc3\\xa9\\xff");
+    /* Nothing outside printable ASCII ever comes out. */
+    char all[256];
+    for (int i = 0; i < 256; i++)
+        all[i] = (char)i;
+    char big[1200];
+    pz_escape(big, sizeof big, all, sizeof all);
+    /* 29 controls as \xHH, 3 as \n \r \t, 93 bytes as they are, two
+     * escaped with a backslash, 129 bytes from DEL up as \xHH. */
+    CHECK_EQ_INT(strlen(big), 29 * 4 + 3 * 2 + 93 + 2 * 2 + 129 * 4);
+    for (const char *p = big; *p; p++)
+        CHECK(*p >= 0x20 && *p < 0x7f);
+    /* Bounded: cut at a whole escape, marked with "...". */
+    char s4[4], s8[8];
+    CHECK_EQ_STR(esc(s4, sizeof s4, "abc"), "abc");
+    CHECK_EQ_STR(esc(s4, sizeof s4, "abcd"), "...");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "abcdefg"), "abcdefg");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "abcdefgh"), "abcd...");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "ab\ncdef"), "ab\\n...");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "abc\x01xyz"), "abc...");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "\x01\x02"), "\\x01...");
+    char longer[600];
+    memset(longer, '\n', sizeof longer);
+    CHECK_EQ_INT(strlen(pz_escape(b, sizeof b, longer, sizeof longer)),
+                 sizeof b - 1); /* 62 escapes of 2 and "..." */
+}
+
 /* --- the loop ----------------------------------------------------------- */
 
 static uv_loop_t loop;
@@ -1064,6 +1108,7 @@ static const struct test_case mandi_cases[] = {
     TEST_ENTRY(json_u64),
     TEST_ENTRY(parse_leader),
     TEST_ENTRY(json_round_trip),
+    TEST_ENTRY(escape),
     TEST_ENTRY(client_every_request),
     TEST_ENTRY(client_pipelines_in_order),
     TEST_ENTRY(client_sees_409_and_401),
