@@ -13,6 +13,10 @@
  *   - Join requests may carry `http_addr` and `grpc_addr` (optional
  *     strings, returned as "" when not given); their number is capped (503
  *     `too many join requests`).
+ *   - Ids must be printable text and addresses must look like host:port
+ *     (400 with the reason, see the parsers); a join request needs `addr`.
+ *     What a client sends never reaches the log unescaped (pz_escape), and
+ *     the lines requests trigger are rate-limited (mandi_loglimit).
  *
  * This header also holds the JSON codec of LeaderInfo and join requests,
  * shared with the nodes' client (mandi_client.h). */
@@ -54,11 +58,18 @@ struct mandi_join {
  * Parsers read one JSON object (strict syntax), take the members they know
  * and ignore the others; a member that is null counts as absent (as in the
  * original Go program). `term` must be a non-negative integer up to
- * 2^64 - 1, read exactly. Return 0, or PZ_EINVAL with one line in why (the
- * body of mandi's 400): "invalid JSON", "missing id", "id too long",
- * "'addr' must be a string", "'term' must be an unsigned integer", ... The
- * timestamps are read too when present (a client reading mandi's answer);
- * mandi overwrites them. */
+ * 2^64 - 1, read exactly. The id is printable text: valid UTF-8 without
+ * control characters (C0, DEL, C1), line or paragraph separators or
+ * bidirectional marks. Each address, when given, is host:port, [v6]:port
+ * or :port with a port from 1 to 65535, the host made of letters, digits,
+ * '.', '-' and '_' (or an IPv6 address); a join request must give `addr`.
+ * Return 0, or PZ_EINVAL with one line in why (the body of mandi's 400):
+ * "invalid JSON", "missing id", "id too long", "'addr' must be a string",
+ * "'id' holds a control character", "'id' is not valid UTF-8", "'addr'
+ * must be host:port", "missing addr", "'term' must be an unsigned
+ * integer", ... The timestamps are read too when present (a client
+ * reading mandi's answer), as "" when too long or not printable; mandi
+ * overwrites them. */
 int mandi_parse_leader(const char *doc, size_t len, struct mandi_leader *out,
                        char *why, size_t whylen);
 int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
@@ -76,6 +87,23 @@ void mandi_join_to_json(const struct mandi_join *j, bool with_time,
  * document is not a well-formed object. */
 int mandi_json_u64(const char *doc, size_t len, const char *name,
                    uint64_t *out);
+
+/* --- log lines that the network can trigger ------------------------------
+ * A client (or, for a node, a broken mandi) can make a line happen as
+ * often as it likes: such lines go through a limit of `burst` lines per
+ * `window_ms`. Untrusted text in them goes through pz_escape(). */
+struct mandi_loglimit {
+    uint64_t start;   /* ms: when the current window began */
+    unsigned used;    /* lines let through in it */
+    unsigned dropped; /* lines held back since the last one let through */
+};
+
+/* May a line be written at now (ms)? On true, *dropped is the number of
+ * lines held back before this one (say so in, or before, the line) and
+ * the count restarts; on false, *dropped is 0 and this line is counted.
+ * A zeroed struct is ready for use. Pure. */
+bool mandi_loglimit(struct mandi_loglimit *l, uint64_t now, uint64_t window_ms,
+                    unsigned burst, unsigned *dropped);
 
 /* --- the server -------------------------------------------------------- */
 

@@ -151,8 +151,8 @@ TEST(parse_leader)
     /* Length limits: exactly the maximum passes, one more fails. */
     struct pz_buf b;
     pz_buf_init(&b);
-    pz_buf_appendf(&b, "{\"id\":\"%0*d\",\"addr\":\"%0*d\"}", MANDI_ID_MAX, 0,
-                   MANDI_ADDR_MAX, 0);
+    pz_buf_appendf(&b, "{\"id\":\"%0*d\",\"addr\":\"%0*d:1\"}", MANDI_ID_MAX, 0,
+                   MANDI_ADDR_MAX - 2, 0);
     CHECK_EQ_INT(leader_of(b.data, &l, why), 0);
     CHECK_EQ_INT(strlen(l.id), MANDI_ID_MAX);
     CHECK_EQ_INT(strlen(l.addr), MANDI_ADDR_MAX);
@@ -168,10 +168,116 @@ TEST(parse_leader)
     pz_buf_free(&b);
 }
 
+/* What ids and addresses may hold: the same rules for a LeaderInfo and a
+ * join request, on mandi and in the nodes' client. */
+TEST(parse_refuses_control_characters_and_implausible_addresses)
+{
+    struct mandi_leader l;
+    struct mandi_join j;
+    char why[128];
+    static const struct {
+        const char *doc, *why;
+    } bad[] = {
+        /* Anything that could end or forge a log line, or drive a
+         * terminal: C0, DEL, C1 (NEL), separators, bidi controls. */
+        {"{\"id\":\"x\\nFAKE LOG LINE\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"x\\r\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"\\u001b[31mred\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\\t\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\x7f\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\\u0085\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\\u2028b\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\\u202eb\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\xff\",\"addr\":\"h:1\"}", "'id' is not valid UTF-8"},
+        {"{\"id\":\"a\xc0\xaf\",\"addr\":\"h:1\"}", "'id' is not valid UTF-8"},
+        {"{\"id\":\"a\xed\xa0\x80\",\"addr\":\"h:1\"}",
+         "'id' is not valid UTF-8"},
+        {"{\"id\":\"a\xc3\",\"addr\":\"h:1\"}", "'id' is not valid UTF-8"},
+        {"{\"id\":\"a\",\"addr\":\"h:1\\nFAKE\"}",
+         "'addr' holds a control character"},
+        {"{\"id\":\"a\",\"addr\":\"h:1\",\"grpc_addr\":\"h:\\u0000\"}",
+         "'grpc_addr' holds a NUL character"},
+        /* Not host:port. */
+        {"{\"id\":\"a\",\"addr\":\"127.0.0.1\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:0\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:65536\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:000080\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:+1\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"a b:1\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:1/x\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"http://h:1\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"::1:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"[]:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"[x:y]:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"[::1]x:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"[::1%]:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h\xc3\xa9:80\"}",
+         "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:1\",\"http_addr\":\"x\"}",
+         "'http_addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:1\",\"grpc_addr\":\"g:1;rm\"}",
+         "'grpc_addr' must be host:port"},
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        const char *d = bad[i].doc;
+        why[0] = '\0';
+        CHECK_EQ_INT(mandi_parse_leader(d, strlen(d), &l, why, sizeof why),
+                     PZ_EINVAL);
+        CHECK_EQ_STR(why, bad[i].why);
+        why[0] = '\0';
+        CHECK_EQ_INT(mandi_parse_join(d, strlen(d), &j, why, sizeof why),
+                     PZ_EINVAL);
+        CHECK_EQ_STR(why, bad[i].why);
+    }
+    /* Accepted: what nodes send (":8080" is the default http-addr), IPv6,
+     * and ids of any printable text, UTF-8 included. */
+    static const char *const good[] = {
+        "{\"id\":\"node1\",\"addr\":\"127.0.0.1:12000\",\"http_addr\":\":"
+        "8080\","
+        "\"grpc_addr\":\"localhost:9090\"}",
+        "{\"id\":\"a b/c\\\"d\\\\\",\"addr\":\"[::1]:1\"}",
+        "{\"id\":\"n\\u00e9\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\",\"addr\":\"[:"
+        ":]:65535\"}",
+        "{\"id\":\"x\",\"addr\":\"[fe80::1%eth0]:7\",\"grpc_addr\":\"h_1.b-2:"
+        "00080\"}",
+        "{\"id\":\"x\",\"addr\":\"[::ffff:1.2.3.4]:9\"}",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(good); i++) {
+        const char *d = good[i];
+        CHECK_EQ_INT(mandi_parse_leader(d, strlen(d), &l, why, sizeof why), 0);
+        CHECK_EQ_INT(mandi_parse_join(d, strlen(d), &j, why, sizeof why), 0);
+    }
+    CHECK_EQ_STR(j.addr, "[::ffff:1.2.3.4]:9");
+    /* A join request needs the address to add the node at; a LeaderInfo
+     * may leave it out (as the original program allowed). */
+    const char *noaddr = "{\"id\":\"node2\",\"http_addr\":\"h:1\"}";
+    CHECK_EQ_INT(mandi_parse_join(noaddr, strlen(noaddr), &j, why, sizeof why),
+                 PZ_EINVAL);
+    CHECK_EQ_STR(why, "missing addr");
+    CHECK_EQ_INT(
+        mandi_parse_leader(noaddr, strlen(noaddr), &l, why, sizeof why), 0);
+    /* A timestamp that is not printable is dropped, never an error. */
+    const char *t = "{\"id\":\"a\",\"addr\":\"h:1\",\"updated_at\":\"2026\\n\","
+                    "\"started_at\":\"x\\u0000\"}";
+    CHECK_EQ_INT(mandi_parse_leader(t, strlen(t), &l, why, sizeof why), 0);
+    CHECK_EQ_STR(l.updated_at, "");
+    CHECK_EQ_INT(mandi_parse_join(t, strlen(t), &j, why, sizeof why), 0);
+    CHECK_EQ_STR(j.started_at, "");
+}
+
 TEST(json_round_trip)
 {
     struct mandi_leader a = {.term = UINT64_MAX - 1}, b;
-    snprintf(a.id, sizeof a.id, "n\"1\\ \xc3\xa9\t");
+    snprintf(a.id, sizeof a.id, "n\"1\\ \xc3\xa9/x");
     snprintf(a.addr, sizeof a.addr, "[::1]:12000");
     snprintf(a.http_addr, sizeof a.http_addr, "h:1");
     snprintf(a.grpc_addr, sizeof a.grpc_addr, "g:2");
@@ -257,6 +363,30 @@ TEST(escape)
     memset(longer, '\n', sizeof longer);
     CHECK_EQ_INT(strlen(pz_escape(b, sizeof b, longer, sizeof longer)),
                  sizeof b - 1); /* 62 escapes of 2 and "..." */
+}
+
+TEST(loglimit)
+{
+    struct mandi_loglimit l = {0};
+    unsigned dropped = 99;
+    /* 3 lines per 1000 ms; the rest are counted and reported with the
+     * next line let through. */
+    for (int i = 0; i < 3; i++) {
+        CHECK(mandi_loglimit(&l, 5000 + (uint64_t)i, 1000, 3, &dropped));
+        CHECK_EQ_INT(dropped, 0);
+    }
+    for (int i = 0; i < 10; i++) {
+        CHECK(!mandi_loglimit(&l, 5500, 1000, 3, &dropped));
+        CHECK_EQ_INT(dropped, 0);
+    }
+    CHECK_EQ_INT(l.dropped, 10);
+    CHECK(mandi_loglimit(&l, 6000, 1000, 3, &dropped));
+    CHECK_EQ_INT(dropped, 10);
+    CHECK(mandi_loglimit(&l, 6001, 1000, 3, &dropped));
+    CHECK_EQ_INT(dropped, 0);
+    /* A clock that goes back starts a new window. */
+    CHECK(mandi_loglimit(&l, 10, 1000, 3, &dropped));
+    CHECK_EQ_INT(l.used, 1);
 }
 
 /* --- the loop ----------------------------------------------------------- */
@@ -1107,8 +1237,10 @@ TEST(server_close_with_clients_connected)
 static const struct test_case mandi_cases[] = {
     TEST_ENTRY(json_u64),
     TEST_ENTRY(parse_leader),
+    TEST_ENTRY(parse_refuses_control_characters_and_implausible_addresses),
     TEST_ENTRY(json_round_trip),
     TEST_ENTRY(escape),
+    TEST_ENTRY(loglimit),
     TEST_ENTRY(client_every_request),
     TEST_ENTRY(client_pipelines_in_order),
     TEST_ENTRY(client_sees_409_and_401),
