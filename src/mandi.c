@@ -509,6 +509,39 @@ bool mandi_loglimit(struct mandi_loglimit *l, uint64_t now, uint64_t window_ms,
     return true;
 }
 
+/* --- the term rule (mandi.h) ---------------------------------------------- */
+
+uint64_t mandi_term_ceiling(const struct mandi_terms *t, uint64_t now)
+{
+    if (!t->known)
+        return UINT64_MAX;
+    uint64_t quiet = now > t->hi_at ? now - t->hi_at : 0;
+    uint64_t allow = MANDI_TERM_JUMP + quiet / MANDI_TERM_GROWTH_MS;
+    return t->hi > UINT64_MAX - allow ? UINT64_MAX : t->hi + allow;
+}
+
+enum mandi_term_verdict mandi_term_check(const struct mandi_terms *t, bool live,
+                                         uint64_t live_term, uint64_t term,
+                                         uint64_t now)
+{
+    if (term > mandi_term_ceiling(t, now))
+        return MANDI_TERM_IMPLAUSIBLE;
+    if (live && term < live_term)
+        return live_term - term <= MANDI_TERM_JUMP ? MANDI_TERM_STALE
+                                                   : MANDI_TERM_DISPUTED;
+    return MANDI_TERM_OK;
+}
+
+void mandi_term_accept(struct mandi_terms *t, uint64_t term, uint64_t now)
+{
+    if (!t->known || term >= t->hi ||
+        (now >= t->hi_at && now - t->hi_at >= MANDI_TERM_MEMORY_MS)) {
+        t->known = true;
+        t->hi = term;
+        t->hi_at = now;
+    }
+}
+
 /* --- state ------------------------------------------------------------ */
 
 struct join_entry {
@@ -541,6 +574,7 @@ struct mandi {
     struct pz_queue joins;      /* struct join_entry, oldest first */
     size_t n_joins;             /* length of joins */
     struct mandi_loglimit loglim; /* log lines that requests trigger */
+    struct mandi_terms terms;     /* the term rule's memory (mandi.h) */
     bool closing;               /* mandi_close was called */
     void (*close_cb)(void *);   /* mandi_close's callback */
     void *close_data;           /* its argument */
@@ -827,8 +861,21 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
     }
     uint64_t now = now_ms(m);
     expire_leader(m, now);
-    if (m->have_leader && l.term < m->leader.term) {
-        char id[PZ_ESCAPED_MAX], holder[PZ_ESCAPED_MAX];
+    char id[PZ_ESCAPED_MAX], holder[PZ_ESCAPED_MAX];
+    switch (mandi_term_check(&m->terms, m->have_leader, m->leader.term, l.term,
+                             now)) {
+    case MANDI_TERM_IMPLAUSIBLE: {
+        unsigned long long most = mandi_term_ceiling(&m->terms, now);
+        if (log_ok(m))
+            pz_warn("refused leader %s from %s at term %llu: implausible, "
+                    "the highest recent term is %llu",
+                    ESC(id, l.id), mc->c->peer, (unsigned long long)l.term,
+                    (unsigned long long)m->terms.hi);
+        snprintf(why, sizeof why, "implausible term (at most %llu now)", most);
+        send_text(mc, 400, why, close);
+        return;
+    }
+    case MANDI_TERM_STALE:
         if (log_ok(m))
             pz_warn("refused leader %s at term %llu: %s holds term %llu",
                     ESC(id, l.id), (unsigned long long)l.term,
@@ -836,7 +883,19 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
                     (unsigned long long)m->leader.term);
         send_text(mc, 409, "stale term", close);
         return;
+    case MANDI_TERM_DISPUTED:
+        if (log_ok(m))
+            pz_warn("leader %s at term %llu from %s replaces %s at term "
+                    "%llu: more than %d terms apart, the higher one is not "
+                    "plausible",
+                    ESC(id, l.id), (unsigned long long)l.term, mc->c->peer,
+                    ESC(holder, m->leader.id),
+                    (unsigned long long)m->leader.term, MANDI_TERM_JUMP);
+        break;
+    case MANDI_TERM_OK:
+        break;
     }
+    mandi_term_accept(&m->terms, l.term, now);
     bool changed = !m->have_leader || strcmp(l.id, m->leader.id) != 0 ||
                    l.term != m->leader.term ||
                    strcmp(l.addr, m->leader.addr) != 0;
@@ -845,8 +904,7 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
     m->have_leader = true;
     m->leader_expires = now + m->o.leader_ttl_ms;
     if (changed && log_ok(m)) {
-        char id[PZ_ESCAPED_MAX], a[PZ_ESCAPED_MAX], h[PZ_ESCAPED_MAX],
-            g[PZ_ESCAPED_MAX];
+        char a[PZ_ESCAPED_MAX], h[PZ_ESCAPED_MAX], g[PZ_ESCAPED_MAX];
         pz_info("leader is %s (term %llu), raft %s, http %s, grpc %s",
                 ESC(id, l.id), (unsigned long long)l.term, ESC(a, l.addr),
                 ESC(h, l.http_addr), ESC(g, l.grpc_addr));

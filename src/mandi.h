@@ -7,7 +7,8 @@
  * POST/GET/DELETE /join-requests), with these additions:
  *   - PUT /leader with a lower term than the leader held (and not yet
  *     expired) gets 409 `stale term`: a deposed leader cannot overwrite its
- *     successor. An equal or higher term replaces.
+ *     successor. An equal or higher term replaces. A term far above any
+ *     recent one gets 400 `implausible term ...` (the term rule below).
  *   - With a token, PUT /leader and POST/DELETE /join-requests need
  *     `Authorization: Bearer <token>` (401 `unauthorized`); GETs stay open.
  *   - Join requests may carry `http_addr` and `grpc_addr` (optional
@@ -87,6 +88,64 @@ void mandi_join_to_json(const struct mandi_join *j, bool with_time,
  * document is not a well-formed object. */
 int mandi_json_u64(const char *doc, size_t len, const char *name,
                    uint64_t *out);
+
+/* --- the term rule (pure) -------------------------------------------------
+ * Mandi is not in the cluster and cannot check a term; it can refuse what
+ * no real cluster produces. Terms grow by one per election, and an
+ * election takes at least an election timeout (30 ms at the least that
+ * can be configured). So:
+ *  1. Mandi remembers the highest term it accepted (hi) and when a PUT
+ *     last carried it, also after the leader entry expires. Only when no
+ *     PUT has carried hi for MANDI_TERM_MEMORY_MS does the next accepted
+ *     lower term replace it (an absurd term nobody refreshes stops
+ *     counting).
+ *  2. A PUT above hi + MANDI_TERM_JUMP + one term per MANDI_TERM_GROWTH_MS
+ *     since hi was last carried is refused (400 `implausible term`). The
+ *     allowance grows with silence, far faster than elections can, so a
+ *     cluster that went through many elections while it could not reach
+ *     mandi is never refused; the jump covers elections between two PUTs.
+ *  3. With nothing remembered (mandi just started) any term is accepted: a
+ *     restarted mandi must take the real leader's term, however high.
+ *  4. A PUT below the live leader's term is stale (409) only when it is
+ *     within MANDI_TERM_JUMP of it. A live term more than that above a
+ *     PUT is not plausible (a deposed leader trails its successor by a few
+ *     terms, and steps down within an election timeout): the PUT replaces
+ *     it. So an absurd term taken while mandi knew nothing cannot lock the
+ *     real leader out: its next PUT wins.
+ * What this leaves an attacker without the cluster token: it can still
+ * publish a fake leader at the current term or up to the ceiling (GET
+ * /leader tells it the term) and refresh it. A higher term keeps the real
+ * leader out (409) as long as it refreshes, until the cluster's own term
+ * passes it; an equal term, or any term just after a restart, alternates
+ * with the real leader's PUTs. Only the token stops forgery. */
+#define MANDI_TERM_JUMP 1000                   /* terms above hi, at once */
+#define MANDI_TERM_GROWTH_MS 1                 /* one more term per this */
+#define MANDI_TERM_MEMORY_MS (10u * 60 * 1000) /* hi unconfirmed this long */
+
+struct mandi_terms {
+    bool known;     /* a term was accepted since mandi started */
+    uint64_t hi;    /* the highest term accepted recently */
+    uint64_t hi_at; /* ms: when an accepted PUT last carried hi */
+};
+
+enum mandi_term_verdict {
+    MANDI_TERM_OK,          /* store the PUT */
+    MANDI_TERM_DISPUTED,    /* store it: the live leader's term is more than
+                               MANDI_TERM_JUMP above, not plausible (rule 4) */
+    MANDI_TERM_STALE,       /* 409: below the live leader's term (rule 4) */
+    MANDI_TERM_IMPLAUSIBLE, /* 400: above mandi_term_ceiling() (rule 2) */
+};
+
+/* The highest term a PUT may carry at now (ms): UINT64_MAX when nothing
+ * is known. Saturates rather than wraps. */
+uint64_t mandi_term_ceiling(const struct mandi_terms *t, uint64_t now);
+/* The verdict on a PUT of term at now; live: a leader is held and has not
+ * expired, with live_term. Changes nothing. */
+enum mandi_term_verdict mandi_term_check(const struct mandi_terms *t, bool live,
+                                         uint64_t live_term, uint64_t term,
+                                         uint64_t now);
+/* Record an accepted PUT of term at now (rule 1). */
+void mandi_term_accept(struct mandi_terms *t, uint64_t term, uint64_t now);
 
 /* --- log lines that the network can trigger ------------------------------
  * A client (or, for a node, a broken mandi) can make a line happen as

@@ -165,6 +165,71 @@ def test_stale_term_is_refused(mandi):
         in mandi.read_log()
 
 
+# The term rule: absurd terms cannot lock the real leader out.
+
+ABSURD = 2**64 - 1
+
+
+def test_absurd_term_is_refused(mandi):
+    assert put_leader(mandi, LEADER)[0] == 204  # the real leader, term 3
+    st, _, body = put_leader(mandi, dict(LEADER, id="evil", term=ABSURD))
+    assert st == 400 and body.startswith(b"implausible term (at most ")
+    assert body.endswith(b" now)\n") and body.count(b"\n") == 1
+    got = get_json(mandi, "/leader")
+    assert (got["id"], got["term"]) == ("node1", 3)
+    # Not too far ahead still replaces; the real leader carries on.
+    assert put_leader(mandi, dict(LEADER, term=4))[0] == 204
+    assert put_leader(mandi, dict(LEADER, id="evil", term=2**40))[0] == 400
+    assert put_leader(mandi, dict(LEADER, term=4))[0] == 204
+    log = mandi.read_log()
+    assert re.search(r"refused leader evil from 127\.0\.0\.1:\d+ at term "
+                     r"18446744073709551615: implausible, the highest recent "
+                     r"term is 3", log)
+
+
+def test_absurd_term_is_refused_after_expiry(mandis):
+    # The highest term is remembered when the leader entry expires.
+    m = mandis(conf={"mandi-leader-ttl": "100ms",
+                     "mandi-sweep-interval": "50ms"})
+    assert put_leader(m, LEADER)[0] == 204
+    deadline = time.time() + 5
+    while m.request("GET", "/leader")[0] != 404:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert put_leader(m, dict(LEADER, id="evil", term=ABSURD))[0] == 400
+    assert put_leader(m, LEADER)[0] == 204
+    assert get_json(m, "/leader")["id"] == "node1"
+
+
+def test_absurd_term_first_cannot_lock_the_leader_out(mandi):
+    # A fresh mandi knows no term: the attacker gets in first, but the
+    # real leader's next PUT replaces it instead of getting 409.
+    assert put_leader(mandi, dict(LEADER, id="evil", term=ABSURD))[0] == 204
+    st, _, body = put_leader(mandi, LEADER)
+    assert st == 204, body
+    got = get_json(mandi, "/leader")
+    assert (got["id"], got["term"]) == ("node1", 3)
+    assert "leader node1 at term 3 from 127.0.0.1:" in mandi.read_log()
+    # A deposed leader close behind is still refused.
+    assert put_leader(mandi, dict(LEADER, id="node0", term=2))[0] == 409
+
+
+def test_real_leader_is_never_refused(mandi):
+    # Terms that grow through many elections, within the allowance.
+    term = 3
+    for _ in range(5):
+        term += 1000
+        assert put_leader(mandi, dict(LEADER, term=term))[0] == 204
+    # The allowance grows with time: 1 s without a PUT allows 1000 more.
+    time.sleep(1.0)
+    term += 1900
+    assert put_leader(mandi, dict(LEADER, term=term))[0] == 204
+    # After a restart mandi takes the real leader's term, however high.
+    assert mandi.restart() == 0
+    assert put_leader(mandi, dict(LEADER, term=10**15))[0] == 204
+    assert get_json(mandi, "/leader")["term"] == 10**15
+
+
 def test_leader_expires(mandis):
     # A long sweep interval: expiry must hold between sweeps too.
     # A TTL long enough that the "still there" checks hold on a loaded

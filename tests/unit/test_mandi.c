@@ -365,6 +365,117 @@ TEST(escape)
                  sizeof b - 1); /* 62 escapes of 2 and "..." */
 }
 
+/* --- the term rule ------------------------------------------------------- */
+
+static enum mandi_term_verdict put_term(struct mandi_terms *t, bool *live,
+                                        uint64_t *live_term, uint64_t term,
+                                        uint64_t now)
+{
+    enum mandi_term_verdict v =
+        mandi_term_check(t, *live, *live_term, term, now);
+    if (v == MANDI_TERM_OK || v == MANDI_TERM_DISPUTED) {
+        mandi_term_accept(t, term, now);
+        *live = true;
+        *live_term = term;
+    }
+    return v;
+}
+
+TEST(term_rule_refuses_absurd_terms)
+{
+    struct mandi_terms t = {0};
+    bool live = false;
+    uint64_t lt = 0, now = 1000;
+    /* The real leader, then the attacker: refused, known or expired. */
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 3, now), MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, UINT64_MAX, now),
+                 MANDI_TERM_IMPLAUSIBLE);
+    CHECK(mandi_term_ceiling(&t, now) == 3 + MANDI_TERM_JUMP);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 3 + MANDI_TERM_JUMP + 1, now),
+                 MANDI_TERM_IMPLAUSIBLE);
+    live = false; /* the entry expired: the term is still remembered */
+    now += 60000;
+    CHECK_EQ_INT(put_term(&t, &live, &lt, UINT64_MAX, now),
+                 MANDI_TERM_IMPLAUSIBLE);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, UINT64_MAX / 2, now),
+                 MANDI_TERM_IMPLAUSIBLE);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 3, now), MANDI_TERM_OK);
+    CHECK(lt == 3);
+    /* Stale within the jump (a deposed leader): 409 as before. */
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 4, now), MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 3, now), MANDI_TERM_STALE);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 0, now), MANDI_TERM_STALE);
+
+    /* Nothing known (a fresh mandi): an absurd term gets in first, but
+     * it cannot lock the real leader out: its next PUT replaces it. */
+    struct mandi_terms f = {0};
+    live = false;
+    now = 5;
+    CHECK(mandi_term_ceiling(&f, now) == UINT64_MAX);
+    CHECK_EQ_INT(put_term(&f, &live, &lt, UINT64_MAX, now), MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&f, &live, &lt, 7, now + 100), MANDI_TERM_DISPUTED);
+    CHECK(lt == 7);
+    /* While it is refreshed the attacker alternates with the leader (as
+     * with an equal term); once it stops for MANDI_TERM_MEMORY_MS, the
+     * leader's term is the reference again and absurd terms are refused. */
+    CHECK_EQ_INT(put_term(&f, &live, &lt, UINT64_MAX, now + 200),
+                 MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&f, &live, &lt, 7, now + 300), MANDI_TERM_DISPUTED);
+    for (uint64_t ms = now + 2300; ms < now + 200 + MANDI_TERM_MEMORY_MS;
+         ms += 2000)
+        CHECK_EQ_INT(put_term(&f, &live, &lt, 7, ms), MANDI_TERM_OK);
+    now += 200 + MANDI_TERM_MEMORY_MS;
+    CHECK_EQ_INT(put_term(&f, &live, &lt, 7, now), MANDI_TERM_OK);
+    CHECK(f.hi == 7);
+    CHECK_EQ_INT(put_term(&f, &live, &lt, UINT64_MAX, now + 1),
+                 MANDI_TERM_IMPLAUSIBLE);
+}
+
+TEST(term_rule_never_refuses_a_real_cluster)
+{
+    struct mandi_terms t = {0};
+    bool live = false;
+    uint64_t lt = 0, term = 1, now = 0;
+    /* An hour of elections as fast as any cluster could have them (one
+     * every 10 ms, three times the fastest election timeout), a leader
+     * PUT after each one and every 2 s: never refused. */
+    uint64_t next_put = 0;
+    for (now = 0; now < 3600 * 1000; now += 10) {
+        term++;
+        if (now >= next_put || term % 7 == 0) {
+            CHECK_EQ_INT(put_term(&t, &live, &lt, term, now), MANDI_TERM_OK);
+            next_put = now + 2000;
+        }
+    }
+    /* The cluster cannot reach mandi for a day of elections, or the
+     * entry expires: its next PUT is still fine. */
+    live = false;
+    term += 24ull * 3600 * 100;
+    now += 24ull * 3600 * 1000;
+    CHECK_EQ_INT(put_term(&t, &live, &lt, term, now), MANDI_TERM_OK);
+    /* A burst of up to MANDI_TERM_JUMP elections between two PUTs. */
+    term += MANDI_TERM_JUMP;
+    CHECK_EQ_INT(put_term(&t, &live, &lt, term, now), MANDI_TERM_OK);
+    /* A deposed leader a few terms behind: 409, and its successor stays. */
+    CHECK_EQ_INT(put_term(&t, &live, &lt, term - 2, now + 1), MANDI_TERM_STALE);
+    CHECK(lt == term);
+    /* mandi restarts (a fresh memory): any term is taken. */
+    struct mandi_terms fresh = {0};
+    live = false;
+    CHECK_EQ_INT(put_term(&fresh, &live, &lt, 1ull << 40, 3), MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&fresh, &live, &lt, (1ull << 40) + 1, 2003),
+                 MANDI_TERM_OK);
+    /* A new cluster with low terms, once the old leader expired. */
+    live = false;
+    CHECK_EQ_INT(put_term(&fresh, &live, &lt, 1, 30000), MANDI_TERM_OK);
+    /* Near the top: no wrap-around. */
+    struct mandi_terms top = {0};
+    live = false;
+    CHECK_EQ_INT(put_term(&top, &live, &lt, UINT64_MAX - 5, 0), MANDI_TERM_OK);
+    CHECK(mandi_term_ceiling(&top, 1) == UINT64_MAX);
+    CHECK_EQ_INT(put_term(&top, &live, &lt, UINT64_MAX, 1), MANDI_TERM_OK);
+}
+
 TEST(loglimit)
 {
     struct mandi_loglimit l = {0};
@@ -1241,6 +1352,8 @@ static const struct test_case mandi_cases[] = {
     TEST_ENTRY(json_round_trip),
     TEST_ENTRY(escape),
     TEST_ENTRY(loglimit),
+    TEST_ENTRY(term_rule_refuses_absurd_terms),
+    TEST_ENTRY(term_rule_never_refuses_a_real_cluster),
     TEST_ENTRY(client_every_request),
     TEST_ENTRY(client_pipelines_in_order),
     TEST_ENTRY(client_sees_409_and_401),
