@@ -34,8 +34,9 @@
 
 /* --- JSON codec ----------------------------------------------------------- */
 
-/* A cursor over a document that http_json_strings() has already accepted;
- * it still checks bounds at every step. */
+/* A cursor over a document that http_json_strings() has already accepted
+ * (or, in mandi_parse_joins(), an array whose elements are then parsed one
+ * by one); it checks bounds at every step and never recurses. */
 struct scan {
     const char *s; /* document */
     size_t n;      /* its length */
@@ -445,6 +446,70 @@ int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
         rv = PZ_EINVAL;
     }
     return rv;
+}
+
+int mandi_parse_joins(const char *doc, size_t len, size_t max,
+                      struct mandi_join **out, size_t *n, size_t *invalid,
+                      size_t *over)
+{
+    struct scan c = {doc, len, 0};
+    struct mandi_join *js = NULL;
+    size_t cap = 0, cnt = 0;
+    char why[128];
+    *out = NULL;
+    *n = *invalid = *over = 0;
+    sc_ws(&c);
+    if (c.i >= c.n || c.s[c.i] != '[')
+        return PZ_EINVAL;
+    c.i++;
+    sc_ws(&c);
+    if (c.i < c.n && c.s[c.i] == ']') {
+        c.i++;
+    } else {
+        for (;;) {
+            sc_ws(&c);
+            size_t vs = c.i;
+            if (!sc_value(&c))
+                goto err;
+            if (cnt >= max) {
+                (*over)++;
+            } else {
+                if (cnt == cap) {
+                    cap = PZ_MIN(cap ? 2 * cap : 8, max);
+                    js = pz_realloc(js, cap * sizeof *js);
+                }
+                if (mandi_parse_join(doc + vs, c.i - vs, &js[cnt], why,
+                                     sizeof why) == 0)
+                    cnt++;
+                else
+                    (*invalid)++;
+            }
+            sc_ws(&c);
+            if (c.i < c.n && c.s[c.i] == ',') {
+                c.i++;
+                continue;
+            }
+            if (c.i < c.n && c.s[c.i] == ']') {
+                c.i++;
+                break;
+            }
+            goto err;
+        }
+    }
+    sc_ws(&c);
+    if (c.i != c.n)
+        goto err;
+    if (cnt == 0) {
+        pz_free(js);
+        js = NULL;
+    }
+    *out = js;
+    *n = cnt;
+    return 0;
+err:
+    pz_free(js);
+    *invalid = *over = 0;
+    return PZ_EINVAL;
 }
 
 static void append_json(cJSON *o, struct pz_buf *out)

@@ -75,6 +75,16 @@ int mandi_parse_leader(const char *doc, size_t len, struct mandi_leader *out,
                        char *why, size_t whylen);
 int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
                      char *why, size_t whylen);
+/* GET /join-requests' answer, a JSON array of join requests, as a client
+ * reads it: the first max entries that pass mandi_parse_join() go to *out
+ * in order (pz_malloc'ed, NULL when none: pz_free it), their number to
+ * *n; *invalid counts the entries that do not pass, *over the valid ones
+ * past max. The document is scanned, never built into a tree, so a large
+ * answer costs no more memory than max entries. Returns 0, or PZ_EINVAL
+ * (nothing allocated) when doc is not a JSON array. */
+int mandi_parse_joins(const char *doc, size_t len, size_t max,
+                      struct mandi_join **out, size_t *n, size_t *invalid,
+                      size_t *over);
 /* Append the JSON object (no newline). with_time adds updated_at /
  * started_at (mandi's answers); clients leave it out. The term is written
  * as an exact integer. */

@@ -591,6 +591,48 @@ static bool log_has(const char *needle)
     return found;
 }
 
+/* The log's text (pz_free it). */
+static char *log_text(void)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_append(&b, "", 0);
+    FILE *f = fopen(log_path, "r");
+    if (f) {
+        char chunk[4096];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+            pz_buf_append(&b, chunk, n);
+        fclose(f);
+    }
+    return b.data;
+}
+
+/* How many times needle occurs in the log. */
+static int log_count(const char *needle)
+{
+    char *t = log_text();
+    int n = 0;
+    for (const char *p = strstr(t, needle); p; p = strstr(p + 1, needle))
+        n++;
+    pz_free(t);
+    return n;
+}
+
+/* Lines of the log that start with prefix (a forged line would). */
+static int log_lines_starting(const char *prefix)
+{
+    char *t = log_text();
+    int n = 0;
+    for (const char *p = t; *p;) {
+        n += strncmp(p, prefix, strlen(prefix)) == 0;
+        const char *nl = strchr(p, '\n');
+        p = nl ? nl + 1 : p + strlen(p);
+    }
+    pz_free(t);
+    return n;
+}
+
 static void on_srv_closed(void *data)
 {
     PZ_UNUSED(data);
@@ -956,13 +998,14 @@ enum raw_mode {
     RAW_REPLY,  /* answer every read with raw.reply */
 };
 
-#define RAW_MAX 8
+#define RAW_MAX 32
 
 static struct {
     uv_tcp_t ls;          /* listener */
     int port;             /* its port */
     enum raw_mode mode;   /* behaviour */
     const char *reply;    /* RAW_REPLY: bytes to send */
+    size_t reply_len;     /* their number */
     uv_tcp_t cl[RAW_MAX]; /* accepted connections */
     int n;                /* accepted so far */
     int reads;            /* reads with data */
@@ -978,6 +1021,12 @@ static void raw_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
     b->len = sizeof raw_buf;
 }
 
+static void raw_written(uv_write_t *w, int status)
+{
+    PZ_UNUSED(status);
+    pz_free(w);
+}
+
 static void raw_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     PZ_UNUSED(b);
@@ -990,9 +1039,11 @@ static void raw_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (raw.mode == RAW_HANGUP) {
         uv_close((uv_handle_t *)s, NULL);
     } else if (raw.mode == RAW_REPLY) {
-        uv_buf_t out =
-            uv_buf_init((char *)raw.reply, (unsigned)strlen(raw.reply));
-        uv_try_write(s, &out, 1);
+        /* All of it, however large (the reply outlives the write). */
+        uv_buf_t out = uv_buf_init((char *)raw.reply, (unsigned)raw.reply_len);
+        uv_write_t *w = pz_malloc(sizeof *w);
+        if (uv_write(w, s, &out, 1, raw_written) != 0)
+            pz_free(w);
     }
 }
 
@@ -1006,7 +1057,7 @@ static void raw_conn(uv_stream_t *ls, int status)
         uv_read_start((uv_stream_t *)c, raw_alloc, raw_read);
 }
 
-static bool raw_start(enum raw_mode mode, const char *reply)
+static bool raw_start_n(enum raw_mode mode, const char *reply, size_t n)
 {
     struct sockaddr_in sa;
     struct sockaddr_storage ss;
@@ -1014,6 +1065,7 @@ static bool raw_start(enum raw_mode mode, const char *reply)
     memset(&raw, 0, sizeof raw);
     raw.mode = mode;
     raw.reply = reply;
+    raw.reply_len = n;
     uv_tcp_init(&loop, &raw.ls);
     uv_ip4_addr("127.0.0.1", 0, &sa);
     if (uv_tcp_bind(&raw.ls, (struct sockaddr *)&sa, 0) != 0 ||
@@ -1022,6 +1074,11 @@ static bool raw_start(enum raw_mode mode, const char *reply)
         return false;
     raw.port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     return true;
+}
+
+static bool raw_start(enum raw_mode mode, const char *reply)
+{
+    return raw_start_n(mode, reply, reply ? strlen(reply) : 0);
 }
 
 static void raw_stop(void)
@@ -1111,6 +1168,185 @@ TEST(client_malformed_responses)
     CHECK(wait_got(&g));
     CHECK_EQ_INT(g.err, PZ_EPROTO);
     CHECK(log_has("bad response"));
+    mandi_client_free(mc);
+    raw_stop();
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+/* One GET against a raw server answering reply (its length n), with a
+ * fresh client; g gets the result. */
+static bool hostile_get(const char *reply, size_t n, bool joins, struct got *g)
+{
+    if (!raw_start_n(RAW_REPLY, reply, n))
+        return false;
+    struct mandi_client *mc = new_client(raw.port, NULL, 3000);
+    if (mc == NULL)
+        return false;
+    if (joins)
+        mandi_get_joins(mc, record, fresh(g));
+    else
+        mandi_get_leader(mc, record, fresh(g));
+    bool ok = wait_got(g);
+    mandi_client_free(mc);
+    raw_stop();
+    run_for(50); /* raw's handles are closed before it is reused */
+    return ok;
+}
+
+static bool hostile_get_s(const char *reply, bool joins, struct got *g)
+{
+    return hostile_get(reply, strlen(reply), joins, g);
+}
+
+TEST(client_bounds_what_it_reads)
+{
+    world_init(0);
+    struct got g;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    /* Headers that do not end: cut at 16 KiB, at once. */
+    pz_buf_appendf(&b, "HTTP/1.1 200 OK\r\nX-Pad: ");
+    for (int i = 0; i < 40000; i++)
+        pz_buf_append(&b, "a", 1);
+    CHECK(hostile_get(b.data, b.len, false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(g.elapsed < 2000);
+    CHECK(log_has("status line and headers over 16 KiB"));
+    /* An announced body over 4 MiB: refused before it is read. */
+    CHECK(hostile_get_s("HTTP/1.1 200 OK\r\nContent-Length: 1000000000000"
+                        "\r\n\r\n{",
+                        false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(g.elapsed < 2000);
+    CHECK(log_has("Content-Length over 4 MiB"));
+    /* A body over 4 MiB without a length: cut there. */
+    pz_buf_reset(&b);
+    pz_buf_appendf(&b, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[");
+    for (int i = 0; i < 5 * 1024 * 1024 / 8; i++)
+        pz_buf_append(&b, "0,0,0,0,", 8);
+    CHECK(hostile_get(b.data, b.len, true, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(log_has("body over 4 MiB"));
+    /* Interim answers are skipped; an upgrade or a status out of range
+     * is not mandi's. */
+    CHECK(hostile_get_s("HTTP/1.1 100 Continue\r\n\r\n"
+                        "HTTP/1.1 102 Processing\r\nX: y\r\n\r\n"
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 21\r\n\r\n"
+                        "leader not available\n",
+                        false, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.status, 404);
+    CHECK_EQ_STR(g.message, "leader not available");
+    CHECK(hostile_get_s("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
+                        "Connection: upgrade\r\n\r\n",
+                        false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(hostile_get_s("HTTP/1.1 999 What\r\nContent-Length: 0\r\n\r\n", false,
+                        &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    /* A huge list of tiny values is scanned, not built into a tree: the
+     * answer (3 MiB here) costs no more than its bytes. */
+    pz_buf_reset(&b);
+    size_t items = 1500 * 1000;
+    pz_buf_appendf(&b, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n[",
+                   2 * items + 1);
+    for (size_t i = 0; i < items; i++)
+        pz_buf_append(&b, i + 1 < items ? "0," : "0]", 2);
+    CHECK(hostile_get(b.data, b.len, true, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.status, 200);
+    CHECK_EQ_INT(g.n_joins, 0);
+    CHECK(log_has("ignored 1500000 join requests that are not valid"));
+    pz_buf_free(&b);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+/* A 200 answer with body. */
+static void answer_200(struct pz_buf *b, const char *body)
+{
+    pz_buf_reset(b);
+    pz_buf_appendf(b, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n%s",
+                   strlen(body), body);
+}
+
+TEST(client_validates_what_it_reads)
+{
+    world_init(0);
+    struct got g;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    /* A LeaderInfo with a forged id: refused, and the log has no forged
+     * line. */
+    answer_200(&b,
+               "{\"id\":\"x\\nFAKE LOG LINE\",\"addr\":\"h:1\",\"term\":3}");
+    CHECK(hostile_get(b.data, b.len, false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(!g.has_leader);
+    CHECK(log_has("its leader is not valid: 'id' holds a control character"));
+    answer_200(&b, "{\"id\":\"n\",\"grpc_addr\":\"evil.example:1/x\"}");
+    CHECK(hostile_get(b.data, b.len, false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    /* Join requests: only the valid ones. */
+    answer_200(&b, "[{\"id\":\"node2\",\"addr\":\"127.0.0.1:12001\"},"
+                   "{\"id\":\"x\\nFAKE LOG LINE\",\"addr\":\"h:1\"},"
+                   "{\"id\":\"n3\",\"addr\":\"h:1\\u001b[2J\"},"
+                   "{\"id\":\"n4\"},7,\"s\",[],null,"
+                   "{\"id\":\"node5\",\"addr\":\"[::1]:5\",\"x\":[{}]}]");
+    CHECK(hostile_get(b.data, b.len, true, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.n_joins, 2);
+    CHECK_EQ_STR(g.joins[0].id, "node2");
+    CHECK_EQ_STR(g.joins[1].id, "node5");
+    CHECK_EQ_STR(g.joins[1].addr, "[::1]:5");
+    CHECK(log_has("ignored 7 join requests that are not valid"));
+    /* Not an array, or broken: PZ_EPROTO. */
+    static const char *const notlists[] = {"{}",    "[",    "[{}", "[1,]",
+                                           "[1 2]", "[] x", "",    "[{]"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(notlists); i++) {
+        answer_200(&b, notlists[i]);
+        CHECK(hostile_get(b.data, b.len, true, &g));
+        CHECK_EQ_INT(g.err, PZ_EPROTO);
+    }
+    /* More than 1024: the first 1024. */
+    struct pz_buf list;
+    pz_buf_init(&list);
+    pz_buf_append(&list, "[", 1);
+    for (int i = 0; i < 1500; i++)
+        pz_buf_appendf(&list, "%s{\"id\":\"n%d\",\"addr\":\"h:%d\"}",
+                       i ? "," : "", i, i + 1);
+    pz_buf_append(&list, "]", 1);
+    answer_200(&b, list.data);
+    pz_buf_free(&list);
+    CHECK(hostile_get(b.data, b.len, true, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.n_joins, 1024);
+    CHECK_EQ_STR(g.joins[3].id, "n3");
+    CHECK(log_has("ignored 476 join requests past the first 1024"));
+    /* An error message reaches the caller escaped, first line only. */
+    CHECK(hostile_get_s("HTTP/1.1 409 Conflict\r\nContent-Length: 27\r\n\r\n"
+                        "\x1b[31mstale\tterm\x7f\nFAKE LINE\n",
+                        false, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.status, 409);
+    CHECK_EQ_STR(g.message, "\\x1b[31mstale\\tterm\\x7f");
+    CHECK_EQ_INT(log_lines_starting("FAKE"), 0);
+    pz_buf_free(&b);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+TEST(client_warnings_are_rate_limited)
+{
+    world_init(0);
+    CHECK(raw_start(RAW_REPLY, "SSH-2.0-OpenSSH\r\n"));
+    struct mandi_client *mc = new_client(raw.port, NULL, 2000);
+    CHECK(mc != NULL);
+    struct got g;
+    for (int i = 0; i < 12; i++) {
+        mandi_get_leader(mc, record, fresh(&g));
+        CHECK(wait_got(&g));
+        CHECK_EQ_INT(g.err, PZ_EPROTO);
+    }
+    CHECK_EQ_INT(log_count("bad response"), 5);
     mandi_client_free(mc);
     raw_stop();
     CHECK_EQ_INT(world_close(), 0);
@@ -1361,6 +1597,9 @@ static const struct test_case mandi_cases[] = {
     TEST_ENTRY(client_timeout),
     TEST_ENTRY(client_resends_once_after_lost_connection),
     TEST_ENTRY(client_malformed_responses),
+    TEST_ENTRY(client_bounds_what_it_reads),
+    TEST_ENTRY(client_validates_what_it_reads),
+    TEST_ENTRY(client_warnings_are_rate_limited),
     TEST_ENTRY(client_cancel),
     TEST_ENTRY(client_free_with_requests_pending),
     TEST_ENTRY(client_reconnects),
