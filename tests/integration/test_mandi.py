@@ -1,7 +1,9 @@
 """Mandi, the discovery service (pyazdb-server --mandi), against a real
 process on 127.0.0.1: every endpoint and error of COMPAT.md's table, the
 exact JSON shapes, expiry, stale terms, the cluster token, limits,
-keep-alive and pipelining, restart and graceful shutdown."""
+keep-alive and pipelining, restart and graceful shutdown; and attacks
+from a client without the token: absurd terms, forged log lines, log
+floods."""
 import datetime
 import json
 import re

@@ -1,15 +1,18 @@
-/* test_mandi.c - mandi's JSON codec and the nodes' client of mandi.
+/* test_mandi.c - mandi's JSON codec, its term rule, the nodes' client of
+ * mandi, and pz_escape() (mandi's log lines are its first user).
  *
  * Codec (no sockets): exact 64-bit terms, strict documents, member rules
- * (null, unknown, repeated, escaped names), limits, and round trips.
+ * (null, unknown, repeated, escaped names), limits, what ids and addresses
+ * may hold, and round trips. The term rule and the log limit are pure:
+ * driven with a made-up clock.
  *
  * Client (a real libuv loop on 127.0.0.1 with a mandi server in the same
  * process, the conn layer flushed from a prepare hook as mandi_run does):
  * every request against the server, pipelining in order, 404, 401, 409,
  * connection refused, timeouts, cancel, free with requests pending, a
  * reconnect after the server closes an idle connection, a server restart,
- * one resend after a lost connection, and malformed responses from a raw
- * socket server. Every wait has a deadline. */
+ * one resend after a lost connection, and malformed, oversized or hostile
+ * responses from a raw socket server. Every wait has a deadline. */
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
