@@ -1487,10 +1487,13 @@ static void on_joins(const struct mandi_result *res, void *data)
         };
         int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
         pz_free(meta);
+        char eid[PZ_ESCAPED_MAX], eaddr[PZ_ESCAPED_MAX];
+        pz_escape(eid, sizeof eid, j->id, strlen(j->id));
+        pz_escape(eaddr, sizeof eaddr, j->addr, strlen(j->addr));
         if (rv == 0)
-            pz_info("adding %s (%s) as a non-voter", j->id, j->addr);
+            pz_info("adding %s (%s) as a non-voter", eid, eaddr);
         else if (rv != PZ_EBUSY)
-            pz_warn("cannot add %s: %s", j->id, pz_strerror(rv));
+            pz_warn("cannot add %s: %s", eid, pz_strerror(rv));
         proposed = true;
     }
 }
