@@ -310,6 +310,14 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
 static void deadline_remove(struct gstream *st);
 static void watch_remove(struct gstream *st);
 
+/* The request message's bytes, never NULL (an empty message has no
+ * buffer, and decoders must not do arithmetic on a null pointer). */
+static uint8_t *msg_bytes(struct gstream *st)
+{
+    static uint8_t none[1];
+    return st->rd.msg.data ? (uint8_t *)st->rd.msg.data : none;
+}
+
 static void release_reader(struct gstream *st)
 {
     st->s->buffered -= st->rd_counted;
@@ -618,7 +626,7 @@ static void forward(struct gstream *st)
         uint64_t now = uv_now(gs->loop);
         opts.timeout_ms = st->deadline > now ? st->deadline - now : 1;
     }
-    int rv = grpc_client_call(gs->fwd, &st->call, st->m->path, st->rd.msg.data,
+    int rv = grpc_client_call(gs->fwd, &st->call, st->m->path, msg_bytes(st),
                               st->rd.msg.len, &opts, on_forward_done);
     if (rv < 0) {
         finish(st, GRPC_UNAVAILABLE, "cannot forward to the leader at %s: %s",
@@ -770,8 +778,8 @@ static void call_kv(struct gstream *st)
                                 [M_KV_DEL] = GRPC_KV_DEL};
     struct grpc_kv_req *r = &st->kreq;
     int rv;
-    if (grpc_kv_req_decode(kinds[st->m->kind], (uint8_t *)st->rd.msg.data,
-                           st->rd.msg.len, r) < 0) {
+    if (grpc_kv_req_decode(kinds[st->m->kind], msg_bytes(st), st->rd.msg.len,
+                           r) < 0) {
         finish(st, GRPC_INVALID_ARGUMENT, "request is not a valid %s message",
                kv_msg_names[st->m->kind]);
         return;
@@ -824,7 +832,7 @@ static bool valid_pb(const uint8_t *p, size_t len)
 static void call_status(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
-    if (!valid_pb((uint8_t *)st->rd.msg.data, st->rd.msg.len)) {
+    if (!valid_pb(msg_bytes(st), st->rd.msg.len)) {
         finish(st, GRPC_INVALID_ARGUMENT,
                "request is not a valid pyazdb.StatusRequest message");
         return;
@@ -952,7 +960,7 @@ static void call_health(struct gstream *st)
     struct grpc_server *gs = st->s->gs;
     Grpc__Health__V1__HealthCheckRequest *q =
         grpc__health__v1__health_check_request__unpack(
-            &grpc_pb_allocator, st->rd.msg.len, (uint8_t *)st->rd.msg.data);
+            &grpc_pb_allocator, st->rd.msg.len, msg_bytes(st));
     if (q == NULL) {
         finish(st, GRPC_INVALID_ARGUMENT,
                "request is not a valid grpc.health.v1.HealthCheckRequest");
@@ -987,8 +995,8 @@ static void reflect_message(struct gstream *st)
 {
     struct pz_buf b;
     pz_buf_init(&b);
-    if (grpc_reflect_answer(&st->s->gs->reflect, (uint8_t *)st->rd.msg.data,
-                            st->rd.msg.len, &b) < 0)
+    if (grpc_reflect_answer(&st->s->gs->reflect, msg_bytes(st), st->rd.msg.len,
+                            &b) < 0)
         finish(st, GRPC_INVALID_ARGUMENT,
                "request is not a valid ServerReflectionRequest");
     else
