@@ -657,7 +657,10 @@ static void forward(struct gstream *st)
     if (gs->fwd == NULL)
         gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
     static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
-    struct grpc_call_opts opts = {.metadata = md};
+    /* The leader answers within request-timeout; one that does not is
+     * broken, and the call must not wait on it for ever. */
+    struct grpc_call_opts opts = {.metadata = md,
+                                  .timeout_ms = gs->fwd_timeout};
     if (st->has_deadline) {
         uint64_t now = uv_now(gs->loop);
         opts.timeout_ms = st->deadline > now ? st->deadline - now : 1;
@@ -1713,6 +1716,7 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->max_value = (size_t)cfg->max_value_size;
     gs->header_timeout = (uint64_t)cfg->client_header_timeout_ms;
     gs->body_timeout = (uint64_t)cfg->client_body_timeout_ms;
+    gs->fwd_timeout = 2 * (uint64_t)cfg->request_timeout_ms + 1000;
     pz_queue_init(&gs->deadlines);
     pz_queue_init(&gs->watchers);
     if (grpc_reflect_init(&gs->reflect, grpc_descriptor_set,

@@ -55,6 +55,8 @@ struct grpc_server {
     size_t max_value;              /* max-value-size */
     uint64_t header_timeout;       /* client-header-timeout, ms */
     uint64_t body_timeout;         /* client-body-timeout, ms */
+    uint64_t fwd_timeout;          /* forwarded calls without a deadline
+                                      of their own get this one, ms */
     struct grpc_reflect reflect;   /* descriptor index */
     struct pz_queue deadlines;     /* streams with a deadline, unsorted */
     uv_timer_t deadline_timer;     /* fires at the earliest deadline */

@@ -72,6 +72,7 @@ static const char *status_text(int status)
     case 500: return "Internal Server Error";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
     case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
@@ -439,7 +440,11 @@ static void on_forwarded(struct fwd_req *f, int status)
     struct http_conn *h = container_of(f, struct http_conn, fwd);
     bool ka = keep_alive(h);
     h->forwarding = false;
-    if (status < 0) {
+    if (status == PZ_EPROTO) {
+        reply_text(h, 502, "Bad response from the leader", NULL, !ka);
+    } else if (status == PZ_ETIMEDOUT) {
+        reply_text(h, 504, "The leader did not answer in time", NULL, !ka);
+    } else if (status < 0) {
         reply_text(h, 502, "Leader unreachable", NULL, !ka);
     } else {
         /* Relay the leader's answer as it is. */

@@ -177,6 +177,10 @@ int server_run(const struct pz_config *cfg)
     uv_timer_start(&srv.cron, on_cron, CRON_MS, CRON_MS);
     uv_unref((uv_handle_t *)&srv.cron);
 
+    /* A forwarded request waits on the leader, which gives up on the
+     * cluster after request-timeout (twice, for one that first waits for
+     * an election): past that the leader is not answering. */
+    fwd_setup(2 * (uint64_t)cfg->request_timeout_ms + 1000);
     rv = node_init(&srv.loop, cfg, err, sizeof err);
     if (rv == 0)
         rv = http_start(&srv.http, cfg, err, sizeof err);
