@@ -77,6 +77,9 @@ TEST(defaults)
     CHECK_EQ_INT(c.conn_high_water, 1024 * 1024);
     CHECK_EQ_INT(c.conn_hard_limit, 64 * 1024 * 1024);
     CHECK_EQ_INT(c.grpc_max_message, 4 * 1024 * 1024);
+    CHECK_EQ_INT(c.client_header_timeout_ms, 10000);
+    CHECK_EQ_INT(c.client_body_timeout_ms, 60000);
+    CHECK_EQ_INT(c.max_partial_input, 256 * 1024 * 1024);
     CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
     cfg_free(&c);
     CHECK(c.node_id == NULL && c.log_file == NULL && c.http_addr == NULL);
@@ -895,6 +898,26 @@ TEST(cross_field)
     CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
     CHECK(strstr(err, "'raft-addr' (127.0.0.2:8080) and 'http-addr'") != NULL);
     /* Mandi mode does not open those ports. */
+    CHECK_EQ_INT(set1(&c, "mode", "mandi", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+    cfg_free(&c);
+
+    /* One request of the largest size must fit the partial-input budget. */
+    cfg_init(&c);
+    CHECK_EQ_INT(set1(&c, "max-partial-input", "2mb", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+    CHECK_EQ_STR(err, "'max-partial-input' (2mb) must be at least "
+                      "'http-max-body' (4mb)");
+    CHECK_EQ_INT(set1(&c, "http-max-body", "1mb", err, sizeof err), 0);
+    CHECK_EQ_INT(set1(&c, "max-value-size", "512kb", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+    CHECK_EQ_STR(err, "'max-partial-input' (2mb) must be at least "
+                      "'grpc-max-message' (4mb)");
+    CHECK_EQ_INT(set1(&c, "grpc-max-message", "2mb", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+    CHECK_EQ_INT(set1(&c, "max-partial-input", "1kb", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+    /* Mandi holds no partial gRPC or node requests: not checked there. */
     CHECK_EQ_INT(set1(&c, "mode", "mandi", err, sizeof err), 0);
     CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
     cfg_free(&c);
