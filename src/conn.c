@@ -129,6 +129,12 @@ int conn_in_set(struct conn *c, size_t n)
     return 0;
 }
 
+void conn_in_force(struct conn *c, size_t n)
+{
+    in_total = in_total - c->in_held + n;
+    c->in_held = n;
+}
+
 size_t conn_in_total(void)
 {
     return in_total;

@@ -203,6 +203,9 @@ uint64_t conn_now(void);
 int conn_in_reserve(struct conn *c, size_t n);
 void conn_in_release(struct conn *c, size_t n);
 int conn_in_set(struct conn *c, size_t n);
+/* conn_in_set that never fails: for input that must not be refused (a
+ * member's Raft frames), counted so that clients meet the budget first. */
+void conn_in_force(struct conn *c, size_t n);
 /* Bytes charged now, over all connections; the budget (0: none). */
 size_t conn_in_total(void);
 size_t conn_in_limit(void);
