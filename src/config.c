@@ -132,6 +132,14 @@ static const struct cfg_directive directives[] = {
     D_DURATION("LIMITS", "client-idle-timeout", client_idle_timeout_ms, "300s",
                0, MS_PER_DAY, MANDI,
                "close a client silent this long; 0 = never"),
+    D_DURATION("LIMITS", "client-header-timeout", client_header_timeout_ms,
+               "10s", 100, MS_PER_DAY, 0,
+               "time from the first byte of a request to the end of its "
+               "headers"),
+    D_DURATION("LIMITS", "client-body-timeout", client_body_timeout_ms, "60s",
+               100, MS_PER_DAY, 0,
+               "time from the end of a request's headers to the end of its "
+               "body"),
     D_SIZE("LIMITS", "max-key-size", max_key_size, "64kb", 1, MB, 0,
            "largest key accepted"),
     D_SIZE("LIMITS", "max-value-size", max_value_size, "1mb", 0, 512 * MB, 0,
@@ -148,6 +156,9 @@ static const struct cfg_directive directives[] = {
            MANDI, "output queued per connection that closes it"),
     D_SIZE("LIMITS", "grpc-max-message", grpc_max_message, "4mb", KB, GB, 0,
            "largest gRPC message (RESOURCE_EXHAUSTED beyond)"),
+    D_SIZE("LIMITS", "max-partial-input", max_partial_input, "256mb", KB,
+           64 * GB, 0,
+           "partly received requests held at once, all clients together"),
 
     D_DURATION("MANDI", "mandi-leader-ttl", mandi_leader_ttl_ms, "10s", 10,
                MS_PER_DAY, MANDI,
@@ -1250,6 +1261,16 @@ int cfg_check(const struct pz_config *c, char *err, size_t errlen)
     }
     if (c->mode != CFG_MODE_SERVER)
         return 0;
+    if (c->max_partial_input < c->http_max_body ||
+        c->max_partial_input < c->grpc_max_message) {
+        bool http = c->http_max_body >= c->grpc_max_message;
+        fmt_size(c->max_partial_input, a, sizeof a);
+        fmt_size(http ? c->http_max_body : c->grpc_max_message, b, sizeof b);
+        fmt_err(err, errlen, NULL, 0,
+                "'max-partial-input' (%s) must be at least '%s' (%s)", a,
+                http ? "http-max-body" : "grpc-max-message", b);
+        return PZ_ECONFIG;
+    }
     if (check_port_clash(c, err, errlen) != 0)
         return PZ_ECONFIG;
     if (check_open_cluster(c, err, errlen) != 0)

@@ -108,6 +108,8 @@ struct pz_config {
     /* LIMITS */
     int64_t max_clients;            /* max-clients: per listener */
     int64_t client_idle_timeout_ms; /* client-idle-timeout: 0 = never */
+    int64_t client_header_timeout_ms; /* client-header-timeout */
+    int64_t client_body_timeout_ms;   /* client-body-timeout */
     int64_t max_key_size;           /* max-key-size: bytes */
     int64_t max_value_size;         /* max-value-size: bytes */
     int64_t http_max_body;          /* http-max-body: bytes */
@@ -116,6 +118,8 @@ struct pz_config {
     int64_t conn_high_water;        /* conn-high-water: bytes */
     int64_t conn_hard_limit;        /* conn-hard-limit: bytes */
     int64_t grpc_max_message;       /* grpc-max-message: bytes */
+    int64_t max_partial_input;      /* max-partial-input: bytes, all
+                                       client connections together */
     /* MANDI */
     int64_t mandi_leader_ttl_ms;     /* mandi-leader-ttl */
     int64_t mandi_join_ttl_ms;       /* mandi-join-ttl */
@@ -217,6 +221,8 @@ int cfg_set(struct pz_config *c, const char *name, const char *value,
  *    for its framing (JSON {"key":..,"value":..}, or protobuf tags);
  *  - conn-hard-limit > conn-high-water, and conn-hard-limit >=
  *    max-value-size + 1kb so a reply carrying the largest value fits;
+ *  - in server mode, max-partial-input >= http-max-body and
+ *    grpc-max-message, so that one request of the largest size fits;
  *  - raft-addr, http-addr and grpc-addr do not share a port on the same
  *    (or a wildcard) host;
  *  - in server mode, a non-empty initial-cluster lists node-id.

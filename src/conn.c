@@ -1,5 +1,6 @@
 /* conn.c - see conn.h. The one place accepted and outbound TCP sockets are
- * read and written. */
+ * read and written, and where the limits every client connection shares
+ * live: the partial-input budget, deadlines and eviction at max_conns. */
 #include "conn.h"
 
 #include <stdio.h>
@@ -8,6 +9,9 @@
 #include "log.h"
 
 #define READ_BUF_SIZE (64 * 1024)
+/* Eviction looks at this many candidates at most per new connection, so
+ * that a listener full of busy connections costs little to refuse at. */
+#define EVICT_SCAN 64
 
 struct write_req {
     uv_write_t req;   /* libuv request; req.data unused */
@@ -22,6 +26,7 @@ static struct pz_queue pending_q;  /* conns with output to write */
 static struct pz_queue closing_q;  /* conns flagged CLOSE_ASAP */
 static struct pz_queue outbound_q; /* conns from conn_connect */
 static size_t n_live;              /* conns not yet freed */
+static size_t in_total;            /* partial input charged, all conns */
 static char read_buf[READ_BUF_SIZE];
 static struct pz_queue listeners;  /* listening, for the idle sweep */
 static const struct conn_ops no_ops; /* for conns with no protocol state */
@@ -51,6 +56,95 @@ size_t conn_output_pending(const struct conn *c)
     return c->out.len + c->inflight;
 }
 
+uint64_t conn_now(void)
+{
+    return uv_now(loop);
+}
+
+void conn_touch(struct conn *c)
+{
+    c->last_io = uv_now(loop);
+    if (c->ls && !conn_is_closing(c)) {
+        /* ls->conns stays ordered by activity, least recent first, which
+         * is the order idle connections are evicted in. */
+        pz_queue_remove(&c->q);
+        pz_queue_push(&c->ls->conns, &c->q);
+    }
+}
+
+/* Activity seen by the conn layer: counts unless the protocol decides. */
+static void activity(struct conn *c)
+{
+    if (!(c->flags & CONN_IDLE_PROTO))
+        conn_touch(c);
+}
+
+void conn_mark_served(struct conn *c)
+{
+    if (c->flags & CONN_SERVED)
+        return;
+    c->flags |= CONN_SERVED;
+    pz_queue_remove(&c->fq);
+}
+
+void conn_set_deadline(struct conn *c, uint64_t at)
+{
+    c->deadline = at;
+}
+
+/* c no longer counts against its listener's max_conns: it is closing (or
+ * only lingering to let its last reply reach the peer). */
+static void unadmit(struct conn *c)
+{
+    if (!(c->flags & CONN_ADMITTED))
+        return;
+    c->flags &= ~(unsigned)CONN_ADMITTED;
+    c->ls->n_admitted--;
+    pz_queue_remove(&c->fq);
+}
+
+/* --- the partial-input budget ---------------------------------------- */
+
+int conn_in_reserve(struct conn *c, size_t n)
+{
+    if (limits.max_partial_input && in_total + n > limits.max_partial_input)
+        return PZ_ENOMEM;
+    c->in_held += n;
+    in_total += n;
+    return 0;
+}
+
+void conn_in_release(struct conn *c, size_t n)
+{
+    pz_assert(n <= c->in_held && n <= in_total);
+    c->in_held -= n;
+    in_total -= n;
+}
+
+int conn_in_set(struct conn *c, size_t n)
+{
+    if (n > c->in_held)
+        return conn_in_reserve(c, n - c->in_held);
+    conn_in_release(c, c->in_held - n);
+    return 0;
+}
+
+void conn_in_force(struct conn *c, size_t n)
+{
+    in_total = in_total - c->in_held + n;
+    c->in_held = n;
+}
+
+size_t conn_in_total(void)
+{
+    return in_total;
+}
+
+size_t conn_in_limit(void)
+{
+    return limits.max_partial_input;
+}
+
 static void update_reading(struct conn *c);
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -77,7 +171,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (c->flags & CONN_LINGER)
         return; /* closing: what the peer still sends is dropped */
-    c->last_io = uv_now(loop);
+    activity(c);
     c->ops->on_data(c, buf->base, (size_t)nread);
 }
 
@@ -129,6 +223,7 @@ void conn_close(struct conn *c)
 {
     if (c->flags & (CONN_CLOSE_ASAP | CONN_CLOSED))
         return;
+    unadmit(c);
     c->flags |= CONN_CLOSE_ASAP;
     if (c->flags & CONN_PENDING)
         pz_queue_remove(&c->pending);
@@ -158,7 +253,13 @@ static void reap(struct conn *c)
     if (c->ops->on_close)
         c->ops->on_close(c);
     c->proto = NULL;
+    /* What the protocol did not release goes back to the budget now. */
+    in_total -= c->in_held;
+    c->in_held = 0;
+    if (c->ls)
+        unadmit(c);
     pz_queue_remove(&c->q);
+    pz_queue_remove(&c->fq);
     if (c->ls)
         c->ls->n_conns--;
     c->flags |= CONN_CLOSED;
@@ -180,7 +281,7 @@ static void on_write(uv_write_t *req, int status)
         conn_close(c);
         return;
     }
-    c->last_io = uv_now(loop);
+    activity(c);
     mark_pending(c); /* re-check backpressure, close-after, drain */
 }
 
@@ -196,7 +297,7 @@ static void flush(struct conn *c)
         }
         if (n > 0) {
             pz_buf_consume(&c->out, (size_t)n);
-            c->last_io = uv_now(loop);
+            activity(c);
         }
     }
     if (c->out.len > 0 && c->inflight == 0) {
@@ -238,6 +339,8 @@ static void linger(struct conn *c)
     c->flags |= CONN_LINGER;
     c->flags &= ~(unsigned)CONN_PAUSED;
     c->last_io = uv_now(loop);
+    if (c->ls)
+        unadmit(c); /* the reply is out: only discarding input is left */
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) <
         0) {
@@ -318,17 +421,36 @@ bool conn_has_work(void)
     return !pz_queue_empty(&pending_q) || !pz_queue_empty(&closing_q);
 }
 
+/* Fire c's deadline if it passed. True if it did. */
+static bool cron_deadline(struct conn *c, uint64_t now)
+{
+    if (c->deadline == 0 || now < c->deadline || conn_is_closing(c))
+        return false;
+    c->deadline = 0;
+    if (c->ops->on_deadline) {
+        c->ops->on_deadline(c);
+    } else {
+        pz_debug("closing %s: deadline passed", c->peer);
+        conn_close(c);
+    }
+    return true;
+}
+
 static void cron_list(struct pz_queue *head, uint64_t now)
 {
-    struct pz_queue *e;
-    PZ_QUEUE_FOREACH(e, head)
-    {
+    struct pz_queue *e, *next;
+    /* on_deadline may move c (conn_touch) within the list, never free it:
+     * go on from the element that followed it. */
+    for (e = head->next; e != head; e = next) {
         struct conn *c = container_of(e, struct conn, q);
+        next = e->next;
         if ((c->flags & CONN_LINGER) && !conn_is_closing(c) &&
             now - c->last_io > LINGER_MS) {
             conn_close(c);
             continue;
         }
+        if (cron_deadline(c, now))
+            continue;
         if (c->busy > 0 || conn_is_closing(c) || conn_output_pending(c) ||
             limits.idle_timeout == 0)
             continue;
@@ -341,11 +463,16 @@ static void cron_list(struct pz_queue *head, uint64_t now)
 
 void conn_cron(void)
 {
-    /* Only accepted connections idle out; outbound ones are ours. */
+    /* Only accepted connections idle out; outbound ones are ours, but
+     * their protocol may give them deadlines. */
     uint64_t now = uv_now(loop);
-    struct pz_queue *e;
+    struct pz_queue *e, *next;
     PZ_QUEUE_FOREACH(e, &listeners)
     cron_list(&container_of(e, struct conn_listener, lq)->conns, now);
+    for (e = outbound_q.next; e != &outbound_q; e = next) {
+        next = e->next;
+        cron_deadline(container_of(e, struct conn, q), now);
+    }
 }
 
 static void format_peer(uv_tcp_t *t, char *out, size_t len, bool local)
@@ -375,10 +502,65 @@ static struct conn *conn_alloc(const struct conn_ops *ops)
     pz_buf_init(&c->out);
     pz_queue_init(&c->q);
     pz_queue_init(&c->pending);
+    pz_queue_init(&c->fq);
     c->tcp.data = c;
     c->last_io = uv_now(loop);
+    c->opened = c->last_io;
     n_live++;
     return c;
+}
+
+/* Make room on ls for the new connection self: evict the connection
+ * that has been open longest without completing a request, if it is
+ * CONN_EVICT_FRESH_MS old (a slow or silent client: trickling bytes
+ * cannot keep new clients out, and a new client, which sends its request
+ * as it connects, is only at risk once max_conns connections arrived after
+ * it); else the least recently active connection with nothing in flight
+ * (no request, no partial input, no output), if it has been idle for
+ * CONN_EVICT_IDLE_MS (a kept-alive client reconnects when it needs to, as
+ * web servers reuse idle keep-alive connections when they run out).
+ * Returns false when no connection qualifies: self is refused. */
+static bool evict_one(struct conn_listener *ls, struct conn *self, uint64_t now)
+{
+    struct conn *victim = NULL;
+    struct pz_queue *e;
+    int n = 0;
+    for (e = ls->fresh.next; e != &ls->fresh && n < EVICT_SCAN;
+         e = e->next, n++) {
+        struct conn *c = container_of(e, struct conn, fq);
+        if (c == self || (c->flags & CONN_CLOSE_AFTER))
+            continue;
+        if (now - c->opened >= CONN_EVICT_FRESH_MS)
+            victim = c;
+        break; /* oldest first: the next ones are younger */
+    }
+    n = 0;
+    for (e = ls->conns.next;
+         victim == NULL && e != &ls->conns && n < EVICT_SCAN;
+         e = e->next, n++) {
+        struct conn *c = container_of(e, struct conn, q);
+        if (c == self || !(c->flags & CONN_ADMITTED) ||
+            (c->flags & CONN_CLOSE_AFTER) || c->busy > 0 || c->in_held ||
+            c->deadline || conn_output_pending(c))
+            continue;
+        if (now - c->last_io < CONN_EVICT_IDLE_MS)
+            break; /* least recent first: the next ones are more recent */
+        victim = c;
+    }
+    if (victim == NULL)
+        return false;
+    pz_debug("%s: max-clients (%zu) reached: evicting %s (%s) for %s", ls->name,
+             ls->max_conns, victim->peer,
+             (victim->flags & CONN_SERVED) ? "idle" : "no request completed",
+             self->peer);
+    ls->evictions++;
+    unadmit(victim);
+    if (victim->ops->on_evict) {
+        victim->ops->on_evict(victim);
+        flush(victim); /* what the socket takes now; the rest is dropped */
+    }
+    conn_close(victim);
+    return true;
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -400,7 +582,8 @@ static void on_connection(uv_stream_t *server, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     format_peer(&c->tcp, c->peer, sizeof c->peer, false);
-    if (ls->n_conns > ls->max_conns) {
+    if (ls->n_admitted >= ls->max_conns &&
+        !(ls->evict && evict_one(ls, c, uv_now(loop)))) {
         pz_warn("%s: refusing %s: max-clients (%zu) reached", ls->name,
                 c->peer, ls->max_conns);
         c->ops = &no_ops; /* no protocol state to release */
@@ -412,6 +595,9 @@ static void on_connection(uv_stream_t *server, int status)
         }
         return;
     }
+    c->flags |= CONN_ADMITTED;
+    ls->n_admitted++;
+    pz_queue_push(&ls->fresh, &c->fq);
     if (c->ops->on_open && c->ops->on_open(c) < 0) {
         c->ops = &no_ops;
         conn_close(c);
@@ -444,6 +630,7 @@ int conn_listen(struct conn_listener *ls, const char *addr,
     ls->name = name;
     ls->max_conns = max_conns;
     pz_queue_init(&ls->conns);
+    pz_queue_init(&ls->fresh);
     uv_tcp_init(loop, &ls->tcp);
     ls->tcp.data = ls;
     ls->listening = true;

@@ -13,7 +13,24 @@
  * closed unless the protocol marks the connection busy. A read or write
  * error closes. Closing is deferred: conn_close() only flags the
  * connection, and the reaping happens in conn_before_sleep(), never inside
- * a callback that may still use it (Redis freeClientAsync). */
+ * a callback that may still use it (Redis freeClientAsync).
+ *
+ * Hostile peers (a client that trickles bytes, holds half-sent requests or
+ * opens connections until none is left) are bounded here by three means
+ * the protocols opt into:
+ *  - the partial-input budget: one process-wide count of the bytes held
+ *    for requests not yet received completely (buffered input, parser
+ *    state), charged to the connection that holds them
+ *    (conn_in_reserve/release/set). A protocol refuses a request whose
+ *    bytes would pass max-partial-input;
+ *  - a deadline per connection (conn_set_deadline), which the protocol
+ *    sets from the first byte of a request to the end of its headers, and
+ *    from there to the end of its body: unlike the idle timeout, bytes that
+ *    trickle in do not move it;
+ *  - eviction instead of refusal at max_conns (conn_listener.evict, see
+ *    on_connection in conn.c): a new client takes the place of the oldest
+ *    connection that has not completed a request, or else of the one idle
+ *    the longest, so slow connections cannot lock new clients out. */
 #ifndef PZ_CONN_H
 #define PZ_CONN_H
 
@@ -38,6 +55,14 @@ struct conn_ops {
     /* The connection is going away: release c->proto and anything that
      * points at c. Called exactly once, before the handle closes. */
     void (*on_close)(struct conn *c);
+    /* The deadline set by conn_set_deadline() passed (optional: without
+     * it the connection is closed). Called from conn_cron(), with the
+     * deadline already cleared. */
+    void (*on_deadline)(struct conn *c);
+    /* The connection is evicted to make room for a new client (optional):
+     * say why with conn_write(). It is closed right after, keeping only
+     * what the socket takes at once. */
+    void (*on_evict)(struct conn *c);
 };
 
 struct conn_listener {
@@ -45,12 +70,23 @@ struct conn_listener {
     const struct conn_ops *ops; /* protocol of accepted connections */
     const char *name;           /* "http", "grpc", ... for logs */
     void *data;                 /* protocol-wide state */
-    struct pz_queue conns;      /* accepted, not yet closed */
+    struct pz_queue conns;      /* accepted, not yet closed; least
+                                   recently active first */
     size_t n_conns;             /* length of conns */
-    size_t max_conns;           /* over this, accept and close at once */
+    size_t max_conns;           /* over this, evict one or refuse */
+    size_t n_admitted;          /* conns given to the protocol (on_open),
+                                   not refused, evicted or reaped: what
+                                   max_conns bounds */
     /* Called for a connection over max_conns before it is closed, so the
      * protocol can say why (optional). */
     void (*on_refuse)(struct conn *c);
+    /* At max_conns, make room by evicting a connection when one qualifies
+     * (see conn.c) and refuse only when none does. Set after
+     * conn_listen(). */
+    bool evict;
+    struct pz_queue fresh;      /* admitted conns that have not completed
+                                   a request yet, oldest first */
+    uint64_t evictions;         /* conns evicted so far */
     bool listening;             /* tcp is open */
     struct pz_queue lq;         /* in the idle sweep's list of listeners */
 };
@@ -66,6 +102,10 @@ enum {
     CONN_OUTBOUND = 1 << 7,     /* made by conn_connect */
     CONN_LINGER = 1 << 8,       /* output done, write side shut down:
                                    reading and discarding until EOF */
+    CONN_ADMITTED = 1 << 9,     /* counted in ls->n_admitted */
+    CONN_SERVED = 1 << 10,      /* completed a request: not in ls->fresh */
+    CONN_IDLE_PROTO = 1 << 11,  /* reads and writes are not activity: the
+                                   protocol calls conn_touch() */
 };
 
 struct conn {
@@ -77,8 +117,14 @@ struct conn {
     size_t inflight;           /* bytes in uv_write requests */
     unsigned flags;            /* CONN_* */
     int busy;                  /* > 0: work in flight, exempt from idle */
-    uint64_t last_io;          /* uv_now() of the last read or write */
-    struct pz_queue q;         /* in ls->conns or the outbound list */
+    uint64_t last_io;          /* uv_now() of the last activity: read,
+                                  write or conn_touch() */
+    uint64_t opened;           /* uv_now() when accepted or dialed */
+    uint64_t deadline;         /* uv_now() ms for on_deadline, 0 = none */
+    size_t in_held;            /* partial input charged to the budget */
+    struct pz_queue q;         /* in ls->conns (least recently active
+                                  first) or the outbound list */
+    struct pz_queue fq;        /* in ls->fresh until CONN_SERVED */
     struct pz_queue pending;   /* in the pending-write or close list */
     char peer[64];             /* "ip:port" of the other end */
     uv_connect_t connect_req;  /* outbound: the connect request */
@@ -90,7 +136,18 @@ struct conn_limits {
     size_t high_water;      /* pause reading past this much output */
     size_t hard_limit;      /* close past this much output */
     uint64_t idle_timeout;  /* ms; 0 = never */
+    size_t max_partial_input; /* process-wide partial-input budget, bytes;
+                                 0 = no limit */
 };
+
+/* When the listener evicts: a connection that has not completed a request
+ * is evicted only once it is CONN_EVICT_FRESH_MS old (a client sends its
+ * first request as it connects: this only keeps two newcomers from
+ * evicting each other, and an attacker would have to open max_conns
+ * connections within it to keep every slot out of reach); one that has is
+ * evicted only once idle for CONN_EVICT_IDLE_MS. */
+#define CONN_EVICT_FRESH_MS 100
+#define CONN_EVICT_IDLE_MS 1000
 
 /* Once per process, before any listener. */
 void conn_setup(uv_loop_t *loop, const struct conn_limits *lim);
@@ -123,13 +180,44 @@ void conn_pause(struct conn *c);
 void conn_resume(struct conn *c);
 bool conn_is_closing(const struct conn *c);
 
+/* Activity that resets the idle clock (and the eviction order). Reads and
+ * writes count as activity unless c has CONN_IDLE_PROTO. */
+void conn_touch(struct conn *c);
+/* c completed a request: it is no longer evicted as a slow newcomer. */
+void conn_mark_served(struct conn *c);
+/* Call ops->on_deadline (or close) once uv_now() reaches at; 0 clears.
+ * Checked by conn_cron(), so it fires up to one cron period late. */
+void conn_set_deadline(struct conn *c, uint64_t at);
+/* uv_now() of the process loop. */
+uint64_t conn_now(void);
+
+/* --- the partial-input budget ---------------------------------------------
+ * Bytes a protocol holds for requests (or peer messages) it has not
+ * received completely: input buffered before parsing, a partial body or
+ * message, parser state. All connections of the process share one budget
+ * (conn_limits.max_partial_input); each connection's share is c->in_held,
+ * released by the conn layer when the connection is reaped.
+ * conn_in_reserve() charges n more bytes to c, or returns PZ_ENOMEM and
+ * charges nothing when that would pass the budget; conn_in_set() moves c's
+ * charge to n (growth may fail the same way, shrinking never fails). */
+int conn_in_reserve(struct conn *c, size_t n);
+void conn_in_release(struct conn *c, size_t n);
+int conn_in_set(struct conn *c, size_t n);
+/* conn_in_set that never fails: for input that must not be refused (a
+ * member's Raft frames), counted so that clients meet the budget first. */
+void conn_in_force(struct conn *c, size_t n);
+/* Bytes charged now, over all connections; the budget (0: none). */
+size_t conn_in_total(void);
+size_t conn_in_limit(void);
+
 /* From the prepare hook, once per loop turn: write pending output, apply
  * backpressure, reap closed connections. */
 void conn_before_sleep(void);
 /* True when output or closes wait for the next conn_before_sleep (the
  * loop must not block in poll). */
 bool conn_has_work(void);
-/* From a 1 s timer: close idle connections. */
+/* From a timer (every 250 ms to 1 s): close idle and lingering
+ * connections, fire passed deadlines. */
 void conn_cron(void);
 /* Flag every outbound connection for closing (shutdown). */
 void conn_close_outbound(void);

@@ -2,9 +2,12 @@
  *
  * Happy path: fwd_send finds (or dials) the connection to the address,
  * writes the request and queues a slot; responses are parsed with llhttp
- * and each completes the oldest slot. Failure modes: a refused connection,
- * a reset or a malformed response fails every slot of that connection with
- * PZ_EIO and drops the connection (the next request dials again). A
+ * and each completes the oldest slot. Failure modes: a refused connection
+ * or a reset fails every slot of that connection with PZ_EIO, a malformed
+ * or oversized response with PZ_EPROTO, an answer that does not come in
+ * time with PZ_ETIMEDOUT; the connection is dropped (the next request
+ * dials again). Header bytes are counted as they arrive, so a peer that
+ * sends headers without end costs FWD_MAX_HEADER_BYTES at most. A
  * cancelled request keeps its slot, with no owner, until its response
  * arrives, so that later responses still match their requests. */
 #include "fwd.h"
@@ -22,6 +25,7 @@ struct fwd_conn;
 struct fwd_slot {
     struct pz_queue q;      /* in fc->slots, oldest first */
     struct fwd_req *req;    /* NULL once cancelled */
+    uint64_t sent;          /* conn_now() when it was sent */
 };
 
 struct fwd_conn {
@@ -37,11 +41,19 @@ struct fwd_conn {
     char ctype[128];            /* its Content-Type */
     char allow[64];             /* its Allow */
     struct pz_buf body;         /* its body */
+    size_t header_bytes;        /* of the response being read */
+    const char *error;          /* why the response was refused */
     bool in_parse;              /* inside llhttp_execute: don't free */
     bool dead;                  /* failed; freed once out of the parser */
 };
 
 static struct pz_queue conns = {&conns, &conns};
+static uint64_t timeout; /* ms a request may wait for its answer, 0: any */
+
+void fwd_setup(uint64_t timeout_ms)
+{
+    timeout = timeout_ms;
+}
 
 static struct fwd_conn *fc_of(llhttp_t *p)
 {
@@ -61,9 +73,27 @@ static void store_header(struct fwd_conn *fc)
     pz_buf_reset(&fc->value);
 }
 
+/* Count n more bytes of status line and headers; -1 past the limit. */
+static int count_header(struct fwd_conn *fc, size_t n)
+{
+    fc->header_bytes += n;
+    if (fc->header_bytes <= FWD_MAX_HEADER_BYTES)
+        return 0;
+    fc->error = "response headers over 64 KiB";
+    return -1;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t n)
+{
+    PZ_UNUSED(at);
+    return count_header(fc_of(p), n);
+}
+
 static int on_field(llhttp_t *p, const char *at, size_t n)
 {
     struct fwd_conn *fc = fc_of(p);
+    if (count_header(fc, n))
+        return -1;
     if (fc->value.len)
         store_header(fc);
     pz_buf_append(&fc->field, at, n);
@@ -72,14 +102,18 @@ static int on_field(llhttp_t *p, const char *at, size_t n)
 
 static int on_value(llhttp_t *p, const char *at, size_t n)
 {
-    pz_buf_append(&fc_of(p)->value, at, n);
+    struct fwd_conn *fc = fc_of(p);
+    if (count_header(fc, n))
+        return -1;
+    pz_buf_append(&fc->value, at, n);
     return 0;
 }
 
 static int on_value_complete(llhttp_t *p)
 {
-    store_header(fc_of(p));
-    return 0;
+    struct fwd_conn *fc = fc_of(p);
+    store_header(fc);
+    return count_header(fc, 4); /* ": " and CRLF */
 }
 
 static int on_headers_complete(llhttp_t *p)
@@ -91,10 +125,26 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     struct fwd_conn *fc = fc_of(p);
-    if (fc->body.len + n > 64u * 1024 * 1024)
-        return -1; /* a response this large is not ours */
+    if (fc->body.len + n > FWD_MAX_BODY) {
+        fc->error = "response body over 64 MiB"; /* not one of ours */
+        return -1;
+    }
     pz_buf_append(&fc->body, at, n);
     return 0;
+}
+
+/* The oldest request still waiting bounds the connection's deadline. */
+static void arm_timeout(struct fwd_conn *fc)
+{
+    if (fc->c == NULL)
+        return;
+    if (timeout == 0 || pz_queue_empty(&fc->slots)) {
+        conn_set_deadline(fc->c, 0);
+        return;
+    }
+    struct fwd_slot *s =
+        container_of(pz_queue_head(&fc->slots), struct fwd_slot, q);
+    conn_set_deadline(fc->c, s->sent + timeout);
 }
 
 static int on_message_complete(llhttp_t *p)
@@ -120,7 +170,11 @@ static int on_message_complete(llhttp_t *p)
     if (fc->dead)
         return -1; /* the callback shut us down: stop parsing */
     fc->ctype[0] = fc->allow[0] = '\0';
+    fc->header_bytes = 0;
     pz_buf_reset(&fc->body);
+    pz_buf_reset(&fc->field);
+    pz_buf_reset(&fc->value);
+    arm_timeout(fc);
     return 0;
 }
 
@@ -132,10 +186,10 @@ static void fc_free(struct fwd_conn *fc)
     pz_free(fc);
 }
 
-/* Fail every slot and forget the connection. A callback may get here
- * while the parser runs on fc (a reply that shuts the server down): then
- * on_data frees fc once the parser has returned. */
-static void fc_fail(struct fwd_conn *fc)
+/* Fail every slot with status and forget the connection. A callback may
+ * get here while the parser runs on fc (a reply that shuts the server
+ * down): then on_data frees fc once the parser has returned. */
+static void fc_fail(struct fwd_conn *fc, int status)
 {
     if (fc->dead)
         return;
@@ -154,7 +208,7 @@ static void fc_fail(struct fwd_conn *fc)
         pz_free(s);
         if (r) {
             r->slot = NULL;
-            r->cb(r, PZ_EIO);
+            r->cb(r, status);
         }
     }
     if (!fc->in_parse)
@@ -175,9 +229,19 @@ static void on_data(struct conn *c, const char *data, size_t len)
     }
     if (e != HPE_OK) {
         pz_warn("forwarding to %s: bad response (%s)", fc->addr,
-                llhttp_errno_name(e));
-        fc_fail(fc);
+                fc->error ? fc->error : llhttp_errno_name(e));
+        fc_fail(fc, PZ_EPROTO);
     }
+}
+
+static void on_deadline(struct conn *c)
+{
+    struct fwd_conn *fc = c->proto;
+    if (fc == NULL)
+        return;
+    pz_warn("forwarding to %s: no answer within %llu ms", fc->addr,
+            (unsigned long long)timeout);
+    fc_fail(fc, PZ_ETIMEDOUT);
 }
 
 static void on_close(struct conn *c)
@@ -186,7 +250,7 @@ static void on_close(struct conn *c)
     if (fc == NULL)
         return;
     fc->c = NULL;
-    fc_fail(fc);
+    fc_fail(fc, PZ_EIO);
 }
 
 static void on_connect(struct conn *c, int status)
@@ -200,6 +264,7 @@ static void on_connect(struct conn *c, int status)
 static const struct conn_ops fwd_ops = {
     .on_data = on_data,
     .on_close = on_close,
+    .on_deadline = on_deadline,
 };
 
 static struct fwd_conn *fc_get(const char *addr)
@@ -215,6 +280,7 @@ static struct fwd_conn *fc_get(const char *addr)
     snprintf(fc->addr, sizeof fc->addr, "%s", addr);
     pz_queue_init(&fc->slots);
     llhttp_settings_init(&fc->settings);
+    fc->settings.on_status = on_status;
     fc->settings.on_header_field = on_field;
     fc->settings.on_header_value = on_value;
     fc->settings.on_header_value_complete = on_value_complete;
@@ -255,8 +321,12 @@ int fwd_send(struct fwd_req *r, const char *addr, const char *method,
     pz_buf_free(&b);
     struct fwd_slot *s = pz_calloc(1, sizeof *s);
     s->req = r;
+    s->sent = conn_now();
+    bool first = pz_queue_empty(&fc->slots);
     pz_queue_push(&fc->slots, &s->q);
     r->slot = s;
+    if (first)
+        arm_timeout(fc);
     return 0;
 }
 
@@ -271,5 +341,6 @@ void fwd_cancel(struct fwd_req *r)
 void fwd_close_all(void)
 {
     while (!pz_queue_empty(&conns))
-        fc_fail(container_of(pz_queue_head(&conns), struct fwd_conn, q));
+        fc_fail(container_of(pz_queue_head(&conns), struct fwd_conn, q),
+                PZ_EIO);
 }

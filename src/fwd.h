@@ -7,7 +7,13 @@
  *
  * A forwarded request carries `X-Pyazdb-Forwarded: 1`; a node that gets one
  * while it is not the leader answers 503 rather than forwarding again, so a
- * request never loops between nodes that disagree about the leader. */
+ * request never loops between nodes that disagree about the leader.
+ *
+ * The leader is trusted with the data, not with our memory or time: a
+ * response whose status line and headers pass FWD_MAX_HEADER_BYTES or
+ * whose body passes FWD_MAX_BODY fails (PZ_EPROTO), and so does every
+ * request on that connection; so does one not answered within the timeout
+ * given to fwd_setup() (PZ_ETIMEDOUT). */
 #ifndef PZ_FWD_H
 #define PZ_FWD_H
 
@@ -15,11 +21,15 @@
 #include "queue.h"
 
 #define FWD_HEADER "X-Pyazdb-Forwarded"
+#define FWD_MAX_HEADER_BYTES (64 * 1024) /* status line + headers */
+#define FWD_MAX_BODY (64u * 1024 * 1024) /* response body */
 
 struct fwd_slot;
 struct fwd_req;
 /* status 0: the response is in the fields below; < 0: the leader could not
- * be reached or the connection broke before the response (PZ_EIO). */
+ * be reached or the connection broke before the response (PZ_EIO), the
+ * response was malformed or over the limits above (PZ_EPROTO), or did not
+ * come in time (PZ_ETIMEDOUT). */
 typedef void (*fwd_cb)(struct fwd_req *r, int status);
 
 struct fwd_req {
@@ -34,6 +44,9 @@ struct fwd_req {
     struct fwd_slot *slot;  /* internal: NULL when not in flight */
 };
 
+/* Every request must be answered within timeout_ms of being sent (0: no
+ * limit, the default). */
+void fwd_setup(uint64_t timeout_ms);
 /* Send method target (the original request target, e.g. "/set") with body
  * to addr ("host:port"). Returns 0 (cb later, never from inside the call)
  * or PZ_EINVAL for a bad address. */

@@ -20,7 +20,24 @@
  * resets, or a connection that vanishes, cancels the node request or the
  * forwarded call and frees the stream, nothing else is affected. A call
  * this node cannot serve because it is not the leader is forwarded over one
- * persistent connection to the leader (grpc_client.c). */
+ * persistent connection to the leader (grpc_client.c). A fatal HTTP/2
+ * error found by nghttp2 (too many CONTINUATION frames, a flood) gets a
+ * GOAWAY before the connection closes.
+ *
+ * Hostile clients. Each stream whose request is still arriving charges the
+ * process-wide partial-input budget (conn.h) for its state and its partial
+ * message; a stream that would pass it ends with RESOURCE_EXHAUSTED, the
+ * connection and its other streams go on. Time limits that trickled bytes
+ * cannot extend: the preface and first SETTINGS, and every header block
+ * (HEADERS + CONTINUATION), must arrive within client-header-timeout
+ * (else GOAWAY and close); a stream's request message within
+ * client-body-timeout from the end of its headers (a unary call: until
+ * END_STREAM; a client-streaming call: each message from its first byte),
+ * else DEADLINE_EXCEEDED on that stream. Time the node takes, Health/Watch
+ * streams and a reflection stream waiting for its next request are not
+ * limited. A connection's idle time counts from its last stream, not its
+ * last byte (PINGs do not keep it), and at max-clients a new client may
+ * evict a connection that is slow or idle (conn.c). */
 #include "grpc.h"
 
 #include <nghttp2/nghttp2.h>
@@ -58,6 +75,9 @@
  * linearizable). Reading goes on: the WINDOW_UPDATEs that drain it arrive
  * that way. */
 #define SESSION_OUT_MAX ((size_t)16 << 20)
+/* Budget charged for a stream while its request arrives, besides its
+ * partial message: our stream state and nghttp2's. */
+#define STREAM_COST (sizeof(struct gstream) + 512)
 
 enum method_kind {
     M_KV_GET,
@@ -145,23 +165,34 @@ struct gstream {
     bool in_wq;              /* wq is linked */
     struct pz_queue hq;      /* in s->held */
     int held;                /* HOLD_*: waiting for output room */
+    size_t charged;          /* partial-input budget charged for it */
+    bool over_budget;        /* no budget for it: refused at headers */
+    struct pz_queue bq;      /* in s->body_q while in_bq */
+    bool in_bq;              /* its request message is arriving */
+    uint64_t body_due;       /* uv_now() by which it must be in */
     int watch_last;          /* last ServingStatus sent */
     char watch_service[128]; /* service watched */
 };
 
 struct gsession {
-    struct grpc_server *gs;  /* owner */
-    struct conn *c;          /* the connection */
-    nghttp2_session *ng;     /* HTTP/2 state */
-    struct pz_queue streams; /* struct gstream */
-    size_t n_streams;        /* length of streams */
-    size_t buffered;         /* request bytes held by readers */
-    size_t out_bytes;        /* response bytes not yet given to nghttp2 */
-    struct pz_queue held;    /* complete calls waiting for out_bytes */
-    int in_recv;             /* inside mem_recv: no mem_send now */
-    bool blocked;            /* output over SEND_HIGH: not reading */
-    bool dirty;              /* on the dirty list: flush soon */
-    struct pz_queue dirty_q; /* in the dirty list */
+    struct grpc_server *gs;   /* owner */
+    struct conn *c;           /* the connection */
+    nghttp2_session *ng;      /* HTTP/2 state */
+    struct pz_queue streams;  /* struct gstream */
+    size_t n_streams;         /* length of streams */
+    size_t buffered;          /* request bytes held by readers */
+    size_t out_bytes;         /* response bytes not yet given to nghttp2 */
+    struct pz_queue held;     /* complete calls waiting for out_bytes */
+    int in_recv;              /* inside mem_recv: no mem_send now */
+    struct grpc_h2_scan scan; /* frame boundaries of the input */
+    uint64_t preface_due;     /* uv_now() by which the preface must be in */
+    uint64_t block_due;       /* ... and the open header block, 0: none */
+    struct pz_queue body_q;   /* streams receiving a request message, by
+                                 body_due (FIFO: one timeout for all) */
+    bool dead;                /* fatal error: GOAWAY sent, input ignored */
+    bool blocked;             /* output over SEND_HIGH: not reading */
+    bool dirty;               /* on the dirty list: flush soon */
+    struct pz_queue dirty_q;  /* in the dirty list */
 };
 
 static nghttp2_session_callbacks *callbacks; /* shared by all sessions */
@@ -310,12 +341,25 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
 static void deadline_remove(struct gstream *st);
 static void watch_remove(struct gstream *st);
 
+static int stream_charge(struct gstream *st);
+static void update_body_deadline(struct gstream *st);
+
+/* The request message's bytes, never NULL (an empty message has no
+ * buffer, and decoders must not do arithmetic on a null pointer). */
+static uint8_t *msg_bytes(struct gstream *st)
+{
+    static uint8_t none[1];
+    return st->rd.msg.data ? (uint8_t *)st->rd.msg.data : none;
+}
+
 static void release_reader(struct gstream *st)
 {
     st->s->buffered -= st->rd_counted;
     st->rd_counted = 0;
     grpc_reader_free(&st->rd);
     grpc_reader_init(&st->rd, 0);
+    stream_charge(st);
+    update_body_deadline(st);
 }
 
 /* Set the final status and get it on the wire: as Trailers-Only when no
@@ -613,12 +657,15 @@ static void forward(struct gstream *st)
     if (gs->fwd == NULL)
         gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
     static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
-    struct grpc_call_opts opts = {.metadata = md};
+    /* The leader answers within request-timeout; one that does not is
+     * broken, and the call must not wait on it for ever. */
+    struct grpc_call_opts opts = {.metadata = md,
+                                  .timeout_ms = gs->fwd_timeout};
     if (st->has_deadline) {
         uint64_t now = uv_now(gs->loop);
         opts.timeout_ms = st->deadline > now ? st->deadline - now : 1;
     }
-    int rv = grpc_client_call(gs->fwd, &st->call, st->m->path, st->rd.msg.data,
+    int rv = grpc_client_call(gs->fwd, &st->call, st->m->path, msg_bytes(st),
                               st->rd.msg.len, &opts, on_forward_done);
     if (rv < 0) {
         finish(st, GRPC_UNAVAILABLE, "cannot forward to the leader at %s: %s",
@@ -770,8 +817,8 @@ static void call_kv(struct gstream *st)
                                 [M_KV_DEL] = GRPC_KV_DEL};
     struct grpc_kv_req *r = &st->kreq;
     int rv;
-    if (grpc_kv_req_decode(kinds[st->m->kind], (uint8_t *)st->rd.msg.data,
-                           st->rd.msg.len, r) < 0) {
+    if (grpc_kv_req_decode(kinds[st->m->kind], msg_bytes(st), st->rd.msg.len,
+                           r) < 0) {
         finish(st, GRPC_INVALID_ARGUMENT, "request is not a valid %s message",
                kv_msg_names[st->m->kind]);
         return;
@@ -824,7 +871,7 @@ static bool valid_pb(const uint8_t *p, size_t len)
 static void call_status(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
-    if (!valid_pb((uint8_t *)st->rd.msg.data, st->rd.msg.len)) {
+    if (!valid_pb(msg_bytes(st), st->rd.msg.len)) {
         finish(st, GRPC_INVALID_ARGUMENT,
                "request is not a valid pyazdb.StatusRequest message");
         return;
@@ -952,7 +999,7 @@ static void call_health(struct gstream *st)
     struct grpc_server *gs = st->s->gs;
     Grpc__Health__V1__HealthCheckRequest *q =
         grpc__health__v1__health_check_request__unpack(
-            &grpc_pb_allocator, st->rd.msg.len, (uint8_t *)st->rd.msg.data);
+            &grpc_pb_allocator, st->rd.msg.len, msg_bytes(st));
     if (q == NULL) {
         finish(st, GRPC_INVALID_ARGUMENT,
                "request is not a valid grpc.health.v1.HealthCheckRequest");
@@ -987,8 +1034,8 @@ static void reflect_message(struct gstream *st)
 {
     struct pz_buf b;
     pz_buf_init(&b);
-    if (grpc_reflect_answer(&st->s->gs->reflect, (uint8_t *)st->rd.msg.data,
-                            st->rd.msg.len, &b) < 0)
+    if (grpc_reflect_answer(&st->s->gs->reflect, msg_bytes(st), st->rd.msg.len,
+                            &b) < 0)
         finish(st, GRPC_INVALID_ARGUMENT,
                "request is not a valid ServerReflectionRequest");
     else
@@ -1019,6 +1066,105 @@ static void dispatch(struct gstream *st)
 }
 
 /* --- request side --------------------------------------------------------- */
+
+/* True while the stream's request is still arriving: its headers, or its
+ * message (unary: until END_STREAM; client-streaming: a message begun). A
+ * stream the server is working on or answering is not. */
+static bool receiving(const struct gstream *st)
+{
+    if (st->ended || st->refused || st->over_budget)
+        return false;
+    if (!st->headers_done)
+        return true;
+    if (st->m == NULL)
+        return false;
+    return st->m->client_stream ? grpc_reader_partial(&st->rd) : !st->req_ended;
+}
+
+/* Move the stream's charge to what it holds for a request still
+ * arriving. Growth may fail (PZ_ENOMEM: nothing charged beyond the old
+ * amount); shrinking never does. */
+static int stream_charge(struct gstream *st)
+{
+    size_t want = receiving(st) ? STREAM_COST + st->rd.msg.cap : 0;
+    if (want > st->charged) {
+        if (conn_in_reserve(st->s->c, want - st->charged) < 0)
+            return PZ_ENOMEM;
+    } else {
+        conn_in_release(st->s->c, st->charged - want);
+    }
+    st->charged = want;
+    return 0;
+}
+
+/* Start or stop the stream's body deadline: it runs while a request
+ * message is arriving, from the end of the headers (unary) or the first
+ * byte of the message (client-streaming). */
+static void update_body_deadline(struct gstream *st)
+{
+    struct gsession *s = st->s;
+    bool want = st->headers_done && receiving(st);
+    if (want == st->in_bq)
+        return;
+    st->in_bq = want;
+    if (want) {
+        st->body_due = uv_now(s->gs->loop) + s->gs->body_timeout;
+        pz_queue_push(&s->body_q, &st->bq);
+    } else {
+        pz_queue_remove(&st->bq);
+    }
+}
+
+/* The connection's deadline: the earliest of the preface, the open
+ * header block and the oldest request message still arriving. */
+static void session_deadline(struct gsession *s)
+{
+    uint64_t due = 0;
+    if (s->dead) {
+        conn_set_deadline(s->c, 0);
+        return;
+    }
+    if (grpc_h2_scan_in_preface(&s->scan))
+        due = s->preface_due;
+    if (s->block_due && (due == 0 || s->block_due < due))
+        due = s->block_due;
+    if (!pz_queue_empty(&s->body_q)) {
+        struct gstream *st =
+            container_of(pz_queue_head(&s->body_q), struct gstream, bq);
+        if (due == 0 || st->body_due < due)
+            due = st->body_due;
+    }
+    conn_set_deadline(s->c, due);
+}
+
+/* End the connection over a protocol failure or a timeout: GOAWAY with
+ * code and a reason, then close once it is written. */
+static void session_fail(struct gsession *s, uint32_t code, const char *why)
+{
+    if (s->dead)
+        return;
+    s->dead = true;
+    pz_debug("grpc: %s: GOAWAY (%s): %s", s->c->peer,
+             nghttp2_http2_strerror(code), why);
+    nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(s->ng), code,
+                          (const uint8_t *)why, strlen(why));
+    session_flush(s);
+    conn_close_after_flush(s->c);
+    session_deadline(s);
+}
+
+/* The budget has no room for this stream's request: it ends, the
+ * connection's other streams go on. */
+static void refuse_busy(struct gstream *st)
+{
+    st->s->gs->stats.refused_busy++;
+    st->reset_after = true;
+    finish(st, GRPC_RESOURCE_EXHAUSTED,
+           "server busy: too much request data in progress "
+           "(max-partial-input %zu bytes); retry later",
+           conn_in_limit());
+}
 
 static void send_refusal(struct gstream *st)
 {
@@ -1077,10 +1223,19 @@ static void headers_done(struct gstream *st)
         refuse(st, REFUSE_GRPC, GRPC_UNAVAILABLE, "server is shutting down");
         return;
     }
+    if (st->over_budget) {
+        gs->stats.refused_busy++;
+        refuse(st, REFUSE_GRPC, GRPC_RESOURCE_EXHAUSTED,
+               "server busy: too much request data in progress "
+               "(max-partial-input %zu bytes); retry later",
+               conn_in_limit());
+        return;
+    }
     if (st->timeout_state > 0)
         deadline_add(st, uv_now(gs->loop) + st->timeout_ms);
     if (st->m->client_stream)
         st->s->gs->stats.calls++;
+    update_body_deadline(st);
 }
 
 /* END_STREAM from the client. */
@@ -1089,6 +1244,9 @@ static void request_end(struct gstream *st)
     st->req_ended = true;
     if (st->ended || !st->headers_done)
         return;
+    conn_mark_served(st->s->c);
+    update_body_deadline(st);
+    stream_charge(st);
     if (st->refused) {
         send_refusal(st);
         return;
@@ -1117,6 +1275,12 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
 {
     struct gsession *s = st->s;
     struct grpc_server *gs = s->gs;
+    /* Charged before they are held; trued up to what the reader keeps. */
+    if (conn_in_reserve(s->c, len) < 0) {
+        refuse_busy(st);
+        return;
+    }
+    st->charged += len;
     while (len > 0 && !st->ended) {
         if (!st->m->client_stream && st->rd.ready) {
             finish(st, GRPC_INVALID_ARGUMENT,
@@ -1150,13 +1314,21 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
             return;
         }
         if (rv == GRPC_READ_MORE)
-            return;
+            break;
         if (st->m->client_stream) {
+            conn_mark_served(s->c);
             reflect_message(st);
-            if (!st->ended)
+            if (!st->ended) {
                 grpc_reader_next(&st->rd);
+                s->buffered -= st->rd_counted - st->rd.msg.cap;
+                st->rd_counted = st->rd.msg.cap;
+                update_body_deadline(st); /* the next one gets its time */
+            }
         }
     }
+    if (stream_charge(st) < 0)
+        refuse_busy(st);
+    update_body_deadline(st);
 }
 
 /* --- nghttp2 callbacks -------------------------------------------------- */
@@ -1183,12 +1355,16 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
     pz_queue_init(&st->dq);
     pz_queue_init(&st->wq);
     pz_queue_init(&st->hq);
+    pz_queue_init(&st->bq);
     snprintf(st->path, sizeof st->path, "(no path)");
     pz_queue_push(&s->streams, &st->q);
     s->n_streams++;
     s->c->busy++; /* no idle timeout while a stream is open (Watch) */
+    conn_touch(s->c);
     s->gs->stats.streams_open++;
     nghttp2_session_set_stream_user_data(ng, st->id, st);
+    if (stream_charge(st) < 0)
+        st->over_budget = true; /* answered once its headers are in */
     return 0;
 }
 
@@ -1303,11 +1479,19 @@ static void stream_free(struct gstream *st)
     grpc_call_reset(&st->call);
     s->buffered -= st->rd_counted;
     grpc_reader_free(&st->rd);
+    conn_in_release(s->c, st->charged);
+    if (st->in_bq) {
+        pz_queue_remove(&st->bq);
+        st->in_bq = false;
+        session_deadline(s);
+    }
     pz_buf_free(&st->out);
     pz_buf_free(&st->msg);
     pz_queue_remove(&st->q);
     s->n_streams--;
     s->c->busy--;
+    if (s->n_streams == 0)
+        conn_touch(s->c); /* idle from now on */
     gs->stats.streams_open--;
     pz_free(st);
 }
@@ -1345,6 +1529,12 @@ static int on_open(struct conn *c)
         return PZ_ENOMEM;
     }
     c->proto = s;
+    /* Idle time counts from the last stream, not the last byte. */
+    c->flags |= CONN_IDLE_PROTO;
+    grpc_h2_scan_init(&s->scan);
+    pz_queue_init(&s->body_q);
+    s->preface_due = uv_now(gs->loop) + gs->header_timeout;
+    conn_set_deadline(c, s->preface_due);
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
@@ -1360,14 +1550,97 @@ static int on_open(struct conn *c)
 static void on_data(struct conn *c, const char *data, size_t len)
 {
     struct gsession *s = c->proto;
+    if (s->dead)
+        return; /* a GOAWAY is on its way: nothing more is read */
+    /* A header block's time runs from the read that opened it. */
+    uint64_t blocks = s->scan.blocks;
+    grpc_h2_scan_feed(&s->scan, (const uint8_t *)data, len);
+    if (!grpc_h2_scan_in_headers(&s->scan))
+        s->block_due = 0;
+    else if (s->scan.blocks != blocks)
+        s->block_due = uv_now(s->gs->loop) + s->gs->header_timeout;
     s->in_recv++;
     ssize_t rv = nghttp2_session_mem_recv(s->ng, (const uint8_t *)data, len);
     s->in_recv--;
     if (rv < 0) {
         pz_debug("grpc: %s: %s", c->peer, nghttp2_strerror((int)rv));
-        conn_close(c);
+        if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
+            conn_close(c); /* not HTTP/2: nobody to tell */
+            return;
+        }
+        /* nghttp2 stops here without telling the client (too many
+         * CONTINUATION frames, a flood, ...): say why before closing. */
+        session_fail(s,
+                     rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
+                             rv == NGHTTP2_ERR_FLOODED
+                         ? NGHTTP2_ENHANCE_YOUR_CALM
+                         : NGHTTP2_PROTOCOL_ERROR,
+                     nghttp2_strerror((int)rv));
         return;
     }
+    session_flush(s);
+    session_deadline(s);
+}
+
+/* The connection's deadline passed: the preface or a header block is
+ * late (GOAWAY, close), or request messages are (those streams end). */
+static void on_conn_deadline(struct conn *c)
+{
+    struct gsession *s = c->proto;
+    struct grpc_server *gs = s->gs;
+    uint64_t now = uv_now(gs->loop);
+    if (s->dead)
+        return;
+    if (grpc_h2_scan_in_preface(&s->scan) && now >= s->preface_due) {
+        gs->stats.timeouts++;
+        if (s->scan.preface_left > 0) {
+            pz_debug("grpc: %s: no HTTP/2 preface in time", c->peer);
+            conn_close(c);
+            return;
+        }
+        session_fail(s, NGHTTP2_ENHANCE_YOUR_CALM,
+                     "connection preface and SETTINGS not received within "
+                     "client-header-timeout");
+        return;
+    }
+    if (s->block_due && now >= s->block_due) {
+        gs->stats.timeouts++;
+        session_fail(s, NGHTTP2_ENHANCE_YOUR_CALM,
+                     "request headers not received within "
+                     "client-header-timeout");
+        return;
+    }
+    while (!pz_queue_empty(&s->body_q)) {
+        struct gstream *st =
+            container_of(pz_queue_head(&s->body_q), struct gstream, bq);
+        if (st->body_due > now)
+            break;
+        gs->stats.timeouts++;
+        st->reset_after = !st->req_ended; /* stop its upload once answered */
+        finish(st, GRPC_DEADLINE_EXCEEDED,
+               "request message not received within client-body-timeout "
+               "(%llu ms)",
+               (unsigned long long)gs->body_timeout);
+        if (st->in_bq) /* finish() took it off; never loop on it */
+            update_body_deadline(st);
+    }
+    session_flush(s);
+    session_deadline(s);
+}
+
+/* Evicted at max-clients: tell the client to go elsewhere (or come back)
+ * with a GOAWAY that refuses no stream it already sent. */
+static void on_evict(struct conn *c)
+{
+    struct gsession *s = c->proto;
+    if (s == NULL || s->dead)
+        return;
+    s->dead = true;
+    static const char why[] = "too many clients";
+    nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(s->ng),
+                          NGHTTP2_NO_ERROR, (const uint8_t *)why,
+                          sizeof why - 1);
     session_flush(s);
 }
 
@@ -1400,6 +1673,8 @@ static const struct conn_ops grpc_ops = {
     .on_data = on_data,
     .on_drain = on_drain,
     .on_close = on_close,
+    .on_deadline = on_conn_deadline,
+    .on_evict = on_evict,
 };
 
 static void setup_callbacks(void)
@@ -1439,6 +1714,9 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->max_message = (size_t)cfg->grpc_max_message;
     gs->max_key = (size_t)cfg->max_key_size;
     gs->max_value = (size_t)cfg->max_value_size;
+    gs->header_timeout = (uint64_t)cfg->client_header_timeout_ms;
+    gs->body_timeout = (uint64_t)cfg->client_body_timeout_ms;
+    gs->fwd_timeout = 2 * (uint64_t)cfg->request_timeout_ms + 1000;
     pz_queue_init(&gs->deadlines);
     pz_queue_init(&gs->watchers);
     if (grpc_reflect_init(&gs->reflect, grpc_descriptor_set,
@@ -1455,6 +1733,7 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
         return rv;
     }
     gs->ls.data = gs;
+    gs->ls.evict = true;
     uv_timer_init(loop, &gs->deadline_timer);
     uv_timer_init(loop, &gs->watch_timer);
     uv_idle_init(loop, &gs->kick);

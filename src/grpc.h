@@ -41,6 +41,9 @@ struct grpc_stats {
     uint64_t forwarded;    /* calls relayed to the leader */
     uint64_t deadlines;    /* calls ended by DEADLINE_EXCEEDED */
     uint64_t streams_open; /* streams alive now */
+    uint64_t timeouts;     /* requests or connections cut by
+                              client-header-timeout or client-body-timeout */
+    uint64_t refused_busy; /* streams refused for max-partial-input */
 };
 
 struct grpc_server {
@@ -50,6 +53,10 @@ struct grpc_server {
     size_t max_message;            /* grpc-max-message */
     size_t max_key;                /* max-key-size */
     size_t max_value;              /* max-value-size */
+    uint64_t header_timeout;       /* client-header-timeout, ms */
+    uint64_t body_timeout;         /* client-body-timeout, ms */
+    uint64_t fwd_timeout;          /* forwarded calls without a deadline
+                                      of their own get this one, ms */
     struct grpc_reflect reflect;   /* descriptor index */
     struct pz_queue deadlines;     /* streams with a deadline, unsorted */
     uv_timer_t deadline_timer;     /* fires at the earliest deadline */

@@ -341,6 +341,7 @@ static struct gc_conn *gc_new(struct grpc_client *cl)
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, GRPC_CLIENT_MAX_HEADER_BYTES},
     };
     nghttp2_submit_settings(gc->ng, NGHTTP2_FLAG_NONE, iv, PZ_ARRAY_SIZE(iv));
     nghttp2_session_set_local_window_size(gc->ng, NGHTTP2_FLAG_NONE, 0,
@@ -394,6 +395,14 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
         nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (call == NULL)
         return 0;
+    /* Informational responses, headers and trailers together: a peer that
+     * sends header fields without end gets the call failed, not kept. */
+    call->header_bytes += namelen + valuelen + 32;
+    if (call->header_bytes > GRPC_CLIENT_MAX_HEADER_BYTES) {
+        set_local(call, GRPC_INTERNAL, "response headers from %s over %d bytes",
+                  call->cl->addr, GRPC_CLIENT_MAX_HEADER_BYTES);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+    }
     if (name_is(name, namelen, ":status")) {
         int v = 0;
         for (size_t i = 0; i < valuelen && i < 3; i++)

@@ -12,7 +12,9 @@
  * whose timeout passes completes with DEADLINE_EXCEEDED (the stream is
  * reset with CANCEL); a response without grpc-status gets the status the
  * gRPC HTTP mapping gives its :status; an oversize or malformed response
- * message gets RESOURCE_EXHAUSTED or INTERNAL. A connection that was lost
+ * message gets RESOURCE_EXHAUSTED or INTERNAL, and so does a response
+ * whose header fields (all its HEADERS frames together) pass
+ * GRPC_CLIENT_MAX_HEADER_BYTES. A connection that was lost
  * or told to go away is replaced by a new one at the next call; calls still
  * running on the old one finish there.
  *
@@ -33,6 +35,11 @@
 
 struct grpc_client;
 struct grpc_call;
+
+/* Header bytes (name + value + 32 each, as HTTP/2 counts them) one
+ * response may carry over all its HEADERS frames; also advertised as
+ * SETTINGS_MAX_HEADER_LIST_SIZE. */
+#define GRPC_CLIENT_MAX_HEADER_BYTES (64 * 1024)
 
 typedef void (*grpc_call_cb)(struct grpc_call *call);
 
@@ -57,6 +64,7 @@ struct grpc_call {
     int http_status;        /* :status of the response, 0 before */
     int grpc_status;        /* grpc-status header, -1 before */
     int local_status;       /* error found here, -1 when none */
+    size_t header_bytes;    /* response header bytes so far */
     struct pz_buf grpc_msg; /* raw grpc-message header value */
     uint64_t deadline;      /* uv_now() ms, 0 = none */
     bool active;            /* started, callback not yet called */

@@ -97,10 +97,24 @@ void grpc_reader_free(struct grpc_reader *r)
     pz_buf_free(&r->msg);
 }
 
-/* Growth of the payload buffer is capped per step so that a prefix that
- * announces a large message cannot make us allocate it before the bytes
- * actually arrive. */
+/* The payload buffer grows with the bytes that arrived (at most twice
+ * that, or RESERVE_STEP), never past the announced length: a prefix that
+ * announces a large message allocates nothing before its bytes come, and
+ * a complete message occupies its length plus one byte. */
 #define RESERVE_STEP (64 * 1024)
+
+static void msg_grow(struct grpc_reader *r, size_t n)
+{
+    struct pz_buf *b = &r->msg;
+    size_t need = b->len + n + 1;
+    if (need <= b->cap)
+        return;
+    size_t end = (size_t)r->len + 1;
+    size_t cap =
+        PZ_MAX(need, PZ_MIN(PZ_MAX(2 * b->cap, (size_t)RESERVE_STEP), end));
+    b->data = pz_realloc(b->data, cap);
+    b->cap = cap;
+}
 
 int grpc_reader_feed(struct grpc_reader *r, const uint8_t *p, size_t len,
                      size_t *used)
@@ -133,8 +147,7 @@ int grpc_reader_feed(struct grpc_reader *r, const uint8_t *p, size_t len,
         size_t want = r->len - r->msg.len;
         size_t n = PZ_MIN(want, len - off);
         if (n > 0) {
-            if (r->msg.cap - r->msg.len < n)
-                pz_buf_reserve(&r->msg, PZ_MAX(n, PZ_MIN(want, RESERVE_STEP)));
+            msg_grow(r, n);
             pz_buf_append(&r->msg, p + off, n);
             off += n;
         }
@@ -158,12 +171,86 @@ void grpc_reader_next(struct grpc_reader *r)
     r->hdr_have = 0;
     r->len = 0;
     r->compressed = false;
-    pz_buf_reset(&r->msg);
+    if (r->msg.cap > RESERVE_STEP)
+        pz_buf_free(&r->msg); /* a stream between messages keeps little */
+    else
+        pz_buf_reset(&r->msg);
 }
 
 bool grpc_reader_partial(const struct grpc_reader *r)
 {
     return !r->ready && !r->dead && r->hdr_have > 0;
+}
+
+/* --- HTTP/2 frame boundaries ------------------------------------------- */
+
+enum {
+    H2_HEADERS = 0x1,
+    H2_SETTINGS = 0x4,
+    H2_PUSH_PROMISE = 0x5,
+    H2_CONTINUATION = 0x9,
+    H2_END_HEADERS = 0x4,
+};
+
+void grpc_h2_scan_init(struct grpc_h2_scan *s)
+{
+    memset(s, 0, sizeof *s);
+    s->preface_left = GRPC_H2_PREFACE_LEN;
+}
+
+/* The current frame is complete. */
+static void scan_frame_done(struct grpc_h2_scan *s)
+{
+    s->in_payload = false;
+    s->hdr_have = 0;
+    if (s->type == H2_SETTINGS)
+        s->settings_done = true;
+    if ((s->type == H2_HEADERS || s->type == H2_PUSH_PROMISE ||
+         s->type == H2_CONTINUATION) &&
+        (s->flags & H2_END_HEADERS))
+        s->in_block = false;
+}
+
+void grpc_h2_scan_feed(struct grpc_h2_scan *s, const uint8_t *p, size_t len)
+{
+    size_t off = 0;
+    size_t n = PZ_MIN(s->preface_left, len);
+    s->preface_left -= n;
+    off += n;
+    while (off < len) {
+        if (!s->in_payload) {
+            n = PZ_MIN(sizeof s->hdr - s->hdr_have, len - off);
+            memcpy(s->hdr + s->hdr_have, p + off, n);
+            s->hdr_have += n;
+            off += n;
+            if (s->hdr_have < sizeof s->hdr)
+                break;
+            s->payload_left = (uint32_t)s->hdr[0] << 16 |
+                              (uint32_t)s->hdr[1] << 8 | s->hdr[2];
+            s->type = s->hdr[3];
+            s->flags = s->hdr[4];
+            s->in_payload = true;
+            if (s->type == H2_HEADERS || s->type == H2_PUSH_PROMISE) {
+                s->in_block = true;
+                s->blocks++;
+            }
+        }
+        n = PZ_MIN(s->payload_left, len - off);
+        s->payload_left -= (uint32_t)n;
+        off += n;
+        if (s->payload_left == 0)
+            scan_frame_done(s); /* also a frame with no payload */
+    }
+}
+
+bool grpc_h2_scan_in_preface(const struct grpc_h2_scan *s)
+{
+    return !s->settings_done;
+}
+
+bool grpc_h2_scan_in_headers(const struct grpc_h2_scan *s)
+{
+    return s->in_block;
 }
 
 /* --- headers -------------------------------------------------------------- */

@@ -12,7 +12,11 @@
  * Failure modes: a length prefix over the configured maximum is reported
  * (GRPC_READ_TOO_BIG) as soon as the 5-byte prefix is complete, before any
  * payload byte is buffered; the reader is then dead. A stream that ends
- * with grpc_reader_partial() true was truncated. */
+ * with grpc_reader_partial() true was truncated.
+ * Memory: the payload buffer grows with the bytes received, to at most
+ * twice what arrived (or 64 KiB) and never past the announced length, so
+ * r->msg.cap is what a partial message really costs. An empty message
+ * leaves r->msg.data NULL. */
 #ifndef PZ_GRPC_FRAME_H
 #define PZ_GRPC_FRAME_H
 
@@ -90,11 +94,44 @@ void grpc_reader_free(struct grpc_reader *r);
  * the same result again. */
 int grpc_reader_feed(struct grpc_reader *r, const uint8_t *p, size_t len,
                      size_t *used);
-/* Forget the ready message and wait for the next prefix. */
+/* Forget the ready message and wait for the next prefix (a buffer that
+ * grew past 64 KiB for it is freed). */
 void grpc_reader_next(struct grpc_reader *r);
 /* True when part of a message (prefix or payload) has arrived but not the
  * whole of it: at the end of the stream this means truncation. */
 bool grpc_reader_partial(const struct grpc_reader *r);
+
+/* --- HTTP/2 frame boundaries ---------------------------------------------
+ * A server-side scanner of the client's byte stream that only tracks
+ * where frames begin and end (the 24-byte client preface, then 9-byte
+ * frame headers and their payloads) and whether a header block is open:
+ * from a HEADERS or PUSH_PROMISE frame without END_HEADERS to the end of
+ * the CONTINUATION frame that carries it (RFC 9113 6.10). Nothing else of
+ * HTTP/2 is checked here: nghttp2 parses the same bytes. The server times
+ * the preface and header blocks with it, which nghttp2 does not expose. */
+
+#define GRPC_H2_PREFACE_LEN 24 /* "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" */
+
+struct grpc_h2_scan {
+    size_t preface_left;   /* bytes of the client preface still to come */
+    uint8_t hdr[9];        /* frame header being assembled */
+    size_t hdr_have;       /* bytes of hdr received */
+    uint32_t payload_left; /* payload bytes of the current frame to come */
+    uint8_t type;          /* current frame's type */
+    uint8_t flags;         /* current frame's flags */
+    bool in_payload;       /* a frame header is complete, payload due */
+    bool in_block;         /* a header block is open */
+    uint64_t blocks;       /* header blocks opened so far */
+    bool settings_done;    /* the client's first SETTINGS frame is in */
+};
+
+void grpc_h2_scan_init(struct grpc_h2_scan *s);
+void grpc_h2_scan_feed(struct grpc_h2_scan *s, const uint8_t *p, size_t len);
+/* True until the preface and the first SETTINGS frame have arrived. */
+bool grpc_h2_scan_in_preface(const struct grpc_h2_scan *s);
+/* True while a header block is open: from the moment the header of its
+ * HEADERS frame is complete until the frame with END_HEADERS is. */
+bool grpc_h2_scan_in_headers(const struct grpc_h2_scan *s);
 
 /* --- headers -------------------------------------------------------------- */
 

@@ -122,9 +122,18 @@ void grpc_pb_put_bytes_opt(struct pz_buf *b, uint32_t num, const void *p,
 
 static const uint8_t empty[1];
 
+/* An empty message may come as (NULL, 0): an empty pz_buf. Arithmetic on
+ * a null pointer is undefined even with 0, so such input points at empty
+ * instead. */
+static const uint8_t *nonnull(const uint8_t *p)
+{
+    return p ? p : empty;
+}
+
 int grpc_kv_req_decode(int kind, const uint8_t *p, size_t len,
                        struct grpc_kv_req *out)
 {
+    p = nonnull(p);
     const uint8_t *end = p + len;
     struct grpc_pb_field f;
     int rv;
@@ -177,6 +186,7 @@ void grpc_kv_ok_resp_encode(struct pz_buf *b, bool success)
 int grpc_kv_get_resp_decode(const uint8_t *p, size_t len, const uint8_t **value,
                             size_t *vlen, bool *found)
 {
+    p = nonnull(p);
     const uint8_t *end = p + len;
     struct grpc_pb_field f;
     int rv;
@@ -200,6 +210,7 @@ int grpc_kv_get_resp_decode(const uint8_t *p, size_t len, const uint8_t **value,
 
 int grpc_kv_ok_resp_decode(const uint8_t *p, size_t len, bool *success)
 {
+    p = nonnull(p);
     const uint8_t *end = p + len;
     struct grpc_pb_field f;
     int rv;

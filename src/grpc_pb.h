@@ -75,7 +75,8 @@ struct grpc_kv_req {
     bool stale;           /* GET: serve from local state, no leader check */
 };
 
-/* Returns 0 or PZ_EINVAL. */
+/* Returns 0 or PZ_EINVAL. Every decoder takes (NULL, 0) as an empty
+ * message. */
 int grpc_kv_req_decode(int kind, const uint8_t *p, size_t len,
                        struct grpc_kv_req *out);
 /* Append the request message (for clients). */

@@ -7,7 +7,16 @@
  * next request. Failure modes: a protocol error gets its 4xx and the
  * connection closes after the reply; an API error (404, 405, 400 on bad
  * JSON) gets its reply and the connection stays open; a connection that
- * closes while its request is in flight cancels the node request. */
+ * closes while its request is in flight cancels the node request.
+ *
+ * Hostile clients: the bytes of a request not yet complete (unparsed input
+ * and what the parser holds) are charged to the process-wide partial-input
+ * budget (conn.h); a request that would pass it gets 503 and the
+ * connection closes. A request has client-header-timeout from its first
+ * byte to the end of its headers and client-body-timeout from there to the
+ * end of its body, however its bytes trickle in: past either it gets 408
+ * and the connection closes. At max-clients a new client evicts a slow or
+ * idle connection (conn.c) rather than being refused. */
 #include "http.h"
 
 #include <cJSON.h>
@@ -31,10 +40,22 @@ struct http_conn {
     bool forwarding;         /* fwd is in flight */
     bool draining;           /* shutdown: close after this reply */
     bool processing;         /* inside process(): don't recurse */
+    int deadline;            /* DEADLINE_*: which one c->deadline is */
 };
+
+enum {
+    DEADLINE_NONE = 0,    /* no request arriving */
+    DEADLINE_HEADERS = 1, /* client-header-timeout from the first byte */
+    DEADLINE_BODY = 2,    /* client-body-timeout from the end of headers */
+};
+
+/* Input buffers larger than this are freed once empty. */
+#define IN_KEEP (4 * 1024)
 
 static struct http_limits parse_limits;
 static struct http_api_limits api_limits;
+static uint64_t header_timeout; /* client-header-timeout, ms */
+static uint64_t body_timeout;   /* client-body-timeout, ms */
 
 static const char *status_text(int status)
 {
@@ -51,6 +72,7 @@ static const char *status_text(int status)
     case 500: return "Internal Server Error";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
     case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
@@ -89,6 +111,68 @@ static void reply_text(struct http_conn *h, int status, const char *line,
 
 static void process(struct http_conn *h);
 
+/* Start, switch or stop the request deadline to match where the request
+ * in progress is: none while it is served or nothing of the next one
+ * arrived, the header deadline from its first byte, the body deadline
+ * from the end of its headers. A deadline is set once per phase, so bytes
+ * that trickle in never move it. */
+static void update_deadline(struct http_conn *h)
+{
+    int want = DEADLINE_NONE;
+    if (!h->in_flight && !conn_is_closing(h->c) &&
+        !(h->c->flags & CONN_CLOSE_AFTER)) {
+        if (h->p.phase == HTTP_PHASE_BODY)
+            want = DEADLINE_BODY;
+        else if (http_parser_started(&h->p) || h->in.len > 0)
+            want = DEADLINE_HEADERS;
+    }
+    if (want == h->deadline)
+        return;
+    h->deadline = want;
+    conn_set_deadline(h->c, want == DEADLINE_NONE ? 0
+                            : want == DEADLINE_BODY
+                                ? conn_now() + body_timeout
+                                : conn_now() + header_timeout);
+}
+
+/* Charge what the connection holds for requests not yet complete: input
+ * not parsed yet, and the parser's state while a request is arriving (a
+ * request being served is complete and not counted). False when that
+ * would pass the budget. */
+static bool account(struct http_conn *h)
+{
+    if (h->in.len == 0 && h->in.cap > IN_KEEP)
+        pz_buf_free(&h->in);
+    size_t held = h->in.len;
+    if (!h->in_flight && h->p.phase != HTTP_PHASE_DONE &&
+        http_parser_started(&h->p))
+        held += http_parser_held(&h->p);
+    return conn_in_set(h->c, held) == 0;
+}
+
+/* Let go of everything held for requests (the connection is closing). */
+static void discard(struct http_conn *h)
+{
+    http_parser_free(&h->p);
+    http_parser_init(&h->p, &parse_limits);
+    pz_buf_free(&h->in);
+    conn_in_set(h->c, 0);
+    update_deadline(h);
+}
+
+/* The request's bytes would pass max-partial-input: 503, close. */
+static void refuse_busy(struct http_conn *h)
+{
+    pz_debug("http: %s: refused: %zu of %zu bytes of partial input in use",
+             h->c->peer, conn_in_total(), conn_in_limit());
+    reply_text(h, 503,
+               "Server busy: too much request data in progress; "
+               "retry later",
+               NULL, true);
+    conn_close_after_flush(h->c);
+    discard(h);
+}
+
 /* The request is answered: get ready for the next one. */
 static void finish(struct http_conn *h, bool close)
 {
@@ -99,12 +183,17 @@ static void finish(struct http_conn *h, bool close)
     }
     if (close || h->draining || server_shutting_down()) {
         conn_close_after_flush(h->c);
+        update_deadline(h);
         return;
     }
     http_parser_next(&h->p);
     conn_resume(h->c);
-    if (!h->processing)
+    if (!h->processing) {
         process(h); /* an asynchronous reply: serve what is buffered */
+        if (!account(h))
+            refuse_busy(h);
+        update_deadline(h);
+    }
 }
 
 static bool keep_alive(struct http_conn *h)
@@ -266,6 +355,7 @@ static void reply_status(struct http_conn *h)
              (unsigned long long)kv_digest(node_kv()));
     cJSON_AddStringToObject(o, "digest", dg);
     add_u64(o, "fsync_entries", st.fsync_entries);
+    add_u64(o, "partial_input", conn_in_total());
     cJSON *ms = cJSON_AddArrayToObject(o, "members");
     for (size_t i = 0; i < st.n_members; i++) {
         const struct node_member *m = &st.members[i];
@@ -350,7 +440,11 @@ static void on_forwarded(struct fwd_req *f, int status)
     struct http_conn *h = container_of(f, struct http_conn, fwd);
     bool ka = keep_alive(h);
     h->forwarding = false;
-    if (status < 0) {
+    if (status == PZ_EPROTO) {
+        reply_text(h, 502, "Bad response from the leader", NULL, !ka);
+    } else if (status == PZ_ETIMEDOUT) {
+        reply_text(h, 504, "The leader did not answer in time", NULL, !ka);
+    } else if (status < 0) {
         reply_text(h, 502, "Leader unreachable", NULL, !ka);
     } else {
         /* Relay the leader's answer as it is. */
@@ -470,6 +564,7 @@ static void start_write(struct http_conn *h)
 static void dispatch(struct http_conn *h)
 {
     int rv;
+    conn_mark_served(h->c);
     http_api_decode(&h->p.req, &api_limits, &h->op);
     bool ka = keep_alive(h);
     switch (h->op.kind) {
@@ -547,9 +642,10 @@ static void process(struct http_conn *h)
         if (r == HTTP_PARSE_ERROR) {
             reply_text(h, h->p.err_status, h->p.err_reason, NULL, true);
             conn_close_after_flush(h->c);
-            pz_buf_reset(&h->in);
+            discard(h);
             break;
         }
+        account(h); /* complete: only shrinks (what follows it is in) */
         dispatch(h);
         if (h->c->flags & CONN_CLOSE_AFTER)
             break;
@@ -562,8 +658,44 @@ static void on_data(struct conn *c, const char *data, size_t len)
     struct http_conn *h = c->proto;
     if (c->flags & CONN_CLOSE_AFTER)
         return; /* replying to a fatal error: ignore the rest */
+    /* The bytes are charged before they are held; what the parser keeps
+     * of them is charged instead once they are parsed. */
+    if (conn_in_reserve(c, len) < 0) {
+        refuse_busy(h);
+        return;
+    }
     pz_buf_append(&h->in, data, len);
     process(h);
+    if (!account(h))
+        refuse_busy(h);
+    update_deadline(h);
+}
+
+/* A request did not arrive in time (client-header-timeout or
+ * client-body-timeout): 408, close. */
+static void on_deadline(struct conn *c)
+{
+    struct http_conn *h = c->proto;
+    int which = h->deadline;
+    h->deadline = DEADLINE_NONE;
+    if (which == DEADLINE_NONE || h->in_flight || (c->flags & CONN_CLOSE_AFTER))
+        return;
+    pz_debug("http: %s: request %s not received in time", c->peer,
+             which == DEADLINE_BODY ? "body" : "headers");
+    reply_text(h, 408,
+               which == DEADLINE_BODY ? "Request body not received in time"
+                                      : "Request headers not received in time",
+               NULL, true);
+    conn_close_after_flush(c);
+    discard(h);
+}
+
+/* Evicted at max-clients: a client caught mid-request is told why. */
+static void on_evict(struct conn *c)
+{
+    struct http_conn *h = c->proto;
+    if (h && !h->in_flight && http_parser_started(&h->p))
+        reply_text(h, 503, "Too many clients", NULL, true);
 }
 
 static int on_open(struct conn *c)
@@ -607,6 +739,8 @@ static const struct conn_ops http_ops = {
     .on_open = on_open,
     .on_data = on_data,
     .on_close = on_close,
+    .on_deadline = on_deadline,
+    .on_evict = on_evict,
 };
 
 int http_start(struct conn_listener *ls, const struct pz_config *cfg,
@@ -617,10 +751,14 @@ int http_start(struct conn_listener *ls, const struct pz_config *cfg,
     parse_limits.max_body = (size_t)cfg->http_max_body;
     api_limits.max_key = (size_t)cfg->max_key_size;
     api_limits.max_value = (size_t)cfg->max_value_size;
+    header_timeout = (uint64_t)cfg->client_header_timeout_ms;
+    body_timeout = (uint64_t)cfg->client_body_timeout_ms;
     int rv = conn_listen(ls, cfg->http_addr, &http_ops, "http",
                          (size_t)cfg->max_clients, err, errlen);
-    if (rv == 0)
+    if (rv == 0) {
         ls->on_refuse = on_refuse;
+        ls->evict = true;
+    }
     return rv;
 }
 

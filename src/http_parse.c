@@ -8,6 +8,12 @@
 #include <string.h>
 
 #define JSON_MAX_DEPTH 64
+/* Blank lines tolerated before a request without counting as its start
+ * (one CRLF after a body, as some old clients send). */
+#define BLANK_BYTES_OK 4
+/* Buffers above these sizes are freed between requests. */
+#define KEEP_BODY_MAX (64 * 1024)
+#define KEEP_LINE_MAX (4 * 1024)
 
 static struct http_parser *parser_of(llhttp_t *ll)
 {
@@ -54,6 +60,7 @@ static int finish_header(struct http_parser *p)
     p->req.headers = pz_realloc(p->req.headers, (p->req.n_headers + 1) *
                                                     sizeof *p->req.headers);
     h = &p->req.headers[p->req.n_headers++];
+    p->headers_held += sizeof *h + p->field.len + p->value.len + 2;
     for (size_t i = 0; i < p->field.len; i++)
         p->field.data[i] = (char)tolower((unsigned char)p->field.data[i]);
     h->name = pz_strndup(p->field.data, p->field.len);
@@ -89,16 +96,54 @@ static int on_header_value_complete(llhttp_t *ll)
     return finish_header(p);
 }
 
+static int on_message_begin(llhttp_t *ll)
+{
+    parser_of(ll)->phase = HTTP_PHASE_HEADERS;
+    return 0;
+}
+
 static int on_headers_complete(llhttp_t *ll)
 {
     struct http_parser *p = parser_of(ll);
     if (finish_header(p))
         return -1;
+    /* llhttp takes "GET /path" and a blank line for HTTP/0.9, a request
+     * with no headers at all, not even Host: not HTTP/1.x. */
+    if (ll->http_major != 1)
+        return fail(p, 400, "Request line without an HTTP/1.x version");
     /* Refuse an announced oversized body before reading any of it. */
     if ((ll->flags & F_CONTENT_LENGTH) && ll->content_length > p->lim.max_body)
         return fail(p, 413, "Request body too large");
+    p->body_expected = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : 0;
     p->req.method = ll->method;
+    p->phase = HTTP_PHASE_BODY;
     return 0;
+}
+
+/* A chunk's size is known before its data: refuse one that cannot fit,
+ * as an announced Content-Length. */
+static int on_chunk_header(llhttp_t *ll)
+{
+    struct http_parser *p = parser_of(ll);
+    if (ll->content_length > p->lim.max_body - p->req.body.len)
+        return fail(p, 413, "Request body too large");
+    return 0;
+}
+
+/* Room for n more body bytes: at most twice what arrived, never more
+ * than the announced length (or the limit), so an announcement alone
+ * allocates nothing and a complete body wastes little. */
+static void body_grow(struct http_parser *p, size_t n)
+{
+    struct pz_buf *b = &p->req.body;
+    size_t need = b->len + n + 1;
+    if (need <= b->cap)
+        return;
+    size_t end =
+        (p->body_expected ? (size_t)p->body_expected : p->lim.max_body) + 1;
+    size_t cap = PZ_MAX(need, PZ_MIN(PZ_MAX(2 * b->cap, (size_t)256), end));
+    b->data = pz_realloc(b->data, cap);
+    b->cap = cap;
 }
 
 static int on_body(llhttp_t *ll, const char *at, size_t n)
@@ -106,6 +151,7 @@ static int on_body(llhttp_t *ll, const char *at, size_t n)
     struct http_parser *p = parser_of(ll);
     if (p->req.body.len + n > p->lim.max_body)
         return fail(p, 413, "Request body too large");
+    body_grow(p, n);
     pz_buf_append(&p->req.body, at, n);
     return 0;
 }
@@ -115,6 +161,7 @@ static int on_message_complete(llhttp_t *ll)
     struct http_parser *p = parser_of(ll);
     p->req.keep_alive = llhttp_should_keep_alive(ll) != 0;
     p->complete = true;
+    p->phase = HTTP_PHASE_DONE;
     return HPE_PAUSED; /* serve this one before parsing the next */
 }
 
@@ -123,11 +170,13 @@ void http_parser_init(struct http_parser *p, const struct http_limits *lim)
     memset(p, 0, sizeof *p);
     p->lim = *lim;
     llhttp_settings_init(&p->settings);
+    p->settings.on_message_begin = on_message_begin;
     p->settings.on_url = on_url;
     p->settings.on_header_field = on_header_field;
     p->settings.on_header_value = on_header_value;
     p->settings.on_header_value_complete = on_header_value_complete;
     p->settings.on_headers_complete = on_headers_complete;
+    p->settings.on_chunk_header = on_chunk_header;
     p->settings.on_body = on_body;
     p->settings.on_message_complete = on_message_complete;
     llhttp_init(&p->ll, HTTP_REQUEST, &p->settings);
@@ -161,12 +210,27 @@ void http_parser_free(struct http_parser *p)
     pz_buf_free(&p->value);
 }
 
+/* Empty b, and let its memory go if it grew past keep. */
+static void buf_trim(struct pz_buf *b, size_t keep)
+{
+    if (b->cap > keep)
+        pz_buf_free(b);
+    else
+        pz_buf_reset(b);
+}
+
 void http_parser_next(struct http_parser *p)
 {
     req_clear(&p->req);
-    pz_buf_reset(&p->field);
-    pz_buf_reset(&p->value);
+    buf_trim(&p->req.body, KEEP_BODY_MAX);
+    buf_trim(&p->req.url, KEEP_LINE_MAX);
+    buf_trim(&p->field, KEEP_LINE_MAX);
+    buf_trim(&p->value, KEEP_LINE_MAX);
     p->header_bytes = 0;
+    p->headers_held = 0;
+    p->body_expected = 0;
+    p->skipped = 0;
+    p->phase = HTTP_PHASE_IDLE;
     p->complete = false;
     if (llhttp_get_errno(&p->ll) == HPE_PAUSED_UPGRADE)
         llhttp_resume_after_upgrade(&p->ll);
@@ -174,8 +238,32 @@ void http_parser_next(struct http_parser *p)
         llhttp_resume(&p->ll);
 }
 
+bool http_parser_started(const struct http_parser *p)
+{
+    return p->phase != HTTP_PHASE_IDLE || p->skipped > BLANK_BYTES_OK;
+}
+
+size_t http_parser_held(const struct http_parser *p)
+{
+    return p->req.url.cap + p->req.body.cap + p->field.cap + p->value.cap +
+           p->headers_held;
+}
+
+static int feed(struct http_parser *p, const char *data, size_t len,
+                size_t *used);
+
 int http_parser_feed(struct http_parser *p, const char *data, size_t len,
                      size_t *used)
+{
+    bool idle = p->phase == HTTP_PHASE_IDLE;
+    int r = feed(p, data, len, used);
+    if (idle && p->phase == HTTP_PHASE_IDLE)
+        p->skipped += *used; /* llhttp skips blank lines before a request */
+    return r;
+}
+
+static int feed(struct http_parser *p, const char *data, size_t len,
+                size_t *used)
 {
     *used = 0;
     if (p->dead)
@@ -190,7 +278,7 @@ int http_parser_feed(struct http_parser *p, const char *data, size_t len,
         const char *pos = llhttp_get_error_pos(&p->ll);
         size_t done = pos ? (size_t)(pos - data) : 0;
         llhttp_resume_after_upgrade(&p->ll);
-        int r = http_parser_feed(p, data + done, len - done, used);
+        int r = feed(p, data + done, len - done, used);
         *used += done;
         return r;
     }

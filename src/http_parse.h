@@ -7,10 +7,18 @@
  * complete, then stops (returns HTTP_PARSE_REQUEST) so that pipelined
  * requests are served strictly one after another; the caller serves p->req,
  * calls http_parser_next() and feeds the bytes it had left over.
- * Failure modes: malformed input, a body over the limit (413), headers over
- * the limit (431) or a URL over the limit (414) end in HTTP_PARSE_ERROR with
- * a status and a one-line reason; the parser is then dead and the caller
- * replies and closes the connection. */
+ * Failure modes: malformed input (a request line without an HTTP version
+ * too: HTTP/0.9 is not spoken), a body over the limit (413, as soon as a
+ * Content-Length or a chunk size announces it), headers over the limit
+ * (431) or a URL over the limit (414) end in HTTP_PARSE_ERROR with a
+ * status and a one-line reason; the parser is then dead and the caller
+ * replies and closes the connection.
+ *
+ * Memory: the parser reports what it holds for the request in progress
+ * (http_parser_held) so the caller can charge it to the partial-input
+ * budget; a body buffer grows with the bytes that arrived (at most twice
+ * that, and never past the announced length), and http_parser_next() lets
+ * large buffers go, so a connection keeps nothing large between requests. */
 #ifndef PZ_HTTP_PARSE_H
 #define PZ_HTTP_PARSE_H
 
@@ -40,6 +48,14 @@ struct http_req {
     bool keep_alive;             /* connection stays open after reply */
 };
 
+/* How far the request in progress got (struct http_parser.phase). */
+enum http_phase {
+    HTTP_PHASE_IDLE = 0,    /* nothing of a request yet (blank lines aside) */
+    HTTP_PHASE_HEADERS = 1, /* request line and headers arriving */
+    HTTP_PHASE_BODY = 2,    /* headers complete, body arriving */
+    HTTP_PHASE_DONE = 3,    /* the request is complete */
+};
+
 enum {
     HTTP_PARSE_NEED_MORE = 0, /* everything consumed, request incomplete */
     HTTP_PARSE_REQUEST = 1,   /* p->req is complete */
@@ -54,6 +70,10 @@ struct http_parser {
     struct pz_buf field;         /* header name being assembled */
     struct pz_buf value;         /* header value being assembled */
     size_t header_bytes;         /* bytes of request line + headers */
+    size_t headers_held;         /* bytes of req.headers and its strings */
+    uint64_t body_expected;      /* Content-Length, 0 when not given */
+    size_t skipped;              /* blank-line bytes before this request */
+    int phase;                   /* enum http_phase */
     bool complete;               /* req is complete, waiting for next() */
     bool dead;                   /* an error was returned: feed no more */
     int err_status;              /* HTTP status for HTTP_PARSE_ERROR */
@@ -67,8 +87,16 @@ void http_parser_free(struct http_parser *p);
  * after http_parser_next(). */
 int http_parser_feed(struct http_parser *p, const char *data, size_t len,
                      size_t *used);
-/* Forget the served request and get ready for the next one. */
+/* Forget the served request and get ready for the next one. Buffers that
+ * grew large for it are freed. */
 void http_parser_next(struct http_parser *p);
+/* True once a request has begun: a byte of it arrived, or more blank lines
+ * than a client sends between requests. A request's header time runs from
+ * here. */
+bool http_parser_started(const struct http_parser *p);
+/* Bytes the parser holds for the request in progress: its buffers (by
+ * capacity) and the headers kept so far. */
+size_t http_parser_held(const struct http_parser *p);
 /* Header value by lowercase name, or NULL. */
 const char *http_req_header(const struct http_req *r, const char *name);
 

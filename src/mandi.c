@@ -34,8 +34,9 @@
 
 /* --- JSON codec ----------------------------------------------------------- */
 
-/* A cursor over a document that http_json_strings() has already accepted;
- * it still checks bounds at every step. */
+/* A cursor over a document that http_json_strings() has already accepted
+ * (or, in mandi_parse_joins(), an array whose elements are then parsed one
+ * by one); it checks bounds at every step and never recurses. */
 struct scan {
     const char *s; /* document */
     size_t n;      /* its length */
@@ -240,9 +241,116 @@ int mandi_json_u64(const char *doc, size_t len, const char *name, uint64_t *out)
     return 1;
 }
 
+/* --- what an id or an address may hold ----------------------------------
+ * Ids and addresses come from anyone who can reach mandi (or, for the
+ * nodes' client, from whatever answers as mandi), end up in logs, in JSON
+ * answers and, for join requests, in the leader's membership proposals.
+ * Text: valid UTF-8 without control characters (C0, DEL, C1, which holds
+ * NEL), the Unicode line and paragraph separators, or the marks and
+ * embeddings that reorder text on display: none of these belongs in a
+ * node name, and each can make a log line or a terminal lie. */
+
+/* The next code point of s[0..n) at *i, strictly (no overlong forms, no
+ * surrogates, nothing above U+10FFFF); -1 on invalid UTF-8. */
+static long utf8_next(const unsigned char *s, size_t n, size_t *i)
+{
+    unsigned c = s[(*i)++];
+    if (c < 0x80)
+        return (long)c;
+    int more;
+    unsigned long cp, min;
+    if (c >= 0xc2 && c <= 0xdf)
+        more = 1, cp = c & 0x1f, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef)
+        more = 2, cp = c & 0x0f, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4)
+        more = 3, cp = c & 0x07, min = 0x10000;
+    else
+        return -1;
+    if (n - *i < (size_t)more)
+        return -1;
+    for (int k = 0; k < more; k++) {
+        unsigned cc = s[(*i)++];
+        if ((cc & 0xc0) != 0x80)
+            return -1;
+        cp = cp << 6 | (cc & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return -1;
+    return (long)cp;
+}
+
+static bool unsafe_code_point(long cp)
+{
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 ||
+           cp == 0x2029 || cp == 0x200e || cp == 0x200f ||
+           (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
+/* NULL if s[0..n) is printable text as above, else what is wrong. */
+static const char *text_problem(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        long cp = utf8_next(u, n, &i);
+        if (cp < 0)
+            return "is not valid UTF-8";
+        if (unsafe_code_point(cp))
+            return "holds a control character";
+    }
+    return NULL;
+}
+
+static bool all_in(const char *s, size_t n, const char *set)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!in_set(s[i], set))
+            return false;
+    return true;
+}
+
+#define HOST_CHARS                                                             \
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
+
+/* Does s look like an address a node listens on? host:port, [v6]:port or
+ * :port (a node's http-addr is ":8080" unless set), the port 1 to 65535 in
+ * at most 5 digits; a host name or IPv4 address of letters, digits, '.',
+ * '-' and '_'; an IPv6 address of hex digits, ':' and '.', with an
+ * optional %zone. */
+static bool plausible_addr(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL)
+        return false;
+    const char *port = colon + 1;
+    size_t pl = strlen(port);
+    if (pl == 0 || pl > 5 || !all_in(port, pl, "0123456789"))
+        return false;
+    long p = strtol(port, NULL, 10);
+    if (p < 1 || p > 65535)
+        return false;
+    size_t hl = (size_t)(colon - s);
+    if (hl == 0 || s[0] != '[')
+        return all_in(s, hl, HOST_CHARS);
+    if (hl < 4 || s[hl - 1] != ']') /* "[::]" at least */
+        return false;
+    const char *a = s + 1;
+    size_t al = hl - 2;
+    const char *pct = memchr(a, '%', al);
+    size_t v6 = pct ? (size_t)(pct - a) : al;
+    if (v6 < 2 || !memchr(a, ':', v6) ||
+        !all_in(a, v6, "0123456789abcdefABCDEF:."))
+        return false;
+    return pct == NULL ||
+           (al - v6 > 1 && all_in(pct + 1, al - v6 - 1, HOST_CHARS));
+}
+
 enum { F_ID, F_ADDR, F_HTTP, F_GRPC, F_TIME, N_FIELDS };
 
-/* The string members of a LeaderInfo or a join request into dst[]. */
+/* The string members of a LeaderInfo or a join request into dst[]: first
+ * the JSON types, NUL bytes and lengths, then the id, then what each
+ * member holds. The timestamp never fails a document (mandi sets its own);
+ * one that is too long or not printable reads as "". */
 static int parse_fields(const char *doc, size_t len, const char *time_name,
                         char *const dst[N_FIELDS], const size_t cap[N_FIELDS],
                         char *why, size_t whylen)
@@ -270,7 +378,8 @@ static int parse_fields(const char *doc, size_t len, const char *time_name,
             snprintf(why, whylen, "'%s' must be a string", names[k]);
             rv = PZ_EINVAL;
         } else if (types[k] == 's') {
-            if (k == F_TIME && lens[k] >= cap[k])
+            if (k == F_TIME &&
+                (lens[k] >= cap[k] || text_problem(vals[k], lens[k]) != NULL))
                 continue;
             if (memchr(vals[k], '\0', lens[k])) {
                 snprintf(why, whylen, "'%s' holds a NUL character", names[k]);
@@ -287,6 +396,16 @@ static int parse_fields(const char *doc, size_t len, const char *time_name,
     if (rv == 0 && dst[F_ID][0] == '\0') {
         snprintf(why, whylen, "missing id");
         rv = PZ_EINVAL;
+    }
+    for (int k = 0; k < F_TIME && rv == 0; k++) {
+        const char *problem = text_problem(dst[k], strlen(dst[k]));
+        if (problem) {
+            snprintf(why, whylen, "'%s' %s", names[k], problem);
+            rv = PZ_EINVAL;
+        } else if (k != F_ID && dst[k][0] && !plausible_addr(dst[k])) {
+            snprintf(why, whylen, "'%s' must be host:port", names[k]);
+            rv = PZ_EINVAL;
+        }
     }
     for (int k = 0; k < N_FIELDS; k++)
         pz_free(vals[k]);
@@ -320,7 +439,77 @@ int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
     const size_t cap[N_FIELDS] = {sizeof out->id, sizeof out->addr,
                                   sizeof out->http_addr, sizeof out->grpc_addr,
                                   sizeof out->started_at};
-    return parse_fields(doc, len, "started_at", dst, cap, why, whylen);
+    int rv = parse_fields(doc, len, "started_at", dst, cap, why, whylen);
+    if (rv == 0 && out->addr[0] == '\0') {
+        /* The leader adds the node at this address: nothing to add. */
+        snprintf(why, whylen, "missing addr");
+        rv = PZ_EINVAL;
+    }
+    return rv;
+}
+
+int mandi_parse_joins(const char *doc, size_t len, size_t max,
+                      struct mandi_join **out, size_t *n, size_t *invalid,
+                      size_t *over)
+{
+    struct scan c = {doc, len, 0};
+    struct mandi_join *js = NULL;
+    size_t cap = 0, cnt = 0;
+    char why[128];
+    *out = NULL;
+    *n = *invalid = *over = 0;
+    sc_ws(&c);
+    if (c.i >= c.n || c.s[c.i] != '[')
+        return PZ_EINVAL;
+    c.i++;
+    sc_ws(&c);
+    if (c.i < c.n && c.s[c.i] == ']') {
+        c.i++;
+    } else {
+        for (;;) {
+            sc_ws(&c);
+            size_t vs = c.i;
+            if (!sc_value(&c))
+                goto err;
+            if (cnt >= max) {
+                (*over)++;
+            } else {
+                if (cnt == cap) {
+                    cap = PZ_MIN(cap ? 2 * cap : 8, max);
+                    js = pz_realloc(js, cap * sizeof *js);
+                }
+                if (mandi_parse_join(doc + vs, c.i - vs, &js[cnt], why,
+                                     sizeof why) == 0)
+                    cnt++;
+                else
+                    (*invalid)++;
+            }
+            sc_ws(&c);
+            if (c.i < c.n && c.s[c.i] == ',') {
+                c.i++;
+                continue;
+            }
+            if (c.i < c.n && c.s[c.i] == ']') {
+                c.i++;
+                break;
+            }
+            goto err;
+        }
+    }
+    sc_ws(&c);
+    if (c.i != c.n)
+        goto err;
+    if (cnt == 0) {
+        pz_free(js);
+        js = NULL;
+    }
+    *out = js;
+    *n = cnt;
+    return 0;
+err:
+    pz_free(js);
+    *invalid = *over = 0;
+    return PZ_EINVAL;
 }
 
 static void append_json(cJSON *o, struct pz_buf *out)
@@ -367,6 +556,57 @@ void mandi_join_to_json(const struct mandi_join *j, bool with_time,
     append_json(join_object(j, with_time), out);
 }
 
+bool mandi_loglimit(struct mandi_loglimit *l, uint64_t now, uint64_t window_ms,
+                    unsigned burst, unsigned *dropped)
+{
+    *dropped = 0;
+    if (now < l->start || now - l->start >= window_ms) {
+        l->start = now;
+        l->used = 0;
+    }
+    if (l->used >= burst) {
+        l->dropped++;
+        return false;
+    }
+    l->used++;
+    *dropped = l->dropped;
+    l->dropped = 0;
+    return true;
+}
+
+/* --- the term rule (mandi.h) ---------------------------------------------- */
+
+uint64_t mandi_term_ceiling(const struct mandi_terms *t, uint64_t now)
+{
+    if (!t->known)
+        return UINT64_MAX;
+    uint64_t quiet = now > t->hi_at ? now - t->hi_at : 0;
+    uint64_t allow = MANDI_TERM_JUMP + quiet / MANDI_TERM_GROWTH_MS;
+    return t->hi > UINT64_MAX - allow ? UINT64_MAX : t->hi + allow;
+}
+
+enum mandi_term_verdict mandi_term_check(const struct mandi_terms *t, bool live,
+                                         uint64_t live_term, uint64_t term,
+                                         uint64_t now)
+{
+    if (term > mandi_term_ceiling(t, now))
+        return MANDI_TERM_IMPLAUSIBLE;
+    if (live && term < live_term)
+        return live_term - term <= MANDI_TERM_JUMP ? MANDI_TERM_STALE
+                                                   : MANDI_TERM_DISPUTED;
+    return MANDI_TERM_OK;
+}
+
+void mandi_term_accept(struct mandi_terms *t, uint64_t term, uint64_t now)
+{
+    if (!t->known || term >= t->hi ||
+        (now >= t->hi_at && now - t->hi_at >= MANDI_TERM_MEMORY_MS)) {
+        t->known = true;
+        t->hi = term;
+        t->hi_at = now;
+    }
+}
+
 /* --- state ------------------------------------------------------------ */
 
 struct join_entry {
@@ -398,6 +638,8 @@ struct mandi {
     uint64_t leader_expires;    /* uv_now() at which it is forgotten */
     struct pz_queue joins;      /* struct join_entry, oldest first */
     size_t n_joins;             /* length of joins */
+    struct mandi_loglimit loglim; /* log lines that requests trigger */
+    struct mandi_terms terms;     /* the term rule's memory (mandi.h) */
     bool closing;               /* mandi_close was called */
     void (*close_cb)(void *);   /* mandi_close's callback */
     void *close_data;           /* its argument */
@@ -422,11 +664,34 @@ static void wall_clock(char *buf, size_t len)
     snprintf(buf, len, "%s.%03dZ", date, (int)(tv.tv_usec / 1000) % 1000);
 }
 
+/* An escaped copy of untrusted text s for a log line; buf is an array. */
+#define ESC(buf, s) pz_escape(buf, sizeof buf, s, strlen(s))
+
+/* Lines that requests trigger (a refused request, a new leader, a join
+ * request) are limited to LOG_BURST a second, so that a client cannot
+ * flood the log; how many were dropped is said with the next line let
+ * through, or by the sweep. */
+#define LOG_BURST 20
+#define LOG_WINDOW_MS 1000
+
+static bool log_ok(struct mandi *m)
+{
+    unsigned dropped;
+    bool ok = mandi_loglimit(&m->loglim, now_ms(m), LOG_WINDOW_MS, LOG_BURST,
+                             &dropped);
+    if (dropped)
+        pz_warn("%u log lines about requests dropped (more than %d a "
+                "second)",
+                dropped, LOG_BURST);
+    return ok;
+}
+
 static void expire_leader(struct mandi *m, uint64_t now)
 {
     if (m->have_leader && now >= m->leader_expires) {
+        char id[PZ_ESCAPED_MAX];
         pz_info("leader %s (term %llu) expired: no update for %llu ms",
-                m->leader.id, (unsigned long long)m->leader.term,
+                ESC(id, m->leader.id), (unsigned long long)m->leader.term,
                 (unsigned long long)m->o.leader_ttl_ms);
         m->have_leader = false;
     }
@@ -447,7 +712,8 @@ static void expire_joins(struct mandi *m, uint64_t now)
             container_of(pz_queue_head(&m->joins), struct join_entry, q);
         if (now < e->expires)
             break;
-        pz_debug("join request of %s expired", e->j.id);
+        char id[PZ_ESCAPED_MAX];
+        pz_debug("join request of %s expired", ESC(id, e->j.id));
         drop_join(m, e);
     }
 }
@@ -478,6 +744,13 @@ static void on_sweep(uv_timer_t *t)
     uint64_t now = now_ms(m);
     expire_leader(m, now);
     expire_joins(m, now);
+    if (m->loglim.dropped && now - m->loglim.start >= LOG_WINDOW_MS) {
+        /* Quiet again: say what was dropped. */
+        pz_warn("%u log lines about requests dropped (more than %d a "
+                "second)",
+                m->loglim.dropped, LOG_BURST);
+        m->loglim.dropped = 0;
+    }
 }
 
 /* --- HTTP ------------------------------------------------------------- */
@@ -614,6 +887,15 @@ static const char *body_of(const struct http_req *req, size_t *len)
     return req->body.data ? req->body.data : "";
 }
 
+/* Log a refused write (rate-limited). why is one of the parsers' fixed
+ * reasons, never text from the request; the peer address is the
+ * kernel's. */
+static void refused(struct mandi_conn *mc, const char *what, const char *why)
+{
+    if (log_ok(mc->m))
+        pz_warn("refused %s from %s: %s", what, mc->c->peer, why);
+}
+
 static void get_leader(struct mandi_conn *mc, bool close)
 {
     struct mandi *m = mc->m;
@@ -638,18 +920,47 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
     size_t blen;
     const char *body = body_of(req, &blen);
     if (mandi_parse_leader(body, blen, &l, why, sizeof why) < 0) {
+        refused(mc, "PUT /leader", why);
         send_text(mc, 400, why, close);
         return;
     }
     uint64_t now = now_ms(m);
     expire_leader(m, now);
-    if (m->have_leader && l.term < m->leader.term) {
-        pz_warn("refused leader %s at term %llu: %s holds term %llu", l.id,
-                (unsigned long long)l.term, m->leader.id,
-                (unsigned long long)m->leader.term);
-        send_text(mc, 409, "stale term", close);
+    char id[PZ_ESCAPED_MAX], holder[PZ_ESCAPED_MAX];
+    switch (mandi_term_check(&m->terms, m->have_leader, m->leader.term, l.term,
+                             now)) {
+    case MANDI_TERM_IMPLAUSIBLE: {
+        unsigned long long most = mandi_term_ceiling(&m->terms, now);
+        if (log_ok(m))
+            pz_warn("refused leader %s from %s at term %llu: implausible, "
+                    "the highest recent term is %llu",
+                    ESC(id, l.id), mc->c->peer, (unsigned long long)l.term,
+                    (unsigned long long)m->terms.hi);
+        snprintf(why, sizeof why, "implausible term (at most %llu now)", most);
+        send_text(mc, 400, why, close);
         return;
     }
+    case MANDI_TERM_STALE:
+        if (log_ok(m))
+            pz_warn("refused leader %s at term %llu: %s holds term %llu",
+                    ESC(id, l.id), (unsigned long long)l.term,
+                    ESC(holder, m->leader.id),
+                    (unsigned long long)m->leader.term);
+        send_text(mc, 409, "stale term", close);
+        return;
+    case MANDI_TERM_DISPUTED:
+        if (log_ok(m))
+            pz_warn("leader %s at term %llu from %s replaces %s at term "
+                    "%llu: more than %d terms apart, the higher one is not "
+                    "plausible",
+                    ESC(id, l.id), (unsigned long long)l.term, mc->c->peer,
+                    ESC(holder, m->leader.id),
+                    (unsigned long long)m->leader.term, MANDI_TERM_JUMP);
+        break;
+    case MANDI_TERM_OK:
+        break;
+    }
+    mandi_term_accept(&m->terms, l.term, now);
     bool changed = !m->have_leader || strcmp(l.id, m->leader.id) != 0 ||
                    l.term != m->leader.term ||
                    strcmp(l.addr, m->leader.addr) != 0;
@@ -657,9 +968,12 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
     m->leader = l;
     m->have_leader = true;
     m->leader_expires = now + m->o.leader_ttl_ms;
-    if (changed)
-        pz_info("leader is %s (term %llu), raft %s, http %s, grpc %s", l.id,
-                (unsigned long long)l.term, l.addr, l.http_addr, l.grpc_addr);
+    if (changed && log_ok(m)) {
+        char a[PZ_ESCAPED_MAX], h[PZ_ESCAPED_MAX], g[PZ_ESCAPED_MAX];
+        pz_info("leader is %s (term %llu), raft %s, http %s, grpc %s",
+                ESC(id, l.id), (unsigned long long)l.term, ESC(a, l.addr),
+                ESC(h, l.http_addr), ESC(g, l.grpc_addr));
+    }
     send_204(mc, close);
 }
 
@@ -690,6 +1004,7 @@ static void post_join(struct mandi_conn *mc, const struct http_req *req,
     size_t blen;
     const char *body = body_of(req, &blen);
     if (mandi_parse_join(body, blen, &j, why, sizeof why) < 0) {
+        refused(mc, "POST /join-requests", why);
         send_text(mc, 400, why, close);
         return;
     }
@@ -700,15 +1015,20 @@ static void post_join(struct mandi_conn *mc, const struct http_req *req,
         pz_queue_remove(&e->q); /* a repeat replaces, and moves last */
     } else {
         if (m->n_joins >= m->o.max_joins) {
-            pz_warn("refused join request of %s: %zu pending "
-                    "(mandi-max-join-requests)",
-                    j.id, m->n_joins);
+            char id[PZ_ESCAPED_MAX];
+            if (log_ok(m))
+                pz_warn("refused join request of %s: %zu pending "
+                        "(mandi-max-join-requests)",
+                        ESC(id, j.id), m->n_joins);
             send_text(mc, 503, "too many join requests", close);
             return;
         }
         e = pz_malloc(sizeof *e);
         m->n_joins++;
-        pz_info("join request from %s at %s", j.id, j.addr);
+        char id[PZ_ESCAPED_MAX], a[PZ_ESCAPED_MAX];
+        if (log_ok(m))
+            pz_info("join request from %s at %s", ESC(id, j.id),
+                    ESC(a, j.addr));
     }
     wall_clock(j.started_at, sizeof j.started_at);
     e->j = j;
@@ -726,12 +1046,24 @@ static void delete_join(struct mandi_conn *mc, const struct http_req *req,
     int rv = http_query_get(req->url.data, req->url.len, "id", &id, &len);
     if (rv <= 0 || len == 0 || memchr(id, '\0', len)) {
         pz_free(id);
+        refused(mc, "DELETE /join-requests", "missing id");
         send_text(mc, 400, "missing id", close);
+        return;
+    }
+    const char *problem = text_problem(id, len);
+    if (problem) {
+        char why[64];
+        snprintf(why, sizeof why, "'id' %s", problem);
+        pz_free(id);
+        refused(mc, "DELETE /join-requests", why);
+        send_text(mc, 400, why, close);
         return;
     }
     struct join_entry *e = find_join(m, id);
     if (e) {
-        pz_info("join request of %s deleted", e->j.id);
+        char eid[PZ_ESCAPED_MAX];
+        if (log_ok(m))
+            pz_info("join request of %s deleted", ESC(eid, e->j.id));
         drop_join(m, e);
     }
     pz_free(id);
@@ -751,8 +1083,9 @@ static void method_not_allowed(struct mandi_conn *mc, const char *allow,
     send_reply(mc, &r);
 }
 
-static void unauthorized(struct mandi_conn *mc, bool close)
+static void unauthorized(struct mandi_conn *mc, const char *what, bool close)
 {
+    refused(mc, what, "unauthorized");
     char body[] = "unauthorized\n";
     struct reply r = {.status = 401,
                       .ctype = "text/plain; charset=utf-8",
@@ -780,7 +1113,7 @@ static void dispatch(struct mandi_conn *mc)
         else if (req->method != HTTP_PUT)
             method_not_allowed(mc, "GET, PUT", close);
         else if (!authorized(m, req))
-            unauthorized(mc, close);
+            unauthorized(mc, "PUT /leader", close);
         else
             put_leader(mc, req, close);
     } else if (strcmp(path.data, "/join-requests") == 0) {
@@ -789,7 +1122,10 @@ static void dispatch(struct mandi_conn *mc)
         else if (req->method != HTTP_POST && req->method != HTTP_DELETE)
             method_not_allowed(mc, "GET, POST, DELETE", close);
         else if (!authorized(m, req))
-            unauthorized(mc, close);
+            unauthorized(mc,
+                         req->method == HTTP_POST ? "POST /join-requests"
+                                                  : "DELETE /join-requests",
+                         close);
         else if (req->method == HTTP_POST)
             post_join(mc, req, close);
         else

@@ -7,12 +7,17 @@
  * POST/GET/DELETE /join-requests), with these additions:
  *   - PUT /leader with a lower term than the leader held (and not yet
  *     expired) gets 409 `stale term`: a deposed leader cannot overwrite its
- *     successor. An equal or higher term replaces.
+ *     successor. An equal or higher term replaces. A term far above any
+ *     recent one gets 400 `implausible term ...` (the term rule below).
  *   - With a token, PUT /leader and POST/DELETE /join-requests need
  *     `Authorization: Bearer <token>` (401 `unauthorized`); GETs stay open.
  *   - Join requests may carry `http_addr` and `grpc_addr` (optional
  *     strings, returned as "" when not given); their number is capped (503
  *     `too many join requests`).
+ *   - Ids must be printable text and addresses must look like host:port
+ *     (400 with the reason, see the parsers); a join request needs `addr`.
+ *     What a client sends never reaches the log unescaped (pz_escape), and
+ *     the lines requests trigger are rate-limited (mandi_loglimit).
  *
  * This header also holds the JSON codec of LeaderInfo and join requests,
  * shared with the nodes' client (mandi_client.h). */
@@ -54,15 +59,32 @@ struct mandi_join {
  * Parsers read one JSON object (strict syntax), take the members they know
  * and ignore the others; a member that is null counts as absent (as in the
  * original Go program). `term` must be a non-negative integer up to
- * 2^64 - 1, read exactly. Return 0, or PZ_EINVAL with one line in why (the
- * body of mandi's 400): "invalid JSON", "missing id", "id too long",
- * "'addr' must be a string", "'term' must be an unsigned integer", ... The
- * timestamps are read too when present (a client reading mandi's answer);
- * mandi overwrites them. */
+ * 2^64 - 1, read exactly. The id is printable text: valid UTF-8 without
+ * control characters (C0, DEL, C1), line or paragraph separators or
+ * bidirectional marks. Each address, when given, is host:port, [v6]:port
+ * or :port with a port from 1 to 65535, the host made of letters, digits,
+ * '.', '-' and '_' (or an IPv6 address); a join request must give `addr`.
+ * Return 0, or PZ_EINVAL with one line in why (the body of mandi's 400):
+ * "invalid JSON", "missing id", "id too long", "'addr' must be a string",
+ * "'id' holds a control character", "'id' is not valid UTF-8", "'addr'
+ * must be host:port", "missing addr", "'term' must be an unsigned
+ * integer", ... The timestamps are read too when present (a client
+ * reading mandi's answer), as "" when too long or not printable; mandi
+ * overwrites them. */
 int mandi_parse_leader(const char *doc, size_t len, struct mandi_leader *out,
                        char *why, size_t whylen);
 int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
                      char *why, size_t whylen);
+/* GET /join-requests' answer, a JSON array of join requests, as a client
+ * reads it: the first max entries that pass mandi_parse_join() go to *out
+ * in order (pz_malloc'ed, NULL when none: pz_free it), their number to
+ * *n; *invalid counts the entries that do not pass, *over the valid ones
+ * past max. The document is scanned, never built into a tree, so a large
+ * answer costs no more memory than max entries. Returns 0, or PZ_EINVAL
+ * (nothing allocated) when doc is not a JSON array. */
+int mandi_parse_joins(const char *doc, size_t len, size_t max,
+                      struct mandi_join **out, size_t *n, size_t *invalid,
+                      size_t *over);
 /* Append the JSON object (no newline). with_time adds updated_at /
  * started_at (mandi's answers); clients leave it out. The term is written
  * as an exact integer. */
@@ -76,6 +98,81 @@ void mandi_join_to_json(const struct mandi_join *j, bool with_time,
  * document is not a well-formed object. */
 int mandi_json_u64(const char *doc, size_t len, const char *name,
                    uint64_t *out);
+
+/* --- the term rule (pure) -------------------------------------------------
+ * Mandi is not in the cluster and cannot check a term; it can refuse what
+ * no real cluster produces. Terms grow by one per election, and an
+ * election takes at least an election timeout (30 ms at the least that
+ * can be configured). So:
+ *  1. Mandi remembers the highest term it accepted (hi) and when a PUT
+ *     last carried it, also after the leader entry expires. Only when no
+ *     PUT has carried hi for MANDI_TERM_MEMORY_MS does the next accepted
+ *     lower term replace it (an absurd term nobody refreshes stops
+ *     counting).
+ *  2. A PUT above hi + MANDI_TERM_JUMP + one term per MANDI_TERM_GROWTH_MS
+ *     since hi was last carried is refused (400 `implausible term`). The
+ *     allowance grows with silence, far faster than elections can, so a
+ *     cluster that went through many elections while it could not reach
+ *     mandi is never refused; the jump covers elections between two PUTs.
+ *  3. With nothing remembered (mandi just started) any term is accepted: a
+ *     restarted mandi must take the real leader's term, however high.
+ *  4. A PUT below the live leader's term is stale (409) only when it is
+ *     within MANDI_TERM_JUMP of it. A live term more than that above a
+ *     PUT is not plausible (a deposed leader trails its successor by a few
+ *     terms, and steps down within an election timeout): the PUT replaces
+ *     it. So an absurd term taken while mandi knew nothing cannot lock the
+ *     real leader out: its next PUT wins.
+ * What this leaves an attacker without the cluster token: it can still
+ * publish a fake leader at the current term or up to the ceiling (GET
+ * /leader tells it the term) and refresh it. A higher term keeps the real
+ * leader out (409) as long as it refreshes, until the cluster's own term
+ * passes it; an equal term, or any term just after a restart, alternates
+ * with the real leader's PUTs. Only the token stops forgery. */
+#define MANDI_TERM_JUMP 1000                   /* terms above hi, at once */
+#define MANDI_TERM_GROWTH_MS 1                 /* one more term per this */
+#define MANDI_TERM_MEMORY_MS (10u * 60 * 1000) /* hi unconfirmed this long */
+
+struct mandi_terms {
+    bool known;     /* a term was accepted since mandi started */
+    uint64_t hi;    /* the highest term accepted recently */
+    uint64_t hi_at; /* ms: when an accepted PUT last carried hi */
+};
+
+enum mandi_term_verdict {
+    MANDI_TERM_OK,          /* store the PUT */
+    MANDI_TERM_DISPUTED,    /* store it: the live leader's term is more than
+                               MANDI_TERM_JUMP above, not plausible (rule 4) */
+    MANDI_TERM_STALE,       /* 409: below the live leader's term (rule 4) */
+    MANDI_TERM_IMPLAUSIBLE, /* 400: above mandi_term_ceiling() (rule 2) */
+};
+
+/* The highest term a PUT may carry at now (ms): UINT64_MAX when nothing
+ * is known. Saturates rather than wraps. */
+uint64_t mandi_term_ceiling(const struct mandi_terms *t, uint64_t now);
+/* The verdict on a PUT of term at now; live: a leader is held and has not
+ * expired, with live_term. Changes nothing. */
+enum mandi_term_verdict mandi_term_check(const struct mandi_terms *t, bool live,
+                                         uint64_t live_term, uint64_t term,
+                                         uint64_t now);
+/* Record an accepted PUT of term at now (rule 1). */
+void mandi_term_accept(struct mandi_terms *t, uint64_t term, uint64_t now);
+
+/* --- log lines that the network can trigger ------------------------------
+ * A client (or, for a node, a broken mandi) can make a line happen as
+ * often as it likes: such lines go through a limit of `burst` lines per
+ * `window_ms`. Untrusted text in them goes through pz_escape(). */
+struct mandi_loglimit {
+    uint64_t start;   /* ms: when the current window began */
+    unsigned used;    /* lines let through in it */
+    unsigned dropped; /* lines held back since the last one let through */
+};
+
+/* May a line be written at now (ms)? On true, *dropped is the number of
+ * lines held back before this one (say so in, or before, the line) and
+ * the count restarts; on false, *dropped is 0 and this line is counted.
+ * A zeroed struct is ready for use. Pure. */
+bool mandi_loglimit(struct mandi_loglimit *l, uint64_t now, uint64_t window_ms,
+                    unsigned burst, unsigned *dropped);
 
 /* --- the server -------------------------------------------------------- */
 

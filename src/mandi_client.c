@@ -16,19 +16,32 @@
  * dropped (mandi is stuck or slow) and the others move to a new one. A
  * malformed response fails the oldest request with PZ_EPROTO and drops the
  * connection the same way. A cancelled request that was already written
- * stays queued without a callback so that later answers still match. */
+ * stays queued without a callback so that later answers still match.
+ *
+ * Whatever answers may be hostile or broken: the status line and headers
+ * are capped at MAX_HEAD bytes and the body at MAX_RESPONSE (an announced
+ * Content-Length over it fails at once), interim 1xx answers are skipped,
+ * the join list is scanned rather than built into a JSON tree and capped
+ * at MAX_JOINS, and ids and addresses pass mandi's own rules (mandi.h)
+ * or are left out. Text from the answer reaches the caller and the log
+ * only escaped (pz_escape), and the warnings are rate-limited. */
 #include "mandi_client.h"
 
-#include <cJSON.h>
 #include <llhttp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "conn.h"
 #include "log.h"
 
-#define MAX_ATTEMPTS 2                   /* connections a request is sent on */
-#define MAX_RESPONSE (16u * 1024 * 1024) /* larger answers are not mandi's */
+#define MAX_ATTEMPTS 2                  /* connections a request is sent on */
+#define MAX_RESPONSE (4u * 1024 * 1024) /* larger bodies are not mandi's */
+#define MAX_HEAD (16u * 1024)           /* status line and headers */
+#define MAX_JOINS 1024                  /* join requests taken per answer */
+#define KEEP_BODY (64u * 1024)          /* buffer kept between answers */
+#define WARN_BURST 5                    /* warnings per window... */
+#define WARN_WINDOW_MS 60000            /* ...of this length */
 
 enum req_kind {
     K_PUT_LEADER,
@@ -60,6 +73,9 @@ struct mandi_client {
     llhttp_t parser;             /* responses on c */
     llhttp_settings_t settings;  /* its callbacks */
     struct pz_buf body;          /* body of the response being read */
+    size_t head_bytes;           /* its status line and headers so far */
+    const char *why;             /* set by a callback that stops llhttp */
+    struct mandi_loglimit warns; /* rate of the warnings below */
     struct pz_queue reqs;        /* struct mreq, oldest first */
     size_t n_live;               /* requests with a callback due */
     uint64_t next_id;            /* last id handed out */
@@ -67,6 +83,30 @@ struct mandi_client {
     int dial_err;                /* conn_connect failed at once */
     bool freeing;                /* mandi_client_free ran */
 };
+
+/* A warning about what mandi did, rate-limited (WARN_BURST per
+ * WARN_WINDOW_MS): a broken mandi answers every request the same way. The
+ * format's arguments never hold text from mandi, only escaped copies. */
+static void warn(struct mandi_client *mc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void warn(struct mandi_client *mc, const char *fmt, ...)
+{
+    unsigned dropped;
+    if (!mandi_loglimit(&mc->warns, uv_now(mc->loop), WARN_WINDOW_MS,
+                        WARN_BURST, &dropped))
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (dropped)
+        pz_warn("mandi at %s: %s (and %u similar warnings not logged)",
+                mc->addr, msg, dropped);
+    else
+        pz_warn("mandi at %s: %s", mc->addr, msg);
+}
 
 static void free_req(struct mreq *r)
 {
@@ -142,6 +182,7 @@ static void send_pending(struct mandi_client *mc)
     if (mc->c == NULL) {
         llhttp_init(&mc->parser, HTTP_RESPONSE, &mc->settings);
         pz_buf_reset(&mc->body);
+        mc->why = NULL;
         mc->c = conn_connect(mc->addr, &client_ops, mc, on_connect);
         if (mc->c == NULL) {
             mc->dial_err = PZ_EINVAL; /* reported from the timer */
@@ -238,7 +279,10 @@ static void on_data(struct conn *c, const char *data, size_t len)
     llhttp_errno_t e = llhttp_execute(&mc->parser, data, len);
     if (mc->freeing || c->proto != mc || e == HPE_OK)
         return;
-    pz_warn("mandi at %s: bad response (%s)", mc->addr, llhttp_errno_name(e));
+    /* Reasons are ours or llhttp's: constant strings. */
+    warn(mc, "bad response (%s)",
+         mc->why ? mc->why : llhttp_get_error_reason(&mc->parser));
+    mc->why = NULL;
     struct pz_queue done;
     pz_queue_init(&done);
     drop_conn(mc, PZ_EPROTO, &done);
@@ -256,45 +300,43 @@ static struct mandi_client *mc_of(llhttp_t *p)
     return container_of(p, struct mandi_client, parser);
 }
 
-static int on_body(llhttp_t *p, const char *at, size_t n)
+static int on_message_begin(llhttp_t *p)
 {
     struct mandi_client *mc = mc_of(p);
-    if (mc->body.len + n > MAX_RESPONSE)
-        return -1;
-    pz_buf_append(&mc->body, at, n);
+    mc->head_bytes = 0;
+    pz_buf_reset(&mc->body);
     return 0;
 }
 
-static int parse_joins(const char *doc, size_t len, struct mandi_join **out,
-                       size_t *n)
+/* Status line and header bytes, whatever callback they come through. */
+static int count_head(llhttp_t *p, const char *at, size_t n)
 {
-    *out = NULL;
-    *n = 0;
-    cJSON *a = cJSON_ParseWithLength(doc, len);
-    if (a == NULL || !cJSON_IsArray(a)) {
-        cJSON_Delete(a);
-        return PZ_EPROTO;
+    PZ_UNUSED(at);
+    struct mandi_client *mc = mc_of(p);
+    mc->head_bytes += n;
+    if (mc->head_bytes <= MAX_HEAD)
+        return 0;
+    mc->why = "status line and headers over 16 KiB";
+    return -1;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > MAX_RESPONSE) {
+        mc_of(p)->why = "Content-Length over 4 MiB";
+        return -1;
     }
-    int count = cJSON_GetArraySize(a), i = 0;
-    struct mandi_join *js = count ? pz_calloc((size_t)count, sizeof *js) : NULL;
-    char why[128];
-    const cJSON *item;
-    cJSON_ArrayForEach(item, a)
-    {
-        char *s = cJSON_PrintUnformatted(item);
-        int rv = s ? mandi_parse_join(s, strlen(s), &js[i], why, sizeof why)
-                   : PZ_ENOMEM;
-        cJSON_free(s);
-        if (rv < 0) {
-            pz_free(js);
-            cJSON_Delete(a);
-            return PZ_EPROTO;
-        }
-        i++;
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    struct mandi_client *mc = mc_of(p);
+    if (mc->body.len + n > MAX_RESPONSE) {
+        mc->why = "body over 4 MiB";
+        return -1;
     }
-    cJSON_Delete(a);
-    *out = js;
-    *n = (size_t)count;
+    pz_buf_append(&mc->body, at, n);
     return 0;
 }
 
@@ -302,33 +344,57 @@ static int on_message_complete(llhttp_t *p)
 {
     struct mandi_client *mc = mc_of(p);
     struct mreq *r = head(mc);
-    if (mc->freeing || r == NULL || !r->written)
-        return -1; /* an answer nobody asked for */
+    int status = llhttp_get_status_code(p);
+    if (mc->freeing || r == NULL || !r->written) {
+        mc->why = "an answer to no request";
+        return -1;
+    }
+    if (status < 100 || status > 599 || status == 101) {
+        mc->why = "a status mandi never sends";
+        return -1;
+    }
+    if (status <= 199)
+        return 0; /* interim: the answer follows */
     pz_queue_remove(&r->q);
     struct mandi_leader leader;
     struct mandi_join *joins = NULL;
-    char message[128] = "";
-    struct mandi_result res = {.http_status = llhttp_get_status_code(p),
-                               .message = message};
+    char message[PZ_ESCAPED_MAX] = "";
+    struct mandi_result res = {.http_status = status, .message = message};
     const char *body = mc->body.data ? mc->body.data : "";
     char why[128];
-    if (res.http_status == 200 && r->kind == K_GET_LEADER) {
-        if (mandi_parse_leader(body, mc->body.len, &leader, why, sizeof why))
+    if (status == 200 && r->kind == K_GET_LEADER) {
+        if (mandi_parse_leader(body, mc->body.len, &leader, why, sizeof why)) {
+            warn(mc, "its leader is not valid: %s", why);
             res.err = PZ_EPROTO;
-        else
+        } else {
             res.leader = &leader;
-    } else if (res.http_status == 200 && r->kind == K_GET_JOINS) {
-        if (parse_joins(body, mc->body.len, &joins, &res.n_joins) < 0)
+        }
+    } else if (status == 200 && r->kind == K_GET_JOINS) {
+        size_t invalid, over;
+        if (mandi_parse_joins(body, mc->body.len, MAX_JOINS, &joins,
+                              &res.n_joins, &invalid, &over) < 0) {
+            warn(mc, "its join requests are not a JSON array");
             res.err = PZ_EPROTO;
-        else
+        } else {
             res.joins = joins;
-    } else if (res.http_status < 200 || res.http_status > 299) {
-        size_t n = strcspn(body, "\r\n");
-        snprintf(message, sizeof message, "%.*s", (int)PZ_MIN(n, 127), body);
+            if (invalid)
+                warn(mc, "ignored %zu join requests that are not valid",
+                     invalid);
+            if (over)
+                warn(mc, "ignored %zu join requests past the first %d", over,
+                     MAX_JOINS);
+        }
+    } else if (status < 200 || status > 299) {
+        /* The first line, escaped and cut (body is NUL-terminated). */
+        size_t n = PZ_MIN(strcspn(body, "\r\n"), sizeof message);
+        pz_escape(message, sizeof message, body, n);
     }
     if (res.err)
         res.http_status = 0;
-    pz_buf_reset(&mc->body);
+    if (mc->body.cap > KEEP_BODY)
+        pz_buf_free(&mc->body);
+    else
+        pz_buf_reset(&mc->body);
     arm(mc);
     if (r->cb) {
         mc->n_live--;
@@ -358,8 +424,7 @@ static void on_timer(uv_timer_t *t)
         finish_req(mc, r, PZ_ETIMEDOUT, &done);
     }
     if (stuck && mc->c) {
-        pz_warn("mandi at %s: no answer in %llu ms", mc->addr,
-                (unsigned long long)mc->timeout_ms);
+        warn(mc, "no answer in %llu ms", (unsigned long long)mc->timeout_ms);
         drop_conn(mc, 0, &done);
     }
     arm(mc);
@@ -411,6 +476,11 @@ struct mandi_client *mandi_client_new(uv_loop_t *loop, const char *url,
     mc->token = token && token[0] ? pz_strdup(token) : NULL;
     mc->timeout_ms = timeout_ms;
     llhttp_settings_init(&mc->settings);
+    mc->settings.on_message_begin = on_message_begin;
+    mc->settings.on_status = count_head;
+    mc->settings.on_header_field = count_head;
+    mc->settings.on_header_value = count_head;
+    mc->settings.on_headers_complete = on_headers_complete;
     mc->settings.on_body = on_body;
     mc->settings.on_message_complete = on_message_complete;
     pz_buf_init(&mc->body);

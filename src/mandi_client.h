@@ -16,13 +16,20 @@
  *   - PZ_EIO: the connection was lost twice with the request unanswered
  *     (a request written on a connection that breaks is sent once more on
  *     a new one: every mandi request is idempotent);
- *   - PZ_EPROTO: the answer was malformed (bad HTTP, or a 200 whose JSON
- *     does not parse);
+ *   - PZ_EPROTO: the answer was malformed: bad HTTP, a status line and
+ *     headers over 16 KiB, a body over 4 MiB, a status mandi never sends
+ *     (1xx answers are skipped), a 200 whose LeaderInfo fails
+ *     mandi_parse_leader() or whose join list is not a JSON array;
  *   - PZ_ECANCELED: mandi_client_free() ran with the request pending.
  * The result and everything it points to are valid during the callback
  * only. A callback may make new requests and may cancel others; it may
  * call mandi_client_free() too (the rest of the pending callbacks then run
  * with PZ_ECANCELED).
+ *
+ * Nothing mandi says is trusted: what reaches the caller passed mandi's
+ * own rules (ids printable, addresses host:port: mandi.h) or was left out,
+ * and text is escaped. Problems with mandi's answers are logged as
+ * warnings, at most 5 a minute per client.
  *
  * The loop must flush connections (conn_before_sleep() from its prepare
  * hook, conn_setup() done), as the server's loop does. */
@@ -40,12 +47,16 @@ struct mandi_result {
     int err;         /* 0: mandi answered; < 0: see above */
     int http_status; /* mandi's status when err == 0, else 0 */
     /* First line of the body of a non-2xx answer ("stale term",
-     * "unauthorized", "leader not available"), "" otherwise. */
+     * "unauthorized", "leader not available"), "" otherwise; escaped with
+     * pz_escape() (printable ASCII, safe to log) and cut to fewer than
+     * PZ_ESCAPED_MAX characters. */
     const char *message;
     /* mandi_get_leader with status 200: the LeaderInfo; NULL otherwise. */
     const struct mandi_leader *leader;
     /* mandi_get_joins with status 200: the pending join requests, oldest
-     * first (joins may be NULL when n_joins is 0). */
+     * first (joins may be NULL when n_joins is 0). Entries that fail
+     * mandi_parse_join() are left out, and only the first 1024 valid ones
+     * are given (both with a warning). */
     const struct mandi_join *joins;
     size_t n_joins; /* entries in joins */
 };

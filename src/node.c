@@ -121,6 +121,7 @@ struct node {
     struct xfer *xfers;          /* snapshots being sent to followers */
     struct snapshot_receiver *rx;/* snapshot being received */
     uint64_t rx_from, rx_index, rx_term; /* what rx receives, from whom */
+    uint64_t rx_total;           /* its announced size */
     uint64_t rx_leader_term;     /* the term its leader sends it in */
     uint64_t rx_last_ms;         /* uv_now() of its last chunk */
     uint64_t got_index, got_term;/* verified received file, not installed */
@@ -1242,6 +1243,14 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
     rv = restore(err, errlen);
     if (rv < 0)
         goto err_after_store;
+    /* What a crash left of interrupted snapshot writes and transfers. */
+    size_t stale = 0;
+    char serr[SNAPSHOT_ERRMSG_SIZE];
+    if (snapshot_remove_temp(cfg->raft_data, &stale, serr, sizeof serr) < 0)
+        pz_warn("cannot remove temporary snapshot files: %s", serr);
+    else if (stale > 0)
+        pz_info("removed %zu temporary snapshot file%s left by a crash",
+                stale, stale == 1 ? "" : "s");
     if (rv == 1) { /* no state yet */
         if (cfg->initial_cluster[0] || cfg->raft_bootstrap) {
             rv = bootstrap(err, errlen);
@@ -1478,10 +1487,13 @@ static void on_joins(const struct mandi_result *res, void *data)
         };
         int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
         pz_free(meta);
+        char eid[PZ_ESCAPED_MAX], eaddr[PZ_ESCAPED_MAX];
+        pz_escape(eid, sizeof eid, j->id, strlen(j->id));
+        pz_escape(eaddr, sizeof eaddr, j->addr, strlen(j->addr));
         if (rv == 0)
-            pz_info("adding %s (%s) as a non-voter", j->id, j->addr);
+            pz_info("adding %s (%s) as a non-voter", eid, eaddr);
         else if (rv != PZ_EBUSY)
-            pz_warn("cannot add %s: %s", j->id, pz_strerror(rv));
+            pz_warn("cannot add %s: %s", eid, pz_strerror(rv));
         proposed = true;
     }
 }
@@ -1867,30 +1879,26 @@ static void rx_abort(void)
     node.rx = NULL;
 }
 
-/* Why a snapshot of total bytes cannot be received, or NULL. */
-static const char *rx_too_big(uint64_t total, char *why, size_t len)
+static uint64_t rx_max_size(void)
 {
     uint64_t cap = (uint64_t)node.cfg->raft_snapshot_max_size;
-    if (cap == 0)
-        cap = PZ_MAX(RX_AUTO_MIN, 4 * (uint64_t)kv_bytes(node.kv));
-    if (total > cap) {
-        snprintf(why, len,
-                 "%llu bytes is over raft-snapshot-max-size (%llu)",
-                 (unsigned long long)total, (unsigned long long)cap);
-        return why;
-    }
+    return cap ? cap : PZ_MAX(RX_AUTO_MIN, 4 * (uint64_t)kv_bytes(node.kv));
+}
+
+/* Whether total more bytes fit on the data directory's disk, keeping
+ * RX_DISK_RESERVE free; why not in why. */
+static bool rx_fits_disk(uint64_t total, char *why, size_t len)
+{
     struct statvfs vfs;
-    if (statvfs(node.cfg->raft_data, &vfs) == 0) {
-        uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
-        if (total + RX_DISK_RESERVE > avail) {
-            snprintf(why, len,
-                     "%llu bytes do not fit in the %llu bytes free in %s",
-                     (unsigned long long)total, (unsigned long long)avail,
-                     node.cfg->raft_data);
-            return why;
-        }
-    }
-    return NULL;
+    if (statvfs(node.cfg->raft_data, &vfs) != 0)
+        return true; /* cannot tell: the writes will say */
+    uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    if (total + RX_DISK_RESERVE <= avail)
+        return true;
+    snprintf(why, len, "%llu bytes do not fit in the %llu bytes free in %s",
+             (unsigned long long)total, (unsigned long long)avail,
+             node.cfg->raft_data);
+    return false;
 }
 
 static const char *on_chunk(void *data, uint64_t from,
@@ -1902,26 +1910,42 @@ static const char *on_chunk(void *data, uint64_t from,
         return NULL;
     struct raft_status rs;
     raft_status(node.raft, &rs);
-    if (from != rs.leader || c->term != rs.term || rs.leader == node.id) {
-        /* Not the leader we follow, or not in our term: a stale leader's
-         * transfer, never applied. */
+    struct snapshot_rx_view v = {
+        .self = node.id,
+        .leader = rs.leader,
+        .term = rs.term,
+        .commit = rs.commit,
+        .receiving = node.rx != NULL,
+        .rx_from = node.rx_from,
+        .rx_index = node.rx_index,
+        .rx_term = node.rx_term,
+        .rx_offset = node.rx ? snapshot_receiver_offset(node.rx) : 0,
+        .rx_total = node.rx_total,
+        .have_index = node.got_kv ? node.got_index : 0,
+        .have_term = node.got_kv ? node.got_term : 0,
+        .max_size = rx_max_size(),
+    };
+    switch (snapshot_rx_decide(&v, from, c)) {
+    case SNAPSHOT_RX_INVALID:
+        return "snapshot chunk with an impossible index, term, size or "
+               "offset";
+    case SNAPSHOT_RX_STALE:
         if (node.rx && node.rx_from == from)
             rx_abort();
         return NULL;
-    }
-    if (c->snap_index == 0 || c->snap_term == 0 || c->snap_term > c->term)
-        return "snapshot chunk with an impossible index or term";
-    if (c->offset == 0) {
+    case SNAPSHOT_RX_TOO_BIG:
         rx_abort();
-        if (c->snap_index <= rs.commit)
-            return NULL; /* we have all it covers: the leader learns so */
-        if (node.got_kv && c->snap_index == node.got_index &&
-            c->snap_term == node.got_term)
-            return NULL; /* here already, waiting for the message */
-        char why[256];
-        if (rx_too_big(c->total, why, sizeof why) != NULL) {
+        pz_warn("refusing snapshot %llu from the leader: %llu bytes is over "
+                "raft-snapshot-max-size (%llu)",
+                (unsigned long long)c->snap_index,
+                (unsigned long long)c->total,
+                (unsigned long long)v.max_size);
+        return NULL;
+    case SNAPSHOT_RX_BEGIN:
+        rx_abort();
+        if (!rx_fits_disk(c->total, err, sizeof err)) {
             pz_warn("refusing snapshot %llu from the leader: %s",
-                    (unsigned long long)c->snap_index, why);
+                    (unsigned long long)c->snap_index, err);
             return NULL;
         }
         if (snapshot_receiver_begin(node.cfg->raft_data, c->snap_index,
@@ -1934,14 +1958,17 @@ static const char *on_chunk(void *data, uint64_t from,
         node.rx_from = from;
         node.rx_index = c->snap_index;
         node.rx_term = c->snap_term;
+        node.rx_total = c->total;
         node.rx_leader_term = c->term;
         pz_info("receiving snapshot at index %llu (%llu bytes)",
                 (unsigned long long)c->snap_index,
                 (unsigned long long)c->total);
+        break;
+    case SNAPSHOT_RX_WRITE:
+        break;
+    default:
+        return NULL;
     }
-    if (node.rx == NULL || c->snap_index != node.rx_index ||
-        c->snap_term != node.rx_term)
-        return NULL; /* the rest of a transfer we gave up on */
     node.rx_last_ms = uv_now(node.loop);
     if (snapshot_receiver_write(node.rx, c->offset, c->data, c->len, err,
                                 sizeof err) < 0) {
@@ -1991,15 +2018,17 @@ static void rx_check(void)
     struct raft_status rs;
     raft_status(node.raft, &rs);
     bool moved = rs.leader != node.rx_from || rs.term != node.rx_leader_term;
-    if (node.got_kv && node.rx == NULL && moved) {
-        /* Received whole, but its leader is gone before installing it:
-         * the memory goes now (the file at the next prune). */
+    bool idle = uv_now(node.loop) - node.rx_last_ms > RX_IDLE_MS;
+    if (node.got_kv && node.rx == NULL && (moved || idle)) {
+        /* Received whole, but its leader moved on or never sent the
+         * message that installs it: the memory goes now (the file at the
+         * next prune). */
         got_drop();
         return;
     }
     if (node.rx == NULL)
         return;
-    if (moved || uv_now(node.loop) - node.rx_last_ms > RX_IDLE_MS) {
+    if (moved || idle) {
         pz_info("snapshot %llu: %s; dropping the transfer",
                 (unsigned long long)node.rx_index,
                 moved ? "the leader changed" : "no data for 30 s");

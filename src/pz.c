@@ -1,5 +1,6 @@
 /* pz.c - allocation with an abort-on-OOM policy and a fault injector, the
- * growable buffer, hashing and small parsing helpers. Pure. */
+ * growable buffer, hashing, small parsing helpers and the escaping of
+ * untrusted bytes for logs. Pure. */
 #include "pz.h"
 
 #include <errno.h>
@@ -198,6 +199,58 @@ int pz_split_hostport(const char *s, char *host, size_t hostlen, int *port)
     }
     *port = (int)p;
     return 0;
+}
+
+char *pz_escape(char *dst, size_t dstlen, const void *src, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = src;
+    size_t o = 0, cut = 0, cap;
+    pz_assert(dstlen >= 4);
+    cap = dstlen - 1; /* characters, without the NUL */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = s[i];
+        char e[4];
+        size_t el = 2;
+        e[0] = '\\';
+        switch (ch) {
+        case '\\':
+        case '"':
+            e[1] = (char)ch;
+            break;
+        case '\n':
+            e[1] = 'n';
+            break;
+        case '\r':
+            e[1] = 'r';
+            break;
+        case '\t':
+            e[1] = 't';
+            break;
+        default:
+            if (ch >= 0x20 && ch < 0x7f) {
+                e[0] = (char)ch;
+                el = 1;
+            } else {
+                e[1] = 'x';
+                e[2] = hex[ch >> 4];
+                e[3] = hex[ch & 15];
+                el = 4;
+            }
+        }
+        if (o + el > cap) {
+            /* Cut at the last boundary that leaves room for "...". */
+            memcpy(dst + cut, "...", 3);
+            dst[cut + 3] = '\0';
+            return dst;
+        }
+        memcpy(dst + o, e, el);
+        o += el;
+        if (o + 3 <= cap)
+            cut = o;
+    }
+    dst[o] = '\0';
+    return dst;
 }
 
 static inline uint64_t mix(uint64_t a, uint64_t b)

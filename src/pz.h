@@ -94,6 +94,23 @@ static inline uint64_t pz_get_u64(const uint8_t *p)
  * host into buf (NUL-terminated) and the port. Returns 0 or PZ_EINVAL. */
 int pz_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 
+/* Untrusted bytes (ids, addresses, keys, anything a peer or client sent)
+ * made safe for a log line: s[0..n) rendered as printable ASCII into dst,
+ * always NUL-terminated. Bytes 0x20-0x7e stay as they are, except '\\' and
+ * '"', which become \\ and \"; newline, carriage return and tab become \n,
+ * \r and \t; every other byte (other controls, DEL, each byte of a UTF-8
+ * sequence) becomes \xHH. So a value cannot end a log line early, start a
+ * forged one, or send escape sequences to a terminal, and the escaping can
+ * be undone by a reader. When the result does not fit in dstlen - 1
+ * characters it is cut at a whole escape and ends with "...". dstlen must
+ * be at least 4; s may be NULL when n is 0. Returns dst, so a call can be a
+ * printf argument:
+ *     char e[PZ_ESCAPED_MAX];
+ *     pz_warn("refused %s", pz_escape(e, sizeof e, id, strlen(id)));
+ * Pure: no allocation. */
+#define PZ_ESCAPED_MAX 128 /* a dst size that keeps one value short */
+char *pz_escape(char *dst, size_t dstlen, const void *s, size_t n);
+
 /* 64-bit hash (SipHash-1-3 style keyed hash is overkill here: we use
  * a seeded wyhash-like mix; seed fixed per table). */
 uint64_t pz_hash(const void *p, size_t n, uint64_t seed);

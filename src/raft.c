@@ -1256,7 +1256,8 @@ static void handle_append(struct raft *r, const struct raft_msg *m)
          * committed, so they match any current leader's log (Leader
          * Completeness). Skip them. */
         size_t skip = (size_t)PZ_MIN(r->log.offset - prev, (uint64_t)n);
-        ents += skip;
+        if (skip > 0) /* ents may be NULL with n == 0 (no NULL + 0) */
+            ents += skip;
         n -= skip;
         prev += skip;
         if (prev < r->log.offset) {

@@ -23,13 +23,14 @@
 #include "node.h"
 
 #define SHUTDOWN_GRACE_MS 5000
+#define CRON_MS 250 /* connection housekeeping: deadlines fire this late */
 
 struct server {
     uv_loop_t loop;                  /* the one loop */
     const struct pz_config *cfg;     /* borrowed from main */
     uv_prepare_t prepare;            /* before-sleep hook */
     uv_idle_t idle;                  /* keeps poll from blocking */
-    uv_timer_t cron;                 /* 1 s housekeeping */
+    uv_timer_t cron;                 /* CRON_MS housekeeping */
     uv_timer_t grace;                /* shutdown deadline */
     uv_signal_t sigint, sigterm;     /* shutdown requests */
     struct conn_listener http;       /* HTTP API */
@@ -160,6 +161,7 @@ int server_run(const struct pz_config *cfg)
         .high_water = (size_t)cfg->conn_high_water,
         .hard_limit = (size_t)cfg->conn_hard_limit,
         .idle_timeout = (uint64_t)cfg->client_idle_timeout_ms,
+        .max_partial_input = (size_t)cfg->max_partial_input,
     };
     conn_setup(&srv.loop, &lim);
     uv_prepare_init(&srv.loop, &srv.prepare);
@@ -171,9 +173,14 @@ int server_run(const struct pz_config *cfg)
     uv_signal_init(&srv.loop, &srv.sigterm);
     uv_signal_start(&srv.sigint, on_signal, SIGINT);
     uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
-    uv_timer_start(&srv.cron, on_cron, 1000, 1000);
+    /* Idle timeouts and request deadlines are checked on this tick. */
+    uv_timer_start(&srv.cron, on_cron, CRON_MS, CRON_MS);
     uv_unref((uv_handle_t *)&srv.cron);
 
+    /* A forwarded request waits on the leader, which gives up on the
+     * cluster after request-timeout (twice, for one that first waits for
+     * an election): past that the leader is not answering. */
+    fwd_setup(2 * (uint64_t)cfg->request_timeout_ms + 1000);
     rv = node_init(&srv.loop, cfg, err, sizeof err);
     if (rv == 0)
         rv = http_start(&srv.http, cfg, err, sizeof err);

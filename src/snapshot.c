@@ -1356,3 +1356,29 @@ void snapshot_receiver_abort(struct snapshot_receiver *r)
     if (r)
         receiver_free(r, true);
 }
+
+/* --- which chunks a follower takes ---------------------------------------- */
+
+int snapshot_rx_decide(const struct snapshot_rx_view *v, uint64_t from,
+                       const struct raft_snap_chunk *c)
+{
+    if (c->snap_index == 0 || c->snap_index >= RAFT_LIMIT ||
+        c->snap_term == 0 || c->snap_term > c->term ||
+        c->total < MIN_FILE_SIZE || c->offset > c->total ||
+        c->len > c->total - c->offset)
+        return SNAPSHOT_RX_INVALID;
+    if (from != v->leader || c->term != v->term || v->leader == v->self ||
+        v->leader == 0)
+        return SNAPSHOT_RX_STALE;
+    if (c->offset == 0) {
+        if (c->snap_index <= v->commit ||
+            (c->snap_index == v->have_index && c->snap_term == v->have_term))
+            return SNAPSHOT_RX_IGNORE;
+        return c->total > v->max_size ? SNAPSHOT_RX_TOO_BIG
+                                      : SNAPSHOT_RX_BEGIN;
+    }
+    if (!v->receiving || from != v->rx_from || c->snap_index != v->rx_index ||
+        c->snap_term != v->rx_term || c->total != v->rx_total)
+        return SNAPSHOT_RX_IGNORE;
+    return c->offset == v->rx_offset ? SNAPSHOT_RX_WRITE : SNAPSHOT_RX_STALE;
+}

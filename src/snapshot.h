@@ -70,6 +70,7 @@
 #include <sys/types.h>
 
 #include "kv.h"
+#include "raft_codec.h"
 
 #define SNAPSHOT_MAGIC "PYAZSNAP"      /* first 8 bytes of a file */
 #define SNAPSHOT_END_MAGIC "PYAZEND\n" /* first 8 bytes of the trailer */
@@ -334,5 +335,50 @@ int snapshot_receiver_finish(struct snapshot_receiver *r, struct kv *into,
                              size_t errlen);
 /* Give up: close and remove the .tmp, free r. NULL is fine. */
 void snapshot_receiver_abort(struct snapshot_receiver *r);
+
+/* --- which chunks a follower takes (pure) ----------------------------------
+ * Only the leader the follower follows, in its current term, may stream a
+ * snapshot to it, one at a time, and only one that covers more than it has
+ * committed and is at most max_size bytes. */
+
+/* What the follower knows when a chunk arrives. */
+struct snapshot_rx_view {
+    uint64_t self;       /* its own id */
+    uint64_t leader;     /* the leader it follows, 0: none */
+    uint64_t term;       /* its current term */
+    uint64_t commit;     /* its commit index */
+    bool receiving;      /* a transfer is in progress: */
+    uint64_t rx_from;    /*   from this peer */
+    uint64_t rx_index;   /*   of this snapshot */
+    uint64_t rx_term;    /*   and term */
+    uint64_t rx_offset;  /*   bytes received so far */
+    uint64_t rx_total;   /*   announced size */
+    uint64_t have_index; /* received whole, awaiting its install (0: none) */
+    uint64_t have_term;  /* its term */
+    uint64_t max_size;   /* largest snapshot it takes */
+};
+
+enum snapshot_rx_action {
+    SNAPSHOT_RX_IGNORE = 0, /* drop the chunk, change nothing */
+    SNAPSHOT_RX_STALE,      /* drop it; a transfer in progress from the
+                               same sender is over too (it no longer leads
+                               in our term, or a piece went missing) */
+    SNAPSHOT_RX_INVALID,    /* no correct leader sends it: drop the link */
+    SNAPSHOT_RX_TOO_BIG,    /* the start of a snapshot over max_size: end
+                               any transfer, refuse this one (say why) */
+    SNAPSHOT_RX_BEGIN,      /* end any transfer, start this one */
+    SNAPSHOT_RX_WRITE,      /* the next piece of the transfer in progress */
+};
+
+/* The action for chunk c from peer `from`. A chunk is INVALID when its
+ * index is 0 or at least RAFT_LIMIT, its snapshot term is 0 or above its
+ * term, its total is smaller than a snapshot can be, or it does not fit in
+ * its total; STALE when it does not come from our leader in our term (or
+ * we lead), or is not the next piece of the transfer in progress (the
+ * leader's queue dropped one: the transfer fails, the leader retries);
+ * IGNORE for a snapshot we do not need (at or below our commit, or the one
+ * we hold already) and for the rest of a transfer we gave up on. */
+int snapshot_rx_decide(const struct snapshot_rx_view *v, uint64_t from,
+                       const struct raft_snap_chunk *c);
 
 #endif

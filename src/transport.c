@@ -871,6 +871,15 @@ static void in_data(struct conn *c, const char *data, size_t len)
                     in->fp.body_len, in->fp.max);
             return;
         }
+        /* A partial frame counts in the process's partial-input budget:
+         * a member's always (Raft must not starve behind clients, which
+         * meet the budget first), a stranger's only while it fits. */
+        if (in->accepted)
+            conn_in_force(c, in->fp.cap);
+        else if (conn_in_set(c, in->fp.cap) < 0) {
+            in_fail(in, "over max-partial-input");
+            return;
+        }
         if (r == RAFT_FRAME_NEED_MORE)
             return;
         in_frame(in, body, blen);

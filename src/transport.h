@@ -47,7 +47,9 @@
  * conn layer's idle timeout once their handshake is accepted, not before.
  * Memory held for a peer: one partial frame of at most max_frame bytes
  * per accepted link (one link per member), 4 KiB per link still in its
- * handshake.
+ * handshake; both count in the conn layer's partial-input budget
+ * (max-partial-input), which a stranger's frame must fit in and a
+ * member's never waits for.
  *
  * Requires the conn layer: conn_setup() done on the same loop, and
  * conn_before_sleep() called from the loop's prepare hook (output is only

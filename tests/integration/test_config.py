@@ -52,6 +52,25 @@ def test_bad_flag_and_missing_file(tmp_path):
     assert r.returncode != 0 and "missing.conf" in r.stderr
 
 
+def test_open_cluster_only_on_loopback(tmp_path):
+    """Without a cluster token anyone who reaches the Raft port could take
+    part in the cluster: a node refuses to start on a Raft address that is
+    not loopback, unless `cluster-token none` says so on purpose."""
+    p = tmp_path / "open.conf"
+    p.write_text("raft-addr 0.0.0.0:12000\n")
+    r = run("--test-config", str(p))
+    assert r.returncode != 0
+    assert "'raft-addr' (0.0.0.0:12000) is not a loopback address" in r.stderr
+    assert "cluster-token none" in r.stderr
+    r = run("--test-config", str(p), "--cluster-token", "none")
+    assert r.returncode == 0, r.stderr
+    r = run("--test-config", str(p), "--cluster-token", "s3cret")
+    assert r.returncode == 0, r.stderr
+    p.write_text("raft-addr 127.0.0.5:12000\n")
+    r = run("--test-config", str(p))
+    assert r.returncode == 0, r.stderr
+
+
 def test_bad_environment_is_reported():
     r = run("--test-config", os.path.join(ROOT, "pyazdb.conf"),
             env={"HTTP_ADDR": "not-an-address"})

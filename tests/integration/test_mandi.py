@@ -1,7 +1,9 @@
 """Mandi, the discovery service (pyazdb-server --mandi), against a real
 process on 127.0.0.1: every endpoint and error of COMPAT.md's table, the
 exact JSON shapes, expiry, stale terms, the cluster token, limits,
-keep-alive and pipelining, restart and graceful shutdown."""
+keep-alive and pipelining, restart and graceful shutdown; and attacks
+from a client without the token: absurd terms, forged log lines, log
+floods."""
 import datetime
 import json
 import re
@@ -123,6 +125,14 @@ def test_term_is_exact(mandi, term):
     ('{"id":"%s","term":1}' % ("x" * 256), "id too long"),
     ('{"id":"a","addr":"%s"}' % ("x" * 301), "addr too long"),
     ('{"id":"a\\u0000b"}', "'id' holds a NUL character"),
+    ('{"id":"a\\nb"}', "'id' holds a control character"),
+    ('{"id":"a\\u001b[2J"}', "'id' holds a control character"),
+    ('{"id":"a\\u2028b"}', "'id' holds a control character"),
+    ('{"id":"a","addr":"127.0.0.1"}', "'addr' must be host:port"),
+    ('{"id":"a","addr":"h:1","grpc_addr":"h:99999"}',
+     "'grpc_addr' must be host:port"),
+    ('{"id":"a","addr":"h:1","http_addr":"a b:1"}',
+     "'http_addr' must be host:port"),
 ])
 def test_put_leader_bad_body(mandi, body, reason):
     st, _, got = mandi.request("PUT", "/leader", body)
@@ -155,6 +165,71 @@ def test_stale_term_is_refused(mandi):
     assert (got["id"], got["term"]) == ("node3", 6)
     assert "refused leader node2 at term 4: node1 holds term 5" \
         in mandi.read_log()
+
+
+# The term rule: absurd terms cannot lock the real leader out.
+
+ABSURD = 2**64 - 1
+
+
+def test_absurd_term_is_refused(mandi):
+    assert put_leader(mandi, LEADER)[0] == 204  # the real leader, term 3
+    st, _, body = put_leader(mandi, dict(LEADER, id="evil", term=ABSURD))
+    assert st == 400 and body.startswith(b"implausible term (at most ")
+    assert body.endswith(b" now)\n") and body.count(b"\n") == 1
+    got = get_json(mandi, "/leader")
+    assert (got["id"], got["term"]) == ("node1", 3)
+    # Not too far ahead still replaces; the real leader carries on.
+    assert put_leader(mandi, dict(LEADER, term=4))[0] == 204
+    assert put_leader(mandi, dict(LEADER, id="evil", term=2**40))[0] == 400
+    assert put_leader(mandi, dict(LEADER, term=4))[0] == 204
+    log = mandi.read_log()
+    assert re.search(r"refused leader evil from 127\.0\.0\.1:\d+ at term "
+                     r"18446744073709551615: implausible, the highest recent "
+                     r"term is 3", log)
+
+
+def test_absurd_term_is_refused_after_expiry(mandis):
+    # The highest term is remembered when the leader entry expires.
+    m = mandis(conf={"mandi-leader-ttl": "100ms",
+                     "mandi-sweep-interval": "50ms"})
+    assert put_leader(m, LEADER)[0] == 204
+    deadline = time.time() + 5
+    while m.request("GET", "/leader")[0] != 404:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert put_leader(m, dict(LEADER, id="evil", term=ABSURD))[0] == 400
+    assert put_leader(m, LEADER)[0] == 204
+    assert get_json(m, "/leader")["id"] == "node1"
+
+
+def test_absurd_term_first_cannot_lock_the_leader_out(mandi):
+    # A fresh mandi knows no term: the attacker gets in first, but the
+    # real leader's next PUT replaces it instead of getting 409.
+    assert put_leader(mandi, dict(LEADER, id="evil", term=ABSURD))[0] == 204
+    st, _, body = put_leader(mandi, LEADER)
+    assert st == 204, body
+    got = get_json(mandi, "/leader")
+    assert (got["id"], got["term"]) == ("node1", 3)
+    assert "leader node1 at term 3 from 127.0.0.1:" in mandi.read_log()
+    # A deposed leader close behind is still refused.
+    assert put_leader(mandi, dict(LEADER, id="node0", term=2))[0] == 409
+
+
+def test_real_leader_is_never_refused(mandi):
+    # Terms that grow through many elections, within the allowance.
+    term = 3
+    for _ in range(5):
+        term += 1000
+        assert put_leader(mandi, dict(LEADER, term=term))[0] == 204
+    # The allowance grows with time: 1 s without a PUT allows 1000 more.
+    time.sleep(1.0)
+    term += 1900
+    assert put_leader(mandi, dict(LEADER, term=term))[0] == 204
+    # After a restart mandi takes the real leader's term, however high.
+    assert mandi.restart() == 0
+    assert put_leader(mandi, dict(LEADER, term=10**15))[0] == 204
+    assert get_json(mandi, "/leader")["term"] == 10**15
 
 
 def test_leader_expires(mandis):
@@ -253,6 +328,11 @@ def test_delete_join_missing_id(mandi, target):
     ('{"addr":"h:1"}', "missing id"),
     ('{"id":"x","addr":1}', "'addr' must be a string"),
     ('{"id":"x","http_addr":"%s"}' % ("h" * 301), "http_addr too long"),
+    ('{"id":"x"}', "missing addr"),
+    ('{"id":"x","addr":""}', "missing addr"),
+    ('{"id":"x","addr":"nowhere"}', "'addr' must be host:port"),
+    ('{"id":"x\\r\\nFAKE","addr":"h:1"}', "'id' holds a control character"),
+    ('{"id":"x\xff","addr":"h:1"}', "'id' is not valid UTF-8"),
 ])
 def test_post_join_bad_body(mandi, body, reason):
     st, _, got = mandi.request("POST", "/join-requests", body)
@@ -282,6 +362,89 @@ def test_join_request_limit(mandis):
     assert m.request("DELETE", "/join-requests?id=b")[0] == 204
     assert post_join(m, {"id": "c", "addr": "h:3"})[0] == 204
     assert [x["id"] for x in get_json(m, "/join-requests")] == ["a", "c"]
+
+
+# --- hostile input: forged log lines, log floods ------------------------
+
+FORGED = "x\nFAKE LOG LINE"
+
+
+def forged_lines(log):
+    return [line for line in log.splitlines() if line.startswith("FAKE")]
+
+
+def test_forged_log_lines_are_refused(mandi):
+    attempts = [
+        ("PUT", "/leader", dict(LEADER, id=FORGED),
+         "'id' holds a control character"),
+        ("PUT", "/leader", dict(LEADER, addr="h:1\nFAKE LOG LINE"),
+         "'addr' holds a control character"),
+        ("PUT", "/leader", dict(LEADER, grpc_addr="h:1\r\nFAKE LOG LINE"),
+         "'grpc_addr' holds a control character"),
+        ("PUT", "/leader", dict(LEADER, id="\x1b]0;owned\x07"),
+         "'id' holds a control character"),
+        ("POST", "/join-requests", {"id": FORGED, "addr": "h:1"},
+         "'id' holds a control character"),
+        ("POST", "/join-requests", {"id": "n", "addr": "h:1\nFAKE LOG LINE"},
+         "'addr' holds a control character"),
+        ("POST", "/join-requests",
+         {"id": "n", "addr": "h:1", "http_addr": "h:2\nFAKE LOG LINE"},
+         "'http_addr' holds a control character"),
+    ]
+    answers = [mandi.request(method, path, json.dumps(body))
+               for method, path, body, _ in attempts]
+    answers.append(mandi.request("DELETE",
+                                 "/join-requests?id=x%0AFAKE%20LOG%20LINE"))
+    # Nothing forged a line or reached the terminal...
+    log = mandi.read_log()
+    assert forged_lines(log) == []
+    assert "\x1b" not in log
+    # ... because each was refused, and nothing was stored.
+    reasons = [a[3] for a in attempts] + ["'id' holds a control character"]
+    for (st, _, got), reason in zip(answers, reasons):
+        assert (st, got) == (400, (reason + "\n").encode())
+    assert mandi.request("GET", "/leader")[0] == 404
+    assert get_json(mandi, "/join-requests") == []
+    assert re.search(r"refused PUT /leader from 127\.0\.0\.1:\d+: 'id' holds "
+                     r"a control character", log)
+
+
+def test_accepted_text_is_logged_escaped(mandi):
+    # Printable but unusual ids are accepted, and logged escaped.
+    odd = 'a"b\\c \u00e9'
+    assert put_leader(mandi, dict(LEADER, id=odd))[0] == 204
+    assert get_json(mandi, "/leader")["id"] == odd
+    assert post_join(mandi, {"id": odd, "addr": "[::1]:12001"})[0] == 204
+    log = mandi.read_log()
+    assert 'leader is a\\"b\\\\c \\xc3\\xa9 (term 3)' in log
+    assert 'join request from a\\"b\\\\c \\xc3\\xa9 at [::1]:12001' in log
+    assert all(32 <= ord(ch) < 127 for ch in log.replace("\n", ""))
+
+
+def test_log_flood_is_limited(mandis):
+    m = mandis(conf={"mandi-sweep-interval": "100ms"})
+    bad = json.dumps(dict(LEADER, id=FORGED)).encode()
+    one = (b"PUT /leader HTTP/1.1\r\nHost: m\r\nContent-Length: %d\r\n\r\n"
+           % len(bad)) + bad
+    n = 300
+    out = raw(m, one * n + b"GET /leader HTTP/1.1\r\nHost: m\r\n"
+              b"Connection: close\r\n\r\n")
+    assert out.count(b"HTTP/1.1 400 ") == n
+
+    def counts():
+        log = m.read_log()
+        dropped = re.findall(r"(\d+) log lines about requests dropped", log)
+        return log.count("refused PUT /leader"), sum(map(int, dropped))
+
+    # Every refusal is either logged or counted in a "dropped" line, which
+    # the sweep writes once the flood is over.
+    deadline = time.time() + 5
+    while sum(counts()) < n and time.time() < deadline:
+        time.sleep(0.05)
+    logged, dropped = counts()
+    assert logged + dropped == n, (logged, dropped)
+    assert 0 < logged < 100 and dropped > 0, (logged, dropped)
+    assert forged_lines(m.read_log()) == []
 
 
 # --- methods, paths ------------------------------------------------------

@@ -77,6 +77,9 @@ TEST(defaults)
     CHECK_EQ_INT(c.conn_high_water, 1024 * 1024);
     CHECK_EQ_INT(c.conn_hard_limit, 64 * 1024 * 1024);
     CHECK_EQ_INT(c.grpc_max_message, 4 * 1024 * 1024);
+    CHECK_EQ_INT(c.client_header_timeout_ms, 10000);
+    CHECK_EQ_INT(c.client_body_timeout_ms, 60000);
+    CHECK_EQ_INT(c.max_partial_input, 256 * 1024 * 1024);
     CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
     cfg_free(&c);
     CHECK(c.node_id == NULL && c.log_file == NULL && c.http_addr == NULL);
@@ -899,6 +902,26 @@ TEST(cross_field)
     CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
     cfg_free(&c);
 
+    /* One request of the largest size must fit the partial-input budget. */
+    cfg_init(&c);
+    CHECK_EQ_INT(set1(&c, "max-partial-input", "2mb", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+    CHECK_EQ_STR(err, "'max-partial-input' (2mb) must be at least "
+                      "'http-max-body' (4mb)");
+    CHECK_EQ_INT(set1(&c, "http-max-body", "1mb", err, sizeof err), 0);
+    CHECK_EQ_INT(set1(&c, "max-value-size", "512kb", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+    CHECK_EQ_STR(err, "'max-partial-input' (2mb) must be at least "
+                      "'grpc-max-message' (4mb)");
+    CHECK_EQ_INT(set1(&c, "grpc-max-message", "2mb", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+    CHECK_EQ_INT(set1(&c, "max-partial-input", "1kb", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+    /* Mandi holds no partial gRPC or node requests: not checked there. */
+    CHECK_EQ_INT(set1(&c, "mode", "mandi", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+    cfg_free(&c);
+
     cfg_init(&c);
     CHECK_EQ_INT(set1(&c, "initial-cluster",
                       "n2=127.0.0.1:12002,n3=127.0.0.1:12003", err, sizeof err),
@@ -907,6 +930,48 @@ TEST(cross_field)
     CHECK_EQ_STR(err, "'initial-cluster' must list 'node-id' (node1)");
     CHECK_EQ_INT(set1(&c, "node-id", "n3", err, sizeof err), 0);
     CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+    cfg_free(&c);
+}
+
+/* No token: the Raft port must be on loopback, unless `none` says the
+ * cluster is open on purpose (then everything sees an empty token). */
+TEST(open_cluster_needs_loopback)
+{
+    struct pz_config c;
+    char err[512] = "";
+    static const char *const loop[] = {"127.0.0.1:1", "127.9.8.7:1",
+                                       "[::1]:1", "localhost:1"};
+    static const char *const open[] = {":12000", "0.0.0.0:1", "10.0.0.1:1",
+                                       "[::]:1", "db.example:1"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(loop); i++) {
+        cfg_init(&c);
+        CHECK_EQ_INT(set1(&c, "raft-addr", loop[i], err, sizeof err), 0);
+        CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+        cfg_free(&c);
+    }
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(open); i++) {
+        cfg_init(&c);
+        CHECK_EQ_INT(set1(&c, "raft-addr", open[i], err, sizeof err), 0);
+        CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+        CHECK(strstr(err, "is not a loopback address and 'cluster-token' is "
+                          "not set") != NULL);
+        CHECK_EQ_INT(set1(&c, "cluster-token", "s3cret", err, sizeof err), 0);
+        CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+        cfg_free(&c);
+    }
+    /* `none` through cfg_load: allowed anywhere, seen as no token. */
+    char *argv[] = {"srv", "--raft-addr", "10.0.0.1:12000", "--cluster-token",
+                    "none", NULL};
+    CHECK_EQ_INT(cfg_load(&c, 5, argv, NULL, err, sizeof err), 0);
+    CHECK_EQ_STR(c.cluster_token, "");
+    CHECK(c.cluster_token_none);
+    cfg_free(&c);
+    char *argv2[] = {"srv", "--raft-addr", "10.0.0.1:12000", NULL};
+    CHECK_EQ_INT(cfg_load(&c, 3, argv2, NULL, err, sizeof err), PZ_ECONFIG);
+    cfg_free(&c);
+    /* mandi opens no Raft port */
+    char *argv3[] = {"srv", "--mandi", "--raft-addr", "10.0.0.1:12000", NULL};
+    CHECK_EQ_INT(cfg_load(&c, 4, argv3, NULL, err, sizeof err), 0);
     cfg_free(&c);
 }
 
@@ -1202,6 +1267,7 @@ static const struct test_case config_cases[] = {
     TEST_ENTRY(test_config_and_flags),
     TEST_ENTRY(mandi_shorthand),
     TEST_ENTRY(cross_field),
+    TEST_ENTRY(open_cluster_needs_loopback),
     TEST_ENTRY(initial_cluster_good),
     TEST_ENTRY(initial_cluster_bad),
     TEST_ENTRY(help_lists_everything),

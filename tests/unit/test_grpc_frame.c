@@ -372,6 +372,124 @@ TEST(content_type)
     CHECK(!ct(""));
 }
 
+/* The payload buffer follows the bytes that arrived: at most twice them
+ * (or 64 KiB), never past the announced length, exactly length + 1 once
+ * complete; a large one is let go between messages. */
+TEST(reader_buffer_follows_arrivals)
+{
+    size_t n = 1000 * 1000 + 7;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    char *payload = pz_calloc(1, n);
+    grpc_frame_append(&b, payload, n);
+    grpc_frame_append(&b, "ab", 2);
+    struct grpc_reader r;
+    grpc_reader_init(&r, 4 * 1000 * 1000);
+    size_t off = 0, used;
+    int rv = GRPC_READ_MORE;
+    /* The prefix alone allocates nothing. */
+    CHECK_EQ_INT(
+        grpc_reader_feed(&r, (uint8_t *)b.data, GRPC_FRAME_HEADER, &used),
+        GRPC_READ_MORE);
+    off = used;
+    CHECK_EQ_INT(r.msg.cap, 0);
+    while (rv == GRPC_READ_MORE) {
+        size_t step = PZ_MIN((size_t)16384, b.len - off);
+        rv = grpc_reader_feed(&r, (uint8_t *)b.data + off, step, &used);
+        off += used;
+        CHECK(r.msg.cap <= PZ_MAX(2 * r.msg.len, (size_t)64 * 1024) + 1);
+        CHECK(r.msg.cap <= n + 1);
+    }
+    CHECK_EQ_INT(rv, GRPC_READ_MESSAGE);
+    CHECK_EQ_INT(r.msg.len, n);
+    CHECK_EQ_INT(r.msg.cap, n + 1);
+    grpc_reader_next(&r);
+    CHECK_EQ_INT(r.msg.cap, 0); /* freed: over 64 KiB */
+    CHECK_EQ_INT(
+        grpc_reader_feed(&r, (uint8_t *)b.data + off, b.len - off, &used),
+        GRPC_READ_MESSAGE);
+    CHECK_EQ_INT(r.msg.len, 2);
+    CHECK(r.msg.cap <= 3);
+    grpc_reader_free(&r);
+    pz_free(payload);
+    pz_buf_free(&b);
+}
+
+/* Feed the scanner step bytes at a time; record, after each call, whether
+ * it was in the preface and in a header block (one char each per byte
+ * position reached: 'P' preface, 'H' header block, '.' neither). Returns
+ * the header blocks it counted. */
+static uint64_t scan_trace(const uint8_t *p, size_t len, size_t step, char *out)
+{
+    struct grpc_h2_scan sc;
+    grpc_h2_scan_init(&sc);
+    for (size_t off = 0; off < len; off += step) {
+        size_t n = PZ_MIN(step, len - off);
+        grpc_h2_scan_feed(&sc, p + off, n);
+        for (size_t i = 0; i < n; i++)
+            out[off + i] = grpc_h2_scan_in_preface(&sc)   ? 'P'
+                           : grpc_h2_scan_in_headers(&sc) ? 'H'
+                                                          : '.';
+    }
+    out[len] = '\0';
+    return sc.blocks;
+}
+
+static size_t put_frame(uint8_t *p, uint32_t len, uint8_t type, uint8_t flags,
+                        uint32_t stream)
+{
+    p[0] = (uint8_t)(len >> 16);
+    p[1] = (uint8_t)(len >> 8);
+    p[2] = (uint8_t)len;
+    p[3] = type;
+    p[4] = flags;
+    pz_put_u32(p + 5, stream);
+    memset(p + 9, 'x', len);
+    return 9 + len;
+}
+
+TEST(h2_scan_preface_and_header_blocks)
+{
+    uint8_t in[256];
+    size_t n = 0;
+    memcpy(in, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
+    n += 24;
+    n += put_frame(in + n, 6, 0x4, 0, 0); /* SETTINGS */
+    size_t settings_end = n;
+    n += put_frame(in + n, 0, 0x4, 0x1, 0); /* SETTINGS ACK */
+    size_t block_start = n;
+    n += put_frame(in + n, 3, 0x1, 0x1, 1); /* HEADERS, no END_HEADERS */
+    n += put_frame(in + n, 2, 0x9, 0, 1);   /* CONTINUATION */
+    size_t last_cont = n;
+    n += put_frame(in + n, 2, 0x9, 0x4, 1); /* CONTINUATION, END_HEADERS */
+    size_t block_end = n;
+    n += put_frame(in + n, 4, 0x0, 0x1, 1); /* DATA */
+    size_t data_end = n;
+    n += put_frame(in + n, 5, 0x1, 0x4, 3); /* HEADERS, END_HEADERS */
+    char whole[256], bytes[256], odd[256];
+    CHECK_EQ_INT(scan_trace(in, n, n, whole), 2);
+    CHECK_EQ_INT(scan_trace(in, n, 1, bytes), 2);
+    CHECK_EQ_INT(scan_trace(in, n, 7, odd), 2);
+    /* Fed whole: a closed header block, past the preface. */
+    CHECK_EQ_INT(whole[n - 1], '.');
+    for (size_t i = 0; i < n; i++) {
+        char want = i + 1 < settings_end      ? 'P'
+                    : i + 1 < block_start + 9 ? '.'
+                    : i + 1 < block_end       ? 'H'
+                    : i + 1 < data_end + 9    ? '.'
+                    : i + 1 < n               ? 'H'
+                                              : '.';
+        if (bytes[i] != want)
+            fprintf(stderr, "    byte %zu: %c, want %c\n", i, bytes[i], want);
+        CHECK_EQ_INT(bytes[i], want);
+        /* In pieces: the state after each piece is the byte-wise state at
+         * the piece's last byte. */
+        size_t last = PZ_MIN((i / 7) * 7 + 6, n - 1);
+        CHECK_EQ_INT(odd[i], bytes[last]);
+    }
+    CHECK(last_cont > block_start);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(reader_whole_and_pieces),
     TEST_ENTRY(reader_stops_at_message_boundary),
@@ -379,6 +497,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(reader_rejects_oversize_before_buffering),
     TEST_ENTRY(reader_truncated),
     TEST_ENTRY(reader_large_message_one_byte_at_a_time),
+    TEST_ENTRY(reader_buffer_follows_arrivals),
+    TEST_ENTRY(h2_scan_preface_and_header_blocks),
     TEST_ENTRY(frame_header),
     TEST_ENTRY(status_names),
     TEST_ENTRY(timeout_parse),

@@ -152,11 +152,32 @@ TEST(field_iteration)
     pz_buf_free(&b);
 }
 
+/* An empty message arrives as an empty buffer: (NULL, 0). Decoding it
+ * must not do arithmetic on the null pointer (clang's
+ * -fsanitize=undefined reports even NULL + 0). */
+TEST(empty_message_without_buffer)
+{
+    struct grpc_kv_req r;
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, NULL, 0, &r), 0);
+    CHECK(r.key != NULL && r.klen == 0 && !r.stale);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_SET, NULL, 0, &r), 0);
+    CHECK(r.key != NULL && r.klen == 0 && r.value != NULL && r.vlen == 0);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_DEL, NULL, 0, &r), 0);
+    const uint8_t *v = NULL;
+    size_t vl = 1;
+    bool found = true, ok = true;
+    CHECK_EQ_INT(grpc_kv_get_resp_decode(NULL, 0, &v, &vl, &found), 0);
+    CHECK(v != NULL && vl == 0 && !found);
+    CHECK_EQ_INT(grpc_kv_ok_resp_decode(NULL, 0, &ok), 0);
+    CHECK(!ok);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(matches_protobuf_c),
     TEST_ENTRY(binary_safe),
     TEST_ENTRY(decode_rules),
     TEST_ENTRY(field_iteration),
+    TEST_ENTRY(empty_message_without_buffer),
     TEST_END,
 };
 

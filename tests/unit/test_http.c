@@ -268,10 +268,148 @@ TEST(query_decoding)
     pz_buf_free(&path);
 }
 
+/* "GET /path" and a blank line is an HTTP/0.9 request to llhttp: no
+ * version, no headers. Refused, as any request that is not HTTP/1.x. */
+TEST(no_version_is_400)
+{
+    struct http_op op = one("GET /health\r\n\r\n");
+    CHECK_EQ_INT(op.kind, HTTP_OP_ERROR);
+    CHECK_EQ_INT(op.status, 400);
+    http_op_free(&op);
+    struct http_parser p;
+    size_t used;
+    http_parser_init(&p, &lim);
+    CHECK_EQ_INT(http_parser_feed(&p, "GET /health\r\n\r\n", 15, &used),
+                 HTTP_PARSE_ERROR);
+    CHECK_EQ_STR(p.err_reason, "Request line without an HTTP/1.x version");
+    http_parser_free(&p);
+    CHECK_EQ_INT(status_of("GET /health HTTP/1.0\r\n\r\n"), 0);
+}
+
+/* A chunk size over what is left of the body limit is refused on its size
+ * line, before any of its data; one that fits waits for its data. */
+TEST(chunk_size_over_limit_refused_at_once)
+{
+    static const char head[] =
+        "POST /set HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct http_parser p;
+    size_t used;
+    /* 0x1000 = 4096: exactly the limit. */
+    pz_buf_appendf(&b, "%s1000\r\n", head);
+    http_parser_init(&p, &lim);
+    CHECK_EQ_INT(http_parser_feed(&p, b.data, b.len, &used),
+                 HTTP_PARSE_NEED_MORE);
+    http_parser_free(&p);
+    pz_buf_reset(&b);
+    pz_buf_appendf(&b, "%s1001\r\n", head);
+    http_parser_init(&p, &lim);
+    CHECK_EQ_INT(http_parser_feed(&p, b.data, b.len, &used), HTTP_PARSE_ERROR);
+    CHECK_EQ_INT(p.err_status, 413);
+    http_parser_free(&p);
+    /* After 3000 bytes, a chunk of 1097 is one too many. */
+    pz_buf_reset(&b);
+    pz_buf_appendf(&b, "%sbb8\r\n", head);
+    for (int i = 0; i < 3000; i++)
+        pz_buf_append(&b, "x", 1);
+    pz_buf_appendf(&b, "\r\n449\r\n");
+    http_parser_init(&p, &lim);
+    CHECK_EQ_INT(http_parser_feed(&p, b.data, b.len, &used), HTTP_PARSE_ERROR);
+    CHECK_EQ_INT(p.err_status, 413);
+    http_parser_free(&p);
+    pz_buf_free(&b);
+}
+
+/* How far a request got, fed a byte at a time: blank lines alone do not
+ * start one (a few are tolerated), its first byte does. */
+TEST(phases_and_start)
+{
+    static const char req[] = "\r\nPOST /set HTTP/1.1\r\nContent-Length: 2"
+                              "\r\n\r\n{}";
+    struct http_parser p;
+    size_t used;
+    http_parser_init(&p, &lim);
+    const char *body = strstr(req, "{}");
+    const char *line = strstr(req, "POST");
+    for (const char *c = req; *c; c++) {
+        int r = http_parser_feed(&p, c, 1, &used);
+        CHECK_EQ_INT(used, 1);
+        if (c < line) {
+            CHECK(!http_parser_started(&p));
+            CHECK_EQ_INT(p.phase, HTTP_PHASE_IDLE);
+        } else if (c < body - 1) {
+            CHECK(http_parser_started(&p));
+            CHECK_EQ_INT(p.phase, HTTP_PHASE_HEADERS);
+        } else if (c[1] != '\0') {
+            CHECK_EQ_INT(p.phase, HTTP_PHASE_BODY);
+        } else {
+            CHECK_EQ_INT(r, HTTP_PARSE_REQUEST);
+            CHECK_EQ_INT(p.phase, HTTP_PHASE_DONE);
+        }
+    }
+    http_parser_next(&p);
+    CHECK(!http_parser_started(&p));
+    /* Blank lines without end count as a start. */
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ_INT(http_parser_feed(&p, "\r\n", 2, &used),
+                     HTTP_PARSE_NEED_MORE);
+    CHECK(http_parser_started(&p));
+    http_parser_free(&p);
+}
+
+/* The body buffer follows what arrived and what was announced; what the
+ * parser holds is reported; a large buffer is let go after the request. */
+TEST(body_memory)
+{
+    static const struct http_limits big = {8192, 50, 1 << 20};
+    struct http_parser p;
+    struct pz_buf b;
+    size_t used;
+    size_t n = 300000;
+    pz_buf_init(&b);
+    pz_buf_appendf(&b, "POST /set HTTP/1.1\r\nContent-Length: %zu\r\n\r\n", n);
+    size_t head = b.len;
+    for (size_t i = 0; i < n; i++)
+        pz_buf_append(&b, "x", 1);
+    http_parser_init(&p, &big);
+    /* An announcement alone allocates no body. */
+    CHECK_EQ_INT(http_parser_feed(&p, b.data, head, &used),
+                 HTTP_PARSE_NEED_MORE);
+    CHECK_EQ_INT(p.req.body.cap, 0);
+    size_t held0 = http_parser_held(&p);
+    CHECK(held0 > 0 && held0 < 1024);
+    int r = HTTP_PARSE_NEED_MORE;
+    for (size_t off = head; off < b.len; off += 1000) {
+        r = http_parser_feed(&p, b.data + off, PZ_MIN(1000, b.len - off),
+                             &used);
+        CHECK(p.req.body.cap <= PZ_MAX(2 * p.req.body.len, (size_t)256) + 1);
+        CHECK(p.req.body.cap <= n + 1);
+        CHECK(http_parser_held(&p) >= p.req.body.cap);
+    }
+    CHECK_EQ_INT(r, HTTP_PARSE_REQUEST);
+    CHECK_EQ_INT(p.req.body.len, n);
+    CHECK_EQ_INT(p.req.body.cap, n + 1);
+    http_parser_next(&p);
+    CHECK_EQ_INT(p.req.body.cap, 0);
+    CHECK(http_parser_held(&p) < 1024);
+    http_parser_free(&p);
+    pz_buf_free(&b);
+}
+
 static const struct test_case cases[] = {
-    TEST_ENTRY(pipelined_whole),     TEST_ENTRY(pipelined_byte_by_byte),
-    TEST_ENTRY(pipelined_odd_chunks), TEST_ENTRY(api_errors),
-    TEST_ENTRY(api_json_forms),      TEST_ENTRY(protocol_errors),
-    TEST_ENTRY(chunked_body_over_limit), TEST_ENTRY(upgrade_h2c_ignored),
-    TEST_ENTRY(query_decoding),      TEST_END};
+    TEST_ENTRY(pipelined_whole),
+    TEST_ENTRY(pipelined_byte_by_byte),
+    TEST_ENTRY(pipelined_odd_chunks),
+    TEST_ENTRY(api_errors),
+    TEST_ENTRY(api_json_forms),
+    TEST_ENTRY(protocol_errors),
+    TEST_ENTRY(chunked_body_over_limit),
+    TEST_ENTRY(upgrade_h2c_ignored),
+    TEST_ENTRY(query_decoding),
+    TEST_ENTRY(no_version_is_400),
+    TEST_ENTRY(chunk_size_over_limit_refused_at_once),
+    TEST_ENTRY(phases_and_start),
+    TEST_ENTRY(body_memory),
+    TEST_END};
 const struct test_suite suite_http = {"http", cases};

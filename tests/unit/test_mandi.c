@@ -1,15 +1,18 @@
-/* test_mandi.c - mandi's JSON codec and the nodes' client of mandi.
+/* test_mandi.c - mandi's JSON codec, its term rule, the nodes' client of
+ * mandi, and pz_escape() (mandi's log lines are its first user).
  *
  * Codec (no sockets): exact 64-bit terms, strict documents, member rules
- * (null, unknown, repeated, escaped names), limits, and round trips.
+ * (null, unknown, repeated, escaped names), limits, what ids and addresses
+ * may hold, and round trips. The term rule and the log limit are pure:
+ * driven with a made-up clock.
  *
  * Client (a real libuv loop on 127.0.0.1 with a mandi server in the same
  * process, the conn layer flushed from a prepare hook as mandi_run does):
  * every request against the server, pipelining in order, 404, 401, 409,
  * connection refused, timeouts, cancel, free with requests pending, a
  * reconnect after the server closes an idle connection, a server restart,
- * one resend after a lost connection, and malformed responses from a raw
- * socket server. Every wait has a deadline. */
+ * one resend after a lost connection, and malformed, oversized or hostile
+ * responses from a raw socket server. Every wait has a deadline. */
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -151,8 +154,8 @@ TEST(parse_leader)
     /* Length limits: exactly the maximum passes, one more fails. */
     struct pz_buf b;
     pz_buf_init(&b);
-    pz_buf_appendf(&b, "{\"id\":\"%0*d\",\"addr\":\"%0*d\"}", MANDI_ID_MAX, 0,
-                   MANDI_ADDR_MAX, 0);
+    pz_buf_appendf(&b, "{\"id\":\"%0*d\",\"addr\":\"%0*d:1\"}", MANDI_ID_MAX, 0,
+                   MANDI_ADDR_MAX - 2, 0);
     CHECK_EQ_INT(leader_of(b.data, &l, why), 0);
     CHECK_EQ_INT(strlen(l.id), MANDI_ID_MAX);
     CHECK_EQ_INT(strlen(l.addr), MANDI_ADDR_MAX);
@@ -168,10 +171,116 @@ TEST(parse_leader)
     pz_buf_free(&b);
 }
 
+/* What ids and addresses may hold: the same rules for a LeaderInfo and a
+ * join request, on mandi and in the nodes' client. */
+TEST(parse_refuses_control_characters_and_implausible_addresses)
+{
+    struct mandi_leader l;
+    struct mandi_join j;
+    char why[128];
+    static const struct {
+        const char *doc, *why;
+    } bad[] = {
+        /* Anything that could end or forge a log line, or drive a
+         * terminal: C0, DEL, C1 (NEL), separators, bidi controls. */
+        {"{\"id\":\"x\\nFAKE LOG LINE\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"x\\r\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"\\u001b[31mred\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\\t\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\x7f\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\\u0085\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\\u2028b\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\\u202eb\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
+        {"{\"id\":\"a\xff\",\"addr\":\"h:1\"}", "'id' is not valid UTF-8"},
+        {"{\"id\":\"a\xc0\xaf\",\"addr\":\"h:1\"}", "'id' is not valid UTF-8"},
+        {"{\"id\":\"a\xed\xa0\x80\",\"addr\":\"h:1\"}",
+         "'id' is not valid UTF-8"},
+        {"{\"id\":\"a\xc3\",\"addr\":\"h:1\"}", "'id' is not valid UTF-8"},
+        {"{\"id\":\"a\",\"addr\":\"h:1\\nFAKE\"}",
+         "'addr' holds a control character"},
+        {"{\"id\":\"a\",\"addr\":\"h:1\",\"grpc_addr\":\"h:\\u0000\"}",
+         "'grpc_addr' holds a NUL character"},
+        /* Not host:port. */
+        {"{\"id\":\"a\",\"addr\":\"127.0.0.1\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:0\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:65536\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:000080\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:+1\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"a b:1\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:1/x\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"http://h:1\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"::1:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"[]:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"[x:y]:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"[::1]x:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"[::1%]:80\"}", "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h\xc3\xa9:80\"}",
+         "'addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:1\",\"http_addr\":\"x\"}",
+         "'http_addr' must be host:port"},
+        {"{\"id\":\"a\",\"addr\":\"h:1\",\"grpc_addr\":\"g:1;rm\"}",
+         "'grpc_addr' must be host:port"},
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        const char *d = bad[i].doc;
+        why[0] = '\0';
+        CHECK_EQ_INT(mandi_parse_leader(d, strlen(d), &l, why, sizeof why),
+                     PZ_EINVAL);
+        CHECK_EQ_STR(why, bad[i].why);
+        why[0] = '\0';
+        CHECK_EQ_INT(mandi_parse_join(d, strlen(d), &j, why, sizeof why),
+                     PZ_EINVAL);
+        CHECK_EQ_STR(why, bad[i].why);
+    }
+    /* Accepted: what nodes send (":8080" is the default http-addr), IPv6,
+     * and ids of any printable text, UTF-8 included. */
+    static const char *const good[] = {
+        "{\"id\":\"node1\",\"addr\":\"127.0.0.1:12000\",\"http_addr\":\":"
+        "8080\","
+        "\"grpc_addr\":\"localhost:9090\"}",
+        "{\"id\":\"a b/c\\\"d\\\\\",\"addr\":\"[::1]:1\"}",
+        "{\"id\":\"n\\u00e9\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\",\"addr\":\"[:"
+        ":]:65535\"}",
+        "{\"id\":\"x\",\"addr\":\"[fe80::1%eth0]:7\",\"grpc_addr\":\"h_1.b-2:"
+        "00080\"}",
+        "{\"id\":\"x\",\"addr\":\"[::ffff:1.2.3.4]:9\"}",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(good); i++) {
+        const char *d = good[i];
+        CHECK_EQ_INT(mandi_parse_leader(d, strlen(d), &l, why, sizeof why), 0);
+        CHECK_EQ_INT(mandi_parse_join(d, strlen(d), &j, why, sizeof why), 0);
+    }
+    CHECK_EQ_STR(j.addr, "[::ffff:1.2.3.4]:9");
+    /* A join request needs the address to add the node at; a LeaderInfo
+     * may leave it out (as the original program allowed). */
+    const char *noaddr = "{\"id\":\"node2\",\"http_addr\":\"h:1\"}";
+    CHECK_EQ_INT(mandi_parse_join(noaddr, strlen(noaddr), &j, why, sizeof why),
+                 PZ_EINVAL);
+    CHECK_EQ_STR(why, "missing addr");
+    CHECK_EQ_INT(
+        mandi_parse_leader(noaddr, strlen(noaddr), &l, why, sizeof why), 0);
+    /* A timestamp that is not printable is dropped, never an error. */
+    const char *t = "{\"id\":\"a\",\"addr\":\"h:1\",\"updated_at\":\"2026\\n\","
+                    "\"started_at\":\"x\\u0000\"}";
+    CHECK_EQ_INT(mandi_parse_leader(t, strlen(t), &l, why, sizeof why), 0);
+    CHECK_EQ_STR(l.updated_at, "");
+    CHECK_EQ_INT(mandi_parse_join(t, strlen(t), &j, why, sizeof why), 0);
+    CHECK_EQ_STR(j.started_at, "");
+}
+
 TEST(json_round_trip)
 {
     struct mandi_leader a = {.term = UINT64_MAX - 1}, b;
-    snprintf(a.id, sizeof a.id, "n\"1\\ \xc3\xa9\t");
+    snprintf(a.id, sizeof a.id, "n\"1\\ \xc3\xa9/x");
     snprintf(a.addr, sizeof a.addr, "[::1]:12000");
     snprintf(a.http_addr, sizeof a.http_addr, "h:1");
     snprintf(a.grpc_addr, sizeof a.grpc_addr, "g:2");
@@ -213,6 +322,185 @@ TEST(json_round_trip)
                  PZ_EINVAL);
     CHECK_EQ_STR(why, "missing id");
     pz_buf_free(&j);
+}
+
+/* --- the escaping of untrusted text for logs (pz.h) --------------------- */
+
+static const char *esc(char *buf, size_t len, const char *s)
+{
+    return pz_escape(buf, len, s, strlen(s));
+}
+
+TEST(escape)
+{
+    char b[PZ_ESCAPED_MAX];
+    CHECK_EQ_STR(esc(b, sizeof b, "node1 127.0.0.1:80"), "node1 127.0.0.1:80");
+    CHECK_EQ_STR(pz_escape(b, sizeof b, NULL, 0), "");
+    /* A newline cannot start a forged line; escapes stay readable. */
+    CHECK_EQ_STR(esc(b, sizeof b, "x\nFAKE LOG LINE"), "x\\nFAKE LOG LINE");
+    CHECK_EQ_STR(esc(b, sizeof b, "a\r\tb\\c\"d"), "a\\r\\tb\\\\c\\\"d");
+    /* Other controls, DEL, NUL, terminal escapes and non-ASCII bytes. */
+    CHECK_EQ_STR(pz_escape(b, sizeof b, "\x1b[31m\x7f\0\xc3\xa9\xff", 10),
+                 "\\x1b[31m\\x7f\\x00\\xc3\\xa9\\xff");
+    /* Nothing outside printable ASCII ever comes out. */
+    char all[256];
+    for (int i = 0; i < 256; i++)
+        all[i] = (char)i;
+    char big[1200];
+    pz_escape(big, sizeof big, all, sizeof all);
+    /* 29 controls as \xHH, 3 as \n \r \t, 93 bytes as they are, two
+     * escaped with a backslash, 129 bytes from DEL up as \xHH. */
+    CHECK_EQ_INT(strlen(big), 29 * 4 + 3 * 2 + 93 + 2 * 2 + 129 * 4);
+    for (const char *p = big; *p; p++)
+        CHECK(*p >= 0x20 && *p < 0x7f);
+    /* Bounded: cut at a whole escape, marked with "...". */
+    char s4[4], s8[8];
+    CHECK_EQ_STR(esc(s4, sizeof s4, "abc"), "abc");
+    CHECK_EQ_STR(esc(s4, sizeof s4, "abcd"), "...");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "abcdefg"), "abcdefg");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "abcdefgh"), "abcd...");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "ab\ncdef"), "ab\\n...");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "abc\x01xyz"), "abc...");
+    CHECK_EQ_STR(esc(s8, sizeof s8, "\x01\x02"), "\\x01...");
+    char longer[600];
+    memset(longer, '\n', sizeof longer);
+    CHECK_EQ_INT(strlen(pz_escape(b, sizeof b, longer, sizeof longer)),
+                 sizeof b - 1); /* 62 escapes of 2 and "..." */
+}
+
+/* --- the term rule ------------------------------------------------------- */
+
+static enum mandi_term_verdict put_term(struct mandi_terms *t, bool *live,
+                                        uint64_t *live_term, uint64_t term,
+                                        uint64_t now)
+{
+    enum mandi_term_verdict v =
+        mandi_term_check(t, *live, *live_term, term, now);
+    if (v == MANDI_TERM_OK || v == MANDI_TERM_DISPUTED) {
+        mandi_term_accept(t, term, now);
+        *live = true;
+        *live_term = term;
+    }
+    return v;
+}
+
+TEST(term_rule_refuses_absurd_terms)
+{
+    struct mandi_terms t = {0};
+    bool live = false;
+    uint64_t lt = 0, now = 1000;
+    /* The real leader, then the attacker: refused, known or expired. */
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 3, now), MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, UINT64_MAX, now),
+                 MANDI_TERM_IMPLAUSIBLE);
+    CHECK(mandi_term_ceiling(&t, now) == 3 + MANDI_TERM_JUMP);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 3 + MANDI_TERM_JUMP + 1, now),
+                 MANDI_TERM_IMPLAUSIBLE);
+    live = false; /* the entry expired: the term is still remembered */
+    now += 60000;
+    CHECK_EQ_INT(put_term(&t, &live, &lt, UINT64_MAX, now),
+                 MANDI_TERM_IMPLAUSIBLE);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, UINT64_MAX / 2, now),
+                 MANDI_TERM_IMPLAUSIBLE);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 3, now), MANDI_TERM_OK);
+    CHECK(lt == 3);
+    /* Stale within the jump (a deposed leader): 409 as before. */
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 4, now), MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 3, now), MANDI_TERM_STALE);
+    CHECK_EQ_INT(put_term(&t, &live, &lt, 0, now), MANDI_TERM_STALE);
+
+    /* Nothing known (a fresh mandi): an absurd term gets in first, but
+     * it cannot lock the real leader out: its next PUT replaces it. */
+    struct mandi_terms f = {0};
+    live = false;
+    now = 5;
+    CHECK(mandi_term_ceiling(&f, now) == UINT64_MAX);
+    CHECK_EQ_INT(put_term(&f, &live, &lt, UINT64_MAX, now), MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&f, &live, &lt, 7, now + 100), MANDI_TERM_DISPUTED);
+    CHECK(lt == 7);
+    /* While it is refreshed the attacker alternates with the leader (as
+     * with an equal term); once it stops for MANDI_TERM_MEMORY_MS, the
+     * leader's term is the reference again and absurd terms are refused. */
+    CHECK_EQ_INT(put_term(&f, &live, &lt, UINT64_MAX, now + 200),
+                 MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&f, &live, &lt, 7, now + 300), MANDI_TERM_DISPUTED);
+    for (uint64_t ms = now + 2300; ms < now + 200 + MANDI_TERM_MEMORY_MS;
+         ms += 2000)
+        CHECK_EQ_INT(put_term(&f, &live, &lt, 7, ms), MANDI_TERM_OK);
+    now += 200 + MANDI_TERM_MEMORY_MS;
+    CHECK_EQ_INT(put_term(&f, &live, &lt, 7, now), MANDI_TERM_OK);
+    CHECK(f.hi == 7);
+    CHECK_EQ_INT(put_term(&f, &live, &lt, UINT64_MAX, now + 1),
+                 MANDI_TERM_IMPLAUSIBLE);
+}
+
+TEST(term_rule_never_refuses_a_real_cluster)
+{
+    struct mandi_terms t = {0};
+    bool live = false;
+    uint64_t lt = 0, term = 1, now = 0;
+    /* An hour of elections as fast as any cluster could have them (one
+     * every 10 ms, three times the fastest election timeout), a leader
+     * PUT after each one and every 2 s: never refused. */
+    uint64_t next_put = 0;
+    for (now = 0; now < 3600 * 1000; now += 10) {
+        term++;
+        if (now >= next_put || term % 7 == 0) {
+            CHECK_EQ_INT(put_term(&t, &live, &lt, term, now), MANDI_TERM_OK);
+            next_put = now + 2000;
+        }
+    }
+    /* The cluster cannot reach mandi for a day of elections, or the
+     * entry expires: its next PUT is still fine. */
+    live = false;
+    term += 24ull * 3600 * 100;
+    now += 24ull * 3600 * 1000;
+    CHECK_EQ_INT(put_term(&t, &live, &lt, term, now), MANDI_TERM_OK);
+    /* A burst of up to MANDI_TERM_JUMP elections between two PUTs. */
+    term += MANDI_TERM_JUMP;
+    CHECK_EQ_INT(put_term(&t, &live, &lt, term, now), MANDI_TERM_OK);
+    /* A deposed leader a few terms behind: 409, and its successor stays. */
+    CHECK_EQ_INT(put_term(&t, &live, &lt, term - 2, now + 1), MANDI_TERM_STALE);
+    CHECK(lt == term);
+    /* mandi restarts (a fresh memory): any term is taken. */
+    struct mandi_terms fresh = {0};
+    live = false;
+    CHECK_EQ_INT(put_term(&fresh, &live, &lt, 1ull << 40, 3), MANDI_TERM_OK);
+    CHECK_EQ_INT(put_term(&fresh, &live, &lt, (1ull << 40) + 1, 2003),
+                 MANDI_TERM_OK);
+    /* A new cluster with low terms, once the old leader expired. */
+    live = false;
+    CHECK_EQ_INT(put_term(&fresh, &live, &lt, 1, 30000), MANDI_TERM_OK);
+    /* Near the top: no wrap-around. */
+    struct mandi_terms top = {0};
+    live = false;
+    CHECK_EQ_INT(put_term(&top, &live, &lt, UINT64_MAX - 5, 0), MANDI_TERM_OK);
+    CHECK(mandi_term_ceiling(&top, 1) == UINT64_MAX);
+    CHECK_EQ_INT(put_term(&top, &live, &lt, UINT64_MAX, 1), MANDI_TERM_OK);
+}
+
+TEST(loglimit)
+{
+    struct mandi_loglimit l = {0};
+    unsigned dropped = 99;
+    /* 3 lines per 1000 ms; the rest are counted and reported with the
+     * next line let through. */
+    for (int i = 0; i < 3; i++) {
+        CHECK(mandi_loglimit(&l, 5000 + (uint64_t)i, 1000, 3, &dropped));
+        CHECK_EQ_INT(dropped, 0);
+    }
+    for (int i = 0; i < 10; i++) {
+        CHECK(!mandi_loglimit(&l, 5500, 1000, 3, &dropped));
+        CHECK_EQ_INT(dropped, 0);
+    }
+    CHECK_EQ_INT(l.dropped, 10);
+    CHECK(mandi_loglimit(&l, 6000, 1000, 3, &dropped));
+    CHECK_EQ_INT(dropped, 10);
+    CHECK(mandi_loglimit(&l, 6001, 1000, 3, &dropped));
+    CHECK_EQ_INT(dropped, 0);
+    /* A clock that goes back starts a new window. */
+    CHECK(mandi_loglimit(&l, 10, 1000, 3, &dropped));
+    CHECK_EQ_INT(l.used, 1);
 }
 
 /* --- the loop ----------------------------------------------------------- */
@@ -304,6 +592,48 @@ static bool log_has(const char *needle)
                 b.data ? b.data : "");
     pz_buf_free(&b);
     return found;
+}
+
+/* The log's text (pz_free it). */
+static char *log_text(void)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_append(&b, "", 0);
+    FILE *f = fopen(log_path, "r");
+    if (f) {
+        char chunk[4096];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+            pz_buf_append(&b, chunk, n);
+        fclose(f);
+    }
+    return b.data;
+}
+
+/* How many times needle occurs in the log. */
+static int log_count(const char *needle)
+{
+    char *t = log_text();
+    int n = 0;
+    for (const char *p = strstr(t, needle); p; p = strstr(p + 1, needle))
+        n++;
+    pz_free(t);
+    return n;
+}
+
+/* Lines of the log that start with prefix (a forged line would). */
+static int log_lines_starting(const char *prefix)
+{
+    char *t = log_text();
+    int n = 0;
+    for (const char *p = t; *p;) {
+        n += strncmp(p, prefix, strlen(prefix)) == 0;
+        const char *nl = strchr(p, '\n');
+        p = nl ? nl + 1 : p + strlen(p);
+    }
+    pz_free(t);
+    return n;
 }
 
 static void on_srv_closed(void *data)
@@ -671,13 +1001,14 @@ enum raw_mode {
     RAW_REPLY,  /* answer every read with raw.reply */
 };
 
-#define RAW_MAX 8
+#define RAW_MAX 32
 
 static struct {
     uv_tcp_t ls;          /* listener */
     int port;             /* its port */
     enum raw_mode mode;   /* behaviour */
     const char *reply;    /* RAW_REPLY: bytes to send */
+    size_t reply_len;     /* their number */
     uv_tcp_t cl[RAW_MAX]; /* accepted connections */
     int n;                /* accepted so far */
     int reads;            /* reads with data */
@@ -693,6 +1024,12 @@ static void raw_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
     b->len = sizeof raw_buf;
 }
 
+static void raw_written(uv_write_t *w, int status)
+{
+    PZ_UNUSED(status);
+    pz_free(w);
+}
+
 static void raw_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     PZ_UNUSED(b);
@@ -705,9 +1042,11 @@ static void raw_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     if (raw.mode == RAW_HANGUP) {
         uv_close((uv_handle_t *)s, NULL);
     } else if (raw.mode == RAW_REPLY) {
-        uv_buf_t out =
-            uv_buf_init((char *)raw.reply, (unsigned)strlen(raw.reply));
-        uv_try_write(s, &out, 1);
+        /* All of it, however large (the reply outlives the write). */
+        uv_buf_t out = uv_buf_init((char *)raw.reply, (unsigned)raw.reply_len);
+        uv_write_t *w = pz_malloc(sizeof *w);
+        if (uv_write(w, s, &out, 1, raw_written) != 0)
+            pz_free(w);
     }
 }
 
@@ -721,7 +1060,7 @@ static void raw_conn(uv_stream_t *ls, int status)
         uv_read_start((uv_stream_t *)c, raw_alloc, raw_read);
 }
 
-static bool raw_start(enum raw_mode mode, const char *reply)
+static bool raw_start_n(enum raw_mode mode, const char *reply, size_t n)
 {
     struct sockaddr_in sa;
     struct sockaddr_storage ss;
@@ -729,6 +1068,7 @@ static bool raw_start(enum raw_mode mode, const char *reply)
     memset(&raw, 0, sizeof raw);
     raw.mode = mode;
     raw.reply = reply;
+    raw.reply_len = n;
     uv_tcp_init(&loop, &raw.ls);
     uv_ip4_addr("127.0.0.1", 0, &sa);
     if (uv_tcp_bind(&raw.ls, (struct sockaddr *)&sa, 0) != 0 ||
@@ -737,6 +1077,11 @@ static bool raw_start(enum raw_mode mode, const char *reply)
         return false;
     raw.port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     return true;
+}
+
+static bool raw_start(enum raw_mode mode, const char *reply)
+{
+    return raw_start_n(mode, reply, reply ? strlen(reply) : 0);
 }
 
 static void raw_stop(void)
@@ -826,6 +1171,185 @@ TEST(client_malformed_responses)
     CHECK(wait_got(&g));
     CHECK_EQ_INT(g.err, PZ_EPROTO);
     CHECK(log_has("bad response"));
+    mandi_client_free(mc);
+    raw_stop();
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+/* One GET against a raw server answering reply (its length n), with a
+ * fresh client; g gets the result. */
+static bool hostile_get(const char *reply, size_t n, bool joins, struct got *g)
+{
+    if (!raw_start_n(RAW_REPLY, reply, n))
+        return false;
+    struct mandi_client *mc = new_client(raw.port, NULL, 3000);
+    if (mc == NULL)
+        return false;
+    if (joins)
+        mandi_get_joins(mc, record, fresh(g));
+    else
+        mandi_get_leader(mc, record, fresh(g));
+    bool ok = wait_got(g);
+    mandi_client_free(mc);
+    raw_stop();
+    run_for(50); /* raw's handles are closed before it is reused */
+    return ok;
+}
+
+static bool hostile_get_s(const char *reply, bool joins, struct got *g)
+{
+    return hostile_get(reply, strlen(reply), joins, g);
+}
+
+TEST(client_bounds_what_it_reads)
+{
+    world_init(0);
+    struct got g;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    /* Headers that do not end: cut at 16 KiB, at once. */
+    pz_buf_appendf(&b, "HTTP/1.1 200 OK\r\nX-Pad: ");
+    for (int i = 0; i < 40000; i++)
+        pz_buf_append(&b, "a", 1);
+    CHECK(hostile_get(b.data, b.len, false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(g.elapsed < 2000);
+    CHECK(log_has("status line and headers over 16 KiB"));
+    /* An announced body over 4 MiB: refused before it is read. */
+    CHECK(hostile_get_s("HTTP/1.1 200 OK\r\nContent-Length: 1000000000000"
+                        "\r\n\r\n{",
+                        false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(g.elapsed < 2000);
+    CHECK(log_has("Content-Length over 4 MiB"));
+    /* A body over 4 MiB without a length: cut there. */
+    pz_buf_reset(&b);
+    pz_buf_appendf(&b, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[");
+    for (int i = 0; i < 5 * 1024 * 1024 / 8; i++)
+        pz_buf_append(&b, "0,0,0,0,", 8);
+    CHECK(hostile_get(b.data, b.len, true, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(log_has("body over 4 MiB"));
+    /* Interim answers are skipped; an upgrade or a status out of range
+     * is not mandi's. */
+    CHECK(hostile_get_s("HTTP/1.1 100 Continue\r\n\r\n"
+                        "HTTP/1.1 102 Processing\r\nX: y\r\n\r\n"
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 21\r\n\r\n"
+                        "leader not available\n",
+                        false, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.status, 404);
+    CHECK_EQ_STR(g.message, "leader not available");
+    CHECK(hostile_get_s("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
+                        "Connection: upgrade\r\n\r\n",
+                        false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(hostile_get_s("HTTP/1.1 999 What\r\nContent-Length: 0\r\n\r\n", false,
+                        &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    /* A huge list of tiny values is scanned, not built into a tree: the
+     * answer (3 MiB here) costs no more than its bytes. */
+    pz_buf_reset(&b);
+    size_t items = 1500 * 1000;
+    pz_buf_appendf(&b, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n[",
+                   2 * items + 1);
+    for (size_t i = 0; i < items; i++)
+        pz_buf_append(&b, i + 1 < items ? "0," : "0]", 2);
+    CHECK(hostile_get(b.data, b.len, true, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.status, 200);
+    CHECK_EQ_INT(g.n_joins, 0);
+    CHECK(log_has("ignored 1500000 join requests that are not valid"));
+    pz_buf_free(&b);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+/* A 200 answer with body. */
+static void answer_200(struct pz_buf *b, const char *body)
+{
+    pz_buf_reset(b);
+    pz_buf_appendf(b, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n%s",
+                   strlen(body), body);
+}
+
+TEST(client_validates_what_it_reads)
+{
+    world_init(0);
+    struct got g;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    /* A LeaderInfo with a forged id: refused, and the log has no forged
+     * line. */
+    answer_200(&b,
+               "{\"id\":\"x\\nFAKE LOG LINE\",\"addr\":\"h:1\",\"term\":3}");
+    CHECK(hostile_get(b.data, b.len, false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    CHECK(!g.has_leader);
+    CHECK(log_has("its leader is not valid: 'id' holds a control character"));
+    answer_200(&b, "{\"id\":\"n\",\"grpc_addr\":\"evil.example:1/x\"}");
+    CHECK(hostile_get(b.data, b.len, false, &g));
+    CHECK_EQ_INT(g.err, PZ_EPROTO);
+    /* Join requests: only the valid ones. */
+    answer_200(&b, "[{\"id\":\"node2\",\"addr\":\"127.0.0.1:12001\"},"
+                   "{\"id\":\"x\\nFAKE LOG LINE\",\"addr\":\"h:1\"},"
+                   "{\"id\":\"n3\",\"addr\":\"h:1\\u001b[2J\"},"
+                   "{\"id\":\"n4\"},7,\"s\",[],null,"
+                   "{\"id\":\"node5\",\"addr\":\"[::1]:5\",\"x\":[{}]}]");
+    CHECK(hostile_get(b.data, b.len, true, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.n_joins, 2);
+    CHECK_EQ_STR(g.joins[0].id, "node2");
+    CHECK_EQ_STR(g.joins[1].id, "node5");
+    CHECK_EQ_STR(g.joins[1].addr, "[::1]:5");
+    CHECK(log_has("ignored 7 join requests that are not valid"));
+    /* Not an array, or broken: PZ_EPROTO. */
+    static const char *const notlists[] = {"{}",    "[",    "[{}", "[1,]",
+                                           "[1 2]", "[] x", "",    "[{]"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(notlists); i++) {
+        answer_200(&b, notlists[i]);
+        CHECK(hostile_get(b.data, b.len, true, &g));
+        CHECK_EQ_INT(g.err, PZ_EPROTO);
+    }
+    /* More than 1024: the first 1024. */
+    struct pz_buf list;
+    pz_buf_init(&list);
+    pz_buf_append(&list, "[", 1);
+    for (int i = 0; i < 1500; i++)
+        pz_buf_appendf(&list, "%s{\"id\":\"n%d\",\"addr\":\"h:%d\"}",
+                       i ? "," : "", i, i + 1);
+    pz_buf_append(&list, "]", 1);
+    answer_200(&b, list.data);
+    pz_buf_free(&list);
+    CHECK(hostile_get(b.data, b.len, true, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.n_joins, 1024);
+    CHECK_EQ_STR(g.joins[3].id, "n3");
+    CHECK(log_has("ignored 476 join requests past the first 1024"));
+    /* An error message reaches the caller escaped, first line only. */
+    CHECK(hostile_get_s("HTTP/1.1 409 Conflict\r\nContent-Length: 27\r\n\r\n"
+                        "\x1b[31mstale\tterm\x7f\nFAKE LINE\n",
+                        false, &g));
+    CHECK_EQ_INT(g.err, 0);
+    CHECK_EQ_INT(g.status, 409);
+    CHECK_EQ_STR(g.message, "\\x1b[31mstale\\tterm\\x7f");
+    CHECK_EQ_INT(log_lines_starting("FAKE"), 0);
+    pz_buf_free(&b);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+TEST(client_warnings_are_rate_limited)
+{
+    world_init(0);
+    CHECK(raw_start(RAW_REPLY, "SSH-2.0-OpenSSH\r\n"));
+    struct mandi_client *mc = new_client(raw.port, NULL, 2000);
+    CHECK(mc != NULL);
+    struct got g;
+    for (int i = 0; i < 12; i++) {
+        mandi_get_leader(mc, record, fresh(&g));
+        CHECK(wait_got(&g));
+        CHECK_EQ_INT(g.err, PZ_EPROTO);
+    }
+    CHECK_EQ_INT(log_count("bad response"), 5);
     mandi_client_free(mc);
     raw_stop();
     CHECK_EQ_INT(world_close(), 0);
@@ -1063,7 +1587,12 @@ TEST(server_close_with_clients_connected)
 static const struct test_case mandi_cases[] = {
     TEST_ENTRY(json_u64),
     TEST_ENTRY(parse_leader),
+    TEST_ENTRY(parse_refuses_control_characters_and_implausible_addresses),
     TEST_ENTRY(json_round_trip),
+    TEST_ENTRY(escape),
+    TEST_ENTRY(loglimit),
+    TEST_ENTRY(term_rule_refuses_absurd_terms),
+    TEST_ENTRY(term_rule_never_refuses_a_real_cluster),
     TEST_ENTRY(client_every_request),
     TEST_ENTRY(client_pipelines_in_order),
     TEST_ENTRY(client_sees_409_and_401),
@@ -1071,6 +1600,9 @@ static const struct test_case mandi_cases[] = {
     TEST_ENTRY(client_timeout),
     TEST_ENTRY(client_resends_once_after_lost_connection),
     TEST_ENTRY(client_malformed_responses),
+    TEST_ENTRY(client_bounds_what_it_reads),
+    TEST_ENTRY(client_validates_what_it_reads),
+    TEST_ENTRY(client_warnings_are_rate_limited),
     TEST_ENTRY(client_cancel),
     TEST_ENTRY(client_free_with_requests_pending),
     TEST_ENTRY(client_reconnects),

@@ -1219,6 +1219,166 @@ TEST(receiver_refuses_gaps_and_overruns)
     tdir_free(&u);
 }
 
+/* Which chunks a follower takes: only from its leader, in its term, for a
+ * snapshot it needs and within its size bound, in order. */
+TEST(rx_decide)
+{
+    struct snapshot_rx_view v = {.self = 2, .leader = 1, .term = 5,
+                                 .commit = 100, .max_size = 1 << 20};
+    uint8_t d[10] = {0};
+    struct raft_snap_chunk c = {.term = 5, .snap_index = 200, .snap_term = 4,
+                                .offset = 0, .total = 5000, .data = d,
+                                .len = sizeof d};
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_BEGIN);
+    /* not our leader, not our term, or we lead: stale */
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 3, &c), SNAPSHOT_RX_STALE);
+    c.term = 6;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_STALE);
+    c.term = 5;
+    v.leader = 2;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 2, &c), SNAPSHOT_RX_STALE);
+    v.leader = 0;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 0, &c), SNAPSHOT_RX_STALE);
+    v.leader = 1;
+    /* impossible ones: invalid, whoever sends them */
+    struct raft_snap_chunk bad = c;
+    bad.snap_index = 0;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 3, &bad), SNAPSHOT_RX_INVALID);
+    bad = c;
+    bad.snap_index = RAFT_LIMIT;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &bad), SNAPSHOT_RX_INVALID);
+    bad = c;
+    bad.snap_term = 6;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &bad), SNAPSHOT_RX_INVALID);
+    bad = c;
+    bad.total = 10;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &bad), SNAPSHOT_RX_INVALID);
+    bad = c;
+    bad.offset = 4995;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &bad), SNAPSHOT_RX_INVALID);
+    /* one we do not need */
+    c.snap_index = 100;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_IGNORE);
+    c.snap_index = 200;
+    v.have_index = 200;
+    v.have_term = 4;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_IGNORE);
+    v.have_index = v.have_term = 0;
+    /* too big: refused before anything is written */
+    c.total = (1 << 20) + 1;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_TOO_BIG);
+    c.total = 5000;
+    /* the rest of a transfer: in order only */
+    v.receiving = true;
+    v.rx_from = 1;
+    v.rx_index = 200;
+    v.rx_term = 4;
+    v.rx_total = 5000;
+    v.rx_offset = 10;
+    c.offset = 10;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_WRITE);
+    c.offset = 20;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_STALE);
+    c.offset = 10;
+    c.total = 6000;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_IGNORE);
+    c.total = 5000;
+    c.snap_index = 201;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_IGNORE);
+    /* a new start replaces the transfer in progress */
+    c.offset = 0;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_BEGIN);
+    /* pieces without a start are dropped */
+    v.receiving = false;
+    c.offset = 10;
+    CHECK_EQ_INT(snapshot_rx_decide(&v, 1, &c), SNAPSHOT_RX_IGNORE);
+}
+
+/* The receiver's check is the loader's: a file holding a key twice, whose
+ * checksum is right, is refused when finishing with a table to load
+ * into, and nothing stays behind. */
+TEST(receiver_refuses_repeated_key)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct kv *kv = kv_new();
+    kv_set(kv, "a", 1, "1", 1);
+    kv_set(kv, "b", 1, "2", 1);
+    char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
+    CHECK_EQ_INT(snapshot_write(t.root, kv, 9, 2, NULL, 0, path, sizeof path,
+                                err, sizeof err),
+                 0);
+    kv_free(kv);
+    /* Rename key "b" to "a" and fix the checksum. */
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    uint8_t buf[4096];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    unlink(path);
+    static const uint8_t rec[] = {0, 0, 0, 1, 0, 0, 0, 1, 'b', '2'};
+    uint8_t *pb = memmem(buf, n, rec, sizeof rec);
+    CHECK(pb != NULL);
+    pb[8] = 'a';
+    pz_put_u64(buf + n - 8, snapshot_crc64(0, buf, n - 8));
+    struct snapshot_receiver *rx;
+    CHECK_EQ_INT(snapshot_receiver_begin(t.root, 9, 2, n, &rx, err,
+                                         sizeof err),
+                 0);
+    CHECK_EQ_INT(snapshot_receiver_write(rx, 0, buf, n, err, sizeof err), 0);
+    struct kv *into = kv_new();
+    CHECK_EQ_INT(snapshot_receiver_finish(rx, into, NULL, 0, NULL, err,
+                                          sizeof err),
+                 PZ_ECORRUPT);
+    CHECK(strstr(err, "repeats a key") != NULL);
+    kv_free(into);
+    DIR *d = opendir(t.root);
+    int files = 0;
+    for (struct dirent *de; (de = readdir(d)) != NULL;)
+        files += de->d_name[0] != '.';
+    closedir(d);
+    CHECK_EQ_INT(files, 0);
+    tdir_free(&t);
+}
+
+/* Pruning keeps exactly the snapshots it is told to keep, newer files
+ * included; temporary files go. */
+TEST(prune_except_and_temp)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct kv *kv = kv_new();
+    char err[SNAPSHOT_ERRMSG_SIZE], p[SNAPSHOT_PATH_MAX];
+    static const uint64_t idx[] = {10, 20, 30, 1ull << 61};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(idx); i++)
+        CHECK_EQ_INT(snapshot_write(t.root, kv, idx[i], 3, NULL, 0, NULL, 0,
+                                    err, sizeof err),
+                     0);
+    kv_free(kv);
+    snprintf(p, sizeof p, "%s/snap-40-3.snap.recv.tmp", t.root);
+    FILE *f = fopen(p, "w");
+    fclose(f);
+    struct snapshot_id keep[] = {{20, 3}, {10, 3}, {0, 0}};
+    size_t removed = 0;
+    CHECK_EQ_INT(snapshot_prune_except(t.root, keep, 3, &removed, err,
+                                       sizeof err),
+                 0);
+    CHECK_EQ_INT(removed, 3); /* 30, the huge one, the .tmp */
+    struct snapshot_info *list;
+    size_t n;
+    CHECK_EQ_INT(snapshot_list(t.root, &list, &n, err, sizeof err), 0);
+    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(list[0].index, 20);
+    CHECK_EQ_INT(list[1].index, 10);
+    snapshot_list_free(list, n);
+    f = fopen(p, "w");
+    fclose(f);
+    CHECK_EQ_INT(snapshot_remove_temp(t.root, &removed, err, sizeof err), 0);
+    CHECK_EQ_INT(removed, 1);
+    CHECK(!exists(p));
+    tdir_free(&t);
+}
+
 TEST(receiver_abort_and_corruption)
 {
     struct tdir t, u;
@@ -1452,6 +1612,9 @@ static const struct test_case cases[] = {
     TEST_ENTRY(receiver_refuses_gaps_and_overruns),
     TEST_ENTRY(receiver_abort_and_corruption),
     TEST_ENTRY(receiver_crash_mid_install),
+    TEST_ENTRY(rx_decide),
+    TEST_ENTRY(receiver_refuses_repeated_key),
+    TEST_ENTRY(prune_except_and_temp),
     TEST_ENTRY(bench_1m),
     TEST_END,
 };

@@ -570,6 +570,8 @@ static void on_tick(uv_timer_t *h)
     PZ_UNUSED(h);
 }
 
+static size_t world_budget; /* max_partial_input of the next world_init */
+
 static void world_init(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -580,7 +582,9 @@ static void world_init(void)
         .high_water = 1u << 20,
         .hard_limit = 256u << 20,
         .idle_timeout = 0,
+        .max_partial_input = world_budget,
     };
+    world_budget = 0;
     conn_setup(&loop, &lim);
     uv_prepare_init(&loop, &prep);
     uv_prepare_start(&prep, on_prep);
@@ -1801,6 +1805,37 @@ TEST(invalid_message_closes_link)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* Partial frames count in the process's partial-input budget: a
+ * stranger's handshake must fit in it, a member's frame is never refused
+ * for it (clients meet the budget first). */
+TEST(partial_frames_in_the_budget)
+{
+    world_budget = 8192;
+    world_init();
+    CHECK(start_node(0, 1, 5, 0));
+    CHECK(start_node(1, 2, 5, 0));
+    struct raw r[3];
+    static const uint8_t hdr[] = {0, 0, 0x0f, 0xa0}; /* 4000 bytes */
+    static uint8_t part[3000];
+    for (int i = 0; i < 3; i++) {
+        CHECK(raw_connect(&r[i], nodes[1].port));
+        raw_send(&r[i], hdr, sizeof hdr);
+        raw_send(&r[i], part, sizeof part);
+        run_for(50);
+    }
+    CHECK(run_until(raw_is_eof, &r[2], 2000)); /* the third did not fit */
+    CHECK(!r[0].eof && !r[1].eof);
+    CHECK(log_has("over max-partial-input"));
+    CHECK(conn_in_total() <= 8192);
+    /* A member's frame bigger than the whole budget still arrives. */
+    set_peer(0, 2, nodes[1].port);
+    send_msg(0, 2, 1, 1, 200000); /* over one 64 KiB read: buffered */
+    CHECK(wait_got(1, 1, 3000));
+    for (int i = 0; i < 3; i++)
+        raw_close(&r[i]);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 static const struct test_case cases[] = {TEST_ENTRY(codec_roundtrip_every_type),
                                          TEST_ENTRY(codec_large_payloads),
                                          TEST_ENTRY(codec_handshake_roundtrip),
@@ -1822,6 +1857,7 @@ static const struct test_case cases[] = {TEST_ENTRY(codec_roundtrip_every_type),
                                          TEST_ENTRY(handshake_deadline),
                                          TEST_ENTRY(unauthenticated_dialers_evicted),
                                          TEST_ENTRY(invalid_message_closes_link),
+                                         TEST_ENTRY(partial_frames_in_the_budget),
                                          TEST_ENTRY(peer_restart),
                                          TEST_ENTRY(queue_cap_drops_oldest),
                                          TEST_ENTRY(queue_byte_cap),

@@ -1,0 +1,430 @@
+"""Attacks on a real node's Raft port over 127.0.0.1, one per finding of the
+audit that found this port was the weak door; after each, the node must
+still serve and have lost nothing.
+
+The clusters here run without a cluster token (loopback only), the
+weakest setting a node accepts: an attacker that can reach the port may
+then claim a member's node id, and needs the cluster id, which these tests
+read from the node's log (a refusal no longer tells it). With a token none
+of this gets past the handshake; a stranger that claims no member id gets
+nothing but a refusal either way.
+"""
+import http.server
+import json
+import os
+import resource
+import socket
+import threading
+import time
+
+import pytest
+
+import raft_wire as rw
+from test_cluster import get, leader_of, make_cluster, put
+
+# The slow-handshake test holds more connections than the usual 1024
+# descriptors (the servers inherit the limit).
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _soft < 4096 and (_hard == resource.RLIM_INFINITY or _hard > _soft):
+    resource.setrlimit(resource.RLIMIT_NOFILE,
+                       (min(4096, _hard) if _hard != resource.RLIM_INFINITY
+                        else 4096, _hard))
+
+
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def rss_kb(s):
+    with open(f"/proc/{s.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def settled(nodes, timeout=10):
+    """Leader, with every write so far readable from every node."""
+    leader = leader_of(nodes, timeout=timeout)
+    for s in nodes:
+        assert get(s, "__probe")[0] in (200, 404)
+    return leader
+
+
+def cluster_with_data(servers, n=3, keys=20):
+    nodes = make_cluster(servers, n=n)
+    leader = leader_of(nodes)
+    for i in range(keys):
+        assert put(leader, f"k{i}", f"v{i}")[0] == 204
+    return nodes, leader
+
+
+def still_whole(nodes, keys=20):
+    """Every node serves, and every key written reads back everywhere."""
+    leader = leader_of(nodes, timeout=15)
+    assert put(leader, "after-attack", "yes")[0] == 204
+    for s in nodes:
+        assert s.proc.poll() is None, s.read_log()
+        for i in (0, keys // 2, keys - 1):
+            st, _, body = get(s, f"k{i}")
+            assert (st, body) == (200, f"v{i}".encode()), (s.name, st, body)
+        assert get(s, "after-attack")[2] == b"yes"
+    return leader
+
+
+def follower_of(nodes, leader):
+    return next(s for s in nodes if s is not leader)
+
+
+def status(s):
+    return s.status()
+
+
+def test_stranger_learns_nothing_and_gets_nothing(servers):
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    vid, cid = rw.identity(victim)
+    # a wrong cluster id: refused, and the refusal does not carry the real
+    # one (a stranger used to redial with it and get in)
+    p = rw.Peer(victim.raft_port)
+    r = p.handshake(node_id=424242, cluster_id=cid ^ 1)
+    assert r is not None and r.status == rw.CLUSTER_MISMATCH
+    assert r.cluster_id == 0 and r.node_id == 0 and r.name == ""
+    assert cid.to_bytes(8, "little") not in p.last_reply_bytes
+    assert p.closed_by_peer()
+    p.close()
+    # the right cluster id, but not a member: refused
+    p = rw.Peer(victim.raft_port)
+    r = p.handshake(node_id=424242, cluster_id=cid)
+    assert r.status == rw.NOT_MEMBER and r.node_id == 0
+    assert p.closed_by_peer()
+    p.close()
+    # a message without any handshake: closed
+    p = rw.Peer(victim.raft_port)
+    p.message(type=rw.HEARTBEAT, term=99, to=vid, **{"from": 424242})
+    assert p.closed_by_peer()
+    p.close()
+    assert status(victim)["term"] == status(leader)["term"]
+    still_whole(nodes)
+
+
+def impostor(nodes, victim, claim):
+    """A connection to victim's Raft port accepted under the node id of
+    member `claim` (possible without a token)."""
+    cid = rw.identity(victim)[1]
+    cl_id = rw.identity(claim)[0]
+    p = rw.Peer(victim.raft_port)
+    r = p.handshake(node_id=cl_id, cluster_id=cid, name=claim.name)
+    assert r is not None and r.status == rw.OK, r
+    return p, cl_id
+
+
+def test_append_contradicting_commit_does_not_abort(servers):
+    """Finding 1: an APPEND of a higher term whose entry conflicts at a
+    committed index hit an assertion and aborted the node."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    other = next(s for s in nodes if s not in (leader, victim))
+    before = status(victim)
+    assert before["commit_index"] >= 3
+    vid = rw.identity(victim)[0]
+    p, fake = impostor(nodes, victim, other)
+    t = before["term"]
+    p.message(type=rw.APPEND, to=vid, term=t + 1, index=1, log_term=1,
+              commit=3, entries=[{"term": t + 1, "index": 2,
+                                  "type": rw.NORMAL, "data": b"x"}],
+              **{"from": fake})
+    assert p.closed_by_peer(), "the node kept the link of a lying peer"
+    p.close()
+    assert victim.proc.poll() is None, victim.read_log()
+    assert "APPEND contradicts a committed entry" in victim.read_log()
+    assert status(victim)["term"] == t  # the lie did not bump the term
+    still_whole(nodes)
+
+
+def test_append_after_index_zero_does_not_hang(servers):
+    """Finding 2: an APPEND with previous index 0 and a previous term other
+    than 0 sent the conflict-hint loop below index 0 for 2^64 rounds; the
+    node ignored SIGTERM."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    other = next(s for s in nodes if s not in (leader, victim))
+    vid = rw.identity(victim)[0]
+    p, fake = impostor(nodes, victim, other)
+    t = status(victim)["term"]
+    p.message(type=rw.APPEND, to=vid, term=t, index=0, log_term=t,
+              **{"from": fake})
+    assert p.closed_by_peer()
+    p.close()
+    # it still answers at once, and still stops when asked
+    st, _, _ = victim.request("GET", "/health", timeout=2)
+    assert st == 200
+    still_whole(nodes)
+    t0 = time.time()
+    assert victim.stop() == 0
+    assert time.time() - t0 < 5
+
+
+def send_snapshot(p, term, index, snap_term, data, piece=64 * 1024):
+    for off in range(0, len(data), piece):
+        p.chunk(term, index, snap_term, off, len(data), data[off:off + piece])
+
+
+def members_conf(nodes):
+    return rw.conf_bytes([(rw.identity(s)[0], True,
+                           json.dumps({"name": s.name, "raft":
+                                       f"127.0.0.1:{s.raft_port}"}))
+                          for s in nodes])
+
+
+def snap_files(s):
+    d = os.path.join(s.dir, "data")
+    return sorted(f for f in os.listdir(d) if f.startswith("snap-"))
+
+
+def test_snapshot_with_repeated_key_is_refused(servers):
+    """Finding 3: a snapshot holding a key twice passed the receiver's check
+    but failed the load at install, and the node exited."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    st = status(victim)
+    vid = rw.identity(victim)[0]
+    p, fake = impostor(nodes, victim, leader)
+    index = st["commit_index"] + 100
+    data = rw.snapshot_file(index, st["term"], members_conf(nodes),
+                            [(b"k0", b"evil"), (b"k0", b"evil2")])
+    send_snapshot(p, st["term"], index, st["term"], data)
+    p.message(type=rw.INSTALL_SNAPSHOT, to=vid, term=st["term"],
+              snap_index=index, snap_term=st["term"],
+              entries=[{"term": st["term"], "index": index, "type": rw.CONF,
+                        "data": members_conf(nodes)}], **{"from": fake})
+    deadline = time.time() + 5
+    while "repeats a key" not in victim.read_log():
+        assert time.time() < deadline, victim.read_log()
+        time.sleep(0.05)
+    p.close()
+    assert victim.proc.poll() is None
+    assert not any(str(index) in f for f in snap_files(victim))
+    still_whole(nodes)
+
+
+def test_forged_snapshots_cannot_push_out_the_real_one(servers):
+    """Finding 4: two forged snapshot files with huge indexes made pruning
+    delete the node's real snapshot while its log was compacted: on restart
+    it refused to start and its keys were gone."""
+    nodes = make_cluster(servers, conf={"raft-snapshot-entries": "10",
+                                        "raft-trailing-entries": "0"})
+    leader = leader_of(nodes)
+    for i in range(20):
+        assert put(leader, f"k{i}", f"v{i}")[0] == 204
+    victim = follower_of(nodes, leader)
+    # the victim has its own snapshot and a compacted log
+    assert victim.request("POST", "/admin/snapshot")[0] == 200
+    st = status(victim)
+    p, fake = impostor(nodes, victim, leader)
+    for index in (2**61, 2**61 + 1):  # no INSTALL_SNAPSHOT message follows
+        data = rw.snapshot_file(index, st["term"], members_conf(nodes), [])
+        send_snapshot(p, st["term"], index, st["term"], data)
+    time.sleep(0.5)
+    p.close()
+    # more writes and the victim's next snapshot, whose pruning once
+    # deleted the real file in favour of the forged ones
+    leader = leader_of(nodes)
+    for i in range(20, 40):
+        assert put(leader, f"k{i}", f"v{i}")[0] == 204
+    st2, _, body = victim.request("POST", "/admin/snapshot")
+    assert st2 == 200
+    newest = json.loads(body)["snapshot_index"]
+    files = snap_files(victim)
+    # its own newest snapshot is there; of the forged ones at most the one
+    # still awaiting its install message (dropped after 30 s)
+    assert any(f.startswith(f"snap-{newest}-") for f in files), files
+    assert sum(str(2**61)[:-1] in f for f in files) <= 1, files
+    assert victim.stop() == 0
+    victim.start()
+    leader_of(nodes, timeout=15)
+    for i in (0, 19, 39):
+        st, _, body = get(victim, f"k{i}")
+        assert (st, body) == (200, f"v{i}".encode())
+    still_whole(nodes)
+
+
+def test_snapshot_size_is_bounded_and_temp_files_go(servers):
+    """Finding 5: the announced size was not bounded (1 TiB was accepted and
+    48 MiB written) and a .recv.tmp stayed when the link closed."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    st = status(victim)
+    data_dir = os.path.join(victim.dir, "data")
+    p, fake = impostor(nodes, victim, leader)
+    index = st["commit_index"] + 100
+    p.chunk(st["term"], index, st["term"], 0, 1 << 40, b"x" * 65536)
+    deadline = time.time() + 5
+    while "refusing snapshot" not in victim.read_log():
+        assert time.time() < deadline, victim.read_log()
+        time.sleep(0.05)
+    assert "raft-snapshot-max-size" in victim.read_log()
+    assert not [f for f in os.listdir(data_dir) if f.endswith(".tmp")]
+    # a transfer of a plausible size that dies midway leaves nothing
+    for off in range(0, 1 << 20, 65536):
+        p.chunk(st["term"], index, st["term"], off, 50 << 20, b"y" * 65536)
+    deadline = time.time() + 5
+    while not [f for f in os.listdir(data_dir) if f.endswith(".recv.tmp")]:
+        assert time.time() < deadline, victim.read_log()
+        time.sleep(0.05)
+    p.close()
+    deadline = time.time() + 5
+    while [f for f in os.listdir(data_dir) if f.endswith(".tmp")]:
+        assert time.time() < deadline, os.listdir(data_dir)
+        time.sleep(0.05)
+    still_whole(nodes)
+
+
+class Catcher(http.server.BaseHTTPRequestHandler):
+    hits = []
+
+    def do_POST(self):
+        Catcher.hits.append(self.path)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+def test_impostor_cannot_redirect_forwarded_writes(servers):
+    """Finding 6: a dialer claiming the leader's id rewrote its HTTP and
+    gRPC addresses; a follower then forwarded client writes to the
+    attacker, which answered 204, and they were never applied."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Catcher)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    Catcher.hits = []
+    try:
+        fake_http = f"127.0.0.1:{httpd.server_address[1]}"
+        cid = rw.identity(victim)[1]
+        lid = rw.identity(leader)[0]
+        for _ in range(5):
+            p = rw.Peer(victim.raft_port)
+            r = p.handshake(node_id=lid, cluster_id=cid, name=leader.name,
+                            http_addr=fake_http, grpc_addr=fake_http,
+                            raft_addr=fake_http)
+            assert r.status == rw.OK
+            p.close()
+            time.sleep(0.05)
+        for i in range(40):
+            st, _, body = put(victim, f"w{i}", str(i))
+            assert st == 204, body
+        assert Catcher.hits == []
+        for i in range(40):
+            assert get(leader, f"w{i}")[2] == str(i).encode()
+    finally:
+        httpd.shutdown()
+    still_whole(nodes)
+
+
+def test_frames_cannot_exhaust_memory(servers):
+    """Finding 7: a frame full of empty entries decoded to about 70 times its
+    size (a 32 MiB frame peaked at 2.4 GB), and any number of links could
+    each buffer a 65 MiB partial frame."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    other = next(s for s in nodes if s not in (leader, victim))
+    vid = rw.identity(victim)[0]
+    base = rss_kb(victim)
+    # a 32 MiB frame is over a member's frame limit: refused at its prefix
+    p, fake = impostor(nodes, victim, other)
+    p.send((32 << 20).to_bytes(4, "big") + b"\0" * 65536)
+    assert p.closed_by_peer()
+    p.close()
+    # nearly the largest frame allowed, packed with empty entries (two
+    # bytes each on the wire: field 12, length 0)
+    m = rw.pb().RaftMessage()
+    m.type = rw.APPEND
+    setattr(m, "from", fake)
+    m.to = vid
+    m.term = status(victim)["term"]
+    msg = m.SerializeToString() + b"\x62\x00" * 1_000_000
+    body = b"\x1a" + varint(len(msg)) + msg
+    assert len(body) < 3 << 20
+    p, fake = impostor(nodes, victim, other)
+    peak = base
+    p.send(len(body).to_bytes(4, "big") + body)
+    assert p.closed_by_peer()
+    p.close()
+    peak = max(peak, rss_kb(victim))
+    assert "undecodable frame" in victim.read_log()
+    # many links holding partial frames: strangers get 4 KiB each at most,
+    # and only 64 of them wait at once
+    socks = []
+    for _ in range(300):
+        s = socket.create_connection(("127.0.0.1", victim.raft_port))
+        s.sendall((4000).to_bytes(4, "big") + b"\0" * 2000)
+        socks.append(s)
+    time.sleep(0.5)
+    peak = max(peak, rss_kb(victim))
+    for s in socks:
+        s.close()
+    assert peak - base < 64 * 1024, (base, peak)
+    still_whole(nodes)
+
+
+def test_slow_handshakes_do_not_lock_members_out(servers):
+    """Finding 9, Raft port: 1,024 connections trickling a handshake held
+    every inbound slot, even with a token set, so real peers could not
+    connect."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    stop = threading.Event()
+    socks = []
+
+    def trickle():
+        while not stop.is_set():
+            for s in list(socks):
+                try:
+                    s.send(b"\0")
+                except OSError:
+                    socks.remove(s)
+            while len(socks) < 1100:  # more than the 1,024 inbound slots
+                try:
+                    c = socket.create_connection(
+                        ("127.0.0.1", leader.raft_port), timeout=1)
+                    c.sendall((3000).to_bytes(4, "big"))  # a long handshake
+                    socks.append(c)
+                except OSError:
+                    break
+            stop.wait(0.3)
+
+    th = threading.Thread(target=trickle, daemon=True)
+    th.start()
+    try:
+        time.sleep(1)
+        # a member that restarts must get back in while this goes on
+        victim.kill()
+        victim.start()
+        deadline = time.time() + 15
+        while True:
+            st = status(victim)
+            if st["leader"] and st["applied_index"] >= \
+                    status(leader)["commit_index"] - 1:
+                break
+            assert time.time() < deadline, victim.read_log()
+            time.sleep(0.1)
+        assert put(leader, "during", "attack")[0] == 204
+        assert get(victim, "during")[2] == b"attack"
+    finally:
+        stop.set()
+        th.join(5)
+        for s in socks:
+            s.close()
+    log = leader.read_log()
+    assert "closed to make room" in log or "no handshake within" in log
+    still_whole(nodes)
