@@ -58,6 +58,7 @@ struct member {
 struct gone {
     uint64_t id;         /* its Raft id */
     uint64_t conf_index; /* the configuration entry without it */
+    uint64_t conf_term;  /* that entry's term */
 };
 
 struct node {
@@ -279,7 +280,9 @@ static void on_peer_info(void *data, uint64_t id, bool dialed,
     PZ_UNUSED(data);
     PZ_UNUSED(name);
     if (!dialed) {
-        if (node.n_members == 0 && raft && plausible_addr(raft) &&
+        /* An id we have no configured address for: joining, or a member
+         * added after what our log holds (maybe our leader). */
+        if (member_find(id) == NULL && raft && plausible_addr(raft) &&
             id != node.id)
             transport_set_peer(node.tr, id, raft);
         return;
@@ -375,11 +378,17 @@ static void expire(struct pz_queue *list, int status)
  * is not remembered (gone[] lives in memory): it is refused as a
  * non-member and keeps retrying quietly until stopped by hand. */
 
-static void gone_add(uint64_t id, uint64_t conf_index)
+static bool self_member(void)
+{
+    return member_find(node.id) != NULL;
+}
+
+static void gone_add(uint64_t id, uint64_t conf_index, uint64_t conf_term)
 {
     for (size_t i = 0; i < node.n_gone; i++) {
         if (node.gone[i].id == id) {
             node.gone[i].conf_index = conf_index;
+            node.gone[i].conf_term = conf_term;
             return;
         }
     }
@@ -388,11 +397,12 @@ static void gone_add(uint64_t id, uint64_t conf_index)
                 sizeof node.gone - sizeof node.gone[0]);
         node.n_gone--;
     }
-    node.gone[node.n_gone++] = (struct gone){id, conf_index};
+    node.gone[node.n_gone++] = (struct gone){id, conf_index, conf_term};
 }
 
 /* Who is dialing us (transport_config.check_peer). */
-static int check_peer(void *data, uint64_t id, uint64_t *conf_index)
+static int check_peer(void *data, uint64_t id, uint64_t *conf_index,
+                      uint64_t *conf_term)
 {
     PZ_UNUSED(data);
     if (node.n_members == 0)
@@ -402,33 +412,53 @@ static int check_peer(void *data, uint64_t id, uint64_t *conf_index)
     for (size_t i = 0; i < node.n_gone; i++) {
         if (node.gone[i].id == id) {
             *conf_index = node.gone[i].conf_index;
+            *conf_term = node.gone[i].conf_term;
             return TRANSPORT_PEER_REMOVED;
         }
     }
-    return TRANSPORT_PEER_UNKNOWN;
+    return TRANSPORT_PEER_STRANGER;
 }
 
-/* Peer `from`, a member we dialed, says its committed configuration at
- * conf_index no longer has us. */
-static void on_removed(void *data, uint64_t from, uint64_t conf_index)
+/* Peer `from`, which we dialed, says its committed configuration entry
+ * (conf_index, conf_term) no longer has us. Nothing authenticates the
+ * answer beyond the address we dialed, so it is weighed:
+ *  - a node that leads, or heard from its leader within the election
+ *    timeout, is a member in good standing: ignored (a removed node stops
+ *    hearing from the leader once the removal is appended, so it soon
+ *    listens);
+ *  - a node whose newest configuration is newer than the one named,
+ *    includes it and is committed here was added again: ignored;
+ *  - otherwise it stops. */
+static void on_removed(void *data, uint64_t from, uint64_t conf_index,
+                       uint64_t conf_term)
 {
     PZ_UNUSED(data);
-    uint64_t ours = 0;
-    raft_conf_current(node.raft, &ours);
-    struct member *m = member_find(from);
     if (node.removed || !node.open || node.n_members == 0)
         return; /* a joining node was never removed */
-    if (ours > conf_index) {
+    struct member *m = member_find(from);
+    const char *who = m ? m->name : "a peer";
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    if (rs.lease) {
+        pz_debug("%s says this node was removed (entry %llu), but it is in "
+                 "touch with its leader: ignored",
+                 who, (unsigned long long)conf_index);
+        return;
+    }
+    uint64_t ours = 0;
+    raft_conf_current(node.raft, &ours);
+    if (ours > conf_index && ours <= rs.commit && self_member()) {
         pz_info("%s says this node was removed by configuration entry "
-                "%llu, but we know entry %llu: ignored",
-                m ? m->name : "a peer", (unsigned long long)conf_index,
+                "%llu, but entry %llu, committed, has it: ignored",
+                who, (unsigned long long)conf_index,
                 (unsigned long long)ours);
         return;
     }
     node.removed = true;
-    pz_warn("removed from the cluster (configuration entry %llu, as %s "
-            "says): stopping",
-            (unsigned long long)conf_index, m ? m->name : "a member");
+    pz_warn("removed from the cluster (configuration entry %llu, term "
+            "%llu, as %s says): stopping",
+            (unsigned long long)conf_index, (unsigned long long)conf_term,
+            who);
     server_stop("removed from the cluster");
 }
 
@@ -490,7 +520,7 @@ static void conf_committed(const struct raft_entry *e)
         if (id != node.id && member_find(id) == NULL) {
             /* Closes its links too: it redials and is told. */
             transport_remove_peer(node.tr, id);
-            gone_add(id, e->index);
+            gone_add(id, e->index, e->term);
         }
     }
     pz_free(node.committed_ids);
@@ -743,10 +773,17 @@ static void conf_wait_retry(void);
 static void membership_cron(void)
 {
     join_cron();
-    if (node.role != RAFT_LEADER)
-        return;
     struct raft_status rs;
     raft_status(node.raft, &rs);
+    if (!rs.lease && !node.removed) {
+        /* Out of touch: (re)open a link to every member, so that one that
+         * removed us (a non-voter never campaigns) can say so. */
+        for (size_t i = 0; i < node.n_members; i++)
+            if (node.members[i].id != node.id)
+                transport_probe(node.tr, node.members[i].id);
+    }
+    if (node.role != RAFT_LEADER)
+        return;
     for (size_t i = 0; i < node.n_members; i++) {
         struct member *m = &node.members[i];
         if (m->voter || m->id == node.id)
@@ -1301,12 +1338,9 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
         .on_chunk = on_chunk,
         .data = &node,
         .seed = seed,
-        /* The largest frame a correct peer sends: a batch of entries
-         * (RAFT_MAX_BYTES_PER_MSG) or one entry as large as the largest
-         * command, with room for the framing. */
-        .max_frame = (size_t)(RAFT_MAX_BYTES_PER_MSG + (1u << 20) +
-                              (uint64_t)cfg->max_key_size +
-                              (uint64_t)cfg->max_value_size),
+        /* A member may send frames up to RAFT_FRAME_MAX, whatever our own
+         * limits (config refuses a max-value-size that would not fit). */
+        .max_frame = RAFT_FRAME_MAX,
     };
     node.tr = transport_new(loop, &tc, err, errlen);
     if (node.tr == NULL)
@@ -1425,10 +1459,6 @@ void node_close(void (*cb)(void))
 #define MANDI_PUT_S 2
 #define MANDI_POLL_S 3
 
-static bool self_in_conf(void)
-{
-    return member_find(node.id) != NULL;
-}
 
 static void on_mandi_done(const struct mandi_result *res, void *data)
 {
@@ -1520,7 +1550,7 @@ static void join_cron(void)
             register_leader();
         if (s % MANDI_POLL_S == 0 && node.mandi && !node.mandi_poll)
             node.mandi_poll = mandi_get_joins(node.mandi, on_joins, NULL);
-    } else if (!self_in_conf() && !node.removed) {
+    } else if (!self_member() && !node.removed) {
         if (s % MANDI_PUT_S == 0)
             post_join();
     }
@@ -1704,13 +1734,16 @@ static void snapshot_poll(void)
     /* Keep the two newest durable snapshots (the newest covers the
      * compacted log) and a received one waiting for its install; any other
      * file goes, a newer one included. */
-    struct snapshot_id keep[3] = {
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    struct snapshot_id keep[4] = {
         {node.snap_index, node.snap_term},
         {node.prev_snap_index, node.prev_snap_term},
         {node.got_index, node.got_term},
+        {rs.snap_index, rs.snap_term}, /* installed, maybe not yet here */
     };
     if (node.rx == NULL) /* pruning removes temporary files too */
-        snapshot_prune_except(node.cfg->raft_data, keep, 3, &removed, err,
+        snapshot_prune_except(node.cfg->raft_data, keep, 4, &removed, err,
                               sizeof err);
     snap_waiters_done(0);
 }
@@ -1866,8 +1899,16 @@ static void on_peer_link(void *data, uint64_t id, bool connected)
 #define RX_AUTO_MIN (UINT64_C(4) << 30)
 #define RX_DISK_RESERVE (UINT64_C(64) << 20)
 
+/* Forget a received snapshot awaiting its install: its table, and its
+ * file (the disk check of the next transfer must see the space again). */
 static void got_drop(void)
 {
+    if (node.got_kv) {
+        char path[SNAPSHOT_PATH_MAX];
+        snapshot_path(node.cfg->raft_data, node.got_index, node.got_term,
+                      path, sizeof path);
+        unlink(path);
+    }
     kv_free(node.got_kv);
     node.got_kv = NULL;
     node.got_index = node.got_term = 0;
@@ -1995,10 +2036,17 @@ static const char *on_chunk(void *data, uint64_t from,
     node.got_kv = kv;
     node.got_index = c->snap_index;
     node.got_term = c->snap_term;
+    uv_update_time(node.loop); /* the load may have taken a while */
+    node.rx_last_ms = uv_now(node.loop);
+    pz_info("received snapshot at index %llu (%zu keys); installing it once "
+            "the leader says so",
+            (unsigned long long)c->snap_index, kv_count(kv));
     return NULL;
 }
 
-/* The accepted link from `from` closed: a transfer on it is over. */
+/* The last accepted link from `from` closed: a transfer on it is over,
+ * and the address of a peer not in our configuration (learned from its
+ * handshake) is forgotten. */
 static void on_inbound_closed(void *data, uint64_t from)
 {
     PZ_UNUSED(data);
@@ -2008,6 +2056,8 @@ static void on_inbound_closed(void *data, uint64_t from)
                 (unsigned long long)node.rx_index);
         rx_abort();
     }
+    if (from != node.id && member_find(from) == NULL)
+        transport_remove_peer(node.tr, from);
 }
 
 /* From the tick: a transfer whose leader moved on or went quiet. */

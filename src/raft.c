@@ -2373,6 +2373,7 @@ void raft_status(struct raft *r, struct raft_status *st)
     st->term = r->term;
     st->vote = r->vote;
     st->leader = r->leader;
+    st->lease = in_lease(r);
     st->commit = r->commit;
     st->applied = r->applied;
     st->first_index = r->log.offset + 1;
