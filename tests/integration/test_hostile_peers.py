@@ -414,7 +414,9 @@ def test_frames_cannot_exhaust_memory(servers):
     peak = max(peak, rss_kb(victim))
     for s in socks:
         s.close()
-    assert peak - base < 100 * 1024, (base, peak)  # the frame itself: 32 MiB
+    # the frame itself is 32 MiB; ASan's shadow and quarantine add more
+    slack = 400 if os.environ.get("PYAZDB_SANITIZER") == "address" else 100
+    assert peak - base < slack * 1024, (base, peak)
     still_whole(nodes)
 
 
