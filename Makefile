@@ -5,6 +5,7 @@
 #   make run                           start a local node with pyazdb.conf
 #   make install PREFIX=/usr/local     install the binaries
 #   make deps                          install missing Debian packages
+#   make fuzz / fuzz-build / fuzz-regress   libFuzzer targets (tests/fuzz)
 # A change of CFLAGS, SANITIZER or OPT forces a clean rebuild (.make-settings).
 
 PREFIX ?= /usr/local
@@ -79,11 +80,18 @@ BINS = $(SERVER) $(if $(CLI_SRC),$(CLI))
 all: $(BINS)
 
 # --- settings stamp: rebuild everything when flags change -----------------
+# Not when only fuzz targets are asked for: they build with clang in
+# tests/fuzz/build and must leave this build (and its stamp) alone.
+FUZZ_GOALS = fuzz fuzz-build fuzz-regress fuzz-clean deps-fuzz
+ONLY_FUZZ := $(if $(MAKECMDGOALS),$(if $(filter-out $(FUZZ_GOALS),\
+                                                   $(MAKECMDGOALS)),,yes))
 SETTINGS = $(CC) $(PZ_CFLAGS) $(PZ_LDFLAGS) $(SANITIZER)
 OBJ_GLOBS = src/*.o src/gen/*.o $(GEN_O) tests/unit/*.o deps/llhttp
+ifeq ($(ONLY_FUZZ),)
 ifneq ($(shell cat .make-settings 2>/dev/null),$(SETTINGS))
 $(shell rm -rf $(OBJ_GLOBS) $(SERVER) $(CLI) $(UNIT); \
         echo '$(SETTINGS)' > .make-settings)
+endif
 endif
 
 deps/llhttp/libllhttp.a:
@@ -189,6 +197,27 @@ test-integration: $(BINS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
 	    tests/integration $(PYTEST_ARGS)
 
+# --- fuzzing: libFuzzer harnesses (tests/fuzz), clang + ASan + UBSan ------
+# Their own build directory (tests/fuzz/build), objects and settings stamp.
+# make fuzz: replay the saved inputs, then fuzz each target FUZZ_TIME
+# seconds (default 60); FUZZ_TARGETS="config snapshot" narrows it.
+FUZZ_MAKE = $(MAKE) -C tests/fuzz $(if $(FUZZ_TARGETS),FUZZ_TARGETS='$(FUZZ_TARGETS)')
+
+deps-fuzz:
+	@scripts/install-deps.sh fuzz
+
+fuzz-build: deps-fuzz
+	+$(FUZZ_MAKE) build
+
+fuzz-regress: fuzz-build
+	+$(FUZZ_MAKE) regress
+
+fuzz: fuzz-regress
+	+$(FUZZ_MAKE) run
+
+fuzz-clean:
+	+$(MAKE) -C tests/fuzz clean
+
 run: deps
 	$(MAKE) all
 	scripts/cluster.sh run 3
@@ -210,10 +239,11 @@ clean-objs:
 
 clean: clean-objs
 	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) tests/unit/suites.h \
-	    .make-settings
+	    .make-settings tests/fuzz/build
 
 .PHONY: all deps deps-test noopt valgrind test test-unit test-sim \
         test-sim-long test-integration \
+        deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
         run lint install clean clean-objs
 
 -include $(ALL_O:.o=.d)

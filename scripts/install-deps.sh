@@ -3,14 +3,19 @@
 #   scripts/install-deps.sh build   packages to build the server
 #   scripts/install-deps.sh test    build packages plus the test clients
 #   scripts/install-deps.sh bench   test packages plus benchmark tools
+#   scripts/install-deps.sh fuzz    build packages plus clang and libFuzzer
 # Runs apt-get as root, through sudo otherwise. Does nothing (and needs no
 # network) when everything is already installed.
 set -eu
 
 build="gcc make pkg-config libc6-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev
 protobuf-c-compiler libsqlite3-dev libcjson-dev node-llhttp grpc-proto"
+# make fuzz: clang 14 with compiler-rt (libFuzzer, ASan, UBSan runtimes);
+# protoc writes the seed corpora (tests/fuzz/mkseeds.py), when rewritten.
+fuzz_only="clang libclang-rt-14-dev"
+fuzz="$build $fuzz_only"
 test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
-python3-protobuf python3-pytest-timeout protobuf-compiler procps"
+python3-protobuf python3-pytest-timeout protobuf-compiler procps $fuzz_only"
 # The reflection test also uses Node.js and npm when the machine has them
 # (they are not installed here: the test skips without them).
 bench="$test wrk redis-server redis-tools etcd-server"
@@ -19,7 +24,8 @@ case "${1:-build}" in
 build) want=$build ;;
 test) want=$test ;;
 bench) want=$bench ;;
-*) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
+fuzz) want=$fuzz ;;
+*) echo "usage: $0 build|test|bench|fuzz" >&2; exit 2 ;;
 esac
 
 missing=""
