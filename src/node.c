@@ -123,6 +123,7 @@ static struct node_req *read_by_ctx(uint64_t ctx)
 
 static int read_start(struct node_req *req)
 {
+    req->read_waits = false;
     req->ctx = ++node.read_ctx;
     int rv = raft_read_index(node.raft, req->ctx);
     if (rv == 0)
@@ -163,7 +164,7 @@ static void soft_state_changed(const struct raft_soft_state *ss)
     while (e != &node.transfers) {
         struct node_req *r = container_of(e, struct node_req, q);
         e = e->next;
-        if (ss->leader == r->index)
+        if (ss->leader == r->member)
             reqs_done(r, 0);
         else if (ss->leader != 0 && ss->leader != node.id)
             reqs_done(r, PZ_ELEADERCHANGE); /* someone else won */
@@ -207,7 +208,7 @@ static void ready_apply(struct raft_ready *rd)
         pz_queue_remove(&r->q);
         r->queued = false;
         reqs_link(&node.wait_leader, r);
-        r->ctx = UINT64_MAX; /* marks a read in wait_leader */
+        r->read_waits = true;
     }
     core_reads_check_applied();
 }
@@ -355,7 +356,7 @@ void node_before_sleep(void)
             container_of(pz_queue_head(&batch), struct node_req, q);
         pz_queue_remove(&r->q);
         r->queued = false;
-        if (r->ctx == UINT64_MAX && r->status == 0) {
+        if (r->read_waits && r->status == 0) {
             /* A read that waited for a leader: ask for a read index now. */
             if (read_start(r) == 0)
                 continue;
@@ -395,7 +396,7 @@ int node_read(struct node_req *req, bool stale, node_req_cb cb)
         return 0;
     }
     if (read_start(req) < 0) {
-        req->ctx = UINT64_MAX;
+        req->read_waits = true;
         reqs_link(&node.wait_leader, req);
     }
     return 0;

@@ -36,6 +36,8 @@ struct node_req {
     uint64_t index;        /* write: log index; read: read index */
     uint64_t term;         /* write: term of the proposal */
     uint64_t ctx;          /* read: ReadIndex context */
+    uint64_t member;       /* removal, transfer: the member's Raft id */
+    bool read_waits;       /* a read parked until a leader is known */
     uint64_t deadline;     /* uv_now() past which it fails (timeout) */
     struct kv_result res;  /* writes: what apply did */
 };

@@ -414,7 +414,7 @@ int node_remove_member(struct node_req *req, const char *name,
          * rather than make the caller retry. */
         pz_info("removing member %s: waiting for the change in progress",
                 name);
-        req->ctx = m->id;
+        req->member = m->id;
         reqs_link(&node.conf_wait, req);
         return 0;
     }
@@ -438,7 +438,7 @@ void members_conf_wait_retry(void)
         int rv = leader_only();
         if (rv == 0) {
             struct raft_conf_change cc = {.type = RAFT_CC_REMOVE,
-                                          .id = r->ctx};
+                                          .id = r->member};
             rv = raft_propose_conf(node.raft, &cc, &r->index, &r->term);
             if (rv == PZ_EBUSY)
                 continue;
@@ -446,16 +446,15 @@ void members_conf_wait_retry(void)
         if (rv < 0) {
             /* EINVAL: removed by someone else meanwhile (404), or it
              * would leave no voter (400, as when asked directly) */
-            if (rv == PZ_EINVAL && members_find(r->ctx) == NULL)
+            if (rv == PZ_EINVAL && members_find(r->member) == NULL)
                 rv = PZ_ENOTFOUND;
             reqs_done(r, rv);
             continue;
         }
         pz_queue_remove(&r->q);
         r->queued = false;
-        struct member *m = members_find(r->ctx);
+        struct member *m = members_find(r->member);
         pz_info("removing member %s", m ? m->name : "?");
-        r->ctx = 0;
         reqs_link_proposal(r);
     }
 }
@@ -477,7 +476,7 @@ int node_transfer(struct node_req *req, const char *name, node_req_cb cb)
     if (rv < 0)
         return rv;
     pz_info("transferring leadership to %s", name);
-    req->index = m->id;
+    req->member = m->id;
     reqs_link(&node.transfers, req);
     return 0;
 }

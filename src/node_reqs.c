@@ -35,7 +35,8 @@ void reqs_prepare(struct node_req *req, node_req_cb cb)
     req->cb = cb;
     req->queued = false;
     req->status = 0;
-    req->index = req->term = req->ctx = 0;
+    req->index = req->term = req->ctx = req->member = 0;
+    req->read_waits = false;
     req->deadline = uv_now(node.loop) + (uint64_t)node.cfg->request_timeout_ms;
     memset(&req->res, 0, sizeof req->res);
 }
