@@ -2,7 +2,7 @@
 #   make SANITIZER=address|undefined   sanitizer build (clean rebuild)
 #   make noopt                         -O0 build
 #   make test / test-unit / test-integration / lint
-#   make run                           start a local node with pyazdb.conf
+#   make run                           mandi and 3 nodes on 127.0.0.1 (./run/)
 #   make install PREFIX=/usr/local     install the binaries
 #   make deps                          install missing Debian packages
 #   make fuzz / fuzz-build / fuzz-regress   libFuzzer targets (tests/fuzz)
