@@ -226,7 +226,7 @@ run: deps
 
 # Pure modules include no libuv and no I/O module; the consensus and state
 # machine cores also call no clock, random source or file function (time
-# is ticks, randomness a seeded PRNG: see STYLE.md section 1).
+# is ticks, randomness a seeded PRNG: docs/DESIGN.md).
 lint:
 	@bad=$$(grep -lE '#include (<uv\.h>|"($(IO_HDRS))\.h")' $(PURE_SRC)); \
 	if [ -n "$$bad" ]; then echo "lint: pure modules include I/O:" $$bad; \

@@ -4,7 +4,7 @@
  * transport, one tick timer, and every client request waiting on them.
  *
  * Happy path, once per loop turn from the prepare hook (node_before_sleep),
- * the Ready cycle of STYLE.md section 1:
+ * the Ready cycle (docs/DESIGN.md, "The life of a write"):
  *   1. take a Ready; apply its committed entries (durable here already) and
  *      complete the writes and reads they unblock;
  *   2. send the messages that may go at once (the leader's AppendEntries
@@ -46,7 +46,7 @@ void core_fatal(const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     /* Fail-stop: never go on with state that is not on disk or not as
-     * the log says (STYLE.md section 3). */
+     * the log says). */
     pz_error("%s; stopping", msg);
     exit(1);
 }
