@@ -18,6 +18,7 @@
  *
  * Pure except cfg_load_file() (reads one file) and cfg_print_help(). */
 #include "config.h"
+#include "raft_codec.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -1256,6 +1257,16 @@ int cfg_check(const struct pz_config *c, char *err, size_t errlen)
         fmt_err(err, errlen, NULL, 0,
                 "'conn-hard-limit' (%s) must be at least 'max-value-size' "
                 "(%s) + 1kb",
+                a, b);
+        return PZ_ECONFIG;
+    }
+    if (c->max_key_size + c->max_value_size + MB > (int64_t)RAFT_FRAME_MAX) {
+        /* One entry must fit in a peer frame, with the message around it. */
+        fmt_size(c->max_key_size, a, sizeof a);
+        fmt_size(c->max_value_size, b, sizeof b);
+        fmt_err(err, errlen, NULL, 0,
+                "'max-key-size' (%s) + 'max-value-size' (%s) must stay "
+                "within 64mb: a write must fit in one Raft peer frame",
                 a, b);
         return PZ_ECONFIG;
     }

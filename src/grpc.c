@@ -15,7 +15,7 @@
  * does not read cannot make us buffer without bound.
  * Failure modes: protocol errors are nghttp2's (GOAWAY, RST_STREAM); bad
  * preface or a fatal nghttp2 error closes the connection; gRPC errors end
- * the stream with a status (see README-grpc.md for the table), as a
+ * the stream with a status (the README's "Status codes" table), as a
  * Trailers-Only response when nothing was sent yet; a stream the client
  * resets, or a connection that vanishes, cancels the node request or the
  * forwarded call and frees the stream, nothing else is affected. A call

@@ -36,6 +36,8 @@ struct node_req {
     uint64_t index;        /* write: log index; read: read index */
     uint64_t term;         /* write: term of the proposal */
     uint64_t ctx;          /* read: ReadIndex context */
+    uint64_t member;       /* removal, transfer: the member's Raft id */
+    bool read_waits;       /* a read parked until a leader is known */
     uint64_t deadline;     /* uv_now() past which it fails (timeout) */
     struct kv_result res;  /* writes: what apply did */
 };
@@ -67,10 +69,15 @@ struct node_status {
     uint64_t fsync_entries;  /* entries written by them */
 };
 
-/* Open the node (data directory, state machine, Raft, peers). Returns 0 or
- * a negative code with a message in err. */
-int node_init(uv_loop_t *loop, const struct pz_config *cfg, char *err,
-              size_t errlen);
+/* Asks the process to shut down, saying why (the node was removed from
+ * the cluster). */
+typedef void (*node_stop_cb)(const char *why);
+
+/* Open the node (data directory, state machine, Raft, peers). cfg is
+ * borrowed for the node's life. Returns 0 or a negative code with a
+ * message in err. */
+int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
+              char *err, size_t errlen);
 /* Stop: fail every waiting request with PZ_ESHUTDOWN, close the peer
  * transport, and call cb once every handle is closed. */
 void node_close(void (*cb)(void));
@@ -110,8 +117,6 @@ void node_cancel(struct node_req *req);
 struct kv *node_kv(void);
 /* True when this node is the leader. */
 bool node_is_leader(void);
-/* True when some node (maybe this one) is known to be the leader. */
-bool node_has_leader(void);
 /* The known leader's HTTP or gRPC address ("host:port"), or NULL when this
  * node is the leader, no leader is known, or its address is not known yet.
  * Borrowed until the next loop turn. Followers forward client requests

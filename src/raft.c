@@ -285,6 +285,8 @@ struct raft {
     uint64_t unsent;    /* first index not handed to a Ready */
     uint64_t applied;   /* last index handed out as committed */
     bool in_flight;     /* a Ready is taken, not advanced */
+    uint64_t trunc_since; /* lowest index truncated since that Ready was
+                             taken (UINT64_MAX: none) */
 
     struct raft_conf conf; /* current configuration */
     uint64_t conf_index;   /* index of its entry (snap.index if it came
@@ -598,6 +600,8 @@ static void truncate_log(struct raft *r, uint64_t index)
      * Completeness): a conflict there means a broken peer or bug. */
     pz_assert(index > r->commit);
     log_truncate(&r->log, index);
+    if (index < r->trunc_since)
+        r->trunc_since = index;
     if (r->persisted >= index)
         r->persisted = index - 1;
     if (r->unsent > index)
@@ -1222,24 +1226,44 @@ static const char *append_invalid(const struct raft_msg *m)
 
 /* An APPEND of a current or newer term never contradicts a committed
  * entry: its leader holds every entry committed before its term (Leader
- * Completeness, thesis §3.6.3) and every one it committed itself. A peer
- * that says otherwise is broken or lying; following it would overwrite
- * committed state. (A stale leader's APPEND may well conflict: it is
- * answered with our term before this check.) */
+ * Completeness, thesis §3.6.3) and every one it committed itself. Nor does
+ * any leader's log break Log Matching against ours (§3.5: two entries with
+ * the same index and term have the same prefix): once one of its entries
+ * conflicts with ours, none after it can have the term of ours at its
+ * index. Entries compacted into our snapshot are committed: the one at the
+ * boundary must have its term, those before it no later one. A peer that
+ * sends otherwise is broken or lying; following it would overwrite
+ * committed or durable state. (A stale leader's APPEND may well conflict:
+ * it is answered with our term before this check.) */
 static const char *append_conflicts(const struct raft *r,
                                     const struct raft_msg *m)
 {
-    uint64_t upto = PZ_MIN(r->commit, log_last(&r->log));
+    uint64_t last = log_last(&r->log);
+    uint64_t upto = PZ_MIN(r->commit, last);
+    uint64_t off = r->log.offset, off_term = r->log.offset_term;
     uint64_t prev = m->index;
-    if (prev >= r->log.offset && prev <= upto &&
-        log_term(&r->log, prev) != m->log_term)
+    if (prev >= off && prev <= upto && log_term(&r->log, prev) != m->log_term)
         return "APPEND contradicts a committed entry (previous index)";
+    if (prev < off && m->log_term > off_term)
+        return "APPEND contradicts the snapshot (previous index)";
+    bool conflict = false;
     for (size_t i = 0; i < m->n_entries; i++) {
         const struct raft_entry *e = &m->entries[i];
-        if (e->index > upto)
+        if (e->index > last)
             break;
-        if (e->index > r->log.offset && log_term(&r->log, e->index) != e->term)
-            return "APPEND contradicts a committed entry";
+        if (e->index < off) {
+            if (e->term > off_term)
+                return "APPEND contradicts the snapshot";
+            continue;
+        }
+        uint64_t mine = log_term(&r->log, e->index);
+        if (mine != e->term) {
+            if (e->index <= upto)
+                return "APPEND contradicts a committed entry";
+            conflict = true;
+        } else if (conflict) {
+            return "APPEND breaks Log Matching";
+        }
     }
     return NULL;
 }
@@ -1366,6 +1390,8 @@ static void handle_snapshot(struct raft *r, const struct raft_msg *m)
          * them not handed out yet would claim what we will not hold. */
         drop_acks_from(r, r->commit + 1);
         log_reset(&r->log, si, st);
+        if (si + 1 < r->trunc_since)
+            r->trunc_since = si + 1;
         r->persisted = si;
     }
     snap_set(r, si, st, &c);
@@ -2304,6 +2330,7 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
     rd->conf_changed = r->conf_changed;
     r->conf_changed = false;
     r->in_flight = true;
+    r->trunc_since = UINT64_MAX;
 }
 
 bool raft_has_msgs(const struct raft *r)
@@ -2343,12 +2370,18 @@ void raft_advance(struct raft *r, const struct raft_ready *rd)
     r->in_flight = false;
     r->snap_handed = false; /* an installed snapshot in it is durable */
     r->durable_term = rd->hs.term;
-    /* Only if what was written is still our log at persist_index (Log
-     * Matching: then everything before it is too). */
-    if (rd->persist_index != 0 &&
-        log_term(&r->log, rd->persist_index) == rd->persist_term &&
-        rd->persist_index > r->persisted) {
-        r->persisted = rd->persist_index;
+    /* What was written counts for the log only where nothing was
+     * truncated since the Ready was taken: below the lowest truncated
+     * index the log is what went to disk. (Checking the term at
+     * persist_index alone would trust Log Matching, which a lying peer can
+     * break: the same index and term back with other contents.) */
+    uint64_t upto = rd->persist_index;
+    if (r->trunc_since != UINT64_MAX && upto >= r->trunc_since)
+        upto = r->trunc_since - 1;
+    if (upto != 0 && upto > r->persisted &&
+        (upto < rd->persist_index ||
+         log_term(&r->log, upto) == rd->persist_term)) {
+        r->persisted = upto;
         if (r->role == RAFT_LEADER) {
             struct progress *self = progress_get(r, r->id);
             if (self != NULL)
@@ -2373,6 +2406,7 @@ void raft_status(struct raft *r, struct raft_status *st)
     st->term = r->term;
     st->vote = r->vote;
     st->leader = r->leader;
+    st->lease = in_lease(r);
     st->commit = r->commit;
     st->applied = r->applied;
     st->first_index = r->log.offset + 1;

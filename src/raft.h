@@ -549,6 +549,9 @@ struct raft_status {
     uint64_t term;                  /* current term */
     uint64_t vote;                  /* vote in term */
     uint64_t leader;                /* known leader, 0 if none */
+    bool lease;                     /* a leader (with CheckQuorum), or a
+                                       follower that heard from its leader
+                                       within the election timeout */
     uint64_t commit;                /* commit index */
     uint64_t applied;               /* last index handed out as committed */
     uint64_t first_index;           /* first index held in memory (the

@@ -98,6 +98,7 @@ int raft_codec_encode_reply(struct pz_buf *out,
     pr.http_addr = str_arg(r->http_addr);
     pr.grpc_addr = str_arg(r->grpc_addr);
     pr.conf_index = r->conf_index;
+    pr.conf_term = r->conf_term;
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY;
     f.handshake_reply = &pr;
     return pack_frame(out, &f, max);
@@ -261,9 +262,9 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
 {
     static const uint8_t empty[1];
     struct decode_budget budget = {
-        .left = len > (SIZE_MAX - RAFT_DECODE_SLACK) / RAFT_DECODE_FACTOR
+        .left = len > (SIZE_MAX - RAFT_DECODE_SLACK) / 2
                     ? SIZE_MAX
-                    : len * RAFT_DECODE_FACTOR + RAFT_DECODE_SLACK,
+                    : 2 * len + RAFT_DECODE_SLACK,
     };
     ProtobufCAllocator a = {
         .alloc = pb_alloc,
@@ -303,6 +304,7 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->reply.http_addr = r->http_addr;
         d->reply.grpc_addr = r->grpc_addr;
         d->reply.conf_index = r->conf_index;
+        d->reply.conf_term = r->conf_term;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_MESSAGE:

@@ -44,7 +44,7 @@ enum raft_hs_status {
     RAFT_HS_BAD_TOKEN = 5,        /* cluster token differs */
     RAFT_HS_WRONG_NODE = 6,       /* target id is not the acceptor's id */
     RAFT_HS_BAD_HANDSHAKE = 7,    /* sender id 0 or similar */
-    RAFT_HS_NOT_MEMBER = 8,       /* dialer not in the configuration */
+    RAFT_HS_NOT_MEMBER = 8,       /* reserved: not sent by this version */
     RAFT_HS_REMOVED = 9,          /* dialer removed (conf_index) */
 };
 
@@ -71,6 +71,7 @@ struct raft_handshake_reply {
     const char *http_addr; /* acceptor's HTTP API address (NULL: "") */
     const char *grpc_addr; /* acceptor's gRPC API address (NULL: "") */
     uint64_t conf_index; /* REMOVED: index of the configuration entry */
+    uint64_t conf_term;  /* REMOVED: its term */
 };
 
 /* --- encoding --------------------------------------------------------- */
@@ -118,17 +119,18 @@ struct raft_decoded {
 };
 
 /* Decodes one frame body (without its length prefix). The memory a decode
- * may take is proportional to len (RAFT_DECODE_FACTOR times, plus
- * RAFT_DECODE_SLACK): a frame packed with empty entries cannot make it
- * allocate much more than it is, and one that would is refused.
+ * may take is bounded by what the frame can carry: its bytes twice over
+ * (payloads are copied) plus RAFT_DECODE_SLACK, room for the entry
+ * structures of the largest batch a leader sends (RAFT_MAX_BYTES_PER_MSG
+ * over RAFT_ENTRY_OVERHEAD entries). A frame packed with empty entries is
+ * refused before it makes the decoder allocate much more than itself.
  * Returns 0 (free d with raft_decoded_free), PZ_ECORRUPT (not protobuf),
  * PZ_EPROTO (no body, message type outside
  * RAFT_MSG_APPEND..RAFT_MSG_TYPE_MAX-1, entry type other than
- * NORMAL/CONF/NOOP, a chunk past its total), PZ_ETOOBIG (over the decode limit), PZ_ENOMEM (allocation
- * failed). On error d holds nothing to free (raft_decoded_free is still
- * harmless). */
-#define RAFT_DECODE_FACTOR 16
-#define RAFT_DECODE_SLACK (64u * 1024)
+ * NORMAL/CONF/NOOP, a chunk past its total), PZ_ETOOBIG (over the decode
+ * limit), PZ_ENOMEM (allocation failed). On error d holds nothing to free
+ * (raft_decoded_free is still harmless). */
+#define RAFT_DECODE_SLACK (8u * 1024 * 1024)
 int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d);
 void raft_decoded_free(struct raft_decoded *d);
 

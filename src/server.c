@@ -181,7 +181,7 @@ int server_run(const struct pz_config *cfg)
      * cluster after request-timeout (twice, for one that first waits for
      * an election): past that the leader is not answering. */
     fwd_setup(2 * (uint64_t)cfg->request_timeout_ms + 1000);
-    rv = node_init(&srv.loop, cfg, err, sizeof err);
+    rv = node_init(&srv.loop, cfg, server_stop, err, sizeof err);
     if (rv == 0)
         rv = http_start(&srv.http, cfg, err, sizeof err);
     if (rv == 0)

@@ -1362,6 +1362,8 @@ void snapshot_receiver_abort(struct snapshot_receiver *r)
 int snapshot_rx_decide(const struct snapshot_rx_view *v, uint64_t from,
                        const struct raft_snap_chunk *c)
 {
+    if (c->term == 0)
+        return SNAPSHOT_RX_STALE; /* a node older than the term field */
     if (c->snap_index == 0 || c->snap_index >= RAFT_LIMIT ||
         c->snap_term == 0 || c->snap_term > c->term ||
         c->total < MIN_FILE_SIZE || c->offset > c->total ||

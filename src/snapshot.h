@@ -374,7 +374,7 @@ enum snapshot_rx_action {
  * index is 0 or at least RAFT_LIMIT, its snapshot term is 0 or above its
  * term, its total is smaller than a snapshot can be, or it does not fit in
  * its total; STALE when it does not come from our leader in our term (or
- * we lead), or is not the next piece of the transfer in progress (the
+ * we lead, or it has no term: a node of an older version sent it), or is not the next piece of the transfer in progress (the
  * leader's queue dropped one: the transfer fails, the leader retries);
  * IGNORE for a snapshot we do not need (at or below our commit, or the one
  * we hold already) and for the rest of a transfer we gave up on. */

@@ -39,6 +39,7 @@
 #define DEF_MAX_INBOUND 1024
 #define DEF_HANDSHAKE_TIMEOUT_MS 5000
 #define DEF_MAX_UNAUTH 64
+#define DEF_MAX_STRANGERS 16
 #define REPLY_MAX 4096          /* handshake frames (either way): names,
                                    a token and addresses fit in 1.3 KiB */
 #define SWEEP_MS 250            /* handshake deadline check period */
@@ -95,6 +96,8 @@ struct inbound {
     uint64_t opened_ms;          /* uv_now() at accept: handshake deadline */
     bool unauth;                 /* counted in t->n_unauth: no handshake
                                     accepted or refused yet */
+    bool stranger;               /* accepted, not in the owner's
+                                    configuration: counted in n_strangers */
 };
 
 struct transport {
@@ -114,6 +117,7 @@ struct transport {
     uint32_t refused_status;     /* its status */
     uint64_t refused_ms;         /* uv_now() when it was logged loudly */
     size_t n_unauth;             /* inbound still in their handshake */
+    size_t n_strangers;          /* accepted inbound from unknown ids */
     uv_timer_t sweep;            /* closes handshakes past their deadline */
     uint64_t loud_start;         /* uv_now() the log window began */
     unsigned loud_n;             /* warnings in the window so far */
@@ -390,7 +394,8 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
         peer_drop_conn(p);
         schedule_retry(p);
         if (r->status == RAFT_HS_REMOVED && t->cfg.on_removed && !t->closing)
-            t->cfg.on_removed(t->cfg.data, p->id, r->conf_index);
+            t->cfg.on_removed(t->cfg.data, p->id, r->conf_index,
+                              r->conf_term);
         return;
     }
     if (r->node_id != p->id) {
@@ -621,12 +626,23 @@ static void in_close(struct conn *c)
                 " '%s' at %s closed",
                 in->peer_id, in->name, c->peer);
     in_settle(in);
+    if (in->stranger)
+        t->n_strangers--;
     pz_queue_remove(&in->q);
     t->n_inbound--;
     raft_frame_parser_free(&in->fp);
     uint64_t id = in->accepted ? in->peer_id : 0;
     pz_free(in);
     c->proto = NULL;
+    /* Told only when the peer has no link left (not when a new link of
+     * the same peer replaced this one). */
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &t->inbound)
+    {
+        struct inbound *o = container_of(e, struct inbound, q);
+        if (o->accepted && !o->done && o->peer_id == id)
+            id = 0;
+    }
     if (id && t->cfg.on_inbound_closed && !t->closing)
         t->cfg.on_inbound_closed(t->cfg.data, id);
     maybe_finish(t);
@@ -668,7 +684,7 @@ static void on_sweep(uv_timer_t *h)
 }
 
 static void refuse(struct inbound *in, uint32_t status, uint64_t conf_index,
-                   uint64_t node_id, const char *detail)
+                   uint64_t conf_term, uint64_t node_id, const char *detail)
 {
     struct transport *t = in->t;
     /* The refusal says only what went wrong: nothing about us. */
@@ -676,6 +692,7 @@ static void refuse(struct inbound *in, uint32_t status, uint64_t conf_index,
         .status = status,
         .version = RAFT_PROTO_VERSION,
         .conf_index = conf_index,
+        .conf_term = conf_term,
     };
     pz_buf_reset(&t->scratch);
     int rv = raft_codec_encode_reply(&t->scratch, &r, REPLY_MAX);
@@ -708,32 +725,32 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
 {
     struct transport *t = in->t;
     char why[200] = "";
-    uint64_t conf_index = 0;
+    uint64_t conf_index = 0, conf_term = 0;
     printable(in->name, sizeof in->name, hs->name);
     if (hs->version != RAFT_PROTO_VERSION) {
         snprintf(why, sizeof why, " (theirs %" PRIu32 ", ours %d)", hs->version,
                  RAFT_PROTO_VERSION);
-        refuse(in, RAFT_HS_BAD_VERSION, 0, hs->node_id, why);
+        refuse(in, RAFT_HS_BAD_VERSION, 0, 0, hs->node_id, why);
         return;
     }
     if (t->token[0] && !token_equal(t->token, hs->token)) {
-        refuse(in, RAFT_HS_BAD_TOKEN, 0, hs->node_id, "");
+        refuse(in, RAFT_HS_BAD_TOKEN, 0, 0, hs->node_id, "");
         return;
     }
     if (hs->node_id == 0) {
-        refuse(in, RAFT_HS_BAD_HANDSHAKE, 0, 0, " (node id 0)");
+        refuse(in, RAFT_HS_BAD_HANDSHAKE, 0, 0, 0, " (node id 0)");
         return;
     }
     if (hs->node_id == t->cfg.id) {
         snprintf(why, sizeof why, " (it uses our id %" PRIu64 ")", t->cfg.id);
-        refuse(in, RAFT_HS_DUPLICATE_ID, 0, hs->node_id, why);
+        refuse(in, RAFT_HS_DUPLICATE_ID, 0, 0, hs->node_id, why);
         return;
     }
     if (hs->target_id != 0 && hs->target_id != t->cfg.id) {
         snprintf(why, sizeof why,
                  " (it wants node %" PRIu64 ", we are %" PRIu64 ")",
                  hs->target_id, t->cfg.id);
-        refuse(in, RAFT_HS_WRONG_NODE, 0, hs->node_id, why);
+        refuse(in, RAFT_HS_WRONG_NODE, 0, 0, hs->node_id, why);
         return;
     }
     /* A node that is still joining has cluster id 0 and takes the id of
@@ -743,21 +760,34 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         snprintf(why, sizeof why,
                  " (theirs %016" PRIx64 ", ours %016" PRIx64 ")",
                  hs->cluster_id, t->cfg.cluster_id);
-        refuse(in, RAFT_HS_CLUSTER_MISMATCH, 0, hs->node_id, why);
+        refuse(in, RAFT_HS_CLUSTER_MISMATCH, 0, 0, hs->node_id, why);
         return;
     }
     int kind = t->cfg.check_peer
-                   ? t->cfg.check_peer(t->cfg.data, hs->node_id, &conf_index)
+                   ? t->cfg.check_peer(t->cfg.data, hs->node_id, &conf_index,
+                                       &conf_term)
                    : TRANSPORT_PEER_MEMBER;
     if (kind == TRANSPORT_PEER_REMOVED) {
         snprintf(why, sizeof why, " (configuration entry %" PRIu64 ")",
                  conf_index);
-        refuse(in, RAFT_HS_REMOVED, conf_index, hs->node_id, why);
+        refuse(in, RAFT_HS_REMOVED, conf_index, conf_term, hs->node_id, why);
         return;
     }
-    if (kind != TRANSPORT_PEER_MEMBER && kind != TRANSPORT_PEER_JOINING) {
-        refuse(in, RAFT_HS_NOT_MEMBER, 0, hs->node_id, "");
-        return;
+    bool stranger = kind == TRANSPORT_PEER_STRANGER;
+    if (stranger && t->n_strangers >= t->cfg.max_strangers) {
+        /* Make room: the oldest link from an id we do not know goes. */
+        struct pz_queue *e;
+        PZ_QUEUE_FOREACH(e, &t->inbound)
+        {
+            struct inbound *o = container_of(e, struct inbound, q);
+            if (o->stranger && !o->done) {
+                t->st.inbound_evicted++;
+                in_fail(o, "closed to make room (%zu links from ids not in "
+                           "the configuration)",
+                        t->cfg.max_strangers);
+                break;
+            }
+        }
     }
     struct raft_handshake_reply r = {
         .status = RAFT_HS_OK,
@@ -781,9 +811,14 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     }
     in_settle(in);
     in->accepted = true;
-    /* What a dialer says of itself counts only for a node that has no
-     * configuration to learn addresses from (joining). */
-    if (t->cfg.on_peer_info && kind == TRANSPORT_PEER_JOINING)
+    if (stranger) {
+        in->stranger = true;
+        t->n_strangers++;
+    }
+    /* What a dialer says of itself counts only for an id the owner has no
+     * configured address for (it is joining, or the dialer is not in its
+     * configuration yet), so that it can answer. */
+    if (t->cfg.on_peer_info && kind != TRANSPORT_PEER_MEMBER)
         t->cfg.on_peer_info(t->cfg.data, hs->node_id, false, in->name,
                             hs->raft_addr, "", "");
     in->peer_id = hs->node_id;
@@ -792,8 +827,11 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     /* One inbound link per peer: a new one (the peer restarted, or
      * reconnected before we saw the old one die) replaces the old. */
     close_inbound_from(t, in->peer_id, in);
-    pz_info("raft: accepted node %" PRIu64 " '%s' from %s", in->peer_id,
-            in->name, in->c->peer);
+    pz_info("raft: accepted node %" PRIu64 " '%s' from %s%s", in->peer_id,
+            in->name, in->c->peer,
+            stranger ? " (not in our configuration: a member we have not "
+                       "heard of yet?)"
+                     : "");
 }
 
 static const char *kind_name(int kind)
@@ -925,6 +963,7 @@ struct transport *transport_new(uv_loop_t *loop,
     DEF(max_inbound, DEF_MAX_INBOUND);
     DEF(handshake_timeout_ms, DEF_HANDSHAKE_TIMEOUT_MS);
     DEF(max_unauth, DEF_MAX_UNAUTH);
+    DEF(max_strangers, DEF_MAX_STRANGERS);
 #undef DEF
     if (t->cfg.max_frame > UINT32_MAX)
         t->cfg.max_frame = UINT32_MAX;
@@ -1025,6 +1064,16 @@ static void peer_release(struct peer *p)
     free_queue(p, true);
     t->closing_handles++;
     uv_close((uv_handle_t *)&p->timer, on_peer_timer_closed);
+}
+
+int transport_probe(struct transport *t, uint64_t id)
+{
+    struct peer *p = find_peer(t, id);
+    if (p == NULL)
+        return PZ_ENOTFOUND;
+    if (p->state == PEER_IDLE && !t->closing)
+        peer_connect(p);
+    return 0;
 }
 
 int transport_remove_peer(struct transport *t, uint64_t id)

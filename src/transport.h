@@ -12,17 +12,20 @@
  * (proto/raft.proto, src/raft_codec.h).
  *
  * Who may connect: a dialer is accepted only if it presents the cluster
- * token (when one is set), the cluster id, a non-zero id other than ours,
- * and the owner says it is a member (check_peer; a node that is not in any
- * configuration yet accepts the first members that reach it). A refusal
- * carries its status and nothing else: no cluster id, no node id, no name,
- * no addresses, so a stranger learns nothing by dialing. A member removed
- * from the committed configuration is told so in the refusal (status
- * REMOVED with the index of that configuration), which is how a removed
- * node learns it must stop. Addresses travel only from an acceptor to a
- * dialer (the dialer reached it at the member's configured address); what
- * a dialer says about itself is passed on only for a node that is still
- * joining (on_peer_info, dialed false).
+ * token (when one is set), the cluster id and a non-zero id other than
+ * ours, and the owner does not say it was removed (check_peer). A member
+ * removed from the committed configuration is told so in the refusal
+ * (status REMOVED with the index and term of that configuration), which is
+ * how a removed node learns it must stop. Ids the owner does not know are
+ * accepted, as etcd's peer handler accepts them: a node whose log is
+ * behind does not know the members added since, the leader among them;
+ * the token is what authenticates a peer, and at most max_strangers such
+ * links are open at once. A refusal carries its status and nothing else:
+ * no cluster id, no node id, no name, no addresses. Addresses travel from
+ * an acceptor to a dialer (the dialer reached it at the member's
+ * configured address); what a dialer says of its own Raft address is
+ * passed on only for an id the owner has no address for (on_peer_info,
+ * dialed false), so that it can answer.
  *
  * Happy path: transport_send() encodes the message at once and queues the
  * bytes for peer m->to; the peer's connection is opened on demand, and
@@ -82,7 +85,7 @@ typedef void (*transport_peer_cb)(void *data, uint64_t id, bool connected);
 /* A peer's addresses. dialed: from the reply of peer id, which we reached
  * at its configured address (raft_addr is ""); else from the handshake of
  * a dialer claiming to be id (only its Raft listen address), reported only
- * while the owner says it is joining (check_peer). Optional. */
+ * for ids check_peer did not call members. Optional. */
 typedef void (*transport_peer_info_cb)(void *data, uint64_t id, bool dialed,
                                        const char *name,
                                        const char *raft_addr,
@@ -93,13 +96,18 @@ typedef void (*transport_close_cb)(void *data);
 
 /* The owner's verdict on a dialer's node id (check_peer). */
 enum transport_peer_kind {
-    TRANSPORT_PEER_UNKNOWN = 0, /* not a member: refused */
-    TRANSPORT_PEER_MEMBER,      /* a member, or one being added: accepted */
-    TRANSPORT_PEER_JOINING,     /* we are in no configuration yet (a new
-                                   node): any dialer that passed the token
-                                   and cluster checks is accepted */
-    TRANSPORT_PEER_REMOVED,     /* removed by a committed configuration:
-                                   refused with REMOVED and *conf_index */
+    TRANSPORT_PEER_STRANGER = 0, /* not in our configuration: accepted
+                                    (a node whose log is behind does not
+                                    know members added since, among them
+                                    maybe the leader), at most
+                                    max_strangers such links at once */
+    TRANSPORT_PEER_MEMBER,       /* a member, or one being added */
+    TRANSPORT_PEER_JOINING,      /* we are in no configuration yet (a new
+                                    node): any dialer that passed the
+                                    token and cluster checks */
+    TRANSPORT_PEER_REMOVED,      /* removed by a committed configuration:
+                                    refused with REMOVED, *conf_index and
+                                    *conf_term */
 };
 
 struct transport_config {
@@ -115,14 +123,17 @@ struct transport_config {
     transport_peer_cb on_peer; /* optional */
     transport_peer_info_cb on_peer_info; /* optional */
     /* Who is dialing us (enum transport_peer_kind); for REMOVED also the
-     * index of the committed configuration without id. Optional: without
+     * index and term of the committed configuration entry without id. Optional: without
      * it every dialer that passes the other checks is a member. */
-    int (*check_peer)(void *data, uint64_t id, uint64_t *conf_index);
-    /* Peer id, which we dialed, says the committed configuration of
-     * conf_index no longer has us (we were removed). Optional. */
-    void (*on_removed)(void *data, uint64_t id, uint64_t conf_index);
-    /* The accepted link from peer id closed (snapshot transfers on it are
-     * over). Optional. */
+    int (*check_peer)(void *data, uint64_t id, uint64_t *conf_index,
+                      uint64_t *conf_term);
+    /* Peer id, which we dialed, says the committed configuration entry
+     * (conf_index, conf_term) no longer has us. Unauthenticated beyond the
+     * peer's address: weigh it (node.c). Optional. */
+    void (*on_removed)(void *data, uint64_t id, uint64_t conf_index,
+                       uint64_t conf_term);
+    /* The last accepted link from peer id closed (snapshot transfers on
+     * it are over); not called when a new link replaced it. Optional. */
     void (*on_inbound_closed)(void *data, uint64_t id);
     /* cluster_id 0 means "joining": the first peer that dials us with a
      * valid handshake gives us its cluster id, reported here (optional;
@@ -151,6 +162,9 @@ struct transport_config {
     uint64_t handshake_timeout_ms; /* inbound: accept to handshake (5000) */
     size_t max_unauth;           /* inbound links still in their handshake
                                     (64); one more closes the oldest */
+    size_t max_strangers;        /* accepted links from ids not in our
+                                    configuration (16); one more closes
+                                    the oldest */
 };
 
 /* Per-peer counters (outbound side). */
@@ -198,6 +212,10 @@ int transport_port(const struct transport *t);
  * restarts). No connection is made until there is something to send.
  * Returns 0, PZ_EINVAL (id 0, own id, bad address), PZ_ESHUTDOWN. */
 int transport_set_peer(struct transport *t, uint64_t id, const char *addr);
+
+/* Opens the link to peer id if it has none and nothing to send (only the
+ * handshake: a removed node learns it so). Returns 0 or PZ_ENOTFOUND. */
+int transport_probe(struct transport *t, uint64_t id);
 
 /* Forgets peer id: closes its connection, drops its queue, and closes the
  * link it dialed to us, if any (a removed member redials and is told).

@@ -291,7 +291,31 @@ def raft_core_seeds():
     out("raft_core", "leader-cycles", bytes(cyc))
 
 
+def raft_chunk_seeds():
+    # byte 0: junk length, then junk; then events (fuzz_raft_chunk.c):
+    # 0 leader, 1 term, 2 commit, 3 link closed, 4-7 a chunk: from,
+    # valid file?, our term?, (term), total = file size?, (total), offset
+    # = next?, (offset), bytes wanted
+    def chunk(frm=2, take=255):
+        return bytes([4, frm, 1, 1, 1, 1, take])
+    out("raft_chunk", "whole-transfer", bytes([0]) + chunk() * 12)
+    out("raft_chunk", "leader-changes-midway",
+        bytes([0]) + chunk(take=200) * 2 + bytes([0, 3]) + chunk(take=200))
+    out("raft_chunk", "link-closes-midway",
+        bytes([0]) + chunk() * 3 + bytes([3, 2]) + chunk() * 3)
+    out("raft_chunk", "stranger-sends", bytes([0]) + chunk(frm=3) * 5)
+    rng = random.Random(20261203)
+    junk = bytes(rng.randrange(256) for _ in range(40))
+    out("raft_chunk", "junk-file", bytes([40]) + junk +
+        bytes([4, 2, 0, 1, 1, 1, 255]) * 3)
+    for i in range(6):
+        n = rng.randrange(20, 300)
+        out("raft_chunk", "random-%02d" % i,
+            bytes(rng.randrange(256) for _ in range(n)))
+
+
 def main():
+    raft_chunk_seeds()
     http_seeds()
     json_seeds()
     grpc_frame_seeds()

@@ -88,24 +88,27 @@ def status(s):
 
 
 def test_stranger_learns_nothing_and_gets_nothing(servers):
-    nodes, leader = cluster_with_data(servers)
+    """A dialer without the token, or with another cluster's id, is refused,
+    and the refusal says nothing of the node (a stranger used to learn the
+    cluster id from one refusal and get in with it)."""
+    nodes = make_cluster(servers, conf={"cluster-token": "s3cret-token"})
+    leader = leader_of(nodes)
+    for i in range(20):
+        assert put(leader, f"k{i}", f"v{i}")[0] == 204
     victim = follower_of(nodes, leader)
     vid, cid = rw.identity(victim)
-    # a wrong cluster id: refused, and the refusal does not carry the real
-    # one (a stranger used to redial with it and get in)
-    p = rw.Peer(victim.raft_port)
-    r = p.handshake(node_id=424242, cluster_id=cid ^ 1)
-    assert r is not None and r.status == rw.CLUSTER_MISMATCH
-    assert r.cluster_id == 0 and r.node_id == 0 and r.name == ""
-    assert cid.to_bytes(8, "little") not in p.last_reply_bytes
-    assert p.closed_by_peer()
-    p.close()
-    # the right cluster id, but not a member: refused
-    p = rw.Peer(victim.raft_port)
-    r = p.handshake(node_id=424242, cluster_id=cid)
-    assert r.status == rw.NOT_MEMBER and r.node_id == 0
-    assert p.closed_by_peer()
-    p.close()
+    for token, cluster, want in (("", cid, rw.BAD_TOKEN),
+                                   ("s3cret-tokeN", cid, rw.BAD_TOKEN),
+                                   ("s3cret-token", cid ^ 1,
+                                    rw.CLUSTER_MISMATCH)):
+        p = rw.Peer(victim.raft_port)
+        r = p.handshake(node_id=vid ^ 7, cluster_id=cluster, token=token)
+        assert r is not None and r.status == want
+        assert r.cluster_id == 0 and r.node_id == 0 and r.name == ""
+        assert cid.to_bytes(8, "little") not in p.last_reply_bytes
+        assert victim.name.encode() not in p.last_reply_bytes
+        assert p.closed_by_peer()
+        p.close()
     # a message without any handshake: closed
     p = rw.Peer(victim.raft_port)
     p.message(type=rw.HEARTBEAT, term=99, to=vid, **{"from": 424242})
@@ -117,7 +120,8 @@ def test_stranger_learns_nothing_and_gets_nothing(servers):
 
 def impostor(nodes, victim, claim):
     """A connection to victim's Raft port accepted under the node id of
-    member `claim` (possible without a token)."""
+    member `claim` (possible without a token). Its link replaces the real
+    member's, until the member redials and replaces it in turn."""
     cid = rw.identity(victim)[1]
     cl_id = rw.identity(claim)[0]
     p = rw.Peer(victim.raft_port)
@@ -177,6 +181,25 @@ def send_snapshot(p, term, index, snap_term, data, piece=64 * 1024):
         p.chunk(term, index, snap_term, off, len(data), data[off:off + piece])
 
 
+def as_impostor(nodes, victim, claim, attack, done, tries=5):
+    """Runs attack(peer, claimed id) over a link accepted under claim's id
+    until done() holds: the real member redials within a heartbeat or two
+    and takes its link back, which may cut an attack short."""
+    for _ in range(tries):
+        p, fake = impostor(nodes, victim, claim)
+        try:
+            attack(p, fake)
+        except OSError:
+            pass
+        deadline = time.time() + 3
+        while time.time() < deadline and not done():
+            time.sleep(0.05)
+        p.close()
+        if done():
+            return
+    raise AssertionError("attack never got through:\n" + victim.read_log())
+
+
 def members_conf(nodes):
     return rw.conf_bytes([(rw.identity(s)[0], True,
                            json.dumps({"name": s.name, "raft":
@@ -196,20 +219,21 @@ def test_snapshot_with_repeated_key_is_refused(servers):
     victim = follower_of(nodes, leader)
     st = status(victim)
     vid = rw.identity(victim)[0]
-    p, fake = impostor(nodes, victim, leader)
     index = st["commit_index"] + 100
-    data = rw.snapshot_file(index, st["term"], members_conf(nodes),
+    conf = members_conf(nodes)
+    data = rw.snapshot_file(index, st["term"], conf,
                             [(b"k0", b"evil"), (b"k0", b"evil2")])
-    send_snapshot(p, st["term"], index, st["term"], data)
-    p.message(type=rw.INSTALL_SNAPSHOT, to=vid, term=st["term"],
-              snap_index=index, snap_term=st["term"],
-              entries=[{"term": st["term"], "index": index, "type": rw.CONF,
-                        "data": members_conf(nodes)}], **{"from": fake})
-    deadline = time.time() + 5
-    while "repeats a key" not in victim.read_log():
-        assert time.time() < deadline, victim.read_log()
-        time.sleep(0.05)
-    p.close()
+
+    def attack(p, fake):
+        send_snapshot(p, st["term"], index, st["term"], data)
+        p.message(type=rw.INSTALL_SNAPSHOT, to=vid, term=st["term"],
+                  snap_index=index, snap_term=st["term"],
+                  entries=[{"term": st["term"], "index": index,
+                            "type": rw.CONF, "data": conf}],
+                  **{"from": fake})
+
+    as_impostor(nodes, victim, leader, attack,
+                lambda: "repeats a key" in victim.read_log())
     assert victim.proc.poll() is None
     assert not any(str(index) in f for f in snap_files(victim))
     still_whole(nodes)
@@ -228,12 +252,13 @@ def test_forged_snapshots_cannot_push_out_the_real_one(servers):
     # the victim has its own snapshot and a compacted log
     assert victim.request("POST", "/admin/snapshot")[0] == 200
     st = status(victim)
-    p, fake = impostor(nodes, victim, leader)
     for index in (2**61, 2**61 + 1):  # no INSTALL_SNAPSHOT message follows
         data = rw.snapshot_file(index, st["term"], members_conf(nodes), [])
-        send_snapshot(p, st["term"], index, st["term"], data)
-    time.sleep(0.5)
-    p.close()
+        as_impostor(nodes, victim, leader,
+                    lambda p, fake: send_snapshot(p, st["term"], index,
+                                                  st["term"], data),
+                    lambda: f"received snapshot at index {index} "
+                    in victim.read_log())
     # more writes and the victim's next snapshot, whose pruning once
     # deleted the real file in favour of the forged ones
     leader = leader_of(nodes)
@@ -263,25 +288,36 @@ def test_snapshot_size_is_bounded_and_temp_files_go(servers):
     victim = follower_of(nodes, leader)
     st = status(victim)
     data_dir = os.path.join(victim.dir, "data")
-    p, fake = impostor(nodes, victim, leader)
     index = st["commit_index"] + 100
-    p.chunk(st["term"], index, st["term"], 0, 1 << 40, b"x" * 65536)
-    deadline = time.time() + 5
-    while "refusing snapshot" not in victim.read_log():
-        assert time.time() < deadline, victim.read_log()
-        time.sleep(0.05)
+
+    def temps():
+        return [f for f in os.listdir(data_dir) if f.endswith(".tmp")]
+
+    as_impostor(nodes, victim, leader,
+                lambda p, fake: p.chunk(st["term"], index, st["term"], 0,
+                                        1 << 40, b"x" * 65536),
+                lambda: "refusing snapshot" in victim.read_log())
     assert "raft-snapshot-max-size" in victim.read_log()
-    assert not [f for f in os.listdir(data_dir) if f.endswith(".tmp")]
+    assert not temps()
     # a transfer of a plausible size that dies midway leaves nothing
-    for off in range(0, 1 << 20, 65536):
-        p.chunk(st["term"], index, st["term"], off, 50 << 20, b"y" * 65536)
+    for _ in range(5):
+        p, fake = impostor(nodes, victim, leader)
+        try:
+            for off in range(0, 1 << 20, 65536):
+                p.chunk(st["term"], index, st["term"], off, 50 << 20,
+                        b"y" * 65536)
+        except OSError:
+            pass
+        deadline = time.time() + 2
+        while not temps() and time.time() < deadline:
+            time.sleep(0.02)
+        seen = bool(temps())
+        p.close()
+        if seen:
+            break
+    assert seen, victim.read_log()
     deadline = time.time() + 5
-    while not [f for f in os.listdir(data_dir) if f.endswith(".recv.tmp")]:
-        assert time.time() < deadline, victim.read_log()
-        time.sleep(0.05)
-    p.close()
-    deadline = time.time() + 5
-    while [f for f in os.listdir(data_dir) if f.endswith(".tmp")]:
+    while temps():
         assert time.time() < deadline, os.listdir(data_dir)
         time.sleep(0.05)
     still_whole(nodes)
@@ -340,27 +376,32 @@ def test_frames_cannot_exhaust_memory(servers):
     other = next(s for s in nodes if s not in (leader, victim))
     vid = rw.identity(victim)[0]
     base = rss_kb(victim)
-    # a 32 MiB frame is over a member's frame limit: refused at its prefix
+    # a frame over the 65 MiB limit is refused at its length prefix
     p, fake = impostor(nodes, victim, other)
-    p.send((32 << 20).to_bytes(4, "big") + b"\0" * 65536)
+    p.send((70 << 20).to_bytes(4, "big") + b"\0" * 65536)
     assert p.closed_by_peer()
     p.close()
-    # nearly the largest frame allowed, packed with empty entries (two
-    # bytes each on the wire: field 12, length 0)
+    # a 32 MiB frame packed with empty entries (two bytes each on the wire:
+    # field 12, length 0), which once decoded to 2.4 GB
     m = rw.pb().RaftMessage()
     m.type = rw.APPEND
     setattr(m, "from", fake)
     m.to = vid
     m.term = status(victim)["term"]
-    msg = m.SerializeToString() + b"\x62\x00" * 1_000_000
+    msg = m.SerializeToString() + b"\x62\x00" * (16 << 20)
     body = b"\x1a" + varint(len(msg)) + msg
-    assert len(body) < 3 << 20
-    p, fake = impostor(nodes, victim, other)
     peak = base
-    p.send(len(body).to_bytes(4, "big") + body)
-    assert p.closed_by_peer()
-    p.close()
-    peak = max(peak, rss_kb(victim))
+    for _ in range(3):
+        p, fake = impostor(nodes, victim, other)
+        try:
+            p.send(len(body).to_bytes(4, "big") + body)
+        except OSError:
+            pass
+        p.closed_by_peer()
+        p.close()
+        peak = max(peak, rss_kb(victim))
+        if "undecodable frame" in victim.read_log():
+            break
     assert "undecodable frame" in victim.read_log()
     # many links holding partial frames: strangers get 4 KiB each at most,
     # and only 64 of them wait at once
@@ -373,7 +414,9 @@ def test_frames_cannot_exhaust_memory(servers):
     peak = max(peak, rss_kb(victim))
     for s in socks:
         s.close()
-    assert peak - base < 64 * 1024, (base, peak)
+    # the frame itself is 32 MiB; ASan's shadow and quarantine add more
+    slack = 400 if os.environ.get("PYAZDB_SANITIZER") == "address" else 100
+    assert peak - base < slack * 1024, (base, peak)
     still_whole(nodes)
 
 
@@ -428,3 +471,104 @@ def test_slow_handshakes_do_not_lock_members_out(servers):
     log = leader.read_log()
     assert "closed to make room" in log or "no handshake within" in log
     still_whole(nodes)
+
+
+def answer_removed(port, stop, hits):
+    """Squats a dead member's Raft port and answers every handshake with a
+    forged REMOVED refusal naming a configuration newer than any."""
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(16)
+    ls.settimeout(0.2)
+    f = rw.pb().Frame()
+    f.handshake_reply.status = rw.REMOVED
+    f.handshake_reply.version = 1
+    f.handshake_reply.conf_index = (1 << 64) - 1
+    f.handshake_reply.conf_term = (1 << 64) - 1
+    reply = rw.frame(f)
+    while not stop.is_set():
+        try:
+            c, _ = ls.accept()
+        except socket.timeout:
+            continue
+        try:
+            c.settimeout(2)
+            hdr = c.recv(4)
+            if len(hdr) == 4:
+                n = int.from_bytes(hdr, "big")
+                body = b""
+                while len(body) < n:
+                    chunk = c.recv(n - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+                hits.append(1)
+                c.sendall(reply)
+        except OSError:
+            pass
+        c.close()
+    ls.close()
+
+
+def test_forged_removal_does_not_stop_healthy_members(servers):
+    """Whoever answers at a dead member's address cannot stop the members
+    that dial it by saying they were removed: a node in touch with its
+    leader (or leading) does not listen to such a refusal."""
+    nodes, leader = cluster_with_data(servers)
+    dead = follower_of(nodes, leader)
+    dead.kill()
+    stop = threading.Event()
+    hits = []
+    th = threading.Thread(target=answer_removed,
+                          args=(dead.raft_port, stop, hits), daemon=True)
+    th.start()
+    try:
+        time.sleep(5)
+    finally:
+        stop.set()
+        th.join(5)
+    assert hits, "nobody dialed the dead member"
+    alive = [s for s in nodes if s is not dead]
+    for s in alive:
+        assert s.proc.poll() is None, s.read_log()
+        assert "says): stopping" not in s.read_log()
+    leader = leader_of(alive)
+    assert put(leader, "still", "here")[0] == 204
+
+
+def test_members_with_larger_values_are_heard(servers):
+    """A member whose max-value-size is larger than another's can still
+    replicate to it: peer frames are bounded by what any member may send
+    (64 MiB), not by the receiver's own client limits."""
+    nodes = [servers(f"node{i + 1}", start=False) for i in range(3)]
+    spec = ",".join(f"{s.name}=127.0.0.1:{s.raft_port}" for s in nodes)
+    for s in nodes:
+        s.conf["initial-cluster"] = spec
+        s.conf["raft-bootstrap"] = "no"
+    nodes[0].conf.update({"max-value-size": "8mb", "http-max-body": "16mb",
+                          "grpc-max-message": "16mb",
+                          "max-partial-input": "64mb"})
+    for s in nodes:
+        s.write_conf()
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes)
+    if leader is not nodes[0]:
+        st, _, body = leader.request(
+            "POST", f"/cluster/transfer?to={nodes[0].name}")
+        assert st == 204, body
+    leader = leader_of(nodes)
+    assert leader is nodes[0]
+    assert put(leader, "big", "x" * (4 << 20))[0] == 204
+    assert put(leader, "small", "y")[0] == 204
+    for s in nodes:
+        assert "exceeds the limit" not in s.read_log()
+        st, _, body = s.request("GET", "/get?key=big&consistency=stale")
+    for s in nodes[1:]:
+        deadline = time.time() + 10
+        while get(s, "small")[2] != b"y":
+            assert time.time() < deadline
+            time.sleep(0.1)
+        assert len(get(s, "big")[2]) == 4 << 20

@@ -314,3 +314,48 @@ def test_removed_node_that_was_down_is_told_when_it_returns(servers):
                for s in nodes if s is not gone)
     assert {m["id"] for m in members(leader)["members"]} == \
         {s.name for s in nodes if s is not gone}
+
+
+def test_node_behind_the_configuration_rejoins(servers, mandi):
+    """A node that was down while the membership changed under it (members
+    it never heard of were added, members it knew removed) must still let
+    the new leader in when it comes back, catch up, and count for the
+    quorum: members do not refuse ids their own log does not know yet."""
+    from test_join import grow, start_joining, wait_voters
+    n1, n2, n3 = grow(servers, mandi, n=3)
+    lead = leader_of([n1, n2, n3])
+    assert put(lead, "a", "1")[0] == 204
+    n3.kill()
+    n4 = start_joining(servers, mandi, "node4")
+    wait_voters(lead, ["node1", "node2", "node3", "node4"])
+    lead = leader_of([n1, n2, n4])
+    st, _, body = lead.request("DELETE", "/cluster/members/node1")
+    assert st == 204, body
+    assert n1.proc.wait(timeout=20) == 0
+    lead = leader_of([n2, n4])
+    n5 = start_joining(servers, mandi, "node5")
+    wait_voters(lead, ["node2", "node3", "node4", "node5"])
+    lead = leader_of([n2, n4, n5])
+    st, _, body = lead.request("DELETE", "/cluster/members/node2")
+    assert st == 204, body
+    assert n2.proc.wait(timeout=20) == 0
+    lead = leader_of([n4, n5])
+    assert put(lead, "b", "2")[0] == 204
+    n3.start()  # knows only node1..3, all but itself gone
+    deadline = time.time() + 20
+    while get(n3, "b")[2] != b"2":
+        assert time.time() < deadline, n3.read_log()
+        time.sleep(0.2)
+    # node3 now counts: one of the other two voters may fail
+    other = n5 if lead is n4 else n4
+    other.kill()
+    deadline = time.time() + 20
+    while True:
+        try:
+            if put(lead if lead.proc.poll() is None else n3, "c", "3",
+                   timeout=3)[0] == 204:
+                break
+        except OSError:
+            pass
+        assert time.time() < deadline, lead.read_log()
+        time.sleep(0.5)

@@ -933,6 +933,23 @@ TEST(cross_field)
     cfg_free(&c);
 }
 
+/* A write must fit in one Raft peer frame (64 MiB with its message). */
+TEST(value_fits_a_peer_frame)
+{
+    struct pz_config c;
+    char err[512] = "";
+    char *ok[] = {"srv", "--max-value-size", "62mb", "--http-max-body",
+                  "63mb", "--grpc-max-message", "63mb", NULL};
+    CHECK_EQ_INT(cfg_load(&c, 7, ok, NULL, err, sizeof err), 0);
+    cfg_free(&c);
+    char *big[] = {"srv", "--max-value-size", "64mb", "--http-max-body",
+                   "65mb", "--grpc-max-message", "65mb", "--conn-hard-limit",
+                   "1gb", NULL};
+    CHECK_EQ_INT(cfg_load(&c, 9, big, NULL, err, sizeof err), PZ_ECONFIG);
+    CHECK(strstr(err, "must stay within 64mb") != NULL);
+    cfg_free(&c);
+}
+
 /* No token: the Raft port must be on loopback, unless `none` says the
  * cluster is open on purpose (then everything sees an empty token). */
 TEST(open_cluster_needs_loopback)
@@ -1268,6 +1285,7 @@ static const struct test_case config_cases[] = {
     TEST_ENTRY(mandi_shorthand),
     TEST_ENTRY(cross_field),
     TEST_ENTRY(open_cluster_needs_loopback),
+    TEST_ENTRY(value_fits_a_peer_frame),
     TEST_ENTRY(initial_cluster_good),
     TEST_ENTRY(initial_cluster_bad),
     TEST_ENTRY(help_lists_everything),

@@ -543,7 +543,7 @@ struct tnode {
     int kind;            /* check_peer's verdict on every dialer */
     uint64_t kind_index; /* its conf_index (REMOVED) */
     int removed_calls;   /* on_removed events */
-    uint64_t removed_from, removed_index; /* the last one */
+    uint64_t removed_from, removed_index, removed_term; /* the last one */
     int in_closed;       /* on_inbound_closed events */
     bool kind_set;       /* kind was chosen by the test */
     int infos;           /* on_peer_info events */
@@ -675,20 +675,24 @@ static const char *on_recv(void *data, const struct raft_msg *m)
     return NULL;
 }
 
-static int on_check_peer(void *data, uint64_t id, uint64_t *conf_index)
+static int on_check_peer(void *data, uint64_t id, uint64_t *conf_index,
+                         uint64_t *conf_term)
 {
     struct tnode *n = data;
     PZ_UNUSED(id);
     *conf_index = n->kind_index;
+    *conf_term = 7;
     return n->kind;
 }
 
-static void on_removed(void *data, uint64_t id, uint64_t conf_index)
+static void on_removed(void *data, uint64_t id, uint64_t conf_index,
+                       uint64_t conf_term)
 {
     struct tnode *n = data;
     n->removed_calls++;
     n->removed_from = id;
     n->removed_index = conf_index;
+    n->removed_term = conf_term;
 }
 
 static void on_inbound_closed(void *data, uint64_t id)
@@ -746,7 +750,7 @@ static bool start_node_cfg(int i, uint64_t id, int port,
     cfg.on_inbound_closed = on_inbound_closed;
     cfg.on_peer_info = on_peer_info;
     cfg.data = n;
-    if (n->kind == TRANSPORT_PEER_UNKNOWN && !n->kind_set)
+    if (!n->kind_set)
         n->kind = TRANSPORT_PEER_MEMBER;
     cfg.seed = id * 1000 + 1;
     if (cfg.name == NULL)
@@ -1651,22 +1655,39 @@ TEST(refusal_reveals_nothing)
     CHECK_EQ_INT(world_close(), 0);
 }
 
-/* Only members get in; a removed member is told, with the index of the
- * configuration that removed it, and its owner hears of it. */
-TEST(refuse_non_member_and_tell_removed)
+/* An id the owner does not know gets in (a node behind the configuration
+ * must hear from members added since), a few at a time; a removed member
+ * is told, with the index and term of the configuration that removed it,
+ * and its owner hears of it. */
+TEST(strangers_and_removed)
 {
     world_init();
-    CHECK(start_node(0, 1, 5, 0));
-    nodes[1].kind = TRANSPORT_PEER_UNKNOWN;
+    struct transport_config c1 = {.cluster_id = 5, .max_strangers = 2};
+    nodes[1].kind = TRANSPORT_PEER_STRANGER;
     nodes[1].kind_set = true;
-    CHECK(start_node(1, 2, 5, 0));
+    CHECK(start_node_cfg(1, 2, 0, &c1));
+    CHECK(start_node(0, 1, 5, 0));
     set_peer(0, 2, nodes[1].port);
     send_msg(0, 2, 1, 0, 0);
-    struct refused_arg ra = {0, 2};
-    CHECK(run_until(refused, &ra, 3000));
-    CHECK(log_has("(node 1 'alpha'): not a member of the cluster"));
-    CHECK_EQ_INT(nodes[1].n_got, 0);
-    CHECK_EQ_INT(nodes[0].removed_calls, 0);
+    CHECK(wait_got(1, 1, 3000));
+    CHECK(log_has("(not in our configuration: a member we have not heard of "
+                  "yet?)"));
+    /* the stranger's own address is passed on so that it can be answered */
+    CHECK_EQ_INT(nodes[1].infos, 1);
+    CHECK(!nodes[1].info_dialed);
+    /* two more strangers: the oldest link goes */
+    struct raw r[2];
+    for (int i = 0; i < 2; i++) {
+        CHECK(raw_connect(&r[i], nodes[1].port));
+        raw_send_handshake(&r[i], 1, 40 + (uint64_t)i, 5);
+        run_for(100);
+    }
+    struct link_arg down = {0, 2, false};
+    CHECK(run_until(link_is, &down, 3000));
+    CHECK(log_has("closed to make room (2 links from ids not in the "
+                  "configuration)"));
+    for (int i = 0; i < 2; i++)
+        raw_close(&r[i]);
     /* Now the acceptor says it removed us at entry 42. */
     nodes[1].kind = TRANSPORT_PEER_REMOVED;
     nodes[1].kind_index = 42;
@@ -1678,13 +1699,9 @@ TEST(refuse_non_member_and_tell_removed)
     CHECK(nodes[0].removed_calls >= 1);
     CHECK_EQ_INT(nodes[0].removed_from, 2);
     CHECK_EQ_INT(nodes[0].removed_index, 42);
+    CHECK_EQ_INT(nodes[0].removed_term, 7);
     CHECK(log_has("refused us: removed from the cluster (configuration entry "
                   "42)"));
-    CHECK_EQ_INT(nodes[1].n_got, 0);
-    /* A member gets in. */
-    nodes[1].kind = TRANSPORT_PEER_MEMBER;
-    send_msg(0, 2, 3, 0, 0);
-    CHECK(wait_got(1, 1, 5000));
     CHECK_EQ_INT(world_close(), 0);
 }
 
@@ -1852,7 +1869,7 @@ static const struct test_case cases[] = {TEST_ENTRY(codec_roundtrip_every_type),
                                          TEST_ENTRY(garbage_inbound_closed),
                                          TEST_ENTRY(codec_decode_budget),
                                          TEST_ENTRY(refusal_reveals_nothing),
-                                         TEST_ENTRY(refuse_non_member_and_tell_removed),
+                                         TEST_ENTRY(strangers_and_removed),
                                          TEST_ENTRY(peer_info_trust),
                                          TEST_ENTRY(handshake_deadline),
                                          TEST_ENTRY(unauthenticated_dialers_evicted),

@@ -1,0 +1,232 @@
+/* node_internal.h - what the files of the node driver share: its state
+ * and the functions one file calls in another. Not for anything outside
+ * src/node*.c: the public API is node.h.
+ *
+ *   node.c           init and close, the tick, the Ready cycle, the
+ *                    client-facing requests (propose, read, wait, status)
+ *   node_reqs.c      the request lists: link, complete, expire
+ *   node_members.c   the configuration as members with addresses, who may
+ *                    dial us and removal, bootstrap and the cluster id,
+ *                    remove/transfer/promote, mandi registration and joins
+ *   node_snapshot.c  snapshots: take, compact the log, ship, receive,
+ *                    install, restore at start
+ *
+ * Calls go from node.c down to the three others, and from those to
+ * node_reqs.c; the few calls back into node.c (core_*) are the Ready
+ * cycle's: completing reads after an install, finishing a close. One node
+ * per process: the state is the global `node`. */
+#ifndef PZ_NODE_INTERNAL_H
+#define PZ_NODE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "mandi_client.h"
+#include "node.h"
+#include "raft.h"
+#include "raft_codec.h"
+#include "snapshot.h"
+#include "store.h"
+#include "transport.h"
+
+#define NAME_SEED 0x7079617a6462ull /* hash seed of node names -> ids */
+
+struct xfer;
+
+/* What the node knows of a member: from its configuration entry's meta,
+ * and from its transport handshake (its client addresses). */
+struct member {
+    uint64_t id;        /* Raft id */
+    unsigned caught_up; /* leader: consecutive checks a non-voter was
+                           close behind the leader's log */
+    char *name;         /* node-id */
+    char *raft;         /* Raft address */
+    char *http;         /* HTTP address, "" if unknown */
+    char *grpc;         /* gRPC address, "" if unknown */
+    bool voter;         /* in the current configuration */
+};
+
+/* A member a committed configuration removed: told so if it dials us. */
+struct gone {
+    uint64_t id;         /* its Raft id */
+    uint64_t conf_index; /* the configuration entry without it */
+    uint64_t conf_term;  /* that entry's term */
+};
+
+struct node {
+    uv_loop_t *loop;             /* the process loop */
+    const struct pz_config *cfg; /* borrowed from main */
+    node_stop_cb stop;           /* asks the process to shut down */
+    struct kv *kv;               /* the state machine */
+    struct raft *raft;           /* the consensus core */
+    struct store *store;         /* log, hard state, meta */
+    struct transport *tr;        /* peer messages */
+    uint64_t id;                 /* our Raft id */
+    uint64_t cluster_id;         /* identity shared by all members */
+    uv_timer_t tick;             /* drives raft_tick */
+    uint64_t tick_ms;            /* its period */
+    struct raft_ready rd;        /* the Ready being persisted */
+    bool store_busy;             /* the store runs a job: writing rd, or
+                                    a compaction step */
+    struct pz_queue proposals;   /* writes waiting for apply, by index */
+    struct pz_queue reads;       /* reads waiting for their read index */
+    struct pz_queue reads_apply; /* reads waiting for applied >= index */
+    struct pz_queue wait_leader; /* requests waiting for a leader */
+    struct pz_queue transfers;   /* transfer requests: index = target id */
+    struct pz_queue conf_wait;   /* removals waiting to start: ctx = id */
+    struct pz_queue done;        /* requests to call back */
+    uint64_t read_ctx;           /* last ReadIndex context used */
+    uint64_t applied;            /* last index applied to kv */
+    uint64_t leader;             /* known leader, 0 if none */
+    uint8_t role;                /* enum raft_role */
+    struct member *members;      /* current configuration (+ addresses) */
+    size_t n_members;            /* entries in members */
+    struct node_member *view;    /* node_status() scratch */
+    void (*close_cb)(void);      /* node_close callback */
+    bool open;                   /* node_init succeeded */
+    bool closing;                /* node_close waits for a write */
+    bool cluster_id_unsaved;     /* members_save_cluster_id came during a write */
+    uint64_t saved_term;         /* term last handed to the store */
+    uint64_t saved_vote;         /* vote last handed to the store */
+    struct member departed[4];   /* members dropped from the conf lately
+                                    (names for the logs) */
+    size_t n_departed;           /* entries in departed */
+    struct gone gone[16];        /* removed by committed confs, newest last */
+    size_t n_gone;               /* entries in gone */
+    uint64_t *committed_ids;     /* members as of the last committed conf */
+    size_t n_committed_ids;      /* entries in committed_ids */
+    bool removed;                /* this node left the configuration */
+    uint64_t cron_at;            /* uv_now() of the next members_cron */
+    unsigned seconds;            /* members_cron runs so far */
+    struct mandi_client *mandi;  /* discovery service client */
+    uint64_t mandi_put;          /* PUT /leader in flight (request id) */
+    uint64_t mandi_poll;         /* GET /join-requests in flight */
+    uint64_t mandi_join;         /* POST /join-requests in flight */
+    uint64_t mandi_del;          /* DELETE /join-requests in flight */
+    /* snapshots (see the section below) */
+    struct snapshot_child snap_child; /* the forked writer, pid 0: none */
+    uint64_t snap_index;         /* newest durable local snapshot */
+    uint64_t snap_term;          /* its term */
+    uint64_t snap_size;          /* its file size */
+    uint64_t prev_snap_index;    /* the durable snapshot before it */
+    uint64_t prev_snap_term;     /* its term */
+    bool compact_pending;        /* store_compact waits for the write */
+    struct pz_queue snap_waiters;/* POST /admin/snapshot requests */
+    struct xfer *xfers;          /* snapshots being sent to followers */
+    struct snapshot_receiver *rx;/* snapshot being received */
+    uint64_t rx_from, rx_index, rx_term; /* what rx receives, from whom */
+    uint64_t rx_total;           /* its announced size */
+    uint64_t rx_leader_term;     /* the term its leader sends it in */
+    uint64_t rx_last_ms;         /* uv_now() of its last chunk */
+    uint64_t got_index, got_term;/* verified received file, not installed */
+    struct kv *got_kv;           /* that file, loaded (the check loads) */
+};
+
+extern struct node node;
+
+/* --- node.c --- */
+/* A failed write of the log, the term, the vote or the cluster id, or a
+ * snapshot that cannot be installed: log and exit (fail-stop). */
+void core_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2),
+                                                     noreturn));
+/* Complete the reads whose read index is applied now. */
+void core_reads_check_applied(void);
+/* Close the tick timer, then the transport, then the rest (node_close,
+ * once no store job is in flight). */
+void core_finish_close(void);
+
+/* --- node_reqs.c --- */
+/* Append req to list (req->queued). */
+void reqs_link(struct pz_queue *list, struct node_req *req);
+/* Complete req with status: it moves to node.done and is called back from
+ * node_before_sleep, never from inside this call. */
+void reqs_done(struct node_req *req, int status);
+/* Reset req for a new request: callback, no status, deadline
+ * request-timeout from now. */
+void reqs_prepare(struct node_req *req, node_req_cb cb);
+/* Complete every request of list with status (0 is success: a leader is
+ * known, a snapshot is durable, ...). */
+void reqs_finish_all(struct pz_queue *list, int status);
+/* Complete the requests of list whose deadline passed, with status. */
+void reqs_expire(struct pz_queue *list, int status);
+/* Link a write into node.proposals, which stays in log index order. */
+void reqs_link_proposal(struct node_req *req);
+
+/* --- node_members.c --- */
+/* A node name's Raft id (a fixed hash: every node computes the same). */
+uint64_t members_name_to_id(const char *name);
+void members_free_one(struct member *m);
+/* The member of the current configuration with this id, or NULL. */
+struct member *members_find(uint64_t id);
+/* True when this node is in its current configuration. */
+bool members_has_self(void);
+/* Rebuild node.members from the current configuration (addresses from
+ * each member's meta, client addresses learned from its handshakes) and
+ * point the transport at them. After every configuration change. */
+void members_refresh(void);
+/* A configuration entry was applied (committed): members that left get
+ * their links closed and are remembered as removed; this node stops if it
+ * was removed. */
+void members_conf_committed(const struct raft_entry *e);
+/* Once a second: promotion of caught-up non-voters (leader), mandi
+ * registration and join polling, probing members when out of touch. */
+void members_cron(void);
+/* Once a tick: start the removals that waited for a change in flight. */
+void members_conf_wait_retry(void);
+/* First start with no state: write entry 1 (initial-cluster or a lone
+ * node) and the cluster id. */
+int members_bootstrap(char *err, size_t errlen);
+/* Publish this node as the leader in mandi (now, and then every 2 s). */
+void members_register_leader(void);
+/* Persist the cluster id a joining node learned (after a store job). */
+void members_save_cluster_id(void *data, uint64_t id);
+/* transport_config callbacks: addresses a peer told us, who may dial us,
+ * a peer saying we were removed. */
+void members_on_peer_info(void *data, uint64_t id, bool dialed,
+                          const char *name, const char *raft,
+                          const char *http, const char *grpc);
+int members_check_peer(void *data, uint64_t id, uint64_t *conf_index,
+                       uint64_t *conf_term);
+void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
+                        uint64_t conf_term);
+
+/* --- node_snapshot.c --- */
+/* After applying: take a snapshot if raft-snapshot-entries were applied
+ * since the last one. */
+void snaps_maybe(void);
+/* Each tick: reap the writer child; on success compact the core and
+ * schedule the store's compaction, and prune old files. */
+void snaps_poll(void);
+/* From the Ready cycle when the store is free: one compaction step. */
+void snaps_compact_step(void);
+/* Leader: stream the file of an INSTALL_SNAPSHOT to its follower, then
+ * the message (xfer_start), paced each tick (xfer_pump); xfer_free ends a
+ * transfer and reports it to the core. */
+void snaps_xfer_start(const struct raft_msg *m);
+void snaps_xfer_pump(void);
+void snaps_xfer_free(struct xfer *x, bool ok);
+/* Follower: end the transfer being received; forget the received file
+ * awaiting its install (table and file); each tick, drop what went stale. */
+void snaps_rx_abort(void);
+void snaps_got_drop(void);
+void snaps_rx_check(void);
+/* Whether m may go to the core: an INSTALL_SNAPSHOT only once its file is
+ * here and loaded. */
+bool snaps_install_ready(const struct raft_msg *m);
+/* rd.snapshot: the received table becomes the state machine. */
+void snaps_install(const struct raft_snapshot_meta *sm);
+/* The node closes: the writer child, transfers both ways. */
+void snaps_close(void);
+/* Start: load the newest snapshot that agrees with the stored log. */
+int snaps_restore(const struct store_meta *sm, const struct raft_entry *ents,
+                  size_t n, struct raft_snapshot_meta *out, bool *have,
+                  char *err, size_t errlen);
+/* transport_config callbacks: a chunk arrived, an outbound link went up
+ * or down, the last inbound link of a peer closed. */
+const char *snaps_on_chunk(void *data, uint64_t from,
+                           const struct raft_snap_chunk *c);
+void snaps_on_peer_link(void *data, uint64_t id, bool connected);
+void snaps_on_inbound_closed(void *data, uint64_t from);
+
+#endif

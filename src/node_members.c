@@ -1,0 +1,685 @@
+/* node_members.c - the configuration as the node sees it (see
+ * node_internal.h): members with their addresses, who may dial us and how
+ * a removed member learns it, bootstrap and the cluster id, removal,
+ * promotion and leadership transfer, mandi registration and joins. */
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "failpoint.h"
+#include "log.h"
+#include "node_internal.h"
+
+static char *json_str(cJSON *o, const char *k);
+static char *make_meta(const char *name, const char *raft, const char *http,
+                       const char *grpc);
+static bool plausible_addr(const char *a);
+static void gone_add(uint64_t id, uint64_t conf_index, uint64_t conf_term);
+static struct member *member_by_name(const char *name);
+static int leader_only(void);
+static const char *leader_addr(bool http);
+static uint64_t cluster_id_of(struct cfg_peer *peers, size_t n);
+static void on_mandi_done(const struct mandi_result *res, void *data);
+static void on_joins(const struct mandi_result *res, void *data);
+static void post_join(void);
+static void join_cron(void);
+uint64_t members_name_to_id(const char *name)
+{
+    uint64_t id = pz_hash(name, strlen(name), NAME_SEED);
+    return id ? id : 1;
+}
+
+/* --- members ---------------------------------------------------------- */
+
+void members_free_one(struct member *m)
+{
+    pz_free(m->name);
+    pz_free(m->raft);
+    pz_free(m->http);
+    pz_free(m->grpc);
+}
+
+struct member *members_find(uint64_t id)
+{
+    for (size_t i = 0; i < node.n_members; i++)
+        if (node.members[i].id == id)
+            return &node.members[i];
+    return NULL;
+}
+
+static char *json_str(cJSON *o, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return pz_strdup(cJSON_IsString(v) && v->valuestring ? v->valuestring
+                                                         : "");
+}
+
+/* A member's meta in configuration entries: JSON with its name and the
+ * addresses known when it was added. */
+static char *make_meta(const char *name, const char *raft, const char *http,
+                       const char *grpc)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", name);
+    cJSON_AddStringToObject(o, "raft", raft);
+    if (http)
+        cJSON_AddStringToObject(o, "http", http);
+    if (grpc)
+        cJSON_AddStringToObject(o, "grpc", grpc);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    char *r = pz_strdup(s);
+    cJSON_free(s);
+    return r;
+}
+
+/* Rebuild the member list from the current configuration, keeping the
+ * addresses learned from handshakes, and tell the transport. */
+void members_refresh(void)
+{
+    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
+    struct member *ms = pz_calloc(conf->n ? conf->n : 1, sizeof *ms);
+    for (size_t i = 0; i < conf->n; i++) {
+        const struct raft_server *s = &conf->servers[i];
+        struct member *m = &ms[i];
+        struct member *old = members_find(s->id);
+        cJSON *o = cJSON_Parse(s->meta ? s->meta : "");
+        m->id = s->id;
+        m->voter = s->voter;
+        m->name = json_str(o, "name");
+        m->raft = json_str(o, "raft");
+        m->http = json_str(o, "http");
+        m->grpc = json_str(o, "grpc");
+        cJSON_Delete(o);
+        if (old && old->http[0] && !m->http[0]) {
+            pz_free(m->http);
+            m->http = pz_strdup(old->http);
+        }
+        if (old && old->grpc[0] && !m->grpc[0]) {
+            pz_free(m->grpc);
+            m->grpc = pz_strdup(old->grpc);
+        }
+        if (old)
+            m->caught_up = old->caught_up;
+        if (s->id != node.id && m->raft[0])
+            transport_set_peer(node.tr, s->id, m->raft);
+    }
+    /* Peers gone from the configuration: their names are remembered for
+     * the log line when the change commits (members_conf_committed). */
+    for (size_t i = 0; i < node.n_members; i++) {
+        bool kept = false;
+        for (size_t j = 0; j < conf->n; j++)
+            kept |= conf->servers[j].id == node.members[i].id;
+        if (kept) {
+            members_free_one(&node.members[i]);
+            continue;
+        }
+        /* The peer link stays until the change commits: a leader that
+         * removes itself still needs the acknowledgements. */
+        if (node.n_departed == PZ_ARRAY_SIZE(node.departed)) {
+            members_free_one(&node.departed[0]);
+            memmove(&node.departed[0], &node.departed[1],
+                    sizeof node.departed - sizeof node.departed[0]);
+            node.n_departed--;
+        }
+        node.departed[node.n_departed++] = node.members[i];
+    }
+    pz_free(node.members);
+    node.members = ms;
+    node.n_members = conf->n;
+}
+
+/* A client address a peer announced: "host:port" with a port, printable,
+ * or it is not taken (forwarding would dial it). */
+static bool plausible_addr(const char *a)
+{
+    char host[256];
+    int port;
+    for (const char *p = a; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f)
+            return false;
+    return pz_split_hostport(a, host, sizeof host, &port) == 0 && port > 0;
+}
+
+/* The transport learned a peer's addresses: its client addresses from the
+ * reply of a member we dialed at its configured Raft address (dialed), or,
+ * while this node is joining and knows no configuration, the Raft address
+ * of a member that dialed us, so that we can answer it. What a dialer says
+ * of itself is never taken once we have a configuration: a stranger could
+ * otherwise redirect our forwarding or our replies. */
+void members_on_peer_info(void *data, uint64_t id, bool dialed,
+                         const char *name, const char *raft, const char *http,
+                         const char *grpc)
+{
+    PZ_UNUSED(data);
+    PZ_UNUSED(name);
+    if (!dialed) {
+        /* An id we have no configured address for: joining, or a member
+         * added after what our log holds (maybe our leader). */
+        if (members_find(id) == NULL && raft && plausible_addr(raft) &&
+            id != node.id)
+            transport_set_peer(node.tr, id, raft);
+        return;
+    }
+    struct member *m = members_find(id);
+    if (m == NULL)
+        return;
+    if (http && plausible_addr(http) && strcmp(m->http, http) != 0) {
+        pz_free(m->http);
+        m->http = pz_strdup(http);
+    }
+    if (grpc && plausible_addr(grpc) && strcmp(m->grpc, grpc) != 0) {
+        pz_free(m->grpc);
+        m->grpc = pz_strdup(grpc);
+    }
+}
+
+/* A joining node learned its cluster's id from the first member that
+ * dialed it: keep it, so that a restart presents the same one. */
+void members_save_cluster_id(void *data, uint64_t id)
+{
+    PZ_UNUSED(data);
+    node.cluster_id = id;
+    if (store_busy(node.store)) {
+        node.cluster_id_unsaved = true; /* saved after the write */
+        return;
+    }
+    if (store_meta_set(node.store, id, 0, NULL) < 0) {
+        core_fatal("cannot record the cluster id: %s",
+                   store_errmsg(node.store));
+    }
+}
+
+/* --- removal --------------------------------------------------------------
+ * A member removed from the configuration no longer hears from the leader
+ * (it is not replicated to once the change is appended), so it would never
+ * learn that it was removed. It does when it next dials a member: its
+ * election timer fires and it asks for votes, or it redials the leader
+ * whose link to it closed at the commit. A member whose committed
+ * configuration no longer has it answers with the REMOVED refusal and the
+ * index of that configuration (members_check_peer), over the authenticated peer
+ * link. The removed node stops unless it knows a newer configuration
+ * (it was added again). A member removed before this node's last restart
+ * is not remembered (gone[] lives in memory): it is refused as a
+ * non-member and keeps retrying quietly until stopped by hand. */
+
+bool members_has_self(void)
+{
+    return members_find(node.id) != NULL;
+}
+
+static void gone_add(uint64_t id, uint64_t conf_index, uint64_t conf_term)
+{
+    for (size_t i = 0; i < node.n_gone; i++) {
+        if (node.gone[i].id == id) {
+            node.gone[i].conf_index = conf_index;
+            node.gone[i].conf_term = conf_term;
+            return;
+        }
+    }
+    if (node.n_gone == PZ_ARRAY_SIZE(node.gone)) {
+        memmove(&node.gone[0], &node.gone[1],
+                sizeof node.gone - sizeof node.gone[0]);
+        node.n_gone--;
+    }
+    node.gone[node.n_gone++] = (struct gone){id, conf_index, conf_term};
+}
+
+/* Who is dialing us (transport_config.check_peer). */
+int members_check_peer(void *data, uint64_t id, uint64_t *conf_index,
+                      uint64_t *conf_term)
+{
+    PZ_UNUSED(data);
+    if (node.n_members == 0)
+        return TRANSPORT_PEER_JOINING;
+    if (members_find(id) != NULL)
+        return TRANSPORT_PEER_MEMBER;
+    for (size_t i = 0; i < node.n_gone; i++) {
+        if (node.gone[i].id == id) {
+            *conf_index = node.gone[i].conf_index;
+            *conf_term = node.gone[i].conf_term;
+            return TRANSPORT_PEER_REMOVED;
+        }
+    }
+    return TRANSPORT_PEER_STRANGER;
+}
+
+/* Peer `from`, which we dialed, says its committed configuration entry
+ * (conf_index, conf_term) no longer has us. Nothing authenticates the
+ * answer beyond the address we dialed, so it is weighed:
+ *  - a node that leads, or heard from its leader within the election
+ *    timeout, is a member in good standing: ignored (a removed node stops
+ *    hearing from the leader once the removal is appended, so it soon
+ *    listens);
+ *  - a node whose newest configuration is newer than the one named,
+ *    includes it and is committed here was added again: ignored;
+ *  - otherwise it stops. */
+void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
+                       uint64_t conf_term)
+{
+    PZ_UNUSED(data);
+    if (node.removed || !node.open || node.n_members == 0)
+        return; /* a joining node was never removed */
+    struct member *m = members_find(from);
+    const char *who = m ? m->name : "a peer";
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    if (rs.lease) {
+        pz_debug("%s says this node was removed (entry %llu), but it is in "
+                 "touch with its leader: ignored",
+                 who, (unsigned long long)conf_index);
+        return;
+    }
+    uint64_t ours = 0;
+    raft_conf_current(node.raft, &ours);
+    if (ours > conf_index && ours <= rs.commit && members_has_self()) {
+        pz_info("%s says this node was removed by configuration entry "
+                "%llu, but entry %llu, committed, has it: ignored",
+                who, (unsigned long long)conf_index,
+                (unsigned long long)ours);
+        return;
+    }
+    node.removed = true;
+    pz_warn("removed from the cluster (configuration entry %llu, term "
+            "%llu, as %s says): stopping",
+            (unsigned long long)conf_index, (unsigned long long)conf_term,
+            who);
+    node.stop("removed from the cluster");
+}
+
+/* A configuration entry committed: say who joined and left; tell a
+ * removed member (leader only), and stop if it is us. */
+void members_conf_committed(const struct raft_entry *e)
+{
+    struct raft_conf c;
+    if (raft_conf_decode(e->data, e->len, &c) < 0)
+        return; /* the core refused it already; nothing to act on */
+    bool self_in = false, was_in = false;
+    for (size_t i = 0; i < c.n; i++)
+        self_in |= c.servers[i].id == node.id;
+    for (size_t i = 0; i < node.n_committed_ids; i++)
+        was_in |= node.committed_ids[i] == node.id;
+    for (size_t i = 0; i < node.n_committed_ids; i++) {
+        uint64_t id = node.committed_ids[i];
+        if (raft_conf_get(&c, id) != NULL)
+            continue;
+        struct member *m = members_find(id);
+        for (size_t j = 0; m == NULL && j < node.n_departed; j++)
+            if (node.departed[j].id == id)
+                m = &node.departed[j];
+        pz_info("member %s left the cluster (entry %llu)",
+                m && m->name[0] ? m->name : "(unknown)",
+                (unsigned long long)e->index);
+        if (id != node.id && members_find(id) == NULL) {
+            /* Closes its links too: it redials and is told. */
+            transport_remove_peer(node.tr, id);
+            gone_add(id, e->index, e->term);
+        }
+    }
+    pz_free(node.committed_ids);
+    node.committed_ids = pz_calloc(c.n ? c.n : 1, sizeof(uint64_t));
+    node.n_committed_ids = c.n;
+    for (size_t i = 0; i < c.n; i++)
+        node.committed_ids[i] = c.servers[i].id;
+    raft_conf_free(&c);
+    if (was_in && !self_in && !node.removed) {
+        node.removed = true;
+        pz_warn("this node was removed from the cluster configuration "
+                "(entry %llu): stopping",
+                (unsigned long long)e->index);
+        node.stop("removed from the cluster");
+    }
+}
+
+
+/* A non-voter is promoted once its log is within PROMOTE_SLACK entries of
+ * the leader's for PROMOTE_CHECKS consecutive seconds (it has caught up
+ * and keeps up), so that it adds to the quorum without slowing it. */
+#define PROMOTE_SLACK 16
+#define PROMOTE_CHECKS 2
+
+void members_cron(void)
+{
+    join_cron();
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    if (!rs.lease && !node.removed) {
+        /* Out of touch: (re)open a link to every member, so that one that
+         * removed us (a non-voter never campaigns) can say so. */
+        for (size_t i = 0; i < node.n_members; i++)
+            if (node.members[i].id != node.id)
+                transport_probe(node.tr, node.members[i].id);
+    }
+    if (node.role != RAFT_LEADER)
+        return;
+    for (size_t i = 0; i < node.n_members; i++) {
+        struct member *m = &node.members[i];
+        if (m->voter || m->id == node.id)
+            continue;
+        uint64_t match = 0;
+        for (size_t j = 0; j < rs.n_peers; j++)
+            if (rs.peers[j].id == m->id)
+                match = rs.peers[j].match;
+        if (match > 0 && match + PROMOTE_SLACK >= rs.last_index)
+            m->caught_up++;
+        else
+            m->caught_up = 0;
+        if (m->caught_up < PROMOTE_CHECKS)
+            continue;
+        struct raft_conf_change cc = {.type = RAFT_CC_PROMOTE, .id = m->id};
+        int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
+        if (rv == 0)
+            pz_info("promoting %s to voter (match %llu of %llu)", m->name,
+                    (unsigned long long)match,
+                    (unsigned long long)rs.last_index);
+        break; /* one configuration change at a time */
+    }
+}
+
+static struct member *member_by_name(const char *name)
+{
+    for (size_t i = 0; i < node.n_members; i++)
+        if (strcmp(node.members[i].name, name) == 0)
+            return &node.members[i];
+    return NULL;
+}
+
+static int leader_only(void)
+{
+    if (node.role == RAFT_LEADER)
+        return 0;
+    return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
+}
+
+int node_remove_member(struct node_req *req, const char *name,
+                       node_req_cb cb)
+{
+    reqs_prepare(req, cb);
+    int rv = leader_only();
+    if (rv < 0)
+        return rv;
+    struct member *m = member_by_name(name);
+    if (m == NULL)
+        return PZ_ENOTFOUND;
+    struct raft_conf_change cc = {.type = RAFT_CC_REMOVE, .id = m->id};
+    rv = raft_propose_conf(node.raft, &cc, &req->index, &req->term);
+    if (rv == PZ_EBUSY) {
+        /* Another change (or a transfer) is in flight, or we were elected
+         * a moment ago and have not committed in our term yet: both end
+         * within a round trip or two, so wait (up to request-timeout)
+         * rather than make the caller retry. */
+        pz_info("removing member %s: waiting for the change in progress",
+                name);
+        req->member = m->id;
+        reqs_link(&node.conf_wait, req);
+        return 0;
+    }
+    if (rv < 0)
+        return rv;
+    pz_info("removing member %s", name);
+    reqs_link_proposal(req);
+    return 0;
+}
+
+/* Once a tick: start the removals that waited for a change in progress.
+ * One whose node lost the leadership meanwhile completes with
+ * PZ_ENOTLEADER or PZ_ENOLEADER, with nothing proposed: the caller starts
+ * it over (http.c forwards it to the new leader). */
+void members_conf_wait_retry(void)
+{
+    struct pz_queue *e = node.conf_wait.next;
+    while (e != &node.conf_wait) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        int rv = leader_only();
+        if (rv == 0) {
+            struct raft_conf_change cc = {.type = RAFT_CC_REMOVE,
+                                          .id = r->member};
+            rv = raft_propose_conf(node.raft, &cc, &r->index, &r->term);
+            if (rv == PZ_EBUSY)
+                continue;
+        }
+        if (rv < 0) {
+            /* EINVAL: removed by someone else meanwhile (404), or it
+             * would leave no voter (400, as when asked directly) */
+            if (rv == PZ_EINVAL && members_find(r->member) == NULL)
+                rv = PZ_ENOTFOUND;
+            reqs_done(r, rv);
+            continue;
+        }
+        pz_queue_remove(&r->q);
+        r->queued = false;
+        struct member *m = members_find(r->member);
+        pz_info("removing member %s", m ? m->name : "?");
+        reqs_link_proposal(r);
+    }
+}
+
+int node_transfer(struct node_req *req, const char *name, node_req_cb cb)
+{
+    reqs_prepare(req, cb);
+    int rv = leader_only();
+    if (rv < 0)
+        return rv;
+    struct member *m = member_by_name(name);
+    if (m == NULL)
+        return PZ_ENOTFOUND;
+    if (m->id == node.id) {
+        reqs_done(req, 0); /* already leads */
+        return 0;
+    }
+    rv = raft_transfer_leader(node.raft, m->id);
+    if (rv < 0)
+        return rv;
+    pz_info("transferring leadership to %s", name);
+    req->member = m->id;
+    reqs_link(&node.transfers, req);
+    return 0;
+}
+
+static const char *leader_addr(bool http)
+{
+    if (node.leader == 0 || node.leader == node.id)
+        return NULL;
+    struct member *m = members_find(node.leader);
+    if (m == NULL)
+        return NULL;
+    const char *a = http ? m->http : m->grpc;
+    return a[0] ? a : NULL;
+}
+
+const char *node_leader_http_addr(void)
+{
+    return leader_addr(true);
+}
+
+const char *node_leader_grpc_addr(void)
+{
+    return leader_addr(false);
+}
+
+/* --- start and stop ----------------------------------------------------------- */
+
+/* The cluster id of a static initial cluster: the same on every member,
+ * derived from the member list alone (name=address pairs, sorted). */
+static uint64_t cluster_id_of(struct cfg_peer *peers, size_t n)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    for (size_t i = 0; i < n; i++) { /* n is small: selection order */
+        size_t best = SIZE_MAX;
+        for (size_t j = 0; j < n; j++) {
+            if (peers[j].name[0] == '\0')
+                continue;
+            if (best == SIZE_MAX || strcmp(peers[j].name, peers[best].name) < 0)
+                best = j;
+        }
+        pz_buf_appendf(&b, "%s=%s,", peers[best].name, peers[best].addr);
+        peers[best].name[0] = '\0';
+    }
+    uint64_t id = pz_hash(b.data, b.len, 0x636c7573746572ull);
+    pz_buf_free(&b);
+    return id ? id : 1;
+}
+
+int members_bootstrap(char *err, size_t errlen)
+{
+    const struct pz_config *cfg = node.cfg;
+    struct raft_conf conf;
+    raft_conf_init(&conf);
+    if (cfg->initial_cluster[0]) {
+        struct cfg_peer *peers;
+        size_t n;
+        char why[256];
+        if (cfg_parse_cluster(cfg->initial_cluster, &peers, &n, why,
+                              sizeof why) < 0) {
+            snprintf(err, errlen, "initial-cluster %s", why);
+            return PZ_ECONFIG;
+        }
+        for (size_t i = 0; i < n; i++) {
+            /* Only what every member knows goes into entry 1, so that all
+             * of them write the identical entry. */
+            char *meta = make_meta(peers[i].name, peers[i].addr, NULL, NULL);
+            raft_conf_add(&conf, members_name_to_id(peers[i].name), true, meta);
+            pz_free(meta);
+        }
+        node.cluster_id = cluster_id_of(peers, n);
+        pz_free(peers);
+        pz_info("forming cluster from initial-cluster (%zu members)", conf.n);
+    } else {
+        char *meta = make_meta(cfg->node_id, cfg->raft_addr, cfg->http_addr,
+                               cfg->grpc_addr);
+        raft_conf_add(&conf, node.id, true, meta);
+        pz_free(meta);
+        uint64_t r = 0;
+        if (getrandom(&r, sizeof r, 0) != sizeof r)
+            r = uv_hrtime();
+        node.cluster_id = r ? r : 1;
+        pz_info("bootstrapping a one-node cluster");
+    }
+    int rv = raft_bootstrap(node.raft, &conf);
+    raft_conf_free(&conf);
+    if (rv < 0) {
+        snprintf(err, errlen, "cannot members_bootstrap: %s", pz_strerror(rv));
+        return rv;
+    }
+    rv = store_meta_set(node.store, node.cluster_id, node.id, cfg->node_id);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        return rv;
+    }
+    return 0;
+}
+
+/* --- mandi: leader registration and joining ----------------------------------
+ * Soft state only: replication, forwarding and failover never need mandi.
+ * The leader publishes itself (at once when elected, then every
+ * MANDI_PUT_S seconds) and takes join requests (every MANDI_POLL_S
+ * seconds): each unknown requester is added as a non-voter, promoted by
+ * members_cron once it has caught up, and its request deleted once it
+ * votes. A node that is not a member posts its join request every
+ * MANDI_PUT_S seconds until it sees itself in the configuration. At most
+ * one request of each kind is in flight. */
+#define MANDI_PUT_S 2
+#define MANDI_POLL_S 3
+
+
+static void on_mandi_done(const struct mandi_result *res, void *data)
+{
+    uint64_t *inflight = data;
+    *inflight = 0;
+    if (res->err == PZ_ECANCELED)
+        return;
+    if (res->err < 0)
+        pz_debug("mandi: %s", pz_strerror(res->err));
+    else if (res->http_status >= 300)
+        pz_warn("mandi answered %d: %s", res->http_status, res->message);
+}
+
+void members_register_leader(void)
+{
+    if (node.mandi == NULL || node.mandi_put)
+        return;
+    struct mandi_leader li;
+    memset(&li, 0, sizeof li);
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    snprintf(li.id, sizeof li.id, "%s", node.cfg->node_id);
+    snprintf(li.addr, sizeof li.addr, "%s", node.cfg->raft_addr);
+    snprintf(li.http_addr, sizeof li.http_addr, "%s", node.cfg->http_addr);
+    snprintf(li.grpc_addr, sizeof li.grpc_addr, "%s", node.cfg->grpc_addr);
+    li.term = rs.term;
+    node.mandi_put =
+        mandi_put_leader(node.mandi, &li, on_mandi_done, &node.mandi_put);
+}
+
+static void on_joins(const struct mandi_result *res, void *data)
+{
+    PZ_UNUSED(data);
+    node.mandi_poll = 0;
+    if (res->err < 0 || res->http_status != 200 || node.role != RAFT_LEADER)
+        return;
+    bool proposed = false;
+    for (size_t i = 0; i < res->n_joins; i++) {
+        const struct mandi_join *j = &res->joins[i];
+        struct member *m = member_by_name(j->id);
+        if (m && m->voter) {
+            /* Joined and voting: the request has served. */
+            if (!node.mandi_del)
+                node.mandi_del = mandi_delete_join(node.mandi, j->id,
+                                                   on_mandi_done,
+                                                   &node.mandi_del);
+            continue;
+        }
+        if (m || proposed)
+            continue; /* catching up, or one change per poll */
+        char *meta = make_meta(j->id, j->addr, j->http_addr, j->grpc_addr);
+        struct raft_conf_change cc = {
+            .type = RAFT_CC_ADD_NONVOTER,
+            .id = members_name_to_id(j->id),
+            .meta = meta,
+        };
+        int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
+        pz_free(meta);
+        char eid[PZ_ESCAPED_MAX], eaddr[PZ_ESCAPED_MAX];
+        pz_escape(eid, sizeof eid, j->id, strlen(j->id));
+        pz_escape(eaddr, sizeof eaddr, j->addr, strlen(j->addr));
+        if (rv == 0)
+            pz_info("adding %s (%s) as a non-voter", eid, eaddr);
+        else if (rv != PZ_EBUSY)
+            pz_warn("cannot add %s: %s", eid, pz_strerror(rv));
+        proposed = true;
+    }
+}
+
+static void post_join(void)
+{
+    if (node.mandi == NULL || node.mandi_join)
+        return;
+    struct mandi_join j;
+    memset(&j, 0, sizeof j);
+    snprintf(j.id, sizeof j.id, "%s", node.cfg->node_id);
+    snprintf(j.addr, sizeof j.addr, "%s", node.cfg->raft_addr);
+    snprintf(j.http_addr, sizeof j.http_addr, "%s", node.cfg->http_addr);
+    snprintf(j.grpc_addr, sizeof j.grpc_addr, "%s", node.cfg->grpc_addr);
+    node.mandi_join =
+        mandi_post_join(node.mandi, &j, on_mandi_done, &node.mandi_join);
+}
+
+static void join_cron(void)
+{
+    unsigned s = node.seconds++;
+    if (node.role == RAFT_LEADER) {
+        if (s % MANDI_PUT_S == 0)
+            members_register_leader();
+        if (s % MANDI_POLL_S == 0 && node.mandi && !node.mandi_poll)
+            node.mandi_poll = mandi_get_joins(node.mandi, on_joins, NULL);
+    } else if (!members_has_self() && !node.removed) {
+        if (s % MANDI_PUT_S == 0)
+            post_join();
+    }
+}

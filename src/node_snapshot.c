@@ -1,0 +1,686 @@
+/* node_snapshot.c - snapshots on the node (see node_internal.h and the
+ * section comment below): taking them, compacting the log behind them,
+ * shipping them to followers, receiving and installing them, and loading
+ * the newest at start. */
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "failpoint.h"
+#include "log.h"
+#include "node_internal.h"
+
+static void snapshot_start(void);
+static void finish_snap_waiters(int status);
+static void on_compacted(struct store *s, int status, const char *errmsg,
+                         void *arg);
+static void request_compaction(void);
+static uint64_t rx_max_size(void);
+static bool rx_fits_disk(uint64_t total, char *why, size_t len);
+
+/* --- snapshots ------------------------------------------------------------
+ * Taking one (every raft-snapshot-entries applied entries, or POST
+ * /admin/snapshot): fork, as Redis's BGSAVE does, so that the child writes
+ * the table as of the fork from copy-on-write memory while the loop goes on
+ * serving; the parent only polls the child from the tick timer. When the
+ * file is durable (written, fsynced, renamed), the Raft core records the
+ * snapshot point and drops its log up to index - raft-trailing-entries,
+ * and the store drops the same prefix. The two newest files are kept.
+ * Fork rather than an incremental copy-on-write scan of the table: the
+ * table stays simple and the loop does no snapshot work at all; the price
+ * is the fork itself (page tables: a few milliseconds per GB) and memory
+ * for the pages written meanwhile.
+ *
+ * Sending one (leader): an INSTALL_SNAPSHOT from the core is not sent as
+ * it is: the file goes first, in chunks on the same ordered link, paced on
+ * the transport's queue so that no chunk is dropped, then the message. The
+ * outcome goes back to the core (raft_report_snapshot); a lost link fails
+ * the transfer and the core retries.
+ *
+ * Receiving one (follower): chunks are written to a temporary file, which
+ * is verified (checksum) and renamed into place when complete; only then is
+ * the INSTALL_SNAPSHOT message handed to the core. The core's Ready then
+ * carries the snapshot: the state machine is loaded from the file and the
+ * store replaces its log in the same transaction as the Ready's hard state
+ * and entries, so a crash leaves the old state or the new one.
+ *
+ * Restart: the newest snapshot file that checks out and agrees with the
+ * stored log (the log holds its index with its term, or was compacted
+ * exactly to it) is loaded, then the log after it is replayed. A damaged
+ * file is reported and an older one tried; with none usable while the log
+ * was compacted, the node refuses to start. */
+
+#define XFER_CHUNK (256 * 1024)     /* bytes per snapshot chunk */
+#define XFER_QUEUE_MAX (1024 * 1024) /* pace: peer queue below this */
+
+struct xfer {
+    struct xfer *next;              /* in node.xfers */
+    uint64_t to;                    /* follower */
+    struct raft_msg msg;            /* INSTALL_SNAPSHOT, sent last */
+    struct raft_entry conf;         /* msg's entry (copied) */
+    struct snapshot_reader *reader; /* the file */
+    uint64_t offset;                /* bytes sent */
+    uint64_t total;                 /* file size */
+};
+
+static void snapshot_start(void)
+{
+    if (node.snap_child.pid != 0 || node.applied == 0 ||
+        node.applied <= node.snap_index)
+        return;
+    uint64_t at = node.applied;
+    struct raft_snapshot_meta meta;
+    int rv = raft_snapshot_meta_at(node.raft, at, &meta);
+    if (rv < 0)
+        return;
+    uint8_t *conf;
+    size_t conf_len;
+    raft_conf_encode(&meta.conf, &conf, &conf_len);
+    raft_conf_free(&meta.conf);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    rv = snapshot_write_fork(node.cfg->raft_data, node.kv, at, meta.term,
+                             conf, conf_len, &node.snap_child, err,
+                             sizeof err);
+    pz_free(conf);
+    if (rv < 0) {
+        pz_warn("cannot start a snapshot: %s", err);
+        return;
+    }
+    pz_info("snapshot at index %llu: writing (%zu keys, fork %llu us)",
+            (unsigned long long)at, kv_count(node.kv),
+            (unsigned long long)node.snap_child.fork_us);
+}
+
+static void finish_snap_waiters(int status)
+{
+    reqs_finish_all(&node.snap_waiters, status);
+}
+
+/* Drop the stored log prefix the core dropped, COMPACT_ROWS entries per
+ * step on the thread pool, between log writes (never during one), so that
+ * a million-entry prefix never stalls the loop or the writes. */
+#define COMPACT_ROWS 20000
+
+static void on_compacted(struct store *s, int status, const char *errmsg,
+                         void *arg)
+{
+    PZ_UNUSED(s);
+    PZ_UNUSED(arg);
+    if (status < 0) {
+        core_fatal("cannot compact the Raft log: %s",
+                   errmsg ? errmsg : pz_strerror(status));
+    }
+    node.store_busy = false;
+    pz_failpoint("after-log-truncate");
+    if (node.cluster_id_unsaved) {
+        node.cluster_id_unsaved = false;
+        members_save_cluster_id(NULL, node.cluster_id);
+    }
+    if (node.closing)
+        core_finish_close();
+}
+
+static void request_compaction(void)
+{
+    node.compact_pending = true;
+}
+
+/* From the Ready cycle, when no log write is due: one compaction step. */
+void snaps_compact_step(void)
+{
+    if (!node.compact_pending || node.store_busy || node.closing)
+        return;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    if (rs.first_index <= 1) {
+        node.compact_pending = false;
+        return;
+    }
+    pz_failpoint("before-log-truncate");
+    int rv = store_compact_step(node.store, node.loop, rs.first_index - 1,
+                                COMPACT_ROWS, on_compacted, NULL);
+    if (rv < 0) {
+        core_fatal("cannot compact the Raft log: %s",
+                   store_errmsg(node.store));
+    }
+    if (rv == 1)
+        node.compact_pending = false; /* done */
+    else
+        node.store_busy = true;
+}
+
+void snaps_poll(void)
+{
+    if (node.snap_child.pid == 0)
+        return;
+    bool done = false, ok = false;
+    snapshot_child_poll(&node.snap_child, &done, &ok);
+    if (!done)
+        return;
+    struct snapshot_child *c = &node.snap_child;
+    if (!ok) {
+        pz_warn("snapshot at index %llu failed: %s",
+                (unsigned long long)c->index, c->errmsg);
+        c->pid = 0;
+        finish_snap_waiters(PZ_EIO);
+        return;
+    }
+    int rv = raft_compact(node.raft, c->index,
+                          (uint64_t)node.cfg->raft_trailing_entries);
+    if (rv == PZ_ECANCELED) {
+        /* A newer snapshot came from the leader meanwhile. */
+        unlink(c->path);
+        c->pid = 0;
+        finish_snap_waiters(0);
+        return;
+    }
+    struct snapshot_meta sm;
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    node.prev_snap_index = node.snap_index;
+    node.prev_snap_term = node.snap_term;
+    node.snap_index = c->index;
+    node.snap_term = c->term;
+    if (snapshot_peek(c->path, &sm, err, sizeof err) == 0) {
+        node.snap_size = sm.file_size;
+        snapshot_meta_free(&sm);
+    }
+    pz_info("snapshot at index %llu done: %llu bytes",
+            (unsigned long long)c->index,
+            (unsigned long long)node.snap_size);
+    c->pid = 0;
+    if (rv == 0)
+        request_compaction();
+    size_t removed = 0;
+    /* Keep the two newest durable snapshots (the newest covers the
+     * compacted log) and a received one waiting for its install; any other
+     * file goes, a newer one included. */
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    struct snapshot_id keep[4] = {
+        {node.snap_index, node.snap_term},
+        {node.prev_snap_index, node.prev_snap_term},
+        {node.got_index, node.got_term},
+        {rs.snap_index, rs.snap_term}, /* installed, maybe not yet here */
+    };
+    if (node.rx == NULL) /* pruning removes temporary files too */
+        snapshot_prune_except(node.cfg->raft_data, keep, 4, &removed, err,
+                              sizeof err);
+    finish_snap_waiters(0);
+}
+
+/* After applying: time for a snapshot? */
+void snaps_maybe(void)
+{
+    if (node.applied >=
+        node.snap_index + (uint64_t)node.cfg->raft_snapshot_entries)
+        snapshot_start();
+}
+
+int node_snapshot_now(struct node_req *req, node_req_cb cb)
+{
+    reqs_prepare(req, cb);
+    req->deadline = UINT64_MAX; /* a large table takes a while */
+    if (node.applied <= node.snap_index && node.snap_child.pid == 0) {
+        reqs_done(req, 0); /* nothing new since the last one */
+        return 0;
+    }
+    snapshot_start();
+    if (node.snap_child.pid == 0)
+        return PZ_EIO;
+    reqs_link(&node.snap_waiters, req);
+    return 0;
+}
+
+void node_snapshot_info(uint64_t *index, uint64_t *size)
+{
+    *index = node.snap_index;
+    *size = node.snap_size;
+}
+
+/* --- sending snapshots --- */
+
+void snaps_xfer_free(struct xfer *x, bool ok)
+{
+    struct xfer **pp = &node.xfers;
+    while (*pp && *pp != x)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = x->next;
+    if (node.raft)
+        raft_report_snapshot(node.raft, x->to, ok);
+    snapshot_reader_close(x->reader);
+    pz_free(x->conf.data);
+    pz_free(x);
+}
+
+void snaps_xfer_start(const struct raft_msg *m)
+{
+    for (struct xfer *x = node.xfers; x; x = x->next)
+        if (x->to == m->to)
+            return; /* one at a time per follower */
+    char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
+    struct xfer *x = pz_calloc(1, sizeof *x);
+    x->to = m->to;
+    x->msg = *m;
+    if (m->n_entries == 1) {
+        x->conf = m->entries[0];
+        x->conf.data = pz_memdup(m->entries[0].data, m->entries[0].len);
+        x->msg.entries = &x->conf;
+    }
+    x->next = node.xfers;
+    node.xfers = x;
+    snapshot_path(node.cfg->raft_data, m->snap_index, m->snap_term, path,
+                  sizeof path);
+    if (snapshot_reader_open(path, &x->reader, err, sizeof err) < 0) {
+        pz_warn("cannot send snapshot %llu to a follower: %s",
+                (unsigned long long)m->snap_index, err);
+        snaps_xfer_free(x, false);
+        return;
+    }
+    x->total = snapshot_reader_size(x->reader);
+    struct member *mb = members_find(m->to);
+    pz_info("sending snapshot at index %llu (%llu bytes) to %s",
+            (unsigned long long)m->snap_index,
+            (unsigned long long)x->total, mb ? mb->name : "a follower");
+}
+
+void snaps_xfer_pump(void)
+{
+    static uint8_t buf[XFER_CHUNK];
+    struct xfer *x = node.xfers;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    while (x) {
+        struct xfer *next = x->next;
+        struct transport_peer_stats ps;
+        /* Chunks go out in the term we lead in; a leader that stepped down
+         * has nothing to send (followers would drop it). */
+        bool failed = rs.role != RAFT_LEADER || rs.term != x->msg.term ||
+                      transport_peer_stats(node.tr, x->to, &ps) < 0;
+        while (!failed && x->offset < x->total &&
+               ps.queued_bytes < XFER_QUEUE_MAX) {
+            size_t got = 0;
+            char err[SNAPSHOT_ERRMSG_SIZE];
+            if (snapshot_reader_read(x->reader, x->offset, buf, sizeof buf,
+                                     &got, err, sizeof err) < 0 ||
+                got == 0) {
+                failed = true;
+                break;
+            }
+            struct raft_snap_chunk c = {
+                .term = x->msg.term,
+                .snap_index = x->msg.snap_index,
+                .snap_term = x->msg.snap_term,
+                .offset = x->offset,
+                .total = x->total,
+                .data = buf,
+                .len = got,
+            };
+            if (transport_send_chunk(node.tr, x->to, &c) < 0 ||
+                transport_peer_stats(node.tr, x->to, &ps) < 0)
+                failed = true;
+            x->offset += got;
+        }
+        if (failed) {
+            snaps_xfer_free(x, false);
+        } else if (x->offset == x->total) {
+            transport_send(node.tr, &x->msg);
+            snaps_xfer_free(x, true);
+        }
+        x = next;
+    }
+}
+
+/* A link went down: a transfer on it is lost. */
+void snaps_on_peer_link(void *data, uint64_t id, bool connected)
+{
+    PZ_UNUSED(data);
+    if (connected)
+        return;
+    for (struct xfer *x = node.xfers; x; x = x->next) {
+        if (x->to == id && x->offset > 0) {
+            snaps_xfer_free(x, false);
+            return;
+        }
+    }
+}
+
+/* --- receiving snapshots ---
+ * Only the leader we follow, in our current term, may stream a snapshot
+ * to us, one at a time, and only one that covers more than we have
+ * committed. A transfer dies (its .recv.tmp removed) when its link
+ * closes, the leader or term changes, or no chunk came for
+ * RX_IDLE_MS. Its size is bounded before anything is written: by
+ * raft-snapshot-max-size (0: four times our own state, at least
+ * RX_AUTO_MIN), and by the free space of the data directory, which keeps
+ * RX_DISK_RESERVE free. The file is checked by loading it (the loader's
+ * checks, a repeated key included) into the table the install will use. */
+#define RX_IDLE_MS 30000
+#define RX_AUTO_MIN (UINT64_C(4) << 30)
+#define RX_DISK_RESERVE (UINT64_C(64) << 20)
+
+/* Forget a received snapshot awaiting its install: its table, and its
+ * file (the disk check of the next transfer must see the space again). */
+void snaps_got_drop(void)
+{
+    if (node.got_kv) {
+        char path[SNAPSHOT_PATH_MAX];
+        snapshot_path(node.cfg->raft_data, node.got_index, node.got_term,
+                      path, sizeof path);
+        unlink(path);
+    }
+    kv_free(node.got_kv);
+    node.got_kv = NULL;
+    node.got_index = node.got_term = 0;
+}
+
+void snaps_rx_abort(void)
+{
+    snapshot_receiver_abort(node.rx);
+    node.rx = NULL;
+}
+
+static uint64_t rx_max_size(void)
+{
+    uint64_t cap = (uint64_t)node.cfg->raft_snapshot_max_size;
+    return cap ? cap : PZ_MAX(RX_AUTO_MIN, 4 * (uint64_t)kv_bytes(node.kv));
+}
+
+/* Whether total more bytes fit on the data directory's disk, keeping
+ * RX_DISK_RESERVE free; why not in why. */
+static bool rx_fits_disk(uint64_t total, char *why, size_t len)
+{
+    struct statvfs vfs;
+    if (statvfs(node.cfg->raft_data, &vfs) != 0)
+        return true; /* cannot tell: the writes will say */
+    uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    if (total + RX_DISK_RESERVE <= avail)
+        return true;
+    snprintf(why, len, "%llu bytes do not fit in the %llu bytes free in %s",
+             (unsigned long long)total, (unsigned long long)avail,
+             node.cfg->raft_data);
+    return false;
+}
+
+const char *snaps_on_chunk(void *data, uint64_t from,
+                            const struct raft_snap_chunk *c)
+{
+    PZ_UNUSED(data);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    if (!node.open)
+        return NULL;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    struct snapshot_rx_view v = {
+        .self = node.id,
+        .leader = rs.leader,
+        .term = rs.term,
+        .commit = rs.commit,
+        .receiving = node.rx != NULL,
+        .rx_from = node.rx_from,
+        .rx_index = node.rx_index,
+        .rx_term = node.rx_term,
+        .rx_offset = node.rx ? snapshot_receiver_offset(node.rx) : 0,
+        .rx_total = node.rx_total,
+        .have_index = node.got_kv ? node.got_index : 0,
+        .have_term = node.got_kv ? node.got_term : 0,
+        .max_size = rx_max_size(),
+    };
+    switch (snapshot_rx_decide(&v, from, c)) {
+    case SNAPSHOT_RX_INVALID:
+        return "snapshot chunk with an impossible index, term, size or "
+               "offset";
+    case SNAPSHOT_RX_STALE:
+        if (node.rx && node.rx_from == from)
+            snaps_rx_abort();
+        return NULL;
+    case SNAPSHOT_RX_TOO_BIG:
+        snaps_rx_abort();
+        pz_warn("refusing snapshot %llu from the leader: %llu bytes is over "
+                "raft-snapshot-max-size (%llu)",
+                (unsigned long long)c->snap_index,
+                (unsigned long long)c->total,
+                (unsigned long long)v.max_size);
+        return NULL;
+    case SNAPSHOT_RX_BEGIN:
+        snaps_rx_abort();
+        if (!rx_fits_disk(c->total, err, sizeof err)) {
+            pz_warn("refusing snapshot %llu from the leader: %s",
+                    (unsigned long long)c->snap_index, err);
+            return NULL;
+        }
+        if (snapshot_receiver_begin(node.cfg->raft_data, c->snap_index,
+                                    c->snap_term, c->total, &node.rx, err,
+                                    sizeof err) < 0) {
+            pz_warn("cannot receive snapshot %llu: %s",
+                    (unsigned long long)c->snap_index, err);
+            return NULL;
+        }
+        node.rx_from = from;
+        node.rx_index = c->snap_index;
+        node.rx_term = c->snap_term;
+        node.rx_total = c->total;
+        node.rx_leader_term = c->term;
+        pz_info("receiving snapshot at index %llu (%llu bytes)",
+                (unsigned long long)c->snap_index,
+                (unsigned long long)c->total);
+        break;
+    case SNAPSHOT_RX_WRITE:
+        break;
+    default:
+        return NULL;
+    }
+    node.rx_last_ms = uv_now(node.loop);
+    if (snapshot_receiver_write(node.rx, c->offset, c->data, c->len, err,
+                                sizeof err) < 0) {
+        pz_warn("snapshot %llu: %s; dropping the transfer",
+                (unsigned long long)c->snap_index, err);
+        snaps_rx_abort();
+        return NULL;
+    }
+    if (c->offset + c->len < c->total)
+        return NULL;
+    struct snapshot_receiver *rx = node.rx;
+    node.rx = NULL;
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+        seed = uv_hrtime();
+    struct kv *kv = kv_new_seeded(seed);
+    if (snapshot_receiver_finish(rx, kv, NULL, 0, NULL, err, sizeof err) < 0) {
+        pz_warn("snapshot %llu refused: %s",
+                (unsigned long long)c->snap_index, err);
+        kv_free(kv);
+        return NULL;
+    }
+    snaps_got_drop();
+    node.got_kv = kv;
+    node.got_index = c->snap_index;
+    node.got_term = c->snap_term;
+    uv_update_time(node.loop); /* the load may have taken a while */
+    node.rx_last_ms = uv_now(node.loop);
+    pz_info("received snapshot at index %llu (%zu keys); installing it once "
+            "the leader says so",
+            (unsigned long long)c->snap_index, kv_count(kv));
+    return NULL;
+}
+
+/* The last accepted link from `from` closed: a transfer on it is over,
+ * and the address of a peer not in our configuration (learned from its
+ * handshake) is forgotten. */
+void snaps_on_inbound_closed(void *data, uint64_t from)
+{
+    PZ_UNUSED(data);
+    if (node.rx && node.rx_from == from) {
+        pz_info("snapshot %llu: the leader's link closed; dropping the "
+                "transfer",
+                (unsigned long long)node.rx_index);
+        snaps_rx_abort();
+    }
+    if (from != node.id && members_find(from) == NULL)
+        transport_remove_peer(node.tr, from);
+}
+
+/* From the tick: a transfer whose leader moved on or went quiet. */
+void snaps_rx_check(void)
+{
+    if (node.rx == NULL && node.got_kv == NULL)
+        return;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    bool moved = rs.leader != node.rx_from || rs.term != node.rx_leader_term;
+    bool idle = uv_now(node.loop) - node.rx_last_ms > RX_IDLE_MS;
+    if (node.got_kv && node.rx == NULL && (moved || idle)) {
+        /* Received whole, but its leader moved on or never sent the
+         * message that installs it: the memory goes now (the file at the
+         * next prune). */
+        snaps_got_drop();
+        return;
+    }
+    if (node.rx == NULL)
+        return;
+    if (moved || idle) {
+        pz_info("snapshot %llu: %s; dropping the transfer",
+                (unsigned long long)node.rx_index,
+                moved ? "the leader changed" : "no data for 30 s");
+        snaps_rx_abort();
+    }
+}
+
+/* The core may see INSTALL_SNAPSHOT only once its file is here. */
+bool snaps_install_ready(const struct raft_msg *m)
+{
+    return m->type != RAFT_MSG_INSTALL_SNAPSHOT ||
+           (node.got_kv && m->snap_index == node.got_index &&
+            m->snap_term == node.got_term);
+}
+
+/* rd.snapshot: the state machine becomes the received file's table
+ * (loaded when the file was checked). The store write that makes it
+ * durable follows in the Ready cycle. */
+void snaps_install(const struct raft_snapshot_meta *sm)
+{
+    char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
+    struct snapshot_meta meta;
+    snapshot_path(node.cfg->raft_data, sm->index, sm->term, path,
+                  sizeof path);
+    struct kv *kv = NULL;
+    if (node.got_kv && node.got_index == sm->index &&
+        node.got_term == sm->term) {
+        kv = node.got_kv; /* the usual case: loaded when it arrived */
+        node.got_kv = NULL;
+        if (snapshot_peek(path, &meta, err, sizeof err) == 0) {
+            node.snap_size = meta.file_size;
+            snapshot_meta_free(&meta);
+        }
+    } else {
+        uint64_t seed = 0;
+        if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+            seed = uv_hrtime();
+        kv = kv_new_seeded(seed);
+        if (snapshot_load(path, kv, &meta, err, sizeof err) < 0 ||
+            meta.index != sm->index || meta.term != sm->term) {
+            core_fatal("cannot install snapshot %llu: %s",
+                       (unsigned long long)sm->index, err);
+        }
+        node.snap_size = meta.file_size;
+        snapshot_meta_free(&meta);
+    }
+    snaps_got_drop();
+    kv_free(node.kv);
+    node.kv = kv;
+    node.applied = sm->index;
+    node.prev_snap_index = node.snap_index;
+    node.prev_snap_term = node.snap_term;
+    node.snap_index = sm->index;
+    node.snap_term = sm->term;
+    /* Writes waiting here can no longer be matched to their entries. */
+    struct pz_queue *e = node.proposals.next;
+    while (e != &node.proposals) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        if (r->index <= sm->index)
+            reqs_done(r, PZ_ELEADERCHANGE);
+    }
+    core_reads_check_applied();
+    pz_info("installed snapshot at index %llu (%zu keys)",
+            (unsigned long long)sm->index, kv_count(kv));
+}
+
+/* Restart: the newest usable snapshot, or none. Returns 0 (*have says
+ * whether one was loaded into node.kv and meta), or PZ_ECORRUPT when the
+ * log was compacted and no snapshot covers it. */
+int snaps_restore(const struct store_meta *sm,
+                            const struct raft_entry *ents, size_t n,
+                            struct raft_snapshot_meta *out, bool *have,
+                            char *err, size_t errlen)
+{
+    struct snapshot_info *list = NULL;
+    size_t nl = 0;
+    char e2[SNAPSHOT_ERRMSG_SIZE];
+    *have = false;
+    if (snapshot_list(node.cfg->raft_data, &list, &nl, e2, sizeof e2) < 0)
+        nl = 0;
+    for (size_t i = 0; i < nl && !*have; i++) {
+        struct snapshot_info *s = &list[i];
+        /* Usable only if the stored log agrees with it. */
+        bool fits = s->index == sm->snap_index && s->term == sm->snap_term;
+        for (size_t j = 0; !fits && j < n; j++)
+            if (ents[j].index == s->index)
+                fits = ents[j].term == s->term;
+        if (!fits)
+            continue;
+        uint64_t seed = 0;
+        if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+            seed = uv_hrtime();
+        struct kv *kv = kv_new_seeded(seed);
+        struct snapshot_meta meta;
+        if (snapshot_load(s->path, kv, &meta, e2, sizeof e2) < 0) {
+            pz_warn("damaged snapshot %s: %s; trying an older one", s->path,
+                    e2);
+            kv_free(kv);
+            continue;
+        }
+        out->index = meta.index;
+        out->term = meta.term;
+        raft_conf_init(&out->conf);
+        if (raft_conf_decode(meta.conf, meta.conf_len, &out->conf) < 0) {
+            pz_warn("snapshot %s: bad configuration; trying an older one",
+                    s->path);
+            snapshot_meta_free(&meta);
+            kv_free(kv);
+            continue;
+        }
+        kv_free(node.kv);
+        node.kv = kv;
+        node.applied = meta.index;
+        node.snap_index = meta.index;
+        node.snap_term = meta.term;
+        node.snap_size = meta.file_size;
+        snapshot_meta_free(&meta);
+        *have = true;
+    }
+    snapshot_list_free(list, nl);
+    if (!*have && sm->snap_index > 0) {
+        snprintf(err, errlen,
+                 "%s: the log was compacted up to index %llu but no valid "
+                 "snapshot in %s covers it: refusing to start",
+                 store_path(node.store), (unsigned long long)sm->snap_index,
+                 node.cfg->raft_data);
+        return PZ_ECORRUPT;
+    }
+    return 0;
+}
+
+/* The node closes: the writer child, transfers both ways. */
+void snaps_close(void)
+{
+    snapshot_child_kill(&node.snap_child);
+    snaps_rx_abort();
+    snaps_got_drop();
+    while (node.xfers)
+        snaps_xfer_free(node.xfers, false);
+}
