@@ -638,76 +638,9 @@ static void look(struct h *h, struct seen *v)
     v->last_term = v->s.last_term;
 }
 
-/* Open finding (regressions/raft_core/open-append-contradicts-entry-at-
- * log-offset): an APPEND whose previous index is below the log's offset
- * and whose entry at the offset has another term than the one kept there
- * is accepted (append_conflicts compares entries above the offset only):
- * the rest follows the offset with lower terms, which breaks the log and
- * makes the durable state unrestorable. Not delivered unless FUZZ_OPEN=1,
- * so that runs go on finding other things. */
-/*
- * Open finding (regressions/raft_core/open-append-rewrites-prefix-under-
- * same-term-entry): an APPEND that conflicts with our log at index i but
- * carries, at a later index j, an entry of the same term as ours at j
- * breaks Log Matching (same index and term, different prefix), which no
- * correct leader does. It is accepted: the suffix from i is replaced, and
- * when a write of the old entries up to j completes, raft_advance counts
- * the log durable up to j (same term there) although entries i..j-1 on
- * disk are the old ones; they are then handed out as committed. Not
- * delivered unless FUZZ_OPEN=1 either. */
-static bool rewrites_prefix(struct h *h, const struct raft_msg *m)
-{
-    bool conflict = false;
-    /* The same: an entry with the index and term of one being written
-     * (the Ready in flight) but other contents
-     * (regressions/raft_core/open-append-same-index-term-other-entry-
-     * during-write): raft_advance then takes the write for the log's. */
-    for (size_t i = 0; h->in_flight && i < m->n_entries; i++) {
-        const struct raft_entry *e = &m->entries[i];
-        for (size_t k = 0; k < h->rd.n_entries; k++) {
-            const struct raft_entry *w = &h->rd.entries[k];
-            if (w->index == e->index && w->term == e->term &&
-                hash_entry(w->type, w->data, w->len) !=
-                    hash_entry(e->type, e->data, e->len))
-                return true;
-        }
-    }
-    for (size_t i = 0; i < m->n_entries; i++) {
-        const struct raft_entry *e = &m->entries[i];
-        const struct raft_entry *mine = raft_log_get(h->r, e->index);
-        if (mine == NULL)
-            continue;
-        if (mine->term != e->term)
-            conflict = true;
-        else if (conflict)
-            return true;
-    }
-    return false;
-}
-
-static bool known_open(struct h *h, const struct raft_msg *m)
-{
-    if (fuzz_open() || m->type != RAFT_MSG_APPEND || m->to != SELF)
-        return false;
-    if (rewrites_prefix(h, m))
-        return true;
-    struct raft_status s;
-    status(h, &s);
-    uint64_t offset = s.first_index - 1;
-    if (offset == 0 || m->index >= offset)
-        return false;
-    for (size_t i = 0; i < m->n_entries; i++)
-        if (m->entries[i].index == offset &&
-            m->entries[i].term != s.compact_term)
-            return true;
-    return false;
-}
-
 static void step(struct h *h, const struct raft_msg *m)
 {
     struct seen before, after;
-    if (known_open(h, m))
-        return;
     look(h, &before);
     int rv = raft_step(h->r, m);
     bool bad_type = m->type < RAFT_MSG_APPEND || m->type >= RAFT_MSG_TYPE_MAX;
