@@ -9,7 +9,8 @@
  * the byte stream. It is fed whole, in random pieces and one byte at a
  * time: the frames must be the same every time. Every decoded frame must
  * re-encode (raft_codec_encode_*) to a frame that parses and decodes to
- * the same values; a failed decode leaves nothing to free (LeakSanitizer
+ * the same values (not necessarily as short: the encoder writes what the
+ * decoder filled in); a failed decode leaves nothing to free (LeakSanitizer
  * checks the out-of-memory paths). */
 #include "fuzz.h"
 
@@ -118,9 +119,8 @@ static void round_trip(const struct raft_decoded *d, size_t len)
         break;
     }
     FUZZ_CHECK(rv == 0);
-    /* Canonical encoding: never longer than what came in. */
-    FUZZ_CHECKF(b.len <= RAFT_FRAME_HDR + len, "%zu bytes from %zu", b.len,
-                len);
+    (void)len; /* the encoding may be longer than what came in: a field
+                  the decoder fills in (e.g. from defaults) is written */
 
     struct raft_frame_parser p;
     const uint8_t *body = NULL;
