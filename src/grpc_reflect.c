@@ -339,6 +339,11 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
     const struct grpc_reflect_symbol *sym;
 
     resp.valid_host = q->host;
+    /* The request is echoed with its known fields only: unknown ones (a
+     * field number 0, say) would make an answer no parser accepts. They
+     * are put back before the request is freed. */
+    size_t n_unknown = q->base.n_unknown_fields;
+    q->base.n_unknown_fields = 0;
     resp.original_request = q;
     switch (q->message_request_case) {
     case REQ_CASE(FILE_BY_FILENAME):
@@ -419,6 +424,7 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
     pz_free(fdr.file_descriptor_proto);
     pz_free(lsr.service);
     pz_free(svcs);
+    q->base.n_unknown_fields = n_unknown;
     grpc__reflection__v1__server_reflection_request__free_unpacked(
         q, &grpc_pb_allocator);
     return 0;

@@ -213,6 +213,15 @@ TEST(not_found_and_extensions)
     static const uint8_t junk[] = {0x0a, 0x05, 'a'};
     CHECK_EQ_INT(grpc_reflect_answer(&r, junk, sizeof junk, &out), PZ_EINVAL);
     CHECK_EQ_INT(out.len, 0);
+    /* A request with an unknown field (number 0, which protobuf-c keeps as
+     * one) is answered with an echo of its known fields only: the answer
+     * parses (it once did not). */
+    static const uint8_t field0[] = {0x82, 0x00, 0x00};
+    CHECK_EQ_INT(grpc_reflect_answer(&r, field0, sizeof field0, &out), 0);
+    resp_t *e = grpc__reflection__v1__server_reflection_response__unpack(
+        &grpc_pb_allocator, out.len, (uint8_t *)out.data);
+    CHECK(e != NULL);
+    free_resp(e);
     pz_buf_free(&out);
     grpc_reflect_free(&r);
 }
