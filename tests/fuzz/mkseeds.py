@@ -314,7 +314,42 @@ def raft_chunk_seeds():
             bytes(rng.randrange(256) for _ in range(n)))
 
 
+def kv_cmd_seeds():
+    # commands as kv_encode_set / kv_encode_del write them (src/kv.c):
+    # byte 0 = version 1 << 4 | op, a varint key length, the key, and for
+    # a set a varint value length and the value; each framed for the
+    # harness by a 2-byte little-endian length
+    def varint(n):
+        b = bytearray()
+        while True:
+            if n < 0x80:
+                b.append(n)
+                return bytes(b)
+            b.append((n & 0x7F) | 0x80)
+            n >>= 7
+
+    def cmd_set(k, v):
+        return bytes([0x11]) + varint(len(k)) + k + varint(len(v)) + v
+
+    def cmd_del(k):
+        return bytes([0x12]) + varint(len(k)) + k
+
+    def framed(*cmds):
+        return b"".join(len(c).to_bytes(2, "little") + c for c in cmds)
+
+    out("kv_cmd", "set-get-del",
+        framed(cmd_set(b"k", b"v"), cmd_set(b"k", b"w"), cmd_del(b"k")))
+    out("kv_cmd", "many-keys",
+        framed(*[cmd_set(b"key%d" % i, b"x" * i) for i in range(40)]))
+    out("kv_cmd", "nul-and-empty",
+        framed(cmd_set(b"\0", b""), cmd_set(b"", b"e"), cmd_del(b"\0")))
+    out("kv_cmd", "long-value", framed(cmd_set(b"big", b"y" * 300)))
+    out("kv_cmd", "bad-ops", framed(bytes([0x13, 1, 65]), bytes([0x21, 0]),
+                                    bytes([0x11, 0x80]), b""))
+
+
 def main():
+    kv_cmd_seeds()
     raft_chunk_seeds()
     http_seeds()
     json_seeds()
