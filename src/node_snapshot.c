@@ -610,50 +610,72 @@ void snaps_install(const struct raft_snapshot_meta *sm)
             (unsigned long long)sm->index, kv_count(kv));
 }
 
-/* Restart: the newest usable snapshot, or none. Returns 0 (*have says
- * whether one was loaded into node.kv and meta), or PZ_ECORRUPT when the
- * log was compacted and no snapshot covers it. */
-int snaps_restore(const struct store_meta *sm,
-                            const struct raft_entry *ents, size_t n,
-                            struct raft_snapshot_meta *out, bool *have,
-                            char *err, size_t errlen)
+/* What snaps_restore's pick needs: the stored log's boundary and
+ * entries. */
+struct restore_view {
+    const struct store_meta *sm;   /* the store's snapshot point */
+    const struct raft_entry *ents; /* the stored log */
+    size_t n;                      /* its entries */
+};
+
+/* Usable only if the stored log agrees with it: it is the store's
+ * snapshot point, or the log holds its index with its term. */
+static bool restore_fits(void *arg, uint64_t index, uint64_t term)
 {
-    struct snapshot_info *list = NULL;
-    size_t nl = 0;
+    const struct restore_view *v = arg;
+    if (index == v->sm->snap_index && term == v->sm->snap_term)
+        return true;
+    for (size_t j = 0; j < v->n; j++)
+        if (v->ents[j].index == index)
+            return v->ents[j].term == term;
+    return false;
+}
+
+static bool restore_conf_ok(void *arg, const struct snapshot_meta *meta,
+                            char *msg, size_t msglen)
+{
+    PZ_UNUSED(arg);
+    struct raft_conf c;
+    if (raft_conf_decode(meta->conf, meta->conf_len, &c) < 0) {
+        snprintf(msg, msglen, "snapshot %llu: bad configuration",
+                 (unsigned long long)meta->index);
+        return false;
+    }
+    raft_conf_free(&c);
+    return true;
+}
+
+static void restore_damaged(void *arg, const char *path, int rc,
+                            const char *msg)
+{
+    PZ_UNUSED(arg);
+    PZ_UNUSED(rc);
+    pz_warn("damaged snapshot %s: %s; trying an older one", path, msg);
+}
+
+int snaps_restore(const struct store_meta *sm, const struct raft_entry *ents,
+                  size_t n, struct raft_snapshot_meta *out, bool *have,
+                  char *err, size_t errlen)
+{
+    struct restore_view v = {sm, ents, n};
+    struct snapshot_pick pick = {.accept = restore_fits,
+                                 .check = restore_conf_ok,
+                                 .damaged = restore_damaged,
+                                 .arg = &v};
+    struct kv *kv = NULL;
+    struct snapshot_meta meta;
     char e2[SNAPSHOT_ERRMSG_SIZE];
-    *have = false;
-    if (snapshot_list(node.cfg->raft_data, &list, &nl, e2, sizeof e2) < 0)
-        nl = 0;
-    for (size_t i = 0; i < nl && !*have; i++) {
-        struct snapshot_info *s = &list[i];
-        /* Usable only if the stored log agrees with it. */
-        bool fits = s->index == sm->snap_index && s->term == sm->snap_term;
-        for (size_t j = 0; !fits && j < n; j++)
-            if (ents[j].index == s->index)
-                fits = ents[j].term == s->term;
-        if (!fits)
-            continue;
-        uint64_t seed = 0;
-        if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
-            seed = uv_hrtime();
-        struct kv *kv = kv_new_seeded(seed);
-        struct snapshot_meta meta;
-        if (snapshot_load(s->path, kv, &meta, e2, sizeof e2) < 0) {
-            pz_warn("damaged snapshot %s: %s; trying an older one", s->path,
-                    e2);
-            kv_free(kv);
-            continue;
-        }
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+        seed = uv_hrtime();
+    *have = snapshot_load_newest_valid(node.cfg->raft_data, seed, &pick,
+                                       &kv, &meta, NULL, e2, sizeof e2) == 0;
+    if (*have) {
         out->index = meta.index;
         out->term = meta.term;
         raft_conf_init(&out->conf);
-        if (raft_conf_decode(meta.conf, meta.conf_len, &out->conf) < 0) {
-            pz_warn("snapshot %s: bad configuration; trying an older one",
-                    s->path);
-            snapshot_meta_free(&meta);
-            kv_free(kv);
-            continue;
-        }
+        int rc = raft_conf_decode(meta.conf, meta.conf_len, &out->conf);
+        pz_assert(rc == 0); /* restore_conf_ok checked it */
         kv_free(node.kv);
         node.kv = kv;
         node.applied = meta.index;
@@ -661,9 +683,7 @@ int snaps_restore(const struct store_meta *sm,
         node.snap_term = meta.term;
         node.snap_size = meta.file_size;
         snapshot_meta_free(&meta);
-        *have = true;
     }
-    snapshot_list_free(list, nl);
     if (!*have && sm->snap_index > 0) {
         snprintf(err, errlen,
                  "%s: the log was compacted up to index %llu but no valid "

@@ -1087,13 +1087,16 @@ int snapshot_peek(const char *path, struct snapshot_meta *meta, char *err,
     return rc;
 }
 
-int snapshot_load_newest_valid(const char *dir, uint64_t seed, struct kv **out,
-                               struct snapshot_meta *meta, char **path_out,
-                               snapshot_damaged_cb cb, void *arg, char *err,
-                               size_t errlen)
+int snapshot_load_newest_valid(const char *dir, uint64_t seed,
+                               const struct snapshot_pick *pick,
+                               struct kv **out, struct snapshot_meta *meta,
+                               char **path_out, char *err, size_t errlen)
 {
+    static const struct snapshot_pick none;
     struct snapshot_info *list;
     size_t n;
+    if (pick == NULL)
+        pick = &none;
     *out = NULL;
     if (meta)
         memset(meta, 0, sizeof(*meta));
@@ -1102,30 +1105,46 @@ int snapshot_load_newest_valid(const char *dir, uint64_t seed, struct kv **out,
     int rc = snapshot_list(dir, &list, &n, err, errlen);
     if (rc)
         return rc;
-    if (n == 0) {
-        set_err(err, errlen, "%s: no snapshot", dir);
-        return PZ_ENOTFOUND;
-    }
     char msg[SNAPSHOT_ERRMSG_SIZE];
+    size_t tried = 0;
     rc = PZ_ECORRUPT;
     for (size_t i = 0; i < n; i++) {
+        if (pick->accept &&
+            !pick->accept(pick->arg, list[i].index, list[i].term))
+            continue;
+        tried++;
         struct kv *kv = kv_new_seeded(seed);
-        int lrc = snapshot_load(list[i].path, kv, meta, msg, sizeof msg);
+        struct snapshot_meta m;
+        int lrc = snapshot_load(list[i].path, kv, &m, msg, sizeof msg);
+        if (lrc == 0 && pick->check &&
+            !pick->check(pick->arg, &m, msg, sizeof msg)) {
+            snapshot_meta_free(&m);
+            lrc = PZ_ECORRUPT;
+        }
         if (lrc == 0) {
             *out = kv;
+            if (meta)
+                *meta = m;
+            else
+                snapshot_meta_free(&m);
             if (path_out)
                 *path_out = pz_strdup(list[i].path);
             rc = 0;
             break;
         }
         kv_free(kv);
-        if (cb)
-            cb(arg, list[i].path, lrc, msg);
+        if (pick->damaged)
+            pick->damaged(pick->arg, list[i].path, lrc, msg);
         else
             pz_warn("skipping damaged snapshot: %s", msg);
     }
-    if (rc)
-        set_err(err, errlen, "%s: none of the %zu snapshots is valid", dir, n);
+    if (tried == 0) {
+        set_err(err, errlen, "%s: no snapshot", dir);
+        rc = PZ_ENOTFOUND;
+    } else if (rc) {
+        set_err(err, errlen, "%s: none of the %zu snapshots is valid", dir,
+                tried);
+    }
     snapshot_list_free(list, n);
     return rc;
 }

@@ -12,7 +12,7 @@
  *   snapshot_write_fork(dir, kv, index, term, conf, len, &child, err, n);
  *   every tick: snapshot_child_poll(&child, &done, &ok); when done and ok:
  *       truncate the log up to index, snapshot_prune(dir, 2, ...)
- *   at startup: kv = NULL; snapshot_load_newest_valid(dir, seed, &kv, &meta,
+ *   at startup: kv = NULL; snapshot_load_newest_valid(dir, seed, pick, &kv, &meta,
  *       &path, NULL, NULL, err, n); then replay the log after meta.index
  *   leader: snapshot_reader_open(path), snapshot_reader_read(...) per chunk
  *   follower: snapshot_receiver_begin, _write per chunk, _finish loading
@@ -262,19 +262,35 @@ int snapshot_verify(const char *path, struct snapshot_meta *meta, char *err,
 typedef void (*snapshot_damaged_cb)(void *arg, const char *path, int rc,
                                     const char *msg);
 
-/* Load the newest .snap of dir that loads cleanly, trying older ones in
- * turn. Each attempt loads into a new kv_new_seeded(seed); a damaged file's
- * table is freed and the file reported through cb (or, when cb is NULL,
- * logged as a warning); damaged files are not deleted. On success *out is
- * the table (the caller owns it), *meta filled (may be NULL), *path_out
- * (may be NULL) a pz_malloc'd copy of the file's path for the caller to
- * pz_free. Returns 0; PZ_ENOTFOUND if dir holds no .snap at all (or does
- * not exist); PZ_ECORRUPT if there are snapshots but none is valid (err
+/* How snapshot_load_newest_valid picks (every member optional). */
+struct snapshot_pick {
+    /* Whether the snapshot named (index, term) may be used at all (the
+     * stored log agrees with it, say); files refused here are not read. */
+    bool (*accept)(void *arg, uint64_t index, uint64_t term);
+    /* Whether a loaded file is usable beyond the file checks (its
+     * configuration decodes, say); false: treated as damaged, with why
+     * written into msg (msglen bytes). */
+    bool (*check)(void *arg, const struct snapshot_meta *meta, char *msg,
+                  size_t msglen);
+    snapshot_damaged_cb damaged; /* each file skipped as damaged; NULL:
+                                    logged as a warning */
+    void *arg;                   /* passed to the three */
+};
+
+/* Load the newest .snap of dir that pick accepts and that loads cleanly
+ * (and passes pick->check), trying older ones in turn. Each attempt loads
+ * into a new kv_new_seeded(seed); a damaged file's table is freed and the
+ * file reported (pick->damaged, else a warning); damaged files are not
+ * deleted. pick may be NULL. On success *out is the table (the caller owns
+ * it), *meta filled (may be NULL), *path_out (may be NULL) a pz_malloc'd
+ * copy of the file's path for the caller to pz_free. Returns 0;
+ * PZ_ENOTFOUND if dir holds no .snap that pick accepts (or does not
+ * exist); PZ_ECORRUPT if there are such snapshots but none is valid (err
  * says how many); a negative errno if listing failed. */
-int snapshot_load_newest_valid(const char *dir, uint64_t seed, struct kv **out,
-                               struct snapshot_meta *meta, char **path_out,
-                               snapshot_damaged_cb cb, void *arg, char *err,
-                               size_t errlen);
+int snapshot_load_newest_valid(const char *dir, uint64_t seed,
+                               const struct snapshot_pick *pick,
+                               struct kv **out, struct snapshot_meta *meta,
+                               char **path_out, char *err, size_t errlen);
 
 /* --- streaming (InstallSnapshot) ------------------------------------------ */
 

@@ -571,8 +571,10 @@ TEST(fallback_to_older_valid)
     struct snapshot_meta m;
     char *path = NULL;
     struct damaged d = {0};
-    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 77, &got, &m, &path,
-                                            on_damaged, &d, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(
+                     t.root, 77,
+                     &(struct snapshot_pick){.damaged = on_damaged, .arg = &d},
+                     &got, &m, &path, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == kv_digest(c) && m.index == 30 && d.n == 0);
     CHECK_EQ_STR(path, p30);
@@ -587,8 +589,10 @@ TEST(fallback_to_older_valid)
     CHECK(write_file(p30, p, len));
     pz_free(p);
     CHECK(truncate(p20, file_size(p20) - 1) == 0);
-    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 77, &got, &m, &path,
-                                            on_damaged, &d, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(
+                     t.root, 77,
+                     &(struct snapshot_pick){.damaged = on_damaged, .arg = &d},
+                     &got, &m, &path, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == kv_digest(a) && m.index == 10 && m.term == 1);
     CHECK_EQ_STR(path, p10);
@@ -604,21 +608,23 @@ TEST(fallback_to_older_valid)
     /* None valid, none at all, no directory. */
     CHECK(truncate(p10, 10) == 0);
     d.n = 0;
-    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 77, &got, &m, &path,
-                                            on_damaged, &d, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(
+                     t.root, 77,
+                     &(struct snapshot_pick){.damaged = on_damaged, .arg = &d},
+                     &got, &m, &path, err, sizeof err),
                  PZ_ECORRUPT);
     CHECK(got == NULL && path == NULL && d.n == 3);
     CHECK(strstr(err, "none of the 3") != NULL);
     unlink(p10);
     unlink(p20);
     unlink(p30);
-    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 77, &got, NULL, NULL, NULL,
-                                            NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 77, NULL, &got, NULL, NULL,
+                                            err, sizeof err),
                  PZ_ENOTFOUND);
     char nodir[SNAPSHOT_PATH_MAX];
     snprintf(nodir, sizeof nodir, "%s/missing", t.root);
-    CHECK_EQ_INT(snapshot_load_newest_valid(nodir, 77, &got, NULL, NULL, NULL,
-                                            NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(nodir, 77, NULL, &got, NULL, NULL,
+                                            err, sizeof err),
                  PZ_ENOTFOUND);
     kv_free(a);
     kv_free(b);
@@ -819,8 +825,7 @@ TEST(fork_child_killed_mid_write)
     int rc;
     CHECK(load_digest(prev, &rc, err, sizeof err, NULL) == prev_digest);
     struct kv *got;
-    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 1, &got, NULL, NULL, NULL,
-                                            NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 1, NULL, &got, NULL, NULL, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == prev_digest);
     kv_free(got);
@@ -1021,8 +1026,7 @@ TEST(failpoints)
     CHECK_EQ_INT(count_suffix(t.root, ".tmp"), 0);
     struct kv *got;
     struct snapshot_meta m;
-    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 1, &got, &m, NULL, NULL,
-                                            NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(t.root, 1, NULL, &got, &m, NULL, err, sizeof err),
                  0);
     CHECK(m.index == 14 && kv_digest(got) == kv_digest(kv));
     snapshot_meta_free(&m);
@@ -1425,8 +1429,7 @@ TEST(receiver_abort_and_corruption)
     CHECK(strstr(err, "announced") != NULL);
     CHECK_EQ_INT(count_suffix(u.root, ".snap"), 1);
     struct kv *got;
-    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, &got, NULL, NULL, NULL,
-                                            NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, NULL, &got, NULL, NULL, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == kv_digest(old));
     kv_free(got);
@@ -1482,16 +1485,14 @@ TEST(receiver_crash_mid_install)
     CHECK_EQ_INT(file_size(tmp), 1000);
     CHECK_EQ_INT(count_suffix(u.root, ".snap"), 1);
     struct kv *got;
-    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, &got, NULL, NULL, NULL,
-                                            NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, NULL, &got, NULL, NULL, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == kv_digest(old));
     kv_free(got);
     /* After the restart the transfer starts over and succeeds. */
     CHECK_EQ_INT(run_in_child(install_run, &c), 0);
     CHECK_EQ_INT(count_suffix(u.root, ".tmp"), 0);
-    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, &got, NULL, NULL, NULL,
-                                            NULL, err, sizeof err),
+    CHECK_EQ_INT(snapshot_load_newest_valid(u.root, 1, NULL, &got, NULL, NULL, err, sizeof err),
                  0);
     CHECK(kv_digest(got) == kv_digest(kv));
     kv_free(got);
