@@ -402,11 +402,7 @@ static bool authorized(struct http_conn *h)
     if (a == NULL || strncmp(a, "Bearer ", 7) != 0)
         return false;
     a += 7;
-    size_t la = strlen(a), lt = strlen(tok);
-    unsigned char diff = la != lt;
-    for (size_t i = 0; i < lt; i++)
-        diff |= (unsigned char)(tok[i] ^ (i < la ? a[i] : 0));
-    return diff == 0;
+    return pz_token_equal(tok, strlen(tok), a, strlen(a));
 }
 
 static void reply_cluster(struct http_conn *h)

@@ -849,19 +849,6 @@ static void send_204(struct mandi_conn *mc, bool close)
     send_reply(mc, &r);
 }
 
-/* Compares in time that depends on the length of the expected token
- * only, never on where the first difference is. */
-static bool token_equal(const char *got, size_t glen, const char *want,
-                        size_t wlen)
-{
-    volatile unsigned char d = glen != wlen;
-    for (size_t i = 0; i < wlen; i++) {
-        unsigned char g = i < glen ? (unsigned char)got[i] : 0;
-        d |= (unsigned char)(g ^ (unsigned char)want[i]);
-    }
-    return d == 0;
-}
-
 /* Writes need `Authorization: Bearer <token>` when a token is set. */
 static bool authorized(struct mandi *m, const struct http_req *req)
 {
@@ -878,7 +865,7 @@ static bool authorized(struct mandi *m, const struct http_req *req)
     size_t n = strlen(h);
     while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
         n--;
-    return token_equal(h, n, m->token, m->token_len);
+    return pz_token_equal(m->token, m->token_len, h, n);
 }
 
 static const char *body_of(const struct http_req *req, size_t *len)

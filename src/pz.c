@@ -281,3 +281,21 @@ uint64_t pz_hash(const void *data, size_t n, uint64_t seed)
         h = mix(h ^ read_le(p, n), k0);
     return mix(h, h ^ k1);
 }
+
+bool pz_token_equal(const char *want, size_t wlen, const char *got,
+                    size_t glen)
+{
+    pz_assert(wlen > 0);
+    /* One pass over the presented token: every byte is compared, with
+     * the expected token repeated where it is shorter; the lengths go
+     * into the result, not into the control flow. */
+    volatile unsigned char diff = (unsigned char)(wlen != glen);
+    size_t j = 0;
+    for (size_t i = 0; i < glen; i++) {
+        diff |= (unsigned char)((unsigned char)got[i] ^
+                                (unsigned char)want[j]);
+        j++;
+        j &= (size_t)0 - (size_t)(j < wlen); /* j = j < wlen ? j : 0 */
+    }
+    return diff == 0;
+}

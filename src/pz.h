@@ -111,6 +111,14 @@ int pz_split_hostport(const char *s, char *host, size_t hostlen, int *port);
 #define PZ_ESCAPED_MAX 128 /* a dst size that keeps one value short */
 char *pz_escape(char *dst, size_t dstlen, const void *s, size_t n);
 
+/* Does the presented token got[0..glen) equal the expected one
+ * want[0..wlen)? For bearer tokens and the cluster token. The time taken
+ * depends on glen only, never on the content of either token nor on where
+ * they differ, so an attacker learns nothing by timing its guesses (the
+ * length of its own guess it knows already). want must not be empty. */
+bool pz_token_equal(const char *want, size_t wlen, const char *got,
+                    size_t glen);
+
 /* 64-bit hash (SipHash-1-3 style keyed hash is overkill here: we use
  * a seeded wyhash-like mix; seed fixed per table). */
 uint64_t pz_hash(const void *p, size_t n, uint64_t seed);

@@ -1,4 +1,5 @@
-/* test_pz.c - allocation fault injector, buffers, host:port parsing. */
+/* test_pz.c - allocation fault injector, buffers, host:port parsing, the
+ * token comparison. */
 #include <stdlib.h>
 
 #include "pz.h"
@@ -90,9 +91,31 @@ TEST(strerror_codes)
     CHECK(pz_strerror(-2) != NULL);
 }
 
+static bool tok_eq(const char *want, const char *got)
+{
+    return pz_token_equal(want, strlen(want), got, strlen(got));
+}
+
+TEST(token_equal)
+{
+    CHECK(tok_eq("s3cret", "s3cret"));
+    CHECK(tok_eq("x", "x"));
+    CHECK(!tok_eq("s3cret", ""));
+    CHECK(!tok_eq("s3cret", "s3cre"));
+    CHECK(!tok_eq("s3cret", "s3cret2"));
+    CHECK(!tok_eq("s3cret", "S3cret"));
+    CHECK(!tok_eq("s3cret", "s3creT"));
+    /* The expected token repeated is not it (the comparison wraps). */
+    CHECK(!tok_eq("ab", "abab"));
+    CHECK(!tok_eq("abab", "ab"));
+    /* Lengths are explicit: bytes past them do not count, a NUL does. */
+    CHECK(pz_token_equal("abc", 3, "abcdef", 3));
+    CHECK(!pz_token_equal("abc", 3, "ab\0", 3));
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(buf_append_consume), TEST_ENTRY(alloc_fail_at),
     TEST_ENTRY(split_hostport),     TEST_ENTRY(queue_ops),
     TEST_ENTRY(hash_spreads),       TEST_ENTRY(strerror_codes),
-    TEST_END};
+    TEST_ENTRY(token_equal),        TEST_END};
 const struct test_suite suite_pz = {"pz", cases};
