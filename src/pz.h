@@ -1,5 +1,6 @@
 /* pz.h - helpers shared by every module: allocation, assertions, small
- * utilities. Pure: no I/O, no libuv.
+ * utilities. Pure: no I/O, no libuv (pz_seed() aside, which asks the
+ * kernel for random bytes).
  *
  * All allocation goes through pz_malloc() and friends. Out of memory aborts
  * the process (as Redis's zmalloc does): a database that cannot allocate has
@@ -118,6 +119,12 @@ char *pz_escape(char *dst, size_t dstlen, const void *s, size_t n);
  * length of its own guess it knows already). want must not be empty. */
 bool pz_token_equal(const char *want, size_t wlen, const char *got,
                     size_t glen);
+
+/* A seed for a PRNG (pz_rand_next, a hash table): 8 bytes from the
+ * kernel's random source (getrandom), or, when that fails, the monotonic
+ * and wall clocks mixed. The one helper here that asks the system for
+ * something: every module seeds through it. */
+uint64_t pz_seed(void);
 
 /* 64-bit hash (SipHash-1-3 style keyed hash is overkill here: we use
  * a seeded wyhash-like mix; seed fixed per table). */

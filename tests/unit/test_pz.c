@@ -1,5 +1,5 @@
 /* test_pz.c - allocation fault injector, buffers, host:port parsing, the
- * token comparison. */
+ * token comparison, the PRNG seed. */
 #include <stdlib.h>
 
 #include "pz.h"
@@ -113,9 +113,18 @@ TEST(token_equal)
     CHECK(!pz_token_equal("abc", 3, "ab\0", 3));
 }
 
+TEST(seed_differs)
+{
+    /* 64 random bits twice alike, or all zero: the source is broken. */
+    uint64_t a = pz_seed(), b = pz_seed();
+    CHECK(a != b);
+    CHECK(a != 0 && b != 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(buf_append_consume), TEST_ENTRY(alloc_fail_at),
     TEST_ENTRY(split_hostport),     TEST_ENTRY(queue_ops),
     TEST_ENTRY(hash_spreads),       TEST_ENTRY(strerror_codes),
-    TEST_ENTRY(token_equal),        TEST_END};
+    TEST_ENTRY(token_equal),        TEST_ENTRY(seed_differs),
+    TEST_END};
 const struct test_suite suite_pz = {"pz", cases};
