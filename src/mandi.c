@@ -28,217 +28,42 @@
 
 #include "conn.h"
 #include "http_parse.h"
+#include "json.h"
 #include "log.h"
 
 #define CLOSE_GRACE_MS 2000
 
 /* --- JSON codec ----------------------------------------------------------- */
 
-/* A cursor over a document that http_json_strings() has already accepted
- * (or, in mandi_parse_joins(), an array whose elements are then parsed one
- * by one); it checks bounds at every step and never recurses. */
-struct scan {
-    const char *s; /* document */
-    size_t n;      /* its length */
-    size_t i;      /* position */
-};
-
 static bool in_set(char ch, const char *set)
 {
     return ch != '\0' && strchr(set, ch) != NULL;
 }
 
-static void sc_ws(struct scan *c)
+/* The root object of doc, or PZ_EINVAL. */
+static int parse_object(const char *doc, size_t len, struct json_val *root)
 {
-    while (c->i < c->n && in_set(c->s[c->i], " \t\r\n"))
-        c->i++;
-}
-
-/* At the opening quote: move past the closing one. */
-static bool sc_string(struct scan *c)
-{
-    for (c->i++; c->i < c->n; c->i++) {
-        if (c->s[c->i] == '\\')
-            c->i++;
-        else if (c->s[c->i] == '"') {
-            c->i++;
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Move past one value of any type. */
-static bool sc_value(struct scan *c)
-{
-    if (c->i >= c->n)
-        return false;
-    char ch = c->s[c->i];
-    if (ch == '"')
-        return sc_string(c);
-    if (ch == '{' || ch == '[') {
-        int depth = 0;
-        while (c->i < c->n) {
-            ch = c->s[c->i];
-            if (ch == '"') {
-                if (!sc_string(c))
-                    return false;
-                continue;
-            }
-            if (ch == '{' || ch == '[')
-                depth++;
-            else if (ch == '}' || ch == ']')
-                depth--;
-            c->i++;
-            if (depth == 0)
-                return true;
-        }
-        return false;
-    }
-    size_t start = c->i;
-    /* A number or a literal. */
-    while (c->i < c->n && in_set(c->s[c->i], "0123456789+-.eEtruefalsn"))
-        c->i++;
-    return c->i > start;
-}
-
-static int hex_digit(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
-/* Does the raw (still escaped) key k equal the ASCII name? An escape that
- * stands for a character outside ASCII can never match. */
-static bool key_is(const char *k, size_t kl, const char *name)
-{
-    size_t j = 0, nl = strlen(name);
-    for (size_t i = 0; i < kl;) {
-        unsigned ch = (unsigned char)k[i++];
-        if (ch == '\\') {
-            if (i >= kl)
-                return false;
-            char e = k[i++];
-            switch (e) {
-            case 'b':
-                ch = '\b';
-                break;
-            case 'f':
-                ch = '\f';
-                break;
-            case 'n':
-                ch = '\n';
-                break;
-            case 'r':
-                ch = '\r';
-                break;
-            case 't':
-                ch = '\t';
-                break;
-            case 'u': {
-                unsigned cp = 0;
-                if (kl - i < 4)
-                    return false;
-                for (int d = 0; d < 4; d++) {
-                    int h = hex_digit(k[i++]);
-                    if (h < 0)
-                        return false;
-                    cp = cp * 16 + (unsigned)h;
-                }
-                ch = cp < 0x80 ? cp : 0x100;
-                break;
-            }
-            default:
-                ch = (unsigned char)e; /* " \ / */
-            }
-        }
-        if (j >= nl || ch != (unsigned char)name[j])
-            return false;
-        j++;
-    }
-    return j == nl;
-}
-
-/* The raw text of the last top-level member called name: 1 found, 0
- * absent, PZ_EINVAL if the document is not a well-formed object. */
-static int find_member(const char *doc, size_t len, const char *name,
-                       const char **val, size_t *vlen)
-{
-    if (http_json_strings(doc, len, NULL, 0, NULL, NULL, NULL) != 0)
+    if (json_parse(doc, len, root) < 0 || root->type != JSON_OBJECT)
         return PZ_EINVAL;
-    struct scan c = {doc, len, 0};
-    int found = 0;
-    sc_ws(&c);
-    if (c.i >= c.n || c.s[c.i] != '{')
-        return PZ_EINVAL;
-    c.i++;
-    sc_ws(&c);
-    if (c.i < c.n && c.s[c.i] == '}')
+    return 0;
+}
+
+/* The member `name` of obj as an unsigned integer (mandi_json_u64). */
+static int member_u64(const struct json_val *obj, const char *name,
+                      uint64_t *out)
+{
+    struct json_val v;
+    if (!json_get(obj, name, &v) || v.type == JSON_NULL)
         return 0;
-    for (;;) {
-        sc_ws(&c);
-        if (c.i >= c.n || c.s[c.i] != '"')
-            return PZ_EINVAL;
-        size_t ks = c.i + 1;
-        if (!sc_string(&c))
-            return PZ_EINVAL;
-        size_t ke = c.i - 1;
-        sc_ws(&c);
-        if (c.i >= c.n || c.s[c.i] != ':')
-            return PZ_EINVAL;
-        c.i++;
-        sc_ws(&c);
-        size_t vs = c.i;
-        if (!sc_value(&c))
-            return PZ_EINVAL;
-        if (key_is(doc + ks, ke - ks, name)) {
-            *val = doc + vs;
-            *vlen = c.i - vs;
-            found = 1;
-        }
-        sc_ws(&c);
-        if (c.i < c.n && c.s[c.i] == ',') {
-            c.i++;
-            continue;
-        }
-        if (c.i < c.n && c.s[c.i] == '}')
-            return found;
-        return PZ_EINVAL;
-    }
-}
-
-static bool is_null(const char *v, size_t n)
-{
-    return n == 4 && memcmp(v, "null", 4) == 0;
+    return json_u64(&v, out) < 0 ? PZ_EINVAL : 1;
 }
 
 int mandi_json_u64(const char *doc, size_t len, const char *name, uint64_t *out)
 {
-    const char *v;
-    size_t n;
-    int rv = find_member(doc, len, name, &v, &n);
-    if (rv <= 0)
-        return rv;
-    if (is_null(v, n))
-        return 0;
-    if (n == 0 || (v[0] == '0' && n > 1))
+    struct json_val root;
+    if (parse_object(doc, len, &root) < 0)
         return PZ_EINVAL;
-    uint64_t x = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return PZ_EINVAL;
-        unsigned d = (unsigned)(v[i] - '0');
-        if (x > (UINT64_MAX - d) / 10)
-            return PZ_EINVAL;
-        x = x * 10 + d;
-    }
-    *out = x;
-    return 1;
+    return member_u64(&root, name, out);
 }
 
 /* --- what an id or an address may hold ----------------------------------
@@ -347,51 +172,48 @@ static bool plausible_addr(const char *s)
 
 enum { F_ID, F_ADDR, F_HTTP, F_GRPC, F_TIME, N_FIELDS };
 
-/* The string members of a LeaderInfo or a join request into dst[]: first
- * the JSON types, NUL bytes and lengths, then the id, then what each
- * member holds. The timestamp never fails a document (mandi sets its own);
- * one that is too long or not printable reads as "". */
-static int parse_fields(const char *doc, size_t len, const char *time_name,
+/* The string members of a LeaderInfo or a join request (the object obj)
+ * into dst[]: first the JSON types, NUL bytes and lengths, then the id,
+ * then what each member holds. A member that is null counts as absent.
+ * The timestamp never fails a document (mandi sets its own); one that is
+ * too long or not printable reads as "". */
+static int parse_fields(const struct json_val *obj, const char *time_name,
                         char *const dst[N_FIELDS], const size_t cap[N_FIELDS],
                         char *why, size_t whylen)
 {
     const char *const names[N_FIELDS] = {"id", "addr", "http_addr", "grpc_addr",
                                          time_name};
-    char *vals[N_FIELDS];
-    size_t lens[N_FIELDS];
-    char types[N_FIELDS];
     int rv = 0;
-    if (http_json_strings(doc, len, names, N_FIELDS, vals, lens, types)) {
-        snprintf(why, whylen, "invalid JSON");
-        return PZ_EINVAL;
-    }
     for (int k = 0; k < N_FIELDS; k++)
         dst[k][0] = '\0';
     for (int k = 0; k < N_FIELDS && rv == 0; k++) {
-        if (types[k] == 'o') {
-            const char *v;
-            size_t n;
-            if (find_member(doc, len, names[k], &v, &n) == 1 && is_null(v, n))
-                continue;
+        struct json_val v;
+        if (!json_get(obj, names[k], &v) || v.type == JSON_NULL)
+            continue;
+        if (v.type != JSON_STRING) {
             if (k == F_TIME)
                 continue; /* mandi sets it: never fail on it */
             snprintf(why, whylen, "'%s' must be a string", names[k]);
             rv = PZ_EINVAL;
-        } else if (types[k] == 's') {
-            if (k == F_TIME &&
-                (lens[k] >= cap[k] || text_problem(vals[k], lens[k]) != NULL))
-                continue;
-            if (memchr(vals[k], '\0', lens[k])) {
-                snprintf(why, whylen, "'%s' holds a NUL character", names[k]);
-                rv = PZ_EINVAL;
-            } else if (lens[k] >= cap[k]) {
-                snprintf(why, whylen, "%s too long", names[k]);
-                rv = PZ_EINVAL;
-            } else {
-                memcpy(dst[k], vals[k], lens[k]);
-                dst[k][lens[k]] = '\0';
-            }
+            continue;
         }
+        size_t len;
+        char *val = json_strdup(&v, &len);
+        if (k == F_TIME &&
+            (len >= cap[k] || text_problem(val, len) != NULL)) {
+            pz_free(val);
+            continue;
+        }
+        if (memchr(val, '\0', len)) {
+            snprintf(why, whylen, "'%s' holds a NUL character", names[k]);
+            rv = PZ_EINVAL;
+        } else if (len >= cap[k]) {
+            snprintf(why, whylen, "%s too long", names[k]);
+            rv = PZ_EINVAL;
+        } else {
+            memcpy(dst[k], val, len + 1);
+        }
+        pz_free(val);
     }
     if (rv == 0 && dst[F_ID][0] == '\0') {
         snprintf(why, whylen, "missing id");
@@ -407,13 +229,11 @@ static int parse_fields(const char *doc, size_t len, const char *time_name,
             rv = PZ_EINVAL;
         }
     }
-    for (int k = 0; k < N_FIELDS; k++)
-        pz_free(vals[k]);
     return rv;
 }
 
-int mandi_parse_leader(const char *doc, size_t len, struct mandi_leader *out,
-                       char *why, size_t whylen)
+static int leader_of(const struct json_val *obj, struct mandi_leader *out,
+                     char *why, size_t whylen)
 {
     char *const dst[N_FIELDS] = {out->id, out->addr, out->http_addr,
                                  out->grpc_addr, out->updated_at};
@@ -421,25 +241,29 @@ int mandi_parse_leader(const char *doc, size_t len, struct mandi_leader *out,
                                   sizeof out->http_addr, sizeof out->grpc_addr,
                                   sizeof out->updated_at};
     out->term = 0;
-    int rv = parse_fields(doc, len, "updated_at", dst, cap, why, whylen);
+    int rv = parse_fields(obj, "updated_at", dst, cap, why, whylen);
     if (rv < 0)
         return rv;
-    if (mandi_json_u64(doc, len, "term", &out->term) < 0) {
+    if (member_u64(obj, "term", &out->term) < 0) {
         snprintf(why, whylen, "'term' must be an unsigned integer");
         return PZ_EINVAL;
     }
     return 0;
 }
 
-int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
-                     char *why, size_t whylen)
+static int join_of(const struct json_val *obj, struct mandi_join *out,
+                   char *why, size_t whylen)
 {
     char *const dst[N_FIELDS] = {out->id, out->addr, out->http_addr,
                                  out->grpc_addr, out->started_at};
     const size_t cap[N_FIELDS] = {sizeof out->id, sizeof out->addr,
                                   sizeof out->http_addr, sizeof out->grpc_addr,
                                   sizeof out->started_at};
-    int rv = parse_fields(doc, len, "started_at", dst, cap, why, whylen);
+    if (obj->type != JSON_OBJECT) {
+        snprintf(why, whylen, "invalid JSON");
+        return PZ_EINVAL;
+    }
+    int rv = parse_fields(obj, "started_at", dst, cap, why, whylen);
     if (rv == 0 && out->addr[0] == '\0') {
         /* The leader adds the node at this address: nothing to add. */
         snprintf(why, whylen, "missing addr");
@@ -448,57 +272,57 @@ int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
     return rv;
 }
 
+int mandi_parse_leader(const char *doc, size_t len, struct mandi_leader *out,
+                       char *why, size_t whylen)
+{
+    struct json_val root;
+    if (parse_object(doc, len, &root) < 0) {
+        out->term = 0;
+        snprintf(why, whylen, "invalid JSON");
+        return PZ_EINVAL;
+    }
+    return leader_of(&root, out, why, whylen);
+}
+
+int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
+                     char *why, size_t whylen)
+{
+    struct json_val root;
+    if (parse_object(doc, len, &root) < 0) {
+        snprintf(why, whylen, "invalid JSON");
+        return PZ_EINVAL;
+    }
+    return join_of(&root, out, why, whylen);
+}
+
 int mandi_parse_joins(const char *doc, size_t len, size_t max,
                       struct mandi_join **out, size_t *n, size_t *invalid,
                       size_t *over)
 {
-    struct scan c = {doc, len, 0};
+    struct json_val root, el;
+    struct json_iter it;
     struct mandi_join *js = NULL;
     size_t cap = 0, cnt = 0;
     char why[128];
     *out = NULL;
     *n = *invalid = *over = 0;
-    sc_ws(&c);
-    if (c.i >= c.n || c.s[c.i] != '[')
+    if (json_parse(doc, len, &root) < 0 || root.type != JSON_ARRAY)
         return PZ_EINVAL;
-    c.i++;
-    sc_ws(&c);
-    if (c.i < c.n && c.s[c.i] == ']') {
-        c.i++;
-    } else {
-        for (;;) {
-            sc_ws(&c);
-            size_t vs = c.i;
-            if (!sc_value(&c))
-                goto err;
-            if (cnt >= max) {
-                (*over)++;
-            } else {
-                if (cnt == cap) {
-                    cap = PZ_MIN(cap ? 2 * cap : 8, max);
-                    js = pz_realloc(js, cap * sizeof *js);
-                }
-                if (mandi_parse_join(doc + vs, c.i - vs, &js[cnt], why,
-                                     sizeof why) == 0)
-                    cnt++;
-                else
-                    (*invalid)++;
-            }
-            sc_ws(&c);
-            if (c.i < c.n && c.s[c.i] == ',') {
-                c.i++;
-                continue;
-            }
-            if (c.i < c.n && c.s[c.i] == ']') {
-                c.i++;
-                break;
-            }
-            goto err;
+    json_iter_init(&it, &root);
+    while (json_iter_next(&it, NULL, &el)) {
+        if (cnt >= max) {
+            (*over)++;
+            continue;
         }
+        if (cnt == cap) {
+            cap = PZ_MIN(cap ? 2 * cap : 8, max);
+            js = pz_realloc(js, cap * sizeof *js);
+        }
+        if (join_of(&el, &js[cnt], why, sizeof why) == 0)
+            cnt++;
+        else
+            (*invalid)++;
     }
-    sc_ws(&c);
-    if (c.i != c.n)
-        goto err;
     if (cnt == 0) {
         pz_free(js);
         js = NULL;
@@ -506,10 +330,6 @@ int mandi_parse_joins(const char *doc, size_t len, size_t max,
     *out = js;
     *n = cnt;
     return 0;
-err:
-    pz_free(js);
-    *invalid = *over = 0;
-    return PZ_EINVAL;
 }
 
 static void append_json(cJSON *o, struct pz_buf *out)

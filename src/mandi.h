@@ -81,7 +81,7 @@ int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
  * *n; *invalid counts the entries that do not pass, *over the valid ones
  * past max. The document is scanned, never built into a tree, so a large
  * answer costs no more memory than max entries. Returns 0, or PZ_EINVAL
- * (nothing allocated) when doc is not a JSON array. */
+ * (nothing allocated) when doc is not a well-formed JSON array. */
 int mandi_parse_joins(const char *doc, size_t len, size_t max,
                       struct mandi_join **out, size_t *n, size_t *invalid,
                       size_t *over);
