@@ -47,8 +47,8 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 
 # Modules shared by the server, the CLI and the unit tests.
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c \
-           src/http_parse.c src/raft.c src/raft_conf.c src/raft_codec.c \
-           src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
+           src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
+           src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/grpc_client.c
 # I/O modules of the server.
@@ -226,9 +226,9 @@ lint:
 	@bad=$$(grep -l '#include <uv.h>' $(PURE_SRC) 2>/dev/null); \
 	if [ -n "$$bad" ]; then echo "pure modules must not include uv.h: $$bad"; \
 	    exit 1; fi; echo "lint: ok"
-PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/http_parse.c \
-           src/raft.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
-           src/kv.h src/raft.h src/config.h
+PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
+           src/http_parse.c src/raft.c src/grpc_frame.c src/grpc_pb.c \
+           src/grpc_reflect.c src/kv.h src/raft.h src/config.h
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin

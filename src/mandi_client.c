@@ -22,7 +22,7 @@
  * are capped at MAX_HEAD bytes and the body at MAX_RESPONSE (an announced
  * Content-Length over it fails at once), interim 1xx answers are skipped,
  * the join list is scanned rather than built into a JSON tree and capped
- * at MAX_JOINS, and ids and addresses pass mandi's own rules (mandi.h)
+ * at MAX_JOINS, and ids and addresses pass mandi's own rules (mandi_codec.h)
  * or are left out. Text from the answer reaches the caller and the log
  * only escaped (pz_escape), and the warnings are rate-limited. */
 #include "mandi_client.h"
@@ -75,7 +75,7 @@ struct mandi_client {
     struct pz_buf body;          /* body of the response being read */
     size_t head_bytes;           /* its status line and headers so far */
     const char *why;             /* set by a callback that stops llhttp */
-    struct mandi_loglimit warns; /* rate of the warnings below */
+    struct pz_ratelimit warns;   /* rate of the warnings below */
     struct pz_queue reqs;        /* struct mreq, oldest first */
     size_t n_live;               /* requests with a callback due */
     uint64_t next_id;            /* last id handed out */
@@ -93,7 +93,7 @@ static void warn(struct mandi_client *mc, const char *fmt, ...)
 static void warn(struct mandi_client *mc, const char *fmt, ...)
 {
     unsigned dropped;
-    if (!mandi_loglimit(&mc->warns, uv_now(mc->loop), WARN_WINDOW_MS,
+    if (!pz_ratelimit(&mc->warns, uv_now(mc->loop), WARN_WINDOW_MS,
                         WARN_BURST, &dropped))
         return;
     char msg[512];

@@ -1,4 +1,5 @@
-/* mandi_client.h - the nodes' asynchronous client of mandi (mandi.h).
+/* mandi_client.h - the nodes' asynchronous client of mandi (mandi.h), on
+ * mandi's wire types and codec (mandi_codec.h), not on its server.
  *
  * One client talks to one mandi over one kept-alive HTTP/1.1 connection,
  * dialled on the first request and again after it is lost. Requests are
@@ -27,7 +28,7 @@
  * with PZ_ECANCELED).
  *
  * Nothing mandi says is trusted: what reaches the caller passed mandi's
- * own rules (ids printable, addresses host:port: mandi.h) or was left out,
+ * own rules (ids printable, addresses host:port: mandi_codec.h) or was left out,
  * and text is escaped. Problems with mandi's answers are logged as
  * warnings, at most 5 a minute per client.
  *
@@ -39,7 +40,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "mandi.h"
+#include "config.h"
+#include "mandi_codec.h"
 
 struct mandi_client;
 

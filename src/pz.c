@@ -1,7 +1,7 @@
 /* pz.c - allocation with an abort-on-OOM policy and a fault injector, the
  * growable buffer, hashing, small parsing helpers and the escaping of
- * untrusted bytes for logs, the token comparison and the PRNG seed. Pure,
- * but for pz_seed(). */
+ * untrusted bytes for logs, the token comparison, the PRNG seed and the
+ * rate limit of log lines. Pure, but for pz_seed(). */
 #include "pz.h"
 
 #include <errno.h>
@@ -317,4 +317,22 @@ uint64_t pz_seed(void)
     uint64_t b = (uint64_t)wall.tv_sec * 1000000000u + (uint64_t)wall.tv_nsec;
     seed = a ^ (b << 1);
     return pz_rand_next(&seed);
+}
+
+bool pz_ratelimit(struct pz_ratelimit *l, uint64_t now, uint64_t window_ms,
+                  unsigned burst, unsigned *dropped)
+{
+    *dropped = 0;
+    if (now < l->start || now - l->start >= window_ms) {
+        l->start = now;
+        l->used = 0;
+    }
+    if (l->used >= burst) {
+        l->dropped++;
+        return false;
+    }
+    l->used++;
+    *dropped = l->dropped;
+    l->dropped = 0;
+    return true;
 }

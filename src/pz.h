@@ -126,6 +126,22 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
  * something: every module seeds through it. */
 uint64_t pz_seed(void);
 
+/* A rate limit for log lines that the network can trigger (a client, a
+ * peer, or a broken server can make a line happen as often as it likes):
+ * at most `burst` lines per `window_ms`. pz_ratelimit() says whether a
+ * line may be written at now (ms); on true, *dropped is the number of
+ * lines held back before this one (say so in, or before, the line) and
+ * the count restarts; on false, *dropped is 0 and this line is counted.
+ * A clock that goes back starts a new window. A zeroed struct is ready
+ * for use. Pure. */
+struct pz_ratelimit {
+    uint64_t start;   /* ms: when the current window began */
+    unsigned used;    /* lines let through in it */
+    unsigned dropped; /* lines held back since the last one let through */
+};
+bool pz_ratelimit(struct pz_ratelimit *l, uint64_t now, uint64_t window_ms,
+                  unsigned burst, unsigned *dropped);
+
 /* 64-bit hash (SipHash-1-3 style keyed hash is overkill here: we use
  * a seeded wyhash-like mix; seed fixed per table). */
 uint64_t pz_hash(const void *p, size_t n, uint64_t seed);

@@ -1,4 +1,4 @@
-/* fuzz_mandi_json.c - mandi's JSON codec: LeaderInfo (PUT /leader, and
+/* fuzz_mandi_json.c - mandi's JSON codec (mandi_codec.c): LeaderInfo (PUT /leader, and
  * GET /leader as the nodes' client reads it), join requests (POST
  * /join-requests) and exact 64-bit integers (mandi_json_u64).
  *
@@ -8,14 +8,11 @@
  * counted past the cap; what parses has non-empty ids and NUL-terminated
  * fields within their buffers, and survives a round trip through the
  * encoder (mandi_*_to_json) unchanged; an error always says why.
- *
- * mandi.c also holds mandi's server, so this links conn.c and libuv;
- * none of that code runs here. (Moving the codec into a file of its own,
- * say mandi_json.c, would let it link alone, as the pure modules do.) */
+ * The codec (mandi_codec.c) links alone, with the reader and pz.c. */
 #include "fuzz.h"
 
 #include "json.h"
-#include "mandi.h"
+#include "mandi_codec.h"
 #include "pz.h"
 
 static void check_str(const char *s, size_t cap)
