@@ -52,8 +52,8 @@ CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c \
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/grpc_client.c
 # I/O modules of the server.
-SERVER_SRC = src/main.c src/server.c src/http.c src/node.c src/fwd.c \
-             src/store.c src/transport.c src/grpc.c src/mandi.c \
+SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
+             src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c
 CLI_SRC = src/cli.c
 

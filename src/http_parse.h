@@ -113,8 +113,6 @@ int http_query_get(const char *url, size_t urllen, const char *name,
 int http_pct_decode(struct pz_buf *out, const char *s, size_t n,
                     bool plus_is_space);
 
-#endif
-
 /* --- the key-value API's requests ------------------------------------------
  * http_api_decode() turns a complete request into what to do, applying
  * every rule of COMPAT.md that needs no state: paths, methods, parameters,
@@ -153,3 +151,5 @@ struct http_op {
 void http_api_decode(const struct http_req *req,
                      const struct http_api_limits *lim, struct http_op *op);
 void http_op_free(struct http_op *op);
+
+#endif

@@ -1,11 +1,11 @@
-/* mandi.c - the discovery service: its HTTP API on conn.c, its in-memory
- * state (the leader, the join requests) with their expiry, the term rule,
- * and mandi mode's own loop (mandi_run). The wire types and their codec
- * are mandi_codec.c's.
+/* mandi.c - the discovery service: its HTTP routes and handlers (on the
+ * request loop of httpd.c), its in-memory state (the leader, the join
+ * requests) with their expiry, the term rule, and mandi mode's own loop
+ * (mandi_run). The wire types and their codec are mandi_codec.c's.
  *
- * Happy path: a request is parsed (http_parse.h), answered at once from
- * memory (nothing here waits), and the next pipelined request is served;
- * connections are kept alive. The leader expires leader_ttl after its last
+ * Happy path: httpd hands over a complete request, it is answered at once
+ * from memory (nothing here waits), and the next pipelined request is
+ * served; connections are kept alive. The leader expires leader_ttl after its last
  * PUT, a join request join_ttl after it was posted; a timer drops expired
  * entries every sweep_ms, and every read checks the deadline again so an
  * expired entry is never served between two sweeps.
@@ -23,11 +23,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "conn.h"
 #include "http_parse.h"
+#include "httpd.h"
 #include "log.h"
 #include "mandi_codec.h"
 
@@ -74,21 +74,11 @@ struct join_entry {
     uint64_t expires;    /* uv_now() at which it is forgotten */
 };
 
-struct mandi_conn {
-    struct mandi *m;      /* owner */
-    struct conn *c;       /* our connection */
-    struct http_parser p; /* request parser */
-    struct pz_buf in;     /* received bytes not yet parsed */
-    bool head;            /* serving a HEAD request: replies have no body */
-};
-
 struct mandi {
     uv_loop_t *loop;            /* borrowed */
     struct mandi_opts o;        /* copy; o.token points to token */
     char *token;                /* owned copy, NULL when writes are open */
-    size_t token_len;           /* its length */
-    struct http_limits lim;     /* request parsing limits */
-    struct conn_listener ls;    /* accepts clients; ls.data == this */
+    struct httpd http;          /* the HTTP server; http.data == this */
     int port;                   /* bound port */
     uv_timer_t timer;           /* sweep; while closing, the grace deadline */
     uv_check_t check;           /* closing: waits for the last connection */
@@ -214,117 +204,25 @@ static void on_sweep(uv_timer_t *t)
 
 /* --- HTTP ------------------------------------------------------------- */
 
-static const char *status_text(int status)
+static struct mandi *mandi_of(struct httpd_conn *hc)
 {
-    switch (status) {
-    case 200:
-        return "OK";
-    case 204:
-        return "No Content";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 409:
-        return "Conflict";
-    case 413:
-        return "Payload Too Large";
-    case 414:
-        return "URI Too Long";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 503:
-        return "Service Unavailable";
-    case 505:
-        return "HTTP Version Not Supported";
-    default:
-        return "Error";
-    }
+    return hc->srv->data;
 }
 
-struct reply {
-    int status;        /* HTTP status */
-    const char *ctype; /* Content-Type, NULL for 204 */
-    const char *body;  /* body bytes */
-    size_t blen;       /* their length */
-    const char *allow; /* Allow header (405), or NULL */
-    bool challenge;    /* add WWW-Authenticate (401) */
-    bool close;        /* Connection: close */
-};
-
-static void send_reply(struct mandi_conn *mc, const struct reply *r)
-{
-    struct pz_buf b;
-    pz_buf_init(&b);
-    pz_buf_appendf(&b, "HTTP/1.1 %d %s\r\n", r->status, status_text(r->status));
-    if (r->status != 204)
-        pz_buf_appendf(&b, "Content-Type: %s\r\nContent-Length: %zu\r\n",
-                       r->ctype, r->blen);
-    if (r->allow)
-        pz_buf_appendf(&b, "Allow: %s\r\n", r->allow);
-    if (r->challenge)
-        pz_buf_appendf(&b, "WWW-Authenticate: Bearer realm=\"mandi\"\r\n");
-    if (r->close)
-        pz_buf_appendf(&b, "Connection: close\r\n");
-    pz_buf_append(&b, "\r\n", 2);
-    if (r->status != 204 && !mc->head)
-        pz_buf_append(&b, r->body, r->blen);
-    conn_write(mc->c, b.data, b.len);
-    pz_buf_free(&b);
-}
-
-/* An error: one line of text. */
-static void send_text(struct mandi_conn *mc, int status, const char *line,
-                      bool close)
-{
-    char body[256];
-    int n = snprintf(body, sizeof body, "%s\n", line);
-    struct reply r = {.status = status,
-                      .ctype = "text/plain; charset=utf-8",
-                      .body = body,
-                      .blen = (size_t)PZ_MIN(n, (int)sizeof body - 1),
-                      .close = close};
-    send_reply(mc, &r);
-}
-
-static void send_json(struct mandi_conn *mc, struct pz_buf *json, bool close)
+static void send_json(struct httpd_conn *hc, struct pz_buf *json)
 {
     pz_buf_append(json, "\n", 1);
-    struct reply r = {.status = 200,
-                      .ctype = "application/json",
-                      .body = json->data,
-                      .blen = json->len,
-                      .close = close};
-    send_reply(mc, &r);
+    struct httpd_reply r = {.status = 200,
+                            .ctype = "application/json",
+                            .body = json->data,
+                            .blen = json->len};
+    httpd_reply(hc, &r);
 }
 
-static void send_204(struct mandi_conn *mc, bool close)
+static void send_204(struct httpd_conn *hc)
 {
-    struct reply r = {.status = 204, .close = close};
-    send_reply(mc, &r);
-}
-
-/* Writes need `Authorization: Bearer <token>` when a token is set. */
-static bool authorized(struct mandi *m, const struct http_req *req)
-{
-    if (m->token == NULL)
-        return true;
-    const char *h = http_req_header(req, "authorization");
-    if (h == NULL)
-        return false;
-    h += strspn(h, " \t");
-    if (strncasecmp(h, "bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
-        return false;
-    h += 6;
-    h += strspn(h, " \t");
-    size_t n = strlen(h);
-    while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
-        n--;
-    return pz_token_equal(m->token, m->token_len, h, n);
+    struct httpd_reply r = {.status = 204};
+    httpd_reply(hc, &r);
 }
 
 static const char *body_of(const struct http_req *req, size_t *len)
@@ -336,38 +234,37 @@ static const char *body_of(const struct http_req *req, size_t *len)
 /* Log a refused write (rate-limited). why is one of the parsers' fixed
  * reasons, never text from the request; the peer address is the
  * kernel's. */
-static void refused(struct mandi_conn *mc, const char *what, const char *why)
+static void refused(struct httpd_conn *hc, const char *what, const char *why)
 {
-    if (log_ok(mc->m))
-        pz_warn("refused %s from %s: %s", what, mc->c->peer, why);
+    if (log_ok(mandi_of(hc)))
+        pz_warn("refused %s from %s: %s", what, hc->c->peer, why);
 }
 
-static void get_leader(struct mandi_conn *mc, bool close)
+static void get_leader(struct httpd_conn *hc)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     expire_leader(m, now_ms(m));
     if (!m->have_leader) {
-        send_text(mc, 404, "leader not available", close);
+        httpd_text(hc, 404, "leader not available", NULL);
         return;
     }
     struct pz_buf b;
     pz_buf_init(&b);
     mandi_leader_to_json(&m->leader, true, &b);
-    send_json(mc, &b, close);
+    send_json(hc, &b);
     pz_buf_free(&b);
 }
 
-static void put_leader(struct mandi_conn *mc, const struct http_req *req,
-                       bool close)
+static void put_leader(struct httpd_conn *hc, const struct http_req *req)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     struct mandi_leader l;
     char why[128];
     size_t blen;
     const char *body = body_of(req, &blen);
     if (mandi_parse_leader(body, blen, &l, why, sizeof why) < 0) {
-        refused(mc, "PUT /leader", why);
-        send_text(mc, 400, why, close);
+        refused(hc, "PUT /leader", why);
+        httpd_text(hc, 400, why, NULL);
         return;
     }
     uint64_t now = now_ms(m);
@@ -380,10 +277,10 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
         if (log_ok(m))
             pz_warn("refused leader %s from %s at term %llu: implausible, "
                     "the highest recent term is %llu",
-                    ESC(id, l.id), mc->c->peer, (unsigned long long)l.term,
+                    ESC(id, l.id), hc->c->peer, (unsigned long long)l.term,
                     (unsigned long long)m->terms.hi);
         snprintf(why, sizeof why, "implausible term (at most %llu now)", most);
-        send_text(mc, 400, why, close);
+        httpd_text(hc, 400, why, NULL);
         return;
     }
     case MANDI_TERM_STALE:
@@ -392,14 +289,14 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
                     ESC(id, l.id), (unsigned long long)l.term,
                     ESC(holder, m->leader.id),
                     (unsigned long long)m->leader.term);
-        send_text(mc, 409, "stale term", close);
+        httpd_text(hc, 409, "stale term", NULL);
         return;
     case MANDI_TERM_DISPUTED:
         if (log_ok(m))
             pz_warn("leader %s at term %llu from %s replaces %s at term "
                     "%llu: more than %d terms apart, the higher one is not "
                     "plausible",
-                    ESC(id, l.id), (unsigned long long)l.term, mc->c->peer,
+                    ESC(id, l.id), (unsigned long long)l.term, hc->c->peer,
                     ESC(holder, m->leader.id),
                     (unsigned long long)m->leader.term, MANDI_TERM_JUMP);
         break;
@@ -420,12 +317,12 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
                 ESC(id, l.id), (unsigned long long)l.term, ESC(a, l.addr),
                 ESC(h, l.http_addr), ESC(g, l.grpc_addr));
     }
-    send_204(mc, close);
+    send_204(hc);
 }
 
-static void get_joins(struct mandi_conn *mc, bool close)
+static void get_joins(struct httpd_conn *hc)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     expire_joins(m, now_ms(m));
     struct pz_buf b;
     pz_buf_init(&b);
@@ -439,21 +336,20 @@ static void get_joins(struct mandi_conn *mc, bool close)
         mandi_join_to_json(&e->j, true, &b);
     }
     pz_buf_append(&b, "]", 1);
-    send_json(mc, &b, close);
+    send_json(hc, &b);
     pz_buf_free(&b);
 }
 
-static void post_join(struct mandi_conn *mc, const struct http_req *req,
-                      bool close)
+static void post_join(struct httpd_conn *hc, const struct http_req *req)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     struct mandi_join j;
     char why[128];
     size_t blen;
     const char *body = body_of(req, &blen);
     if (mandi_parse_join(body, blen, &j, why, sizeof why) < 0) {
-        refused(mc, "POST /join-requests", why);
-        send_text(mc, 400, why, close);
+        refused(hc, "POST /join-requests", why);
+        httpd_text(hc, 400, why, NULL);
         return;
     }
     uint64_t now = now_ms(m);
@@ -468,7 +364,7 @@ static void post_join(struct mandi_conn *mc, const struct http_req *req,
                 pz_warn("refused join request of %s: %zu pending "
                         "(mandi-max-join-requests)",
                         ESC(id, j.id), m->n_joins);
-            send_text(mc, 503, "too many join requests", close);
+            httpd_text(hc, 503, "too many join requests", NULL);
             return;
         }
         e = pz_malloc(sizeof *e);
@@ -482,20 +378,19 @@ static void post_join(struct mandi_conn *mc, const struct http_req *req,
     e->j = j;
     e->expires = now + m->o.join_ttl_ms;
     pz_queue_push(&m->joins, &e->q);
-    send_204(mc, close);
+    send_204(hc);
 }
 
-static void delete_join(struct mandi_conn *mc, const struct http_req *req,
-                        bool close)
+static void delete_join(struct httpd_conn *hc, const struct http_req *req)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     char *id = NULL;
     size_t len = 0;
     int rv = http_query_get(req->url.data, req->url.len, "id", &id, &len);
     if (rv <= 0 || len == 0 || memchr(id, '\0', len)) {
         pz_free(id);
-        refused(mc, "DELETE /join-requests", "missing id");
-        send_text(mc, 400, "missing id", close);
+        refused(hc, "DELETE /join-requests", "missing id");
+        httpd_text(hc, 400, "missing id", NULL);
         return;
     }
     const char *problem = mandi_text_problem(id, len);
@@ -503,8 +398,8 @@ static void delete_join(struct mandi_conn *mc, const struct http_req *req,
         char why[64];
         snprintf(why, sizeof why, "'id' %s", problem);
         pz_free(id);
-        refused(mc, "DELETE /join-requests", why);
-        send_text(mc, 400, why, close);
+        refused(hc, "DELETE /join-requests", why);
+        httpd_text(hc, 400, why, NULL);
         return;
     }
     struct join_entry *e = find_join(m, id);
@@ -515,159 +410,55 @@ static void delete_join(struct mandi_conn *mc, const struct http_req *req,
         drop_join(m, e);
     }
     pz_free(id);
-    send_204(mc, close);
+    send_204(hc);
 }
 
-static void method_not_allowed(struct mandi_conn *mc, const char *allow,
-                               bool close)
+static void unauthorized(struct httpd_conn *hc, const char *what)
 {
-    char body[] = "method not allowed\n";
-    struct reply r = {.status = 405,
-                      .ctype = "text/plain; charset=utf-8",
-                      .body = body,
-                      .blen = sizeof body - 1,
-                      .allow = allow,
-                      .close = close};
-    send_reply(mc, &r);
+    refused(hc, what, "unauthorized");
+    httpd_text(hc, 401, "unauthorized", NULL);
 }
 
-static void unauthorized(struct mandi_conn *mc, const char *what, bool close)
+/* Serve a complete request (httpd_ops.on_request): 405 and 404 before
+ * the token is looked at. */
+static void on_request(struct httpd_conn *hc)
 {
-    refused(mc, what, "unauthorized");
-    char body[] = "unauthorized\n";
-    struct reply r = {.status = 401,
-                      .ctype = "text/plain; charset=utf-8",
-                      .body = body,
-                      .blen = sizeof body - 1,
-                      .challenge = true,
-                      .close = close};
-    send_reply(mc, &r);
-}
-
-/* Serve the complete request in mc->p.req. */
-static void dispatch(struct mandi_conn *mc)
-{
-    struct mandi *m = mc->m;
-    const struct http_req *req = &mc->p.req;
-    bool close = !req->keep_alive || m->closing;
+    struct mandi *m = mandi_of(hc);
+    const struct http_req *req = &hc->p.req;
     struct pz_buf path;
-    mc->head = req->method == HTTP_HEAD;
     pz_buf_init(&path);
     if (http_url_path(req->url.data, req->url.len, &path) < 0) {
-        send_text(mc, 400, "bad request target", close);
+        httpd_text(hc, 400, "bad request target", NULL);
     } else if (strcmp(path.data, "/leader") == 0) {
         if (req->method == HTTP_GET)
-            get_leader(mc, close);
+            get_leader(hc);
         else if (req->method != HTTP_PUT)
-            method_not_allowed(mc, "GET, PUT", close);
-        else if (!authorized(m, req))
-            unauthorized(mc, "PUT /leader", close);
+            httpd_text(hc, 405, "method not allowed", "GET, PUT");
+        else if (!httpd_bearer_ok(req, m->token))
+            unauthorized(hc, "PUT /leader");
         else
-            put_leader(mc, req, close);
+            put_leader(hc, req);
     } else if (strcmp(path.data, "/join-requests") == 0) {
         if (req->method == HTTP_GET)
-            get_joins(mc, close);
+            get_joins(hc);
         else if (req->method != HTTP_POST && req->method != HTTP_DELETE)
-            method_not_allowed(mc, "GET, POST, DELETE", close);
-        else if (!authorized(m, req))
-            unauthorized(mc,
-                         req->method == HTTP_POST ? "POST /join-requests"
-                                                  : "DELETE /join-requests",
-                         close);
+            httpd_text(hc, 405, "method not allowed", "GET, POST, DELETE");
+        else if (!httpd_bearer_ok(req, m->token))
+            unauthorized(hc, req->method == HTTP_POST
+                                 ? "POST /join-requests"
+                                 : "DELETE /join-requests");
         else if (req->method == HTTP_POST)
-            post_join(mc, req, close);
+            post_join(hc, req);
         else
-            delete_join(mc, req, close);
+            delete_join(hc, req);
     } else {
-        send_text(mc, 404, "404 page not found", close);
+        httpd_text(hc, 404, "404 page not found", NULL);
     }
     pz_buf_free(&path);
-    if (close)
-        conn_close_after_flush(mc->c);
 }
 
-static void process(struct mandi_conn *mc)
-{
-    struct conn *c = mc->c;
-    while (!conn_is_closing(c) && !(c->flags & CONN_CLOSE_AFTER) &&
-           mc->in.len > 0) {
-        if (conn_output_pending(c) > mc->m->o.out_pause) {
-            /* Serve the rest once the client has read this. */
-            conn_pause(c);
-            return;
-        }
-        size_t used;
-        int r = http_parser_feed(&mc->p, mc->in.data, mc->in.len, &used);
-        pz_buf_consume(&mc->in, used);
-        if (r == HTTP_PARSE_NEED_MORE)
-            break;
-        if (r == HTTP_PARSE_ERROR) {
-            send_text(mc, mc->p.err_status, mc->p.err_reason, true);
-            conn_close_after_flush(c);
-            pz_buf_reset(&mc->in);
-            break;
-        }
-        dispatch(mc);
-        mc->head = false;
-        http_parser_next(&mc->p);
-    }
-}
-
-static void on_data(struct conn *c, const char *data, size_t len)
-{
-    struct mandi_conn *mc = c->proto;
-    if (mc == NULL || (c->flags & CONN_CLOSE_AFTER))
-        return; /* replying to a fatal error: ignore the rest */
-    pz_buf_append(&mc->in, data, len);
-    process(mc);
-}
-
-static void on_drain(struct conn *c)
-{
-    struct mandi_conn *mc = c->proto;
-    if (mc == NULL || !(c->flags & CONN_PAUSED))
-        return;
-    conn_resume(c);
-    process(mc);
-}
-
-static int on_open(struct conn *c)
-{
-    struct mandi *m = c->ls->data;
-    struct mandi_conn *mc = pz_calloc(1, sizeof *mc);
-    mc->m = m;
-    mc->c = c;
-    http_parser_init(&mc->p, &m->lim);
-    pz_buf_init(&mc->in);
-    c->proto = mc;
-    return 0;
-}
-
-static void on_close(struct conn *c)
-{
-    struct mandi_conn *mc = c->proto;
-    if (mc == NULL)
-        return;
-    http_parser_free(&mc->p);
-    pz_buf_free(&mc->in);
-    pz_free(mc);
-}
-
-static void on_refuse(struct conn *c)
-{
-    static const char msg[] = "HTTP/1.1 503 Service Unavailable\r\n"
-                              "Content-Type: text/plain; charset=utf-8\r\n"
-                              "Content-Length: 17\r\n"
-                              "Connection: close\r\n\r\n"
-                              "too many clients\n";
-    conn_write(c, msg, sizeof msg - 1);
-}
-
-static const struct conn_ops mandi_ops = {
-    .on_open = on_open,
-    .on_data = on_data,
-    .on_drain = on_drain,
-    .on_close = on_close,
+static const struct httpd_ops mandi_http_ops = {
+    .on_request = on_request,
 };
 
 /* --- lifecycle -------------------------------------------------------- */
@@ -727,7 +518,7 @@ static void finish(struct mandi *m)
 static void on_check(uv_check_t *h)
 {
     struct mandi *m = h->data;
-    if (m->ls.n_conns > 0)
+    if (m->http.ls.n_conns > 0)
         return;
     uv_check_stop(h);
     finish(m);
@@ -736,10 +527,10 @@ static void on_check(uv_check_t *h)
 static void on_grace(uv_timer_t *t)
 {
     struct mandi *m = t->data;
-    if (m->ls.n_conns > 0)
+    if (m->http.ls.n_conns > 0)
         pz_warn("closing %zu connections still not flushed after %d ms",
-                m->ls.n_conns, CLOSE_GRACE_MS);
-    conn_listener_close_all(&m->ls);
+                m->http.ls.n_conns, CLOSE_GRACE_MS);
+    conn_listener_close_all(&m->http.ls);
 }
 
 struct mandi *mandi_new(uv_loop_t *loop, const struct mandi_opts *opts,
@@ -748,21 +539,30 @@ struct mandi *mandi_new(uv_loop_t *loop, const struct mandi_opts *opts,
     struct mandi *m = pz_calloc(1, sizeof *m);
     m->loop = loop;
     m->o = *opts;
-    if (opts->token && opts->token[0]) {
+    if (opts->token && opts->token[0])
         m->token = pz_strdup(opts->token);
-        m->token_len = strlen(m->token);
-    }
     m->o.token = m->token;
-    m->lim.max_body = opts->max_body;
-    m->lim.max_header_bytes = opts->max_header_bytes;
-    m->lim.max_headers = opts->max_headers;
     pz_queue_init(&m->joins);
     uv_timer_init(loop, &m->timer);
     m->timer.data = m;
     uv_check_init(loop, &m->check);
     m->check.data = m;
-    int rv = conn_listen(&m->ls, opts->listen_addr, &mandi_ops, "mandi",
-                         opts->max_clients, err, errlen);
+    /* No request deadlines: client-header-timeout and client-body-timeout
+     * are not mandi directives; client-idle-timeout applies (conn.c). */
+    struct httpd_opts ho = {
+        .limits =
+            {
+                .max_header_bytes = opts->max_header_bytes,
+                .max_headers = opts->max_headers,
+                .max_body = opts->max_body,
+            },
+        .out_pause = opts->out_pause,
+        .max_clients = opts->max_clients,
+        .busy_line = "too many clients",
+        .realm = "mandi",
+    };
+    int rv = httpd_listen(&m->http, opts->listen_addr, &mandi_http_ops, &ho,
+                          "mandi", m, err, errlen);
     if (rv < 0) {
         /* The listener's handle may be closing: free m from the loop,
          * after it (the caller runs the loop to finish). */
@@ -770,11 +570,9 @@ struct mandi *mandi_new(uv_loop_t *loop, const struct mandi_opts *opts,
         finish(m);
         return NULL;
     }
-    m->ls.data = m;
-    m->ls.on_refuse = on_refuse;
     struct sockaddr_storage ss;
     int sl = sizeof ss;
-    if (uv_tcp_getsockname(&m->ls.tcp, (struct sockaddr *)&ss, &sl) == 0)
+    if (uv_tcp_getsockname(&m->http.ls.tcp, (struct sockaddr *)&ss, &sl) == 0)
         m->port = ntohs(ss.ss_family == AF_INET6
                             ? ((struct sockaddr_in6 *)&ss)->sin6_port
                             : ((struct sockaddr_in *)&ss)->sin_port);
@@ -794,10 +592,7 @@ void mandi_close(struct mandi *m, void (*cb)(void *data), void *data)
     m->close_cb = cb;
     m->close_data = data;
     drop_state(m);
-    conn_listener_stop(&m->ls, NULL);
-    struct pz_queue *q;
-    PZ_QUEUE_FOREACH(q, &m->ls.conns)
-    conn_close_after_flush(container_of(q, struct conn, q));
+    httpd_drain(&m->http);
     uv_timer_stop(&m->timer);
     uv_timer_start(&m->timer, on_grace, CLOSE_GRACE_MS, 0);
     uv_check_start(&m->check, on_check);

@@ -33,7 +33,7 @@ struct server {
     uv_timer_t cron;                 /* CRON_MS housekeeping */
     uv_timer_t grace;                /* shutdown deadline */
     uv_signal_t sigint, sigterm;     /* shutdown requests */
-    struct conn_listener http;       /* HTTP API */
+    struct httpd http;               /* HTTP API */
     struct grpc_server grpc;         /* gRPC API */
     uint64_t start_ms;               /* uv_now() at start */
     bool shutting_down;              /* a signal arrived */
@@ -91,7 +91,7 @@ static void on_prepare(uv_prepare_t *h)
     PZ_UNUSED(h);
     node_before_sleep();
     conn_before_sleep();
-    if (srv.shutting_down && srv.http.n_conns == 0 &&
+    if (srv.shutting_down && srv.http.ls.n_conns == 0 &&
         grpc_quiet(&srv.grpc) && !node_has_work()) {
         stop_all();
         return;
@@ -113,7 +113,7 @@ static void on_grace(uv_timer_t *t)
     PZ_UNUSED(t);
     pz_warn("shutdown: closing connections still busy after %d ms",
             SHUTDOWN_GRACE_MS);
-    conn_listener_close_all(&srv.http);
+    conn_listener_close_all(&srv.http.ls);
     conn_listener_close_all(&srv.grpc.ls);
     fwd_close_all();
 }
@@ -121,7 +121,6 @@ static void on_grace(uv_timer_t *t)
 static void begin_shutdown(void)
 {
     srv.shutting_down = true;
-    conn_listener_stop(&srv.http, NULL);
     http_drain(&srv.http);
     grpc_drain(&srv.grpc);
     fwd_close_all();
@@ -189,7 +188,7 @@ int server_run(const struct pz_config *cfg)
     if (rv < 0) {
         pz_error("%s", err);
         srv.shutting_down = true;
-        conn_listener_stop(&srv.http, NULL);
+        http_drain(&srv.http);
         grpc_drain(&srv.grpc);
         stop_all();
         uv_run(&srv.loop, UV_RUN_DEFAULT);
