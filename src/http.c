@@ -25,7 +25,6 @@
 #include "http_parse.h"
 #include "log.h"
 #include "node.h"
-#include "server.h"
 
 struct http_conn {
     struct httpd_conn hc; /* the request loop (httpd.h); first */
@@ -36,6 +35,8 @@ struct http_conn {
 };
 
 static struct http_api_limits api_limits;
+static const char *cluster_token; /* borrowed from the config: "" none */
+static uint64_t started_ms;       /* conn_now() when the server started */
 
 static struct http_conn *conn_of(struct httpd_conn *hc)
 {
@@ -185,7 +186,7 @@ static void reply_status(struct http_conn *h)
     cJSON_AddStringToObject(o, "role", st.role);
     cJSON_AddStringToObject(o, "leader", st.leader);
     cJSON_AddStringToObject(o, "version", PZ_VERSION);
-    add_u64(o, "uptime_seconds", server_uptime_ms() / 1000);
+    add_u64(o, "uptime_seconds", (conn_now() - started_ms) / 1000);
     add_u64(o, "keys", st.keys);
     add_u64(o, "term", st.term);
     add_u64(o, "commit_index", st.commit_index);
@@ -242,7 +243,7 @@ static void on_snapshot_done(struct node_req *req, int status)
  * when a token is set. */
 static bool authorized(struct http_conn *h)
 {
-    return httpd_bearer_ok(&h->hc.p.req, server_config()->cluster_token);
+    return httpd_bearer_ok(&h->hc.p.req, cluster_token);
 }
 
 static void reply_cluster(struct http_conn *h)
@@ -307,7 +308,7 @@ static void forward(struct http_conn *h)
         return;
     }
     /* The request passed our checks: the leader gets our token. */
-    h->fwd.auth = server_config()->cluster_token;
+    h->fwd.auth = cluster_token;
     int rv = fwd_send(&h->fwd, addr, llhttp_method_name(req->method),
                       req->url.data, req->body.data ? req->body.data : "",
                       req->body.len, on_forwarded);
@@ -466,9 +467,11 @@ static const struct httpd_ops http_ops = {
     .on_close = on_close,
 };
 
-int http_start(struct httpd *srv, const struct pz_config *cfg, char *err,
-               size_t errlen)
+int http_start(struct httpd *srv, const struct pz_config *cfg,
+               uint64_t started, char *err, size_t errlen)
 {
+    cluster_token = cfg->cluster_token;
+    started_ms = started;
     api_limits.max_key = (size_t)cfg->max_key_size;
     api_limits.max_value = (size_t)cfg->max_value_size;
     struct httpd_opts o = {

@@ -7,11 +7,15 @@
 #include "config.h"
 #include "httpd.h"
 
-/* Listen on cfg->http_addr. Returns 0 or a negative code, message in err. */
-int http_start(struct httpd *srv, const struct pz_config *cfg, char *err,
-               size_t errlen);
+/* Listen on cfg->http_addr. cfg is borrowed for as long as the server
+ * runs (limits, the cluster token); started is conn_now() when the server
+ * started (/status reports the uptime from it). Returns 0 or a negative
+ * code, message in err. */
+int http_start(struct httpd *srv, const struct pz_config *cfg,
+               uint64_t started, char *err, size_t errlen);
 /* Shutdown: stop accepting, close idle connections now, the others after
- * their reply. Safe when http_start() did not run or failed. */
+ * their reply, and keep none alive from now on. Safe when http_start()
+ * did not run or failed. */
 void http_drain(struct httpd *srv);
 
 #endif

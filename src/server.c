@@ -42,26 +42,6 @@ struct server {
 
 static struct server srv;
 
-uint64_t server_uptime_ms(void)
-{
-    return uv_now(&srv.loop) - srv.start_ms;
-}
-
-bool server_shutting_down(void)
-{
-    return srv.shutting_down;
-}
-
-uv_loop_t *server_loop(void)
-{
-    return &srv.loop;
-}
-
-const struct pz_config *server_config(void)
-{
-    return srv.cfg;
-}
-
 static void on_node_closed(void)
 {
     uv_close((uv_handle_t *)&srv.prepare, NULL);
@@ -182,7 +162,7 @@ int server_run(const struct pz_config *cfg)
     fwd_setup(2 * (uint64_t)cfg->request_timeout_ms + 1000);
     rv = node_init(&srv.loop, cfg, err, sizeof err);
     if (rv == 0)
-        rv = http_start(&srv.http, cfg, err, sizeof err);
+        rv = http_start(&srv.http, cfg, srv.start_ms, err, sizeof err);
     if (rv == 0)
         rv = grpc_start(&srv.grpc, &srv.loop, cfg, NULL, err, sizeof err);
     if (rv < 0) {
