@@ -177,6 +177,33 @@ static void add_u64(cJSON *o, const char *name, uint64_t v)
     cJSON_AddRawToObject(o, name, num);
 }
 
+/* The members array of /status (cluster false) and /cluster (true): one
+ * writer for both. The member's name is "name" in /status and "id" in
+ * /cluster, as each has been since it was written (clients read both);
+ * /cluster also says which member leads. Replication progress only where
+ * it is known, on the leader. */
+static void add_members(cJSON *o, const struct node_status *st, bool cluster)
+{
+    cJSON *ms = cJSON_AddArrayToObject(o, "members");
+    for (size_t i = 0; i < st->n_members; i++) {
+        const struct node_member *m = &st->members[i];
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, cluster ? "id" : "name", m->name);
+        cJSON_AddStringToObject(j, "raft_addr", m->raft);
+        cJSON_AddStringToObject(j, "http_addr", m->http);
+        cJSON_AddStringToObject(j, "grpc_addr", m->grpc);
+        cJSON_AddBoolToObject(j, "voter", m->voter);
+        if (cluster)
+            cJSON_AddBoolToObject(j, "leader",
+                                  strcmp(m->name, st->leader) == 0);
+        if (strcmp(st->role, "leader") == 0) {
+            add_u64(j, "match_index", m->match);
+            add_u64(j, "last_contact_ms", m->last_contact_ms);
+        }
+        cJSON_AddItemToArray(ms, j);
+    }
+}
+
 static void reply_status(struct http_conn *h)
 {
     struct node_status st;
@@ -206,21 +233,7 @@ static void reply_status(struct http_conn *h)
     cJSON_AddStringToObject(o, "digest", dg);
     add_u64(o, "fsync_entries", st.fsync_entries);
     add_u64(o, "partial_input", conn_in_total());
-    cJSON *ms = cJSON_AddArrayToObject(o, "members");
-    for (size_t i = 0; i < st.n_members; i++) {
-        const struct node_member *m = &st.members[i];
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "name", m->name);
-        cJSON_AddStringToObject(j, "raft_addr", m->raft);
-        cJSON_AddStringToObject(j, "http_addr", m->http);
-        cJSON_AddStringToObject(j, "grpc_addr", m->grpc);
-        cJSON_AddBoolToObject(j, "voter", m->voter);
-        if (strcmp(st.role, "leader") == 0) {
-            add_u64(j, "match_index", m->match);
-            add_u64(j, "last_contact_ms", m->last_contact_ms);
-        }
-        cJSON_AddItemToArray(ms, j);
-    }
+    add_members(o, &st, false);
     reply_json(h, o);
 }
 
@@ -253,22 +266,7 @@ static void reply_cluster(struct http_conn *h)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "leader", st.leader);
     add_u64(o, "term", st.term);
-    cJSON *ms = cJSON_AddArrayToObject(o, "members");
-    for (size_t i = 0; i < st.n_members; i++) {
-        const struct node_member *m = &st.members[i];
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "id", m->name);
-        cJSON_AddStringToObject(j, "raft_addr", m->raft);
-        cJSON_AddStringToObject(j, "http_addr", m->http);
-        cJSON_AddStringToObject(j, "grpc_addr", m->grpc);
-        cJSON_AddBoolToObject(j, "voter", m->voter);
-        cJSON_AddBoolToObject(j, "leader", strcmp(m->name, st.leader) == 0);
-        if (strcmp(st.role, "leader") == 0) {
-            add_u64(j, "match_index", m->match);
-            add_u64(j, "last_contact_ms", m->last_contact_ms);
-        }
-        cJSON_AddItemToArray(ms, j);
-    }
+    add_members(o, &st, true);
     reply_json(h, o);
 }
 
