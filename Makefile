@@ -50,7 +50,7 @@ CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
 # I/O modules shared by the server and the CLI.
-NET_SRC = src/conn.c src/grpc_client.c
+NET_SRC = src/conn.c src/httpc.c src/grpc_client.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \

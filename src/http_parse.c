@@ -413,6 +413,22 @@ err:
     return PZ_EINVAL;
 }
 
+void http_pct_encode(struct pz_buf *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+            (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' ||
+            ch == '~') {
+            pz_buf_append(out, &ch, 1);
+        } else {
+            char e[3] = {'%', hex[ch >> 4], hex[ch & 15]};
+            pz_buf_append(out, e, 3);
+        }
+    }
+}
+
 /* --- the key-value API ---------------------------------------------------- */
 
 static void op_error(struct http_op *op, int status, const char *reason)

@@ -112,6 +112,10 @@ int http_query_get(const char *url, size_t urllen, const char *name,
  * escape. '+' is a space in query strings only (plus_is_space). */
 int http_pct_decode(struct pz_buf *out, const char *s, size_t n,
                     bool plus_is_space);
+/* Append s[0..n) to out percent-encoded for a path segment or a query
+ * value: every byte but the unreserved ones (RFC 3986: letters, digits,
+ * '-', '.', '_', '~') becomes %XX. */
+void http_pct_encode(struct pz_buf *out, const char *s, size_t n);
 
 /* --- the key-value API's requests ------------------------------------------
  * http_api_decode() turns a complete request into what to do, applying

@@ -57,6 +57,7 @@ static void stop_all(void)
     if (srv.stopped)
         return;
     srv.stopped = true;
+    fwd_close_all(); /* forwards made while draining: their timers close */
     grpc_close(&srv.grpc);
     node_close(on_node_closed);
 }
@@ -159,7 +160,7 @@ int server_run(const struct pz_config *cfg)
     /* A forwarded request waits on the leader, which gives up on the
      * cluster after request-timeout (twice, for one that first waits for
      * an election): past that the leader is not answering. */
-    fwd_setup(2 * (uint64_t)cfg->request_timeout_ms + 1000);
+    fwd_setup(&srv.loop, 2 * (uint64_t)cfg->request_timeout_ms + 1000);
     rv = node_init(&srv.loop, cfg, err, sizeof err);
     if (rv == 0)
         rv = http_start(&srv.http, cfg, srv.start_ms, err, sizeof err);

@@ -1,9 +1,14 @@
-/* test_httpd.c - the HTTP/1.1 server toolkit on a real loop: a small
- * protocol on 127.0.0.1 answered by raw sockets. Pipelined requests in
- * order, answers held and given later, HEAD, Connection: close, 401 with
- * its challenge, the bearer check, the request deadlines, the
- * partial-input budget, refusal at max_clients and draining. Every wait
- * has a deadline. */
+/* test_httpd.c - the HTTP/1.1 server toolkit (httpd.c) and client
+ * (httpc.c) on a real loop: a small protocol on 127.0.0.1.
+ *
+ * Server, against raw sockets: pipelined requests in order, answers held
+ * and given later, HEAD, Connection: close, 401 with its challenge, the
+ * bearer check, the request deadlines, the partial-input budget, refusal
+ * at max_clients and draining. Client, against the server: answers with
+ * their headers, in order; a request sent once (max_attempts 1) fails
+ * with the connection that is lost or stuck, and is not sent again.
+ * (mandi's tests drive the client further: resends, malformed and
+ * oversized answers, cancel, free.) Every wait has a deadline. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <signal.h>
@@ -13,6 +18,7 @@
 #include <uv.h>
 
 #include "conn.h"
+#include "httpc.h"
 #include "httpd.h"
 #include "test.h"
 
@@ -66,6 +72,13 @@ static void on_request(struct httpd_conn *hc)
     } else if (strcmp(path, "/close") == 0) {
         httpd_close_after(hc);
         httpd_text(hc, 200, "bye", NULL);
+    } else if (strcmp(path, "/drop") == 0) {
+        httpd_hold(hc); /* and lose the connection */
+        conn_close(hc->c);
+    } else if (strcmp(path, "/stuck") == 0) {
+        httpd_hold(hc); /* never answered */
+    } else if (strcmp(path, "/405") == 0) {
+        httpd_text(hc, 405, "no", "GET, PUT");
     } else if (strcmp(path, "/empty") == 0) {
         struct httpd_reply r = {.status = 204};
         httpd_reply(hc, &r);
@@ -412,6 +425,134 @@ TEST(drain_finishes_held_requests)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* --- the client ----------------------------------------------------------- */
+
+struct answer {
+    int calls;        /* callback runs */
+    int err;          /* result */
+    int status;       /* its status */
+    char ctype[64];   /* its Content-Type */
+    char allow[64];   /* its Allow */
+    char body[64];    /* its body */
+    int order;        /* completion order */
+};
+
+static int answered;
+
+static void record(const struct httpc_result *res, void *data)
+{
+    struct answer *a = data;
+    a->calls++;
+    a->order = ++answered;
+    a->err = res->err;
+    a->status = res->status;
+    snprintf(a->ctype, sizeof a->ctype, "%s", res->content_type);
+    snprintf(a->allow, sizeof a->allow, "%s", res->allow);
+    snprintf(a->body, sizeof a->body, "%.*s", (int)res->blen, res->body);
+}
+
+static bool wait_answers(struct answer *a, int n, uint64_t ms)
+{
+    uv_update_time(&loop);
+    uint64_t end = uv_now(&loop) + ms;
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < n; i++)
+            done += a[i].calls > 0;
+        if (done == n)
+            return true;
+        if (uv_now(&loop) >= end)
+            return false;
+        uv_run(&loop, UV_RUN_ONCE);
+        uv_update_time(&loop);
+    }
+}
+
+static struct httpc *client(int attempts, uint64_t timeout_ms)
+{
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    struct httpc_opts o = {.max_head = 4096,
+                           .max_body = 4096,
+                           .timeout_ms = timeout_ms,
+                           .max_attempts = attempts,
+                           .log_name = "test client"};
+    return httpc_new(&loop, addr, &o);
+}
+
+TEST(client_answers_in_order)
+{
+    CHECK(world_init(0, 0, 10));
+    struct httpc *c = client(1, 2000);
+    struct answer a[4];
+    memset(a, 0, sizeof a);
+    answered = 0;
+    CHECK(httpc_request(c, "GET", "/held", NULL, NULL, 0, record, &a[0]) > 0);
+    CHECK(httpc_request(c, "POST", "/x%20y", "X-A: 1\r\n", "body", 4, record,
+                        &a[1]) > 0);
+    CHECK(httpc_request(c, "GET", "/405", NULL, NULL, 0, record, &a[2]) > 0);
+    CHECK(httpc_request(c, "GET", "/empty", NULL, NULL, 0, record, &a[3]) > 0);
+    CHECK_EQ_INT(a[0].calls, 0); /* never from inside the call */
+    CHECK_EQ_INT(httpc_pending(c), 4);
+    CHECK(wait_answers(a, 4, 3000));
+    for (int i = 0; i < 4; i++) {
+        CHECK_EQ_INT(a[i].err, 0);
+        CHECK_EQ_INT(a[i].order, i + 1);
+    }
+    CHECK_EQ_STR(a[0].body, "later\n");
+    CHECK_EQ_STR(a[1].body, "/x%20y\n");
+    CHECK_EQ_STR(a[1].ctype, "text/plain; charset=utf-8");
+    CHECK_EQ_INT(a[2].status, 405);
+    CHECK_EQ_STR(a[2].allow, "GET, PUT");
+    CHECK_EQ_INT(a[3].status, 204);
+    CHECK_EQ_STR(a[3].body, "");
+    CHECK_EQ_INT(httpc_pending(c), 0);
+    httpc_free(c);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+TEST(client_sends_once_when_asked)
+{
+    CHECK(world_init(0, 0, 10));
+    struct httpc *c = client(1, 300);
+    struct answer a[3];
+    memset(a, 0, sizeof a);
+    answered = 0;
+    /* Lost with the connection: both fail, neither is sent again. */
+    httpc_request(c, "POST", "/drop", NULL, "", 0, record, &a[0]);
+    httpc_request(c, "POST", "/a", NULL, "", 0, record, &a[1]);
+    CHECK(wait_answers(a, 2, 3000));
+    CHECK_EQ_INT(a[0].err, PZ_EIO);
+    CHECK_EQ_INT(a[1].err, PZ_EIO);
+    CHECK_EQ_INT(a[0].status, 0);
+    /* Stuck: the oldest times out and takes the others with it. */
+    memset(a, 0, sizeof a);
+    httpc_request(c, "POST", "/stuck", NULL, "", 0, record, &a[0]);
+    httpc_request(c, "POST", "/b", NULL, "", 0, record, &a[1]);
+    CHECK(wait_answers(a, 2, 3000));
+    CHECK_EQ_INT(a[0].err, PZ_ETIMEDOUT);
+    CHECK_EQ_INT(a[1].err, PZ_ETIMEDOUT);
+    /* The next request dials again, and is answered. */
+    httpc_request(c, "GET", "/c", NULL, NULL, 0, record, &a[2]);
+    CHECK(wait_answers(&a[2], 1, 3000));
+    CHECK_EQ_INT(a[2].err, 0);
+    CHECK_EQ_STR(a[2].body, "/c\n");
+    /* Cancelled: no callback; freed: the others are cancelled inside. */
+    memset(a, 0, sizeof a);
+    uint64_t id = httpc_request(c, "GET", "/held", NULL, NULL, 0, record,
+                                &a[0]);
+    httpc_request(c, "GET", "/held", NULL, NULL, 0, record, &a[1]);
+    void *data = NULL;
+    CHECK(httpc_cancel(c, id, &data));
+    CHECK(data == &a[0]);
+    CHECK(!httpc_cancel(c, id, NULL));
+    httpc_free(c);
+    CHECK_EQ_INT(a[0].calls, 0);
+    CHECK_EQ_INT(a[1].calls, 1);
+    CHECK_EQ_INT(a[1].err, PZ_ECANCELED);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(pipelined_in_order_with_a_held_answer),
     TEST_ENTRY(close_after_and_unauthorized),
@@ -420,6 +561,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(partial_input_budget),
     TEST_ENTRY(refused_at_max_clients),
     TEST_ENTRY(drain_finishes_held_requests),
+    TEST_ENTRY(client_answers_in_order),
+    TEST_ENTRY(client_sends_once_when_asked),
     TEST_END,
 };
 
