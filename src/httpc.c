@@ -91,11 +91,9 @@ static void warn(struct httpc *c, const char *fmt, ...)
 static const char *limit_reason(struct httpc *c, const char *what, size_t n)
 {
     if (n >= (1u << 20) && n % (1u << 20) == 0)
-        snprintf(c->whybuf, sizeof c->whybuf, "%s over %zu MiB", what,
-                 n >> 20);
+        snprintf(c->whybuf, sizeof c->whybuf, "%s over %zu MiB", what, n >> 20);
     else if (n >= 1024 && n % 1024 == 0)
-        snprintf(c->whybuf, sizeof c->whybuf, "%s over %zu KiB", what,
-                 n >> 10);
+        snprintf(c->whybuf, sizeof c->whybuf, "%s over %zu KiB", what, n >> 10);
     else
         snprintf(c->whybuf, sizeof c->whybuf, "%s over %zu bytes", what, n);
     return c->whybuf;
@@ -135,10 +133,8 @@ static void run_done(struct pz_queue *done)
     while (!pz_queue_empty(done)) {
         struct hreq *r = container_of(pz_queue_head(done), struct hreq, q);
         pz_queue_remove(&r->q);
-        struct httpc_result res = {.err = r->err,
-                                   .content_type = "",
-                                   .allow = "",
-                                   .body = ""};
+        struct httpc_result res = {
+            .err = r->err, .content_type = "", .allow = "", .body = ""};
         r->cb(&res, r->data);
         free_req(r);
     }

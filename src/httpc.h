@@ -70,9 +70,9 @@ struct httpc_opts {
     /* Troubles (a bad answer, no answer, a refused connection), one line
      * without the prefix; NULL: pz_warn with the prefix. */
     void (*warn)(void *data, const char *msg);
-    void *warn_data;      /* warn's argument */
-    bool quiet_dial;      /* connections refused are logged at debug level
-                             only (for a server that may well be down) */
+    void *warn_data; /* warn's argument */
+    bool quiet_dial; /* connections refused are logged at debug level
+                        only (for a server that may well be down) */
 };
 
 /* A client of addr ("host:port", host an IP address or localhost; ":port"

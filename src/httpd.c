@@ -28,23 +28,40 @@ enum {
 const char *httpd_status_text(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 
@@ -149,8 +166,7 @@ static void refuse_busy(struct httpd_conn *hc)
 {
     pz_debug("%s: %s: refused: %zu of %zu bytes of partial input in use",
              hc->srv->ls.name, hc->c->peer, conn_in_total(), conn_in_limit());
-    write_text(hc,
-               503,
+    write_text(hc, 503,
                "Server busy: too much request data in progress; retry later",
                NULL, true);
     conn_close_after_flush(hc->c);
@@ -201,8 +217,7 @@ void httpd_close_after(struct httpd_conn *hc)
 void httpd_reply(struct httpd_conn *hc, const struct httpd_reply *r)
 {
     pz_assert(hc->answering);
-    bool close =
-        hc->close_after || !hc->p.req.keep_alive || hc->srv->draining;
+    bool close = hc->close_after || !hc->p.req.keep_alive || hc->srv->draining;
     write_reply(hc, r, close);
     finish(hc, close);
 }

@@ -76,12 +76,12 @@ struct httpd_opts {
 };
 
 struct httpd {
-    struct conn_listener ls;    /* accepts clients; ls.data == this */
+    struct conn_listener ls;     /* accepts clients; ls.data == this */
     const struct httpd_ops *ops; /* the protocol's handlers */
-    struct httpd_opts o;        /* copy of the options */
-    void *data;                 /* the protocol's state, for handlers */
-    bool started;               /* httpd_listen ran: ls is initialized */
-    bool draining;              /* httpd_drain ran: no more keep-alive */
+    struct httpd_opts o;         /* copy of the options */
+    void *data;                  /* the protocol's state, for handlers */
+    bool started;                /* httpd_listen ran: ls is initialized */
+    bool draining;               /* httpd_drain ran: no more keep-alive */
 };
 
 struct httpd_conn {

@@ -281,8 +281,7 @@ static size_t skip_value(const char *s, size_t n, size_t i)
         }
         return n;
     }
-    while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' &&
-           !is_ws(s[i]))
+    while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' && !is_ws(s[i]))
         i++;
     return i;
 }
@@ -400,11 +399,21 @@ void json_str(const struct json_val *v, struct pz_buf *out)
         char e = s[i + 1], lit;
         i += 2;
         switch (e) {
-        case 'b': lit = '\b'; break;
-        case 'f': lit = '\f'; break;
-        case 'n': lit = '\n'; break;
-        case 'r': lit = '\r'; break;
-        case 't': lit = '\t'; break;
+        case 'b':
+            lit = '\b';
+            break;
+        case 'f':
+            lit = '\f';
+            break;
+        case 'n':
+            lit = '\n';
+            break;
+        case 'r':
+            lit = '\r';
+            break;
+        case 't':
+            lit = '\t';
+            break;
         case 'u': {
             long cu = hex4(s + i, n - i);
             if (cu < 0)
@@ -422,7 +431,8 @@ void json_str(const struct json_val *v, struct pz_buf *out)
             put_utf8(out, cp);
             continue;
         }
-        default: lit = e; /* '"', '\\', '/' */
+        default:
+            lit = e; /* '"', '\\', '/' */
         }
         pz_buf_append(out, &lit, 1);
     }
@@ -459,8 +469,7 @@ bool json_str_is(const struct json_val *v, const char *name, size_t nlen)
 
 int json_u64(const struct json_val *v, uint64_t *out)
 {
-    if (v->type != JSON_NUMBER || v->len == 0 ||
-        (v->s[0] == '0' && v->len > 1))
+    if (v->type != JSON_NUMBER || v->len == 0 || (v->s[0] == '0' && v->len > 1))
         return PZ_EINVAL;
     uint64_t x = 0;
     for (size_t i = 0; i < v->len; i++) {

@@ -5,10 +5,10 @@
  *
  * Happy path: httpd hands over a complete request, it is answered at once
  * from memory (nothing here waits), and the next pipelined request is
- * served; connections are kept alive. The leader expires leader_ttl after its last
- * PUT, a join request join_ttl after it was posted; a timer drops expired
- * entries every sweep_ms, and every read checks the deadline again so an
- * expired entry is never served between two sweeps.
+ * served; connections are kept alive. The leader expires leader_ttl after
+ * its last PUT, a join request join_ttl after it was posted; a timer drops
+ * expired entries every sweep_ms, and every read checks the deadline again
+ * so an expired entry is never served between two sweeps.
  *
  * Failure modes: a malformed request (HTTP syntax, body or headers over
  * the limits) gets its 4xx and the connection closes after the reply; an

@@ -354,4 +354,3 @@ void mandi_join_to_json(const struct mandi_join *j, bool with_time,
 {
     append_json(join_object(j, with_time), out);
 }
-

@@ -23,9 +23,9 @@
 
 #include "pz.h"
 
-#define MANDI_ID_MAX 255           /* longest node id mandi stores, bytes */
-#define MANDI_ADDR_MAX 300         /* longest address mandi stores, bytes */
-#define MANDI_TIME_MAX 40          /* room for an RFC 3339 timestamp */
+#define MANDI_ID_MAX 255   /* longest node id mandi stores, bytes */
+#define MANDI_ADDR_MAX 300 /* longest address mandi stores, bytes */
+#define MANDI_TIME_MAX 40  /* room for an RFC 3339 timestamp */
 
 /* LeaderInfo. Strings are NUL-terminated and hold no NUL byte. */
 struct mandi_leader {

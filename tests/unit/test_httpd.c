@@ -29,7 +29,7 @@ static uv_timer_t later;  /* answers held requests */
 static struct httpd srv;
 static int port;
 static struct httpd_conn *held; /* the request /held is waiting */
-static int closes;               /* on_close calls */
+static int closes;              /* on_close calls */
 
 static void on_prep(uv_prepare_t *h)
 {
@@ -299,7 +299,7 @@ static bool bearer(const char *value, const char *token)
 TEST(bearer_check)
 {
     CHECK(bearer("Bearer tok", "tok"));
-    CHECK(bearer("bearer tok", "tok"));   /* RFC 7235: any case */
+    CHECK(bearer("bearer tok", "tok")); /* RFC 7235: any case */
     CHECK(bearer("BEARER\ttok", "tok"));
     CHECK(bearer("  Bearer   tok  ", "tok"));
     CHECK(!bearer("Bearer tok2", "tok"));
@@ -428,13 +428,13 @@ TEST(drain_finishes_held_requests)
 /* --- the client ----------------------------------------------------------- */
 
 struct answer {
-    int calls;        /* callback runs */
-    int err;          /* result */
-    int status;       /* its status */
-    char ctype[64];   /* its Content-Type */
-    char allow[64];   /* its Allow */
-    char body[64];    /* its body */
-    int order;        /* completion order */
+    int calls;      /* callback runs */
+    int err;        /* result */
+    int status;     /* its status */
+    char ctype[64]; /* its Content-Type */
+    char allow[64]; /* its Allow */
+    char body[64];  /* its body */
+    int order;      /* completion order */
 };
 
 static int answered;
@@ -539,8 +539,8 @@ TEST(client_sends_once_when_asked)
     CHECK_EQ_STR(a[2].body, "/c\n");
     /* Cancelled: no callback; freed: the others are cancelled inside. */
     memset(a, 0, sizeof a);
-    uint64_t id = httpc_request(c, "GET", "/held", NULL, NULL, 0, record,
-                                &a[0]);
+    uint64_t id =
+        httpc_request(c, "GET", "/held", NULL, NULL, 0, record, &a[0]);
     httpc_request(c, "GET", "/held", NULL, NULL, 0, record, &a[1]);
     void *data = NULL;
     CHECK(httpc_cancel(c, id, &data));

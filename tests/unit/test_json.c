@@ -173,13 +173,12 @@ TEST(walk)
     const char *doc = " [ 1 , \"two\" , { \"three\" : [ 3 ] } , [ ] , null ,"
                       "true,false,\"]}\\\"\" ] ";
     CHECK_EQ_INT(parse(doc, &root), 0);
-    static const enum json_type want[] = {JSON_NUMBER, JSON_STRING,
-                                          JSON_OBJECT, JSON_ARRAY,
-                                          JSON_NULL,   JSON_TRUE,
+    static const enum json_type want[] = {JSON_NUMBER, JSON_STRING, JSON_OBJECT,
+                                          JSON_ARRAY,  JSON_NULL,   JSON_TRUE,
                                           JSON_FALSE,  JSON_STRING};
-    static const char *const text[] = {"1",    "\"two\"", "{ \"three\" : [ 3 ] }",
-                                       "[ ]",  "null",    "true",
-                                       "false", "\"]}\\\"\""};
+    static const char *const text[] = {
+        "1",     "\"two\"",   "{ \"three\" : [ 3 ] }", "[ ]", "null", "true",
+        "false", "\"]}\\\"\""};
     size_t n = 0;
     json_iter_init(&it, &root);
     while (json_iter_next(&it, NULL, &v)) {
@@ -226,8 +225,14 @@ TEST(u64_exact)
     CHECK(x == UINT64_MAX);
     CHECK_EQ_INT(u64_of("9007199254740993", &x), 0);
     CHECK(x == 9007199254740993ull);
-    static const char *const bad[] = {"-1", "-0", "1.0", "1e2", "\"3\"",
-                                      "true", "null", "[1]",
+    static const char *const bad[] = {"-1",
+                                      "-0",
+                                      "1.0",
+                                      "1e2",
+                                      "\"3\"",
+                                      "true",
+                                      "null",
+                                      "[1]",
                                       "18446744073709551616",
                                       "99999999999999999999"};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
