@@ -8,33 +8,34 @@
  * grpc_addr; then make one gRPC call over HTTP/2 (grpc_client.c) and print
  * the result the way the original kv-cli did (COMPAT.md): the value, or
  * "Key 'K' not found", "Set 'K' = 'V'", "Deleted 'K'". `status` prints what
- * the node reports (pyazdb.Cluster/Status).
+ * the node reports (pyazdb.Cluster/Status). `members`, `remove` and
+ * `transfer` talk to a node's HTTP API. HTTP goes through the client the
+ * nodes use (httpc.c, on a libuv loop of ours), JSON through the strict
+ * reader (json.c), and mandi's answer is held to the rules nodes hold it
+ * to (mandi_codec.h).
  * Failure modes: discovery or RPC errors print one line on stderr and exit
  * 1; a missing key exits 1; bad usage prints the usage and exits 1
  * (--help exits 0). --timeout bounds discovery and the call together. */
 #include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <llhttp.h>
 #include <netdb.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 #include <uv.h>
-
-#include <cJSON.h>
 
 #include "cluster.pb-c.h"
 #include "conn.h"
 #include "grpc_client.h"
 #include "grpc_frame.h"
 #include "grpc_pb.h"
+#include "http_parse.h"
+#include "httpc.h"
+#include "json.h"
 #include "kv.h"
 #include "log.h"
+#include "mandi_codec.h"
 #include "pz.h"
 
 #define DEFAULT_MANDI "http://127.0.0.1:7000"
@@ -71,260 +72,38 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* --- discovery: GET /leader from mandi ------------------------------------ */
+/* --- the loop ------------------------------------------------------------
+ * Each network step (discovery, a membership request, the call) runs on
+ * a libuv loop of its own, closed again before the next one (conn.c then
+ * starts from nothing). */
 
-struct http_resp {
-    struct pz_buf body; /* response body */
-    bool complete;      /* message complete */
-};
+static uv_loop_t loop;
+static uv_prepare_t prep;
 
-static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+static void on_prepare(uv_prepare_t *h)
 {
-    struct http_resp *r = p->data;
-    if (r->body.len + len > (1 << 20))
-        return -1;
-    pz_buf_append(&r->body, at, len);
-    return 0;
+    PZ_UNUSED(h);
+    conn_before_sleep();
 }
 
-static int on_resp_complete(llhttp_t *p)
+static void loop_open(void)
 {
-    struct http_resp *r = p->data;
-    r->complete = true;
-    return HPE_PAUSED;
+    uv_loop_init(&loop);
+    struct conn_limits lim = {.high_water = 1 << 20,
+                              .hard_limit = (size_t)1 << 30};
+    conn_setup(&loop, &lim);
+    uv_prepare_init(&loop, &prep);
+    uv_prepare_start(&prep, on_prepare);
 }
 
-static int wait_fd(int fd, short ev, uint64_t deadline)
+static void loop_close(void)
 {
-    for (;;) {
-        uint64_t now = now_ms();
-        if (now >= deadline)
-            return PZ_ETIMEDOUT;
-        struct pollfd pfd = {.fd = fd, .events = ev};
-        int n = poll(&pfd, 1, (int)PZ_MIN(deadline - now, 60000));
-        if (n > 0)
-            return 0;
-        if (n < 0 && errno != EINTR)
-            return -errno;
-    }
-}
-
-/* Split "http://host:port[/...]"; returns 0 or PZ_EINVAL. */
-static int parse_url(const char *url, char *host, size_t hostlen, char *port,
-                     size_t portlen)
-{
-    const char *p = url;
-    if (strncmp(p, "http://", 7) == 0)
-        p += 7;
-    else if (strstr(p, "://") != NULL)
-        return PZ_EINVAL; /* https and others: not supported */
-    size_t n = strcspn(p, "/");
-    char hp[300];
-    if (n == 0 || n >= sizeof hp)
-        return PZ_EINVAL;
-    memcpy(hp, p, n);
-    hp[n] = '\0';
-    const char *colon = strrchr(hp, ':');
-    const char *h = hp;
-    size_t hl = colon ? (size_t)(colon - hp) : n;
-    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
-        h++;
-        hl -= 2;
-    }
-    if (hl == 0 || hl >= hostlen)
-        return PZ_EINVAL;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    snprintf(port, portlen, "%s", colon ? colon + 1 : "80");
-    if (port[0] == '\0')
-        return PZ_EINVAL;
-    return 0;
-}
-
-static int connect_host(const char *host, const char *port, uint64_t deadline,
-                        char *err, size_t errlen)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    int rv = getaddrinfo(host, port, &hints, &res);
-    if (rv != 0) {
-        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rv));
-        return -1;
-    }
-    int fd = -1;
-    for (struct addrinfo *a = res; a; a = a->ai_next) {
-        fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK,
-                    a->ai_protocol);
-        if (fd < 0)
-            continue;
-        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
-            break;
-        if (errno == EINPROGRESS && wait_fd(fd, POLLOUT, deadline) == 0) {
-            int soerr = 0;
-            socklen_t sl = sizeof soerr;
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-            if (soerr == 0)
-                break;
-            errno = soerr;
-        }
-        snprintf(err, errlen, "cannot connect to %s:%s: %s", host, port,
-                 now_ms() >= deadline ? "timed out" : strerror(errno));
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-/* GET path from host:port. Returns the HTTP status (> 0) with the body, or
- * -1 with a message in err. */
-static int http_request(const char *method, const char *host,
-                        const char *port, const char *path, const char *token,
-                        uint64_t deadline, struct pz_buf *body, char *err,
-                        size_t errlen)
-{
-    int fd = connect_host(host, port, deadline, err, errlen);
-    if (fd < 0)
-        return -1;
-    char req[1024], auth[400] = "";
-    if (token && token[0])
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", token);
-    int n = snprintf(req, sizeof req,
-                     "%s %s HTTP/1.1\r\nHost: %s:%s\r\n"
-                     "User-Agent: pyazdb-cli/" PZ_VERSION "\r\n%s"
-                     "Content-Length: 0\r\n"
-                     "Accept: application/json\r\nConnection: close\r\n\r\n",
-                     method, path, host, port, auth);
-    if (n <= 0 || (size_t)n >= sizeof req) {
-        snprintf(err, errlen, "request too long");
-        close(fd);
-        return -1;
-    }
-    for (int off = 0; off < n;) {
-        ssize_t w = write(fd, req + off, (size_t)(n - off));
-        if (w > 0) {
-            off += (int)w;
-        } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
-            snprintf(err, errlen, "writing to %s:%s: %s", host, port,
-                     strerror(errno));
-            close(fd);
-            return -1;
-        } else if (wait_fd(fd, POLLOUT, deadline) < 0) {
-            snprintf(err, errlen, "writing to %s:%s: timed out", host, port);
-            close(fd);
-            return -1;
-        }
-    }
-    llhttp_settings_t settings;
-    llhttp_t parser;
-    struct http_resp r = {.complete = false};
-    pz_buf_init(&r.body);
-    llhttp_settings_init(&settings);
-    settings.on_body = on_resp_body;
-    settings.on_message_complete = on_resp_complete;
-    llhttp_init(&parser, HTTP_RESPONSE, &settings);
-    parser.data = &r;
-    int status = -1;
-    for (;;) {
-        char buf[16384];
-        ssize_t got = read(fd, buf, sizeof buf);
-        if (got < 0 && (errno == EAGAIN || errno == EINTR)) {
-            if (wait_fd(fd, POLLIN, deadline) < 0) {
-                snprintf(err, errlen, "reading from %s:%s: timed out", host,
-                         port);
-                break;
-            }
-            continue;
-        }
-        if (got < 0) {
-            snprintf(err, errlen, "reading from %s:%s: %s", host, port,
-                     strerror(errno));
-            break;
-        }
-        llhttp_errno_t e = got == 0 ? llhttp_finish(&parser)
-                                    : llhttp_execute(&parser, buf, (size_t)got);
-        if (r.complete) {
-            status = parser.status_code;
-            break;
-        }
-        if (e != HPE_OK) {
-            snprintf(err, errlen, "bad HTTP response from %s:%s: %s", host,
-                     port, llhttp_errno_name(e));
-            break;
-        }
-        if (got == 0) {
-            snprintf(err, errlen, "%s:%s closed the connection", host, port);
-            break;
-        }
-    }
-    close(fd);
-    if (status > 0)
-        *body = r.body;
-    else
-        pz_buf_free(&r.body);
-    return status;
-}
-
-static int http_get(const char *host, const char *port, const char *path,
-                    uint64_t deadline, struct pz_buf *body, char *err,
-                    size_t errlen)
-{
-    return http_request("GET", host, port, path, NULL, deadline, body, err,
-                        errlen);
-}
-
-/* Ask mandi for the leader's gRPC (or HTTP) address. Returns 0 or -1. */
-static int discover_field(const char *mandi, const char *field,
-                          uint64_t deadline, char *addr, size_t addrlen,
-                          char *err, size_t errlen);
-
-static int discover(const char *mandi, uint64_t deadline, char *addr,
-                    size_t addrlen, char *err, size_t errlen)
-{
-    return discover_field(mandi, "grpc_addr", deadline, addr, addrlen, err,
-                          errlen);
-}
-
-static int discover_field(const char *mandi, const char *field,
-                          uint64_t deadline, char *addr, size_t addrlen,
-                          char *err, size_t errlen)
-{
-    char host[256], port[32], msg[300];
-    struct pz_buf body;
-    if (parse_url(mandi, host, sizeof host, port, sizeof port) < 0) {
-        snprintf(err, errlen, "bad mandi address '%s' (want http://host:port)",
-                 mandi);
-        return -1;
-    }
-    int status =
-        http_get(host, port, "/leader", deadline, &body, msg, sizeof msg);
-    if (status < 0) {
-        snprintf(err, errlen, "leader discovery through %s failed: %s", mandi,
-                 msg);
-        return -1;
-    }
-    pz_buf_append(&body, "", 1);
-    int rv = -1;
-    if (status == 404) {
-        snprintf(err, errlen, "no leader available (mandi at %s)", mandi);
-    } else if (status != 200) {
-        snprintf(err, errlen, "leader discovery through %s: HTTP %d", mandi,
-                 status);
-    } else {
-        cJSON *j = cJSON_Parse(body.data);
-        cJSON *g = j ? cJSON_GetObjectItemCaseSensitive(j, field) : NULL;
-        if (!cJSON_IsString(g) || g->valuestring[0] == '\0') {
-            snprintf(err, errlen, "mandi at %s gave no leader %s in %.100s",
-                     mandi, field, body.data);
-        } else {
-            snprintf(addr, addrlen, "%s", g->valuestring);
-            rv = 0;
-        }
-        cJSON_Delete(j);
-    }
-    pz_buf_free(&body);
-    return rv;
+    conn_close_outbound();
+    while (conn_count() > 0)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&prep, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
 }
 
 /* "host:port" with a name or an empty host -> "ip:port" for conn_connect. */
@@ -363,6 +142,157 @@ static int resolve_addr(const char *in, char *out, size_t outlen, char *err,
     return 0;
 }
 
+/* --- HTTP: mandi's GET /leader, the membership endpoints ---------------- */
+
+#define HTTP_MAX_HEAD (64 * 1024)   /* status line and headers */
+#define HTTP_MAX_BODY (1024 * 1024) /* an answer's body */
+
+struct http_answer {
+    bool done;          /* the callback ran */
+    int err;            /* its error, 0: answered */
+    int status;         /* the HTTP status */
+    struct pz_buf body; /* the body */
+};
+
+static void on_http_answer(const struct httpc_result *res, void *data)
+{
+    struct http_answer *a = data;
+    a->done = true;
+    a->err = res->err;
+    a->status = res->status;
+    pz_buf_append(&a->body, res->body, res->blen);
+}
+
+/* method target on addr ("host:port"; a host name is resolved) with the
+ * token as a bearer token (NULL: none), answered before deadline. Returns
+ * the HTTP status (> 0) with the body, or -1 with a message in err. */
+static int http_request(const char *method, const char *addr,
+                        const char *target, const char *token,
+                        uint64_t deadline, struct pz_buf *body, char *err,
+                        size_t errlen)
+{
+    char ip[MANDI_ADDR_MAX + 1], headers[512];
+    uint64_t now = now_ms();
+    if (now >= deadline) {
+        snprintf(err, errlen, "%s: timed out", addr);
+        return -1;
+    }
+    if (resolve_addr(addr, ip, sizeof ip, err, errlen) < 0)
+        return -1;
+    int n = snprintf(headers, sizeof headers,
+                     "User-Agent: pyazdb-cli/" PZ_VERSION "\r\n"
+                     "Accept: application/json\r\n");
+    if (token && token[0])
+        snprintf(headers + n, sizeof headers - (size_t)n,
+                 "Authorization: Bearer %s\r\n", token);
+    loop_open();
+    struct httpc_opts o = {.max_head = HTTP_MAX_HEAD,
+                           .max_body = HTTP_MAX_BODY,
+                           .timeout_ms = deadline - now,
+                           .max_attempts = 1,
+                           .log_name = addr};
+    struct httpc *c = httpc_new(&loop, ip, &o);
+    struct http_answer a = {.done = false};
+    pz_buf_init(&a.body);
+    bool get = strcmp(method, "GET") == 0;
+    httpc_request(c, method, target, headers, get ? NULL : "", 0,
+                  on_http_answer, &a);
+    while (!a.done)
+        uv_run(&loop, UV_RUN_ONCE);
+    httpc_free(c);
+    loop_close();
+    if (a.err < 0) {
+        snprintf(err, errlen, "%s: %s", addr,
+                 a.err == PZ_EPROTO ? "bad HTTP response"
+                                    : pz_strerror(a.err));
+        pz_buf_free(&a.body);
+        return -1;
+    }
+    *body = a.body;
+    return a.status;
+}
+
+/* Split "http://host:port[/...]" into "host:port" (default port 80);
+ * returns 0 or PZ_EINVAL. */
+static int mandi_hostport(const char *url, char *out, size_t outlen)
+{
+    const char *p = url;
+    if (strncmp(p, "http://", 7) == 0)
+        p += 7;
+    else if (strstr(p, "://") != NULL)
+        return PZ_EINVAL; /* https and others: not supported */
+    size_t n = strcspn(p, "/");
+    char hp[300];
+    if (n == 0 || n >= sizeof hp)
+        return PZ_EINVAL;
+    memcpy(hp, p, n);
+    hp[n] = '\0';
+    const char *colon = strrchr(hp, ':');
+    const char *close = strrchr(hp, ']');
+    bool has_port = colon && (close == NULL || colon > close);
+    if (has_port && colon[1] == '\0')
+        return PZ_EINVAL;
+    if (hp[0] == ':' || (hp[0] == '[' && close == NULL))
+        return PZ_EINVAL;
+    snprintf(out, outlen, has_port ? "%s" : "%s:80", hp);
+    return 0;
+}
+
+/* Ask mandi for the leader's gRPC or HTTP address (field "grpc_addr" or
+ * "http_addr"). Mandi's answer is held to the rules nodes hold it to
+ * (mandi_codec.h). Returns 0 or -1. */
+static int discover_field(const char *mandi, const char *field,
+                          uint64_t deadline, char *addr, size_t addrlen,
+                          char *err, size_t errlen)
+{
+    char hostport[300], msg[400];
+    struct pz_buf body;
+    if (mandi_hostport(mandi, hostport, sizeof hostport) < 0) {
+        snprintf(err, errlen, "bad mandi address '%s' (want http://host:port)",
+                 mandi);
+        return -1;
+    }
+    int status = http_request("GET", hostport, "/leader", NULL, deadline,
+                              &body, msg, sizeof msg);
+    if (status < 0) {
+        snprintf(err, errlen, "leader discovery through %s failed: %s", mandi,
+                 msg);
+        return -1;
+    }
+    int rv = -1;
+    struct mandi_leader l;
+    char why[128];
+    if (status == 404) {
+        snprintf(err, errlen, "no leader available (mandi at %s)", mandi);
+    } else if (status != 200) {
+        snprintf(err, errlen, "leader discovery through %s: HTTP %d", mandi,
+                 status);
+    } else if (mandi_parse_leader(body.data ? body.data : "", body.len, &l,
+                                  why, sizeof why) < 0) {
+        snprintf(err, errlen, "mandi at %s gave no leader %s: %s", mandi,
+                 field, why);
+    } else {
+        const char *v = strcmp(field, "grpc_addr") == 0 ? l.grpc_addr
+                                                        : l.http_addr;
+        if (v[0] == '\0') {
+            snprintf(err, errlen, "mandi at %s gave no leader %s", mandi,
+                     field);
+        } else {
+            snprintf(addr, addrlen, "%s", v);
+            rv = 0;
+        }
+    }
+    pz_buf_free(&body);
+    return rv;
+}
+
+static int discover(const char *mandi, uint64_t deadline, char *addr,
+                    size_t addrlen, char *err, size_t errlen)
+{
+    return discover_field(mandi, "grpc_addr", deadline, addr, addrlen, err,
+                          errlen);
+}
+
 /* --- the call
  * ------------------------------------------------------------------ */
 
@@ -370,12 +300,6 @@ struct cli_call {
     struct grpc_call call; /* the RPC */
     bool done;             /* its callback ran */
 };
-
-static void on_prepare(uv_prepare_t *h)
-{
-    PZ_UNUSED(h);
-    conn_before_sleep();
-}
 
 static void on_call_done(struct grpc_call *call)
 {
@@ -387,19 +311,12 @@ static void on_call_done(struct grpc_call *call)
 static int rpc(const char *addr, const char *path, const void *msg, size_t len,
                uint64_t deadline, struct cli_call *c, char *err, size_t errlen)
 {
-    uv_loop_t loop;
-    uv_prepare_t prep;
     uint64_t now = now_ms();
     if (now >= deadline) {
         snprintf(err, errlen, "timed out");
         return -1;
     }
-    uv_loop_init(&loop);
-    struct conn_limits lim = {.high_water = 1 << 20,
-                              .hard_limit = (size_t)1 << 30};
-    conn_setup(&loop, &lim);
-    uv_prepare_init(&loop, &prep);
-    uv_prepare_start(&prep, on_prepare);
+    loop_open();
     struct grpc_client *cl =
         grpc_client_new(&loop, addr, KV_VALUE_MAX + (1 << 16));
     struct grpc_call_opts opts = {.timeout_ms = deadline - now};
@@ -412,12 +329,7 @@ static int rpc(const char *addr, const char *path, const void *msg, size_t len,
     while (rv == 0 && !c->done)
         uv_run(&loop, UV_RUN_ONCE);
     grpc_client_close(cl);
-    conn_close_outbound();
-    while (conn_count() > 0)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&prep, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
+    loop_close();
     return rv < 0 ? -1 : 0;
 }
 
@@ -459,39 +371,52 @@ static int usage_error(const char *fmt, const char *arg)
     return 1;
 }
 
-static void print_members(const char *json)
+/* A member's string field, "" when absent (pz_free it). */
+static char *member_str(const struct json_val *m, const char *name)
 {
-    cJSON *j = cJSON_Parse(json);
-    cJSON *ms = j ? cJSON_GetObjectItemCaseSensitive(j, "members") : NULL;
+    struct json_val v;
+    size_t len;
+    if (!json_get(m, name, &v) || v.type != JSON_STRING)
+        return pz_strdup("");
+    return json_strdup(&v, &len);
+}
+
+static bool member_true(const struct json_val *m, const char *name)
+{
+    struct json_val v;
+    return json_get(m, name, &v) && v.type == JSON_TRUE;
+}
+
+/* GET /cluster's answer as a table. */
+static void print_members(const char *json, size_t len)
+{
+    struct json_val root, ms, m;
+    struct json_iter it;
     printf("%-16s %-6s %-6s %-22s %-22s %-22s %10s %10s\n", "ID", "VOTER",
            "LEADER", "RAFT", "HTTP", "GRPC", "MATCH", "CONTACT");
-    cJSON *m;
-    cJSON_ArrayForEach(m, ms)
-    {
-        const char *f[4] = {"id", "raft_addr", "http_addr", "grpc_addr"};
-        const char *v[4];
-        for (int k = 0; k < 4; k++) {
-            cJSON *x = cJSON_GetObjectItemCaseSensitive(m, f[k]);
-            v[k] = cJSON_IsString(x) ? x->valuestring : "";
-        }
-        cJSON *match = cJSON_GetObjectItemCaseSensitive(m, "match_index");
-        cJSON *contact =
-            cJSON_GetObjectItemCaseSensitive(m, "last_contact_ms");
+    if (json_parse(json, len, &root) < 0 || !json_get(&root, "members", &ms))
+        return;
+    json_iter_init(&it, &ms);
+    while (json_iter_next(&it, NULL, &m)) {
+        static const char *const f[4] = {"id", "raft_addr", "http_addr",
+                                         "grpc_addr"};
+        char *v[4];
+        for (int k = 0; k < 4; k++)
+            v[k] = member_str(&m, f[k]);
+        struct json_val x;
+        uint64_t n;
         char mb[24] = "-", cb[24] = "-";
-        if (cJSON_IsNumber(match))
-            snprintf(mb, sizeof mb, "%.0f", match->valuedouble);
-        if (cJSON_IsNumber(contact))
-            snprintf(cb, sizeof cb, "%.0fms", contact->valuedouble);
+        if (json_get(&m, "match_index", &x) && json_u64(&x, &n) == 0)
+            snprintf(mb, sizeof mb, "%llu", (unsigned long long)n);
+        if (json_get(&m, "last_contact_ms", &x) && json_u64(&x, &n) == 0)
+            snprintf(cb, sizeof cb, "%llums", (unsigned long long)n);
         printf("%-16s %-6s %-6s %-22s %-22s %-22s %10s %10s\n", v[0],
-               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "voter"))
-                   ? "yes"
-                   : "no",
-               cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "leader"))
-                   ? "yes"
-                   : "",
-               v[1], v[2], v[3], mb, cb);
+               member_true(&m, "voter") ? "yes" : "no",
+               member_true(&m, "leader") ? "yes" : "", v[1], v[2], v[3], mb,
+               cb);
+        for (int k = 0; k < 4; k++)
+            pz_free(v[k]);
     }
-    cJSON_Delete(j);
 }
 
 /* members / remove ID / transfer ID over the node's HTTP API. */
@@ -499,7 +424,7 @@ static int membership(const char *cmd, const char *id, const char *http,
                       const char *mandi, const char *token,
                       uint64_t deadline)
 {
-    char err[512], target[300], host[256], path[512];
+    char err[512], target[MANDI_ADDR_MAX + 1], host[256];
     int port;
     if (http) {
         snprintf(target, sizeof target, "%s", http);
@@ -518,23 +443,24 @@ static int membership(const char *cmd, const char *id, const char *http,
         fprintf(stderr, "pyazdb-cli: bad HTTP address '%s'\n", target);
         return 1;
     }
-    if (strcmp(host, "0.0.0.0") == 0)
-        snprintf(host, sizeof host, "127.0.0.1");
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%d", port);
     const char *method = "GET";
+    struct pz_buf path;
+    pz_buf_init(&path);
     if (cmd[0] == 'm') {
-        snprintf(path, sizeof path, "/cluster");
+        pz_buf_appendf(&path, "/cluster");
     } else if (cmd[0] == 'r') {
         method = "DELETE";
-        snprintf(path, sizeof path, "/cluster/members/%s", id);
+        pz_buf_appendf(&path, "/cluster/members/");
+        http_pct_encode(&path, id, strlen(id));
     } else {
         method = "POST";
-        snprintf(path, sizeof path, "/cluster/transfer?to=%s", id);
+        pz_buf_appendf(&path, "/cluster/transfer?to=");
+        http_pct_encode(&path, id, strlen(id));
     }
     struct pz_buf body;
-    int st = http_request(method, host, portstr, path, token, deadline,
-                          &body, err, sizeof err);
+    int st = http_request(method, target, path.data, token, deadline, &body,
+                          err, sizeof err);
+    pz_buf_free(&path);
     if (st < 0) {
         fprintf(stderr, "pyazdb-cli: %s\n", err);
         return 1;
@@ -542,7 +468,7 @@ static int membership(const char *cmd, const char *id, const char *http,
     pz_buf_append(&body, "", 1);
     int code = 0;
     if (cmd[0] == 'm' && st == 200) {
-        print_members(body.data);
+        print_members(body.data, body.len - 1);
     } else if (cmd[0] != 'm' && st == 204) {
         if (cmd[0] == 'r')
             printf("Removed '%s'\n", id);
@@ -653,7 +579,7 @@ int main(int argc, char **argv)
     }
 
     uint64_t deadline = now_ms() + timeout_ms;
-    char err[512], target[300], addr[300];
+    char err[512], target[MANDI_ADDR_MAX + 1], addr[MANDI_ADDR_MAX + 1];
     if (addr_opt) {
         snprintf(target, sizeof target, "%s", addr_opt);
     } else {

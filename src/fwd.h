@@ -1,9 +1,10 @@
 /* fwd.h - forwarding of HTTP requests from a follower to the leader.
  *
- * One kept-alive HTTP/1.1 connection per leader address carries every
- * forwarded request, pipelined, with the responses matched in order. No
- * connection is opened per request and nothing asks mandi. The whole
+ * One kept-alive HTTP/1.1 connection per leader address (httpc.h) carries
+ * every forwarded request, pipelined, with the responses matched in order.
+ * No connection is opened per request and nothing asks mandi. The whole
  * response (status, Content-Type, Allow, body) comes back to the caller.
+ * A request is sent once: a write must not be applied twice.
  *
  * A forwarded request carries `X-Pyazdb-Forwarded: 1`; a node that gets one
  * while it is not the leader answers 503 rather than forwarding again, so a
@@ -17,14 +18,15 @@
 #ifndef PZ_FWD_H
 #define PZ_FWD_H
 
+#include <uv.h>
+
 #include "pz.h"
-#include "queue.h"
 
 #define FWD_HEADER "X-Pyazdb-Forwarded"
 #define FWD_MAX_HEADER_BYTES (64 * 1024) /* status line + headers */
 #define FWD_MAX_BODY (64u * 1024 * 1024) /* response body */
 
-struct fwd_slot;
+struct fwd_link;
 struct fwd_req;
 /* status 0: the response is in the fields below; < 0: the leader could not
  * be reached or the connection broke before the response (PZ_EIO), the
@@ -41,20 +43,22 @@ struct fwd_req {
                                frees with pz_buf_free) */
     const char *auth;       /* set before fwd_send: bearer token sent as
                                Authorization (NULL or "": none) */
-    struct fwd_slot *slot;  /* internal: NULL when not in flight */
+    struct fwd_link *link;  /* internal: NULL when not in flight */
+    uint64_t id;            /* internal: the request on link */
 };
 
-/* Every request must be answered within timeout_ms of being sent (0: no
- * limit, the default). */
-void fwd_setup(uint64_t timeout_ms);
+/* Forwarding runs on loop; every request must be answered within
+ * timeout_ms of being sent (0: no limit, the default). */
+void fwd_setup(uv_loop_t *loop, uint64_t timeout_ms);
 /* Send method target (the original request target, e.g. "/set") with body
- * to addr ("host:port"). Returns 0 (cb later, never from inside the call)
- * or PZ_EINVAL for a bad address. */
+ * to addr ("host:port"). Returns 0: cb comes later, never from inside the
+ * call (an address that cannot be dialled fails it with PZ_EIO). */
 int fwd_send(struct fwd_req *r, const char *addr, const char *method,
              const char *target, const char *body, size_t blen, fwd_cb cb);
 /* Forget r: no callback will come. Idempotent. */
 void fwd_cancel(struct fwd_req *r);
-/* Shutdown: close every forwarding connection (their requests fail). */
+/* Shutdown: close every forwarding connection; their requests fail (at
+ * once, from inside the call). */
 void fwd_close_all(void);
 
 #endif

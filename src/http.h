@@ -1,15 +1,21 @@
-/* http.h - the HTTP/1.1 key-value API on a listener (COMPAT.md's node API
- * plus /health and /status). */
+/* http.h - the node's HTTP/1.1 key-value API on a listener (COMPAT.md's
+ * node API plus /health, /status, /cluster and the admin endpoints), on
+ * httpd.h's request loop. */
 #ifndef PZ_HTTP_H
 #define PZ_HTTP_H
 
-#include "conn.h"
 #include "config.h"
+#include "httpd.h"
 
-/* Listen on cfg->http_addr. Returns 0 or a negative code, message in err. */
-int http_start(struct conn_listener *ls, const struct pz_config *cfg,
-               char *err, size_t errlen);
-/* Shutdown: close idle connections now, the others after their reply. */
-void http_drain(struct conn_listener *ls);
+/* Listen on cfg->http_addr. cfg is borrowed for as long as the server
+ * runs (limits, the cluster token); started is conn_now() when the server
+ * started (/status reports the uptime from it). Returns 0 or a negative
+ * code, message in err. */
+int http_start(struct httpd *srv, const struct pz_config *cfg,
+               uint64_t started, char *err, size_t errlen);
+/* Shutdown: stop accepting, close idle connections now, the others after
+ * their reply, and keep none alive from now on. Safe when http_start()
+ * did not run or failed. */
+void http_drain(struct httpd *srv);
 
 #endif

@@ -4,10 +4,10 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <stdio.h>
-#include <sys/types.h>
 #include <string.h>
 
-#define JSON_MAX_DEPTH 64
+#include "json.h"
+
 /* Blank lines tolerated before a request without counting as its start
  * (one CRLF after a body, as some old clients send). */
 #define BLANK_BYTES_OK 4
@@ -413,310 +413,20 @@ err:
     return PZ_EINVAL;
 }
 
-/* --- a small strict JSON reader for the API's flat objects ---------------- */
-
-struct json {
-    const char *s;   /* document */
-    size_t n;        /* its length */
-    size_t i;        /* read position */
-};
-
-static void ws(struct json *j)
+void http_pct_encode(struct pz_buf *out, const char *s, size_t n)
 {
-    while (j->i < j->n && (j->s[j->i] == ' ' || j->s[j->i] == '\t' ||
-                           j->s[j->i] == '\n' || j->s[j->i] == '\r'))
-        j->i++;
-}
-
-static void put_utf8(struct pz_buf *out, uint32_t cp)
-{
-    uint8_t b[4];
-    size_t n;
-    if (cp < 0x80) {
-        b[0] = (uint8_t)cp;
-        n = 1;
-    } else if (cp < 0x800) {
-        b[0] = (uint8_t)(0xC0 | (cp >> 6));
-        b[1] = (uint8_t)(0x80 | (cp & 0x3F));
-        n = 2;
-    } else if (cp < 0x10000) {
-        b[0] = (uint8_t)(0xE0 | (cp >> 12));
-        b[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
-        b[2] = (uint8_t)(0x80 | (cp & 0x3F));
-        n = 3;
-    } else {
-        b[0] = (uint8_t)(0xF0 | (cp >> 18));
-        b[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
-        b[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
-        b[3] = (uint8_t)(0x80 | (cp & 0x3F));
-        n = 4;
-    }
-    pz_buf_append(out, b, n);
-}
-
-static int hex4(struct json *j, uint32_t *cp)
-{
-    if (j->n - j->i < 4)
-        return -1;
-    uint32_t v = 0;
-    for (int k = 0; k < 4; k++) {
-        int h = hexval((unsigned char)j->s[j->i + (size_t)k]);
-        if (h < 0)
-            return -1;
-        v = v * 16 + (uint32_t)h;
-    }
-    j->i += 4;
-    *cp = v;
-    return 0;
-}
-
-/* Reads a string at j->i (which is '"'); decoded bytes go to out if not
- * NULL. */
-static int json_string(struct json *j, struct pz_buf *out)
-{
-    j->i++; /* opening quote */
-    while (j->i < j->n) {
-        unsigned char c = (unsigned char)j->s[j->i++];
-        if (c == '"')
-            return 0;
-        if (c < 0x20)
-            return -1; /* control characters must be escaped */
-        if (c != '\\') {
-            if (out)
-                pz_buf_append(out, &c, 1);
-            continue;
-        }
-        if (j->i >= j->n)
-            return -1;
-        char e = j->s[j->i++];
-        char lit;
-        switch (e) {
-        case '"': lit = '"'; break;
-        case '\\': lit = '\\'; break;
-        case '/': lit = '/'; break;
-        case 'b': lit = '\b'; break;
-        case 'f': lit = '\f'; break;
-        case 'n': lit = '\n'; break;
-        case 'r': lit = '\r'; break;
-        case 't': lit = '\t'; break;
-        case 'u': {
-            uint32_t cp, lo;
-            if (hex4(j, &cp))
-                return -1;
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                /* RFC 8259 §7: a surrogate pair escapes one code point. */
-                if (j->n - j->i < 6 || j->s[j->i] != '\\' ||
-                    j->s[j->i + 1] != 'u')
-                    return -1;
-                j->i += 2;
-                if (hex4(j, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-                    return -1;
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                return -1; /* a lone low surrogate */
-            }
-            if (out)
-                put_utf8(out, cp);
-            continue;
-        }
-        default:
-            return -1;
-        }
-        if (out)
-            pz_buf_append(out, &lit, 1);
-    }
-    return -1; /* unterminated */
-}
-
-static int json_value(struct json *j, int depth);
-
-static int json_number(struct json *j)
-{
-    size_t i = j->i;
-    if (i < j->n && j->s[i] == '-')
-        i++;
-    if (i >= j->n || !isdigit((unsigned char)j->s[i]))
-        return -1;
-    if (j->s[i] == '0')
-        i++;
-    else
-        while (i < j->n && isdigit((unsigned char)j->s[i]))
-            i++;
-    if (i < j->n && j->s[i] == '.') {
-        i++;
-        if (i >= j->n || !isdigit((unsigned char)j->s[i]))
-            return -1;
-        while (i < j->n && isdigit((unsigned char)j->s[i]))
-            i++;
-    }
-    if (i < j->n && (j->s[i] == 'e' || j->s[i] == 'E')) {
-        i++;
-        if (i < j->n && (j->s[i] == '+' || j->s[i] == '-'))
-            i++;
-        if (i >= j->n || !isdigit((unsigned char)j->s[i]))
-            return -1;
-        while (i < j->n && isdigit((unsigned char)j->s[i]))
-            i++;
-    }
-    j->i = i;
-    return 0;
-}
-
-static int json_literal(struct json *j, const char *lit)
-{
-    size_t l = strlen(lit);
-    if (j->n - j->i < l || memcmp(j->s + j->i, lit, l) != 0)
-        return -1;
-    j->i += l;
-    return 0;
-}
-
-/* Object members are reported through these when depth == 1. */
-struct json_want {
-    const char *const *names;
-    size_t n;
-    char **vals;
-    size_t *lens;
-    char *types;
-};
-
-static int json_object(struct json *j, int depth, struct json_want *w)
-{
-    j->i++; /* '{' */
-    ws(j);
-    if (j->i < j->n && j->s[j->i] == '}') {
-        j->i++;
-        return 0;
-    }
-    struct pz_buf name;
-    pz_buf_init(&name);
-    for (;;) {
-        ws(j);
-        if (j->i >= j->n || j->s[j->i] != '"')
-            goto err;
-        pz_buf_reset(&name);
-        if (json_string(j, w ? &name : NULL))
-            goto err;
-        ws(j);
-        if (j->i >= j->n || j->s[j->i] != ':')
-            goto err;
-        j->i++;
-        ws(j);
-        ssize_t slot = -1;
-        if (w) {
-            for (size_t k = 0; k < w->n; k++)
-                if (strlen(w->names[k]) == name.len &&
-                    memcmp(w->names[k], name.data, name.len) == 0)
-                    slot = (ssize_t)k;
-        }
-        if (slot >= 0 && j->i < j->n && j->s[j->i] == '"') {
-            struct pz_buf v;
-            pz_buf_init(&v);
-            if (json_string(j, &v)) {
-                pz_buf_free(&v);
-                goto err;
-            }
-            pz_free(w->vals[slot]);
-            w->vals[slot] = pz_memdup(v.data ? v.data : "", v.len);
-            w->lens[slot] = v.len;
-            w->types[slot] = 's';
-            pz_buf_free(&v);
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+            (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' ||
+            ch == '~') {
+            pz_buf_append(out, &ch, 1);
         } else {
-            if (json_value(j, depth + 1))
-                goto err;
-            if (slot >= 0) {
-                pz_free(w->vals[slot]);
-                w->vals[slot] = NULL;
-                w->lens[slot] = 0;
-                w->types[slot] = 'o';
-            }
+            char e[3] = {'%', hex[ch >> 4], hex[ch & 15]};
+            pz_buf_append(out, e, 3);
         }
-        ws(j);
-        if (j->i < j->n && j->s[j->i] == ',') {
-            j->i++;
-            continue;
-        }
-        if (j->i < j->n && j->s[j->i] == '}') {
-            j->i++;
-            break;
-        }
-        goto err;
     }
-    pz_buf_free(&name);
-    return 0;
-err:
-    pz_buf_free(&name);
-    return -1;
-}
-
-static int json_value(struct json *j, int depth)
-{
-    if (depth > JSON_MAX_DEPTH)
-        return -1;
-    ws(j);
-    if (j->i >= j->n)
-        return -1;
-    switch (j->s[j->i]) {
-    case '{':
-        return json_object(j, depth, NULL);
-    case '[':
-        j->i++;
-        ws(j);
-        if (j->i < j->n && j->s[j->i] == ']') {
-            j->i++;
-            return 0;
-        }
-        for (;;) {
-            if (json_value(j, depth + 1))
-                return -1;
-            ws(j);
-            if (j->i < j->n && j->s[j->i] == ',') {
-                j->i++;
-                continue;
-            }
-            if (j->i < j->n && j->s[j->i] == ']') {
-                j->i++;
-                return 0;
-            }
-            return -1;
-        }
-    case '"':
-        return json_string(j, NULL);
-    case 't':
-        return json_literal(j, "true");
-    case 'f':
-        return json_literal(j, "false");
-    case 'n':
-        return json_literal(j, "null");
-    default:
-        return json_number(j);
-    }
-}
-
-int http_json_strings(const char *doc, size_t len, const char *const *names,
-                      size_t n, char **vals, size_t *lens, char *types)
-{
-    struct json j = {doc, len, 0};
-    struct json_want w = {names, n, vals, lens, types};
-    for (size_t k = 0; k < n; k++) {
-        vals[k] = NULL;
-        lens[k] = 0;
-        types[k] = 'n';
-    }
-    ws(&j);
-    if (j.i >= j.n || j.s[j.i] != '{' || json_object(&j, 1, &w))
-        goto err;
-    ws(&j);
-    if (j.i != j.n)
-        goto err; /* trailing garbage */
-    return 0;
-err:
-    for (size_t k = 0; k < n; k++) {
-        pz_free(vals[k]);
-        vals[k] = NULL;
-        types[k] = 'n';
-    }
-    return PZ_EINVAL;
 }
 
 /* --- the key-value API ---------------------------------------------------- */
@@ -745,34 +455,37 @@ static void key_from_query(const struct http_req *req, struct http_op *op)
         op_error(op, 400, "Missing key parameter");
 }
 
-/* Key (and value) from a JSON body (POST /set, POST /delete). */
+/* Key (and value) from a JSON body (POST /set, POST /delete): an object
+ * whose members "key" and "value" are strings, decoded to bytes (\u0000
+ * included); other members are ignored, the last of repeated ones counts. */
 static void key_from_json(const struct http_req *req, struct http_op *op,
                           bool want_value)
 {
-    static const char *const names[] = {"key", "value"};
-    char *vals[2];
-    size_t lens[2];
-    char types[2];
-    size_t n = want_value ? 2 : 1;
-    if (http_json_strings(req->body.data ? req->body.data : "", req->body.len,
-                          names, n, vals, lens, types) < 0) {
+    struct json_val root, k, v;
+    bool has_k, has_v = false;
+    if (json_parse(req->body.data ? req->body.data : "", req->body.len,
+                   &root) < 0 ||
+        root.type != JSON_OBJECT) {
         op_error(op, 400, "Invalid JSON");
         return;
     }
-    op->key = vals[0];
-    op->klen = lens[0];
-    if (want_value) {
-        op->value = vals[1];
-        op->vlen = lens[1];
-    }
+    has_k = json_get(&root, "key", &k);
+    if (want_value)
+        has_v = json_get(&root, "value", &v);
     /* The original decoded into Go strings: a non-string key or value was
      * a decoding error, an absent one the empty string. */
-    if (types[0] == 'o' || (want_value && types[1] == 'o'))
+    if ((has_k && k.type != JSON_STRING) || (has_v && v.type != JSON_STRING)) {
         op_error(op, 400, "Invalid JSON");
-    else if (op->key == NULL || op->klen == 0)
+        return;
+    }
+    if (has_k)
+        op->key = json_strdup(&k, &op->klen);
+    if (op->key == NULL || op->klen == 0) {
         op_error(op, 400, "Missing key field");
-    else if (want_value && op->value == NULL)
-        op->value = pz_strdup("");
+        return;
+    }
+    if (want_value)
+        op->value = has_v ? json_strdup(&v, &op->vlen) : pz_strdup("");
 }
 
 void http_api_decode(const struct http_req *req,

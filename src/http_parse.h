@@ -108,23 +108,14 @@ int http_url_path(const char *url, size_t urllen, struct pz_buf *path);
 int http_query_get(const char *url, size_t urllen, const char *name,
                    char **val, size_t *len);
 
-/* The flat JSON objects of the API: {"key": "...", "value": "..."}.
- * Parses a whole JSON document (strict RFC 8259 syntax, nesting up to 64
- * levels), which must be an object, and returns its top-level string
- * members listed in names[] (a repeated member: the last one counts, as
- * in most parsers), decoded to bytes (\u0000 and
- * surrogate pairs included) in vals[i]/lens[i] (pz_free each), or NULL when
- * absent. types[i] tells what the member was: 's' string, 'n' absent,
- * 'o' another JSON type. Returns 0 or PZ_EINVAL on a syntax error. */
-int http_json_strings(const char *doc, size_t len, const char *const *names,
-                      size_t n, char **vals, size_t *lens, char *types);
-
 /* Append a percent-decoded copy of s[0..n) to out; PZ_EINVAL on a bad
  * escape. '+' is a space in query strings only (plus_is_space). */
 int http_pct_decode(struct pz_buf *out, const char *s, size_t n,
                     bool plus_is_space);
-
-#endif
+/* Append s[0..n) to out percent-encoded for a path segment or a query
+ * value: every byte but the unreserved ones (RFC 3986: letters, digits,
+ * '-', '.', '_', '~') becomes %XX. */
+void http_pct_encode(struct pz_buf *out, const char *s, size_t n);
 
 /* --- the key-value API's requests ------------------------------------------
  * http_api_decode() turns a complete request into what to do, applying
@@ -164,3 +155,5 @@ struct http_op {
 void http_api_decode(const struct http_req *req,
                      const struct http_api_limits *lim, struct http_op *op);
 void http_op_free(struct http_op *op);
+
+#endif

@@ -1,13 +1,14 @@
-/* mandi.c - the discovery service: its HTTP API on conn.c, its in-memory
- * state (the leader, the join requests) with their expiry, the JSON codec
- * it shares with mandi_client.c, and mandi mode's own loop (mandi_run).
+/* mandi.c - the discovery service: its HTTP routes and handlers (on the
+ * request loop of httpd.c), its in-memory state (the leader, the join
+ * requests) with their expiry, the term rule, and mandi mode's own loop
+ * (mandi_run). The wire types and their codec are mandi_codec.c's.
  *
- * Happy path: a request is parsed (http_parse.h), answered at once from
- * memory (nothing here waits), and the next pipelined request is served;
- * connections are kept alive. The leader expires leader_ttl after its last
- * PUT, a join request join_ttl after it was posted; a timer drops expired
- * entries every sweep_ms, and every read checks the deadline again so an
- * expired entry is never served between two sweeps.
+ * Happy path: httpd hands over a complete request, it is answered at once
+ * from memory (nothing here waits), and the next pipelined request is
+ * served; connections are kept alive. The leader expires leader_ttl after
+ * its last PUT, a join request join_ttl after it was posted; a timer drops
+ * expired entries every sweep_ms, and every read checks the deadline again
+ * so an expired entry is never served between two sweeps.
  *
  * Failure modes: a malformed request (HTTP syntax, body or headers over
  * the limits) gets its 4xx and the connection closes after the reply; an
@@ -18,561 +19,19 @@
  * the leader is known again after its next PUT, joiners post again. */
 #include "mandi.h"
 
-#include <cJSON.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "conn.h"
 #include "http_parse.h"
+#include "httpd.h"
 #include "log.h"
+#include "mandi_codec.h"
 
 #define CLOSE_GRACE_MS 2000
-
-/* --- JSON codec ----------------------------------------------------------- */
-
-/* A cursor over a document that http_json_strings() has already accepted
- * (or, in mandi_parse_joins(), an array whose elements are then parsed one
- * by one); it checks bounds at every step and never recurses. */
-struct scan {
-    const char *s; /* document */
-    size_t n;      /* its length */
-    size_t i;      /* position */
-};
-
-static bool in_set(char ch, const char *set)
-{
-    return ch != '\0' && strchr(set, ch) != NULL;
-}
-
-static void sc_ws(struct scan *c)
-{
-    while (c->i < c->n && in_set(c->s[c->i], " \t\r\n"))
-        c->i++;
-}
-
-/* At the opening quote: move past the closing one. */
-static bool sc_string(struct scan *c)
-{
-    for (c->i++; c->i < c->n; c->i++) {
-        if (c->s[c->i] == '\\')
-            c->i++;
-        else if (c->s[c->i] == '"') {
-            c->i++;
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Move past one value of any type. */
-static bool sc_value(struct scan *c)
-{
-    if (c->i >= c->n)
-        return false;
-    char ch = c->s[c->i];
-    if (ch == '"')
-        return sc_string(c);
-    if (ch == '{' || ch == '[') {
-        int depth = 0;
-        while (c->i < c->n) {
-            ch = c->s[c->i];
-            if (ch == '"') {
-                if (!sc_string(c))
-                    return false;
-                continue;
-            }
-            if (ch == '{' || ch == '[')
-                depth++;
-            else if (ch == '}' || ch == ']')
-                depth--;
-            c->i++;
-            if (depth == 0)
-                return true;
-        }
-        return false;
-    }
-    size_t start = c->i;
-    /* A number or a literal. */
-    while (c->i < c->n && in_set(c->s[c->i], "0123456789+-.eEtruefalsn"))
-        c->i++;
-    return c->i > start;
-}
-
-static int hex_digit(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
-/* Does the raw (still escaped) key k equal the ASCII name? An escape that
- * stands for a character outside ASCII can never match. */
-static bool key_is(const char *k, size_t kl, const char *name)
-{
-    size_t j = 0, nl = strlen(name);
-    for (size_t i = 0; i < kl;) {
-        unsigned ch = (unsigned char)k[i++];
-        if (ch == '\\') {
-            if (i >= kl)
-                return false;
-            char e = k[i++];
-            switch (e) {
-            case 'b':
-                ch = '\b';
-                break;
-            case 'f':
-                ch = '\f';
-                break;
-            case 'n':
-                ch = '\n';
-                break;
-            case 'r':
-                ch = '\r';
-                break;
-            case 't':
-                ch = '\t';
-                break;
-            case 'u': {
-                unsigned cp = 0;
-                if (kl - i < 4)
-                    return false;
-                for (int d = 0; d < 4; d++) {
-                    int h = hex_digit(k[i++]);
-                    if (h < 0)
-                        return false;
-                    cp = cp * 16 + (unsigned)h;
-                }
-                ch = cp < 0x80 ? cp : 0x100;
-                break;
-            }
-            default:
-                ch = (unsigned char)e; /* " \ / */
-            }
-        }
-        if (j >= nl || ch != (unsigned char)name[j])
-            return false;
-        j++;
-    }
-    return j == nl;
-}
-
-/* The raw text of the last top-level member called name: 1 found, 0
- * absent, PZ_EINVAL if the document is not a well-formed object. */
-static int find_member(const char *doc, size_t len, const char *name,
-                       const char **val, size_t *vlen)
-{
-    if (http_json_strings(doc, len, NULL, 0, NULL, NULL, NULL) != 0)
-        return PZ_EINVAL;
-    struct scan c = {doc, len, 0};
-    int found = 0;
-    sc_ws(&c);
-    if (c.i >= c.n || c.s[c.i] != '{')
-        return PZ_EINVAL;
-    c.i++;
-    sc_ws(&c);
-    if (c.i < c.n && c.s[c.i] == '}')
-        return 0;
-    for (;;) {
-        sc_ws(&c);
-        if (c.i >= c.n || c.s[c.i] != '"')
-            return PZ_EINVAL;
-        size_t ks = c.i + 1;
-        if (!sc_string(&c))
-            return PZ_EINVAL;
-        size_t ke = c.i - 1;
-        sc_ws(&c);
-        if (c.i >= c.n || c.s[c.i] != ':')
-            return PZ_EINVAL;
-        c.i++;
-        sc_ws(&c);
-        size_t vs = c.i;
-        if (!sc_value(&c))
-            return PZ_EINVAL;
-        if (key_is(doc + ks, ke - ks, name)) {
-            *val = doc + vs;
-            *vlen = c.i - vs;
-            found = 1;
-        }
-        sc_ws(&c);
-        if (c.i < c.n && c.s[c.i] == ',') {
-            c.i++;
-            continue;
-        }
-        if (c.i < c.n && c.s[c.i] == '}')
-            return found;
-        return PZ_EINVAL;
-    }
-}
-
-static bool is_null(const char *v, size_t n)
-{
-    return n == 4 && memcmp(v, "null", 4) == 0;
-}
-
-int mandi_json_u64(const char *doc, size_t len, const char *name, uint64_t *out)
-{
-    const char *v;
-    size_t n;
-    int rv = find_member(doc, len, name, &v, &n);
-    if (rv <= 0)
-        return rv;
-    if (is_null(v, n))
-        return 0;
-    if (n == 0 || (v[0] == '0' && n > 1))
-        return PZ_EINVAL;
-    uint64_t x = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return PZ_EINVAL;
-        unsigned d = (unsigned)(v[i] - '0');
-        if (x > (UINT64_MAX - d) / 10)
-            return PZ_EINVAL;
-        x = x * 10 + d;
-    }
-    *out = x;
-    return 1;
-}
-
-/* --- what an id or an address may hold ----------------------------------
- * Ids and addresses come from anyone who can reach mandi (or, for the
- * nodes' client, from whatever answers as mandi), end up in logs, in JSON
- * answers and, for join requests, in the leader's membership proposals.
- * Text: valid UTF-8 without control characters (C0, DEL, C1, which holds
- * NEL), the Unicode line and paragraph separators, or the marks and
- * embeddings that reorder text on display: none of these belongs in a
- * node name, and each can make a log line or a terminal lie. */
-
-/* The next code point of s[0..n) at *i, strictly (no overlong forms, no
- * surrogates, nothing above U+10FFFF); -1 on invalid UTF-8. */
-static long utf8_next(const unsigned char *s, size_t n, size_t *i)
-{
-    unsigned c = s[(*i)++];
-    if (c < 0x80)
-        return (long)c;
-    int more;
-    unsigned long cp, min;
-    if (c >= 0xc2 && c <= 0xdf)
-        more = 1, cp = c & 0x1f, min = 0x80;
-    else if (c >= 0xe0 && c <= 0xef)
-        more = 2, cp = c & 0x0f, min = 0x800;
-    else if (c >= 0xf0 && c <= 0xf4)
-        more = 3, cp = c & 0x07, min = 0x10000;
-    else
-        return -1;
-    if (n - *i < (size_t)more)
-        return -1;
-    for (int k = 0; k < more; k++) {
-        unsigned cc = s[(*i)++];
-        if ((cc & 0xc0) != 0x80)
-            return -1;
-        cp = cp << 6 | (cc & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return -1;
-    return (long)cp;
-}
-
-static bool unsafe_code_point(long cp)
-{
-    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 ||
-           cp == 0x2029 || cp == 0x200e || cp == 0x200f ||
-           (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
-}
-
-/* NULL if s[0..n) is printable text as above, else what is wrong. */
-static const char *text_problem(const char *s, size_t n)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        long cp = utf8_next(u, n, &i);
-        if (cp < 0)
-            return "is not valid UTF-8";
-        if (unsafe_code_point(cp))
-            return "holds a control character";
-    }
-    return NULL;
-}
-
-static bool all_in(const char *s, size_t n, const char *set)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!in_set(s[i], set))
-            return false;
-    return true;
-}
-
-#define HOST_CHARS                                                             \
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
-
-/* Does s look like an address a node listens on? host:port, [v6]:port or
- * :port (a node's http-addr is ":8080" unless set), the port 1 to 65535 in
- * at most 5 digits; a host name or IPv4 address of letters, digits, '.',
- * '-' and '_'; an IPv6 address of hex digits, ':' and '.', with an
- * optional %zone. */
-static bool plausible_addr(const char *s)
-{
-    const char *colon = strrchr(s, ':');
-    if (colon == NULL)
-        return false;
-    const char *port = colon + 1;
-    size_t pl = strlen(port);
-    if (pl == 0 || pl > 5 || !all_in(port, pl, "0123456789"))
-        return false;
-    long p = strtol(port, NULL, 10);
-    if (p < 1 || p > 65535)
-        return false;
-    size_t hl = (size_t)(colon - s);
-    if (hl == 0 || s[0] != '[')
-        return all_in(s, hl, HOST_CHARS);
-    if (hl < 4 || s[hl - 1] != ']') /* "[::]" at least */
-        return false;
-    const char *a = s + 1;
-    size_t al = hl - 2;
-    const char *pct = memchr(a, '%', al);
-    size_t v6 = pct ? (size_t)(pct - a) : al;
-    if (v6 < 2 || !memchr(a, ':', v6) ||
-        !all_in(a, v6, "0123456789abcdefABCDEF:."))
-        return false;
-    return pct == NULL ||
-           (al - v6 > 1 && all_in(pct + 1, al - v6 - 1, HOST_CHARS));
-}
-
-enum { F_ID, F_ADDR, F_HTTP, F_GRPC, F_TIME, N_FIELDS };
-
-/* The string members of a LeaderInfo or a join request into dst[]: first
- * the JSON types, NUL bytes and lengths, then the id, then what each
- * member holds. The timestamp never fails a document (mandi sets its own);
- * one that is too long or not printable reads as "". */
-static int parse_fields(const char *doc, size_t len, const char *time_name,
-                        char *const dst[N_FIELDS], const size_t cap[N_FIELDS],
-                        char *why, size_t whylen)
-{
-    const char *const names[N_FIELDS] = {"id", "addr", "http_addr", "grpc_addr",
-                                         time_name};
-    char *vals[N_FIELDS];
-    size_t lens[N_FIELDS];
-    char types[N_FIELDS];
-    int rv = 0;
-    if (http_json_strings(doc, len, names, N_FIELDS, vals, lens, types)) {
-        snprintf(why, whylen, "invalid JSON");
-        return PZ_EINVAL;
-    }
-    for (int k = 0; k < N_FIELDS; k++)
-        dst[k][0] = '\0';
-    for (int k = 0; k < N_FIELDS && rv == 0; k++) {
-        if (types[k] == 'o') {
-            const char *v;
-            size_t n;
-            if (find_member(doc, len, names[k], &v, &n) == 1 && is_null(v, n))
-                continue;
-            if (k == F_TIME)
-                continue; /* mandi sets it: never fail on it */
-            snprintf(why, whylen, "'%s' must be a string", names[k]);
-            rv = PZ_EINVAL;
-        } else if (types[k] == 's') {
-            if (k == F_TIME &&
-                (lens[k] >= cap[k] || text_problem(vals[k], lens[k]) != NULL))
-                continue;
-            if (memchr(vals[k], '\0', lens[k])) {
-                snprintf(why, whylen, "'%s' holds a NUL character", names[k]);
-                rv = PZ_EINVAL;
-            } else if (lens[k] >= cap[k]) {
-                snprintf(why, whylen, "%s too long", names[k]);
-                rv = PZ_EINVAL;
-            } else {
-                memcpy(dst[k], vals[k], lens[k]);
-                dst[k][lens[k]] = '\0';
-            }
-        }
-    }
-    if (rv == 0 && dst[F_ID][0] == '\0') {
-        snprintf(why, whylen, "missing id");
-        rv = PZ_EINVAL;
-    }
-    for (int k = 0; k < F_TIME && rv == 0; k++) {
-        const char *problem = text_problem(dst[k], strlen(dst[k]));
-        if (problem) {
-            snprintf(why, whylen, "'%s' %s", names[k], problem);
-            rv = PZ_EINVAL;
-        } else if (k != F_ID && dst[k][0] && !plausible_addr(dst[k])) {
-            snprintf(why, whylen, "'%s' must be host:port", names[k]);
-            rv = PZ_EINVAL;
-        }
-    }
-    for (int k = 0; k < N_FIELDS; k++)
-        pz_free(vals[k]);
-    return rv;
-}
-
-int mandi_parse_leader(const char *doc, size_t len, struct mandi_leader *out,
-                       char *why, size_t whylen)
-{
-    char *const dst[N_FIELDS] = {out->id, out->addr, out->http_addr,
-                                 out->grpc_addr, out->updated_at};
-    const size_t cap[N_FIELDS] = {sizeof out->id, sizeof out->addr,
-                                  sizeof out->http_addr, sizeof out->grpc_addr,
-                                  sizeof out->updated_at};
-    out->term = 0;
-    int rv = parse_fields(doc, len, "updated_at", dst, cap, why, whylen);
-    if (rv < 0)
-        return rv;
-    if (mandi_json_u64(doc, len, "term", &out->term) < 0) {
-        snprintf(why, whylen, "'term' must be an unsigned integer");
-        return PZ_EINVAL;
-    }
-    return 0;
-}
-
-int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
-                     char *why, size_t whylen)
-{
-    char *const dst[N_FIELDS] = {out->id, out->addr, out->http_addr,
-                                 out->grpc_addr, out->started_at};
-    const size_t cap[N_FIELDS] = {sizeof out->id, sizeof out->addr,
-                                  sizeof out->http_addr, sizeof out->grpc_addr,
-                                  sizeof out->started_at};
-    int rv = parse_fields(doc, len, "started_at", dst, cap, why, whylen);
-    if (rv == 0 && out->addr[0] == '\0') {
-        /* The leader adds the node at this address: nothing to add. */
-        snprintf(why, whylen, "missing addr");
-        rv = PZ_EINVAL;
-    }
-    return rv;
-}
-
-int mandi_parse_joins(const char *doc, size_t len, size_t max,
-                      struct mandi_join **out, size_t *n, size_t *invalid,
-                      size_t *over)
-{
-    struct scan c = {doc, len, 0};
-    struct mandi_join *js = NULL;
-    size_t cap = 0, cnt = 0;
-    char why[128];
-    *out = NULL;
-    *n = *invalid = *over = 0;
-    sc_ws(&c);
-    if (c.i >= c.n || c.s[c.i] != '[')
-        return PZ_EINVAL;
-    c.i++;
-    sc_ws(&c);
-    if (c.i < c.n && c.s[c.i] == ']') {
-        c.i++;
-    } else {
-        for (;;) {
-            sc_ws(&c);
-            size_t vs = c.i;
-            if (!sc_value(&c))
-                goto err;
-            if (cnt >= max) {
-                (*over)++;
-            } else {
-                if (cnt == cap) {
-                    cap = PZ_MIN(cap ? 2 * cap : 8, max);
-                    js = pz_realloc(js, cap * sizeof *js);
-                }
-                if (mandi_parse_join(doc + vs, c.i - vs, &js[cnt], why,
-                                     sizeof why) == 0)
-                    cnt++;
-                else
-                    (*invalid)++;
-            }
-            sc_ws(&c);
-            if (c.i < c.n && c.s[c.i] == ',') {
-                c.i++;
-                continue;
-            }
-            if (c.i < c.n && c.s[c.i] == ']') {
-                c.i++;
-                break;
-            }
-            goto err;
-        }
-    }
-    sc_ws(&c);
-    if (c.i != c.n)
-        goto err;
-    if (cnt == 0) {
-        pz_free(js);
-        js = NULL;
-    }
-    *out = js;
-    *n = cnt;
-    return 0;
-err:
-    pz_free(js);
-    *invalid = *over = 0;
-    return PZ_EINVAL;
-}
-
-static void append_json(cJSON *o, struct pz_buf *out)
-{
-    char *s = cJSON_PrintUnformatted(o);
-    pz_assert(s != NULL);
-    pz_buf_append(out, s, strlen(s));
-    cJSON_free(s);
-    cJSON_Delete(o);
-}
-
-void mandi_leader_to_json(const struct mandi_leader *l, bool with_time,
-                          struct pz_buf *out)
-{
-    cJSON *o = cJSON_CreateObject();
-    char num[24];
-    cJSON_AddStringToObject(o, "id", l->id);
-    cJSON_AddStringToObject(o, "addr", l->addr);
-    cJSON_AddStringToObject(o, "http_addr", l->http_addr);
-    cJSON_AddStringToObject(o, "grpc_addr", l->grpc_addr);
-    /* Raw: cJSON's doubles would round terms above 2^53. */
-    snprintf(num, sizeof num, "%llu", (unsigned long long)l->term);
-    cJSON_AddRawToObject(o, "term", num);
-    if (with_time)
-        cJSON_AddStringToObject(o, "updated_at", l->updated_at);
-    append_json(o, out);
-}
-
-static cJSON *join_object(const struct mandi_join *j, bool with_time)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", j->id);
-    cJSON_AddStringToObject(o, "addr", j->addr);
-    cJSON_AddStringToObject(o, "http_addr", j->http_addr);
-    cJSON_AddStringToObject(o, "grpc_addr", j->grpc_addr);
-    if (with_time)
-        cJSON_AddStringToObject(o, "started_at", j->started_at);
-    return o;
-}
-
-void mandi_join_to_json(const struct mandi_join *j, bool with_time,
-                        struct pz_buf *out)
-{
-    append_json(join_object(j, with_time), out);
-}
-
-bool mandi_loglimit(struct mandi_loglimit *l, uint64_t now, uint64_t window_ms,
-                    unsigned burst, unsigned *dropped)
-{
-    *dropped = 0;
-    if (now < l->start || now - l->start >= window_ms) {
-        l->start = now;
-        l->used = 0;
-    }
-    if (l->used >= burst) {
-        l->dropped++;
-        return false;
-    }
-    l->used++;
-    *dropped = l->dropped;
-    l->dropped = 0;
-    return true;
-}
 
 /* --- the term rule (mandi.h) ---------------------------------------------- */
 
@@ -615,21 +74,11 @@ struct join_entry {
     uint64_t expires;    /* uv_now() at which it is forgotten */
 };
 
-struct mandi_conn {
-    struct mandi *m;      /* owner */
-    struct conn *c;       /* our connection */
-    struct http_parser p; /* request parser */
-    struct pz_buf in;     /* received bytes not yet parsed */
-    bool head;            /* serving a HEAD request: replies have no body */
-};
-
 struct mandi {
     uv_loop_t *loop;            /* borrowed */
     struct mandi_opts o;        /* copy; o.token points to token */
     char *token;                /* owned copy, NULL when writes are open */
-    size_t token_len;           /* its length */
-    struct http_limits lim;     /* request parsing limits */
-    struct conn_listener ls;    /* accepts clients; ls.data == this */
+    struct httpd http;          /* the HTTP server; http.data == this */
     int port;                   /* bound port */
     uv_timer_t timer;           /* sweep; while closing, the grace deadline */
     uv_check_t check;           /* closing: waits for the last connection */
@@ -638,8 +87,8 @@ struct mandi {
     uint64_t leader_expires;    /* uv_now() at which it is forgotten */
     struct pz_queue joins;      /* struct join_entry, oldest first */
     size_t n_joins;             /* length of joins */
-    struct mandi_loglimit loglim; /* log lines that requests trigger */
-    struct mandi_terms terms;     /* the term rule's memory (mandi.h) */
+    struct pz_ratelimit loglim; /* log lines that requests trigger */
+    struct mandi_terms terms;   /* the term rule's memory (mandi.h) */
     bool closing;               /* mandi_close was called */
     void (*close_cb)(void *);   /* mandi_close's callback */
     void *close_data;           /* its argument */
@@ -677,7 +126,7 @@ static void wall_clock(char *buf, size_t len)
 static bool log_ok(struct mandi *m)
 {
     unsigned dropped;
-    bool ok = mandi_loglimit(&m->loglim, now_ms(m), LOG_WINDOW_MS, LOG_BURST,
+    bool ok = pz_ratelimit(&m->loglim, now_ms(m), LOG_WINDOW_MS, LOG_BURST,
                              &dropped);
     if (dropped)
         pz_warn("%u log lines about requests dropped (more than %d a "
@@ -755,130 +204,25 @@ static void on_sweep(uv_timer_t *t)
 
 /* --- HTTP ------------------------------------------------------------- */
 
-static const char *status_text(int status)
+static struct mandi *mandi_of(struct httpd_conn *hc)
 {
-    switch (status) {
-    case 200:
-        return "OK";
-    case 204:
-        return "No Content";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 409:
-        return "Conflict";
-    case 413:
-        return "Payload Too Large";
-    case 414:
-        return "URI Too Long";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 503:
-        return "Service Unavailable";
-    case 505:
-        return "HTTP Version Not Supported";
-    default:
-        return "Error";
-    }
+    return hc->srv->data;
 }
 
-struct reply {
-    int status;        /* HTTP status */
-    const char *ctype; /* Content-Type, NULL for 204 */
-    const char *body;  /* body bytes */
-    size_t blen;       /* their length */
-    const char *allow; /* Allow header (405), or NULL */
-    bool challenge;    /* add WWW-Authenticate (401) */
-    bool close;        /* Connection: close */
-};
-
-static void send_reply(struct mandi_conn *mc, const struct reply *r)
-{
-    struct pz_buf b;
-    pz_buf_init(&b);
-    pz_buf_appendf(&b, "HTTP/1.1 %d %s\r\n", r->status, status_text(r->status));
-    if (r->status != 204)
-        pz_buf_appendf(&b, "Content-Type: %s\r\nContent-Length: %zu\r\n",
-                       r->ctype, r->blen);
-    if (r->allow)
-        pz_buf_appendf(&b, "Allow: %s\r\n", r->allow);
-    if (r->challenge)
-        pz_buf_appendf(&b, "WWW-Authenticate: Bearer realm=\"mandi\"\r\n");
-    if (r->close)
-        pz_buf_appendf(&b, "Connection: close\r\n");
-    pz_buf_append(&b, "\r\n", 2);
-    if (r->status != 204 && !mc->head)
-        pz_buf_append(&b, r->body, r->blen);
-    conn_write(mc->c, b.data, b.len);
-    pz_buf_free(&b);
-}
-
-/* An error: one line of text. */
-static void send_text(struct mandi_conn *mc, int status, const char *line,
-                      bool close)
-{
-    char body[256];
-    int n = snprintf(body, sizeof body, "%s\n", line);
-    struct reply r = {.status = status,
-                      .ctype = "text/plain; charset=utf-8",
-                      .body = body,
-                      .blen = (size_t)PZ_MIN(n, (int)sizeof body - 1),
-                      .close = close};
-    send_reply(mc, &r);
-}
-
-static void send_json(struct mandi_conn *mc, struct pz_buf *json, bool close)
+static void send_json(struct httpd_conn *hc, struct pz_buf *json)
 {
     pz_buf_append(json, "\n", 1);
-    struct reply r = {.status = 200,
-                      .ctype = "application/json",
-                      .body = json->data,
-                      .blen = json->len,
-                      .close = close};
-    send_reply(mc, &r);
+    struct httpd_reply r = {.status = 200,
+                            .ctype = "application/json",
+                            .body = json->data,
+                            .blen = json->len};
+    httpd_reply(hc, &r);
 }
 
-static void send_204(struct mandi_conn *mc, bool close)
+static void send_204(struct httpd_conn *hc)
 {
-    struct reply r = {.status = 204, .close = close};
-    send_reply(mc, &r);
-}
-
-/* Compares in time that depends on the length of the expected token
- * only, never on where the first difference is. */
-static bool token_equal(const char *got, size_t glen, const char *want,
-                        size_t wlen)
-{
-    volatile unsigned char d = glen != wlen;
-    for (size_t i = 0; i < wlen; i++) {
-        unsigned char g = i < glen ? (unsigned char)got[i] : 0;
-        d |= (unsigned char)(g ^ (unsigned char)want[i]);
-    }
-    return d == 0;
-}
-
-/* Writes need `Authorization: Bearer <token>` when a token is set. */
-static bool authorized(struct mandi *m, const struct http_req *req)
-{
-    if (m->token == NULL)
-        return true;
-    const char *h = http_req_header(req, "authorization");
-    if (h == NULL)
-        return false;
-    h += strspn(h, " \t");
-    if (strncasecmp(h, "bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
-        return false;
-    h += 6;
-    h += strspn(h, " \t");
-    size_t n = strlen(h);
-    while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
-        n--;
-    return token_equal(h, n, m->token, m->token_len);
+    struct httpd_reply r = {.status = 204};
+    httpd_reply(hc, &r);
 }
 
 static const char *body_of(const struct http_req *req, size_t *len)
@@ -890,38 +234,37 @@ static const char *body_of(const struct http_req *req, size_t *len)
 /* Log a refused write (rate-limited). why is one of the parsers' fixed
  * reasons, never text from the request; the peer address is the
  * kernel's. */
-static void refused(struct mandi_conn *mc, const char *what, const char *why)
+static void refused(struct httpd_conn *hc, const char *what, const char *why)
 {
-    if (log_ok(mc->m))
-        pz_warn("refused %s from %s: %s", what, mc->c->peer, why);
+    if (log_ok(mandi_of(hc)))
+        pz_warn("refused %s from %s: %s", what, hc->c->peer, why);
 }
 
-static void get_leader(struct mandi_conn *mc, bool close)
+static void get_leader(struct httpd_conn *hc)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     expire_leader(m, now_ms(m));
     if (!m->have_leader) {
-        send_text(mc, 404, "leader not available", close);
+        httpd_text(hc, 404, "leader not available", NULL);
         return;
     }
     struct pz_buf b;
     pz_buf_init(&b);
     mandi_leader_to_json(&m->leader, true, &b);
-    send_json(mc, &b, close);
+    send_json(hc, &b);
     pz_buf_free(&b);
 }
 
-static void put_leader(struct mandi_conn *mc, const struct http_req *req,
-                       bool close)
+static void put_leader(struct httpd_conn *hc, const struct http_req *req)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     struct mandi_leader l;
     char why[128];
     size_t blen;
     const char *body = body_of(req, &blen);
     if (mandi_parse_leader(body, blen, &l, why, sizeof why) < 0) {
-        refused(mc, "PUT /leader", why);
-        send_text(mc, 400, why, close);
+        refused(hc, "PUT /leader", why);
+        httpd_text(hc, 400, why, NULL);
         return;
     }
     uint64_t now = now_ms(m);
@@ -934,10 +277,10 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
         if (log_ok(m))
             pz_warn("refused leader %s from %s at term %llu: implausible, "
                     "the highest recent term is %llu",
-                    ESC(id, l.id), mc->c->peer, (unsigned long long)l.term,
+                    ESC(id, l.id), hc->c->peer, (unsigned long long)l.term,
                     (unsigned long long)m->terms.hi);
         snprintf(why, sizeof why, "implausible term (at most %llu now)", most);
-        send_text(mc, 400, why, close);
+        httpd_text(hc, 400, why, NULL);
         return;
     }
     case MANDI_TERM_STALE:
@@ -946,14 +289,14 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
                     ESC(id, l.id), (unsigned long long)l.term,
                     ESC(holder, m->leader.id),
                     (unsigned long long)m->leader.term);
-        send_text(mc, 409, "stale term", close);
+        httpd_text(hc, 409, "stale term", NULL);
         return;
     case MANDI_TERM_DISPUTED:
         if (log_ok(m))
             pz_warn("leader %s at term %llu from %s replaces %s at term "
                     "%llu: more than %d terms apart, the higher one is not "
                     "plausible",
-                    ESC(id, l.id), (unsigned long long)l.term, mc->c->peer,
+                    ESC(id, l.id), (unsigned long long)l.term, hc->c->peer,
                     ESC(holder, m->leader.id),
                     (unsigned long long)m->leader.term, MANDI_TERM_JUMP);
         break;
@@ -974,38 +317,39 @@ static void put_leader(struct mandi_conn *mc, const struct http_req *req,
                 ESC(id, l.id), (unsigned long long)l.term, ESC(a, l.addr),
                 ESC(h, l.http_addr), ESC(g, l.grpc_addr));
     }
-    send_204(mc, close);
+    send_204(hc);
 }
 
-static void get_joins(struct mandi_conn *mc, bool close)
+static void get_joins(struct httpd_conn *hc)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     expire_joins(m, now_ms(m));
-    cJSON *a = cJSON_CreateArray();
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_append(&b, "[", 1);
     struct pz_queue *q;
     PZ_QUEUE_FOREACH(q, &m->joins)
     {
         struct join_entry *e = container_of(q, struct join_entry, q);
-        cJSON_AddItemToArray(a, join_object(&e->j, true));
+        if (b.len > 1)
+            pz_buf_append(&b, ",", 1);
+        mandi_join_to_json(&e->j, true, &b);
     }
-    struct pz_buf b;
-    pz_buf_init(&b);
-    append_json(a, &b);
-    send_json(mc, &b, close);
+    pz_buf_append(&b, "]", 1);
+    send_json(hc, &b);
     pz_buf_free(&b);
 }
 
-static void post_join(struct mandi_conn *mc, const struct http_req *req,
-                      bool close)
+static void post_join(struct httpd_conn *hc, const struct http_req *req)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     struct mandi_join j;
     char why[128];
     size_t blen;
     const char *body = body_of(req, &blen);
     if (mandi_parse_join(body, blen, &j, why, sizeof why) < 0) {
-        refused(mc, "POST /join-requests", why);
-        send_text(mc, 400, why, close);
+        refused(hc, "POST /join-requests", why);
+        httpd_text(hc, 400, why, NULL);
         return;
     }
     uint64_t now = now_ms(m);
@@ -1020,7 +364,7 @@ static void post_join(struct mandi_conn *mc, const struct http_req *req,
                 pz_warn("refused join request of %s: %zu pending "
                         "(mandi-max-join-requests)",
                         ESC(id, j.id), m->n_joins);
-            send_text(mc, 503, "too many join requests", close);
+            httpd_text(hc, 503, "too many join requests", NULL);
             return;
         }
         e = pz_malloc(sizeof *e);
@@ -1034,29 +378,28 @@ static void post_join(struct mandi_conn *mc, const struct http_req *req,
     e->j = j;
     e->expires = now + m->o.join_ttl_ms;
     pz_queue_push(&m->joins, &e->q);
-    send_204(mc, close);
+    send_204(hc);
 }
 
-static void delete_join(struct mandi_conn *mc, const struct http_req *req,
-                        bool close)
+static void delete_join(struct httpd_conn *hc, const struct http_req *req)
 {
-    struct mandi *m = mc->m;
+    struct mandi *m = mandi_of(hc);
     char *id = NULL;
     size_t len = 0;
     int rv = http_query_get(req->url.data, req->url.len, "id", &id, &len);
     if (rv <= 0 || len == 0 || memchr(id, '\0', len)) {
         pz_free(id);
-        refused(mc, "DELETE /join-requests", "missing id");
-        send_text(mc, 400, "missing id", close);
+        refused(hc, "DELETE /join-requests", "missing id");
+        httpd_text(hc, 400, "missing id", NULL);
         return;
     }
-    const char *problem = text_problem(id, len);
+    const char *problem = mandi_text_problem(id, len);
     if (problem) {
         char why[64];
         snprintf(why, sizeof why, "'id' %s", problem);
         pz_free(id);
-        refused(mc, "DELETE /join-requests", why);
-        send_text(mc, 400, why, close);
+        refused(hc, "DELETE /join-requests", why);
+        httpd_text(hc, 400, why, NULL);
         return;
     }
     struct join_entry *e = find_join(m, id);
@@ -1067,159 +410,55 @@ static void delete_join(struct mandi_conn *mc, const struct http_req *req,
         drop_join(m, e);
     }
     pz_free(id);
-    send_204(mc, close);
+    send_204(hc);
 }
 
-static void method_not_allowed(struct mandi_conn *mc, const char *allow,
-                               bool close)
+static void unauthorized(struct httpd_conn *hc, const char *what)
 {
-    char body[] = "method not allowed\n";
-    struct reply r = {.status = 405,
-                      .ctype = "text/plain; charset=utf-8",
-                      .body = body,
-                      .blen = sizeof body - 1,
-                      .allow = allow,
-                      .close = close};
-    send_reply(mc, &r);
+    refused(hc, what, "unauthorized");
+    httpd_text(hc, 401, "unauthorized", NULL);
 }
 
-static void unauthorized(struct mandi_conn *mc, const char *what, bool close)
+/* Serve a complete request (httpd_ops.on_request): 405 and 404 before
+ * the token is looked at. */
+static void on_request(struct httpd_conn *hc)
 {
-    refused(mc, what, "unauthorized");
-    char body[] = "unauthorized\n";
-    struct reply r = {.status = 401,
-                      .ctype = "text/plain; charset=utf-8",
-                      .body = body,
-                      .blen = sizeof body - 1,
-                      .challenge = true,
-                      .close = close};
-    send_reply(mc, &r);
-}
-
-/* Serve the complete request in mc->p.req. */
-static void dispatch(struct mandi_conn *mc)
-{
-    struct mandi *m = mc->m;
-    const struct http_req *req = &mc->p.req;
-    bool close = !req->keep_alive || m->closing;
+    struct mandi *m = mandi_of(hc);
+    const struct http_req *req = &hc->p.req;
     struct pz_buf path;
-    mc->head = req->method == HTTP_HEAD;
     pz_buf_init(&path);
     if (http_url_path(req->url.data, req->url.len, &path) < 0) {
-        send_text(mc, 400, "bad request target", close);
+        httpd_text(hc, 400, "bad request target", NULL);
     } else if (strcmp(path.data, "/leader") == 0) {
         if (req->method == HTTP_GET)
-            get_leader(mc, close);
+            get_leader(hc);
         else if (req->method != HTTP_PUT)
-            method_not_allowed(mc, "GET, PUT", close);
-        else if (!authorized(m, req))
-            unauthorized(mc, "PUT /leader", close);
+            httpd_text(hc, 405, "method not allowed", "GET, PUT");
+        else if (!httpd_bearer_ok(req, m->token))
+            unauthorized(hc, "PUT /leader");
         else
-            put_leader(mc, req, close);
+            put_leader(hc, req);
     } else if (strcmp(path.data, "/join-requests") == 0) {
         if (req->method == HTTP_GET)
-            get_joins(mc, close);
+            get_joins(hc);
         else if (req->method != HTTP_POST && req->method != HTTP_DELETE)
-            method_not_allowed(mc, "GET, POST, DELETE", close);
-        else if (!authorized(m, req))
-            unauthorized(mc,
-                         req->method == HTTP_POST ? "POST /join-requests"
-                                                  : "DELETE /join-requests",
-                         close);
+            httpd_text(hc, 405, "method not allowed", "GET, POST, DELETE");
+        else if (!httpd_bearer_ok(req, m->token))
+            unauthorized(hc, req->method == HTTP_POST
+                                 ? "POST /join-requests"
+                                 : "DELETE /join-requests");
         else if (req->method == HTTP_POST)
-            post_join(mc, req, close);
+            post_join(hc, req);
         else
-            delete_join(mc, req, close);
+            delete_join(hc, req);
     } else {
-        send_text(mc, 404, "404 page not found", close);
+        httpd_text(hc, 404, "404 page not found", NULL);
     }
     pz_buf_free(&path);
-    if (close)
-        conn_close_after_flush(mc->c);
 }
 
-static void process(struct mandi_conn *mc)
-{
-    struct conn *c = mc->c;
-    while (!conn_is_closing(c) && !(c->flags & CONN_CLOSE_AFTER) &&
-           mc->in.len > 0) {
-        if (conn_output_pending(c) > mc->m->o.out_pause) {
-            /* Serve the rest once the client has read this. */
-            conn_pause(c);
-            return;
-        }
-        size_t used;
-        int r = http_parser_feed(&mc->p, mc->in.data, mc->in.len, &used);
-        pz_buf_consume(&mc->in, used);
-        if (r == HTTP_PARSE_NEED_MORE)
-            break;
-        if (r == HTTP_PARSE_ERROR) {
-            send_text(mc, mc->p.err_status, mc->p.err_reason, true);
-            conn_close_after_flush(c);
-            pz_buf_reset(&mc->in);
-            break;
-        }
-        dispatch(mc);
-        mc->head = false;
-        http_parser_next(&mc->p);
-    }
-}
-
-static void on_data(struct conn *c, const char *data, size_t len)
-{
-    struct mandi_conn *mc = c->proto;
-    if (mc == NULL || (c->flags & CONN_CLOSE_AFTER))
-        return; /* replying to a fatal error: ignore the rest */
-    pz_buf_append(&mc->in, data, len);
-    process(mc);
-}
-
-static void on_drain(struct conn *c)
-{
-    struct mandi_conn *mc = c->proto;
-    if (mc == NULL || !(c->flags & CONN_PAUSED))
-        return;
-    conn_resume(c);
-    process(mc);
-}
-
-static int on_open(struct conn *c)
-{
-    struct mandi *m = c->ls->data;
-    struct mandi_conn *mc = pz_calloc(1, sizeof *mc);
-    mc->m = m;
-    mc->c = c;
-    http_parser_init(&mc->p, &m->lim);
-    pz_buf_init(&mc->in);
-    c->proto = mc;
-    return 0;
-}
-
-static void on_close(struct conn *c)
-{
-    struct mandi_conn *mc = c->proto;
-    if (mc == NULL)
-        return;
-    http_parser_free(&mc->p);
-    pz_buf_free(&mc->in);
-    pz_free(mc);
-}
-
-static void on_refuse(struct conn *c)
-{
-    static const char msg[] = "HTTP/1.1 503 Service Unavailable\r\n"
-                              "Content-Type: text/plain; charset=utf-8\r\n"
-                              "Content-Length: 17\r\n"
-                              "Connection: close\r\n\r\n"
-                              "too many clients\n";
-    conn_write(c, msg, sizeof msg - 1);
-}
-
-static const struct conn_ops mandi_ops = {
-    .on_open = on_open,
-    .on_data = on_data,
-    .on_drain = on_drain,
-    .on_close = on_close,
+static const struct httpd_ops mandi_http_ops = {
+    .on_request = on_request,
 };
 
 /* --- lifecycle -------------------------------------------------------- */
@@ -1279,7 +518,7 @@ static void finish(struct mandi *m)
 static void on_check(uv_check_t *h)
 {
     struct mandi *m = h->data;
-    if (m->ls.n_conns > 0)
+    if (m->http.ls.n_conns > 0)
         return;
     uv_check_stop(h);
     finish(m);
@@ -1288,10 +527,10 @@ static void on_check(uv_check_t *h)
 static void on_grace(uv_timer_t *t)
 {
     struct mandi *m = t->data;
-    if (m->ls.n_conns > 0)
+    if (m->http.ls.n_conns > 0)
         pz_warn("closing %zu connections still not flushed after %d ms",
-                m->ls.n_conns, CLOSE_GRACE_MS);
-    conn_listener_close_all(&m->ls);
+                m->http.ls.n_conns, CLOSE_GRACE_MS);
+    conn_listener_close_all(&m->http.ls);
 }
 
 struct mandi *mandi_new(uv_loop_t *loop, const struct mandi_opts *opts,
@@ -1300,21 +539,30 @@ struct mandi *mandi_new(uv_loop_t *loop, const struct mandi_opts *opts,
     struct mandi *m = pz_calloc(1, sizeof *m);
     m->loop = loop;
     m->o = *opts;
-    if (opts->token && opts->token[0]) {
+    if (opts->token && opts->token[0])
         m->token = pz_strdup(opts->token);
-        m->token_len = strlen(m->token);
-    }
     m->o.token = m->token;
-    m->lim.max_body = opts->max_body;
-    m->lim.max_header_bytes = opts->max_header_bytes;
-    m->lim.max_headers = opts->max_headers;
     pz_queue_init(&m->joins);
     uv_timer_init(loop, &m->timer);
     m->timer.data = m;
     uv_check_init(loop, &m->check);
     m->check.data = m;
-    int rv = conn_listen(&m->ls, opts->listen_addr, &mandi_ops, "mandi",
-                         opts->max_clients, err, errlen);
+    /* No request deadlines: client-header-timeout and client-body-timeout
+     * are not mandi directives; client-idle-timeout applies (conn.c). */
+    struct httpd_opts ho = {
+        .limits =
+            {
+                .max_header_bytes = opts->max_header_bytes,
+                .max_headers = opts->max_headers,
+                .max_body = opts->max_body,
+            },
+        .out_pause = opts->out_pause,
+        .max_clients = opts->max_clients,
+        .busy_line = "too many clients",
+        .realm = "mandi",
+    };
+    int rv = httpd_listen(&m->http, opts->listen_addr, &mandi_http_ops, &ho,
+                          "mandi", m, err, errlen);
     if (rv < 0) {
         /* The listener's handle may be closing: free m from the loop,
          * after it (the caller runs the loop to finish). */
@@ -1322,11 +570,9 @@ struct mandi *mandi_new(uv_loop_t *loop, const struct mandi_opts *opts,
         finish(m);
         return NULL;
     }
-    m->ls.data = m;
-    m->ls.on_refuse = on_refuse;
     struct sockaddr_storage ss;
     int sl = sizeof ss;
-    if (uv_tcp_getsockname(&m->ls.tcp, (struct sockaddr *)&ss, &sl) == 0)
+    if (uv_tcp_getsockname(&m->http.ls.tcp, (struct sockaddr *)&ss, &sl) == 0)
         m->port = ntohs(ss.ss_family == AF_INET6
                             ? ((struct sockaddr_in6 *)&ss)->sin6_port
                             : ((struct sockaddr_in *)&ss)->sin_port);
@@ -1346,10 +592,7 @@ void mandi_close(struct mandi *m, void (*cb)(void *data), void *data)
     m->close_cb = cb;
     m->close_data = data;
     drop_state(m);
-    conn_listener_stop(&m->ls, NULL);
-    struct pz_queue *q;
-    PZ_QUEUE_FOREACH(q, &m->ls.conns)
-    conn_close_after_flush(container_of(q, struct conn, q));
+    httpd_drain(&m->http);
     uv_timer_stop(&m->timer);
     uv_timer_start(&m->timer, on_grace, CLOSE_GRACE_MS, 0);
     uv_check_start(&m->check, on_check);

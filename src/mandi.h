@@ -17,10 +17,10 @@
  *   - Ids must be printable text and addresses must look like host:port
  *     (400 with the reason, see the parsers); a join request needs `addr`.
  *     What a client sends never reaches the log unescaped (pz_escape), and
- *     the lines requests trigger are rate-limited (mandi_loglimit).
+ *     the lines requests trigger are rate-limited (pz_ratelimit).
  *
- * This header also holds the JSON codec of LeaderInfo and join requests,
- * shared with the nodes' client (mandi_client.h). */
+ * The wire types and their JSON codec, shared with the nodes' client
+ * (mandi_client.h), are in mandi_codec.h. */
 #ifndef PZ_MANDI_H
 #define PZ_MANDI_H
 
@@ -31,73 +31,7 @@
 #include "config.h"
 #include "pz.h"
 
-#define MANDI_ID_MAX 255           /* longest node id mandi stores, bytes */
-#define MANDI_ADDR_MAX 300         /* longest address mandi stores, bytes */
-#define MANDI_TIME_MAX 40          /* room for an RFC 3339 timestamp */
 #define MANDI_MAX_BODY (64 * 1024) /* request bodies, unless lower in cfg */
-
-/* LeaderInfo. Strings are NUL-terminated and hold no NUL byte. */
-struct mandi_leader {
-    char id[MANDI_ID_MAX + 1];          /* leader's node id, not empty */
-    char addr[MANDI_ADDR_MAX + 1];      /* its Raft address */
-    char http_addr[MANDI_ADDR_MAX + 1]; /* its HTTP API address */
-    char grpc_addr[MANDI_ADDR_MAX + 1]; /* its gRPC API address */
-    uint64_t term;                      /* its Raft term */
-    char updated_at[MANDI_TIME_MAX];    /* RFC 3339, set by mandi */
-};
-
-/* A join request. */
-struct mandi_join {
-    char id[MANDI_ID_MAX + 1];          /* joining node's id, not empty */
-    char addr[MANDI_ADDR_MAX + 1];      /* its Raft address */
-    char http_addr[MANDI_ADDR_MAX + 1]; /* its HTTP address, may be "" */
-    char grpc_addr[MANDI_ADDR_MAX + 1]; /* its gRPC address, may be "" */
-    char started_at[MANDI_TIME_MAX];    /* RFC 3339, set by mandi */
-};
-
-/* --- JSON codec (pure) ----------------------------------------------------
- * Parsers read one JSON object (strict syntax), take the members they know
- * and ignore the others; a member that is null counts as absent (as in the
- * original Go program). `term` must be a non-negative integer up to
- * 2^64 - 1, read exactly. The id is printable text: valid UTF-8 without
- * control characters (C0, DEL, C1), line or paragraph separators or
- * bidirectional marks. Each address, when given, is host:port, [v6]:port
- * or :port with a port from 1 to 65535, the host made of letters, digits,
- * '.', '-' and '_' (or an IPv6 address); a join request must give `addr`.
- * Return 0, or PZ_EINVAL with one line in why (the body of mandi's 400):
- * "invalid JSON", "missing id", "id too long", "'addr' must be a string",
- * "'id' holds a control character", "'id' is not valid UTF-8", "'addr'
- * must be host:port", "missing addr", "'term' must be an unsigned
- * integer", ... The timestamps are read too when present (a client
- * reading mandi's answer), as "" when too long or not printable; mandi
- * overwrites them. */
-int mandi_parse_leader(const char *doc, size_t len, struct mandi_leader *out,
-                       char *why, size_t whylen);
-int mandi_parse_join(const char *doc, size_t len, struct mandi_join *out,
-                     char *why, size_t whylen);
-/* GET /join-requests' answer, a JSON array of join requests, as a client
- * reads it: the first max entries that pass mandi_parse_join() go to *out
- * in order (pz_malloc'ed, NULL when none: pz_free it), their number to
- * *n; *invalid counts the entries that do not pass, *over the valid ones
- * past max. The document is scanned, never built into a tree, so a large
- * answer costs no more memory than max entries. Returns 0, or PZ_EINVAL
- * (nothing allocated) when doc is not a JSON array. */
-int mandi_parse_joins(const char *doc, size_t len, size_t max,
-                      struct mandi_join **out, size_t *n, size_t *invalid,
-                      size_t *over);
-/* Append the JSON object (no newline). with_time adds updated_at /
- * started_at (mandi's answers); clients leave it out. The term is written
- * as an exact integer. */
-void mandi_leader_to_json(const struct mandi_leader *l, bool with_time,
-                          struct pz_buf *out);
-void mandi_join_to_json(const struct mandi_join *j, bool with_time,
-                        struct pz_buf *out);
-/* The top-level member `name` of a JSON object as an unsigned 64-bit
- * integer: 1 found (*out set), 0 absent or null, PZ_EINVAL when it is
- * another type, negative, fractional, has an exponent, overflows, or the
- * document is not a well-formed object. */
-int mandi_json_u64(const char *doc, size_t len, const char *name,
-                   uint64_t *out);
 
 /* --- the term rule (pure) -------------------------------------------------
  * Mandi is not in the cluster and cannot check a term; it can refuse what
@@ -156,23 +90,6 @@ enum mandi_term_verdict mandi_term_check(const struct mandi_terms *t, bool live,
                                          uint64_t now);
 /* Record an accepted PUT of term at now (rule 1). */
 void mandi_term_accept(struct mandi_terms *t, uint64_t term, uint64_t now);
-
-/* --- log lines that the network can trigger ------------------------------
- * A client (or, for a node, a broken mandi) can make a line happen as
- * often as it likes: such lines go through a limit of `burst` lines per
- * `window_ms`. Untrusted text in them goes through pz_escape(). */
-struct mandi_loglimit {
-    uint64_t start;   /* ms: when the current window began */
-    unsigned used;    /* lines let through in it */
-    unsigned dropped; /* lines held back since the last one let through */
-};
-
-/* May a line be written at now (ms)? On true, *dropped is the number of
- * lines held back before this one (say so in, or before, the line) and
- * the count restarts; on false, *dropped is 0 and this line is counted.
- * A zeroed struct is ready for use. Pure. */
-bool mandi_loglimit(struct mandi_loglimit *l, uint64_t now, uint64_t window_ms,
-                    unsigned burst, unsigned *dropped);
 
 /* --- the server -------------------------------------------------------- */
 

@@ -1,9 +1,11 @@
-/* mandi_client.h - the nodes' asynchronous client of mandi (mandi.h).
+/* mandi_client.h - the nodes' asynchronous client of mandi (mandi.h), on
+ * mandi's wire types and codec (mandi_codec.h), not on its server.
  *
- * One client talks to one mandi over one kept-alive HTTP/1.1 connection,
- * dialled on the first request and again after it is lost. Requests are
- * written at once, pipelined, and answered in order. Every request has a
- * deadline (timeout_ms after it was made) and can be cancelled.
+ * One client talks to one mandi over one kept-alive HTTP/1.1 connection
+ * (httpc.h), dialled on the first request and again after it is lost.
+ * Requests are written at once, pipelined, and answered in order. Every
+ * request has a deadline (timeout_ms after it was made) and can be
+ * cancelled.
  *
  * Callbacks: each request's callback runs exactly once, from the loop and
  * never from inside the call that made the request, unless the request is
@@ -15,11 +17,15 @@
  *   - PZ_ETIMEDOUT: no answer before the deadline;
  *   - PZ_EIO: the connection was lost twice with the request unanswered
  *     (a request written on a connection that breaks is sent once more on
- *     a new one: every mandi request is idempotent);
+ *     a new one: every mandi request is idempotent); a request already
+ *     sent twice whose connection is dropped for another reason fails
+ *     with that reason (PZ_ETIMEDOUT: an earlier request got no answer;
+ *     PZ_EPROTO: an earlier answer was malformed);
  *   - PZ_EPROTO: the answer was malformed: bad HTTP, a status line and
  *     headers over 16 KiB, a body over 4 MiB, a status mandi never sends
  *     (1xx answers are skipped), a 200 whose LeaderInfo fails
- *     mandi_parse_leader() or whose join list is not a JSON array;
+ *     mandi_parse_leader() or whose join list is not a well-formed JSON
+ *     array;
  *   - PZ_ECANCELED: mandi_client_free() ran with the request pending.
  * The result and everything it points to are valid during the callback
  * only. A callback may make new requests and may cancel others; it may
@@ -27,9 +33,9 @@
  * with PZ_ECANCELED).
  *
  * Nothing mandi says is trusted: what reaches the caller passed mandi's
- * own rules (ids printable, addresses host:port: mandi.h) or was left out,
- * and text is escaped. Problems with mandi's answers are logged as
- * warnings, at most 5 a minute per client.
+ * own rules (ids printable, addresses host:port: mandi_codec.h) or was
+ * left out, and text is escaped. Problems with mandi's answers are logged
+ * as warnings, at most 5 a minute per client.
  *
  * The loop must flush connections (conn_before_sleep() from its prepare
  * hook, conn_setup() done), as the server's loop does. */
@@ -39,7 +45,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "mandi.h"
+#include "config.h"
+#include "mandi_codec.h"
 
 struct mandi_client;
 

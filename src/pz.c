@@ -1,6 +1,7 @@
 /* pz.c - allocation with an abort-on-OOM policy and a fault injector, the
  * growable buffer, hashing, small parsing helpers and the escaping of
- * untrusted bytes for logs. Pure. */
+ * untrusted bytes for logs, the token comparison, the PRNG seed and the
+ * rate limit of log lines. Pure, but for pz_seed(). */
 #include "pz.h"
 
 #include <errno.h>
@@ -8,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 static long fail_countdown; /* 0: off; N: the Nth allocation fails */
 
@@ -280,4 +283,56 @@ uint64_t pz_hash(const void *data, size_t n, uint64_t seed)
     if (n)
         h = mix(h ^ read_le(p, n), k0);
     return mix(h, h ^ k1);
+}
+
+bool pz_token_equal(const char *want, size_t wlen, const char *got,
+                    size_t glen)
+{
+    pz_assert(wlen > 0);
+    /* One pass over the presented token: every byte is compared, with
+     * the expected token repeated where it is shorter; the lengths go
+     * into the result, not into the control flow. */
+    volatile unsigned char diff = (unsigned char)(wlen != glen);
+    size_t j = 0;
+    for (size_t i = 0; i < glen; i++) {
+        diff |= (unsigned char)((unsigned char)got[i] ^
+                                (unsigned char)want[j]);
+        j++;
+        j &= (size_t)0 - (size_t)(j < wlen); /* j = j < wlen ? j : 0 */
+    }
+    return diff == 0;
+}
+
+uint64_t pz_seed(void)
+{
+    uint64_t seed;
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed)
+        return seed;
+    /* No entropy yet (early boot) or no getrandom: the clocks, mixed so
+     * that processes started together still differ in every bit. */
+    struct timespec mono, wall;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    clock_gettime(CLOCK_REALTIME, &wall);
+    uint64_t a = (uint64_t)mono.tv_sec * 1000000000u + (uint64_t)mono.tv_nsec;
+    uint64_t b = (uint64_t)wall.tv_sec * 1000000000u + (uint64_t)wall.tv_nsec;
+    seed = a ^ (b << 1);
+    return pz_rand_next(&seed);
+}
+
+bool pz_ratelimit(struct pz_ratelimit *l, uint64_t now, uint64_t window_ms,
+                  unsigned burst, unsigned *dropped)
+{
+    *dropped = 0;
+    if (now < l->start || now - l->start >= window_ms) {
+        l->start = now;
+        l->used = 0;
+    }
+    if (l->used >= burst) {
+        l->dropped++;
+        return false;
+    }
+    l->used++;
+    *dropped = l->dropped;
+    l->dropped = 0;
+    return true;
 }

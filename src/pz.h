@@ -1,5 +1,6 @@
 /* pz.h - helpers shared by every module: allocation, assertions, small
- * utilities. Pure: no I/O, no libuv.
+ * utilities. Pure: no I/O, no libuv (pz_seed() aside, which asks the
+ * kernel for random bytes).
  *
  * All allocation goes through pz_malloc() and friends. Out of memory aborts
  * the process (as Redis's zmalloc does): a database that cannot allocate has
@@ -110,6 +111,36 @@ int pz_split_hostport(const char *s, char *host, size_t hostlen, int *port);
  * Pure: no allocation. */
 #define PZ_ESCAPED_MAX 128 /* a dst size that keeps one value short */
 char *pz_escape(char *dst, size_t dstlen, const void *s, size_t n);
+
+/* Does the presented token got[0..glen) equal the expected one
+ * want[0..wlen)? For bearer tokens and the cluster token. The time taken
+ * depends on glen only, never on the content of either token nor on where
+ * they differ, so an attacker learns nothing by timing its guesses (the
+ * length of its own guess it knows already). want must not be empty. */
+bool pz_token_equal(const char *want, size_t wlen, const char *got,
+                    size_t glen);
+
+/* A seed for a PRNG (pz_rand_next, a hash table): 8 bytes from the
+ * kernel's random source (getrandom), or, when that fails, the monotonic
+ * and wall clocks mixed. The one helper here that asks the system for
+ * something: every module seeds through it. */
+uint64_t pz_seed(void);
+
+/* A rate limit for log lines that the network can trigger (a client, a
+ * peer, or a broken server can make a line happen as often as it likes):
+ * at most `burst` lines per `window_ms`. pz_ratelimit() says whether a
+ * line may be written at now (ms); on true, *dropped is the number of
+ * lines held back before this one (say so in, or before, the line) and
+ * the count restarts; on false, *dropped is 0 and this line is counted.
+ * A clock that goes back starts a new window. A zeroed struct is ready
+ * for use. Pure. */
+struct pz_ratelimit {
+    uint64_t start;   /* ms: when the current window began */
+    unsigned used;    /* lines let through in it */
+    unsigned dropped; /* lines held back since the last one let through */
+};
+bool pz_ratelimit(struct pz_ratelimit *l, uint64_t now, uint64_t window_ms,
+                  unsigned burst, unsigned *dropped);
 
 /* 64-bit hash (SipHash-1-3 style keyed hash is overkill here: we use
  * a seeded wyhash-like mix; seed fixed per table). */

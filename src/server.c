@@ -33,7 +33,7 @@ struct server {
     uv_timer_t cron;                 /* CRON_MS housekeeping */
     uv_timer_t grace;                /* shutdown deadline */
     uv_signal_t sigint, sigterm;     /* shutdown requests */
-    struct conn_listener http;       /* HTTP API */
+    struct httpd http;               /* HTTP API */
     struct grpc_server grpc;         /* gRPC API */
     uint64_t start_ms;               /* uv_now() at start */
     bool shutting_down;              /* a signal arrived */
@@ -41,26 +41,6 @@ struct server {
 };
 
 static struct server srv;
-
-uint64_t server_uptime_ms(void)
-{
-    return uv_now(&srv.loop) - srv.start_ms;
-}
-
-bool server_shutting_down(void)
-{
-    return srv.shutting_down;
-}
-
-uv_loop_t *server_loop(void)
-{
-    return &srv.loop;
-}
-
-const struct pz_config *server_config(void)
-{
-    return srv.cfg;
-}
 
 static void on_node_closed(void)
 {
@@ -77,6 +57,7 @@ static void stop_all(void)
     if (srv.stopped)
         return;
     srv.stopped = true;
+    fwd_close_all(); /* forwards made while draining: their timers close */
     grpc_close(&srv.grpc);
     node_close(on_node_closed);
 }
@@ -91,7 +72,7 @@ static void on_prepare(uv_prepare_t *h)
     PZ_UNUSED(h);
     node_before_sleep();
     conn_before_sleep();
-    if (srv.shutting_down && srv.http.n_conns == 0 &&
+    if (srv.shutting_down && srv.http.ls.n_conns == 0 &&
         grpc_quiet(&srv.grpc) && !node_has_work()) {
         stop_all();
         return;
@@ -113,7 +94,7 @@ static void on_grace(uv_timer_t *t)
     PZ_UNUSED(t);
     pz_warn("shutdown: closing connections still busy after %d ms",
             SHUTDOWN_GRACE_MS);
-    conn_listener_close_all(&srv.http);
+    conn_listener_close_all(&srv.http.ls);
     conn_listener_close_all(&srv.grpc.ls);
     fwd_close_all();
 }
@@ -121,7 +102,6 @@ static void on_grace(uv_timer_t *t)
 static void begin_shutdown(void)
 {
     srv.shutting_down = true;
-    conn_listener_stop(&srv.http, NULL);
     http_drain(&srv.http);
     grpc_drain(&srv.grpc);
     fwd_close_all();
@@ -180,16 +160,16 @@ int server_run(const struct pz_config *cfg)
     /* A forwarded request waits on the leader, which gives up on the
      * cluster after request-timeout (twice, for one that first waits for
      * an election): past that the leader is not answering. */
-    fwd_setup(2 * (uint64_t)cfg->request_timeout_ms + 1000);
+    fwd_setup(&srv.loop, 2 * (uint64_t)cfg->request_timeout_ms + 1000);
     rv = node_init(&srv.loop, cfg, server_stop, err, sizeof err);
     if (rv == 0)
-        rv = http_start(&srv.http, cfg, err, sizeof err);
+        rv = http_start(&srv.http, cfg, srv.start_ms, err, sizeof err);
     if (rv == 0)
         rv = grpc_start(&srv.grpc, &srv.loop, cfg, NULL, err, sizeof err);
     if (rv < 0) {
         pz_error("%s", err);
         srv.shutting_down = true;
-        conn_listener_stop(&srv.http, NULL);
+        http_drain(&srv.http);
         grpc_drain(&srv.grpc);
         stop_all();
         uv_run(&srv.loop, UV_RUN_DEFAULT);

@@ -143,17 +143,6 @@ static void printable(char *dst, size_t cap, const char *src)
     dst[i] = '\0';
 }
 
-/* Token comparison whose time does not depend on where the strings
- * differ (only on the length of the presented one). */
-static bool token_equal(const char *want, const char *got)
-{
-    size_t lw = strlen(want), lg = strlen(got);
-    volatile unsigned char acc = (unsigned char)(lw != lg);
-    for (size_t i = 0; i < lg; i++)
-        acc |= (unsigned char)(want[i < lw ? i : 0] ^ got[i]);
-    return acc == 0;
-}
-
 static struct peer *find_peer(const struct transport *t, uint64_t id)
 {
     struct pz_queue *e;
@@ -733,7 +722,8 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         refuse(in, RAFT_HS_BAD_VERSION, 0, 0, hs->node_id, why);
         return;
     }
-    if (t->token[0] && !token_equal(t->token, hs->token)) {
+    if (t->token[0] && !pz_token_equal(t->token, strlen(t->token), hs->token,
+                                       strlen(hs->token))) {
         refuse(in, RAFT_HS_BAD_TOKEN, 0, 0, hs->node_id, "");
         return;
     }

@@ -1,34 +1,25 @@
-/* fuzz_http_json.c - http_json_strings(), the strict JSON reader behind
- * POST /set, POST /delete, POST /cluster/removed and mandi's bodies.
+/* fuzz_http_json.c - json.c, the one JSON reader: behind POST /set, POST
+ * /delete, POST /cluster/removed, mandi's bodies and answers, and the
+ * CLI's /cluster.
  *
- * The input is the document. It is read with the member names of each
- * caller and with none (as mandi's validity check does); the outcome must
- * not depend on the names asked for, and each result must be consistent
- * (a string member has a value, others none). Differential check against
- * cJSON (a more lenient parser): a document we accept must parse there
- * too, with the same string values and the same member types. */
+ * The input is the document. Invariants: a document json_parse() accepts
+ * is walked without reading outside it (ASan), every value found has a
+ * type that matches its text, strings decode to no more bytes than their
+ * text, and the members each caller asks for (json_get) are the last ones
+ * of that name. Differential check against cJSON (a more lenient parser):
+ * a document we accept must parse there too, to the same tree: the same
+ * types, member names and order, string values, and numbers (exactly
+ * where json_u64 reads them and cJSON's double can hold them). */
 #include <cJSON.h>
 
 #include "fuzz.h"
 
-#include "http_parse.h"
+#include "json.h"
 #include "pz.h"
 
-static const char *const set_names[] = {"key", "value"};
-static const char *const removed_names[] = {"id", "leader", "term"};
-static const char *const mandi_names[] = {"id", "addr", "http_addr",
-                                          "grpc_addr", "updated_at"};
-
-/* The last member called name (we take the last of repeated ones), or
- * NULL. */
-static const cJSON *last_member(const cJSON *obj, const char *name)
-{
-    const cJSON *found = NULL;
-    for (const cJSON *c = obj->child; c; c = c->next)
-        if (c->string && strcmp(c->string, name) == 0)
-            found = c;
-    return found;
-}
+static const char *const names[] = {"key",  "value",     "id",
+                                    "addr", "http_addr", "grpc_addr",
+                                    "term", "leader",    "updated_at"};
 
 /* cJSON cannot read a number of more than 63 characters (it copies it
  * into a fixed buffer): documents holding one are out of the comparison. */
@@ -46,8 +37,8 @@ static bool long_number(const char *doc, size_t len)
     return false;
 }
 
-/* A name with a NUL byte or an escape that cJSON would shorten: out of
- * the comparison. */
+/* A \u0000 escape, which cJSON would cut the string at: out of the
+ * comparison. */
 static bool has_nul_escape(const char *doc, size_t len)
 {
     for (size_t i = 0; i + 5 < len; i++)
@@ -57,62 +48,115 @@ static bool has_nul_escape(const char *doc, size_t len)
     return false;
 }
 
-static int run(const char *doc, size_t len, const char *const *names,
-               size_t n, const cJSON *cj)
+static void check_string(const struct json_val *v)
 {
-    char *vals[8];
-    size_t lens[8];
-    char types[8];
-    for (size_t k = 0; k < n; k++) {
-        vals[k] = (char *)1;
-        types[k] = '?';
-    }
-    int rv = http_json_strings(doc, len, names, n, vals, lens, types);
-    FUZZ_CHECK(rv == 0 || rv == PZ_EINVAL);
-    for (size_t k = 0; k < n; k++) {
-        if (rv != 0) {
-            FUZZ_CHECK(vals[k] == NULL && types[k] == 'n');
-            continue;
+    size_t len;
+    char *s = json_strdup(v, &len);
+    FUZZ_CHECK(len + 2 <= v->len);
+    FUZZ_CHECK(s[len] == '\0');
+    FUZZ_CHECK(json_str_is(v, s, len));
+    pz_free(s);
+}
+
+/* Walk v (and compare it with cj, when not NULL). */
+static void walk(const struct json_val *v, const cJSON *cj)
+{
+    FUZZ_CHECK(v->len > 0);
+    switch (v->type) {
+    case JSON_STRING:
+        FUZZ_CHECK(v->s[0] == '"' && v->s[v->len - 1] == '"');
+        check_string(v);
+        if (cj) {
+            FUZZ_CHECK(cJSON_IsString(cj));
+            size_t len;
+            char *s = json_strdup(v, &len);
+            FUZZ_CHECKF(strcmp(s, cj->valuestring) == 0,
+                        "string differs from cJSON's");
+            pz_free(s);
         }
-        FUZZ_CHECK(types[k] == 's' || types[k] == 'n' || types[k] == 'o');
-        FUZZ_CHECK((types[k] == 's') == (vals[k] != NULL));
-        FUZZ_CHECK(types[k] == 's' || lens[k] == 0);
-        FUZZ_CHECK(types[k] != 's' || lens[k] < len);
-        if (cj != NULL) {
-            const cJSON *m = last_member(cj, names[k]);
-            if (types[k] == 'n') {
-                FUZZ_CHECKF(m == NULL, "cJSON has member '%s'", names[k]);
-            } else if (types[k] == 'o') {
-                FUZZ_CHECKF(m != NULL && !cJSON_IsString(m),
-                            "member '%s' is a non-string for us only",
-                            names[k]);
-            } else {
-                FUZZ_CHECKF(m != NULL && cJSON_IsString(m),
-                            "member '%s' is a string for us only", names[k]);
-                /* cJSON's strings end at their first NUL. */
-                const char *nul = memchr(vals[k], 0, lens[k]);
-                size_t cmp = nul ? (size_t)(nul - vals[k]) : lens[k];
-                FUZZ_CHECKF(strlen(m->valuestring) == cmp &&
-                                memcmp(m->valuestring, vals[k], cmp) == 0,
-                            "member '%s' differs from cJSON's", names[k]);
+        return;
+    case JSON_NUMBER: {
+        uint64_t x;
+        if (cj)
+            FUZZ_CHECK(cJSON_IsNumber(cj));
+        if (json_u64(v, &x) == 0 && cj && x < (1ull << 53))
+            FUZZ_CHECKF(cj->valuedouble == (double)x,
+                        "number %llu differs from cJSON's",
+                        (unsigned long long)x);
+        return;
+    }
+    case JSON_NULL:
+        FUZZ_CHECK(v->len == 4 && (cj == NULL || cJSON_IsNull(cj)));
+        return;
+    case JSON_TRUE:
+        FUZZ_CHECK(v->len == 4 && (cj == NULL || cJSON_IsTrue(cj)));
+        return;
+    case JSON_FALSE:
+        FUZZ_CHECK(v->len == 5 && (cj == NULL || cJSON_IsFalse(cj)));
+        return;
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        break;
+    }
+    bool obj = v->type == JSON_OBJECT;
+    FUZZ_CHECK(v->s[0] == (obj ? '{' : '['));
+    FUZZ_CHECK(v->s[v->len - 1] == (obj ? '}' : ']'));
+    if (cj)
+        FUZZ_CHECK(obj ? cJSON_IsObject(cj) : cJSON_IsArray(cj));
+    const cJSON *c = cj ? cj->child : NULL;
+    struct json_iter it;
+    struct json_val name, val;
+    json_iter_init(&it, v);
+    while (json_iter_next(&it, &name, &val)) {
+        FUZZ_CHECK(val.s >= v->s && val.s + val.len <= v->s + v->len);
+        if (obj) {
+            FUZZ_CHECK(name.type == JSON_STRING);
+            check_string(&name);
+        }
+        if (cj) {
+            FUZZ_CHECKF(c != NULL, "cJSON has fewer members");
+            if (obj) {
+                size_t len;
+                char *n = json_strdup(&name, &len);
+                FUZZ_CHECKF(strcmp(n, c->string) == 0,
+                            "member name differs from cJSON's");
+                pz_free(n);
             }
         }
-        pz_free(vals[k]);
+        walk(&val, c);
+        if (c)
+            c = c->next;
     }
-    return rv;
+    FUZZ_CHECKF(c == NULL, "cJSON has more members");
+}
+
+/* The last member called name, as json_get must find it. */
+static const cJSON *last_member(const cJSON *obj, const char *name)
+{
+    const cJSON *found = NULL;
+    for (const cJSON *c = obj->child; c; c = c->next)
+        if (c->string && strcmp(c->string, name) == 0)
+            found = c;
+    return found;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* Exactly the document: reading past it is an ASan report. */
     char *doc = (char *)fuzz_dup(data, size);
-    int rv0 = http_json_strings(doc, size, NULL, 0, NULL, NULL, NULL);
-    FUZZ_CHECK(rv0 == 0 || rv0 == PZ_EINVAL);
+    struct json_val root;
+    int rv = json_parse(doc, size, &root);
+    FUZZ_CHECK(rv == 0 || rv == PZ_EINVAL);
+    if (rv != 0) {
+        free(doc);
+        return 0;
+    }
+    FUZZ_CHECK(root.s >= doc && root.s + root.len <= doc + size);
 
     /* cJSON wants the document NUL-terminated to check for trailing
      * bytes. */
     cJSON *cj = NULL;
-    if (rv0 == 0 && !has_nul_escape(doc, size)) {
+    if (!has_nul_escape(doc, size)) {
         char *z = malloc(size + 1);
         FUZZ_CHECK(z != NULL);
         memcpy(z, doc, size);
@@ -120,14 +164,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cj = cJSON_ParseWithLengthOpts(z, size + 1, NULL, 1);
         FUZZ_CHECKF(cj != NULL || long_number(doc, size),
                     "we accept a document that cJSON refuses");
-        FUZZ_CHECK(cj == NULL || cJSON_IsObject(cj));
         free(z);
     }
+    walk(&root, cj);
 
-    FUZZ_CHECK(run(doc, size, set_names, 2, cj) == rv0);
-    FUZZ_CHECK(run(doc, size, set_names, 1, cj) == rv0);
-    FUZZ_CHECK(run(doc, size, removed_names, 3, cj) == rv0);
-    FUZZ_CHECK(run(doc, size, mandi_names, 5, cj) == rv0);
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        struct json_val v;
+        bool found = json_get(&root, names[k], &v);
+        FUZZ_CHECK(!found || root.type == JSON_OBJECT);
+        if (found)
+            FUZZ_CHECK(v.s > root.s && v.s + v.len < root.s + root.len);
+        if (cj && cJSON_IsObject(cj)) {
+            const cJSON *m = last_member(cj, names[k]);
+            FUZZ_CHECKF(found == (m != NULL), "member '%s' found by one only",
+                        names[k]);
+            if (found) {
+                FUZZ_CHECKF((v.type == JSON_STRING) == cJSON_IsString(m),
+                            "member '%s' is a string for one only", names[k]);
+                if (v.type == JSON_STRING) {
+                    size_t len;
+                    char *s = json_strdup(&v, &len);
+                    FUZZ_CHECKF(strcmp(s, m->valuestring) == 0,
+                                "member '%s' differs from cJSON's", names[k]);
+                    pz_free(s);
+                }
+            }
+        }
+    }
     cJSON_Delete(cj);
     free(doc);
     return 0;

@@ -1,14 +1,14 @@
-/* fuzz_http_parse.c - HTTP/1.1 requests from a client, as http.c and
- * mandi.c read them: http_parser_feed() over a connection's bytes, each
- * complete request decoded by http_api_decode() and the parser reset for
- * the next pipelined one, until an error, a request that does not keep the
- * connection alive, or the end of the input.
+/* fuzz_http_parse.c - HTTP/1.1 requests from a client, as httpd.c reads
+ * them for http.c and mandi.c: http_parser_feed() over a connection's
+ * bytes, each complete request decoded by http_api_decode() and the
+ * parser reset for the next pipelined one, until an error, a request that
+ * does not keep the connection alive, or the end of the input.
  *
  * The input is the byte stream. It is fed whole, then in pieces of random
  * sizes (seeded by the input), then one byte at a time (short inputs):
  * the requests and the final outcome must be the same every time. This
  * runs with the default limits and with small ones, so that the 413, 414
- * and 431 paths are reached by short inputs. The query and percent-decoding
+ * and 431 paths are reached by short inputs. The query and percent-coding
  * helpers are also checked on each request's URL. */
 #include "fuzz.h"
 
@@ -98,6 +98,19 @@ static void check_url(const char *url, size_t len)
     rv = http_pct_decode(&back, enc.data ? enc.data : "", enc.len, false);
     FUZZ_CHECK(rv == 0);
     FUZZ_CHECK(back.len == len);
+    FUZZ_CHECK(len == 0 || memcmp(back.data, url, len) == 0);
+    /* The encoder of outgoing targets: it escapes all but the unreserved
+     * bytes, and decoding (as a query, where '+' is a space) gives the
+     * bytes back. */
+    pz_buf_reset(&enc);
+    pz_buf_reset(&back);
+    http_pct_encode(&enc, url, len);
+    for (size_t i = 0; i < enc.len; i++)
+        FUZZ_CHECK(strchr("%-._~", enc.data[i]) != NULL ||
+                   (enc.data[i] >= '0' && enc.data[i] <= '9') ||
+                   ((enc.data[i] | 0x20) >= 'a' && (enc.data[i] | 0x20) <= 'z'));
+    rv = http_pct_decode(&back, enc.data ? enc.data : "", enc.len, true);
+    FUZZ_CHECK(rv == 0 && back.len == len);
     FUZZ_CHECK(len == 0 || memcmp(back.data, url, len) == 0);
     pz_buf_free(&dec);
     pz_buf_free(&enc);

@@ -1,19 +1,18 @@
-/* fuzz_mandi_json.c - mandi's JSON codec: LeaderInfo (PUT /leader, and
+/* fuzz_mandi_json.c - mandi's JSON codec (mandi_codec.c): LeaderInfo (PUT /leader, and
  * GET /leader as the nodes' client reads it), join requests (POST
  * /join-requests) and exact 64-bit integers (mandi_json_u64).
  *
- * The input is the body. Invariants: the parsers agree with the strict
- * reader about validity; what parses has non-empty ids and NUL-terminated
+ * The input is the body (or, for mandi_parse_joins, the answer to GET
+ * /join-requests). Invariants: the parsers agree with the reader (json.c)
+ * about validity; every element of a join list is taken, refused or
+ * counted past the cap; what parses has non-empty ids and NUL-terminated
  * fields within their buffers, and survives a round trip through the
  * encoder (mandi_*_to_json) unchanged; an error always says why.
- *
- * mandi.c also holds mandi's server, so this links conn.c and libuv;
- * none of that code runs here. (Moving the codec into a file of its own,
- * say mandi_json.c, would let it link alone, as the pure modules do.) */
+ * The codec (mandi_codec.c) links alone, with the reader and pz.c. */
 #include "fuzz.h"
 
-#include "http_parse.h"
-#include "mandi.h"
+#include "json.h"
+#include "mandi_codec.h"
 #include "pz.h"
 
 static void check_str(const char *s, size_t cap)
@@ -100,23 +99,55 @@ static void check_u64(const char *doc, size_t len, const char *name,
         FUZZ_CHECK(v == 12345); /* untouched */
         return;
     }
-    /* A number member, for the strict reader too. */
-    const char *names[1] = {name};
-    char *val;
-    size_t vl;
-    char type;
-    FUZZ_CHECK(http_json_strings(doc, len, names, 1, &val, &vl, &type) == 0);
-    FUZZ_CHECK(type == 'o' && val == NULL);
+    /* A number member, for the reader too. */
+    struct json_val root, m;
+    FUZZ_CHECK(json_parse(doc, len, &root) == 0 && root.type == JSON_OBJECT);
+    FUZZ_CHECK(json_get(&root, name, &m) && m.type == JSON_NUMBER);
+}
+
+/* GET /join-requests' answer as a node reads it. */
+static void check_joins(const char *doc, size_t len, size_t max)
+{
+    struct mandi_join *js = (struct mandi_join *)1;
+    size_t n = 99, invalid = 99, over = 99;
+    int rv = mandi_parse_joins(doc, len, max, &js, &n, &invalid, &over);
+    struct json_val root;
+    bool array = json_parse(doc, len, &root) == 0 && root.type == JSON_ARRAY;
+    FUZZ_CHECK(rv == (array ? 0 : PZ_EINVAL));
+    if (rv != 0) {
+        FUZZ_CHECK(js == NULL && n == 0 && invalid == 0 && over == 0);
+        return;
+    }
+    FUZZ_CHECK(n <= max && (n == 0) == (js == NULL));
+    /* Every element is taken, refused or past max, once. */
+    size_t elements = 0;
+    struct json_iter it;
+    struct json_val el;
+    json_iter_init(&it, &root);
+    while (json_iter_next(&it, NULL, &el))
+        elements++;
+    FUZZ_CHECK(n + invalid + over == elements);
+    for (size_t i = 0; i < n; i++) {
+        check_str(js[i].id, sizeof js[i].id);
+        check_str(js[i].addr, sizeof js[i].addr);
+        FUZZ_CHECK(js[i].id[0] != '\0' && js[i].addr[0] != '\0');
+    }
+    pz_free(js);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *doc = (char *)fuzz_dup(data, size);
-    int strict = http_json_strings(doc, size, NULL, 0, NULL, NULL, NULL);
+    struct json_val root;
+    int strict = json_parse(doc, size, &root) == 0 && root.type == JSON_OBJECT
+                     ? 0
+                     : PZ_EINVAL;
     check_leader(doc, size, strict);
     check_join(doc, size, strict);
     check_u64(doc, size, "term", strict);
     check_u64(doc, size, "id", strict);
+    check_joins(doc, size, 1024);
+    check_joins(doc, size, size % 4);
     free(doc);
     return 0;
 }

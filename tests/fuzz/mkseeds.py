@@ -91,6 +91,11 @@ def json_seeds():
         "join": '{"id":"node2","addr":"127.0.0.1:12001","http_addr":"",'
                 '"grpc_addr":null,"started_at":"x"}',
         "join-nul": '{"id":"a\\u0000b","addr":"x"}',
+        "joins": '[{"id":"node2","addr":"127.0.0.1:12001"},7,"s",[],null,'
+                 '{"id":"n3","addr":"h:1","x":[{}]}]',
+        "cluster": '{"leader":"node1","term":3,"members":[{"id":"node1",'
+                   '"raft_addr":"127.0.0.1:12000","voter":true,"leader":true,'
+                   '"match_index":18446744073709551615}]}',
     }
     for name, d in docs.items():
         out("http_json", name, d)

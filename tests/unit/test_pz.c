@@ -1,4 +1,5 @@
-/* test_pz.c - allocation fault injector, buffers, host:port parsing. */
+/* test_pz.c - allocation fault injector, buffers, host:port parsing, the
+ * token comparison, the PRNG seed, the rate limit of log lines. */
 #include <stdlib.h>
 
 #include "pz.h"
@@ -90,9 +91,64 @@ TEST(strerror_codes)
     CHECK(pz_strerror(-2) != NULL);
 }
 
+static bool tok_eq(const char *want, const char *got)
+{
+    return pz_token_equal(want, strlen(want), got, strlen(got));
+}
+
+TEST(token_equal)
+{
+    CHECK(tok_eq("s3cret", "s3cret"));
+    CHECK(tok_eq("x", "x"));
+    CHECK(!tok_eq("s3cret", ""));
+    CHECK(!tok_eq("s3cret", "s3cre"));
+    CHECK(!tok_eq("s3cret", "s3cret2"));
+    CHECK(!tok_eq("s3cret", "S3cret"));
+    CHECK(!tok_eq("s3cret", "s3creT"));
+    /* The expected token repeated is not it (the comparison wraps). */
+    CHECK(!tok_eq("ab", "abab"));
+    CHECK(!tok_eq("abab", "ab"));
+    /* Lengths are explicit: bytes past them do not count, a NUL does. */
+    CHECK(pz_token_equal("abc", 3, "abcdef", 3));
+    CHECK(!pz_token_equal("abc", 3, "ab\0", 3));
+}
+
+TEST(seed_differs)
+{
+    /* 64 random bits twice alike, or all zero: the source is broken. */
+    uint64_t a = pz_seed(), b = pz_seed();
+    CHECK(a != b);
+    CHECK(a != 0 && b != 0);
+}
+
+TEST(ratelimit)
+{
+    struct pz_ratelimit l = {0};
+    unsigned dropped = 99;
+    /* 3 lines per 1000 ms; the rest are counted and reported with the
+     * next line let through. */
+    for (int i = 0; i < 3; i++) {
+        CHECK(pz_ratelimit(&l, 5000 + (uint64_t)i, 1000, 3, &dropped));
+        CHECK_EQ_INT(dropped, 0);
+    }
+    for (int i = 0; i < 10; i++) {
+        CHECK(!pz_ratelimit(&l, 5500, 1000, 3, &dropped));
+        CHECK_EQ_INT(dropped, 0);
+    }
+    CHECK_EQ_INT(l.dropped, 10);
+    CHECK(pz_ratelimit(&l, 6000, 1000, 3, &dropped));
+    CHECK_EQ_INT(dropped, 10);
+    CHECK(pz_ratelimit(&l, 6001, 1000, 3, &dropped));
+    CHECK_EQ_INT(dropped, 0);
+    /* A clock that goes back starts a new window. */
+    CHECK(pz_ratelimit(&l, 10, 1000, 3, &dropped));
+    CHECK_EQ_INT(l.used, 1);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(buf_append_consume), TEST_ENTRY(alloc_fail_at),
     TEST_ENTRY(split_hostport),     TEST_ENTRY(queue_ops),
     TEST_ENTRY(hash_spreads),       TEST_ENTRY(strerror_codes),
-    TEST_END};
+    TEST_ENTRY(token_equal),        TEST_ENTRY(seed_differs),
+    TEST_ENTRY(ratelimit),          TEST_END};
 const struct test_suite suite_pz = {"pz", cases};

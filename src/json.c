@@ -1,0 +1,485 @@
+/* json.c - see json.h. Checking is a recursive descent bounded by
+ * JSON_MAX_DEPTH; everything after it walks text known to be well-formed,
+ * bounds-checked all the same. */
+#include "json.h"
+
+#include <string.h>
+
+/* --- checking ------------------------------------------------------------- */
+
+struct cur {
+    const char *s; /* document */
+    size_t n;      /* its length */
+    size_t i;      /* read position */
+};
+
+static bool is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static void skip_ws(struct cur *c)
+{
+    while (c->i < c->n && is_ws(c->s[c->i]))
+        c->i++;
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Four hex digits at s[0..n): the code unit, or -1. */
+static long hex4(const char *s, size_t n)
+{
+    if (n < 4)
+        return -1;
+    long v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexval(s[k]);
+        if (h < 0)
+            return -1;
+        v = v * 16 + h;
+    }
+    return v;
+}
+
+static int check_string(struct cur *c)
+{
+    c->i++; /* opening quote */
+    while (c->i < c->n) {
+        unsigned char ch = (unsigned char)c->s[c->i++];
+        if (ch == '"')
+            return 0;
+        if (ch < 0x20)
+            return -1; /* control characters must be escaped */
+        if (ch != '\\')
+            continue;
+        if (c->i >= c->n)
+            return -1;
+        switch (c->s[c->i++]) {
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't':
+            break;
+        case 'u': {
+            long cu = hex4(c->s + c->i, c->n - c->i);
+            if (cu < 0)
+                return -1;
+            c->i += 4;
+            if (cu >= 0xDC00 && cu <= 0xDFFF)
+                return -1; /* a lone low surrogate */
+            if (cu >= 0xD800 && cu <= 0xDBFF) {
+                /* RFC 8259 §7: a surrogate pair escapes one code point. */
+                if (c->n - c->i < 6 || c->s[c->i] != '\\' ||
+                    c->s[c->i + 1] != 'u')
+                    return -1;
+                long lo = hex4(c->s + c->i + 2, c->n - c->i - 2);
+                if (lo < 0xDC00 || lo > 0xDFFF)
+                    return -1;
+                c->i += 6;
+            }
+            break;
+        }
+        default:
+            return -1;
+        }
+    }
+    return -1; /* unterminated */
+}
+
+static int check_number(struct cur *c)
+{
+    size_t i = c->i;
+    const char *s = c->s;
+    if (i < c->n && s[i] == '-')
+        i++;
+    if (i >= c->n || !is_digit(s[i]))
+        return -1;
+    if (s[i] == '0')
+        i++; /* no leading zeros */
+    else
+        while (i < c->n && is_digit(s[i]))
+            i++;
+    if (i < c->n && s[i] == '.') {
+        i++;
+        if (i >= c->n || !is_digit(s[i]))
+            return -1;
+        while (i < c->n && is_digit(s[i]))
+            i++;
+    }
+    if (i < c->n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < c->n && (s[i] == '+' || s[i] == '-'))
+            i++;
+        if (i >= c->n || !is_digit(s[i]))
+            return -1;
+        while (i < c->n && is_digit(s[i]))
+            i++;
+    }
+    c->i = i;
+    return 0;
+}
+
+static int check_literal(struct cur *c, const char *lit)
+{
+    size_t l = strlen(lit);
+    if (c->n - c->i < l || memcmp(c->s + c->i, lit, l) != 0)
+        return -1;
+    c->i += l;
+    return 0;
+}
+
+static int check_value(struct cur *c, int depth);
+
+/* An object or an array at c->i (its opening bracket). */
+static int check_container(struct cur *c, int depth, char close)
+{
+    c->i++;
+    skip_ws(c);
+    if (c->i < c->n && c->s[c->i] == close) {
+        c->i++;
+        return 0;
+    }
+    for (;;) {
+        skip_ws(c);
+        if (close == '}') {
+            if (c->i >= c->n || c->s[c->i] != '"' || check_string(c))
+                return -1;
+            skip_ws(c);
+            if (c->i >= c->n || c->s[c->i] != ':')
+                return -1;
+            c->i++;
+        }
+        if (check_value(c, depth + 1))
+            return -1;
+        skip_ws(c);
+        if (c->i < c->n && c->s[c->i] == ',') {
+            c->i++;
+            continue;
+        }
+        if (c->i < c->n && c->s[c->i] == close) {
+            c->i++;
+            return 0;
+        }
+        return -1;
+    }
+}
+
+static int check_value(struct cur *c, int depth)
+{
+    if (depth > JSON_MAX_DEPTH)
+        return -1;
+    skip_ws(c);
+    if (c->i >= c->n)
+        return -1;
+    switch (c->s[c->i]) {
+    case '{':
+        return check_container(c, depth, '}');
+    case '[':
+        return check_container(c, depth, ']');
+    case '"':
+        return check_string(c);
+    case 't':
+        return check_literal(c, "true");
+    case 'f':
+        return check_literal(c, "false");
+    case 'n':
+        return check_literal(c, "null");
+    default:
+        return check_number(c);
+    }
+}
+
+static enum json_type type_at(char ch)
+{
+    switch (ch) {
+    case '{':
+        return JSON_OBJECT;
+    case '[':
+        return JSON_ARRAY;
+    case '"':
+        return JSON_STRING;
+    case 't':
+        return JSON_TRUE;
+    case 'f':
+        return JSON_FALSE;
+    case 'n':
+        return JSON_NULL;
+    default:
+        return JSON_NUMBER;
+    }
+}
+
+int json_parse(const char *doc, size_t len, struct json_val *root)
+{
+    struct cur c = {doc, len, 0};
+    skip_ws(&c);
+    size_t start = c.i;
+    if (check_value(&c, 1))
+        return PZ_EINVAL;
+    size_t end = c.i;
+    skip_ws(&c);
+    if (c.i != c.n)
+        return PZ_EINVAL; /* trailing bytes */
+    root->type = type_at(doc[start]);
+    root->s = doc + start;
+    root->len = end - start;
+    return 0;
+}
+
+/* --- walking checked text ---------------------------------------------- */
+
+/* Past the string whose opening quote is at s[i]. */
+static size_t skip_string(const char *s, size_t n, size_t i)
+{
+    for (i++; i < n; i++) {
+        if (s[i] == '\\')
+            i++;
+        else if (s[i] == '"')
+            return i + 1;
+    }
+    return n;
+}
+
+/* Past the value that starts at s[i]. */
+static size_t skip_value(const char *s, size_t n, size_t i)
+{
+    if (i >= n)
+        return n;
+    if (s[i] == '"')
+        return skip_string(s, n, i);
+    if (s[i] == '{' || s[i] == '[') {
+        size_t depth = 0;
+        while (i < n) {
+            char ch = s[i];
+            if (ch == '"') {
+                i = skip_string(s, n, i);
+                continue;
+            }
+            if (ch == '{' || ch == '[')
+                depth++;
+            else if ((ch == '}' || ch == ']') && --depth == 0)
+                return i + 1;
+            i++;
+        }
+        return n;
+    }
+    while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' && !is_ws(s[i]))
+        i++;
+    return i;
+}
+
+void json_iter_init(struct json_iter *it, const struct json_val *container)
+{
+    bool walk = container->type == JSON_OBJECT || container->type == JSON_ARRAY;
+    it->s = container->s;
+    it->n = walk ? container->len : 0;
+    it->i = 1; /* past the opening bracket */
+    it->object = container->type == JSON_OBJECT;
+    it->first = true;
+}
+
+static void walk_ws(struct json_iter *it)
+{
+    while (it->i < it->n && is_ws(it->s[it->i]))
+        it->i++;
+}
+
+bool json_iter_next(struct json_iter *it, struct json_val *name,
+                    struct json_val *val)
+{
+    walk_ws(it);
+    if (it->i >= it->n || it->s[it->i] == '}' || it->s[it->i] == ']')
+        return false;
+    if (!it->first) {
+        it->i++; /* ',' */
+        walk_ws(it);
+    }
+    it->first = false;
+    if (it->object) {
+        size_t e = skip_string(it->s, it->n, it->i);
+        if (name) {
+            name->type = JSON_STRING;
+            name->s = it->s + it->i;
+            name->len = e - it->i;
+        }
+        it->i = e;
+        walk_ws(it);
+        it->i++; /* ':' */
+        walk_ws(it);
+    }
+    if (it->i >= it->n)
+        return false;
+    size_t e = skip_value(it->s, it->n, it->i);
+    val->type = type_at(it->s[it->i]);
+    val->s = it->s + it->i;
+    val->len = e - it->i;
+    it->i = e;
+    return true;
+}
+
+bool json_get(const struct json_val *obj, const char *name,
+              struct json_val *val)
+{
+    struct json_iter it;
+    struct json_val k, v;
+    size_t nl = strlen(name);
+    bool found = false;
+    if (obj->type != JSON_OBJECT)
+        return false;
+    json_iter_init(&it, obj);
+    while (json_iter_next(&it, &k, &v)) {
+        if (json_str_is(&k, name, nl)) {
+            *val = v; /* the last one counts */
+            found = true;
+        }
+    }
+    return found;
+}
+
+/* --- strings and numbers -------------------------------------------------- */
+
+static void put_utf8(struct pz_buf *out, unsigned long cp)
+{
+    unsigned char b[4];
+    size_t n;
+    if (cp < 0x80) {
+        b[0] = (unsigned char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        b[0] = (unsigned char)(0xC0 | (cp >> 6));
+        b[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (unsigned char)(0xE0 | (cp >> 12));
+        b[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        b[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        b[0] = (unsigned char)(0xF0 | (cp >> 18));
+        b[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+        b[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        b[3] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    pz_buf_append(out, b, n);
+}
+
+void json_str(const struct json_val *v, struct pz_buf *out)
+{
+    if (v->type != JSON_STRING || v->len < 2)
+        return;
+    const char *s = v->s + 1;
+    size_t n = v->len - 2, i = 0;
+    while (i < n) {
+        size_t run = i;
+        while (run < n && s[run] != '\\')
+            run++;
+        pz_buf_append(out, s + i, run - i);
+        i = run;
+        if (i + 1 >= n)
+            break;
+        char e = s[i + 1], lit;
+        i += 2;
+        switch (e) {
+        case 'b':
+            lit = '\b';
+            break;
+        case 'f':
+            lit = '\f';
+            break;
+        case 'n':
+            lit = '\n';
+            break;
+        case 'r':
+            lit = '\r';
+            break;
+        case 't':
+            lit = '\t';
+            break;
+        case 'u': {
+            long cu = hex4(s + i, n - i);
+            if (cu < 0)
+                return; /* not from json_parse() */
+            i += 4;
+            unsigned long cp = (unsigned long)cu;
+            if (cu >= 0xD800 && cu <= 0xDBFF && n - i >= 6) {
+                long lo = hex4(s + i + 2, n - i - 2);
+                if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                    cp = 0x10000 + (((unsigned long)cu - 0xD800) << 10) +
+                         ((unsigned long)lo - 0xDC00);
+                    i += 6;
+                }
+            }
+            put_utf8(out, cp);
+            continue;
+        }
+        default:
+            lit = e; /* '"', '\\', '/' */
+        }
+        pz_buf_append(out, &lit, 1);
+    }
+}
+
+char *json_strdup(const struct json_val *v, size_t *len)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    json_str(v, &b);
+    *len = b.len;
+    if (b.data == NULL)
+        return pz_strdup("");
+    return b.data; /* pz_buf keeps its data NUL-terminated */
+}
+
+bool json_str_is(const struct json_val *v, const char *name, size_t nlen)
+{
+    if (v->type != JSON_STRING || v->len < 2)
+        return false;
+    const char *raw = v->s + 1;
+    size_t rl = v->len - 2;
+    if (memchr(raw, '\\', rl) == NULL)
+        return rl == nlen && memcmp(raw, name, nlen) == 0;
+    if (rl < nlen)
+        return false; /* escapes only ever shorten the text */
+    struct pz_buf b;
+    pz_buf_init(&b);
+    json_str(v, &b);
+    bool eq = b.len == nlen && (nlen == 0 || memcmp(b.data, name, nlen) == 0);
+    pz_buf_free(&b);
+    return eq;
+}
+
+int json_u64(const struct json_val *v, uint64_t *out)
+{
+    if (v->type != JSON_NUMBER || v->len == 0 || (v->s[0] == '0' && v->len > 1))
+        return PZ_EINVAL;
+    uint64_t x = 0;
+    for (size_t i = 0; i < v->len; i++) {
+        if (!is_digit(v->s[i]))
+            return PZ_EINVAL; /* a sign, a fraction or an exponent */
+        unsigned d = (unsigned)(v->s[i] - '0');
+        if (x > (UINT64_MAX - d) / 10)
+            return PZ_EINVAL;
+        x = x * 10 + d;
+    }
+    *out = x;
+    return 0;
+}

@@ -1,0 +1,569 @@
+/* test_httpd.c - the HTTP/1.1 server toolkit (httpd.c) and client
+ * (httpc.c) on a real loop: a small protocol on 127.0.0.1.
+ *
+ * Server, against raw sockets: pipelined requests in order, answers held
+ * and given later, HEAD, Connection: close, 401 with its challenge, the
+ * bearer check, the request deadlines, the partial-input budget, refusal
+ * at max_clients and draining. Client, against the server: answers with
+ * their headers, in order; a request sent once (max_attempts 1) fails
+ * with the connection that is lost or stuck, and is not sent again.
+ * (mandi's tests drive the client further: resends, malformed and
+ * oversized answers, cancel, free.) Every wait has a deadline. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "conn.h"
+#include "httpc.h"
+#include "httpd.h"
+#include "test.h"
+
+static uv_loop_t loop;
+static uv_prepare_t prep;
+static uv_timer_t ticker; /* wakes UV_RUN_ONCE up, runs conn_cron */
+static uv_timer_t later;  /* answers held requests */
+static struct httpd srv;
+static int port;
+static struct httpd_conn *held; /* the request /held is waiting */
+static int closes;              /* on_close calls */
+
+static void on_prep(uv_prepare_t *h)
+{
+    PZ_UNUSED(h);
+    conn_before_sleep();
+}
+
+static void on_tick(uv_timer_t *h)
+{
+    PZ_UNUSED(h);
+    conn_cron();
+}
+
+static void on_later(uv_timer_t *t)
+{
+    PZ_UNUSED(t);
+    struct httpd_conn *hc = held;
+    held = NULL;
+    if (hc)
+        httpd_text(hc, 200, "later", NULL);
+}
+
+/* Routes: /held answers 50 ms later, /auth wants token "s3cret", /close
+ * closes after its answer, /empty is 204, anything else echoes its path. */
+static void on_request(struct httpd_conn *hc)
+{
+    const struct http_req *req = &hc->p.req;
+    char path[256];
+    snprintf(path, sizeof path, "%.*s", (int)req->url.len,
+             req->url.data ? req->url.data : "");
+    if (strcmp(path, "/held") == 0) {
+        httpd_hold(hc);
+        held = hc;
+        uv_timer_start(&later, on_later, 50, 0);
+    } else if (strcmp(path, "/auth") == 0) {
+        if (!httpd_bearer_ok(req, "s3cret"))
+            httpd_text(hc, 401, "unauthorized", NULL);
+        else
+            httpd_text(hc, 200, "welcome", NULL);
+    } else if (strcmp(path, "/close") == 0) {
+        httpd_close_after(hc);
+        httpd_text(hc, 200, "bye", NULL);
+    } else if (strcmp(path, "/drop") == 0) {
+        httpd_hold(hc); /* and lose the connection */
+        conn_close(hc->c);
+    } else if (strcmp(path, "/stuck") == 0) {
+        httpd_hold(hc); /* never answered */
+    } else if (strcmp(path, "/405") == 0) {
+        httpd_text(hc, 405, "no", "GET, PUT");
+    } else if (strcmp(path, "/empty") == 0) {
+        struct httpd_reply r = {.status = 204};
+        httpd_reply(hc, &r);
+    } else {
+        httpd_text(hc, 200, path, NULL);
+    }
+}
+
+static void on_close(struct httpd_conn *hc)
+{
+    if (held == hc)
+        held = NULL;
+    closes++;
+}
+
+static const struct httpd_ops ops = {.on_request = on_request,
+                                     .on_close = on_close};
+
+static bool world_init(size_t budget, uint64_t header_ms, size_t max_clients)
+{
+    signal(SIGPIPE, SIG_IGN);
+    pz_assert(uv_loop_init(&loop) == 0);
+    struct conn_limits lim = {.high_water = 1u << 20,
+                              .hard_limit = 64u << 20,
+                              .max_partial_input = budget};
+    conn_setup(&loop, &lim);
+    uv_prepare_init(&loop, &prep);
+    uv_prepare_start(&prep, on_prep);
+    uv_timer_init(&loop, &ticker);
+    uv_timer_start(&ticker, on_tick, 5, 5);
+    uv_timer_init(&loop, &later);
+    held = NULL;
+    closes = 0;
+    memset(&srv, 0, sizeof srv);
+    struct httpd_opts o = {
+        .limits = {.max_header_bytes = 4096,
+                   .max_headers = 20,
+                   .max_body = 1 << 20},
+        .header_timeout_ms = header_ms,
+        .body_timeout_ms = header_ms,
+        .max_clients = max_clients,
+        .realm = "test",
+    };
+    char err[256];
+    if (httpd_listen(&srv, "127.0.0.1:0", &ops, &o, "test", NULL, err,
+                     sizeof err) < 0) {
+        fprintf(stderr, "    httpd_listen: %s\n", err);
+        return false;
+    }
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getsockname(&srv.ls.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return false;
+    port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return true;
+}
+
+static int world_close(void)
+{
+    httpd_drain(&srv);
+    conn_listener_close_all(&srv.ls);
+    for (int i = 0; i < 20; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    uv_close((uv_handle_t *)&prep, NULL);
+    uv_close((uv_handle_t *)&ticker, NULL);
+    uv_close((uv_handle_t *)&later, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    return uv_loop_close(&loop) == 0 && conn_count() == 0 ? 0 : -1;
+}
+
+static int dial(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+        return -1;
+    return fd;
+}
+
+static bool send_all(int fd, const char *s)
+{
+    size_t n = strlen(s);
+    return send(fd, s, n, 0) == (ssize_t)n;
+}
+
+/* Run the loop and read what fd receives until it holds `want` (or, with
+ * want NULL, until the server closes), at most ms. Returns what was read
+ * (static, NUL-terminated); *closed says whether the server closed. */
+static const char *read_until(int fd, const char *want, uint64_t ms,
+                              bool *closed)
+{
+    static char buf[65536];
+    size_t n = 0;
+    uv_update_time(&loop);
+    uint64_t end = uv_now(&loop) + ms;
+    *closed = false;
+    buf[0] = '\0';
+    while (uv_now(&loop) < end) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        ssize_t got = recv(fd, buf + n, sizeof buf - 1 - n, MSG_DONTWAIT);
+        if (got > 0) {
+            n += (size_t)got;
+            buf[n] = '\0';
+            if (want && strstr(buf, want))
+                break;
+        } else if (got == 0) {
+            *closed = true;
+            break;
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            *closed = true;
+            break;
+        }
+        usleep(1000);
+        uv_update_time(&loop);
+    }
+    return buf;
+}
+
+static void run_for(uint64_t ms)
+{
+    uv_update_time(&loop);
+    uint64_t end = uv_now(&loop) + ms;
+    while (uv_now(&loop) < end) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        usleep(1000);
+        uv_update_time(&loop);
+    }
+}
+
+static bool starts(const char *s, const char *prefix)
+{
+    bool ok = strncmp(s, prefix, strlen(prefix)) == 0;
+    if (!ok)
+        fprintf(stderr, "    got: %s\n", s);
+    return ok;
+}
+
+static int count(const char *s, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(s, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+TEST(pipelined_in_order_with_a_held_answer)
+{
+    CHECK(world_init(0, 0, 10));
+    int fd = dial();
+    CHECK(fd >= 0);
+    CHECK(send_all(fd, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "GET /held HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "GET /empty HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "GET /d HTTP/1.1\r\nConnection: close\r\n\r\n"));
+    bool closed;
+    const char *out = read_until(fd, NULL, 3000, &closed);
+    CHECK(closed);
+    const char *a = strstr(out, "\r\n\r\n/a\n");
+    const char *l = strstr(out, "\r\n\r\nlater\n");
+    const char *b = strstr(out, "\r\n\r\n/b\n");
+    const char *e = strstr(out, "HTTP/1.1 204 No Content\r\n\r\n");
+    const char *d = strstr(out, "\r\n\r\n/d\n");
+    CHECK(a && l && b && e && d);
+    CHECK(a < l && l < b && b < e && e < d);
+    /* HEAD: the length of the body it would have had, no body. */
+    CHECK(strstr(out, "Content-Length: 3\r\n\r\nHTTP/1.1 204") != NULL);
+    CHECK_EQ_INT(count(out, "HTTP/1.1 200 OK"), 5);
+    CHECK_EQ_INT(count(out, "Connection: close"), 1);
+    close(fd);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+TEST(close_after_and_unauthorized)
+{
+    CHECK(world_init(0, 0, 10));
+    int fd = dial();
+    CHECK(send_all(fd, "GET /auth HTTP/1.1\r\nAuthorization: Bearer no\r\n\r\n"
+                       "GET /auth HTTP/1.1\r\n"
+                       "Authorization: bEaReR   s3cret \r\n\r\n"
+                       "GET /close HTTP/1.1\r\n\r\n"
+                       "GET /never HTTP/1.1\r\n\r\n"));
+    bool closed;
+    const char *out = read_until(fd, NULL, 3000, &closed);
+    CHECK(closed);
+    CHECK(starts(out, "HTTP/1.1 401 Unauthorized\r\n"));
+    CHECK(strstr(out, "WWW-Authenticate: Bearer realm=\"test\"\r\n") != NULL);
+    CHECK(strstr(out, "\r\n\r\nwelcome\n") != NULL);
+    CHECK(strstr(out, "Connection: close\r\n\r\nbye\n") != NULL);
+    CHECK(strstr(out, "/never") == NULL);
+    close(fd);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+/* httpd_bearer_ok on a parsed request with this Authorization value. */
+static bool bearer(const char *value, const char *token)
+{
+    struct http_limits lim = {4096, 20, 1024};
+    struct http_parser p;
+    char req[512];
+    size_t used;
+    if (value)
+        snprintf(req, sizeof req, "GET / HTTP/1.1\r\nAuthorization: %s\r\n\r\n",
+                 value);
+    else
+        snprintf(req, sizeof req, "GET / HTTP/1.1\r\n\r\n");
+    http_parser_init(&p, &lim);
+    pz_assert(http_parser_feed(&p, req, strlen(req), &used) ==
+              HTTP_PARSE_REQUEST);
+    bool ok = httpd_bearer_ok(&p.req, token);
+    http_parser_free(&p);
+    return ok;
+}
+
+TEST(bearer_check)
+{
+    CHECK(bearer("Bearer tok", "tok"));
+    CHECK(bearer("bearer tok", "tok")); /* RFC 7235: any case */
+    CHECK(bearer("BEARER\ttok", "tok"));
+    CHECK(bearer("  Bearer   tok  ", "tok"));
+    CHECK(!bearer("Bearer tok2", "tok"));
+    CHECK(!bearer("Bearer to", "tok"));
+    CHECK(!bearer("Bearer", "tok"));
+    CHECK(!bearer("Bearertok", "tok"));
+    CHECK(!bearer("Basic tok", "tok"));
+    CHECK(!bearer("tok", "tok"));
+    CHECK(!bearer("Bearer t ok", "tok"));
+    CHECK(!bearer(NULL, "tok"));
+    /* No token set: open. */
+    CHECK(bearer(NULL, ""));
+    CHECK(bearer("Bearer x", NULL));
+}
+
+TEST(header_deadline_cannot_be_trickled)
+{
+    CHECK(world_init(0, 200, 10));
+    int fd = dial();
+    CHECK(send_all(fd, "GET /slow HTTP/1.1\r\n"));
+    bool closed;
+    /* Trickle a header byte now and then: the deadline does not move. */
+    for (int i = 0; i < 3; i++) {
+        read_until(fd, "HTTP/", 40, &closed);
+        CHECK(!closed);
+        CHECK(send_all(fd, "X"));
+    }
+    const char *out = read_until(fd, NULL, 2000, &closed);
+    CHECK(closed);
+    CHECK(starts(out, "HTTP/1.1 408 Request Timeout\r\n"));
+    CHECK(strstr(out, "Request headers not received in time\n") != NULL);
+    close(fd);
+    /* A complete request, then silence: no deadline runs. */
+    fd = dial();
+    CHECK(send_all(fd, "GET /ok HTTP/1.1\r\n\r\n"));
+    out = read_until(fd, "/ok\n", 2000, &closed);
+    CHECK(strstr(out, "/ok\n") != NULL);
+    read_until(fd, "HTTP/", 400, &closed);
+    CHECK(!closed);
+    close(fd);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+TEST(partial_input_budget)
+{
+    CHECK(world_init(8192, 0, 10));
+    int a = dial(), b = dial();
+    CHECK(a >= 0 && b >= 0);
+    /* a holds 3000 bytes of a body; b's 5500 more would pass 8192. */
+    char body[5501];
+    memset(body, 'x', 3000);
+    body[3000] = '\0';
+    CHECK(send_all(a, "POST /a HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"));
+    CHECK(send_all(a, body));
+    bool closed;
+    read_until(a, "HTTP/", 200, &closed);
+    CHECK(!closed);
+    CHECK(conn_in_total() >= 3000);
+    memset(body, 'z', 5500);
+    body[5500] = '\0';
+    CHECK(send_all(b, "POST /b HTTP/1.1\r\nContent-Length: 6000\r\n\r\n"));
+    CHECK(send_all(b, body));
+    const char *out = read_until(b, NULL, 2000, &closed);
+    CHECK(closed);
+    CHECK(starts(out, "HTTP/1.1 503 "));
+    CHECK(strstr(out, "Server busy") != NULL);
+    /* a goes on, and its bytes go back to the budget once served. */
+    memset(body, 'y', 2000);
+    body[2000] = '\0';
+    CHECK(send_all(a, body));
+    out = read_until(a, "/a\n", 2000, &closed);
+    CHECK(strstr(out, "HTTP/1.1 200 OK") != NULL);
+    CHECK_EQ_INT(conn_in_total(), 0);
+    close(a);
+    close(b);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+TEST(refused_at_max_clients)
+{
+    CHECK(world_init(0, 0, 1));
+    int a = dial();
+    bool closed;
+    CHECK(send_all(a, "GET /a HTTP/1.1\r\n\r\n"));
+    read_until(a, "/a\n", 2000, &closed);
+    int b = dial();
+    const char *out = read_until(b, NULL, 2000, &closed);
+    CHECK(closed);
+    CHECK(starts(out, "HTTP/1.1 503 Service Unavailable\r\n"));
+    CHECK(strstr(out, "Content-Length: 17\r\nConnection: close\r\n\r\n"
+                      "Too many clients\n") != NULL);
+    close(a);
+    close(b);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+TEST(drain_finishes_held_requests)
+{
+    CHECK(world_init(0, 0, 10));
+    int idle = dial(), busy = dial();
+    bool closed;
+    CHECK(send_all(idle, "GET /a HTTP/1.1\r\n\r\n"));
+    read_until(idle, "/a\n", 2000, &closed);
+    CHECK(send_all(busy, "GET /held HTTP/1.1\r\n\r\n"));
+    read_until(busy, "HTTP/", 20, &closed);
+    CHECK(held != NULL);
+    httpd_drain(&srv);
+    /* The idle one goes at once; the held one gets its answer, closing. */
+    read_until(idle, NULL, 2000, &closed);
+    CHECK(closed);
+    const char *out = read_until(busy, NULL, 2000, &closed);
+    CHECK(closed);
+    CHECK(strstr(out, "Connection: close\r\n\r\nlater\n") != NULL);
+    close(idle);
+    close(busy);
+    run_for(100); /* the server sees them go */
+    CHECK_EQ_INT(closes, 2);
+    /* Draining twice, or one that never listened, is harmless. */
+    httpd_drain(&srv);
+    struct httpd never;
+    memset(&never, 0, sizeof never);
+    httpd_drain(&never);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+/* --- the client ----------------------------------------------------------- */
+
+struct answer {
+    int calls;      /* callback runs */
+    int err;        /* result */
+    int status;     /* its status */
+    char ctype[64]; /* its Content-Type */
+    char allow[64]; /* its Allow */
+    char body[64];  /* its body */
+    int order;      /* completion order */
+};
+
+static int answered;
+
+static void record(const struct httpc_result *res, void *data)
+{
+    struct answer *a = data;
+    a->calls++;
+    a->order = ++answered;
+    a->err = res->err;
+    a->status = res->status;
+    snprintf(a->ctype, sizeof a->ctype, "%s", res->content_type);
+    snprintf(a->allow, sizeof a->allow, "%s", res->allow);
+    snprintf(a->body, sizeof a->body, "%.*s", (int)res->blen, res->body);
+}
+
+static bool wait_answers(struct answer *a, int n, uint64_t ms)
+{
+    uv_update_time(&loop);
+    uint64_t end = uv_now(&loop) + ms;
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < n; i++)
+            done += a[i].calls > 0;
+        if (done == n)
+            return true;
+        if (uv_now(&loop) >= end)
+            return false;
+        uv_run(&loop, UV_RUN_ONCE);
+        uv_update_time(&loop);
+    }
+}
+
+static struct httpc *client(int attempts, uint64_t timeout_ms)
+{
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    struct httpc_opts o = {.max_head = 4096,
+                           .max_body = 4096,
+                           .timeout_ms = timeout_ms,
+                           .max_attempts = attempts,
+                           .log_name = "test client"};
+    return httpc_new(&loop, addr, &o);
+}
+
+TEST(client_answers_in_order)
+{
+    CHECK(world_init(0, 0, 10));
+    struct httpc *c = client(1, 2000);
+    struct answer a[4];
+    memset(a, 0, sizeof a);
+    answered = 0;
+    CHECK(httpc_request(c, "GET", "/held", NULL, NULL, 0, record, &a[0]) > 0);
+    CHECK(httpc_request(c, "POST", "/x%20y", "X-A: 1\r\n", "body", 4, record,
+                        &a[1]) > 0);
+    CHECK(httpc_request(c, "GET", "/405", NULL, NULL, 0, record, &a[2]) > 0);
+    CHECK(httpc_request(c, "GET", "/empty", NULL, NULL, 0, record, &a[3]) > 0);
+    CHECK_EQ_INT(a[0].calls, 0); /* never from inside the call */
+    CHECK_EQ_INT(httpc_pending(c), 4);
+    CHECK(wait_answers(a, 4, 3000));
+    for (int i = 0; i < 4; i++) {
+        CHECK_EQ_INT(a[i].err, 0);
+        CHECK_EQ_INT(a[i].order, i + 1);
+    }
+    CHECK_EQ_STR(a[0].body, "later\n");
+    CHECK_EQ_STR(a[1].body, "/x%20y\n");
+    CHECK_EQ_STR(a[1].ctype, "text/plain; charset=utf-8");
+    CHECK_EQ_INT(a[2].status, 405);
+    CHECK_EQ_STR(a[2].allow, "GET, PUT");
+    CHECK_EQ_INT(a[3].status, 204);
+    CHECK_EQ_STR(a[3].body, "");
+    CHECK_EQ_INT(httpc_pending(c), 0);
+    httpc_free(c);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+TEST(client_sends_once_when_asked)
+{
+    CHECK(world_init(0, 0, 10));
+    struct httpc *c = client(1, 300);
+    struct answer a[3];
+    memset(a, 0, sizeof a);
+    answered = 0;
+    /* Lost with the connection: both fail, neither is sent again. */
+    httpc_request(c, "POST", "/drop", NULL, "", 0, record, &a[0]);
+    httpc_request(c, "POST", "/a", NULL, "", 0, record, &a[1]);
+    CHECK(wait_answers(a, 2, 3000));
+    CHECK_EQ_INT(a[0].err, PZ_EIO);
+    CHECK_EQ_INT(a[1].err, PZ_EIO);
+    CHECK_EQ_INT(a[0].status, 0);
+    /* Stuck: the oldest times out and takes the others with it. */
+    memset(a, 0, sizeof a);
+    httpc_request(c, "POST", "/stuck", NULL, "", 0, record, &a[0]);
+    httpc_request(c, "POST", "/b", NULL, "", 0, record, &a[1]);
+    CHECK(wait_answers(a, 2, 3000));
+    CHECK_EQ_INT(a[0].err, PZ_ETIMEDOUT);
+    CHECK_EQ_INT(a[1].err, PZ_ETIMEDOUT);
+    /* The next request dials again, and is answered. */
+    httpc_request(c, "GET", "/c", NULL, NULL, 0, record, &a[2]);
+    CHECK(wait_answers(&a[2], 1, 3000));
+    CHECK_EQ_INT(a[2].err, 0);
+    CHECK_EQ_STR(a[2].body, "/c\n");
+    /* Cancelled: no callback; freed: the others are cancelled inside. */
+    memset(a, 0, sizeof a);
+    uint64_t id =
+        httpc_request(c, "GET", "/held", NULL, NULL, 0, record, &a[0]);
+    httpc_request(c, "GET", "/held", NULL, NULL, 0, record, &a[1]);
+    void *data = NULL;
+    CHECK(httpc_cancel(c, id, &data));
+    CHECK(data == &a[0]);
+    CHECK(!httpc_cancel(c, id, NULL));
+    httpc_free(c);
+    CHECK_EQ_INT(a[0].calls, 0);
+    CHECK_EQ_INT(a[1].calls, 1);
+    CHECK_EQ_INT(a[1].err, PZ_ECANCELED);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(pipelined_in_order_with_a_held_answer),
+    TEST_ENTRY(close_after_and_unauthorized),
+    TEST_ENTRY(bearer_check),
+    TEST_ENTRY(header_deadline_cannot_be_trickled),
+    TEST_ENTRY(partial_input_budget),
+    TEST_ENTRY(refused_at_max_clients),
+    TEST_ENTRY(drain_finishes_held_requests),
+    TEST_ENTRY(client_answers_in_order),
+    TEST_ENTRY(client_sends_once_when_asked),
+    TEST_END,
+};
+
+const struct test_suite suite_httpd = {"httpd", cases};

@@ -1,0 +1,250 @@
+/* test_json.c - the strict JSON reader: what it accepts and refuses,
+ * strings as bytes (\u0000, surrogate pairs), exact 64-bit integers, the
+ * last of repeated members, nesting limits, walking without a tree, and
+ * lengths honoured without a NUL terminator. */
+#include <stdlib.h>
+
+#include "json.h"
+#include "test.h"
+
+static int parse(const char *doc, struct json_val *root)
+{
+    return json_parse(doc, strlen(doc), root);
+}
+
+static bool valid(const char *doc)
+{
+    struct json_val root;
+    return parse(doc, &root) == 0;
+}
+
+TEST(accepts_rfc8259)
+{
+    static const char *const good[] = {
+        "{}",
+        " [ ] ",
+        "0",
+        "-0",
+        "-12.5e+3",
+        "1E9",
+        "\"\"",
+        "true",
+        "false",
+        "null",
+        "{\"a\":[1,{\"b\":null},\"c\",true,false,-0.0]}",
+        "{\"\\u00e9\\ud83d\\ude00\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"}",
+        "\t\r\n{ \"a\" : 1 , \"a\" : 2 }\n",
+        "\"raw \xff\xfe bytes are kept\"",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(good); i++) {
+        if (!valid(good[i]))
+            fprintf(stderr, "    refused %s\n", good[i]);
+        CHECK(valid(good[i]));
+    }
+}
+
+TEST(refuses_the_rest)
+{
+    static const char *const bad[] = {
+        "",
+        " ",
+        "{",
+        "{\"a\":1,}",
+        "[1,]",
+        "[1 2]",
+        "{a:1}",
+        "{'a':1}",
+        "{\"a\" 1}",
+        "01",
+        "+1",
+        "1.",
+        ".5",
+        "1e",
+        "-",
+        "0x10",
+        "NaN",
+        "Infinity",
+        "tru",
+        "nul",
+        "\"\\q\"",
+        "\"\\u12\"",
+        "\"\\ud800\"",
+        "\"\\ud800\\u0041\"",
+        "\"\\udc00\"",
+        "\"unterminated",
+        "\"tab\tinside\"",
+        "\"nl\ninside\"",
+        "{} x",
+        "{}{}",
+        "[]]",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        if (valid(bad[i]))
+            fprintf(stderr, "    accepted %s\n", bad[i]);
+        CHECK(!valid(bad[i]));
+    }
+    /* A NUL byte outside a string is not white space. */
+    struct json_val root;
+    CHECK_EQ_INT(json_parse("{}\0", 3, &root), PZ_EINVAL);
+    /* The length is honoured: no NUL terminator needed. */
+    CHECK_EQ_INT(json_parse("[1]garbage", 3, &root), 0);
+    CHECK_EQ_INT(root.type, JSON_ARRAY);
+    CHECK_EQ_INT(root.len, 3);
+}
+
+TEST(nesting_limit)
+{
+    struct pz_buf b;
+    struct json_val root;
+    pz_buf_init(&b);
+    /* 63 arrays hold a number: the number is at level 64. */
+    for (int i = 0; i < JSON_MAX_DEPTH - 1; i++)
+        pz_buf_append(&b, "[", 1);
+    pz_buf_append(&b, "1", 1);
+    for (int i = 0; i < JSON_MAX_DEPTH - 1; i++)
+        pz_buf_append(&b, "]", 1);
+    CHECK_EQ_INT(json_parse(b.data, b.len, &root), 0);
+    /* One level more is refused, and so is a deep attack. */
+    pz_buf_reset(&b);
+    for (int i = 0; i < JSON_MAX_DEPTH; i++)
+        pz_buf_append(&b, "[", 1);
+    pz_buf_append(&b, "1", 1);
+    for (int i = 0; i < JSON_MAX_DEPTH; i++)
+        pz_buf_append(&b, "]", 1);
+    CHECK_EQ_INT(json_parse(b.data, b.len, &root), PZ_EINVAL);
+    pz_buf_reset(&b);
+    for (int i = 0; i < 100000; i++)
+        pz_buf_append(&b, "{\"a\":", 5);
+    CHECK_EQ_INT(json_parse(b.data, b.len, &root), PZ_EINVAL);
+    pz_buf_free(&b);
+}
+
+TEST(strings_are_bytes)
+{
+    struct json_val root, v;
+    const char *doc = "{\"k\":\"a\\u0000b\\u00e9\\ud83d\\ude00\\n\"}";
+    CHECK_EQ_INT(parse(doc, &root), 0);
+    CHECK(json_get(&root, "k", &v));
+    CHECK_EQ_INT(v.type, JSON_STRING);
+    size_t len;
+    char *s = json_strdup(&v, &len);
+    CHECK_EQ_INT(len, 10);
+    CHECK(memcmp(s, "a\0b\xc3\xa9\xf0\x9f\x98\x80\n", 10) == 0);
+    CHECK_EQ_INT(s[len], '\0');
+    pz_free(s);
+    /* The empty string is an empty, NUL-terminated copy. */
+    CHECK_EQ_INT(parse("\"\"", &v), 0);
+    s = json_strdup(&v, &len);
+    CHECK_EQ_INT(len, 0);
+    CHECK_EQ_STR(s, "");
+    pz_free(s);
+    CHECK(json_str_is(&v, "", 0));
+}
+
+TEST(members)
+{
+    struct json_val root, v;
+    /* The last of repeated members counts; escaped names match their
+     * decoded form; nested members are not top-level ones. */
+    const char *doc = "{\"x\":{\"key\":1},\"key\":\"a\",\"k\\u0065y\":\"b\","
+                      "\"keys\":\"c\",\"KEY\":\"d\",\"y\":[\"key\"]}";
+    CHECK_EQ_INT(parse(doc, &root), 0);
+    CHECK(json_get(&root, "key", &v));
+    CHECK_EQ_INT(v.type, JSON_STRING);
+    CHECK(json_str_is(&v, "b", 1));
+    CHECK(!json_get(&root, "ke", &v));
+    CHECK(!json_get(&root, "nope", &v));
+    CHECK(json_get(&root, "x", &v));
+    CHECK_EQ_INT(v.type, JSON_OBJECT);
+    CHECK(json_get(&v, "key", &v));
+    CHECK_EQ_INT(v.type, JSON_NUMBER);
+    /* A name with a NUL byte matches only that name. */
+    CHECK_EQ_INT(parse("{\"a\\u0000b\":1}", &root), 0);
+    CHECK(!json_get(&root, "a", &v));
+    /* Not an object: no members. */
+    CHECK_EQ_INT(parse("[\"key\",1]", &root), 0);
+    CHECK(!json_get(&root, "key", &v));
+}
+
+TEST(walk)
+{
+    struct json_val root, name, v;
+    struct json_iter it;
+    const char *doc = " [ 1 , \"two\" , { \"three\" : [ 3 ] } , [ ] , null ,"
+                      "true,false,\"]}\\\"\" ] ";
+    CHECK_EQ_INT(parse(doc, &root), 0);
+    static const enum json_type want[] = {JSON_NUMBER, JSON_STRING, JSON_OBJECT,
+                                          JSON_ARRAY,  JSON_NULL,   JSON_TRUE,
+                                          JSON_FALSE,  JSON_STRING};
+    static const char *const text[] = {
+        "1",     "\"two\"",   "{ \"three\" : [ 3 ] }", "[ ]", "null", "true",
+        "false", "\"]}\\\"\""};
+    size_t n = 0;
+    json_iter_init(&it, &root);
+    while (json_iter_next(&it, NULL, &v)) {
+        CHECK(n < PZ_ARRAY_SIZE(want));
+        CHECK_EQ_INT(v.type, want[n]);
+        CHECK_EQ_INT(v.len, strlen(text[n]));
+        CHECK(memcmp(v.s, text[n], v.len) == 0);
+        n++;
+    }
+    CHECK_EQ_INT(n, PZ_ARRAY_SIZE(want));
+    /* Members, with names. */
+    CHECK_EQ_INT(parse("{\"a\":1,\"b\":{\"c\":2}}", &root), 0);
+    json_iter_init(&it, &root);
+    CHECK(json_iter_next(&it, &name, &v));
+    CHECK(json_str_is(&name, "a", 1));
+    CHECK(json_iter_next(&it, &name, &v));
+    CHECK(json_str_is(&name, "b", 1));
+    CHECK_EQ_INT(v.type, JSON_OBJECT);
+    CHECK(!json_iter_next(&it, &name, &v));
+    /* Scalars and empty containers walk nothing. */
+    CHECK_EQ_INT(parse("{}", &root), 0);
+    json_iter_init(&it, &root);
+    CHECK(!json_iter_next(&it, &name, &v));
+    CHECK_EQ_INT(parse("7", &root), 0);
+    json_iter_init(&it, &root);
+    CHECK(!json_iter_next(&it, &name, &v));
+}
+
+static int u64_of(const char *num, uint64_t *out)
+{
+    struct json_val v;
+    *out = 12345;
+    if (parse(num, &v) < 0)
+        return -1;
+    return json_u64(&v, out);
+}
+
+TEST(u64_exact)
+{
+    uint64_t x;
+    CHECK_EQ_INT(u64_of("0", &x), 0);
+    CHECK(x == 0);
+    CHECK_EQ_INT(u64_of("18446744073709551615", &x), 0);
+    CHECK(x == UINT64_MAX);
+    CHECK_EQ_INT(u64_of("9007199254740993", &x), 0);
+    CHECK(x == 9007199254740993ull);
+    static const char *const bad[] = {"-1",
+                                      "-0",
+                                      "1.0",
+                                      "1e2",
+                                      "\"3\"",
+                                      "true",
+                                      "null",
+                                      "[1]",
+                                      "18446744073709551616",
+                                      "99999999999999999999"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        CHECK_EQ_INT(u64_of(bad[i], &x), PZ_EINVAL);
+        CHECK(x == 12345);
+    }
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(accepts_rfc8259), TEST_ENTRY(refuses_the_rest),
+    TEST_ENTRY(nesting_limit),   TEST_ENTRY(strings_are_bytes),
+    TEST_ENTRY(members),         TEST_ENTRY(walk),
+    TEST_ENTRY(u64_exact),       TEST_END};
+
+const struct test_suite suite_json = {"json", cases};
