@@ -23,16 +23,11 @@
  * process with the reason. */
 #include "node.h"
 
-#include <cJSON.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <sys/statvfs.h>
-#include <unistd.h>
 
-#include "failpoint.h"
 #include "log.h"
 #include "node_internal.h"
 
@@ -526,10 +521,8 @@ static int restore(char *err, size_t errlen)
 int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
               char *err, size_t errlen)
 {
-    uint64_t seed = 0;
+    uint64_t seed = pz_seed();
     int rv;
-    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
-        seed = uv_hrtime();
     memset(&node, 0, sizeof node);
     node.loop = loop;
     node.cfg = cfg;

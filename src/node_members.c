@@ -6,11 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <sys/statvfs.h>
-#include <unistd.h>
 
-#include "failpoint.h"
 #include "log.h"
 #include "node_internal.h"
 
@@ -555,9 +551,7 @@ int members_bootstrap(char *err, size_t errlen)
                                cfg->grpc_addr);
         raft_conf_add(&conf, node.id, true, meta);
         pz_free(meta);
-        uint64_t r = 0;
-        if (getrandom(&r, sizeof r, 0) != sizeof r)
-            r = uv_hrtime();
+        uint64_t r = pz_seed();
         node.cluster_id = r ? r : 1;
         pz_info("bootstrapping a one-node cluster");
     }

@@ -1,15 +1,8 @@
 /* node_reqs.c - the node's request lists (see node_internal.h): a request
  * waits in one list, is completed by moving it to node.done with its
  * status, and is called back from node_before_sleep. */
-#include <cJSON.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <sys/statvfs.h>
-#include <unistd.h>
 
-#include "failpoint.h"
 #include "log.h"
 #include "node_internal.h"
 

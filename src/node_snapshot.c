@@ -2,11 +2,9 @@
  * section comment below): taking them, compacting the log behind them,
  * shipping them to followers, receiving and installing them, and loading
  * the newest at start. */
-#include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -486,9 +484,7 @@ const char *snaps_on_chunk(void *data, uint64_t from,
         return NULL;
     struct snapshot_receiver *rx = node.rx;
     node.rx = NULL;
-    uint64_t seed = 0;
-    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
-        seed = uv_hrtime();
+    uint64_t seed = pz_seed();
     struct kv *kv = kv_new_seeded(seed);
     if (snapshot_receiver_finish(rx, kv, NULL, 0, NULL, err, sizeof err) < 0) {
         pz_warn("snapshot %llu refused: %s",
@@ -577,9 +573,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
             snapshot_meta_free(&meta);
         }
     } else {
-        uint64_t seed = 0;
-        if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
-            seed = uv_hrtime();
+        uint64_t seed = pz_seed();
         kv = kv_new_seeded(seed);
         if (snapshot_load(path, kv, &meta, err, sizeof err) < 0 ||
             meta.index != sm->index || meta.term != sm->term) {
@@ -665,9 +659,7 @@ int snaps_restore(const struct store_meta *sm, const struct raft_entry *ents,
     struct kv *kv = NULL;
     struct snapshot_meta meta;
     char e2[SNAPSHOT_ERRMSG_SIZE];
-    uint64_t seed = 0;
-    if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
-        seed = uv_hrtime();
+    uint64_t seed = pz_seed();
     *have = snapshot_load_newest_valid(node.cfg->raft_data, seed, &pick,
                                        &kv, &meta, NULL, e2, sizeof e2) == 0;
     if (*have) {

@@ -959,7 +959,7 @@ struct transport *transport_new(uv_loop_t *loop,
         t->cfg.max_frame = UINT32_MAX;
     if (t->cfg.backoff_max_ms < t->cfg.backoff_min_ms)
         t->cfg.backoff_max_ms = t->cfg.backoff_min_ms;
-    t->rng = cfg->seed ? cfg->seed : uv_hrtime() ^ (cfg->id << 32);
+    t->rng = cfg->seed ? cfg->seed : pz_seed() ^ cfg->id;
     pz_queue_init(&t->peers);
     pz_queue_init(&t->inbound);
     pz_buf_init(&t->scratch);
