@@ -2,7 +2,8 @@
  *
  * Every JSON document that reaches PyazDB from the network is read here:
  * the node API's bodies (POST /set, /delete), mandi's bodies and answers
- * (LeaderInfo, join requests), the CLI's view of /cluster. cJSON, a
+ * (LeaderInfo, join requests), the CLI's view of /cluster, members' meta in
+ * configuration entries. cJSON, a
  * dependency, stays the writer; it is not the reader because it cannot
  * keep what these readers guarantee:
  *  - strings are bytes: keys and values may hold \u0000 (the API takes

@@ -7,10 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "log.h"
 #include "node_internal.h"
 
-static char *json_str(cJSON *o, const char *k);
+static char *meta_str(const struct json_val *o, bool ok, const char *k);
 static char *make_meta(const char *name, const char *raft, const char *http,
                        const char *grpc);
 static bool plausible_addr(const char *a);
@@ -47,11 +48,20 @@ struct member *members_find(uint64_t id)
     return NULL;
 }
 
-static char *json_str(cJSON *o, const char *k)
+/* Member k of a meta document (a string), or "" (no such member, not a
+ * string, a NUL inside, or the document did not parse: ok false). */
+static char *meta_str(const struct json_val *o, bool ok, const char *k)
 {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    return pz_strdup(cJSON_IsString(v) && v->valuestring ? v->valuestring
-                                                         : "");
+    struct json_val v;
+    if (!ok || !json_get(o, k, &v) || v.type != JSON_STRING)
+        return pz_strdup("");
+    size_t len;
+    char *str = json_strdup(&v, &len);
+    if (memchr(str, '\0', len) != NULL) {
+        pz_free(str);
+        return pz_strdup("");
+    }
+    return str;
 }
 
 /* A member's meta in configuration entries: JSON with its name and the
@@ -83,14 +93,15 @@ void members_refresh(void)
         const struct raft_server *s = &conf->servers[i];
         struct member *m = &ms[i];
         struct member *old = members_find(s->id);
-        cJSON *o = cJSON_Parse(s->meta ? s->meta : "");
+        const char *meta = s->meta ? s->meta : "";
+        struct json_val o;
+        bool ok = json_parse(meta, strlen(meta), &o) == 0;
         m->id = s->id;
         m->voter = s->voter;
-        m->name = json_str(o, "name");
-        m->raft = json_str(o, "raft");
-        m->http = json_str(o, "http");
-        m->grpc = json_str(o, "grpc");
-        cJSON_Delete(o);
+        m->name = meta_str(&o, ok, "name");
+        m->raft = meta_str(&o, ok, "raft");
+        m->http = meta_str(&o, ok, "http");
+        m->grpc = meta_str(&o, ok, "grpc");
         if (old && old->http[0] && !m->http[0]) {
             pz_free(m->http);
             m->http = pz_strdup(old->http);
