@@ -201,17 +201,12 @@ static struct pz_queue dirty_list;           /* sessions to flush */
 
 /* --- backend on the real node ---------------------------------------- */
 
-static const char *node_leader_grpc(void)
-{
-    return node_leader_grpc_addr();
-}
-
 const struct grpc_backend grpc_node_backend = {
     .propose = node_propose,
     .read = node_read,
     .cancel = node_cancel,
     .kv = node_kv,
-    .leader_grpc_addr = node_leader_grpc,
+    .leader_grpc_addr = node_leader_grpc_addr,
     .status = node_status,
     .wait_leader = node_wait_leader,
 };

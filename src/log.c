@@ -41,15 +41,6 @@ void pz_log_close(void)
     out = NULL;
 }
 
-int pz_log_level_parse(const char *s)
-{
-    static const char *names[] = {"debug", "info", "warning", "error"};
-    for (int i = 0; i < 4; i++)
-        if (strcmp(s, names[i]) == 0)
-            return i;
-    return -1;
-}
-
 void pz_log(enum pz_log_level level, const char *fmt, ...)
 {
     if (level < min_level)

@@ -21,8 +21,6 @@ void pz_log_setup(enum pz_log_level level, const char *prefix);
 /* Log to this file from now on (appending); NULL or "" means stderr.
  * Returns 0 or a negative errno, leaving the destination unchanged. */
 int pz_log_open(const char *path);
-/* Parse "debug|info|warning|error"; returns -1 for anything else. */
-int pz_log_level_parse(const char *s);
 void pz_log(enum pz_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void pz_log_close(void);
