@@ -561,10 +561,16 @@ def test_slow_grpc_preface_and_message(node, pb):
     # A message a byte at a time.
     r = RawH2(node.grpc_port)
     r.headers(1, grpc_headers("/kv.KVService/Set", node.grpc_port))
-    msg = frame(b"\x0a\x01s\x12\x01v")
+    # The message is long enough that sending it a byte every half second
+    # outlasts client-body-timeout, whatever that is.
+    value = b"v" * 100
+    msg = frame(b"\x0a\x01s\x12" + bytes([len(value)]) + value)
+    assert len(msg) * 0.5 > BODY_TIMEOUT + 3
     t0 = time.time()
     frames, ended = [], None
-    for b in msg * 10:
+    for b in msg:
+        if time.time() - t0 > BODY_TIMEOUT + 3:
+            break
         r.data(1, bytes([b]))
         fs, _ = r.read_frames(timeout=0.5)
         frames += fs
@@ -596,7 +602,8 @@ def test_requests_waiting_on_the_cluster_are_not_cut(servers, pb):
     an election for request-timeout, longer than client-body-timeout. The
     wait is the server's, not the client's: they end with "no leader",
     not with a request timeout."""
-    s = servers(start=False, conf=dict(CONF, **{"request-timeout": "5s"}),
+    s = servers(start=False, conf=dict(CONF, **{
+        "request-timeout": f"{int(BODY_TIMEOUT + 2)}s"}),
                 env=ENV)
     s.conf["initial-cluster"] = (f"node1=127.0.0.1:{s.raft_port},"
                                  f"node2=127.0.0.1:{free_port()}")
