@@ -569,7 +569,7 @@ int members_bootstrap(char *err, size_t errlen)
     int rv = raft_bootstrap(node.raft, &conf);
     raft_conf_free(&conf);
     if (rv < 0) {
-        snprintf(err, errlen, "cannot members_bootstrap: %s", pz_strerror(rv));
+        snprintf(err, errlen, "cannot bootstrap: %s", pz_strerror(rv));
         return rv;
     }
     rv = store_meta_set(node.store, node.cluster_id, node.id, cfg->node_id);
