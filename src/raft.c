@@ -1187,14 +1187,17 @@ static void send_append_resp(struct raft *r, uint64_t to, uint64_t index)
     m->index = index;
 }
 
-/* A configuration entry a correct leader can write: it decodes and keeps
- * at least one voter (raft_propose_conf refuses to remove the last). */
-static bool conf_data_valid(const uint8_t *data, size_t len)
+/* A configuration entry a correct leader can write at index (for a
+ * snapshot's, the snapshot index): it decodes, keeps at least one voter
+ * (raft_propose_conf refuses to remove the last) and remembers only
+ * removals made by entries up to index. */
+static bool conf_data_valid(const uint8_t *data, size_t len, uint64_t index)
 {
     struct raft_conf c;
     if (raft_conf_decode(data, len, &c) != 0)
         return false;
-    bool ok = raft_conf_voters(&c) > 0;
+    bool ok = raft_conf_voters(&c) > 0 &&
+              (c.n_removed == 0 || c.removed[c.n_removed - 1].index <= index);
     raft_conf_free(&c);
     return ok;
 }
@@ -1217,7 +1220,8 @@ static const char *append_invalid(const struct raft_msg *m)
             return "APPEND with an entry term out of order";
         if (e->type > RAFT_ENTRY_NOOP || (e->len > 0 && e->data == NULL))
             return "APPEND with a malformed entry";
-        if (e->type == RAFT_ENTRY_CONF && !conf_data_valid(e->data, e->len))
+        if (e->type == RAFT_ENTRY_CONF &&
+            !conf_data_valid(e->data, e->len, e->index))
             return "APPEND with an invalid configuration entry";
         prev_term = e->term;
     }
@@ -1357,7 +1361,7 @@ static const char *snapshot_invalid(const struct raft_msg *m)
     const struct raft_entry *e = &m->entries[0];
     if (e->type != RAFT_ENTRY_CONF || e->index != m->snap_index ||
         e->term != m->snap_term || (e->len > 0 && e->data == NULL) ||
-        !conf_data_valid(e->data, e->len))
+        !conf_data_valid(e->data, e->len, e->index))
         return "INSTALL_SNAPSHOT with an invalid configuration";
     return NULL;
 }
@@ -1715,6 +1719,16 @@ int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
             raft_conf_free(&sc);
             return PZ_ECORRUPT;
         }
+    }
+    for (size_t i = 0; si > 0 && i < snap->conf.n_removed; i++) {
+        const struct raft_removed *rm = &snap->conf.removed[i];
+        if (rm->id == 0 || rm->index > si ||
+            (i > 0 && rm->index <= snap->conf.removed[i - 1].index) ||
+            raft_conf_removed(&sc, rm->id) != NULL) {
+            raft_conf_free(&sc);
+            return PZ_ECORRUPT;
+        }
+        raft_conf_note_removed(&sc, rm->id, rm->index, rm->term, rm->meta);
     }
     r->fresh = false;
     r->term = hs->term;
@@ -2084,7 +2098,14 @@ int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
             s->voter = false;
         break;
     case RAFT_CC_REMOVE:
-        rc = raft_conf_remove(&c, cc->id) == 0 ? 0 : PZ_EINVAL;
+        if (s == NULL) {
+            rc = PZ_EINVAL;
+            break;
+        }
+        /* The entry goes at the end of the log in this term. */
+        raft_conf_note_removed(&c, cc->id, log_last(&r->log) + 1, r->term,
+                               s->meta);
+        raft_conf_remove(&c, cc->id);
         break;
     default:
         rc = PZ_EINVAL;

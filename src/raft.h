@@ -94,14 +94,31 @@ struct raft_server {
                     core copies and stores it, never interprets it */
 };
 
+/* A server removed from the configuration, remembered in the
+ * configurations that follow so that every node, and a leader elected
+ * later or restored from a snapshot, can tell it so when it dials. */
+struct raft_removed {
+    uint64_t id;    /* the removed server's id */
+    uint64_t index; /* the CONF entry that removed it */
+    uint64_t term;  /* that entry's term */
+    char *meta;     /* its meta when it was removed (owned by the conf) */
+};
+
+/* Removals a configuration remembers: the oldest is forgotten first. */
+#define RAFT_CONF_MAX_REMOVED 32
+
 struct raft_conf {
     struct raft_server *servers; /* sorted by id (the helpers keep it so) */
     size_t n;                    /* number of servers */
+    struct raft_removed *removed; /* by index, oldest first; ids unique;
+                                     an id may also be a server again */
+    size_t n_removed;
 };
 
-/* An empty conf (servers NULL, n 0). */
+/* An empty conf (servers NULL, n 0, no removals). */
 void raft_conf_init(struct raft_conf *c);
-/* Frees the servers and their meta strings; c is empty afterwards. */
+/* Frees the servers, the removals and their meta strings; c is empty
+ * afterwards. */
 void raft_conf_free(struct raft_conf *c);
 /* Deep copy into dst (dst's previous content is freed). */
 void raft_conf_copy(struct raft_conf *dst, const struct raft_conf *src);
@@ -115,16 +132,29 @@ int raft_conf_remove(struct raft_conf *c, uint64_t id);
 struct raft_server *raft_conf_get(const struct raft_conf *c, uint64_t id);
 /* Number of voters. */
 size_t raft_conf_voters(const struct raft_conf *c);
+/* Records that id (with this meta, copied) was removed by the CONF entry
+ * (index, term): an older record of the same id is replaced, and the
+ * oldest record goes when RAFT_CONF_MAX_REMOVED are kept (and records
+ * at or above index, which cannot be true). */
+void raft_conf_note_removed(struct raft_conf *c, uint64_t id, uint64_t index,
+                            uint64_t term, const char *meta);
+/* The removal record of id, or NULL. Valid until c changes. */
+const struct raft_removed *raft_conf_removed(const struct raft_conf *c,
+                                             uint64_t id);
 
 /* Deterministic encoding of a configuration entry's data: same member set
- * (ids, voter flags, meta) -> same bytes, whatever the order of c->servers.
- * Format (big-endian): u8 version(1), u32 n, then per server sorted by id:
- * u64 id, u8 voter, u32 meta_len, meta bytes (no NUL).
+ * (ids, voter flags, meta) and removals -> same bytes, whatever the order
+ * of c->servers. Format (big-endian): u8 version, u32 n, then per server
+ * sorted by id: u64 id, u8 voter, u32 meta_len, meta bytes (no NUL).
+ * Version 1 ends there; version 2, written only when there are removals,
+ * follows with u32 n_removed (1..RAFT_CONF_MAX_REMOVED), then per removal
+ * by increasing index: u64 id, u64 index, u64 term, u32 meta_len, meta.
  * *buf is allocated with pz_malloc; the caller frees it with pz_free. */
 void raft_conf_encode(const struct raft_conf *c, uint8_t **buf, size_t *len);
 /* Decodes into out (initialized by the callee; free with raft_conf_free).
  * Returns 0 or PZ_ECORRUPT (truncated, trailing bytes, bad version, id 0,
- * duplicate id); on error out is left empty. */
+ * duplicate id, removals out of order or repeated); on error out is left
+ * empty. */
 int raft_conf_decode(const uint8_t *buf, size_t len, struct raft_conf *out);
 
 /* A snapshot point: the state machine as of index, and what Raft must know
@@ -342,7 +372,8 @@ enum raft_conf_change_type {
     RAFT_CC_ADD_NONVOTER = 1, /* new server as non-voter (meta stored) */
     RAFT_CC_PROMOTE = 2,      /* non-voter -> voter */
     RAFT_CC_DEMOTE = 3,       /* voter -> non-voter */
-    RAFT_CC_REMOVE = 4,       /* remove a server (voter or not) */
+    RAFT_CC_REMOVE = 4,       /* remove a server (voter or not); the new
+                                 conf records the removal */
 };
 
 struct raft_conf_change {

@@ -322,6 +322,77 @@ TEST(conf_codec)
     raft_conf_free(&b);
 }
 
+TEST(conf_codec_removals)
+{
+    struct raft_conf a, d;
+    raft_conf_init(&a);
+    CHECK_EQ_INT(raft_conf_add(&a, 1, true, "a"), 0);
+    uint8_t *b;
+    size_t len;
+    raft_conf_encode(&a, &b, &len);
+    CHECK_EQ_INT(b[0], 1); /* no removals: the first format, unchanged */
+    pz_free(b);
+    raft_conf_note_removed(&a, 7, 10, 2, "{\"name\":\"n7\"}");
+    raft_conf_note_removed(&a, 8, 12, 2, "");
+    raft_conf_note_removed(&a, 7, 15, 3, "again"); /* replaces the first */
+    CHECK_EQ_INT(a.n_removed, 2);
+    CHECK_EQ_INT(a.removed[0].id, 8);
+    CHECK_EQ_INT(raft_conf_removed(&a, 7)->index, 15);
+    CHECK_EQ_INT(raft_conf_removed(&a, 7)->term, 3);
+    CHECK(raft_conf_removed(&a, 1) == NULL);
+    raft_conf_encode(&a, &b, &len);
+    CHECK_EQ_INT(b[0], 2);
+    CHECK_EQ_INT(raft_conf_decode(b, len, &d), 0);
+    CHECK_EQ_INT(d.n, 1);
+    CHECK_EQ_INT(d.n_removed, 2);
+    CHECK_EQ_STR(raft_conf_removed(&d, 7)->meta, "again");
+    CHECK_EQ_INT(raft_conf_removed(&d, 8)->index, 12);
+    /* A copy is deep and encodes the same. */
+    struct raft_conf c;
+    raft_conf_init(&c);
+    raft_conf_copy(&c, &d);
+    raft_conf_free(&d);
+    uint8_t *b2;
+    size_t len2;
+    raft_conf_encode(&c, &b2, &len2);
+    CHECK_EQ_INT(len2, len);
+    CHECK(memcmp(b, b2, len) == 0);
+    pz_free(b2);
+    raft_conf_free(&c);
+    for (size_t cut = 0; cut < len; cut++)
+        CHECK_EQ_INT(raft_conf_decode(b, cut, &d), PZ_ECORRUPT);
+    /* The record of 7 is last (index 15) and 8's first (12): put them out
+     * of order, then give both the same id, then claim zero of them. */
+    size_t r0 = len - (28 + 5) - (28 + 0); /* the first record */
+    size_t r1 = len - (28 + 5);            /* the second */
+    uint8_t *x = pz_malloc(len);
+    memcpy(x, b, len);
+    pz_put_u64(x + r1 + 8, 11);
+    CHECK_EQ_INT(raft_conf_decode(x, len, &d), PZ_ECORRUPT);
+    memcpy(x, b, len);
+    pz_put_u64(x + r1, 8);
+    CHECK_EQ_INT(raft_conf_decode(x, len, &d), PZ_ECORRUPT);
+    memcpy(x, b, len);
+    pz_put_u64(x + r0, 0);
+    CHECK_EQ_INT(raft_conf_decode(x, len, &d), PZ_ECORRUPT);
+    memcpy(x, b, len);
+    pz_put_u32(x + r0 - 4, 0);
+    CHECK_EQ_INT(raft_conf_decode(x, len, &d), PZ_ECORRUPT);
+    pz_free(x);
+    pz_free(b);
+    /* Bounded: the oldest goes; a record at or above a new one cannot be
+     * true and goes too. */
+    for (uint64_t i = 0; i < RAFT_CONF_MAX_REMOVED + 5; i++)
+        raft_conf_note_removed(&a, 100 + i, 100 + i, 4, "");
+    CHECK_EQ_INT(a.n_removed, RAFT_CONF_MAX_REMOVED);
+    CHECK_EQ_INT(a.removed[0].id, 105);
+    raft_conf_note_removed(&a, 9, 120, 4, "");
+    CHECK_EQ_INT(a.removed[a.n_removed - 1].id, 9);
+    CHECK(raft_conf_removed(&a, 121) == NULL);
+    CHECK(raft_conf_removed(&a, 119) != NULL);
+    raft_conf_free(&a);
+}
+
 TEST(new_rejects_bad_config)
 {
     char err[RAFT_ERRMSG_SIZE];
@@ -1148,6 +1219,40 @@ TEST(removed_leader_steps_down)
     uint64_t term;
     CHECK_EQ_INT(count_leaders(&net, &term), 1);
     CHECK(st_of(&net, 1).role != RAFT_LEADER);
+    net_free(&net);
+}
+
+TEST(removals_are_remembered_by_later_configurations)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct raft *l = net.nodes[1].r;
+    struct raft_conf_change cc = {.type = RAFT_CC_REMOVE, .id = 3};
+    uint64_t idx, term;
+    CHECK_EQ_INT(raft_propose_conf(l, &cc, &idx, &term), 0);
+    deliver_all(&net);
+    const struct raft_conf *c = raft_conf_current(net.nodes[2].r, NULL);
+    CHECK(raft_conf_get(c, 3) == NULL);
+    const struct raft_removed *rm = raft_conf_removed(c, 3);
+    CHECK(rm != NULL);
+    CHECK_EQ_INT(rm->index, idx);
+    CHECK_EQ_INT(rm->term, term);
+    /* Removing what is not there is refused and records nothing. */
+    CHECK_EQ_INT(raft_propose_conf(l, &cc, NULL, NULL), PZ_EINVAL);
+    /* Added again: the record stays (it names the removed incarnation),
+     * and the later configurations keep it. */
+    struct raft_conf_change add = {
+        .type = RAFT_CC_ADD_NONVOTER, .id = 3, .meta = "new"};
+    CHECK_EQ_INT(raft_propose_conf(l, &add, NULL, NULL), 0);
+    deliver_all(&net);
+    struct raft_conf_change add5 = {.type = RAFT_CC_ADD_NONVOTER, .id = 5};
+    CHECK_EQ_INT(raft_propose_conf(l, &add5, NULL, NULL), 0);
+    deliver_all(&net);
+    c = raft_conf_current(net.nodes[2].r, NULL);
+    CHECK(raft_conf_get(c, 3) != NULL);
+    CHECK(raft_conf_get(c, 5) != NULL);
+    CHECK_EQ_INT(raft_conf_removed(c, 3)->index, idx);
     net_free(&net);
 }
 
@@ -2447,6 +2552,7 @@ TEST(leader_sends_while_its_write_is_in_flight)
 
 static const struct test_case cases[] = {
     TEST_ENTRY(conf_codec),
+    TEST_ENTRY(conf_codec_removals),
     TEST_ENTRY(leader_sends_while_its_write_is_in_flight),
     TEST_ENTRY(new_rejects_bad_config),
     TEST_ENTRY(bootstrap_identical_entry),
@@ -2473,6 +2579,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(conf_change_waits_for_commit_in_term),
     TEST_ENTRY(joining_node_gets_log),
     TEST_ENTRY(removed_leader_steps_down),
+    TEST_ENTRY(removals_are_remembered_by_later_configurations),
     TEST_ENTRY(transfer_leadership),
     TEST_ENTRY(transfer_aborts_after_timeout),
     TEST_ENTRY(restore_uses_last_conf_entry),
