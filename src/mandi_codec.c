@@ -242,10 +242,15 @@ static int join_of(const struct json_val *obj, struct mandi_join *out,
         snprintf(why, whylen, "invalid JSON");
         return PZ_EINVAL;
     }
+    out->incarnation = 0;
     int rv = parse_fields(obj, "started_at", dst, cap, why, whylen);
     if (rv == 0 && out->addr[0] == '\0') {
         /* The leader adds the node at this address: nothing to add. */
         snprintf(why, whylen, "missing addr");
+        rv = PZ_EINVAL;
+    }
+    if (rv == 0 && member_u64(obj, "incarnation", &out->incarnation) < 0) {
+        snprintf(why, whylen, "'incarnation' must be an unsigned integer");
         rv = PZ_EINVAL;
     }
     return rv;
@@ -344,6 +349,11 @@ static cJSON *join_object(const struct mandi_join *j, bool with_time)
     cJSON_AddStringToObject(o, "addr", j->addr);
     cJSON_AddStringToObject(o, "http_addr", j->http_addr);
     cJSON_AddStringToObject(o, "grpc_addr", j->grpc_addr);
+    if (j->incarnation != 0) {
+        char num[24];
+        snprintf(num, sizeof num, "%llu", (unsigned long long)j->incarnation);
+        cJSON_AddRawToObject(o, "incarnation", num);
+    }
     if (with_time)
         cJSON_AddStringToObject(o, "started_at", j->started_at);
     return o;

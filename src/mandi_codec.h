@@ -44,6 +44,8 @@ struct mandi_join {
     char http_addr[MANDI_ADDR_MAX + 1]; /* its HTTP address, may be "" */
     char grpc_addr[MANDI_ADDR_MAX + 1]; /* its gRPC address, may be "" */
     char started_at[MANDI_TIME_MAX];    /* RFC 3339, set by mandi */
+    uint64_t incarnation;               /* the joiner's data dir: 0 when not
+                                           said (the original's nodes) */
 };
 
 /* --- JSON codec ----------------------------------------------------------

@@ -492,6 +492,7 @@ static int restore(char *err, size_t errlen)
         return 1; /* nothing stored */
     }
     node.cluster_id = meta.cluster_id;
+    node.incarnation = meta.incarnation;
     node.saved_term = hs.term;
     node.saved_vote = hs.vote;
     struct raft_snapshot_meta snap;
@@ -505,7 +506,17 @@ static int restore(char *err, size_t errlen)
     if (have) {
         pz_info("loaded snapshot at index %llu (%zu keys)",
                 (unsigned long long)snap.index, kv_count(node.kv));
+        if (rv == 0)
+            members_snapshot_committed(&snap.conf);
         raft_conf_free(&snap.conf);
+    }
+    if (rv == 0 && node.removed) {
+        store_entries_free(ents, n);
+        snprintf(err, errlen,
+                 "%s belongs to a member removed from the cluster: to join "
+                 "again, start this node with an empty data dir",
+                 store_path(node.store));
+        return PZ_ECONFIG;
     }
     store_entries_free(ents, n);
     if (rv < 0) {
@@ -586,7 +597,15 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
                          cfg->raft_data);
                 goto err_after_store;
             }
+            /* A joining node's data dir gets its incarnation, once. */
+            struct store_meta sm;
+            store_meta_get(node.store, &sm);
+            node.incarnation = sm.incarnation;
+            while (node.incarnation == 0)
+                node.incarnation = pz_seed();
             rv = store_meta_set(node.store, 0, node.id, cfg->node_id);
+            if (rv == 0)
+                rv = store_meta_set_incarnation(node.store, node.incarnation);
             if (rv < 0) {
                 snprintf(err, errlen, "%s", store_errmsg(node.store));
                 goto err_after_store;
@@ -666,8 +685,7 @@ static void on_transport_closed(void *data)
         members_free_one(&node.departed[i]);
     pz_free(node.members);
     pz_free(node.view);
-    pz_free(node.committed_ids);
-    node.committed_ids = NULL;
+    raft_conf_free(&node.committed);
     node.store = NULL;
     node.raft = NULL;
     node.kv = NULL;

@@ -44,14 +44,8 @@ struct member {
     char *raft;         /* Raft address */
     char *http;         /* HTTP address, "" if unknown */
     char *grpc;         /* gRPC address, "" if unknown */
+    uint64_t inc;       /* its data dir's incarnation (0: a founder) */
     bool voter;         /* in the current configuration */
-};
-
-/* A member a committed configuration removed: told so if it dials us. */
-struct gone {
-    uint64_t id;         /* its Raft id */
-    uint64_t conf_index; /* the configuration entry without it */
-    uint64_t conf_term;  /* that entry's term */
 };
 
 struct node {
@@ -63,6 +57,7 @@ struct node {
     struct store *store;         /* log, hard state, meta */
     struct transport *tr;        /* peer messages */
     uint64_t id;                 /* our Raft id */
+    uint64_t incarnation;        /* our data dir's (store_meta) */
     uint64_t cluster_id;         /* identity shared by all members */
     uv_timer_t tick;             /* drives raft_tick */
     uint64_t tick_ms;            /* its period */
@@ -92,10 +87,9 @@ struct node {
     struct member departed[4];   /* members dropped from the conf lately
                                     (names for the logs) */
     size_t n_departed;           /* entries in departed */
-    struct gone gone[16];        /* removed by committed confs, newest last */
-    size_t n_gone;               /* entries in gone */
-    uint64_t *committed_ids;     /* members as of the last committed conf */
-    size_t n_committed_ids;      /* entries in committed_ids */
+    struct raft_conf committed;  /* the last committed configuration
+                                    (members, and removals to tell) */
+    bool self_committed;         /* it has this node (this incarnation) */
     bool removed;                /* this node left the configuration */
     uint64_t cron_at;            /* uv_now() of the next members_cron */
     unsigned seconds;            /* members_cron runs so far */
@@ -104,6 +98,7 @@ struct node {
     uint64_t mandi_poll;         /* GET /join-requests in flight */
     uint64_t mandi_join;         /* POST /join-requests in flight */
     uint64_t mandi_del;          /* DELETE /join-requests in flight */
+    uint64_t join_warned;        /* incarnation last warned about */
     /* snapshots (see the section below) */
     struct snapshot_child snap_child; /* the forked writer, pid 0: none */
     uint64_t snap_index;         /* newest durable local snapshot */
@@ -159,16 +154,19 @@ uint64_t members_name_to_id(const char *name);
 void members_free_one(struct member *m);
 /* The member of the current configuration with this id, or NULL. */
 struct member *members_find(uint64_t id);
-/* True when this node is in its current configuration. */
+/* True when this node (this incarnation) is in its current
+ * configuration. */
 bool members_has_self(void);
 /* Rebuild node.members from the current configuration (addresses from
  * each member's meta, client addresses learned from its handshakes) and
  * point the transport at them. After every configuration change. */
 void members_refresh(void);
 /* A configuration entry was applied (committed): members that left get
- * their links closed and are remembered as removed; this node stops if it
- * was removed. */
+ * their links closed (the configuration remembers them as removed); this
+ * node stops if it was removed. */
 void members_conf_committed(const struct raft_entry *e);
+/* A snapshot's configuration is the committed one (restart, install). */
+void members_snapshot_committed(const struct raft_conf *c);
 /* Once a second: promotion of caught-up non-voters (leader), mandi
  * registration and join polling, probing members when out of touch. */
 void members_cron(void);

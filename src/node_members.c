@@ -3,6 +3,7 @@
  * a removed member learns it, bootstrap and the cluster id, removal,
  * promotion and leadership transfer, mandi registration and joins. */
 #include <cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,9 +14,10 @@
 
 static char *meta_str(const struct json_val *o, bool ok, const char *k);
 static char *make_meta(const char *name, const char *raft, const char *http,
-                       const char *grpc);
+                       const char *grpc, uint64_t inc);
+static uint64_t meta_inc(const char *meta);
 static bool plausible_addr(const char *a);
-static void gone_add(uint64_t id, uint64_t conf_index, uint64_t conf_term);
+static bool has_self(const struct raft_conf *c);
 static struct member *member_by_name(const char *name);
 static int leader_only(void);
 static const char *leader_addr(bool http);
@@ -64,10 +66,11 @@ static char *meta_str(const struct json_val *o, bool ok, const char *k)
     return str;
 }
 
-/* A member's meta in configuration entries: JSON with its name and the
- * addresses known when it was added. */
+/* A member's meta in configuration entries: JSON with its name, the
+ * addresses known when it was added and, for a node that joined, the
+ * incarnation of its data dir (a decimal string; founders have none). */
 static char *make_meta(const char *name, const char *raft, const char *http,
-                       const char *grpc)
+                       const char *grpc, uint64_t inc)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", name);
@@ -76,11 +79,39 @@ static char *make_meta(const char *name, const char *raft, const char *http,
         cJSON_AddStringToObject(o, "http", http);
     if (grpc)
         cJSON_AddStringToObject(o, "grpc", grpc);
+    if (inc != 0) {
+        char num[24];
+        snprintf(num, sizeof num, "%llu", (unsigned long long)inc);
+        cJSON_AddStringToObject(o, "inc", num);
+    }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     char *r = pz_strdup(s);
     cJSON_free(s);
     return r;
+}
+
+/* The incarnation a meta names: 0 when it names none or something that
+ * is not a decimal number. */
+static uint64_t meta_inc(const char *meta)
+{
+    struct json_val o;
+    if (meta == NULL || json_parse(meta, strlen(meta), &o) < 0)
+        return 0;
+    char *s = meta_str(&o, true, "inc");
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    bool ok = s[0] >= '0' && s[0] <= '9' && *end == '\0' && errno == 0;
+    pz_free(s);
+    return ok ? (uint64_t)v : 0;
+}
+
+/* c has this node: its id, with its data dir's incarnation. */
+static bool has_self(const struct raft_conf *c)
+{
+    const struct raft_server *s = raft_conf_get(c, node.id);
+    return s != NULL && meta_inc(s->meta) == node.incarnation;
 }
 
 /* Rebuild the member list from the current configuration, keeping the
@@ -102,6 +133,7 @@ void members_refresh(void)
         m->raft = meta_str(&o, ok, "raft");
         m->http = meta_str(&o, ok, "http");
         m->grpc = meta_str(&o, ok, "grpc");
+        m->inc = meta_inc(meta);
         if (old && old->http[0] && !m->http[0]) {
             pz_free(m->http);
             m->http = pz_strdup(old->http);
@@ -207,33 +239,26 @@ void members_save_cluster_id(void *data, uint64_t id)
  * learn that it was removed. It does when it next dials a member: its
  * election timer fires and it asks for votes, or it redials the leader
  * whose link to it closed at the commit. A member whose committed
- * configuration no longer has it answers with the REMOVED refusal and the
- * index of that configuration (members_check_peer), over the authenticated peer
- * link. The removed node stops unless it knows a newer configuration
- * (it was added again). A member removed before this node's last restart
- * is not remembered (gone[] lives in memory): it is refused as a
- * non-member and keeps retrying quietly until stopped by hand. */
+ * configuration remembers the removal (raft_conf_removed: the last 32,
+ * kept by every later configuration, so a restarted leader or a node
+ * restored from a snapshot knows them too) answers with the REMOVED
+ * refusal and the index of the entry that removed it
+ * (members_check_peer), over the authenticated peer link. The removed
+ * node stops unless it knows a newer configuration (it was added again).
+ *
+ * Ids come from names, so a node wiped and started again under the same
+ * name has the same id. What tells the two apart is the incarnation: a
+ * random number a joining node draws once for its data dir, sent with
+ * its join request and written into its member meta (founders, which
+ * join by initial-cluster, have 0). A node takes configuration entries
+ * as its own only when they name its id with its incarnation: replaying
+ * the removal of an earlier incarnation does not stop it, and a join
+ * request from the removed incarnation is stale. */
 
 bool members_has_self(void)
 {
-    return members_find(node.id) != NULL;
-}
-
-static void gone_add(uint64_t id, uint64_t conf_index, uint64_t conf_term)
-{
-    for (size_t i = 0; i < node.n_gone; i++) {
-        if (node.gone[i].id == id) {
-            node.gone[i].conf_index = conf_index;
-            node.gone[i].conf_term = conf_term;
-            return;
-        }
-    }
-    if (node.n_gone == PZ_ARRAY_SIZE(node.gone)) {
-        memmove(&node.gone[0], &node.gone[1],
-                sizeof node.gone - sizeof node.gone[0]);
-        node.n_gone--;
-    }
-    node.gone[node.n_gone++] = (struct gone){id, conf_index, conf_term};
+    struct member *m = members_find(node.id);
+    return m != NULL && m->inc == node.incarnation;
 }
 
 /* Who is dialing us (transport_config.check_peer). */
@@ -245,19 +270,20 @@ int members_check_peer(void *data, uint64_t id, uint64_t *conf_index,
         return TRANSPORT_PEER_JOINING;
     if (members_find(id) != NULL)
         return TRANSPORT_PEER_MEMBER;
-    for (size_t i = 0; i < node.n_gone; i++) {
-        if (node.gone[i].id == id) {
-            *conf_index = node.gone[i].conf_index;
-            *conf_term = node.gone[i].conf_term;
-            return TRANSPORT_PEER_REMOVED;
-        }
+    const struct raft_removed *rm = raft_conf_removed(&node.committed, id);
+    if (rm != NULL) {
+        *conf_index = rm->index;
+        *conf_term = rm->term;
+        return TRANSPORT_PEER_REMOVED;
     }
     return TRANSPORT_PEER_STRANGER;
 }
 
 /* Peer `from`, which we dialed, says its committed configuration entry
- * (conf_index, conf_term) no longer has us. Nothing authenticates the
- * answer beyond the address we dialed, so it is weighed:
+ * (conf_index, conf_term) removed us. Nothing authenticates the answer
+ * beyond the address we dialed, so it is weighed:
+ *  - a node that was never a member (this incarnation) in a committed
+ *    configuration is joining: the removal was of an earlier one;
  *  - a node that leads, or heard from its leader within the election
  *    timeout, is a member in good standing: ignored (a removed node stops
  *    hearing from the leader once the removal is appended, so it soon
@@ -269,8 +295,9 @@ void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
                        uint64_t conf_term)
 {
     PZ_UNUSED(data);
-    if (node.removed || !node.open || node.n_members == 0)
-        return; /* a joining node was never removed */
+    if (node.removed || !node.open || node.n_members == 0 ||
+        !node.self_committed)
+        return;
     struct member *m = members_find(from);
     const char *who = m ? m->name : "a peer";
     struct raft_status rs;
@@ -298,21 +325,16 @@ void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
     node.stop("removed from the cluster");
 }
 
-/* A configuration entry committed: say who joined and left; tell a
- * removed member (leader only), and stop if it is us. */
-void members_conf_committed(const struct raft_entry *e)
+/* c is now the committed configuration (entry index, 0 for a snapshot's):
+ * say who left, close their links (they redial and are told), and stop
+ * if this node, this incarnation, was removed. */
+static void set_committed(struct raft_conf *c, uint64_t index)
 {
-    struct raft_conf c;
-    if (raft_conf_decode(e->data, e->len, &c) < 0)
-        return; /* the core refused it already; nothing to act on */
-    bool self_in = false, was_in = false;
-    for (size_t i = 0; i < c.n; i++)
-        self_in |= c.servers[i].id == node.id;
-    for (size_t i = 0; i < node.n_committed_ids; i++)
-        was_in |= node.committed_ids[i] == node.id;
-    for (size_t i = 0; i < node.n_committed_ids; i++) {
-        uint64_t id = node.committed_ids[i];
-        if (raft_conf_get(&c, id) != NULL)
+    bool self_in = has_self(c);
+    bool was_in = node.self_committed;
+    for (size_t i = 0; index > 0 && i < node.committed.n; i++) {
+        uint64_t id = node.committed.servers[i].id;
+        if (raft_conf_get(c, id) != NULL)
             continue;
         struct member *m = members_find(id);
         for (size_t j = 0; m == NULL && j < node.n_departed; j++)
@@ -320,32 +342,62 @@ void members_conf_committed(const struct raft_entry *e)
                 m = &node.departed[j];
         pz_info("member %s left the cluster (entry %llu)",
                 m && m->name[0] ? m->name : "(unknown)",
-                (unsigned long long)e->index);
-        if (id != node.id && members_find(id) == NULL) {
-            /* Closes its links too: it redials and is told. */
+                (unsigned long long)index);
+        if (id != node.id && members_find(id) == NULL)
             transport_remove_peer(node.tr, id);
-            gone_add(id, e->index, e->term);
-        }
     }
-    pz_free(node.committed_ids);
-    node.committed_ids = pz_calloc(c.n ? c.n : 1, sizeof(uint64_t));
-    node.n_committed_ids = c.n;
-    for (size_t i = 0; i < c.n; i++)
-        node.committed_ids[i] = c.servers[i].id;
-    raft_conf_free(&c);
+    raft_conf_free(&node.committed);
+    node.committed = *c;
+    raft_conf_init(c);
+    node.self_committed = self_in;
     if (was_in && !self_in && !node.removed) {
         node.removed = true;
         pz_warn("this node was removed from the cluster configuration "
                 "(entry %llu): stopping",
-                (unsigned long long)e->index);
+                (unsigned long long)index);
+        node.stop("removed from the cluster");
+    }
+}
+
+void members_conf_committed(const struct raft_entry *e)
+{
+    struct raft_conf c;
+    if (raft_conf_decode(e->data, e->len, &c) < 0)
+        return; /* the core refused it already; nothing to act on */
+    set_committed(&c, e->index);
+}
+
+void members_snapshot_committed(const struct raft_conf *c)
+{
+    struct raft_conf copy;
+    raft_conf_init(&copy);
+    raft_conf_copy(&copy, c);
+    /* Not a removal of this node: a snapshot comes from a leader that
+     * has us, or from our own disk, where the entries replayed next say
+     * the rest. */
+    node.self_committed = false;
+    const struct raft_removed *rm = raft_conf_removed(c, node.id);
+    bool gone = !has_self(c) && rm != NULL &&
+                meta_inc(rm->meta) == node.incarnation;
+    set_committed(&copy, 0);
+    if (gone && !node.removed) {
+        node.removed = true;
+        if (!node.open)
+            return; /* node_init refuses to start */
+        pz_warn("this node was removed from the cluster (entry %llu): "
+                "stopping; to join again, start it with an empty data dir",
+                (unsigned long long)rm->index);
         node.stop("removed from the cluster");
     }
 }
 
 
 /* A non-voter is promoted once its log is within PROMOTE_SLACK entries of
- * the leader's for PROMOTE_CHECKS consecutive seconds (it has caught up
- * and keeps up), so that it adds to the quorum without slowing it. */
+ * the leader's, and the leader heard from it within two heartbeat
+ * intervals, for PROMOTE_CHECKS consecutive seconds (it has caught up,
+ * keeps up and is there now: a node that caught up and then stopped
+ * would only make the quorum larger), so that it adds to the quorum
+ * without slowing it. */
 #define PROMOTE_SLACK 16
 #define PROMOTE_CHECKS 2
 
@@ -367,11 +419,16 @@ void members_cron(void)
         struct member *m = &node.members[i];
         if (m->voter || m->id == node.id)
             continue;
-        uint64_t match = 0;
-        for (size_t j = 0; j < rs.n_peers; j++)
-            if (rs.peers[j].id == m->id)
+        uint64_t match = 0, quiet_ms = UINT64_MAX;
+        for (size_t j = 0; j < rs.n_peers; j++) {
+            if (rs.peers[j].id == m->id) {
                 match = rs.peers[j].match;
-        if (match > 0 && match + PROMOTE_SLACK >= rs.last_index)
+                quiet_ms = rs.peers[j].last_contact * node.tick_ms;
+            }
+        }
+        uint64_t recent_ms = 2 * (uint64_t)node.cfg->heartbeat_interval_ms;
+        if (match > 0 && match + PROMOTE_SLACK >= rs.last_index &&
+            quiet_ms <= recent_ms)
             m->caught_up++;
         else
             m->caught_up = 0;
@@ -550,7 +607,7 @@ int members_bootstrap(char *err, size_t errlen)
         for (size_t i = 0; i < n; i++) {
             /* Only what every member knows goes into entry 1, so that all
              * of them write the identical entry. */
-            char *meta = make_meta(peers[i].name, peers[i].addr, NULL, NULL);
+            char *meta = make_meta(peers[i].name, peers[i].addr, NULL, NULL, 0);
             raft_conf_add(&conf, members_name_to_id(peers[i].name), true, meta);
             pz_free(meta);
         }
@@ -559,7 +616,7 @@ int members_bootstrap(char *err, size_t errlen)
         pz_info("forming cluster from initial-cluster (%zu members)", conf.n);
     } else {
         char *meta = make_meta(cfg->node_id, cfg->raft_addr, cfg->http_addr,
-                               cfg->grpc_addr);
+                               cfg->grpc_addr, 0);
         raft_conf_add(&conf, node.id, true, meta);
         pz_free(meta);
         uint64_t r = pz_seed();
@@ -628,36 +685,59 @@ static void on_joins(const struct mandi_result *res, void *data)
     node.mandi_poll = 0;
     if (res->err < 0 || res->http_status != 200 || node.role != RAFT_LEADER)
         return;
-    bool proposed = false;
+    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
     for (size_t i = 0; i < res->n_joins; i++) {
         const struct mandi_join *j = &res->joins[i];
-        struct member *m = member_by_name(j->id);
-        if (m && m->voter) {
-            /* Joined and voting: the request has served. */
+        uint64_t id = members_name_to_id(j->id);
+        struct member *m = members_find(id);
+        const struct raft_removed *rm = raft_conf_removed(conf, id);
+        char eid[PZ_ESCAPED_MAX], eaddr[PZ_ESCAPED_MAX];
+        pz_escape(eid, sizeof eid, j->id, strlen(j->id));
+        pz_escape(eaddr, sizeof eaddr, j->addr, strlen(j->addr));
+        /* Served (joined and voting), or stale (posted by an incarnation
+         * removed since): the request goes. */
+        bool served = m && m->voter && m->inc == j->incarnation;
+        bool stale = !m && rm && meta_inc(rm->meta) == j->incarnation;
+        if (served || stale) {
+            if (stale)
+                pz_info("join request of %s is from the member removed by "
+                        "entry %llu: ignored (a node joins again with an "
+                        "empty data dir)",
+                        eid, (unsigned long long)rm->index);
             if (!node.mandi_del)
                 node.mandi_del = mandi_delete_join(node.mandi, j->id,
                                                    on_mandi_done,
                                                    &node.mandi_del);
             continue;
         }
-        if (m || proposed)
-            continue; /* catching up, or one change per poll */
-        char *meta = make_meta(j->id, j->addr, j->http_addr, j->grpc_addr);
+        if (m && m->inc != j->incarnation) {
+            /* Another data dir under a member's name (a member wiped and
+             * restarted): adding it would put a voter that forgot what it
+             * acknowledged back into the quorums. */
+            if (node.join_warned != j->incarnation)
+                pz_warn("%s asks to join with a new data dir, but %s is a "
+                        "member: remove it first (see README, \"Replacing "
+                        "a node\")",
+                        eid, eid);
+            node.join_warned = j->incarnation;
+            continue;
+        }
+        if (m)
+            continue; /* catching up */
+        char *meta = make_meta(j->id, j->addr, j->http_addr, j->grpc_addr,
+                               j->incarnation);
         struct raft_conf_change cc = {
             .type = RAFT_CC_ADD_NONVOTER,
-            .id = members_name_to_id(j->id),
+            .id = id,
             .meta = meta,
         };
         int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
         pz_free(meta);
-        char eid[PZ_ESCAPED_MAX], eaddr[PZ_ESCAPED_MAX];
-        pz_escape(eid, sizeof eid, j->id, strlen(j->id));
-        pz_escape(eaddr, sizeof eaddr, j->addr, strlen(j->addr));
         if (rv == 0)
             pz_info("adding %s (%s) as a non-voter", eid, eaddr);
         else if (rv != PZ_EBUSY)
             pz_warn("cannot add %s: %s", eid, pz_strerror(rv));
-        proposed = true;
+        break; /* one change per poll (conf is stale after it) */
     }
 }
 
@@ -671,6 +751,7 @@ static void post_join(void)
     snprintf(j.addr, sizeof j.addr, "%s", node.cfg->raft_addr);
     snprintf(j.http_addr, sizeof j.http_addr, "%s", node.cfg->http_addr);
     snprintf(j.grpc_addr, sizeof j.grpc_addr, "%s", node.cfg->grpc_addr);
+    j.incarnation = node.incarnation;
     node.mandi_join =
         mandi_post_join(node.mandi, &j, on_mandi_done, &node.mandi_join);
 }

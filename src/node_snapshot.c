@@ -600,6 +600,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
             reqs_done(r, PZ_ELEADERCHANGE);
     }
     core_reads_check_applied();
+    members_snapshot_committed(&sm->conf);
     pz_info("installed snapshot at index %llu (%zu keys)",
             (unsigned long long)sm->index, kv_count(kv));
 }

@@ -727,6 +727,34 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
     return 0;
 }
 
+int store_meta_set_incarnation(struct store *s, uint64_t incarnation)
+{
+    pz_assert(!s->busy);
+    char *buf = s->errmsg;
+    if (s->failed)
+        return PZ_EIO;
+    if (s->meta.incarnation != 0) {
+        if (s->meta.incarnation == incarnation)
+            return 0;
+        set_err(buf, STORE_ERRMSG_SIZE,
+                "%s: stored incarnation %" PRIu64 " differs from %" PRIu64,
+                s->path, s->meta.incarnation, incarnation);
+        return PZ_EINVAL;
+    }
+    int rc = run(s, s->st_begin, buf, "BEGIN");
+    if (rc == 0)
+        rc = meta_put_u64(s, "incarnation", incarnation, buf);
+    if (rc == 0)
+        rc = commit(s, buf, NULL);
+    if (rc) {
+        rollback(s);
+        s->failed = true;
+        return rc;
+    }
+    s->meta.incarnation = incarnation;
+    return 0;
+}
+
 void store_meta_get(const struct store *s, struct store_meta *meta)
 {
     *meta = s->meta;
@@ -1122,6 +1150,16 @@ static int load_meta(struct store *s, char *err, size_t errlen)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *k = (const char *)sqlite3_column_text(st, 0);
         const char *t = (const char *)sqlite3_column_text(st, 1);
+        if (k && strcmp(k, "incarnation") == 0) {
+            /* Optional: databases of joined nodes have it. */
+            if (!parse_u64(t, &m->incarnation)) {
+                set_err(err, errlen, "%s: meta incarnation has a bad value "
+                        "\"%s\"", s->path, t ? t : "(null)");
+                ret = PZ_ECORRUPT;
+                goto out;
+            }
+            continue;
+        }
         size_t i;
         for (i = 0; i < PZ_ARRAY_SIZE(keys); i++)
             if (k && strcmp(k, keys[i]) == 0)

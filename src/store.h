@@ -57,6 +57,10 @@ struct store_meta {
     uint64_t snap_index;           /* last index compacted away (0: none);
                                       the log starts at snap_index + 1 */
     uint64_t snap_term;            /* term of the entry at snap_index */
+    uint64_t incarnation;          /* 0 for a founding member; set once
+                                      by a node that joins, so that the
+                                      cluster can tell this data dir from
+                                      an earlier one of the same name */
 };
 
 /* Counters since store_open, for /status and benchmarks. A batch is one
@@ -126,6 +130,9 @@ void store_meta_get(const struct store *s, struct store_meta *meta);
  * stored value, or name too long; nothing written), PZ_EIO. */
 int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
                    const char *node_name);
+/* Records the incarnation (non-zero), once: the same value again is 0,
+ * another is PZ_EINVAL. PZ_EIO on a write error. */
+int store_meta_set_incarnation(struct store *s, uint64_t incarnation);
 
 /* Persists one Ready in one transaction on libuv's thread pool: deletes
  * stored entries with index >= entries[0].index, inserts entries[0..n),

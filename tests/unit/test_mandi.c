@@ -323,6 +323,26 @@ TEST(json_round_trip)
     CHECK_EQ_INT(mandi_parse_join("{\"addr\":\"a\"}", 12, &y, why, sizeof why),
                  PZ_EINVAL);
     CHECK_EQ_STR(why, "missing id");
+    CHECK(y.incarnation == 0);
+    /* The incarnation: an exact integer, written only when set. */
+    x.incarnation = UINT64_MAX;
+    pz_buf_reset(&j);
+    mandi_join_to_json(&x, false, &j);
+    CHECK(strstr(j.data, ",\"incarnation\":18446744073709551615}") != NULL);
+    CHECK_EQ_INT(mandi_parse_join(j.data, j.len, &y, why, sizeof why), 0);
+    CHECK(y.incarnation == UINT64_MAX);
+    static const char *const bad_inc[] = {
+        "{\"id\":\"a\",\"addr\":\"h:1\",\"incarnation\":\"7\"}",
+        "{\"id\":\"a\",\"addr\":\"h:1\",\"incarnation\":-1}",
+        "{\"id\":\"a\",\"addr\":\"h:1\",\"incarnation\":1.5}",
+        "{\"id\":\"a\",\"addr\":\"h:1\",\"incarnation\":18446744073709551616}",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad_inc); i++) {
+        const char *d = bad_inc[i];
+        CHECK_EQ_INT(mandi_parse_join(d, strlen(d), &y, why, sizeof why),
+                     PZ_EINVAL);
+        CHECK_EQ_STR(why, "'incarnation' must be an unsigned integer");
+    }
     pz_buf_free(&j);
 }
 

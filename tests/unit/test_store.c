@@ -1034,7 +1034,24 @@ TEST(meta_set_once)
     CHECK(m.cluster_id == cid);
     CHECK(m.node_id == 7);
     CHECK_EQ_STR(m.node_name, "node-a");
+    /* The incarnation: none (a founder's data dir), then set once. */
+    CHECK(m.incarnation == 0);
+    CHECK_EQ_INT(store_meta_set_incarnation(s, cid), 0);
+    CHECK_EQ_INT(store_meta_set_incarnation(s, cid), 0);
+    CHECK_EQ_INT(store_meta_set_incarnation(s, 5), PZ_EINVAL);
+    CHECK(has(store_errmsg(s), "incarnation"));
     store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    store_meta_get(s, &m);
+    CHECK(m.incarnation == cid);
+    store_close(s);
+    CHECK(sql(&t, "UPDATE meta SET value = 'x' WHERE key = 'incarnation'"));
+    char err[STORE_ERRMSG_SIZE];
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
+    CHECK(has(err, "meta incarnation has a bad value"));
+    CHECK(sql(&t, "UPDATE meta SET value = '18364758544493064720' "
+                  "WHERE key = 'incarnation'"));
     /* Stored as exact decimal text. */
     CHECK(sql(&t, "CREATE TABLE x AS SELECT value FROM meta "
                   "WHERE key = 'cluster_id' AND value = "

@@ -1,0 +1,152 @@
+"""Removing a member and adding it again under the same name, as an
+operator does it: remove, wipe the data dir, start the node to join. The
+removal of an earlier incarnation must not stop the new one, the leader
+must not promote a node that is gone, and a join request left by the
+removed incarnation must not bring it back."""
+import json
+import shutil
+import sqlite3
+import time
+
+from test_cluster import leader_of, put, get, wait_value
+from test_join import cluster_view, grow, wait_voters
+
+
+def incarnation(s):
+    """The incarnation stored in a node's data dir (0 when none); the node
+    must not be running (it holds its database locked)."""
+    db = sqlite3.connect(f"file:{s.conf['raft-data']}/raft.db?mode=ro",
+                         uri=True)
+    try:
+        row = db.execute(
+            "SELECT value FROM meta WHERE key = 'incarnation'").fetchone()
+    finally:
+        db.close()
+    return int(row[0]) if row else 0
+
+
+def remove(leader, name):
+    st, _, body = leader.request("DELETE", f"/cluster/members/{name}")
+    assert st == 204, body
+
+
+def wipe_and_join(s, mandi):
+    shutil.rmtree(s.conf["raft-data"])
+    s.conf["raft-bootstrap"] = "no"
+    s.conf["mandi-addr"] = mandi.url
+    s.write_conf()
+    s.start()
+
+
+def writes_survive_any_one_failure(nodes, key):
+    """With every member up, kill each in turn: a write through one of the
+    two others succeeds, then the killed node comes back and catches up."""
+    for i, victim in enumerate(nodes):
+        victim.kill()
+        live = [s for s in nodes if s is not victim]
+        lead = leader_of(live, timeout=20)
+        st, _, body = put(lead, f"{key}{i}", str(i))
+        assert st == 204, (victim.name, body)
+        victim.start()
+        wait_value(victim, f"{key}{i}", str(i))
+
+
+def test_each_member_removed_wiped_and_added_again(servers, mandi):
+    nodes = grow(servers, mandi, n=3)
+    names = [s.name for s in nodes]
+    lead = leader_of(nodes)
+    assert put(lead, "before", "1")[0] == 204
+    old_incs = {}
+    for k, s in enumerate(nodes):
+        lead = leader_of(nodes)  # may be s: it steps down at the commit
+        remove(lead, s.name)
+        assert s.proc.wait(timeout=20) == 0, s.read_log()
+        old_incs[s.name] = incarnation(s)
+        others = [x for x in nodes if x is not s]
+        lead = leader_of(others, timeout=20)
+        assert put(lead, f"while{k}", "x")[0] == 204
+        wipe_and_join(s, mandi)
+        c = wait_voters(lead, names, timeout=40)
+        # the new incarnation replayed its old removal and is still up
+        wait_value(s, f"while{k}", "x")
+        assert s.proc.poll() is None, s.read_log()
+        m = {x["id"]: x for x in c["members"]}[s.name]
+        assert m["voter"], c
+        assert get(s, "before")[2] == b"1"
+    # full fault tolerance afterwards: any one node may fail
+    writes_survive_any_one_failure(nodes, "after")
+    for s in nodes:
+        s.stop()
+        assert incarnation(s) not in (0, old_incs[s.name])
+    assert old_incs["node1"] == 0  # the founder's
+
+
+def test_stale_join_request_does_not_bring_a_removed_member_back(
+        servers, mandi):
+    nodes = grow(servers, mandi, n=3)
+    lead = leader_of(nodes)
+    gone = next(s for s in nodes if s is not lead and s.name != "node1")
+    founder = nodes[0] if nodes[0] is not lead else None
+    remove(lead, gone.name)
+    assert gone.proc.wait(timeout=20) == 0
+    stale_inc = incarnation(gone)
+    assert stale_inc != 0
+    # what the removed incarnation would post: its own incarnation
+    req = {"id": gone.name, "addr": f"127.0.0.1:{gone.raft_port}",
+           "incarnation": stale_inc}
+    st, _, body = mandi.request("POST", "/join-requests", json.dumps(req))
+    assert st == 204, body
+    removed = [gone.name]
+    if founder is not None:
+        # a founder has incarnation 0: a request without one (as the
+        # original program's nodes post) is stale for it once removed
+        remove(lead, founder.name)
+        assert founder.proc.wait(timeout=20) == 0
+        req = {"id": founder.name,
+               "addr": f"127.0.0.1:{founder.raft_port}"}
+        st, _, body = mandi.request("POST", "/join-requests",
+                                    json.dumps(req))
+        assert st == 204, body
+        removed.append(founder.name)
+    # the leader drops them instead of adding them
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        st, _, body = mandi.request("GET", "/join-requests")
+        if json.loads(body) == []:
+            break
+        time.sleep(0.3)
+    assert json.loads(body) == [], body
+    for name in removed:
+        assert f"join request of {name} is from the member removed" in \
+            lead.read_log()
+    time.sleep(3.5)  # one more poll of join requests
+    ids = {m["id"] for m in cluster_view(lead)["members"]}
+    assert not ids & set(removed), ids
+    # the removed node itself, restarted on its old data, refuses to run
+    gone.start(wait=False)
+    assert gone.proc.wait(timeout=20) == 0
+    assert "removed from the cluster" in gone.read_log()
+
+
+def test_restarted_leader_still_tells_a_removed_member(servers):
+    """The removals are in the configuration, not in the leader's memory:
+    a removed member that was down through the removal and a restart of
+    every other node is still told when it comes back."""
+    from test_cluster import make_cluster
+    nodes = make_cluster(servers)
+    lead = leader_of(nodes)
+    gone = next(s for s in nodes if s is not lead)
+    assert put(lead, "k", "1")[0] == 204
+    gone.kill()
+    remove(lead, gone.name)
+    rest = [s for s in nodes if s is not gone]
+    for s in rest:
+        s.stop()
+    for s in rest:
+        s.start(wait=False)
+    for s in rest:
+        s.wait_ready()
+    leader_of(rest, timeout=20)
+    gone.start(wait=False)
+    assert gone.proc.wait(timeout=30) == 0, gone.read_log()
+    assert "removed from the cluster (configuration entry" in gone.read_log()
