@@ -624,6 +624,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     struct transport_config tc = {
         .listen_addr = cfg->raft_addr,
         .id = node.id,
+        .incarnation = node.incarnation,
         .name = cfg->node_id,
         .cluster_id = node.cluster_id,
         .token = cfg->cluster_token,

@@ -184,7 +184,8 @@ void members_save_cluster_id(void *data, uint64_t id);
 void members_on_peer_info(void *data, uint64_t id, bool dialed,
                           const char *name, const char *raft,
                           const char *http, const char *grpc);
-int members_check_peer(void *data, uint64_t id, uint64_t *conf_index,
+int members_check_peer(void *data, uint64_t id, uint64_t incarnation,
+                       uint64_t *conf_index,
                        uint64_t *conf_term);
 void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
                         uint64_t conf_term);

@@ -261,15 +261,19 @@ bool members_has_self(void)
     return m != NULL && m->inc == node.incarnation;
 }
 
-/* Who is dialing us (transport_config.check_peer). */
-int members_check_peer(void *data, uint64_t id, uint64_t *conf_index,
-                      uint64_t *conf_term)
+/* Who is dialing us, or answering our dial (transport_config.check_peer).
+ * A peer that presents a member's id with another incarnation is a node
+ * wiped and restarted under that member's name. */
+int members_check_peer(void *data, uint64_t id, uint64_t incarnation,
+                       uint64_t *conf_index, uint64_t *conf_term)
 {
     PZ_UNUSED(data);
     if (node.n_members == 0)
         return TRANSPORT_PEER_JOINING;
-    if (members_find(id) != NULL)
-        return TRANSPORT_PEER_MEMBER;
+    struct member *m = members_find(id);
+    if (m != NULL)
+        return m->inc == incarnation ? TRANSPORT_PEER_MEMBER
+                                     : TRANSPORT_PEER_OTHER_INCARNATION;
     const struct raft_removed *rm = raft_conf_removed(&node.committed, id);
     if (rm != NULL) {
         *conf_index = rm->index;

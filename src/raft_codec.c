@@ -39,6 +39,8 @@ const char *raft_hs_status_str(uint32_t status)
         return "not a member of the cluster";
     case RAFT_HS_REMOVED:
         return "removed from the cluster";
+    case RAFT_HS_OTHER_INCARNATION:
+        return "a member of that name has another data dir";
     default:
         return "unknown status";
     }
@@ -81,6 +83,7 @@ int raft_codec_encode_handshake(struct pz_buf *out,
     ph.http_addr = str_arg(h->http_addr);
     ph.grpc_addr = str_arg(h->grpc_addr);
     ph.raft_addr = str_arg(h->raft_addr);
+    ph.incarnation = h->incarnation;
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE;
     f.handshake = &ph;
     return pack_frame(out, &f, max);
@@ -99,6 +102,7 @@ int raft_codec_encode_reply(struct pz_buf *out,
     pr.grpc_addr = str_arg(r->grpc_addr);
     pr.conf_index = r->conf_index;
     pr.conf_term = r->conf_term;
+    pr.incarnation = r->incarnation;
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY;
     f.handshake_reply = &pr;
     return pack_frame(out, &f, max);
@@ -292,6 +296,7 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->hs.http_addr = h->http_addr;
         d->hs.grpc_addr = h->grpc_addr;
         d->hs.raft_addr = h->raft_addr;
+        d->hs.incarnation = h->incarnation;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY: {
@@ -305,6 +310,7 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->reply.grpc_addr = r->grpc_addr;
         d->reply.conf_index = r->conf_index;
         d->reply.conf_term = r->conf_term;
+        d->reply.incarnation = r->incarnation;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_MESSAGE:

@@ -46,6 +46,8 @@ enum raft_hs_status {
     RAFT_HS_BAD_HANDSHAKE = 7,    /* sender id 0 or similar */
     RAFT_HS_NOT_MEMBER = 8,       /* reserved: not sent by this version */
     RAFT_HS_REMOVED = 9,          /* dialer removed (conf_index) */
+    RAFT_HS_OTHER_INCARNATION = 10, /* dialer's id is a member with another
+                                       data dir */
 };
 
 /* Short text for a status ("cluster id mismatch"); never NULL. */
@@ -61,6 +63,7 @@ struct raft_handshake {
     const char *http_addr; /* dialer's HTTP API address (NULL: "") */
     const char *grpc_addr; /* dialer's gRPC API address (NULL: "") */
     const char *raft_addr; /* dialer's Raft listen address (NULL: "") */
+    uint64_t incarnation;  /* dialer's data dir */
 };
 
 struct raft_handshake_reply {
@@ -72,6 +75,7 @@ struct raft_handshake_reply {
     const char *grpc_addr; /* acceptor's gRPC API address (NULL: "") */
     uint64_t conf_index; /* REMOVED: index of the configuration entry */
     uint64_t conf_term;  /* REMOVED: its term */
+    uint64_t incarnation; /* acceptor's data dir (OK only) */
 };
 
 /* --- encoding --------------------------------------------------------- */

@@ -347,6 +347,7 @@ static void out_connected(struct conn *c, int status)
         .http_addr = t->cfg.http_addr,
         .grpc_addr = t->cfg.grpc_addr,
         .raft_addr = t->listen_addr,
+        .incarnation = t->cfg.incarnation,
     };
     pz_buf_reset(&t->scratch);
     if (raft_codec_encode_handshake(&t->scratch, &hs, REPLY_MAX) < 0) {
@@ -392,6 +393,26 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
         return;
     }
     printable(name, sizeof name, r->name);
+    uint64_t ci = 0, ct = 0;
+    if (t->cfg.check_peer &&
+        t->cfg.check_peer(t->cfg.data, p->id, r->incarnation, &ci, &ct) ==
+            TRANSPORT_PEER_OTHER_INCARNATION) {
+        /* A node started with a new data dir under a member's name: it
+         * forgot what that member acknowledged, so it must not stand in
+         * for it (the member is removed first, then it joins anew). */
+        p->st.refused++;
+        pz_log(p->last_refusal == RAFT_HS_OTHER_INCARNATION ? PZ_LOG_DEBUG
+                                                            : PZ_LOG_WARNING,
+               "raft: peer %s answers as '%s' with another data dir "
+               "(incarnation %" PRIu64 "): not used until the member is "
+               "removed and it joins again",
+               p->addr, name, r->incarnation);
+        p->last_refusal = RAFT_HS_OTHER_INCARNATION;
+        p->failing = true;
+        peer_drop_conn(p);
+        schedule_retry(p);
+        return;
+    }
     pz_info("raft: connected to peer %" PRIu64 " '%s' at %s", p->id, name,
             p->addr);
     if (t->cfg.on_peer_info)
@@ -754,9 +775,18 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         return;
     }
     int kind = t->cfg.check_peer
-                   ? t->cfg.check_peer(t->cfg.data, hs->node_id, &conf_index,
+                   ? t->cfg.check_peer(t->cfg.data, hs->node_id,
+                                       hs->incarnation, &conf_index,
                                        &conf_term)
                    : TRANSPORT_PEER_MEMBER;
+    if (kind == TRANSPORT_PEER_OTHER_INCARNATION) {
+        snprintf(why, sizeof why,
+                 " (incarnation %" PRIu64 ": a member of that id has another "
+                 "data dir)",
+                 hs->incarnation);
+        refuse(in, RAFT_HS_OTHER_INCARNATION, 0, 0, hs->node_id, why);
+        return;
+    }
     if (kind == TRANSPORT_PEER_REMOVED) {
         snprintf(why, sizeof why, " (configuration entry %" PRIu64 ")",
                  conf_index);
@@ -786,6 +816,7 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         .name = t->name,
         .http_addr = t->cfg.http_addr,
         .grpc_addr = t->cfg.grpc_addr,
+        .incarnation = t->cfg.incarnation,
     };
     pz_buf_reset(&t->scratch);
     int rv = raft_codec_encode_reply(&t->scratch, &r, REPLY_MAX);

@@ -108,12 +108,16 @@ enum transport_peer_kind {
     TRANSPORT_PEER_REMOVED,      /* removed by a committed configuration:
                                     refused with REMOVED, *conf_index and
                                     *conf_term */
+    TRANSPORT_PEER_OTHER_INCARNATION, /* a member of that id has another
+                                    data dir: refused, and an acceptor
+                                    answering so is not used */
 };
 
 struct transport_config {
     const char *listen_addr;   /* "host:port" (port 0: any, see
                                   transport_port); copied */
     uint64_t id;               /* this node's id, non-zero */
+    uint64_t incarnation;      /* this node's data dir, sent both ways */
     const char *name;          /* this node's name for logs; copied */
     uint64_t cluster_id;       /* peers must present the same id */
     const char *token;         /* cluster token: NULL or "" = none (a
@@ -122,11 +126,13 @@ struct transport_config {
     transport_recv_cb recv;    /* required */
     transport_peer_cb on_peer; /* optional */
     transport_peer_info_cb on_peer_info; /* optional */
-    /* Who is dialing us (enum transport_peer_kind); for REMOVED also the
-     * index and term of the committed configuration entry without id. Optional: without
-     * it every dialer that passes the other checks is a member. */
-    int (*check_peer)(void *data, uint64_t id, uint64_t *conf_index,
-                      uint64_t *conf_term);
+    /* Who is dialing us, or answering our dial (enum
+     * transport_peer_kind), by id and incarnation; for REMOVED also the
+     * index and term of the committed configuration entry without id.
+     * Optional: without it every peer that passes the other checks is a
+     * member. */
+    int (*check_peer)(void *data, uint64_t id, uint64_t incarnation,
+                      uint64_t *conf_index, uint64_t *conf_term);
     /* Peer id, which we dialed, says the committed configuration entry
      * (conf_index, conf_term) no longer has us. Unauthenticated beyond the
      * peer's address: weigh it (node.c). Optional. */

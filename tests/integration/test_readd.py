@@ -150,3 +150,33 @@ def test_restarted_leader_still_tells_a_removed_member(servers):
     gone.start(wait=False)
     assert gone.proc.wait(timeout=30) == 0, gone.read_log()
     assert "removed from the cluster (configuration entry" in gone.read_log()
+
+
+def test_wiped_member_is_not_used_until_removed(servers, mandi):
+    """A member whose data dir was lost, started again under its name
+    without being removed first, would answer for a voter that forgot what
+    it acknowledged. The others do not use it (it gets no entries and no
+    votes count from it) and the leader does not add it; once the old
+    member is removed it joins as a new incarnation."""
+    nodes = grow(servers, mandi, n=3)
+    lead = leader_of(nodes)
+    wiped = next(s for s in nodes if s is not lead and s.name != "node1")
+    assert put(lead, "k", "1")[0] == 204
+    wiped.kill()
+    wipe_and_join(wiped, mandi)
+    deadline = time.time() + 10
+    while "with another data dir" not in lead.read_log():
+        assert time.time() < deadline, lead.read_log()
+        time.sleep(0.2)
+    time.sleep(4)  # a poll of join requests and a few redials
+    log = lead.read_log()
+    assert f"{wiped.name} asks to join with a new data dir, but " \
+        f"{wiped.name} is a member" in log
+    st = wiped.status()
+    assert st["commit_index"] == 0, st  # it was sent nothing
+    others = [s for s in nodes if s is not wiped]
+    assert put(leader_of(others), "k2", "2")[0] == 204
+    remove(leader_of(others), wiped.name)
+    wait_voters(leader_of(others), [s.name for s in nodes], timeout=40)
+    wait_value(wiped, "k2", "2")
+    assert wiped.proc.poll() is None

@@ -541,6 +541,8 @@ struct tnode {
     bool close_in_recv;  /* close the transport on the first message */
     const char *invalid; /* on_recv calls every message invalid */
     int kind;            /* check_peer's verdict on every dialer */
+    uint64_t want_inc;   /* else: the incarnation check_peer expects of
+                            every peer (0: any) */
     uint64_t kind_index; /* its conf_index (REMOVED) */
     int removed_calls;   /* on_removed events */
     uint64_t removed_from, removed_index, removed_term; /* the last one */
@@ -675,11 +677,13 @@ static const char *on_recv(void *data, const struct raft_msg *m)
     return NULL;
 }
 
-static int on_check_peer(void *data, uint64_t id, uint64_t *conf_index,
-                         uint64_t *conf_term)
+static int on_check_peer(void *data, uint64_t id, uint64_t incarnation,
+                         uint64_t *conf_index, uint64_t *conf_term)
 {
     struct tnode *n = data;
     PZ_UNUSED(id);
+    if (n->want_inc != 0 && incarnation != n->want_inc)
+        return TRANSPORT_PEER_OTHER_INCARNATION;
     *conf_index = n->kind_index;
     *conf_term = 7;
     return n->kind;
@@ -1705,6 +1709,39 @@ TEST(strangers_and_removed)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* A peer that presents a member's id with another incarnation (a data
+ * dir wiped and started again under that name) is not used, whichever
+ * side dials: refused as a dialer, dropped as an acceptor. */
+TEST(other_incarnation_is_not_used)
+{
+    world_init();
+    struct transport_config c1 = {.cluster_id = 5, .incarnation = 9};
+    struct transport_config c2 = {.cluster_id = 5, .incarnation = 11};
+    nodes[0].want_inc = 12; /* node 1 expects node 2 as incarnation 12 */
+    CHECK(start_node_cfg(0, 1, 0, &c1));
+    CHECK(start_node_cfg(1, 2, 0, &c2));
+    set_peer(0, 2, nodes[1].port);
+    set_peer(1, 1, nodes[0].port);
+    for (int k = 0; k < 10; k++) {
+        send_msg(0, 2, 1, 0, 0);
+        send_msg(1, 1, 2, 0, 0);
+        run_for(100);
+    }
+    CHECK_EQ_INT(nodes[0].n_got, 0);
+    CHECK_EQ_INT(nodes[1].n_got, 0);
+    CHECK(log_has("answers as 'bravo' with another data dir (incarnation "
+                  "11)"));
+    CHECK(log_has("refused us: a member of that name has another data dir"));
+    /* The incarnation node 1 expects: both ways work. */
+    nodes[0].want_inc = 11;
+    nodes[1].want_inc = 9;
+    send_msg(0, 2, 1, 0, 0);
+    CHECK(wait_got(1, 1, 5000));
+    send_msg(1, 1, 2, 0, 0);
+    CHECK(wait_got(0, 1, 5000));
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 /* What a dialer says of its Raft address is passed on only to a joining
  * owner; what an acceptor we dialed says always is (dialed). */
 TEST(peer_info_trust)
@@ -1870,6 +1907,7 @@ static const struct test_case cases[] = {TEST_ENTRY(codec_roundtrip_every_type),
                                          TEST_ENTRY(codec_decode_budget),
                                          TEST_ENTRY(refusal_reveals_nothing),
                                          TEST_ENTRY(strangers_and_removed),
+                                         TEST_ENTRY(other_incarnation_is_not_used),
                                          TEST_ENTRY(peer_info_trust),
                                          TEST_ENTRY(handshake_deadline),
                                          TEST_ENTRY(unauthenticated_dialers_evicted),
