@@ -105,6 +105,9 @@ static const struct cfg_directive directives[] = {
 
     D_ADDR("RAFT", "raft-addr", raft_addr, "127.0.0.1:12000", IMM,
            "address peers reach this node's Raft transport on"),
+    D_BOOL("RAFT", "raft-bind-source", raft_bind_source, "no", IMM,
+           "dial peers from raft-addr's host, so that firewall rules can "
+           "tell nodes apart"),
     D_STRING("RAFT", "raft-data", raft_data, "./data", IMM, check_nonempty,
              "directory holding the Raft log and state"),
     D_BOOL("RAFT", "raft-bootstrap", raft_bootstrap, "no", IMM,

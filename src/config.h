@@ -98,6 +98,8 @@ struct pz_config {
     char *raft_addr;               /* raft-addr: peer listen address */
     char *raft_data;               /* raft-data: data directory */
     bool raft_bootstrap;           /* raft-bootstrap: one-node cluster */
+    bool raft_bind_source;         /* raft-bind-source: dial peers from
+                                      raft-addr's host */
     char *initial_cluster;         /* initial-cluster: "" or n=h:p,... */
     int64_t heartbeat_interval_ms; /* heartbeat-interval */
     int64_t election_timeout_ms;   /* election-timeout */

@@ -695,6 +695,13 @@ struct conn *conn_connect(const char *addr, const struct conn_ops *ops,
                           void *proto,
                           void (*cb)(struct conn *c, int status))
 {
+    return conn_connect_from(addr, NULL, ops, proto, cb);
+}
+
+struct conn *conn_connect_from(const char *addr, const char *source,
+                               const struct conn_ops *ops, void *proto,
+                               void (*cb)(struct conn *c, int status))
+{
     char host[256];
     int port;
     struct sockaddr_storage ss;
@@ -705,6 +712,11 @@ struct conn *conn_connect(const char *addr, const struct conn_ops *ops,
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
         uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0)
         return NULL;
+    struct sockaddr_storage src;
+    if (source != NULL && source[0] != '\0' &&
+        uv_ip4_addr(source, 0, (struct sockaddr_in *)&src) != 0 &&
+        uv_ip6_addr(source, 0, (struct sockaddr_in6 *)&src) != 0)
+        return NULL;
     struct conn *c = conn_alloc(ops);
     uv_tcp_init(loop, &c->tcp);
     c->proto = proto;
@@ -712,6 +724,12 @@ struct conn *conn_connect(const char *addr, const struct conn_ops *ops,
     c->flags |= CONN_OUTBOUND;
     snprintf(c->peer, sizeof c->peer, "%s", addr);
     pz_queue_push(&outbound_q, &c->q);
+    if (source != NULL && source[0] != '\0' &&
+        uv_tcp_bind(&c->tcp, (struct sockaddr *)&src, 0) < 0) {
+        c->connect_cb = NULL;
+        conn_close(c);
+        return NULL;
+    }
     int rv = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&ss,
                             on_connect);
     if (rv < 0) {

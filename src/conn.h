@@ -167,6 +167,11 @@ void conn_listener_close_all(struct conn_listener *ls);
 struct conn *conn_connect(const char *addr, const struct conn_ops *ops,
                           void *proto,
                           void (*cb)(struct conn *c, int status));
+/* The same from a given local address (an IP, any port): NULL or "" lets
+ * the system choose. NULL also when source is not an IP it can bind. */
+struct conn *conn_connect_from(const char *addr, const char *source,
+                               const struct conn_ops *ops, void *proto,
+                               void (*cb)(struct conn *c, int status));
 
 void conn_write(struct conn *c, const void *p, size_t n);
 /* Output waiting in libuv or in c->out. */

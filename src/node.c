@@ -621,10 +621,28 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
         if (node.mandi == NULL)
             goto err_after_store;
     }
+    /* raft-bind-source: the IP of raft-addr, not a name or a wildcard. */
+    char source[256] = "";
+    if (cfg->raft_bind_source) {
+        int sport;
+        struct sockaddr_in6 sa;
+        if (pz_split_hostport(cfg->raft_addr, source, sizeof source,
+                              &sport) < 0 ||
+            (uv_ip4_addr(source, 0, (struct sockaddr_in *)&sa) != 0 &&
+             uv_ip6_addr(source, 0, &sa) != 0) ||
+            strcmp(source, "0.0.0.0") == 0 || strcmp(source, "::") == 0) {
+            snprintf(err, errlen,
+                     "raft-bind-source needs a raft-addr with an IP address "
+                     "(not '%s')",
+                     cfg->raft_addr);
+            goto err_after_mandi;
+        }
+    }
     struct transport_config tc = {
         .listen_addr = cfg->raft_addr,
         .id = node.id,
         .incarnation = node.incarnation,
+        .source_addr = source,
         .name = cfg->node_id,
         .cluster_id = node.cluster_id,
         .token = cfg->cluster_token,

@@ -104,6 +104,7 @@ struct transport {
     uv_loop_t *loop;             /* the process loop */
     struct transport_config cfg; /* copy; strings below replace its own */
     char *listen_addr;           /* copied cfg.listen_addr */
+    char *source_addr;           /* copied cfg.source_addr ("": any) */
     char *name;                  /* copied cfg.name */
     char *token;                 /* copied cfg.token ("" = none) */
     struct conn_listener ls;     /* accepts peers; ls.data == this */
@@ -184,6 +185,7 @@ static void on_fin_b(uv_handle_t *h)
     void *data = t->cfg.data;
     pz_buf_free(&t->scratch);
     pz_free(t->listen_addr);
+    pz_free(t->source_addr);
     pz_free(t->name);
     pz_free(t->token);
     pz_free((char *)t->cfg.http_addr);
@@ -488,9 +490,11 @@ static void peer_connect(struct peer *p)
     p->st.attempts++;
     if (p->st.attempts > 1)
         p->st.reconnects++;
-    struct conn *c = conn_connect(p->addr, &out_ops, NULL, out_connected);
+    struct conn *c = conn_connect_from(p->addr, t->source_addr, &out_ops,
+                                       NULL, out_connected);
     if (c == NULL) {
-        peer_fail(p, "cannot start a connection");
+        peer_fail(p, "cannot start a connection%s%s",
+                  t->source_addr[0] ? " from " : "", t->source_addr);
         return;
     }
     /* Set after the call: conn_connect never calls back synchronously, and
@@ -962,6 +966,8 @@ struct transport *transport_new(uv_loop_t *loop,
     t->loop = loop;
     t->cfg = *cfg;
     t->listen_addr = pz_strdup(cfg->listen_addr);
+    t->source_addr = pz_strdup(cfg->source_addr ? cfg->source_addr : "");
+    t->cfg.source_addr = t->source_addr;
     t->name = pz_strdup(cfg->name ? cfg->name : "");
     t->token = pz_strdup(cfg->token ? cfg->token : "");
     t->cfg.http_addr = pz_strdup(cfg->http_addr ? cfg->http_addr : "");

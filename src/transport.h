@@ -118,6 +118,8 @@ struct transport_config {
                                   transport_port); copied */
     uint64_t id;               /* this node's id, non-zero */
     uint64_t incarnation;      /* this node's data dir, sent both ways */
+    const char *source_addr;   /* local IP to dial peers from; NULL or ""
+                                  lets the system choose; copied */
     const char *name;          /* this node's name for logs; copied */
     uint64_t cluster_id;       /* peers must present the same id */
     const char *token;         /* cluster token: NULL or "" = none (a

@@ -240,3 +240,36 @@ def test_concurrent_writers_through_failover(cluster):
         for k, v in items[i::3]:
             st, _, body = get(s, k, stale=False)
             assert (st, body) == (200, v.encode()), (s.name, k)
+
+
+def test_peers_dial_from_their_own_address(servers):
+    """raft-bind-source: each node, on its own 127.0.0.x, dials its peers
+    from that address (what lets a firewall rule cut one link)."""
+    nodes = [servers(f"node{i + 1}", start=False) for i in range(3)]
+    for i, s in enumerate(nodes):
+        s.conf["raft-addr"] = f"127.0.0.{i + 2}:{s.raft_port}"
+        s.conf["raft-bind-source"] = "yes"
+    spec = ",".join(f"{s.name}={s.conf['raft-addr']}" for s in nodes)
+    for s in nodes:
+        s.conf["initial-cluster"] = spec
+        s.conf["raft-bootstrap"] = "no"
+        s.write_conf()
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    lead = leader_of(nodes)
+    assert put(lead, "k", "v")[0] == 204
+    for i, s in enumerate(nodes):
+        others = {f"127.0.0.{j + 2}" for j in range(3) if j != i}
+        log = s.read_log()
+        seen = {a for a in others if f"inbound connection from {a}:" in log}
+        assert seen == others, (s.name, log)
+
+
+def test_bind_source_needs_an_ip(servers):
+    s = servers(start=False, conf={"raft-addr": "localhost:12345",
+                                   "raft-bind-source": "yes"})
+    s.start(wait=False)
+    assert s.proc.wait(10) != 0
+    assert "raft-bind-source needs a raft-addr with an IP address" in \
+        s.read_log()
