@@ -199,6 +199,24 @@ test-integration: $(BINS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
 	    tests/integration $(PYTEST_ARGS)
 
+# The chaos test (tests/chaos/chaos.py): the checker's own tests, then
+# CHAOS_RUNS runs of CHAOS_TIME seconds on 3 and on 5 nodes under every
+# nemesis, in a network namespace of its own when the machine allows one
+# (partitions need it). CHAOS_SEED fixes the first seed.
+CHAOS_TIME ?= 20
+CHAOS_RUNS ?= 1
+CHAOS_ARGS = --time $(CHAOS_TIME) --runs $(CHAOS_RUNS) \
+             $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
+CHAOS_NETNS = $(shell unshare -n true 2>/dev/null && echo unshare -n)
+
+deps-chaos:
+	@scripts/install-deps.sh chaos
+
+test-chaos: deps-chaos $(BINS)
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
+	$(CHAOS_NETNS) $(PYTHON) tests/chaos/chaos.py --nodes 3 $(CHAOS_ARGS)
+	$(CHAOS_NETNS) $(PYTHON) tests/chaos/chaos.py --nodes 5 $(CHAOS_ARGS)
+
 # --- fuzzing: libFuzzer harnesses (tests/fuzz), clang + ASan + UBSan ------
 # Their own build directory (tests/fuzz/build), objects and settings stamp.
 # make fuzz: replay the saved inputs, then fuzz each target FUZZ_TIME
@@ -258,7 +276,7 @@ clean: clean-objs
 	    .make-settings tests/fuzz/build
 
 .PHONY: all deps deps-test noopt valgrind test test-unit test-sim \
-        test-sim-long test-integration \
+        test-sim-long test-integration deps-chaos test-chaos \
         deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
         run lint install clean clean-objs
 

@@ -4,6 +4,7 @@
 #   scripts/install-deps.sh test    build packages plus the test clients
 #   scripts/install-deps.sh bench   test packages plus benchmark tools
 #   scripts/install-deps.sh fuzz    build packages plus clang and libFuzzer
+#   scripts/install-deps.sh chaos   test packages plus iptables and ip
 # Runs apt-get as root, through sudo otherwise. Does nothing (and needs no
 # network) when everything is already installed.
 set -eu
@@ -19,13 +20,16 @@ python3-protobuf python3-pytest-timeout protobuf-compiler procps $fuzz_only"
 # The reflection test also uses Node.js and npm when the machine has them
 # (they are not installed here: the test skips without them).
 bench="$test wrk redis-server redis-tools etcd-server"
+# make test-chaos: partitions are iptables rules in a network namespace.
+chaos="$test iptables iproute2 util-linux"
 
 case "${1:-build}" in
 build) want=$build ;;
 test) want=$test ;;
 bench) want=$bench ;;
 fuzz) want=$fuzz ;;
-*) echo "usage: $0 build|test|bench|fuzz" >&2; exit 2 ;;
+chaos) want=$chaos ;;
+*) echo "usage: $0 build|test|bench|fuzz|chaos" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -1,0 +1,206 @@
+"""A linearizability checker for histories of a key-value store, one
+register per key (Wing & Gong's search with Lowe's memoization, as
+Porcupine and Knossos do it), with the usual partitioning by key: a
+history is linearizable iff the sub-history of every key is.
+
+An operation is a dict:
+    key     the key
+    kind    "write", "delete" or "read"
+    value   write: the value written (unique per key); read: the value
+            seen, None when the key was absent
+    call    when the client sent it (seconds, monotonic)
+    ret     when the answer came, or None when none came (a timeout, a
+            reset connection, a 5xx): the outcome is unknown
+    ok      True when the answer says it happened (for reads: the value
+            is what was seen); False or None otherwise
+
+Operations with an unknown outcome are what makes checking hard. They are
+reduced before the search, without changing the verdict:
+  - a read without an answer has no effect: dropped;
+  - a write without an answer whose value no read saw: dropped (taking it
+    or not changes no read);
+  - a write without an answer whose value a read saw must have happened
+    before that read: it is kept, and ends at the earliest such read;
+  - a delete without an answer may or may not have happened: kept, as
+    optional, ending never.
+
+check(history) returns (True, None) or (False, report), the report naming
+the key and the operations around the point where every order failed.
+"""
+import math
+
+INF = math.inf
+
+
+class _Op:
+    __slots__ = ("kind", "value", "call", "ret", "required", "src")
+
+    def __init__(self, kind, value, call, ret, required, src):
+        self.kind = kind
+        self.value = value
+        self.call = call
+        self.ret = ret
+        self.required = required
+        self.src = src
+
+
+def _reduce(ops):
+    """The operations of one key, reduced as the module says; or a report
+    string when a read saw a value no write wrote."""
+    written = {}
+    for o in ops:
+        if o["kind"] == "write":
+            if o["value"] in written:
+                return None, f"value {o['value']!r} written twice"
+            written[o["value"]] = o
+    seen_by = {}
+    out = []
+    for o in ops:
+        if o["kind"] != "read":
+            continue
+        if not o.get("ok") or o.get("ret") is None:
+            continue
+        v = o["value"]
+        if v is not None and v not in written:
+            return None, f"read {o} saw a value nobody wrote"
+        if v is not None:
+            seen_by[v] = min(seen_by.get(v, INF), o["ret"])
+        out.append(_Op("read", v, o["call"], o["ret"], True, o))
+    for o in ops:
+        known = bool(o.get("ok")) and o.get("ret") is not None
+        if o["kind"] == "write":
+            if known:
+                out.append(_Op("write", o["value"], o["call"], o["ret"],
+                               True, o))
+            elif o["value"] in seen_by:
+                out.append(_Op("write", o["value"], o["call"],
+                               seen_by[o["value"]], True, o))
+        elif o["kind"] == "delete":
+            if known:
+                out.append(_Op("delete", None, o["call"], o["ret"], True, o))
+            else:
+                out.append(_Op("delete", None, o["call"], INF, False, o))
+    out.sort(key=lambda x: (x.call, x.ret))
+    return out, None
+
+
+def _step(state, op):
+    if op.kind == "write":
+        return True, op.value
+    if op.kind == "delete":
+        return True, None
+    return op.value == state, state
+
+
+def check_key(ops, init=None, budget=5_000_000):
+    """(True, None), (False, report) or (None, report) when the search
+    gave up after `budget` steps."""
+    reduced, why = _reduce(ops)
+    if reduced is None:
+        return False, why
+    n = len(reduced)
+    if n == 0:
+        return True, None
+    # Lowe's list of the operations not yet linearized, in call order.
+    END = n
+    HEAD = n + 1
+    nxt = list(range(1, n + 1)) + [END, 0]
+    prv = [HEAD] + list(range(0, n - 1)) + [END, END]
+    required_left = sum(1 for o in reduced if o.required)
+
+    def frontier():
+        """Operations that may come next: called before every operation
+        still pending has returned."""
+        cands = []
+        min_ret = INF
+        i = nxt[HEAD]
+        while i != END and reduced[i].call < min_ret:
+            cands.append(i)
+            if reduced[i].required and reduced[i].ret < min_ret:
+                min_ret = reduced[i].ret
+            i = nxt[i]
+        return cands
+
+    def unlink(i):
+        nxt[prv[i]] = nxt[i]
+        prv[nxt[i]] = prv[i]
+
+    def relink(i):
+        nxt[prv[i]] = i
+        prv[nxt[i]] = i
+
+    seen = set()
+    mask = 0
+    state = init
+    # frames: [candidates, next candidate to try, state before, op taken]
+    stack = [[frontier(), 0, state, None]]
+    best = 0
+    stuck = (init, [reduced[j].src for j in stack[0][0]])
+    steps = 0
+    while stack:
+        if required_left == 0:
+            return True, None
+        steps += 1
+        if steps > budget:
+            return None, f"gave up after {budget} steps ({n} operations)"
+        frame = stack[-1]
+        cands, k = frame[0], frame[1]
+        advanced = False
+        while k < len(cands):
+            i = cands[k]
+            k += 1
+            ok, new_state = _step(state, reduced[i])
+            if not ok:
+                continue
+            m = mask | (1 << i)
+            if (m, new_state) in seen:
+                continue
+            seen.add((m, new_state))
+            frame[1] = k
+            unlink(i)
+            mask = m
+            if reduced[i].required:
+                required_left -= 1
+            stack.append([None, 0, state, i])
+            state = new_state
+            stack[-1][0] = frontier()
+            if len(stack) - 1 > best:
+                best = len(stack) - 1
+                stuck = (state, [reduced[j].src for j in stack[-1][0]])
+            advanced = True
+            break
+        if advanced:
+            continue
+        # every candidate failed: undo the operation that led here
+        done = stack.pop()
+        i = done[3]
+        if i is None:
+            break
+        state = done[2]
+        relink(i)
+        mask &= ~(1 << i)
+        if reduced[i].required:
+            required_left += 1
+    # not linearizable: describe where the longest order stopped
+    state, cands = stuck
+    return False, (f"{n} operations, at most {best} could be put in an "
+                   f"order; there the value was {state!r} and none of "
+                   f"these could come next: {cands[:8]}")
+
+
+def check(history, budget=5_000_000):
+    """Checks every key; returns (ok, report) as check_key, stopping at
+    the first key that is not linearizable."""
+    by_key = {}
+    for o in history:
+        by_key.setdefault(o["key"], []).append(o)
+    unknown = None
+    for key in sorted(by_key):
+        ok, why = check_key(by_key[key], budget=budget)
+        if ok is False:
+            return False, f"key {key!r}: {why}"
+        if ok is None:
+            unknown = f"key {key!r}: {why}"
+    if unknown:
+        return None, unknown
+    return True, None
