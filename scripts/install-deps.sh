@@ -16,7 +16,8 @@ protobuf-c-compiler libsqlite3-dev libcjson-dev node-llhttp grpc-proto"
 fuzz_only="clang libclang-rt-14-dev"
 fuzz="$build $fuzz_only"
 test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
-python3-protobuf python3-pytest-timeout protobuf-compiler procps $fuzz_only"
+python3-protobuf python3-pytest-timeout protobuf-compiler procps faketime
+$fuzz_only"
 # The reflection test also uses Node.js and npm when the machine has them
 # (they are not installed here: the test skips without them).
 bench="$test wrk redis-server redis-tools etcd-server"

@@ -10,13 +10,17 @@ import http.client
 import pytest
 
 
-def make_cluster(servers, n=3, conf=None):
+def make_cluster(servers, n=3, conf=None, start=True):
+    """n nodes from one initial-cluster, started and ready (start=False:
+    configured only)."""
     nodes = [servers(f"node{i + 1}", start=False, conf=conf) for i in range(n)]
     spec = ",".join(f"{s.name}=127.0.0.1:{s.raft_port}" for s in nodes)
     for s in nodes:
         s.conf["initial-cluster"] = spec
         s.conf["raft-bootstrap"] = "no"
         s.write_conf()
+    if not start:
+        return nodes
     for s in nodes:
         s.start(wait=False)
     for s in nodes:
