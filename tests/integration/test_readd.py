@@ -180,3 +180,29 @@ def test_wiped_member_is_not_used_until_removed(servers, mandi):
     wait_voters(leader_of(others), [s.name for s in nodes], timeout=40)
     wait_value(wiped, "k2", "2")
     assert wiped.proc.poll() is None
+
+
+def test_damaged_node_is_reseeded_from_the_cluster(servers, mandi):
+    """The README's recipe for a node whose raft.db is damaged: it refuses
+    to start, naming the file; remove it, wipe it, and it joins again with
+    everything."""
+    nodes = grow(servers, mandi, n=3)
+    lead = leader_of(nodes)
+    for i in range(50):
+        assert put(lead, f"k{i}", "x" * 200)[0] == 204
+    bad = next(s for s in nodes if s is not lead and s.name != "node1")
+    wait_value(bad, "k49", "x" * 200)
+    bad.stop()
+    db = f"{bad.conf['raft-data']}/raft.db"
+    with open(db, "r+b") as f:
+        f.seek(4096)  # page 2: the log's pages follow the schema
+        f.write(b"\xff" * 4096)
+    bad.start(wait=False)
+    assert bad.proc.wait(20) != 0
+    assert "raft.db" in bad.read_log()
+    others = [s for s in nodes if s is not bad]
+    remove(leader_of(others), bad.name)
+    wipe_and_join(bad, mandi)
+    wait_voters(leader_of(others), [s.name for s in nodes], timeout=40)
+    for i in range(50):
+        assert get(bad, f"k{i}")[2] == b"x" * 200
