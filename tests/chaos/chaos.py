@@ -3,7 +3,7 @@
 every call, and a linearizability check of the whole history.
 
     tests/chaos/chaos.py [--nodes 3] [--time 30] [--seed N] [--runs 1]
-                         [--nemesis kill,pause,partition,transfer]
+                         [--nemesis kill,pause,partition,transfer,member]
                          [--clients 8] [--keys 4] [--out DIR]
 
 Each node listens on its own 127.0.0.x and dials its peers from it
@@ -17,7 +17,9 @@ set with a value never written before, and record invoke and return times
 and the answer. A timeout, a reset or a 5xx is an unknown outcome: the
 write may or may not have happened. The nemesis, one fault at a time:
 kill -9 a node and restart it, pause it (SIGSTOP, SIGCONT), cut it or a
-minority off, or transfer the leadership. At the end every fault is
+minority off, transfer the leadership, or remove a member, wipe it and
+let it join again through mandi (the README's recipe). At the end every
+fault is
 healed and every key is read on every node; the history, final reads
 included (so a lost acknowledged write fails the check), must be
 linearizable (linearizable.py). Exit 0 when every run passed.
@@ -73,7 +75,8 @@ class Node:
         self.paused = False
         self.log_path = os.path.join(self.dir, "server.log")
 
-    def write_conf(self, cluster):
+    def write_conf(self, cluster, mandi):
+        self.cluster, self.mandi = cluster, mandi
         conf = {
             "node-id": self.name,
             "raft-addr": self.raft,
@@ -82,15 +85,23 @@ class Node:
             "raft-data": os.path.join(self.dir, "data"),
             "raft-bind-source": "yes",
             "initial-cluster": cluster,
-            "mandi-addr": "none",
+            "mandi-addr": mandi,
             "request-timeout": "2s",
             "raft-snapshot-entries": "500",
             "raft-trailing-entries": "100",
             "log-level": "info",
         }
+        if not cluster:  # joining through mandi
+            del conf["initial-cluster"]
+            conf["raft-bootstrap"] = "no"
         with open(os.path.join(self.dir, "pyazdb.conf"), "w") as f:
             for k, v in conf.items():
                 f.write(f'{k} "{v}"\n')
+
+    def wipe_to_join(self):
+        """Empty data dir, configured to join through mandi."""
+        shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
+        self.write_conf("", self.mandi)
 
     def start(self):
         log = open(self.log_path, "ab")
@@ -257,7 +268,53 @@ def wait_leader(nodes, timeout=30):
     return None
 
 
-def nemesis(rnd, nodes, kinds, parts, stop, events):
+def voters(nodes):
+    """The voters' names as a live node sees them, or None."""
+    for n in nodes:
+        if not n.alive() or n.paused:
+            continue
+        try:
+            st, body = request(n.http, "GET", "/cluster", timeout=2)
+            if st == 200:
+                return {m["id"] for m in json.loads(body)["members"]
+                        if m["voter"]}
+        except (OSError, ValueError, KeyError, http.client.HTTPException):
+            pass
+    return None
+
+
+def readd(n, nodes, stop, events, problems):
+    """Remove n, wipe it and let it join again (the README's recipe);
+    returns when it votes again, or gives up quietly after 40 s."""
+    names = {x.name for x in nodes}
+    via = [x for x in nodes if x is not n and x.alive()]
+    if not via or voters(nodes) != names:
+        return
+    events.append(f"remove and re-add {n.name}")
+    try:
+        st, body = request(via[0].http, "DELETE",
+                           f"/cluster/members/{n.name}", timeout=10)
+    except (OSError, http.client.HTTPException):
+        st, body = None, b""
+    if st != 204:
+        return  # another change in flight, no leader: nothing removed
+    try:
+        rc = n.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        rc = None
+    if rc not in (0, None):
+        problems.append(f"{n.name} exited {rc} when removed")
+    n.kill()
+    n.wipe_to_join()
+    n.start()
+    deadline = time.time() + 40
+    while time.time() < deadline and not stop.is_set():
+        if voters(nodes) == names:
+            return
+        time.sleep(0.5)
+
+
+def nemesis(rnd, nodes, kinds, parts, stop, events, problems):
     while not stop.is_set():
         if stop.wait(rnd.uniform(0.5, 2.0)):
             break
@@ -283,6 +340,8 @@ def nemesis(rnd, nodes, kinds, parts, stop, events):
             parts.cut(minority, rest)
             stop.wait(hold)
             parts.heal()
+        elif kind == "member":
+            readd(rnd.choice(nodes), nodes, stop, events, problems)
         elif kind == "transfer":
             lead = wait_leader(nodes, timeout=2)
             others = [n for n in nodes if n is not lead and n.alive()]
@@ -320,8 +379,14 @@ def run_once(args, seed, tmp):
     port = 20000 + 100 * (seed % 400)
     nodes = [Node(i, base, port + 10 * i, tmp) for i in range(args.nodes)]
     cluster = ",".join(f"{n.name}={n.raft}" for n in nodes)
+    # mandi, for nodes that join again after a removal
+    mandi_url = f"http://127.0.0.{base + 9}:{port + 90}"
+    mandi_log = open(os.path.join(tmp, "mandi.log"), "ab")
+    mandi = subprocess.Popen([SERVER, "--mandi", "--mandi-addr", mandi_url],
+                             stdout=mandi_log, stderr=mandi_log)
+    mandi_log.close()
     for n in nodes:
-        n.write_conf(cluster)
+        n.write_conf(cluster, mandi_url)
         n.start()
     rec = Recorder()
     events = []
@@ -340,7 +405,7 @@ def run_once(args, seed, tmp):
             threads.append(threading.Thread(
                 target=nemesis,
                 args=(random.Random(rnd.random()), nodes, kinds, parts, stop,
-                      events)))
+                      events, problems)))
         for t in threads:
             t.start()
         time.sleep(args.time)
@@ -371,6 +436,8 @@ def run_once(args, seed, tmp):
                                     f"failed: {op.get('error')}")
     finally:
         parts.heal()
+        mandi.terminate()
+        mandi.wait()
         for n in nodes:
             why = n.stop()
             if why:
@@ -392,7 +459,8 @@ def main():
     ap.add_argument("--time", type=float, default=30)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--nemesis", default="kill,pause,partition,transfer")
+    ap.add_argument("--nemesis",
+                    default="kill,pause,partition,transfer,member")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--keys", type=int, default=4)
     ap.add_argument("--out", default=None,
@@ -408,7 +476,7 @@ def main():
         sys.exit(f"chaos: {SERVER} is not built (make)")
     kinds = [k for k in args.nemesis.split(",") if k]
     for k in kinds:
-        if k not in ("kill", "pause", "partition", "transfer"):
+        if k not in ("kill", "pause", "partition", "transfer", "member"):
             sys.exit(f"chaos: unknown nemesis {k!r}")
     if "partition" in kinds and not (in_own_netns() and
                                      shutil.which("iptables")):
@@ -429,6 +497,8 @@ def main():
         ok, why, rec, events = run_once(args, seed, tmp)
         for c in total:
             total[c] += rec.counts[c]
+        print(f"chaos: seed {seed}: faults: {'; '.join(events) or 'none'}",
+              flush=True)
         print(f"chaos: seed {seed}: {args.nodes} nodes, {args.nemesis or 'no faults'}: "
               f"{len(rec.ops)} operations ({rec.counts['ok']} ok, "
               f"{rec.counts['unknown']} unknown, {rec.counts['fail']} failed), "
