@@ -14,8 +14,13 @@ protobuf-c-compiler libsqlite3-dev libcjson-dev node-llhttp grpc-proto"
 # protoc writes the seed corpora (tests/fuzz/mkseeds.py), when rewritten.
 fuzz_only="clang libclang-rt-14-dev"
 fuzz="$build $fuzz_only"
+# systemd: systemd-analyze verifies the units in scripts/systemd (installing
+# the package starts nothing in a container without systemd running).
+# util-linux: setsid (scripts/cluster.sh), setpriv (a test runs the server
+# as another user).
 test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
-python3-protobuf python3-pytest-timeout protobuf-compiler procps $fuzz_only"
+python3-protobuf python3-pytest-timeout protobuf-compiler procps systemd
+util-linux $fuzz_only"
 # The reflection test also uses Node.js and npm when the machine has them
 # (they are not installed here: the test skips without them).
 bench="$test wrk redis-server redis-tools etcd-server"
