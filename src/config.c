@@ -175,8 +175,9 @@ static const struct cfg_directive directives[] = {
 
     D_ENUM("LOGGING", "log-level", log_level, "info", log_level_words, MANDI,
            "least severe level logged"),
-    D_STRING("LOGGING", "log-file", log_file, "", IMM | MANDI, NULL,
-             "append the log to this file; empty = stderr"),
+    D_STRING("LOGGING", "log-file", log_file, "", MANDI, NULL,
+             "append the log to this file (reopened on reload); empty = "
+             "stderr"),
 };
 
 #define N_DIRECTIVES PZ_ARRAY_SIZE(directives)

@@ -581,7 +581,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
             if (strcmp(cfg->mandi_addr, "none") == 0) {
                 snprintf(err, errlen,
                          "no Raft state in %s and nothing to start from: "
-                         "set initial-cluster, raft-members_bootstrap yes, or a "
+                         "set initial-cluster, raft-bootstrap yes, or a "
                          "mandi-addr to join through (it is none)",
                          cfg->raft_data);
                 goto err_after_store;
@@ -591,7 +591,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
                 snprintf(err, errlen, "%s", store_errmsg(node.store));
                 goto err_after_store;
             }
-            pz_info("no Raft state and no initial-cluster or raft-members_bootstrap: "
+            pz_info("no Raft state and no initial-cluster or raft-bootstrap: "
                     "asking to join through mandi at %s",
                     cfg->mandi_addr);
         }

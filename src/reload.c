@@ -76,7 +76,8 @@ int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
      * lines below show at either level; apply() sets the new one. */
     if (next.log_level < r->running.log_level)
         pz_log_setup((enum pz_log_level)next.log_level, NULL);
-    int applied = 0, restart = 0;
+    int applied = 0, restart = 0, failed = 0;
+    char *log_file_before = pz_strdup(r->running.log_file);
     for (size_t i = 0; i < cfg_directive_count(); i++) {
         const struct cfg_directive *d = cfg_directive_at(i);
         if (r->mode_flag && !(d->flags & r->mode_flag))
@@ -86,6 +87,26 @@ int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
         char was[256], now[256];
         shown(&r->running, d, was, sizeof was);
         shown(&next, d, now, sizeof now);
+        if (strcmp(d->name, "log-file") == 0) {
+            /* Said in the old log, then in the new one. */
+            pz_info("reload: log-file %s -> %s", was[0] ? was : "(stderr)",
+                    now[0] ? now : "(stderr)");
+            rv = pz_log_open(next.log_file);
+            if (rv < 0) {
+                pz_error("reload: cannot open log-file '%s': %s; still "
+                         "logging to %s",
+                         next.log_file, pz_strerror(rv),
+                         was[0] ? was : "stderr");
+                failed++;
+                continue;
+            }
+            pz_info("reload: log-file: now logging here (was %s)",
+                    was[0] ? was : "stderr");
+            pz_free(r->running.log_file);
+            r->running.log_file = pz_strdup(next.log_file);
+            applied++;
+            continue;
+        }
         if (d->flags & CFG_IMMUTABLE) {
             pz_warn("reload: %s changed (%s -> %s) but needs a restart; "
                     "still %s",
@@ -103,15 +124,26 @@ int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
         applied++;
     }
     cfg_free(&next);
+    /* The same log file: open it again (logrotate). */
+    if (r->running.log_file[0] != '\0' &&
+        strcmp(r->running.log_file, log_file_before) == 0) {
+        rv = pz_log_open(r->running.log_file);
+        if (rv < 0)
+            pz_error("reload: cannot reopen log-file '%s': %s; still "
+                     "logging to the file as it was",
+                     r->running.log_file, pz_strerror(rv));
+    }
+    pz_free(log_file_before);
     apply(&r->running, arg);
     char status[160];
-    if (applied == 0 && restart == 0)
+    if (applied == 0 && restart == 0 && failed == 0)
         snprintf(status, sizeof status, "reloaded: nothing changed");
     else
         snprintf(status, sizeof status,
-                 "reloaded: %d change%s applied, %d need%s a restart",
+                 "reloaded: %d change%s applied, %d need%s a restart%s",
                  applied, applied == 1 ? "" : "s", restart,
-                 restart == 1 ? "s" : "");
+                 restart == 1 ? "s" : "",
+                 failed ? ", the new log-file could not be opened" : "");
     pz_info("%s", status);
     char msg[200];
     snprintf(msg, sizeof msg, "READY=1\nSTATUS=%s", status);

@@ -3,8 +3,11 @@
  * in a running process.
  *
  * What can change is every directive without CFG_IMMUTABLE (log-level,
- * max-clients and the client timeouts): the caller's apply callback puts
- * the new values in place. Every other directive that differs is logged
+ * log-file, max-clients and the client timeouts): the caller's apply
+ * callback puts the new values in place, but for log-file, which this
+ * module opens again on every reload (so a file moved away by logrotate
+ * is created anew), keeping the old one when the new one cannot be
+ * opened. Every other directive that differs is logged
  * as needing a restart and keeps its running value. A configuration that
  * does not load (a syntax error, a bad value, a broken cross-field rule)
  * is logged with its file and line and changes nothing.

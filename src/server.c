@@ -17,8 +17,8 @@
  * READY=1 (sdnotify.h), and STOPPING=1 when a shutdown begins.
  *
  * Reload (SIGHUP): the configuration is read again and what can change
- * in a running process is applied (reload.h): log-level, max-clients and
- * the client timeouts. */
+ * in a running process is applied (reload.h): log-level, log-file,
+ * max-clients and the client timeouts. */
 #include "server.h"
 
 #include <errno.h>

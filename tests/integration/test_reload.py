@@ -242,3 +242,55 @@ def test_sd_notify_unusable_socket_is_harmless(servers, tmp_path):
         s = servers(name=f"n{free_port()}", env={"NOTIFY_SOCKET": bad})
         hup(s)
         assert s.stop() == 0
+
+
+def test_sighup_reopens_and_moves_the_log_file(servers, tmp_path):
+    first = str(tmp_path / "first.log")
+    s = servers(conf={"log-file": first, "log-level": "info"})
+
+    def read(path):
+        with open(path, errors="replace") as f:
+            return f.read()
+
+    assert "HTTP on" in read(first)
+    # logrotate: move the file away, SIGHUP, the node writes a new one
+    os.rename(first, first + ".1")
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while not (os.path.exists(first) and "reloaded: nothing changed"
+               in read(first)):
+        assert time.time() < deadline, read(first + ".1")
+        time.sleep(0.05)
+    assert "received SIGHUP" in read(first + ".1")
+
+    # another file: said in both
+    second = str(tmp_path / "second.log")
+    s.conf["log-file"] = second
+    s.write_conf()
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while not (os.path.exists(second) and "reloaded:" in read(second)):
+        assert time.time() < deadline, read(first)
+        time.sleep(0.05)
+    assert f"reload: log-file {first} -> {second}" in read(first)
+    assert f"reload: log-file: now logging here (was {first})" \
+        in read(second)
+    assert "1 change applied" in read(second)
+
+    # a file that cannot be opened: the log stays where it was
+    s.conf["log-file"] = str(tmp_path / "no-such-dir" / "x.log")
+    s.write_conf()
+    start = len(read(second))
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while "reloaded:" not in read(second)[start:]:
+        assert time.time() < deadline, read(second)
+        time.sleep(0.05)
+    new = read(second)[start:]
+    assert "reload: cannot open log-file" in new and \
+        f"still logging to {second}" in new
+    assert "the new log-file could not be opened" in new
+    st, _, _ = s.request("GET", "/status")
+    assert st == 200
+    assert s.stop() == 0
+    assert " I stopped" in read(second)

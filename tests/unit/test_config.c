@@ -1314,7 +1314,7 @@ TEST(reload_set)
 {
     static const char *const live[] = {
         "max-clients", "client-idle-timeout", "client-header-timeout",
-        "client-body-timeout", "log-level"};
+        "client-body-timeout", "log-level", "log-file"};
     for (size_t i = 0; i < cfg_directive_count(); i++) {
         const struct cfg_directive *d = cfg_directive_at(i);
         bool found = false;
