@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, _handed_out
+from conftest import ROOT, SANITIZER_MARKS, _handed_out
 
 SCRIPT = os.path.join(ROOT, "scripts", "cluster.sh")
 
@@ -77,12 +77,16 @@ class Cluster:
         return int(code), body
 
     def logs(self):
+        """The processes' logs: run/*.log, and the foreground run's."""
         out = []
-        for f in sorted(os.listdir(self.run_dir)):
-            if f.endswith(".log"):
-                with open(os.path.join(self.run_dir, f), errors="replace") \
-                        as fh:
-                    out.append(f"----- {f} -----\n{fh.read()}")
+        paths = [os.path.join(self.run_dir, f)
+                 for f in sorted(os.listdir(self.run_dir))
+                 if f.endswith(".log")]
+        if os.path.exists(self.run_dir + "-fg.log"):
+            paths.append(self.run_dir + "-fg.log")
+        for p in paths:
+            with open(p, errors="replace") as fh:
+                out.append(f"----- {os.path.basename(p)} -----\n{fh.read()}")
         return "\n".join(out)
 
 
@@ -116,12 +120,21 @@ def cluster(tmp_path, request):
         return c
 
     yield make
+    problems = []
     for c in made:
         # whatever the test left: the script stops what its PID files name
         c.sh("stop")
+        if not os.path.isdir(c.run_dir):
+            continue
+        logs = c.logs()
         failed = getattr(request.node, "rep_call", None)
-        if failed is not None and failed.failed and os.path.isdir(c.run_dir):
-            print(c.logs())
+        if failed is not None and failed.failed:
+            print(logs)
+        reports = [m for m in SANITIZER_MARKS if m in logs]
+        if reports:
+            problems.append(f"sanitizer report {reports}:\n{logs}")
+    if problems:
+        pytest.fail("\n".join(problems))
 
 
 def test_start_write_kill_restart_stop(cluster):
@@ -186,7 +199,7 @@ def test_start_write_kill_restart_stop(cluster):
 
 def test_run_survives_a_killed_node(cluster):
     c = cluster(2)
-    out = os.path.join(c.run_dir + "-fg.log")
+    out = c.run_dir + "-fg.log"
     os.makedirs(c.run_dir, exist_ok=True)
     with open(out, "w") as f:
         script = subprocess.Popen([SCRIPT, "run", "2"], env=c.env, cwd=ROOT,
