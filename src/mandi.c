@@ -665,8 +665,8 @@ static void on_signal(uv_signal_t *h, int signum)
 }
 
 /* What a reload changes in mandi (reload_apply_cb): the log level, the
- * idle timeout and max-clients (mandi reads no other directive that a
- * reload applies). */
+ * idle timeout and max-clients; reload.c reopens the log file. Mandi
+ * reads no other directive that a reload applies. */
 static void apply_config(const struct pz_config *c, void *arg)
 {
     PZ_UNUSED(arg);
