@@ -2,7 +2,8 @@
 #   make SANITIZER=address|undefined   sanitizer build (clean rebuild)
 #   make noopt                         -O0 build
 #   make test / test-unit / test-integration / lint
-#   make run                           mandi and 3 nodes on 127.0.0.1 (./run/)
+#   make run                           mandi and 3 nodes on 127.0.0.1, state in
+#                                      ./run/, until Ctrl-C (scripts/cluster.sh)
 #   make install PREFIX=/usr/local     install the binaries
 #   make deps                          install missing Debian packages
 #   make fuzz / fuzz-build / fuzz-regress   libFuzzer targets (tests/fuzz)
@@ -55,7 +56,8 @@ NET_SRC = src/conn.c src/httpc.c src/grpc_client.c
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
-             src/mandi_client.c src/snapshot.c src/failpoint.c
+             src/mandi_client.c src/snapshot.c src/failpoint.c \
+             src/reload.c src/sdnotify.c
 CLI_SRC = src/cli.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
@@ -238,9 +240,12 @@ fuzz: fuzz-regress
 fuzz-clean:
 	+$(MAKE) -C tests/fuzz clean
 
+# Foreground until Ctrl-C; `scripts/cluster.sh restart|status|stop` from
+# another terminal. The script does not build again (CLUSTER_BUILD=no): a
+# `make run SANITIZER=...` keeps its build.
 run: deps
 	$(MAKE) all
-	scripts/cluster.sh run 3
+	CLUSTER_BUILD=no scripts/cluster.sh run 3
 
 # Pure modules include no libuv and no I/O module; the consensus and state
 # machine cores also call no clock, random source or file function (time

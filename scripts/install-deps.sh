@@ -15,14 +15,18 @@ protobuf-c-compiler libsqlite3-dev libcjson-dev node-llhttp grpc-proto"
 # protoc writes the seed corpora (tests/fuzz/mkseeds.py), when rewritten.
 fuzz_only="clang libclang-rt-14-dev"
 fuzz="$build $fuzz_only"
+# systemd: systemd-analyze verifies the units in scripts/systemd (installing
+# the package starts nothing in a container without systemd running).
+# util-linux: setsid (scripts/cluster.sh), setpriv (a test runs the server
+# as another user). faketime: a test moves a node's wall clock.
 test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
-python3-protobuf python3-pytest-timeout protobuf-compiler procps faketime
-$fuzz_only"
+python3-protobuf python3-pytest-timeout protobuf-compiler procps systemd
+util-linux faketime $fuzz_only"
 # The reflection test also uses Node.js and npm when the machine has them
 # (they are not installed here: the test skips without them).
 bench="$test wrk redis-server redis-tools etcd-server"
 # make test-chaos: partitions are iptables rules in a network namespace.
-chaos="$test iptables iproute2 util-linux"
+chaos="$test iptables iproute2"
 
 case "${1:-build}" in
 build) want=$build ;;

@@ -144,42 +144,43 @@ static const struct cfg_directive directives[] = {
                100, MS_PER_DAY, 0,
                "time from the end of a request's headers to the end of its "
                "body"),
-    D_SIZE("LIMITS", "max-key-size", max_key_size, "64kb", 1, MB, 0,
+    D_SIZE("LIMITS", "max-key-size", max_key_size, "64kb", 1, MB, IMM,
            "largest key accepted"),
-    D_SIZE("LIMITS", "max-value-size", max_value_size, "1mb", 0, 512 * MB, 0,
+    D_SIZE("LIMITS", "max-value-size", max_value_size, "1mb", 0, 512 * MB, IMM,
            "largest value accepted"),
-    D_SIZE("LIMITS", "http-max-body", http_max_body, "4mb", KB, GB, MANDI,
+    D_SIZE("LIMITS", "http-max-body", http_max_body, "4mb", KB, GB, IMM | MANDI,
            "largest HTTP request body (413 beyond)"),
     D_SIZE("LIMITS", "http-max-header-size", http_max_header_size, "16kb", KB,
-           MB, MANDI, "largest HTTP request line plus headers, in bytes"),
+           MB, IMM | MANDI, "largest HTTP request line plus headers, in bytes"),
     D_INT("LIMITS", "http-max-headers", http_max_headers, "100", 1, 10000,
-          MANDI, "most header fields in one HTTP request"),
-    D_SIZE("LIMITS", "conn-high-water", conn_high_water, "1mb", KB, GB, MANDI,
-           "output queued per connection before its reads pause"),
+          IMM | MANDI, "most header fields in one HTTP request"),
+    D_SIZE("LIMITS", "conn-high-water", conn_high_water, "1mb", KB, GB,
+           IMM | MANDI, "output queued per connection before its reads pause"),
     D_SIZE("LIMITS", "conn-hard-limit", conn_hard_limit, "64mb", KB, 16 * GB,
-           MANDI, "output queued per connection that closes it"),
-    D_SIZE("LIMITS", "grpc-max-message", grpc_max_message, "4mb", KB, GB, 0,
+           IMM | MANDI, "output queued per connection that closes it"),
+    D_SIZE("LIMITS", "grpc-max-message", grpc_max_message, "4mb", KB, GB, IMM,
            "largest gRPC message (RESOURCE_EXHAUSTED beyond)"),
     D_SIZE("LIMITS", "max-partial-input", max_partial_input, "256mb", KB,
-           64 * GB, 0,
+           64 * GB, IMM,
            "partly received requests held at once, all clients together"),
 
     D_DURATION("MANDI", "mandi-leader-ttl", mandi_leader_ttl_ms, "10s", 10,
-               MS_PER_DAY, MANDI,
+               MS_PER_DAY, IMM | MANDI,
                "mandi forgets the leader this long after its last update"),
     D_DURATION("MANDI", "mandi-join-ttl", mandi_join_ttl_ms, "30s", 10,
-               MS_PER_DAY, MANDI,
+               MS_PER_DAY, IMM | MANDI,
                "mandi forgets a join request this long after it was posted"),
     D_DURATION("MANDI", "mandi-sweep-interval", mandi_sweep_interval_ms, "5s",
-               10, MS_PER_DAY, MANDI,
+               10, MS_PER_DAY, IMM | MANDI,
                "how often mandi drops expired entries"),
     D_INT("MANDI", "mandi-max-join-requests", mandi_max_join_requests, "1024",
-          1, 1000000, MANDI, "most join requests mandi holds at once"),
+          1, 1000000, IMM | MANDI, "most join requests mandi holds at once"),
 
     D_ENUM("LOGGING", "log-level", log_level, "info", log_level_words, MANDI,
            "least severe level logged"),
-    D_STRING("LOGGING", "log-file", log_file, "", IMM | MANDI, NULL,
-             "append the log to this file; empty = stderr"),
+    D_STRING("LOGGING", "log-file", log_file, "", MANDI, NULL,
+             "append the log to this file (reopened on reload); empty = "
+             "stderr"),
 };
 
 #define N_DIRECTIVES PZ_ARRAY_SIZE(directives)
@@ -760,6 +761,39 @@ void cfg_free(struct pz_config *c)
     }
 }
 
+void cfg_copy(struct pz_config *dst, const struct pz_config *src)
+{
+    *dst = *src;
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        if (directives[i].type != CFG_STRING && directives[i].type != CFG_ADDR)
+            continue;
+        char **s = field(dst, &directives[i]);
+        *s = pz_strdup(*s ? *s : "");
+    }
+}
+
+bool cfg_same(const struct pz_config *a, const struct pz_config *b,
+              const struct cfg_directive *d)
+{
+    const void *fa = cfield(a, d), *fb = cfield(b, d);
+    switch (d->type) {
+    case CFG_STRING:
+    case CFG_ADDR: {
+        const char *sa = *(char *const *)fa, *sb = *(char *const *)fb;
+        return strcmp(sa ? sa : "", sb ? sb : "") == 0;
+    }
+    case CFG_BOOL:
+        return *(const bool *)fa == *(const bool *)fb;
+    case CFG_ENUM:
+        return *(const int *)fa == *(const int *)fb;
+    case CFG_INT:
+    case CFG_SIZE:
+    case CFG_DURATION:
+        return *(const int64_t *)fa == *(const int64_t *)fb;
+    }
+    return false;
+}
+
 void cfg_format(const struct pz_config *c, const struct cfg_directive *d,
                 char *buf, size_t len)
 {
@@ -1324,6 +1358,9 @@ void cfg_print_help(FILE *out)
                  "as --name value or --name=value; --mandi is --mode mandi.\n"
                  "Precedence: defaults < config file < environment < command "
                  "line.\n"
+                 "SIGINT or SIGTERM stops the server gracefully; SIGHUP "
+                 "reads the\nconfiguration again and applies the directives "
+                 "marked [reload].\n"
                  "\nEnvironment:\n");
     for (size_t i = 0; i < PZ_ARRAY_SIZE(env_map); i++)
         fprintf(out, "  %-12s -> %s\n", env_map[i].var, env_map[i].directive);
@@ -1351,8 +1388,10 @@ void cfg_print_help(FILE *out)
         } else {
             snprintf(kind, sizeof kind, "%s", cfg_type_name(d->type));
         }
-        fprintf(out, "  --%s <%s>  (default: %s%s%s)%s\n      %s\n", d->name,
-                kind, d->def[0] ? "" : "\"", d->def, d->def[0] ? "" : "\"",
-                (d->flags & CFG_MANDI) ? "  [mandi too]" : "", d->help);
+        fprintf(out, "  --%s <%s>  (default: %s%s%s)%s%s\n      %s\n",
+                d->name, kind, d->def[0] ? "" : "\"", d->def,
+                d->def[0] ? "" : "\"",
+                (d->flags & CFG_MANDI) ? "  [mandi too]" : "",
+                (d->flags & CFG_IMMUTABLE) ? "" : "  [reload]", d->help);
     }
 }

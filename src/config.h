@@ -144,7 +144,8 @@ enum cfg_type {
 };
 
 /* Directive flags. */
-#define CFG_IMMUTABLE (1u << 0) /* cannot change in a running process */
+#define CFG_IMMUTABLE (1u << 0) /* a reload (SIGHUP) does not apply it:
+                                   it needs a restart */
 #define CFG_MANDI (1u << 1)     /* also read in mandi mode */
 
 /* One row of the table. Read-only for callers. */
@@ -247,6 +248,16 @@ const struct cfg_env *cfg_env_at(size_t i);
  * ("64kb", "300s", "yes", "info", strings as they are). */
 void cfg_format(const struct pz_config *c, const struct cfg_directive *d,
                 char *buf, size_t len);
+
+/* A deep copy of src into dst (which must not hold strings): the same
+ * values, strings duplicated; cfg_free(dst) releases them. */
+void cfg_copy(struct pz_config *dst, const struct pz_config *src);
+
+/* True when a and b hold the same value for directive d (the strings
+ * compared by content). cluster-token `none` and "" compare equal, as
+ * cfg_load stores both as "". */
+bool cfg_same(const struct pz_config *a, const struct pz_config *b,
+              const struct cfg_directive *d);
 
 /* Usage, precedence, the environment mapping and every directive with its
  * type, bounds or choices, default and help. Used by --help. */

@@ -31,6 +31,11 @@ static char read_buf[READ_BUF_SIZE];
 static struct pz_queue listeners;  /* listening, for the idle sweep */
 static const struct conn_ops no_ops; /* for conns with no protocol state */
 
+void conn_set_idle_timeout(uint64_t ms)
+{
+    limits.idle_timeout = ms;
+}
+
 void conn_setup(uv_loop_t *l, const struct conn_limits *lim)
 {
     loop = l;

@@ -151,6 +151,9 @@ struct conn_limits {
 
 /* Once per process, before any listener. */
 void conn_setup(uv_loop_t *loop, const struct conn_limits *lim);
+/* A new client-idle-timeout (ms, 0 = never) for every connection, from
+ * the next sweep on (a reload). */
+void conn_set_idle_timeout(uint64_t ms);
 /* Bind and listen on "host:port". Returns 0 or a negative code with a
  * message in err. */
 int conn_listen(struct conn_listener *ls, const char *addr,

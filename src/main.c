@@ -15,6 +15,7 @@
 #include "log.h"
 #include "mandi.h"
 #include "pz.h"
+#include "reload.h"
 #include "server.h"
 
 extern char **environ;
@@ -22,13 +23,7 @@ extern char **environ;
 static void usage(FILE *out)
 {
     fprintf(out,
-            "PyazDB %s - a Raft key-value database\n\n"
-            "Usage:\n"
-            "  pyazdb-server [pyazdb.conf] [--directive value ...]\n"
-            "  pyazdb-server --mandi [--directive value ...]\n"
-            "  pyazdb-server --test-config FILE\n"
-            "  pyazdb-server --help | --version\n\n",
-            PZ_VERSION);
+            "PyazDB %s - a Raft key-value database\n\n", PZ_VERSION);
     cfg_print_help(out);
 }
 
@@ -58,6 +53,7 @@ int main(int argc, char **argv)
         cfg_free(&cfg);
         return 0;
     }
+    reload_set_args(argc, argv); /* SIGHUP loads the same sources again */
     pz_log_setup((enum pz_log_level)cfg.log_level,
                  cfg.mode == CFG_MODE_MANDI ? "mandi" : cfg.node_id);
     rv = pz_log_open(cfg.log_file);

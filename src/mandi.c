@@ -30,6 +30,8 @@
 #include "httpd.h"
 #include "log.h"
 #include "mandi_codec.h"
+#include "reload.h"
+#include "sdnotify.h"
 
 #define CLOSE_GRACE_MS 2000
 
@@ -606,6 +608,8 @@ struct mandi_proc {
     uv_idle_t idle;              /* keeps poll from blocking */
     uv_timer_t cron;             /* 1 s: idle connections */
     uv_signal_t sigint, sigterm; /* shutdown requests */
+    uv_signal_t sighup;          /* reload requests */
+    struct reload reload;        /* the configuration in effect */
     struct mandi *m;             /* NULL once closing */
     bool shutting_down;          /* a signal arrived */
 };
@@ -641,6 +645,7 @@ static void close_proc_handles(void *data)
     uv_close((uv_handle_t *)&proc.cron, NULL);
     uv_close((uv_handle_t *)&proc.sigint, NULL);
     uv_close((uv_handle_t *)&proc.sigterm, NULL);
+    uv_close((uv_handle_t *)&proc.sighup, NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -653,9 +658,34 @@ static void on_signal(uv_signal_t *h, int signum)
     pz_info("received %s, shutting down",
             signum == SIGINT ? "SIGINT" : "SIGTERM");
     proc.shutting_down = true;
+    sdnotify("STOPPING=1");
     struct mandi *m = proc.m;
     proc.m = NULL;
     mandi_close(m, close_proc_handles, NULL);
+}
+
+/* What a reload changes in mandi (reload_apply_cb): the log level, the
+ * idle timeout and max-clients; reload.c reopens the log file. Mandi
+ * reads no other directive that a reload applies. */
+static void apply_config(const struct pz_config *c, void *arg)
+{
+    PZ_UNUSED(arg);
+    pz_log_setup((enum pz_log_level)c->log_level, NULL);
+    conn_set_idle_timeout((uint64_t)c->client_idle_timeout_ms);
+    if (proc.m) {
+        proc.m->http.ls.max_conns = (size_t)c->max_clients;
+        proc.m->http.o.max_clients = (size_t)c->max_clients;
+    }
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    PZ_UNUSED(h);
+    PZ_UNUSED(signum);
+    if (proc.shutting_down)
+        return;
+    pz_info("received SIGHUP");
+    reload_run(&proc.reload, apply_config, NULL);
 }
 
 int mandi_run(const struct pz_config *cfg)
@@ -688,6 +718,9 @@ int mandi_run(const struct pz_config *cfg)
     uv_signal_init(&proc.loop, &proc.sigterm);
     uv_signal_start(&proc.sigint, on_signal, SIGINT);
     uv_signal_start(&proc.sigterm, on_signal, SIGTERM);
+    uv_signal_init(&proc.loop, &proc.sighup);
+    uv_signal_start(&proc.sighup, on_sighup, SIGHUP);
+    reload_init(&proc.reload, cfg);
 
     proc.m = mandi_new(&proc.loop, &opts, err, sizeof err);
     if (proc.m == NULL) {
@@ -695,6 +728,7 @@ int mandi_run(const struct pz_config *cfg)
         close_proc_handles(NULL);
         uv_run(&proc.loop, UV_RUN_DEFAULT);
         uv_loop_close(&proc.loop);
+        reload_free(&proc.reload);
         return 1;
     }
     pz_info("pyazdb %s mandi: listening on %s (port %d); leader ttl %llu ms, "
@@ -705,7 +739,12 @@ int mandi_run(const struct pz_config *cfg)
     if (opts.token == NULL || opts.token[0] == '\0')
         pz_warn("cluster-token is not set: anyone who can reach mandi can "
                 "publish a leader and post or delete join requests");
+    char ready[400];
+    snprintf(ready, sizeof ready, "READY=1\nSTATUS=mandi on %s",
+             opts.listen_addr);
+    sdnotify(ready);
     uv_run(&proc.loop, UV_RUN_DEFAULT);
+    reload_free(&proc.reload);
     int rv = uv_loop_close(&proc.loop);
     if (rv != 0) {
         pz_error("loop did not close cleanly: %s", uv_strerror(rv));

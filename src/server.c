@@ -8,12 +8,26 @@
  * Shutdown (SIGINT/SIGTERM): stop accepting, close idle connections, let
  * requests in flight finish and flush their replies (at most
  * SHUTDOWN_GRACE_MS), then close every handle so that uv_loop_close()
- * succeeds; a second signal exits at once. */
+ * succeeds; a second signal exits at once.
+ *
+ * Start: the listen addresses are tried and the data directory checked
+ * before the node opens or creates any state, so that a start that fails
+ * on a busy port or a read-only directory leaves nothing behind. Once the
+ * node has loaded its state and listens, the service manager is told
+ * READY=1 (sdnotify.h), and STOPPING=1 when a shutdown begins.
+ *
+ * Reload (SIGHUP): the configuration is read again and what can change
+ * in a running process is applied (reload.h): log-level, log-file,
+ * max-clients and the client timeouts. */
 #include "server.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "conn.h"
 #include "fwd.h"
@@ -21,6 +35,8 @@
 #include "http.h"
 #include "log.h"
 #include "node.h"
+#include "reload.h"
+#include "sdnotify.h"
 
 #define SHUTDOWN_GRACE_MS 5000
 #define CRON_MS 250 /* connection housekeeping: deadlines fire this late */
@@ -33,6 +49,8 @@ struct server {
     uv_timer_t cron;                 /* CRON_MS housekeeping */
     uv_timer_t grace;                /* shutdown deadline */
     uv_signal_t sigint, sigterm;     /* shutdown requests */
+    uv_signal_t sighup;              /* reload requests */
+    struct reload reload;            /* the configuration in effect */
     struct httpd http;               /* HTTP API */
     struct grpc_server grpc;         /* gRPC API */
     uint64_t start_ms;               /* uv_now() at start */
@@ -50,6 +68,7 @@ static void on_node_closed(void)
     uv_close((uv_handle_t *)&srv.grace, NULL);
     uv_close((uv_handle_t *)&srv.sigint, NULL);
     uv_close((uv_handle_t *)&srv.sigterm, NULL);
+    uv_close((uv_handle_t *)&srv.sighup, NULL);
 }
 
 static void stop_all(void)
@@ -102,6 +121,7 @@ static void on_grace(uv_timer_t *t)
 static void begin_shutdown(void)
 {
     srv.shutting_down = true;
+    sdnotify("STOPPING=1");
     http_drain(&srv.http);
     grpc_drain(&srv.grpc);
     fwd_close_all();
@@ -120,6 +140,98 @@ static void on_signal(uv_signal_t *h, int signum)
     begin_shutdown();
 }
 
+/* Put the values a reload may change in place (reload_apply_cb). */
+static void apply_config(const struct pz_config *c, void *arg)
+{
+    PZ_UNUSED(arg);
+    pz_log_setup((enum pz_log_level)c->log_level, NULL);
+    conn_set_idle_timeout((uint64_t)c->client_idle_timeout_ms);
+    srv.http.ls.max_conns = (size_t)c->max_clients;
+    srv.http.o.max_clients = (size_t)c->max_clients;
+    srv.http.o.header_timeout_ms = (uint64_t)c->client_header_timeout_ms;
+    srv.http.o.body_timeout_ms = (uint64_t)c->client_body_timeout_ms;
+    srv.grpc.ls.max_conns = (size_t)c->max_clients;
+    srv.grpc.header_timeout = (uint64_t)c->client_header_timeout_ms;
+    srv.grpc.body_timeout = (uint64_t)c->client_body_timeout_ms;
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    PZ_UNUSED(h);
+    PZ_UNUSED(signum);
+    if (srv.shutting_down) {
+        pz_info("received SIGHUP while shutting down: ignored");
+        return;
+    }
+    pz_info("received SIGHUP");
+    reload_run(&srv.reload, apply_config, NULL);
+}
+
+/* Can addr ("host:port", as conn_listen() takes it) be bound now? Bound
+ * as libuv binds (SO_REUSEADDR), then closed at once: a port another
+ * process listens on, or an address this machine does not have, fails
+ * here before any state is made. */
+static int try_bind(const char *what, const char *addr, char *err,
+                    size_t errlen)
+{
+    char host[256];
+    int port;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (pz_split_hostport(addr, host, sizeof host, &port) < 0)
+        return 0; /* conn_listen reports it */
+    if (strcmp(host, "localhost") == 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    socklen_t len = sizeof(struct sockaddr_in);
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0) {
+        if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0)
+            return 0; /* conn_listen reports it */
+        len = sizeof(struct sockaddr_in6);
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    int on = 1, rv = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
+        rv = -errno;
+        snprintf(err, errlen, "%s: cannot listen on %s: %s%s", what, addr,
+                 strerror(errno),
+                 errno == EADDRINUSE ? " (is another server running?)" : "");
+    }
+    close(fd);
+    return rv;
+}
+
+/* The data directory, if it exists, must be writable by this process (and
+ * so must raft.db in it), else SQLite says only "unable to open database
+ * file". A directory still to be created is store_open's business. */
+static int check_data_dir(const char *dir, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(dir, &st) < 0)
+        return 0;
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "raft-data %s is not a directory", dir);
+        return PZ_EINVAL;
+    }
+    char db[4096];
+    snprintf(db, sizeof db, "%s/raft.db", dir);
+    const char *bad = NULL;
+    if (access(dir, W_OK | X_OK) < 0 && errno == EACCES)
+        bad = dir;
+    else if (access(db, R_OK | W_OK) < 0 && errno == EACCES)
+        bad = db;
+    if (bad) {
+        snprintf(err, errlen,
+                 "raft-data: %.300s is not writable by this process (uid %u, "
+                 "gid %u): check its owner and permissions",
+                 bad, (unsigned)geteuid(), (unsigned)getegid());
+        return PZ_EINVAL;
+    }
+    return 0;
+}
+
 void server_stop(const char *why)
 {
     if (srv.shutting_down)
@@ -134,6 +246,18 @@ int server_run(const struct pz_config *cfg)
     int rv;
     memset(&srv, 0, sizeof srv);
     srv.cfg = cfg;
+    /* Before anything is opened or created. */
+    rv = check_data_dir(cfg->raft_data, err, sizeof err);
+    if (rv == 0)
+        rv = try_bind("raft", cfg->raft_addr, err, sizeof err);
+    if (rv == 0)
+        rv = try_bind("http", cfg->http_addr, err, sizeof err);
+    if (rv == 0)
+        rv = try_bind("grpc", cfg->grpc_addr, err, sizeof err);
+    if (rv < 0) {
+        pz_error("%s", err);
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&srv.loop);
     srv.start_ms = uv_now(&srv.loop);
@@ -153,6 +277,9 @@ int server_run(const struct pz_config *cfg)
     uv_signal_init(&srv.loop, &srv.sigterm);
     uv_signal_start(&srv.sigint, on_signal, SIGINT);
     uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
+    uv_signal_init(&srv.loop, &srv.sighup);
+    uv_signal_start(&srv.sighup, on_sighup, SIGHUP);
+    reload_init(&srv.reload, cfg);
     /* Idle timeouts and request deadlines are checked on this tick. */
     uv_timer_start(&srv.cron, on_cron, CRON_MS, CRON_MS);
     uv_unref((uv_handle_t *)&srv.cron);
@@ -174,11 +301,18 @@ int server_run(const struct pz_config *cfg)
         stop_all();
         uv_run(&srv.loop, UV_RUN_DEFAULT);
         uv_loop_close(&srv.loop);
+        reload_free(&srv.reload);
         return 1;
     }
     pz_info("pyazdb %s node %s: HTTP on %s, gRPC on %s", PZ_VERSION,
             cfg->node_id, cfg->http_addr, cfg->grpc_addr);
+    char ready[700];
+    snprintf(ready, sizeof ready,
+             "READY=1\nSTATUS=node %s: HTTP on %s, gRPC on %s", cfg->node_id,
+             cfg->http_addr, cfg->grpc_addr);
+    sdnotify(ready);
     uv_run(&srv.loop, UV_RUN_DEFAULT);
+    reload_free(&srv.reload);
     rv = uv_loop_close(&srv.loop);
     if (rv != 0) {
         pz_error("loop did not close cleanly: %s", uv_strerror(rv));

@@ -1166,7 +1166,7 @@ TEST(conf_file_matches_table)
 
     const char *p = text, *end = text + len;
     char line[512], prev[512] = "", section[64] = "";
-    bool mandi_marked = false;
+    bool mandi_marked = false, reload_marked = false;
     int lineno = 0;
     struct pz_config scratch;
     char err[512];
@@ -1183,9 +1183,11 @@ TEST(conf_file_matches_table)
         }
         if (strcmp(line, "# (mandi too)") == 0)
             mandi_marked = true;
+        if (strcmp(line, "# (applied on reload)") == 0)
+            reload_marked = true;
         if (strncmp(line, "# Default: ", 11) != 0) {
             if (line[0] == '\0')
-                mandi_marked = false;
+                mandi_marked = reload_marked = false;
             snprintf(prev, sizeof prev, "%s", line);
             continue;
         }
@@ -1218,7 +1220,12 @@ TEST(conf_file_matches_table)
             fprintf(stderr, "    pyazdb.conf: '%s' (mandi too) mismatch\n",
                     d->name);
         CHECK_EQ_INT(mandi_marked, (d->flags & CFG_MANDI) != 0);
-        mandi_marked = false;
+        /* "(applied on reload)" exactly on what a reload applies. */
+        if (reload_marked != !(d->flags & CFG_IMMUTABLE))
+            fprintf(stderr, "    pyazdb.conf: '%s' (applied on reload) "
+                            "mismatch\n", d->name);
+        CHECK_EQ_INT(reload_marked, !(d->flags & CFG_IMMUTABLE));
+        mandi_marked = reload_marked = false;
         /* A commented-out example must be a valid line too. */
         if (dl != dline) {
             int rc = cfg_load_string(&scratch, dl, strlen(dl), "example", err,
@@ -1261,6 +1268,62 @@ TEST(conf_file_matches_table)
     cfg_free(&c);
 }
 
+/* cfg_copy() is deep; cfg_same() sees a change of any one directive. */
+TEST(copy_and_same)
+{
+    struct pz_config a, b;
+    char err[512];
+    cfg_init(&a);
+    CHECK_EQ_INT(cfg_set(&a, "node-id", "n7", "t", 0, err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_set(&a, "log-level", "debug", "t", 0, err, sizeof err),
+                 0);
+    cfg_copy(&b, &a);
+    CHECK(b.node_id != a.node_id);
+    CHECK_EQ_STR(b.node_id, "n7");
+    for (size_t i = 0; i < cfg_directive_count(); i++)
+        CHECK(cfg_same(&a, &b, cfg_directive_at(i)));
+    /* One directive of each type changed: only it differs. */
+    static const char *const changes[][2] = {
+        {"node-id", "n8"},          {"http-addr", ":8081"},
+        {"raft-bootstrap", "yes"},  {"max-clients", "5"},
+        {"max-key-size", "1k"},     {"client-idle-timeout", "1s"},
+        {"log-level", "error"},
+    };
+    for (size_t k = 0; k < PZ_ARRAY_SIZE(changes); k++) {
+        struct pz_config c;
+        cfg_copy(&c, &a);
+        CHECK_EQ_INT(cfg_set(&c, changes[k][0], changes[k][1], "t", 0, err,
+                             sizeof err),
+                     0);
+        for (size_t i = 0; i < cfg_directive_count(); i++) {
+            const struct cfg_directive *d = cfg_directive_at(i);
+            CHECK_EQ_INT(cfg_same(&a, &c, d),
+                         strcmp(d->name, changes[k][0]) != 0);
+        }
+        cfg_free(&c);
+    }
+    cfg_free(&a);
+    /* b outlives a: its strings are its own */
+    CHECK_EQ_STR(b.node_id, "n7");
+    cfg_free(&b);
+}
+
+/* A reload applies exactly these; every other directive needs a
+ * restart. */
+TEST(reload_set)
+{
+    static const char *const live[] = {
+        "max-clients", "client-idle-timeout", "client-header-timeout",
+        "client-body-timeout", "log-level", "log-file"};
+    for (size_t i = 0; i < cfg_directive_count(); i++) {
+        const struct cfg_directive *d = cfg_directive_at(i);
+        bool found = false;
+        for (size_t k = 0; k < PZ_ARRAY_SIZE(live); k++)
+            found = found || strcmp(live[k], d->name) == 0;
+        CHECK_EQ_INT(found, !(d->flags & CFG_IMMUTABLE));
+    }
+}
+
 static const struct test_case config_cases[] = {
     TEST_ENTRY(defaults),
     TEST_ENTRY(table_rows_sane),
@@ -1290,6 +1353,8 @@ static const struct test_case config_cases[] = {
     TEST_ENTRY(initial_cluster_bad),
     TEST_ENTRY(help_lists_everything),
     TEST_ENTRY(conf_file_matches_table),
+    TEST_ENTRY(copy_and_same),
+    TEST_ENTRY(reload_set),
     TEST_END,
 };
 

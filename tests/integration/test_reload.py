@@ -1,0 +1,296 @@
+"""SIGHUP reloads the configuration without stopping the process, and the
+service manager hears of start, reload and stop by sd_notify.
+
+The notify tests bind a Unix datagram socket of their own (a path, and an
+abstract '@' name) and give it to the process as NOTIFY_SOCKET, as systemd
+does for Type=notify units."""
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import free_port
+
+
+def wait_log(s, text, timeout=10, start=0):
+    """Wait until text is in s's log after offset start; returns the log."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        log = s.read_log()
+        if text in log[start:]:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the log of {s.name}:\n"
+                         + s.read_log())
+
+
+def hup(s, conf_update=None, expect="reloaded:"):
+    """Rewrite s's config with conf_update, send SIGHUP, wait for expect in
+    the log after this point; returns the new part of the log."""
+    start = len(s.read_log())
+    if conf_update is not None:
+        s.conf.update(conf_update)
+        s.write_conf()
+    s.proc.send_signal(signal.SIGHUP)
+    log = wait_log(s, expect, start=start)
+    return log[start:]
+
+
+def idle_closed_within(s, seconds):
+    """Open a connection, send nothing: True when the node closes it
+    within seconds."""
+    c = socket.create_connection(("127.0.0.1", s.http_port))
+    c.settimeout(seconds)
+    try:
+        return c.recv(1) == b""
+    except socket.timeout:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        c.close()
+
+
+def test_sighup_changes_log_level_and_limits(servers):
+    s = servers(conf={"log-level": "info", "client-idle-timeout": "300s",
+                      "client-header-timeout": "10s"})
+    # info: debug lines are not shown; connections are not closed idle
+    assert not idle_closed_within(s, 1.5)
+    assert " D " not in s.read_log()
+
+    new = hup(s, {"log-level": "debug", "client-idle-timeout": "500ms",
+                  "client-header-timeout": "300ms"})
+    assert "reload: log-level info -> debug" in new
+    assert "reload: client-idle-timeout 300s -> 500ms" in new
+    assert "reload: client-header-timeout 10s -> 300ms" in new
+    assert "reloaded: 3 changes applied, 0 need a restart" in new
+    # the node did not stop and serves as before
+    assert s.proc.poll() is None
+    st, _, _ = s.request("POST", "/set", body=b'{"key":"k","value":"v"}')
+    assert st == 204
+    # the new idle timeout, and its debug line now shows
+    start = len(s.read_log())
+    assert idle_closed_within(s, 3)
+    wait_log(s, " D closing idle connection from", start=start)
+    # the new header deadline: a request that never ends its headers
+    c = socket.create_connection(("127.0.0.1", s.http_port))
+    c.settimeout(5)
+    c.sendall(b"GET /get?key=k HTTP/1.1\r\nHost: x\r\n")
+    assert c.recv(4096).startswith(b"HTTP/1.1 408")
+    c.close()
+
+    # back to warning: info lines stop
+    new = hup(s, {"log-level": "warning"}, expect="log-level debug -> warning")
+    start = len(s.read_log())
+    hup(s, expect="", conf_update=None)
+    time.sleep(0.5)
+    assert "received SIGHUP" not in s.read_log()[start:]
+    st, _, body = s.request("GET", "/get?key=k")
+    assert (st, body) == (200, b"v")
+    assert s.stop() == 0
+
+
+def conf_line(s, prefix):
+    """The line number of the line of s's config file starting with
+    prefix."""
+    for n, line in enumerate(open(s.conf_path).read().splitlines(), 1):
+        if line.startswith(prefix):
+            return n
+    raise AssertionError(prefix)
+
+
+def test_sighup_bad_config_keeps_running_one(servers):
+    s = servers(conf={"log-level": "info"})
+    new = hup(s, {"log-level": "loud"}, expect="reload failed")
+    n = conf_line(s, "log-level")
+    assert (f"reload failed, keeping the running configuration: "
+            f"{s.conf_path}:{n}: 'log-level' must be one of") in new, new
+    assert """>>> 'log-level "loud"'""" in new
+    assert s.proc.poll() is None
+    # a value out of range; the valid line before it is not applied either
+    s.conf["log-level"] = "debug"
+    new = hup(s, {"max-clients": "0"}, expect="reload failed")
+    n = conf_line(s, "max-clients")
+    assert f"{s.conf_path}:{n}: 'max-clients' must be between" in new
+    assert "log-level info -> debug" not in new
+    st, _, _ = s.request("POST", "/set", body=b'{"key":"a","value":"b"}')
+    assert st == 204
+    # the running configuration was kept: a later good reload compares to it
+    del s.conf["max-clients"]
+    new = hup(s, {})
+    assert "reload: log-level info -> debug" in new
+    assert "1 change applied, 0 need a restart" in new
+    assert s.stop() == 0
+
+
+def test_sighup_reports_what_needs_a_restart(servers):
+    s = servers(conf={"log-level": "info", "cluster-token": "s3cret-one"})
+    port = s.http_port
+    new = hup(s, {"http-max-body": "8mb", "http-addr": "127.0.0.1:1",
+                  "cluster-token": "s3cret-two"})
+    assert ("reload: http-max-body changed (4mb -> 8mb) but needs a restart;"
+            " still 4mb") in new
+    assert "reload: http-addr changed" in new
+    assert "reload: cluster-token changed ((secret) -> (secret))" in new
+    assert "s3cret" not in s.read_log()
+    assert "0 changes applied, 3 need a restart" in new
+    # still on the old port
+    st, _, _ = s.request("GET", "/status")
+    assert st == 200 and s.http_port == port
+    assert s.stop() == 0
+
+
+def test_mandi_sighup(mandis):
+    m = mandis(conf={"log-level": "info"})
+    new = hup(m, {"log-level": "debug", "max-clients": "50",
+                  "mandi-join-ttl": "1s"})
+    assert "reload: log-level info -> debug" in new
+    assert "reload: max-clients 10000 -> 50" in new
+    assert "reload: mandi-join-ttl changed (30s -> 1s) but needs a restart" \
+        in new
+    # a directive mandi does not read is not reported
+    new = hup(m, {"node-id": "other"})
+    assert "node-id" not in new
+    assert "0 changes applied, 1 needs a restart" in new  # mandi-join-ttl
+    st, _, _ = m.request("GET", "/leader")
+    assert st == 404
+    assert m.stop() == 0
+
+
+def recv_until(sock, want, timeout=10):
+    """Datagrams from sock until one holds want; returns them all."""
+    got = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        sock.settimeout(max(0.01, deadline - time.time()))
+        try:
+            msg = sock.recv(4096).decode()
+        except socket.timeout:
+            break
+        got.append(msg)
+        if want in msg.split("\n"):
+            return got
+    raise AssertionError(f"no {want!r} from the process; got {got!r}")
+
+
+@pytest.mark.parametrize("abstract", [False, True],
+                         ids=["path", "abstract"])
+def test_sd_notify(servers, tmp_path, abstract):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = f"pyazdb-test-notify-{os.getpid()}-{free_port()}"
+        sock.bind("\0" + name)
+        env = {"NOTIFY_SOCKET": "@" + name}
+    else:
+        path = str(tmp_path / "notify.sock")
+        sock.bind(path)
+        env = {"NOTIFY_SOCKET": path}
+    with sock:
+        s = servers(env=env, start=False)
+        s.start(wait=False)
+        got = recv_until(sock, "READY=1")
+        # READY=1 comes once the node listens and has loaded its state
+        st, _, _ = s.request("GET", "/status", timeout=2)
+        assert st == 200
+        assert any("STATUS=node node1: HTTP on" in m for m in got), got
+        assert not any("STOPPING=1" in m for m in got)
+
+        s.proc.send_signal(signal.SIGHUP)
+        got = recv_until(sock, "READY=1")
+        assert got[0].startswith("RELOADING=1\nMONOTONIC_USEC="), got
+        usec = int(got[0].split("MONOTONIC_USEC=")[1].split("\n")[0])
+        assert abs(usec / 1e6 - time.monotonic()) < 30
+        assert "STATUS=reloaded: nothing changed" in got[-1]
+
+        # a failed reload still ends in READY=1, saying why
+        with open(s.conf_path, "a") as f:
+            f.write("max-clients 0\n")
+        s.proc.send_signal(signal.SIGHUP)
+        got = recv_until(sock, "READY=1")
+        assert got[0].startswith("RELOADING=1\n")
+        assert "STATUS=reload failed, running configuration kept: " \
+            in got[-1], got
+        assert "'max-clients' must be between" in got[-1]
+
+        s.proc.send_signal(signal.SIGTERM)
+        recv_until(sock, "STOPPING=1")
+        assert s.proc.wait(15) == 0
+
+
+def test_sd_notify_mandi(mandis, tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "m.sock")
+    sock.bind(path)
+    with sock:
+        m = mandis(env={"NOTIFY_SOCKET": path}, start=False)
+        m.start(wait=False)
+        got = recv_until(sock, "READY=1")
+        st, _, _ = m.request("GET", "/leader", timeout=2)
+        assert st == 404
+        assert any("STATUS=mandi on " in g for g in got)
+        m.proc.send_signal(signal.SIGTERM)
+        recv_until(sock, "STOPPING=1")
+        assert m.proc.wait(15) == 0
+
+
+def test_sd_notify_unusable_socket_is_harmless(servers, tmp_path):
+    """A NOTIFY_SOCKET nobody reads, or that is not an address at all,
+    changes nothing: the node starts, reloads and stops as usual."""
+    for bad in (str(tmp_path / "nobody.sock"), "relative/path", "@"):
+        s = servers(name=f"n{free_port()}", env={"NOTIFY_SOCKET": bad})
+        hup(s)
+        assert s.stop() == 0
+
+
+def test_sighup_reopens_and_moves_the_log_file(servers, tmp_path):
+    first = str(tmp_path / "first.log")
+    s = servers(conf={"log-file": first, "log-level": "info"})
+
+    def read(path):
+        with open(path, errors="replace") as f:
+            return f.read()
+
+    assert "HTTP on" in read(first)
+    # logrotate: move the file away, SIGHUP, the node writes a new one
+    os.rename(first, first + ".1")
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while not (os.path.exists(first) and "reloaded: nothing changed"
+               in read(first)):
+        assert time.time() < deadline, read(first + ".1")
+        time.sleep(0.05)
+    assert "received SIGHUP" in read(first + ".1")
+
+    # another file: said in both
+    second = str(tmp_path / "second.log")
+    s.conf["log-file"] = second
+    s.write_conf()
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while not (os.path.exists(second) and "reloaded:" in read(second)):
+        assert time.time() < deadline, read(first)
+        time.sleep(0.05)
+    assert f"reload: log-file {first} -> {second}" in read(first)
+    assert f"reload: log-file: now logging here (was {first})" \
+        in read(second)
+    assert "1 change applied" in read(second)
+
+    # a file that cannot be opened: the log stays where it was
+    s.conf["log-file"] = str(tmp_path / "no-such-dir" / "x.log")
+    s.write_conf()
+    start = len(read(second))
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while "reloaded:" not in read(second)[start:]:
+        assert time.time() < deadline, read(second)
+        time.sleep(0.05)
+    new = read(second)[start:]
+    assert "reload: cannot open log-file" in new and \
+        f"still logging to {second}" in new
+    assert "the new log-file could not be opened" in new
+    st, _, _ = s.request("GET", "/status")
+    assert st == 200
+    assert s.stop() == 0
+    assert " I stopped" in read(second)
