@@ -226,6 +226,6 @@ int snaps_restore(const struct store_meta *sm, const struct raft_entry *ents,
 const char *snaps_on_chunk(void *data, uint64_t from,
                            const struct raft_snap_chunk *c);
 void snaps_on_peer_link(void *data, uint64_t id, bool connected);
-void snaps_on_inbound_closed(void *data, uint64_t from);
+void snaps_on_inbound_closed(void *data, uint64_t from, bool last);
 
 #endif

@@ -507,16 +507,19 @@ const char *snaps_on_chunk(void *data, uint64_t from,
 /* The last accepted link from `from` closed: a transfer on it is over,
  * and the address of a peer not in our configuration (learned from its
  * handshake) is forgotten. */
-void snaps_on_inbound_closed(void *data, uint64_t from)
+void snaps_on_inbound_closed(void *data, uint64_t from, bool last)
 {
     PZ_UNUSED(data);
+    /* Any link of the sender: a link replaced by a new one of the same id
+     * (the leader redialed, or someone else claims its id) carried the
+     * transfer to its end too; the leader starts over on its new link. */
     if (node.rx && node.rx_from == from) {
         pz_info("snapshot %llu: the leader's link closed; dropping the "
                 "transfer",
                 (unsigned long long)node.rx_index);
         snaps_rx_abort();
     }
-    if (from != node.id && members_find(from) == NULL)
+    if (last && from != node.id && members_find(from) == NULL)
         transport_remove_peer(node.tr, from);
 }
 

@@ -648,17 +648,18 @@ static void in_close(struct conn *c)
     uint64_t id = in->accepted ? in->peer_id : 0;
     pz_free(in);
     c->proto = NULL;
-    /* Told only when the peer has no link left (not when a new link of
-     * the same peer replaced this one). */
+    /* Told of every accepted link, and whether the peer has another (a
+     * new link of the same peer replaced this one). */
+    bool last = true;
     struct pz_queue *e;
     PZ_QUEUE_FOREACH(e, &t->inbound)
     {
         struct inbound *o = container_of(e, struct inbound, q);
         if (o->accepted && !o->done && o->peer_id == id)
-            id = 0;
+            last = false;
     }
     if (id && t->cfg.on_inbound_closed && !t->closing)
-        t->cfg.on_inbound_closed(t->cfg.data, id);
+        t->cfg.on_inbound_closed(t->cfg.data, id, last);
     maybe_finish(t);
 }
 

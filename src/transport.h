@@ -140,9 +140,10 @@ struct transport_config {
      * peer's address: weigh it (node.c). Optional. */
     void (*on_removed)(void *data, uint64_t id, uint64_t conf_index,
                        uint64_t conf_term);
-    /* The last accepted link from peer id closed (snapshot transfers on
-     * it are over); not called when a new link replaced it. Optional. */
-    void (*on_inbound_closed)(void *data, uint64_t id);
+    /* An accepted link from peer id closed (a snapshot transfer on it is
+     * over); last is false when another link of the same id remains (a
+     * new one replaced it). Optional. */
+    void (*on_inbound_closed)(void *data, uint64_t id, bool last);
     /* cluster_id 0 means "joining": the first peer that dials us with a
      * valid handshake gives us its cluster id, reported here (optional;
      * persist it). */

@@ -699,8 +699,9 @@ static void on_removed(void *data, uint64_t id, uint64_t conf_index,
     n->removed_term = conf_term;
 }
 
-static void on_inbound_closed(void *data, uint64_t id)
+static void on_inbound_closed(void *data, uint64_t id, bool last)
 {
+    PZ_UNUSED(last);
     struct tnode *n = data;
     PZ_UNUSED(id);
     n->in_closed++;
