@@ -98,6 +98,25 @@ static void finish_snap_waiters(int status)
     reqs_finish_all(&node.snap_waiters, status);
 }
 
+/* The local snapshot is now node.snap_index: complete the waiters it
+ * covers (each waits for the index applied when it asked, req->index);
+ * if some need a newer one, take it. */
+static void update_snap_waiters(void)
+{
+    struct pz_queue *e = node.snap_waiters.next;
+    while (e != &node.snap_waiters) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        if (r->index <= node.snap_index)
+            reqs_done(r, 0);
+    }
+    if (!pz_queue_empty(&node.snap_waiters)) {
+        snapshot_start();
+        if (node.snap_child.pid == 0)
+            finish_snap_waiters(PZ_EIO);
+    }
+}
+
 /* Drop the stored log prefix the core dropped, COMPACT_ROWS entries per
  * step on the thread pool, between log writes (never during one), so that
  * a million-entry prefix never stalls the loop or the writes. */
@@ -173,7 +192,7 @@ void snaps_poll(void)
         /* A newer snapshot came from the leader meanwhile. */
         unlink(c->path);
         c->pid = 0;
-        finish_snap_waiters(0);
+        update_snap_waiters();
         return;
     }
     struct snapshot_meta sm;
@@ -207,7 +226,7 @@ void snaps_poll(void)
     if (node.rx == NULL) /* pruning removes temporary files too */
         snapshot_prune_except(node.cfg->raft_data, keep, 4, &removed, err,
                               sizeof err);
-    finish_snap_waiters(0);
+    update_snap_waiters();
 }
 
 /* After applying: time for a snapshot? */
@@ -222,7 +241,10 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb)
 {
     reqs_prepare(req, cb);
     req->deadline = UINT64_MAX; /* a large table takes a while */
-    if (node.applied <= node.snap_index && node.snap_child.pid == 0) {
+    /* What is applied now must be in it: a child already writing an
+     * older index does not do (update_snap_waiters takes another). */
+    req->index = node.applied;
+    if (node.applied <= node.snap_index) {
         reqs_done(req, 0); /* nothing new since the last one */
         return 0;
     }
@@ -231,6 +253,23 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb)
         return PZ_EIO;
     reqs_link(&node.snap_waiters, req);
     return 0;
+}
+
+int node_snapshot_open(struct snapshot_reader **r, uint64_t *index,
+                       char *err, size_t errlen)
+{
+    char path[SNAPSHOT_PATH_MAX];
+    *r = NULL;
+    *index = node.snap_index;
+    if (node.snap_index == 0) {
+        snprintf(err, errlen, "no snapshot yet");
+        return PZ_ENOTFOUND;
+    }
+    snapshot_path(node.cfg->raft_data, node.snap_index, node.snap_term, path,
+                  sizeof path);
+    /* The open descriptor keeps the file readable to its end even if a
+     * later prune unlinks its name. */
+    return snapshot_reader_open(path, r, err, errlen);
 }
 
 void node_snapshot_info(uint64_t *index, uint64_t *size)
@@ -600,6 +639,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
             reqs_done(r, PZ_ELEADERCHANGE);
     }
     core_reads_check_applied();
+    update_snap_waiters();
     pz_info("installed snapshot at index %llu (%zu keys)",
             (unsigned long long)sm->index, kv_count(kv));
 }
