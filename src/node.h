@@ -118,6 +118,14 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb);
 struct snapshot_reader;
 int node_snapshot_open(struct snapshot_reader **r, uint64_t *index,
                        char *err, size_t errlen);
+/* pyazdb-server --restore FILE, before node_init: seed cfg->raft_data,
+ * which must hold no state, from the backup FILE (checked whole first),
+ * as a new one-node cluster with a new cluster id whose state is the
+ * backup's. Returns 0, or a negative code with a one-line reason in err
+ * (PZ_ECORRUPT and friends: not a valid snapshot; PZ_EINVAL: the data
+ * directory holds state; PZ_ECONFIG: initial-cluster is set). */
+int node_restore_backup(const struct pz_config *cfg, const char *file,
+                        char *err, size_t errlen);
 /* Index and file size of the newest local snapshot (0, 0: none). */
 void node_snapshot_info(uint64_t *index, uint64_t *size);
 /* Forget req: its callback will not be called. Idempotent. */

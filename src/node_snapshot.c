@@ -2,6 +2,7 @@
  * section comment below): taking them, compacting the log behind them,
  * shipping them to followers, receiving and installing them, and loading
  * the newest at start. */
+#include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -735,4 +736,135 @@ void snaps_close(void)
     snaps_got_drop();
     while (node.xfers)
         snaps_xfer_free(node.xfers, false);
+}
+
+/* --- seeding a new cluster from a backup (pyazdb-server --restore) ------
+ * Runs before the node opens, on an empty data directory: the backup is
+ * checked by loading it (format, lengths, CRC-64, a key held twice), then
+ * written back as this node's snapshot with a new configuration, this node
+ * as the only voter (the backup's members belong to the old cluster), and
+ * the store records that snapshot as its compaction point, with the term
+ * of the backup and a new random cluster id, so the old cluster's nodes
+ * can never talk to the new one. The node then starts as if it had
+ * compacted its log up to there: it elects itself at once and other nodes
+ * join it as usual (InstallSnapshot brings them the state). A crash half
+ * way leaves a directory that the next --restore refuses: empty it and run
+ * again. */
+
+/* The data directory holds state: raft.db or a snapshot. */
+static bool dir_has_state(const char *dir, char *why, size_t len)
+{
+    char path[SNAPSHOT_PATH_MAX];
+    snprintf(path, sizeof path, "%s/raft.db", dir);
+    if (access(path, F_OK) == 0) {
+        snprintf(why, len, "it has a raft.db");
+        return true;
+    }
+    struct snapshot_info *list;
+    size_t n;
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    if (snapshot_list(dir, &list, &n, err, sizeof err) == 0 && n > 0) {
+        snprintf(why, len, "it has snapshot files");
+        snapshot_list_free(list, n);
+        return true;
+    }
+    return false;
+}
+
+/* This node alone, with every address it has (as bootstrap writes it). */
+static void restore_conf(const struct pz_config *cfg, uint8_t **buf,
+                         size_t *len)
+{
+    struct raft_conf conf;
+    raft_conf_init(&conf);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", cfg->node_id);
+    cJSON_AddStringToObject(o, "raft", cfg->raft_addr);
+    cJSON_AddStringToObject(o, "http", cfg->http_addr);
+    cJSON_AddStringToObject(o, "grpc", cfg->grpc_addr);
+    char *meta = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    raft_conf_add(&conf, members_name_to_id(cfg->node_id), true, meta);
+    cJSON_free(meta);
+    raft_conf_encode(&conf, buf, len);
+    raft_conf_free(&conf);
+}
+
+int node_restore_backup(const struct pz_config *cfg, const char *file,
+                        char *err, size_t errlen)
+{
+    char why[SNAPSHOT_ERRMSG_SIZE];
+    if (cfg->initial_cluster[0]) {
+        snprintf(err, errlen,
+                 "--restore seeds a one-node cluster: remove initial-cluster "
+                 "(the other nodes join it through mandi)");
+        return PZ_ECONFIG;
+    }
+    if (dir_has_state(cfg->raft_data, why, sizeof why)) {
+        snprintf(err, errlen,
+                 "raft-data %s already holds state (%s): --restore only seeds "
+                 "an empty data directory",
+                 cfg->raft_data, why);
+        return PZ_EINVAL;
+    }
+    struct kv *kv = kv_new_seeded(pz_seed());
+    struct snapshot_meta meta;
+    int rv = snapshot_load(file, kv, &meta, why, sizeof why);
+    struct raft_conf old;
+    if (rv == 0 && raft_conf_decode(meta.conf, meta.conf_len, &old) < 0) {
+        snprintf(why, sizeof why, "%s: corrupt: bad configuration", file);
+        rv = PZ_ECORRUPT;
+    } else if (rv == 0) {
+        raft_conf_free(&old);
+    }
+    if (rv < 0) {
+        snprintf(err, errlen, "not a valid snapshot: %s", why);
+        kv_free(kv);
+        return rv;
+    }
+    uint8_t *conf;
+    size_t conf_len;
+    restore_conf(cfg, &conf, &conf_len);
+    struct store *s = NULL;
+    /* store_open creates the directory; the snapshot goes in first. */
+    rv = store_open(cfg->raft_data, &s, err, errlen);
+    if (rv == 0) {
+        rv = snapshot_write(cfg->raft_data, kv, meta.index, meta.term, conf,
+                            conf_len, NULL, 0, why, sizeof why);
+        if (rv < 0)
+            snprintf(err, errlen, "%s", why);
+    }
+    pz_free(conf);
+    struct raft_hard_state hs = {.term = meta.term, .commit = meta.index};
+    uint64_t cluster_id = pz_seed();
+    cluster_id = cluster_id ? cluster_id : 1;
+    if (rv == 0 && ((rv = store_write_sync(s, &hs, NULL, 0)) < 0 ||
+                    (rv = store_compact(s, meta.index, meta.term)) < 0 ||
+                    (rv = store_meta_set(s, cluster_id,
+                                         members_name_to_id(cfg->node_id),
+                                         cfg->node_id)) < 0))
+        snprintf(err, errlen, "%s", store_errmsg(s));
+    if (rv == 0)
+        pz_info("restored %s: snapshot at index %llu (%zu keys) seeds a new "
+                "one-node cluster (cluster id %016llx)",
+                file, (unsigned long long)meta.index, kv_count(kv),
+                (unsigned long long)cluster_id);
+    if (s)
+        store_close(s);
+    if (rv < 0 && s) {
+        /* The directory held no state: what is there now is ours. */
+        static const char *const files[] = {"raft.db", "raft.db-wal",
+                                            "raft.db-shm"};
+        char path[SNAPSHOT_PATH_MAX];
+        for (size_t i = 0; i < 3; i++) {
+            snprintf(path, sizeof path, "%s/%s", cfg->raft_data, files[i]);
+            unlink(path);
+        }
+        snapshot_path(cfg->raft_data, meta.index, meta.term, path,
+                      sizeof path);
+        unlink(path);
+    }
+    kv_free(kv);
+    snapshot_meta_free(&meta);
+    return rv;
 }
