@@ -645,25 +645,16 @@ void snaps_install(const struct raft_snapshot_meta *sm)
             (unsigned long long)sm->index, kv_count(kv));
 }
 
-/* What snaps_restore's pick needs: the stored log's boundary and
- * entries. */
-struct restore_view {
-    const struct store_meta *sm;   /* the store's snapshot point */
-    const struct raft_entry *ents; /* the stored log */
-    size_t n;                      /* its entries */
-};
-
 /* Usable only if the stored log agrees with it: it is the store's
- * snapshot point, or the log holds its index with its term. */
+ * snapshot point, or the log holds its index with its term (one row read,
+ * not the whole log). */
 static bool restore_fits(void *arg, uint64_t index, uint64_t term)
 {
-    const struct restore_view *v = arg;
-    if (index == v->sm->snap_index && term == v->sm->snap_term)
+    const struct store_meta *sm = arg;
+    uint64_t t;
+    if (index == sm->snap_index && term == sm->snap_term)
         return true;
-    for (size_t j = 0; j < v->n; j++)
-        if (v->ents[j].index == index)
-            return v->ents[j].term == term;
-    return false;
+    return store_term(node.store, index, &t) == 0 && t == term;
 }
 
 static bool restore_conf_ok(void *arg, const struct snapshot_meta *meta,
@@ -688,15 +679,14 @@ static void restore_damaged(void *arg, const char *path, int rc,
     pz_warn("damaged snapshot %s: %s; trying an older one", path, msg);
 }
 
-int snaps_restore(const struct store_meta *sm, const struct raft_entry *ents,
-                  size_t n, struct raft_snapshot_meta *out, bool *have,
+int snaps_restore(const struct store_meta *sm, struct raft_entry **ents,
+                  size_t *n, struct raft_snapshot_meta *out, bool *have,
                   char *err, size_t errlen)
 {
-    struct restore_view v = {sm, ents, n};
     struct snapshot_pick pick = {.accept = restore_fits,
                                  .check = restore_conf_ok,
                                  .damaged = restore_damaged,
-                                 .arg = &v};
+                                 .arg = (void *)sm};
     struct kv *kv = NULL;
     struct snapshot_meta meta;
     char e2[SNAPSHOT_ERRMSG_SIZE];
@@ -725,6 +715,22 @@ int snaps_restore(const struct store_meta *sm, const struct raft_entry *ents,
                  node.cfg->raft_data);
         return PZ_ECORRUPT;
     }
+    /* The log from the snapshot's index minus the trailing entries, as
+     * raft_compact keeps it: a prefix the store had not dropped yet when
+     * the node stopped stays on disk, and its compaction goes on. */
+    uint64_t trailing = (uint64_t)node.cfg->raft_trailing_entries;
+    uint64_t from = *have && out->index > trailing ? out->index - trailing : 0;
+    struct raft_hard_state hs;
+    int rv = store_load_from(node.store, from, &hs, ents, n, NULL);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        if (*have)
+            raft_conf_free(&out->conf);
+        *have = false;
+        return rv;
+    }
+    if (from > sm->snap_index + 1)
+        request_compaction();
     return 0;
 }
 

@@ -115,6 +115,20 @@ int store_load(struct store *s, struct raft_hard_state *hs,
                struct store_meta *meta);
 void store_entries_free(struct raft_entry *entries, size_t n);
 
+/* store_load, but only the entries from index `from` on (from at most
+ * the snapshot index + 1 loads them all; past the last index, none): a
+ * restart needs the log from its snapshot's index minus the trailing
+ * entries, not the prefix that compaction had not dropped yet when the
+ * node stopped. The checks are store_load's, from there on. */
+int store_load_from(struct store *s, uint64_t from,
+                    struct raft_hard_state *hs, struct raft_entry **entries,
+                    size_t *n, struct store_meta *meta);
+
+/* The term of the stored entry at index, or the snapshot term when index
+ * is the snapshot index. Returns 0, PZ_ENOTFOUND (not in the stored log),
+ * PZ_ECORRUPT or PZ_EIO (store_errmsg). */
+int store_term(struct store *s, uint64_t index, uint64_t *term);
+
 /* The meta as currently stored (no database access). */
 void store_meta_get(const struct store *s, struct store_meta *meta);
 
