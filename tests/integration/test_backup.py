@@ -288,6 +288,11 @@ def test_restore_refuses_damaged_backups_and_used_dirs(servers, tmp_path):
     assert "already holds state" in s.read_log(), s.read_log()
     assert sorted(os.listdir(src.conf["raft-data"])) == before
 
+    # initial-cluster would have the other members bootstrap empty
+    s = restore_proc(servers, "ic", good, {
+        "initial-cluster": "ic=127.0.0.1:1,other=127.0.0.1:2"})
+    assert s.proc.wait(20) == 1
+    assert "remove initial-cluster" in s.read_log(), s.read_log()
     # the good file restores, under the name of a new node
     ok = restore_proc(servers, "fresh", good)
     ok.wait_ready()
