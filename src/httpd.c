@@ -261,6 +261,8 @@ void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
     hc->close_after = close;
     hc->streaming = true;
     hc->stream_left = length;
+    if (hc->srv->o.body_timeout_ms)
+        conn_set_deadline(hc->c, conn_now() + hc->srv->o.body_timeout_ms);
     /* The body follows from on_drain, as the client reads. */
 }
 
@@ -271,6 +273,7 @@ void httpd_stream_write(struct httpd_conn *hc, const void *data, size_t n)
     hc->stream_left -= n;
     if (hc->stream_left == 0) {
         hc->streaming = false;
+        conn_set_deadline(hc->c, 0);
         finish(hc, hc->close_after);
     }
 }
@@ -281,7 +284,9 @@ void httpd_stream_abort(struct httpd_conn *hc)
     conn_close(hc->c);
 }
 
-/* Ask the handler for more of a streamed body while little is waiting. */
+/* Ask the handler for more of a streamed body while little is waiting.
+ * A client that reads none of it for body_timeout_ms is dropped (its
+ * stream holds resources: a file, say). */
 static void stream_pump(struct httpd_conn *hc)
 {
     while (hc->streaming && !conn_is_closing(hc->c) &&
@@ -291,6 +296,8 @@ static void stream_pump(struct httpd_conn *hc)
         if (hc->streaming && hc->stream_left == before)
             break; /* nothing written: the handler comes back later */
     }
+    if (hc->streaming && hc->srv->o.body_timeout_ms)
+        conn_set_deadline(hc->c, conn_now() + hc->srv->o.body_timeout_ms);
 }
 
 bool httpd_bearer_ok(const struct http_req *req, const char *token)
@@ -393,6 +400,12 @@ static void on_deadline(struct conn *c)
     struct httpd_conn *hc = c->proto;
     if (hc == NULL)
         return;
+    if (hc->streaming) {
+        pz_debug("%s: %s: streamed reply not read in time", hc->srv->ls.name,
+                 c->peer);
+        httpd_stream_abort(hc);
+        return;
+    }
     int which = hc->deadline;
     hc->deadline = DEADLINE_NONE;
     if (which == DEADLINE_NONE || hc->answering ||

@@ -151,8 +151,9 @@ void httpd_text(struct httpd_conn *hc, int status, const char *line,
  * writes the next piece with httpd_stream_write(). Once `length` bytes are
  * written the request is answered (as by httpd_reply: the next request is
  * served). httpd_stream_abort() gives up (a read error): the connection is
- * closed, so the client sees a short body, never a wrong one. The request
- * must be held (httpd_hold) while it streams. */
+ * closed, so the client sees a short body, never a wrong one. A client
+ * that reads nothing for body_timeout_ms meanwhile is closed the same
+ * way. The request must be held (httpd_hold) while it streams. */
 #define HTTPD_STREAM_WANT (512 * 1024)
 void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
                         uint64_t length);

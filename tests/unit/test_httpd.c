@@ -653,8 +653,27 @@ TEST(streamed_reply_follows_the_reader)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* A client that stops reading a streamed body is dropped after the body
+ * deadline: the stream's resources do not stay held forever. */
+TEST(streamed_reply_to_a_stalled_client_ends)
+{
+    CHECK(world_init(0, 200, 10));
+    stream_sent = 0;
+    int fd = dial();
+    CHECK(fd >= 0);
+    int small = 32 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    CHECK(send_all(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"));
+    run_for(800);
+    CHECK_EQ_INT(closes, 1);
+    CHECK(stream_sent < STREAM_TOTAL);
+    close(fd);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(streamed_reply_follows_the_reader),
+    TEST_ENTRY(streamed_reply_to_a_stalled_client_ends),
     TEST_ENTRY(pipelined_in_order_with_a_held_answer),
     TEST_ENTRY(close_after_and_unauthorized),
     TEST_ENTRY(bearer_check),
