@@ -111,6 +111,11 @@ def test_backup_needs_the_token(servers, tmp_path):
     assert st == 200 and h["Content-Type"] == "application/octet-stream"
     index, _, kv = parse_snapshot(body)
     assert kv == {b"k": b"v"} and index >= 2
+    # usage errors
+    assert cli("--http", "127.0.0.1:1", "snapshot", "load", out)[0] == 1
+    assert cli("--http", "127.0.0.1:1", "snapshot", "save")[0] == 1
+    code, _, err = cli("--addr", "127.0.0.1:1", "snapshot", "save", out)
+    assert code == 1 and "use --http" in err, err
     # nobody listening: a clear error, nothing left behind
     code, _, err = cli("--http", "127.0.0.1:1", "--timeout", "2",
                        "snapshot", "save", out)
