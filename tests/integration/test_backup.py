@@ -6,12 +6,14 @@ that holds state are refused; so is a backup request without the token."""
 import json
 import os
 import re
+import shlex
 import socket
 import struct
 import subprocess
 import threading
 import time
 
+from conftest import ROOT
 from grpc_helpers import CLI
 from test_cluster import make_cluster, leader_of, put, get
 from test_join import start_joining, wait_voters
@@ -303,3 +305,44 @@ def test_restore_refuses_damaged_backups_and_used_dirs(servers, tmp_path):
     ok.wait_ready()
     assert get(ok, "k99")[2] == b"v" * 50
     assert ok.status()["keys"] == 100
+
+
+def readme_commands(title):
+    """The command lines of the ```sh blocks of a README section."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    start = text.index(f"## {title}\n")
+    end = text.index("\n## ", start + 1)
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", text[start:end], re.S):
+        for line in block.splitlines():
+            line = line.split(" #")[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def test_readme_backup_and_restore_recipes(servers, tmp_path):
+    """The README's commands, pasted with this test's addresses."""
+    backup_cmd, restore_cmd = readme_commands("Backup and restore")
+    assert "snapshot save" in backup_cmd and "--restore" in restore_cmd
+    src = servers("src", conf={"cluster-token": TOKEN})
+    for i in range(20):
+        assert put(src, f"r{i}", str(i))[0] == 204
+    env = dict(os.environ, TOKEN=TOKEN)
+    env.pop("MANDI_ADDR", None)
+    cmd = backup_cmd.replace("src/", ROOT + "/src/").replace(
+        "127.0.0.1:8081", f"127.0.0.1:{src.http_port}")
+    p = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(b"Saved snapshot at index ")
+    assert os.path.exists(tmp_path / "backup.snap")
+    r = servers("r1", start=False, conf={"cluster-token": TOKEN})
+    cmd = restore_cmd.replace("src/", ROOT + "/src/").replace(
+        "node1.conf", r.conf_path)
+    r.log = open(r.log_path, "ab")
+    r.proc = subprocess.Popen(shlex.split(cmd), cwd=tmp_path, env=r.env,
+                              stdout=r.log, stderr=r.log)
+    r.wait_ready()
+    assert get(r, "r19")[2] == b"19"
+    assert r.status()["keys"] == 20
