@@ -24,7 +24,9 @@
  * store_write copies the hard state, borrows the entries and runs
  * BEGIN, DELETE idx >= first, INSERT..., UPDATE hard_state, COMMIT in a
  * worker thread; the result is applied to the in-memory copy and reported
- * on the loop thread.
+ * on the loop thread. Compaction steps run there too, each followed by a
+ * bounded incremental vacuum (the database is auto_vacuum=INCREMENTAL;
+ * one from an older build is converted at open), so the file shrinks.
  *
  * Failure modes: any failed step inside a write rolls the transaction back
  * (if SQLite has not already), marks the store failed (every later write

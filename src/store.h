@@ -4,6 +4,7 @@
  * Happy path (node.c):
  *   store_open(dir, &s, err, errlen);            creates or checks raft.db
  *   store_load(s, &hs, &ents, &n, &meta);        everything raft_restore needs
+ *       (store_load_from: only the log's end, after a snapshot)
  *   store_meta_set(s, cluster, id, name);        first start; later compare
  *   raft_restore(r, &hs, ents, n); store_entries_free(ents, n);
  *   per Ready: store_write(s, loop, hs or NULL, rd.entries, rd.n_entries,
@@ -178,7 +179,11 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
  * current snapshot point on; never past the last stored entry) on the
  * thread pool, moving the snapshot point there with the term stored at
  * it: compaction in steps short enough that log writes never wait long.
- * Returns 0 (cb later), 1 when there is nothing to drop (no cb), PZ_EIO. */
+ * Each step then gives up to 2048 free pages back to the file system
+ * (auto_vacuum INCREMENTAL), and once none is left checkpoints and
+ * truncates the WAL, so raft.db shrinks; with nothing left to drop, a
+ * step only does that while free pages remain. Returns 0 (cb later), 1
+ * when there is nothing to drop or give back (no cb), PZ_EIO. */
 int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
                        uint64_t max_rows, store_write_cb cb, void *arg);
 
