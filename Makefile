@@ -58,7 +58,7 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c
-CLI_SRC = src/cli.c
+CLI_SRC = src/cli.c src/cli_snapshot.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
 NET_SRC := $(wildcard $(NET_SRC))
@@ -142,8 +142,10 @@ $(ALL_O): | $(GEN_H)
 $(SERVER): $(CORE_O) $(NET_O) $(SERVER_O) deps/llhttp/libllhttp.a
 	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(NET_O) $(SERVER_O) $(PZ_LIBS)
 
-$(CLI): $(CORE_O) $(NET_O) $(CLI_O) deps/llhttp/libllhttp.a
-	$(CC) $(PZ_LDFLAGS) -o $@ $(CORE_O) $(NET_O) $(CLI_O) $(PZ_LIBS)
+# The CLI checks the snapshots it downloads with the server's reader.
+CLI_LINK_O = $(CORE_O) $(NET_O) $(CLI_O) src/snapshot.o src/failpoint.o
+$(CLI): $(CLI_LINK_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_LDFLAGS) -o $@ $(CLI_LINK_O) $(PZ_LIBS)
 
 tests/unit/suites.h: $(UNIT_SRC) Makefile
 	@{ for f in $(UNIT_SRC); do n=$$(basename $$f .c); n=$${n#test_}; \

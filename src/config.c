@@ -1351,6 +1351,8 @@ void cfg_print_help(FILE *out)
                  "       pyazdb-server --mandi [FILE] [--directive value ...]\n"
                  "       pyazdb-server --test-config FILE [--directive value "
                  "...]\n"
+                 "       pyazdb-server --restore BACKUP [FILE] [--directive "
+                 "value ...]\n"
                  "       pyazdb-server --help | --version\n"
                  "\n"
                  "FILE is a config file (see pyazdb.conf). Each directive can "

@@ -25,6 +25,7 @@
 #include "http_parse.h"
 #include "log.h"
 #include "node.h"
+#include "snapshot.h"
 
 struct http_conn {
     struct httpd_conn hc; /* the request loop (httpd.h); first */
@@ -32,6 +33,8 @@ struct http_conn {
     struct node_req req;  /* its node request, when held */
     struct fwd_req fwd;   /* its forwarded copy, when forwarding */
     bool forwarding;      /* fwd is in flight */
+    struct snapshot_reader *snap; /* GET /admin/snapshot: the file sent */
+    uint64_t snap_off;    /* bytes of it sent */
 };
 
 static struct http_api_limits api_limits;
@@ -252,6 +255,66 @@ static void on_snapshot_done(struct node_req *req, int status)
     reply_json(h, o);
 }
 
+/* GET /admin/snapshot (a backup): a linearizable read first, so that
+ * the snapshot covers every write acknowledged before the request on any
+ * node; then a snapshot of at least that index; then its file, streamed
+ * as the client reads it (on_stream), from a descriptor that a prune
+ * cannot take away. */
+#define BACKUP_CHUNK (256 * 1024)
+
+static void on_backup_snap(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    uint64_t index;
+    if (status < 0) {
+        reply_text(h, 500, "Snapshot failed (see the server log)", NULL);
+        return;
+    }
+    if (node_snapshot_open(&h->snap, &index, err, sizeof err) < 0) {
+        pz_warn("GET /admin/snapshot: %s", err);
+        reply_text(h, 500, "Snapshot failed (see the server log)", NULL);
+        return;
+    }
+    h->snap_off = 0;
+    pz_info("streaming snapshot at index %llu (%llu bytes) to %s",
+            (unsigned long long)index,
+            (unsigned long long)snapshot_reader_size(h->snap), h->hc.c->peer);
+    httpd_stream_begin(&h->hc, 200, "application/octet-stream",
+                       snapshot_reader_size(h->snap));
+}
+
+static void on_backup_read(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        reply_node_error(h, status);
+        return;
+    }
+    if (node_snapshot_now(&h->req, on_backup_snap) < 0)
+        on_backup_snap(&h->req, PZ_EIO);
+}
+
+static void on_stream(struct httpd_conn *hc)
+{
+    static char buf[BACKUP_CHUNK];
+    struct http_conn *h = conn_of(hc);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    size_t got = 0;
+    size_t want = (size_t)PZ_MIN((uint64_t)sizeof buf, hc->stream_left);
+    if (h->snap == NULL ||
+        snapshot_reader_read(h->snap, h->snap_off, buf, want, &got, err,
+                             sizeof err) < 0 ||
+        got != want) {
+        pz_warn("GET /admin/snapshot: %s",
+                got != want ? "the file shrank" : err);
+        httpd_stream_abort(hc);
+        return;
+    }
+    h->snap_off += got;
+    httpd_stream_write(hc, buf, got); /* may end the request: last */
+}
+
 /* Cluster-changing requests need "Authorization: Bearer <cluster-token>"
  * when a token is set. */
 static bool authorized(struct http_conn *h)
@@ -423,6 +486,14 @@ static void on_request(struct httpd_conn *hc)
         if (node_snapshot_now(&h->req, on_snapshot_done) < 0)
             on_snapshot_done(&h->req, PZ_EIO);
         return;
+    case HTTP_OP_BACKUP:
+        if (!authorized(h)) {
+            reply_text(h, 401, "Unauthorized", NULL);
+            return;
+        }
+        httpd_hold(hc);
+        rv = node_read(&h->req, false, on_backup_read);
+        break;
     case HTTP_OP_CLUSTER:
         if (!node_is_leader() && node_leader_http_addr() &&
             !http_req_header(&hc->p.req, "x-pyazdb-forwarded")) {
@@ -446,6 +517,8 @@ static void on_done(struct httpd_conn *hc)
     struct http_conn *h = conn_of(hc);
     http_op_free(&h->op);
     pz_buf_free(&h->fwd.body);
+    snapshot_reader_close(h->snap);
+    h->snap = NULL;
 }
 
 static void on_close(struct httpd_conn *hc)
@@ -457,12 +530,15 @@ static void on_close(struct httpd_conn *hc)
         fwd_cancel(&h->fwd);
     pz_buf_free(&h->fwd.body);
     http_op_free(&h->op);
+    snapshot_reader_close(h->snap);
+    h->snap = NULL;
 }
 
 static const struct httpd_ops http_ops = {
     .on_request = on_request,
     .on_done = on_done,
     .on_close = on_close,
+    .on_stream = on_stream,
 };
 
 int http_start(struct httpd *srv, const struct pz_config *cfg,

@@ -542,12 +542,12 @@ void http_api_decode(const struct http_req *req,
             goto out;
         }
     } else if (strcmp(p, "/admin/snapshot") == 0) {
-        if (!method_is(req, HTTP_POST)) {
+        if (!method_is(req, HTTP_POST) && !method_is(req, HTTP_GET)) {
             op_error(op, 405, "Method not allowed");
-            op->allow = "POST";
+            op->allow = "GET, POST";
             goto out;
         }
-        op->kind = HTTP_OP_SNAPSHOT;
+        op->kind = method_is(req, HTTP_GET) ? HTTP_OP_BACKUP : HTTP_OP_SNAPSHOT;
         op->needs_auth = true;
     } else if (strcmp(p, "/cluster") == 0) {
         if (!method_is(req, HTTP_GET)) {

@@ -237,6 +237,69 @@ void httpd_text(struct httpd_conn *hc, int status, const char *line,
     httpd_reply(hc, &r);
 }
 
+void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
+                        uint64_t length)
+{
+    pz_assert(hc->answering && hc->held && !hc->streaming);
+    bool close = hc->close_after || !hc->p.req.keep_alive || hc->srv->draining;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_appendf(&b,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+                   "Content-Length: %llu\r\n",
+                   status, httpd_status_text(status),
+                   ctype ? ctype : TEXT_PLAIN, (unsigned long long)length);
+    if (close)
+        pz_buf_append(&b, "Connection: close\r\n", 19);
+    pz_buf_append(&b, "\r\n", 2);
+    conn_write(hc->c, b.data, b.len);
+    pz_buf_free(&b);
+    if (hc->head || length == 0) {
+        finish(hc, close);
+        return;
+    }
+    hc->close_after = close;
+    hc->streaming = true;
+    hc->stream_left = length;
+    if (hc->srv->o.body_timeout_ms)
+        conn_set_deadline(hc->c, conn_now() + hc->srv->o.body_timeout_ms);
+    /* The body follows from on_drain, as the client reads. */
+}
+
+void httpd_stream_write(struct httpd_conn *hc, const void *data, size_t n)
+{
+    pz_assert(hc->streaming && n <= hc->stream_left);
+    conn_write(hc->c, data, n);
+    hc->stream_left -= n;
+    if (hc->stream_left == 0) {
+        hc->streaming = false;
+        conn_set_deadline(hc->c, 0);
+        finish(hc, hc->close_after);
+    }
+}
+
+void httpd_stream_abort(struct httpd_conn *hc)
+{
+    hc->streaming = false;
+    conn_close(hc->c);
+}
+
+/* Ask the handler for more of a streamed body while little is waiting.
+ * A client that reads none of it for body_timeout_ms is dropped (its
+ * stream holds resources: a file, say). */
+static void stream_pump(struct httpd_conn *hc)
+{
+    while (hc->streaming && !conn_is_closing(hc->c) &&
+           conn_output_pending(hc->c) < HTTPD_STREAM_WANT) {
+        uint64_t before = hc->stream_left;
+        hc->srv->ops->on_stream(hc);
+        if (hc->streaming && hc->stream_left == before)
+            break; /* nothing written: the handler comes back later */
+    }
+    if (hc->streaming && hc->srv->o.body_timeout_ms)
+        conn_set_deadline(hc->c, conn_now() + hc->srv->o.body_timeout_ms);
+}
+
 bool httpd_bearer_ok(const struct http_req *req, const char *token)
 {
     if (token == NULL || token[0] == '\0')
@@ -317,6 +380,10 @@ static void on_data(struct conn *c, const char *data, size_t len)
 static void on_drain(struct conn *c)
 {
     struct httpd_conn *hc = c->proto;
+    if (hc && hc->streaming) {
+        stream_pump(hc);
+        return;
+    }
     if (hc == NULL || !hc->out_paused)
         return;
     hc->out_paused = false;
@@ -333,6 +400,12 @@ static void on_deadline(struct conn *c)
     struct httpd_conn *hc = c->proto;
     if (hc == NULL)
         return;
+    if (hc->streaming) {
+        pz_debug("%s: %s: streamed reply not read in time", hc->srv->ls.name,
+                 c->peer);
+        httpd_stream_abort(hc);
+        return;
+    }
     int which = hc->deadline;
     hc->deadline = DEADLINE_NONE;
     if (which == DEADLINE_NONE || hc->answering ||

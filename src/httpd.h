@@ -55,6 +55,13 @@ struct httpd_ops {
     /* The connection is going away (optional): cancel work in flight for
      * a held request, release per-connection state. hc is freed after. */
     void (*on_close)(struct httpd_conn *hc);
+    /* A streamed reply (httpd_stream_begin) wants more of its body: write
+     * some with httpd_stream_write, or end it (httpd_stream_end,
+     * httpd_stream_abort). Called while the connection's unwritten output
+     * is below HTTPD_STREAM_WANT bytes, and only then: a client that reads
+     * slowly is sent no faster than it reads. Required by protocols that
+     * stream. */
+    void (*on_stream)(struct httpd_conn *hc);
 };
 
 struct httpd_opts {
@@ -96,6 +103,8 @@ struct httpd_conn {
     bool processing;      /* inside the request loop: don't recurse */
     bool out_paused;      /* not serving until unread output drains */
     int deadline;         /* which request deadline c->deadline is */
+    bool streaming;       /* a streamed reply's body is being sent */
+    uint64_t stream_left; /* bytes of it still to come */
 };
 
 /* Bind addr ("host:port") and serve it with ops; name ("http", "mandi")
@@ -133,6 +142,26 @@ void httpd_reply(struct httpd_conn *hc, const struct httpd_reply *r);
 /* Answer with one line of text (a newline is added), text/plain. */
 void httpd_text(struct httpd_conn *hc, int status, const char *line,
                 const char *allow);
+
+/* --- streamed replies ------------------------------------------------------
+ * A body too large to copy at once (a snapshot file) goes out in pieces as
+ * the client reads it: httpd_stream_begin() writes the status line and
+ * headers with Content-Length `length`; then on_stream is called whenever
+ * less than HTTPD_STREAM_WANT bytes wait to be written, and the handler
+ * writes the next piece with httpd_stream_write(). Once `length` bytes are
+ * written the request is answered (as by httpd_reply: the next request is
+ * served). httpd_stream_abort() gives up (a read error): the connection is
+ * closed, so the client sees a short body, never a wrong one. A client
+ * that reads nothing for body_timeout_ms meanwhile is closed the same
+ * way. The request must be held (httpd_hold) while it streams. */
+#define HTTPD_STREAM_WANT (512 * 1024)
+void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
+                        uint64_t length);
+/* Write n more body bytes (n at most what is left; copied). The last byte
+ * ends the reply. */
+void httpd_stream_write(struct httpd_conn *hc, const void *data, size_t n);
+/* Close the connection with the body cut short. */
+void httpd_stream_abort(struct httpd_conn *hc);
 
 /* The request's Authorization header, when it is `Bearer <token>` with
  * token equal to the given one: true. The scheme is matched without

@@ -3,6 +3,8 @@
  *   pyazdb-server [pyazdb.conf] [--directive value ...]
  *   pyazdb-server --mandi [...]            discovery mode
  *   pyazdb-server --test-config FILE       check a config file and exit
+ *   pyazdb-server --restore BACKUP [...]   seed an empty data dir from a
+ *                                          backup, then serve
  *   pyazdb-server --help | --version
  *
  * Configuration errors exit with status 1 and a message naming the file and
@@ -14,6 +16,7 @@
 #include "config.h"
 #include "log.h"
 #include "mandi.h"
+#include "node.h"
 #include "pz.h"
 #include "reload.h"
 #include "server.h"
@@ -27,10 +30,37 @@ static void usage(FILE *out)
     cfg_print_help(out);
 }
 
+/* Take "--restore FILE" (or --restore=FILE) out of argv: it is not a
+ * directive. Returns the new argc; NULL in *file when absent, "" when its
+ * value is missing. */
+static int take_restore(int argc, char **argv, const char **file)
+{
+    *file = NULL;
+    int out = 1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--restore") == 0) {
+            *file = i + 1 < argc ? argv[++i] : "";
+        } else if (strncmp(argv[i], "--restore=", 10) == 0) {
+            *file = argv[i] + 10;
+        } else {
+            argv[out++] = argv[i];
+        }
+    }
+    argv[out] = NULL;
+    return out;
+}
+
 int main(int argc, char **argv)
 {
     struct pz_config cfg;
     char err[1024];
+    const char *restore;
+
+    argc = take_restore(argc, argv, &restore);
+    if (restore && restore[0] == '\0') {
+        fprintf(stderr, "pyazdb-server: --restore needs a snapshot file\n");
+        return 1;
+    }
 
     if (cfg_has_flag(argc, argv, "--help") || cfg_has_flag(argc, argv, "-h")) {
         usage(stdout);
@@ -65,6 +95,11 @@ int main(int argc, char **argv)
     }
     if (cfg.mode == CFG_MODE_MANDI) {
         rv = mandi_run(&cfg);
+    } else if (restore &&
+               node_restore_backup(&cfg, restore, err, sizeof err) < 0) {
+        fprintf(stderr, "pyazdb-server: cannot restore %s: %s\n", restore,
+                err);
+        rv = 1;
     } else {
         rv = server_run(&cfg);
     }

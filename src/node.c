@@ -474,7 +474,8 @@ static int restore(char *err, size_t errlen)
     struct raft_entry *ents = NULL;
     size_t n = 0;
     struct store_meta meta;
-    int rv = store_load(node.store, &hs, &ents, &n, &meta);
+    /* The state only: the log comes with the snapshot (snaps_restore). */
+    int rv = store_load_from(node.store, UINT64_MAX, &hs, &ents, &n, &meta);
     if (rv < 0) {
         snprintf(err, errlen, "%s", store_errmsg(node.store));
         return rv;
@@ -497,7 +498,7 @@ static int restore(char *err, size_t errlen)
     node.saved_vote = hs.vote;
     struct raft_snapshot_meta snap;
     bool have = false;
-    rv = snaps_restore(&meta, ents, n, &snap, &have, err, errlen);
+    rv = snaps_restore(&meta, &ents, &n, &snap, &have, err, errlen);
     if (rv < 0) {
         store_entries_free(ents, n);
         return rv;

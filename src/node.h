@@ -105,10 +105,27 @@ int node_remove_member(struct node_req *req, const char *name,
  * PZ_ETIMEDOUT if nothing happened. Immediate errors as above, and
  * PZ_EINVAL for a non-voter. */
 int node_transfer(struct node_req *req, const char *name, node_req_cb cb);
-/* Take a snapshot now (POST /admin/snapshot): cb(0) once it is durable
- * (at once if nothing was applied since the last one), PZ_EIO if writing
- * it failed. Returns 0 or PZ_EIO at once. */
+/* Take a snapshot now (POST /admin/snapshot): cb(0) once a durable one
+ * covers everything applied at the time of the call (at once if nothing
+ * was applied since the last one), PZ_EIO if writing it failed. Returns 0
+ * or PZ_EIO at once. */
 int node_snapshot_now(struct node_req *req, node_req_cb cb);
+/* Open the newest local snapshot file for reading (GET /admin/snapshot,
+ * after node_snapshot_now): *r (free with snapshot_reader_close) stays
+ * readable to its end even if the file is pruned meanwhile; *index is its
+ * Raft index. Returns 0, PZ_ENOTFOUND (no snapshot) or a negative errno,
+ * with a message in err. */
+struct snapshot_reader;
+int node_snapshot_open(struct snapshot_reader **r, uint64_t *index,
+                       char *err, size_t errlen);
+/* pyazdb-server --restore FILE, before node_init: seed cfg->raft_data,
+ * which must hold no state, from the backup FILE (checked whole first),
+ * as a new one-node cluster with a new cluster id whose state is the
+ * backup's. Returns 0, or a negative code with a one-line reason in err
+ * (PZ_ECORRUPT and friends: not a valid snapshot; PZ_EINVAL: the data
+ * directory holds state; PZ_ECONFIG: initial-cluster is set). */
+int node_restore_backup(const struct pz_config *cfg, const char *file,
+                        char *err, size_t errlen);
 /* Index and file size of the newest local snapshot (0, 0: none). */
 void node_snapshot_info(uint64_t *index, uint64_t *size);
 /* Forget req: its callback will not be called. Idempotent. */

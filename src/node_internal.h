@@ -217,9 +217,11 @@ bool snaps_install_ready(const struct raft_msg *m);
 void snaps_install(const struct raft_snapshot_meta *sm);
 /* The node closes: the writer child, transfers both ways. */
 void snaps_close(void);
-/* Start: load the newest snapshot that agrees with the stored log. */
-int snaps_restore(const struct store_meta *sm, const struct raft_entry *ents,
-                  size_t n, struct raft_snapshot_meta *out, bool *have,
+/* Start: load the newest snapshot that agrees with the stored log, then
+ * the stored log from its index minus raft-trailing-entries (*ents, *n:
+ * free with store_entries_free; the whole log without a snapshot). */
+int snaps_restore(const struct store_meta *sm, struct raft_entry **ents,
+                  size_t *n, struct raft_snapshot_meta *out, bool *have,
                   char *err, size_t errlen);
 /* transport_config callbacks: a chunk arrived, an outbound link went up
  * or down, the last inbound link of a peer closed. */

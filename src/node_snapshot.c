@@ -2,6 +2,7 @@
  * section comment below): taking them, compacting the log behind them,
  * shipping them to followers, receiving and installing them, and loading
  * the newest at start. */
+#include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +99,25 @@ static void finish_snap_waiters(int status)
     reqs_finish_all(&node.snap_waiters, status);
 }
 
+/* The local snapshot is now node.snap_index: complete the waiters it
+ * covers (each waits for the index applied when it asked, req->index);
+ * if some need a newer one, take it. */
+static void update_snap_waiters(void)
+{
+    struct pz_queue *e = node.snap_waiters.next;
+    while (e != &node.snap_waiters) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        if (r->index <= node.snap_index)
+            reqs_done(r, 0);
+    }
+    if (!pz_queue_empty(&node.snap_waiters)) {
+        snapshot_start();
+        if (node.snap_child.pid == 0)
+            finish_snap_waiters(PZ_EIO);
+    }
+}
+
 /* Drop the stored log prefix the core dropped, COMPACT_ROWS entries per
  * step on the thread pool, between log writes (never during one), so that
  * a million-entry prefix never stalls the loop or the writes. */
@@ -173,7 +193,7 @@ void snaps_poll(void)
         /* A newer snapshot came from the leader meanwhile. */
         unlink(c->path);
         c->pid = 0;
-        finish_snap_waiters(0);
+        update_snap_waiters();
         return;
     }
     struct snapshot_meta sm;
@@ -207,7 +227,7 @@ void snaps_poll(void)
     if (node.rx == NULL) /* pruning removes temporary files too */
         snapshot_prune_except(node.cfg->raft_data, keep, 4, &removed, err,
                               sizeof err);
-    finish_snap_waiters(0);
+    update_snap_waiters();
 }
 
 /* After applying: time for a snapshot? */
@@ -222,7 +242,10 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb)
 {
     reqs_prepare(req, cb);
     req->deadline = UINT64_MAX; /* a large table takes a while */
-    if (node.applied <= node.snap_index && node.snap_child.pid == 0) {
+    /* What is applied now must be in it: a child already writing an
+     * older index does not do (update_snap_waiters takes another). */
+    req->index = node.applied;
+    if (node.applied <= node.snap_index) {
         reqs_done(req, 0); /* nothing new since the last one */
         return 0;
     }
@@ -231,6 +254,23 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb)
         return PZ_EIO;
     reqs_link(&node.snap_waiters, req);
     return 0;
+}
+
+int node_snapshot_open(struct snapshot_reader **r, uint64_t *index,
+                       char *err, size_t errlen)
+{
+    char path[SNAPSHOT_PATH_MAX];
+    *r = NULL;
+    *index = node.snap_index;
+    if (node.snap_index == 0) {
+        snprintf(err, errlen, "no snapshot yet");
+        return PZ_ENOTFOUND;
+    }
+    snapshot_path(node.cfg->raft_data, node.snap_index, node.snap_term, path,
+                  sizeof path);
+    /* The open descriptor keeps the file readable to its end even if a
+     * later prune unlinks its name. */
+    return snapshot_reader_open(path, r, err, errlen);
 }
 
 void node_snapshot_info(uint64_t *index, uint64_t *size)
@@ -604,29 +644,21 @@ void snaps_install(const struct raft_snapshot_meta *sm)
     }
     core_reads_check_applied();
     members_snapshot_committed(&sm->conf);
+    update_snap_waiters();
     pz_info("installed snapshot at index %llu (%zu keys)",
             (unsigned long long)sm->index, kv_count(kv));
 }
 
-/* What snaps_restore's pick needs: the stored log's boundary and
- * entries. */
-struct restore_view {
-    const struct store_meta *sm;   /* the store's snapshot point */
-    const struct raft_entry *ents; /* the stored log */
-    size_t n;                      /* its entries */
-};
-
 /* Usable only if the stored log agrees with it: it is the store's
- * snapshot point, or the log holds its index with its term. */
+ * snapshot point, or the log holds its index with its term (one row read,
+ * not the whole log). */
 static bool restore_fits(void *arg, uint64_t index, uint64_t term)
 {
-    const struct restore_view *v = arg;
-    if (index == v->sm->snap_index && term == v->sm->snap_term)
+    const struct store_meta *sm = arg;
+    uint64_t t;
+    if (index == sm->snap_index && term == sm->snap_term)
         return true;
-    for (size_t j = 0; j < v->n; j++)
-        if (v->ents[j].index == index)
-            return v->ents[j].term == term;
-    return false;
+    return store_term(node.store, index, &t) == 0 && t == term;
 }
 
 static bool restore_conf_ok(void *arg, const struct snapshot_meta *meta,
@@ -651,15 +683,14 @@ static void restore_damaged(void *arg, const char *path, int rc,
     pz_warn("damaged snapshot %s: %s; trying an older one", path, msg);
 }
 
-int snaps_restore(const struct store_meta *sm, const struct raft_entry *ents,
-                  size_t n, struct raft_snapshot_meta *out, bool *have,
+int snaps_restore(const struct store_meta *sm, struct raft_entry **ents,
+                  size_t *n, struct raft_snapshot_meta *out, bool *have,
                   char *err, size_t errlen)
 {
-    struct restore_view v = {sm, ents, n};
     struct snapshot_pick pick = {.accept = restore_fits,
                                  .check = restore_conf_ok,
                                  .damaged = restore_damaged,
-                                 .arg = &v};
+                                 .arg = (void *)sm};
     struct kv *kv = NULL;
     struct snapshot_meta meta;
     char e2[SNAPSHOT_ERRMSG_SIZE];
@@ -688,6 +719,22 @@ int snaps_restore(const struct store_meta *sm, const struct raft_entry *ents,
                  node.cfg->raft_data);
         return PZ_ECORRUPT;
     }
+    /* The log from the snapshot's index minus the trailing entries, as
+     * raft_compact keeps it: a prefix the store had not dropped yet when
+     * the node stopped stays on disk, and its compaction goes on. */
+    uint64_t trailing = (uint64_t)node.cfg->raft_trailing_entries;
+    uint64_t from = *have && out->index > trailing ? out->index - trailing : 0;
+    struct raft_hard_state hs;
+    int rv = store_load_from(node.store, from, &hs, ents, n, NULL);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        if (*have)
+            raft_conf_free(&out->conf);
+        *have = false;
+        return rv;
+    }
+    if (from > sm->snap_index + 1)
+        request_compaction();
     return 0;
 }
 
@@ -699,4 +746,135 @@ void snaps_close(void)
     snaps_got_drop();
     while (node.xfers)
         snaps_xfer_free(node.xfers, false);
+}
+
+/* --- seeding a new cluster from a backup (pyazdb-server --restore) ------
+ * Runs before the node opens, on an empty data directory: the backup is
+ * checked by loading it (format, lengths, CRC-64, a key held twice), then
+ * written back as this node's snapshot with a new configuration, this node
+ * as the only voter (the backup's members belong to the old cluster), and
+ * the store records that snapshot as its compaction point, with the term
+ * of the backup and a new random cluster id, so the old cluster's nodes
+ * can never talk to the new one. The node then starts as if it had
+ * compacted its log up to there: it elects itself at once and other nodes
+ * join it as usual (InstallSnapshot brings them the state). A crash half
+ * way leaves a directory that the next --restore refuses: empty it and run
+ * again. */
+
+/* The data directory holds state: raft.db or a snapshot. */
+static bool dir_has_state(const char *dir, char *why, size_t len)
+{
+    char path[SNAPSHOT_PATH_MAX];
+    snprintf(path, sizeof path, "%s/raft.db", dir);
+    if (access(path, F_OK) == 0) {
+        snprintf(why, len, "it has a raft.db");
+        return true;
+    }
+    struct snapshot_info *list;
+    size_t n;
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    if (snapshot_list(dir, &list, &n, err, sizeof err) == 0 && n > 0) {
+        snprintf(why, len, "it has snapshot files");
+        snapshot_list_free(list, n);
+        return true;
+    }
+    return false;
+}
+
+/* This node alone, with every address it has (as bootstrap writes it). */
+static void restore_conf(const struct pz_config *cfg, uint8_t **buf,
+                         size_t *len)
+{
+    struct raft_conf conf;
+    raft_conf_init(&conf);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", cfg->node_id);
+    cJSON_AddStringToObject(o, "raft", cfg->raft_addr);
+    cJSON_AddStringToObject(o, "http", cfg->http_addr);
+    cJSON_AddStringToObject(o, "grpc", cfg->grpc_addr);
+    char *meta = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    raft_conf_add(&conf, members_name_to_id(cfg->node_id), true, meta);
+    cJSON_free(meta);
+    raft_conf_encode(&conf, buf, len);
+    raft_conf_free(&conf);
+}
+
+int node_restore_backup(const struct pz_config *cfg, const char *file,
+                        char *err, size_t errlen)
+{
+    char why[SNAPSHOT_ERRMSG_SIZE];
+    if (cfg->initial_cluster[0]) {
+        snprintf(err, errlen,
+                 "--restore seeds a one-node cluster: remove initial-cluster "
+                 "(the other nodes join it through mandi)");
+        return PZ_ECONFIG;
+    }
+    if (dir_has_state(cfg->raft_data, why, sizeof why)) {
+        snprintf(err, errlen,
+                 "raft-data %s already holds state (%s): --restore only seeds "
+                 "an empty data directory",
+                 cfg->raft_data, why);
+        return PZ_EINVAL;
+    }
+    struct kv *kv = kv_new_seeded(pz_seed());
+    struct snapshot_meta meta;
+    int rv = snapshot_load(file, kv, &meta, why, sizeof why);
+    struct raft_conf old;
+    if (rv == 0 && raft_conf_decode(meta.conf, meta.conf_len, &old) < 0) {
+        snprintf(why, sizeof why, "%s: corrupt: bad configuration", file);
+        rv = PZ_ECORRUPT;
+    } else if (rv == 0) {
+        raft_conf_free(&old);
+    }
+    if (rv < 0) {
+        snprintf(err, errlen, "not a valid snapshot: %s", why);
+        kv_free(kv);
+        return rv;
+    }
+    uint8_t *conf;
+    size_t conf_len;
+    restore_conf(cfg, &conf, &conf_len);
+    struct store *s = NULL;
+    /* store_open creates the directory; the snapshot goes in first. */
+    rv = store_open(cfg->raft_data, &s, err, errlen);
+    if (rv == 0) {
+        rv = snapshot_write(cfg->raft_data, kv, meta.index, meta.term, conf,
+                            conf_len, NULL, 0, why, sizeof why);
+        if (rv < 0)
+            snprintf(err, errlen, "%s", why);
+    }
+    pz_free(conf);
+    struct raft_hard_state hs = {.term = meta.term, .commit = meta.index};
+    uint64_t cluster_id = pz_seed();
+    cluster_id = cluster_id ? cluster_id : 1;
+    if (rv == 0 && ((rv = store_write_sync(s, &hs, NULL, 0)) < 0 ||
+                    (rv = store_compact(s, meta.index, meta.term)) < 0 ||
+                    (rv = store_meta_set(s, cluster_id,
+                                         members_name_to_id(cfg->node_id),
+                                         cfg->node_id)) < 0))
+        snprintf(err, errlen, "%s", store_errmsg(s));
+    if (rv == 0)
+        pz_info("restored %s: snapshot at index %llu (%zu keys) seeds a new "
+                "one-node cluster (cluster id %016llx)",
+                file, (unsigned long long)meta.index, kv_count(kv),
+                (unsigned long long)cluster_id);
+    if (s)
+        store_close(s);
+    if (rv < 0 && s) {
+        /* The directory held no state: what is there now is ours. */
+        static const char *const files[] = {"raft.db", "raft.db-wal",
+                                            "raft.db-shm"};
+        char path[SNAPSHOT_PATH_MAX];
+        for (size_t i = 0; i < 3; i++) {
+            snprintf(path, sizeof path, "%s/%s", cfg->raft_data, files[i]);
+            unlink(path);
+        }
+        snapshot_path(cfg->raft_data, meta.index, meta.term, path,
+                      sizeof path);
+        unlink(path);
+    }
+    kv_free(kv);
+    snapshot_meta_free(&meta);
+    return rv;
 }

@@ -24,7 +24,9 @@
  * store_write copies the hard state, borrows the entries and runs
  * BEGIN, DELETE idx >= first, INSERT..., UPDATE hard_state, COMMIT in a
  * worker thread; the result is applied to the in-memory copy and reported
- * on the loop thread.
+ * on the loop thread. Compaction steps run there too, each followed by a
+ * bounded incremental vacuum (the database is auto_vacuum=INCREMENTAL;
+ * one from an older build is converted at open), so the file shrinks.
  *
  * Failure modes: any failed step inside a write rolls the transaction back
  * (if SQLite has not already), marks the store failed (every later write
@@ -52,6 +54,11 @@
 
 #define STORE_APP_ID 0x50595a44 /* "PYZD" in the SQLite header */
 #define STORE_FILE "raft.db"
+#define VACUUM_PAGES 2048 /* pages given back per step (8 MiB of 4 KiB) */
+#define VACUUM_CONVERT_MAX (1024 * 1024 * 1024) /* convert at open below */
+#define WAL_KEEP 33554432  /* WAL bytes kept after a checkpoint (32 MiB) */
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 /* One write transaction: the input, then the outcome. */
 struct batch {
@@ -67,6 +74,8 @@ struct batch {
     bool compact;                     /* drop the log up to compact_upto */
     uint64_t compact_upto;            /* (stored, so below last_index) */
     uint64_t compact_term;            /* read in the transaction */
+    bool vacuum;                      /* then give free pages back */
+    uint64_t free_pages;              /* free pages left after it */
     int rc;                           /* 0 or negative code */
     uint64_t commit_ns;               /* time inside COMMIT */
     uint64_t total_ns;                /* BEGIN to COMMIT */
@@ -86,7 +95,12 @@ struct store {
     sqlite3_stmt *st_term_at;          /* term of entry ?1 */
     sqlite3_stmt *st_hs_put;           /* UPDATE hard_state */
     sqlite3_stmt *st_meta_put;         /* upsert a meta key */
-    sqlite3_stmt *st_scan;             /* every entry, by index */
+    sqlite3_stmt *st_scan;             /* entries from ?1 on, by index */
+    sqlite3_stmt *st_vacuum;           /* PRAGMA incremental_vacuum(N) */
+    sqlite3_stmt *st_freelist;         /* PRAGMA freelist_count */
+    bool incremental;                  /* auto_vacuum is INCREMENTAL */
+    uint64_t free_pages;               /* free pages in the file (as of
+                                          the last vacuum step) */
     struct store_meta meta;            /* as stored */
     struct raft_hard_state hs;         /* as stored */
     uint64_t last_index;               /* last stored index (or snap) */
@@ -252,11 +266,40 @@ static int meta_put_u64(struct store *s, const char *key, uint64_t v,
 
 /* --- the write transaction ------------------------------------------------ */
 
+/* Give up to VACUUM_PAGES free pages back to the file system (the file
+ * shrinks at the next checkpoint), then count those left: one short
+ * transaction of its own, after a compaction step, on the worker. */
+static int vacuum_step(struct store *s, struct batch *b)
+{
+    int rc;
+    while ((rc = step(s, s->st_vacuum)) == SQLITE_ROW)
+        ;
+    sqlite3_reset(s->st_vacuum);
+    if (rc != SQLITE_DONE)
+        return sql_err(s, b->err, "incremental vacuum", rc);
+    rc = step(s, s->st_freelist);
+    sqlite3_int64 n = rc == SQLITE_ROW ? sqlite3_column_int64(s->st_freelist, 0)
+                                       : 0;
+    sqlite3_reset(s->st_freelist);
+    if (rc != SQLITE_ROW)
+        return sql_err(s, b->err, "count free pages", rc);
+    b->free_pages = n > 0 ? (uint64_t)n : 0;
+    /* The file shrinks when the WAL is copied back, and the WAL, which
+     * the vacuum filled, only when it is reset: both at once after the
+     * last step (this connection is the only one: nothing waits). */
+    if (b->free_pages == 0)
+        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
+                                  NULL, NULL);
+    return 0;
+}
+
 /* Runs on the worker thread (store_write) or the caller's (sync). Uses
  * only the connection and statements, which nothing else touches while
  * the store is busy, and the batch. */
 static int run_batch(struct store *s, struct batch *b)
 {
+    if (b->vacuum && !b->compact)
+        return vacuum_step(s, b);
     if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
         return 0;
     uint64_t t0 = uv_hrtime();
@@ -343,7 +386,7 @@ static int run_batch(struct store *s, struct batch *b)
     if (rc)
         goto err_in_txn;
     b->total_ns = uv_hrtime() - t0;
-    return 0;
+    return b->vacuum ? vacuum_step(s, b) : 0;
 
 err_in_txn:
     rollback(s);
@@ -357,6 +400,13 @@ static void finish_batch(struct store *s, struct batch *b)
         s->failed = true;
         s->stats.failures++;
         memcpy(s->errmsg, b->err, sizeof s->errmsg);
+        return;
+    }
+    if (b->vacuum && b->compact) {
+        s->free_pages = b->free_pages;
+    } else if (b->vacuum) {
+        /* A step that gave nothing back would repeat forever. */
+        s->free_pages = b->free_pages < s->free_pages ? b->free_pages : 0;
         return;
     }
     if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
@@ -590,12 +640,18 @@ int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
     if (s->failed)
         return PZ_EIO;
     upto = PZ_MIN(upto, s->last_index);
-    if (upto <= s->meta.snap_index)
-        return 1;
-    upto = PZ_MIN(upto, s->meta.snap_index + max_rows);
     memset(&s->w, 0, sizeof s->w);
+    s->w.vacuum = s->incremental;
+    if (upto <= s->meta.snap_index) {
+        if (!s->incremental || s->free_pages == 0)
+            return 1;
+        return queue_batch(s, loop, cb, arg); /* free pages left */
+    }
+    upto = PZ_MIN(upto, s->meta.snap_index + max_rows);
     s->w.compact = true;
     s->w.compact_upto = upto;
+    if (s->incremental && s->free_pages == 0)
+        s->free_pages = UINT64_MAX; /* unknown until counted */
     return queue_batch(s, loop, cb, arg);
 }
 
@@ -769,9 +825,29 @@ void store_entries_free(struct raft_entry *entries, size_t n)
     pz_free(entries);
 }
 
+int store_term(struct store *s, uint64_t index, uint64_t *term)
+{
+    pz_assert(!s->busy);
+    *term = 0;
+    if (index == s->meta.snap_index) {
+        *term = s->meta.snap_term;
+        return 0;
+    }
+    if (index < s->meta.snap_index || index > s->last_index)
+        return PZ_ENOTFOUND;
+    return term_at(s, index, term, s->errmsg);
+}
+
 int store_load(struct store *s, struct raft_hard_state *hs,
                struct raft_entry **entries, size_t *n,
                struct store_meta *meta)
+{
+    return store_load_from(s, 0, hs, entries, n, meta);
+}
+
+int store_load_from(struct store *s, uint64_t from,
+                    struct raft_hard_state *hs, struct raft_entry **entries,
+                    size_t *n, struct store_meta *meta)
 {
     pz_assert(!s->busy);
     char *buf = s->errmsg;
@@ -784,6 +860,17 @@ int store_load(struct store *s, struct raft_hard_state *hs,
 
     *entries = NULL;
     *n = 0;
+    /* Entries below from stay on disk (compaction drops them later);
+     * the one before from gives the term the first loaded one must not
+     * go below. */
+    from = PZ_MIN(from, s->last_index + 1);
+    if (from > expect) {
+        ret = term_at(s, from - 1, &prev_term, buf);
+        if (ret)
+            return ret;
+        expect = from;
+    }
+    bind_u64(st, 1, expect);
     while ((rc = step(s, st)) == SQLITE_ROW) {
         if (sqlite3_column_type(st, 0) != SQLITE_INTEGER ||
             sqlite3_column_type(st, 1) != SQLITE_INTEGER ||
@@ -840,6 +927,7 @@ int store_load(struct store *s, struct raft_hard_state *hs,
     if (ret == 0 && rc != SQLITE_DONE)
         ret = sql_err(s, buf, "read log", rc);
     sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     if (ret == 0 && (expect - 1 != s->last_index ||
                      (cnt > 0 && prev_term != s->last_term))) {
         set_err(buf, STORE_ERRMSG_SIZE,
@@ -890,7 +978,9 @@ static const char *const stmt_sql[] = {
     "WHERE id = 0",
     "INSERT INTO meta (key, value) VALUES (?1, ?2) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    "SELECT idx, term, type, data FROM log ORDER BY idx",
+    "SELECT idx, term, type, data FROM log WHERE idx >= ?1 ORDER BY idx",
+    "PRAGMA incremental_vacuum(" STR(VACUUM_PAGES) ")",
+    "PRAGMA freelist_count",
 };
 
 static sqlite3_stmt **stmt_slot(struct store *s, size_t i)
@@ -898,7 +988,7 @@ static sqlite3_stmt **stmt_slot(struct store *s, size_t i)
     sqlite3_stmt **slots[] = {
         &s->st_begin,    &s->st_commit,  &s->st_rollback, &s->st_del_from,
         &s->st_del_upto, &s->st_insert,  &s->st_term_at,  &s->st_hs_put,
-        &s->st_meta_put, &s->st_scan,
+        &s->st_meta_put, &s->st_scan,     &s->st_vacuum,   &s->st_freelist,
     };
     _Static_assert(PZ_ARRAY_SIZE(slots) == PZ_ARRAY_SIZE(stmt_sql),
                    "one slot per statement");
@@ -1002,6 +1092,7 @@ static int create_db(const char *dir, const char *path, char *err,
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     snprintf(sql, sizeof sql,
+             "PRAGMA auto_vacuum = INCREMENTAL;" /* before any table */
              "PRAGMA synchronous = FULL;"
              "BEGIN;"
              "PRAGMA application_id = %d;"
@@ -1274,6 +1365,31 @@ static int load_state(struct store *s, char *err, size_t errlen)
     } else if (rc != SQLITE_DONE) {
         goto sql_error;
     }
+    sqlite3_finalize(st);
+    st = NULL;
+    /* The log starts right after the snapshot point (a restart may load
+     * only its end: store_load_from, so the start is checked here). */
+    rc = sqlite3_prepare_v2(s->db, "SELECT idx FROM log ORDER BY idx LIMIT 1",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        goto sql_error;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        sqlite3_int64 i = sqlite3_column_int64(st, 0);
+        if (i < 0 || (uint64_t)i != s->meta.snap_index + 1) {
+            set_err(err, errlen,
+                    i >= 0 && (uint64_t)i > s->meta.snap_index
+                        ? "%s: gap in the log: it starts at index %lld, "
+                          "after the snapshot index %" PRIu64
+                        : "%s: log entry %lld is at or below the snapshot "
+                          "index %" PRIu64,
+                    s->path, i, s->meta.snap_index);
+            ret = PZ_ECORRUPT;
+            goto out;
+        }
+    } else if (rc != SQLITE_DONE) {
+        goto sql_error;
+    }
     goto out;
 sql_error:
     ret = sql_err(s, s->errmsg, "read hard state", rc);
@@ -1321,6 +1437,36 @@ static int check_header(const char *path, char *err, size_t errlen)
     return 0;
 }
 
+/* Pages compacted away go back to the file system only with auto_vacuum
+ * INCREMENTAL, which must be chosen before the tables exist: a database
+ * created without it (by an older build) is converted here, once, by a
+ * VACUUM that rewrites it, when it is at most VACUUM_CONVERT_MAX bytes; a
+ * larger one keeps working without giving space back (the README says
+ * how to convert it offline). */
+static int vacuum_mode(struct store *s, char *err, size_t errlen)
+{
+    char row[64];
+    int ret = pragma_row(s, "PRAGMA auto_vacuum", row, sizeof row, err,
+                         errlen);
+    if (ret)
+        return ret;
+    struct stat st;
+    if (strcmp(row, "0") == 0 && stat(s->path, &st) == 0 &&
+        st.st_size <= VACUUM_CONVERT_MAX) {
+        if ((ret = exec_sql(s, "PRAGMA auto_vacuum = INCREMENTAL; VACUUM",
+                            err, errlen)) ||
+            (ret = pragma_row(s, "PRAGMA auto_vacuum", row, sizeof row, err,
+                              errlen)))
+            return ret;
+    }
+    s->incremental = strcmp(row, "2") == 0;
+    if ((ret = pragma_row(s, "PRAGMA freelist_count", row, sizeof row, err,
+                          errlen)))
+        return ret;
+    s->free_pages = strtoull(row, NULL, 10);
+    return 0;
+}
+
 static int open_db(struct store *s, char *err, size_t errlen)
 {
     char row[64];
@@ -1352,7 +1498,8 @@ static int open_db(struct store *s, char *err, size_t errlen)
         goto check_busy;
     if ((ret = exec_sql(s,
                         "PRAGMA synchronous = FULL;"
-                        "PRAGMA cell_size_check = ON;",
+                        "PRAGMA cell_size_check = ON;"
+                        "PRAGMA journal_size_limit = " STR(WAL_KEEP) ";",
                         err, errlen)))
         return ret;
     if ((ret = pragma_row(s, "PRAGMA synchronous", row, sizeof row, err,
@@ -1384,6 +1531,8 @@ static int open_db(struct store *s, char *err, size_t errlen)
         return PZ_ECORRUPT;
     }
     if ((ret = load_meta(s, err, errlen)))
+        return ret;
+    if ((ret = vacuum_mode(s, err, errlen)))
         return ret;
     for (size_t i = 0; i < PZ_ARRAY_SIZE(stmt_sql); i++) {
         rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1,

@@ -4,6 +4,7 @@
  * Happy path (node.c):
  *   store_open(dir, &s, err, errlen);            creates or checks raft.db
  *   store_load(s, &hs, &ents, &n, &meta);        everything raft_restore needs
+ *       (store_load_from: only the log's end, after a snapshot)
  *   store_meta_set(s, cluster, id, name);        first start; later compare
  *   raft_restore(r, &hs, ents, n); store_entries_free(ents, n);
  *   per Ready: store_write(s, loop, hs or NULL, rd.entries, rd.n_entries,
@@ -119,6 +120,20 @@ int store_load(struct store *s, struct raft_hard_state *hs,
                struct store_meta *meta);
 void store_entries_free(struct raft_entry *entries, size_t n);
 
+/* store_load, but only the entries from index `from` on (from at most
+ * the snapshot index + 1 loads them all; past the last index, none): a
+ * restart needs the log from its snapshot's index minus the trailing
+ * entries, not the prefix that compaction had not dropped yet when the
+ * node stopped. The checks are store_load's, from there on. */
+int store_load_from(struct store *s, uint64_t from,
+                    struct raft_hard_state *hs, struct raft_entry **entries,
+                    size_t *n, struct store_meta *meta);
+
+/* The term of the stored entry at index, or the snapshot term when index
+ * is the snapshot index. Returns 0, PZ_ENOTFOUND (not in the stored log),
+ * PZ_ECORRUPT or PZ_EIO (store_errmsg). */
+int store_term(struct store *s, uint64_t index, uint64_t *term);
+
 /* The meta as currently stored (no database access). */
 void store_meta_get(const struct store *s, struct store_meta *meta);
 
@@ -171,7 +186,11 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
  * current snapshot point on; never past the last stored entry) on the
  * thread pool, moving the snapshot point there with the term stored at
  * it: compaction in steps short enough that log writes never wait long.
- * Returns 0 (cb later), 1 when there is nothing to drop (no cb), PZ_EIO. */
+ * Each step then gives up to 2048 free pages back to the file system
+ * (auto_vacuum INCREMENTAL), and once none is left checkpoints and
+ * truncates the WAL, so raft.db shrinks; with nothing left to drop, a
+ * step only does that while free pages remain. Returns 0 (cb later), 1
+ * when there is nothing to drop or give back (no cb), PZ_EIO. */
 int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
                        uint64_t max_rows, store_write_cb cb, void *arg);
 

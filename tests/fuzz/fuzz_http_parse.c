@@ -146,6 +146,7 @@ static void check_op(const struct http_req *req,
     case HTTP_OP_STATUS:
     case HTTP_OP_CLUSTER:
     case HTTP_OP_SNAPSHOT:
+    case HTTP_OP_BACKUP:
         FUZZ_CHECK(op.key == NULL);
         break;
     default:

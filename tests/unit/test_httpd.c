@@ -4,7 +4,7 @@
  * Server, against raw sockets: pipelined requests in order, answers held
  * and given later, HEAD, Connection: close, 401 with its challenge, the
  * bearer check, the request deadlines, the partial-input budget, refusal
- * at max_clients and draining. Client, against the server: answers with
+ * at max_clients, draining, and streamed replies paced by the reader. Client, against the server: answers with
  * their headers, in order; a request sent once (max_attempts 1) fails
  * with the connection that is lost or stuck, and is not sent again.
  * (mandi's tests drive the client further: resends, malformed and
@@ -52,7 +52,26 @@ static void on_later(uv_timer_t *t)
         httpd_text(hc, 200, "later", NULL);
 }
 
-/* Routes: /held answers 50 ms later, /auth wants token "s3cret", /close
+/* /stream: STREAM_TOTAL bytes, byte i being i % 251, in STREAM_PIECE
+ * pieces as on_stream asks for them. */
+#define STREAM_TOTAL (16u << 20)
+#define STREAM_PIECE (100u * 1024)
+static uint64_t stream_sent;    /* body bytes handed to httpd */
+static size_t stream_max_pend;  /* most output waiting at an on_stream */
+
+static void on_stream(struct httpd_conn *hc)
+{
+    static uint8_t piece[STREAM_PIECE];
+    size_t pend = conn_output_pending(hc->c);
+    stream_max_pend = PZ_MAX(stream_max_pend, pend);
+    size_t n = (size_t)PZ_MIN((uint64_t)STREAM_PIECE, hc->stream_left);
+    for (size_t i = 0; i < n; i++)
+        piece[i] = (uint8_t)((stream_sent + i) % 251);
+    stream_sent += n;
+    httpd_stream_write(hc, piece, n);
+}
+
+/* Routes: /held answers 50 ms later, /stream streams (above), /auth wants token "s3cret", /close
  * closes after its answer, /empty is 204, anything else echoes its path. */
 static void on_request(struct httpd_conn *hc)
 {
@@ -79,6 +98,10 @@ static void on_request(struct httpd_conn *hc)
         httpd_hold(hc); /* never answered */
     } else if (strcmp(path, "/405") == 0) {
         httpd_text(hc, 405, "no", "GET, PUT");
+    } else if (strcmp(path, "/stream") == 0) {
+        httpd_hold(hc);
+        httpd_stream_begin(hc, 200, "application/octet-stream",
+                           STREAM_TOTAL);
     } else if (strcmp(path, "/empty") == 0) {
         struct httpd_reply r = {.status = 204};
         httpd_reply(hc, &r);
@@ -95,7 +118,8 @@ static void on_close(struct httpd_conn *hc)
 }
 
 static const struct httpd_ops ops = {.on_request = on_request,
-                                     .on_close = on_close};
+                                     .on_close = on_close,
+                                     .on_stream = on_stream};
 
 static bool world_init(size_t budget, uint64_t header_ms, size_t max_clients)
 {
@@ -553,7 +577,103 @@ TEST(client_sends_once_when_asked)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* A streamed body goes out only as fast as the client reads it: nothing
+ * is produced while more than HTTPD_STREAM_WANT bytes wait, a client that
+ * reads nothing gets no more than the socket buffers hold, and the next
+ * pipelined request is served once the body is complete. */
+TEST(streamed_reply_follows_the_reader)
+{
+    CHECK(world_init(0, 0, 10));
+    stream_sent = 0;
+    stream_max_pend = 0;
+    int fd = dial();
+    CHECK(fd >= 0);
+    int small = 32 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    CHECK(send_all(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\n"
+                       "GET /after HTTP/1.1\r\nHost: x\r\n\r\n"));
+    run_for(300); /* the client reads nothing meanwhile */
+    uint64_t unread = stream_sent;
+    fprintf(stderr, "    %llu bytes produced for a client not reading\n",
+            (unsigned long long)unread);
+    CHECK(unread > 0 && unread < 8u << 20);
+    CHECK(stream_max_pend < HTTPD_STREAM_WANT);
+    /* Now read it all: header, the body byte by byte checked, the HEAD
+     * answer (a length, no body), then /after. */
+    static char buf[1 << 16];
+    size_t have = 0, body = 0;
+    bool in_body = false, bad = false;
+    char tail[512] = "";
+    size_t tail_len = 0;
+    uv_update_time(&loop);
+    uint64_t end = uv_now(&loop) + 20000;
+    while (uv_now(&loop) < end && !strstr(tail, "/after\n")) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        ssize_t got = recv(fd, buf + have, sizeof buf - have, MSG_DONTWAIT);
+        if (got <= 0) {
+            if (got == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+                break;
+            usleep(200);
+            uv_update_time(&loop);
+            continue;
+        }
+        have += (size_t)got;
+        size_t at = 0;
+        if (!in_body && body == 0) {
+            char *hdr_end = memmem(buf, have, "\r\n\r\n", 4);
+            if (!hdr_end)
+                continue;
+            CHECK(starts(buf, "HTTP/1.1 200 OK"));
+            CHECK(memmem(buf, have, "Content-Length: 16777216\r\n", 26));
+            at = (size_t)(hdr_end + 4 - buf);
+            in_body = true;
+        }
+        for (; in_body && at < have && body < STREAM_TOTAL; at++, body++)
+            if ((uint8_t)buf[at] != body % 251)
+                bad = true;
+        if (body == STREAM_TOTAL)
+            in_body = false;
+        if (!in_body && at < have) {
+            size_t c = PZ_MIN(have - at, sizeof tail - 1 - tail_len);
+            memcpy(tail + tail_len, buf + at, c);
+            tail_len += c;
+            tail[tail_len] = '\0';
+        }
+        have = 0;
+        uv_update_time(&loop);
+    }
+    CHECK(!bad);
+    CHECK_EQ_INT(body, STREAM_TOTAL);
+    CHECK_EQ_INT(stream_sent, STREAM_TOTAL);
+    CHECK(stream_max_pend < HTTPD_STREAM_WANT);
+    CHECK(strstr(tail, "Content-Length: 16777216\r\n\r\nHTTP/1.1 200 OK"));
+    CHECK(strstr(tail, "\r\n\r\n/after\n"));
+    close(fd);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+/* A client that stops reading a streamed body is dropped after the body
+ * deadline: the stream's resources do not stay held forever. */
+TEST(streamed_reply_to_a_stalled_client_ends)
+{
+    CHECK(world_init(0, 200, 10));
+    stream_sent = 0;
+    int fd = dial();
+    CHECK(fd >= 0);
+    int small = 32 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    CHECK(send_all(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"));
+    run_for(800);
+    CHECK_EQ_INT(closes, 1);
+    CHECK(stream_sent < STREAM_TOTAL);
+    close(fd);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 static const struct test_case cases[] = {
+    TEST_ENTRY(streamed_reply_follows_the_reader),
+    TEST_ENTRY(streamed_reply_to_a_stalled_client_ends),
     TEST_ENTRY(pipelined_in_order_with_a_held_answer),
     TEST_ENTRY(close_after_and_unauthorized),
     TEST_ENTRY(bearer_check),

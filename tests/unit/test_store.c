@@ -1522,6 +1522,122 @@ TEST(bench_batch_sizes)
     }
 }
 
+/* --- restarts read the end of the log; space comes back ------------------ */
+
+TEST(load_from_and_term)
+{
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 300)); /* terms 1, 2, 3 for 1-100, 101-200, 201- */
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    CHECK_EQ_INT(store_load_from(s, 201, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, 100);
+    for (size_t i = 0; i < n; i++)
+        CHECK(entry_ok(&e[i], 201 + i, 3));
+    free_entries(e, n);
+    CHECK_EQ_INT(hs.term, 3);
+    CHECK_EQ_INT(store_load_from(s, 0, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, 300);
+    free_entries(e, n);
+    CHECK_EQ_INT(store_load_from(s, UINT64_MAX, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, 0);
+    CHECK_EQ_INT(hs.term, 3);
+    free_entries(e, n);
+    uint64_t term = 9;
+    CHECK_EQ_INT(store_term(s, 150, &term), 0);
+    CHECK_EQ_INT(term, 2);
+    CHECK_EQ_INT(store_term(s, 301, &term), PZ_ENOTFOUND);
+    CHECK_EQ_INT(store_term(s, 0, &term), 0);
+    CHECK_EQ_INT(term, 0);
+    /* Compacted: the snapshot point answers, below it nothing; a load
+     * from below the point starts right after it. */
+    CHECK_EQ_INT(store_compact(s, 100, 1), 0);
+    CHECK_EQ_INT(store_term(s, 100, &term), 0);
+    CHECK_EQ_INT(term, 1);
+    CHECK_EQ_INT(store_term(s, 50, &term), PZ_ENOTFOUND);
+    CHECK_EQ_INT(store_load_from(s, 50, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, 200);
+    CHECK(entry_ok(&e[0], 101, 2));
+    free_entries(e, n);
+    store_close(s);
+    /* The checks hold from `from` on: a term going down after it. */
+    CHECK(sql(&t, "UPDATE log SET term = 2 WHERE idx = 260"));
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    CHECK_EQ_INT(store_load_from(s, 251, &hs, &e, &n, NULL), PZ_ECORRUPT);
+    CHECK(has(store_errmsg(s), "term decreases"));
+    store_close(s);
+    tdir_free(&t);
+}
+
+static off_t db_bytes(const struct tdir *t)
+{
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", t->db);
+    struct stat a, b;
+    off_t n = stat(t->db, &a) == 0 ? a.st_size : 0;
+    return n + (stat(wal, &b) == 0 ? b.st_size : 0);
+}
+
+static void step_cb(struct store *s, int status, const char *msg, void *arg)
+{
+    PZ_UNUSED(s);
+    PZ_UNUSED(msg);
+    *(int *)arg = status;
+}
+
+TEST(compaction_gives_space_back)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 0, 0};
+    static uint8_t big[4000];
+    memset(big, 'x', sizeof big);
+    struct raft_entry e[100];
+    for (uint64_t first = 1; first <= 4000; first += 100) {
+        for (size_t i = 0; i < 100; i++)
+            e[i] = (struct raft_entry){.index = first + i, .term = 1,
+                                       .type = RAFT_ENTRY_NORMAL,
+                                       .data = big, .len = sizeof big};
+        CHECK_EQ_INT(store_write_sync(s, &hs, e, 100), 0);
+    }
+    off_t peak = db_bytes(&t);
+    CHECK(peak > 16 * 1024 * 1024);
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int steps = 0, status = 0, rc;
+    while ((rc = store_compact_step(s, &loop, 3990, 1000, step_cb,
+                                    &status)) == 0) {
+        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        CHECK_EQ_INT(status, 0);
+        CHECK(++steps < 100);
+    }
+    CHECK_EQ_INT(rc, 1);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    off_t after = db_bytes(&t);
+    fprintf(stderr, "    %d steps: %lld bytes -> %lld bytes\n", steps,
+            (long long)peak, (long long)after);
+    CHECK(steps >= 4); /* 3990 rows in steps of 1000 */
+    CHECK(after < 1024 * 1024);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *le;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &le, &n, NULL), 0);
+    CHECK_EQ_INT(n, 10);
+    CHECK(n == 10 && le[0].index == 3991 && le[9].len == sizeof big);
+    free_entries(le, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(round_trip),
     TEST_ENTRY(overwrite_from_lower_index),
@@ -1541,6 +1657,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(compact_and_reload),
     TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
+    TEST_ENTRY(load_from_and_term),
+    TEST_ENTRY(compaction_gives_space_back),
     TEST_ENTRY(crash_consistency_sigkill),
     TEST_ENTRY(raft_core_round_trip),
     TEST_ENTRY(bench_batch_sizes),

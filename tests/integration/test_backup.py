@@ -1,0 +1,348 @@
+"""Backup and restore: GET /admin/snapshot streams a fresh snapshot,
+`pyazdb-cli snapshot save FILE` downloads and verifies it, and
+`pyazdb-server --restore FILE` seeds a new cluster from it that other
+nodes then join. A damaged backup, a truncated one and a data directory
+that holds state are refused; so is a backup request without the token."""
+import json
+import os
+import re
+import shlex
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+from conftest import ROOT
+from grpc_helpers import CLI
+from test_cluster import make_cluster, leader_of, put, get
+from test_join import start_joining, wait_voters
+
+TOKEN = "backup-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+# --- the snapshot file format (src/snapshot.h), read independently -------
+
+_CRC_TABLE = []
+for _i in range(256):
+    _c = _i
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0xC96C5795D7870F42 if _c & 1 else _c >> 1
+    _CRC_TABLE.append(_c)
+
+
+def crc64(data):
+    """CRC-64/XZ, as snapshot_crc64."""
+    crc = 0xFFFFFFFFFFFFFFFF
+    t = _CRC_TABLE
+    for b in data:
+        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFFFFFFFFFF
+
+
+def parse_snapshot(data):
+    """Check a snapshot file byte by byte; return (index, term, {k: v})."""
+    assert data[:8] == b"PYAZSNAP"
+    version, index, term, _created, nkeys, conf_len = struct.unpack(
+        ">IQQqQI", data[8:48])
+    assert version == 1
+    pos = 48 + conf_len
+    kv = {}
+    for _ in range(nkeys):
+        klen, vlen = struct.unpack(">II", data[pos:pos + 8])
+        pos += 8
+        k = data[pos:pos + klen]
+        v = data[pos + klen:pos + klen + vlen]
+        pos += klen + vlen
+        assert k not in kv, f"key {k!r} twice"
+        kv[k] = v
+    assert data[pos:pos + 8] == b"PYAZEND\n"
+    (stored,) = struct.unpack(">Q", data[pos + 8:pos + 16])
+    assert pos + 16 == len(data), "bytes after the trailer"
+    assert stored == crc64(data[:pos + 8]), "checksum mismatch"
+    return index, term, kv
+
+
+def cli(*args, timeout=60):
+    env = dict(os.environ)
+    env.pop("MANDI_ADDR", None)
+    env.pop("PYAZDB_TOKEN", None)
+    p = subprocess.run([CLI] + list(args), capture_output=True, env=env,
+                       timeout=timeout)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def save(node, path, token=TOKEN):
+    args = ["--http", f"127.0.0.1:{node.http_port}"]
+    if token:
+        args += ["--token", token]
+    return cli(*args, "snapshot", "save", path)
+
+
+def cluster_id(node):
+    m = re.search(r"cluster ([0-9a-f]{16})\)", node.read_log())
+    assert m, node.read_log()
+    return m.group(1)
+
+
+def restore_proc(servers, name, backup, conf=None):
+    """A server started with --restore, not waited for."""
+    c = {"cluster-token": TOKEN}
+    c.update(conf or {})
+    s = servers(name, start=False, conf=c, args=["--restore", backup])
+    s.start(wait=False)
+    return s
+
+
+# --- tests ----------------------------------------------------------------
+
+def test_backup_needs_the_token(servers, tmp_path):
+    s = servers(conf={"cluster-token": TOKEN})
+    assert put(s, "k", "v")[0] == 204
+    assert s.request("GET", "/admin/snapshot")[0] == 401
+    st, _, _ = s.request("GET", "/admin/snapshot",
+                         headers={"Authorization": "Bearer wrong"})
+    assert st == 401
+    st, h, _ = s.request("PUT", "/admin/snapshot")
+    assert st == 405 and h["Allow"] == "GET, POST"
+    out = str(tmp_path / "b.snap")
+    code, _, err = save(s, out, token=None)
+    assert code == 1 and "HTTP 401" in err, err
+    assert not os.path.exists(out) and not os.path.exists(out + ".part")
+    st, h, body = s.request("GET", "/admin/snapshot", headers=AUTH)
+    assert st == 200 and h["Content-Type"] == "application/octet-stream"
+    index, _, kv = parse_snapshot(body)
+    assert kv == {b"k": b"v"} and index >= 2
+    # usage errors
+    assert cli("--http", "127.0.0.1:1", "snapshot", "load", out)[0] == 1
+    assert cli("--http", "127.0.0.1:1", "snapshot", "save")[0] == 1
+    code, _, err = cli("--addr", "127.0.0.1:1", "snapshot", "save", out)
+    assert code == 1 and "use --http" in err, err
+    # nobody listening: a clear error, nothing left behind
+    code, _, err = cli("--http", "127.0.0.1:1", "--timeout", "2",
+                       "snapshot", "save", out)
+    assert code == 1 and "cannot connect" in err, err
+    assert not os.path.exists(out) and not os.path.exists(out + ".part")
+
+
+def test_stream_survives_prune(servers):
+    """A client reading slowly keeps its file although newer snapshots
+    prune it meanwhile: the body is the snapshot it started with."""
+    s = servers(conf={"cluster-token": TOKEN})
+    big = "x" * 1000
+    for i in range(3000):
+        assert put(s, f"k{i}", big)[0] == 204
+    sock = socket.create_connection(("127.0.0.1", s.http_port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.sendall(b"GET /admin/snapshot HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+    assert length > 3000 * 1000
+    first = s.status()["snapshot_index"]
+    # three newer snapshots: the node keeps two, so ours is pruned
+    for round in range(3):
+        assert put(s, f"later{round}", "y")[0] == 204
+        st, _, _ = s.request("POST", "/admin/snapshot", headers=AUTH)
+        assert st == 200
+    assert s.status()["snapshot_index"] > first
+    names = os.listdir(s.conf["raft-data"])
+    assert not any(n.startswith(f"snap-{first}-") for n in names), names
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(body)} of {length} bytes"
+        body += chunk
+    sock.close()
+    index, _, kv = parse_snapshot(body)
+    assert index == first and len(kv) == 3000
+    assert b"later0" not in kv
+
+
+def test_save_under_load_and_restore_into_a_new_cluster(servers, mandis,
+                                                        tmp_path):
+    conf = {"cluster-token": TOKEN}
+    nodes = make_cluster(servers, conf=conf)
+    leader = leader_of(nodes)
+    for i in range(300):
+        assert put(leader, f"pre{i}", f"v-pre{i}")[0] == 204
+
+    acked = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer():
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", leader.http_port,
+                                       timeout=10)
+        for i in range(4000):  # bounded
+            if stop.is_set():
+                break
+            k = f"w{i}"
+            c.request("POST", "/set", json.dumps({"key": k, "value": "v-" + k}),
+                      headers=AUTH)
+            r = c.getresponse()
+            r.read()
+            if r.status == 204:
+                with lock:
+                    acked[k] = "v-" + k
+        c.close()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    deadline = time.time() + 30
+    while len(acked) < 300 and time.time() < deadline:
+        time.sleep(0.05)
+    with lock:
+        before = dict(acked)
+    assert len(before) >= 300
+    # from a follower: its snapshot must still hold every acknowledged write
+    follower = next(s for s in nodes if s is not leader)
+    backup = str(tmp_path / "backup.snap")
+    code, out, err = save(follower, backup)
+    assert code == 0, err
+    assert out.startswith("Saved snapshot at index "), out
+    during = len(acked)
+    stop.set()
+    t.join(60)
+    assert len(acked) >= during  # the writer really ran while saving
+    assert not os.path.exists(backup + ".part")
+
+    with open(backup, "rb") as f:
+        data = f.read()
+    index, _, kv = parse_snapshot(data)
+    # consistent: only keys that were written, each with its value
+    for k, v in kv.items():
+        k = k.decode()
+        assert k.startswith("pre") or k.startswith("w"), k
+        assert v == f"v-{k}".encode(), (k, v)
+    expected = {f"pre{i}": f"v-pre{i}" for i in range(300)}
+    expected.update(before)
+    for k, v in expected.items():
+        assert kv.get(k.encode()) == v.encode(), f"acknowledged {k} missing"
+    # a prefix of the writer's sequence: w0..wN with no hole
+    ws = sorted(int(k[1:]) for k in map(bytes.decode, kv) if k[0] == "w")
+    assert ws == list(range(len(ws)))
+    old_id = cluster_id(nodes[0])
+    for s in nodes:
+        s.stop()
+
+    # the new cluster: r1 restored, r2 and r3 join through mandi
+    mandi = mandis(conf={"cluster-token": TOKEN})
+    r1 = restore_proc(servers, "r1", backup, {"mandi-addr": mandi.url})
+    r1.wait_ready()
+    assert "restored" in r1.read_log()
+    assert cluster_id(r1) != old_id
+    joiners = [start_joining(servers, mandi, f"r{i}", conf)
+               for i in (2, 3)]
+    new = [r1] + joiners
+    wait_voters(r1, ["r1", "r2", "r3"], timeout=60)
+    new_leader = leader_of(new)
+    assert put(new_leader, "after-restore", "yes")[0] == 204
+    # every node serves the restored state
+    for s in new:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            st = s.status()
+            if st["applied_index"] >= index + 1 and st["keys"] == len(kv) + 1:
+                break
+            time.sleep(0.2)
+        assert st["keys"] == len(kv) + 1, st
+    for k, v in expected.items():
+        st, _, body = get(new[1], k)
+        assert (st, body) == (200, v.encode()), k
+    digests = {s.status()["digest"] for s in new}
+    assert len(digests) == 1
+    # a write that came after the save is not in the new cluster
+    missing = [k for k in acked if k.encode() not in kv]
+    if missing:
+        assert get(new_leader, missing[-1])[0] == 404
+
+
+def test_restore_refuses_damaged_backups_and_used_dirs(servers, tmp_path):
+    src = servers("src", conf={"cluster-token": TOKEN})
+    for i in range(100):
+        assert put(src, f"k{i}", "v" * 50)[0] == 204
+    good = str(tmp_path / "good.snap")
+    assert save(src, good)[0] == 0
+    data = open(good, "rb").read()
+
+    flipped = str(tmp_path / "flipped.snap")
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0x01
+    open(flipped, "wb").write(bytes(bad))
+    truncated = str(tmp_path / "truncated.snap")
+    open(truncated, "wb").write(data[:len(data) - 100])
+
+    for name, path, why in (("flip", flipped, "checksum mismatch"),
+                            ("trunc", truncated, "truncated")):
+        s = restore_proc(servers, name, path)
+        assert s.proc.wait(20) == 1
+        log = s.read_log()
+        assert "not a valid snapshot" in log and why in log, log
+        data_dir = s.conf["raft-data"]
+        assert not os.path.exists(data_dir) or os.listdir(data_dir) == []
+
+    # a directory that holds state: refused, left as it was
+    src.stop()
+    before = sorted(os.listdir(src.conf["raft-data"]))
+    s = servers("again", start=False, conf=dict(src.conf))
+    s.args = ["--restore", good]
+    s.start(wait=False)
+    assert s.proc.wait(20) == 1
+    assert "already holds state" in s.read_log(), s.read_log()
+    assert sorted(os.listdir(src.conf["raft-data"])) == before
+
+    # initial-cluster would have the other members bootstrap empty
+    s = restore_proc(servers, "ic", good, {
+        "initial-cluster": "ic=127.0.0.1:1,other=127.0.0.1:2"})
+    assert s.proc.wait(20) == 1
+    assert "remove initial-cluster" in s.read_log(), s.read_log()
+    # the good file restores, under the name of a new node
+    ok = restore_proc(servers, "fresh", good)
+    ok.wait_ready()
+    assert get(ok, "k99")[2] == b"v" * 50
+    assert ok.status()["keys"] == 100
+
+
+def readme_commands(title):
+    """The command lines of the ```sh blocks of a README section."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    start = text.index(f"## {title}\n")
+    end = text.index("\n## ", start + 1)
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", text[start:end], re.S):
+        for line in block.splitlines():
+            line = line.split(" #")[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def test_readme_backup_and_restore_recipes(servers, tmp_path):
+    """The README's commands, pasted with this test's addresses."""
+    backup_cmd, restore_cmd = readme_commands("Backup and restore")
+    assert "snapshot save" in backup_cmd and "--restore" in restore_cmd
+    src = servers("src", conf={"cluster-token": TOKEN})
+    for i in range(20):
+        assert put(src, f"r{i}", str(i))[0] == 204
+    env = dict(os.environ, TOKEN=TOKEN)
+    env.pop("MANDI_ADDR", None)
+    cmd = backup_cmd.replace("src/", ROOT + "/src/").replace(
+        "127.0.0.1:8081", f"127.0.0.1:{src.http_port}")
+    p = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(b"Saved snapshot at index ")
+    assert os.path.exists(tmp_path / "backup.snap")
+    r = servers("r1", start=False, conf={"cluster-token": TOKEN})
+    cmd = restore_cmd.replace("src/", ROOT + "/src/").replace(
+        "node1.conf", r.conf_path)
+    r.log = open(r.log_path, "ab")
+    r.proc = subprocess.Popen(shlex.split(cmd), cwd=tmp_path, env=r.env,
+                              stdout=r.log, stderr=r.log)
+    r.wait_ready()
+    assert get(r, "r19")[2] == b"19"
+    assert r.status()["keys"] == 20
