@@ -652,6 +652,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
         .recv = on_recv,
         .on_peer_info = members_on_peer_info,
         .check_peer = members_check_peer,
+        .member_since = members_member_since,
         .on_removed = members_on_removed,
         .on_inbound_closed = snaps_on_inbound_closed,
         .on_cluster_id = members_save_cluster_id,
@@ -683,6 +684,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
 err_after_mandi:
     mandi_client_free(node.mandi);
 err_after_store:
+    raft_conf_free(&node.committed);
     store_close(node.store);
 err_after_raft:
     raft_free(node.raft);

@@ -58,6 +58,8 @@ struct node {
     struct transport *tr;        /* peer messages */
     uint64_t id;                 /* our Raft id */
     uint64_t incarnation;        /* our data dir's (store_meta) */
+    uint64_t member_since;       /* conf entry we are a member from (0:
+                                    not one), told in handshakes */
     uint64_t cluster_id;         /* identity shared by all members */
     uv_timer_t tick;             /* drives raft_tick */
     uint64_t tick_ms;            /* its period */
@@ -184,8 +186,9 @@ void members_save_cluster_id(void *data, uint64_t id);
 void members_on_peer_info(void *data, uint64_t id, bool dialed,
                           const char *name, const char *raft,
                           const char *http, const char *grpc);
+uint64_t members_member_since(void *data);
 int members_check_peer(void *data, uint64_t id, uint64_t incarnation,
-                       uint64_t *conf_index,
+                       uint64_t member_since, uint64_t *conf_index,
                        uint64_t *conf_term);
 void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
                         uint64_t conf_term);

@@ -118,7 +118,14 @@ static bool has_self(const struct raft_conf *c)
  * addresses learned from handshakes, and tell the transport. */
 void members_refresh(void)
 {
-    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
+    uint64_t conf_index = 0;
+    const struct raft_conf *conf = raft_conf_current(node.raft, &conf_index);
+    /* The entry this node is a member from, as far as this log says (the
+     * first that has it here, or a later one after a restart). */
+    if (!has_self(conf))
+        node.member_since = 0;
+    else if (node.member_since == 0)
+        node.member_since = conf_index ? conf_index : 1;
     struct member *ms = pz_calloc(conf->n ? conf->n : 1, sizeof *ms);
     for (size_t i = 0; i < conf->n; i++) {
         const struct raft_server *s = &conf->servers[i];
@@ -261,26 +268,43 @@ bool members_has_self(void)
     return m != NULL && m->inc == node.incarnation;
 }
 
-/* Who is dialing us, or answering our dial (transport_config.check_peer).
- * A peer that presents a member's id with another incarnation is a node
- * wiped and restarted under that member's name. */
+/* Who is dialing us, or answering our dial (transport_config.check_peer):
+ *  - a member: the id with its incarnation;
+ *  - removed: the incarnation a committed configuration removed (even if
+ *    the id is a member again: the old machine is told);
+ *  - another incarnation: a member's id with another data dir, when our
+ *    configuration is at least as new as the entry the peer says it is a
+ *    member from: a node wiped and restarted under a member's name (it
+ *    says 0) or an old incarnation;
+ *  - a stranger otherwise, our log being behind (a member added since,
+ *    or re-added, maybe our leader). */
 int members_check_peer(void *data, uint64_t id, uint64_t incarnation,
-                       uint64_t *conf_index, uint64_t *conf_term)
+                       uint64_t member_since, uint64_t *conf_index,
+                       uint64_t *conf_term)
 {
     PZ_UNUSED(data);
     if (node.n_members == 0)
         return TRANSPORT_PEER_JOINING;
     struct member *m = members_find(id);
-    if (m != NULL)
-        return m->inc == incarnation ? TRANSPORT_PEER_MEMBER
-                                     : TRANSPORT_PEER_OTHER_INCARNATION;
+    if (m != NULL && m->inc == incarnation)
+        return TRANSPORT_PEER_MEMBER;
     const struct raft_removed *rm = raft_conf_removed(&node.committed, id);
-    if (rm != NULL) {
+    if (rm != NULL && meta_inc(rm->meta) == incarnation) {
         *conf_index = rm->index;
         *conf_term = rm->term;
         return TRANSPORT_PEER_REMOVED;
     }
+    uint64_t ours = 0;
+    raft_conf_current(node.raft, &ours);
+    if (m != NULL && member_since <= ours)
+        return TRANSPORT_PEER_OTHER_INCARNATION;
     return TRANSPORT_PEER_STRANGER;
+}
+
+uint64_t members_member_since(void *data)
+{
+    PZ_UNUSED(data);
+    return node.member_since;
 }
 
 /* Peer `from`, which we dialed, says its committed configuration entry

@@ -84,6 +84,7 @@ int raft_codec_encode_handshake(struct pz_buf *out,
     ph.grpc_addr = str_arg(h->grpc_addr);
     ph.raft_addr = str_arg(h->raft_addr);
     ph.incarnation = h->incarnation;
+    ph.member_since = h->member_since;
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE;
     f.handshake = &ph;
     return pack_frame(out, &f, max);
@@ -103,6 +104,7 @@ int raft_codec_encode_reply(struct pz_buf *out,
     pr.conf_index = r->conf_index;
     pr.conf_term = r->conf_term;
     pr.incarnation = r->incarnation;
+    pr.member_since = r->member_since;
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY;
     f.handshake_reply = &pr;
     return pack_frame(out, &f, max);
@@ -297,6 +299,7 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->hs.grpc_addr = h->grpc_addr;
         d->hs.raft_addr = h->raft_addr;
         d->hs.incarnation = h->incarnation;
+        d->hs.member_since = h->member_since;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY: {
@@ -311,6 +314,7 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->reply.conf_index = r->conf_index;
         d->reply.conf_term = r->conf_term;
         d->reply.incarnation = r->incarnation;
+        d->reply.member_since = r->member_since;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_MESSAGE:

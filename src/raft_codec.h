@@ -64,6 +64,7 @@ struct raft_handshake {
     const char *grpc_addr; /* dialer's gRPC API address (NULL: "") */
     const char *raft_addr; /* dialer's Raft listen address (NULL: "") */
     uint64_t incarnation;  /* dialer's data dir */
+    uint64_t member_since; /* conf entry it is a member from (0: none) */
 };
 
 struct raft_handshake_reply {
@@ -76,6 +77,7 @@ struct raft_handshake_reply {
     uint64_t conf_index; /* REMOVED: index of the configuration entry */
     uint64_t conf_term;  /* REMOVED: its term */
     uint64_t incarnation; /* acceptor's data dir (OK only) */
+    uint64_t member_since; /* acceptor's, as in the handshake (OK only) */
 };
 
 /* --- encoding --------------------------------------------------------- */

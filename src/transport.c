@@ -350,6 +350,8 @@ static void out_connected(struct conn *c, int status)
         .grpc_addr = t->cfg.grpc_addr,
         .raft_addr = t->listen_addr,
         .incarnation = t->cfg.incarnation,
+        .member_since =
+            t->cfg.member_since ? t->cfg.member_since(t->cfg.data) : 0,
     };
     pz_buf_reset(&t->scratch);
     if (raft_codec_encode_handshake(&t->scratch, &hs, REPLY_MAX) < 0) {
@@ -396,12 +398,16 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
     }
     printable(name, sizeof name, r->name);
     uint64_t ci = 0, ct = 0;
-    if (t->cfg.check_peer &&
-        t->cfg.check_peer(t->cfg.data, p->id, r->incarnation, &ci, &ct) ==
-            TRANSPORT_PEER_OTHER_INCARNATION) {
-        /* A node started with a new data dir under a member's name: it
+    int kind = t->cfg.check_peer
+                   ? t->cfg.check_peer(t->cfg.data, p->id, r->incarnation,
+                                       r->member_since, &ci, &ct)
+                   : TRANSPORT_PEER_MEMBER;
+    if (kind == TRANSPORT_PEER_OTHER_INCARNATION ||
+        kind == TRANSPORT_PEER_REMOVED) {
+        /* A node started with a new data dir under a member's name (it
          * forgot what that member acknowledged, so it must not stand in
-         * for it (the member is removed first, then it joins anew). */
+         * for it: the member is removed first, then it joins anew), or
+         * the removed incarnation answering at a member's address. */
         p->st.refused++;
         pz_log(p->last_refusal == RAFT_HS_OTHER_INCARNATION ? PZ_LOG_DEBUG
                                                             : PZ_LOG_WARNING,
@@ -781,8 +787,8 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     }
     int kind = t->cfg.check_peer
                    ? t->cfg.check_peer(t->cfg.data, hs->node_id,
-                                       hs->incarnation, &conf_index,
-                                       &conf_term)
+                                       hs->incarnation, hs->member_since,
+                                       &conf_index, &conf_term)
                    : TRANSPORT_PEER_MEMBER;
     if (kind == TRANSPORT_PEER_OTHER_INCARNATION) {
         snprintf(why, sizeof why,
@@ -822,6 +828,8 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         .http_addr = t->cfg.http_addr,
         .grpc_addr = t->cfg.grpc_addr,
         .incarnation = t->cfg.incarnation,
+        .member_since =
+            t->cfg.member_since ? t->cfg.member_since(t->cfg.data) : 0,
     };
     pz_buf_reset(&t->scratch);
     int rv = raft_codec_encode_reply(&t->scratch, &r, REPLY_MAX);

@@ -118,6 +118,10 @@ struct transport_config {
                                   transport_port); copied */
     uint64_t id;               /* this node's id, non-zero */
     uint64_t incarnation;      /* this node's data dir, sent both ways */
+    /* The configuration entry from which this node knows itself a
+     * member (0: not yet), sent both ways; read at each handshake.
+     * Optional. */
+    uint64_t (*member_since)(void *data);
     const char *source_addr;   /* local IP to dial peers from; NULL or ""
                                   lets the system choose; copied */
     const char *name;          /* this node's name for logs; copied */
@@ -129,12 +133,13 @@ struct transport_config {
     transport_peer_cb on_peer; /* optional */
     transport_peer_info_cb on_peer_info; /* optional */
     /* Who is dialing us, or answering our dial (enum
-     * transport_peer_kind), by id and incarnation; for REMOVED also the
-     * index and term of the committed configuration entry without id.
-     * Optional: without it every peer that passes the other checks is a
-     * member. */
+     * transport_peer_kind), by id, incarnation and the entry it is a
+     * member from; for REMOVED also the index and term of the committed
+     * configuration entry without id. Optional: without it every peer
+     * that passes the other checks is a member. */
     int (*check_peer)(void *data, uint64_t id, uint64_t incarnation,
-                      uint64_t *conf_index, uint64_t *conf_term);
+                      uint64_t member_since, uint64_t *conf_index,
+                      uint64_t *conf_term);
     /* Peer id, which we dialed, says the committed configuration entry
      * (conf_index, conf_term) no longer has us. Unauthenticated beyond the
      * peer's address: weigh it (node.c). Optional. */

@@ -12,8 +12,12 @@ An operation is a dict:
     ret     when the answer came, or None when none came (a timeout, a
             reset connection, a 5xx): the outcome is unknown
     ok      True when the answer says it happened (for reads: the value
-            is what was seen); False or None otherwise
+            is what was seen); False when the answer says it did not
+            happen (a 4xx: refused before anything was proposed); None
+            when there was no clear answer
 
+A write or delete refused (ok False, with a return time) did not happen:
+it is dropped, and a read of a refused write's value is a violation.
 Operations with an unknown outcome are what makes checking hard. They are
 reduced before the search, without changing the verdict:
   - a read without an answer has no effect: dropped;
@@ -44,6 +48,10 @@ class _Op:
         self.src = src
 
 
+def _refused(o):
+    return o.get("ok") is False and o.get("ret") is not None
+
+
 def _reduce(ops):
     """The operations of one key, reduced as the module says; or a report
     string when a read saw a value no write wrote."""
@@ -52,7 +60,8 @@ def _reduce(ops):
         if o["kind"] == "write":
             if o["value"] in written:
                 return None, f"value {o['value']!r} written twice"
-            written[o["value"]] = o
+            if not _refused(o):
+                written[o["value"]] = o
     seen_by = {}
     out = []
     for o in ops:
@@ -68,6 +77,8 @@ def _reduce(ops):
         out.append(_Op("read", v, o["call"], o["ret"], True, o))
     for o in ops:
         known = bool(o.get("ok")) and o.get("ret") is not None
+        if _refused(o):
+            continue
         if o["kind"] == "write":
             if known:
                 out.append(_Op("write", o["value"], o["call"], o["ret"],

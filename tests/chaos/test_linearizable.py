@@ -33,8 +33,9 @@ GOOD = {
         r("b", 50, 51), r("b", 52, 53)],
     "unknown write never seen": [
         w("a", 0, 1), w("b", 2, None, ok=None), r("a", 3, 4), r("a", 9, 10)],
-    "failed write that happened": [
-        w("a", 0, 1), w("b", 2, 3, ok=False), r("b", 4, 5)],
+    "refused write": [w("a", 0, 1), w("b", 2, 3, ok=False), r("a", 4, 5)],
+    "write without an answer that happened": [
+        w("a", 0, 1), w("b", 2, None, ok=None), r("b", 4, 5)],
     "delete": [w("a", 0, 1), d(2, 3), r(None, 4, 5)],
     "unknown delete taken": [w("a", 0, 1), d(2, None, ok=None),
                              r(None, 7, 8)],
@@ -45,6 +46,8 @@ GOOD = {
 }
 
 BAD = {
+    "refused write seen": [w("a", 0, 1), w("b", 2, 3, ok=False),
+                           r("b", 4, 5)],
     "stale read": [w("a", 0, 1), w("b", 2, 3), r("a", 4, 5)],
     "lost write": [w("a", 0, 1), r("a", 2, 3), w("b", 4, 5),
                    r(None, 6, 7)],

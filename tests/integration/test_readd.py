@@ -206,3 +206,38 @@ def test_damaged_node_is_reseeded_from_the_cluster(servers, mandi):
     wait_voters(leader_of(others), [s.name for s in nodes], timeout=40)
     for i in range(50):
         assert get(bad, f"k{i}")[2] == b"x" * 200
+
+
+def test_replaced_incarnation_is_told_when_it_returns(servers, mandi):
+    """A member switched off, removed and replaced by a new data dir under
+    its name (the recipe) comes back on its old data: the members tell it
+    it was removed, although its id is a member again, and it stops."""
+    import os
+    nodes = grow(servers, mandi, n=3)
+    lead = leader_of(nodes)
+    old = next(s for s in nodes if s is not lead and s.name != "node1")
+    assert put(lead, "k", "1")[0] == 204
+    old.kill()
+    others = [s for s in nodes if s is not old]
+    remove(leader_of(others), old.name)
+    data = old.conf["raft-data"]
+    os.rename(data, data + ".old")
+    old.conf["raft-bootstrap"] = "no"
+    old.write_conf()
+    old.start()  # the replacement: a new incarnation under the same name
+    wait_voters(leader_of(others), [s.name for s in nodes], timeout=40)
+    assert put(leader_of(nodes), "k2", "2")[0] == 204
+    wait_value(old, "k2", "2")
+    old.stop()
+    os.rename(data, data + ".new")
+    os.rename(data + ".old", data)
+    old.start(wait=False)  # the old machine is back
+    assert old.proc.wait(30) == 0, old.read_log()
+    assert "removed from the cluster (configuration entry" in old.read_log()
+    # the replacement, started again, is still the member
+    old.stop()
+    os.rename(data, data + ".old")
+    os.rename(data + ".new", data)
+    old.start()
+    assert put(leader_of(nodes), "k3", "3")[0] == 204
+    wait_value(old, "k3", "3")

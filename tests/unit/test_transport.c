@@ -678,10 +678,12 @@ static const char *on_recv(void *data, const struct raft_msg *m)
 }
 
 static int on_check_peer(void *data, uint64_t id, uint64_t incarnation,
-                         uint64_t *conf_index, uint64_t *conf_term)
+                         uint64_t member_since, uint64_t *conf_index,
+                         uint64_t *conf_term)
 {
     struct tnode *n = data;
     PZ_UNUSED(id);
+    PZ_UNUSED(member_since);
     if (n->want_inc != 0 && incarnation != n->want_inc)
         return TRANSPORT_PEER_OTHER_INCARNATION;
     *conf_index = n->kind_index;
