@@ -208,6 +208,7 @@ const struct grpc_backend grpc_node_backend = {
     .kv = node_kv,
     .leader_grpc_addr = node_leader_grpc_addr,
     .status = node_status,
+    .health = node_health,
     .wait_leader = node_wait_leader,
 };
 
@@ -916,8 +917,15 @@ static void call_status(struct gstream *st)
 /* grpc.health.v1.HealthCheckResponse.ServingStatus, shortened. */
 #define HEALTH(x) GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__##x
 
+/* The backend's health rule (node_health for a node: the rule of HTTP
+ * GET /health too); a backend without one serves while a leader is
+ * known. */
 static bool serving(struct grpc_server *gs)
 {
+    if (gs->be->health) {
+        struct node_health h;
+        return gs->be->health(&h);
+    }
     struct node_status ns;
     gs->be->status(&ns);
     return ns.leader != NULL && ns.leader[0] != '\0';

@@ -28,6 +28,9 @@ struct grpc_backend {
     /* Leader's gRPC address, NULL when this node leads or none is known. */
     const char *(*leader_grpc_addr)(void);
     void (*status)(struct node_status *st);
+    /* True when the node serves linearizable requests now (Health
+     * SERVING); NULL: while a leader is known. */
+    bool (*health)(struct node_health *h);
     /* cb(0) once a leader is known, cb(< 0) when none comes in time (may
      * be NULL: "no leader" is then final). */
     void (*wait_leader)(struct node_req *req, node_req_cb cb);

@@ -237,6 +237,33 @@ static void reply_status(struct http_conn *h)
     reply_json(h, o);
 }
 
+/* GET /health: 200 with a line of JSON when this node can serve
+ * linearizable requests now (node_health, the rule gRPC Health uses too),
+ * else 503 with the reason. With serializable=true, liveness only: the
+ * process answers and has loaded its state (the HTTP port opens after
+ * that), so 200 whatever the cluster, saying whether it is linearizable. */
+static void reply_health(struct http_conn *h)
+{
+    struct node_health nh;
+    bool ok = node_health(&nh);
+    if (!ok && !h->op.serializable) {
+        char line[256];
+        snprintf(line, sizeof line, "Not serving linearizable requests: %s",
+                 nh.reason);
+        reply_text(h, 503, line, NULL);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "health", "ok");
+    cJSON_AddStringToObject(o, "role", nh.role);
+    cJSON_AddStringToObject(o, "leader", nh.leader);
+    add_u64(o, "term", nh.term);
+    cJSON_AddBoolToObject(o, "linearizable", ok);
+    if (!ok)
+        cJSON_AddStringToObject(o, "reason", nh.reason);
+    reply_json(h, o);
+}
+
 static void on_snapshot_done(struct node_req *req, int status)
 {
     struct http_conn *h = container_of(req, struct http_conn, req);
@@ -394,7 +421,7 @@ static void on_request(struct httpd_conn *hc)
         reply_text(h, h->op.status, h->op.reason, h->op.allow);
         return;
     case HTTP_OP_HEALTH:
-        reply_text(h, 200, "ok", NULL);
+        reply_health(h);
         return;
     case HTTP_OP_STATUS:
         reply_status(h);

@@ -99,7 +99,8 @@ class Server:
                     f"{self.name} exited with {self.proc.returncode}:\n"
                     + self.read_log())
             try:
-                st, _, _ = self.request("GET", "/health", timeout=1)
+                st, _, _ = self.request("GET", "/health?serializable=true",
+                                        timeout=1)
                 if st == 200:
                     return
             except OSError:
