@@ -77,7 +77,8 @@ def test_rpc_errors_go_to_stderr(node):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    code, out, err = cli("--addr", f"127.0.0.1:{port}", "get", "k")
+    code, out, err = cli("--addr", f"127.0.0.1:{port}", "--timeout", "1",
+                         "get", "k")
     assert code == 1 and out == ""
     assert "UNAVAILABLE" in err and "connection refused" in err
     assert err.count("\n") == 1
@@ -172,7 +173,7 @@ def test_through_mandi(node, mandi):
 
 def test_mandi_errors(node, mandi):
     mandi.status, mandi.body = 404, b"leader not available\n"
-    code, out, err = cli("--mandi", mandi.url, "get", "k")
+    code, out, err = cli("--mandi", mandi.url, "--timeout", "1", "get", "k")
     assert code == 1 and out == ""
     assert "no leader available" in err and err.count("\n") == 1
     mandi.status, mandi.body = 200, b"{not json"
@@ -190,11 +191,12 @@ def test_mandi_errors(node, mandi):
     port = s.getsockname()[1]
     s.close()
     mandi.leader(f"127.0.0.1:{port}")
-    code, _, err = cli("--mandi", mandi.url, "get", "k")
+    code, _, err = cli("--mandi", mandi.url, "--timeout", "1", "get", "k")
     assert code == 1 and "UNAVAILABLE" in err
     # mandi itself down (the default address when nothing is set is
     # 127.0.0.1:7000; use a closed port instead of relying on it)
-    code, _, err = cli("--mandi", f"http://127.0.0.1:{port}", "get", "k")
+    code, _, err = cli("--mandi", f"http://127.0.0.1:{port}", "--timeout",
+                       "1", "get", "k")
     assert code == 1 and "discovery" in err and "refused" in err
     code, _, err = cli("--mandi", "https://127.0.0.1:1", "get", "k")
     assert code == 1 and "mandi address" in err
