@@ -95,8 +95,9 @@ def test_errors_match_the_original(server):
 
 
 def test_health_and_status(server):
-    st, _, body = server.request("GET", "/health")
-    assert (st, body) == (200, b"ok\n")
+    st, h, body = server.request("GET", "/health")
+    assert st == 200 and h["Content-Type"] == "application/json"
+    assert json.loads(body)["health"] == "ok"
     for i in range(5):
         set_key(server, f"s{i}", "v")
     st, h, body = server.request("GET", "/status")
