@@ -67,6 +67,11 @@ struct grpc_server {
     struct pz_queue watchers;      /* Health/Watch streams */
     uv_timer_t watch_timer;        /* polls serving state for them */
     uv_idle_t kick;                /* keeps poll from blocking on output */
+    struct pz_queue retries;       /* forwarded writes that never reached
+                                      the leader, waiting to go again */
+    uv_timer_t retry_timer;        /* polls them while any wait */
+    uint64_t retry_window;         /* ms after the first forward during
+                                      which they go again */
     struct grpc_client *fwd;       /* connection to the leader */
     uint64_t start_ms;             /* uv_now() at start */
     struct grpc_stats stats;       /* counters */

@@ -93,3 +93,27 @@ def test_read_lost_with_its_connection_is_sent_again(servers):
     assert (st, body) == (502, b"Leader unreachable\n")
     log = f.read_log()
     assert "trying again" in log
+
+
+def test_grpc_write_through_a_follower_survives_the_leader_dying(servers,
+                                                                 tmp_path):
+    # gRPC forwarding: a Set that cannot reach the dead leader is sent
+    # again to the next one (it never reached the first); the client sees
+    # OK, not UNAVAILABLE "cannot connect".
+    import grpc_helpers as gh
+    pb = gh.stubs(str(tmp_path / "stubs"))
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    f = next(s for s in nodes if s is not leader)
+    c = gh.Client(f.grpc_port, pb)
+    try:
+        assert c.Set(pb.kv.SetRequest(key="a", value="1"), timeout=10).success
+        leader.kill()
+        t0 = time.time()
+        assert c.Set(pb.kv.SetRequest(key="b", value="2"),
+                     timeout=20).success
+        assert time.time() - t0 < 10
+        assert c.Get(pb.kv.GetRequest(key="b"), timeout=10).value == "2"
+    finally:
+        c.close()
+    assert "trying again" in f.read_log()
