@@ -13,13 +13,17 @@ from test_cli import Mandi, cli
 from test_cluster import leader_of, make_cluster
 
 
+_held = []
+
+
 def dead_addr():
-    """An address where nothing listens."""
+    """An address where connections are refused: a port bound and never
+    listened on, held for the whole run so that no other process (tests
+    run in parallel on this machine) can take it while the CLI retries."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"127.0.0.1:{port}"
+    _held.append(s)
+    return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def grpc_addr(s):
