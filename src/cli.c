@@ -94,39 +94,24 @@ static uint64_t now_ms(void)
 
 /* Addresses from --addr/--endpoints or --http, in the order given. */
 struct endpoints {
-    const char *v[MAX_ENDPOINTS]; /* borrowed: pieces of list */
+    const char *v[MAX_ENDPOINTS]; /* pieces of the option values */
     size_t n;                     /* entries in v */
-    char *list[MAX_ENDPOINTS];    /* the option values, copied (pz_free) */
-    size_t n_lists;               /* entries in list */
 };
 
-/* Add the comma-separated addresses of val. Returns 0, or -1 for an empty
- * piece or too many addresses. */
-static int endpoints_add(struct endpoints *e, const char *val)
+/* Add the comma-separated addresses of val, an option value in argv, cut
+ * in place (nothing to free, whatever path main() leaves by). Returns 0,
+ * or -1 for an empty piece or too many addresses. */
+static int endpoints_add(struct endpoints *e, char *val)
 {
-    if (e->n_lists == MAX_ENDPOINTS)
+    size_t pieces = 1;
+    for (const char *q = val; *q; q++)
+        pieces += *q == ',';
+    if (val[0] == '\0' || val[0] == ',' || val[strlen(val) - 1] == ',' ||
+        strstr(val, ",,") != NULL || pieces > MAX_ENDPOINTS - e->n)
         return -1;
-    char *copy = pz_strdup(val);
-    e->list[e->n_lists++] = copy;
-    char *p = copy;
-    for (;;) {
-        char *comma = strchr(p, ',');
-        if (comma)
-            *comma = '\0';
-        if (p[0] == '\0' || e->n == MAX_ENDPOINTS)
-            return -1;
+    for (char *p = strtok(val, ","); p != NULL; p = strtok(NULL, ","))
         e->v[e->n++] = p;
-        if (comma == NULL)
-            return 0;
-        p = comma + 1;
-    }
-}
-
-static void endpoints_free(struct endpoints *e)
-{
-    for (size_t i = 0; i < e->n_lists; i++)
-        pz_free(e->list[i]);
-    e->n = e->n_lists = 0;
+    return 0;
 }
 
 static void sleep_ms(uint64_t ms)
@@ -667,7 +652,7 @@ int main(int argc, char **argv)
     int i;
     pz_log_setup(PZ_LOG_ERROR, "pyazdb-cli");
     for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
-        const char *a = argv[i];
+        char *a = argv[i];
         if (strcmp(a, "--") == 0) {
             i++;
             break;
@@ -680,7 +665,7 @@ int main(int argc, char **argv)
             printf("pyazdb-cli %s\n", PZ_VERSION);
             return 0;
         }
-        const char *val = NULL;
+        char *val = NULL;
         size_t nl = strcspn(a, "=");
         if (a[nl] == '=')
             val = a + nl + 1;
@@ -733,7 +718,6 @@ int main(int argc, char **argv)
         int rc = membership(cmd, nargs ? args[0] : NULL, &https, mandi,
                             token ? token : getenv("PYAZDB_TOKEN"),
                             now_ms() + timeout_ms);
-        endpoints_free(&https);
         return rc;
     }
     const char *path;
@@ -813,7 +797,6 @@ int main(int argc, char **argv)
         grpc_call_reset(&c.call);
     }
     pz_buf_free(&msg);
-    endpoints_free(&addrs);
     if (rv < 0 || (tries > 1 && (c.call.status == GRPC_UNAVAILABLE ||
                                  c.call.status == GRPC_DEADLINE_EXCEEDED))) {
         if (tries > 1)
