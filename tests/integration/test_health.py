@@ -76,7 +76,7 @@ def test_leader_without_quorum_turns_unhealthy_and_back(servers, pb):
             took, body = wait_health(leader, 503, timeout=10)
             # the leader's own check (no voter heard within the election
             # timeout), or CheckQuorum's step-down a little later
-            assert took < 2 * ELECTION_MS / 1000, took
+            assert 0.8 <= took * 1000 / ELECTION_MS < 2.5, took
             assert body.startswith("Not serving linearizable requests: ")
             assert body.endswith("\n") and body.count("\n") == 1
             assert ("leader without a quorum: heard from 1 of 3 voters"
@@ -117,7 +117,7 @@ def test_follower_without_leader_turns_unhealthy_and_back(servers, pb):
             s.proc.send_signal(signal.SIGSTOP)
         try:
             took, body = wait_health(lone, 503, timeout=10)
-            assert took < 2 * ELECTION_MS / 1000, took
+            assert 0.8 <= took * 1000 / ELECTION_MS < 2.5, took
             assert ("no word from the leader" in body
                     or "no leader known" in body), body
             assert next(stream).status == h.NOT_SERVING
