@@ -12,8 +12,8 @@
  * have been applied. The first resend of a lost request goes at once (a
  * kept-alive connection the leader closed, a restarted leader), the
  * others after a pause of 50 ms doubling to 400 ms, each to the leader's
- * address known then, until the retry window given to fwd_setup() has
- * passed since fwd_send(); past it the request fails with its last
+ * address known then, until the retry window given to fwd_set_retry()
+ * has passed since fwd_send(); past it the request fails with its last
  * error. When no other node is known to lead any more (an election, or
  * this node won it) it fails with PZ_ELEADERCHANGE: the caller starts the
  * request over (propose it here, or wait for a leader).
@@ -34,7 +34,6 @@
 #include <uv.h>
 
 #include "pz.h"
-#include "queue.h"
 
 #define FWD_HEADER "X-Pyazdb-Forwarded"
 #define FWD_MAX_HEADER_BYTES (64 * 1024) /* status line + headers */
