@@ -449,6 +449,61 @@ static int rpc(const char *addr, const char *path, const void *msg, size_t len,
     return rv < 0 ? -1 : 0;
 }
 
+/* The node at addr (resolved "ip:port") answered but could not serve the
+ * call: ask it for the members (pyazdb.Cluster/Status) and add the gRPC
+ * addresses not in e yet, to be tried after the others. A member address
+ * without a host (":9090", "0.0.0.0:9090") is on the host of addr. Once
+ * per run; errors are ignored (the retries go on without them). */
+static void learn_members(const char *addr, struct endpoints *e,
+                          uint64_t deadline)
+{
+    static char learned[MAX_ENDPOINTS][MANDI_ADDR_MAX + 1];
+    static size_t n_learned;
+    char err[256], host[256], mhost[256], cand[MANDI_ADDR_MAX + 1];
+    char ip[MANDI_ADDR_MAX + 1], known[MANDI_ADDR_MAX + 1];
+    int port, mport;
+    struct cli_call c;
+    if (pz_split_hostport(addr, host, sizeof host, &port) < 0)
+        return;
+    uint64_t dl = PZ_MIN(deadline, now_ms() + 1000);
+    if (rpc(addr, "/pyazdb.Cluster/Status", "", 0, dl, &c, err, sizeof err) <
+        0)
+        return;
+    Pyazdb__StatusResponse *r =
+        c.call.status != GRPC_OK
+            ? NULL
+            : pyazdb__status_response__unpack(&grpc_pb_allocator,
+                                              c.call.resp.len,
+                                              (uint8_t *)c.call.resp.data);
+    for (size_t i = 0; r && i < r->n_members; i++) {
+        const char *g = r->members[i]->grpc_addr;
+        if (g == NULL || g[0] == '\0' ||
+            pz_split_hostport(g, mhost, sizeof mhost, &mport) < 0 ||
+            mport == 0)
+            continue;
+        if (mhost[0] == '\0' || strcmp(mhost, "0.0.0.0") == 0 ||
+            strcmp(mhost, "::") == 0)
+            snprintf(cand, sizeof cand, strchr(host, ':') ? "[%s]:%d" : "%s:%d",
+                     host, mport);
+        else
+            snprintf(cand, sizeof cand, "%s", g);
+        if (resolve_addr(cand, ip, sizeof ip, err, sizeof err) < 0)
+            continue;
+        bool dup = false;
+        for (size_t j = 0; j < e->n && !dup; j++)
+            dup = resolve_addr(e->v[j], known, sizeof known, err,
+                               sizeof err) == 0 &&
+                  strcmp(known, ip) == 0;
+        if (dup || e->n == MAX_ENDPOINTS || n_learned == MAX_ENDPOINTS)
+            continue;
+        snprintf(learned[n_learned], sizeof learned[n_learned], "%s", ip);
+        e->v[e->n++] = learned[n_learned++];
+    }
+    if (r)
+        pyazdb__status_response__free_unpacked(r, &grpc_pb_allocator);
+    grpc_call_reset(&c.call);
+}
+
 static void print_status(const char *addr, const struct grpc_call *call)
 {
     Pyazdb__StatusResponse *r = pyazdb__status_response__unpack(
@@ -764,6 +819,7 @@ int main(int argc, char **argv)
                       .n = addrs.n};
     struct cli_call c;
     size_t tries = 0;
+    bool learned = false;
     int rv;
     for (;;) {
         bool again = false;
@@ -792,6 +848,13 @@ int main(int argc, char **argv)
             break; /* answered */
         snprintf(err, sizeof err, "%s failed: %s: %s", cmd,
                  grpc_status_name(c.call.status), c.call.message);
+        if (!learned && addrs.n > 0 && c.call.status == GRPC_UNAVAILABLE &&
+            !c.call.unsent) {
+            /* A live node that cannot serve now: the others may. */
+            learned = true;
+            learn_members(addr, &addrs, deadline);
+            r.n = addrs.n;
+        }
         if (!retry_next(&r))
             break;
         grpc_call_reset(&c.call);

@@ -144,3 +144,63 @@ def test_stopped_leader_in_the_list(servers):
         leader.proc.send_signal(signal.SIGCONT)
     leader_of(nodes, timeout=20)
     assert cli("--addr", grpc_addr(leader), "get", "k") == (0, "v\n", "")
+
+
+def test_members_learned_from_a_node_that_cannot_serve(servers, tmp_path):
+    # The only address given is a node that answers UNAVAILABLE (a stub
+    # here, as a node without a quorum would); its Status names the
+    # members, with a gRPC address that has no host (":port", as the
+    # default grpc-addr): the CLI tries them and gets the answer.
+    from concurrent import futures
+
+    import grpc
+    import grpc_helpers as gh
+    pb = gh.stubs(str(tmp_path / "stubs"))
+    node = servers()
+    assert cli("--addr", grpc_addr(node), "set", "k", "v")[0] == 0
+    calls = []
+
+    def get(req, ctx):
+        calls.append("get")
+        ctx.abort(grpc.StatusCode.UNAVAILABLE, "no leader known")
+
+    def status(req, ctx):
+        calls.append("status")
+        return pb.cluster.StatusResponse(
+            id="stub", role="candidate", members=[
+                pb.cluster.Member(id="stub", grpc_addr=""),
+                pb.cluster.Member(id="node1", grpc_addr=f":{node.grpc_port}",
+                                  voter=True)])
+
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    srv.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler("kv.KVService", {
+            "Get": grpc.unary_unary_rpc_method_handler(
+                get, request_deserializer=pb.kv.GetRequest.FromString,
+                response_serializer=pb.kv.GetResponse.SerializeToString)}),
+        grpc.method_handlers_generic_handler("pyazdb.Cluster", {
+            "Status": grpc.unary_unary_rpc_method_handler(
+                status,
+                request_deserializer=pb.cluster.StatusRequest.FromString,
+                response_serializer=(
+                    pb.cluster.StatusResponse.SerializeToString))}),
+    ))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    try:
+        (code, out, err), took = timed("--addr", f"127.0.0.1:{port}",
+                                       "--timeout", "5", "get", "k")
+        assert (code, out) == (0, "v\n"), err
+        assert calls == ["get", "status"]
+        assert took < 3, took
+        # learned once: with no member that answers, the stub's error
+        # comes back when the time is up
+        node.stop()
+        calls.clear()
+        (code, out, err), took = timed("--addr", f"127.0.0.1:{port}",
+                                       "--timeout", "1", "get", "k")
+        assert code == 1 and out == ""
+        assert "get failed: " in err and err.count("\n") == 1, err
+        assert calls.count("status") == 1
+    finally:
+        srv.stop(0)
