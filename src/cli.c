@@ -19,7 +19,9 @@
  * backoff (50 ms doubling to 1 s), until --timeout; get, status and
  * members are reads, set and delete are idempotent (see the README), so
  * all of them are retried; remove and transfer only move to the next
- * address when the connection could not be made (nothing was sent).
+ * address when the connection could not be made (nothing was sent). A
+ * node that answers UNAVAILABLE is asked once for the members, whose
+ * addresses join the list (learn_members).
  * Failure modes: discovery or RPC errors print one line on stderr and exit
  * 1; a missing key exits 1; bad usage prints the usage and exits 1
  * (--help exits 0). --timeout bounds discovery, the calls and the
