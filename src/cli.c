@@ -1,6 +1,6 @@
 /* cli.c - pyazdb-cli, the command-line client.
  *
- *   pyazdb-cli [--mandi URL | --addr HOST:PORT] [--timeout SECONDS]
+ *   pyazdb-cli [--mandi URL | --addr HOST:PORT[,...]] [--timeout SECONDS]
  *              get KEY | set KEY VALUE | delete KEY | status
  *
  * Happy path: without --addr, ask mandi (--mandi, else $MANDI_ADDR, else
@@ -13,9 +13,19 @@
  * nodes use (httpc.c, on a libuv loop of ours), JSON through the strict
  * reader (json.c), and mandi's answer is held to the rules nodes hold it
  * to (mandi_codec.h).
+ * Retries: a call that fails for want of a node (no connection,
+ * UNAVAILABLE, an attempt's own deadline) goes to the next address given
+ * (or asks mandi again), then, once every address failed, again after a
+ * backoff (50 ms doubling to 1 s), until --timeout; get, status and
+ * members are reads, set and delete are idempotent (see the README), so
+ * all of them are retried; remove and transfer only move to the next
+ * address when the connection could not be made (nothing was sent). A
+ * node that answers UNAVAILABLE is asked once for the members, whose
+ * addresses join the list (learn_members).
  * Failure modes: discovery or RPC errors print one line on stderr and exit
  * 1; a missing key exits 1; bad usage prints the usage and exits 1
- * (--help exits 0). --timeout bounds discovery and the call together. */
+ * (--help exits 0). --timeout bounds discovery, the calls and the
+ * retries together. */
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -43,8 +53,8 @@
 #define DEFAULT_TIMEOUT_MS 5000
 
 static const char usage_text[] =
-    "Usage: pyazdb-cli [--mandi URL | --addr HOST:PORT] [--timeout SECONDS]"
-    " COMMAND\n"
+    "Usage: pyazdb-cli [--mandi URL | --addr HOST:PORT[,HOST:PORT...]]"
+    " [--timeout SECONDS] COMMAND\n"
     "\n"
     "Commands:\n"
     "  get KEY          print the value of KEY\n"
@@ -60,19 +70,101 @@ static const char usage_text[] =
     "Options:\n"
     "  --mandi URL      discovery service (default $MANDI_ADDR, "
     "else " DEFAULT_MANDI ")\n"
-    "  --addr HOST:PORT talk to this node's gRPC address, skip discovery\n"
-    "  --timeout SECS   give up after this long (default 5)\n"
-    "  --http HOST:PORT members/remove/transfer: this node's HTTP address\n"
-    "                   (default: the leader's, from mandi)\n"
+    "  --addr HOST:PORT talk to this node's gRPC address, skip discovery;\n"
+    "                   a comma-separated list, or the option repeated,\n"
+    "                   gives nodes to try in turn (--endpoints is the\n"
+    "                   same option)\n"
+    "  --timeout SECS   give up after this long, retries included "
+    "(default 5)\n"
+    "  --http HOST:PORT members/remove/transfer: this node's HTTP address,\n"
+    "                   or a list as --addr (default: the leader's, from\n"
+    "                   mandi)\n"
     "  --token TOKEN    cluster token for remove/transfer "
     "(default $PYAZDB_TOKEN)\n"
+    "  --version        print the version\n"
     "  -h, --help       this text\n";
+
+/* --- addresses and retries ---------------------------------------------- */
 
 static uint64_t now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+#define MAX_ENDPOINTS 64
+#define BACKOFF_FIRST_MS 50
+#define BACKOFF_MAX_MS 1000
+
+/* Addresses from --addr/--endpoints or --http, in the order given. */
+struct endpoints {
+    const char *v[MAX_ENDPOINTS]; /* pieces of the option values */
+    size_t n;                     /* entries in v */
+};
+
+/* Add the comma-separated addresses of val, an option value in argv, cut
+ * in place (nothing to free, whatever path main() leaves by). Returns 0,
+ * or -1 for an empty piece or too many addresses. */
+static int endpoints_add(struct endpoints *e, char *val)
+{
+    size_t pieces = 1;
+    for (const char *q = val; *q; q++)
+        pieces += *q == ',';
+    if (val[0] == '\0' || val[0] == ',' || val[strlen(val) - 1] == ',' ||
+        strstr(val, ",,") != NULL || pieces > MAX_ENDPOINTS - e->n)
+        return -1;
+    for (char *p = strtok(val, ","); p != NULL; p = strtok(NULL, ","))
+        e->v[e->n++] = p;
+    return 0;
+}
+
+static void sleep_ms(uint64_t ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
+                          .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* The retry schedule over n addresses (0: mandi finds one each time):
+ * the next address at once while some of this round are untried, else a
+ * pause that doubles from BACKOFF_FIRST_MS to BACKOFF_MAX_MS. Returns
+ * false when the deadline leaves no time for another attempt. */
+struct retry {
+    uint64_t deadline; /* now_ms() past which we give up */
+    uint64_t backoff;  /* next pause, ms */
+    size_t n;          /* addresses */
+    size_t attempts;   /* made so far */
+};
+
+static bool retry_next(struct retry *r)
+{
+    r->attempts++;
+    uint64_t now = now_ms();
+    if (now >= r->deadline)
+        return false;
+    if (r->n > 1 && r->attempts % r->n != 0)
+        return true;
+    uint64_t pause = PZ_MIN(r->backoff, r->deadline - now);
+    sleep_ms(pause);
+    r->backoff = PZ_MIN(r->backoff * 2, BACKOFF_MAX_MS);
+    return now_ms() < r->deadline;
+}
+
+/* Time one attempt may take: all that is left with one address, else a
+ * share of it, so that a node that accepts and never answers (stopped)
+ * leaves time for the others. */
+static uint64_t attempt_deadline(const struct retry *r)
+{
+    uint64_t now = now_ms();
+    if (now >= r->deadline)
+        return now;
+    uint64_t left = r->deadline - now;
+    if (r->n <= 1)
+        return r->deadline;
+    uint64_t share = PZ_MAX(left / r->n, PZ_MIN(left, (uint64_t)500));
+    return now + share;
 }
 
 /* --- the loop ------------------------------------------------------------
@@ -168,12 +260,18 @@ static void on_http_answer(const struct httpc_result *res, void *data)
 
 /* method target on addr ("host:port"; a host name is resolved) with the
  * token as a bearer token (NULL: none), answered before deadline. Returns
- * the HTTP status (> 0) with the body, or -1 with a message in err. */
-static int http_request(const char *method, const char *addr,
-                        const char *target, const char *token,
-                        uint64_t deadline, struct pz_buf *body, char *err,
-                        size_t errlen)
+ * the HTTP status (> 0) with the body, or -1 with a message in err and,
+ * when not NULL, *unsent true if the request surely never reached the
+ * server (no connection was made, or the address is unusable). */
+static int http_request_ex(const char *method, const char *addr,
+                           const char *target, const char *token,
+                           uint64_t deadline, struct pz_buf *body, char *err,
+                           size_t errlen, bool *unsent)
 {
+    bool dummy;
+    if (unsent == NULL)
+        unsent = &dummy;
+    *unsent = true;
     char ip[MANDI_ADDR_MAX + 1], headers[512];
     uint64_t now = now_ms();
     if (now >= deadline) {
@@ -208,11 +306,25 @@ static int http_request(const char *method, const char *addr,
         snprintf(err, errlen, "%s: %s", addr,
                  a.err == PZ_EPROTO ? "bad HTTP response"
                                     : pz_strerror(a.err));
+        /* httpc: a libuv code is a failed connect, PZ_EINVAL an address
+         * that cannot be dialled; the others come after sending. */
+        *unsent = a.err != PZ_EIO && a.err != PZ_ETIMEDOUT &&
+                  a.err != PZ_EPROTO && a.err != PZ_ECANCELED;
         pz_buf_free(&a.body);
         return -1;
     }
+    *unsent = false;
     *body = a.body;
     return a.status;
+}
+
+static int http_request(const char *method, const char *addr,
+                        const char *target, const char *token,
+                        uint64_t deadline, struct pz_buf *body, char *err,
+                        size_t errlen)
+{
+    return http_request_ex(method, addr, target, token, deadline, body, err,
+                           errlen, NULL);
 }
 
 /* Split "http://host:port[/...]" into "host:port" (default port 80);
@@ -246,8 +358,12 @@ static int mandi_hostport(const char *url, char *out, size_t outlen)
  * (mandi_codec.h). Returns 0 or -1. */
 static int discover_field(const char *mandi, const char *field,
                           uint64_t deadline, char *addr, size_t addrlen,
-                          char *err, size_t errlen)
+                          char *err, size_t errlen, bool *again)
 {
+    bool dummy;
+    if (again == NULL)
+        again = &dummy;
+    *again = false;
     char hostport[300], msg[400];
     struct pz_buf body;
     if (mandi_hostport(mandi, hostport, sizeof hostport) < 0) {
@@ -260,6 +376,7 @@ static int discover_field(const char *mandi, const char *field,
     if (status < 0) {
         snprintf(err, errlen, "leader discovery through %s failed: %s", mandi,
                  msg);
+        *again = true; /* mandi restarting, or slow */
         return -1;
     }
     int rv = -1;
@@ -267,6 +384,7 @@ static int discover_field(const char *mandi, const char *field,
     char why[128];
     if (status == 404) {
         snprintf(err, errlen, "no leader available (mandi at %s)", mandi);
+        *again = true; /* an election, or mandi just restarted */
     } else if (status != 200) {
         snprintf(err, errlen, "leader discovery through %s: HTTP %d", mandi,
                  status);
@@ -290,10 +408,10 @@ static int discover_field(const char *mandi, const char *field,
 }
 
 static int discover(const char *mandi, uint64_t deadline, char *addr,
-                    size_t addrlen, char *err, size_t errlen)
+                    size_t addrlen, char *err, size_t errlen, bool *again)
 {
     return discover_field(mandi, "grpc_addr", deadline, addr, addrlen, err,
-                          errlen);
+                          errlen, again);
 }
 
 /* --- the call
@@ -334,6 +452,61 @@ static int rpc(const char *addr, const char *path, const void *msg, size_t len,
     grpc_client_close(cl);
     loop_close();
     return rv < 0 ? -1 : 0;
+}
+
+/* The node at addr (resolved "ip:port") answered but could not serve the
+ * call: ask it for the members (pyazdb.Cluster/Status) and add the gRPC
+ * addresses not in e yet, to be tried after the others. A member address
+ * without a host (":9090", "0.0.0.0:9090") is on the host of addr. Once
+ * per run; errors are ignored (the retries go on without them). */
+static void learn_members(const char *addr, struct endpoints *e,
+                          uint64_t deadline)
+{
+    static char learned[MAX_ENDPOINTS][MANDI_ADDR_MAX + 1];
+    static size_t n_learned;
+    char err[256], host[256], mhost[256], cand[MANDI_ADDR_MAX + 1];
+    char ip[MANDI_ADDR_MAX + 1], known[MANDI_ADDR_MAX + 1];
+    int port, mport;
+    struct cli_call c;
+    if (pz_split_hostport(addr, host, sizeof host, &port) < 0)
+        return;
+    uint64_t dl = PZ_MIN(deadline, now_ms() + 1000);
+    if (rpc(addr, "/pyazdb.Cluster/Status", "", 0, dl, &c, err, sizeof err) <
+        0)
+        return;
+    Pyazdb__StatusResponse *r =
+        c.call.status != GRPC_OK
+            ? NULL
+            : pyazdb__status_response__unpack(&grpc_pb_allocator,
+                                              c.call.resp.len,
+                                              (uint8_t *)c.call.resp.data);
+    for (size_t i = 0; r && i < r->n_members; i++) {
+        const char *g = r->members[i]->grpc_addr;
+        if (g == NULL || g[0] == '\0' ||
+            pz_split_hostport(g, mhost, sizeof mhost, &mport) < 0 ||
+            mport == 0)
+            continue;
+        if (mhost[0] == '\0' || strcmp(mhost, "0.0.0.0") == 0 ||
+            strcmp(mhost, "::") == 0)
+            snprintf(cand, sizeof cand, strchr(host, ':') ? "[%s]:%d" : "%s:%d",
+                     host, mport);
+        else
+            snprintf(cand, sizeof cand, "%s", g);
+        if (resolve_addr(cand, ip, sizeof ip, err, sizeof err) < 0)
+            continue;
+        bool dup = false;
+        for (size_t j = 0; j < e->n && !dup; j++)
+            dup = resolve_addr(e->v[j], known, sizeof known, err,
+                               sizeof err) == 0 &&
+                  strcmp(known, ip) == 0;
+        if (dup || e->n == MAX_ENDPOINTS || n_learned == MAX_ENDPOINTS)
+            continue;
+        snprintf(learned[n_learned], sizeof learned[n_learned], "%s", ip);
+        e->v[e->n++] = learned[n_learned++];
+    }
+    if (r)
+        pyazdb__status_response__free_unpacked(r, &grpc_pb_allocator);
+    grpc_call_reset(&c.call);
 }
 
 static void print_status(const char *addr, const struct grpc_call *call)
@@ -422,34 +595,34 @@ static void print_members(const char *json, size_t len)
     }
 }
 
-/* members / remove ID / transfer ID over the node's HTTP API. */
-static int membership(const char *cmd, const char *id, const char *http,
-                      const char *mandi, const char *token,
-                      uint64_t deadline)
+/* members / remove ID / transfer ID over the node's HTTP API: at the
+ * addresses of --http in turn, else at the leader's from mandi. members
+ * (a read) is retried on a failed connection, 502 and 503; remove and
+ * transfer move on only when nothing was sent. */
+static int membership(const char *cmd, const char *id,
+                      const struct endpoints *http, const char *mandi,
+                      const char *token, uint64_t deadline)
 {
-    char err[512], target[MANDI_ADDR_MAX + 1], host[256];
+    char err[512] = "", target[MANDI_ADDR_MAX + 1], host[256];
     int port;
-    if (http) {
-        snprintf(target, sizeof target, "%s", http);
-    } else {
+    bool read = cmd[0] == 'm';
+    if (http->n == 0) {
         if (mandi == NULL)
             mandi = getenv("MANDI_ADDR");
         if (mandi == NULL || mandi[0] == '\0')
             mandi = DEFAULT_MANDI;
-        if (discover_field(mandi, "http_addr", deadline, target,
-                           sizeof target, err, sizeof err) < 0) {
-            fprintf(stderr, "pyazdb-cli: %s\n", err);
+    }
+    for (size_t i = 0; i < http->n; i++) {
+        if (pz_split_hostport(http->v[i], host, sizeof host, &port) < 0) {
+            fprintf(stderr, "pyazdb-cli: bad HTTP address '%s'\n",
+                    http->v[i]);
             return 1;
         }
-    }
-    if (pz_split_hostport(target, host, sizeof host, &port) < 0) {
-        fprintf(stderr, "pyazdb-cli: bad HTTP address '%s'\n", target);
-        return 1;
     }
     const char *method = "GET";
     struct pz_buf path;
     pz_buf_init(&path);
-    if (cmd[0] == 'm') {
+    if (read) {
         pz_buf_appendf(&path, "/cluster");
     } else if (cmd[0] == 'r') {
         method = "DELETE";
@@ -460,19 +633,62 @@ static int membership(const char *cmd, const char *id, const char *http,
         pz_buf_appendf(&path, "/cluster/transfer?to=");
         http_pct_encode(&path, id, strlen(id));
     }
+    struct retry r = {.deadline = deadline,
+                      .backoff = BACKOFF_FIRST_MS,
+                      .n = http->n};
     struct pz_buf body;
-    int st = http_request(method, target, path.data, token, deadline, &body,
-                          err, sizeof err);
+    int st = -1;
+    size_t tries = 0;
+    for (;;) {
+        bool again = false;
+        tries++;
+        if (http->n > 0) {
+            snprintf(target, sizeof target, "%s", http->v[r.attempts % r.n]);
+        } else if (discover_field(mandi, "http_addr", deadline, target,
+                                  sizeof target, err, sizeof err,
+                                  &again) < 0) {
+            if (again && retry_next(&r))
+                continue;
+            break;
+        }
+        if (pz_split_hostport(target, host, sizeof host, &port) < 0) {
+            snprintf(err, sizeof err, "bad HTTP address '%s'", target);
+            break;
+        }
+        bool unsent = false;
+        st = http_request_ex(method, target, path.data, token,
+                             attempt_deadline(&r), &body, err, sizeof err,
+                             &unsent);
+        if (st < 0) {
+            again = unsent || read;
+        } else if (read && (st == 502 || st == 503)) {
+            pz_buf_append(&body, "", 1);
+            body.data[strcspn(body.data, "\n")] = '\0';
+            snprintf(err, sizeof err, "%s: HTTP %d: %s", target, st,
+                     body.data);
+            pz_buf_free(&body);
+            st = -1;
+            again = true;
+        } else {
+            break;
+        }
+        if (!again || !retry_next(&r))
+            break;
+    }
     pz_buf_free(&path);
     if (st < 0) {
-        fprintf(stderr, "pyazdb-cli: %s\n", err);
+        if (tries > 1)
+            fprintf(stderr, "pyazdb-cli: %s failed after %zu attempts: %s\n",
+                    cmd, tries, err);
+        else
+            fprintf(stderr, "pyazdb-cli: %s\n", err);
         return 1;
     }
     pz_buf_append(&body, "", 1);
     int code = 0;
-    if (cmd[0] == 'm' && st == 200) {
+    if (read && st == 200) {
         print_members(body.data, body.len - 1);
-    } else if (cmd[0] != 'm' && st == 204) {
+    } else if (!read && st == 204) {
         if (cmd[0] == 'r')
             printf("Removed '%s'\n", id);
         else
@@ -503,7 +719,7 @@ static int snapshot_cmd(int nargs, char **args, const char *http,
         if (mandi == NULL || mandi[0] == '\0')
             mandi = DEFAULT_MANDI;
         if (discover_field(mandi, "http_addr", now_ms() + timeout_ms, target,
-                           sizeof target, err, sizeof err) < 0) {
+                           sizeof target, err, sizeof err, NULL) < 0) {
             fprintf(stderr, "pyazdb-cli: %s\n", err);
             return 1;
         }
@@ -523,14 +739,15 @@ static int snapshot_cmd(int nargs, char **args, const char *http,
 
 int main(int argc, char **argv)
 {
-    const char *mandi = NULL, *addr_opt = NULL, *http_opt = NULL;
+    const char *mandi = NULL;
     const char *token = NULL;
+    struct endpoints addrs = {.n = 0}, https = {.n = 0};
     uint64_t timeout_ms = DEFAULT_TIMEOUT_MS;
     bool timeout_given = false;
     int i;
     pz_log_setup(PZ_LOG_ERROR, "pyazdb-cli");
     for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
-        const char *a = argv[i];
+        char *a = argv[i];
         if (strcmp(a, "--") == 0) {
             i++;
             break;
@@ -539,21 +756,32 @@ int main(int argc, char **argv)
             fputs(usage_text, stdout);
             return 0;
         }
-        const char *val = NULL;
+        if (strcmp(a, "--version") == 0) {
+            printf("pyazdb-cli %s\n", PZ_VERSION);
+            return 0;
+        }
+        char *val = NULL;
         size_t nl = strcspn(a, "=");
         if (a[nl] == '=')
             val = a + nl + 1;
         else if (i + 1 < argc &&
                  (strcmp(a, "--mandi") == 0 || strcmp(a, "--addr") == 0 ||
+                  strcmp(a, "--endpoints") == 0 ||
                   strcmp(a, "--timeout") == 0 || strcmp(a, "--http") == 0 ||
                   strcmp(a, "--token") == 0))
             val = argv[++i];
         if (strncmp(a, "--mandi", nl) == 0 && nl == 7 && val) {
             mandi = val;
-        } else if (strncmp(a, "--addr", nl) == 0 && nl == 6 && val) {
-            addr_opt = val;
+        } else if (((strncmp(a, "--addr", nl) == 0 && nl == 6) ||
+                    (strncmp(a, "--endpoints", nl) == 0 && nl == 11)) &&
+                   val) {
+            if (endpoints_add(&addrs, val) < 0)
+                return usage_error("bad address list '%s' (HOST:PORT,...)",
+                                   val);
         } else if (strncmp(a, "--http", nl) == 0 && nl == 6 && val) {
-            http_opt = val;
+            if (endpoints_add(&https, val) < 0)
+                return usage_error("bad address list '%s' (HOST:PORT,...)",
+                                   val);
         } else if (strncmp(a, "--token", nl) == 0 && nl == 7 && val) {
             token = val;
         } else if (strncmp(a, "--timeout", nl) == 0 && nl == 9 && val) {
@@ -569,7 +797,7 @@ int main(int argc, char **argv)
             return usage_error("unknown or incomplete option '%s'", a);
         }
     }
-    if (mandi && addr_opt)
+    if (mandi && addrs.n > 0)
         return usage_error("--mandi and --addr%s exclude each other", "");
     if (i >= argc)
         return usage_error("missing command%s", "");
@@ -580,20 +808,23 @@ int main(int argc, char **argv)
         strcmp(cmd, "transfer") == 0) {
         if (nargs != (cmd[0] == 'm' ? 0 : 1))
             return usage_error("wrong number of arguments for '%s'", cmd);
-        if (addr_opt)
+        if (addrs.n > 0)
             return usage_error("'%s' talks HTTP: use --http, not --addr",
                                cmd);
-        return membership(cmd, nargs ? args[0] : NULL, http_opt, mandi,
-                          token ? token : getenv("PYAZDB_TOKEN"),
-                          now_ms() + timeout_ms);
+        int rc = membership(cmd, nargs ? args[0] : NULL, &https, mandi,
+                            token ? token : getenv("PYAZDB_TOKEN"),
+                            now_ms() + timeout_ms);
+        return rc;
     }
     if (strcmp(cmd, "snapshot") == 0) {
-        if (addr_opt)
+        if (addrs.n > 0)
             return usage_error("'snapshot' talks HTTP: use --http, not "
                                "--addr%s", "");
         /* Taking a large snapshot takes a while: here --timeout bounds
-         * each wait (connecting, each read), 60 s unless given. */
-        return snapshot_cmd(nargs, args, http_opt, mandi,
+         * each wait (connecting, each read), 60 s unless given. The
+         * first --http address is the node asked. */
+        return snapshot_cmd(nargs, args, https.n > 0 ? https.v[0] : NULL,
+                            mandi,
                             token ? token : getenv("PYAZDB_TOKEN"),
                             timeout_given ? timeout_ms : 60000);
     }
@@ -629,31 +860,68 @@ int main(int argc, char **argv)
 
     uint64_t deadline = now_ms() + timeout_ms;
     char err[512], target[MANDI_ADDR_MAX + 1], addr[MANDI_ADDR_MAX + 1];
-    if (addr_opt) {
-        snprintf(target, sizeof target, "%s", addr_opt);
-    } else {
+    if (addrs.n == 0) {
         if (mandi == NULL)
             mandi = getenv("MANDI_ADDR");
         if (mandi == NULL || mandi[0] == '\0')
             mandi = DEFAULT_MANDI;
-        if (discover(mandi, deadline, target, sizeof target, err, sizeof err) <
-            0) {
-            fprintf(stderr, "pyazdb-cli: %s\n", err);
-            pz_buf_free(&msg);
-            return 1;
-        }
     }
-    if (resolve_addr(target, addr, sizeof addr, err, sizeof err) < 0) {
-        fprintf(stderr, "pyazdb-cli: %s\n", err);
-        pz_buf_free(&msg);
-        return 1;
-    }
+    /* Retried on what says "no node served it", never on an answer. */
+    struct retry r = {.deadline = deadline,
+                      .backoff = BACKOFF_FIRST_MS,
+                      .n = addrs.n};
     struct cli_call c;
-    int rv = rpc(addr, path, msg.data ? msg.data : "", msg.len, deadline, &c,
-                 err, sizeof err);
+    size_t tries = 0;
+    bool learned = false;
+    int rv;
+    for (;;) {
+        bool again = false;
+        tries++;
+        if (addrs.n > 0) {
+            snprintf(target, sizeof target, "%s", addrs.v[r.attempts % r.n]);
+        } else if (discover(mandi, deadline, target, sizeof target, err,
+                            sizeof err, &again) < 0) {
+            rv = -1;
+            if (again && retry_next(&r))
+                continue;
+            break;
+        }
+        if (resolve_addr(target, addr, sizeof addr, err, sizeof err) < 0) {
+            rv = -1;
+            if (addrs.n > 1 && retry_next(&r))
+                continue; /* a name that does not resolve: the next */
+            break;
+        }
+        rv = rpc(addr, path, msg.data ? msg.data : "", msg.len,
+                 attempt_deadline(&r), &c, err, sizeof err);
+        if (rv < 0)
+            break; /* refused at once: the message or the address */
+        if (c.call.status != GRPC_UNAVAILABLE &&
+            c.call.status != GRPC_DEADLINE_EXCEEDED)
+            break; /* answered */
+        snprintf(err, sizeof err, "%s failed: %s: %s", cmd,
+                 grpc_status_name(c.call.status), c.call.message);
+        if (!learned && addrs.n > 0 && c.call.status == GRPC_UNAVAILABLE &&
+            !c.call.unsent) {
+            /* A live node that cannot serve now: the others may. */
+            learned = true;
+            learn_members(addr, &addrs, deadline);
+            r.n = addrs.n;
+        }
+        if (!retry_next(&r))
+            break;
+        grpc_call_reset(&c.call);
+    }
     pz_buf_free(&msg);
-    if (rv < 0) {
-        fprintf(stderr, "pyazdb-cli: %s\n", err);
+    if (rv < 0 || (tries > 1 && (c.call.status == GRPC_UNAVAILABLE ||
+                                 c.call.status == GRPC_DEADLINE_EXCEEDED))) {
+        if (tries > 1)
+            fprintf(stderr, "pyazdb-cli: %s (%zu attempts in %.1f s)\n", err,
+                    tries, (double)(now_ms() + timeout_ms - deadline) / 1000);
+        else
+            fprintf(stderr, "pyazdb-cli: %s\n", err);
+        if (rv == 0)
+            grpc_call_reset(&c.call);
         return 1;
     }
     int code = 0;

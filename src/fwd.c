@@ -6,9 +6,12 @@
  * httpc.h: an unreachable leader or a connection that breaks fails every
  * request on it (PZ_EIO), a malformed or oversized answer too (PZ_EPROTO),
  * an answer that does not come in time (PZ_ETIMEDOUT); the connection is
- * dropped and the next request dials again. Requests are never sent twice.
- * A cancelled request keeps its place, with no owner, until its answer
- * arrives, so that later answers still match their requests.
+ * dropped and the next request dials again. A request that failed is
+ * sent again when that is safe (fwd.h): at once, or after a pause on a
+ * timer of its own (struct fwd_wait, freed by its close callback, so that
+ * cancelling never waits for libuv). A cancelled request keeps its place,
+ * with no owner, until its answer arrives, so that later answers still
+ * match their requests.
  *
  * Clients of addresses that are no longer the leader's are freed once
  * nothing waits on them: at most the current leader's and those with
@@ -19,6 +22,7 @@
 #include <string.h>
 
 #include "httpc.h"
+#include "log.h"
 #include "queue.h"
 
 struct fwd_link {
@@ -26,14 +30,101 @@ struct fwd_link {
     struct httpc *http;  /* the client of one leader address */
 };
 
+/* A retry waiting for its pause. */
+struct fwd_wait {
+    uv_timer_t timer;   /* the pause */
+    struct pz_queue q;  /* in waits */
+    struct fwd_req *r;  /* NULL once cancelled */
+    int err;            /* the error that made it wait */
+};
+
 static struct pz_queue links = {&links, &links};
+static struct pz_queue waits = {&waits, &waits};
 static uv_loop_t *loop;
-static uint64_t timeout; /* ms a request may wait for its answer, 0: any */
+static uint64_t timeout;  /* ms a request may wait for its answer, 0: any */
+static uint64_t retry_ms; /* retries start within this of fwd_send */
+static const char *(*leader_addr)(void);
+
+#define PAUSE_FIRST_MS 50
+#define PAUSE_MAX_MS 400
 
 void fwd_setup(uv_loop_t *l, uint64_t timeout_ms)
 {
     loop = l;
     timeout = timeout_ms;
+}
+
+void fwd_set_retry(uint64_t ms, const char *(*addr)(void))
+{
+    retry_ms = ms;
+    leader_addr = addr;
+}
+
+static int send_to(struct fwd_req *r, const char *addr);
+
+static void on_wait_closed(uv_handle_t *h)
+{
+    pz_free(container_of((uv_timer_t *)h, struct fwd_wait, timer));
+}
+
+static void wait_end(struct fwd_wait *w)
+{
+    pz_queue_remove(&w->q);
+    if (w->r)
+        w->r->wait = NULL;
+    w->r = NULL;
+    uv_close((uv_handle_t *)&w->timer, on_wait_closed);
+}
+
+/* The pause is over: send again to the leader known now. */
+static void on_wait(uv_timer_t *t)
+{
+    struct fwd_wait *w = container_of(t, struct fwd_wait, timer);
+    struct fwd_req *r = w->r;
+    int err = w->err;
+    wait_end(w);
+    const char *addr = leader_addr ? leader_addr() : NULL;
+    if (addr == NULL) {
+        r->cb(r, PZ_ELEADERCHANGE);
+        return;
+    }
+    if (send_to(r, addr) < 0)
+        r->cb(r, err);
+}
+
+/* r failed with err: true if it is sent again (now or after a pause). */
+static bool retry(struct fwd_req *r, int err)
+{
+    bool lost = err == PZ_EIO;
+    if (!FWD_UNSENT(err) && !(lost && r->idempotent))
+        return false;
+    if (retry_ms == 0 || leader_addr == NULL ||
+        uv_now(loop) >= r->retry_until)
+        return false;
+    if (r->pause == 0 && lost) {
+        /* The kept-alive connection was dead: straight to a new one. */
+        r->pause = PAUSE_FIRST_MS;
+        const char *addr = leader_addr();
+        if (addr == NULL) {
+            r->cb(r, PZ_ELEADERCHANGE);
+            return true;
+        }
+        if (send_to(r, addr) == 0)
+            return true;
+    }
+    if (r->pause == 0)
+        r->pause = PAUSE_FIRST_MS;
+    struct fwd_wait *w = pz_calloc(1, sizeof *w);
+    uv_timer_init(loop, &w->timer);
+    w->r = r;
+    w->err = err;
+    pz_queue_push(&waits, &w->q);
+    r->wait = w;
+    uv_timer_start(&w->timer, on_wait, r->pause, 0);
+    r->pause = PZ_MIN(r->pause * 2, (uint64_t)PAUSE_MAX_MS);
+    pz_debug("forwarding %s %s: %s; trying again", r->method, r->target,
+             pz_strerror(err));
+    return true;
 }
 
 static void on_answer(const struct httpc_result *res, void *data)
@@ -42,8 +133,14 @@ static void on_answer(const struct httpc_result *res, void *data)
     r->link = NULL;
     r->id = 0;
     if (res->err < 0) {
-        r->cb(r, res->err == PZ_EPROTO || res->err == PZ_ETIMEDOUT ? res->err
-                                                                  : PZ_EIO);
+        /* httpc: a libuv code (or PZ_EINVAL) is a connection never made,
+         * so nothing was sent; PZ_ECANCELED is a shutdown. */
+        int err = res->err == PZ_ECANCELED ? PZ_EIO : res->err;
+        if (retry(r, err))
+            return;
+        r->cb(r, err == PZ_EPROTO || err == PZ_ETIMEDOUT || FWD_UNSENT(err)
+                     ? err
+                     : PZ_EIO);
         return;
     }
     r->http_status = res->status;
@@ -97,18 +194,30 @@ int fwd_send(struct fwd_req *r, const char *addr, const char *method,
              const char *target, const char *body, size_t blen, fwd_cb cb)
 {
     pz_assert(loop != NULL);
-    struct fwd_link *k = link_get(addr);
-    char headers[512];
     pz_buf_init(&r->body);
     r->cb = cb;
     r->link = NULL;
+    r->wait = NULL;
+    r->method = method;
+    r->target = target;
+    r->sbody = body;
+    r->sblen = blen;
+    r->retry_until = uv_now(loop) + retry_ms;
+    r->pause = 0;
+    return send_to(r, addr);
+}
+
+static int send_to(struct fwd_req *r, const char *addr)
+{
+    struct fwd_link *k = link_get(addr);
+    char headers[512];
     if (r->auth && r->auth[0])
         snprintf(headers, sizeof headers,
                  FWD_HEADER ": 1\r\nAuthorization: Bearer %s\r\n", r->auth);
     else
         snprintf(headers, sizeof headers, FWD_HEADER ": 1\r\n");
-    r->id = httpc_request(k->http, method, target, headers, body, blen,
-                          on_answer, r);
+    r->id = httpc_request(k->http, r->method, r->target, headers, r->sbody,
+                          r->sblen, on_answer, r);
     if (r->id == 0)
         return PZ_ESHUTDOWN; /* not reached: links are freed unlinked */
     r->link = k;
@@ -117,6 +226,8 @@ int fwd_send(struct fwd_req *r, const char *addr, const char *method,
 
 void fwd_cancel(struct fwd_req *r)
 {
+    if (r->wait)
+        wait_end(r->wait);
     if (r->link) {
         httpc_cancel(r->link->http, r->id, NULL);
         r->link = NULL;
@@ -127,4 +238,12 @@ void fwd_close_all(void)
 {
     while (!pz_queue_empty(&links))
         link_free(container_of(pz_queue_head(&links), struct fwd_link, q));
+    while (!pz_queue_empty(&waits)) {
+        struct fwd_wait *w =
+            container_of(pz_queue_head(&waits), struct fwd_wait, q);
+        struct fwd_req *r = w->r;
+        int err = w->err;
+        wait_end(w);
+        r->cb(r, err);
+    }
 }

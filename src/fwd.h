@@ -4,7 +4,19 @@
  * every forwarded request, pipelined, with the responses matched in order.
  * No connection is opened per request and nothing asks mandi. The whole
  * response (status, Content-Type, Allow, body) comes back to the caller.
- * A request is sent once: a write must not be applied twice.
+ *
+ * Retries, only where they are safe: a request that never reached the
+ * leader (the connection could not be made) is sent again, whatever it
+ * is; one lost with its connection after it was written is sent again
+ * only when the caller marks it idempotent (a read), since a write may
+ * have been applied. The first resend of a lost request goes at once (a
+ * kept-alive connection the leader closed, a restarted leader), the
+ * others after a pause of 50 ms doubling to 400 ms, each to the leader's
+ * address known then, until the retry window given to fwd_set_retry()
+ * has passed since fwd_send(); past it the request fails with its last
+ * error. When no other node is known to lead any more (an election, or
+ * this node won it) it fails with PZ_ELEADERCHANGE: the caller starts the
+ * request over (propose it here, or wait for a leader).
  *
  * A forwarded request carries `X-Pyazdb-Forwarded: 1`; a node that gets one
  * while it is not the leader answers 503 rather than forwarding again, so a
@@ -18,6 +30,7 @@
 #ifndef PZ_FWD_H
 #define PZ_FWD_H
 
+#include <stdbool.h>
 #include <uv.h>
 
 #include "pz.h"
@@ -28,10 +41,13 @@
 
 struct fwd_link;
 struct fwd_req;
-/* status 0: the response is in the fields below; < 0: the leader could not
- * be reached or the connection broke before the response (PZ_EIO), the
- * response was malformed or over the limits above (PZ_EPROTO), or did not
- * come in time (PZ_ETIMEDOUT). */
+struct fwd_wait;
+/* status 0: the response is in the fields below; < 0, after the retries
+ * above: the leader could not be reached (FWD_UNSENT(status): nothing was
+ * sent), the connection broke before the response (PZ_EIO), the response
+ * was malformed or over the limits above (PZ_EPROTO), did not come in
+ * time (PZ_ETIMEDOUT), or the leader changed (PZ_ELEADERCHANGE, see
+ * above; nothing was sent, or only what is safe to send again). */
 typedef void (*fwd_cb)(struct fwd_req *r, int status);
 
 struct fwd_req {
@@ -43,22 +59,43 @@ struct fwd_req {
                                frees with pz_buf_free) */
     const char *auth;       /* set before fwd_send: bearer token sent as
                                Authorization (NULL or "": none) */
-    struct fwd_link *link;  /* internal: NULL when not in flight */
-    uint64_t id;            /* internal: the request on link */
+    bool idempotent;        /* set before fwd_send: may be sent again
+                               after it was lost with its connection */
+    /* internal */
+    struct fwd_link *link;  /* NULL when not in flight */
+    uint64_t id;            /* the request on link */
+    const char *method;     /* fwd_send's arguments, borrowed: */
+    const char *target;     /*   the caller keeps them until cb */
+    const char *sbody;      /*   (sent again on a retry) */
+    size_t sblen;
+    uint64_t retry_until;   /* uv_now() past which no retry starts */
+    uint64_t pause;         /* next retry pause, ms (0: at once) */
+    struct fwd_wait *wait;  /* a retry waiting for its pause, or NULL */
 };
+
+/* A connect error: the request never reached the leader. */
+#define FWD_UNSENT(status)                                                   \
+    ((status) < 0 && (status) != PZ_EIO && (status) != PZ_EPROTO &&          \
+     (status) != PZ_ETIMEDOUT && (status) != PZ_ELEADERCHANGE &&             \
+     (status) != PZ_ECANCELED && (status) != PZ_ESHUTDOWN)
 
 /* Forwarding runs on loop; every request must be answered within
  * timeout_ms of being sent (0: no limit, the default). */
 void fwd_setup(uv_loop_t *loop, uint64_t timeout_ms);
+/* Retries start within retry_ms of fwd_send(), each to leader_addr() (the
+ * leader's address now; NULL when this node leads or none is known).
+ * Without this call (retry_ms 0) nothing is retried. */
+void fwd_set_retry(uint64_t retry_ms, const char *(*leader_addr)(void));
 /* Send method target (the original request target, e.g. "/set") with body
- * to addr ("host:port"). Returns 0: cb comes later, never from inside the
- * call (an address that cannot be dialled fails it with PZ_EIO). */
+ * to addr ("host:port"); method, target and body are borrowed until cb.
+ * Returns 0: cb comes later, never from inside the call (an address that
+ * cannot be dialled fails it with PZ_EINVAL). */
 int fwd_send(struct fwd_req *r, const char *addr, const char *method,
              const char *target, const char *body, size_t blen, fwd_cb cb);
 /* Forget r: no callback will come. Idempotent. */
 void fwd_cancel(struct fwd_req *r);
-/* Shutdown: close every forwarding connection; their requests fail (at
- * once, from inside the call). */
+/* Shutdown: close every forwarding connection; their requests, and those
+ * waiting to be retried, fail (at once, from inside the call). */
 void fwd_close_all(void);
 
 #endif

@@ -161,6 +161,11 @@ struct gstream {
     uint64_t deadline;       /* uv_now() ms when it expires */
     struct pz_queue dq;      /* in gs->deadlines while has_deadline */
     bool in_dq;              /* dq is linked */
+    struct pz_queue rq;      /* in gs->retries while in_rq */
+    bool in_rq;              /* a forward waits to be sent again */
+    uint64_t retry_at;       /* uv_now() when it goes */
+    uint64_t retry_until;    /* no retry starts after this, 0: unset */
+    uint64_t retry_pause;    /* next pause, ms */
     struct pz_queue wq;      /* in gs->watchers */
     bool in_wq;              /* wq is linked */
     struct pz_queue hq;      /* in s->held */
@@ -208,6 +213,7 @@ const struct grpc_backend grpc_node_backend = {
     .kv = node_kv,
     .leader_grpc_addr = node_leader_grpc_addr,
     .status = node_status,
+    .health = node_health,
     .wait_leader = node_wait_leader,
 };
 
@@ -335,6 +341,7 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
 
 static void deadline_remove(struct gstream *st);
 static void watch_remove(struct gstream *st);
+static void retry_remove(struct gstream *st);
 
 static int stream_charge(struct gstream *st);
 static void update_body_deadline(struct gstream *st);
@@ -382,6 +389,7 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
     }
     deadline_remove(st);
     watch_remove(st);
+    retry_remove(st);
     if (st->held) {
         pz_queue_remove(&st->hq);
         st->held = HOLD_NONE;
@@ -605,13 +613,91 @@ static bool deadline_passed(struct gstream *st)
 }
 
 /* --- forwarding ------------------------------------------------------------
- */
+ * Only writes are forwarded (reads are served here, ReadIndex). One that
+ * never reached the leader (grpc_call.unsent: no connection, or a refused
+ * stream) goes again after a pause (50 ms doubling to 400 ms), through
+ * start_write: to the leader known then, proposed here if this node won,
+ * or waiting for an election; for up to request-timeout after the first
+ * forward, and within the call's deadline. A write lost after it was sent
+ * is not sent again: it may have been applied. */
+
+#define RETRY_POLL_MS 25
+#define RETRY_FIRST_MS 50
+#define RETRY_MAX_MS 400
+
+static void retry_remove(struct gstream *st)
+{
+    if (!st->in_rq)
+        return;
+    pz_queue_remove(&st->rq);
+    st->in_rq = false;
+    if (pz_queue_empty(&st->s->gs->retries))
+        uv_timer_stop(&st->s->gs->retry_timer);
+}
+
+static void start_write(struct gstream *st);
+static void forward(struct gstream *st);
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    struct grpc_server *gs = t->data;
+    uint64_t now = uv_now(gs->loop);
+    bool again = true;
+    while (again) {
+        again = false;
+        struct pz_queue *e;
+        PZ_QUEUE_FOREACH(e, &gs->retries)
+        {
+            struct gstream *st = container_of(e, struct gstream, rq);
+            if (st->retry_at > now)
+                continue;
+            retry_remove(st);
+            if (st->m->kind == M_KV_GET)
+                forward(st); /* a read forwarded by a backend that
+                                cannot read here (tests) */
+            else
+                start_write(st);
+            session_flush(st->s);
+            again = true; /* the queue changed: scan it again */
+            break;
+        }
+    }
+    flush_dirty();
+}
+
+/* st's forward never reached the leader: true if it goes again later. */
+static bool retry_forward(struct gstream *st)
+{
+    struct grpc_server *gs = st->s->gs;
+    uint64_t now = uv_now(gs->loop);
+    if (gs->draining || now >= st->retry_until)
+        return false;
+    if (st->retry_pause == 0)
+        st->retry_pause = RETRY_FIRST_MS;
+    if (st->has_deadline && now + st->retry_pause >= st->deadline)
+        return false;
+    st->retry_at = now + st->retry_pause;
+    st->retry_pause = PZ_MIN(st->retry_pause * 2, (uint64_t)RETRY_MAX_MS);
+    if (pz_queue_empty(&gs->retries))
+        uv_timer_start(&gs->retry_timer, on_retry_timer, RETRY_POLL_MS,
+                       RETRY_POLL_MS);
+    pz_queue_push(&gs->retries, &st->rq);
+    st->in_rq = true;
+    return true;
+}
 
 static void on_forward_done(struct grpc_call *call)
 {
     struct gstream *st = container_of(call, struct gstream, call);
     struct gsession *s = st->s;
     st->in_fwd = false;
+    if (call->status == GRPC_UNAVAILABLE && call->unsent &&
+        retry_forward(st)) {
+        pz_debug("grpc: forwarding %s: %s; trying again", st->path,
+                 call->message);
+        grpc_call_reset(call);
+        return;
+    }
     if (call->status == GRPC_OK && call->has_resp)
         out_append(st, call->resp.data, call->resp.len);
     if (call->status == GRPC_CANCELLED && s->gs->draining)
@@ -651,6 +737,8 @@ static void forward(struct gstream *st)
     }
     if (gs->fwd == NULL)
         gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
+    if (st->retry_until == 0)
+        st->retry_until = uv_now(gs->loop) + gs->retry_window;
     static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
     /* The leader answers within request-timeout; one that does not is
      * broken, and the call must not wait on it for ever. */
@@ -760,8 +848,6 @@ static const char *const kv_msg_names[] = {
     [M_KV_SET] = "kv.SetRequest",
     [M_KV_DEL] = "kv.DeleteRequest",
 };
-
-static void start_write(struct gstream *st);
 
 static void on_leader_known(struct node_req *req, int status)
 {
@@ -916,8 +1002,15 @@ static void call_status(struct gstream *st)
 /* grpc.health.v1.HealthCheckResponse.ServingStatus, shortened. */
 #define HEALTH(x) GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__##x
 
+/* The backend's health rule (node_health for a node: the rule of HTTP
+ * GET /health too); a backend without one serves while a leader is
+ * known. */
 static bool serving(struct grpc_server *gs)
 {
+    if (gs->be->health) {
+        struct node_health h;
+        return gs->be->health(&h);
+    }
     struct node_status ns;
     gs->be->status(&ns);
     return ns.leader != NULL && ns.leader[0] != '\0';
@@ -1464,6 +1557,7 @@ static void stream_free(struct gstream *st)
     struct grpc_server *gs = s->gs;
     deadline_remove(st);
     watch_remove(st);
+    retry_remove(st);
     if (st->held)
         pz_queue_remove(&st->hq);
     s->out_bytes -= st->out.len - st->out_off;
@@ -1712,8 +1806,10 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->header_timeout = (uint64_t)cfg->client_header_timeout_ms;
     gs->body_timeout = (uint64_t)cfg->client_body_timeout_ms;
     gs->fwd_timeout = 2 * (uint64_t)cfg->request_timeout_ms + 1000;
+    gs->retry_window = (uint64_t)cfg->request_timeout_ms;
     pz_queue_init(&gs->deadlines);
     pz_queue_init(&gs->watchers);
+    pz_queue_init(&gs->retries);
     if (grpc_reflect_init(&gs->reflect, grpc_descriptor_set,
                           grpc_descriptor_set_len) < 0) {
         snprintf(err, errlen, "grpc: embedded descriptor set is corrupt");
@@ -1731,9 +1827,11 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->ls.evict = true;
     uv_timer_init(loop, &gs->deadline_timer);
     uv_timer_init(loop, &gs->watch_timer);
+    uv_timer_init(loop, &gs->retry_timer);
     uv_idle_init(loop, &gs->kick);
     gs->deadline_timer.data = gs;
     gs->watch_timer.data = gs;
+    gs->retry_timer.data = gs;
     gs->kick.data = gs;
     gs->start_ms = uv_now(loop);
     gs->started = true;
@@ -1779,7 +1877,7 @@ void grpc_drain(struct grpc_server *gs)
         PZ_QUEUE_FOREACH(f, &s->streams)
         {
             struct gstream *st = container_of(f, struct gstream, q);
-            if (st->in_wq)
+            if (st->in_wq || st->in_rq)
                 finish(st, GRPC_UNAVAILABLE, "server is shutting down");
         }
         nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE,
@@ -1798,6 +1896,7 @@ void grpc_close(struct grpc_server *gs)
     gs->started = false;
     uv_close((uv_handle_t *)&gs->deadline_timer, NULL);
     uv_close((uv_handle_t *)&gs->watch_timer, NULL);
+    uv_close((uv_handle_t *)&gs->retry_timer, NULL);
     uv_close((uv_handle_t *)&gs->kick, NULL);
     if (gs->fwd) {
         grpc_client_abort(gs->fwd);

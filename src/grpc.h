@@ -28,6 +28,9 @@ struct grpc_backend {
     /* Leader's gRPC address, NULL when this node leads or none is known. */
     const char *(*leader_grpc_addr)(void);
     void (*status)(struct node_status *st);
+    /* True when the node serves linearizable requests now (Health
+     * SERVING); NULL: while a leader is known. */
+    bool (*health)(struct node_health *h);
     /* cb(0) once a leader is known, cb(< 0) when none comes in time (may
      * be NULL: "no leader" is then final). */
     void (*wait_leader)(struct node_req *req, node_req_cb cb);
@@ -64,6 +67,11 @@ struct grpc_server {
     struct pz_queue watchers;      /* Health/Watch streams */
     uv_timer_t watch_timer;        /* polls serving state for them */
     uv_idle_t kick;                /* keeps poll from blocking on output */
+    struct pz_queue retries;       /* forwarded writes that never reached
+                                      the leader, waiting to go again */
+    uv_timer_t retry_timer;        /* polls them while any wait */
+    uint64_t retry_window;         /* ms after the first forward during
+                                      which they go again */
     struct grpc_client *fwd;       /* connection to the leader */
     uint64_t start_ms;             /* uv_now() at start */
     struct grpc_stats stats;       /* counters */

@@ -33,6 +33,7 @@ struct gc_conn {
     struct pz_queue link;   /* in cl->conns */
     int in_recv;            /* inside mem_recv: no mem_send */
     bool usable;            /* new calls may use it */
+    bool connected;         /* the TCP connection was made */
     bool blocked;           /* output over SEND_HIGH: not reading */
 };
 
@@ -179,6 +180,8 @@ static void complete(struct grpc_call *call, uint32_t error)
             call->message = pz_strdup("no response message");
         }
     } else if (error != NGHTTP2_NO_ERROR) {
+        /* RFC 9113 §8.7: REFUSED_STREAM means no application processing. */
+        call->unsent = error == NGHTTP2_REFUSED_STREAM;
         call->status = status_from_rst(error);
         set_local(call, call->status, "stream reset by %s: %s", cl->addr,
                   nghttp2_http2_strerror(error));
@@ -294,6 +297,8 @@ static void on_close(struct conn *c)
         struct grpc_call *call =
             container_of(pz_queue_head(&gc->calls), struct grpc_call, q);
         nghttp2_session_set_stream_user_data(gc->ng, call->stream_id, NULL);
+        if (!gc->connected)
+            call->unsent = true;
         set_local(call, GRPC_UNAVAILABLE, "%s",
                   cl->last_error[0] ? cl->last_error
                                     : "connection to the server lost");
@@ -317,6 +322,7 @@ static void on_connected(struct conn *c, int status)
         gc->usable = false;
         return; /* closed right after: on_close fails the calls */
     }
+    gc->connected = true;
     gc->cl->last_error[0] = '\0';
     gc_flush(gc);
 }
@@ -668,6 +674,7 @@ int grpc_client_call(struct grpc_client *cl, struct grpc_call *call,
     }
     struct gc_conn *gc = cl->cur;
     grpc_call_reset(call);
+    call->unsent = false;
     grpc_reader_free(&call->rd);
     grpc_reader_init(&call->rd, cl->max_message);
     grpc_frame_append(&call->req, msg, len);

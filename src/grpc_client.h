@@ -51,6 +51,9 @@ struct grpc_call {
     char *message;      /* decoded grpc-message, never NULL in the cb */
     struct pz_buf resp; /* first response message (payload only) */
     bool has_resp;      /* a response message arrived */
+    bool unsent;        /* failed before the server saw it: its connection
+                           was never made, or the stream was refused
+                           (REFUSED_STREAM); safe to send again */
     /* private */
     grpc_call_cb cb;        /* completion callback */
     struct grpc_client *cl; /* client, while active */

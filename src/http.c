@@ -35,7 +35,11 @@ struct http_conn {
     bool forwarding;      /* fwd is in flight */
     struct snapshot_reader *snap; /* GET /admin/snapshot: the file sent */
     uint64_t snap_off;    /* bytes of it sent */
+    int restarts;         /* times the request started over because the
+                             leader changed while forwarding */
 };
+
+#define MAX_RESTARTS 4 /* then 502 Leader unreachable */
 
 static struct http_api_limits api_limits;
 static const char *cluster_token; /* borrowed from the config: "" none */
@@ -240,6 +244,33 @@ static void reply_status(struct http_conn *h)
     reply_json(h, o);
 }
 
+/* GET /health: 200 with a line of JSON when this node can serve
+ * linearizable requests now (node_health, the rule gRPC Health uses too),
+ * else 503 with the reason. With serializable=true, liveness only: the
+ * process answers and has loaded its state (the HTTP port opens after
+ * that), so 200 whatever the cluster, saying whether it is linearizable. */
+static void reply_health(struct http_conn *h)
+{
+    struct node_health nh;
+    bool ok = node_health(&nh);
+    if (!ok && !h->op.serializable) {
+        char line[256];
+        snprintf(line, sizeof line, "Not serving linearizable requests: %s",
+                 nh.reason);
+        reply_text(h, 503, line, NULL);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "health", "ok");
+    cJSON_AddStringToObject(o, "role", nh.role);
+    cJSON_AddStringToObject(o, "leader", nh.leader);
+    add_u64(o, "term", nh.term);
+    cJSON_AddBoolToObject(o, "linearizable", ok);
+    if (!ok)
+        cJSON_AddStringToObject(o, "reason", nh.reason);
+    reply_json(h, o);
+}
+
 static void on_snapshot_done(struct node_req *req, int status)
 {
     struct http_conn *h = container_of(req, struct http_conn, req);
@@ -333,10 +364,23 @@ static void reply_cluster(struct http_conn *h)
     reply_json(h, o);
 }
 
+static void start_cluster(struct http_conn *h);
+
 static void on_forwarded(struct fwd_req *f, int status)
 {
     struct http_conn *h = container_of(f, struct http_conn, fwd);
     h->forwarding = false;
+    if (status == PZ_ELEADERCHANGE && h->restarts++ < MAX_RESTARTS) {
+        /* fwd.c could not reach the leader and no other node leads now
+         * (nothing unsafe was sent): start over, which proposes here if
+         * this node won, or waits for an election. */
+        pz_buf_free(&h->fwd.body);
+        if (h->op.kind == HTTP_OP_CLUSTER)
+            start_cluster(h);
+        else
+            start_write(h);
+        return;
+    }
     if (status == PZ_EPROTO) {
         reply_text(h, 502, "Bad response from the leader", NULL);
     } else if (status == PZ_ETIMEDOUT) {
@@ -368,8 +412,10 @@ static void forward(struct http_conn *h)
         reply_text(h, 503, "Leader address not known yet", NULL);
         return;
     }
-    /* The request passed our checks: the leader gets our token. */
+    /* The request passed our checks: the leader gets our token. Reads
+     * may be sent again if the connection is lost (fwd.h). */
     h->fwd.auth = cluster_token;
+    h->fwd.idempotent = req->method == HTTP_GET;
     int rv = fwd_send(&h->fwd, addr, llhttp_method_name(req->method),
                       req->url.data, req->body.data ? req->body.data : "",
                       req->body.len, on_forwarded);
@@ -387,7 +433,28 @@ static void on_leader_known(struct node_req *req, int status)
         reply_node_error(h, PZ_ENOLEADER);
         return;
     }
-    start_write(h);
+    if (h->op.kind == HTTP_OP_CLUSTER)
+        start_cluster(h);
+    else
+        start_write(h);
+}
+
+/* GET /cluster (held): replication progress is the leader's to tell, so
+ * a follower forwards it; answered here when this node leads, was itself
+ * forwarded to, or when no leader is known before request-timeout. */
+static void start_cluster(struct http_conn *h)
+{
+    if (node_is_leader() ||
+        http_req_header(&h->hc.p.req, "x-pyazdb-forwarded")) {
+        reply_cluster(h);
+    } else if (node_leader_http_addr()) {
+        forward(h);
+    } else if (h->restarts > 0) {
+        /* came back from a lost forward: wait for the next leader */
+        node_wait_leader(&h->req, on_leader_known);
+    } else {
+        reply_cluster(h);
+    }
 }
 
 static void on_transfer_done(struct node_req *req, int status)
@@ -451,13 +518,14 @@ static void on_request(struct httpd_conn *hc)
 {
     struct http_conn *h = conn_of(hc);
     int rv;
+    h->restarts = 0;
     http_api_decode(&hc->p.req, &api_limits, &h->op);
     switch (h->op.kind) {
     case HTTP_OP_ERROR:
         reply_text(h, h->op.status, h->op.reason, h->op.allow);
         return;
     case HTTP_OP_HEALTH:
-        reply_text(h, 200, "ok", NULL);
+        reply_health(h);
         return;
     case HTTP_OP_STATUS:
         reply_status(h);
@@ -495,14 +563,8 @@ static void on_request(struct httpd_conn *hc)
         rv = node_read(&h->req, false, on_backup_read);
         break;
     case HTTP_OP_CLUSTER:
-        if (!node_is_leader() && node_leader_http_addr() &&
-            !http_req_header(&hc->p.req, "x-pyazdb-forwarded")) {
-            /* Replication progress is the leader's to tell. */
-            httpd_hold(hc);
-            forward(h);
-            return;
-        }
-        reply_cluster(h);
+        httpd_hold(hc);
+        start_cluster(h);
         return;
     default:
         pz_assert(0);
@@ -546,6 +608,9 @@ int http_start(struct httpd *srv, const struct pz_config *cfg,
 {
     cluster_token = cfg->cluster_token;
     started_ms = started;
+    /* A forward that cannot reach the leader is tried again, to the
+     * leader known then, for as long as a write waits for an election. */
+    fwd_set_retry((uint64_t)cfg->request_timeout_ms, node_leader_http_addr);
     api_limits.max_key = (size_t)cfg->max_key_size;
     api_limits.max_value = (size_t)cfg->max_value_size;
     struct httpd_opts o = {

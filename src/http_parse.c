@@ -587,6 +587,17 @@ void http_api_decode(const struct http_req *req,
             goto out;
         }
         op->kind = p[1] == 'h' ? HTTP_OP_HEALTH : HTTP_OP_STATUS;
+        char *v;
+        size_t vl;
+        if (op->kind == HTTP_OP_HEALTH &&
+            http_query_get(req->url.data, req->url.len, "serializable", &v,
+                           &vl) == 1) {
+            if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+                op->serializable = true;
+            else if (strcmp(v, "false") != 0 && strcmp(v, "0") != 0)
+                op_error(op, 400, "serializable must be true or false");
+            pz_free(v);
+        }
     } else {
         op_error(op, 404, "Not found");
         goto out;

@@ -147,6 +147,7 @@ struct http_op {
     char *value;            /* HTTP_OP_SET: owned */
     size_t vlen;            /* value length */
     bool stale;             /* GET: consistency=stale */
+    bool serializable;      /* /health: serializable=true (liveness) */
     bool needs_auth;        /* changes the cluster: cluster-token applies */
     int status;             /* HTTP_OP_ERROR: HTTP status */
     const char *reason;     /* HTTP_OP_ERROR: one line, no newline */

@@ -468,6 +468,83 @@ void node_status(struct node_status *st)
     st->n_members = node.n_members;
 }
 
+/* The term of the entry at index: from the log, or the snapshot's when
+ * index is its point; 0 when neither holds it. */
+static uint64_t term_at(const struct raft_status *rs, uint64_t index)
+{
+    const struct raft_entry *e = raft_log_get(node.raft, index);
+    if (e != NULL)
+        return e->term;
+    return index == rs->snap_index ? rs->snap_term : 0;
+}
+
+bool node_health(struct node_health *h)
+{
+    struct raft_status rs;
+    memset(h, 0, sizeof *h);
+    if (!node.open) {
+        snprintf(h->reason, sizeof h->reason, "the node is not open");
+        return false;
+    }
+    raft_status(node.raft, &rs);
+    struct member *lm = members_find(rs.leader);
+    h->role = raft_role_name(rs.role);
+    h->leader = lm ? lm->name : "";
+    h->term = rs.term;
+    uint64_t timeout_ms = (uint64_t)node.cfg->election_timeout_ms;
+    uint64_t window = timeout_ms / node.tick_ms; /* election_ticks */
+    if (node.closing) {
+        snprintf(h->reason, sizeof h->reason, "the node is shutting down");
+        return false;
+    }
+    if (rs.leader == 0) {
+        snprintf(h->reason, sizeof h->reason, "no leader known (%s, term %llu)",
+                 h->role, (unsigned long long)rs.term);
+        return false;
+    }
+    if (rs.role != RAFT_LEADER) {
+        /* The follower's lease: its election timer was reset by the leader
+         * within the last election timeout. */
+        if (!rs.lease) {
+            snprintf(h->reason, sizeof h->reason,
+                     "no word from the leader (%s) within the election "
+                     "timeout (%llu ms)",
+                     h->leader[0] ? h->leader : "unknown",
+                     (unsigned long long)timeout_ms);
+            return false;
+        }
+        return true;
+    }
+    /* Thesis §6.2 (CheckQuorum) as of now rather than at the next check:
+     * a majority of the voters, this leader included, heard from within
+     * the election timeout. */
+    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
+    size_t voters = raft_conf_voters(conf), heard = 0;
+    const struct raft_server *self = raft_conf_get(conf, node.id);
+    if (self != NULL && self->voter)
+        heard++;
+    for (size_t i = 0; i < rs.n_peers; i++)
+        if (rs.peers[i].voter && rs.peers[i].last_contact < window)
+            heard++;
+    size_t quorum = voters / 2 + 1;
+    if (heard < quorum) {
+        snprintf(h->reason, sizeof h->reason,
+                 "leader without a quorum: heard from %zu of %zu voters "
+                 "within the election timeout (%llu ms), %zu needed",
+                 heard, voters, (unsigned long long)timeout_ms, quorum);
+        return false;
+    }
+    /* Thesis §6.4: a new leader serves reads once an entry of its term
+     * (its no-op) is committed. */
+    if (term_at(&rs, rs.commit) != rs.term) {
+        snprintf(h->reason, sizeof h->reason,
+                 "new leader: no entry of term %llu committed yet",
+                 (unsigned long long)rs.term);
+        return false;
+    }
+    return true;
+}
+
 static int restore(char *err, size_t errlen)
 {
     struct raft_hard_state hs;

@@ -141,6 +141,22 @@ bool node_is_leader(void);
 const char *node_leader_http_addr(void);
 const char *node_leader_grpc_addr(void);
 void node_status(struct node_status *st);
+
+struct node_health {
+    const char *role;   /* "leader", "follower", ... ("" if not open) */
+    const char *leader; /* leader's node-id, "" when unknown */
+    uint64_t term;      /* current term */
+    char reason[192];   /* why not, one line (when false) */
+};
+
+/* The one rule of health checks (HTTP GET /health, gRPC Health): true
+ * when this node can serve linearizable requests now. That is, a leader is
+ * known, and on the leader a majority of the voters (itself included) was
+ * heard from within the election timeout and an entry of its term is
+ * committed; on a follower the leader was heard from within the election
+ * timeout. Otherwise false, with the reason in h->reason. h's strings are
+ * borrowed until the next loop turn. */
+bool node_health(struct node_health *h);
 /* Work to do before the loop sleeps: the Raft Ready cycle, completions. */
 void node_before_sleep(void);
 /* True when node_before_sleep has work it could not finish this turn. */

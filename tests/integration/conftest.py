@@ -91,7 +91,12 @@ class Server:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout=10):
+    def wait_ready(self, timeout=10, grace=2):
+        """Wait until the process is alive (GET /health?serializable=true),
+        then up to `grace` seconds more for it to be healthy (GET /health:
+        a leader known and heard from), which a node bootstrapping alone
+        is a few milliseconds later; a node whose cluster is not there yet
+        stays unhealthy, and that is no error here."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -99,13 +104,24 @@ class Server:
                     f"{self.name} exited with {self.proc.returncode}:\n"
                     + self.read_log())
             try:
-                st, _, _ = self.request("GET", "/health", timeout=1)
+                st, _, _ = self.request("GET", "/health?serializable=true",
+                                        timeout=1)
                 if st == 200:
-                    return
+                    break
             except OSError:
                 pass
             time.sleep(0.05)
-        raise AssertionError(f"{self.name} not ready:\n" + self.read_log())
+        else:
+            raise AssertionError(f"{self.name} not ready:\n"
+                                 + self.read_log())
+        healthy_by = time.time() + grace
+        while time.time() < healthy_by:
+            try:
+                if self.request("GET", "/health", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                return
+            time.sleep(0.02)
 
     def request(self, method, path, body=None, headers=None, timeout=10):
         c = http.client.HTTPConnection("127.0.0.1", self.http_port,

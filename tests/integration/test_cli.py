@@ -72,15 +72,17 @@ def test_rpc_errors_go_to_stderr(node):
     assert code == 1 and out == ""
     assert err.count("\n") == 1
     assert "INVALID_ARGUMENT" in err and "key is required" in err
-    # nothing listens there
+    # nothing listens there: bound, never listening: connections are refused, and nobody else
+    # can take the port while the CLI retries
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-    s.close()
-    code, out, err = cli("--addr", f"127.0.0.1:{port}", "get", "k")
+    code, out, err = cli("--addr", f"127.0.0.1:{port}", "--timeout", "1",
+                         "get", "k")
     assert code == 1 and out == ""
     assert "UNAVAILABLE" in err and "connection refused" in err
     assert err.count("\n") == 1
+    s.close()
 
 
 def test_usage():
@@ -172,7 +174,7 @@ def test_through_mandi(node, mandi):
 
 def test_mandi_errors(node, mandi):
     mandi.status, mandi.body = 404, b"leader not available\n"
-    code, out, err = cli("--mandi", mandi.url, "get", "k")
+    code, out, err = cli("--mandi", mandi.url, "--timeout", "1", "get", "k")
     assert code == 1 and out == ""
     assert "no leader available" in err and err.count("\n") == 1
     mandi.status, mandi.body = 200, b"{not json"
@@ -185,17 +187,20 @@ def test_mandi_errors(node, mandi):
     code, _, err = cli("--mandi", mandi.url, "get", "k")
     assert code == 1 and "HTTP 500" in err
     # leader known but down
+    # bound, never listening: connections are refused, and nobody else
+    # can take the port while the CLI retries
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-    s.close()
     mandi.leader(f"127.0.0.1:{port}")
-    code, _, err = cli("--mandi", mandi.url, "get", "k")
+    code, _, err = cli("--mandi", mandi.url, "--timeout", "1", "get", "k")
     assert code == 1 and "UNAVAILABLE" in err
     # mandi itself down (the default address when nothing is set is
     # 127.0.0.1:7000; use a closed port instead of relying on it)
-    code, _, err = cli("--mandi", f"http://127.0.0.1:{port}", "get", "k")
+    code, _, err = cli("--mandi", f"http://127.0.0.1:{port}", "--timeout",
+                       "1", "get", "k")
     assert code == 1 and "discovery" in err and "refused" in err
+    s.close()
     code, _, err = cli("--mandi", "https://127.0.0.1:1", "get", "k")
     assert code == 1 and "mandi address" in err
 

@@ -397,6 +397,11 @@ static const struct grpc_backend follower = {
     .status = fake_status,
 };
 
+static void on_flip_leader(uv_timer_t *t)
+{
+    fake_leader_addr = t->data;
+}
+
 TEST(follower_forwards_to_leader)
 {
     struct fx f;
@@ -457,9 +462,28 @@ TEST(follower_forwards_to_leader)
     uv_close((uv_handle_t *)&probe, NULL); /* port now closed */
     run_for(&f, 20);
     fake_leader_addr = dead;
+    /* It never reached the leader: sent again (to the leader known then)
+     * for the retry window, then the connect error comes back. */
+    f.b.retry_window = 300;
+    uint64_t t0 = uv_now(&f.loop);
     CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_GET, "fk", NULL, 0, &r), 0);
     CHECK_EQ_INT(r.status, GRPC_UNAVAILABLE);
     CHECK(strstr(r.msg, "cannot connect") != NULL);
+    CHECK(uv_now(&f.loop) - t0 >= 300);
+    CHECK(grpc_client_connects(f.b.fwd) >= 3);
+    /* The leader moves while the retries go on: the call gets there. */
+    f.b.retry_window = 5000;
+    uv_timer_t flip;
+    uv_timer_init(&f.loop, &flip);
+    flip.data = f.a_addr;
+    uv_timer_start(&flip, on_flip_leader, 120, 0);
+    before = fake_proposes;
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_SET, "moved", "m", 0, &r), 0);
+    uv_close((uv_handle_t *)&flip, NULL);
+    CHECK_EQ_INT(r.status, GRPC_OK);
+    CHECK(kv_get(mem_kv, "moved", 5, &v, &vl)); /* applied on a */
+    CHECK(fake_proposes >= before + 2); /* started over on each retry */
+    fake_leader_addr = dead;
 
     /* The leader moves back to a: a new connection to it. */
     fake_leader_addr = f.a_addr;

@@ -127,6 +127,39 @@ static const char *reason_of(const char *req)
     return r;
 }
 
+TEST(health_serializable)
+{
+    static const struct {
+        const char *req;
+        int kind;
+        bool serializable;
+    } cases[] = {
+        {"GET /health HTTP/1.1\r\n\r\n", HTTP_OP_HEALTH, false},
+        {"GET /health?serializable=true HTTP/1.1\r\n\r\n", HTTP_OP_HEALTH,
+         true},
+        {"GET /health?serializable=1 HTTP/1.1\r\n\r\n", HTTP_OP_HEALTH, true},
+        {"GET /health?serializable=false HTTP/1.1\r\n\r\n", HTTP_OP_HEALTH,
+         false},
+        {"GET /health?x=1&serializable=0 HTTP/1.1\r\n\r\n", HTTP_OP_HEALTH,
+         false},
+        {"GET /health?serializable=yes HTTP/1.1\r\n\r\n", HTTP_OP_ERROR,
+         false},
+        {"GET /health?serializable= HTTP/1.1\r\n\r\n", HTTP_OP_ERROR, false},
+        {"GET /status?serializable=true HTTP/1.1\r\n\r\n", HTTP_OP_STATUS,
+         false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct http_op op = one(cases[i].req);
+        CHECK_EQ_INT(op.kind, cases[i].kind);
+        CHECK_EQ_INT(op.serializable, cases[i].serializable);
+        if (op.kind == HTTP_OP_ERROR) {
+            CHECK_EQ_INT(op.status, 400);
+            CHECK_EQ_STR(op.reason, "serializable must be true or false");
+        }
+        http_op_free(&op);
+    }
+}
+
 #define POST(path, body)                                                     \
     "POST " path " HTTP/1.1\r\nContent-Length: " #body "\r\n\r\n"
 
@@ -402,6 +435,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(pipelined_byte_by_byte),
     TEST_ENTRY(pipelined_odd_chunks),
     TEST_ENTRY(api_errors),
+    TEST_ENTRY(health_serializable),
     TEST_ENTRY(api_json_forms),
     TEST_ENTRY(protocol_errors),
     TEST_ENTRY(chunked_body_over_limit),

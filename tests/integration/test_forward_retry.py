@@ -1,0 +1,119 @@
+"""A follower's forwarding to the leader (fwd.c) survives losing the
+leader: a request that never reached it is sent again, to the leader
+known then (or run here if this node won the election), and a read lost
+with its kept-alive connection is sent again; the client sees an answer,
+not 502 Leader unreachable."""
+import json
+import signal
+import threading
+import time
+
+from test_cluster import leader_of, make_cluster, put
+
+
+def cluster_view(s, timeout=15):
+    st, _, body = s.request("GET", "/cluster", timeout=timeout)
+    return st, body
+
+
+def test_forwarded_read_and_write_survive_a_leader_restart(servers):
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    f = next(s for s in nodes if s is not leader)
+    # the follower's kept-alive connection to the leader is open
+    st, body = cluster_view(f)
+    assert st == 200 and json.loads(body)["leader"] == leader.name
+    assert put(f, "before", "1")[0] == 204
+    leader.kill()
+    # at once: the follower still takes the dead node for the leader for
+    # up to an election timeout; its forwards cannot connect and go again
+    # to whoever leads next
+    results = {}
+
+    def write():
+        results["set"] = put(f, "during", "2", timeout=20)[0]
+
+    t = threading.Thread(target=write)
+    t.start()
+    t0 = time.time()
+    st, body = cluster_view(f, timeout=20)
+    took = time.time() - t0
+    t.join()
+    assert st == 200, body
+    assert results["set"] == 204
+    new = json.loads(body)["leader"]
+    assert new and new != leader.name, body
+    assert took < 10, took
+    # the old leader comes back (a restart): the connection the follower
+    # holds to the new leader, or the old one, still works
+    leader.start()
+    now = leader_of(nodes, timeout=20)
+    for s in nodes:
+        if s is now:
+            continue
+        st, body = cluster_view(s)
+        assert st == 200 and json.loads(body)["leader"] == now.name, body
+    st, _, body = f.request("GET", "/get?key=during")
+    assert (st, body) == (200, b"2")
+
+
+def test_read_lost_with_its_connection_is_sent_again(servers):
+    # The leader is stopped while a forwarded read and a forwarded write
+    # wait on the follower's kept-alive connection, then killed: both are
+    # lost with the connection. The read is sent again (to the next
+    # leader) and succeeds; the write is not (it may have been applied)
+    # and the client is told.
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    f = next(s for s in nodes if s is not leader)
+    assert cluster_view(f)[0] == 200
+    assert put(f, "k", "v")[0] == 204
+    results = {}
+
+    def read():
+        results["read"] = cluster_view(f, timeout=30)
+
+    def write():
+        results["write"] = put(f, "w", "x", timeout=30)
+
+    leader.proc.send_signal(signal.SIGSTOP)
+    threads = [threading.Thread(target=read), threading.Thread(target=write)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # both written to the stopped leader
+    finally:
+        leader.kill()
+    for t in threads:
+        t.join()
+    st, body = results["read"]
+    assert st == 200, body
+    assert json.loads(body)["leader"] not in ("", leader.name), body
+    st, _, body = results["write"]
+    assert (st, body) == (502, b"Leader unreachable\n")
+    log = f.read_log()
+    assert "trying again" in log
+
+
+def test_grpc_write_through_a_follower_survives_the_leader_dying(servers,
+                                                                 tmp_path):
+    # gRPC forwarding: a Set that cannot reach the dead leader is sent
+    # again to the next one (it never reached the first); the client sees
+    # OK, not UNAVAILABLE "cannot connect".
+    import grpc_helpers as gh
+    pb = gh.stubs(str(tmp_path / "stubs"))
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    f = next(s for s in nodes if s is not leader)
+    c = gh.Client(f.grpc_port, pb)
+    try:
+        assert c.Set(pb.kv.SetRequest(key="a", value="1"), timeout=10).success
+        leader.kill()
+        t0 = time.time()
+        assert c.Set(pb.kv.SetRequest(key="b", value="2"),
+                     timeout=20).success
+        assert time.time() - t0 < 10
+        assert c.Get(pb.kv.GetRequest(key="b"), timeout=10).value == "2"
+    finally:
+        c.close()
+    assert "trying again" in f.read_log()
