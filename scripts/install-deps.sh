@@ -14,10 +14,14 @@ protobuf-c-compiler libsqlite3-dev libcjson-dev node-llhttp grpc-proto"
 # protoc writes the seed corpora (tests/fuzz/mkseeds.py), when rewritten.
 fuzz_only="clang libclang-rt-14-dev"
 fuzz="$build $fuzz_only"
+# The reflection test runs a Node.js client that npm installs: Debian's
+# nodejs and npm, unless node and npm are there already (NodeSource's
+# nodejs bundles npm and conflicts with Debian's npm package).
+node="nodejs npm"
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
-python3-protobuf python3-pytest-timeout protobuf-compiler procps $fuzz_only"
-# The reflection test also uses Node.js and npm when the machine has them
-# (they are not installed here: the test skips without them).
+python3-protobuf python3-pytest-timeout protobuf-compiler procps $fuzz_only
+$node"
 bench="$test wrk redis-server redis-tools etcd-server"
 
 case "${1:-build}" in
