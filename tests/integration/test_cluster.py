@@ -26,11 +26,21 @@ def make_cluster(servers, n=3, conf=None):
 
 def leader_of(nodes, timeout=10, exclude=()):
     """Wait until one live node reports itself leader and every other live
-    node names it; return it."""
+    node names it; return it. A node that died in a way the test did not
+    cause (a crash: see Server.exit_problem) fails at once instead of
+    being left out."""
     deadline = time.time() + timeout
     last = None
     while time.time() < deadline:
-        live = [s for s in nodes if s not in exclude and s.proc.poll() is None]
+        live = []
+        for s in nodes:
+            if s in exclude:
+                continue
+            if s.proc.poll() is None:
+                live.append(s)
+            elif s.exit_problem():
+                raise AssertionError(s.exit_problem() + ":\n"
+                                     + s.read_log()[-6000:])
         try:
             sts = {s.name: s.status(timeout=1) for s in live}
         except (OSError, AssertionError) as e:

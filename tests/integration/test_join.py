@@ -185,7 +185,7 @@ def test_joiner_without_mandi_refuses_to_start(servers):
     s = servers("node2", start=False, conf={"raft-bootstrap": "no",
                                             "mandi-addr": "none"})
     s.start(wait=False)
-    assert s.proc.wait(10) != 0
+    assert s.wait_exit(10) != 0
     log = s.read_log()
     assert "nothing to start from" in log and "mandi-addr" in log
     # a node that bootstraps needs no mandi at all

@@ -522,7 +522,7 @@ def test_open_cluster_is_logged(mandi):
 def test_bad_token_is_a_config_error(mandis):
     m = mandis(start=False, conf={"cluster-token": "has space"})
     m.start(wait=False)
-    assert m.proc.wait(10) == 1
+    assert m.wait_exit(10) == 1
     assert "cluster-token" in m.read_log()
 
 
@@ -666,5 +666,5 @@ def test_port_in_use_fails(mandis):
     b.conf["mandi-addr"] = a.url
     b.write_conf()
     b.start(wait=False)
-    assert b.proc.wait(10) == 1
+    assert b.wait_exit(10) == 1
     assert "address already in use" in b.read_log()
