@@ -47,8 +47,9 @@ def near_now(ts, slack=10):
 
 
 def raw(m, data, timeout=5):
-    """Sends raw bytes; returns everything read until mandi closes or the
-    timeout passes."""
+    """Sends raw bytes; returns everything read until mandi closes the
+    connection, and fails if it has not closed it within the timeout
+    (every caller expects the close)."""
     with socket.create_connection(("127.0.0.1", m.port),
                                   timeout=timeout) as s:
         s.sendall(data)
@@ -57,11 +58,11 @@ def raw(m, data, timeout=5):
             while True:
                 chunk = s.recv(65536)
                 if not chunk:
-                    break
+                    return out
                 out += chunk
         except socket.timeout:
-            pass
-        return out
+            raise AssertionError(f"mandi did not close the connection "
+                                 f"within {timeout} s; it sent {out[:300]!r}")
 
 
 # --- /leader -------------------------------------------------------------
