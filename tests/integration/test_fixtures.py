@@ -29,6 +29,20 @@ def teardown_of(tmp_path, request):
     return make, teardown
 
 
+def exit_99(s):
+    """Make s exit by itself with status 99: a failure point in the next
+    snapshot, asked for once something new was applied (else there is
+    nothing to snapshot and the request returns at once)."""
+    s.env["PYAZDB_FAILPOINT"] = "snapshot-before-rename"
+    s.start()
+    assert put(s, "k", "v")[0] == 204
+    try:
+        s.request("POST", "/admin/snapshot", timeout=5)
+    except OSError:
+        pass  # the failure point exits before the answer
+    del s.env["PYAZDB_FAILPOINT"]
+
+
 def test_a_crash_fails_the_test(tmp_path, request):
     make, teardown = teardown_of(tmp_path, request)
     s = make()
@@ -49,13 +63,7 @@ def test_an_exit_status_nobody_waited_for_fails_the_test(tmp_path,
                                                          request):
     make, teardown = teardown_of(tmp_path, request)
     s = make(start=False)
-    s.env["PYAZDB_FAILPOINT"] = "snapshot-before-rename"
-    s.start()
-    assert put(s, "k", "v")[0] == 204
-    try:
-        s.request("POST", "/admin/snapshot", timeout=5)
-    except OSError:
-        pass  # the failure point exits before the answer
+    exit_99(s)
     s.proc.wait(10)
     assert s.proc.returncode == 99
     why = f"node1 (pid {s.proc.pid}) exited with status 99"
@@ -75,16 +83,10 @@ def test_own_kills_stops_and_waited_exits_are_fine(tmp_path, request):
     stopped = make("node3")
     assert stopped.stop() == 0
     failed = make("node4", start=False)
-    failed.env["PYAZDB_FAILPOINT"] = "snapshot-before-rename"
-    failed.start()
-    try:
-        failed.request("POST", "/admin/snapshot", timeout=5)
-    except OSError:
-        pass
+    exit_99(failed)
     assert failed.wait_exit() == 99
     assert failed.exit_problem() is None
     # restarted: every process it ran is checked, the first one included
-    del failed.env["PYAZDB_FAILPOINT"]
     failed.start()
     assert teardown() is None
     assert paused.proc.returncode == 0
