@@ -4,6 +4,11 @@ Every server gets free ports and a config file written into a temporary
 directory; its stderr goes to a log file that is printed when a test fails
 and scanned for sanitizer reports when the server stops. Traffic stays on
 the loopback interface.
+
+A server that ends in a way the test did not cause fails the test at
+teardown: killed by a signal the test did not send (SIGSEGV, SIGABRT...),
+or a non-zero exit status the test did not wait for with wait_exit().
+Exit status 0 (a graceful stop, a removed node) is always fine.
 """
 import os
 import signal
@@ -70,6 +75,7 @@ class Server:
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self.log_path = os.path.join(self.dir, "server.log")
         self.proc = None
+        self.procs = []  # every process started, oldest first
 
     def write_conf(self):
         with open(self.conf_path, "w") as f:
@@ -87,6 +93,9 @@ class Server:
         self.proc = subprocess.Popen([SERVER, self.conf_path] + self.args,
                                      stdout=self.log, stderr=self.log,
                                      env=self.env)
+        self.proc.pz_signals = set()  # signals the test sent it
+        self.proc.pz_waited = False   # its exit status seen by wait_exit()
+        self.procs.append(self.proc)
         if wait:
             self.wait_ready()
         return self
@@ -144,11 +153,13 @@ class Server:
         """Stop the server; returns its exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
+        self.signal(sig)
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self.proc.send_signal(signal.SIGCONT)  # in case it is paused
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.signal(signal.SIGKILL)
             self.proc.wait()
             raise AssertionError(f"{self.name} did not stop:\n"
                                  + self.read_log())
@@ -156,8 +167,46 @@ class Server:
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
+            self.signal(signal.SIGKILL)
             self.proc.wait()
+
+    def signal(self, sig):
+        """Send sig to the running process, noting that the test sent it
+        (a death by a signal the test sent is not a crash)."""
+        self.proc.pz_signals.add(sig)
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout=10):
+        """Wait for the process to exit by itself and return its status,
+        which the test then judges: a non-zero status seen here is not an
+        unexpected exit. A death by a signal the test did not send fails
+        here, so `!= 0` never accepts a crash."""
+        rc = self.proc.wait(timeout)
+        why = self.exit_problem()
+        if rc < 0 and why:
+            raise AssertionError(why + ":\n" + self.read_log())
+        self.proc.pz_waited = True
+        return rc
+
+    def exit_problem(self, proc=None):
+        """Why proc (the current process by default) ended in a way the
+        test neither caused nor waited for; None if it did not, or runs."""
+        p = proc or self.proc
+        if p is None or p.poll() is None or p.returncode == 0:
+            return None
+        rc = p.returncode
+        if rc < 0:
+            if -rc in p.pz_signals:
+                return None
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            return f"{self.name} (pid {p.pid}) was killed by {name}"
+        if p.pz_waited:
+            return None
+        return (f"{self.name} (pid {p.pid}) exited with status {rc}, "
+                "which the test did not wait for (wait_exit)")
 
     def sanitizer_reports(self):
         log = self.read_log()
@@ -192,6 +241,7 @@ class Mandi(Server):
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self.log_path = os.path.join(self.dir, "mandi.log")
         self.proc = None
+        self.procs = []  # every process started, oldest first
 
     def wait_ready(self, timeout=10):
         deadline = time.time() + timeout
@@ -217,8 +267,9 @@ class Mandi(Server):
 
 def _factory(cls, tmp_path, request, default_name):
     """Yields make(name=..., start=True, **kw) -> cls instance; stops every
-    process at the end, fails the test on a sanitizer report or a process
-    that does not stop, and prints the logs of a failed test."""
+    process at the end, fails the test on a sanitizer report, a process
+    that does not stop or one that ended unexpectedly (exit_problem), and
+    prints the logs of a failed test."""
     started = []
 
     def make(name=default_name, start=True, **kw):
@@ -235,6 +286,10 @@ def _factory(cls, tmp_path, request, default_name):
             s.stop()
         except AssertionError as e:
             problems.append(str(e))
+        for p in s.procs:
+            why = s.exit_problem(p)
+            if why:
+                problems.append(why + ", log:\n" + s.read_log()[-6000:])
         reports = s.sanitizer_reports()
         if reports:
             problems.append(f"{s.name}: sanitizer report {reports}:\n"

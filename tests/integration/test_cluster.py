@@ -3,6 +3,7 @@ crash recovery, a paused leader, concurrent writers during failover."""
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import http.client
@@ -30,11 +31,21 @@ def make_cluster(servers, n=3, conf=None, start=True):
 
 def leader_of(nodes, timeout=10, exclude=()):
     """Wait until one live node reports itself leader and every other live
-    node names it; return it."""
+    node names it; return it. A node that died in a way the test did not
+    cause (a crash: see Server.exit_problem) fails at once instead of
+    being left out."""
     deadline = time.time() + timeout
     last = None
     while time.time() < deadline:
-        live = [s for s in nodes if s not in exclude and s.proc.poll() is None]
+        live = []
+        for s in nodes:
+            if s in exclude:
+                continue
+            if s.proc.poll() is None:
+                live.append(s)
+            elif s.exit_problem():
+                raise AssertionError(s.exit_problem() + ":\n"
+                                     + s.read_log()[-6000:])
         try:
             sts = {s.name: s.status(timeout=1) for s in live}
         except (OSError, AssertionError) as e:
@@ -94,7 +105,7 @@ def test_replication_and_forwarding(cluster):
     for s in cluster:
         # linearizable reads work on every node
         assert get(s, "b")[0:3:2] == (200, b"2")
-        assert get(s, "a")[0] == 404
+        assert get(s, "a")[0:3:2] == (404, b"Key not found\n")
     for s in cluster:
         wait_value(s, "b", "2", stale=True)
     st = leader.status()
@@ -121,9 +132,10 @@ def test_leader_kill_failover_and_catch_up(cluster):
         time.sleep(0.02)
     assert ok is not None, "no write succeeded after the leader was killed"
     print(f"failover: first successful write {ok:.2f}s after kill -9")
-    # 1-2 s here (scripts/bench-cluster.sh measures it); the bound leaves
-    # room for a split pre-vote and a loaded machine stretching the timers
-    assert ok < 6.0
+    # README: about 1 to 2 s with the default timing (an election timeout
+    # of 1-2 s, then a round of pre-vote and vote); the bound leaves 2 s
+    # for a split vote or a loaded 2-core machine stretching the timers
+    assert ok < 4.0, f"failover took {ok:.2f} s"
     new_leader = leader_of(cluster, exclude=(leader,))
     assert new_leader is not leader
     # the old leader restarts and catches up
@@ -156,53 +168,61 @@ def test_kill_all_then_restart_keeps_acknowledged_writes(cluster):
     assert st["keys"] == 200
 
 
+def send_request(s, data):
+    """Connect to s's HTTP port and send one raw request: the kernel
+    accepts the connection and buffers the bytes even while the process
+    is stopped, so once this returns the request is there."""
+    c = socket.create_connection(("127.0.0.1", s.http_port), timeout=20)
+    c.sendall(data)
+    return c
+
+
+def read_reply(c):
+    with c:
+        r = http.client.HTTPResponse(c)
+        r.begin()
+        return r.status, r.read()
+
+
 def test_paused_leader_never_serves_stale_reads(cluster):
     leader = leader_of(cluster)
     assert put(leader, "k", "old")[0] == 204
     others = [s for s in cluster if s is not leader]
     for s in others:
         wait_value(s, "k", "old")
-    leader.proc.send_signal(signal.SIGSTOP)
+    leader.signal(signal.SIGSTOP)
     try:
         new_leader = leader_of(cluster, exclude=(leader,), timeout=15)
+        # enough behind "k" that the old leader, once back, gets the read
+        # index well before it has stored and applied all of this
+        for i in range(12):
+            assert put(new_leader, f"bulk{i}", "b" * 500_000)[0] == 204
         assert put(new_leader, "k", "new")[0] == 204
-        # a read sent to the paused old leader: answered only after SIGCONT,
-        # and never with the old value
-        result = {}
-
-        def read_old():
-            try:
-                result["r"] = get(leader, "k", timeout=15)
-            except OSError as e:
-                result["r"] = e
-
-        def write_old():
-            try:
-                result["w"] = put(leader, "paused-write", "x", timeout=15)
-            except OSError as e:
-                result["w"] = e
-        t = threading.Thread(target=read_old)
-        tw = threading.Thread(target=write_old)
-        t.start()
-        tw.start()
-        time.sleep(0.3)
+        # a read and a write sent to the paused old leader, both in its
+        # socket buffers before it runs again
+        rd = send_request(leader, b"GET /get?key=k HTTP/1.1\r\n"
+                                  b"Connection: close\r\n\r\n")
+        body = b'{"key":"paused-write","value":"x"}'
+        wr = send_request(leader, b"POST /set HTTP/1.1\r\nConnection: "
+                                  b"close\r\nContent-Length: %d\r\n\r\n"
+                                  % len(body) + body)
     finally:
-        leader.proc.send_signal(signal.SIGCONT)
-    t.join(20)
-    tw.join(20)
-    # a write sent to the paused leader is acknowledged only if it really
-    # committed in the new leader's log
-    w = result["w"]
-    if not isinstance(w, Exception) and w[0] == 204:
+        leader.signal(signal.SIGCONT)
+    # The read is linearizable: the old leader learns of the new term, asks
+    # the new leader for the read index and answers once it has applied
+    # that far, so it answers, and with the new value.
+    assert read_reply(rd) == (200, b"new"), "a deposed leader served " \
+        "a stale read, or none"
+    # The write is acknowledged only if it really committed in the new
+    # leader's log; else it was lost with the old leader's term.
+    w = read_reply(wr)
+    assert w in ((204, b""),
+                 (503, b"Leader changed before the write committed\n")), w
+    if w[0] == 204:
         for s in others:
-            assert get(s, "paused-write")[2] == b"x"
-    r = result["r"]
-    assert not isinstance(r, Exception), r
-    assert r[2] != b"old", "a deposed leader served a stale read"
-    assert r[0] in (200, 503)
-    # it stepped down and caught up
+            assert get(s, "paused-write")[0:3:2] == (200, b"x")
+    # it stepped down (one leader that all three name) and caught up
     leader_of(cluster)
-    assert leader.status()["role"] != "leader" or new_leader.status()["role"] != "leader"
     wait_value(leader, "k", "new")
     assert get(leader, "k")[2] == b"new"
 

@@ -102,5 +102,5 @@ def test_port_in_use_is_a_clear_error(servers):
     a = servers()
     b = servers("node2", start=False, conf={"http-addr": f"127.0.0.1:{a.http_port}"})
     b.start(wait=False)
-    assert b.proc.wait(10) != 0
+    assert b.wait_exit(10) != 0
     assert "cannot listen" in b.read_log()

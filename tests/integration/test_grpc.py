@@ -25,6 +25,12 @@ OK = grpc.StatusCode.OK
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 
 
+def need(tool):
+    """Fails (never skips) when a client tool is missing."""
+    assert shutil.which(tool), (f"{tool} not found: scripts/install-deps.sh "
+                                "test installs nghttp2-client")
+
+
 @pytest.fixture(scope="session")
 def pb(tmp_path_factory):
     return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
@@ -306,8 +312,7 @@ def test_te_trailers_not_required(node):
 def test_deadline_already_expired(node):
     # grpc-timeout of 0: past due when the request is complete (nghttp, so
     # that the request is complete before the deadline timer can run)
-    if not shutil.which("nghttp"):
-        pytest.skip("nghttp (nghttp2-client) is not installed")
+    need("nghttp")
     for t in ("0m", "0S", "0n"):
         st, f = gh.nghttp_grpc(node.grpc_port, "/kv.KVService/Set",
                                frame(b"\x0a\x01k\x12\x01v"),
@@ -362,8 +367,7 @@ def test_trailers_only_and_normal_shapes(node):
 
 
 def test_nghttp_client(node):
-    if not shutil.which("nghttp"):
-        pytest.skip("nghttp (nghttp2-client) is not installed")
+    need("nghttp")
     body = os.path.join(node.dir, "set.bin")
     with open(body, "wb") as fh:
         fh.write(frame(b"\x0a\x02nk\x12\x02nv"))
@@ -382,8 +386,7 @@ def test_nghttp_client(node):
 
 
 def test_h2load_short_load(node):
-    if not shutil.which("h2load"):
-        pytest.skip("h2load (nghttp2-client) is not installed")
+    need("h2load")
     body = os.path.join(node.dir, "set.bin")
     with open(body, "wb") as fh:
         fh.write(frame(b"\x0a\x03hlk\x12\x05value"))

@@ -91,7 +91,9 @@ def test_forwarding_follows_a_new_leader(servers, pb):
     fc = Client(followers[0].grpc_port, pb)
     try:
         wait_status(fc, pb, lambda st: st.leader_grpc_addr != "")
-        assert fc.Set(kv.SetRequest(key="before", value="1"), timeout=10)
+        # a SetResponse is truthy even when empty: check the field
+        assert fc.Set(kv.SetRequest(key="before", value="1"),
+                      timeout=10).success
         leader.kill()
         new = leader_of(nodes, exclude=(leader,), timeout=20)
         st = wait_status(fc, pb, lambda st: st.leader == new.name
@@ -101,7 +103,8 @@ def test_forwarding_follows_a_new_leader(servers, pb):
         deadline = time.time() + 20
         while True:
             try:
-                fc.Set(kv.SetRequest(key="after", value="2"), timeout=5)
+                assert fc.Set(kv.SetRequest(key="after", value="2"),
+                              timeout=5).success
                 break
             except grpc.RpcError as e:
                 assert e.code() in (grpc.StatusCode.UNAVAILABLE,

@@ -531,13 +531,21 @@ def test_forged_removal_does_not_stop_healthy_members(servers):
     th = threading.Thread(target=answer_removed,
                           args=(dead.raft_port, stop, hits), daemon=True)
     th.start()
+    alive = [s for s in nodes if s is not dead]
+    ignored = "says this node was removed (entry 18446744073709551615), " \
+              "but it is in touch with its leader: ignored"
     try:
-        time.sleep(5)
+        # until the leader, which dials the dead member (a follower has
+        # nothing to send it), has been told three times and said each
+        # time why it takes no notice
+        deadline = time.time() + 20
+        while leader.read_log().count(ignored) < 3:
+            assert time.time() < deadline, leader.read_log()[-3000:]
+            time.sleep(0.05)
     finally:
         stop.set()
         th.join(5)
     assert hits, "nobody dialed the dead member"
-    alive = [s for s in nodes if s is not dead]
     for s in alive:
         assert s.proc.poll() is None, s.read_log()
         assert "says): stopping" not in s.read_log()

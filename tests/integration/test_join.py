@@ -77,6 +77,7 @@ def test_far_behind_node_is_promoted_only_once_caught_up(servers, mandi):
         assert put(first, f"k{i}", "x" * 100)[0] == 204
     late = start_joining(servers, mandi, "node2")
     seen_nonvoter = False
+    last_lag = None  # entries behind at the last sample as a non-voter
     deadline = time.time() + 30
     while time.time() < deadline:
         c = cluster_view(first)
@@ -84,9 +85,14 @@ def test_far_behind_node_is_promoted_only_once_caught_up(servers, mandi):
         m = {x["id"]: x for x in c["members"]}.get("node2")
         if m is not None and not m["voter"]:
             seen_nonvoter = True
+            last_lag = st["last_index"] - m["match_index"]
         if m is not None and m["voter"]:
-            # promoted: by then it had caught up
-            assert m["match_index"] + 64 >= st["last_index"], (m, st)
+            # README: promoted once its log stayed within 16 entries of the
+            # leader's for two seconds, so it was within 16 just before
+            # and is just after. One more entry of slack: the promotion
+            # itself, which may be appended between the two samples.
+            assert m["match_index"] + 16 + 1 >= st["last_index"], (m, st)
+            assert last_lag is not None and last_lag <= 16 + 1, last_lag
             break
         time.sleep(0.05)
     else:
@@ -100,17 +106,27 @@ def test_token_keeps_strangers_out(servers, mandis):
     nodes = grow(servers, mandi, n=2, conf={"cluster-token": "t0ken"})
     # a node without the token cannot even post its request
     stranger = start_joining(servers, mandi, "intruder")
-    time.sleep(5)
+    # Wait until mandi has refused its post twice (it posts every 2 s)
+    # and the stranger was told; then it is not anywhere.
+    refusal = "refused POST /join-requests from 127.0.0.1:"
+    deadline = time.time() + 10
+    while not (mandi.read_log().count(refusal) >= 2
+               and "mandi answered 401: unauthorized" in stranger.read_log()):
+        assert time.time() < deadline, mandi.read_log()[-3000:]
+        time.sleep(0.05)
+    assert all(line.endswith(": unauthorized") for line in
+               mandi.read_log().splitlines() if refusal in line)
+    st, _, body = mandi.request("GET", "/join-requests")
+    assert st == 200
+    assert "intruder" not in {j["id"] for j in json.loads(body)}
     c = cluster_view(nodes[0])
     assert "intruder" not in {m["id"] for m in c["members"]}
-    st, _, body = mandi.request("GET", "/join-requests")
-    assert "intruder" not in body.decode()
-    assert "401" in stranger.read_log() or "unauthorized" in stranger.read_log()
 
 
 def test_writes_go_on_while_mandi_restarts(servers, mandi):
     import threading
     nodes = grow(servers, mandi)
+    leader = leader_of(nodes)
     acked, stop = [], threading.Event()
 
     def writer():
@@ -130,28 +146,34 @@ def test_writes_go_on_while_mandi_restarts(servers, mandi):
         time.sleep(1.5)
         before = len(acked)
         mandi.start()
-        time.sleep(2.5)
+        restarted = time.time()
+        wait_mandi_leader(mandi, leader, restarted)
+        time.sleep(max(0.0, restarted + 2.5 - time.time()))
     finally:
         stop.set()
         t.join(30)
     assert len(acked) > before > 0  # writes never stopped
-    leader = leader_of(nodes)
-    wait_mandi_leader(mandi, leader)
+    leader_of(nodes)
     for n in acked[::7]:
         assert get(nodes[n % 3], f"m{n}")[2] == str(n).encode()
 
 
-def wait_mandi_leader(mandi, leader, timeout=15):
-    """The leader registers every 2 s: poll mandi until it names leader."""
-    deadline = time.time() + timeout
-    got = None
-    while time.time() < deadline:
+def wait_mandi_leader(mandi, leader, since, timeout=5):
+    """The leader registers every 2 s, so a restarted mandi knows it again
+    within 2 s (README): poll mandi until it names leader, at most timeout
+    seconds after `since`, the moment mandi was ready again (a margin for
+    a loaded machine and a PUT lost with the dead mandi's connection)."""
+    deadline = since + timeout
+    while True:
         st, _, body = mandi.request("GET", "/leader")
-        got = (st, body)
         if st == 200 and json.loads(body)["id"] == leader.name:
+            print(f"mandi named the leader {time.time() - since:.2f} s "
+                  "after its restart")
             return
-        time.sleep(0.2)
-    raise AssertionError(f"mandi never named {leader.name}: {got}")
+        if time.time() > deadline:
+            raise AssertionError(f"mandi did not name {leader.name} within "
+                                 f"{timeout} s of its restart: {st} {body}")
+        time.sleep(0.05)
 
 
 def test_cluster_works_without_mandi(servers, mandi):
@@ -175,8 +197,9 @@ def test_cluster_works_without_mandi(servers, mandi):
     assert get(rest[1], "after")[2] == b"2"
     # a restarted mandi learns the leader again within a registration period
     mandi.start()
+    restarted = time.time()
     new_leader = leader_of(nodes, exclude=(leader,))
-    wait_mandi_leader(mandi, new_leader)
+    wait_mandi_leader(mandi, new_leader, restarted)
 
 
 def test_joiner_without_mandi_refuses_to_start(servers):
@@ -185,7 +208,7 @@ def test_joiner_without_mandi_refuses_to_start(servers):
     s = servers("node2", start=False, conf={"raft-bootstrap": "no",
                                             "mandi-addr": "none"})
     s.start(wait=False)
-    assert s.proc.wait(10) != 0
+    assert s.wait_exit(10) != 0
     log = s.read_log()
     assert "nothing to start from" in log and "mandi-addr" in log
     # a node that bootstraps needs no mandi at all

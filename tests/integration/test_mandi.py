@@ -47,8 +47,9 @@ def near_now(ts, slack=10):
 
 
 def raw(m, data, timeout=5):
-    """Sends raw bytes; returns everything read until mandi closes or the
-    timeout passes."""
+    """Sends raw bytes; returns everything read until mandi closes the
+    connection, and fails if it has not closed it within the timeout
+    (every caller expects the close)."""
     with socket.create_connection(("127.0.0.1", m.port),
                                   timeout=timeout) as s:
         s.sendall(data)
@@ -57,11 +58,11 @@ def raw(m, data, timeout=5):
             while True:
                 chunk = s.recv(65536)
                 if not chunk:
-                    break
+                    return out
                 out += chunk
         except socket.timeout:
-            pass
-        return out
+            raise AssertionError(f"mandi did not close the connection "
+                                 f"within {timeout} s; it sent {out[:300]!r}")
 
 
 # --- /leader -------------------------------------------------------------
@@ -522,7 +523,7 @@ def test_open_cluster_is_logged(mandi):
 def test_bad_token_is_a_config_error(mandis):
     m = mandis(start=False, conf={"cluster-token": "has space"})
     m.start(wait=False)
-    assert m.proc.wait(10) == 1
+    assert m.wait_exit(10) == 1
     assert "cluster-token" in m.read_log()
 
 
@@ -666,5 +667,5 @@ def test_port_in_use_fails(mandis):
     b.conf["mandi-addr"] = a.url
     b.write_conf()
     b.start(wait=False)
-    assert b.proc.wait(10) == 1
+    assert b.wait_exit(10) == 1
     assert "address already in use" in b.read_log()

@@ -172,7 +172,7 @@ def test_crash_at_failure_point(servers, point):
         if st != 204:
             break
         acked.append(i)
-    assert s.proc.wait(10) == 99, s.read_log()
+    assert s.wait_exit(10) == 99, s.read_log()
     assert f"failpoint {point}" in s.read_log() or point in s.read_log()
     del s.env["PYAZDB_FAILPOINT"]
     s.start()
@@ -189,7 +189,7 @@ def test_crash_mid_install_then_recovery(servers):
     assert len(write_many(leader, [f"m{i}" for i in range(1500)])) == 1500
     lagging.env["PYAZDB_FAILPOINT"] = "install-mid"
     lagging.start(wait=False)  # it may die before it answers /health
-    assert lagging.proc.wait(20) == 99
+    assert lagging.wait_exit(20) == 99
     del lagging.env["PYAZDB_FAILPOINT"]
     lagging.start()
     sts = settled(nodes)
@@ -231,7 +231,7 @@ def test_damaged_snapshot_without_fallback_refuses_to_start(servers):
                 fh.seek(100)
                 fh.write(b"\x00" * 32)
     s.start(wait=False)
-    assert s.proc.wait(10) != 0
+    assert s.wait_exit(10) != 0
     assert "no valid snapshot" in s.read_log()
 
 

@@ -16,7 +16,7 @@ def test_corrupt_database_is_refused(servers):
         f.seek(0)
         f.write(b"this is not a SQLite database at all!!")
     s.start(wait=False)
-    assert s.proc.wait(10) != 0
+    assert s.wait_exit(10) != 0
     log = s.read_log()
     assert "raft.db" in log and ("not a database" in log or "corrupt" in log
                                  or "malformed" in log or "header" in log), log
@@ -29,7 +29,7 @@ def test_node_name_mismatch_is_refused(servers):
     s.conf["node-id"] = "someone-else"
     s.write_conf()
     s.start(wait=False)
-    assert s.proc.wait(10) != 0
+    assert s.wait_exit(10) != 0
     assert "belongs to node 'node1'" in s.read_log()
 
 
@@ -52,7 +52,7 @@ def test_failed_log_write_stops_the_node(servers):
         except OSError:
             pass
         time.sleep(0.05)
-    assert s.proc.wait(10) != 0
+    assert s.wait_exit(10) != 0
     log = s.read_log()
     assert "injected I/O error" in log and "stopping" in log, log
     assert len(acked) > 0

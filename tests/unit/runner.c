@@ -1,6 +1,9 @@
 /* runner.c - runs the unit suites. Each test runs in a forked child with a
  * timeout, so a crash or a hang fails that test and the run goes on.
- * Usage: test-unit [suite[/test] ...] */
+ * Usage: test-unit [suite[/test] ...]
+ * A name that matches no suite (or no test of its suite) stops the run
+ * before any test, exit 2, listing the suites: a misspelled TESTS= must
+ * not pass by running nothing. */
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -29,10 +32,36 @@ static bool selected(int argc, char **argv, const char *suite,
     return false;
 }
 
+/* Whether argument `arg` names a suite, or a suite and one of its tests. */
+static bool known(const char *arg)
+{
+    for (const struct test_suite *const *s = all_suites; *s; s++) {
+        size_t sl = strlen((*s)->name);
+        if (strcmp(arg, (*s)->name) == 0)
+            return true;
+        if (strncmp(arg, (*s)->name, sl) != 0 || arg[sl] != '/')
+            continue;
+        for (const struct test_case *c = (*s)->cases; c->name; c++)
+            if (strcmp(arg + sl + 1, c->name) == 0)
+                return true;
+    }
+    return false;
+}
+
 int main(int argc, char **argv)
 {
     int passed = 0, failed = 0;
     setvbuf(stdout, NULL, _IONBF, 0);
+    for (int i = 1; i < argc; i++) {
+        if (known(argv[i]))
+            continue;
+        fprintf(stderr, "test-unit: no suite or test named '%s'; suites:",
+                argv[i]);
+        for (const struct test_suite *const *s = all_suites; *s; s++)
+            fprintf(stderr, " %s", (*s)->name);
+        fprintf(stderr, " (or suite/test)\n");
+        return 2;
+    }
     for (const struct test_suite *const *s = all_suites; *s; s++) {
         for (const struct test_case *c = (*s)->cases; c->name; c++) {
             if (!selected(argc, argv, (*s)->name, c->name))

@@ -1182,9 +1182,11 @@ TEST(crash_consistency_sigkill)
 {
     struct tdir t;
     tdir_init(&t);
-    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    /* A fixed seed, so that a run can be repeated; PZ_TEST_SEED sets
+     * another (the kill still lands wherever the child happens to be). */
+    uint64_t seed = 1;
     const char *env = getenv("PZ_TEST_SEED");
-    if (env)
+    if (env && *env)
         seed = strtoull(env, NULL, 10);
     fprintf(stderr, "    seed %" PRIu64 " (PZ_TEST_SEED)\n", seed);
     uint64_t rng = seed;
