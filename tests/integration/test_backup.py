@@ -279,7 +279,7 @@ def test_restore_refuses_damaged_backups_and_used_dirs(servers, tmp_path):
     for name, path, why in (("flip", flipped, "checksum mismatch"),
                             ("trunc", truncated, "truncated")):
         s = restore_proc(servers, name, path)
-        assert s.proc.wait(20) == 1
+        assert s.wait_exit(20) == 1
         log = s.read_log()
         assert "not a valid snapshot" in log and why in log, log
         data_dir = s.conf["raft-data"]
@@ -291,14 +291,14 @@ def test_restore_refuses_damaged_backups_and_used_dirs(servers, tmp_path):
     s = servers("again", start=False, conf=dict(src.conf))
     s.args = ["--restore", good]
     s.start(wait=False)
-    assert s.proc.wait(20) == 1
+    assert s.wait_exit(20) == 1
     assert "already holds state" in s.read_log(), s.read_log()
     assert sorted(os.listdir(src.conf["raft-data"])) == before
 
     # initial-cluster would have the other members bootstrap empty
     s = restore_proc(servers, "ic", good, {
         "initial-cluster": "ic=127.0.0.1:1,other=127.0.0.1:2"})
-    assert s.proc.wait(20) == 1
+    assert s.wait_exit(20) == 1
     assert "remove initial-cluster" in s.read_log(), s.read_log()
     # the good file restores, under the name of a new node
     ok = restore_proc(servers, "fresh", good)

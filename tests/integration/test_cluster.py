@@ -294,6 +294,6 @@ def test_bind_source_needs_an_ip(servers):
     s = servers(start=False, conf={"raft-addr": "localhost:12345",
                                    "raft-bind-source": "yes"})
     s.start(wait=False)
-    assert s.proc.wait(10) != 0
+    assert s.wait_exit(10) != 0
     assert "raft-bind-source needs a raft-addr with an IP address" in \
         s.read_log()

@@ -82,7 +82,7 @@ def test_restart_loads_only_the_end_of_the_log(servers):
         s.request("POST", "/admin/snapshot", timeout=5)
     except OSError:
         pass
-    assert s.proc.wait(10) == 99, s.read_log()
+    assert s.wait_exit(10) == 99, s.read_log()
     del s.env["PYAZDB_FAILPOINT"]
     db = os.path.join(s.conf["raft-data"], "raft.db")
     c = sqlite3.connect(db)

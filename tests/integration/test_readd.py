@@ -198,7 +198,7 @@ def test_damaged_node_is_reseeded_from_the_cluster(servers, mandi):
         f.seek(4096)  # page 2: the log's pages follow the schema
         f.write(b"\xff" * 4096)
     bad.start(wait=False)
-    assert bad.proc.wait(20) != 0
+    assert bad.wait_exit(20) != 0
     assert "raft.db" in bad.read_log()
     others = [s for s in nodes if s is not bad]
     remove(leader_of(others), bad.name)
