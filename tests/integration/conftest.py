@@ -88,11 +88,12 @@ class Server:
         assert st == 200, body
         return json.loads(body)
 
-    def start(self, wait=True):
+    def start(self, wait=True, argv=None, cwd=None):
+        """Start the server (argv: another command line for it)."""
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([SERVER, self.conf_path] + self.args,
-                                     stdout=self.log, stderr=self.log,
-                                     env=self.env)
+        self.proc = subprocess.Popen(argv or [SERVER, self.conf_path] +
+                                     self.args, stdout=self.log,
+                                     stderr=self.log, env=self.env, cwd=cwd)
         self.proc.pz_signals = set()  # signals the test sent it
         self.proc.pz_waited = False   # its exit status seen by wait_exit()
         self.procs.append(self.proc)

@@ -340,9 +340,6 @@ def test_readme_backup_and_restore_recipes(servers, tmp_path):
     r = servers("r1", start=False, conf={"cluster-token": TOKEN})
     cmd = restore_cmd.replace("src/", ROOT + "/src/").replace(
         "node1.conf", r.conf_path)
-    r.log = open(r.log_path, "ab")
-    r.proc = subprocess.Popen(shlex.split(cmd), cwd=tmp_path, env=r.env,
-                              stdout=r.log, stderr=r.log)
-    r.wait_ready()
+    r.start(argv=shlex.split(cmd), cwd=tmp_path)
     assert get(r, "r19")[2] == b"19"
     assert r.status()["keys"] == 20
