@@ -202,9 +202,13 @@ def test_run_survives_a_killed_node(cluster):
     out = c.run_dir + "-fg.log"
     os.makedirs(c.run_dir, exist_ok=True)
     with open(out, "w") as f:
-        script = subprocess.Popen([SCRIPT, "run", "2"], env=c.env, cwd=ROOT,
-                                  stdout=f, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        # SIGINT as a terminal gives it: a shell cannot trap a signal that
+        # was ignored when it started (as it is for a test suite started
+        # in the background), so the default is restored first.
+        script = subprocess.Popen(
+            [SCRIPT, "run", "2"], env=c.env, cwd=ROOT, stdout=f,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def log():
         with open(out, errors="replace") as fh:
