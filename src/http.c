@@ -185,8 +185,8 @@ static void add_u64(cJSON *o, const char *name, uint64_t v)
 }
 
 /* The members array of /status (cluster false) and /cluster (true): one
- * writer for both. The member's name is "name" in /status and "id" in
- * /cluster, as each has been since it was written (clients read both);
+ * writer for both. The member's name is both "id" and "name" in each:
+ * /status first said "name" and /cluster "id", and clients read both;
  * /cluster also says which member leads. Replication progress only where
  * it is known, on the leader. */
 static void add_members(cJSON *o, const struct node_status *st, bool cluster)
@@ -195,7 +195,8 @@ static void add_members(cJSON *o, const struct node_status *st, bool cluster)
     for (size_t i = 0; i < st->n_members; i++) {
         const struct node_member *m = &st->members[i];
         cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, cluster ? "id" : "name", m->name);
+        cJSON_AddStringToObject(j, "id", m->name);
+        cJSON_AddStringToObject(j, "name", m->name);
         cJSON_AddStringToObject(j, "raft_addr", m->raft);
         cJSON_AddStringToObject(j, "http_addr", m->http);
         cJSON_AddStringToObject(j, "grpc_addr", m->grpc);

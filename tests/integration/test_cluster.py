@@ -297,3 +297,12 @@ def test_bind_source_needs_an_ip(servers):
     assert s.wait_exit(10) != 0
     assert "raft-bind-source needs a raft-addr with an IP address" in \
         s.read_log()
+
+
+def test_status_and_cluster_name_members_alike(servers):
+    nodes = make_cluster(servers)
+    lead = leader_of(nodes)
+    st, _, body = lead.request("GET", "/cluster")
+    assert st == 200, body
+    for m in json.loads(body)["members"] + lead.status()["members"]:
+        assert m["id"] == m["name"] and m["id"].startswith("node"), m
