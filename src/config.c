@@ -946,12 +946,18 @@ out:
     return rc;
 }
 
+/* Errors of one file reported at once: a user fixes them in one go. */
+#define CFG_MAX_ERRORS 5
+
 int cfg_load_string(struct pz_config *c, const char *text, size_t len,
                     const char *source, char *err, size_t errlen)
 {
     int seen[N_DIRECTIVES] = {0};
     const char *p = text, *end = text + len;
-    int lineno = 0;
+    int lineno = 0, first_rc = 0, nerr = 0;
+    char one[512];
+    if (errlen > 0)
+        err[0] = '\0';
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *e = nl ? nl : end;
@@ -959,14 +965,29 @@ int cfg_load_string(struct pz_config *c, const char *text, size_t len,
         if (ll > 0 && p[ll - 1] == '\r')
             ll--;
         lineno++;
-        int rc = load_line(c, p, ll, source, lineno, seen, err, errlen);
+        one[0] = '\0';
+        int rc = load_line(c, p, ll, source, lineno, seen, one, sizeof one);
         if (rc != 0) {
-            append_line(err, errlen, p, ll);
-            return rc;
+            /* Go on: the other lines are checked too, and the first
+             * CFG_MAX_ERRORS errors reported, one per line. */
+            if (first_rc == 0)
+                first_rc = rc;
+            if (nerr < CFG_MAX_ERRORS && errlen > 0) {
+                append_line(one, sizeof one, p, ll);
+                size_t used = strnlen(err, errlen);
+                snprintf(err + used, errlen - used, "%s%s",
+                         nerr ? "\n" : "", one);
+            }
+            nerr++;
         }
         p = nl ? nl + 1 : end;
     }
-    return 0;
+    if (nerr > CFG_MAX_ERRORS && errlen > 0) {
+        size_t used = strnlen(err, errlen);
+        snprintf(err + used, errlen - used, "\n(%d more errors)",
+                 nerr - CFG_MAX_ERRORS);
+    }
+    return first_rc;
 }
 
 int cfg_load_file(struct pz_config *c, const char *path, char *err,

@@ -53,7 +53,7 @@ static int take_restore(int argc, char **argv, const char **file)
 int main(int argc, char **argv)
 {
     struct pz_config cfg;
-    char err[1024];
+    char err[4096];
     const char *restore;
 
     argc = take_restore(argc, argv, &restore);

@@ -51,7 +51,7 @@ static void shown(const struct pz_config *c, const struct cfg_directive *d,
 
 int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
 {
-    char err[1024];
+    char err[4096];
     struct pz_config next;
     sdnotify_reloading();
     pz_info("reload: reading the configuration again");
@@ -64,7 +64,7 @@ int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
         pz_error("reload failed, keeping the running configuration: %s",
                  err);
         cfg_free(&next);
-        char status[1100];
+        char status[sizeof err + 80];
         snprintf(status, sizeof status,
                  "READY=1\nSTATUS=reload failed, running configuration "
                  "kept: %s",

@@ -520,10 +520,22 @@ TEST(file_value_errors)
                        "max-clients 0\n"
                        "node-id n2\n";
     CHECK_EQ_INT(load_text(&c, text, err, sizeof err), PZ_ECONFIG);
+    /* Every error of the file is reported, each with its line. */
     CHECK_EQ_STR(err, "pyazdb.conf:7: 'max-clients' must be between 1 and "
-                      "1000000: '0'\n>>> 'max-clients 0'");
-    /* Lines before the bad one stay applied, none after it. */
+                      "1000000: '0'\n>>> 'max-clients 0'\n"
+                      "pyazdb.conf:8: duplicate directive 'node-id' (first "
+                      "set on line 3)\n>>> 'node-id n2'");
     CHECK_EQ_STR(c.node_id, "n1");
+    cfg_free(&c);
+
+    /* The first five, then how many more. */
+    char big[2048];
+    CHECK_EQ_INT(load_text(&c, "a 1\nb 1\nc 1\nd 1\ne 1\nf 1\ng 1\n", big,
+                           sizeof big),
+                 PZ_ECONFIG);
+    CHECK(strstr(big, "pyazdb.conf:5: unknown directive 'e'") != NULL);
+    CHECK(strstr(big, "'f'") == NULL);
+    CHECK(strstr(big, "\n(2 more errors)") != NULL);
     cfg_free(&c);
 
     CHECK_EQ_INT(load_text(&c, "a\n\nheartbeat-interval 1h\n", err, sizeof err),
