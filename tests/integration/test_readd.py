@@ -4,6 +4,7 @@ removal of an earlier incarnation must not stop the new one, the leader
 must not promote a node that is gone, and a join request left by the
 removed incarnation must not bring it back."""
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -241,3 +242,62 @@ def test_replaced_incarnation_is_told_when_it_returns(servers, mandi):
     old.start()
     assert put(leader_of(nodes), "k3", "3")[0] == 204
     wait_value(old, "k3", "3")
+
+
+def recipe(title):
+    """The command lines of the README recipe that starts with **title**,
+    comments and continuation comments dropped."""
+    from test_readme import readme
+    text = readme()
+    start = text.index(f"**{title}")
+    end = text.index("\n**", start + 2)
+    lines = []
+    for line in text[start:end].splitlines():
+        if not line.startswith("    "):
+            continue
+        cmd = line.split("#", 1)[0].strip()
+        if cmd:
+            lines.append(cmd)
+    return lines
+
+
+def test_readme_recipes_remove_and_add_again(servers, mandi):
+    """The README's first two recipes, their commands as printed: only the
+    leader's address and node3's data dir are this test's own."""
+    import subprocess
+    nodes = grow(servers, mandi, n=3)
+    node3 = nodes[2]
+    lead = leader_of(nodes)
+    assert put(lead, "k", "1")[0] == 204
+    env = {"LEADER": f"127.0.0.1:{nodes[0].http_port}"}
+
+    def sh(cmd):
+        cmd = cmd.replace("/var/lib/pyazdb/node3", node3.conf["raft-data"])
+        r = subprocess.run(["bash", "-c", cmd + " -s -o /dev/null -w "
+                            "'%{http_code}'" if cmd.startswith("curl")
+                            else cmd], capture_output=True, text=True,
+                           timeout=30, env={**os.environ, **env})
+        assert r.returncode == 0, (cmd, r.stderr)
+        return r.stdout
+
+    remove_steps = recipe("Remove a node for good")
+    assert remove_steps == [
+        "curl -X DELETE http://$LEADER/cluster/members/node3"]
+    assert sh(remove_steps[0]) == "204"
+    assert node3.proc.wait(20) == 0
+    assert "removed from the cluster" in node3.read_log()
+
+    steps = recipe("Add a removed node again")
+    assert [s.split()[0] for s in steps] == ["curl", "rm", "pyazdb-server"]
+    assert sh(steps[0]) == "404"  # done already: no such member
+    sh(steps[1])
+    assert not os.path.exists(node3.conf["raft-data"])
+    # pyazdb-server node3.conf, with what the recipe's comment says
+    assert steps[2] == "pyazdb-server node3.conf"
+    node3.conf["raft-bootstrap"] = "no"
+    node3.conf.pop("initial-cluster", None)
+    node3.conf["mandi-addr"] = mandi.url
+    node3.write_conf()
+    node3.start()
+    wait_voters(leader_of(nodes), [s.name for s in nodes], timeout=40)
+    wait_value(node3, "k", "1")
