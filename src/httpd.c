@@ -173,6 +173,16 @@ static void refuse_busy(struct httpd_conn *hc)
     discard(hc);
 }
 
+/* Serve the requests buffered, then charge what is held and arm the next
+ * deadline: after new input, a drained output, or an answer. */
+static void serve(struct httpd_conn *hc)
+{
+    process(hc);
+    if (!account(hc))
+        refuse_busy(hc);
+    update_deadline(hc);
+}
+
 /* The request is answered: get ready for the next one. */
 static void finish(struct httpd_conn *hc, bool close)
 {
@@ -194,10 +204,7 @@ static void finish(struct httpd_conn *hc, bool close)
     http_parser_next(&hc->p);
     conn_resume(hc->c);
     if (!hc->processing) {
-        process(hc); /* answered from the loop: serve what is buffered */
-        if (!account(hc))
-            refuse_busy(hc);
-        update_deadline(hc);
+        serve(hc); /* answered from the loop: serve what is buffered */
     }
 }
 
@@ -370,10 +377,7 @@ static void on_data(struct conn *c, const char *data, size_t len)
         return;
     }
     pz_buf_append(&hc->in, data, len);
-    process(hc);
-    if (!account(hc))
-        refuse_busy(hc);
-    update_deadline(hc);
+    serve(hc);
 }
 
 /* The client read its answers: serve what it sent meanwhile. */
@@ -388,10 +392,7 @@ static void on_drain(struct conn *c)
         return;
     hc->out_paused = false;
     conn_resume(c);
-    process(hc);
-    if (!account(hc))
-        refuse_busy(hc);
-    update_deadline(hc);
+    serve(hc);
 }
 
 /* A request did not arrive in time: 408, close. */
