@@ -91,6 +91,9 @@ static void reply_node_error(struct http_conn *h, int status)
     case PZ_ETIMEDOUT:
         reply_text(h, 503, "Timed out waiting for the cluster", NULL);
         break;
+    case PZ_ENOSPC: /* the NOSPACE alarm: GET /status says why */
+        reply_text(h, 507, "no space left on device", NULL);
+        break;
     default: {
         char line[128];
         snprintf(line, sizeof line, "Replication failed: %s",
@@ -241,6 +244,11 @@ static void reply_status(struct http_conn *h)
     cJSON_AddStringToObject(o, "digest", dg);
     add_u64(o, "fsync_entries", st.fsync_entries);
     add_u64(o, "partial_input", conn_in_total());
+    cJSON *alarms = cJSON_AddArrayToObject(o, "alarms");
+    if (st.nospace) {
+        cJSON_AddItemToArray(alarms, cJSON_CreateString("NOSPACE"));
+        cJSON_AddStringToObject(o, "alarm_reason", st.alarm_reason);
+    }
     add_members(o, &st, false);
     reply_json(h, o);
 }

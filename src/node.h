@@ -67,6 +67,10 @@ struct node_status {
     struct node_member *members; /* valid until the next loop turn */
     uint64_t fsyncs;         /* log write transactions */
     uint64_t fsync_entries;  /* entries written by them */
+    bool nospace;            /* the NOSPACE alarm: client writes refused
+                                (all of them when the disk is full, all
+                                but deletes when over the quota) */
+    const char *alarm_reason;/* why, one line ("" without an alarm) */
 };
 
 /* Asks the process to shut down, saying why (the node was removed from

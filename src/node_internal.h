@@ -65,7 +65,18 @@ struct node {
     uint64_t tick_ms;            /* its period */
     struct raft_ready rd;        /* the Ready being persisted */
     bool store_busy;             /* the store runs a job: writing rd, or
-                                    a compaction step */
+                                    a compaction step; or rd waits to be
+                                    written again (ready_owed) */
+    /* out of space (see "out of space" in node.c) */
+    bool ready_owed;             /* rd could not be stored for lack of
+                                    space: written again every
+                                    NOSPACE_RETRY_MS, never advanced before */
+    bool retry_due;              /* ready_owed and no write in flight */
+    uint64_t retry_at;           /* uv_now() of the next attempt */
+    uint64_t compact_retry_at;   /* no compaction step before (uv_now) */
+    bool alarm_disk;             /* NOSPACE: the disk is full */
+    bool alarm_quota;            /* NOSPACE: quota-backend-bytes reached */
+    char alarm_reason[320];      /* why, one line (when either is set) */
     struct pz_queue proposals;   /* writes waiting for apply, by index */
     struct pz_queue reads;       /* reads waiting for their read index */
     struct pz_queue reads_apply; /* reads waiting for applied >= index */
@@ -127,6 +138,10 @@ extern struct node node;
  * snapshot that cannot be installed: log and exit (fail-stop). */
 void core_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                      noreturn));
+/* A store job failed with PZ_ENOSPC (errmsg: the store's message): raise
+ * the NOSPACE alarm (log it once); a job that succeeded clears it. */
+void core_nospace(const char *errmsg);
+void core_space_back(void);
 /* Complete the reads whose read index is applied now. */
 void core_reads_check_applied(void);
 /* Close the tick timer, then the transport, then the rest (node_close,

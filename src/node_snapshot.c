@@ -128,11 +128,17 @@ static void on_compacted(struct store *s, int status, const char *errmsg,
 {
     PZ_UNUSED(s);
     PZ_UNUSED(arg);
-    if (status < 0) {
+    node.store_busy = false;
+    if (status == PZ_ENOSPC) {
+        /* Rolled back whole: try the step again a little later. */
+        core_nospace(errmsg ? errmsg : pz_strerror(status));
+        node.compact_retry_at = uv_now(node.loop) + 1000;
+    } else if (status < 0) {
         core_fatal("cannot compact the Raft log: %s",
                    errmsg ? errmsg : pz_strerror(status));
+    } else if (!node.ready_owed) {
+        core_space_back();
     }
-    node.store_busy = false;
     pz_failpoint("after-log-truncate");
     if (node.cluster_id_unsaved) {
         node.cluster_id_unsaved = false;
@@ -150,7 +156,8 @@ static void request_compaction(void)
 /* From the Ready cycle, when no log write is due: one compaction step. */
 void snaps_compact_step(void)
 {
-    if (!node.compact_pending || node.store_busy || node.closing)
+    if (!node.compact_pending || node.store_busy || node.closing ||
+        uv_now(node.loop) < node.compact_retry_at)
         return;
     struct raft_status rs;
     raft_status(node.raft, &rs);

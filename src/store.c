@@ -30,7 +30,10 @@
  *
  * Failure modes: any failed step inside a write rolls the transaction back
  * (if SQLite has not already), marks the store failed (every later write
- * is refused) and reports a negative code with "<path>: <step>: <why>". A
+ * is refused) and reports a negative code with "<path>: <step>: <why>",
+ * except a lack of space (SQLITE_FULL: the file system said ENOSPC, or the
+ * page limit of store_test_max_pages): that transaction is rolled back,
+ * the store stays usable and the caller may retry the batch later. A
  * COMMIT that failed may or may not have reached the disk; it is reported
  * as failed all the same, which is safe: nothing was acknowledged. Batches
  * that would break the log's invariants (gaps, decreasing terms) are
@@ -144,6 +147,8 @@ static int map_sqlite(int rc)
         return PZ_EBUSY;
     case SQLITE_NOMEM:
         return PZ_ENOMEM;
+    case SQLITE_FULL:
+        return PZ_ENOSPC;
     default:
         return PZ_EIO;
     }
@@ -396,6 +401,14 @@ err_in_txn:
 /* Loop thread: the batch is over; update the in-memory copy or fail. */
 static void finish_batch(struct store *s, struct batch *b)
 {
+    if (b->rc == PZ_ENOSPC) {
+        /* SQLite rolled the transaction back whole (run_batch's
+         * rollback): nothing of it is stored and the file is as it was,
+         * so the same batch may be written again once there is room. */
+        s->stats.nospace++;
+        memcpy(s->errmsg, b->err, sizeof s->errmsg);
+        return;
+    }
     if (b->rc != 0) {
         s->failed = true;
         s->stats.failures++;
@@ -1628,6 +1641,15 @@ const char *store_errmsg(const struct store *s)
 const char *store_path(const struct store *s)
 {
     return s->path;
+}
+
+int store_test_max_pages(struct store *s, long pages)
+{
+    pz_assert(!s->busy);
+    char sql[64], out[32];
+    snprintf(sql, sizeof sql, "PRAGMA max_page_count = %ld",
+             pages > 0 ? pages : 0x7ffffffeL);
+    return pragma_row(s, sql, out, sizeof out, NULL, 0);
 }
 
 void store_fail_at(struct store *s, long n)

@@ -897,6 +897,47 @@ TEST(fault_injection_async)
     tdir_free(&t);
 }
 
+/* A write that finds no room (SQLITE_FULL, here from a page cap, as from
+ * a full file system) is rolled back whole, leaves the store usable, and
+ * the same batch goes through once there is room. */
+TEST(full_disk_rolls_back_and_retries)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 1, 0};
+    CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
+    CHECK_EQ_INT(store_test_max_pages(s, 1), 0); /* = its size now */
+    struct raft_hard_state h2 = {2, 0, 0};
+    struct raft_entry *e = mk_entries(3, 400, 2); /* overwrites 3..5 */
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(store_write_sync(s, &h2, e, 400), PZ_ENOSPC);
+        CHECK(has(store_errmsg(s), "full"));
+        CHECK(has(store_errmsg(s), t.db));
+    }
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.failures, 0);
+    CHECK_EQ_INT(ss.nospace, 2);
+    CHECK_EQ_INT(ss.last_index, 5);
+    struct raft_hard_state lh;
+    struct raft_entry *le;
+    size_t ln;
+    CHECK_EQ_INT(store_load(s, &lh, &le, &ln, NULL), 0);
+    CHECK_EQ_INT(ln, 5);
+    CHECK_EQ_INT(lh.term, 1);
+    for (size_t i = 0; i < ln; i++)
+        CHECK(entry_ok(&le[i], i + 1, 1));
+    free_entries(le, ln);
+    CHECK_EQ_INT(store_test_max_pages(s, 0), 0);
+    CHECK_EQ_INT(store_write_sync(s, &h2, e, 400), 0);
+    free_entries(e, 400);
+    store_close(s);
+    CHECK(log_is(&t, 402, 2, 2));
+    tdir_free(&t);
+}
+
 /* --- compaction and meta -------------------------------------------------- */
 
 /* An installed snapshot replaces the whole log in one transaction with the
@@ -1656,6 +1697,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(second_process_locked_out),
     TEST_ENTRY(fault_injection_sync),
     TEST_ENTRY(fault_injection_async),
+    TEST_ENTRY(full_disk_rolls_back_and_retries),
     TEST_ENTRY(compact_and_reload),
     TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
