@@ -120,6 +120,8 @@ struct node {
     uint64_t prev_snap_index;    /* the durable snapshot before it */
     uint64_t prev_snap_term;     /* its term */
     bool compact_pending;        /* store_compact waits for the write */
+    uint64_t snap_retry_at;      /* no automatic snapshot before (uv_now):
+                                    the last one failed */
     struct pz_queue snap_waiters;/* POST /admin/snapshot requests */
     struct xfer *xfers;          /* snapshots being sent to followers */
     struct snapshot_receiver *rx;/* snapshot being received */

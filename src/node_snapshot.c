@@ -122,6 +122,7 @@ static void update_snap_waiters(void)
  * step on the thread pool, between log writes (never during one), so that
  * a million-entry prefix never stalls the loop or the writes. */
 #define COMPACT_ROWS 20000
+#define SNAP_RETRY_MS 10000 /* after a failed snapshot */
 
 static void on_compacted(struct store *s, int status, const char *errmsg,
                          void *arg)
@@ -188,8 +189,13 @@ void snaps_poll(void)
         return;
     struct snapshot_child *c = &node.snap_child;
     if (!ok) {
-        pz_warn("snapshot at index %llu failed: %s",
-                (unsigned long long)c->index, c->errmsg);
+        /* Not again on every apply (a full disk would fork a child per
+         * batch): the next automatic one waits SNAP_RETRY_MS. */
+        pz_warn("snapshot at index %llu failed: %s; the next one in %d s at "
+                "the earliest",
+                (unsigned long long)c->index, c->errmsg,
+                SNAP_RETRY_MS / 1000);
+        node.snap_retry_at = uv_now(node.loop) + SNAP_RETRY_MS;
         c->pid = 0;
         finish_snap_waiters(PZ_EIO);
         return;
@@ -240,6 +246,8 @@ void snaps_poll(void)
 /* After applying: time for a snapshot? */
 void snaps_maybe(void)
 {
+    if (uv_now(node.loop) < node.snap_retry_at)
+        return;
     if (node.applied >=
         node.snap_index + (uint64_t)node.cfg->raft_snapshot_entries)
         snapshot_start();
