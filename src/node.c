@@ -432,7 +432,12 @@ static void on_written(struct store *s, int status, const char *errmsg,
         return;
     }
     if (status < 0) {
-        core_fatal("writing the Raft log failed: %s",
+        /* A failed write or fsync may have dropped dirty pages the kernel
+         * still shows us (PostgreSQL's fsync lesson): never retry it, never
+         * read it back; a restart recovers from what is on disk. */
+        core_fatal("writing the Raft log failed: %s; after a failed write "
+                   "or fsync the page cache cannot be trusted: restart the "
+                   "node to recover from what is on disk",
                    errmsg ? errmsg : pz_strerror(status));
     }
     node.ready_owed = false;

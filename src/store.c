@@ -169,8 +169,13 @@ static int sql_err(struct store *s, char *buf, const char *what, int rc)
     const char *msg = sqlite3_extended_errcode(s->db) == rc
                           ? sqlite3_errmsg(s->db)
                           : sqlite3_errstr(rc);
-    set_err(buf, STORE_ERRMSG_SIZE, "%s: %s: %s (SQLite error %d)", s->path,
-            what, msg, rc);
+    const char *how = rc == SQLITE_IOERR_FSYNC    ? ", fsync failed"
+                      : rc == SQLITE_IOERR_WRITE  ? ", write failed"
+                      : rc == SQLITE_IOERR_SHORT_READ ? ", short read"
+                      : rc == SQLITE_IOERR_READ   ? ", read failed"
+                                                  : "";
+    set_err(buf, STORE_ERRMSG_SIZE, "%s: %s: %s (SQLite error %d%s)", s->path,
+            what, msg, rc, how);
     return map_sqlite(rc);
 }
 
