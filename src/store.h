@@ -45,7 +45,8 @@
 
 #include "raft.h"
 
-#define STORE_SCHEMA_VERSION 1  /* schema written by this code */
+#define STORE_SCHEMA_VERSION 2  /* schema written by this code (1 is
+                                   converted at open) */
 #define STORE_NAME_MAX 256      /* node_name buffer, NUL included */
 #define STORE_ERRMSG_SIZE 512   /* store_errmsg() buffer */
 

@@ -706,12 +706,22 @@ TEST(tampered_rows_refused)
     static const struct tamper cases[] = {
         {"DELETE FROM log WHERE idx = 50", PZ_ECORRUPT, "gap in the log"},
         {"DELETE FROM log WHERE idx = 1", PZ_ECORRUPT, "gap in the log"},
-        {"UPDATE log SET term = 2 WHERE idx = 50", PZ_ECORRUPT,
+        /* Without their checksums (rows of a version 1 file), the log's
+         * own rules still catch these. */
+        {"UPDATE log SET term = 2, crc = NULL WHERE idx = 50", PZ_ECORRUPT,
          "term decreases"},
-        {"UPDATE log SET term = 9 WHERE idx = 90", PZ_ECORRUPT,
+        {"UPDATE log SET term = 9, crc = NULL WHERE idx = 90", PZ_ECORRUPT,
          "above the hard state"},
-        {"UPDATE log SET type = 77 WHERE idx = 3", PZ_ECORRUPT,
+        {"UPDATE log SET type = 77, crc = NULL WHERE idx = 3", PZ_ECORRUPT,
          "unknown entry type"},
+        /* With them, any change to a row. */
+        {"UPDATE log SET term = 2 WHERE idx = 50", PZ_ECORRUPT,
+         "log entry 50 (row idx = 50 of table log, 0 payload bytes) fails "
+         "its checksum"},
+        {"UPDATE log SET data = CAST(X'00' || substr(data, 2) AS BLOB) WHERE idx = 42",
+         PZ_ECORRUPT, "log entry 42 (row idx = 42"},
+        {"UPDATE log SET type = 1 WHERE idx = 3", PZ_ECORRUPT,
+         "log entry 3 (row idx = 3"},
         {"DELETE FROM hard_state", PZ_ECORRUPT, "hard state row is missing"},
         {"UPDATE meta SET value = '99' WHERE key = 'schema_version'",
          PZ_ECORRUPT, "unknown schema version 99"},
@@ -894,6 +904,34 @@ TEST(fault_injection_async)
     CHECK_EQ_INT(ss.last_index, 44);
     store_close(s);
     CHECK(log_is(&t, 44, 1, 1));
+    tdir_free(&t);
+}
+
+/* A version 1 file (no checksum column) is converted at open: its rows
+ * keep no checksum and load, new ones get theirs. */
+TEST(schema_1_is_converted)
+{
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 20));
+    CHECK(sql(&t, "ALTER TABLE log DROP COLUMN crc;"
+                  "UPDATE meta SET value = '1' WHERE key = 'schema_version'"));
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct store_meta m;
+    store_meta_get(s, &m);
+    CHECK_EQ_INT(m.schema_version, STORE_SCHEMA_VERSION);
+    struct raft_hard_state hs = {3, 2, 0};
+    CHECK_EQ_INT(write_range(s, 21, 5, 3, &hs), 0);
+    store_close(s);
+    CHECK(log_is(&t, 25, 3, 3));
+    CHECK(sql(&t, "UPDATE log SET data = X'01' WHERE idx = 22"));
+    char err[512];
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
+    CHECK(has(err, "log entry 22"));
+    CHECK(sql(&t, "UPDATE log SET data = X'01' WHERE idx = 12"));
+    CHECK(sql(&t, "UPDATE log SET crc = NULL WHERE idx = 22"));
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), 0); /* unchecked row */
     tdir_free(&t);
 }
 
@@ -1698,6 +1736,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(fault_injection_sync),
     TEST_ENTRY(fault_injection_async),
     TEST_ENTRY(full_disk_rolls_back_and_retries),
+    TEST_ENTRY(schema_1_is_converted),
     TEST_ENTRY(compact_and_reload),
     TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
