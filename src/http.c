@@ -210,6 +210,15 @@ static void add_members(cJSON *o, const struct node_status *st, bool cluster)
         if (strcmp(st->role, "leader") == 0) {
             add_u64(j, "match_index", m->match);
             add_u64(j, "last_contact_ms", m->last_contact_ms);
+            if (!cluster) {
+                /* What a silent member said of itself (node_status). */
+                cJSON *al = cJSON_AddArrayToObject(j, "alarms");
+                if (m->nospace) {
+                    cJSON_AddItemToArray(al, cJSON_CreateString("NOSPACE"));
+                    cJSON_AddStringToObject(j, "alarm_reason",
+                                            m->alarm_reason);
+                }
+            }
         }
         cJSON_AddItemToArray(ms, j);
     }

@@ -30,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "httpc.h"
+#include "json.h"
 #include "log.h"
 #include "node_internal.h"
 
@@ -201,8 +203,118 @@ void core_space_back(void)
     set_alarm_reason();
 }
 
+/* --- what silent voters say: a leader asks a voter it has not heard from
+ * for an election timeout for its GET /status (HTTP still answers when
+ * its core is frozen), at most every PALARM_ASK_MS, and shows the NOSPACE
+ * alarm it reports next to it in its own /status. */
+
+#define PALARM_ASK_MS 3000
+
+static struct peer_alarm *palarm_get(uint64_t id)
+{
+    for (size_t i = 0; i < node.n_palarms; i++)
+        if (node.palarms[i].id == id)
+            return &node.palarms[i];
+    return NULL;
+}
+
+static void palarm_answer(const struct httpc_result *res, void *data)
+{
+    uint64_t id = (uint64_t)(uintptr_t)data;
+    struct peer_alarm *p = palarm_get(id);
+    if (p == NULL || p->c == NULL)
+        return;
+    httpc_free(p->c); /* allowed from its own callback */
+    p->c = NULL;
+    p->nospace = false;
+    p->reason[0] = '\0';
+    struct json_val root, v, e;
+    if (res->err != 0 || res->status != 200 ||
+        json_parse(res->body, res->blen, &root) < 0 ||
+        !json_get(&root, "alarms", &v) || v.type != JSON_ARRAY)
+        return;
+    struct json_iter it;
+    json_iter_init(&it, &v);
+    while (json_iter_next(&it, NULL, &e))
+        if (e.type == JSON_STRING && json_str_is(&e, "NOSPACE", 7))
+            p->nospace = true;
+    if (p->nospace && json_get(&root, "alarm_reason", &v) &&
+        v.type == JSON_STRING) {
+        size_t len;
+        char *r = json_strdup(&v, &len);
+        snprintf(p->reason, sizeof p->reason, "%s", r);
+        for (char *c = p->reason; *c; c++)
+            if ((unsigned char)*c < 0x20)
+                *c = ' '; /* one line, whatever it sent */
+        pz_free(r);
+    }
+    if (p->nospace) {
+        struct member *m = members_find(id);
+        pz_warn("member %s is out of space: %s",
+                m && m->name[0] ? m->name : "(unknown)", p->reason);
+    }
+}
+
+/* Forget every record (not leading any more, closing). */
+static void palarm_clear(void)
+{
+    for (size_t i = 0; i < node.n_palarms; i++) {
+        struct httpc *c = node.palarms[i].c;
+        node.palarms[i].c = NULL; /* its callback finds nothing to do */
+        if (c)
+            httpc_free(c);
+    }
+    pz_free(node.palarms);
+    node.palarms = NULL;
+    node.n_palarms = 0;
+}
+
+static void palarm_cron(const struct raft_status *rs)
+{
+    if (rs->role != RAFT_LEADER) {
+        if (node.n_palarms)
+            palarm_clear();
+        return;
+    }
+    uint64_t now = uv_now(node.loop);
+    uint64_t silent_ms = (uint64_t)node.cfg->election_timeout_ms;
+    for (size_t i = 0; i < rs->n_peers; i++) {
+        const struct raft_peer_status *ps = &rs->peers[i];
+        struct peer_alarm *p = palarm_get(ps->id);
+        if (ps->last_contact * node.tick_ms < silent_ms) {
+            if (p)
+                p->nospace = false; /* it answers again */
+            continue;
+        }
+        struct member *m = members_find(ps->id);
+        if (m == NULL || !ps->voter || m->http[0] == '\0')
+            continue;
+        if (p == NULL) {
+            node.palarms = pz_realloc(node.palarms, (node.n_palarms + 1) *
+                                                        sizeof *node.palarms);
+            p = &node.palarms[node.n_palarms++];
+            memset(p, 0, sizeof *p);
+            p->id = ps->id;
+        } else if (p->c != NULL || now < p->asked_at + PALARM_ASK_MS) {
+            continue;
+        }
+        struct httpc_opts o = {.max_head = 16384,
+                               .max_body = 65536,
+                               .timeout_ms = 2000,
+                               .max_attempts = 1,
+                               .log_name = m->name,
+                               .quiet_dial = true};
+        p->asked_at = now;
+        p->c = httpc_new(node.loop, m->http, &o);
+        if (p->c == NULL)
+            continue;
+        httpc_request(p->c, "GET", "/status", NULL, NULL, 0, palarm_answer,
+                      (void *)(uintptr_t)ps->id);
+    }
+}
+
 /* Once a second: the quota alarm follows the data; a leader out of space
- * hands its leadership on. */
+ * hands its leadership on; a leader asks silent voters why. */
 static void nospace_cron(void)
 {
     int64_t quota = node.cfg->quota_backend_bytes;
@@ -219,11 +331,10 @@ static void nospace_cron(void)
                 "quota-backend-bytes",
                 bytes);
     }
-    if (!node.ready_owed)
-        return;
     struct raft_status rs;
     raft_status(node.raft, &rs);
-    if (rs.role != RAFT_LEADER || rs.transferee != 0)
+    palarm_cron(&rs);
+    if (!node.ready_owed || rs.role != RAFT_LEADER || rs.transferee != 0)
         return;
     uint64_t best = 0, best_match = 0;
     for (size_t i = 0; i < rs.n_peers; i++) {
@@ -646,6 +757,12 @@ void node_status(struct node_status *st)
                 v->last_contact_ms = rs.peers[j].last_contact * node.tick_ms;
             }
         }
+        struct peer_alarm *pa = palarm_get(m->id);
+        v->alarm_reason = "";
+        if (pa != NULL && pa->nospace) {
+            v->nospace = true;
+            v->alarm_reason = pa->reason;
+        }
         if (m->id == node.id)
             v->match = rs.persisted_index;
     }
@@ -989,6 +1106,7 @@ static void on_transport_closed(void *data)
 static void on_tick_closed(uv_handle_t *h)
 {
     PZ_UNUSED(h);
+    palarm_clear();
     mandi_client_free(node.mandi);
     node.mandi = NULL;
     transport_close(node.tr, on_transport_closed);

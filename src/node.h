@@ -51,6 +51,9 @@ struct node_member {
     const char *grpc;     /* gRPC address, "" if not known yet */
     uint64_t match;       /* leader only: replicated up to */
     uint64_t last_contact_ms; /* leader only: since last heard */
+    bool nospace;          /* leader only: the member, silent, says it has
+                              the NOSPACE alarm (asked by HTTP) */
+    const char *alarm_reason; /* its reason then ("" if none) */
 };
 
 struct node_status {

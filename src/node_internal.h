@@ -33,6 +33,17 @@
 #define NAME_SEED 0x7079617a6462ull /* hash seed of node names -> ids */
 
 struct xfer;
+struct httpc;
+
+/* Leader: a voter that stopped answering, asked over HTTP for its
+ * /status, so that the leader can say why (out of space). */
+struct peer_alarm {
+    uint64_t id;          /* the member's Raft id */
+    struct httpc *c;      /* GET /status in flight, or NULL */
+    uint64_t asked_at;    /* uv_now() of the last question */
+    bool nospace;         /* its answer showed the NOSPACE alarm */
+    char reason[200];     /* its alarm_reason then */
+};
 
 /* What the node knows of a member: from its configuration entry's meta,
  * and from its transport handshake (its client addresses). */
@@ -77,6 +88,9 @@ struct node {
     bool alarm_disk;             /* NOSPACE: the disk is full */
     bool alarm_quota;            /* NOSPACE: quota-backend-bytes reached */
     char alarm_reason[320];      /* why, one line (when either is set) */
+    struct peer_alarm *palarms;  /* leader: what lagging voters said of
+                                    themselves (their /status) */
+    size_t n_palarms;            /* entries in palarms */
     struct pz_queue proposals;   /* writes waiting for apply, by index */
     struct pz_queue reads;       /* reads waiting for their read index */
     struct pz_queue reads_apply; /* reads waiting for applied >= index */

@@ -197,6 +197,17 @@ def test_follower_out_of_space_leader_goes_on(tmpfs, servers):
         return (m["match_index"] < st["last_index"] and
                 m["last_contact_ms"] > 1000) and m
     wait_for(lagging, "the leader to show the member lagging")
+
+    # and why: the leader asked the silent member for its /status
+    def reported():
+        st = status(leader)
+        m = next(m for m in st["members"] if m["name"] == f.name)
+        return m.get("alarms") == ["NOSPACE"] and m
+    m = wait_for(reported, "the leader to report the member out of space")
+    assert "full" in m["alarm_reason"], m
+    assert all(x.get("alarms") == [] for x in status(leader)["members"]
+               if x["name"] != f.name)
+    assert f"member {f.name} is out of space" in leader.read_log()
     assert leader.proc.poll() is None and f.proc.poll() is None
     os.unlink(filler)
     wait_for(lambda: status(f)["alarms"] == [], "the alarm to clear")
@@ -209,6 +220,9 @@ def test_follower_out_of_space_leader_goes_on(tmpfs, servers):
         m = next(m for m in st["members"] if m["name"] == f.name)
         return m["match_index"] == st["last_index"]
     wait_for(caught_up, "the member to catch up")
+    wait_for(lambda: all(x.get("alarms") == []
+                         for x in status(leader)["members"]),
+             "the leader to see the member well again")
 
 
 def test_leader_out_of_space_hands_leadership_on(tmpfs, servers):
