@@ -139,3 +139,26 @@ def test_flipped_byte_in_a_snapshot_is_refused(servers):
     assert any(f"damaged snapshot {os.path.join(data, f)}" in log
                for f in snaps), log
     assert "no valid snapshot" in log, log
+
+
+def test_truncated_snapshot_tail_is_refused(servers):
+    s = servers(conf={"raft-snapshot-entries": "100",
+                      "raft-trailing-entries": "0"})
+    for i in range(150):
+        assert put(s, f"t{i}", f"value-{i}")[0] == 204
+    st, _, body = s.request("POST", "/admin/snapshot")
+    assert st == 200, body
+    s.stop()
+    data = os.path.join(s.dir, "data")
+    snaps = [f for f in os.listdir(data) if f.endswith(".snap")]
+    assert snaps
+    for f in snaps:
+        path = os.path.join(data, f)
+        os.truncate(path, os.path.getsize(path) - 7)
+    s.start(wait=False)
+    assert s.wait_exit(10) != 0
+    log = s.read_log()
+    assert "truncated" in log and "offset" in log, log
+    assert any(f"damaged snapshot {os.path.join(data, f)}" in log
+               for f in snaps), log
+    assert "no valid snapshot" in log, log
