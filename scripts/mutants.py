@@ -126,7 +126,8 @@ MUTATIONS = [
       RAFT, "a follower acknowledges entries before they are durable"),
     M("append_prev_term_unchecked", "src/raft.c",
       "    if (prev > last || log_term(&r->log, prev) != prev_term) {",
-      "    if (prev > last) {",
+      "    if (prev > last || (log_term(&r->log, prev) != prev_term && "
+      "prev_term == 0)) {",
       RAFT, "AppendEntries consistency check without the term"),
     M("append_commit_unbounded", "src/raft.c",
       "    commit_to(r, PZ_MIN(m->commit, last_new));",
