@@ -176,13 +176,14 @@ MUTATIONS = [
       "            send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);\n"
       "            rd->n_msgs_after_persist = 0;\n"
       "            return;",
-      ["py:test_powerloss.py::test_power_cut_keeps_acknowledged_writes"],
+      ["py:test_powerloss.py::test_power_cut_keeps_acknowledged_writes",
+       "py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
       "acks and votes leave before the store write is durable"),
     M("node_vote_not_persisted", "src/node.c",
       "        bool hs_needed = rd->hs_changed && (rd->hs.term != node.saved_term ||\n"
       "                                            rd->hs.vote != node.saved_vote);",
       "        bool hs_needed = rd->hs_changed && rd->hs.term != node.saved_term;",
-      ["py:test_powerloss.py::test_power_cut_keeps_acknowledged_writes"],
+      ["py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
       "a vote given in a term already on disk is not written before it goes"),
     {"name": "store_synchronous_normal",
      "edits": [("src/store.c",
