@@ -215,7 +215,8 @@ MUTATIONS = [
       "           (node.got_kv && m->snap_index == node.got_index &&\n"
       "            m->snap_term == node.got_term);",
       "           (node.got_kv && m->snap_index == node.got_index);",
-      ["unit:raft", "py:test_snapshot.py"],
+      ["py:test_hostile_peers.py::"
+       "test_install_message_must_name_the_received_file"],
       "an INSTALL_SNAPSHOT is stepped with a file of another term"),
     # --- tokens and sizes -------------------------------------------------
     M("bearer_prefix_accepted", "src/httpd.c",

@@ -239,6 +239,37 @@ def test_snapshot_with_repeated_key_is_refused(servers):
     still_whole(nodes)
 
 
+def test_install_message_must_name_the_received_file(servers):
+    """An INSTALL_SNAPSHOT is stepped only once the file it names (index
+    and term) arrived whole: a file received for one term does not let a
+    message of another term through (the node would then look for a file
+    it does not have and stop)."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    st = status(victim)
+    assert st["term"] >= 2
+    vid = rw.identity(victim)[0]
+    index = st["commit_index"] + 100
+    conf = members_conf(nodes)
+    data = rw.snapshot_file(index, st["term"], conf, [(b"k0", b"evil")])
+    other = st["term"] - 1
+
+    def attack(p, fake):
+        send_snapshot(p, st["term"], index, st["term"], data)
+        p.message(type=rw.INSTALL_SNAPSHOT, to=vid, term=st["term"],
+                  snap_index=index, snap_term=other,
+                  entries=[{"term": other, "index": index,
+                            "type": rw.CONF, "data": conf}],
+                  **{"from": fake})
+
+    as_impostor(nodes, victim, leader, attack,
+                lambda: f"received snapshot at index {index}"
+                in victim.read_log())
+    still_whole(nodes)
+    assert "cannot install snapshot" not in victim.read_log()
+    assert status(victim)["snapshot_index"] != index
+
+
 def test_forged_snapshots_cannot_push_out_the_real_one(servers):
     """Finding 4: two forged snapshot files with huge indexes made pruning
     delete the node's real snapshot while its log was compacted: on restart
