@@ -255,7 +255,8 @@ MUTATIONS = [
     M("peer_reply_id_unchecked", "src/transport.c",
       "    if (r->node_id != p->id) {",
       "    if (r->node_id == 0 && r->node_id != p->id) {",
-      ["unit:transport", "py:test_hostile_peers.py"],
+      ["unit:transport", "py:test_hostile_peers.py::"
+       "test_dialled_peer_answering_as_another_node_is_not_used"],
       "a dialled peer answering as another node is used"),
     M("max_value_ignored", "src/http_parse.c",
       "    else if (op->value && op->vlen > lim->max_value)",

@@ -619,3 +619,30 @@ def test_members_with_larger_values_are_heard(servers):
             assert time.time() < deadline
             time.sleep(0.1)
         assert len(get(s, "big")[2]) == 4 << 20
+
+
+def test_dialled_peer_answering_as_another_node_is_not_used(servers):
+    """Whoever answers at a member's address must answer as that member:
+    a reply naming another node id closes the link before any message
+    goes over it (else another node could take a member's messages)."""
+    nodes = make_cluster(servers, start=False)
+    node = nodes[0]
+    fake = rw.Member(nodes[1].raft_port)
+    try:
+        node.start()
+        hs = fake.accept(answer_as=12345)
+        assert hs.target_id not in (0, 12345)
+        with pytest.raises(EOFError):
+            f = fake.frame()
+            raise AssertionError(f"the node sent {f} to a peer that answered "
+                                 "as another node")
+        deadline = time.time() + 5
+        while "answered as node 12345" not in node.read_log():
+            assert time.time() < deadline, node.read_log()
+            time.sleep(0.05)
+        # answered as itself, the next dial is used: it carries the
+        # node's Pre-Votes
+        fake.accept()
+        assert fake.message(rw.PREVOTE).term >= 1
+    finally:
+        fake.close()

@@ -1,8 +1,6 @@
 """Power loss: nodes lose everything they had not fsynced (powerloss.py),
 and no acknowledged write may be lost with it."""
 import os
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -155,61 +153,6 @@ def test_slow_follower_reads_wait_for_apply(servers):
             f"read {i} on the slow follower: {st} {body}"
 
 
-PREVOTE, VOTE, VOTE_RESP = 5, 7, 8  # enum raft_msg_type (src/raft.h)
-
-
-class FakeMember:
-    """Listens on a (never started) member's Raft port and answers the
-    node's dial as that member: the node's Handshake names the member's
-    node id (target_id), its own and the cluster's."""
-
-    def __init__(self, port):
-        self.lsock = socket.create_server(("127.0.0.1", port))
-        self.lsock.settimeout(15)
-        self.conn = None
-
-    def accept(self):
-        """Take the node's next dial; returns its Handshake."""
-        if self.conn:
-            self.conn.close()
-        self.conn, _ = self.lsock.accept()
-        self.conn.settimeout(15)
-        hs = self.frame().handshake
-        f = rw.pb().Frame()
-        r = f.handshake_reply
-        r.status = rw.OK
-        r.version = hs.version
-        r.node_id = hs.target_id
-        r.name = "fake"
-        self.conn.sendall(rw.frame(f))
-        self.id = hs.target_id
-        return hs
-
-    def frame(self):
-        hdr = self._read(4)
-        (n,) = struct.unpack(">I", hdr)
-        f = rw.pb().Frame()
-        f.ParseFromString(self._read(n))
-        return f
-
-    def _read(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.conn.recv(n - len(buf))
-            assert chunk, "the node closed its link to us"
-            buf += chunk
-        return buf
-
-    def vote_resp(self):
-        while True:
-            f = self.frame()
-            if f.WhichOneof("body") == "message" and f.message.type == VOTE_RESP:
-                return f.message
-
-    def close(self):
-        if self.conn:
-            self.conn.close()
-        self.lsock.close()
 
 
 def test_granted_vote_survives_a_power_cut(servers):
@@ -222,7 +165,7 @@ def test_granted_vote_survives_a_power_cut(servers):
     two leaders in one term."""
     nodes = make_cluster(servers, start=False)
     node = nodes[0]
-    fakes = [FakeMember(s.raft_port) for s in nodes[1:]]
+    fakes = [rw.Member(s.raft_port) for s in nodes[1:]]
     try:
         powerloss.prepare(node)
         node.start()
@@ -235,9 +178,9 @@ def test_granted_vote_survives_a_power_cut(servers):
             r = p.handshake(node_id=fake.id, cluster_id=cid,
                             name=nodes[1 + fakes.index(fake)].name)
             assert r is not None and r.status == rw.OK, r
-            p.message(type=VOTE, to=nid, term=5, index=index,
+            p.message(type=rw.VOTE, to=nid, term=5, index=index,
                       log_term=log_term, **{"from": fake.id})
-            resp = fake.vote_resp()
+            resp = fake.message(rw.VOTE_RESP)
             p.close()
             return resp
 
