@@ -67,10 +67,23 @@ def restore(data_dir, shadow_dir):
 
 
 def prepare(server, sync_delay_ms=0):
-    """Make a (not yet started) conftest Server run with power cuts."""
+    """Make a (not yet started) conftest Server run with power cuts; its
+    fsyncs take sync_delay_ms longer, until set_sync_delay() says
+    otherwise."""
     data = server.conf["raft-data"]
     server.pl_shadow = os.path.join(server.dir, "powerloss-shadow")
+    server.pl_delay_file = os.path.join(server.dir, "powerloss-delay-ms")
     server.env.update(env_for(data, server.pl_shadow, sync_delay_ms))
+    server.env["PZ_POWERLOSS_SYNC_DELAY_FILE"] = server.pl_delay_file
+    set_sync_delay(server, sync_delay_ms)
+
+
+def set_sync_delay(server, ms):
+    """From now on each fsync of server's files takes ms longer."""
+    tmp = server.pl_delay_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(ms))
+    os.replace(tmp, server.pl_delay_file)
 
 
 def power_cut(*servers):

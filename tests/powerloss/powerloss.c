@@ -11,6 +11,10 @@
  *                        takes this much longer (a slow disk), which
  *                        widens the window in which written data is not
  *                        yet durable
+ *   PZ_POWERLOSS_SYNC_DELAY_FILE  optional: a file holding that delay in
+ *                        ms, read again at every fsync (a test can make
+ *                        one node's disk slow once it knows the leader);
+ *                        overrides PZ_POWERLOSS_SYNC_DELAY_MS when present
  *
  * For a watched file F (path relative to the root, '/' written as '@'),
  * the shadow directory holds F.data (its durable content) or F.absent (it
@@ -69,6 +73,7 @@ static char root[PATH_MAX];   /* realpath of PZ_POWERLOSS_ROOT, "" = off */
 static size_t root_len;
 static char shadow[PATH_MAX]; /* PZ_POWERLOSS_SHADOW */
 static long sync_delay_ms;
+static char delay_file[PATH_MAX]; /* PZ_POWERLOSS_SYNC_DELAY_FILE or "" */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -97,6 +102,9 @@ static void init(void)
     const char *d = getenv("PZ_POWERLOSS_SYNC_DELAY_MS");
     if (d)
         sync_delay_ms = atol(d);
+    const char *df = getenv("PZ_POWERLOSS_SYNC_DELAY_FILE");
+    if (df && strlen(df) < sizeof delay_file)
+        strcpy(delay_file, df);
     if (r && s && realpath(r, root) != NULL &&
         strlen(s) < sizeof shadow - 1) {
         strcpy(shadow, s);
@@ -254,9 +262,21 @@ static void synced(int fd)
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
         return; /* a directory: names are modelled as durable at once */
-    if (sync_delay_ms > 0) {
-        struct timespec ts = {sync_delay_ms / 1000,
-                              (sync_delay_ms % 1000) * 1000000L};
+    long delay = sync_delay_ms;
+    if (delay_file[0]) {
+        int dfd = real_open(delay_file, O_RDONLY | O_CLOEXEC);
+        if (dfd >= 0) {
+            char num[32];
+            ssize_t n = read(dfd, num, sizeof num - 1);
+            close(dfd);
+            if (n > 0) {
+                num[n] = '\0';
+                delay = atol(num);
+            }
+        }
+    }
+    if (delay > 0) {
+        struct timespec ts = {delay / 1000, (delay % 1000) * 1000000L};
         nanosleep(&ts, NULL);
     }
     pthread_mutex_lock(&mu);
