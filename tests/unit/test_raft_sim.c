@@ -1,14 +1,21 @@
 /* test_raft_sim.c - deterministic randomized simulation of Raft clusters.
  *
  * A cluster of 3 or 5 cores (src/raft.c) runs on a discrete-event clock:
- * per-node ticks, a network with per-message delay (reordering), loss,
- * duplication and partitions (minority, majority, leader isolation, heal),
+ * per-node ticks (each incarnation's clock may run up to 30% off), process
+ * pauses (a paused node's events wait until it runs again), a network with
+ * per-message delay (reordering), loss, duplication, stale copies
+ * delivered much later, partitions (minority, majority, leader isolation,
+ * one direction of one link, heal), every message through the real codec
+ * (src/raft_codec.c: encoded, cut into random pieces for the frame parser,
+ * decoded, and required to come out equal),
  * fake storage whose write of a Ready completes after a random delay (one
  * batch in flight per node, the Ready's arrays used in place meanwhile),
  * and crashes that lose what was not durable (a write in flight is either
- * lost or complete) followed by a restart through raft_restore_snapshot
- * from the durable state only. Clients propose, read, change membership
- * and transfer leadership at random.
+ * lost or complete), of one node or of all at once, followed by a restart
+ * through raft_restore_snapshot from the durable state only. Clients
+ * propose (on the leader; on other nodes a proposal must be refused with
+ * nothing changed), read, change membership and transfer leadership at
+ * random.
  *
  * Snapshots: each node's state machine is the chained digest of the
  * entries it applied. Nodes snapshot it at random applied indexes (the
@@ -230,11 +237,14 @@ struct sim {
                                             stream: events stay as they
                                             were) */
     uint64_t stat_frames;                /* messages through the codec */
+    struct pz_buf codec_buf;             /* frames are encoded here */
+    struct raft_frame_parser codec_fp;   /* and parsed by this one */
     uint64_t stat_pauses;                /* process pauses */
     uint64_t stat_blackouts;             /* all nodes down at once */
     uint64_t stat_oneway;                /* links cut one way */
     uint64_t stat_follower_props;        /* proposals refused by
                                             non-leaders */
+    uint64_t stat_stale;                 /* stale copies delivered late */
 };
 
 static volatile sig_atomic_t cur_seed_for_signal;
@@ -441,11 +451,10 @@ static bool msg_equal(const struct raft_msg *a, const struct raft_msg *b)
 static void codec_copy(struct sim *s, struct raft_msg *dst,
                        const struct raft_msg *m)
 {
-    struct pz_buf b;
-    pz_buf_init(&b);
+    struct pz_buf b = s->codec_buf;
+    pz_buf_reset(&b);
     int rc = raft_codec_encode_msg(&b, m, RAFT_FRAME_MAX);
-    struct raft_frame_parser p;
-    raft_frame_parser_init(&p, RAFT_FRAME_MAX);
+    struct raft_frame_parser p = s->codec_fp;
     const uint8_t *data = (const uint8_t *)b.data, *body = NULL;
     size_t off = 0, blen = 0;
     int st = RAFT_FRAME_NEED_MORE;
@@ -472,8 +481,12 @@ static void codec_copy(struct sim *s, struct raft_msg *dst,
         s->stat_frames++;
     }
     raft_decoded_free(&d);
-    raft_frame_parser_free(&p);
-    pz_buf_free(&b);
+    if (st != RAFT_FRAME_DONE) { /* a broken frame leaves the parser so */
+        raft_frame_parser_free(&p);
+        raft_frame_parser_init(&p, RAFT_FRAME_MAX);
+    }
+    s->codec_buf = b; /* buffers kept for the next message */
+    s->codec_fp = p;
 }
 
 static uint64_t net_delay(struct sim *s)
@@ -498,6 +511,19 @@ static void net_send(struct sim *s, const struct raft_msg *m)
         struct event *e = ev_new(s, EV_DELIVER, (int)m->to, net_delay(s));
         codec_copy(s, &e->m, m);
         heap_push(s, e);
+    }
+    bool vote = m->type == RAFT_MSG_VOTE || m->type == RAFT_MSG_PREVOTE;
+    if (s->chaos && copies > 0 && chance(s, vote ? 20 : 2)) {
+        /* A stale copy arrives much later (held in a send queue across a
+         * reconnect): requests and answers of terms long gone reach
+         * nodes that moved on. Vote requests get it most: a vote of an
+         * old term granted by a node of a newer one breaks Election
+         * Safety, and elections are rare events. */
+        struct event *e =
+            ev_new(s, EV_DELIVER, (int)m->to, 100 + rnd(s, 500));
+        codec_copy(s, &e->m, m);
+        heap_push(s, e);
+        s->stat_stale++;
     }
 }
 
@@ -1861,6 +1887,8 @@ static void sim_free(struct sim *s)
     pz_free(s->committed);
     pz_free(s->chains);
     pz_free(s->reads);
+    pz_buf_free(&s->codec_buf);
+    raft_frame_parser_free(&s->codec_fp);
 }
 
 struct sim_stats {
@@ -1871,6 +1899,12 @@ struct sim_stats {
     uint64_t snaps;    /* local snapshots taken (compactions) */
     uint64_t installs; /* snapshots installed from a leader */
     uint64_t forged;   /* forged messages refused */
+    uint64_t frames;   /* messages through the codec */
+    uint64_t stale;    /* stale copies delivered late */
+    uint64_t oneway;   /* links cut one way */
+    uint64_t pauses;   /* process pauses */
+    uint64_t blackouts; /* whole-cluster crashes */
+    uint64_t follower_props; /* proposals refused by non-leaders */
 };
 
 /* Runs one seed; returns true if every check passed. */
@@ -1883,6 +1917,8 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->n = n;
     s->forge_rng = seed ^ 0x666f726765ull;
     s->codec_rng = seed ^ 0x636f646563ull;
+    pz_buf_init(&s->codec_buf);
+    raft_frame_parser_init(&s->codec_fp, RAFT_FRAME_MAX);
     s->trace = trace_on;
     s->pre_vote = !chance(s, 20);
     s->check_quorum = !chance(s, 20);
@@ -1965,6 +2001,12 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
         stats->snaps += s->stat_snaps;
         stats->installs += s->stat_installs;
         stats->forged += s->stat_forged;
+        stats->frames += s->stat_frames;
+        stats->stale += s->stat_stale;
+        stats->oneway += s->stat_oneway;
+        stats->pauses += s->stat_pauses;
+        stats->blackouts += s->stat_blackouts;
+        stats->follower_props += s->stat_follower_props;
     }
     sim_free(s);
     pz_free(s);
@@ -2017,10 +2059,14 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
                " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
                " committed entries, %" PRIu64 " reads, %" PRIu64
                " leaders, %" PRIu64 " snapshots, %" PRIu64 " installs, %" PRIu64
-               " forged messages refused\n",
+               " forged messages refused, %" PRIu64 " frames decoded, %" PRIu64
+               " stale copies, %" PRIu64 " one-way cuts, %" PRIu64
+               " pauses, %" PRIu64 " blackouts, %" PRIu64
+               " proposals refused by followers\n",
                count, first, failed, secs, (double)count / secs, st.events,
                st.commits, st.reads, st.leaders, st.snaps, st.installs,
-               st.forged);
+               st.forged, st.frames, st.stale, st.oneway, st.pauses,
+               st.blackouts, st.follower_props);
     return failed ? 1 : 0;
 }
 
