@@ -262,9 +262,12 @@ def test_install_message_must_name_the_received_file(servers):
                             "type": rw.CONF, "data": conf}],
                   **{"from": fake})
 
+    # done once the message was handled: ignored (it names no file we
+    # have), or the node stopped (it took it)
     as_impostor(nodes, victim, leader, attack,
-                lambda: f"received snapshot at index {index}"
-                in victim.read_log())
+                lambda: victim.proc.poll() is not None or
+                f"INSTALL_SNAPSHOT {index}/{other} from node" in
+                victim.read_log())
     still_whole(nodes)
     assert "cannot install snapshot" not in victim.read_log()
     assert status(victim)["snapshot_index"] != index
