@@ -202,7 +202,7 @@ test-sim-long: $(SIM)
 
 # Mutation checks (scripts/mutants.py): plants each listed bug in a scratch
 # copy of the tree, builds it and runs the tests that should catch it.
-# Slow (tens of minutes), not part of `make test`; MUTANTS=a,b selects.
+# Minutes, not part of `make test`; MUTANTS=a,b selects.
 test-mutants:
 	$(PYTHON) scripts/mutants.py
 

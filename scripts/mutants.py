@@ -14,6 +14,9 @@ when one of its tests fails (or times out); it is missed when all pass.
     scripts/mutants.py --list               the names
     scripts/mutants.py --check              only check that every original
                                             text is found exactly once
+    MUTANT_TIMEOUT=s                        bound on each test run (600 s);
+                                            a run that hits it counts as
+                                            caught (a hang fails make test)
 
 Tests of a mutation, run in order until one fails:
     unit:SUITE[/TEST]      tests/unit/test-unit with that selection
