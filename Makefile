@@ -2,6 +2,7 @@
 #   make SANITIZER=address|undefined   sanitizer build (clean rebuild)
 #   make noopt                         -O0 build
 #   make test / test-unit / test-integration / lint
+#   make test-mutants                  mutation checks (slow; scripts/mutants.py)
 #   make run                           mandi and 3 nodes on 127.0.0.1, state in
 #                                      ./run/, until Ctrl-C (scripts/cluster.sh)
 #   make install PREFIX=/usr/local     install the binaries
@@ -199,7 +200,20 @@ test-sim: $(SIM)
 test-sim-long: $(SIM)
 	SIM_SEEDS=$${SIM_SEEDS:-100000} $(SIM)
 
-test-integration: $(BINS)
+# Mutation checks (scripts/mutants.py): plants each listed bug in a scratch
+# copy of the tree, builds it and runs the tests that should catch it.
+# Minutes, not part of `make test`; MUTANTS=a,b selects.
+test-mutants:
+	$(PYTHON) scripts/mutants.py
+
+# The power-cut library the integration tests preload into servers
+# (tests/powerloss/powerloss.c): no sanitizer, it loads into any build.
+POWERLOSS = tests/powerloss/libpowerloss.so
+$(POWERLOSS): tests/powerloss/powerloss.c
+	$(CC) -std=gnu11 -g -O2 $(WARN) -Wno-missing-prototypes -fPIC -shared \
+	    -o $@ $< -ldl -lpthread
+
+test-integration: $(BINS) $(POWERLOSS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
 	    tests/integration $(PYTEST_ARGS)
 
@@ -279,11 +293,12 @@ clean-objs:
 	rm -rf $(OBJ_GLOBS) src/*.d src/gen/*.d tests/unit/*.d
 
 clean: clean-objs
-	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) tests/unit/suites.h \
+	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(POWERLOSS) \
+	    tests/unit/suites.h \
 	    .make-settings tests/fuzz/build
 
 .PHONY: all deps deps-test noopt valgrind test test-unit test-sim \
-        test-sim-long test-integration deps-chaos test-chaos \
+        test-sim-long test-mutants test-integration deps-chaos test-chaos \
         deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
         run lint install clean clean-objs
 

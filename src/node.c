@@ -575,8 +575,15 @@ static const char *on_recv(void *data, const struct raft_msg *m)
         return NULL; /* closing: the core is about to go */
     if (frozen())
         return NULL; /* out of space: as if paused (see frozen) */
-    if (!snaps_install_ready(m))
-        return NULL; /* its file did not arrive whole: the leader retries */
+    if (!snaps_install_ready(m)) {
+        /* its file did not arrive whole: the leader retries */
+        pz_debug("raft: INSTALL_SNAPSHOT %llu/%llu from node %llu without "
+                 "its file: ignored",
+                 (unsigned long long)m->snap_index,
+                 (unsigned long long)m->snap_term,
+                 (unsigned long long)m->from);
+        return NULL;
+    }
     if (raft_step(node.raft, m) == PZ_EINVAL)
         return raft_errmsg(node.raft);
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT) {

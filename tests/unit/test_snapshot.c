@@ -504,6 +504,13 @@ TEST(corrupt_magic_version_lengths)
     CHECK_EQ_INT(
         snapshot_peek(path, &(struct snapshot_meta){0}, err, sizeof err),
         PZ_ECORRUPT);
+    /* The end marker damaged (its last byte, the checksum rewritten). */
+    memcpy(p, orig, len);
+    p[len - 9] ^= 0x20;
+    rewrite_crc(p, len);
+    CHECK(write_file(path, p, len));
+    load_digest(path, &rc, err, sizeof err, NULL);
+    CHECK(is_corrupt_named(rc, err, path) && strstr(err, "end marker"));
     /* A repeated key (a second record equal to the first). */
     pz_free(p);
     struct kv *two = kv_new();
