@@ -65,11 +65,26 @@ static void on_tick_closed(uv_handle_t *h);
 /* --- applying committed entries ------------------------------------------ */
 
 
+/* The write waiting on exactly this entry, or NULL. */
+static struct node_req *proposal_of(const struct raft_entry *e)
+{
+    struct pz_queue *q;
+    PZ_QUEUE_FOREACH(q, &node.proposals)
+    {
+        struct node_req *r = container_of(q, struct node_req, q);
+        if (r->index >= e->index)
+            return r->index == e->index && r->term == e->term ? r : NULL;
+    }
+    return NULL;
+}
+
 static void apply_entry(const struct raft_entry *e)
 {
     struct kv_result res = {0};
     if (e->type == RAFT_ENTRY_NORMAL) {
-        int rv = kv_apply(node.kv, e->data, e->len, &res);
+        struct node_req *w = proposal_of(e);
+        int rv = kv_apply_sink(node.kv, e->data, e->len, &res,
+                               w ? w->sink : NULL);
         if (rv < 0) /* every node rejects it alike: state stays equal */
             pz_warn("entry %llu: undecodable command (%s), skipped",
                     (unsigned long long)e->index, pz_strerror(rv));
@@ -373,7 +388,14 @@ bool node_has_work(void)
 int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
                  node_req_cb cb)
 {
+    return node_propose_sink(req, cmd, len, NULL, cb);
+}
+
+int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
+                      const struct kv_sink *sink, node_req_cb cb)
+{
     reqs_prepare(req, cb);
+    req->sink = sink;
     if (node.role != RAFT_LEADER)
         return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
     int rv = raft_propose(node.raft, cmd, len, &req->index, &req->term);
@@ -441,6 +463,7 @@ void node_status(struct node_status *st)
     st->last_index = rs.last_index;
     st->persisted_index = rs.persisted_index;
     st->keys = kv_count(node.kv);
+    st->revision = kv_revision(node.kv);
     st->fsyncs = ss.batches;
     st->fsync_entries = ss.entries;
     pz_free(node.view);
