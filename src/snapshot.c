@@ -986,8 +986,8 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
         m->revision = pz_get_u64(rd_take(r, 8));
     } else {
         /* Version 1 kept no history: its keys count as written at the
-         * snapshot's index, which later revisions exceed. */
-        m->revision = m->index;
+         * snapshot's index (at least 1), which later revisions exceed. */
+        m->revision = m->nkeys && m->index == 0 ? 1 : m->index;
     }
     return 0;
 }

@@ -57,8 +57,8 @@
  *
  * Version 1 has no revision field, and records are klen, vlen, key,
  * value. It kept no history, so its keys load with create_revision =
- * mod_revision = the snapshot's index and version 1, and the table's
- * revision is that index (later writes get higher revisions). Nodes that
+ * mod_revision = the snapshot's index (1 if that is 0) and version 1,
+ * and the table's revision is that same number (later writes get higher revisions). Nodes that
  * load version-1 snapshots of different indexes therefore disagree about
  * those keys' metadata (and their digests say so) until the keys are
  * written again: upgrade a cluster by restoring a backup taken with the
