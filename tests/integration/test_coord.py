@@ -268,3 +268,54 @@ def test_replicated_revisions_and_restart(servers):
     sts = settled(nodes)
     assert {st["revision"] for st in sts} == {rev}
     assert jget(leader, "/range?prefix=k")[1]["kvs"] == views[0]["kvs"]
+
+
+# --- pyazdb-cli ---------------------------------------------------------------
+
+def cli(server, *args, stdin=None):
+    from grpc_helpers import CLI
+    p = subprocess.run([CLI, "--http", f"127.0.0.1:{server.http_port}",
+                        *args], capture_output=True, input=stdin,
+                       timeout=20)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def test_cli_list_cas_prefix_and_txn(server, tmp_path):
+    for i in range(5):
+        post(server, "/set", {"key": f"app/{i}", "value": f"v{i}"})
+    post(server, "/set", {"key": "other", "value": "x"})
+    rc, out, _ = cli(server, "list", "app/")
+    assert rc == 0
+    assert out == "".join(f"app/{i}\tv{i}\n" for i in range(5))
+    rc, out, _ = cli(server, "list", "app/", "--keys-only", "--limit", "2")
+    assert (rc, out) == (0, "app/0\napp/1\n")
+    # set --if-revision: 0 = create only
+    rc, out, err = cli(server, "set", "--if-revision", "0", "lock", "a")
+    assert (rc, out) == (0, "Set 'lock' = 'a'\n"), err
+    rev = server.status()["revision"]
+    rc, out, err = cli(server, "set", "--if-revision", "0", "lock", "b")
+    assert rc == 2 and out == "" and \
+        f"was modified at revision {rev}" in err, err
+    rc, out, err = cli(server, "set", "--if-revision", str(rev), "lock", "b")
+    assert rc == 0, err
+    rc, out, err = cli(server, "delete", "--prefix", "app/")
+    assert (rc, out) == (0, "Deleted 5 keys with prefix 'app/'\n"), err
+    rc, out, _ = cli(server, "list", "app/")
+    assert (rc, out) == (0, "")
+    txn = {"compare": [{"key": "lock", "target": "value", "result": "=",
+                        "value": "b"}],
+           "success": [{"put": {"key": "owner", "value": "me"}}],
+           "failure": [{"get": {"key": "lock"}}]}
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps(txn))
+    rc, out, err = cli(server, "txn", str(f))
+    assert rc == 0 and json.loads(out)["succeeded"] is True, err
+    txn["compare"][0]["value"] = "zzz"
+    rc, out, err = cli(server, "txn", "-", stdin=json.dumps(txn).encode())
+    r = json.loads(out)
+    assert rc == 2 and r["succeeded"] is False
+    assert r["results"][0]["kvs"][0]["value"] == "b"
+    rc, out, err = cli(server, "txn", "-", stdin=b"{not json")
+    assert rc == 1 and "HTTP 400" in err
+    rc, _, err = cli(server, "set", "--if-revision", "x", "k", "v")
+    assert rc == 1 and "bad revision" in err
