@@ -311,8 +311,10 @@ static int http_request_ex(const char *method, const char *addr,
     pz_buf_init(&a.body);
     bool get = strcmp(method, "GET") == 0;
     httpc_request(c, method, target, headers,
-                  get ? NULL : req_body ? req_body : "", req_len,
-                  on_http_answer, &a);
+                  get        ? NULL
+                  : req_body ? req_body
+                             : "",
+                  req_len, on_http_answer, &a);
     while (!a.done)
         uv_run(&loop, UV_RUN_ONCE);
     httpc_free(c);
@@ -338,8 +340,8 @@ static int http_request(const char *method, const char *addr,
                         uint64_t deadline, struct pz_buf *body, char *err,
                         size_t errlen)
 {
-    return http_request_ex(method, addr, target, token, NULL, 0, deadline,
-                           body, err, errlen, NULL);
+    return http_request_ex(method, addr, target, token, NULL, 0, deadline, body,
+                           err, errlen, NULL);
 }
 
 /* Split "http://host:port[/...]" into "host:port" (default port 80);
@@ -773,9 +775,8 @@ static int api_call(const char *what, const char *method, const char *path,
         if (mandi == NULL || mandi[0] == '\0')
             mandi = DEFAULT_MANDI;
     }
-    struct retry r = {.deadline = deadline,
-                      .backoff = BACKOFF_FIRST_MS,
-                      .n = http->n};
+    struct retry r = {
+        .deadline = deadline, .backoff = BACKOFF_FIRST_MS, .n = http->n};
     size_t tries = 0;
     for (;;) {
         bool again = false;
@@ -783,8 +784,7 @@ static int api_call(const char *what, const char *method, const char *path,
         if (http->n > 0) {
             snprintf(target, sizeof target, "%s", http->v[r.attempts % r.n]);
         } else if (discover_field(mandi, "http_addr", deadline, target,
-                                  sizeof target, err, sizeof err,
-                                  &again) < 0) {
+                                  sizeof target, err, sizeof err, &again) < 0) {
             if (again && retry_next(&r))
                 continue;
             break;
@@ -794,10 +794,10 @@ static int api_call(const char *what, const char *method, const char *path,
             break;
         }
         bool unsent = false;
-        st = http_request_ex(method, target, path, token,
-                             req ? req->data : NULL, req ? req->len : 0,
-                             attempt_deadline(&r), body, err, sizeof err,
-                             &unsent);
+        st =
+            http_request_ex(method, target, path, token, req ? req->data : NULL,
+                            req ? req->len : 0, attempt_deadline(&r), body, err,
+                            sizeof err, &unsent);
         if (st < 0) {
             again = unsent || read;
         } else if (read && (st == 502 || st == 503)) {
@@ -898,7 +898,8 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
             prefix = args[k];
         } else {
             return usage_error("usage: list PREFIX [--limit N] "
-                               "[--keys-only]%s", "");
+                               "[--keys-only]%s",
+                               "");
         }
     }
     if (prefix == NULL)
@@ -960,8 +961,8 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
             fputc('\n', stdout);
             got++;
         }
-        bool has_more = json_get(&root, "more", &more) &&
-                        more.type == JSON_TRUE;
+        bool has_more =
+            json_get(&root, "more", &more) && more.type == JSON_TRUE;
         pz_buf_reset(&from);
         if (!has_more || (want && got >= want) ||
             !json_bytes(&root, "next", &from)) {
@@ -1004,8 +1005,7 @@ static int precondition_failed(const char *key, const struct pz_buf *body)
 
 /* set --if-revision N KEY VALUE (N = 0: only if KEY does not exist). */
 static int cas_set_cmd(int nargs, char **args, const struct endpoints *http,
-                       const char *mandi, const char *token,
-                       uint64_t deadline)
+                       const char *mandi, const char *token, uint64_t deadline)
 {
     char *e;
     if (nargs != 4 || strcmp(args[0], "--if-revision") != 0)
@@ -1020,8 +1020,8 @@ static int cas_set_cmd(int nargs, char **args, const struct endpoints *http,
     pz_buf_appendf(&req, ",\"value\":");
     put_json_string(&req, args[3]);
     pz_buf_appendf(&req, ",\"prev_revision\":%llu}", n);
-    int st = api_call("set", "POST", "/set", &req, http, mandi, token,
-                      deadline, &body);
+    int st = api_call("set", "POST", "/set", &req, http, mandi, token, deadline,
+                      &body);
     pz_buf_free(&req);
     if (st < 0)
         return 1;
@@ -1094,8 +1094,8 @@ static int txn_cmd(int nargs, char **args, const struct endpoints *http,
     }
     if (f != stdin)
         fclose(f);
-    int st = api_call("txn", "POST", "/txn", &req, http, mandi, token,
-                      deadline, &body);
+    int st = api_call("txn", "POST", "/txn", &req, http, mandi, token, deadline,
+                      &body);
     pz_buf_free(&req);
     if (st < 0)
         return 1;
@@ -1212,8 +1212,7 @@ int main(int argc, char **argv)
     if (coord && addrs.n > 0)
         return usage_error("'%s' talks HTTP: use --http, not --addr", cmd);
     if (strcmp(cmd, "list") == 0)
-        return list_cmd(nargs, args, &https, mandi, tok,
-                        now_ms() + timeout_ms);
+        return list_cmd(nargs, args, &https, mandi, tok, now_ms() + timeout_ms);
     if (strcmp(cmd, "txn") == 0)
         return txn_cmd(nargs, args, &https, mandi, tok, now_ms() + timeout_ms);
     if (coord && cmd[0] == 's')

@@ -199,13 +199,14 @@ static void on_read_ready(struct node_req *req, int status)
     }
 }
 
-/* --- GET /range ------------------------------------------------------------ */
+/* --- GET /range ------------------------------------------------------------
+ */
 
 struct range_walk {
     struct http_conn *h;
-    struct pz_buf *b;   /* the answer */
-    uint64_t n;         /* keys counted or returned */
-    bool more;          /* stopped before the end of the range */
+    struct pz_buf *b;    /* the answer */
+    uint64_t n;          /* keys counted or returned */
+    bool more;           /* stopped before the end of the range */
     struct kv_view next; /* where: the first key not returned */
 };
 
@@ -261,9 +262,10 @@ static void on_range_ready(struct node_req *req, int status)
     pz_buf_free(&b);
 }
 
-/* --- transactions ---------------------------------------------------------- */
+/* --- transactions ----------------------------------------------------------
+ */
 
-static const char *const op_names[] = {"", "put", "delete", "delete_range",
+static const char *const op_names[] = {"",    "put",  "delete", "delete_range",
                                        "get", "range"};
 
 static void sink_op_begin(void *arg, size_t i, const struct kv_op *op)

@@ -430,7 +430,8 @@ void http_pct_encode(struct pz_buf *out, const char *s, size_t n)
     }
 }
 
-/* --- base64, UTF-8 ---------------------------------------------------------- */
+/* --- base64, UTF-8 ----------------------------------------------------------
+ */
 
 static const char b64chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -588,8 +589,8 @@ static void key_from_json(const struct http_req *req, struct http_op *op,
 
 /* Strings decoded for one command, freed once it is encoded. */
 struct strs {
-    char **v;  /* pz_malloc'd strings */
-    size_t n;  /* how many */
+    char **v; /* pz_malloc'd strings */
+    size_t n; /* how many */
 };
 
 static char *strs_keep(struct strs *st, char *p)
@@ -715,11 +716,12 @@ static int bool_member(const struct json_val *obj, const char *name, bool *out,
 }
 
 /* One operation of a /txn branch: {"put": {...}} and friends. */
-static int txn_op(const struct json_val *item, const struct http_api_limits *lim,
-                  struct strs *st, struct kv_op *o, const char **why)
+static int txn_op(const struct json_val *item,
+                  const struct http_api_limits *lim, struct strs *st,
+                  struct kv_op *o, const char **why)
 {
-    static const char *const names[] = {"put", "delete", "delete_range",
-                                        "get", "range"};
+    static const char *const names[] = {"put", "delete", "delete_range", "get",
+                                        "range"};
     static const int types[] = {KV_TOP_PUT, KV_TOP_DEL, KV_TOP_DELRANGE,
                                 KV_TOP_GET, KV_TOP_RANGE};
     struct json_val body;
@@ -756,8 +758,8 @@ static int txn_op(const struct json_val *item, const struct http_api_limits *lim
             if (bool_member(&body, "keys_only", &ko, why) < 0 ||
                 bool_member(&body, "count_only", &co, why) < 0)
                 return -1;
-            o->flags |= (ko ? KV_RANGE_KEYS_ONLY : 0) |
-                        (co ? KV_RANGE_COUNT_ONLY : 0);
+            o->flags |=
+                (ko ? KV_RANGE_KEYS_ONLY : 0) | (co ? KV_RANGE_COUNT_ONLY : 0);
             o->limit = HTTP_RANGE_LIMIT;
             if (json_get(&body, "limit", &lv) &&
                 (json_u64(&lv, &o->limit) < 0 || o->limit == 0 ||
@@ -768,8 +770,8 @@ static int txn_op(const struct json_val *item, const struct http_api_limits *lim
         }
         return 0;
     }
-    int hk = bytes_member(&body, "key", lim->max_key, st, &o->key, &o->klen,
-                          why);
+    int hk =
+        bytes_member(&body, "key", lim->max_key, st, &o->key, &o->klen, why);
     if (hk < 0)
         return -1;
     if (hk == 0 || o->klen == 0) {
@@ -800,8 +802,8 @@ static int txn_cmp(const struct json_val *item,
         *why = "Invalid JSON: a comparison is an object";
         return -1;
     }
-    int hk = bytes_member(item, "key", lim->max_key, st, &c->key, &c->klen,
-                          why);
+    int hk =
+        bytes_member(item, "key", lim->max_key, st, &c->key, &c->klen, why);
     if (hk < 0)
         return -1;
     if (hk == 0 || c->klen == 0) {
@@ -846,8 +848,7 @@ static int txn_cmp(const struct json_val *item,
 
 /* POST /txn: {"compare": [...], "success": [...], "failure": [...]}. */
 static void txn_from_json(const struct http_req *req,
-                          const struct http_api_limits *lim,
-                          struct http_op *op)
+                          const struct http_api_limits *lim, struct http_op *op)
 {
     struct json_val root, arr, item;
     struct strs st = {0};
@@ -857,8 +858,8 @@ static void txn_from_json(const struct http_req *req,
     size_t n[3] = {0, 0, 0};
     static const char *const lists[] = {"compare", "success", "failure"};
     const char *why = NULL;
-    if (json_parse(req->body.data ? req->body.data : "", req->body.len,
-                   &root) < 0 ||
+    if (json_parse(req->body.data ? req->body.data : "", req->body.len, &root) <
+            0 ||
         root.type != JSON_OBJECT) {
         why = "Invalid JSON";
         goto out;
@@ -884,8 +885,8 @@ static void txn_from_json(const struct http_req *req,
             n[l]++;
         }
     }
-    if (!why && kv_encode_txn(&op->cmd, cmps, n[0], ops[0], n[1], ops[1],
-                              n[2]) < 0)
+    if (!why &&
+        kv_encode_txn(&op->cmd, cmps, n[0], ops[0], n[1], ops[1], n[2]) < 0)
         why = "Invalid transaction";
 out:
     if (why)
@@ -907,14 +908,14 @@ static void cond_from_json(const struct http_req *req,
     struct json_val root, rv;
     struct strs st = {0};
     const char *why = NULL;
-    if (json_parse(req->body.data ? req->body.data : "", req->body.len,
-                   &root) < 0)
+    if (json_parse(req->body.data ? req->body.data : "", req->body.len, &root) <
+        0)
         return; /* key_from_json answered already */
     bool has_rev = json_get(&root, "prev_revision", &rv);
     const uint8_t *pv;
     size_t pvl;
-    int has_val = bytes_member(&root, "prev_value", lim->max_value, &st, &pv,
-                               &pvl, &why);
+    int has_val =
+        bytes_member(&root, "prev_value", lim->max_value, &st, &pv, &pvl, &why);
     struct kv_op pre = {0};
     int has_pre = 0;
     if (!is_set) {
@@ -979,9 +980,8 @@ static void cond_from_json(const struct http_req *req,
                       .klen = op->klen,
                       .value = (const uint8_t *)(is_set ? op->value : NULL),
                       .vlen = is_set ? op->vlen : 0};
-    struct kv_op g = {.type = KV_TOP_GET,
-                      .key = (const uint8_t *)op->key,
-                      .klen = op->klen};
+    struct kv_op g = {
+        .type = KV_TOP_GET, .key = (const uint8_t *)op->key, .klen = op->klen};
     if (is_set && op->vlen > lim->max_value) {
         why = "Value too large";
         goto err;

@@ -47,9 +47,9 @@ struct table {
 struct kv {
     struct table t[2];  /* t[1] is used only while rehashing */
     struct entry *head[KV_SKIP_LEVELS]; /* skiplist heads */
-    uint64_t revision;  /* see kv.h */
-    kv_event_cb on_event; /* watchers' hook, or NULL */
-    void *event_arg;      /* its argument */
+    uint64_t revision;                  /* see kv.h */
+    kv_event_cb on_event;               /* watchers' hook, or NULL */
+    void *event_arg;                    /* its argument */
     long rehash_idx;    /* next t[0] bucket to move; -1: not rehashing */
     uint64_t seed;      /* hash seed of this table */
     size_t bytes;       /* sum of key and value lengths */
@@ -110,8 +110,8 @@ static struct entry *entry_new(uint64_t hash, const void *key, size_t klen,
                                const struct kv_meta *m)
 {
     unsigned level = level_of(hash);
-    struct entry *e = pz_malloc(sizeof(*e) + level * sizeof(e->fwd[0]) +
-                                klen + vlen + 1);
+    struct entry *e =
+        pz_malloc(sizeof(*e) + level * sizeof(e->fwd[0]) + klen + vlen + 1);
     e->next = NULL;
     e->hash = hash;
     e->klen = (uint32_t)klen;
@@ -389,8 +389,8 @@ static inline int key_cmp(const struct entry *e, const void *key, size_t klen)
 /* Fill upd[i] with the link at level i after which key belongs (the slot
  * that points at the first entry >= key), for every level; returns that
  * first entry at level 0 (NULL: none). */
-static struct entry *sl_find(const struct kv *kv, const void *key,
-                             size_t klen, struct entry **upd[])
+static struct entry *sl_find(const struct kv *kv, const void *key, size_t klen,
+                             struct entry **upd[])
 {
     struct entry *const *link = NULL;
     const struct entry *pred = NULL;
@@ -432,7 +432,7 @@ static void sl_unlink(struct entry **upd[], struct entry *e)
 /* A command in progress: its revision is taken on its first change. */
 struct apply {
     struct kv *kv;
-    bool bumped; /* the revision was advanced for this command */
+    bool bumped;                /* the revision was advanced for this command */
     const struct kv_sink *sink; /* where results go, or NULL */
 };
 
@@ -590,8 +590,7 @@ static uint64_t do_delrange(struct apply *a, const void *from, size_t flen,
     struct entry *e = sl_find(kv, from, flen, upd);
     while (e && in_range(e, to, tlen, to_end)) {
         struct table *t;
-        struct entry **link =
-            find_link(kv, e->hash, entry_key(e), e->klen, &t);
+        struct entry **link = find_link(kv, e->hash, entry_key(e), e->klen, &t);
         pz_assert(link && *link == e);
         remove_entry(a, link, t, upd, e);
         n++;
@@ -672,8 +671,8 @@ uint64_t kv_digest(const struct kv *kv)
 
 static int add_digest(void *arg, const struct kv_view *v)
 {
-    *(uint64_t *)arg += entry_digest(v->key, v->klen, v->value, v->vlen,
-                                     &v->meta);
+    *(uint64_t *)arg +=
+        entry_digest(v->key, v->klen, v->value, v->vlen, &v->meta);
     return 0;
 }
 
@@ -694,8 +693,8 @@ void kv_stats(const struct kv *kv, struct kv_stats *out)
     out->rehashing = rehashing(kv);
     /* Skiplist links: 4/3 per entry on average. */
     out->mem = sizeof(*kv) + kv->bytes +
-               out->keys * (sizeof(struct entry) + 1 +
-                            4 * sizeof(struct entry *) / 3) +
+               out->keys *
+                   (sizeof(struct entry) + 1 + 4 * sizeof(struct entry *) / 3) +
                (kv->t[0].size + kv->t[1].size) * sizeof(struct entry *);
 }
 
@@ -721,9 +720,8 @@ int kv_foreach(const struct kv *kv, kv_visit_cb cb, void *arg)
     return 0;
 }
 
-int kv_range(const struct kv *kv, const void *from, size_t flen,
-             const void *to, size_t tlen, bool to_end, kv_view_cb cb,
-             void *arg)
+int kv_range(const struct kv *kv, const void *from, size_t flen, const void *to,
+             size_t tlen, bool to_end, kv_view_cb cb, void *arg)
 {
     const struct entry *e = sl_find(kv, from, flen, NULL);
     for (; e && in_range(e, to, tlen, to_end); e = e->fwd[0]) {
@@ -815,8 +813,8 @@ static size_t varint_put(uint8_t *p, uint64_t v)
 
 /* Decode a shortest-form varint of at most maxb bytes (5 or 10) whose
  * value fits max. Returns 0 and advances *pos, or PZ_ECORRUPT. */
-static int varint_get_n(const uint8_t *p, size_t len, size_t *pos,
-                        int maxb, uint64_t max, uint64_t *out)
+static int varint_get_n(const uint8_t *p, size_t len, size_t *pos, int maxb,
+                        uint64_t max, uint64_t *out)
 {
     uint64_t v = 0;
     for (int i = 0; i < maxb; i++) {
@@ -1039,8 +1037,7 @@ static int get_count(const uint8_t *p, size_t len, size_t *pos, size_t *out)
     return 0;
 }
 
-static int get_cmp(const uint8_t *p, size_t len, size_t *pos,
-                   struct kv_cmp *c)
+static int get_cmp(const uint8_t *p, size_t len, size_t *pos, struct kv_cmp *c)
 {
     int rc;
     memset(c, 0, sizeof *c);
@@ -1068,15 +1065,14 @@ static int get_op(const uint8_t *p, size_t len, size_t *pos, struct kv_op *o)
         return rc;
     switch (o->type) {
     case KV_TOP_PUT:
-        if ((rc = get_field(p, len, pos, KV_VALUE_MAX, &o->value,
-                            &o->vlen)) != 0)
+        if ((rc = get_field(p, len, pos, KV_VALUE_MAX, &o->value, &o->vlen)) !=
+            0)
             return rc;
         return varint_get_n(p, len, pos, 10, UINT64_MAX, &o->lease);
     case KV_TOP_DELRANGE:
     case KV_TOP_RANGE:
         if ((rc = get_byte(p, len, pos, &o->flags)) != 0 ||
-            (rc = get_field(p, len, pos, KV_KEY_MAX, &o->value, &o->vlen)) !=
-                0)
+            (rc = get_field(p, len, pos, KV_KEY_MAX, &o->value, &o->vlen)) != 0)
             return rc;
         if (o->type == KV_TOP_RANGE &&
             (rc = varint_get_n(p, len, pos, 10, UINT64_MAX, &o->limit)) != 0)
@@ -1089,9 +1085,8 @@ static int get_op(const uint8_t *p, size_t len, size_t *pos, struct kv_op *o)
 
 /* Walk a transaction body: with check, validate it and fill the counts
  * into c; otherwise fill the arrays that are not NULL. */
-static int walk_txn(const uint8_t *p, size_t len, struct kv_cmd *c,
-                    bool check, struct kv_cmp *cmps, struct kv_op *succ,
-                    struct kv_op *fail)
+static int walk_txn(const uint8_t *p, size_t len, struct kv_cmd *c, bool check,
+                    struct kv_cmp *cmps, struct kv_op *succ, struct kv_op *fail)
 {
     size_t pos = 0, n;
     int rc;
@@ -1127,8 +1122,7 @@ static int walk_txn(const uint8_t *p, size_t len, struct kv_cmd *c,
 void kv_txn_items(const struct kv_cmd *cmd, struct kv_cmp *cmps,
                   struct kv_op *succ, struct kv_op *fail)
 {
-    int rc = walk_txn(cmd->body, cmd->body_len, NULL, false, cmps, succ,
-                      fail);
+    int rc = walk_txn(cmd->body, cmd->body_len, NULL, false, cmps, succ, fail);
     pz_assert(rc == 0); /* kv_decode checked it */
 }
 
@@ -1210,8 +1204,8 @@ static bool cmp_holds(struct kv *kv, const struct kv_cmp *c)
 struct range_walk {
     struct apply *a; /* results */
     const struct kv_op *op;
-    uint64_t count;  /* keys in the range */
-    uint64_t sent;   /* keys reported */
+    uint64_t count; /* keys in the range */
+    uint64_t sent;  /* keys reported */
 };
 
 static int range_visit(void *arg, const struct kv_view *v)

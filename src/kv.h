@@ -101,12 +101,11 @@
 #define KV_KEY_MAX (1u << 20)   /* longest key, bytes (1 MiB) */
 #define KV_VALUE_MAX (1u << 28) /* longest value, bytes (256 MiB) */
 
-#define KV_CMD_VERSION 1 /* version of kv_encode_set/kv_encode_del */
+#define KV_CMD_VERSION 1  /* version of kv_encode_set/kv_encode_del */
 #define KV_CMD_VERSION2 2 /* version of kv_encode_txn */
 #define KV_OP_SET 1       /* v1 low nibble of byte 0: set key to value */
 #define KV_OP_DEL 2       /* v1 low nibble of byte 0: delete key */
-#define KV_OP_TXN 3       /* struct kv_cmd.op of a v2 transaction (byte 0
-                             is 0x21) */
+#define KV_OP_TXN 3       /* kv_cmd.op of a v2 transaction (byte 0x21) */
 
 #define KV_TXN_MAX 128    /* most comparisons, and operations per branch */
 #define KV_SKIP_LEVELS 15 /* most levels of the ordered index */
@@ -133,8 +132,8 @@ enum {
     KV_TOP_GET = 4,      /* read key */
     KV_TOP_RANGE = 5,    /* read the keys in [key, end), up to limit */
 };
-#define KV_RANGE_TO_END 0x01    /* no upper bound (end is empty) */
-#define KV_RANGE_KEYS_ONLY 0x02 /* RANGE: keys and metadata, no values */
+#define KV_RANGE_TO_END 0x01     /* no upper bound (end is empty) */
+#define KV_RANGE_KEYS_ONLY 0x02  /* RANGE: keys and metadata, no values */
 #define KV_RANGE_COUNT_ONLY 0x04 /* RANGE: only the count */
 
 /* Bucket indices one rehash step may look at without finding an entry
@@ -374,9 +373,8 @@ typedef int (*kv_view_cb)(void *arg, const struct kv_view *v);
 /* Visit the keys k with from <= k < to (to_end: no upper bound, to
  * ignored) in key order: O(log n) to find the first, then O(1) each.
  * Returns 0, or the first nonzero value cb returned. */
-int kv_range(const struct kv *kv, const void *from, size_t flen,
-             const void *to, size_t tlen, bool to_end, kv_view_cb cb,
-             void *arg);
+int kv_range(const struct kv *kv, const void *from, size_t flen, const void *to,
+             size_t tlen, bool to_end, kv_view_cb cb, void *arg);
 /* Every key, in order, with its metadata. */
 int kv_foreach_view(const struct kv *kv, kv_view_cb cb, void *arg);
 

@@ -64,7 +64,6 @@ static void on_tick_closed(uv_handle_t *h);
 
 /* --- applying committed entries ------------------------------------------ */
 
-
 /* The write waiting on exactly this entry, or NULL. */
 static struct node_req *proposal_of(const struct raft_entry *e)
 {
@@ -83,8 +82,8 @@ static void apply_entry(const struct raft_entry *e)
     struct kv_result res = {0};
     if (e->type == RAFT_ENTRY_NORMAL) {
         struct node_req *w = proposal_of(e);
-        int rv = kv_apply_sink(node.kv, e->data, e->len, &res,
-                               w ? w->sink : NULL);
+        int rv =
+            kv_apply_sink(node.kv, e->data, e->len, &res, w ? w->sink : NULL);
         if (rv < 0) /* every node rejects it alike: state stays equal */
             pz_warn("entry %llu: undecodable command (%s), skipped",
                     (unsigned long long)e->index, pz_strerror(rv));

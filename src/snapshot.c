@@ -996,7 +996,8 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
  * produce. */
 static bool meta_ok(const struct kv_meta *km, uint64_t revision)
 {
-    return km->create_revision >= 1 && km->create_revision <= km->mod_revision &&
+    return km->create_revision >= 1 &&
+           km->create_revision <= km->mod_revision &&
            km->mod_revision <= revision && km->version >= 1 &&
            km->version <= km->mod_revision - km->create_revision + 1;
 }

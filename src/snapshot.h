@@ -58,11 +58,12 @@
  * Version 1 has no revision field, and records are klen, vlen, key,
  * value. It kept no history, so its keys load with create_revision =
  * mod_revision = the snapshot's index (1 if that is 0) and version 1,
- * and the table's revision is that same number (later writes get higher revisions). Nodes that
- * load version-1 snapshots of different indexes therefore disagree about
- * those keys' metadata (and their digests say so) until the keys are
- * written again: upgrade a cluster by restoring a backup taken with the
- * new version, or take a snapshot on the leader and let it install.
+ * and the table's revision is that same number (later writes get higher
+ * revisions). Nodes that load version-1 snapshots of different indexes
+ * therefore disagree about those keys' metadata (and their digests say so)
+ * until the keys are written again: upgrade a cluster by restoring a backup
+ * taken with the new version, or take a snapshot on the leader and let it
+ * install.
  *
  * CRC-64 detects every error burst up to 64 bits and misses a random
  * corruption with probability 2^-64; it guards against damage and

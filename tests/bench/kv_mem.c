@@ -32,7 +32,7 @@ static double now_s(void)
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? atol(argv[1]) : 1000000;
-    char key[17], val[100];
+    char key[32], val[100];
     memset(val, 'v', sizeof val);
     long before = rss_kib();
     double t0 = now_s();

@@ -81,28 +81,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             free(cmps);
             free(s);
             free(fl);
-            FUZZ_CHECK(kv_apply(b, (const uint8_t *)enc.data, enc.len,
-                                NULL) == 0);
+            FUZZ_CHECK(kv_apply(b, (const uint8_t *)enc.data, enc.len, NULL) ==
+                       0);
         } else {
-        pz_buf_reset(&enc);
-        int erc = c.op == KV_OP_SET
-                      ? kv_encode_set(&enc, c.key, c.klen, c.value, c.vlen)
-                      : kv_encode_del(&enc, c.key, c.klen);
-        FUZZ_CHECK(erc == 0);
-        struct kv_cmd c2;
-        FUZZ_CHECK(kv_decode((const uint8_t *)enc.data, enc.len, &c2) == 0);
-        FUZZ_CHECK(c2.op == c.op && c2.klen == c.klen && c2.vlen == c.vlen);
-        FUZZ_CHECK(c.klen == 0 || memcmp(c2.key, c.key, c.klen) == 0);
-        FUZZ_CHECK(c.vlen == 0 || memcmp(c2.value, c.value, c.vlen) == 0);
-        FUZZ_CHECK(kv_apply(b, (const uint8_t *)enc.data, enc.len, NULL) ==
-                   0);
-        if (c.op == KV_OP_SET) {
-            const uint8_t *v;
-            size_t vlen;
-            FUZZ_CHECK(kv_get(a, c.key, c.klen, &v, &vlen));
-            FUZZ_CHECK(vlen == c.vlen &&
-                       (vlen == 0 || memcmp(v, c.value, vlen) == 0));
-        }
+            pz_buf_reset(&enc);
+            int erc = c.op == KV_OP_SET
+                          ? kv_encode_set(&enc, c.key, c.klen, c.value, c.vlen)
+                          : kv_encode_del(&enc, c.key, c.klen);
+            FUZZ_CHECK(erc == 0);
+            struct kv_cmd c2;
+            FUZZ_CHECK(kv_decode((const uint8_t *)enc.data, enc.len, &c2) == 0);
+            FUZZ_CHECK(c2.op == c.op && c2.klen == c.klen && c2.vlen == c.vlen);
+            FUZZ_CHECK(c.klen == 0 || memcmp(c2.key, c.key, c.klen) == 0);
+            FUZZ_CHECK(c.vlen == 0 || memcmp(c2.value, c.value, c.vlen) == 0);
+            FUZZ_CHECK(kv_apply(b, (const uint8_t *)enc.data, enc.len, NULL) ==
+                       0);
+            if (c.op == KV_OP_SET) {
+                const uint8_t *v;
+                size_t vlen;
+                FUZZ_CHECK(kv_get(a, c.key, c.klen, &v, &vlen));
+                FUZZ_CHECK(vlen == c.vlen &&
+                           (vlen == 0 || memcmp(v, c.value, vlen) == 0));
+            }
         }
         FUZZ_CHECK(kv_count(a) == kv_count(b) && kv_bytes(a) == kv_bytes(b));
         FUZZ_CHECK(kv_revision(a) == kv_revision(b));

@@ -1118,10 +1118,10 @@ static void tmodel_run(uint64_t seed)
                                .vlen = 2};
             CHECK_EQ_INT(kv_encode_txn(&b, &c, 1, ok, 2, &no, 1), 0);
             struct tm_sink ts = {0};
-            struct kv_sink sk = {.item = tms_item, .op_end = tms_end,
-                                 .arg = &ts};
-            CHECK_EQ_INT(
-                kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk), 0);
+            struct kv_sink sk = {
+                .item = tms_item, .op_end = tms_end, .arg = &ts};
+            CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk),
+                         0);
             uint64_t cur = m->present[i] ? m->m[i].mod_revision : 0;
             bool holds = cur == want;
             CHECK_EQ_INT(res.succeeded, holds);
@@ -1172,8 +1172,7 @@ TEST(txn_range_vs_model)
         uint64_t sd = fixed[s] ? fixed[s] : seed;
         tmodel_run(sd);
         if (test_failed_flag) {
-            fprintf(stderr, "    model run failed with seed %" PRIu64 "\n",
-                    sd);
+            fprintf(stderr, "    model run failed with seed %" PRIu64 "\n", sd);
             return;
         }
     }
@@ -1192,21 +1191,39 @@ TEST(txn_malformed)
         size_t len;
         int rc;
     } cases[] = {
-        {"\x21", 1, PZ_ECORRUPT},                  /* no counts */
-        {"\x21\x00\x00", 3, PZ_ECORRUPT},          /* no failure count */
-        {"\x21\x00\x00\x00\x00", 5, PZ_ECORRUPT},  /* trailing byte */
-        {"\x21\x81\x01", 3, PZ_ETOOBIG},           /* 129 comparisons */
-        {"\x21\x01\x05\x00\x01" "a" "\x00", 6, PZ_EINVAL}, /* bad target */
-        {"\x21\x01\x01\x04\x01" "a" "\x00", 6, PZ_EINVAL}, /* bad result */
-        {"\x21\x00\x01\x06\x01" "a", 5, PZ_EINVAL},        /* bad op type */
-        {"\x21\x00\x01\x05\x01" "a" "\x08\x00\x00\x00", 9,
-         PZ_EINVAL}, /* unknown range flag */
-        {"\x21\x00\x01\x05\x01" "a" "\x01\x01" "b" "\x00\x00", 10,
-         PZ_EINVAL}, /* to-end with an end */
-        {"\x21\x00\x01\x01\x01" "a" "\x01" "x" "\x80\x00\x00", 10,
-         PZ_ECORRUPT}, /* lease varint not shortest */
-        {"\x22\x00\x00\x00", 4, PZ_EINVAL},  /* unknown v2 op */
-        {"\x31\x00\x00\x00", 4, PZ_EINVAL},  /* unknown version */
+        {"\x21", 1, PZ_ECORRUPT},                 /* no counts */
+        {"\x21\x00\x00", 3, PZ_ECORRUPT},         /* no failure count */
+        {"\x21\x00\x00\x00\x00", 5, PZ_ECORRUPT}, /* trailing byte */
+        {"\x21\x81\x01", 3, PZ_ETOOBIG},          /* 129 comparisons */
+        {"\x21\x01\x05\x00\x01"
+         "a"
+         "\x00",
+         6, PZ_EINVAL}, /* bad target */
+        {"\x21\x01\x01\x04\x01"
+         "a"
+         "\x00",
+         6, PZ_EINVAL}, /* bad result */
+        {"\x21\x00\x01\x06\x01"
+         "a",
+         5, PZ_EINVAL}, /* bad op type */
+        {"\x21\x00\x01\x05\x01"
+         "a"
+         "\x08\x00\x00\x00",
+         9, PZ_EINVAL}, /* unknown range flag */
+        {"\x21\x00\x01\x05\x01"
+         "a"
+         "\x01\x01"
+         "b"
+         "\x00\x00",
+         10, PZ_EINVAL}, /* to-end with an end */
+        {"\x21\x00\x01\x01\x01"
+         "a"
+         "\x01"
+         "x"
+         "\x80\x00\x00",
+         10, PZ_ECORRUPT},                  /* lease varint not shortest */
+        {"\x22\x00\x00\x00", 4, PZ_EINVAL}, /* unknown v2 op */
+        {"\x31\x00\x00\x00", 4, PZ_EINVAL}, /* unknown version */
     };
     for (size_t i = 0; i < PZ_ARRAY_SIZE(cases); i++) {
         struct kv_cmd c;
@@ -1220,8 +1237,7 @@ TEST(txn_malformed)
     }
     /* The smallest valid one: no comparisons, no operations. */
     struct kv_result res;
-    CHECK_EQ_INT(kv_apply(kv, (const uint8_t *)"\x21\x00\x00\x00", 4, &res),
-                 0);
+    CHECK_EQ_INT(kv_apply(kv, (const uint8_t *)"\x21\x00\x00\x00", 4, &res), 0);
     CHECK(res.op == KV_OP_TXN && res.succeeded && res.revision == 1);
     kv_free(kv);
 }

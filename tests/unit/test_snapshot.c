@@ -280,8 +280,8 @@ TEST(roundtrip_empty)
     struct kv *kv = kv_new();
     char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE] = "";
     CHECK(write_ok(t.root, kv, 5, 2, path));
-    CHECK_EQ_INT(file_size(path), SNAPSHOT_HEADER_SIZE + sizeof conf_blob +
-                                      8 + SNAPSHOT_TRAILER_SIZE);
+    CHECK_EQ_INT(file_size(path), SNAPSHOT_HEADER_SIZE + sizeof conf_blob + 8 +
+                                      SNAPSHOT_TRAILER_SIZE);
     struct kv *got = kv_new();
     struct snapshot_meta m;
     CHECK_EQ_INT(snapshot_load(path, got, &m, err, sizeof err), 0);
