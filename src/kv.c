@@ -1202,20 +1202,25 @@ static bool cmp_holds(struct kv *kv, const struct kv_cmp *c)
 }
 
 struct range_walk {
-    struct apply *a; /* results */
-    const struct kv_op *op;
-    uint64_t count; /* keys in the range */
-    uint64_t sent;  /* keys reported */
+    struct apply *a;        /* results */
+    const struct kv_op *op; /* the RANGE */
+    uint64_t count;         /* keys returned (COUNT_ONLY: in the range) */
+    uint64_t sent;          /* keys reported */
+    bool more;              /* the limit left keys out */
 };
 
 static int range_visit(void *arg, const struct kv_view *v)
 {
     struct range_walk *w = arg;
+    if (w->op->flags & KV_RANGE_COUNT_ONLY) {
+        w->count++;
+        return 0;
+    }
+    if (w->op->limit && w->sent >= w->op->limit) {
+        w->more = true; /* one past the limit: enough to know */
+        return 1;
+    }
     w->count++;
-    if (w->op->flags & KV_RANGE_COUNT_ONLY)
-        return 0;
-    if (w->op->limit && w->sent >= w->op->limit)
-        return 0;
     w->sent++;
     const struct kv_sink *s = w->a->sink;
     if (s && s->item) {
@@ -1261,7 +1266,7 @@ static void run_op(struct apply *a, size_t i, const struct kv_op *o)
         kv_range(a->kv, o->key, o->klen, o->value, o->vlen,
                  o->flags & KV_RANGE_TO_END, range_visit, &w);
         count = w.count;
-        more = !(o->flags & KV_RANGE_COUNT_ONLY) && w.sent < w.count;
+        more = w.more;
         break;
     }
     }

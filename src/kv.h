@@ -198,9 +198,10 @@ struct kv_sink {
      * KV_RANGE_KEYS_ONLY); PUT, DEL, DELRANGE: each key's state before it
      * was changed (none for a PUT that created it). */
     void (*item)(void *arg, const struct kv_view *v);
-    /* The operation ends. RANGE: count = keys in the range, more = some
-     * were not returned (limit); GET: 1 or 0; DEL, DELRANGE: keys
-     * deleted; PUT: 1. */
+    /* The operation ends. RANGE: count = keys returned (with
+     * KV_RANGE_COUNT_ONLY: keys in the range, a walk over all of them),
+     * more = the limit left keys out (the walk stops one key past it);
+     * GET: 1 or 0; DEL, DELRANGE: keys deleted; PUT: 1. */
     void (*op_end)(void *arg, uint64_t count, bool more);
     void *arg; /* passed to each */
 };

@@ -1011,6 +1011,7 @@ static bool meta_eq(const struct kv_meta *a, const struct kv_meta *b)
 struct tm_sink {
     size_t items;
     uint64_t count;
+    bool more;
 };
 
 static void tms_item(void *arg, const struct kv_view *v)
@@ -1021,8 +1022,8 @@ static void tms_item(void *arg, const struct kv_view *v)
 
 static void tms_end(void *arg, uint64_t count, bool more)
 {
-    (void)more;
     ((struct tm_sink *)arg)->count = count;
+    ((struct tm_sink *)arg)->more = more;
 }
 
 static void tm_put(struct tmodel *m, size_t i, uint8_t v, bool *changed)
@@ -1132,7 +1133,7 @@ static void tmodel_run(uint64_t seed)
                 uint64_t n = 0;
                 for (size_t x = i; x < j; x++)
                     n += m->present[x];
-                CHECK(ts.count == n && ts.items == n);
+                CHECK(ts.count == n && ts.items == n && !ts.more);
             }
             break;
         }
@@ -1242,6 +1243,112 @@ TEST(txn_malformed)
     kv_free(kv);
 }
 
+/* What the watchers' hook saw. */
+struct ev_log {
+    int n;
+    char line[16][48];
+};
+
+static void ev_cb(void *arg, int type, const struct kv_view *cur,
+                  const struct kv_view *prev)
+{
+    struct ev_log *l = arg;
+    if (l->n >= 16)
+        return;
+    const struct kv_view *k = cur ? cur : prev;
+    snprintf(l->line[l->n++], sizeof l->line[0], "%s %.*s %.*s@%llu <%.*s>",
+             type == KV_TOP_PUT ? "put" : "del", (int)k->klen,
+             (const char *)k->key, cur ? (int)cur->vlen : 1,
+             cur ? (const char *)cur->value : "-",
+             (unsigned long long)(cur ? cur->meta.mod_revision : 0),
+             prev ? (int)prev->vlen : 1,
+             prev ? (const char *)prev->value : "-");
+}
+
+static void count_item(void *arg, const struct kv_view *v)
+{
+    (void)v;
+    (*(int *)arg)++;
+}
+
+struct end_seen {
+    uint64_t count;
+    bool more;
+};
+
+static void end_item(void *arg, uint64_t count, bool more)
+{
+    struct end_seen *e = arg;
+    e->count = count;
+    e->more = more;
+}
+
+TEST(events_and_range_limits)
+{
+    struct kv *kv = kv_new();
+    struct ev_log log = {0};
+    kv_set_event_cb(kv, ev_cb, &log);
+    kv_set(kv, "a", 1, "1", 1);
+    kv_set(kv, "a", 1, "2", 1); /* same length: still a new entry */
+    kv_set(kv, "b", 1, "33", 2);
+    kv_del(kv, "zz", 2); /* absent: no event, no revision */
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct kv_op dr = {.type = KV_TOP_DELRANGE, .flags = KV_RANGE_TO_END};
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &dr, 1, NULL, 0), 0);
+    struct kv_result res;
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK(res.revision == 4 && kv_count(kv) == 0);
+    static const char *const want[] = {"put a 1@1 <->", "put a 2@2 <1>",
+                                       "put b 33@3 <->", "del a -@0 <2>",
+                                       "del b -@0 <33>"};
+    CHECK_EQ_INT(log.n, 5);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ_STR(log.line[i], want[i]);
+    kv_set_event_cb(kv, NULL, NULL);
+    /* A range stops one key past its limit and says more. */
+    for (int i = 0; i < 50; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "k%02d", i);
+        kv_set(kv, k, 3, "v", 1);
+    }
+    int items = 0;
+    struct end_seen end = {0};
+    struct kv_sink sk = {.item = count_item, .op_end = end_item};
+    struct kv_op rg = {.type = KV_TOP_RANGE,
+                       .key = (const uint8_t *)"k1",
+                       .klen = 2,
+                       .value = (const uint8_t *)"k3",
+                       .vlen = 2,
+                       .limit = 4};
+    for (int t = 0; t < 3; t++) {
+        rg.limit = t == 0 ? 4 : t == 1 ? 20 : 0;
+        rg.flags = t == 2 ? KV_RANGE_COUNT_ONLY : 0;
+        items = 0;
+        pz_buf_reset(&b);
+        sk.arg = &items;
+        sk.item = count_item;
+        sk.op_end = NULL;
+        CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &rg, 1, NULL, 0), 0);
+        CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk),
+                     0);
+        sk.item = NULL;
+        sk.op_end = end_item;
+        sk.arg = &end;
+        CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk),
+                     0);
+        if (t == 0)
+            CHECK(items == 4 && end.count == 4 && end.more);
+        else if (t == 1)
+            CHECK(items == 20 && end.count == 20 && !end.more);
+        else
+            CHECK(items == 0 && end.count == 20 && !end.more);
+    }
+    CHECK(res.revision == 54 && kv_revision(kv) == 54); /* reads: none */
+    pz_buf_free(&b);
+    kv_free(kv);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
     TEST_ENTRY(binary_keys_values),
@@ -1264,5 +1371,6 @@ static const struct test_case cases[] = {
     TEST_ENTRY(random_vs_model),
     TEST_ENTRY(txn_range_vs_model),
     TEST_ENTRY(txn_malformed),
+    TEST_ENTRY(events_and_range_limits),
     TEST_END};
 const struct test_suite suite_kv = {"kv", cases};
