@@ -1008,6 +1008,7 @@ static int read_file(const char *path, struct kv *kv,
 {
     struct snapshot_meta m = {0};
     struct reader r;
+    char bad_meta[SNAPSHOT_ERRMSG_SIZE] = "";
     int rc = rd_open(&r, path, err, errlen);
     if (rc)
         goto out;
@@ -1045,16 +1046,16 @@ static int read_file(const char *path, struct kv *kv,
             km.mod_revision = pz_get_u64(h + 16);
             km.version = pz_get_u64(h + 24);
             km.lease = pz_get_u64(h + 32);
-            if (!meta_ok(&km, m.revision)) {
-                set_err(err, errlen,
-                        "%s: corrupt record %" PRIu64 " at offset %" PRIu64
-                        ": impossible metadata (created %" PRIu64
-                        ", modified %" PRIu64 ", version %" PRIu64
-                        ", snapshot revision %" PRIu64 ")",
-                        path, i, at, km.create_revision, km.mod_revision,
-                        km.version, m.revision);
-                rc = PZ_ECORRUPT;
-                break;
+            if (!meta_ok(&km, m.revision) && bad_meta[0] == '\0') {
+                /* Said only once the checksum matches: a damaged file
+                 * is reported as damaged. */
+                snprintf(bad_meta, sizeof bad_meta,
+                         "%s: corrupt record %" PRIu64 " at offset %" PRIu64
+                         ": impossible metadata (created %" PRIu64
+                         ", modified %" PRIu64 ", version %" PRIu64
+                         ", snapshot revision %" PRIu64 ")",
+                         path, i, at, km.create_revision, km.mod_revision,
+                         km.version, m.revision);
             }
         }
         if (klen > KV_KEY_MAX || vlen > KV_VALUE_MAX) {
@@ -1114,6 +1115,11 @@ static int read_file(const char *path, struct kv *kv,
                 "%s: checksum mismatch: stored %016" PRIx64
                 ", computed %016" PRIx64,
                 path, m.checksum, r.crc);
+        rc = PZ_ECORRUPT;
+        goto out;
+    }
+    if (bad_meta[0]) {
+        set_err(err, errlen, "%s", bad_meta);
         rc = PZ_ECORRUPT;
         goto out;
     }

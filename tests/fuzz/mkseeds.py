@@ -403,7 +403,24 @@ def kv_cmd_seeds():
                txn([], [op(3, b"k8", bytes([1]) + field(b""))], [])))
 
 
+def txn_json_seeds():
+    # byte 0 picks the path: 0 /txn, 1 /set, 2 /delete
+    seeds = {
+        "txn": b"\x00" + _txn_request().split("\r\n\r\n", 1)[1].encode(),
+        "txn-empty": b"\x00{}",
+        "set-cas": b'\x01{"key":"a","value":"2","prev_revision":1}',
+        "set-create": b'\x01{"key_b64":"AP8=","value":"x","prev_revision":0,'
+                      b'"prev_value_b64":"eA=="}',
+        "delete-cas": b'\x02{"key":"a","prev_value":"v"}',
+        "delete-prefix": b'\x02{"prefix":"a"}',
+        "delete-all": b'\x02{"prefix_b64":"/w=="}',
+    }
+    for name, data in seeds.items():
+        out("txn_json", name, data)
+
+
 def main():
+    txn_json_seeds()
     kv_cmd_seeds()
     raft_chunk_seeds()
     http_seeds()

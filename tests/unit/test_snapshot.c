@@ -494,6 +494,12 @@ TEST(corrupt_magic_version_lengths)
         load_digest(path, &rc, err, sizeof err, NULL);
         CHECK(is_corrupt_named(rc, err, path) &&
               strstr(err, "impossible metadata"));
+        /* The same bytes damaged (checksum not fixed): said as damage. */
+        pz_put_u64(p + len - 8, pz_get_u64(orig + len - 8));
+        CHECK(write_file(path, p, len));
+        load_digest(path, &rc, err, sizeof err, NULL);
+        CHECK(is_corrupt_named(rc, err, path) &&
+              strstr(err, "checksum mismatch"));
     }
     /* nkeys one too many / too few. */
     memcpy(p, orig, len);
