@@ -172,6 +172,9 @@ static void reply_node_error(struct http_conn *h, int status)
     case PZ_ETIMEDOUT:
         reply_text(h, 503, "Timed out waiting for the cluster", NULL);
         break;
+    case PZ_ENOSPC: /* the NOSPACE alarm: GET /status says why */
+        reply_text(h, 507, "no space left on device", NULL);
+        break;
     default: {
         char line[128];
         snprintf(line, sizeof line, "Replication failed: %s",
@@ -442,6 +445,15 @@ static void add_members(cJSON *o, const struct node_status *st, bool cluster)
         if (strcmp(st->role, "leader") == 0) {
             add_u64(j, "match_index", m->match);
             add_u64(j, "last_contact_ms", m->last_contact_ms);
+            if (!cluster) {
+                /* What a silent member said of itself (node_status). */
+                cJSON *al = cJSON_AddArrayToObject(j, "alarms");
+                if (m->nospace) {
+                    cJSON_AddItemToArray(al, cJSON_CreateString("NOSPACE"));
+                    cJSON_AddStringToObject(j, "alarm_reason",
+                                            m->alarm_reason);
+                }
+            }
         }
         cJSON_AddItemToArray(ms, j);
     }
@@ -477,6 +489,11 @@ static void reply_status(struct http_conn *h)
     cJSON_AddStringToObject(o, "digest", dg);
     add_u64(o, "fsync_entries", st.fsync_entries);
     add_u64(o, "partial_input", conn_in_total());
+    cJSON *alarms = cJSON_AddArrayToObject(o, "alarms");
+    if (st.nospace) {
+        cJSON_AddItemToArray(alarms, cJSON_CreateString("NOSPACE"));
+        cJSON_AddStringToObject(o, "alarm_reason", st.alarm_reason);
+    }
     add_members(o, &st, false);
     reply_json(h, o);
 }

@@ -53,6 +53,9 @@ struct node_member {
     const char *grpc;     /* gRPC address, "" if not known yet */
     uint64_t match;       /* leader only: replicated up to */
     uint64_t last_contact_ms; /* leader only: since last heard */
+    bool nospace;          /* leader only: the member, silent, says it has
+                              the NOSPACE alarm (asked by HTTP) */
+    const char *alarm_reason; /* its reason then ("" if none) */
 };
 
 struct node_status {
@@ -70,6 +73,10 @@ struct node_status {
     struct node_member *members; /* valid until the next loop turn */
     uint64_t fsyncs;         /* log write transactions */
     uint64_t fsync_entries;  /* entries written by them */
+    bool nospace;            /* the NOSPACE alarm: client writes refused
+                                (all of them when the disk is full, all
+                                but deletes when over the quota) */
+    const char *alarm_reason;/* why, one line ("" without an alarm) */
 };
 
 /* Asks the process to shut down, saying why (the node was removed from
