@@ -319,3 +319,24 @@ def test_cli_list_cas_prefix_and_txn(server, tmp_path):
     assert rc == 1 and "HTTP 400" in err
     rc, _, err = cli(server, "set", "--if-revision", "x", "k", "v")
     assert rc == 1 and "bad revision" in err
+
+
+def test_quota_alarm_takes_prefix_deletes_not_puts(servers):
+    s = servers(conf={"quota-backend-bytes": "4kb"})
+    n = 0
+    while post(s, "/set", {"key": f"q/{n:02d}", "value": "v" * 500})[0] \
+            == 204:
+        n += 1
+        assert n < 20
+    # raised: a transaction that puts is refused, even behind a condition
+    st, _, body = post(s, "/txn", {"success": [{"put": {"key": "t",
+                                                        "value": "1"}}]})
+    assert (st, body) == (507, b"no space left on device\n")
+    st, _, _ = post(s, "/set", {"key": "t", "value": "1",
+                                "prev_revision": 0})
+    assert st == 507
+    # one that only reads or deletes goes through
+    st, _, body = post(s, "/txn", {"success": [{"get": {"key": "q/00"}}]})
+    assert st == 200 and json.loads(body)["succeeded"] is True
+    st, _, body = post(s, "/delete", {"prefix": "q/"})
+    assert st == 200 and json.loads(body)["deleted"] == n
