@@ -3,6 +3,7 @@
 #   make noopt                         -O0 build
 #   make test / test-unit / test-integration / lint
 #   make test-mutants                  mutation checks (slow; scripts/mutants.py)
+#   make bench-kv-mem                  RSS per key of the key-value table
 #   make run                           mandi and 3 nodes on 127.0.0.1, state in
 #                                      ./run/, until Ctrl-C (scripts/cluster.sh)
 #   make install PREFIX=/usr/local     install the binaries
@@ -78,6 +79,7 @@ SERVER = src/pyazdb-server
 CLI = src/pyazdb-cli
 UNIT = tests/unit/test-unit
 SIM = tests/unit/raft-sim
+KV_MEM = tests/bench/kv-mem
 
 BINS = $(SERVER) $(if $(CLI_SRC),$(CLI))
 
@@ -197,6 +199,14 @@ test-unit: $(UNIT)
 test-sim: $(SIM)
 	$(SIM)
 
+# Memory of the key-value table: RSS per key for 1M 16-byte keys with
+# 100-byte values (KV_MEM_KEYS=n for another count). Not part of `test`.
+$(KV_MEM): tests/bench/kv_mem.c $(CORE_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_CFLAGS) $(PZ_LDFLAGS) -o $@ $< $(CORE_O) $(PZ_LIBS)
+
+bench-kv-mem: $(KV_MEM)
+	$(KV_MEM) $(KV_MEM_KEYS)
+
 test-sim-long: $(SIM)
 	SIM_SEEDS=$${SIM_SEEDS:-100000} $(SIM)
 
@@ -293,11 +303,10 @@ clean-objs:
 	rm -rf $(OBJ_GLOBS) src/*.d src/gen/*.d tests/unit/*.d
 
 clean: clean-objs
-	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(POWERLOSS) \
-	    tests/unit/suites.h \
-	    .make-settings tests/fuzz/build
+	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(POWERLOSS) $(KV_MEM) \
+	    tests/unit/suites.h .make-settings tests/fuzz/build
 
-.PHONY: all deps deps-test noopt valgrind test test-unit test-sim \
+.PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem \
         test-sim-long test-mutants test-integration deps-chaos test-chaos \
         deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
         run lint install clean clean-objs

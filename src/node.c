@@ -70,12 +70,26 @@ static bool frozen(void);
 
 /* --- applying committed entries ------------------------------------------ */
 
+/* The write waiting on exactly this entry, or NULL. */
+static struct node_req *proposal_of(const struct raft_entry *e)
+{
+    struct pz_queue *q;
+    PZ_QUEUE_FOREACH(q, &node.proposals)
+    {
+        struct node_req *r = container_of(q, struct node_req, q);
+        if (r->index >= e->index)
+            return r->index == e->index && r->term == e->term ? r : NULL;
+    }
+    return NULL;
+}
 
 static void apply_entry(const struct raft_entry *e)
 {
     struct kv_result res = {0};
     if (e->type == RAFT_ENTRY_NORMAL) {
-        int rv = kv_apply(node.kv, e->data, e->len, &res);
+        struct node_req *w = proposal_of(e);
+        int rv =
+            kv_apply_sink(node.kv, e->data, e->len, &res, w ? w->sink : NULL);
         if (rv < 0) /* every node rejects it alike: state stays equal */
             pz_warn("entry %llu: undecodable command (%s), skipped",
                     (unsigned long long)e->index, pz_strerror(rv));
@@ -353,6 +367,20 @@ static void nospace_cron(void)
 }
 
 /* PZ_ENOSPC if the write cmd may not be proposed now (above). */
+/* Key and value bytes of every put in transaction c (both branches);
+ * 1 for a put of an empty key and value, so that 0 means "no put". */
+static uint64_t txn_put_bytes(const struct kv_cmd *c)
+{
+    struct kv_op *ops = pz_calloc(c->nsucc + c->nfail + 1, sizeof *ops);
+    kv_txn_items(c, NULL, ops, ops + c->nsucc);
+    uint64_t n = 0;
+    for (size_t i = 0; i < c->nsucc + c->nfail; i++)
+        if (ops[i].type == KV_TOP_PUT)
+            n += PZ_MAX((uint64_t)1, (uint64_t)ops[i].klen + ops[i].vlen);
+    pz_free(ops);
+    return n;
+}
+
 static int space_check(const uint8_t *cmd, size_t len)
 {
     if (node.alarm_disk)
@@ -362,24 +390,27 @@ static int space_check(const uint8_t *cmd, size_t len)
         return 0;
     struct kv_cmd c;
     bool decoded = kv_decode(cmd, len, &c) == 0;
-    if (decoded && c.op == KV_OP_DEL)
-        return 0;
+    uint64_t puts = decoded && c.op == KV_OP_TXN ? txn_put_bytes(&c) : 0;
+    if (decoded && (c.op == KV_OP_DEL || (c.op == KV_OP_TXN && puts == 0)))
+        return 0; /* deletes (and reads) free space: always taken */
     if (node.alarm_quota)
         return PZ_ENOSPC;
-    if (!decoded || c.op != KV_OP_SET)
+    if (!decoded || (c.op != KV_OP_SET && c.op != KV_OP_TXN))
         return 0;
-    uint64_t after = kv_bytes(node.kv) + c.klen + c.vlen;
+    /* A transaction counts every put of both branches, as if new. */
+    uint64_t grow = c.op == KV_OP_SET ? c.klen + c.vlen : puts;
+    uint64_t after = kv_bytes(node.kv) + grow;
     const uint8_t *old;
     size_t olen;
-    if (kv_get(node.kv, c.key, c.klen, &old, &olen))
+    if (c.op == KV_OP_SET && kv_get(node.kv, c.key, c.klen, &old, &olen))
         after -= c.klen + olen;
     if (after <= (uint64_t)quota)
         return 0;
     node.alarm_quota = true;
     set_alarm_reason();
-    pz_warn("NOSPACE alarm: a write of %zu bytes would take the data past "
+    pz_warn("NOSPACE alarm: a write of %llu bytes would take the data past "
             "quota-backend-bytes (%lld): only deletes are accepted",
-            c.klen + c.vlen, (long long)quota);
+            (unsigned long long)grow, (long long)quota);
     return PZ_ENOSPC;
 }
 
@@ -671,7 +702,14 @@ bool node_has_work(void)
 int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
                  node_req_cb cb)
 {
+    return node_propose_sink(req, cmd, len, NULL, cb);
+}
+
+int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
+                      const struct kv_sink *sink, node_req_cb cb)
+{
     reqs_prepare(req, cb);
+    req->sink = sink;
     int rv = space_check(cmd, len);
     if (rv < 0)
         return rv;
@@ -742,6 +780,7 @@ void node_status(struct node_status *st)
     st->last_index = rs.last_index;
     st->persisted_index = rs.persisted_index;
     st->keys = kv_count(node.kv);
+    st->revision = kv_revision(node.kv);
     st->fsyncs = ss.batches;
     st->fsync_entries = ss.entries;
     st->nospace = node.alarm_disk || node.alarm_quota;
