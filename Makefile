@@ -47,7 +47,7 @@ GEN_H = $(PROTOS:%=src/gen/%.pb-c.h) $(GRPC_PROTOS:%=src/gen/%.pb-c.h)
 GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 
 # Modules shared by the server, the CLI and the unit tests.
-CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c \
+CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
 # I/O modules shared by the server and the CLI.
@@ -260,6 +260,7 @@ lint:
 	if [ -n "$$bad" ]; then echo "lint: clock, random or file calls in a"\
 	    "pure core:"; echo "$$bad"; exit 1; fi; echo "lint: ok"
 PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
+           src/metrics.c src/metrics.h \
            src/http_parse.c src/raft.c src/raft_conf.c src/raft_codec.c \
            src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c src/kv.h \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
