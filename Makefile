@@ -51,7 +51,7 @@ CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
 # I/O modules shared by the server and the CLI.
-NET_SRC = src/conn.c src/httpc.c src/grpc_client.c
+NET_SRC = src/conn.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
@@ -135,6 +135,16 @@ src/gen/%.pb-c.o: src/gen/%.pb-c.c
 
 ALL_O = $(CORE_O) $(NET_O) $(SERVER_O) $(CLI_O) $(UNIT_O)
 $(ALL_O): | $(GEN_H)
+
+# pyazdb_build_info's commit label: rewritten only when HEAD moves, so
+# only stats.o is rebuilt then ("unknown" outside a git checkout).
+src/gen/commit.h: FORCE
+	@mkdir -p src/gen; \
+	 c=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown); \
+	 n="#define PZ_COMMIT \"$$c\""; \
+	 [ "$$(cat $@ 2>/dev/null)" = "$$n" ] || echo "$$n" > $@
+src/stats.o: src/gen/commit.h
+FORCE:
 
 %.o: %.c
 	$(CC) $(PZ_CFLAGS) -c $< -o $@
@@ -286,6 +296,6 @@ clean: clean-objs
 .PHONY: all deps deps-test noopt valgrind test test-unit test-sim \
         test-sim-long test-integration deps-chaos test-chaos \
         deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
-        run lint install clean clean-objs
+        run lint install clean clean-objs FORCE
 
 -include $(ALL_O:.o=.d)

@@ -133,6 +133,7 @@ enum http_op_kind {
     HTTP_OP_TRANSFER,  /* POST /cluster/transfer?to=ID: key = ID */
     HTTP_OP_SNAPSHOT,  /* POST /admin/snapshot */
     HTTP_OP_BACKUP,    /* GET /admin/snapshot: stream a fresh snapshot */
+    HTTP_OP_METRICS,   /* GET /metrics */
 };
 
 struct http_api_limits {
