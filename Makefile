@@ -55,6 +55,7 @@ NET_SRC = src/conn.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
+             src/node_metrics.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c
@@ -277,7 +278,8 @@ PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
            src/mandi_codec.h
 CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c
-IO_HDRS = conn|node|node_internal|transport|store|server|snapshot|fwd|grpc
+IO_HDRS = conn|node|node_internal|node_metrics|stats|transport|store
+IO_HDRS := $(IO_HDRS)|server|snapshot|fwd|grpc
 IO_HDRS := $(IO_HDRS)|http|httpd|httpc|mandi|mandi_client|grpc_client|log|failpoint
 IMPURE_CALLS = rand|srand|random|time|clock_gettime|gettimeofday|getrandom
 IMPURE_CALLS := $(IMPURE_CALLS)|fopen|open|read|write|uv_now|uv_hrtime

@@ -131,6 +131,7 @@ static int read_start(struct node_req *req)
 static void send_all(const struct raft_msg *msgs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
+        node_metrics_sent(&msgs[i]);
         if (msgs[i].type == RAFT_MSG_INSTALL_SNAPSHOT)
             snaps_xfer_start(&msgs[i]); /* the file goes first */
         else
@@ -141,6 +142,7 @@ static void send_all(const struct raft_msg *msgs, size_t n)
 
 static void soft_state_changed(const struct raft_soft_state *ss)
 {
+    node_metrics_soft_state(ss);
     bool was_leader = node.role == RAFT_LEADER;
     if (ss->leader != node.leader) {
         struct member *m = members_find(ss->leader);
@@ -181,6 +183,7 @@ static void ready_apply(struct raft_ready *rd)
         soft_state_changed(&rd->ss);
     if (rd->snapshot)
         snaps_install(rd->snapshot);
+    node_metrics_applied(rd->n_committed);
     for (size_t i = 0; i < rd->n_committed; i++)
         apply_entry(&rd->committed[i]);
     if (rd->n_committed)
@@ -273,6 +276,7 @@ static void on_written(struct store *s, int status, const char *errmsg,
                    errmsg ? errmsg : pz_strerror(status));
     }
     node.store_busy = false;
+    node_metrics_written();
     if (node.cluster_id_unsaved) {
         node.cluster_id_unsaved = false;
         members_save_cluster_id(NULL, node.cluster_id);
@@ -294,6 +298,7 @@ static const char *on_recv(void *data, const struct raft_msg *m)
         return NULL; /* closing: the core is about to go */
     if (!snaps_install_ready(m))
         return NULL; /* its file did not arrive whole: the leader retries */
+    node_metrics_recv(m);
     if (raft_step(node.raft, m) == PZ_EINVAL)
         return raft_errmsg(node.raft);
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT) {
@@ -377,6 +382,7 @@ int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
     if (node.role != RAFT_LEADER)
         return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
     int rv = raft_propose(node.raft, cmd, len, &req->index, &req->term);
+    node_metrics_proposed(rv);
     if (rv < 0)
         return rv;
     reqs_link_proposal(req);
@@ -616,6 +622,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     node.loop = loop;
     node.cfg = cfg;
     node.stop = stop;
+    node_metrics_init();
     node.kv = kv_new_seeded(seed);
     node.id = members_name_to_id(cfg->node_id);
     pz_queue_init(&node.proposals);
@@ -648,9 +655,11 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     rv = store_open(cfg->raft_data, &node.store, err, errlen);
     if (rv < 0)
         goto err_after_raft;
+    uint64_t load_ns = uv_hrtime();
     rv = restore(err, errlen);
     if (rv < 0)
         goto err_after_store;
+    node_metrics_restored(load_ns);
     /* What a crash left of interrupted snapshot writes and transfers. */
     size_t stale = 0;
     char serr[SNAPSHOT_ERRMSG_SIZE];

@@ -133,6 +133,7 @@ static void on_compacted(struct store *s, int status, const char *errmsg,
                    errmsg ? errmsg : pz_strerror(status));
     }
     node.store_busy = false;
+    node_metrics_compacted();
     pz_failpoint("after-log-truncate");
     if (node.cluster_id_unsaved) {
         node.cluster_id_unsaved = false;
@@ -180,6 +181,7 @@ void snaps_poll(void)
     if (!done)
         return;
     struct snapshot_child *c = &node.snap_child;
+    node_metrics_snapshot(ok, c->started_ms);
     if (!ok) {
         pz_warn("snapshot at index %llu failed: %s",
                 (unsigned long long)c->index, c->errmsg);
