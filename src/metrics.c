@@ -69,6 +69,7 @@ void metrics_family_free(struct metrics_family *f)
     pz_free(f->series);
     pz_free(f->sink.h.counts);
     f->series = NULL;
+    f->last = NULL;
     f->n_series = f->cap = 0;
     f->sink.h.counts = NULL;
 }
@@ -86,9 +87,11 @@ static bool same(const struct metrics_series *s, size_t n,
 struct metrics_series *metrics_get(struct metrics_family *f,
                                    const char *const *vals)
 {
+    if (f->last && same(f->last, f->n_labels, vals))
+        return f->last;
     for (size_t i = 0; i < f->n_series; i++) {
         if (same(f->series[i], f->n_labels, vals))
-            return f->series[i];
+            return f->last = f->series[i];
     }
     if (f->n_series >= f->max_series) {
         f->dropped++;
@@ -103,7 +106,7 @@ struct metrics_series *metrics_get(struct metrics_family *f,
         snprintf(s->vals[i], sizeof s->vals[i], "%s", vals[i]);
     hist_init(&s->h, f->bounds, f->n_bounds);
     f->series[f->n_series++] = s;
-    return s;
+    return f->last = s;
 }
 
 void metrics_hist_observe(struct metrics_hist *h, double v)

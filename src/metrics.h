@@ -67,6 +67,7 @@ struct metrics_family {
     size_t cap;                     /* slots in series */
     struct metrics_series sink;     /* updates past max_series */
     uint64_t dropped;               /* updates that went to the sink */
+    struct metrics_series *last;    /* last found: tried first */
 };
 
 /* labels: NULL-terminated list of at most METRICS_MAX_LABELS names, or

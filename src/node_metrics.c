@@ -15,6 +15,7 @@
 
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "node_internal.h"
 #include "stats.h"
@@ -27,6 +28,9 @@ static struct {
     struct metrics_family elections;      /* no labels */
     struct metrics_family sent;           /* type */
     struct metrics_family recv;           /* type */
+    struct metrics_series *sent_by[RAFT_MSG_TYPE_MAX]; /* sent's series by
+                                                          type, once used */
+    struct metrics_series *recv_by[RAFT_MSG_TYPE_MAX]; /* recv's */
     struct metrics_family read_rounds;    /* no labels */
     struct metrics_family proposals;      /* no labels */
     struct metrics_family proposals_failed; /* no labels */
@@ -75,18 +79,37 @@ void node_metrics_soft_state(const struct raft_soft_state *ss)
         metrics_inc(one(&nm.elections), 1);
 }
 
+/* The type label: raft_msg_type_name's, in lower case. */
 static const char *msg_type(uint8_t type)
 {
-    return type > 0 && type < RAFT_MSG_TYPE_MAX ? raft_msg_type_name(type)
-                                                : "unknown";
+    static const char *const names[] = {
+        "unknown",   "append",          "append_resp",
+        "heartbeat", "heartbeat_resp",  "prevote",
+        "prevote_resp", "vote",         "vote_resp",
+        "timeout_now", "read_index",    "read_index_resp",
+        "install_snapshot", "install_snapshot_resp"};
+    _Static_assert(PZ_ARRAY_SIZE(names) == RAFT_MSG_TYPE_MAX,
+                   "a name for every message type");
+    return type < PZ_ARRAY_SIZE(names) ? names[type] : "unknown";
+}
+
+/* The series of m's type in f, looked up once per type. */
+static struct metrics_series *by_type(struct metrics_family *f,
+                                      struct metrics_series **cache,
+                                      uint8_t type)
+{
+    if (type >= RAFT_MSG_TYPE_MAX)
+        type = 0;
+    if (cache[type] == NULL)
+        cache[type] = metrics_get(f, (const char *const[]){msg_type(type)});
+    return cache[type];
 }
 
 void node_metrics_sent(const struct raft_msg *m)
 {
     if (!nm.on)
         return;
-    metrics_inc(metrics_get(&nm.sent, (const char *const[]){msg_type(m->type)}),
-                1);
+    metrics_inc(by_type(&nm.sent, nm.sent_by, m->type), 1);
     if (m->type != RAFT_MSG_HEARTBEAT)
         return;
     if (m->context != 0 && m->context != nm.last_read_ctx) {
@@ -112,8 +135,7 @@ void node_metrics_recv(const struct raft_msg *m)
 {
     if (!nm.on)
         return;
-    metrics_inc(metrics_get(&nm.recv, (const char *const[]){msg_type(m->type)}),
-                1);
+    metrics_inc(by_type(&nm.recv, nm.recv_by, m->type), 1);
     if (m->type != RAFT_MSG_HEARTBEAT_RESP)
         return;
     for (size_t i = 0; i < MAX_RTT_PEERS; i++) {
@@ -299,6 +321,16 @@ static void render_storage(struct pz_buf *b)
     gauge(b, "pyazdb_storage_db_size_bytes",
           "Size of raft.db and its write-ahead log.",
           file_size(path, "") + file_size(path, "-wal"));
+    struct statvfs fs;
+    if (statvfs(node.cfg->raft_data, &fs) == 0) {
+        gauge(b, "pyazdb_storage_disk_free_bytes",
+              "Bytes available to the server on the data directory's file "
+              "system.",
+              (double)fs.f_bavail * (double)fs.f_frsize);
+        gauge(b, "pyazdb_storage_disk_size_bytes",
+              "Size of the data directory's file system.",
+              (double)fs.f_blocks * (double)fs.f_frsize);
+    }
     metrics_render(b, &nm.compactions);
     metrics_render(b, &nm.snaps);
     metrics_render(b, &nm.snap_s);

@@ -5,6 +5,7 @@ and every node's fsync histogram, exactly one node reports is_leader 1,
 the leader shows each follower's lag and last contact, gRPC calls are
 counted by method and status."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import grpc
 import pytest
 
 import grpc_helpers as gh
+from conftest import ROOT
 from test_cluster import leader_of, make_cluster, put
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -145,6 +147,7 @@ def test_cluster_metrics(servers, pb):
                     le="+Inf")
         assert inf == value(a, "pyazdb_storage_fsync_duration_seconds_count")
         assert value(a, "pyazdb_storage_db_size_bytes") > 0
+        assert value(a, "pyazdb_storage_disk_free_bytes") > 0
         assert value(a, "pyazdb_raft_is_leader") == (s is leader)
     # followers are followers
     for s in followers:
@@ -224,3 +227,48 @@ def test_mandi_metrics(mandi):
     assert value(m, "pyazdb_clients_connected", listener="mandi") >= 1
     # no Raft figures in mandi
     assert not series(m, "pyazdb_raft_term")
+
+
+MONITORING = os.path.join(ROOT, "docs", "monitoring")
+NAME = re.compile(r'\b((?:pyazdb|process)_[a-z0-9_]+)')
+
+
+def names_of(text):
+    """Metric names of a page, histograms also with their suffixes."""
+    out = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            out.add(name)
+            if kind == "histogram":
+                out |= {name + s for s in ("_bucket", "_sum", "_count")}
+    return out
+
+
+def test_dashboard_and_alerts_use_served_metrics(servers):
+    """Every metric the Grafana dashboard and the alerting rules name is on
+    a node's page (the leader's: it has the leader-only ones); the rules
+    pass promtool."""
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    st, _, _ = put(leader, "k", "v")
+    assert st == 204
+    served = names_of(scrape(leader))
+    assert "pyazdb_raft_follower_lag_entries" in served
+
+    with open(os.path.join(MONITORING, "pyazdb-dashboard.json")) as f:
+        dash = json.load(f)
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    used = {n for e in exprs for n in NAME.findall(e)}
+    rules = os.path.join(MONITORING, "pyazdb-alerts.yml")
+    with open(rules) as f:
+        used_alerts = set(NAME.findall(f.read()))
+    assert used and used_alerts
+    assert used - served == set(), used - served
+    assert used_alerts - served == set(), used_alerts - served
+
+    r = subprocess.run([shutil.which("promtool") or "promtool", "check",
+                        "rules", rules], capture_output=True, timeout=30)
+    assert r.returncode == 0, (r.stdout.decode(), r.stderr.decode())
+    assert b"SUCCESS" in r.stdout
