@@ -14,16 +14,15 @@
 #include <string.h>
 
 const double metrics_latency_bounds[] = {
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-    0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5,
-    5,      10};
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 const size_t metrics_latency_n = PZ_ARRAY_SIZE(metrics_latency_bounds);
 const double metrics_disk_bounds[] = {
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008,
     0.016,   0.032,  0.064,   0.128,  0.256, 0.512, 1.024, 5};
 const size_t metrics_disk_n = PZ_ARRAY_SIZE(metrics_disk_bounds);
-const double metrics_batch_bounds[] = {1,  2,   4,   8,    16,   32, 64,
-                                       128, 256, 512, 1024, 4096};
+const double metrics_batch_bounds[] = {1,  2,   4,   8,   16,   32,
+                                       64, 128, 256, 512, 1024, 4096};
 const size_t metrics_batch_n = PZ_ARRAY_SIZE(metrics_batch_bounds);
 
 static void hist_init(struct metrics_hist *h, const double *bounds, size_t n)
@@ -188,9 +187,8 @@ void metrics_render_head(struct pz_buf *b, const char *name,
 
 /* name{k="v",...,extra_k="extra_v"} value */
 static void sample(struct pz_buf *b, const char *name, const char *suffix,
-                   const char *const *labels, const char *const *vals,
-                   size_t n, const char *extra_k, const char *extra_v,
-                   double v)
+                   const char *const *labels, const char *const *vals, size_t n,
+                   const char *extra_k, const char *extra_v, double v)
 {
     char num[32];
     pz_buf_appendf(b, "%s%s", name, suffix);
@@ -209,8 +207,8 @@ static void sample(struct pz_buf *b, const char *name, const char *suffix,
 }
 
 void metrics_render_sample(struct pz_buf *b, const char *name,
-                           const char *const *labels,
-                           const char *const *vals, double v)
+                           const char *const *labels, const char *const *vals,
+                           double v)
 {
     size_t n = 0;
     while (labels && vals && labels[n])
@@ -226,8 +224,7 @@ void metrics_render_one(struct pz_buf *b, const char *name,
 }
 
 static void render_hist(struct pz_buf *b, const struct metrics_family *f,
-                        const struct metrics_series *s,
-                        const char *const *vals)
+                        const struct metrics_series *s, const char *const *vals)
 {
     char le[32];
     uint64_t cum = 0;

@@ -48,13 +48,13 @@ struct metrics_hist {
 
 struct metrics_series {
     char vals[METRICS_MAX_LABELS][METRICS_VALUE_MAX]; /* label values */
-    double value;          /* counter or gauge */
+    double value;                                     /* counter or gauge */
     struct metrics_hist h; /* histogram families only */
 };
 
 struct metrics_family {
-    const char *name;  /* metric name; borrowed */
-    const char *help;  /* HELP text; borrowed */
+    const char *name; /* metric name; borrowed */
+    const char *help; /* HELP text; borrowed */
     enum metrics_type type;
     const char *labels[METRICS_MAX_LABELS]; /* label names; borrowed */
     size_t n_labels;                        /* their number */
@@ -109,8 +109,8 @@ void metrics_render_head(struct pz_buf *b, const char *name,
 /* One sample line: name{k1="v1",...} value; labels NULL-terminated names
  * with as many values (both NULL: no labels). Values are escaped. */
 void metrics_render_sample(struct pz_buf *b, const char *name,
-                           const char *const *labels,
-                           const char *const *vals, double v);
+                           const char *const *labels, const char *const *vals,
+                           double v);
 /* HELP, TYPE and one unlabelled sample. */
 void metrics_render_one(struct pz_buf *b, const char *name,
                         enum metrics_type type, const char *help, double v);
@@ -121,11 +121,11 @@ void metrics_render_one(struct pz_buf *b, const char *name,
 const char *metrics_fmt_value(char *buf, double v);
 
 /* Common bucket bounds, in seconds and counts. */
-extern const double metrics_latency_bounds[];  /* 100 us .. 10 s */
+extern const double metrics_latency_bounds[]; /* 100 us .. 10 s */
 extern const size_t metrics_latency_n;
-extern const double metrics_disk_bounds[];     /* 50 us .. 5 s */
+extern const double metrics_disk_bounds[]; /* 50 us .. 5 s */
 extern const size_t metrics_disk_n;
-extern const double metrics_batch_bounds[];    /* 1 .. 4096 entries */
+extern const double metrics_batch_bounds[]; /* 1 .. 4096 entries */
 extern const size_t metrics_batch_n;
 
 #endif

@@ -23,7 +23,7 @@
 #define MAX_RTT_PEERS 16 /* peers whose heartbeat is timed at once */
 
 static struct {
-    bool on;
+    bool on;                              /* node_metrics_init ran */
     struct metrics_family leader_changes; /* no labels */
     struct metrics_family elections;      /* no labels */
     struct metrics_family sent;           /* type */
@@ -31,21 +31,21 @@ static struct {
     struct metrics_series *sent_by[RAFT_MSG_TYPE_MAX]; /* sent's series by
                                                           type, once used */
     struct metrics_series *recv_by[RAFT_MSG_TYPE_MAX]; /* recv's */
-    struct metrics_family read_rounds;    /* no labels */
-    struct metrics_family proposals;      /* no labels */
-    struct metrics_family proposals_failed; /* no labels */
-    struct metrics_family applied;        /* no labels */
-    struct metrics_family rtt;            /* peer */
-    struct metrics_family write_s;        /* no labels */
-    struct metrics_family fsync_s;        /* no labels */
-    struct metrics_family batch;          /* no labels */
-    struct metrics_family compactions;    /* no labels */
-    struct metrics_family snaps;          /* result */
-    struct metrics_family snap_s;         /* no labels */
-    uint64_t batches;                     /* store_stats.batches seen */
-    uint64_t write_ns;                    /* store_stats.write_ns seen */
-    uint64_t last_read_ctx;               /* read round last counted */
-    double restore_s;                     /* startup load time */
+    struct metrics_family read_rounds;                 /* no labels */
+    struct metrics_family proposals;                   /* no labels */
+    struct metrics_family proposals_failed;            /* no labels */
+    struct metrics_family applied;                     /* no labels */
+    struct metrics_family rtt;                         /* peer */
+    struct metrics_family write_s;                     /* no labels */
+    struct metrics_family fsync_s;                     /* no labels */
+    struct metrics_family batch;                       /* no labels */
+    struct metrics_family compactions;                 /* no labels */
+    struct metrics_family snaps;                       /* result */
+    struct metrics_family snap_s;                      /* no labels */
+    uint64_t batches;       /* store_stats.batches seen */
+    uint64_t write_ns;      /* store_stats.write_ns seen */
+    uint64_t last_read_ctx; /* read round last counted */
+    double restore_s;       /* startup load time */
     struct {
         uint64_t id;      /* peer, 0: free slot */
         uint64_t sent_ns; /* heartbeat sent, 0: none outstanding */
@@ -83,10 +83,12 @@ void node_metrics_soft_state(const struct raft_soft_state *ss)
 static const char *msg_type(uint8_t type)
 {
     static const char *const names[] = {
-        "unknown",   "append",          "append_resp",
-        "heartbeat", "heartbeat_resp",  "prevote",
-        "prevote_resp", "vote",         "vote_resp",
-        "timeout_now", "read_index",    "read_index_resp",
+        "unknown",          "append",
+        "append_resp",      "heartbeat",
+        "heartbeat_resp",   "prevote",
+        "prevote_resp",     "vote",
+        "vote_resp",        "timeout_now",
+        "read_index",       "read_index_resp",
         "install_snapshot", "install_snapshot_resp"};
     _Static_assert(PZ_ARRAY_SIZE(names) == RAFT_MSG_TYPE_MAX,
                    "a name for every message type");
@@ -94,9 +96,8 @@ static const char *msg_type(uint8_t type)
 }
 
 /* The series of m's type in f, looked up once per type. */
-static struct metrics_series *by_type(struct metrics_family *f,
-                                      struct metrics_series **cache,
-                                      uint8_t type)
+static struct metrics_series *
+by_type(struct metrics_family *f, struct metrics_series **cache, uint8_t type)
 {
     if (type >= RAFT_MSG_TYPE_MAX)
         type = 0;
@@ -143,8 +144,7 @@ void node_metrics_recv(const struct raft_msg *m)
             double s = (double)(stats_now_ns() - nm.hb[i].sent_ns) / 1e9;
             nm.hb[i].sent_ns = 0;
             metrics_observe(
-                metrics_get(&nm.rtt,
-                            (const char *const[]){peer_name(m->from)}),
+                metrics_get(&nm.rtt, (const char *const[]){peer_name(m->from)}),
                 s);
             return;
         }
@@ -196,9 +196,8 @@ void node_metrics_snapshot(bool ok, uint64_t started_ms)
 {
     if (!nm.on)
         return;
-    metrics_inc(metrics_get(&nm.snaps,
-                            (const char *const[]){ok ? "ok" : "failed"}),
-                1);
+    metrics_inc(
+        metrics_get(&nm.snaps, (const char *const[]){ok ? "ok" : "failed"}), 1);
     uint64_t now_ms = stats_now_ns() / 1000000;
     if (ok && now_ms >= started_ms)
         metrics_observe(one(&nm.snap_s), (double)(now_ms - started_ms) / 1e3);
@@ -280,8 +279,7 @@ static void render_raft(struct pz_buf *b)
     metrics_render(b, &nm.recv);
 
     /* Leader only: one series per follower. */
-    metrics_render_head(b, "pyazdb_raft_follower_lag_entries",
-                        METRICS_GAUGE,
+    metrics_render_head(b, "pyazdb_raft_follower_lag_entries", METRICS_GAUGE,
                         "Leader only: entries of the leader's log a follower "
                         "has not acknowledged.");
     for (size_t i = 0; i < rs.n_peers; i++) {
@@ -297,10 +295,9 @@ static void render_raft(struct pz_buf *b)
                         "from.");
     for (size_t i = 0; i < rs.n_peers; i++) {
         const struct raft_peer_status *p = &rs.peers[i];
-        metrics_render_sample(
-            b, "pyazdb_raft_follower_last_contact_seconds", lbl_peer,
-            (const char *const[]){peer_name(p->id)},
-            (double)(p->last_contact * node.tick_ms) / 1e3);
+        metrics_render_sample(b, "pyazdb_raft_follower_last_contact_seconds",
+                              lbl_peer, (const char *const[]){peer_name(p->id)},
+                              (double)(p->last_contact * node.tick_ms) / 1e3);
     }
     metrics_render(b, &nm.rtt);
 }
@@ -354,8 +351,7 @@ static void peer_family(struct pz_buf *b, const char *name,
     for (size_t i = 0; i < node.n_members; i++) {
         const struct member *m = &node.members[i];
         struct transport_peer_stats ps;
-        if (m->id == node.id ||
-            transport_peer_stats(node.tr, m->id, &ps) < 0)
+        if (m->id == node.id || transport_peer_stats(node.tr, m->id, &ps) < 0)
             continue;
         double v = which == 0   ? (double)ps.sent_msgs
                    : which == 1 ? (double)ps.sent_bytes
@@ -375,13 +371,12 @@ static void render_transport(struct pz_buf *b)
                 "Messages handed to a peer connection.", 0);
     peer_family(b, "pyazdb_transport_sent_bytes_total", METRICS_COUNTER,
                 "Bytes handed to a peer connection, framing included.", 1);
-    peer_family(b, "pyazdb_transport_dropped_messages_total",
-                METRICS_COUNTER,
+    peer_family(b, "pyazdb_transport_dropped_messages_total", METRICS_COUNTER,
                 "Messages to a peer dropped (queue full, too large).", 2);
-    peer_family(b, "pyazdb_transport_connect_attempts_total",
-                METRICS_COUNTER, "Connection attempts to a peer.", 3);
-    peer_family(b, "pyazdb_transport_handshakes_refused_total",
-                METRICS_COUNTER, "Our handshakes a peer refused.", 4);
+    peer_family(b, "pyazdb_transport_connect_attempts_total", METRICS_COUNTER,
+                "Connection attempts to a peer.", 3);
+    peer_family(b, "pyazdb_transport_handshakes_refused_total", METRICS_COUNTER,
+                "Our handshakes a peer refused.", 4);
     peer_family(b, "pyazdb_transport_peer_up", METRICS_GAUGE,
                 "1 while the link to a peer is up.", 5);
     peer_family(b, "pyazdb_transport_queued_bytes", METRICS_GAUGE,
@@ -428,13 +423,12 @@ void node_metrics_init(void)
     if (nm.on)
         return;
     nm.on = true;
-    metrics_family_init(&nm.leader_changes,
-                        "pyazdb_raft_leader_changes_total", METRICS_COUNTER,
-                        "Times a new leader became known.", NULL, NULL, 0);
-    metrics_family_init(&nm.elections, "pyazdb_raft_elections_total",
-                        METRICS_COUNTER,
-                        "Elections this node started as a candidate.", NULL,
-                        NULL, 0);
+    metrics_family_init(&nm.leader_changes, "pyazdb_raft_leader_changes_total",
+                        METRICS_COUNTER, "Times a new leader became known.",
+                        NULL, NULL, 0);
+    metrics_family_init(
+        &nm.elections, "pyazdb_raft_elections_total", METRICS_COUNTER,
+        "Elections this node started as a candidate.", NULL, NULL, 0);
     metrics_family_init(&nm.sent, "pyazdb_raft_messages_sent_total",
                         METRICS_COUNTER,
                         "Raft messages sent, by type (heartbeat, "
@@ -443,22 +437,20 @@ void node_metrics_init(void)
     metrics_family_init(&nm.recv, "pyazdb_raft_messages_received_total",
                         METRICS_COUNTER, "Raft messages received, by type.",
                         lbl_type, NULL, 0);
-    metrics_family_init(&nm.read_rounds, "pyazdb_raft_read_index_rounds_total",
-                        METRICS_COUNTER,
-                        "ReadIndex heartbeat rounds started as leader.", NULL,
-                        NULL, 0);
+    metrics_family_init(
+        &nm.read_rounds, "pyazdb_raft_read_index_rounds_total", METRICS_COUNTER,
+        "ReadIndex heartbeat rounds started as leader.", NULL, NULL, 0);
     metrics_family_init(&nm.proposals, "pyazdb_raft_proposals_total",
-                        METRICS_COUNTER, "Writes accepted by the leader.",
-                        NULL, NULL, 0);
+                        METRICS_COUNTER, "Writes accepted by the leader.", NULL,
+                        NULL, 0);
     metrics_family_init(&nm.proposals_failed,
                         "pyazdb_raft_proposals_failed_total", METRICS_COUNTER,
                         "Writes refused by the core or ended with an error "
                         "(leader change, timeout).",
                         NULL, NULL, 0);
-    metrics_family_init(&nm.applied, "pyazdb_raft_applied_entries_total",
-                        METRICS_COUNTER,
-                        "Committed entries applied to the state machine.",
-                        NULL, NULL, 0);
+    metrics_family_init(
+        &nm.applied, "pyazdb_raft_applied_entries_total", METRICS_COUNTER,
+        "Committed entries applied to the state machine.", NULL, NULL, 0);
     metrics_family_init(&nm.rtt, "pyazdb_raft_peer_rtt_seconds",
                         METRICS_HISTOGRAM,
                         "Heartbeat round trip to a peer (leader only).",
@@ -473,13 +465,12 @@ void node_metrics_init(void)
                         metrics_disk_bounds, metrics_disk_n);
     metrics_family_init(&nm.batch, "pyazdb_storage_batch_entries",
                         METRICS_HISTOGRAM,
-                        "Log entries per write transaction (per fsync).",
-                        NULL, metrics_batch_bounds, metrics_batch_n);
-    metrics_family_init(&nm.compactions,
-                        "pyazdb_storage_compaction_steps_total",
-                        METRICS_COUNTER,
-                        "Log compaction steps run after a snapshot.", NULL,
-                        NULL, 0);
+                        "Log entries per write transaction (per fsync).", NULL,
+                        metrics_batch_bounds, metrics_batch_n);
+    metrics_family_init(
+        &nm.compactions, "pyazdb_storage_compaction_steps_total",
+        METRICS_COUNTER, "Log compaction steps run after a snapshot.", NULL,
+        NULL, 0);
     metrics_family_init(&nm.snaps, "pyazdb_snapshots_total", METRICS_COUNTER,
                         "Local snapshots finished, by result.", lbl_result,
                         NULL, 0);
@@ -489,10 +480,17 @@ void node_metrics_init(void)
                         "file.",
                         NULL, metrics_latency_bounds, metrics_latency_n);
     /* Zero-valued series exist from the start, so rate() has a base. */
-    struct metrics_family *plain[] = {
-        &nm.leader_changes, &nm.elections, &nm.read_rounds, &nm.proposals,
-        &nm.proposals_failed, &nm.applied, &nm.write_s, &nm.fsync_s,
-        &nm.batch, &nm.compactions, &nm.snap_s};
+    struct metrics_family *plain[] = {&nm.leader_changes,
+                                      &nm.elections,
+                                      &nm.read_rounds,
+                                      &nm.proposals,
+                                      &nm.proposals_failed,
+                                      &nm.applied,
+                                      &nm.write_s,
+                                      &nm.fsync_s,
+                                      &nm.batch,
+                                      &nm.compactions,
+                                      &nm.snap_s};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(plain); i++)
         one(plain[i]);
     stats_add_collector(collect, NULL);

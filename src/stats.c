@@ -23,13 +23,13 @@
 #define MAX_COLLECTORS 4
 
 static struct {
-    bool on;                         /* stats_init ran */
-    double started_unix;             /* process start (epoch seconds) */
-    struct metrics_family requests;  /* api, method, code */
-    struct metrics_family latency;   /* api, method */
-    struct metrics_family connected; /* listener */
-    struct metrics_family accepted;  /* listener */
-    struct metrics_family rejected;  /* listener, reason */
+    bool on;                              /* stats_init ran */
+    double started_unix;                  /* process start (epoch seconds) */
+    struct metrics_family requests;       /* api, method, code */
+    struct metrics_family latency;        /* api, method */
+    struct metrics_family connected;      /* listener */
+    struct metrics_family accepted;       /* listener */
+    struct metrics_family rejected;       /* listener, reason */
     stats_collect_cb cbs[MAX_COLLECTORS]; /* collectors */
     void *args[MAX_COLLECTORS];           /* their arguments */
     size_t n_cbs;                         /* their number */
@@ -46,8 +46,7 @@ void stats_init(double started_unix)
         return;
     st.on = true;
     st.started_unix = started_unix;
-    metrics_family_init(&st.requests, "pyazdb_requests_total",
-                        METRICS_COUNTER,
+    metrics_family_init(&st.requests, "pyazdb_requests_total", METRICS_COUNTER,
                         "Requests answered, by API, method and result code.",
                         lbl_req, NULL, 0);
     metrics_family_init(&st.latency, "pyazdb_request_duration_seconds",
@@ -58,10 +57,9 @@ void stats_init(double started_unix)
     metrics_family_init(&st.connected, "pyazdb_clients_connected",
                         METRICS_GAUGE, "Open client connections, by listener.",
                         lbl_ls, NULL, 0);
-    metrics_family_init(&st.accepted, "pyazdb_clients_accepted_total",
-                        METRICS_COUNTER,
-                        "Client connections accepted, by listener.", lbl_ls,
-                        NULL, 0);
+    metrics_family_init(
+        &st.accepted, "pyazdb_clients_accepted_total", METRICS_COUNTER,
+        "Client connections accepted, by listener.", lbl_ls, NULL, 0);
     metrics_family_init(&st.rejected, "pyazdb_clients_rejected_total",
                         METRICS_COUNTER,
                         "Client connections refused or evicted at "
@@ -98,9 +96,8 @@ void stats_request(const char *api, const char *method, const char *code,
 {
     if (!st.on)
         return;
-    metrics_inc(metrics_get(&st.requests,
-                            (const char *const[]){api, method, code}),
-                1);
+    metrics_inc(
+        metrics_get(&st.requests, (const char *const[]){api, method, code}), 1);
     if (started_ns) {
         double s = (double)(uv_hrtime() - started_ns) / 1e9;
         metrics_observe(
@@ -171,17 +168,14 @@ static void render_process(struct pz_buf *b)
                         &utime, &stime, &vsize, &rss) == 4) {
             double hz = (double)sysconf(_SC_CLK_TCK);
             double page = (double)sysconf(_SC_PAGESIZE);
-            metrics_render_one(b, "process_cpu_seconds_total",
-                               METRICS_COUNTER,
+            metrics_render_one(b, "process_cpu_seconds_total", METRICS_COUNTER,
                                "Total user and system CPU time spent in "
                                "seconds.",
                                (double)(utime + stime) / hz);
-            metrics_render_one(b, "process_virtual_memory_bytes",
-                               METRICS_GAUGE,
+            metrics_render_one(b, "process_virtual_memory_bytes", METRICS_GAUGE,
                                "Virtual memory size in bytes.", (double)vsize);
             metrics_render_one(b, "process_resident_memory_bytes",
-                               METRICS_GAUGE,
-                               "Resident memory size in bytes.",
+                               METRICS_GAUGE, "Resident memory size in bytes.",
                                (double)rss * page);
         }
     }

@@ -53,17 +53,15 @@ TEST(escaping)
     static const char *const lbl[] = {"peer", NULL};
     struct metrics_family f;
     metrics_family_init(&f, "m", METRICS_GAUGE,
-                        "Back\\slash, \"quotes\" and\nnewline.", lbl, NULL,
-                        0);
+                        "Back\\slash, \"quotes\" and\nnewline.", lbl, NULL, 0);
     metrics_set(metrics_get(&f, (const char *[]){"a\\b\"c\nd"}), -1.5);
     struct pz_buf b;
     pz_buf_init(&b);
     metrics_render(&b, &f);
     /* HELP escapes backslash and newline only; label values also '"'. */
-    CHECK_EQ_STR(text(&b),
-                 "# HELP m Back\\\\slash, \"quotes\" and\\nnewline.\n"
-                 "# TYPE m gauge\n"
-                 "m{peer=\"a\\\\b\\\"c\\nd\"} -1.5\n");
+    CHECK_EQ_STR(text(&b), "# HELP m Back\\\\slash, \"quotes\" and\\nnewline.\n"
+                           "# TYPE m gauge\n"
+                           "m{peer=\"a\\\\b\\\"c\\nd\"} -1.5\n");
     metrics_family_free(&f);
     pz_buf_free(&b);
 }
@@ -73,8 +71,8 @@ TEST(histogram)
     static const double bounds[] = {0.001, 0.01, 0.1};
     static const char *const lbl[] = {"op", NULL};
     struct metrics_family f;
-    metrics_family_init(&f, "lat_seconds", METRICS_HISTOGRAM, "Latency.",
-                        lbl, bounds, 3);
+    metrics_family_init(&f, "lat_seconds", METRICS_HISTOGRAM, "Latency.", lbl,
+                        bounds, 3);
     struct metrics_series *s = metrics_get(&f, (const char *[]){"w"});
     metrics_observe(s, 0.0005); /* first bucket */
     metrics_observe(s, 0.001);  /* equal to a bound: that bucket */
@@ -170,9 +168,12 @@ TEST(series_cap)
 }
 
 static const struct test_case cases[] = {
-    TEST_ENTRY(counter_and_gauge), TEST_ENTRY(escaping),
-    TEST_ENTRY(histogram),         TEST_ENTRY(shared_bounds_are_ascending),
-    TEST_ENTRY(values),            TEST_ENTRY(series_cap),
+    TEST_ENTRY(counter_and_gauge),
+    TEST_ENTRY(escaping),
+    TEST_ENTRY(histogram),
+    TEST_ENTRY(shared_bounds_are_ascending),
+    TEST_ENTRY(values),
+    TEST_ENTRY(series_cap),
     TEST_END};
 
 const struct test_suite suite_metrics = {"metrics", cases};

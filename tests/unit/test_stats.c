@@ -62,8 +62,7 @@ TEST(page)
                     "method=\"get\"} 2\n") != NULL);
     CHECK(strstr(t, "pyazdb_request_duration_seconds_count{api=\"http\","
                     "method=\"set\"}") == NULL);
-    CHECK(strstr(t, "pyazdb_clients_connected{listener=\"http\"} 1\n") !=
-          NULL);
+    CHECK(strstr(t, "pyazdb_clients_connected{listener=\"http\"} 1\n") != NULL);
     CHECK(strstr(t, "pyazdb_clients_accepted_total{listener=\"http\"} 2\n") !=
           NULL);
     CHECK(strstr(t, "pyazdb_clients_rejected_total{listener=\"grpc\","
