@@ -272,3 +272,23 @@ def test_dashboard_and_alerts_use_served_metrics(servers):
                         "rules", rules], capture_output=True, timeout=30)
     assert r.returncode == 0, (r.stdout.decode(), r.stderr.decode())
     assert b"SUCCESS" in r.stdout
+
+
+def test_snapshot_metrics(server):
+    """A snapshot taken on demand is counted, timed and sized; the startup
+    load time is set."""
+    m = parse(scrape(server))
+    assert value(m, "pyazdb_startup_load_seconds") > 0
+    assert value(m, "pyazdb_snapshots_total", result="ok") is None
+    for i in range(10):
+        st, _, _ = put(server, f"k{i}", "v" * 100)
+        assert st == 204
+    st, _, body = server.request("POST", "/admin/snapshot", "")
+    assert st == 200, body
+    m = wait_metric(server, lambda m: value(
+        m, "pyazdb_snapshots_total", result="ok") == 1)
+    assert value(m, "pyazdb_snapshot_duration_seconds_count") == 1
+    assert value(m, "pyazdb_snapshot_size_bytes") > 1000
+    assert value(m, "pyazdb_snapshot_index") >= 10
+    assert value(m, "pyazdb_kv_keys") == 10
+    promtool_check(scrape(server))
