@@ -2,6 +2,8 @@
 #   make SANITIZER=address|undefined   sanitizer build (clean rebuild)
 #   make noopt                         -O0 build
 #   make test / test-unit / test-integration / lint
+#   make test-mutants                  mutation checks (slow; scripts/mutants.py)
+#   make bench-kv-mem                  RSS per key of the key-value table
 #   make run                           mandi and 3 nodes on 127.0.0.1, state in
 #                                      ./run/, until Ctrl-C (scripts/cluster.sh)
 #   make install PREFIX=/usr/local     install the binaries
@@ -78,6 +80,7 @@ SERVER = src/pyazdb-server
 CLI = src/pyazdb-cli
 UNIT = tests/unit/test-unit
 SIM = tests/unit/raft-sim
+KV_MEM = tests/bench/kv-mem
 
 BINS = $(SERVER) $(if $(CLI_SRC),$(CLI))
 
@@ -207,10 +210,31 @@ test-unit: $(UNIT)
 test-sim: $(SIM)
 	$(SIM)
 
+# Memory of the key-value table: RSS per key for 1M 16-byte keys with
+# 100-byte values (KV_MEM_KEYS=n for another count). Not part of `test`.
+$(KV_MEM): tests/bench/kv_mem.c $(CORE_O) deps/llhttp/libllhttp.a
+	$(CC) $(PZ_CFLAGS) $(PZ_LDFLAGS) -o $@ $< $(CORE_O) $(PZ_LIBS)
+
+bench-kv-mem: $(KV_MEM)
+	$(KV_MEM) $(KV_MEM_KEYS)
+
 test-sim-long: $(SIM)
 	SIM_SEEDS=$${SIM_SEEDS:-100000} $(SIM)
 
-test-integration: $(BINS)
+# Mutation checks (scripts/mutants.py): plants each listed bug in a scratch
+# copy of the tree, builds it and runs the tests that should catch it.
+# Minutes, not part of `make test`; MUTANTS=a,b selects.
+test-mutants:
+	$(PYTHON) scripts/mutants.py
+
+# The power-cut library the integration tests preload into servers
+# (tests/powerloss/powerloss.c): no sanitizer, it loads into any build.
+POWERLOSS = tests/powerloss/libpowerloss.so
+$(POWERLOSS): tests/powerloss/powerloss.c
+	$(CC) -std=gnu11 -g -O2 $(WARN) -Wno-missing-prototypes -fPIC -shared \
+	    -o $@ $< -ldl -lpthread
+
+test-integration: $(BINS) $(POWERLOSS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
 	    tests/integration $(PYTEST_ARGS)
 
@@ -292,11 +316,11 @@ clean-objs:
 	rm -rf $(OBJ_GLOBS) src/*.d src/gen/*.d tests/unit/*.d
 
 clean: clean-objs
-	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) tests/unit/suites.h \
-	    .make-settings tests/fuzz/build
+	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(POWERLOSS) $(KV_MEM) \
+	    tests/unit/suites.h .make-settings tests/fuzz/build
 
-.PHONY: all deps deps-test noopt valgrind test test-unit test-sim \
-        test-sim-long test-integration deps-chaos test-chaos \
+.PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem \
+        test-sim-long test-mutants test-integration deps-chaos test-chaos \
         deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
         run lint install clean clean-objs FORCE
 

@@ -18,7 +18,9 @@ fuzz="$build $fuzz_only"
 # systemd: systemd-analyze verifies the units in scripts/systemd (installing
 # the package starts nothing in a container without systemd running).
 # util-linux: setsid (scripts/cluster.sh), setpriv (a test runs the server
-# as another user). faketime: a test moves a node's wall clock.
+# as another user). faketime: a test moves a node's wall clock. strace: a
+# test makes a node's fdatasync fail with EIO (strace --inject); mount
+# (util-linux) mounts the small tmpfs of the disk-full tests, as root.
 # prometheus: promtool checks the GET /metrics pages and the alerting
 # rules (installing the package starts no server without systemd).
 # The reflection test runs a Node.js client that npm installs: Debian's
@@ -28,7 +30,7 @@ node="nodejs npm"
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
 python3-protobuf python3-pytest-timeout protobuf-compiler procps systemd
-util-linux faketime prometheus $fuzz_only $node"
+util-linux faketime strace prometheus $fuzz_only $node"
 bench="$test wrk redis-server redis-tools etcd-server"
 # make test-chaos: partitions are iptables rules in a network namespace.
 chaos="$test iptables iproute2"

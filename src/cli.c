@@ -1,15 +1,16 @@
 /* cli.c - pyazdb-cli, the command-line client.
  *
  *   pyazdb-cli [--mandi URL | --addr HOST:PORT[,...]] [--timeout SECONDS]
- *              get KEY | set KEY VALUE | delete KEY | status
+ *              get KEY | set KEY VALUE | delete KEY | status | ...
  *
  * Happy path: without --addr, ask mandi (--mandi, else $MANDI_ADDR, else
  * http://127.0.0.1:7000) for the leader with GET /leader and take its
  * grpc_addr; then make one gRPC call over HTTP/2 (grpc_client.c) and print
  * the result the way the original kv-cli did (COMPAT.md): the value, or
  * "Key 'K' not found", "Set 'K' = 'V'", "Deleted 'K'". `status` prints what
- * the node reports (pyazdb.Cluster/Status). `members`, `remove` and
- * `transfer` talk to a node's HTTP API. HTTP goes through the client the
+ * the node reports (pyazdb.Cluster/Status). `members`, `remove`,
+ * `transfer`, `list`, `txn`, `set --if-revision` and `delete --prefix`
+ * talk to a node's HTTP API. HTTP goes through the client the
  * nodes use (httpc.c, on a libuv loop of ours), JSON through the strict
  * reader (json.c), and mandi's answer is held to the rules nodes hold it
  * to (mandi_codec.h).
@@ -66,6 +67,14 @@ static const char usage_text[] =
     "  transfer ID      hand leadership to member ID\n"
     "  snapshot save FILE  download a backup (GET /admin/snapshot), verify\n"
     "                   it, write it to FILE\n"
+    "  list PREFIX [--limit N] [--keys-only]\n"
+    "                   the keys under PREFIX in order, KEY<TAB>VALUE\n"
+    "  set --if-revision N KEY VALUE\n"
+    "                   set KEY only if its mod_revision is N (0: only if\n"
+    "                   it does not exist); exit 2 if not\n"
+    "  delete --prefix PREFIX  delete every key under PREFIX\n"
+    "  txn FILE         run the transaction in FILE (JSON as POST /txn;\n"
+    "                   - reads stdin); exit 2 if its failure branch ran\n"
     "\n"
     "Options:\n"
     "  --mandi URL      discovery service (default $MANDI_ADDR, "
@@ -76,7 +85,8 @@ static const char usage_text[] =
     "                   same option)\n"
     "  --timeout SECS   give up after this long, retries included "
     "(default 5)\n"
-    "  --http HOST:PORT members/remove/transfer: this node's HTTP address,\n"
+    "  --http HOST:PORT members/remove/transfer/list/txn, set --if-revision,\n"
+    "                   delete --prefix: this node's HTTP address,\n"
     "                   or a list as --addr (default: the leader's, from\n"
     "                   mandi)\n"
     "  --token TOKEN    cluster token for remove/transfer "
@@ -265,6 +275,7 @@ static void on_http_answer(const struct httpc_result *res, void *data)
  * server (no connection was made, or the address is unusable). */
 static int http_request_ex(const char *method, const char *addr,
                            const char *target, const char *token,
+                           const char *req_body, size_t req_len,
                            uint64_t deadline, struct pz_buf *body, char *err,
                            size_t errlen, bool *unsent)
 {
@@ -283,6 +294,9 @@ static int http_request_ex(const char *method, const char *addr,
     int n = snprintf(headers, sizeof headers,
                      "User-Agent: pyazdb-cli/" PZ_VERSION "\r\n"
                      "Accept: application/json\r\n");
+    if (req_len)
+        n += snprintf(headers + n, sizeof headers - (size_t)n,
+                      "Content-Type: application/json\r\n");
     if (token && token[0])
         snprintf(headers + n, sizeof headers - (size_t)n,
                  "Authorization: Bearer %s\r\n", token);
@@ -296,8 +310,11 @@ static int http_request_ex(const char *method, const char *addr,
     struct http_answer a = {.done = false};
     pz_buf_init(&a.body);
     bool get = strcmp(method, "GET") == 0;
-    httpc_request(c, method, target, headers, get ? NULL : "", 0,
-                  on_http_answer, &a);
+    httpc_request(c, method, target, headers,
+                  get        ? NULL
+                  : req_body ? req_body
+                             : "",
+                  req_len, on_http_answer, &a);
     while (!a.done)
         uv_run(&loop, UV_RUN_ONCE);
     httpc_free(c);
@@ -323,8 +340,8 @@ static int http_request(const char *method, const char *addr,
                         uint64_t deadline, struct pz_buf *body, char *err,
                         size_t errlen)
 {
-    return http_request_ex(method, addr, target, token, deadline, body, err,
-                           errlen, NULL);
+    return http_request_ex(method, addr, target, token, NULL, 0, deadline, body,
+                           err, errlen, NULL);
 }
 
 /* Split "http://host:port[/...]" into "host:port" (default port 80);
@@ -656,7 +673,7 @@ static int membership(const char *cmd, const char *id,
             break;
         }
         bool unsent = false;
-        st = http_request_ex(method, target, path.data, token,
+        st = http_request_ex(method, target, path.data, token, NULL, 0,
                              attempt_deadline(&r), &body, err, sizeof err,
                              &unsent);
         if (st < 0) {
@@ -735,6 +752,364 @@ static int snapshot_cmd(int nargs, char **args, const char *http,
            (unsigned long long)m.file_size, args[1]);
     snapshot_meta_free(&m);
     return fflush(stdout) == 0 ? 0 : 1;
+}
+
+/* --- revisions, ranges, conditions, transactions (HTTP) -------------------
+ * list, set --if-revision, delete --prefix and txn talk to a node's HTTP
+ * API (--http, else the leader's http_addr from mandi). Reads are retried
+ * on the next address as `members` is; writes only when nothing was sent. */
+
+/* One request to the HTTP API with the retries above. Returns the HTTP
+ * status with the body in *body, or -1 after printing why. */
+static int api_call(const char *what, const char *method, const char *path,
+                    const struct pz_buf *req, const struct endpoints *http,
+                    const char *mandi, const char *token, uint64_t deadline,
+                    struct pz_buf *body)
+{
+    char err[512] = "", target[MANDI_ADDR_MAX + 1], host[256];
+    int port, st = -1;
+    bool read = strcmp(method, "GET") == 0;
+    if (http->n == 0) {
+        if (mandi == NULL)
+            mandi = getenv("MANDI_ADDR");
+        if (mandi == NULL || mandi[0] == '\0')
+            mandi = DEFAULT_MANDI;
+    }
+    struct retry r = {
+        .deadline = deadline, .backoff = BACKOFF_FIRST_MS, .n = http->n};
+    size_t tries = 0;
+    for (;;) {
+        bool again = false;
+        tries++;
+        if (http->n > 0) {
+            snprintf(target, sizeof target, "%s", http->v[r.attempts % r.n]);
+        } else if (discover_field(mandi, "http_addr", deadline, target,
+                                  sizeof target, err, sizeof err, &again) < 0) {
+            if (again && retry_next(&r))
+                continue;
+            break;
+        }
+        if (pz_split_hostport(target, host, sizeof host, &port) < 0) {
+            snprintf(err, sizeof err, "bad HTTP address '%s'", target);
+            break;
+        }
+        bool unsent = false;
+        st =
+            http_request_ex(method, target, path, token, req ? req->data : NULL,
+                            req ? req->len : 0, attempt_deadline(&r), body, err,
+                            sizeof err, &unsent);
+        if (st < 0) {
+            again = unsent || read;
+        } else if (read && (st == 502 || st == 503)) {
+            pz_buf_append(body, "", 1);
+            body->data[strcspn(body->data, "\n")] = '\0';
+            snprintf(err, sizeof err, "%s: HTTP %d: %s", target, st,
+                     body->data);
+            pz_buf_free(body);
+            st = -1;
+            again = true;
+        } else {
+            break;
+        }
+        if (!again || !retry_next(&r))
+            break;
+    }
+    if (st < 0) {
+        if (tries > 1)
+            fprintf(stderr, "pyazdb-cli: %s failed after %zu attempts: %s\n",
+                    what, tries, err);
+        else
+            fprintf(stderr, "pyazdb-cli: %s\n", err);
+        return -1;
+    }
+    pz_buf_append(body, "", 1); /* a NUL after the bytes */
+    body->len--;
+    return st;
+}
+
+/* The failure line of an answer that is not the expected one. */
+static int api_failed(const char *what, int st, const struct pz_buf *body)
+{
+    int n = (int)strcspn(body->data ? body->data : "", "\n");
+    fprintf(stderr, "pyazdb-cli: %s failed: HTTP %d: %.*s\n", what, st, n,
+            body->data ? body->data : "");
+    return 1;
+}
+
+/* A JSON string member (or its _b64 form) of obj, decoded, appended to
+ * out. False when absent or bad. */
+static bool json_bytes(const struct json_val *obj, const char *name,
+                       struct pz_buf *out)
+{
+    struct json_val v;
+    char b64[32];
+    if (json_get(obj, name, &v) && v.type == JSON_STRING) {
+        json_str(&v, out);
+        return true;
+    }
+    snprintf(b64, sizeof b64, "%s_b64", name);
+    if (json_get(obj, b64, &v) && v.type == JSON_STRING) {
+        struct pz_buf raw;
+        pz_buf_init(&raw);
+        json_str(&v, &raw);
+        int rc = http_b64_decode(out, raw.data ? raw.data : "", raw.len);
+        pz_buf_free(&raw);
+        return rc == 0;
+    }
+    return false;
+}
+
+static void put_json_string(struct pz_buf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    pz_buf_append(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            char e[2] = {'\\', (char)*p};
+            pz_buf_append(b, e, 2);
+        } else if (*p < 0x20) {
+            char e[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15]};
+            pz_buf_append(b, e, 6);
+        } else {
+            pz_buf_append(b, p, 1);
+        }
+    }
+    pz_buf_append(b, "\"", 1);
+}
+
+/* list PREFIX [--limit N] [--keys-only]: every key under PREFIX, one
+ * "KEY<TAB>VALUE" line each (KEY alone with --keys-only), in key order,
+ * following the continuation; at most N keys with --limit. */
+static int list_cmd(int nargs, char **args, const struct endpoints *http,
+                    const char *mandi, const char *token, uint64_t deadline)
+{
+    const char *prefix = NULL;
+    bool keys_only = false;
+    unsigned long long want = 0;
+    for (int k = 0; k < nargs; k++) {
+        if (strcmp(args[k], "--keys-only") == 0) {
+            keys_only = true;
+        } else if (strcmp(args[k], "--limit") == 0 && k + 1 < nargs) {
+            char *e;
+            want = strtoull(args[++k], &e, 10);
+            if (*e || want == 0 || args[k][0] == '-')
+                return usage_error("bad --limit '%s'", args[k]);
+        } else if (prefix == NULL) {
+            prefix = args[k];
+        } else {
+            return usage_error("usage: list PREFIX [--limit N] "
+                               "[--keys-only]%s",
+                               "");
+        }
+    }
+    if (prefix == NULL)
+        return usage_error("usage: list PREFIX [--limit N] [--keys-only]%s",
+                           "");
+    struct pz_buf from, path, body, k, v;
+    pz_buf_init(&from);
+    pz_buf_init(&path);
+    pz_buf_init(&k);
+    pz_buf_init(&v);
+    bool first = true;
+    unsigned long long got = 0;
+    int code = 0;
+    for (;;) {
+        pz_buf_reset(&path);
+        pz_buf_appendf(&path, "/range?prefix=");
+        http_pct_encode(&path, prefix, strlen(prefix));
+        unsigned long long lim = HTTP_RANGE_LIMIT;
+        if (want && want - got < lim)
+            lim = want - got;
+        pz_buf_appendf(&path, "&limit=%llu%s", lim,
+                       keys_only ? "&keys_only=true" : "");
+        if (!first) {
+            pz_buf_appendf(&path, "&from=");
+            http_pct_encode(&path, from.data, from.len);
+        }
+        pz_buf_append(&path, "", 1);
+        int st = api_call("list", "GET", path.data, NULL, http, mandi, token,
+                          deadline, &body);
+        if (st < 0) {
+            code = 1;
+            break;
+        }
+        struct json_val root, kvs, item, more;
+        if (st != 200) {
+            code = api_failed("list", st, &body);
+            pz_buf_free(&body);
+            break;
+        }
+        if (json_parse(body.data, body.len, &root) < 0 ||
+            !json_get(&root, "kvs", &kvs) || kvs.type != JSON_ARRAY) {
+            fprintf(stderr, "pyazdb-cli: list: bad answer\n");
+            pz_buf_free(&body);
+            code = 1;
+            break;
+        }
+        struct json_iter it;
+        json_iter_init(&it, &kvs);
+        while (json_iter_next(&it, NULL, &item)) {
+            pz_buf_reset(&k);
+            pz_buf_reset(&v);
+            json_bytes(&item, "key", &k);
+            fwrite(k.data ? k.data : "", 1, k.len, stdout);
+            if (!keys_only) {
+                json_bytes(&item, "value", &v);
+                fputc('\t', stdout);
+                fwrite(v.data ? v.data : "", 1, v.len, stdout);
+            }
+            fputc('\n', stdout);
+            got++;
+        }
+        bool has_more =
+            json_get(&root, "more", &more) && more.type == JSON_TRUE;
+        pz_buf_reset(&from);
+        if (!has_more || (want && got >= want) ||
+            !json_bytes(&root, "next", &from)) {
+            pz_buf_free(&body);
+            break;
+        }
+        pz_buf_free(&body);
+        first = false;
+    }
+    pz_buf_free(&from);
+    pz_buf_free(&path);
+    pz_buf_free(&k);
+    pz_buf_free(&v);
+    if (fflush(stdout) != 0)
+        code = 1;
+    return code;
+}
+
+/* The 412 answer of a conditional write, as one line on stderr. */
+static int precondition_failed(const char *key, const struct pz_buf *body)
+{
+    struct json_val root, rev, cur, mr;
+    uint64_t r = 0, m = 0;
+    if (json_parse(body->data, body->len, &root) == 0 &&
+        json_get(&root, "revision", &rev))
+        json_u64(&rev, &r);
+    if (json_get(&root, "current", &cur) && cur.type == JSON_OBJECT &&
+        json_get(&cur, "mod_revision", &mr) && json_u64(&mr, &m) == 0)
+        fprintf(stderr,
+                "pyazdb-cli: precondition failed: '%s' was modified at "
+                "revision %llu (current revision %llu)\n",
+                key, (unsigned long long)m, (unsigned long long)r);
+    else
+        fprintf(stderr,
+                "pyazdb-cli: precondition failed: '%s' does not exist "
+                "(current revision %llu)\n",
+                key, (unsigned long long)r);
+    return 2;
+}
+
+/* set --if-revision N KEY VALUE (N = 0: only if KEY does not exist). */
+static int cas_set_cmd(int nargs, char **args, const struct endpoints *http,
+                       const char *mandi, const char *token, uint64_t deadline)
+{
+    char *e;
+    if (nargs != 4 || strcmp(args[0], "--if-revision") != 0)
+        return usage_error("usage: set --if-revision N KEY VALUE%s", "");
+    unsigned long long n = strtoull(args[1], &e, 10);
+    if (*e || args[1][0] == '\0' || args[1][0] == '-')
+        return usage_error("bad revision '%s'", args[1]);
+    struct pz_buf req, body;
+    pz_buf_init(&req);
+    pz_buf_appendf(&req, "{\"key\":");
+    put_json_string(&req, args[2]);
+    pz_buf_appendf(&req, ",\"value\":");
+    put_json_string(&req, args[3]);
+    pz_buf_appendf(&req, ",\"prev_revision\":%llu}", n);
+    int st = api_call("set", "POST", "/set", &req, http, mandi, token, deadline,
+                      &body);
+    pz_buf_free(&req);
+    if (st < 0)
+        return 1;
+    int code = 0;
+    if (st == 204)
+        printf("Set '%s' = '%s'\n", args[2], args[3]);
+    else if (st == 412)
+        code = precondition_failed(args[2], &body);
+    else
+        code = api_failed("set", st, &body);
+    pz_buf_free(&body);
+    return fflush(stdout) == 0 ? code : 1;
+}
+
+/* delete --prefix P */
+static int delete_prefix_cmd(int nargs, char **args,
+                             const struct endpoints *http, const char *mandi,
+                             const char *token, uint64_t deadline)
+{
+    if (nargs != 2 || strcmp(args[0], "--prefix") != 0)
+        return usage_error("usage: delete --prefix PREFIX%s", "");
+    struct pz_buf req, body;
+    pz_buf_init(&req);
+    pz_buf_appendf(&req, "{\"prefix\":");
+    put_json_string(&req, args[1]);
+    pz_buf_append(&req, "}", 1);
+    int st = api_call("delete", "POST", "/delete", &req, http, mandi, token,
+                      deadline, &body);
+    pz_buf_free(&req);
+    if (st < 0)
+        return 1;
+    int code = 0;
+    struct json_val root, d;
+    uint64_t n;
+    if (st == 200 && json_parse(body.data, body.len, &root) == 0 &&
+        json_get(&root, "deleted", &d) && json_u64(&d, &n) == 0)
+        printf("Deleted %llu key%s with prefix '%s'\n", (unsigned long long)n,
+               n == 1 ? "" : "s", args[1]);
+    else
+        code = api_failed("delete", st, &body);
+    pz_buf_free(&body);
+    return fflush(stdout) == 0 ? code : 1;
+}
+
+/* txn FILE (or - for stdin): POST /txn with the file's JSON; print the
+ * answer; exit 0 if the success branch ran, 2 if the failure branch did. */
+static int txn_cmd(int nargs, char **args, const struct endpoints *http,
+                   const char *mandi, const char *token, uint64_t deadline)
+{
+    if (nargs != 1)
+        return usage_error("usage: txn FILE (JSON; - reads stdin)%s", "");
+    FILE *f = strcmp(args[0], "-") == 0 ? stdin : fopen(args[0], "rb");
+    if (f == NULL) {
+        fprintf(stderr, "pyazdb-cli: txn: cannot open %s\n", args[0]);
+        return 1;
+    }
+    struct pz_buf req, body;
+    pz_buf_init(&req);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        pz_buf_append(&req, buf, n);
+        if (req.len > HTTP_MAX_BODY) {
+            fprintf(stderr, "pyazdb-cli: txn: %s is too large\n", args[0]);
+            if (f != stdin)
+                fclose(f);
+            pz_buf_free(&req);
+            return 1;
+        }
+    }
+    if (f != stdin)
+        fclose(f);
+    int st = api_call("txn", "POST", "/txn", &req, http, mandi, token, deadline,
+                      &body);
+    pz_buf_free(&req);
+    if (st < 0)
+        return 1;
+    int code;
+    struct json_val root, ok;
+    if (st == 200 && json_parse(body.data, body.len, &root) == 0 &&
+        json_get(&root, "succeeded", &ok)) {
+        fwrite(body.data, 1, body.len, stdout);
+        code = ok.type == JSON_TRUE ? 0 : 2;
+    } else {
+        code = api_failed("txn", st, &body);
+    }
+    pz_buf_free(&body);
+    return fflush(stdout) == 0 ? code : 1;
 }
 
 int main(int argc, char **argv)
@@ -828,6 +1203,24 @@ int main(int argc, char **argv)
                             token ? token : getenv("PYAZDB_TOKEN"),
                             timeout_given ? timeout_ms : 60000);
     }
+    const char *tok = token ? token : getenv("PYAZDB_TOKEN");
+    bool coord = strcmp(cmd, "list") == 0 || strcmp(cmd, "txn") == 0 ||
+                 (strcmp(cmd, "set") == 0 && nargs > 0 &&
+                  strcmp(args[0], "--if-revision") == 0) ||
+                 (strcmp(cmd, "delete") == 0 && nargs > 0 &&
+                  strcmp(args[0], "--prefix") == 0);
+    if (coord && addrs.n > 0)
+        return usage_error("'%s' talks HTTP: use --http, not --addr", cmd);
+    if (strcmp(cmd, "list") == 0)
+        return list_cmd(nargs, args, &https, mandi, tok, now_ms() + timeout_ms);
+    if (strcmp(cmd, "txn") == 0)
+        return txn_cmd(nargs, args, &https, mandi, tok, now_ms() + timeout_ms);
+    if (coord && cmd[0] == 's')
+        return cas_set_cmd(nargs, args, &https, mandi, tok,
+                           now_ms() + timeout_ms);
+    if (coord)
+        return delete_prefix_cmd(nargs, args, &https, mandi, tok,
+                                 now_ms() + timeout_ms);
     const char *path;
     struct pz_buf msg;
     pz_buf_init(&msg);

@@ -127,6 +127,10 @@ static const struct cfg_directive directives[] = {
            1024 * GB, IMM,
            "largest snapshot accepted from the leader; 0 = 4 x own data, at "
            "least 4gb"),
+    D_SIZE("RAFT", "quota-backend-bytes", quota_backend_bytes, "0", 0,
+           1024 * GB, IMM,
+           "most bytes of keys and values stored; past it only deletes "
+           "are accepted (NOSPACE alarm); 0 = no quota"),
     D_DURATION("RAFT", "request-timeout", request_timeout_ms, "5s", 100,
                10 * 60 * MS_PER_S, IMM,
                "how long a request waits for the cluster before failing"),

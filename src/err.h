@@ -23,7 +23,8 @@
     X(PZ_ECANCELED, -10012, "canceled")                                      \
     X(PZ_ETIMEDOUT, -10013, "timed out")                                     \
     X(PZ_EBUSY, -10014, "busy")                                              \
-    X(PZ_ELEADERCHANGE, -10015, "leadership changed")
+    X(PZ_ELEADERCHANGE, -10015, "leadership changed")                        \
+    X(PZ_ENOSPC, -10016, "no space left on device")
 
 enum pz_error {
 #define PZ_ERR_ENUM(name, code, msg) name = code,

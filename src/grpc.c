@@ -794,6 +794,9 @@ static void node_error(struct gstream *st, int rv, bool write)
     case PZ_ETOOBIG:
         finish(st, GRPC_INVALID_ARGUMENT, "request too large");
         break;
+    case PZ_ENOSPC:
+        finish(st, GRPC_RESOURCE_EXHAUSTED, "no space left on device");
+        break;
     default:
         finish(st, write ? GRPC_INTERNAL : GRPC_UNAVAILABLE, "%s failed: %s",
                write ? "replication" : "read", pz_strerror(rv));

@@ -38,7 +38,17 @@ struct http_conn {
     uint64_t snap_off;    /* bytes of it sent */
     int restarts;         /* times the request started over because the
                              leader changed while forwarding */
+    struct kv_sink sink;  /* a transaction's results, as it applies */
+    struct pz_buf out;    /* ... rendered as JSON so far */
+    size_t n_ops;         /* operations reported so far */
+    size_t n_items;       /* items of the current operation */
+    uint64_t count;       /* count of the last operation */
+    bool truncated;       /* results dropped: over OUT_MAX */
 };
+
+/* Most bytes of results one answer holds (/range, /txn); past it a range
+ * stops early (more: true) and a transaction's answer says truncated. */
+#define OUT_MAX (16u << 20)
 
 #define MAX_RESTARTS 4 /* then 502 Leader unreachable */
 
@@ -70,6 +80,77 @@ static void reply_text(struct http_conn *h, int status, const char *line,
     httpd_text(&h->hc, status, line, allow);
 }
 
+/* Answer with X-Pyazdb-Revision: rev. */
+static void reply_rev(struct http_conn *h, int status, const char *ctype,
+                      const char *body, size_t blen, uint64_t rev)
+{
+    struct httpd_reply r = {.status = status,
+                            .ctype = ctype,
+                            .body = body,
+                            .blen = blen,
+                            .has_revision = true,
+                            .revision = rev};
+    httpd_reply(&h->hc, &r);
+}
+
+/* --- JSON of keys and values ----------------------------------------------
+ * Keys and values are bytes. Valid UTF-8 goes out as a JSON string
+ * ("key", "value"), anything else as base64 ("key_b64", "value_b64"). */
+
+static void put_json_str(struct pz_buf *b, const void *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *s = p;
+    pz_buf_append(b, "\"", 1);
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        pz_buf_append(b, s + run, i - run);
+        run = i + 1;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            pz_buf_append(b, e, 2);
+        } else {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            pz_buf_append(b, e, 6);
+        }
+    }
+    pz_buf_append(b, s + run, n - run);
+    pz_buf_append(b, "\"", 1);
+}
+
+static void put_bytes_field(struct pz_buf *b, const char *name, const void *p,
+                            size_t n)
+{
+    if (http_utf8_valid(p, n)) {
+        pz_buf_appendf(b, "\"%s\":", name);
+        put_json_str(b, p, n);
+    } else {
+        pz_buf_appendf(b, "\"%s_b64\":\"", name);
+        http_b64_encode(b, p, n);
+        pz_buf_append(b, "\"", 1);
+    }
+}
+
+static void put_kv(struct pz_buf *b, const struct kv_view *v)
+{
+    pz_buf_append(b, "{", 1);
+    put_bytes_field(b, "key", v->key, v->klen);
+    if (v->value) {
+        pz_buf_append(b, ",", 1);
+        put_bytes_field(b, "value", v->value, v->vlen);
+    }
+    pz_buf_appendf(b,
+                   ",\"create_revision\":%llu,\"mod_revision\":%llu,"
+                   "\"version\":%llu,\"lease\":%llu}",
+                   (unsigned long long)v->meta.create_revision,
+                   (unsigned long long)v->meta.mod_revision,
+                   (unsigned long long)v->meta.version,
+                   (unsigned long long)v->meta.lease);
+}
+
 static void reply_node_error(struct http_conn *h, int status)
 {
     switch (status) {
@@ -92,6 +173,9 @@ static void reply_node_error(struct http_conn *h, int status)
     case PZ_ETIMEDOUT:
         reply_text(h, 503, "Timed out waiting for the cluster", NULL);
         break;
+    case PZ_ENOSPC: /* the NOSPACE alarm: GET /status says why */
+        reply_text(h, 507, "no space left on device", NULL);
+        break;
     default: {
         char line[128];
         snprintf(line, sizeof line, "Replication failed: %s",
@@ -110,10 +194,164 @@ static void on_read_ready(struct node_req *req, int status)
     }
     const uint8_t *val;
     size_t vlen;
-    if (kv_get(node_kv(), h->op.key, h->op.klen, &val, &vlen))
-        reply(h, 200, "text/plain", (const char *)val, vlen, NULL);
-    else
-        reply_text(h, 404, "Key not found", NULL);
+    uint64_t rev = kv_revision(node_kv());
+    if (kv_get(node_kv(), h->op.key, h->op.klen, &val, &vlen)) {
+        reply_rev(h, 200, "text/plain", (const char *)val, vlen, rev);
+    } else {
+        static const char nf[] = "Key not found\n";
+        reply_rev(h, 404, "text/plain", nf, sizeof nf - 1, rev);
+    }
+}
+
+/* --- GET /range ------------------------------------------------------------
+ */
+
+struct range_walk {
+    struct http_conn *h;
+    struct pz_buf *b;    /* the answer */
+    uint64_t n;          /* keys counted or returned */
+    bool more;           /* stopped before the end of the range */
+    struct kv_view next; /* where: the first key not returned */
+};
+
+static int range_visit(void *arg, const struct kv_view *v)
+{
+    struct range_walk *w = arg;
+    const struct http_op *op = &w->h->op;
+    if (op->count_only) {
+        w->n++;
+        return 0;
+    }
+    if (w->n >= op->limit || w->b->len > OUT_MAX) {
+        w->more = true;
+        w->next = *v;
+        return 1;
+    }
+    if (w->n)
+        pz_buf_append(w->b, ",", 1);
+    struct kv_view c = *v;
+    if (op->keys_only)
+        c.value = NULL;
+    put_kv(w->b, &c);
+    w->n++;
+    return 0;
+}
+
+static void on_range_ready(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        reply_node_error(h, status);
+        return;
+    }
+    struct pz_buf b;
+    pz_buf_init(&b);
+    uint64_t rev = kv_revision(node_kv());
+    struct range_walk w = {.h = h, .b = &b};
+    pz_buf_appendf(&b, "{\"revision\":%llu", (unsigned long long)rev);
+    if (!h->op.count_only)
+        pz_buf_append(&b, ",\"kvs\":[", 8);
+    kv_range(node_kv(), h->op.key, h->op.klen, h->op.end, h->op.elen,
+             h->op.to_end, range_visit, &w);
+    if (!h->op.count_only)
+        pz_buf_append(&b, "]", 1);
+    pz_buf_appendf(&b, ",\"count\":%llu,\"more\":%s", (unsigned long long)w.n,
+                   w.more ? "true" : "false");
+    if (w.more) {
+        pz_buf_append(&b, ",", 1);
+        put_bytes_field(&b, "next", w.next.key, w.next.klen);
+    }
+    pz_buf_append(&b, "}\n", 2);
+    reply_rev(h, 200, "application/json", b.data, b.len, rev);
+    pz_buf_free(&b);
+}
+
+/* --- transactions ----------------------------------------------------------
+ */
+
+static const char *const op_names[] = {"",    "put",  "delete", "delete_range",
+                                       "get", "range"};
+
+static void sink_op_begin(void *arg, size_t i, const struct kv_op *op)
+{
+    struct http_conn *h = arg;
+    (void)i;
+    h->n_items = 0;
+    if (h->op.txn_kind != HTTP_TXN_JSON)
+        return;
+    if (h->n_ops++)
+        pz_buf_append(&h->out, ",", 1);
+    bool read = op->type == KV_TOP_GET || op->type == KV_TOP_RANGE;
+    pz_buf_appendf(&h->out, "{\"op\":\"%s\",\"%s\":[", op_names[op->type],
+                   read ? "kvs" : "prev_kvs");
+}
+
+static void sink_item(void *arg, const struct kv_view *v)
+{
+    struct http_conn *h = arg;
+    if (h->out.len > OUT_MAX) {
+        h->truncated = true;
+        return;
+    }
+    if (h->n_items++)
+        pz_buf_append(&h->out, ",", 1);
+    put_kv(&h->out, v);
+}
+
+static void sink_op_end(void *arg, uint64_t count, bool more)
+{
+    struct http_conn *h = arg;
+    h->count = count;
+    if (h->op.txn_kind != HTTP_TXN_JSON)
+        return;
+    pz_buf_appendf(&h->out, "],\"count\":%llu,\"more\":%s}",
+                   (unsigned long long)count, more ? "true" : "false");
+}
+
+static void on_txn_done(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        reply_node_error(h, status);
+        return;
+    }
+    const struct kv_result *res = &req->res;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    switch (h->op.txn_kind) {
+    case HTTP_TXN_SET:
+    case HTTP_TXN_DEL:
+        if (res->succeeded) {
+            reply_rev(h, 204, NULL, NULL, 0, res->revision);
+            break;
+        }
+        pz_buf_appendf(&b,
+                       "{\"error\":\"Precondition failed\",\"revision\":%llu,"
+                       "\"current\":%s",
+                       (unsigned long long)res->revision,
+                       h->out.len ? "" : "null");
+        pz_buf_append(&b, h->out.data, h->out.len);
+        pz_buf_append(&b, "}\n", 2);
+        reply_rev(h, 412, "application/json", b.data, b.len, res->revision);
+        break;
+    case HTTP_TXN_DELPREFIX:
+        pz_buf_appendf(&b, "{\"deleted\":%llu,\"revision\":%llu}\n",
+                       (unsigned long long)h->count,
+                       (unsigned long long)res->revision);
+        reply_rev(h, 200, "application/json", b.data, b.len, res->revision);
+        break;
+    default:
+        pz_buf_appendf(&b, "{\"succeeded\":%s,\"revision\":%llu,",
+                       res->succeeded ? "true" : "false",
+                       (unsigned long long)res->revision);
+        if (h->truncated)
+            pz_buf_append(&b, "\"truncated\":true,", 17);
+        pz_buf_append(&b, "\"results\":[", 11);
+        pz_buf_append(&b, h->out.data, h->out.len);
+        pz_buf_append(&b, "]}\n", 3);
+        reply_rev(h, 200, "application/json", b.data, b.len, res->revision);
+    }
+    pz_buf_free(&b);
 }
 
 static void start_write(struct http_conn *h);
@@ -127,7 +365,7 @@ static bool reply_membership_refusal(struct http_conn *h, int status)
     if (status == PZ_ENOTFOUND)
         reply_text(h, 404, "No such member", NULL);
     else if (status == PZ_EBUSY && h->op.kind != HTTP_OP_SET &&
-             h->op.kind != HTTP_OP_DEL)
+             h->op.kind != HTTP_OP_DEL && h->op.kind != HTTP_OP_TXN)
         reply_text(h, 409,
                    remove ? "Another membership change is in progress"
                           : "A leadership transfer is in progress",
@@ -208,6 +446,15 @@ static void add_members(cJSON *o, const struct node_status *st, bool cluster)
         if (strcmp(st->role, "leader") == 0) {
             add_u64(j, "match_index", m->match);
             add_u64(j, "last_contact_ms", m->last_contact_ms);
+            if (!cluster) {
+                /* What a silent member said of itself (node_status). */
+                cJSON *al = cJSON_AddArrayToObject(j, "alarms");
+                if (m->nospace) {
+                    cJSON_AddItemToArray(al, cJSON_CreateString("NOSPACE"));
+                    cJSON_AddStringToObject(j, "alarm_reason",
+                                            m->alarm_reason);
+                }
+            }
         }
         cJSON_AddItemToArray(ms, j);
     }
@@ -224,6 +471,7 @@ static void reply_status(struct http_conn *h)
     cJSON_AddStringToObject(o, "version", PZ_VERSION);
     add_u64(o, "uptime_seconds", (conn_now() - started_ms) / 1000);
     add_u64(o, "keys", st.keys);
+    add_u64(o, "revision", st.revision);
     add_u64(o, "term", st.term);
     add_u64(o, "commit_index", st.commit_index);
     add_u64(o, "applied_index", st.applied_index);
@@ -242,6 +490,11 @@ static void reply_status(struct http_conn *h)
     cJSON_AddStringToObject(o, "digest", dg);
     add_u64(o, "fsync_entries", st.fsync_entries);
     add_u64(o, "partial_input", conn_in_total());
+    cJSON *alarms = cJSON_AddArrayToObject(o, "alarms");
+    if (st.nospace) {
+        cJSON_AddItemToArray(alarms, cJSON_CreateString("NOSPACE"));
+        cJSON_AddStringToObject(o, "alarm_reason", st.alarm_reason);
+    }
     add_members(o, &st, false);
     reply_json(h, o);
 }
@@ -492,6 +745,18 @@ static void start_write(struct http_conn *h)
             rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
                               on_write_done);
         break;
+    case HTTP_OP_TXN:
+        pz_buf_reset(&h->out);
+        h->n_ops = h->n_items = 0;
+        h->count = 0;
+        h->truncated = false;
+        h->sink = (struct kv_sink){.op_begin = sink_op_begin,
+                                   .item = sink_item,
+                                   .op_end = sink_op_end,
+                                   .arg = h};
+        rv = node_propose_sink(&h->req, (const uint8_t *)h->op.cmd.data,
+                               h->op.cmd.len, &h->sink, on_txn_done);
+        break;
     case HTTP_OP_REMOVE:
         rv = node_remove_member(&h->req, h->op.key, on_write_done);
         break;
@@ -544,6 +809,10 @@ static const char *op_route(enum http_op_kind kind)
         return "backup";
     case HTTP_OP_METRICS:
         return "metrics";
+    case HTTP_OP_RANGE:
+        return "range";
+    case HTTP_OP_TXN:
+        return "txn";
     }
     return "other";
 }
@@ -584,8 +853,13 @@ static void on_request(struct httpd_conn *hc)
         httpd_hold(hc);
         rv = node_read(&h->req, h->op.stale, on_read_ready);
         break;
+    case HTTP_OP_RANGE:
+        httpd_hold(hc);
+        rv = node_read(&h->req, h->op.stale, on_range_ready);
+        break;
     case HTTP_OP_SET:
     case HTTP_OP_DEL:
+    case HTTP_OP_TXN:
     case HTTP_OP_REMOVE:
     case HTTP_OP_TRANSFER:
         if (h->op.needs_auth && !authorized(h)) {
@@ -629,6 +903,7 @@ static void on_done(struct httpd_conn *hc)
     struct http_conn *h = conn_of(hc);
     http_op_free(&h->op);
     pz_buf_free(&h->fwd.body);
+    pz_buf_free(&h->out);
     snapshot_reader_close(h->snap);
     h->snap = NULL;
 }
@@ -641,6 +916,7 @@ static void on_close(struct httpd_conn *hc)
     if (h->forwarding)
         fwd_cancel(&h->fwd);
     pz_buf_free(&h->fwd.body);
+    pz_buf_free(&h->out);
     http_op_free(&h->op);
     snapshot_reader_close(h->snap);
     h->snap = NULL;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "kv.h"
 
 /* Blank lines tolerated before a request without counting as its start
  * (one CRLF after a body, as some old clients send). */
@@ -429,6 +430,104 @@ void http_pct_encode(struct pz_buf *out, const char *s, size_t n)
     }
 }
 
+/* --- base64, UTF-8 ----------------------------------------------------------
+ */
+
+static const char b64chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+void http_b64_encode(struct pz_buf *out, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)b[i] << 16;
+        if (i + 1 < n)
+            v |= (uint32_t)b[i + 1] << 8;
+        if (i + 2 < n)
+            v |= b[i + 2];
+        char q[4] = {b64chars[v >> 18], b64chars[(v >> 12) & 63],
+                     i + 1 < n ? b64chars[(v >> 6) & 63] : '=',
+                     i + 2 < n ? b64chars[v & 63] : '='};
+        pz_buf_append(out, q, 4);
+    }
+}
+
+static int b64_val(char c)
+{
+    const char *p = c ? strchr(b64chars, c) : NULL;
+    return p ? (int)(p - b64chars) : -1;
+}
+
+int http_b64_decode(struct pz_buf *out, const char *s, size_t n)
+{
+    if (n % 4)
+        return PZ_EINVAL;
+    for (size_t i = 0; i < n; i += 4) {
+        int pad = 0;
+        uint32_t v = 0;
+        for (int j = 0; j < 4; j++) {
+            char c = s[i + j];
+            int d;
+            if (c == '=' && i + 4 == n && j >= 2) {
+                pad++;
+                d = 0;
+            } else {
+                if (pad)
+                    return PZ_EINVAL; /* data after padding */
+                d = b64_val(c);
+                if (d < 0)
+                    return PZ_EINVAL;
+            }
+            v = v << 6 | (uint32_t)d;
+        }
+        uint8_t b[3] = {(uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+        /* Bits under the padding must be zero (one encoding per input). */
+        if ((pad == 1 && b[2]) || (pad == 2 && (b[1] || b[2])))
+            return PZ_EINVAL;
+        pz_buf_append(out, b, (size_t)(3 - pad));
+    }
+    return 0;
+}
+
+bool http_utf8_valid(const void *p, size_t n)
+{
+    const uint8_t *s = p;
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        size_t len;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            len = 2;
+            cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3;
+            cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (n - i < len)
+            return false;
+        for (size_t j = 1; j < len; j++) {
+            if ((s[i + j] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i + j] & 0x3f);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
+            (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
 /* --- the key-value API ---------------------------------------------------- */
 
 static void op_error(struct http_op *op, int status, const char *reason)
@@ -488,6 +587,521 @@ static void key_from_json(const struct http_req *req, struct http_op *op,
         op->value = has_v ? json_strdup(&v, &op->vlen) : pz_strdup("");
 }
 
+/* Strings decoded for one command, freed once it is encoded. */
+struct strs {
+    char **v; /* pz_malloc'd strings */
+    size_t n; /* how many */
+};
+
+static char *strs_keep(struct strs *st, char *p)
+{
+    st->v = pz_realloc(st->v, (st->n + 1) * sizeof *st->v);
+    st->v[st->n++] = p;
+    return p;
+}
+
+static void strs_free(struct strs *st)
+{
+    for (size_t i = 0; i < st->n; i++)
+        pz_free(st->v[i]);
+    pz_free(st->v);
+    st->v = NULL;
+    st->n = 0;
+}
+
+/* Member `name` of obj as bytes: a JSON string, or base64 in
+ * "<name>_b64". 1 found (*p kept in st), 0 absent, -1 with *why set. */
+static int bytes_member(const struct json_val *obj, const char *name,
+                        size_t max, struct strs *st, const uint8_t **p,
+                        size_t *n, const char **why)
+{
+    struct json_val v;
+    char b64name[32];
+    snprintf(b64name, sizeof b64name, "%s_b64", name);
+    bool plain = json_get(obj, name, &v);
+    struct json_val bv;
+    bool b64 = json_get(obj, b64name, &bv);
+    if (plain && b64) {
+        *why = "Give a field either as a string or as _b64, not both";
+        return -1;
+    }
+    if (!plain && !b64)
+        return 0;
+    if ((plain ? v.type : bv.type) != JSON_STRING) {
+        *why = "Invalid JSON: keys and values are strings";
+        return -1;
+    }
+    if (plain) {
+        *p = (const uint8_t *)strs_keep(st, json_strdup(&v, n));
+    } else {
+        struct pz_buf raw, dec;
+        pz_buf_init(&raw);
+        pz_buf_init(&dec);
+        json_str(&bv, &raw);
+        int rc = http_b64_decode(&dec, raw.data ? raw.data : "", raw.len);
+        pz_buf_free(&raw);
+        if (rc) {
+            pz_buf_free(&dec);
+            *why = "Bad base64 in a _b64 field";
+            return -1;
+        }
+        *n = dec.len;
+        *p = (const uint8_t *)strs_keep(
+            st, pz_memdup(dec.data ? dec.data : "", dec.len));
+        pz_buf_free(&dec);
+    }
+    if (*n > max) {
+        *why = "Key or value too large";
+        return -1;
+    }
+    return 1;
+}
+
+/* A range given as "prefix", or "from" and optional "to" (JSON), into
+ * op's key, value (end) and flags. */
+static int range_member(const struct json_val *obj, size_t max_key,
+                        struct strs *st, struct kv_op *o, const char **why)
+{
+    const uint8_t *pre, *from, *to;
+    size_t plen, flen, tlen;
+    int hp = bytes_member(obj, "prefix", max_key, st, &pre, &plen, why);
+    int hf = bytes_member(obj, "from", max_key, st, &from, &flen, why);
+    int ht = bytes_member(obj, "to", max_key, st, &to, &tlen, why);
+    if (hp < 0 || hf < 0 || ht < 0)
+        return -1;
+    if (hp && (hf || ht)) {
+        *why = "Give prefix or from/to, not both";
+        return -1;
+    }
+    if (hp) {
+        uint8_t *end = (uint8_t *)strs_keep(st, pz_malloc(plen + 1));
+        long el = kv_prefix_end(pre, plen, end);
+        o->key = pre;
+        o->klen = plen;
+        if (el < 0) {
+            o->flags |= KV_RANGE_TO_END;
+        } else {
+            o->value = end;
+            o->vlen = (size_t)el;
+        }
+        return 0;
+    }
+    if (!hf) {
+        *why = "A range needs prefix or from";
+        return -1;
+    }
+    o->key = from;
+    o->klen = flen;
+    if (ht) {
+        o->value = to;
+        o->vlen = tlen;
+    } else {
+        o->flags |= KV_RANGE_TO_END;
+    }
+    return 0;
+}
+
+static int bool_member(const struct json_val *obj, const char *name, bool *out,
+                       const char **why)
+{
+    struct json_val v;
+    if (!json_get(obj, name, &v))
+        return 0;
+    if (v.type != JSON_TRUE && v.type != JSON_FALSE) {
+        *why = "Invalid JSON: flags are true or false";
+        return -1;
+    }
+    *out = v.type == JSON_TRUE;
+    return 0;
+}
+
+/* One operation of a /txn branch: {"put": {...}} and friends. */
+static int txn_op(const struct json_val *item,
+                  const struct http_api_limits *lim, struct strs *st,
+                  struct kv_op *o, const char **why)
+{
+    static const char *const names[] = {"put", "delete", "delete_range", "get",
+                                        "range"};
+    static const int types[] = {KV_TOP_PUT, KV_TOP_DEL, KV_TOP_DELRANGE,
+                                KV_TOP_GET, KV_TOP_RANGE};
+    struct json_val body;
+    int found = -1;
+    memset(o, 0, sizeof *o);
+    if (item->type != JSON_OBJECT) {
+        *why = "Invalid JSON: an operation is an object";
+        return -1;
+    }
+    for (int i = 0; i < 5; i++) {
+        struct json_val v;
+        if (json_get(item, names[i], &v)) {
+            if (found >= 0) {
+                *why = "An operation names one of put, delete, "
+                       "delete_range, get, range";
+                return -1;
+            }
+            found = i;
+            body = v;
+        }
+    }
+    if (found < 0 || body.type != JSON_OBJECT) {
+        *why = "An operation is {\"put\"|\"delete\"|\"delete_range\"|\"get\"|"
+               "\"range\": {...}}";
+        return -1;
+    }
+    o->type = types[found];
+    if (o->type == KV_TOP_DELRANGE || o->type == KV_TOP_RANGE) {
+        if (range_member(&body, lim->max_key, st, o, why) < 0)
+            return -1;
+        if (o->type == KV_TOP_RANGE) {
+            bool ko = false, co = false;
+            struct json_val lv;
+            if (bool_member(&body, "keys_only", &ko, why) < 0 ||
+                bool_member(&body, "count_only", &co, why) < 0)
+                return -1;
+            o->flags |=
+                (ko ? KV_RANGE_KEYS_ONLY : 0) | (co ? KV_RANGE_COUNT_ONLY : 0);
+            o->limit = HTTP_RANGE_LIMIT;
+            if (json_get(&body, "limit", &lv) &&
+                (json_u64(&lv, &o->limit) < 0 || o->limit == 0 ||
+                 o->limit > HTTP_RANGE_LIMIT_MAX)) {
+                *why = "limit must be an integer from 1 to 10000";
+                return -1;
+            }
+        }
+        return 0;
+    }
+    int hk =
+        bytes_member(&body, "key", lim->max_key, st, &o->key, &o->klen, why);
+    if (hk < 0)
+        return -1;
+    if (hk == 0 || o->klen == 0) {
+        *why = "Missing key field";
+        return -1;
+    }
+    if (o->type == KV_TOP_PUT) {
+        int hv = bytes_member(&body, "value", lim->max_value, st, &o->value,
+                              &o->vlen, why);
+        if (hv < 0)
+            return -1;
+        if (hv == 0)
+            o->value = (const uint8_t *)"";
+    }
+    return 0;
+}
+
+static int txn_cmp(const struct json_val *item,
+                   const struct http_api_limits *lim, struct strs *st,
+                   struct kv_cmp *c, const char **why)
+{
+    static const char *const targets[] = {"value", "version", "create_revision",
+                                          "mod_revision", "lease"};
+    static const char *const results[] = {"=", "!=", "<", ">"};
+    struct json_val t, r, v;
+    memset(c, 0, sizeof *c);
+    if (item->type != JSON_OBJECT) {
+        *why = "Invalid JSON: a comparison is an object";
+        return -1;
+    }
+    int hk =
+        bytes_member(item, "key", lim->max_key, st, &c->key, &c->klen, why);
+    if (hk < 0)
+        return -1;
+    if (hk == 0 || c->klen == 0) {
+        *why = "Missing key field";
+        return -1;
+    }
+    c->target = c->result = -1;
+    if (json_get(item, "target", &t) && t.type == JSON_STRING)
+        for (int i = 0; i < 5; i++)
+            if (json_str_is(&t, targets[i], strlen(targets[i])))
+                c->target = i;
+    if (json_get(item, "result", &r) && r.type == JSON_STRING)
+        for (int i = 0; i < 4; i++)
+            if (json_str_is(&r, results[i], strlen(results[i])))
+                c->result = i;
+    if (c->target < 0) {
+        *why = "target must be value, version, create_revision, "
+               "mod_revision or lease";
+        return -1;
+    }
+    if (c->result < 0) {
+        *why = "result must be =, !=, < or >";
+        return -1;
+    }
+    if (c->target == KV_CMP_VALUE) {
+        int hv = bytes_member(item, "value", lim->max_value, st, &c->value,
+                              &c->vlen, why);
+        if (hv < 0)
+            return -1;
+        if (hv == 0) {
+            *why = "A value comparison needs value";
+            return -1;
+        }
+        return 0;
+    }
+    if (!json_get(item, "value", &v) || json_u64(&v, &c->num) < 0) {
+        *why = "A number comparison needs value, a non-negative integer";
+        return -1;
+    }
+    return 0;
+}
+
+/* POST /txn: {"compare": [...], "success": [...], "failure": [...]}. */
+static void txn_from_json(const struct http_req *req,
+                          const struct http_api_limits *lim, struct http_op *op)
+{
+    struct json_val root, arr, item;
+    struct strs st = {0};
+    struct kv_cmp *cmps = pz_calloc(KV_TXN_MAX, sizeof *cmps);
+    struct kv_op *ops[2] = {pz_calloc(KV_TXN_MAX, sizeof(struct kv_op)),
+                            pz_calloc(KV_TXN_MAX, sizeof(struct kv_op))};
+    size_t n[3] = {0, 0, 0};
+    static const char *const lists[] = {"compare", "success", "failure"};
+    const char *why = NULL;
+    if (json_parse(req->body.data ? req->body.data : "", req->body.len, &root) <
+            0 ||
+        root.type != JSON_OBJECT) {
+        why = "Invalid JSON";
+        goto out;
+    }
+    for (int l = 0; l < 3 && !why; l++) {
+        if (!json_get(&root, lists[l], &arr))
+            continue;
+        if (arr.type != JSON_ARRAY) {
+            why = "Invalid JSON: compare, success and failure are arrays";
+            break;
+        }
+        struct json_iter it;
+        json_iter_init(&it, &arr);
+        while (!why && json_iter_next(&it, NULL, &item)) {
+            if (n[l] == KV_TXN_MAX) {
+                why = "Too many comparisons or operations (at most 128 each)";
+                break;
+            }
+            if (l == 0)
+                txn_cmp(&item, lim, &st, &cmps[n[0]], &why);
+            else
+                txn_op(&item, lim, &st, &ops[l - 1][n[l]], &why);
+            n[l]++;
+        }
+    }
+    if (!why &&
+        kv_encode_txn(&op->cmd, cmps, n[0], ops[0], n[1], ops[1], n[2]) < 0)
+        why = "Invalid transaction";
+out:
+    if (why)
+        op_error(op, 400, why);
+    strs_free(&st);
+    pz_free(cmps);
+    pz_free(ops[0]);
+    pz_free(ops[1]);
+}
+
+/* /set and POST /delete with "prev_revision" (0: must not exist) and/or
+ * "prev_value", or /delete with "prefix": turned into a transaction. The
+ * failure branch reads the key, for the 412 answer. Leaves op alone (a
+ * plain set or delete) when there is none of them. */
+static void cond_from_json(const struct http_req *req,
+                           const struct http_api_limits *lim,
+                           struct http_op *op, bool is_set)
+{
+    struct json_val root, rv;
+    struct strs st = {0};
+    const char *why = NULL;
+    if (json_parse(req->body.data ? req->body.data : "", req->body.len, &root) <
+        0)
+        return; /* key_from_json answered already */
+    bool has_rev = json_get(&root, "prev_revision", &rv);
+    const uint8_t *pv;
+    size_t pvl;
+    int has_val =
+        bytes_member(&root, "prev_value", lim->max_value, &st, &pv, &pvl, &why);
+    struct kv_op pre = {0};
+    int has_pre = 0;
+    if (!is_set) {
+        struct json_val pj;
+        if (json_get(&root, "prefix", &pj) ||
+            json_get(&root, "prefix_b64", &pj)) {
+            has_pre = 1;
+            pre.type = KV_TOP_DELRANGE;
+            if (range_member(&root, lim->max_key, &st, &pre, &why) < 0)
+                has_pre = -1;
+        }
+    }
+    if (has_val < 0 || has_pre < 0)
+        goto err;
+    if (!has_rev && !has_val && !has_pre) {
+        strs_free(&st);
+        return;
+    }
+    if (has_pre) {
+        if (op->kind != HTTP_OP_ERROR) {
+            why = "Give key or prefix, not both";
+            goto err;
+        }
+        if (has_rev || has_val) {
+            why = "A prefix delete takes no conditions (use /txn)";
+            goto err;
+        }
+        http_op_free(op);
+        op->kind = HTTP_OP_TXN;
+        op->txn_kind = HTTP_TXN_DELPREFIX;
+        kv_encode_txn(&op->cmd, NULL, 0, &pre, 1, NULL, 0);
+        strs_free(&st);
+        return;
+    }
+    if (op->kind == HTTP_OP_ERROR)
+        goto out; /* the key was missing: that answer stands */
+    struct kv_cmp cmps[2];
+    size_t nc = 0;
+    if (has_rev) {
+        uint64_t r;
+        if (json_u64(&rv, &r) < 0) {
+            why = "prev_revision must be a non-negative integer";
+            goto err;
+        }
+        cmps[nc++] = (struct kv_cmp){
+            .target = r == 0 ? KV_CMP_CREATE : KV_CMP_MOD,
+            .result = KV_CMP_EQ,
+            .key = (const uint8_t *)op->key,
+            .klen = op->klen,
+            .num = r,
+        };
+    }
+    if (has_val)
+        cmps[nc++] = (struct kv_cmp){.target = KV_CMP_VALUE,
+                                     .result = KV_CMP_EQ,
+                                     .key = (const uint8_t *)op->key,
+                                     .klen = op->klen,
+                                     .value = pv,
+                                     .vlen = pvl};
+    struct kv_op w = {.type = is_set ? KV_TOP_PUT : KV_TOP_DEL,
+                      .key = (const uint8_t *)op->key,
+                      .klen = op->klen,
+                      .value = (const uint8_t *)(is_set ? op->value : NULL),
+                      .vlen = is_set ? op->vlen : 0};
+    struct kv_op g = {
+        .type = KV_TOP_GET, .key = (const uint8_t *)op->key, .klen = op->klen};
+    if (is_set && op->vlen > lim->max_value) {
+        why = "Value too large";
+        goto err;
+    }
+    kv_encode_txn(&op->cmd, cmps, nc, &w, 1, &g, 1);
+    op->kind = HTTP_OP_TXN;
+    op->txn_kind = is_set ? HTTP_TXN_SET : HTTP_TXN_DEL;
+    goto out;
+err:
+    op_error(op, 400, why);
+out:
+    strs_free(&st);
+}
+
+/* GET /range: prefix=P, or from=A [to=B]; limit, keys_only, count_only,
+ * consistency. Query values are percent-decoded bytes. */
+static void range_from_query(const struct http_req *req, struct http_op *op)
+{
+    const char *u = req->url.data ? req->url.data : "";
+    size_t ul = req->url.len;
+    char *pre = NULL, *from = NULL, *to = NULL, *v = NULL;
+    size_t plen = 0, flen = 0, tlen = 0, vl;
+    int hp = http_query_get(u, ul, "prefix", &pre, &plen);
+    int hf = http_query_get(u, ul, "from", &from, &flen);
+    int ht = http_query_get(u, ul, "to", &to, &tlen);
+    op->kind = HTTP_OP_RANGE;
+    op->limit = HTTP_RANGE_LIMIT;
+    if (hp < 0 || hf < 0 || ht < 0) {
+        op_error(op, 400, "Bad percent-encoding in query");
+        goto out;
+    }
+    if (hp == 0 && hf == 0) {
+        op_error(op, 400, "Missing prefix or from parameter");
+        goto out;
+    }
+    if (hp && ht) {
+        op_error(op, 400, "Give prefix or from/to, not both");
+        goto out;
+    }
+    if (hp) {
+        /* from= may move the start inside the prefix (continuation). */
+        uint8_t *end = pz_malloc(plen + 1);
+        long el = kv_prefix_end(pre, plen, end);
+        if (el < 0) {
+            op->to_end = true;
+            pz_free(end);
+        } else {
+            op->end = (char *)end;
+            op->elen = (size_t)el;
+        }
+        if (hf && !(flen >= plen && memcmp(from, pre, plen) == 0)) {
+            op_error(op, 400, "from must lie inside the prefix");
+            goto out;
+        }
+        if (hf) {
+            op->key = from;
+            op->klen = flen;
+            from = NULL;
+        } else {
+            op->key = pre;
+            op->klen = plen;
+            pre = NULL;
+        }
+    } else {
+        op->key = from;
+        op->klen = flen;
+        from = NULL;
+        if (ht) {
+            op->end = to;
+            op->elen = tlen;
+            to = NULL;
+        } else {
+            op->to_end = true;
+        }
+    }
+    if (http_query_get(u, ul, "limit", &v, &vl) == 1) {
+        char *e;
+        unsigned long long l = strtoull(v, &e, 10);
+        if (vl == 0 || *e || v[0] == '-' || v[0] == '+' || l == 0 ||
+            l > HTTP_RANGE_LIMIT_MAX) {
+            op_error(op, 400, "limit must be an integer from 1 to 10000");
+            goto out;
+        }
+        op->limit = l;
+        pz_free(v);
+        v = NULL;
+    }
+    static const char *const flags[] = {"keys_only", "count_only"};
+    for (int i = 0; i < 2; i++) {
+        if (http_query_get(u, ul, flags[i], &v, &vl) != 1)
+            continue;
+        bool on;
+        if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0) {
+            on = true;
+        } else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0) {
+            on = false;
+        } else {
+            op_error(op, 400, "keys_only and count_only are true or false");
+            goto out;
+        }
+        if (i == 0)
+            op->keys_only = on;
+        else
+            op->count_only = on;
+        pz_free(v);
+        v = NULL;
+    }
+    if (http_query_get(u, ul, "consistency", &v, &vl) == 1) {
+        if (strcmp(v, "stale") == 0)
+            op->stale = true;
+        else if (strcmp(v, "linearizable") != 0)
+            op_error(op, 400, "consistency must be linearizable or stale");
+    }
+out:
+    pz_free(pre);
+    pz_free(from);
+    pz_free(to);
+    pz_free(v);
+}
+
 void http_api_decode(const struct http_req *req,
                      const struct http_api_limits *lim, struct http_op *op)
 {
@@ -530,10 +1144,15 @@ void http_api_decode(const struct http_req *req,
         }
         op->kind = HTTP_OP_SET;
         key_from_json(req, op, true);
+        if (op->kind == HTTP_OP_SET)
+            cond_from_json(req, lim, op, true);
     } else if (strcmp(p, "/delete") == 0) {
         op->kind = HTTP_OP_DEL;
         if (method_is(req, HTTP_POST)) {
             key_from_json(req, op, false);
+            /* A prefix delete has no key: its answer replaces that 400. */
+            if (op->kind == HTTP_OP_DEL || op->status == 400)
+                cond_from_json(req, lim, op, false);
         } else if (method_is(req, HTTP_DELETE)) {
             key_from_query(req, op);
         } else {
@@ -541,6 +1160,22 @@ void http_api_decode(const struct http_req *req,
             op->allow = "POST, DELETE";
             goto out;
         }
+    } else if (strcmp(p, "/range") == 0) {
+        if (!method_is(req, HTTP_GET)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "GET";
+            goto out;
+        }
+        range_from_query(req, op);
+    } else if (strcmp(p, "/txn") == 0) {
+        if (!method_is(req, HTTP_POST)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "POST";
+            goto out;
+        }
+        op->kind = HTTP_OP_TXN;
+        op->txn_kind = HTTP_TXN_JSON;
+        txn_from_json(req, lim, op);
     } else if (strcmp(p, "/admin/snapshot") == 0) {
         if (!method_is(req, HTTP_POST) && !method_is(req, HTTP_GET)) {
             op_error(op, 405, "Method not allowed");
@@ -610,7 +1245,7 @@ void http_api_decode(const struct http_req *req,
     }
     if (op->kind == HTTP_OP_ERROR)
         goto out;
-    if (op->key && op->klen > lim->max_key)
+    if (op->key && op->klen > lim->max_key && op->kind != HTTP_OP_RANGE)
         op_error(op, 413, "Key too large");
     else if (op->value && op->vlen > lim->max_value)
         op_error(op, 413, "Value too large");
@@ -622,7 +1257,10 @@ void http_op_free(struct http_op *op)
 {
     pz_free(op->key);
     pz_free(op->value);
+    pz_free(op->end);
+    pz_buf_free(&op->cmd);
     op->key = NULL;
     op->value = NULL;
-    op->klen = op->vlen = 0;
+    op->end = NULL;
+    op->klen = op->vlen = op->elen = 0;
 }

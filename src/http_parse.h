@@ -133,8 +133,22 @@ enum http_op_kind {
     HTTP_OP_TRANSFER,  /* POST /cluster/transfer?to=ID: key = ID */
     HTTP_OP_SNAPSHOT,  /* POST /admin/snapshot */
     HTTP_OP_BACKUP,    /* GET /admin/snapshot: stream a fresh snapshot */
+    HTTP_OP_RANGE,     /* GET /range: keys [key, end) */
+    HTTP_OP_TXN,       /* POST /txn, a conditional /set or /delete, a
+                          /delete of a prefix: propose cmd */
     HTTP_OP_METRICS,   /* GET /metrics */
 };
+
+/* What an HTTP_OP_TXN asks, for the shape of its answer. */
+enum http_txn_kind {
+    HTTP_TXN_JSON = 0,  /* POST /txn: every result */
+    HTTP_TXN_SET,       /* /set with conditions: 204, or 412 */
+    HTTP_TXN_DEL,       /* /delete with conditions: 204, or 412 */
+    HTTP_TXN_DELPREFIX, /* /delete of a prefix: the count deleted */
+};
+
+#define HTTP_RANGE_LIMIT 1000      /* /range limit when none is given */
+#define HTTP_RANGE_LIMIT_MAX 10000 /* largest limit /range takes */
 
 struct http_api_limits {
     size_t max_key;   /* bytes */
@@ -153,7 +167,23 @@ struct http_op {
     int status;             /* HTTP_OP_ERROR: HTTP status */
     const char *reason;     /* HTTP_OP_ERROR: one line, no newline */
     const char *allow;      /* 405: the Allow header value */
+    char *end;              /* RANGE: end of the range (owned) */
+    size_t elen;            /* its length */
+    bool to_end;            /* RANGE: no end */
+    uint64_t limit;         /* RANGE: most keys */
+    bool keys_only;         /* RANGE: no values */
+    bool count_only;        /* RANGE: only the count */
+    int txn_kind;           /* TXN: enum http_txn_kind */
+    struct pz_buf cmd;      /* TXN: the encoded command (owned) */
 };
+
+/* Standard base64 (RFC 4648, with padding). decode returns 0 or PZ_EINVAL
+ * (bad character, bad length or padding); both append to out. Keys and
+ * values that are not UTF-8 travel as "key_b64" / "value_b64". */
+int http_b64_decode(struct pz_buf *out, const char *s, size_t n);
+void http_b64_encode(struct pz_buf *out, const void *p, size_t n);
+/* Is p[0..n) valid UTF-8 (what a JSON string can carry as it is)? */
+bool http_utf8_valid(const void *p, size_t n);
 
 void http_api_decode(const struct http_req *req,
                      const struct http_api_limits *lim, struct http_op *op);

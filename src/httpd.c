@@ -45,6 +45,8 @@ const char *httpd_status_text(int status)
         return "Request Timeout";
     case 409:
         return "Conflict";
+    case 412:
+        return "Precondition Failed";
     case 413:
         return "Payload Too Large";
     case 414:
@@ -61,6 +63,8 @@ const char *httpd_status_text(int status)
         return "Gateway Timeout";
     case 505:
         return "HTTP Version Not Supported";
+    case 507:
+        return "Insufficient Storage";
     default:
         return "Unknown";
     }
@@ -90,6 +94,9 @@ static void write_reply(struct httpd_conn *hc, const struct httpd_reply *r,
                        r->ctype ? r->ctype : TEXT_PLAIN, r->blen);
     if (r->allow)
         pz_buf_appendf(&b, "Allow: %s\r\n", r->allow);
+    if (r->has_revision)
+        pz_buf_appendf(&b, "X-Pyazdb-Revision: %llu\r\n",
+                       (unsigned long long)r->revision);
     if (r->status == 401 && hc->srv->o.realm)
         pz_buf_appendf(&b, "WWW-Authenticate: Bearer realm=\"%s\"\r\n",
                        hc->srv->o.realm);

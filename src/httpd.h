@@ -135,6 +135,8 @@ struct httpd_reply {
     const char *body;  /* body bytes (not sent with 204 or to HEAD) */
     size_t blen;       /* their number, sent as Content-Length */
     const char *allow; /* Allow header (405), or NULL */
+    bool has_revision; /* send X-Pyazdb-Revision: revision */
+    uint64_t revision; /* the state machine's revision the answer saw */
 };
 /* Answer the request: the status line, Content-Type and Content-Length
  * (but for 204), Allow when given, `WWW-Authenticate: Bearer realm=...`

@@ -1,9 +1,12 @@
 /* kv.c - the key-value state machine: an incrementally rehashed hash table
- * of byte strings, the command codec and the running digest. Pure.
+ * of byte strings with a skiplist through the same entries, revisions, the
+ * command codec and the running digest. Pure.
  *
  * Happy path: kv_apply() decodes a command from a committed Raft entry and
- * calls kv_set() or kv_del(); reads call kv_get(). Each entry is one
- * allocation holding its hash, both lengths, the key and the value.
+ * puts or deletes keys (a transaction first evaluates its comparisons);
+ * reads call kv_get() or kv_range(). Each entry is one allocation holding
+ * its hash, both lengths, its metadata, its skiplist links, the key and the
+ * value.
  *
  * Layout (Redis dict): two bucket arrays t[0] and t[1]. Normally only t[0]
  * exists. A grow or shrink allocates t[1] and sets rehash_idx to 0; from
@@ -26,11 +29,13 @@
 #define DIGEST_SEED 0x70797a6462ull /* fixed: digests must match nodes */
 
 struct entry {
-    struct entry *next; /* next in the bucket chain */
-    uint64_t hash;      /* pz_hash of the key with the table seed */
-    uint32_t klen;      /* key length */
-    uint32_t vlen;      /* value length */
-    uint8_t data[];     /* key, value, then a NUL */
+    struct entry *next;  /* next in the bucket chain */
+    uint64_t hash;       /* pz_hash of the key with the table seed */
+    uint32_t klen;       /* key length */
+    uint32_t vlen : 28;  /* value length (KV_VALUE_MAX fits) */
+    uint32_t level : 4;  /* skiplist levels, 1..KV_SKIP_LEVELS */
+    struct kv_meta m;    /* revisions, version, lease */
+    struct entry *fwd[]; /* level links, then key, value and a NUL */
 };
 
 struct table {
@@ -41,6 +46,10 @@ struct table {
 
 struct kv {
     struct table t[2];  /* t[1] is used only while rehashing */
+    struct entry *head[KV_SKIP_LEVELS]; /* skiplist heads */
+    uint64_t revision;                  /* see kv.h */
+    kv_event_cb on_event;               /* watchers' hook, or NULL */
+    void *event_arg;                    /* its argument */
     long rehash_idx;    /* next t[0] bucket to move; -1: not rehashing */
     uint64_t seed;      /* hash seed of this table */
     size_t bytes;       /* sum of key and value lengths */
@@ -49,31 +58,82 @@ struct kv {
                            the rest */
 };
 
-static inline uint8_t *entry_value(struct entry *e)
+static inline uint8_t *entry_key(const struct entry *e)
 {
-    return e->data + e->klen;
+    return (uint8_t *)(e->fwd + e->level);
+}
+
+static inline uint8_t *entry_value(const struct entry *e)
+{
+    return entry_key(e) + e->klen;
 }
 
 static uint64_t entry_digest(const void *key, size_t klen, const void *val,
-                             size_t vlen)
+                             size_t vlen, const struct kv_meta *m)
 {
-    return pz_hash(val, vlen, pz_hash(key, klen, DIGEST_SEED));
+    uint8_t mb[32];
+    pz_put_u64(mb, m->create_revision);
+    pz_put_u64(mb + 8, m->mod_revision);
+    pz_put_u64(mb + 16, m->version);
+    pz_put_u64(mb + 24, m->lease);
+    return pz_hash(mb, sizeof mb,
+                   pz_hash(val, vlen, pz_hash(key, klen, DIGEST_SEED)));
+}
+
+static uint64_t e_digest(const struct entry *e)
+{
+    return entry_digest(entry_key(e), e->klen, entry_value(e), e->vlen, &e->m);
+}
+
+static uint64_t revision_digest(uint64_t rev)
+{
+    uint8_t b[8];
+    pz_put_u64(b, rev);
+    return rev ? pz_hash(b, sizeof b, DIGEST_SEED + 1) : 0;
+}
+
+/* Levels from bits the bucket index does not use: one more per pair of
+ * zero bits, p = 1/4. */
+static unsigned level_of(uint64_t hash)
+{
+    unsigned l = 1;
+    hash >>= 32;
+    while (l < KV_SKIP_LEVELS && (hash & 3) == 0) {
+        l++;
+        hash >>= 2;
+    }
+    return l;
 }
 
 static struct entry *entry_new(uint64_t hash, const void *key, size_t klen,
-                               const void *val, size_t vlen)
+                               const void *val, size_t vlen,
+                               const struct kv_meta *m)
 {
-    struct entry *e = pz_malloc(sizeof(*e) + klen + vlen + 1);
+    unsigned level = level_of(hash);
+    struct entry *e =
+        pz_malloc(sizeof(*e) + level * sizeof(e->fwd[0]) + klen + vlen + 1);
     e->next = NULL;
     e->hash = hash;
     e->klen = (uint32_t)klen;
     e->vlen = (uint32_t)vlen;
+    e->level = level & 0xf;
+    e->m = *m;
+    uint8_t *d = entry_key(e);
     if (klen)
-        memcpy(e->data, key, klen);
+        memcpy(d, key, klen);
     if (vlen)
-        memcpy(e->data + klen, val, vlen);
-    e->data[klen + vlen] = '\0';
+        memcpy(d + klen, val, vlen);
+    d[klen + vlen] = '\0';
     return e;
+}
+
+static void view_of(const struct entry *e, struct kv_view *v)
+{
+    v->key = entry_key(e);
+    v->klen = e->klen;
+    v->value = entry_value(e);
+    v->vlen = e->vlen;
+    v->meta = e->m;
 }
 
 static void table_alloc(struct table *t, size_t size)
@@ -265,7 +325,7 @@ static struct entry **find_link(struct kv *kv, uint64_t h, const void *key,
         for (struct entry **link = &t->b[idx]; *link; link = &(*link)->next) {
             struct entry *e = *link;
             if (e->hash == h && e->klen == klen &&
-                (klen == 0 || memcmp(e->data, key, klen) == 0)) {
+                (klen == 0 || memcmp(entry_key(e), key, klen) == 0)) {
                 if (which)
                     *which = t;
                 return link;
@@ -277,62 +337,227 @@ static struct entry **find_link(struct kv *kv, uint64_t h, const void *key,
     return NULL;
 }
 
+static struct entry *lookup(struct kv *kv, const void *key, size_t klen)
+{
+    if (klen > KV_KEY_MAX)
+        return NULL;
+    struct entry **link =
+        find_link(kv, pz_hash(key, klen, kv->seed), key, klen, NULL);
+    return link ? *link : NULL;
+}
+
 bool kv_get(struct kv *kv, const void *key, size_t klen, const uint8_t **val,
             size_t *vlen)
 {
     rehash_step(kv);
-    if (klen > KV_KEY_MAX)
+    struct entry *e = lookup(kv, key, klen);
+    if (e == NULL)
         return false;
-    struct entry **link =
-        find_link(kv, pz_hash(key, klen, kv->seed), key, klen, NULL);
-    if (link == NULL)
-        return false;
-    *val = entry_value(*link);
-    *vlen = (*link)->vlen;
+    *val = entry_value(e);
+    *vlen = e->vlen;
     return true;
 }
 
-int kv_set(struct kv *kv, const void *key, size_t klen, const void *value,
-           size_t vlen)
+bool kv_get_view(struct kv *kv, const void *key, size_t klen,
+                 struct kv_view *out)
 {
-    if (klen > KV_KEY_MAX || vlen > KV_VALUE_MAX)
-        return PZ_ETOOBIG;
+    rehash_step(kv);
+    struct entry *e = lookup(kv, key, klen);
+    if (e == NULL)
+        return false;
+    view_of(e, out);
+    return true;
+}
+
+/* --- the ordered index ---------------------------------------------------- */
+
+/* Bytewise order, a prefix before its extensions. */
+static int bytes_cmp(const void *a, size_t alen, const void *b, size_t blen)
+{
+    size_t n = alen < blen ? alen : blen;
+    int c = n ? memcmp(a, b, n) : 0;
+    if (c)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+static inline int key_cmp(const struct entry *e, const void *key, size_t klen)
+{
+    return bytes_cmp(entry_key(e), e->klen, key, klen);
+}
+
+/* Fill upd[i] with the link at level i after which key belongs (the slot
+ * that points at the first entry >= key), for every level; returns that
+ * first entry at level 0 (NULL: none). */
+static struct entry *sl_find(const struct kv *kv, const void *key, size_t klen,
+                             struct entry **upd[])
+{
+    struct entry *const *link = NULL;
+    const struct entry *pred = NULL;
+    for (int i = KV_SKIP_LEVELS - 1; i >= 0; i--) {
+        for (;;) {
+            link = pred ? &pred->fwd[i] : &kv->head[i];
+            struct entry *nx = *link;
+            if (nx == NULL || key_cmp(nx, key, klen) >= 0)
+                break;
+            pred = nx;
+        }
+        if (upd)
+            upd[i] = (struct entry **)link;
+    }
+    return *link;
+}
+
+static void sl_insert(struct kv *kv, struct entry *e)
+{
+    struct entry **upd[KV_SKIP_LEVELS];
+    sl_find(kv, entry_key(e), e->klen, upd);
+    for (unsigned i = 0; i < e->level; i++) {
+        e->fwd[i] = *upd[i];
+        *upd[i] = e;
+    }
+}
+
+/* Unlink e; upd as sl_find left it for e's key. */
+static void sl_unlink(struct entry **upd[], struct entry *e)
+{
+    for (unsigned i = 0; i < e->level; i++) {
+        pz_assert(*upd[i] == e);
+        *upd[i] = e->fwd[i];
+    }
+}
+
+/* --- mutations ------------------------------------------------------------ */
+
+/* A command in progress: its revision is taken on its first change. */
+struct apply {
+    struct kv *kv;
+    bool bumped;                /* the revision was advanced for this command */
+    const struct kv_sink *sink; /* where results go, or NULL */
+};
+
+static uint64_t apply_rev(struct apply *a)
+{
+    if (!a->bumped) {
+        a->kv->digest -= revision_digest(a->kv->revision);
+        a->kv->revision++;
+        a->kv->digest += revision_digest(a->kv->revision);
+        a->bumped = true;
+    }
+    return a->kv->revision;
+}
+
+static void sink_item(struct apply *a, const struct entry *e, bool values)
+{
+    if (a->sink == NULL || a->sink->item == NULL)
+        return;
+    struct kv_view v;
+    view_of(e, &v);
+    if (!values) {
+        v.value = NULL;
+        v.vlen = 0;
+    }
+    a->sink->item(a->sink->arg, &v);
+}
+
+/* Put key = value. Returns 1 if it replaced a value, 0 if it created the
+ * key (limits checked by the caller). */
+static int do_put(struct apply *a, const void *key, size_t klen,
+                  const void *value, size_t vlen, uint64_t lease)
+{
+    struct kv *kv = a->kv;
     rehash_step(kv);
     uint64_t h = pz_hash(key, klen, kv->seed);
-    uint64_t d = entry_digest(key, klen, value, vlen);
     struct entry **link = find_link(kv, h, key, klen, NULL);
+    uint64_t rev = apply_rev(a);
     if (link) {
         struct entry *old = *link;
-        kv->digest -=
-            entry_digest(old->data, old->klen, entry_value(old), old->vlen);
-        kv->digest += d;
+        sink_item(a, old, true);
+        struct kv_meta m = old->m;
+        m.mod_revision = rev;
+        m.version++;
+        m.lease = lease;
+        kv->digest -= e_digest(old);
         kv->bytes = kv->bytes - old->vlen + vlen;
-        if (old->vlen == vlen) {
+        if (old->vlen == vlen && kv->on_event == NULL) {
             if (vlen)
                 memmove(entry_value(old), value, vlen); /* may overlap */
+            old->m = m;
+            kv->digest += e_digest(old);
             return 1;
         }
-        /* Copy before freeing: value may point into old. */
-        struct entry *e = entry_new(h, old->data, klen, value, vlen);
+        /* Copy before freeing: value may point into old. Same hash, same
+         * level: the new entry takes the old one's place in both indexes. */
+        struct entry **upd[KV_SKIP_LEVELS];
+        sl_find(kv, key, klen, upd);
+        struct entry *e = entry_new(h, entry_key(old), klen, value, vlen, &m);
+        pz_assert(e->level == old->level);
+        for (unsigned i = 0; i < old->level; i++) {
+            pz_assert(*upd[i] == old);
+            e->fwd[i] = old->fwd[i];
+            *upd[i] = e;
+        }
         e->next = old->next;
         *link = e;
+        kv->digest += e_digest(e);
+        if (kv->on_event) {
+            struct kv_view cur, prev;
+            view_of(e, &cur);
+            view_of(old, &prev);
+            kv->on_event(kv->event_arg, KV_TOP_PUT, &cur, &prev);
+        }
         pz_free(old);
         return 1;
     }
     maybe_grow(kv);
     struct table *t = rehashing(kv) ? &kv->t[1] : &kv->t[0];
-    struct entry *e = entry_new(h, key, klen, value, vlen);
+    struct kv_meta m = {.create_revision = rev,
+                        .mod_revision = rev,
+                        .version = 1,
+                        .lease = lease};
+    struct entry *e = entry_new(h, key, klen, value, vlen, &m);
     struct entry **head = &t->b[h & (t->size - 1)];
     e->next = *head;
     *head = e;
     t->used++;
+    sl_insert(kv, e);
     kv->bytes += klen + vlen;
-    kv->digest += d;
+    kv->digest += e_digest(e);
+    if (kv->on_event) {
+        struct kv_view cur;
+        view_of(e, &cur);
+        kv->on_event(kv->event_arg, KV_TOP_PUT, &cur, NULL);
+    }
     return 0;
 }
 
-int kv_del(struct kv *kv, const void *key, size_t klen)
+/* Remove e (found through the hash table at link in table t, and in the
+ * skiplist through upd). */
+static void remove_entry(struct apply *a, struct entry **link, struct table *t,
+                         struct entry **upd[], struct entry *e)
 {
+    struct kv *kv = a->kv;
+    apply_rev(a);
+    sink_item(a, e, true);
+    *link = e->next;
+    pz_assert(t->used > 0);
+    t->used--;
+    sl_unlink(upd, e);
+    kv->bytes -= (size_t)e->klen + e->vlen;
+    kv->digest -= e_digest(e);
+    if (kv->on_event) {
+        struct kv_view prev;
+        view_of(e, &prev);
+        kv->on_event(kv->event_arg, KV_TOP_DEL, NULL, &prev);
+    }
+    pz_free(e);
+    finish_if_done(kv);
+    maybe_shrink(kv);
+}
+
+static int do_del(struct apply *a, const void *key, size_t klen)
+{
+    struct kv *kv = a->kv;
     rehash_step(kv);
     if (klen > KV_KEY_MAX)
         return 0;
@@ -341,16 +566,92 @@ int kv_del(struct kv *kv, const void *key, size_t klen)
     struct entry **link = find_link(kv, h, key, klen, &t);
     if (link == NULL)
         return 0;
-    struct entry *e = *link;
-    *link = e->next;
-    pz_assert(t->used > 0);
-    t->used--;
-    kv->bytes -= (size_t)e->klen + e->vlen;
-    kv->digest -= entry_digest(e->data, e->klen, entry_value(e), e->vlen);
-    pz_free(e);
-    finish_if_done(kv);
-    maybe_shrink(kv);
+    struct entry **upd[KV_SKIP_LEVELS];
+    sl_find(kv, key, klen, upd);
+    remove_entry(a, link, t, upd, *link);
     return 1;
+}
+
+static bool in_range(const struct entry *e, const void *to, size_t tlen,
+                     bool to_end)
+{
+    return to_end || key_cmp(e, to, tlen) < 0;
+}
+
+/* Delete the keys in [from, to). Returns how many. The keys go in order
+ * from the front of the range, so the links sl_find found stay the ones
+ * to update for each next key. */
+static uint64_t do_delrange(struct apply *a, const void *from, size_t flen,
+                            const void *to, size_t tlen, bool to_end)
+{
+    struct kv *kv = a->kv;
+    struct entry **upd[KV_SKIP_LEVELS];
+    uint64_t n = 0;
+    struct entry *e = sl_find(kv, from, flen, upd);
+    while (e && in_range(e, to, tlen, to_end)) {
+        struct table *t;
+        struct entry **link = find_link(kv, e->hash, entry_key(e), e->klen, &t);
+        pz_assert(link && *link == e);
+        remove_entry(a, link, t, upd, e);
+        n++;
+        e = *upd[0];
+    }
+    return n;
+}
+
+int kv_set(struct kv *kv, const void *key, size_t klen, const void *value,
+           size_t vlen)
+{
+    if (klen > KV_KEY_MAX || vlen > KV_VALUE_MAX)
+        return PZ_ETOOBIG;
+    struct apply a = {.kv = kv};
+    return do_put(&a, key, klen, value, vlen, 0);
+}
+
+int kv_del(struct kv *kv, const void *key, size_t klen)
+{
+    struct apply a = {.kv = kv};
+    return do_del(&a, key, klen);
+}
+
+int kv_restore(struct kv *kv, const void *key, size_t klen, const void *value,
+               size_t vlen, const struct kv_meta *meta)
+{
+    if (klen > KV_KEY_MAX || vlen > KV_VALUE_MAX)
+        return PZ_ETOOBIG;
+    rehash_step(kv);
+    uint64_t h = pz_hash(key, klen, kv->seed);
+    if (find_link(kv, h, key, klen, NULL))
+        return PZ_EINVAL;
+    maybe_grow(kv);
+    struct table *t = rehashing(kv) ? &kv->t[1] : &kv->t[0];
+    struct entry *e = entry_new(h, key, klen, value, vlen, meta);
+    struct entry **head = &t->b[h & (t->size - 1)];
+    e->next = *head;
+    *head = e;
+    t->used++;
+    sl_insert(kv, e);
+    kv->bytes += klen + vlen;
+    kv->digest += e_digest(e);
+    return 0;
+}
+
+void kv_set_revision(struct kv *kv, uint64_t rev)
+{
+    kv->digest -= revision_digest(kv->revision);
+    kv->revision = rev;
+    kv->digest += revision_digest(rev);
+}
+
+uint64_t kv_revision(const struct kv *kv)
+{
+    return kv->revision;
+}
+
+void kv_set_event_cb(struct kv *kv, kv_event_cb cb, void *arg)
+{
+    kv->on_event = cb;
+    kv->event_arg = arg;
 }
 
 size_t kv_count(const struct kv *kv)
@@ -368,17 +669,17 @@ uint64_t kv_digest(const struct kv *kv)
     return kv->digest;
 }
 
-static int add_digest(void *arg, const uint8_t *key, size_t klen,
-                      const uint8_t *value, size_t vlen)
+static int add_digest(void *arg, const struct kv_view *v)
 {
-    *(uint64_t *)arg += entry_digest(key, klen, value, vlen);
+    *(uint64_t *)arg +=
+        entry_digest(v->key, v->klen, v->value, v->vlen, &v->meta);
     return 0;
 }
 
 uint64_t kv_digest_compute(const struct kv *kv)
 {
-    uint64_t d = 0;
-    kv_foreach(kv, add_digest, &d);
+    uint64_t d = revision_digest(kv->revision);
+    kv_foreach_view(kv, add_digest, &d);
     return d;
 }
 
@@ -390,8 +691,10 @@ void kv_stats(const struct kv *kv, struct kv_stats *out)
     out->buckets[0] = kv->t[0].size;
     out->buckets[1] = kv->t[1].size;
     out->rehashing = rehashing(kv);
+    /* Skiplist links: 4/3 per entry on average. */
     out->mem = sizeof(*kv) + kv->bytes +
-               out->keys * (sizeof(struct entry) + 1) +
+               out->keys *
+                   (sizeof(struct entry) + 1 + 4 * sizeof(struct entry *) / 3) +
                (kv->t[0].size + kv->t[1].size) * sizeof(struct entry *);
 }
 
@@ -400,7 +703,7 @@ void kv_stats(const struct kv *kv, struct kv_stats *out)
 static int visit_chain(const struct entry *e, kv_visit_cb cb, void *arg)
 {
     for (; e; e = e->next) {
-        int rc = cb(arg, e->data, e->klen, e->data + e->klen, e->vlen);
+        int rc = cb(arg, entry_key(e), e->klen, entry_value(e), e->vlen);
         if (rc)
             return rc;
     }
@@ -409,15 +712,44 @@ static int visit_chain(const struct entry *e, kv_visit_cb cb, void *arg)
 
 int kv_foreach(const struct kv *kv, kv_visit_cb cb, void *arg)
 {
-    for (int i = 0; i < 2; i++) {
-        const struct table *t = &kv->t[i];
-        for (size_t j = 0; j < t->size; j++) {
-            int rc = visit_chain(t->b[j], cb, arg);
-            if (rc)
-                return rc;
-        }
+    for (const struct entry *e = kv->head[0]; e; e = e->fwd[0]) {
+        int rc = cb(arg, entry_key(e), e->klen, entry_value(e), e->vlen);
+        if (rc)
+            return rc;
     }
     return 0;
+}
+
+int kv_range(const struct kv *kv, const void *from, size_t flen, const void *to,
+             size_t tlen, bool to_end, kv_view_cb cb, void *arg)
+{
+    const struct entry *e = sl_find(kv, from, flen, NULL);
+    for (; e && in_range(e, to, tlen, to_end); e = e->fwd[0]) {
+        struct kv_view v;
+        view_of(e, &v);
+        int rc = cb(arg, &v);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int kv_foreach_view(const struct kv *kv, kv_view_cb cb, void *arg)
+{
+    return kv_range(kv, "", 0, NULL, 0, true, cb, arg);
+}
+
+long kv_prefix_end(const void *prefix, size_t plen, uint8_t *out)
+{
+    const uint8_t *p = prefix;
+    size_t n = plen;
+    while (n > 0 && p[n - 1] == 0xff)
+        n--;
+    if (n == 0)
+        return -1;
+    memcpy(out, p, n);
+    out[n - 1]++;
+    return (long)n;
 }
 
 static uint64_t rev64(uint64_t v)
@@ -468,7 +800,7 @@ uint64_t kv_scan(const struct kv *kv, uint64_t cursor, kv_visit_cb cb,
 
 /* --- command codec ------------------------------------------------------ */
 
-static size_t varint_put(uint8_t *p, uint32_t v)
+static size_t varint_put(uint8_t *p, uint64_t v)
 {
     size_t n = 0;
     while (v >= 0x80) {
@@ -479,26 +811,38 @@ static size_t varint_put(uint8_t *p, uint32_t v)
     return n;
 }
 
-/* Decode a shortest-form varint of at most 5 bytes that fits 32 bits.
- * Returns 0 and advances *pos, or PZ_ECORRUPT. */
-static int varint_get(const uint8_t *p, size_t len, size_t *pos, uint32_t *out)
+/* Decode a shortest-form varint of at most maxb bytes (5 or 10) whose
+ * value fits max. Returns 0 and advances *pos, or PZ_ECORRUPT. */
+static int varint_get_n(const uint8_t *p, size_t len, size_t *pos, int maxb,
+                        uint64_t max, uint64_t *out)
 {
     uint64_t v = 0;
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < maxb; i++) {
         if (*pos >= len)
             return PZ_ECORRUPT; /* truncated */
         uint8_t b = p[(*pos)++];
+        if (i == 9 && (b & 0x7e))
+            return PZ_ECORRUPT; /* over 64 bits */
         v |= (uint64_t)(b & 0x7f) << (7 * i);
         if (!(b & 0x80)) {
             if (b == 0 && i > 0)
                 return PZ_ECORRUPT; /* not the shortest form */
-            if (v > UINT32_MAX)
+            if (v > max)
                 return PZ_ECORRUPT;
-            *out = (uint32_t)v;
+            *out = v;
             return 0;
         }
     }
-    return PZ_ECORRUPT; /* more than 5 bytes */
+    return PZ_ECORRUPT; /* too many bytes */
+}
+
+static int varint_get(const uint8_t *p, size_t len, size_t *pos, uint32_t *out)
+{
+    uint64_t v;
+    int rc = varint_get_n(p, len, pos, 5, UINT32_MAX, &v);
+    if (rc == 0)
+        *out = (uint32_t)v;
+    return rc;
 }
 
 static void encode(struct pz_buf *out, int op, const void *key, size_t klen,
@@ -535,6 +879,126 @@ int kv_encode_del(struct pz_buf *out, const void *key, size_t klen)
     return 0;
 }
 
+/* --- version 2: transactions --- */
+
+static void put_varint(struct pz_buf *out, uint64_t v)
+{
+    uint8_t b[10];
+    pz_buf_append(out, b, varint_put(b, v));
+}
+
+static void put_field(struct pz_buf *out, const void *p, size_t n)
+{
+    put_varint(out, n);
+    pz_buf_append(out, p, n);
+}
+
+static void put_byte(struct pz_buf *out, int v)
+{
+    uint8_t b = (uint8_t)v;
+    pz_buf_append(out, &b, 1);
+}
+
+static int check_cmp(const struct kv_cmp *c)
+{
+    if (c->target < KV_CMP_VALUE || c->target > KV_CMP_LEASE ||
+        c->result < KV_CMP_EQ || c->result > KV_CMP_GT)
+        return PZ_EINVAL;
+    if (c->klen > KV_KEY_MAX ||
+        (c->target == KV_CMP_VALUE && c->vlen > KV_VALUE_MAX))
+        return PZ_ETOOBIG;
+    return 0;
+}
+
+static int check_op(const struct kv_op *o)
+{
+    int allowed = 0;
+    switch (o->type) {
+    case KV_TOP_PUT:
+    case KV_TOP_DEL:
+    case KV_TOP_GET:
+        break;
+    case KV_TOP_DELRANGE:
+        allowed = KV_RANGE_TO_END;
+        break;
+    case KV_TOP_RANGE:
+        allowed = KV_RANGE_TO_END | KV_RANGE_KEYS_ONLY | KV_RANGE_COUNT_ONLY;
+        break;
+    default:
+        return PZ_EINVAL;
+    }
+    if (o->flags & ~allowed)
+        return PZ_EINVAL;
+    if ((o->flags & KV_RANGE_TO_END) && o->vlen != 0)
+        return PZ_EINVAL;
+    if (o->klen > KV_KEY_MAX)
+        return PZ_ETOOBIG;
+    if (o->type == KV_TOP_PUT && o->vlen > KV_VALUE_MAX)
+        return PZ_ETOOBIG;
+    if ((o->type == KV_TOP_DELRANGE || o->type == KV_TOP_RANGE) &&
+        o->vlen > KV_KEY_MAX)
+        return PZ_ETOOBIG;
+    return 0;
+}
+
+static void put_op(struct pz_buf *out, const struct kv_op *o)
+{
+    put_byte(out, o->type);
+    put_field(out, o->key, o->klen);
+    switch (o->type) {
+    case KV_TOP_PUT:
+        put_field(out, o->value, o->vlen);
+        put_varint(out, o->lease);
+        break;
+    case KV_TOP_DELRANGE:
+    case KV_TOP_RANGE:
+        put_byte(out, o->flags);
+        put_field(out, o->value, o->vlen);
+        if (o->type == KV_TOP_RANGE)
+            put_varint(out, o->limit);
+        break;
+    default:
+        break;
+    }
+}
+
+int kv_encode_txn(struct pz_buf *out, const struct kv_cmp *cmps, size_t ncmp,
+                  const struct kv_op *succ, size_t nsucc,
+                  const struct kv_op *fail, size_t nfail)
+{
+    if (ncmp > KV_TXN_MAX || nsucc > KV_TXN_MAX || nfail > KV_TXN_MAX)
+        return PZ_EINVAL;
+    int rc;
+    for (size_t i = 0; i < ncmp; i++)
+        if ((rc = check_cmp(&cmps[i])) != 0)
+            return rc;
+    for (size_t i = 0; i < nsucc; i++)
+        if ((rc = check_op(&succ[i])) != 0)
+            return rc;
+    for (size_t i = 0; i < nfail; i++)
+        if ((rc = check_op(&fail[i])) != 0)
+            return rc;
+    put_byte(out, KV_CMD_VERSION2 << 4 | 1);
+    put_varint(out, ncmp);
+    for (size_t i = 0; i < ncmp; i++) {
+        const struct kv_cmp *c = &cmps[i];
+        put_byte(out, c->target);
+        put_byte(out, c->result);
+        put_field(out, c->key, c->klen);
+        if (c->target == KV_CMP_VALUE)
+            put_field(out, c->value, c->vlen);
+        else
+            put_varint(out, c->num);
+    }
+    put_varint(out, nsucc);
+    for (size_t i = 0; i < nsucc; i++)
+        put_op(out, &succ[i]);
+    put_varint(out, nfail);
+    for (size_t i = 0; i < nfail; i++)
+        put_op(out, &fail[i]);
+    return 0;
+}
+
 /* Read a length field and check it against its limit and what is left. */
 static int get_field(const uint8_t *cmd, size_t len, size_t *pos,
                      uint32_t limit, const uint8_t **p, size_t *n)
@@ -553,16 +1017,136 @@ static int get_field(const uint8_t *cmd, size_t len, size_t *pos,
     return 0;
 }
 
+static int get_byte(const uint8_t *p, size_t len, size_t *pos, int *out)
+{
+    if (*pos >= len)
+        return PZ_ECORRUPT;
+    *out = p[(*pos)++];
+    return 0;
+}
+
+static int get_count(const uint8_t *p, size_t len, size_t *pos, size_t *out)
+{
+    uint32_t v;
+    int rc = varint_get(p, len, pos, &v);
+    if (rc)
+        return rc;
+    if (v > KV_TXN_MAX)
+        return PZ_ETOOBIG;
+    *out = v;
+    return 0;
+}
+
+static int get_cmp(const uint8_t *p, size_t len, size_t *pos, struct kv_cmp *c)
+{
+    int rc;
+    memset(c, 0, sizeof *c);
+    if ((rc = get_byte(p, len, pos, &c->target)) != 0 ||
+        (rc = get_byte(p, len, pos, &c->result)) != 0)
+        return rc;
+    if (c->target > KV_CMP_LEASE || c->result > KV_CMP_GT)
+        return PZ_EINVAL;
+    if ((rc = get_field(p, len, pos, KV_KEY_MAX, &c->key, &c->klen)) != 0)
+        return rc;
+    if (c->target == KV_CMP_VALUE)
+        return get_field(p, len, pos, KV_VALUE_MAX, &c->value, &c->vlen);
+    return varint_get_n(p, len, pos, 10, UINT64_MAX, &c->num);
+}
+
+static int get_op(const uint8_t *p, size_t len, size_t *pos, struct kv_op *o)
+{
+    int rc;
+    memset(o, 0, sizeof *o);
+    if ((rc = get_byte(p, len, pos, &o->type)) != 0)
+        return rc;
+    if (o->type < KV_TOP_PUT || o->type > KV_TOP_RANGE)
+        return PZ_EINVAL;
+    if ((rc = get_field(p, len, pos, KV_KEY_MAX, &o->key, &o->klen)) != 0)
+        return rc;
+    switch (o->type) {
+    case KV_TOP_PUT:
+        if ((rc = get_field(p, len, pos, KV_VALUE_MAX, &o->value, &o->vlen)) !=
+            0)
+            return rc;
+        return varint_get_n(p, len, pos, 10, UINT64_MAX, &o->lease);
+    case KV_TOP_DELRANGE:
+    case KV_TOP_RANGE:
+        if ((rc = get_byte(p, len, pos, &o->flags)) != 0 ||
+            (rc = get_field(p, len, pos, KV_KEY_MAX, &o->value, &o->vlen)) != 0)
+            return rc;
+        if (o->type == KV_TOP_RANGE &&
+            (rc = varint_get_n(p, len, pos, 10, UINT64_MAX, &o->limit)) != 0)
+            return rc;
+        return check_op(o);
+    default:
+        return 0;
+    }
+}
+
+/* Walk a transaction body: with check, validate it and fill the counts
+ * into c; otherwise fill the arrays that are not NULL. */
+static int walk_txn(const uint8_t *p, size_t len, struct kv_cmd *c, bool check,
+                    struct kv_cmp *cmps, struct kv_op *succ, struct kv_op *fail)
+{
+    size_t pos = 0, n;
+    int rc;
+    struct kv_cmp cm;
+    struct kv_op op;
+    if ((rc = get_count(p, len, &pos, &n)) != 0)
+        return rc;
+    if (check)
+        c->ncmp = n;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = get_cmp(p, len, &pos, cmps ? &cmps[i] : &cm)) != 0)
+            return rc;
+    }
+    for (int br = 0; br < 2; br++) {
+        struct kv_op *arr = br == 0 ? succ : fail;
+        if ((rc = get_count(p, len, &pos, &n)) != 0)
+            return rc;
+        if (check) {
+            if (br == 0)
+                c->nsucc = n;
+            else
+                c->nfail = n;
+        }
+        for (size_t i = 0; i < n; i++)
+            if ((rc = get_op(p, len, &pos, arr ? &arr[i] : &op)) != 0)
+                return rc;
+    }
+    if (pos != len)
+        return PZ_ECORRUPT; /* trailing bytes */
+    return 0;
+}
+
+void kv_txn_items(const struct kv_cmd *cmd, struct kv_cmp *cmps,
+                  struct kv_op *succ, struct kv_op *fail)
+{
+    int rc = walk_txn(cmd->body, cmd->body_len, NULL, false, cmps, succ, fail);
+    pz_assert(rc == 0); /* kv_decode checked it */
+}
+
 int kv_decode(const uint8_t *cmd, size_t len, struct kv_cmd *out)
 {
     if (len == 0)
         return PZ_EINVAL;
+    struct kv_cmd c = {0};
+    if (cmd[0] == (KV_CMD_VERSION2 << 4 | 1)) {
+        c.op = KV_OP_TXN;
+        c.body = cmd + 1;
+        c.body_len = len - 1;
+        int rc = walk_txn(c.body, c.body_len, &c, true, NULL, NULL, NULL);
+        if (rc)
+            return rc;
+        *out = c;
+        return 0;
+    }
     if (cmd[0] >> 4 != KV_CMD_VERSION)
         return PZ_EINVAL;
     int op = cmd[0] & 0x0f;
     if (op != KV_OP_SET && op != KV_OP_DEL)
         return PZ_EINVAL;
-    struct kv_cmd c = {.op = op};
+    c.op = op;
     size_t pos = 1;
     int rc = get_field(cmd, len, &pos, KV_KEY_MAX, &c.key, &c.klen);
     if (rc == 0 && op == KV_OP_SET)
@@ -575,21 +1159,177 @@ int kv_decode(const uint8_t *cmd, size_t len, struct kv_cmd *out)
     return 0;
 }
 
+/* --- applying ------------------------------------------------------------- */
+
+static bool cmp_holds(struct kv *kv, const struct kv_cmp *c)
+{
+    struct entry *e = lookup(kv, c->key, c->klen);
+    int r;
+    if (c->target == KV_CMP_VALUE) {
+        if (e == NULL)
+            return false;
+        r = bytes_cmp(entry_value(e), e->vlen, c->value, c->vlen);
+    } else {
+        uint64_t v = 0;
+        if (e) {
+            switch (c->target) {
+            case KV_CMP_VERSION:
+                v = e->m.version;
+                break;
+            case KV_CMP_CREATE:
+                v = e->m.create_revision;
+                break;
+            case KV_CMP_MOD:
+                v = e->m.mod_revision;
+                break;
+            default:
+                v = e->m.lease;
+                break;
+            }
+        }
+        r = v < c->num ? -1 : v > c->num;
+    }
+    switch (c->result) {
+    case KV_CMP_EQ:
+        return r == 0;
+    case KV_CMP_NE:
+        return r != 0;
+    case KV_CMP_LT:
+        return r < 0;
+    default:
+        return r > 0;
+    }
+}
+
+struct range_walk {
+    struct apply *a;        /* results */
+    const struct kv_op *op; /* the RANGE */
+    uint64_t count;         /* keys returned (COUNT_ONLY: in the range) */
+    uint64_t sent;          /* keys reported */
+    bool more;              /* the limit left keys out */
+};
+
+static int range_visit(void *arg, const struct kv_view *v)
+{
+    struct range_walk *w = arg;
+    if (w->op->flags & KV_RANGE_COUNT_ONLY) {
+        w->count++;
+        return 0;
+    }
+    if (w->op->limit && w->sent >= w->op->limit) {
+        w->more = true; /* one past the limit: enough to know */
+        return 1;
+    }
+    w->count++;
+    w->sent++;
+    const struct kv_sink *s = w->a->sink;
+    if (s && s->item) {
+        struct kv_view c = *v;
+        if (w->op->flags & KV_RANGE_KEYS_ONLY) {
+            c.value = NULL;
+            c.vlen = 0;
+        }
+        s->item(s->arg, &c);
+    }
+    return 0;
+}
+
+static void run_op(struct apply *a, size_t i, const struct kv_op *o)
+{
+    const struct kv_sink *s = a->sink;
+    uint64_t count = 0;
+    bool more = false;
+    if (s && s->op_begin)
+        s->op_begin(s->arg, i, o);
+    switch (o->type) {
+    case KV_TOP_PUT:
+        do_put(a, o->key, o->klen, o->value, o->vlen, o->lease);
+        count = 1;
+        break;
+    case KV_TOP_DEL:
+        count = (uint64_t)do_del(a, o->key, o->klen);
+        break;
+    case KV_TOP_DELRANGE:
+        count = do_delrange(a, o->key, o->klen, o->value, o->vlen,
+                            o->flags & KV_RANGE_TO_END);
+        break;
+    case KV_TOP_GET: {
+        struct entry *e = lookup(a->kv, o->key, o->klen);
+        if (e) {
+            sink_item(a, e, true);
+            count = 1;
+        }
+        break;
+    }
+    default: {
+        struct range_walk w = {.a = a, .op = o};
+        kv_range(a->kv, o->key, o->klen, o->value, o->vlen,
+                 o->flags & KV_RANGE_TO_END, range_visit, &w);
+        count = w.count;
+        more = w.more;
+        break;
+    }
+    }
+    if (s && s->op_end)
+        s->op_end(s->arg, count, more);
+}
+
+static void apply_txn(struct apply *a, const struct kv_cmd *c,
+                      struct kv_result *res)
+{
+    const uint8_t *p = c->body;
+    size_t len = c->body_len, pos = 0, n;
+    struct kv_cmp cm;
+    struct kv_op op;
+    bool ok = true;
+    int rc = get_count(p, len, &pos, &n);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        rc = get_cmp(p, len, &pos, &cm);
+        if (rc == 0 && ok && !cmp_holds(a->kv, &cm))
+            ok = false;
+    }
+    /* The success branch, then the failure branch: run the one taken. */
+    for (int br = 0; rc == 0 && br < 2; br++) {
+        rc = get_count(p, len, &pos, &n);
+        bool run = (br == 0) == ok;
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            rc = get_op(p, len, &pos, &op);
+            if (rc == 0 && run)
+                run_op(a, i, &op);
+        }
+        if (run)
+            break;
+    }
+    pz_assert(rc == 0); /* kv_decode checked it */
+    res->succeeded = ok;
+}
+
 int kv_apply(struct kv *kv, const uint8_t *cmd, size_t len,
              struct kv_result *res)
 {
+    return kv_apply_sink(kv, cmd, len, res, NULL);
+}
+
+int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
+                  struct kv_result *res, const struct kv_sink *sink)
+{
     struct kv_cmd c;
+    struct kv_result local;
+    if (res == NULL)
+        res = &local;
     int rc = kv_decode(cmd, len, &c);
     if (rc)
         return rc;
+    struct apply a = {.kv = kv, .sink = sink};
+    res->op = c.op;
+    res->existed = false;
+    res->succeeded = true;
     if (c.op == KV_OP_SET)
-        rc = kv_set(kv, c.key, c.klen, c.value, c.vlen);
+        res->existed = do_put(&a, c.key, c.klen, c.value, c.vlen, 0) == 1;
+    else if (c.op == KV_OP_DEL)
+        res->existed = do_del(&a, c.key, c.klen) == 1;
     else
-        rc = kv_del(kv, c.key, c.klen);
-    pz_assert(rc >= 0); /* limits were checked by kv_decode */
-    if (res) {
-        res->op = c.op;
-        res->existed = rc == 1;
-    }
+        apply_txn(&a, &c, res);
+    res->revision = kv->revision;
     return 0;
 }

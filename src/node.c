@@ -16,7 +16,9 @@
  *   4. when the write is durable: send the messages that needed it (votes,
  *      acknowledgements), raft_advance, and start over.
  * Failure modes: a failed log write is fatal (fail-stop: log it and exit,
- * never go on with state that is not on disk). A request whose entry is
+ * never go on with state that is not on disk), except for lack of space
+ * (see "out of space" below: the Ready is written again until it fits,
+ * and client writes are refused meanwhile). A request whose entry is
  * overwritten by another leader fails with PZ_ELEADERCHANGE; one that waits
  * longer than request-timeout fails with PZ_ETIMEDOUT (a write may still be
  * applied later). A database that fails its checks at start stops the
@@ -28,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "httpc.h"
+#include "json.h"
 #include "log.h"
 #include "node_internal.h"
 
@@ -61,15 +65,31 @@ static void on_tick(uv_timer_t *t);
 static int restore(char *err, size_t errlen);
 static void on_transport_closed(void *data);
 static void on_tick_closed(uv_handle_t *h);
+static int write_ready(void);
+static bool frozen(void);
 
 /* --- applying committed entries ------------------------------------------ */
 
+/* The write waiting on exactly this entry, or NULL. */
+static struct node_req *proposal_of(const struct raft_entry *e)
+{
+    struct pz_queue *q;
+    PZ_QUEUE_FOREACH(q, &node.proposals)
+    {
+        struct node_req *r = container_of(q, struct node_req, q);
+        if (r->index >= e->index)
+            return r->index == e->index && r->term == e->term ? r : NULL;
+    }
+    return NULL;
+}
 
 static void apply_entry(const struct raft_entry *e)
 {
     struct kv_result res = {0};
     if (e->type == RAFT_ENTRY_NORMAL) {
-        int rv = kv_apply(node.kv, e->data, e->len, &res);
+        struct node_req *w = proposal_of(e);
+        int rv =
+            kv_apply_sink(node.kv, e->data, e->len, &res, w ? w->sink : NULL);
         if (rv < 0) /* every node rejects it alike: state stays equal */
             pz_warn("entry %llu: undecodable command (%s), skipped",
                     (unsigned long long)e->index, pz_strerror(rv));
@@ -124,6 +144,274 @@ static int read_start(struct node_req *req)
     if (rv == 0)
         reqs_link(&node.reads, req);
     return rv;
+}
+
+/* --- out of space -----------------------------------------------------------
+ * A log write that fails for lack of space (PZ_ENOSPC from the store:
+ * SQLite rolled it back whole) is not fatal. The Ready stays owed: it is
+ * written again every NOSPACE_RETRY_MS and the core is not advanced
+ * before it is durable, exactly as with a very slow disk, so no entry is
+ * acknowledged to a peer, counted by a leader for itself, or applied here
+ * before it is stored. Meanwhile:
+ *  - the NOSPACE alarm is raised (/status "alarms", node_health), client
+ *    writes are refused with PZ_ENOSPC (HTTP 507, gRPC RESOURCE_EXHAUSTED)
+ *    and stale reads go on from the state machine;
+ *  - a leader hands its leadership to the most up-to-date voter, which can
+ *    store what this node cannot;
+ *  - a node that does not lead is frozen, as if paused (SIGSTOP): no
+ *    ticks, peer messages dropped, so nothing piles up in memory while the
+ *    disk stays full; the leader sees it stop answering (its match_index
+ *    and last_contact_ms in the leader's /status).
+ * A compaction step that fails the same way is tried again later. The
+ * first write that succeeds clears the alarm and the node goes on.
+ *
+ * quota-backend-bytes (when not 0) raises the same alarm when the state
+ * machine's keys and values reach it, before the disk fills: a SET that
+ * would pass it is refused, and while it is raised only deletes are
+ * accepted; it clears once deletes bring the data to 90% of the quota. */
+
+#define NOSPACE_RETRY_MS 1000
+
+/* Out of space with a Ready owed and not the leader: frozen (above). */
+static bool frozen(void)
+{
+    if (!node.ready_owed)
+        return false;
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    return rs.role != RAFT_LEADER;
+}
+
+static void set_alarm_reason(void)
+{
+    if (node.alarm_disk)
+        return; /* keeps the store's message */
+    if (node.alarm_quota) {
+        snprintf(node.alarm_reason, sizeof node.alarm_reason,
+                 "the data (%zu bytes of keys and values) reached "
+                 "quota-backend-bytes (%lld): only deletes are accepted",
+                 kv_bytes(node.kv),
+                 (long long)node.cfg->quota_backend_bytes);
+    } else {
+        node.alarm_reason[0] = '\0';
+    }
+}
+
+void core_nospace(const char *errmsg)
+{
+    if (!node.alarm_disk)
+        pz_error("no space left on device: %s; refusing writes, retrying "
+                 "every %d ms",
+                 errmsg, NOSPACE_RETRY_MS);
+    node.alarm_disk = true;
+    snprintf(node.alarm_reason, sizeof node.alarm_reason, "%s", errmsg);
+}
+
+void core_space_back(void)
+{
+    if (!node.alarm_disk)
+        return;
+    node.alarm_disk = false;
+    pz_info("the disk has room again: the Raft log is written, writes are "
+            "accepted");
+    set_alarm_reason();
+}
+
+/* --- what silent voters say: a leader asks a voter it has not heard from
+ * for an election timeout for its GET /status (HTTP still answers when
+ * its core is frozen), at most every PALARM_ASK_MS, and shows the NOSPACE
+ * alarm it reports next to it in its own /status. */
+
+#define PALARM_ASK_MS 3000
+
+static struct peer_alarm *palarm_get(uint64_t id)
+{
+    for (size_t i = 0; i < node.n_palarms; i++)
+        if (node.palarms[i].id == id)
+            return &node.palarms[i];
+    return NULL;
+}
+
+static void palarm_answer(const struct httpc_result *res, void *data)
+{
+    uint64_t id = (uint64_t)(uintptr_t)data;
+    struct peer_alarm *p = palarm_get(id);
+    if (p == NULL || p->c == NULL)
+        return;
+    httpc_free(p->c); /* allowed from its own callback */
+    p->c = NULL;
+    p->nospace = false;
+    p->reason[0] = '\0';
+    struct json_val root, v, e;
+    if (res->err != 0 || res->status != 200 ||
+        json_parse(res->body, res->blen, &root) < 0 ||
+        !json_get(&root, "alarms", &v) || v.type != JSON_ARRAY)
+        return;
+    struct json_iter it;
+    json_iter_init(&it, &v);
+    while (json_iter_next(&it, NULL, &e))
+        if (e.type == JSON_STRING && json_str_is(&e, "NOSPACE", 7))
+            p->nospace = true;
+    if (p->nospace && json_get(&root, "alarm_reason", &v) &&
+        v.type == JSON_STRING) {
+        size_t len;
+        char *r = json_strdup(&v, &len);
+        snprintf(p->reason, sizeof p->reason, "%s", r);
+        for (char *c = p->reason; *c; c++)
+            if ((unsigned char)*c < 0x20)
+                *c = ' '; /* one line, whatever it sent */
+        pz_free(r);
+    }
+    if (p->nospace) {
+        struct member *m = members_find(id);
+        pz_warn("member %s is out of space: %s",
+                m && m->name[0] ? m->name : "(unknown)", p->reason);
+    }
+}
+
+/* Forget every record (not leading any more, closing). */
+static void palarm_clear(void)
+{
+    for (size_t i = 0; i < node.n_palarms; i++) {
+        struct httpc *c = node.palarms[i].c;
+        node.palarms[i].c = NULL; /* its callback finds nothing to do */
+        if (c)
+            httpc_free(c);
+    }
+    pz_free(node.palarms);
+    node.palarms = NULL;
+    node.n_palarms = 0;
+}
+
+static void palarm_cron(const struct raft_status *rs)
+{
+    if (rs->role != RAFT_LEADER) {
+        if (node.n_palarms)
+            palarm_clear();
+        return;
+    }
+    uint64_t now = uv_now(node.loop);
+    uint64_t silent_ms = (uint64_t)node.cfg->election_timeout_ms;
+    for (size_t i = 0; i < rs->n_peers; i++) {
+        const struct raft_peer_status *ps = &rs->peers[i];
+        struct peer_alarm *p = palarm_get(ps->id);
+        if (ps->last_contact * node.tick_ms < silent_ms) {
+            if (p)
+                p->nospace = false; /* it answers again */
+            continue;
+        }
+        struct member *m = members_find(ps->id);
+        if (m == NULL || !ps->voter || m->http[0] == '\0')
+            continue;
+        if (p == NULL) {
+            node.palarms = pz_realloc(node.palarms, (node.n_palarms + 1) *
+                                                        sizeof *node.palarms);
+            p = &node.palarms[node.n_palarms++];
+            memset(p, 0, sizeof *p);
+            p->id = ps->id;
+        } else if (p->c != NULL || now < p->asked_at + PALARM_ASK_MS) {
+            continue;
+        }
+        struct httpc_opts o = {.max_head = 16384,
+                               .max_body = 65536,
+                               .timeout_ms = 2000,
+                               .max_attempts = 1,
+                               .log_name = m->name,
+                               .quiet_dial = true};
+        p->asked_at = now;
+        p->c = httpc_new(node.loop, m->http, &o);
+        if (p->c == NULL)
+            continue;
+        httpc_request(p->c, "GET", "/status", NULL, NULL, 0, palarm_answer,
+                      (void *)(uintptr_t)ps->id);
+    }
+}
+
+/* Once a second: the quota alarm follows the data; a leader out of space
+ * hands its leadership on; a leader asks silent voters why. */
+static void nospace_cron(void)
+{
+    int64_t quota = node.cfg->quota_backend_bytes;
+    size_t bytes = kv_bytes(node.kv);
+    if (quota > 0 && !node.alarm_quota && bytes >= (uint64_t)quota) {
+        node.alarm_quota = true;
+        set_alarm_reason();
+        pz_warn("NOSPACE alarm: %s", node.alarm_reason);
+    } else if (node.alarm_quota &&
+               (quota <= 0 || bytes <= (uint64_t)quota / 10 * 9)) {
+        node.alarm_quota = false;
+        set_alarm_reason();
+        pz_info("NOSPACE alarm cleared: the data (%zu bytes) is back under "
+                "quota-backend-bytes",
+                bytes);
+    }
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    palarm_cron(&rs);
+    if (!node.ready_owed || rs.role != RAFT_LEADER || rs.transferee != 0)
+        return;
+    uint64_t best = 0, best_match = 0;
+    for (size_t i = 0; i < rs.n_peers; i++) {
+        if (rs.peers[i].voter && rs.peers[i].match >= best_match &&
+            rs.peers[i].match > 0) {
+            best = rs.peers[i].id;
+            best_match = rs.peers[i].match;
+        }
+    }
+    if (best == 0)
+        return;
+    struct member *m = members_find(best);
+    if (raft_transfer_leader(node.raft, best) == 0)
+        pz_warn("out of space: handing leadership to %s",
+                m && m->name[0] ? m->name : "(unknown)");
+}
+
+/* PZ_ENOSPC if the write cmd may not be proposed now (above). */
+/* Key and value bytes of every put in transaction c (both branches);
+ * 1 for a put of an empty key and value, so that 0 means "no put". */
+static uint64_t txn_put_bytes(const struct kv_cmd *c)
+{
+    struct kv_op *ops = pz_calloc(c->nsucc + c->nfail + 1, sizeof *ops);
+    kv_txn_items(c, NULL, ops, ops + c->nsucc);
+    uint64_t n = 0;
+    for (size_t i = 0; i < c->nsucc + c->nfail; i++)
+        if (ops[i].type == KV_TOP_PUT)
+            n += PZ_MAX((uint64_t)1, (uint64_t)ops[i].klen + ops[i].vlen);
+    pz_free(ops);
+    return n;
+}
+
+static int space_check(const uint8_t *cmd, size_t len)
+{
+    if (node.alarm_disk)
+        return PZ_ENOSPC;
+    int64_t quota = node.cfg->quota_backend_bytes;
+    if (quota <= 0 && !node.alarm_quota)
+        return 0;
+    struct kv_cmd c;
+    bool decoded = kv_decode(cmd, len, &c) == 0;
+    uint64_t puts = decoded && c.op == KV_OP_TXN ? txn_put_bytes(&c) : 0;
+    if (decoded && (c.op == KV_OP_DEL || (c.op == KV_OP_TXN && puts == 0)))
+        return 0; /* deletes (and reads) free space: always taken */
+    if (node.alarm_quota)
+        return PZ_ENOSPC;
+    if (!decoded || (c.op != KV_OP_SET && c.op != KV_OP_TXN))
+        return 0;
+    /* A transaction counts every put of both branches, as if new. */
+    uint64_t grow = c.op == KV_OP_SET ? c.klen + c.vlen : puts;
+    uint64_t after = kv_bytes(node.kv) + grow;
+    const uint8_t *old;
+    size_t olen;
+    if (c.op == KV_OP_SET && kv_get(node.kv, c.key, c.klen, &old, &olen))
+        after -= c.klen + olen;
+    if (after <= (uint64_t)quota)
+        return 0;
+    node.alarm_quota = true;
+    set_alarm_reason();
+    pz_warn("NOSPACE alarm: a write of %llu bytes would take the data past "
+            "quota-backend-bytes (%lld): only deletes are accepted",
+            (unsigned long long)grow, (long long)quota);
+    return PZ_ENOSPC;
 }
 
 /* --- the Ready cycle -------------------------------------------------------- */
@@ -211,6 +499,19 @@ static void ready_apply(struct raft_ready *rd)
     core_reads_check_applied();
 }
 
+/* Hand node.rd's snapshot, hard state and entries to the store. */
+static int write_ready(void)
+{
+    struct raft_ready *rd = &node.rd;
+    if (rd->snapshot)
+        return store_write_install(node.store, node.loop,
+                                   rd->snapshot->index, rd->snapshot->term,
+                                   &rd->hs, rd->entries, rd->n_entries,
+                                   on_written, NULL);
+    return store_write(node.store, node.loop, &rd->hs, rd->entries,
+                       rd->n_entries, on_written, NULL);
+}
+
 /* Runs Ready cycles until one needs the disk or nothing is left. */
 static void ready_cycle(void)
 {
@@ -230,16 +531,7 @@ static void ready_cycle(void)
         if (hs_needed || rd->n_entries || rd->snapshot) {
             node.saved_term = rd->hs.term;
             node.saved_vote = rd->hs.vote;
-            int rv;
-            if (rd->snapshot)
-                rv = store_write_install(node.store, node.loop,
-                                         rd->snapshot->index,
-                                         rd->snapshot->term, &rd->hs,
-                                         rd->entries, rd->n_entries,
-                                         on_written, NULL);
-            else
-                rv = store_write(node.store, node.loop, &rd->hs, rd->entries,
-                                 rd->n_entries, on_written, NULL);
+            int rv = write_ready();
             if (rv < 0) {
                 core_fatal("cannot write the Raft log: %s",
                            store_errmsg(node.store));
@@ -271,10 +563,30 @@ static void on_written(struct store *s, int status, const char *errmsg,
 {
     PZ_UNUSED(s);
     PZ_UNUSED(arg);
+    if (status == PZ_ENOSPC) {
+        /* Nothing of the Ready is stored (the store rolled it back): it
+         * stays owed, as if the disk were very slow, and is written again
+         * later; nothing it acknowledges is sent, the core is not
+         * advanced. */
+        core_nospace(errmsg ? errmsg : pz_strerror(status));
+        node.ready_owed = true;
+        node.retry_due = true;
+        node.retry_at = uv_now(node.loop) + NOSPACE_RETRY_MS;
+        if (node.closing)
+            core_finish_close();
+        return;
+    }
     if (status < 0) {
-        core_fatal("writing the Raft log failed: %s",
+        /* A failed write or fsync may have dropped dirty pages the kernel
+         * still shows us (PostgreSQL's fsync lesson): never retry it, never
+         * read it back; a restart recovers from what is on disk. */
+        core_fatal("writing the Raft log failed: %s; after a failed write "
+                   "or fsync the page cache cannot be trusted: restart the "
+                   "node to recover from what is on disk",
                    errmsg ? errmsg : pz_strerror(status));
     }
+    node.ready_owed = false;
+    core_space_back();
     node.store_busy = false;
     node_metrics_written();
     if (node.cluster_id_unsaved) {
@@ -296,8 +608,17 @@ static const char *on_recv(void *data, const struct raft_msg *m)
     PZ_UNUSED(data);
     if (!node.open)
         return NULL; /* closing: the core is about to go */
-    if (!snaps_install_ready(m))
-        return NULL; /* its file did not arrive whole: the leader retries */
+    if (frozen())
+        return NULL; /* out of space: as if paused (see frozen) */
+    if (!snaps_install_ready(m)) {
+        /* its file did not arrive whole: the leader retries */
+        pz_debug("raft: INSTALL_SNAPSHOT %llu/%llu from node %llu without "
+                 "its file: ignored",
+                 (unsigned long long)m->snap_index,
+                 (unsigned long long)m->snap_term,
+                 (unsigned long long)m->from);
+        return NULL;
+    }
     node_metrics_recv(m);
     if (raft_step(node.raft, m) == PZ_EINVAL)
         return raft_errmsg(node.raft);
@@ -314,7 +635,15 @@ static const char *on_recv(void *data, const struct raft_msg *m)
 static void on_tick(uv_timer_t *t)
 {
     PZ_UNUSED(t);
-    raft_tick(node.raft);
+    uint64_t now = uv_now(node.loop);
+    if (node.retry_due && now >= node.retry_at) {
+        node.retry_due = false;
+        if (write_ready() < 0)
+            core_fatal("cannot write the Raft log: %s",
+                       store_errmsg(node.store));
+    }
+    if (!frozen())
+        raft_tick(node.raft);
     snaps_poll();
     snaps_xfer_pump();
     snaps_rx_check();
@@ -331,10 +660,10 @@ static void on_tick(uv_timer_t *t)
         reqs_finish_all(&node.wait_leader, 0);
     /* Once a second of the clock (not of ticks, which run late on a loaded
      * machine): membership housekeeping, mandi registration and polling. */
-    uint64_t now = uv_now(node.loop);
     if (now >= node.cron_at) {
         node.cron_at = now + 1000;
         members_cron();
+        nospace_cron();
     }
 }
 
@@ -378,10 +707,20 @@ bool node_has_work(void)
 int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
                  node_req_cb cb)
 {
+    return node_propose_sink(req, cmd, len, NULL, cb);
+}
+
+int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
+                      const struct kv_sink *sink, node_req_cb cb)
+{
     reqs_prepare(req, cb);
+    req->sink = sink;
+    int rv = space_check(cmd, len);
+    if (rv < 0)
+        return rv;
     if (node.role != RAFT_LEADER)
         return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
-    int rv = raft_propose(node.raft, cmd, len, &req->index, &req->term);
+    rv = raft_propose(node.raft, cmd, len, &req->index, &req->term);
     node_metrics_proposed(rv);
     if (rv < 0)
         return rv;
@@ -447,8 +786,11 @@ void node_status(struct node_status *st)
     st->last_index = rs.last_index;
     st->persisted_index = rs.persisted_index;
     st->keys = kv_count(node.kv);
+    st->revision = kv_revision(node.kv);
     st->fsyncs = ss.batches;
     st->fsync_entries = ss.entries;
+    st->nospace = node.alarm_disk || node.alarm_quota;
+    st->alarm_reason = st->nospace ? node.alarm_reason : "";
     pz_free(node.view);
     node.view = pz_calloc(node.n_members ? node.n_members : 1,
                           sizeof *node.view);
@@ -466,6 +808,12 @@ void node_status(struct node_status *st)
                 v->match = rs.peers[j].match;
                 v->last_contact_ms = rs.peers[j].last_contact * node.tick_ms;
             }
+        }
+        struct peer_alarm *pa = palarm_get(m->id);
+        v->alarm_reason = "";
+        if (pa != NULL && pa->nospace) {
+            v->nospace = true;
+            v->alarm_reason = pa->reason;
         }
         if (m->id == node.id)
             v->match = rs.persisted_index;
@@ -501,6 +849,12 @@ bool node_health(struct node_health *h)
     uint64_t window = timeout_ms / node.tick_ms; /* election_ticks */
     if (node.closing) {
         snprintf(h->reason, sizeof h->reason, "the node is shutting down");
+        return false;
+    }
+    if (node.ready_owed) {
+        /* Nothing applies here until the log can be written. */
+        snprintf(h->reason, sizeof h->reason,
+                 "no space left on device: the Raft log cannot be written");
         return false;
     }
     if (rs.leader == 0) {
@@ -807,6 +1161,7 @@ static void on_transport_closed(void *data)
 static void on_tick_closed(uv_handle_t *h)
 {
     PZ_UNUSED(h);
+    palarm_clear();
     mandi_client_free(node.mandi);
     node.mandi = NULL;
     transport_close(node.tr, on_transport_closed);
@@ -842,7 +1197,7 @@ void node_close(void (*cb)(void))
     }
     uv_timer_stop(&node.tick);
     snaps_close();
-    if (node.store_busy) {
+    if (node.store_busy && !node.retry_due) {
         /* The store cannot close under a write in flight: on_written
          * finishes the close. */
         node.closing = true;

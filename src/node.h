@@ -40,6 +40,8 @@ struct node_req {
     bool read_waits;       /* a read parked until a leader is known */
     uint64_t deadline;     /* uv_now() past which it fails (timeout) */
     struct kv_result res;  /* writes: what apply did */
+    const struct kv_sink *sink; /* writes: a transaction's results go here
+                                   as it applies (node_propose_sink) */
 };
 
 struct node_member {
@@ -51,6 +53,9 @@ struct node_member {
     const char *grpc;     /* gRPC address, "" if not known yet */
     uint64_t match;       /* leader only: replicated up to */
     uint64_t last_contact_ms; /* leader only: since last heard */
+    bool nospace;          /* leader only: the member, silent, says it has
+                              the NOSPACE alarm (asked by HTTP) */
+    const char *alarm_reason; /* its reason then ("" if none) */
 };
 
 struct node_status {
@@ -63,10 +68,15 @@ struct node_status {
     uint64_t last_index;     /* last log index */
     uint64_t persisted_index;/* last index durable here */
     size_t keys;             /* keys in the state machine */
+    uint64_t revision;       /* the state machine's revision */
     size_t n_members;        /* entries in members */
     struct node_member *members; /* valid until the next loop turn */
     uint64_t fsyncs;         /* log write transactions */
     uint64_t fsync_entries;  /* entries written by them */
+    bool nospace;            /* the NOSPACE alarm: client writes refused
+                                (all of them when the disk is full, all
+                                but deletes when over the quota) */
+    const char *alarm_reason;/* why, one line ("" without an alarm) */
 };
 
 /* Asks the process to shut down, saying why (the node was removed from
@@ -88,6 +98,11 @@ void node_close(void (*cb)(void));
  * known: node_wait_leader() then retry), PZ_EBUSY (leadership transfer). */
 int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
                  node_req_cb cb);
+/* node_propose, and while the entry applies here, sink (borrowed until
+ * cb) gets a transaction's results (kv_apply_sink): the reads of its
+ * branch see the table exactly at its revision. */
+int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
+                      const struct kv_sink *sink, node_req_cb cb);
 /* cb once reading the local state machine is linearizable (stale: at the
  * next loop turn, without any check). Works on followers too. */
 int node_read(struct node_req *req, bool stale, node_req_cb cb);

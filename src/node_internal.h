@@ -34,6 +34,17 @@
 #define NAME_SEED 0x7079617a6462ull /* hash seed of node names -> ids */
 
 struct xfer;
+struct httpc;
+
+/* Leader: a voter that stopped answering, asked over HTTP for its
+ * /status, so that the leader can say why (out of space). */
+struct peer_alarm {
+    uint64_t id;          /* the member's Raft id */
+    struct httpc *c;      /* GET /status in flight, or NULL */
+    uint64_t asked_at;    /* uv_now() of the last question */
+    bool nospace;         /* its answer showed the NOSPACE alarm */
+    char reason[200];     /* its alarm_reason then */
+};
 
 /* What the node knows of a member: from its configuration entry's meta,
  * and from its transport handshake (its client addresses). */
@@ -66,7 +77,21 @@ struct node {
     uint64_t tick_ms;            /* its period */
     struct raft_ready rd;        /* the Ready being persisted */
     bool store_busy;             /* the store runs a job: writing rd, or
-                                    a compaction step */
+                                    a compaction step; or rd waits to be
+                                    written again (ready_owed) */
+    /* out of space (see "out of space" in node.c) */
+    bool ready_owed;             /* rd could not be stored for lack of
+                                    space: written again every
+                                    NOSPACE_RETRY_MS, never advanced before */
+    bool retry_due;              /* ready_owed and no write in flight */
+    uint64_t retry_at;           /* uv_now() of the next attempt */
+    uint64_t compact_retry_at;   /* no compaction step before (uv_now) */
+    bool alarm_disk;             /* NOSPACE: the disk is full */
+    bool alarm_quota;            /* NOSPACE: quota-backend-bytes reached */
+    char alarm_reason[320];      /* why, one line (when either is set) */
+    struct peer_alarm *palarms;  /* leader: what lagging voters said of
+                                    themselves (their /status) */
+    size_t n_palarms;            /* entries in palarms */
     struct pz_queue proposals;   /* writes waiting for apply, by index */
     struct pz_queue reads;       /* reads waiting for their read index */
     struct pz_queue reads_apply; /* reads waiting for applied >= index */
@@ -110,6 +135,8 @@ struct node {
     uint64_t prev_snap_index;    /* the durable snapshot before it */
     uint64_t prev_snap_term;     /* its term */
     bool compact_pending;        /* store_compact waits for the write */
+    uint64_t snap_retry_at;      /* no automatic snapshot before (uv_now):
+                                    the last one failed */
     struct pz_queue snap_waiters;/* POST /admin/snapshot requests */
     struct xfer *xfers;          /* snapshots being sent to followers */
     struct snapshot_receiver *rx;/* snapshot being received */
@@ -128,6 +155,10 @@ extern struct node node;
  * snapshot that cannot be installed: log and exit (fail-stop). */
 void core_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                      noreturn));
+/* A store job failed with PZ_ENOSPC (errmsg: the store's message): raise
+ * the NOSPACE alarm (log it once); a job that succeeded clears it. */
+void core_nospace(const char *errmsg);
+void core_space_back(void);
 /* Complete the reads whose read index is applied now. */
 void core_reads_check_applied(void);
 /* Close the tick timer, then the transport, then the rest (node_close,

@@ -34,6 +34,7 @@ void reqs_prepare(struct node_req *req, node_req_cb cb)
     req->read_waits = false;
     req->deadline = uv_now(node.loop) + (uint64_t)node.cfg->request_timeout_ms;
     memset(&req->res, 0, sizeof req->res);
+    req->sink = NULL;
 }
 
 void reqs_finish_all(struct pz_queue *list, int status)

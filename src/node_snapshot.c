@@ -122,17 +122,24 @@ static void update_snap_waiters(void)
  * step on the thread pool, between log writes (never during one), so that
  * a million-entry prefix never stalls the loop or the writes. */
 #define COMPACT_ROWS 20000
+#define SNAP_RETRY_MS 10000 /* after a failed snapshot */
 
 static void on_compacted(struct store *s, int status, const char *errmsg,
                          void *arg)
 {
     PZ_UNUSED(s);
     PZ_UNUSED(arg);
-    if (status < 0) {
+    node.store_busy = false;
+    if (status == PZ_ENOSPC) {
+        /* Rolled back whole: try the step again a little later. */
+        core_nospace(errmsg ? errmsg : pz_strerror(status));
+        node.compact_retry_at = uv_now(node.loop) + 1000;
+    } else if (status < 0) {
         core_fatal("cannot compact the Raft log: %s",
                    errmsg ? errmsg : pz_strerror(status));
+    } else if (!node.ready_owed) {
+        core_space_back();
     }
-    node.store_busy = false;
     node_metrics_compacted();
     pz_failpoint("after-log-truncate");
     if (node.cluster_id_unsaved) {
@@ -151,7 +158,8 @@ static void request_compaction(void)
 /* From the Ready cycle, when no log write is due: one compaction step. */
 void snaps_compact_step(void)
 {
-    if (!node.compact_pending || node.store_busy || node.closing)
+    if (!node.compact_pending || node.store_busy || node.closing ||
+        uv_now(node.loop) < node.compact_retry_at)
         return;
     struct raft_status rs;
     raft_status(node.raft, &rs);
@@ -183,8 +191,13 @@ void snaps_poll(void)
     struct snapshot_child *c = &node.snap_child;
     node_metrics_snapshot(ok, c->started_ms);
     if (!ok) {
-        pz_warn("snapshot at index %llu failed: %s",
-                (unsigned long long)c->index, c->errmsg);
+        /* Not again on every apply (a full disk would fork a child per
+         * batch): the next automatic one waits SNAP_RETRY_MS. */
+        pz_warn("snapshot at index %llu failed: %s; the next one in %d s at "
+                "the earliest",
+                (unsigned long long)c->index, c->errmsg,
+                SNAP_RETRY_MS / 1000);
+        node.snap_retry_at = uv_now(node.loop) + SNAP_RETRY_MS;
         c->pid = 0;
         finish_snap_waiters(PZ_EIO);
         return;
@@ -235,6 +248,8 @@ void snaps_poll(void)
 /* After applying: time for a snapshot? */
 void snaps_maybe(void)
 {
+    if (uv_now(node.loop) < node.snap_retry_at)
+        return;
     if (node.applied >=
         node.snap_index + (uint64_t)node.cfg->raft_snapshot_entries)
         snapshot_start();

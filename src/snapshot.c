@@ -225,16 +225,19 @@ static void w_put(struct writer *w, const void *data, size_t n)
     }
 }
 
-static int w_record(void *arg, const uint8_t *key, size_t klen,
-                    const uint8_t *value, size_t vlen)
+static int w_record(void *arg, const struct kv_view *v)
 {
     struct writer *w = arg;
-    uint8_t h[8];
-    pz_put_u32(h, (uint32_t)klen);
-    pz_put_u32(h + 4, (uint32_t)vlen);
+    uint8_t h[SNAPSHOT_RECORD_HEADER];
+    pz_put_u32(h, (uint32_t)v->klen);
+    pz_put_u32(h + 4, (uint32_t)v->vlen);
+    pz_put_u64(h + 8, v->meta.create_revision);
+    pz_put_u64(h + 16, v->meta.mod_revision);
+    pz_put_u64(h + 24, v->meta.version);
+    pz_put_u64(h + 32, v->meta.lease);
     w_put(w, h, sizeof h);
-    w_put(w, key, klen);
-    w_put(w, value, vlen);
+    w_put(w, v->key, v->klen);
+    w_put(w, v->value, v->vlen);
     w->records++;
     return w->err;
 }
@@ -267,7 +270,10 @@ static int write_contents(int fd, const struct kv *kv, const struct header *hd,
     w_put(&w, h, sizeof h);
     if (hd->conf_len)
         w_put(&w, hd->conf, hd->conf_len);
-    kv_foreach(kv, w_record, &w);
+    uint8_t rev[8];
+    pz_put_u64(rev, kv_revision(kv));
+    w_put(&w, rev, sizeof rev);
+    kv_foreach_view(kv, w_record, &w);
     if (w.err == 0 && w.records != hd->nkeys) {
         set_err(msg, msglen,
                 "%s: table has %" PRIu64 " entries, expected "
@@ -923,13 +929,14 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
         return PZ_ECORRUPT;
     }
     uint32_t version = pz_get_u32(h + 8);
-    if (version != SNAPSHOT_VERSION) {
+    if (version != 1 && version != SNAPSHOT_VERSION) {
         set_err(r->err, r->errlen,
                 "%s: unsupported format version %" PRIu32 " (this build "
-                "reads version %d)",
+                "reads versions 1 and %d)",
                 r->path, version, SNAPSHOT_VERSION);
         return PZ_ECORRUPT;
     }
+    m->version = version;
     m->index = pz_get_u64(h + 12);
     m->term = pz_get_u64(h + 20);
     m->created_ms = (int64_t)pz_get_u64(h + 28);
@@ -944,10 +951,21 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
                 r->path, conf_len, rd_left(r));
         return PZ_ECORRUPT;
     }
-    /* Every record takes at least 8 bytes: a count that cannot fit is
+    /* Every record takes at least its header: a count that cannot fit is
      * caught here rather than after reading the whole file. */
     uint64_t room = rd_left(r) - SNAPSHOT_TRAILER_SIZE - conf_len;
-    if (m->nkeys > room / 8) {
+    size_t rec = version == 1 ? 8 : SNAPSHOT_RECORD_HEADER;
+    if (version >= 2) {
+        if (room < 8) {
+            set_err(r->err, r->errlen,
+                    "%s: truncated: no room for the revision after the "
+                    "configuration",
+                    r->path);
+            return PZ_ECORRUPT;
+        }
+        room -= 8;
+    }
+    if (m->nkeys > room / rec) {
         set_err(r->err, r->errlen,
                 "%s: truncated or corrupt header: %" PRIu64 " keys cannot "
                 "fit in %" PRIu64 " bytes",
@@ -961,7 +979,27 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
         m->conf = pz_memdup(rd_take(r, conf_len), conf_len);
         m->conf_len = conf_len;
     }
+    if (version >= 2) {
+        rc = rd_need(r, 8);
+        if (rc)
+            return rc;
+        m->revision = pz_get_u64(rd_take(r, 8));
+    } else {
+        /* Version 1 kept no history: its keys count as written at the
+         * snapshot's index (at least 1), which later revisions exceed. */
+        m->revision = m->nkeys && m->index == 0 ? 1 : m->index;
+    }
     return 0;
+}
+
+/* A version 2 record's metadata must be one that applying commands can
+ * produce. */
+static bool meta_ok(const struct kv_meta *km, uint64_t revision)
+{
+    return km->create_revision >= 1 &&
+           km->create_revision <= km->mod_revision &&
+           km->mod_revision <= revision && km->version >= 1 &&
+           km->version <= km->mod_revision - km->create_revision + 1;
 }
 
 /* Read (and into kv, unless NULL, load) a whole file with every check. */
@@ -970,6 +1008,7 @@ static int read_file(const char *path, struct kv *kv,
 {
     struct snapshot_meta m = {0};
     struct reader r;
+    char bad_meta[SNAPSHOT_ERRMSG_SIZE] = "";
     int rc = rd_open(&r, path, err, errlen);
     if (rc)
         goto out;
@@ -986,10 +1025,39 @@ static int read_file(const char *path, struct kv *kv,
             rc = PZ_ECORRUPT;
             break;
         }
-        if ((rc = rd_need(&r, 8)) != 0)
+        size_t rec = m.version == 1 ? 8 : SNAPSHOT_RECORD_HEADER;
+        if (rd_left(&r) < rec + SNAPSHOT_TRAILER_SIZE) {
+            set_err(err, errlen,
+                    "%s: truncated: record %" PRIu64 " of %" PRIu64
+                    " at offset %" PRIu64 " is past the end",
+                    path, i, m.nkeys, at);
+            rc = PZ_ECORRUPT;
             break;
-        const uint8_t *h = rd_take(&r, 8);
+        }
+        if ((rc = rd_need(&r, rec)) != 0)
+            break;
+        const uint8_t *h = rd_take(&r, rec);
         uint32_t klen = pz_get_u32(h), vlen = pz_get_u32(h + 4);
+        struct kv_meta km = {.create_revision = m.revision,
+                             .mod_revision = m.revision,
+                             .version = 1};
+        if (m.version >= 2) {
+            km.create_revision = pz_get_u64(h + 8);
+            km.mod_revision = pz_get_u64(h + 16);
+            km.version = pz_get_u64(h + 24);
+            km.lease = pz_get_u64(h + 32);
+            if (!meta_ok(&km, m.revision) && bad_meta[0] == '\0') {
+                /* Said only once the checksum matches: a damaged file
+                 * is reported as damaged. */
+                snprintf(bad_meta, sizeof bad_meta,
+                         "%s: corrupt record %" PRIu64 " at offset %" PRIu64
+                         ": impossible metadata (created %" PRIu64
+                         ", modified %" PRIu64 ", version %" PRIu64
+                         ", snapshot revision %" PRIu64 ")",
+                         path, i, at, km.create_revision, km.mod_revision,
+                         km.version, m.revision);
+            }
+        }
         if (klen > KV_KEY_MAX || vlen > KV_VALUE_MAX) {
             set_err(err, errlen,
                     "%s: corrupt record %" PRIu64 " at offset %" PRIu64
@@ -1012,7 +1080,7 @@ static int read_file(const char *path, struct kv *kv,
         if ((rc = rd_need(&r, (size_t)need)) != 0)
             break;
         const uint8_t *kvp = rd_take(&r, (size_t)need);
-        if (kv && kv_set(kv, kvp, klen, kvp + klen, vlen) != 0) {
+        if (kv && kv_restore(kv, kvp, klen, kvp + klen, vlen, &km) != 0) {
             set_err(err, errlen,
                     "%s: corrupt: record %" PRIu64 " at offset %" PRIu64
                     " repeats a key",
@@ -1050,6 +1118,13 @@ static int read_file(const char *path, struct kv *kv,
         rc = PZ_ECORRUPT;
         goto out;
     }
+    if (bad_meta[0]) {
+        set_err(err, errlen, "%s", bad_meta);
+        rc = PZ_ECORRUPT;
+        goto out;
+    }
+    if (kv)
+        kv_set_revision(kv, m.revision);
 out:
     rd_close(&r);
     if (rc || meta == NULL)

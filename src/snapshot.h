@@ -18,12 +18,13 @@
  *   follower: snapshot_receiver_begin, _write per chunk, _finish loading
  *       into a fresh table (the check and the load are one pass)
  *
- * File format, version 1. Integers are big-endian and unsigned unless
+ * File format, version 2 (version 1, written before revisions existed,
+ * is still read: see below). Integers are big-endian and unsigned unless
  * stated otherwise:
  *
  *   offset  size      field
  *   0       8         magic "PYAZSNAP"
- *   8       4         format version (1)
+ *   8       4         format version (2)
  *   12      8         index: last Raft index the table includes
  *   20      8         term of the entry at index
  *   28      8         created: unix time in milliseconds (signed)
@@ -31,9 +32,14 @@
  *   44      4         conf_len (at most SNAPSHOT_CONF_MAX)
  *   48      conf_len  Raft configuration as of index (raft_conf_encode
  *                     output; opaque to this module)
- *   then nkeys records, in table order (no sorting):
+ *           8         revision of the table (kv_revision)
+ *   then nkeys records, in key order:
  *           4         klen (at most KV_KEY_MAX)
  *           4         vlen (at most KV_VALUE_MAX)
+ *           8         create_revision
+ *           8         mod_revision
+ *           8         version
+ *           8         lease id
  *           klen      key bytes (any bytes, NUL included)
  *           vlen      value bytes
  *   trailer:
@@ -43,8 +49,21 @@
  *
  * Nothing follows the checksum. A reader refuses a file whose magic,
  * version, lengths, record count, end marker, size or checksum is wrong,
- * and a file holding the same key twice. A new format gets a new version
- * number; readers keep accepting the old ones.
+ * a record whose metadata no sequence of commands produces (created after
+ * modified, modified after the table's revision, version 0 or above the
+ * revisions between creation and modification), and a file holding the
+ * same key twice. A new format gets a new version number; readers keep
+ * accepting the old ones.
+ *
+ * Version 1 has no revision field, and records are klen, vlen, key,
+ * value. It kept no history, so its keys load with create_revision =
+ * mod_revision = the snapshot's index (1 if that is 0) and version 1,
+ * and the table's revision is that same number (later writes get higher
+ * revisions). Nodes that load version-1 snapshots of different indexes
+ * therefore disagree about those keys' metadata (and their digests say so)
+ * until the keys are written again: upgrade a cluster by restoring a backup
+ * taken with the new version, or take a snapshot on the leader and let it
+ * install.
  *
  * CRC-64 detects every error burst up to 64 bits and misses a random
  * corruption with probability 2^-64; it guards against damage and
@@ -74,7 +93,8 @@
 
 #define SNAPSHOT_MAGIC "PYAZSNAP"      /* first 8 bytes of a file */
 #define SNAPSHOT_END_MAGIC "PYAZEND\n" /* first 8 bytes of the trailer */
-#define SNAPSHOT_VERSION 1             /* format written by this code */
+#define SNAPSHOT_VERSION 2             /* format written by this code */
+#define SNAPSHOT_RECORD_HEADER 40      /* lengths and metadata (v2) */
 #define SNAPSHOT_HEADER_SIZE 48        /* fixed part, before the conf */
 #define SNAPSHOT_TRAILER_SIZE 16       /* end marker + checksum */
 #define SNAPSHOT_CONF_MAX (1u << 24)   /* longest configuration blob */
@@ -100,6 +120,8 @@ struct snapshot_meta {
     uint64_t term;      /* term of that entry */
     int64_t created_ms; /* unix time (ms) the writer started */
     uint64_t nkeys;     /* number of records */
+    uint32_t version;   /* file format version */
+    uint64_t revision;  /* the table's revision (v1: the index) */
     uint8_t *conf;      /* configuration bytes (pz_malloc, owned; NULL
                            when conf_len is 0) */
     size_t conf_len;    /* length of conf */

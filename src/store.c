@@ -4,8 +4,13 @@
  * statements, the in-memory copy of what is stored (hard state, meta, last
  * index/term) and the one write in flight on libuv's thread pool.
  *
- * Schema (version 1), all tables STRICT:
- *   log(idx INTEGER PRIMARY KEY, term, type, data BLOB)  one row per entry
+ * Schema (version 2), all tables STRICT:
+ *   log(idx INTEGER PRIMARY KEY, term, type, data BLOB, crc)  one row per
+ *       entry; crc: CRC-64/XZ of idx, term (8 bytes big-endian each), type
+ *       (1 byte) and data, as its 64-bit pattern, checked by every load
+ *       (SQLite checks its pages' structure, not their bytes: a flipped
+ *       bit in a payload would go unseen); NULL in rows written by a
+ *       version 1 build, which open converts (ALTER TABLE ADD COLUMN)
  *   hard_state(id = 0, term, vote, commit_index)          exactly one row;
  *       vote is a node id kept as its 64-bit pattern (may read negative)
  *   meta(key TEXT PRIMARY KEY, value TEXT)                schema_version,
@@ -30,7 +35,10 @@
  *
  * Failure modes: any failed step inside a write rolls the transaction back
  * (if SQLite has not already), marks the store failed (every later write
- * is refused) and reports a negative code with "<path>: <step>: <why>". A
+ * is refused) and reports a negative code with "<path>: <step>: <why>",
+ * except a lack of space (SQLITE_FULL: the file system said ENOSPC, or the
+ * page limit of store_test_max_pages): that transaction is rolled back,
+ * the store stays usable and the caller may retry the batch later. A
  * COMMIT that failed may or may not have reached the disk; it is reported
  * as failed all the same, which is safe: nothing was acknowledged. Batches
  * that would break the log's invariants (gaps, decreasing terms) are
@@ -51,6 +59,7 @@
 #include <unistd.h>
 
 #include "pz.h"
+#include "snapshot.h" /* snapshot_crc64 */
 
 #define STORE_APP_ID 0x50595a44 /* "PYZD" in the SQLite header */
 #define STORE_FILE "raft.db"
@@ -144,6 +153,8 @@ static int map_sqlite(int rc)
         return PZ_EBUSY;
     case SQLITE_NOMEM:
         return PZ_ENOMEM;
+    case SQLITE_FULL:
+        return PZ_ENOSPC;
     default:
         return PZ_EIO;
     }
@@ -164,9 +175,26 @@ static int sql_err(struct store *s, char *buf, const char *what, int rc)
     const char *msg = sqlite3_extended_errcode(s->db) == rc
                           ? sqlite3_errmsg(s->db)
                           : sqlite3_errstr(rc);
-    set_err(buf, STORE_ERRMSG_SIZE, "%s: %s: %s (SQLite error %d)", s->path,
-            what, msg, rc);
+    const char *how = rc == SQLITE_IOERR_FSYNC    ? ", fsync failed"
+                      : rc == SQLITE_IOERR_WRITE  ? ", write failed"
+                      : rc == SQLITE_IOERR_SHORT_READ ? ", short read"
+                      : rc == SQLITE_IOERR_READ   ? ", read failed"
+                                                  : "";
+    set_err(buf, STORE_ERRMSG_SIZE, "%s: %s: %s (SQLite error %d%s)", s->path,
+            what, msg, rc, how);
     return map_sqlite(rc);
+}
+
+/* The crc column of an entry (see the schema above). */
+static uint64_t entry_crc(uint64_t index, uint64_t term, uint8_t type,
+                          const void *data, size_t len)
+{
+    uint8_t h[17];
+    pz_put_u64(h, index);
+    pz_put_u64(h + 8, term);
+    h[16] = type;
+    uint64_t c = snapshot_crc64(0, h, sizeof h);
+    return len > 0 ? snapshot_crc64(c, data, len) : c;
 }
 
 /* --- statements ----------------------------------------------------------- */
@@ -361,6 +389,9 @@ static int run_batch(struct store *s, struct batch *b)
                 sqlite3_bind_blob64(st, 4, e->data, e->len, SQLITE_STATIC);
             else
                 sqlite3_bind_null(st, 4);
+            sqlite3_bind_int64(st, 5, (sqlite3_int64)entry_crc(
+                                          e->index, e->term, e->type,
+                                          e->data, e->len));
             rc = run(s, st, b->err, "insert entry");
             if (rc)
                 goto err_in_txn;
@@ -396,6 +427,14 @@ err_in_txn:
 /* Loop thread: the batch is over; update the in-memory copy or fail. */
 static void finish_batch(struct store *s, struct batch *b)
 {
+    if (b->rc == PZ_ENOSPC) {
+        /* SQLite rolled the transaction back whole (run_batch's
+         * rollback): nothing of it is stored and the file is as it was,
+         * so the same batch may be written again once there is room. */
+        s->stats.nospace++;
+        memcpy(s->errmsg, b->err, sizeof s->errmsg);
+        return;
+    }
     if (b->rc != 0) {
         s->failed = true;
         s->stats.failures++;
@@ -876,7 +915,9 @@ int store_load_from(struct store *s, uint64_t from,
             sqlite3_column_type(st, 1) != SQLITE_INTEGER ||
             sqlite3_column_type(st, 2) != SQLITE_INTEGER ||
             (sqlite3_column_type(st, 3) != SQLITE_BLOB &&
-             sqlite3_column_type(st, 3) != SQLITE_NULL)) {
+             sqlite3_column_type(st, 3) != SQLITE_NULL) ||
+            (sqlite3_column_type(st, 4) != SQLITE_INTEGER &&
+             sqlite3_column_type(st, 4) != SQLITE_NULL)) {
             set_err(buf, STORE_ERRMSG_SIZE,
                     "%s: log row after index %" PRIu64
                     " has columns of the wrong type",
@@ -921,6 +962,21 @@ int store_load_from(struct store *s, uint64_t from,
         e->len = (size_t)len;
         e->data = len > 0 ? pz_memdup(sqlite3_column_blob(st, 3), (size_t)len)
                           : NULL;
+        if (sqlite3_column_type(st, 4) == SQLITE_INTEGER) {
+            uint64_t want = (uint64_t)sqlite3_column_int64(st, 4);
+            uint64_t got = entry_crc(e->index, e->term, e->type, e->data,
+                                     e->len);
+            if (got != want) {
+                set_err(buf, STORE_ERRMSG_SIZE,
+                        "%s: log entry %lld (row idx = %lld of table log, "
+                        "%d payload bytes) fails its checksum (stored "
+                        "%016" PRIx64 ", computed %016" PRIx64
+                        "): the file was changed on disk",
+                        s->path, idx, idx, len, want, got);
+                ret = PZ_ECORRUPT;
+                break;
+            }
+        }
         expect++;
         prev_term = (uint64_t)term;
     }
@@ -958,7 +1014,8 @@ static const char schema_sql[] =
     "  idx INTEGER PRIMARY KEY,"
     "  term INTEGER NOT NULL,"
     "  type INTEGER NOT NULL,"
-    "  data BLOB) STRICT;"
+    "  data BLOB,"
+    "  crc INTEGER) STRICT;"
     "CREATE TABLE hard_state ("
     "  id INTEGER PRIMARY KEY CHECK (id = 0),"
     "  term INTEGER NOT NULL,"
@@ -972,13 +1029,15 @@ static const char *const stmt_sql[] = {
     "ROLLBACK",
     "DELETE FROM log WHERE idx >= ?1",
     "DELETE FROM log WHERE idx <= ?1",
-    "INSERT INTO log (idx, term, type, data) VALUES (?1, ?2, ?3, ?4)",
+    "INSERT INTO log (idx, term, type, data, crc) "
+    "VALUES (?1, ?2, ?3, ?4, ?5)",
     "SELECT term FROM log WHERE idx = ?1",
     "UPDATE hard_state SET term = ?1, vote = ?2, commit_index = ?3 "
     "WHERE id = 0",
     "INSERT INTO meta (key, value) VALUES (?1, ?2) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    "SELECT idx, term, type, data FROM log WHERE idx >= ?1 ORDER BY idx",
+    "SELECT idx, term, type, data, crc FROM log WHERE idx >= ?1 "
+    "ORDER BY idx",
     "PRAGMA incremental_vacuum(" STR(VACUUM_PAGES) ")",
     "PRAGMA freelist_count",
 };
@@ -1270,7 +1329,7 @@ static int load_meta(struct store *s, char *err, size_t errlen)
         }
         switch (i) {
         case 0:
-            if (v != STORE_SCHEMA_VERSION) {
+            if (v != STORE_SCHEMA_VERSION && v != 1) {
                 set_err(err, errlen,
                         "%s: unknown schema version %" PRIu64
                         " (this build reads version %d)",
@@ -1532,6 +1591,21 @@ static int open_db(struct store *s, char *err, size_t errlen)
     }
     if ((ret = load_meta(s, err, errlen)))
         return ret;
+    if (s->meta.schema_version == 1) {
+        /* Version 2 adds the entries' checksums; old rows keep none. */
+        if ((ret = exec_sql(s,
+                            "BEGIN;"
+                            "ALTER TABLE log ADD COLUMN crc INTEGER;"
+                            "UPDATE meta SET value = '" STR(
+                                STORE_SCHEMA_VERSION) "' "
+                            "WHERE key = 'schema_version';"
+                            "COMMIT;",
+                            err, errlen))) {
+            rollback(s);
+            return ret;
+        }
+        s->meta.schema_version = STORE_SCHEMA_VERSION;
+    }
     if ((ret = vacuum_mode(s, err, errlen)))
         return ret;
     for (size_t i = 0; i < PZ_ARRAY_SIZE(stmt_sql); i++) {
@@ -1628,6 +1702,15 @@ const char *store_errmsg(const struct store *s)
 const char *store_path(const struct store *s)
 {
     return s->path;
+}
+
+int store_test_max_pages(struct store *s, long pages)
+{
+    pz_assert(!s->busy);
+    char sql[64], out[32];
+    snprintf(sql, sizeof sql, "PRAGMA max_page_count = %ld",
+             pages > 0 ? pages : 0x7ffffffeL);
+    return pragma_row(s, sql, out, sizeof out, NULL, 0);
 }
 
 void store_fail_at(struct store *s, long n)

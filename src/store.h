@@ -24,7 +24,11 @@
  * decreasing terms in the log); the node must refuse to start. PZ_EIO (or a
  * negative errno): a write or read failed. A failed write is fatal: the
  * store refuses every later write (fail-stop) and the node must exit; a
- * write is reported successful only after COMMIT succeeded. PZ_EBUSY from
+ * write is reported successful only after COMMIT succeeded. PZ_ENOSPC
+ * from a write (SQLite's SQLITE_FULL: the file system is out of space):
+ * the one exception, the transaction was rolled back whole, nothing of
+ * it is stored, and the store stays usable: the same batch may be
+ * written again later. PZ_EBUSY from
  * store_open: another process holds raft.db (it is locked exclusively).
  *
  * Threads: every function must be called from one thread (the loop
@@ -41,7 +45,8 @@
 
 #include "raft.h"
 
-#define STORE_SCHEMA_VERSION 1  /* schema written by this code */
+#define STORE_SCHEMA_VERSION 2  /* schema written by this code (1 is
+                                   converted at open) */
 #define STORE_NAME_MAX 256      /* node_name buffer, NUL included */
 #define STORE_ERRMSG_SIZE 512   /* store_errmsg() buffer */
 
@@ -81,6 +86,8 @@ struct store_stats {
     uint64_t write_ns;           /* total time of write transactions,
                                     BEGIN to COMMIT */
     uint64_t failures;           /* failed writes (at most 1: fail-stop) */
+    uint64_t nospace;            /* writes refused for lack of space (each
+                                    rolled back whole; may be retried) */
     uint64_t first_index;        /* first stored index (snap_index + 1) */
     uint64_t last_index;         /* last stored index (snap_index if the
                                     log is empty) */
@@ -88,7 +95,8 @@ struct store_stats {
 
 /* Called on the loop thread once the write is durable (status 0) or has
  * failed (status < 0, errmsg says why; nothing of the batch may be
- * assumed durable and the node must stop). errmsg is NULL on success and
+ * assumed durable and the node must stop, except after PZ_ENOSPC: nothing
+ * of the batch is stored and it may be written again). errmsg is NULL on success and
  * valid only during the call. The store is no longer busy when cb runs:
  * cb may start the next write. */
 typedef void (*store_write_cb)(struct store *s, int status,
@@ -221,5 +229,10 @@ const char *store_path(const struct store *s);
  * PYAZDB_TEST_STORE_FAIL_AT (a positive integer) once, so a whole server
  * can be made to fail its nth step. */
 void store_fail_at(struct store *s, long n);
+
+/* Test hook: cap raft.db at this many pages (SQLite's max_page_count; at
+ * least the current size; <= 0 lifts the cap), so that a write past it
+ * fails as a full disk does (PZ_ENOSPC). Returns 0 or a negative code. */
+int store_test_max_pages(struct store *s, long pages);
 
 #endif

@@ -13,6 +13,7 @@
 #include "fuzz.h"
 
 #include "http_parse.h"
+#include "kv.h"
 #include "pz.h"
 
 #define MAX_REQS 64 /* requests recorded per stream */
@@ -149,11 +150,26 @@ static void check_op(const struct http_req *req,
     case HTTP_OP_BACKUP:
         FUZZ_CHECK(op.key == NULL);
         break;
+    case HTTP_OP_RANGE:
+        FUZZ_CHECK(op.key != NULL);
+        FUZZ_CHECK(op.limit >= 1 && op.limit <= HTTP_RANGE_LIMIT_MAX);
+        FUZZ_CHECK(op.to_end == (op.end == NULL));
+        break;
+    case HTTP_OP_TXN: {
+        /* What it proposes is a transaction every node can decode. */
+        struct kv_cmd c;
+        FUZZ_CHECK(kv_decode((const uint8_t *)op.cmd.data, op.cmd.len, &c) ==
+                   0);
+        FUZZ_CHECK(c.op == KV_OP_TXN);
+        FUZZ_CHECK(op.txn_kind == HTTP_TXN_JSON || c.nsucc == 1);
+        break;
+    }
     default:
         FUZZ_CHECKF(0, "unknown op kind %d", (int)op.kind);
     }
     http_op_free(&op);
-    FUZZ_CHECK(op.key == NULL && op.value == NULL);
+    FUZZ_CHECK(op.key == NULL && op.value == NULL && op.end == NULL &&
+               op.cmd.data == NULL);
 }
 
 enum feed_mode { WHOLE, PIECES, BYTES };

@@ -8,13 +8,37 @@
  *
  * Invariants: kv_apply accepts exactly what kv_decode accepts, and leaves
  * the table unchanged when it refuses; a decoded command re-encodes to
- * bytes that decode to the same command; after every command both tables
- * hold the same keys, bytes and digest (kv_digest against a full
- * recomputation), and a key set reads back its value. */
+ * bytes that decode to the same command (a transaction, version 2, to the
+ * very same bytes: its encoding is canonical); after every command both
+ * tables hold the same keys, bytes, revision and digest (kv_digest against
+ * a full recomputation), a key set reads back its value, and the ordered
+ * index holds every key once, in order. */
 #include "fuzz.h"
 
 #include "kv.h"
 #include "pz.h"
+
+/* Walks the ordered index, checking that keys strictly increase. */
+struct order {
+    uint8_t *last; /* previous key (pz_malloc) */
+    size_t llen;   /* its length */
+    size_t n;      /* keys seen */
+};
+
+static int order_visit(void *arg, const struct kv_view *v)
+{
+    struct order *o = arg;
+    if (o->n) {
+        size_t m = o->llen < v->klen ? o->llen : v->klen;
+        int c = m ? memcmp(o->last, v->key, m) : 0;
+        FUZZ_CHECK(c < 0 || (c == 0 && o->llen < v->klen));
+    }
+    pz_free(o->last);
+    o->last = pz_memdup(v->klen ? (const void *)v->key : "", v->klen);
+    o->llen = v->klen;
+    o->n++;
+    return 0;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -43,28 +67,49 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             free(cmd);
             continue;
         }
-        FUZZ_CHECK(c.op == KV_OP_SET || c.op == KV_OP_DEL);
         FUZZ_CHECK(res.op == c.op);
-        pz_buf_reset(&enc);
-        int erc = c.op == KV_OP_SET
-                      ? kv_encode_set(&enc, c.key, c.klen, c.value, c.vlen)
-                      : kv_encode_del(&enc, c.key, c.klen);
-        FUZZ_CHECK(erc == 0);
-        struct kv_cmd c2;
-        FUZZ_CHECK(kv_decode((const uint8_t *)enc.data, enc.len, &c2) == 0);
-        FUZZ_CHECK(c2.op == c.op && c2.klen == c.klen && c2.vlen == c.vlen);
-        FUZZ_CHECK(c.klen == 0 || memcmp(c2.key, c.key, c.klen) == 0);
-        FUZZ_CHECK(c.vlen == 0 || memcmp(c2.value, c.value, c.vlen) == 0);
-        FUZZ_CHECK(kv_apply(b, (const uint8_t *)enc.data, enc.len, NULL) ==
-                   0);
-        if (c.op == KV_OP_SET) {
-            const uint8_t *v;
-            size_t vlen;
-            FUZZ_CHECK(kv_get(a, c.key, c.klen, &v, &vlen));
-            FUZZ_CHECK(vlen == c.vlen &&
-                       (vlen == 0 || memcmp(v, c.value, vlen) == 0));
+        FUZZ_CHECK(res.revision == kv_revision(a));
+        if (c.op == KV_OP_TXN) {
+            struct kv_cmp *cmps = calloc(c.ncmp + 1, sizeof *cmps);
+            struct kv_op *s = calloc(c.nsucc + 1, sizeof *s);
+            struct kv_op *fl = calloc(c.nfail + 1, sizeof *fl);
+            kv_txn_items(&c, cmps, s, fl);
+            pz_buf_reset(&enc);
+            FUZZ_CHECK(kv_encode_txn(&enc, cmps, c.ncmp, s, c.nsucc, fl,
+                                     c.nfail) == 0);
+            FUZZ_CHECK(enc.len == len && memcmp(enc.data, cmd, len) == 0);
+            free(cmps);
+            free(s);
+            free(fl);
+            FUZZ_CHECK(kv_apply(b, (const uint8_t *)enc.data, enc.len, NULL) ==
+                       0);
+        } else {
+            pz_buf_reset(&enc);
+            int erc = c.op == KV_OP_SET
+                          ? kv_encode_set(&enc, c.key, c.klen, c.value, c.vlen)
+                          : kv_encode_del(&enc, c.key, c.klen);
+            FUZZ_CHECK(erc == 0);
+            struct kv_cmd c2;
+            FUZZ_CHECK(kv_decode((const uint8_t *)enc.data, enc.len, &c2) == 0);
+            FUZZ_CHECK(c2.op == c.op && c2.klen == c.klen && c2.vlen == c.vlen);
+            FUZZ_CHECK(c.klen == 0 || memcmp(c2.key, c.key, c.klen) == 0);
+            FUZZ_CHECK(c.vlen == 0 || memcmp(c2.value, c.value, c.vlen) == 0);
+            FUZZ_CHECK(kv_apply(b, (const uint8_t *)enc.data, enc.len, NULL) ==
+                       0);
+            if (c.op == KV_OP_SET) {
+                const uint8_t *v;
+                size_t vlen;
+                FUZZ_CHECK(kv_get(a, c.key, c.klen, &v, &vlen));
+                FUZZ_CHECK(vlen == c.vlen &&
+                           (vlen == 0 || memcmp(v, c.value, vlen) == 0));
+            }
         }
         FUZZ_CHECK(kv_count(a) == kv_count(b) && kv_bytes(a) == kv_bytes(b));
+        FUZZ_CHECK(kv_revision(a) == kv_revision(b));
+        struct order o = {0};
+        FUZZ_CHECK(kv_foreach_view(a, order_visit, &o) == 0);
+        FUZZ_CHECK(o.n == kv_count(a));
+        pz_free(o.last);
         FUZZ_CHECK(kv_digest(a) == kv_digest(b));
         FUZZ_CHECK(kv_digest(a) == kv_digest_compute(a));
         free(cmd);

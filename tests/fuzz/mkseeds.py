@@ -37,6 +37,17 @@ def encode(msg_type, text, proto, paths=(PROTO,)):
 
 
 # --- http_parse -------------------------------------------------------------
+def _txn_request():
+    body = ('{"compare":[{"key":"a","target":"mod_revision","result":"<",'
+            '"value":5},{"key_b64":"AP8=","target":"value","result":"!=",'
+            '"value":"x"}],"success":[{"put":{"key":"a","value":"1"}},'
+            '{"delete":{"key":"b"}},{"delete_range":{"from":"c","to":"d"}}],'
+            '"failure":[{"get":{"key":"a"}},{"range":{"prefix":"a",'
+            '"limit":3,"keys_only":true,"count_only":false}}]}')
+    return "POST /txn HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+
+
 def http_seeds():
     crlf = "\r\n"
     reqs = {
@@ -62,6 +73,15 @@ def http_seeds():
                     "Transfer-Encoding: chunked\r\n\r\n{}",
         "http10-keepalive": "GET /get?key=%ff%00 HTTP/1.0\r\n"
                             "Connection: keep-alive\r\n\r\n",
+        "range": "GET /range?prefix=svc%2F&limit=2&keys_only=true HTTP/1.1"
+                 "\r\n\r\n",
+        "range-from-to": "GET /range?from=a&to=%ff%00&count_only=1&"
+                         "consistency=stale HTTP/1.1\r\n\r\n",
+        "set-cas": 'POST /set HTTP/1.1\r\nContent-Length: 57\r\n\r\n'
+                   '{"key":"k","value":"v","prev_revision":0,"prev_value":""}',
+        "delete-prefix": 'POST /delete HTTP/1.1\r\nContent-Length: 17\r\n'
+                         '\r\n{"prefix_b64":""}',
+        "txn": _txn_request(),
         "big-header": "GET /get?key=" + "k" * 180 + " HTTP/1.1\r\n" +
                       "".join("X-H%d: %s\r\n" % (i, "v" * 20) for i in range(8))
                       + crlf,
@@ -352,8 +372,55 @@ def kv_cmd_seeds():
     out("kv_cmd", "bad-ops", framed(bytes([0x13, 1, 65]), bytes([0x21, 0]),
                                     bytes([0x11, 0x80]), b""))
 
+    # version 2 (0x21): transactions, as kv_encode_txn writes them
+    def field(b):
+        return varint(len(b)) + b
+
+    def cmp(target, result, key, val):
+        tail = field(val) if target == 0 else varint(val)
+        return bytes([target, result]) + field(key) + tail
+
+    def op(kind, key, extra=b""):
+        return bytes([kind]) + field(key) + extra
+
+    def txn(cmps, succ, fail):
+        return (bytes([0x21]) + varint(len(cmps)) + b"".join(cmps) +
+                varint(len(succ)) + b"".join(succ) +
+                varint(len(fail)) + b"".join(fail))
+
+    put_a = op(1, b"a", field(b"1") + varint(0))
+    out("kv_cmd", "txn-cas",
+        framed(cmd_set(b"a", b"0"), cmd_set(b"b", b"x"),
+               txn([cmp(3, 0, b"a", 1)], [put_a, op(2, b"b")],
+                   [op(4, b"a")]),
+               txn([cmp(2, 0, b"a", 0), cmp(0, 1, b"a", b"1")], [put_a],
+                   [op(5, b"a", bytes([2]) + field(b"b") + varint(10))])))
+    out("kv_cmd", "txn-ranges",
+        framed(*[cmd_set(b"k%d" % i, b"v") for i in range(10)],
+               txn([], [op(3, b"k3", bytes([0]) + field(b"k6")),
+                        op(5, b"", bytes([1]) + field(b"") + varint(0))],
+                   []),
+               txn([], [op(3, b"k8", bytes([1]) + field(b""))], [])))
+
+
+def txn_json_seeds():
+    # byte 0 picks the path: 0 /txn, 1 /set, 2 /delete
+    seeds = {
+        "txn": b"\x00" + _txn_request().split("\r\n\r\n", 1)[1].encode(),
+        "txn-empty": b"\x00{}",
+        "set-cas": b'\x01{"key":"a","value":"2","prev_revision":1}',
+        "set-create": b'\x01{"key_b64":"AP8=","value":"x","prev_revision":0,'
+                      b'"prev_value_b64":"eA=="}',
+        "delete-cas": b'\x02{"key":"a","prev_value":"v"}',
+        "delete-prefix": b'\x02{"prefix":"a"}',
+        "delete-all": b'\x02{"prefix_b64":"/w=="}',
+    }
+    for name, data in seeds.items():
+        out("txn_json", name, data)
+
 
 def main():
+    txn_json_seeds()
     kv_cmd_seeds()
     raft_chunk_seeds()
     http_seeds()

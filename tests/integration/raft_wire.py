@@ -23,6 +23,7 @@ _pb = None
 
 # enum raft_msg_type and raft_entry_type (src/raft.h)
 APPEND, APPEND_RESP, HEARTBEAT = 1, 2, 3
+PREVOTE, VOTE, VOTE_RESP = 5, 7, 8
 INSTALL_SNAPSHOT = 12
 NORMAL, CONF, NOOP = 0, 1, 2
 # HandshakeReply.Status
@@ -148,6 +149,63 @@ class Peer:
             return True
         except socket.timeout:
             return False
+
+
+class Member:
+    """Listens on a (never started) member's Raft port and answers the
+    node's dial as that member: the node's Handshake names the member's
+    node id (target_id), its own and the cluster's."""
+
+    def __init__(self, port):
+        self.lsock = socket.create_server(("127.0.0.1", port))
+        self.lsock.settimeout(15)
+        self.conn = None
+
+    def accept(self, answer_as=None):
+        """Take the node's next dial, answer it as the member it wants (or
+        as node answer_as); returns its Handshake."""
+        if self.conn:
+            self.conn.close()
+        self.conn, _ = self.lsock.accept()
+        self.conn.settimeout(15)
+        hs = self.frame().handshake
+        f = pb().Frame()
+        r = f.handshake_reply
+        r.status = OK
+        r.version = hs.version
+        r.node_id = answer_as if answer_as is not None else hs.target_id
+        r.name = "fake"
+        self.conn.sendall(frame(f))
+        self.id = hs.target_id
+        return hs
+
+    def frame(self):
+        hdr = self._read(4)
+        (n,) = struct.unpack(">I", hdr)
+        f = pb().Frame()
+        f.ParseFromString(self._read(n))
+        return f
+
+    def _read(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.conn.recv(n - len(buf))
+            if not chunk:
+                raise EOFError("the node closed its link to us")
+            buf += chunk
+        return buf
+
+    def message(self, type):
+        """The next RaftMessage of this type the node sends us."""
+        while True:
+            f = self.frame()
+            if f.WhichOneof("body") == "message" and f.message.type == type:
+                return f.message
+
+    def close(self):
+        if self.conn:
+            self.conn.close()
+        self.lsock.close()
 
 
 # --- snapshot files (format of src/snapshot.h) ------------------------------

@@ -41,17 +41,26 @@ def crc64(data):
 
 
 def parse_snapshot(data):
-    """Check a snapshot file byte by byte; return (index, term, {k: v})."""
+    """Check a snapshot file (format 2) byte by byte; return (index, term,
+    {k: v})."""
     assert data[:8] == b"PYAZSNAP"
     version, index, term, _created, nkeys, conf_len = struct.unpack(
         ">IQQqQI", data[8:48])
-    assert version == 1
+    assert version == 2
     pos = 48 + conf_len
+    (revision,) = struct.unpack(">Q", data[pos:pos + 8])
+    pos += 8
     kv = {}
+    last = None
     for _ in range(nkeys):
-        klen, vlen = struct.unpack(">II", data[pos:pos + 8])
-        pos += 8
+        klen, vlen, created, modified, ver, lease = struct.unpack(
+            ">IIQQQQ", data[pos:pos + 40])
+        pos += 40
+        assert 1 <= created <= modified <= revision and ver >= 1
+        assert lease == 0
         k = data[pos:pos + klen]
+        assert last is None or last < k, "records out of key order"
+        last = k
         v = data[pos + klen:pos + klen + vlen]
         pos += klen + vlen
         assert k not in kv, f"key {k!r} twice"

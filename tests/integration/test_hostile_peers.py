@@ -239,6 +239,40 @@ def test_snapshot_with_repeated_key_is_refused(servers):
     still_whole(nodes)
 
 
+def test_install_message_must_name_the_received_file(servers):
+    """An INSTALL_SNAPSHOT is stepped only once the file it names (index
+    and term) arrived whole: a file received for one term does not let a
+    message of another term through (the node would then look for a file
+    it does not have and stop)."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    st = status(victim)
+    assert st["term"] >= 2
+    vid = rw.identity(victim)[0]
+    index = st["commit_index"] + 100
+    conf = members_conf(nodes)
+    data = rw.snapshot_file(index, st["term"], conf, [(b"k0", b"evil")])
+    other = st["term"] - 1
+
+    def attack(p, fake):
+        send_snapshot(p, st["term"], index, st["term"], data)
+        p.message(type=rw.INSTALL_SNAPSHOT, to=vid, term=st["term"],
+                  snap_index=index, snap_term=other,
+                  entries=[{"term": other, "index": index,
+                            "type": rw.CONF, "data": conf}],
+                  **{"from": fake})
+
+    # done once the message was handled: ignored (it names no file we
+    # have), or the node stopped (it took it)
+    as_impostor(nodes, victim, leader, attack,
+                lambda: victim.proc.poll() is not None or
+                f"INSTALL_SNAPSHOT {index}/{other} from node" in
+                victim.read_log())
+    still_whole(nodes)
+    assert "cannot install snapshot" not in victim.read_log()
+    assert status(victim)["snapshot_index"] != index
+
+
 def test_forged_snapshots_cannot_push_out_the_real_one(servers):
     """Finding 4: two forged snapshot files with huge indexes made pruning
     delete the node's real snapshot while its log was compacted: on restart
@@ -588,3 +622,30 @@ def test_members_with_larger_values_are_heard(servers):
             assert time.time() < deadline
             time.sleep(0.1)
         assert len(get(s, "big")[2]) == 4 << 20
+
+
+def test_dialled_peer_answering_as_another_node_is_not_used(servers):
+    """Whoever answers at a member's address must answer as that member:
+    a reply naming another node id closes the link before any message
+    goes over it (else another node could take a member's messages)."""
+    nodes = make_cluster(servers, start=False)
+    node = nodes[0]
+    fake = rw.Member(nodes[1].raft_port)
+    try:
+        node.start()
+        hs = fake.accept(answer_as=12345)
+        assert hs.target_id not in (0, 12345)
+        with pytest.raises(EOFError):
+            f = fake.frame()
+            raise AssertionError(f"the node sent {f} to a peer that answered "
+                                 "as another node")
+        deadline = time.time() + 5
+        while "answered as node 12345" not in node.read_log():
+            assert time.time() < deadline, node.read_log()
+            time.sleep(0.05)
+        # answered as itself, the next dial is used: it carries the
+        # node's Pre-Votes
+        fake.accept()
+        assert fake.message(rw.PREVOTE).term >= 1
+    finally:
+        fake.close()

@@ -4,6 +4,7 @@ removal of an earlier incarnation must not stop the new one, the leader
 must not promote a node that is gone, and a join request left by the
 removed incarnation must not bring it back."""
 import json
+import pytest
 import os
 import shutil
 import sqlite3
@@ -183,24 +184,51 @@ def test_wiped_member_is_not_used_until_removed(servers, mandi):
     assert wiped.proc.poll() is None
 
 
-def test_damaged_node_is_reseeded_from_the_cluster(servers, mandi):
-    """The README's recipe for a node whose raft.db is damaged: it refuses
-    to start, naming the file; remove it, wipe it, and it joins again with
-    everything."""
+def flip_one_byte(data_dir, marker):
+    """Flip one byte inside the stored value that contains marker (in
+    raft.db, or its WAL if not checkpointed yet); returns the file."""
+    for name in ("raft.db", "raft.db-wal"):
+        path = os.path.join(data_dir, name)
+        if not os.path.exists(path):
+            continue
+        with open(path, "r+b") as f:
+            data = f.read()
+            at = data.find(marker)
+            if at < 0:
+                continue
+            f.seek(at + 3)
+            f.write(bytes([data[at + 3] ^ 0x01]))
+            return path
+    raise AssertionError(f"{marker!r} not found in {data_dir}")
+
+
+@pytest.mark.parametrize("damage", ["page", "byte"])
+def test_damaged_node_is_reseeded_from_the_cluster(servers, mandi, damage):
+    """The README's recipe for a node whose raft.db is damaged (a page
+    overwritten, or one byte of a value flipped, which only the entries'
+    checksums see): it refuses to start, naming the file and what is
+    wrong; remove it, wipe it, and it joins again with everything."""
     nodes = grow(servers, mandi, n=3)
     lead = leader_of(nodes)
     for i in range(50):
         assert put(lead, f"k{i}", "x" * 200)[0] == 204
+    assert put(lead, "marked", "MARKER-" + "m" * 100)[0] == 204
     bad = next(s for s in nodes if s is not lead and s.name != "node1")
-    wait_value(bad, "k49", "x" * 200)
+    wait_value(bad, "marked", "MARKER-" + "m" * 100)
     bad.stop()
     db = f"{bad.conf['raft-data']}/raft.db"
-    with open(db, "r+b") as f:
-        f.seek(4096)  # page 2: the log's pages follow the schema
-        f.write(b"\xff" * 4096)
+    if damage == "page":
+        with open(db, "r+b") as f:
+            f.seek(4096)  # page 2: the log's pages follow the schema
+            f.write(b"\xff" * 4096)
+    else:
+        flip_one_byte(bad.conf["raft-data"], b"MARKER-")
     bad.start(wait=False)
     assert bad.wait_exit(20) != 0
-    assert "raft.db" in bad.read_log()
+    log = bad.read_log()
+    assert "raft.db" in log
+    if damage == "byte":
+        assert "fails its checksum" in log and "log entry" in log, log
     others = [s for s in nodes if s is not bad]
     remove(leader_of(others), bad.name)
     wipe_and_join(bad, mandi)

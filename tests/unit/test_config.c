@@ -962,6 +962,33 @@ TEST(value_fits_a_peer_frame)
     cfg_free(&c);
 }
 
+/* A token travels in an Authorization header: printable ASCII without
+ * blanks, at most CFG_TOKEN_MAX characters. */
+TEST(token_characters)
+{
+    struct pz_config c;
+    char err[512] = "";
+    static const char *const bad[] = {"two words", "tab\there", " lead",
+                                      "trail ", "caf\xc3\xa9", "del\x7f"};
+    cfg_init(&c);
+    CHECK_EQ_INT(set1(&c, "cluster-token", "Ok.-_~!#$%&*+/=?^|0123456789",
+                      err, sizeof err),
+                 0);
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        err[0] = '\0';
+        CHECK(set1(&c, "cluster-token", bad[i], err, sizeof err) != 0);
+        CHECK(strstr(err, "printable ASCII characters without blanks") != NULL);
+    }
+    char longest[CFG_TOKEN_MAX + 2];
+    memset(longest, 'x', sizeof longest);
+    longest[CFG_TOKEN_MAX] = '\0';
+    CHECK_EQ_INT(set1(&c, "cluster-token", longest, err, sizeof err), 0);
+    longest[CFG_TOKEN_MAX] = 'x';
+    longest[CFG_TOKEN_MAX + 1] = '\0';
+    CHECK(set1(&c, "cluster-token", longest, err, sizeof err) != 0);
+    cfg_free(&c);
+}
+
 /* No token: the Raft port must be on loopback, unless `none` says the
  * cluster is open on purpose (then everything sees an empty token). */
 TEST(open_cluster_needs_loopback)
@@ -1359,6 +1386,7 @@ static const struct test_case config_cases[] = {
     TEST_ENTRY(test_config_and_flags),
     TEST_ENTRY(mandi_shorthand),
     TEST_ENTRY(cross_field),
+    TEST_ENTRY(token_characters),
     TEST_ENTRY(open_cluster_needs_loopback),
     TEST_ENTRY(value_fits_a_peer_frame),
     TEST_ENTRY(initial_cluster_good),

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "http_parse.h"
+#include "kv.h"
 #include "test.h"
 
 static const struct http_limits lim = {8192, 50, 4096};
@@ -213,6 +214,196 @@ TEST(api_json_forms)
     CHECK_EQ_INT(status_of(POST("/set", 13) "{\"key\":\"\\q\"} "), 400);
     CHECK_EQ_INT(status_of(POST("/set", 13) "{\"key\":\"a\"} x"), 400);
     CHECK_EQ_INT(status_of(POST("/set", 11) "{\"key\":\"\x01\"}"), 400);
+}
+
+TEST(range_requests)
+{
+    struct http_op op = one("GET /range?prefix=ab HTTP/1.1\r\n\r\n");
+    CHECK_EQ_INT(op.kind, HTTP_OP_RANGE);
+    CHECK(op.klen == 2 && memcmp(op.key, "ab", 2) == 0);
+    CHECK(op.elen == 2 && memcmp(op.end, "ac", 2) == 0 && !op.to_end);
+    CHECK(op.limit == HTTP_RANGE_LIMIT && !op.stale && !op.keys_only);
+    http_op_free(&op);
+    /* a prefix of 0xff bytes runs to the end; from moves the start */
+    op = one("GET /range?prefix=a%FF&from=a%FF%00&keys_only=1&limit=7 "
+             "HTTP/1.1\r\n\r\n");
+    CHECK_EQ_INT(op.kind, HTTP_OP_RANGE);
+    CHECK(op.elen == 1 && op.end[0] == 'b');
+    CHECK(op.klen == 3 && memcmp(op.key, "a\xff\0", 3) == 0);
+    CHECK(op.keys_only && op.limit == 7);
+    http_op_free(&op);
+    op = one("GET /range?prefix=%FF%FF&count_only=true&consistency=stale "
+             "HTTP/1.1\r\n\r\n");
+    CHECK(op.kind == HTTP_OP_RANGE && op.to_end && op.count_only && op.stale);
+    http_op_free(&op);
+    op = one("GET /range?from=&to=m HTTP/1.1\r\n\r\n");
+    CHECK(op.kind == HTTP_OP_RANGE && op.klen == 0 && op.elen == 1);
+    http_op_free(&op);
+    CHECK_EQ_STR(reason_of("GET /range HTTP/1.1\r\n\r\n"),
+                 "Missing prefix or from parameter");
+    CHECK_EQ_STR(reason_of("GET /range?prefix=a&from=b HTTP/1.1\r\n\r\n"),
+                 "from must lie inside the prefix");
+    CHECK_EQ_STR(reason_of("GET /range?prefix=a&limit=-1 HTTP/1.1\r\n\r\n"),
+                 "limit must be an integer from 1 to 10000");
+    CHECK_EQ_STR(reason_of("GET /range?prefix=a&limit=1x HTTP/1.1\r\n\r\n"),
+                 "limit must be an integer from 1 to 10000");
+    CHECK_EQ_INT(status_of("DELETE /range?prefix=a HTTP/1.1\r\n\r\n"), 405);
+}
+
+/* The command http_api_decode built, decoded again. */
+static bool txn_of(const struct http_op *op, struct kv_cmd *c,
+                   struct kv_cmp *cmps, struct kv_op *succ, struct kv_op *fail)
+{
+    if (op->kind != HTTP_OP_TXN ||
+        kv_decode((const uint8_t *)op->cmd.data, op->cmd.len, c) != 0 ||
+        c->op != KV_OP_TXN || c->ncmp > 4 || c->nsucc > 4 || c->nfail > 4)
+        return false;
+    kv_txn_items(c, cmps, succ, fail);
+    return true;
+}
+
+/* A POST of body to path, Content-Length counted (one buffer, reused). */
+static const char *req_of(const char *path, const char *body)
+{
+    static char buf[2048];
+    snprintf(buf, sizeof buf,
+             "POST %s HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s", path,
+             strlen(body), body);
+    return buf;
+}
+
+TEST(conditional_writes)
+{
+    struct kv_cmd c;
+    struct kv_cmp cm[4];
+    struct kv_op s[4], f[4];
+    struct http_op op = one(req_of("/set", "{\"key\":\"k\",\"value\":\"v\","
+                                           "\"prev_revision\":7}"));
+    CHECK(txn_of(&op, &c, cm, s, f));
+    CHECK_EQ_INT(op.txn_kind, HTTP_TXN_SET);
+    CHECK(c.ncmp == 1 && cm[0].target == KV_CMP_MOD && cm[0].num == 7 &&
+          cm[0].result == KV_CMP_EQ);
+    CHECK(c.nsucc == 1 && s[0].type == KV_TOP_PUT && s[0].vlen == 1);
+    CHECK(c.nfail == 1 && f[0].type == KV_TOP_GET && f[0].klen == 1);
+    http_op_free(&op);
+    op = one(req_of("/delete", "{\"key\":\"k\",\"prev_revision\":0,"
+                               "\"prev_value\":\"x\"}"));
+    CHECK(txn_of(&op, &c, cm, s, f));
+    CHECK_EQ_INT(op.txn_kind, HTTP_TXN_DEL);
+    CHECK(c.ncmp == 2 && cm[0].target == KV_CMP_CREATE && cm[0].num == 0 &&
+          cm[1].target == KV_CMP_VALUE && cm[1].vlen == 1);
+    CHECK(s[0].type == KV_TOP_DEL);
+    http_op_free(&op);
+    op = one(req_of("/delete", "{\"prefix_b64\":\"YWI=\"}"));
+    CHECK(txn_of(&op, &c, cm, s, f));
+    CHECK_EQ_INT(op.txn_kind, HTTP_TXN_DELPREFIX);
+    CHECK(c.ncmp == 0 && c.nsucc == 1 && s[0].type == KV_TOP_DELRANGE &&
+          s[0].klen == 2 && memcmp(s[0].key, "ab", 2) == 0 && s[0].vlen == 2 &&
+          memcmp(s[0].value, "ac", 2) == 0);
+    http_op_free(&op);
+    /* a plain set is still a plain set */
+    op = one(req_of("/set", "{\"key\":\"k\",\"value\":\"v\"}"));
+    CHECK_EQ_INT(op.kind, HTTP_OP_SET);
+    http_op_free(&op);
+    CHECK_EQ_STR(reason_of(req_of("/set", "{\"key\":\"k\",\"value\":\"v\","
+                                          "\"prev_revision\":-1}")),
+                 "prev_revision must be a non-negative integer");
+    CHECK_EQ_STR(
+        reason_of(req_of("/delete", "{\"key\":\"k\",\"prefix\":\"k\"}")),
+        "Give key or prefix, not both");
+    CHECK_EQ_STR(reason_of(req_of("/delete", "{\"prefix\":\"k\","
+                                             "\"prev_revision\":1}")),
+                 "A prefix delete takes no conditions (use /txn)");
+    CHECK_EQ_STR(
+        reason_of(req_of("/set", "{\"key\":\"k\",\"prev_value\":\"x\",")),
+        "Invalid JSON");
+    /* the limits hold for conditional writes too */
+    CHECK_EQ_INT(status_of(req_of("/set", "{\"key\":\"0123456789abcdefg\","
+                                          "\"prev_revision\":1}")),
+                 413);
+}
+
+TEST(txn_requests)
+{
+    struct kv_cmd c;
+    struct kv_cmp cm[4];
+    struct kv_op s[4], f[4];
+    static const char body[] =
+        "{\"compare\":[{\"key\":\"a\",\"target\":\"version\",\"result\":\">\","
+        "\"value\":2},{\"key_b64\":\"AP8=\",\"target\":\"value\","
+        "\"result\":\"!=\",\"value\":\"x\"}],"
+        "\"success\":[{\"put\":{\"key\":\"a\",\"value\":\"1\"}},"
+        "{\"range\":{\"from\":\"a\",\"limit\":5,\"keys_only\":true}}],"
+        "\"failure\":[{\"delete_range\":{\"prefix\":\"\"}}]}";
+    char req[1024];
+    snprintf(req, sizeof req,
+             "POST /txn HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
+             sizeof body - 1, body);
+    struct http_op op = one(req);
+    CHECK(txn_of(&op, &c, cm, s, f));
+    CHECK_EQ_INT(op.txn_kind, HTTP_TXN_JSON);
+    CHECK(c.ncmp == 2 && cm[0].target == KV_CMP_VERSION &&
+          cm[0].result == KV_CMP_GT && cm[0].num == 2);
+    CHECK(cm[1].klen == 2 && memcmp(cm[1].key, "\0\xff", 2) == 0 &&
+          cm[1].result == KV_CMP_NE);
+    CHECK(c.nsucc == 2 && s[1].type == KV_TOP_RANGE && s[1].limit == 5 &&
+          s[1].flags == (KV_RANGE_TO_END | KV_RANGE_KEYS_ONLY));
+    CHECK(c.nfail == 1 && f[0].type == KV_TOP_DELRANGE &&
+          f[0].flags == KV_RANGE_TO_END);
+    http_op_free(&op);
+    static const char *const bad[] = {
+        "{\"compare\":[{\"key\":\"a\",\"target\":\"value\",\"result\":\"=\"}]}",
+        "{\"success\":[{\"put\":{\"key\":\"a\"},\"get\":{\"key\":\"a\"}}]}",
+        "{\"success\":[{\"range\":{\"prefix\":\"a\",\"to\":\"b\"}}]}",
+        "{\"success\":[{\"range\":{}}]}",
+        "{\"success\":[{\"get\":{\"key\":\"a\",\"key_b64\":\"YQ==\"}}]}",
+        "{\"success\":[{\"get\":{\"key_b64\":\"YQ\"}}]}",
+        "{\"success\":[{\"put\":{\"key\":\"0123456789abcdefg\"}}]}",
+        "{\"failure\":{}}",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        snprintf(req, sizeof req,
+                 "POST /txn HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
+                 strlen(bad[i]), bad[i]);
+        CHECK_EQ_INT(status_of(req), 400);
+    }
+    CHECK_EQ_INT(status_of("GET /txn HTTP/1.1\r\n\r\n"), 405);
+}
+
+TEST(base64_and_utf8)
+{
+    static const char *const plain[] = {"",     "f",     "fo",    "foo",
+                                        "foob", "fooba", "foobar"};
+    static const char *const enc[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
+                                      "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(plain); i++) {
+        struct pz_buf b, d;
+        pz_buf_init(&b);
+        pz_buf_init(&d);
+        http_b64_encode(&b, plain[i], strlen(plain[i]));
+        CHECK(b.len == strlen(enc[i]) &&
+              (b.len == 0 || memcmp(b.data, enc[i], b.len) == 0));
+        CHECK_EQ_INT(http_b64_decode(&d, enc[i], strlen(enc[i])), 0);
+        CHECK(d.len == strlen(plain[i]) &&
+              (d.len == 0 || memcmp(d.data, plain[i], d.len) == 0));
+        pz_buf_free(&b);
+        pz_buf_free(&d);
+    }
+    static const char *const bad[] = {
+        "Zg=", "Zg=a", "Z===", "Zh==", "Zm9*", "=Zg=", "Zg==Zg=="};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        struct pz_buf d;
+        pz_buf_init(&d);
+        CHECK_EQ_INT(http_b64_decode(&d, bad[i], strlen(bad[i])), PZ_EINVAL);
+        pz_buf_free(&d);
+    }
+    CHECK(http_utf8_valid("abc\xc3\xa9\xf0\x9f\x98\x80", 9));
+    CHECK(http_utf8_valid("a\0b", 3));
+    CHECK(!http_utf8_valid("\xff", 1));
+    CHECK(!http_utf8_valid("\xc3", 1));             /* truncated */
+    CHECK(!http_utf8_valid("\xc0\xaf", 2));         /* overlong */
+    CHECK(!http_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    CHECK(!http_utf8_valid("\xf4\x90\x80\x80", 4)); /* past U+10FFFF */
 }
 
 TEST(protocol_errors)
@@ -437,6 +628,10 @@ static const struct test_case cases[] = {
     TEST_ENTRY(api_errors),
     TEST_ENTRY(health_serializable),
     TEST_ENTRY(api_json_forms),
+    TEST_ENTRY(range_requests),
+    TEST_ENTRY(conditional_writes),
+    TEST_ENTRY(txn_requests),
+    TEST_ENTRY(base64_and_utf8),
     TEST_ENTRY(protocol_errors),
     TEST_ENTRY(chunked_body_over_limit),
     TEST_ENTRY(upgrade_h2c_ignored),

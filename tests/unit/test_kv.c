@@ -3,6 +3,7 @@
  * its rejection of malformed input, digests, and a seeded randomized
  * comparison against a plain array model. */
 #include <stdlib.h>
+#include <time.h>
 
 #include "kv.h"
 #include "pz.h"
@@ -47,9 +48,16 @@ TEST(basic_ops)
     CHECK_EQ_INT(kv_del(kv, "bb", 2), 1);
     CHECK_EQ_INT(kv_count(kv), 0);
     CHECK_EQ_INT(kv_bytes(kv), 0);
-    CHECK(kv_digest(kv) == 0);
+    /* Empty again, but at revision 4: the digest says so. */
+    CHECK_EQ_INT(kv_revision(kv), 4);
+    CHECK(kv_digest(kv) != 0);
+    CHECK(kv_digest(kv) == kv_digest_compute(kv));
     kv_free(kv);
     kv_free(NULL);
+    kv = kv_new();
+    CHECK(kv_digest(kv) == 0);
+    CHECK_EQ_INT(kv_revision(kv), 0);
+    kv_free(kv);
 }
 
 TEST(binary_keys_values)
@@ -96,9 +104,14 @@ TEST(overwrite)
     CHECK_EQ_INT(kv_count(kv), 1);
     CHECK_EQ_INT(kv_bytes(kv), 2);
     CHECK(kv_digest(kv) != d_aaa);
+    /* The same value again is a new version at a new revision. */
     CHECK_EQ_INT(kv_set(kv, "k", 1, "aaa", 3), 1);
-    CHECK(kv_digest(kv) == d_aaa);
+    CHECK(kv_digest(kv) != d_aaa);
     CHECK(kv_digest(kv) == kv_digest_compute(kv));
+    struct kv_view v;
+    CHECK(kv_get_view(kv, "k", 1, &v));
+    CHECK(v.meta.create_revision == 1 && v.meta.mod_revision == 5 &&
+          v.meta.version == 5 && v.meta.lease == 0);
     kv_free(kv);
 }
 
@@ -257,7 +270,7 @@ TEST(grow_to_1m_and_shrink)
     kv_stats(kv, &st);
     CHECK_EQ_INT(st.keys, 0);
     CHECK_EQ_INT(st.bytes, 0);
-    CHECK(kv_digest(kv) == 0);
+    CHECK(kv_digest(kv) == kv_digest_compute(kv));
     /* 2^20 -> 2^18 began at 131071 keys and, moving a sparse table one
      * bucket per delete, lasted until few keys were left; then a second
      * shrink. Idle-time rehashing finishes it. */
@@ -733,44 +746,45 @@ TEST(apply_fuzz)
 
 TEST(digest_order_independent)
 {
+    /* The same commands on tables of different seeds (layouts): equal
+     * digests. */
     struct kv *a = kv_new(), *b = kv_new_seeded(0xdeadbeef);
     char k[32], v[48];
     const size_t n = 20000;
-    for (size_t i = 0; i < n; i++) {
-        size_t kl = key_of(k, i), vl = val_of(v, i);
-        kv_set(a, k, kl, "old", 3);
-        kv_set(a, k, kl, v, vl);
-    }
-    for (size_t i = n; i-- > 0;) {
-        size_t kl = key_of(k, i), vl = val_of(v, i);
-        kv_set(b, k, kl, v, vl);
-    }
-    for (size_t i = n; i < n + 5000; i++) { /* b also held keys since gone */
-        size_t kl = key_of(k, i);
-        kv_set(b, k, kl, "gone", 4);
-    }
-    for (size_t i = n; i < n + 5000; i++) {
-        size_t kl = key_of(k, i);
-        kv_del(b, k, kl);
+    for (int t = 0; t < 2; t++) {
+        struct kv *x = t ? b : a;
+        for (size_t i = 0; i < n; i++) {
+            size_t kl = key_of(k, i), vl = val_of(v, i);
+            kv_set(x, k, kl, "old", 3);
+            kv_set(x, k, kl, v, vl);
+        }
+        for (size_t i = 0; i < n; i += 3)
+            kv_del(x, k, key_of(k, i));
     }
     CHECK(kv_digest(a) != 0);
     CHECK(kv_digest(a) == kv_digest(b));
     CHECK(kv_digest(a) == kv_digest_compute(a));
     CHECK(kv_digest(b) == kv_digest_compute(b));
     CHECK_EQ_INT(kv_bytes(a), kv_bytes(b));
+    CHECK(kv_revision(a) == kv_revision(b));
 
-    /* One changed value, or a value moved to another key, differs. */
-    uint64_t d = kv_digest(a);
-    kv_set(a, "key:5", 5, "changed", 7);
-    CHECK(kv_digest(a) != d);
-    size_t vl = val_of(v, 5);
-    kv_set(a, "key:5", 5, v, vl);
-    CHECK(kv_digest(a) == d);
+    /* Same contents, other history (order of writes): metadata differ,
+     * so do digests. */
+    struct kv *c = kv_new(), *d = kv_new();
+    kv_set(c, "x", 1, "1", 1);
+    kv_set(c, "y", 1, "2", 1);
+    kv_set(d, "y", 1, "2", 1);
+    kv_set(d, "x", 1, "1", 1);
+    CHECK(kv_revision(c) == kv_revision(d));
+    CHECK(kv_digest(c) != kv_digest(d));
+    /* A value moved to another key differs. */
     kv_set(a, "k", 1, "ey:5", 4);
     kv_set(b, "ke", 2, "y:5", 3);
     CHECK(kv_digest(a) != kv_digest(b));
     kv_free(a);
     kv_free(b);
+    kv_free(c);
+    kv_free(d);
 }
 
 /* --- randomized comparison with a reference model ------------------------- */
@@ -946,6 +960,395 @@ TEST(random_vs_model)
     }
 }
 
+/* --- transactions, ranges and revisions against a reference model -------- */
+
+#define TM_KEYS 64
+
+struct tmodel {
+    bool present[TM_KEYS];
+    uint8_t val[TM_KEYS];      /* one-byte values */
+    struct kv_meta m[TM_KEYS]; /* expected metadata */
+    uint64_t rev;              /* expected revision */
+};
+
+/* Two-byte keys whose bytewise order is their index order. */
+static void tm_key(uint8_t *k, size_t i)
+{
+    k[0] = (uint8_t)('a' + i / 26);
+    k[1] = (uint8_t)('a' + i % 26);
+}
+
+struct tm_collect {
+    size_t n;
+    uint8_t keys[TM_KEYS][2];
+    struct kv_meta m[TM_KEYS];
+    uint8_t val[TM_KEYS];
+    bool bad;
+};
+
+static int tm_visit(void *arg, const struct kv_view *v)
+{
+    struct tm_collect *c = arg;
+    if (c->n >= TM_KEYS || v->klen != 2 || v->vlen != 1) {
+        c->bad = true;
+        return 1;
+    }
+    memcpy(c->keys[c->n], v->key, 2);
+    c->m[c->n] = v->meta;
+    c->val[c->n] = v->value[0];
+    c->n++;
+    return 0;
+}
+
+static bool meta_eq(const struct kv_meta *a, const struct kv_meta *b)
+{
+    return a->create_revision == b->create_revision &&
+           a->mod_revision == b->mod_revision && a->version == b->version &&
+           a->lease == b->lease;
+}
+
+/* Collected items of a sink (GET/RANGE results). */
+struct tm_sink {
+    size_t items;
+    uint64_t count;
+    bool more;
+};
+
+static void tms_item(void *arg, const struct kv_view *v)
+{
+    (void)v;
+    ((struct tm_sink *)arg)->items++;
+}
+
+static void tms_end(void *arg, uint64_t count, bool more)
+{
+    ((struct tm_sink *)arg)->count = count;
+    ((struct tm_sink *)arg)->more = more;
+}
+
+static void tm_put(struct tmodel *m, size_t i, uint8_t v, bool *changed)
+{
+    if (!*changed) {
+        m->rev++;
+        *changed = true;
+    }
+    if (!m->present[i]) {
+        m->present[i] = true;
+        m->m[i] = (struct kv_meta){m->rev, m->rev, 1, 0};
+    } else {
+        m->m[i].mod_revision = m->rev;
+        m->m[i].version++;
+    }
+    m->val[i] = v;
+}
+
+static void tm_del(struct tmodel *m, size_t i, bool *changed)
+{
+    if (!m->present[i])
+        return;
+    if (!*changed) {
+        m->rev++;
+        *changed = true;
+    }
+    m->present[i] = false;
+}
+
+static void tmodel_run(uint64_t seed)
+{
+    struct tmodel *m = pz_calloc(1, sizeof *m);
+    struct kv *kv = kv_new_seeded(seed * 7 + 1);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    uint64_t rng = seed;
+    for (int iter = 0; iter < 20000; iter++) {
+        uint64_t r = pz_rand_next(&rng);
+        size_t i = r % TM_KEYS, j = (r >> 8) % TM_KEYS;
+        uint8_t ki[2], kj[2], v = (uint8_t)(r >> 16);
+        tm_key(ki, i);
+        tm_key(kj, j);
+        if (j < i) {
+            size_t t = i;
+            i = j;
+            j = t;
+            uint8_t tk[2] = {ki[0], ki[1]};
+            memcpy(ki, kj, 2);
+            memcpy(kj, tk, 2);
+        }
+        bool changed = false;
+        struct kv_result res;
+        pz_buf_reset(&b);
+        switch ((r >> 24) % 4) {
+        case 0: { /* put through version 1 */
+            CHECK_EQ_INT(kv_encode_set(&b, ki, 2, &v, 1), 0);
+            CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+            tm_put(m, i, v, &changed);
+            break;
+        }
+        case 1: { /* delete-range [ki, kj) in a transaction */
+            struct kv_op op = {.type = KV_TOP_DELRANGE,
+                               .key = ki,
+                               .klen = 2,
+                               .value = kj,
+                               .vlen = 2};
+            CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &op, 1, NULL, 0), 0);
+            CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+            CHECK(res.succeeded);
+            for (size_t x = i; x < j; x++)
+                tm_del(m, x, &changed);
+            break;
+        }
+        default: { /* CAS on mod_revision (right half the time) */
+            uint64_t want = m->present[i] ? m->m[i].mod_revision : 0;
+            if (r & (1ull << 40))
+                want += 1 + (r >> 41) % 3;
+            struct kv_cmp c = {.target = want ? KV_CMP_MOD : KV_CMP_CREATE,
+                               .result = KV_CMP_EQ,
+                               .key = ki,
+                               .klen = 2,
+                               .num = want};
+            struct kv_op ok[2] = {{.type = KV_TOP_PUT,
+                                   .key = ki,
+                                   .klen = 2,
+                                   .value = &v,
+                                   .vlen = 1},
+                                  {.type = KV_TOP_DEL, .key = kj, .klen = 2}};
+            struct kv_op no = {.type = KV_TOP_RANGE,
+                               .key = ki,
+                               .klen = 2,
+                               .value = kj,
+                               .vlen = 2};
+            CHECK_EQ_INT(kv_encode_txn(&b, &c, 1, ok, 2, &no, 1), 0);
+            struct tm_sink ts = {0};
+            struct kv_sink sk = {
+                .item = tms_item, .op_end = tms_end, .arg = &ts};
+            CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk),
+                         0);
+            uint64_t cur = m->present[i] ? m->m[i].mod_revision : 0;
+            bool holds = cur == want;
+            CHECK_EQ_INT(res.succeeded, holds);
+            if (holds) {
+                tm_put(m, i, v, &changed);
+                tm_del(m, j, &changed); /* j == i: the put is undone */
+            } else {
+                uint64_t n = 0;
+                for (size_t x = i; x < j; x++)
+                    n += m->present[x];
+                CHECK(ts.count == n && ts.items == n && !ts.more);
+            }
+            break;
+        }
+        }
+        CHECK(res.revision == m->rev);
+        CHECK(kv_revision(kv) == m->rev);
+        if (iter % 101 == 0 || test_failed_flag) {
+            struct tm_collect *c = pz_calloc(1, sizeof *c);
+            kv_foreach_view(kv, tm_visit, c);
+            size_t n = 0;
+            bool ok = !c->bad;
+            for (size_t x = 0; x < TM_KEYS && ok; x++) {
+                if (!m->present[x])
+                    continue;
+                uint8_t k[2];
+                tm_key(k, x);
+                ok = n < c->n && memcmp(c->keys[n], k, 2) == 0 &&
+                     meta_eq(&c->m[n], &m->m[x]) && c->val[n] == m->val[x];
+                n++;
+            }
+            ok = ok && n == c->n;
+            pz_free(c);
+            CHECK(ok);
+            CHECK(kv_digest(kv) == kv_digest_compute(kv));
+        }
+    }
+    pz_buf_free(&b);
+    kv_free(kv);
+    pz_free(m);
+}
+
+TEST(txn_range_vs_model)
+{
+    uint64_t seed = (uint64_t)time(NULL);
+    static const uint64_t fixed[] = {1, 99, 0};
+    for (size_t s = 0; s < PZ_ARRAY_SIZE(fixed); s++) {
+        uint64_t sd = fixed[s] ? fixed[s] : seed;
+        tmodel_run(sd);
+        if (test_failed_flag) {
+            fprintf(stderr, "    model run failed with seed %" PRIu64 "\n", sd);
+            return;
+        }
+    }
+    printf("    txn model: seeds 1, 99, %" PRIu64 "\n", seed);
+}
+
+/* Commands of version 2 that are malformed are refused, by kv_decode and
+ * kv_apply alike, and change nothing. */
+TEST(txn_malformed)
+{
+    struct kv *kv = kv_new();
+    kv_set(kv, "a", 1, "1", 1);
+    uint64_t d = kv_digest(kv);
+    static const struct {
+        const char *bytes;
+        size_t len;
+        int rc;
+    } cases[] = {
+        {"\x21", 1, PZ_ECORRUPT},                 /* no counts */
+        {"\x21\x00\x00", 3, PZ_ECORRUPT},         /* no failure count */
+        {"\x21\x00\x00\x00\x00", 5, PZ_ECORRUPT}, /* trailing byte */
+        {"\x21\x81\x01", 3, PZ_ETOOBIG},          /* 129 comparisons */
+        {"\x21\x01\x05\x00\x01"
+         "a"
+         "\x00",
+         6, PZ_EINVAL}, /* bad target */
+        {"\x21\x01\x01\x04\x01"
+         "a"
+         "\x00",
+         6, PZ_EINVAL}, /* bad result */
+        {"\x21\x00\x01\x06\x01"
+         "a",
+         5, PZ_EINVAL}, /* bad op type */
+        {"\x21\x00\x01\x05\x01"
+         "a"
+         "\x08\x00\x00\x00",
+         9, PZ_EINVAL}, /* unknown range flag */
+        {"\x21\x00\x01\x05\x01"
+         "a"
+         "\x01\x01"
+         "b"
+         "\x00\x00",
+         10, PZ_EINVAL}, /* to-end with an end */
+        {"\x21\x00\x01\x01\x01"
+         "a"
+         "\x01"
+         "x"
+         "\x80\x00\x00",
+         10, PZ_ECORRUPT},                  /* lease varint not shortest */
+        {"\x22\x00\x00\x00", 4, PZ_EINVAL}, /* unknown v2 op */
+        {"\x31\x00\x00\x00", 4, PZ_EINVAL}, /* unknown version */
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(cases); i++) {
+        struct kv_cmd c;
+        const uint8_t *p = (const uint8_t *)cases[i].bytes;
+        int rc = kv_decode(p, cases[i].len, &c);
+        if (rc != cases[i].rc)
+            fprintf(stderr, "    case %zu: %d\n", i, rc);
+        CHECK_EQ_INT(rc, cases[i].rc);
+        CHECK_EQ_INT(kv_apply(kv, p, cases[i].len, NULL), cases[i].rc);
+        CHECK(kv_digest(kv) == d && kv_revision(kv) == 1);
+    }
+    /* The smallest valid one: no comparisons, no operations. */
+    struct kv_result res;
+    CHECK_EQ_INT(kv_apply(kv, (const uint8_t *)"\x21\x00\x00\x00", 4, &res), 0);
+    CHECK(res.op == KV_OP_TXN && res.succeeded && res.revision == 1);
+    kv_free(kv);
+}
+
+/* What the watchers' hook saw. */
+struct ev_log {
+    int n;
+    char line[16][48];
+};
+
+static void ev_cb(void *arg, int type, const struct kv_view *cur,
+                  const struct kv_view *prev)
+{
+    struct ev_log *l = arg;
+    if (l->n >= 16)
+        return;
+    const struct kv_view *k = cur ? cur : prev;
+    snprintf(l->line[l->n++], sizeof l->line[0], "%s %.*s %.*s@%llu <%.*s>",
+             type == KV_TOP_PUT ? "put" : "del", (int)k->klen,
+             (const char *)k->key, cur ? (int)cur->vlen : 1,
+             cur ? (const char *)cur->value : "-",
+             (unsigned long long)(cur ? cur->meta.mod_revision : 0),
+             prev ? (int)prev->vlen : 1,
+             prev ? (const char *)prev->value : "-");
+}
+
+static void count_item(void *arg, const struct kv_view *v)
+{
+    (void)v;
+    (*(int *)arg)++;
+}
+
+struct end_seen {
+    uint64_t count;
+    bool more;
+};
+
+static void end_item(void *arg, uint64_t count, bool more)
+{
+    struct end_seen *e = arg;
+    e->count = count;
+    e->more = more;
+}
+
+TEST(events_and_range_limits)
+{
+    struct kv *kv = kv_new();
+    struct ev_log log = {0};
+    kv_set_event_cb(kv, ev_cb, &log);
+    kv_set(kv, "a", 1, "1", 1);
+    kv_set(kv, "a", 1, "2", 1); /* same length: still a new entry */
+    kv_set(kv, "b", 1, "33", 2);
+    kv_del(kv, "zz", 2); /* absent: no event, no revision */
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct kv_op dr = {.type = KV_TOP_DELRANGE, .flags = KV_RANGE_TO_END};
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &dr, 1, NULL, 0), 0);
+    struct kv_result res;
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK(res.revision == 4 && kv_count(kv) == 0);
+    static const char *const want[] = {"put a 1@1 <->", "put a 2@2 <1>",
+                                       "put b 33@3 <->", "del a -@0 <2>",
+                                       "del b -@0 <33>"};
+    CHECK_EQ_INT(log.n, 5);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ_STR(log.line[i], want[i]);
+    kv_set_event_cb(kv, NULL, NULL);
+    /* A range stops one key past its limit and says more. */
+    for (int i = 0; i < 50; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "k%02d", i);
+        kv_set(kv, k, 3, "v", 1);
+    }
+    int items = 0;
+    struct end_seen end = {0};
+    struct kv_sink sk = {.item = count_item, .op_end = end_item};
+    struct kv_op rg = {.type = KV_TOP_RANGE,
+                       .key = (const uint8_t *)"k1",
+                       .klen = 2,
+                       .value = (const uint8_t *)"k3",
+                       .vlen = 2,
+                       .limit = 4};
+    for (int t = 0; t < 3; t++) {
+        rg.limit = t == 0 ? 4 : t == 1 ? 20 : 0;
+        rg.flags = t == 2 ? KV_RANGE_COUNT_ONLY : 0;
+        items = 0;
+        pz_buf_reset(&b);
+        sk.arg = &items;
+        sk.item = count_item;
+        sk.op_end = NULL;
+        CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &rg, 1, NULL, 0), 0);
+        CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk),
+                     0);
+        sk.item = NULL;
+        sk.op_end = end_item;
+        sk.arg = &end;
+        CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk),
+                     0);
+        if (t == 0)
+            CHECK(items == 4 && end.count == 4 && end.more);
+        else if (t == 1)
+            CHECK(items == 20 && end.count == 20 && !end.more);
+        else
+            CHECK(items == 0 && end.count == 20 && !end.more);
+    }
+    CHECK(res.revision == 54 && kv_revision(kv) == 54); /* reads: none */
+    pz_buf_free(&b);
+    kv_free(kv);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
     TEST_ENTRY(binary_keys_values),
@@ -966,5 +1369,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(apply_fuzz),
     TEST_ENTRY(digest_order_independent),
     TEST_ENTRY(random_vs_model),
+    TEST_ENTRY(txn_range_vs_model),
+    TEST_ENTRY(txn_malformed),
+    TEST_ENTRY(events_and_range_limits),
     TEST_END};
 const struct test_suite suite_kv = {"kv", cases};

@@ -593,6 +593,66 @@ TEST(vote_requires_up_to_date_log)
     net_free(&net);
 }
 
+/* Figure 3.1 (RequestVote): "Reply false if term < currentTerm". A node
+ * in term 5 that has not voted in it gets a VOTE for term 3 from a
+ * candidate with an up-to-date log: refused, with our term, and no vote
+ * recorded in any term (granting it would let two leaders win term 3). */
+TEST(vote_of_lower_term_refused)
+{
+    struct raft *rs[3] = {restored(1, 3, NULL, 0, 5), restored(2, 3, NULL, 0, 3),
+                          restored(3, 3, NULL, 0, 3)};
+    struct tnet net;
+    net_with(&net, 3, rs);
+    const uint8_t types[] = {RAFT_MSG_PREVOTE, RAFT_MSG_VOTE};
+    for (size_t k = 0; k < PZ_ARRAY_SIZE(types); k++) {
+        struct raft_msg m = {
+            .type = types[k], .from = 2, .term = 3, .index = 1, .log_term = 1};
+        inject(&net, 1, m);
+        uint8_t rt = types[k] == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP
+                                               : RAFT_MSG_PREVOTE_RESP;
+        struct raft_msg *resp = find_msg(&net, 1, rt);
+        CHECK(resp != NULL);
+        CHECK(resp->reject);
+        CHECK_EQ_INT(resp->term, 5);
+        CHECK_EQ_INT(st_of(&net, 1).term, 5);
+        CHECK_EQ_INT(net.nodes[1].hs.vote, 0);
+        drop_queue(&net);
+    }
+    /* The vote is still free in term 5. */
+    struct raft_msg m = {
+        .type = RAFT_MSG_VOTE, .from = 3, .term = 5, .index = 1, .log_term = 1};
+    inject(&net, 1, m);
+    struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_VOTE_RESP);
+    CHECK(resp != NULL && !resp->reject && resp->term == 5);
+    CHECK_EQ_INT(net.nodes[1].hs.vote, 3);
+    net_free(&net);
+}
+
+/* Figure 3.1 (AppendEntries 5): "set commitIndex = min(leaderCommit,
+ * index of last new entry)". A follower holding stale entries past what
+ * the APPEND covers (terms 2 at 7 and 8, from a leader that lost) must
+ * not commit them on the new leader's commit index: the leader's entries
+ * 7 and 8 are others. */
+TEST(append_commits_only_what_it_carries)
+{
+    const uint64_t t[] = {1, 1, 1, 1, 1, 2, 2}; /* indexes 2..8 */
+    struct raft *rs[3] = {restored(1, 3, t, 7, 3), restored(2, 3, NULL, 0, 3),
+                          restored(3, 3, NULL, 0, 3)};
+    struct tnet net;
+    net_with(&net, 3, rs);
+    struct raft_entry e = {.term = 1, .index = 6, .type = RAFT_ENTRY_NORMAL};
+    struct raft_msg m = {.type = RAFT_MSG_APPEND, .from = 2, .term = 3,
+                         .index = 5, .log_term = 1, .entries = &e,
+                         .n_entries = 1, .commit = 8};
+    inject(&net, 1, m);
+    struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_APPEND_RESP);
+    CHECK(resp != NULL && !resp->reject);
+    CHECK_EQ_INT(resp->index, 6);
+    CHECK_EQ_INT(st_of(&net, 1).commit, 6);
+    CHECK_EQ_INT(st_of(&net, 1).last_index, 8); /* nothing truncated yet */
+    net_free(&net);
+}
+
 TEST(vote_response_waits_for_persist)
 {
     struct tnet net;
@@ -2559,6 +2619,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(single_node_election_and_commit),
     TEST_ENTRY(three_node_election),
     TEST_ENTRY(vote_requires_up_to_date_log),
+    TEST_ENTRY(vote_of_lower_term_refused),
+    TEST_ENTRY(append_commits_only_what_it_carries),
     TEST_ENTRY(vote_response_waits_for_persist),
     TEST_ENTRY(reject_hint),
     TEST_ENTRY(backtracking_converges_fast),

@@ -1,14 +1,21 @@
 /* test_raft_sim.c - deterministic randomized simulation of Raft clusters.
  *
  * A cluster of 3 or 5 cores (src/raft.c) runs on a discrete-event clock:
- * per-node ticks, a network with per-message delay (reordering), loss,
- * duplication and partitions (minority, majority, leader isolation, heal),
+ * per-node ticks (each incarnation's clock may run up to 30% off), process
+ * pauses (a paused node's events wait until it runs again), a network with
+ * per-message delay (reordering), loss, duplication, stale copies
+ * delivered much later, partitions (minority, majority, leader isolation,
+ * one direction of one link, heal), every message through the real codec
+ * (src/raft_codec.c: encoded, cut into random pieces for the frame parser,
+ * decoded, and required to come out equal),
  * fake storage whose write of a Ready completes after a random delay (one
  * batch in flight per node, the Ready's arrays used in place meanwhile),
  * and crashes that lose what was not durable (a write in flight is either
- * lost or complete) followed by a restart through raft_restore_snapshot
- * from the durable state only. Clients propose, read, change membership
- * and transfer leadership at random.
+ * lost or complete), of one node or of all at once, followed by a restart
+ * through raft_restore_snapshot from the durable state only. Clients
+ * propose (on the leader; on other nodes a proposal must be refused with
+ * nothing changed), read, change membership and transfer leadership at
+ * random.
  *
  * Snapshots: each node's state machine is the chained digest of the
  * entries it applied. Nodes snapshot it at random applied indexes (the
@@ -55,6 +62,7 @@
 
 #include "pz.h"
 #include "raft.h"
+#include "raft_codec.h"
 
 #ifndef RAFT_SIM_MAIN
 #include "test.h"
@@ -221,6 +229,22 @@ struct sim {
     uint64_t forge_rng;                /* forged messages' randomness (its
                                           own, so seeds replay as before) */
     uint64_t stat_forged;              /* forged messages refused */
+    /* links cut one way: cut[a][b] drops what a sends to b */
+    bool cut[SIM_MAXN + 1][SIM_MAXN + 1];
+    uint64_t paused_until[SIM_MAXN + 1]; /* a paused process runs again */
+    uint64_t tick_ms[SIM_MAXN + 1];      /* each node's clock rate */
+    uint64_t codec_rng;                  /* how frames are split (its own
+                                            stream: events stay as they
+                                            were) */
+    uint64_t stat_frames;                /* messages through the codec */
+    struct pz_buf codec_buf;             /* frames are encoded here */
+    struct raft_frame_parser codec_fp;   /* and parsed by this one */
+    uint64_t stat_pauses;                /* process pauses */
+    uint64_t stat_blackouts;             /* all nodes down at once */
+    uint64_t stat_oneway;                /* links cut one way */
+    uint64_t stat_follower_props;        /* proposals refused by
+                                            non-leaders */
+    uint64_t stat_stale;                 /* stale copies delivered late */
 };
 
 static volatile sig_atomic_t cur_seed_for_signal;
@@ -397,7 +421,72 @@ static void ev_free(struct event *e)
 
 static bool linked(const struct sim *s, uint64_t a, uint64_t b)
 {
-    return s->group[a] == s->group[b];
+    return s->group[a] == s->group[b] && !s->cut[a][b];
+}
+
+static bool msg_equal(const struct raft_msg *a, const struct raft_msg *b)
+{
+    if (a->type != b->type || a->reject != b->reject ||
+        a->transfer != b->transfer || a->from != b->from || a->to != b->to ||
+        a->term != b->term || a->log_term != b->log_term ||
+        a->index != b->index || a->commit != b->commit ||
+        a->reject_hint != b->reject_hint || a->context != b->context ||
+        a->n_entries != b->n_entries || a->snap_index != b->snap_index ||
+        a->snap_term != b->snap_term)
+        return false;
+    for (size_t i = 0; i < a->n_entries; i++) {
+        const struct raft_entry *x = &a->entries[i], *y = &b->entries[i];
+        if (x->term != y->term || x->index != y->index || x->type != y->type ||
+            x->len != y->len ||
+            (x->len > 0 && memcmp(x->data, y->data, x->len) != 0))
+            return false;
+    }
+    return true;
+}
+
+/* What the peer link does to a message: encode it as a frame
+ * (src/raft_codec.c), cut the bytes into random pieces for the frame
+ * parser, decode the body. The receiver gets the decoded message, which
+ * must equal what was sent. */
+static void codec_copy(struct sim *s, struct raft_msg *dst,
+                       const struct raft_msg *m)
+{
+    struct pz_buf b = s->codec_buf;
+    pz_buf_reset(&b);
+    int rc = raft_codec_encode_msg(&b, m, RAFT_FRAME_MAX);
+    struct raft_frame_parser p = s->codec_fp;
+    const uint8_t *data = (const uint8_t *)b.data, *body = NULL;
+    size_t off = 0, blen = 0;
+    int st = RAFT_FRAME_NEED_MORE;
+    while (rc == 0 && off < b.len && st == RAFT_FRAME_NEED_MORE) {
+        size_t piece = 1 + (size_t)(pz_rand_next(&s->codec_rng) %
+                                    (uint64_t)(b.len - off));
+        if (pz_rand_next(&s->codec_rng) % 2)
+            piece = b.len - off; /* mostly whole frames */
+        size_t used = 0;
+        st = raft_frame_parser_feed(&p, data + off, piece, &used, &body,
+                                    &blen);
+        off += used;
+    }
+    struct raft_decoded d = {0};
+    if (rc != 0 || st != RAFT_FRAME_DONE || off != b.len ||
+        raft_codec_decode(body, blen, &d) != 0 ||
+        d.kind != RAFT_FRAME_MESSAGE || !msg_equal(&d.msg, m)) {
+        sim_fail(s, "%s from %" PRIu64 " to %" PRIu64 " did not survive "
+                    "the codec (encode %d, parse %d)",
+                 raft_msg_type_name(m->type), m->from, m->to, rc, st);
+        msg_deep_copy(dst, m);
+    } else {
+        msg_deep_copy(dst, &d.msg);
+        s->stat_frames++;
+    }
+    raft_decoded_free(&d);
+    if (st != RAFT_FRAME_DONE) { /* a broken frame leaves the parser so */
+        raft_frame_parser_free(&p);
+        raft_frame_parser_init(&p, RAFT_FRAME_MAX);
+    }
+    s->codec_buf = b; /* buffers kept for the next message */
+    s->codec_fp = p;
 }
 
 static uint64_t net_delay(struct sim *s)
@@ -420,8 +509,21 @@ static void net_send(struct sim *s, const struct raft_msg *m)
         copies = 2;
     for (int i = 0; i < copies; i++) {
         struct event *e = ev_new(s, EV_DELIVER, (int)m->to, net_delay(s));
-        msg_deep_copy(&e->m, m);
+        codec_copy(s, &e->m, m);
         heap_push(s, e);
+    }
+    bool vote = m->type == RAFT_MSG_VOTE || m->type == RAFT_MSG_PREVOTE;
+    if (s->chaos && copies > 0 && chance(s, vote ? 20 : 2)) {
+        /* A stale copy arrives much later (held in a send queue across a
+         * reconnect): requests and answers of terms long gone reach
+         * nodes that moved on. Vote requests get it most: a vote of an
+         * old term granted by a node of a newer one breaks Election
+         * Safety, and elections are rare events. */
+        struct event *e =
+            ev_new(s, EV_DELIVER, (int)m->to, 100 + rnd(s, 500));
+        codec_copy(s, &e->m, m);
+        heap_push(s, e);
+        s->stat_stale++;
     }
 }
 
@@ -1260,6 +1362,11 @@ static void node_start(struct sim *s, int id)
     sn->lc_term = 0;
     sn->lc_checked = 0;
     sn->marker_term = 0;
+    /* Clocks drift: each incarnation ticks at its own rate, up to 30%
+     * off (the election timeout in ticks then differs in time). */
+    s->tick_ms[id] = TICK_MS;
+    if (s->chaos && chance(s, 30))
+        s->tick_ms[id] = TICK_MS - 3 + rnd(s, 7);
     heap_push(s, ev_new(s, EV_TICK, id, 1 + rnd(s, TICK_MS)));
     trace(s,
           "node %d up (epoch %" PRIu64 ", snapshot %" PRIu64
@@ -1381,9 +1488,36 @@ static void do_conf_change(struct sim *s, int id)
           pz_strerror(rc));
 }
 
+/* A proposal on a node that does not lead is refused and changes
+ * nothing (the driver forwards it to the leader instead). */
+static void follower_propose(struct sim *s)
+{
+    int id = pick_up(s);
+    if (!id)
+        return;
+    struct raft_status st;
+    raft_status(s->nodes[id].r, &st);
+    if (st.role == RAFT_LEADER)
+        return;
+    bool ready = raft_has_ready(s->nodes[id].r);
+    uint8_t buf[8] = {'f', 'o', 'l', 'l', 'o', 'w', 'e', 'r'};
+    uint64_t idx = 0, term = 0;
+    int rc = raft_propose(s->nodes[id].r, buf, sizeof buf, &idx, &term);
+    struct raft_status after;
+    raft_status(s->nodes[id].r, &after);
+    if (rc != PZ_ENOTLEADER || after.last_index != st.last_index ||
+        after.term != st.term || after.commit != st.commit ||
+        after.role != st.role || raft_has_ready(s->nodes[id].r) != ready)
+        sim_fail(s, "node %d (not leading) took a proposal: %s", id,
+                 pz_strerror(rc));
+    s->stat_follower_props++;
+}
+
 static void client_action(struct sim *s)
 {
     int l = pick_leader(s);
+    if (chance(s, 5))
+        follower_propose(s);
     uint64_t r = rnd(s, 100);
     if (r < 60) {
         if (l)
@@ -1408,6 +1542,7 @@ static void heal(struct sim *s)
 {
     for (int i = 1; i <= s->n; i++)
         s->group[i] = 0;
+    memset(s->cut, 0, sizeof s->cut);
 }
 
 static void crash_and_restart(struct sim *s, int id)
@@ -1418,10 +1553,50 @@ static void crash_and_restart(struct sim *s, int id)
     }
 }
 
+/* Every node down at once (a power cut of the whole cluster), each back
+ * after its own delay. */
+static void blackout(struct sim *s)
+{
+    for (int i = 1; i <= s->n; i++) {
+        if (s->nodes[i].r == NULL)
+            continue;
+        node_crash(s, i);
+        heap_push(s, ev_new(s, EV_RESTART, i, 5 + rnd(s, s->restart_max)));
+    }
+    s->stat_blackouts++;
+    trace(s, "blackout: every node down");
+}
+
 static void chaos_action(struct sim *s)
 {
     if (chance(s, s->crash_pct)) {
-        crash_and_restart(s, chance(s, 50) ? pick_leader(s) : pick_up(s));
+        if (chance(s, 5))
+            blackout(s);
+        else
+            crash_and_restart(s, chance(s, 50) ? pick_leader(s) : pick_up(s));
+        return;
+    }
+    if (chance(s, 8)) {
+        /* One direction of one link fails (a bad route or firewall rule):
+         * a leader may hear its followers but not reach them, or a
+         * candidate reach voters that cannot answer. */
+        uint64_t a = 1 + rnd(s, (uint64_t)s->n), b = 1 + rnd(s, (uint64_t)s->n);
+        if (a != b) {
+            s->cut[a][b] = true;
+            s->stat_oneway++;
+            trace(s, "cut %" PRIu64 "->%" PRIu64, a, b);
+        }
+        return;
+    }
+    if (chance(s, 8)) {
+        /* A process pause (GC, SIGSTOP, a swapped-out page): nothing it
+         * would do happens until it runs again, then all at once. */
+        int id = chance(s, 50) && pick_leader(s) ? pick_leader(s) : pick_up(s);
+        if (id) {
+            s->paused_until[id] = s->now + 20 + rnd(s, 300);
+            s->stat_pauses++;
+            trace(s, "pause %d until %" PRIu64, id, s->paused_until[id]);
+        }
         return;
     }
     uint64_t r = rnd(s, 85);
@@ -1545,12 +1720,25 @@ static void forge(struct sim *s, struct snode *sn, const struct raft_msg *m)
 static void handle_event(struct sim *s, struct event *e)
 {
     struct snode *sn = e->node > 0 ? &s->nodes[e->node] : NULL;
+    if (sn != NULL && s->paused_until[e->node] > s->now &&
+        e->type != EV_RESTART && e->type != EV_CRASH) {
+        /* Paused: the event waits (in order) until the process runs. */
+        struct event *later = ev_new(s, e->type, e->node,
+                                     s->paused_until[e->node] - s->now);
+        struct event tmp = *later;
+        *later = *e;
+        later->time = tmp.time;
+        later->seq = tmp.seq;
+        memset(e, 0, sizeof *e); /* ownership moved: ev_free frees nothing */
+        heap_push(s, later);
+        return;
+    }
     switch (e->type) {
     case EV_TICK:
         if (sn->r == NULL || e->epoch != sn->epoch)
             return;
         raft_tick(sn->r);
-        heap_push(s, ev_new(s, EV_TICK, e->node, TICK_MS));
+        heap_push(s, ev_new(s, EV_TICK, e->node, s->tick_ms[e->node]));
         break;
     case EV_DELIVER:
         if (sn->r == NULL || !linked(s, e->m.from, e->m.to))
@@ -1699,6 +1887,8 @@ static void sim_free(struct sim *s)
     pz_free(s->committed);
     pz_free(s->chains);
     pz_free(s->reads);
+    pz_buf_free(&s->codec_buf);
+    raft_frame_parser_free(&s->codec_fp);
 }
 
 struct sim_stats {
@@ -1709,6 +1899,12 @@ struct sim_stats {
     uint64_t snaps;    /* local snapshots taken (compactions) */
     uint64_t installs; /* snapshots installed from a leader */
     uint64_t forged;   /* forged messages refused */
+    uint64_t frames;   /* messages through the codec */
+    uint64_t stale;    /* stale copies delivered late */
+    uint64_t oneway;   /* links cut one way */
+    uint64_t pauses;   /* process pauses */
+    uint64_t blackouts; /* whole-cluster crashes */
+    uint64_t follower_props; /* proposals refused by non-leaders */
 };
 
 /* Runs one seed; returns true if every check passed. */
@@ -1720,6 +1916,9 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->rng = seed * 0x2545F4914F6CDD1Dull + 17;
     s->n = n;
     s->forge_rng = seed ^ 0x666f726765ull;
+    s->codec_rng = seed ^ 0x636f646563ull;
+    pz_buf_init(&s->codec_buf);
+    raft_frame_parser_init(&s->codec_fp, RAFT_FRAME_MAX);
     s->trace = trace_on;
     s->pre_vote = !chance(s, 20);
     s->check_quorum = !chance(s, 20);
@@ -1769,6 +1968,12 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     /* Phase 2: heal, restart, calm network; must make progress. */
     s->chaos = false;
     heal(s);
+    /* Liveness needs timing assumptions: no pauses, and clocks that agree
+     * (with one voter's clock 30% slower and no Pre-Vote, the others'
+     * vote requests can keep resetting the one electable node). */
+    memset(s->paused_until, 0, sizeof s->paused_until);
+    for (int i = 1; i <= n; i++)
+        s->tick_ms[i] = TICK_MS;
     trace(s, "--- healing: liveness phase");
     for (int i = 1; i <= n; i++)
         if (s->nodes[i].r == NULL)
@@ -1796,6 +2001,12 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
         stats->snaps += s->stat_snaps;
         stats->installs += s->stat_installs;
         stats->forged += s->stat_forged;
+        stats->frames += s->stat_frames;
+        stats->stale += s->stat_stale;
+        stats->oneway += s->stat_oneway;
+        stats->pauses += s->stat_pauses;
+        stats->blackouts += s->stat_blackouts;
+        stats->follower_props += s->stat_follower_props;
     }
     sim_free(s);
     pz_free(s);
@@ -1848,10 +2059,14 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
                " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
                " committed entries, %" PRIu64 " reads, %" PRIu64
                " leaders, %" PRIu64 " snapshots, %" PRIu64 " installs, %" PRIu64
-               " forged messages refused\n",
+               " forged messages refused, %" PRIu64 " frames decoded, %" PRIu64
+               " stale copies, %" PRIu64 " one-way cuts, %" PRIu64
+               " pauses, %" PRIu64 " blackouts, %" PRIu64
+               " proposals refused by followers\n",
                count, first, failed, secs, (double)count / secs, st.events,
                st.commits, st.reads, st.leaders, st.snaps, st.installs,
-               st.forged);
+               st.forged, st.frames, st.stale, st.oneway, st.pauses,
+               st.blackouts, st.follower_props);
     return failed ? 1 : 0;
 }
 

@@ -233,10 +233,10 @@ TEST(layout)
     uint8_t *p = read_all(path, &len);
     CHECK(p != NULL);
     size_t cl = sizeof conf_blob;
-    CHECK_EQ_INT(len,
-                 SNAPSHOT_HEADER_SIZE + cl + 8 + 2 + 3 + SNAPSHOT_TRAILER_SIZE);
+    CHECK_EQ_INT(len, SNAPSHOT_HEADER_SIZE + cl + 8 + SNAPSHOT_RECORD_HEADER +
+                          2 + 3 + SNAPSHOT_TRAILER_SIZE);
     CHECK(memcmp(p, "PYAZSNAP", 8) == 0);
-    CHECK_EQ_INT(pz_get_u32(p + 8), 1);
+    CHECK_EQ_INT(pz_get_u32(p + 8), 2);
     CHECK(pz_get_u64(p + 12) == 0x0102030405060708ull);
     CHECK(pz_get_u64(p + 20) == 9);
     int64_t created = (int64_t)pz_get_u64(p + 28);
@@ -244,9 +244,13 @@ TEST(layout)
     CHECK(pz_get_u64(p + 36) == 1);
     CHECK_EQ_INT(pz_get_u32(p + 44), cl);
     CHECK(memcmp(p + 48, conf_blob, cl) == 0);
-    const uint8_t *rec = p + 48 + cl;
+    CHECK(pz_get_u64(p + 48 + cl) == 1); /* revision */
+    const uint8_t *rec = p + 48 + cl + 8;
     CHECK_EQ_INT(pz_get_u32(rec), 2);
     CHECK_EQ_INT(pz_get_u32(rec + 4), 3);
+    CHECK(pz_get_u64(rec + 8) == 1 && pz_get_u64(rec + 16) == 1 &&
+          pz_get_u64(rec + 24) == 1 && pz_get_u64(rec + 32) == 0);
+    rec += SNAPSHOT_RECORD_HEADER - 8;
     CHECK(memcmp(rec + 8, "abxyz", 5) == 0);
     CHECK(memcmp(rec + 13, "PYAZEND\n", 8) == 0);
     CHECK(pz_get_u64(rec + 21) == snapshot_crc64(0, p, len - 8));
@@ -276,7 +280,7 @@ TEST(roundtrip_empty)
     struct kv *kv = kv_new();
     char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE] = "";
     CHECK(write_ok(t.root, kv, 5, 2, path));
-    CHECK_EQ_INT(file_size(path), SNAPSHOT_HEADER_SIZE + sizeof conf_blob +
+    CHECK_EQ_INT(file_size(path), SNAPSHOT_HEADER_SIZE + sizeof conf_blob + 8 +
                                       SNAPSHOT_TRAILER_SIZE);
     struct kv *got = kv_new();
     struct snapshot_meta m;
@@ -471,11 +475,32 @@ TEST(corrupt_magic_version_lengths)
     load_digest(path, &rc, err, sizeof err, NULL);
     CHECK(is_corrupt_named(rc, err, path) && strstr(err, "bad magic"));
     memcpy(p, orig, len);
-    pz_put_u32(p + 8, 2);
+    pz_put_u32(p + 8, 3);
     rewrite_crc(p, len);
     CHECK(write_file(path, p, len));
     load_digest(path, &rc, err, sizeof err, NULL);
-    CHECK(is_corrupt_named(rc, err, path) && strstr(err, "version 2"));
+    CHECK(is_corrupt_named(rc, err, path) && strstr(err, "version 3") &&
+          strstr(err, "reads versions 1 and 2"));
+    /* Metadata no history produces: version 0, modified after the
+     * table's revision, created after modified. */
+    size_t m0 = 48 + sizeof conf_blob + 8;
+    static const int fields[] = {24, 16, 8};
+    static const uint64_t bad[] = {0, 99, 99};
+    for (size_t f = 0; f < 3; f++) {
+        memcpy(p, orig, len);
+        pz_put_u64(p + m0 + fields[f], bad[f]);
+        rewrite_crc(p, len);
+        CHECK(write_file(path, p, len));
+        load_digest(path, &rc, err, sizeof err, NULL);
+        CHECK(is_corrupt_named(rc, err, path) &&
+              strstr(err, "impossible metadata"));
+        /* The same bytes damaged (checksum not fixed): said as damage. */
+        pz_put_u64(p + len - 8, pz_get_u64(orig + len - 8));
+        CHECK(write_file(path, p, len));
+        load_digest(path, &rc, err, sizeof err, NULL);
+        CHECK(is_corrupt_named(rc, err, path) &&
+              strstr(err, "checksum mismatch"));
+    }
     /* nkeys one too many / too few. */
     memcpy(p, orig, len);
     pz_put_u64(p + 36, 6);
@@ -491,7 +516,7 @@ TEST(corrupt_magic_version_lengths)
     CHECK(is_corrupt_named(rc, err, path));
     /* A key length above KV_KEY_MAX. */
     memcpy(p, orig, len);
-    pz_put_u32(p + 48 + sizeof conf_blob, KV_KEY_MAX + 1);
+    pz_put_u32(p + 48 + sizeof conf_blob + 8, KV_KEY_MAX + 1);
     rewrite_crc(p, len);
     CHECK(write_file(path, p, len));
     load_digest(path, &rc, err, sizeof err, NULL);
@@ -504,6 +529,13 @@ TEST(corrupt_magic_version_lengths)
     CHECK_EQ_INT(
         snapshot_peek(path, &(struct snapshot_meta){0}, err, sizeof err),
         PZ_ECORRUPT);
+    /* The end marker damaged (its last byte, the checksum rewritten). */
+    memcpy(p, orig, len);
+    p[len - 9] ^= 0x20;
+    rewrite_crc(p, len);
+    CHECK(write_file(path, p, len));
+    load_digest(path, &rc, err, sizeof err, NULL);
+    CHECK(is_corrupt_named(rc, err, path) && strstr(err, "end marker"));
     /* A repeated key (a second record equal to the first). */
     pz_free(p);
     struct kv *two = kv_new();
@@ -511,8 +543,8 @@ TEST(corrupt_magic_version_lengths)
     kv_set(two, "bb", 2, "2", 1);
     CHECK(write_ok(t.root, two, 4, 1, path));
     p = read_all(path, &len);
-    size_t r0 = 48 + sizeof conf_blob;
-    memcpy(p + r0 + 11, p + r0, 11);
+    size_t r0 = 48 + sizeof conf_blob + 8, rl = SNAPSHOT_RECORD_HEADER + 3;
+    memcpy(p + r0 + rl, p + r0, rl);
     rewrite_crc(p, len);
     CHECK(write_file(path, p, len));
     load_digest(path, &rc, err, sizeof err, NULL);
@@ -1320,10 +1352,13 @@ TEST(receiver_refuses_repeated_key)
     size_t n = fread(buf, 1, sizeof buf, f);
     fclose(f);
     unlink(path);
-    static const uint8_t rec[] = {0, 0, 0, 1, 0, 0, 0, 1, 'b', '2'};
+    /* Records are in key order: the second is b's. */
+    static const uint8_t rec[] = {0, 0, 0, 1, 0, 0, 0, 1};
     uint8_t *pb = memmem(buf, n, rec, sizeof rec);
     CHECK(pb != NULL);
-    pb[8] = 'a';
+    pb = memmem(pb + 1, (size_t)(buf + n - pb - 1), rec, sizeof rec);
+    CHECK(pb != NULL && pb[SNAPSHOT_RECORD_HEADER] == 'b');
+    pb[SNAPSHOT_RECORD_HEADER] = 'a';
     pz_put_u64(buf + n - 8, snapshot_crc64(0, buf, n - 8));
     struct snapshot_receiver *rx;
     CHECK_EQ_INT(snapshot_receiver_begin(t.root, 9, 2, n, &rx, err,
@@ -1342,6 +1377,71 @@ TEST(receiver_refuses_repeated_key)
         files += de->d_name[0] != '.';
     closedir(d);
     CHECK_EQ_INT(files, 0);
+    tdir_free(&t);
+}
+
+/* A version-1 file (what the previous release wrote) still loads: its
+ * keys get the snapshot's index as their revisions. The file is made from
+ * a version-2 one by dropping the revision and the records' metadata. */
+TEST(loads_version_1)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct kv *kv = kv_new();
+    kv_set(kv, "a", 1, "1", 1);
+    kv_set(kv, "b", 1, "22", 2);
+    kv_set(kv, "a", 1, "333", 3);
+    char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
+    CHECK(write_ok(t.root, kv, 40, 3, path));
+    size_t len;
+    uint8_t *p = read_all(path, &len);
+    CHECK(p != NULL);
+    uint8_t *q = pz_malloc(len);
+    size_t at = 48 + sizeof conf_blob, qn = at;
+    memcpy(q, p, at);
+    pz_put_u32(q + 8, 1);
+    at += 8; /* revision */
+    for (int i = 0; i < 2; i++) {
+        uint32_t kl = pz_get_u32(p + at), vl = pz_get_u32(p + at + 4);
+        memcpy(q + qn, p + at, 8);
+        memcpy(q + qn + 8, p + at + SNAPSHOT_RECORD_HEADER, kl + vl);
+        qn += 8 + kl + vl;
+        at += SNAPSHOT_RECORD_HEADER + kl + vl;
+    }
+    memcpy(q + qn, p + at, SNAPSHOT_TRAILER_SIZE);
+    qn += SNAPSHOT_TRAILER_SIZE;
+    rewrite_crc(q, qn);
+    CHECK(write_file(path, q, qn));
+    struct kv *got = kv_new();
+    struct snapshot_meta m;
+    CHECK_EQ_INT(snapshot_load(path, got, &m, err, sizeof err), 0);
+    CHECK(m.version == 1 && m.revision == 40 && m.index == 40);
+    CHECK(kv_revision(got) == 40 && kv_count(got) == 2);
+    struct kv_view v;
+    CHECK(kv_get_view(got, "a", 1, &v));
+    CHECK(v.vlen == 3 && memcmp(v.value, "333", 3) == 0);
+    CHECK(v.meta.create_revision == 40 && v.meta.mod_revision == 40 &&
+          v.meta.version == 1);
+    CHECK(kv_digest(got) == kv_digest_compute(got));
+    /* The next write is revision 41. */
+    kv_set(got, "b", 1, "x", 1);
+    CHECK(kv_get_view(got, "b", 1, &v) && v.meta.mod_revision == 41 &&
+          v.meta.version == 2 && v.meta.create_revision == 40);
+    snapshot_meta_free(&m);
+    /* And a version-2 round trip keeps every key's metadata exactly. */
+    CHECK(write_ok(t.root, kv, 41, 3, path));
+    struct kv *back = kv_new();
+    CHECK_EQ_INT(snapshot_load(path, back, &m, err, sizeof err), 0);
+    CHECK(m.version == 2 && m.revision == 3 && kv_revision(back) == 3);
+    CHECK(kv_get_view(back, "a", 1, &v) && v.meta.create_revision == 1 &&
+          v.meta.mod_revision == 3 && v.meta.version == 2);
+    CHECK(kv_digest(back) == kv_digest(kv));
+    snapshot_meta_free(&m);
+    kv_free(back);
+    kv_free(got);
+    pz_free(q);
+    pz_free(p);
+    kv_free(kv);
     tdir_free(&t);
 }
 
@@ -1615,6 +1715,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(receiver_crash_mid_install),
     TEST_ENTRY(rx_decide),
     TEST_ENTRY(receiver_refuses_repeated_key),
+    TEST_ENTRY(loads_version_1),
     TEST_ENTRY(prune_except_and_temp),
     TEST_ENTRY(bench_1m),
     TEST_END,

@@ -706,12 +706,22 @@ TEST(tampered_rows_refused)
     static const struct tamper cases[] = {
         {"DELETE FROM log WHERE idx = 50", PZ_ECORRUPT, "gap in the log"},
         {"DELETE FROM log WHERE idx = 1", PZ_ECORRUPT, "gap in the log"},
-        {"UPDATE log SET term = 2 WHERE idx = 50", PZ_ECORRUPT,
+        /* Without their checksums (rows of a version 1 file), the log's
+         * own rules still catch these. */
+        {"UPDATE log SET term = 2, crc = NULL WHERE idx = 50", PZ_ECORRUPT,
          "term decreases"},
-        {"UPDATE log SET term = 9 WHERE idx = 90", PZ_ECORRUPT,
+        {"UPDATE log SET term = 9, crc = NULL WHERE idx = 90", PZ_ECORRUPT,
          "above the hard state"},
-        {"UPDATE log SET type = 77 WHERE idx = 3", PZ_ECORRUPT,
+        {"UPDATE log SET type = 77, crc = NULL WHERE idx = 3", PZ_ECORRUPT,
          "unknown entry type"},
+        /* With them, any change to a row. */
+        {"UPDATE log SET term = 2 WHERE idx = 50", PZ_ECORRUPT,
+         "log entry 50 (row idx = 50 of table log, 0 payload bytes) fails "
+         "its checksum"},
+        {"UPDATE log SET data = CAST(X'00' || substr(data, 2) AS BLOB) WHERE idx = 42",
+         PZ_ECORRUPT, "log entry 42 (row idx = 42"},
+        {"UPDATE log SET type = 1 WHERE idx = 3", PZ_ECORRUPT,
+         "log entry 3 (row idx = 3"},
         {"DELETE FROM hard_state", PZ_ECORRUPT, "hard state row is missing"},
         {"UPDATE meta SET value = '99' WHERE key = 'schema_version'",
          PZ_ECORRUPT, "unknown schema version 99"},
@@ -894,6 +904,130 @@ TEST(fault_injection_async)
     CHECK_EQ_INT(ss.last_index, 44);
     store_close(s);
     CHECK(log_is(&t, 44, 1, 1));
+    tdir_free(&t);
+}
+
+/* What a start pays to check the log: PRAGMA quick_check at open, the
+ * rows' checksums at load (printed, not asserted). */
+TEST(bench_start_checks)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 1, 0};
+    size_t total = 200000, per = 5000;
+    uint8_t val[256];
+    memset(val, 'v', sizeof val);
+    struct raft_entry *e = pz_calloc(per, sizeof *e);
+    for (size_t i = 0; i < total; i += per) {
+        for (size_t k = 0; k < per; k++) {
+            e[k].index = i + k + 1;
+            e[k].term = 1;
+            e[k].type = RAFT_ENTRY_NORMAL;
+            e[k].data = val;
+            e[k].len = sizeof val;
+        }
+        CHECK_EQ_INT(store_write_sync(s, &hs, e, per), 0);
+    }
+    pz_free(e);
+    store_close(s);
+    struct stat st;
+    CHECK(stat(t.db, &st) == 0);
+    uint64_t t0 = uv_hrtime();
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    uint64_t t1 = uv_hrtime();
+    struct raft_entry *le;
+    size_t ln;
+    CHECK_EQ_INT(store_load(s, &hs, &le, &ln, NULL), 0);
+    uint64_t t2 = uv_hrtime();
+    CHECK_EQ_INT(ln, total);
+    free_entries(le, ln);
+    store_close(s);
+    CHECK(sql(&t, "UPDATE log SET crc = NULL"));
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    uint64_t t3 = uv_hrtime();
+    CHECK_EQ_INT(store_load(s, &hs, &le, &ln, NULL), 0);
+    uint64_t t4 = uv_hrtime();
+    free_entries(le, ln);
+    store_close(s);
+    fprintf(stderr,
+            "    %zu entries of %zu B, raft.db %lld MB: open (quick_check) "
+            "%.0f ms, load %.0f ms with checksums, %.0f ms without\n",
+            total, sizeof val, (long long)st.st_size >> 20,
+            (double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6,
+            (double)(t4 - t3) / 1e6);
+    tdir_free(&t);
+}
+
+/* A version 1 file (no checksum column) is converted at open: its rows
+ * keep no checksum and load, new ones get theirs. */
+TEST(schema_1_is_converted)
+{
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 20));
+    CHECK(sql(&t, "ALTER TABLE log DROP COLUMN crc;"
+                  "UPDATE meta SET value = '1' WHERE key = 'schema_version'"));
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct store_meta m;
+    store_meta_get(s, &m);
+    CHECK_EQ_INT(m.schema_version, STORE_SCHEMA_VERSION);
+    struct raft_hard_state hs = {3, 2, 0};
+    CHECK_EQ_INT(write_range(s, 21, 5, 3, &hs), 0);
+    store_close(s);
+    CHECK(log_is(&t, 25, 3, 3));
+    CHECK(sql(&t, "UPDATE log SET data = X'01' WHERE idx = 22"));
+    char err[512];
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
+    CHECK(has(err, "log entry 22"));
+    CHECK(sql(&t, "UPDATE log SET data = X'01' WHERE idx = 12"));
+    CHECK(sql(&t, "UPDATE log SET crc = NULL WHERE idx = 22"));
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), 0); /* unchecked row */
+    tdir_free(&t);
+}
+
+/* A write that finds no room (SQLITE_FULL, here from a page cap, as from
+ * a full file system) is rolled back whole, leaves the store usable, and
+ * the same batch goes through once there is room. */
+TEST(full_disk_rolls_back_and_retries)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 1, 0};
+    CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
+    CHECK_EQ_INT(store_test_max_pages(s, 1), 0); /* = its size now */
+    struct raft_hard_state h2 = {2, 0, 0};
+    struct raft_entry *e = mk_entries(3, 400, 2); /* overwrites 3..5 */
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(store_write_sync(s, &h2, e, 400), PZ_ENOSPC);
+        CHECK(has(store_errmsg(s), "full"));
+        CHECK(has(store_errmsg(s), t.db));
+    }
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.failures, 0);
+    CHECK_EQ_INT(ss.nospace, 2);
+    CHECK_EQ_INT(ss.last_index, 5);
+    struct raft_hard_state lh;
+    struct raft_entry *le;
+    size_t ln;
+    CHECK_EQ_INT(store_load(s, &lh, &le, &ln, NULL), 0);
+    CHECK_EQ_INT(ln, 5);
+    CHECK_EQ_INT(lh.term, 1);
+    for (size_t i = 0; i < ln; i++)
+        CHECK(entry_ok(&le[i], i + 1, 1));
+    free_entries(le, ln);
+    CHECK_EQ_INT(store_test_max_pages(s, 0), 0);
+    CHECK_EQ_INT(store_write_sync(s, &h2, e, 400), 0);
+    free_entries(e, 400);
+    store_close(s);
+    CHECK(log_is(&t, 402, 2, 2));
     tdir_free(&t);
 }
 
@@ -1656,6 +1790,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(second_process_locked_out),
     TEST_ENTRY(fault_injection_sync),
     TEST_ENTRY(fault_injection_async),
+    TEST_ENTRY(full_disk_rolls_back_and_retries),
+    TEST_ENTRY(schema_1_is_converted),
     TEST_ENTRY(compact_and_reload),
     TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
@@ -1664,6 +1800,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(crash_consistency_sigkill),
     TEST_ENTRY(raft_core_round_trip),
     TEST_ENTRY(bench_batch_sizes),
+    TEST_ENTRY(bench_start_checks),
     TEST_END,
 };
 

@@ -1204,6 +1204,16 @@ TEST(refuse_bad_version)
     raw_close(&r);
     CHECK(log_has("(node 7 'raw'): unsupported protocol version (theirs 99, "
                   "ours 1)"));
+    /* The next version and version 0 are others as well. */
+    const uint32_t others[] = {RAFT_PROTO_VERSION + 1, 0};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(others); i++) {
+        CHECK(raw_connect(&r, nodes[1].port));
+        raw_send_handshake(&r, others[i], 7, 5);
+        CHECK(run_until(raw_is_eof, &r, 3000));
+        CHECK_EQ_INT(raw_reply(&r, &rep), 0);
+        CHECK_EQ_INT(rep.status, RAFT_HS_BAD_VERSION);
+        raw_close(&r);
+    }
     /* Node id 0 is refused too. */
     CHECK(raw_connect(&r, nodes[1].port));
     raw_send_handshake(&r, 1, 0, 5);

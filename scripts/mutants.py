@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""Mutation checks: does the test suite catch deliberate bugs?
+
+Each mutation below is one bug planted in a safety-critical line: a file,
+the exact original text (it must occur exactly once in that file) and its
+replacement, plus the narrow tests that should catch it. The script copies
+the working tree into a scratch directory (the tree itself is never
+touched), builds it once, then for each mutation: applies the edit, builds,
+runs its tests with a time bound, reverts the edit. A mutation is caught
+when one of its tests fails (or times out); it is missed when all pass.
+
+    make test-mutants                       every mutation
+    MUTANTS=name1,name2 make test-mutants   only those
+    scripts/mutants.py --list               the names
+    scripts/mutants.py --check              only check that every original
+                                            text is found exactly once
+    MUTANT_TIMEOUT=s                        bound on each test run (600 s);
+                                            a run that hits it counts as
+                                            caught (a hang fails make test)
+
+Tests of a mutation, run in order until one fails:
+    unit:SUITE[/TEST]      tests/unit/test-unit with that selection
+    sim:N                  the Raft simulation over seeds 1..N
+    py:EXPR                pytest tests/integration -k EXPR
+    py:FILE::TEST          one integration test (FILE relative to
+                           tests/integration)
+
+The output is one line per mutation (caught/missed, by which test, time)
+and the catch rate; the exit status is 1 if any mutation was missed or
+could not be built, 2 if the list no longer matches the source (refresh
+the mutation's `old` text after a merge). One mutant at a time: the
+builds use `make -j2` and the tests are those of `make test`.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+PYTHON = os.environ.get("PYTHON", "/usr/bin/python3")
+TEST_TIMEOUT = int(os.environ.get("MUTANT_TIMEOUT", "600"))  # per test
+
+
+def M(name, path, old, new, tests, why=""):
+    return {"name": name, "edits": [(path, old, new)], "tests": tests,
+            "why": why}
+
+
+RAFT = ["unit:raft", "sim:10000"]
+
+MUTATIONS = [
+    # --- elections and terms (src/raft.c) ------------------------------
+    M("raft_step_lower_term_vote", "src/raft.c",
+      "        } else if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {\n"
+      "            /* Figure 3.1 (RequestVote): \"Reply false if term <",
+      "        } else if (m->type == RAFT_MSG_VOTE) {\n"
+      "            handle_vote(r, m);\n"
+      "        } else if (m->type == RAFT_MSG_PREVOTE) {\n"
+      "            /* Figure 3.1 (RequestVote): \"Reply false if term <",
+      RAFT, "a VOTE of a lower term is handled like a current one"),
+    M("vote_grant_twice", "src/raft.c",
+      "bool grant = can_vote && log_up_to_date(r, m->index, m->log_term);",
+      "bool grant = can_vote || log_up_to_date(r, m->index, m->log_term);",
+      RAFT, "a vote already given to another candidate is given again"),
+    M("vote_ignores_log", "src/raft.c",
+      "bool grant = can_vote && log_up_to_date(r, m->index, m->log_term);",
+      "bool grant = can_vote && (log_up_to_date(r, m->index, m->log_term) || "
+      "m->index > 0);",
+      RAFT, "the election restriction (up-to-date log) is skipped"),
+    M("log_up_to_date_ignores_length", "src/raft.c",
+      "(last_term == my_term && last_index >= log_last(&r->log));",
+      "(last_term == my_term && last_index + 1 >= log_last(&r->log));",
+      RAFT, "a log one entry shorter (same last term) wins votes"),
+    M("vote_tally_minority", "src/raft.c",
+      "    if (granted >= nv / 2 + 1)\n        return 1;",
+      "    if (granted >= nv / 2)\n        return 1;",
+      RAFT, "an election is won without a majority"),
+    M("self_vote_before_durable", "src/raft.c",
+      "if (pre_vote || r->durable_term == r->term)",
+      "if (pre_vote || r->durable_term <= r->term)",
+      RAFT, "a candidate counts its own vote before its term is on disk"),
+    M("vote_request_before_persist", "src/raft.c",
+      "r, !pre_vote, pre_vote ? RAFT_MSG_PREVOTE : RAFT_MSG_VOTE, s->id);",
+      "r, false, pre_vote ? RAFT_MSG_PREVOTE : RAFT_MSG_VOTE, s->id);",
+      RAFT, "vote requests leave before the candidate's term is durable"),
+    M("vote_resp_before_persist", "src/raft.c",
+      "    struct raft_msg *resp = new_msg(r, true, type, m->from);",
+      "    struct raft_msg *resp = new_msg(r, false, type, m->from);",
+      RAFT, "a vote is granted before it is durable"),
+    M("higher_term_ignored_by_leader", "src/raft.c",
+      "            become_follower(r, m->term, from_leader ? m->from : 0);",
+      "            if (r->role != RAFT_LEADER)\n"
+      "                become_follower(r, m->term, from_leader ? m->from : 0);",
+      RAFT, "a leader does not step down on a higher term"),
+    M("stale_append_accepted", "src/raft.c",
+      "    } else if (m->term < r->term) {\n"
+      "        if (m->type == RAFT_MSG_APPEND ||",
+      "    } else if (m->term < r->term && m->type != RAFT_MSG_APPEND) {\n"
+      "        if (m->type == RAFT_MSG_APPEND ||",
+      RAFT, "an APPEND from a deposed leader is followed"),
+    M("vote_lease_ignored", "src/raft.c",
+      "            if (!force && in_lease(r))\n                return 0;",
+      "            if (!force && in_lease(r) && m->type == RAFT_MSG_PREVOTE)\n"
+      "                return 0;",
+      RAFT, "leader stickiness (thesis 4.2.3) dropped for real votes"),
+    M("check_quorum_off_by_one", "src/raft.c",
+      "            if (active < quorum(r)) {",
+      "            if (active + 1 < quorum(r)) {",
+      RAFT, "a leader cut off from its majority keeps leading"),
+    # --- commit rules ----------------------------------------------------
+    M("commit_without_term_check", "src/raft.c",
+      "if (n <= r->commit || log_term(&r->log, n) != r->term)",
+      "if (n <= r->commit)",
+      RAFT, "Figure 3.7: an old-term entry committed by counting"),
+    M("commit_quorum_even", "src/raft.c",
+      "    uint64_t n = nv ? a[nv / 2] : 0;",
+      "    uint64_t n = nv ? a[(nv - 1) / 2] : 0;",
+      RAFT, "with an even number of voters, half commit"),
+    M("leader_self_ack_before_persist", "src/raft.c",
+      "            pr->match = r->persisted;",
+      "            pr->match = log_last(&r->log);",
+      RAFT, "the leader counts its own entries before they are durable"),
+    M("append_resp_before_persist", "src/raft.c",
+      "    struct raft_msg *m = new_msg(r, true, RAFT_MSG_APPEND_RESP, to);",
+      "    struct raft_msg *m = new_msg(r, false, RAFT_MSG_APPEND_RESP, to);",
+      RAFT, "a follower acknowledges entries before they are durable"),
+    M("append_prev_term_unchecked", "src/raft.c",
+      "    if (prev > last || log_term(&r->log, prev) != prev_term) {",
+      "    if (prev > last || (log_term(&r->log, prev) != prev_term && "
+      "prev_term == 0)) {",
+      RAFT, "AppendEntries consistency check without the term"),
+    M("append_commit_unbounded", "src/raft.c",
+      "    commit_to(r, PZ_MIN(m->commit, last_new));",
+      "    commit_to(r, PZ_MIN(m->commit, log_last(&r->log)));",
+      RAFT, "a follower commits entries past the ones the leader sent"),
+    M("advance_ignores_truncation", "src/raft.c",
+      "    if (r->trunc_since != UINT64_MAX && upto >= r->trunc_since)\n"
+      "        upto = r->trunc_since - 1;",
+      "    if (r->trunc_since != UINT64_MAX && upto > r->persisted + "
+      "1000000000)\n        upto = r->trunc_since - 1;",
+      RAFT, "a write counts for entries truncated meanwhile"),
+    M("restore_accepts_future_terms", "src/raft.c",
+      "            e->term > hs->term || e->term == 0 || "
+      "e->type > RAFT_ENTRY_NOOP ||",
+      "            e->term == 0 || e->type > RAFT_ENTRY_NOOP ||",
+      ["unit:raft", "unit:store"],
+      "a stored log with terms above the stored term is accepted"),
+    M("snapshot_keeps_stale_acks", "src/raft.c",
+      "        drop_acks_from(r, r->commit + 1);\n        log_reset(",
+      "        log_reset(",
+      RAFT, "acks of entries a snapshot install discards still go out"),
+    # --- reads ----------------------------------------------------------
+    M("read_before_commit_in_term", "src/raft.c",
+      "    return log_term(&r->log, r->commit) == r->term;",
+      "    return log_term(&r->log, r->commit) <= r->term;",
+      RAFT, "thesis 6.4: a new leader serves reads before its no-op commits"),
+    M("read_without_quorum", "src/raft.c",
+      "        confirmed = a[nv / 2];",
+      "        confirmed = a[0];",
+      RAFT, "a read index released without a quorum of heartbeats"),
+    M("read_index_from_anyone", "src/raft.c",
+      "        if ((!m->reject && m->from != r->leader) ||",
+      "        if ((!m->reject && m->from == 0) ||",
+      RAFT, "a read index from a non-leader is trusted"),
+    M("node_read_before_apply", "src/node.c",
+      "        if (r->index <= node.applied)\n            reqs_done(r, 0);",
+      "        if (r->index <= node.applied || r->index > 0)\n"
+      "            reqs_done(r, 0);",
+      ["py:test_cluster.py::test_paused_leader_never_serves_stale_reads"],
+      "a linearizable read answered before the read index is applied"),
+    # --- persist before ack / vote (src/node.c, src/store.c) -------------
+    M("node_ack_before_persist", "src/node.c",
+      "            node.store_busy = true;\n            return;",
+      "            node.store_busy = true;\n"
+      "            send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);\n"
+      "            rd->n_msgs_after_persist = 0;\n"
+      "            return;",
+      ["py:test_powerloss.py::test_power_cut_keeps_acknowledged_writes",
+       "py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
+      "acks and votes leave before the store write is durable"),
+    M("node_vote_not_persisted", "src/node.c",
+      "        bool hs_needed = rd->hs_changed && (rd->hs.term != node.saved_term ||\n"
+      "                                            rd->hs.vote != node.saved_vote);",
+      "        bool hs_needed = rd->hs_changed && rd->hs.term != node.saved_term;",
+      ["py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
+      "a vote given in a term already on disk is not written before it goes"),
+    {"name": "store_synchronous_normal",
+     "edits": [("src/store.c",
+                "                        \"PRAGMA synchronous = FULL;\"\n"
+                "                        \"PRAGMA cell_size_check = ON;\"",
+                "                        \"PRAGMA synchronous = NORMAL;\"\n"
+                "                        \"PRAGMA cell_size_check = ON;\""),
+               ("src/store.c",
+                "    if (strcmp(row, \"2\") != 0) {",
+                "    if (strcmp(row, \"1\") != 0) {")],
+     "tests": ["py:test_powerloss.py::test_power_cut_keeps_acknowledged_writes"],
+     "why": "WAL commits not fsynced (NORMAL loses commits on power loss)"},
+    M("log_write_failure_ignored", "src/node.c",
+      "    if (status < 0) {\n        /* A failed write or fsync may have",
+      "    if (status < -100000) {\n        /* A failed write or fsync may have",
+      ["py:test_storage.py::test_failed_log_write_stops_the_node"],
+      "a failed log write is ignored (fail-stop dropped)"),
+    # --- snapshots ------------------------------------------------------
+    M("snapshot_checksum_ignored", "src/snapshot.c",
+      "    if (m.checksum != r.crc) {",
+      "    if (m.checksum != r.crc && m.checksum == 0) {",
+      ["unit:snapshot"], "a snapshot whose checksum differs is loaded"),
+    M("snapshot_end_marker_ignored", "src/snapshot.c",
+      "    if (memcmp(t, SNAPSHOT_END_MAGIC, 8) != 0) {",
+      "    if (memcmp(t, SNAPSHOT_END_MAGIC, 1) != 0) {",
+      ["unit:snapshot"], "a snapshot without its end marker is loaded"),
+    M("snapshot_install_any_term", "src/node_snapshot.c",
+      "           (node.got_kv && m->snap_index == node.got_index &&\n"
+      "            m->snap_term == node.got_term);",
+      "           (node.got_kv && m->snap_index == node.got_index);",
+      ["py:test_hostile_peers.py::"
+       "test_install_message_must_name_the_received_file"],
+      "an INSTALL_SNAPSHOT is stepped with a file of another term"),
+    # --- tokens and sizes -------------------------------------------------
+    M("bearer_prefix_accepted", "src/httpd.c",
+      "    return pz_token_equal(token, strlen(token), h, n);",
+      "    return pz_token_equal(token, strlen(token), h, "
+      "PZ_MIN(n, strlen(token)));",
+      ["unit:httpd", "py:test_membership.py"],
+      "the node API accepts 'Bearer <token>junk'"),
+    M("token_equal_ignores_length", "src/pz.c",
+      "    volatile unsigned char diff = (unsigned char)(wlen != glen);",
+      "    volatile unsigned char diff = (unsigned char)(glen > wlen);",
+      ["unit:pz", "unit:httpd"], "a prefix of the token is accepted"),
+    M("peer_token_skipped", "src/transport.c",
+      "    if (t->token[0] && !pz_token_equal(t->token, strlen(t->token), "
+      "hs->token,",
+      "    if (t->token[0] && t->token[1] == '\\001' && "
+      "!pz_token_equal(t->token, strlen(t->token), hs->token,",
+      ["unit:transport", "py:test_hostile_peers.py"],
+      "a Raft peer without the cluster token is accepted"),
+    M("peer_cluster_id_unchecked", "src/transport.c",
+      "        (t->cfg.cluster_id != 0 && hs->cluster_id != t->cfg.cluster_id)) {",
+      "        (t->cfg.cluster_id == 1 && hs->cluster_id != t->cfg.cluster_id)) {",
+      ["unit:transport",
+       "py:test_storage.py::test_node_of_another_cluster_is_refused"],
+      "a node of another cluster is accepted as a peer"),
+    M("peer_duplicate_id_accepted", "src/transport.c",
+      "    if (hs->node_id == t->cfg.id) {",
+      "    if (hs->node_id == t->cfg.id && hs->node_id == 0) {",
+      ["unit:transport", "py:test_hostile_peers.py"],
+      "a peer using our own node id is accepted"),
+    M("peer_version_unchecked", "src/transport.c",
+      "    if (hs->version != RAFT_PROTO_VERSION) {",
+      "    if (hs->version > RAFT_PROTO_VERSION + 1) {",
+      ["unit:transport", "py:test_hostile_peers.py"],
+      "a peer speaking another protocol version is accepted"),
+    M("peer_reply_id_unchecked", "src/transport.c",
+      "    if (r->node_id != p->id) {",
+      "    if (r->node_id == 0 && r->node_id != p->id) {",
+      ["unit:transport", "py:test_hostile_peers.py::"
+       "test_dialled_peer_answering_as_another_node_is_not_used"],
+      "a dialled peer answering as another node is used"),
+    M("max_value_ignored", "src/http_parse.c",
+      "    else if (op->value && op->vlen > lim->max_value)",
+      "    else if (op->value && op->vlen > 2 * lim->max_value)",
+      ["unit:http", "py:test_http.py"], "max-value-size not enforced"),
+    M("max_key_ignored", "src/http_parse.c",
+      "    if (op->key && op->klen > lim->max_key && op->kind != HTTP_OP_RANGE)",
+      "    if (op->key && op->klen > 2 * lim->max_key && op->kind != "
+      "HTTP_OP_RANGE)",
+      ["unit:http", "py:test_http.py"], "max-key-size not enforced"),
+    M("grpc_message_size_ignored", "src/grpc_frame.c",
+      "            if (r->len > r->max) {",
+      "            if (r->len > 2 * r->max) {",
+      ["unit:grpc_frame", "unit:grpc"], "grpc-max-message not enforced"),
+    # --- configuration ------------------------------------------------------
+    M("config_max_unchecked", "src/config.c",
+      "        if (rc == -2 || out->i < d->min || out->i > d->max) {",
+      "        if (rc == -2 || out->i < d->min) {",
+      ["unit:config"], "numbers above their maximum are accepted"),
+    M("config_election_vs_heartbeat", "src/config.c",
+      "    if (c->election_timeout_ms < 3 * c->heartbeat_interval_ms) {",
+      "    if (c->election_timeout_ms < c->heartbeat_interval_ms) {",
+      ["unit:config"],
+      "an election timeout under 3 heartbeats is accepted"),
+    M("config_token_blanks", "src/config.c",
+      "        ok = v[i] > ' ' && v[i] < 0x7f;",
+      "        ok = v[i] >= ' ' && v[i] < 0x7f;",
+      ["unit:config"], "a cluster token with blanks is accepted"),
+]
+
+
+class ListMismatch(Exception):
+    pass
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def check_edits(tree, m):
+    """Each original text must occur exactly once (edits of one mutation
+    apply in order, to the file as the earlier ones left it)."""
+    texts = {}
+    for path, old, new in m["edits"]:
+        full = os.path.join(tree, path)
+        if path not in texts:
+            if not os.path.exists(full):
+                raise ListMismatch(f"{m['name']}: {path} does not exist")
+            texts[path] = read(full)
+        n = texts[path].count(old)
+        if n != 1:
+            raise ListMismatch(
+                f"{m['name']}: the original text occurs {n} times in {path} "
+                f"(must be exactly once); refresh this mutation in "
+                f"scripts/mutants.py. Text:\n{old}")
+        texts[path] = texts[path].replace(old, new)
+    return texts
+
+
+def run(cmd, cwd, timeout, log):
+    """(status, seconds): status 'pass', 'fail' or 'timeout'."""
+    t0 = time.time()
+    with open(log, "ab") as out:
+        out.write(("\n$ " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=out,
+                             start_new_session=True)
+        try:
+            rc = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
+            return "timeout", time.time() - t0
+    return ("pass" if rc == 0 else "fail"), time.time() - t0
+
+
+def test_cmd(spec):
+    kind, _, arg = spec.partition(":")
+    if kind == "unit":
+        return ["tests/unit/test-unit"] + arg.split()
+    if kind == "sim":
+        return ["env", f"SIM_SEEDS={int(arg)}", "tests/unit/raft-sim"]
+    if kind == "py":
+        base = [PYTHON, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+        if arg.startswith("test_"):
+            return base + ["tests/integration/" + arg]
+        return base + ["tests/integration", "-k", arg]
+    raise SystemExit(f"unknown test kind in {spec!r}")
+
+
+def build_targets(tests):
+    t = set()
+    for spec in tests:
+        kind = spec.partition(":")[0]
+        t.add({"unit": "tests/unit/test-unit", "sim": "tests/unit/raft-sim",
+               "py": "all"}[kind])
+    return sorted(t)
+
+
+def make(tree, targets, log):
+    return run(["make", "-j2"] + targets, tree, 900, log)[0] == "pass"
+
+
+def copy_tree(dst):
+    skip = {".git", "run", "build", "__pycache__", ".pytest_cache"}
+    shutil.copytree(ROOT, dst, symlinks=True,
+                    ignore=lambda d, names: [n for n in names if n in skip])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip running the selected tests unmutated first")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the scratch tree (its path is printed)")
+    a = ap.parse_args()
+    names = [m["name"] for m in MUTATIONS]
+    if len(set(names)) != len(names):
+        raise SystemExit("mutants: duplicate mutation names")
+    if a.list:
+        for m in MUTATIONS:
+            print(f"{m['name']:34} {m['edits'][0][0]:22} {m['why']}")
+        return 0
+    chosen = MUTATIONS
+    sel = os.environ.get("MUTANTS", "").strip()
+    if sel:
+        want = [s.strip() for s in sel.split(",") if s.strip()]
+        unknown = [w for w in want if w not in names]
+        if unknown:
+            print("mutants: unknown mutation(s): " + ", ".join(unknown) +
+                  " (scripts/mutants.py --list)", file=sys.stderr)
+            return 2
+        chosen = [m for m in MUTATIONS if m["name"] in want]
+    try:
+        for m in chosen:
+            check_edits(ROOT, m)
+    except ListMismatch as e:
+        print(f"mutants: the list is out of date: {e}", file=sys.stderr)
+        return 2
+    if a.check:
+        print(f"mutants: all {len(chosen)} mutations match the source")
+        return 0
+
+    scratch = tempfile.mkdtemp(prefix="pyazdb-mutants-")
+    tree = os.path.join(scratch, "tree")
+    logdir = os.path.join(scratch, "logs")
+    os.makedirs(logdir)
+    copy_tree(tree)
+    print(f"mutants: scratch tree {tree}, logs in {logdir}", flush=True)
+    targets = sorted({t for m in chosen for t in build_targets(m["tests"])})
+    if not make(tree, targets, os.path.join(logdir, "base-build.log")):
+        print("mutants: the unmutated tree does not build", file=sys.stderr)
+        return 1
+    if not a.no_baseline:
+        specs = sorted({s for m in chosen for s in m["tests"]})
+        for s in specs:
+            st, dt = run(test_cmd(s), tree, TEST_TIMEOUT,
+                         os.path.join(logdir, "baseline.log"))
+            print(f"baseline  {s:60} {st} ({dt:.0f} s)", flush=True)
+            if st != "pass":
+                print("mutants: a selected test fails without any mutation; "
+                      "see baseline.log", file=sys.stderr)
+                return 1
+
+    results = []
+    t_start = time.time()
+    for m in chosen:
+        originals = {p: read(os.path.join(tree, p)) for p, _, _ in m["edits"]}
+        texts = check_edits(tree, m)
+        log = os.path.join(logdir, m["name"] + ".log")
+        for p, t in texts.items():
+            with open(os.path.join(tree, p), "w", encoding="utf-8") as f:
+                f.write(t)
+        t0 = time.time()
+        verdict, by = "missed", ""
+        try:
+            if not make(tree, build_targets(m["tests"]), log):
+                verdict, by = "no-build", "see log"
+            else:
+                for spec in m["tests"]:
+                    st, _ = run(test_cmd(spec), tree, TEST_TIMEOUT, log)
+                    if st != "pass":
+                        verdict = "caught"
+                        by = spec + (" (timeout)" if st == "timeout" else "")
+                        break
+        finally:
+            for p, t in originals.items():
+                full = os.path.join(tree, p)
+                with open(full, "w", encoding="utf-8") as f:
+                    f.write(t)
+                # newer than any object built from the mutant
+                now = time.time() + 1
+                os.utime(full, (now, now))
+        dt = time.time() - t0
+        results.append((m["name"], verdict, by, dt))
+        print(f"{verdict:8}  {m['name']:34} {by:56} {dt:5.0f} s", flush=True)
+
+    caught = sum(1 for r in results if r[1] == "caught")
+    print(f"\nmutants: {caught}/{len(results)} caught "
+          f"({100.0 * caught / max(1, len(results)):.0f}%) in "
+          f"{time.time() - t_start:.0f} s")
+    bad = [r[0] for r in results if r[1] != "caught"]
+    if bad:
+        print("mutants: not caught: " + ", ".join(bad))
+        print(f"mutants: logs kept in {logdir}")
+    elif not a.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if a.keep:
+        print(f"mutants: scratch tree kept: {tree}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

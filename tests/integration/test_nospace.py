@@ -1,0 +1,294 @@
+"""Out of space: a node whose disk fills up (a tmpfs this test mounts, of a
+few MiB) raises the NOSPACE alarm, refuses writes with 507 / gRPC
+RESOURCE_EXHAUSTED, keeps serving reads, never loses or damages its log,
+and goes on by itself once there is room again; quota-backend-bytes raises
+the same alarm before the disk is full, and deletes stay possible.
+
+Mounting needs root (CI runs as root): without it these tests fail, they
+never skip."""
+import errno
+import json
+import os
+import subprocess
+import time
+
+import grpc
+import pytest
+
+import grpc_helpers as gh
+from grpc_helpers import Client, rpc_error
+from test_cluster import make_cluster, leader_of, put, get, wait_value
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """make(name, size): a fresh tmpfs of that size, unmounted at the end
+    (request it before `servers`, so the servers stop first)."""
+    mounts = []
+
+    def make(name, size="8m"):
+        d = os.path.join(str(tmp_path), "fs-" + name)
+        os.makedirs(d)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o",
+                            f"size={size},mode=0700", "tmpfs", d],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, (
+            f"cannot mount a tmpfs on {d} (uid {os.getuid()}; these tests "
+            f"need root): {r.stderr.strip()}")
+        mounts.append(d)
+        return d
+
+    yield make
+    for d in reversed(mounts):
+        subprocess.run(["umount", d], capture_output=True)
+        if os.path.ismount(d):
+            subprocess.run(["umount", "-l", d], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pb(tmp_path_factory):
+    return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
+
+
+def fill(d):
+    """Fill the file system of d to the last byte with d/filler."""
+    path = os.path.join(d, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (1 << 20, 1 << 12, 1):
+            buf = b"\0" * chunk
+            while True:
+                try:
+                    os.write(fd, buf)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                    break
+    finally:
+        os.close(fd)
+    return path
+
+
+def status(s):
+    return s.status(timeout=5)
+
+
+def wait_for(cond, what, timeout=15):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last: {last})")
+
+
+def put_until_507(s, prefix, size=65536, timeout=30):
+    """Write big values until the node answers 507 (the first ones may still
+    fit, or wait and time out: they were proposed before the alarm)."""
+    deadline = time.time() + timeout
+    i = 0
+    while time.time() < deadline:
+        st, _, body = put(s, f"{prefix}{i}", "x" * size, timeout=10)
+        i += 1
+        if st == 507:
+            return body
+        assert st in (204, 503), (st, body)
+    raise AssertionError(f"{s.name} never answered 507")
+
+
+def test_full_disk_alarm_refuses_writes_serves_reads_and_recovers(tmpfs,
+                                                                    servers,
+                                                                    pb):
+    fs = tmpfs("n1", "8m")
+    s = servers(conf={"raft-data": os.path.join(fs, "data"),
+                      "request-timeout": "1s"})
+    for i in range(20):
+        assert put(s, f"k{i}", f"v{i}")[0] == 204
+    assert status(s)["alarms"] == []
+    filler = fill(fs)
+    body = put_until_507(s, "big")
+    assert body.strip().lower() == b"no space left on device", body
+    st = status(s)
+    assert st["alarms"] == ["NOSPACE"], st
+    assert "full" in st["alarm_reason"] or "space" in st["alarm_reason"], st
+    assert "no space left on device" in s.read_log()
+    # the process is alive, refuses every write, still serves stale reads
+    assert s.proc.poll() is None
+    st_, _, body = put(s, "k0", "again")
+    assert st_ == 507 and b"no space" in body, (st_, body)
+    assert s.request("POST", "/delete", json.dumps({"key": "k1"}))[0] == 507
+    assert get(s, "k3", stale=True)[2] == b"v3"
+    c = Client(s.grpc_port, pb)
+    try:
+        code, details = rpc_error(c.Set, pb.kv.SetRequest(key=b"g",
+                                                           value=b"1"),
+                                  timeout=10)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+        assert details == "no space left on device", details
+    finally:
+        c.close()
+    h = s.request("GET", "/health")
+    assert h[0] == 503 and b"no space left on device" in h[2], h
+    # room again: the owed batch is written, the alarm clears by itself
+    os.unlink(filler)
+    wait_for(lambda: status(s)["alarms"] == [], "the alarm to clear")
+    assert "room again" in s.read_log()
+    assert put(s, "after", "1")[0] == 204
+    assert get(s, "after")[2] == b"1"
+    assert get(s, "k19")[2] == b"v19"
+    # nothing of the log was damaged: a restart finds everything
+    s.stop()
+    s.start()
+    assert get(s, "after")[2] == b"1"
+    assert get(s, "k0")[2] == b"v0"
+
+
+def test_restart_into_a_full_disk(tmpfs, servers):
+    fs = tmpfs("n1", "8m")
+    s = servers(conf={"raft-data": os.path.join(fs, "data"),
+                      "request-timeout": "1s"})
+    for i in range(5):
+        assert put(s, f"k{i}", f"v{i}")[0] == 204
+    s.stop()
+    filler = fill(fs)
+    # it starts, serves reads and refuses writes, rather than stopping
+    # (the stored commit index may trail the last write by one: a new term
+    # commits the rest once its first entry can be written)
+    s.start()
+    assert get(s, "k3", stale=True)[2] == b"v3"
+    put_until_507(s, "big")
+    assert status(s)["alarms"] == ["NOSPACE"]
+    os.unlink(filler)
+    wait_for(lambda: status(s)["alarms"] == [], "the alarm to clear")
+    assert put(s, "after", "1")[0] == 204
+    assert get(s, "k4")[2] == b"v4"
+
+
+def test_follower_out_of_space_leader_goes_on(tmpfs, servers):
+    mounts = {n: tmpfs(n, "8m") for n in ("node1", "node2", "node3")}
+    nodes = make_cluster(servers, start=False)
+    for s in nodes:
+        s.conf["raft-data"] = os.path.join(mounts[s.name], "data")
+        s.conf["request-timeout"] = "2s"
+        s.write_conf()
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes)
+    f = next(s for s in nodes if s is not leader)
+    assert put(leader, "a", "1")[0] == 204
+    filler = fill(mounts[f.name])
+    # the leader commits with the other follower; the full one raises its
+    # alarm as soon as it fails to store what it receives
+    for i in range(40):
+        assert put(leader, f"big{i}", "y" * 65536)[0] == 204
+        if status(f)["alarms"]:
+            break
+    wait_for(lambda: status(f)["alarms"] == ["NOSPACE"], "the alarm")
+    assert put(leader, "b", "2")[0] == 204
+    # writes sent to the full node are refused there
+    assert put(f, "c", "3")[0] == 507
+    # the leader shows that member lagging: its match index stays behind
+    # and it has stopped answering
+    def lagging():
+        st = status(leader)
+        m = next(m for m in st["members"] if m["name"] == f.name)
+        return (m["match_index"] < st["last_index"] and
+                m["last_contact_ms"] > 1000) and m
+    wait_for(lagging, "the leader to show the member lagging")
+
+    # and why: the leader asked the silent member for its /status
+    def reported():
+        st = status(leader)
+        m = next(m for m in st["members"] if m["name"] == f.name)
+        return m.get("alarms") == ["NOSPACE"] and m
+    m = wait_for(reported, "the leader to report the member out of space")
+    assert "full" in m["alarm_reason"], m
+    assert all(x.get("alarms") == [] for x in status(leader)["members"]
+               if x["name"] != f.name)
+    assert f"member {f.name} is out of space" in leader.read_log()
+    assert leader.proc.poll() is None and f.proc.poll() is None
+    os.unlink(filler)
+    wait_for(lambda: status(f)["alarms"] == [], "the alarm to clear")
+    assert put(leader, "d", "4")[0] == 204
+    wait_value(f, "d", "4", timeout=15)
+    wait_value(f, "b", "2")
+
+    def caught_up():
+        st = status(leader)
+        m = next(m for m in st["members"] if m["name"] == f.name)
+        return m["match_index"] == st["last_index"]
+    wait_for(caught_up, "the member to catch up")
+    wait_for(lambda: all(x.get("alarms") == []
+                         for x in status(leader)["members"]),
+             "the leader to see the member well again")
+
+
+def test_leader_out_of_space_hands_leadership_on(tmpfs, servers):
+    mounts = {n: tmpfs(n, "8m") for n in ("node1", "node2", "node3")}
+    nodes = make_cluster(servers, start=False)
+    for s in nodes:
+        s.conf["raft-data"] = os.path.join(mounts[s.name], "data")
+        s.conf["request-timeout"] = "2s"
+        s.write_conf()
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    old = leader_of(nodes)
+    assert put(old, "a", "1")[0] == 204
+    filler = fill(mounts[old.name])
+    put_until_507(old, "big", timeout=30)
+    # another node leads and takes writes; the full one forwards nothing
+    # and refuses writes itself
+    new = leader_of(nodes, timeout=15, exclude=(old,))
+    assert new is not old
+    assert put(new, "b", "2")[0] == 204
+    assert status(old)["alarms"] == ["NOSPACE"]
+    assert put(old, "c", "3")[0] == 507
+    assert "handing leadership" in old.read_log()
+    os.unlink(filler)
+    wait_for(lambda: status(old)["alarms"] == [], "the alarm to clear")
+    wait_value(old, "b", "2", timeout=15)
+    leader = leader_of(nodes)
+    assert put(leader, "e", "5")[0] == 204
+    for s in nodes:
+        wait_value(s, "e", "5")
+        wait_value(s, "a", "1")
+
+
+def test_quota_alarm_allows_deletes(servers, pb):
+    s = servers(conf={"quota-backend-bytes": "4kb"})
+    n = 0
+    while True:
+        st, _, body = put(s, f"k{n:02d}", "v" * 500)
+        if st == 507:
+            break
+        assert st == 204, (st, body)
+        n += 1
+        assert n < 20
+    assert body.strip() == b"no space left on device"
+    assert n == 8  # 8 x 503 bytes fit in 4096, the 9th does not
+    st = status(s)
+    assert st["alarms"] == ["NOSPACE"]
+    assert "quota-backend-bytes" in st["alarm_reason"]
+    # while raised: no set, even a small one; deletes, and reads, go on
+    assert put(s, "tiny", "1")[0] == 507
+    c = Client(s.grpc_port, pb)
+    try:
+        code, details = rpc_error(c.Set, pb.kv.SetRequest(key=b"g",
+                                                           value=b"1"),
+                                  timeout=10)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+        assert details == "no space left on device"
+        c.Delete(pb.kv.DeleteRequest(key=b"k00"), timeout=10)
+    finally:
+        c.close()
+    assert get(s, "k00")[0] == 404
+    assert get(s, "k01")[2] == b"v" * 500
+    # under 90% of the quota (3686 bytes) it clears by itself
+    for i in (1, 2):
+        assert s.request("POST", "/delete",
+                         json.dumps({"key": f"k{i:02d}"}))[0] == 204
+    wait_for(lambda: status(s)["alarms"] == [], "the quota alarm to clear")
+    assert put(s, "tiny", "1")[0] == 204
