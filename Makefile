@@ -49,14 +49,15 @@ GEN_H = $(PROTOS:%=src/gen/%.pb-c.h) $(GRPC_PROTOS:%=src/gen/%.pb-c.h)
 GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 
 # Modules shared by the server, the CLI and the unit tests.
-CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c \
+CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
 # I/O modules shared by the server and the CLI.
-NET_SRC = src/conn.c src/httpc.c src/grpc_client.c
+NET_SRC = src/conn.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
+             src/node_metrics.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c
@@ -138,6 +139,16 @@ src/gen/%.pb-c.o: src/gen/%.pb-c.c
 
 ALL_O = $(CORE_O) $(NET_O) $(SERVER_O) $(CLI_O) $(UNIT_O)
 $(ALL_O): | $(GEN_H)
+
+# pyazdb_build_info's commit label: rewritten only when HEAD moves, so
+# only stats.o is rebuilt then ("unknown" outside a git checkout).
+src/gen/commit.h: FORCE
+	@mkdir -p src/gen; \
+	 c=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown); \
+	 n="#define PZ_COMMIT \"$$c\""; \
+	 [ "$$(cat $@ 2>/dev/null)" = "$$n" ] || echo "$$n" > $@
+src/stats.o: src/gen/commit.h
+FORCE:
 
 %.o: %.c
 	$(CC) $(PZ_CFLAGS) -c $< -o $@
@@ -284,13 +295,15 @@ lint:
 	if [ -n "$$bad" ]; then echo "lint: clock, random or file calls in a"\
 	    "pure core:"; echo "$$bad"; exit 1; fi; echo "lint: ok"
 PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
+           src/metrics.c src/metrics.h \
            src/http_parse.c src/raft.c src/raft_conf.c src/raft_codec.c \
            src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c src/kv.h \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
            src/mandi_codec.h
 CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c
-IO_HDRS = conn|node|node_internal|transport|store|server|snapshot|fwd|grpc
+IO_HDRS = conn|node|node_internal|node_metrics|stats|transport|store
+IO_HDRS := $(IO_HDRS)|server|snapshot|fwd|grpc
 IO_HDRS := $(IO_HDRS)|http|httpd|httpc|mandi|mandi_client|grpc_client|log|failpoint
 IMPURE_CALLS = rand|srand|random|time|clock_gettime|gettimeofday|getrandom
 IMPURE_CALLS := $(IMPURE_CALLS)|fopen|open|read|write|uv_now|uv_hrtime
@@ -309,6 +322,6 @@ clean: clean-objs
 .PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem \
         test-sim-long test-mutants test-integration deps-chaos test-chaos \
         deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
-        run lint install clean clean-objs
+        run lint install clean clean-objs FORCE
 
 -include $(ALL_O:.o=.d)

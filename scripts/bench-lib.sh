@@ -2,7 +2,8 @@
 # Starts a 3-node cluster on 127.0.0.1 from a static initial-cluster, with
 # free ports and data under $tmp, and sets LEADER_HTTP / LEADER_GRPC to the
 # leader's ports, PIDi to node i's process. The caller sets `tmp` and a
-# trap that calls bench_stop.
+# trap that calls bench_stop. BENCH_SERVER names another server binary
+# (another build, to compare), src/pyazdb-server by default.
 
 bench_free_port() {
     /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -32,7 +33,8 @@ bench_start_cluster() {
     done
     for i in 1 2 3; do
         eval "rp=\$RAFT$i hp=\$HTTP$i gp=\$GRPC$i"
-        src/pyazdb-server --node-id "node$i" --raft-data "$tmp/node$i" \
+        "${BENCH_SERVER:-src/pyazdb-server}" --node-id "node$i" \
+            --raft-data "$tmp/node$i" \
             --raft-addr "127.0.0.1:$rp" --http-addr "127.0.0.1:$hp" \
             --grpc-addr "127.0.0.1:$gp" --initial-cluster "$spec" \
             --mandi-addr "${BENCH_MANDI:-none}" ${BENCH_ARGS:-} \

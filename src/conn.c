@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "stats.h"
 
 #define READ_BUF_SIZE (64 * 1024)
 /* Eviction looks at this many candidates at most per new connection, so
@@ -267,6 +268,8 @@ static void reap(struct conn *c)
     pz_queue_remove(&c->fq);
     if (c->ls)
         c->ls->n_conns--;
+    if (c->ls && (c->flags & CONN_COUNTED))
+        stats_conn(c->ls->name, STATS_CONN_CLOSED);
     c->flags |= CONN_CLOSED;
     /* Pending writes are cancelled (UV_ECANCELED) before on_closed. */
     uv_close((uv_handle_t *)&c->tcp, on_closed);
@@ -559,6 +562,7 @@ static bool evict_one(struct conn_listener *ls, struct conn *self, uint64_t now)
              (victim->flags & CONN_SERVED) ? "idle" : "no request completed",
              self->peer);
     ls->evictions++;
+    stats_conn(ls->name, STATS_CONN_EVICTED);
     unadmit(victim);
     if (victim->ops->on_evict) {
         victim->ops->on_evict(victim);
@@ -592,6 +596,7 @@ static void on_connection(uv_stream_t *server, int status)
         pz_warn("%s: refusing %s: max-clients (%zu) reached", ls->name,
                 c->peer, ls->max_conns);
         c->ops = &no_ops; /* no protocol state to release */
+        stats_conn(ls->name, STATS_CONN_REFUSED);
         if (ls->on_refuse) {
             ls->on_refuse(c);
             conn_close_after_flush(c);
@@ -600,7 +605,8 @@ static void on_connection(uv_stream_t *server, int status)
         }
         return;
     }
-    c->flags |= CONN_ADMITTED;
+    c->flags |= CONN_ADMITTED | CONN_COUNTED;
+    stats_conn(ls->name, STATS_CONN_ACCEPTED);
     ls->n_admitted++;
     pz_queue_push(&ls->fresh, &c->fq);
     if (c->ops->on_open && c->ops->on_open(c) < 0) {

@@ -106,6 +106,7 @@ enum {
     CONN_SERVED = 1 << 10,      /* completed a request: not in ls->fresh */
     CONN_IDLE_PROTO = 1 << 11,  /* reads and writes are not activity: the
                                    protocol calls conn_touch() */
+    CONN_COUNTED = 1 << 12,     /* in pyazdb_clients_connected (stats.h) */
 };
 
 struct conn {

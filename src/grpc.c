@@ -52,6 +52,7 @@
 #include "grpc_pb.h"
 #include "kv.h"
 #include "log.h"
+#include "stats.h"
 
 #define SEND_HIGH (64 * 1024)        /* stop producing output past this */
 #define MAX_STREAMS 1000             /* SETTINGS_MAX_CONCURRENT_STREAMS */
@@ -158,6 +159,7 @@ struct gstream {
     struct grpc_call call;   /* forwarded call */
     bool in_fwd;             /* call is with the leader */
     bool has_deadline;       /* grpc-timeout given */
+    uint64_t started_ns;     /* stats_now_ns() when the stream opened */
     uint64_t deadline;       /* uv_now() ms when it expires */
     struct pz_queue dq;      /* in gs->deadlines while has_deadline */
     bool in_dq;              /* dq is linked */
@@ -376,6 +378,8 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
         return;
     st->ended = true;
     st->status = status;
+    stats_request("grpc", st->m ? st->m->path : "unknown",
+                  grpc_status_name(status), st->started_ns);
     if (fmt) {
         char text[MAX_STATUS_MESSAGE];
         va_list ap;
@@ -1448,6 +1452,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
     pz_queue_init(&st->hq);
     pz_queue_init(&st->bq);
     snprintf(st->path, sizeof st->path, "(no path)");
+    st->started_ns = stats_now_ns();
     pz_queue_push(&s->streams, &st->q);
     s->n_streams++;
     s->c->busy++; /* no idle timeout while a stream is open (Watch) */

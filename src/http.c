@@ -26,6 +26,7 @@
 #include "log.h"
 #include "node.h"
 #include "snapshot.h"
+#include "stats.h"
 
 struct http_conn {
     struct httpd_conn hc; /* the request loop (httpd.h); first */
@@ -779,6 +780,54 @@ static void start_write(struct http_conn *h)
     }
 }
 
+/* The request's method label in pyazdb_requests_total: a fixed name per
+ * route, never client text. */
+static const char *op_route(enum http_op_kind kind)
+{
+    switch (kind) {
+    case HTTP_OP_ERROR:
+        return "error";
+    case HTTP_OP_GET:
+        return "get";
+    case HTTP_OP_SET:
+        return "set";
+    case HTTP_OP_DEL:
+        return "delete";
+    case HTTP_OP_HEALTH:
+        return "health";
+    case HTTP_OP_STATUS:
+        return "status";
+    case HTTP_OP_CLUSTER:
+        return "cluster";
+    case HTTP_OP_REMOVE:
+        return "remove_member";
+    case HTTP_OP_TRANSFER:
+        return "transfer";
+    case HTTP_OP_SNAPSHOT:
+        return "snapshot";
+    case HTTP_OP_BACKUP:
+        return "backup";
+    case HTTP_OP_METRICS:
+        return "metrics";
+    case HTTP_OP_RANGE:
+        return "range";
+    case HTTP_OP_TXN:
+        return "txn";
+    }
+    return "other";
+}
+
+/* GET /metrics: the Prometheus text format (stats.h). Like /status, it
+ * needs no token: it shows no keys or values. */
+static void reply_metrics(struct http_conn *h)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    stats_render(&b);
+    reply(h, 200, STATS_CONTENT_TYPE, b.data, b.len, NULL);
+    pz_buf_free(&b);
+}
+
 /* Serve a complete request (httpd_ops.on_request). */
 static void on_request(struct httpd_conn *hc)
 {
@@ -786,6 +835,7 @@ static void on_request(struct httpd_conn *hc)
     int rv;
     h->restarts = 0;
     http_api_decode(&hc->p.req, &api_limits, &h->op);
+    hc->route = op_route(h->op.kind);
     switch (h->op.kind) {
     case HTTP_OP_ERROR:
         reply_text(h, h->op.status, h->op.reason, h->op.allow);
@@ -795,6 +845,9 @@ static void on_request(struct httpd_conn *hc)
         return;
     case HTTP_OP_STATUS:
         reply_status(h);
+        return;
+    case HTTP_OP_METRICS:
+        reply_metrics(h);
         return;
     case HTTP_OP_GET:
         httpd_hold(hc);

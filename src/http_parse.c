@@ -1215,6 +1215,12 @@ void http_api_decode(const struct http_req *req,
                                 &op->klen);
         if (rv <= 0 || op->klen == 0 || memchr(op->key, 0, op->klen))
             op_error(op, 400, "Missing to parameter");
+    } else if (strcmp(p, "/metrics") == 0) {
+        op->kind = HTTP_OP_METRICS;
+        if (!method_is(req, HTTP_GET)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "GET";
+        }
     } else if (strcmp(p, "/health") == 0 || strcmp(p, "/status") == 0) {
         if (!method_is(req, HTTP_GET)) {
             op_error(op, 405, "Method not allowed");

@@ -136,6 +136,7 @@ enum http_op_kind {
     HTTP_OP_RANGE,     /* GET /range: keys [key, end) */
     HTTP_OP_TXN,       /* POST /txn, a conditional /set or /delete, a
                           /delete of a prefix: propose cmd */
+    HTTP_OP_METRICS,   /* GET /metrics */
 };
 
 /* What an HTTP_OP_TXN asks, for the shape of its answer. */

@@ -14,6 +14,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "stats.h"
 
 enum {
     DEADLINE_NONE = 0,    /* no request arriving */
@@ -69,12 +70,23 @@ const char *httpd_status_text(int status)
     }
 }
 
+/* The request's name in the metrics: the handler's, or "invalid" for one
+ * that never reached it (malformed, too slow). */
+static const char *request_route(const struct httpd_conn *hc)
+{
+    if (!hc->answering)
+        return "invalid";
+    return hc->route ? hc->route : "other";
+}
+
 /* Write one response; the connection closes after it when close. */
 static void write_reply(struct httpd_conn *hc, const struct httpd_reply *r,
                         bool close)
 {
     struct pz_buf b;
     pz_buf_init(&b);
+    stats_request_http(hc->srv->ls.name, request_route(hc), r->status,
+                       hc->answering ? hc->started_ns : 0);
     pz_buf_appendf(&b, "HTTP/1.1 %d %s\r\n", r->status,
                    httpd_status_text(r->status));
     if (r->status != 204)
@@ -256,6 +268,8 @@ void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
 {
     pz_assert(hc->answering && hc->held && !hc->streaming);
     bool close = hc->close_after || !hc->p.req.keep_alive || hc->srv->draining;
+    stats_request_http(hc->srv->ls.name, request_route(hc), status,
+                       hc->started_ns);
     struct pz_buf b;
     pz_buf_init(&b);
     pz_buf_appendf(&b,
@@ -337,6 +351,8 @@ static void dispatch(struct httpd_conn *hc)
 {
     conn_mark_served(hc->c);
     hc->answering = true;
+    hc->route = NULL;
+    hc->started_ns = stats_now_ns();
     hc->head = hc->p.req.method == HTTP_HEAD;
     hc->srv->ops->on_request(hc);
     pz_assert(!hc->answering || hc->held);

@@ -105,6 +105,9 @@ struct httpd_conn {
     int deadline;         /* which request deadline c->deadline is */
     bool streaming;       /* a streamed reply's body is being sent */
     uint64_t stream_left; /* bytes of it still to come */
+    const char *route;    /* metrics: the handler's name for the request
+                             (static; NULL: "other") */
+    uint64_t started_ns;  /* metrics: when it was handed out */
 };
 
 /* Bind addr ("host:port") and serve it with ops; name ("http", "mandi")

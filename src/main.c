@@ -12,12 +12,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "log.h"
 #include "mandi.h"
 #include "node.h"
 #include "pz.h"
+#include "stats.h"
 #include "reload.h"
 #include "server.h"
 
@@ -93,6 +95,7 @@ int main(int argc, char **argv)
         cfg_free(&cfg);
         return 1;
     }
+    stats_init((double)time(NULL));
     if (cfg.mode == CFG_MODE_MANDI) {
         rv = mandi_run(&cfg);
     } else if (restore &&
@@ -103,6 +106,7 @@ int main(int argc, char **argv)
     } else {
         rv = server_run(&cfg);
     }
+    stats_close();
     pz_log_close();
     cfg_free(&cfg);
     return rv;

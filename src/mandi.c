@@ -32,6 +32,7 @@
 #include "mandi_codec.h"
 #include "reload.h"
 #include "sdnotify.h"
+#include "stats.h"
 
 #define CLOSE_GRACE_MS 2000
 
@@ -89,6 +90,7 @@ struct mandi {
     uint64_t leader_expires;    /* uv_now() at which it is forgotten */
     struct pz_queue joins;      /* struct join_entry, oldest first */
     size_t n_joins;             /* length of joins */
+    uint64_t leader_changes;    /* accepted PUTs that changed the leader */
     struct pz_ratelimit loglim; /* log lines that requests trigger */
     struct mandi_terms terms;   /* the term rule's memory (mandi.h) */
     bool closing;               /* mandi_close was called */
@@ -313,6 +315,7 @@ static void put_leader(struct httpd_conn *hc, const struct http_req *req)
     m->leader = l;
     m->have_leader = true;
     m->leader_expires = now + m->o.leader_ttl_ms;
+    m->leader_changes += changed;
     if (changed && log_ok(m)) {
         char a[PZ_ESCAPED_MAX], h[PZ_ESCAPED_MAX], g[PZ_ESCAPED_MAX];
         pz_info("leader is %s (term %llu), raft %s, http %s, grpc %s",
@@ -421,6 +424,60 @@ static void unauthorized(struct httpd_conn *hc, const char *what)
     httpd_text(hc, 401, "unauthorized", NULL);
 }
 
+/* The request's method label in pyazdb_requests_total{api="mandi"}. */
+static const char *route_of(const char *path, int method)
+{
+    if (strcmp(path, "/metrics") == 0)
+        return "metrics";
+    if (strcmp(path, "/leader") == 0)
+        return method == HTTP_GET   ? "get_leader"
+               : method == HTTP_PUT ? "put_leader"
+                                    : "other";
+    if (strcmp(path, "/join-requests") == 0)
+        return method == HTTP_GET      ? "get_join_requests"
+               : method == HTTP_POST   ? "post_join_requests"
+               : method == HTTP_DELETE ? "delete_join_requests"
+                                       : "other";
+    return "other";
+}
+
+/* GET /metrics: the process's figures (stats.h) and mandi's below. Open
+ * like GET /leader: it shows nothing a client could not read there. */
+static void get_metrics(struct httpd_conn *hc)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    stats_render(&b);
+    struct httpd_reply r = {
+        .status = 200,
+        .ctype = STATS_CONTENT_TYPE,
+        .body = b.data,
+        .blen = b.len,
+    };
+    httpd_reply(hc, &r);
+    pz_buf_free(&b);
+}
+
+/* mandi's own figures, at scrape time (mandi_run's collector). */
+static void collect(struct pz_buf *b, struct mandi *m)
+{
+    expire_leader(m, now_ms(m));
+    expire_joins(m, now_ms(m));
+    metrics_render_one(b, "pyazdb_mandi_has_leader", METRICS_GAUGE,
+                       "1 when mandi knows a leader that has not expired.",
+                       m->have_leader);
+    metrics_render_one(b, "pyazdb_mandi_leader_term", METRICS_GAUGE,
+                       "Term of the leader mandi knows (0: none).",
+                       m->have_leader ? (double)m->leader.term : 0);
+    metrics_render_one(b, "pyazdb_mandi_leader_changes_total",
+                       METRICS_COUNTER,
+                       "Leader registrations that changed the leader, its "
+                       "term or its address.",
+                       (double)m->leader_changes);
+    metrics_render_one(b, "pyazdb_mandi_join_requests", METRICS_GAUGE,
+                       "Join requests pending.", (double)m->n_joins);
+}
+
 /* Serve a complete request (httpd_ops.on_request): 405 and 404 before
  * the token is looked at. */
 static void on_request(struct httpd_conn *hc)
@@ -431,6 +488,15 @@ static void on_request(struct httpd_conn *hc)
     pz_buf_init(&path);
     if (http_url_path(req->url.data, req->url.len, &path) < 0) {
         httpd_text(hc, 400, "bad request target", NULL);
+        pz_buf_free(&path);
+        return;
+    }
+    hc->route = route_of(path.data, req->method);
+    if (strcmp(path.data, "/metrics") == 0) {
+        if (req->method == HTTP_GET)
+            get_metrics(hc);
+        else
+            httpd_text(hc, 405, "method not allowed", "GET");
     } else if (strcmp(path.data, "/leader") == 0) {
         if (req->method == HTTP_GET)
             get_leader(hc);
@@ -688,6 +754,14 @@ static void on_sighup(uv_signal_t *h, int signum)
     reload_run(&proc.reload, apply_config, NULL);
 }
 
+/* The collector of the process's mandi (none once it is closing). */
+static void collect_proc(struct pz_buf *b, void *arg)
+{
+    PZ_UNUSED(arg);
+    if (proc.m)
+        collect(b, proc.m);
+}
+
 int mandi_run(const struct pz_config *cfg)
 {
     char err[512];
@@ -721,6 +795,7 @@ int mandi_run(const struct pz_config *cfg)
     uv_signal_init(&proc.loop, &proc.sighup);
     uv_signal_start(&proc.sighup, on_sighup, SIGHUP);
     reload_init(&proc.reload, cfg);
+    stats_add_collector(collect_proc, NULL);
 
     proc.m = mandi_new(&proc.loop, &opts, err, sizeof err);
     if (proc.m == NULL) {

@@ -419,6 +419,7 @@ static int space_check(const uint8_t *cmd, size_t len)
 static void send_all(const struct raft_msg *msgs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
+        node_metrics_sent(&msgs[i]);
         if (msgs[i].type == RAFT_MSG_INSTALL_SNAPSHOT)
             snaps_xfer_start(&msgs[i]); /* the file goes first */
         else
@@ -429,6 +430,7 @@ static void send_all(const struct raft_msg *msgs, size_t n)
 
 static void soft_state_changed(const struct raft_soft_state *ss)
 {
+    node_metrics_soft_state(ss);
     bool was_leader = node.role == RAFT_LEADER;
     if (ss->leader != node.leader) {
         struct member *m = members_find(ss->leader);
@@ -469,6 +471,7 @@ static void ready_apply(struct raft_ready *rd)
         soft_state_changed(&rd->ss);
     if (rd->snapshot)
         snaps_install(rd->snapshot);
+    node_metrics_applied(rd->n_committed);
     for (size_t i = 0; i < rd->n_committed; i++)
         apply_entry(&rd->committed[i]);
     if (rd->n_committed)
@@ -585,6 +588,7 @@ static void on_written(struct store *s, int status, const char *errmsg,
     node.ready_owed = false;
     core_space_back();
     node.store_busy = false;
+    node_metrics_written();
     if (node.cluster_id_unsaved) {
         node.cluster_id_unsaved = false;
         members_save_cluster_id(NULL, node.cluster_id);
@@ -615,6 +619,7 @@ static const char *on_recv(void *data, const struct raft_msg *m)
                  (unsigned long long)m->from);
         return NULL;
     }
+    node_metrics_recv(m);
     if (raft_step(node.raft, m) == PZ_EINVAL)
         return raft_errmsg(node.raft);
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT) {
@@ -716,6 +721,7 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
     if (node.role != RAFT_LEADER)
         return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
     rv = raft_propose(node.raft, cmd, len, &req->index, &req->term);
+    node_metrics_proposed(rv);
     if (rv < 0)
         return rv;
     reqs_link_proposal(req);
@@ -970,6 +976,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     node.loop = loop;
     node.cfg = cfg;
     node.stop = stop;
+    node_metrics_init();
     node.kv = kv_new_seeded(seed);
     node.id = members_name_to_id(cfg->node_id);
     pz_queue_init(&node.proposals);
@@ -1002,9 +1009,11 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     rv = store_open(cfg->raft_data, &node.store, err, errlen);
     if (rv < 0)
         goto err_after_raft;
+    uint64_t load_ns = uv_hrtime();
     rv = restore(err, errlen);
     if (rv < 0)
         goto err_after_store;
+    node_metrics_restored(load_ns);
     /* What a crash left of interrupted snapshot writes and transfers. */
     size_t stale = 0;
     char serr[SNAPSHOT_ERRMSG_SIZE];

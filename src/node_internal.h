@@ -23,6 +23,7 @@
 #include <uv.h>
 
 #include "mandi_client.h"
+#include "node_metrics.h"
 #include "node.h"
 #include "raft.h"
 #include "raft_codec.h"

@@ -18,6 +18,8 @@ void reqs_done(struct node_req *req, int status)
 {
     if (req->queued)
         pz_queue_remove(&req->q);
+    if (status < 0 && req->term)
+        node_metrics_proposal_failed(); /* an accepted write */
     req->status = status;
     reqs_link(&node.done, req);
 }

@@ -140,6 +140,7 @@ static void on_compacted(struct store *s, int status, const char *errmsg,
     } else if (!node.ready_owed) {
         core_space_back();
     }
+    node_metrics_compacted();
     pz_failpoint("after-log-truncate");
     if (node.cluster_id_unsaved) {
         node.cluster_id_unsaved = false;
@@ -188,6 +189,7 @@ void snaps_poll(void)
     if (!done)
         return;
     struct snapshot_child *c = &node.snap_child;
+    node_metrics_snapshot(ok, c->started_ms);
     if (!ok) {
         /* Not again on every apply (a full disk would fork a child per
          * batch): the next automatic one waits SNAP_RETRY_MS. */

@@ -1,0 +1,497 @@
+/* node_metrics.c - the node's figures in GET /metrics (node_metrics.h).
+ *
+ * Happy path: node_metrics_init adds a collector to stats.c -> the driver
+ * reports events as they happen (counters and histograms below) -> a
+ * scrape renders them, then the gauges read from raft_status, store_stats,
+ * the transport and the data directory at that moment.
+ *
+ * Peer round trip: the time from a heartbeat sent to a peer to its answer
+ * (one outstanding per peer; a heartbeat sent before the answer to the
+ * previous one restarts the clock, so a lost answer is not counted).
+ *
+ * Failure modes: none; a figure that cannot be read (the database file
+ * missing) is left out of the page. */
+#include "node_metrics.h"
+
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include "node_internal.h"
+#include "stats.h"
+
+#define MAX_RTT_PEERS 16 /* peers whose heartbeat is timed at once */
+
+static struct {
+    bool on;                              /* node_metrics_init ran */
+    struct metrics_family leader_changes; /* no labels */
+    struct metrics_family elections;      /* no labels */
+    struct metrics_family sent;           /* type */
+    struct metrics_family recv;           /* type */
+    struct metrics_series *sent_by[RAFT_MSG_TYPE_MAX]; /* sent's series by
+                                                          type, once used */
+    struct metrics_series *recv_by[RAFT_MSG_TYPE_MAX]; /* recv's */
+    struct metrics_family read_rounds;                 /* no labels */
+    struct metrics_family proposals;                   /* no labels */
+    struct metrics_family proposals_failed;            /* no labels */
+    struct metrics_family applied;                     /* no labels */
+    struct metrics_family rtt;                         /* peer */
+    struct metrics_family write_s;                     /* no labels */
+    struct metrics_family fsync_s;                     /* no labels */
+    struct metrics_family batch;                       /* no labels */
+    struct metrics_family compactions;                 /* no labels */
+    struct metrics_family snaps;                       /* result */
+    struct metrics_family snap_s;                      /* no labels */
+    uint64_t batches;       /* store_stats.batches seen */
+    uint64_t write_ns;      /* store_stats.write_ns seen */
+    uint64_t last_read_ctx; /* read round last counted */
+    double restore_s;       /* startup load time */
+    struct {
+        uint64_t id;      /* peer, 0: free slot */
+        uint64_t sent_ns; /* heartbeat sent, 0: none outstanding */
+    } hb[MAX_RTT_PEERS];
+} nm;
+
+static const char *const lbl_type[] = {"type", NULL};
+static const char *const lbl_peer[] = {"peer", NULL};
+static const char *const lbl_result[] = {"result", NULL};
+
+static struct metrics_series *one(struct metrics_family *f)
+{
+    return metrics_get(f, NULL);
+}
+
+static const char *peer_name(uint64_t id)
+{
+    struct member *m = members_find(id);
+    return m && m->name && m->name[0] ? m->name : "unknown";
+}
+
+/* --- events --------------------------------------------------------------- */
+
+void node_metrics_soft_state(const struct raft_soft_state *ss)
+{
+    if (!nm.on)
+        return;
+    if (ss->leader != 0 && ss->leader != node.leader)
+        metrics_inc(one(&nm.leader_changes), 1);
+    if (ss->role == RAFT_CANDIDATE && node.role != RAFT_CANDIDATE)
+        metrics_inc(one(&nm.elections), 1);
+}
+
+/* The type label: raft_msg_type_name's, in lower case. */
+static const char *msg_type(uint8_t type)
+{
+    static const char *const names[] = {
+        "unknown",          "append",
+        "append_resp",      "heartbeat",
+        "heartbeat_resp",   "prevote",
+        "prevote_resp",     "vote",
+        "vote_resp",        "timeout_now",
+        "read_index",       "read_index_resp",
+        "install_snapshot", "install_snapshot_resp"};
+    _Static_assert(PZ_ARRAY_SIZE(names) == RAFT_MSG_TYPE_MAX,
+                   "a name for every message type");
+    return type < PZ_ARRAY_SIZE(names) ? names[type] : "unknown";
+}
+
+/* The series of m's type in f, looked up once per type. */
+static struct metrics_series *
+by_type(struct metrics_family *f, struct metrics_series **cache, uint8_t type)
+{
+    if (type >= RAFT_MSG_TYPE_MAX)
+        type = 0;
+    if (cache[type] == NULL)
+        cache[type] = metrics_get(f, (const char *const[]){msg_type(type)});
+    return cache[type];
+}
+
+void node_metrics_sent(const struct raft_msg *m)
+{
+    if (!nm.on)
+        return;
+    metrics_inc(by_type(&nm.sent, nm.sent_by, m->type), 1);
+    if (m->type != RAFT_MSG_HEARTBEAT)
+        return;
+    if (m->context != 0 && m->context != nm.last_read_ctx) {
+        nm.last_read_ctx = m->context; /* one round reaches every peer */
+        metrics_inc(one(&nm.read_rounds), 1);
+    }
+    size_t free_slot = MAX_RTT_PEERS;
+    for (size_t i = 0; i < MAX_RTT_PEERS; i++) {
+        if (nm.hb[i].id == m->to) {
+            nm.hb[i].sent_ns = stats_now_ns();
+            return;
+        }
+        if (nm.hb[i].id == 0 && free_slot == MAX_RTT_PEERS)
+            free_slot = i;
+    }
+    if (free_slot < MAX_RTT_PEERS) {
+        nm.hb[free_slot].id = m->to;
+        nm.hb[free_slot].sent_ns = stats_now_ns();
+    }
+}
+
+void node_metrics_recv(const struct raft_msg *m)
+{
+    if (!nm.on)
+        return;
+    metrics_inc(by_type(&nm.recv, nm.recv_by, m->type), 1);
+    if (m->type != RAFT_MSG_HEARTBEAT_RESP)
+        return;
+    for (size_t i = 0; i < MAX_RTT_PEERS; i++) {
+        if (nm.hb[i].id == m->from && nm.hb[i].sent_ns) {
+            double s = (double)(stats_now_ns() - nm.hb[i].sent_ns) / 1e9;
+            nm.hb[i].sent_ns = 0;
+            metrics_observe(
+                metrics_get(&nm.rtt, (const char *const[]){peer_name(m->from)}),
+                s);
+            return;
+        }
+    }
+}
+
+void node_metrics_written(void)
+{
+    if (!nm.on)
+        return;
+    struct store_stats ss;
+    store_stats(node.store, &ss);
+    if (ss.batches != nm.batches) {
+        metrics_observe(one(&nm.fsync_s), (double)ss.last_commit_ns / 1e9);
+        metrics_observe(one(&nm.write_s),
+                        (double)(ss.write_ns - nm.write_ns) / 1e9);
+        metrics_observe(one(&nm.batch), (double)ss.last_batch_entries);
+    }
+    nm.batches = ss.batches;
+    nm.write_ns = ss.write_ns;
+}
+
+void node_metrics_applied(size_t n)
+{
+    if (nm.on && n)
+        metrics_inc(one(&nm.applied), (double)n);
+}
+
+void node_metrics_proposed(int rv)
+{
+    if (!nm.on)
+        return;
+    metrics_inc(one(rv == 0 ? &nm.proposals : &nm.proposals_failed), 1);
+}
+
+void node_metrics_proposal_failed(void)
+{
+    if (nm.on)
+        metrics_inc(one(&nm.proposals_failed), 1);
+}
+
+void node_metrics_compacted(void)
+{
+    if (nm.on)
+        metrics_inc(one(&nm.compactions), 1);
+}
+
+void node_metrics_snapshot(bool ok, uint64_t started_ms)
+{
+    if (!nm.on)
+        return;
+    metrics_inc(
+        metrics_get(&nm.snaps, (const char *const[]){ok ? "ok" : "failed"}), 1);
+    uint64_t now_ms = stats_now_ns() / 1000000;
+    if (ok && now_ms >= started_ms)
+        metrics_observe(one(&nm.snap_s), (double)(now_ms - started_ms) / 1e3);
+}
+
+void node_metrics_restored(uint64_t started_ns)
+{
+    nm.restore_s = (double)(stats_now_ns() - started_ns) / 1e9;
+}
+
+/* --- the scrape ----------------------------------------------------------- */
+
+static void gauge(struct pz_buf *b, const char *name, const char *help,
+                  double v)
+{
+    metrics_render_one(b, name, METRICS_GAUGE, help, v);
+}
+
+static void counter(struct pz_buf *b, const char *name, const char *help,
+                    double v)
+{
+    metrics_render_one(b, name, METRICS_COUNTER, help, v);
+}
+
+static size_t queue_len(const struct pz_queue *q)
+{
+    size_t n = 0;
+    for (const struct pz_queue *e = q->next; e != q; e = e->next)
+        n++;
+    return n;
+}
+
+static double file_size(const char *path, const char *suffix)
+{
+    char p[4096];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s%s", path, suffix);
+    return stat(p, &sb) == 0 ? (double)sb.st_size : 0;
+}
+
+static void render_raft(struct pz_buf *b)
+{
+    struct raft_status rs;
+    raft_status(node.raft, &rs);
+    gauge(b, "pyazdb_raft_term", "Current Raft term.", (double)rs.term);
+    gauge(b, "pyazdb_raft_is_leader", "1 when this node is the leader.",
+          rs.role == RAFT_LEADER);
+    gauge(b, "pyazdb_raft_has_leader", "1 when a leader is known.",
+          rs.leader != 0);
+    gauge(b, "pyazdb_raft_commit_index", "Highest committed log index.",
+          (double)rs.commit);
+    gauge(b, "pyazdb_raft_applied_index",
+          "Highest log index applied to the state machine.",
+          (double)node.applied);
+    gauge(b, "pyazdb_raft_last_index", "Last log index.",
+          (double)rs.last_index);
+    gauge(b, "pyazdb_raft_persisted_index", "Last log index durable here.",
+          (double)rs.persisted_index);
+    gauge(b, "pyazdb_raft_log_entries",
+          "Log entries held (not yet compacted into a snapshot).",
+          rs.last_index >= rs.first_index
+              ? (double)(rs.last_index - rs.first_index + 1)
+              : 0);
+    gauge(b, "pyazdb_raft_proposals_pending",
+          "Accepted writes waiting to be applied.",
+          (double)queue_len(&node.proposals));
+    size_t voters = 0;
+    for (size_t i = 0; i < node.n_members; i++)
+        voters += node.members[i].voter;
+    gauge(b, "pyazdb_raft_voters", "Voters in the current configuration.",
+          (double)voters);
+    metrics_render(b, &nm.leader_changes);
+    metrics_render(b, &nm.elections);
+    metrics_render(b, &nm.proposals);
+    metrics_render(b, &nm.proposals_failed);
+    metrics_render(b, &nm.applied);
+    metrics_render(b, &nm.read_rounds);
+    metrics_render(b, &nm.sent);
+    metrics_render(b, &nm.recv);
+
+    /* Leader only: one series per follower. */
+    metrics_render_head(b, "pyazdb_raft_follower_lag_entries", METRICS_GAUGE,
+                        "Leader only: entries of the leader's log a follower "
+                        "has not acknowledged.");
+    for (size_t i = 0; i < rs.n_peers; i++) {
+        const struct raft_peer_status *p = &rs.peers[i];
+        metrics_render_sample(
+            b, "pyazdb_raft_follower_lag_entries", lbl_peer,
+            (const char *const[]){peer_name(p->id)},
+            rs.last_index > p->match ? (double)(rs.last_index - p->match) : 0);
+    }
+    metrics_render_head(b, "pyazdb_raft_follower_last_contact_seconds",
+                        METRICS_GAUGE,
+                        "Leader only: time since a follower was last heard "
+                        "from.");
+    for (size_t i = 0; i < rs.n_peers; i++) {
+        const struct raft_peer_status *p = &rs.peers[i];
+        metrics_render_sample(b, "pyazdb_raft_follower_last_contact_seconds",
+                              lbl_peer, (const char *const[]){peer_name(p->id)},
+                              (double)(p->last_contact * node.tick_ms) / 1e3);
+    }
+    metrics_render(b, &nm.rtt);
+}
+
+static void render_storage(struct pz_buf *b)
+{
+    struct store_stats ss;
+    store_stats(node.store, &ss);
+    metrics_render(b, &nm.write_s);
+    metrics_render(b, &nm.fsync_s);
+    metrics_render(b, &nm.batch);
+    counter(b, "pyazdb_storage_written_entries_total",
+            "Log entries written to the database.", (double)ss.entries);
+    counter(b, "pyazdb_storage_written_bytes_total",
+            "Log entry payload bytes written to the database.",
+            (double)ss.bytes);
+    const char *path = store_path(node.store);
+    gauge(b, "pyazdb_storage_db_size_bytes",
+          "Size of raft.db and its write-ahead log.",
+          file_size(path, "") + file_size(path, "-wal"));
+    struct statvfs fs;
+    if (statvfs(node.cfg->raft_data, &fs) == 0) {
+        gauge(b, "pyazdb_storage_disk_free_bytes",
+              "Bytes available to the server on the data directory's file "
+              "system.",
+              (double)fs.f_bavail * (double)fs.f_frsize);
+        gauge(b, "pyazdb_storage_disk_size_bytes",
+              "Size of the data directory's file system.",
+              (double)fs.f_blocks * (double)fs.f_frsize);
+    }
+    metrics_render(b, &nm.compactions);
+    metrics_render(b, &nm.snaps);
+    metrics_render(b, &nm.snap_s);
+    gauge(b, "pyazdb_snapshot_size_bytes",
+          "File size of the newest local snapshot (0: none).",
+          (double)node.snap_size);
+    gauge(b, "pyazdb_snapshot_index",
+          "Raft index of the newest local snapshot (0: none).",
+          (double)node.snap_index);
+    gauge(b, "pyazdb_startup_load_seconds",
+          "Time to load the snapshot and log at startup.", nm.restore_s);
+    gauge(b, "pyazdb_kv_keys", "Keys in the state machine.",
+          (double)kv_count(node.kv));
+}
+
+/* Per peer, from the transport's counters. */
+static void peer_family(struct pz_buf *b, const char *name,
+                        enum metrics_type type, const char *help, int which)
+{
+    metrics_render_head(b, name, type, help);
+    for (size_t i = 0; i < node.n_members; i++) {
+        const struct member *m = &node.members[i];
+        struct transport_peer_stats ps;
+        if (m->id == node.id || transport_peer_stats(node.tr, m->id, &ps) < 0)
+            continue;
+        double v = which == 0   ? (double)ps.sent_msgs
+                   : which == 1 ? (double)ps.sent_bytes
+                   : which == 2 ? (double)ps.dropped
+                   : which == 3 ? (double)ps.attempts
+                   : which == 4 ? (double)ps.refused
+                   : which == 5 ? (double)ps.connected
+                                : (double)ps.queued_bytes;
+        metrics_render_sample(b, name, lbl_peer,
+                              (const char *const[]){peer_name(m->id)}, v);
+    }
+}
+
+static void render_transport(struct pz_buf *b)
+{
+    peer_family(b, "pyazdb_transport_sent_messages_total", METRICS_COUNTER,
+                "Messages handed to a peer connection.", 0);
+    peer_family(b, "pyazdb_transport_sent_bytes_total", METRICS_COUNTER,
+                "Bytes handed to a peer connection, framing included.", 1);
+    peer_family(b, "pyazdb_transport_dropped_messages_total", METRICS_COUNTER,
+                "Messages to a peer dropped (queue full, too large).", 2);
+    peer_family(b, "pyazdb_transport_connect_attempts_total", METRICS_COUNTER,
+                "Connection attempts to a peer.", 3);
+    peer_family(b, "pyazdb_transport_handshakes_refused_total", METRICS_COUNTER,
+                "Our handshakes a peer refused.", 4);
+    peer_family(b, "pyazdb_transport_peer_up", METRICS_GAUGE,
+                "1 while the link to a peer is up.", 5);
+    peer_family(b, "pyazdb_transport_queued_bytes", METRICS_GAUGE,
+                "Bytes waiting in a peer's send queue.", 6);
+    struct transport_stats ts;
+    transport_stats(node.tr, &ts);
+    counter(b, "pyazdb_transport_received_messages_total",
+            "Messages received from peers.", (double)ts.recv_msgs);
+    counter(b, "pyazdb_transport_received_bytes_total",
+            "Frame bytes received from peers.", (double)ts.recv_bytes);
+    gauge(b, "pyazdb_transport_inbound_connections",
+          "Inbound peer connections open.", (double)ts.inbound);
+    static const char *const lbl_reason[] = {"reason", NULL};
+    const char *name = "pyazdb_transport_inbound_rejected_total";
+    metrics_render_head(b, name, METRICS_COUNTER,
+                        "Inbound peer connections refused or closed, by "
+                        "reason.");
+    struct {
+        const char *reason;
+        uint64_t v;
+    } r[] = {{"handshake_refused", ts.inbound_refused},
+             {"protocol_error", ts.inbound_errors - ts.inbound_invalid},
+             {"invalid_message", ts.inbound_invalid},
+             {"handshake_timeout", ts.inbound_timeouts},
+             {"evicted", ts.inbound_evicted}};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(r); i++)
+        metrics_render_sample(b, name, lbl_reason,
+                              (const char *const[]){r[i].reason},
+                              (double)r[i].v);
+}
+
+static void collect(struct pz_buf *b, void *arg)
+{
+    PZ_UNUSED(arg);
+    if (!node.open || node.raft == NULL)
+        return;
+    render_raft(b);
+    render_storage(b);
+    render_transport(b);
+}
+
+void node_metrics_init(void)
+{
+    if (nm.on)
+        return;
+    nm.on = true;
+    metrics_family_init(&nm.leader_changes, "pyazdb_raft_leader_changes_total",
+                        METRICS_COUNTER, "Times a new leader became known.",
+                        NULL, NULL, 0);
+    metrics_family_init(
+        &nm.elections, "pyazdb_raft_elections_total", METRICS_COUNTER,
+        "Elections this node started as a candidate.", NULL, NULL, 0);
+    metrics_family_init(&nm.sent, "pyazdb_raft_messages_sent_total",
+                        METRICS_COUNTER,
+                        "Raft messages sent, by type (heartbeat, "
+                        "install_snapshot, ...).",
+                        lbl_type, NULL, 0);
+    metrics_family_init(&nm.recv, "pyazdb_raft_messages_received_total",
+                        METRICS_COUNTER, "Raft messages received, by type.",
+                        lbl_type, NULL, 0);
+    metrics_family_init(
+        &nm.read_rounds, "pyazdb_raft_read_index_rounds_total", METRICS_COUNTER,
+        "ReadIndex heartbeat rounds started as leader.", NULL, NULL, 0);
+    metrics_family_init(&nm.proposals, "pyazdb_raft_proposals_total",
+                        METRICS_COUNTER, "Writes accepted by the leader.", NULL,
+                        NULL, 0);
+    metrics_family_init(&nm.proposals_failed,
+                        "pyazdb_raft_proposals_failed_total", METRICS_COUNTER,
+                        "Writes refused by the core or ended with an error "
+                        "(leader change, timeout).",
+                        NULL, NULL, 0);
+    metrics_family_init(
+        &nm.applied, "pyazdb_raft_applied_entries_total", METRICS_COUNTER,
+        "Committed entries applied to the state machine.", NULL, NULL, 0);
+    metrics_family_init(&nm.rtt, "pyazdb_raft_peer_rtt_seconds",
+                        METRICS_HISTOGRAM,
+                        "Heartbeat round trip to a peer (leader only).",
+                        lbl_peer, metrics_latency_bounds, metrics_latency_n);
+    metrics_family_init(&nm.write_s, "pyazdb_storage_write_duration_seconds",
+                        METRICS_HISTOGRAM,
+                        "Log write transactions, BEGIN to durable COMMIT.",
+                        NULL, metrics_disk_bounds, metrics_disk_n);
+    metrics_family_init(&nm.fsync_s, "pyazdb_storage_fsync_duration_seconds",
+                        METRICS_HISTOGRAM,
+                        "COMMIT of a log write (the WAL fsync).", NULL,
+                        metrics_disk_bounds, metrics_disk_n);
+    metrics_family_init(&nm.batch, "pyazdb_storage_batch_entries",
+                        METRICS_HISTOGRAM,
+                        "Log entries per write transaction (per fsync).", NULL,
+                        metrics_batch_bounds, metrics_batch_n);
+    metrics_family_init(
+        &nm.compactions, "pyazdb_storage_compaction_steps_total",
+        METRICS_COUNTER, "Log compaction steps run after a snapshot.", NULL,
+        NULL, 0);
+    metrics_family_init(&nm.snaps, "pyazdb_snapshots_total", METRICS_COUNTER,
+                        "Local snapshots finished, by result.", lbl_result,
+                        NULL, 0);
+    metrics_family_init(&nm.snap_s, "pyazdb_snapshot_duration_seconds",
+                        METRICS_HISTOGRAM,
+                        "Time to write a local snapshot, fork to durable "
+                        "file.",
+                        NULL, metrics_latency_bounds, metrics_latency_n);
+    /* Zero-valued series exist from the start, so rate() has a base. */
+    struct metrics_family *plain[] = {&nm.leader_changes,
+                                      &nm.elections,
+                                      &nm.read_rounds,
+                                      &nm.proposals,
+                                      &nm.proposals_failed,
+                                      &nm.applied,
+                                      &nm.write_s,
+                                      &nm.fsync_s,
+                                      &nm.batch,
+                                      &nm.compactions,
+                                      &nm.snap_s};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(plain); i++)
+        one(plain[i]);
+    stats_add_collector(collect, NULL);
+}

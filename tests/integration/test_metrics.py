@@ -1,0 +1,294 @@
+"""GET /metrics on a real 3-node cluster and on mandi: every page passes
+`promtool check metrics` (Debian's prometheus package), and the figures
+move as the cluster works: writes raise the request and proposal counters
+and every node's fsync histogram, exactly one node reports is_leader 1,
+the leader shows each follower's lag and last contact, gRPC calls are
+counted by method and status."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import grpc
+import pytest
+
+import grpc_helpers as gh
+from conftest import ROOT
+from test_cluster import leader_of, make_cluster, put
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(s):
+    st, h, body = s.request("GET", "/metrics")
+    assert st == 200, (st, body)
+    assert h["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return body.decode()
+
+
+def promtool_check(text):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/install-deps.sh test"
+    r = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                       capture_output=True, timeout=30)
+    # promtool exits 0 and prints nothing for a clean page; lint findings
+    # (naming, units) go to stderr with exit status 3.
+    assert r.returncode == 0 and not r.stdout and not r.stderr, \
+        (r.returncode, r.stdout.decode(), r.stderr.decode())
+
+
+def parse(text):
+    """{(name, frozenset(labels)): value} of every sample."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, line
+        labels = frozenset(LABEL.findall(m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def value(samples, name, **labels):
+    return samples.get((name, frozenset(labels.items())))
+
+
+def series(samples, name):
+    return {k[1]: v for k, v in samples.items() if k[0] == name}
+
+
+def wait_metric(s, pred, timeout=10):
+    """Scrape s until pred(samples) holds; return the samples."""
+    deadline = time.time() + timeout
+    while True:
+        samples = parse(scrape(s))
+        if pred(samples):
+            return samples
+        assert time.time() < deadline, "metrics never matched"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def pb(tmp_path_factory):
+    return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
+
+
+def test_cluster_metrics(servers, pb):
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    followers = [s for s in nodes if s is not leader]
+
+    before = {s.name: parse(scrape(s)) for s in nodes}
+    for s in nodes:
+        text = scrape(s)
+        promtool_check(text)
+        assert "# TYPE pyazdb_request_duration_seconds histogram" in text
+        assert re.search(r'^pyazdb_build_info\{version="[^"]+",commit="[^"]+"'
+                         r'\} 1$', text, re.M)
+    # exactly one leader, and everyone knows one
+    assert [value(before[s.name], "pyazdb_raft_is_leader") for s in nodes] \
+        .count(1) == 1
+    assert value(before[leader.name], "pyazdb_raft_is_leader") == 1
+    for s in nodes:
+        assert value(before[s.name], "pyazdb_raft_has_leader") == 1
+        assert value(before[s.name], "pyazdb_raft_term") >= 1
+        assert value(before[s.name], "process_resident_memory_bytes") > 0
+        assert value(before[s.name], "process_open_fds") > 0
+
+    n = 20
+    for i in range(n):
+        st, _, body = put(leader, f"k{i}", "v")
+        assert st == 204, body
+    st, _, _ = put(followers[0], "via-follower", "v")
+    assert st == 204
+
+    lb = before[leader.name]
+    la = wait_metric(leader, lambda m: (
+        value(m, "pyazdb_raft_applied_entries_total") or 0) >=
+        (value(lb, "pyazdb_raft_applied_entries_total") or 0) + n + 1)
+    key = dict(api="http", method="set", code="204")
+    # the follower's write was forwarded: the leader answered it too
+    assert value(la, "pyazdb_requests_total", **key) == \
+        (value(lb, "pyazdb_requests_total", **key) or 0) + n + 1
+    assert value(la, "pyazdb_request_duration_seconds_count",
+                 api="http", method="set") >= n + 1
+    assert value(la, "pyazdb_raft_proposals_total") >= \
+        value(lb, "pyazdb_raft_proposals_total") + n + 1
+    assert value(la, "pyazdb_raft_commit_index") >= \
+        value(lb, "pyazdb_raft_commit_index") + n + 1
+    assert value(la, "pyazdb_storage_written_bytes_total") > \
+        value(lb, "pyazdb_storage_written_bytes_total")
+    # the leader sees each follower: lag and last contact, and heartbeat
+    # round trips
+    lag = series(la, "pyazdb_raft_follower_lag_entries")
+    assert {dict(k)["peer"] for k in lag} == {s.name for s in followers}
+    contact = series(la, "pyazdb_raft_follower_last_contact_seconds")
+    assert {dict(k)["peer"] for k in contact} == {s.name for s in followers}
+    la = wait_metric(leader, lambda m: all(
+        (value(m, "pyazdb_raft_peer_rtt_seconds_count", peer=s.name) or 0)
+        > 0 for s in followers))
+    sent = series(la, "pyazdb_raft_messages_sent_total")
+    assert sum(sent.values()) > 0
+    for s in followers:
+        assert value(la, "pyazdb_transport_peer_up", peer=s.name) == 1
+        assert value(la, "pyazdb_transport_sent_bytes_total",
+                     peer=s.name) > 0
+    # every node made the writes durable: its fsync histogram grew
+    for s in nodes:
+        b = before[s.name]
+        a = wait_metric(s, lambda m: value(
+            m, "pyazdb_storage_fsync_duration_seconds_count") > value(
+            b, "pyazdb_storage_fsync_duration_seconds_count"))
+        inf = value(a, "pyazdb_storage_fsync_duration_seconds_bucket",
+                    le="+Inf")
+        assert inf == value(a, "pyazdb_storage_fsync_duration_seconds_count")
+        assert value(a, "pyazdb_storage_db_size_bytes") > 0
+        assert value(a, "pyazdb_storage_disk_free_bytes") > 0
+        assert value(a, "pyazdb_raft_is_leader") == (s is leader)
+    # followers are followers
+    for s in followers:
+        a = parse(scrape(s))
+        assert series(a, "pyazdb_raft_follower_lag_entries") == {}
+
+    # gRPC calls: counted by method and status name
+    c = gh.Client(leader.grpc_port, pb)
+    try:
+        c.Set(pb.kv.SetRequest(key="g", value="v"), timeout=5)
+        c.Get(pb.kv.GetRequest(key="g"), timeout=5)
+        with pytest.raises(grpc.RpcError) as e:
+            c.raw("/kv.KVService/Nope")(b"", timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        c.ch.close()
+    la = parse(scrape(leader))
+    grpc_req = series(la, "pyazdb_requests_total")
+    got = {(dict(k)["method"], dict(k)["code"]) for k in grpc_req
+           if dict(k)["api"] == "grpc"}
+    assert ("/kv.KVService/Set", "OK") in got, got
+    assert ("/kv.KVService/Get", "OK") in got, got
+    # an unknown method is not a label of its own (cardinality)
+    assert ("unknown", "UNIMPLEMENTED") in got, got
+    assert value(la, "pyazdb_clients_accepted_total", listener="grpc") >= 1
+
+    # only GET; a refused request is labelled "error" with its code
+    b = value(parse(scrape(leader)), "pyazdb_requests_total", api="http",
+              method="error", code="405") or 0
+    st, h, _ = leader.request("POST", "/metrics", "")
+    assert st == 405 and h["Allow"] == "GET"
+    la = parse(scrape(leader))
+    assert value(la, "pyazdb_requests_total", api="http", method="error",
+                 code="405") == b + 1
+
+
+def test_leader_change_is_counted(servers):
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    rest = [s for s in nodes if s is not leader]
+    before = {s.name: value(parse(scrape(s)),
+                            "pyazdb_raft_leader_changes_total") for s in rest}
+    leader.kill()
+    new = leader_of(rest, exclude=(leader,))
+    for s in rest:
+        wait_metric(s, lambda m: value(
+            m, "pyazdb_raft_leader_changes_total") > before[s.name])
+    m = parse(scrape(new))
+    assert value(m, "pyazdb_raft_is_leader") == 1
+    assert value(m, "pyazdb_raft_elections_total") >= 1
+    other = next(s for s in rest if s is not new)
+    assert value(parse(scrape(other)), "pyazdb_raft_is_leader") == 0
+
+
+def test_mandi_metrics(mandi):
+    info = {"id": "node1", "addr": "127.0.0.1:12000",
+            "http_addr": "127.0.0.1:8080", "grpc_addr": "127.0.0.1:9090",
+            "term": 3}
+    text = scrape(mandi)
+    promtool_check(text)
+    m = parse(text)
+    assert value(m, "pyazdb_mandi_has_leader") == 0
+    st, _, _ = mandi.request("PUT", "/leader", json.dumps(info))
+    assert st == 204
+    st, _, _ = mandi.request("GET", "/nowhere")
+    assert st == 404
+    text = scrape(mandi)
+    promtool_check(text)
+    m = parse(text)
+    assert value(m, "pyazdb_mandi_has_leader") == 1
+    assert value(m, "pyazdb_mandi_leader_term") == 3
+    assert value(m, "pyazdb_mandi_leader_changes_total") == 1
+    assert value(m, "pyazdb_requests_total", api="mandi",
+                 method="put_leader", code="204") == 1
+    assert value(m, "pyazdb_requests_total", api="mandi", method="other",
+                 code="404") == 1
+    assert value(m, "pyazdb_clients_connected", listener="mandi") >= 1
+    # no Raft figures in mandi
+    assert not series(m, "pyazdb_raft_term")
+
+
+MONITORING = os.path.join(ROOT, "docs", "monitoring")
+NAME = re.compile(r'\b((?:pyazdb|process)_[a-z0-9_]+)')
+
+
+def names_of(text):
+    """Metric names of a page, histograms also with their suffixes."""
+    out = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            out.add(name)
+            if kind == "histogram":
+                out |= {name + s for s in ("_bucket", "_sum", "_count")}
+    return out
+
+
+def test_dashboard_and_alerts_use_served_metrics(servers):
+    """Every metric the Grafana dashboard and the alerting rules name is on
+    a node's page (the leader's: it has the leader-only ones); the rules
+    pass promtool."""
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    st, _, _ = put(leader, "k", "v")
+    assert st == 204
+    served = names_of(scrape(leader))
+    assert "pyazdb_raft_follower_lag_entries" in served
+
+    with open(os.path.join(MONITORING, "pyazdb-dashboard.json")) as f:
+        dash = json.load(f)
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    used = {n for e in exprs for n in NAME.findall(e)}
+    rules = os.path.join(MONITORING, "pyazdb-alerts.yml")
+    with open(rules) as f:
+        used_alerts = set(NAME.findall(f.read()))
+    assert used and used_alerts
+    assert used - served == set(), used - served
+    assert used_alerts - served == set(), used_alerts - served
+
+    r = subprocess.run([shutil.which("promtool") or "promtool", "check",
+                        "rules", rules], capture_output=True, timeout=30)
+    assert r.returncode == 0, (r.stdout.decode(), r.stderr.decode())
+    assert b"SUCCESS" in r.stdout
+
+
+def test_snapshot_metrics(server):
+    """A snapshot taken on demand is counted, timed and sized; the startup
+    load time is set."""
+    m = parse(scrape(server))
+    assert value(m, "pyazdb_startup_load_seconds") > 0
+    assert value(m, "pyazdb_snapshots_total", result="ok") is None
+    for i in range(10):
+        st, _, _ = put(server, f"k{i}", "v" * 100)
+        assert st == 204
+    st, _, body = server.request("POST", "/admin/snapshot", "")
+    assert st == 200, body
+    m = wait_metric(server, lambda m: value(
+        m, "pyazdb_snapshots_total", result="ok") == 1)
+    assert value(m, "pyazdb_snapshot_duration_seconds_count") == 1
+    assert value(m, "pyazdb_snapshot_size_bytes") > 1000
+    assert value(m, "pyazdb_snapshot_index") >= 10
+    assert value(m, "pyazdb_kv_keys") == 10
+    promtool_check(scrape(server))
