@@ -612,30 +612,22 @@ static void print_members(const char *json, size_t len)
     }
 }
 
-/* members / remove ID / transfer ID over the node's HTTP API: at the
- * addresses of --http in turn, else at the leader's from mandi. members
- * (a read) is retried on a failed connection, 502 and 503; remove and
- * transfer move on only when nothing was sent. */
+static int api_call(const char *what, const char *method, const char *path,
+                    const struct pz_buf *req, const struct endpoints *http,
+                    const char *mandi, const char *token, uint64_t deadline,
+                    struct pz_buf *body);
+
+/* members / remove ID / transfer ID over the node's HTTP API (api_call:
+ * at the addresses of --http in turn, else at the leader's from mandi).
+ * members (a read) is retried on a failed connection, 502 and 503; remove
+ * and transfer move on only when nothing was sent. */
+static int api_failed(const char *what, int st, const struct pz_buf *body);
+
 static int membership(const char *cmd, const char *id,
                       const struct endpoints *http, const char *mandi,
                       const char *token, uint64_t deadline)
 {
-    char err[512] = "", target[MANDI_ADDR_MAX + 1], host[256];
-    int port;
     bool read = cmd[0] == 'm';
-    if (http->n == 0) {
-        if (mandi == NULL)
-            mandi = getenv("MANDI_ADDR");
-        if (mandi == NULL || mandi[0] == '\0')
-            mandi = DEFAULT_MANDI;
-    }
-    for (size_t i = 0; i < http->n; i++) {
-        if (pz_split_hostport(http->v[i], host, sizeof host, &port) < 0) {
-            fprintf(stderr, "pyazdb-cli: bad HTTP address '%s'\n",
-                    http->v[i]);
-            return 1;
-        }
-    }
     const char *method = "GET";
     struct pz_buf path;
     pz_buf_init(&path);
@@ -650,71 +642,23 @@ static int membership(const char *cmd, const char *id,
         pz_buf_appendf(&path, "/cluster/transfer?to=");
         http_pct_encode(&path, id, strlen(id));
     }
-    struct retry r = {.deadline = deadline,
-                      .backoff = BACKOFF_FIRST_MS,
-                      .n = http->n};
     struct pz_buf body;
-    int st = -1;
-    size_t tries = 0;
-    for (;;) {
-        bool again = false;
-        tries++;
-        if (http->n > 0) {
-            snprintf(target, sizeof target, "%s", http->v[r.attempts % r.n]);
-        } else if (discover_field(mandi, "http_addr", deadline, target,
-                                  sizeof target, err, sizeof err,
-                                  &again) < 0) {
-            if (again && retry_next(&r))
-                continue;
-            break;
-        }
-        if (pz_split_hostport(target, host, sizeof host, &port) < 0) {
-            snprintf(err, sizeof err, "bad HTTP address '%s'", target);
-            break;
-        }
-        bool unsent = false;
-        st = http_request_ex(method, target, path.data, token, NULL, 0,
-                             attempt_deadline(&r), &body, err, sizeof err,
-                             &unsent);
-        if (st < 0) {
-            again = unsent || read;
-        } else if (read && (st == 502 || st == 503)) {
-            pz_buf_append(&body, "", 1);
-            body.data[strcspn(body.data, "\n")] = '\0';
-            snprintf(err, sizeof err, "%s: HTTP %d: %s", target, st,
-                     body.data);
-            pz_buf_free(&body);
-            st = -1;
-            again = true;
-        } else {
-            break;
-        }
-        if (!again || !retry_next(&r))
-            break;
-    }
+    pz_buf_init(&body);
+    int st = api_call(cmd, method, path.data, NULL, http, mandi, token,
+                      deadline, &body);
     pz_buf_free(&path);
-    if (st < 0) {
-        if (tries > 1)
-            fprintf(stderr, "pyazdb-cli: %s failed after %zu attempts: %s\n",
-                    cmd, tries, err);
-        else
-            fprintf(stderr, "pyazdb-cli: %s\n", err);
+    if (st < 0)
         return 1;
-    }
-    pz_buf_append(&body, "", 1);
     int code = 0;
     if (read && st == 200) {
-        print_members(body.data, body.len - 1);
+        print_members(body.data, body.len);
     } else if (!read && st == 204) {
         if (cmd[0] == 'r')
             printf("Removed '%s'\n", id);
         else
             printf("Leadership transferred to '%s'\n", id);
     } else {
-        body.data[strcspn(body.data, "\n")] = '\0';
-        fprintf(stderr, "pyazdb-cli: %s failed: HTTP %d: %s\n", cmd, st,
-                body.data);
-        code = 1;
+        code = api_failed(cmd, st, &body);
     }
     pz_buf_free(&body);
     return code;
