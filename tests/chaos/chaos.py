@@ -12,9 +12,11 @@ pair. The rules must not touch the machine: partitions run only inside a
 network namespace of our own (`make test-chaos` starts this script under
 `unshare -n`); elsewhere the partition nemesis is left out, and said so.
 
-Clients (threads) send get, set and delete over HTTP to random nodes, each
-set with a value never written before, and record invoke and return times
-and the answer. A timeout, a reset or a 5xx is an unknown outcome: the
+Clients (threads) send get, set, compare-and-set (a set with
+`prev_value`, the value the client last read, or `prev_revision` 0 when
+it read nothing; 412 means the key held something else) and delete over
+HTTP to random nodes, each set with a value never written before, and
+record invoke and return times and the answer. A timeout, a reset or a 5xx is an unknown outcome: the
 write may or may not have happened. The nemesis, one fault at a time:
 kill -9 a node and restart it, pause it (SIGSTOP, SIGCONT), cut it or a
 minority off, transfer the leadership, or remove a member, wipe it and
@@ -186,12 +188,31 @@ class Recorder:
 STALE = ""  # "&consistency=stale" with --stale-reads
 
 
-def do_op(rec, addr, kind, key, value=None, timeout=3.0):
-    """Performs one operation and records it. Returns the op."""
+def do_op(rec, addr, kind, key, value=None, timeout=3.0, expect=None):
+    """Performs one operation and records it. Returns the op. A "cas" sets
+    key to value only if it holds expect (None: only if it is absent)."""
     op = {"key": key, "kind": kind, "value": value, "node": addr,
           "call": time.monotonic(), "ret": None, "ok": None}
     try:
-        if kind == "write":
+        if kind == "cas":
+            op["expect"] = expect
+            req = {"key": key, "value": value}
+            if expect is None:
+                req["prev_revision"] = 0
+            else:
+                req["prev_value"] = expect
+            st, body = request(addr, "POST", "/set", json.dumps(req),
+                               timeout)
+            done = time.monotonic()
+            if st == 204:
+                op.update(ret=done, ok=True, succeeded=True)
+            elif st == 412:
+                op.update(ret=done, ok=True, succeeded=False)
+            elif 400 <= st < 500:
+                op.update(ret=done, ok=False, error=f"{st} {body!r}")
+            else:
+                op["error"] = f"{st} {body!r}"  # unknown: may have happened
+        elif kind == "write":
             st, body = request(addr, "POST", "/set",
                                json.dumps({"key": key, "value": value}),
                                timeout)
@@ -356,17 +377,25 @@ def nemesis(rnd, nodes, kinds, parts, stop, events, problems):
 
 
 def client(rnd, nodes, keys, rec, stop, counter):
+    last = {}  # key -> the value this client last read (a cas expects it)
+
+    def fresh():
+        with counter["lock"]:
+            counter["n"] += 1
+            return f"v{counter['n']}"
+
     while not stop.is_set():
         n = rnd.choice(nodes)
         key = rnd.choice(keys)
         x = rnd.random()
-        if x < 0.45:
-            with counter["lock"]:
-                counter["n"] += 1
-                v = f"v{counter['n']}"
-            do_op(rec, n.http, "write", key, v)
+        if x < 0.3:
+            do_op(rec, n.http, "write", key, fresh())
+        elif x < 0.45:
+            do_op(rec, n.http, "cas", key, fresh(), expect=last.get(key))
         elif x < 0.9:
-            do_op(rec, n.http, "read", key)
+            op = do_op(rec, n.http, "read", key)
+            if op["ok"]:
+                last[key] = op["value"]
         else:
             do_op(rec, n.http, "delete", key)
 

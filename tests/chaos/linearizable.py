@@ -5,9 +5,14 @@ history is linearizable iff the sub-history of every key is.
 
 An operation is a dict:
     key     the key
-    kind    "write", "delete" or "read"
-    value   write: the value written (unique per key); read: the value
-            seen, None when the key was absent
+    kind    "write", "delete", "read" or "cas"
+    value   write and cas: the value written (unique per key); read: the
+            value seen, None when the key was absent
+    expect  cas only: the value the key must hold for the write to happen
+            (None: the key must be absent)
+    succeeded  cas with ok True: True when it wrote, False when the
+            answer said the key did not hold `expect` (412): then it is
+            an observation that the value was something else
     call    when the client sent it (seconds, monotonic)
     ret     when the answer came, or None when none came (a timeout, a
             reset connection, a 5xx): the outcome is unknown
@@ -27,6 +32,14 @@ reduced before the search, without changing the verdict:
     before that read: it is kept, and ends at the earliest such read;
   - a delete without an answer may or may not have happened: kept, as
     optional, ending never.
+  - a compare-and-set without an answer is treated as a write that needs
+    the key to hold its `expect`: kept and required (ending at the
+    earliest read of its value) when a read saw its value, else kept as
+    optional.
+A compare-and-set that failed (412) observes that the value was not its
+`expect`; since such an observation can be explained by a write whose
+value no read saw, in a key's history with failed compare-and-sets those
+unanswered writes are kept as optional instead of dropped.
 
 check(history) returns (True, None) or (False, report), the report naming
 the key and the operations around the point where every order failed.
@@ -37,11 +50,13 @@ INF = math.inf
 
 
 class _Op:
-    __slots__ = ("kind", "value", "call", "ret", "required", "src")
+    __slots__ = ("kind", "value", "expect", "call", "ret", "required",
+                 "src")
 
-    def __init__(self, kind, value, call, ret, required, src):
+    def __init__(self, kind, value, call, ret, required, src, expect=None):
         self.kind = kind
         self.value = value
+        self.expect = expect
         self.call = call
         self.ret = ret
         self.required = required
@@ -56,12 +71,20 @@ def _reduce(ops):
     """The operations of one key, reduced as the module says; or a report
     string when a read saw a value no write wrote."""
     written = {}
+    values = set()
+    cas_failed = False
     for o in ops:
-        if o["kind"] == "write":
-            if o["value"] in written:
+        if o["kind"] in ("write", "cas"):
+            if o["value"] in values:
                 return None, f"value {o['value']!r} written twice"
-            if not _refused(o):
-                written[o["value"]] = o
+            values.add(o["value"])
+            if _refused(o):
+                continue
+            if o["kind"] == "cas" and o.get("ok") and o.get("ret") is not None \
+                    and not o.get("succeeded"):
+                cas_failed = True  # wrote nothing: an observation
+                continue
+            written[o["value"]] = o
     seen_by = {}
     out = []
     for o in ops:
@@ -79,13 +102,20 @@ def _reduce(ops):
         known = bool(o.get("ok")) and o.get("ret") is not None
         if _refused(o):
             continue
-        if o["kind"] == "write":
-            if known:
-                out.append(_Op("write", o["value"], o["call"], o["ret"],
-                               True, o))
+        if o["kind"] in ("write", "cas"):
+            kind, expect = o["kind"], o.get("expect")
+            if kind == "cas" and known and not o.get("succeeded"):
+                out.append(_Op("casfail", None, o["call"], o["ret"], True, o,
+                               expect))
+            elif known:
+                out.append(_Op(kind, o["value"], o["call"], o["ret"], True, o,
+                               expect))
             elif o["value"] in seen_by:
-                out.append(_Op("write", o["value"], o["call"],
-                               seen_by[o["value"]], True, o))
+                out.append(_Op(kind, o["value"], o["call"],
+                               seen_by[o["value"]], True, o, expect))
+            elif kind == "cas" or cas_failed:
+                out.append(_Op(kind, o["value"], o["call"], INF, False, o,
+                               expect))
         elif o["kind"] == "delete":
             if known:
                 out.append(_Op("delete", None, o["call"], o["ret"], True, o))
@@ -98,6 +128,10 @@ def _reduce(ops):
 def _step(state, op):
     if op.kind == "write":
         return True, op.value
+    if op.kind == "cas":
+        return state == op.expect, op.value
+    if op.kind == "casfail":
+        return state != op.expect, state
     if op.kind == "delete":
         return True, None
     return op.value == state, state

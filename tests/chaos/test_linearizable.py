@@ -21,6 +21,11 @@ def r(v, call, ret, ok=True, key="k"):
             "ret": ret, "ok": ok}
 
 
+def cas(v, expect, call, ret, ok=True, succeeded=True, key="k"):
+    return {"key": key, "kind": "cas", "value": v, "expect": expect,
+            "call": call, "ret": ret, "ok": ok, "succeeded": succeeded}
+
+
 GOOD = {
     "sequential": [w("a", 0, 1), r("a", 2, 3), w("b", 4, 5), r("b", 6, 7)],
     "absent first": [r(None, 0, 1), w("a", 2, 3), r("a", 4, 5)],
@@ -43,6 +48,24 @@ GOOD = {
                                  r("a", 7, 8)],
     "two keys": [w("a", 0, 1), w("x", 0, 1, key="j"), r("a", 2, 3),
                  r("x", 2, 3, key="j")],
+    "cas": [w("a", 0, 1), cas("b", "a", 2, 3), r("b", 4, 5)],
+    "cas on an absent key": [cas("a", None, 0, 1), r("a", 2, 3)],
+    "failed cas": [w("a", 0, 1), cas("b", "x", 2, 3, succeeded=False),
+                   r("a", 4, 5)],
+    "failed cas explained by an unanswered write": [
+        w("a", 0, 1), w("b", 2, None, ok=None),
+        cas("c", "a", 3, 4, succeeded=False)],
+    "unanswered cas seen later": [
+        w("a", 0, 1), cas("b", "a", 2, None, ok=None), r("b", 5, 6)],
+    "unanswered cas explains a failed one": [
+        w("a", 0, 1), cas("b", "a", 2, None, ok=None),
+        cas("c", "a", 5, 6, succeeded=False)],
+    "racing cas, one wins": [
+        w("a", 0, 1), cas("b", "a", 2, 5), cas("c", "a", 2, 5,
+                                               succeeded=False),
+        r("b", 6, 7)],
+    "refused cas": [w("a", 0, 1), cas("b", "a", 2, 3, ok=False),
+                    r("a", 4, 5)],
 }
 
 BAD = {
@@ -61,6 +84,19 @@ BAD = {
     "second key bad": [w("a", 0, 1), r("a", 2, 3), w("x", 0, 1, key="j"),
                        w("y", 2, 3, key="j"), r("x", 4, 5, key="j")],
     "absent after write": [w("a", 0, 1), r(None, 2, 3)],
+    "cas against the wrong value": [w("a", 0, 1),
+                                    cas("b", "x", 2, 3)],
+    "cas on a present key as absent": [w("a", 0, 1), cas("b", None, 2, 3)],
+    "failed cas although the value matched": [
+        w("a", 0, 1), cas("b", "a", 2, 3, succeeded=False), r("a", 4, 5)],
+    "both racing cas won": [
+        w("a", 0, 1), cas("b", "a", 2, 5), cas("c", "a", 2, 5),
+        r("b", 6, 7), r("c", 8, 9)],
+    "failed cas value seen": [w("a", 0, 1),
+                              cas("b", "x", 2, 3, succeeded=False),
+                              r("b", 4, 5)],
+    "unanswered cas that could not apply seen": [
+        w("a", 0, 1), cas("b", "x", 2, None, ok=None), r("b", 5, 6)],
 }
 
 
@@ -97,14 +133,22 @@ def simulate(seed, clients=8, ops=3000, stale=False):
             elif op["kind"] == "delete":
                 value = None
                 versions.append(None)
+            elif op["kind"] == "cas":
+                op["succeeded"] = value == op["expect"]
+                if op["succeeded"]:
+                    value = op["value"]
+                    versions.append(value)
             else:
                 op["value"] = value
             op["ret"] = t + rnd.random()
             hist.append(op)
         elif n < ops and len(pending) < clients:
-            kind = rnd.choice(["write", "read", "read", "delete"])
+            kind = rnd.choice(["write", "read", "read", "delete", "cas"])
             op = {"key": "k", "kind": kind, "call": t, "ok": True,
-                  "value": f"v{n}" if kind == "write" else None}
+                  "value": f"v{n}" if kind in ("write", "cas") else None}
+            if kind == "cas":  # usually the value now, else an old one
+                op["expect"] = (value if rnd.random() < 0.7
+                                else rnd.choice(versions))
             pending.append(op)
             n += 1
     # answers were stamped later than effects: call <= effect <= ret holds
