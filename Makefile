@@ -1,5 +1,6 @@
 # PyazDB build. `make` builds src/pyazdb-server and src/pyazdb-cli.
-#   make SANITIZER=address|undefined   sanitizer build (clean rebuild)
+#   make SANITIZER=address|undefined|address,undefined   sanitizer build
+#                                      (clean rebuild)
 #   make noopt                         -O0 build
 #   make test / test-unit / test-integration / lint
 #   make test-mutants                  mutation checks (slow; scripts/mutants.py)
@@ -33,8 +34,13 @@ else ifeq ($(SANITIZER),undefined)
 PZ_CFLAGS += -fsanitize=undefined -fno-sanitize-recover=all \
              -fno-omit-frame-pointer
 PZ_LDFLAGS += -fsanitize=undefined
+else ifeq ($(SANITIZER),address,undefined)
+# Both in one build: what CI runs, one pass of the suite instead of two.
+PZ_CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+             -fno-omit-frame-pointer
+PZ_LDFLAGS += -fsanitize=address,undefined
 else ifneq ($(SANITIZER),)
-$(error SANITIZER must be address or undefined)
+$(error SANITIZER must be address, undefined or address,undefined)
 endif
 
 PROTOS = $(basename $(notdir $(wildcard proto/*.proto)))

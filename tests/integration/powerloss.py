@@ -14,7 +14,7 @@ LIB = os.path.join(ROOT, "tests", "powerloss", "libpowerloss.so")
 
 def usable():
     """None, or why power cuts cannot be used in this build."""
-    if os.environ.get("PYAZDB_SANITIZER") == "address":
+    if "address" in os.environ.get("PYAZDB_SANITIZER", ""):
         return "AddressSanitizer must be the first preloaded library"
     if not os.path.exists(LIB):
         return f"{LIB} missing (make tests/powerloss/libpowerloss.so)"
