@@ -154,9 +154,13 @@ class Server:
         """Stop the server; returns its exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
-        self.signal(sig)
         if sig in (signal.SIGTERM, signal.SIGINT):
-            self.proc.send_signal(signal.SIGCONT)  # in case it is paused
+            # In case it is paused; before the signal, never after: a
+            # SIGCONT discards a pending SIGSTOP, and LeakSanitizer stops
+            # the exiting process with one (ptrace attach), so a SIGCONT
+            # landing then leaves its tracer waiting forever.
+            self.proc.send_signal(signal.SIGCONT)
+        self.signal(sig)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
