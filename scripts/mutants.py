@@ -286,6 +286,39 @@ MUTATIONS = [
       "        ok = v[i] > ' ' && v[i] < 0x7f;",
       "        ok = v[i] >= ' ' && v[i] < 0x7f;",
       ["unit:config"], "a cluster token with blanks is accepted"),
+    # --- revisions, compare-and-set, transactions (src/kv.c) -------------
+    M("kv_cmp_ne_as_eq", "src/kv.c",
+      "    case KV_CMP_NE:\n        return r != 0;",
+      "    case KV_CMP_NE:\n        return r == 0;",
+      ["unit:kv", "py:test_coord.py"], "a != comparison holds on equality"),
+    M("kv_cmp_value_of_absent_key", "src/kv.c",
+      "        if (e == NULL)\n            return false;\n"
+      "        r = bytes_cmp(",
+      "        if (e == NULL)\n            return true;\n"
+      "        r = bytes_cmp(",
+      ["unit:kv", "py:test_coord.py"],
+      "prev_value holds for a key that does not exist"),
+    M("kv_revision_per_op", "src/kv.c",
+      "    if (!a->bumped) {\n        a->kv->digest -= revision_digest(",
+      "    if (a != NULL) {\n        a->kv->digest -= revision_digest(",
+      ["unit:kv", "py:test_coord.py"],
+      "a transaction advances the revision once per change, not once"),
+    # --- out of space (src/node.c) -------------------------------------
+    M("nospace_alarm_ignored", "src/node.c",
+      "    if (node.alarm_disk)\n        return PZ_ENOSPC;",
+      "    if (node.alarm_disk && node.alarm_quota)\n        return PZ_ENOSPC;",
+      ["py:test_nospace.py"],
+      "writes are proposed on a node whose disk is full"),
+    M("quota_ignored", "src/node.c",
+      "    if (after <= (uint64_t)quota)\n        return 0;",
+      "    if (after <= UINT64_MAX / 2)\n        return 0;",
+      ["py:test_nospace.py::test_quota_alarm_allows_deletes"],
+      "quota-backend-bytes never raises the alarm"),
+    M("nospace_is_fatal", "src/node.c",
+      "    if (status == PZ_ENOSPC) {\n        /* Nothing of the Ready is stored",
+      "    if (status == PZ_ENOSPC && status > 0) {\n"
+      "        /* Nothing of the Ready is stored",
+      ["py:test_nospace.py"], "a full disk stops the node again"),
 ]
 
 
