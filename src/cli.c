@@ -91,6 +91,9 @@ static const char usage_text[] =
     "                   mandi)\n"
     "  --token TOKEN    cluster token for remove/transfer "
     "(default $PYAZDB_TOKEN)\n"
+    "  -o, --output FORMAT  text (default) or json: get, status and\n"
+    "                   members print one JSON document instead (also\n"
+    "                   accepted after the command)\n"
     "  --version        print the version\n"
     "  -h, --help       this text\n";
 
@@ -526,6 +529,60 @@ static void learn_members(const char *addr, struct endpoints *e,
     grpc_call_reset(&c.call);
 }
 
+/* -o json: get, status and members print one JSON document. */
+static bool out_json;
+
+/* Append "name":"s" (with a comma before unless first) to b. */
+static void put_field(struct pz_buf *b, const char *name, const char *s,
+                      bool first)
+{
+    pz_buf_appendf(b, "%s\"%s\":", first ? "" : ",", name);
+    json_put_string(b, s, strlen(s));
+}
+
+/* Write b and a newline to stdout. */
+static void put_doc(struct pz_buf *b)
+{
+    pz_buf_append(b, "\n", 1);
+    fwrite(b->data, 1, b->len, stdout);
+    pz_buf_free(b);
+}
+
+static void print_status_json(const char *addr,
+                              const Pyazdb__StatusResponse *r)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_append(&b, "{", 1);
+    put_field(&b, "addr", addr, true);
+    put_field(&b, "id", r->id, false);
+    put_field(&b, "role", r->role, false);
+    put_field(&b, "leader", r->leader, false);
+    put_field(&b, "leader_grpc_addr", r->leader_grpc_addr, false);
+    pz_buf_appendf(&b,
+                   ",\"term\":%llu,\"commit_index\":%llu,"
+                   "\"applied_index\":%llu,\"last_index\":%llu,"
+                   "\"keys\":%llu",
+                   (unsigned long long)r->term,
+                   (unsigned long long)r->commit_index,
+                   (unsigned long long)r->applied_index,
+                   (unsigned long long)r->last_index,
+                   (unsigned long long)r->keys);
+    put_field(&b, "version", r->version, false);
+    pz_buf_appendf(&b, ",\"uptime_seconds\":%llu,\"members\":[",
+                   (unsigned long long)r->uptime_seconds);
+    for (size_t i = 0; i < r->n_members; i++) {
+        pz_buf_append(&b, i ? ",{" : "{", i ? 2 : 1);
+        put_field(&b, "id", r->members[i]->id, true);
+        put_field(&b, "raft_addr", r->members[i]->raft_addr, false);
+        put_field(&b, "grpc_addr", r->members[i]->grpc_addr, false);
+        pz_buf_appendf(&b, ",\"voter\":%s}",
+                       r->members[i]->voter ? "true" : "false");
+    }
+    pz_buf_append(&b, "]}", 2);
+    put_doc(&b);
+}
+
 static void print_status(const char *addr, const struct grpc_call *call)
 {
     Pyazdb__StatusResponse *r = pyazdb__status_response__unpack(
@@ -533,6 +590,11 @@ static void print_status(const char *addr, const struct grpc_call *call)
     if (r == NULL) {
         fprintf(stderr, "pyazdb-cli: status: bad response from %s\n", addr);
         exit(1);
+    }
+    if (out_json) {
+        print_status_json(addr, r);
+        pyazdb__status_response__free_unpacked(r, &grpc_pb_allocator);
+        return;
     }
     printf("addr: %s\n", addr);
     printf("id: %s\n", r->id);
@@ -650,7 +712,17 @@ static int membership(const char *cmd, const char *id,
     if (st < 0)
         return 1;
     int code = 0;
-    if (read && st == 200) {
+    if (read && st == 200 && out_json) {
+        struct json_val root, ms;
+        if (json_parse(body.data, body.len, &root) < 0 ||
+            !json_get(&root, "members", &ms) || ms.type != JSON_ARRAY) {
+            fprintf(stderr, "pyazdb-cli: members: bad answer (no members "
+                            "array)\n");
+            code = 1;
+        } else {
+            printf("%.*s\n", (int)ms.len, ms.s);
+        }
+    } else if (read && st == 200) {
         print_members(body.data, body.len);
     } else if (!read && st == 204) {
         if (cmd[0] == 'r')
@@ -1056,6 +1128,48 @@ static int txn_cmd(int nargs, char **args, const struct endpoints *http,
     return fflush(stdout) == 0 ? code : 1;
 }
 
+static int set_output(const char *v)
+{
+    if (strcmp(v, "json") == 0)
+        out_json = true;
+    else if (strcmp(v, "text") == 0)
+        out_json = false;
+    else
+        return -1;
+    return 0;
+}
+
+/* -o FORMAT, --output FORMAT and --output=FORMAT among a command's
+ * arguments (before a "--", which is dropped too) are taken out of
+ * args[0..*nargs). Returns NULL, or the bad format (or option lacking
+ * one). */
+static const char *take_output(int *nargs, char **args)
+{
+    int n = 0, k = 0;
+    for (; k < *nargs; k++) {
+        const char *a = args[k];
+        if (strcmp(a, "--") == 0) {
+            k++;
+            break;
+        }
+        if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) {
+            if (k + 1 >= *nargs)
+                return a;
+            if (set_output(args[++k]) < 0)
+                return args[k];
+        } else if (strncmp(a, "--output=", 9) == 0) {
+            if (set_output(a + 9) < 0)
+                return a + 9;
+        } else {
+            args[n++] = args[k];
+        }
+    }
+    for (; k < *nargs; k++)
+        args[n++] = args[k];
+    *nargs = n;
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     const char *mandi = NULL;
@@ -1087,7 +1201,8 @@ int main(int argc, char **argv)
                  (strcmp(a, "--mandi") == 0 || strcmp(a, "--addr") == 0 ||
                   strcmp(a, "--endpoints") == 0 ||
                   strcmp(a, "--timeout") == 0 || strcmp(a, "--http") == 0 ||
-                  strcmp(a, "--token") == 0))
+                  strcmp(a, "--token") == 0 || strcmp(a, "-o") == 0 ||
+                  strcmp(a, "--output") == 0))
             val = argv[++i];
         if (strncmp(a, "--mandi", nl) == 0 && nl == 7 && val) {
             mandi = val;
@@ -1103,6 +1218,12 @@ int main(int argc, char **argv)
                                    val);
         } else if (strncmp(a, "--token", nl) == 0 && nl == 7 && val) {
             token = val;
+        } else if (((strncmp(a, "-o", nl) == 0 && nl == 2) ||
+                    (strncmp(a, "--output", nl) == 0 && nl == 8)) &&
+                   val) {
+            if (set_output(val) < 0)
+                return usage_error("bad output format '%s' (text or json)",
+                                   val);
         } else if (strncmp(a, "--timeout", nl) == 0 && nl == 9 && val) {
             char *end;
             double s = strtod(val, &end);
@@ -1123,6 +1244,15 @@ int main(int argc, char **argv)
     const char *cmd = argv[i++];
     int nargs = argc - i;
     char **args = argv + i;
+    if (strcmp(cmd, "get") == 0 || strcmp(cmd, "status") == 0 ||
+        strcmp(cmd, "members") == 0) {
+        const char *bad = take_output(&nargs, args);
+        if (bad)
+            return usage_error("bad output format '%s' (text or json)", bad);
+    } else if (out_json) {
+        return usage_error("-o json: only get, status and members (not "
+                           "'%s')", cmd);
+    }
     if (strcmp(cmd, "members") == 0 || strcmp(cmd, "remove") == 0 ||
         strcmp(cmd, "transfer") == 0) {
         if (nargs != (cmd[0] == 'm' ? 0 : 1))
@@ -1274,6 +1404,31 @@ int main(int argc, char **argv)
                                     c.call.resp.len, &v, &vl, &found) < 0) {
             fprintf(stderr, "pyazdb-cli: get: bad response from %s\n", addr);
             code = 1;
+        } else if (out_json) {
+            struct pz_buf b;
+            pz_buf_init(&b);
+            size_t kl = strlen(args[0]);
+            bool ku = http_utf8_valid(args[0], kl);
+            pz_buf_appendf(&b, "{\"%s\":", ku ? "key" : "key_b64");
+            if (ku) {
+                json_put_string(&b, args[0], kl);
+            } else {
+                pz_buf_append(&b, "\"", 1);
+                http_b64_encode(&b, args[0], kl);
+                pz_buf_append(&b, "\"", 1);
+            }
+            pz_buf_appendf(&b, ",\"found\":%s", found ? "true" : "false");
+            if (found && http_utf8_valid(v, vl)) {
+                pz_buf_appendf(&b, ",\"value\":");
+                json_put_string(&b, v, vl);
+            } else if (found) {
+                pz_buf_appendf(&b, ",\"value_b64\":\"");
+                http_b64_encode(&b, v, vl);
+                pz_buf_append(&b, "\"", 1);
+            }
+            pz_buf_append(&b, "}", 1);
+            put_doc(&b);
+            code = found ? 0 : 1;
         } else if (!found) {
             printf("Key '%s' not found\n", args[0]);
             code = 1;

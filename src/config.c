@@ -44,6 +44,7 @@
 static const char *const mode_words[] = {"server", "mandi", NULL};
 static const char *const log_level_words[] = {"debug", "info", "warning",
                                               "error", NULL};
+static const char *const log_format_words[] = {"text", "json", NULL};
 
 static int check_node_id(const char *v, char *why, size_t whylen);
 static int check_nonempty(const char *v, char *why, size_t whylen);
@@ -182,6 +183,10 @@ static const struct cfg_directive directives[] = {
 
     D_ENUM("LOGGING", "log-level", log_level, "info", log_level_words, MANDI,
            "least severe level logged"),
+    D_ENUM("LOGGING", "log-format", log_format, "text", log_format_words,
+           IMM | MANDI,
+           "text: one line per event; json: one JSON object per line (time, "
+           "level, node, msg)"),
     D_STRING("LOGGING", "log-file", log_file, "", MANDI, NULL,
              "append the log to this file (reopened on reload); empty = "
              "stderr"),

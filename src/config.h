@@ -131,6 +131,7 @@ struct pz_config {
     /* LOGGING */
     int log_level;  /* log-level: enum cfg_log_level */
     char *log_file; /* log-file: "" = stderr */
+    int log_format; /* log-format: 0 text, 1 json */
 };
 
 /* Types of directives, and the C type of the field each one fills. */

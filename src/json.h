@@ -101,4 +101,10 @@ char *json_strdup(const struct json_val *v, size_t *len);
  * fraction or an exponent, or is over 2^64 - 1. */
 int json_u64(const struct json_val *v, uint64_t *out);
 
+/* The writer's one string escaper: append s[0..n) to out as a JSON string
+ * with its quotes. Quotes, backslashes and control characters are
+ * escaped; a byte that does not begin valid UTF-8 becomes U+FFFD, so the
+ * result is always valid JSON whatever s holds. */
+void json_put_string(struct pz_buf *out, const void *s, size_t n);
+
 #endif

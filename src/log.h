@@ -3,11 +3,21 @@
  * One line per call: "2026-01-03T10:00:00.123Z node1 I message". The level
  * letter is D, I, W or E. A prefix (the node name, or "mandi") tells apart
  * the lines of several processes sharing a terminal. Logging never fails the
- * caller: a write error is ignored. */
+ * caller: a write error is ignored.
+ *
+ * With pz_log_set_json(true) (log-format json) each line is instead one
+ * JSON object: {"time":"2026-01-03T10:00:00.123Z","level":"info",
+ * "node":"node1","msg":"message"}; a message holding quotes, control
+ * characters or bytes that are not UTF-8 still gives valid JSON
+ * (json_put_string). */
 #ifndef PZ_LOG_H
 #define PZ_LOG_H
 
+#include <stdbool.h>
 #include <stdio.h>
+#include <time.h>
+
+#include "pz.h"
 
 enum pz_log_level {
     PZ_LOG_DEBUG = 0,
@@ -24,6 +34,13 @@ int pz_log_open(const char *path);
 void pz_log(enum pz_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void pz_log_close(void);
+/* Text lines (the default) or JSON lines from now on. */
+void pz_log_set_json(bool json);
+/* Pure: append to out the line (with its newline) for msg logged at level
+ * at the time sec.ms (UTC, seconds since the epoch) by prefix. */
+void pz_log_format(struct pz_buf *out, bool json, time_t sec, int ms,
+                   const char *prefix, enum pz_log_level level,
+                   const char *msg);
 
 #define pz_debug(...) pz_log(PZ_LOG_DEBUG, __VA_ARGS__)
 #define pz_info(...) pz_log(PZ_LOG_INFO, __VA_ARGS__)

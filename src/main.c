@@ -88,6 +88,7 @@ int main(int argc, char **argv)
     reload_set_args(argc, argv); /* SIGHUP loads the same sources again */
     pz_log_setup((enum pz_log_level)cfg.log_level,
                  cfg.mode == CFG_MODE_MANDI ? "mandi" : cfg.node_id);
+    pz_log_set_json(cfg.log_format == 1);
     rv = pz_log_open(cfg.log_file);
     if (rv < 0) {
         fprintf(stderr, "pyazdb-server: cannot open log-file '%s': %s\n",

@@ -67,6 +67,65 @@ def test_status_command(node):
     assert fields["addr"] == addr(node)
 
 
+def test_output_json(node):
+    """-o json: get, status and members print one JSON document; the exit
+    codes are those of the text output."""
+    a = ["--addr", addr(node)]
+    assert cli(*a, "set", "k", 'say "hi"\n\té')[0] == 0
+    for form in (["-o", "json"], ["--output", "json"], ["--output=json"]):
+        code, out, err = cli(*a, *form, "get", "k")
+        assert code == 0, err
+        assert json.loads(out) == {"key": "k", "found": True,
+                                   "value": 'say "hi"\n\té'}
+    # after the command too
+    code, out, _ = cli(*a, "get", "k", "-o", "json")
+    assert code == 0 and json.loads(out)["value"] == 'say "hi"\n\té'
+    # missing: found false, exit 1 as in text
+    code, out, _ = cli(*a, "-o", "json", "get", "nope")
+    assert code == 1
+    assert json.loads(out) == {"key": "nope", "found": False}
+    # bytes that are not UTF-8 travel as base64
+    body = b'{"key":"bin","value":"\xff\\u0000a"}'
+    st, _, _ = node.request("POST", "/set", body=body)
+    assert st == 204
+    code, out, _ = cli(*a, "-o", "json", "get", "bin")
+    assert code == 0
+    assert json.loads(out) == {"key": "bin", "found": True,
+                               "value_b64": "/wBh"}
+    p = subprocess.run([CLI, *a, "-o", "json", "get", b"\xfe"],
+                       capture_output=True, timeout=20)
+    assert p.returncode == 1
+    assert json.loads(p.stdout) == {"key_b64": "/g==", "found": False}
+    # status: the node's report with numbers as numbers
+    code, out, err = cli(*a, "status", "-o", "json")
+    assert code == 0, err
+    st = json.loads(out)
+    assert st["id"] == "node1" and st["role"] == "leader"
+    assert st["leader"] == "node1" and st["addr"] == addr(node)
+    assert isinstance(st["term"], int) and st["term"] >= 1
+    assert st["keys"] == 2 and st["applied_index"] >= 3
+    assert [m["id"] for m in st["members"]] == ["node1"]
+    assert st["members"][0]["voter"] is True
+    # members: an array
+    code, out, err = cli("--http", f"127.0.0.1:{node.http_port}",
+                         "members", "-o", "json")
+    assert code == 0, err
+    ms = json.loads(out)
+    assert isinstance(ms, list) and len(ms) == 1
+    assert ms[0]["id"] == "node1" and ms[0]["leader"] is True
+    # text stays the default; bad formats and other commands are refused
+    assert cli(*a, "-o", "text", "get", "k") == (0, 'say "hi"\n\té\n', "")
+    code, out, err = cli(*a, "-o", "yaml", "get", "k")
+    assert code == 1 and "bad output format 'yaml'" in err
+    code, out, err = cli(*a, "get", "k", "-o")
+    assert code == 1 and "bad output format '-o'" in err
+    code, out, err = cli(*a, "-o", "json", "set", "k", "v")
+    assert code == 1 and "only get, status and members" in err
+    # "--" ends the options: a key named -o
+    assert cli(*a, "set", "-o", "dash")[0] == 0
+    assert cli(*a, "get", "--", "-o") == (0, "dash\n", "")
+
+
 def test_rpc_errors_go_to_stderr(node):
     code, out, err = cli("--addr", addr(node), "set", "", "x")
     assert code == 1 and out == ""

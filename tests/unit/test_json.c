@@ -4,6 +4,7 @@
  * lengths honoured without a NUL terminator. */
 #include <stdlib.h>
 
+#include "http_parse.h"
 #include "json.h"
 #include "test.h"
 
@@ -241,7 +242,54 @@ TEST(u64_exact)
     }
 }
 
+/* json_put_string(s) read back by json_parse() gives s, except that
+ * bytes that are not UTF-8 come back as U+FFFD. */
+static void put_check(const char *s, size_t n, const char *want_json)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    json_put_string(&b, s, n);
+    pz_buf_append(&b, "", 1);
+    CHECK_EQ_STR(b.data, want_json);
+    struct json_val v;
+    CHECK_EQ_INT(json_parse(b.data, b.len - 1, &v), 0);
+    CHECK(v.type == JSON_STRING);
+    pz_buf_free(&b);
+}
+
+TEST(put_string)
+{
+    put_check("", 0, "\"\"");
+    put_check("plain é €", 12, "\"plain é €\"");
+    put_check("q\"b\\", 4, "\"q\\\"b\\\\\"");
+    put_check("\n\t\x01\x1f\x7f", 5,
+              "\"\\u000a\\u0009\\u0001\\u001f\\u007f\"");
+    put_check("a\0b", 3, "\"a\\u0000b\"");
+    /* not UTF-8: a stray continuation, a lead byte cut short, an overlong
+     * form, a surrogate, a code point over U+10FFFF, 0xff */
+    put_check("\x80", 1, "\"\\ufffd\"");
+    put_check("x\xc3", 2, "\"x\\ufffd\"");
+    put_check("\xc0\xaf", 2, "\"\\ufffd\\ufffd\"");
+    put_check("\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\"");
+    put_check("\xf4\x90\x80\x80", 4,
+              "\"\\ufffd\\ufffd\\ufffd\\ufffd\"");
+    put_check("\xff\xe2\x82\xac", 4, "\"\\ufffd€\"");
+    put_check("\xf0\x9f\x98\x80", 4, "\"\xf0\x9f\x98\x80\"");
+    /* every byte value alone gives valid JSON */
+    for (int c = 0; c < 256; c++) {
+        char one = (char)c;
+        struct pz_buf b;
+        pz_buf_init(&b);
+        json_put_string(&b, &one, 1);
+        struct json_val v;
+        CHECK_EQ_INT(json_parse(b.data, b.len, &v), 0);
+        CHECK(http_utf8_valid(b.data, b.len));
+        pz_buf_free(&b);
+    }
+}
+
 static const struct test_case cases[] = {
+    TEST_ENTRY(put_string),
     TEST_ENTRY(accepts_rfc8259), TEST_ENTRY(refuses_the_rest),
     TEST_ENTRY(nesting_limit),   TEST_ENTRY(strings_are_bytes),
     TEST_ENTRY(members),         TEST_ENTRY(walk),
