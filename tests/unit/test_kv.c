@@ -1165,6 +1165,95 @@ static void tmodel_run(uint64_t seed)
     pz_free(m);
 }
 
+/* The reference rule: -1, 0 or 1 as have is below, equal to or above want;
+ * then whether `result` accepts that. */
+static bool cmp_expect(int result, int order)
+{
+    switch (result) {
+    case KV_CMP_EQ:
+        return order == 0;
+    case KV_CMP_NE:
+        return order != 0;
+    case KV_CMP_LT:
+        return order < 0;
+    default:
+        return order > 0;
+    }
+}
+
+/* Every comparison (target x result x operand) on a present key and on an
+ * absent one, as the only comparison of a read-only transaction: it
+ * succeeds exactly when the comparison holds. On an absent key a value
+ * comparison never holds (there is no value, whatever the operator) and
+ * the numeric targets read 0. */
+TEST(txn_compare_table)
+{
+    struct kv *kv = kv_new();
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct kv_result res;
+    CHECK_EQ_INT(kv_encode_set(&b, "x", 1, "0", 1), 0); /* revision 1 */
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    b.len = 0;
+    CHECK_EQ_INT(kv_encode_set(&b, "a", 1, "m", 1), 0); /* create: 2 */
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    b.len = 0;
+    CHECK_EQ_INT(kv_encode_set(&b, "a", 1, "m", 1), 0); /* mod: 3, version 2 */
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK(res.revision == 3);
+    /* a: value "m", version 2, create_revision 2, mod_revision 3, lease 0 */
+    const uint64_t have[] = {0, 2, 2, 3, 0}; /* by target (VALUE unused) */
+    const char *vals[] = {"l", "m", "n", "ma", ""};
+    static const int targets[] = {KV_CMP_VALUE, KV_CMP_VERSION, KV_CMP_CREATE,
+                                  KV_CMP_MOD, KV_CMP_LEASE};
+    static const int results[] = {KV_CMP_EQ, KV_CMP_NE, KV_CMP_LT, KV_CMP_GT};
+    size_t checked = 0;
+    for (int present = 0; present < 2; present++) {
+        for (size_t t = 0; t < 5; t++) {
+            for (size_t r = 0; r < 4; r++) {
+                for (int k = 0; k < 5; k++) {
+                    struct kv_cmp c = {.target = targets[t],
+                                       .result = results[r],
+                                       .key = (const uint8_t *)(present
+                                                                    ? "a"
+                                                                    : "z"),
+                                       .klen = 1};
+                    bool want;
+                    if (targets[t] == KV_CMP_VALUE) {
+                        c.value = (const uint8_t *)vals[k];
+                        c.vlen = strlen(vals[k]);
+                        int o = strcmp("m", vals[k]);
+                        want = present && cmp_expect(results[r],
+                                                     (o > 0) - (o < 0));
+                    } else {
+                        c.num = (uint64_t)k; /* 0..4 */
+                        uint64_t h = present ? have[t] : 0;
+                        want = cmp_expect(results[r],
+                                          h < c.num ? -1 : h > c.num);
+                    }
+                    b.len = 0;
+                    CHECK_EQ_INT(kv_encode_txn(&b, &c, 1, NULL, 0, NULL, 0),
+                                 0);
+                    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res),
+                                 0);
+                    if (res.succeeded != want)
+                        fprintf(stderr,
+                                "compare: key %s target %d result %d "
+                                "operand %d: got %d, want %d\n",
+                                present ? "a" : "z", targets[t], results[r], k,
+                                res.succeeded, want);
+                    CHECK_EQ_INT(res.succeeded, want);
+                    CHECK(res.revision == 3); /* read-only: unchanged */
+                    checked++;
+                }
+            }
+        }
+    }
+    CHECK(checked == 2 * 5 * 4 * 5);
+    pz_buf_free(&b);
+    kv_free(kv);
+}
+
 TEST(txn_range_vs_model)
 {
     uint64_t seed = (uint64_t)time(NULL);
@@ -1369,6 +1458,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(apply_fuzz),
     TEST_ENTRY(digest_order_independent),
     TEST_ENTRY(random_vs_model),
+    TEST_ENTRY(txn_compare_table),
     TEST_ENTRY(txn_range_vs_model),
     TEST_ENTRY(txn_malformed),
     TEST_ENTRY(events_and_range_limits),
