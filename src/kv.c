@@ -429,6 +429,26 @@ static void sl_unlink(struct entry **upd[], struct entry *e)
 
 /* --- mutations ------------------------------------------------------------ */
 
+/* A new entry for a key known to be absent (h its hash), linked into the
+ * hash table being filled and the ordered index, counted in bytes and
+ * digest. */
+static struct entry *insert_new(struct kv *kv, uint64_t h, const void *key,
+                                size_t klen, const void *value, size_t vlen,
+                                const struct kv_meta *meta)
+{
+    maybe_grow(kv);
+    struct table *t = rehashing(kv) ? &kv->t[1] : &kv->t[0];
+    struct entry *e = entry_new(h, key, klen, value, vlen, meta);
+    struct entry **head = &t->b[h & (t->size - 1)];
+    e->next = *head;
+    *head = e;
+    t->used++;
+    sl_insert(kv, e);
+    kv->bytes += klen + vlen;
+    kv->digest += e_digest(e);
+    return e;
+}
+
 /* A command in progress: its revision is taken on its first change. */
 struct apply {
     struct kv *kv;
@@ -509,20 +529,11 @@ static int do_put(struct apply *a, const void *key, size_t klen,
         pz_free(old);
         return 1;
     }
-    maybe_grow(kv);
-    struct table *t = rehashing(kv) ? &kv->t[1] : &kv->t[0];
     struct kv_meta m = {.create_revision = rev,
                         .mod_revision = rev,
                         .version = 1,
                         .lease = lease};
-    struct entry *e = entry_new(h, key, klen, value, vlen, &m);
-    struct entry **head = &t->b[h & (t->size - 1)];
-    e->next = *head;
-    *head = e;
-    t->used++;
-    sl_insert(kv, e);
-    kv->bytes += klen + vlen;
-    kv->digest += e_digest(e);
+    struct entry *e = insert_new(kv, h, key, klen, value, vlen, &m);
     if (kv->on_event) {
         struct kv_view cur;
         view_of(e, &cur);
@@ -623,16 +634,7 @@ int kv_restore(struct kv *kv, const void *key, size_t klen, const void *value,
     uint64_t h = pz_hash(key, klen, kv->seed);
     if (find_link(kv, h, key, klen, NULL))
         return PZ_EINVAL;
-    maybe_grow(kv);
-    struct table *t = rehashing(kv) ? &kv->t[1] : &kv->t[0];
-    struct entry *e = entry_new(h, key, klen, value, vlen, meta);
-    struct entry **head = &t->b[h & (t->size - 1)];
-    e->next = *head;
-    *head = e;
-    t->used++;
-    sl_insert(kv, e);
-    kv->bytes += klen + vlen;
-    kv->digest += e_digest(e);
+    insert_new(kv, h, key, klen, value, vlen, meta);
     return 0;
 }
 

@@ -165,7 +165,9 @@ def test_restart_into_a_full_disk(tmpfs, servers):
     assert get(s, "k4")[2] == b"v4"
 
 
-def test_follower_out_of_space_leader_goes_on(tmpfs, servers):
+def tmpfs_cluster(tmpfs, servers):
+    """A 3-node cluster, each node's data on a tmpfs of its own (8 MiB):
+    (mounts by node name, nodes)."""
     mounts = {n: tmpfs(n, "8m") for n in ("node1", "node2", "node3")}
     nodes = make_cluster(servers, start=False)
     for s in nodes:
@@ -175,6 +177,11 @@ def test_follower_out_of_space_leader_goes_on(tmpfs, servers):
         s.start(wait=False)
     for s in nodes:
         s.wait_ready()
+    return mounts, nodes
+
+
+def test_follower_out_of_space_leader_goes_on(tmpfs, servers):
+    mounts, nodes = tmpfs_cluster(tmpfs, servers)
     leader = leader_of(nodes)
     f = next(s for s in nodes if s is not leader)
     assert put(leader, "a", "1")[0] == 204
@@ -226,15 +233,7 @@ def test_follower_out_of_space_leader_goes_on(tmpfs, servers):
 
 
 def test_leader_out_of_space_hands_leadership_on(tmpfs, servers):
-    mounts = {n: tmpfs(n, "8m") for n in ("node1", "node2", "node3")}
-    nodes = make_cluster(servers, start=False)
-    for s in nodes:
-        s.conf["raft-data"] = os.path.join(mounts[s.name], "data")
-        s.conf["request-timeout"] = "2s"
-        s.write_conf()
-        s.start(wait=False)
-    for s in nodes:
-        s.wait_ready()
+    mounts, nodes = tmpfs_cluster(tmpfs, servers)
     old = leader_of(nodes)
     assert put(old, "a", "1")[0] == 204
     filler = fill(mounts[old.name])
