@@ -35,6 +35,17 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+
+def powerloss_cluster(servers):
+    """A 3-node cluster whose nodes run with the power-cut library."""
+    nodes = make_cluster(servers, start=False)
+    for s in nodes:
+        powerloss.prepare(s)
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    return nodes
+
 def test_power_cut_loses_only_what_was_not_synced(tmp_path):
     """The library itself: after a cut a file holds what it held at its
     last fsync, a file never synced is gone, a file only changed keeps
@@ -90,12 +101,7 @@ def test_power_cut_keeps_acknowledged_writes(servers, cut):
     leader must still hold every write the cluster acknowledged: a
     follower that acknowledged entries before they were durable (or SQLite
     not syncing its log on commit) loses some."""
-    nodes = make_cluster(servers, start=False)
-    for s in nodes:
-        powerloss.prepare(s)
-        s.start(wait=False)
-    for s in nodes:
-        s.wait_ready()
+    nodes = powerloss_cluster(servers)
     leader = leader_of(nodes)
     followers = [s for s in nodes if s is not leader]
     for s in followers:
@@ -136,12 +142,7 @@ def test_slow_follower_reads_wait_for_apply(servers):
     before. (A node answering before it applied the read index is caught
     by test_cluster.py's paused leader, whose log is far behind; here the
     node's Ready cycle already orders the read after the write.)"""
-    nodes = make_cluster(servers, start=False)
-    for s in nodes:
-        powerloss.prepare(s)
-        s.start(wait=False)
-    for s in nodes:
-        s.wait_ready()
+    nodes = powerloss_cluster(servers)
     leader = leader_of(nodes)
     slow = next(s for s in nodes if s is not leader)
     powerloss.set_sync_delay(slow, 200)

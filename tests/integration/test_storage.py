@@ -107,20 +107,28 @@ def test_truncated_database_tail_is_refused(servers):
             or "corrupt" in log), log
 
 
-def test_flipped_byte_in_a_snapshot_is_refused(servers):
-    """One byte of a value flipped in the only snapshot that covers the
-    log: only the file's CRC can see it; the node names the file and
-    refuses to start rather than serve a wrong value."""
+def stopped_with_snapshots(servers, prefix, value):
+    """A node with 150 keys (prefix + i = value(i)) whose log only its
+    snapshots cover, stopped: (server, data dir, snapshot file names)."""
     s = servers(conf={"raft-snapshot-entries": "100",
                       "raft-trailing-entries": "0"})
     for i in range(150):
-        assert put(s, f"e{i}", f"SNAPVALUE-{i:04d}")[0] == 204
+        assert put(s, f"{prefix}{i}", value(i))[0] == 204
     st, _, body = s.request("POST", "/admin/snapshot")
     assert st == 200, body
     s.stop()
     data = os.path.join(s.dir, "data")
     snaps = [f for f in os.listdir(data) if f.endswith(".snap")]
     assert snaps
+    return s, data, snaps
+
+
+def test_flipped_byte_in_a_snapshot_is_refused(servers):
+    """One byte of a value flipped in the only snapshot that covers the
+    log: only the file's CRC can see it; the node names the file and
+    refuses to start rather than serve a wrong value."""
+    s, data, snaps = stopped_with_snapshots(servers, "e",
+                                            lambda i: f"SNAPVALUE-{i:04d}")
     hit = 0
     for f in snaps:
         path = os.path.join(data, f)
@@ -142,16 +150,8 @@ def test_flipped_byte_in_a_snapshot_is_refused(servers):
 
 
 def test_truncated_snapshot_tail_is_refused(servers):
-    s = servers(conf={"raft-snapshot-entries": "100",
-                      "raft-trailing-entries": "0"})
-    for i in range(150):
-        assert put(s, f"t{i}", f"value-{i}")[0] == 204
-    st, _, body = s.request("POST", "/admin/snapshot")
-    assert st == 200, body
-    s.stop()
-    data = os.path.join(s.dir, "data")
-    snaps = [f for f in os.listdir(data) if f.endswith(".snap")]
-    assert snaps
+    s, data, snaps = stopped_with_snapshots(servers, "t",
+                                            lambda i: f"value-{i}")
     for f in snaps:
         path = os.path.join(data, f)
         os.truncate(path, os.path.getsize(path) - 7)
