@@ -340,10 +340,18 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
 
     resp.valid_host = q->host;
     /* The request is echoed with its known fields only: unknown ones (a
-     * field number 0, say) would make an answer no parser accepts. They
-     * are put back before the request is freed. */
+     * field number 0, say) would make an answer no parser accepts. That
+     * holds for the one nested message too. They are put back before the
+     * request is freed. */
+    Grpc__Reflection__V1__ExtensionRequest *ext =
+        q->message_request_case == REQ_CASE(FILE_CONTAINING_EXTENSION)
+            ? q->file_containing_extension
+            : NULL;
     size_t n_unknown = q->base.n_unknown_fields;
+    size_t n_unknown_ext = ext ? ext->base.n_unknown_fields : 0;
     q->base.n_unknown_fields = 0;
+    if (ext)
+        ext->base.n_unknown_fields = 0;
     resp.original_request = q;
     switch (q->message_request_case) {
     case REQ_CASE(FILE_BY_FILENAME):
@@ -425,6 +433,8 @@ int grpc_reflect_answer(const struct grpc_reflect *r, const uint8_t *req,
     pz_free(lsr.service);
     pz_free(svcs);
     q->base.n_unknown_fields = n_unknown;
+    if (ext)
+        ext->base.n_unknown_fields = n_unknown_ext;
     grpc__reflection__v1__server_reflection_request__free_unpacked(
         q, &grpc_pb_allocator);
     return 0;

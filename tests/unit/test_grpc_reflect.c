@@ -222,6 +222,22 @@ TEST(not_found_and_extensions)
         &grpc_pb_allocator, out.len, (uint8_t *)out.data);
     CHECK(e != NULL);
     free_resp(e);
+    /* The same inside the one nested request, file_containing_extension:
+     * its field 0 was echoed into an answer no parser took. */
+    static const uint8_t nested0[] = {0x2a, 0x05, 0x10, 0x07,
+                                      0x80, 0x00, 0x00};
+    out.len = 0;
+    CHECK_EQ_INT(grpc_reflect_answer(&r, nested0, sizeof nested0, &out), 0);
+    e = grpc__reflection__v1__server_reflection_response__unpack(
+        &grpc_pb_allocator, out.len, (uint8_t *)out.data);
+    CHECK(e != NULL);
+    if (e) {
+        CHECK_EQ_INT(e->error_response->error_code, GRPC_NOT_FOUND);
+        CHECK_EQ_INT(e->original_request->file_containing_extension
+                         ->extension_number,
+                     7);
+        free_resp(e);
+    }
     pz_buf_free(&out);
     grpc_reflect_free(&r);
 }
