@@ -398,8 +398,10 @@ static void render_transport(struct pz_buf *b)
         const char *reason;
         uint64_t v;
     } r[] = {{"handshake_refused", ts.inbound_refused},
-             {"protocol_error", ts.inbound_errors - ts.inbound_invalid},
+             {"protocol_error",
+              ts.inbound_errors - ts.inbound_invalid - ts.inbound_corrupt},
              {"invalid_message", ts.inbound_invalid},
+             {"checksum_mismatch", ts.inbound_corrupt},
              {"handshake_timeout", ts.inbound_timeouts},
              {"evicted", ts.inbound_evicted}};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(r); i++)

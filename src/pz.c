@@ -336,3 +336,75 @@ bool pz_ratelimit(struct pz_ratelimit *l, uint64_t now, uint64_t window_ms,
     l->dropped = 0;
     return true;
 }
+
+/* --- CRC-32C --------------------------------------------------------------- */
+
+static uint32_t crc32c_table[8][256];
+static bool crc32c_ready;
+
+static void crc32c_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc32c_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc32c_table[t][i] = (crc32c_table[t - 1][i] >> 8) ^
+                                 crc32c_table[0][crc32c_table[t - 1][i] & 0xff];
+    crc32c_ready = true;
+}
+
+uint32_t pz_crc32c_sw(uint32_t crc, const void *data, size_t len)
+{
+    if (!crc32c_ready)
+        crc32c_init();
+    const uint8_t *p = data;
+    uint32_t c = ~crc;
+    while (len >= 8) { /* slicing by 8 */
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 |
+                           (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        c = crc32c_table[7][lo & 0xff] ^ crc32c_table[6][(lo >> 8) & 0xff] ^
+            crc32c_table[5][(lo >> 16) & 0xff] ^ crc32c_table[4][lo >> 24] ^
+            crc32c_table[3][p[4]] ^ crc32c_table[2][p[5]] ^
+            crc32c_table[1][p[6]] ^ crc32c_table[0][p[7]];
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        c = (c >> 8) ^ crc32c_table[0][(c ^ *p++) & 0xff];
+    return ~c;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t
+crc32c_hw(uint32_t crc, const uint8_t *p, size_t len)
+{
+    uint64_t c = ~crc;
+    while (len >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c = __builtin_ia32_crc32di(c, w);
+        p += 8;
+        len -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (len--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
+
+uint32_t pz_crc32c(uint32_t crc, const void *data, size_t len)
+{
+#if defined(__x86_64__)
+    static int hw = -1;
+    if (hw < 0)
+        hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+    if (hw)
+        return crc32c_hw(crc, data, len);
+#endif
+    return pz_crc32c_sw(crc, data, len);
+}

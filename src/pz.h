@@ -146,6 +146,15 @@ bool pz_ratelimit(struct pz_ratelimit *l, uint64_t now, uint64_t window_ms,
  * a seeded wyhash-like mix; seed fixed per table). */
 uint64_t pz_hash(const void *p, size_t n, uint64_t seed);
 
+/* CRC-32C (Castagnoli, reflected, as iSCSI and ext4 use it) of len bytes,
+ * continuing from crc (0 to start): pz_crc32c(pz_crc32c(0, a), b) is the
+ * CRC of a followed by b. It detects every error of up to 3 bits in
+ * messages up to 2^31 bits and every burst up to 32 bits. Uses the SSE4.2
+ * instruction when the CPU has it, a table otherwise; both agree. */
+uint32_t pz_crc32c(uint32_t crc, const void *data, size_t len);
+/* The table version alone (for tests that compare the two). */
+uint32_t pz_crc32c_sw(uint32_t crc, const void *data, size_t len);
+
 /* splitmix64 PRNG: deterministic, seedable. */
 static inline uint64_t pz_rand_next(uint64_t *state)
 {

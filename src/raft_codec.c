@@ -85,6 +85,7 @@ int raft_codec_encode_handshake(struct pz_buf *out,
     ph.raft_addr = str_arg(h->raft_addr);
     ph.incarnation = h->incarnation;
     ph.member_since = h->member_since;
+    ph.frame_crc = h->frame_crc;
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE;
     f.handshake = &ph;
     return pack_frame(out, &f, max);
@@ -105,6 +106,7 @@ int raft_codec_encode_reply(struct pz_buf *out,
     pr.conf_term = r->conf_term;
     pr.incarnation = r->incarnation;
     pr.member_since = r->member_since;
+    pr.frame_crc = r->frame_crc;
     f.body_case = PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY;
     f.handshake_reply = &pr;
     return pack_frame(out, &f, max);
@@ -300,6 +302,7 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->hs.raft_addr = h->raft_addr;
         d->hs.incarnation = h->incarnation;
         d->hs.member_since = h->member_since;
+        d->hs.frame_crc = h->frame_crc;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_HANDSHAKE_REPLY: {
@@ -315,6 +318,7 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
         d->reply.conf_term = r->conf_term;
         d->reply.incarnation = r->incarnation;
         d->reply.member_since = r->member_since;
+        d->reply.frame_crc = r->frame_crc;
         break;
     }
     case PYAZDB__RAFT__FRAME__BODY_MESSAGE:
@@ -374,19 +378,35 @@ void raft_frame_parser_free(struct raft_frame_parser *p)
     p->hdr_len = 0;
 }
 
-/* Makes room for `need` body bytes, growing geometrically but never past
- * the announced length. */
-static void parser_grow(struct raft_frame_parser *p, size_t need)
+/* Makes room for `need` bytes of body (and checksum), growing
+ * geometrically but never past the frame's announced size. */
+static void parser_grow(struct raft_frame_parser *p, size_t need, size_t total)
 {
     if (need <= p->cap)
         return;
     size_t cap = p->cap ? p->cap * 2 : PARSER_MIN_ALLOC;
     if (cap < need)
         cap = need;
-    if (cap > p->body_len)
-        cap = p->body_len;
+    if (cap > total)
+        cap = total;
     p->buf = pz_realloc(p->buf, cap);
     p->cap = cap;
+}
+
+void raft_codec_seal(struct pz_buf *out, size_t start)
+{
+    uint32_t crc = pz_crc32c(0, out->data + start, out->len - start);
+    uint8_t t[RAFT_FRAME_CRC];
+    pz_put_u32(t, crc);
+    pz_buf_append(out, t, sizeof t);
+}
+
+/* The frame's checksum (after its body) matches its prefix and body. */
+static bool frame_crc_ok(const struct raft_frame_parser *p, const uint8_t *f,
+                         size_t body_len)
+{
+    uint32_t crc = pz_crc32c(pz_crc32c(0, p->hdr, RAFT_FRAME_HDR), f, body_len);
+    return pz_get_u32(f + body_len) == crc;
 }
 
 int raft_frame_parser_feed(struct raft_frame_parser *p, const uint8_t *data,
@@ -416,27 +436,31 @@ int raft_frame_parser_feed(struct raft_frame_parser *p, const uint8_t *data,
     }
     if (p->body_len > p->max)
         return PZ_ETOOBIG;
+    size_t trailer = p->crc ? RAFT_FRAME_CRC : 0;
+    size_t total = p->body_len + trailer;
     size_t rest = len - off;
-    size_t want = p->body_len - p->have;
+    size_t want = total - p->have;
+    const uint8_t *f;
     if (p->have == 0 && rest >= want) {
-        /* The whole body is in this input: hand it out in place. */
-        *body = want ? data + off : empty;
-        *body_len = want;
+        /* The whole frame is in this input: hand it out in place. */
+        f = want ? data + off : empty;
         *used = off + want;
-        p->hdr_len = 0;
-        return RAFT_FRAME_DONE;
+    } else {
+        size_t take = PZ_MIN(rest, want);
+        parser_grow(p, p->have + take, total);
+        if (take)
+            memcpy(p->buf + p->have, data + off, take);
+        p->have += take;
+        *used = off + take;
+        if (p->have < total)
+            return RAFT_FRAME_NEED_MORE;
+        f = p->buf;
     }
-    size_t take = PZ_MIN(rest, want);
-    parser_grow(p, p->have + take);
-    if (take)
-        memcpy(p->buf + p->have, data + off, take);
-    p->have += take;
-    *used = off + take;
-    if (p->have < p->body_len)
-        return RAFT_FRAME_NEED_MORE;
-    *body = p->buf;
-    *body_len = p->body_len;
     p->hdr_len = 0;
     p->have = 0;
+    if (trailer && !frame_crc_ok(p, f, p->body_len))
+        return PZ_ECORRUPT;
+    *body = f;
+    *body_len = p->body_len;
     return RAFT_FRAME_DONE;
 }

@@ -5,7 +5,12 @@
  *
  * A frame is a 4-byte big-endian body length followed by the body, one
  * pyazdb.raft.Frame message holding a Handshake, a HandshakeReply or a
- * RaftMessage.
+ * RaftMessage. On a link whose handshake agreed on checksums
+ * (frame_crc), each frame after the handshake is followed by a 4-byte
+ * big-endian CRC-32C of its length prefix and body (RAFT_FRAME_CRC):
+ * raft_codec_seal() appends it, a parser with `crc` set checks it. TCP's
+ * 16-bit checksum lets corrupted segments through on a bad NIC or path;
+ * this one makes such a frame close the link instead of reaching Raft.
  *
  * Happy path: the sender calls raft_codec_encode_*() to append a whole
  * frame to a pz_buf; the receiver feeds bytes as they arrive to
@@ -30,6 +35,7 @@
 
 #define RAFT_PROTO_VERSION 1 /* the one version spoken and accepted */
 #define RAFT_FRAME_HDR 4     /* bytes of the length prefix */
+#define RAFT_FRAME_CRC 4     /* bytes of the checksum after a frame */
 /* Largest body accepted by default: room for a 64 MiB payload (a future
  * snapshot chunk or a large entry) plus the message around it. */
 #define RAFT_FRAME_MAX (64u * 1024 * 1024 + 1024 * 1024)
@@ -65,6 +71,7 @@ struct raft_handshake {
     const char *raft_addr; /* dialer's Raft listen address (NULL: "") */
     uint64_t incarnation;  /* dialer's data dir */
     uint64_t member_since; /* conf entry it is a member from (0: none) */
+    bool frame_crc;        /* dialer can send frame checksums */
 };
 
 struct raft_handshake_reply {
@@ -78,6 +85,7 @@ struct raft_handshake_reply {
     uint64_t conf_term;  /* REMOVED: its term */
     uint64_t incarnation; /* acceptor's data dir (OK only) */
     uint64_t member_since; /* acceptor's, as in the handshake (OK only) */
+    bool frame_crc;        /* OK: the dialer's frames carry a checksum */
 };
 
 /* --- encoding --------------------------------------------------------- */
@@ -103,6 +111,9 @@ int raft_codec_encode_chunk(struct pz_buf *out,
                             const struct raft_snap_chunk *c, size_t max);
 int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
                           size_t max);
+/* Appends the checksum of the frame that starts at out->data + start and
+ * runs to the end of out (RAFT_FRAME_CRC bytes). */
+void raft_codec_seal(struct pz_buf *out, size_t start);
 
 /* --- decoding ----------------------------------------------------------- */
 
@@ -144,6 +155,8 @@ void raft_decoded_free(struct raft_decoded *d);
 
 struct raft_frame_parser {
     size_t max;                  /* largest body accepted */
+    bool crc;                    /* frames carry a checksum: set it between
+                                    frames (after the handshake) */
     uint8_t hdr[RAFT_FRAME_HDR]; /* length prefix received so far */
     size_t hdr_len;              /* bytes of hdr filled */
     size_t body_len; /* announced body length (valid once hdr full) */
@@ -160,14 +173,16 @@ enum {
 void raft_frame_parser_init(struct raft_frame_parser *p, size_t max);
 void raft_frame_parser_free(struct raft_frame_parser *p);
 
-/* Consumes input up to the end of at most one frame: *used says how many
- * bytes of data were taken. Returns RAFT_FRAME_DONE with *body and *body_len
- * set to the complete body (pointing into data when it arrived in one
- * piece, else into the parser's buffer; valid until the next call),
- * RAFT_FRAME_NEED_MORE when data ran out first (then *used == len), or
- * PZ_ETOOBIG when the announced length exceeds max (p->body_len holds it;
- * the stream is unusable). Bodies are never buffered beyond what arrived,
- * so a bare length prefix does not allocate its length. */
+/* Consumes input up to the end of at most one frame (its checksum
+ * included when p->crc): *used says how many bytes of data were taken.
+ * Returns RAFT_FRAME_DONE with *body and *body_len set to the complete
+ * body (pointing into data when it arrived in one piece, else into the
+ * parser's buffer; valid until the next call), RAFT_FRAME_NEED_MORE when
+ * data ran out first (then *used == len), PZ_ETOOBIG when the announced
+ * length exceeds max (p->body_len holds it), or PZ_ECORRUPT when the
+ * checksum does not match; after either error the stream is unusable.
+ * Bodies are never buffered beyond what arrived, so a bare length prefix
+ * does not allocate its length. */
 int raft_frame_parser_feed(struct raft_frame_parser *p, const uint8_t *data,
                            size_t len, size_t *used, const uint8_t **body,
                            size_t *body_len);

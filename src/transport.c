@@ -78,6 +78,7 @@ struct peer {
     size_t n_msgs;                  /* length of msgs */
     size_t bytes;                   /* bytes in msgs */
     bool failing;                   /* last attempt failed (quieter logs) */
+    bool crc;                       /* the acceptor takes frame checksums */
     uint32_t last_refusal;          /* status of the last refusal, 0 none */
     bool removed;                   /* unlinked, timer closing */
     struct transport_peer_stats st; /* counters */
@@ -352,6 +353,7 @@ static void out_connected(struct conn *c, int status)
         .incarnation = t->cfg.incarnation,
         .member_since =
             t->cfg.member_since ? t->cfg.member_since(t->cfg.data) : 0,
+        .frame_crc = true,
     };
     pz_buf_reset(&t->scratch);
     if (raft_codec_encode_handshake(&t->scratch, &hs, REPLY_MAX) < 0) {
@@ -428,12 +430,14 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
                             r->grpc_addr);
     raft_frame_parser_free(&p->fp);
     uv_timer_stop(&p->timer);
+    p->crc = r->frame_crc; /* an older acceptor leaves it out */
     p->state = PEER_READY;
     p->backoff = 0;
     p->failing = false;
     p->last_refusal = 0;
     p->st.connects++;
     p->st.connected = true;
+    p->st.checksums = p->crc;
     pump(p);
     notify_peer(p, true);
 }
@@ -511,6 +515,16 @@ static void peer_connect(struct peer *p)
     uv_timer_start(&p->timer, on_peer_timer, t->cfg.connect_timeout_ms, 0);
 }
 
+/* Writes one frame as queued (sealed with its checksum), without the
+ * checksum for an acceptor that did not ask for it. */
+static void peer_write(struct peer *p, const void *frame, size_t len)
+{
+    size_t n = p->crc ? len : len - RAFT_FRAME_CRC;
+    conn_write(p->conn, frame, n);
+    p->st.sent_msgs++;
+    p->st.sent_bytes += n;
+}
+
 /* Moves queued frames into the connection while it has room. */
 static void pump(struct peer *p)
 {
@@ -523,9 +537,7 @@ static void pump(struct peer *p)
         pz_queue_remove(e);
         p->n_msgs--;
         p->bytes -= m->len;
-        conn_write(p->conn, m->data, m->len);
-        p->st.sent_msgs++;
-        p->st.sent_bytes += m->len;
+        peer_write(p, m->data, m->len);
         pz_free(m);
     }
 }
@@ -830,6 +842,7 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         .incarnation = t->cfg.incarnation,
         .member_since =
             t->cfg.member_since ? t->cfg.member_since(t->cfg.data) : 0,
+        .frame_crc = hs->frame_crc,
     };
     pz_buf_reset(&t->scratch);
     int rv = raft_codec_encode_reply(&t->scratch, &r, REPLY_MAX);
@@ -857,6 +870,7 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
                             hs->raft_addr, "", "");
     in->peer_id = hs->node_id;
     in->fp.max = t->cfg.max_frame;
+    in->fp.crc = hs->frame_crc; /* from the next frame on */
     in->c->busy = 1; /* a quiet peer link is not an idle client */
     /* One inbound link per peer: a new one (the peer restarted, or
      * reconnected before we saw the old one die) replaces the old. */
@@ -917,7 +931,8 @@ static void in_frame(struct inbound *in, const uint8_t *body, size_t len)
                  d.msg.to, in->peer_id);
     } else if (!t->closing) {
         t->st.recv_msgs++;
-        t->st.recv_bytes += RAFT_FRAME_HDR + len;
+        t->st.recv_bytes +=
+            RAFT_FRAME_HDR + len + (in->fp.crc ? RAFT_FRAME_CRC : 0);
         const char *why = t->cfg.recv(t->cfg.data, &d.msg);
         if (why != NULL) {
             t->st.inbound_invalid++;
@@ -941,6 +956,11 @@ static void in_data(struct conn *c, const char *data, size_t len)
         if (r == PZ_ETOOBIG) {
             in_fail(in, "frame of %zu bytes exceeds the limit of %zu",
                     in->fp.body_len, in->fp.max);
+            return;
+        }
+        if (r == PZ_ECORRUPT) {
+            in->t->st.inbound_corrupt++;
+            in_fail(in, "frame checksum mismatch (damaged on the way)");
             return;
         }
         /* A partial frame counts in the process's partial-input budget:
@@ -1146,12 +1166,13 @@ static int send_frame(struct transport *t, uint64_t to,
                 p->id, t->cfg.max_frame);
         return rv;
     }
+    /* Sealed here, before the handshake may have said whether the
+     * acceptor takes checksums: peer_write leaves it out if not. */
+    raft_codec_seal(b, 0);
     if (p->state == PEER_READY && pz_queue_empty(&p->msgs) &&
         conn_output_pending(p->conn) < t->cfg.out_low_water) {
         /* Fast path: nothing waits, the connection has room. */
-        conn_write(p->conn, b->data, b->len);
-        p->st.sent_msgs++;
-        p->st.sent_bytes += b->len;
+        peer_write(p, b->data, b->len);
         return 0;
     }
     struct out_msg *om = pz_malloc(sizeof *om + b->len);

@@ -185,6 +185,7 @@ struct transport_config {
 struct transport_peer_stats {
     uint64_t id;         /* peer id */
     bool connected;      /* handshake accepted, link up */
+    bool checksums;      /* the link's frames carry a CRC-32C */
     size_t queued_msgs;  /* messages waiting in the transport queue */
     size_t queued_bytes; /* their encoded bytes */
     uint64_t sent_msgs;  /* messages handed to a connection */
@@ -207,6 +208,7 @@ struct transport_stats {
                                  oversize frames or protocol errors */
     uint64_t inbound_invalid; /* of those: messages or chunks the owner
                                  called invalid */
+    uint64_t inbound_corrupt; /* of those: frames whose checksum failed */
     uint64_t inbound_timeouts; /* handshakes not done in time */
     uint64_t inbound_evicted; /* closed to make room (max_unauth) */
     uint64_t unroutable;      /* transport_send to an unknown peer */

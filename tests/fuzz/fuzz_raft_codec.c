@@ -4,8 +4,10 @@
  * raft_codec_decode: Handshake, HandshakeReply, RaftMessage (every message
  * and entry type), SnapshotChunk.
  *
- * Input: byte 0 picks the frame limit after the handshake and whether
- * decoding runs out of memory (byte 1: at which allocation); the rest is
+ * Input: byte 0 picks the frame limit after the handshake, whether the
+ * frames after it carry checksums (a link whose handshake agreed on
+ * them) and whether decoding runs out of memory (byte 1: at which
+ * allocation); the rest is
  * the byte stream. It is fed whole, in random pieces and one byte at a
  * time: the frames must be the same every time. Every decoded frame must
  * re-encode (raft_codec_encode_*) to a frame that parses and decodes to
@@ -205,8 +207,8 @@ static void on_frame(const uint8_t *body, size_t len, long fail_at,
 
 enum feed_mode { WHOLE, PIECES, BYTES };
 
-static void feed(const uint8_t *data, size_t size, size_t max, long fail_at,
-                 enum feed_mode mode, struct outcome *o)
+static void feed(const uint8_t *data, size_t size, size_t max, bool crc,
+                 long fail_at, enum feed_mode mode, struct outcome *o)
 {
     struct raft_frame_parser p;
     uint64_t rng = fuzz_hash(data, size) ^ max;
@@ -235,24 +237,37 @@ static void feed(const uint8_t *data, size_t size, size_t max, long fail_at,
                 dead = true;
                 break;
             }
+            if (rv == PZ_ECORRUPT) {
+                FUZZ_CHECK(p.crc);
+                o->end = rv;
+                dead = true;
+                break;
+            }
             if (rv == RAFT_FRAME_NEED_MORE) {
                 FUZZ_CHECK(off == n);
                 /* Buffers grow with what arrived, never to an announced
                  * length alone. */
-                FUZZ_CHECK(p.have <= p.body_len);
-                FUZZ_CHECK(p.cap <= old_cap || p.cap <= p.body_len);
+                size_t total = p.body_len + (p.crc ? RAFT_FRAME_CRC : 0);
+                FUZZ_CHECK(p.have <= total);
+                FUZZ_CHECK(p.cap <= old_cap || p.cap <= total);
                 FUZZ_CHECK(p.cap <= old_cap ||
                            p.cap <= PZ_MAX(PZ_MAX(2 * old_cap, 4096), p.have));
                 break;
             }
             FUZZ_CHECK(rv == RAFT_FRAME_DONE && body != NULL);
             FUZZ_CHECK(blen <= p.max);
+            if (p.crc) /* what passed carries its own checksum after it */
+                FUZZ_CHECK(pz_get_u32(body + blen) ==
+                           pz_crc32c(pz_crc32c(0, p.hdr, RAFT_FRAME_HDR), body,
+                                     blen));
             if (o->n < MAX_FRAMES)
                 o->digest[o->n] = fuzz_hash(body, blen) ^ blen;
             o->n++;
             on_frame(body, blen, fail_at, mode == WHOLE);
-            /* After the first frame (the handshake) the link's limit. */
+            /* After the first frame (the handshake) the link's limit, and
+             * its checksums if agreed. */
             p.max = max;
+            p.crc = crc;
         }
         free(piece);
         pos += n;
@@ -277,15 +292,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t mode = fz_u8(&f);
     size_t max = maxes[mode & 3];
     long fail_at = (mode & 4) ? 1 + fz_u8(&f) % 16 : 0;
+    bool crc = (mode & 8) != 0;
     size_t len;
     const uint8_t *stream = fz_rest(&f, &len);
 
     struct outcome whole, other;
-    feed(stream, len, max, fail_at, WHOLE, &whole);
-    feed(stream, len, max, fail_at, PIECES, &other);
+    feed(stream, len, max, crc, fail_at, WHOLE, &whole);
+    feed(stream, len, max, crc, fail_at, PIECES, &other);
     same(&whole, &other);
     if (len <= 1024) {
-        feed(stream, len, max, fail_at, BYTES, &other);
+        feed(stream, len, max, crc, fail_at, BYTES, &other);
         same(&whole, &other);
     }
     return 0;

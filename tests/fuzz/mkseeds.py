@@ -216,6 +216,26 @@ def raft_codec_seeds():
     out("raft_codec", "oom", b"\x07\x03" + hs + framed(msgs["append"]))
     out("raft_codec", "too-big", b"\x00" + hs + framed(msgs["append"]))
     out("raft_codec", "garbage", b"\x03\x00\x00\x00\x03\xff\xff\xff")
+    # bit 3: the frames after the handshake carry a CRC-32C of prefix+body
+    hs_crc = framed('handshake { version: 1 cluster_id: 42 node_id: 2 '
+                    'name: "node2" frame_crc: true }')
+    def sealed(text):
+        f = framed(text)
+        return f + struct.pack(">I", crc32c(f))
+    both = sealed(msgs["append"]) + sealed(msgs["heartbeat"])
+    out("raft_codec", "crc", b"\x0b" + hs_crc + both)
+    damaged = bytearray(both)
+    damaged[9] ^= 0x10
+    out("raft_codec", "crc-damaged", b"\x0b" + hs_crc + bytes(damaged))
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
 
 
 # --- snapshot files ---------------------------------------------------------------

@@ -58,6 +58,16 @@ def frame(msg):
     return struct.pack(">I", len(body)) + body
 
 
+def crc32c(data):
+    """CRC-32C (Castagnoli), as frames on a link with checksums carry."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
 class Peer:
     """One TCP connection to a node's Raft port."""
 
@@ -65,6 +75,8 @@ class Peer:
         self.sock = socket.create_connection(("127.0.0.1", port),
                                              timeout=timeout)
         self.sock.settimeout(timeout)
+        self.crc = False  # frames after the handshake carry a CRC-32C
+        self.damage = None  # a bit of the next frame's body to flip
 
     def close(self):
         self.sock.close()
@@ -73,9 +85,11 @@ class Peer:
         self.sock.sendall(data)
 
     def handshake(self, node_id, cluster_id, token="", name="mallory",
-                  http_addr="", grpc_addr="", raft_addr="", version=1):
+                  http_addr="", grpc_addr="", raft_addr="", version=1,
+                  frame_crc=False):
         """Sends a Handshake and returns the decoded HandshakeReply (or None
-        if the connection closed without one)."""
+        if the connection closed without one). With frame_crc, later frames
+        carry their checksum if the node agrees."""
         f = pb().Frame()
         h = f.handshake
         h.version = version
@@ -86,8 +100,22 @@ class Peer:
         h.http_addr = http_addr
         h.grpc_addr = grpc_addr
         h.raft_addr = raft_addr
+        h.frame_crc = frame_crc
         self.send(frame(f))
-        return self.read_reply()
+        r = self.read_reply()
+        self.crc = bool(r is not None and r.frame_crc)
+        return r
+
+    def send_frame(self, f):
+        """One frame after the handshake: sealed when the link has
+        checksums, with one bit flipped if self.damage says so."""
+        data = bytearray(frame(f))
+        if self.crc:
+            data += struct.pack(">I", crc32c(bytes(data)))
+        if self.damage is not None:
+            data[4 + self.damage // 8] ^= 1 << (self.damage % 8)
+            self.damage = None
+        self.send(bytes(data))
 
     def read_reply(self):
         hdr = self._read(4)
@@ -124,7 +152,7 @@ class Peer:
                 setattr(pe, k, v)
         for k, v in fields.items():
             setattr(m, k, v)
-        self.send(frame(f))
+        self.send_frame(f)
 
     def chunk(self, term, snap_index, snap_term, offset, total, data):
         f = pb().Frame()
@@ -135,7 +163,7 @@ class Peer:
         c.offset = offset
         c.total = total
         c.data = data
-        self.send(frame(f))
+        self.send_frame(f)
 
     def closed_by_peer(self, timeout=5):
         """True once the node closes the connection (EOF or reset)."""

@@ -650,3 +650,37 @@ def test_dialled_peer_answering_as_another_node_is_not_used(servers):
         assert fake.message(rw.PREVOTE).term >= 1
     finally:
         fake.close()
+
+
+def test_damaged_frame_closes_the_link(servers):
+    """A dialer that asks for frame checksums gets them; a frame damaged on
+    the way (one bit of its body flipped) is refused before it reaches
+    Raft: the link closes, the reason is logged and counted, and the node
+    goes on as before."""
+    from test_metrics import parse, scrape, value
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    vid, cid = rw.identity(victim)
+    p = rw.Peer(victim.raft_port)
+    r = p.handshake(node_id=vid ^ 0x5a5a, cluster_id=cid, frame_crc=True)
+    assert r is not None and r.status == rw.OK and r.frame_crc, r
+    assert p.crc
+    p.damage = 3 * 8 + 1  # a bit inside the message
+    p.message(type=rw.HEARTBEAT, term=1, to=vid, **{"from": vid ^ 0x5a5a})
+    assert p.closed_by_peer()
+    p.close()
+    assert "frame checksum mismatch (damaged on the way)" in victim.read_log()
+    assert value(parse(scrape(victim)),
+                 "pyazdb_transport_inbound_rejected_total",
+                 reason="checksum_mismatch") == 1
+    # The members' own links agreed on checksums too and none failed.
+    for s in nodes:
+        assert value(parse(scrape(s)),
+                     "pyazdb_transport_inbound_rejected_total",
+                     reason="checksum_mismatch") == (1 if s is victim else 0)
+    # A dialer that does not ask (an older node) is answered without them.
+    p = rw.Peer(victim.raft_port)
+    r = p.handshake(node_id=vid ^ 0x5a5b, cluster_id=cid)
+    assert r is not None and r.status == rw.OK and not r.frame_crc
+    p.close()
+    still_whole(nodes)

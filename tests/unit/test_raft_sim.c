@@ -6,8 +6,10 @@
  * per-message delay (reordering), loss, duplication, stale copies
  * delivered much later, partitions (minority, majority, leader isolation,
  * one direction of one link, heal), every message through the real codec
- * (src/raft_codec.c: encoded, cut into random pieces for the frame parser,
- * decoded, and required to come out equal),
+ * (src/raft_codec.c: encoded and sealed with its checksum, cut into random
+ * pieces for the frame parser, decoded, and required to come out equal;
+ * now and then damaged by 1 to 3 flipped bits, and then required to be
+ * refused by the checksum and lost),
  * fake storage whose write of a Ready completes after a random delay (one
  * batch in flight per node, the Ready's arrays used in place meanwhile),
  * and crashes that lose what was not durable (a write in flight is either
@@ -237,6 +239,7 @@ struct sim {
                                             stream: events stay as they
                                             were) */
     uint64_t stat_frames;                /* messages through the codec */
+    uint64_t stat_damaged;               /* frames damaged and refused */
     struct pz_buf codec_buf;             /* frames are encoded here */
     struct raft_frame_parser codec_fp;   /* and parsed by this one */
     uint64_t stat_pauses;                /* process pauses */
@@ -445,16 +448,41 @@ static bool msg_equal(const struct raft_msg *a, const struct raft_msg *b)
 }
 
 /* What the peer link does to a message: encode it as a frame
- * (src/raft_codec.c), cut the bytes into random pieces for the frame
- * parser, decode the body. The receiver gets the decoded message, which
- * must equal what was sent. */
-static void codec_copy(struct sim *s, struct raft_msg *dst,
+ * (src/raft_codec.c) sealed with its checksum, cut the bytes into random
+ * pieces for the frame parser, decode the body. The receiver gets the
+ * decoded message, which must equal what was sent. Under chaos a frame
+ * is sometimes damaged on the way (1 to 3 bits flipped anywhere: length,
+ * body, checksum); the parser must then refuse it, and the message is
+ * lost (the real link closes and reconnects). Returns false when nothing
+ * is delivered. */
+static bool codec_copy(struct sim *s, struct raft_msg *dst,
                        const struct raft_msg *m)
 {
     struct pz_buf b = s->codec_buf;
     pz_buf_reset(&b);
     int rc = raft_codec_encode_msg(&b, m, RAFT_FRAME_MAX);
+    if (rc == 0)
+        raft_codec_seal(&b, 0);
+    bool damaged = false;
+    if (rc == 0 && s->chaos && pz_rand_next(&s->codec_rng) % 200 == 0) {
+        int nbits = 1 + (int)(pz_rand_next(&s->codec_rng) % 3);
+        uint64_t bits[3];
+        for (int i = 0; i < nbits; i++) {
+            /* distinct bits: flipping one twice would undo it */
+            bool again;
+            do {
+                bits[i] = pz_rand_next(&s->codec_rng) % ((uint64_t)b.len * 8);
+                again = false;
+                for (int j = 0; j < i; j++)
+                    again |= bits[j] == bits[i];
+            } while (again);
+            b.data[bits[i] / 8] ^= (char)(1u << (bits[i] % 8));
+        }
+        damaged = true;
+        s->stat_damaged++;
+    }
     struct raft_frame_parser p = s->codec_fp;
+    p.crc = true;
     const uint8_t *data = (const uint8_t *)b.data, *body = NULL;
     size_t off = 0, blen = 0;
     int st = RAFT_FRAME_NEED_MORE;
@@ -469,6 +497,17 @@ static void codec_copy(struct sim *s, struct raft_msg *dst,
         off += used;
     }
     struct raft_decoded d = {0};
+    if (damaged) {
+        if (st == RAFT_FRAME_DONE)
+            sim_fail(s, "a damaged frame (%s from %" PRIu64 " to %" PRIu64
+                        ") passed the checksum",
+                     raft_msg_type_name(m->type), m->from, m->to);
+        raft_frame_parser_free(&p);
+        raft_frame_parser_init(&p, RAFT_FRAME_MAX);
+        s->codec_buf = b;
+        s->codec_fp = p;
+        return false;
+    }
     if (rc != 0 || st != RAFT_FRAME_DONE || off != b.len ||
         raft_codec_decode(body, blen, &d) != 0 ||
         d.kind != RAFT_FRAME_MESSAGE || !msg_equal(&d.msg, m)) {
@@ -487,6 +526,7 @@ static void codec_copy(struct sim *s, struct raft_msg *dst,
     }
     s->codec_buf = b; /* buffers kept for the next message */
     s->codec_fp = p;
+    return true;
 }
 
 static uint64_t net_delay(struct sim *s)
@@ -509,8 +549,10 @@ static void net_send(struct sim *s, const struct raft_msg *m)
         copies = 2;
     for (int i = 0; i < copies; i++) {
         struct event *e = ev_new(s, EV_DELIVER, (int)m->to, net_delay(s));
-        codec_copy(s, &e->m, m);
-        heap_push(s, e);
+        if (codec_copy(s, &e->m, m))
+            heap_push(s, e);
+        else
+            pz_free(e);
     }
     bool vote = m->type == RAFT_MSG_VOTE || m->type == RAFT_MSG_PREVOTE;
     if (s->chaos && copies > 0 && chance(s, vote ? 20 : 2)) {
@@ -521,9 +563,12 @@ static void net_send(struct sim *s, const struct raft_msg *m)
          * Safety, and elections are rare events. */
         struct event *e =
             ev_new(s, EV_DELIVER, (int)m->to, 100 + rnd(s, 500));
-        codec_copy(s, &e->m, m);
-        heap_push(s, e);
-        s->stat_stale++;
+        if (codec_copy(s, &e->m, m)) {
+            heap_push(s, e);
+            s->stat_stale++;
+        } else {
+            pz_free(e);
+        }
     }
 }
 
@@ -1900,6 +1945,7 @@ struct sim_stats {
     uint64_t installs; /* snapshots installed from a leader */
     uint64_t forged;   /* forged messages refused */
     uint64_t frames;   /* messages through the codec */
+    uint64_t damaged;  /* frames damaged on the way, all refused */
     uint64_t stale;    /* stale copies delivered late */
     uint64_t oneway;   /* links cut one way */
     uint64_t pauses;   /* process pauses */
@@ -2002,6 +2048,7 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
         stats->installs += s->stat_installs;
         stats->forged += s->stat_forged;
         stats->frames += s->stat_frames;
+        stats->damaged += s->stat_damaged;
         stats->stale += s->stat_stale;
         stats->oneway += s->stat_oneway;
         stats->pauses += s->stat_pauses;
@@ -2060,12 +2107,12 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
                " committed entries, %" PRIu64 " reads, %" PRIu64
                " leaders, %" PRIu64 " snapshots, %" PRIu64 " installs, %" PRIu64
                " forged messages refused, %" PRIu64 " frames decoded, %" PRIu64
-               " stale copies, %" PRIu64 " one-way cuts, %" PRIu64
+               " damaged frames refused, %" PRIu64 " stale copies, %" PRIu64 " one-way cuts, %" PRIu64
                " pauses, %" PRIu64 " blackouts, %" PRIu64
                " proposals refused by followers\n",
                count, first, failed, secs, (double)count / secs, st.events,
                st.commits, st.reads, st.leaders, st.snaps, st.installs,
-               st.forged, st.frames, st.stale, st.oneway, st.pauses,
+               st.forged, st.frames, st.damaged, st.stale, st.oneway, st.pauses,
                st.blackouts, st.follower_props);
     return failed ? 1 : 0;
 }

@@ -472,6 +472,80 @@ TEST(frame_parser_pieces)
     CHECK(seven);
 }
 
+/* With checksums, a frame whose any one bit (or any two adjacent bits)
+ * was flipped, in its length, body or checksum, is never handed out. */
+TEST(frame_parser_checksum)
+{
+    struct raft_entry e = {.index = 9, .term = 3, .type = RAFT_ENTRY_NORMAL,
+                           .data = (uint8_t *)"some entry bytes", .len = 16};
+    struct raft_msg m = {.type = RAFT_MSG_APPEND, .from = 1, .to = 2,
+                         .term = 3, .index = 8, .log_term = 3, .commit = 7,
+                         .entries = &e, .n_entries = 1};
+    struct pz_buf b;
+    pz_buf_init(&b);
+    CHECK_EQ_INT(raft_codec_encode_msg(&b, &m, RAFT_FRAME_MAX), 0);
+    size_t plain = b.len;
+    raft_codec_seal(&b, 0);
+    CHECK_EQ_INT(b.len, plain + RAFT_FRAME_CRC);
+    uint8_t *f = (uint8_t *)b.data;
+    struct raft_frame_parser p;
+    const uint8_t *body;
+    size_t blen, used;
+    /* Intact: one frame, every byte used, also fed a byte at a time. */
+    raft_frame_parser_init(&p, RAFT_FRAME_MAX);
+    p.crc = true;
+    CHECK_EQ_INT(raft_frame_parser_feed(&p, f, b.len, &used, &body, &blen),
+                 RAFT_FRAME_DONE);
+    CHECK_EQ_INT(used, b.len);
+    CHECK_EQ_INT(blen, plain - RAFT_FRAME_HDR);
+    int r = RAFT_FRAME_NEED_MORE;
+    for (size_t i = 0; i < b.len; i++) {
+        r = raft_frame_parser_feed(&p, f + i, 1, &used, &body, &blen);
+        CHECK_EQ_INT(used, 1);
+        if (i + 1 < b.len)
+            CHECK_EQ_INT(r, RAFT_FRAME_NEED_MORE);
+    }
+    CHECK_EQ_INT(r, RAFT_FRAME_DONE);
+    struct raft_decoded d;
+    CHECK_EQ_INT(raft_codec_decode(body, blen, &d), 0);
+    CHECK(msg_equal(&m, &d.msg));
+    raft_decoded_free(&d);
+    raft_frame_parser_free(&p);
+    size_t caught = 0, flips = 0;
+    for (size_t bit = 0; bit < b.len * 8; bit++) {
+        for (int width = 1; width <= 2 && bit + (size_t)width <= b.len * 8;
+             width++) {
+            for (int k = 0; k < width; k++)
+                f[(bit + (size_t)k) / 8] ^= (uint8_t)(1u << ((bit + (size_t)k) % 8));
+            raft_frame_parser_init(&p, 4096);
+            p.crc = true;
+            r = raft_frame_parser_feed(&p, f, b.len, &used, &body, &blen);
+            /* Caught (checksum), too long for the limit, or still waiting
+             * for bytes that a closed link will never bring. */
+            bool ok = r == PZ_ECORRUPT || r == PZ_ETOOBIG ||
+                      r == RAFT_FRAME_NEED_MORE;
+            if (!ok)
+                fprintf(stderr, "    flip of bit %zu (width %d) passed\n", bit,
+                        width);
+            CHECK(ok);
+            caught += ok;
+            flips++;
+            raft_frame_parser_free(&p);
+            for (int k = 0; k < width; k++)
+                f[(bit + (size_t)k) / 8] ^= (uint8_t)(1u << ((bit + (size_t)k) % 8));
+        }
+    }
+    CHECK_EQ_INT(caught, flips);
+    /* Without checksums (a link to an older node), the frame without its
+     * last 4 bytes is exactly the old format. */
+    raft_frame_parser_init(&p, RAFT_FRAME_MAX);
+    CHECK_EQ_INT(raft_frame_parser_feed(&p, f, plain, &used, &body, &blen),
+                 RAFT_FRAME_DONE);
+    CHECK_EQ_INT(used, plain);
+    raft_frame_parser_free(&p);
+    pz_buf_free(&b);
+}
+
 TEST(frame_parser_limit)
 {
     struct raft_frame_parser p;
@@ -918,6 +992,11 @@ TEST(exchange_both_ways)
     CHECK_EQ_INT(ts.recv_msgs, N);
     CHECK_EQ_INT(ts.inbound, 1);
     CHECK_EQ_INT(ts.inbound_errors, 0);
+    /* Two nodes of this version agree on frame checksums, and each frame
+     * carries its 4 bytes both in what was sent and what was received. */
+    CHECK(st.checksums);
+    CHECK(peer_stats(1, 1).checksums);
+    CHECK_EQ_INT(ts.recv_bytes, st.sent_bytes);
     /* Once connected, more messages flow with no new connection, also when
      * sent from inside the receive callback (a ping-pong). */
     nodes[1].reply_in_recv = true;
@@ -1125,16 +1204,40 @@ static void raw_send(struct raw *r, const void *p, size_t n)
               0);
 }
 
-static void raw_send_handshake(struct raw *r, uint32_t version, uint64_t id,
-                               uint64_t cluster)
+static void raw_send_handshake_crc(struct raw *r, uint32_t version,
+                                   uint64_t id, uint64_t cluster, bool crc)
 {
     struct pz_buf b;
     pz_buf_init(&b);
     struct raft_handshake h = {.version = version,
                                .cluster_id = cluster,
                                .node_id = id,
-                               .name = "raw"};
+                               .name = "raw",
+                               .frame_crc = crc};
     pz_assert(raft_codec_encode_handshake(&b, &h, 4096) == 0);
+    raw_send(r, b.data, b.len);
+    pz_buf_free(&b);
+}
+
+static void raw_send_handshake(struct raw *r, uint32_t version, uint64_t id,
+                               uint64_t cluster)
+{
+    raw_send_handshake_crc(r, version, id, cluster, false);
+}
+
+/* A heartbeat in a frame sealed with its checksum; flip: a bit of the
+ * body to damage after sealing (-1: none). */
+static void raw_send_sealed(struct raw *r, uint64_t from, uint64_t to,
+                            uint64_t index, int flip)
+{
+    struct pz_buf b;
+    struct raft_msg m = {
+        .type = RAFT_MSG_HEARTBEAT, .from = from, .to = to, .index = index};
+    pz_buf_init(&b);
+    pz_assert(raft_codec_encode_msg(&b, &m, RAFT_FRAME_MAX) == 0);
+    raft_codec_seal(&b, 0);
+    if (flip >= 0)
+        b.data[RAFT_FRAME_HDR + (size_t)flip / 8] ^= (char)(1 << (flip % 8));
     raw_send(r, b.data, b.len);
     pz_buf_free(&b);
 }
@@ -1257,6 +1360,11 @@ static bool garbage_case(int kind, const char *why)
         raw_send(&r, big, sizeof big);
         break;
     }
+    case 7:
+        /* Checksums agreed, then a frame damaged after it was sealed. */
+        raw_send_handshake_crc(&r, 1, 7, 5, true);
+        raw_send_sealed(&r, 7, 2, 77, 13);
+        break;
     case 5: {
         /* Huge length prefix after a good handshake. */
         static const uint8_t huge[] = {0x7f, 0xff, 0xff, 0xff, 1, 2, 3};
@@ -1270,6 +1378,25 @@ static bool garbage_case(int kind, const char *why)
     if (!eof)
         fprintf(stderr, "    case %d: connection not closed\n", kind);
     return eof && log_has(why);
+}
+
+/* A dialer that asks for checksums gets them checked, and its sealed
+ * frames are delivered. */
+TEST(sealed_frames_delivered)
+{
+    world_init();
+    CHECK(start_node(0, 1, 5, 0));
+    CHECK(start_node(1, 2, 5, 0));
+    struct raw r;
+    CHECK(raw_connect(&r, nodes[1].port));
+    raw_send_handshake_crc(&r, 1, 1, 5, true);
+    raw_send_sealed(&r, 1, 2, 41, -1);
+    raw_send_sealed(&r, 1, 2, 42, -1);
+    CHECK(wait_got(1, 2, 3000));
+    CHECK_EQ_INT(nodes[1].indexes[0], 41);
+    CHECK_EQ_INT(nodes[1].indexes[1], 42);
+    raw_close(&r);
+    CHECK_EQ_INT(world_close(), 0);
 }
 
 TEST(garbage_inbound_closed)
@@ -1286,9 +1413,11 @@ TEST(garbage_inbound_closed)
     CHECK(garbage_case(5, "frame of 2147483647 bytes exceeds the limit"));
     CHECK(garbage_case(6, "frame of 100000 bytes exceeds the limit of "
                           "4096"));
+    CHECK(garbage_case(7, "frame checksum mismatch (damaged on the way)"));
     struct transport_stats ts;
     transport_stats(nodes[1].t, &ts);
-    CHECK_EQ_INT(ts.inbound_errors, 7);
+    CHECK_EQ_INT(ts.inbound_errors, 8);
+    CHECK_EQ_INT(ts.inbound_corrupt, 1);
     CHECK_EQ_INT(ts.recv_msgs, 0);
     /* Still serving real peers. */
     set_peer(0, 2, nodes[1].port);
@@ -1909,6 +2038,8 @@ static const struct test_case cases[] = {TEST_ENTRY(codec_roundtrip_every_type),
                                          TEST_ENTRY(codec_malformed_rejected),
                                          TEST_ENTRY(codec_decode_alloc_failure),
                                          TEST_ENTRY(frame_parser_pieces),
+                                         TEST_ENTRY(frame_parser_checksum),
+                                         TEST_ENTRY(sealed_frames_delivered),
                                          TEST_ENTRY(frame_parser_limit),
                                          TEST_ENTRY(exchange_both_ways),
                                          TEST_ENTRY(refuse_cluster_id_mismatch),
