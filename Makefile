@@ -5,6 +5,8 @@
 #   make test / test-unit / test-integration / lint
 #   make test-mutants                  mutation checks (slow; scripts/mutants.py)
 #   make bench-kv-mem                  RSS per key of the key-value table
+#   make bench [BENCH=full] [BENCH_ARGS=--noisy]   PyazDB beside etcd and
+#                                      Redis: report in bench-report/
 #   make run                           mandi and 3 nodes on 127.0.0.1, state in
 #                                      ./run/, until Ctrl-C (scripts/cluster.sh)
 #   make install PREFIX=/usr/local     install the binaries
@@ -224,6 +226,13 @@ $(KV_MEM): tests/bench/kv_mem.c $(CORE_O) deps/llhttp/libllhttp.a
 bench-kv-mem: $(KV_MEM)
 	$(KV_MEM) $(KV_MEM_KEYS)
 
+# The side-by-side benchmark (scripts/bench.py): quick by default.
+BENCH ?= quick
+bench:
+	scripts/install-deps.sh bench
+	$(MAKE) all
+	/usr/bin/python3 scripts/bench.py --$(BENCH) $(BENCH_ARGS)
+
 test-sim-long: $(SIM)
 	SIM_SEEDS=$${SIM_SEEDS:-100000} $(SIM)
 
@@ -325,7 +334,7 @@ clean: clean-objs
 	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(POWERLOSS) $(KV_MEM) \
 	    tests/unit/suites.h .make-settings tests/fuzz/build
 
-.PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem \
+.PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem bench \
         test-sim-long test-mutants test-integration deps-chaos test-chaos \
         deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
         run lint install clean clean-objs FORCE
