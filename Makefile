@@ -68,7 +68,7 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c
-CLI_SRC = src/cli.c src/cli_snapshot.c
+CLI_SRC = src/cli.c src/cli_snapshot.c src/cli_watch.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
 NET_SRC := $(wildcard $(NET_SRC))

@@ -8,7 +8,8 @@
  * start revision (given, Last-Event-ID + 1, or the applied revision + 1)
  * is checked against the history (410 compacted) -> a watcher is
  * registered (watch.h) and the reply begins: 200 text/event-stream, open
- * ended -> whenever the node publishes a revision, the watcher is kicked
+ * ended, first `event: created` with the node's revision and the start
+ * revision -> whenever the node publishes a revision, the watcher is kicked
  * and on_stream writes one SSE event per revision with matching events:
  *
  *   id: 12
@@ -254,6 +255,15 @@ static void begin(struct watch_stream *ws)
     ws->streaming = true;
     ws->last_write = conn_now();
     httpd_stream_begin(ws->hc, 200, "text/event-stream", HTTPD_STREAM_OPEN);
+    /* Where the stream starts, so that a client that sees no event
+     * before a disconnect still knows where to resume. */
+    char line[160];
+    int n = snprintf(line, sizeof line,
+                     "event: created\ndata: {\"revision\":%llu,"
+                     "\"start_revision\":%llu}\n\n",
+                     (unsigned long long)kv_revision(node_kv()),
+                     (unsigned long long)ws->start);
+    httpd_stream_write(ws->hc, line, (size_t)n);
     httpd_stream_kick(ws->hc); /* what the history holds already */
 }
 

@@ -294,6 +294,8 @@ void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
     hc->close_after = close;
     hc->streaming = true;
     hc->stream_left = length;
+    if (length == HTTPD_STREAM_OPEN)
+        conn_resume(hc->c); /* to see the client leave (input dropped) */
     if (hc->srv->o.body_timeout_ms)
         conn_set_deadline(hc->c, conn_now() + hc->srv->o.body_timeout_ms);
     /* The body follows from on_drain, as the client reads. */
@@ -422,6 +424,8 @@ static void on_data(struct conn *c, const char *data, size_t len)
     struct httpd_conn *hc = c->proto;
     if (hc == NULL || (c->flags & CONN_CLOSE_AFTER))
         return; /* replying to a fatal error: ignore the rest */
+    if (hc->streaming && hc->stream_left == HTTPD_STREAM_OPEN)
+        return; /* an open stream ends with the connection: no requests */
     /* The bytes are charged before they are held; what the parser keeps
      * of them is charged instead once they are parsed. */
     if (conn_in_reserve(c, len) < 0) {
