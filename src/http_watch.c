@@ -43,6 +43,8 @@
 #include "stats.h"
 #include "watch.h"
 
+#define WATCH_CACHE_MAX (1u << 20) /* largest revision kept encoded */
+
 struct watch_stream {
     struct httpd_conn *hc; /* its connection */
     struct node_req req;   /* the linearizable start */
@@ -123,6 +125,24 @@ static void write_buf(struct watch_stream *ws, struct pz_buf *b)
     ws->last_write = conn_now();
 }
 
+/* The last revision encoded whole (every event matched), by prev_kv: the
+ * many watchers of one prefix send the same bytes, encoded once. Valid
+ * while the history holds it (a reset or a newer revision replaces it). */
+static struct {
+    uint64_t rev;      /* 0: none */
+    uint64_t begin;    /* its first event's sequence number */
+    struct pz_buf buf; /* the SSE event */
+} cache[2];
+
+static bool all_match(const struct watch_hub *hub, const struct watcher *w,
+                      uint64_t begin, uint64_t end)
+{
+    for (uint64_t s = begin; s < end; s++)
+        if (!watch_matches(w, watch_event_at(hub, s)))
+            return false;
+    return true;
+}
+
 void http_watch_on_stream(struct watch_stream *ws)
 {
     struct httpd_conn *hc = ws->hc;
@@ -133,6 +153,14 @@ void http_watch_on_stream(struct watch_stream *ws)
     while (hc->streaming && ws->w.state == WATCH_LIVE &&
            conn_output_pending(hc->c) < HTTPD_STREAM_WANT &&
            watch_next(&ws->w, &rev, &begin, &end)) {
+        bool whole = all_match(hub, &ws->w, begin, end);
+        int ci = ws->prev_kv ? 1 : 0;
+        if (whole && cache[ci].rev == rev && cache[ci].begin == begin) {
+            hw.events_sent += end - begin;
+            hw.revisions_sent++;
+            write_buf(ws, &cache[ci].buf);
+            continue;
+        }
         pz_buf_reset(&b);
         pz_buf_appendf(&b, "id: %llu\ndata: {\"revision\":%llu,\"events\":[",
                        (unsigned long long)rev, (unsigned long long)rev);
@@ -149,6 +177,12 @@ void http_watch_on_stream(struct watch_stream *ws)
         hw.events_sent += n;
         hw.revisions_sent++;
         write_buf(ws, &b);
+        if (whole && b.len <= WATCH_CACHE_MAX) {
+            cache[ci].rev = rev;
+            cache[ci].begin = begin;
+            pz_buf_reset(&cache[ci].buf);
+            pz_buf_append(&cache[ci].buf, b.data, b.len);
+        }
     }
     pz_buf_free(&b);
 }
@@ -205,6 +239,10 @@ void http_watch_cron(void)
 
 void http_watch_drain(void)
 {
+    for (int i = 0; i < 2; i++) {
+        pz_buf_free(&cache[i].buf);
+        cache[i].rev = 0;
+    }
     struct watch_stream *ws = hw.streams;
     while (ws) {
         struct watch_stream *next = ws->next_s;
