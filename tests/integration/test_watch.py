@@ -461,3 +461,28 @@ def test_cli_watch_text_and_compacted(servers):
     out, err = p.communicate(timeout=10)
     assert p.returncode == 3
     assert b"compacted" in err
+
+
+def test_history_restarts_at_the_snapshot_after_a_restart(servers):
+    s = servers(conf={"raft-snapshot-entries": "10",
+                      "raft-trailing-entries": "0"})
+    for i in range(25):
+        put(s, f"z/{i}", str(i))
+    deadline = time.time() + 20
+    while s.status()["snapshot_index"] == 0:
+        assert time.time() < deadline, "no snapshot taken"
+        time.sleep(0.05)
+    s.stop()
+    s.start()
+    rev = revision(s)
+    w = SSE(s.http_port, q(prefix="z/", start_revision=1))
+    assert w.status == 410
+    first = json.loads(w.body)["compact_revision"]
+    assert 1 < first <= rev + 1
+    w.close()
+    put(s, "z/new", "n")
+    w = SSE(s.http_port, q(prefix="z/", start_revision=first))
+    assert w.status == 200
+    got = [r["revision"] for r in w.revisions(rev + 2 - first)]
+    assert got == list(range(first, rev + 2))
+    w.close()
