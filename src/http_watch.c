@@ -274,6 +274,11 @@ static void reply_compacted(struct watch_stream *ws, uint64_t first)
 static void begin(struct watch_stream *ws)
 {
     struct watch_hub *hub = node_watch();
+    if (ws->hc->srv->draining) {
+        httpd_close_after(ws->hc);
+        httpd_text(ws->hc, 503, "Server is shutting down", NULL);
+        return;
+    }
     if (!ws->start_given)
         ws->start = kv_revision(node_kv()) + 1;
     uint64_t first = watch_hub_first_rev(hub);
