@@ -37,23 +37,23 @@
 #include "json.h"
 #include "pz.h"
 
-#define HEAD_MAX (64 * 1024)       /* status line and headers */
-#define ERR_BODY_MAX (64 * 1024)   /* an error answer's body */
-#define EVENT_MAX (512u << 20)     /* one SSE event */
-#define IDLE_MS 45000              /* silence that means a dead stream */
+#define HEAD_MAX (64 * 1024)     /* status line and headers */
+#define ERR_BODY_MAX (64 * 1024) /* an error answer's body */
+#define EVENT_MAX (512u << 20)   /* one SSE event */
+#define IDLE_MS 45000            /* silence that means a dead stream */
 #define BACKOFF_FIRST_MS 50
 #define BACKOFF_MAX_MS 1000
 #define NO_REV UINT64_MAX
 
 struct wstate {
-    const char *key;    /* key or prefix */
-    bool prefix;        /* key is a prefix */
-    bool prev;          /* --prev */
-    bool json;          /* -o json */
-    const char *token;  /* or NULL */
-    uint64_t floor;     /* --rev: never resume before it (0: none) */
-    uint64_t last;      /* newest revision complete, NO_REV: unknown */
-    bool compacted;     /* 410 */
+    const char *key;   /* key or prefix */
+    bool prefix;       /* key is a prefix */
+    bool prev;         /* --prev */
+    bool json;         /* -o json */
+    const char *token; /* or NULL */
+    uint64_t floor;    /* --rev: never resume before it (0: none) */
+    uint64_t last;     /* newest revision complete, NO_REV: unknown */
+    bool compacted;    /* 410 */
     uint64_t compact_rev;
 };
 
@@ -79,8 +79,7 @@ static int dial(const char *addr, char *err, size_t errlen)
     struct addrinfo *res = NULL;
     int rv = getaddrinfo(host[0] ? host : "127.0.0.1", ps, &hints, &res);
     if (rv != 0) {
-        snprintf(err, errlen, "%s: cannot resolve: %s", addr,
-                 gai_strerror(rv));
+        snprintf(err, errlen, "%s: cannot resolve: %s", addr, gai_strerror(rv));
         return -1;
     }
     int fd = socket(res->ai_family, SOCK_STREAM, 0);
@@ -144,8 +143,7 @@ static bool get_bytes(const struct json_val *obj, const char *name,
     return false;
 }
 
-static bool get_u64(const struct json_val *obj, const char *name,
-                    uint64_t *out)
+static bool get_u64(const struct json_val *obj, const char *name, uint64_t *out)
 {
     struct json_val v;
     return json_get(obj, name, &v) && json_u64(&v, out) == 0;
@@ -203,8 +201,7 @@ static int dispatch(struct wstate *st, const char *event, const char *data,
     uint64_t r;
     if (strcmp(event, "created") == 0) {
         if (json_parse(data, dlen, &root) == 0 &&
-            get_u64(&root, "start_revision", &r) && r > 0 &&
-            st->last == NO_REV)
+            get_u64(&root, "start_revision", &r) && r > 0 && st->last == NO_REV)
             st->last = r - 1;
         return 0;
     }
@@ -216,8 +213,9 @@ static int dispatch(struct wstate *st, const char *event, const char *data,
         return 0;
     }
     if (strcmp(event, "cancelled") == 0) {
-        fprintf(stderr, "pyazdb-cli: watch: the node cancelled the watch: "
-                        "%.*s\n",
+        fprintf(stderr,
+                "pyazdb-cli: watch: the node cancelled the watch: "
+                "%.*s\n",
                 (int)dlen, data);
         return -1;
     }
@@ -233,8 +231,7 @@ static int dispatch(struct wstate *st, const char *event, const char *data,
 /* Follow one stream until it breaks. Returns 1 if it was established
  * (200), 0 if the node could not serve it, -1 to stop for good (400,
  * 410: st->compacted). */
-static int follow(struct wstate *st, const char *addr, char *err,
-                  size_t errlen)
+static int follow(struct wstate *st, const char *addr, char *err, size_t errlen)
 {
     int fd = dial(addr, err, errlen);
     if (fd < 0)
@@ -248,8 +245,7 @@ static int follow(struct wstate *st, const char *addr, char *err,
     if (st->floor > start)
         start = st->floor;
     if (start > 0)
-        pz_buf_appendf(&req, "&start_revision=%llu",
-                       (unsigned long long)start);
+        pz_buf_appendf(&req, "&start_revision=%llu", (unsigned long long)start);
     if (st->last != NO_REV)
         pz_buf_appendf(&req, "&serializable=true");
     if (st->prev)
@@ -323,8 +319,8 @@ static int follow(struct wstate *st, const char *addr, char *err,
     bool has_id = false;
     size_t pos = 0;
     for (;;) {
-        char *nl = in.len > pos ? memchr(in.data + pos, '\n', in.len - pos)
-                                : NULL;
+        char *nl =
+            in.len > pos ? memchr(in.data + pos, '\n', in.len - pos) : NULL;
         if (nl == NULL) {
             pz_buf_consume(&in, pos);
             pos = 0;
@@ -448,8 +444,7 @@ int cli_watch(int nargs, char **args, const char *const *addrs, size_t naddrs,
             fprintf(stderr,
                     "pyazdb-cli: watch: %s; resuming at revision %llu on "
                     "%s\n",
-                    err, (unsigned long long)(st.last + 1),
-                    addrs[i % naddrs]);
+                    err, (unsigned long long)(st.last + 1), addrs[i % naddrs]);
         else
             fprintf(stderr, "pyazdb-cli: watch: %s; trying %s\n", err,
                     addrs[i % naddrs]);

@@ -225,8 +225,8 @@ void http_watch_cron(void)
     char line[128];
     for (struct watch_stream *ws = hw.streams; ws; ws = ws->next_s) {
         if (!ws->streaming || ws->w.state != WATCH_LIVE ||
-            now - ws->last_write < hw.progress_ms ||
-            !watch_caught_up(&ws->w) || conn_output_pending(ws->hc->c) > 0)
+            now - ws->last_write < hw.progress_ms || !watch_caught_up(&ws->w) ||
+            conn_output_pending(ws->hc->c) > 0)
             continue;
         int n = snprintf(line, sizeof line,
                          "event: progress\ndata: {\"revision\":%llu}\n\n",
@@ -286,8 +286,8 @@ static void begin(struct watch_stream *ws)
         reply_compacted(ws, first);
         return;
     }
-    int rv = watch_add(hub, &ws->w, ws->from, ws->flen, ws->to, ws->tlen,
-                       ws->start);
+    int rv =
+        watch_add(hub, &ws->w, ws->from, ws->flen, ws->to, ws->tlen, ws->start);
     if (rv == PZ_EBUSY) {
         httpd_text(ws->hc, 503, "Too many watchers (max-watchers)", NULL);
         return;
@@ -522,8 +522,7 @@ static void collect(struct pz_buf *b, void *arg)
     metrics_render_one(b, "pyazdb_watch_progress_sent_total", METRICS_COUNTER,
                        "Progress events written to idle watch streams.",
                        (double)hw.progress_sent);
-    metrics_render_one(b, "pyazdb_watch_cancelled_slow_total",
-                       METRICS_COUNTER,
+    metrics_render_one(b, "pyazdb_watch_cancelled_slow_total", METRICS_COUNTER,
                        "Watchers cancelled for falling more than "
                        "watch-max-buffer behind.",
                        (double)h->cancelled_slow);
@@ -534,8 +533,7 @@ static void collect(struct pz_buf *b, void *arg)
                        "installed).",
                        (double)h->cancelled_compacted);
     metrics_render_one(b, "pyazdb_watch_history_events", METRICS_GAUGE,
-                       "Events held in the watch history.",
-                       (double)h->count);
+                       "Events held in the watch history.", (double)h->count);
     metrics_render_one(b, "pyazdb_watch_history_bytes", METRICS_GAUGE,
                        "Bytes the watch history counts.", (double)h->bytes);
     metrics_render_one(b, "pyazdb_watch_compact_revision", METRICS_GAUGE,

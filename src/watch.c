@@ -96,8 +96,8 @@ void watch_hub_record(struct watch_hub *h, uint64_t rev, int type,
     size_t plen = prev ? prev->vlen : 0;
     /* One allocation: the struct, then key, value and previous value,
      * each followed by a NUL. */
-    size_t total = sizeof(struct watch_event) + k->klen + 1 + vlen + 1 +
-                   plen + 1;
+    size_t total =
+        sizeof(struct watch_event) + k->klen + 1 + vlen + 1 + plen + 1;
     struct watch_event *e = pz_malloc(total);
     memset(e, 0, sizeof *e);
     uint8_t *p = (uint8_t *)(e + 1);

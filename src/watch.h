@@ -89,7 +89,7 @@ struct watcher {
                               start - 1 */
     int state;             /* WATCH_LIVE, or why it was cancelled */
     struct watcher *prev_w, *next_w; /* hub's list */
-    void *data;            /* the owner's */
+    void *data;                      /* the owner's */
 };
 
 /* Called by watch_hub_commit for each live watcher with events to read

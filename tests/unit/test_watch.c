@@ -135,7 +135,7 @@ TEST(order_and_filters)
     del(&f, "a");        /* 4 */
     del(&f, "zz");       /* absent: no revision */
     txn_puts(&f, (const char *const[]){"b/2", "b/3", "a", NULL}, "t"); /* 5 */
-    put(&f, "c", "no");  /* 6: outside [b/2, c) */
+    put(&f, "c", "no"); /* 6: outside [b/2, c) */
     drain(&f, &wk, out, sizeof out);
     CHECK_EQ_STR(out, "1:+a=1,;4:-a,;5:+a=t,;");
     drain(&f, &wp, out, sizeof out);
@@ -149,7 +149,8 @@ TEST(order_and_filters)
     drain(&f, &wk, out, sizeof out);
     CHECK_EQ_STR(out, "7:+a=2,;");
     /* Metadata and previous state. */
-    const struct watch_event *ev = watch_event_at(&f.hub, f.hub.committed_seq - 1);
+    const struct watch_event *ev =
+        watch_event_at(&f.hub, f.hub.committed_seq - 1);
     CHECK_EQ_INT(ev->meta.mod_revision, 7);
     CHECK_EQ_INT(ev->meta.create_revision, 5);
     CHECK_EQ_INT(ev->meta.version, 2);
