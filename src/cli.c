@@ -38,6 +38,7 @@
 
 #include "cluster.pb-c.h"
 #include "cli_snapshot.h"
+#include "cli_watch.h"
 #include "conn.h"
 #include "grpc_client.h"
 #include "grpc_frame.h"
@@ -75,6 +76,11 @@ static const char usage_text[] =
     "  delete --prefix PREFIX  delete every key under PREFIX\n"
     "  txn FILE         run the transaction in FILE (JSON as POST /txn;\n"
     "                   - reads stdin); exit 2 if its failure branch ran\n"
+    "  watch KEY | watch --prefix PREFIX [--rev N] [--prev]\n"
+    "                   print changes as they happen (from revision N),\n"
+    "                   one line each, until interrupted; resumes on the\n"
+    "                   next --http node when a stream breaks; exit 3 if\n"
+    "                   the history no longer holds where it resumes\n"
     "\n"
     "Options:\n"
     "  --mandi URL      discovery service (default $MANDI_ADDR, "
@@ -92,8 +98,8 @@ static const char usage_text[] =
     "  --token TOKEN    cluster token for remove/transfer "
     "(default $PYAZDB_TOKEN)\n"
     "  -o, --output FORMAT  text (default) or json: get, status and\n"
-    "                   members print one JSON document instead (also\n"
-    "                   accepted after the command)\n"
+    "                   members print one JSON document instead, watch\n"
+    "                   one per event (also accepted after the command)\n"
     "  --version        print the version\n"
     "  -h, --help       this text\n";
 
@@ -1170,6 +1176,30 @@ static const char *take_output(int *nargs, char **args)
     return NULL;
 }
 
+/* watch: at the --http nodes, else at the leader mandi names. */
+static int watch_cmd(int nargs, char **args, const struct endpoints *http,
+                     size_t naddr, const char *mandi, const char *token,
+                     uint64_t deadline)
+{
+    char err[512], target[MANDI_ADDR_MAX + 1];
+    const char *one[1] = {target};
+    if (naddr > 0)
+        return usage_error("'watch' talks HTTP: use --http, not --addr%s",
+                           "");
+    if (http->n > 0)
+        return cli_watch(nargs, args, http->v, http->n, token, out_json);
+    if (mandi == NULL)
+        mandi = getenv("MANDI_ADDR");
+    if (mandi == NULL || mandi[0] == '\0')
+        mandi = DEFAULT_MANDI;
+    if (discover_field(mandi, "http_addr", deadline, target, sizeof target,
+                       err, sizeof err, NULL) < 0) {
+        fprintf(stderr, "pyazdb-cli: %s\n", err);
+        return 1;
+    }
+    return cli_watch(nargs, args, one, 1, token, out_json);
+}
+
 int main(int argc, char **argv)
 {
     const char *mandi = NULL;
@@ -1245,12 +1275,12 @@ int main(int argc, char **argv)
     int nargs = argc - i;
     char **args = argv + i;
     if (strcmp(cmd, "get") == 0 || strcmp(cmd, "status") == 0 ||
-        strcmp(cmd, "members") == 0) {
+        strcmp(cmd, "members") == 0 || strcmp(cmd, "watch") == 0) {
         const char *bad = take_output(&nargs, args);
         if (bad)
             return usage_error("bad output format '%s' (text or json)", bad);
     } else if (out_json) {
-        return usage_error("-o json: only get, status and members (not "
+        return usage_error("-o json: only get, status, members and watch (not "
                            "'%s')", cmd);
     }
     if (strcmp(cmd, "members") == 0 || strcmp(cmd, "remove") == 0 ||
@@ -1278,6 +1308,9 @@ int main(int argc, char **argv)
                             timeout_given ? timeout_ms : 60000);
     }
     const char *tok = token ? token : getenv("PYAZDB_TOKEN");
+    if (strcmp(cmd, "watch") == 0)
+        return watch_cmd(nargs, args, &https, addrs.n, mandi, tok,
+                         now_ms() + timeout_ms);
     bool coord = strcmp(cmd, "list") == 0 || strcmp(cmd, "txn") == 0 ||
                  (strcmp(cmd, "set") == 0 && nargs > 0 &&
                   strcmp(args[0], "--if-revision") == 0) ||

@@ -168,6 +168,19 @@ static const struct cfg_directive directives[] = {
     D_SIZE("LIMITS", "max-partial-input", max_partial_input, "256mb", KB,
            64 * GB, IMM,
            "partly received requests held at once, all clients together"),
+    D_INT("LIMITS", "watch-history-events", watch_history_events, "10000", 1,
+          100000000, IMM, "most events the watch history keeps"),
+    D_SIZE("LIMITS", "watch-history-bytes", watch_history_bytes, "64mb", KB,
+           64 * GB, IMM, "most bytes the watch history keeps"),
+    D_SIZE("LIMITS", "watch-max-buffer", watch_max_buffer, "4mb", KB, 16 * GB,
+           IMM, "history bytes a watcher may fall behind before it is "
+           "cancelled as slow"),
+    D_INT("LIMITS", "max-watchers", max_watchers, "10000", 0, 1000000, IMM,
+          "most watch streams open at once on this node"),
+    D_DURATION("LIMITS", "watch-progress-interval", watch_progress_interval_ms,
+               "10s", 10, MS_PER_DAY, IMM,
+               "a watch stream that sent nothing this long gets a progress "
+               "event"),
 
     D_DURATION("MANDI", "mandi-leader-ttl", mandi_leader_ttl_ms, "10s", 10,
                MS_PER_DAY, IMM | MANDI,

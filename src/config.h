@@ -123,6 +123,11 @@ struct pz_config {
     int64_t grpc_max_message;       /* grpc-max-message: bytes */
     int64_t max_partial_input;      /* max-partial-input: bytes, all
                                        client connections together */
+    int64_t watch_history_events;   /* watch-history-events */
+    int64_t watch_history_bytes;    /* watch-history-bytes */
+    int64_t watch_max_buffer;       /* watch-max-buffer: bytes */
+    int64_t max_watchers;           /* max-watchers */
+    int64_t watch_progress_interval_ms; /* watch-progress-interval */
     /* MANDI */
     int64_t mandi_leader_ttl_ms;     /* mandi-leader-ttl */
     int64_t mandi_join_ttl_ms;       /* mandi-join-ttl */

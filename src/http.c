@@ -23,6 +23,7 @@
 
 #include "fwd.h"
 #include "http_parse.h"
+#include "http_watch.h"
 #include "log.h"
 #include "node.h"
 #include "snapshot.h"
@@ -44,6 +45,7 @@ struct http_conn {
     size_t n_items;       /* items of the current operation */
     uint64_t count;       /* count of the last operation */
     bool truncated;       /* results dropped: over OUT_MAX */
+    struct watch_stream *ws; /* GET /watch: its stream (http_watch.h) */
 };
 
 /* Most bytes of results one answer holds (/range, /txn); past it a range
@@ -149,6 +151,11 @@ static void put_kv(struct pz_buf *b, const struct kv_view *v)
                    (unsigned long long)v->meta.mod_revision,
                    (unsigned long long)v->meta.version,
                    (unsigned long long)v->meta.lease);
+}
+
+void http_put_kv(struct pz_buf *b, const struct kv_view *v)
+{
+    put_kv(b, v);
 }
 
 static void reply_node_error(struct http_conn *h, int status)
@@ -587,6 +594,10 @@ static void on_stream(struct httpd_conn *hc)
     struct http_conn *h = conn_of(hc);
     char err[SNAPSHOT_ERRMSG_SIZE];
     size_t got = 0;
+    if (h->ws) {
+        http_watch_on_stream(h->ws);
+        return;
+    }
     size_t want = (size_t)PZ_MIN((uint64_t)sizeof buf, hc->stream_left);
     if (h->snap == NULL ||
         snapshot_reader_read(h->snap, h->snap_off, buf, want, &got, err,
@@ -813,6 +824,8 @@ static const char *op_route(enum http_op_kind kind)
         return "range";
     case HTTP_OP_TXN:
         return "txn";
+    case HTTP_OP_WATCH:
+        return "watch";
     }
     return "other";
 }
@@ -890,6 +903,9 @@ static void on_request(struct httpd_conn *hc)
         httpd_hold(hc);
         start_cluster(h);
         return;
+    case HTTP_OP_WATCH:
+        http_watch_start(hc, &h->ws);
+        return;
     default:
         pz_assert(0);
     }
@@ -906,6 +922,7 @@ static void on_done(struct httpd_conn *hc)
     pz_buf_free(&h->out);
     snapshot_reader_close(h->snap);
     h->snap = NULL;
+    http_watch_free(&h->ws);
 }
 
 static void on_close(struct httpd_conn *hc)
@@ -920,6 +937,7 @@ static void on_close(struct httpd_conn *hc)
     http_op_free(&h->op);
     snapshot_reader_close(h->snap);
     h->snap = NULL;
+    http_watch_free(&h->ws);
 }
 
 static const struct httpd_ops http_ops = {
@@ -955,11 +973,13 @@ int http_start(struct httpd *srv, const struct pz_config *cfg,
         .realm = "pyazdb",
         .conn_size = sizeof(struct http_conn),
     };
+    http_watch_init(cfg);
     return httpd_listen(srv, cfg->http_addr, &http_ops, &o, "http", NULL, err,
                         errlen);
 }
 
 void http_drain(struct httpd *srv)
 {
+    http_watch_drain();
     httpd_drain(srv);
 }

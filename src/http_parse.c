@@ -1167,6 +1167,13 @@ void http_api_decode(const struct http_req *req,
             goto out;
         }
         range_from_query(req, op);
+    } else if (strcmp(p, "/watch") == 0) {
+        if (!method_is(req, HTTP_GET)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "GET";
+            goto out;
+        }
+        op->kind = HTTP_OP_WATCH;
     } else if (strcmp(p, "/txn") == 0) {
         if (!method_is(req, HTTP_POST)) {
             op_error(op, 405, "Method not allowed");

@@ -137,6 +137,7 @@ enum http_op_kind {
     HTTP_OP_TXN,       /* POST /txn, a conditional /set or /delete, a
                           /delete of a prefix: propose cmd */
     HTTP_OP_METRICS,   /* GET /metrics */
+    HTTP_OP_WATCH,     /* GET /watch: parameters read by http_watch.c */
 };
 
 /* What an HTTP_OP_TXN asks, for the shape of its answer. */

@@ -34,8 +34,31 @@
 #include "json.h"
 #include "log.h"
 #include "node_internal.h"
+#include "watch.h"
 
 struct node node;
+
+/* Every change the state machine makes, for GET /watch (watch.h): fed
+ * from kv's event callback, published once per applied entry. */
+static struct watch_hub watch_hub;
+
+static void on_kv_event(void *arg, int type, const struct kv_view *cur,
+                        const struct kv_view *prev)
+{
+    PZ_UNUSED(arg);
+    watch_hub_record(&watch_hub, kv_revision(node.kv), type, cur, prev);
+}
+
+void core_kv_replaced(void)
+{
+    kv_set_event_cb(node.kv, on_kv_event, NULL);
+    watch_hub_reset(&watch_hub, kv_revision(node.kv));
+}
+
+struct watch_hub *node_watch(void)
+{
+    return &watch_hub;
+}
 
 void core_fatal(const char *fmt, ...)
 {
@@ -93,6 +116,7 @@ static void apply_entry(const struct raft_entry *e)
         if (rv < 0) /* every node rejects it alike: state stays equal */
             pz_warn("entry %llu: undecodable command (%s), skipped",
                     (unsigned long long)e->index, pz_strerror(rv));
+        watch_hub_commit(&watch_hub);
     } else if (e->type == RAFT_ENTRY_CONF) {
         members_conf_committed(e);
     }
@@ -978,6 +1002,14 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     node.stop = stop;
     node_metrics_init();
     node.kv = kv_new_seeded(seed);
+    struct watch_limits wl = {
+        .max_events = (size_t)cfg->watch_history_events,
+        .max_bytes = (size_t)cfg->watch_history_bytes,
+        .max_watchers = (size_t)cfg->max_watchers,
+        .max_lag = (size_t)cfg->watch_max_buffer,
+    };
+    watch_hub_init(&watch_hub, &wl);
+    core_kv_replaced();
     node.id = members_name_to_id(cfg->node_id);
     pz_queue_init(&node.proposals);
     pz_queue_init(&node.reads);
@@ -1130,6 +1162,7 @@ err_after_raft:
     raft_free(node.raft);
 err_after_kv:
     kv_free(node.kv);
+    watch_hub_close(&watch_hub);
     return PZ_ECONFIG;
 }
 
@@ -1141,6 +1174,7 @@ static void on_transport_closed(void *data)
     store_close(node.store);
     raft_free(node.raft);
     kv_free(node.kv);
+    watch_hub_close(&watch_hub);
     for (size_t i = 0; i < node.n_members; i++)
         members_free_one(&node.members[i]);
     for (size_t i = 0; i < node.n_departed; i++)
