@@ -57,7 +57,8 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 # Modules shared by the server, the CLI and the unit tests.
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
-           src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
+           src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
+           src/lease.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
@@ -306,8 +307,8 @@ PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
            src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c src/kv.h \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
-           src/mandi_codec.h
-CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c
+           src/mandi_codec.h src/lease.c src/lease.h
+CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c src/lease.c
 IO_HDRS = conn|node|node_internal|node_metrics|stats|transport|store
 IO_HDRS := $(IO_HDRS)|server|snapshot|fwd|grpc
 IO_HDRS := $(IO_HDRS)|http|httpd|httpc|mandi|mandi_client|grpc_client|log|failpoint

@@ -391,18 +391,20 @@ static int space_check(const uint8_t *cmd, size_t len)
     struct kv_cmd c;
     bool decoded = kv_decode(cmd, len, &c) == 0;
     uint64_t puts = decoded && c.op == KV_OP_TXN ? txn_put_bytes(&c) : 0;
-    if (decoded && (c.op == KV_OP_DEL || (c.op == KV_OP_TXN && puts == 0)))
+    bool set = decoded && (c.op == KV_OP_SET || c.op == KV_OP_SETL);
+    if (decoded && (c.op == KV_OP_DEL || c.op == KV_OP_REVOKE ||
+                    (c.op == KV_OP_TXN && puts == 0)))
         return 0; /* deletes (and reads) free space: always taken */
     if (node.alarm_quota)
         return PZ_ENOSPC;
-    if (!decoded || (c.op != KV_OP_SET && c.op != KV_OP_TXN))
+    if (!decoded || (!set && c.op != KV_OP_TXN))
         return 0;
     /* A transaction counts every put of both branches, as if new. */
-    uint64_t grow = c.op == KV_OP_SET ? c.klen + c.vlen : puts;
+    uint64_t grow = set ? c.klen + c.vlen : puts;
     uint64_t after = kv_bytes(node.kv) + grow;
     const uint8_t *old;
     size_t olen;
-    if (c.op == KV_OP_SET && kv_get(node.kv, c.key, c.klen, &old, &olen))
+    if (set && kv_get(node.kv, c.key, c.klen, &old, &olen))
         after -= c.klen + olen;
     if (after <= (uint64_t)quota)
         return 0;
