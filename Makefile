@@ -64,7 +64,7 @@ NET_SRC = src/conn.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
-             src/node_metrics.c \
+             src/node_metrics.c src/node_lease.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c

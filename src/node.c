@@ -34,6 +34,7 @@
 #include "json.h"
 #include "log.h"
 #include "node_internal.h"
+#include "node_lease.h"
 
 struct node node;
 
@@ -446,6 +447,7 @@ static void soft_state_changed(const struct raft_soft_state *ss)
     }
     node.leader = ss->leader;
     node.role = ss->role;
+    node_lease_role(ss->role == RAFT_LEADER, ss->term);
     /* Leadership transfers finish when the target leads. */
     struct pz_queue *e = node.transfers.next;
     while (e != &node.transfers) {
@@ -656,6 +658,7 @@ static void on_tick(uv_timer_t *t)
     reqs_expire(&node.transfers, PZ_ETIMEDOUT);
     reqs_expire(&node.conf_wait, PZ_EBUSY);
     members_conf_wait_retry();
+    node_lease_tick();
     /* Reads the leader refused (it has not committed in its term yet)
      * wait here with a leader known: retry them, once per tick. */
     if (node.leader)
@@ -979,6 +982,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     node.cfg = cfg;
     node.stop = stop;
     node_metrics_init();
+    node_lease_init(loop, cfg);
     node.kv = kv_new_seeded(seed);
     node.id = members_name_to_id(cfg->node_id);
     pz_queue_init(&node.proposals);
@@ -1131,6 +1135,7 @@ err_after_store:
 err_after_raft:
     raft_free(node.raft);
 err_after_kv:
+    node_lease_free();
     kv_free(node.kv);
     return PZ_ECONFIG;
 }
@@ -1142,6 +1147,7 @@ static void on_transport_closed(void *data)
     PZ_UNUSED(data);
     store_close(node.store);
     raft_free(node.raft);
+    node_lease_free();
     kv_free(node.kv);
     for (size_t i = 0; i < node.n_members; i++)
         members_free_one(&node.members[i]);
