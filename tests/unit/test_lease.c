@@ -477,6 +477,217 @@ TEST(tracker_never_early)
     lease_tracker_free(&t);
 }
 
+/* --- a small cluster over one log ----------------------------------------
+ * Three nodes, each with its own table and deadline tracker, apply one
+ * committed log at their own pace; their clocks have different offsets.
+ * The leader changes at random (the new one resets every deadline to its
+ * full TTL, as node_lease.c does), nodes restart (their table rebuilt
+ * from the log, the tracker resynced), clients grant, attach keys, keep
+ * leases alive through the leader (after it applied the whole log, as a
+ * ReadIndex round makes it), and the leader proposes REVOKE for what its
+ * tracker says expired. Checked: no expiry is decided before the grant's
+ * commit + TTL or the last acknowledged keep-alive + TTL (global time),
+ * nodes that applied the same log have equal digests, and once
+ * keep-alives stop every lease is revoked. */
+
+#define SIM_NODES 3
+#define SIM_LOG 6000
+#define SIM_IDS 400
+
+struct snode {
+    struct kv *kv;
+    struct lease_tracker t;
+    size_t applied; /* log entries applied */
+    uint64_t off;   /* local clock = global + off */
+    uint64_t now;   /* local time of the apply in progress */
+};
+
+struct sim {
+    struct snode n[SIM_NODES];
+    struct pz_buf log[SIM_LOG];
+    size_t nlog;
+    uint64_t T; /* global time, ms */
+    int leader;
+    uint64_t promised[SIM_IDS]; /* no expiry decided before this (T) */
+    uint64_t ttl[SIM_IDS];
+    uint64_t next_id;
+    uint64_t rng;
+};
+
+static void sim_on_lease(void *arg, bool granted, uint64_t id, uint64_t ttl)
+{
+    struct snode *n = arg;
+    if (granted)
+        lease_track(&n->t, id, ttl, n->now);
+    else
+        lease_untrack(&n->t, id);
+}
+
+static void sim_resync(struct snode *n, uint64_t now)
+{
+    lease_tracker_clear(&n->t);
+    kv_set_lease_cb(n->kv, sim_on_lease, n);
+    for (size_t i = 0; i < kv_lease_count(n->kv); i++) {
+        struct kv_lease l;
+        kv_lease_at(n->kv, i, &l);
+        lease_track(&n->t, l.id, l.ttl, now);
+    }
+}
+
+static void sim_apply(struct sim *s, int i, size_t upto)
+{
+    struct snode *n = &s->n[i];
+    n->now = s->T + n->off;
+    while (n->applied < upto) {
+        struct pz_buf *e = &s->log[n->applied++];
+        struct kv_result res;
+        pz_assert(kv_apply(n->kv, (uint8_t *)e->data, e->len, &res) == 0);
+    }
+}
+
+static bool sim_append(struct sim *s, int (*enc)(struct pz_buf *, uint64_t,
+                                                  uint64_t),
+                       uint64_t a, uint64_t b)
+{
+    if (s->nlog == SIM_LOG)
+        return false;
+    pz_buf_init(&s->log[s->nlog]);
+    pz_assert(enc(&s->log[s->nlog], a, b) == 0);
+    s->nlog++;
+    return true;
+}
+
+static int enc_grant(struct pz_buf *b, uint64_t id, uint64_t ttl)
+{
+    return kv_encode_lease_grant(b, id, ttl);
+}
+
+static int enc_revoke(struct pz_buf *b, uint64_t id, uint64_t unused)
+{
+    (void)unused;
+    return kv_encode_lease_revoke(b, id);
+}
+
+static int enc_set(struct pz_buf *b, uint64_t key, uint64_t lease)
+{
+    char k[8];
+    snprintf(k, sizeof k, "k%02u", (unsigned)key);
+    return kv_encode_set_lease(b, k, 3, "v", 1, lease);
+}
+
+/* The leader's expiry scan; false if an expiry came early. */
+static bool sim_expire(struct sim *s)
+{
+    struct snode *L = &s->n[s->leader];
+    uint64_t ids[16];
+    size_t n = lease_expired(&L->t, s->T + L->off, ids, 16);
+    for (size_t i = 0; i < n; i++) {
+        if (s->T < s->promised[ids[i]]) {
+            fprintf(stderr, "    lease %llu expired at %llu, promised %llu\n",
+                    (unsigned long long)ids[i], (unsigned long long)s->T,
+                    (unsigned long long)s->promised[ids[i]]);
+            return false;
+        }
+        sim_append(s, enc_revoke, ids[i], 0);
+    }
+    return true;
+}
+
+TEST(cluster_sim)
+{
+    for (uint64_t seed = 1; seed <= 20; seed++) {
+        struct sim *s = pz_calloc(1, sizeof *s);
+        s->rng = seed;
+        s->T = 1000;
+        s->next_id = 1;
+        for (int i = 0; i < SIM_NODES; i++) {
+            s->n[i].kv = kv_new_seeded(seed + (uint64_t)i);
+            s->n[i].off = pz_rand_next(&s->rng) % 1000000;
+            lease_tracker_init(&s->n[i].t);
+            sim_resync(&s->n[i], s->T + s->n[i].off);
+        }
+        bool ok = true;
+        for (int step = 0; step < 4000 && ok && s->nlog < SIM_LOG - 20;
+             step++) {
+            uint64_t r = pz_rand_next(&s->rng);
+            s->T += r % 300;
+            struct snode *L = &s->n[s->leader];
+            int what = (int)((r >> 16) % 16);
+            uint64_t id = 1 + (r >> 24) % (s->next_id ? s->next_id : 1);
+            if (what < 2 && s->next_id < SIM_IDS) { /* grant */
+                id = s->next_id++;
+                s->ttl[id] = 1 + (r >> 40) % 4;
+                s->promised[id] = s->T + s->ttl[id] * 1000;
+                sim_append(s, enc_grant, id, s->ttl[id]);
+            } else if (what < 4) { /* a put, with a lease or not */
+                sim_append(s, enc_set, (r >> 32) % 20,
+                           (r >> 45) % 3 ? (id < s->next_id ? id : 0) : 0);
+            } else if (what < 8) { /* keep-alive, on the leader */
+                sim_apply(s, s->leader, s->nlog);
+                struct kv_lease l;
+                if (id < s->next_id && kv_lease_get(L->kv, id, &l)) {
+                    if (!lease_keepalive(&L->t, id, s->T + L->off))
+                        lease_track(&L->t, id, l.ttl, s->T + L->off);
+                    uint64_t p = s->T + l.ttl * 1000;
+                    if (p > s->promised[id])
+                        s->promised[id] = p;
+                }
+            } else if (what < 12) { /* a node applies some */
+                int i = (int)((r >> 32) % SIM_NODES);
+                size_t k = s->n[i].applied + (r >> 40) % 6;
+                sim_apply(s, i, k < s->nlog ? k : s->nlog);
+            } else if (what == 12) { /* a new leader */
+                s->leader = (s->leader + 1 + (int)((r >> 32) % 2)) %
+                            SIM_NODES;
+                L = &s->n[s->leader];
+                lease_reset_all(&L->t, s->T + L->off);
+            } else if (what == 13) { /* a node restarts */
+                int i = (int)((r >> 32) % SIM_NODES);
+                struct snode *n = &s->n[i];
+                size_t upto = n->applied;
+                kv_free(n->kv);
+                n->kv = kv_new_seeded(seed * 7 + (uint64_t)step);
+                n->applied = 0;
+                kv_set_lease_cb(n->kv, NULL, NULL);
+                sim_apply(s, i, upto);
+                sim_resync(n, s->T + n->off);
+                if (i == s->leader) { /* it comes back a follower */
+                    s->leader = (i + 1) % SIM_NODES;
+                    L = &s->n[s->leader];
+                    lease_reset_all(&L->t, s->T + L->off);
+                }
+            } else {
+                ok = sim_expire(s);
+            }
+        }
+        if (!ok)
+            fprintf(stderr, "    seed %llu\n", (unsigned long long)seed);
+        CHECK(ok);
+        /* Keep-alives stop: the leader expires every lease. */
+        for (int round = 0; round < 100; round++) {
+            s->T += 200;
+            sim_apply(s, s->leader, s->nlog);
+            CHECK(sim_expire(s));
+        }
+        for (int i = 0; i < SIM_NODES; i++)
+            sim_apply(s, i, s->nlog);
+        for (int i = 0; i < SIM_NODES; i++) {
+            CHECK(kv_digest(s->n[i].kv) == kv_digest(s->n[0].kv));
+            CHECK(kv_digest(s->n[i].kv) == kv_digest_compute(s->n[i].kv));
+            CHECK(kv_revision(s->n[i].kv) == kv_revision(s->n[0].kv));
+            CHECK_EQ_INT(kv_lease_count(s->n[i].kv), 0);
+        }
+        CHECK(s->next_id > 20 && kv_revision(s->n[0].kv) > 50);
+        for (int i = 0; i < SIM_NODES; i++) {
+            kv_free(s->n[i].kv);
+            lease_tracker_free(&s->n[i].t);
+        }
+        for (size_t i = 0; i < s->nlog; i++)
+            pz_buf_free(&s->log[i]);
+        pz_free(s);
+    }
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(codec),
     TEST_ENTRY(grant_put_revoke),
@@ -484,5 +695,6 @@ static const struct test_case cases[] = {
     TEST_ENTRY(random_vs_model),
     TEST_ENTRY(tracker_deadlines),
     TEST_ENTRY(tracker_never_early),
+    TEST_ENTRY(cluster_sim),
     TEST_END};
 const struct test_suite suite_lease = {"lease", cases};
