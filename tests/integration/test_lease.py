@@ -309,3 +309,41 @@ def test_cli_keepalive_follow(server):
         out, _ = p.communicate(timeout=10)
     assert out.decode().count(f"Lease {lid} kept alive") >= 5
     wait_gone(server, ["hb"], timeout=5)
+
+
+def test_leases_reach_a_lagging_node_by_install_snapshot(servers):
+    """A follower that missed grants, attaches and a revoke catches up
+    through InstallSnapshot (leases are in snapshots): every node then
+    holds the same leases, keys and digest, and the lagging node, made
+    leader, serves and expires them."""
+    from test_snapshot import SNAP, settled, wait_snapshot_index, write_many
+    nodes = make_cluster(servers, conf=SNAP)
+    leader = leader_of(nodes)
+    lagging = next(s for s in nodes if s is not leader)
+    lagging.stop()
+    keep = grant(leader, 3600)
+    gone = grant(leader, 3600)
+    short = grant(leader, 3)
+    for k, lid in (("a", keep), ("b", gone), ("c", short)):
+        assert post(leader, "/set", {"key": k, "value": "v",
+                                     "lease": lid})[0] == 204
+    assert len(write_many(leader, [f"k{i}" for i in range(1500)])) == 1500
+    assert post(leader, "/lease/revoke", {"id": gone})[0] == 200
+    live = [s for s in nodes if s is not lagging]
+    wait_snapshot_index(live, 1000)
+    lagging.start()
+    sts = settled(nodes)
+    assert len({st["digest"] for st in sts}) == 1
+    assert "installed snapshot" in lagging.read_log()
+    assert present(lagging, "a", stale=True)
+    assert not present(lagging, "b", stale=True)
+    # hand leadership to the lagging node: it knows the leases
+    st, _, body = leader.request(
+        "POST", f"/cluster/transfer?to={lagging.name}")
+    assert st == 204, body
+    assert leader_of(nodes) is lagging
+    st, _, body = lagging.request("GET", f"/lease?id={keep}&keys=true")
+    assert st == 200 and [k["key"] for k in json.loads(body)["keys"]] == ["a"]
+    wait_gone(lagging, ["c"], timeout=15)
+    assert present(lagging, "a")
+    settled(nodes)
