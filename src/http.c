@@ -369,8 +369,8 @@ static bool reply_membership_refusal(struct http_conn *h, int status)
     bool remove = h->op.kind == HTTP_OP_REMOVE;
     if (status == PZ_ENOTFOUND)
         reply_text(h, 404, "No such member", NULL);
-    else if (status == PZ_EBUSY && h->op.kind != HTTP_OP_SET &&
-             h->op.kind != HTTP_OP_DEL && h->op.kind != HTTP_OP_TXN)
+    else if (status == PZ_EBUSY &&
+             (remove || h->op.kind == HTTP_OP_TRANSFER))
         reply_text(h, 409,
                    remove ? "Another membership change is in progress"
                           : "A leadership transfer is in progress",
