@@ -60,13 +60,13 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
-           src/watch.c
+           src/watch.c src/lease.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
-             src/node_metrics.c src/http_watch.c \
+             src/node_metrics.c src/http_watch.c src/node_lease.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c
@@ -316,8 +316,9 @@ PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
            src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c src/kv.h \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
-           src/mandi_codec.h src/watch.c src/watch.h
-CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c
+           src/mandi_codec.h src/watch.c src/watch.h src/lease.c src/lease.h
+CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c src/lease.c \
+            src/watch.c
 IO_HDRS = conn|node|node_internal|node_metrics|stats|transport|store
 IO_HDRS := $(IO_HDRS)|server|snapshot|fwd|grpc
 IO_HDRS := $(IO_HDRS)|http|httpd|httpc|mandi|mandi_client|grpc_client|log|failpoint

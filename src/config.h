@@ -121,6 +121,8 @@ struct pz_config {
     int64_t conn_high_water;        /* conn-high-water: bytes */
     int64_t conn_hard_limit;        /* conn-hard-limit: bytes */
     int64_t grpc_max_message;       /* grpc-max-message: bytes */
+    int64_t lease_max_ttl_ms;       /* lease-max-ttl */
+    int64_t lease_max_count;        /* lease-max-count */
     int64_t max_partial_input;      /* max-partial-input: bytes, all
                                        client connections together */
     int64_t watch_history_events;   /* watch-history-events */

@@ -34,6 +34,7 @@
 #include "json.h"
 #include "log.h"
 #include "node_internal.h"
+#include "node_lease.h"
 #include "watch.h"
 
 struct node node;
@@ -415,18 +416,20 @@ static int space_check(const uint8_t *cmd, size_t len)
     struct kv_cmd c;
     bool decoded = kv_decode(cmd, len, &c) == 0;
     uint64_t puts = decoded && c.op == KV_OP_TXN ? txn_put_bytes(&c) : 0;
-    if (decoded && (c.op == KV_OP_DEL || (c.op == KV_OP_TXN && puts == 0)))
+    bool set = decoded && (c.op == KV_OP_SET || c.op == KV_OP_SETL);
+    if (decoded && (c.op == KV_OP_DEL || c.op == KV_OP_REVOKE ||
+                    (c.op == KV_OP_TXN && puts == 0)))
         return 0; /* deletes (and reads) free space: always taken */
     if (node.alarm_quota)
         return PZ_ENOSPC;
-    if (!decoded || (c.op != KV_OP_SET && c.op != KV_OP_TXN))
+    if (!decoded || (!set && c.op != KV_OP_TXN))
         return 0;
     /* A transaction counts every put of both branches, as if new. */
-    uint64_t grow = c.op == KV_OP_SET ? c.klen + c.vlen : puts;
+    uint64_t grow = set ? c.klen + c.vlen : puts;
     uint64_t after = kv_bytes(node.kv) + grow;
     const uint8_t *old;
     size_t olen;
-    if (c.op == KV_OP_SET && kv_get(node.kv, c.key, c.klen, &old, &olen))
+    if (set && kv_get(node.kv, c.key, c.klen, &old, &olen))
         after -= c.klen + olen;
     if (after <= (uint64_t)quota)
         return 0;
@@ -468,6 +471,7 @@ static void soft_state_changed(const struct raft_soft_state *ss)
     }
     node.leader = ss->leader;
     node.role = ss->role;
+    node_lease_role(ss->role == RAFT_LEADER, ss->term);
     /* Leadership transfers finish when the target leads. */
     struct pz_queue *e = node.transfers.next;
     while (e != &node.transfers) {
@@ -678,6 +682,7 @@ static void on_tick(uv_timer_t *t)
     reqs_expire(&node.transfers, PZ_ETIMEDOUT);
     reqs_expire(&node.conf_wait, PZ_EBUSY);
     members_conf_wait_retry();
+    node_lease_tick();
     /* Reads the leader refused (it has not committed in its term yet)
      * wait here with a leader known: retry them, once per tick. */
     if (node.leader)
@@ -1001,6 +1006,7 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     node.cfg = cfg;
     node.stop = stop;
     node_metrics_init();
+    node_lease_init(loop, cfg);
     node.kv = kv_new_seeded(seed);
     struct watch_limits wl = {
         .max_events = (size_t)cfg->watch_history_events,
@@ -1161,6 +1167,7 @@ err_after_store:
 err_after_raft:
     raft_free(node.raft);
 err_after_kv:
+    node_lease_free();
     kv_free(node.kv);
     watch_hub_close(&watch_hub);
     return PZ_ECONFIG;
@@ -1173,6 +1180,7 @@ static void on_transport_closed(void *data)
     PZ_UNUSED(data);
     store_close(node.store);
     raft_free(node.raft);
+    node_lease_free();
     kv_free(node.kv);
     watch_hub_close(&watch_hub);
     for (size_t i = 0; i < node.n_members; i++)
