@@ -347,3 +347,32 @@ def test_leases_reach_a_lagging_node_by_install_snapshot(servers):
     wait_gone(lagging, ["c"], timeout=15)
     assert present(lagging, "a")
     settled(nodes)
+
+
+def test_watchers_see_an_expiry_as_one_revision_of_deletes(servers):
+    """Keys of an expired lease are deleted through Raft at one revision,
+    so a watcher on any node gets them as one event of deletes, in order
+    with the writes around it."""
+    from test_watch import SSE
+    nodes = make_cluster(servers, n=3)
+    leader = leader_of(nodes)
+    follower = next(s for s in nodes if s is not leader)
+    lid = grant(leader, 1)
+    for k in ("svc/a", "svc/b", "svc/c"):
+        assert post(leader, "/set", {"key": k, "value": "up",
+                                     "lease": lid})[0] == 204
+    start = leader.status()["revision"]
+    w = SSE(follower.http_port, f"prefix=svc/&start_revision={start}"
+            "&prev_kv=true")
+    assert w.status == 200
+    wait_gone(leader, ["svc/a", "svc/b", "svc/c"], timeout=8)
+    assert post(leader, "/set", {"key": "svc/after", "value": "x"})[0] == 204
+    evs = w.revisions(3, timeout=10)
+    w.close()
+    rev_c, rev_exp, rev_after = (e["revision"] for e in evs)
+    assert rev_c == start and rev_after == rev_exp + 1
+    assert sorted((e["type"], e["kv"]["key"], e["prev_kv"]["lease"])
+                  for e in evs[1]["events"]) == \
+        [("delete", k, lid) for k in ("svc/a", "svc/b", "svc/c")]
+    assert all(e["kv"]["mod_revision"] == rev_exp for e in evs[1]["events"])
+    assert evs[2]["events"][0]["kv"]["key"] == "svc/after"
