@@ -646,8 +646,8 @@ def test_grpc_message_is_capped_at_1kib(servers, pb):
     """The longest grpc-message a node sends: a leader's message relayed
     by a follower (README: the leader's answer comes back unchanged) is
     cut to 1 KiB. node2 takes a fake server for node1's gRPC API (the
-    Raft links pass a proxy that rewrites the address, as in
-    test_hostile_clients.py)."""
+    Raft links pass a proxy that rewrites the address in the
+    handshakes, as in test_hostile_clients.py)."""
     from test_hostile_clients import RaftProxy
     fake = LongMessageLeader(5000)
     n1 = servers("node1", start=False,
