@@ -29,7 +29,7 @@ fuzz="$build $fuzz_only"
 node="nodejs npm"
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
-python3-protobuf python3-pytest-timeout protobuf-compiler procps systemd
+python3-protobuf python3-pytest-timeout python3-hpack protobuf-compiler procps systemd
 util-linux faketime strace prometheus $fuzz_only $node"
 bench="$test wrk redis-server redis-tools etcd-server gnuplot-nox"
 # make test-chaos: partitions are iptables rules in a network namespace.

@@ -843,6 +843,10 @@ static void on_forwarded(struct fwd_req *f, int status)
         reply_text(h, 502, "Bad response from the leader", NULL);
     } else if (status == PZ_ETIMEDOUT) {
         reply_text(h, 504, "The leader did not answer in time", NULL);
+    } else if (status < 0 && h->hc.srv->draining) {
+        /* Cut by our own shutdown (fwd_close_all), not by the leader; it
+         * may or may not have been applied, as gRPC's cut calls. */
+        reply_node_error(h, PZ_ESHUTDOWN);
     } else if (status < 0) {
         reply_text(h, 502, "Leader unreachable", NULL);
     } else {

@@ -631,10 +631,11 @@ def test_requests_waiting_on_the_cluster_are_not_cut(servers, pb):
 
 class RaftProxy:
     """Forwards the Raft peer links to one node (length-prefixed frames)
-    and rewrites byte strings inside each frame, both ways: used to give
-    the other node a false address for its leader's HTTP and gRPC APIs
-    (the handshakes carry them). Replacements keep lengths, so frames stay
-    valid."""
+    and rewrites byte strings inside the first frame of each direction
+    (the handshake and its reply), both ways: used to give the other node
+    a false address for its leader's HTTP and gRPC APIs (the handshakes
+    carry them). Replacements keep lengths, so frames stay valid; later
+    frames pass untouched (the dialer's carry a CRC-32C of their own)."""
 
     def __init__(self, target_port, rewrite):
         for a, b in rewrite.items():
@@ -664,25 +665,25 @@ class RaftProxy:
                                  daemon=True).start()
 
     def _pump(self, src, dst):
-        buf = b""
+        buf, first = b"", True
         try:
             while True:
                 chunk = src.recv(65536)
                 if not chunk:
                     break
+                if not first:
+                    dst.sendall(chunk)
+                    continue
                 buf += chunk
-                out = b""
-                while len(buf) >= 4:
-                    n = int.from_bytes(buf[:4], "big")
-                    if len(buf) < 4 + n:
-                        break
-                    f = buf[:4 + n]
-                    for a, b in self.rewrite.items():
-                        f = f.replace(a, b)
-                    out += f
-                    buf = buf[4 + n:]
-                if out:
-                    dst.sendall(out)
+                if len(buf) < 4 or \
+                        len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+                    continue
+                n = 4 + int.from_bytes(buf[:4], "big")
+                f = buf[:n]
+                for a, b in self.rewrite.items():
+                    f = f.replace(a, b)
+                dst.sendall(f + buf[n:])
+                first = False
         except OSError:
             pass
         for s in (src, dst):
