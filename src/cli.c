@@ -29,6 +29,7 @@
  * retries together. */
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1448,6 +1449,9 @@ int main(int argc, char **argv)
     struct endpoints addrs = {.n = 0}, https = {.n = 0};
     uint64_t timeout_ms = DEFAULT_TIMEOUT_MS;
     bool timeout_given = false;
+    /* Ctrl-C ends `watch` and `lease keepalive --follow`, also when the
+     * shell that started us in the background left SIGINT ignored. */
+    signal(SIGINT, SIG_DFL);
     int i;
     pz_log_setup(PZ_LOG_ERROR, "pyazdb-cli");
     for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
