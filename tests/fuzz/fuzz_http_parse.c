@@ -164,6 +164,19 @@ static void check_op(const struct http_req *req,
         FUZZ_CHECK(op.txn_kind == HTTP_TXN_JSON || c.nsucc == 1);
         break;
     }
+    case HTTP_OP_WATCH: /* its parameters are read by http_watch.c */
+    case HTTP_OP_LEASE_LIST:
+        break;
+    case HTTP_OP_LEASE_GRANT:
+        /* id 0: the leader picks one */
+        FUZZ_CHECK(op.lease_id <= KV_LEASE_ID_MAX);
+        FUZZ_CHECK(op.lease_ttl >= 1 && op.lease_ttl <= KV_LEASE_TTL_MAX);
+        break;
+    case HTTP_OP_LEASE_KEEPALIVE:
+    case HTTP_OP_LEASE_REVOKE:
+    case HTTP_OP_LEASE_GET:
+        FUZZ_CHECK(op.lease_id >= 1 && op.lease_id <= KV_LEASE_ID_MAX);
+        break;
     default:
         FUZZ_CHECKF(0, "unknown op kind %d", (int)op.kind);
     }

@@ -85,18 +85,43 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                        0);
         } else {
             pz_buf_reset(&enc);
-            int erc = c.op == KV_OP_SET
-                          ? kv_encode_set(&enc, c.key, c.klen, c.value, c.vlen)
-                          : kv_encode_del(&enc, c.key, c.klen);
+            int erc;
+            switch (c.op) {
+            case KV_OP_SET:
+                erc = kv_encode_set(&enc, c.key, c.klen, c.value, c.vlen);
+                break;
+            case KV_OP_DEL:
+                erc = kv_encode_del(&enc, c.key, c.klen);
+                break;
+            case KV_OP_SETL:
+                erc = kv_encode_set_lease(&enc, c.key, c.klen, c.value, c.vlen,
+                                          c.lease);
+                break;
+            case KV_OP_GRANT:
+                erc = kv_encode_lease_grant(&enc, c.lease, c.ttl);
+                break;
+            case KV_OP_REVOKE:
+                erc = kv_encode_lease_revoke(&enc, c.lease);
+                break;
+            default:
+                erc = -1;
+                FUZZ_CHECKF(0, "unknown op %d", c.op);
+            }
             FUZZ_CHECK(erc == 0);
             struct kv_cmd c2;
             FUZZ_CHECK(kv_decode((const uint8_t *)enc.data, enc.len, &c2) == 0);
-            FUZZ_CHECK(c2.op == c.op && c2.klen == c.klen && c2.vlen == c.vlen);
+            /* a set with lease 0 is written as a plain set */
+            int want = c.op == KV_OP_SETL && c.lease == 0 ? KV_OP_SET : c.op;
+            FUZZ_CHECK(c2.op == want && c2.klen == c.klen && c2.vlen == c.vlen &&
+                       c2.lease == c.lease && c2.ttl == c.ttl);
             FUZZ_CHECK(c.klen == 0 || memcmp(c2.key, c.key, c.klen) == 0);
             FUZZ_CHECK(c.vlen == 0 || memcmp(c2.value, c.value, c.vlen) == 0);
-            FUZZ_CHECK(kv_apply(b, (const uint8_t *)enc.data, enc.len, NULL) ==
+            struct kv_result rb;
+            FUZZ_CHECK(kv_apply(b, (const uint8_t *)enc.data, enc.len, &rb) ==
                        0);
-            if (c.op == KV_OP_SET) {
+            FUZZ_CHECK(rb.status == res.status);
+            if ((c.op == KV_OP_SET || c.op == KV_OP_SETL) &&
+                res.status == KV_OK) {
                 const uint8_t *v;
                 size_t vlen;
                 FUZZ_CHECK(kv_get(a, c.key, c.klen, &v, &vlen));
