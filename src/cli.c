@@ -867,13 +867,12 @@ static int api_failed(const char *what, int st, const struct pz_buf *body)
     return 1;
 }
 
-/* A JSON string member (or its _b64 form) of obj, decoded, appended to
- * out. False when absent or bad. */
-static bool json_bytes(const struct json_val *obj, const char *name,
-                       struct pz_buf *out)
+bool cli_json_bytes(const struct json_val *obj, const char *name,
+                    struct pz_buf *out)
 {
     struct json_val v;
     char b64[32];
+    pz_buf_reset(out);
     if (json_get(obj, name, &v) && v.type == JSON_STRING) {
         json_str(&v, out);
         return true;
@@ -982,10 +981,10 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
         while (json_iter_next(&it, NULL, &item)) {
             pz_buf_reset(&k);
             pz_buf_reset(&v);
-            json_bytes(&item, "key", &k);
+            cli_json_bytes(&item, "key", &k);
             fwrite(k.data ? k.data : "", 1, k.len, stdout);
             if (!keys_only) {
-                json_bytes(&item, "value", &v);
+                cli_json_bytes(&item, "value", &v);
                 fputc('\t', stdout);
                 fwrite(v.data ? v.data : "", 1, v.len, stdout);
             }
@@ -996,7 +995,7 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
             json_get(&root, "more", &more) && more.type == JSON_TRUE;
         pz_buf_reset(&from);
         if (!has_more || (want && got >= want) ||
-            !json_bytes(&root, "next", &from)) {
+            !cli_json_bytes(&root, "next", &from)) {
             pz_buf_free(&body);
             break;
         }
@@ -1034,6 +1033,19 @@ static int precondition_failed(const char *key, const struct pz_buf *body)
     return 2;
 }
 
+/* The body of a POST /set of key = value with one more number member
+ * (prev_revision, lease), into req (initialised here). */
+static void set_body(struct pz_buf *req, const char *key, const char *value,
+                     const char *member, unsigned long long n)
+{
+    pz_buf_init(req);
+    pz_buf_appendf(req, "{\"key\":");
+    put_json_string(req, key);
+    pz_buf_appendf(req, ",\"value\":");
+    put_json_string(req, value);
+    pz_buf_appendf(req, ",\"%s\":%llu}", member, n);
+}
+
 /* set --if-revision N KEY VALUE (N = 0: only if KEY does not exist). */
 static int cas_set_cmd(int nargs, char **args, const struct endpoints *http,
                        const char *mandi, const char *token, uint64_t deadline)
@@ -1045,12 +1057,7 @@ static int cas_set_cmd(int nargs, char **args, const struct endpoints *http,
     if (*e || args[1][0] == '\0' || args[1][0] == '-')
         return usage_error("bad revision '%s'", args[1]);
     struct pz_buf req, body;
-    pz_buf_init(&req);
-    pz_buf_appendf(&req, "{\"key\":");
-    put_json_string(&req, args[2]);
-    pz_buf_appendf(&req, ",\"value\":");
-    put_json_string(&req, args[3]);
-    pz_buf_appendf(&req, ",\"prev_revision\":%llu}", n);
+    set_body(&req, args[2], args[3], "prev_revision", n);
     int st = api_call("set", "POST", "/set", &req, http, mandi, token, deadline,
                       &body);
     pz_buf_free(&req);
@@ -1176,12 +1183,7 @@ static int lease_set_cmd(int nargs, char **args, const struct endpoints *http,
     if (!lease_arg(args[1], &id))
         return usage_error("bad lease id '%s'", args[1]);
     struct pz_buf req, body;
-    pz_buf_init(&req);
-    pz_buf_appendf(&req, "{\"key\":");
-    put_json_string(&req, args[2]);
-    pz_buf_appendf(&req, ",\"value\":");
-    put_json_string(&req, args[3]);
-    pz_buf_appendf(&req, ",\"lease\":%llu}", (unsigned long long)id);
+    set_body(&req, args[2], args[3], "lease", id);
     int st = api_call("set", "POST", "/set", &req, http, mandi, token, deadline,
                       &body);
     pz_buf_free(&req);
@@ -1345,7 +1347,7 @@ static int lease_cmd(int nargs, char **args, const struct endpoints *http,
                 while (json_iter_next(&it, NULL, &item)) {
                     struct pz_buf k;
                     pz_buf_init(&k);
-                    if (json_bytes(&item, "key", &k)) {
+                    if (cli_json_bytes(&item, "key", &k)) {
                         fwrite(k.data, 1, k.len, stdout);
                         putchar('\n');
                     }

@@ -120,29 +120,6 @@ static void print_bytes(struct pz_buf *b)
     fwrite(b->data ? b->data : "", 1, b->len, stdout);
 }
 
-/* A JSON string member (or its _b64 form) of obj, decoded into out. */
-static bool get_bytes(const struct json_val *obj, const char *name,
-                      struct pz_buf *out)
-{
-    struct json_val v;
-    char b64[32];
-    pz_buf_reset(out);
-    if (json_get(obj, name, &v) && v.type == JSON_STRING) {
-        json_str(&v, out);
-        return true;
-    }
-    snprintf(b64, sizeof b64, "%s_b64", name);
-    if (json_get(obj, b64, &v) && v.type == JSON_STRING) {
-        struct pz_buf raw;
-        pz_buf_init(&raw);
-        json_str(&v, &raw);
-        int rc = http_b64_decode(out, raw.data ? raw.data : "", raw.len);
-        pz_buf_free(&raw);
-        return rc == 0;
-    }
-    return false;
-}
-
 static bool get_u64(const struct json_val *obj, const char *name, uint64_t *out)
 {
     struct json_val v;
@@ -176,11 +153,11 @@ static bool print_revision(struct wstate *st, const char *data, size_t len)
                    (int)ev.len - 1, ev.s + 1);
             continue;
         }
-        get_bytes(&kv, "key", &k);
+        cli_json_bytes(&kv, "key", &k);
         printf("[%llu] %s ", (unsigned long long)rev, put ? "PUT" : "DELETE");
         print_bytes(&k);
         if (put) {
-            get_bytes(&kv, "value", &v);
+            cli_json_bytes(&kv, "value", &v);
             fputs(" = ", stdout);
             print_bytes(&v);
         }

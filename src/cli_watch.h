@@ -6,6 +6,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "json.h"
+#include "pz.h"
+
 /* watch KEY | watch --prefix P, [--rev N] [--prev]: print events until
  * interrupted. addrs: HTTP addresses ("host:port") tried in turn; token
  * for the Authorization header (NULL: none); json: one JSON document per
@@ -13,5 +16,10 @@
  * 3 history compacted). */
 int cli_watch(int nargs, char **args, const char *const *addrs, size_t naddrs,
               const char *token, bool json);
+
+/* (cli.c) A JSON string member of an answer, or its "<name>_b64" form,
+ * decoded into out (reset first). False when absent or bad. */
+bool cli_json_bytes(const struct json_val *obj, const char *name,
+                    struct pz_buf *out);
 
 #endif

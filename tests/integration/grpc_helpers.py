@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import grpc
@@ -287,6 +288,37 @@ class RawH2:
             self.sock.close()
         except OSError:
             pass
+
+
+class Listener:
+    """A test server on a free 127.0.0.1 port: each accepted connection
+    is served by self.serve(conn) on a thread of its own; close() ends
+    the listener and every connection."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.socks.append(c)
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        raise NotImplementedError
+
+    def close(self):
+        self.lsock.close()
+        for s in self.socks:
+            s.close()
 
 
 def wait_for(pred, timeout=5, step=0.02):

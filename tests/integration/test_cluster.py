@@ -266,12 +266,14 @@ def test_concurrent_writers_through_failover(cluster):
             assert (st, body) == (200, v.encode()), (s.name, k)
 
 
-def test_peers_dial_from_their_own_address(servers):
-    """raft-bind-source: each node, on its own 127.0.0.x, dials its peers
-    from that address (what lets a firewall rule cut one link)."""
-    nodes = [servers(f"node{i + 1}", start=False) for i in range(3)]
+def cluster_on_own_addresses(servers, conf=None):
+    """3 nodes, node i with its Raft address (and the source of its
+    dials) on 127.0.0.(i+2); HTTP and gRPC stay on 127.0.0.1."""
+    nodes = [servers(f"node{i + 1}", start=False, conf=conf)
+             for i in range(3)]
     for i, s in enumerate(nodes):
-        s.conf["raft-addr"] = f"127.0.0.{i + 2}:{s.raft_port}"
+        s.ip = f"127.0.0.{i + 2}"
+        s.conf["raft-addr"] = f"{s.ip}:{s.raft_port}"
         s.conf["raft-bind-source"] = "yes"
     spec = ",".join(f"{s.name}={s.conf['raft-addr']}" for s in nodes)
     for s in nodes:
@@ -281,6 +283,13 @@ def test_peers_dial_from_their_own_address(servers):
         s.start(wait=False)
     for s in nodes:
         s.wait_ready()
+    return nodes
+
+
+def test_peers_dial_from_their_own_address(servers):
+    """raft-bind-source: each node, on its own 127.0.0.x, dials its peers
+    from that address (what lets a firewall rule cut one link)."""
+    nodes = cluster_on_own_addresses(servers)
     lead = leader_of(nodes)
     assert put(lead, "k", "v")[0] == 204
     for i, s in enumerate(nodes):

@@ -698,7 +698,7 @@ class RaftProxy:
             s.close()
 
 
-class FakeLeader:
+class FakeLeader(gh.Listener):
     """A "leader" that answers whatever it is sent with headers without
     end, as fast as the peer takes them, up to `limit` bytes, and then
     keeps the connection open. http: a status line and one endless header
@@ -708,22 +708,10 @@ class FakeLeader:
     def __init__(self, kind, limit=256 * MiB):
         self.kind, self.limit = kind, limit
         self.sent = 0
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.socks = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            self.socks.append(c)
-            run = self._http if self.kind == "http" else self._grpc
-            threading.Thread(target=run, args=(c,), daemon=True).start()
+    def serve(self, c):
+        (self._http if self.kind == "http" else self._grpc)(c)
 
     def _send(self, c, data):
         c.sendall(data)
@@ -775,11 +763,6 @@ class FakeLeader:
                 pass
         except OSError:
             pass
-
-    def close(self):
-        self.lsock.close()
-        for s in self.socks:
-            s.close()
 
 
 def test_endless_headers_from_the_leader(servers, pb):

@@ -19,7 +19,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import grpc
@@ -27,7 +26,8 @@ import pytest
 
 import grpc_helpers as gh
 from grpc_helpers import Client, RawH2, grpc_headers, rpc_error
-from test_cluster import get, leader_of, make_cluster, put, wait_value
+from test_cluster import (cluster_on_own_addresses, get, leader_of,
+                          make_cluster, put, wait_value)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SANITIZED = bool(os.environ.get("PYAZDB_SANITIZER"))
@@ -585,7 +585,7 @@ def test_grpc_concurrent_streams_are_capped_at_1000(servers, pb):
         c.close()
 
 
-class LongMessageLeader:
+class LongMessageLeader(gh.Listener):
     """A gRPC "leader" that answers every call Trailers-Only with
     INTERNAL and a grpc-message of `size` bytes."""
 
@@ -593,24 +593,9 @@ class LongMessageLeader:
         self.block = gh.hpack_block([
             (":status", "200"), ("content-type", "application/grpc"),
             ("grpc-status", "13"), ("grpc-message", "m" * size)])
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.socks = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            self.socks.append(c)
-            threading.Thread(target=self._serve, args=(c,),
-                             daemon=True).start()
-
-    def _serve(self, c):
+    def serve(self, c):
         buf = b""
         try:
             c.sendall(gh.h2_frame(gh.SETTINGS, 0, 0, b""))
@@ -635,11 +620,6 @@ class LongMessageLeader:
                     buf = buf[9 + n:]
         except OSError:
             pass
-
-    def close(self):
-        self.lsock.close()
-        for s in self.socks:
-            s.close()
 
 
 def test_grpc_message_is_capped_at_1kib(servers, pb):
@@ -900,24 +880,6 @@ class Cut:
             subprocess.run(["iptables", "-D"] + self.rules.pop(), check=True)
 
 
-def cluster_on_own_addresses(servers, conf=None):
-    """3 nodes, node i with its Raft address (and the source of its
-    dials) on 127.0.0.(i+2); HTTP and gRPC stay on 127.0.0.1."""
-    nodes = [servers(f"node{i + 1}", start=False, conf=conf)
-             for i in range(3)]
-    for i, s in enumerate(nodes):
-        s.ip = f"127.0.0.{i + 2}"
-        s.conf["raft-addr"] = f"{s.ip}:{s.raft_port}"
-        s.conf["raft-bind-source"] = "yes"
-    spec = ",".join(f"{s.name}={s.conf['raft-addr']}" for s in nodes)
-    for s in nodes:
-        s.conf["initial-cluster"] = spec
-        s.conf["raft-bootstrap"] = "no"
-        s.write_conf()
-        s.start(wait=False)
-    for s in nodes:
-        s.wait_ready()
-    return nodes
 
 
 ELECTION_S = 1.0  # the default election-timeout
