@@ -332,9 +332,8 @@ static int follow(struct wstate *st, const char *addr, char *err, size_t errlen)
         }
         if (line[0] == ':')
             continue; /* a comment */
-        size_t fl = strcspn(line, ":");
-        if (fl > ll)
-            fl = ll;
+        const char *colon = memchr(line, ':', ll);
+        size_t fl = colon ? (size_t)(colon - line) : ll;
         const char *val = line + fl + (fl < ll ? 1 : 0);
         size_t vl = ll - (size_t)(val - line);
         if (vl && val[0] == ' ') {
