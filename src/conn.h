@@ -42,6 +42,8 @@
 #include "queue.h"
 
 struct conn;
+struct tls_slot;
+struct tls_conn;
 
 struct conn_ops {
     /* A connection was accepted; set c->proto. Return 0, or a negative
@@ -89,6 +91,11 @@ struct conn_listener {
     uint64_t evictions;         /* conns evicted so far */
     bool listening;             /* tcp is open */
     struct pz_queue lq;         /* in the idle sweep's list of listeners */
+    /* TLS (tls.h): when tls is on, every accepted connection speaks TLS
+     * and the protocol sees only plaintext. Set after conn_listen(). A
+     * handshake not done within handshake_ms (0 = no limit) closes. */
+    const struct tls_slot *tls;
+    uint64_t handshake_ms;
 };
 
 enum {
@@ -131,6 +138,7 @@ struct conn {
     uv_connect_t connect_req;  /* outbound: the connect request */
     uv_shutdown_t shutdown_req; /* lingering close */
     void (*connect_cb)(struct conn *c, int status); /* outbound */
+    struct tls_conn *tls;      /* TLS state, NULL for plain text */
 };
 
 struct conn_limits {
@@ -176,6 +184,14 @@ struct conn *conn_connect(const char *addr, const struct conn_ops *ops,
 struct conn *conn_connect_from(const char *addr, const char *source,
                                const struct conn_ops *ops, void *proto,
                                void (*cb)(struct conn *c, int status));
+
+/* Speak TLS on outbound c (right after conn_connect*, before it connects):
+ * the server's certificate must chain to s's CA and name host (a name or
+ * an IP; NULL: the chain only). What the protocol writes waits for the
+ * handshake; a failed handshake closes c (logged once). Returns 0 or
+ * PZ_ENOMEM (c is closed). */
+int conn_start_tls(struct conn *c, const struct tls_slot *s, const char *host,
+                   uint64_t handshake_ms);
 
 void conn_write(struct conn *c, const void *p, size_t n);
 /* Output waiting in libuv or in c->out. */

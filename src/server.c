@@ -18,7 +18,8 @@
  *
  * Reload (SIGHUP): the configuration is read again and what can change
  * in a running process is applied (reload.h): log-level, log-file,
- * max-clients and the client timeouts. */
+ * max-clients, the client timeouts, and the TLS certificates and keys,
+ * which are read again (tls_setup.h). */
 #include "server.h"
 
 #include <errno.h>
@@ -37,6 +38,7 @@
 #include "node.h"
 #include "reload.h"
 #include "sdnotify.h"
+#include "tls_setup.h"
 
 #define SHUTDOWN_GRACE_MS 5000
 #define CRON_MS 250 /* connection housekeeping: deadlines fire this late */
@@ -56,6 +58,7 @@ struct server {
     uint64_t start_ms;               /* uv_now() at start */
     bool shutting_down;              /* a signal arrived */
     bool stopped;                    /* handles closed */
+    bool reload_applying;            /* apply_config from a reload */
 };
 
 static struct server srv;
@@ -153,6 +156,10 @@ static void apply_config(const struct pz_config *c, void *arg)
     srv.grpc.ls.max_conns = (size_t)c->max_clients;
     srv.grpc.header_timeout = (uint64_t)c->client_header_timeout_ms;
     srv.grpc.body_timeout = (uint64_t)c->client_body_timeout_ms;
+    srv.http.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
+    srv.grpc.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
+    if (srv.reload_applying)
+        tls_setup_load(c, true, NULL, 0);
 }
 
 static void on_sighup(uv_signal_t *h, int signum)
@@ -164,7 +171,9 @@ static void on_sighup(uv_signal_t *h, int signum)
         return;
     }
     pz_info("received SIGHUP");
+    srv.reload_applying = true;
     reload_run(&srv.reload, apply_config, NULL);
+    srv.reload_applying = false;
 }
 
 /* Can addr ("host:port", as conn_listen() takes it) be bound now? Bound
@@ -254,8 +263,11 @@ int server_run(const struct pz_config *cfg)
         rv = try_bind("http", cfg->http_addr, err, sizeof err);
     if (rv == 0)
         rv = try_bind("grpc", cfg->grpc_addr, err, sizeof err);
+    if (rv == 0 && tls_setup_load(cfg, false, err, sizeof err) < 0)
+        rv = PZ_ECONFIG;
     if (rv < 0) {
         pz_error("%s", err);
+        tls_setup_free();
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -293,6 +305,12 @@ int server_run(const struct pz_config *cfg)
         rv = http_start(&srv.http, cfg, srv.start_ms, err, sizeof err);
     if (rv == 0)
         rv = grpc_start(&srv.grpc, &srv.loop, cfg, NULL, err, sizeof err);
+    if (rv == 0) {
+        /* Every connection accepted from here on speaks TLS if set. */
+        srv.http.ls.tls = &tls_http;
+        srv.grpc.ls.tls = &tls_grpc;
+        apply_config(cfg, NULL);
+    }
     if (rv < 0) {
         pz_error("%s", err);
         srv.shutting_down = true;
@@ -302,10 +320,12 @@ int server_run(const struct pz_config *cfg)
         uv_run(&srv.loop, UV_RUN_DEFAULT);
         uv_loop_close(&srv.loop);
         reload_free(&srv.reload);
+        tls_setup_free();
         return 1;
     }
-    pz_info("pyazdb %s node %s: HTTP on %s, gRPC on %s", PZ_VERSION,
-            cfg->node_id, cfg->http_addr, cfg->grpc_addr);
+    pz_info("pyazdb %s node %s: HTTP%s on %s, gRPC%s on %s", PZ_VERSION,
+            cfg->node_id, tls_slot_on(&tls_http) ? "S" : "", cfg->http_addr,
+            tls_slot_on(&tls_grpc) ? " over TLS" : "", cfg->grpc_addr);
     char ready[700];
     snprintf(ready, sizeof ready,
              "READY=1\nSTATUS=node %s: HTTP on %s, gRPC on %s", cfg->node_id,
@@ -313,6 +333,7 @@ int server_run(const struct pz_config *cfg)
     sdnotify(ready);
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     reload_free(&srv.reload);
+    tls_setup_free();
     rv = uv_loop_close(&srv.loop);
     if (rv != 0) {
         pz_error("loop did not close cleanly: %s", uv_strerror(rv));

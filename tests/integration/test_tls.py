@@ -1,0 +1,371 @@
+"""TLS on the HTTP and gRPC ports, client certificates, and the reload of
+certificates, with real clients: curl, Python's ssl and grpcio, and
+`openssl s_client`. The certificates are made in a fixture by the openssl
+command line (scripts/make-certs.sh, and openssl under faketime for an
+expired one)."""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import grpc
+import pytest
+
+import grpc_helpers as gh
+from conftest import ROOT
+
+MAKE_CERTS = os.path.join(ROOT, "scripts", "make-certs.sh")
+
+
+def run(*cmd, **kw):
+    return subprocess.run(list(cmd), capture_output=True, text=True,
+                          timeout=30, **kw)
+
+
+def make(d, *args, env=None):
+    r = run(MAKE_CERTS, d, *args, env=env)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA with a node certificate for 127.0.0.1/localhost, a client
+    certificate, an expired client certificate, a second node certificate
+    (for the reload), and a CA of its own with a client and a node
+    certificate signed by it."""
+    d = str(tmp_path_factory.mktemp("pki"))
+    make(d, "ca")
+    make(d, "node", "node1", "127.0.0.1", "localhost")
+    make(d, "node", "node1b", "127.0.0.1", "localhost")
+    make(d, "client", "alice")
+    if shutil.which("faketime") is None:
+        pytest.skip("faketime is needed for an expired certificate")
+    env = dict(os.environ, DAYS="1")
+    r = run("faketime", "2020-01-01 00:00:00", MAKE_CERTS, d, "client",
+            "old", env=env)
+    assert r.returncode == 0, r.stderr
+    other = os.path.join(d, "other")
+    make(other, "ca")
+    make(other, "client", "mallory")
+    make(other, "node", "node1", "127.0.0.1", "localhost")
+    p = {k: os.path.join(d, k) for k in ("ca.crt", "node1.crt", "node1.key",
+                                          "node1b.crt", "node1b.key",
+                                          "alice.crt", "alice.key", "old.crt",
+                                          "old.key")}
+    p["dir"] = d
+    p["other-ca.crt"] = os.path.join(other, "ca.crt")
+    p["mallory.crt"] = os.path.join(other, "mallory.crt")
+    p["mallory.key"] = os.path.join(other, "mallory.key")
+    p["other-node.crt"] = os.path.join(other, "node1.crt")
+    p["other-node.key"] = os.path.join(other, "node1.key")
+    return p
+
+
+def tls_conf(pki, auth="none", cert="node1"):
+    c = {"tls-cert-file": pki[cert + ".crt"],
+         "tls-key-file": pki[cert + ".key"]}
+    if auth != "none":
+        c["tls-ca-file"] = pki["ca.crt"]
+        c["tls-client-auth"] = auth
+    return c
+
+
+def client_ctx(pki, cert=None):
+    ctx = ssl.create_default_context(cafile=pki["ca.crt"])
+    if cert:
+        ctx.load_cert_chain(pki[cert + ".crt"], pki[cert + ".key"])
+    return ctx
+
+
+def start(servers, pki, auth="none", conf=None, client="alice"):
+    c = tls_conf(pki, auth)
+    c.update(conf or {})
+    s = servers(conf=c, start=False)
+    s.ssl_context = client_ctx(pki, client if auth != "none" else None)
+    return s.start()
+
+
+def curl(port, path, *opts, data=None):
+    cmd = ["curl", "-sS", "--max-time", "10", "-o", "-", "-w",
+           "\n%{http_code}", *opts]
+    if data is not None:
+        cmd += ["-X", "POST", "-H", "content-type: application/json",
+                "--data-binary", data]
+    r = run(*cmd, f"https://127.0.0.1:{port}{path}")
+    return r
+
+
+def body_code(r):
+    body, _, code = r.stdout.rpartition("\n")
+    return body, int(code)
+
+
+def test_https_with_curl(servers, pki):
+    s = start(servers, pki)
+    ca = ["--cacert", pki["ca.crt"]]
+    r = curl(s.http_port, "/set", *ca, data='{"key":"k1","value":"v1"}')
+    assert r.returncode == 0, r.stderr
+    assert body_code(r)[1] == 204
+    r = curl(s.http_port, "/get?key=k1", *ca)
+    assert body_code(r) == ("v1", 200), r.stdout
+    # The name in the certificate: localhost works as well as 127.0.0.1.
+    r = run("curl", "-sS", "--max-time", "10", *ca,
+            f"https://localhost:{s.http_port}/health")
+    assert r.returncode == 0, r.stderr
+    # Without the CA, curl does not trust the server.
+    r = curl(s.http_port, "/get?key=k1")
+    assert r.returncode == 60, (r.returncode, r.stderr)
+    # A CA that did not sign it: the same.
+    r = curl(s.http_port, "/get?key=k1", "--cacert", pki["other-ca.crt"])
+    assert r.returncode == 60, (r.returncode, r.stderr)
+    # Plain HTTP on the HTTPS port gets no HTTP answer.
+    r = run("curl", "-sS", "--max-time", "5",
+            f"http://127.0.0.1:{s.http_port}/health")
+    assert r.returncode != 0
+    # The node goes on serving.
+    assert s.request("GET", "/get?key=k1")[0] == 200
+
+
+def test_large_values_and_keepalive(servers, pki):
+    """Values that span many TLS records, many requests on one
+    connection."""
+    s = start(servers, pki)
+    big = "x" * (900 * 1024)
+    c = http.client.HTTPSConnection("127.0.0.1", s.http_port, timeout=10,
+                                    context=client_ctx(pki))
+    try:
+        c.request("POST", "/set", body=json.dumps({"key": "big",
+                                                   "value": big}),
+                  headers={"content-type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 204
+        for i in range(50):
+            c.request("POST", "/set", body=json.dumps({"key": f"k{i}",
+                                                       "value": str(i)}),
+                      headers={"content-type": "application/json"})
+            r = c.getresponse()
+            r.read()
+            assert r.status == 204
+        c.request("GET", "/get?key=big")
+        r = c.getresponse()
+        got = r.read().decode()
+        assert r.status == 200
+        assert got == big
+    finally:
+        c.close()
+
+
+def test_client_auth_require_curl(servers, pki):
+    s = start(servers, pki, auth="require")
+    ca = ["--cacert", pki["ca.crt"]]
+    mine = ["--cert", pki["alice.crt"], "--key", pki["alice.key"]]
+    r = curl(s.http_port, "/set", *ca, *mine, data='{"key":"a","value":"1"}')
+    assert r.returncode == 0, r.stderr
+    assert body_code(r)[1] == 204
+    # No client certificate: refused in the handshake.
+    r = curl(s.http_port, "/get?key=a", *ca)
+    assert r.returncode != 0 and body_code(r)[0] == ""
+    # One from another CA, and an expired one: refused too.
+    r = curl(s.http_port, "/get?key=a", *ca, "--cert", pki["mallory.crt"],
+             "--key", pki["mallory.key"])
+    assert r.returncode != 0
+    r = curl(s.http_port, "/get?key=a", *ca, "--cert", pki["old.crt"],
+             "--key", pki["old.key"])
+    assert r.returncode != 0
+    gh.wait_for(lambda: "certificate has expired" in s.read_log())
+    log = s.read_log()
+    # Each failure is logged with the peer's address, never a key.
+    assert "http: TLS with 127.0.0.1:" in log
+    assert "PRIVATE KEY" not in log
+    r = curl(s.http_port, "/get?key=a", *ca, *mine)
+    assert body_code(r)[1] == 200
+
+
+def test_client_auth_optional(servers, pki):
+    s = start(servers, pki, auth="optional")
+    ca = ["--cacert", pki["ca.crt"]]
+    r = curl(s.http_port, "/health", *ca)
+    assert r.returncode == 0 and body_code(r)[1] == 200
+    r = curl(s.http_port, "/health", *ca, "--cert", pki["alice.crt"],
+             "--key", pki["alice.key"])
+    assert r.returncode == 0 and body_code(r)[1] == 200
+    r = curl(s.http_port, "/health", *ca, "--cert", pki["mallory.crt"],
+             "--key", pki["mallory.key"])
+    assert r.returncode != 0
+
+
+def grpc_creds(pki, ca="ca.crt", cert=None):
+    with open(pki[ca], "rb") as f:
+        root = f.read()
+    key = chain = None
+    if cert:
+        with open(pki[cert + ".key"], "rb") as f:
+            key = f.read()
+        with open(pki[cert + ".crt"], "rb") as f:
+            chain = f.read()
+    return grpc.ssl_channel_credentials(root_certificates=root,
+                                        private_key=key,
+                                        certificate_chain=chain)
+
+
+def test_grpc_over_tls(servers, pki, tmp_path):
+    s = start(servers, pki)
+    st = gh.stubs(str(tmp_path))
+    c = gh.Client(s.grpc_port, st, credentials=grpc_creds(pki))
+    try:
+        c.Set(st.kv.SetRequest(key="g1", value="v1"), timeout=10)
+        assert c.Get(st.kv.GetRequest(key="g1"), timeout=10).value == "v1"
+    finally:
+        c.close()
+    # A CA that did not sign the server's certificate.
+    c = gh.Client(s.grpc_port, st, credentials=grpc_creds(pki,
+                                                          "other-ca.crt"))
+    try:
+        code, _ = gh.rpc_error(c.Get, st.kv.GetRequest(key="g1"), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        c.close()
+    # Plain h2c on the TLS port does not get through either.
+    c = gh.Client(s.grpc_port, st)
+    try:
+        code, _ = gh.rpc_error(c.Get, st.kv.GetRequest(key="g1"), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        c.close()
+
+
+def test_grpc_client_cert_required(servers, pki, tmp_path):
+    s = start(servers, pki, auth="require")
+    st = gh.stubs(str(tmp_path))
+    c = gh.Client(s.grpc_port, st, credentials=grpc_creds(pki))
+    try:
+        code, _ = gh.rpc_error(c.Get, st.kv.GetRequest(key="x"), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        c.close()
+    c = gh.Client(s.grpc_port, st,
+                  credentials=grpc_creds(pki, cert="mallory"))
+    try:
+        code, _ = gh.rpc_error(c.Get, st.kv.GetRequest(key="x"), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        c.close()
+    c = gh.Client(s.grpc_port, st, credentials=grpc_creds(pki, cert="alice"))
+    try:
+        c.Set(st.kv.SetRequest(key="x", value="y"), timeout=10)
+        assert c.Get(st.kv.GetRequest(key="x"), timeout=10).value == "y"
+    finally:
+        c.close()
+
+
+def s_client(port, *opts, stdin=""):
+    return run("openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+               *opts, input=stdin)
+
+
+def test_s_client_alpn_versions_resumption(servers, pki, tmp_path):
+    s = start(servers, pki)
+    r = s_client(s.grpc_port, "-alpn", "h2", "-CAfile", pki["ca.crt"],
+                 "-verify_ip", "127.0.0.1")
+    assert "ALPN protocol: h2" in r.stdout, r.stdout + r.stderr
+    assert "Verify return code: 0 (ok)" in r.stdout
+    r = s_client(s.http_port, "-alpn", "h2,http/1.1")
+    assert "ALPN protocol: http/1.1" in r.stdout, r.stdout
+    # TLS 1.2 is the least accepted: 1.1 and 1.0 are refused.
+    r = s_client(s.http_port, "-tls1_2")
+    assert "Protocol  : TLSv1.2" in r.stdout, r.stdout + r.stderr
+    for old in ("-tls1_1", "-tls1"):
+        r = s_client(s.http_port, old, "-cipher", "DEFAULT@SECLEVEL=0")
+        assert r.returncode != 0
+        assert "Cipher is (NONE)" in r.stdout or "alert" in r.stderr, \
+            r.stdout + r.stderr
+    # Session resumption (TLS 1.2 session cache).
+    sess = str(tmp_path / "sess")
+    r = s_client(s.http_port, "-tls1_2", "-sess_out", sess)
+    assert r.returncode == 0
+    r = s_client(s.http_port, "-tls1_2", "-sess_in", sess)
+    assert "Reused, TLSv1.2" in r.stdout, r.stdout
+
+
+def test_handshake_deadline(servers, pki):
+    """A client that starts a handshake and stalls is closed after
+    client-header-timeout, and the node is unharmed."""
+    s = start(servers, pki, conf={"client-header-timeout": "300ms"})
+    with socket.create_connection(("127.0.0.1", s.http_port),
+                                  timeout=10) as sk:
+        sk.sendall(b"\x16\x03\x01\x00\x80")  # a record header, no body
+        t0 = time.time()
+        assert sk.recv(100) == b""
+        assert time.time() - t0 < 5
+    assert "no handshake within" in s.read_log()
+    assert s.request("GET", "/health")[0] == 200
+
+
+def server_cert_serial(port, pki):
+    ctx = client_ctx(pki)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sk:
+        with ctx.wrap_socket(sk, server_hostname="127.0.0.1") as t:
+            return t.getpeercert()["serialNumber"]
+
+
+def test_reload_certificates(servers, pki):
+    d = os.path.dirname(pki["ca.crt"])
+    live_crt = os.path.join(d, "live.crt")
+    live_key = os.path.join(d, "live.key")
+    shutil.copy(pki["node1.crt"], live_crt)
+    shutil.copy(pki["node1.key"], live_key)
+    s = servers(conf={"tls-cert-file": live_crt, "tls-key-file": live_key},
+                start=False)
+    s.ssl_context = client_ctx(pki)
+    s.start()
+    first = server_cert_serial(s.http_port, pki)
+    # A connection opened before the reload.
+    keep = http.client.HTTPSConnection("127.0.0.1", s.http_port, timeout=10,
+                                       context=client_ctx(pki))
+    keep.request("GET", "/health")
+    assert keep.getresponse().read() is not None
+    shutil.copy(pki["node1b.crt"], live_crt)
+    shutil.copy(pki["node1b.key"], live_key)
+    s.signal(signal.SIGHUP)
+    gh.wait_for(lambda: server_cert_serial(s.http_port, pki) != first)
+    second = server_cert_serial(s.http_port, pki)
+    # The old connection goes on with its session.
+    keep.request("GET", "/health")
+    assert keep.getresponse().status == 200
+    keep.close()
+    # A bad new key (another key than the certificate's): refused with a
+    # log line, the material in force stays.
+    shutil.copy(pki["node1.key"], live_key)
+    s.signal(signal.SIGHUP)
+    gh.wait_for(lambda: "the certificates in force stay" in s.read_log())
+    assert "key values mismatch" in s.read_log()
+    assert server_cert_serial(s.http_port, pki) == second
+    # An unreadable file: the same.
+    with open(live_crt, "w") as f:
+        f.write("not a certificate\n")
+    s.signal(signal.SIGHUP)
+    gh.wait_for(lambda: s.read_log().count(
+        "the certificates in force stay") >= 4)
+    assert server_cert_serial(s.http_port, pki) == second
+    assert s.request("GET", "/health")[0] == 200
+
+
+def test_bad_files_refused_at_start(servers, pki, tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("garbage\n")
+    s = servers(conf={"tls-cert-file": str(bad),
+                      "tls-key-file": pki["node1.key"]}, start=False)
+    s.start(wait=False)
+    assert s.wait_exit() == 1
+    assert "TLS on http: cannot load" in s.read_log()
+    s2 = servers(name="node2", conf={"tls-cert-file": pki["node1.crt"]},
+                 start=False)
+    s2.start(wait=False)
+    assert s2.wait_exit() == 1
+    assert "must be set together" in s2.read_log()
