@@ -24,7 +24,7 @@ MAKE_CERTS = os.path.join(ROOT, "scripts", "make-certs.sh")
 
 def run(*cmd, **kw):
     return subprocess.run(list(cmd), capture_output=True, text=True,
-                          timeout=30, **kw)
+                          errors="replace", timeout=30, **kw)
 
 
 def make(d, *args, env=None):
@@ -369,3 +369,108 @@ def test_bad_files_refused_at_start(servers, pki, tmp_path):
     s2.start(wait=False)
     assert s2.wait_exit() == 1
     assert "must be set together" in s2.read_log()
+
+
+@pytest.fixture(scope="module")
+def peer_pki(tmp_path_factory):
+    """Node certificates naming node1..node3 from one cluster CA, and one
+    for node3 from another CA."""
+    d = str(tmp_path_factory.mktemp("peer-pki"))
+    make(d, "ca")
+    for n in ("node1", "node2", "node3"):
+        make(d, "node", n, "127.0.0.1")
+    other = os.path.join(d, "other")
+    make(other, "ca")
+    make(other, "node", "node3", "127.0.0.1")
+    return d
+
+
+def peer_conf(d, cert):
+    return {"peer-tls-cert-file": os.path.join(d, cert + ".crt"),
+            "peer-tls-key-file": os.path.join(d, cert + ".key"),
+            "peer-tls-ca-file": os.path.join(d, "ca.crt")}
+
+
+def peer_cluster(servers, d, certs):
+    from test_cluster import make_cluster
+    nodes = make_cluster(servers, start=False)
+    for s, cert in zip(nodes, certs):
+        s.conf.update(peer_conf(d, cert))
+        s.write_conf()
+    for s in nodes:
+        s.start(wait=False)
+    return nodes
+
+
+def test_peer_mutual_tls_cluster(servers, peer_pki):
+    from test_cluster import leader_of, put, wait_value
+    nodes = peer_cluster(servers, peer_pki, ["node1", "node2", "node3"])
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes)
+    assert put(leader, "pk", "pv")[0] == 204
+    for s in nodes:
+        wait_value(s, "pk", "pv")
+    st = leader.status()
+    assert st["role"] == "leader"
+    for s in nodes:
+        log = s.read_log()
+        assert "connected to peer" in log
+        assert "TLS with" not in log  # no handshake failed
+
+
+def test_peer_certificate_must_name_the_member(servers, peer_pki):
+    """node3 shows node2's certificate (the right CA, the wrong name): the
+    others refuse it, and it refuses them; node1 and node2 go on."""
+    from test_cluster import leader_of, put, wait_value
+    nodes = peer_cluster(servers, peer_pki, ["node1", "node2", "node2"])
+    n1, n2, n3 = nodes
+    n1.wait_ready()
+    n2.wait_ready()
+    leader = leader_of([n1, n2])
+    assert put(leader, "k", "v")[0] == 204
+    wait_value(n1, "k", "v")
+    wait_value(n2, "k", "v")
+    assert gh.wait_for(lambda: "does not name the node it claims"
+                       in n1.read_log() + n2.read_log(), timeout=10)
+    # Dialing node3, node1 and node2 see a certificate for node2 answer.
+    assert gh.wait_for(lambda: "its TLS certificate does not name 'node3'"
+                       in n1.read_log() + n2.read_log(), timeout=10)
+    # And node3 is told it was refused.
+    assert gh.wait_for(lambda: "refused us" in n3.read_log(), timeout=10)
+    # node3 never got the data.
+    st, _, body = n3.request("GET", "/get?key=k&consistency=stale")
+    assert st == 404, (st, body)
+
+
+def test_peer_certificate_from_another_ca(servers, peer_pki):
+    from test_cluster import leader_of
+    nodes = peer_cluster(servers, peer_pki, ["node1", "node2", "node3"])
+    n3 = nodes[2]
+    n3.conf.update(peer_conf(os.path.join(peer_pki, "other"), "node3"))
+    n3.conf["peer-tls-ca-file"] = os.path.join(peer_pki, "ca.crt")
+    n3.write_conf()
+    n3.stop()
+    n3.start(wait=False)
+    leader_of(nodes[:2])
+    assert gh.wait_for(lambda: "raft: TLS with" in nodes[0].read_log()
+                       + nodes[1].read_log(), timeout=10)
+    st, _, _ = n3.request("GET", "/get?key=k&consistency=stale")
+    assert st == 404
+
+
+def test_peer_tls_makes_the_token_optional(tmp_path, peer_pki):
+    """A raft-addr others can reach needs a cluster token, or peer mTLS."""
+    from conftest import SERVER
+    base = [SERVER, "--test-config", "/dev/null", "--raft-addr",
+            "10.1.2.3:12000", "--raft-data", str(tmp_path / "d")]
+    r = run(*base)
+    assert r.returncode != 0
+    assert "peer mutual TLS" in r.stderr + r.stdout
+    conf = peer_conf(peer_pki, "node1")
+    extra = [a for k, v in conf.items() for a in ("--" + k, v)]
+    r = run(*base, *extra)
+    assert r.returncode == 0, r.stderr + r.stdout
+    r = run(*base, *extra[:2])
+    assert r.returncode != 0
+    assert "must be set together" in r.stderr + r.stdout
