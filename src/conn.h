@@ -192,6 +192,11 @@ struct conn *conn_connect_from(const char *addr, const char *source,
  * PZ_ENOMEM (c is closed). */
 int conn_start_tls(struct conn *c, const struct tls_slot *s, const char *host,
                    uint64_t handshake_ms);
+/* The same, the server's certificate naming the host of addr ("host:port";
+ * an empty, 0.0.0.0 or localhost host is 127.0.0.1, as conn_connect dials
+ * it). */
+int conn_start_tls_addr(struct conn *c, const struct tls_slot *s,
+                        const char *addr, uint64_t handshake_ms);
 
 void conn_write(struct conn *c, const void *p, size_t n);
 /* Output waiting in libuv or in c->out. */

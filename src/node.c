@@ -318,7 +318,8 @@ static void palarm_cron(const struct raft_status *rs)
                                .timeout_ms = 2000,
                                .max_attempts = 1,
                                .log_name = m->name,
-                               .quiet_dial = true};
+                               .quiet_dial = true,
+                               .tls = &tls_http_client};
         p->asked_at = now;
         p->c = httpc_new(node.loop, m->http, &o);
         if (p->c == NULL)

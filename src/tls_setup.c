@@ -6,6 +6,7 @@
 #include "log.h"
 
 struct tls_slot tls_http, tls_grpc, tls_peer_in, tls_peer_out;
+struct tls_slot tls_http_client, tls_grpc_client;
 
 /* Load one slot from o. want: configured now. */
 static int load_one(struct tls_slot *s, const char *name, bool want,
@@ -60,6 +61,26 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
             return PZ_ECONFIG;
         failed++;
     }
+    struct tls_opts oc = {
+        .server = false,
+        .cert_file = c->tls_cert_file,
+        .key_file = c->tls_key_file,
+        .ca_file = c->tls_ca_file,
+        .alpn = "http/1.1",
+    };
+    if (load_one(&tls_http_client, "http client", client, &oc, reload, err,
+                 errlen) < 0) {
+        if (!reload)
+            return PZ_ECONFIG;
+        failed++;
+    }
+    oc.alpn = "h2";
+    if (load_one(&tls_grpc_client, "grpc client", client, &oc, reload, err,
+                 errlen) < 0) {
+        if (!reload)
+            return PZ_ECONFIG;
+        failed++;
+    }
     struct tls_opts p = {
         .server = true,
         .cert_file = c->peer_tls_cert_file,
@@ -88,4 +109,6 @@ void tls_setup_free(void)
     tls_slot_clear(&tls_grpc);
     tls_slot_clear(&tls_peer_in);
     tls_slot_clear(&tls_peer_out);
+    tls_slot_clear(&tls_http_client);
+    tls_slot_clear(&tls_grpc_client);
 }

@@ -379,6 +379,7 @@ def peer_pki(tmp_path_factory):
     make(d, "ca")
     for n in ("node1", "node2", "node3"):
         make(d, "node", n, "127.0.0.1")
+    make(d, "client", "alice")
     other = os.path.join(d, "other")
     make(other, "ca")
     make(other, "node", "node3", "127.0.0.1")
@@ -474,3 +475,53 @@ def test_peer_tls_makes_the_token_optional(tmp_path, peer_pki):
     r = run(*base, *extra[:2])
     assert r.returncode != 0
     assert "must be set together" in r.stderr + r.stdout
+
+
+def test_secure_cluster_forwards_over_tls(servers, peer_pki, tmp_path):
+    """TLS everywhere, client certificates required: a follower forwards
+    HTTP writes and gRPC calls to the leader over TLS, showing its own
+    certificate."""
+    from test_cluster import make_cluster, leader_of, wait_value
+    d = peer_pki
+    nodes = make_cluster(servers, start=False)
+    ctx = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
+    ctx.load_cert_chain(os.path.join(d, "alice.crt"),
+                        os.path.join(d, "alice.key"))
+    for s in nodes:
+        s.conf.update(peer_conf(d, s.name))
+        s.conf.update({"tls-cert-file": os.path.join(d, s.name + ".crt"),
+                       "tls-key-file": os.path.join(d, s.name + ".key"),
+                       "tls-ca-file": os.path.join(d, "ca.crt"),
+                       "tls-client-auth": "require"})
+        s.write_conf()
+        s.ssl_context = ctx
+    for s in nodes:
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes)
+    follower = next(s for s in nodes if s is not leader)
+    r = run("curl", "-sS", "--max-time", "10", "-o", "-", "-w", "%{http_code}",
+            "--cacert", os.path.join(d, "ca.crt"),
+            "--cert", os.path.join(d, "alice.crt"),
+            "--key", os.path.join(d, "alice.key"),
+            "-X", "POST", "--data-binary", '{"key":"fk","value":"fv"}',
+            f"https://127.0.0.1:{follower.http_port}/set")
+    assert r.stdout == "204", r.stdout + r.stderr
+    for s in nodes:
+        wait_value(s, "fk", "fv")
+    st = gh.stubs(str(tmp_path))
+    with open(os.path.join(d, "ca.crt"), "rb") as f:
+        root = f.read()
+    with open(os.path.join(d, "alice.key"), "rb") as f:
+        key = f.read()
+    with open(os.path.join(d, "alice.crt"), "rb") as f:
+        crt = f.read()
+    creds = grpc.ssl_channel_credentials(root, key, crt)
+    c = gh.Client(follower.grpc_port, st, credentials=creds)
+    try:
+        c.Set(st.kv.SetRequest(key="gk", value="gv"), timeout=10)
+    finally:
+        c.close()
+    for s in nodes:
+        wait_value(s, "gk", "gv")
