@@ -525,3 +525,33 @@ def test_secure_cluster_forwards_over_tls(servers, peer_pki, tmp_path):
         c.close()
     for s in nodes:
         wait_value(s, "gk", "gv")
+
+
+def test_cli_over_tls(servers, pki):
+    s = start(servers, pki, auth="require")
+    cli = os.path.join(ROOT, "src", "pyazdb-cli")
+    g = ["--addr", f"127.0.0.1:{s.grpc_port}", "--timeout", "5"]
+    tls = ["--cacert", pki["ca.crt"], "--cert", pki["alice.crt"],
+           "--key", pki["alice.key"]]
+    r = run(cli, *g, *tls, "set", "ck", "cv")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "Set 'ck' = 'cv'"
+    r = run(cli, *g, *tls, "get", "ck")
+    assert (r.returncode, r.stdout.strip()) == (0, "cv"), r.stderr
+    # HTTPS commands.
+    h = ["--http", f"127.0.0.1:{s.http_port}", "--timeout", "5"]
+    r = run(cli, *h, *tls, "list", "c")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ck\tcv"
+    # No client certificate, the wrong CA, plain text: each fails.
+    r = run(cli, *g, "--cacert", pki["ca.crt"], "get", "ck")
+    assert r.returncode == 1 and r.stdout == ""
+    r = run(cli, *g, "--cacert", pki["other-ca.crt"], "--cert",
+            pki["alice.crt"], "--key", pki["alice.key"], "get", "ck")
+    assert r.returncode == 1 and r.stdout == ""
+    r = run(cli, *g, "get", "ck")
+    assert r.returncode == 1 and r.stdout == ""
+    r = run(cli, *g, "--cert", pki["alice.crt"], "get", "ck")
+    assert r.returncode == 1 and "--cert and --key" in r.stderr
+    r = run(cli, *g, "--cacert", "/nonexistent.pem", "get", "ck")
+    assert r.returncode == 1 and "/nonexistent.pem" in r.stderr
