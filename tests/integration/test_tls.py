@@ -555,3 +555,58 @@ def test_cli_over_tls(servers, pki):
     assert r.returncode == 1 and "--cert and --key" in r.stderr
     r = run(cli, *g, "--cacert", "/nonexistent.pem", "get", "ck")
     assert r.returncode == 1 and "/nonexistent.pem" in r.stderr
+
+
+def test_reload_under_load_fails_no_request(servers, pki):
+    """Clients keep making new TLS connections and requests while the
+    certificates are reloaded again and again: none fails."""
+    import threading
+    d = os.path.dirname(pki["ca.crt"])
+    crt = os.path.join(d, "load.crt")
+    key = os.path.join(d, "load.key")
+    shutil.copy(pki["node1.crt"], crt)
+    shutil.copy(pki["node1.key"], key)
+    s = servers(name="loaded", conf={"tls-cert-file": crt,
+                                     "tls-key-file": key}, start=False)
+    s.ssl_context = client_ctx(pki)
+    s.start()
+    stop = threading.Event()
+    errors, done = [], [0]
+
+    def client(n):
+        i = 0
+        while not stop.is_set():
+            try:
+                body = json.dumps({"key": f"r{n}-{i}", "value": "x"})
+                st, _, _ = s.request("POST", "/set", body=body, timeout=10)
+                if st != 204:
+                    errors.append(st)
+                done[0] += 1
+            except Exception as e:  # noqa: BLE001 - any failure counts
+                errors.append(repr(e))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(6):
+            # Requests on both sides of every reload.
+            target = done[0] + 5
+            assert gh.wait_for(lambda: done[0] >= target or errors,
+                               timeout=20)
+            src = "node1b" if k % 2 == 0 else "node1"
+            shutil.copy(pki[src + ".crt"], crt + ".new")
+            shutil.copy(pki[src + ".key"], key + ".new")
+            os.replace(key + ".new", key)
+            os.replace(crt + ".new", crt)
+            before = s.read_log().count("TLS on http: certificates read")
+            s.signal(signal.SIGHUP)
+            assert gh.wait_for(lambda: s.read_log().count(
+                "TLS on http: certificates read") > before, timeout=10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert done[0] >= 30
