@@ -202,6 +202,9 @@ static const struct cfg_directive directives[] = {
              "PEM private key of peer-tls-cert-file"),
     D_STRING("TLS", "peer-tls-ca-file", peer_tls_ca_file, "", 0, NULL,
              "PEM CA of the cluster: peers' certificates must chain to it"),
+    D_BOOL("TLS", "protected-mode", protected_mode, "yes", 0,
+           "without tls-cert-file, serve HTTP and gRPC clients from "
+           "loopback only"),
 
     D_ENUM("LOGGING", "log-level", log_level, "info", log_level_words, MANDI,
            "least severe level logged"),

@@ -137,6 +137,8 @@ struct pz_config {
                                  ways */
     char *peer_tls_key_file;  /* peer-tls-key-file */
     char *peer_tls_ca_file;   /* peer-tls-ca-file: the cluster CA */
+    bool protected_mode;      /* protected-mode: without TLS, serve
+                                 loopback clients only */
     /* LOGGING */
     int log_level;  /* log-level: enum cfg_log_level */
     char *log_file; /* log-file: "" = stderr */

@@ -596,6 +596,24 @@ static void format_peer(uv_tcp_t *t, char *out, size_t len, bool local)
     snprintf(out, len, "%s:%d", ip, port);
 }
 
+static bool peer_is_loopback(uv_tcp_t *t)
+{
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &sl) != 0)
+        return false;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) ||
+               (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
 static struct conn *conn_alloc(const struct conn_ops *ops)
 {
     struct conn *c = pz_calloc(1, sizeof *c);
@@ -684,6 +702,23 @@ static void on_connection(uv_stream_t *server, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     format_peer(&c->tcp, c->peer, sizeof c->peer, false);
+    if (ls->loopback_only && !peer_is_loopback(&c->tcp)) {
+        static struct pz_ratelimit rl;
+        unsigned dropped;
+        if (pz_ratelimit(&rl, uv_now(loop), 60000, 10, &dropped))
+            pz_warn("%s: refusing %s: protected mode serves loopback "
+                    "clients only (%u more refused before)",
+                    ls->name, c->peer, dropped);
+        c->ops = &no_ops;
+        if (ls->refusal) {
+            pz_buf_append(&c->out, ls->refusal, ls->refusal_len);
+            mark_pending(c);
+            conn_close_after_flush(c);
+        } else {
+            conn_close(c);
+        }
+        return;
+    }
     if (ls->n_admitted >= ls->max_conns &&
         !(ls->evict && evict_one(ls, c, uv_now(loop)))) {
         pz_warn("%s: refusing %s: max-clients (%zu) reached", ls->name,

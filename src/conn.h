@@ -96,6 +96,12 @@ struct conn_listener {
      * handshake not done within handshake_ms (0 = no limit) closes. */
     const struct tls_slot *tls;
     uint64_t handshake_ms;
+    /* Protected mode: a client from an address other than loopback
+     * (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104) gets refusal (refusal_len
+     * bytes, may be NULL) and is closed. */
+    bool loopback_only;
+    const char *refusal;
+    size_t refusal_len;
 };
 
 enum {

@@ -143,6 +143,44 @@ static void on_signal(uv_signal_t *h, int signum)
     begin_shutdown();
 }
 
+/* Protected mode's answer to a client from elsewhere: one line saying how
+ * to open the node up, as an HTTP reply, and for gRPC as the debug data
+ * of an HTTP/2 GOAWAY (INADEQUATE_SECURITY) after the server preface. */
+#define PROTECTED_LINE                                                       \
+    "protected mode: this node serves clients on loopback only, having "   \
+    "no TLS and no client authentication; set 'protected-mode no', or "    \
+    "configure tls-cert-file and tls-key-file (see the README's TLS "      \
+    "section)\n"
+static const char protected_http[] =
+    "HTTP/1.1 403 Forbidden\r\n"
+    "Content-Type: text/plain\r\n"
+    "Connection: close\r\n\r\n" PROTECTED_LINE;
+static char protected_grpc[9 + 9 + 8 + sizeof PROTECTED_LINE];
+
+static void set_protected(struct conn_listener *ls, bool on, bool grpc)
+{
+    ls->loopback_only = on;
+    if (!grpc) {
+        ls->refusal = protected_http;
+        ls->refusal_len = sizeof protected_http - 1;
+        return;
+    }
+    /* SETTINGS (empty), then GOAWAY: last stream 0, error 0xc, the line. */
+    size_t dlen = sizeof PROTECTED_LINE - 1, plen = 8 + dlen;
+    unsigned char *p = (unsigned char *)protected_grpc;
+    memset(p, 0, sizeof protected_grpc);
+    p[3] = 0x4;
+    p += 9;
+    p[0] = (unsigned char)(plen >> 16);
+    p[1] = (unsigned char)(plen >> 8);
+    p[2] = (unsigned char)plen;
+    p[3] = 0x7;
+    p[9 + 7] = 0xc;
+    memcpy(p + 9 + 8, PROTECTED_LINE, dlen);
+    ls->refusal = protected_grpc;
+    ls->refusal_len = 9 + 9 + plen;
+}
+
 /* Put the values a reload may change in place (reload_apply_cb). */
 static void apply_config(const struct pz_config *c, void *arg)
 {
@@ -158,6 +196,9 @@ static void apply_config(const struct pz_config *c, void *arg)
     srv.grpc.body_timeout = (uint64_t)c->client_body_timeout_ms;
     srv.http.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
     srv.grpc.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
+    bool open_tls = tls_slot_on(&tls_http);
+    set_protected(&srv.http.ls, c->protected_mode && !open_tls, false);
+    set_protected(&srv.grpc.ls, c->protected_mode && !open_tls, true);
     if (srv.reload_applying)
         tls_setup_load(c, true, NULL, 0);
 }
@@ -326,6 +367,9 @@ int server_run(const struct pz_config *cfg)
     pz_info("pyazdb %s node %s: HTTP%s on %s, gRPC%s on %s", PZ_VERSION,
             cfg->node_id, tls_slot_on(&tls_http) ? "S" : "", cfg->http_addr,
             tls_slot_on(&tls_grpc) ? " over TLS" : "", cfg->grpc_addr);
+    if (cfg->protected_mode && !tls_slot_on(&tls_http))
+        pz_info("protected mode: HTTP and gRPC serve clients on loopback "
+                "only (no TLS); 'protected-mode no' serves every client");
     char ready[700];
     snprintf(ready, sizeof ready,
              "READY=1\nSTATUS=node %s: HTTP on %s, gRPC on %s", cfg->node_id,

@@ -610,3 +610,103 @@ def test_reload_under_load_fails_no_request(servers, pki):
             t.join()
     assert errors == []
     assert done[0] >= 30
+
+
+# Run inside a network namespace of its own (unshare -n), where 192.0.2.1
+# is an address of the (namespace's) machine other than loopback.
+PROTECTED_PROBE = r'''
+import json, os, socket, subprocess, sys, time, urllib.request
+server, d, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"],
+               check=True)
+log = open(os.path.join(d, "server.log"), "wb")
+p = subprocess.Popen([server, "--node-id", "pm", "--raft-bootstrap", "yes",
+                      "--raft-data", os.path.join(d, "data"),
+                      "--http-addr", "0.0.0.0:18080",
+                      "--grpc-addr", "0.0.0.0:19090",
+                      "--raft-addr", "127.0.0.1:12000",
+                      "--mandi-addr", "none"] + extra,
+                     stdout=log, stderr=log)
+out = {}
+try:
+    for _ in range(200):
+        try:
+            urllib.request.urlopen("http://127.0.0.1:18080/health",
+                                   timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    def http(host):
+        s = socket.create_connection((host, 18080), timeout=5)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                  b"Connection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            data += b
+        s.close()
+        return data.decode(errors="replace")
+    out["loopback"] = http("127.0.0.1")
+    out["other"] = http("192.0.2.1")
+    s = socket.create_connection(("192.0.2.1", 19090), timeout=5)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00"
+              b"\x00\x00\x00")
+    data = b""
+    s.settimeout(1)  # a served client's connection stays open
+    while True:
+        try:
+            b = s.recv(4096)
+        except socket.timeout:
+            break
+        if not b:
+            break
+        data += b
+    out["grpc"] = data.hex()
+finally:
+    p.terminate()
+    p.wait(10)
+print(json.dumps(out))
+'''
+
+
+def protected_probe(tmp_path, extra):
+    from conftest import SERVER
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip")
+    r = run("unshare", "-n", "/usr/bin/python3", "-c", PROTECTED_PROBE,
+            SERVER, str(tmp_path), json.dumps(extra))
+    if r.returncode != 0 and "Operation not permitted" in r.stderr:
+        pytest.skip("cannot make a network namespace here")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "server.log", errors="replace") as f:
+        log = f.read()
+    for mark in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+        assert mark not in log, log
+    return json.loads(r.stdout), log
+
+
+def test_protected_mode(tmp_path):
+    out, log = protected_probe(tmp_path, [])
+    assert out["loopback"].startswith("HTTP/1.1 200"), out
+    assert out["other"].startswith("HTTP/1.1 403"), out
+    assert "protected mode" in out["other"]
+    assert "protected-mode no" in out["other"]
+    g = bytes.fromhex(out["grpc"])
+    # SETTINGS, then GOAWAY (type 7) with INADEQUATE_SECURITY (0xc) and
+    # the line as debug data.
+    assert g[3] == 4 and g[9 + 3] == 7, g
+    assert int.from_bytes(g[9 + 9 + 4:9 + 9 + 8], "big") == 0xc
+    assert b"protected-mode no" in g
+    assert "refusing 192.0.2.1:" in log
+    assert "protected mode: HTTP and gRPC serve clients on loopback" in log
+
+
+def test_protected_mode_off(tmp_path):
+    out, _ = protected_probe(tmp_path, ["--protected-mode", "no"])
+    assert out["other"].startswith("HTTP/1.1 200"), out
+    # An HTTP/2 server preface (SETTINGS), no GOAWAY.
+    g = bytes.fromhex(out["grpc"])
+    assert g[3] == 4 and b"protected" not in g

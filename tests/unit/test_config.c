@@ -1355,7 +1355,8 @@ TEST(reload_set)
         "max-clients", "client-idle-timeout", "client-header-timeout",
         "client-body-timeout", "log-level", "log-file", "tls-cert-file",
         "tls-key-file", "tls-ca-file", "tls-client-auth",
-        "peer-tls-cert-file", "peer-tls-key-file", "peer-tls-ca-file"};
+        "peer-tls-cert-file", "peer-tls-key-file", "peer-tls-ca-file",
+        "protected-mode"};
     for (size_t i = 0; i < cfg_directive_count(); i++) {
         const struct cfg_directive *d = cfg_directive_at(i);
         bool found = false;
