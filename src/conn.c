@@ -173,11 +173,28 @@ static const char *side(const struct conn *c)
     return c->ls ? c->ls->name : "outbound";
 }
 
+/* TLS failures are said once per connection, as warnings at most
+ * TLS_LOUD_BURST times a minute (anyone can make them), then at debug. */
+#define TLS_LOUD_BURST 20
+static struct pz_ratelimit tls_loud;
+
+static enum pz_log_level tls_level(void)
+{
+    unsigned dropped;
+    if (!pz_ratelimit(&tls_loud, uv_now(loop), 60000, TLS_LOUD_BURST,
+                      &dropped))
+        return PZ_LOG_DEBUG;
+    if (dropped)
+        pz_warn("%u TLS failures logged at debug level only", dropped);
+    return PZ_LOG_WARNING;
+}
+
 /* A TLS failure on c: said once (never with key material), then closed. */
 static void tls_fail(struct conn *c, const char *why)
 {
     if (tls_got_input(c->tls))
-        pz_warn("%s: TLS with %s failed: %s", side(c), c->peer, why);
+        pz_log(tls_level(), "%s: TLS with %s failed: %s", side(c), c->peer,
+               why);
     else
         pz_debug("%s: TLS with %s: closed before a handshake", side(c),
                  c->peer);
@@ -519,9 +536,9 @@ static bool cron_deadline(struct conn *c, uint64_t now)
 {
     if (c->tls && tls_deadline(c->tls) && now >= tls_deadline(c->tls) &&
         !conn_is_closing(c)) {
-        pz_warn("%s: TLS with %s: no handshake within %llu ms: closing",
-                side(c), c->peer,
-                (unsigned long long)(now - c->opened));
+        pz_log(tls_level(), "%s: TLS with %s: no handshake within %llu ms: "
+               "closing", side(c), c->peer,
+               (unsigned long long)(now - c->opened));
         conn_close(c);
         return true;
     }
