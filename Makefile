@@ -5,6 +5,8 @@
 #   make test / test-unit / test-integration / lint
 #   make test-mutants                  mutation checks (slow; scripts/mutants.py)
 #   make bench-kv-mem                  RSS per key of the key-value table
+#   make bench [BENCH=full] [BENCH_ARGS=--noisy]   PyazDB beside etcd and
+#                                      Redis: report in bench-report/
 #   make run                           mandi and 3 nodes on 127.0.0.1, state in
 #                                      ./run/, until Ctrl-C (scripts/cluster.sh)
 #   make install PREFIX=/usr/local     install the binaries
@@ -57,17 +59,18 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 # Modules shared by the server, the CLI and the unit tests.
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
-           src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
+           src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
+           src/watch.c src/lease.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/tls.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
-             src/node_metrics.c \
+             src/node_metrics.c src/http_watch.c src/node_lease.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c src/tls_setup.c
-CLI_SRC = src/cli.c src/cli_snapshot.c
+CLI_SRC = src/cli.c src/cli_snapshot.c src/cli_watch.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
 NET_SRC := $(wildcard $(NET_SRC))
@@ -224,6 +227,13 @@ $(KV_MEM): tests/bench/kv_mem.c $(CORE_O) deps/llhttp/libllhttp.a
 bench-kv-mem: $(KV_MEM)
 	$(KV_MEM) $(KV_MEM_KEYS)
 
+# The side-by-side benchmark (scripts/bench.py): quick by default.
+BENCH ?= quick
+bench:
+	scripts/install-deps.sh bench
+	$(MAKE) all
+	/usr/bin/python3 scripts/bench.py --$(BENCH) $(BENCH_ARGS)
+
 test-sim-long: $(SIM)
 	SIM_SEEDS=$${SIM_SEEDS:-100000} $(SIM)
 
@@ -306,8 +316,9 @@ PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
            src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c src/kv.h \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
-           src/mandi_codec.h
-CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c
+           src/mandi_codec.h src/watch.c src/watch.h src/lease.c src/lease.h
+CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c src/lease.c \
+            src/watch.c
 IO_HDRS = conn|node|node_internal|node_metrics|stats|transport|store
 IO_HDRS := $(IO_HDRS)|server|snapshot|fwd|grpc
 IO_HDRS := $(IO_HDRS)|http|httpd|httpc|mandi|mandi_client|grpc_client|log|failpoint
@@ -325,7 +336,7 @@ clean: clean-objs
 	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(POWERLOSS) $(KV_MEM) \
 	    tests/unit/suites.h .make-settings tests/fuzz/build
 
-.PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem \
+.PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem bench \
         test-sim-long test-mutants test-integration deps-chaos test-chaos \
         deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
         run lint install clean clean-objs FORCE

@@ -35,7 +35,7 @@ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client openssl python3 python3-pytest python3-grpcio
 python3-protobuf python3-pytest-timeout protobuf-compiler procps systemd
 util-linux faketime strace prometheus $fuzz_only $node"
-bench="$test wrk redis-server redis-tools etcd-server"
+bench="$test wrk redis-server redis-tools etcd-server gnuplot-nox"
 # make test-chaos: partitions are iptables rules in a network namespace.
 chaos="$test iptables iproute2"
 

@@ -38,6 +38,7 @@
 
 #include "cluster.pb-c.h"
 #include "cli_snapshot.h"
+#include "cli_watch.h"
 #include "conn.h"
 #include "grpc_client.h"
 #include "grpc_frame.h"
@@ -76,6 +77,18 @@ static const char usage_text[] =
     "  delete --prefix PREFIX  delete every key under PREFIX\n"
     "  txn FILE         run the transaction in FILE (JSON as POST /txn;\n"
     "                   - reads stdin); exit 2 if its failure branch ran\n"
+    "  watch KEY | watch --prefix PREFIX [--rev N] [--prev]\n"
+    "                   print changes as they happen (from revision N),\n"
+    "                   one line each, until interrupted; resumes on the\n"
+    "                   next --http node when a stream breaks; exit 3 if\n"
+    "                   the history no longer holds where it resumes\n"
+    "  set --lease ID KEY VALUE  set KEY, attached to lease ID\n"
+    "  lease grant TTL [--id ID]  grant a lease of TTL seconds\n"
+    "  lease keepalive ID [--follow]  keep lease ID alive once, or with\n"
+    "                   --follow every third of its TTL until Ctrl-C\n"
+    "  lease revoke ID  revoke lease ID, deleting its keys\n"
+    "  lease ttl ID [--keys]  its TTL, time left (and its keys)\n"
+    "  lease list       every lease\n"
     "\n"
     "Options:\n"
     "  --mandi URL      discovery service (default $MANDI_ADDR, "
@@ -86,8 +99,9 @@ static const char usage_text[] =
     "                   same option)\n"
     "  --timeout SECS   give up after this long, retries included "
     "(default 5)\n"
-    "  --http HOST:PORT members/remove/transfer/list/txn, set --if-revision,\n"
-    "                   delete --prefix: this node's HTTP address,\n"
+    "  --http HOST:PORT members/remove/transfer/list/txn/lease, set\n"
+    "                   --if-revision/--lease, delete --prefix: this node's\n"
+    "                   HTTP address,\n"
     "                   or a list as --addr (default: the leader's, from\n"
     "                   mandi)\n"
     "  --token TOKEN    cluster token for remove/transfer "
@@ -99,9 +113,9 @@ static const char usage_text[] =
     "  --cacert FILE    trust the CA certificates in FILE (PEM)\n"
     "  --cert FILE      client certificate (PEM), for nodes that ask\n"
     "  --key FILE       its private key (PEM)\n"
-    "  -o, --output FORMAT  text (default) or json: get, status and\n"
-    "                   members print one JSON document instead (also\n"
-    "                   accepted after the command)\n"
+    "  -o, --output FORMAT  text (default) or json: get, status, members\n"
+    "                   and lease print one JSON document instead, watch\n"
+    "                   one per event (also accepted after the command)\n"
     "  --version        print the version\n"
     "  -h, --help       this text\n";
 
@@ -1145,6 +1159,239 @@ static int txn_cmd(int nargs, char **args, const struct endpoints *http,
     return fflush(stdout) == 0 ? code : 1;
 }
 
+/* --- leases (HTTP) -------------------------------------------------------- */
+
+/* A lease id argument: 1..2^53-1. */
+static bool lease_arg(const char *a, uint64_t *id)
+{
+    char *e;
+    if (a[0] < '0' || a[0] > '9')
+        return false;
+    unsigned long long n = strtoull(a, &e, 10);
+    *id = n;
+    return *e == '\0' && n >= 1 && n <= KV_LEASE_ID_MAX;
+}
+
+static uint64_t json_num(const struct json_val *o, const char *name)
+{
+    struct json_val v;
+    uint64_t n = 0;
+    if (json_get(o, name, &v))
+        json_u64(&v, &n);
+    return n;
+}
+
+/* set --lease ID KEY VALUE */
+static int lease_set_cmd(int nargs, char **args, const struct endpoints *http,
+                         const char *mandi, const char *token,
+                         uint64_t deadline)
+{
+    uint64_t id;
+    if (nargs != 4 || strcmp(args[0], "--lease") != 0)
+        return usage_error("usage: set --lease ID KEY VALUE%s", "");
+    if (!lease_arg(args[1], &id))
+        return usage_error("bad lease id '%s'", args[1]);
+    struct pz_buf req, body;
+    pz_buf_init(&req);
+    pz_buf_appendf(&req, "{\"key\":");
+    put_json_string(&req, args[2]);
+    pz_buf_appendf(&req, ",\"value\":");
+    put_json_string(&req, args[3]);
+    pz_buf_appendf(&req, ",\"lease\":%llu}", (unsigned long long)id);
+    int st = api_call("set", "POST", "/set", &req, http, mandi, token, deadline,
+                      &body);
+    pz_buf_free(&req);
+    if (st < 0)
+        return 1;
+    int code = 0;
+    if (st == 204)
+        printf("Set '%s' = '%s' (lease %llu)\n", args[2], args[3],
+               (unsigned long long)id);
+    else if (st == 404 && fprintf(stderr, "pyazdb-cli: lease %llu not "
+                                          "found\n",
+                                  (unsigned long long)id) > 0)
+        code = 1;
+    else
+        code = api_failed("set", st, &body);
+    pz_buf_free(&body);
+    return fflush(stdout) == 0 ? code : 1;
+}
+
+/* One lease request: status and JSON body (NUL-terminated), or -1. */
+static int lease_call(const char *what, const char *method, const char *path,
+                      const struct pz_buf *req, const struct endpoints *http,
+                      const char *mandi, const char *token, uint64_t deadline,
+                      struct pz_buf *body, struct json_val *root)
+{
+    int st = api_call(what, method, path, req, http, mandi, token, deadline,
+                      body);
+    if (st == 200 && json_parse(body->data, body->len, root) < 0) {
+        fprintf(stderr, "pyazdb-cli: %s: bad answer from the node\n", what);
+        return -1;
+    }
+    return st;
+}
+
+/* lease grant|keepalive|revoke|ttl|list ... */
+static int lease_cmd(int nargs, char **args, const struct endpoints *http,
+                     const char *mandi, const char *token, uint64_t timeout_ms)
+{
+    if (nargs < 1)
+        return usage_error("usage: lease grant|keepalive|revoke|ttl|list%s",
+                           "");
+    const char *sub = args[0];
+    struct pz_buf req, body;
+    struct json_val root;
+    uint64_t id = 0, ttl = 0;
+    bool follow = false, keys = false;
+    char path[96];
+    int st, code = 0;
+    pz_buf_init(&req);
+    pz_buf_init(&body);
+    if (strcmp(sub, "grant") == 0) {
+        char *e;
+        if ((nargs != 2 && !(nargs == 4 && strcmp(args[2], "--id") == 0)) ||
+            args[1][0] < '0' || args[1][0] > '9')
+            return usage_error("usage: lease grant TTL [--id ID]%s", "");
+        ttl = strtoull(args[1], &e, 10);
+        if (*e || ttl == 0)
+            return usage_error("bad TTL '%s' (seconds, > 0)", args[1]);
+        if (nargs == 4 && !lease_arg(args[3], &id))
+            return usage_error("bad lease id '%s'", args[3]);
+        pz_buf_appendf(&req, "{\"ttl\":%llu", (unsigned long long)ttl);
+        if (id)
+            pz_buf_appendf(&req, ",\"id\":%llu", (unsigned long long)id);
+        pz_buf_append(&req, "}", 1);
+        st = lease_call("lease grant", "POST", "/lease/grant", &req, http,
+                        mandi, token, now_ms() + timeout_ms, &body, &root);
+        if (st == 200 && out_json)
+            fwrite(body.data, 1, body.len, stdout);
+        else if (st == 200)
+            printf("Granted lease %llu with TTL %llus\n",
+                   (unsigned long long)json_num(&root, "id"),
+                   (unsigned long long)json_num(&root, "ttl"));
+        else if (st >= 0)
+            code = api_failed("lease grant", st, &body);
+        else
+            code = 1;
+    } else if (strcmp(sub, "keepalive") == 0 || strcmp(sub, "revoke") == 0) {
+        bool ka = sub[0] == 'k';
+        if (ka && nargs == 3 && strcmp(args[2], "--follow") == 0)
+            follow = true;
+        else if (nargs != 2)
+            return usage_error(ka ? "usage: lease keepalive ID [--follow]%s"
+                                  : "usage: lease revoke ID%s",
+                               "");
+        if (!lease_arg(args[1], &id))
+            return usage_error("bad lease id '%s'", args[1]);
+        pz_buf_appendf(&req, "{\"id\":%llu}", (unsigned long long)id);
+        const char *what = ka ? "lease keepalive" : "lease revoke";
+        for (;;) {
+            pz_buf_reset(&body);
+            st = lease_call(what, "POST",
+                            ka ? "/lease/keepalive" : "/lease/revoke", &req,
+                            http, mandi, token, now_ms() + timeout_ms, &body,
+                            &root);
+            if (st == 404) {
+                fprintf(stderr, "pyazdb-cli: lease %llu not found\n",
+                        (unsigned long long)id);
+                code = 1;
+            } else if (st == 200 && out_json) {
+                fwrite(body.data, 1, body.len, stdout);
+            } else if (st == 200 && ka) {
+                ttl = json_num(&root, "ttl");
+                printf("Lease %llu kept alive, TTL %llus\n",
+                       (unsigned long long)id, (unsigned long long)ttl);
+            } else if (st == 200) {
+                printf("Revoked lease %llu (%llu keys deleted)\n",
+                       (unsigned long long)id,
+                       (unsigned long long)json_num(&root, "deleted"));
+            } else {
+                code = st >= 0 ? api_failed(what, st, &body) : 1;
+            }
+            if (fflush(stdout) != 0)
+                code = 1;
+            if (!follow || st == 404)
+                break;
+            if (code) {
+                /* no leader for now (a failover): try again soon; the
+                 * new leader gives the lease its whole TTL */
+                code = 0;
+                sleep_ms(250);
+                continue;
+            }
+            /* a third of the TTL, so two keep-alives may be lost */
+            sleep_ms(PZ_MAX(ttl * 1000 / 3, (uint64_t)200));
+        }
+    } else if (strcmp(sub, "ttl") == 0 || strcmp(sub, "list") == 0) {
+        bool list = sub[0] == 'l';
+        if (list ? nargs != 1
+                 : !(nargs == 2 ||
+                     (nargs == 3 && strcmp(args[2], "--keys") == 0)))
+            return usage_error(list ? "usage: lease list%s"
+                                    : "usage: lease ttl ID [--keys]%s",
+                               "");
+        keys = nargs == 3;
+        if (!list && !lease_arg(args[1], &id))
+            return usage_error("bad lease id '%s'", args[1]);
+        if (list)
+            snprintf(path, sizeof path, "/leases");
+        else
+            snprintf(path, sizeof path, "/lease?id=%llu%s",
+                     (unsigned long long)id, keys ? "&keys=true" : "");
+        st = lease_call(list ? "lease list" : "lease ttl", "GET", path, NULL,
+                        http, mandi, token, now_ms() + timeout_ms, &body,
+                        &root);
+        if (st == 404 && !list) {
+            fprintf(stderr, "pyazdb-cli: lease %llu not found\n",
+                    (unsigned long long)id);
+            code = 1;
+        } else if (st == 200 && out_json) {
+            fwrite(body.data, 1, body.len, stdout);
+        } else if (st == 200 && !list) {
+            printf("Lease %llu: TTL %llus, %llus left, %llu keys\n",
+                   (unsigned long long)id,
+                   (unsigned long long)json_num(&root, "ttl"),
+                   (unsigned long long)json_num(&root, "remaining"),
+                   (unsigned long long)json_num(&root, "count"));
+            struct json_val arr, item;
+            if (keys && json_get(&root, "keys", &arr)) {
+                struct json_iter it;
+                json_iter_init(&it, &arr);
+                while (json_iter_next(&it, NULL, &item)) {
+                    struct pz_buf k;
+                    pz_buf_init(&k);
+                    if (json_bytes(&item, "key", &k)) {
+                        fwrite(k.data, 1, k.len, stdout);
+                        putchar('\n');
+                    }
+                    pz_buf_free(&k);
+                }
+            }
+        } else if (st == 200) {
+            struct json_val arr, item;
+            if (json_get(&root, "leases", &arr)) {
+                struct json_iter it;
+                json_iter_init(&it, &arr);
+                while (json_iter_next(&it, NULL, &item))
+                    printf("%llu\tttl=%llu\tremaining=%llu\tkeys=%llu\n",
+                           (unsigned long long)json_num(&item, "id"),
+                           (unsigned long long)json_num(&item, "ttl"),
+                           (unsigned long long)json_num(&item, "remaining"),
+                           (unsigned long long)json_num(&item, "count"));
+            }
+        } else {
+            code = st >= 0 ? api_failed(sub, st, &body) : 1;
+        }
+    } else {
+        return usage_error("unknown lease command '%s' (grant, keepalive, "
+                           "revoke, ttl, list)", sub);
+    }
+    pz_buf_free(&req);
+    pz_buf_free(&body);
+    return fflush(stdout) == 0 ? code : 1;
+}
+
 static int set_output(const char *v)
 {
     if (strcmp(v, "json") == 0)
@@ -1185,6 +1432,30 @@ static const char *take_output(int *nargs, char **args)
         args[n++] = args[k];
     *nargs = n;
     return NULL;
+}
+
+/* watch: at the --http nodes, else at the leader mandi names. */
+static int watch_cmd(int nargs, char **args, const struct endpoints *http,
+                     size_t naddr, const char *mandi, const char *token,
+                     uint64_t deadline)
+{
+    char err[512], target[MANDI_ADDR_MAX + 1];
+    const char *one[1] = {target};
+    if (naddr > 0)
+        return usage_error("'watch' talks HTTP: use --http, not --addr%s",
+                           "");
+    if (http->n > 0)
+        return cli_watch(nargs, args, http->v, http->n, token, out_json);
+    if (mandi == NULL)
+        mandi = getenv("MANDI_ADDR");
+    if (mandi == NULL || mandi[0] == '\0')
+        mandi = DEFAULT_MANDI;
+    if (discover_field(mandi, "http_addr", deadline, target, sizeof target,
+                       err, sizeof err, NULL) < 0) {
+        fprintf(stderr, "pyazdb-cli: %s\n", err);
+        return 1;
+    }
+    return cli_watch(nargs, args, one, 1, token, out_json);
 }
 
 int main(int argc, char **argv)
@@ -1296,13 +1567,15 @@ int main(int argc, char **argv)
     int nargs = argc - i;
     char **args = argv + i;
     if (strcmp(cmd, "get") == 0 || strcmp(cmd, "status") == 0 ||
-        strcmp(cmd, "members") == 0) {
+        strcmp(cmd, "members") == 0 || strcmp(cmd, "watch") == 0 ||
+        strcmp(cmd, "lease") == 0) {
         const char *bad = take_output(&nargs, args);
         if (bad)
             return usage_error("bad output format '%s' (text or json)", bad);
     } else if (out_json) {
-        return usage_error("-o json: only get, status and members (not "
-                           "'%s')", cmd);
+        return usage_error(
+            "-o json: only get, status, members, lease and watch (not '%s')",
+            cmd);
     }
     if (strcmp(cmd, "members") == 0 || strcmp(cmd, "remove") == 0 ||
         strcmp(cmd, "transfer") == 0) {
@@ -1329,9 +1602,14 @@ int main(int argc, char **argv)
                             timeout_given ? timeout_ms : 60000);
     }
     const char *tok = token ? token : getenv("PYAZDB_TOKEN");
+    if (strcmp(cmd, "watch") == 0)
+        return watch_cmd(nargs, args, &https, addrs.n, mandi, tok,
+                         now_ms() + timeout_ms);
     bool coord = strcmp(cmd, "list") == 0 || strcmp(cmd, "txn") == 0 ||
+                 strcmp(cmd, "lease") == 0 ||
                  (strcmp(cmd, "set") == 0 && nargs > 0 &&
-                  strcmp(args[0], "--if-revision") == 0) ||
+                  (strcmp(args[0], "--if-revision") == 0 ||
+                   strcmp(args[0], "--lease") == 0)) ||
                  (strcmp(cmd, "delete") == 0 && nargs > 0 &&
                   strcmp(args[0], "--prefix") == 0);
     if (coord && addrs.n > 0)
@@ -1340,6 +1618,11 @@ int main(int argc, char **argv)
         return list_cmd(nargs, args, &https, mandi, tok, now_ms() + timeout_ms);
     if (strcmp(cmd, "txn") == 0)
         return txn_cmd(nargs, args, &https, mandi, tok, now_ms() + timeout_ms);
+    if (strcmp(cmd, "lease") == 0)
+        return lease_cmd(nargs, args, &https, mandi, tok, timeout_ms);
+    if (coord && cmd[0] == 's' && strcmp(args[0], "--lease") == 0)
+        return lease_set_cmd(nargs, args, &https, mandi, tok,
+                             now_ms() + timeout_ms);
     if (coord && cmd[0] == 's')
         return cas_set_cmd(nargs, args, &https, mandi, tok,
                            now_ms() + timeout_ms);

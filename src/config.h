@@ -121,8 +121,15 @@ struct pz_config {
     int64_t conn_high_water;        /* conn-high-water: bytes */
     int64_t conn_hard_limit;        /* conn-hard-limit: bytes */
     int64_t grpc_max_message;       /* grpc-max-message: bytes */
+    int64_t lease_max_ttl_ms;       /* lease-max-ttl */
+    int64_t lease_max_count;        /* lease-max-count */
     int64_t max_partial_input;      /* max-partial-input: bytes, all
                                        client connections together */
+    int64_t watch_history_events;   /* watch-history-events */
+    int64_t watch_history_bytes;    /* watch-history-bytes */
+    int64_t watch_max_buffer;       /* watch-max-buffer: bytes */
+    int64_t max_watchers;           /* max-watchers */
+    int64_t watch_progress_interval_ms; /* watch-progress-interval */
     /* MANDI */
     int64_t mandi_leader_ttl_ms;     /* mandi-leader-ttl */
     int64_t mandi_join_ttl_ms;       /* mandi-join-ttl */

@@ -23,8 +23,10 @@
 
 #include "fwd.h"
 #include "http_parse.h"
+#include "http_watch.h"
 #include "log.h"
 #include "node.h"
+#include "node_lease.h"
 #include "snapshot.h"
 #include "stats.h"
 
@@ -44,6 +46,7 @@ struct http_conn {
     size_t n_items;       /* items of the current operation */
     uint64_t count;       /* count of the last operation */
     bool truncated;       /* results dropped: over OUT_MAX */
+    struct watch_stream *ws; /* GET /watch: its stream (http_watch.h) */
 };
 
 /* Most bytes of results one answer holds (/range, /txn); past it a range
@@ -149,6 +152,11 @@ static void put_kv(struct pz_buf *b, const struct kv_view *v)
                    (unsigned long long)v->meta.mod_revision,
                    (unsigned long long)v->meta.version,
                    (unsigned long long)v->meta.lease);
+}
+
+void http_put_kv(struct pz_buf *b, const struct kv_view *v)
+{
+    put_kv(b, v);
 }
 
 static void reply_node_error(struct http_conn *h, int status)
@@ -316,6 +324,10 @@ static void on_txn_done(struct node_req *req, int status)
         return;
     }
     const struct kv_result *res = &req->res;
+    if (res->status == KV_ELEASE_NOTFOUND) {
+        reply_text(h, 404, "Lease not found", NULL);
+        return;
+    }
     struct pz_buf b;
     pz_buf_init(&b);
     switch (h->op.txn_kind) {
@@ -364,8 +376,8 @@ static bool reply_membership_refusal(struct http_conn *h, int status)
     bool remove = h->op.kind == HTTP_OP_REMOVE;
     if (status == PZ_ENOTFOUND)
         reply_text(h, 404, "No such member", NULL);
-    else if (status == PZ_EBUSY && h->op.kind != HTTP_OP_SET &&
-             h->op.kind != HTTP_OP_DEL && h->op.kind != HTTP_OP_TXN)
+    else if (status == PZ_EBUSY &&
+             (remove || h->op.kind == HTTP_OP_TRANSFER))
         reply_text(h, 409,
                    remove ? "Another membership change is in progress"
                           : "A leadership transfer is in progress",
@@ -399,7 +411,194 @@ static void on_write_done(struct node_req *req, int status)
         reply_node_error(h, status);
         return;
     }
+    if (req->res.status == KV_ELEASE_NOTFOUND) {
+        reply_text(h, 404, "Lease not found", NULL);
+        return;
+    }
     reply(h, 204, NULL, NULL, 0, NULL);
+}
+
+/* --- leases ----------------------------------------------------------------
+ * Grants and revokes are Raft entries; keep-alives and TTL queries are the
+ * leader's (its clock decides expiry), answered after a ReadIndex round
+ * confirms it still leads. A follower forwards all of them. */
+
+static void on_lease_done(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        reply_node_error(h, status);
+        return;
+    }
+    const struct kv_result *res = &req->res;
+    switch (res->status) {
+    case KV_ELEASE_NOTFOUND:
+        reply_text(h, 404, "Lease not found", NULL);
+        return;
+    case KV_ELEASE_EXISTS:
+        reply_text(h, 409, "Lease ID already exists", NULL);
+        return;
+    case KV_ELEASE_FULL:
+        reply_text(h, 429, "Too many leases", NULL);
+        return;
+    default:
+        break;
+    }
+    struct pz_buf b;
+    pz_buf_init(&b);
+    if (h->op.kind == HTTP_OP_LEASE_GRANT)
+        pz_buf_appendf(&b, "{\"id\":%llu,\"ttl\":%llu}\n",
+                       (unsigned long long)h->op.lease_id,
+                       (unsigned long long)h->op.lease_ttl);
+    else
+        pz_buf_appendf(&b, "{\"id\":%llu,\"revision\":%llu,\"deleted\":%llu}\n",
+                       (unsigned long long)h->op.lease_id,
+                       (unsigned long long)res->revision,
+                       (unsigned long long)res->deleted);
+    reply_rev(h, 200, "application/json", b.data, b.len, res->revision);
+    pz_buf_free(&b);
+}
+
+struct lease_keys {
+    struct pz_buf *b; /* the answer */
+    uint64_t n;       /* keys written */
+    bool more;        /* stopped at OUT_MAX */
+};
+
+static int lease_key_visit(void *arg, const struct kv_view *v)
+{
+    struct lease_keys *w = arg;
+    if (w->b->len > OUT_MAX) {
+        w->more = true;
+        return 1;
+    }
+    if (w->n++)
+        pz_buf_append(w->b, ",", 1);
+    pz_buf_append(w->b, "{", 1);
+    put_bytes_field(w->b, "key", v->key, v->klen);
+    pz_buf_append(w->b, "}", 1);
+    return 0;
+}
+
+/* {"id":..,"ttl":..,"remaining":..,"remaining_ms":..,"count":..} without
+ * the closing brace. */
+static void put_lease(struct pz_buf *b, const struct kv_lease *l)
+{
+    uint64_t ms = 0;
+    node_lease_remaining(l->id, &ms);
+    pz_buf_appendf(b,
+                   "{\"id\":%llu,\"ttl\":%llu,\"remaining\":%llu,"
+                   "\"remaining_ms\":%llu,\"count\":%llu",
+                   (unsigned long long)l->id, (unsigned long long)l->ttl,
+                   (unsigned long long)((ms + 999) / 1000),
+                   (unsigned long long)ms, (unsigned long long)l->nkeys);
+}
+
+static void on_lease_read(struct node_req *req, int status)
+{
+    struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status < 0) {
+        reply_node_error(h, status);
+        return;
+    }
+    if (!node_is_leader()) {
+        /* Leadership moved during the round: ask the new leader. */
+        if (h->restarts++ < MAX_RESTARTS)
+            start_write(h);
+        else
+            reply_node_error(h, PZ_ENOTLEADER);
+        return;
+    }
+    struct kv *kv = node_kv();
+    uint64_t rev = kv_revision(kv);
+    struct kv_lease l;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    if (h->op.kind == HTTP_OP_LEASE_LIST) {
+        bool more = false;
+        pz_buf_appendf(&b, "{\"revision\":%llu,\"leases\":[",
+                       (unsigned long long)rev);
+        for (size_t i = 0; i < kv_lease_count(kv); i++) {
+            if (b.len > OUT_MAX) {
+                more = true;
+                break;
+            }
+            kv_lease_at(kv, i, &l);
+            if (i)
+                pz_buf_append(&b, ",", 1);
+            put_lease(&b, &l);
+            pz_buf_append(&b, "}", 1);
+        }
+        pz_buf_appendf(&b, "],\"count\":%llu,\"more\":%s}\n",
+                       (unsigned long long)kv_lease_count(kv),
+                       more ? "true" : "false");
+        reply_rev(h, 200, "application/json", b.data, b.len, rev);
+    } else if (!kv_lease_get(kv, h->op.lease_id, &l)) {
+        static const char nf[] = "Lease not found\n";
+        reply_rev(h, 404, "text/plain", nf, sizeof nf - 1, rev);
+    } else if (h->op.kind == HTTP_OP_LEASE_KEEPALIVE) {
+        uint64_t ttl = 0;
+        node_lease_keepalive(l.id, &ttl);
+        pz_buf_appendf(&b, "{\"id\":%llu,\"ttl\":%llu}\n",
+                       (unsigned long long)l.id, (unsigned long long)ttl);
+        reply_rev(h, 200, "application/json", b.data, b.len, rev);
+    } else {
+        put_lease(&b, &l);
+        if (h->op.keys_only) {
+            struct lease_keys w = {.b = &b};
+            pz_buf_append(&b, ",\"keys\":[", 9);
+            kv_lease_keys(kv, l.id, lease_key_visit, &w);
+            pz_buf_appendf(&b, "],\"more\":%s", w.more ? "true" : "false");
+        }
+        pz_buf_append(&b, "}\n", 2);
+        reply_rev(h, 200, "application/json", b.data, b.len, rev);
+    }
+    pz_buf_free(&b);
+}
+
+/* Start a lease request on the leader; PZ_ENOTLEADER / PZ_ENOLEADER when
+ * this node does not lead, or another code to answer with. */
+static int start_lease(struct http_conn *h)
+{
+    if (!node_is_leader())
+        return node_leader_http_addr() ? PZ_ENOTLEADER : PZ_ENOLEADER;
+    struct http_op *op = &h->op;
+    struct pz_buf cmd;
+    int rv;
+    switch (op->kind) {
+    case HTTP_OP_LEASE_GRANT: {
+        struct kv_lease l;
+        if (op->lease_ttl > node_lease_max_ttl()) {
+            reply_text(h, 400, "ttl is over lease-max-ttl", NULL);
+            return 0;
+        }
+        if (kv_lease_count(node_kv()) >= node_lease_max_count()) {
+            reply_text(h, 429, "Too many leases (lease-max-count)", NULL);
+            return 0;
+        }
+        if (op->lease_id == 0)
+            op->lease_id = node_lease_new_id();
+        else if (kv_lease_get(node_kv(), op->lease_id, &l)) {
+            reply_text(h, 409, "Lease ID already exists", NULL);
+            return 0;
+        }
+        pz_buf_init(&cmd);
+        kv_encode_lease_grant(&cmd, op->lease_id, op->lease_ttl);
+        rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
+                          on_lease_done);
+        pz_buf_free(&cmd);
+        return rv;
+    }
+    case HTTP_OP_LEASE_REVOKE:
+        pz_buf_init(&cmd);
+        kv_encode_lease_revoke(&cmd, op->lease_id);
+        rv = node_propose(&h->req, (const uint8_t *)cmd.data, cmd.len,
+                          on_lease_done);
+        pz_buf_free(&cmd);
+        return rv;
+    default:
+        return node_read(&h->req, false, on_lease_read);
+    }
 }
 
 /* Reply 200 with o (consumed) as one line of JSON. */
@@ -587,6 +786,10 @@ static void on_stream(struct httpd_conn *hc)
     struct http_conn *h = conn_of(hc);
     char err[SNAPSHOT_ERRMSG_SIZE];
     size_t got = 0;
+    if (h->ws) {
+        http_watch_on_stream(h->ws);
+        return;
+    }
     size_t want = (size_t)PZ_MIN((uint64_t)sizeof buf, hc->stream_left);
     if (h->snap == NULL ||
         snapshot_reader_read(h->snap, h->snap_off, buf, want, &got, err,
@@ -737,8 +940,8 @@ static void start_write(struct http_conn *h)
     case HTTP_OP_SET:
     case HTTP_OP_DEL:
         if (h->op.kind == HTTP_OP_SET)
-            rv = kv_encode_set(&cmd, h->op.key, h->op.klen, h->op.value,
-                               h->op.vlen);
+            rv = kv_encode_set_lease(&cmd, h->op.key, h->op.klen, h->op.value,
+                                     h->op.vlen, h->op.lease);
         else
             rv = kv_encode_del(&cmd, h->op.key, h->op.klen);
         if (rv == 0)
@@ -762,6 +965,13 @@ static void start_write(struct http_conn *h)
         break;
     case HTTP_OP_TRANSFER:
         rv = node_transfer(&h->req, h->op.key, on_transfer_done);
+        break;
+    case HTTP_OP_LEASE_GRANT:
+    case HTTP_OP_LEASE_KEEPALIVE:
+    case HTTP_OP_LEASE_REVOKE:
+    case HTTP_OP_LEASE_GET:
+    case HTTP_OP_LEASE_LIST:
+        rv = start_lease(h);
         break;
     default:
         pz_assert(0);
@@ -813,6 +1023,18 @@ static const char *op_route(enum http_op_kind kind)
         return "range";
     case HTTP_OP_TXN:
         return "txn";
+    case HTTP_OP_WATCH:
+        return "watch";
+    case HTTP_OP_LEASE_GRANT:
+        return "lease_grant";
+    case HTTP_OP_LEASE_KEEPALIVE:
+        return "lease_keepalive";
+    case HTTP_OP_LEASE_REVOKE:
+        return "lease_revoke";
+    case HTTP_OP_LEASE_GET:
+        return "lease";
+    case HTTP_OP_LEASE_LIST:
+        return "leases";
     }
     return "other";
 }
@@ -862,6 +1084,11 @@ static void on_request(struct httpd_conn *hc)
     case HTTP_OP_TXN:
     case HTTP_OP_REMOVE:
     case HTTP_OP_TRANSFER:
+    case HTTP_OP_LEASE_GRANT:
+    case HTTP_OP_LEASE_KEEPALIVE:
+    case HTTP_OP_LEASE_REVOKE:
+    case HTTP_OP_LEASE_GET:
+    case HTTP_OP_LEASE_LIST:
         if (h->op.needs_auth && !authorized(h)) {
             reply_text(h, 401, "Unauthorized", NULL);
             return;
@@ -890,6 +1117,9 @@ static void on_request(struct httpd_conn *hc)
         httpd_hold(hc);
         start_cluster(h);
         return;
+    case HTTP_OP_WATCH:
+        http_watch_start(hc, &h->ws);
+        return;
     default:
         pz_assert(0);
     }
@@ -906,6 +1136,7 @@ static void on_done(struct httpd_conn *hc)
     pz_buf_free(&h->out);
     snapshot_reader_close(h->snap);
     h->snap = NULL;
+    http_watch_free(&h->ws);
 }
 
 static void on_close(struct httpd_conn *hc)
@@ -920,6 +1151,7 @@ static void on_close(struct httpd_conn *hc)
     http_op_free(&h->op);
     snapshot_reader_close(h->snap);
     h->snap = NULL;
+    http_watch_free(&h->ws);
 }
 
 static const struct httpd_ops http_ops = {
@@ -955,11 +1187,13 @@ int http_start(struct httpd *srv, const struct pz_config *cfg,
         .realm = "pyazdb",
         .conn_size = sizeof(struct http_conn),
     };
+    http_watch_init(cfg);
     return httpd_listen(srv, cfg->http_addr, &http_ops, &o, "http", NULL, err,
                         errlen);
 }
 
 void http_drain(struct httpd *srv)
 {
+    http_watch_drain();
     httpd_drain(srv);
 }

@@ -6,6 +6,7 @@
 
 #include "config.h"
 #include "httpd.h"
+#include "kv.h"
 
 /* Listen on cfg->http_addr. cfg is borrowed for as long as the server
  * runs (limits, the cluster token); started is conn_now() when the server
@@ -17,5 +18,9 @@ int http_start(struct httpd *srv, const struct pz_config *cfg,
  * their reply, and keep none alive from now on. Safe when http_start()
  * did not run or failed. */
 void http_drain(struct httpd *srv);
+/* Append v as /range writes a key: {"key" or "key_b64", "value" or
+ * "value_b64" (when v->value), create_revision, mod_revision, version,
+ * lease}. */
+void http_put_kv(struct pz_buf *b, const struct kv_view *v);
 
 #endif

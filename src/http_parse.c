@@ -785,6 +785,13 @@ static int txn_op(const struct json_val *item,
             return -1;
         if (hv == 0)
             o->value = (const uint8_t *)"";
+        struct json_val lv;
+        if (json_get(&body, "lease", &lv) &&
+            (json_u64(&lv, &o->lease) < 0 || o->lease > KV_LEASE_ID_MAX)) {
+            *why = "lease must be a lease id (an integer from 1 to 2^53 - 1), "
+                   "or 0 for none";
+            return -1;
+        }
     }
     return 0;
 }
@@ -911,6 +918,13 @@ static void cond_from_json(const struct http_req *req,
     if (json_parse(req->body.data ? req->body.data : "", req->body.len, &root) <
         0)
         return; /* key_from_json answered already */
+    struct json_val lv;
+    if (is_set && op->kind == HTTP_OP_SET && json_get(&root, "lease", &lv) &&
+        (json_u64(&lv, &op->lease) < 0 || op->lease > KV_LEASE_ID_MAX)) {
+        op_error(op, 400, "lease must be a lease id (an integer from 1 to "
+                          "2^53 - 1), or 0 for none");
+        return;
+    }
     bool has_rev = json_get(&root, "prev_revision", &rv);
     const uint8_t *pv;
     size_t pvl;
@@ -979,7 +993,8 @@ static void cond_from_json(const struct http_req *req,
                       .key = (const uint8_t *)op->key,
                       .klen = op->klen,
                       .value = (const uint8_t *)(is_set ? op->value : NULL),
-                      .vlen = is_set ? op->vlen : 0};
+                      .vlen = is_set ? op->vlen : 0,
+                      .lease = is_set ? op->lease : 0};
     struct kv_op g = {
         .type = KV_TOP_GET, .key = (const uint8_t *)op->key, .klen = op->klen};
     if (is_set && op->vlen > lim->max_value) {
@@ -1102,6 +1117,65 @@ out:
     pz_free(v);
 }
 
+/* A lease id: a JSON integer from 1 to KV_LEASE_ID_MAX. */
+static bool lease_id_of(const struct json_val *v, uint64_t *id)
+{
+    return json_u64(v, id) == 0 && *id >= 1 && *id <= KV_LEASE_ID_MAX;
+}
+
+/* POST /lease/grant {"ttl": N[, "id": ID]}, /lease/keepalive and
+ * /lease/revoke {"id": ID}. */
+static void lease_from_json(const struct http_req *req, struct http_op *op)
+{
+    struct json_val root, v;
+    if (json_parse(req->body.data ? req->body.data : "", req->body.len,
+                   &root) < 0 ||
+        root.type != JSON_OBJECT) {
+        op_error(op, 400, "Invalid JSON");
+        return;
+    }
+    bool has_id = json_get(&root, "id", &v);
+    if (has_id && !lease_id_of(&v, &op->lease_id)) {
+        op_error(op, 400, "id must be an integer from 1 to 2^53 - 1");
+        return;
+    }
+    if (op->kind != HTTP_OP_LEASE_GRANT) {
+        if (!has_id)
+            op_error(op, 400, "Missing id field");
+        return;
+    }
+    if (!json_get(&root, "ttl", &v) || json_u64(&v, &op->lease_ttl) < 0 ||
+        op->lease_ttl == 0 || op->lease_ttl > KV_LEASE_TTL_MAX)
+        op_error(op, 400, "ttl must be a number of seconds from 1 to "
+                          "315360000");
+}
+
+/* GET /lease?id=ID[&keys=true]. */
+static void lease_from_query(const struct http_req *req, struct http_op *op)
+{
+    char *v = NULL;
+    size_t vl;
+    int rv = http_query_get(req->url.data, req->url.len, "id", &v, &vl);
+    char *end = NULL;
+    if (rv == 1 && vl > 0 && vl < 20 && v[0] >= '0' && v[0] <= '9')
+        op->lease_id = strtoull(v, &end, 10);
+    if (rv < 1 || end == NULL || *end != '\0' || op->lease_id == 0 ||
+        op->lease_id > KV_LEASE_ID_MAX) {
+        op_error(op, 400, "id must be an integer from 1 to 2^53 - 1");
+        goto out;
+    }
+    pz_free(v);
+    v = NULL;
+    if (http_query_get(req->url.data, req->url.len, "keys", &v, &vl) == 1) {
+        if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+            op->keys_only = true;
+        else if (strcmp(v, "false") != 0 && strcmp(v, "0") != 0)
+            op_error(op, 400, "keys must be true or false");
+    }
+out:
+    pz_free(v);
+}
+
 void http_api_decode(const struct http_req *req,
                      const struct http_api_limits *lim, struct http_op *op)
 {
@@ -1167,6 +1241,13 @@ void http_api_decode(const struct http_req *req,
             goto out;
         }
         range_from_query(req, op);
+    } else if (strcmp(p, "/watch") == 0) {
+        if (!method_is(req, HTTP_GET)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "GET";
+            goto out;
+        }
+        op->kind = HTTP_OP_WATCH;
     } else if (strcmp(p, "/txn") == 0) {
         if (!method_is(req, HTTP_POST)) {
             op_error(op, 405, "Method not allowed");
@@ -1215,6 +1296,27 @@ void http_api_decode(const struct http_req *req,
                                 &op->klen);
         if (rv <= 0 || op->klen == 0 || memchr(op->key, 0, op->klen))
             op_error(op, 400, "Missing to parameter");
+    } else if (strcmp(p, "/lease/grant") == 0 ||
+               strcmp(p, "/lease/keepalive") == 0 ||
+               strcmp(p, "/lease/revoke") == 0) {
+        if (!method_is(req, HTTP_POST)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "POST";
+            goto out;
+        }
+        op->kind = p[7] == 'g'   ? HTTP_OP_LEASE_GRANT
+                   : p[7] == 'k' ? HTTP_OP_LEASE_KEEPALIVE
+                                 : HTTP_OP_LEASE_REVOKE;
+        lease_from_json(req, op);
+    } else if (strcmp(p, "/lease") == 0 || strcmp(p, "/leases") == 0) {
+        if (!method_is(req, HTTP_GET)) {
+            op_error(op, 405, "Method not allowed");
+            op->allow = "GET";
+            goto out;
+        }
+        op->kind = p[6] == 's' ? HTTP_OP_LEASE_LIST : HTTP_OP_LEASE_GET;
+        if (op->kind == HTTP_OP_LEASE_GET)
+            lease_from_query(req, op);
     } else if (strcmp(p, "/metrics") == 0) {
         op->kind = HTTP_OP_METRICS;
         if (!method_is(req, HTTP_GET)) {

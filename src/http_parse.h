@@ -137,6 +137,14 @@ enum http_op_kind {
     HTTP_OP_TXN,       /* POST /txn, a conditional /set or /delete, a
                           /delete of a prefix: propose cmd */
     HTTP_OP_METRICS,   /* GET /metrics */
+    HTTP_OP_WATCH,     /* GET /watch: parameters read by http_watch.c */
+    HTTP_OP_LEASE_GRANT,     /* POST /lease/grant: lease_ttl, lease_id
+                                (0: the leader picks one) */
+    HTTP_OP_LEASE_KEEPALIVE, /* POST /lease/keepalive: lease_id */
+    HTTP_OP_LEASE_REVOKE,    /* POST /lease/revoke: lease_id */
+    HTTP_OP_LEASE_GET,       /* GET /lease?id=: lease_id, keys_only = list
+                                its keys (keys=true) */
+    HTTP_OP_LEASE_LIST,      /* GET /leases */
 };
 
 /* What an HTTP_OP_TXN asks, for the shape of its answer. */
@@ -175,6 +183,9 @@ struct http_op {
     bool count_only;        /* RANGE: only the count */
     int txn_kind;           /* TXN: enum http_txn_kind */
     struct pz_buf cmd;      /* TXN: the encoded command (owned) */
+    uint64_t lease;         /* SET: "lease" (0: none) */
+    uint64_t lease_id;      /* LEASE_*: the lease */
+    uint64_t lease_ttl;     /* LEASE_GRANT: seconds */
 };
 
 /* Standard base64 (RFC 4648, with padding). decode returns 0 or PZ_EINVAL

@@ -272,11 +272,16 @@ void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
                        hc->started_ns);
     struct pz_buf b;
     pz_buf_init(&b);
-    pz_buf_appendf(&b,
-                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
-                   "Content-Length: %llu\r\n",
-                   status, httpd_status_text(status),
-                   ctype ? ctype : TEXT_PLAIN, (unsigned long long)length);
+    pz_buf_appendf(&b, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status,
+                   httpd_status_text(status), ctype ? ctype : TEXT_PLAIN);
+    if (length == HTTPD_STREAM_OPEN) {
+        /* Ends when the connection does. */
+        close = true;
+        pz_buf_append(&b, "Cache-Control: no-cache\r\n", 25);
+    } else {
+        pz_buf_appendf(&b, "Content-Length: %llu\r\n",
+                       (unsigned long long)length);
+    }
     if (close)
         pz_buf_append(&b, "Connection: close\r\n", 19);
     pz_buf_append(&b, "\r\n", 2);
@@ -289,6 +294,8 @@ void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
     hc->close_after = close;
     hc->streaming = true;
     hc->stream_left = length;
+    if (length == HTTPD_STREAM_OPEN)
+        conn_resume(hc->c); /* to see the client leave (input dropped) */
     if (hc->srv->o.body_timeout_ms)
         conn_set_deadline(hc->c, conn_now() + hc->srv->o.body_timeout_ms);
     /* The body follows from on_drain, as the client reads. */
@@ -298,6 +305,8 @@ void httpd_stream_write(struct httpd_conn *hc, const void *data, size_t n)
 {
     pz_assert(hc->streaming && n <= hc->stream_left);
     conn_write(hc->c, data, n);
+    if (hc->stream_left == HTTPD_STREAM_OPEN)
+        return;
     hc->stream_left -= n;
     if (hc->stream_left == 0) {
         hc->streaming = false;
@@ -324,8 +333,30 @@ static void stream_pump(struct httpd_conn *hc)
         if (hc->streaming && hc->stream_left == before)
             break; /* nothing written: the handler comes back later */
     }
-    if (hc->streaming && hc->srv->o.body_timeout_ms)
-        conn_set_deadline(hc->c, conn_now() + hc->srv->o.body_timeout_ms);
+    if (hc->streaming && hc->srv->o.body_timeout_ms) {
+        /* An open stream may have nothing to send for long: only a
+         * client that leaves output unread is timed. */
+        if (hc->stream_left == HTTPD_STREAM_OPEN &&
+            conn_output_pending(hc->c) == 0)
+            conn_set_deadline(hc->c, 0);
+        else
+            conn_set_deadline(hc->c,
+                              conn_now() + hc->srv->o.body_timeout_ms);
+    }
+}
+
+void httpd_stream_kick(struct httpd_conn *hc)
+{
+    if (hc->streaming)
+        stream_pump(hc);
+}
+
+void httpd_stream_end(struct httpd_conn *hc)
+{
+    pz_assert(hc->streaming);
+    hc->streaming = false;
+    conn_set_deadline(hc->c, 0);
+    finish(hc, true);
 }
 
 bool httpd_bearer_ok(const struct http_req *req, const char *token)
@@ -393,6 +424,8 @@ static void on_data(struct conn *c, const char *data, size_t len)
     struct httpd_conn *hc = c->proto;
     if (hc == NULL || (c->flags & CONN_CLOSE_AFTER))
         return; /* replying to a fatal error: ignore the rest */
+    if (hc->streaming && hc->stream_left == HTTPD_STREAM_OPEN)
+        return; /* an open stream ends with the connection: no requests */
     /* The bytes are charged before they are held; what the parser keeps
      * of them is charged instead once they are parsed. */
     if (conn_in_reserve(c, len) < 0) {

@@ -167,6 +167,18 @@ void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
 void httpd_stream_write(struct httpd_conn *hc, const void *data, size_t n);
 /* Close the connection with the body cut short. */
 void httpd_stream_abort(struct httpd_conn *hc);
+/* An open-ended stream (Server-Sent Events): length HTTPD_STREAM_OPEN
+ * sends no Content-Length but `Cache-Control: no-cache` and
+ * `Connection: close`; the body ends with the connection, when the
+ * handler calls httpd_stream_end (the connection closes once the output
+ * is written). Such a stream is timed out only while output waits unread;
+ * its connection is read meanwhile (input dropped), so that a client that
+ * leaves is seen at once.
+ * The handler may write whenever it has something (httpd_stream_kick asks
+ * for on_stream now, if the client's unread output allows). */
+#define HTTPD_STREAM_OPEN UINT64_MAX
+void httpd_stream_kick(struct httpd_conn *hc);
+void httpd_stream_end(struct httpd_conn *hc);
 
 /* The request's Authorization header, when it is `Bearer <token>` with
  * token equal to the given one: true. The scheme is matched without

@@ -31,11 +31,27 @@
 struct entry {
     struct entry *next;  /* next in the bucket chain */
     uint64_t hash;       /* pz_hash of the key with the table seed */
-    uint32_t klen;       /* key length */
+    uint32_t klen : 31;  /* key length (KV_KEY_MAX fits) */
+    uint32_t leased : 1; /* m.lease != 0: a struct llink after fwd */
     uint32_t vlen : 28;  /* value length (KV_VALUE_MAX fits) */
     uint32_t level : 4;  /* skiplist levels, 1..KV_SKIP_LEVELS */
     struct kv_meta m;    /* revisions, version, lease */
-    struct entry *fwd[]; /* level links, then key, value and a NUL */
+    struct entry *fwd[]; /* level links, then (leased) a struct llink,
+                            then key, value and a NUL */
+};
+
+/* A leased entry's place on its lease's list of keys. */
+struct llink {
+    struct entry *prev; /* NULL: first (the lease points at it) */
+    struct entry *next; /* NULL: last */
+};
+
+/* A lease (kv.h "Leases"). */
+struct lease {
+    uint64_t id;        /* 1..KV_LEASE_ID_MAX */
+    uint64_t ttl;       /* seconds */
+    struct entry *keys; /* attached entries, through their llink */
+    size_t nkeys;       /* how many */
 };
 
 struct table {
@@ -56,11 +72,22 @@ struct kv {
     uint64_t digest;    /* sum of entry digests */
     struct kv_stats st; /* grow/shrink/rehash counters; kv_stats() fills
                            the rest */
+    struct lease **leases; /* sorted by id */
+    size_t nleases;        /* leases held */
+    size_t cap_leases;     /* room in leases */
+    kv_lease_cb on_lease;  /* the expiry tracker's hook, or NULL */
+    void *lease_arg;       /* its argument */
 };
+
+static inline struct llink *llink_of(const struct entry *e)
+{
+    return (struct llink *)(e->fwd + e->level);
+}
 
 static inline uint8_t *entry_key(const struct entry *e)
 {
-    return (uint8_t *)(e->fwd + e->level);
+    return (uint8_t *)(e->fwd + e->level) +
+           (e->leased ? sizeof(struct llink) : 0);
 }
 
 static inline uint8_t *entry_value(const struct entry *e)
@@ -110,11 +137,14 @@ static struct entry *entry_new(uint64_t hash, const void *key, size_t klen,
                                const struct kv_meta *m)
 {
     unsigned level = level_of(hash);
+    bool leased = m->lease != 0;
     struct entry *e =
-        pz_malloc(sizeof(*e) + level * sizeof(e->fwd[0]) + klen + vlen + 1);
+        pz_malloc(sizeof(*e) + level * sizeof(e->fwd[0]) +
+                  (leased ? sizeof(struct llink) : 0) + klen + vlen + 1);
     e->next = NULL;
     e->hash = hash;
-    e->klen = (uint32_t)klen;
+    e->klen = (uint32_t)klen & 0x7fffffffu;
+    e->leased = leased;
     e->vlen = (uint32_t)vlen;
     e->level = level & 0xf;
     e->m = *m;
@@ -185,6 +215,9 @@ void kv_free(struct kv *kv)
         }
         table_free(t);
     }
+    for (size_t i = 0; i < kv->nleases; i++)
+        pz_free(kv->leases[i]);
+    pz_free(kv->leases);
     pz_free(kv);
 }
 
@@ -427,6 +460,163 @@ static void sl_unlink(struct entry **upd[], struct entry *e)
     }
 }
 
+/* --- the lease table ------------------------------------------------------ */
+
+static uint64_t lease_digest(uint64_t id, uint64_t ttl)
+{
+    uint8_t b[16];
+    pz_put_u64(b, id);
+    pz_put_u64(b + 8, ttl);
+    return pz_hash(b, sizeof b, DIGEST_SEED + 2);
+}
+
+/* Index of the first lease with an id >= id. */
+static size_t lease_pos(const struct kv *kv, uint64_t id)
+{
+    size_t lo = 0, hi = kv->nleases;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (kv->leases[mid]->id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static struct lease *lease_find(const struct kv *kv, uint64_t id)
+{
+    size_t i = lease_pos(kv, id);
+    return i < kv->nleases && kv->leases[i]->id == id ? kv->leases[i] : NULL;
+}
+
+/* Add a lease known to be absent. */
+static void lease_add(struct kv *kv, uint64_t id, uint64_t ttl)
+{
+    size_t i = lease_pos(kv, id);
+    if (kv->nleases == kv->cap_leases) {
+        kv->cap_leases = kv->cap_leases ? kv->cap_leases * 2 : 8;
+        kv->leases =
+            pz_realloc(kv->leases, kv->cap_leases * sizeof(*kv->leases));
+    }
+    memmove(kv->leases + i + 1, kv->leases + i,
+            (kv->nleases - i) * sizeof(*kv->leases));
+    struct lease *l = pz_calloc(1, sizeof(*l));
+    l->id = id;
+    l->ttl = ttl;
+    kv->leases[i] = l;
+    kv->nleases++;
+    kv->digest += lease_digest(id, ttl);
+}
+
+/* Drop a lease that has no keys left. */
+static void lease_drop(struct kv *kv, uint64_t id)
+{
+    size_t i = lease_pos(kv, id);
+    pz_assert(i < kv->nleases && kv->leases[i]->id == id);
+    struct lease *l = kv->leases[i];
+    pz_assert(l->keys == NULL && l->nkeys == 0);
+    kv->digest -= lease_digest(l->id, l->ttl);
+    memmove(kv->leases + i, kv->leases + i + 1,
+            (kv->nleases - i - 1) * sizeof(*kv->leases));
+    kv->nleases--;
+    pz_free(l);
+    if (kv->nleases == 0) {
+        pz_free(kv->leases);
+        kv->leases = NULL;
+        kv->cap_leases = 0;
+    } else if (kv->cap_leases > 8 && kv->nleases * 4 < kv->cap_leases) {
+        kv->cap_leases /= 2;
+        kv->leases =
+            pz_realloc(kv->leases, kv->cap_leases * sizeof(*kv->leases));
+    }
+}
+
+/* Put a leased entry at the front of its lease's list. */
+static void lease_attach(struct kv *kv, struct entry *e)
+{
+    pz_assert(e->leased);
+    struct lease *l = lease_find(kv, e->m.lease);
+    pz_assert(l != NULL); /* checked before the put */
+    struct llink *k = llink_of(e);
+    k->prev = NULL;
+    k->next = l->keys;
+    if (l->keys)
+        llink_of(l->keys)->prev = e;
+    l->keys = e;
+    l->nkeys++;
+}
+
+static void lease_detach(struct kv *kv, struct entry *e)
+{
+    pz_assert(e->leased);
+    struct lease *l = lease_find(kv, e->m.lease);
+    pz_assert(l != NULL && l->nkeys > 0);
+    struct llink *k = llink_of(e);
+    if (k->prev)
+        llink_of(k->prev)->next = k->next;
+    else
+        l->keys = k->next;
+    if (k->next)
+        llink_of(k->next)->prev = k->prev;
+    l->nkeys--;
+}
+
+bool kv_lease_get(const struct kv *kv, uint64_t id, struct kv_lease *out)
+{
+    const struct lease *l = lease_find(kv, id);
+    if (l == NULL)
+        return false;
+    out->id = l->id;
+    out->ttl = l->ttl;
+    out->nkeys = l->nkeys;
+    return true;
+}
+
+size_t kv_lease_count(const struct kv *kv)
+{
+    return kv->nleases;
+}
+
+void kv_lease_at(const struct kv *kv, size_t i, struct kv_lease *out)
+{
+    pz_assert(i < kv->nleases);
+    const struct lease *l = kv->leases[i];
+    out->id = l->id;
+    out->ttl = l->ttl;
+    out->nkeys = l->nkeys;
+}
+
+int kv_lease_keys(const struct kv *kv, uint64_t id, kv_view_cb cb, void *arg)
+{
+    const struct lease *l = lease_find(kv, id);
+    for (const struct entry *e = l ? l->keys : NULL; e;
+         e = llink_of(e)->next) {
+        struct kv_view v;
+        view_of(e, &v);
+        int rc = cb(arg, &v);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+void kv_set_lease_cb(struct kv *kv, kv_lease_cb cb, void *arg)
+{
+    kv->on_lease = cb;
+    kv->lease_arg = arg;
+}
+
+int kv_lease_restore(struct kv *kv, uint64_t id, uint64_t ttl)
+{
+    if (id == 0 || id > KV_LEASE_ID_MAX || ttl == 0 ||
+        ttl > KV_LEASE_TTL_MAX || kv->nleases >= KV_LEASE_HARD_MAX ||
+        lease_find(kv, id))
+        return PZ_EINVAL;
+    lease_add(kv, id, ttl);
+    return 0;
+}
+
 /* --- mutations ------------------------------------------------------------ */
 
 /* A new entry for a key known to be absent (h its hash), linked into the
@@ -444,6 +634,8 @@ static struct entry *insert_new(struct kv *kv, uint64_t h, const void *key,
     *head = e;
     t->used++;
     sl_insert(kv, e);
+    if (e->leased)
+        lease_attach(kv, e);
     kv->bytes += klen + vlen;
     kv->digest += e_digest(e);
     return e;
@@ -499,7 +691,8 @@ static int do_put(struct apply *a, const void *key, size_t klen,
         m.lease = lease;
         kv->digest -= e_digest(old);
         kv->bytes = kv->bytes - old->vlen + vlen;
-        if (old->vlen == vlen && kv->on_event == NULL) {
+        if (old->vlen == vlen && kv->on_event == NULL &&
+            old->m.lease == lease) {
             if (vlen)
                 memmove(entry_value(old), value, vlen); /* may overlap */
             old->m = m;
@@ -510,6 +703,8 @@ static int do_put(struct apply *a, const void *key, size_t klen,
          * level: the new entry takes the old one's place in both indexes. */
         struct entry **upd[KV_SKIP_LEVELS];
         sl_find(kv, key, klen, upd);
+        if (old->leased)
+            lease_detach(kv, old);
         struct entry *e = entry_new(h, entry_key(old), klen, value, vlen, &m);
         pz_assert(e->level == old->level);
         for (unsigned i = 0; i < old->level; i++) {
@@ -519,6 +714,8 @@ static int do_put(struct apply *a, const void *key, size_t klen,
         }
         e->next = old->next;
         *link = e;
+        if (e->leased)
+            lease_attach(kv, e);
         kv->digest += e_digest(e);
         if (kv->on_event) {
             struct kv_view cur, prev;
@@ -554,6 +751,8 @@ static void remove_entry(struct apply *a, struct entry **link, struct table *t,
     pz_assert(t->used > 0);
     t->used--;
     sl_unlink(upd, e);
+    if (e->leased)
+        lease_detach(kv, e);
     kv->bytes -= (size_t)e->klen + e->vlen;
     kv->digest -= e_digest(e);
     if (kv->on_event) {
@@ -634,6 +833,8 @@ int kv_restore(struct kv *kv, const void *key, size_t klen, const void *value,
     uint64_t h = pz_hash(key, klen, kv->seed);
     if (find_link(kv, h, key, klen, NULL))
         return PZ_EINVAL;
+    if (meta->lease && lease_find(kv, meta->lease) == NULL)
+        return PZ_ENOTFOUND;
     insert_new(kv, h, key, klen, value, vlen, meta);
     return 0;
 }
@@ -682,6 +883,8 @@ uint64_t kv_digest_compute(const struct kv *kv)
 {
     uint64_t d = revision_digest(kv->revision);
     kv_foreach_view(kv, add_digest, &d);
+    for (size_t i = 0; i < kv->nleases; i++)
+        d += lease_digest(kv->leases[i]->id, kv->leases[i]->ttl);
     return d;
 }
 
@@ -878,6 +1081,54 @@ int kv_encode_del(struct pz_buf *out, const void *key, size_t klen)
     if (klen > KV_KEY_MAX)
         return PZ_ETOOBIG;
     encode(out, KV_OP_DEL, key, klen, NULL, 0);
+    return 0;
+}
+
+/* --- version 3: leases --- */
+
+static void put_varint(struct pz_buf *out, uint64_t v);
+static void put_byte(struct pz_buf *out, int v);
+
+static bool lease_id_ok(uint64_t id)
+{
+    return id >= 1 && id <= KV_LEASE_ID_MAX;
+}
+
+int kv_encode_set_lease(struct pz_buf *out, const void *key, size_t klen,
+                        const void *value, size_t vlen, uint64_t lease)
+{
+    if (lease == 0)
+        return kv_encode_set(out, key, klen, value, vlen);
+    if (!lease_id_ok(lease))
+        return PZ_EINVAL;
+    if (klen > KV_KEY_MAX || vlen > KV_VALUE_MAX)
+        return PZ_ETOOBIG;
+    pz_buf_reserve(out, 1 + 5 + klen + 5 + vlen + 10);
+    put_byte(out, KV_CMD_VERSION3 << 4 | 1);
+    put_varint(out, klen);
+    pz_buf_append(out, key, klen);
+    put_varint(out, vlen);
+    pz_buf_append(out, value, vlen);
+    put_varint(out, lease);
+    return 0;
+}
+
+int kv_encode_lease_grant(struct pz_buf *out, uint64_t id, uint64_t ttl)
+{
+    if (!lease_id_ok(id) || ttl == 0 || ttl > KV_LEASE_TTL_MAX)
+        return PZ_EINVAL;
+    put_byte(out, KV_CMD_VERSION3 << 4 | 2);
+    put_varint(out, id);
+    put_varint(out, ttl);
+    return 0;
+}
+
+int kv_encode_lease_revoke(struct pz_buf *out, uint64_t id)
+{
+    if (!lease_id_ok(id))
+        return PZ_EINVAL;
+    put_byte(out, KV_CMD_VERSION3 << 4 | 3);
+    put_varint(out, id);
     return 0;
 }
 
@@ -1128,6 +1379,41 @@ void kv_txn_items(const struct kv_cmd *cmd, struct kv_cmp *cmps,
     pz_assert(rc == 0); /* kv_decode checked it */
 }
 
+static int decode_v3(const uint8_t *cmd, size_t len, struct kv_cmd *out)
+{
+    struct kv_cmd c = {0};
+    size_t pos = 1;
+    int rc = 0;
+    switch (cmd[0] & 0x0f) {
+    case 1:
+        c.op = KV_OP_SETL;
+        if ((rc = get_field(cmd, len, &pos, KV_KEY_MAX, &c.key, &c.klen)) ||
+            (rc = get_field(cmd, len, &pos, KV_VALUE_MAX, &c.value, &c.vlen)))
+            return rc;
+        break;
+    case 2:
+        c.op = KV_OP_GRANT;
+        break;
+    case 3:
+        c.op = KV_OP_REVOKE;
+        break;
+    default:
+        return PZ_EINVAL;
+    }
+    if ((rc = varint_get_n(cmd, len, &pos, 10, UINT64_MAX, &c.lease)) != 0)
+        return rc;
+    if (c.op == KV_OP_GRANT &&
+        (rc = varint_get_n(cmd, len, &pos, 10, UINT64_MAX, &c.ttl)) != 0)
+        return rc;
+    if (pos != len)
+        return PZ_ECORRUPT; /* trailing bytes */
+    if (!lease_id_ok(c.lease) ||
+        (c.op == KV_OP_GRANT && (c.ttl == 0 || c.ttl > KV_LEASE_TTL_MAX)))
+        return PZ_EINVAL;
+    *out = c;
+    return 0;
+}
+
 int kv_decode(const uint8_t *cmd, size_t len, struct kv_cmd *out)
 {
     if (len == 0)
@@ -1143,6 +1429,8 @@ int kv_decode(const uint8_t *cmd, size_t len, struct kv_cmd *out)
         *out = c;
         return 0;
     }
+    if (cmd[0] >> 4 == KV_CMD_VERSION3)
+        return decode_v3(cmd, len, out);
     if (cmd[0] >> 4 != KV_CMD_VERSION)
         return PZ_EINVAL;
     int op = cmd[0] & 0x0f;
@@ -1306,6 +1594,78 @@ static void apply_txn(struct apply *a, const struct kv_cmd *c,
     res->succeeded = ok;
 }
 
+/* Does every PUT of the branch a transaction takes name a lease that
+ * exists (or none)? */
+static bool txn_leases_ok(struct kv *kv, const struct kv_cmd *c)
+{
+    const uint8_t *p = c->body;
+    size_t len = c->body_len, pos = 0, n;
+    struct kv_cmp cm;
+    struct kv_op op;
+    bool ok = true, leases = true;
+    int rc = get_count(p, len, &pos, &n);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        rc = get_cmp(p, len, &pos, &cm);
+        if (rc == 0 && ok && !cmp_holds(kv, &cm))
+            ok = false;
+    }
+    for (int br = 0; rc == 0 && br < 2; br++) {
+        rc = get_count(p, len, &pos, &n);
+        bool run = (br == 0) == ok;
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            rc = get_op(p, len, &pos, &op);
+            if (rc == 0 && run && op.type == KV_TOP_PUT && op.lease &&
+                lease_find(kv, op.lease) == NULL)
+                leases = false;
+        }
+        if (run)
+            break;
+    }
+    pz_assert(rc == 0);
+    return leases;
+}
+
+/* REVOKE: every attached key goes (one revision), then the lease. */
+static void apply_revoke(struct apply *a, uint64_t id, struct kv_result *res)
+{
+    struct kv *kv = a->kv;
+    struct lease *l = lease_find(kv, id);
+    if (l == NULL) {
+        res->status = KV_ELEASE_NOTFOUND;
+        return;
+    }
+    uint64_t ttl = l->ttl;
+    while (l->keys) {
+        struct entry *e = l->keys;
+        struct table *t;
+        struct entry **link = find_link(kv, e->hash, entry_key(e), e->klen, &t);
+        pz_assert(link && *link == e);
+        struct entry **upd[KV_SKIP_LEVELS];
+        sl_find(kv, entry_key(e), e->klen, upd);
+        remove_entry(a, link, t, upd, e);
+        res->deleted++;
+    }
+    lease_drop(kv, id);
+    if (kv->on_lease)
+        kv->on_lease(kv->lease_arg, false, id, ttl);
+}
+
+static void apply_grant(struct kv *kv, const struct kv_cmd *c,
+                        struct kv_result *res)
+{
+    if (lease_find(kv, c->lease)) {
+        res->status = KV_ELEASE_EXISTS;
+        return;
+    }
+    if (kv->nleases >= KV_LEASE_HARD_MAX) {
+        res->status = KV_ELEASE_FULL;
+        return;
+    }
+    lease_add(kv, c->lease, c->ttl);
+    if (kv->on_lease)
+        kv->on_lease(kv->lease_arg, true, c->lease, c->ttl);
+}
+
 int kv_apply(struct kv *kv, const uint8_t *cmd, size_t len,
              struct kv_result *res)
 {
@@ -1324,14 +1684,41 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
         return rc;
     struct apply a = {.kv = kv, .sink = sink};
     res->op = c.op;
+    res->status = KV_OK;
+    res->deleted = 0;
     res->existed = false;
     res->succeeded = true;
-    if (c.op == KV_OP_SET)
+    switch (c.op) {
+    case KV_OP_SET:
         res->existed = do_put(&a, c.key, c.klen, c.value, c.vlen, 0) == 1;
-    else if (c.op == KV_OP_DEL)
+        break;
+    case KV_OP_SETL:
+        if (lease_find(kv, c.lease) == NULL) {
+            res->status = KV_ELEASE_NOTFOUND;
+            res->succeeded = false;
+            break;
+        }
+        res->existed =
+            do_put(&a, c.key, c.klen, c.value, c.vlen, c.lease) == 1;
+        break;
+    case KV_OP_DEL:
         res->existed = do_del(&a, c.key, c.klen) == 1;
-    else
+        break;
+    case KV_OP_GRANT:
+        apply_grant(kv, &c, res);
+        break;
+    case KV_OP_REVOKE:
+        apply_revoke(&a, c.lease, res);
+        break;
+    default:
+        if (!txn_leases_ok(kv, &c)) {
+            res->status = KV_ELEASE_NOTFOUND;
+            res->succeeded = false;
+            break;
+        }
         apply_txn(&a, &c, res);
+    }
+    res->succeeded = res->succeeded && res->status == KV_OK;
     res->revision = kv->revision;
     return 0;
 }

@@ -65,6 +65,14 @@
  *               field, varint64 limit (0: none)
  *     flags     KV_RANGE_TO_END (no upper bound: the end field is empty),
  *               KV_RANGE_KEYS_ONLY, KV_RANGE_COUNT_ONLY (RANGE only)
+ *   version 3:  leases (see "Leases" below)
+ *     0x31 SETL  varint klen, klen key bytes, varint vlen, vlen value bytes,
+ *                varint64 lease (1..KV_LEASE_ID_MAX): a set that attaches
+ *                the key to a lease (kv_encode_set_lease; a set without a
+ *                lease is still written as version 1)
+ *     0x32 GRANT varint64 id (1..KV_LEASE_ID_MAX), varint64 ttl in seconds
+ *                (1..KV_LEASE_TTL_MAX)
+ *     0x33 REVOKE varint64 id (1..KV_LEASE_ID_MAX)
  *   A field is a varint length and that many bytes.
  *
  * A varint is unsigned LEB128 (7 bits per byte, least significant group
@@ -83,9 +91,32 @@
  * reads see the writes before them; a RANGE's range is [key, end), or
  * [key, +inf) with KV_RANGE_TO_END.
  *
+ * Leases. The table holds a lease table: id -> ttl (seconds), each with
+ * the keys attached to it. A lease id is chosen by the proposer (a client
+ * may name it; the HTTP API otherwise draws a random one) and GRANT of an
+ * id that exists is refused at apply (KV_ELEASE_EXISTS), as is a grant
+ * past KV_LEASE_HARD_MAX leases (KV_ELEASE_FULL): the outcome follows from
+ * the log alone, so every node agrees, and no node needs the entry's index
+ * to name it. Ids stay below 2^53 so that every JSON parser reads them
+ * exactly. A put naming a lease (SETL, or a transaction PUT with a lease
+ * other than 0) whose lease does not exist is refused whole at apply
+ * (KV_ELEASE_NOTFOUND: a transaction checks every PUT of the branch it
+ * takes before running any of it), changing nothing. A put replacing a
+ * key's lease (0 included) detaches it from the old one. REVOKE deletes
+ * every key attached, all at one new revision, each reported as a
+ * KV_TOP_DEL event like any delete, then drops the lease; revoking an
+ * unknown id is KV_ELEASE_NOTFOUND. GRANT and a REVOKE of a lease without
+ * keys change no key and leave the revision alone (as etcd). The table
+ * knows no time: when a lease expires is the leader's business (lease.h);
+ * an expiry is a REVOKE in the log. Attached keys are threaded on a doubly
+ * linked list per lease through their entries (two pointers, in leased
+ * entries only), so a revoke finds them in O(keys) and a detach is O(1)
+ * after an O(log leases) lookup of the lease.
+ *
  * Digest: kv_digest() is the sum (mod 2^64) over all entries of a hash of
  * (key, value, metadata) with fixed seeds, plus a hash of the revision when
- * it is not 0, kept up to date on every mutation. It does not depend on
+ * it is not 0, plus a hash of (id, ttl) of each lease, kept up to date on
+ * every mutation. It does not depend on
  * the table seed, the table size or the layout, so two nodes that applied
  * the same commands have equal digests; a table that never saw a write has
  * digest 0. */
@@ -106,6 +137,24 @@
 #define KV_OP_SET 1       /* v1 low nibble of byte 0: set key to value */
 #define KV_OP_DEL 2       /* v1 low nibble of byte 0: delete key */
 #define KV_OP_TXN 3       /* kv_cmd.op of a v2 transaction (byte 0x21) */
+
+#define KV_CMD_VERSION3 3 /* version of the lease commands */
+#define KV_OP_SETL 4      /* kv_cmd.op of 0x31: set with a lease */
+#define KV_OP_GRANT 5     /* kv_cmd.op of 0x32: grant a lease */
+#define KV_OP_REVOKE 6    /* kv_cmd.op of 0x33: revoke a lease */
+
+#define KV_LEASE_ID_MAX ((1ull << 53) - 1) /* largest lease id */
+#define KV_LEASE_TTL_MAX 315360000u /* longest TTL, seconds (10 years) */
+#define KV_LEASE_HARD_MAX (1u << 20) /* most leases a table holds; the
+                                        server's lease-max-count is lower */
+
+/* kv_result.status: a command refused at apply, which changed nothing. */
+enum {
+    KV_OK = 0,
+    KV_ELEASE_NOTFOUND = 1, /* a put or REVOKE named an unknown lease */
+    KV_ELEASE_EXISTS = 2,   /* GRANT of an id that exists */
+    KV_ELEASE_FULL = 3,     /* GRANT with KV_LEASE_HARD_MAX leases */
+};
 
 #define KV_TXN_MAX 128    /* most comparisons, and operations per branch */
 #define KV_SKIP_LEVELS 15 /* most levels of the ordered index */
@@ -215,11 +264,14 @@ typedef void (*kv_event_cb)(void *arg, int type, const struct kv_view *cur,
 
 /* A decoded command. Pointers point into the command bytes. */
 struct kv_cmd {
-    int op;               /* KV_OP_SET, KV_OP_DEL or KV_OP_TXN */
-    const uint8_t *key;   /* SET, DEL: key bytes (borrowed) */
+    int op;               /* KV_OP_SET, KV_OP_DEL, KV_OP_TXN, KV_OP_SETL,
+                             KV_OP_GRANT or KV_OP_REVOKE */
+    uint64_t lease;       /* SETL, GRANT, REVOKE: the lease id */
+    uint64_t ttl;         /* GRANT: seconds */
+    const uint8_t *key;   /* SET, SETL, DEL: key bytes (borrowed) */
     size_t klen;          /* key length */
-    const uint8_t *value; /* value bytes for SET, NULL otherwise */
-    size_t vlen;          /* value length, 0 unless SET */
+    const uint8_t *value; /* value bytes for SET, SETL, NULL otherwise */
+    size_t vlen;          /* value length, 0 unless SET, SETL */
     size_t ncmp;          /* TXN: comparisons */
     size_t nsucc;         /* TXN: operations of the success branch */
     size_t nfail;         /* TXN: operations of the failure branch */
@@ -229,8 +281,11 @@ struct kv_cmd {
 
 /* What kv_apply did. */
 struct kv_result {
-    int op;            /* KV_OP_SET, KV_OP_DEL or KV_OP_TXN */
-    bool existed;      /* SET, DEL: the key was present before */
+    int op;            /* kv_cmd.op */
+    int status;        /* KV_OK, or why the command was refused (KV_E*):
+                          then nothing changed */
+    uint64_t deleted;  /* REVOKE: keys deleted */
+    bool existed;      /* SET, SETL, DEL: the key was present before */
     bool succeeded;    /* TXN: every comparison held, the success branch
                           ran; SET, DEL: true */
     uint64_t revision; /* the table's revision after the command */
@@ -326,6 +381,16 @@ int kv_encode_set(struct pz_buf *out, const void *key, size_t klen,
                   const void *value, size_t vlen);
 int kv_encode_del(struct pz_buf *out, const void *key, size_t klen);
 
+/* A set attaching key to lease (version 3 SETL; lease 0: a plain version 1
+ * set). PZ_EINVAL for a lease id above KV_LEASE_ID_MAX, PZ_ETOOBIG as
+ * kv_encode_set. */
+int kv_encode_set_lease(struct pz_buf *out, const void *key, size_t klen,
+                        const void *value, size_t vlen, uint64_t lease);
+/* GRANT id with ttl seconds, REVOKE id. PZ_EINVAL (out unchanged) for an
+ * id or ttl outside its range. */
+int kv_encode_lease_grant(struct pz_buf *out, uint64_t id, uint64_t ttl);
+int kv_encode_lease_revoke(struct pz_buf *out, uint64_t id);
+
 /* Append an encoded transaction (version 2) to out. Returns 0, or
  * PZ_EINVAL (out unchanged) if a list is longer than KV_TXN_MAX, a target,
  * result, type or flag is unknown, or PZ_ETOOBIG if a length exceeds its
@@ -388,11 +453,42 @@ long kv_prefix_end(const void *prefix, size_t plen, uint8_t *out);
 /* Install watchers' hook (NULL: none). Borrowed for the table's life. */
 void kv_set_event_cb(struct kv *kv, kv_event_cb cb, void *arg);
 
+/* --- leases -------------------------------------------------------------- */
+
+/* One lease as reads see it. */
+struct kv_lease {
+    uint64_t id;  /* lease id */
+    uint64_t ttl; /* granted time to live, seconds */
+    size_t nkeys; /* keys attached */
+};
+
+/* Lease id: true and *out filled, or false. O(log leases). */
+bool kv_lease_get(const struct kv *kv, uint64_t id, struct kv_lease *out);
+size_t kv_lease_count(const struct kv *kv); /* leases held */
+/* The i-th lease in id order (i < kv_lease_count). */
+void kv_lease_at(const struct kv *kv, size_t i, struct kv_lease *out);
+/* Visit the keys attached to lease id (no particular order); a nonzero
+ * return stops the walk and is returned. 0 for an unknown id. */
+int kv_lease_keys(const struct kv *kv, uint64_t id, kv_view_cb cb, void *arg);
+
+/* Called after a lease is granted (granted true) or revoked (false),
+ * at apply, for the expiry tracker (lease.h). Borrowed like the event cb;
+ * the callback must not modify the table. */
+typedef void (*kv_lease_cb)(void *arg, bool granted, uint64_t id,
+                            uint64_t ttl);
+void kv_set_lease_cb(struct kv *kv, kv_lease_cb cb, void *arg);
+
 /* --- snapshots ---------------------------------------------------------- */
+
+/* Add lease id with ttl (loading a snapshot, before its keys): no callback.
+ * PZ_EINVAL for an id or ttl out of range, an id present, or a full
+ * table (KV_LEASE_HARD_MAX). */
+int kv_lease_restore(struct kv *kv, uint64_t id, uint64_t ttl);
 
 /* Insert key with exactly this metadata (loading a snapshot): no event, no
  * revision change. Returns 0, PZ_EINVAL if the key is present (table
- * unchanged), PZ_ETOOBIG as kv_set. */
+ * unchanged), PZ_ENOTFOUND if meta->lease is not 0 and names no lease
+ * (kv_lease_restore them first), PZ_ETOOBIG as kv_set. */
 int kv_restore(struct kv *kv, const void *key, size_t klen, const void *value,
                size_t vlen, const struct kv_meta *meta);
 /* Set the revision (loading a snapshot, after its keys). */

@@ -35,8 +35,32 @@
 #include "json.h"
 #include "log.h"
 #include "node_internal.h"
+#include "node_lease.h"
+#include "watch.h"
 
 struct node node;
+
+/* Every change the state machine makes, for GET /watch (watch.h): fed
+ * from kv's event callback, published once per applied entry. */
+static struct watch_hub watch_hub;
+
+static void on_kv_event(void *arg, int type, const struct kv_view *cur,
+                        const struct kv_view *prev)
+{
+    PZ_UNUSED(arg);
+    watch_hub_record(&watch_hub, kv_revision(node.kv), type, cur, prev);
+}
+
+void core_kv_replaced(void)
+{
+    kv_set_event_cb(node.kv, on_kv_event, NULL);
+    watch_hub_reset(&watch_hub, kv_revision(node.kv));
+}
+
+struct watch_hub *node_watch(void)
+{
+    return &watch_hub;
+}
 
 void core_fatal(const char *fmt, ...)
 {
@@ -94,6 +118,7 @@ static void apply_entry(const struct raft_entry *e)
         if (rv < 0) /* every node rejects it alike: state stays equal */
             pz_warn("entry %llu: undecodable command (%s), skipped",
                     (unsigned long long)e->index, pz_strerror(rv));
+        watch_hub_commit(&watch_hub);
     } else if (e->type == RAFT_ENTRY_CONF) {
         members_conf_committed(e);
     }
@@ -393,18 +418,20 @@ static int space_check(const uint8_t *cmd, size_t len)
     struct kv_cmd c;
     bool decoded = kv_decode(cmd, len, &c) == 0;
     uint64_t puts = decoded && c.op == KV_OP_TXN ? txn_put_bytes(&c) : 0;
-    if (decoded && (c.op == KV_OP_DEL || (c.op == KV_OP_TXN && puts == 0)))
+    bool set = decoded && (c.op == KV_OP_SET || c.op == KV_OP_SETL);
+    if (decoded && (c.op == KV_OP_DEL || c.op == KV_OP_REVOKE ||
+                    (c.op == KV_OP_TXN && puts == 0)))
         return 0; /* deletes (and reads) free space: always taken */
     if (node.alarm_quota)
         return PZ_ENOSPC;
-    if (!decoded || (c.op != KV_OP_SET && c.op != KV_OP_TXN))
+    if (!decoded || (!set && c.op != KV_OP_TXN))
         return 0;
     /* A transaction counts every put of both branches, as if new. */
-    uint64_t grow = c.op == KV_OP_SET ? c.klen + c.vlen : puts;
+    uint64_t grow = set ? c.klen + c.vlen : puts;
     uint64_t after = kv_bytes(node.kv) + grow;
     const uint8_t *old;
     size_t olen;
-    if (c.op == KV_OP_SET && kv_get(node.kv, c.key, c.klen, &old, &olen))
+    if (set && kv_get(node.kv, c.key, c.klen, &old, &olen))
         after -= c.klen + olen;
     if (after <= (uint64_t)quota)
         return 0;
@@ -446,6 +473,7 @@ static void soft_state_changed(const struct raft_soft_state *ss)
     }
     node.leader = ss->leader;
     node.role = ss->role;
+    node_lease_role(ss->role == RAFT_LEADER, ss->term);
     /* Leadership transfers finish when the target leads. */
     struct pz_queue *e = node.transfers.next;
     while (e != &node.transfers) {
@@ -656,6 +684,7 @@ static void on_tick(uv_timer_t *t)
     reqs_expire(&node.transfers, PZ_ETIMEDOUT);
     reqs_expire(&node.conf_wait, PZ_EBUSY);
     members_conf_wait_retry();
+    node_lease_tick();
     /* Reads the leader refused (it has not committed in its term yet)
      * wait here with a leader known: retry them, once per tick. */
     if (node.leader)
@@ -979,7 +1008,16 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     node.cfg = cfg;
     node.stop = stop;
     node_metrics_init();
+    node_lease_init(loop, cfg);
     node.kv = kv_new_seeded(seed);
+    struct watch_limits wl = {
+        .max_events = (size_t)cfg->watch_history_events,
+        .max_bytes = (size_t)cfg->watch_history_bytes,
+        .max_watchers = (size_t)cfg->max_watchers,
+        .max_lag = (size_t)cfg->watch_max_buffer,
+    };
+    watch_hub_init(&watch_hub, &wl);
+    core_kv_replaced();
     node.id = members_name_to_id(cfg->node_id);
     pz_queue_init(&node.proposals);
     pz_queue_init(&node.reads);
@@ -1138,7 +1176,9 @@ err_after_store:
 err_after_raft:
     raft_free(node.raft);
 err_after_kv:
+    node_lease_free();
     kv_free(node.kv);
+    watch_hub_close(&watch_hub);
     return PZ_ECONFIG;
 }
 
@@ -1149,7 +1189,9 @@ static void on_transport_closed(void *data)
     PZ_UNUSED(data);
     store_close(node.store);
     raft_free(node.raft);
+    node_lease_free();
     kv_free(node.kv);
+    watch_hub_close(&watch_hub);
     for (size_t i = 0; i < node.n_members; i++)
         members_free_one(&node.members[i]);
     for (size_t i = 0; i < node.n_departed; i++)

@@ -147,6 +147,8 @@ void node_snapshot_info(uint64_t *index, uint64_t *size);
 void node_cancel(struct node_req *req);
 
 struct kv *node_kv(void);
+/* The watch history and watchers (watch.h), fed as entries apply. */
+struct watch_hub *node_watch(void);
 /* True when this node is the leader. */
 bool node_is_leader(void);
 /* The known leader's HTTP or gRPC address ("host:port"), or NULL when this

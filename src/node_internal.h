@@ -153,6 +153,9 @@ extern struct node node;
 /* --- node.c --- */
 /* A failed write of the log, the term, the vote or the cluster id, or a
  * snapshot that cannot be installed: log and exit (fail-stop). */
+/* node.kv is a new table (a snapshot was loaded): hook the watch history
+ * to it and restart the history at its revision. */
+void core_kv_replaced(void);
 void core_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                      noreturn));
 /* A store job failed with PZ_ENOSPC (errmsg: the store's message): raise

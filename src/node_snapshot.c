@@ -646,6 +646,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
     snaps_got_drop();
     kv_free(node.kv);
     node.kv = kv;
+    core_kv_replaced();
     node.applied = sm->index;
     node.prev_snap_index = node.snap_index;
     node.prev_snap_term = node.snap_term;
@@ -722,6 +723,7 @@ int snaps_restore(const struct store_meta *sm, struct raft_entry **ents,
         pz_assert(rc == 0); /* restore_conf_ok checked it */
         kv_free(node.kv);
         node.kv = kv;
+        core_kv_replaced();
         node.applied = meta.index;
         node.snap_index = meta.index;
         node.snap_term = meta.term;

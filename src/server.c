@@ -34,6 +34,7 @@
 #include "fwd.h"
 #include "grpc.h"
 #include "http.h"
+#include "http_watch.h"
 #include "log.h"
 #include "node.h"
 #include "reload.h"
@@ -109,6 +110,7 @@ static void on_cron(uv_timer_t *t)
 {
     PZ_UNUSED(t);
     conn_cron();
+    http_watch_cron();
 }
 
 static void on_grace(uv_timer_t *t)

@@ -270,9 +270,18 @@ static int write_contents(int fd, const struct kv *kv, const struct header *hd,
     w_put(&w, h, sizeof h);
     if (hd->conf_len)
         w_put(&w, hd->conf, hd->conf_len);
-    uint8_t rev[8];
+    uint8_t rev[12];
     pz_put_u64(rev, kv_revision(kv));
+    pz_put_u32(rev + 8, (uint32_t)kv_lease_count(kv));
     w_put(&w, rev, sizeof rev);
+    for (size_t i = 0; i < kv_lease_count(kv); i++) {
+        struct kv_lease l;
+        uint8_t lr[16];
+        kv_lease_at(kv, i, &l);
+        pz_put_u64(lr, l.id);
+        pz_put_u64(lr + 8, l.ttl);
+        w_put(&w, lr, sizeof lr);
+    }
     kv_foreach_view(kv, w_record, &w);
     if (w.err == 0 && w.records != hd->nkeys) {
         set_err(msg, msglen,
@@ -929,10 +938,10 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
         return PZ_ECORRUPT;
     }
     uint32_t version = pz_get_u32(h + 8);
-    if (version != 1 && version != SNAPSHOT_VERSION) {
+    if (version < 1 || version > SNAPSHOT_VERSION) {
         set_err(r->err, r->errlen,
                 "%s: unsupported format version %" PRIu32 " (this build "
-                "reads versions 1 and %d)",
+                "reads versions 1 to %d)",
                 r->path, version, SNAPSHOT_VERSION);
         return PZ_ECORRUPT;
     }
@@ -956,14 +965,15 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
     uint64_t room = rd_left(r) - SNAPSHOT_TRAILER_SIZE - conf_len;
     size_t rec = version == 1 ? 8 : SNAPSHOT_RECORD_HEADER;
     if (version >= 2) {
-        if (room < 8) {
+        size_t fixed = version >= 3 ? 12 : 8;
+        if (room < fixed) {
             set_err(r->err, r->errlen,
                     "%s: truncated: no room for the revision after the "
                     "configuration",
                     r->path);
             return PZ_ECORRUPT;
         }
-        room -= 8;
+        room -= fixed;
     }
     if (m->nkeys > room / rec) {
         set_err(r->err, r->errlen,
@@ -984,7 +994,27 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
         if (rc)
             return rc;
         m->revision = pz_get_u64(rd_take(r, 8));
-    } else {
+    }
+    if (version >= 3) {
+        rc = rd_need(r, 4);
+        if (rc)
+            return rc;
+        m->nleases = pz_get_u32(rd_take(r, 4));
+        if (m->nleases > KV_LEASE_HARD_MAX ||
+            (uint64_t)m->nleases * 16 > rd_left(r) - SNAPSHOT_TRAILER_SIZE ||
+            m->nkeys > (rd_left(r) - SNAPSHOT_TRAILER_SIZE -
+                        (uint64_t)m->nleases * 16) /
+                           rec) {
+            set_err(r->err, r->errlen,
+                    "%s: truncated or corrupt header: %" PRIu32
+                    " leases and %" PRIu64 " keys cannot fit in %" PRIu64
+                    " bytes (at most %u leases)",
+                    r->path, m->nleases, m->nkeys,
+                    rd_left(r) - SNAPSHOT_TRAILER_SIZE, KV_LEASE_HARD_MAX);
+            return PZ_ECORRUPT;
+        }
+    }
+    if (version < 2) {
         /* Version 1 kept no history: its keys count as written at the
          * snapshot's index (at least 1), which later revisions exceed. */
         m->revision = m->nkeys && m->index == 0 ? 1 : m->index;
@@ -1015,6 +1045,28 @@ static int read_file(const char *path, struct kv *kv,
     rc = rd_header(&r, &m);
     if (rc == 0 && kv)
         kv_reserve(kv, (size_t)m.nkeys); /* bounded by the file's size */
+    uint64_t prev_lease = 0;
+    for (uint32_t i = 0; rc == 0 && i < m.nleases; i++) {
+        /* rd_header checked they fit before the trailer */
+        uint64_t at = r.pos;
+        if ((rc = rd_need(&r, 16)) != 0)
+            break;
+        const uint8_t *lr = rd_take(&r, 16);
+        uint64_t id = pz_get_u64(lr), ttl = pz_get_u64(lr + 8);
+        bool ok = id > prev_lease && id <= KV_LEASE_ID_MAX && ttl >= 1 &&
+                  ttl <= KV_LEASE_TTL_MAX;
+        if (!ok && bad_meta[0] == '\0')
+            snprintf(bad_meta, sizeof bad_meta,
+                     "%s: corrupt lease record %" PRIu32 " at offset %" PRIu64
+                     ": id %" PRIu64 " (after %" PRIu64 "), ttl %" PRIu64
+                     " (ids increase from 1 to %llu, ttls run 1 to %u)",
+                     path, i, at, id, prev_lease, ttl,
+                     (unsigned long long)KV_LEASE_ID_MAX, KV_LEASE_TTL_MAX);
+        if (ok && kv)
+            pz_assert(kv_lease_restore(kv, id, ttl) == 0);
+        if (id > prev_lease)
+            prev_lease = id;
+    }
     for (uint64_t i = 0; rc == 0 && i < m.nkeys; i++) {
         uint64_t at = r.pos;
         if (rd_left(&r) < 8 + SNAPSHOT_TRAILER_SIZE) {
@@ -1045,7 +1097,7 @@ static int read_file(const char *path, struct kv *kv,
             km.create_revision = pz_get_u64(h + 8);
             km.mod_revision = pz_get_u64(h + 16);
             km.version = pz_get_u64(h + 24);
-            km.lease = pz_get_u64(h + 32);
+            km.lease = m.version >= 3 ? pz_get_u64(h + 32) : 0;
             if (!meta_ok(&km, m.revision) && bad_meta[0] == '\0') {
                 /* Said only once the checksum matches: a damaged file
                  * is reported as damaged. */
@@ -1080,6 +1132,16 @@ static int read_file(const char *path, struct kv *kv,
         if ((rc = rd_need(&r, (size_t)need)) != 0)
             break;
         const uint8_t *kvp = rd_take(&r, (size_t)need);
+        struct kv_lease kl;
+        if (kv && km.lease && !kv_lease_get(kv, km.lease, &kl)) {
+            if (bad_meta[0] == '\0')
+                snprintf(bad_meta, sizeof bad_meta,
+                         "%s: corrupt record %" PRIu64 " at offset %" PRIu64
+                         ": names lease %" PRIu64 ", which the file does "
+                         "not hold",
+                         path, i, at, km.lease);
+            km.lease = 0; /* the load fails below */
+        }
         if (kv && kv_restore(kv, kvp, klen, kvp + klen, vlen, &km) != 0) {
             set_err(err, errlen,
                     "%s: corrupt: record %" PRIu64 " at offset %" PRIu64

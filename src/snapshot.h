@@ -18,13 +18,13 @@
  *   follower: snapshot_receiver_begin, _write per chunk, _finish loading
  *       into a fresh table (the check and the load are one pass)
  *
- * File format, version 2 (version 1, written before revisions existed,
- * is still read: see below). Integers are big-endian and unsigned unless
+ * File format, version 3 (versions 1, written before revisions existed,
+ * and 2, before leases, are still read: see below). Integers are big-endian and unsigned unless
  * stated otherwise:
  *
  *   offset  size      field
  *   0       8         magic "PYAZSNAP"
- *   8       4         format version (2)
+ *   8       4         format version (3)
  *   12      8         index: last Raft index the table includes
  *   20      8         term of the entry at index
  *   28      8         created: unix time in milliseconds (signed)
@@ -33,13 +33,17 @@
  *   48      conf_len  Raft configuration as of index (raft_conf_encode
  *                     output; opaque to this module)
  *           8         revision of the table (kv_revision)
+ *           4         nleases (at most KV_LEASE_HARD_MAX)
+ *   then nleases lease records, ids strictly increasing:
+ *           8         lease id (1..KV_LEASE_ID_MAX)
+ *           8         ttl in seconds (1..KV_LEASE_TTL_MAX)
  *   then nkeys records, in key order:
  *           4         klen (at most KV_KEY_MAX)
  *           4         vlen (at most KV_VALUE_MAX)
  *           8         create_revision
  *           8         mod_revision
  *           8         version
- *           8         lease id
+ *           8         lease id (0, or one of the leases above)
  *           klen      key bytes (any bytes, NUL included)
  *           vlen      value bytes
  *   trailer:
@@ -52,7 +56,8 @@
  * a record whose metadata no sequence of commands produces (created after
  * modified, modified after the table's revision, version 0 or above the
  * revisions between creation and modification), and a file holding the
- * same key twice. A new format gets a new version number; readers keep
+ * same key twice, a lease record out of range or out of order, and a key
+ * naming a lease the file does not hold. A new format gets a new version number; readers keep
  * accepting the old ones.
  *
  * Version 1 has no revision field, and records are klen, vlen, key,
@@ -64,6 +69,10 @@
  * until the keys are written again: upgrade a cluster by restoring a backup
  * taken with the new version, or take a snapshot on the leader and let it
  * install.
+ *
+ * Version 2 is version 3 without the lease count and lease records. Its
+ * writers kept no lease table and never checked a key's lease id, so its
+ * keys load with lease 0.
  *
  * CRC-64 detects every error burst up to 64 bits and misses a random
  * corruption with probability 2^-64; it guards against damage and
@@ -93,7 +102,7 @@
 
 #define SNAPSHOT_MAGIC "PYAZSNAP"      /* first 8 bytes of a file */
 #define SNAPSHOT_END_MAGIC "PYAZEND\n" /* first 8 bytes of the trailer */
-#define SNAPSHOT_VERSION 2             /* format written by this code */
+#define SNAPSHOT_VERSION 3             /* format written by this code */
 #define SNAPSHOT_RECORD_HEADER 40      /* lengths and metadata (v2) */
 #define SNAPSHOT_HEADER_SIZE 48        /* fixed part, before the conf */
 #define SNAPSHOT_TRAILER_SIZE 16       /* end marker + checksum */
@@ -122,6 +131,7 @@ struct snapshot_meta {
     uint64_t nkeys;     /* number of records */
     uint32_t version;   /* file format version */
     uint64_t revision;  /* the table's revision (v1: the index) */
+    uint32_t nleases;   /* lease records (v3) */
     uint8_t *conf;      /* configuration bytes (pz_malloc, owned; NULL
                            when conf_len is 0) */
     size_t conf_len;    /* length of conf */

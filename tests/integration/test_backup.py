@@ -41,15 +41,16 @@ def crc64(data):
 
 
 def parse_snapshot(data):
-    """Check a snapshot file (format 2) byte by byte; return (index, term,
+    """Check a snapshot file (format 3) byte by byte; return (index, term,
     {k: v})."""
     assert data[:8] == b"PYAZSNAP"
     version, index, term, _created, nkeys, conf_len = struct.unpack(
         ">IQQqQI", data[8:48])
-    assert version == 2
+    assert version == 3
     pos = 48 + conf_len
-    (revision,) = struct.unpack(">Q", data[pos:pos + 8])
-    pos += 8
+    (revision, nleases) = struct.unpack(">QI", data[pos:pos + 12])
+    pos += 12
+    assert nleases == 0
     kv = {}
     last = None
     for _ in range(nkeys):

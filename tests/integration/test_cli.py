@@ -120,7 +120,7 @@ def test_output_json(node):
     code, out, err = cli(*a, "get", "k", "-o")
     assert code == 1 and "bad output format '-o'" in err
     code, out, err = cli(*a, "-o", "json", "set", "k", "v")
-    assert code == 1 and "only get, status and members" in err
+    assert code == 1 and "only get, status, members, lease and watch" in err
     # "--" ends the options: a key named -o
     assert cli(*a, "set", "-o", "dash")[0] == 0
     assert cli(*a, "get", "--", "-o") == (0, "dash\n", "")

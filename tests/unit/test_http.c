@@ -621,6 +621,76 @@ TEST(body_memory)
     pz_buf_free(&b);
 }
 
+TEST(lease_requests)
+{
+    struct http_op op = one(req_of("/lease/grant", "{\"ttl\":30}"));
+    CHECK(op.kind == HTTP_OP_LEASE_GRANT && op.lease_ttl == 30 &&
+          op.lease_id == 0);
+    http_op_free(&op);
+    op = one(req_of("/lease/grant", "{\"ttl\":5,\"id\":9007199254740991}"));
+    CHECK(op.kind == HTTP_OP_LEASE_GRANT && op.lease_id == KV_LEASE_ID_MAX);
+    http_op_free(&op);
+    op = one(req_of("/lease/keepalive", "{\"id\":7}"));
+    CHECK(op.kind == HTTP_OP_LEASE_KEEPALIVE && op.lease_id == 7);
+    http_op_free(&op);
+    op = one(req_of("/lease/revoke", "{\"id\":7}"));
+    CHECK(op.kind == HTTP_OP_LEASE_REVOKE && op.lease_id == 7);
+    http_op_free(&op);
+    op = one("GET /lease?id=12&keys=true HTTP/1.1\r\n\r\n");
+    CHECK(op.kind == HTTP_OP_LEASE_GET && op.lease_id == 12 && op.keys_only);
+    http_op_free(&op);
+    op = one("GET /leases HTTP/1.1\r\n\r\n");
+    CHECK(op.kind == HTTP_OP_LEASE_LIST);
+    http_op_free(&op);
+    /* a plain /set with a lease stays a plain set; with a condition the
+     * transaction's put carries it */
+    op = one(req_of("/set", "{\"key\":\"k\",\"value\":\"v\",\"lease\":7}"));
+    CHECK(op.kind == HTTP_OP_SET && op.lease == 7);
+    http_op_free(&op);
+    struct kv_cmd c;
+    struct kv_cmp cm[4];
+    struct kv_op s[4], f[4];
+    op = one(req_of("/set", "{\"key\":\"k\",\"value\":\"v\",\"lease\":7,"
+                            "\"prev_revision\":0}"));
+    CHECK(txn_of(&op, &c, cm, s, f) && s[0].lease == 7);
+    http_op_free(&op);
+    op = one(req_of("/txn", "{\"success\":[{\"put\":{\"key\":\"k\","
+                            "\"value\":\"v\",\"lease\":8}}]}"));
+    CHECK(txn_of(&op, &c, cm, s, f) && s[0].lease == 8);
+    http_op_free(&op);
+    static const char *const bad[] = {
+        "{\"ttl\":0}", "{\"ttl\":-1}", "{\"ttl\":\"5\"}", "{\"ttl\":1.5}",
+        "{}", "[]", "{\"ttl\":315360001}", "{\"ttl\":5,\"id\":0}",
+        "{\"ttl\":5,\"id\":9007199254740992}",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++)
+        CHECK_EQ_INT(status_of(req_of("/lease/grant", bad[i])), 400);
+    CHECK_EQ_INT(status_of(req_of("/lease/revoke", "{}")), 400);
+    CHECK_EQ_INT(status_of(req_of("/lease/keepalive", "{\"id\":\"1\"}")),
+                 400);
+    CHECK_EQ_INT(status_of(req_of("/set", "{\"key\":\"k\",\"lease\":-3}")),
+                 400);
+    CHECK_EQ_INT(
+        status_of(req_of("/txn", "{\"success\":[{\"put\":{\"key\":\"k\","
+                                 "\"lease\":\"x\"}}]}")),
+        400);
+    static const char *const badq[] = {
+        "GET /lease HTTP/1.1\r\n\r\n",
+        "GET /lease?id= HTTP/1.1\r\n\r\n",
+        "GET /lease?id=0 HTTP/1.1\r\n\r\n",
+        "GET /lease?id=-1 HTTP/1.1\r\n\r\n",
+        "GET /lease?id=1x HTTP/1.1\r\n\r\n",
+        "GET /lease?id=9007199254740992 HTTP/1.1\r\n\r\n",
+        "GET /lease?id=99999999999999999999999 HTTP/1.1\r\n\r\n",
+        "GET /lease?id=1&keys=yes HTTP/1.1\r\n\r\n",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(badq); i++)
+        CHECK_EQ_INT(status_of(badq[i]), 400);
+    CHECK_EQ_INT(status_of("GET /lease/grant HTTP/1.1\r\n\r\n"), 405);
+    CHECK_EQ_INT(status_of(req_of("/lease", "{}")), 405);
+    CHECK_EQ_INT(status_of(req_of("/leases", "{}")), 405);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(pipelined_whole),
     TEST_ENTRY(pipelined_byte_by_byte),
@@ -630,6 +700,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(api_json_forms),
     TEST_ENTRY(range_requests),
     TEST_ENTRY(conditional_writes),
+    TEST_ENTRY(lease_requests),
     TEST_ENTRY(txn_requests),
     TEST_ENTRY(base64_and_utf8),
     TEST_ENTRY(protocol_errors),

@@ -233,10 +233,10 @@ TEST(layout)
     uint8_t *p = read_all(path, &len);
     CHECK(p != NULL);
     size_t cl = sizeof conf_blob;
-    CHECK_EQ_INT(len, SNAPSHOT_HEADER_SIZE + cl + 8 + SNAPSHOT_RECORD_HEADER +
+    CHECK_EQ_INT(len, SNAPSHOT_HEADER_SIZE + cl + 12 + SNAPSHOT_RECORD_HEADER +
                           2 + 3 + SNAPSHOT_TRAILER_SIZE);
     CHECK(memcmp(p, "PYAZSNAP", 8) == 0);
-    CHECK_EQ_INT(pz_get_u32(p + 8), 2);
+    CHECK_EQ_INT(pz_get_u32(p + 8), 3);
     CHECK(pz_get_u64(p + 12) == 0x0102030405060708ull);
     CHECK(pz_get_u64(p + 20) == 9);
     int64_t created = (int64_t)pz_get_u64(p + 28);
@@ -245,7 +245,8 @@ TEST(layout)
     CHECK_EQ_INT(pz_get_u32(p + 44), cl);
     CHECK(memcmp(p + 48, conf_blob, cl) == 0);
     CHECK(pz_get_u64(p + 48 + cl) == 1); /* revision */
-    const uint8_t *rec = p + 48 + cl + 8;
+    CHECK(pz_get_u32(p + 56 + cl) == 0);  /* leases */
+    const uint8_t *rec = p + 48 + cl + 12;
     CHECK_EQ_INT(pz_get_u32(rec), 2);
     CHECK_EQ_INT(pz_get_u32(rec + 4), 3);
     CHECK(pz_get_u64(rec + 8) == 1 && pz_get_u64(rec + 16) == 1 &&
@@ -280,7 +281,7 @@ TEST(roundtrip_empty)
     struct kv *kv = kv_new();
     char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE] = "";
     CHECK(write_ok(t.root, kv, 5, 2, path));
-    CHECK_EQ_INT(file_size(path), SNAPSHOT_HEADER_SIZE + sizeof conf_blob + 8 +
+    CHECK_EQ_INT(file_size(path), SNAPSHOT_HEADER_SIZE + sizeof conf_blob + 12 +
                                       SNAPSHOT_TRAILER_SIZE);
     struct kv *got = kv_new();
     struct snapshot_meta m;
@@ -475,15 +476,15 @@ TEST(corrupt_magic_version_lengths)
     load_digest(path, &rc, err, sizeof err, NULL);
     CHECK(is_corrupt_named(rc, err, path) && strstr(err, "bad magic"));
     memcpy(p, orig, len);
-    pz_put_u32(p + 8, 3);
+    pz_put_u32(p + 8, 4);
     rewrite_crc(p, len);
     CHECK(write_file(path, p, len));
     load_digest(path, &rc, err, sizeof err, NULL);
-    CHECK(is_corrupt_named(rc, err, path) && strstr(err, "version 3") &&
-          strstr(err, "reads versions 1 and 2"));
+    CHECK(is_corrupt_named(rc, err, path) && strstr(err, "version 4") &&
+          strstr(err, "reads versions 1 to 3"));
     /* Metadata no history produces: version 0, modified after the
      * table's revision, created after modified. */
-    size_t m0 = 48 + sizeof conf_blob + 8;
+    size_t m0 = 48 + sizeof conf_blob + 12;
     static const int fields[] = {24, 16, 8};
     static const uint64_t bad[] = {0, 99, 99};
     for (size_t f = 0; f < 3; f++) {
@@ -516,7 +517,7 @@ TEST(corrupt_magic_version_lengths)
     CHECK(is_corrupt_named(rc, err, path));
     /* A key length above KV_KEY_MAX. */
     memcpy(p, orig, len);
-    pz_put_u32(p + 48 + sizeof conf_blob + 8, KV_KEY_MAX + 1);
+    pz_put_u32(p + 48 + sizeof conf_blob + 12, KV_KEY_MAX + 1);
     rewrite_crc(p, len);
     CHECK(write_file(path, p, len));
     load_digest(path, &rc, err, sizeof err, NULL);
@@ -543,7 +544,7 @@ TEST(corrupt_magic_version_lengths)
     kv_set(two, "bb", 2, "2", 1);
     CHECK(write_ok(t.root, two, 4, 1, path));
     p = read_all(path, &len);
-    size_t r0 = 48 + sizeof conf_blob + 8, rl = SNAPSHOT_RECORD_HEADER + 3;
+    size_t r0 = 48 + sizeof conf_blob + 12, rl = SNAPSHOT_RECORD_HEADER + 3;
     memcpy(p + r0 + rl, p + r0, rl);
     rewrite_crc(p, len);
     CHECK(write_file(path, p, len));
@@ -1400,7 +1401,7 @@ TEST(loads_version_1)
     size_t at = 48 + sizeof conf_blob, qn = at;
     memcpy(q, p, at);
     pz_put_u32(q + 8, 1);
-    at += 8; /* revision */
+    at += 12; /* revision, lease count (0) */
     for (int i = 0; i < 2; i++) {
         uint32_t kl = pz_get_u32(p + at), vl = pz_get_u32(p + at + 4);
         memcpy(q + qn, p + at, 8);
@@ -1428,11 +1429,11 @@ TEST(loads_version_1)
     CHECK(kv_get_view(got, "b", 1, &v) && v.meta.mod_revision == 41 &&
           v.meta.version == 2 && v.meta.create_revision == 40);
     snapshot_meta_free(&m);
-    /* And a version-2 round trip keeps every key's metadata exactly. */
+    /* And a version-3 round trip keeps every key's metadata exactly. */
     CHECK(write_ok(t.root, kv, 41, 3, path));
     struct kv *back = kv_new();
     CHECK_EQ_INT(snapshot_load(path, back, &m, err, sizeof err), 0);
-    CHECK(m.version == 2 && m.revision == 3 && kv_revision(back) == 3);
+    CHECK(m.version == 3 && m.revision == 3 && kv_revision(back) == 3);
     CHECK(kv_get_view(back, "a", 1, &v) && v.meta.create_revision == 1 &&
           v.meta.mod_revision == 3 && v.meta.version == 2);
     CHECK(kv_digest(back) == kv_digest(kv));
@@ -1692,6 +1693,88 @@ TEST(bench_1m)
     tdir_free(&t);
 }
 
+/* Leases round-trip (keys stay attached); every bad lease byte is refused
+ * with a message once the checksum matches. */
+TEST(leases_roundtrip_and_corruption)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct kv *kv = kv_new();
+    struct pz_buf b;
+    pz_buf_init(&b);
+    CHECK_EQ_INT(kv_encode_lease_grant(&b, 7, 30), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, NULL), 0);
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_lease_grant(&b, 9, 5), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, NULL), 0);
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_set_lease(&b, "aa", 2, "1", 1, 9), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, NULL), 0);
+    kv_set(kv, "bb", 2, "2", 1);
+    char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE] = "";
+    CHECK(write_ok(t.root, kv, 4, 1, path));
+    struct kv *got = kv_new();
+    struct snapshot_meta m;
+    CHECK_EQ_INT(snapshot_load(path, got, &m, err, sizeof err), 0);
+    CHECK(m.version == 3 && m.nleases == 2);
+    snapshot_meta_free(&m);
+    struct kv_lease l;
+    CHECK(kv_lease_count(got) == 2 && kv_lease_get(got, 9, &l) &&
+          l.ttl == 5 && l.nkeys == 1 && kv_lease_get(got, 7, &l) &&
+          l.ttl == 30 && l.nkeys == 0);
+    CHECK(kv_digest(got) == kv_digest(kv));
+    CHECK(kv_digest_compute(got) == kv_digest(got));
+    /* Revoking in the loaded table deletes the attached key. */
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_lease_revoke(&b, 9), 0);
+    struct kv_result res;
+    CHECK_EQ_INT(kv_apply(got, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK(res.status == KV_OK && res.deleted == 1 && kv_count(got) == 1);
+    kv_free(got);
+    size_t len;
+    uint8_t *orig = read_all(path, &len);
+    CHECK(orig != NULL);
+    uint8_t *p = pz_malloc(len);
+    size_t l0 = 48 + sizeof conf_blob + 12; /* first lease record */
+    /* id 0, ids out of order, ttl 0, ttl too long, key naming a lease
+     * the file lacks. */
+    struct {
+        size_t off;
+        uint64_t v;
+        const char *msg;
+    } bad[] = {
+        {l0, 0, "corrupt lease record"},
+        {l0, 10, "corrupt lease record"},
+        {l0 + 8, 0, "corrupt lease record"},
+        {l0 + 8, (uint64_t)KV_LEASE_TTL_MAX + 1, "corrupt lease record"},
+        {l0 + 32 + 32, 8, "which the file does not hold"},
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        memcpy(p, orig, len);
+        pz_put_u64(p + bad[i].off, bad[i].v);
+        rewrite_crc(p, len);
+        CHECK(write_file(path, p, len));
+        int rc;
+        load_digest(path, &rc, err, sizeof err, NULL);
+        if (!(is_corrupt_named(rc, err, path) && strstr(err, bad[i].msg)))
+            fprintf(stderr, "    case %zu: %s\n", i, err);
+        CHECK(is_corrupt_named(rc, err, path) && strstr(err, bad[i].msg));
+    }
+    /* A lease count that cannot fit. */
+    memcpy(p, orig, len);
+    pz_put_u32(p + l0 - 4, 0x7fffffffu);
+    rewrite_crc(p, len);
+    CHECK(write_file(path, p, len));
+    int rc;
+    load_digest(path, &rc, err, sizeof err, NULL);
+    CHECK(is_corrupt_named(rc, err, path) && strstr(err, "leases"));
+    pz_free(p);
+    pz_free(orig);
+    pz_buf_free(&b);
+    kv_free(kv);
+    tdir_free(&t);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(crc64_vectors),
     TEST_ENTRY(layout),
@@ -1716,6 +1799,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(rx_decide),
     TEST_ENTRY(receiver_refuses_repeated_key),
     TEST_ENTRY(loads_version_1),
+    TEST_ENTRY(leases_roundtrip_and_corruption),
     TEST_ENTRY(prune_except_and_temp),
     TEST_ENTRY(bench_1m),
     TEST_END,

@@ -1,0 +1,616 @@
+#!/usr/bin/python3
+"""bench.py - PyazDB side by side with etcd and Redis on this machine, in
+one run, written up as a report (`make bench`).
+
+    scripts/bench.py [--quick | --full] [--out DIR] [--noisy]
+
+    --quick   3 s per load, curve to 256 connections (a few minutes)
+    --full    10 s per load, curve to 1,024 connections, Redis memory
+    --noisy   also repeat the write matrix with a noisy neighbour: two
+              CPU-bound `nice -n 19` processes running during both
+              systems' runs
+    --out     report directory (default bench-report/): report.md, the
+              raw figures (results.json) and PNG plots (gnuplot)
+
+What it measures, each PyazDB figure next to its reference from the same
+run (the machine is shared and noisy: compare ratios, not absolutes):
+
+- the disk's fsync floor: 128 bytes written in place + fdatasync, in the
+  directory that holds the clusters' data, and a loopback round trip;
+- 3-node PyazDB and 3-node etcd (Debian's etcd-server) on 127.0.0.1, fsync
+  on, loaded one after the other over gRPC by h2load with the same request
+  bytes: writes (Set / Put), linearizable reads (Get / Range), serializable
+  reads (Get stale / Range serializable), at 1x1, 16x1, 64x1 and 16x16
+  (connections x streams): requests/s, p50 and p99 latency (from h2load's
+  per-request log), and the CPU time of all three server processes per
+  request; every write run checks that the leader's commit index grew by
+  at least the number of acknowledged writes (each is one Raft entry);
+- writes against the number of connections (1 to 256 or 1,024, one
+  stream each): throughput and p99 for both systems, plotted;
+- HTTP writes (wrk, distinct keys, 64 connections) against a single
+  redis-server with appendfsync always (redis-benchmark SET, 50 clients);
+- memory per key of the table (tests/bench/kv_mem.c), and, in full mode,
+  of redis-server holding the same 1M keys.
+
+Everything listens on 127.0.0.1 only, every load is bounded in time, and
+every process started here is stopped by its PID at the end.
+"""
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+procs = []  # every process started here
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def free_port(taken):
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        if p not in taken:
+            taken.add(p)
+            return p
+
+
+def start(args, logf, **kw):
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                         stderr=open(logf, "wb"), **kw)
+    procs.append(p)
+    return p
+
+
+def stop_all():
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 15
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def http_json(url, body=None, timeout=5):
+    req = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def wait_for(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            v = pred()
+            if v:
+                return v
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"bench: {what} not ready within {timeout} s")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+
+# --- the systems ------------------------------------------------------------
+
+class Pyazdb:
+    name = "pyazdb"
+
+    def __init__(self, tmp, taken):
+        self.nodes = []
+        spec = []
+        for i in range(1, 4):
+            n = {"raft": free_port(taken), "http": free_port(taken),
+                 "grpc": free_port(taken), "name": f"node{i}"}
+            self.nodes.append(n)
+            spec.append(f"node{i}=127.0.0.1:{n['raft']}")
+        for n in self.nodes:
+            n["proc"] = start(
+                [os.path.join(ROOT, "src/pyazdb-server"),
+                 "--node-id", n["name"], "--raft-data", f"{tmp}/{n['name']}",
+                 "--raft-addr", f"127.0.0.1:{n['raft']}",
+                 "--http-addr", f"127.0.0.1:{n['http']}",
+                 "--grpc-addr", f"127.0.0.1:{n['grpc']}",
+                 "--initial-cluster", ",".join(spec), "--mandi-addr", "none",
+                 "--log-level", "warning"], f"{tmp}/{n['name']}.log")
+        self.leader = wait_for(self._leader, 30, "PyazDB leader")
+        self.pids = [n["proc"].pid for n in self.nodes]
+
+    def _leader(self):
+        for n in self.nodes:
+            if http_json(f"http://127.0.0.1:{n['http']}/status")["role"] == "leader":
+                return n
+        return None
+
+    def grpc_url(self, op):
+        return f"http://127.0.0.1:{self.leader['grpc']}/kv.KVService/" + \
+            {"write": "Set", "read": "Get", "sread": "Get"}[op]
+
+    def commit_index(self):
+        return http_json(
+            f"http://127.0.0.1:{self.leader['http']}/status")["commit_index"]
+
+
+class Etcd:
+    name = "etcd"
+
+    def __init__(self, tmp, taken):
+        self.members = []
+        spec = []
+        for i in range(1, 4):
+            m = {"client": free_port(taken), "peer": free_port(taken),
+                 "name": f"e{i}"}
+            self.members.append(m)
+            spec.append(f"e{i}=http://127.0.0.1:{m['peer']}")
+        for m in self.members:
+            m["proc"] = start(
+                ["etcd", "--name", m["name"], "--data-dir", f"{tmp}/{m['name']}",
+                 "--listen-client-urls", f"http://127.0.0.1:{m['client']}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{m['client']}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{m['peer']}",
+                 "--initial-advertise-peer-urls",
+                 f"http://127.0.0.1:{m['peer']}",
+                 "--initial-cluster", ",".join(spec),
+                 "--initial-cluster-state", "new",
+                 "--initial-cluster-token", "bench", "--log-level", "error"],
+                f"{tmp}/{m['name']}.log")
+        self.leader = wait_for(self._leader, 30, "etcd leader")
+        self.pids = [m["proc"].pid for m in self.members]
+
+    def _status(self, m):
+        return http_json(f"http://127.0.0.1:{m['client']}/v3/maintenance/status",
+                         b"{}")
+
+    def _leader(self):
+        for m in self.members:
+            s = self._status(m)
+            if s["header"]["member_id"] == s["leader"]:
+                return m
+        return None
+
+    def grpc_url(self, op):
+        return f"http://127.0.0.1:{self.leader['client']}/etcdserverpb.KV/" + \
+            {"write": "Put", "read": "Range", "sread": "Range"}[op]
+
+    def commit_index(self):
+        return int(self._status(self.leader)["raftIndex"])
+
+
+# Framed gRPC bodies: flag 0, 4-byte big-endian length, then the message.
+# kv.SetRequest and etcdserverpb.PutRequest: key = 1, value = 2 (same
+# bytes); GetRequest and RangeRequest: key = 1 (same bytes); a stale Get
+# is field 2 = true, a serializable Range field 7 = true.
+def framed(msg):
+    return b"\0" + len(msg).to_bytes(4, "big") + msg
+
+
+BODIES = {
+    ("write", "pyazdb"): framed(b"\x0a\x05bench\x12\x64" + b"v" * 100),
+    ("read", "pyazdb"): framed(b"\x0a\x05bench"),
+    ("sread", "pyazdb"): framed(b"\x0a\x05bench\x10\x01"),
+    ("read", "etcd"): framed(b"\x0a\x05bench"),
+    ("sread", "etcd"): framed(b"\x0a\x05bench\x38\x01"),
+}
+BODIES[("write", "etcd")] = BODIES[("write", "pyazdb")]
+
+
+def h2load(tmp, url, body, conns, streams, dur):
+    bodyf = f"{tmp}/body.bin"
+    with open(bodyf, "wb") as f:
+        f.write(body)
+    logf = f"{tmp}/h2load.log"
+    if os.path.exists(logf):
+        os.unlink(logf)
+    threads = 1 if conns == 1 else 2
+    r = subprocess.run(
+        ["h2load", "-D", str(dur), "-t", str(threads), "-c", str(conns),
+         "-m", str(streams), "-d", bodyf, "--log-file", logf,
+         "-H", "content-type: application/grpc", "-H", "te: trailers", url],
+        capture_output=True, text=True, timeout=dur + 120)
+    out = r.stdout
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, "
+                  r"(\d+) succeeded, (\d+) failed, (\d+) errored, "
+                  r"(\d+) timeout", out)
+    if r.returncode != 0 or not m or int(m.group(5)) or int(m.group(6)) or \
+            int(m.group(7)):
+        raise SystemExit(f"bench: h2load on {url} failed:\n{out}\n{r.stderr}")
+    lat = []
+    with open(logf) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3 and parts[1] == "200":
+                lat.append(int(parts[2]))
+    rps = float(re.search(r"finished in [^,]+, ([\d.]+) req/s", out).group(1))
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] / 1000.0
+    return {"rps": rps, "done": int(m.group(4)), "p50_ms": q(0.50),
+            "p99_ms": q(0.99)}
+
+
+def grpc_ok(url, body):
+    """One request with curl: grpc-status must be 0."""
+    r = subprocess.run(
+        ["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-D", "-",
+         "-H", "content-type: application/grpc", "-H", "te: trailers",
+         "--data-binary", "@-", url], input=body, capture_output=True,
+        timeout=10)
+    return re.search(rb"grpc-status: 0", r.stdout) is not None
+
+
+def run_load(tmp, sysm, op, conns, streams, dur):
+    url = sysm.grpc_url(op)
+    body = BODIES[(op, sysm.name)]
+    c0 = sysm.commit_index() if op == "write" else 0
+    t0 = cpu_ticks(sysm.pids)
+    res = h2load(tmp, url, body, conns, streams, dur)
+    t1 = cpu_ticks(sysm.pids)
+    if not grpc_ok(url, body):
+        raise SystemExit(f"bench: {url}: last request not grpc-status 0")
+    res["cpu_us"] = (t1 - t0) / CLK_TCK * 1e6 / max(1, res["done"])
+    if op == "write":
+        grew = sysm.commit_index() - c0
+        if grew < res["done"]:
+            raise SystemExit(f"bench: {sysm.name} acknowledged {res['done']} "
+                             f"writes but its commit index grew by {grew}")
+        res["commit_growth"] = grew
+    return res
+
+
+# --- the pieces -------------------------------------------------------------
+
+def fsync_floor(d, n):
+    """128-byte records written in turn into a file allocated beforehand
+    (as a log reuses its space), each followed by fdatasync: the least a
+    durable write can cost on this disk."""
+    path = os.path.join(d, "fsync-floor")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    rec = b"x" * 128
+    lat = []
+    try:
+        os.write(fd, b"\0" * (128 * n))
+        os.fsync(fd)
+        for i in range(n):
+            t = time.perf_counter()
+            os.pwrite(fd, rec, 128 * i)
+            os.fdatasync(fd)
+            lat.append((time.perf_counter() - t) * 1e6)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    lat.sort()
+    return {"p50_us": statistics.median(lat),
+            "p99_us": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+
+
+def loopback_rtt(n=2000):
+    srv = socket.create_server(("127.0.0.1", 0))
+    c = socket.create_connection(srv.getsockname())
+    s, _ = srv.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter()
+        c.sendall(b"p")
+        s.recv(1)
+        s.sendall(b"q")
+        c.recv(1)
+        lat.append((time.perf_counter() - t) * 1e6)
+    for x in (srv, c, s):
+        x.close()
+    return statistics.median(lat)
+
+
+class Noise:
+    """Two CPU-bound processes at the lowest priority."""
+
+    def __enter__(self):
+        self.p = [subprocess.Popen(["nice", "-n", "19", "/bin/sh", "-c",
+                                    "while :; do :; done"])
+                  for _ in range(2)]
+        return self
+
+    def __exit__(self, *a):
+        for p in self.p:
+            p.kill()
+            p.wait()
+
+
+def http_vs_redis(tmp, pz, taken, dur):
+    base = f"http://127.0.0.1:{pz.leader['http']}"
+    lua = f"{tmp}/set.lua"
+    with open(lua, "w") as f:
+        f.write('local threads = 0\n'
+                'function setup(thread) threads = threads + 1; '
+                'thread:set("id", threads) end\n'
+                'local n = 0\n'
+                'request = function()\n n = n + 1\n'
+                ' local body = \'{"key":"h\' .. id .. \'-\' .. n .. '
+                '\'","value":"' + "v" * 100 + '"}\'\n'
+                ' return wrk.format("POST", "/set", '
+                '{["Content-Type"]="application/json"}, body)\nend\n')
+    r = subprocess.run(["wrk", "-t2", "-c64", f"-d{dur}s", "--latency", "-s",
+                        lua, base], capture_output=True, text=True,
+                       timeout=dur + 60)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", r.stdout).group(1))
+    if "Non-2xx" in r.stdout:
+        raise SystemExit("bench: wrk got errors:\n" + r.stdout)
+    port = free_port(taken)
+    rd = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                "--dir", tmp, "--daemonize", "no"], f"{tmp}/redis.log")
+    wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"],
+                                    capture_output=True).returncode == 0,
+             10, "redis-server")
+    out = subprocess.run(["redis-benchmark", "-p", str(port), "-h",
+                          "127.0.0.1", "-q", "-d", "100", "-r", "1000000",
+                          "-c", "50", "-n", str(int(3000 * dur)), "-t", "set"],
+                         capture_output=True, text=True, timeout=dur * 10 + 60)
+    rrps = float(re.findall(r"([\d.]+) requests per second",
+                            out.stdout.replace("\r", "\n"))[-1])
+    rd.terminate()
+    rd.wait()
+    return {"pyazdb_http_set_64": rps, "redis_set_50_fsync_always": rrps}
+
+
+def kv_mem():
+    r = subprocess.run(["make", "-s", "bench-kv-mem"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    m = re.search(r"bytes_per_key=([\d.]+)", r.stdout)
+    return {"pyazdb_bytes_per_key": float(m.group(1)) if m else None,
+            "output": r.stdout.strip()}
+
+
+def redis_mem(tmp, taken, n=1000000):
+    port = free_port(taken)
+    rd = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--daemonize", "no"],
+               f"{tmp}/redis-mem.log")
+    wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"],
+                                    capture_output=True).returncode == 0,
+             10, "redis-server")
+
+    def rss():
+        info = subprocess.run(["redis-cli", "-p", str(port), "info", "memory"],
+                              capture_output=True, text=True).stdout
+        return int(re.search(r"used_memory_rss:(\d+)", info).group(1))
+    before = rss()
+    val = "v" * 100
+    cmds = "".join(f"*3\r\n$3\r\nSET\r\n$16\r\n{'k%015d' % i}\r\n$100\r\n{val}\r\n"
+                   for i in range(n))
+    subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=cmds,
+                   text=True, capture_output=True, timeout=300, check=True)
+    after = rss()
+    rd.terminate()
+    rd.wait()
+    return (after - before) / n
+
+
+# --- report -----------------------------------------------------------------
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def plots(out, curve):
+    if not shutil.which("gnuplot"):
+        return False
+    for sysname in ("pyazdb", "etcd"):
+        with open(f"{out}/curve-{sysname}.dat", "w") as f:
+            for c, r in sorted(curve[sysname].items()):
+                f.write(f"{c} {r['rps']} {r['p99_ms']}\n")
+    script = f"""
+set terminal pngcairo size 900,500
+set logscale x 2
+set xlabel "connections (1 stream each)"
+set key top left
+set grid
+set output "{out}/writes-throughput.png"
+set ylabel "writes/s"
+plot "{out}/curve-pyazdb.dat" using 1:2 with linespoints title "PyazDB", \\
+     "{out}/curve-etcd.dat" using 1:2 with linespoints title "etcd"
+set output "{out}/writes-p99.png"
+set ylabel "p99 latency (ms)"
+plot "{out}/curve-pyazdb.dat" using 1:3 with linespoints title "PyazDB", \\
+     "{out}/curve-etcd.dat" using 1:3 with linespoints title "etcd"
+"""
+    r = subprocess.run(["gnuplot"], input=script, text=True,
+                       capture_output=True)
+    if r.returncode != 0:
+        log("bench: gnuplot failed:", r.stderr)
+        return False
+    return True
+
+
+def report(out, res, mode):
+    L = []
+    L.append(f"# PyazDB benchmark report ({mode} mode)\n")
+    L.append(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+             f"{res['machine']}. 3-node clusters on 127.0.0.1, fsync on. "
+             f"etcd {res['etcd_version']}, PyazDB {res['pyazdb_version']}, "
+             f"{res['dur']} s per load. Ratios are PyazDB / etcd from the "
+             "same run.\n")
+    f = res["floor"]
+    L.append(f"Disk fsync floor (128 B written in place + fdatasync): p50 "
+             f"{f['p50_us']:.0f} us, p99 {f['p99_us']:.0f} us; loopback "
+             f"TCP round trip p50 {res['rtt_us']:.0f} us.\n")
+    for tag, title in (("", "quiet"), ("noisy-", "noisy neighbour")):
+        if not any(k.startswith(tag + "write") for k in res["matrix"]):
+            continue
+        L.append(f"\n## gRPC matrix ({title})\n")
+        L.append("| op | load | PyazDB req/s | etcd req/s | ratio | PyazDB "
+                 "p50 / p99 ms | etcd p50 / p99 ms | CPU us/req PyazDB / "
+                 "etcd |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for key, r in res["matrix"].items():
+            if not key.startswith(tag) or (not tag and key.startswith("noisy-")):
+                continue
+            op, load = key[len(tag):].split("@")
+            a, b = r["pyazdb"], r["etcd"]
+            L.append(f"| {op} | {load} | {a['rps']:,.0f} | {b['rps']:,.0f} | "
+                     f"{ratio(a['rps'], b['rps'])} | {a['p50_ms']:.2f} / "
+                     f"{a['p99_ms']:.2f} | {b['p50_ms']:.2f} / "
+                     f"{b['p99_ms']:.2f} | {a['cpu_us']:.0f} / "
+                     f"{b['cpu_us']:.0f} |")
+    w = res["matrix"].get("write@1x1")
+    if w:
+        floor_ms = (f["p50_us"] + res["rtt_us"]) / 1000
+        L.append(f"\n1x1 write p50 {w['pyazdb']['p50_ms']:.2f} ms against "
+                 f"the fsync floor plus one loopback round trip "
+                 f"({floor_ms:.2f} ms): {w['pyazdb']['p50_ms'] / floor_ms:.2f}x;"
+                 f" p99 / p50 at 1x1: "
+                 f"{w['pyazdb']['p99_ms'] / w['pyazdb']['p50_ms']:.2f}.\n")
+    L.append("\n## Writes against connections\n")
+    L.append("| connections | PyazDB req/s | etcd req/s | ratio | PyazDB p99 ms "
+             "| etcd p99 ms |")
+    L.append("|---|---|---|---|---|---|")
+    for c in sorted(res["curve"]["pyazdb"]):
+        a, b = res["curve"]["pyazdb"][c], res["curve"]["etcd"][c]
+        L.append(f"| {c} | {a['rps']:,.0f} | {b['rps']:,.0f} | "
+                 f"{ratio(a['rps'], b['rps'])} | {a['p99_ms']:.2f} | "
+                 f"{b['p99_ms']:.2f} |")
+    if res.get("plots"):
+        L.append("\n![writes/s](writes-throughput.png)\n")
+        L.append("![p99](writes-p99.png)\n")
+    h = res["http"]
+    L.append("\n## HTTP writes against Redis\n")
+    L.append(f"PyazDB POST /set, 64 connections, 3 nodes: "
+             f"{h['pyazdb_http_set_64']:,.0f}/s; redis-server appendfsync "
+             f"always, SET from 50 clients: {h['redis_set_50_fsync_always']:,.0f}"
+             f"/s; ratio {ratio(h['pyazdb_http_set_64'], h['redis_set_50_fsync_always'])}.\n")
+    m = res["mem"]
+    L.append("\n## Memory per key\n")
+    L.append(f"PyazDB table, 1M keys of 16 B with 100 B values: "
+             f"{m['pyazdb_bytes_per_key']} bytes per key"
+             + (f"; redis-server with the same data: "
+                f"{m['redis_bytes_per_key']:.1f} bytes per key "
+                f"({ratio(m['pyazdb_bytes_per_key'], m['redis_bytes_per_key'])})"
+                if m.get("redis_bytes_per_key") else "") + ".\n")
+    with open(f"{out}/report.md", "w") as fh:
+        fh.write("\n".join(L) + "\n")
+    with open(f"{out}/results.json", "w") as fh:
+        json.dump(res, fh, indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true")
+    g.add_argument("--full", action="store_true")
+    ap.add_argument("--noisy", action="store_true")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench-report"))
+    a = ap.parse_args()
+    mode = "full" if a.full else "quick"
+    dur = 10 if a.full else 3
+    loads = [(1, 1), (16, 1), (64, 1), (16, 16)]
+    curve_conns = [1, 4, 16, 64, 256, 1024] if a.full else [1, 16, 64, 256]
+    for tool in ("h2load", "etcd", "wrk", "redis-server", "redis-benchmark",
+                 "curl"):
+        if not shutil.which(tool):
+            raise SystemExit(f"bench: {tool} missing: scripts/install-deps.sh bench")
+    os.makedirs(a.out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="pz-bench-")
+    taken = set()
+    res = {"mode": mode, "dur": dur, "matrix": {}, "curve": {"pyazdb": {},
+                                                             "etcd": {}}}
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = re.search(r"model name\s*: (.*)", f.read())
+        res["machine"] = f"{os.cpu_count()} CPUs ({model.group(1) if model else '?'})"
+        res["etcd_version"] = re.search(
+            r"etcd Version: (\S+)",
+            subprocess.run(["etcd", "--version"], capture_output=True,
+                           text=True).stdout).group(1)
+        res["pyazdb_version"] = subprocess.run(
+            [os.path.join(ROOT, "src/pyazdb-server"), "--version"],
+            capture_output=True, text=True).stdout.split()[1]
+        log(f"== fsync floor and loopback round trip (in {tmp})")
+        res["floor"] = fsync_floor(tmp, 2000 if a.full else 500)
+        res["rtt_us"] = loopback_rtt()
+        log(f"   fsync p50 {res['floor']['p50_us']:.0f} us, "
+            f"rtt p50 {res['rtt_us']:.0f} us")
+        # 1,024 connections and their servers' ends (inherited)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 4096 and (hard == resource.RLIM_INFINITY or hard >= 4096):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+        log("== starting 3-node etcd and 3-node PyazDB")
+        systems = [Pyazdb(tmp, taken), Etcd(tmp, taken)]
+        for s in systems:  # the key the reads read
+            run_load(tmp, s, "write", 1, 1, 1)
+        passes = [("", None)]
+        if a.noisy:
+            passes.append(("noisy-", Noise))
+        for tag, noise in passes:
+            for op in (("write",) if tag else ("write", "read", "sread")):
+                for c, m in loads:
+                    key = f"{tag}{op}@{c}x{m}"
+                    res["matrix"][key] = {}
+                    for s in systems:
+                        if noise:
+                            with noise():
+                                r = run_load(tmp, s, op, c, m, dur)
+                        else:
+                            r = run_load(tmp, s, op, c, m, dur)
+                        res["matrix"][key][s.name] = r
+                    a_, b_ = res["matrix"][key]["pyazdb"], res["matrix"][key]["etcd"]
+                    log(f"   {key:<16} pyazdb {a_['rps']:>9,.0f}/s p99 "
+                        f"{a_['p99_ms']:6.2f} ms   etcd {b_['rps']:>9,.0f}/s "
+                        f"p99 {b_['p99_ms']:6.2f} ms   {ratio(a_['rps'], b_['rps'])}")
+        log("== writes against connections")
+        for c in curve_conns:
+            for s in systems:
+                res["curve"][s.name][c] = run_load(tmp, s, "write", c, 1, dur)
+            log(f"   {c:>5} conns: pyazdb {res['curve']['pyazdb'][c]['rps']:>9,.0f}/s"
+                f"   etcd {res['curve']['etcd'][c]['rps']:>9,.0f}/s")
+        log("== HTTP writes against redis-server (appendfsync always)")
+        res["http"] = http_vs_redis(tmp, systems[0], taken, dur)
+        log(f"   {res['http']}")
+        stop_all()
+        procs.clear()
+        log("== memory per key")
+        res["mem"] = kv_mem()
+        if a.full:
+            res["mem"]["redis_bytes_per_key"] = redis_mem(tmp, taken)
+        res["plots"] = plots(a.out, res["curve"])
+        report(a.out, res, mode)
+        log(f"== report: {a.out}/report.md")
+        with open(f"{a.out}/report.md") as fh:
+            print(fh.read())
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

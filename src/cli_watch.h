@@ -1,0 +1,17 @@
+/* cli_watch.h - pyazdb-cli watch: follow GET /watch (Server-Sent Events)
+ * on the nodes given, resuming on another node when a stream breaks. */
+#ifndef PZ_CLI_WATCH_H
+#define PZ_CLI_WATCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* watch KEY | watch --prefix P, [--rev N] [--prev]: print events until
+ * interrupted. addrs: HTTP addresses ("host:port") tried in turn; token
+ * for the Authorization header (NULL: none); json: one JSON document per
+ * event. Returns the exit status (only on an error: 1 bad use or no node,
+ * 3 history compacted). */
+int cli_watch(int nargs, char **args, const char *const *addrs, size_t naddrs,
+              const char *token, bool json);
+
+#endif

@@ -1,0 +1,27 @@
+/* http_watch.h - GET /watch: watch streams as Server-Sent Events, served
+ * by http.c on any node from its applied state (the history and watchers
+ * are watch.h's, fed by the node). */
+#ifndef PZ_HTTP_WATCH_H
+#define PZ_HTTP_WATCH_H
+
+#include "config.h"
+#include "httpd.h"
+
+struct watch_stream;
+
+/* Once, after node_init: options, the node's hub, /metrics. */
+void http_watch_init(const struct pz_config *cfg);
+/* Serve GET /watch on hc (its request): answers it at once (an error) or
+ * holds it and streams; *ws is the stream's state (NULL if none), which
+ * http.c hands back to the functions below. */
+void http_watch_start(struct httpd_conn *hc, struct watch_stream **ws);
+/* httpd's on_stream for a watch stream. */
+void http_watch_on_stream(struct watch_stream *ws);
+/* The request is answered or the connection closes: free *ws. */
+void http_watch_free(struct watch_stream **ws);
+/* Progress events for idle streams; call every few hundred ms. */
+void http_watch_cron(void);
+/* Shutdown: end every stream. */
+void http_watch_drain(void);
+
+#endif

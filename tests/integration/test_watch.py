@@ -1,0 +1,488 @@
+"""GET /watch (Server-Sent Events) against real nodes, read with a raw
+socket SSE client and curl, and `pyazdb-cli watch` across node failures:
+order and ids, filters, resuming (Last-Event-ID, start_revision), the
+compacted answer, progress events, slow watchers, failover."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from grpc_helpers import CLI
+from test_cluster import leader_of, make_cluster
+
+
+class SSE:
+    """A GET /watch stream on a socket of its own; events are parsed as
+    they are read, so a test decides when (and whether) to read."""
+
+    def __init__(self, port, query, headers=None, rcvbuf=None, timeout=10):
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        h = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.sock.sendall(f"GET /watch?{query} HTTP/1.1\r\nHost: x\r\n{h}\r\n"
+                          .encode())
+        self.buf = b""
+        self.closed = False
+        head = self._until(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip()
+                        for l in lines[1:] if ":" in l}
+        if self.status != 200:
+            n = int(self.headers.get("content-length", "0"))
+            while len(self.buf) < n:
+                self._fill()
+            self.body = self.buf[:n]
+
+    def _fill(self):
+        d = self.sock.recv(65536)
+        if not d:
+            self.closed = True
+            raise EOFError
+        self.buf += d
+
+    def _until(self, sep):
+        while sep not in self.buf:
+            self._fill()
+        i = self.buf.index(sep)
+        out, self.buf = self.buf[:i], self.buf[i + len(sep):]
+        return out
+
+    def next(self, timeout=10):
+        """The next event as (event type, id or None, data as JSON)."""
+        self.sock.settimeout(timeout)
+        raw = self._until(b"\n\n").decode()
+        ev, eid, data = "message", None, []
+        for line in raw.split("\n"):
+            f, _, v = line.partition(":")
+            v = v[1:] if v.startswith(" ") else v
+            if f == "event":
+                ev = v
+            elif f == "id":
+                eid = int(v)
+            elif f == "data":
+                data.append(v)
+        return ev, eid, json.loads("\n".join(data)) if data else None
+
+    def revisions(self, n, timeout=10):
+        """The next n revision events (skipping created/progress)."""
+        out = []
+        deadline = time.time() + timeout
+        while len(out) < n:
+            ev, eid, d = self.next(timeout=max(0.1, deadline - time.time()))
+            if ev == "message":
+                assert eid == d["revision"]
+                out.append(d)
+        return out
+
+    def close(self):
+        self.sock.close()
+
+
+def q(**kw):
+    return urllib.parse.urlencode(kw)
+
+
+def put(s, key, value):
+    st, _, body = s.request("POST", "/set",
+                            json.dumps({"key": key, "value": value}))
+    assert st == 204, body
+
+
+def delete(s, key):
+    st, _, body = s.request("POST", "/delete", json.dumps({"key": key}))
+    assert st == 204, body
+
+
+def revision(s):
+    return s.status()["revision"]
+
+
+def flat(revs):
+    return [(r["revision"], e["type"], e["kv"]["key"], e["kv"].get("value"))
+            for r in revs for e in r["events"]]
+
+
+def test_events_in_order_with_ids(servers):
+    s = servers()
+    w = SSE(s.http_port, q(prefix="", prev_kv="true"))
+    assert w.status == 200
+    assert w.headers["content-type"] == "text/event-stream"
+    assert "content-length" not in w.headers
+    ev, _, created = w.next()
+    assert ev == "created"
+    r0 = created["revision"]
+    assert created["start_revision"] == r0 + 1
+    put(s, "a", "1")
+    put(s, "a", "2")
+    delete(s, "a")
+    delete(s, "a")  # absent: no revision, no event
+    st, _, body = s.request("POST", "/txn", json.dumps(
+        {"success": [{"put": {"key": "x", "value": "X"}},
+                     {"put": {"key": "y", "value": "Y"}}]}))
+    assert st == 200, body
+    put(s, "bin", "\x00\x01")
+    revs = w.revisions(5)
+    assert [r["revision"] for r in revs] == [r0 + 1, r0 + 2, r0 + 3, r0 + 4,
+                                             r0 + 5]
+    assert flat(revs[:4]) == [
+        (r0 + 1, "put", "a", "1"), (r0 + 2, "put", "a", "2"),
+        (r0 + 3, "delete", "a", None),
+        (r0 + 4, "put", "x", "X"), (r0 + 4, "put", "y", "Y")]
+    e1, e2, e3 = (revs[i]["events"][0] for i in range(3))
+    assert e1["prev_kv"] is None
+    assert e1["kv"] == {"key": "a", "value": "1", "create_revision": r0 + 1,
+                        "mod_revision": r0 + 1, "version": 1, "lease": 0}
+    assert e2["prev_kv"]["value"] == "1"
+    assert e2["kv"]["version"] == 2
+    assert e3["kv"]["mod_revision"] == r0 + 3
+    assert e3["prev_kv"]["value"] == "2"
+    # keys and values as /range writes them: a NUL is valid UTF-8, escaped
+    assert revs[4]["events"][0]["kv"]["value"] == "\x00\x01"
+    w.close()
+
+
+def test_curl_reads_the_stream(servers):
+    s = servers()
+    put(s, "c/1", "one")
+    put(s, "c/2", "two")
+    p = subprocess.run(
+        ["curl", "-sN", "-m", "2",
+         f"http://127.0.0.1:{s.http_port}/watch?prefix=c/&start_revision=1"],
+        capture_output=True, timeout=20)
+    assert p.returncode == 28, p  # curl: stopped by -m, the stream was open
+    text = p.stdout.decode()
+    assert "event: created\n" in text
+    assert "id: 1\n" in text and "id: 2\n" in text
+    assert text.index("id: 1\n") < text.index("id: 2\n")
+
+
+def test_prefix_key_and_range_filters(servers):
+    s = servers()
+    base = revision(s)
+    wk = SSE(s.http_port, q(key="k"))
+    wp = SSE(s.http_port, q(prefix="p/"))
+    wr = SSE(s.http_port, q(**{"from": "m", "to": "n"}))
+    for k in ["k", "kk", "p/1", "p", "q", "m", "mzz", "n", "p/2"]:
+        put(s, k, "v")
+    assert [e[2] for e in flat(wk.revisions(1))] == ["k"]
+    assert [e[2] for e in flat(wp.revisions(2))] == ["p/1", "p/2"]
+    assert [e[2] for e in flat(wr.revisions(2))] == ["m", "mzz"]
+    assert flat(wp.revisions(0)) == []
+    # nothing else arrived on the key watcher: the next is the next put
+    put(s, "k", "w")
+    assert flat(wk.revisions(1)) == [(base + 10, "put", "k", "w")]
+    for w in (wk, wp, wr):
+        w.close()
+
+
+def test_resume_with_last_event_id_and_start_revision(servers):
+    s = servers()
+    w = SSE(s.http_port, q(prefix="r/"))
+    put(s, "r/1", "a")
+    put(s, "r/2", "b")
+    first = w.revisions(2)
+    last_id = first[-1]["revision"]
+    w.close()
+    # writes while no one watches
+    put(s, "r/3", "c")
+    put(s, "r/4", "d")
+    w2 = SSE(s.http_port, q(prefix="r/"), headers={"Last-Event-ID": last_id})
+    got = w2.revisions(2)
+    assert [e[2] for e in flat(got)] == ["r/3", "r/4"]
+    assert got[0]["revision"] == last_id + 1
+    w2.close()
+    # Last-Event-ID wins over start_revision (a browser resends the URL)
+    w3 = SSE(s.http_port, q(prefix="r/", start_revision=1),
+             headers={"Last-Event-ID": last_id + 1})
+    assert [e[2] for e in flat(w3.revisions(1))] == ["r/4"]
+    w3.close()
+    w4 = SSE(s.http_port, q(prefix="r/", start_revision=last_id))
+    assert [e[2] for e in flat(w4.revisions(3))] == ["r/2", "r/3", "r/4"]
+    # a start in the future waits for it
+    w5 = SSE(s.http_port, q(prefix="r/", start_revision=last_id + 4))
+    put(s, "r/5", "e")
+    put(s, "r/6", "f")
+    got = w5.revisions(1)
+    assert got[0]["revision"] == last_id + 4
+    assert flat(got)[0][2] == "r/6"
+    w4.close()
+    w5.close()
+
+
+def test_start_older_than_history_is_410(servers):
+    s = servers(conf={"watch-history-events": "5"})
+    for i in range(12):
+        put(s, "h", str(i))
+    rev = revision(s)
+    w = SSE(s.http_port, q(key="h", start_revision=1))
+    assert w.status == 410
+    body = json.loads(w.body)
+    assert "compacted" in body["error"]
+    assert body["compact_revision"] == rev - 4
+    w.close()
+    w = SSE(s.http_port, q(key="h"), headers={"Last-Event-ID": rev - 6})
+    assert w.status == 410
+    w.close()
+    # the oldest revision left is served
+    w = SSE(s.http_port, q(key="h", start_revision=rev - 4))
+    assert w.status == 200
+    assert [r["revision"] for r in w.revisions(5)] == list(range(rev - 4,
+                                                                 rev + 1))
+    w.close()
+    st, _, m = s.request("GET", "/metrics")
+    assert f"pyazdb_watch_compact_revision {rev - 4}" in m.decode()
+
+
+@pytest.mark.parametrize("query,why", [
+    ("", "Missing key, prefix or from"),
+    ("key=a&prefix=b", "Give one of"),
+    ("key=", "Missing key"),
+    ("key=a&start_revision=-1", "start_revision"),
+    ("key=a&start_revision=1x", "start_revision"),
+    ("key=a&start_revision=99999999999999999999999", "start_revision"),
+    ("prefix=a&to=b", "to goes with from"),
+    ("from=b&to=a", "greater than from"),
+    ("key=a&prev_kv=yes", "prev_kv"),
+    ("key=a&serializable=2", "serializable"),
+    ("key=%zz", "percent"),
+])
+def test_bad_parameters_are_400(server, query, why):
+    st, _, body = server.request("GET", "/watch?" + query)
+    assert st == 400
+    assert why in body.decode() and body.count(b"\n") == 1
+    st, _, body = server.request("GET", "/watch?key=a",
+                                 headers={"Last-Event-ID": "x"})
+    assert st == 400 and b"Last-Event-ID" in body
+    st, _, _ = server.request("POST", "/watch?key=a")
+    assert st == 405
+
+
+def test_progress_events_on_an_idle_watch(servers):
+    s = servers(conf={"watch-progress-interval": "300ms"})
+    put(s, "other", "x")
+    w = SSE(s.http_port, q(key="idle"))
+    assert w.next()[0] == "created"
+    t0 = time.time()
+    ev, eid, d = w.next(timeout=5)
+    assert ev == "progress" and eid is None
+    assert d["revision"] == revision(s)
+    assert time.time() - t0 < 3
+    put(s, "other", "y")  # not watched: the next progress says so
+    deadline = time.time() + 5
+    while True:
+        ev, _, d = w.next(timeout=5)
+        assert ev == "progress"
+        if d["revision"] == revision(s):
+            break
+        assert time.time() < deadline
+    w.close()
+    st, _, m = s.request("GET", "/metrics")
+    assert "pyazdb_watch_progress_sent_total" in m.decode()
+
+
+def test_slow_watcher_is_cancelled_and_the_node_stays_healthy(servers):
+    s = servers(conf={"watch-max-buffer": "256kb",
+                      "max-value-size": "1mb", "http-max-body": "4mb"})
+    slow = SSE(s.http_port, q(prefix="big/"), rcvbuf=4096)
+    fast = SSE(s.http_port, q(prefix="big/"))
+    assert slow.next()[0] == "created"
+    big = "v" * 200_000
+    n = 0
+    # write until the node gives up on the reader that does not read
+    deadline = time.time() + 30
+    while True:
+        put(s, f"big/{n}", big)
+        n += 1
+        fast.revisions(1)
+        st, _, m = s.request("GET", "/metrics")
+        if "pyazdb_watch_cancelled_slow_total 1" in m.decode():
+            break
+        assert time.time() < deadline, "slow watcher never cancelled"
+    # the reader now reads: what it had, then the reason, then the end
+    seen, last = [], None
+    while True:
+        try:
+            ev, _, d = slow.next(timeout=10)
+        except EOFError:
+            break
+        if ev == "message":
+            seen.append(d["revision"])
+        last = (ev, d)
+    assert last[0] == "cancelled"
+    assert "slow" in last[1]["reason"]
+    assert seen == sorted(seen) and len(seen) < n
+    if seen:
+        assert last[1]["revision"] == seen[-1]
+    assert slow.closed
+    # the fast one goes on, the node is healthy, its gauge dropped
+    put(s, "big/x", "small")
+    assert flat(fast.revisions(1))[0][2] == "big/x"
+    assert s.request("GET", "/health")[0] == 200
+    m = s.request("GET", "/metrics")[2].decode()
+    assert "pyazdb_watchers 1" in m
+    fast.close()
+
+
+def test_max_watchers(servers):
+    s = servers(conf={"max-watchers": "2"})
+    a = SSE(s.http_port, q(key="a"))
+    b = SSE(s.http_port, q(key="b"))
+    c = SSE(s.http_port, q(key="c"))
+    assert (a.status, b.status, c.status) == (200, 200, 503)
+    assert b"max-watchers" in c.body
+    a.close()
+    deadline = time.time() + 5
+    while True:
+        d = SSE(s.http_port, q(key="d"))
+        if d.status == 200:
+            break
+        assert time.time() < deadline
+        time.sleep(0.05)
+    b.close()
+    d.close()
+
+
+def test_shutdown_ends_streams(servers):
+    s = servers()
+    w = SSE(s.http_port, q(key="a"))
+    assert w.next()[0] == "created"
+    s.stop()
+    with pytest.raises(EOFError):
+        w.next(timeout=10)
+
+
+def test_follower_watch_survives_leader_kill(servers):
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    follower = next(n for n in nodes if n is not leader)
+    w = SSE(follower.http_port, q(prefix="f/"))
+    assert w.status == 200
+    put(leader, "f/1", "a")
+    assert flat(w.revisions(1))[0][2] == "f/1"
+    leader.kill()
+    new = leader_of(nodes, timeout=20, exclude=(leader,))
+    put(new, "f/2", "b")
+    put(new, "f/3", "c")
+    assert [e[2] for e in flat(w.revisions(2))] == ["f/2", "f/3"]
+    w.close()
+
+
+def cli_watch(args, nodes):
+    http = ",".join(f"127.0.0.1:{n.http_port}" for n in nodes)
+    return subprocess.Popen([CLI, "--http", http, "watch", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_cli_watch_survives_killing_its_node(servers):
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    # the CLI first talks to a follower that we kill, then to the others
+    victim = next(n for n in nodes if n is not leader)
+    order = [victim] + [n for n in nodes if n is not victim]
+    start = revision(leader) + 1
+    p = cli_watch(["--prefix", "s/", "-o", "json", "--rev", str(start)],
+                  order)
+    lines = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(l.decode() for l in p.stdout))
+    reader.start()
+    put(leader, "s/0", "0")
+    deadline = time.time() + 10
+    while not lines:
+        assert time.time() < deadline, p.stderr
+        time.sleep(0.05)
+    written = ["0"]
+    stop = threading.Event()
+
+    def writer():
+        i = 1
+        while not stop.is_set() and i < 200:
+            for n in nodes:
+                if n is victim:
+                    continue
+                try:
+                    st, _, _ = n.request("POST", "/set", json.dumps(
+                        {"key": f"s/{i}", "value": str(i)}), timeout=5)
+                    if st == 204:
+                        written.append(str(i))
+                        i += 1
+                        break
+                except OSError:
+                    pass
+            time.sleep(0.01)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.5)
+    victim.kill()
+    time.sleep(1.5)
+    stop.set()
+    t.join()
+    # everything written shows up once, in order
+    deadline = time.time() + 20
+    while len(lines) < len(written) and time.time() < deadline:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=10)
+    reader.join(timeout=10)
+    evs = [json.loads(l) for l in lines]
+    values = [e["kv"]["value"] for e in evs]
+    assert values == written, p.stderr.read().decode()
+    revs = [e["revision"] for e in evs]
+    assert revs == sorted(set(revs))
+    err = p.stderr.read().decode()
+    assert "resuming at revision" in err
+
+
+def test_cli_watch_text_and_compacted(servers):
+    s = servers(conf={"watch-history-events": "3"})
+    p = cli_watch(["k", "--rev", str(revision(s) + 1)], [s])
+    put(s, "k", "1")
+    delete(s, "k")
+    line1 = p.stdout.readline().decode()
+    line2 = p.stdout.readline().decode()
+    assert line1.endswith("PUT k = 1\n") and line1.startswith("[")
+    assert line2.endswith("DELETE k\n")
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=10)
+    for i in range(6):
+        put(s, "k", str(i))
+    p = cli_watch(["k", "--rev", "1"], [s])
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 3
+    assert b"compacted" in err
+
+
+def test_history_restarts_at_the_snapshot_after_a_restart(servers):
+    s = servers(conf={"raft-snapshot-entries": "10",
+                      "raft-trailing-entries": "0"})
+    for i in range(25):
+        put(s, f"z/{i}", str(i))
+    deadline = time.time() + 20
+    while s.status()["snapshot_index"] == 0:
+        assert time.time() < deadline, "no snapshot taken"
+        time.sleep(0.05)
+    s.stop()
+    s.start()
+    rev = revision(s)
+    w = SSE(s.http_port, q(prefix="z/", start_revision=1))
+    assert w.status == 410
+    first = json.loads(w.body)["compact_revision"]
+    assert 1 < first <= rev + 1
+    w.close()
+    put(s, "z/new", "n")
+    w = SSE(s.http_port, q(prefix="z/", start_revision=first))
+    assert w.status == 200
+    got = [r["revision"] for r in w.revisions(rev + 2 - first)]
+    assert got == list(range(first, rev + 2))
+    w.close()
