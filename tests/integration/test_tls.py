@@ -710,3 +710,32 @@ def test_protected_mode_off(tmp_path):
     # An HTTP/2 server preface (SETTINGS), no GOAWAY.
     g = bytes.fromhex(out["grpc"])
     assert g[3] == 4 and b"protected" not in g
+
+
+def test_watch_stream_over_https(servers, pki):
+    """A long-lived Server-Sent Events stream over TLS: every change
+    arrives while the stream stays open."""
+    s = start(servers, pki)
+    p = subprocess.Popen(["curl", "-sS", "-N", "--max-time", "20",
+                          "--cacert", pki["ca.crt"],
+                          f"https://127.0.0.1:{s.http_port}/watch?key=w"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        got = b""
+        for i in range(3):
+            # The stream must be open before the write: wait for
+            # "created" first.
+            want = b"event: created" if i == 0 else f"v{i - 1}".encode()
+            while want not in got:
+                line = p.stdout.readline()
+                assert line, p.stderr.read()
+                got += line
+            body = json.dumps({"key": "w", "value": f"v{i}"})
+            assert s.request("POST", "/set", body=body)[0] == 204
+        while b"v2" not in got:
+            line = p.stdout.readline()
+            assert line, p.stderr.read()
+            got += line
+    finally:
+        p.kill()
+        p.wait()
