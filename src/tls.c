@@ -17,14 +17,14 @@
 
 struct tls_conn {
     SSL *ssl;
-    BIO *rbio;            /* ciphertext in (fed from the socket) */
-    BIO *wbio;            /* ciphertext out (to the socket) */
-    struct pz_buf plain;  /* plaintext queued before/while encrypting */
-    uint64_t deadline;    /* handshake deadline, conn_now() ms */
-    bool got_input;       /* bytes were fed */
-    bool notified;        /* close_notify queued */
-    bool failed;          /* a fatal error happened */
-    char err[160];        /* why it failed */
+    BIO *rbio;           /* ciphertext in (fed from the socket) */
+    BIO *wbio;           /* ciphertext out (to the socket) */
+    struct pz_buf plain; /* plaintext queued before/while encrypting */
+    uint64_t deadline;   /* handshake deadline, conn_now() ms */
+    bool got_input;      /* bytes were fed */
+    bool notified;       /* close_notify queued */
+    bool failed;         /* a fatal error happened */
+    char err[160];       /* why it failed */
 };
 
 int tls_parse_client_auth(const char *s)
@@ -92,8 +92,8 @@ static int build_ctx(SSL_CTX **out, const struct tls_opts *o, char *err,
 {
     char why[160];
     ERR_clear_error();
-    SSL_CTX *ctx = SSL_CTX_new(o->server ? TLS_server_method()
-                                         : TLS_client_method());
+    SSL_CTX *ctx =
+        SSL_CTX_new(o->server ? TLS_server_method() : TLS_client_method());
     if (ctx == NULL) {
         last_error(why, sizeof why);
         snprintf(err, errlen, "cannot make a TLS context: %s", why);
@@ -175,8 +175,8 @@ fail:
 int tls_slot_load(struct tls_slot *s, const char *name,
                   const struct tls_opts *o, char *err, size_t errlen)
 {
-    if (o->server && !(o->cert_file && o->cert_file[0] && o->key_file &&
-                       o->key_file[0])) {
+    if (o->server &&
+        !(o->cert_file && o->cert_file[0] && o->key_file && o->key_file[0])) {
         snprintf(err, errlen, "a TLS server needs a certificate and a key");
         return PZ_EINVAL;
     }
@@ -202,7 +202,8 @@ void tls_slot_clear(struct tls_slot *s)
 static bool is_ip(const char *host)
 {
     unsigned char a[16];
-    return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+    return inet_pton(AF_INET, host, a) == 1 ||
+           inet_pton(AF_INET6, host, a) == 1;
 }
 
 struct tls_conn *tls_conn_new(const struct tls_slot *s, const char *host)

@@ -41,21 +41,21 @@ enum tls_client_auth {
 };
 
 struct tls_opts {
-    bool server;            /* accepting side */
-    const char *cert_file;  /* PEM chain; "" = none (a client only) */
-    const char *key_file;   /* PEM private key for cert_file */
-    const char *ca_file;    /* PEM CAs: servers verify clients with it,
-                               clients verify servers ("" on a client:
-                               the system's default store) */
-    int client_auth;        /* enum tls_client_auth, servers only */
-    const char *alpn;       /* protocol to offer/select, e.g. "h2"; NULL */
+    bool server;           /* accepting side */
+    const char *cert_file; /* PEM chain; "" = none (a client only) */
+    const char *key_file;  /* PEM private key for cert_file */
+    const char *ca_file;   /* PEM CAs: servers verify clients with it,
+                              clients verify servers ("" on a client:
+                              the system's default store) */
+    int client_auth;       /* enum tls_client_auth, servers only */
+    const char *alpn;      /* protocol to offer/select, e.g. "h2"; NULL */
 };
 
 struct tls_slot {
-    void *ctx;          /* SSL_CTX *, NULL = plain text */
-    char name[16];      /* "http", "grpc", "raft" for logs */
-    bool server;        /* of the context in place */
-    uint64_t loads;     /* successful tls_slot_load calls */
+    void *ctx;      /* SSL_CTX *, NULL = plain text */
+    char name[16];  /* "http", "grpc", "raft" for logs */
+    bool server;    /* of the context in place */
+    uint64_t loads; /* successful tls_slot_load calls */
 };
 
 /* Build a context from o and put it in s (the previous one is released

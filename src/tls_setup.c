@@ -15,8 +15,8 @@ static int load_one(struct tls_slot *s, const char *name, bool want,
 {
     char why[512];
     if (reload && want != tls_slot_on(s)) {
-        pz_warn("reload: TLS on %s turned %s: needs a restart; still %s",
-                name, want ? "on" : "off", tls_slot_on(s) ? "on" : "off");
+        pz_warn("reload: TLS on %s turned %s: needs a restart; still %s", name,
+                want ? "on" : "off", tls_slot_on(s) ? "on" : "off");
         return 0;
     }
     if (!want)
@@ -94,8 +94,8 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
         failed++;
     }
     p.server = false;
-    if (load_one(&tls_peer_out, "raft dialer", peer, &p, reload, err,
-                 errlen) < 0) {
+    if (load_one(&tls_peer_out, "raft dialer", peer, &p, reload, err, errlen) <
+        0) {
         if (!reload)
             return PZ_ECONFIG;
         failed++;

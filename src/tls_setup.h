@@ -6,12 +6,12 @@
  * HTTP and gRPC ports (forwarding to the leader, status polls): with TLS
  * on the client ports, these verify the other node's certificate against
  * tls-ca-file (the system's CAs when it is unset) and show this node's
- * own certificate, for a leader that requires client certificates. A slot is off (plain text) when its files are
- * not configured. tls_setup_load() at start fails on any file that does
- * not load; on a reload (SIGHUP) it reads every file again and replaces a
- * slot's context only when its new one loaded, logging the ones that did
- * not (the old context stays in force). Turning a slot on or off takes a
- * restart: a reload only logs it. */
+ * own certificate, for a leader that requires client certificates. A slot is
+ * off (plain text) when its files are not configured. tls_setup_load() at start
+ * fails on any file that does not load; on a reload (SIGHUP) it reads every
+ * file again and replaces a slot's context only when its new one loaded,
+ * logging the ones that did not (the old context stays in force). Turning a
+ * slot on or off takes a restart: a reload only logs it. */
 #ifndef PZ_TLS_SETUP_H
 #define PZ_TLS_SETUP_H
 

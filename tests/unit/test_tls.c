@@ -130,8 +130,10 @@ TEST(handshake_alpn_data)
     make_cert(&srv, "node1");
     struct tls_slot ss = {0}, cs = {0};
     char err[256];
-    struct tls_opts so = {.server = true, .cert_file = srv.crt,
-                          .key_file = srv.key, .alpn = "h2"};
+    struct tls_opts so = {.server = true,
+                          .cert_file = srv.crt,
+                          .key_file = srv.key,
+                          .alpn = "h2"};
     CHECK_EQ_INT(tls_slot_load(&ss, "test", &so, err, sizeof err), 0);
     struct tls_opts co = {.server = false, .ca_file = srv.crt, .alpn = "h2"};
     CHECK_EQ_INT(tls_slot_load(&cs, "client", &co, err, sizeof err), 0);
@@ -183,12 +185,16 @@ TEST(client_cert_names)
     make_cert(&cli, "node2");
     struct tls_slot ss = {0}, cs = {0};
     char err[256];
-    struct tls_opts so = {.server = true, .cert_file = srv.crt,
-                          .key_file = srv.key, .ca_file = cli.crt,
+    struct tls_opts so = {.server = true,
+                          .cert_file = srv.crt,
+                          .key_file = srv.key,
+                          .ca_file = cli.crt,
                           .client_auth = TLS_AUTH_REQUIRE};
     CHECK_EQ_INT(tls_slot_load(&ss, "raft", &so, err, sizeof err), 0);
-    struct tls_opts co = {.server = false, .cert_file = cli.crt,
-                          .key_file = cli.key, .ca_file = srv.crt};
+    struct tls_opts co = {.server = false,
+                          .cert_file = cli.crt,
+                          .key_file = cli.key,
+                          .ca_file = srv.crt};
     CHECK_EQ_INT(tls_slot_load(&cs, "dialer", &co, err, sizeof err), 0);
     struct tls_conn *s = tls_conn_new(&ss, NULL);
     struct tls_conn *c = tls_conn_new(&cs, "node1");
@@ -264,8 +270,8 @@ TEST(garbage_refused)
     make_cert(&srv, "node1");
     struct tls_slot ss = {0};
     char err[256];
-    struct tls_opts so = {.server = true, .cert_file = srv.crt,
-                          .key_file = srv.key};
+    struct tls_opts so = {
+        .server = true, .cert_file = srv.crt, .key_file = srv.key};
     CHECK_EQ_INT(tls_slot_load(&ss, "test", &so, err, sizeof err), 0);
     struct tls_conn *s = tls_conn_new(&ss, NULL);
     CHECK(!tls_got_input(s));
@@ -289,8 +295,8 @@ TEST(slot_keeps_old_on_bad_files)
     make_cert(&b, "node2");
     struct tls_slot ss = {0};
     char err[256];
-    struct tls_opts so = {.server = true, .cert_file = a.crt,
-                          .key_file = a.key};
+    struct tls_opts so = {
+        .server = true, .cert_file = a.crt, .key_file = a.key};
     CHECK_EQ_INT(tls_slot_load(&ss, "test", &so, err, sizeof err), 0);
     void *before = ss.ctx;
     /* The key of another certificate. */
