@@ -19,7 +19,7 @@ OPT ?= -O2
 CC ?= cc
 PYTHON ?= /usr/bin/python3
 
-PKGS = libuv libnghttp2 libprotobuf-c sqlite3 libcjson
+PKGS = libuv libnghttp2 libprotobuf-c sqlite3 libcjson openssl
 WARN = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wno-missing-field-initializers -Werror
 PZ_CFLAGS = -std=gnu11 -g $(OPT) $(WARN) -MMD -MP -D_GNU_SOURCE \
@@ -62,14 +62,14 @@ CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
            src/watch.c src/lease.c
 # I/O modules shared by the server and the CLI.
-NET_SRC = src/conn.c src/httpc.c src/grpc_client.c src/stats.c
+NET_SRC = src/conn.c src/tls.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
              src/node_metrics.c src/http_watch.c src/node_lease.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
-             src/reload.c src/sdnotify.c
+             src/reload.c src/sdnotify.c src/tls_setup.c
 CLI_SRC = src/cli.c src/cli_snapshot.c src/cli_watch.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))

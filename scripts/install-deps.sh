@@ -9,8 +9,10 @@
 # network) when everything is already installed.
 set -eu
 
+# libssl-dev: TLS (OpenSSL 3, src/tls.c).
 build="gcc make pkg-config libc6-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev
-protobuf-c-compiler libsqlite3-dev libcjson-dev node-llhttp grpc-proto"
+protobuf-c-compiler libsqlite3-dev libcjson-dev node-llhttp grpc-proto
+libssl-dev"
 # make fuzz: clang 14 with compiler-rt (libFuzzer, ASan, UBSan runtimes);
 # protoc writes the seed corpora (tests/fuzz/mkseeds.py), when rewritten.
 fuzz_only="clang libclang-rt-14-dev"
@@ -21,6 +23,8 @@ fuzz="$build $fuzz_only"
 # as another user). faketime: a test moves a node's wall clock. strace: a
 # test makes a node's fdatasync fail with EIO (strace --inject); mount
 # (util-linux) mounts the small tmpfs of the disk-full tests, as root.
+# openssl: the TLS tests make their certificates with the command line
+# (scripts/make-certs.sh) and probe with `openssl s_client`.
 # prometheus: promtool checks the GET /metrics pages and the alerting
 # rules (installing the package starts no server without systemd).
 # The reflection test runs a Node.js client that npm installs: Debian's
@@ -28,7 +32,7 @@ fuzz="$build $fuzz_only"
 # nodejs bundles npm and conflicts with Debian's npm package).
 node="nodejs npm"
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
-test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
+test="$build curl nghttp2-client openssl python3 python3-pytest python3-grpcio
 python3-protobuf python3-pytest-timeout python3-hpack protobuf-compiler procps systemd
 util-linux faketime strace prometheus $fuzz_only $node"
 bench="$test wrk redis-server redis-tools etcd-server gnuplot-nox"

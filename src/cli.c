@@ -51,6 +51,7 @@
 #include "log.h"
 #include "mandi_codec.h"
 #include "pz.h"
+#include "tls.h"
 
 #define DEFAULT_MANDI "http://127.0.0.1:7000"
 #define DEFAULT_TIMEOUT_MS 5000
@@ -106,11 +107,23 @@ static const char usage_text[] =
     "                   mandi)\n"
     "  --token TOKEN    cluster token for remove/transfer "
     "(default $PYAZDB_TOKEN)\n"
+    "  --tls            talk TLS to the nodes (gRPC with ALPN h2, HTTPS),\n"
+    "                   trusting the system's CAs; implied by the three\n"
+    "                   options below. The node's certificate must name\n"
+    "                   the IP address dialed. Mandi stays plain HTTP\n"
+    "  --cacert FILE    trust the CA certificates in FILE (PEM)\n"
+    "  --cert FILE      client certificate (PEM), for nodes that ask\n"
+    "  --key FILE       its private key (PEM)\n"
     "  -o, --output FORMAT  text (default) or json: get, status, members\n"
     "                   and lease print one JSON document instead, watch\n"
     "                   one per event (also accepted after the command)\n"
     "  --version        print the version\n"
     "  -h, --help       this text\n";
+
+/* TLS to the nodes (--tls, --cacert, --cert, --key); off: plain text. */
+static struct tls_slot tls_cli_http, tls_cli_grpc;
+/* The request in flight goes to mandi, which speaks plain HTTP. */
+static bool to_mandi;
 
 /* --- addresses and retries ---------------------------------------------- */
 
@@ -323,7 +336,8 @@ static int http_request_ex(const char *method, const char *addr,
                            .max_body = HTTP_MAX_BODY,
                            .timeout_ms = deadline - now,
                            .max_attempts = 1,
-                           .log_name = addr};
+                           .log_name = addr,
+                           .tls = to_mandi ? NULL : &tls_cli_http};
     struct httpc *c = httpc_new(&loop, ip, &o);
     struct http_answer a = {.done = false};
     pz_buf_init(&a.body);
@@ -406,8 +420,10 @@ static int discover_field(const char *mandi, const char *field,
                  mandi);
         return -1;
     }
+    to_mandi = true;
     int status = http_request("GET", hostport, "/leader", NULL, deadline,
                               &body, msg, sizeof msg);
+    to_mandi = false;
     if (status < 0) {
         snprintf(err, errlen, "leader discovery through %s failed: %s", mandi,
                  msg);
@@ -475,6 +491,7 @@ static int rpc(const char *addr, const char *path, const void *msg, size_t len,
     loop_open();
     struct grpc_client *cl =
         grpc_client_new(&loop, addr, KV_VALUE_MAX + (1 << 16));
+    grpc_client_set_tls(cl, &tls_cli_grpc);
     struct grpc_call_opts opts = {.timeout_ms = deadline - now};
     grpc_call_init(&c->call);
     c->done = false;
@@ -1454,6 +1471,8 @@ int main(int argc, char **argv)
     /* Ctrl-C ends `watch` and `lease keepalive --follow`, also when the
      * shell that started us in the background left SIGINT ignored. */
     signal(SIGINT, SIG_DFL);
+    const char *cacert = NULL, *cert = NULL, *key = NULL;
+    bool tls = false;
     int i;
     pz_log_setup(PZ_LOG_ERROR, "pyazdb-cli");
     for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
@@ -1470,6 +1489,10 @@ int main(int argc, char **argv)
             printf("pyazdb-cli %s\n", PZ_VERSION);
             return 0;
         }
+        if (strcmp(a, "--tls") == 0) {
+            tls = true;
+            continue;
+        }
         char *val = NULL;
         size_t nl = strcspn(a, "=");
         if (a[nl] == '=')
@@ -1479,7 +1502,8 @@ int main(int argc, char **argv)
                   strcmp(a, "--endpoints") == 0 ||
                   strcmp(a, "--timeout") == 0 || strcmp(a, "--http") == 0 ||
                   strcmp(a, "--token") == 0 || strcmp(a, "-o") == 0 ||
-                  strcmp(a, "--output") == 0))
+                  strcmp(a, "--output") == 0 || strcmp(a, "--cacert") == 0 ||
+                  strcmp(a, "--cert") == 0 || strcmp(a, "--key") == 0))
             val = argv[++i];
         if (strncmp(a, "--mandi", nl) == 0 && nl == 7 && val) {
             mandi = val;
@@ -1495,6 +1519,15 @@ int main(int argc, char **argv)
                                    val);
         } else if (strncmp(a, "--token", nl) == 0 && nl == 7 && val) {
             token = val;
+        } else if (strncmp(a, "--cacert", nl) == 0 && nl == 8 && val) {
+            cacert = val;
+            tls = true;
+        } else if (strncmp(a, "--cert", nl) == 0 && nl == 6 && val) {
+            cert = val;
+            tls = true;
+        } else if (strncmp(a, "--key", nl) == 0 && nl == 5 && val) {
+            key = val;
+            tls = true;
         } else if (((strncmp(a, "-o", nl) == 0 && nl == 2) ||
                     (strncmp(a, "--output", nl) == 0 && nl == 8)) &&
                    val) {
@@ -1516,6 +1549,24 @@ int main(int argc, char **argv)
     }
     if (mandi && addrs.n > 0)
         return usage_error("--mandi and --addr%s exclude each other", "");
+    if ((cert == NULL) != (key == NULL))
+        return usage_error("--cert and --key go together%s", "");
+    if (tls) {
+        char terr[512];
+        struct tls_opts to = {.server = false,
+                              .cert_file = cert ? cert : "",
+                              .key_file = key ? key : "",
+                              .ca_file = cacert ? cacert : "",
+                              .alpn = "http/1.1"};
+        int trv = tls_slot_load(&tls_cli_http, "http", &to, terr, sizeof terr);
+        to.alpn = "h2";
+        if (trv == 0)
+            trv = tls_slot_load(&tls_cli_grpc, "grpc", &to, terr, sizeof terr);
+        if (trv < 0) {
+            fprintf(stderr, "pyazdb-cli: %s\n", terr);
+            return 1;
+        }
+    }
     if (i >= argc)
         return usage_error("missing command%s", "");
     const char *cmd = argv[i++];

@@ -45,6 +45,9 @@ static const char *const mode_words[] = {"server", "mandi", NULL};
 static const char *const log_level_words[] = {"debug", "info", "warning",
                                               "error", NULL};
 static const char *const log_format_words[] = {"text", "json", NULL};
+/* The order of enum tls_client_auth (tls.h). */
+static const char *const client_auth_words[] = {"none", "optional",
+                                                "require", NULL};
 
 static int check_node_id(const char *v, char *why, size_t whylen);
 static int check_nonempty(const char *v, char *why, size_t whylen);
@@ -198,6 +201,28 @@ static const struct cfg_directive directives[] = {
                "how often mandi drops expired entries"),
     D_INT("MANDI", "mandi-max-join-requests", mandi_max_join_requests, "1024",
           1, 1000000, IMM | MANDI, "most join requests mandi holds at once"),
+
+    D_STRING("TLS", "tls-cert-file", tls_cert_file, "", 0, NULL,
+             "PEM certificate chain of the HTTP and gRPC listeners; empty = "
+             "plain text"),
+    D_STRING("TLS", "tls-key-file", tls_key_file, "", 0, NULL,
+             "PEM private key of tls-cert-file"),
+    D_STRING("TLS", "tls-ca-file", tls_ca_file, "", 0, NULL,
+             "PEM CAs that client certificates must chain to"),
+    D_ENUM("TLS", "tls-client-auth", tls_client_auth, "none",
+           client_auth_words, 0,
+           "client certificates: none, optional (verified when sent) or "
+           "require"),
+    D_STRING("TLS", "peer-tls-cert-file", peer_tls_cert_file, "", 0, NULL,
+             "PEM certificate of this node for the Raft transport (mutual "
+             "TLS); it must name node-id as a DNS subjectAltName"),
+    D_STRING("TLS", "peer-tls-key-file", peer_tls_key_file, "", 0, NULL,
+             "PEM private key of peer-tls-cert-file"),
+    D_STRING("TLS", "peer-tls-ca-file", peer_tls_ca_file, "", 0, NULL,
+             "PEM CA of the cluster: peers' certificates must chain to it"),
+    D_BOOL("TLS", "protected-mode", protected_mode, "yes", 0,
+           "without tls-cert-file, serve HTTP and gRPC clients from "
+           "loopback only"),
 
     D_ENUM("LOGGING", "log-level", log_level, "info", log_level_words, MANDI,
            "least severe level logged"),
@@ -1280,6 +1305,7 @@ static int check_open_cluster(const struct pz_config *c, char *err,
     char host[256];
     int port;
     if (c->cluster_token[0] != '\0' || c->cluster_token_none ||
+        c->peer_tls_cert_file[0] != '\0' ||
         pz_split_hostport(c->raft_addr, host, sizeof host, &port) != 0 ||
         cfg_host_is_loopback(host))
         return 0;
@@ -1287,7 +1313,9 @@ static int check_open_cluster(const struct pz_config *c, char *err,
             "'raft-addr' (%s) is not a loopback address and 'cluster-token' "
             "is not set: anyone who can reach it could take part in the "
             "cluster. Set the same 'cluster-token' on every node and mandi, "
-            "or 'cluster-token none' to run without one",
+            "or peer mutual TLS (peer-tls-cert-file, peer-tls-key-file, "
+            "peer-tls-ca-file), or 'cluster-token none' to run without "
+            "either",
             c->raft_addr);
     return PZ_ECONFIG;
 }
@@ -1310,8 +1338,38 @@ static int check_room(const struct pz_config *c, const char *what, int64_t have,
     return PZ_ECONFIG;
 }
 
+/* The TLS files come in sets. */
+static int check_tls(const struct pz_config *c, char *err, size_t errlen)
+{
+    bool cert = c->tls_cert_file[0], key = c->tls_key_file[0];
+    if (cert != key) {
+        fmt_err(err, errlen, NULL, 0,
+                "'tls-cert-file' and 'tls-key-file' must be set together");
+        return PZ_ECONFIG;
+    }
+    if (c->tls_client_auth != 0 && (!cert || !c->tls_ca_file[0])) {
+        fmt_err(err, errlen, NULL, 0,
+                "'tls-client-auth' %s needs 'tls-cert-file', 'tls-key-file' "
+                "and 'tls-ca-file' (the CA client certificates chain to)",
+                client_auth_words[c->tls_client_auth]);
+        return PZ_ECONFIG;
+    }
+    int n = (c->peer_tls_cert_file[0] != '\0') +
+            (c->peer_tls_key_file[0] != '\0') +
+            (c->peer_tls_ca_file[0] != '\0');
+    if (n != 0 && n != 3) {
+        fmt_err(err, errlen, NULL, 0,
+                "'peer-tls-cert-file', 'peer-tls-key-file' and "
+                "'peer-tls-ca-file' must be set together (mutual TLS)");
+        return PZ_ECONFIG;
+    }
+    return 0;
+}
+
 int cfg_check(const struct pz_config *c, char *err, size_t errlen)
 {
+    if (check_tls(c, err, errlen) != 0)
+        return PZ_ECONFIG;
     char a[32], b[32];
     if (c->election_timeout_ms < 3 * c->heartbeat_interval_ms) {
         fmt_duration(c->election_timeout_ms, a, sizeof a);

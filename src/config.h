@@ -135,6 +135,17 @@ struct pz_config {
     int64_t mandi_join_ttl_ms;       /* mandi-join-ttl */
     int64_t mandi_sweep_interval_ms; /* mandi-sweep-interval */
     int64_t mandi_max_join_requests; /* mandi-max-join-requests */
+    /* TLS (tls.h); "" = plain text */
+    char *tls_cert_file;      /* tls-cert-file: HTTP and gRPC listeners */
+    char *tls_key_file;       /* tls-key-file */
+    char *tls_ca_file;        /* tls-ca-file: CAs of client certificates */
+    int tls_client_auth;      /* tls-client-auth: enum tls_client_auth */
+    char *peer_tls_cert_file; /* peer-tls-cert-file: Raft transport, both
+                                 ways */
+    char *peer_tls_key_file;  /* peer-tls-key-file */
+    char *peer_tls_ca_file;   /* peer-tls-ca-file: the cluster CA */
+    bool protected_mode;      /* protected-mode: without TLS, serve
+                                 loopback clients only */
     /* LOGGING */
     int log_level;  /* log-level: enum cfg_log_level */
     char *log_file; /* log-file: "" = stderr */
@@ -237,7 +248,10 @@ int cfg_set(struct pz_config *c, const char *name, const char *value,
  *    grpc-max-message, so that one request of the largest size fits;
  *  - raft-addr, http-addr and grpc-addr do not share a port on the same
  *    (or a wildcard) host;
- *  - in server mode, a non-empty initial-cluster lists node-id.
+ *  - in server mode, a non-empty initial-cluster lists node-id;
+ *  - tls-cert-file and tls-key-file are set together, and tls-client-auth
+ *    other than none needs them and tls-ca-file; the three peer-tls-
+ *    files are set together or not at all.
  * Returns 0 or PZ_ECONFIG with a message naming both directives. */
 int cfg_check(const struct pz_config *c, char *err, size_t errlen);
 

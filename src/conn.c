@@ -8,6 +8,7 @@
 
 #include "log.h"
 #include "stats.h"
+#include "tls.h"
 
 #define READ_BUF_SIZE (64 * 1024)
 /* Eviction looks at this many candidates at most per new connection, so
@@ -29,6 +30,7 @@ static struct pz_queue outbound_q; /* conns from conn_connect */
 static size_t n_live;              /* conns not yet freed */
 static size_t in_total;            /* partial input charged, all conns */
 static char read_buf[READ_BUF_SIZE];
+static char plain_buf[READ_BUF_SIZE]; /* decrypted input, as read_buf */
 static struct pz_queue listeners;  /* listening, for the idle sweep */
 static const struct conn_ops no_ops; /* for conns with no protocol state */
 
@@ -59,7 +61,7 @@ bool conn_is_closing(const struct conn *c)
 
 size_t conn_output_pending(const struct conn *c)
 {
-    return c->out.len + c->inflight;
+    return c->out.len + c->inflight + (c->tls ? tls_queued(c->tls) : 0);
 }
 
 uint64_t conn_now(void)
@@ -163,6 +165,78 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     buf->len = sizeof read_buf;
 }
 
+static void mark_pending(struct conn *c);
+
+/* The name of c's side for logs. */
+static const char *side(const struct conn *c)
+{
+    return c->ls ? c->ls->name : "outbound";
+}
+
+/* TLS failures are said once per connection, as warnings at most
+ * TLS_LOUD_BURST times a minute (anyone can make them), then at debug. */
+#define TLS_LOUD_BURST 20
+static struct pz_ratelimit tls_loud;
+
+static enum pz_log_level tls_level(void)
+{
+    unsigned dropped;
+    if (!pz_ratelimit(&tls_loud, uv_now(loop), 60000, TLS_LOUD_BURST,
+                      &dropped))
+        return PZ_LOG_DEBUG;
+    if (dropped)
+        pz_warn("%u TLS failures logged at debug level only", dropped);
+    return PZ_LOG_WARNING;
+}
+
+/* A TLS failure on c: said once (never with key material), then closed. */
+static void tls_fail(struct conn *c, const char *why)
+{
+    if (tls_got_input(c->tls))
+        pz_log(tls_level(), "%s: TLS with %s failed: %s", side(c), c->peer,
+               why);
+    else
+        pz_debug("%s: TLS with %s: closed before a handshake", side(c),
+                 c->peer);
+    conn_close(c);
+}
+
+/* Records waiting in c's TLS engine go to the socket's output. */
+static void tls_output(struct conn *c)
+{
+    if (tls_take_output(c->tls, &c->out) > 0)
+        mark_pending(c);
+}
+
+/* Decrypt what was fed and hand the plaintext to the protocol, until the
+ * engine needs more input or the protocol pauses (what is left waits in
+ * the engine, not read further from the socket, until conn_resume). */
+static void tls_input(struct conn *c)
+{
+    bool was_done = tls_handshake_done(c->tls);
+    while (!conn_is_closing(c) && !(c->flags & (CONN_PAUSED | CONN_LINGER))) {
+        int n = tls_read(c->tls, plain_buf, sizeof plain_buf);
+        tls_output(c);
+        if (!was_done && tls_handshake_done(c->tls)) {
+            was_done = true;
+            tls_set_deadline(c->tls, 0);
+            if (tls_queued(c->tls))
+                mark_pending(c); /* what the protocol wrote meanwhile */
+        }
+        if (n == UV_EOF) {
+            conn_close(c);
+            return;
+        }
+        if (n < 0) {
+            tls_fail(c, tls_error(c->tls));
+            return;
+        }
+        if (n == 0)
+            return;
+        c->ops->on_data(c, plain_buf, (size_t)n);
+    }
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
@@ -178,6 +252,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->flags & CONN_LINGER)
         return; /* closing: what the peer still sends is dropped */
     activity(c);
+    if (c->tls) {
+        tls_feed(c->tls, buf->base, (size_t)nread);
+        tls_input(c);
+        return;
+    }
     c->ops->on_data(c, buf->base, (size_t)nread);
 }
 
@@ -207,6 +286,8 @@ void conn_resume(struct conn *c)
 {
     c->flags &= ~(unsigned)CONN_PAUSED;
     update_reading(c);
+    if (c->tls && tls_has_input(c->tls))
+        mark_pending(c); /* conn_before_sleep decrypts what is left */
 }
 
 static void mark_pending(struct conn *c)
@@ -221,7 +302,10 @@ void conn_write(struct conn *c, const void *p, size_t n)
 {
     if (conn_is_closing(c) || n == 0)
         return;
-    pz_buf_append(&c->out, p, n);
+    if (c->tls)
+        tls_queue(c->tls, p, n); /* encrypted in flush() */
+    else
+        pz_buf_append(&c->out, p, n);
     mark_pending(c);
 }
 
@@ -250,6 +334,7 @@ static void on_closed(uv_handle_t *h)
 {
     struct conn *c = h->data;
     pz_buf_free(&c->out);
+    tls_conn_free(c->tls);
     pz_free(c);
     n_live--;
 }
@@ -296,6 +381,13 @@ static void on_write(uv_write_t *req, int status)
 /* Writes what it can; returns false if the connection was closed. */
 static void flush(struct conn *c)
 {
+    if (c->tls && tls_queued(c->tls)) {
+        if (tls_encrypt(c->tls) < 0) {
+            tls_fail(c, tls_error(c->tls));
+            return;
+        }
+        tls_take_output(c->tls, &c->out);
+    }
     if (c->out.len > 0 && c->inflight == 0) {
         uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
         int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
@@ -360,6 +452,9 @@ static void linger(struct conn *c)
 
 static void before_sleep_one(struct conn *c)
 {
+    if (c->tls && !(c->flags & (CONN_PAUSED | CONN_LINGER)) &&
+        tls_has_input(c->tls) && !conn_is_closing(c))
+        tls_input(c); /* left in the engine by a pause */
     flush(c);
     if (conn_is_closing(c))
         return;
@@ -378,6 +473,13 @@ static void before_sleep_one(struct conn *c)
     update_reading(c);
     if (pend == 0) {
         if (c->flags & CONN_CLOSE_AFTER) {
+            /* A TLS peer is told first (close_notify), then the same. */
+            if (c->tls && tls_close_notify(c->tls)) {
+                tls_output(c);
+                flush(c);
+                if (conn_is_closing(c) || conn_output_pending(c))
+                    return;
+            }
             linger(c);
             return;
         }
@@ -432,6 +534,14 @@ bool conn_has_work(void)
 /* Fire c's deadline if it passed. True if it did. */
 static bool cron_deadline(struct conn *c, uint64_t now)
 {
+    if (c->tls && tls_deadline(c->tls) && now >= tls_deadline(c->tls) &&
+        !conn_is_closing(c)) {
+        pz_log(tls_level(), "%s: TLS with %s: no handshake within %llu ms: "
+               "closing", side(c), c->peer,
+               (unsigned long long)(now - c->opened));
+        conn_close(c);
+        return true;
+    }
     if (c->deadline == 0 || now < c->deadline || conn_is_closing(c))
         return false;
     c->deadline = 0;
@@ -501,6 +611,24 @@ static void format_peer(uv_tcp_t *t, char *out, size_t len, bool local)
         port = ntohs(a->sin6_port);
     }
     snprintf(out, len, "%s:%d", ip, port);
+}
+
+static bool peer_is_loopback(uv_tcp_t *t)
+{
+    struct sockaddr_storage ss;
+    int sl = sizeof ss;
+    if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &sl) != 0)
+        return false;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) ||
+               (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
 }
 
 static struct conn *conn_alloc(const struct conn_ops *ops)
@@ -591,19 +719,48 @@ static void on_connection(uv_stream_t *server, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     format_peer(&c->tcp, c->peer, sizeof c->peer, false);
+    if (ls->loopback_only && !peer_is_loopback(&c->tcp)) {
+        static struct pz_ratelimit rl;
+        unsigned dropped;
+        if (pz_ratelimit(&rl, uv_now(loop), 60000, 10, &dropped))
+            pz_warn("%s: refusing %s: protected mode serves loopback "
+                    "clients only (%u more refused before)",
+                    ls->name, c->peer, dropped);
+        c->ops = &no_ops;
+        if (ls->refusal) {
+            pz_buf_append(&c->out, ls->refusal, ls->refusal_len);
+            mark_pending(c);
+            conn_close_after_flush(c);
+        } else {
+            conn_close(c);
+        }
+        return;
+    }
     if (ls->n_admitted >= ls->max_conns &&
         !(ls->evict && evict_one(ls, c, uv_now(loop)))) {
         pz_warn("%s: refusing %s: max-clients (%zu) reached", ls->name,
                 c->peer, ls->max_conns);
         c->ops = &no_ops; /* no protocol state to release */
         stats_conn(ls->name, STATS_CONN_REFUSED);
-        if (ls->on_refuse) {
+        if (ls->on_refuse && !tls_slot_on(ls->tls)) {
             ls->on_refuse(c);
             conn_close_after_flush(c);
         } else {
             conn_close(c);
         }
         return;
+    }
+    if (tls_slot_on(ls->tls)) {
+        c->tls = tls_conn_new(ls->tls, NULL);
+        if (c->tls == NULL) {
+            pz_warn("%s: refusing %s: out of memory for TLS", ls->name,
+                    c->peer);
+            c->ops = &no_ops;
+            conn_close(c);
+            return;
+        }
+        if (ls->handshake_ms)
+            tls_set_deadline(c->tls, uv_now(loop) + ls->handshake_ms);
     }
     c->flags |= CONN_ADMITTED | CONN_COUNTED;
     stats_conn(ls->name, STATS_CONN_ACCEPTED);
@@ -692,14 +849,46 @@ static void on_connect(uv_connect_t *req, int status)
         format_peer(&c->tcp, c->peer, sizeof c->peer, false);
         c->last_io = uv_now(loop);
         update_reading(c);
+        if (c->tls) {
+            if (tls_start(c->tls) < 0)
+                tls_fail(c, tls_error(c->tls));
+            else
+                tls_output(c); /* the ClientHello */
+        }
     }
     if (c->connect_cb)
         c->connect_cb(c, conn_is_closing(c) && status == 0 ? UV_ECANCELED
                                                            : status);
     if (status < 0)
         conn_close(c);
-    else if (!conn_is_closing(c) && c->out.len)
+    else if (!conn_is_closing(c) && conn_output_pending(c))
         mark_pending(c);
+}
+
+int conn_start_tls(struct conn *c, const struct tls_slot *s, const char *host,
+                   uint64_t handshake_ms)
+{
+    c->tls = tls_conn_new(s, host);
+    if (c->tls == NULL) {
+        pz_warn("outbound: TLS to %s: out of memory", c->peer);
+        conn_close(c);
+        return PZ_ENOMEM;
+    }
+    if (handshake_ms)
+        tls_set_deadline(c->tls, uv_now(loop) + handshake_ms);
+    return 0;
+}
+
+int conn_start_tls_addr(struct conn *c, const struct tls_slot *s,
+                        const char *addr, uint64_t handshake_ms)
+{
+    char host[256];
+    int port;
+    if (pz_split_hostport(addr, host, sizeof host, &port) < 0 ||
+        strcmp(host, "localhost") == 0 || strcmp(host, "0.0.0.0") == 0 ||
+        host[0] == '\0')
+        snprintf(host, sizeof host, "127.0.0.1");
+    return conn_start_tls(c, s, host, handshake_ms);
 }
 
 struct conn *conn_connect(const char *addr, const struct conn_ops *ops,

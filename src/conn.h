@@ -42,6 +42,8 @@
 #include "queue.h"
 
 struct conn;
+struct tls_slot;
+struct tls_conn;
 
 struct conn_ops {
     /* A connection was accepted; set c->proto. Return 0, or a negative
@@ -89,6 +91,17 @@ struct conn_listener {
     uint64_t evictions;         /* conns evicted so far */
     bool listening;             /* tcp is open */
     struct pz_queue lq;         /* in the idle sweep's list of listeners */
+    /* TLS (tls.h): when tls is on, every accepted connection speaks TLS
+     * and the protocol sees only plaintext. Set after conn_listen(). A
+     * handshake not done within handshake_ms (0 = no limit) closes. */
+    const struct tls_slot *tls;
+    uint64_t handshake_ms;
+    /* Protected mode: a client from an address other than loopback
+     * (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104) gets refusal (refusal_len
+     * bytes, may be NULL) and is closed. */
+    bool loopback_only;
+    const char *refusal;
+    size_t refusal_len;
 };
 
 enum {
@@ -131,6 +144,7 @@ struct conn {
     uv_connect_t connect_req;  /* outbound: the connect request */
     uv_shutdown_t shutdown_req; /* lingering close */
     void (*connect_cb)(struct conn *c, int status); /* outbound */
+    struct tls_conn *tls;      /* TLS state, NULL for plain text */
 };
 
 struct conn_limits {
@@ -176,6 +190,19 @@ struct conn *conn_connect(const char *addr, const struct conn_ops *ops,
 struct conn *conn_connect_from(const char *addr, const char *source,
                                const struct conn_ops *ops, void *proto,
                                void (*cb)(struct conn *c, int status));
+
+/* Speak TLS on outbound c (right after conn_connect*, before it connects):
+ * the server's certificate must chain to s's CA and name host (a name or
+ * an IP; NULL: the chain only). What the protocol writes waits for the
+ * handshake; a failed handshake closes c (logged once). Returns 0 or
+ * PZ_ENOMEM (c is closed). */
+int conn_start_tls(struct conn *c, const struct tls_slot *s, const char *host,
+                   uint64_t handshake_ms);
+/* The same, the server's certificate naming the host of addr ("host:port";
+ * an empty, 0.0.0.0 or localhost host is 127.0.0.1, as conn_connect dials
+ * it). */
+int conn_start_tls_addr(struct conn *c, const struct tls_slot *s,
+                        const char *addr, uint64_t handshake_ms);
 
 void conn_write(struct conn *c, const void *p, size_t n);
 /* Output waiting in libuv or in c->out. */

@@ -23,6 +23,7 @@
 
 #include "httpc.h"
 #include "log.h"
+#include "tls_setup.h"
 #include "queue.h"
 
 struct fwd_link {
@@ -183,6 +184,7 @@ static struct fwd_link *link_get(const char *addr)
         .timeout_ms = timeout,
         .max_attempts = 1,
         .log_name = name,
+        .tls = &tls_http_client,
     };
     struct fwd_link *k = pz_calloc(1, sizeof *k);
     k->http = httpc_new(loop, addr, &o);

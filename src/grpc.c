@@ -52,6 +52,7 @@
 #include "grpc_pb.h"
 #include "kv.h"
 #include "log.h"
+#include "tls_setup.h"
 #include "stats.h"
 
 #define SEND_HIGH (64 * 1024)        /* stop producing output past this */
@@ -739,8 +740,10 @@ static void forward(struct gstream *st)
         grpc_client_close(gs->fwd); /* calls on it finish there */
         gs->fwd = NULL;
     }
-    if (gs->fwd == NULL)
+    if (gs->fwd == NULL) {
         gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
+        grpc_client_set_tls(gs->fwd, &tls_grpc_client);
+    }
     if (st->retry_until == 0)
         st->retry_until = uv_now(gs->loop) + gs->retry_window;
     static const char *const md[] = {"pyazdb-forwarded", "1", NULL};

@@ -20,6 +20,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "tls.h"
 
 #define SEND_HIGH (64 * 1024)   /* stop producing output past this */
 #define STREAM_WINDOW (1 << 20) /* per-stream receive window */
@@ -50,6 +51,7 @@ struct grpc_client {
     size_t active;         /* calls started, callback not yet run */
     uint64_t connects;     /* connections opened */
     int depth;             /* > 0: running callbacks */
+    const struct tls_slot *tls; /* TLS for new connections, NULL: h2c */
     int handles;           /* open uv handles (timer, kick) */
     bool closing;          /* grpc_client_close called */
     bool freeing;          /* handles are closing: gone soon */
@@ -358,6 +360,9 @@ static struct gc_conn *gc_new(struct grpc_client *cl)
         pz_free(gc);
         return NULL;
     }
+    /* A failure closes gc->c: its on_close fails the calls on it. */
+    if (tls_slot_on(cl->tls))
+        conn_start_tls_addr(gc->c, cl->tls, cl->addr, 0);
     gc->usable = true;
     pz_queue_push(&cl->conns, &gc->link);
     cl->connects++;
@@ -578,6 +583,11 @@ struct grpc_client *grpc_client_new(uv_loop_t *loop, const char *addr,
     cl->handles = 2;
     setup_callbacks();
     return cl;
+}
+
+void grpc_client_set_tls(struct grpc_client *cl, const struct tls_slot *s)
+{
+    cl->tls = s;
 }
 
 const char *grpc_client_addr(const struct grpc_client *cl)

@@ -83,12 +83,17 @@ struct grpc_call_opts {
 
 /* A client for "host:port" on loop. max_message bounds response messages.
  * Nothing is connected until the first call. Never NULL. */
+struct tls_slot;
 struct grpc_client *grpc_client_new(uv_loop_t *loop, const char *addr,
                                     size_t max_message);
 /* Stop the client: no new calls; calls in flight finish normally (or
  * fail if their connection goes); the client frees itself, timer
  * included, once nothing is left. Safe from a callback. */
 void grpc_client_close(struct grpc_client *cl);
+/* Dial over TLS (ALPN h2 from s's context), the server's certificate
+ * naming the host of the client's address; NULL or off: h2c. Borrowed:
+ * s must outlive the client. Applies to connections made after. */
+void grpc_client_set_tls(struct grpc_client *cl, const struct tls_slot *s);
 /* Same, but fail every call in flight with CANCELLED first (their
  * callbacks run inside this call) and close the connection. */
 void grpc_client_abort(struct grpc_client *cl);

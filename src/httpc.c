@@ -30,6 +30,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "tls.h"
 #include "pz.h"
 #include "queue.h"
 
@@ -182,6 +183,10 @@ static void send_pending(struct httpc *c)
             c->dial_err = PZ_EINVAL; /* reported from the timer */
             return;
         }
+        if (tls_slot_on(c->o.tls) &&
+            conn_start_tls_addr(c->c, c->o.tls, c->addr,
+                                c->o.timeout_ms) < 0)
+            return; /* closed: on_close fails what waits */
     }
     PZ_QUEUE_FOREACH(q, &c->reqs)
     {

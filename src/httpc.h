@@ -48,6 +48,7 @@
 #include <uv.h>
 
 struct httpc;
+struct tls_slot;
 
 struct httpc_result {
     int err;                  /* 0: the server answered; < 0: see above */
@@ -73,6 +74,9 @@ struct httpc_opts {
     void *warn_data; /* warn's argument */
     bool quiet_dial; /* connections refused are logged at debug level
                         only (for a server that may well be down) */
+    /* HTTPS (tls.h): the server's certificate must name the host of addr.
+     * NULL or off: plain HTTP. Borrowed: it must outlive the client. */
+    const struct tls_slot *tls;
 };
 
 /* A client of addr ("host:port", host an IP address or localhost; ":port"

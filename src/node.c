@@ -24,6 +24,7 @@
  * applied later). A database that fails its checks at start stops the
  * process with the reason. */
 #include "node.h"
+#include "tls_setup.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -342,7 +343,8 @@ static void palarm_cron(const struct raft_status *rs)
                                .timeout_ms = 2000,
                                .max_attempts = 1,
                                .log_name = m->name,
-                               .quiet_dial = true};
+                               .quiet_dial = true,
+                               .tls = &tls_http_client};
         p->asked_at = now;
         p->c = httpc_new(node.loop, m->http, &o);
         if (p->c == NULL)
@@ -1125,6 +1127,9 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
         .name = cfg->node_id,
         .cluster_id = node.cluster_id,
         .token = cfg->cluster_token,
+        .tls_in = &tls_peer_in,
+        .tls_out = &tls_peer_out,
+        .name_to_id = members_name_to_id,
         .http_addr = cfg->http_addr,
         .grpc_addr = cfg->grpc_addr,
         .recv = on_recv,
@@ -1146,7 +1151,11 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
     if (node.tr == NULL)
         goto err_after_mandi;
     members_refresh();
-    if (cfg->cluster_token[0] == '\0')
+    if (cfg->cluster_token[0] == '\0' && tls_slot_on(&tls_peer_in))
+        pz_info("cluster-token is not set: peers are authenticated by "
+                "their TLS certificates; the membership endpoints are "
+                "open to HTTP clients");
+    else if (cfg->cluster_token[0] == '\0')
         pz_warn("cluster-token is not set: anyone who can reach this node "
                 "can join the cluster or change its membership");
     uv_timer_init(loop, &node.tick);

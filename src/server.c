@@ -18,7 +18,8 @@
  *
  * Reload (SIGHUP): the configuration is read again and what can change
  * in a running process is applied (reload.h): log-level, log-file,
- * max-clients and the client timeouts. */
+ * max-clients, the client timeouts, and the TLS certificates and keys,
+ * which are read again (tls_setup.h). */
 #include "server.h"
 
 #include <errno.h>
@@ -38,6 +39,7 @@
 #include "node.h"
 #include "reload.h"
 #include "sdnotify.h"
+#include "tls_setup.h"
 
 #define SHUTDOWN_GRACE_MS 5000
 #define CRON_MS 250 /* connection housekeeping: deadlines fire this late */
@@ -57,6 +59,7 @@ struct server {
     uint64_t start_ms;               /* uv_now() at start */
     bool shutting_down;              /* a signal arrived */
     bool stopped;                    /* handles closed */
+    bool reload_applying;            /* apply_config from a reload */
 };
 
 static struct server srv;
@@ -142,6 +145,44 @@ static void on_signal(uv_signal_t *h, int signum)
     begin_shutdown();
 }
 
+/* Protected mode's answer to a client from elsewhere: one line saying how
+ * to open the node up, as an HTTP reply, and for gRPC as the debug data
+ * of an HTTP/2 GOAWAY (INADEQUATE_SECURITY) after the server preface. */
+#define PROTECTED_LINE                                                       \
+    "protected mode: this node serves clients on loopback only, having "   \
+    "no TLS and no client authentication; set 'protected-mode no', or "    \
+    "configure tls-cert-file and tls-key-file (see the README's TLS "      \
+    "section)\n"
+static const char protected_http[] =
+    "HTTP/1.1 403 Forbidden\r\n"
+    "Content-Type: text/plain\r\n"
+    "Connection: close\r\n\r\n" PROTECTED_LINE;
+static char protected_grpc[9 + 9 + 8 + sizeof PROTECTED_LINE];
+
+static void set_protected(struct conn_listener *ls, bool on, bool grpc)
+{
+    ls->loopback_only = on;
+    if (!grpc) {
+        ls->refusal = protected_http;
+        ls->refusal_len = sizeof protected_http - 1;
+        return;
+    }
+    /* SETTINGS (empty), then GOAWAY: last stream 0, error 0xc, the line. */
+    size_t dlen = sizeof PROTECTED_LINE - 1, plen = 8 + dlen;
+    unsigned char *p = (unsigned char *)protected_grpc;
+    memset(p, 0, sizeof protected_grpc);
+    p[3] = 0x4;
+    p += 9;
+    p[0] = (unsigned char)(plen >> 16);
+    p[1] = (unsigned char)(plen >> 8);
+    p[2] = (unsigned char)plen;
+    p[3] = 0x7;
+    p[9 + 7] = 0xc;
+    memcpy(p + 9 + 8, PROTECTED_LINE, dlen);
+    ls->refusal = protected_grpc;
+    ls->refusal_len = 9 + 9 + plen;
+}
+
 /* Put the values a reload may change in place (reload_apply_cb). */
 static void apply_config(const struct pz_config *c, void *arg)
 {
@@ -155,6 +196,13 @@ static void apply_config(const struct pz_config *c, void *arg)
     srv.grpc.ls.max_conns = (size_t)c->max_clients;
     srv.grpc.header_timeout = (uint64_t)c->client_header_timeout_ms;
     srv.grpc.body_timeout = (uint64_t)c->client_body_timeout_ms;
+    srv.http.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
+    srv.grpc.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
+    bool open_tls = tls_slot_on(&tls_http);
+    set_protected(&srv.http.ls, c->protected_mode && !open_tls, false);
+    set_protected(&srv.grpc.ls, c->protected_mode && !open_tls, true);
+    if (srv.reload_applying)
+        tls_setup_load(c, true, NULL, 0);
 }
 
 static void on_sighup(uv_signal_t *h, int signum)
@@ -166,7 +214,9 @@ static void on_sighup(uv_signal_t *h, int signum)
         return;
     }
     pz_info("received SIGHUP");
+    srv.reload_applying = true;
     reload_run(&srv.reload, apply_config, NULL);
+    srv.reload_applying = false;
 }
 
 /* Can addr ("host:port", as conn_listen() takes it) be bound now? Bound
@@ -256,8 +306,11 @@ int server_run(const struct pz_config *cfg)
         rv = try_bind("http", cfg->http_addr, err, sizeof err);
     if (rv == 0)
         rv = try_bind("grpc", cfg->grpc_addr, err, sizeof err);
+    if (rv == 0 && tls_setup_load(cfg, false, err, sizeof err) < 0)
+        rv = PZ_ECONFIG;
     if (rv < 0) {
         pz_error("%s", err);
+        tls_setup_free();
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -295,6 +348,12 @@ int server_run(const struct pz_config *cfg)
         rv = http_start(&srv.http, cfg, srv.start_ms, err, sizeof err);
     if (rv == 0)
         rv = grpc_start(&srv.grpc, &srv.loop, cfg, NULL, err, sizeof err);
+    if (rv == 0) {
+        /* Every connection accepted from here on speaks TLS if set. */
+        srv.http.ls.tls = &tls_http;
+        srv.grpc.ls.tls = &tls_grpc;
+        apply_config(cfg, NULL);
+    }
     if (rv < 0) {
         pz_error("%s", err);
         srv.shutting_down = true;
@@ -304,10 +363,15 @@ int server_run(const struct pz_config *cfg)
         uv_run(&srv.loop, UV_RUN_DEFAULT);
         uv_loop_close(&srv.loop);
         reload_free(&srv.reload);
+        tls_setup_free();
         return 1;
     }
-    pz_info("pyazdb %s node %s: HTTP on %s, gRPC on %s", PZ_VERSION,
-            cfg->node_id, cfg->http_addr, cfg->grpc_addr);
+    pz_info("pyazdb %s node %s: HTTP%s on %s, gRPC%s on %s", PZ_VERSION,
+            cfg->node_id, tls_slot_on(&tls_http) ? "S" : "", cfg->http_addr,
+            tls_slot_on(&tls_grpc) ? " over TLS" : "", cfg->grpc_addr);
+    if (cfg->protected_mode && !tls_slot_on(&tls_http))
+        pz_info("protected mode: HTTP and gRPC serve clients on loopback "
+                "only (no TLS); 'protected-mode no' serves every client");
     char ready[700];
     snprintf(ready, sizeof ready,
              "READY=1\nSTATUS=node %s: HTTP on %s, gRPC on %s", cfg->node_id,
@@ -315,6 +379,7 @@ int server_run(const struct pz_config *cfg)
     sdnotify(ready);
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     reload_free(&srv.reload);
+    tls_setup_free();
     rv = uv_loop_close(&srv.loop);
     if (rv != 0) {
         pz_error("loop did not close cleanly: %s", uv_strerror(rv));

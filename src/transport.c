@@ -29,6 +29,7 @@
 #include "log.h"
 #include "queue.h"
 #include "raft_codec.h"
+#include "tls.h"
 
 #define DEF_MAX_QUEUE_MSGS 4096
 #define DEF_MAX_QUEUE_BYTES (32u << 20)
@@ -330,6 +331,17 @@ static void on_peer_timer(uv_timer_t *h)
     }
 }
 
+/* With peer TLS: does c's verified certificate name node `name`, and is
+ * that name node id's? The rule: a DNS subjectAltName equal to the node
+ * name (node-id), which the cluster CA vouches for. */
+static bool cert_names(const struct transport *t, const struct conn *c,
+                       const char *name, uint64_t id)
+{
+    if (name == NULL || name[0] == '\0' || !tls_peer_names(c->tls, name))
+        return false;
+    return t->cfg.name_to_id == NULL || t->cfg.name_to_id(name) == id;
+}
+
 static void out_connected(struct conn *c, int status)
 {
     struct peer *p = c->proto;
@@ -399,6 +411,12 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
         return;
     }
     printable(name, sizeof name, r->name);
+    if (p->conn->tls && !cert_names(t, p->conn, r->name, p->id)) {
+        p->st.refused++;
+        peer_fail(p, "its TLS certificate does not name '%s', node %" PRIu64,
+                  name, p->id);
+        return;
+    }
     uint64_t ci = 0, ct = 0;
     int kind = t->cfg.check_peer
                    ? t->cfg.check_peer(t->cfg.data, p->id, r->incarnation,
@@ -505,6 +523,12 @@ static void peer_connect(struct peer *p)
     if (c == NULL) {
         peer_fail(p, "cannot start a connection%s%s",
                   t->source_addr[0] ? " from " : "", t->source_addr);
+        return;
+    }
+    if (tls_slot_on(t->cfg.tls_out) &&
+        conn_start_tls(c, t->cfg.tls_out, NULL,
+                       t->cfg.connect_timeout_ms) < 0) {
+        peer_fail(p, "cannot start TLS");
         return;
     }
     /* Set after the call: conn_connect never calls back synchronously, and
@@ -756,6 +780,12 @@ static void refuse(struct inbound *in, uint32_t status, uint64_t conf_index,
 
 static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
 {
+    if (in->c->tls && !cert_names(in->t, in->c, hs->name, hs->node_id)) {
+        printable(in->name, sizeof in->name, hs->name);
+        refuse(in, RAFT_HS_BAD_TOKEN, 0, 0, hs->node_id,
+               " (its TLS certificate does not name the node it claims)");
+        return;
+    }
     struct transport *t = in->t;
     char why[200] = "";
     uint64_t conf_index = 0, conf_term = 0;
@@ -1048,6 +1078,8 @@ struct transport *transport_new(uv_loop_t *loop,
     }
     uv_timer_start(&t->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
     t->ls.data = t;
+    t->ls.tls = t->cfg.tls_in;
+    t->ls.handshake_ms = t->cfg.handshake_timeout_ms;
     pz_info("raft: listening on %s, port %d (node %" PRIu64 " '%s', "
             "cluster %016" PRIx64 ")",
             t->listen_addr, transport_port(t), t->cfg.id, t->name,

@@ -129,6 +129,14 @@ struct transport_config {
     const char *token;         /* cluster token: NULL or "" = none (a
                                   dialer's token is then not checked);
                                   copied */
+    /* Mutual TLS (tls.h), optional: with tls_in on, dialers must speak
+     * TLS and show a certificate that chains to its CA and names, as a
+     * DNS subjectAltName, the node name they claim in the handshake, whose
+     * id must be name_to_id(name); with tls_out on, we dial with TLS and
+     * require the same of the acceptor's certificate and reply. Borrowed:
+     * they must outlive the transport. */
+    const struct tls_slot *tls_in, *tls_out;
+    uint64_t (*name_to_id)(const char *name);
     transport_recv_cb recv;    /* required */
     transport_peer_cb on_peer; /* optional */
     transport_peer_info_cb on_peer_info; /* optional */

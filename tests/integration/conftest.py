@@ -76,6 +76,7 @@ class Server:
         self.log_path = os.path.join(self.dir, "server.log")
         self.proc = None
         self.procs = []  # every process started, oldest first
+        self.ssl_context = None  # set for a server whose HTTP is HTTPS
 
     def write_conf(self):
         with open(self.conf_path, "w") as f:
@@ -134,8 +135,13 @@ class Server:
             time.sleep(0.02)
 
     def request(self, method, path, body=None, headers=None, timeout=10):
-        c = http.client.HTTPConnection("127.0.0.1", self.http_port,
-                                       timeout=timeout)
+        if self.ssl_context is not None:
+            c = http.client.HTTPSConnection("127.0.0.1", self.http_port,
+                                            timeout=timeout,
+                                            context=self.ssl_context)
+        else:
+            c = http.client.HTTPConnection("127.0.0.1", self.http_port,
+                                           timeout=timeout)
         try:
             c.request(method, path, body=body, headers=headers or {})
             r = c.getresponse()
@@ -247,6 +253,7 @@ class Mandi(Server):
         self.log_path = os.path.join(self.dir, "mandi.log")
         self.proc = None
         self.procs = []  # every process started, oldest first
+        self.ssl_context = None  # set for a server whose HTTP is HTTPS
 
     def wait_ready(self, timeout=10):
         deadline = time.time() + timeout

@@ -66,9 +66,13 @@ def identity(b):
 class Client:
     """grpcio channel to one node with the methods we serve."""
 
-    def __init__(self, port, stubs_, **channel_kw):
+    def __init__(self, port, stubs_, credentials=None, **channel_kw):
         self.s = stubs_
-        self.ch = grpc.insecure_channel(f"127.0.0.1:{port}", **channel_kw)
+        if credentials is not None:  # gRPC over TLS
+            self.ch = grpc.secure_channel(f"127.0.0.1:{port}", credentials,
+                                          **channel_kw)
+        else:
+            self.ch = grpc.insecure_channel(f"127.0.0.1:{port}", **channel_kw)
         kv, cl, h = stubs_.kv, stubs_.cluster, stubs_.health
         self.Get = self.unary("/kv.KVService/Get", kv.GetRequest,
                               kv.GetResponse)

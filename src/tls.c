@@ -1,0 +1,447 @@
+/* tls.c - see tls.h. Everything OpenSSL is confined to this file. */
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+/* Plaintext handed to SSL_write at once: one full record. */
+#define WRITE_CHUNK (16 * 1024)
+/* Sessions a server context remembers for TLS 1.2 resumption. */
+#define SESSION_CACHE 4096
+
+struct tls_conn {
+    SSL *ssl;
+    BIO *rbio;           /* ciphertext in (fed from the socket) */
+    BIO *wbio;           /* ciphertext out (to the socket) */
+    struct pz_buf plain; /* plaintext queued before/while encrypting */
+    uint64_t deadline;   /* handshake deadline, conn_now() ms */
+    bool got_input;      /* bytes were fed */
+    bool notified;       /* close_notify queued */
+    bool failed;         /* a fatal error happened */
+    char err[160];       /* why it failed */
+};
+
+int tls_parse_client_auth(const char *s)
+{
+    if (strcmp(s, "none") == 0)
+        return TLS_AUTH_NONE;
+    if (strcmp(s, "optional") == 0)
+        return TLS_AUTH_OPTIONAL;
+    if (strcmp(s, "require") == 0)
+        return TLS_AUTH_REQUIRE;
+    return -1;
+}
+
+/* The last OpenSSL error as one line ("" when none), and clear the queue. */
+static void last_error(char *buf, size_t len)
+{
+    unsigned long e = ERR_peek_last_error();
+    buf[0] = '\0';
+    if (e != 0) {
+        const char *r = ERR_reason_error_string(e);
+        snprintf(buf, len, "%s", r ? r : "TLS error");
+    }
+    ERR_clear_error();
+}
+
+/* ALPN: the server takes its one protocol when the client offers it and
+ * otherwise goes on without ALPN (the protocol on top then decides). */
+static int alpn_select(SSL *ssl, const unsigned char **out,
+                       unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg)
+{
+    PZ_UNUSED(ssl);
+    const unsigned char *want = arg; /* length-prefixed */
+    for (unsigned i = 0; i < inlen;) {
+        unsigned n = in[i];
+        if (i + 1 + n > inlen)
+            break;
+        if (n == want[0] && memcmp(in + i + 1, want + 1, n) == 0) {
+            *out = in + i + 1;
+            *outlen = (unsigned char)n;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        i += 1 + n;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+/* Length-prefixed ALPN names, kept for the context's life: one static
+ * string per protocol we use. */
+static const unsigned char *alpn_wire(const char *p)
+{
+    static const unsigned char h2[] = "\x02h2";
+    static const unsigned char h11[] = "\x08http/1.1";
+    if (p == NULL)
+        return NULL;
+    if (strcmp(p, "h2") == 0)
+        return h2;
+    if (strcmp(p, "http/1.1") == 0)
+        return h11;
+    return NULL;
+}
+
+static int build_ctx(SSL_CTX **out, const struct tls_opts *o, char *err,
+                     size_t errlen)
+{
+    char why[160];
+    ERR_clear_error();
+    SSL_CTX *ctx =
+        SSL_CTX_new(o->server ? TLS_server_method() : TLS_client_method());
+    if (ctx == NULL) {
+        last_error(why, sizeof why);
+        snprintf(err, errlen, "cannot make a TLS context: %s", why);
+        return PZ_ENOMEM;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* Idle connections give their read and write buffers back. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    const char *file = "";
+    if (o->cert_file && o->cert_file[0]) {
+        file = o->cert_file;
+        if (SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) != 1)
+            goto fail;
+        file = o->key_file;
+        if (SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) !=
+            1)
+            goto fail;
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            snprintf(err, errlen,
+                     "TLS key %s does not match the certificate %s",
+                     o->key_file, o->cert_file);
+            SSL_CTX_free(ctx);
+            ERR_clear_error();
+            return PZ_EINVAL;
+        }
+    }
+    if (o->ca_file && o->ca_file[0]) {
+        file = o->ca_file;
+        if (SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) != 1)
+            goto fail;
+        if (o->server && o->client_auth != TLS_AUTH_NONE) {
+            STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o->ca_file);
+            if (names == NULL)
+                goto fail;
+            SSL_CTX_set_client_CA_list(ctx, names);
+        }
+    } else if (!o->server) {
+        SSL_CTX_set_default_verify_paths(ctx);
+    }
+    if (o->server) {
+        int mode = SSL_VERIFY_NONE;
+        if (o->client_auth == TLS_AUTH_OPTIONAL)
+            mode = SSL_VERIFY_PEER;
+        else if (o->client_auth == TLS_AUTH_REQUIRE)
+            mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+        if (mode != SSL_VERIFY_NONE && !(o->ca_file && o->ca_file[0])) {
+            snprintf(err, errlen,
+                     "client certificates are asked for but no CA file "
+                     "is set to verify them");
+            SSL_CTX_free(ctx);
+            return PZ_EINVAL;
+        }
+        SSL_CTX_set_verify(ctx, mode, NULL);
+        static const unsigned char sid[] = "pyazdb";
+        SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+        SSL_CTX_sess_set_cache_size(ctx, SESSION_CACHE);
+        const unsigned char *w = alpn_wire(o->alpn);
+        if (w)
+            SSL_CTX_set_alpn_select_cb(ctx, alpn_select, (void *)w);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        const unsigned char *w = alpn_wire(o->alpn);
+        if (w)
+            SSL_CTX_set_alpn_protos(ctx, w, (unsigned)w[0] + 1);
+    }
+    *out = ctx;
+    return 0;
+fail:
+    last_error(why, sizeof why);
+    snprintf(err, errlen, "cannot load %s: %s", file[0] ? file : "(none)",
+             why[0] ? why : "unreadable");
+    SSL_CTX_free(ctx);
+    return PZ_EINVAL;
+}
+
+int tls_slot_load(struct tls_slot *s, const char *name,
+                  const struct tls_opts *o, char *err, size_t errlen)
+{
+    if (o->server &&
+        !(o->cert_file && o->cert_file[0] && o->key_file && o->key_file[0])) {
+        snprintf(err, errlen, "a TLS server needs a certificate and a key");
+        return PZ_EINVAL;
+    }
+    SSL_CTX *ctx = NULL;
+    int rv = build_ctx(&ctx, o, err, errlen);
+    if (rv < 0)
+        return rv;
+    /* Connections hold their own reference (SSL_new): they keep it. */
+    SSL_CTX_free(s->ctx);
+    s->ctx = ctx;
+    s->server = o->server;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->loads++;
+    return 0;
+}
+
+void tls_slot_clear(struct tls_slot *s)
+{
+    SSL_CTX_free(s->ctx);
+    s->ctx = NULL;
+}
+
+static bool is_ip(const char *host)
+{
+    unsigned char a[16];
+    return inet_pton(AF_INET, host, a) == 1 ||
+           inet_pton(AF_INET6, host, a) == 1;
+}
+
+struct tls_conn *tls_conn_new(const struct tls_slot *s, const char *host)
+{
+    SSL *ssl = SSL_new(s->ctx);
+    if (ssl == NULL) {
+        ERR_clear_error();
+        return NULL;
+    }
+    struct tls_conn *t = pz_calloc(1, sizeof *t);
+    t->ssl = ssl;
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (t->rbio == NULL || t->wbio == NULL) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        SSL_free(ssl);
+        pz_free(t);
+        ERR_clear_error();
+        return NULL;
+    }
+    /* An empty read BIO means "more data later", not EOF. */
+    BIO_set_mem_eof_return(t->rbio, -1);
+    SSL_set_bio(ssl, t->rbio, t->wbio);
+    pz_buf_init(&t->plain);
+    if (s->server) {
+        SSL_set_accept_state(ssl);
+    } else {
+        SSL_set_connect_state(ssl);
+        if (host && host[0]) {
+            if (is_ip(host)) {
+                X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
+            } else {
+                SSL_set_tlsext_host_name(ssl, host);
+                SSL_set1_host(ssl, host);
+            }
+        }
+    }
+    return t;
+}
+
+void tls_conn_free(struct tls_conn *t)
+{
+    if (t == NULL)
+        return;
+    SSL_free(t->ssl); /* frees both BIOs */
+    pz_buf_free(&t->plain);
+    pz_free(t);
+}
+
+void tls_feed(struct tls_conn *t, const void *p, size_t n)
+{
+    if (n == 0)
+        return;
+    t->got_input = true;
+    BIO_write(t->rbio, p, (int)n);
+}
+
+bool tls_has_input(const struct tls_conn *t)
+{
+    return !t->failed &&
+           (SSL_pending(t->ssl) > 0 || BIO_ctrl_pending(t->rbio) > 0);
+}
+
+bool tls_got_input(const struct tls_conn *t)
+{
+    return t->got_input;
+}
+
+/* Record why an SSL call failed. Returns PZ_EPROTO, or 0 when it only
+ * needs more input or output. */
+static int on_ssl_error(struct tls_conn *t, int ret)
+{
+    int e = SSL_get_error(t->ssl, ret);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        ERR_clear_error();
+        return 0;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN) {
+        ERR_clear_error();
+        return UV_EOF;
+    }
+    t->failed = true;
+    char why[128];
+    last_error(why, sizeof why);
+    long vr = SSL_get_verify_result(t->ssl);
+    if (vr != X509_V_OK)
+        snprintf(t->err, sizeof t->err, "%s (certificate: %s)",
+                 why[0] ? why : "handshake failed",
+                 X509_verify_cert_error_string(vr));
+    else
+        snprintf(t->err, sizeof t->err, "%s",
+                 why[0] ? why : "connection error");
+    return PZ_EPROTO;
+}
+
+int tls_start(struct tls_conn *t)
+{
+    int r = SSL_do_handshake(t->ssl);
+    if (r == 1)
+        return 0;
+    return on_ssl_error(t, r) == PZ_EPROTO ? PZ_EPROTO : 0;
+}
+
+int tls_read(struct tls_conn *t, char *buf, size_t cap)
+{
+    if (t->failed)
+        return PZ_EPROTO;
+    if (!SSL_is_init_finished(t->ssl)) {
+        int r = SSL_do_handshake(t->ssl);
+        if (r != 1) {
+            int rv = on_ssl_error(t, r);
+            return rv == UV_EOF ? PZ_EPROTO : rv;
+        }
+    }
+    size_t got = 0;
+    int r = SSL_read_ex(t->ssl, buf, cap, &got);
+    if (r == 1)
+        return (int)got;
+    return on_ssl_error(t, 0);
+}
+
+void tls_queue(struct tls_conn *t, const void *p, size_t n)
+{
+    pz_buf_append(&t->plain, p, n);
+}
+
+size_t tls_queued(const struct tls_conn *t)
+{
+    return t->plain.len;
+}
+
+int tls_encrypt(struct tls_conn *t)
+{
+    if (t->failed)
+        return PZ_EPROTO;
+    if (!SSL_is_init_finished(t->ssl) || t->notified)
+        return 0;
+    size_t off = 0;
+    while (off < t->plain.len) {
+        size_t n = t->plain.len - off;
+        if (n > WRITE_CHUNK)
+            n = WRITE_CHUNK;
+        size_t done = 0;
+        int r = SSL_write_ex(t->ssl, t->plain.data + off, n, &done);
+        if (r != 1) {
+            int rv = on_ssl_error(t, 0);
+            if (rv < 0 && rv != UV_EOF)
+                return rv;
+            break;
+        }
+        off += done;
+    }
+    pz_buf_consume(&t->plain, off);
+    return 0;
+}
+
+size_t tls_take_output(struct tls_conn *t, struct pz_buf *out)
+{
+    size_t n = BIO_ctrl_pending(t->wbio);
+    if (n == 0)
+        return 0;
+    pz_buf_reserve(out, n);
+    int got = BIO_read(t->wbio, out->data + out->len, (int)n);
+    if (got <= 0)
+        return 0;
+    out->len += (size_t)got;
+    return (size_t)got;
+}
+
+bool tls_close_notify(struct tls_conn *t)
+{
+    if (t->notified || t->failed || !SSL_is_init_finished(t->ssl))
+        return false;
+    t->notified = true;
+    SSL_shutdown(t->ssl);
+    ERR_clear_error();
+    return true;
+}
+
+bool tls_handshake_done(const struct tls_conn *t)
+{
+    return SSL_is_init_finished(t->ssl);
+}
+
+const char *tls_error(const struct tls_conn *t)
+{
+    return t->err;
+}
+
+void tls_set_deadline(struct tls_conn *t, uint64_t at)
+{
+    t->deadline = at;
+}
+
+uint64_t tls_deadline(const struct tls_conn *t)
+{
+    return t->deadline;
+}
+
+bool tls_peer_verified(const struct tls_conn *t)
+{
+    X509 *cert = SSL_get0_peer_certificate(t->ssl);
+    return cert != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK;
+}
+
+bool tls_peer_names(const struct tls_conn *t, const char *name)
+{
+    X509 *cert = SSL_get0_peer_certificate(t->ssl);
+    if (cert == NULL || SSL_get_verify_result(t->ssl) != X509_V_OK ||
+        name == NULL || name[0] == '\0')
+        return false;
+    int r;
+    if (is_ip(name))
+        r = X509_check_ip_asc(cert, name, 0);
+    else
+        r = X509_check_host(cert, name, strlen(name),
+                            X509_CHECK_FLAG_NEVER_CHECK_SUBJECT |
+                                X509_CHECK_FLAG_NO_WILDCARDS,
+                            NULL);
+    ERR_clear_error();
+    return r == 1;
+}
+
+void tls_alpn(const struct tls_conn *t, char *buf, size_t len)
+{
+    const unsigned char *p = NULL;
+    unsigned n = 0;
+    SSL_get0_alpn_selected(t->ssl, &p, &n);
+    snprintf(buf, len, "%.*s", (int)n, p ? (const char *)p : "");
+}
+
+const char *tls_version(const struct tls_conn *t)
+{
+    return SSL_get_version(t->ssl);
+}
+
+bool tls_session_reused(const struct tls_conn *t)
+{
+    return SSL_session_reused(t->ssl) == 1;
+}

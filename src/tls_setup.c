@@ -1,0 +1,114 @@
+/* tls_setup.c - see tls_setup.h. */
+#include "tls_setup.h"
+
+#include <stdio.h>
+
+#include "log.h"
+
+struct tls_slot tls_http, tls_grpc, tls_peer_in, tls_peer_out;
+struct tls_slot tls_http_client, tls_grpc_client;
+
+/* Load one slot from o. want: configured now. */
+static int load_one(struct tls_slot *s, const char *name, bool want,
+                    const struct tls_opts *o, bool reload, char *err,
+                    size_t errlen)
+{
+    char why[512];
+    if (reload && want != tls_slot_on(s)) {
+        pz_warn("reload: TLS on %s turned %s: needs a restart; still %s", name,
+                want ? "on" : "off", tls_slot_on(s) ? "on" : "off");
+        return 0;
+    }
+    if (!want)
+        return 0;
+    int rv = tls_slot_load(s, name, o, why, sizeof why);
+    if (rv < 0) {
+        if (reload) {
+            pz_error("reload: TLS on %s: %s; the certificates in force stay",
+                     name, why);
+        } else {
+            snprintf(err, errlen, "TLS on %s: %s", name, why);
+        }
+        return rv;
+    }
+    if (reload)
+        pz_info("reload: TLS on %s: certificates read again", name);
+    return 0;
+}
+
+int tls_setup_load(const struct pz_config *c, bool reload, char *err,
+                   size_t errlen)
+{
+    bool client = c->tls_cert_file[0] != '\0';
+    bool peer = c->peer_tls_cert_file[0] != '\0';
+    struct tls_opts o = {
+        .server = true,
+        .cert_file = c->tls_cert_file,
+        .key_file = c->tls_key_file,
+        .ca_file = c->tls_ca_file,
+        .client_auth = c->tls_client_auth,
+        .alpn = "http/1.1",
+    };
+    int failed = 0;
+    if (load_one(&tls_http, "http", client, &o, reload, err, errlen) < 0) {
+        if (!reload)
+            return PZ_ECONFIG;
+        failed++;
+    }
+    o.alpn = "h2";
+    if (load_one(&tls_grpc, "grpc", client, &o, reload, err, errlen) < 0) {
+        if (!reload)
+            return PZ_ECONFIG;
+        failed++;
+    }
+    struct tls_opts oc = {
+        .server = false,
+        .cert_file = c->tls_cert_file,
+        .key_file = c->tls_key_file,
+        .ca_file = c->tls_ca_file,
+        .alpn = "http/1.1",
+    };
+    if (load_one(&tls_http_client, "http client", client, &oc, reload, err,
+                 errlen) < 0) {
+        if (!reload)
+            return PZ_ECONFIG;
+        failed++;
+    }
+    oc.alpn = "h2";
+    if (load_one(&tls_grpc_client, "grpc client", client, &oc, reload, err,
+                 errlen) < 0) {
+        if (!reload)
+            return PZ_ECONFIG;
+        failed++;
+    }
+    struct tls_opts p = {
+        .server = true,
+        .cert_file = c->peer_tls_cert_file,
+        .key_file = c->peer_tls_key_file,
+        .ca_file = c->peer_tls_ca_file,
+        .client_auth = TLS_AUTH_REQUIRE,
+    };
+    if (load_one(&tls_peer_in, "raft", peer, &p, reload, err, errlen) < 0) {
+        if (!reload)
+            return PZ_ECONFIG;
+        failed++;
+    }
+    p.server = false;
+    if (load_one(&tls_peer_out, "raft dialer", peer, &p, reload, err, errlen) <
+        0) {
+        if (!reload)
+            return PZ_ECONFIG;
+        failed++;
+    }
+    return failed;
+}
+
+void tls_setup_free(void)
+{
+    tls_slot_clear(&tls_http);
+    tls_slot_clear(&tls_grpc);
+    tls_slot_clear(&tls_peer_in);
+    tls_slot_clear(&tls_peer_out);
+    tls_slot_clear(&tls_http_client);
+    tls_slot_clear(&tls_grpc_client);
+}

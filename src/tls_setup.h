@@ -1,0 +1,33 @@
+/* tls_setup.h - the server's TLS contexts, made from the configuration.
+ *
+ * Six slots (tls.h): the HTTP listener (ALPN http/1.1), the gRPC listener
+ * (ALPN h2), the Raft transport's accepting and dialing sides (mutual TLS
+ * with the cluster CA), and the clients a node uses to reach other nodes'
+ * HTTP and gRPC ports (forwarding to the leader, status polls): with TLS
+ * on the client ports, these verify the other node's certificate against
+ * tls-ca-file (the system's CAs when it is unset) and show this node's
+ * own certificate, for a leader that requires client certificates. A slot is
+ * off (plain text) when its files are not configured. tls_setup_load() at start
+ * fails on any file that does not load; on a reload (SIGHUP) it reads every
+ * file again and replaces a slot's context only when its new one loaded,
+ * logging the ones that did not (the old context stays in force). Turning a
+ * slot on or off takes a restart: a reload only logs it. */
+#ifndef PZ_TLS_SETUP_H
+#define PZ_TLS_SETUP_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "tls.h"
+
+extern struct tls_slot tls_http, tls_grpc, tls_peer_in, tls_peer_out;
+extern struct tls_slot tls_http_client, tls_grpc_client;
+
+/* At start (reload false: any failure is an error in err) or on a reload
+ * (failures are logged, the rest applied; returns how many failed). */
+int tls_setup_load(const struct pz_config *c, bool reload, char *err,
+                   size_t errlen);
+/* Release every context (at exit). */
+void tls_setup_free(void);
+
+#endif

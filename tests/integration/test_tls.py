@@ -1,0 +1,741 @@
+"""TLS on the HTTP and gRPC ports, client certificates, and the reload of
+certificates, with real clients: curl, Python's ssl and grpcio, and
+`openssl s_client`. The certificates are made in a fixture by the openssl
+command line (scripts/make-certs.sh, and openssl under faketime for an
+expired one)."""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import grpc
+import pytest
+
+import grpc_helpers as gh
+from conftest import ROOT
+
+MAKE_CERTS = os.path.join(ROOT, "scripts", "make-certs.sh")
+
+
+def run(*cmd, **kw):
+    return subprocess.run(list(cmd), capture_output=True, text=True,
+                          errors="replace", timeout=30, **kw)
+
+
+def make(d, *args, env=None):
+    r = run(MAKE_CERTS, d, *args, env=env)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA with a node certificate for 127.0.0.1/localhost, a client
+    certificate, an expired client certificate, a second node certificate
+    (for the reload), and a CA of its own with a client and a node
+    certificate signed by it."""
+    d = str(tmp_path_factory.mktemp("pki"))
+    make(d, "ca")
+    make(d, "node", "node1", "127.0.0.1", "localhost")
+    make(d, "node", "node1b", "127.0.0.1", "localhost")
+    make(d, "client", "alice")
+    if shutil.which("faketime") is None:
+        pytest.skip("faketime is needed for an expired certificate")
+    env = dict(os.environ, DAYS="1")
+    r = run("faketime", "2020-01-01 00:00:00", MAKE_CERTS, d, "client",
+            "old", env=env)
+    assert r.returncode == 0, r.stderr
+    other = os.path.join(d, "other")
+    make(other, "ca")
+    make(other, "client", "mallory")
+    make(other, "node", "node1", "127.0.0.1", "localhost")
+    p = {k: os.path.join(d, k) for k in ("ca.crt", "node1.crt", "node1.key",
+                                          "node1b.crt", "node1b.key",
+                                          "alice.crt", "alice.key", "old.crt",
+                                          "old.key")}
+    p["dir"] = d
+    p["other-ca.crt"] = os.path.join(other, "ca.crt")
+    p["mallory.crt"] = os.path.join(other, "mallory.crt")
+    p["mallory.key"] = os.path.join(other, "mallory.key")
+    p["other-node.crt"] = os.path.join(other, "node1.crt")
+    p["other-node.key"] = os.path.join(other, "node1.key")
+    return p
+
+
+def tls_conf(pki, auth="none", cert="node1"):
+    c = {"tls-cert-file": pki[cert + ".crt"],
+         "tls-key-file": pki[cert + ".key"]}
+    if auth != "none":
+        c["tls-ca-file"] = pki["ca.crt"]
+        c["tls-client-auth"] = auth
+    return c
+
+
+def client_ctx(pki, cert=None):
+    ctx = ssl.create_default_context(cafile=pki["ca.crt"])
+    if cert:
+        ctx.load_cert_chain(pki[cert + ".crt"], pki[cert + ".key"])
+    return ctx
+
+
+def start(servers, pki, auth="none", conf=None, client="alice"):
+    c = tls_conf(pki, auth)
+    c.update(conf or {})
+    s = servers(conf=c, start=False)
+    s.ssl_context = client_ctx(pki, client if auth != "none" else None)
+    return s.start()
+
+
+def curl(port, path, *opts, data=None):
+    cmd = ["curl", "-sS", "--max-time", "10", "-o", "-", "-w",
+           "\n%{http_code}", *opts]
+    if data is not None:
+        cmd += ["-X", "POST", "-H", "content-type: application/json",
+                "--data-binary", data]
+    r = run(*cmd, f"https://127.0.0.1:{port}{path}")
+    return r
+
+
+def body_code(r):
+    body, _, code = r.stdout.rpartition("\n")
+    return body, int(code)
+
+
+def test_https_with_curl(servers, pki):
+    s = start(servers, pki)
+    ca = ["--cacert", pki["ca.crt"]]
+    r = curl(s.http_port, "/set", *ca, data='{"key":"k1","value":"v1"}')
+    assert r.returncode == 0, r.stderr
+    assert body_code(r)[1] == 204
+    r = curl(s.http_port, "/get?key=k1", *ca)
+    assert body_code(r) == ("v1", 200), r.stdout
+    # The name in the certificate: localhost works as well as 127.0.0.1.
+    r = run("curl", "-sS", "--max-time", "10", *ca,
+            f"https://localhost:{s.http_port}/health")
+    assert r.returncode == 0, r.stderr
+    # Without the CA, curl does not trust the server.
+    r = curl(s.http_port, "/get?key=k1")
+    assert r.returncode == 60, (r.returncode, r.stderr)
+    # A CA that did not sign it: the same.
+    r = curl(s.http_port, "/get?key=k1", "--cacert", pki["other-ca.crt"])
+    assert r.returncode == 60, (r.returncode, r.stderr)
+    # Plain HTTP on the HTTPS port gets no HTTP answer.
+    r = run("curl", "-sS", "--max-time", "5",
+            f"http://127.0.0.1:{s.http_port}/health")
+    assert r.returncode != 0
+    # The node goes on serving.
+    assert s.request("GET", "/get?key=k1")[0] == 200
+
+
+def test_large_values_and_keepalive(servers, pki):
+    """Values that span many TLS records, many requests on one
+    connection."""
+    s = start(servers, pki)
+    big = "x" * (900 * 1024)
+    c = http.client.HTTPSConnection("127.0.0.1", s.http_port, timeout=10,
+                                    context=client_ctx(pki))
+    try:
+        c.request("POST", "/set", body=json.dumps({"key": "big",
+                                                   "value": big}),
+                  headers={"content-type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 204
+        for i in range(50):
+            c.request("POST", "/set", body=json.dumps({"key": f"k{i}",
+                                                       "value": str(i)}),
+                      headers={"content-type": "application/json"})
+            r = c.getresponse()
+            r.read()
+            assert r.status == 204
+        c.request("GET", "/get?key=big")
+        r = c.getresponse()
+        got = r.read().decode()
+        assert r.status == 200
+        assert got == big
+    finally:
+        c.close()
+
+
+def test_client_auth_require_curl(servers, pki):
+    s = start(servers, pki, auth="require")
+    ca = ["--cacert", pki["ca.crt"]]
+    mine = ["--cert", pki["alice.crt"], "--key", pki["alice.key"]]
+    r = curl(s.http_port, "/set", *ca, *mine, data='{"key":"a","value":"1"}')
+    assert r.returncode == 0, r.stderr
+    assert body_code(r)[1] == 204
+    # No client certificate: refused in the handshake.
+    r = curl(s.http_port, "/get?key=a", *ca)
+    assert r.returncode != 0 and body_code(r)[0] == ""
+    # One from another CA, and an expired one: refused too.
+    r = curl(s.http_port, "/get?key=a", *ca, "--cert", pki["mallory.crt"],
+             "--key", pki["mallory.key"])
+    assert r.returncode != 0
+    r = curl(s.http_port, "/get?key=a", *ca, "--cert", pki["old.crt"],
+             "--key", pki["old.key"])
+    assert r.returncode != 0
+    gh.wait_for(lambda: "certificate has expired" in s.read_log())
+    log = s.read_log()
+    # Each failure is logged with the peer's address, never a key.
+    assert "http: TLS with 127.0.0.1:" in log
+    assert "PRIVATE KEY" not in log
+    r = curl(s.http_port, "/get?key=a", *ca, *mine)
+    assert body_code(r)[1] == 200
+
+
+def test_client_auth_optional(servers, pki):
+    s = start(servers, pki, auth="optional")
+    ca = ["--cacert", pki["ca.crt"]]
+    r = curl(s.http_port, "/health", *ca)
+    assert r.returncode == 0 and body_code(r)[1] == 200
+    r = curl(s.http_port, "/health", *ca, "--cert", pki["alice.crt"],
+             "--key", pki["alice.key"])
+    assert r.returncode == 0 and body_code(r)[1] == 200
+    r = curl(s.http_port, "/health", *ca, "--cert", pki["mallory.crt"],
+             "--key", pki["mallory.key"])
+    assert r.returncode != 0
+
+
+def grpc_creds(pki, ca="ca.crt", cert=None):
+    with open(pki[ca], "rb") as f:
+        root = f.read()
+    key = chain = None
+    if cert:
+        with open(pki[cert + ".key"], "rb") as f:
+            key = f.read()
+        with open(pki[cert + ".crt"], "rb") as f:
+            chain = f.read()
+    return grpc.ssl_channel_credentials(root_certificates=root,
+                                        private_key=key,
+                                        certificate_chain=chain)
+
+
+def test_grpc_over_tls(servers, pki, tmp_path):
+    s = start(servers, pki)
+    st = gh.stubs(str(tmp_path))
+    c = gh.Client(s.grpc_port, st, credentials=grpc_creds(pki))
+    try:
+        c.Set(st.kv.SetRequest(key="g1", value="v1"), timeout=10)
+        assert c.Get(st.kv.GetRequest(key="g1"), timeout=10).value == "v1"
+    finally:
+        c.close()
+    # A CA that did not sign the server's certificate.
+    c = gh.Client(s.grpc_port, st, credentials=grpc_creds(pki,
+                                                          "other-ca.crt"))
+    try:
+        code, _ = gh.rpc_error(c.Get, st.kv.GetRequest(key="g1"), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        c.close()
+    # Plain h2c on the TLS port does not get through either.
+    c = gh.Client(s.grpc_port, st)
+    try:
+        code, _ = gh.rpc_error(c.Get, st.kv.GetRequest(key="g1"), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        c.close()
+
+
+def test_grpc_client_cert_required(servers, pki, tmp_path):
+    s = start(servers, pki, auth="require")
+    st = gh.stubs(str(tmp_path))
+    c = gh.Client(s.grpc_port, st, credentials=grpc_creds(pki))
+    try:
+        code, _ = gh.rpc_error(c.Get, st.kv.GetRequest(key="x"), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        c.close()
+    c = gh.Client(s.grpc_port, st,
+                  credentials=grpc_creds(pki, cert="mallory"))
+    try:
+        code, _ = gh.rpc_error(c.Get, st.kv.GetRequest(key="x"), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        c.close()
+    c = gh.Client(s.grpc_port, st, credentials=grpc_creds(pki, cert="alice"))
+    try:
+        c.Set(st.kv.SetRequest(key="x", value="y"), timeout=10)
+        assert c.Get(st.kv.GetRequest(key="x"), timeout=10).value == "y"
+    finally:
+        c.close()
+
+
+def s_client(port, *opts, stdin=""):
+    return run("openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+               *opts, input=stdin)
+
+
+def test_s_client_alpn_versions_resumption(servers, pki, tmp_path):
+    s = start(servers, pki)
+    r = s_client(s.grpc_port, "-alpn", "h2", "-CAfile", pki["ca.crt"],
+                 "-verify_ip", "127.0.0.1")
+    assert "ALPN protocol: h2" in r.stdout, r.stdout + r.stderr
+    assert "Verify return code: 0 (ok)" in r.stdout
+    r = s_client(s.http_port, "-alpn", "h2,http/1.1")
+    assert "ALPN protocol: http/1.1" in r.stdout, r.stdout
+    # TLS 1.2 is the least accepted: 1.1 and 1.0 are refused.
+    r = s_client(s.http_port, "-tls1_2")
+    assert "Protocol  : TLSv1.2" in r.stdout, r.stdout + r.stderr
+    for old in ("-tls1_1", "-tls1"):
+        r = s_client(s.http_port, old, "-cipher", "DEFAULT@SECLEVEL=0")
+        assert r.returncode != 0
+        assert "Cipher is (NONE)" in r.stdout or "alert" in r.stderr, \
+            r.stdout + r.stderr
+    # Session resumption (TLS 1.2 session cache).
+    sess = str(tmp_path / "sess")
+    r = s_client(s.http_port, "-tls1_2", "-sess_out", sess)
+    assert r.returncode == 0
+    r = s_client(s.http_port, "-tls1_2", "-sess_in", sess)
+    assert "Reused, TLSv1.2" in r.stdout, r.stdout
+
+
+def test_handshake_deadline(servers, pki):
+    """A client that starts a handshake and stalls is closed after
+    client-header-timeout, and the node is unharmed."""
+    s = start(servers, pki, conf={"client-header-timeout": "300ms"})
+    with socket.create_connection(("127.0.0.1", s.http_port),
+                                  timeout=10) as sk:
+        sk.sendall(b"\x16\x03\x01\x00\x80")  # a record header, no body
+        t0 = time.time()
+        assert sk.recv(100) == b""
+        assert time.time() - t0 < 5
+    assert "no handshake within" in s.read_log()
+    assert s.request("GET", "/health")[0] == 200
+
+
+def server_cert_serial(port, pki):
+    ctx = client_ctx(pki)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sk:
+        with ctx.wrap_socket(sk, server_hostname="127.0.0.1") as t:
+            return t.getpeercert()["serialNumber"]
+
+
+def test_reload_certificates(servers, pki):
+    d = os.path.dirname(pki["ca.crt"])
+    live_crt = os.path.join(d, "live.crt")
+    live_key = os.path.join(d, "live.key")
+    shutil.copy(pki["node1.crt"], live_crt)
+    shutil.copy(pki["node1.key"], live_key)
+    s = servers(conf={"tls-cert-file": live_crt, "tls-key-file": live_key},
+                start=False)
+    s.ssl_context = client_ctx(pki)
+    s.start()
+    first = server_cert_serial(s.http_port, pki)
+    # A connection opened before the reload.
+    keep = http.client.HTTPSConnection("127.0.0.1", s.http_port, timeout=10,
+                                       context=client_ctx(pki))
+    keep.request("GET", "/health")
+    assert keep.getresponse().read() is not None
+    shutil.copy(pki["node1b.crt"], live_crt)
+    shutil.copy(pki["node1b.key"], live_key)
+    s.signal(signal.SIGHUP)
+    gh.wait_for(lambda: server_cert_serial(s.http_port, pki) != first)
+    second = server_cert_serial(s.http_port, pki)
+    # The old connection goes on with its session.
+    keep.request("GET", "/health")
+    assert keep.getresponse().status == 200
+    keep.close()
+    # A bad new key (another key than the certificate's): refused with a
+    # log line, the material in force stays.
+    shutil.copy(pki["node1.key"], live_key)
+    s.signal(signal.SIGHUP)
+    gh.wait_for(lambda: "the certificates in force stay" in s.read_log())
+    assert "key values mismatch" in s.read_log()
+    assert server_cert_serial(s.http_port, pki) == second
+    # An unreadable file: the same.
+    with open(live_crt, "w") as f:
+        f.write("not a certificate\n")
+    s.signal(signal.SIGHUP)
+    gh.wait_for(lambda: s.read_log().count(
+        "the certificates in force stay") >= 4)
+    assert server_cert_serial(s.http_port, pki) == second
+    assert s.request("GET", "/health")[0] == 200
+
+
+def test_bad_files_refused_at_start(servers, pki, tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("garbage\n")
+    s = servers(conf={"tls-cert-file": str(bad),
+                      "tls-key-file": pki["node1.key"]}, start=False)
+    s.start(wait=False)
+    assert s.wait_exit() == 1
+    assert "TLS on http: cannot load" in s.read_log()
+    s2 = servers(name="node2", conf={"tls-cert-file": pki["node1.crt"]},
+                 start=False)
+    s2.start(wait=False)
+    assert s2.wait_exit() == 1
+    assert "must be set together" in s2.read_log()
+
+
+@pytest.fixture(scope="module")
+def peer_pki(tmp_path_factory):
+    """Node certificates naming node1..node3 from one cluster CA, and one
+    for node3 from another CA."""
+    d = str(tmp_path_factory.mktemp("peer-pki"))
+    make(d, "ca")
+    for n in ("node1", "node2", "node3"):
+        make(d, "node", n, "127.0.0.1")
+    make(d, "client", "alice")
+    other = os.path.join(d, "other")
+    make(other, "ca")
+    make(other, "node", "node3", "127.0.0.1")
+    return d
+
+
+def peer_conf(d, cert):
+    return {"peer-tls-cert-file": os.path.join(d, cert + ".crt"),
+            "peer-tls-key-file": os.path.join(d, cert + ".key"),
+            "peer-tls-ca-file": os.path.join(d, "ca.crt")}
+
+
+def peer_cluster(servers, d, certs):
+    from test_cluster import make_cluster
+    nodes = make_cluster(servers, start=False)
+    for s, cert in zip(nodes, certs):
+        s.conf.update(peer_conf(d, cert))
+        s.write_conf()
+    for s in nodes:
+        s.start(wait=False)
+    return nodes
+
+
+def test_peer_mutual_tls_cluster(servers, peer_pki):
+    from test_cluster import leader_of, put, wait_value
+    nodes = peer_cluster(servers, peer_pki, ["node1", "node2", "node3"])
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes)
+    assert put(leader, "pk", "pv")[0] == 204
+    for s in nodes:
+        wait_value(s, "pk", "pv")
+    st = leader.status()
+    assert st["role"] == "leader"
+    for s in nodes:
+        log = s.read_log()
+        assert "connected to peer" in log
+        assert "TLS with" not in log  # no handshake failed
+
+
+def test_peer_certificate_must_name_the_member(servers, peer_pki):
+    """node3 shows node2's certificate (the right CA, the wrong name): the
+    others refuse it, and it refuses them; node1 and node2 go on."""
+    from test_cluster import leader_of, put, wait_value
+    nodes = peer_cluster(servers, peer_pki, ["node1", "node2", "node2"])
+    n1, n2, n3 = nodes
+    n1.wait_ready()
+    n2.wait_ready()
+    leader = leader_of([n1, n2])
+    assert put(leader, "k", "v")[0] == 204
+    wait_value(n1, "k", "v")
+    wait_value(n2, "k", "v")
+    assert gh.wait_for(lambda: "does not name the node it claims"
+                       in n1.read_log() + n2.read_log(), timeout=10)
+    # Dialing node3, node1 and node2 see a certificate for node2 answer.
+    assert gh.wait_for(lambda: "its TLS certificate does not name 'node3'"
+                       in n1.read_log() + n2.read_log(), timeout=10)
+    # And node3 is told it was refused.
+    assert gh.wait_for(lambda: "refused us" in n3.read_log(), timeout=10)
+    # node3 never got the data.
+    st, _, body = n3.request("GET", "/get?key=k&consistency=stale")
+    assert st == 404, (st, body)
+
+
+def test_peer_certificate_from_another_ca(servers, peer_pki):
+    from test_cluster import leader_of
+    nodes = peer_cluster(servers, peer_pki, ["node1", "node2", "node3"])
+    n3 = nodes[2]
+    n3.conf.update(peer_conf(os.path.join(peer_pki, "other"), "node3"))
+    n3.conf["peer-tls-ca-file"] = os.path.join(peer_pki, "ca.crt")
+    n3.write_conf()
+    n3.stop()
+    n3.start(wait=False)
+    leader_of(nodes[:2])
+    assert gh.wait_for(lambda: "raft: TLS with" in nodes[0].read_log()
+                       + nodes[1].read_log(), timeout=10)
+    st, _, _ = n3.request("GET", "/get?key=k&consistency=stale")
+    assert st == 404
+
+
+def test_peer_tls_makes_the_token_optional(tmp_path, peer_pki):
+    """A raft-addr others can reach needs a cluster token, or peer mTLS."""
+    from conftest import SERVER
+    base = [SERVER, "--test-config", "/dev/null", "--raft-addr",
+            "10.1.2.3:12000", "--raft-data", str(tmp_path / "d")]
+    r = run(*base)
+    assert r.returncode != 0
+    assert "peer mutual TLS" in r.stderr + r.stdout
+    conf = peer_conf(peer_pki, "node1")
+    extra = [a for k, v in conf.items() for a in ("--" + k, v)]
+    r = run(*base, *extra)
+    assert r.returncode == 0, r.stderr + r.stdout
+    r = run(*base, *extra[:2])
+    assert r.returncode != 0
+    assert "must be set together" in r.stderr + r.stdout
+
+
+def test_secure_cluster_forwards_over_tls(servers, peer_pki, tmp_path):
+    """TLS everywhere, client certificates required: a follower forwards
+    HTTP writes and gRPC calls to the leader over TLS, showing its own
+    certificate."""
+    from test_cluster import make_cluster, leader_of, wait_value
+    d = peer_pki
+    nodes = make_cluster(servers, start=False)
+    ctx = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
+    ctx.load_cert_chain(os.path.join(d, "alice.crt"),
+                        os.path.join(d, "alice.key"))
+    for s in nodes:
+        s.conf.update(peer_conf(d, s.name))
+        s.conf.update({"tls-cert-file": os.path.join(d, s.name + ".crt"),
+                       "tls-key-file": os.path.join(d, s.name + ".key"),
+                       "tls-ca-file": os.path.join(d, "ca.crt"),
+                       "tls-client-auth": "require"})
+        s.write_conf()
+        s.ssl_context = ctx
+    for s in nodes:
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes)
+    follower = next(s for s in nodes if s is not leader)
+    r = run("curl", "-sS", "--max-time", "10", "-o", "-", "-w", "%{http_code}",
+            "--cacert", os.path.join(d, "ca.crt"),
+            "--cert", os.path.join(d, "alice.crt"),
+            "--key", os.path.join(d, "alice.key"),
+            "-X", "POST", "--data-binary", '{"key":"fk","value":"fv"}',
+            f"https://127.0.0.1:{follower.http_port}/set")
+    assert r.stdout == "204", r.stdout + r.stderr
+    for s in nodes:
+        wait_value(s, "fk", "fv")
+    st = gh.stubs(str(tmp_path))
+    with open(os.path.join(d, "ca.crt"), "rb") as f:
+        root = f.read()
+    with open(os.path.join(d, "alice.key"), "rb") as f:
+        key = f.read()
+    with open(os.path.join(d, "alice.crt"), "rb") as f:
+        crt = f.read()
+    creds = grpc.ssl_channel_credentials(root, key, crt)
+    c = gh.Client(follower.grpc_port, st, credentials=creds)
+    try:
+        c.Set(st.kv.SetRequest(key="gk", value="gv"), timeout=10)
+    finally:
+        c.close()
+    for s in nodes:
+        wait_value(s, "gk", "gv")
+
+
+def test_cli_over_tls(servers, pki):
+    s = start(servers, pki, auth="require")
+    cli = os.path.join(ROOT, "src", "pyazdb-cli")
+    g = ["--addr", f"127.0.0.1:{s.grpc_port}", "--timeout", "5"]
+    tls = ["--cacert", pki["ca.crt"], "--cert", pki["alice.crt"],
+           "--key", pki["alice.key"]]
+    r = run(cli, *g, *tls, "set", "ck", "cv")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "Set 'ck' = 'cv'"
+    r = run(cli, *g, *tls, "get", "ck")
+    assert (r.returncode, r.stdout.strip()) == (0, "cv"), r.stderr
+    # HTTPS commands.
+    h = ["--http", f"127.0.0.1:{s.http_port}", "--timeout", "5"]
+    r = run(cli, *h, *tls, "list", "c")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ck\tcv"
+    # No client certificate, the wrong CA, plain text: each fails.
+    r = run(cli, *g, "--cacert", pki["ca.crt"], "get", "ck")
+    assert r.returncode == 1 and r.stdout == ""
+    r = run(cli, *g, "--cacert", pki["other-ca.crt"], "--cert",
+            pki["alice.crt"], "--key", pki["alice.key"], "get", "ck")
+    assert r.returncode == 1 and r.stdout == ""
+    r = run(cli, *g, "get", "ck")
+    assert r.returncode == 1 and r.stdout == ""
+    r = run(cli, *g, "--cert", pki["alice.crt"], "get", "ck")
+    assert r.returncode == 1 and "--cert and --key" in r.stderr
+    r = run(cli, *g, "--cacert", "/nonexistent.pem", "get", "ck")
+    assert r.returncode == 1 and "/nonexistent.pem" in r.stderr
+
+
+def test_reload_under_load_fails_no_request(servers, pki):
+    """Clients keep making new TLS connections and requests while the
+    certificates are reloaded again and again: none fails."""
+    import threading
+    d = os.path.dirname(pki["ca.crt"])
+    crt = os.path.join(d, "load.crt")
+    key = os.path.join(d, "load.key")
+    shutil.copy(pki["node1.crt"], crt)
+    shutil.copy(pki["node1.key"], key)
+    s = servers(name="loaded", conf={"tls-cert-file": crt,
+                                     "tls-key-file": key}, start=False)
+    s.ssl_context = client_ctx(pki)
+    s.start()
+    stop = threading.Event()
+    errors, done = [], [0]
+
+    def client(n):
+        i = 0
+        while not stop.is_set():
+            try:
+                body = json.dumps({"key": f"r{n}-{i}", "value": "x"})
+                st, _, _ = s.request("POST", "/set", body=body, timeout=10)
+                if st != 204:
+                    errors.append(st)
+                done[0] += 1
+            except Exception as e:  # noqa: BLE001 - any failure counts
+                errors.append(repr(e))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(6):
+            # Requests on both sides of every reload.
+            target = done[0] + 5
+            assert gh.wait_for(lambda: done[0] >= target or errors,
+                               timeout=20)
+            src = "node1b" if k % 2 == 0 else "node1"
+            shutil.copy(pki[src + ".crt"], crt + ".new")
+            shutil.copy(pki[src + ".key"], key + ".new")
+            os.replace(key + ".new", key)
+            os.replace(crt + ".new", crt)
+            before = s.read_log().count("TLS on http: certificates read")
+            s.signal(signal.SIGHUP)
+            assert gh.wait_for(lambda: s.read_log().count(
+                "TLS on http: certificates read") > before, timeout=10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert done[0] >= 30
+
+
+# Run inside a network namespace of its own (unshare -n), where 192.0.2.1
+# is an address of the (namespace's) machine other than loopback.
+PROTECTED_PROBE = r'''
+import json, os, socket, subprocess, sys, time, urllib.request
+server, d, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"],
+               check=True)
+log = open(os.path.join(d, "server.log"), "wb")
+p = subprocess.Popen([server, "--node-id", "pm", "--raft-bootstrap", "yes",
+                      "--raft-data", os.path.join(d, "data"),
+                      "--http-addr", "0.0.0.0:18080",
+                      "--grpc-addr", "0.0.0.0:19090",
+                      "--raft-addr", "127.0.0.1:12000",
+                      "--mandi-addr", "none"] + extra,
+                     stdout=log, stderr=log)
+out = {}
+try:
+    for _ in range(200):
+        try:
+            urllib.request.urlopen("http://127.0.0.1:18080/health",
+                                   timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    def http(host):
+        s = socket.create_connection((host, 18080), timeout=5)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                  b"Connection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            data += b
+        s.close()
+        return data.decode(errors="replace")
+    out["loopback"] = http("127.0.0.1")
+    out["other"] = http("192.0.2.1")
+    s = socket.create_connection(("192.0.2.1", 19090), timeout=5)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00"
+              b"\x00\x00\x00")
+    data = b""
+    s.settimeout(1)  # a served client's connection stays open
+    while True:
+        try:
+            b = s.recv(4096)
+        except socket.timeout:
+            break
+        if not b:
+            break
+        data += b
+    out["grpc"] = data.hex()
+finally:
+    p.terminate()
+    p.wait(10)
+print(json.dumps(out))
+'''
+
+
+def protected_probe(tmp_path, extra):
+    from conftest import SERVER
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip")
+    r = run("unshare", "-n", "/usr/bin/python3", "-c", PROTECTED_PROBE,
+            SERVER, str(tmp_path), json.dumps(extra))
+    if r.returncode != 0 and "Operation not permitted" in r.stderr:
+        pytest.skip("cannot make a network namespace here")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "server.log", errors="replace") as f:
+        log = f.read()
+    for mark in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+        assert mark not in log, log
+    return json.loads(r.stdout), log
+
+
+def test_protected_mode(tmp_path):
+    out, log = protected_probe(tmp_path, [])
+    assert out["loopback"].startswith("HTTP/1.1 200"), out
+    assert out["other"].startswith("HTTP/1.1 403"), out
+    assert "protected mode" in out["other"]
+    assert "protected-mode no" in out["other"]
+    g = bytes.fromhex(out["grpc"])
+    # SETTINGS, then GOAWAY (type 7) with INADEQUATE_SECURITY (0xc) and
+    # the line as debug data.
+    assert g[3] == 4 and g[9 + 3] == 7, g
+    assert int.from_bytes(g[9 + 9 + 4:9 + 9 + 8], "big") == 0xc
+    assert b"protected-mode no" in g
+    assert "refusing 192.0.2.1:" in log
+    assert "protected mode: HTTP and gRPC serve clients on loopback" in log
+
+
+def test_protected_mode_off(tmp_path):
+    out, _ = protected_probe(tmp_path, ["--protected-mode", "no"])
+    assert out["other"].startswith("HTTP/1.1 200"), out
+    # An HTTP/2 server preface (SETTINGS), no GOAWAY.
+    g = bytes.fromhex(out["grpc"])
+    assert g[3] == 4 and b"protected" not in g
+
+
+def test_watch_stream_over_https(servers, pki):
+    """A long-lived Server-Sent Events stream over TLS: every change
+    arrives while the stream stays open."""
+    s = start(servers, pki)
+    p = subprocess.Popen(["curl", "-sS", "-N", "--max-time", "20",
+                          "--cacert", pki["ca.crt"],
+                          f"https://127.0.0.1:{s.http_port}/watch?key=w"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        got = b""
+        for i in range(3):
+            # The stream must be open before the write: wait for
+            # "created" first.
+            want = b"event: created" if i == 0 else f"v{i - 1}".encode()
+            while want not in got:
+                line = p.stdout.readline()
+                assert line, p.stderr.read()
+                got += line
+            body = json.dumps({"key": "w", "value": f"v{i}"})
+            assert s.request("POST", "/set", body=body)[0] == 204
+        while b"v2" not in got:
+            line = p.stdout.readline()
+            assert line, p.stderr.read()
+            got += line
+    finally:
+        p.kill()
+        p.wait()
