@@ -121,7 +121,7 @@ src/gen/grpc/%.pb-c.c src/gen/grpc/%.pb-c.h: $(GRPC_PROTO_DIR)/grpc/%.proto
 # The FileDescriptorSet served by gRPC server reflection, embedded as a C
 # array (grpc_reflect.h declares it): the client-facing protos only (not
 # the Raft peer protocol).
-API_PROTOS = kv cluster
+API_PROTOS = kv cluster etcd_mvcc etcd_rpc
 src/gen/descriptors.pb: $(API_PROTOS:%=proto/%.proto) \
 		$(GRPC_DESC_PROTOS:%=$(GRPC_PROTO_DIR)/%.proto)
 	@mkdir -p src/gen
