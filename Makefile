@@ -57,7 +57,8 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 # Modules shared by the server, the CLI and the unit tests.
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
-           src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c
+           src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
+           src/etcd_map.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
@@ -65,6 +66,7 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
              src/node_metrics.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
+             src/etcd_kv.c src/etcd_cluster.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c
 CLI_SRC = src/cli.c src/cli_snapshot.c
@@ -304,6 +306,7 @@ PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
            src/metrics.c src/metrics.h \
            src/http_parse.c src/raft.c src/raft_conf.c src/raft_codec.c \
            src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c src/kv.h \
+           src/etcd_map.c src/etcd_map.h \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
            src/mandi_codec.h

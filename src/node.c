@@ -791,6 +791,8 @@ void node_status(struct node_status *st)
     st->fsync_entries = ss.entries;
     st->nospace = node.alarm_disk || node.alarm_quota;
     st->alarm_reason = st->nospace ? node.alarm_reason : "";
+    st->cluster_id = node.cluster_id;
+    st->self_id = node.id;
     pz_free(node.view);
     node.view = pz_calloc(node.n_members ? node.n_members : 1,
                           sizeof *node.view);

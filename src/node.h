@@ -77,6 +77,8 @@ struct node_status {
                                 (all of them when the disk is full, all
                                 but deletes when over the quota) */
     const char *alarm_reason;/* why, one line ("" without an alarm) */
+    uint64_t cluster_id;     /* identity shared by all members */
+    uint64_t self_id;        /* this node's Raft id */
 };
 
 /* Asks the process to shut down, saying why (the node was removed from
