@@ -23,6 +23,9 @@ fuzz="$build $fuzz_only"
 # (util-linux) mounts the small tmpfs of the disk-full tests, as root.
 # prometheus: promtool checks the GET /metrics pages and the alerting
 # rules (installing the package starts no server without systemd).
+# etcd-client: etcdctl 3.4 drives PyazDB's etcd v3 API in the tests;
+# etcd-server: the same commands run against a real etcd 3.4 to compare
+# (installing it starts no server without systemd).
 # The reflection test runs a Node.js client that npm installs: Debian's
 # nodejs and npm, unless node and npm are there already (NodeSource's
 # nodejs bundles npm and conflicts with Debian's npm package).
@@ -30,8 +33,8 @@ node="nodejs npm"
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client python3 python3-pytest python3-grpcio
 python3-protobuf python3-pytest-timeout protobuf-compiler procps systemd
-util-linux faketime strace prometheus $fuzz_only $node"
-bench="$test wrk redis-server redis-tools etcd-server"
+util-linux faketime strace prometheus etcd-client etcd-server $fuzz_only $node"
+bench="$test wrk redis-server redis-tools"
 # make test-chaos: partitions are iptables rules in a network namespace.
 chaos="$test iptables iproute2"
 

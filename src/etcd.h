@@ -56,8 +56,11 @@ void etcd_kv_call(struct gstream *st, int call);
 void etcd_cluster_call(struct gstream *st, int call);
 
 /* Shared by both. */
-/* Fill h with this node's values and revision rev. */
-void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev);
+/* Fill h with this node's values and revision rev, from ns (NULL: from a
+ * node_status() of its own; a caller holding a node_status must pass it,
+ * since each node_status() call invalidates the previous one's members). */
+void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev,
+                 const struct node_status *ns);
 /* Pack m and reply with it (OK). */
 void etcd_reply(struct gstream *st, const ProtobufCMessage *m);
 /* End st after a node error rv (PZ_ENOTLEADER: forward it). */

@@ -123,7 +123,7 @@ static void reply_members(struct gstream *st,
     Etcdserverpb__MemberListResponse r =
         ETCDSERVERPB__MEMBER_LIST_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
-    etcd_header(&h, revision());
+    etcd_header(&h, revision(), NULL);
     r.header = &h;
     r.members = ms.mp;
     r.n_members = ms.n;
@@ -137,7 +137,7 @@ static void reply_header_only(struct gstream *st)
     Etcdserverpb__DefragmentResponse r =
         ETCDSERVERPB__DEFRAGMENT_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
-    etcd_header(&h, revision());
+    etcd_header(&h, revision(), NULL);
     r.header = &h;
     etcd_reply(st, &r.base);
 }
@@ -283,7 +283,7 @@ static void call_status(struct gstream *st)
     node_status(&ns);
     Etcdserverpb__StatusResponse r = ETCDSERVERPB__STATUS_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
-    etcd_header(&h, ns.revision);
+    etcd_header(&h, ns.revision, &ns);
     r.header = &h;
     r.version = ETCD_API_VERSION;
     r.dbsize = db_size();
@@ -339,7 +339,7 @@ static void call_alarm(struct gstream *st)
     }
     Etcdserverpb__AlarmResponse r = ETCDSERVERPB__ALARM_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
-    etcd_header(&h, ns.revision);
+    etcd_header(&h, ns.revision, &ns);
     r.header = &h;
     r.alarms = amp;
     r.n_alarms = n;
@@ -377,7 +377,7 @@ static void call_hashkv(struct gstream *st)
     }
     Etcdserverpb__HashKVResponse r = ETCDSERVERPB__HASH_KVRESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
-    etcd_header(&h, rev);
+    etcd_header(&h, rev, NULL);
     r.header = &h;
     r.hash = hash32();
     r.compact_revision = (int64_t)rev;
@@ -388,7 +388,7 @@ static void call_hash(struct gstream *st)
 {
     Etcdserverpb__HashResponse r = ETCDSERVERPB__HASH_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
-    etcd_header(&h, revision());
+    etcd_header(&h, revision(), NULL);
     r.header = &h;
     r.hash = hash32();
     etcd_reply(st, &r.base);
@@ -423,7 +423,7 @@ static void call_auth_status(struct gstream *st)
     Etcdserverpb__AuthStatusResponse r =
         ETCDSERVERPB__AUTH_STATUS_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
-    etcd_header(&h, revision());
+    etcd_header(&h, revision(), NULL);
     r.header = &h;
     r.enabled = false;
     etcd_reply(st, &r.base);

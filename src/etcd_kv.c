@@ -35,16 +35,20 @@
 /* --- shared helpers --------------------------------------------------------
  */
 
-void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev)
+void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev,
+                 const struct node_status *ns)
 {
-    struct node_status ns;
-    node_status(&ns);
+    struct node_status own;
+    if (ns == NULL) {
+        node_status(&own);
+        ns = &own;
+    }
     Etcdserverpb__ResponseHeader init = ETCDSERVERPB__RESPONSE_HEADER__INIT;
     *h = init;
-    h->cluster_id = ns.cluster_id;
-    h->member_id = ns.self_id;
+    h->cluster_id = ns->cluster_id;
+    h->member_id = ns->self_id;
     h->revision = (int64_t)rev;
-    h->raft_term = ns.term;
+    h->raft_term = ns->term;
 }
 
 void etcd_reply(struct gstream *st, const ProtobufCMessage *m)
@@ -358,7 +362,7 @@ static void range_reply(struct gstream *st, struct ekv *e)
     }
     Etcdserverpb__RangeResponse r = ETCDSERVERPB__RANGE_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
-    etcd_header(&h, rev);
+    etcd_header(&h, rev, NULL);
     r.header = &h;
     Mvccpb__KeyValue *kvs = NULL;
     if (!range_build(q, l.v, l.n, l.count, e->max_bytes, &r, &kvs)) {
@@ -395,7 +399,7 @@ static void on_read(struct node_req *req, int status)
             Etcdserverpb__CompactionResponse r =
                 ETCDSERVERPB__COMPACTION_RESPONSE__INIT;
             Etcdserverpb__ResponseHeader h;
-            etcd_header(&h, rev);
+            etcd_header(&h, rev, NULL);
             r.header = &h;
             etcd_reply(st, &r.base);
         }
@@ -472,7 +476,7 @@ static void put_reply(struct gstream *st, struct ekv *e, uint64_t rev)
     Etcdserverpb__PutResponse r = ETCDSERVERPB__PUT_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
     Mvccpb__KeyValue prev;
-    etcd_header(&h, rev);
+    etcd_header(&h, rev, NULL);
     r.header = &h;
     if (q->prev_kv && e->ops[0].n > 0) {
         fill_kv(&prev, &e->ops[0], 0);
@@ -540,7 +544,7 @@ static void write_done(struct node_req *req, int status)
         Etcdserverpb__DeleteRangeResponse r =
             ETCDSERVERPB__DELETE_RANGE_RESPONSE__INIT;
         Etcdserverpb__ResponseHeader h;
-        etcd_header(&h, rev);
+        etcd_header(&h, rev, NULL);
         r.header = &h;
         Mvccpb__KeyValue *kvs;
         del_fill(q, &e->ops[0], &r, &kvs);
@@ -908,7 +912,7 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
     size_t n = succeeded ? q->n_success : q->n_failure;
     Etcdserverpb__TxnResponse r = ETCDSERVERPB__TXN_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
-    etcd_header(&h, rev);
+    etcd_header(&h, rev, NULL);
     r.header = &h;
     r.succeeded = succeeded;
     /* Nested answers carry a header with only the revision, as etcd's. */
