@@ -58,7 +58,7 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
-           src/etcd_map.c
+           src/etcd_map.c src/sha256.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
@@ -306,7 +306,7 @@ PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
            src/metrics.c src/metrics.h \
            src/http_parse.c src/raft.c src/raft_conf.c src/raft_codec.c \
            src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c src/kv.h \
-           src/etcd_map.c src/etcd_map.h \
+           src/etcd_map.c src/etcd_map.h src/sha256.c src/sha256.h \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
            src/mandi_codec.h

@@ -11,7 +11,8 @@
  * saying so. Maintenance.Status and Alarm report the node's NOSPACE alarm
  * (the one GET /status shows); HashKV is kv_digest folded to 32 bits;
  * Defragment has nothing to do (the log database gives pages back by
- * itself, incrementally) and says so by succeeding. */
+ * itself, incrementally) and says so by succeeding. Snapshot streams
+ * PyazDB's own backup file (see call_snapshot). */
 #include "etcd.h"
 
 #include <stdio.h>
@@ -20,8 +21,11 @@
 
 #include "grpc_frame.h"
 #include "grpc_pb.h"
+#include "log.h"
 #include "node.h"
 #include "node_internal.h"
+#include "sha256.h"
+#include "snapshot.h"
 #include "store.h"
 
 #define ETCD_API_VERSION "3.4.0" /* Status.version: the API we match */
@@ -418,6 +422,131 @@ static void call_member_promote(struct gstream *st)
                          "learner by itself once it has caught up)");
 }
 
+/* --- Snapshot ---------------------------------------------------------------
+ * As GET /admin/snapshot: a linearizable read, a snapshot covering it, then
+ * its file (PyazDB's backup format, not etcd's bolt database) in
+ * SNAP_CHUNK messages, each made when the client has taken the previous
+ * one, with remaining_bytes counting down to 0. etcd ends its stream with
+ * the SHA-256 of what came before, which etcd clients check, after data
+ * whose length is a multiple of 512 (a bolt database's pages): so the file
+ * is followed by zero bytes up to such a length, then the SHA-256 of the
+ * file and those zeros. The saved file is thus the backup, at most 511
+ * zero bytes and 32 bytes of digest. */
+#define SNAP_CHUNK (64 * 1024)
+#define SNAP_ALIGN 512
+
+struct esnap {
+    struct snapshot_reader *r;
+    uint64_t off;    /* bytes of the stream sent */
+    uint64_t size;   /* the file's size */
+    uint64_t padded; /* size rounded up to SNAP_ALIGN */
+    struct sha256 sha;
+    uint8_t buf[SNAP_CHUNK];
+};
+
+static void esnap_free(void *p)
+{
+    struct esnap *e = p;
+    if (e->r)
+        snapshot_reader_close(e->r);
+    pz_free(e);
+}
+
+static void snap_pump(struct gstream *st)
+{
+    struct esnap *e = grpc_stream_ext(st);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    uint64_t total = e->padded + SHA256_SIZE;
+    size_t n = 0;
+    if (e->off < e->size) { /* the file */
+        size_t want = (size_t)PZ_MIN((uint64_t)SNAP_CHUNK, e->size - e->off);
+        if (snapshot_reader_read(e->r, e->off, e->buf, want, &n, err,
+                                 sizeof err) < 0 ||
+            n != want) {
+            pz_warn("etcd Snapshot: %s", n != want ? "the file shrank" : err);
+            grpc_stream_fail(st, GRPC_INTERNAL,
+                             "etcdserver: snapshot failed (see the server "
+                             "log)");
+            return;
+        }
+        sha256_update(&e->sha, e->buf, n);
+    } else if (e->off < e->padded) { /* zeros up to SNAP_ALIGN */
+        n = (size_t)(e->padded - e->off);
+        memset(e->buf, 0, n);
+        sha256_update(&e->sha, e->buf, n);
+    } else { /* the digest */
+        sha256_final(&e->sha, e->buf);
+        n = SHA256_SIZE;
+    }
+    e->off += n;
+    Etcdserverpb__SnapshotResponse r = ETCDSERVERPB__SNAPSHOT_RESPONSE__INIT;
+    Etcdserverpb__ResponseHeader h;
+    etcd_header(&h, revision(), NULL);
+    r.header = &h;
+    r.remaining_bytes = total - e->off;
+    r.blob.data = e->buf;
+    r.blob.len = n;
+    size_t len = protobuf_c_message_get_packed_size(&r.base);
+    uint8_t *b = pz_malloc(len + 1);
+    protobuf_c_message_pack(&r.base, b);
+    if (e->off == total)
+        grpc_stream_reply(st, b, len);
+    else
+        grpc_stream_send(st, b, len);
+    pz_free(b);
+}
+
+static void on_snap_taken(struct node_req *req, int status)
+{
+    struct gstream *st = grpc_stream_of(req);
+    grpc_stream_in_node(st, false);
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    struct esnap *e = pz_calloc(1, sizeof *e);
+    uint64_t index;
+    grpc_stream_set_ext(st, e, esnap_free);
+    if (status < 0 || node_snapshot_open(&e->r, &index, err, sizeof err) < 0) {
+        if (status >= 0)
+            pz_warn("etcd Snapshot: %s", err);
+        grpc_stream_fail(st, GRPC_INTERNAL,
+                         "etcdserver: snapshot failed (see the server log)");
+    } else {
+        e->size = snapshot_reader_size(e->r);
+        e->padded = (e->size + SNAP_ALIGN - 1) / SNAP_ALIGN * SNAP_ALIGN;
+        sha256_init(&e->sha);
+        pz_info("streaming snapshot at index %llu (%llu bytes) over gRPC",
+                (unsigned long long)index, (unsigned long long)e->size);
+        grpc_stream_pump(st, snap_pump);
+    }
+    grpc_stream_flush(st);
+}
+
+static void on_snap_read(struct node_req *req, int status)
+{
+    struct gstream *st = grpc_stream_of(req);
+    grpc_stream_in_node(st, false);
+    if (status < 0) {
+        etcd_node_error(st, status, false);
+    } else {
+        grpc_stream_in_node(st, true);
+        if (node_snapshot_now(req, on_snap_taken) < 0) {
+            grpc_stream_in_node(st, false);
+            on_snap_taken(req, PZ_EIO);
+            return; /* flushed there */
+        }
+    }
+    grpc_stream_flush(st);
+}
+
+static void call_snapshot(struct gstream *st)
+{
+    grpc_stream_in_node(st, true);
+    int rv = node_read(grpc_stream_req(st), false, on_snap_read);
+    if (rv < 0) {
+        grpc_stream_in_node(st, false);
+        etcd_node_error(st, rv, false);
+    }
+}
+
 static void call_auth_status(struct gstream *st)
 {
     Etcdserverpb__AuthStatusResponse r =
@@ -474,9 +603,7 @@ void etcd_cluster_call(struct gstream *st, int call)
         call_hashkv(st);
         break;
     case ETCD_SNAPSHOT:
-        grpc_stream_fail(st, GRPC_UNIMPLEMENTED,
-                         "etcd snapshots are not supported by PyazDB: use "
-                         "GET /admin/snapshot or pyazdb-cli backup");
+        call_snapshot(st);
         break;
     case ETCD_AUTH_STATUS:
         call_auth_status(st);

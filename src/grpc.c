@@ -206,6 +206,7 @@ struct gstream {
     int watch_last;          /* last ServingStatus sent */
     char watch_service[128]; /* service watched */
     void *ext;               /* a service module's state (etcd.h) */
+    void (*pump)(struct gstream *st); /* refills a drained server stream */
     void (*ext_free)(void *ext); /* frees it with the stream */
 };
 
@@ -529,6 +530,8 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
 {
     struct gstream *st = src->ptr;
     PZ_UNUSED(ud);
+    if (st->pump && !st->ended && st->out.len == st->out_off)
+        st->pump(st); /* the next message of a server stream */
     size_t avail = st->out.len - st->out_off;
     size_t n = PZ_MIN(avail, length);
     if (n)
@@ -2022,6 +2025,25 @@ void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
     finish(st, status, "%s", text);
+}
+
+void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st))
+{
+    st->pump = pump;
+    if (st->ended)
+        return;
+    if (!st->responded) {
+        st->responded = true;
+        nghttp2_nv nva[] = {
+            NV(":status", "200"),
+            NV("content-type", "application/grpc"),
+        };
+        nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_cb};
+        nghttp2_submit_response(st->s->ng, st->id, nva, 2, &dp);
+    } else if (st->deferred) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->s->ng, st->id);
+    }
 }
 
 void grpc_stream_forward(struct gstream *st)

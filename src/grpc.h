@@ -131,6 +131,12 @@ void grpc_stream_send(struct gstream *st, const void *msg, size_t len);
 /* End the call with status and a message (grpc-message). */
 void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Start a server stream whose messages pump makes one at a time: it is
+ * called whenever the stream's output has gone to nghttp2 (the client
+ * reads), adds the next message with grpc_stream_send, or the last one
+ * with grpc_stream_reply (or ends the call with grpc_stream_fail). It
+ * runs inside nghttp2's data callback: it must not flush. */
+void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st));
 /* Relay the call, as received, to the leader; its answer is ours. */
 void grpc_stream_forward(struct gstream *st);
 /* Put pending output on the wire; st may be freed here. */
