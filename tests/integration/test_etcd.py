@@ -577,6 +577,11 @@ def test_snapshot_save(cluster, servers, tmp_path):
     assert data[end:-32] == b"\0" * (len(data) - 32 - end)
     backup = str(tmp_path / "backup.snap")
     open(backup, "wb").write(data[:end])
+    # the README's recipe cuts the same bytes
+    sh = subprocess.run(["sh", "-c", "end=$(grep -boa PYAZEND snap.db | "
+                         "tail -1 | cut -d: -f1); head -c $((end + 16)) "
+                         "snap.db"], cwd=str(tmp_path), capture_output=True)
+    assert sh.stdout == data[:end]
     r = servers("restored", args=["--restore", backup])
     assert ctl(r.grpc_port, "get", "small")[1] == "small\ns\n"
     assert len(ctl(r.grpc_port, "get", "big", "--print-value-only")[1]) \
