@@ -586,3 +586,20 @@ def test_snapshot_save(cluster, servers, tmp_path):
     assert ctl(r.grpc_port, "get", "small")[1] == "small\ns\n"
     assert len(ctl(r.grpc_port, "get", "big", "--print-value-only")[1]) \
         == 100001
+
+
+def test_check_perf(cluster):
+    # etcdctl's own benchmark (60 s of puts through every endpoint, then
+    # compaction and defragmentation of each). Its latency verdicts depend
+    # on the machine's load, so only the work and the throughput are
+    # required here.
+    nodes, leader, follower = cluster
+    eps = ",".join(f"127.0.0.1:{s.grpc_port}" for s in nodes)
+    rc, out, err = ctl(eps, "check", "perf", "--auto-compact",
+                       "--auto-defrag", check=False, timeout=240)
+    assert "PASS: Throughput" in out, out[-2000:] + err[-2000:]
+    assert "Compacted with revision" in out
+    assert out.count("Defragmented") == 3
+    # its keys are gone afterwards
+    assert ctl(leader.grpc_port, "get", "/etcdctl-check-perf/", "--prefix",
+               "--keys-only")[1] == ""
