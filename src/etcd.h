@@ -56,9 +56,8 @@ void etcd_kv_call(struct gstream *st, int call);
 void etcd_cluster_call(struct gstream *st, int call);
 
 /* Shared by both. */
-/* Fill h with this node's values and revision rev, from ns (NULL: from a
- * node_status() of its own; a caller holding a node_status must pass it,
- * since each node_status() call invalidates the previous one's members). */
+/* Fill h with this node's values and revision rev, from ns when the caller
+ * has one, else from node_ids(). */
 void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev,
                  const struct node_status *ns);
 /* Pack m and reply with it (OK). */

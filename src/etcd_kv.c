@@ -38,17 +38,16 @@
 void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev,
                  const struct node_status *ns)
 {
-    struct node_status own;
-    if (ns == NULL) {
-        node_status(&own);
-        ns = &own;
-    }
     Etcdserverpb__ResponseHeader init = ETCDSERVERPB__RESPONSE_HEADER__INIT;
     *h = init;
-    h->cluster_id = ns->cluster_id;
-    h->member_id = ns->self_id;
     h->revision = (int64_t)rev;
-    h->raft_term = ns->term;
+    if (ns) {
+        h->cluster_id = ns->cluster_id;
+        h->member_id = ns->self_id;
+        h->raft_term = ns->term;
+    } else {
+        node_ids(&h->cluster_id, &h->member_id, &h->raft_term);
+    }
 }
 
 void etcd_reply(struct gstream *st, const ProtobufCMessage *m)

@@ -824,6 +824,13 @@ void node_status(struct node_status *st)
     st->n_members = node.n_members;
 }
 
+void node_ids(uint64_t *cluster_id, uint64_t *self_id, uint64_t *term)
+{
+    *cluster_id = node.cluster_id;
+    *self_id = node.id;
+    *term = node.saved_term;
+}
+
 /* The term of the entry at index: from the log, or the snapshot's when
  * index is its point; 0 when neither holds it. */
 static uint64_t term_at(const struct raft_status *rs, uint64_t index)
