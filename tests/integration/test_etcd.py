@@ -233,6 +233,9 @@ def test_cluster_calls(cluster):
     assert by_name[leader.name]["ID"] == leader_id
     health = ctl(eps, "endpoint", "health")
     assert health[2].count("is healthy") == 3, health
+    health = json.loads(ctl(eps, "endpoint", "health", "-w", "json")[1])
+    assert sorted(h["endpoint"] for h in health) == sorted(eps.split(","))
+    assert all(h["health"] for h in health)
     ctl(p, "put", "h", "1")
     deadline = time.time() + 10
     while True:  # equal once every node applied the put
@@ -603,3 +606,26 @@ def test_check_perf(cluster):
     # its keys are gone afterwards
     assert ctl(leader.grpc_port, "get", "/etcdctl-check-perf/", "--prefix",
                "--keys-only")[1] == ""
+
+
+def test_leader_killed(cluster):
+    # etcdctl through a follower keeps working once a new leader is elected
+    nodes, leader, follower = cluster
+    p = follower.grpc_port
+    ctl(p, "put", "before", "1")
+    leader.kill()
+    deadline = time.time() + 30
+    while True:
+        rc, out, err = ctl(p, "put", "after", "2", check=False)
+        if rc == 0:
+            break
+        last = err.strip().splitlines()[-1]
+        assert "etcdserver: " in last or "context deadline" in last, last
+        assert time.time() < deadline, err
+        time.sleep(0.2)
+    for s in nodes:
+        if s is not leader:
+            assert ctl(s.grpc_port, "get", "before", "--print-value-only")[1] \
+                == "1\n"
+            assert ctl(s.grpc_port, "get", "after", "--print-value-only")[1] \
+                == "2\n"
