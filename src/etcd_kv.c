@@ -935,9 +935,15 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
             Etcdserverpb__RangeResponse ri = ETCDSERVERPB__RANGE_RESPONSE__INIT;
             rr[i] = ri;
             rr[i].header = &nh;
-            if (!range_build(ops[i]->request_range, o->items, o->n, o->count,
+            /* range_build filters and sorts in place: on a copy, since
+             * the items own their bytes (freed once each). */
+            struct kv_view *v = pz_malloc((o->n + 1) * sizeof *v);
+            if (o->n)
+                memcpy(v, o->items, o->n * sizeof *v);
+            if (!range_build(ops[i]->request_range, v, o->n, o->count,
                              e->max_bytes, &rr[i], &store[i]))
                 ok = false;
+            pz_free(v);
             rops[i].response_case =
                 ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE;
             rops[i].response_range = &rr[i];

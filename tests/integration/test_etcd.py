@@ -478,6 +478,26 @@ def test_grpc_headers_and_errors(cluster, epb):
     assert call(lp, pb, "KV", "Range", pb.RangeRequest(key=b"h")).kvs[0] \
         .value == b"4"
 
+    # a txn's range operations: sort, limit, keys_only, count_only, filters
+    rq = pb.RangeRequest(key=b"h", range_end=b"i",
+                         sort_target=pb.RangeRequest.VALUE,
+                         sort_order=pb.RangeRequest.DESCEND, limit=1,
+                         keys_only=True)
+    cq = pb.RangeRequest(key=b"h", range_end=b"i", count_only=True)
+    fq = pb.RangeRequest(key=b"h", range_end=b"i", min_create_revision=2)
+    t = call(fp, pb, "KV", "Txn", pb.TxnRequest(
+        compare=[pb.Compare(key=b"h", target=pb.Compare.VALUE,
+                            result=pb.Compare.EQUAL, value=b"4")],
+        success=[pb.RequestOp(request_range=rq),
+                 pb.RequestOp(request_range=cq),
+                 pb.RequestOp(request_range=fq)]))
+    assert t.succeeded and t.header.member_id == ids[leader.name]
+    r0, r1, r2 = (x.response_range for x in t.responses)
+    assert [(kv.key, kv.value) for kv in r0.kvs] == [(b"h", b"")]
+    assert r0.more and r0.count == 2
+    assert len(r1.kvs) == 0 and r1.count == 2
+    assert [kv.key for kv in r2.kvs] == [b"h2"] and r2.count == 2
+
     def err(port, svc, method, req):
         code, details = rpc_error(call, port, pb, svc, method, req)
         return code, details
