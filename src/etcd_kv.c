@@ -132,6 +132,7 @@ struct eop {
     size_t n, cap;
     uint64_t count; /* op_end's count */
     bool want;      /* keep its items */
+    bool wrote;     /* it, or an earlier operation of the branch, wrote */
 };
 
 struct ekv {
@@ -143,6 +144,8 @@ struct ekv {
     size_t bytes;     /* bytes copied into items */
     size_t max_bytes; /* grpc-max-message */
     bool over;        /* items passed max_bytes: some were dropped */
+    int cur_type;     /* KV_TOP_* of the operation being applied */
+    bool wrote;       /* an operation so far changed the table */
     struct kv_sink sink;
     int tries; /* ignore_value/ignore_lease attempts */
 };
@@ -166,8 +169,8 @@ static void ekv_free(void *p)
 static void sink_begin(void *arg, size_t i, const struct kv_op *op)
 {
     struct ekv *e = arg;
-    PZ_UNUSED(op);
     e->cur = i;
+    e->cur_type = op->type;
 }
 
 static void sink_item(void *arg, const struct kv_view *v)
@@ -205,6 +208,12 @@ static void sink_end(void *arg, uint64_t count, bool more)
     PZ_UNUSED(more);
     if (e->cur < e->nops)
         e->ops[e->cur].count = count;
+    if (e->cur_type == KV_TOP_PUT ||
+        ((e->cur_type == KV_TOP_DEL || e->cur_type == KV_TOP_DELRANGE) &&
+         count > 0))
+        e->wrote = true;
+    if (e->cur < e->nops)
+        e->ops[e->cur].wrote = e->wrote;
 }
 
 static struct ekv *ekv_new(struct gstream *st, int call, ProtobufCMessage *req,
@@ -286,6 +295,12 @@ static bool range_build(const Etcdserverpb__RangeRequest *q, struct kv_view *v,
 {
     struct etcd_filter f = {q->min_mod_revision, q->max_mod_revision,
                             q->min_create_revision, q->max_create_revision};
+    /* As etcd: without a sort order or a filter in the request, only the
+     * first limit + 1 keys (in key order) are read, and a sort target
+     * other than KEY then orders just those. */
+    if (q->limit > 0 && (int)q->sort_order == ETCD_SORT_NONE &&
+        !range_has_filter(q) && n > (uint64_t)q->limit + 1)
+        n = (size_t)q->limit + 1;
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
         if (etcd_filter_keep(&f, &v[i].meta))
@@ -347,10 +362,9 @@ static void range_reply(struct gstream *st, struct ekv *e)
     etcd_range_decode(q->key.data, q->key.len, q->range_end.data,
                       q->range_end.len, &rg);
     struct vlist l = {.keep = SIZE_MAX, .collect = !q->count_only};
-    if (q->limit > 0 &&
-        etcd_sort_order(q->sort_order, q->sort_target) == ETCD_SORT_NONE &&
+    if (q->limit > 0 && (int)q->sort_order == ETCD_SORT_NONE &&
         !range_has_filter(q))
-        l.keep = (size_t)q->limit + 1;
+        l.keep = (size_t)q->limit + 1; /* range_build's rule */
     if (rg.single) {
         struct kv_view v;
         if (kv_get_view(kv, rg.key, rg.klen, &v))
@@ -801,7 +815,12 @@ static int map_ops(struct gstream *st, Etcdserverpb__RequestOp **ops, size_t n,
         }
     }
     /* etcd's rule: a put's key may appear in no other put and in no delete
-     * range of the same branch. */
+     * range of the same branch. etcd checks the delete's [key, range_end)
+     * as given, so a range_end "\0" (every key from key on) is an empty
+     * interval there and conflicts with nothing: so here too. */
+    for (size_t j = 0; j < n; j++)
+        if (rgs[j].to_end)
+            rgs[j].empty = true;
     for (size_t i = 0; i < n && rv == 0; i++) {
         if (out[i].type != KV_TOP_PUT)
             continue;
@@ -914,9 +933,11 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
     etcd_header(&h, rev, NULL);
     r.header = &h;
     r.succeeded = succeeded;
-    /* Nested answers carry a header with only the revision, as etcd's. */
-    Etcdserverpb__ResponseHeader nh = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    nh.revision = (int64_t)rev;
+    /* Nested answers carry a header with only the revision, as etcd's: the
+     * revision before the transaction until an operation writes, the
+     * transaction's from that one on. */
+    Etcdserverpb__ResponseHeader *rh = pz_calloc(n + 1, sizeof *rh);
+    uint64_t rev_before = rev - (e->wrote ? 1 : 0);
     Etcdserverpb__ResponseOp *rops = pz_calloc(n + 1, sizeof *rops);
     Etcdserverpb__ResponseOp **rpp = pz_calloc(n + 1, sizeof *rpp);
     Etcdserverpb__RangeResponse *rr = pz_calloc(n + 1, sizeof *rr);
@@ -930,11 +951,14 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
         rops[i] = init;
         rpp[i] = &rops[i];
         struct eop *o = &e->ops[i];
+        Etcdserverpb__ResponseHeader hi = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+        rh[i] = hi;
+        rh[i].revision = (int64_t)(rev_before + (o->wrote ? 1 : 0));
         switch (ops[i]->request_case) {
         case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE: {
             Etcdserverpb__RangeResponse ri = ETCDSERVERPB__RANGE_RESPONSE__INIT;
             rr[i] = ri;
-            rr[i].header = &nh;
+            rr[i].header = &rh[i];
             /* range_build filters and sorts in place: on a copy, since
              * the items own their bytes (freed once each). */
             struct kv_view *v = pz_malloc((o->n + 1) * sizeof *v);
@@ -952,7 +976,7 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
         case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT: {
             Etcdserverpb__PutResponse pi = ETCDSERVERPB__PUT_RESPONSE__INIT;
             pr[i] = pi;
-            pr[i].header = &nh;
+            pr[i].header = &rh[i];
             if (ops[i]->request_put->prev_kv && o->n) {
                 fill_kv(&prev[i], o, 0);
                 pr[i].prev_kv = &prev[i];
@@ -966,7 +990,7 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
             Etcdserverpb__DeleteRangeResponse di =
                 ETCDSERVERPB__DELETE_RANGE_RESPONSE__INIT;
             dr[i] = di;
-            dr[i].header = &nh;
+            dr[i].header = &rh[i];
             del_fill(ops[i]->request_delete_range, o, &dr[i], &store[i]);
             rops[i].response_case =
                 ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE;
@@ -990,6 +1014,7 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
         pz_free(dr[i].prev_kvs);
     }
     pz_free(store);
+    pz_free(rh);
     pz_free(prev);
     pz_free(rops);
     pz_free(rpp);

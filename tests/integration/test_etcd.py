@@ -649,3 +649,135 @@ def test_leader_killed(cluster):
                 == "1\n"
             assert ctl(s.grpc_port, "get", "after", "--print-value-only")[1] \
                 == "2\n"
+
+
+def test_random_ops_same_as_etcd(cluster, etcd, epb):
+    # The same seeded random Put, DeleteRange, Range and Txn requests (every
+    # option PyazDB supports) against PyazDB (through a follower) and etcd:
+    # the answers must be equal, ids and terms aside, revisions relative.
+    import random
+    from google.protobuf import json_format
+    nodes, leader, follower = cluster
+    pb = epb
+    rnd = random.Random(int(os.environ.get("ETCD_RANDOM_SEED", "1405")))
+    keys = [b"a", b"a/1", b"a/2", b"a/3", b"b", b"b/x", b"c", b"\xff"]
+
+    def rkey():
+        return rnd.choice(keys)
+
+    def rend(k):
+        return rnd.choice([b"", b"", b"\0", k + b"\xff", b"b", b"c", b"a/2"])
+
+    def rrange():
+        k = rkey()
+        return pb.RangeRequest(
+            key=k, range_end=rend(k), limit=rnd.choice([0, 0, 1, 2]),
+            sort_order=rnd.randrange(3), sort_target=rnd.randrange(5),
+            serializable=False, keys_only=rnd.random() < 0.2,
+            count_only=rnd.random() < 0.1,
+            min_mod_revision=rnd.choice([0, 0, 3]),
+            max_create_revision=rnd.choice([0, 0, 20]))
+
+    def rput():
+        return pb.PutRequest(key=rkey(), value=str(rnd.randrange(100))
+                             .encode(), prev_kv=rnd.random() < 0.5)
+
+    def rdel():
+        k = rkey()
+        return pb.DeleteRangeRequest(key=k, range_end=rend(k),
+                                     prev_kv=rnd.random() < 0.5)
+
+    def rop(puts):
+        c = rnd.randrange(3)
+        if c == 0:
+            return pb.RequestOp(request_range=rrange())
+        if c == 1:
+            p = rput()
+            if p.key in puts and rnd.random() < 0.8:
+                return pb.RequestOp(request_range=rrange())
+            puts.add(p.key)  # sometimes twice: both must refuse it
+            return pb.RequestOp(request_put=p)
+        return pb.RequestOp(request_delete_range=rdel())
+
+    def rcmp():
+        t = rnd.randrange(4)  # VERSION, CREATE, MOD, VALUE (no lease)
+        c = pb.Compare(key=rkey(), target=t, result=rnd.randrange(4))
+        if t == pb.Compare.VALUE:
+            c.value = str(rnd.randrange(100)).encode()
+        elif t == pb.Compare.VERSION:
+            c.version = rnd.randrange(4)
+        elif t == pb.Compare.CREATE:
+            c.create_revision = rnd.randrange(20)
+        else:
+            c.mod_revision = rnd.randrange(20)
+        return c
+
+    reqs = []
+    for _ in range(300):
+        c = rnd.randrange(10)
+        if c < 4:
+            reqs.append(("Put", rput()))
+        elif c < 5:
+            reqs.append(("DeleteRange", rdel()))
+        elif c < 8:
+            reqs.append(("Range", rrange()))
+        else:
+            sp, fp_ = set(), set()
+            reqs.append(("Txn", pb.TxnRequest(
+                compare=[rcmp() for _ in range(rnd.randrange(3))],
+                success=[rop(sp) for _ in range(rnd.randrange(4))],
+                failure=[rop(fp_) for _ in range(rnd.randrange(3))])))
+
+    def run(port):
+        base = call(port, pb, "KV", "Range",
+                    pb.RangeRequest(key=b"x")).header.revision
+        out = []
+        for method, req in reqs:
+            req = shift(req, base)
+            try:
+                r = call(port, pb, "KV", method, req)
+                d = json_format.MessageToDict(r)
+                out.append(normalize_pb(d, base))
+            except grpc.RpcError as e:
+                out.append((e.code(), e.details()))
+        return out
+
+    def shift(req, base):
+        """Revisions in requests are relative to the store's first."""
+        req = type(req).FromString(req.SerializeToString())
+        rngs = [req] if isinstance(req, pb.RangeRequest) else []
+        cmps = []
+        if isinstance(req, pb.TxnRequest):
+            cmps = list(req.compare)
+            rngs = [o.request_range for o in list(req.success) +
+                    list(req.failure) if o.HasField("request_range")]
+        for r in rngs:
+            for f in ("min_mod_revision", "max_create_revision"):
+                if getattr(r, f):
+                    setattr(r, f, getattr(r, f) + base)
+        for c in cmps:
+            for f in ("create_revision", "mod_revision"):
+                if c.HasField(f) and getattr(c, f):
+                    setattr(c, f, getattr(c, f) + base)
+        return req
+
+    ours, theirs = run(follower.grpc_port), run(etcd)
+    for (method, req), a, b in zip(reqs, ours, theirs):
+        assert a == b, (method, req)
+
+
+def normalize_pb(d, base):
+    if isinstance(d, dict):
+        o = {}
+        for k, v in d.items():
+            if k in ("clusterId", "memberId", "raftTerm"):
+                continue
+            if k in ("revision", "createRevision", "modRevision"):
+                v = int(v) - base
+            if k == "header" and "revision" not in v:
+                v = dict(v, revision="0")  # 0 is left out of the JSON
+            o[k] = normalize_pb(v, base)
+        return o
+    if isinstance(d, list):
+        return [normalize_pb(x, base) for x in d]
+    return d
