@@ -60,7 +60,7 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
-           src/watch.c src/lease.c
+           src/watch.c src/lease.c src/etcd_map.c src/sha256.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/tls.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
@@ -68,6 +68,7 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
              src/node_metrics.c src/http_watch.c src/node_lease.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
+             src/etcd_kv.c src/etcd_cluster.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c src/tls_setup.c
 CLI_SRC = src/cli.c src/cli_snapshot.c src/cli_watch.c
@@ -124,7 +125,7 @@ src/gen/grpc/%.pb-c.c src/gen/grpc/%.pb-c.h: $(GRPC_PROTO_DIR)/grpc/%.proto
 # The FileDescriptorSet served by gRPC server reflection, embedded as a C
 # array (grpc_reflect.h declares it): the client-facing protos only (not
 # the Raft peer protocol).
-API_PROTOS = kv cluster
+API_PROTOS = kv cluster etcd_mvcc etcd_rpc
 src/gen/descriptors.pb: $(API_PROTOS:%=proto/%.proto) \
 		$(GRPC_DESC_PROTOS:%=$(GRPC_PROTO_DIR)/%.proto)
 	@mkdir -p src/gen
@@ -314,6 +315,7 @@ PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
            src/metrics.c src/metrics.h \
            src/http_parse.c src/raft.c src/raft_conf.c src/raft_codec.c \
            src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c src/kv.h \
+           src/etcd_map.c src/etcd_map.h src/sha256.c src/sha256.h \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
            src/mandi_codec.h src/watch.c src/watch.h src/lease.c src/lease.h

@@ -11,11 +11,13 @@
 #          (key "bench", value 100 x "v"; same wire bytes for both)
 #   read:  PyazDB /kv.KVService/Get  vs etcd /etcdserverpb.KV/Range
 #          (key "bench"; both linearizable, their defaults)
+# and the same bodies on PyazDB's etcd API (/etcdserverpb.KV/Put and
+# Range on PyazDB: the very requests etcd gets, path included),
 # at 1x1, 16x1, 64x1 and 16x16 (connections x streams per connection). The
 # systems are loaded one after the other (both clusters stay up; the idle
 # one only sends its heartbeats); each run ends
-# with one request checked for grpc-status 0. Prints req/s for both and the
-# ratio PyazDB / etcd.
+# with one request checked for grpc-status 0. Prints req/s for each and the
+# ratios PyazDB / etcd (kv.KVService, then etcd API).
 set -eu
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -110,17 +112,21 @@ echo "   etcd $(etcd --version | awk '/^etcd Version/ {print $3}') leader :$ETCD
 for op in write read; do
     if [ $op = write ]; then
         pz="http://127.0.0.1:$PZ/kv.KVService/Set"
+        pe="http://127.0.0.1:$PZ/etcdserverpb.KV/Put"
         et="http://127.0.0.1:$ETCD/etcdserverpb.KV/Put"
     else
         pz="http://127.0.0.1:$PZ/kv.KVService/Get"
+        pe="http://127.0.0.1:$PZ/etcdserverpb.KV/Range"
         et="http://127.0.0.1:$ETCD/etcdserverpb.KV/Range"
     fi
     for cs in "1 1" "16 1" "64 1" "16 16"; do
         set -- $cs
         a=$(h2run "$pz" "$tmp/$op.bin" "$1" "$2")
+        c=$(h2run "$pe" "$tmp/$op.bin" "$1" "$2")
         b=$(h2run "$et" "$tmp/$op.bin" "$1" "$2")
-        printf '%-5s %3dx%-3d pyazdb %10s req/s   etcd %10s req/s   %s\n' \
-            "$op" "$1" "$2" "$a" "$b" \
-            "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", a / b}')"
+        printf '%-5s %3dx%-3d pyazdb %9s  pyazdb-etcd-api %9s  etcd %9s req/s  %s %s\n' \
+            "$op" "$1" "$2" "$a" "$c" "$b" \
+            "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", a / b}')" \
+            "$(awk -v a="$c" -v b="$b" 'BEGIN {printf "%.2fx", a / b}')"
     done
 done

@@ -27,6 +27,9 @@ fuzz="$build $fuzz_only"
 # (scripts/make-certs.sh) and probe with `openssl s_client`.
 # prometheus: promtool checks the GET /metrics pages and the alerting
 # rules (installing the package starts no server without systemd).
+# etcd-client: etcdctl 3.4 drives PyazDB's etcd v3 API in the tests;
+# etcd-server: the same commands run against a real etcd 3.4 to compare
+# (installing it starts no server without systemd).
 # The reflection test runs a Node.js client that npm installs: Debian's
 # nodejs and npm, unless node and npm are there already (NodeSource's
 # nodejs bundles npm and conflicts with Debian's npm package).
@@ -34,8 +37,8 @@ node="nodejs npm"
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client openssl python3 python3-pytest python3-grpcio
 python3-protobuf python3-pytest-timeout python3-hpack protobuf-compiler procps systemd
-util-linux faketime strace prometheus $fuzz_only $node"
-bench="$test wrk redis-server redis-tools etcd-server gnuplot-nox"
+util-linux faketime strace prometheus etcd-client etcd-server $fuzz_only $node"
+bench="$test wrk redis-server redis-tools gnuplot-nox"
 # make test-chaos: partitions are iptables rules in a network namespace.
 chaos="$test iptables iproute2"
 

@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "cluster.pb-c.h"
+#include "etcd.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc_client.h"
 #include "grpc_frame.h"
@@ -89,12 +90,14 @@ enum method_kind {
     M_HEALTH_CHECK,
     M_HEALTH_WATCH,
     M_REFLECT,
+    M_ETCD, /* etcd's v3 API (etcd.h): sub is the enum etcd_call */
 };
 
 struct method {
     const char *path;   /* :path */
     int kind;           /* enum method_kind */
     bool client_stream; /* request messages are handled one by one */
+    int sub;            /* M_ETCD: enum etcd_call */
 };
 
 static const struct method methods[] = {
@@ -108,6 +111,29 @@ static const struct method methods[] = {
      true},
     {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
      M_REFLECT, true},
+#define ETCD(svc, name, sub) {"/etcdserverpb." svc "/" name, M_ETCD, false, sub}
+    ETCD("KV", "Range", ETCD_RANGE),
+    ETCD("KV", "Put", ETCD_PUT),
+    ETCD("KV", "DeleteRange", ETCD_DELETE_RANGE),
+    ETCD("KV", "Txn", ETCD_TXN),
+    ETCD("KV", "Compact", ETCD_COMPACT),
+    ETCD("Cluster", "MemberAdd", ETCD_MEMBER_ADD),
+    ETCD("Cluster", "MemberRemove", ETCD_MEMBER_REMOVE),
+    ETCD("Cluster", "MemberUpdate", ETCD_MEMBER_UPDATE),
+    ETCD("Cluster", "MemberList", ETCD_MEMBER_LIST),
+    ETCD("Cluster", "MemberPromote", ETCD_MEMBER_PROMOTE),
+    ETCD("Maintenance", "Alarm", ETCD_ALARM),
+    ETCD("Maintenance", "Status", ETCD_STATUS),
+    ETCD("Maintenance", "Defragment", ETCD_DEFRAGMENT),
+    ETCD("Maintenance", "Hash", ETCD_HASH),
+    ETCD("Maintenance", "HashKV", ETCD_HASHKV),
+    ETCD("Maintenance", "Snapshot", ETCD_SNAPSHOT),
+    ETCD("Maintenance", "MoveLeader", ETCD_MOVE_LEADER),
+    ETCD("Auth", "AuthStatus", ETCD_AUTH_STATUS),
+    ETCD("Auth", "AuthEnable", ETCD_AUTH_OTHER),
+    ETCD("Auth", "AuthDisable", ETCD_AUTH_OTHER),
+    ETCD("Auth", "Authenticate", ETCD_AUTH_OTHER),
+#undef ETCD
 };
 
 struct gsession;
@@ -180,6 +206,9 @@ struct gstream {
     uint64_t body_due;       /* uv_now() by which it must be in */
     int watch_last;          /* last ServingStatus sent */
     char watch_service[128]; /* service watched */
+    void *ext;               /* a service module's state (etcd.h) */
+    void (*pump)(struct gstream *st); /* refills a drained server stream */
+    void (*ext_free)(void *ext); /* frees it with the stream */
 };
 
 struct gsession {
@@ -502,6 +531,8 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
 {
     struct gstream *st = src->ptr;
     PZ_UNUSED(ud);
+    if (st->pump && !st->ended && st->out.len == st->out_off)
+        st->pump(st); /* the next message of a server stream */
     size_t avail = st->out.len - st->out_off;
     size_t n = PZ_MIN(avail, length);
     if (n)
@@ -660,6 +691,8 @@ static void on_retry_timer(uv_timer_t *t)
             if (st->m->kind == M_KV_GET)
                 forward(st); /* a read forwarded by a backend that
                                 cannot read here (tests) */
+            else if (st->m->kind == M_ETCD)
+                etcd_call(st, st->m->sub); /* decoded and tried again */
             else
                 start_write(st);
             session_flush(st->s);
@@ -1158,6 +1191,9 @@ static void dispatch(struct gstream *st)
     case M_HEALTH_WATCH:
         call_health(st);
         break;
+    case M_ETCD:
+        etcd_call(st, st->m->sub);
+        break;
     default:
         pz_assert(0);
     }
@@ -1585,6 +1621,8 @@ static void stream_free(struct gstream *st)
         st->in_bq = false;
         session_deadline(s);
     }
+    if (st->ext_free)
+        st->ext_free(st->ext);
     pz_buf_free(&st->out);
     pz_buf_free(&st->msg);
     pz_queue_remove(&st->q);
@@ -1915,4 +1953,112 @@ void grpc_close(struct grpc_server *gs)
     }
     grpc_reflect_free(&gs->reflect);
     release_callbacks();
+}
+
+/* --- for service modules (grpc.h: "Calls served by other modules") ---- */
+
+struct grpc_server *grpc_stream_server(struct gstream *st)
+{
+    return st->s->gs;
+}
+
+const uint8_t *grpc_stream_msg(struct gstream *st, size_t *len)
+{
+    *len = st->rd.msg.len;
+    return msg_bytes(st);
+}
+
+bool grpc_stream_forwarded(const struct gstream *st)
+{
+    return st->was_forwarded;
+}
+
+struct node_req *grpc_stream_req(struct gstream *st)
+{
+    return &st->req;
+}
+
+struct gstream *grpc_stream_of(struct node_req *req)
+{
+    return container_of(req, struct gstream, req);
+}
+
+void grpc_stream_in_node(struct gstream *st, bool in)
+{
+    st->in_node = in;
+}
+
+void grpc_stream_set_ext(struct gstream *st, void *ext, void (*ext_free)(void *))
+{
+    if (st->ext_free)
+        st->ext_free(st->ext);
+    st->ext = ext;
+    st->ext_free = ext_free;
+}
+
+void *grpc_stream_ext(struct gstream *st)
+{
+    return st->ext;
+}
+
+bool grpc_stream_deadline_passed(struct gstream *st)
+{
+    if (!deadline_passed(st))
+        return false;
+    st->s->gs->stats.deadlines++;
+    finish(st, GRPC_DEADLINE_EXCEEDED, "context deadline exceeded");
+    return true;
+}
+
+void grpc_stream_reply(struct gstream *st, const void *msg, size_t len)
+{
+    reply(st, msg, len);
+}
+
+void grpc_stream_send(struct gstream *st, const void *msg, size_t len)
+{
+    send_message(st, msg, len);
+}
+
+void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
+{
+    char text[MAX_STATUS_MESSAGE];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    finish(st, status, "%s", text);
+}
+
+void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st))
+{
+    st->pump = pump;
+    if (st->ended)
+        return;
+    if (!st->responded) {
+        st->responded = true;
+        nghttp2_nv nva[] = {
+            NV(":status", "200"),
+            NV("content-type", "application/grpc"),
+        };
+        nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_cb};
+        nghttp2_submit_response(st->s->ng, st->id, nva, 2, &dp);
+    } else if (st->deferred) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->s->ng, st->id);
+    }
+}
+
+void grpc_stream_forward(struct gstream *st)
+{
+    forward(st);
+}
+
+void grpc_stream_flush(struct gstream *st)
+{
+    struct gsession *s = st->s;
+    if (s->in_recv)
+        return; /* on_data flushes once nghttp2 returns */
+    if (session_flush(s))
+        kick(s->gs);
 }

@@ -98,4 +98,48 @@ bool grpc_quiet(const struct grpc_server *gs);
  * client (the loop then runs until they are closed). */
 void grpc_close(struct grpc_server *gs);
 
+/* --- Calls served by other modules (etcd.h) -------------------------------
+ * A module's call gets its stream at dispatch and must end it exactly once
+ * (grpc_stream_reply or grpc_stream_fail, or grpc_stream_forward, which
+ * ends it when the leader answers). Node requests use the stream's
+ * node_req (grpc_stream_req), marked with grpc_stream_in_node(st, true)
+ * while it is with the node, so that a reset stream cancels it; its
+ * callback finds the stream with grpc_stream_of and, after ending it or
+ * not, calls grpc_stream_flush last (the stream may be freed there). A
+ * module's per-call state hangs on the stream (grpc_stream_set_ext) and is
+ * freed with it. A forwarded call that never reached the leader is
+ * dispatched again later (etcd_call). */
+struct gstream;
+struct grpc_server *grpc_stream_server(struct gstream *st);
+/* The request message (never NULL) and its length. */
+const uint8_t *grpc_stream_msg(struct gstream *st, size_t *len);
+/* True when the call came from another node (a forwarded call). */
+bool grpc_stream_forwarded(const struct gstream *st);
+struct node_req *grpc_stream_req(struct gstream *st);
+struct gstream *grpc_stream_of(struct node_req *req);
+void grpc_stream_in_node(struct gstream *st, bool in);
+void grpc_stream_set_ext(struct gstream *st, void *ext,
+                         void (*ext_free)(void *));
+void *grpc_stream_ext(struct gstream *st);
+/* True (and the call ended with DEADLINE_EXCEEDED) when its grpc-timeout
+ * passed. */
+bool grpc_stream_deadline_passed(struct gstream *st);
+/* One response message and OK. */
+void grpc_stream_reply(struct gstream *st, const void *msg, size_t len);
+/* One message of a server stream (the call goes on). */
+void grpc_stream_send(struct gstream *st, const void *msg, size_t len);
+/* End the call with status and a message (grpc-message). */
+void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Start a server stream whose messages pump makes one at a time: it is
+ * called whenever the stream's output has gone to nghttp2 (the client
+ * reads), adds the next message with grpc_stream_send, or the last one
+ * with grpc_stream_reply (or ends the call with grpc_stream_fail). It
+ * runs inside nghttp2's data callback: it must not flush. */
+void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st));
+/* Relay the call, as received, to the leader; its answer is ours. */
+void grpc_stream_forward(struct gstream *st);
+/* Put pending output on the wire; st may be freed here. */
+void grpc_stream_flush(struct gstream *st);
+
 #endif

@@ -822,6 +822,8 @@ void node_status(struct node_status *st)
     st->fsync_entries = ss.entries;
     st->nospace = node.alarm_disk || node.alarm_quota;
     st->alarm_reason = st->nospace ? node.alarm_reason : "";
+    st->cluster_id = node.cluster_id;
+    st->self_id = node.id;
     pz_free(node.view);
     node.view = pz_calloc(node.n_members ? node.n_members : 1,
                           sizeof *node.view);
@@ -851,6 +853,13 @@ void node_status(struct node_status *st)
     }
     st->members = node.view;
     st->n_members = node.n_members;
+}
+
+void node_ids(uint64_t *cluster_id, uint64_t *self_id, uint64_t *term)
+{
+    *cluster_id = node.cluster_id;
+    *self_id = node.id;
+    *term = node.saved_term;
 }
 
 /* The term of the entry at index: from the log, or the snapshot's when

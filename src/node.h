@@ -77,6 +77,8 @@ struct node_status {
                                 (all of them when the disk is full, all
                                 but deletes when over the quota) */
     const char *alarm_reason;/* why, one line ("" without an alarm) */
+    uint64_t cluster_id;     /* identity shared by all members */
+    uint64_t self_id;        /* this node's Raft id */
 };
 
 /* Asks the process to shut down, saying why (the node was removed from
@@ -158,6 +160,10 @@ bool node_is_leader(void);
 const char *node_leader_http_addr(void);
 const char *node_leader_grpc_addr(void);
 void node_status(struct node_status *st);
+/* What every etcd answer's header carries, cheaply (node_status builds the
+ * member view): the cluster id, this node's Raft id and its term as last
+ * made durable. */
+void node_ids(uint64_t *cluster_id, uint64_t *self_id, uint64_t *term);
 
 struct node_health {
     const char *role;   /* "leader", "follower", ... ("" if not open) */

@@ -167,7 +167,9 @@ def test_reflection_python(client, pb):
         ], version)
         assert len(out) == 6
         names = [s.name for s in out[0].list_services_response.service]
-        assert names == ["grpc.health.v1.Health",
+        assert names == ["etcdserverpb.Auth", "etcdserverpb.Cluster",
+                         "etcdserverpb.KV", "etcdserverpb.Maintenance",
+                         "grpc.health.v1.Health",
                          "grpc.reflection.v1.ServerReflection",
                          "grpc.reflection.v1alpha.ServerReflection",
                          "kv.KVService", "pyazdb.Cluster"]

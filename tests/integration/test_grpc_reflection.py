@@ -62,7 +62,9 @@ def test_reflection_with_grpc_js(servers, node_modules, version):
                         version], capture_output=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr.decode(errors="replace")
     out = json.loads(p.stdout)
-    assert out["services"] == ["grpc.health.v1.Health",
+    assert out["services"] == ["etcdserverpb.Auth", "etcdserverpb.Cluster",
+                               "etcdserverpb.KV", "etcdserverpb.Maintenance",
+                               "grpc.health.v1.Health",
                                "grpc.reflection.v1.ServerReflection",
                                "grpc.reflection.v1alpha.ServerReflection",
                                "kv.KVService", "pyazdb.Cluster"]

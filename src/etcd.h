@@ -1,0 +1,72 @@
+/* etcd.h - etcd's v3 gRPC API on PyazDB's gRPC port (etcd 3.4's
+ * etcdserverpb: KV in etcd_kv.c, Cluster, Maintenance and Auth in
+ * etcd_cluster.c; the pure mappings in etcd_map.c). grpc.c routes each
+ * /etcdserverpb.* method to etcd_call with its enum etcd_call.
+ *
+ * Every answer carries etcd's ResponseHeader with this node's values:
+ * cluster_id (PyazDB's cluster id), member_id (its Raft id), revision (the
+ * key-value store's) and raft_term. Errors use the gRPC codes and messages
+ * of etcd's rpctypes, which etcd clients match on ("etcdserver: no
+ * leader", "mvcc: required revision has been compacted", ...).
+ *
+ * Writes (Put, DeleteRange, Txn) become one kv_encode_txn command through
+ * node_propose_sink, on the leader; a follower relays the call to the
+ * leader as it does kv.KVService's (grpc_stream_forward). Reads (Range,
+ * Compact's check, HashKV) are served where they arrive, linearizable
+ * through ReadIndex unless serializable. PyazDB keeps no MVCC history:
+ * the only revision a read can name is the current one. */
+#ifndef PZ_ETCD_H
+#define PZ_ETCD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "etcd_rpc.pb-c.h"
+#include "grpc.h"
+
+enum etcd_call {
+    ETCD_RANGE,
+    ETCD_PUT,
+    ETCD_DELETE_RANGE,
+    ETCD_TXN,
+    ETCD_COMPACT,
+    ETCD_MEMBER_ADD,
+    ETCD_MEMBER_REMOVE,
+    ETCD_MEMBER_UPDATE,
+    ETCD_MEMBER_LIST,
+    ETCD_MEMBER_PROMOTE,
+    ETCD_ALARM,
+    ETCD_STATUS,
+    ETCD_DEFRAGMENT,
+    ETCD_HASH,
+    ETCD_HASHKV,
+    ETCD_SNAPSHOT,
+    ETCD_MOVE_LEADER,
+    ETCD_AUTH_STATUS,
+    ETCD_AUTH_OTHER,
+};
+
+/* Serve one complete request (or serve it again: a forward that never
+ * reached the leader). Ends the stream, now or later (grpc.h). */
+void etcd_call(struct gstream *st, int call);
+
+/* etcd_kv.c: KV calls. */
+void etcd_kv_call(struct gstream *st, int call);
+/* etcd_cluster.c: Cluster, Maintenance, Auth calls. */
+void etcd_cluster_call(struct gstream *st, int call);
+
+/* Shared by both. */
+/* Fill h with this node's values and revision rev, from ns when the caller
+ * has one, else from node_ids(). */
+void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev,
+                 const struct node_status *ns);
+/* Pack m and reply with it (OK). */
+void etcd_reply(struct gstream *st, const ProtobufCMessage *m);
+/* End st after a node error rv (PZ_ENOTLEADER: forward it). */
+void etcd_node_error(struct gstream *st, int rv, bool write);
+/* Unpack the request as desc, or end st with INVALID_ARGUMENT (NULL).
+ * Free with protobuf_c_message_free_unpacked(m, &grpc_pb_allocator). */
+ProtobufCMessage *etcd_unpack(struct gstream *st,
+                              const ProtobufCMessageDescriptor *desc);
+
+#endif

@@ -1,0 +1,1070 @@
+/* etcd_kv.c - etcdserverpb.KV (etcd.h): Range, Put, DeleteRange, Txn,
+ * Compact, and the helpers every etcd call shares.
+ *
+ * Range reads the local table once node_read says it may (ReadIndex, or at
+ * once when serializable): one walk over [key, end) counts every key (etcd's
+ * count ignores limit and filters) and collects views borrowed from the
+ * table; then filters, sort and limit apply and the answer is packed before
+ * the loop turns. Without a sort or a filter only the first `limit` views
+ * are kept; with one, every key's view (a few pointers each) is. An answer
+ * whose keys and values would pass grpc-max-message fails with
+ * RESOURCE_EXHAUSTED instead of being built.
+ *
+ * Put, DeleteRange and Txn each become one transaction command (kv.h) and
+ * their results come back through a kv_sink while the command applies on
+ * the leader: previous values (prev_kv), counts, a Txn's reads. Items are
+ * copied out of the table only for operations that asked for them (at
+ * most grpc-max-message bytes in all). Put with ignore_value or
+ * ignore_lease needs the key's current value or lease, which the command
+ * format cannot name: the leader reads the key, proposes a put guarded by
+ * "mod_revision unchanged" carrying the old value or lease, and tries
+ * again (at most IGNORE_TRIES times) when another write came between. */
+#include "etcd.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "etcd_map.h"
+#include "grpc_frame.h"
+#include "grpc_pb.h"
+#include "kv.h"
+#include "node.h"
+
+#define IGNORE_TRIES 8 /* Put with ignore_value/ignore_lease: retries */
+
+/* --- shared helpers --------------------------------------------------------
+ */
+
+void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev,
+                 const struct node_status *ns)
+{
+    Etcdserverpb__ResponseHeader init = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    *h = init;
+    h->revision = (int64_t)rev;
+    if (ns) {
+        h->cluster_id = ns->cluster_id;
+        h->member_id = ns->self_id;
+        h->raft_term = ns->term;
+    } else {
+        node_ids(&h->cluster_id, &h->member_id, &h->raft_term);
+    }
+}
+
+void etcd_reply(struct gstream *st, const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    uint8_t *b = pz_malloc(n + 1);
+    protobuf_c_message_pack(m, b);
+    grpc_stream_reply(st, b, n);
+    pz_free(b);
+}
+
+void etcd_node_error(struct gstream *st, int rv, bool write)
+{
+    switch (rv) {
+    case PZ_ENOTLEADER:
+        grpc_stream_forward(st);
+        break;
+    case PZ_ENOLEADER:
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
+        break;
+    case PZ_ETIMEDOUT:
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: request timed out");
+        break;
+    case PZ_ELEADERCHANGE:
+        if (write)
+            grpc_stream_fail(st, GRPC_UNAVAILABLE,
+                             "etcdserver: request timed out, possibly due to "
+                             "previous leader failure");
+        else
+            grpc_stream_fail(st, GRPC_UNAVAILABLE,
+                             "etcdserver: leader changed");
+        break;
+    case PZ_EBUSY:
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: leader changed");
+        break;
+    case PZ_ESHUTDOWN:
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: server stopped");
+        break;
+    case PZ_ETOOBIG:
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: request is too large");
+        break;
+    case PZ_ENOSPC:
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: mvcc: database space exceeded");
+        break;
+    default:
+        grpc_stream_fail(st, write ? GRPC_INTERNAL : GRPC_UNAVAILABLE,
+                         "etcdserver: %s failed: %s",
+                         write ? "replication" : "read", pz_strerror(rv));
+    }
+}
+
+ProtobufCMessage *etcd_unpack(struct gstream *st,
+                              const ProtobufCMessageDescriptor *desc)
+{
+    size_t len;
+    const uint8_t *msg = grpc_stream_msg(st, &len);
+    ProtobufCMessage *m =
+        protobuf_c_message_unpack(desc, &grpc_pb_allocator, len, msg);
+    if (m == NULL)
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "request is not a valid %s message", desc->name);
+    return m;
+}
+
+void etcd_call(struct gstream *st, int call)
+{
+    if (grpc_stream_deadline_passed(st))
+        return;
+    if (call <= ETCD_COMPACT)
+        etcd_kv_call(st, call);
+    else
+        etcd_cluster_call(st, call);
+}
+
+/* --- per-call state ------------------------------------------------------ */
+
+/* Results of one operation of a transaction (or of a Put/DeleteRange). */
+struct eop {
+    struct kv_view *items; /* copies (one allocation each, in .key) */
+    size_t n, cap;
+    uint64_t count; /* op_end's count */
+    bool want;      /* keep its items */
+    bool wrote;     /* it, or an earlier operation of the branch, wrote */
+};
+
+struct ekv {
+    int call;
+    ProtobufCMessage *req; /* the unpacked request */
+    struct eop *ops;       /* per operation index of the branch taken */
+    size_t nops;
+    size_t cur;       /* operation being applied */
+    size_t bytes;     /* bytes copied into items */
+    size_t max_bytes; /* grpc-max-message */
+    bool over;        /* items passed max_bytes: some were dropped */
+    int cur_type;     /* KV_TOP_* of the operation being applied */
+    bool wrote;       /* an operation so far changed the table */
+    struct kv_sink sink;
+    int tries; /* ignore_value/ignore_lease attempts */
+};
+
+static void ekv_free(void *p)
+{
+    struct ekv *e = p;
+    if (e == NULL)
+        return;
+    for (size_t i = 0; i < e->nops; i++) {
+        for (size_t j = 0; j < e->ops[i].n; j++)
+            pz_free((void *)e->ops[i].items[j].key);
+        pz_free(e->ops[i].items);
+    }
+    pz_free(e->ops);
+    if (e->req)
+        protobuf_c_message_free_unpacked(e->req, &grpc_pb_allocator);
+    pz_free(e);
+}
+
+static void sink_begin(void *arg, size_t i, const struct kv_op *op)
+{
+    struct ekv *e = arg;
+    e->cur = i;
+    e->cur_type = op->type;
+}
+
+static void sink_item(void *arg, const struct kv_view *v)
+{
+    struct ekv *e = arg;
+    if (e->cur >= e->nops || !e->ops[e->cur].want)
+        return;
+    struct eop *o = &e->ops[e->cur];
+    size_t vlen = v->value ? v->vlen : 0;
+    if (e->bytes + v->klen + vlen > e->max_bytes) {
+        e->over = true;
+        return;
+    }
+    if (o->n == o->cap) {
+        o->cap = o->cap ? 2 * o->cap : 4;
+        o->items = pz_realloc(o->items, o->cap * sizeof *o->items);
+    }
+    uint8_t *b = pz_malloc(v->klen + vlen + 2);
+    memcpy(b, v->key, v->klen);
+    b[v->klen] = 0;
+    if (vlen)
+        memcpy(b + v->klen + 1, v->value, vlen);
+    b[v->klen + 1 + vlen] = 0;
+    struct kv_view *c = &o->items[o->n++];
+    *c = *v;
+    c->key = b;
+    c->value = v->value ? b + v->klen + 1 : NULL;
+    c->vlen = vlen;
+    e->bytes += v->klen + vlen;
+}
+
+static void sink_end(void *arg, uint64_t count, bool more)
+{
+    struct ekv *e = arg;
+    PZ_UNUSED(more);
+    if (e->cur < e->nops)
+        e->ops[e->cur].count = count;
+    if (e->cur_type == KV_TOP_PUT ||
+        ((e->cur_type == KV_TOP_DEL || e->cur_type == KV_TOP_DELRANGE) &&
+         count > 0))
+        e->wrote = true;
+    if (e->cur < e->nops)
+        e->ops[e->cur].wrote = e->wrote;
+}
+
+static struct ekv *ekv_new(struct gstream *st, int call, ProtobufCMessage *req,
+                           size_t nops)
+{
+    struct ekv *e = pz_calloc(1, sizeof *e);
+    e->call = call;
+    e->req = req;
+    e->nops = nops;
+    e->ops = pz_calloc(nops ? nops : 1, sizeof *e->ops);
+    e->max_bytes = grpc_stream_server(st)->max_message;
+    e->sink = (struct kv_sink){.op_begin = sink_begin,
+                               .item = sink_item,
+                               .op_end = sink_end,
+                               .arg = e};
+    grpc_stream_set_ext(st, e, ekv_free);
+    return e;
+}
+
+/* --- key-value records ---------------------------------------------------- */
+
+static void kv_of_view(Mvccpb__KeyValue *kv, const struct kv_view *v,
+                       bool keys_only)
+{
+    Mvccpb__KeyValue init = MVCCPB__KEY_VALUE__INIT;
+    *kv = init;
+    kv->key.data = (uint8_t *)v->key;
+    kv->key.len = v->klen;
+    if (!keys_only && v->value) {
+        kv->value.data = (uint8_t *)v->value;
+        kv->value.len = v->vlen;
+    }
+    kv->create_revision = (int64_t)v->meta.create_revision;
+    kv->mod_revision = (int64_t)v->meta.mod_revision;
+    kv->version = (int64_t)v->meta.version;
+    kv->lease = (int64_t)v->meta.lease;
+}
+
+/* Views collected by a range walk. */
+struct vlist {
+    struct kv_view *v;
+    size_t n, cap;
+    uint64_t count; /* keys in the range */
+    size_t keep;    /* collect at most this many (SIZE_MAX: all) */
+    bool collect;   /* false: count only */
+};
+
+static void vlist_push(struct vlist *l, const struct kv_view *v)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 16;
+        l->v = pz_realloc(l->v, l->cap * sizeof *l->v);
+    }
+    l->v[l->n++] = *v;
+}
+
+static int vlist_visit(void *arg, const struct kv_view *v)
+{
+    struct vlist *l = arg;
+    l->count++;
+    if (l->collect && l->n < l->keep)
+        vlist_push(l, v);
+    return 0;
+}
+
+static bool range_has_filter(const Etcdserverpb__RangeRequest *q)
+{
+    return q->min_mod_revision > 0 || q->max_mod_revision > 0 ||
+           q->min_create_revision > 0 || q->max_create_revision > 0;
+}
+
+/* Filter, sort and limit the views of a range and fill r (kvs point into
+ * the views; storage for them in *kvs_out, free with pz_free). Returns
+ * false when the answer would pass max bytes. */
+static bool range_build(const Etcdserverpb__RangeRequest *q, struct kv_view *v,
+                        size_t n, uint64_t count, size_t max,
+                        Etcdserverpb__RangeResponse *r,
+                        Mvccpb__KeyValue **kvs_out)
+{
+    struct etcd_filter f = {q->min_mod_revision, q->max_mod_revision,
+                            q->min_create_revision, q->max_create_revision};
+    /* As etcd: without a sort order or a filter in the request, only the
+     * first limit + 1 keys (in key order) are read, and a sort target
+     * other than KEY then orders just those. */
+    if (q->limit > 0 && (int)q->sort_order == ETCD_SORT_NONE &&
+        !range_has_filter(q) && n > (uint64_t)q->limit + 1)
+        n = (size_t)q->limit + 1;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (etcd_filter_keep(&f, &v[i].meta))
+            v[m++] = v[i];
+    etcd_sort_views(v, m, etcd_sort_order(q->sort_order, q->sort_target),
+                    q->sort_target);
+    r->count = (int64_t)count;
+    if (q->limit > 0 && m > (uint64_t)q->limit) {
+        m = (size_t)q->limit;
+        r->more = true;
+    } else if (q->limit > 0 && !q->count_only && count > m &&
+               !range_has_filter(q)) {
+        r->more = true; /* keys past the limit were not collected */
+    }
+    if (q->count_only)
+        m = 0;
+    size_t bytes = 0;
+    for (size_t i = 0; i < m; i++)
+        bytes += v[i].klen + (q->keys_only ? 0 : v[i].vlen) + 32;
+    if (bytes > max)
+        return false;
+    Mvccpb__KeyValue *kvs = pz_calloc(m ? m : 1, sizeof *kvs);
+    r->kvs = pz_calloc(m ? m : 1, sizeof *r->kvs);
+    for (size_t i = 0; i < m; i++) {
+        kv_of_view(&kvs[i], &v[i], q->keys_only);
+        r->kvs[i] = &kvs[i];
+    }
+    r->n_kvs = m;
+    *kvs_out = kvs;
+    return true;
+}
+
+static int check_revision(struct gstream *st, int64_t want, uint64_t cur)
+{
+    if (want <= 0 || (uint64_t)want == cur)
+        return 0;
+    if ((uint64_t)want > cur)
+        grpc_stream_fail(
+            st, GRPC_OUT_OF_RANGE,
+            "etcdserver: mvcc: required revision is a future revision");
+    else
+        grpc_stream_fail(
+            st, GRPC_OUT_OF_RANGE,
+            "etcdserver: mvcc: required revision has been compacted");
+    return -1;
+}
+
+/* --- Range ------------------------------------------------------------ */
+
+static void range_reply(struct gstream *st, struct ekv *e)
+{
+    const Etcdserverpb__RangeRequest *q =
+        (const Etcdserverpb__RangeRequest *)e->req;
+    struct kv *kv = node_kv();
+    uint64_t rev = kv_revision(kv);
+    if (check_revision(st, q->revision, rev) < 0)
+        return;
+    struct etcd_range rg;
+    etcd_range_decode(q->key.data, q->key.len, q->range_end.data,
+                      q->range_end.len, &rg);
+    struct vlist l = {.keep = SIZE_MAX, .collect = !q->count_only};
+    if (q->limit > 0 && (int)q->sort_order == ETCD_SORT_NONE &&
+        !range_has_filter(q))
+        l.keep = (size_t)q->limit + 1; /* range_build's rule */
+    if (rg.single) {
+        struct kv_view v;
+        if (kv_get_view(kv, rg.key, rg.klen, &v))
+            vlist_visit(&l, &v);
+    } else if (!rg.empty) {
+        kv_range(kv, rg.key, rg.klen, rg.end, rg.elen, rg.to_end, vlist_visit,
+                 &l);
+    }
+    Etcdserverpb__RangeResponse r = ETCDSERVERPB__RANGE_RESPONSE__INIT;
+    Etcdserverpb__ResponseHeader h;
+    etcd_header(&h, rev, NULL);
+    r.header = &h;
+    Mvccpb__KeyValue *kvs = NULL;
+    if (!range_build(q, l.v, l.n, l.count, e->max_bytes, &r, &kvs)) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: range response is larger than "
+                         "grpc-max-message (%zu bytes): use a limit",
+                         e->max_bytes);
+    } else {
+        etcd_reply(st, &r.base);
+    }
+    pz_free(kvs);
+    pz_free(r.kvs);
+    pz_free(l.v);
+}
+
+static void on_read(struct node_req *req, int status)
+{
+    struct gstream *st = grpc_stream_of(req);
+    struct ekv *e = grpc_stream_ext(st);
+    grpc_stream_in_node(st, false);
+    if (status < 0) {
+        etcd_node_error(st, status, false);
+    } else if (e->call == ETCD_RANGE) {
+        range_reply(st, e);
+    } else { /* ETCD_COMPACT */
+        const Etcdserverpb__CompactionRequest *q =
+            (const Etcdserverpb__CompactionRequest *)e->req;
+        uint64_t rev = kv_revision(node_kv());
+        if (q->revision > 0 && (uint64_t)q->revision > rev) {
+            grpc_stream_fail(
+                st, GRPC_OUT_OF_RANGE,
+                "etcdserver: mvcc: required revision is a future revision");
+        } else {
+            Etcdserverpb__CompactionResponse r =
+                ETCDSERVERPB__COMPACTION_RESPONSE__INIT;
+            Etcdserverpb__ResponseHeader h;
+            etcd_header(&h, rev, NULL);
+            r.header = &h;
+            etcd_reply(st, &r.base);
+        }
+    }
+    grpc_stream_flush(st);
+}
+
+static void start_read(struct gstream *st, bool stale)
+{
+    grpc_stream_in_node(st, true);
+    int rv = node_read(grpc_stream_req(st), stale, on_read);
+    if (rv < 0) {
+        grpc_stream_in_node(st, false);
+        etcd_node_error(st, rv, false);
+    }
+}
+
+static bool key_ok(struct gstream *st, size_t klen)
+{
+    if (klen == 0) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: key is not provided");
+        return false;
+    }
+    if (klen > grpc_stream_server(st)->max_key) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: request is too large");
+        return false;
+    }
+    return true;
+}
+
+/* --- writes ----------------------------------------------------------- */
+
+static void write_done(struct node_req *req, int status);
+
+static void on_leader_known(struct node_req *req, int status)
+{
+    struct gstream *st = grpc_stream_of(req);
+    struct ekv *e = grpc_stream_ext(st);
+    grpc_stream_in_node(st, false);
+    if (status < 0)
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
+    else
+        etcd_kv_call(st, e->call); /* here, or forwarded */
+    grpc_stream_flush(st);
+}
+
+static void propose(struct gstream *st, struct ekv *e, struct pz_buf *cmd)
+{
+    struct node_req *req = grpc_stream_req(st);
+    grpc_stream_in_node(st, true);
+    int rv = node_propose_sink(req, (const uint8_t *)cmd->data, cmd->len,
+                               &e->sink, write_done);
+    if (rv == 0)
+        return;
+    if (rv == PZ_ENOLEADER && !grpc_stream_forwarded(st)) {
+        node_wait_leader(req, on_leader_known);
+        return;
+    }
+    grpc_stream_in_node(st, false);
+    etcd_node_error(st, rv, true);
+}
+
+static void fill_kv(Mvccpb__KeyValue *kv, const struct eop *o, size_t i)
+{
+    kv_of_view(kv, &o->items[i], false);
+}
+
+static void put_reply(struct gstream *st, struct ekv *e, uint64_t rev)
+{
+    const Etcdserverpb__PutRequest *q =
+        (const Etcdserverpb__PutRequest *)e->req;
+    Etcdserverpb__PutResponse r = ETCDSERVERPB__PUT_RESPONSE__INIT;
+    Etcdserverpb__ResponseHeader h;
+    Mvccpb__KeyValue prev;
+    etcd_header(&h, rev, NULL);
+    r.header = &h;
+    if (q->prev_kv && e->ops[0].n > 0) {
+        fill_kv(&prev, &e->ops[0], 0);
+        r.prev_kv = &prev;
+    }
+    etcd_reply(st, &r.base);
+}
+
+static void del_fill(const Etcdserverpb__DeleteRangeRequest *q,
+                     const struct eop *o, Etcdserverpb__DeleteRangeResponse *r,
+                     Mvccpb__KeyValue **kvs_out)
+{
+    r->deleted = (int64_t)o->count;
+    Mvccpb__KeyValue *kvs = NULL;
+    if (q->prev_kv && o->n) {
+        kvs = pz_calloc(o->n, sizeof *kvs);
+        r->prev_kvs = pz_calloc(o->n, sizeof *r->prev_kvs);
+        for (size_t i = 0; i < o->n; i++) {
+            fill_kv(&kvs[i], o, i);
+            r->prev_kvs[i] = &kvs[i];
+        }
+        r->n_prev_kvs = o->n;
+    }
+    *kvs_out = kvs;
+}
+
+static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
+                      bool succeeded);
+
+static void put_ignore(struct gstream *st, struct ekv *e);
+
+static void write_done(struct node_req *req, int status)
+{
+    struct gstream *st = grpc_stream_of(req);
+    struct ekv *e = grpc_stream_ext(st);
+    grpc_stream_in_node(st, false);
+    if (status < 0) {
+        etcd_node_error(st, status, true);
+        grpc_stream_flush(st);
+        return;
+    }
+    uint64_t rev = req->res.revision;
+    if (e->over) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the write was applied at revision "
+                         "%llu, but its response is larger than "
+                         "grpc-max-message (%zu bytes)",
+                         (unsigned long long)rev, e->max_bytes);
+    } else if (e->call == ETCD_PUT) {
+        const Etcdserverpb__PutRequest *q =
+            (const Etcdserverpb__PutRequest *)e->req;
+        if ((q->ignore_value || q->ignore_lease) && !req->res.succeeded) {
+            /* The key changed between our read and the write. */
+            if (++e->tries >= IGNORE_TRIES)
+                grpc_stream_fail(st, GRPC_UNAVAILABLE,
+                                 "etcdserver: request timed out");
+            else
+                put_ignore(st, e);
+        } else {
+            put_reply(st, e, rev);
+        }
+    } else if (e->call == ETCD_DELETE_RANGE) {
+        const Etcdserverpb__DeleteRangeRequest *q =
+            (const Etcdserverpb__DeleteRangeRequest *)e->req;
+        Etcdserverpb__DeleteRangeResponse r =
+            ETCDSERVERPB__DELETE_RANGE_RESPONSE__INIT;
+        Etcdserverpb__ResponseHeader h;
+        etcd_header(&h, rev, NULL);
+        r.header = &h;
+        Mvccpb__KeyValue *kvs;
+        del_fill(q, &e->ops[0], &r, &kvs);
+        etcd_reply(st, &r.base);
+        pz_free(kvs);
+        pz_free(r.prev_kvs);
+    } else {
+        txn_reply(st, e, rev, req->res.succeeded);
+    }
+    grpc_stream_flush(st);
+}
+
+/* Put with ignore_value/ignore_lease, on the leader: a put guarded by the
+ * key's current mod_revision, carrying its current value or lease. */
+static void put_ignore(struct gstream *st, struct ekv *e)
+{
+    const Etcdserverpb__PutRequest *q =
+        (const Etcdserverpb__PutRequest *)e->req;
+    if (!node_is_leader()) {
+        if (grpc_stream_forwarded(st))
+            grpc_stream_fail(st, GRPC_UNAVAILABLE,
+                             "etcdserver: leader changed");
+        else
+            etcd_node_error(st, PZ_ENOTLEADER, true);
+        return;
+    }
+    struct kv_view v;
+    if (!kv_get_view(node_kv(), q->key.data, q->key.len, &v)) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: key not found");
+        return;
+    }
+    struct kv_cmp c = {.target = KV_CMP_MOD,
+                       .result = KV_CMP_EQ,
+                       .key = q->key.data,
+                       .klen = q->key.len,
+                       .num = v.meta.mod_revision};
+    struct kv_op op = {.type = KV_TOP_PUT,
+                       .key = q->key.data,
+                       .klen = q->key.len,
+                       .value = q->ignore_value ? v.value : q->value.data,
+                       .vlen = q->ignore_value ? v.vlen : q->value.len,
+                       .lease =
+                           q->ignore_lease ? v.meta.lease : (uint64_t)q->lease};
+    struct pz_buf cmd;
+    pz_buf_init(&cmd);
+    int rv = kv_encode_txn(&cmd, &c, 1, &op, 1, NULL, 0);
+    for (size_t i = 0; i < e->ops[0].n; i++)
+        pz_free((void *)e->ops[0].items[i].key);
+    e->ops[0].n = 0;
+    e->bytes = 0;
+    if (rv < 0)
+        etcd_node_error(st, rv, true);
+    else
+        propose(st, e, &cmd);
+    pz_buf_free(&cmd);
+}
+
+static void call_put(struct gstream *st)
+{
+    Etcdserverpb__PutRequest *q = (Etcdserverpb__PutRequest *)etcd_unpack(
+        st, &etcdserverpb__put_request__descriptor);
+    if (q == NULL)
+        return;
+    struct ekv *e = ekv_new(st, ETCD_PUT, &q->base, 1);
+    e->ops[0].want = q->prev_kv;
+    if (!key_ok(st, q->key.len))
+        return;
+    if (q->value.len > grpc_stream_server(st)->max_value) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: request is too large");
+        return;
+    }
+    if (q->ignore_value && q->value.len) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: value is provided");
+        return;
+    }
+    if (q->ignore_lease && q->lease) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: lease is provided");
+        return;
+    }
+    if (q->lease < 0) {
+        grpc_stream_fail(st, GRPC_NOT_FOUND,
+                         "etcdserver: requested lease not found");
+        return;
+    }
+    if (q->ignore_value || q->ignore_lease) {
+        put_ignore(st, e);
+        return;
+    }
+    struct kv_op op = {.type = KV_TOP_PUT,
+                       .key = q->key.data,
+                       .klen = q->key.len,
+                       .value = q->value.data,
+                       .vlen = q->value.len,
+                       .lease = (uint64_t)q->lease};
+    struct pz_buf cmd;
+    pz_buf_init(&cmd);
+    int rv = kv_encode_txn(&cmd, NULL, 0, &op, 1, NULL, 0);
+    if (rv < 0)
+        etcd_node_error(st, rv, true);
+    else
+        propose(st, e, &cmd);
+    pz_buf_free(&cmd);
+}
+
+/* A delete of an etcd range as one operation. */
+static void del_op(const struct etcd_range *rg, struct kv_op *op)
+{
+    memset(op, 0, sizeof *op);
+    op->key = rg->key;
+    op->klen = rg->klen;
+    if (rg->single) {
+        op->type = KV_TOP_DEL;
+    } else {
+        op->type = KV_TOP_DELRANGE;
+        op->flags = rg->to_end ? KV_RANGE_TO_END : 0;
+        op->value = rg->end;
+        op->vlen = rg->elen;
+    }
+}
+
+static void call_delete_range(struct gstream *st)
+{
+    Etcdserverpb__DeleteRangeRequest *q =
+        (Etcdserverpb__DeleteRangeRequest *)etcd_unpack(
+            st, &etcdserverpb__delete_range_request__descriptor);
+    if (q == NULL)
+        return;
+    struct ekv *e = ekv_new(st, ETCD_DELETE_RANGE, &q->base, 1);
+    e->ops[0].want = q->prev_kv;
+    if (!key_ok(st, q->key.len))
+        return;
+    struct etcd_range rg;
+    etcd_range_decode(q->key.data, q->key.len, q->range_end.data,
+                      q->range_end.len, &rg);
+    struct kv_op op;
+    del_op(&rg, &op);
+    struct pz_buf cmd;
+    pz_buf_init(&cmd);
+    int rv = kv_encode_txn(&cmd, NULL, 0, rg.empty ? NULL : &op,
+                           rg.empty ? 0 : 1, NULL, 0);
+    if (rv < 0)
+        etcd_node_error(st, rv, true);
+    else
+        propose(st, e, &cmd);
+    pz_buf_free(&cmd);
+}
+
+/* --- Txn ---------------------------------------------------------------- */
+
+/* One branch's operations: validated and mapped. Returns 0, or ends st. */
+static int map_ops(struct gstream *st, Etcdserverpb__RequestOp **ops, size_t n,
+                   struct kv_op *out, struct ekv *e)
+{
+    struct grpc_server *gs = grpc_stream_server(st);
+    struct etcd_range *rgs = pz_calloc(n ? n : 1, sizeof *rgs);
+    int rv = 0;
+    for (size_t i = 0; i < n && rv == 0; i++) {
+        Etcdserverpb__RequestOp *o = ops[i];
+        struct kv_op *k = &out[i];
+        memset(k, 0, sizeof *k);
+        const ProtobufCBinaryData *key = NULL, *end = NULL;
+        switch (o->request_case) {
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE: {
+            Etcdserverpb__RangeRequest *r = o->request_range;
+            key = &r->key, end = &r->range_end;
+            if (r->revision > 0) {
+                grpc_stream_fail(st, GRPC_UNIMPLEMENTED,
+                                 "etcdserver: a revision in a txn range is "
+                                 "not supported by PyazDB (it keeps no "
+                                 "history)");
+                rv = -1;
+            }
+            e->ops[i].want = e->ops[i].want || !r->count_only;
+            break;
+        }
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT: {
+            Etcdserverpb__PutRequest *p = o->request_put;
+            key = &p->key;
+            if (p->ignore_value || p->ignore_lease) {
+                grpc_stream_fail(st, GRPC_UNIMPLEMENTED,
+                                 "etcdserver: ignore_value and ignore_lease "
+                                 "in a txn are not supported by PyazDB");
+                rv = -1;
+            } else if (p->lease < 0) {
+                grpc_stream_fail(st, GRPC_NOT_FOUND,
+                                 "etcdserver: requested lease not found");
+                rv = -1;
+            } else if (p->value.len > gs->max_value) {
+                grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                                 "etcdserver: request is too large");
+                rv = -1;
+            }
+            e->ops[i].want = e->ops[i].want || p->prev_kv;
+            break;
+        }
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE: {
+            Etcdserverpb__DeleteRangeRequest *d = o->request_delete_range;
+            key = &d->key, end = &d->range_end;
+            e->ops[i].want = e->ops[i].want || d->prev_kv;
+            break;
+        }
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN:
+            grpc_stream_fail(st, GRPC_UNIMPLEMENTED,
+                             "etcdserver: nested transactions (request_txn) "
+                             "are not supported by PyazDB");
+            rv = -1;
+            break;
+        default:
+            grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                             "etcdserver: a txn operation is empty");
+            rv = -1;
+        }
+        if (rv < 0)
+            break;
+        if (!key_ok(st, key->len)) {
+            rv = -1;
+            break;
+        }
+        etcd_range_decode(key->data, key->len, end ? end->data : NULL,
+                          end ? end->len : 0, &rgs[i]);
+        switch (o->request_case) {
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE:
+            k->key = key->data, k->klen = key->len;
+            if (rgs[i].single) {
+                k->type = KV_TOP_GET;
+            } else {
+                k->type = KV_TOP_RANGE;
+                k->flags =
+                    (rgs[i].to_end ? KV_RANGE_TO_END : 0) |
+                    (o->request_range->count_only ? KV_RANGE_COUNT_ONLY : 0);
+                /* An empty range as [key, key). */
+                k->value = rgs[i].empty ? key->data : rgs[i].end;
+                k->vlen = rgs[i].empty ? key->len : rgs[i].elen;
+            }
+            break;
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT:
+            k->type = KV_TOP_PUT;
+            k->key = key->data, k->klen = key->len;
+            k->value = o->request_put->value.data;
+            k->vlen = o->request_put->value.len;
+            k->lease = (uint64_t)o->request_put->lease;
+            break;
+        default:
+            del_op(&rgs[i], k);
+            if (rgs[i].empty) { /* delete nothing: [key, key) */
+                k->type = KV_TOP_DELRANGE;
+                k->flags = 0;
+                k->value = key->data;
+                k->vlen = key->len;
+            }
+        }
+    }
+    /* etcd's rule: a put's key may appear in no other put and in no delete
+     * range of the same branch. etcd checks the delete's [key, range_end)
+     * as given, so a range_end "\0" (every key from key on) is an empty
+     * interval there and conflicts with nothing: so here too. */
+    for (size_t j = 0; j < n; j++)
+        if (rgs[j].to_end)
+            rgs[j].empty = true;
+    for (size_t i = 0; i < n && rv == 0; i++) {
+        if (out[i].type != KV_TOP_PUT)
+            continue;
+        for (size_t j = 0; j < n; j++) {
+            if (j == i || out[j].type == KV_TOP_GET ||
+                out[j].type == KV_TOP_RANGE ||
+                (out[j].type == KV_TOP_PUT && j < i))
+                continue;
+            if (etcd_range_overlap(&rgs[i], &rgs[j])) {
+                grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                                 "etcdserver: duplicate key given in txn "
+                                 "request");
+                rv = -1;
+                break;
+            }
+        }
+    }
+    pz_free(rgs);
+    return rv;
+}
+
+static void call_txn(struct gstream *st)
+{
+    Etcdserverpb__TxnRequest *q = (Etcdserverpb__TxnRequest *)etcd_unpack(
+        st, &etcdserverpb__txn_request__descriptor);
+    if (q == NULL)
+        return;
+    size_t nops = PZ_MAX(q->n_success, q->n_failure);
+    struct ekv *e = ekv_new(st, ETCD_TXN, &q->base, nops);
+    if (q->n_compare > KV_TXN_MAX || q->n_success > KV_TXN_MAX ||
+        q->n_failure > KV_TXN_MAX) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: too many operations in txn request");
+        return;
+    }
+    struct kv_cmp *cmps = pz_calloc(q->n_compare + 1, sizeof *cmps);
+    struct kv_op *succ = pz_calloc(q->n_success + 1, sizeof *succ);
+    struct kv_op *fail = pz_calloc(q->n_failure + 1, sizeof *fail);
+    int rv = 0;
+    for (size_t i = 0; i < q->n_compare && rv == 0; i++) {
+        Etcdserverpb__Compare *c = q->compare[i];
+        if (c->range_end.len) {
+            grpc_stream_fail(st, GRPC_UNIMPLEMENTED,
+                             "etcdserver: a compare with range_end is not "
+                             "supported by PyazDB");
+            rv = -1;
+            break;
+        }
+        if (!key_ok(st, c->key.len)) {
+            rv = -1;
+            break;
+        }
+        int tc = -1;
+        int64_t num = 0;
+        switch (c->target_union_case) {
+        case ETCDSERVERPB__COMPARE__TARGET_UNION_VERSION:
+            tc = ETCD_TGT_VERSION, num = c->version;
+            break;
+        case ETCDSERVERPB__COMPARE__TARGET_UNION_CREATE_REVISION:
+            tc = ETCD_TGT_CREATE, num = c->create_revision;
+            break;
+        case ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION:
+            tc = ETCD_TGT_MOD, num = c->mod_revision;
+            break;
+        case ETCDSERVERPB__COMPARE__TARGET_UNION_VALUE:
+            tc = ETCD_TGT_VALUE;
+            break;
+        case ETCDSERVERPB__COMPARE__TARGET_UNION_LEASE:
+            tc = ETCD_TGT_LEASE, num = c->lease;
+            break;
+        default:
+            break;
+        }
+        if (etcd_cmp_map(c->result, c->target, c->key.data, c->key.len, tc, num,
+                         c->value.data, c->value.len, &cmps[i]) < 0) {
+            grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                             "etcdserver: unknown compare result or target");
+            rv = -1;
+        }
+    }
+    if (rv == 0)
+        rv = map_ops(st, q->success, q->n_success, succ, e);
+    if (rv == 0)
+        rv = map_ops(st, q->failure, q->n_failure, fail, e);
+    if (rv == 0) {
+        struct pz_buf cmd;
+        pz_buf_init(&cmd);
+        rv = kv_encode_txn(&cmd, cmps, q->n_compare, succ, q->n_success, fail,
+                           q->n_failure);
+        if (rv < 0)
+            etcd_node_error(st, rv, true);
+        else
+            propose(st, e, &cmd);
+        pz_buf_free(&cmd);
+    }
+    pz_free(cmps);
+    pz_free(succ);
+    pz_free(fail);
+}
+
+static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
+                      bool succeeded)
+{
+    const Etcdserverpb__TxnRequest *q =
+        (const Etcdserverpb__TxnRequest *)e->req;
+    Etcdserverpb__RequestOp **ops = succeeded ? q->success : q->failure;
+    size_t n = succeeded ? q->n_success : q->n_failure;
+    Etcdserverpb__TxnResponse r = ETCDSERVERPB__TXN_RESPONSE__INIT;
+    Etcdserverpb__ResponseHeader h;
+    etcd_header(&h, rev, NULL);
+    r.header = &h;
+    r.succeeded = succeeded;
+    /* Nested answers carry a header with only the revision, as etcd's: the
+     * revision before the transaction until an operation writes, the
+     * transaction's from that one on. */
+    Etcdserverpb__ResponseHeader *rh = pz_calloc(n + 1, sizeof *rh);
+    uint64_t rev_before = rev - (e->wrote ? 1 : 0);
+    Etcdserverpb__ResponseOp *rops = pz_calloc(n + 1, sizeof *rops);
+    Etcdserverpb__ResponseOp **rpp = pz_calloc(n + 1, sizeof *rpp);
+    Etcdserverpb__RangeResponse *rr = pz_calloc(n + 1, sizeof *rr);
+    Etcdserverpb__PutResponse *pr = pz_calloc(n + 1, sizeof *pr);
+    Etcdserverpb__DeleteRangeResponse *dr = pz_calloc(n + 1, sizeof *dr);
+    Mvccpb__KeyValue **store = pz_calloc(n + 1, sizeof *store);
+    Mvccpb__KeyValue *prev = pz_calloc(n + 1, sizeof *prev);
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        Etcdserverpb__ResponseOp init = ETCDSERVERPB__RESPONSE_OP__INIT;
+        rops[i] = init;
+        rpp[i] = &rops[i];
+        struct eop *o = &e->ops[i];
+        Etcdserverpb__ResponseHeader hi = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+        rh[i] = hi;
+        rh[i].revision = (int64_t)(rev_before + (o->wrote ? 1 : 0));
+        switch (ops[i]->request_case) {
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE: {
+            Etcdserverpb__RangeResponse ri = ETCDSERVERPB__RANGE_RESPONSE__INIT;
+            rr[i] = ri;
+            rr[i].header = &rh[i];
+            /* range_build filters and sorts in place: on a copy, since
+             * the items own their bytes (freed once each). */
+            struct kv_view *v = pz_malloc((o->n + 1) * sizeof *v);
+            if (o->n)
+                memcpy(v, o->items, o->n * sizeof *v);
+            if (!range_build(ops[i]->request_range, v, o->n, o->count,
+                             e->max_bytes, &rr[i], &store[i]))
+                ok = false;
+            pz_free(v);
+            rops[i].response_case =
+                ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE;
+            rops[i].response_range = &rr[i];
+            break;
+        }
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT: {
+            Etcdserverpb__PutResponse pi = ETCDSERVERPB__PUT_RESPONSE__INIT;
+            pr[i] = pi;
+            pr[i].header = &rh[i];
+            if (ops[i]->request_put->prev_kv && o->n) {
+                fill_kv(&prev[i], o, 0);
+                pr[i].prev_kv = &prev[i];
+            }
+            rops[i].response_case =
+                ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_PUT;
+            rops[i].response_put = &pr[i];
+            break;
+        }
+        default: {
+            Etcdserverpb__DeleteRangeResponse di =
+                ETCDSERVERPB__DELETE_RANGE_RESPONSE__INIT;
+            dr[i] = di;
+            dr[i].header = &rh[i];
+            del_fill(ops[i]->request_delete_range, o, &dr[i], &store[i]);
+            rops[i].response_case =
+                ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE;
+            rops[i].response_delete_range = &dr[i];
+        }
+        }
+    }
+    r.responses = rpp;
+    r.n_responses = n;
+    if (ok)
+        etcd_reply(st, &r.base);
+    else
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the txn was applied at revision %llu, "
+                         "but its response is larger than grpc-max-message "
+                         "(%zu bytes)",
+                         (unsigned long long)rev, e->max_bytes);
+    for (size_t i = 0; i < n; i++) {
+        pz_free(store[i]);
+        pz_free(rr[i].kvs);
+        pz_free(dr[i].prev_kvs);
+    }
+    pz_free(store);
+    pz_free(rh);
+    pz_free(prev);
+    pz_free(rops);
+    pz_free(rpp);
+    pz_free(rr);
+    pz_free(pr);
+    pz_free(dr);
+}
+
+/* --- dispatch ------------------------------------------------------------ */
+
+void etcd_kv_call(struct gstream *st, int call)
+{
+    switch (call) {
+    case ETCD_RANGE: {
+        Etcdserverpb__RangeRequest *q =
+            (Etcdserverpb__RangeRequest *)etcd_unpack(
+                st, &etcdserverpb__range_request__descriptor);
+        if (q == NULL)
+            return;
+        ekv_new(st, ETCD_RANGE, &q->base, 0);
+        if (!key_ok(st, q->key.len))
+            return;
+        if ((int)q->sort_order < 0 || (int)q->sort_order > ETCD_SORT_DESCEND ||
+            (int)q->sort_target < 0 || (int)q->sort_target > ETCD_SORT_VALUE) {
+            grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                             "etcdserver: unknown sort order or target");
+            return;
+        }
+        start_read(st, q->serializable);
+        break;
+    }
+    case ETCD_PUT:
+        call_put(st);
+        break;
+    case ETCD_DELETE_RANGE:
+        call_delete_range(st);
+        break;
+    case ETCD_TXN:
+        call_txn(st);
+        break;
+    case ETCD_COMPACT: {
+        ProtobufCMessage *q =
+            etcd_unpack(st, &etcdserverpb__compaction_request__descriptor);
+        if (q == NULL)
+            return;
+        ekv_new(st, ETCD_COMPACT, q, 0);
+        start_read(st, false);
+        break;
+    }
+    default:
+        grpc_stream_fail(st, GRPC_UNIMPLEMENTED, "unknown etcd KV call");
+    }
+}

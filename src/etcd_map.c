@@ -1,0 +1,174 @@
+/* etcd_map.c - see etcd_map.h. */
+#include "etcd_map.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int bytes_cmp(const uint8_t *a, size_t alen, const uint8_t *b,
+                     size_t blen)
+{
+    size_t n = alen < blen ? alen : blen;
+    int c = n ? memcmp(a, b, n) : 0;
+    if (c != 0)
+        return c;
+    return alen < blen ? -1 : alen > blen ? 1 : 0;
+}
+
+int etcd_range_decode(const uint8_t *key, size_t klen, const uint8_t *end,
+                      size_t elen, struct etcd_range *out)
+{
+    memset(out, 0, sizeof *out);
+    if (klen == 0)
+        return PZ_EINVAL;
+    out->key = key;
+    out->klen = klen;
+    if (elen == 0) {
+        out->single = true;
+    } else if (elen == 1 && end[0] == 0) {
+        out->to_end = true;
+    } else {
+        out->end = end;
+        out->elen = elen;
+        out->empty = bytes_cmp(end, elen, key, klen) <= 0;
+    }
+    return 0;
+}
+
+bool etcd_range_has(const struct etcd_range *r, const uint8_t *key, size_t klen)
+{
+    int c = bytes_cmp(key, klen, r->key, r->klen);
+    if (r->single)
+        return c == 0;
+    if (c < 0 || r->empty)
+        return false;
+    return r->to_end || bytes_cmp(key, klen, r->end, r->elen) < 0;
+}
+
+bool etcd_range_overlap(const struct etcd_range *a, const struct etcd_range *b)
+{
+    if (a->empty || b->empty)
+        return false;
+    if (a->single)
+        return etcd_range_has(b, a->key, a->klen);
+    if (b->single)
+        return etcd_range_has(a, b->key, b->klen);
+    /* Two intervals [s, e): they meet when each starts before the other
+     * ends. */
+    bool a_before_b_end =
+        b->to_end || bytes_cmp(a->key, a->klen, b->end, b->elen) < 0;
+    bool b_before_a_end =
+        a->to_end || bytes_cmp(b->key, b->klen, a->end, a->elen) < 0;
+    return a_before_b_end && b_before_a_end;
+}
+
+int etcd_cmp_map(int result, int target, const uint8_t *key, size_t klen,
+                 int target_case, int64_t num, const uint8_t *value,
+                 size_t vlen, struct kv_cmp *c)
+{
+    static const int results[] = {[ETCD_CMP_EQUAL] = KV_CMP_EQ,
+                                  [ETCD_CMP_GREATER] = KV_CMP_GT,
+                                  [ETCD_CMP_LESS] = KV_CMP_LT,
+                                  [ETCD_CMP_NOT_EQUAL] = KV_CMP_NE};
+    static const int targets[] = {[ETCD_TGT_VERSION] = KV_CMP_VERSION,
+                                  [ETCD_TGT_CREATE] = KV_CMP_CREATE,
+                                  [ETCD_TGT_MOD] = KV_CMP_MOD,
+                                  [ETCD_TGT_VALUE] = KV_CMP_VALUE,
+                                  [ETCD_TGT_LEASE] = KV_CMP_LEASE};
+    memset(c, 0, sizeof *c);
+    if (result < 0 || result > ETCD_CMP_NOT_EQUAL || target < 0 ||
+        target > ETCD_TGT_LEASE)
+        return PZ_EINVAL;
+    c->result = results[result];
+    c->target = targets[target];
+    c->key = key;
+    c->klen = klen;
+    if (target == ETCD_TGT_VALUE) {
+        if (target_case == ETCD_TGT_VALUE) {
+            c->value = value;
+            c->vlen = vlen;
+        } else {
+            c->value = (const uint8_t *)"";
+        }
+        return 0;
+    }
+    if (target_case != target)
+        num = 0;
+    if (num >= 0) {
+        c->num = (uint64_t)num;
+    } else if (result == ETCD_CMP_GREATER || result == ETCD_CMP_NOT_EQUAL) {
+        c->result = KV_CMP_NE; /* always holds */
+        c->num = UINT64_MAX;
+    } else {
+        c->result = KV_CMP_LT; /* never holds */
+        c->num = 0;
+    }
+    return 0;
+}
+
+bool etcd_filter_keep(const struct etcd_filter *f, const struct kv_meta *m)
+{
+    int64_t mod = (int64_t)m->mod_revision, cre = (int64_t)m->create_revision;
+    if (f->min_mod > 0 && mod < f->min_mod)
+        return false;
+    if (f->max_mod > 0 && mod > f->max_mod)
+        return false;
+    if (f->min_create > 0 && cre < f->min_create)
+        return false;
+    if (f->max_create > 0 && cre > f->max_create)
+        return false;
+    return true;
+}
+
+int etcd_sort_order(int order, int target)
+{
+    if (order == ETCD_SORT_NONE && target != ETCD_SORT_KEY)
+        return ETCD_SORT_ASCEND;
+    if (order == ETCD_SORT_ASCEND && target == ETCD_SORT_KEY)
+        return ETCD_SORT_NONE; /* the table's order already */
+    return order;
+}
+
+static int field_cmp(const struct kv_view *a, const struct kv_view *b,
+                     int target)
+{
+    uint64_t x, y;
+    switch (target) {
+    case ETCD_SORT_VERSION:
+        x = a->meta.version, y = b->meta.version;
+        break;
+    case ETCD_SORT_CREATE:
+        x = a->meta.create_revision, y = b->meta.create_revision;
+        break;
+    case ETCD_SORT_MOD:
+        x = a->meta.mod_revision, y = b->meta.mod_revision;
+        break;
+    case ETCD_SORT_VALUE:
+        return bytes_cmp(a->value, a->vlen, b->value, b->vlen);
+    default:
+        return bytes_cmp(a->key, a->klen, b->key, b->klen);
+    }
+    return x < y ? -1 : x > y;
+}
+
+struct sort_ctx {
+    int order, target;
+};
+
+static int view_cmp(const void *pa, const void *pb, void *arg)
+{
+    const struct sort_ctx *s = arg;
+    const struct kv_view *a = pa, *b = pb;
+    int c = field_cmp(a, b, s->target);
+    if (s->order == ETCD_SORT_DESCEND)
+        c = -c;
+    if (c == 0) /* stable: keys ascending among equals */
+        c = bytes_cmp(a->key, a->klen, b->key, b->klen);
+    return c;
+}
+
+void etcd_sort_views(struct kv_view *v, size_t n, int order, int target)
+{
+    struct sort_ctx s = {order, target};
+    if (n > 1 && order != ETCD_SORT_NONE)
+        qsort_r(v, n, sizeof *v, view_cmp, &s);
+}

@@ -1,0 +1,95 @@
+/* etcd_map.h - pure pieces of PyazDB's etcd v3 API (etcd_kv.c): etcd's
+ * key range conventions, its comparisons mapped onto kv_cmp, the filters
+ * and sort orders of a Range. No I/O.
+ *
+ * Key ranges (RangeRequest, DeleteRangeRequest): an empty range_end names
+ * the one key `key`; range_end "\0" (one zero byte) names every key >= key;
+ * any other range_end names [key, range_end), empty when range_end <= key.
+ * etcd clients write a prefix p as [p, p+1) (the last byte not 0xff
+ * incremented, trailing 0xff bytes dropped) and "every key" as key "\0",
+ * range_end "\0". An empty key is refused ("etcdserver: key is not
+ * provided"), as etcd does.
+ *
+ * Comparisons: etcd's results EQUAL, GREATER, LESS, NOT_EQUAL and targets
+ * VERSION, CREATE, MOD, VALUE, LEASE map one to one onto kv_cmp's. etcd
+ * compares signed 64-bit numbers, kv_cmp unsigned ones; every number a key
+ * carries is >= 0, so a negative operand is rewritten to an unsigned
+ * comparison with the same outcome (x > -1 always holds: x != 2^64-1;
+ * x < -1 never does: x < 0). The operand is the oneof member matching the
+ * target; another member (or none) counts as 0 or the empty value, as in
+ * etcd. */
+#ifndef PZ_ETCD_MAP_H
+#define PZ_ETCD_MAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv.h"
+
+/* etcd's enum values (etcd_rpc.proto). */
+enum {
+    ETCD_CMP_EQUAL = 0,
+    ETCD_CMP_GREATER = 1,
+    ETCD_CMP_LESS = 2,
+    ETCD_CMP_NOT_EQUAL = 3
+};
+enum {
+    ETCD_TGT_VERSION = 0,
+    ETCD_TGT_CREATE = 1,
+    ETCD_TGT_MOD = 2,
+    ETCD_TGT_VALUE = 3,
+    ETCD_TGT_LEASE = 4
+};
+enum { ETCD_SORT_NONE = 0, ETCD_SORT_ASCEND = 1, ETCD_SORT_DESCEND = 2 };
+enum {
+    ETCD_SORT_KEY = 0,
+    ETCD_SORT_VERSION = 1,
+    ETCD_SORT_CREATE = 2,
+    ETCD_SORT_MOD = 3,
+    ETCD_SORT_VALUE = 4
+};
+
+/* A key range decoded from (key, range_end). */
+struct etcd_range {
+    const uint8_t *key; /* first key (borrowed) */
+    size_t klen;
+    const uint8_t *end; /* exclusive end unless single or to_end */
+    size_t elen;
+    bool single; /* just `key` */
+    bool to_end; /* every key >= key */
+    bool empty;  /* range_end <= key: no key can match */
+};
+
+/* Decode etcd's conventions. Returns 0, or PZ_EINVAL for an empty key. */
+int etcd_range_decode(const uint8_t *key, size_t klen, const uint8_t *end,
+                      size_t elen, struct etcd_range *out);
+/* True when the key lies in the range. */
+bool etcd_range_has(const struct etcd_range *r, const uint8_t *key,
+                    size_t klen);
+/* True when two ranges share a key. */
+bool etcd_range_overlap(const struct etcd_range *a, const struct etcd_range *b);
+
+/* Map one comparison onto c (key borrowed); target_case is the oneof
+ * member that is set (ETCD_TGT_*, or -1 when none), num its number or
+ * value/vlen its bytes. Returns 0, or PZ_EINVAL for an unknown result or
+ * target. */
+int etcd_cmp_map(int result, int target, const uint8_t *key, size_t klen,
+                 int target_case, int64_t num, const uint8_t *value,
+                 size_t vlen, struct kv_cmp *c);
+
+/* A Range's revision filters (0: no bound). */
+struct etcd_filter {
+    int64_t min_mod, max_mod, min_create, max_create;
+};
+bool etcd_filter_keep(const struct etcd_filter *f, const struct kv_meta *m);
+
+/* The order a Range's results come in: etcd sorts ascending by default
+ * when a target other than KEY is named, and keys come in ascending order
+ * from the table. Returns the effective ETCD_SORT_* order. */
+int etcd_sort_order(int order, int target);
+/* Sort n views by target in order (ASCEND or DESCEND; stable for equal
+ * fields: key order is kept). */
+void etcd_sort_views(struct kv_view *v, size_t n, int order, int target);
+
+#endif

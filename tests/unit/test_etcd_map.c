@@ -1,0 +1,196 @@
+/* test_etcd_map.c - etcd's key range conventions, comparisons mapped onto
+ * kv_cmp (checked by applying them to a real table), Range filters and
+ * sort orders. */
+#include <string.h>
+
+#include "etcd_map.h"
+#include "kv.h"
+#include "test.h"
+
+#define B(s) (const uint8_t *)(s), (sizeof(s) - 1)
+
+TEST(range_conventions)
+{
+    struct etcd_range r;
+    CHECK_EQ_INT(etcd_range_decode(B(""), NULL, 0, &r), PZ_EINVAL);
+    /* empty range_end: one key */
+    CHECK_EQ_INT(etcd_range_decode(B("a"), NULL, 0, &r), 0);
+    CHECK(r.single && !r.to_end && !r.empty);
+    CHECK(etcd_range_has(&r, B("a")));
+    CHECK(!etcd_range_has(&r, B("a0")));
+    /* "\0": every key from key on */
+    CHECK_EQ_INT(etcd_range_decode(B("b"), B("\0"), &r), 0);
+    CHECK(r.to_end && !r.single);
+    CHECK(!etcd_range_has(&r, B("a")));
+    CHECK(etcd_range_has(&r, B("b")));
+    CHECK(etcd_range_has(&r, B("\xff\xff")));
+    /* the whole key space as etcdctl writes it: key "\0", end "\0" */
+    CHECK_EQ_INT(etcd_range_decode(B("\0"), B("\0"), &r), 0);
+    CHECK(r.to_end && etcd_range_has(&r, B("\x01")));
+    /* a prefix as prefix+1 */
+    CHECK_EQ_INT(etcd_range_decode(B("ab"), B("ac"), &r), 0);
+    CHECK(!r.single && !r.to_end && !r.empty);
+    CHECK(etcd_range_has(&r, B("ab")));
+    CHECK(etcd_range_has(&r, B("ab\xff")));
+    CHECK(!etcd_range_has(&r, B("ac")));
+    CHECK(!etcd_range_has(&r, B("aa")));
+    /* prefix with the table's own rule agrees */
+    uint8_t end[8];
+    CHECK_EQ_INT(kv_prefix_end(B("a\xff"), end), 1);
+    CHECK_EQ_INT(end[0], 'b');
+    /* range_end <= key: empty */
+    CHECK_EQ_INT(etcd_range_decode(B("b"), B("a"), &r), 0);
+    CHECK(r.empty && !etcd_range_has(&r, B("b")));
+    CHECK_EQ_INT(etcd_range_decode(B("b"), B("b"), &r), 0);
+    CHECK(r.empty);
+}
+
+TEST(range_overlap)
+{
+    struct etcd_range a, b;
+    etcd_range_decode(B("k"), NULL, 0, &a);
+    etcd_range_decode(B("k"), NULL, 0, &b);
+    CHECK(etcd_range_overlap(&a, &b));
+    etcd_range_decode(B("j"), B("l"), &b);
+    CHECK(etcd_range_overlap(&a, &b) && etcd_range_overlap(&b, &a));
+    etcd_range_decode(B("a"), B("k"), &b); /* end exclusive */
+    CHECK(!etcd_range_overlap(&a, &b));
+    etcd_range_decode(B("k\x01"), B("\0"), &b);
+    CHECK(!etcd_range_overlap(&a, &b));
+    etcd_range_decode(B("a"), B("c"), &a);
+    etcd_range_decode(B("b"), B("\0"), &b);
+    CHECK(etcd_range_overlap(&a, &b));
+    etcd_range_decode(B("c"), B("\0"), &b);
+    CHECK(!etcd_range_overlap(&a, &b));
+    etcd_range_decode(B("z"), B("a"), &b); /* empty range */
+    CHECK(!etcd_range_overlap(&a, &b));
+}
+
+/* Apply one mapped comparison to a table holding k (version 2, value
+ * "v2"): 1 if it held, 0 if not, -1 if it could not be mapped or run. */
+static int holds(struct kv *kv, int result, int target, int tcase, int64_t num,
+                 const char *val, const char *key)
+{
+    struct kv_cmp c;
+    if (etcd_cmp_map(result, target, (const uint8_t *)key, strlen(key), tcase,
+                     num, (const uint8_t *)val, val ? strlen(val) : 0, &c) != 0)
+        return -1;
+    struct pz_buf cmd;
+    pz_buf_init(&cmd);
+    struct kv_result res;
+    int rv = kv_encode_txn(&cmd, &c, 1, NULL, 0, NULL, 0);
+    if (rv == 0)
+        rv = kv_apply(kv, (uint8_t *)cmd.data, cmd.len, &res);
+    pz_buf_free(&cmd);
+    return rv != 0 ? -1 : res.succeeded;
+}
+
+TEST(compare_mapping)
+{
+    struct kv *kv = kv_new();
+    kv_set(kv, B("k"), B("v1"));
+    kv_set(kv, B("k"), B("v2")); /* version 2 */
+    enum {
+        EQ = ETCD_CMP_EQUAL,
+        GT = ETCD_CMP_GREATER,
+        LT = ETCD_CMP_LESS,
+        NE = ETCD_CMP_NOT_EQUAL
+    };
+    int V = ETCD_TGT_VERSION, VAL = ETCD_TGT_VALUE;
+    CHECK(holds(kv, EQ, V, V, 2, NULL, "k") == 1);
+    CHECK(holds(kv, EQ, V, V, 1, NULL, "k") == 0);
+    CHECK(holds(kv, GT, V, V, 1, NULL, "k") == 1);
+    CHECK(holds(kv, GT, V, V, 2, NULL, "k") == 0);
+    CHECK(holds(kv, LT, V, V, 3, NULL, "k") == 1);
+    CHECK(holds(kv, NE, V, V, 3, NULL, "k") == 1);
+    /* negative operands: etcd compares signed numbers */
+    CHECK(holds(kv, GT, V, V, -1, NULL, "k") == 1);
+    CHECK(holds(kv, LT, V, V, -1, NULL, "k") == 0);
+    CHECK(holds(kv, EQ, V, V, -1, NULL, "k") == 0);
+    CHECK(holds(kv, NE, V, V, -1, NULL, "k") == 1);
+    CHECK(holds(kv, GT, V, V, -5, NULL, "absent") == 1);
+    /* an operand of another oneof member counts as 0 */
+    CHECK(holds(kv, GT, V, ETCD_TGT_MOD, 99, NULL, "k") == 1);
+    /* absent key: version/create 0, so create = 0 means "missing" */
+    CHECK(holds(kv, EQ, ETCD_TGT_CREATE, ETCD_TGT_CREATE, 0, NULL, "absent") ==
+          1);
+    CHECK(holds(kv, EQ, ETCD_TGT_CREATE, ETCD_TGT_CREATE, 0, NULL, "k") == 0);
+    /* values bytewise; never true for a missing key */
+    CHECK(holds(kv, EQ, VAL, VAL, 0, "v2", "k") == 1);
+    CHECK(holds(kv, GT, VAL, VAL, 0, "v1", "k") == 1);
+    CHECK(holds(kv, LT, VAL, VAL, 0, "v3", "k") == 1);
+    CHECK(holds(kv, NE, VAL, VAL, 0, "zz", "absent") == 0);
+    CHECK(holds(kv, NE, VAL, -1, 0, NULL, "k") == 1); /* no operand: "" */
+    /* mod and lease */
+    CHECK(holds(kv, EQ, ETCD_TGT_MOD, ETCD_TGT_MOD, 2, NULL, "k") == 1);
+    CHECK(holds(kv, EQ, ETCD_TGT_LEASE, ETCD_TGT_LEASE, 0, NULL, "k") == 1);
+    struct kv_cmp c;
+    CHECK_EQ_INT(etcd_cmp_map(4, V, B("k"), V, 0, NULL, 0, &c), PZ_EINVAL);
+    CHECK_EQ_INT(etcd_cmp_map(EQ, 5, B("k"), V, 0, NULL, 0, &c), PZ_EINVAL);
+    CHECK_EQ_INT(etcd_cmp_map(-1, V, B("k"), V, 0, NULL, 0, &c), PZ_EINVAL);
+    kv_free(kv);
+}
+
+static struct kv_view view(const char *k, const char *v, uint64_t cre,
+                           uint64_t mod, uint64_t ver)
+{
+    struct kv_view x = {(const uint8_t *)k,
+                        strlen(k),
+                        (const uint8_t *)v,
+                        strlen(v),
+                        {cre, mod, ver, 0}};
+    return x;
+}
+
+TEST(filters_and_sort)
+{
+    struct etcd_filter f = {0, 0, 0, 0};
+    struct kv_meta m = {3, 7, 2, 0};
+    CHECK(etcd_filter_keep(&f, &m));
+    f.min_mod = 8;
+    CHECK(!etcd_filter_keep(&f, &m));
+    f.min_mod = 7;
+    f.max_mod = 7;
+    CHECK(etcd_filter_keep(&f, &m));
+    f.max_create = 2;
+    CHECK(!etcd_filter_keep(&f, &m));
+    f.max_create = 0;
+    f.min_create = 4;
+    CHECK(!etcd_filter_keep(&f, &m));
+
+    CHECK_EQ_INT(etcd_sort_order(ETCD_SORT_NONE, ETCD_SORT_KEY),
+                 ETCD_SORT_NONE);
+    CHECK_EQ_INT(etcd_sort_order(ETCD_SORT_NONE, ETCD_SORT_MOD),
+                 ETCD_SORT_ASCEND);
+    CHECK_EQ_INT(etcd_sort_order(ETCD_SORT_ASCEND, ETCD_SORT_KEY),
+                 ETCD_SORT_NONE);
+    CHECK_EQ_INT(etcd_sort_order(ETCD_SORT_DESCEND, ETCD_SORT_KEY),
+                 ETCD_SORT_DESCEND);
+
+    struct kv_view v[4] = {view("a", "z", 1, 9, 1), view("b", "y", 2, 5, 3),
+                           view("c", "y", 3, 6, 2), view("d", "x", 4, 7, 1)};
+    etcd_sort_views(v, 4, ETCD_SORT_DESCEND, ETCD_SORT_KEY);
+    CHECK(v[0].key[0] == 'd' && v[3].key[0] == 'a');
+    etcd_sort_views(v, 4, ETCD_SORT_ASCEND, ETCD_SORT_MOD);
+    CHECK(v[0].key[0] == 'b' && v[1].key[0] == 'c' && v[2].key[0] == 'd' &&
+          v[3].key[0] == 'a');
+    /* equal values keep key order */
+    etcd_sort_views(v, 4, ETCD_SORT_ASCEND, ETCD_SORT_VALUE);
+    CHECK(v[0].key[0] == 'd' && v[1].key[0] == 'b' && v[2].key[0] == 'c' &&
+          v[3].key[0] == 'a');
+    etcd_sort_views(v, 4, ETCD_SORT_DESCEND, ETCD_SORT_VERSION);
+    CHECK(v[0].key[0] == 'b' && v[1].key[0] == 'c' && v[2].key[0] == 'a' &&
+          v[3].key[0] == 'd');
+    etcd_sort_views(v, 4, ETCD_SORT_DESCEND, ETCD_SORT_CREATE);
+    CHECK(v[0].key[0] == 'd' && v[3].key[0] == 'a');
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(range_conventions),
+    TEST_ENTRY(range_overlap),
+    TEST_ENTRY(compare_mapping),
+    TEST_ENTRY(filters_and_sort),
+    TEST_END,
+};
+
+const struct test_suite suite_etcd_map = {"etcd_map", cases};
