@@ -43,6 +43,7 @@ enum etcd_call {
     ETCD_SNAPSHOT,
     ETCD_MOVE_LEADER,
     ETCD_AUTH_STATUS,
+    ETCD_AUTHENTICATE,
     ETCD_AUTH_OTHER,
 };
 

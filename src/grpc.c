@@ -51,6 +51,7 @@
 #include "grpc_client.h"
 #include "grpc_frame.h"
 #include "grpc_pb.h"
+#include "http_parse.h"
 #include "kv.h"
 #include "log.h"
 #include "tls_setup.h"
@@ -132,7 +133,7 @@ static const struct method methods[] = {
     ETCD("Auth", "AuthStatus", ETCD_AUTH_STATUS),
     ETCD("Auth", "AuthEnable", ETCD_AUTH_OTHER),
     ETCD("Auth", "AuthDisable", ETCD_AUTH_OTHER),
-    ETCD("Auth", "Authenticate", ETCD_AUTH_OTHER),
+    ETCD("Auth", "Authenticate", ETCD_AUTHENTICATE),
 #undef ETCD
 };
 
@@ -160,6 +161,8 @@ struct gstream {
     bool post;              /* :method is POST */
     bool ctype_ok;          /* content-type is application/grpc... */
     bool was_forwarded;     /* pyazdb-forwarded header present */
+    char *cred;             /* credential sent: the X of "authorization:
+                               Bearer X" or of etcd's "token: X"; NULL */
     int timeout_state;      /* 0 none, 1 valid, -1 malformed */
     uint64_t timeout_ms;    /* grpc-timeout */
     struct grpc_reader rd;  /* request messages */
@@ -779,7 +782,14 @@ static void forward(struct gstream *st)
     }
     if (st->retry_until == 0)
         st->retry_until = uv_now(gs->loop) + gs->retry_window;
-    static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
+    /* The client's credential goes along: the leader checks it too. */
+    char bearer[8 + MAX_HEADER_BYTES];
+    const char *md[] = {"pyazdb-forwarded", "1", NULL, NULL, NULL};
+    if (st->cred) {
+        snprintf(bearer, sizeof bearer, "Bearer %s", st->cred);
+        md[2] = "authorization";
+        md[3] = bearer;
+    }
     /* The leader answers within request-timeout; one that does not is
      * broken, and the call must not wait on it for ever. */
     struct grpc_call_opts opts = {.metadata = md,
@@ -1540,6 +1550,13 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
             grpc_timeout_parse(v, valuelen, &st->timeout_ms) == 0 ? 1 : -1;
     } else if (name_is(name, namelen, "pyazdb-forwarded")) {
         st->was_forwarded = true;
+    } else if (name_is(name, namelen, "authorization") ||
+               name_is(name, namelen, "token")) {
+        size_t n = valuelen;
+        if (namelen == 13 && !http_bearer_value(&v, &n))
+            return 0; /* not a bearer credential: none */
+        pz_free(st->cred);
+        st->cred = pz_strndup(v, n);
     }
     return 0;
 }
@@ -1625,6 +1642,7 @@ static void stream_free(struct gstream *st)
         st->ext_free(st->ext);
     pz_buf_free(&st->out);
     pz_buf_free(&st->msg);
+    pz_free(st->cred);
     pz_queue_remove(&st->q);
     s->n_streams--;
     s->c->busy--;
@@ -1851,6 +1869,7 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->be = be ? be : &grpc_node_backend;
     gs->max_message = (size_t)cfg->grpc_max_message;
     gs->max_key = (size_t)cfg->max_key_size;
+    gs->cluster_token = cfg->cluster_token;
     gs->max_value = (size_t)cfg->max_value_size;
     gs->header_timeout = (uint64_t)cfg->client_header_timeout_ms;
     gs->body_timeout = (uint64_t)cfg->client_body_timeout_ms;
@@ -2047,6 +2066,15 @@ void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st))
         st->deferred = false;
         nghttp2_session_resume_data(st->s->ng, st->id);
     }
+}
+
+bool grpc_stream_token_ok(const struct gstream *st)
+{
+    const char *t = st->s->gs->cluster_token;
+    if (t == NULL || t[0] == '\0')
+        return true;
+    return st->cred != NULL &&
+           pz_token_equal(t, strlen(t), st->cred, strlen(st->cred));
 }
 
 void grpc_stream_forward(struct gstream *st)

@@ -364,17 +364,9 @@ bool httpd_bearer_ok(const struct http_req *req, const char *token)
     if (token == NULL || token[0] == '\0')
         return true;
     const char *h = http_req_header(req, "authorization");
-    if (h == NULL)
-        return false;
-    h += strspn(h, " \t");
-    if (strncasecmp(h, "bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
-        return false;
-    h += 6;
-    h += strspn(h, " \t");
-    size_t n = strlen(h);
-    while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
-        n--;
-    return pz_token_equal(token, strlen(token), h, n);
+    size_t n = h ? strlen(h) : 0;
+    return h != NULL && http_bearer_value(&h, &n) &&
+           pz_token_equal(token, strlen(token), h, n);
 }
 
 /* Hand the complete request in hc->p.req to the protocol. */
