@@ -166,15 +166,15 @@ MUTATIONS = [
       "        if ((!m->reject && m->from == 0) ||",
       RAFT, "a read index from a non-leader is trusted"),
     M("node_read_before_apply", "src/node.c",
-      "        if (r->index <= node.applied)\n            reqs_done(r, 0);",
-      "        if (r->index <= node.applied || r->index > 0)\n"
+      "        if (r->index <= nd->applied)\n            reqs_done(r, 0);",
+      "        if (r->index <= nd->applied || r->index > 0)\n"
       "            reqs_done(r, 0);",
       ["py:test_cluster.py::test_paused_leader_never_serves_stale_reads"],
       "a linearizable read answered before the read index is applied"),
     # --- persist before ack / vote (src/node.c, src/store.c) -------------
     M("node_ack_before_persist", "src/node.c",
-      "            node.store_busy = true;\n            return;",
-      "            node.store_busy = true;\n"
+      "            nd->store_busy = true;\n            return;",
+      "            nd->store_busy = true;\n"
       "            send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);\n"
       "            rd->n_msgs_after_persist = 0;\n"
       "            return;",
@@ -182,9 +182,9 @@ MUTATIONS = [
        "py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
       "acks and votes leave before the store write is durable"),
     M("node_vote_not_persisted", "src/node.c",
-      "        bool hs_needed = rd->hs_changed && (rd->hs.term != node.saved_term ||\n"
-      "                                            rd->hs.vote != node.saved_vote);",
-      "        bool hs_needed = rd->hs_changed && rd->hs.term != node.saved_term;",
+      "        bool hs_needed = rd->hs_changed && (rd->hs.term != nd->saved_term ||\n"
+      "                                            rd->hs.vote != nd->saved_vote);",
+      "        bool hs_needed = rd->hs_changed && rd->hs.term != nd->saved_term;",
       ["py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
       "a vote given in a term already on disk is not written before it goes"),
     {"name": "store_synchronous_normal",
@@ -223,9 +223,9 @@ MUTATIONS = [
       "    if (memcmp(t, SNAPSHOT_END_MAGIC, 1) != 0) {",
       ["unit:snapshot"], "a snapshot without its end marker is loaded"),
     M("snapshot_install_any_term", "src/node_snapshot.c",
-      "           (node.got_kv && m->snap_index == node.got_index &&\n"
-      "            m->snap_term == node.got_term);",
-      "           (node.got_kv && m->snap_index == node.got_index);",
+      "           (nd->got_kv && m->snap_index == nd->got_index &&\n"
+      "            m->snap_term == nd->got_term);",
+      "           (nd->got_kv && m->snap_index == nd->got_index);",
       ["py:test_hostile_peers.py::"
        "test_install_message_must_name_the_received_file"],
       "an INSTALL_SNAPSHOT is stepped with a file of another term"),
@@ -315,8 +315,8 @@ MUTATIONS = [
       "a transaction advances the revision once per change, not once"),
     # --- out of space (src/node.c) -------------------------------------
     M("nospace_alarm_ignored", "src/node.c",
-      "    if (node.alarm_disk)\n        return PZ_ENOSPC;",
-      "    if (node.alarm_disk && node.alarm_quota)\n        return PZ_ENOSPC;",
+      "    if (nd->alarm_disk)\n        return PZ_ENOSPC;",
+      "    if (nd->alarm_disk && nd->alarm_quota)\n        return PZ_ENOSPC;",
       ["py:test_nospace.py"],
       "writes are proposed on a node whose disk is full"),
     M("quota_ignored", "src/node.c",
