@@ -418,7 +418,15 @@ void snaps_on_peer_link(void *data, uint64_t id, bool connected)
  * file (the disk check of the next transfer must see the space again). */
 void snaps_got_drop(void)
 {
-    if (nd->got_kv) {
+    /* A local snapshot at the same point has the same path (the writer
+     * renamed its file over the received one): that file stays, or a
+     * crash after the log's compaction would leave no snapshot that
+     * covers the compacted prefix and the node could not start. */
+    bool local = (nd->got_index == nd->snap_index &&
+                  nd->got_term == nd->snap_term) ||
+                 (nd->got_index == nd->prev_snap_index &&
+                  nd->got_term == nd->prev_snap_term);
+    if (nd->got_kv && !local) {
         char path[SNAPSHOT_PATH_MAX];
         snapshot_path(nd->cfg->raft_data, nd->got_index, nd->got_term,
                       path, sizeof path);
