@@ -416,7 +416,29 @@ void snaps_on_peer_link(void *data, uint64_t id, bool connected)
 
 /* Forget a received snapshot awaiting its install: its table, and its
  * file (the disk check of the next transfer must see the space again). */
+/* The core took the INSTALL_SNAPSHOT of the file held (its snapshot
+ * point is that file's): the next Ready installs it (snaps_install),
+ * which needs the file and its table. Between the two, a tick (the leader
+ * moved) or a newer transfer completing must not drop them. */
+static bool got_install_pending(void)
+{
+    if (nd->got_kv == NULL || nd->raft == NULL)
+        return false;
+    struct raft_status rs;
+    raft_status(nd->raft, &rs);
+    return rs.snap_index == nd->got_index && rs.snap_term == nd->got_term;
+}
+
+static void got_free(void);
+
 void snaps_got_drop(void)
+{
+    if (got_install_pending())
+        return;
+    got_free();
+}
+
+static void got_free(void)
 {
     /* A local snapshot at the same point has the same path (the writer
      * renamed its file over the received one): that file stays, or a
@@ -470,8 +492,8 @@ const char *snaps_on_chunk(void *data, uint64_t from,
 {
     PZ_UNUSED(data);
     char err[SNAPSHOT_ERRMSG_SIZE];
-    if (!nd->open)
-        return NULL;
+    if (!nd->open || got_install_pending())
+        return NULL; /* a newer one waits: the leader sends it again */
     struct raft_status rs;
     raft_status(nd->raft, &rs);
     struct snapshot_rx_view v = {
@@ -767,7 +789,7 @@ void snaps_close(void)
 {
     NIO(snap_kill, &nd->snap_child);
     snaps_rx_abort();
-    snaps_got_drop();
+    got_free();
     while (nd->xfers)
         snaps_xfer_free(nd->xfers, false);
 }
