@@ -94,10 +94,8 @@ struct node_io {
                    size_t errlen);
     void (*tr_close)(void *data, void (*done)(void));
     void (*send)(void *data, const struct raft_msg *m);
-    int (*send_chunk)(void *data, uint64_t to,
-                      const struct raft_snap_chunk *c);
-    int (*peer_stats)(void *data, uint64_t id,
-                      struct transport_peer_stats *st);
+    int (*send_chunk)(void *data, uint64_t to, const struct raft_snap_chunk *c);
+    int (*peer_stats)(void *data, uint64_t id, struct transport_peer_stats *st);
     void (*tr_stats)(void *data, struct transport_stats *st);
     void (*set_peer)(void *data, uint64_t id, const char *addr);
     void (*remove_peer)(void *data, uint64_t id);
@@ -127,9 +125,8 @@ struct node_io {
     /* --- a member's HTTP API (httpc.h): GET path at addr, cb(res, arg)
      * once; NULL if it cannot start. http_free cancels (allowed from
      * cb). --- */
-    struct httpc *(*http_get)(void *data, const char *addr,
-                              const char *path, const char *log_name,
-                              httpc_cb cb, void *arg);
+    struct httpc *(*http_get)(void *data, const char *addr, const char *path,
+                              const char *log_name, httpc_cb cb, void *arg);
     void (*http_free)(void *data, struct httpc *c);
 };
 

@@ -126,22 +126,21 @@ static int uv_io_store_write(void *data, const struct raft_hard_state *hs,
                              node_io_done_cb cb)
 {
     PZ_UNUSED(data);
-    int rv = store_write(io.store, io.loop, hs, entries, n, on_store_done,
-                         NULL);
+    int rv =
+        store_write(io.store, io.loop, hs, entries, n, on_store_done, NULL);
     if (rv == 0)
         io.store_cb = cb;
     return rv;
 }
 
-static int uv_io_store_write_install(void *data, uint64_t index,
-                                     uint64_t term,
+static int uv_io_store_write_install(void *data, uint64_t index, uint64_t term,
                                      const struct raft_hard_state *hs,
-                                     const struct raft_entry *entries,
-                                     size_t n, node_io_done_cb cb)
+                                     const struct raft_entry *entries, size_t n,
+                                     node_io_done_cb cb)
 {
     PZ_UNUSED(data);
-    int rv = store_write_install(io.store, io.loop, index, term, hs, entries,
-                                 n, on_store_done, NULL);
+    int rv = store_write_install(io.store, io.loop, index, term, hs, entries, n,
+                                 on_store_done, NULL);
     if (rv == 0)
         io.store_cb = cb;
     return rv;
@@ -267,10 +266,9 @@ static void uv_io_probe(void *data, uint64_t id)
 /* --- snapshot writer ------------------------------------------------------ */
 
 static int uv_io_snap_write(void *data, const char *dir, const struct kv *kv,
-                            uint64_t index, uint64_t term,
-                            const uint8_t *conf, size_t conf_len,
-                            struct snapshot_child *c, char *err,
-                            size_t errlen)
+                            uint64_t index, uint64_t term, const uint8_t *conf,
+                            size_t conf_len, struct snapshot_child *c,
+                            char *err, size_t errlen)
 {
     PZ_UNUSED(data);
     return snapshot_write_fork(dir, kv, index, term, conf, conf_len, c, err,
@@ -329,8 +327,7 @@ static uint64_t uv_io_mandi_post_join(void *data, const struct mandi_join *j,
     return mandi_post_join(io.mandi, j, cb, arg);
 }
 
-static uint64_t uv_io_mandi_get_joins(void *data, mandi_client_cb cb,
-                                      void *arg)
+static uint64_t uv_io_mandi_get_joins(void *data, mandi_client_cb cb, void *arg)
 {
     PZ_UNUSED(data);
     return mandi_get_joins(io.mandi, cb, arg);
