@@ -26,7 +26,8 @@
  * sees every write acknowledged before it started; at the end every
  * acknowledged write is on every member with the same value and
  * revision, revisions follow acknowledgement order (a write acked before
- * another was proposed has the lower one), digests and revisions agree,
+ * another was proposed has the lower one), no two nodes applied different
+ * entries at one index (checked as they apply), digests and revisions agree,
  * the joiner votes, the removed node is out and stopped. Snapshot
  * installs are counted and must occur.
  *
@@ -92,6 +93,7 @@ struct ns_node {
     uint64_t next_tick, tick_ms;
     void (*tick_cb)(void);
     uint64_t restart_at; /* down: when it comes back (0: never) */
+    uint64_t checked;    /* applied entries compared up to here */
 };
 
 struct ns_msg {
@@ -138,7 +140,7 @@ static struct {
     size_t njoins;
     /* faults */
     unsigned loss_pct;
-    bool calm; /* no loss, no crashes: the end */
+    bool calm;        /* no loss, no crashes: the end */
     int cut;          /* a node cut off from the others, -1: none */
     uint64_t cut_end; /* until then */
     /* the client */
@@ -153,6 +155,9 @@ static struct {
     /* leaders by term */
     uint64_t *leader_of;
     size_t nterms;
+    /* the term of the entry applied at each index, as first seen */
+    uint64_t *applied_term;
+    size_t napplied;
     char failed[512];
     /* figures */
     unsigned installs, crashes, cuts, leaders, powerloss;
@@ -221,8 +226,7 @@ static void st_truncate_from(struct ns_store *st, uint64_t index)
     }
 }
 
-static void st_append(struct ns_store *st, const struct raft_entry *e,
-                      size_t n)
+static void st_append(struct ns_store *st, const struct raft_entry *e, size_t n)
 {
     if (n == 0)
         return;
@@ -283,8 +287,7 @@ static void st_job_free(struct ns_store *st)
     st->cb = NULL;
 }
 
-static int io_store_open(void *data, const char *dir, char *err,
-                         size_t errlen)
+static int io_store_open(void *data, const char *dir, char *err, size_t errlen)
 {
     PZ_UNUSED(data);
     PZ_UNUSED(dir);
@@ -336,8 +339,8 @@ static void io_store_meta_get(void *data, struct store_meta *meta)
     *meta = ((struct ns_node *)data)->st.meta;
 }
 
-static int io_store_meta_set(void *data, uint64_t cluster_id,
-                             uint64_t node_id, const char *node_name)
+static int io_store_meta_set(void *data, uint64_t cluster_id, uint64_t node_id,
+                             const char *node_name)
 {
     struct store_meta *m = &((struct ns_node *)data)->st.meta;
     if ((cluster_id && m->cluster_id && m->cluster_id != cluster_id) ||
@@ -363,18 +366,16 @@ static int io_store_meta_set_incarnation(void *data, uint64_t inc)
 
 static int st_submit(struct ns_node *s, int job,
                      const struct raft_hard_state *hs,
-                     const struct raft_entry *e, size_t n,
-                     node_io_done_cb cb)
+                     const struct raft_entry *e, size_t n, node_io_done_cb cb)
 {
     struct ns_store *st = &s->st;
     if (st->job)
         return ns_fail("%s: a store job while one is in flight", s->name);
-    if (n && job == 1 && (e[0].index < st_first(st) ||
-                          e[0].index > st_first(st) + st->n))
+    if (n && job == 1 &&
+        (e[0].index < st_first(st) || e[0].index > st_first(st) + st->n))
         return ns_fail("%s: write at %" PRIu64 " outside the log [%" PRIu64
                        ", %" PRIu64 "]",
-                       s->name, e[0].index, st_first(st),
-                       st_first(st) + st->n);
+                       s->name, e[0].index, st_first(st), st_first(st) + st->n);
     st->job = job;
     st->job_hs = hs != NULL;
     if (hs)
@@ -406,8 +407,8 @@ static int io_store_write_install(void *data, uint64_t index, uint64_t term,
     return rv;
 }
 
-static int io_store_compact_step(void *data, uint64_t upto,
-                                 uint64_t max_rows, node_io_done_cb cb)
+static int io_store_compact_step(void *data, uint64_t upto, uint64_t max_rows,
+                                 node_io_done_cb cb)
 {
     struct ns_node *s = data;
     if (upto <= s->st.meta.snap_index || s->st.n == 0)
@@ -470,8 +471,8 @@ static void queue_frame(struct ns_node *from, struct ns_node *to,
     pz_buf_free(b);
 }
 
-static int io_tr_open(void *data, const struct transport_config *tc,
-                      char *err, size_t errlen)
+static int io_tr_open(void *data, const struct transport_config *tc, char *err,
+                      size_t errlen)
 {
     PZ_UNUSED(err);
     PZ_UNUSED(errlen);
@@ -567,8 +568,8 @@ static bool handshake(struct ns_node *from, struct ns_node *to)
         to->tc.on_cluster_id(nd, from_cluster);
     uint64_t ci = 0, ct = 0;
     int kind = to->tc.check_peer
-                   ? to->tc.check_peer(nd, members_name_to_id(from->name),
-                                       inc, since, &ci, &ct)
+                   ? to->tc.check_peer(nd, members_name_to_id(from->name), inc,
+                                       since, &ci, &ct)
                    : TRANSPORT_PEER_MEMBER;
     if (kind == TRANSPORT_PEER_REMOVED) {
         use(from);
@@ -582,8 +583,7 @@ static bool handshake(struct ns_node *from, struct ns_node *to)
 static void deliver(struct ns_msg *m)
 {
     struct ns_node *from = &W.nodes[m->from], *to = &W.nodes[m->to];
-    if (to->n == NULL || from->n == NULL || !handshake(from, to) ||
-        m->len == 0)
+    if (to->n == NULL || from->n == NULL || !handshake(from, to) || m->len == 0)
         return;
     struct raft_decoded d;
     if (raft_codec_decode(m->buf + 4, m->len - 4, &d) < 0) {
@@ -670,8 +670,7 @@ static void io_mandi_close(void *data)
     PZ_UNUSED(data);
 }
 
-static uint64_t mandi_job(void *data, int kind, mandi_client_cb cb,
-                          void *arg)
+static uint64_t mandi_job(void *data, int kind, mandi_client_cb cb, void *arg)
 {
     if (W.nmjobs == PZ_ARRAY_SIZE(W.mjobs))
         return 0;
@@ -724,9 +723,8 @@ static void mandi_complete(struct ns_mandi_job *j)
     struct ns_node *s = &W.nodes[j->node];
     if (s->n == NULL)
         return; /* the client went with its process */
-    struct mandi_result res = {.err = 0,
-                               .http_status = j->kind == 1 ? 200 : 204,
-                               .message = ""};
+    struct mandi_result res = {
+        .err = 0, .http_status = j->kind == 1 ? 200 : 204, .message = ""};
     if (j->kind == 1) {
         res.joins = W.joins;
         res.n_joins = W.njoins;
@@ -735,9 +733,8 @@ static void mandi_complete(struct ns_mandi_job *j)
     j->cb(&res, j->arg);
 }
 
-static struct httpc *io_http_get(void *data, const char *addr,
-                                 const char *path, const char *log_name,
-                                 httpc_cb cb, void *arg)
+static struct httpc *io_http_get(void *data, const char *addr, const char *path,
+                                 const char *log_name, httpc_cb cb, void *arg)
 {
     PZ_UNUSED(data);
     PZ_UNUSED(addr);
@@ -794,7 +791,8 @@ static const struct node_io ns_io = {
     .http_free = io_http_free,
 };
 
-/* --- nodes: start, crash --------------------------------------------------- */
+/* --- nodes: start, crash ---------------------------------------------------
+ */
 
 static void on_stop(const char *why)
 {
@@ -957,7 +955,8 @@ static void node_free_all(struct ns_node *s)
     cfg_free(&s->cfg);
 }
 
-/* --- the client ------------------------------------------------------------ */
+/* --- the client ------------------------------------------------------------
+ */
 
 static void on_write(struct node_req *req, int status)
 {
@@ -994,7 +993,8 @@ static void client_write(void)
         w->key = key;
         w->node = s->i;
         w->live = true;
-        int rv = node_propose(&w->req, (const uint8_t *)cmd.data, cmd.len, on_write);
+        int rv =
+            node_propose(&w->req, (const uint8_t *)cmd.data, cmd.len, on_write);
         pz_buf_free(&cmd);
         if (rv < 0) {
             pz_free(w);
@@ -1007,7 +1007,8 @@ static void client_write(void)
     }
 }
 
-/* --- the loop ---------------------------------------------------------------- */
+/* --- the loop ----------------------------------------------------------------
+ */
 
 static void check_leaders(void)
 {
@@ -1035,6 +1036,34 @@ static void check_leaders(void)
     }
 }
 
+/* State machine safety: every node applies the same entry (same term)
+ * at an index. Entries compacted before they were looked at are
+ * skipped. */
+static void check_applied(struct ns_node *s)
+{
+    if (nd->applied < s->checked)
+        s->checked = 0; /* restarted: from the log it has again */
+    for (uint64_t i = s->checked + 1; i <= nd->applied; i++) {
+        const struct raft_entry *e = raft_log_get(nd->raft, i);
+        if (e == NULL)
+            continue;
+        if (i >= W.napplied) {
+            size_t n = i * 2 + 64;
+            W.applied_term =
+                pz_realloc(W.applied_term, n * sizeof *W.applied_term);
+            memset(W.applied_term + W.napplied, 0,
+                   (n - W.napplied) * sizeof *W.applied_term);
+            W.napplied = n;
+        }
+        if (W.applied_term[i] && W.applied_term[i] != e->term)
+            ns_fail("%s applied entry %" PRIu64 " of term %" PRIu64
+                    ", another node one of term %" PRIu64,
+                    s->name, i, e->term, W.applied_term[i]);
+        W.applied_term[i] = e->term;
+    }
+    s->checked = nd->applied;
+}
+
 static void settle_nodes(void)
 {
     for (int round = 0; round < 4; round++) {
@@ -1045,6 +1074,7 @@ static void settle_nodes(void)
                 continue;
             use(s);
             node_before_sleep();
+            check_applied(s);
             work = work || node_has_work();
         }
         if (!work)
@@ -1185,12 +1215,11 @@ static void on_removed_done(struct node_req *req, int status)
 static void try_remove(int victim)
 {
     struct ns_node *l = leader();
-    if (l == NULL || remove_status == 0 ||
-        remove_req.queued)
+    if (l == NULL || remove_status == 0 || remove_req.queued)
         return;
     use(l);
-    if (node_remove_member(&remove_req, W.nodes[victim].name,
-                           on_removed_done) < 0)
+    if (node_remove_member(&remove_req, W.nodes[victim].name, on_removed_done) <
+        0)
         return;
 }
 
@@ -1314,9 +1343,9 @@ static int run_seed(uint64_t seed)
             struct ns_node *l = leader();
             if (l) {
                 use(l);
-                const struct raft_server *j = raft_conf_get(
-                    raft_conf_current(nd->raft, NULL),
-                    members_name_to_id(W.nodes[joiner].name));
+                const struct raft_server *j =
+                    raft_conf_get(raft_conf_current(nd->raft, NULL),
+                                  members_name_to_id(W.nodes[joiner].name));
                 if (j && j->voter)
                     try_remove(victim);
             }
@@ -1338,15 +1367,27 @@ static int run_seed(uint64_t seed)
         }
         chaos();
         step();
-        if (W.calm && W.nodes[victim].gone && W.now % 100 == 0 &&
-            converged()) {
+        if (W.calm && W.nodes[victim].gone && W.now % 100 == 0 && converged()) {
             check_final(victim, joiner);
             break;
         }
     }
-    if (!W.failed[0] && W.now >= end)
-        ns_fail("did not converge (victim %s gone: %d)", W.nodes[victim].name,
-                W.nodes[victim].gone);
+    if (!W.failed[0] && W.now >= end) {
+        char st[256] = "";
+        for (int i = 0; i < W.count; i++) {
+            struct ns_node *s = &W.nodes[i];
+            if (s->n == NULL)
+                continue;
+            use(s);
+            struct raft_status rs;
+            raft_status(nd->raft, &rs);
+            snprintf(st + strlen(st), sizeof st - strlen(st),
+                     " %s:%s/t%" PRIu64 "/c%" PRIu64 "/a%" PRIu64, s->name,
+                     raft_role_name(rs.role), rs.term, rs.commit, nd->applied);
+        }
+        ns_fail("did not converge (removed %s stopped: %d;%s)",
+                W.nodes[victim].name, W.nodes[victim].gone, st);
+    }
     W.total_installs = W.installs;
     for (int i = 0; i < W.count; i++)
         node_free_all(&W.nodes[i]);
@@ -1356,6 +1397,7 @@ static int run_seed(uint64_t seed)
         pz_free(W.msgs[i].buf);
     pz_free(W.msgs);
     pz_free(W.leader_of);
+    pz_free(W.applied_term);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
     if (system(cmd) != 0)
@@ -1384,14 +1426,26 @@ static int run_seeds(uint64_t first, uint64_t n, bool verbose,
                     "reads, %u "
                     "crashes, %u power losses, %u cuts, %u leaders, %u "
                     "installs, t=%" PRIu64 " ms)\n",
-                    s, W.count, W.nacked, W.nreads, W.crashes, W.powerloss, W.cuts,
-                    W.leaders, W.installs, W.now);
+                    s, W.count, W.nacked, W.nreads, W.crashes, W.powerloss,
+                    W.cuts, W.leaders, W.installs, W.now);
         }
     }
     return failures;
 }
 
 #ifdef NODE_SIM_MAIN
+static bool running;
+
+/* A fail-stop inside the driver (core_fatal exits): say which seed. */
+static void on_exit_report(void)
+{
+    if (running)
+        fprintf(stderr,
+                "node-sim: the process exited during seed %" PRIu64
+                ": rerun with NODE_SIM_SEED=%" PRIu64 "\n",
+                W.seed, W.seed);
+}
+
 static uint64_t env_u64(const char *name, uint64_t dflt)
 {
     const char *v = getenv(name);
@@ -1406,13 +1460,16 @@ int main(void)
     uint64_t first = env_u64("NODE_SIM_SEED", 1);
     uint64_t n = getenv("NODE_SIM_SEED") ? 1 : env_u64("NODE_SIM_SEEDS", 150);
     struct timespec a, b;
+    atexit(on_exit_report);
+    running = true;
     clock_gettime(CLOCK_MONOTONIC, &a);
     uint64_t installs;
     unsigned acked;
     int failures = run_seeds(first, n, verbose, &installs, &acked);
     clock_gettime(CLOCK_MONOTONIC, &b);
-    double secs = (double)(b.tv_sec - a.tv_sec) +
-                  (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    running = false;
+    double secs =
+        (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
     printf("node-sim: %" PRIu64 " seeds from %" PRIu64 ", %d failed, %u "
            "writes acknowledged, %" PRIu64 " snapshot installs, %.2f s "
            "(%.1f seeds/s)\n",
