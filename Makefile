@@ -67,7 +67,7 @@ NET_SRC = src/conn.c src/tls.c src/httpc.c src/grpc_client.c src/stats.c
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
              src/node_metrics.c src/http_watch.c src/node_lease.c \
-             src/node_io_uv.c \
+             src/node_io_uv.c src/node_nospace.c src/node_status.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/etcd_kv.c src/etcd_cluster.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \

@@ -1,7 +1,8 @@
 /* node.c - the node: the only place the Raft core meets I/O and time.
  *
- * Owns the state machine (kv), the Raft core, the log store and the peer
- * transport, one tick timer, and every client request waiting on them.
+ * Owns the state machine (kv), the Raft core, and every client request
+ * waiting on them; reaches the log store, the peer transport and the tick
+ * timer through its I/O table (node_io.h).
  *
  * Happy path, once per loop turn from the prepare hook (node_before_sleep),
  * the Ready cycle (docs/DESIGN.md, "The life of a write"):
@@ -17,8 +18,8 @@
  *      acknowledgements), raft_advance, and start over.
  * Failure modes: a failed log write is fatal (fail-stop: log it and exit,
  * never go on with state that is not on disk), except for lack of space
- * (see "out of space" below: the Ready is written again until it fits,
- * and client writes are refused meanwhile). A request whose entry is
+ * (node_nospace.c: the Ready is written again until it fits, and client
+ * writes are refused meanwhile). A request whose entry is
  * overwritten by another leader fails with PZ_ELEADERCHANGE; one that waits
  * longer than request-timeout fails with PZ_ETIMEDOUT (a write may still be
  * applied later). A database that fails its checks at start stops the
@@ -30,8 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "httpc.h"
-#include "json.h"
 #include "log.h"
 #include "node_internal.h"
 #include "node_lease.h"
@@ -100,7 +99,6 @@ static int restore(char *err, size_t errlen);
 static void on_transport_closed(void);
 static void on_tick_closed(void);
 static int write_ready(void);
-static bool frozen(void);
 
 /* --- applying committed entries ------------------------------------------ */
 
@@ -179,267 +177,6 @@ static int read_start(struct node_req *req)
     if (rv == 0)
         reqs_link(&nd->reads, req);
     return rv;
-}
-
-/* --- out of space -----------------------------------------------------------
- * A log write that fails for lack of space (PZ_ENOSPC from the store:
- * SQLite rolled it back whole) is not fatal. The Ready stays owed: it is
- * written again every NOSPACE_RETRY_MS and the core is not advanced
- * before it is durable, exactly as with a very slow disk, so no entry is
- * acknowledged to a peer, counted by a leader for itself, or applied here
- * before it is stored. Meanwhile:
- *  - the NOSPACE alarm is raised (/status "alarms", node_health), client
- *    writes are refused with PZ_ENOSPC (HTTP 507, gRPC RESOURCE_EXHAUSTED)
- *    and stale reads go on from the state machine;
- *  - a leader hands its leadership to the most up-to-date voter, which can
- *    store what this node cannot;
- *  - a node that does not lead is frozen, as if paused (SIGSTOP): no
- *    ticks, peer messages dropped, so nothing piles up in memory while the
- *    disk stays full; the leader sees it stop answering (its match_index
- *    and last_contact_ms in the leader's /status).
- * A compaction step that fails the same way is tried again later. The
- * first write that succeeds clears the alarm and the node goes on.
- *
- * quota-backend-bytes (when not 0) raises the same alarm when the state
- * machine's keys and values reach it, before the disk fills: a SET that
- * would pass it is refused, and while it is raised only deletes are
- * accepted; it clears once deletes bring the data to 90% of the quota. */
-
-#define NOSPACE_RETRY_MS 1000
-
-/* Out of space with a Ready owed and not the leader: frozen (above). */
-static bool frozen(void)
-{
-    if (!nd->ready_owed)
-        return false;
-    struct raft_status rs;
-    raft_status(nd->raft, &rs);
-    return rs.role != RAFT_LEADER;
-}
-
-static void set_alarm_reason(void)
-{
-    if (nd->alarm_disk)
-        return; /* keeps the store's message */
-    if (nd->alarm_quota) {
-        snprintf(nd->alarm_reason, sizeof nd->alarm_reason,
-                 "the data (%zu bytes of keys and values) reached "
-                 "quota-backend-bytes (%lld): only deletes are accepted",
-                 kv_bytes(nd->kv),
-                 (long long)nd->cfg->quota_backend_bytes);
-    } else {
-        nd->alarm_reason[0] = '\0';
-    }
-}
-
-void core_nospace(const char *errmsg)
-{
-    if (!nd->alarm_disk)
-        pz_error("no space left on device: %s; refusing writes, retrying "
-                 "every %d ms",
-                 errmsg, NOSPACE_RETRY_MS);
-    nd->alarm_disk = true;
-    snprintf(nd->alarm_reason, sizeof nd->alarm_reason, "%s", errmsg);
-}
-
-void core_space_back(void)
-{
-    if (!nd->alarm_disk)
-        return;
-    nd->alarm_disk = false;
-    pz_info("the disk has room again: the Raft log is written, writes are "
-            "accepted");
-    set_alarm_reason();
-}
-
-/* --- what silent voters say: a leader asks a voter it has not heard from
- * for an election timeout for its GET /status (HTTP still answers when
- * its core is frozen), at most every PALARM_ASK_MS, and shows the NOSPACE
- * alarm it reports next to it in its own /status. */
-
-#define PALARM_ASK_MS 3000
-
-static struct peer_alarm *palarm_get(uint64_t id)
-{
-    for (size_t i = 0; i < nd->n_palarms; i++)
-        if (nd->palarms[i].id == id)
-            return &nd->palarms[i];
-    return NULL;
-}
-
-static void palarm_answer(const struct httpc_result *res, void *data)
-{
-    uint64_t id = (uint64_t)(uintptr_t)data;
-    struct peer_alarm *p = palarm_get(id);
-    if (p == NULL || p->c == NULL)
-        return;
-    NIO(http_free, p->c); /* allowed from its own callback */
-    p->c = NULL;
-    p->nospace = false;
-    p->reason[0] = '\0';
-    struct json_val root, v, e;
-    if (res->err != 0 || res->status != 200 ||
-        json_parse(res->body, res->blen, &root) < 0 ||
-        !json_get(&root, "alarms", &v) || v.type != JSON_ARRAY)
-        return;
-    struct json_iter it;
-    json_iter_init(&it, &v);
-    while (json_iter_next(&it, NULL, &e))
-        if (e.type == JSON_STRING && json_str_is(&e, "NOSPACE", 7))
-            p->nospace = true;
-    if (p->nospace && json_get(&root, "alarm_reason", &v) &&
-        v.type == JSON_STRING) {
-        size_t len;
-        char *r = json_strdup(&v, &len);
-        snprintf(p->reason, sizeof p->reason, "%s", r);
-        for (char *c = p->reason; *c; c++)
-            if ((unsigned char)*c < 0x20)
-                *c = ' '; /* one line, whatever it sent */
-        pz_free(r);
-    }
-    if (p->nospace) {
-        struct member *m = members_find(id);
-        pz_warn("member %s is out of space: %s",
-                m && m->name[0] ? m->name : "(unknown)", p->reason);
-    }
-}
-
-/* Forget every record (not leading any more, closing). */
-static void palarm_clear(void)
-{
-    for (size_t i = 0; i < nd->n_palarms; i++) {
-        struct httpc *c = nd->palarms[i].c;
-        nd->palarms[i].c = NULL; /* its callback finds nothing to do */
-        if (c)
-            NIO(http_free, c);
-    }
-    pz_free(nd->palarms);
-    nd->palarms = NULL;
-    nd->n_palarms = 0;
-}
-
-static void palarm_cron(const struct raft_status *rs)
-{
-    if (rs->role != RAFT_LEADER) {
-        if (nd->n_palarms)
-            palarm_clear();
-        return;
-    }
-    uint64_t now = NIO(now);
-    uint64_t silent_ms = (uint64_t)nd->cfg->election_timeout_ms;
-    for (size_t i = 0; i < rs->n_peers; i++) {
-        const struct raft_peer_status *ps = &rs->peers[i];
-        struct peer_alarm *p = palarm_get(ps->id);
-        if (ps->last_contact * nd->tick_ms < silent_ms) {
-            if (p)
-                p->nospace = false; /* it answers again */
-            continue;
-        }
-        struct member *m = members_find(ps->id);
-        if (m == NULL || !ps->voter || m->http[0] == '\0')
-            continue;
-        if (p == NULL) {
-            nd->palarms = pz_realloc(nd->palarms, (nd->n_palarms + 1) *
-                                                        sizeof *nd->palarms);
-            p = &nd->palarms[nd->n_palarms++];
-            memset(p, 0, sizeof *p);
-            p->id = ps->id;
-        } else if (p->c != NULL || now < p->asked_at + PALARM_ASK_MS) {
-            continue;
-        }
-        p->asked_at = now;
-        p->c = NIO(http_get, m->http, "/status", m->name, palarm_answer,
-                   (void *)(uintptr_t)ps->id);
-    }
-}
-
-/* Once a second: the quota alarm follows the data; a leader out of space
- * hands its leadership on; a leader asks silent voters why. */
-static void nospace_cron(void)
-{
-    int64_t quota = nd->cfg->quota_backend_bytes;
-    size_t bytes = kv_bytes(nd->kv);
-    if (quota > 0 && !nd->alarm_quota && bytes >= (uint64_t)quota) {
-        nd->alarm_quota = true;
-        set_alarm_reason();
-        pz_warn("NOSPACE alarm: %s", nd->alarm_reason);
-    } else if (nd->alarm_quota &&
-               (quota <= 0 || bytes <= (uint64_t)quota / 10 * 9)) {
-        nd->alarm_quota = false;
-        set_alarm_reason();
-        pz_info("NOSPACE alarm cleared: the data (%zu bytes) is back under "
-                "quota-backend-bytes",
-                bytes);
-    }
-    struct raft_status rs;
-    raft_status(nd->raft, &rs);
-    palarm_cron(&rs);
-    if (!nd->ready_owed || rs.role != RAFT_LEADER || rs.transferee != 0)
-        return;
-    uint64_t best = 0, best_match = 0;
-    for (size_t i = 0; i < rs.n_peers; i++) {
-        if (rs.peers[i].voter && rs.peers[i].match >= best_match &&
-            rs.peers[i].match > 0) {
-            best = rs.peers[i].id;
-            best_match = rs.peers[i].match;
-        }
-    }
-    if (best == 0)
-        return;
-    struct member *m = members_find(best);
-    if (raft_transfer_leader(nd->raft, best) == 0)
-        pz_warn("out of space: handing leadership to %s",
-                m && m->name[0] ? m->name : "(unknown)");
-}
-
-/* PZ_ENOSPC if the write cmd may not be proposed now (above). */
-/* Key and value bytes of every put in transaction c (both branches);
- * 1 for a put of an empty key and value, so that 0 means "no put". */
-static uint64_t txn_put_bytes(const struct kv_cmd *c)
-{
-    struct kv_op *ops = pz_calloc(c->nsucc + c->nfail + 1, sizeof *ops);
-    kv_txn_items(c, NULL, ops, ops + c->nsucc);
-    uint64_t n = 0;
-    for (size_t i = 0; i < c->nsucc + c->nfail; i++)
-        if (ops[i].type == KV_TOP_PUT)
-            n += PZ_MAX((uint64_t)1, (uint64_t)ops[i].klen + ops[i].vlen);
-    pz_free(ops);
-    return n;
-}
-
-static int space_check(const uint8_t *cmd, size_t len)
-{
-    if (nd->alarm_disk)
-        return PZ_ENOSPC;
-    int64_t quota = nd->cfg->quota_backend_bytes;
-    if (quota <= 0 && !nd->alarm_quota)
-        return 0;
-    struct kv_cmd c;
-    bool decoded = kv_decode(cmd, len, &c) == 0;
-    uint64_t puts = decoded && c.op == KV_OP_TXN ? txn_put_bytes(&c) : 0;
-    bool set = decoded && (c.op == KV_OP_SET || c.op == KV_OP_SETL);
-    if (decoded && (c.op == KV_OP_DEL || c.op == KV_OP_REVOKE ||
-                    (c.op == KV_OP_TXN && puts == 0)))
-        return 0; /* deletes (and reads) free space: always taken */
-    if (nd->alarm_quota)
-        return PZ_ENOSPC;
-    if (!decoded || (!set && c.op != KV_OP_TXN))
-        return 0;
-    /* A transaction counts every put of both branches, as if new. */
-    uint64_t grow = set ? c.klen + c.vlen : puts;
-    uint64_t after = kv_bytes(nd->kv) + grow;
-    const uint8_t *old;
-    size_t olen;
-    if (set && kv_get(nd->kv, c.key, c.klen, &old, &olen))
-        after -= c.klen + olen;
-    if (after <= (uint64_t)quota)
-        return 0;
-    nd->alarm_quota = true;
-    set_alarm_reason();
-    pz_warn("NOSPACE alarm: a write of %llu bytes would take the data past "
-            "quota-backend-bytes (%lld): only deletes are accepted",
-            (unsigned long long)grow, (long long)quota);
-    return PZ_ENOSPC;
 }
 
 /* --- the Ready cycle -------------------------------------------------------- */
@@ -633,7 +370,7 @@ static const char *on_recv(void *data, const struct raft_msg *m)
     PZ_UNUSED(data);
     if (!nd->open)
         return NULL; /* closing: the core is about to go */
-    if (frozen())
+    if (nospace_frozen())
         return NULL; /* out of space: as if paused (see frozen) */
     if (!snaps_install_ready(m)) {
         /* its file did not arrive whole: the leader retries */
@@ -668,7 +405,7 @@ void node_tick(void)
             core_fatal("cannot write the Raft log: %s",
                        NIO(store_errmsg));
     }
-    if (!frozen())
+    if (!nospace_frozen())
         raft_tick(nd->raft);
     snaps_poll();
     snaps_xfer_pump();
@@ -742,7 +479,7 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
 {
     reqs_prepare(req, cb);
     req->sink = sink;
-    int rv = space_check(cmd, len);
+    int rv = nospace_check(cmd, len);
     if (rv < 0)
         return rv;
     if (nd->role != RAFT_LEADER)
@@ -799,151 +536,6 @@ struct kv *node_kv(void)
 bool node_is_leader(void)
 {
     return nd->role == RAFT_LEADER;
-}
-
-void node_status(struct node_status *st)
-{
-    struct raft_status rs;
-    struct store_stats ss;
-    memset(st, 0, sizeof *st);
-    raft_status(nd->raft, &rs);
-    NIO(store_stats, &ss);
-    struct member *lm = members_find(rs.leader);
-    st->id = nd->cfg->node_id;
-    st->role = raft_role_name(rs.role);
-    st->leader = lm ? lm->name : "";
-    st->term = rs.term;
-    st->commit_index = rs.commit;
-    st->applied_index = nd->applied;
-    st->last_index = rs.last_index;
-    st->persisted_index = rs.persisted_index;
-    st->keys = kv_count(nd->kv);
-    st->revision = kv_revision(nd->kv);
-    st->fsyncs = ss.batches;
-    st->fsync_entries = ss.entries;
-    st->nospace = nd->alarm_disk || nd->alarm_quota;
-    st->alarm_reason = st->nospace ? nd->alarm_reason : "";
-    st->cluster_id = nd->cluster_id;
-    st->self_id = nd->id;
-    pz_free(nd->view);
-    nd->view = pz_calloc(nd->n_members ? nd->n_members : 1,
-                          sizeof *nd->view);
-    for (size_t i = 0; i < nd->n_members; i++) {
-        struct member *m = &nd->members[i];
-        struct node_member *v = &nd->view[i];
-        v->name = m->name;
-        v->id = m->id;
-        v->voter = m->voter;
-        v->raft = m->raft;
-        v->http = m->id == nd->id ? nd->cfg->http_addr : m->http;
-        v->grpc = m->id == nd->id ? nd->cfg->grpc_addr : m->grpc;
-        for (size_t j = 0; j < rs.n_peers; j++) {
-            if (rs.peers[j].id == m->id) {
-                v->match = rs.peers[j].match;
-                v->last_contact_ms = rs.peers[j].last_contact * nd->tick_ms;
-            }
-        }
-        struct peer_alarm *pa = palarm_get(m->id);
-        v->alarm_reason = "";
-        if (pa != NULL && pa->nospace) {
-            v->nospace = true;
-            v->alarm_reason = pa->reason;
-        }
-        if (m->id == nd->id)
-            v->match = rs.persisted_index;
-    }
-    st->members = nd->view;
-    st->n_members = nd->n_members;
-}
-
-void node_ids(uint64_t *cluster_id, uint64_t *self_id, uint64_t *term)
-{
-    *cluster_id = nd->cluster_id;
-    *self_id = nd->id;
-    *term = nd->saved_term;
-}
-
-/* The term of the entry at index: from the log, or the snapshot's when
- * index is its point; 0 when neither holds it. */
-static uint64_t term_at(const struct raft_status *rs, uint64_t index)
-{
-    const struct raft_entry *e = raft_log_get(nd->raft, index);
-    if (e != NULL)
-        return e->term;
-    return index == rs->snap_index ? rs->snap_term : 0;
-}
-
-bool node_health(struct node_health *h)
-{
-    struct raft_status rs;
-    memset(h, 0, sizeof *h);
-    if (!nd->open) {
-        snprintf(h->reason, sizeof h->reason, "the node is not open");
-        return false;
-    }
-    raft_status(nd->raft, &rs);
-    struct member *lm = members_find(rs.leader);
-    h->role = raft_role_name(rs.role);
-    h->leader = lm ? lm->name : "";
-    h->term = rs.term;
-    uint64_t timeout_ms = (uint64_t)nd->cfg->election_timeout_ms;
-    uint64_t window = timeout_ms / nd->tick_ms; /* election_ticks */
-    if (nd->closing) {
-        snprintf(h->reason, sizeof h->reason, "the node is shutting down");
-        return false;
-    }
-    if (nd->ready_owed) {
-        /* Nothing applies here until the log can be written. */
-        snprintf(h->reason, sizeof h->reason,
-                 "no space left on device: the Raft log cannot be written");
-        return false;
-    }
-    if (rs.leader == 0) {
-        snprintf(h->reason, sizeof h->reason, "no leader known (%s, term %llu)",
-                 h->role, (unsigned long long)rs.term);
-        return false;
-    }
-    if (rs.role != RAFT_LEADER) {
-        /* The follower's lease: its election timer was reset by the leader
-         * within the last election timeout. */
-        if (!rs.lease) {
-            snprintf(h->reason, sizeof h->reason,
-                     "no word from the leader (%s) within the election "
-                     "timeout (%llu ms)",
-                     h->leader[0] ? h->leader : "unknown",
-                     (unsigned long long)timeout_ms);
-            return false;
-        }
-        return true;
-    }
-    /* Thesis §6.2 (CheckQuorum) as of now rather than at the next check:
-     * a majority of the voters, this leader included, heard from within
-     * the election timeout. */
-    const struct raft_conf *conf = raft_conf_current(nd->raft, NULL);
-    size_t voters = raft_conf_voters(conf), heard = 0;
-    const struct raft_server *self = raft_conf_get(conf, nd->id);
-    if (self != NULL && self->voter)
-        heard++;
-    for (size_t i = 0; i < rs.n_peers; i++)
-        if (rs.peers[i].voter && rs.peers[i].last_contact < window)
-            heard++;
-    size_t quorum = voters / 2 + 1;
-    if (heard < quorum) {
-        snprintf(h->reason, sizeof h->reason,
-                 "leader without a quorum: heard from %zu of %zu voters "
-                 "within the election timeout (%llu ms), %zu needed",
-                 heard, voters, (unsigned long long)timeout_ms, quorum);
-        return false;
-    }
-    /* Thesis §6.4: a new leader serves reads once an entry of its term
-     * (its no-op) is committed. */
-    if (term_at(&rs, rs.commit) != rs.term) {
-        snprintf(h->reason, sizeof h->reason,
-                 "new leader: no entry of term %llu committed yet",
-                 (unsigned long long)rs.term);
-        return false;
-    }
-    return true;
 }
 
 static int restore(char *err, size_t errlen)

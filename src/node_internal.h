@@ -2,14 +2,19 @@
  * and the functions one file calls in another. Not for anything outside
  * src/node*.c: the public API is node.h.
  *
- *   node.c           init and close, the tick, the Ready cycle, the
- *                    client-facing requests (propose, read, wait, status)
+ *   node.c           open and close, the tick, the Ready cycle, the
+ *                    client-facing requests (propose, read, wait)
  *   node_reqs.c      the request lists: link, complete, expire
  *   node_members.c   the configuration as members with addresses, who may
  *                    dial us and removal, bootstrap and the cluster id,
  *                    remove/transfer/promote, mandi registration and joins
  *   node_snapshot.c  snapshots: take, compact the log, ship, receive,
  *                    install, restore at start
+ *   node_status.c    node_status, node_ids, node_health
+ *   node_nospace.c   out of space: the NOSPACE alarm, what it refuses,
+ *                    leadership handed on, silent voters asked why
+ *   node_io_uv.c     the production I/O table (node_io.h): everything the
+ *                    others do to the world goes through nd->io
  *
  * Calls go from node.c down to the three others, and from those to
  * node_reqs.c; the few calls back into node.c (core_*) are the Ready
@@ -78,7 +83,7 @@ struct node {
     bool store_busy;             /* the store runs a job: writing rd, or
                                     a compaction step; or rd waits to be
                                     written again (ready_owed) */
-    /* out of space (see "out of space" in node.c) */
+    /* out of space (node_nospace.c) */
     bool ready_owed;             /* rd could not be stored for lack of
                                     space: written again every
                                     NOSPACE_RETRY_MS, never advanced before */
@@ -164,15 +169,30 @@ extern struct node *nd;
 void core_kv_replaced(void);
 void core_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                      noreturn));
-/* A store job failed with PZ_ENOSPC (errmsg: the store's message): raise
- * the NOSPACE alarm (log it once); a job that succeeded clears it. */
-void core_nospace(const char *errmsg);
-void core_space_back(void);
 /* Complete the reads whose read index is applied now. */
 void core_reads_check_applied(void);
 /* Close the tick timer, then the transport, then the rest (node_close,
  * once no store job is in flight). */
 void core_finish_close(void);
+
+/* --- node_nospace.c --- */
+#define NOSPACE_RETRY_MS 1000 /* a Ready refused for lack of space: again */
+/* A store job failed with PZ_ENOSPC (errmsg: the store's message): raise
+ * the NOSPACE alarm (log it once); a job that succeeded clears it. */
+void core_nospace(const char *errmsg);
+void core_space_back(void);
+/* Out of space with a Ready owed and not the leader: frozen, as if
+ * paused (no ticks, peer messages dropped). */
+bool nospace_frozen(void);
+/* PZ_ENOSPC if the write cmd may not be proposed now (the alarm; a put
+ * that would pass quota-backend-bytes raises it), else 0. */
+int nospace_check(const uint8_t *cmd, size_t len);
+/* Once a second: the quota alarm follows the data; a leader out of space
+ * hands its leadership on; a leader asks silent voters why. */
+void nospace_cron(void);
+/* What voter id said of its alarm (leader), or NULL; forget them all. */
+struct peer_alarm *palarm_get(uint64_t id);
+void palarm_clear(void);
 
 /* --- node_reqs.c --- */
 /* Append req to list (req->queued). */
