@@ -103,9 +103,8 @@ struct node_io {
 
     /* --- the snapshot writer (snapshot_write_fork and friends) --- */
     int (*snap_write)(void *data, const char *dir, const struct kv *kv,
-                      uint64_t index, uint64_t term, const uint8_t *conf,
-                      size_t conf_len, struct snapshot_child *c, char *err,
-                      size_t errlen);
+                      const struct snapshot_point *at,
+                      struct snapshot_child *c, char *err, size_t errlen);
     void (*snap_poll)(void *data, struct snapshot_child *c, bool *done,
                       bool *ok);
     void (*snap_kill)(void *data, struct snapshot_child *c);

@@ -266,13 +266,12 @@ static void uv_io_probe(void *data, uint64_t id)
 /* --- snapshot writer ------------------------------------------------------ */
 
 static int uv_io_snap_write(void *data, const char *dir, const struct kv *kv,
-                            uint64_t index, uint64_t term, const uint8_t *conf,
-                            size_t conf_len, struct snapshot_child *c,
-                            char *err, size_t errlen)
+                            const struct snapshot_point *at,
+                            struct snapshot_child *c, char *err,
+                            size_t errlen)
 {
     PZ_UNUSED(data);
-    return snapshot_write_fork(dir, kv, index, term, conf, conf_len, c, err,
-                               errlen);
+    return snapshot_write_fork(dir, kv, at, c, err, errlen);
 }
 
 static void uv_io_snap_poll(void *data, struct snapshot_child *c, bool *done,

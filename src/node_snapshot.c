@@ -80,9 +80,9 @@ static void snapshot_start(void)
     raft_conf_encode(&meta.conf, &conf, &conf_len);
     raft_conf_free(&meta.conf);
     char err[SNAPSHOT_ERRMSG_SIZE];
-    rv = NIO(snap_write, nd->cfg->raft_data, nd->kv, at, meta.term,
-                             conf, conf_len, &nd->snap_child, err,
-                             sizeof err);
+    struct snapshot_point point = {at, meta.term, conf, conf_len};
+    rv = NIO(snap_write, nd->cfg->raft_data, nd->kv, &point, &nd->snap_child,
+             err, sizeof err);
     pz_free(conf);
     if (rv < 0) {
         pz_warn("cannot start a snapshot: %s", err);
@@ -885,8 +885,10 @@ int node_restore_backup(const struct pz_config *cfg, const char *file,
     /* store_open creates the directory; the snapshot goes in first. */
     rv = store_open(cfg->raft_data, &s, err, errlen);
     if (rv == 0) {
-        rv = snapshot_write(cfg->raft_data, kv, meta.index, meta.term, conf,
-                            conf_len, NULL, 0, why, sizeof why);
+        rv = snapshot_write(
+            cfg->raft_data, kv,
+            &(struct snapshot_point){meta.index, meta.term, conf, conf_len},
+            NULL, 0, why, sizeof why);
         if (rv < 0)
             snprintf(err, errlen, "%s", why);
     }

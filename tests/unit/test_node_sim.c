@@ -603,19 +603,17 @@ static void deliver(struct ns_msg *m)
 /* --- snapshot writer, timer, clock, mandi --------------------------------- */
 
 static int io_snap_write(void *data, const char *dir, const struct kv *kv,
-                         uint64_t index, uint64_t term, const uint8_t *conf,
-                         size_t conf_len, struct snapshot_child *c, char *err,
-                         size_t errlen)
+                         const struct snapshot_point *at,
+                         struct snapshot_child *c, char *err, size_t errlen)
 {
     PZ_UNUSED(data);
     memset(c, 0, sizeof *c);
-    int rv = snapshot_write(dir, kv, index, term, conf, conf_len, c->path,
-                            sizeof c->path, err, errlen);
+    int rv = snapshot_write(dir, kv, at, c->path, sizeof c->path, err, errlen);
     if (rv < 0)
         return rv;
     c->pid = 1; /* "running" until the next poll */
-    c->index = index;
-    c->term = term;
+    c->index = at->index;
+    c->term = at->term;
     c->started_ms = W.now;
     return 0;
 }
