@@ -272,7 +272,7 @@ static int64_t db_size(void)
     char p[4096];
     struct stat sb;
     int64_t total = 0;
-    const char *path = store_path(node.store);
+    const char *path = node_db_path();
     if (stat(path, &sb) == 0)
         total += sb.st_size;
     snprintf(p, sizeof p, "%s-wal", path);
