@@ -555,4 +555,6 @@ void watch_set_cursor(struct watcher *w, uint64_t seq)
     w->seq = seq;
     if (seq < h->committed_seq)
         set_dirty(h, w);
+    else
+        clear_dirty(h, w);
 }
