@@ -20,13 +20,24 @@
  * An idle stream (nothing sent for watch-progress-interval, all caught
  * up) gets `event: progress` with the node's revision.
  *
+ * A revision is written in pieces as the client reads (any size the
+ * history holds), each stream having at most its share of
+ * watch-output-budget waiting in its connection: output memory is bounded
+ * whatever the number of streams or the size of a revision.
+ *
  * Failure modes: a client that reads too slowly only stops on_stream
  * (httpd asks for more as its output drains); the watcher's cursor then
  * lags in the shared history, and once it is watch-max-buffer bytes
- * behind, or the history dropped what it still needs, the hub cancels it:
- * `event: cancelled` with the reason, and the stream ends. A snapshot
- * installed under the stream cancels it the same way (compacted). At
- * shutdown every stream ends (clients resume elsewhere). */
+ * behind with nothing written for WATCH_STALL_MS (judged by the cron, so
+ * that a reader that keeps up with a burst is not), the stream is
+ * cancelled as slow; once the history dropped what it still needs, the
+ * hub cancels it as compacted (a revision too large for the history
+ * alone says so): `event: cancelled` with the reason, and the stream
+ * ends (its unread output is dropped after client-body-timeout). One
+ * cancelled in the middle of a revision whose events are gone is closed
+ * without the event. A snapshot installed under the stream cancels it the
+ * same way (compacted). At shutdown every stream ends (clients resume
+ * elsewhere). */
 #include "http_watch.h"
 
 #include <errno.h>
