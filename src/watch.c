@@ -215,7 +215,7 @@ static void hash_link(struct watch_hub *h, struct watcher *w)
     *b = w;
 }
 
-/* Two buckets a watcher at most: doubled past that. */
+/* Two watchers a bucket on average at most: doubled past that. */
 static void tab_grow(struct watch_hub *h)
 {
     if (h->n_hashed < h->tab_cap * 2 && h->tab_cap)
