@@ -189,6 +189,9 @@ static const struct cfg_directive directives[] = {
                "10s", 10, MS_PER_DAY, IMM,
                "a watch stream that sent nothing this long gets a progress "
                "event"),
+    D_SIZE("LIMITS", "watch-output-budget", watch_output_budget, "64mb", 64 * KB,
+           16 * GB, IMM, "output all watch streams together may have waiting "
+           "for their clients (each at least 4kb)"),
 
     D_DURATION("MANDI", "mandi-leader-ttl", mandi_leader_ttl_ms, "10s", 10,
                MS_PER_DAY, IMM | MANDI,

@@ -357,6 +357,9 @@ void httpd_stream_end(struct httpd_conn *hc)
     hc->streaming = false;
     conn_set_deadline(hc->c, 0);
     finish(hc, true);
+    /* What is left must be read in time too (on_deadline closes). */
+    if (hc->srv->o.body_timeout_ms && !conn_is_closing(hc->c))
+        conn_set_deadline(hc->c, conn_now() + hc->srv->o.body_timeout_ms);
 }
 
 bool httpd_bearer_ok(const struct http_req *req, const char *token)
@@ -449,7 +452,9 @@ static void on_deadline(struct conn *c)
     struct httpd_conn *hc = c->proto;
     if (hc == NULL)
         return;
-    if (hc->streaming) {
+    if (hc->streaming ||
+        ((c->flags & CONN_CLOSE_AFTER) && conn_output_pending(c) > 0)) {
+        /* A stream, or the end of one, the client does not read. */
         pz_debug("%s: %s: streamed reply not read in time", hc->srv->ls.name,
                  c->peer);
         httpd_stream_abort(hc);
