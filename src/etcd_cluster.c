@@ -23,7 +23,6 @@
 #include "grpc_pb.h"
 #include "log.h"
 #include "node.h"
-#include "node_internal.h"
 #include "sha256.h"
 #include "snapshot.h"
 #include "store.h"
