@@ -90,6 +90,9 @@ struct watcher {
     int state;             /* WATCH_LIVE, or why it was cancelled */
     struct watcher *prev_w, *next_w; /* hub's list */
     void *data;                      /* the owner's */
+    /* Set after watch_add to be notified through this instead of the
+     * hub's callback (called as notify(w->data, w)); NULL: the hub's. */
+    void (*notify)(void *data, struct watcher *w);
 };
 
 /* Called by watch_hub_commit for each live watcher with events to read
