@@ -207,25 +207,22 @@ static void on_notify(void *data, struct watcher *w)
 static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
 {
     struct watch_hub *hub = node_watch();
-    static const uint8_t zero[1] = {0};
-    const uint8_t *key = c->key.len ? c->key.data : zero;
-    size_t klen = c->key.len ? c->key.len : 1;
-    struct etcd_range rg;
-    etcd_range_decode(key, klen, c->range_end.data, c->range_end.len, &rg);
-    if (rg.empty) {
+    struct etcd_watch_keys keys;
+    if (etcd_watch_keys(c->key.data, c->key.len, c->range_end.data,
+                        c->range_end.len, &keys) < 0) {
         queue_simple(es, -1, true, true, 0, "mvcc: watcher range is empty");
         return;
     }
     int64_t id = c->watch_id;
-    if (id != 0 && watch_find(es, id)) {
-        queue_simple(es, -1, true, true, 0,
-                     "mvcc: duplicate watch ID provided on the WatchStream");
-        return;
-    }
-    if (es->n_watches >= ew.max_per_stream) {
-        queue_simple(es, -1, true, true, 0,
-                     "etcdserver: too many watches on this stream "
-                     "(etcd-watch-max-per-stream)");
+    const char *refused = NULL;
+    if (id != 0 && watch_find(es, id))
+        refused = "mvcc: duplicate watch ID provided on the WatchStream";
+    else if (es->n_watches >= ew.max_per_stream)
+        refused = "etcdserver: too many watches on this stream "
+                  "(etcd-watch-max-per-stream)";
+    if (refused) {
+        etcd_watch_keys_free(&keys);
+        queue_simple(es, -1, true, true, 0, refused);
         return;
     }
     if (id == 0) {
@@ -233,38 +230,20 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
             es->next_id++;
         id = es->next_id++;
     }
-    uint64_t rev = kv_revision(node_kv());
-    if (c->start_revision < 0 ||
-        (c->start_revision > 0 &&
-         (uint64_t)c->start_revision < watch_hub_first_rev(hub))) {
-        /* etcd: created, then cancelled as compacted. */
-        queue_simple(es, id, true, false, 0, NULL);
-        queue_simple(es, id, false, true, (int64_t)watch_hub_first_rev(hub),
-                     "etcdserver: mvcc: required revision has been "
-                     "compacted");
-        return;
+    uint64_t start;
+    struct ew_watch *ww = NULL;
+    int rv = PZ_ENOTFOUND;
+    if (etcd_watch_start(c->start_revision, kv_revision(node_kv()),
+                         watch_hub_first_rev(hub), &start)) {
+        ww = pz_calloc(1, sizeof *ww);
+        rv = watch_add(hub, &ww->w, keys.from, keys.flen, keys.to, keys.tlen,
+                       start);
     }
-    uint64_t start = c->start_revision ? (uint64_t)c->start_revision : rev + 1;
-    /* [key, key+"\0") for one key. */
-    uint8_t *end1 = NULL;
-    const void *to = rg.end;
-    size_t tlen = rg.elen;
-    if (rg.single) {
-        end1 = pz_malloc(klen + 1);
-        memcpy(end1, key, klen);
-        end1[klen] = 0;
-        to = end1;
-        tlen = klen + 1;
-    } else if (rg.to_end) {
-        to = NULL;
-        tlen = 0;
-    }
-    struct ew_watch *ww = pz_calloc(1, sizeof *ww);
-    int rv = watch_add(hub, &ww->w, key, klen, to, tlen, start);
-    pz_free(end1);
+    etcd_watch_keys_free(&keys);
     if (rv < 0) {
         pz_free(ww);
         if (rv == PZ_ENOTFOUND) {
+            /* etcd: created, then cancelled as compacted. */
             queue_simple(es, id, true, false, 0, NULL);
             queue_simple(es, id, false, true,
                          (int64_t)watch_hub_first_rev(hub),
