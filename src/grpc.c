@@ -7,8 +7,10 @@
  * handed to the node (node_read / node_propose); the node's callback
  * writes response HEADERS, the message (through a data provider) and, when
  * the provider runs dry, the trailers with grpc-status. Reflection streams
- * answer each request message as it arrives; Health/Watch streams stay open
- * and get a message whenever serving state changes.
+ * answer each request message as it arrives; etcd's bidirectional calls
+ * (Watch, LeaseKeepAlive) get each request message as it arrives
+ * (etcd_stream_message) and decide when to end; Health/Watch streams stay
+ * open and get a message whenever serving state changes.
  * Output: nghttp2_session_mem_send() is drained into the connection's
  * buffer (copied: nghttp2 reuses its buffer) until 64 KiB are pending;
  * past that the connection stops reading until on_drain, so a client that
