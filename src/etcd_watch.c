@@ -13,8 +13,10 @@
  * watches (round robin), as one WatchResponse whose header carries that
  * revision, after the NOPUT/NODELETE filters, with prev_kv when asked, in
  * pieces of at most grpc-max-message when `fragment` is set. The hub
- * tells a watch that has events (notify: the stream is kicked from a
- * zero timer, never from inside the hub's commit).
+ * tells a watch that has events (notify): it queues its next revision at
+ * once if the stream has less than EW_FILL_BYTES queued (a reader that
+ * keeps up is then never behind in the history), and the stream is
+ * kicked from a zero timer, never flushed from inside the hub's commit.
  *
  * Failure modes: a start older than the history gets `created`, then
  * `canceled` with compact_revision (the oldest revision still held), as
@@ -40,6 +42,10 @@
 #include "watch.h"
 
 #define EW_QUEUE_MAX 4096 /* answers queued on one stream */
+/* A watch told of new events reads them at once (its cursor moves on, so
+ * that the hub does not count a reader that keeps up as lagging) while
+ * its stream has less than this queued. */
+#define EW_FILL_BYTES (256 * 1024)
 
 /* One queued answer (packed WatchResponse). */
 struct omsg {
@@ -66,6 +72,7 @@ struct ew_stream {
     int64_t next_id;           /* next automatic id to try */
     struct omsg *head, *tail;  /* queued answers */
     size_t queued;             /* how many */
+    size_t queued_bytes;       /* their bytes */
     struct ew_watch *rr;       /* round robin: next watch to look at */
     bool progress_pending;     /* a WatchProgressRequest waits */
     bool kicked;               /* in ew.kicks */
@@ -100,6 +107,7 @@ static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
         es->head = m;
     es->tail = m;
     es->queued++;
+    es->queued_bytes += m->len;
 }
 
 static void on_kick_timer(uv_timer_t *t)
@@ -180,6 +188,9 @@ static struct ew_watch *watch_find(struct ew_stream *es, int64_t id)
     return NULL;
 }
 
+static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
+                           uint64_t rev, uint64_t b, uint64_t e);
+
 /* The hub has events for ww, or cancelled it. */
 static void on_notify(void *data, struct watcher *w)
 {
@@ -200,6 +211,11 @@ static void on_notify(void *data, struct watcher *w)
                          "etcdserver: mvcc: required revision has been "
                          "compacted");
         watch_free(ww);
+    } else if (es->queued_bytes < EW_FILL_BYTES) {
+        uint64_t rev, b, e;
+        while (watch_next(&ww->w, &rev, &b, &e))
+            if (queue_events(es, ww, rev, b, e) > 0)
+                break;
     }
     kick(es);
 }
@@ -407,6 +423,7 @@ static void pump(struct gstream *st)
     if (es->head == NULL)
         es->tail = NULL;
     es->queued--;
+    es->queued_bytes -= m->len;
     grpc_stream_send(st, m->data, m->len);
     pz_free(m);
 }

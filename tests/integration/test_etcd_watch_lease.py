@@ -282,9 +282,9 @@ def channel(port):
 class WatchStream:
     """One Watch call: send requests, read answers with a timeout."""
 
-    def __init__(self, port, pb):
+    def __init__(self, port, pb, options=()):
         self.pb = pb
-        self.ch = channel(port)
+        self.ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
         self.reqs = queue.Queue()
         self.resps = queue.Queue()
         f = self.ch.stream_stream("/etcdserverpb.Watch/Watch",
@@ -293,12 +293,15 @@ class WatchStream:
                                   response_deserializer=pb.WatchResponse
                                   .FromString)
         self.call = f(iter(self.reqs.get, None), timeout=60)
+        self.reading = threading.Event()  # cleared: stop reading
+        self.reading.set()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
         try:
             for r in self.call:
                 self.resps.put(r)
+                self.reading.wait()
         except grpc.RpcError as e:
             self.resps.put(e)
 
@@ -490,7 +493,7 @@ def test_watch_limits(servers, epb):
     from test_cluster import make_cluster
     pb = epb
     nodes = make_cluster(servers, n=1, conf={"etcd-watch-max-per-stream": "2",
-                                             "watch-max-buffer": "1kb"})
+                                             "watch-max-buffer": "1mb"})
     p = nodes[0].grpc_port
     ws = WatchStream(p, pb)
     try:
@@ -503,19 +506,34 @@ def test_watch_limits(servers, epb):
         assert "etcd-watch-max-per-stream" in r.cancel_reason
     finally:
         ws.close()
-    # a watcher that does not read while 1kb+ of history passes is
-    # cancelled as slow once it reads again
-    ws = WatchStream(p, pb)
+    # a client that stops reading: once its stream's flow-control window
+    # and the stream's queue are full, its watch falls watch-max-buffer
+    # behind in the history and is cancelled with the reason
+    # (no BDP probing: the window stays at 64 kB while nothing is read)
+    ws = WatchStream(p, pb, options=[("grpc.http2.bdp_probe", 0)])
     try:
-        ws.create(key=b"slow", start_revision=base_revision(p) + 1)
+        ws.create(key=b"big/", range_end=b"big0")
+        ws.reading.clear()
         assert ws.next().created
-        for i in range(20):
-            put(p, pb, b"other", b"x" * 200)
-        put(p, pb, b"slow", b"1")
-        # the hub cancels it at a commit while it lags; a reader that
-        # keeps up is never cancelled, so this one may see its event
-        r = ws.next()
-        assert r.events or r.canceled
+        ch = channel(p)
+        f = ch.unary_unary("/etcdserverpb.KV/Put",
+                           request_serializer=pb.PutRequest.SerializeToString,
+                           response_deserializer=pb.PutResponse.FromString)
+        value = b"x" * 65536
+        for i in range(400):  # 26 MB of events, more than any window
+            f(pb.PutRequest(key=b"big/%d" % (i % 10), value=value), timeout=10)
+        ch.close()
+        ws.reading.set()
+        n, r = 0, ws.next()
+        while not r.canceled:
+            n += len(r.events)
+            try:
+                r = ws.next()
+            except queue.Empty:
+                raise AssertionError(f"got {n} events and no cancel")
+        assert n < 400, "a reader that stopped was never cancelled"
+        assert r.watch_id == 0 and r.cancel_reason.startswith(
+            "etcdserver: watch is too slow"), r
     finally:
         ws.close()
 
