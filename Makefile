@@ -72,7 +72,7 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/etcd_lease.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c src/tls_setup.c
-CLI_SRC = src/cli.c src/cli_snapshot.c src/cli_watch.c
+CLI_SRC = src/cli.c src/cli_conn.c src/cli_snapshot.c src/cli_watch.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))
 NET_SRC := $(wildcard $(NET_SRC))

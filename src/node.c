@@ -680,7 +680,9 @@ static void on_tick(uv_timer_t *t)
     reqs_expire(&node.proposals, PZ_ETIMEDOUT);
     reqs_expire(&node.reads, PZ_ETIMEDOUT);
     reqs_expire(&node.reads_apply, PZ_ETIMEDOUT);
-    reqs_expire(&node.wait_leader, PZ_ENOLEADER);
+    /* With a leader known, what waited here was a read it kept refusing
+     * or dropping: that is a timeout, not a missing leader. */
+    reqs_expire(&node.wait_leader, node.leader ? PZ_ETIMEDOUT : PZ_ENOLEADER);
     reqs_expire(&node.transfers, PZ_ETIMEDOUT);
     reqs_expire(&node.conf_wait, PZ_EBUSY);
     members_conf_wait_retry();

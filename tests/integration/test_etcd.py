@@ -582,6 +582,42 @@ def test_no_leader(servers, epb):
                 s.proc.send_signal(signal.SIGCONT)
 
 
+def test_linearizable_read_waits_for_an_election(servers, epb):
+    # A Range asked while no leader is known waits for the election, as
+    # etcd does, instead of failing at once with "no leader".
+    import threading
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    alone = next(s for s in nodes if s is not leader)
+    call(leader.grpc_port, epb, "KV", "Put", epb.PutRequest(key=b"w", value=b"1"))
+    others = [s for s in nodes if s is not alone]
+    for s in others:
+        s.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.time() + 20
+        while alone.status().get("leader"):
+            assert time.time() < deadline, alone.status()
+            time.sleep(0.1)
+        got = {}
+
+        def read():
+            try:
+                got["r"] = call(alone.grpc_port, epb, "KV", "Range",
+                                epb.RangeRequest(key=b"w"))
+            except grpc.RpcError as e:
+                got["e"] = (e.code(), e.details())
+        t = threading.Thread(target=read)
+        t.start()
+        time.sleep(0.5)
+        assert "e" not in got, got  # not failed at once with "no leader"
+    finally:
+        for s in others:
+            s.proc.send_signal(signal.SIGCONT)
+    t.join(15)
+    assert "r" in got, got
+    assert [(kv.key, kv.value) for kv in got["r"].kvs] == [(b"w", b"1")]
+
+
 def test_snapshot_save(cluster, servers, tmp_path):
     nodes, leader, follower = cluster
     p = follower.grpc_port
