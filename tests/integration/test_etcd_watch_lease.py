@@ -661,3 +661,40 @@ def test_lease_keepalive_stream_open(cluster, epb):
             assert (r.ID, r.TTL) == (lid, 20)
         reqs.put(None)
         assert list(it) == []  # ends OK once the client's side ended
+
+
+def test_shutdown_ends_open_streams(servers, epb):
+    # SIGTERM with a Watch and a LeaseKeepAlive stream open: both end with
+    # UNAVAILABLE and the node exits cleanly, without waiting for them
+    pb = epb
+    s = servers()
+    p = s.grpc_port
+    lid = unary(p, pb, "Lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=30),
+                "LeaseGrantResponse").ID
+    ws = WatchStream(p, pb)
+    reqs = queue.Queue()
+    ch = channel(p)
+    try:
+        ws.create(key=b"k")
+        assert ws.next().created
+        f = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive",
+                             request_serializer=pb.LeaseKeepAliveRequest
+                             .SerializeToString,
+                             response_deserializer=pb.LeaseKeepAliveResponse
+                             .FromString)
+        it = f(iter(reqs.get, None), timeout=60)
+        reqs.put(pb.LeaseKeepAliveRequest(ID=lid))
+        assert next(it).TTL == 30
+        t0 = time.time()
+        assert s.stop() == 0
+        assert time.time() - t0 < 10
+        with pytest.raises(grpc.RpcError) as e:
+            ws.next()
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as e:
+            next(it)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        reqs.put(None)
+        ws.close()
+        ch.close()
