@@ -767,8 +767,7 @@ static int map_ops(struct gstream *st, Etcdserverpb__RequestOp **ops, size_t n,
                                  "etcdserver: ignore_value and ignore_lease "
                                  "in a txn are not supported by PyazDB");
                 rv = -1;
-            } else if (p->lease < 0 ||
-                       (uint64_t)p->lease > KV_LEASE_ID_MAX) {
+            } else if (p->lease < 0 || (uint64_t)p->lease > KV_LEASE_ID_MAX) {
                 grpc_stream_fail(st, GRPC_NOT_FOUND,
                                  "etcdserver: requested lease not found");
                 rv = -1;

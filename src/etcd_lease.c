@@ -456,12 +456,10 @@ static void ka_forward_done(struct grpc_call *call)
     k->in_call = false;
     bool ok = call->status == GRPC_OK && call->has_resp;
     if (!ok)
-        grpc_stream_fail(st, call->status == GRPC_OK ? GRPC_UNAVAILABLE
-                                                     : call->status,
-                         "%s",
-                         call->message && call->message[0]
-                             ? call->message
-                             : "etcdserver: no leader");
+        grpc_stream_fail(
+            st, call->status == GRPC_OK ? GRPC_UNAVAILABLE : call->status, "%s",
+            call->message && call->message[0] ? call->message
+                                              : "etcdserver: no leader");
     else
         ka_answer_bytes(k, call->resp.data, call->resp.len);
     grpc_call_reset(call); /* before the next request reuses it */
@@ -489,9 +487,9 @@ static void ka_serve(struct eka *k)
     q.id = k->cur;
     uint8_t buf[32];
     size_t n = etcdserverpb__lease_keep_alive_request__pack(&q, buf);
-    int rv = grpc_stream_forward_call(
-        st, &k->call, buf, n, grpc_stream_server(st)->fwd_timeout,
-        ka_forward_done);
+    int rv = grpc_stream_forward_call(st, &k->call, buf, n,
+                                      grpc_stream_server(st)->fwd_timeout,
+                                      ka_forward_done);
     if (rv < 0)
         grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
     else
@@ -545,8 +543,8 @@ void etcd_lease_keepalive_message(struct gstream *st)
     size_t len;
     const uint8_t *msg = grpc_stream_msg(st, &len);
     Etcdserverpb__LeaseKeepAliveRequest *q =
-        etcdserverpb__lease_keep_alive_request__unpack(&grpc_pb_allocator,
-                                                       len, msg);
+        etcdserverpb__lease_keep_alive_request__unpack(&grpc_pb_allocator, len,
+                                                       msg);
     if (q == NULL) {
         grpc_stream_fail(
             st, GRPC_INVALID_ARGUMENT,

@@ -61,7 +61,7 @@ struct ew_watch {
     struct ew_stream *es; /* owner */
     int64_t id;           /* watch id */
     bool prev_kv, noput, nodel, progress_notify, fragment;
-    bool sent;                   /* something went since the last tick */
+    bool sent;                    /* something went since the last tick */
     struct ew_watch *prev, *next; /* the stream's watches */
 };
 
@@ -69,15 +69,15 @@ struct ew_stream {
     struct gstream *st;
     struct ew_watch *watches; /* newest first */
     size_t n_watches;
-    int64_t next_id;           /* next automatic id to try */
-    struct omsg *head, *tail;  /* queued answers */
-    size_t queued;             /* how many */
-    size_t queued_bytes;       /* their bytes */
-    struct ew_watch *rr;       /* round robin: next watch to look at */
-    bool progress_pending;     /* a WatchProgressRequest waits */
-    bool kicked;               /* in ew.kicks */
-    struct pz_queue kq;        /* in ew.kicks */
-    struct pz_queue q;         /* in ew.streams */
+    int64_t next_id;          /* next automatic id to try */
+    struct omsg *head, *tail; /* queued answers */
+    size_t queued;            /* how many */
+    size_t queued_bytes;      /* their bytes */
+    struct ew_watch *rr;      /* round robin: next watch to look at */
+    bool progress_pending;    /* a WatchProgressRequest waits */
+    bool kicked;              /* in ew.kicks */
+    struct pz_queue kq;       /* in ew.kicks */
+    struct pz_queue q;        /* in ew.streams */
 };
 
 static struct {
@@ -261,8 +261,7 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
         if (rv == PZ_ENOTFOUND) {
             /* etcd: created, then cancelled as compacted. */
             queue_simple(es, id, true, false, 0, NULL);
-            queue_simple(es, id, false, true,
-                         (int64_t)watch_hub_first_rev(hub),
+            queue_simple(es, id, false, true, (int64_t)watch_hub_first_rev(hub),
                          "etcdserver: mvcc: required revision has been "
                          "compacted");
         } else {
@@ -475,8 +474,8 @@ void etcd_watch_message(struct gstream *st)
 {
     struct ew_stream *es = grpc_stream_ext(st);
     if (!ew.inited) {
-        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: watch is not "
-                                               "served here");
+        grpc_stream_fail(st, GRPC_UNAVAILABLE,
+                         "etcdserver: watch is not served here");
         return;
     }
     if (es == NULL) {

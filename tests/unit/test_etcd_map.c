@@ -78,7 +78,7 @@ TEST(watch_keys_and_start)
     CHECK(etcd_watch_start(0, 41, 5, &start) && start == 42);
     CHECK(etcd_watch_start(5, 41, 5, &start) && start == 5);
     CHECK(etcd_watch_start(100, 41, 5, &start) && start == 100); /* future */
-    CHECK(!etcd_watch_start(4, 41, 5, &start));                   /* compacted */
+    CHECK(!etcd_watch_start(4, 41, 5, &start));                  /* compacted */
     CHECK(!etcd_watch_start(-1, 41, 1, &start));
     CHECK(etcd_watch_start(1, 0, 1, &start) && start == 1);
 }
@@ -224,12 +224,9 @@ TEST(filters_and_sort)
 }
 
 static const struct test_case cases[] = {
-    TEST_ENTRY(range_conventions),
-    TEST_ENTRY(range_overlap),
-    TEST_ENTRY(watch_keys_and_start),
-    TEST_ENTRY(compare_mapping),
-    TEST_ENTRY(filters_and_sort),
-    TEST_END,
+    TEST_ENTRY(range_conventions),    TEST_ENTRY(range_overlap),
+    TEST_ENTRY(watch_keys_and_start), TEST_ENTRY(compare_mapping),
+    TEST_ENTRY(filters_and_sort),     TEST_END,
 };
 
 const struct test_suite suite_etcd_map = {"etcd_map", cases};
