@@ -69,7 +69,8 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_metrics.c src/http_watch.c src/node_lease.c \
              src/node_io_uv.c src/node_nospace.c src/node_status.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
-             src/etcd_kv.c src/etcd_cluster.c \
+             src/etcd_kv.c src/etcd_cluster.c src/etcd_watch.c \
+             src/etcd_lease.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c src/tls_setup.c
 CLI_SRC = src/cli.c src/cli_conn.c src/cli_snapshot.c src/cli_watch.c

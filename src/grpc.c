@@ -7,8 +7,10 @@
  * handed to the node (node_read / node_propose); the node's callback
  * writes response HEADERS, the message (through a data provider) and, when
  * the provider runs dry, the trailers with grpc-status. Reflection streams
- * answer each request message as it arrives; Health/Watch streams stay open
- * and get a message whenever serving state changes.
+ * answer each request message as it arrives; etcd's bidirectional calls
+ * (Watch, LeaseKeepAlive) get each request message as it arrives
+ * (etcd_stream_message) and decide when to end; Health/Watch streams stay
+ * open and get a message whenever serving state changes.
  * Output: nghttp2_session_mem_send() is drained into the connection's
  * buffer (copied: nghttp2 reuses its buffer) until 64 KiB are pending;
  * past that the connection stops reading until on_drain, so a client that
@@ -130,6 +132,13 @@ static const struct method methods[] = {
     ETCD("Maintenance", "HashKV", ETCD_HASHKV),
     ETCD("Maintenance", "Snapshot", ETCD_SNAPSHOT),
     ETCD("Maintenance", "MoveLeader", ETCD_MOVE_LEADER),
+    ETCD("Lease", "LeaseGrant", ETCD_LEASE_GRANT),
+    ETCD("Lease", "LeaseRevoke", ETCD_LEASE_REVOKE),
+    ETCD("Lease", "LeaseTimeToLive", ETCD_LEASE_TTL),
+    ETCD("Lease", "LeaseLeases", ETCD_LEASE_LEASES),
+    /* Bidirectional: each request message goes to etcd_stream_message. */
+    {"/etcdserverpb.Watch/Watch", M_ETCD, true, ETCD_WATCH},
+    {"/etcdserverpb.Lease/LeaseKeepAlive", M_ETCD, true, ETCD_LEASE_KEEPALIVE},
     ETCD("Auth", "AuthStatus", ETCD_AUTH_STATUS),
     ETCD("Auth", "AuthEnable", ETCD_AUTH_OTHER),
     ETCD("Auth", "AuthDisable", ETCD_AUTH_OTHER),
@@ -1401,7 +1410,10 @@ static void request_end(struct gstream *st)
         return;
     }
     if (st->m->client_stream) {
-        finish(st, GRPC_OK, NULL);
+        if (st->m->kind == M_ETCD)
+            etcd_stream_end(st, st->m->sub); /* it decides when to end */
+        else
+            finish(st, GRPC_OK, NULL);
         return;
     }
     if (!st->rd.ready) {
@@ -1461,7 +1473,10 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
             break;
         if (st->m->client_stream) {
             conn_mark_served(s->c);
-            reflect_message(st);
+            if (st->m->kind == M_ETCD)
+                etcd_stream_message(st, st->m->sub);
+            else
+                reflect_message(st);
             if (!st->ended) {
                 grpc_reader_next(&st->rd);
                 s->buffered -= st->rd_counted - st->rd.msg.cap;
@@ -1903,6 +1918,8 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->kick.data = gs;
     gs->start_ms = uv_now(loop);
     gs->started = true;
+    etcd_watch_setup(loop, (size_t)cfg->etcd_watch_max_per_stream,
+                     (uint64_t)cfg->watch_progress_interval_ms);
     return 0;
 }
 
@@ -1945,7 +1962,8 @@ void grpc_drain(struct grpc_server *gs)
         PZ_QUEUE_FOREACH(f, &s->streams)
         {
             struct gstream *st = container_of(f, struct gstream, q);
-            if (st->in_wq || st->in_rq)
+            if (st->in_wq || st->in_rq ||
+                (st->m && st->m->kind == M_ETCD && st->m->client_stream))
                 finish(st, GRPC_UNAVAILABLE, "server is shutting down");
         }
         nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE,
@@ -1966,6 +1984,7 @@ void grpc_close(struct grpc_server *gs)
     uv_close((uv_handle_t *)&gs->watch_timer, NULL);
     uv_close((uv_handle_t *)&gs->retry_timer, NULL);
     uv_close((uv_handle_t *)&gs->kick, NULL);
+    etcd_watch_close();
     if (gs->fwd) {
         grpc_client_abort(gs->fwd);
         gs->fwd = NULL;
@@ -2080,6 +2099,31 @@ bool grpc_stream_token_ok(const struct gstream *st)
 void grpc_stream_forward(struct gstream *st)
 {
     forward(st);
+}
+
+int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
+                             const void *msg, size_t len, uint64_t timeout_ms,
+                             grpc_call_cb cb)
+{
+    struct grpc_server *gs = st->s->gs;
+    const char *addr = gs->be->leader_grpc_addr();
+    if (addr == NULL || addr[0] == '\0' || st->was_forwarded || gs->draining)
+        return PZ_ENOLEADER;
+    if (gs->fwd && strcmp(grpc_client_addr(gs->fwd), addr) != 0) {
+        pz_info("grpc: leader moved to %s: forwarding there", addr);
+        grpc_client_close(gs->fwd);
+        gs->fwd = NULL;
+    }
+    if (gs->fwd == NULL) {
+        gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
+        grpc_client_set_tls(gs->fwd, &tls_grpc_client);
+    }
+    static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
+    struct grpc_call_opts opts = {.metadata = md, .timeout_ms = timeout_ms};
+    int rv = grpc_client_call(gs->fwd, call, st->m->path, msg, len, &opts, cb);
+    if (rv == 0)
+        gs->stats.forwarded++;
+    return rv;
 }
 
 void grpc_stream_flush(struct gstream *st)

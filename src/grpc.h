@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "conn.h"
+#include "grpc_client.h"
 #include "grpc_reflect.h"
 #include "node.h"
 #include "queue.h"
@@ -143,6 +144,14 @@ void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st));
 bool grpc_stream_token_ok(const struct gstream *st);
 /* Relay the call, as received, to the leader; its answer is ours. */
 void grpc_stream_forward(struct gstream *st);
+/* A bidirectional call's one message, sent on its own to the leader as a
+ * unary call of the same method (the leader answers it with one message
+ * and OK once the request ends). 0 and cb later (cancel call with
+ * grpc_client_cancel), or PZ_ENOLEADER (no leader known, or st itself
+ * was forwarded: one hop only) or another code at once. */
+int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
+                             const void *msg, size_t len, uint64_t timeout_ms,
+                             grpc_call_cb cb);
 /* Put pending output on the wire; st may be freed here. */
 void grpc_stream_flush(struct gstream *st);
 

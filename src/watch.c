@@ -377,6 +377,15 @@ bool watch_caught_up(const struct watcher *w)
     return w->hub == NULL || !w->dirty || w->seq >= w->hub->committed_seq;
 }
 
+/* Tell w's owner: its own callback, else the hub's. */
+static void tell(struct watch_hub *h, struct watcher *w)
+{
+    if (w->notify)
+        w->notify(w->data, w);
+    else if (h->notify)
+        h->notify(h->notify_arg, w);
+}
+
 /* Cancel w with a reason and tell its owner (who may free it). */
 static void cancel(struct watch_hub *h, struct watcher *w, int why)
 {
@@ -386,8 +395,7 @@ static void cancel(struct watch_hub *h, struct watcher *w, int why)
         h->cancelled_slow++;
     else
         h->cancelled_compacted++;
-    if (h->notify)
-        h->notify(h->notify_arg, w);
+    tell(h, w);
 }
 
 void watch_cancel(struct watcher *w, int why)
@@ -411,8 +419,8 @@ void watch_hub_commit(struct watch_hub *h)
     struct watcher *w = h->dirty;
     while (w) {
         struct watcher *next = w->dnext;
-        if (h->notify && w->seq >= h->first_seq)
-            h->notify(h->notify_arg, w); /* may read, or remove w */
+        if (w->seq >= h->first_seq)
+            tell(h, w); /* may read, or remove w */
         w = next;
     }
     enforce_limits(h);

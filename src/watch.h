@@ -112,6 +112,9 @@ struct watcher {
     struct watcher *hprev, *hnext;   /* index bucket or range list */
     bool dirty;                      /* has events to read */
     struct watcher *dprev, *dnext;   /* hub's dirty list */
+    /* Set after watch_add to be notified through this instead of the
+     * hub's callback (called as notify(w->data, w)); NULL: the hub's. */
+    void (*notify)(void *data, struct watcher *w);
 };
 
 enum { WATCH_KIND_EXACT = 1, WATCH_KIND_PREFIX = 2, WATCH_KIND_RANGE = 3 };

@@ -277,6 +277,42 @@ TEST(slow_watcher_cancelled)
     fx_free(&f);
 }
 
+/* A watcher with its own notify is told through it, not the hub's. */
+static int own_calls;
+static int own_cancelled;
+static void own_notify(void *data, struct watcher *w)
+{
+    CHECK(data == (void *)&own_calls);
+    own_calls++;
+    if (w->state != WATCH_LIVE)
+        own_cancelled++;
+}
+
+TEST(own_notify)
+{
+    struct fx f;
+    size_t ev = WATCH_EVENT_OVERHEAD + 1 + 10 + 10;
+    fx_init(&f, 1000, 1 << 20, 3 * ev);
+    struct watcher mine, other;
+    own_calls = own_cancelled = 0;
+    CHECK_EQ_INT(add_prefix(&f, &mine, "", 1), 0);
+    mine.data = &own_calls;
+    mine.notify = own_notify;
+    CHECK_EQ_INT(add_prefix(&f, &other, "", 1), 0);
+    put(&f, "k", "0123456789");
+    CHECK_EQ_INT(own_calls, 1);
+    CHECK_EQ_INT(f.notified, 1); /* the other one only */
+    /* Never read: cancelled as slow, told through its own callback. */
+    for (int i = 0; i < 5 && mine.state == WATCH_LIVE; i++)
+        put(&f, "k", "0123456789");
+    CHECK_EQ_INT(mine.state, WATCH_SLOW);
+    CHECK_EQ_INT(own_cancelled, 1);
+    CHECK(f.last_cancelled != &mine);
+    watch_remove(&mine);
+    watch_remove(&other);
+    fx_free(&f);
+}
+
 TEST(max_watchers)
 {
     struct fx f;
@@ -496,6 +532,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(bounds_and_compaction),
     TEST_ENTRY(lagging_watcher_is_compacted),
     TEST_ENTRY(slow_watcher_cancelled),
+    TEST_ENTRY(own_notify),
     TEST_ENTRY(max_watchers),
     TEST_ENTRY(reset_after_snapshot),
     TEST_ENTRY(random_against_reference),
