@@ -264,9 +264,10 @@ $(POWERLOSS): tests/powerloss/powerloss.c
 	$(CC) -std=gnu11 -g -O2 $(WARN) -Wno-missing-prototypes -fPIC -shared \
 	    -o $@ $< -ldl -lpthread
 
+# --durations: the slowest tests, to keep CI's time in check.
 test-integration: $(BINS) $(POWERLOSS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
-	    tests/integration $(PYTEST_ARGS)
+	    --durations=15 tests/integration $(PYTEST_ARGS)
 
 # The chaos test (tests/chaos/chaos.py): the checker's own tests, then
 # CHAOS_RUNS runs of CHAOS_TIME seconds on 3 and on 5 nodes under every
