@@ -490,12 +490,10 @@ static void out_append(struct gstream *st, const void *msg, size_t len)
     st->s->out_bytes += st->out.len - before;
 }
 
-/* Queue one response message on a stream that stays open. */
-static void send_message(struct gstream *st, const void *msg, size_t len)
+/* Output is waiting: submit the response headers with a data provider
+ * the first time, else wake the provider if it ran dry. */
+static void output_ready(struct gstream *st)
 {
-    if (st->ended)
-        return;
-    out_append(st, msg, len);
     if (!st->responded) {
         st->responded = true;
         nghttp2_nv nva[] = {
@@ -508,6 +506,15 @@ static void send_message(struct gstream *st, const void *msg, size_t len)
         st->deferred = false;
         nghttp2_session_resume_data(st->s->ng, st->id);
     }
+}
+
+/* Queue one response message on a stream that stays open. */
+static void send_message(struct gstream *st, const void *msg, size_t len)
+{
+    if (st->ended)
+        return;
+    out_append(st, msg, len);
+    output_ready(st);
 }
 
 /* A unary call's one response message and OK. */
@@ -2073,18 +2080,7 @@ void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st))
     st->pump = pump;
     if (st->ended)
         return;
-    if (!st->responded) {
-        st->responded = true;
-        nghttp2_nv nva[] = {
-            NV(":status", "200"),
-            NV("content-type", "application/grpc"),
-        };
-        nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_cb};
-        nghttp2_submit_response(st->s->ng, st->id, nva, 2, &dp);
-    } else if (st->deferred) {
-        st->deferred = false;
-        nghttp2_session_resume_data(st->s->ng, st->id);
-    }
+    output_ready(st);
 }
 
 bool grpc_stream_token_ok(const struct gstream *st)
