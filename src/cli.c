@@ -105,8 +105,11 @@ static const char usage_text[] =
     "                   HTTP address,\n"
     "                   or a list as --addr (default: the leader's, from\n"
     "                   mandi)\n"
-    "  --token TOKEN    cluster token for remove/transfer "
-    "(default $PYAZDB_TOKEN)\n"
+    "  --token TOKEN    bearer token sent with every request (HTTP\n"
+    "                   Authorization, gRPC authorization metadata): a\n"
+    "                   client token, or the cluster token for\n"
+    "                   remove/transfer/snapshot (default $PYAZDB_TOKEN)\n"
+    "  --token-file FILE  read the token from the first line of FILE\n"
     "  --tls            talk TLS to the nodes (gRPC with ALPN h2, HTTPS),\n"
     "                   trusting the system's CAs; implied by the three\n"
     "                   options below. The node's certificate must name\n"
@@ -479,6 +482,34 @@ static void on_call_done(struct grpc_call *call)
     c->done = true;
 }
 
+/* "Bearer <token>" sent with every call, or NULL (--token). */
+static char *grpc_authz;
+
+/* The token in the first line of file (--token-file), blanks around it
+ * dropped, into tok; -1 with a message on stderr when there is none. */
+static int read_token_file(const char *file, char *tok, size_t toklen)
+{
+    FILE *f = fopen(file, "r");
+    if (f == NULL) {
+        fprintf(stderr, "pyazdb-cli: --token-file %s: %s\n", file,
+                strerror(errno));
+        return -1;
+    }
+    char line[1024];
+    bool got = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    char *b = line + (got ? strspn(line, " \t") : 0);
+    size_t n = got ? strcspn(b, " \t\r\n") : 0;
+    if (n == 0 || n >= toklen) {
+        fprintf(stderr, "pyazdb-cli: --token-file %s: no token on its first "
+                        "line\n", file);
+        return -1;
+    }
+    memcpy(tok, b, n);
+    tok[n] = '\0';
+    return 0;
+}
+
 /* One unary call; fills *call's results. Returns 0 or -1 (err set). */
 static int rpc(const char *addr, const char *path, const void *msg, size_t len,
                uint64_t deadline, struct cli_call *c, char *err, size_t errlen)
@@ -492,7 +523,9 @@ static int rpc(const char *addr, const char *path, const void *msg, size_t len,
     struct grpc_client *cl =
         grpc_client_new(&loop, addr, KV_VALUE_MAX + (1 << 16));
     grpc_client_set_tls(cl, &tls_cli_grpc);
-    struct grpc_call_opts opts = {.timeout_ms = deadline - now};
+    const char *md[] = {"authorization", grpc_authz, NULL};
+    struct grpc_call_opts opts = {.timeout_ms = deadline - now,
+                                  .metadata = grpc_authz ? md : NULL};
     grpc_call_init(&c->call);
     c->done = false;
     int rv =
@@ -1465,7 +1498,8 @@ static int watch_cmd(int nargs, char **args, const struct endpoints *http,
 int main(int argc, char **argv)
 {
     const char *mandi = NULL;
-    const char *token = NULL;
+    const char *token = NULL, *token_file = NULL;
+    static char file_token[512];
     struct endpoints addrs = {.n = 0}, https = {.n = 0};
     uint64_t timeout_ms = DEFAULT_TIMEOUT_MS;
     bool timeout_given = false;
@@ -1502,7 +1536,8 @@ int main(int argc, char **argv)
                  (strcmp(a, "--mandi") == 0 || strcmp(a, "--addr") == 0 ||
                   strcmp(a, "--endpoints") == 0 ||
                   strcmp(a, "--timeout") == 0 || strcmp(a, "--http") == 0 ||
-                  strcmp(a, "--token") == 0 || strcmp(a, "-o") == 0 ||
+                  strcmp(a, "--token") == 0 ||
+                  strcmp(a, "--token-file") == 0 || strcmp(a, "-o") == 0 ||
                   strcmp(a, "--output") == 0 || strcmp(a, "--cacert") == 0 ||
                   strcmp(a, "--cert") == 0 || strcmp(a, "--key") == 0))
             val = argv[++i];
@@ -1520,6 +1555,8 @@ int main(int argc, char **argv)
                                    val);
         } else if (strncmp(a, "--token", nl) == 0 && nl == 7 && val) {
             token = val;
+        } else if (strncmp(a, "--token-file", nl) == 0 && nl == 12 && val) {
+            token_file = val;
         } else if (strncmp(a, "--cacert", nl) == 0 && nl == 8 && val) {
             cacert = val;
             tls = true;
@@ -1552,6 +1589,22 @@ int main(int argc, char **argv)
         return usage_error("--mandi and --addr%s exclude each other", "");
     if ((cert == NULL) != (key == NULL))
         return usage_error("--cert and --key go together%s", "");
+    if (token && token_file)
+        return usage_error("--token and --token-file exclude each other%s",
+                           "");
+    if (token_file) {
+        if (read_token_file(token_file, file_token, sizeof file_token) < 0)
+            return 1;
+        token = file_token;
+    }
+    if (token == NULL)
+        token = getenv("PYAZDB_TOKEN");
+    if (token && token[0] == '\0')
+        token = NULL;
+    if (token) {
+        grpc_authz = pz_malloc(strlen(token) + 8);
+        sprintf(grpc_authz, "Bearer %s", token);
+    }
     if (tls) {
         char terr[512];
         struct tls_opts to = {.server = false,

@@ -379,17 +379,19 @@ TEST(parse_strings)
     CHECK_EQ_STR(c.log_file, "/tmp/x y.log");
 
     const char *urls[] = {"http://127.0.0.1:7000", "http://mandi:7000/",
-                          "HTTP://h:1", "http://[::1]:7000", "none"};
+                          "HTTP://h:1", "http://[::1]:7000", "none",
+                          "https://h:7000", "HTTPS://[::1]:7000/"};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(urls); i++)
         CHECK_EQ_INT(set1(&c, "mandi-addr", urls[i], err, sizeof err), 0);
     const char *bad_urls[] = {
-        "https://h:7000", "http://:7000", "http://h", "http://h:70/x",
+        "ftp://h:7000", "http://:7000", "http://h", "http://h:70/x",
         "h:7000",         "http://h:0",   "http://",  "",
         "None"};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(bad_urls); i++) {
         CHECK_EQ_INT(set1(&c, "mandi-addr", bad_urls[i], err, sizeof err),
                      PZ_ECONFIG);
-        CHECK(strstr(err, "'mandi-addr' must be a URL http://host:port, "
+        CHECK(strstr(err, "'mandi-addr' must be a URL http://host:port or "
+                          "https://host:port, "
                           "or none") != NULL);
     }
     char host[64];
@@ -1356,7 +1358,7 @@ TEST(reload_set)
         "client-body-timeout", "log-level", "log-file", "tls-cert-file",
         "tls-key-file", "tls-ca-file", "tls-client-auth",
         "peer-tls-cert-file", "peer-tls-key-file", "peer-tls-ca-file",
-        "protected-mode"};
+        "protected-mode", "client-token-file", "mandi-ca-file"};
     for (size_t i = 0; i < cfg_directive_count(); i++) {
         const struct cfg_directive *d = cfg_directive_at(i);
         bool found = false;
