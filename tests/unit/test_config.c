@@ -851,6 +851,20 @@ TEST(cross_field)
     struct pz_config c;
     char err[256] = "";
 
+    /* mandi over HTTPS needs its certificate; a node needs none for it */
+    cfg_init(&c);
+    CHECK_EQ_INT(set1(&c, "mandi-addr", "https://127.0.0.1:7000", err,
+                      sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+    CHECK_EQ_INT(set1(&c, "mode", "mandi", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+    CHECK_EQ_STR(err, "an https 'mandi-addr' needs 'tls-cert-file' and "
+                      "'tls-key-file' in mandi mode");
+    CHECK_EQ_INT(set1(&c, "tls-cert-file", "/c", err, sizeof err), 0);
+    CHECK_EQ_INT(set1(&c, "tls-key-file", "/k", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+    cfg_free(&c);
+
     cfg_init(&c);
     CHECK_EQ_INT(set1(&c, "election-timeout", "299", err, sizeof err), 0);
     CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
