@@ -113,7 +113,8 @@ static const char usage_text[] =
     "  --tls            talk TLS to the nodes (gRPC with ALPN h2, HTTPS),\n"
     "                   trusting the system's CAs; implied by the three\n"
     "                   options below. The node's certificate must name\n"
-    "                   the IP address dialed. Mandi stays plain HTTP\n"
+    "                   the IP address dialed. An https:// --mandi is\n"
+    "                   asked over HTTPS with the same three options\n"
     "  --cacert FILE    trust the CA certificates in FILE (PEM)\n"
     "  --cert FILE      client certificate (PEM), for nodes that ask\n"
     "  --key FILE       its private key (PEM)\n"
@@ -125,8 +126,12 @@ static const char usage_text[] =
 
 /* TLS to the nodes (--tls, --cacert, --cert, --key); off: plain text. */
 static struct tls_slot tls_cli_http, tls_cli_grpc;
-/* The request in flight goes to mandi, which speaks plain HTTP. */
+/* The request in flight goes to mandi: plain HTTP, or HTTPS through
+ * tls_cli_mandi for an https:// mandi (--cacert, --cert, --key apply). */
 static bool to_mandi;
+static struct tls_slot tls_cli_mandi;
+static bool mandi_https;                      /* the mandi URL is https */
+static const char *opt_cacert, *opt_cert, *opt_key; /* for tls_cli_mandi */
 
 /* --- addresses and retries ---------------------------------------------- */
 
@@ -340,7 +345,9 @@ static int http_request_ex(const char *method, const char *addr,
                            .timeout_ms = deadline - now,
                            .max_attempts = 1,
                            .log_name = addr,
-                           .tls = to_mandi ? NULL : &tls_cli_http};
+                           .tls = !to_mandi     ? &tls_cli_http
+                                  : mandi_https ? &tls_cli_mandi
+                                                : NULL};
     struct httpc *c = httpc_new(&loop, ip, &o);
     struct http_answer a = {.done = false};
     pz_buf_init(&a.body);
@@ -379,15 +386,22 @@ static int http_request(const char *method, const char *addr,
                            err, errlen, NULL);
 }
 
-/* Split "http://host:port[/...]" into "host:port" (default port 80);
- * returns 0 or PZ_EINVAL. */
-static int mandi_hostport(const char *url, char *out, size_t outlen)
+/* Split "http://host:port[/...]" or "https://..." into "host:port"
+ * (default port 80 or 443), *https telling which; returns 0 or
+ * PZ_EINVAL. */
+static int mandi_hostport(const char *url, char *out, size_t outlen,
+                          bool *https)
 {
     const char *p = url;
-    if (strncmp(p, "http://", 7) == 0)
+    *https = false;
+    if (strncmp(p, "http://", 7) == 0) {
         p += 7;
-    else if (strstr(p, "://") != NULL)
-        return PZ_EINVAL; /* https and others: not supported */
+    } else if (strncmp(p, "https://", 8) == 0) {
+        p += 8;
+        *https = true;
+    } else if (strstr(p, "://") != NULL) {
+        return PZ_EINVAL; /* other schemes */
+    }
     size_t n = strcspn(p, "/");
     char hp[300];
     if (n == 0 || n >= sizeof hp)
@@ -401,7 +415,7 @@ static int mandi_hostport(const char *url, char *out, size_t outlen)
         return PZ_EINVAL;
     if (hp[0] == ':' || (hp[0] == '[' && close == NULL))
         return PZ_EINVAL;
-    snprintf(out, outlen, has_port ? "%s" : "%s:80", hp);
+    snprintf(out, outlen, has_port ? "%s" : *https ? "%s:443" : "%s:80", hp);
     return 0;
 }
 
@@ -418,10 +432,23 @@ static int discover_field(const char *mandi, const char *field,
     *again = false;
     char hostport[300], msg[400];
     struct pz_buf body;
-    if (mandi_hostport(mandi, hostport, sizeof hostport) < 0) {
+    if (mandi_hostport(mandi, hostport, sizeof hostport, &mandi_https) < 0) {
         snprintf(err, errlen, "bad mandi address '%s' (want http://host:port)",
                  mandi);
         return -1;
+    }
+    if (mandi_https && !tls_slot_on(&tls_cli_mandi)) {
+        char terr[512];
+        struct tls_opts to = {.server = false,
+                              .cert_file = opt_cert ? opt_cert : "",
+                              .key_file = opt_key ? opt_key : "",
+                              .ca_file = opt_cacert ? opt_cacert : "",
+                              .alpn = "http/1.1"};
+        if (tls_slot_load(&tls_cli_mandi, "mandi", &to, terr, sizeof terr) <
+            0) {
+            snprintf(err, errlen, "%s", terr);
+            return -1;
+        }
     }
     to_mandi = true;
     int status = http_request("GET", hostport, "/leader", NULL, deadline,
@@ -1605,6 +1632,9 @@ int main(int argc, char **argv)
         grpc_authz = pz_malloc(strlen(token) + 8);
         sprintf(grpc_authz, "Bearer %s", token);
     }
+    opt_cacert = cacert;
+    opt_cert = cert;
+    opt_key = key;
     if (tls) {
         char terr[512];
         struct tls_opts to = {.server = false,

@@ -877,3 +877,25 @@ def test_protected_mode_with_tokens(tmp_path):
     assert out["other"].startswith("HTTP/1.1 200"), out
     assert "protected mode: HTTP and gRPC serve clients on loopback" \
         not in log
+
+
+def test_cli_through_https_mandi(servers, mandis, pki):
+    """pyazdb-cli finds the leader through an https mandi (--cacert trusts
+    it and the node), then talks gRPC over TLS to the node."""
+    m = https_mandi(mandis, pki)
+    c = tls_conf(pki)
+    c.update({"tls-ca-file": pki["ca.crt"], "mandi-addr": m.url})
+    s = servers(conf=c, start=False)
+    s.ssl_context = client_ctx(pki)
+    s.start()
+    assert gh.wait_for(lambda: m.request("GET", "/leader")[0] == 200,
+                       timeout=15)
+    r = run(gh.CLI, "--mandi", m.url, "--cacert", pki["ca.crt"], "set", "k",
+            "via-mandi")
+    assert r.returncode == 0, r.stderr
+    r = run(gh.CLI, "--mandi", m.url, "--cacert", pki["ca.crt"], "get", "k")
+    assert r.returncode == 0 and r.stdout.strip() == "via-mandi", r.stderr
+    # a mandi whose certificate the CLI does not trust
+    r = run(gh.CLI, "--mandi", m.url, "--cacert", pki["other-ca.crt"],
+            "--timeout", "2", "get", "k")
+    assert r.returncode != 0 and "leader discovery" in r.stderr, r.stderr
