@@ -152,8 +152,8 @@ static void on_signal(uv_signal_t *h, int signum)
 #define PROTECTED_LINE                                                       \
     "protected mode: this node serves clients on loopback only, having "   \
     "no TLS and no client authentication; set 'protected-mode no', or "    \
-    "configure tls-cert-file and tls-key-file (see the README's TLS "      \
-    "section)\n"
+    "configure tls-cert-file and tls-key-file, or client-token-file "     \
+    "(see the README's TLS section)\n"
 static const char protected_http[] =
     "HTTP/1.1 403 Forbidden\r\n"
     "Content-Type: text/plain\r\n"
