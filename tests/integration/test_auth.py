@@ -314,6 +314,30 @@ def test_grpc_etcd(node, epb):
                 "HashKVResponse", tok=APP) == D
 
 
+def test_etcdctl_user(node):
+    """etcdctl --user NAME:TOKEN: Authenticate hands the token back and
+    etcdctl sends it as "token" metadata, checked like a bearer token."""
+    from test_etcd import ETCDCTL, ctl
+    if ETCDCTL is None:
+        pytest.skip("etcdctl is not installed")
+    p = node.grpc_port
+    ctl(p, "--user", f"app:{APP}", "put", "app/ctl", "v")
+    _, out, _ = ctl(p, "--user", f"appro:{APPRO}", "get", "app/ctl")
+    assert out.split() == ["app/ctl", "v"]
+    rc, _, err = ctl(p, "--user", f"app:{APP}", "put", "zz", "v",
+                     check=False)
+    assert rc != 0 and "outside its prefixes" in err, err
+    rc, _, err = ctl(p, "--user", f"appro:{APPRO}", "put", "app/ctl", "w",
+                     check=False)
+    assert rc != 0 and "read-only" in err, err
+    # a name that is not the token's, and no token at all
+    rc, _, err = ctl(p, "--user", f"reader:{APP}", "get", "app/ctl",
+                     check=False)
+    assert rc != 0 and "authentication failed" in err, err
+    rc, _, err = ctl(p, "get", "app/ctl", check=False)
+    assert rc != 0 and "Missing bearer token" in err, err
+
+
 # --- reload --------------------------------------------------------------------
 
 def test_reload_tokens(node):
