@@ -60,7 +60,8 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
-           src/watch.c src/lease.c src/etcd_map.c src/sha256.c
+           src/watch.c src/lease.c src/etcd_map.c src/sha256.c \
+           src/tokens.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/tls.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
@@ -72,7 +73,7 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/etcd_kv.c src/etcd_cluster.c src/etcd_watch.c \
              src/etcd_lease.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
-             src/reload.c src/sdnotify.c src/tls_setup.c
+             src/reload.c src/sdnotify.c src/tls_setup.c src/auth.c
 CLI_SRC = src/cli.c src/cli_conn.c src/cli_snapshot.c src/cli_watch.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))

@@ -105,12 +105,16 @@ static const char usage_text[] =
     "                   HTTP address,\n"
     "                   or a list as --addr (default: the leader's, from\n"
     "                   mandi)\n"
-    "  --token TOKEN    cluster token for remove/transfer "
-    "(default $PYAZDB_TOKEN)\n"
+    "  --token TOKEN    bearer token sent with every request (HTTP\n"
+    "                   Authorization, gRPC authorization metadata): a\n"
+    "                   client token, or the cluster token for\n"
+    "                   remove/transfer/snapshot (default $PYAZDB_TOKEN)\n"
+    "  --token-file FILE  read the token from the first line of FILE\n"
     "  --tls            talk TLS to the nodes (gRPC with ALPN h2, HTTPS),\n"
     "                   trusting the system's CAs; implied by the three\n"
     "                   options below. The node's certificate must name\n"
-    "                   the IP address dialed. Mandi stays plain HTTP\n"
+    "                   the IP address dialed. An https:// --mandi is\n"
+    "                   asked over HTTPS with the same three options\n"
     "  --cacert FILE    trust the CA certificates in FILE (PEM)\n"
     "  --cert FILE      client certificate (PEM), for nodes that ask\n"
     "  --key FILE       its private key (PEM)\n"
@@ -122,8 +126,12 @@ static const char usage_text[] =
 
 /* TLS to the nodes (--tls, --cacert, --cert, --key); off: plain text. */
 static struct tls_slot tls_cli_http, tls_cli_grpc;
-/* The request in flight goes to mandi, which speaks plain HTTP. */
+/* The request in flight goes to mandi: plain HTTP, or HTTPS through
+ * tls_cli_mandi for an https:// mandi (--cacert, --cert, --key apply). */
 static bool to_mandi;
+static struct tls_slot tls_cli_mandi;
+static bool mandi_https;                      /* the mandi URL is https */
+static const char *opt_cacert, *opt_cert, *opt_key; /* for tls_cli_mandi */
 
 /* --- addresses and retries ---------------------------------------------- */
 
@@ -337,7 +345,9 @@ static int http_request_ex(const char *method, const char *addr,
                            .timeout_ms = deadline - now,
                            .max_attempts = 1,
                            .log_name = addr,
-                           .tls = to_mandi ? NULL : &tls_cli_http};
+                           .tls = !to_mandi     ? &tls_cli_http
+                                  : mandi_https ? &tls_cli_mandi
+                                                : NULL};
     struct httpc *c = httpc_new(&loop, ip, &o);
     struct http_answer a = {.done = false};
     pz_buf_init(&a.body);
@@ -376,15 +386,22 @@ static int http_request(const char *method, const char *addr,
                            err, errlen, NULL);
 }
 
-/* Split "http://host:port[/...]" into "host:port" (default port 80);
- * returns 0 or PZ_EINVAL. */
-static int mandi_hostport(const char *url, char *out, size_t outlen)
+/* Split "http://host:port[/...]" or "https://..." into "host:port"
+ * (default port 80 or 443), *https telling which; returns 0 or
+ * PZ_EINVAL. */
+static int mandi_hostport(const char *url, char *out, size_t outlen,
+                          bool *https)
 {
     const char *p = url;
-    if (strncmp(p, "http://", 7) == 0)
+    *https = false;
+    if (strncmp(p, "http://", 7) == 0) {
         p += 7;
-    else if (strstr(p, "://") != NULL)
-        return PZ_EINVAL; /* https and others: not supported */
+    } else if (strncmp(p, "https://", 8) == 0) {
+        p += 8;
+        *https = true;
+    } else if (strstr(p, "://") != NULL) {
+        return PZ_EINVAL; /* other schemes */
+    }
     size_t n = strcspn(p, "/");
     char hp[300];
     if (n == 0 || n >= sizeof hp)
@@ -398,7 +415,7 @@ static int mandi_hostport(const char *url, char *out, size_t outlen)
         return PZ_EINVAL;
     if (hp[0] == ':' || (hp[0] == '[' && close == NULL))
         return PZ_EINVAL;
-    snprintf(out, outlen, has_port ? "%s" : "%s:80", hp);
+    snprintf(out, outlen, has_port ? "%s" : *https ? "%s:443" : "%s:80", hp);
     return 0;
 }
 
@@ -415,10 +432,23 @@ static int discover_field(const char *mandi, const char *field,
     *again = false;
     char hostport[300], msg[400];
     struct pz_buf body;
-    if (mandi_hostport(mandi, hostport, sizeof hostport) < 0) {
+    if (mandi_hostport(mandi, hostport, sizeof hostport, &mandi_https) < 0) {
         snprintf(err, errlen, "bad mandi address '%s' (want http://host:port)",
                  mandi);
         return -1;
+    }
+    if (mandi_https && !tls_slot_on(&tls_cli_mandi)) {
+        char terr[512];
+        struct tls_opts to = {.server = false,
+                              .cert_file = opt_cert ? opt_cert : "",
+                              .key_file = opt_key ? opt_key : "",
+                              .ca_file = opt_cacert ? opt_cacert : "",
+                              .alpn = "http/1.1"};
+        if (tls_slot_load(&tls_cli_mandi, "mandi", &to, terr, sizeof terr) <
+            0) {
+            snprintf(err, errlen, "%s", terr);
+            return -1;
+        }
     }
     to_mandi = true;
     int status = http_request("GET", hostport, "/leader", NULL, deadline,
@@ -479,6 +509,34 @@ static void on_call_done(struct grpc_call *call)
     c->done = true;
 }
 
+/* "Bearer <token>" sent with every call, or NULL (--token). */
+static char *grpc_authz;
+
+/* The token in the first line of file (--token-file), blanks around it
+ * dropped, into tok; -1 with a message on stderr when there is none. */
+static int read_token_file(const char *file, char *tok, size_t toklen)
+{
+    FILE *f = fopen(file, "r");
+    if (f == NULL) {
+        fprintf(stderr, "pyazdb-cli: --token-file %s: %s\n", file,
+                strerror(errno));
+        return -1;
+    }
+    char line[1024];
+    bool got = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    char *b = line + (got ? strspn(line, " \t") : 0);
+    size_t n = got ? strcspn(b, " \t\r\n") : 0;
+    if (n == 0 || n >= toklen) {
+        fprintf(stderr, "pyazdb-cli: --token-file %s: no token on its first "
+                        "line\n", file);
+        return -1;
+    }
+    memcpy(tok, b, n);
+    tok[n] = '\0';
+    return 0;
+}
+
 /* One unary call; fills *call's results. Returns 0 or -1 (err set). */
 static int rpc(const char *addr, const char *path, const void *msg, size_t len,
                uint64_t deadline, struct cli_call *c, char *err, size_t errlen)
@@ -492,7 +550,9 @@ static int rpc(const char *addr, const char *path, const void *msg, size_t len,
     struct grpc_client *cl =
         grpc_client_new(&loop, addr, KV_VALUE_MAX + (1 << 16));
     grpc_client_set_tls(cl, &tls_cli_grpc);
-    struct grpc_call_opts opts = {.timeout_ms = deadline - now};
+    const char *md[] = {"authorization", grpc_authz, NULL};
+    struct grpc_call_opts opts = {.timeout_ms = deadline - now,
+                                  .metadata = grpc_authz ? md : NULL};
     grpc_call_init(&c->call);
     c->done = false;
     int rv =
@@ -1465,7 +1525,8 @@ static int watch_cmd(int nargs, char **args, const struct endpoints *http,
 int main(int argc, char **argv)
 {
     const char *mandi = NULL;
-    const char *token = NULL;
+    const char *token = NULL, *token_file = NULL;
+    static char file_token[512];
     struct endpoints addrs = {.n = 0}, https = {.n = 0};
     uint64_t timeout_ms = DEFAULT_TIMEOUT_MS;
     bool timeout_given = false;
@@ -1502,7 +1563,8 @@ int main(int argc, char **argv)
                  (strcmp(a, "--mandi") == 0 || strcmp(a, "--addr") == 0 ||
                   strcmp(a, "--endpoints") == 0 ||
                   strcmp(a, "--timeout") == 0 || strcmp(a, "--http") == 0 ||
-                  strcmp(a, "--token") == 0 || strcmp(a, "-o") == 0 ||
+                  strcmp(a, "--token") == 0 ||
+                  strcmp(a, "--token-file") == 0 || strcmp(a, "-o") == 0 ||
                   strcmp(a, "--output") == 0 || strcmp(a, "--cacert") == 0 ||
                   strcmp(a, "--cert") == 0 || strcmp(a, "--key") == 0))
             val = argv[++i];
@@ -1520,6 +1582,8 @@ int main(int argc, char **argv)
                                    val);
         } else if (strncmp(a, "--token", nl) == 0 && nl == 7 && val) {
             token = val;
+        } else if (strncmp(a, "--token-file", nl) == 0 && nl == 12 && val) {
+            token_file = val;
         } else if (strncmp(a, "--cacert", nl) == 0 && nl == 8 && val) {
             cacert = val;
             tls = true;
@@ -1552,6 +1616,25 @@ int main(int argc, char **argv)
         return usage_error("--mandi and --addr%s exclude each other", "");
     if ((cert == NULL) != (key == NULL))
         return usage_error("--cert and --key go together%s", "");
+    if (token && token_file)
+        return usage_error("--token and --token-file exclude each other%s",
+                           "");
+    if (token_file) {
+        if (read_token_file(token_file, file_token, sizeof file_token) < 0)
+            return 1;
+        token = file_token;
+    }
+    if (token == NULL)
+        token = getenv("PYAZDB_TOKEN");
+    if (token && token[0] == '\0')
+        token = NULL;
+    if (token) {
+        grpc_authz = pz_malloc(strlen(token) + 8);
+        sprintf(grpc_authz, "Bearer %s", token);
+    }
+    opt_cacert = cacert;
+    opt_cert = cert;
+    opt_key = key;
     if (tls) {
         char terr[512];
         struct tls_opts to = {.server = false,

@@ -208,15 +208,15 @@ static const struct cfg_directive directives[] = {
     D_INT("MANDI", "mandi-max-join-requests", mandi_max_join_requests, "1024",
           1, 1000000, IMM | MANDI, "most join requests mandi holds at once"),
 
-    D_STRING("TLS", "tls-cert-file", tls_cert_file, "", 0, NULL,
+    D_STRING("TLS", "tls-cert-file", tls_cert_file, "", MANDI, NULL,
              "PEM certificate chain of the HTTP and gRPC listeners; empty = "
              "plain text"),
-    D_STRING("TLS", "tls-key-file", tls_key_file, "", 0, NULL,
+    D_STRING("TLS", "tls-key-file", tls_key_file, "", MANDI, NULL,
              "PEM private key of tls-cert-file"),
-    D_STRING("TLS", "tls-ca-file", tls_ca_file, "", 0, NULL,
+    D_STRING("TLS", "tls-ca-file", tls_ca_file, "", MANDI, NULL,
              "PEM CAs that client certificates must chain to"),
     D_ENUM("TLS", "tls-client-auth", tls_client_auth, "none",
-           client_auth_words, 0,
+           client_auth_words, MANDI,
            "client certificates: none, optional (verified when sent) or "
            "require"),
     D_STRING("TLS", "peer-tls-cert-file", peer_tls_cert_file, "", 0, NULL,
@@ -226,6 +226,12 @@ static const struct cfg_directive directives[] = {
              "PEM private key of peer-tls-cert-file"),
     D_STRING("TLS", "peer-tls-ca-file", peer_tls_ca_file, "", 0, NULL,
              "PEM CA of the cluster: peers' certificates must chain to it"),
+    D_STRING("TLS", "client-token-file", client_token_file, "", 0, NULL,
+             "bearer tokens of the data API, one per line (NAME ro|rw "
+             "TOKEN [PREFIX ...]); empty = no tokens asked"),
+    D_STRING("TLS", "mandi-ca-file", mandi_ca_file, "", 0, NULL,
+             "PEM CAs that an https mandi-addr's certificate must chain "
+             "to; empty = tls-ca-file, else the system's CAs"),
     D_BOOL("TLS", "protected-mode", protected_mode, "yes", 0,
            "without tls-cert-file, serve HTTP and gRPC clients from "
            "loopback only"),
@@ -575,7 +581,8 @@ static int check_mandi_url(const char *v, char *why, size_t whylen)
     if (strcmp(v, "none") == 0 || cfg_url_hostport(v, host, sizeof host,
                                                    &port) == 0)
         return 0;
-    snprintf(why, whylen, "must be a URL http://host:port, or none");
+    snprintf(why, whylen,
+             "must be a URL http://host:port or https://host:port, or none");
     return -1;
 }
 
@@ -594,12 +601,21 @@ static int check_token(const char *v, char *why, size_t whylen)
     return -1;
 }
 
+bool cfg_url_is_https(const char *url)
+{
+    return strncasecmp(url, "https://", 8) == 0;
+}
+
 int cfg_url_hostport(const char *url, char *host, size_t hostlen, int *port)
 {
     static const char scheme[] = "http://";
-    if (strncasecmp(url, scheme, sizeof scheme - 1) != 0)
+    const char *a;
+    if (strncasecmp(url, scheme, sizeof scheme - 1) == 0)
+        a = url + sizeof scheme - 1;
+    else if (cfg_url_is_https(url))
+        a = url + 8;
+    else
         return PZ_EINVAL;
-    const char *a = url + sizeof scheme - 1;
     size_t alen = strcspn(a, "/");
     if (a[alen] == '/' && a[alen + 1] != '\0')
         return PZ_EINVAL; /* a path: we append our own */
@@ -1358,6 +1374,13 @@ static int check_tls(const struct pz_config *c, char *err, size_t errlen)
                 "'tls-client-auth' %s needs 'tls-cert-file', 'tls-key-file' "
                 "and 'tls-ca-file' (the CA client certificates chain to)",
                 client_auth_words[c->tls_client_auth]);
+        return PZ_ECONFIG;
+    }
+    if (c->mode == CFG_MODE_MANDI && cfg_url_is_https(c->mandi_addr) &&
+        !cert) {
+        fmt_err(err, errlen, NULL, 0,
+                "an https 'mandi-addr' needs 'tls-cert-file' and "
+                "'tls-key-file' in mandi mode");
         return PZ_ECONFIG;
     }
     int n = (c->peer_tls_cert_file[0] != '\0') +

@@ -146,6 +146,8 @@ struct pz_config {
                                  ways */
     char *peer_tls_key_file;  /* peer-tls-key-file */
     char *peer_tls_ca_file;   /* peer-tls-ca-file: the cluster CA */
+    char *client_token_file;  /* client-token-file: "" = no tokens */
+    char *mandi_ca_file;      /* mandi-ca-file: CAs of an https mandi */
     bool protected_mode;      /* protected-mode: without TLS, serve
                                  loopback clients only */
     /* LOGGING */
@@ -308,5 +310,7 @@ int cfg_parse_cluster(const char *spec, struct cfg_peer **peers, size_t *npeers,
  * and port, as pz_split_hostport() does. Returns 0 or PZ_EINVAL. Nodes use
  * it to reach mandi; in mandi mode it is also the listen address. */
 int cfg_url_hostport(const char *url, char *host, size_t hostlen, int *port);
+/* Is url an https:// URL (mandi over TLS)? cfg_url_hostport takes both. */
+bool cfg_url_is_https(const char *url);
 
 #endif

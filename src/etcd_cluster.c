@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "auth.h"
 #include "grpc_frame.h"
 #include "grpc_pb.h"
 #include "log.h"
@@ -559,8 +560,9 @@ static void call_auth_status(struct gstream *st)
 
 /* Authenticate: with a cluster-token, user "root" and the token as its
  * password get the token back, which etcd clients then send as "token"
- * metadata (grpc_stream_token_ok). Without one, etcd's "not enabled",
- * which its clients take as "go on without a token". */
+ * metadata (grpc_stream_token_ok); so does a client token of
+ * client-token-file under its name (auth.h). Without either, etcd's "not
+ * enabled", which its clients take as "go on without a token". */
 static void call_authenticate(struct gstream *st)
 {
     Etcdserverpb__AuthenticateRequest *q =
@@ -569,12 +571,21 @@ static void call_authenticate(struct gstream *st)
     if (q == NULL)
         return;
     const char *token = grpc_stream_server(st)->cluster_token;
-    if (token == NULL || token[0] == '\0') {
+    if (auth_user_ok(q->name, q->password))
+        token = q->password;
+    else if (auth_on() && strcmp(q->name, "root") != 0)
+        token = NULL; /* refused below, not "not enabled" */
+    if ((token == NULL || token[0] == '\0') && auth_on()) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: authentication failed, invalid user ID "
+                         "or password");
+    } else if (token == NULL || token[0] == '\0') {
         grpc_stream_fail(st, GRPC_FAILED_PRECONDITION,
                          "etcdserver: authentication is not enabled");
-    } else if (strcmp(q->name, "root") != 0 ||
-               !pz_token_equal(token, strlen(token), q->password,
-                               strlen(q->password))) {
+    } else if (token != q->password &&
+               (strcmp(q->name, "root") != 0 ||
+                !pz_token_equal(token, strlen(token), q->password,
+                                strlen(q->password)))) {
         grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
                          "etcdserver: authentication failed, invalid user ID "
                          "or password");

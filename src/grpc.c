@@ -47,6 +47,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "auth.h"
 #include "cluster.pb-c.h"
 #include "etcd.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -989,6 +990,15 @@ static void call_kv(struct gstream *st)
                gs->max_value);
         return;
     }
+    char why[256];
+    int denied = auth_grpc_key(st->cred, st->m->kind != M_KV_GET, r->key,
+                               r->klen, why, sizeof why);
+    if (denied != AUTH_OK) {
+        finish(st, denied == AUTH_DENIED ? GRPC_PERMISSION_DENIED
+                                         : GRPC_UNAUTHENTICATED,
+               "%s", why);
+        return;
+    }
     if (deadline_passed(st)) {
         gs->stats.deadlines++;
         finish(st, GRPC_DEADLINE_EXCEEDED, "deadline exceeded (%llu ms)",
@@ -1217,9 +1227,18 @@ static void dispatch(struct gstream *st)
     case M_HEALTH_WATCH:
         call_health(st);
         break;
-    case M_ETCD:
-        etcd_call(st, st->m->sub);
+    case M_ETCD: {
+        char why[256];
+        int denied = auth_grpc_etcd(st->cred, st->m->sub, msg_bytes(st),
+                                    st->rd.msg.len, why, sizeof why);
+        if (denied != AUTH_OK)
+            finish(st, denied == AUTH_DENIED ? GRPC_PERMISSION_DENIED
+                                             : GRPC_UNAUTHENTICATED,
+                   "%s", why);
+        else
+            etcd_call(st, st->m->sub);
         break;
+    }
     default:
         pz_assert(0);
     }
@@ -2089,7 +2108,9 @@ bool grpc_stream_token_ok(const struct gstream *st)
     if (t == NULL || t[0] == '\0')
         return true;
     return st->cred != NULL &&
-           pz_token_equal(t, strlen(t), st->cred, strlen(st->cred));
+           (pz_token_equal(t, strlen(t), st->cred, strlen(st->cred)) ||
+            auth_admin_token(st->cred)); /* an rw client token without
+                                            prefixes (auth.h) */
 }
 
 void grpc_stream_forward(struct gstream *st)

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "auth.h"
 #include "fwd.h"
 #include "http_parse.h"
 #include "http_watch.h"
@@ -29,6 +30,7 @@
 #include "node_lease.h"
 #include "snapshot.h"
 #include "stats.h"
+#include "tokens.h"
 
 struct http_conn {
     struct httpd_conn hc; /* the request loop (httpd.h); first */
@@ -47,6 +49,7 @@ struct http_conn {
     uint64_t count;       /* count of the last operation */
     bool truncated;       /* results dropped: over OUT_MAX */
     struct watch_stream *ws; /* GET /watch: its stream (http_watch.h) */
+    char *fwd_token;      /* the client's bearer token, forwarded */
 };
 
 /* Most bytes of results one answer holds (/range, /txn); past it a range
@@ -804,13 +807,6 @@ static void on_stream(struct httpd_conn *hc)
     httpd_stream_write(hc, buf, got); /* may end the request: last */
 }
 
-/* Cluster-changing requests need "Authorization: Bearer <cluster-token>"
- * when a token is set. */
-static bool authorized(struct http_conn *h)
-{
-    return httpd_bearer_ok(&h->hc.p.req, cluster_token);
-}
-
 static void reply_cluster(struct http_conn *h)
 {
     struct node_status st;
@@ -874,9 +870,19 @@ static void forward(struct http_conn *h)
         reply_text(h, 503, "Leader address not known yet", NULL);
         return;
     }
-    /* The request passed our checks: the leader gets our token. Reads
-     * may be sent again if the connection is lost (fwd.h). */
+    /* The request passed our checks: the leader gets our token, or with
+     * client tokens the client's own, which it checks again (auth.h).
+     * Reads may be sent again if the connection is lost (fwd.h). */
     h->fwd.auth = cluster_token;
+    const char *tok = http_req_header(req, "authorization");
+    size_t toklen = tok ? strlen(tok) : 0;
+    if (auth_on() && tok && http_bearer_value(&tok, &toklen) &&
+        toklen <= TOKEN_MAX) {
+        pz_free(h->fwd_token);
+        h->fwd_token = pz_memdup(tok, toklen + 1);
+        h->fwd_token[toklen] = '\0';
+        h->fwd.auth = h->fwd_token;
+    }
     h->fwd.idempotent = req->method == HTTP_GET;
     int rv = fwd_send(&h->fwd, addr, llhttp_method_name(req->method),
                       req->url.data, req->body.data ? req->body.data : "",
@@ -1062,6 +1068,13 @@ static void on_request(struct httpd_conn *hc)
     h->restarts = 0;
     http_api_decode(&hc->p.req, &api_limits, &h->op);
     hc->route = op_route(h->op.kind);
+    /* Tokens (auth.h), and the cluster token of the admin routes. */
+    char why[256];
+    int denied = auth_http(&hc->p.req, &h->op, why, sizeof why);
+    if (denied != AUTH_OK) {
+        reply_text(h, denied, why, NULL);
+        return;
+    }
     switch (h->op.kind) {
     case HTTP_OP_ERROR:
         reply_text(h, h->op.status, h->op.reason, h->op.allow);
@@ -1093,27 +1106,15 @@ static void on_request(struct httpd_conn *hc)
     case HTTP_OP_LEASE_REVOKE:
     case HTTP_OP_LEASE_GET:
     case HTTP_OP_LEASE_LIST:
-        if (h->op.needs_auth && !authorized(h)) {
-            reply_text(h, 401, "Unauthorized", NULL);
-            return;
-        }
         httpd_hold(hc);
         start_write(h);
         return;
     case HTTP_OP_SNAPSHOT:
-        if (!authorized(h)) {
-            reply_text(h, 401, "Unauthorized", NULL);
-            return;
-        }
         httpd_hold(hc);
         if (node_snapshot_now(&h->req, on_snapshot_done) < 0)
             on_snapshot_done(&h->req, PZ_EIO);
         return;
     case HTTP_OP_BACKUP:
-        if (!authorized(h)) {
-            reply_text(h, 401, "Unauthorized", NULL);
-            return;
-        }
         httpd_hold(hc);
         rv = node_read(&h->req, false, on_backup_read);
         break;
@@ -1141,6 +1142,8 @@ static void on_done(struct httpd_conn *hc)
     snapshot_reader_close(h->snap);
     h->snap = NULL;
     http_watch_free(&h->ws);
+    pz_free(h->fwd_token);
+    h->fwd_token = NULL;
 }
 
 static void on_close(struct httpd_conn *hc)
@@ -1156,6 +1159,8 @@ static void on_close(struct httpd_conn *hc)
     snapshot_reader_close(h->snap);
     h->snap = NULL;
     http_watch_free(&h->ws);
+    pz_free(h->fwd_token);
+    h->fwd_token = NULL;
 }
 
 static const struct httpd_ops http_ops = {

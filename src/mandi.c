@@ -33,6 +33,7 @@
 #include "reload.h"
 #include "sdnotify.h"
 #include "stats.h"
+#include "tls_setup.h"
 
 #define CLOSE_GRACE_MS 2000
 
@@ -638,6 +639,7 @@ struct mandi *mandi_new(uv_loop_t *loop, const struct mandi_opts *opts,
         finish(m);
         return NULL;
     }
+    m->http.ls.tls = opts->tls;
     struct sockaddr_storage ss;
     int sl = sizeof ss;
     if (uv_tcp_getsockname(&m->http.ls.tcp, (struct sockaddr *)&ss, &sl) == 0)
@@ -742,6 +744,8 @@ static void apply_config(const struct pz_config *c, void *arg)
         proc.m->http.ls.max_conns = (size_t)c->max_clients;
         proc.m->http.o.max_clients = (size_t)c->max_clients;
     }
+    if (tls_slot_on(&tls_http))
+        tls_setup_load(c, true, NULL, 0); /* new certificates */
 }
 
 static void on_sighup(uv_signal_t *h, int signum)
@@ -769,12 +773,22 @@ int mandi_run(const struct pz_config *cfg)
     memset(&proc, 0, sizeof proc);
     signal(SIGPIPE, SIG_IGN);
     if (mandi_opts_from_config(cfg, &opts) < 0) {
-        pz_error("mandi-addr '%s' is not http://host:port%s",
+        pz_error("mandi-addr '%s' is not http(s)://host:port%s",
                  cfg->mandi_addr,
                  strcmp(cfg->mandi_addr, "none") == 0
                      ? ": mandi mode needs the address to listen on"
                      : "");
         return 1;
+    }
+    /* https:// in mandi-addr: HTTPS with the tls-* files (config.c
+     * checks they are set). */
+    if (cfg_url_is_https(cfg->mandi_addr)) {
+        if (tls_setup_load(cfg, false, err, sizeof err) < 0) {
+            pz_error("%s", err);
+            tls_setup_free();
+            return 1;
+        }
+        opts.tls = &tls_http;
     }
     uv_loop_init(&proc.loop);
     struct conn_limits lim = {
@@ -804,11 +818,14 @@ int mandi_run(const struct pz_config *cfg)
         uv_run(&proc.loop, UV_RUN_DEFAULT);
         uv_loop_close(&proc.loop);
         reload_free(&proc.reload);
+        tls_setup_free();
         return 1;
     }
-    pz_info("pyazdb %s mandi: listening on %s (port %d); leader ttl %llu ms, "
+    pz_info("pyazdb %s mandi: listening on %s%s (port %d); leader ttl %llu "
+            "ms, "
             "join request ttl %llu ms",
-            PZ_VERSION, opts.listen_addr, mandi_port(proc.m),
+            PZ_VERSION, opts.tls ? "https://" : "", opts.listen_addr,
+            mandi_port(proc.m),
             (unsigned long long)opts.leader_ttl_ms,
             (unsigned long long)opts.join_ttl_ms);
     if (opts.token == NULL || opts.token[0] == '\0')
@@ -820,6 +837,7 @@ int mandi_run(const struct pz_config *cfg)
     sdnotify(ready);
     uv_run(&proc.loop, UV_RUN_DEFAULT);
     reload_free(&proc.reload);
+    tls_setup_free();
     int rv = uv_loop_close(&proc.loop);
     if (rv != 0) {
         pz_error("loop did not close cleanly: %s", uv_strerror(rv));

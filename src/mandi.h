@@ -106,6 +106,8 @@ struct mandi_opts {
     size_t max_headers;      /* header fields per request */
     size_t out_pause;        /* stop serving a connection whose unread
                                 output passes this, until it drains */
+    const struct tls_slot *tls; /* HTTPS (tls.h), borrowed; NULL: plain
+                                   HTTP */
 };
 
 struct mandi;

@@ -143,6 +143,13 @@ static bool valid_token(const char *t)
     return n <= CFG_TOKEN_MAX;
 }
 
+static const struct tls_slot *https_slot; /* mandi_client_https() */
+
+void mandi_client_https(const struct tls_slot *s)
+{
+    https_slot = s;
+}
+
 struct mandi_client *mandi_client_new(uv_loop_t *loop, const char *url,
                                       const char *token, uint64_t timeout_ms,
                                       char *err, size_t errlen)
@@ -153,6 +160,11 @@ struct mandi_client *mandi_client_new(uv_loop_t *loop, const char *url,
     struct sockaddr_in sa4;
     if (cfg_url_hostport(url, host, sizeof host, &port) < 0) {
         snprintf(err, errlen, "mandi url '%s' is not http://host:port", url);
+        return NULL;
+    }
+    bool https = cfg_url_is_https(url);
+    if (https && https_slot == NULL) {
+        snprintf(err, errlen, "mandi url '%s': no TLS set up for https", url);
         return NULL;
     }
     bool v6 = uv_ip6_addr(host, port, &sa6) == 0;
@@ -188,6 +200,7 @@ struct mandi_client *mandi_client_new(uv_loop_t *loop, const char *url,
         .warn = http_warn,
         .warn_data = mc,
         .quiet_dial = true, /* mandi may be down: nodes do without it */
+        .tls = https ? https_slot : NULL,
     };
     mc->http = httpc_new(loop, mc->addr, &o);
     return mc;

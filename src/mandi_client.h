@@ -70,8 +70,14 @@ struct mandi_result {
 
 typedef void (*mandi_client_cb)(const struct mandi_result *res, void *data);
 
-/* A client of the mandi at url ("http://host:port", host an IP address or
- * localhost). token: "" or NULL for none, else sent as
+struct tls_slot;
+
+/* The TLS context for https:// mandi URLs (tls.h), borrowed: set once
+ * before mandi_client_new() is given one. */
+void mandi_client_https(const struct tls_slot *s);
+
+/* A client of the mandi at url ("http://host:port", or "https://host:port"
+ * after mandi_client_https(), host an IP address or localhost). token: "" or NULL for none, else sent as
  * `Authorization: Bearer <token>` on every request (copied; printable
  * ASCII without blanks). timeout_ms > 0 bounds each request. Returns NULL
  * with a message in err for a bad url or token. */

@@ -296,6 +296,7 @@ static int uv_io_mandi_open(void *data, const struct pz_config *cfg, bool *on,
     *on = false;
     if (strcmp(cfg->mandi_addr, "none") == 0)
         return 0;
+    mandi_client_https(&tls_mandi_client); /* for an https mandi-addr */
     io.mandi = mandi_client_new(io.loop, cfg->mandi_addr, cfg->cluster_token,
                                 2000, err, errlen);
     if (io.mandi == NULL)

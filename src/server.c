@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "conn.h"
 #include "fwd.h"
 #include "grpc.h"
@@ -151,8 +152,8 @@ static void on_signal(uv_signal_t *h, int signum)
 #define PROTECTED_LINE                                                       \
     "protected mode: this node serves clients on loopback only, having "   \
     "no TLS and no client authentication; set 'protected-mode no', or "    \
-    "configure tls-cert-file and tls-key-file (see the README's TLS "      \
-    "section)\n"
+    "configure tls-cert-file and tls-key-file, or client-token-file "     \
+    "(see the README's TLS section)\n"
 static const char protected_http[] =
     "HTTP/1.1 403 Forbidden\r\n"
     "Content-Type: text/plain\r\n"
@@ -198,11 +199,14 @@ static void apply_config(const struct pz_config *c, void *arg)
     srv.grpc.body_timeout = (uint64_t)c->client_body_timeout_ms;
     srv.http.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
     srv.grpc.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
-    bool open_tls = tls_slot_on(&tls_http);
+    if (srv.reload_applying) {
+        tls_setup_load(c, true, NULL, 0);
+        auth_load(c, true, NULL, 0);
+    }
+    /* Client tokens count as client authentication. */
+    bool open_tls = tls_slot_on(&tls_http) || auth_on();
     set_protected(&srv.http.ls, c->protected_mode && !open_tls, false);
     set_protected(&srv.grpc.ls, c->protected_mode && !open_tls, true);
-    if (srv.reload_applying)
-        tls_setup_load(c, true, NULL, 0);
 }
 
 static void on_sighup(uv_signal_t *h, int signum)
@@ -308,9 +312,12 @@ int server_run(const struct pz_config *cfg)
         rv = try_bind("grpc", cfg->grpc_addr, err, sizeof err);
     if (rv == 0 && tls_setup_load(cfg, false, err, sizeof err) < 0)
         rv = PZ_ECONFIG;
+    if (rv == 0)
+        rv = auth_load(cfg, false, err, sizeof err);
     if (rv < 0) {
         pz_error("%s", err);
         tls_setup_free();
+        auth_free();
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -364,12 +371,13 @@ int server_run(const struct pz_config *cfg)
         uv_loop_close(&srv.loop);
         reload_free(&srv.reload);
         tls_setup_free();
+        auth_free();
         return 1;
     }
     pz_info("pyazdb %s node %s: HTTP%s on %s, gRPC%s on %s", PZ_VERSION,
             cfg->node_id, tls_slot_on(&tls_http) ? "S" : "", cfg->http_addr,
             tls_slot_on(&tls_grpc) ? " over TLS" : "", cfg->grpc_addr);
-    if (cfg->protected_mode && !tls_slot_on(&tls_http))
+    if (cfg->protected_mode && !tls_slot_on(&tls_http) && !auth_on())
         pz_info("protected mode: HTTP and gRPC serve clients on loopback "
                 "only (no TLS); 'protected-mode no' serves every client");
     char ready[700];
@@ -380,6 +388,7 @@ int server_run(const struct pz_config *cfg)
     uv_run(&srv.loop, UV_RUN_DEFAULT);
     reload_free(&srv.reload);
     tls_setup_free();
+    auth_free();
     rv = uv_loop_close(&srv.loop);
     if (rv != 0) {
         pz_error("loop did not close cleanly: %s", uv_strerror(rv));

@@ -6,7 +6,7 @@
 #include "log.h"
 
 struct tls_slot tls_http, tls_grpc, tls_peer_in, tls_peer_out;
-struct tls_slot tls_http_client, tls_grpc_client;
+struct tls_slot tls_http_client, tls_grpc_client, tls_mandi_client;
 
 /* Load one slot from o. want: configured now. */
 static int load_one(struct tls_slot *s, const char *name, bool want,
@@ -81,6 +81,23 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
             return PZ_ECONFIG;
         failed++;
     }
+    /* A node's client of an https mandi: mandi-ca-file, else tls-ca-file,
+     * else the system's CAs; this node's certificate when it has one. */
+    struct tls_opts om = {
+        .server = false,
+        .cert_file = c->tls_cert_file,
+        .key_file = c->tls_key_file,
+        .ca_file = c->mandi_ca_file[0] ? c->mandi_ca_file : c->tls_ca_file,
+        .alpn = "http/1.1",
+    };
+    bool mandi_https = c->mode != CFG_MODE_MANDI &&
+                       cfg_url_is_https(c->mandi_addr);
+    if (load_one(&tls_mandi_client, "mandi client", mandi_https, &om, reload,
+                 err, errlen) < 0) {
+        if (!reload)
+            return PZ_ECONFIG;
+        failed++;
+    }
     struct tls_opts p = {
         .server = true,
         .cert_file = c->peer_tls_cert_file,
@@ -107,6 +124,7 @@ void tls_setup_free(void)
 {
     tls_slot_clear(&tls_http);
     tls_slot_clear(&tls_grpc);
+    tls_slot_clear(&tls_mandi_client);
     tls_slot_clear(&tls_peer_in);
     tls_slot_clear(&tls_peer_out);
     tls_slot_clear(&tls_http_client);

@@ -22,6 +22,8 @@
 
 extern struct tls_slot tls_http, tls_grpc, tls_peer_in, tls_peer_out;
 extern struct tls_slot tls_http_client, tls_grpc_client;
+/* A node's client of mandi when mandi-addr is https:// (mandi-ca-file). */
+extern struct tls_slot tls_mandi_client;
 
 /* At start (reload false: any failure is an error in err) or on a reload
  * (failures are logged, the rest applied; returns how many failed). */

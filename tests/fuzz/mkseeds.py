@@ -334,6 +334,23 @@ def config_seeds():
     out("config", "value", b"\xff\xff\xffhttp://[::1]:65535/")
 
 
+# --- client token files ---------------------------------------------------------------
+def tokens_seeds():
+    files = {
+        "basic": "# name rights token prefixes\n"
+                 "admin rw admin-token-0123456789\n"
+                 "app rw app-token-0123456789 app/ shared%2fx\r\n"
+                 "  reader\tro\treader-token-0123456789\n",
+        "binary-prefix": "b ro bin-token-0123456789 %00%ff %ff%ff\n",
+        "bad-rights": "a rx aaaaaaaaaaaaaaaaaaaa\n",
+        "duplicate": "a rw aaaaaaaaaaaaaaaaaaaa\nb rw aaaaaaaaaaaaaaaaaaaa\n",
+        "bad-escape": "a rw aaaaaaaaaaaaaaaaaaaa p%zz\n",
+    }
+    probe = b"\xff\x04app/\x04app0\x01a\x00\x05app/x\x05app/y"
+    for name, text in files.items():
+        out("tokens", name, text.encode() + probe)
+
+
 # --- Raft core: operation sequences ------------------------------------------------
 def raft_core_seeds():
     rng = random.Random(20261202)
@@ -467,6 +484,7 @@ def main():
     raft_codec_seeds()
     snapshot_seeds()
     config_seeds()
+    tokens_seeds()
     raft_core_seeds()
     return 0
 

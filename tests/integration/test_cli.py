@@ -260,8 +260,12 @@ def test_mandi_errors(node, mandi):
                        "1", "get", "k")
     assert code == 1 and "discovery" in err and "refused" in err
     s.close()
-    code, _, err = cli("--mandi", "https://127.0.0.1:1", "get", "k")
+    code, _, err = cli("--mandi", "ftp://127.0.0.1:1", "get", "k")
     assert code == 1 and "mandi address" in err
+    # https is spoken (test_tls.py): a closed port is a discovery failure
+    code, _, err = cli("--mandi", "https://127.0.0.1:1", "--timeout", "1",
+                       "get", "k")
+    assert code == 1 and "discovery" in err
 
 
 def test_timeout_bounds_discovery(mandi):

@@ -817,3 +817,85 @@ def test_cli_snapshot_save_over_https(servers, pki, tmp_path):
     # Plain text to the HTTPS port: a clear failure too.
     r = run(cli, *h, "snapshot", "save", bad)
     assert r.returncode == 1 and not os.path.exists(bad), r.stderr
+
+
+# --- mandi over HTTPS -----------------------------------------------------------
+
+def https_mandi(mandis, pki, conf=None):
+    m = mandis(start=False)
+    m.url = f"https://127.0.0.1:{m.port}"
+    m.conf.update({"mandi-addr": m.url, "tls-cert-file": pki["node1.crt"],
+                   "tls-key-file": pki["node1.key"]})
+    m.conf.update(conf or {})
+    m.write_conf()
+    m.ssl_context = client_ctx(pki)
+    return m.start()
+
+
+def test_mandi_https_cluster(servers, mandis, pki):
+    """Mandi serves HTTPS; three nodes find it, bootstrap and join through
+    it, verifying its certificate with mandi-ca-file."""
+    from test_cluster import leader_of, put, wait_value
+    from test_join import grow
+    m = https_mandi(mandis, pki, {"cluster-token": "mandi-secret"})
+    r = curl(m.port, "/leader", "--cacert", pki["ca.crt"])
+    assert r.returncode == 0 and r.stdout.endswith("\n404"), r.stdout
+    # plain HTTP gets no answer from it, and an unknown CA is refused
+    r = run("curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{m.port}/")
+    assert r.returncode != 0
+    r = curl(m.port, "/leader", "--cacert", pki["other-ca.crt"])
+    assert r.returncode != 0
+    nodes = grow(servers, m, conf={"mandi-ca-file": pki["ca.crt"],
+                                   "cluster-token": "mandi-secret"})
+    leader = leader_of(nodes)
+    r = curl(m.port, "/leader", "--cacert", pki["ca.crt"])
+    body, _, code = r.stdout.rpartition("\n")
+    assert code == "200" and json.loads(body)["id"] == leader.name
+    assert put(nodes[2], "via", "https-mandi")[0] == 204
+    for s in nodes:
+        wait_value(s, "via", "https-mandi")
+
+
+def test_mandi_https_wrong_ca(servers, mandis, pki):
+    """A node that does not trust mandi's certificate never talks to it."""
+    m = https_mandi(mandis, pki)
+    s = servers("node1", conf={"mandi-addr": m.url,
+                               "mandi-ca-file": pki["other-ca.crt"]})
+    assert gh.wait_for(lambda: "mandi at 127.0.0.1" in s.read_log()
+                       and "certificate" in s.read_log(), timeout=15), \
+        s.read_log()
+    st, _, _ = m.request("GET", "/leader")
+    assert st == 404
+
+
+def test_protected_mode_with_tokens(tmp_path):
+    """A token file counts as client authentication: the node serves other
+    addresses, and a data request from there still needs a token."""
+    path = tmp_path / "tokens"
+    path.write_text("app rw app-token-0123456789\n")
+    out, log = protected_probe(tmp_path, ["--client-token-file", str(path)])
+    assert out["other"].startswith("HTTP/1.1 200"), out
+    assert "protected mode: HTTP and gRPC serve clients on loopback" \
+        not in log
+
+
+def test_cli_through_https_mandi(servers, mandis, pki):
+    """pyazdb-cli finds the leader through an https mandi (--cacert trusts
+    it and the node), then talks gRPC over TLS to the node."""
+    m = https_mandi(mandis, pki)
+    c = tls_conf(pki)
+    c.update({"tls-ca-file": pki["ca.crt"], "mandi-addr": m.url})
+    s = servers(conf=c, start=False)
+    s.ssl_context = client_ctx(pki)
+    s.start()
+    assert gh.wait_for(lambda: m.request("GET", "/leader")[0] == 200,
+                       timeout=15)
+    r = run(gh.CLI, "--mandi", m.url, "--cacert", pki["ca.crt"], "set", "k",
+            "via-mandi")
+    assert r.returncode == 0, r.stderr
+    r = run(gh.CLI, "--mandi", m.url, "--cacert", pki["ca.crt"], "get", "k")
+    assert r.returncode == 0 and r.stdout.strip() == "via-mandi", r.stderr
+    # a mandi whose certificate the CLI does not trust
+    r = run(gh.CLI, "--mandi", m.url, "--cacert", pki["other-ca.crt"],
+            "--timeout", "2", "get", "k")
+    assert r.returncode != 0 and "leader discovery" in r.stderr, r.stderr

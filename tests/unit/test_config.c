@@ -379,17 +379,19 @@ TEST(parse_strings)
     CHECK_EQ_STR(c.log_file, "/tmp/x y.log");
 
     const char *urls[] = {"http://127.0.0.1:7000", "http://mandi:7000/",
-                          "HTTP://h:1", "http://[::1]:7000", "none"};
+                          "HTTP://h:1", "http://[::1]:7000", "none",
+                          "https://h:7000", "HTTPS://[::1]:7000/"};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(urls); i++)
         CHECK_EQ_INT(set1(&c, "mandi-addr", urls[i], err, sizeof err), 0);
     const char *bad_urls[] = {
-        "https://h:7000", "http://:7000", "http://h", "http://h:70/x",
+        "ftp://h:7000", "http://:7000", "http://h", "http://h:70/x",
         "h:7000",         "http://h:0",   "http://",  "",
         "None"};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(bad_urls); i++) {
         CHECK_EQ_INT(set1(&c, "mandi-addr", bad_urls[i], err, sizeof err),
                      PZ_ECONFIG);
-        CHECK(strstr(err, "'mandi-addr' must be a URL http://host:port, "
+        CHECK(strstr(err, "'mandi-addr' must be a URL http://host:port or "
+                          "https://host:port, "
                           "or none") != NULL);
     }
     char host[64];
@@ -848,6 +850,20 @@ TEST(cross_field)
 {
     struct pz_config c;
     char err[256] = "";
+
+    /* mandi over HTTPS needs its certificate; a node needs none for it */
+    cfg_init(&c);
+    CHECK_EQ_INT(set1(&c, "mandi-addr", "https://127.0.0.1:7000", err,
+                      sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+    CHECK_EQ_INT(set1(&c, "mode", "mandi", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+    CHECK_EQ_STR(err, "an https 'mandi-addr' needs 'tls-cert-file' and "
+                      "'tls-key-file' in mandi mode");
+    CHECK_EQ_INT(set1(&c, "tls-cert-file", "/c", err, sizeof err), 0);
+    CHECK_EQ_INT(set1(&c, "tls-key-file", "/k", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), 0);
+    cfg_free(&c);
 
     cfg_init(&c);
     CHECK_EQ_INT(set1(&c, "election-timeout", "299", err, sizeof err), 0);
@@ -1356,7 +1372,7 @@ TEST(reload_set)
         "client-body-timeout", "log-level", "log-file", "tls-cert-file",
         "tls-key-file", "tls-ca-file", "tls-client-auth",
         "peer-tls-cert-file", "peer-tls-key-file", "peer-tls-ca-file",
-        "protected-mode"};
+        "protected-mode", "client-token-file", "mandi-ca-file"};
     for (size_t i = 0; i < cfg_directive_count(); i++) {
         const struct cfg_directive *d = cfg_directive_at(i);
         bool found = false;

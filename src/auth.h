@@ -1,0 +1,72 @@
+/* auth.h - bearer tokens for the data API (client-token-file): the token
+ * set in force, read at start and again on SIGHUP, and the decision for
+ * each HTTP request and gRPC call.
+ *
+ * Without client-token-file nothing here refuses anything: the data API is
+ * open as before (cluster-token still guards the admin routes). With it:
+ *   - data routes and calls need a token of the file (401 / UNAUTHENTICATED
+ *     without one), with the right (ro: reads and watches, rw: writes too)
+ *     and, for a prefix-limited token, keys and ranges within its prefixes
+ *     (403 / PERMISSION_DENIED);
+ *   - lease routes need rw; revoking a lease, listing leases or a lease's
+ *     keys need rw without prefixes (a lease may hold any key);
+ *   - admin routes and calls (membership, transfer, snapshots, compaction,
+ *     defragment, alarms) need the cluster token or an rw token without
+ *     prefixes; Hash/HashKV need a token without prefixes;
+ *   - /health, /status, /cluster, /metrics, gRPC Health, reflection and
+ *     pyazdb.Cluster/Status stay open (no keys or values in them).
+ * A follower forwards the client's own Authorization to the leader, which
+ * decides again with its own file: nothing a client sends (such as
+ * X-Pyazdb-Forwarded) stands for a check done elsewhere.
+ *
+ * Refusals carry one line naming the token by its name, never the token.
+ * A start with a file that does not load fails; a reload with one keeps
+ * the tokens in force and logs the file, line and reason. */
+#ifndef PZ_AUTH_H
+#define PZ_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "http_parse.h"
+
+/* What auth_* return. */
+enum {
+    AUTH_OK = 0,
+    AUTH_UNAUTHENTICATED = 401, /* no token, or one the file lacks */
+    AUTH_DENIED = 403,          /* a known token without the right */
+};
+
+/* Read c->client_token_file (none: tokens off). At start (reload false) a
+ * failure returns PZ_ECONFIG with "FILE:LINE: reason" in err; on a reload
+ * it is logged and the tokens in force stay. */
+int auth_load(const struct pz_config *c, bool reload, char *err,
+              size_t errlen);
+void auth_free(void);
+/* Are tokens in force (client-token-file set)? */
+bool auth_on(void);
+
+/* May the HTTP request req, decoded as op, run? AUTH_OK, or a refusal
+ * with one line in why. The admin routes take the cluster token (read at
+ * start by auth_load) too. */
+int auth_http(const struct http_req *req, const struct http_op *op,
+              char *why, size_t whylen);
+
+/* gRPC: cred is the call's credential (the X of "authorization: Bearer
+ * X", or etcd's "token" metadata; NULL: none). */
+/* kv.KVService: a read or a write of one key. */
+int auth_grpc_key(const char *cred, bool write, const uint8_t *key,
+                  size_t klen, char *why, size_t whylen);
+/* etcdserverpb.*: call (enum etcd_call) with its request message. */
+int auth_grpc_etcd(const char *cred, int call, const uint8_t *msg,
+                   size_t len, char *why, size_t whylen);
+/* Is cred an rw token without prefixes (which the admin calls take as
+ * they take the cluster token)? */
+bool auth_admin_token(const char *cred);
+/* Is cred the token named name (etcd's Authenticate: etcdctl --user
+ * NAME:TOKEN)? */
+bool auth_user_ok(const char *name, const char *cred);
+
+#endif
