@@ -532,7 +532,11 @@ static void write_done(struct node_req *req, int status)
         return;
     }
     uint64_t rev = req->res.revision;
-    if (e->over) {
+    if (req->res.status == KV_ELEASE_NOTFOUND) {
+        /* A put named a lease the table does not hold: nothing changed. */
+        grpc_stream_fail(st, GRPC_NOT_FOUND,
+                         "etcdserver: requested lease not found");
+    } else if (e->over) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the write was applied at revision "
                          "%llu, but its response is larger than "
