@@ -189,6 +189,15 @@ bool watch_caught_up(const struct watcher *w)
     return w->hub == NULL || w->seq >= w->hub->committed_seq;
 }
 
+/* Tell w's owner: its own callback, or else the hub's. */
+static void tell(struct watch_hub *h, struct watcher *w)
+{
+    if (w->notify)
+        w->notify(w->notify_arg, w);
+    else if (h->notify)
+        h->notify(h->notify_arg, w);
+}
+
 /* Cancel w with a reason and tell its owner (who may free it). */
 static void cancel(struct watch_hub *h, struct watcher *w, int why)
 {
@@ -198,8 +207,7 @@ static void cancel(struct watch_hub *h, struct watcher *w, int why)
         h->cancelled_slow++;
     else
         h->cancelled_compacted++;
-    if (h->notify)
-        h->notify(h->notify_arg, w);
+    tell(h, w);
 }
 
 void watch_hub_commit(struct watch_hub *h)
@@ -214,8 +222,8 @@ void watch_hub_commit(struct watch_hub *h)
     struct watcher *w = h->watchers;
     while (w) {
         struct watcher *next = w->next_w;
-        if (!watch_caught_up(w) && h->notify)
-            h->notify(h->notify_arg, w); /* may read, or remove w */
+        if (!watch_caught_up(w))
+            tell(h, w); /* may read, or remove w */
         w = next;
     }
     enforce_limits(h);

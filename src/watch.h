@@ -90,6 +90,10 @@ struct watcher {
     int state;             /* WATCH_LIVE, or why it was cancelled */
     struct watcher *prev_w, *next_w; /* hub's list */
     void *data;                      /* the owner's */
+    /* Set by the owner after watch_add: called for this watcher instead
+     * of the hub's callback (watch_notify_cb; NULL: the hub's). */
+    void (*notify)(void *arg, struct watcher *w);
+    void *notify_arg; /* its argument */
 };
 
 /* Called by watch_hub_commit for each live watcher with events to read

@@ -276,6 +276,47 @@ TEST(slow_watcher_cancelled)
     fx_free(&f);
 }
 
+/* A watcher with a callback of its own is told there, not through the
+ * hub's callback: of its events and of its cancellation. */
+static int own_calls, own_cancelled;
+
+static void on_own(void *arg, struct watcher *w)
+{
+    int *tag = arg;
+    own_calls += *tag;
+    if (w->state != WATCH_LIVE)
+        own_cancelled++;
+}
+
+TEST(watcher_with_own_callback)
+{
+    struct fx f;
+    fx_init(&f, 2, 1u << 20, 1u << 20);
+    struct watcher a, b;
+    int tag = 10;
+    own_calls = own_cancelled = 0;
+    CHECK_EQ_INT(add_prefix(&f, &a, "k", 1), 0);
+    CHECK_EQ_INT(add_prefix(&f, &b, "k", 1), 0);
+    b.notify = on_own;
+    b.notify_arg = &tag;
+    put(&f, "k1", "v");
+    CHECK_EQ_INT(f.notified, 1); /* a, through the hub */
+    CHECK_EQ_INT(own_calls, 10); /* b, through its own */
+    char out[256];
+    drain(&f, &b, out, sizeof out);
+    CHECK_EQ_STR(out, "1:+k1=v,;");
+    drain(&f, &a, out, sizeof out);
+    /* b falls behind two revisions of a two-event history: cancelled */
+    put(&f, "k2", "v");
+    put(&f, "k3", "v");
+    put(&f, "k4", "v");
+    CHECK(own_cancelled == 1 && b.state == WATCH_COMPACTED);
+    CHECK(f.last_cancelled != &b);
+    watch_remove(&a);
+    watch_remove(&b);
+    fx_free(&f);
+}
+
 TEST(max_watchers)
 {
     struct fx f;
@@ -359,6 +400,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(bounds_and_compaction),
     TEST_ENTRY(lagging_watcher_is_compacted),
     TEST_ENTRY(slow_watcher_cancelled),
+    TEST_ENTRY(watcher_with_own_callback),
     TEST_ENTRY(max_watchers),
     TEST_ENTRY(reset_after_snapshot),
     TEST_ENTRY(random_against_reference),
