@@ -60,7 +60,7 @@ GEN_O = $(GEN_C:.c=.o) src/gen/descriptors.o
 CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
-           src/watch.c src/lease.c src/etcd_map.c src/sha256.c
+           src/watch.c src/lease.c src/etcd_map.c src/sha256.c src/pbjson.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/tls.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
