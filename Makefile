@@ -68,7 +68,7 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
              src/node_metrics.c src/http_watch.c src/node_lease.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
-             src/etcd_kv.c src/etcd_cluster.c \
+             src/etcd_kv.c src/etcd_cluster.c src/etcd_gateway.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c src/tls_setup.c
 CLI_SRC = src/cli.c src/cli_snapshot.c src/cli_watch.c

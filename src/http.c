@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "etcd_gateway.h"
 #include "fwd.h"
 #include "http_parse.h"
 #include "http_watch.h"
@@ -47,6 +48,7 @@ struct http_conn {
     uint64_t count;       /* count of the last operation */
     bool truncated;       /* results dropped: over OUT_MAX */
     struct watch_stream *ws; /* GET /watch: its stream (http_watch.h) */
+    struct etcd_gw *gw;      /* /v3/...: etcd's JSON gateway */
 };
 
 /* Most bytes of results one answer holds (/range, /txn); past it a range
@@ -790,6 +792,10 @@ static void on_stream(struct httpd_conn *hc)
         http_watch_on_stream(h->ws);
         return;
     }
+    if (h->gw) {
+        etcd_gw_on_stream(h->gw);
+        return;
+    }
     size_t want = (size_t)PZ_MIN((uint64_t)sizeof buf, hc->stream_left);
     if (h->snap == NULL ||
         snapshot_reader_read(h->snap, h->snap_off, buf, want, &got, err,
@@ -1060,6 +1066,11 @@ static void on_request(struct httpd_conn *hc)
     struct http_conn *h = conn_of(hc);
     int rv;
     h->restarts = 0;
+    if (etcd_gw_match(&hc->p.req)) {
+        hc->route = "etcd_gateway";
+        etcd_gw_start(hc, &h->gw);
+        return;
+    }
     http_api_decode(&hc->p.req, &api_limits, &h->op);
     hc->route = op_route(h->op.kind);
     switch (h->op.kind) {
@@ -1141,6 +1152,7 @@ static void on_done(struct httpd_conn *hc)
     snapshot_reader_close(h->snap);
     h->snap = NULL;
     http_watch_free(&h->ws);
+    etcd_gw_free(&h->gw);
 }
 
 static void on_close(struct httpd_conn *hc)
@@ -1156,6 +1168,7 @@ static void on_close(struct httpd_conn *hc)
     snapshot_reader_close(h->snap);
     h->snap = NULL;
     http_watch_free(&h->ws);
+    etcd_gw_free(&h->gw);
 }
 
 static const struct httpd_ops http_ops = {
@@ -1192,6 +1205,7 @@ int http_start(struct httpd *srv, const struct pz_config *cfg,
         .conn_size = sizeof(struct http_conn),
     };
     http_watch_init(cfg);
+    etcd_gw_init(cfg);
     return httpd_listen(srv, cfg->http_addr, &http_ops, &o, "http", NULL, err,
                         errlen);
 }
@@ -1199,5 +1213,6 @@ int http_start(struct httpd *srv, const struct pz_config *cfg,
 void http_drain(struct httpd *srv)
 {
     http_watch_drain();
+    etcd_gw_drain();
     httpd_drain(srv);
 }
