@@ -488,3 +488,41 @@ def test_same_answers_as_etcd(cluster, etcd):
     theirs = run_script(etcd)
     for a, b in zip(ours, theirs):
         assert a == b
+
+
+def test_clients_that_leave(cluster):
+    """Clients that send a request and leave before the answer (a call in
+    flight on the loopback gRPC connection, a lease request forwarded to
+    the leader, a watch waiting for its ReadIndex) cost nothing after: the
+    node carries on and holds no watcher."""
+    nodes, leader, follower = cluster
+    port = follower.http_port
+    lease = json.dumps({"TTL": 30}).encode()
+    reqs = [("/v3/kv/txn", json.dumps({"success": [{"request_put": {
+                "key": b64(f"gone/{i}"), "value": b64("v")}}]}).encode())
+            for i in range(20)]
+    reqs += [("/v3/lease/grant", lease)] * 5
+    reqs += [("/v3/watch", json.dumps({"create_request": {
+        "key": b64("gone/")}}).encode())] * 10
+    reqs += [("/v3/kv/range", b'{"key":"Z29uZS8=","range_end":"Z29uZTA="}')]
+    for path, body in reqs:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                  f"{len(body)}\r\n\r\n".encode() + body)
+        s.close()
+    # a request cut in its body, and one with a body longer than sent
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Length: 50"
+              b"\r\n\r\n{\"key\":")
+    s.close()
+    deadline = time.time() + 10
+    while watchers(follower) != 0:
+        assert time.time() < deadline, "watchers outlived their clients"
+        time.sleep(0.05)
+    r = call(port, "/v3/kv/range", {"key": b64("gone/"),
+                                    "range_end": b64("gone0")})
+    assert int(r.get("count", "0")) <= 20
+    c = gw(port)
+    assert c.put("after", "ok") is True and c.get("after") == [b"ok"]
+    for n in nodes:
+        assert n.proc.poll() is None
