@@ -18,6 +18,9 @@ import pytest
 
 from conftest import free_port
 from test_cluster import leader_of, make_cluster
+from test_tls import body_code, pki  # noqa: F401 (pki: a fixture)
+from test_tls import curl as tls_curl
+from test_tls import start as tls_start
 
 try:
     import etcd3gw
@@ -526,3 +529,23 @@ def test_clients_that_leave(cluster):
     assert c.put("after", "ok") is True and c.get("after") == [b"ok"]
     for n in nodes:
         assert n.proc.poll() is None
+
+
+@pytest.mark.parametrize("auth", ["none", "require"])
+def test_gateway_over_tls(servers, pki, auth):
+    """With TLS on both client ports (and client certificates required),
+    the gateway's loopback calls to the gRPC port go over TLS too,
+    verifying the node's certificate against tls-ca-file as a forward to
+    the leader does."""
+    s = tls_start(servers, pki, auth=auth,
+                  conf={"tls-ca-file": pki["ca.crt"]})
+    opts = ["--cacert", pki["ca.crt"]]
+    if auth != "none":
+        opts += ["--cert", pki["alice.crt"], "--key", pki["alice.key"]]
+    r = tls_curl(s.http_port, "/v3/kv/put", *opts,
+                 data='{"key":"dGxz","value":"b2s="}')
+    body, code = body_code(r)
+    assert code == 200, (r.stderr, body)
+    r = tls_curl(s.http_port, "/v3/kv/range", *opts, data='{"key":"dGxz"}')
+    body, code = body_code(r)
+    assert code == 200 and json.loads(body)["kvs"][0]["value"] == "b2s="
