@@ -549,3 +549,68 @@ def test_gateway_over_tls(servers, pki, auth):
     r = tls_curl(s.http_port, "/v3/kv/range", *opts, data='{"key":"dGxz"}')
     body, code = body_code(r)
     assert code == 200 and json.loads(body)["kvs"][0]["value"] == "b2s="
+
+
+def test_etcd3gw_lock(cluster):
+    """etcd3gw's lock: a lease, a create-if-absent transaction carrying
+    it, a compare-and-delete release."""
+    nodes, leader, follower = cluster
+    a, b = gw(follower.http_port), gw(leader.http_port)
+    la = a.lock("job", ttl=30)
+    lb = b.lock("job", ttl=30)
+    assert la.acquire() is True
+    assert la.is_acquired() is True
+    assert lb.acquire() is False  # held by a
+    assert lb.is_acquired() is False
+    assert la.refresh() == 30
+    assert la.release() is True
+    assert lb.acquire() is True and lb.is_acquired() is True
+    assert lb.release() is True
+
+
+def metric(server, name):
+    st, _, text = server.request("GET", "/metrics")
+    text = text.decode() if isinstance(text, bytes) else text
+    return float(next(x for x in text.splitlines()
+                      if x.startswith(name + " ")).split()[1])
+
+
+def test_watch_of_a_client_that_does_not_read(servers):
+    """A watcher whose client reads nothing falls behind; past
+    watch-max-buffer it is cancelled and its stream ends, holding no
+    memory: the writes and the other watchers go on."""
+    server = servers(conf={"watch-max-buffer": "64kb"})
+    port = server.http_port
+    slow = RawWatch(port, {"key": b64("s/"), "range_end": b64("s0")})
+    assert slow.chunk()["created"] is True
+    fast = RawWatch(port, {"key": b64("s/0")})
+    assert fast.chunk()["created"] is True
+    value = b64("x" * 60000)
+    txn = {"success": [{"request_put": {"key": b64(f"s/{k}"),
+                                        "value": value}}
+                       for k in range(1, 9)]}  # ~0.5 MB a revision
+    deadline = time.time() + 60
+    while metric(server, "pyazdb_watch_cancelled_slow_total") < 1:
+        assert time.time() < deadline, "the slow watcher was not cancelled"
+        call(port, "/v3/kv/txn", txn)
+    deadline = time.time() + 10
+    while watchers(server) != 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    # the slow stream ends with a canceled line after what it had queued
+    last = None
+    while True:
+        r = slow.chunk()
+        if r is None:
+            break
+        last = r
+    assert last["canceled"] is True
+    assert "watch-max-buffer" in last["cancel_reason"]
+    slow.close()
+    # the fast one still gets its key's events
+    call(port, "/v3/kv/put", {"key": b64("s/0"), "value": b64("last")})
+    while True:
+        r = fast.chunk()
+        if r["events"][-1]["kv"]["value"] == b64("last"):
+            break
+    fast.close()
