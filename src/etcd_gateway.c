@@ -48,6 +48,7 @@
 
 #define MAX_RESTARTS 4          /* lease requests started over */
 #define LEASE_KEYS_MAX 100000   /* keys listed by a time-to-live */
+#define KEEPALIVES_MAX 1000     /* keep-alive requests in one POST */
 
 enum route_kind { R_GRPC, R_LEASE, R_WATCH };
 enum lease_op { L_GRANT, L_REVOKE, L_KEEPALIVE, L_TTL, L_LEASES };
@@ -109,6 +110,8 @@ struct etcd_gw {
     bool forwarding;        /* fwd is in flight */
     int restarts;           /* lease request started over */
     ProtobufCMessage *msg;  /* R_LEASE, R_WATCH: the unpacked request */
+    int64_t *ids;           /* keep-alive: the leases of each request */
+    size_t nids;
     /* watch */
     struct watcher w;
     bool registered;        /* w is registered */
@@ -132,7 +135,8 @@ void etcd_gw_init(const struct pz_config *cfg)
 
 bool etcd_gw_match(const struct http_req *req)
 {
-    return req->url.len >= 4 && memcmp(req->url.data, "/v3/", 4) == 0;
+    return (req->url.len >= 4 && memcmp(req->url.data, "/v3/", 4) == 0) ||
+           (req->url.len >= 8 && memcmp(req->url.data, "/v3beta/", 8) == 0);
 }
 
 /* --- answers ---------------------------------------------------------------
@@ -468,19 +472,26 @@ static void on_lease_read(struct node_req *req, int status)
     struct kv_lease l;
     switch (g->r->lease) {
     case L_KEEPALIVE: {
-        const Pyazdb__Etcdgw__LeaseKeepAliveRequest *rq = (const void *)g->msg;
-        Pyazdb__Etcdgw__LeaseKeepAliveResponse resp =
-            PYAZDB__ETCDGW__LEASE_KEEP_ALIVE_RESPONSE__INIT;
-        Pyazdb__Etcdgw__LeaseKeepAliveResult res =
-            PYAZDB__ETCDGW__LEASE_KEEP_ALIVE_RESULT__INIT;
-        uint64_t ttl = 0;
-        resp.header = &h;
-        resp.id = rq->id;
-        if (rq->id > 0 && kv_lease_get(kv, (uint64_t)rq->id, &l) &&
-            node_lease_keepalive(l.id, &ttl))
-            resp.ttl = (int64_t)ttl;
-        res.result = &resp;
-        reply_msg(g->hc, &res.base, true);
+        /* one result line per request of the body, in order */
+        struct pz_buf b;
+        pz_buf_init(&b);
+        for (size_t i = 0; i < g->nids; i++) {
+            Pyazdb__Etcdgw__LeaseKeepAliveResponse resp =
+                PYAZDB__ETCDGW__LEASE_KEEP_ALIVE_RESPONSE__INIT;
+            Pyazdb__Etcdgw__LeaseKeepAliveResult res =
+                PYAZDB__ETCDGW__LEASE_KEEP_ALIVE_RESULT__INIT;
+            uint64_t ttl = 0;
+            resp.header = &h;
+            resp.id = g->ids[i];
+            if (g->ids[i] > 0 && kv_lease_get(kv, (uint64_t)g->ids[i], &l) &&
+                node_lease_keepalive(l.id, &ttl))
+                resp.ttl = (int64_t)ttl;
+            res.result = &resp;
+            pbjson_encode(&res.base, &b);
+            pz_buf_append(&b, "\n", 1);
+        }
+        reply_json(g->hc, &b);
+        pz_buf_free(&b);
         return;
     }
     case L_TTL: {
@@ -876,6 +887,50 @@ void etcd_gw_on_stream(struct etcd_gw *g)
 /* --- dispatch --------------------------------------------------------------
  */
 
+/* The requests of a keep-alive body: JSON objects one after the other, as
+ * etcd's gateway reads a client stream. Returns 0 or answers (PZ_EINVAL):
+ * unlike etcd's, which answers the requests before a bad one and drops
+ * the rest, a body with anything bad is refused whole. */
+static int read_keepalives(struct etcd_gw *g, const char *body, size_t len)
+{
+    size_t off = 0, start = 0, vlen = 0;
+    char err[256];
+    int rv;
+    /* no object at all: no request, an empty answer (as etcd's) */
+    while ((rv = pbjson_next_object(body, len, &off, &start, &vlen)) > 0) {
+        if (g->nids == KEEPALIVES_MAX) {
+            reply_error(g->hc, GRPC_INVALID_ARGUMENT,
+                        "more than 1000 keep-alive requests in one body");
+            return PZ_EINVAL;
+        }
+        struct pz_buf w;
+        pz_buf_init(&w);
+        if (pbjson_decode(g->r->req, body + start, vlen, &w, err,
+                          sizeof err) < 0) {
+            pz_buf_free(&w);
+            reply_error(g->hc, GRPC_INVALID_ARGUMENT, err);
+            return PZ_EINVAL;
+        }
+        Pyazdb__Etcdgw__LeaseKeepAliveRequest *rq =
+            pyazdb__etcdgw__lease_keep_alive_request__unpack(
+                NULL, w.len, (const uint8_t *)(w.data ? w.data : ""));
+        pz_buf_free(&w);
+        if (rq == NULL) {
+            reply_error(g->hc, GRPC_INVALID_ARGUMENT, "malformed request");
+            return PZ_EINVAL;
+        }
+        g->ids = pz_realloc(g->ids, (g->nids + 1) * sizeof *g->ids);
+        g->ids[g->nids++] = rq->id;
+        pyazdb__etcdgw__lease_keep_alive_request__free_unpacked(rq, NULL);
+    }
+    if (rv < 0) {
+        reply_error(g->hc, GRPC_INVALID_ARGUMENT,
+                    "the body is not a sequence of JSON objects");
+        return PZ_EINVAL;
+    }
+    return 0;
+}
+
 void etcd_gw_start(struct httpd_conn *hc, struct etcd_gw **out)
 {
     const struct http_req *req = &hc->p.req;
@@ -884,9 +939,16 @@ void etcd_gw_start(struct httpd_conn *hc, struct etcd_gw **out)
     const char *q = memchr(req->url.data, '?', plen);
     if (q)
         plen = (size_t)(q - req->url.data);
+    /* the path after /v3 (or /v3beta, which etcd 3.4 serves alike) */
+    const char *rest = req->url.data + 3;
+    size_t rlen = plen - 3;
+    if (plen >= 8 && memcmp(req->url.data, "/v3beta/", 8) == 0) {
+        rest = req->url.data + 7;
+        rlen = plen - 7;
+    }
     for (size_t i = 0; i < PZ_ARRAY_SIZE(routes); i++)
-        if (strlen(routes[i].path) == plen &&
-            memcmp(routes[i].path, req->url.data, plen) == 0)
+        if (strlen(routes[i].path + 3) == rlen &&
+            memcmp(routes[i].path + 3, rest, rlen) == 0)
             r = &routes[i];
     if (r == NULL) {
         httpd_text(hc, 404, "Not Found", NULL);
@@ -903,13 +965,22 @@ void etcd_gw_start(struct httpd_conn *hc, struct etcd_gw **out)
     pz_buf_init(&g->fwd.body);
     *out = g;
     char err[256];
-    if (pbjson_decode(r->req, req->body.data ? req->body.data : "",
+    if ((r->kind != R_LEASE || r->lease != L_KEEPALIVE) &&
+        pbjson_decode(r->req, req->body.data ? req->body.data : "",
                       req->body.len, &g->wire, err, sizeof err) < 0) {
         reply_error(hc, GRPC_INVALID_ARGUMENT, err);
         return;
     }
     if (r->kind == R_GRPC) {
         start_grpc(g);
+        return;
+    }
+    if (r->kind == R_LEASE && r->lease == L_KEEPALIVE) {
+        if (read_keepalives(g, req->body.data ? req->body.data : "",
+                            req->body.len) < 0)
+            return;
+        httpd_hold(hc);
+        start_lease(g);
         return;
     }
     g->msg = protobuf_c_message_unpack(r->req, NULL, g->wire.len,
@@ -951,6 +1022,7 @@ void etcd_gw_free(struct etcd_gw **gp)
         g->next_s->prev_s = g->prev_s;
     if (g->msg)
         protobuf_c_message_free_unpacked(g->msg, NULL);
+    pz_free(g->ids);
     pz_buf_free(&g->wire);
     pz_free(g);
 }

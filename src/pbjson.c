@@ -426,6 +426,53 @@ int pbjson_decode(const ProtobufCMessageDescriptor *md, const char *doc,
     return decode_message(&d, md, &root, out);
 }
 
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+int pbjson_next_object(const char *doc, size_t len, size_t *off,
+                       size_t *start, size_t *vlen)
+{
+    size_t i = *off;
+    while (i < len && is_space(doc[i]))
+        i++;
+    if (i == len) {
+        *off = len;
+        return 0;
+    }
+    if (doc[i] != '{')
+        return PZ_EINVAL;
+    char open[JSON_MAX_DEPTH]; /* the brackets open, innermost last */
+    size_t depth = 0, b = i;
+    bool in_str = false;
+    for (; i < len; i++) {
+        char c = doc[i];
+        if (in_str) {
+            if (c == '\\')
+                i++; /* the escaped byte */
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (c == '{' || c == '[') {
+            if (depth == JSON_MAX_DEPTH)
+                return PZ_EINVAL; /* json_parse would refuse it too */
+            open[depth++] = c;
+        } else if (c == '}' || c == ']') {
+            if (open[depth - 1] != (c == '}' ? '{' : '['))
+                return PZ_EINVAL; /* a bracket that closes another */
+            if (--depth == 0) {
+                *start = b;
+                *vlen = i + 1 - b;
+                *off = i + 1;
+                return 1;
+            }
+        }
+    }
+    return PZ_EINVAL;
+}
+
 /* --- message -> JSON -------------------------------------------------------
  */
 

@@ -44,6 +44,15 @@
 int pbjson_decode(const ProtobufCMessageDescriptor *d, const char *doc,
                   size_t len, struct pz_buf *out, char *err, size_t errlen);
 
+/* A stream of JSON objects, as a client-streaming call's body
+ * (`{...}{...}`, white space between them allowed): the next one from
+ * *off: returns 1 with it at doc[*start, *start + *vlen) and *off past
+ * it, 0 at the end (only white space left), PZ_EINVAL when what follows
+ * is not an object or does not end. Only the object's extent is found
+ * here: pbjson_decode checks it. */
+int pbjson_next_object(const char *doc, size_t len, size_t *off,
+                       size_t *start, size_t *vlen);
+
 /* Append m as a JSON object (no newline). */
 void pbjson_encode(const ProtobufCMessage *m, struct pz_buf *out);
 

@@ -2,13 +2,16 @@
  * (pbjson.h) on the request messages a client sends it, and on protobuf
  * bytes turned into JSON.
  *
- * Input: byte 0 picks a message type (bits 0-4) and the direction (bit
- * 7); the rest is a JSON body (decode) or wire bytes (encode).
+ * Input: byte 0 picks a message type (bits 0-4), the direction (bit 7)
+ * and a stream of objects (bit 6); the rest is a JSON body (decode) or
+ * wire bytes (encode).
  *
  * Invariants: decoding either refuses with a one-line reason, or gives
  * wire bytes that protobuf-c unpacks; the message written back as JSON is
  * valid JSON, decodes again (no refusal) to the same message, and writes
- * the same JSON again. Encoding wire bytes that unpack gives valid JSON. */
+ * the same JSON again. Encoding wire bytes that unpack gives valid JSON.
+ * A stream (a keep-alive body) splits into objects within the body, each
+ * one a whole JSON object, in order, without overlap. */
 #include "fuzz.h"
 
 #include "etcd_gw.pb-c.h"
@@ -87,6 +90,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (pbjson_encode_wire(d, (const uint8_t *)body, blen, &a) == 0)
             check_json(&a);
         pz_buf_free(&a);
+        return 0;
+    }
+    if (data[0] & 0x40) {
+        size_t off = 0, start = 0, n = 0, prev_end = 0;
+        int rv;
+        while ((rv = pbjson_next_object(body, blen, &off, &start, &n)) > 0) {
+            struct json_val v;
+            FUZZ_CHECK(start >= prev_end && start + n <= blen && n >= 2);
+            FUZZ_CHECK(body[start] == '{' && body[start + n - 1] == '}');
+            if (json_parse(body + start, n, &v) == 0)
+                FUZZ_CHECK(v.type == JSON_OBJECT);
+            ProtobufCMessage *x = decode(d, body + start, n, false);
+            if (x)
+                protobuf_c_message_free_unpacked(x, NULL);
+            prev_end = start + n;
+            FUZZ_CHECK(off == prev_end);
+        }
+        FUZZ_CHECK(rv == 0 || rv == PZ_EINVAL);
         return 0;
     }
     ProtobufCMessage *m = decode(d, body, blen, false);

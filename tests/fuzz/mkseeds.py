@@ -462,6 +462,7 @@ def pbjson_seeds():
         "watch": b'\x13{"create_request":{"key":"dw==","range_end":"AA==",'
                  b'"start_revision":"3","filters":["NOPUT",1],"prev_kv":true}}',
         "watch-cancel": b'\x13{"cancel_request":{"watch_id":"1"}}',
+        "keepalive-stream": b'\x50{"ID":1}\n{"ID":"2"} {"ID":3,"x":"}{"}',
         "wire-range": b"\x80" + encode(
             "etcdserverpb.RangeRequest",
             'key: "foo" range_end: "\\000" limit: 3 sort_order: DESCEND',

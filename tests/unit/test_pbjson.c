@@ -245,11 +245,43 @@ TEST(refusals)
     pz_buf_free(&deep);
 }
 
+TEST(object_stream)
+{
+    const char *doc = " {\"ID\":1}\n{\"a\":\"}{\\\"\",\"b\":[{}]}{}  ";
+    size_t off = 0, start, n;
+    CHECK_EQ_INT(pbjson_next_object(doc, strlen(doc), &off, &start, &n), 1);
+    CHECK(n == 8 && memcmp(doc + start, "{\"ID\":1}", n) == 0);
+    CHECK_EQ_INT(pbjson_next_object(doc, strlen(doc), &off, &start, &n), 1);
+    CHECK(n == 21 && doc[start] == '{' && doc[start + n - 1] == '}');
+    CHECK_EQ_INT(pbjson_next_object(doc, strlen(doc), &off, &start, &n), 1);
+    CHECK(n == 2);
+    CHECK_EQ_INT(pbjson_next_object(doc, strlen(doc), &off, &start, &n), 0);
+    /* the last one: a fuzz finding, a bracket closing another */
+    static const char *const bad[] = {"[]", "{", "{\"a\":\"}", "1", "{}x",
+                                      "{[}]", "{\x8c" "B]\x01z"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        off = 0;
+        int rv;
+        while ((rv = pbjson_next_object(bad[i], strlen(bad[i]), &off, &start,
+                                        &n)) > 0)
+            ;
+        CHECK_EQ_INT(rv, PZ_EINVAL);
+    }
+    /* nesting past JSON_MAX_DEPTH is refused, not overflowed */
+    char deep[2 * JSON_MAX_DEPTH + 8];
+    size_t d = 0;
+    for (int i = 0; i <= JSON_MAX_DEPTH; i++)
+        deep[d++] = i ? '[' : '{';
+    off = 0;
+    CHECK_EQ_INT(pbjson_next_object(deep, d, &off, &start, &n), PZ_EINVAL);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(range_request_fields),
     TEST_ENTRY(txn_round_trip),
     TEST_ENTRY(encode_like_etcd),
     TEST_ENTRY(refusals),
+    TEST_ENTRY(object_stream),
     TEST_END,
 };
 
