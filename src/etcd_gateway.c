@@ -114,7 +114,7 @@ struct etcd_gw {
     size_t nids;
     /* watch */
     struct watcher w;
-    bool registered;        /* w is registered */
+    bool registered;        /* w is (or was: cancelled) registered */
     bool streaming;         /* the reply began */
     bool prev_kv, noput, nodelete;
     struct etcd_gw *prev_s, *next_s; /* every watch stream */
@@ -741,7 +741,8 @@ static void on_watch_notify(void *arg, struct watcher *w)
         httpd_stream_kick(g->hc);
         return;
     }
-    g->registered = false;
+    /* cancelled: unregistered, but w still owns its range until
+     * watch_remove (etcd_gw_free) */
     if (g->w.state == WATCH_SLOW)
         write_canceled(g,
                        "etcdserver: mvcc: watcher fell more than "
