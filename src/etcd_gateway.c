@@ -795,8 +795,10 @@ static void watch_begin(struct etcd_gw *g)
         }
         if (rv == PZ_ENOTFOUND) {
             compacted = true;
+        } else if (rv < 0) {
+            reply_error(g->hc, GRPC_INTERNAL, "etcdserver: watch failed");
+            return;
         } else {
-            pz_assert(rv == 0);
             g->w.notify = on_watch_notify;
             g->w.notify_arg = g;
             g->registered = true;
