@@ -790,8 +790,8 @@ static int snapshot_cmd(int nargs, char **args, const char *http,
         }
     }
     struct snapshot_meta m;
-    if (cli_snapshot_save(target, token, args[1], timeout_ms, &m, err,
-                          sizeof err) < 0) {
+    if (cli_snapshot_save(target, token, &tls_cli_http, args[1], timeout_ms,
+                          &m, err, sizeof err) < 0) {
         fprintf(stderr, "pyazdb-cli: snapshot save failed: %s\n", err);
         return 1;
     }
@@ -1448,7 +1448,8 @@ static int watch_cmd(int nargs, char **args, const struct endpoints *http,
         return usage_error("'watch' talks HTTP: use --http, not --addr%s",
                            "");
     if (http->n > 0)
-        return cli_watch(nargs, args, http->v, http->n, token, out_json);
+        return cli_watch(nargs, args, http->v, http->n, token, &tls_cli_http,
+                         out_json);
     if (mandi == NULL)
         mandi = getenv("MANDI_ADDR");
     if (mandi == NULL || mandi[0] == '\0')
@@ -1458,7 +1459,7 @@ static int watch_cmd(int nargs, char **args, const struct endpoints *http,
         fprintf(stderr, "pyazdb-cli: %s\n", err);
         return 1;
     }
-    return cli_watch(nargs, args, one, 1, token, out_json);
+    return cli_watch(nargs, args, one, 1, token, &tls_cli_http, out_json);
 }
 
 int main(int argc, char **argv)

@@ -5,17 +5,15 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <llhttp.h>
-#include <netdb.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
+#include "cli_conn.h"
+#include "err.h"
 #include "pz.h"
 
-#define RECV_BUF (64 * 1024)
 #define ERR_BODY_MAX 512 /* bytes kept of a refusal's body */
 
 /* What the response callbacks fill in. */
@@ -66,80 +64,25 @@ static int on_message_complete(llhttp_t *p)
     return HPE_PAUSED; /* one response: stop here */
 }
 
-/* Connect to addr with send and receive timeouts of timeout_ms. */
-static int dial(const char *addr, uint64_t timeout_ms, char *err,
-                size_t errlen)
-{
-    char host[256], port_s[8];
-    int port;
-    if (pz_split_hostport(addr, host, sizeof host, &port) < 0) {
-        snprintf(err, errlen, "bad HTTP address '%s'", addr);
-        return PZ_EINVAL;
-    }
-    if (strcmp(host, "0.0.0.0") == 0)
-        snprintf(host, sizeof host, "127.0.0.1");
-    snprintf(port_s, sizeof port_s, "%d", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM},
-                    *res, *ai;
-    int rc = getaddrinfo(host, port_s, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot resolve '%s': %s", host,
-                 gai_strerror(rc));
-        return PZ_EINVAL;
-    }
-    int fd = -1, e = ECONNREFUSED;
-    struct timeval tv = {.tv_sec = (time_t)(timeout_ms / 1000),
-                         .tv_usec = (suseconds_t)(timeout_ms % 1000) * 1000};
-    for (ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-                    ai->ai_protocol);
-        if (fd < 0) {
-            e = errno;
-            continue;
-        }
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-            break;
-        e = errno;
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot connect to %s: %s", addr,
-                 e == EINPROGRESS || e == EAGAIN ? "timed out" : strerror(e));
-        return -e;
-    }
-    return fd;
-}
-
 /* Send the request, receive the response into d. */
-static int exchange(int sock, const char *addr, const char *token,
+static int exchange(struct cli_conn *c, const char *addr, const char *token,
                     struct dl *d, char *err, size_t errlen)
 {
-    struct pz_buf q;
+    struct pz_buf q, in;
+    char why[256];
     pz_buf_init(&q);
+    pz_buf_init(&in);
     pz_buf_appendf(&q, "GET /admin/snapshot HTTP/1.1\r\nHost: %s\r\n", addr);
     if (token && token[0])
         pz_buf_appendf(&q, "Authorization: Bearer %s\r\n", token);
     pz_buf_appendf(&q, "Connection: close\r\n\r\n");
-    size_t off = 0;
-    while (off < q.len) {
-        ssize_t n = send(sock, q.data + off, q.len - off, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int e = errno;
-            snprintf(err, errlen, "%s: send: %s", addr,
-                     e == EAGAIN ? "timed out" : strerror(e));
-            pz_buf_free(&q);
-            return -e;
-        }
-        off += (size_t)n;
-    }
+    int rc = cli_conn_send(c, q.data, q.len, &in, why, sizeof why);
     pz_buf_free(&q);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s: %s", addr, why);
+        pz_buf_free(&in);
+        return rc;
+    }
 
     llhttp_settings_t st;
     llhttp_t p;
@@ -148,27 +91,28 @@ static int exchange(int sock, const char *addr, const char *token,
     st.on_message_complete = on_message_complete;
     llhttp_init(&p, HTTP_RESPONSE, &st);
     p.data = d;
-    static char buf[RECV_BUF];
     while (!d->complete) {
-        ssize_t n = recv(sock, buf, sizeof buf, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
+        ssize_t n = in.len ? (ssize_t)in.len
+                           : cli_conn_read(c, &in, why, sizeof why);
         if (n < 0) {
-            int e = errno;
             snprintf(err, errlen, "%s: %s after %" PRIu64 " bytes", addr,
-                     e == EAGAIN ? "no data within --timeout" : strerror(e),
+                     n == -ETIMEDOUT ? "no data within --timeout" : why,
                      d->received);
-            return -e;
+            pz_buf_free(&in);
+            return (int)n;
         }
         llhttp_errno_t r =
-            n == 0 ? llhttp_finish(&p) : llhttp_execute(&p, buf, (size_t)n);
+            n == 0 ? llhttp_finish(&p) : llhttp_execute(&p, in.data, in.len);
+        pz_buf_reset(&in);
         if (d->werr) {
             snprintf(err, errlen, "write: %s", strerror(-d->werr));
+            pz_buf_free(&in);
             return d->werr;
         }
         if (r != HPE_OK && r != HPE_PAUSED) {
             snprintf(err, errlen, "%s: bad HTTP response: %s", addr,
                      llhttp_errno_name(r));
+            pz_buf_free(&in);
             return PZ_EPROTO;
         }
         if (n == 0 && !d->complete) {
@@ -176,9 +120,11 @@ static int exchange(int sock, const char *addr, const char *token,
                      "%s: connection closed after %" PRIu64 " bytes of the "
                      "snapshot",
                      addr, d->received);
+            pz_buf_free(&in);
             return PZ_EIO;
         }
     }
+    pz_buf_free(&in);
     int status = llhttp_get_status_code(&p);
     if (status != 200) {
         d->errbody[strcspn(d->errbody, "\r\n")] = '\0';
@@ -200,7 +146,8 @@ static void dir_of(const char *path, char *dir, size_t len)
         snprintf(dir, len, "%.*s", (int)(slash - path), path);
 }
 
-int cli_snapshot_save(const char *addr, const char *token, const char *file,
+int cli_snapshot_save(const char *addr, const char *token,
+                      const struct tls_slot *tls, const char *file,
                       uint64_t timeout_ms, struct snapshot_meta *meta,
                       char *err, size_t errlen)
 {
@@ -218,10 +165,13 @@ int cli_snapshot_save(const char *addr, const char *token, const char *file,
         snprintf(err, errlen, "%s: %s", part, strerror(e));
         return -e;
     }
-    int sock = dial(addr, timeout_ms, err, errlen);
-    int rc = sock < 0 ? sock : exchange(sock, addr, token, &d, err, errlen);
-    if (sock >= 0)
-        close(sock);
+    struct cli_conn c;
+    int rc = cli_conn_open(&c, addr, tls, (int)PZ_MIN(timeout_ms, INT32_MAX),
+                           err, errlen);
+    if (rc == 0) {
+        rc = exchange(&c, addr, token, &d, err, errlen);
+        cli_conn_close(&c);
+    }
     if (rc == 0 && fsync(d.fd) < 0) {
         rc = -errno;
         snprintf(err, errlen, "%s: fsync: %s", part, strerror(-rc));

@@ -23,10 +23,14 @@
 
 #include "snapshot.h"
 
-/* Download from addr ("host:port") into file. token may be NULL or "".
+struct tls_slot;
+
+/* Download from addr ("host:port") into file, over HTTPS when tls is on
+ * (NULL: plain text). token may be NULL or "".
  * On success fills *meta (free with snapshot_meta_free) and returns 0;
  * otherwise a negative code with a message in err. */
-int cli_snapshot_save(const char *addr, const char *token, const char *file,
+int cli_snapshot_save(const char *addr, const char *token,
+                      const struct tls_slot *tls, const char *file,
                       uint64_t timeout_ms, struct snapshot_meta *meta,
                       char *err, size_t errlen);
 

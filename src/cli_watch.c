@@ -13,8 +13,9 @@
  * next address is asked with start_revision = last + 1 and
  * serializable=true (the history there is what counts): no event is
  * missed and none printed twice, since revisions are the same on every
- * node. A 410 (history compacted past last + 1) ends the command with
- * status 3; addresses that fail are tried in turn with a pause doubling
+ * node. A 410 (history compacted past last + 1) from every address in a
+ * row ends the command with status 3 (another node may still hold the
+ * revision); addresses that fail are tried in turn with a pause doubling
  * from 50 ms to 1 s after each round.
  *
  * Output: "[REV] PUT KEY = VALUE" or "[REV] DELETE KEY" per event (keys
@@ -33,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_conn.h"
 #include "http_parse.h"
 #include "json.h"
 #include "pz.h"
@@ -51,6 +53,7 @@ struct wstate {
     bool prev;         /* --prev */
     bool json;         /* -o json */
     const char *token; /* or NULL */
+    const struct tls_slot *tls; /* HTTPS when on, or NULL */
     uint64_t floor;    /* --rev: never resume before it (0: none) */
     uint64_t last;     /* newest revision complete, NO_REV: unknown */
     bool compacted;    /* 410 */
@@ -63,56 +66,6 @@ static void sleep_ms(uint64_t ms)
                           .tv_nsec = (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0)
         ;
-}
-
-static int dial(const char *addr, char *err, size_t errlen)
-{
-    char host[256];
-    int port;
-    if (pz_split_hostport(addr, host, sizeof host, &port) < 0 || port == 0) {
-        snprintf(err, errlen, "bad address '%s' (want HOST:PORT)", addr);
-        return -1;
-    }
-    char ps[16];
-    snprintf(ps, sizeof ps, "%d", port);
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    int rv = getaddrinfo(host[0] ? host : "127.0.0.1", ps, &hints, &res);
-    if (rv != 0) {
-        snprintf(err, errlen, "%s: cannot resolve: %s", addr, gai_strerror(rv));
-        return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM, 0);
-    if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) < 0) {
-        snprintf(err, errlen, "%s: %s", addr, strerror(errno));
-        close(fd);
-        fd = -1;
-    } else if (fd < 0) {
-        snprintf(err, errlen, "%s: %s", addr, strerror(errno));
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-/* Read some bytes into b, waiting at most IDLE_MS. >0 bytes, 0 EOF, -1
- * error or timeout. */
-static ssize_t read_some(int fd, struct pz_buf *b)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    int r;
-    do {
-        r = poll(&p, 1, IDLE_MS);
-    } while (r < 0 && errno == EINTR);
-    if (r <= 0)
-        return -1;
-    pz_buf_reserve(b, 65536);
-    ssize_t n;
-    do {
-        n = read(fd, b->data + b->len, 65536);
-    } while (n < 0 && errno == EINTR);
-    if (n > 0)
-        b->len += (size_t)n;
-    return n;
 }
 
 static void print_bytes(struct pz_buf *b)
@@ -210,8 +163,8 @@ static int dispatch(struct wstate *st, const char *event, const char *data,
  * 410: st->compacted). */
 static int follow(struct wstate *st, const char *addr, char *err, size_t errlen)
 {
-    int fd = dial(addr, err, errlen);
-    if (fd < 0)
+    struct cli_conn c;
+    if (cli_conn_open(&c, addr, st->tls, IDLE_MS, err, errlen) < 0)
         return 0;
     struct pz_buf req, in;
     pz_buf_init(&req);
@@ -235,23 +188,20 @@ static int follow(struct wstate *st, const char *addr, char *err, size_t errlen)
         pz_buf_appendf(&req, "Authorization: Bearer %s\r\n", st->token);
     pz_buf_append(&req, "\r\n", 2);
     int ret = 0;
-    size_t off = 0;
-    while (off < req.len) {
-        ssize_t n = send(fd, req.data + off, req.len - off, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            snprintf(err, errlen, "%s: %s", addr, strerror(errno));
-            goto out;
-        }
-        off += (size_t)n;
+    char why[256];
+    if (cli_conn_send(&c, req.data, req.len, &in, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s: %s", addr, why);
+        goto out;
     }
     /* The head. */
     char *end = NULL;
     while ((end = in.data ? memmem(in.data, in.len, "\r\n\r\n", 4) : NULL) ==
            NULL) {
-        if (in.len > HEAD_MAX || read_some(fd, &in) <= 0) {
-            snprintf(err, errlen, "%s: no answer", addr);
+        ssize_t n = 0;
+        if (in.len > HEAD_MAX ||
+            (n = cli_conn_read(&c, &in, why, sizeof why)) <= 0) {
+            snprintf(err, errlen, "%s: no answer%s%s", addr, n < 0 ? ": " : "",
+                     n < 0 ? why : "");
             goto out;
         }
     }
@@ -268,7 +218,7 @@ static int follow(struct wstate *st, const char *addr, char *err, size_t errlen)
     pz_buf_consume(&in, (size_t)(end + 4 - in.data));
     if (status != 200) {
         /* Bodies of errors are short: Content-Length, or until close. */
-        while (in.len < clen && read_some(fd, &in) > 0)
+        while (in.len < clen && cli_conn_read(&c, &in, why, sizeof why) > 0)
             ;
         pz_buf_append(&in, "", 1);
         struct json_val root;
@@ -305,10 +255,11 @@ static int follow(struct wstate *st, const char *addr, char *err, size_t errlen)
                 snprintf(err, errlen, "%s: event too large", addr);
                 break;
             }
-            ssize_t n = read_some(fd, &in);
+            ssize_t n = cli_conn_read(&c, &in, why, sizeof why);
             if (n <= 0) {
-                snprintf(err, errlen, "%s: %s", addr,
-                         n == 0 ? "stream ended" : "stream broken or idle");
+                snprintf(err, errlen, "%s: %s%s", addr,
+                         n == 0 ? "stream ended" : "stream broken or idle: ",
+                         n == 0 ? "" : why);
                 break;
             }
             continue;
@@ -352,18 +303,19 @@ static int follow(struct wstate *st, const char *addr, char *err, size_t errlen)
     }
     pz_buf_free(&data);
 out:
-    close(fd);
+    cli_conn_close(&c);
     pz_buf_free(&req);
     pz_buf_free(&in);
     return ret;
 }
 
 int cli_watch(int nargs, char **args, const char *const *addrs, size_t naddrs,
-              const char *token, bool json)
+              const char *token, const struct tls_slot *tls, bool json)
 {
     static const char use[] =
         "usage: watch KEY | watch --prefix PREFIX [--rev N] [--prev]";
-    struct wstate st = {.token = token, .json = json, .last = NO_REV};
+    struct wstate st = {
+        .token = token, .tls = tls, .json = json, .last = NO_REV};
     for (int k = 0; k < nargs; k++) {
         if (strcmp(args[k], "--prefix") == 0 && k + 1 < nargs && !st.key) {
             st.key = args[++k];
@@ -391,16 +343,27 @@ int cli_watch(int nargs, char **args, const char *const *addrs, size_t naddrs,
     }
     char err[512] = "";
     uint64_t backoff = BACKOFF_FIRST_MS;
-    size_t i = 0, failed = 0;
+    size_t i = 0, failed = 0, gone = 0;
     for (;;) {
         const char *addr = addrs[i % naddrs];
         int r = follow(&st, addr, err, sizeof err);
+        if (r < 0 && st.compacted && ++gone < naddrs) {
+            /* Another node may still hold it (a longer history, or one
+             * that loaded no snapshot since). */
+            st.compacted = false;
+            snprintf(err, sizeof err,
+                     "%s: history compacted (oldest available there: %llu)",
+                     addr, (unsigned long long)st.compact_rev);
+            r = 0;
+        } else if (r > 0) {
+            gone = 0;
+        }
         if (r < 0) {
             if (st.compacted) {
                 fprintf(stderr,
                         "pyazdb-cli: watch: history compacted: revision "
-                        "%llu is gone (oldest available: %llu); events were "
-                        "missed\n",
+                        "%llu is gone on every node (oldest available: "
+                        "%llu); events were missed\n",
                         (unsigned long long)(st.last == NO_REV ? st.floor
                                                                : st.last + 1),
                         (unsigned long long)st.compact_rev);

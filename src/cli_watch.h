@@ -9,13 +9,16 @@
 #include "json.h"
 #include "pz.h"
 
+struct tls_slot;
+
 /* watch KEY | watch --prefix P, [--rev N] [--prev]: print events until
  * interrupted. addrs: HTTP addresses ("host:port") tried in turn; token
- * for the Authorization header (NULL: none); json: one JSON document per
+ * for the Authorization header (NULL: none); tls: HTTPS when on (NULL:
+ * plain text); json: one JSON document per
  * event. Returns the exit status (only on an error: 1 bad use or no node,
  * 3 history compacted). */
 int cli_watch(int nargs, char **args, const char *const *addrs, size_t naddrs,
-              const char *token, bool json);
+              const char *token, const struct tls_slot *tls, bool json);
 
 /* (cli.c) A JSON string member of an answer, or its "<name>_b64" form,
  * decoded into out (reset first). False when absent or bad. */

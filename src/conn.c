@@ -883,11 +883,7 @@ int conn_start_tls_addr(struct conn *c, const struct tls_slot *s,
                         const char *addr, uint64_t handshake_ms)
 {
     char host[256];
-    int port;
-    if (pz_split_hostport(addr, host, sizeof host, &port) < 0 ||
-        strcmp(host, "localhost") == 0 || strcmp(host, "0.0.0.0") == 0 ||
-        host[0] == '\0')
-        snprintf(host, sizeof host, "127.0.0.1");
+    tls_addr_host(addr, host, sizeof host);
     return conn_start_tls(c, s, host, handshake_ms);
 }
 

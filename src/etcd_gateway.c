@@ -765,8 +765,15 @@ static void watch_begin(struct etcd_gw *g)
         reply_error(g->hc, GRPC_UNAVAILABLE, "etcdserver: server stopped");
         return;
     }
-    etcd_range_decode(c->key.data, c->key.len, c->range_end.data,
-                      c->range_end.len, &rg);
+    /* an empty key is "\0", as etcd's watch takes it */
+    static const uint8_t zero[1] = {0};
+    const uint8_t *key = c->key.len ? c->key.data : zero;
+    if (etcd_range_decode(key, c->key.len ? c->key.len : 1,
+                          c->range_end.data, c->range_end.len, &rg) < 0) {
+        reply_error(g->hc, GRPC_INVALID_ARGUMENT,
+                    "etcdserver: key is not provided");
+        return;
+    }
     uint64_t cur = kv_revision(node_kv());
     uint64_t start = c->start_revision > 0 ? (uint64_t)c->start_revision
                                            : cur + 1;
@@ -799,8 +806,8 @@ static void watch_begin(struct etcd_gw *g)
             reply_error(g->hc, GRPC_INTERNAL, "etcdserver: watch failed");
             return;
         } else {
-            g->w.notify = on_watch_notify;
-            g->w.notify_arg = g;
+            g->w.data = g;
+            g->w.notify = on_watch_notify; /* called with w.data */
             g->registered = true;
         }
     }
@@ -852,11 +859,6 @@ static void start_watch(struct etcd_gw *g)
     if (c == NULL) {
         reply_error(g->hc, GRPC_INVALID_ARGUMENT,
                     "the first watch request must be a create_request");
-        return;
-    }
-    if (c->key.len == 0) {
-        reply_error(g->hc, GRPC_INVALID_ARGUMENT,
-                    "etcdserver: key is not provided");
         return;
     }
     if (c->start_revision < 0) {

@@ -27,6 +27,15 @@ struct tls_conn {
     char err[160];       /* why it failed */
 };
 
+void tls_addr_host(const char *addr, char *host, size_t len)
+{
+    int port;
+    if (pz_split_hostport(addr, host, len, &port) < 0 ||
+        strcmp(host, "localhost") == 0 || strcmp(host, "0.0.0.0") == 0 ||
+        host[0] == '\0')
+        snprintf(host, len, "127.0.0.1");
+}
+
 int tls_parse_client_auth(const char *s)
 {
     if (strcmp(s, "none") == 0)

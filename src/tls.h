@@ -120,6 +120,10 @@ void tls_alpn(const struct tls_conn *t, char *buf, size_t len);
 const char *tls_version(const struct tls_conn *t);
 bool tls_session_reused(const struct tls_conn *t);
 
+/* The name a server dialed at addr ("host:port") must have in its
+ * certificate: the host, where an empty, 0.0.0.0 or localhost host is
+ * 127.0.0.1, the address a dial of it reaches. */
+void tls_addr_host(const char *addr, char *host, size_t len);
 /* Parse "none" | "optional" | "require". Returns the value or -1. */
 int tls_parse_client_auth(const char *s);
 

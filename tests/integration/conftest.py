@@ -11,6 +11,7 @@ or a non-zero exit status the test did not wait for with wait_exit().
 Exit status 0 (a graceful stop, a removed node) is always fine.
 """
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,12 +30,34 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
 _handed_out = set()
 
 
+def _listen_ports():
+    """Ports for listeners: below the kernel's ephemeral range, which the
+    local ends of outgoing connections (clients, peers, etcd) draw from,
+    so that none of them can take a port between its choice here and the
+    server's bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    if low > 12000:
+        return 10000, low - 1
+    return None  # an unusual range: let the kernel choose
+
+
+_rng = random.Random(os.getpid() ^ int(time.time() * 1e6))
+
+
 def free_port(host="127.0.0.1"):
     """A port nobody listens on now, and never handed out before in this
     run (the kernel may offer the same ephemeral port twice in a row)."""
+    span = _listen_ports()
     while True:
         with socket.socket() as s:
-            s.bind((host, 0))
+            try:
+                s.bind((host, _rng.randint(*span) if span else 0))
+            except OSError:
+                continue  # in use: try another
             port = s.getsockname()[1]
         if port not in _handed_out:
             _handed_out.add(port)

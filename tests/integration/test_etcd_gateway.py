@@ -370,8 +370,12 @@ def test_watch_stream_raw(servers):
     # the first request must create
     assert "create_request" in err_of(port, "/v3/watch",
                                       {"cancel_request": {"watch_id": 1}})
-    assert "key is not provided" in err_of(port, "/v3/watch",
-                                           {"create_request": {}})
+    # an empty key is "\0": with range_end "\0", every key
+    w = RawWatch(port, {"range_end": b64("\0")})
+    assert w.chunk()["created"] is True
+    call(port, "/v3/kv/put", {"key": b64("any"), "value": b64("1")})
+    assert w.chunk()["events"][0]["kv"]["key"] == b64("any")
+    w.close()
 
 
 # --- the same answers as etcd 3.4's gateway -----------------------------------
