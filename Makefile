@@ -61,7 +61,7 @@ CORE_SRC = src/pz.c src/config.c src/kv.c src/log.c src/json.c src/metrics.c \
            src/mandi_codec.c src/http_parse.c src/raft.c src/raft_conf.c \
            src/raft_codec.c src/grpc_frame.c src/grpc_pb.c src/grpc_reflect.c \
            src/watch.c src/lease.c src/etcd_map.c src/sha256.c \
-           src/tokens.c
+           src/tokens.c src/pbjson.c
 # I/O modules shared by the server and the CLI.
 NET_SRC = src/conn.c src/tls.c src/httpc.c src/grpc_client.c src/stats.c
 # I/O modules of the server.
@@ -71,7 +71,7 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_io_uv.c src/node_nospace.c src/node_status.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
              src/etcd_kv.c src/etcd_cluster.c src/etcd_watch.c \
-             src/etcd_lease.c \
+             src/etcd_lease.c src/etcd_gateway.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c src/tls_setup.c src/auth.c
 CLI_SRC = src/cli.c src/cli_conn.c src/cli_snapshot.c src/cli_watch.c
@@ -333,7 +333,8 @@ PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
            src/etcd_map.c src/etcd_map.h src/sha256.c src/sha256.h \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
-           src/mandi_codec.h src/watch.c src/watch.h src/lease.c src/lease.h
+           src/mandi_codec.h src/watch.c src/watch.h src/lease.c src/lease.h \
+           src/pbjson.c src/pbjson.h
 CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c src/lease.c \
             src/watch.c
 IO_HDRS = conn|node|node_internal|node_metrics|stats|transport|store

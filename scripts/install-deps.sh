@@ -30,6 +30,8 @@ fuzz="$build $fuzz_only"
 # etcd-client: etcdctl 3.4 drives PyazDB's etcd v3 API in the tests;
 # etcd-server: the same commands run against a real etcd 3.4 to compare
 # (installing it starts no server without systemd).
+# python3-etcd3gw: an etcd client library of etcd's JSON gateway, which
+# drives PyazDB's /v3/ gateway in the tests.
 # The reflection test runs a Node.js client that npm installs: Debian's
 # nodejs and npm, unless node and npm are there already (NodeSource's
 # nodejs bundles npm and conflicts with Debian's npm package).
@@ -37,7 +39,8 @@ node="nodejs npm"
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client openssl python3 python3-pytest python3-grpcio
 python3-protobuf python3-pytest-timeout python3-hpack protobuf-compiler procps systemd
-util-linux faketime strace prometheus etcd-client etcd-server $fuzz_only $node"
+util-linux faketime strace prometheus etcd-client etcd-server python3-etcd3gw
+$fuzz_only $node"
 bench="$test wrk redis-server redis-tools gnuplot-nox"
 # make test-chaos: partitions are iptables rules in a network namespace.
 chaos="$test iptables iproute2"

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "etcd_gateway.h"
 #include "fwd.h"
 #include "http_parse.h"
 #include "http_watch.h"
@@ -50,6 +51,7 @@ struct http_conn {
     bool truncated;       /* results dropped: over OUT_MAX */
     struct watch_stream *ws; /* GET /watch: its stream (http_watch.h) */
     char *fwd_token;      /* the client's bearer token, forwarded */
+    struct etcd_gw *gw;      /* /v3/...: etcd's JSON gateway */
 };
 
 /* Most bytes of results one answer holds (/range, /txn); past it a range
@@ -793,6 +795,10 @@ static void on_stream(struct httpd_conn *hc)
         http_watch_on_stream(h->ws);
         return;
     }
+    if (h->gw) {
+        etcd_gw_on_stream(h->gw);
+        return;
+    }
     size_t want = (size_t)PZ_MIN((uint64_t)sizeof buf, hc->stream_left);
     if (h->snap == NULL ||
         snapshot_reader_read(h->snap, h->snap_off, buf, want, &got, err,
@@ -1066,6 +1072,11 @@ static void on_request(struct httpd_conn *hc)
     struct http_conn *h = conn_of(hc);
     int rv;
     h->restarts = 0;
+    if (etcd_gw_match(&hc->p.req)) {
+        hc->route = "etcd_gateway";
+        etcd_gw_start(hc, &h->gw);
+        return;
+    }
     http_api_decode(&hc->p.req, &api_limits, &h->op);
     hc->route = op_route(h->op.kind);
     /* Tokens (auth.h), and the cluster token of the admin routes. */
@@ -1144,6 +1155,7 @@ static void on_done(struct httpd_conn *hc)
     http_watch_free(&h->ws);
     pz_free(h->fwd_token);
     h->fwd_token = NULL;
+    etcd_gw_free(&h->gw);
 }
 
 static void on_close(struct httpd_conn *hc)
@@ -1161,6 +1173,7 @@ static void on_close(struct httpd_conn *hc)
     http_watch_free(&h->ws);
     pz_free(h->fwd_token);
     h->fwd_token = NULL;
+    etcd_gw_free(&h->gw);
 }
 
 static const struct httpd_ops http_ops = {
@@ -1197,6 +1210,7 @@ int http_start(struct httpd *srv, const struct pz_config *cfg,
         .conn_size = sizeof(struct http_conn),
     };
     http_watch_init(cfg);
+    etcd_gw_init(cfg);
     return httpd_listen(srv, cfg->http_addr, &http_ops, &o, "http", NULL, err,
                         errlen);
 }
@@ -1204,5 +1218,6 @@ int http_start(struct httpd *srv, const struct pz_config *cfg,
 void http_drain(struct httpd *srv)
 {
     http_watch_drain();
+    etcd_gw_drain();
     httpd_drain(srv);
 }

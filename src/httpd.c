@@ -209,6 +209,7 @@ static void finish(struct httpd_conn *hc, bool close)
     hc->answering = false;
     hc->close_after = false;
     hc->head = false;
+    hc->chunked = false;
     if (hc->held) {
         hc->held = false;
         hc->c->busy--;
@@ -278,6 +279,8 @@ void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
         /* Ends when the connection does. */
         close = true;
         pz_buf_append(&b, "Cache-Control: no-cache\r\n", 25);
+        if (hc->chunked)
+            pz_buf_appendf(&b, "Transfer-Encoding: chunked\r\n");
     } else {
         pz_buf_appendf(&b, "Content-Length: %llu\r\n",
                        (unsigned long long)length);
@@ -304,6 +307,16 @@ void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
 void httpd_stream_write(struct httpd_conn *hc, const void *data, size_t n)
 {
     pz_assert(hc->streaming && n <= hc->stream_left);
+    if (hc->chunked && hc->stream_left == HTTPD_STREAM_OPEN) {
+        char size[24];
+        if (n == 0)
+            return; /* an empty chunk would end the body */
+        int sl = snprintf(size, sizeof size, "%zx\r\n", n);
+        conn_write(hc->c, size, (size_t)sl);
+        conn_write(hc->c, data, n);
+        conn_write(hc->c, "\r\n", 2);
+        return;
+    }
     conn_write(hc->c, data, n);
     if (hc->stream_left == HTTPD_STREAM_OPEN)
         return;
@@ -351,9 +364,18 @@ void httpd_stream_kick(struct httpd_conn *hc)
         stream_pump(hc);
 }
 
+void httpd_stream_chunked(struct httpd_conn *hc)
+{
+    hc->chunked = true;
+}
+
 void httpd_stream_end(struct httpd_conn *hc)
 {
     pz_assert(hc->streaming);
+    if (hc->chunked) {
+        conn_write(hc->c, "0\r\n\r\n", 5);
+        hc->chunked = false;
+    }
     hc->streaming = false;
     conn_set_deadline(hc->c, 0);
     finish(hc, true);

@@ -104,6 +104,7 @@ struct httpd_conn {
     bool out_paused;      /* not serving until unread output drains */
     int deadline;         /* which request deadline c->deadline is */
     bool streaming;       /* a streamed reply's body is being sent */
+    bool chunked;         /* ... in chunks (httpd_stream_chunked) */
     uint64_t stream_left; /* bytes of it still to come */
     const char *route;    /* metrics: the handler's name for the request
                              (static; NULL: "other") */
@@ -180,6 +181,11 @@ void httpd_stream_abort(struct httpd_conn *hc);
 #define HTTPD_STREAM_OPEN UINT64_MAX
 void httpd_stream_kick(struct httpd_conn *hc);
 void httpd_stream_end(struct httpd_conn *hc);
+/* Call before httpd_stream_begin(HTTPD_STREAM_OPEN): the body goes with
+ * `Transfer-Encoding: chunked`, each httpd_stream_write as one chunk (a
+ * client reading chunk by chunk gets each write whole), and
+ * httpd_stream_end writes the last chunk before the connection closes. */
+void httpd_stream_chunked(struct httpd_conn *hc);
 
 /* The request's Authorization header, when it is `Bearer <token>` with
  * token equal to the given one: true. The scheme is matched without

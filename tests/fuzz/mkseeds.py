@@ -473,7 +473,46 @@ def txn_json_seeds():
         out("txn_json", name, data)
 
 
+def pbjson_seeds():
+    """Byte 0: the message type index of fuzz_pbjson.c (bit 7: wire bytes
+    to JSON); then the body."""
+    seeds = {
+        "range": b'\x00{"key":"Zm9v","range_end":"AA==","limit":"10",'
+                 b'"sort_order":"DESCEND","sortTarget":4,"keys_only":true}',
+        "put": b'\x01{"key":"Zm9v","value":"YmFy","lease":12,"prev_kv":true}',
+        "deleterange": b'\x02{"key":"Zm9v","range_end":"Zm9w"}',
+        "txn": b'\x03{"compare":[{"key":"Zm9v","result":"EQUAL","target":'
+               b'"VALUE","value":"YmFy"},{"target":"MOD","mod_revision":"0"}],'
+               b'"success":[{"request_put":{"key":"Zm9v","value":"Yg=="}},'
+               b'{"request_txn":{"success":[{"request_range":{"key":"YQ=="}}]}}'
+               b'],"failure":[{"request_delete_range":{"key":"Zm9v"}}]}',
+        "compaction": b'\x04{"revision":"-9223372036854775808","physical":true}',
+        "member-add": b'\x06{"peerURLs":["http://127.0.0.1:1"],"isLearner":true}',
+        "member-remove": b'\x07{"ID":"18446744073709551615"}',
+        "empty": b"\x08",
+        "null": b"\x05null",
+        "lease-grant": b'\x0e{"TTL":30,"ID":"77"}',
+        "ttl": b'\x11{"ID":"77","keys":true}',
+        "watch": b'\x13{"create_request":{"key":"dw==","range_end":"AA==",'
+                 b'"start_revision":"3","filters":["NOPUT",1],"prev_kv":true}}',
+        "watch-cancel": b'\x13{"cancel_request":{"watch_id":"1"}}',
+        "keepalive-stream": b'\x50{"ID":1}\n{"ID":"2"} {"ID":3,"x":"}{"}',
+        "wire-range": b"\x80" + encode(
+            "etcdserverpb.RangeRequest",
+            'key: "foo" range_end: "\\000" limit: 3 sort_order: DESCEND',
+            "etcd_rpc.proto"),
+        "wire-status": b"\x8c" + encode(
+            "etcdserverpb.StatusResponse",
+            'header { cluster_id: 1 member_id: 2 revision: 3 raft_term: 4 } '
+            'version: "3.4.0" dbSize: 100 errors: "a" isLearner: true',
+            "etcd_rpc.proto"),
+    }
+    for name, data in seeds.items():
+        out("pbjson", name, data)
+
+
 def main():
+    pbjson_seeds()
     txn_json_seeds()
     kv_cmd_seeds()
     raft_chunk_seeds()
