@@ -135,6 +135,9 @@ static const struct cfg_directive directives[] = {
            1024 * GB, IMM,
            "most bytes of keys and values stored; past it only deletes "
            "are accepted (NOSPACE alarm); 0 = no quota"),
+    D_INT("RAFT", "txn-max-range-keys", txn_max_range_keys, "100000", 1,
+          1000000, IMM,
+          "most keys the range reads of one transaction may visit"),
     D_DURATION("RAFT", "request-timeout", request_timeout_ms, "5s", 100,
                10 * 60 * MS_PER_S, IMM,
                "how long a request waits for the cluster before failing"),

@@ -148,6 +148,7 @@ struct ekv {
     bool wrote;       /* an operation so far changed the table */
     struct kv_sink sink;
     int tries; /* ignore_value/ignore_lease attempts */
+    bool readonly; /* a Txn without writes (run after a read, not logged) */
 };
 
 static void ekv_free(void *p)
@@ -532,7 +533,16 @@ static void write_done(struct node_req *req, int status)
         return;
     }
     uint64_t rev = req->res.revision;
-    if (e->over) {
+    if (req->res.status == KV_ETXN_KEYS) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the txn's ranges would read more "
+                         "than txn-max-range-keys keys: nothing was done");
+    } else if (e->over && e->readonly) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the txn response is larger than "
+                         "grpc-max-message (%zu bytes): use a limit",
+                         e->max_bytes);
+    } else if (e->over) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the write was applied at revision "
                          "%llu, but its response is larger than "
@@ -789,9 +799,16 @@ static int map_ops(struct gstream *st, Etcdserverpb__RequestOp **ops, size_t n,
                 k->type = KV_TOP_GET;
             } else {
                 k->type = KV_TOP_RANGE;
-                k->flags =
-                    (rgs[i].to_end ? KV_RANGE_TO_END : 0) |
-                    (o->request_range->count_only ? KV_RANGE_COUNT_ONLY : 0);
+                Etcdserverpb__RangeRequest *r = o->request_range;
+                k->flags = (rgs[i].to_end ? KV_RANGE_TO_END : 0) |
+                           (r->count_only ? KV_RANGE_COUNT_ONLY : 0) |
+                           (r->keys_only ? KV_RANGE_KEYS_ONLY : 0);
+                /* range_build's rule: without a sort or a filter only the
+                 * first limit + 1 keys matter, so the walk stops there
+                 * (count is then at most limit + 1). */
+                if (r->limit > 0 && (int)r->sort_order == ETCD_SORT_NONE &&
+                    !range_has_filter(r) && !r->count_only)
+                    k->limit = (uint64_t)r->limit + 1;
                 /* An empty range as [key, key). */
                 k->value = rgs[i].empty ? key->data : rgs[i].end;
                 k->vlen = rgs[i].empty ? key->len : rgs[i].elen;
@@ -848,14 +865,15 @@ static void call_txn(struct gstream *st)
         st, &etcdserverpb__txn_request__descriptor);
     if (q == NULL)
         return;
-    size_t nops = PZ_MAX(q->n_success, q->n_failure);
-    struct ekv *e = ekv_new(st, ETCD_TXN, &q->base, nops);
     if (q->n_compare > KV_TXN_MAX || q->n_success > KV_TXN_MAX ||
         q->n_failure > KV_TXN_MAX) {
+        ekv_new(st, ETCD_TXN, &q->base, 0); /* frees q with the stream */
         grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
                          "etcdserver: too many operations in txn request");
         return;
     }
+    size_t nops = PZ_MAX(q->n_success, q->n_failure);
+    struct ekv *e = ekv_new(st, ETCD_TXN, &q->base, nops);
     struct kv_cmp *cmps = pz_calloc(q->n_compare + 1, sizeof *cmps);
     struct kv_op *succ = pz_calloc(q->n_success + 1, sizeof *succ);
     struct kv_op *fail = pz_calloc(q->n_failure + 1, sizeof *fail);
@@ -906,6 +924,13 @@ static void call_txn(struct gstream *st)
     if (rv == 0)
         rv = map_ops(st, q->failure, q->n_failure, fail, e);
     if (rv == 0) {
+        e->readonly = true;
+        for (size_t i = 0; i < q->n_success; i++)
+            e->readonly = e->readonly && (succ[i].type == KV_TOP_GET ||
+                                          succ[i].type == KV_TOP_RANGE);
+        for (size_t i = 0; i < q->n_failure; i++)
+            e->readonly = e->readonly && (fail[i].type == KV_TOP_GET ||
+                                          fail[i].type == KV_TOP_RANGE);
         struct pz_buf cmd;
         pz_buf_init(&cmd);
         rv = kv_encode_txn(&cmd, cmps, q->n_compare, succ, q->n_success, fail,
@@ -1002,6 +1027,11 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
     r.n_responses = n;
     if (ok)
         etcd_reply(st, &r.base);
+    else if (e->readonly)
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the txn response is larger than "
+                         "grpc-max-message (%zu bytes): use a limit",
+                         e->max_bytes);
     else
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the txn was applied at revision %llu, "

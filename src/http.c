@@ -328,6 +328,13 @@ static void on_txn_done(struct node_req *req, int status)
         reply_text(h, 404, "Lease not found", NULL);
         return;
     }
+    if (res->status == KV_ETXN_KEYS) {
+        reply_text(h, 413,
+                   "The transaction's ranges would read more than "
+                   "txn-max-range-keys keys: nothing was done",
+                   NULL);
+        return;
+    }
     struct pz_buf b;
     pz_buf_init(&b);
     switch (h->op.txn_kind) {

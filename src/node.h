@@ -42,6 +42,10 @@ struct node_req {
     struct kv_result res;  /* writes: what apply did */
     const struct kv_sink *sink; /* writes: a transaction's results go here
                                    as it applies (node_propose_sink) */
+    uint8_t *ro_cmd;       /* a read-only transaction run after a read
+                              (node_propose_sink): a copy, owned */
+    size_t ro_len;         /* its length */
+    node_req_cb ro_cb;     /* the caller's cb for it */
 };
 
 struct node_member {
