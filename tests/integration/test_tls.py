@@ -357,6 +357,27 @@ def test_reload_certificates(servers, pki):
     assert s.request("GET", "/health")[0] == 200
 
 
+def test_reload_long_certificate_path(servers, pki, tmp_path):
+    """A reloaded path longer than 511 bytes is taken whole, not cut."""
+    deep = os.path.join(str(tmp_path), *(["d" * 100] * 6))
+    os.makedirs(deep)
+    crt, key = os.path.join(deep, "node.crt"), os.path.join(deep, "node.key")
+    assert len(crt) > 600
+    shutil.copy(pki["node1b.crt"], crt)
+    shutil.copy(pki["node1b.key"], key)
+    s = servers(conf=tls_conf(pki), start=False)
+    s.ssl_context = client_ctx(pki)
+    s.start()
+    first = server_cert_serial(s.http_port, pki)
+    s.conf["tls-cert-file"], s.conf["tls-key-file"] = crt, key
+    s.write_conf()
+    s.signal(signal.SIGHUP)
+    gh.wait_for(lambda: "reloaded:" in s.read_log())
+    gh.wait_for(lambda: server_cert_serial(s.http_port, pki) != first)
+    assert "the certificates in force stay" not in s.read_log()
+    assert s.request("GET", "/health")[0] == 200
+
+
 def test_bad_files_refused_at_start(servers, pki, tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("garbage\n")
