@@ -139,6 +139,9 @@ void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
 void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st));
 /* Relay the call, as received, to the leader; its answer is ours. */
 void grpc_stream_forward(struct gstream *st);
+/* End the call at once with RST_STREAM (CANCEL), dropping any output it
+ * still holds (a client that stopped reading); flush afterwards. */
+void grpc_stream_reset(struct gstream *st);
 /* Put pending output on the wire; st may be freed here. */
 void grpc_stream_flush(struct gstream *st);
 

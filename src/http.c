@@ -38,6 +38,7 @@ struct http_conn {
     bool forwarding;      /* fwd is in flight */
     struct snapshot_reader *snap; /* GET /admin/snapshot: the file sent */
     uint64_t snap_off;    /* bytes of it sent */
+    bool snap_slot;       /* holds a snapshot-max-streams slot */
     int restarts;         /* times the request started over because the
                              leader changed while forwarding */
     struct kv_sink sink;  /* a transaction's results, as it applies */
@@ -1121,6 +1122,14 @@ static void on_request(struct httpd_conn *hc)
             reply_text(h, 401, "Unauthorized", NULL);
             return;
         }
+        if (!node_snapshot_stream_get()) {
+            reply_text(h, 503,
+                       "Too many snapshots being sent "
+                       "(snapshot-max-streams); retry later",
+                       NULL);
+            return;
+        }
+        h->snap_slot = true;
         httpd_hold(hc);
         rv = node_read(&h->req, false, on_backup_read);
         break;
@@ -1147,6 +1156,9 @@ static void on_done(struct httpd_conn *hc)
     pz_buf_free(&h->out);
     snapshot_reader_close(h->snap);
     h->snap = NULL;
+    if (h->snap_slot)
+        node_snapshot_stream_put();
+    h->snap_slot = false;
     http_watch_free(&h->ws);
 }
 
@@ -1162,6 +1174,9 @@ static void on_close(struct httpd_conn *hc)
     http_op_free(&h->op);
     snapshot_reader_close(h->snap);
     h->snap = NULL;
+    if (h->snap_slot)
+        node_snapshot_stream_put();
+    h->snap_slot = false;
     http_watch_free(&h->ws);
 }
 

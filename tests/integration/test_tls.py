@@ -372,8 +372,9 @@ def test_reload_long_certificate_path(servers, pki, tmp_path):
     s.conf["tls-cert-file"], s.conf["tls-key-file"] = crt, key
     s.write_conf()
     s.signal(signal.SIGHUP)
-    gh.wait_for(lambda: "reloaded:" in s.read_log())
-    gh.wait_for(lambda: server_cert_serial(s.http_port, pki) != first)
+    assert gh.wait_for(lambda: "reloaded:" in s.read_log())
+    assert gh.wait_for(
+        lambda: server_cert_serial(s.http_port, pki) != first)
     assert "the certificates in force stay" not in s.read_log()
     assert s.request("GET", "/health")[0] == 200
 
