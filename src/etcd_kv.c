@@ -260,6 +260,11 @@ struct vlist {
     uint64_t count; /* keys in the range */
     size_t keep;    /* collect at most this many (SIZE_MAX: all) */
     bool collect;   /* false: count only */
+    const struct etcd_filter *filter; /* collect only what it keeps */
+    bool values;    /* values count toward bytes (not keys_only) */
+    size_t bytes;   /* range_build's measure of what was collected */
+    size_t max;     /* past it (every view would be sent): stop */
+    bool over;      /* max was passed: the answer cannot be built */
 };
 
 static void vlist_push(struct vlist *l, const struct kv_view *v)
@@ -275,8 +280,13 @@ static int vlist_visit(void *arg, const struct kv_view *v)
 {
     struct vlist *l = arg;
     l->count++;
-    if (l->collect && l->n < l->keep)
-        vlist_push(l, v);
+    if (!l->collect || l->n >= l->keep || l->over ||
+        (l->filter && !etcd_filter_keep(l->filter, &v->meta)))
+        return 0;
+    vlist_push(l, v);
+    l->bytes += v->klen + (l->values ? v->vlen : 0) + 32;
+    if (l->bytes > l->max)
+        l->over = true;
     return 0;
 }
 
@@ -362,10 +372,22 @@ static void range_reply(struct gstream *st, struct ekv *e)
     struct etcd_range rg;
     etcd_range_decode(q->key.data, q->key.len, q->range_end.data,
                       q->range_end.len, &rg);
-    struct vlist l = {.keep = SIZE_MAX, .collect = !q->count_only};
-    if (q->limit > 0 && (int)q->sort_order == ETCD_SORT_NONE &&
-        !range_has_filter(q))
+    struct vlist l = {.keep = SIZE_MAX, .collect = !q->count_only,
+                      .values = !q->keys_only, .max = SIZE_MAX};
+    struct etcd_filter f = {q->min_mod_revision, q->max_mod_revision,
+                            q->min_create_revision, q->max_create_revision};
+    bool sorted = (int)q->sort_order != ETCD_SORT_NONE;
+    if (q->limit > 0 && !sorted && !range_has_filter(q))
         l.keep = (size_t)q->limit + 1; /* range_build's rule */
+    if (range_has_filter(q)) {
+        /* Only the views the filter keeps; without a sort they come in
+         * the order sent, so limit + 1 of them are enough. */
+        l.filter = &f;
+        if (q->limit > 0 && !sorted && (int)q->sort_target == ETCD_SORT_KEY)
+            l.keep = (size_t)q->limit + 1;
+    }
+    if (q->limit <= 0)
+        l.max = e->max_bytes; /* every view would be sent: stop past it */
     if (rg.single) {
         struct kv_view v;
         if (kv_get_view(kv, rg.key, rg.klen, &v))
@@ -379,7 +401,7 @@ static void range_reply(struct gstream *st, struct ekv *e)
     etcd_header(&h, rev, NULL);
     r.header = &h;
     Mvccpb__KeyValue *kvs = NULL;
-    if (!range_build(q, l.v, l.n, l.count, e->max_bytes, &r, &kvs)) {
+    if (l.over || !range_build(q, l.v, l.n, l.count, e->max_bytes, &r, &kvs)) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: range response is larger than "
                          "grpc-max-message (%zu bytes): use a limit",
