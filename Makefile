@@ -67,8 +67,10 @@ NET_SRC = src/conn.c src/tls.c src/httpc.c src/grpc_client.c src/stats.c
 SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/node_reqs.c src/node_members.c src/node_snapshot.c \
              src/node_metrics.c src/http_watch.c src/node_lease.c \
+             src/node_io_uv.c src/node_nospace.c src/node_status.c \
              src/fwd.c src/store.c src/transport.c src/grpc.c src/mandi.c \
-             src/etcd_kv.c src/etcd_cluster.c \
+             src/etcd_kv.c src/etcd_cluster.c src/etcd_watch.c \
+             src/etcd_lease.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
              src/reload.c src/sdnotify.c src/tls_setup.c
 CLI_SRC = src/cli.c src/cli_conn.c src/cli_snapshot.c src/cli_watch.c
@@ -194,6 +196,15 @@ $(SIM): tests/unit/test_raft_sim.c $(CORE_O) deps/llhttp/libllhttp.a
 	$(CC) $(PZ_CFLAGS) -DRAFT_SIM_MAIN $(PZ_LDFLAGS) -o $@ $< $(CORE_O) \
 	    $(PZ_LIBS)
 
+# The node driver under the deterministic simulation, standalone
+# (NODE_SIM_SEEDS=n seeds, NODE_SIM_SEED=n one seed; also a unit suite).
+NODE_SIM = tests/unit/node-sim
+NODE_SIM_LINK_O = $(CORE_O) $(NET_O) $(filter-out src/main.o,$(SERVER_O))
+$(NODE_SIM): tests/unit/test_node_sim.c $(NODE_SIM_LINK_O) \
+             deps/llhttp/libllhttp.a
+	$(CC) $(PZ_CFLAGS) -DNODE_SIM_MAIN $(PZ_LDFLAGS) -o $@ $< \
+	    $(NODE_SIM_LINK_O) $(PZ_LIBS)
+
 # --- convenience targets -------------------------------------------------------
 deps:
 	@scripts/install-deps.sh build
@@ -217,8 +228,9 @@ test: deps-test
 test-unit: $(UNIT)
 	$(UNIT) $(TESTS)
 
-test-sim: $(SIM)
+test-sim: $(SIM) $(NODE_SIM)
 	$(SIM)
+	$(NODE_SIM)
 
 # Memory of the key-value table: RSS per key for 1M 16-byte keys with
 # 100-byte values (KV_MEM_KEYS=n for another count). Not part of `test`.
@@ -235,8 +247,9 @@ bench:
 	$(MAKE) all
 	/usr/bin/python3 scripts/bench.py --$(BENCH) $(BENCH_ARGS)
 
-test-sim-long: $(SIM)
+test-sim-long: $(SIM) $(NODE_SIM)
 	SIM_SEEDS=$${SIM_SEEDS:-100000} $(SIM)
+	NODE_SIM_SEEDS=$${NODE_SIM_SEEDS:-2000} $(NODE_SIM)
 
 # Mutation checks (scripts/mutants.py): plants each listed bug in a scratch
 # copy of the tree, builds it and runs the tests that should catch it.
@@ -251,9 +264,10 @@ $(POWERLOSS): tests/powerloss/powerloss.c
 	$(CC) -std=gnu11 -g -O2 $(WARN) -Wno-missing-prototypes -fPIC -shared \
 	    -o $@ $< -ldl -lpthread
 
+# --durations: the slowest tests, to keep CI's time in check.
 test-integration: $(BINS) $(POWERLOSS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
-	    tests/integration $(PYTEST_ARGS)
+	    --durations=15 tests/integration $(PYTEST_ARGS)
 
 # The chaos test (tests/chaos/chaos.py): the checker's own tests, then
 # CHAOS_RUNS runs of CHAOS_TIME seconds on 3 and on 5 nodes under every
@@ -335,7 +349,7 @@ clean-objs:
 	rm -rf $(OBJ_GLOBS) src/*.d src/gen/*.d tests/unit/*.d
 
 clean: clean-objs
-	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(POWERLOSS) $(KV_MEM) \
+	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(NODE_SIM) $(POWERLOSS) $(KV_MEM) \
 	    tests/unit/suites.h .make-settings tests/fuzz/build
 
 .PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem bench \

@@ -21,6 +21,7 @@ when one of its tests fails (or times out); it is missed when all pass.
 Tests of a mutation, run in order until one fails:
     unit:SUITE[/TEST]      tests/unit/test-unit with that selection
     sim:N                  the Raft simulation over seeds 1..N
+    nodesim:N              the simulation of the node driver, seeds 1..N
     py:EXPR                pytest tests/integration -k EXPR
     py:FILE::TEST          one integration test (FILE relative to
                            tests/integration)
@@ -166,15 +167,15 @@ MUTATIONS = [
       "        if ((!m->reject && m->from == 0) ||",
       RAFT, "a read index from a non-leader is trusted"),
     M("node_read_before_apply", "src/node.c",
-      "        if (r->index <= node.applied)\n            reqs_done(r, 0);",
-      "        if (r->index <= node.applied || r->index > 0)\n"
+      "        if (r->index <= nd->applied)\n            reqs_done(r, 0);",
+      "        if (r->index <= nd->applied || r->index > 0)\n"
       "            reqs_done(r, 0);",
       ["py:test_cluster.py::test_paused_leader_never_serves_stale_reads"],
       "a linearizable read answered before the read index is applied"),
     # --- persist before ack / vote (src/node.c, src/store.c) -------------
     M("node_ack_before_persist", "src/node.c",
-      "            node.store_busy = true;\n            return;",
-      "            node.store_busy = true;\n"
+      "            nd->store_busy = true;\n            return;",
+      "            nd->store_busy = true;\n"
       "            send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);\n"
       "            rd->n_msgs_after_persist = 0;\n"
       "            return;",
@@ -182,9 +183,9 @@ MUTATIONS = [
        "py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
       "acks and votes leave before the store write is durable"),
     M("node_vote_not_persisted", "src/node.c",
-      "        bool hs_needed = rd->hs_changed && (rd->hs.term != node.saved_term ||\n"
-      "                                            rd->hs.vote != node.saved_vote);",
-      "        bool hs_needed = rd->hs_changed && rd->hs.term != node.saved_term;",
+      "        bool hs_needed = rd->hs_changed && (rd->hs.term != nd->saved_term ||\n"
+      "                                            rd->hs.vote != nd->saved_vote);",
+      "        bool hs_needed = rd->hs_changed && rd->hs.term != nd->saved_term;",
       ["py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
       "a vote given in a term already on disk is not written before it goes"),
     {"name": "store_synchronous_normal",
@@ -223,12 +224,23 @@ MUTATIONS = [
       "    if (memcmp(t, SNAPSHOT_END_MAGIC, 1) != 0) {",
       ["unit:snapshot"], "a snapshot without its end marker is loaded"),
     M("snapshot_install_any_term", "src/node_snapshot.c",
-      "           (node.got_kv && m->snap_index == node.got_index &&\n"
-      "            m->snap_term == node.got_term);",
-      "           (node.got_kv && m->snap_index == node.got_index);",
+      "           (nd->got_kv && m->snap_index == nd->got_index &&\n"
+      "            m->snap_term == nd->got_term);",
+      "           (nd->got_kv && m->snap_index == nd->got_index);",
       ["py:test_hostile_peers.py::"
        "test_install_message_must_name_the_received_file"],
       "an INSTALL_SNAPSHOT is stepped with a file of another term"),
+    M("snapshot_drop_unlinks_local", "src/node_snapshot.c",
+      "    if (nd->got_kv && !local) {",
+      "    if (nd->got_kv && (!local || local)) {",
+      ["nodesim:1000"],
+      "dropping a received snapshot unlinks the node's own at that point"),
+    M("snapshot_dropped_before_install", "src/node_snapshot.c",
+      "    return rs.snap_index == nd->got_index && rs.snap_term == nd->got_term;",
+      "    return false && rs.snap_index == nd->got_index &&\n"
+      "           rs.snap_term == nd->got_term;",
+      ["nodesim:300"],
+      "a received snapshot is dropped before the install the core took"),
     # --- tokens and sizes -------------------------------------------------
     M("bearer_prefix_accepted", "src/httpd.c",
       "    return pz_token_equal(token, strlen(token), h, n);",
@@ -313,13 +325,13 @@ MUTATIONS = [
       "    if (a != NULL) {\n        a->kv->digest -= revision_digest(",
       ["unit:kv", "py:test_coord.py"],
       "a transaction advances the revision once per change, not once"),
-    # --- out of space (src/node.c) -------------------------------------
-    M("nospace_alarm_ignored", "src/node.c",
-      "    if (node.alarm_disk)\n        return PZ_ENOSPC;",
-      "    if (node.alarm_disk && node.alarm_quota)\n        return PZ_ENOSPC;",
+    # --- out of space (src/node_nospace.c, src/node.c) ------------------
+    M("nospace_alarm_ignored", "src/node_nospace.c",
+      "    if (nd->alarm_disk)\n        return PZ_ENOSPC;",
+      "    if (nd->alarm_disk && nd->alarm_quota)\n        return PZ_ENOSPC;",
       ["py:test_nospace.py"],
       "writes are proposed on a node whose disk is full"),
-    M("quota_ignored", "src/node.c",
+    M("quota_ignored", "src/node_nospace.c",
       "    if (after <= (uint64_t)quota)\n        return 0;",
       "    if (after <= UINT64_MAX / 2)\n        return 0;",
       ["py:test_nospace.py::test_quota_alarm_allows_deletes"],
@@ -384,6 +396,8 @@ def test_cmd(spec):
         return ["tests/unit/test-unit"] + arg.split()
     if kind == "sim":
         return ["env", f"SIM_SEEDS={int(arg)}", "tests/unit/raft-sim"]
+    if kind == "nodesim":
+        return ["env", f"NODE_SIM_SEEDS={int(arg)}", "tests/unit/node-sim"]
     if kind == "py":
         base = [PYTHON, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
         if arg.startswith("test_"):
@@ -397,7 +411,7 @@ def build_targets(tests):
     for spec in tests:
         kind = spec.partition(":")[0]
         t.add({"unit": "tests/unit/test-unit", "sim": "tests/unit/raft-sim",
-               "py": "all"}[kind])
+               "nodesim": "tests/unit/node-sim", "py": "all"}[kind])
         if kind == "py":  # the power-cut tests skip without it
             t.add("tests/powerloss/libpowerloss.so")
     return sorted(t)

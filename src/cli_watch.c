@@ -13,8 +13,9 @@
  * next address is asked with start_revision = last + 1 and
  * serializable=true (the history there is what counts): no event is
  * missed and none printed twice, since revisions are the same on every
- * node. A 410 (history compacted past last + 1) ends the command with
- * status 3; addresses that fail are tried in turn with a pause doubling
+ * node. A 410 (history compacted past last + 1) from every address in a
+ * row ends the command with status 3 (another node may still hold the
+ * revision); addresses that fail are tried in turn with a pause doubling
  * from 50 ms to 1 s after each round.
  *
  * Output: "[REV] PUT KEY = VALUE" or "[REV] DELETE KEY" per event (keys
@@ -342,16 +343,27 @@ int cli_watch(int nargs, char **args, const char *const *addrs, size_t naddrs,
     }
     char err[512] = "";
     uint64_t backoff = BACKOFF_FIRST_MS;
-    size_t i = 0, failed = 0;
+    size_t i = 0, failed = 0, gone = 0;
     for (;;) {
         const char *addr = addrs[i % naddrs];
         int r = follow(&st, addr, err, sizeof err);
+        if (r < 0 && st.compacted && ++gone < naddrs) {
+            /* Another node may still hold it (a longer history, or one
+             * that loaded no snapshot since). */
+            st.compacted = false;
+            snprintf(err, sizeof err,
+                     "%s: history compacted (oldest available there: %llu)",
+                     addr, (unsigned long long)st.compact_rev);
+            r = 0;
+        } else if (r > 0) {
+            gone = 0;
+        }
         if (r < 0) {
             if (st.compacted) {
                 fprintf(stderr,
                         "pyazdb-cli: watch: history compacted: revision "
-                        "%llu is gone (oldest available: %llu); events were "
-                        "missed\n",
+                        "%llu is gone on every node (oldest available: "
+                        "%llu); events were missed\n",
                         (unsigned long long)(st.last == NO_REV ? st.floor
                                                                : st.last + 1),
                         (unsigned long long)st.compact_rev);

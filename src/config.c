@@ -200,6 +200,12 @@ static const struct cfg_directive directives[] = {
                "10s", 10, MS_PER_DAY, IMM,
                "a watch stream that sent nothing this long gets a progress "
                "event"),
+    D_SIZE("LIMITS", "watch-output-budget", watch_output_budget, "64mb", 64 * KB,
+           16 * GB, IMM, "output all watch streams together may have waiting "
+           "for their clients (each at least 4kb)"),
+    D_INT("LIMITS", "etcd-watch-max-per-stream", etcd_watch_max_per_stream,
+          "1000", 1, 1000000, IMM,
+          "most watches one etcd Watch stream (gRPC) may hold"),
 
     D_DURATION("MANDI", "mandi-leader-ttl", mandi_leader_ttl_ms, "10s", 10,
                MS_PER_DAY, IMM | MANDI,

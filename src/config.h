@@ -132,7 +132,9 @@ struct pz_config {
     int64_t watch_history_bytes;    /* watch-history-bytes */
     int64_t watch_max_buffer;       /* watch-max-buffer: bytes */
     int64_t max_watchers;           /* max-watchers */
+    int64_t watch_output_budget;    /* watch-output-budget: bytes */
     int64_t watch_progress_interval_ms; /* watch-progress-interval */
+    int64_t etcd_watch_max_per_stream;  /* etcd-watch-max-per-stream */
     /* MANDI */
     int64_t mandi_leader_ttl_ms;     /* mandi-leader-ttl */
     int64_t mandi_join_ttl_ms;       /* mandi-join-ttl */

@@ -43,12 +43,38 @@ enum etcd_call {
     ETCD_SNAPSHOT,
     ETCD_MOVE_LEADER,
     ETCD_AUTH_STATUS,
+    ETCD_AUTHENTICATE,
     ETCD_AUTH_OTHER,
+    ETCD_LEASE_GRANT,
+    ETCD_LEASE_REVOKE,
+    ETCD_LEASE_TTL,
+    ETCD_LEASE_LEASES,
+    ETCD_WATCH,           /* bidirectional */
+    ETCD_LEASE_KEEPALIVE, /* bidirectional */
 };
 
 /* Serve one complete request (or serve it again: a forward that never
  * reached the leader). Ends the stream, now or later (grpc.h). */
 void etcd_call(struct gstream *st, int call);
+
+/* Bidirectional calls (ETCD_WATCH, ETCD_LEASE_KEEPALIVE): one request
+ * message has arrived (grpc_stream_msg), or the client ended its side
+ * (etcd_stream_end). The call ends the stream when it is done. */
+void etcd_stream_message(struct gstream *st, int call);
+void etcd_stream_end(struct gstream *st, int call);
+
+/* etcd_watch.c: Watch. Setup once the loop runs (grpc_start): the
+ * per-stream limit and the progress_notify interval; close at
+ * grpc_close. */
+void etcd_watch_setup(uv_loop_t *loop, size_t max_per_stream,
+                      uint64_t progress_ms);
+void etcd_watch_close(void);
+void etcd_watch_message(struct gstream *st);
+void etcd_watch_end(struct gstream *st);
+/* etcd_lease.c: Lease calls. */
+void etcd_lease_call(struct gstream *st, int call);
+void etcd_lease_keepalive_message(struct gstream *st);
+void etcd_lease_keepalive_end(struct gstream *st);
 
 /* etcd_kv.c: KV calls. */
 void etcd_kv_call(struct gstream *st, int call);

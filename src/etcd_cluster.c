@@ -23,7 +23,6 @@
 #include "grpc_pb.h"
 #include "log.h"
 #include "node.h"
-#include "node_internal.h"
 #include "sha256.h"
 #include "snapshot.h"
 #include "store.h"
@@ -272,7 +271,7 @@ static int64_t db_size(void)
     char p[4096];
     struct stat sb;
     int64_t total = 0;
-    const char *path = store_path(node.store);
+    const char *path = node_db_path();
     if (stat(path, &sb) == 0)
         total += sb.st_size;
     snprintf(p, sizeof p, "%s-wal", path);
@@ -616,11 +615,59 @@ static void call_auth_status(struct gstream *st)
     etcd_reply(st, &r.base);
 }
 
+/* Authenticate: with a cluster-token, user "root" and the token as its
+ * password get the token back, which etcd clients then send as "token"
+ * metadata (grpc_stream_token_ok). Without one, etcd's "not enabled",
+ * which its clients take as "go on without a token". */
+static void call_authenticate(struct gstream *st)
+{
+    Etcdserverpb__AuthenticateRequest *q =
+        (Etcdserverpb__AuthenticateRequest *)etcd_unpack(
+            st, &etcdserverpb__authenticate_request__descriptor);
+    if (q == NULL)
+        return;
+    const char *token = grpc_stream_server(st)->cluster_token;
+    if (token == NULL || token[0] == '\0') {
+        grpc_stream_fail(st, GRPC_FAILED_PRECONDITION,
+                         "etcdserver: authentication is not enabled");
+    } else if (strcmp(q->name, "root") != 0 ||
+               !pz_token_equal(token, strlen(token), q->password,
+                               strlen(q->password))) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "etcdserver: authentication failed, invalid user ID "
+                         "or password");
+    } else {
+        Etcdserverpb__AuthenticateResponse r =
+            ETCDSERVERPB__AUTHENTICATE_RESPONSE__INIT;
+        Etcdserverpb__ResponseHeader h;
+        etcd_header(&h, revision(), NULL);
+        r.header = &h;
+        r.token = (char *)token;
+        etcd_reply(st, &r.base);
+    }
+    protobuf_c_message_free_unpacked(&q->base, &grpc_pb_allocator);
+}
+
+/* Calls that change the membership or hand out the data need the
+ * cluster-token, as their HTTP routes do. */
+static bool needs_token(int call)
+{
+    return call == ETCD_MEMBER_REMOVE || call == ETCD_MEMBER_PROMOTE ||
+           call == ETCD_MOVE_LEADER || call == ETCD_SNAPSHOT;
+}
+
 void etcd_cluster_call(struct gstream *st, int call)
 {
     size_t len;
     const uint8_t *msg = grpc_stream_msg(st, &len);
     PZ_UNUSED(msg);
+    if (needs_token(call) && !grpc_stream_token_ok(st)) {
+        grpc_stream_fail(st, GRPC_UNAUTHENTICATED,
+                         "etcdserver: invalid auth token: this call needs "
+                         "the cluster-token (etcdctl --user root:TOKEN, or "
+                         "metadata authorization: Bearer TOKEN)");
+        return;
+    }
     switch (call) {
     case ETCD_MEMBER_LIST:
         reply_members(st, &etcdserverpb__member_list_response__descriptor);
@@ -665,6 +712,9 @@ void etcd_cluster_call(struct gstream *st, int call)
         break;
     case ETCD_AUTH_STATUS:
         call_auth_status(st);
+        break;
+    case ETCD_AUTHENTICATE:
+        call_authenticate(st);
         break;
     default:
         grpc_stream_fail(st, GRPC_UNIMPLEMENTED,

@@ -120,8 +120,26 @@ void etcd_call(struct gstream *st, int call)
         return;
     if (call <= ETCD_COMPACT)
         etcd_kv_call(st, call);
+    else if (call >= ETCD_LEASE_GRANT && call <= ETCD_LEASE_LEASES)
+        etcd_lease_call(st, call);
     else
         etcd_cluster_call(st, call);
+}
+
+void etcd_stream_message(struct gstream *st, int call)
+{
+    if (call == ETCD_WATCH)
+        etcd_watch_message(st);
+    else
+        etcd_lease_keepalive_message(st);
+}
+
+void etcd_stream_end(struct gstream *st, int call)
+{
+    if (call == ETCD_WATCH)
+        etcd_watch_end(st);
+    else
+        etcd_lease_keepalive_end(st);
 }
 
 /* --- per-call state ------------------------------------------------------ */
@@ -555,7 +573,11 @@ static void write_done(struct node_req *req, int status)
         return;
     }
     uint64_t rev = req->res.revision;
-    if (req->res.status == KV_ETXN_KEYS) {
+    if (req->res.status == KV_ELEASE_NOTFOUND) {
+        /* A put named a lease that does not exist: nothing was written. */
+        grpc_stream_fail(st, GRPC_NOT_FOUND,
+                         "etcdserver: requested lease not found");
+    } else if (req->res.status == KV_ETXN_KEYS) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the txn's ranges would read more "
                          "than txn-max-range-keys keys: nothing was done");
@@ -673,7 +695,7 @@ static void call_put(struct gstream *st)
                          "etcdserver: lease is provided");
         return;
     }
-    if (q->lease < 0) {
+    if (q->lease < 0 || (uint64_t)q->lease > KV_LEASE_ID_MAX) {
         grpc_stream_fail(st, GRPC_NOT_FOUND,
                          "etcdserver: requested lease not found");
         return;
@@ -777,7 +799,7 @@ static int map_ops(struct gstream *st, Etcdserverpb__RequestOp **ops, size_t n,
                                  "etcdserver: ignore_value and ignore_lease "
                                  "in a txn are not supported by PyazDB");
                 rv = -1;
-            } else if (p->lease < 0) {
+            } else if (p->lease < 0 || (uint64_t)p->lease > KV_LEASE_ID_MAX) {
                 grpc_stream_fail(st, GRPC_NOT_FOUND,
                                  "etcdserver: requested lease not found");
                 rv = -1;

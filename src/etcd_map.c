@@ -172,3 +172,52 @@ void etcd_sort_views(struct kv_view *v, size_t n, int order, int target)
     if (n > 1 && order != ETCD_SORT_NONE)
         qsort_r(v, n, sizeof *v, view_cmp, &s);
 }
+
+int etcd_watch_keys(const uint8_t *key, size_t klen, const uint8_t *end,
+                    size_t elen, struct etcd_watch_keys *out)
+{
+    static const uint8_t zero[1] = {0};
+    memset(out, 0, sizeof *out);
+    if (klen == 0) {
+        key = zero;
+        klen = 1;
+    }
+    struct etcd_range rg;
+    etcd_range_decode(key, klen, end, elen, &rg);
+    if (rg.empty)
+        return PZ_EINVAL;
+    out->from = pz_memdup(key, klen);
+    out->flen = klen;
+    if (rg.single) {
+        out->to = pz_malloc(klen + 1);
+        memcpy(out->to, key, klen);
+        out->to[klen] = 0;
+        out->tlen = klen + 1;
+    } else if (!rg.to_end) {
+        out->to = pz_memdup(end, elen);
+        out->tlen = elen;
+    }
+    return 0;
+}
+
+void etcd_watch_keys_free(struct etcd_watch_keys *k)
+{
+    pz_free(k->from);
+    pz_free(k->to);
+    memset(k, 0, sizeof *k);
+}
+
+bool etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
+                      uint64_t *start)
+{
+    if (start_revision < 0)
+        return false;
+    if (start_revision == 0) {
+        *start = cur + 1;
+        return true;
+    }
+    if ((uint64_t)start_revision < first)
+        return false;
+    *start = (uint64_t)start_revision;
+    return true;
+}

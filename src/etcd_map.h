@@ -92,4 +92,27 @@ int etcd_sort_order(int order, int target);
  * fields: key order is kept). */
 void etcd_sort_views(struct kv_view *v, size_t n, int order, int target);
 
+/* A Watch's keys, from a WatchCreateRequest's key and range_end with
+ * etcd's conventions for watches: an empty key is "\0" (the smallest
+ * key); an empty range_end watches the one key, "\0" every key >= key,
+ * anything else [key, range_end). The watch covers [from, to), to NULL
+ * meaning no upper bound; one key K is [K, K "\0"). */
+struct etcd_watch_keys {
+    uint8_t *from; /* owned */
+    size_t flen;
+    uint8_t *to; /* owned; NULL: no upper bound */
+    size_t tlen;
+};
+/* 0, or PZ_EINVAL for an empty range (range_end <= key: etcd's "mvcc:
+ * watcher range is empty"; nothing is allocated then). */
+int etcd_watch_keys(const uint8_t *key, size_t klen, const uint8_t *end,
+                    size_t elen, struct etcd_watch_keys *out);
+void etcd_watch_keys_free(struct etcd_watch_keys *k);
+
+/* Where a watch starts: start_revision 0 means the revision after cur
+ * (the node's); a negative one, or one before first (the oldest revision
+ * the history holds), is compacted (false); else *start. */
+bool etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
+                      uint64_t *start);
+
 #endif

@@ -7,8 +7,10 @@
  * handed to the node (node_read / node_propose); the node's callback
  * writes response HEADERS, the message (through a data provider) and, when
  * the provider runs dry, the trailers with grpc-status. Reflection streams
- * answer each request message as it arrives; Health/Watch streams stay open
- * and get a message whenever serving state changes.
+ * answer each request message as it arrives; etcd's bidirectional calls
+ * (Watch, LeaseKeepAlive) get each request message as it arrives
+ * (etcd_stream_message) and decide when to end; Health/Watch streams stay
+ * open and get a message whenever serving state changes.
  * Output: nghttp2_session_mem_send() is drained into the connection's
  * buffer (copied: nghttp2 reuses its buffer) until 64 KiB are pending;
  * past that the connection stops reading until on_drain, so a client that
@@ -51,6 +53,7 @@
 #include "grpc_client.h"
 #include "grpc_frame.h"
 #include "grpc_pb.h"
+#include "http_parse.h"
 #include "kv.h"
 #include "log.h"
 #include "tls_setup.h"
@@ -129,10 +132,17 @@ static const struct method methods[] = {
     ETCD("Maintenance", "HashKV", ETCD_HASHKV),
     ETCD("Maintenance", "Snapshot", ETCD_SNAPSHOT),
     ETCD("Maintenance", "MoveLeader", ETCD_MOVE_LEADER),
+    ETCD("Lease", "LeaseGrant", ETCD_LEASE_GRANT),
+    ETCD("Lease", "LeaseRevoke", ETCD_LEASE_REVOKE),
+    ETCD("Lease", "LeaseTimeToLive", ETCD_LEASE_TTL),
+    ETCD("Lease", "LeaseLeases", ETCD_LEASE_LEASES),
+    /* Bidirectional: each request message goes to etcd_stream_message. */
+    {"/etcdserverpb.Watch/Watch", M_ETCD, true, ETCD_WATCH},
+    {"/etcdserverpb.Lease/LeaseKeepAlive", M_ETCD, true, ETCD_LEASE_KEEPALIVE},
     ETCD("Auth", "AuthStatus", ETCD_AUTH_STATUS),
     ETCD("Auth", "AuthEnable", ETCD_AUTH_OTHER),
     ETCD("Auth", "AuthDisable", ETCD_AUTH_OTHER),
-    ETCD("Auth", "Authenticate", ETCD_AUTH_OTHER),
+    ETCD("Auth", "Authenticate", ETCD_AUTHENTICATE),
 #undef ETCD
 };
 
@@ -160,6 +170,8 @@ struct gstream {
     bool post;              /* :method is POST */
     bool ctype_ok;          /* content-type is application/grpc... */
     bool was_forwarded;     /* pyazdb-forwarded header present */
+    char *cred;             /* credential sent: the X of "authorization:
+                               Bearer X" or of etcd's "token: X"; NULL */
     int timeout_state;      /* 0 none, 1 valid, -1 malformed */
     uint64_t timeout_ms;    /* grpc-timeout */
     struct grpc_reader rd;  /* request messages */
@@ -478,12 +490,10 @@ static void out_append(struct gstream *st, const void *msg, size_t len)
     st->s->out_bytes += st->out.len - before;
 }
 
-/* Queue one response message on a stream that stays open. */
-static void send_message(struct gstream *st, const void *msg, size_t len)
+/* Output is waiting: submit the response headers with a data provider
+ * the first time, else wake the provider if it ran dry. */
+static void output_ready(struct gstream *st)
 {
-    if (st->ended)
-        return;
-    out_append(st, msg, len);
     if (!st->responded) {
         st->responded = true;
         nghttp2_nv nva[] = {
@@ -496,6 +506,15 @@ static void send_message(struct gstream *st, const void *msg, size_t len)
         st->deferred = false;
         nghttp2_session_resume_data(st->s->ng, st->id);
     }
+}
+
+/* Queue one response message on a stream that stays open. */
+static void send_message(struct gstream *st, const void *msg, size_t len)
+{
+    if (st->ended)
+        return;
+    out_append(st, msg, len);
+    output_ready(st);
 }
 
 /* A unary call's one response message and OK. */
@@ -779,7 +798,14 @@ static void forward(struct gstream *st)
     }
     if (st->retry_until == 0)
         st->retry_until = uv_now(gs->loop) + gs->retry_window;
-    static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
+    /* The client's credential goes along: the leader checks it too. */
+    char bearer[8 + MAX_HEADER_BYTES];
+    const char *md[] = {"pyazdb-forwarded", "1", NULL, NULL, NULL};
+    if (st->cred) {
+        snprintf(bearer, sizeof bearer, "Bearer %s", st->cred);
+        md[2] = "authorization";
+        md[3] = bearer;
+    }
     /* The leader answers within request-timeout; one that does not is
      * broken, and the call must not wait on it for ever. */
     struct grpc_call_opts opts = {.metadata = md,
@@ -1391,7 +1417,10 @@ static void request_end(struct gstream *st)
         return;
     }
     if (st->m->client_stream) {
-        finish(st, GRPC_OK, NULL);
+        if (st->m->kind == M_ETCD)
+            etcd_stream_end(st, st->m->sub); /* it decides when to end */
+        else
+            finish(st, GRPC_OK, NULL);
         return;
     }
     if (!st->rd.ready) {
@@ -1451,7 +1480,10 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
             break;
         if (st->m->client_stream) {
             conn_mark_served(s->c);
-            reflect_message(st);
+            if (st->m->kind == M_ETCD)
+                etcd_stream_message(st, st->m->sub);
+            else
+                reflect_message(st);
             if (!st->ended) {
                 grpc_reader_next(&st->rd);
                 s->buffered -= st->rd_counted - st->rd.msg.cap;
@@ -1540,6 +1572,13 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
             grpc_timeout_parse(v, valuelen, &st->timeout_ms) == 0 ? 1 : -1;
     } else if (name_is(name, namelen, "pyazdb-forwarded")) {
         st->was_forwarded = true;
+    } else if (name_is(name, namelen, "authorization") ||
+               name_is(name, namelen, "token")) {
+        size_t n = valuelen;
+        if (namelen == 13 && !http_bearer_value(&v, &n))
+            return 0; /* not a bearer credential: none */
+        pz_free(st->cred);
+        st->cred = pz_strndup(v, n);
     }
     return 0;
 }
@@ -1625,6 +1664,7 @@ static void stream_free(struct gstream *st)
         st->ext_free(st->ext);
     pz_buf_free(&st->out);
     pz_buf_free(&st->msg);
+    pz_free(st->cred);
     pz_queue_remove(&st->q);
     s->n_streams--;
     s->c->busy--;
@@ -1851,6 +1891,7 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->be = be ? be : &grpc_node_backend;
     gs->max_message = (size_t)cfg->grpc_max_message;
     gs->max_key = (size_t)cfg->max_key_size;
+    gs->cluster_token = cfg->cluster_token;
     gs->max_value = (size_t)cfg->max_value_size;
     gs->header_timeout = (uint64_t)cfg->client_header_timeout_ms;
     gs->body_timeout = (uint64_t)cfg->client_body_timeout_ms;
@@ -1884,6 +1925,8 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->kick.data = gs;
     gs->start_ms = uv_now(loop);
     gs->started = true;
+    etcd_watch_setup(loop, (size_t)cfg->etcd_watch_max_per_stream,
+                     (uint64_t)cfg->watch_progress_interval_ms);
     return 0;
 }
 
@@ -1926,7 +1969,8 @@ void grpc_drain(struct grpc_server *gs)
         PZ_QUEUE_FOREACH(f, &s->streams)
         {
             struct gstream *st = container_of(f, struct gstream, q);
-            if (st->in_wq || st->in_rq)
+            if (st->in_wq || st->in_rq ||
+                (st->m && st->m->kind == M_ETCD && st->m->client_stream))
                 finish(st, GRPC_UNAVAILABLE, "server is shutting down");
         }
         nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE,
@@ -1947,6 +1991,7 @@ void grpc_close(struct grpc_server *gs)
     uv_close((uv_handle_t *)&gs->watch_timer, NULL);
     uv_close((uv_handle_t *)&gs->retry_timer, NULL);
     uv_close((uv_handle_t *)&gs->kick, NULL);
+    etcd_watch_close();
     if (gs->fwd) {
         grpc_client_abort(gs->fwd);
         gs->fwd = NULL;
@@ -2045,23 +2090,46 @@ void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st))
     st->pump = pump;
     if (st->ended)
         return;
-    if (!st->responded) {
-        st->responded = true;
-        nghttp2_nv nva[] = {
-            NV(":status", "200"),
-            NV("content-type", "application/grpc"),
-        };
-        nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_cb};
-        nghttp2_submit_response(st->s->ng, st->id, nva, 2, &dp);
-    } else if (st->deferred) {
-        st->deferred = false;
-        nghttp2_session_resume_data(st->s->ng, st->id);
-    }
+    output_ready(st);
+}
+
+bool grpc_stream_token_ok(const struct gstream *st)
+{
+    const char *t = st->s->gs->cluster_token;
+    if (t == NULL || t[0] == '\0')
+        return true;
+    return st->cred != NULL &&
+           pz_token_equal(t, strlen(t), st->cred, strlen(st->cred));
 }
 
 void grpc_stream_forward(struct gstream *st)
 {
     forward(st);
+}
+
+int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
+                             const void *msg, size_t len, uint64_t timeout_ms,
+                             grpc_call_cb cb)
+{
+    struct grpc_server *gs = st->s->gs;
+    const char *addr = gs->be->leader_grpc_addr();
+    if (addr == NULL || addr[0] == '\0' || st->was_forwarded || gs->draining)
+        return PZ_ENOLEADER;
+    if (gs->fwd && strcmp(grpc_client_addr(gs->fwd), addr) != 0) {
+        pz_info("grpc: leader moved to %s: forwarding there", addr);
+        grpc_client_close(gs->fwd);
+        gs->fwd = NULL;
+    }
+    if (gs->fwd == NULL) {
+        gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
+        grpc_client_set_tls(gs->fwd, &tls_grpc_client);
+    }
+    static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
+    struct grpc_call_opts opts = {.metadata = md, .timeout_ms = timeout_ms};
+    int rv = grpc_client_call(gs->fwd, call, st->m->path, msg, len, &opts, cb);
+    if (rv == 0)
+        gs->stats.forwarded++;
+    return rv;
 }
 
 void grpc_stream_flush(struct gstream *st)

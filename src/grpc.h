@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "conn.h"
+#include "grpc_client.h"
 #include "grpc_reflect.h"
 #include "node.h"
 #include "queue.h"
@@ -55,6 +56,7 @@ struct grpc_server {
     const struct grpc_backend *be; /* the node */
     size_t max_message;            /* grpc-max-message */
     size_t max_key;                /* max-key-size */
+    const char *cluster_token;     /* borrowed from the config; "" none */
     size_t max_value;              /* max-value-size */
     uint64_t header_timeout;       /* client-header-timeout, ms */
     uint64_t body_timeout;         /* client-body-timeout, ms */
@@ -137,11 +139,22 @@ void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
  * with grpc_stream_reply (or ends the call with grpc_stream_fail). It
  * runs inside nghttp2's data callback: it must not flush. */
 void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st));
+/* True when no cluster-token is set, or the call carries it (metadata
+ * "authorization: Bearer TOKEN", or etcd's "token: TOKEN"). */
+bool grpc_stream_token_ok(const struct gstream *st);
 /* Relay the call, as received, to the leader; its answer is ours. */
 void grpc_stream_forward(struct gstream *st);
 /* End the call at once with RST_STREAM (CANCEL), dropping any output it
  * still holds (a client that stopped reading); flush afterwards. */
 void grpc_stream_reset(struct gstream *st);
+/* A bidirectional call's one message, sent on its own to the leader as a
+ * unary call of the same method (the leader answers it with one message
+ * and OK once the request ends). 0 and cb later (cancel call with
+ * grpc_client_cancel), or PZ_ENOLEADER (no leader known, or st itself
+ * was forwarded: one hop only) or another code at once. */
+int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
+                             const void *msg, size_t len, uint64_t timeout_ms,
+                             grpc_call_cb cb);
 /* Put pending output on the wire; st may be freed here. */
 void grpc_stream_flush(struct gstream *st);
 

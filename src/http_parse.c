@@ -308,6 +308,26 @@ static int feed(struct http_parser *p, const char *data, size_t len,
     return HTTP_PARSE_ERROR;
 }
 
+bool http_bearer_value(const char **v, size_t *n)
+{
+    const char *p = *v, *end = *v + *n;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    if (end - p < 7 || strncasecmp(p, "bearer", 6) != 0 ||
+        (p[6] != ' ' && p[6] != '\t'))
+        return false;
+    p += 6;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    if (p == end)
+        return false;
+    *v = p;
+    *n = (size_t)(end - p);
+    return true;
+}
+
 const char *http_req_header(const struct http_req *r, const char *name)
 {
     for (size_t i = r->n_headers; i-- > 0;)

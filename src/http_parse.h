@@ -99,6 +99,10 @@ bool http_parser_started(const struct http_parser *p);
 size_t http_parser_held(const struct http_parser *p);
 /* Header value by lowercase name, or NULL. */
 const char *http_req_header(const struct http_req *r, const char *name);
+/* The credential in an Authorization value of n bytes at *v, "Bearer X"
+ * (the scheme in any case, blanks around X dropped): true with *v and *n
+ * narrowed to X (never empty); false when it is not a bearer credential. */
+bool http_bearer_value(const char **v, size_t *n);
 
 /* Split the request target into its path (percent-decoded, NUL-terminated,
  * into path) and look up one query parameter. http_query_get() returns 1 and

@@ -20,13 +20,24 @@
  * An idle stream (nothing sent for watch-progress-interval, all caught
  * up) gets `event: progress` with the node's revision.
  *
+ * A revision is written in pieces as the client reads (any size the
+ * history holds), each stream having at most its share of
+ * watch-output-budget waiting in its connection: output memory is bounded
+ * whatever the number of streams or the size of a revision.
+ *
  * Failure modes: a client that reads too slowly only stops on_stream
  * (httpd asks for more as its output drains); the watcher's cursor then
  * lags in the shared history, and once it is watch-max-buffer bytes
- * behind, or the history dropped what it still needs, the hub cancels it:
- * `event: cancelled` with the reason, and the stream ends. A snapshot
- * installed under the stream cancels it the same way (compacted). At
- * shutdown every stream ends (clients resume elsewhere). */
+ * behind with nothing written for WATCH_STALL_MS (judged by the cron, so
+ * that a reader that keeps up with a burst is not), the stream is
+ * cancelled as slow; once the history dropped what it still needs, the
+ * hub cancels it as compacted (a revision too large for the history
+ * alone says so): `event: cancelled` with the reason, and the stream
+ * ends (its unread output is dropped after client-body-timeout). One
+ * cancelled in the middle of a revision whose events are gone is closed
+ * without the event. A snapshot installed under the stream cancels it the
+ * same way (compacted). At shutdown every stream ends (clients resume
+ * elsewhere). */
 #include "http_watch.h"
 
 #include <errno.h>
@@ -43,8 +54,6 @@
 #include "stats.h"
 #include "watch.h"
 
-#define WATCH_CACHE_MAX (1u << 20) /* largest revision kept encoded */
-
 struct watch_stream {
     struct httpd_conn *hc; /* its connection */
     struct node_req req;   /* the linearizable start */
@@ -57,6 +66,17 @@ struct watch_stream {
     uint8_t *from, *to;    /* range (owned; to NULL: no end) */
     size_t flen, tlen;     /* their lengths */
     uint64_t last_write;   /* conn_now() of the last event written */
+    uint64_t last_room;    /* conn_now() when it last wrote an event */
+    bool counted;          /* in hw.n_streaming */
+    bool ending;           /* judged slow: cancel once in_rev is out */
+    /* The revision being written (in_rev), piece by piece. */
+    bool in_rev;
+    uint64_t rev, seq, end; /* it, the next event, its end */
+    size_t n_out;           /* events of it written */
+    int part;               /* where in event seq (P_*) */
+    bool fstarted;          /* within a bytes field */
+    bool b64;               /* ... written as base64 */
+    size_t off;             /* ... bytes of it written */
     struct watch_stream *prev_s, *next_s; /* all streams */
 };
 
@@ -65,6 +85,8 @@ static struct {
     uint64_t progress_ms;         /* watch-progress-interval */
     size_t max_key;               /* max-key-size */
     size_t max_watchers;          /* max-watchers */
+    size_t budget;                /* watch-output-budget */
+    size_t n_streaming;           /* streams begun and not freed */
     uint64_t events_sent;         /* events written to streams */
     uint64_t revisions_sent;      /* SSE events with an id written */
     uint64_t progress_sent;       /* progress events written */
@@ -90,34 +112,31 @@ static void unlink_stream(struct watch_stream *ws)
     ws->prev_s = ws->next_s = NULL;
 }
 
-/* --- events ----------------------------------------------------------- */
+/* --- events -----------------------------------------------------------
+ *
+ * A revision goes out as one SSE event written in pieces as the client
+ * reads: never more than the stream's share of the output budget waits in
+ * its connection, however large the revision (up to the history's limits)
+ * or however many streams want it. Each stream encodes from the history
+ * itself (no copy of the revision per stream), keeping its cursor at the
+ * revision's first event until the revision is out. */
 
-static void put_event(struct pz_buf *b, const struct watch_event *e,
-                      bool prev_kv)
-{
-    struct kv_view v = {.key = e->key,
-                        .klen = e->klen,
-                        .value = e->value,
-                        .vlen = e->vlen,
-                        .meta = e->meta};
-    pz_buf_appendf(b, "{\"type\":\"%s\",\"kv\":",
-                   e->type == KV_TOP_PUT ? "put" : "delete");
-    http_put_kv(b, &v);
-    if (prev_kv) {
-        pz_buf_append(b, ",\"prev_kv\":", 11);
-        if (e->has_prev) {
-            struct kv_view p = {.key = e->key,
-                                .klen = e->klen,
-                                .value = e->prev,
-                                .vlen = e->plen,
-                                .meta = e->pmeta};
-            http_put_kv(b, &p);
-        } else {
-            pz_buf_append(b, "null", 4);
-        }
-    }
-    pz_buf_append(b, "}", 1);
-}
+/* Where a stream is within the revision it is writing. */
+enum {
+    P_OPEN,  /* {"type":...,"kv":{ */
+    P_KEY,   /* "key":... */
+    P_VAL,   /* ,"value":... (a put) */
+    P_META,  /* ,"create_revision":...} */
+    P_PREV,  /* ,"prev_kv": and null or { */
+    P_PKEY,  /* previous: "key":... */
+    P_PVAL,  /* ,"value":... */
+    P_PMETA, /* ,"create_revision":...} */
+    P_CLOSE, /* } */
+};
+
+#define WATCH_SHARE_MIN (4 * 1024) /* output a stream may always have */
+#define WATCH_STALL_MS 2000        /* a lagging stream that could not write
+                                      this long is slow */
 
 static void write_buf(struct watch_stream *ws, struct pz_buf *b)
 {
@@ -125,64 +144,263 @@ static void write_buf(struct watch_stream *ws, struct pz_buf *b)
     ws->last_write = conn_now();
 }
 
-/* The last revision encoded whole (every event matched), by prev_kv: the
- * many watchers of one prefix send the same bytes, encoded once. Valid
- * while the history holds it (a reset or a newer revision replaces it). */
+/* Bytes [*off, n) of p into b as the inside of a JSON string, stopping
+ * once b holds limit bytes; true when all are in. */
+static bool put_str_part(struct pz_buf *b, const uint8_t *p, size_t n,
+                         size_t *off, size_t limit)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i = *off, run = i;
+    while (i < n && b->len + (i - run) < limit) {
+        uint8_t c = p[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            i++;
+            continue;
+        }
+        pz_buf_append(b, p + run, i - run);
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            pz_buf_append(b, e, 2);
+        } else {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            pz_buf_append(b, e, 6);
+        }
+        run = ++i;
+    }
+    pz_buf_append(b, p + run, i - run);
+    *off = i;
+    return i == n;
+}
+
+/* One bytes field ("name":"..." or "name_b64":"..."), from where the
+ * stream left it; true when it is all in b. */
+static bool put_field_part(struct watch_stream *ws, struct pz_buf *b,
+                           const char *name, const uint8_t *p, size_t n,
+                           size_t limit)
+{
+    if (!ws->fstarted) {
+        ws->fstarted = true;
+        ws->off = 0;
+        ws->b64 = !http_utf8_valid(p, n);
+        pz_buf_appendf(b, "\"%s%s\":\"", name, ws->b64 ? "_b64" : "");
+    }
+    bool done;
+    if (ws->b64) {
+        size_t room = limit > b->len ? limit - b->len : 0;
+        size_t take = PZ_MAX(room / 4 * 3, (size_t)3);
+        take = PZ_MIN(take, n - ws->off);
+        http_b64_encode(b, p + ws->off, take);
+        ws->off += take;
+        done = ws->off == n;
+    } else {
+        done = put_str_part(b, p, n, &ws->off, limit);
+    }
+    if (done) {
+        pz_buf_append(b, "\"", 1);
+        ws->fstarted = false;
+    }
+    return done;
+}
+
+static void put_meta(struct pz_buf *b, const struct kv_meta *m)
+{
+    pz_buf_appendf(b,
+                   ",\"create_revision\":%llu,\"mod_revision\":%llu,"
+                   "\"version\":%llu,\"lease\":%llu}",
+                   (unsigned long long)m->create_revision,
+                   (unsigned long long)m->mod_revision,
+                   (unsigned long long)m->version,
+                   (unsigned long long)m->lease);
+}
+
+/* Go on with event e until b holds limit bytes; true when e is all in
+ * (the encoding is http_put_kv's, piece by piece). */
+static bool put_event_part(struct watch_stream *ws, struct pz_buf *b,
+                           const struct watch_event *e, size_t limit)
+{
+    bool prev = ws->prev_kv && e->has_prev;
+    while (b->len < limit) {
+        switch (ws->part) {
+        case P_OPEN:
+            pz_buf_appendf(b, "%s{\"type\":\"%s\",\"kv\":{",
+                           ws->n_out ? "," : "",
+                           e->type == KV_TOP_PUT ? "put" : "delete");
+            ws->part = P_KEY;
+            break;
+        case P_KEY:
+        case P_PKEY:
+            if (put_field_part(ws, b, "key", e->key, e->klen, limit))
+                ws->part++;
+            break;
+        case P_VAL:
+        case P_PVAL: {
+            bool p = ws->part == P_PVAL;
+            if (!p && e->value == NULL) {
+                ws->part++;
+                break;
+            }
+            if (!ws->fstarted)
+                pz_buf_append(b, ",", 1);
+            if (put_field_part(ws, b, "value", p ? e->prev : e->value,
+                               p ? e->plen : e->vlen, limit))
+                ws->part++;
+            break;
+        }
+        case P_META:
+            put_meta(b, &e->meta);
+            ws->part = ws->prev_kv ? P_PREV : P_CLOSE;
+            break;
+        case P_PREV:
+            pz_buf_append(b, ",\"prev_kv\":", 11);
+            pz_buf_append(b, prev ? "{" : "null", prev ? 1 : 4);
+            ws->part = prev ? P_PKEY : P_CLOSE;
+            break;
+        case P_PMETA:
+            put_meta(b, &e->pmeta);
+            ws->part = P_CLOSE;
+            break;
+        default:
+            pz_buf_append(b, "}", 1);
+            ws->part = P_OPEN;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* About the bytes a revision's matching events take as JSON (text as
+ * is, base64 a third more, plus the fixed members). */
+static size_t rev_estimate(const struct watch_stream *ws,
+                           const struct watch_hub *hub, uint64_t begin,
+                           uint64_t end, bool *whole)
+{
+    size_t n = 64;
+    *whole = true;
+    for (uint64_t s = begin; s < end; s++) {
+        const struct watch_event *e = watch_event_at(hub, s);
+        if (!watch_matches(&ws->w, e)) {
+            *whole = false;
+            continue;
+        }
+        size_t raw = e->klen + e->vlen;
+        if (ws->prev_kv && e->has_prev)
+            raw += e->klen + e->plen;
+        n += raw + raw / 3 + 300;
+    }
+    return n;
+}
+
+/* The last revision encoded whole in one piece (every event matched),
+ * by prev_kv: the many watchers of one prefix send the same bytes,
+ * encoded once. (rev, begin) name it for good: sequence numbers are never
+ * reused. */
+#define WATCH_CACHE_MAX (1u << 20) /* largest revision kept encoded */
 static struct {
     uint64_t rev;      /* 0: none */
     uint64_t begin;    /* its first event's sequence number */
     struct pz_buf buf; /* the SSE event */
 } cache[2];
 
-static bool all_match(const struct watch_hub *hub, const struct watcher *w,
-                      uint64_t begin, uint64_t end)
+/* Output a stream may have waiting: its share of watch-output-budget
+ * among the streams, at least WATCH_SHARE_MIN, at most what httpd asks
+ * for. */
+static size_t share(void)
 {
-    for (uint64_t s = begin; s < end; s++)
-        if (!watch_matches(w, watch_event_at(hub, s)))
-            return false;
-    return true;
+    size_t n = PZ_MAX(hw.n_streaming, (size_t)1);
+    size_t s = hw.budget / n;
+    return PZ_MIN(PZ_MAX(s, (size_t)WATCH_SHARE_MIN),
+                  (size_t)HTTPD_STREAM_WANT);
 }
 
 void http_watch_on_stream(struct watch_stream *ws)
 {
     struct httpd_conn *hc = ws->hc;
     struct watch_hub *hub = node_watch();
+    size_t limit = share();
+    size_t pending = conn_output_pending(hc->c);
+    if (!hc->streaming || ws->w.state != WATCH_LIVE || pending >= limit)
+        return;
     struct pz_buf b;
-    uint64_t rev, begin, end;
     pz_buf_init(&b);
-    while (hc->streaming && ws->w.state == WATCH_LIVE &&
-           conn_output_pending(hc->c) < HTTPD_STREAM_WANT &&
-           watch_next(&ws->w, &rev, &begin, &end)) {
-        bool whole = all_match(hub, &ws->w, begin, end);
-        int ci = ws->prev_kv ? 1 : 0;
-        if (whole && cache[ci].rev == rev && cache[ci].begin == begin) {
-            hw.events_sent += end - begin;
-            hw.revisions_sent++;
-            write_buf(ws, &cache[ci].buf);
-            continue;
+    size_t room = limit - pending;
+    size_t rev_off = SIZE_MAX; /* where a revision begun here starts in b */
+    bool whole = false;        /* ... every event of it matches */
+    uint64_t rev_begin = 0;    /* ... its first event */
+    int ci = ws->prev_kv ? 1 : 0;
+    while (b.len < room) {
+        if (!ws->in_rev && ws->ending) {
+            if (b.len)
+                write_buf(ws, &b);
+            pz_buf_free(&b);
+            watch_cancel(&ws->w, WATCH_SLOW); /* frees ws */
+            return;
         }
-        pz_buf_reset(&b);
-        pz_buf_appendf(&b, "id: %llu\ndata: {\"revision\":%llu,\"events\":[",
-                       (unsigned long long)rev, (unsigned long long)rev);
-        size_t n = 0;
-        for (uint64_t s = begin; s < end; s++) {
-            const struct watch_event *e = watch_event_at(hub, s);
-            if (!watch_matches(&ws->w, e))
+        if (!ws->in_rev) {
+            uint64_t rev, begin, end, sent = ws->w.sent_rev;
+            if (!watch_next(&ws->w, &rev, &begin, &end))
+                break;
+            /* Counted as unread until it is all out. */
+            watch_set_cursor(&ws->w, begin);
+            size_t est = rev_estimate(ws, hub, begin, end, &whole);
+            if (whole && cache[ci].rev == rev && cache[ci].begin == begin &&
+                cache[ci].buf.len <= room - b.len) {
+                pz_buf_append(&b, cache[ci].buf.data, cache[ci].buf.len);
+                hw.events_sent += end - begin;
+                hw.revisions_sent++;
+                watch_set_cursor(&ws->w, end);
                 continue;
-            if (n++)
-                pz_buf_append(&b, ",", 1);
-            put_event(&b, e, ws->prev_kv);
+            }
+            if ((pending || b.len) && est > room - b.len) {
+                /* Whole once the client has read what waits, so that a
+                 * stream is mostly between revisions (where it can be
+                 * cancelled with a reason); in pieces only when it is
+                 * larger than all it may have waiting. */
+                ws->w.sent_rev = sent;
+                break;
+            }
+            ws->in_rev = true;
+            ws->rev = rev;
+            ws->seq = begin;
+            ws->end = end;
+            ws->n_out = 0;
+            ws->part = P_OPEN;
+            ws->fstarted = false;
+            rev_off = b.len;
+            rev_begin = begin;
+            pz_buf_appendf(&b,
+                           "id: %llu\ndata: {\"revision\":%llu,\"events\":[",
+                           (unsigned long long)rev, (unsigned long long)rev);
         }
+        while (ws->seq < ws->end && b.len < room) {
+            const struct watch_event *e = watch_event_at(hub, ws->seq);
+            if (ws->part == P_OPEN && !watch_matches(&ws->w, e)) {
+                ws->seq++;
+                continue;
+            }
+            if (put_event_part(ws, &b, e, room)) {
+                ws->n_out++;
+                ws->seq++;
+            }
+        }
+        if (ws->seq < ws->end)
+            break;
         pz_buf_append(&b, "]}\n\n", 4);
-        hw.events_sent += n;
+        hw.events_sent += ws->n_out;
         hw.revisions_sent++;
-        write_buf(ws, &b);
-        if (whole && b.len <= WATCH_CACHE_MAX) {
-            cache[ci].rev = rev;
-            cache[ci].begin = begin;
+        ws->in_rev = false;
+        watch_set_cursor(&ws->w, ws->end);
+        if (rev_off != SIZE_MAX && whole &&
+            b.len - rev_off <= WATCH_CACHE_MAX) {
+            cache[ci].rev = ws->rev;
+            cache[ci].begin = rev_begin;
             pz_buf_reset(&cache[ci].buf);
-            pz_buf_append(&cache[ci].buf, b.data, b.len);
+            pz_buf_append(&cache[ci].buf, b.data + rev_off, b.len - rev_off);
         }
+        rev_off = SIZE_MAX;
+    }
+    if (b.len) {
+        write_buf(ws, &b);
+        ws->last_room = ws->last_write; /* its client reads */
     }
     pz_buf_free(&b);
 }
@@ -195,24 +413,42 @@ static void on_notify(void *arg, struct watcher *w)
     if (ws == NULL || !ws->streaming || !ws->hc->streaming)
         return;
     if (w->state == WATCH_LIVE) {
-        httpd_stream_kick(ws->hc);
+        if (!ws->ending) /* else only as its client reads */
+            httpd_stream_kick(ws->hc);
         return;
     }
-    struct pz_buf b;
-    pz_buf_init(&b);
+    const struct watch_hub *hub = node_watch();
     const char *why =
         w->state == WATCH_SLOW
             ? "slow watcher: fell more than watch-max-buffer behind"
             : "compacted: the history no longer holds the next revision";
+    char tl[200];
+    if (w->state == WATCH_COMPACTED && hub->too_large_rev > w->sent_rev &&
+        hub->first_rev == hub->too_large_rev + 1) {
+        snprintf(tl, sizeof tl,
+                 "revision too large: revision %llu alone exceeds "
+                 "watch-history-bytes or watch-history-events",
+                 (unsigned long long)hub->too_large_rev);
+        why = tl;
+    }
+    pz_info("watch from %s cancelled: %s", ws->hc->c->peer, why);
+    ws->streaming = false;
+    if (ws->in_rev) {
+        /* Part of a revision is out: no event can follow it cleanly.
+         * The client sees the stream end and resumes after the last
+         * revision it got whole. */
+        httpd_stream_abort(ws->hc);
+        return;
+    }
+    struct pz_buf b;
+    pz_buf_init(&b);
     pz_buf_appendf(&b,
                    "event: cancelled\ndata: {\"reason\":\"%s\","
                    "\"revision\":%llu,\"compact_revision\":%llu}\n\n",
                    why, (unsigned long long)w->sent_rev,
-                   (unsigned long long)watch_hub_first_rev(node_watch()));
-    pz_info("watch from %s cancelled: %s", ws->hc->c->peer, why);
+                   (unsigned long long)watch_hub_first_rev(hub));
     write_buf(ws, &b);
     pz_buf_free(&b);
-    ws->streaming = false;
     httpd_stream_end(ws->hc); /* on_done frees ws */
 }
 
@@ -222,8 +458,25 @@ void http_watch_cron(void)
         return;
     uint64_t now = conn_now();
     uint64_t rev = kv_revision(node_kv());
+    uint64_t max_lag = node_watch()->lim.max_lag;
     char line[128];
-    for (struct watch_stream *ws = hw.streams; ws; ws = ws->next_s) {
+    struct watch_stream *next;
+    for (struct watch_stream *ws = hw.streams; ws; ws = next) {
+        next = ws->next_s;
+        /* Slow: far behind, and its client read nothing meanwhile (a
+         * burst that a reader keeps up with is written as it reads). */
+        if (ws->streaming && ws->w.state == WATCH_LIVE && !ws->ending &&
+            watch_lag(&ws->w) > max_lag &&
+            now - ws->last_room > WATCH_STALL_MS) {
+            if (ws->in_rev) {
+                /* The revision begun goes out first, as it is read
+                 * (client-body-timeout closes a client that does not). */
+                ws->ending = true;
+                continue;
+            }
+            watch_cancel(&ws->w, WATCH_SLOW); /* frees ws */
+            continue;
+        }
         if (!ws->streaming || ws->w.state != WATCH_LIVE ||
             now - ws->last_write < hw.progress_ms || !watch_caught_up(&ws->w) ||
             conn_output_pending(ws->hc->c) > 0)
@@ -294,9 +547,13 @@ static void begin(struct watch_stream *ws)
     }
     pz_assert(rv == 0);
     ws->w.data = ws;
+    ws->w.owner_lag = true; /* judged by http_watch_cron */
     ws->registered = true;
     ws->streaming = true;
+    ws->counted = true;
+    hw.n_streaming++;
     ws->last_write = conn_now();
+    ws->last_room = ws->last_write;
     httpd_stream_begin(ws->hc, 200, "text/event-stream", HTTPD_STREAM_OPEN);
     /* Where the stream starts, so that a client that sees no event
      * before a disconnect still knows where to resume. */
@@ -499,6 +756,8 @@ void http_watch_free(struct watch_stream **wsp)
         return;
     *wsp = NULL;
     node_cancel(&ws->req);
+    if (ws->counted)
+        hw.n_streaming--;
     if (ws->registered)
         watch_remove(&ws->w);
     unlink_stream(ws);
@@ -546,6 +805,7 @@ void http_watch_init(const struct pz_config *cfg)
     hw.progress_ms = (uint64_t)cfg->watch_progress_interval_ms;
     hw.max_key = (size_t)cfg->max_key_size;
     hw.max_watchers = (size_t)cfg->max_watchers;
+    hw.budget = (size_t)cfg->watch_output_budget;
     watch_hub_set_notify(node_watch(), on_notify, NULL);
     if (!hw.inited)
         stats_add_collector(collect, NULL);

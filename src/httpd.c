@@ -357,6 +357,9 @@ void httpd_stream_end(struct httpd_conn *hc)
     hc->streaming = false;
     conn_set_deadline(hc->c, 0);
     finish(hc, true);
+    /* What is left must be read in time too (on_deadline closes). */
+    if (hc->srv->o.body_timeout_ms && !conn_is_closing(hc->c))
+        conn_set_deadline(hc->c, conn_now() + hc->srv->o.body_timeout_ms);
 }
 
 bool httpd_bearer_ok(const struct http_req *req, const char *token)
@@ -364,17 +367,9 @@ bool httpd_bearer_ok(const struct http_req *req, const char *token)
     if (token == NULL || token[0] == '\0')
         return true;
     const char *h = http_req_header(req, "authorization");
-    if (h == NULL)
-        return false;
-    h += strspn(h, " \t");
-    if (strncasecmp(h, "bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
-        return false;
-    h += 6;
-    h += strspn(h, " \t");
-    size_t n = strlen(h);
-    while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
-        n--;
-    return pz_token_equal(token, strlen(token), h, n);
+    size_t n = h ? strlen(h) : 0;
+    return h != NULL && http_bearer_value(&h, &n) &&
+           pz_token_equal(token, strlen(token), h, n);
 }
 
 /* Hand the complete request in hc->p.req to the protocol. */
@@ -457,7 +452,9 @@ static void on_deadline(struct conn *c)
     struct httpd_conn *hc = c->proto;
     if (hc == NULL)
         return;
-    if (hc->streaming) {
+    if (hc->streaming ||
+        ((c->flags & CONN_CLOSE_AFTER) && conn_output_pending(c) > 0)) {
+        /* A stream, or the end of one, the client does not read. */
         pz_debug("%s: %s: streamed reply not read in time", hc->srv->ls.name,
                  c->peer);
         httpd_stream_abort(hc);

@@ -171,7 +171,8 @@ void httpd_stream_abort(struct httpd_conn *hc);
  * sends no Content-Length but `Cache-Control: no-cache` and
  * `Connection: close`; the body ends with the connection, when the
  * handler calls httpd_stream_end (the connection closes once the output
- * is written). Such a stream is timed out only while output waits unread;
+ * is written, or when it is not read within body_timeout_ms). Such a
+ * stream is timed out only while output waits unread;
  * its connection is read meanwhile (input dropped), so that a client that
  * leaves is seen at once.
  * The handler may write whenever it has something (httpd_stream_kick asks

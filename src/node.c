@@ -1,7 +1,8 @@
 /* node.c - the node: the only place the Raft core meets I/O and time.
  *
- * Owns the state machine (kv), the Raft core, the log store and the peer
- * transport, one tick timer, and every client request waiting on them.
+ * Owns the state machine (kv), the Raft core, and every client request
+ * waiting on them; reaches the log store, the peer transport and the tick
+ * timer through its I/O table (node_io.h).
  *
  * Happy path, once per loop turn from the prepare hook (node_before_sleep),
  * the Ready cycle (docs/DESIGN.md, "The life of a write"):
@@ -17,49 +18,58 @@
  *      acknowledgements), raft_advance, and start over.
  * Failure modes: a failed log write is fatal (fail-stop: log it and exit,
  * never go on with state that is not on disk), except for lack of space
- * (see "out of space" below: the Ready is written again until it fits,
- * and client writes are refused meanwhile). A request whose entry is
+ * (node_nospace.c: the Ready is written again until it fits, and client
+ * writes are refused meanwhile). A request whose entry is
  * overwritten by another leader fails with PZ_ELEADERCHANGE; one that waits
  * longer than request-timeout fails with PZ_ETIMEDOUT (a write may still be
  * applied later). A database that fails its checks at start stops the
  * process with the reason. */
 #include "node.h"
-#include "tls_setup.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "httpc.h"
-#include "json.h"
 #include "log.h"
 #include "node_internal.h"
 #include "node_lease.h"
+#include "stats.h"
 #include "watch.h"
 
-struct node node;
+/* The node the driver's code runs as: node_init's, or the one a test
+ * selected (node_select). After node_close, an empty node that is not
+ * open. */
+static struct node closed_node;
+struct node *nd = &closed_node;
 
-/* Every change the state machine makes, for GET /watch (watch.h): fed
- * from kv's event callback, published once per applied entry. */
-static struct watch_hub watch_hub;
+void node_select(struct node *n)
+{
+    nd = n ? n : &closed_node;
+    node_lease_use(nd->lease);
+}
+
+struct node *node_current(void)
+{
+    return nd == &closed_node ? NULL : nd;
+}
 
 static void on_kv_event(void *arg, int type, const struct kv_view *cur,
                         const struct kv_view *prev)
 {
     PZ_UNUSED(arg);
-    watch_hub_record(&watch_hub, kv_revision(node.kv), type, cur, prev);
+    watch_hub_record(&nd->watch_hub, kv_revision(nd->kv), type, cur, prev);
 }
 
 void core_kv_replaced(void)
 {
-    kv_set_event_cb(node.kv, on_kv_event, NULL);
-    watch_hub_reset(&watch_hub, kv_revision(node.kv));
+    kv_set_event_cb(nd->kv, on_kv_event, NULL);
+    watch_hub_reset(&nd->watch_hub, kv_revision(nd->kv));
 }
 
 struct watch_hub *node_watch(void)
 {
-    return &watch_hub;
+    return &nd->watch_hub;
 }
 
 void core_fatal(const char *fmt, ...)
@@ -83,15 +93,12 @@ static void soft_state_changed(const struct raft_soft_state *ss);
 static void ready_apply(struct raft_ready *rd);
 static void ready_cycle(void);
 static void send_early(void);
-static void on_written(struct store *s, int status, const char *errmsg,
-                       void *arg);
+static void on_written(int status, const char *errmsg);
 static const char *on_recv(void *data, const struct raft_msg *m);
-static void on_tick(uv_timer_t *t);
 static int restore(char *err, size_t errlen);
-static void on_transport_closed(void *data);
-static void on_tick_closed(uv_handle_t *h);
+static void on_transport_closed(void);
+static void on_tick_closed(void);
 static int write_ready(void);
-static bool frozen(void);
 
 /* --- applying committed entries ------------------------------------------ */
 
@@ -99,7 +106,7 @@ static bool frozen(void);
 static struct node_req *proposal_of(const struct raft_entry *e)
 {
     struct pz_queue *q;
-    PZ_QUEUE_FOREACH(q, &node.proposals)
+    PZ_QUEUE_FOREACH(q, &nd->proposals)
     {
         struct node_req *r = container_of(q, struct node_req, q);
         if (r->index >= e->index)
@@ -114,19 +121,19 @@ static void apply_entry(const struct raft_entry *e)
     if (e->type == RAFT_ENTRY_NORMAL) {
         struct node_req *w = proposal_of(e);
         int rv =
-            kv_apply_sink(node.kv, e->data, e->len, &res, w ? w->sink : NULL);
+            kv_apply_sink(nd->kv, e->data, e->len, &res, w ? w->sink : NULL);
         if (rv < 0) /* every node rejects it alike: state stays equal */
             pz_warn("entry %llu: undecodable command (%s), skipped",
                     (unsigned long long)e->index, pz_strerror(rv));
-        watch_hub_commit(&watch_hub);
+        watch_hub_commit(&nd->watch_hub);
     } else if (e->type == RAFT_ENTRY_CONF) {
         members_conf_committed(e);
     }
-    node.applied = e->index;
+    nd->applied = e->index;
     /* Complete the writes waiting on this index. */
-    while (!pz_queue_empty(&node.proposals)) {
+    while (!pz_queue_empty(&nd->proposals)) {
         struct node_req *r =
-            container_of(pz_queue_head(&node.proposals), struct node_req, q);
+            container_of(pz_queue_head(&nd->proposals), struct node_req, q);
         if (r->index > e->index)
             break;
         if (r->index == e->index && r->term == e->term) {
@@ -141,11 +148,11 @@ static void apply_entry(const struct raft_entry *e)
 
 void core_reads_check_applied(void)
 {
-    struct pz_queue *e = node.reads_apply.next;
-    while (e != &node.reads_apply) {
+    struct pz_queue *e = nd->reads_apply.next;
+    while (e != &nd->reads_apply) {
         struct node_req *r = container_of(e, struct node_req, q);
         e = e->next;
-        if (r->index <= node.applied)
+        if (r->index <= nd->applied)
             reqs_done(r, 0);
     }
 }
@@ -153,7 +160,7 @@ void core_reads_check_applied(void)
 static struct node_req *read_by_ctx(uint64_t ctx)
 {
     struct pz_queue *e;
-    PZ_QUEUE_FOREACH(e, &node.reads)
+    PZ_QUEUE_FOREACH(e, &nd->reads)
     {
         struct node_req *r = container_of(e, struct node_req, q);
         if (r->ctx == ctx)
@@ -165,282 +172,11 @@ static struct node_req *read_by_ctx(uint64_t ctx)
 static int read_start(struct node_req *req)
 {
     req->read_waits = false;
-    req->ctx = ++node.read_ctx;
-    int rv = raft_read_index(node.raft, req->ctx);
+    req->ctx = ++nd->read_ctx;
+    int rv = raft_read_index(nd->raft, req->ctx);
     if (rv == 0)
-        reqs_link(&node.reads, req);
+        reqs_link(&nd->reads, req);
     return rv;
-}
-
-/* --- out of space -----------------------------------------------------------
- * A log write that fails for lack of space (PZ_ENOSPC from the store:
- * SQLite rolled it back whole) is not fatal. The Ready stays owed: it is
- * written again every NOSPACE_RETRY_MS and the core is not advanced
- * before it is durable, exactly as with a very slow disk, so no entry is
- * acknowledged to a peer, counted by a leader for itself, or applied here
- * before it is stored. Meanwhile:
- *  - the NOSPACE alarm is raised (/status "alarms", node_health), client
- *    writes are refused with PZ_ENOSPC (HTTP 507, gRPC RESOURCE_EXHAUSTED)
- *    and stale reads go on from the state machine;
- *  - a leader hands its leadership to the most up-to-date voter, which can
- *    store what this node cannot;
- *  - a node that does not lead is frozen, as if paused (SIGSTOP): no
- *    ticks, peer messages dropped, so nothing piles up in memory while the
- *    disk stays full; the leader sees it stop answering (its match_index
- *    and last_contact_ms in the leader's /status).
- * A compaction step that fails the same way is tried again later. The
- * first write that succeeds clears the alarm and the node goes on.
- *
- * quota-backend-bytes (when not 0) raises the same alarm when the state
- * machine's keys and values reach it, before the disk fills: a SET that
- * would pass it is refused, and while it is raised only deletes are
- * accepted; it clears once deletes bring the data to 90% of the quota. */
-
-#define NOSPACE_RETRY_MS 1000
-
-/* Out of space with a Ready owed and not the leader: frozen (above). */
-static bool frozen(void)
-{
-    if (!node.ready_owed)
-        return false;
-    struct raft_status rs;
-    raft_status(node.raft, &rs);
-    return rs.role != RAFT_LEADER;
-}
-
-static void set_alarm_reason(void)
-{
-    if (node.alarm_disk)
-        return; /* keeps the store's message */
-    if (node.alarm_quota) {
-        snprintf(node.alarm_reason, sizeof node.alarm_reason,
-                 "the data (%zu bytes of keys and values) reached "
-                 "quota-backend-bytes (%lld): only deletes are accepted",
-                 kv_bytes(node.kv),
-                 (long long)node.cfg->quota_backend_bytes);
-    } else {
-        node.alarm_reason[0] = '\0';
-    }
-}
-
-void core_nospace(const char *errmsg)
-{
-    if (!node.alarm_disk)
-        pz_error("no space left on device: %s; refusing writes, retrying "
-                 "every %d ms",
-                 errmsg, NOSPACE_RETRY_MS);
-    node.alarm_disk = true;
-    snprintf(node.alarm_reason, sizeof node.alarm_reason, "%s", errmsg);
-}
-
-void core_space_back(void)
-{
-    if (!node.alarm_disk)
-        return;
-    node.alarm_disk = false;
-    pz_info("the disk has room again: the Raft log is written, writes are "
-            "accepted");
-    set_alarm_reason();
-}
-
-/* --- what silent voters say: a leader asks a voter it has not heard from
- * for an election timeout for its GET /status (HTTP still answers when
- * its core is frozen), at most every PALARM_ASK_MS, and shows the NOSPACE
- * alarm it reports next to it in its own /status. */
-
-#define PALARM_ASK_MS 3000
-
-static struct peer_alarm *palarm_get(uint64_t id)
-{
-    for (size_t i = 0; i < node.n_palarms; i++)
-        if (node.palarms[i].id == id)
-            return &node.palarms[i];
-    return NULL;
-}
-
-static void palarm_answer(const struct httpc_result *res, void *data)
-{
-    uint64_t id = (uint64_t)(uintptr_t)data;
-    struct peer_alarm *p = palarm_get(id);
-    if (p == NULL || p->c == NULL)
-        return;
-    httpc_free(p->c); /* allowed from its own callback */
-    p->c = NULL;
-    p->nospace = false;
-    p->reason[0] = '\0';
-    struct json_val root, v, e;
-    if (res->err != 0 || res->status != 200 ||
-        json_parse(res->body, res->blen, &root) < 0 ||
-        !json_get(&root, "alarms", &v) || v.type != JSON_ARRAY)
-        return;
-    struct json_iter it;
-    json_iter_init(&it, &v);
-    while (json_iter_next(&it, NULL, &e))
-        if (e.type == JSON_STRING && json_str_is(&e, "NOSPACE", 7))
-            p->nospace = true;
-    if (p->nospace && json_get(&root, "alarm_reason", &v) &&
-        v.type == JSON_STRING) {
-        size_t len;
-        char *r = json_strdup(&v, &len);
-        snprintf(p->reason, sizeof p->reason, "%s", r);
-        for (char *c = p->reason; *c; c++)
-            if ((unsigned char)*c < 0x20)
-                *c = ' '; /* one line, whatever it sent */
-        pz_free(r);
-    }
-    if (p->nospace) {
-        struct member *m = members_find(id);
-        pz_warn("member %s is out of space: %s",
-                m && m->name[0] ? m->name : "(unknown)", p->reason);
-    }
-}
-
-/* Forget every record (not leading any more, closing). */
-static void palarm_clear(void)
-{
-    for (size_t i = 0; i < node.n_palarms; i++) {
-        struct httpc *c = node.palarms[i].c;
-        node.palarms[i].c = NULL; /* its callback finds nothing to do */
-        if (c)
-            httpc_free(c);
-    }
-    pz_free(node.palarms);
-    node.palarms = NULL;
-    node.n_palarms = 0;
-}
-
-static void palarm_cron(const struct raft_status *rs)
-{
-    if (rs->role != RAFT_LEADER) {
-        if (node.n_palarms)
-            palarm_clear();
-        return;
-    }
-    uint64_t now = uv_now(node.loop);
-    uint64_t silent_ms = (uint64_t)node.cfg->election_timeout_ms;
-    for (size_t i = 0; i < rs->n_peers; i++) {
-        const struct raft_peer_status *ps = &rs->peers[i];
-        struct peer_alarm *p = palarm_get(ps->id);
-        if (ps->last_contact * node.tick_ms < silent_ms) {
-            if (p)
-                p->nospace = false; /* it answers again */
-            continue;
-        }
-        struct member *m = members_find(ps->id);
-        if (m == NULL || !ps->voter || m->http[0] == '\0')
-            continue;
-        if (p == NULL) {
-            node.palarms = pz_realloc(node.palarms, (node.n_palarms + 1) *
-                                                        sizeof *node.palarms);
-            p = &node.palarms[node.n_palarms++];
-            memset(p, 0, sizeof *p);
-            p->id = ps->id;
-        } else if (p->c != NULL || now < p->asked_at + PALARM_ASK_MS) {
-            continue;
-        }
-        struct httpc_opts o = {.max_head = 16384,
-                               .max_body = 65536,
-                               .timeout_ms = 2000,
-                               .max_attempts = 1,
-                               .log_name = m->name,
-                               .quiet_dial = true,
-                               .tls = &tls_http_client};
-        p->asked_at = now;
-        p->c = httpc_new(node.loop, m->http, &o);
-        if (p->c == NULL)
-            continue;
-        httpc_request(p->c, "GET", "/status", NULL, NULL, 0, palarm_answer,
-                      (void *)(uintptr_t)ps->id);
-    }
-}
-
-/* Once a second: the quota alarm follows the data; a leader out of space
- * hands its leadership on; a leader asks silent voters why. */
-static void nospace_cron(void)
-{
-    int64_t quota = node.cfg->quota_backend_bytes;
-    size_t bytes = kv_bytes(node.kv);
-    if (quota > 0 && !node.alarm_quota && bytes >= (uint64_t)quota) {
-        node.alarm_quota = true;
-        set_alarm_reason();
-        pz_warn("NOSPACE alarm: %s", node.alarm_reason);
-    } else if (node.alarm_quota &&
-               (quota <= 0 || bytes <= (uint64_t)quota / 10 * 9)) {
-        node.alarm_quota = false;
-        set_alarm_reason();
-        pz_info("NOSPACE alarm cleared: the data (%zu bytes) is back under "
-                "quota-backend-bytes",
-                bytes);
-    }
-    struct raft_status rs;
-    raft_status(node.raft, &rs);
-    palarm_cron(&rs);
-    if (!node.ready_owed || rs.role != RAFT_LEADER || rs.transferee != 0)
-        return;
-    uint64_t best = 0, best_match = 0;
-    for (size_t i = 0; i < rs.n_peers; i++) {
-        if (rs.peers[i].voter && rs.peers[i].match >= best_match &&
-            rs.peers[i].match > 0) {
-            best = rs.peers[i].id;
-            best_match = rs.peers[i].match;
-        }
-    }
-    if (best == 0)
-        return;
-    struct member *m = members_find(best);
-    if (raft_transfer_leader(node.raft, best) == 0)
-        pz_warn("out of space: handing leadership to %s",
-                m && m->name[0] ? m->name : "(unknown)");
-}
-
-/* PZ_ENOSPC if the write cmd may not be proposed now (above). */
-/* Key and value bytes of every put in transaction c (both branches);
- * 1 for a put of an empty key and value, so that 0 means "no put". */
-static uint64_t txn_put_bytes(const struct kv_cmd *c)
-{
-    struct kv_op *ops = pz_calloc(c->nsucc + c->nfail + 1, sizeof *ops);
-    kv_txn_items(c, NULL, ops, ops + c->nsucc);
-    uint64_t n = 0;
-    for (size_t i = 0; i < c->nsucc + c->nfail; i++)
-        if (ops[i].type == KV_TOP_PUT)
-            n += PZ_MAX((uint64_t)1, (uint64_t)ops[i].klen + ops[i].vlen);
-    pz_free(ops);
-    return n;
-}
-
-static int space_check(const uint8_t *cmd, size_t len)
-{
-    if (node.alarm_disk)
-        return PZ_ENOSPC;
-    int64_t quota = node.cfg->quota_backend_bytes;
-    if (quota <= 0 && !node.alarm_quota)
-        return 0;
-    struct kv_cmd c;
-    bool decoded = kv_decode(cmd, len, &c) == 0;
-    uint64_t puts = decoded && c.op == KV_OP_TXN ? txn_put_bytes(&c) : 0;
-    bool set = decoded && (c.op == KV_OP_SET || c.op == KV_OP_SETL);
-    if (decoded && (c.op == KV_OP_DEL || c.op == KV_OP_REVOKE ||
-                    (c.op == KV_OP_TXN && puts == 0)))
-        return 0; /* deletes (and reads) free space: always taken */
-    if (node.alarm_quota)
-        return PZ_ENOSPC;
-    if (!decoded || (!set && c.op != KV_OP_TXN))
-        return 0;
-    /* A transaction counts every put of both branches, as if new. */
-    uint64_t grow = set ? c.klen + c.vlen : puts;
-    uint64_t after = kv_bytes(node.kv) + grow;
-    const uint8_t *old;
-    size_t olen;
-    if (set && kv_get(node.kv, c.key, c.klen, &old, &olen))
-        after -= c.klen + olen;
-    if (after <= (uint64_t)quota)
-        return 0;
-    node.alarm_quota = true;
-    set_alarm_reason();
-    pz_warn("NOSPACE alarm: a write of %llu bytes would take the data past "
-            "quota-backend-bytes (%lld): only deletes are accepted",
-            (unsigned long long)grow, (long long)quota);
-    return PZ_ENOSPC;
 }
 
 /* --- the Ready cycle -------------------------------------------------------- */
@@ -452,7 +188,7 @@ static void send_all(const struct raft_msg *msgs, size_t n)
         if (msgs[i].type == RAFT_MSG_INSTALL_SNAPSHOT)
             snaps_xfer_start(&msgs[i]); /* the file goes first */
         else
-            transport_send(node.tr, &msgs[i]);
+            NIO(send, &msgs[i]);
     }
 }
 
@@ -460,8 +196,8 @@ static void send_all(const struct raft_msg *msgs, size_t n)
 static void soft_state_changed(const struct raft_soft_state *ss)
 {
     node_metrics_soft_state(ss);
-    bool was_leader = node.role == RAFT_LEADER;
-    if (ss->leader != node.leader) {
+    bool was_leader = nd->role == RAFT_LEADER;
+    if (ss->leader != nd->leader) {
         struct member *m = members_find(ss->leader);
         if (ss->leader == 0)
             pz_info("term %llu: no leader", (unsigned long long)ss->term);
@@ -469,28 +205,28 @@ static void soft_state_changed(const struct raft_soft_state *ss)
             pz_info("term %llu: leader is %s%s",
                     (unsigned long long)ss->term,
                     m && m->name[0] ? m->name : "(unknown)",
-                    ss->leader == node.id ? " (this node)" : "");
+                    ss->leader == nd->id ? " (this node)" : "");
     }
-    node.leader = ss->leader;
-    node.role = ss->role;
+    nd->leader = ss->leader;
+    nd->role = ss->role;
     node_lease_role(ss->role == RAFT_LEADER, ss->term);
     /* Leadership transfers finish when the target leads. */
-    struct pz_queue *e = node.transfers.next;
-    while (e != &node.transfers) {
+    struct pz_queue *e = nd->transfers.next;
+    while (e != &nd->transfers) {
         struct node_req *r = container_of(e, struct node_req, q);
         e = e->next;
         if (ss->leader == r->member)
             reqs_done(r, 0);
-        else if (ss->leader != 0 && ss->leader != node.id)
+        else if (ss->leader != 0 && ss->leader != nd->id)
             reqs_done(r, PZ_ELEADERCHANGE); /* someone else won */
     }
     if (was_leader && ss->role != RAFT_LEADER)
         pz_info("stepped down in term %llu", (unsigned long long)ss->term);
     if (!was_leader && ss->role == RAFT_LEADER)
         members_register_leader(); /* clients find the new leader at once */
-    if (node.leader) {
+    if (nd->leader) {
         /* Requests waiting for a leader: go. Reads retry ReadIndex. */
-        reqs_finish_all(&node.wait_leader, 0);
+        reqs_finish_all(&nd->wait_leader, 0);
     }
 }
 
@@ -514,7 +250,7 @@ static void ready_apply(struct raft_ready *rd)
             continue; /* cancelled or timed out */
         r->index = rd->read_states[i].index;
         pz_queue_remove(&r->q);
-        reqs_link(&node.reads_apply, r);
+        reqs_link(&nd->reads_apply, r);
     }
     for (size_t i = 0; i < rd->n_dropped_reads; i++) {
         struct node_req *r = read_by_ctx(rd->dropped_reads[i]);
@@ -523,56 +259,55 @@ static void ready_apply(struct raft_ready *rd)
         /* Leadership moved: wait for a leader and ask again. */
         pz_queue_remove(&r->q);
         r->queued = false;
-        reqs_link(&node.wait_leader, r);
+        reqs_link(&nd->wait_leader, r);
         r->read_waits = true;
     }
     core_reads_check_applied();
 }
 
-/* Hand node.rd's snapshot, hard state and entries to the store. */
+/* Hand nd->rd's snapshot, hard state and entries to the store. */
 static int write_ready(void)
 {
-    struct raft_ready *rd = &node.rd;
+    struct raft_ready *rd = &nd->rd;
     if (rd->snapshot)
-        return store_write_install(node.store, node.loop,
-                                   rd->snapshot->index, rd->snapshot->term,
+        return NIO(store_write_install, rd->snapshot->index, rd->snapshot->term,
                                    &rd->hs, rd->entries, rd->n_entries,
-                                   on_written, NULL);
-    return store_write(node.store, node.loop, &rd->hs, rd->entries,
-                       rd->n_entries, on_written, NULL);
+                                   on_written);
+    return NIO(store_write, &rd->hs, rd->entries,
+                       rd->n_entries, on_written);
 }
 
 /* Runs Ready cycles until one needs the disk or nothing is left. */
 static void ready_cycle(void)
 {
-    for (int rounds = 0; rounds < 8 && !node.store_busy &&
-                         raft_has_ready(node.raft);
+    for (int rounds = 0; rounds < 8 && !nd->store_busy &&
+                         raft_has_ready(nd->raft);
          rounds++) {
-        struct raft_ready *rd = &node.rd;
-        raft_ready(node.raft, rd);
+        struct raft_ready *rd = &nd->rd;
+        raft_ready(nd->raft, rd);
         ready_apply(rd);
         send_all(rd->msgs, rd->n_msgs);
         /* Term and vote must be durable before anything that depends on
          * them (Figure 3.1); the commit index need not be (it is learned
          * again from the leader after a restart), so a Ready that only
          * moves it costs no fsync: it rides along with the next write. */
-        bool hs_needed = rd->hs_changed && (rd->hs.term != node.saved_term ||
-                                            rd->hs.vote != node.saved_vote);
+        bool hs_needed = rd->hs_changed && (rd->hs.term != nd->saved_term ||
+                                            rd->hs.vote != nd->saved_vote);
         if (hs_needed || rd->n_entries || rd->snapshot) {
-            node.saved_term = rd->hs.term;
-            node.saved_vote = rd->hs.vote;
+            nd->saved_term = rd->hs.term;
+            nd->saved_vote = rd->hs.vote;
             int rv = write_ready();
             if (rv < 0) {
                 core_fatal("cannot write the Raft log: %s",
-                           store_errmsg(node.store));
+                           NIO(store_errmsg));
             }
-            node.store_busy = true;
+            nd->store_busy = true;
             return;
         }
         send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
-        raft_advance(node.raft, rd);
+        raft_advance(nd->raft, rd);
     }
-    if (!node.store_busy && !raft_has_ready(node.raft))
+    if (!nd->store_busy && !raft_has_ready(nd->raft))
         snaps_compact_step();
 }
 
@@ -581,28 +316,25 @@ static void ready_cycle(void)
  * followers start on new entries at once (raft_take_msgs). */
 static void send_early(void)
 {
-    if (!node.store_busy)
+    if (!nd->store_busy)
         return; /* ready_cycle sends them with the next Ready */
     const struct raft_msg *msgs;
-    size_t n = raft_take_msgs(node.raft, &msgs);
+    size_t n = raft_take_msgs(nd->raft, &msgs);
     send_all(msgs, n);
 }
 
-static void on_written(struct store *s, int status, const char *errmsg,
-                       void *arg)
+static void on_written(int status, const char *errmsg)
 {
-    PZ_UNUSED(s);
-    PZ_UNUSED(arg);
     if (status == PZ_ENOSPC) {
         /* Nothing of the Ready is stored (the store rolled it back): it
          * stays owed, as if the disk were very slow, and is written again
          * later; nothing it acknowledges is sent, the core is not
          * advanced. */
         core_nospace(errmsg ? errmsg : pz_strerror(status));
-        node.ready_owed = true;
-        node.retry_due = true;
-        node.retry_at = uv_now(node.loop) + NOSPACE_RETRY_MS;
-        if (node.closing)
+        nd->ready_owed = true;
+        nd->retry_due = true;
+        nd->retry_at = NIO(now) + NOSPACE_RETRY_MS;
+        if (nd->closing)
             core_finish_close();
         return;
     }
@@ -615,20 +347,20 @@ static void on_written(struct store *s, int status, const char *errmsg,
                    "node to recover from what is on disk",
                    errmsg ? errmsg : pz_strerror(status));
     }
-    node.ready_owed = false;
+    nd->ready_owed = false;
     core_space_back();
-    node.store_busy = false;
+    nd->store_busy = false;
     node_metrics_written();
-    if (node.cluster_id_unsaved) {
-        node.cluster_id_unsaved = false;
-        members_save_cluster_id(NULL, node.cluster_id);
+    if (nd->cluster_id_unsaved) {
+        nd->cluster_id_unsaved = false;
+        members_save_cluster_id(NULL, nd->cluster_id);
     }
-    if (node.closing) {
+    if (nd->closing) {
         core_finish_close();
         return;
     }
-    send_all(node.rd.msgs_after_persist, node.rd.n_msgs_after_persist);
-    raft_advance(node.raft, &node.rd);
+    send_all(nd->rd.msgs_after_persist, nd->rd.n_msgs_after_persist);
+    raft_advance(nd->raft, &nd->rd);
 }
 
 /* A message from a peer; the reason if the core calls it invalid (the
@@ -636,9 +368,9 @@ static void on_written(struct store *s, int status, const char *errmsg,
 static const char *on_recv(void *data, const struct raft_msg *m)
 {
     PZ_UNUSED(data);
-    if (!node.open)
+    if (!nd->open)
         return NULL; /* closing: the core is about to go */
-    if (frozen())
+    if (nospace_frozen())
         return NULL; /* out of space: as if paused (see frozen) */
     if (!snaps_install_ready(m)) {
         /* its file did not arrive whole: the leader retries */
@@ -650,51 +382,52 @@ static const char *on_recv(void *data, const struct raft_msg *m)
         return NULL;
     }
     node_metrics_recv(m);
-    if (raft_step(node.raft, m) == PZ_EINVAL)
-        return raft_errmsg(node.raft);
+    if (raft_step(nd->raft, m) == PZ_EINVAL)
+        return raft_errmsg(nd->raft);
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT) {
         /* Not taken (we had it all already): its table need not wait. */
         struct raft_status rs;
-        raft_status(node.raft, &rs);
+        raft_status(nd->raft, &rs);
         if (rs.snap_index != m->snap_index || rs.snap_term != m->snap_term)
             snaps_got_drop();
     }
     return NULL;
 }
 
-static void on_tick(uv_timer_t *t)
+void node_tick(void)
 {
-    PZ_UNUSED(t);
-    uint64_t now = uv_now(node.loop);
-    if (node.retry_due && now >= node.retry_at) {
-        node.retry_due = false;
+    if (!nd->open)
+        return; /* closing: waits for the store */
+    uint64_t now = NIO(now);
+    if (nd->retry_due && now >= nd->retry_at) {
+        nd->retry_due = false;
         if (write_ready() < 0)
             core_fatal("cannot write the Raft log: %s",
-                       store_errmsg(node.store));
+                       NIO(store_errmsg));
     }
-    if (!frozen())
-        raft_tick(node.raft);
+    if (!nospace_frozen())
+        raft_tick(nd->raft);
     snaps_poll();
     snaps_xfer_pump();
     snaps_rx_check();
-    reqs_expire(&node.proposals, PZ_ETIMEDOUT);
-    reqs_expire(&node.reads, PZ_ETIMEDOUT);
-    reqs_expire(&node.reads_apply, PZ_ETIMEDOUT);
+    reqs_expire(&nd->proposals, PZ_ETIMEDOUT);
+    reqs_expire(&nd->reads, PZ_ETIMEDOUT);
+    reqs_expire(&nd->reads_apply, PZ_ETIMEDOUT);
     /* With a leader known, what waited here was a read it kept refusing
      * or dropping: that is a timeout, not a missing leader. */
-    reqs_expire(&node.wait_leader, node.leader ? PZ_ETIMEDOUT : PZ_ENOLEADER);
-    reqs_expire(&node.transfers, PZ_ETIMEDOUT);
-    reqs_expire(&node.conf_wait, PZ_EBUSY);
+    reqs_expire(&nd->wait_leader, nd->leader ? PZ_ETIMEDOUT : PZ_ENOLEADER);
+    reqs_expire(&nd->transfers, PZ_ETIMEDOUT);
+    reqs_expire(&nd->conf_wait, PZ_EBUSY);
     members_conf_wait_retry();
     node_lease_tick();
     /* Reads the leader refused (it has not committed in its term yet)
      * wait here with a leader known: retry them, once per tick. */
-    if (node.leader)
-        reqs_finish_all(&node.wait_leader, 0);
+    if (nd->leader)
+        reqs_finish_all(&nd->wait_leader, 0);
     /* Once a second of the clock (not of ticks, which run late on a loaded
      * machine): membership housekeeping, mandi registration and polling. */
-    if (now >= node.cron_at) {
-        node.cron_at = now + 1000;
+    if (now >= nd->cron_at) {
+        nd->cron_at = now + 1000;
         members_cron();
         nospace_cron();
     }
@@ -702,14 +435,14 @@ static void on_tick(uv_timer_t *t)
 
 void node_before_sleep(void)
 {
-    if (!node.open)
+    if (!nd->open)
         return;
     ready_cycle();
     /* Callbacks may start new requests; those wait for the next turn. */
     struct pz_queue batch;
     pz_queue_init(&batch);
-    while (!pz_queue_empty(&node.done)) {
-        struct pz_queue *e = pz_queue_head(&node.done);
+    while (!pz_queue_empty(&nd->done)) {
+        struct pz_queue *e = pz_queue_head(&nd->done);
         pz_queue_remove(e);
         pz_queue_push(&batch, e);
     }
@@ -731,10 +464,10 @@ void node_before_sleep(void)
 
 bool node_has_work(void)
 {
-    return node.open &&
-           (!pz_queue_empty(&node.done) ||
-            (!node.store_busy && raft_has_ready(node.raft)) ||
-            (node.store_busy && raft_has_msgs(node.raft)));
+    return nd->open &&
+           (!pz_queue_empty(&nd->done) ||
+            (!nd->store_busy && raft_has_ready(nd->raft)) ||
+            (nd->store_busy && raft_has_msgs(nd->raft)));
 }
 
 int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
@@ -750,8 +483,8 @@ static void ro_txn_done(struct node_req *req, int status)
     uint8_t *cmd = req->ro_cmd;
     req->ro_cmd = NULL;
     if (status == 0)
-        status = kv_txn_read(node.kv, cmd, req->ro_len,
-                             (uint64_t)node.cfg->txn_max_range_keys, &req->res,
+        status = kv_txn_read(nd->kv, cmd, req->ro_len,
+                             (uint64_t)nd->cfg->txn_max_range_keys, &req->res,
                              req->sink);
     pz_free(cmd);
     req->ro_cb(req, status);
@@ -775,23 +508,23 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
     }
     reqs_prepare(req, cb);
     req->sink = sink;
-    int rv = space_check(cmd, len);
+    int rv = nospace_check(cmd, len);
     if (rv < 0)
         return rv;
-    if (node.role != RAFT_LEADER)
-        return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
+    if (nd->role != RAFT_LEADER)
+        return nd->leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
     /* Ranges over txn-max-range-keys: refused here, as apply would past
      * KV_TXN_KEYS_MAX, without a proposal. */
-    if (kv_txn_check(node.kv, cmd, len,
-                     (uint64_t)node.cfg->txn_max_range_keys) != KV_OK) {
+    if (kv_txn_check(nd->kv, cmd, len,
+                     (uint64_t)nd->cfg->txn_max_range_keys) != KV_OK) {
         memset(&req->res, 0, sizeof req->res);
         req->res.op = KV_OP_TXN;
         req->res.status = KV_ETXN_KEYS;
-        req->res.revision = kv_revision(node.kv);
+        req->res.revision = kv_revision(nd->kv);
         reqs_done(req, 0);
         return 0;
     }
-    rv = raft_propose(node.raft, cmd, len, &req->index, &req->term);
+    rv = raft_propose(nd->raft, cmd, len, &req->index, &req->term);
     node_metrics_proposed(rv);
     if (rv < 0)
         return rv;
@@ -808,7 +541,7 @@ int node_read(struct node_req *req, bool stale, node_req_cb cb)
     }
     if (read_start(req) < 0) {
         req->read_waits = true;
-        reqs_link(&node.wait_leader, req);
+        reqs_link(&nd->wait_leader, req);
     }
     return 0;
 }
@@ -816,10 +549,10 @@ int node_read(struct node_req *req, bool stale, node_req_cb cb)
 void node_wait_leader(struct node_req *req, node_req_cb cb)
 {
     reqs_prepare(req, cb);
-    if (node.leader)
+    if (nd->leader)
         reqs_done(req, 0);
     else
-        reqs_link(&node.wait_leader, req);
+        reqs_link(&nd->wait_leader, req);
 }
 
 void node_cancel(struct node_req *req)
@@ -832,159 +565,19 @@ void node_cancel(struct node_req *req)
     req->ro_cmd = NULL;
 }
 
+const char *node_db_path(void)
+{
+    return nd->open ? NIO(store_path) : "";
+}
+
 struct kv *node_kv(void)
 {
-    return node.kv;
+    return nd->kv;
 }
 
 bool node_is_leader(void)
 {
-    return node.role == RAFT_LEADER;
-}
-
-void node_status(struct node_status *st)
-{
-    struct raft_status rs;
-    struct store_stats ss;
-    memset(st, 0, sizeof *st);
-    raft_status(node.raft, &rs);
-    store_stats(node.store, &ss);
-    struct member *lm = members_find(rs.leader);
-    st->id = node.cfg->node_id;
-    st->role = raft_role_name(rs.role);
-    st->leader = lm ? lm->name : "";
-    st->term = rs.term;
-    st->commit_index = rs.commit;
-    st->applied_index = node.applied;
-    st->last_index = rs.last_index;
-    st->persisted_index = rs.persisted_index;
-    st->keys = kv_count(node.kv);
-    st->revision = kv_revision(node.kv);
-    st->fsyncs = ss.batches;
-    st->fsync_entries = ss.entries;
-    st->nospace = node.alarm_disk || node.alarm_quota;
-    st->alarm_reason = st->nospace ? node.alarm_reason : "";
-    st->cluster_id = node.cluster_id;
-    st->self_id = node.id;
-    pz_free(node.view);
-    node.view = pz_calloc(node.n_members ? node.n_members : 1,
-                          sizeof *node.view);
-    for (size_t i = 0; i < node.n_members; i++) {
-        struct member *m = &node.members[i];
-        struct node_member *v = &node.view[i];
-        v->name = m->name;
-        v->id = m->id;
-        v->voter = m->voter;
-        v->raft = m->raft;
-        v->http = m->id == node.id ? node.cfg->http_addr : m->http;
-        v->grpc = m->id == node.id ? node.cfg->grpc_addr : m->grpc;
-        for (size_t j = 0; j < rs.n_peers; j++) {
-            if (rs.peers[j].id == m->id) {
-                v->match = rs.peers[j].match;
-                v->last_contact_ms = rs.peers[j].last_contact * node.tick_ms;
-            }
-        }
-        struct peer_alarm *pa = palarm_get(m->id);
-        v->alarm_reason = "";
-        if (pa != NULL && pa->nospace) {
-            v->nospace = true;
-            v->alarm_reason = pa->reason;
-        }
-        if (m->id == node.id)
-            v->match = rs.persisted_index;
-    }
-    st->members = node.view;
-    st->n_members = node.n_members;
-}
-
-void node_ids(uint64_t *cluster_id, uint64_t *self_id, uint64_t *term)
-{
-    *cluster_id = node.cluster_id;
-    *self_id = node.id;
-    *term = node.saved_term;
-}
-
-/* The term of the entry at index: from the log, or the snapshot's when
- * index is its point; 0 when neither holds it. */
-static uint64_t term_at(const struct raft_status *rs, uint64_t index)
-{
-    const struct raft_entry *e = raft_log_get(node.raft, index);
-    if (e != NULL)
-        return e->term;
-    return index == rs->snap_index ? rs->snap_term : 0;
-}
-
-bool node_health(struct node_health *h)
-{
-    struct raft_status rs;
-    memset(h, 0, sizeof *h);
-    if (!node.open) {
-        snprintf(h->reason, sizeof h->reason, "the node is not open");
-        return false;
-    }
-    raft_status(node.raft, &rs);
-    struct member *lm = members_find(rs.leader);
-    h->role = raft_role_name(rs.role);
-    h->leader = lm ? lm->name : "";
-    h->term = rs.term;
-    uint64_t timeout_ms = (uint64_t)node.cfg->election_timeout_ms;
-    uint64_t window = timeout_ms / node.tick_ms; /* election_ticks */
-    if (node.closing) {
-        snprintf(h->reason, sizeof h->reason, "the node is shutting down");
-        return false;
-    }
-    if (node.ready_owed) {
-        /* Nothing applies here until the log can be written. */
-        snprintf(h->reason, sizeof h->reason,
-                 "no space left on device: the Raft log cannot be written");
-        return false;
-    }
-    if (rs.leader == 0) {
-        snprintf(h->reason, sizeof h->reason, "no leader known (%s, term %llu)",
-                 h->role, (unsigned long long)rs.term);
-        return false;
-    }
-    if (rs.role != RAFT_LEADER) {
-        /* The follower's lease: its election timer was reset by the leader
-         * within the last election timeout. */
-        if (!rs.lease) {
-            snprintf(h->reason, sizeof h->reason,
-                     "no word from the leader (%s) within the election "
-                     "timeout (%llu ms)",
-                     h->leader[0] ? h->leader : "unknown",
-                     (unsigned long long)timeout_ms);
-            return false;
-        }
-        return true;
-    }
-    /* Thesis §6.2 (CheckQuorum) as of now rather than at the next check:
-     * a majority of the voters, this leader included, heard from within
-     * the election timeout. */
-    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
-    size_t voters = raft_conf_voters(conf), heard = 0;
-    const struct raft_server *self = raft_conf_get(conf, node.id);
-    if (self != NULL && self->voter)
-        heard++;
-    for (size_t i = 0; i < rs.n_peers; i++)
-        if (rs.peers[i].voter && rs.peers[i].last_contact < window)
-            heard++;
-    size_t quorum = voters / 2 + 1;
-    if (heard < quorum) {
-        snprintf(h->reason, sizeof h->reason,
-                 "leader without a quorum: heard from %zu of %zu voters "
-                 "within the election timeout (%llu ms), %zu needed",
-                 heard, voters, (unsigned long long)timeout_ms, quorum);
-        return false;
-    }
-    /* Thesis §6.4: a new leader serves reads once an entry of its term
-     * (its no-op) is committed. */
-    if (term_at(&rs, rs.commit) != rs.term) {
-        snprintf(h->reason, sizeof h->reason,
-                 "new leader: no entry of term %llu committed yet",
-                 (unsigned long long)rs.term);
-        return false;
-    }
-    return true;
+    return nd->role == RAFT_LEADER;
 }
 
 static int restore(char *err, size_t errlen)
@@ -994,16 +587,16 @@ static int restore(char *err, size_t errlen)
     size_t n = 0;
     struct store_meta meta;
     /* The state only: the log comes with the snapshot (snaps_restore). */
-    int rv = store_load_from(node.store, UINT64_MAX, &hs, &ents, &n, &meta);
+    int rv = NIO(store_load_from, UINT64_MAX, &hs, &ents, &n, &meta);
     if (rv < 0) {
-        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        snprintf(err, errlen, "%s", NIO(store_errmsg));
         return rv;
     }
-    if (meta.node_name[0] && strcmp(meta.node_name, node.cfg->node_id) != 0) {
+    if (meta.node_name[0] && strcmp(meta.node_name, nd->cfg->node_id) != 0) {
         snprintf(err, errlen,
                  "%s belongs to node '%s', but node-id is '%s': refusing to "
                  "start",
-                 store_path(node.store), meta.node_name, node.cfg->node_id);
+                 NIO(store_path), meta.node_name, nd->cfg->node_id);
         store_entries_free(ents, n);
         return PZ_ECONFIG;
     }
@@ -1011,10 +604,10 @@ static int restore(char *err, size_t errlen)
         store_entries_free(ents, n);
         return 1; /* nothing stored */
     }
-    node.cluster_id = meta.cluster_id;
-    node.incarnation = meta.incarnation;
-    node.saved_term = hs.term;
-    node.saved_vote = hs.vote;
+    nd->cluster_id = meta.cluster_id;
+    nd->incarnation = meta.incarnation;
+    nd->saved_term = hs.term;
+    nd->saved_vote = hs.vote;
     struct raft_snapshot_meta snap;
     bool have = false;
     rv = snaps_restore(&meta, &ents, &n, &snap, &have, err, errlen);
@@ -1022,26 +615,26 @@ static int restore(char *err, size_t errlen)
         store_entries_free(ents, n);
         return rv;
     }
-    rv = raft_restore_snapshot(node.raft, &hs, have ? &snap : NULL, ents, n);
+    rv = raft_restore_snapshot(nd->raft, &hs, have ? &snap : NULL, ents, n);
     if (have) {
         pz_info("loaded snapshot at index %llu (%zu keys)",
-                (unsigned long long)snap.index, kv_count(node.kv));
+                (unsigned long long)snap.index, kv_count(nd->kv));
         if (rv == 0)
             members_snapshot_committed(&snap.conf);
         raft_conf_free(&snap.conf);
     }
-    if (rv == 0 && node.removed) {
+    if (rv == 0 && nd->removed) {
         store_entries_free(ents, n);
         snprintf(err, errlen,
                  "%s belongs to a member removed from the cluster: to join "
                  "again, start this node with an empty data dir",
-                 store_path(node.store));
+                 NIO(store_path));
         return PZ_ECONFIG;
     }
     store_entries_free(ents, n);
     if (rv < 0) {
         snprintf(err, errlen, "%s: stored Raft state is inconsistent (%s)",
-                 store_path(node.store), pz_strerror(rv));
+                 NIO(store_path), pz_strerror(rv));
         return rv;
     }
     pz_info("recovered term %llu, %zu log entries, commit %llu",
@@ -1049,137 +642,79 @@ static int restore(char *err, size_t errlen)
     return 0;
 }
 
-int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
-              char *err, size_t errlen)
+/* A node with no state: bootstrap (initial-cluster, raft-bootstrap), or
+ * get ready to join through mandi. */
+static int start_fresh(char *err, size_t errlen)
 {
-    uint64_t seed = pz_seed();
-    int rv;
-    memset(&node, 0, sizeof node);
-    node.loop = loop;
-    node.cfg = cfg;
-    node.stop = stop;
-    node_metrics_init();
-    node_lease_init(loop, cfg);
-    node.kv = kv_new_seeded(seed);
-    struct watch_limits wl = {
-        .max_events = (size_t)cfg->watch_history_events,
-        .max_bytes = (size_t)cfg->watch_history_bytes,
-        .max_watchers = (size_t)cfg->max_watchers,
-        .max_lag = (size_t)cfg->watch_max_buffer,
-    };
-    watch_hub_init(&watch_hub, &wl);
-    core_kv_replaced();
-    node.id = members_name_to_id(cfg->node_id);
-    pz_queue_init(&node.proposals);
-    pz_queue_init(&node.reads);
-    pz_queue_init(&node.reads_apply);
-    pz_queue_init(&node.wait_leader);
-    pz_queue_init(&node.transfers);
-    pz_queue_init(&node.conf_wait);
-    pz_queue_init(&node.snap_waiters);
-    pz_queue_init(&node.done);
+    const struct pz_config *cfg = nd->cfg;
+    if (cfg->initial_cluster[0] || cfg->raft_bootstrap)
+        return members_bootstrap(err, errlen);
+    /* Neither: join a running cluster through mandi. The cluster id comes
+     * with the first member that dials us. */
+    if (strcmp(cfg->mandi_addr, "none") == 0) {
+        snprintf(err, errlen,
+                 "no Raft state in %s and nothing to start from: set "
+                 "initial-cluster, raft-bootstrap yes, or a mandi-addr to "
+                 "join through (it is none)",
+                 cfg->raft_data);
+        return PZ_ECONFIG;
+    }
+    /* A joining node's data dir gets its incarnation, once. */
+    struct store_meta sm;
+    NIO(store_meta_get, &sm);
+    nd->incarnation = sm.incarnation;
+    uint64_t rng = nd->io.seed ^ nd->id;
+    while (nd->incarnation == 0)
+        nd->incarnation = pz_rand_next(&rng);
+    int rv = NIO(store_meta_set, 0, nd->id, cfg->node_id);
+    if (rv == 0)
+        rv = NIO(store_meta_set_incarnation, nd->incarnation);
+    if (rv < 0) {
+        snprintf(err, errlen, "%s", NIO(store_errmsg));
+        return rv;
+    }
+    pz_info("no Raft state and no initial-cluster or raft-bootstrap: "
+            "asking to join through mandi at %s",
+            cfg->mandi_addr);
+    return 0;
+}
 
-    /* Time is ticks: ten per heartbeat interval. */
-    node.tick_ms = (uint64_t)PZ_MAX(1, cfg->heartbeat_interval_ms / 10);
-    struct raft_config rc = {
-        .id = node.id,
-        .heartbeat_ticks = (int)(cfg->heartbeat_interval_ms /
-                                 (int64_t)node.tick_ms),
-        .election_ticks = (int)(cfg->election_timeout_ms /
-                                (int64_t)node.tick_ms),
-        .seed = seed ^ node.id,
-        .pre_vote = true,
-        .check_quorum = true,
-    };
-    char rerr[RAFT_ERRMSG_SIZE];
-    node.raft = raft_new(&rc, rerr);
-    if (node.raft == NULL) {
-        snprintf(err, errlen, "%s", rerr);
-        goto err_after_kv;
+/* raft-bind-source: the IP of raft-addr, not a name or a wildcard. */
+static int bind_source(char *source, size_t len, char *err, size_t errlen)
+{
+    const struct pz_config *cfg = nd->cfg;
+    source[0] = '\0';
+    if (!cfg->raft_bind_source)
+        return 0;
+    int sport;
+    struct sockaddr_in6 sa;
+    if (pz_split_hostport(cfg->raft_addr, source, len, &sport) < 0 ||
+        (uv_ip4_addr(source, 0, (struct sockaddr_in *)&sa) != 0 &&
+         uv_ip6_addr(source, 0, &sa) != 0) ||
+        strcmp(source, "0.0.0.0") == 0 || strcmp(source, "::") == 0) {
+        snprintf(err, errlen,
+                 "raft-bind-source needs a raft-addr with an IP address "
+                 "(not '%s')",
+                 cfg->raft_addr);
+        return PZ_ECONFIG;
     }
-    rv = store_open(cfg->raft_data, &node.store, err, errlen);
-    if (rv < 0)
-        goto err_after_raft;
-    uint64_t load_ns = uv_hrtime();
-    rv = restore(err, errlen);
-    if (rv < 0)
-        goto err_after_store;
-    node_metrics_restored(load_ns);
-    /* What a crash left of interrupted snapshot writes and transfers. */
-    size_t stale = 0;
-    char serr[SNAPSHOT_ERRMSG_SIZE];
-    if (snapshot_remove_temp(cfg->raft_data, &stale, serr, sizeof serr) < 0)
-        pz_warn("cannot remove temporary snapshot files: %s", serr);
-    else if (stale > 0)
-        pz_info("removed %zu temporary snapshot file%s left by a crash",
-                stale, stale == 1 ? "" : "s");
-    if (rv == 1) { /* no state yet */
-        if (cfg->initial_cluster[0] || cfg->raft_bootstrap) {
-            rv = members_bootstrap(err, errlen);
-            if (rv < 0)
-                goto err_after_store;
-        } else {
-            /* Neither: join a running cluster through mandi. The cluster
-             * id comes with the first member that dials us. */
-            if (strcmp(cfg->mandi_addr, "none") == 0) {
-                snprintf(err, errlen,
-                         "no Raft state in %s and nothing to start from: "
-                         "set initial-cluster, raft-bootstrap yes, or a "
-                         "mandi-addr to join through (it is none)",
-                         cfg->raft_data);
-                goto err_after_store;
-            }
-            /* A joining node's data dir gets its incarnation, once. */
-            struct store_meta sm;
-            store_meta_get(node.store, &sm);
-            node.incarnation = sm.incarnation;
-            while (node.incarnation == 0)
-                node.incarnation = pz_seed();
-            rv = store_meta_set(node.store, 0, node.id, cfg->node_id);
-            if (rv == 0)
-                rv = store_meta_set_incarnation(node.store, node.incarnation);
-            if (rv < 0) {
-                snprintf(err, errlen, "%s", store_errmsg(node.store));
-                goto err_after_store;
-            }
-            pz_info("no Raft state and no initial-cluster or raft-bootstrap: "
-                    "asking to join through mandi at %s",
-                    cfg->mandi_addr);
-        }
-    }
-    if (strcmp(cfg->mandi_addr, "none") != 0) {
-        node.mandi = mandi_client_new(loop, cfg->mandi_addr,
-                                      cfg->cluster_token, 2000, err, errlen);
-        if (node.mandi == NULL)
-            goto err_after_store;
-    }
-    /* raft-bind-source: the IP of raft-addr, not a name or a wildcard. */
-    char source[256] = "";
-    if (cfg->raft_bind_source) {
-        int sport;
-        struct sockaddr_in6 sa;
-        if (pz_split_hostport(cfg->raft_addr, source, sizeof source,
-                              &sport) < 0 ||
-            (uv_ip4_addr(source, 0, (struct sockaddr_in *)&sa) != 0 &&
-             uv_ip6_addr(source, 0, &sa) != 0) ||
-            strcmp(source, "0.0.0.0") == 0 || strcmp(source, "::") == 0) {
-            snprintf(err, errlen,
-                     "raft-bind-source needs a raft-addr with an IP address "
-                     "(not '%s')",
-                     cfg->raft_addr);
-            goto err_after_mandi;
-        }
-    }
+    return 0;
+}
+
+static int open_transport(char *err, size_t errlen)
+{
+    const struct pz_config *cfg = nd->cfg;
+    char source[256];
+    if (bind_source(source, sizeof source, err, errlen) < 0)
+        return PZ_ECONFIG;
     struct transport_config tc = {
         .listen_addr = cfg->raft_addr,
-        .id = node.id,
-        .incarnation = node.incarnation,
+        .id = nd->id,
+        .incarnation = nd->incarnation,
         .source_addr = source,
         .name = cfg->node_id,
-        .cluster_id = node.cluster_id,
+        .cluster_id = nd->cluster_id,
         .token = cfg->cluster_token,
-        .tls_in = &tls_peer_in,
-        .tls_out = &tls_peer_out,
         .name_to_id = members_name_to_id,
         .http_addr = cfg->http_addr,
         .grpc_addr = cfg->grpc_addr,
@@ -1192,118 +727,214 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
         .on_cluster_id = members_save_cluster_id,
         .on_peer = snaps_on_peer_link,
         .on_chunk = snaps_on_chunk,
-        .data = &node,
-        .seed = seed,
+        .data = nd,
+        .seed = nd->io.seed,
         /* A member may send frames up to RAFT_FRAME_MAX, whatever our own
          * limits (config refuses a max-value-size that would not fit). */
         .max_frame = RAFT_FRAME_MAX,
     };
-    node.tr = transport_new(loop, &tc, err, errlen);
-    if (node.tr == NULL)
+    return NIO(tr_open, &tc, err, errlen);
+}
+
+/* Free what node_open made, as far as it got (store, mandi: whether
+ * they were opened). */
+static void free_state(void)
+{
+    raft_conf_free(&nd->committed);
+    raft_free(nd->raft);
+    node_lease_free();
+    kv_free(nd->kv);
+    watch_hub_close(&nd->watch_hub);
+    for (size_t i = 0; i < nd->n_members; i++)
+        members_free_one(&nd->members[i]);
+    for (size_t i = 0; i < nd->n_departed; i++)
+        members_free_one(&nd->departed[i]);
+    pz_free(nd->members);
+    pz_free(nd->view);
+    pz_free(nd);
+    node_select(NULL);
+}
+
+int node_open(const struct node_io *io, const struct pz_config *cfg,
+              node_stop_cb stop, char *err, size_t errlen)
+{
+    int rv;
+    nd = pz_calloc(1, sizeof *nd);
+    nd->io = *io;
+    if (nd->io.seed == 0)
+        nd->io.seed = pz_seed();
+    uint64_t seed = nd->io.seed;
+    nd->cfg = cfg;
+    nd->stop = stop;
+    node_metrics_init();
+    nd->lease = node_lease_init(nd->io.now, nd->io.data, cfg, seed);
+    nd->kv = kv_new_seeded(seed);
+    struct watch_limits wl = {
+        .max_events = (size_t)cfg->watch_history_events,
+        .max_bytes = (size_t)cfg->watch_history_bytes,
+        .max_watchers = (size_t)cfg->max_watchers,
+        .max_lag = (size_t)cfg->watch_max_buffer,
+    };
+    watch_hub_init(&nd->watch_hub, &wl);
+    core_kv_replaced();
+    nd->id = members_name_to_id(cfg->node_id);
+    pz_queue_init(&nd->proposals);
+    pz_queue_init(&nd->reads);
+    pz_queue_init(&nd->reads_apply);
+    pz_queue_init(&nd->wait_leader);
+    pz_queue_init(&nd->transfers);
+    pz_queue_init(&nd->conf_wait);
+    pz_queue_init(&nd->snap_waiters);
+    pz_queue_init(&nd->done);
+
+    /* Time is ticks: ten per heartbeat interval. */
+    nd->tick_ms = (uint64_t)PZ_MAX(1, cfg->heartbeat_interval_ms / 10);
+    struct raft_config rc = {
+        .id = nd->id,
+        .heartbeat_ticks = (int)(cfg->heartbeat_interval_ms /
+                                 (int64_t)nd->tick_ms),
+        .election_ticks = (int)(cfg->election_timeout_ms /
+                                (int64_t)nd->tick_ms),
+        .seed = seed ^ nd->id,
+        .pre_vote = true,
+        .check_quorum = true,
+    };
+    char rerr[RAFT_ERRMSG_SIZE];
+    nd->raft = raft_new(&rc, rerr);
+    if (nd->raft == NULL) {
+        snprintf(err, errlen, "%s", rerr);
+        free_state();
+        return PZ_ECONFIG;
+    }
+    rv = NIO(store_open, cfg->raft_data, err, errlen);
+    if (rv < 0) {
+        free_state();
+        return PZ_ECONFIG;
+    }
+    uint64_t load_ns = stats_now_ns();
+    rv = restore(err, errlen);
+    if (rv < 0)
+        goto err_after_store;
+    node_metrics_restored(load_ns);
+    /* What a crash left of interrupted snapshot writes and transfers. */
+    size_t stale = 0;
+    char serr[SNAPSHOT_ERRMSG_SIZE];
+    if (snapshot_remove_temp(cfg->raft_data, &stale, serr, sizeof serr) < 0)
+        pz_warn("cannot remove temporary snapshot files: %s", serr);
+    else if (stale > 0)
+        pz_info("removed %zu temporary snapshot file%s left by a crash",
+                stale, stale == 1 ? "" : "s");
+    if (rv == 1 && start_fresh(err, errlen) < 0) /* no state yet */
+        goto err_after_store;
+    if (NIO(mandi_open, cfg, &nd->mandi_on, err, errlen) < 0)
+        goto err_after_store;
+    if (open_transport(err, errlen) < 0)
         goto err_after_mandi;
     members_refresh();
-    if (cfg->cluster_token[0] == '\0' && tls_slot_on(&tls_peer_in))
-        pz_info("cluster-token is not set: peers are authenticated by "
-                "their TLS certificates; the membership endpoints are "
-                "open to HTTP clients");
-    else if (cfg->cluster_token[0] == '\0')
-        pz_warn("cluster-token is not set: anyone who can reach this node "
-                "can join the cluster or change its membership");
-    uv_timer_init(loop, &node.tick);
-    node.cron_at = uv_now(loop) + 1000;
-    uv_timer_start(&node.tick, on_tick, node.tick_ms, node.tick_ms);
-    node.open = true;
+    nd->cron_at = NIO(now) + 1000;
+    NIO(tick_start, nd->tick_ms, node_tick);
+    nd->open = true;
     /* A lone voter need not wait for an election timeout. */
-    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
-    if (conf->n == 1 && conf->servers[0].id == node.id)
-        raft_campaign(node.raft);
+    const struct raft_conf *conf = raft_conf_current(nd->raft, NULL);
+    if (conf->n == 1 && conf->servers[0].id == nd->id)
+        raft_campaign(nd->raft);
     return 0;
 
 err_after_mandi:
-    mandi_client_free(node.mandi);
+    NIO(mandi_close);
 err_after_store:
-    raft_conf_free(&node.committed);
-    store_close(node.store);
-err_after_raft:
-    raft_free(node.raft);
-err_after_kv:
-    node_lease_free();
-    kv_free(node.kv);
-    watch_hub_close(&watch_hub);
+    NIO(store_close);
+    free_state();
     return PZ_ECONFIG;
+}
+
+int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
+              char *err, size_t errlen)
+{
+    struct node_io io;
+    node_io_uv(&io, loop);
+    return node_open(&io, cfg, stop, err, errlen);
 }
 
 /* Close order: the tick timer, then the transport (messages may arrive
  * until it is closed), then what they would have touched. */
-static void on_transport_closed(void *data)
+static void on_transport_closed(void)
 {
-    PZ_UNUSED(data);
-    store_close(node.store);
-    raft_free(node.raft);
-    node_lease_free();
-    kv_free(node.kv);
-    watch_hub_close(&watch_hub);
-    for (size_t i = 0; i < node.n_members; i++)
-        members_free_one(&node.members[i]);
-    for (size_t i = 0; i < node.n_departed; i++)
-        members_free_one(&node.departed[i]);
-    pz_free(node.members);
-    pz_free(node.view);
-    raft_conf_free(&node.committed);
-    node.store = NULL;
-    node.raft = NULL;
-    node.kv = NULL;
-    node.members = NULL;
-    node.view = NULL;
-    node.n_members = 0;
-    if (node.close_cb)
-        node.close_cb();
+    NIO(store_close);
+    void (*cb)(void) = nd->close_cb;
+    free_state();
+    if (cb)
+        cb();
 }
 
-static void on_tick_closed(uv_handle_t *h)
+static void on_tick_closed(void)
 {
-    PZ_UNUSED(h);
     palarm_clear();
-    mandi_client_free(node.mandi);
-    node.mandi = NULL;
-    transport_close(node.tr, on_transport_closed);
+    if (nd->mandi_on)
+        NIO(mandi_close);
+    nd->mandi_on = false;
+    NIO(tr_close, on_transport_closed);
 }
 
 void core_finish_close(void)
 {
-    uv_close((uv_handle_t *)&node.tick, on_tick_closed);
+    NIO(tick_close, on_tick_closed);
 }
 
-void node_close(void (*cb)(void))
+/* Complete every waiting request with status, now. */
+static void finish_all_now(int status)
 {
-    if (!node.open) {
-        if (cb)
-            cb();
-        return;
-    }
-    node.open = false;
-    node.close_cb = cb;
-    reqs_finish_all(&node.proposals, PZ_ESHUTDOWN);
-    reqs_finish_all(&node.reads, PZ_ESHUTDOWN);
-    reqs_finish_all(&node.reads_apply, PZ_ESHUTDOWN);
-    reqs_finish_all(&node.wait_leader, PZ_ESHUTDOWN);
-    reqs_finish_all(&node.transfers, PZ_ESHUTDOWN);
-    reqs_finish_all(&node.conf_wait, PZ_ESHUTDOWN);
-    reqs_finish_all(&node.snap_waiters, PZ_ESHUTDOWN);
-    while (!pz_queue_empty(&node.done)) {
+    reqs_finish_all(&nd->proposals, status);
+    reqs_finish_all(&nd->reads, status);
+    reqs_finish_all(&nd->reads_apply, status);
+    reqs_finish_all(&nd->wait_leader, status);
+    reqs_finish_all(&nd->transfers, status);
+    reqs_finish_all(&nd->conf_wait, status);
+    reqs_finish_all(&nd->snap_waiters, status);
+    while (!pz_queue_empty(&nd->done)) {
         struct node_req *r =
-            container_of(pz_queue_head(&node.done), struct node_req, q);
+            container_of(pz_queue_head(&nd->done), struct node_req, q);
         pz_queue_remove(&r->q);
         r->queued = false;
         r->cb(r, r->status);
     }
-    uv_timer_stop(&node.tick);
+}
+
+void node_close(void (*cb)(void))
+{
+    if (!nd->open) {
+        if (cb)
+            cb();
+        return;
+    }
+    nd->open = false;
+    nd->close_cb = cb;
+    finish_all_now(PZ_ESHUTDOWN);
     snaps_close();
-    if (node.store_busy && !node.retry_due) {
+    if (nd->store_busy && !nd->retry_due) {
         /* The store cannot close under a write in flight: on_written
          * finishes the close. */
-        node.closing = true;
+        nd->closing = true;
         return;
     }
     core_finish_close();
+}
+
+void node_crash(void)
+{
+    /* Requests vanish with the process: unlink them, call nothing. */
+    struct pz_queue *lists[] = {&nd->proposals,  &nd->reads,
+                                &nd->reads_apply, &nd->wait_leader,
+                                &nd->transfers,  &nd->conf_wait,
+                                &nd->snap_waiters, &nd->done};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(lists); i++)
+        while (!pz_queue_empty(lists[i])) {
+            struct node_req *r =
+                container_of(pz_queue_head(lists[i]), struct node_req, q);
+            pz_queue_remove(&r->q);
+            r->queued = false;
+        }
+    snaps_close();
+    palarm_clear();
+    free_state();
 }

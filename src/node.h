@@ -162,6 +162,8 @@ void node_snapshot_info(uint64_t *index, uint64_t *size);
 void node_cancel(struct node_req *req);
 
 struct kv *node_kv(void);
+/* Full path of the Raft log's database ("" when the node is not open). */
+const char *node_db_path(void);
 /* The watch history and watchers (watch.h), fed as entries apply. */
 struct watch_hub *node_watch(void);
 /* True when this node is the leader. */

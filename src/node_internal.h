@@ -2,34 +2,41 @@
  * and the functions one file calls in another. Not for anything outside
  * src/node*.c: the public API is node.h.
  *
- *   node.c           init and close, the tick, the Ready cycle, the
- *                    client-facing requests (propose, read, wait, status)
+ *   node.c           open and close, the tick, the Ready cycle, the
+ *                    client-facing requests (propose, read, wait)
  *   node_reqs.c      the request lists: link, complete, expire
  *   node_members.c   the configuration as members with addresses, who may
  *                    dial us and removal, bootstrap and the cluster id,
  *                    remove/transfer/promote, mandi registration and joins
  *   node_snapshot.c  snapshots: take, compact the log, ship, receive,
  *                    install, restore at start
+ *   node_status.c    node_status, node_ids, node_health
+ *   node_nospace.c   out of space: the NOSPACE alarm, what it refuses,
+ *                    leadership handed on, silent voters asked why
+ *   node_io_uv.c     the production I/O table (node_io.h): everything the
+ *                    others do to the world goes through nd->io
  *
  * Calls go from node.c down to the three others, and from those to
  * node_reqs.c; the few calls back into node.c (core_*) are the Ready
- * cycle's: completing reads after an install, finishing a close. One node
- * per process: the state is the global `node`. */
+ * cycle's: completing reads after an install, finishing a close. The
+ * state is one struct node; `nd` points at the one the code runs as (a
+ * server has one; the simulation runs several, selecting each in turn). */
 #ifndef PZ_NODE_INTERNAL_H
 #define PZ_NODE_INTERNAL_H
 
 #include <stdbool.h>
 #include <stdint.h>
-#include <uv.h>
 
 #include "mandi_client.h"
 #include "node_metrics.h"
 #include "node.h"
+#include "node_io.h"
 #include "raft.h"
 #include "raft_codec.h"
 #include "snapshot.h"
 #include "store.h"
 #include "transport.h"
+#include "watch.h"
 
 #define NAME_SEED 0x7079617a6462ull /* hash seed of node names -> ids */
 
@@ -41,7 +48,7 @@ struct httpc;
 struct peer_alarm {
     uint64_t id;          /* the member's Raft id */
     struct httpc *c;      /* GET /status in flight, or NULL */
-    uint64_t asked_at;    /* uv_now() of the last question */
+    uint64_t asked_at;    /* io now() of the last question */
     bool nospace;         /* its answer showed the NOSPACE alarm */
     char reason[200];     /* its alarm_reason then */
 };
@@ -61,31 +68,28 @@ struct member {
 };
 
 struct node {
-    uv_loop_t *loop;             /* the process loop */
+    struct node_io io;           /* everything it does to the world */
     const struct pz_config *cfg; /* borrowed from main */
     node_stop_cb stop;           /* asks the process to shut down */
     struct kv *kv;               /* the state machine */
     struct raft *raft;           /* the consensus core */
-    struct store *store;         /* log, hard state, meta */
-    struct transport *tr;        /* peer messages */
     uint64_t id;                 /* our Raft id */
     uint64_t incarnation;        /* our data dir's (store_meta) */
     uint64_t member_since;       /* conf entry we are a member from (0:
                                     not one), told in handshakes */
     uint64_t cluster_id;         /* identity shared by all members */
-    uv_timer_t tick;             /* drives raft_tick */
-    uint64_t tick_ms;            /* its period */
+    uint64_t tick_ms;            /* the tick's period (node_tick) */
     struct raft_ready rd;        /* the Ready being persisted */
     bool store_busy;             /* the store runs a job: writing rd, or
                                     a compaction step; or rd waits to be
                                     written again (ready_owed) */
-    /* out of space (see "out of space" in node.c) */
+    /* out of space (node_nospace.c) */
     bool ready_owed;             /* rd could not be stored for lack of
                                     space: written again every
                                     NOSPACE_RETRY_MS, never advanced before */
     bool retry_due;              /* ready_owed and no write in flight */
-    uint64_t retry_at;           /* uv_now() of the next attempt */
-    uint64_t compact_retry_at;   /* no compaction step before (uv_now) */
+    uint64_t retry_at;           /* io now() of the next attempt */
+    uint64_t compact_retry_at;   /* no compaction step before (io now()) */
     bool alarm_disk;             /* NOSPACE: the disk is full */
     bool alarm_quota;            /* NOSPACE: quota-backend-bytes reached */
     char alarm_reason[320];      /* why, one line (when either is set) */
@@ -119,9 +123,9 @@ struct node {
                                     (members, and removals to tell) */
     bool self_committed;         /* it has this node (this incarnation) */
     bool removed;                /* this node left the configuration */
-    uint64_t cron_at;            /* uv_now() of the next members_cron */
+    uint64_t cron_at;            /* io now() of the next members_cron */
     unsigned seconds;            /* members_cron runs so far */
-    struct mandi_client *mandi;  /* discovery service client */
+    bool mandi_on;               /* a discovery service is configured */
     uint64_t mandi_put;          /* PUT /leader in flight (request id) */
     uint64_t mandi_poll;         /* GET /join-requests in flight */
     uint64_t mandi_join;         /* POST /join-requests in flight */
@@ -135,7 +139,7 @@ struct node {
     uint64_t prev_snap_index;    /* the durable snapshot before it */
     uint64_t prev_snap_term;     /* its term */
     bool compact_pending;        /* store_compact waits for the write */
-    uint64_t snap_retry_at;      /* no automatic snapshot before (uv_now):
+    uint64_t snap_retry_at;      /* no automatic snapshot before (io now()):
                                     the last one failed */
     struct pz_queue snap_waiters;/* POST /admin/snapshot requests */
     struct xfer *xfers;          /* snapshots being sent to followers */
@@ -143,35 +147,57 @@ struct node {
     uint64_t rx_from, rx_index, rx_term; /* what rx receives, from whom */
     uint64_t rx_total;           /* its announced size */
     uint64_t rx_leader_term;     /* the term its leader sends it in */
-    uint64_t rx_last_ms;         /* uv_now() of its last chunk */
+    uint64_t rx_last_ms;         /* io now() of its last chunk */
     uint64_t got_index, got_term;/* verified received file, not installed */
     struct kv *got_kv;           /* that file, loaded (the check loads) */
+    struct watch_hub watch_hub;  /* every change the state machine makes,
+                                    for GET /watch: fed from kv's event
+                                    callback, published per applied entry */
+    struct node_lease *lease;    /* lease expiry (node_lease.c) */
 };
 
-extern struct node node;
+extern struct node *nd;
+
+/* Call the current node's I/O table: NIO(store_write, hs, ...). */
+#define NIO(fn, ...) nd->io.fn(nd->io.data, ##__VA_ARGS__)
 
 /* --- node.c --- */
 /* A failed write of the log, the term, the vote or the cluster id, or a
  * snapshot that cannot be installed: log and exit (fail-stop). */
-/* node.kv is a new table (a snapshot was loaded): hook the watch history
+/* nd->kv is a new table (a snapshot was loaded): hook the watch history
  * to it and restart the history at its revision. */
 void core_kv_replaced(void);
 void core_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                      noreturn));
-/* A store job failed with PZ_ENOSPC (errmsg: the store's message): raise
- * the NOSPACE alarm (log it once); a job that succeeded clears it. */
-void core_nospace(const char *errmsg);
-void core_space_back(void);
 /* Complete the reads whose read index is applied now. */
 void core_reads_check_applied(void);
 /* Close the tick timer, then the transport, then the rest (node_close,
  * once no store job is in flight). */
 void core_finish_close(void);
 
+/* --- node_nospace.c --- */
+#define NOSPACE_RETRY_MS 1000 /* a Ready refused for lack of space: again */
+/* A store job failed with PZ_ENOSPC (errmsg: the store's message): raise
+ * the NOSPACE alarm (log it once); a job that succeeded clears it. */
+void core_nospace(const char *errmsg);
+void core_space_back(void);
+/* Out of space with a Ready owed and not the leader: frozen, as if
+ * paused (no ticks, peer messages dropped). */
+bool nospace_frozen(void);
+/* PZ_ENOSPC if the write cmd may not be proposed now (the alarm; a put
+ * that would pass quota-backend-bytes raises it), else 0. */
+int nospace_check(const uint8_t *cmd, size_t len);
+/* Once a second: the quota alarm follows the data; a leader out of space
+ * hands its leadership on; a leader asks silent voters why. */
+void nospace_cron(void);
+/* What voter id said of its alarm (leader), or NULL; forget them all. */
+struct peer_alarm *palarm_get(uint64_t id);
+void palarm_clear(void);
+
 /* --- node_reqs.c --- */
 /* Append req to list (req->queued). */
 void reqs_link(struct pz_queue *list, struct node_req *req);
-/* Complete req with status: it moves to node.done and is called back from
+/* Complete req with status: it moves to nd->done and is called back from
  * node_before_sleep, never from inside this call. */
 void reqs_done(struct node_req *req, int status);
 /* Reset req for a new request: callback, no status, deadline
@@ -182,7 +208,7 @@ void reqs_prepare(struct node_req *req, node_req_cb cb);
 void reqs_finish_all(struct pz_queue *list, int status);
 /* Complete the requests of list whose deadline passed, with status. */
 void reqs_expire(struct pz_queue *list, int status);
-/* Link a write into node.proposals, which stays in log index order. */
+/* Link a write into nd->proposals, which stays in log index order. */
 void reqs_link_proposal(struct node_req *req);
 
 /* --- node_members.c --- */
@@ -194,7 +220,7 @@ struct member *members_find(uint64_t id);
 /* True when this node (this incarnation) is in its current
  * configuration. */
 bool members_has_self(void);
-/* Rebuild node.members from the current configuration (addresses from
+/* Rebuild nd->members from the current configuration (addresses from
  * each member's meta, client addresses learned from its handshakes) and
  * point the transport at them. After every configuration change. */
 void members_refresh(void);

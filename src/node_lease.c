@@ -14,13 +14,14 @@ struct revoke_req {
     uint64_t id;         /* the lease */
 };
 
-static struct {
-    uv_loop_t *loop;         /* for the monotonic clock */
+struct node_lease {
+    uint64_t (*now)(void *); /* the monotonic clock, milliseconds */
+    void *now_data;          /* its argument */
     struct lease_tracker t;  /* deadlines */
     struct kv *kv;           /* the table the tracker mirrors */
     bool leader;             /* this node led at the last role change */
     uint64_t term;           /* ... in this term */
-    uint64_t next_check;     /* uv_now() of the next expiry scan */
+    uint64_t next_check;     /* io now() of the next expiry scan */
     size_t inflight;         /* revoke_reqs outstanding */
     uint64_t max_ttl;        /* lease-max-ttl, seconds */
     uint64_t max_count;      /* lease-max-count */
@@ -28,12 +29,15 @@ static struct {
     uint64_t grants;         /* grants applied here */
     uint64_t revokes;        /* revokes applied here */
     uint64_t expiries;       /* expiry revokes this node proposed, applied */
-    bool collector;          /* the metrics collector is added */
-} nl;
+};
+
+/* The lease state of the node the code runs as (node_lease_use). */
+static struct node_lease *nl;
+static bool collector; /* the metrics collector is added */
 
 static uint64_t now_ms(void)
 {
-    return uv_now(nl.loop);
+    return nl->now(nl->now_data);
 }
 
 static void on_lease(void *arg, bool granted, uint64_t id, uint64_t ttl)
@@ -42,11 +46,11 @@ static void on_lease(void *arg, bool granted, uint64_t id, uint64_t ttl)
     /* The grant counts from now, when this node applied it: never
      * earlier than when it was decided. */
     if (granted) {
-        lease_track(&nl.t, id, ttl, now_ms());
-        nl.grants++;
+        lease_track(&nl->t, id, ttl, now_ms());
+        nl->grants++;
     } else {
-        lease_untrack(&nl.t, id);
-        nl.revokes++;
+        lease_untrack(&nl->t, id);
+        nl->revokes++;
     }
 }
 
@@ -54,8 +58,8 @@ static void on_lease(void *arg, bool granted, uint64_t id, uint64_t ttl)
  * every deadline now + its full TTL (later than any it had). */
 static void resync(struct kv *kv)
 {
-    lease_tracker_clear(&nl.t);
-    nl.kv = kv;
+    lease_tracker_clear(&nl->t);
+    nl->kv = kv;
     if (kv == NULL)
         return;
     kv_set_lease_cb(kv, on_lease, NULL);
@@ -63,7 +67,7 @@ static void resync(struct kv *kv)
     for (size_t i = 0; i < kv_lease_count(kv); i++) {
         struct kv_lease l;
         kv_lease_at(kv, i, &l);
-        lease_track(&nl.t, l.id, l.ttl, now);
+        lease_track(&nl->t, l.id, l.ttl, now);
     }
 }
 
@@ -71,83 +75,95 @@ static void collect(struct pz_buf *b, void *arg)
 {
     PZ_UNUSED(arg);
     struct kv *kv = node_kv();
-    if (kv == NULL)
+    if (kv == NULL || nl == NULL)
         return;
     metrics_render_one(b, "pyazdb_leases", METRICS_GAUGE,
                        "Leases in the state machine.",
                        (double)kv_lease_count(kv));
     metrics_render_one(b, "pyazdb_lease_grants_total", METRICS_COUNTER,
                        "Lease grants applied on this node.",
-                       (double)nl.grants);
+                       (double)nl->grants);
     metrics_render_one(b, "pyazdb_lease_revokes_total", METRICS_COUNTER,
                        "Lease revokes (expiries included) applied on this "
                        "node.",
-                       (double)nl.revokes);
+                       (double)nl->revokes);
     metrics_render_one(b, "pyazdb_lease_expiries_total", METRICS_COUNTER,
                        "Leases this node, as leader, revoked on expiry.",
-                       (double)nl.expiries);
+                       (double)nl->expiries);
 }
 
-void node_lease_init(uv_loop_t *loop, const struct pz_config *cfg)
+struct node_lease *node_lease_init(uint64_t (*now)(void *), void *now_data,
+                                   const struct pz_config *cfg, uint64_t seed)
 {
-    nl.loop = loop;
-    lease_tracker_init(&nl.t);
-    nl.kv = NULL;
-    nl.leader = false;
-    nl.term = 0;
-    nl.inflight = 0;
-    nl.max_ttl = (uint64_t)cfg->lease_max_ttl_ms / 1000;
-    nl.max_count = (uint64_t)cfg->lease_max_count;
-    nl.rng = pz_seed();
-    if (!nl.collector) {
+    nl = pz_calloc(1, sizeof *nl);
+    nl->now = now;
+    nl->now_data = now_data;
+    lease_tracker_init(&nl->t);
+    nl->kv = NULL;
+    nl->leader = false;
+    nl->term = 0;
+    nl->inflight = 0;
+    nl->max_ttl = (uint64_t)cfg->lease_max_ttl_ms / 1000;
+    nl->max_count = (uint64_t)cfg->lease_max_count;
+    nl->rng = seed ^ 0x6c65617365ull; /* "lease" */
+    if (!collector) {
         stats_add_collector(collect, NULL);
-        nl.collector = true;
+        collector = true;
     }
+    return nl;
+}
+
+void node_lease_use(struct node_lease *l)
+{
+    nl = l;
 }
 
 void node_lease_free(void)
 {
-    lease_tracker_free(&nl.t);
-    nl.kv = NULL;
+    if (nl == NULL)
+        return;
+    lease_tracker_free(&nl->t);
+    pz_free(nl);
+    nl = NULL;
 }
 
 void node_lease_role(bool leader, uint64_t term)
 {
-    if (leader && (!nl.leader || term != nl.term)) {
+    if (leader && (!nl->leader || term != nl->term)) {
         /* A new leader knows nothing of the keep-alives its predecessor
          * answered: every lease gets its full TTL from now. */
-        if (nl.kv != node_kv())
+        if (nl->kv != node_kv())
             resync(node_kv());
-        lease_reset_all(&nl.t, now_ms());
+        lease_reset_all(&nl->t, now_ms());
     }
-    nl.leader = leader;
-    nl.term = term;
+    nl->leader = leader;
+    nl->term = term;
 }
 
 static void on_revoked(struct node_req *req, int status)
 {
     struct revoke_req *r = (struct revoke_req *)req;
-    nl.inflight--;
+    nl->inflight--;
     if (status < 0)
-        lease_retry(&nl.t, r->id); /* proposed again while leading */
+        lease_retry(&nl->t, r->id); /* proposed again while leading */
     else if (req->res.status == KV_OK)
-        nl.expiries++;
+        nl->expiries++;
     pz_free(r);
 }
 
 void node_lease_tick(void)
 {
     struct kv *kv = node_kv();
-    if (kv != nl.kv)
+    if (kv != nl->kv)
         resync(kv);
     uint64_t now = now_ms();
-    if (now < nl.next_check)
+    if (now < nl->next_check)
         return;
-    nl.next_check = now + NODE_LEASE_CHECK_MS;
-    if (!node_is_leader() || nl.inflight >= NODE_LEASE_INFLIGHT)
+    nl->next_check = now + NODE_LEASE_CHECK_MS;
+    if (!node_is_leader() || nl->inflight >= NODE_LEASE_INFLIGHT)
         return;
     uint64_t ids[NODE_LEASE_INFLIGHT];
-    size_t n = lease_expired(&nl.t, now, ids, NODE_LEASE_INFLIGHT - nl.inflight);
+    size_t n = lease_expired(&nl->t, now, ids, NODE_LEASE_INFLIGHT - nl->inflight);
     for (size_t i = 0; i < n; i++) {
         struct pz_buf cmd;
         pz_buf_init(&cmd);
@@ -158,11 +174,11 @@ void node_lease_tick(void)
                               on_revoked);
         pz_buf_free(&cmd);
         if (rv < 0) {
-            lease_retry(&nl.t, ids[i]);
+            lease_retry(&nl->t, ids[i]);
             pz_free(r);
             break;
         }
-        nl.inflight++;
+        nl->inflight++;
         pz_debug("lease %llu expired: revoking",
                  (unsigned long long)ids[i]);
     }
@@ -173,8 +189,8 @@ bool node_lease_keepalive(uint64_t id, uint64_t *ttl)
     struct kv_lease l;
     if (!kv_lease_get(node_kv(), id, &l))
         return false;
-    if (!lease_keepalive(&nl.t, id, now_ms()))
-        lease_track(&nl.t, id, l.ttl, now_ms());
+    if (!lease_keepalive(&nl->t, id, now_ms()))
+        lease_track(&nl->t, id, l.ttl, now_ms());
     *ttl = l.ttl;
     return true;
 }
@@ -184,7 +200,7 @@ bool node_lease_remaining(uint64_t id, uint64_t *ms)
     struct kv_lease l;
     if (!kv_lease_get(node_kv(), id, &l))
         return false;
-    if (!lease_remaining(&nl.t, id, now_ms(), ms))
+    if (!lease_remaining(&nl->t, id, now_ms(), ms))
         *ms = l.ttl * 1000;
     return true;
 }
@@ -193,7 +209,7 @@ uint64_t node_lease_new_id(void)
 {
     struct kv_lease l;
     for (;;) {
-        uint64_t id = pz_rand_next(&nl.rng) & KV_LEASE_ID_MAX;
+        uint64_t id = pz_rand_next(&nl->rng) & KV_LEASE_ID_MAX;
         if (id != 0 && !kv_lease_get(node_kv(), id, &l))
             return id;
     }
@@ -201,10 +217,10 @@ uint64_t node_lease_new_id(void)
 
 uint64_t node_lease_max_ttl(void)
 {
-    return nl.max_ttl;
+    return nl->max_ttl;
 }
 
 uint64_t node_lease_max_count(void)
 {
-    return nl.max_count;
+    return nl->max_count;
 }

@@ -19,14 +19,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <uv.h>
 
 #include "config.h"
 
 #define NODE_LEASE_CHECK_MS 100 /* how often the leader looks for expiry */
 #define NODE_LEASE_INFLIGHT 64  /* most expiry REVOKEs proposed at once */
 
-void node_lease_init(uv_loop_t *loop, const struct pz_config *cfg);
+/* The lease state of one node. init makes a new one current; free frees
+ * the current one; use makes l current (the node selects its own). */
+struct node_lease;
+struct node_lease *node_lease_init(uint64_t (*now)(void *), void *now_data,
+                                   const struct pz_config *cfg, uint64_t seed);
+void node_lease_use(struct node_lease *l);
 void node_lease_free(void);
 /* The node's role now (term: its current term). */
 void node_lease_role(bool leader, uint64_t term);

@@ -44,9 +44,9 @@ void members_free_one(struct member *m)
 
 struct member *members_find(uint64_t id)
 {
-    for (size_t i = 0; i < node.n_members; i++)
-        if (node.members[i].id == id)
-            return &node.members[i];
+    for (size_t i = 0; i < nd->n_members; i++)
+        if (nd->members[i].id == id)
+            return &nd->members[i];
     return NULL;
 }
 
@@ -110,8 +110,8 @@ static uint64_t meta_inc(const char *meta)
 /* c has this node: its id, with its data dir's incarnation. */
 static bool has_self(const struct raft_conf *c)
 {
-    const struct raft_server *s = raft_conf_get(c, node.id);
-    return s != NULL && meta_inc(s->meta) == node.incarnation;
+    const struct raft_server *s = raft_conf_get(c, nd->id);
+    return s != NULL && meta_inc(s->meta) == nd->incarnation;
 }
 
 /* Rebuild the member list from the current configuration, keeping the
@@ -119,13 +119,13 @@ static bool has_self(const struct raft_conf *c)
 void members_refresh(void)
 {
     uint64_t conf_index = 0;
-    const struct raft_conf *conf = raft_conf_current(node.raft, &conf_index);
+    const struct raft_conf *conf = raft_conf_current(nd->raft, &conf_index);
     /* The entry this node is a member from, as far as this log says (the
      * first that has it here, or a later one after a restart). */
     if (!has_self(conf))
-        node.member_since = 0;
-    else if (node.member_since == 0)
-        node.member_since = conf_index ? conf_index : 1;
+        nd->member_since = 0;
+    else if (nd->member_since == 0)
+        nd->member_since = conf_index ? conf_index : 1;
     struct member *ms = pz_calloc(conf->n ? conf->n : 1, sizeof *ms);
     for (size_t i = 0; i < conf->n; i++) {
         const struct raft_server *s = &conf->servers[i];
@@ -151,32 +151,32 @@ void members_refresh(void)
         }
         if (old)
             m->caught_up = old->caught_up;
-        if (s->id != node.id && m->raft[0])
-            transport_set_peer(node.tr, s->id, m->raft);
+        if (s->id != nd->id && m->raft[0])
+            NIO(set_peer, s->id, m->raft);
     }
     /* Peers gone from the configuration: their names are remembered for
      * the log line when the change commits (members_conf_committed). */
-    for (size_t i = 0; i < node.n_members; i++) {
+    for (size_t i = 0; i < nd->n_members; i++) {
         bool kept = false;
         for (size_t j = 0; j < conf->n; j++)
-            kept |= conf->servers[j].id == node.members[i].id;
+            kept |= conf->servers[j].id == nd->members[i].id;
         if (kept) {
-            members_free_one(&node.members[i]);
+            members_free_one(&nd->members[i]);
             continue;
         }
         /* The peer link stays until the change commits: a leader that
          * removes itself still needs the acknowledgements. */
-        if (node.n_departed == PZ_ARRAY_SIZE(node.departed)) {
-            members_free_one(&node.departed[0]);
-            memmove(&node.departed[0], &node.departed[1],
-                    sizeof node.departed - sizeof node.departed[0]);
-            node.n_departed--;
+        if (nd->n_departed == PZ_ARRAY_SIZE(nd->departed)) {
+            members_free_one(&nd->departed[0]);
+            memmove(&nd->departed[0], &nd->departed[1],
+                    sizeof nd->departed - sizeof nd->departed[0]);
+            nd->n_departed--;
         }
-        node.departed[node.n_departed++] = node.members[i];
+        nd->departed[nd->n_departed++] = nd->members[i];
     }
-    pz_free(node.members);
-    node.members = ms;
-    node.n_members = conf->n;
+    pz_free(nd->members);
+    nd->members = ms;
+    nd->n_members = conf->n;
 }
 
 /* A client address a peer announced: "host:port" with a port, printable,
@@ -207,8 +207,8 @@ void members_on_peer_info(void *data, uint64_t id, bool dialed,
         /* An id we have no configured address for: joining, or a member
          * added after what our log holds (maybe our leader). */
         if (members_find(id) == NULL && raft && plausible_addr(raft) &&
-            id != node.id)
-            transport_set_peer(node.tr, id, raft);
+            id != nd->id)
+            NIO(set_peer, id, raft);
         return;
     }
     struct member *m = members_find(id);
@@ -229,14 +229,14 @@ void members_on_peer_info(void *data, uint64_t id, bool dialed,
 void members_save_cluster_id(void *data, uint64_t id)
 {
     PZ_UNUSED(data);
-    node.cluster_id = id;
-    if (store_busy(node.store)) {
-        node.cluster_id_unsaved = true; /* saved after the write */
+    nd->cluster_id = id;
+    if (NIO(store_busy)) {
+        nd->cluster_id_unsaved = true; /* saved after the write */
         return;
     }
-    if (store_meta_set(node.store, id, 0, NULL) < 0) {
+    if (NIO(store_meta_set, id, 0, NULL) < 0) {
         core_fatal("cannot record the cluster id: %s",
-                   store_errmsg(node.store));
+                   NIO(store_errmsg));
     }
 }
 
@@ -264,8 +264,8 @@ void members_save_cluster_id(void *data, uint64_t id)
 
 bool members_has_self(void)
 {
-    struct member *m = members_find(node.id);
-    return m != NULL && m->inc == node.incarnation;
+    struct member *m = members_find(nd->id);
+    return m != NULL && m->inc == nd->incarnation;
 }
 
 /* Who is dialing us, or answering our dial (transport_config.check_peer):
@@ -283,19 +283,19 @@ int members_check_peer(void *data, uint64_t id, uint64_t incarnation,
                        uint64_t *conf_term)
 {
     PZ_UNUSED(data);
-    if (node.n_members == 0)
+    if (nd->n_members == 0)
         return TRANSPORT_PEER_JOINING;
     struct member *m = members_find(id);
     if (m != NULL && m->inc == incarnation)
         return TRANSPORT_PEER_MEMBER;
-    const struct raft_removed *rm = raft_conf_removed(&node.committed, id);
+    const struct raft_removed *rm = raft_conf_removed(&nd->committed, id);
     if (rm != NULL && meta_inc(rm->meta) == incarnation) {
         *conf_index = rm->index;
         *conf_term = rm->term;
         return TRANSPORT_PEER_REMOVED;
     }
     uint64_t ours = 0;
-    raft_conf_current(node.raft, &ours);
+    raft_conf_current(nd->raft, &ours);
     if (m != NULL && member_since <= ours)
         return TRANSPORT_PEER_OTHER_INCARNATION;
     return TRANSPORT_PEER_STRANGER;
@@ -304,7 +304,7 @@ int members_check_peer(void *data, uint64_t id, uint64_t incarnation,
 uint64_t members_member_since(void *data)
 {
     PZ_UNUSED(data);
-    return node.member_since;
+    return nd->member_since;
 }
 
 /* Peer `from`, which we dialed, says its committed configuration entry
@@ -323,13 +323,13 @@ void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
                        uint64_t conf_term)
 {
     PZ_UNUSED(data);
-    if (node.removed || !node.open || node.n_members == 0 ||
-        !node.self_committed)
+    if (nd->removed || !nd->open || nd->n_members == 0 ||
+        !nd->self_committed)
         return;
     struct member *m = members_find(from);
     const char *who = m ? m->name : "a peer";
     struct raft_status rs;
-    raft_status(node.raft, &rs);
+    raft_status(nd->raft, &rs);
     if (rs.lease) {
         pz_debug("%s says this node was removed (entry %llu), but it is in "
                  "touch with its leader: ignored",
@@ -337,7 +337,7 @@ void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
         return;
     }
     uint64_t ours = 0;
-    raft_conf_current(node.raft, &ours);
+    raft_conf_current(nd->raft, &ours);
     if (ours > conf_index && ours <= rs.commit && members_has_self()) {
         pz_info("%s says this node was removed by configuration entry "
                 "%llu, but entry %llu, committed, has it: ignored",
@@ -345,12 +345,12 @@ void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
                 (unsigned long long)ours);
         return;
     }
-    node.removed = true;
+    nd->removed = true;
     pz_warn("removed from the cluster (configuration entry %llu, term "
             "%llu, as %s says): stopping",
             (unsigned long long)conf_index, (unsigned long long)conf_term,
             who);
-    node.stop("removed from the cluster");
+    nd->stop("removed from the cluster");
 }
 
 /* c is now the committed configuration (entry index, 0 for a snapshot's):
@@ -359,31 +359,31 @@ void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
 static void set_committed(struct raft_conf *c, uint64_t index)
 {
     bool self_in = has_self(c);
-    bool was_in = node.self_committed;
-    for (size_t i = 0; index > 0 && i < node.committed.n; i++) {
-        uint64_t id = node.committed.servers[i].id;
+    bool was_in = nd->self_committed;
+    for (size_t i = 0; index > 0 && i < nd->committed.n; i++) {
+        uint64_t id = nd->committed.servers[i].id;
         if (raft_conf_get(c, id) != NULL)
             continue;
         struct member *m = members_find(id);
-        for (size_t j = 0; m == NULL && j < node.n_departed; j++)
-            if (node.departed[j].id == id)
-                m = &node.departed[j];
+        for (size_t j = 0; m == NULL && j < nd->n_departed; j++)
+            if (nd->departed[j].id == id)
+                m = &nd->departed[j];
         pz_info("member %s left the cluster (entry %llu)",
                 m && m->name[0] ? m->name : "(unknown)",
                 (unsigned long long)index);
-        if (id != node.id && members_find(id) == NULL)
-            transport_remove_peer(node.tr, id);
+        if (id != nd->id && members_find(id) == NULL)
+            NIO(remove_peer, id);
     }
-    raft_conf_free(&node.committed);
-    node.committed = *c;
+    raft_conf_free(&nd->committed);
+    nd->committed = *c;
     raft_conf_init(c);
-    node.self_committed = self_in;
-    if (was_in && !self_in && !node.removed) {
-        node.removed = true;
+    nd->self_committed = self_in;
+    if (was_in && !self_in && !nd->removed) {
+        nd->removed = true;
         pz_warn("this node was removed from the cluster configuration "
                 "(entry %llu): stopping",
                 (unsigned long long)index);
-        node.stop("removed from the cluster");
+        nd->stop("removed from the cluster");
     }
 }
 
@@ -403,19 +403,19 @@ void members_snapshot_committed(const struct raft_conf *c)
     /* Not a removal of this node: a snapshot comes from a leader that
      * has us, or from our own disk, where the entries replayed next say
      * the rest. */
-    node.self_committed = false;
-    const struct raft_removed *rm = raft_conf_removed(c, node.id);
+    nd->self_committed = false;
+    const struct raft_removed *rm = raft_conf_removed(c, nd->id);
     bool gone = !has_self(c) && rm != NULL &&
-                meta_inc(rm->meta) == node.incarnation;
+                meta_inc(rm->meta) == nd->incarnation;
     set_committed(&copy, 0);
-    if (gone && !node.removed) {
-        node.removed = true;
-        if (!node.open)
+    if (gone && !nd->removed) {
+        nd->removed = true;
+        if (!nd->open)
             return; /* node_init refuses to start */
         pz_warn("this node was removed from the cluster (entry %llu): "
                 "stopping; to join again, start it with an empty data dir",
                 (unsigned long long)rm->index);
-        node.stop("removed from the cluster");
+        nd->stop("removed from the cluster");
     }
 }
 
@@ -433,28 +433,28 @@ void members_cron(void)
 {
     join_cron();
     struct raft_status rs;
-    raft_status(node.raft, &rs);
-    if (!rs.lease && !node.removed) {
+    raft_status(nd->raft, &rs);
+    if (!rs.lease && !nd->removed) {
         /* Out of touch: (re)open a link to every member, so that one that
          * removed us (a non-voter never campaigns) can say so. */
-        for (size_t i = 0; i < node.n_members; i++)
-            if (node.members[i].id != node.id)
-                transport_probe(node.tr, node.members[i].id);
+        for (size_t i = 0; i < nd->n_members; i++)
+            if (nd->members[i].id != nd->id)
+                NIO(probe, nd->members[i].id);
     }
-    if (node.role != RAFT_LEADER)
+    if (nd->role != RAFT_LEADER)
         return;
-    for (size_t i = 0; i < node.n_members; i++) {
-        struct member *m = &node.members[i];
-        if (m->voter || m->id == node.id)
+    for (size_t i = 0; i < nd->n_members; i++) {
+        struct member *m = &nd->members[i];
+        if (m->voter || m->id == nd->id)
             continue;
         uint64_t match = 0, quiet_ms = UINT64_MAX;
         for (size_t j = 0; j < rs.n_peers; j++) {
             if (rs.peers[j].id == m->id) {
                 match = rs.peers[j].match;
-                quiet_ms = rs.peers[j].last_contact * node.tick_ms;
+                quiet_ms = rs.peers[j].last_contact * nd->tick_ms;
             }
         }
-        uint64_t recent_ms = 2 * (uint64_t)node.cfg->heartbeat_interval_ms;
+        uint64_t recent_ms = 2 * (uint64_t)nd->cfg->heartbeat_interval_ms;
         if (match > 0 && match + PROMOTE_SLACK >= rs.last_index &&
             quiet_ms <= recent_ms)
             m->caught_up++;
@@ -463,7 +463,7 @@ void members_cron(void)
         if (m->caught_up < PROMOTE_CHECKS)
             continue;
         struct raft_conf_change cc = {.type = RAFT_CC_PROMOTE, .id = m->id};
-        int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
+        int rv = raft_propose_conf(nd->raft, &cc, NULL, NULL);
         if (rv == 0)
             pz_info("promoting %s to voter (match %llu of %llu)", m->name,
                     (unsigned long long)match,
@@ -474,17 +474,17 @@ void members_cron(void)
 
 static struct member *member_by_name(const char *name)
 {
-    for (size_t i = 0; i < node.n_members; i++)
-        if (strcmp(node.members[i].name, name) == 0)
-            return &node.members[i];
+    for (size_t i = 0; i < nd->n_members; i++)
+        if (strcmp(nd->members[i].name, name) == 0)
+            return &nd->members[i];
     return NULL;
 }
 
 static int leader_only(void)
 {
-    if (node.role == RAFT_LEADER)
+    if (nd->role == RAFT_LEADER)
         return 0;
-    return node.leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
+    return nd->leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
 }
 
 int node_remove_member(struct node_req *req, const char *name,
@@ -498,7 +498,7 @@ int node_remove_member(struct node_req *req, const char *name,
     if (m == NULL)
         return PZ_ENOTFOUND;
     struct raft_conf_change cc = {.type = RAFT_CC_REMOVE, .id = m->id};
-    rv = raft_propose_conf(node.raft, &cc, &req->index, &req->term);
+    rv = raft_propose_conf(nd->raft, &cc, &req->index, &req->term);
     if (rv == PZ_EBUSY) {
         /* Another change (or a transfer) is in flight, or we were elected
          * a moment ago and have not committed in our term yet: both end
@@ -507,7 +507,7 @@ int node_remove_member(struct node_req *req, const char *name,
         pz_info("removing member %s: waiting for the change in progress",
                 name);
         req->member = m->id;
-        reqs_link(&node.conf_wait, req);
+        reqs_link(&nd->conf_wait, req);
         return 0;
     }
     if (rv < 0)
@@ -523,15 +523,15 @@ int node_remove_member(struct node_req *req, const char *name,
  * it over (http.c forwards it to the new leader). */
 void members_conf_wait_retry(void)
 {
-    struct pz_queue *e = node.conf_wait.next;
-    while (e != &node.conf_wait) {
+    struct pz_queue *e = nd->conf_wait.next;
+    while (e != &nd->conf_wait) {
         struct node_req *r = container_of(e, struct node_req, q);
         e = e->next;
         int rv = leader_only();
         if (rv == 0) {
             struct raft_conf_change cc = {.type = RAFT_CC_REMOVE,
                                           .id = r->member};
-            rv = raft_propose_conf(node.raft, &cc, &r->index, &r->term);
+            rv = raft_propose_conf(nd->raft, &cc, &r->index, &r->term);
             if (rv == PZ_EBUSY)
                 continue;
         }
@@ -560,24 +560,24 @@ int node_transfer(struct node_req *req, const char *name, node_req_cb cb)
     struct member *m = member_by_name(name);
     if (m == NULL)
         return PZ_ENOTFOUND;
-    if (m->id == node.id) {
+    if (m->id == nd->id) {
         reqs_done(req, 0); /* already leads */
         return 0;
     }
-    rv = raft_transfer_leader(node.raft, m->id);
+    rv = raft_transfer_leader(nd->raft, m->id);
     if (rv < 0)
         return rv;
     pz_info("transferring leadership to %s", name);
     req->member = m->id;
-    reqs_link(&node.transfers, req);
+    reqs_link(&nd->transfers, req);
     return 0;
 }
 
 static const char *leader_addr(bool http)
 {
-    if (node.leader == 0 || node.leader == node.id)
+    if (nd->leader == 0 || nd->leader == nd->id)
         return NULL;
-    struct member *m = members_find(node.leader);
+    struct member *m = members_find(nd->leader);
     if (m == NULL)
         return NULL;
     const char *a = http ? m->http : m->grpc;
@@ -620,7 +620,7 @@ static uint64_t cluster_id_of(struct cfg_peer *peers, size_t n)
 
 int members_bootstrap(char *err, size_t errlen)
 {
-    const struct pz_config *cfg = node.cfg;
+    const struct pz_config *cfg = nd->cfg;
     struct raft_conf conf;
     raft_conf_init(&conf);
     if (cfg->initial_cluster[0]) {
@@ -639,27 +639,27 @@ int members_bootstrap(char *err, size_t errlen)
             raft_conf_add(&conf, members_name_to_id(peers[i].name), true, meta);
             pz_free(meta);
         }
-        node.cluster_id = cluster_id_of(peers, n);
+        nd->cluster_id = cluster_id_of(peers, n);
         pz_free(peers);
         pz_info("forming cluster from initial-cluster (%zu members)", conf.n);
     } else {
         char *meta = make_meta(cfg->node_id, cfg->raft_addr, cfg->http_addr,
                                cfg->grpc_addr, 0);
-        raft_conf_add(&conf, node.id, true, meta);
+        raft_conf_add(&conf, nd->id, true, meta);
         pz_free(meta);
         uint64_t r = pz_seed();
-        node.cluster_id = r ? r : 1;
+        nd->cluster_id = r ? r : 1;
         pz_info("bootstrapping a one-node cluster");
     }
-    int rv = raft_bootstrap(node.raft, &conf);
+    int rv = raft_bootstrap(nd->raft, &conf);
     raft_conf_free(&conf);
     if (rv < 0) {
         snprintf(err, errlen, "cannot bootstrap: %s", pz_strerror(rv));
         return rv;
     }
-    rv = store_meta_set(node.store, node.cluster_id, node.id, cfg->node_id);
+    rv = NIO(store_meta_set, nd->cluster_id, nd->id, cfg->node_id);
     if (rv < 0) {
-        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        snprintf(err, errlen, "%s", NIO(store_errmsg));
         return rv;
     }
     return 0;
@@ -692,28 +692,28 @@ static void on_mandi_done(const struct mandi_result *res, void *data)
 
 void members_register_leader(void)
 {
-    if (node.mandi == NULL || node.mandi_put)
+    if (!nd->mandi_on || nd->mandi_put)
         return;
     struct mandi_leader li;
     memset(&li, 0, sizeof li);
     struct raft_status rs;
-    raft_status(node.raft, &rs);
-    snprintf(li.id, sizeof li.id, "%s", node.cfg->node_id);
-    snprintf(li.addr, sizeof li.addr, "%s", node.cfg->raft_addr);
-    snprintf(li.http_addr, sizeof li.http_addr, "%s", node.cfg->http_addr);
-    snprintf(li.grpc_addr, sizeof li.grpc_addr, "%s", node.cfg->grpc_addr);
+    raft_status(nd->raft, &rs);
+    snprintf(li.id, sizeof li.id, "%s", nd->cfg->node_id);
+    snprintf(li.addr, sizeof li.addr, "%s", nd->cfg->raft_addr);
+    snprintf(li.http_addr, sizeof li.http_addr, "%s", nd->cfg->http_addr);
+    snprintf(li.grpc_addr, sizeof li.grpc_addr, "%s", nd->cfg->grpc_addr);
     li.term = rs.term;
-    node.mandi_put =
-        mandi_put_leader(node.mandi, &li, on_mandi_done, &node.mandi_put);
+    nd->mandi_put =
+        NIO(mandi_put_leader, &li, on_mandi_done, &nd->mandi_put);
 }
 
 static void on_joins(const struct mandi_result *res, void *data)
 {
     PZ_UNUSED(data);
-    node.mandi_poll = 0;
-    if (res->err < 0 || res->http_status != 200 || node.role != RAFT_LEADER)
+    nd->mandi_poll = 0;
+    if (res->err < 0 || res->http_status != 200 || nd->role != RAFT_LEADER)
         return;
-    const struct raft_conf *conf = raft_conf_current(node.raft, NULL);
+    const struct raft_conf *conf = raft_conf_current(nd->raft, NULL);
     for (size_t i = 0; i < res->n_joins; i++) {
         const struct mandi_join *j = &res->joins[i];
         uint64_t id = members_name_to_id(j->id);
@@ -732,22 +732,22 @@ static void on_joins(const struct mandi_result *res, void *data)
                         "entry %llu: ignored (a node joins again with an "
                         "empty data dir)",
                         eid, (unsigned long long)rm->index);
-            if (!node.mandi_del)
-                node.mandi_del = mandi_delete_join(node.mandi, j->id,
+            if (!nd->mandi_del)
+                nd->mandi_del = NIO(mandi_delete_join, j->id,
                                                    on_mandi_done,
-                                                   &node.mandi_del);
+                                                   &nd->mandi_del);
             continue;
         }
         if (m && m->inc != j->incarnation) {
             /* Another data dir under a member's name (a member wiped and
              * restarted): adding it would put a voter that forgot what it
              * acknowledged back into the quorums. */
-            if (node.join_warned != j->incarnation)
+            if (nd->join_warned != j->incarnation)
                 pz_warn("%s asks to join with a new data dir, but %s is a "
                         "member: remove it first (see README, \"Replacing "
                         "a node\")",
                         eid, eid);
-            node.join_warned = j->incarnation;
+            nd->join_warned = j->incarnation;
             continue;
         }
         if (m)
@@ -759,7 +759,7 @@ static void on_joins(const struct mandi_result *res, void *data)
             .id = id,
             .meta = meta,
         };
-        int rv = raft_propose_conf(node.raft, &cc, NULL, NULL);
+        int rv = raft_propose_conf(nd->raft, &cc, NULL, NULL);
         pz_free(meta);
         if (rv == 0)
             pz_info("adding %s (%s) as a non-voter", eid, eaddr);
@@ -771,28 +771,28 @@ static void on_joins(const struct mandi_result *res, void *data)
 
 static void post_join(void)
 {
-    if (node.mandi == NULL || node.mandi_join)
+    if (!nd->mandi_on || nd->mandi_join)
         return;
     struct mandi_join j;
     memset(&j, 0, sizeof j);
-    snprintf(j.id, sizeof j.id, "%s", node.cfg->node_id);
-    snprintf(j.addr, sizeof j.addr, "%s", node.cfg->raft_addr);
-    snprintf(j.http_addr, sizeof j.http_addr, "%s", node.cfg->http_addr);
-    snprintf(j.grpc_addr, sizeof j.grpc_addr, "%s", node.cfg->grpc_addr);
-    j.incarnation = node.incarnation;
-    node.mandi_join =
-        mandi_post_join(node.mandi, &j, on_mandi_done, &node.mandi_join);
+    snprintf(j.id, sizeof j.id, "%s", nd->cfg->node_id);
+    snprintf(j.addr, sizeof j.addr, "%s", nd->cfg->raft_addr);
+    snprintf(j.http_addr, sizeof j.http_addr, "%s", nd->cfg->http_addr);
+    snprintf(j.grpc_addr, sizeof j.grpc_addr, "%s", nd->cfg->grpc_addr);
+    j.incarnation = nd->incarnation;
+    nd->mandi_join =
+        NIO(mandi_post_join, &j, on_mandi_done, &nd->mandi_join);
 }
 
 static void join_cron(void)
 {
-    unsigned s = node.seconds++;
-    if (node.role == RAFT_LEADER) {
+    unsigned s = nd->seconds++;
+    if (nd->role == RAFT_LEADER) {
         if (s % MANDI_PUT_S == 0)
             members_register_leader();
-        if (s % MANDI_POLL_S == 0 && node.mandi && !node.mandi_poll)
-            node.mandi_poll = mandi_get_joins(node.mandi, on_joins, NULL);
-    } else if (!members_has_self() && !node.removed) {
+        if (s % MANDI_POLL_S == 0 && nd->mandi_on && !nd->mandi_poll)
+            nd->mandi_poll = NIO(mandi_get_joins, on_joins, NULL);
+    } else if (!members_has_self() && !nd->removed) {
         if (s % MANDI_PUT_S == 0)
             post_join();
     }

@@ -73,9 +73,9 @@ void node_metrics_soft_state(const struct raft_soft_state *ss)
 {
     if (!nm.on)
         return;
-    if (ss->leader != 0 && ss->leader != node.leader)
+    if (ss->leader != 0 && ss->leader != nd->leader)
         metrics_inc(one(&nm.leader_changes), 1);
-    if (ss->role == RAFT_CANDIDATE && node.role != RAFT_CANDIDATE)
+    if (ss->role == RAFT_CANDIDATE && nd->role != RAFT_CANDIDATE)
         metrics_inc(one(&nm.elections), 1);
 }
 
@@ -156,7 +156,7 @@ void node_metrics_written(void)
     if (!nm.on)
         return;
     struct store_stats ss;
-    store_stats(node.store, &ss);
+    NIO(store_stats, &ss);
     if (ss.batches != nm.batches) {
         metrics_observe(one(&nm.fsync_s), (double)ss.last_commit_ns / 1e9);
         metrics_observe(one(&nm.write_s),
@@ -241,7 +241,7 @@ static double file_size(const char *path, const char *suffix)
 static void render_raft(struct pz_buf *b)
 {
     struct raft_status rs;
-    raft_status(node.raft, &rs);
+    raft_status(nd->raft, &rs);
     gauge(b, "pyazdb_raft_term", "Current Raft term.", (double)rs.term);
     gauge(b, "pyazdb_raft_is_leader", "1 when this node is the leader.",
           rs.role == RAFT_LEADER);
@@ -251,7 +251,7 @@ static void render_raft(struct pz_buf *b)
           (double)rs.commit);
     gauge(b, "pyazdb_raft_applied_index",
           "Highest log index applied to the state machine.",
-          (double)node.applied);
+          (double)nd->applied);
     gauge(b, "pyazdb_raft_last_index", "Last log index.",
           (double)rs.last_index);
     gauge(b, "pyazdb_raft_persisted_index", "Last log index durable here.",
@@ -263,10 +263,10 @@ static void render_raft(struct pz_buf *b)
               : 0);
     gauge(b, "pyazdb_raft_proposals_pending",
           "Accepted writes waiting to be applied.",
-          (double)queue_len(&node.proposals));
+          (double)queue_len(&nd->proposals));
     size_t voters = 0;
-    for (size_t i = 0; i < node.n_members; i++)
-        voters += node.members[i].voter;
+    for (size_t i = 0; i < nd->n_members; i++)
+        voters += nd->members[i].voter;
     gauge(b, "pyazdb_raft_voters", "Voters in the current configuration.",
           (double)voters);
     metrics_render(b, &nm.leader_changes);
@@ -297,7 +297,7 @@ static void render_raft(struct pz_buf *b)
         const struct raft_peer_status *p = &rs.peers[i];
         metrics_render_sample(b, "pyazdb_raft_follower_last_contact_seconds",
                               lbl_peer, (const char *const[]){peer_name(p->id)},
-                              (double)(p->last_contact * node.tick_ms) / 1e3);
+                              (double)(p->last_contact * nd->tick_ms) / 1e3);
     }
     metrics_render(b, &nm.rtt);
 }
@@ -305,7 +305,7 @@ static void render_raft(struct pz_buf *b)
 static void render_storage(struct pz_buf *b)
 {
     struct store_stats ss;
-    store_stats(node.store, &ss);
+    NIO(store_stats, &ss);
     metrics_render(b, &nm.write_s);
     metrics_render(b, &nm.fsync_s);
     metrics_render(b, &nm.batch);
@@ -314,12 +314,12 @@ static void render_storage(struct pz_buf *b)
     counter(b, "pyazdb_storage_written_bytes_total",
             "Log entry payload bytes written to the database.",
             (double)ss.bytes);
-    const char *path = store_path(node.store);
+    const char *path = NIO(store_path);
     gauge(b, "pyazdb_storage_db_size_bytes",
           "Size of raft.db and its write-ahead log.",
           file_size(path, "") + file_size(path, "-wal"));
     struct statvfs fs;
-    if (statvfs(node.cfg->raft_data, &fs) == 0) {
+    if (statvfs(nd->cfg->raft_data, &fs) == 0) {
         gauge(b, "pyazdb_storage_disk_free_bytes",
               "Bytes available to the server on the data directory's file "
               "system.",
@@ -333,14 +333,14 @@ static void render_storage(struct pz_buf *b)
     metrics_render(b, &nm.snap_s);
     gauge(b, "pyazdb_snapshot_size_bytes",
           "File size of the newest local snapshot (0: none).",
-          (double)node.snap_size);
+          (double)nd->snap_size);
     gauge(b, "pyazdb_snapshot_index",
           "Raft index of the newest local snapshot (0: none).",
-          (double)node.snap_index);
+          (double)nd->snap_index);
     gauge(b, "pyazdb_startup_load_seconds",
           "Time to load the snapshot and log at startup.", nm.restore_s);
     gauge(b, "pyazdb_kv_keys", "Keys in the state machine.",
-          (double)kv_count(node.kv));
+          (double)kv_count(nd->kv));
 }
 
 /* Per peer, from the transport's counters. */
@@ -348,10 +348,10 @@ static void peer_family(struct pz_buf *b, const char *name,
                         enum metrics_type type, const char *help, int which)
 {
     metrics_render_head(b, name, type, help);
-    for (size_t i = 0; i < node.n_members; i++) {
-        const struct member *m = &node.members[i];
+    for (size_t i = 0; i < nd->n_members; i++) {
+        const struct member *m = &nd->members[i];
         struct transport_peer_stats ps;
-        if (m->id == node.id || transport_peer_stats(node.tr, m->id, &ps) < 0)
+        if (m->id == nd->id || NIO(peer_stats, m->id, &ps) < 0)
             continue;
         double v = which == 0   ? (double)ps.sent_msgs
                    : which == 1 ? (double)ps.sent_bytes
@@ -382,7 +382,7 @@ static void render_transport(struct pz_buf *b)
     peer_family(b, "pyazdb_transport_queued_bytes", METRICS_GAUGE,
                 "Bytes waiting in a peer's send queue.", 6);
     struct transport_stats ts;
-    transport_stats(node.tr, &ts);
+    NIO(tr_stats, &ts);
     counter(b, "pyazdb_transport_received_messages_total",
             "Messages received from peers.", (double)ts.recv_msgs);
     counter(b, "pyazdb_transport_received_bytes_total",
@@ -413,7 +413,7 @@ static void render_transport(struct pz_buf *b)
 static void collect(struct pz_buf *b, void *arg)
 {
     PZ_UNUSED(arg);
-    if (!node.open || node.raft == NULL)
+    if (!nd->open || nd->raft == NULL)
         return;
     render_raft(b);
     render_storage(b);

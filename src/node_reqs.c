@@ -1,5 +1,5 @@
 /* node_reqs.c - the node's request lists (see node_internal.h): a request
- * waits in one list, is completed by moving it to node.done with its
+ * waits in one list, is completed by moving it to nd->done with its
  * status, and is called back from node_before_sleep. */
 #include <string.h>
 
@@ -21,7 +21,7 @@ void reqs_done(struct node_req *req, int status)
     if (status < 0 && req->term)
         node_metrics_proposal_failed(); /* an accepted write */
     req->status = status;
-    reqs_link(&node.done, req);
+    reqs_link(&nd->done, req);
 }
 
 void reqs_prepare(struct node_req *req, node_req_cb cb)
@@ -32,7 +32,7 @@ void reqs_prepare(struct node_req *req, node_req_cb cb)
     req->status = 0;
     req->index = req->term = req->ctx = req->member = 0;
     req->read_waits = false;
-    req->deadline = uv_now(node.loop) + (uint64_t)node.cfg->request_timeout_ms;
+    req->deadline = NIO(now) + (uint64_t)nd->cfg->request_timeout_ms;
     memset(&req->res, 0, sizeof req->res);
     req->sink = NULL;
 }
@@ -48,7 +48,7 @@ void reqs_finish_all(struct pz_queue *list, int status)
  * deadline order (writes are kept in index order), so all are looked at. */
 void reqs_expire(struct pz_queue *list, int status)
 {
-    uint64_t now = uv_now(node.loop);
+    uint64_t now = NIO(now);
     struct pz_queue *e = list->next;
     while (e != list) {
         struct node_req *r = container_of(e, struct node_req, q);
@@ -64,8 +64,8 @@ void reqs_expire(struct pz_queue *list, int status)
  * order (a new term may reuse lower indexes). */
 void reqs_link_proposal(struct node_req *req)
 {
-    struct pz_queue *e = node.proposals.prev;
-    while (e != &node.proposals &&
+    struct pz_queue *e = nd->proposals.prev;
+    while (e != &nd->proposals &&
            container_of(e, struct node_req, q)->index > req->index)
         e = e->prev;
     req->queued = true;

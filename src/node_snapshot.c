@@ -15,8 +15,7 @@
 
 static void snapshot_start(void);
 static void finish_snap_waiters(int status);
-static void on_compacted(struct store *s, int status, const char *errmsg,
-                         void *arg);
+static void on_compacted(int status, const char *errmsg);
 static void request_compaction(void);
 static uint64_t rx_max_size(void);
 static bool rx_fits_disk(uint64_t total, char *why, size_t len);
@@ -57,7 +56,7 @@ static bool rx_fits_disk(uint64_t total, char *why, size_t len);
 #define XFER_QUEUE_MAX (1024 * 1024) /* pace: peer queue below this */
 
 struct xfer {
-    struct xfer *next;              /* in node.xfers */
+    struct xfer *next;              /* in nd->xfers */
     uint64_t to;                    /* follower */
     struct raft_msg msg;            /* INSTALL_SNAPSHOT, sent last */
     struct raft_entry conf;         /* msg's entry (copied) */
@@ -68,12 +67,12 @@ struct xfer {
 
 static void snapshot_start(void)
 {
-    if (node.snap_child.pid != 0 || node.applied == 0 ||
-        node.applied <= node.snap_index)
+    if (nd->snap_child.pid != 0 || nd->applied == 0 ||
+        nd->applied <= nd->snap_index)
         return;
-    uint64_t at = node.applied;
+    uint64_t at = nd->applied;
     struct raft_snapshot_meta meta;
-    int rv = raft_snapshot_meta_at(node.raft, at, &meta);
+    int rv = raft_snapshot_meta_at(nd->raft, at, &meta);
     if (rv < 0)
         return;
     uint8_t *conf;
@@ -81,39 +80,39 @@ static void snapshot_start(void)
     raft_conf_encode(&meta.conf, &conf, &conf_len);
     raft_conf_free(&meta.conf);
     char err[SNAPSHOT_ERRMSG_SIZE];
-    rv = snapshot_write_fork(node.cfg->raft_data, node.kv, at, meta.term,
-                             conf, conf_len, &node.snap_child, err,
-                             sizeof err);
+    struct snapshot_point point = {at, meta.term, conf, conf_len};
+    rv = NIO(snap_write, nd->cfg->raft_data, nd->kv, &point, &nd->snap_child,
+             err, sizeof err);
     pz_free(conf);
     if (rv < 0) {
         pz_warn("cannot start a snapshot: %s", err);
         return;
     }
     pz_info("snapshot at index %llu: writing (%zu keys, fork %llu us)",
-            (unsigned long long)at, kv_count(node.kv),
-            (unsigned long long)node.snap_child.fork_us);
+            (unsigned long long)at, kv_count(nd->kv),
+            (unsigned long long)nd->snap_child.fork_us);
 }
 
 static void finish_snap_waiters(int status)
 {
-    reqs_finish_all(&node.snap_waiters, status);
+    reqs_finish_all(&nd->snap_waiters, status);
 }
 
-/* The local snapshot is now node.snap_index: complete the waiters it
+/* The local snapshot is now nd->snap_index: complete the waiters it
  * covers (each waits for the index applied when it asked, req->index);
  * if some need a newer one, take it. */
 static void update_snap_waiters(void)
 {
-    struct pz_queue *e = node.snap_waiters.next;
-    while (e != &node.snap_waiters) {
+    struct pz_queue *e = nd->snap_waiters.next;
+    while (e != &nd->snap_waiters) {
         struct node_req *r = container_of(e, struct node_req, q);
         e = e->next;
-        if (r->index <= node.snap_index)
+        if (r->index <= nd->snap_index)
             reqs_done(r, 0);
     }
-    if (!pz_queue_empty(&node.snap_waiters)) {
+    if (!pz_queue_empty(&nd->snap_waiters)) {
         snapshot_start();
-        if (node.snap_child.pid == 0)
+        if (nd->snap_child.pid == 0)
             finish_snap_waiters(PZ_EIO);
     }
 }
@@ -124,71 +123,68 @@ static void update_snap_waiters(void)
 #define COMPACT_ROWS 20000
 #define SNAP_RETRY_MS 10000 /* after a failed snapshot */
 
-static void on_compacted(struct store *s, int status, const char *errmsg,
-                         void *arg)
+static void on_compacted(int status, const char *errmsg)
 {
-    PZ_UNUSED(s);
-    PZ_UNUSED(arg);
-    node.store_busy = false;
+    nd->store_busy = false;
     if (status == PZ_ENOSPC) {
         /* Rolled back whole: try the step again a little later. */
         core_nospace(errmsg ? errmsg : pz_strerror(status));
-        node.compact_retry_at = uv_now(node.loop) + 1000;
+        nd->compact_retry_at = NIO(now) + 1000;
     } else if (status < 0) {
         core_fatal("cannot compact the Raft log: %s",
                    errmsg ? errmsg : pz_strerror(status));
-    } else if (!node.ready_owed) {
+    } else if (!nd->ready_owed) {
         core_space_back();
     }
     node_metrics_compacted();
     pz_failpoint("after-log-truncate");
-    if (node.cluster_id_unsaved) {
-        node.cluster_id_unsaved = false;
-        members_save_cluster_id(NULL, node.cluster_id);
+    if (nd->cluster_id_unsaved) {
+        nd->cluster_id_unsaved = false;
+        members_save_cluster_id(NULL, nd->cluster_id);
     }
-    if (node.closing)
+    if (nd->closing)
         core_finish_close();
 }
 
 static void request_compaction(void)
 {
-    node.compact_pending = true;
+    nd->compact_pending = true;
 }
 
 /* From the Ready cycle, when no log write is due: one compaction step. */
 void snaps_compact_step(void)
 {
-    if (!node.compact_pending || node.store_busy || node.closing ||
-        uv_now(node.loop) < node.compact_retry_at)
+    if (!nd->compact_pending || nd->store_busy || nd->closing ||
+        NIO(now) < nd->compact_retry_at)
         return;
     struct raft_status rs;
-    raft_status(node.raft, &rs);
+    raft_status(nd->raft, &rs);
     if (rs.first_index <= 1) {
-        node.compact_pending = false;
+        nd->compact_pending = false;
         return;
     }
     pz_failpoint("before-log-truncate");
-    int rv = store_compact_step(node.store, node.loop, rs.first_index - 1,
-                                COMPACT_ROWS, on_compacted, NULL);
+    int rv = NIO(store_compact_step, rs.first_index - 1, COMPACT_ROWS,
+                 on_compacted);
     if (rv < 0) {
         core_fatal("cannot compact the Raft log: %s",
-                   store_errmsg(node.store));
+                   NIO(store_errmsg));
     }
     if (rv == 1)
-        node.compact_pending = false; /* done */
+        nd->compact_pending = false; /* done */
     else
-        node.store_busy = true;
+        nd->store_busy = true;
 }
 
 void snaps_poll(void)
 {
-    if (node.snap_child.pid == 0)
+    if (nd->snap_child.pid == 0)
         return;
     bool done = false, ok = false;
-    snapshot_child_poll(&node.snap_child, &done, &ok);
+    NIO(snap_poll, &nd->snap_child, &done, &ok);
     if (!done)
         return;
-    struct snapshot_child *c = &node.snap_child;
+    struct snapshot_child *c = &nd->snap_child;
     node_metrics_snapshot(ok, c->started_ms);
     if (!ok) {
         /* Not again on every apply (a full disk would fork a child per
@@ -197,13 +193,13 @@ void snaps_poll(void)
                 "the earliest",
                 (unsigned long long)c->index, c->errmsg,
                 SNAP_RETRY_MS / 1000);
-        node.snap_retry_at = uv_now(node.loop) + SNAP_RETRY_MS;
+        nd->snap_retry_at = NIO(now) + SNAP_RETRY_MS;
         c->pid = 0;
         finish_snap_waiters(PZ_EIO);
         return;
     }
-    int rv = raft_compact(node.raft, c->index,
-                          (uint64_t)node.cfg->raft_trailing_entries);
+    int rv = raft_compact(nd->raft, c->index,
+                          (uint64_t)nd->cfg->raft_trailing_entries);
     if (rv == PZ_ECANCELED) {
         /* A newer snapshot came from the leader meanwhile. */
         unlink(c->path);
@@ -213,17 +209,17 @@ void snaps_poll(void)
     }
     struct snapshot_meta sm;
     char err[SNAPSHOT_ERRMSG_SIZE];
-    node.prev_snap_index = node.snap_index;
-    node.prev_snap_term = node.snap_term;
-    node.snap_index = c->index;
-    node.snap_term = c->term;
+    nd->prev_snap_index = nd->snap_index;
+    nd->prev_snap_term = nd->snap_term;
+    nd->snap_index = c->index;
+    nd->snap_term = c->term;
     if (snapshot_peek(c->path, &sm, err, sizeof err) == 0) {
-        node.snap_size = sm.file_size;
+        nd->snap_size = sm.file_size;
         snapshot_meta_free(&sm);
     }
     pz_info("snapshot at index %llu done: %llu bytes",
             (unsigned long long)c->index,
-            (unsigned long long)node.snap_size);
+            (unsigned long long)nd->snap_size);
     c->pid = 0;
     if (rv == 0)
         request_compaction();
@@ -232,15 +228,15 @@ void snaps_poll(void)
      * compacted log) and a received one waiting for its install; any other
      * file goes, a newer one included. */
     struct raft_status rs;
-    raft_status(node.raft, &rs);
+    raft_status(nd->raft, &rs);
     struct snapshot_id keep[4] = {
-        {node.snap_index, node.snap_term},
-        {node.prev_snap_index, node.prev_snap_term},
-        {node.got_index, node.got_term},
+        {nd->snap_index, nd->snap_term},
+        {nd->prev_snap_index, nd->prev_snap_term},
+        {nd->got_index, nd->got_term},
         {rs.snap_index, rs.snap_term}, /* installed, maybe not yet here */
     };
-    if (node.rx == NULL) /* pruning removes temporary files too */
-        snapshot_prune_except(node.cfg->raft_data, keep, 4, &removed, err,
+    if (nd->rx == NULL) /* pruning removes temporary files too */
+        snapshot_prune_except(nd->cfg->raft_data, keep, 4, &removed, err,
                               sizeof err);
     update_snap_waiters();
 }
@@ -248,10 +244,10 @@ void snaps_poll(void)
 /* After applying: time for a snapshot? */
 void snaps_maybe(void)
 {
-    if (uv_now(node.loop) < node.snap_retry_at)
+    if (NIO(now) < nd->snap_retry_at)
         return;
-    if (node.applied >=
-        node.snap_index + (uint64_t)node.cfg->raft_snapshot_entries)
+    if (nd->applied >=
+        nd->snap_index + (uint64_t)nd->cfg->raft_snapshot_entries)
         snapshot_start();
 }
 
@@ -261,15 +257,15 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb)
     req->deadline = UINT64_MAX; /* a large table takes a while */
     /* What is applied now must be in it: a child already writing an
      * older index does not do (update_snap_waiters takes another). */
-    req->index = node.applied;
-    if (node.applied <= node.snap_index) {
+    req->index = nd->applied;
+    if (nd->applied <= nd->snap_index) {
         reqs_done(req, 0); /* nothing new since the last one */
         return 0;
     }
     snapshot_start();
-    if (node.snap_child.pid == 0)
+    if (nd->snap_child.pid == 0)
         return PZ_EIO;
-    reqs_link(&node.snap_waiters, req);
+    reqs_link(&nd->snap_waiters, req);
     return 0;
 }
 
@@ -277,7 +273,7 @@ static int64_t snap_streams; /* snapshot streams to clients now */
 
 bool node_snapshot_stream_get(void)
 {
-    if (snap_streams >= node.cfg->snapshot_max_streams)
+    if (snap_streams >= nd->cfg->snapshot_max_streams)
         return false;
     snap_streams++;
     return true;
@@ -291,7 +287,7 @@ void node_snapshot_stream_put(void)
 
 uint64_t node_snapshot_stall_ms(void)
 {
-    return (uint64_t)node.cfg->snapshot_stall_timeout_ms;
+    return (uint64_t)nd->cfg->snapshot_stall_timeout_ms;
 }
 
 int node_snapshot_open(struct snapshot_reader **r, uint64_t *index,
@@ -299,12 +295,12 @@ int node_snapshot_open(struct snapshot_reader **r, uint64_t *index,
 {
     char path[SNAPSHOT_PATH_MAX];
     *r = NULL;
-    *index = node.snap_index;
-    if (node.snap_index == 0) {
+    *index = nd->snap_index;
+    if (nd->snap_index == 0) {
         snprintf(err, errlen, "no snapshot yet");
         return PZ_ENOTFOUND;
     }
-    snapshot_path(node.cfg->raft_data, node.snap_index, node.snap_term, path,
+    snapshot_path(nd->cfg->raft_data, nd->snap_index, nd->snap_term, path,
                   sizeof path);
     /* The open descriptor keeps the file readable to its end even if a
      * later prune unlinks its name. */
@@ -313,21 +309,21 @@ int node_snapshot_open(struct snapshot_reader **r, uint64_t *index,
 
 void node_snapshot_info(uint64_t *index, uint64_t *size)
 {
-    *index = node.snap_index;
-    *size = node.snap_size;
+    *index = nd->snap_index;
+    *size = nd->snap_size;
 }
 
 /* --- sending snapshots --- */
 
 void snaps_xfer_free(struct xfer *x, bool ok)
 {
-    struct xfer **pp = &node.xfers;
+    struct xfer **pp = &nd->xfers;
     while (*pp && *pp != x)
         pp = &(*pp)->next;
     if (*pp)
         *pp = x->next;
-    if (node.raft)
-        raft_report_snapshot(node.raft, x->to, ok);
+    if (nd->raft)
+        raft_report_snapshot(nd->raft, x->to, ok);
     snapshot_reader_close(x->reader);
     pz_free(x->conf.data);
     pz_free(x);
@@ -335,7 +331,7 @@ void snaps_xfer_free(struct xfer *x, bool ok)
 
 void snaps_xfer_start(const struct raft_msg *m)
 {
-    for (struct xfer *x = node.xfers; x; x = x->next)
+    for (struct xfer *x = nd->xfers; x; x = x->next)
         if (x->to == m->to)
             return; /* one at a time per follower */
     char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
@@ -347,9 +343,9 @@ void snaps_xfer_start(const struct raft_msg *m)
         x->conf.data = pz_memdup(m->entries[0].data, m->entries[0].len);
         x->msg.entries = &x->conf;
     }
-    x->next = node.xfers;
-    node.xfers = x;
-    snapshot_path(node.cfg->raft_data, m->snap_index, m->snap_term, path,
+    x->next = nd->xfers;
+    nd->xfers = x;
+    snapshot_path(nd->cfg->raft_data, m->snap_index, m->snap_term, path,
                   sizeof path);
     if (snapshot_reader_open(path, &x->reader, err, sizeof err) < 0) {
         pz_warn("cannot send snapshot %llu to a follower: %s",
@@ -367,16 +363,16 @@ void snaps_xfer_start(const struct raft_msg *m)
 void snaps_xfer_pump(void)
 {
     static uint8_t buf[XFER_CHUNK];
-    struct xfer *x = node.xfers;
+    struct xfer *x = nd->xfers;
     struct raft_status rs;
-    raft_status(node.raft, &rs);
+    raft_status(nd->raft, &rs);
     while (x) {
         struct xfer *next = x->next;
         struct transport_peer_stats ps;
         /* Chunks go out in the term we lead in; a leader that stepped down
          * has nothing to send (followers would drop it). */
         bool failed = rs.role != RAFT_LEADER || rs.term != x->msg.term ||
-                      transport_peer_stats(node.tr, x->to, &ps) < 0;
+                      NIO(peer_stats, x->to, &ps) < 0;
         while (!failed && x->offset < x->total &&
                ps.queued_bytes < XFER_QUEUE_MAX) {
             size_t got = 0;
@@ -396,15 +392,15 @@ void snaps_xfer_pump(void)
                 .data = buf,
                 .len = got,
             };
-            if (transport_send_chunk(node.tr, x->to, &c) < 0 ||
-                transport_peer_stats(node.tr, x->to, &ps) < 0)
+            if (NIO(send_chunk, x->to, &c) < 0 ||
+                NIO(peer_stats, x->to, &ps) < 0)
                 failed = true;
             x->offset += got;
         }
         if (failed) {
             snaps_xfer_free(x, false);
         } else if (x->offset == x->total) {
-            transport_send(node.tr, &x->msg);
+            NIO(send, &x->msg);
             snaps_xfer_free(x, true);
         }
         x = next;
@@ -417,7 +413,7 @@ void snaps_on_peer_link(void *data, uint64_t id, bool connected)
     PZ_UNUSED(data);
     if (connected)
         return;
-    for (struct xfer *x = node.xfers; x; x = x->next) {
+    for (struct xfer *x = nd->xfers; x; x = x->next) {
         if (x->to == id && x->offset > 0) {
             snaps_xfer_free(x, false);
             return;
@@ -441,29 +437,59 @@ void snaps_on_peer_link(void *data, uint64_t id, bool connected)
 
 /* Forget a received snapshot awaiting its install: its table, and its
  * file (the disk check of the next transfer must see the space again). */
+/* The core took the INSTALL_SNAPSHOT of the file held (its snapshot
+ * point is that file's): the next Ready installs it (snaps_install),
+ * which needs the file and its table. Between the two, a tick (the leader
+ * moved) or a newer transfer completing must not drop them. */
+static bool got_install_pending(void)
+{
+    if (nd->got_kv == NULL || nd->raft == NULL)
+        return false;
+    struct raft_status rs;
+    raft_status(nd->raft, &rs);
+    return rs.snap_index == nd->got_index && rs.snap_term == nd->got_term;
+}
+
+static void got_free(void);
+
 void snaps_got_drop(void)
 {
-    if (node.got_kv) {
+    if (got_install_pending())
+        return;
+    got_free();
+}
+
+static void got_free(void)
+{
+    /* A local snapshot at the same point has the same path (the writer
+     * renamed its file over the received one): that file stays, or a
+     * crash after the log's compaction would leave no snapshot that
+     * covers the compacted prefix and the node could not start. */
+    bool local = (nd->got_index == nd->snap_index &&
+                  nd->got_term == nd->snap_term) ||
+                 (nd->got_index == nd->prev_snap_index &&
+                  nd->got_term == nd->prev_snap_term);
+    if (nd->got_kv && !local) {
         char path[SNAPSHOT_PATH_MAX];
-        snapshot_path(node.cfg->raft_data, node.got_index, node.got_term,
+        snapshot_path(nd->cfg->raft_data, nd->got_index, nd->got_term,
                       path, sizeof path);
         unlink(path);
     }
-    kv_free(node.got_kv);
-    node.got_kv = NULL;
-    node.got_index = node.got_term = 0;
+    kv_free(nd->got_kv);
+    nd->got_kv = NULL;
+    nd->got_index = nd->got_term = 0;
 }
 
 void snaps_rx_abort(void)
 {
-    snapshot_receiver_abort(node.rx);
-    node.rx = NULL;
+    snapshot_receiver_abort(nd->rx);
+    nd->rx = NULL;
 }
 
 static uint64_t rx_max_size(void)
 {
-    uint64_t cap = (uint64_t)node.cfg->raft_snapshot_max_size;
-    return cap ? cap : PZ_MAX(RX_AUTO_MIN, 4 * (uint64_t)kv_bytes(node.kv));
+    uint64_t cap = (uint64_t)nd->cfg->raft_snapshot_max_size;
+    return cap ? cap : PZ_MAX(RX_AUTO_MIN, 4 * (uint64_t)kv_bytes(nd->kv));
 }
 
 /* Whether total more bytes fit on the data directory's disk, keeping
@@ -471,14 +497,14 @@ static uint64_t rx_max_size(void)
 static bool rx_fits_disk(uint64_t total, char *why, size_t len)
 {
     struct statvfs vfs;
-    if (statvfs(node.cfg->raft_data, &vfs) != 0)
+    if (statvfs(nd->cfg->raft_data, &vfs) != 0)
         return true; /* cannot tell: the writes will say */
     uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
     if (total + RX_DISK_RESERVE <= avail)
         return true;
     snprintf(why, len, "%llu bytes do not fit in the %llu bytes free in %s",
              (unsigned long long)total, (unsigned long long)avail,
-             node.cfg->raft_data);
+             nd->cfg->raft_data);
     return false;
 }
 
@@ -487,23 +513,23 @@ const char *snaps_on_chunk(void *data, uint64_t from,
 {
     PZ_UNUSED(data);
     char err[SNAPSHOT_ERRMSG_SIZE];
-    if (!node.open)
-        return NULL;
+    if (!nd->open || got_install_pending())
+        return NULL; /* a newer one waits: the leader sends it again */
     struct raft_status rs;
-    raft_status(node.raft, &rs);
+    raft_status(nd->raft, &rs);
     struct snapshot_rx_view v = {
-        .self = node.id,
+        .self = nd->id,
         .leader = rs.leader,
         .term = rs.term,
         .commit = rs.commit,
-        .receiving = node.rx != NULL,
-        .rx_from = node.rx_from,
-        .rx_index = node.rx_index,
-        .rx_term = node.rx_term,
-        .rx_offset = node.rx ? snapshot_receiver_offset(node.rx) : 0,
-        .rx_total = node.rx_total,
-        .have_index = node.got_kv ? node.got_index : 0,
-        .have_term = node.got_kv ? node.got_term : 0,
+        .receiving = nd->rx != NULL,
+        .rx_from = nd->rx_from,
+        .rx_index = nd->rx_index,
+        .rx_term = nd->rx_term,
+        .rx_offset = nd->rx ? snapshot_receiver_offset(nd->rx) : 0,
+        .rx_total = nd->rx_total,
+        .have_index = nd->got_kv ? nd->got_index : 0,
+        .have_term = nd->got_kv ? nd->got_term : 0,
         .max_size = rx_max_size(),
     };
     switch (snapshot_rx_decide(&v, from, c)) {
@@ -511,7 +537,7 @@ const char *snaps_on_chunk(void *data, uint64_t from,
         return "snapshot chunk with an impossible index, term, size or "
                "offset";
     case SNAPSHOT_RX_STALE:
-        if (node.rx && node.rx_from == from)
+        if (nd->rx && nd->rx_from == from)
             snaps_rx_abort();
         return NULL;
     case SNAPSHOT_RX_TOO_BIG:
@@ -529,18 +555,18 @@ const char *snaps_on_chunk(void *data, uint64_t from,
                     (unsigned long long)c->snap_index, err);
             return NULL;
         }
-        if (snapshot_receiver_begin(node.cfg->raft_data, c->snap_index,
-                                    c->snap_term, c->total, &node.rx, err,
+        if (snapshot_receiver_begin(nd->cfg->raft_data, c->snap_index,
+                                    c->snap_term, c->total, &nd->rx, err,
                                     sizeof err) < 0) {
             pz_warn("cannot receive snapshot %llu: %s",
                     (unsigned long long)c->snap_index, err);
             return NULL;
         }
-        node.rx_from = from;
-        node.rx_index = c->snap_index;
-        node.rx_term = c->snap_term;
-        node.rx_total = c->total;
-        node.rx_leader_term = c->term;
+        nd->rx_from = from;
+        nd->rx_index = c->snap_index;
+        nd->rx_term = c->snap_term;
+        nd->rx_total = c->total;
+        nd->rx_leader_term = c->term;
         pz_info("receiving snapshot at index %llu (%llu bytes)",
                 (unsigned long long)c->snap_index,
                 (unsigned long long)c->total);
@@ -550,8 +576,8 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     default:
         return NULL;
     }
-    node.rx_last_ms = uv_now(node.loop);
-    if (snapshot_receiver_write(node.rx, c->offset, c->data, c->len, err,
+    nd->rx_last_ms = NIO(now);
+    if (snapshot_receiver_write(nd->rx, c->offset, c->data, c->len, err,
                                 sizeof err) < 0) {
         pz_warn("snapshot %llu: %s; dropping the transfer",
                 (unsigned long long)c->snap_index, err);
@@ -560,8 +586,8 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     }
     if (c->offset + c->len < c->total)
         return NULL;
-    struct snapshot_receiver *rx = node.rx;
-    node.rx = NULL;
+    struct snapshot_receiver *rx = nd->rx;
+    nd->rx = NULL;
     uint64_t seed = pz_seed();
     struct kv *kv = kv_new_seeded(seed);
     if (snapshot_receiver_finish(rx, kv, NULL, 0, NULL, err, sizeof err) < 0) {
@@ -571,11 +597,12 @@ const char *snaps_on_chunk(void *data, uint64_t from,
         return NULL;
     }
     snaps_got_drop();
-    node.got_kv = kv;
-    node.got_index = c->snap_index;
-    node.got_term = c->snap_term;
-    uv_update_time(node.loop); /* the load may have taken a while */
-    node.rx_last_ms = uv_now(node.loop);
+    nd->got_kv = kv;
+    nd->got_index = c->snap_index;
+    nd->got_term = c->snap_term;
+    if (nd->io.update_time)
+        NIO(update_time); /* the load may have taken a while */
+    nd->rx_last_ms = NIO(now);
     pz_info("received snapshot at index %llu (%zu keys); installing it once "
             "the leader says so",
             (unsigned long long)c->snap_index, kv_count(kv));
@@ -591,37 +618,37 @@ void snaps_on_inbound_closed(void *data, uint64_t from, bool last)
     /* Any link of the sender: a link replaced by a new one of the same id
      * (the leader redialed, or someone else claims its id) carried the
      * transfer to its end too; the leader starts over on its new link. */
-    if (node.rx && node.rx_from == from) {
+    if (nd->rx && nd->rx_from == from) {
         pz_info("snapshot %llu: the leader's link closed; dropping the "
                 "transfer",
-                (unsigned long long)node.rx_index);
+                (unsigned long long)nd->rx_index);
         snaps_rx_abort();
     }
-    if (last && from != node.id && members_find(from) == NULL)
-        transport_remove_peer(node.tr, from);
+    if (last && from != nd->id && members_find(from) == NULL)
+        NIO(remove_peer, from);
 }
 
 /* From the tick: a transfer whose leader moved on or went quiet. */
 void snaps_rx_check(void)
 {
-    if (node.rx == NULL && node.got_kv == NULL)
+    if (nd->rx == NULL && nd->got_kv == NULL)
         return;
     struct raft_status rs;
-    raft_status(node.raft, &rs);
-    bool moved = rs.leader != node.rx_from || rs.term != node.rx_leader_term;
-    bool idle = uv_now(node.loop) - node.rx_last_ms > RX_IDLE_MS;
-    if (node.got_kv && node.rx == NULL && (moved || idle)) {
+    raft_status(nd->raft, &rs);
+    bool moved = rs.leader != nd->rx_from || rs.term != nd->rx_leader_term;
+    bool idle = NIO(now) - nd->rx_last_ms > RX_IDLE_MS;
+    if (nd->got_kv && nd->rx == NULL && (moved || idle)) {
         /* Received whole, but its leader moved on or never sent the
          * message that installs it: the memory goes now (the file at the
          * next prune). */
         snaps_got_drop();
         return;
     }
-    if (node.rx == NULL)
+    if (nd->rx == NULL)
         return;
     if (moved || idle) {
         pz_info("snapshot %llu: %s; dropping the transfer",
-                (unsigned long long)node.rx_index,
+                (unsigned long long)nd->rx_index,
                 moved ? "the leader changed" : "no data for 30 s");
         snaps_rx_abort();
     }
@@ -631,8 +658,8 @@ void snaps_rx_check(void)
 bool snaps_install_ready(const struct raft_msg *m)
 {
     return m->type != RAFT_MSG_INSTALL_SNAPSHOT ||
-           (node.got_kv && m->snap_index == node.got_index &&
-            m->snap_term == node.got_term);
+           (nd->got_kv && m->snap_index == nd->got_index &&
+            m->snap_term == nd->got_term);
 }
 
 /* rd.snapshot: the state machine becomes the received file's table
@@ -642,15 +669,15 @@ void snaps_install(const struct raft_snapshot_meta *sm)
 {
     char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
     struct snapshot_meta meta;
-    snapshot_path(node.cfg->raft_data, sm->index, sm->term, path,
+    snapshot_path(nd->cfg->raft_data, sm->index, sm->term, path,
                   sizeof path);
     struct kv *kv = NULL;
-    if (node.got_kv && node.got_index == sm->index &&
-        node.got_term == sm->term) {
-        kv = node.got_kv; /* the usual case: loaded when it arrived */
-        node.got_kv = NULL;
+    if (nd->got_kv && nd->got_index == sm->index &&
+        nd->got_term == sm->term) {
+        kv = nd->got_kv; /* the usual case: loaded when it arrived */
+        nd->got_kv = NULL;
         if (snapshot_peek(path, &meta, err, sizeof err) == 0) {
-            node.snap_size = meta.file_size;
+            nd->snap_size = meta.file_size;
             snapshot_meta_free(&meta);
         }
     } else {
@@ -661,21 +688,21 @@ void snaps_install(const struct raft_snapshot_meta *sm)
             core_fatal("cannot install snapshot %llu: %s",
                        (unsigned long long)sm->index, err);
         }
-        node.snap_size = meta.file_size;
+        nd->snap_size = meta.file_size;
         snapshot_meta_free(&meta);
     }
     snaps_got_drop();
-    kv_free(node.kv);
-    node.kv = kv;
+    kv_free(nd->kv);
+    nd->kv = kv;
     core_kv_replaced();
-    node.applied = sm->index;
-    node.prev_snap_index = node.snap_index;
-    node.prev_snap_term = node.snap_term;
-    node.snap_index = sm->index;
-    node.snap_term = sm->term;
+    nd->applied = sm->index;
+    nd->prev_snap_index = nd->snap_index;
+    nd->prev_snap_term = nd->snap_term;
+    nd->snap_index = sm->index;
+    nd->snap_term = sm->term;
     /* Writes waiting here can no longer be matched to their entries. */
-    struct pz_queue *e = node.proposals.next;
-    while (e != &node.proposals) {
+    struct pz_queue *e = nd->proposals.next;
+    while (e != &nd->proposals) {
         struct node_req *r = container_of(e, struct node_req, q);
         e = e->next;
         if (r->index <= sm->index)
@@ -697,7 +724,7 @@ static bool restore_fits(void *arg, uint64_t index, uint64_t term)
     uint64_t t;
     if (index == sm->snap_index && term == sm->snap_term)
         return true;
-    return store_term(node.store, index, &t) == 0 && t == term;
+    return NIO(store_term, index, &t) == 0 && t == term;
 }
 
 static bool restore_conf_ok(void *arg, const struct snapshot_meta *meta,
@@ -734,7 +761,7 @@ int snaps_restore(const struct store_meta *sm, struct raft_entry **ents,
     struct snapshot_meta meta;
     char e2[SNAPSHOT_ERRMSG_SIZE];
     uint64_t seed = pz_seed();
-    *have = snapshot_load_newest_valid(node.cfg->raft_data, seed, &pick,
+    *have = snapshot_load_newest_valid(nd->cfg->raft_data, seed, &pick,
                                        &kv, &meta, NULL, e2, sizeof e2) == 0;
     if (*have) {
         out->index = meta.index;
@@ -742,32 +769,32 @@ int snaps_restore(const struct store_meta *sm, struct raft_entry **ents,
         raft_conf_init(&out->conf);
         int rc = raft_conf_decode(meta.conf, meta.conf_len, &out->conf);
         pz_assert(rc == 0); /* restore_conf_ok checked it */
-        kv_free(node.kv);
-        node.kv = kv;
+        kv_free(nd->kv);
+        nd->kv = kv;
         core_kv_replaced();
-        node.applied = meta.index;
-        node.snap_index = meta.index;
-        node.snap_term = meta.term;
-        node.snap_size = meta.file_size;
+        nd->applied = meta.index;
+        nd->snap_index = meta.index;
+        nd->snap_term = meta.term;
+        nd->snap_size = meta.file_size;
         snapshot_meta_free(&meta);
     }
     if (!*have && sm->snap_index > 0) {
         snprintf(err, errlen,
                  "%s: the log was compacted up to index %llu but no valid "
                  "snapshot in %s covers it: refusing to start",
-                 store_path(node.store), (unsigned long long)sm->snap_index,
-                 node.cfg->raft_data);
+                 NIO(store_path), (unsigned long long)sm->snap_index,
+                 nd->cfg->raft_data);
         return PZ_ECORRUPT;
     }
     /* The log from the snapshot's index minus the trailing entries, as
      * raft_compact keeps it: a prefix the store had not dropped yet when
      * the node stopped stays on disk, and its compaction goes on. */
-    uint64_t trailing = (uint64_t)node.cfg->raft_trailing_entries;
+    uint64_t trailing = (uint64_t)nd->cfg->raft_trailing_entries;
     uint64_t from = *have && out->index > trailing ? out->index - trailing : 0;
     struct raft_hard_state hs;
-    int rv = store_load_from(node.store, from, &hs, ents, n, NULL);
+    int rv = NIO(store_load_from, from, &hs, ents, n, NULL);
     if (rv < 0) {
-        snprintf(err, errlen, "%s", store_errmsg(node.store));
+        snprintf(err, errlen, "%s", NIO(store_errmsg));
         if (*have)
             raft_conf_free(&out->conf);
         *have = false;
@@ -781,11 +808,11 @@ int snaps_restore(const struct store_meta *sm, struct raft_entry **ents,
 /* The node closes: the writer child, transfers both ways. */
 void snaps_close(void)
 {
-    snapshot_child_kill(&node.snap_child);
+    NIO(snap_kill, &nd->snap_child);
     snaps_rx_abort();
-    snaps_got_drop();
-    while (node.xfers)
-        snaps_xfer_free(node.xfers, false);
+    got_free();
+    while (nd->xfers)
+        snaps_xfer_free(nd->xfers, false);
 }
 
 /* --- seeding a new cluster from a backup (pyazdb-server --restore) ------
@@ -879,8 +906,10 @@ int node_restore_backup(const struct pz_config *cfg, const char *file,
     /* store_open creates the directory; the snapshot goes in first. */
     rv = store_open(cfg->raft_data, &s, err, errlen);
     if (rv == 0) {
-        rv = snapshot_write(cfg->raft_data, kv, meta.index, meta.term, conf,
-                            conf_len, NULL, 0, why, sizeof why);
+        rv = snapshot_write(
+            cfg->raft_data, kv,
+            &(struct snapshot_point){meta.index, meta.term, conf, conf_len},
+            NULL, 0, why, sizeof why);
         if (rv < 0)
             snprintf(err, errlen, "%s", why);
     }

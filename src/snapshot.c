@@ -339,39 +339,40 @@ static int open_tmp(const char *tmp, char *err, size_t errlen)
 }
 
 /* Checks and paths shared by both writers. */
-static int prepare(const char *dir, const struct kv *kv, uint64_t index,
-                   uint64_t term, const uint8_t *conf, size_t conf_len,
-                   struct header *hd, char *path, char *tmp, char *err,
-                   size_t errlen)
+static int prepare(const char *dir, const struct kv *kv,
+                   const struct snapshot_point *at, struct header *hd,
+                   char *path, char *tmp, char *err, size_t errlen)
 {
-    if (conf_len > SNAPSHOT_CONF_MAX || (conf_len && conf == NULL)) {
+    if (at->conf_len > SNAPSHOT_CONF_MAX ||
+        (at->conf_len && at->conf == NULL)) {
         set_err(err, errlen, "%s: bad configuration blob (%zu bytes)", dir,
-                conf_len);
+                at->conf_len);
         return PZ_EINVAL;
     }
-    if (name_path(dir, index, term, SNAP_SUFFIX, path, SNAPSHOT_PATH_MAX) ||
-        name_path(dir, index, term, TMP_SUFFIX, tmp, SNAPSHOT_PATH_MAX)) {
+    if (name_path(dir, at->index, at->term, SNAP_SUFFIX, path,
+                  SNAPSHOT_PATH_MAX) ||
+        name_path(dir, at->index, at->term, TMP_SUFFIX, tmp,
+                  SNAPSHOT_PATH_MAX)) {
         set_err(err, errlen, "%s: directory name too long", dir);
         return PZ_ETOOBIG;
     }
-    *hd = (struct header){.index = index,
-                          .term = term,
+    *hd = (struct header){.index = at->index,
+                          .term = at->term,
                           .created_ms = wall_ms(),
                           .nkeys = kv_count(kv),
-                          .conf = conf,
-                          .conf_len = conf_len};
+                          .conf = at->conf,
+                          .conf_len = at->conf_len};
     crc_init(); /* before fork: the child then only reads the tables */
     return 0;
 }
 
-int snapshot_write(const char *dir, const struct kv *kv, uint64_t index,
-                   uint64_t term, const uint8_t *conf, size_t conf_len,
-                   char *path_out, size_t pathlen, char *err, size_t errlen)
+int snapshot_write(const char *dir, const struct kv *kv,
+                   const struct snapshot_point *at, char *path_out,
+                   size_t pathlen, char *err, size_t errlen)
 {
     struct header hd;
     char path[SNAPSHOT_PATH_MAX], tmp[SNAPSHOT_PATH_MAX];
-    int rc = prepare(dir, kv, index, term, conf, conf_len, &hd, path, tmp, err,
-                     errlen);
+    int rc = prepare(dir, kv, at, &hd, path, tmp, err, errlen);
     if (rc)
         return rc;
     int fd = open_tmp(tmp, err, errlen);
@@ -459,17 +460,16 @@ child_main(pid_t parent, int fd, int msg_fd, const struct kv *kv,
     _exit(0);
 }
 
-int snapshot_write_fork(const char *dir, const struct kv *kv, uint64_t index,
-                        uint64_t term, const uint8_t *conf, size_t conf_len,
+int snapshot_write_fork(const char *dir, const struct kv *kv,
+                        const struct snapshot_point *at,
                         struct snapshot_child *h, char *err, size_t errlen)
 {
     struct header hd;
     memset(h, 0, sizeof(*h));
     h->msg_fd = -1;
-    h->index = index;
-    h->term = term;
-    int rc = prepare(dir, kv, index, term, conf, conf_len, &hd, h->path, h->tmp,
-                     err, errlen);
+    h->index = at->index;
+    h->term = at->term;
+    int rc = prepare(dir, kv, at, &hd, h->path, h->tmp, err, errlen);
     if (rc)
         return rc;
     int pfd[2];

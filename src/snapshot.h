@@ -155,18 +155,27 @@ int snapshot_path(const char *dir, uint64_t index, uint64_t term, char *buf,
 
 /* --- writing -------------------------------------------------------------- */
 
-/* Write kv (borrowed, unchanged) as snapshot (index, term) with conf
- * (conf_len bytes, borrowed; may be NULL when conf_len is 0) into dir, in
+/* What a snapshot covers: its point in the log and the configuration as
+ * of there. */
+struct snapshot_point {
+    uint64_t index;      /* last Raft index included */
+    uint64_t term;       /* term of that entry */
+    const uint8_t *conf; /* configuration bytes (raft_conf_encode),
+                            borrowed; NULL when conf_len is 0 */
+    size_t conf_len;     /* their length */
+};
+
+/* Write kv (borrowed, unchanged) as the snapshot at `at` into dir, in
  * this process: <name>.tmp, fsync, rename to <name>.snap, fsync dir. On
  * success the path is copied to path_out when it is not NULL (pathlen
  * bytes). On failure the .tmp is removed and no .snap was created (an
  * existing file of the same name is left as it was). Blocks for the whole
  * write: for tests, tools and small tables. Returns 0, PZ_EINVAL
- * (conf_len > SNAPSHOT_CONF_MAX), PZ_ETOOBIG (path too long) or a negative
+ * (at->conf_len > SNAPSHOT_CONF_MAX), PZ_ETOOBIG (path too long) or a negative
  * errno. */
-int snapshot_write(const char *dir, const struct kv *kv, uint64_t index,
-                   uint64_t term, const uint8_t *conf, size_t conf_len,
-                   char *path_out, size_t pathlen, char *err, size_t errlen);
+int snapshot_write(const char *dir, const struct kv *kv,
+                   const struct snapshot_point *at, char *path_out,
+                   size_t pathlen, char *err, size_t errlen);
 
 /* A snapshot being written by a child process. Embed it in the owner; it
  * holds no heap memory, only the child's pid and a pipe. */
@@ -184,7 +193,7 @@ struct snapshot_child {
     char errmsg[SNAPSHOT_ERRMSG_SIZE]; /* why it failed ("" on success) */
 };
 
-/* Start writing kv as snapshot (index, term, conf) in a child process
+/* Start writing kv as the snapshot at `at` in a child process
  * (Redis BGSAVE): the parent opens the .tmp, forks and returns at once;
  * the child sees the table as it was at fork() (copy-on-write), so the
  * caller may go on mutating kv, even freeing it. The child writes with
@@ -196,8 +205,8 @@ struct snapshot_child {
  * behind. *h must not hold a running child (h->pid == 0); it is
  * initialized by this call. Returns 0 (h->pid set), PZ_EINVAL, PZ_ETOOBIG
  * or a negative errno (no child was started, nothing is left on disk). */
-int snapshot_write_fork(const char *dir, const struct kv *kv, uint64_t index,
-                        uint64_t term, const uint8_t *conf, size_t conf_len,
+int snapshot_write_fork(const char *dir, const struct kv *kv,
+                        const struct snapshot_point *at,
                         struct snapshot_child *h, char *err, size_t errlen);
 
 /* Reap the child without blocking (waitpid WNOHANG). If it is still

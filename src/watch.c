@@ -68,6 +68,12 @@ void watch_hub_close(struct watch_hub *h)
         w->prev_w = w->next_w = NULL;
     }
     h->n_watchers = 0;
+    pz_free(h->tab);
+    h->tab = NULL;
+    h->tab_cap = 0;
+    h->n_hashed = 0;
+    h->ranges = NULL;
+    h->dirty = NULL;
 }
 
 /* Make room for one more event in the ring (grows by doubling; events
@@ -146,7 +152,8 @@ uint64_t watch_hub_first_rev(const struct watch_hub *h)
 }
 
 /* Drop whole revisions, oldest first, while over a limit, but never the
- * newest published one or anything unpublished. */
+ * newest published one (it is within the limits: see drop_too_large) or
+ * anything unpublished. */
 static void enforce_limits(struct watch_hub *h)
 {
     while (h->count > 0 &&
@@ -157,6 +164,184 @@ static void enforce_limits(struct watch_hub *h)
         while (h->count > 0 && h->ring[h->head]->rev == rev)
             drop_oldest(h);
         h->first_rev = rev + 1;
+    }
+}
+
+/* The newest revision alone is over a limit: keep none of the history
+ * (it must be continuous up to the newest), only a compaction point. */
+static void drop_too_large(struct watch_hub *h)
+{
+    uint64_t n = 0, bytes = 0;
+    for (uint64_t s = h->first_seq + h->count; s > h->first_seq; s--) {
+        const struct watch_event *e = watch_event_at(h, s - 1);
+        if (e->rev != h->committed_rev)
+            break;
+        n++;
+        bytes += e->size;
+    }
+    if (n <= h->lim.max_events && bytes <= h->lim.max_bytes)
+        return;
+    while (h->count)
+        drop_oldest(h);
+    h->first_rev = h->committed_rev + 1;
+    h->too_large_rev = h->committed_rev;
+}
+
+/* --- the index --------------------------------------------------------- */
+
+#define FNV_BASIS 14695981039346656037ull
+#define FNV_PRIME 1099511628211ull
+
+static uint64_t hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t x = FNV_BASIS;
+    for (size_t i = 0; i < n; i++)
+        x = (x ^ p[i]) * FNV_PRIME;
+    return x;
+}
+
+static struct watcher **bucket(const struct watch_hub *h, uint64_t x)
+{
+    return &h->tab[x & (h->tab_cap - 1)];
+}
+
+static void hash_link(struct watch_hub *h, struct watcher *w)
+{
+    struct watcher **b = bucket(h, w->khash);
+    w->hprev = NULL;
+    w->hnext = *b;
+    if (*b)
+        (*b)->hprev = w;
+    *b = w;
+}
+
+/* Two watchers a bucket on average at most: doubled past that. */
+static void tab_grow(struct watch_hub *h)
+{
+    if (h->n_hashed < h->tab_cap * 2 && h->tab_cap)
+        return;
+    size_t ocap = h->tab_cap;
+    struct watcher **old = h->tab;
+    h->tab_cap = ocap ? ocap * 2 : 64;
+    h->tab = pz_calloc(h->tab_cap, sizeof *h->tab);
+    for (size_t i = 0; i < ocap; i++) {
+        struct watcher *w = old[i];
+        while (w) {
+            struct watcher *next = w->hnext;
+            hash_link(h, w);
+            w = next;
+        }
+    }
+    pz_free(old);
+}
+
+/* What kind of range w watches: exactly a key, a prefix, or other. */
+static int kind_of(const struct watcher *w)
+{
+    if (w->to_end)
+        return WATCH_KIND_RANGE;
+    if (w->tlen == w->flen + 1 && w->to[w->flen] == 0 &&
+        (w->flen == 0 || memcmp(w->to, w->from, w->flen) == 0))
+        return WATCH_KIND_EXACT;
+    if (w->flen == 0 || w->tlen > w->flen)
+        return WATCH_KIND_RANGE;
+    uint8_t *end = pz_malloc(w->flen);
+    long el = kv_prefix_end(w->from, w->flen, end);
+    bool prefix =
+        el >= 0 && (size_t)el == w->tlen && memcmp(end, w->to, w->tlen) == 0;
+    pz_free(end);
+    return prefix ? WATCH_KIND_PREFIX : WATCH_KIND_RANGE;
+}
+
+static void index_add(struct watch_hub *h, struct watcher *w)
+{
+    w->kind = kind_of(w);
+    if (w->kind == WATCH_KIND_RANGE) {
+        w->hprev = NULL;
+        w->hnext = h->ranges;
+        if (h->ranges)
+            h->ranges->hprev = w;
+        h->ranges = w;
+        return;
+    }
+    w->khash = hash_bytes(w->from, w->flen);
+    h->n_hashed++;
+    tab_grow(h);
+    hash_link(h, w);
+}
+
+static void index_remove(struct watch_hub *h, struct watcher *w)
+{
+    if (w->hprev)
+        w->hprev->hnext = w->hnext;
+    else if (w->kind == WATCH_KIND_RANGE)
+        h->ranges = w->hnext;
+    else
+        *bucket(h, w->khash) = w->hnext;
+    if (w->hnext)
+        w->hnext->hprev = w->hprev;
+    w->hprev = w->hnext = NULL;
+    if (w->kind != WATCH_KIND_RANGE)
+        h->n_hashed--;
+}
+
+static void set_dirty(struct watch_hub *h, struct watcher *w)
+{
+    if (w->dirty)
+        return;
+    w->dirty = true;
+    w->dprev = NULL;
+    w->dnext = h->dirty;
+    if (h->dirty)
+        h->dirty->dprev = w;
+    h->dirty = w;
+}
+
+static void clear_dirty(struct watch_hub *h, struct watcher *w)
+{
+    if (!w->dirty)
+        return;
+    if (w->dprev)
+        w->dprev->dnext = w->dnext;
+    else
+        h->dirty = w->dnext;
+    if (w->dnext)
+        w->dnext->dprev = w->dprev;
+    w->dprev = w->dnext = NULL;
+    w->dirty = false;
+}
+
+/* Event e (at sequence number seq, newly published) concerns w: it has
+ * events to read from seq on unless it had some already (its cursor is
+ * then before seq). */
+static void touch(struct watch_hub *h, struct watcher *w,
+                  const struct watch_event *e, uint64_t seq)
+{
+    if (w->dirty || !watch_matches(w, e))
+        return;
+    w->seq = seq;
+    set_dirty(h, w);
+}
+
+/* Mark the watchers that events [from, to) concern. */
+static void mark(struct watch_hub *h, uint64_t from, uint64_t to)
+{
+    for (uint64_t s = from; s < to; s++) {
+        const struct watch_event *e = watch_event_at(h, s);
+        if (h->tab_cap) {
+            /* Every prefix of the key, the key itself last. */
+            uint64_t x = FNV_BASIS;
+            for (size_t i = 0; i <= e->klen; i++) {
+                if (i > 0)
+                    x = (x ^ e->key[i - 1]) * FNV_PRIME;
+                for (struct watcher *w = *bucket(h, x); w; w = w->hnext)
+                    if (w->khash == x && w->flen == i &&
+                        (w->kind == WATCH_KIND_PREFIX || i == e->klen))
+                        touch(h, w, e, s);
+            }
+        }
+        for (struct watcher *w = h->ranges; w; w = w->hnext)
+            touch(h, w, e, s);
     }
 }
 
@@ -172,6 +357,8 @@ static void unlink_watcher(struct watcher *w)
     if (w->next_w)
         w->next_w->prev_w = w->prev_w;
     w->prev_w = w->next_w = NULL;
+    index_remove(h, w);
+    clear_dirty(h, w);
     w->hub = NULL;
     h->n_watchers--;
 }
@@ -179,14 +366,24 @@ static void unlink_watcher(struct watcher *w)
 uint64_t watch_lag(const struct watcher *w)
 {
     const struct watch_hub *h = w->hub;
-    if (h == NULL || w->seq >= h->committed_seq || w->seq < h->first_seq)
+    if (h == NULL || !w->dirty || w->seq >= h->committed_seq ||
+        w->seq < h->first_seq)
         return 0;
     return h->cum - watch_event_at(h, w->seq)->cum;
 }
 
 bool watch_caught_up(const struct watcher *w)
 {
-    return w->hub == NULL || w->seq >= w->hub->committed_seq;
+    return w->hub == NULL || !w->dirty || w->seq >= w->hub->committed_seq;
+}
+
+/* Tell w's owner: its own callback, else the hub's. */
+static void tell(struct watch_hub *h, struct watcher *w)
+{
+    if (w->notify)
+        w->notify(w->data, w);
+    else if (h->notify)
+        h->notify(h->notify_arg, w);
 }
 
 /* Cancel w with a reason and tell its owner (who may free it). */
@@ -198,8 +395,13 @@ static void cancel(struct watch_hub *h, struct watcher *w, int why)
         h->cancelled_slow++;
     else
         h->cancelled_compacted++;
-    if (h->notify)
-        h->notify(h->notify_arg, w);
+    tell(h, w);
+}
+
+void watch_cancel(struct watcher *w, int why)
+{
+    if (w->hub)
+        cancel(w->hub, w, why);
 }
 
 void watch_hub_commit(struct watch_hub *h)
@@ -207,24 +409,27 @@ void watch_hub_commit(struct watch_hub *h)
     uint64_t end = h->first_seq + h->count;
     if (h->committed_seq == end)
         return; /* nothing new */
+    uint64_t from = h->committed_seq;
     h->committed_seq = end;
     h->committed_rev = h->last_rev;
+    mark(h, from, end);
+    drop_too_large(h);
     /* Watchers still behind the events about to go lose them: drop after
      * telling the others, so that a reader keeping up is never hurt. */
-    struct watcher *w = h->watchers;
+    struct watcher *w = h->dirty;
     while (w) {
-        struct watcher *next = w->next_w;
-        if (!watch_caught_up(w) && h->notify)
-            h->notify(h->notify_arg, w); /* may read, or remove w */
+        struct watcher *next = w->dnext;
+        if (w->seq >= h->first_seq)
+            tell(h, w); /* may read, or remove w */
         w = next;
     }
     enforce_limits(h);
-    w = h->watchers;
+    w = h->dirty;
     while (w) {
-        struct watcher *next = w->next_w;
+        struct watcher *next = w->dnext;
         if (w->seq < h->first_seq)
             cancel(h, w, WATCH_COMPACTED);
-        else if (watch_lag(w) > h->lim.max_lag)
+        else if (!w->owner_lag && watch_lag(w) > h->lim.max_lag)
             cancel(h, w, WATCH_SLOW);
         w = next;
     }
@@ -282,6 +487,9 @@ int watch_add(struct watch_hub *h, struct watcher *w, const void *from,
         h->watchers->prev_w = w;
     h->watchers = w;
     h->n_watchers++;
+    index_add(h, w);
+    if (w->seq < h->committed_seq)
+        set_dirty(h, w); /* what the history holds already */
     return 0;
 }
 
@@ -317,6 +525,10 @@ bool watch_next(struct watcher *w, uint64_t *rev, uint64_t *begin,
     struct watch_hub *h = w->hub;
     if (h == NULL)
         return false;
+    if (!w->dirty) {
+        w->seq = h->committed_seq; /* nothing for it before */
+        return false;
+    }
     if (w->seq < h->first_seq)
         return false; /* compacted: the commit cancels it */
     while (w->seq < h->committed_seq) {
@@ -338,5 +550,19 @@ bool watch_next(struct watcher *w, uint64_t *rev, uint64_t *begin,
             return true;
         }
     }
+    clear_dirty(h, w);
     return false;
+}
+
+void watch_set_cursor(struct watcher *w, uint64_t seq)
+{
+    struct watch_hub *h = w->hub;
+    if (h == NULL)
+        return;
+    pz_assert(seq >= h->first_seq && seq <= h->committed_seq);
+    w->seq = seq;
+    if (seq < h->committed_seq)
+        set_dirty(h, w);
+    else
+        clear_dirty(h, w);
 }

@@ -8,9 +8,8 @@
  * recorded one after the other and published together by
  * watch_hub_commit(). The history keeps at most max_events events and
  * max_bytes bytes (each event counts its key, values and a fixed
- * overhead); past either, whole revisions go, oldest first, except the
- * newest one, which always stays (so one revision larger than the limits
- * is kept until the next arrives). first_rev is the oldest revision the
+ * overhead); past either, whole revisions go, oldest first (see Bounds
+ * for one revision larger than the limits). first_rev is the oldest revision the
  * history still holds completely: every event of every revision from
  * first_rev to the newest is in it. After a snapshot is installed the
  * history is no longer continuous: watch_hub_reset(rev) empties it and
@@ -26,10 +25,25 @@
  * falls behind the newest event by more than max_lag bytes (of history,
  * matching or not), or onto a revision the history dropped, is cancelled
  * at the next commit with a reason: it never holds memory or the loop.
+ * An owner that can tell a reader that cannot keep up from one that
+ * has not had a chance to write yet (a burst within one loop turn) sets
+ * owner_lag and cancels it itself (watch_cancel) when it judges it slow.
  * At most max_watchers exist at once.
  *
- * Cost: a commit visits every watcher (O(watchers)); a watcher's pull
- * visits each event after its cursor once. */
+ * Bounds. The history never holds more than its limits: a revision that
+ * alone has more than max_events events or max_bytes bytes is not kept
+ * (a compaction point: first_rev moves past it, too_large_rev says which,
+ * and the watchers that wanted it are cancelled as compacted).
+ *
+ * Cost: a commit finds the watchers its events concern through an index
+ * (exact keys and prefixes in a hash table, looked up once per prefix
+ * length of each event's key; other ranges in a list scanned per event),
+ * so a commit touching one key visits O(key length + matching watchers +
+ * range watchers), not every watcher. Only watchers with events to read
+ * ("dirty") are notified and checked for lag; a dirty watcher's pull
+ * visits each event after its cursor once. The cursor of a watcher with
+ * nothing to read may stay behind (it is moved when events for it come):
+ * read the position with watch_lag and watch_caught_up, not seq. */
 #ifndef PZ_WATCH_H
 #define PZ_WATCH_H
 
@@ -90,7 +104,20 @@ struct watcher {
     int state;             /* WATCH_LIVE, or why it was cancelled */
     struct watcher *prev_w, *next_w; /* hub's list */
     void *data;                      /* the owner's */
+    bool owner_lag;        /* set by the owner after watch_add: commits do
+                              not cancel it for lag, the owner does */
+    /* The hub's (index and the list of watchers with events to read). */
+    int kind;                        /* WATCH_KIND_* */
+    uint64_t khash;                  /* hash of from (exact, prefix) */
+    struct watcher *hprev, *hnext;   /* index bucket or range list */
+    bool dirty;                      /* has events to read */
+    struct watcher *dprev, *dnext;   /* hub's dirty list */
+    /* Set after watch_add to be notified through this instead of the
+     * hub's callback (called as notify(w->data, w)); NULL: the hub's. */
+    void (*notify)(void *data, struct watcher *w);
 };
+
+enum { WATCH_KIND_EXACT = 1, WATCH_KIND_PREFIX = 2, WATCH_KIND_RANGE = 3 };
 
 /* Called by watch_hub_commit for each live watcher with events to read
  * (after the commit), and once for a watcher it cancels (state set, no
@@ -118,6 +145,13 @@ struct watch_hub {
     void *notify_arg;          /* its argument */
     uint64_t cancelled_slow;   /* counters */
     uint64_t cancelled_compacted;
+    uint64_t too_large_rev;    /* newest revision not kept for being over
+                                  the limits alone (0: none) */
+    struct watcher **tab;      /* index: exact and prefix watchers */
+    size_t tab_cap;            /* buckets (a power of two, or 0) */
+    size_t n_hashed;           /* watchers in tab */
+    struct watcher *ranges;    /* other watchers */
+    struct watcher *dirty;     /* watchers with events to read */
 };
 
 void watch_hub_init(struct watch_hub *h, const struct watch_limits *lim);
@@ -165,6 +199,15 @@ bool watch_next(struct watcher *w, uint64_t *rev, uint64_t *begin,
 /* The event with sequence number seq (held: first_seq <= seq < end). */
 const struct watch_event *watch_event_at(const struct watch_hub *h,
                                          uint64_t seq);
+/* Cancel w (state why: WATCH_SLOW or WATCH_COMPACTED): unregistered,
+ * counted, and the owner notified (may free it). For an owner_lag watcher
+ * the owner judges slow. No-op if w is not registered. */
+void watch_cancel(struct watcher *w, int why);
+/* Set w's cursor to seq (from the oldest held event to the published
+ * end): an owner that delivers a revision piecewise keeps the cursor at its
+ * first event until it is out, so that lag and compaction count it, then
+ * moves it to the end returned by watch_next. */
+void watch_set_cursor(struct watcher *w, uint64_t seq);
 /* w has read every published event. */
 bool watch_caught_up(const struct watcher *w);
 /* Bytes of history w is behind. */

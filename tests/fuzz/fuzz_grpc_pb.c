@@ -7,7 +7,10 @@
  *  - pyazdb.StatusRequest/StatusResponse and grpc.health.v1's
  *    HealthCheckRequest (protobuf-c, with grpc_pb_allocator);
  *  - grpc.reflection.v1 ServerReflectionRequest, answered by
- *    grpc_reflect_answer over the embedded descriptor set.
+ *    grpc_reflect_answer over the embedded descriptor set;
+ *  - etcd's WatchRequest (a create's keys and start as etcd_watch.c
+ *    maps them: etcd_watch_keys, etcd_watch_start) and the Lease
+ *    requests (protobuf-c, with grpc_pb_allocator).
  *
  * The input is one message payload, handed over as the server hands it:
  * an empty payload is a NULL pointer (an empty pz_buf). Invariants: a
@@ -19,6 +22,8 @@
 #include "fuzz.h"
 
 #include "cluster.pb-c.h"
+#include "etcd_map.h"
+#include "etcd_rpc.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "grpc_pb.h"
@@ -225,6 +230,57 @@ static void check_reflection(const uint8_t *msg, size_t len)
     pz_buf_free(&out);
 }
 
+static int keycmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    size_t n = al < bl ? al : bl;
+    int c = n ? memcmp(a, b, n) : 0;
+    return c ? c : al < bl ? -1 : al > bl;
+}
+
+static void check_etcd(const uint8_t *msg, size_t len)
+{
+    Etcdserverpb__WatchRequest *w =
+        etcdserverpb__watch_request__unpack(&grpc_pb_allocator, len, msg);
+    if (w && w->request_union_case ==
+                 ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST) {
+        Etcdserverpb__WatchCreateRequest *c = w->create_request;
+        struct etcd_watch_keys k;
+        int rv = etcd_watch_keys(c->key.data, c->key.len, c->range_end.data,
+                                 c->range_end.len, &k);
+        FUZZ_CHECK(rv == 0 || rv == PZ_EINVAL);
+        if (rv == 0) {
+            /* a non-empty range: from < to, the key itself inside */
+            FUZZ_CHECK(k.flen >= 1 && k.from != NULL);
+            if (k.to)
+                FUZZ_CHECK(keycmp(k.from, k.flen, k.to, k.tlen) < 0);
+            if (c->key.len)
+                FUZZ_CHECK(k.flen == c->key.len &&
+                           memcmp(k.from, c->key.data, k.flen) == 0);
+            etcd_watch_keys_free(&k);
+        } else {
+            FUZZ_CHECK(k.from == NULL && k.to == NULL);
+        }
+        uint64_t start = 0;
+        if (etcd_watch_start(c->start_revision, 10, 5, &start))
+            FUZZ_CHECK(start >= 5);
+    }
+    if (w)
+        etcdserverpb__watch_request__free_unpacked(w, &grpc_pb_allocator);
+    static const ProtobufCMessageDescriptor *const lease[] = {
+        &etcdserverpb__lease_grant_request__descriptor,
+        &etcdserverpb__lease_revoke_request__descriptor,
+        &etcdserverpb__lease_keep_alive_request__descriptor,
+        &etcdserverpb__lease_time_to_live_request__descriptor,
+        &etcdserverpb__lease_leases_request__descriptor,
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(lease); i++) {
+        ProtobufCMessage *m =
+            protobuf_c_message_unpack(lease[i], &grpc_pb_allocator, len, msg);
+        if (m)
+            protobuf_c_message_free_unpacked(m, &grpc_pb_allocator);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* As grpc.c passes it: the reader's buffer, NULL when empty. */
@@ -236,6 +292,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_responses(msg, size);
     check_protobuf_c(msg, size);
     check_reflection(msg, size);
+    check_etcd(msg, size);
     free(msg);
     return 0;
 }

@@ -53,8 +53,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         kv_set(kv, k, (size_t)kl, v, (size_t)vl);
     }
     char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
-    FUZZ_CHECK(snapshot_write(dir, kv, GOOD_INDEX, GOOD_TERM, NULL, 0, path,
-                              sizeof path, err, sizeof err) == 0);
+    FUZZ_CHECK(
+        snapshot_write(dir, kv,
+                       &(struct snapshot_point){GOOD_INDEX, GOOD_TERM, NULL, 0},
+                       path, sizeof path, err, sizeof err) == 0);
     kv_free(kv);
     FILE *f = fopen(path, "rb");
     FUZZ_CHECK(f != NULL);

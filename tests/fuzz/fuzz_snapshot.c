@@ -91,8 +91,10 @@ static void check_conf(const uint8_t *p, size_t len)
 static void write_back(struct kv *kv, const struct snapshot_meta *m)
 {
     char out[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
-    int rv = snapshot_write(dir, kv, m->index, m->term, m->conf, m->conf_len,
-                            out, sizeof out, err, sizeof err);
+    int rv = snapshot_write(
+        dir, kv,
+        &(struct snapshot_point){m->index, m->term, m->conf, m->conf_len}, out,
+        sizeof out, err, sizeof err);
     FUZZ_CHECKF(rv == 0, "%s", err);
     struct kv *kv2 = kv_new();
     struct snapshot_meta m2;

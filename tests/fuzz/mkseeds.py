@@ -149,6 +149,7 @@ def grpc_frame_seeds():
 # --- gRPC messages ---------------------------------------------------------------
 def grpc_pb_seeds():
     kv = "kv.proto"
+    etcd = "etcd_rpc.proto"
     refl = "grpc/reflection/v1/reflection.proto"
     rt = "grpc.reflection.v1.ServerReflectionRequest"
     seeds = {
@@ -177,6 +178,22 @@ def grpc_pb_seeds():
                             (GRPC_PROTO,)),
         "unknown-fields": bytes([0x0a, 1, ord("k"), 0x18, 0x05, 0x25, 0, 0, 0,
                                  0, 0x29] + [0] * 8),
+        "etcd-watch-create-prefix": encode(
+            "etcdserverpb.WatchRequest", 'create_request { key: "p/" '
+            'range_end: "p0" start_revision: 3 progress_notify: true '
+            'filters: NOPUT filters: NODELETE prev_kv: true watch_id: 7 '
+            'fragment: true }', etcd),
+        "etcd-watch-create-all": encode(
+            "etcdserverpb.WatchRequest",
+            'create_request { key: "" range_end: "\\000" }', etcd),
+        "etcd-watch-cancel": encode("etcdserverpb.WatchRequest",
+                                    "cancel_request { watch_id: 3 }", etcd),
+        "etcd-watch-progress": encode("etcdserverpb.WatchRequest",
+                                      "progress_request { }", etcd),
+        "etcd-lease-grant": encode("etcdserverpb.LeaseGrantRequest",
+                                   "TTL: 10 ID: 99", etcd),
+        "etcd-lease-ttl": encode("etcdserverpb.LeaseTimeToLiveRequest",
+                                 "ID: 99 keys: true", etcd),
     }
     for name, d in seeds.items():
         out("grpc_pb", name, d)

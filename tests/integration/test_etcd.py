@@ -270,6 +270,66 @@ def test_cluster_calls(cluster):
         "--peer-urls=http://127.0.0.1:1")
 
 
+def test_cluster_token_guards_admin_calls(servers, epb, tmp_path):
+    # With a cluster-token, the calls whose HTTP routes need it need it on
+    # gRPC too: etcdctl sends it with --user root:TOKEN (Authenticate, then
+    # "token" metadata), other clients as "authorization: Bearer TOKEN".
+    tok = "etcd-admin-token"
+    nodes = make_cluster(servers, conf={"cluster-token": tok})
+    leader = leader_of(nodes)
+    follower = next(s for s in nodes if s is not leader)
+    p = follower.grpc_port
+    ids = {m["name"]: m["ID"] for m in ctl_json(p, "member", "list")["members"]}
+    ctl(p, "put", "k", "v")  # data calls need no token
+    snap = str(tmp_path / "s.db")
+    need = "this call needs the cluster-token"
+    err = ctl(p, "snapshot", "save", snap, check=False)[2]
+    assert need in err and not os.path.exists(snap), err
+    gone = next(s for s in nodes if s is not leader and s is not follower)
+    for args in (("member", "remove", f"{ids[gone.name]:x}"),
+                 ("move-leader", f"{ids[follower.name]:x}")):
+        eps = ",".join(f"127.0.0.1:{s.grpc_port}" for s in nodes)
+        assert need in ctl_error(eps, *args)
+    assert len(ctl_json(p, "member", "list")["members"]) == 3
+    assert leader_of(nodes).name == leader.name
+    assert "invalid user ID or password" in ctl_error(
+        p, "--user", "root:wrong", "get", "k")
+    assert "invalid user ID or password" in ctl_error(
+        p, "--user", f"admin:{tok}", "get", "k")
+    # gRPC metadata: a wrong bearer token, then the right one
+    ch = grpc.insecure_channel(f"127.0.0.1:{p}")
+    mp = ch.unary_unary("/etcdserverpb.Cluster/MemberPromote",
+                        request_serializer=epb.MemberPromoteRequest.SerializeToString,
+                        response_deserializer=epb.MemberPromoteResponse.FromString)
+    req = epb.MemberPromoteRequest(ID=ids[gone.name])
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            mp(req, timeout=10, metadata=[("authorization", "Bearer nope")])
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as e:
+            mp(req, timeout=10, metadata=[("authorization", f"Bearer {tok}")])
+        # past the token check: etcd's answer for a voter
+        assert e.value.code() != grpc.StatusCode.UNAUTHENTICATED, \
+            e.value.details()
+    finally:
+        ch.close()
+    # etcdctl with the token: snapshot, and a removal relayed by a follower
+    out = ctl(p, "--user", f"root:{tok}", "snapshot", "save", snap)[1]
+    assert "Snapshot saved" in out and os.path.getsize(snap) > 0
+    out = ctl(p, "--user", f"root:{tok}", "member", "remove",
+              f"{ids[gone.name]:x}")[1]
+    assert "removed from cluster" in out, out
+    assert len(ctl_json(p, "member", "list")["members"]) == 2
+
+
+def test_user_flag_without_cluster_token(cluster):
+    # No cluster-token: Authenticate says "not enabled" and etcdctl goes
+    # on without a token, as with an etcd whose auth is off.
+    nodes, leader, follower = cluster
+    assert ctl(follower.grpc_port, "--user", "root:x", "put", "u", "1")[1] \
+        == "OK\n"
+
+
 # --- the same commands against etcd 3.4 -------------------------------------
 
 # Commands whose output (stdout, or the last stderr line on failure) must

@@ -168,7 +168,8 @@ def test_reflection_python(client, pb):
         assert len(out) == 6
         names = [s.name for s in out[0].list_services_response.service]
         assert names == ["etcdserverpb.Auth", "etcdserverpb.Cluster",
-                         "etcdserverpb.KV", "etcdserverpb.Maintenance",
+                         "etcdserverpb.KV", "etcdserverpb.Lease",
+                         "etcdserverpb.Maintenance", "etcdserverpb.Watch",
                          "grpc.health.v1.Health",
                          "grpc.reflection.v1.ServerReflection",
                          "grpc.reflection.v1alpha.ServerReflection",

@@ -63,7 +63,9 @@ def test_reflection_with_grpc_js(servers, node_modules, version):
     assert p.returncode == 0, p.stderr.decode(errors="replace")
     out = json.loads(p.stdout)
     assert out["services"] == ["etcdserverpb.Auth", "etcdserverpb.Cluster",
-                               "etcdserverpb.KV", "etcdserverpb.Maintenance",
+                               "etcdserverpb.KV", "etcdserverpb.Lease",
+                               "etcdserverpb.Maintenance",
+                               "etcdserverpb.Watch",
                                "grpc.health.v1.Health",
                                "grpc.reflection.v1.ServerReflection",
                                "grpc.reflection.v1alpha.ServerReflection",

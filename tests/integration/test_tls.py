@@ -805,6 +805,15 @@ def test_protected_mode_off(tmp_path):
     assert g[3] == 4 and b"protected" not in g
 
 
+def read_until(p, want, got=b""):
+    """Lines of p's stdout added to got until want is in it."""
+    while want not in got:
+        line = p.stdout.readline()
+        assert line, p.stderr.read()
+        got += line
+    return got
+
+
 def test_watch_stream_over_https(servers, pki):
     """A long-lived Server-Sent Events stream over TLS: every change
     arrives while the stream stays open."""
@@ -819,16 +828,10 @@ def test_watch_stream_over_https(servers, pki):
             # The stream must be open before the write: wait for
             # "created" first.
             want = b"event: created" if i == 0 else f"v{i - 1}".encode()
-            while want not in got:
-                line = p.stdout.readline()
-                assert line, p.stderr.read()
-                got += line
+            got = read_until(p, want, got)
             body = json.dumps({"key": "w", "value": f"v{i}"})
             assert s.request("POST", "/set", body=body)[0] == 204
-        while b"v2" not in got:
-            line = p.stdout.readline()
-            assert line, p.stderr.read()
-            got += line
+        read_until(p, b"v2", got)
     finally:
         p.kill()
         p.wait()
@@ -861,10 +864,7 @@ def test_cli_watch_over_https(servers, pki):
                 got += line
         body = json.dumps({"key": "tw/b", "value": "last"})
         assert s.request("POST", "/set", body=body)[0] == 204
-        while b"PUT tw/b = last" not in got:
-            line = p.stdout.readline()
-            assert line, p.stderr.read()
-            got += line
+        read_until(p, b"PUT tw/b = last", got)
     finally:
         p.kill()
         p.wait()

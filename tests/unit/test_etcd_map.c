@@ -1,6 +1,6 @@
 /* test_etcd_map.c - etcd's key range conventions, comparisons mapped onto
  * kv_cmp (checked by applying them to a real table), Range filters and
- * sort orders. */
+ * sort orders, a Watch's keys and start. */
 #include <string.h>
 
 #include "etcd_map.h"
@@ -43,6 +43,44 @@ TEST(range_conventions)
     CHECK(r.empty && !etcd_range_has(&r, B("b")));
     CHECK_EQ_INT(etcd_range_decode(B("b"), B("b"), &r), 0);
     CHECK(r.empty);
+}
+
+TEST(watch_keys_and_start)
+{
+    struct etcd_watch_keys k;
+    /* one key K: [K, K "\0") */
+    CHECK_EQ_INT(etcd_watch_keys(B("ab"), NULL, 0, &k), 0);
+    CHECK(k.flen == 2 && memcmp(k.from, "ab", 2) == 0);
+    CHECK(k.tlen == 3 && memcmp(k.to, "ab\0", 3) == 0);
+    etcd_watch_keys_free(&k);
+    /* an empty key is "\0"; with "\0" as end: every key */
+    CHECK_EQ_INT(etcd_watch_keys(NULL, 0, B("\0"), &k), 0);
+    CHECK(k.flen == 1 && k.from[0] == 0 && k.to == NULL);
+    etcd_watch_keys_free(&k);
+    /* an empty key alone: the key "\0" */
+    CHECK_EQ_INT(etcd_watch_keys(NULL, 0, NULL, 0, &k), 0);
+    CHECK(k.flen == 1 && k.tlen == 2 && k.to[0] == 0 && k.to[1] == 0);
+    etcd_watch_keys_free(&k);
+    /* from key on */
+    CHECK_EQ_INT(etcd_watch_keys(B("m"), B("\0"), &k), 0);
+    CHECK(k.to == NULL && k.flen == 1 && k.from[0] == 'm');
+    etcd_watch_keys_free(&k);
+    /* a prefix as prefix+1 */
+    CHECK_EQ_INT(etcd_watch_keys(B("p/"), B("p0"), &k), 0);
+    CHECK(k.tlen == 2 && memcmp(k.to, "p0", 2) == 0);
+    etcd_watch_keys_free(&k);
+    /* end <= key: empty, nothing allocated */
+    CHECK_EQ_INT(etcd_watch_keys(B("b"), B("a"), &k), PZ_EINVAL);
+    CHECK(k.from == NULL && k.to == NULL);
+    CHECK_EQ_INT(etcd_watch_keys(B("b"), B("b"), &k), PZ_EINVAL);
+
+    uint64_t start = 0;
+    CHECK(etcd_watch_start(0, 41, 5, &start) && start == 42);
+    CHECK(etcd_watch_start(5, 41, 5, &start) && start == 5);
+    CHECK(etcd_watch_start(100, 41, 5, &start) && start == 100); /* future */
+    CHECK(!etcd_watch_start(4, 41, 5, &start));                  /* compacted */
+    CHECK(!etcd_watch_start(-1, 41, 1, &start));
+    CHECK(etcd_watch_start(1, 0, 1, &start) && start == 1);
 }
 
 TEST(range_overlap)
@@ -186,11 +224,9 @@ TEST(filters_and_sort)
 }
 
 static const struct test_case cases[] = {
-    TEST_ENTRY(range_conventions),
-    TEST_ENTRY(range_overlap),
-    TEST_ENTRY(compare_mapping),
-    TEST_ENTRY(filters_and_sort),
-    TEST_END,
+    TEST_ENTRY(range_conventions),    TEST_ENTRY(range_overlap),
+    TEST_ENTRY(watch_keys_and_start), TEST_ENTRY(compare_mapping),
+    TEST_ENTRY(filters_and_sort),     TEST_END,
 };
 
 const struct test_suite suite_etcd_map = {"etcd_map", cases};

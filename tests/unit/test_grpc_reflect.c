@@ -107,17 +107,19 @@ TEST(list_services)
     CHECK_EQ_STR(a->original_request->list_services, "*");
     CHECK_EQ_INT(a->message_response_case, RESP_CASE(LIST_SERVICES_RESPONSE));
     Grpc__Reflection__V1__ListServiceResponse *l = a->list_services_response;
-    CHECK_EQ_INT(l->n_service, 9);
+    CHECK_EQ_INT(l->n_service, 11);
     CHECK_EQ_STR(l->service[0]->name, "etcdserverpb.Auth");
     CHECK_EQ_STR(l->service[1]->name, "etcdserverpb.Cluster");
     CHECK_EQ_STR(l->service[2]->name, "etcdserverpb.KV");
-    CHECK_EQ_STR(l->service[3]->name, "etcdserverpb.Maintenance");
-    CHECK_EQ_STR(l->service[4]->name, "grpc.health.v1.Health");
-    CHECK_EQ_STR(l->service[5]->name, "grpc.reflection.v1.ServerReflection");
-    CHECK_EQ_STR(l->service[6]->name,
+    CHECK_EQ_STR(l->service[3]->name, "etcdserverpb.Lease");
+    CHECK_EQ_STR(l->service[4]->name, "etcdserverpb.Maintenance");
+    CHECK_EQ_STR(l->service[5]->name, "etcdserverpb.Watch");
+    CHECK_EQ_STR(l->service[6]->name, "grpc.health.v1.Health");
+    CHECK_EQ_STR(l->service[7]->name, "grpc.reflection.v1.ServerReflection");
+    CHECK_EQ_STR(l->service[8]->name,
                  "grpc.reflection.v1alpha.ServerReflection");
-    CHECK_EQ_STR(l->service[7]->name, "kv.KVService");
-    CHECK_EQ_STR(l->service[8]->name, "pyazdb.Cluster");
+    CHECK_EQ_STR(l->service[9]->name, "kv.KVService");
+    CHECK_EQ_STR(l->service[10]->name, "pyazdb.Cluster");
     free_resp(a);
     grpc_reflect_free(&r);
 }

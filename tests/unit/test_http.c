@@ -691,6 +691,29 @@ TEST(lease_requests)
     CHECK_EQ_INT(status_of(req_of("/leases", "{}")), 405);
 }
 
+/* http_bearer_value narrows to the credential, within the length given
+ * (gRPC metadata values are not NUL-terminated). */
+TEST(bearer_value)
+{
+    const char *v = "Bearer  abc \t";
+    size_t n = strlen(v);
+    CHECK(http_bearer_value(&v, &n));
+    CHECK_EQ_INT((int)n, 3);
+    CHECK(memcmp(v, "abc", 3) == 0);
+    v = "bEaReR x-y";
+    n = 8; /* "bEaReR x" */
+    CHECK(http_bearer_value(&v, &n));
+    CHECK(n == 1 && v[0] == 'x');
+    const char *bad[] = {"Bearer", "Bearer ", "Bearer \t ", "Basic x",
+                         "Bearerx", "", "x"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        v = bad[i];
+        n = strlen(v);
+        CHECK(!http_bearer_value(&v, &n));
+        CHECK(v == bad[i]); /* untouched */
+    }
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(pipelined_whole),
     TEST_ENTRY(pipelined_byte_by_byte),
@@ -711,5 +734,6 @@ static const struct test_case cases[] = {
     TEST_ENTRY(chunk_size_over_limit_refused_at_once),
     TEST_ENTRY(phases_and_start),
     TEST_ENTRY(body_memory),
+    TEST_ENTRY(bearer_value),
     TEST_END};
 const struct test_suite suite_http = {"http", cases};

@@ -130,8 +130,10 @@ static bool write_ok(const char *dir, const struct kv *kv, uint64_t index,
                      uint64_t term, char *path)
 {
     char err[SNAPSHOT_ERRMSG_SIZE] = "";
-    int rc = snapshot_write(dir, kv, index, term, conf_blob, sizeof conf_blob,
-                            path, SNAPSHOT_PATH_MAX, err, sizeof err);
+    int rc = snapshot_write(
+        dir, kv,
+        &(struct snapshot_point){index, term, conf_blob, sizeof conf_blob},
+        path, SNAPSHOT_PATH_MAX, err, sizeof err);
     if (rc)
         fprintf(stderr, "    snapshot_write: %s (%s)\n", err, pz_strerror(rc));
     return rc == 0;
@@ -291,8 +293,9 @@ TEST(roundtrip_empty)
     CHECK(m.index == 5 && m.term == 2 && m.nkeys == 0);
     snapshot_meta_free(&m);
     /* No configuration at all is fine too. */
-    CHECK_EQ_INT(snapshot_write(t.root, kv, 6, 2, NULL, 0, path, sizeof path,
-                                err, sizeof err),
+    CHECK_EQ_INT(snapshot_write(t.root, kv,
+                                &(struct snapshot_point){6, 2, NULL, 0}, path,
+                                sizeof path, err, sizeof err),
                  0);
     CHECK_EQ_INT(snapshot_load(path, got, &m, err, sizeof err), 0);
     CHECK(m.conf == NULL && m.conf_len == 0);
@@ -750,8 +753,10 @@ TEST(fork_snapshot_is_table_at_fork_time)
     size_t n_at_fork = kv_count(kv);
     struct snapshot_child h;
     char err[SNAPSHOT_ERRMSG_SIZE] = "";
-    CHECK_EQ_INT(snapshot_write_fork(t.root, kv, 1000, 7, conf_blob,
-                                     sizeof conf_blob, &h, err, sizeof err),
+    CHECK_EQ_INT(snapshot_write_fork(t.root, kv,
+                                     &(struct snapshot_point){
+                                         1000, 7, conf_blob, sizeof conf_blob},
+                                     &h, err, sizeof err),
                  0);
     CHECK(h.pid > 0);
     /* Mutate heavily while the child writes: overwrite, add, delete. */
@@ -794,22 +799,27 @@ TEST(fork_errors)
     struct snapshot_child h;
     char err[SNAPSHOT_ERRMSG_SIZE] = "", dir[SNAPSHOT_PATH_MAX];
     snprintf(dir, sizeof dir, "%s/missing", t.root);
-    CHECK_EQ_INT(
-        snapshot_write_fork(dir, kv, 1, 1, NULL, 0, &h, err, sizeof err),
-        -ENOENT);
+    CHECK_EQ_INT(snapshot_write_fork(dir, kv,
+                                     &(struct snapshot_point){1, 1, NULL, 0},
+                                     &h, err, sizeof err),
+                 -ENOENT);
     CHECK(h.pid == 0 && strstr(err, dir) != NULL);
-    CHECK_EQ_INT(snapshot_write_fork(t.root, kv, 1, 1, conf_blob,
-                                     SNAPSHOT_CONF_MAX + 1, &h, err,
-                                     sizeof err),
-                 PZ_EINVAL);
+    CHECK_EQ_INT(
+        snapshot_write_fork(
+            t.root, kv,
+            &(struct snapshot_point){1, 1, conf_blob, SNAPSHOT_CONF_MAX + 1},
+            &h, err, sizeof err),
+        PZ_EINVAL);
     CHECK(h.pid == 0);
     /* The child fails to rename: the target is a non-empty directory. */
     char target[SNAPSHOT_PATH_MAX];
     snapshot_path(t.root, 2, 1, target, sizeof target);
     CHECK(mkdir(target, 0755) == 0);
     touch(target, "x");
-    CHECK_EQ_INT(
-        snapshot_write_fork(t.root, kv, 2, 1, NULL, 0, &h, err, sizeof err), 0);
+    CHECK_EQ_INT(snapshot_write_fork(t.root, kv,
+                                     &(struct snapshot_point){2, 1, NULL, 0},
+                                     &h, err, sizeof err),
+                 0);
     bool ok = true;
     CHECK(poll_until_done(&h, &ok));
     CHECK(!ok);
@@ -835,8 +845,10 @@ TEST(fork_child_killed_mid_write)
     /* The child stops itself after its first 1 MiB flush. */
     setenv(PZ_FAILPOINT_ENV, SNAPSHOT_FP_MID_WRITE ":stop", 1);
     struct snapshot_child h;
-    CHECK_EQ_INT(snapshot_write_fork(t.root, kv, 50, 2, conf_blob,
-                                     sizeof conf_blob, &h, err, sizeof err),
+    CHECK_EQ_INT(snapshot_write_fork(t.root, kv,
+                                     &(struct snapshot_point){50, 2, conf_blob,
+                                                              sizeof conf_blob},
+                                     &h, err, sizeof err),
                  0);
     unsetenv(PZ_FAILPOINT_ENV);
     int st = 0;
@@ -864,9 +876,10 @@ TEST(fork_child_killed_mid_write)
     kv_free(got);
 
     /* snapshot_child_kill: the same without the poller. */
-    CHECK_EQ_INT(
-        snapshot_write_fork(t.root, kv, 60, 2, NULL, 0, &h, err, sizeof err),
-        0);
+    CHECK_EQ_INT(snapshot_write_fork(t.root, kv,
+                                     &(struct snapshot_point){60, 2, NULL, 0},
+                                     &h, err, sizeof err),
+                 0);
     snapshot_child_kill(&h);
     CHECK(h.pid == 0 && h.msg_fd == -1);
     CHECK(!exists(h.tmp));
@@ -905,7 +918,9 @@ static void orphan_run(void *arg)
     struct orphan_case *c = arg;
     struct snapshot_child h;
     char err[SNAPSHOT_ERRMSG_SIZE];
-    if (snapshot_write_fork(c->dir, c->kv, 70, 1, NULL, 0, &h, err, sizeof err))
+    if (snapshot_write_fork(c->dir, c->kv,
+                            &(struct snapshot_point){70, 1, NULL, 0}, &h, err,
+                            sizeof err))
         _exit(2);
     int st;
     if (waitpid(h.pid, &st, WUNTRACED) != h.pid || !WIFSTOPPED(st))
@@ -947,9 +962,10 @@ TEST(fork_child_isolation)
     CHECK(pipe(extra) == 0);
     setenv(PZ_FAILPOINT_ENV, SNAPSHOT_FP_MID_WRITE ":stop", 1);
     struct snapshot_child h;
-    CHECK_EQ_INT(
-        snapshot_write_fork(t.root, kv, 60, 1, NULL, 0, &h, err, sizeof err),
-        0);
+    CHECK_EQ_INT(snapshot_write_fork(t.root, kv,
+                                     &(struct snapshot_point){60, 1, NULL, 0},
+                                     &h, err, sizeof err),
+                 0);
     int st;
     CHECK(waitpid(h.pid, &st, WUNTRACED) == h.pid && WIFSTOPPED(st));
     uint64_t fds = child_fds(h.pid);
@@ -992,13 +1008,15 @@ static void fp_run(void *arg)
     struct fp_case *c = arg;
     char err[SNAPSHOT_ERRMSG_SIZE];
     if (!c->fork) {
-        snapshot_write(c->dir, c->kv, c->index, 1, NULL, 0, NULL, 0, err,
-                       sizeof err);
+        snapshot_write(c->dir, c->kv,
+                       &(struct snapshot_point){c->index, 1, NULL, 0}, NULL, 0,
+                       err, sizeof err);
         return;
     }
     struct snapshot_child h;
-    if (snapshot_write_fork(c->dir, c->kv, c->index, 1, NULL, 0, &h, err,
-                            sizeof err))
+    if (snapshot_write_fork(c->dir, c->kv,
+                            &(struct snapshot_point){c->index, 1, NULL, 0}, &h,
+                            err, sizeof err))
         _exit(2);
     bool ok;
     poll_until_done(&h, &ok); /* exits 99 when the child hit the point */
@@ -1342,8 +1360,9 @@ TEST(receiver_refuses_repeated_key)
     kv_set(kv, "a", 1, "1", 1);
     kv_set(kv, "b", 1, "2", 1);
     char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
-    CHECK_EQ_INT(snapshot_write(t.root, kv, 9, 2, NULL, 0, path, sizeof path,
-                                err, sizeof err),
+    CHECK_EQ_INT(snapshot_write(t.root, kv,
+                                &(struct snapshot_point){9, 2, NULL, 0}, path,
+                                sizeof path, err, sizeof err),
                  0);
     kv_free(kv);
     /* Rename key "b" to "a" and fix the checksum. */
@@ -1456,9 +1475,11 @@ TEST(prune_except_and_temp)
     char err[SNAPSHOT_ERRMSG_SIZE], p[SNAPSHOT_PATH_MAX];
     static const uint64_t idx[] = {10, 20, 30, 1ull << 61};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(idx); i++)
-        CHECK_EQ_INT(snapshot_write(t.root, kv, idx[i], 3, NULL, 0, NULL, 0,
-                                    err, sizeof err),
-                     0);
+        CHECK_EQ_INT(
+            snapshot_write(t.root, kv,
+                           &(struct snapshot_point){idx[i], 3, NULL, 0}, NULL,
+                           0, err, sizeof err),
+            0);
     kv_free(kv);
     snprintf(p, sizeof p, "%s/snap-40-3.snap.recv.tmp", t.root);
     FILE *f = fopen(p, "w");
@@ -1631,8 +1652,10 @@ TEST(bench_1m)
     struct snapshot_child h;
     char err[SNAPSHOT_ERRMSG_SIZE];
     t0 = now_us();
-    CHECK_EQ_INT(snapshot_write_fork(t.root, kv, n, 1, conf_blob,
-                                     sizeof conf_blob, &h, err, sizeof err),
+    CHECK_EQ_INT(snapshot_write_fork(t.root, kv,
+                                     &(struct snapshot_point){n, 1, conf_blob,
+                                                              sizeof conf_blob},
+                                     &h, err, sizeof err),
                  0);
     uint64_t t_ret = now_us();
     /* Keep the "loop" busy with writes while the child works. */
@@ -1665,9 +1688,10 @@ TEST(bench_1m)
     /* Synchronous writer on the same table, for comparison. */
     char p2[SNAPSHOT_PATH_MAX];
     t0 = now_us();
-    CHECK_EQ_INT(snapshot_write(t.root, kv, n + 1, 1, conf_blob,
-                                sizeof conf_blob, p2, sizeof p2, err,
-                                sizeof err),
+    CHECK_EQ_INT(snapshot_write(t.root, kv,
+                                &(struct snapshot_point){n + 1, 1, conf_blob,
+                                                         sizeof conf_blob},
+                                p2, sizeof p2, err, sizeof err),
                  0);
     t1 = now_us();
     printf("  bench: synchronous writer (%zu keys): %.3f s\n", kv_count(kv),

@@ -212,10 +212,11 @@ TEST(bounds_and_compaction)
     txn_puts(&f, (const char *const[]){"x", "y", NULL}, "u");
     CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 7);
     CHECK_EQ_INT(f.hub.count, 2);
-    /* One revision over the limit stays while it is the newest. */
+    /* One revision over the limit is not kept: a compaction point. */
     txn_puts(&f, (const char *const[]){"a", "b", "c", "d", NULL}, "w");
-    CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 8);
-    CHECK_EQ_INT(f.hub.count, 4);
+    CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 9);
+    CHECK_EQ_INT(f.hub.count, 0);
+    CHECK_EQ_INT(f.hub.too_large_rev, 8);
     put(&f, "k", "v");
     CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 9);
     CHECK_EQ_INT(f.hub.count, 1);
@@ -273,6 +274,42 @@ TEST(slow_watcher_cancelled)
     CHECK(!watch_next(&slow, &r, &b, &e));
     watch_remove(&slow);
     watch_remove(&fast);
+    fx_free(&f);
+}
+
+/* A watcher with its own notify is told through it, not the hub's. */
+static int own_calls;
+static int own_cancelled;
+static void own_notify(void *data, struct watcher *w)
+{
+    CHECK(data == (void *)&own_calls);
+    own_calls++;
+    if (w->state != WATCH_LIVE)
+        own_cancelled++;
+}
+
+TEST(own_notify)
+{
+    struct fx f;
+    size_t ev = WATCH_EVENT_OVERHEAD + 1 + 10 + 10;
+    fx_init(&f, 1000, 1 << 20, 3 * ev);
+    struct watcher mine, other;
+    own_calls = own_cancelled = 0;
+    CHECK_EQ_INT(add_prefix(&f, &mine, "", 1), 0);
+    mine.data = &own_calls;
+    mine.notify = own_notify;
+    CHECK_EQ_INT(add_prefix(&f, &other, "", 1), 0);
+    put(&f, "k", "0123456789");
+    CHECK_EQ_INT(own_calls, 1);
+    CHECK_EQ_INT(f.notified, 1); /* the other one only */
+    /* Never read: cancelled as slow, told through its own callback. */
+    for (int i = 0; i < 5 && mine.state == WATCH_LIVE; i++)
+        put(&f, "k", "0123456789");
+    CHECK_EQ_INT(mine.state, WATCH_SLOW);
+    CHECK_EQ_INT(own_cancelled, 1);
+    CHECK(f.last_cancelled != &mine);
+    watch_remove(&mine);
+    watch_remove(&other);
     fx_free(&f);
 }
 
@@ -353,15 +390,155 @@ TEST(random_against_reference)
     fx_free(&f);
 }
 
+/* A revision over watch-history-bytes alone is never kept, watched or
+ * not: the watchers that wanted it are cancelled as compacted, and a
+ * watch cannot start at it. */
+TEST(too_large_revision_not_kept)
+{
+    struct fx f;
+    char big[4096];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    fx_init(&f, 1000, 2048, 1 << 20);
+    put(&f, "k", "small");
+    CHECK_EQ_INT(f.hub.count, 1);
+    put(&f, "k", big); /* nobody watches */
+    CHECK_EQ_INT(f.hub.count, 0);
+    CHECK_EQ_INT(f.hub.bytes, 0);
+    CHECK_EQ_INT(f.hub.too_large_rev, 2);
+    CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 3);
+    struct watcher w, other;
+    CHECK_EQ_INT(watch_add(&f.hub, &w, "k", 1, "k\0", 2, 2), PZ_ENOTFOUND);
+    CHECK_EQ_INT(watch_add(&f.hub, &w, "k", 1, "k\0", 2, 3), 0);
+    CHECK_EQ_INT(watch_add(&f.hub, &other, "o", 1, "o\0", 2, 3), 0);
+    put(&f, "k", big);
+    CHECK_EQ_INT(w.state, WATCH_COMPACTED);
+    CHECK(f.last_cancelled == &w);
+    CHECK_EQ_INT(f.hub.too_large_rev, 3);
+    CHECK_EQ_INT(other.state, WATCH_LIVE); /* wanted none of it */
+    CHECK_EQ_INT(f.hub.count, 0);
+    watch_remove(&w);
+    watch_remove(&other);
+    fx_free(&f);
+}
+
+/* A commit notifies only the watchers its events concern (found through
+ * the index), and a watcher with nothing to read never lags, however
+ * much else the history turns over. */
+TEST(commit_visits_matching_watchers_only)
+{
+    struct fx f;
+    char out[256];
+    fx_init(&f, 4, 1 << 20, 300);
+    struct watch_limits l = {.max_events = 4,
+                             .max_bytes = 1 << 20,
+                             .max_watchers = 2000,
+                             .max_lag = 300};
+    watch_hub_set_limits(&f.hub, &l);
+    enum { N = 1000 };
+    struct watcher *ws = calloc(N + 3, sizeof *ws);
+    char k[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(k, sizeof k, "k%d", i);
+        size_t n = strlen(k);
+        char to[16];
+        memcpy(to, k, n + 1);
+        CHECK_EQ_INT(watch_add(&f.hub, &ws[i], k, n, to, n + 1, 1), 0);
+    }
+    CHECK_EQ_INT(add_prefix(&f, &ws[N], "p1", 1), 0);
+    CHECK_EQ_INT(watch_add(&f.hub, &ws[N + 1], "a", 1, "c", 1, 1), 0);
+    CHECK_EQ_INT(add_prefix(&f, &ws[N + 2], "", 1), 0); /* every key */
+    CHECK_EQ_INT(ws[0].kind, WATCH_KIND_EXACT);
+    CHECK_EQ_INT(ws[N].kind, WATCH_KIND_PREFIX);
+    CHECK_EQ_INT(ws[N + 1].kind, WATCH_KIND_RANGE);
+    watch_remove(&ws[N + 2]);
+    f.notified = 0;
+    put(&f, "k5", "v");
+    CHECK_EQ_INT(f.notified, 1);
+    drain(&f, &ws[5], out, sizeof out);
+    CHECK_EQ_STR(out, "1:+k5=v,;");
+    f.notified = 0;
+    put(&f, "p12", "v");
+    CHECK_EQ_INT(f.notified, 1);
+    drain(&f, &ws[N], out, sizeof out);
+    CHECK_EQ_STR(out, "2:+p12=v,;");
+    f.notified = 0;
+    put(&f, "b", "v");
+    CHECK_EQ_INT(f.notified, 1);
+    drain(&f, &ws[N + 1], out, sizeof out);
+    CHECK_EQ_STR(out, "3:+b=v,;");
+    /* Many more writes than the history holds, none for k999: it stays
+     * live and caught up, then gets its own. */
+    for (int i = 0; i < 20; i++)
+        put(&f, "other", "0123456789");
+    CHECK_EQ_INT(ws[N - 1].state, WATCH_LIVE);
+    CHECK(watch_caught_up(&ws[N - 1]));
+    CHECK_EQ_INT(watch_lag(&ws[N - 1]), 0);
+    CHECK_EQ_INT(f.hub.cancelled_slow + f.hub.cancelled_compacted, 0);
+    put(&f, "k999", "z");
+    drain(&f, &ws[N - 1], out, sizeof out);
+    CHECK_EQ_STR(out, "24:+k999=z,;");
+    for (int i = 0; i < N + 2; i++)
+        watch_remove(&ws[i]);
+    CHECK_EQ_INT(f.hub.n_watchers, 0);
+    CHECK_EQ_INT(f.hub.n_hashed, 0);
+    free(ws);
+    fx_free(&f);
+}
+
+/* owner_lag: commits leave lag to the owner, who cancels with
+ * watch_cancel; watch_set_cursor keeps a revision being delivered
+ * counted. */
+TEST(owner_lag_and_cursor)
+{
+    struct fx f;
+    fx_init(&f, 1000, 1 << 20, 200);
+    struct watcher w;
+    CHECK_EQ_INT(add_prefix(&f, &w, "", 1), 0);
+    w.owner_lag = true;
+    for (int i = 0; i < 10; i++)
+        put(&f, "k", "0123456789");
+    CHECK_EQ_INT(w.state, WATCH_LIVE);
+    CHECK(watch_lag(&w) > 200);
+    uint64_t r, b, e;
+    CHECK(watch_next(&w, &r, &b, &e));
+    CHECK_EQ_INT(r, 1);
+    watch_set_cursor(&w, b); /* being written */
+    CHECK(!watch_caught_up(&w));
+    uint64_t lag = watch_lag(&w);
+    while (watch_next(&w, &r, &b, &e))
+        ;
+    CHECK(watch_caught_up(&w));
+    watch_set_cursor(&w, b);
+    CHECK(!watch_caught_up(&w));
+    CHECK(watch_lag(&w) < lag);
+    watch_set_cursor(&w, e);
+    CHECK(watch_caught_up(&w));
+    f.last_cancelled = NULL;
+    watch_cancel(&w, WATCH_SLOW);
+    CHECK(f.last_cancelled == &w);
+    CHECK_EQ_INT(w.state, WATCH_SLOW);
+    CHECK_EQ_INT(f.hub.cancelled_slow, 1);
+    CHECK_EQ_INT(f.hub.n_watchers, 0);
+    watch_cancel(&w, WATCH_SLOW); /* no longer registered: nothing */
+    CHECK_EQ_INT(f.hub.cancelled_slow, 1);
+    watch_remove(&w);
+    fx_free(&f);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(order_and_filters),
     TEST_ENTRY(start_revision_past_and_future),
     TEST_ENTRY(bounds_and_compaction),
     TEST_ENTRY(lagging_watcher_is_compacted),
     TEST_ENTRY(slow_watcher_cancelled),
+    TEST_ENTRY(own_notify),
     TEST_ENTRY(max_watchers),
     TEST_ENTRY(reset_after_snapshot),
     TEST_ENTRY(random_against_reference),
+    TEST_ENTRY(too_large_revision_not_kept),
+    TEST_ENTRY(commit_visits_matching_watchers_only),
+    TEST_ENTRY(owner_lag_and_cursor),
     TEST_END};
 
 const struct test_suite suite_watch = {"watch", cases};

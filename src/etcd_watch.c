@@ -1,0 +1,556 @@
+/* etcd_watch.c - etcdserverpb.Watch/Watch (etcd.h): many watches on one
+ * bidirectional stream, served from the node's watch history (watch.h) on
+ * any node, leader or not.
+ *
+ * Happy path: each request message is a create, cancel or progress
+ * request. A create decodes etcd's key range (an empty key is "\0"; an
+ * empty range_end one key; "\0" every key from key), picks the watch id
+ * (the client's, or the lowest free one from 0 up, as etcd), registers a
+ * watcher at start_revision (0: the node's revision + 1) and queues the
+ * `created` answer. The stream's output is pulled (grpc_stream_pump):
+ * whenever the client has taken what was sent, the next queued answer
+ * goes, else the next revision with events for one of the stream's
+ * watches (round robin), as one WatchResponse whose header carries that
+ * revision, after the NOPUT/NODELETE filters, with prev_kv when asked, in
+ * pieces of at most grpc-max-message when `fragment` is set. The hub
+ * tells a watch that has events (notify): it queues its next revision at
+ * once if the stream has less than EW_FILL_BYTES queued (a reader that
+ * keeps up is then never behind in the history), and the stream is
+ * kicked from a zero timer, never flushed from inside the hub's commit.
+ *
+ * Failure modes: a start older than the history gets `created`, then
+ * `canceled` with compact_revision (the oldest revision still held), as
+ * etcd answers after a compaction. A client that reads too slowly lets
+ * its watches fall behind in the shared history; past watch-max-buffer
+ * bytes the hub cancels them (`canceled`, cancel_reason says why), and a
+ * snapshot installed under them cancels them as compacted. Bounds: at most
+ * etcd-watch-max-per-stream watches per stream and max-watchers in all
+ * (`created` + `canceled` with a reason beyond), at most EW_QUEUE_MAX
+ * answers queued (a client that sends requests without reading gets
+ * RESOURCE_EXHAUSTED). A bad request message ends the stream with
+ * INVALID_ARGUMENT. Loop thread only. */
+#include "etcd.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "etcd_map.h"
+#include "grpc_pb.h"
+#include "log.h"
+#include "node.h"
+#include "queue.h"
+#include "watch.h"
+
+#define EW_QUEUE_MAX 4096 /* answers queued on one stream */
+/* A watch told of new events reads them at once (its cursor moves on, so
+ * that the hub does not count a reader that keeps up as lagging) while
+ * its stream has less than this queued. */
+#define EW_FILL_BYTES (256 * 1024)
+
+/* One queued answer (packed WatchResponse). */
+struct omsg {
+    struct omsg *next;
+    size_t len;
+    uint8_t data[];
+};
+
+struct ew_stream;
+
+struct ew_watch {
+    struct watcher w;     /* in the node's hub while registered */
+    struct ew_stream *es; /* owner */
+    int64_t id;           /* watch id */
+    bool prev_kv, noput, nodel, progress_notify, fragment;
+    bool sent;                    /* something went since the last tick */
+    struct ew_watch *prev, *next; /* the stream's watches */
+};
+
+struct ew_stream {
+    struct gstream *st;
+    struct ew_watch *watches; /* newest first */
+    size_t n_watches;
+    int64_t next_id;          /* next automatic id to try */
+    struct omsg *head, *tail; /* queued answers */
+    size_t queued;            /* how many */
+    size_t queued_bytes;      /* their bytes */
+    struct ew_watch *rr;      /* round robin: next watch to look at */
+    bool progress_pending;    /* a WatchProgressRequest waits */
+    bool kicked;              /* in ew.kicks */
+    struct pz_queue kq;       /* in ew.kicks */
+    struct pz_queue q;        /* in ew.streams */
+};
+
+static struct {
+    uv_loop_t *loop;
+    uv_timer_t kick_timer;     /* pumps kicked streams */
+    uv_timer_t progress_timer; /* progress_notify */
+    struct pz_queue kicks;     /* streams with something new */
+    struct pz_queue streams;   /* every Watch stream */
+    size_t max_per_stream;     /* etcd-watch-max-per-stream */
+    uint64_t progress_ms;      /* watch-progress-interval */
+    bool inited, timers_on;
+} ew;
+
+static void pump(struct gstream *st);
+
+/* --- answers ------------------------------------------------------------- */
+
+static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
+{
+    size_t n = etcdserverpb__watch_response__get_packed_size(r);
+    struct omsg *m = pz_malloc(sizeof *m + n + 1);
+    m->next = NULL;
+    m->len = etcdserverpb__watch_response__pack(r, m->data);
+    if (es->tail)
+        es->tail->next = m;
+    else
+        es->head = m;
+    es->tail = m;
+    es->queued++;
+    es->queued_bytes += m->len;
+}
+
+static void on_kick_timer(uv_timer_t *t)
+{
+    PZ_UNUSED(t);
+    while (!pz_queue_empty(&ew.kicks)) {
+        struct ew_stream *es =
+            container_of(pz_queue_head(&ew.kicks), struct ew_stream, kq);
+        pz_queue_remove(&es->kq);
+        es->kicked = false;
+        grpc_stream_pump(es->st, pump); /* resumes output */
+        grpc_stream_flush(es->st);      /* may free es */
+    }
+}
+
+/* Something new for es: pump it from the loop, not from here. */
+static void kick(struct ew_stream *es)
+{
+    if (es->kicked)
+        return;
+    es->kicked = true;
+    pz_queue_push(&ew.kicks, &es->kq);
+    uv_timer_start(&ew.kick_timer, on_kick_timer, 0, 0);
+}
+
+static void base_response(Etcdserverpb__WatchResponse *r,
+                          Etcdserverpb__ResponseHeader *h, uint64_t rev,
+                          int64_t id)
+{
+    Etcdserverpb__WatchResponse init = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    *r = init;
+    etcd_header(h, rev, NULL);
+    r->header = h;
+    r->watch_id = id;
+}
+
+static void queue_simple(struct ew_stream *es, int64_t id, bool created,
+                         bool canceled, int64_t compact, const char *reason)
+{
+    Etcdserverpb__WatchResponse r;
+    Etcdserverpb__ResponseHeader h;
+    base_response(&r, &h, kv_revision(node_kv()), id);
+    r.created = created;
+    r.canceled = canceled;
+    r.compact_revision = compact;
+    r.cancel_reason = (char *)(reason ? reason : "");
+    enqueue(es, &r);
+}
+
+/* --- watches ------------------------------------------------------------- */
+
+static void watch_unlink(struct ew_watch *ww)
+{
+    struct ew_stream *es = ww->es;
+    if (es->rr == ww)
+        es->rr = ww->next;
+    if (ww->prev)
+        ww->prev->next = ww->next;
+    else
+        es->watches = ww->next;
+    if (ww->next)
+        ww->next->prev = ww->prev;
+    es->n_watches--;
+}
+
+static void watch_free(struct ew_watch *ww)
+{
+    watch_unlink(ww);
+    watch_remove(&ww->w);
+    pz_free(ww);
+}
+
+static struct ew_watch *watch_find(struct ew_stream *es, int64_t id)
+{
+    for (struct ew_watch *ww = es->watches; ww; ww = ww->next)
+        if (ww->id == id)
+            return ww;
+    return NULL;
+}
+
+static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
+                           uint64_t rev, uint64_t b, uint64_t e);
+
+/* The hub has events for ww, or cancelled it. */
+static void on_notify(void *data, struct watcher *w)
+{
+    struct ew_watch *ww = data;
+    struct ew_stream *es = ww->es;
+    PZ_UNUSED(w);
+    if (ww->w.state != WATCH_LIVE) {
+        bool slow = ww->w.state == WATCH_SLOW;
+        pz_info("etcd watch %lld cancelled: %s", (long long)ww->id,
+                slow ? "slow" : "compacted");
+        if (slow)
+            queue_simple(es, ww->id, false, true, 0,
+                         "etcdserver: watch is too slow: it fell more than "
+                         "watch-max-buffer behind the newest event");
+        else
+            queue_simple(es, ww->id, false, true,
+                         (int64_t)watch_hub_first_rev(node_watch()),
+                         "etcdserver: mvcc: required revision has been "
+                         "compacted");
+        watch_free(ww);
+    } else if (es->queued_bytes < EW_FILL_BYTES) {
+        uint64_t rev, b, e;
+        while (watch_next(&ww->w, &rev, &b, &e))
+            if (queue_events(es, ww, rev, b, e) > 0)
+                break;
+    }
+    kick(es);
+}
+
+static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
+{
+    struct watch_hub *hub = node_watch();
+    struct etcd_watch_keys keys;
+    if (etcd_watch_keys(c->key.data, c->key.len, c->range_end.data,
+                        c->range_end.len, &keys) < 0) {
+        queue_simple(es, -1, true, true, 0, "mvcc: watcher range is empty");
+        return;
+    }
+    int64_t id = c->watch_id;
+    const char *refused = NULL;
+    if (id != 0 && watch_find(es, id))
+        refused = "mvcc: duplicate watch ID provided on the WatchStream";
+    else if (es->n_watches >= ew.max_per_stream)
+        refused = "etcdserver: too many watches on this stream "
+                  "(etcd-watch-max-per-stream)";
+    if (refused) {
+        etcd_watch_keys_free(&keys);
+        queue_simple(es, -1, true, true, 0, refused);
+        return;
+    }
+    if (id == 0) {
+        while (watch_find(es, es->next_id))
+            es->next_id++;
+        id = es->next_id++;
+    }
+    uint64_t start;
+    struct ew_watch *ww = NULL;
+    int rv = PZ_ENOTFOUND;
+    if (etcd_watch_start(c->start_revision, kv_revision(node_kv()),
+                         watch_hub_first_rev(hub), &start)) {
+        ww = pz_calloc(1, sizeof *ww);
+        rv = watch_add(hub, &ww->w, keys.from, keys.flen, keys.to, keys.tlen,
+                       start);
+    }
+    etcd_watch_keys_free(&keys);
+    if (rv < 0) {
+        pz_free(ww);
+        if (rv == PZ_ENOTFOUND) {
+            /* etcd: created, then cancelled as compacted. */
+            queue_simple(es, id, true, false, 0, NULL);
+            queue_simple(es, id, false, true, (int64_t)watch_hub_first_rev(hub),
+                         "etcdserver: mvcc: required revision has been "
+                         "compacted");
+        } else {
+            queue_simple(es, -1, true, true, 0,
+                         "etcdserver: too many watchers (max-watchers)");
+        }
+        return;
+    }
+    ww->w.data = ww;
+    ww->w.notify = on_notify;
+    ww->es = es;
+    ww->id = id;
+    ww->prev_kv = c->prev_kv;
+    ww->progress_notify = c->progress_notify;
+    ww->fragment = c->fragment;
+    for (size_t i = 0; i < c->n_filters; i++) {
+        if (c->filters[i] ==
+            ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT)
+            ww->noput = true;
+        else if (c->filters[i] ==
+                 ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE)
+            ww->nodel = true;
+    }
+    ww->next = es->watches;
+    if (es->watches)
+        es->watches->prev = ww;
+    es->watches = ww;
+    es->n_watches++;
+    queue_simple(es, id, true, false, 0, NULL);
+}
+
+static void cancel_watch(struct ew_stream *es, int64_t id)
+{
+    struct ew_watch *ww = watch_find(es, id);
+    if (ww == NULL)
+        return; /* etcd answers nothing for an unknown id */
+    watch_free(ww);
+    queue_simple(es, id, false, true, 0, NULL);
+}
+
+/* --- events -------------------------------------------------------------- */
+
+static void kv_of(Mvccpb__KeyValue *kv, const uint8_t *key, size_t klen,
+                  const uint8_t *value, size_t vlen, const struct kv_meta *m)
+{
+    Mvccpb__KeyValue init = MVCCPB__KEY_VALUE__INIT;
+    *kv = init;
+    kv->key.data = (uint8_t *)key;
+    kv->key.len = klen;
+    kv->value.data = (uint8_t *)value;
+    kv->value.len = value ? vlen : 0;
+    kv->create_revision = (int64_t)m->create_revision;
+    kv->mod_revision = (int64_t)m->mod_revision;
+    kv->version = (int64_t)m->version;
+    kv->lease = (int64_t)m->lease;
+}
+
+/* Queue the answer(s) for ww's events [b, e) of revision rev. Returns the
+ * number of events queued (0: all filtered out). */
+static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
+                           uint64_t rev, uint64_t b, uint64_t e)
+{
+    const struct watch_hub *hub = node_watch();
+    size_t n = 0, cap = (size_t)(e - b);
+    Mvccpb__Event *ev = pz_calloc(cap, sizeof *ev);
+    Mvccpb__Event **evp = pz_calloc(cap, sizeof *evp);
+    Mvccpb__KeyValue *kvs = pz_calloc(2 * cap, sizeof *kvs);
+    size_t *sizes = pz_calloc(cap, sizeof *sizes);
+    for (uint64_t s = b; s < e; s++) {
+        const struct watch_event *we = watch_event_at(hub, s);
+        if (!watch_matches(&ww->w, we))
+            continue;
+        bool put = we->type == KV_TOP_PUT;
+        if ((put && ww->noput) || (!put && ww->nodel))
+            continue;
+        Mvccpb__Event init = MVCCPB__EVENT__INIT;
+        ev[n] = init;
+        ev[n].type = put ? MVCCPB__EVENT__EVENT_TYPE__PUT
+                         : MVCCPB__EVENT__EVENT_TYPE__DELETE;
+        kv_of(&kvs[2 * n], we->key, we->klen, we->value, we->vlen, &we->meta);
+        ev[n].kv = &kvs[2 * n];
+        if (ww->prev_kv && we->has_prev) {
+            kv_of(&kvs[2 * n + 1], we->key, we->klen, we->prev, we->plen,
+                  &we->pmeta);
+            ev[n].prev_kv = &kvs[2 * n + 1];
+        }
+        sizes[n] = mvccpb__event__get_packed_size(&ev[n]) + 8;
+        evp[n] = &ev[n];
+        n++;
+    }
+    if (n > 0) {
+        Etcdserverpb__WatchResponse r;
+        Etcdserverpb__ResponseHeader h;
+        base_response(&r, &h, rev, ww->id);
+        size_t limit = grpc_stream_server(es->st)->max_message;
+        size_t i = 0;
+        while (i < n) {
+            /* Whole unless fragmenting; a fragment holds at least one. */
+            size_t j = i + 1, bytes = 64 + sizes[i];
+            while (j < n && (!ww->fragment || bytes + sizes[j] <= limit))
+                bytes += sizes[j++];
+            r.events = &evp[i];
+            r.n_events = j - i;
+            r.fragment = j < n;
+            enqueue(es, &r);
+            i = j;
+        }
+        ww->sent = true;
+    }
+    pz_free(sizes);
+    pz_free(kvs);
+    pz_free(evp);
+    pz_free(ev);
+    return n;
+}
+
+/* The next revision with events for one of the stream's watches, round
+ * robin: true once something was queued. */
+static bool next_events(struct ew_stream *es)
+{
+    size_t tries = es->n_watches;
+    while (tries-- > 0) {
+        struct ew_watch *ww = es->rr ? es->rr : es->watches;
+        if (ww == NULL)
+            return false;
+        es->rr = ww->next;
+        uint64_t rev, b, e;
+        while (ww->w.state == WATCH_LIVE && watch_next(&ww->w, &rev, &b, &e))
+            if (queue_events(es, ww, rev, b, e) > 0)
+                return true;
+    }
+    return false;
+}
+
+static bool all_caught_up(const struct ew_stream *es)
+{
+    for (const struct ew_watch *ww = es->watches; ww; ww = ww->next)
+        if (!watch_caught_up(&ww->w))
+            return false;
+    return true;
+}
+
+/* The output drained: the next answer, if any (grpc_stream_pump). */
+static void pump(struct gstream *st)
+{
+    struct ew_stream *es = grpc_stream_ext(st);
+    if (es->head == NULL && !next_events(es) && es->progress_pending &&
+        all_caught_up(es)) {
+        /* Every event up to the revision went: etcd's answer to a
+         * progress request names no watch. */
+        es->progress_pending = false;
+        queue_simple(es, -1, false, false, 0, NULL);
+    }
+    struct omsg *m = es->head;
+    if (m == NULL)
+        return;
+    es->head = m->next;
+    if (es->head == NULL)
+        es->tail = NULL;
+    es->queued--;
+    es->queued_bytes -= m->len;
+    grpc_stream_send(st, m->data, m->len);
+    pz_free(m);
+}
+
+static void on_progress_timer(uv_timer_t *t)
+{
+    PZ_UNUSED(t);
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &ew.streams)
+    {
+        struct ew_stream *es = container_of(e, struct ew_stream, q);
+        bool any = false;
+        for (struct ew_watch *ww = es->watches; ww; ww = ww->next) {
+            if (ww->progress_notify && !ww->sent && es->head == NULL &&
+                watch_caught_up(&ww->w)) {
+                queue_simple(es, ww->id, false, false, 0, NULL);
+                any = true;
+            }
+            ww->sent = false;
+        }
+        if (any)
+            kick(es);
+    }
+}
+
+/* --- the stream ---------------------------------------------------------- */
+
+static void stream_free(void *p)
+{
+    struct ew_stream *es = p;
+    while (es->watches)
+        watch_free(es->watches);
+    while (es->head) {
+        struct omsg *m = es->head;
+        es->head = m->next;
+        pz_free(m);
+    }
+    if (es->kicked)
+        pz_queue_remove(&es->kq);
+    pz_queue_remove(&es->q);
+    if (pz_queue_empty(&ew.streams) && ew.timers_on) {
+        uv_timer_stop(&ew.progress_timer);
+        ew.timers_on = false;
+    }
+    pz_free(es);
+}
+
+void etcd_watch_message(struct gstream *st)
+{
+    struct ew_stream *es = grpc_stream_ext(st);
+    if (!ew.inited) {
+        grpc_stream_fail(st, GRPC_UNAVAILABLE,
+                         "etcdserver: watch is not served here");
+        return;
+    }
+    if (es == NULL) {
+        es = pz_calloc(1, sizeof *es);
+        es->st = st;
+        pz_queue_init(&es->kq);
+        pz_queue_push(&ew.streams, &es->q);
+        grpc_stream_set_ext(st, es, stream_free);
+        grpc_stream_pump(st, pump); /* response headers go now */
+        if (!ew.timers_on && ew.inited) {
+            ew.timers_on = true;
+            uv_timer_start(&ew.progress_timer, on_progress_timer,
+                           ew.progress_ms, ew.progress_ms);
+        }
+    }
+    size_t len;
+    const uint8_t *msg = grpc_stream_msg(st, &len);
+    Etcdserverpb__WatchRequest *q =
+        etcdserverpb__watch_request__unpack(&grpc_pb_allocator, len, msg);
+    if (q == NULL) {
+        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                         "request is not a valid etcdserverpb.WatchRequest");
+        return;
+    }
+    if (es->queued >= EW_QUEUE_MAX) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: too many watch answers waiting for the "
+                         "client to read them");
+    } else {
+        switch (q->request_union_case) {
+        case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST:
+            create(es, q->create_request);
+            break;
+        case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CANCEL_REQUEST:
+            cancel_watch(es, q->cancel_request->watch_id);
+            break;
+        case ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_PROGRESS_REQUEST:
+            es->progress_pending = true;
+            break;
+        default:
+            break; /* etcd ignores an empty request */
+        }
+        kick(es);
+    }
+    etcdserverpb__watch_request__free_unpacked(q, &grpc_pb_allocator);
+}
+
+void etcd_watch_end(struct gstream *st)
+{
+    /* etcd keeps a Watch stream open after the client's side ends: its
+     * watches go on until the client cancels the call. */
+    PZ_UNUSED(st);
+}
+
+void etcd_watch_setup(uv_loop_t *loop, size_t max_per_stream,
+                      uint64_t progress_ms)
+{
+    if (!ew.inited) {
+        ew.loop = loop;
+        uv_timer_init(loop, &ew.kick_timer);
+        uv_timer_init(loop, &ew.progress_timer);
+        pz_queue_init(&ew.kicks);
+        pz_queue_init(&ew.streams);
+        ew.inited = true;
+    }
+    ew.max_per_stream = max_per_stream;
+    ew.progress_ms = progress_ms ? progress_ms : 10000;
+}
+
+void etcd_watch_close(void)
+{
+    if (!ew.inited)
+        return;
+    ew.inited = false;
+    ew.timers_on = false;
+    uv_close((uv_handle_t *)&ew.kick_timer, NULL);
+    uv_close((uv_handle_t *)&ew.progress_timer, NULL);
+}

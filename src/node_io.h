@@ -1,0 +1,154 @@
+/* node_io.h - everything the node driver does to the world, as one table
+ * of functions (as canonical/raft's raft_io): the log store, the peer
+ * transport, the snapshot writer, the discovery service (mandi), the
+ * monotonic clock and the tick timer.
+ *
+ * The driver (src/node*.c) calls the store, the transport, the writer,
+ * mandi and the clock only through this table. node_init fills it with
+ * the production one (node_io_uv.c: libuv's timer and clock, store.c on
+ * the thread pool, transport.c, snapshot.c's forked writer,
+ * mandi_client.c); the deterministic simulation
+ * (tests/unit/test_node_sim.c) gives node_open its own: a virtual clock,
+ * an in-memory store whose writes complete when the simulation says so,
+ * an in-memory network that loses, delays and reorders, and a fake mandi.
+ *
+ * Contracts are those of the modules the production table wraps
+ * (store.h, transport.h, snapshot.h, mandi_client.h), minus the loop:
+ *  - the store's asynchronous jobs (write, install, compaction step)
+ *    complete exactly once through their callback, later, never from
+ *    inside the call; at most one is in flight; a write reported done is
+ *    durable (a crash keeps it), one not reported may be lost whole;
+ *  - transport callbacks (recv, on_chunk, ...) come from the
+ *    transport_config given to tr_open, never from inside send;
+ *  - the tick callback and every completion run with the node selected
+ *    (node_select): the production table has one node; the simulation
+ *    selects the node before it calls it.
+ * Every function takes the table's data first. */
+#ifndef PZ_NODE_IO_H
+#define PZ_NODE_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "httpc.h"
+#include "mandi_client.h"
+#include "node.h"
+#include "raft.h"
+#include "raft_codec.h"
+#include "snapshot.h"
+#include "store.h"
+#include "transport.h"
+
+/* A store job finished: status 0 or a negative code, errmsg why (NULL on
+ * success; valid during the call). */
+typedef void (*node_io_done_cb)(int status, const char *errmsg);
+
+struct node_io {
+    void *data;    /* first argument of every function */
+    uint64_t seed; /* seeds the table's hash, the core's timeouts and the
+                      transport's jitter; 0: from the system */
+
+    /* --- clock and timer --- */
+    uint64_t (*now)(void *data); /* monotonic milliseconds */
+    /* The clock again after long work (may be NULL: nothing to do). */
+    void (*update_time)(void *data);
+    /* Call cb every period_ms from now on; tick_close stops it and calls
+     * done once it is closed. */
+    void (*tick_start)(void *data, uint64_t period_ms, void (*cb)(void));
+    void (*tick_close)(void *data, void (*done)(void));
+
+    /* --- the log store (store.h) --- */
+    int (*store_open)(void *data, const char *dir, char *err, size_t errlen);
+    void (*store_close)(void *data);
+    int (*store_load_from)(void *data, uint64_t from,
+                           struct raft_hard_state *hs,
+                           struct raft_entry **entries, size_t *n,
+                           struct store_meta *meta);
+    int (*store_term)(void *data, uint64_t index, uint64_t *term);
+    void (*store_meta_get)(void *data, struct store_meta *meta);
+    int (*store_meta_set)(void *data, uint64_t cluster_id, uint64_t node_id,
+                          const char *node_name);
+    int (*store_meta_set_incarnation)(void *data, uint64_t incarnation);
+    /* Persist a Ready (hs may be NULL); entries stay valid until cb. */
+    int (*store_write)(void *data, const struct raft_hard_state *hs,
+                       const struct raft_entry *entries, size_t n,
+                       node_io_done_cb cb);
+    /* Drop the whole log, record (index, term) as the snapshot point,
+     * write hs and entries, in one job. */
+    int (*store_write_install)(void *data, uint64_t index, uint64_t term,
+                               const struct raft_hard_state *hs,
+                               const struct raft_entry *entries, size_t n,
+                               node_io_done_cb cb);
+    /* 0 (cb later), 1 (nothing to do, no cb), or an error. */
+    int (*store_compact_step)(void *data, uint64_t upto, uint64_t max_rows,
+                              node_io_done_cb cb);
+    bool (*store_busy)(void *data);
+    void (*store_stats)(void *data, struct store_stats *st);
+    const char *(*store_errmsg)(void *data);
+    const char *(*store_path)(void *data);
+
+    /* --- the peer transport (transport.h) --- */
+    int (*tr_open)(void *data, const struct transport_config *tc, char *err,
+                   size_t errlen);
+    void (*tr_close)(void *data, void (*done)(void));
+    void (*send)(void *data, const struct raft_msg *m);
+    int (*send_chunk)(void *data, uint64_t to, const struct raft_snap_chunk *c);
+    int (*peer_stats)(void *data, uint64_t id, struct transport_peer_stats *st);
+    void (*tr_stats)(void *data, struct transport_stats *st);
+    void (*set_peer)(void *data, uint64_t id, const char *addr);
+    void (*remove_peer)(void *data, uint64_t id);
+    void (*probe)(void *data, uint64_t id);
+
+    /* --- the snapshot writer (snapshot_write_fork and friends) --- */
+    int (*snap_write)(void *data, const char *dir, const struct kv *kv,
+                      const struct snapshot_point *at,
+                      struct snapshot_child *c, char *err, size_t errlen);
+    void (*snap_poll)(void *data, struct snapshot_child *c, bool *done,
+                      bool *ok);
+    void (*snap_kill)(void *data, struct snapshot_child *c);
+
+    /* --- mandi (mandi_client.h); mandi_open may leave it off --- */
+    int (*mandi_open)(void *data, const struct pz_config *cfg, bool *on,
+                      char *err, size_t errlen);
+    void (*mandi_close)(void *data);
+    uint64_t (*mandi_put_leader)(void *data, const struct mandi_leader *li,
+                                 mandi_client_cb cb, void *arg);
+    uint64_t (*mandi_post_join)(void *data, const struct mandi_join *j,
+                                mandi_client_cb cb, void *arg);
+    uint64_t (*mandi_get_joins)(void *data, mandi_client_cb cb, void *arg);
+    uint64_t (*mandi_delete_join)(void *data, const char *id,
+                                  mandi_client_cb cb, void *arg);
+
+    /* --- a member's HTTP API (httpc.h): GET path at addr, cb(res, arg)
+     * once; NULL if it cannot start. http_free cancels (allowed from
+     * cb). --- */
+    struct httpc *(*http_get)(void *data, const char *addr, const char *path,
+                              const char *log_name, httpc_cb cb, void *arg);
+    void (*http_free)(void *data, struct httpc *c);
+};
+
+/* Open a node on io (copied; io->data must outlive the node) and select
+ * it. node_init is node_open on the production table. Returns 0 or a
+ * negative code with a message in err. */
+int node_open(const struct node_io *io, const struct pz_config *cfg,
+              node_stop_cb stop, char *err, size_t errlen);
+
+/* Several nodes in one process (the simulation): the node the calls of
+ * node.h act on is the selected one. node_current() is NULL when none is
+ * open. */
+struct node;
+void node_select(struct node *n);
+struct node *node_current(void);
+/* The selected node's tick (what the timer calls). */
+void node_tick(void);
+/* Drop the selected node as a crash would: no callback of any request,
+ * nothing written, every in-memory thing freed, the io's handles left to
+ * the caller (its store, transport and writer are not closed). */
+void node_crash(void);
+
+/* The production table (node_io_uv.c) on loop. */
+void node_io_uv(struct node_io *io, uv_loop_t *loop);
+
+#endif

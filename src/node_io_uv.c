@@ -1,0 +1,414 @@
+/* node_io_uv.c - the node's production I/O table (node_io.h): libuv's
+ * timer and clock, store.c on libuv's thread pool, transport.c,
+ * snapshot.c's forked writer and mandi_client.c. One node per process:
+ * the handles live here. */
+#include "node_io.h"
+
+#include <string.h>
+
+#include "log.h"
+#include "tls_setup.h"
+
+static struct {
+    uv_loop_t *loop;
+    uv_timer_t tick;
+    void (*tick_cb)(void);
+    void (*tick_done)(void);
+    struct store *store;
+    node_io_done_cb store_cb; /* the job in flight's */
+    struct transport *tr;
+    void (*tr_done)(void);
+    struct mandi_client *mandi;
+} io;
+
+static uint64_t uv_io_now(void *data)
+{
+    PZ_UNUSED(data);
+    return uv_now(io.loop);
+}
+
+static void uv_io_update_time(void *data)
+{
+    PZ_UNUSED(data);
+    uv_update_time(io.loop);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    PZ_UNUSED(t);
+    io.tick_cb();
+}
+
+static void uv_io_tick_start(void *data, uint64_t period_ms, void (*cb)(void))
+{
+    PZ_UNUSED(data);
+    io.tick_cb = cb;
+    uv_timer_init(io.loop, &io.tick);
+    uv_timer_start(&io.tick, on_tick, period_ms, period_ms);
+}
+
+static void on_tick_closed(uv_handle_t *h)
+{
+    PZ_UNUSED(h);
+    io.tick_done();
+}
+
+static void uv_io_tick_close(void *data, void (*done)(void))
+{
+    PZ_UNUSED(data);
+    io.tick_done = done;
+    uv_timer_stop(&io.tick);
+    uv_close((uv_handle_t *)&io.tick, on_tick_closed);
+}
+
+/* --- store ---------------------------------------------------------------- */
+
+static int uv_io_store_open(void *data, const char *dir, char *err,
+                            size_t errlen)
+{
+    PZ_UNUSED(data);
+    return store_open(dir, &io.store, err, errlen);
+}
+
+static void uv_io_store_close(void *data)
+{
+    PZ_UNUSED(data);
+    store_close(io.store);
+    io.store = NULL;
+}
+
+static int uv_io_store_load_from(void *data, uint64_t from,
+                                 struct raft_hard_state *hs,
+                                 struct raft_entry **entries, size_t *n,
+                                 struct store_meta *meta)
+{
+    PZ_UNUSED(data);
+    return store_load_from(io.store, from, hs, entries, n, meta);
+}
+
+static int uv_io_store_term(void *data, uint64_t index, uint64_t *term)
+{
+    PZ_UNUSED(data);
+    return store_term(io.store, index, term);
+}
+
+static void uv_io_store_meta_get(void *data, struct store_meta *meta)
+{
+    PZ_UNUSED(data);
+    store_meta_get(io.store, meta);
+}
+
+static int uv_io_store_meta_set(void *data, uint64_t cluster_id,
+                                uint64_t node_id, const char *node_name)
+{
+    PZ_UNUSED(data);
+    return store_meta_set(io.store, cluster_id, node_id, node_name);
+}
+
+static int uv_io_store_meta_set_incarnation(void *data, uint64_t inc)
+{
+    PZ_UNUSED(data);
+    return store_meta_set_incarnation(io.store, inc);
+}
+
+static void on_store_done(struct store *s, int status, const char *errmsg,
+                          void *arg)
+{
+    PZ_UNUSED(s);
+    PZ_UNUSED(arg);
+    node_io_done_cb cb = io.store_cb;
+    io.store_cb = NULL;
+    cb(status, errmsg);
+}
+
+static int uv_io_store_write(void *data, const struct raft_hard_state *hs,
+                             const struct raft_entry *entries, size_t n,
+                             node_io_done_cb cb)
+{
+    PZ_UNUSED(data);
+    int rv =
+        store_write(io.store, io.loop, hs, entries, n, on_store_done, NULL);
+    if (rv == 0)
+        io.store_cb = cb;
+    return rv;
+}
+
+static int uv_io_store_write_install(void *data, uint64_t index, uint64_t term,
+                                     const struct raft_hard_state *hs,
+                                     const struct raft_entry *entries, size_t n,
+                                     node_io_done_cb cb)
+{
+    PZ_UNUSED(data);
+    int rv = store_write_install(io.store, io.loop, index, term, hs, entries, n,
+                                 on_store_done, NULL);
+    if (rv == 0)
+        io.store_cb = cb;
+    return rv;
+}
+
+static int uv_io_store_compact_step(void *data, uint64_t upto,
+                                    uint64_t max_rows, node_io_done_cb cb)
+{
+    PZ_UNUSED(data);
+    int rv = store_compact_step(io.store, io.loop, upto, max_rows,
+                                on_store_done, NULL);
+    if (rv == 0)
+        io.store_cb = cb;
+    return rv;
+}
+
+static bool uv_io_store_busy(void *data)
+{
+    PZ_UNUSED(data);
+    return store_busy(io.store);
+}
+
+static void uv_io_store_stats(void *data, struct store_stats *st)
+{
+    PZ_UNUSED(data);
+    store_stats(io.store, st);
+}
+
+static const char *uv_io_store_errmsg(void *data)
+{
+    PZ_UNUSED(data);
+    return store_errmsg(io.store);
+}
+
+static const char *uv_io_store_path(void *data)
+{
+    PZ_UNUSED(data);
+    return store_path(io.store);
+}
+
+/* --- transport ------------------------------------------------------------ */
+
+static int uv_io_tr_open(void *data, const struct transport_config *tc,
+                         char *err, size_t errlen)
+{
+    PZ_UNUSED(data);
+    struct transport_config c = *tc;
+    c.tls_in = &tls_peer_in;
+    c.tls_out = &tls_peer_out;
+    io.tr = transport_new(io.loop, &c, err, errlen);
+    if (io.tr == NULL)
+        return PZ_ECONFIG;
+    if (tc->token == NULL || tc->token[0] == '\0') {
+        if (tls_slot_on(&tls_peer_in))
+            pz_info("cluster-token is not set: peers are authenticated by "
+                    "their TLS certificates; the membership endpoints are "
+                    "open to HTTP clients");
+        else
+            pz_warn("cluster-token is not set: anyone who can reach this "
+                    "node can join the cluster or change its membership");
+    }
+    return 0;
+}
+
+static void on_tr_closed(void *data)
+{
+    PZ_UNUSED(data);
+    io.tr = NULL;
+    io.tr_done();
+}
+
+static void uv_io_tr_close(void *data, void (*done)(void))
+{
+    PZ_UNUSED(data);
+    io.tr_done = done;
+    transport_close(io.tr, on_tr_closed);
+}
+
+static void uv_io_send(void *data, const struct raft_msg *m)
+{
+    PZ_UNUSED(data);
+    transport_send(io.tr, m);
+}
+
+static int uv_io_send_chunk(void *data, uint64_t to,
+                            const struct raft_snap_chunk *c)
+{
+    PZ_UNUSED(data);
+    return transport_send_chunk(io.tr, to, c);
+}
+
+static int uv_io_peer_stats(void *data, uint64_t id,
+                            struct transport_peer_stats *st)
+{
+    PZ_UNUSED(data);
+    return transport_peer_stats(io.tr, id, st);
+}
+
+static void uv_io_tr_stats(void *data, struct transport_stats *st)
+{
+    PZ_UNUSED(data);
+    transport_stats(io.tr, st);
+}
+
+static void uv_io_set_peer(void *data, uint64_t id, const char *addr)
+{
+    PZ_UNUSED(data);
+    transport_set_peer(io.tr, id, addr);
+}
+
+static void uv_io_remove_peer(void *data, uint64_t id)
+{
+    PZ_UNUSED(data);
+    transport_remove_peer(io.tr, id);
+}
+
+static void uv_io_probe(void *data, uint64_t id)
+{
+    PZ_UNUSED(data);
+    transport_probe(io.tr, id);
+}
+
+/* --- snapshot writer ------------------------------------------------------ */
+
+static int uv_io_snap_write(void *data, const char *dir, const struct kv *kv,
+                            const struct snapshot_point *at,
+                            struct snapshot_child *c, char *err,
+                            size_t errlen)
+{
+    PZ_UNUSED(data);
+    return snapshot_write_fork(dir, kv, at, c, err, errlen);
+}
+
+static void uv_io_snap_poll(void *data, struct snapshot_child *c, bool *done,
+                            bool *ok)
+{
+    PZ_UNUSED(data);
+    snapshot_child_poll(c, done, ok);
+}
+
+static void uv_io_snap_kill(void *data, struct snapshot_child *c)
+{
+    PZ_UNUSED(data);
+    snapshot_child_kill(c);
+}
+
+/* --- mandi ---------------------------------------------------------------- */
+
+static int uv_io_mandi_open(void *data, const struct pz_config *cfg, bool *on,
+                            char *err, size_t errlen)
+{
+    PZ_UNUSED(data);
+    *on = false;
+    if (strcmp(cfg->mandi_addr, "none") == 0)
+        return 0;
+    io.mandi = mandi_client_new(io.loop, cfg->mandi_addr, cfg->cluster_token,
+                                2000, err, errlen);
+    if (io.mandi == NULL)
+        return PZ_ECONFIG;
+    *on = true;
+    return 0;
+}
+
+static void uv_io_mandi_close(void *data)
+{
+    PZ_UNUSED(data);
+    mandi_client_free(io.mandi);
+    io.mandi = NULL;
+}
+
+static uint64_t uv_io_mandi_put_leader(void *data,
+                                       const struct mandi_leader *li,
+                                       mandi_client_cb cb, void *arg)
+{
+    PZ_UNUSED(data);
+    return mandi_put_leader(io.mandi, li, cb, arg);
+}
+
+static uint64_t uv_io_mandi_post_join(void *data, const struct mandi_join *j,
+                                      mandi_client_cb cb, void *arg)
+{
+    PZ_UNUSED(data);
+    return mandi_post_join(io.mandi, j, cb, arg);
+}
+
+static uint64_t uv_io_mandi_get_joins(void *data, mandi_client_cb cb, void *arg)
+{
+    PZ_UNUSED(data);
+    return mandi_get_joins(io.mandi, cb, arg);
+}
+
+static uint64_t uv_io_mandi_delete_join(void *data, const char *id,
+                                        mandi_client_cb cb, void *arg)
+{
+    PZ_UNUSED(data);
+    return mandi_delete_join(io.mandi, id, cb, arg);
+}
+
+/* --- a member's HTTP API ----------------------------------------------- */
+
+static struct httpc *uv_io_http_get(void *data, const char *addr,
+                                    const char *path, const char *log_name,
+                                    httpc_cb cb, void *arg)
+{
+    PZ_UNUSED(data);
+    struct httpc_opts o = {.max_head = 16384,
+                           .max_body = 65536,
+                           .timeout_ms = 2000,
+                           .max_attempts = 1,
+                           .log_name = log_name,
+                           .quiet_dial = true,
+                           .tls = &tls_http_client};
+    struct httpc *c = httpc_new(io.loop, addr, &o);
+    if (c != NULL)
+        httpc_request(c, "GET", path, NULL, NULL, 0, cb, arg);
+    return c;
+}
+
+static void uv_io_http_free(void *data, struct httpc *c)
+{
+    PZ_UNUSED(data);
+    httpc_free(c);
+}
+
+void node_io_uv(struct node_io *t, uv_loop_t *loop)
+{
+    memset(&io, 0, sizeof io);
+    io.loop = loop;
+    *t = (struct node_io){
+        .data = &io,
+        .seed = pz_seed(),
+        .now = uv_io_now,
+        .update_time = uv_io_update_time,
+        .tick_start = uv_io_tick_start,
+        .tick_close = uv_io_tick_close,
+        .store_open = uv_io_store_open,
+        .store_close = uv_io_store_close,
+        .store_load_from = uv_io_store_load_from,
+        .store_term = uv_io_store_term,
+        .store_meta_get = uv_io_store_meta_get,
+        .store_meta_set = uv_io_store_meta_set,
+        .store_meta_set_incarnation = uv_io_store_meta_set_incarnation,
+        .store_write = uv_io_store_write,
+        .store_write_install = uv_io_store_write_install,
+        .store_compact_step = uv_io_store_compact_step,
+        .store_busy = uv_io_store_busy,
+        .store_stats = uv_io_store_stats,
+        .store_errmsg = uv_io_store_errmsg,
+        .store_path = uv_io_store_path,
+        .tr_open = uv_io_tr_open,
+        .tr_close = uv_io_tr_close,
+        .send = uv_io_send,
+        .send_chunk = uv_io_send_chunk,
+        .peer_stats = uv_io_peer_stats,
+        .tr_stats = uv_io_tr_stats,
+        .set_peer = uv_io_set_peer,
+        .remove_peer = uv_io_remove_peer,
+        .probe = uv_io_probe,
+        .snap_write = uv_io_snap_write,
+        .snap_poll = uv_io_snap_poll,
+        .snap_kill = uv_io_snap_kill,
+        .mandi_open = uv_io_mandi_open,
+        .mandi_close = uv_io_mandi_close,
+        .mandi_put_leader = uv_io_mandi_put_leader,
+        .mandi_post_join = uv_io_mandi_post_join,
+        .mandi_get_joins = uv_io_mandi_get_joins,
+        .mandi_delete_join = uv_io_mandi_delete_join,
+        .http_get = uv_io_http_get,
+        .http_free = uv_io_http_free,
+    };
+}

@@ -1,0 +1,700 @@
+"""etcd v3 Watch and Lease on PyazDB's gRPC port, driven by Debian's etcdctl
+3.4 (ETCDCTL_API=3) and by python grpcio with stubs generated from
+proto/etcd_rpc.proto, against a 3-node cluster. Where etcd 3.4
+(etcd-server) is installed, the deterministic etcdctl outputs are compared
+with a real one-member etcd started here."""
+import queue
+import re
+import subprocess
+import threading
+import time
+import os
+
+import grpc
+import pytest
+
+from grpc_helpers import rpc_error
+from test_cluster import leader_of
+from test_etcd import (ETCDCTL, base_revision, cluster, ctl, ctl_error,
+                       ctl_json, epb, etcd)  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.skipif(
+    ETCDCTL is None, reason="etcdctl missing: scripts/install-deps.sh test "
+    "installs etcd-client")
+
+
+class Bg:
+    """etcdctl running in the background, its output read line by line."""
+
+    def __init__(self, eps, *args):
+        env = dict(os.environ, ETCDCTL_API="3")
+        eps = eps if isinstance(eps, str) else f"127.0.0.1:{eps}"
+        self.p = subprocess.Popen([ETCDCTL, f"--endpoints={eps}", *args],
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=env)
+        self.lines = []
+        self.q = queue.Queue()
+        self.err = []
+        threading.Thread(target=self._read, args=(self.p.stdout, self.q),
+                         daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    @staticmethod
+    def _read(f, q):
+        for line in iter(f.readline, b""):
+            q.put(line.decode().rstrip("\n"))
+
+    def _read_err(self):
+        for line in iter(self.p.stderr.readline, b""):
+            self.err.append(line.decode())
+
+    def wait_for(self, pred, timeout=20):
+        deadline = time.time() + timeout
+        while not pred(self.lines):
+            left = deadline - time.time()
+            assert left > 0, f"waited for output; have {self.lines} " \
+                f"{''.join(self.err)[-2000:]}"
+            try:
+                self.lines.append(self.q.get(timeout=min(left, 0.5)))
+            except queue.Empty:
+                pass
+        return self.lines
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+
+def ends_with(text):
+    return lambda lines: len(lines) > 0 and lines[-1] == text
+
+
+# --- etcdctl watch --------------------------------------------------------------
+
+WATCHES = [
+    ["w"],
+    ["p/", "--prefix"],
+    ["w", "--prev-kv"],
+    ["a", "c"],  # the range [a, c)
+]
+WRITES = [
+    ["put", "w", "1"], ["put", "p/x", "2"], ["put", "w", "3"],
+    ["put", "p/y", "4"], ["del", "w"], ["del", "p/", "--prefix"],
+    ["put", "a", "5"], ["put", "b", "6"], ["put", "c", "7"],
+    ["put", "w", "end"], ["put", "p/z", "end"], ["put", "b", "end"],
+]
+
+
+def watch_script(port):
+    """Watches from the next revision on, then the writes: what each
+    watcher printed."""
+    start = base_revision(port) + 1
+    bgs = [Bg(port, "watch", "--rev", str(start), *w) for w in WATCHES]
+    try:
+        for w in WRITES:
+            ctl(port, *w)
+        return [b.wait_for(ends_with("end")) for b in bgs]
+    finally:
+        for b in bgs:
+            b.stop()
+
+
+def test_etcdctl_watch(cluster):
+    nodes, leader, follower = cluster
+    out = watch_script(follower.grpc_port)
+    assert out[0] == ["PUT", "w", "1", "PUT", "w", "3", "DELETE", "w", "",
+                      "PUT", "w", "end"]
+    assert out[1] == ["PUT", "p/x", "2", "PUT", "p/y", "4", "DELETE", "p/x",
+                      "", "DELETE", "p/y", "", "PUT", "p/z", "end"]
+    # --prev-kv: the previous key and value before each event's
+    assert out[2] == ["PUT", "w", "1", "PUT", "w", "1", "w", "3",
+                      "DELETE", "w", "3", "w", "", "PUT", "w", "end"]
+    assert out[3] == ["PUT", "a", "5", "PUT", "b", "6", "PUT", "b", "end"]
+
+
+def test_etcdctl_watch_same_as_etcd(cluster, etcd):
+    nodes, leader, follower = cluster
+    assert watch_script(leader.grpc_port) == watch_script(etcd)
+
+
+def test_etcdctl_watch_survives_leader_kill(cluster):
+    # etcdctl with every endpoint; the node serving its watch may be the
+    # leader, which dies: etcdctl resumes on another node after the last
+    # revision it saw, and no event is lost or repeated.
+    nodes, leader, follower = cluster
+    eps = ",".join(f"127.0.0.1:{s.grpc_port}"
+                   for s in [leader] + [s for s in nodes if s is not leader])
+    start = base_revision(follower.grpc_port) + 1
+    bg = Bg(eps, "watch", "--prefix", "k/", "--rev", str(start))
+    try:
+        for i in range(5):
+            ctl(follower.grpc_port, "put", f"k/{i}", str(i))
+        bg.wait_for(lambda ls: len(ls) >= 15)
+        leader.kill()
+        leader_of(nodes, timeout=30, exclude=(leader,))
+        deadline = time.time() + 30
+        i = 5
+        while i < 10:
+            rc, out, err = ctl(follower.grpc_port, "put", f"k/{i}", str(i),
+                               check=False)
+            if rc == 0:
+                i += 1
+            else:
+                assert time.time() < deadline, err
+                time.sleep(0.2)
+        lines = bg.wait_for(lambda ls: len(ls) >= 30, timeout=30)
+        want = []
+        for i in range(10):
+            want += ["PUT", f"k/{i}", str(i)]
+        assert lines == want
+    finally:
+        bg.stop()
+
+
+# --- etcdctl lease ---------------------------------------------------------------
+
+GRANTED = re.compile(r"^lease ([0-9a-f]{16}) granted with TTL\((\d+)s\)$")
+
+
+def grant(port, ttl):
+    out = ctl(port, "lease", "grant", str(ttl))[1].strip()
+    m = GRANTED.match(out)
+    assert m, out
+    return m.group(1)
+
+
+def test_etcdctl_lease(cluster):
+    nodes, leader, follower = cluster
+    fp, lp = follower.grpc_port, leader.grpc_port
+    lid = grant(fp, 60)
+    assert GRANTED.match(ctl(fp, "lease", "grant", "60")[1].strip())
+    ctl(fp, "put", "--lease=" + lid, "l/a", "1")
+    ctl(lp, "put", "--lease=" + lid, "l/b", "2")
+    # the key's lease shows in a range
+    r = ctl_json(fp, "get", "l/a")
+    assert r["kvs"][0]["lease"] == int(lid, 16)
+    out = ctl(fp, "lease", "timetolive", lid, "--keys")[1].strip()
+    m = re.match(r"^lease (\w+) granted with TTL\(60s\), remaining\((\d+)s\),"
+                 r" attached keys\(\[(.*)\]\)$", out)
+    assert m and m.group(1) == lid, out
+    assert 55 <= int(m.group(2)) <= 60
+    assert sorted(m.group(3).split(" ")) == ["l/a", "l/b"]
+    out = ctl(lp, "lease", "list")[1].split()
+    assert out[:3] == ["found", "2", "leases"] and lid in out
+    assert ctl(fp, "lease", "keep-alive", "--once", lid)[1].strip() == \
+        f"lease {lid} keepalived with TTL(60)"
+    # revoke: the keys go, a watcher sees them deleted
+    start = base_revision(fp) + 1
+    w = Bg(fp, "watch", "--prefix", "l/", "--rev", str(start))
+    try:
+        assert ctl(fp, "lease", "revoke", lid)[1].strip() == \
+            f"lease {lid} revoked"
+        lines = w.wait_for(lambda ls: len(ls) >= 6)
+        assert sorted([lines[1], lines[4]]) == ["l/a", "l/b"]
+        assert lines[0] == lines[3] == "DELETE"
+    finally:
+        w.stop()
+    assert ctl(lp, "get", "l/", "--prefix")[1] == ""
+    assert ctl(fp, "lease", "timetolive", lid)[1].strip() == \
+        f"lease {lid} already expired"
+    assert ctl_error(fp, "lease", "revoke", lid) == \
+        "Error: failed to revoke lease (etcdserver: requested lease not found)"
+    assert ctl_error(fp, "put", "--lease=" + lid, "l/c", "3") == \
+        "Error: etcdserver: requested lease not found"
+    assert ctl_error(fp, "lease", "keep-alive", "--once", lid) == \
+        "Error: etcdserver: requested lease not found"
+
+
+def test_etcdctl_lease_keepalive_and_expiry(cluster):
+    # keep-alive holds a 2-second lease for several TTLs; once it stops,
+    # the leader revokes the lease and the key goes.
+    nodes, leader, follower = cluster
+    fp = follower.grpc_port
+    lid = grant(fp, 2)
+    ctl(fp, "put", "--lease=" + lid, "ka", "v")
+    ka = Bg(fp, "lease", "keep-alive", lid)
+    try:
+        line = f"lease {lid} keepalived with TTL(2)"
+        t0 = time.time()
+        ka.wait_for(lambda ls: ls.count(line) >= 6, timeout=30)
+        assert time.time() - t0 >= 1.5
+        assert ctl(fp, "get", "ka", "--print-value-only")[1] == "v\n"
+    finally:
+        ka.stop()
+    deadline = time.time() + 15
+    while ctl(fp, "get", "ka")[1] != "":
+        assert time.time() < deadline, "the lease did not expire"
+        time.sleep(0.2)
+    assert ctl(fp, "lease", "timetolive", lid)[1].strip() == \
+        f"lease {lid} already expired"
+
+
+LEASE_SCRIPT = [
+    ["lease", "grant", "100"], ["lease", "timetolive", "@L"],
+    ["lease", "timetolive", "@L", "--keys"],
+    ["put", "--lease=@L", "x", "1"], ["lease", "timetolive", "@L", "--keys"],
+    ["lease", "keep-alive", "--once", "@L"], ["lease", "list"],
+    ["lease", "revoke", "@L"], ["get", "x"], ["lease", "revoke", "@L"],
+    ["lease", "timetolive", "@L"], ["lease", "keep-alive", "--once", "@L"],
+    ["put", "--lease=@L", "x", "1"], ["lease", "revoke", "1234"],
+    ["lease", "timetolive", "1234"],
+]
+
+
+def lease_script(port):
+    out = []
+    lid = None
+    for tmpl in LEASE_SCRIPT:
+        cmd = [c.replace("@L", lid or "") for c in tmpl]
+        rc, o, e = ctl(port, *cmd, check=False)
+        o = o.strip()
+        if cmd[:2] == ["lease", "grant"]:
+            lid = GRANTED.match(o).group(1)
+        if lid:
+            o = o.replace(lid, "LID")
+        # the remaining time depends on when the command ran
+        o = re.sub(r"remaining\((\d+)s\)", "remaining(N)", o)
+        out.append((tmpl, rc, o if rc == 0 else
+                    e.strip().splitlines()[-1]))
+    return out
+
+
+def test_etcdctl_lease_same_as_etcd(cluster, etcd):
+    nodes, leader, follower = cluster
+    a = lease_script(follower.grpc_port)
+    b = lease_script(etcd)
+    for x, y in zip(a, b):
+        assert x == y
+    assert len(a) == len(b) == len(LEASE_SCRIPT)
+
+
+# --- grpcio: the Watch stream -----------------------------------------------------
+
+def channel(port):
+    return grpc.insecure_channel(f"127.0.0.1:{port}")
+
+
+class WatchStream:
+    """One Watch call: send requests, read answers with a timeout."""
+
+    def __init__(self, port, pb, options=()):
+        self.pb = pb
+        self.ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
+        self.reqs = queue.Queue()
+        self.resps = queue.Queue()
+        f = self.ch.stream_stream("/etcdserverpb.Watch/Watch",
+                                  request_serializer=pb.WatchRequest
+                                  .SerializeToString,
+                                  response_deserializer=pb.WatchResponse
+                                  .FromString)
+        self.call = f(iter(self.reqs.get, None), timeout=60)
+        self.reading = threading.Event()  # cleared: stop reading
+        self.reading.set()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            for r in self.call:
+                self.resps.put(r)
+                self.reading.wait()
+        except grpc.RpcError as e:
+            self.resps.put(e)
+
+    def send(self, **kw):
+        self.reqs.put(self.pb.WatchRequest(**kw))
+
+    def create(self, **kw):
+        self.send(create_request=self.pb.WatchCreateRequest(**kw))
+
+    def next(self, timeout=10):
+        r = self.resps.get(timeout=timeout)
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+    def nothing(self, wait=0.5):
+        try:
+            r = self.resps.get(timeout=wait)
+        except queue.Empty:
+            return True
+        raise AssertionError(f"unexpected answer {r}")
+
+    def close(self):
+        self.reqs.put(None)
+        self.call.cancel()
+        self.ch.close()
+
+
+def unary(port, pb, svc, method, req, resp):
+    with channel(port) as ch:
+        f = ch.unary_unary(f"/etcdserverpb.{svc}/{method}",
+                           request_serializer=type(req).SerializeToString,
+                           response_deserializer=getattr(pb, resp).FromString)
+        return f(req, timeout=10)
+
+
+def put(port, pb, key, value, lease=0):
+    return unary(port, pb, "KV", "Put",
+                 pb.PutRequest(key=key, value=value, lease=lease),
+                 "PutResponse")
+
+
+def events(r):
+    return [(e.type, e.kv.key, e.kv.value) for e in r.events]
+
+
+def test_watch_stream(cluster, epb):
+    nodes, leader, follower = cluster
+    pb = epb
+    fp, lp = follower.grpc_port, leader.grpc_port
+    ws = WatchStream(fp, pb)
+    try:
+        # several watches on one stream: ids from 0 up unless chosen
+        ws.create(key=b"s/", range_end=b"s0")
+        r = ws.next()
+        assert r.created and r.watch_id == 0 and not r.canceled
+        assert r.header.revision == base_revision(fp)
+        ws.create(key=b"s/a", prev_kv=True)
+        assert ws.next().watch_id == 1
+        ws.create(key=b"s/b", watch_id=42, filters=[pb.WatchCreateRequest.NOPUT])
+        assert ws.next().watch_id == 42
+        ws.create(key=b"x", watch_id=42)
+        r = ws.next()
+        assert r.created and r.canceled and r.watch_id == -1
+        assert "duplicate watch ID" in r.cancel_reason
+        ws.create(key=b"z", range_end=b"a")
+        r = ws.next()
+        assert r.canceled and r.cancel_reason == "mvcc: watcher range is empty"
+        rev = put(lp, pb, b"s/a", b"1").header.revision
+        got = {}
+        for _ in range(2):
+            r = ws.next()
+            got[r.watch_id] = r
+            assert r.header.revision == rev
+        assert events(got[0]) == [(0, b"s/a", b"1")]
+        ev = got[1].events[0]
+        assert (ev.kv.create_revision, ev.kv.mod_revision, ev.kv.version,
+                ev.kv.lease) == (rev, rev, 1, 0)
+        assert not ev.HasField("prev_kv")
+        put(lp, pb, b"s/a", b"2")
+        got = {}
+        for _ in range(2):
+            r = ws.next()
+            got[r.watch_id] = r
+        assert got[1].events[0].prev_kv.value == b"1"
+        assert not got[0].events[0].HasField("prev_kv")
+        # NOPUT: watch 42 sees only the delete of s/b
+        put(lp, pb, b"s/b", b"1")
+        assert ws.next().watch_id == 0
+        unary(lp, pb, "KV", "DeleteRange", pb.DeleteRangeRequest(key=b"s/b"),
+              "DeleteRangeResponse")
+        got = {}
+        for _ in range(2):
+            r = ws.next()
+            got[r.watch_id] = events(r)
+        assert got == {0: [(1, b"s/b", b"")], 42: [(1, b"s/b", b"")]}
+        # cancel: answered, then nothing more for it
+        ws.send(cancel_request=pb.WatchCancelRequest(watch_id=0))
+        r = ws.next()
+        assert r.canceled and r.watch_id == 0
+        ws.send(cancel_request=pb.WatchCancelRequest(watch_id=99))  # unknown
+        put(lp, pb, b"s/c", b"1")
+        ws.nothing()
+        # progress request: an answer naming no watch, at the revision
+        ws.send(progress_request=pb.WatchProgressRequest())
+        r = ws.next()
+        assert r.watch_id == -1 and not r.events and not r.created
+        assert r.header.revision == base_revision(fp)
+    finally:
+        ws.close()
+
+
+def test_watch_start_revision_and_compacted(servers, epb):
+    # a small history: a start older than it is cancelled as compacted
+    from test_cluster import make_cluster
+    pb = epb
+    nodes = make_cluster(servers, conf={"watch-history-events": "5"})
+    leader = leader_of(nodes)
+    p = leader.grpc_port
+    first = put(p, pb, b"h", b"0").header.revision
+    for i in range(1, 10):
+        put(p, pb, b"h", str(i).encode())
+    ws = WatchStream(p, pb)
+    try:
+        ws.create(key=b"h", start_revision=first)
+        r = ws.next()
+        assert r.created and not r.canceled
+        r = ws.next()
+        assert r.canceled and r.compact_revision > first
+        assert r.cancel_reason == \
+            "etcdserver: mvcc: required revision has been compacted"
+        # from the oldest revision held: every event since, in order
+        ws.create(key=b"h", start_revision=r.compact_revision)
+        assert ws.next().created
+        vals = []
+        while len(vals) < 10 - (r.compact_revision - first):
+            vals += [e.kv.value for e in ws.next().events]
+        assert vals[-1] == b"9"
+        # a future start: events once the revision comes
+        cur = base_revision(p)
+        ws.create(key=b"h2", start_revision=cur + 2)
+        assert ws.next().created
+        put(p, pb, b"h2", b"a")
+        ws.nothing()
+        put(p, pb, b"h2", b"b")
+        assert events(ws.next()) == [(0, b"h2", b"b")]
+    finally:
+        ws.close()
+
+
+def test_watch_fragment_and_progress_notify(servers, epb):
+    from test_cluster import make_cluster
+    pb = epb
+    nodes = make_cluster(servers, n=1, conf={
+        "grpc-max-message": "64kb", "max-key-size": "1kb",
+        "max-value-size": "32kb", "watch-progress-interval": "300ms"})
+    p = nodes[0].grpc_port
+    ws = WatchStream(p, pb)
+    try:
+        for i in range(8):
+            put(p, pb, b"f/%d" % i, b"v" * 20000)
+        ws.create(key=b"f/", range_end=b"f0", fragment=True, prev_kv=True)
+        assert ws.next().created
+        ws.create(key=b"idle", progress_notify=True, watch_id=7)
+        assert ws.next().created
+        # one revision deletes 8 values of 20 kB, which the watch gets as
+        # previous values: more than one message of 64 kB
+        unary(p, pb, "KV", "DeleteRange", pb.DeleteRangeRequest(
+            key=b"f/", range_end=b"f0"), "DeleteRangeResponse")
+        got, frags = [], 0
+        while len(got) < 8:
+            r = ws.next()
+            if r.watch_id == 7:
+                continue  # a progress notification
+            got += [e.kv.key for e in r.events]
+            frags += 1
+            assert r.fragment == (len(got) < 8)
+        assert frags > 1 and got == [b"f/%d" % i for i in range(8)]
+        # progress_notify: an idle watch gets empty answers
+        r = ws.next(timeout=5)
+        while r.watch_id != 7:
+            r = ws.next(timeout=5)
+        assert not r.events and not r.canceled
+    finally:
+        ws.close()
+
+
+def test_watch_limits(servers, epb):
+    from test_cluster import make_cluster
+    pb = epb
+    nodes = make_cluster(servers, n=1, conf={"etcd-watch-max-per-stream": "2",
+                                             "watch-max-buffer": "1mb"})
+    p = nodes[0].grpc_port
+    ws = WatchStream(p, pb)
+    try:
+        for k in (b"a", b"b"):
+            ws.create(key=k)
+            assert ws.next().created
+        ws.create(key=b"c")
+        r = ws.next()
+        assert r.created and r.canceled and r.watch_id == -1
+        assert "etcd-watch-max-per-stream" in r.cancel_reason
+    finally:
+        ws.close()
+    # a client that stops reading: once its stream's flow-control window
+    # and the stream's queue are full, its watch falls watch-max-buffer
+    # behind in the history and is cancelled with the reason
+    # (no BDP probing: the window stays at 64 kB while nothing is read)
+    ws = WatchStream(p, pb, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        ws.create(key=b"big/", range_end=b"big0")
+        ws.reading.clear()
+        assert ws.next().created
+        ch = channel(p)
+        f = ch.unary_unary("/etcdserverpb.KV/Put",
+                           request_serializer=pb.PutRequest.SerializeToString,
+                           response_deserializer=pb.PutResponse.FromString)
+        value = b"x" * 65536
+        for i in range(400):  # 26 MB of events, more than any window
+            f(pb.PutRequest(key=b"big/%d" % (i % 10), value=value), timeout=10)
+        ch.close()
+        ws.reading.set()
+        n, r = 0, ws.next()
+        while not r.canceled:
+            n += len(r.events)
+            try:
+                r = ws.next()
+            except queue.Empty:
+                raise AssertionError(f"got {n} events and no cancel")
+        assert n < 400, "a reader that stopped was never cancelled"
+        assert r.watch_id == 0 and r.cancel_reason.startswith(
+            "etcdserver: watch is too slow"), r
+    finally:
+        ws.close()
+
+
+def test_watch_bad_request(cluster, epb):
+    nodes, leader, follower = cluster
+    with channel(follower.grpc_port) as ch:
+        f = ch.stream_stream("/etcdserverpb.Watch/Watch",
+                             request_serializer=lambda b: b,
+                             response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as e:
+            list(f(iter([b"\xff\xff\xff"]), timeout=10))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- grpcio: Lease ----------------------------------------------------------------
+
+def keepalive(port, pb, ids, timeout=10):
+    with channel(port) as ch:
+        f = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive",
+                             request_serializer=pb.LeaseKeepAliveRequest
+                             .SerializeToString,
+                             response_deserializer=pb.LeaseKeepAliveResponse
+                             .FromString)
+        return list(f(iter([pb.LeaseKeepAliveRequest(ID=i) for i in ids]),
+                      timeout=timeout))
+
+
+def test_lease_calls(cluster, epb):
+    nodes, leader, follower = cluster
+    pb = epb
+    fp, lp = follower.grpc_port, leader.grpc_port
+    # a client-chosen id, through a follower
+    r = unary(fp, pb, "Lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=30,
+              ID=777), "LeaseGrantResponse")
+    assert (r.ID, r.TTL, r.error) == (777, 30, "")
+    code, det = rpc_error(unary, lp, pb, "Lease", "LeaseGrant",
+                          pb.LeaseGrantRequest(TTL=30, ID=777),
+                          "LeaseGrantResponse")
+    assert (code, det) == (grpc.StatusCode.FAILED_PRECONDITION,
+                           "etcdserver: lease already exists")
+    code, det = rpc_error(unary, fp, pb, "Lease", "LeaseGrant",
+                          pb.LeaseGrantRequest(TTL=10 ** 10),
+                          "LeaseGrantResponse")
+    assert (code, det) == (grpc.StatusCode.OUT_OF_RANGE,
+                           "etcdserver: too large lease TTL")
+    code, det = rpc_error(unary, fp, pb, "Lease", "LeaseGrant",
+                          pb.LeaseGrantRequest(TTL=5, ID=-3),
+                          "LeaseGrantResponse")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    auto = unary(lp, pb, "Lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=30),
+                 "LeaseGrantResponse").ID
+    assert 0 < auto < 2 ** 53 and auto != 777
+    # keys with the lease: Put, a Txn put; Range shows the lease
+    put(fp, pb, b"lk/1", b"a", lease=777)
+    unary(fp, pb, "KV", "Txn", pb.TxnRequest(success=[pb.RequestOp(
+        request_put=pb.PutRequest(key=b"lk/2", value=b"b", lease=777))]),
+        "TxnResponse")
+    rr = unary(follower.grpc_port, pb, "KV", "Range",
+               pb.RangeRequest(key=b"lk/", range_end=b"lk0"), "RangeResponse")
+    assert [kv.lease for kv in rr.kvs] == [777, 777]
+    # unknown leases: Put and a Txn put refused whole
+    for req in (pb.PutRequest(key=b"lk/3", value=b"c", lease=778),
+                pb.PutRequest(key=b"lk/3", value=b"c", lease=2 ** 60)):
+        code, det = rpc_error(unary, fp, pb, "KV", "Put", req, "PutResponse")
+        assert (code, det) == (grpc.StatusCode.NOT_FOUND,
+                               "etcdserver: requested lease not found")
+    code, det = rpc_error(unary, lp, pb, "KV", "Txn", pb.TxnRequest(success=[
+        pb.RequestOp(request_put=pb.PutRequest(key=b"lk/3", value=b"c")),
+        pb.RequestOp(request_put=pb.PutRequest(key=b"lk/4", value=b"c",
+                                               lease=778))]), "TxnResponse")
+    assert (code, det) == (grpc.StatusCode.NOT_FOUND,
+                           "etcdserver: requested lease not found")
+    assert unary(lp, pb, "KV", "Range", pb.RangeRequest(key=b"lk/3"),
+                 "RangeResponse").count == 0
+    # TimeToLive with keys, through a follower (the leader's clock)
+    t = unary(fp, pb, "Lease", "LeaseTimeToLive",
+              pb.LeaseTimeToLiveRequest(ID=777, keys=True),
+              "LeaseTimeToLiveResponse")
+    assert t.ID == 777 and t.grantedTTL == 30 and 25 <= t.TTL <= 30
+    assert sorted(t.keys) == [b"lk/1", b"lk/2"]
+    t = unary(fp, pb, "Lease", "LeaseTimeToLive",
+              pb.LeaseTimeToLiveRequest(ID=12345), "LeaseTimeToLiveResponse")
+    assert (t.ID, t.TTL) == (12345, -1)
+    ls = unary(fp, pb, "Lease", "LeaseLeases", pb.LeaseLeasesRequest(),
+               "LeaseLeasesResponse")
+    assert sorted(x.ID for x in ls.leases) == sorted([777, auto])
+    # KeepAlive: one answer per request, in order; unknown: TTL 0
+    for port in (fp, lp):
+        out = keepalive(port, pb, [777, 12345, auto, 777])
+        assert [(x.ID, x.TTL) for x in out] == \
+            [(777, 30), (12345, 0), (auto, 30), (777, 0 + 30)]
+        assert all(x.header.revision > 0 for x in out)
+    # Revoke: keys gone, then NOT_FOUND
+    r = unary(fp, pb, "Lease", "LeaseRevoke", pb.LeaseRevokeRequest(ID=777),
+              "LeaseRevokeResponse")
+    assert r.header.revision == base_revision(lp)
+    assert unary(lp, pb, "KV", "Range", pb.RangeRequest(
+        key=b"lk/", range_end=b"lk0"), "RangeResponse").count == 0
+    code, det = rpc_error(unary, fp, pb, "Lease", "LeaseRevoke",
+                          pb.LeaseRevokeRequest(ID=777),
+                          "LeaseRevokeResponse")
+    assert (code, det) == (grpc.StatusCode.NOT_FOUND,
+                           "etcdserver: requested lease not found")
+    assert [(x.ID, x.TTL) for x in keepalive(fp, pb, [777])] == [(777, 0)]
+
+
+def test_lease_keepalive_stream_open(cluster, epb):
+    # a keep-alive stream that stays open answers each request as it comes
+    nodes, leader, follower = cluster
+    pb = epb
+    lid = unary(follower.grpc_port, pb, "Lease", "LeaseGrant",
+                pb.LeaseGrantRequest(TTL=20), "LeaseGrantResponse").ID
+    reqs = queue.Queue()
+    with channel(follower.grpc_port) as ch:
+        f = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive",
+                             request_serializer=pb.LeaseKeepAliveRequest
+                             .SerializeToString,
+                             response_deserializer=pb.LeaseKeepAliveResponse
+                             .FromString)
+        it = f(iter(reqs.get, None), timeout=30)
+        for _ in range(3):
+            reqs.put(pb.LeaseKeepAliveRequest(ID=lid))
+            r = next(it)
+            assert (r.ID, r.TTL) == (lid, 20)
+        reqs.put(None)
+        assert list(it) == []  # ends OK once the client's side ended
+
+
+def test_shutdown_ends_open_streams(servers, epb):
+    # SIGTERM with a Watch and a LeaseKeepAlive stream open: both end with
+    # UNAVAILABLE and the node exits cleanly, without waiting for them
+    pb = epb
+    s = servers()
+    p = s.grpc_port
+    lid = unary(p, pb, "Lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=30),
+                "LeaseGrantResponse").ID
+    ws = WatchStream(p, pb)
+    reqs = queue.Queue()
+    ch = channel(p)
+    try:
+        ws.create(key=b"k")
+        assert ws.next().created
+        f = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive",
+                             request_serializer=pb.LeaseKeepAliveRequest
+                             .SerializeToString,
+                             response_deserializer=pb.LeaseKeepAliveResponse
+                             .FromString)
+        it = f(iter(reqs.get, None), timeout=60)
+        reqs.put(pb.LeaseKeepAliveRequest(ID=lid))
+        assert next(it).TTL == 30
+        t0 = time.time()
+        assert s.stop() == 0
+        assert time.time() - t0 < 10
+        with pytest.raises(grpc.RpcError) as e:
+            ws.next()
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as e:
+            next(it)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        reqs.put(None)
+        ws.close()
+        ch.close()

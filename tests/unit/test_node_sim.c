@@ -1,0 +1,1497 @@
+/* test_node_sim.c - the real node driver (src/node*.c: the Ready cycle,
+ * the request API, snapshot taking, shipping and installing, membership)
+ * under a deterministic simulation.
+ *
+ * Up to NS_MAX nodes run in one process, each opened with node_open on an
+ * I/O table of this file (node_io.h): a virtual clock; an in-memory store
+ * whose jobs complete after a random delay and, on a crash, are either
+ * durable whole or lost whole, as SQLite's transactions are; an in-memory
+ * network that encodes every message and chunk with raft_codec (as the
+ * wire does) and loses, delays and reorders them; a fake mandi for joins.
+ * Snapshot files are real files in a directory per node under /dev/shm
+ * (written synchronously instead of by a forked child). Everything that
+ * varies comes from one seeded PRNG: a seed replays exactly.
+ *
+ * One run: three or five founders (initial-cluster); a client proposes
+ * writes through node_propose on whichever node takes them and reads
+ * with node_read (linearizable) on any node; the network loses (0-10%),
+ * delays (1-25 ms) and so reorders frames, and now and then cuts one node
+ * off (often the leader) for up to 2.5 s; single nodes crash and restart,
+ * and rarely all of them at once (a power loss), each losing the store
+ * job it had in flight or keeping it whole; a new node joins through
+ * mandi, is sent snapshots (raft-snapshot-entries 40, trailing entries
+ * 5) and promoted; a founder (maybe the leader) is removed with
+ * node_remove_member and stops; then the network heals and the cluster
+ * settles. Checked: no two leaders in one term (after every step); a read
+ * sees every write acknowledged before it started; at the end every
+ * acknowledged write is on every member with the same value and
+ * revision, revisions follow acknowledgement order (a write acked before
+ * another was proposed has the lower one), no two nodes applied different
+ * entries at one index (checked as they apply), digests and revisions agree,
+ * the joiner votes, the removed node is out and stopped. Snapshot
+ * installs are counted and must occur.
+ *
+ * A unit suite with a few seeds; with -DNODE_SIM_MAIN the standalone
+ * tests/unit/node-sim used by `make test-sim`: NODE_SIM_SEEDS seeds
+ * (150), NODE_SIM_SEED=n replays one, NODE_SIM_VERBOSE=1 says what each
+ * seed did and logs the nodes, 2 names the node and time on each line. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kv.h"
+#include "log.h"
+#include "node_internal.h"
+#include "pz.h"
+#include "raft_codec.h"
+
+#ifndef NODE_SIM_MAIN
+#include "test.h"
+#endif
+
+#define NS_MAX 6 /* up to five founders and a joiner */
+#define NS_MAX_MSGS 20000
+#define NS_MAX_WRITES 4096
+
+static int ns_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static struct ns_node *leader(void);
+
+/* --- the world ------------------------------------------------------------ */
+
+struct ns_store {
+    struct raft_hard_state hs;
+    struct raft_entry *log; /* snap_index + 1 ... */
+    size_t n;
+    struct store_meta meta; /* snap_index, snap_term: the compaction point */
+    int job;                /* 0: none; 1 write, 2 install, 3 compact */
+    bool job_hs;
+    struct raft_hard_state jhs;
+    struct raft_entry *jents;
+    size_t jn;
+    uint64_t jindex, jterm, jupto, jrows;
+    uint64_t job_at;
+    node_io_done_cb cb;
+    struct store_stats stats;
+};
+
+struct ns_node {
+    int i;
+    char name[16];
+    char dir[256];
+    struct pz_config cfg;
+    struct node *n;  /* NULL: down */
+    bool started;    /* ever opened */
+    bool gone;       /* removed: stopped for good */
+    bool stop_asked; /* its stop callback came */
+    struct ns_store st;
+    struct transport_config tc; /* callbacks only */
+    uint64_t next_tick, tick_ms;
+    void (*tick_cb)(void);
+    uint64_t restart_at; /* down: when it comes back (0: never) */
+    uint64_t checked;    /* applied entries compared up to here */
+};
+
+struct ns_msg {
+    uint64_t at, seq;
+    int from, to;
+    uint8_t *buf;
+    size_t len;
+};
+
+struct ns_mandi_job {
+    uint64_t at;
+    int node;
+    int kind; /* 0: 204, 1: joins */
+    mandi_client_cb cb;
+    void *arg;
+};
+
+/* A linearizable read of a key whose write was acknowledged before the
+ * read started: once node_read calls back, the key must be there. */
+struct ns_read {
+    struct node_req req; /* first */
+    unsigned key;
+    int node;
+    struct ns_read *next;
+};
+
+struct ns_write {
+    struct node_req req; /* first */
+    unsigned key;
+    int node;
+    uint64_t proposed_at;
+    bool live;
+};
+
+static struct {
+    uint64_t seed, rng, now, seq;
+    struct ns_node nodes[NS_MAX];
+    int count;
+    struct ns_msg *msgs;
+    size_t nmsgs;
+    struct ns_mandi_job mjobs[64];
+    size_t nmjobs;
+    struct mandi_join joins[NS_MAX];
+    size_t njoins;
+    /* faults */
+    unsigned loss_pct;
+    bool calm;        /* no loss, no crashes: the end */
+    int cut;          /* a node cut off from the others, -1: none */
+    uint64_t cut_end; /* until then */
+    /* the client */
+    struct ns_write *writes[NS_MAX_WRITES];
+    unsigned nwrites;
+    bool acked[NS_MAX_WRITES];
+    uint64_t ack_rev[NS_MAX_WRITES], ack_at[NS_MAX_WRITES];
+    uint64_t prop_at[NS_MAX_WRITES];
+    unsigned nacked;
+    struct ns_read *reads; /* in flight */
+    unsigned nreads;       /* completed and checked */
+    /* leaders by term */
+    uint64_t *leader_of;
+    size_t nterms;
+    /* the term of the entry applied at each index, as first seen */
+    uint64_t *applied_term;
+    size_t napplied;
+    char failed[512];
+    /* figures */
+    unsigned installs, crashes, cuts, leaders, powerloss;
+    uint64_t total_installs;
+} W;
+
+static int ns_fail(const char *fmt, ...)
+{
+    if (W.failed[0])
+        return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(W.failed, sizeof W.failed, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static uint64_t rnd(void)
+{
+    return pz_rand_next(&W.rng);
+}
+
+static uint64_t rnd_in(uint64_t lo, uint64_t hi)
+{
+    return lo + rnd() % (hi - lo + 1);
+}
+
+static bool verbose_log; /* name the node in each log line */
+
+static void use(struct ns_node *s)
+{
+    node_select(s->n);
+    if (verbose_log) { /* node_open logs too: set before it */
+        char p[48];
+        snprintf(p, sizeof p, "t=%" PRIu64 " %s", W.now, s->name);
+        pz_log_setup(PZ_LOG_DEBUG, p);
+    }
+}
+
+/* --- the store ------------------------------------------------------------ */
+
+static struct raft_entry *copy_entries(const struct raft_entry *e, size_t n)
+{
+    struct raft_entry *c = pz_calloc(n ? n : 1, sizeof *c);
+    for (size_t i = 0; i < n; i++) {
+        c[i] = e[i];
+        c[i].data = NULL;
+        if (e[i].len) {
+            c[i].data = pz_malloc(e[i].len);
+            memcpy(c[i].data, e[i].data, e[i].len);
+        }
+    }
+    return c;
+}
+
+static uint64_t st_first(const struct ns_store *st)
+{
+    return st->meta.snap_index + 1;
+}
+
+static void st_truncate_from(struct ns_store *st, uint64_t index)
+{
+    while (st->n > 0 && st->log[st->n - 1].index >= index) {
+        pz_free(st->log[st->n - 1].data);
+        st->n--;
+    }
+}
+
+static void st_append(struct ns_store *st, const struct raft_entry *e, size_t n)
+{
+    if (n == 0)
+        return;
+    st_truncate_from(st, e[0].index);
+    st->log = pz_realloc(st->log, (st->n + n) * sizeof *st->log);
+    struct raft_entry *c = copy_entries(e, n);
+    memcpy(st->log + st->n, c, n * sizeof *c);
+    pz_free(c);
+    st->n += n;
+}
+
+static void st_drop_upto(struct ns_store *st, uint64_t upto, uint64_t term)
+{
+    size_t k = 0;
+    while (k < st->n && st->log[k].index <= upto)
+        pz_free(st->log[k++].data);
+    memmove(st->log, st->log + k, (st->n - k) * sizeof *st->log);
+    st->n -= k;
+    st->meta.snap_index = upto;
+    st->meta.snap_term = term;
+}
+
+/* The job in flight becomes durable. */
+static void st_apply_job(struct ns_store *st)
+{
+    if (st->job == 1 || st->job == 2) {
+        if (st->job == 2) {
+            st_truncate_from(st, 0);
+            st->meta.snap_index = st->jindex;
+            st->meta.snap_term = st->jterm;
+        }
+        st_append(st, st->jents, st->jn);
+        if (st->job_hs)
+            st->hs = st->jhs;
+        st->stats.batches++;
+        st->stats.entries += st->jn;
+    } else if (st->job == 3) {
+        uint64_t upto = st->jupto;
+        if (upto > st->meta.snap_index + st->jrows)
+            upto = st->meta.snap_index + st->jrows;
+        uint64_t term = 0;
+        for (size_t k = 0; k < st->n; k++)
+            if (st->log[k].index == upto)
+                term = st->log[k].term;
+        if (term)
+            st_drop_upto(st, upto, term);
+    }
+}
+
+static void st_job_free(struct ns_store *st)
+{
+    for (size_t i = 0; i < st->jn; i++)
+        pz_free(st->jents[i].data);
+    pz_free(st->jents);
+    st->jents = NULL;
+    st->jn = 0;
+    st->job = 0;
+    st->cb = NULL;
+}
+
+static int io_store_open(void *data, const char *dir, char *err, size_t errlen)
+{
+    PZ_UNUSED(data);
+    PZ_UNUSED(dir);
+    PZ_UNUSED(err);
+    PZ_UNUSED(errlen);
+    return 0;
+}
+
+static void io_store_close(void *data)
+{
+    PZ_UNUSED(data);
+}
+
+static int io_store_load_from(void *data, uint64_t from,
+                              struct raft_hard_state *hs,
+                              struct raft_entry **entries, size_t *n,
+                              struct store_meta *meta)
+{
+    struct ns_store *st = &((struct ns_node *)data)->st;
+    *hs = st->hs;
+    if (meta)
+        *meta = st->meta;
+    size_t k = 0;
+    while (k < st->n && st->log[k].index < from)
+        k++;
+    *n = st->n - k;
+    /* As store.c: no entries, no array (the driver loads twice at start
+     * and frees only the second). */
+    *entries = *n ? copy_entries(st->log + k, *n) : NULL;
+    return 0;
+}
+
+static int io_store_term(void *data, uint64_t index, uint64_t *term)
+{
+    struct ns_store *st = &((struct ns_node *)data)->st;
+    *term = 0;
+    if (index == st->meta.snap_index && index) {
+        *term = st->meta.snap_term;
+        return 0;
+    }
+    for (size_t k = 0; k < st->n; k++)
+        if (st->log[k].index == index) {
+            *term = st->log[k].term;
+            return 0;
+        }
+    return PZ_ENOTFOUND;
+}
+
+static void io_store_meta_get(void *data, struct store_meta *meta)
+{
+    *meta = ((struct ns_node *)data)->st.meta;
+}
+
+static int io_store_meta_set(void *data, uint64_t cluster_id, uint64_t node_id,
+                             const char *node_name)
+{
+    struct store_meta *m = &((struct ns_node *)data)->st.meta;
+    if ((cluster_id && m->cluster_id && m->cluster_id != cluster_id) ||
+        (node_id && m->node_id && m->node_id != node_id))
+        return PZ_EINVAL;
+    if (cluster_id)
+        m->cluster_id = cluster_id;
+    if (node_id)
+        m->node_id = node_id;
+    if (node_name && node_name[0])
+        snprintf(m->node_name, sizeof m->node_name, "%s", node_name);
+    return 0;
+}
+
+static int io_store_meta_set_incarnation(void *data, uint64_t inc)
+{
+    struct store_meta *m = &((struct ns_node *)data)->st.meta;
+    if (m->incarnation && m->incarnation != inc)
+        return PZ_EINVAL;
+    m->incarnation = inc;
+    return 0;
+}
+
+static int st_submit(struct ns_node *s, int job,
+                     const struct raft_hard_state *hs,
+                     const struct raft_entry *e, size_t n, node_io_done_cb cb)
+{
+    struct ns_store *st = &s->st;
+    if (st->job)
+        return ns_fail("%s: a store job while one is in flight", s->name);
+    if (n && job == 1 &&
+        (e[0].index < st_first(st) || e[0].index > st_first(st) + st->n))
+        return ns_fail("%s: write at %" PRIu64 " outside the log [%" PRIu64
+                       ", %" PRIu64 "]",
+                       s->name, e[0].index, st_first(st), st_first(st) + st->n);
+    st->job = job;
+    st->job_hs = hs != NULL;
+    if (hs)
+        st->jhs = *hs;
+    st->jents = copy_entries(e, n);
+    st->jn = n;
+    st->cb = cb;
+    st->job_at = W.now + rnd_in(0, 15);
+    return 0;
+}
+
+static int io_store_write(void *data, const struct raft_hard_state *hs,
+                          const struct raft_entry *e, size_t n,
+                          node_io_done_cb cb)
+{
+    return st_submit(data, 1, hs, e, n, cb);
+}
+
+static int io_store_write_install(void *data, uint64_t index, uint64_t term,
+                                  const struct raft_hard_state *hs,
+                                  const struct raft_entry *e, size_t n,
+                                  node_io_done_cb cb)
+{
+    struct ns_node *s = data;
+    int rv = st_submit(s, 2, hs, e, n, cb);
+    s->st.jindex = index;
+    s->st.jterm = term;
+    W.installs++;
+    return rv;
+}
+
+static int io_store_compact_step(void *data, uint64_t upto, uint64_t max_rows,
+                                 node_io_done_cb cb)
+{
+    struct ns_node *s = data;
+    if (upto <= s->st.meta.snap_index || s->st.n == 0)
+        return 1;
+    int rv = st_submit(s, 3, NULL, NULL, 0, cb);
+    s->st.jupto = upto;
+    s->st.jrows = max_rows;
+    return rv;
+}
+
+static bool io_store_busy(void *data)
+{
+    return ((struct ns_node *)data)->st.job != 0;
+}
+
+static void io_store_stats(void *data, struct store_stats *st)
+{
+    *st = ((struct ns_node *)data)->st.stats;
+}
+
+static const char *io_store_errmsg(void *data)
+{
+    PZ_UNUSED(data);
+    return "simulated store";
+}
+
+static const char *io_store_path(void *data)
+{
+    return ((struct ns_node *)data)->dir;
+}
+
+/* --- the network ---------------------------------------------------------- */
+
+static struct ns_node *by_id(uint64_t id)
+{
+    for (int i = 0; i < W.count; i++)
+        if (W.nodes[i].started && members_name_to_id(W.nodes[i].name) == id)
+            return &W.nodes[i];
+    return NULL;
+}
+
+static void queue_frame(struct ns_node *from, struct ns_node *to,
+                        struct pz_buf *b)
+{
+    if (to == NULL || W.nmsgs >= NS_MAX_MSGS ||
+        (!W.calm && rnd() % 100 < W.loss_pct) || from->i == W.cut ||
+        to->i == W.cut) {
+        pz_buf_free(b);
+        return;
+    }
+    struct ns_msg *m = &W.msgs[W.nmsgs++];
+    m->at = W.now + rnd_in(1, W.calm ? 3 : 25);
+    m->seq = W.seq++;
+    m->from = from->i;
+    m->to = to->i;
+    m->len = b->len;
+    m->buf = pz_malloc(b->len ? b->len : 1);
+    if (b->len)
+        memcpy(m->buf, b->data, b->len);
+    pz_buf_free(b);
+}
+
+static int io_tr_open(void *data, const struct transport_config *tc, char *err,
+                      size_t errlen)
+{
+    PZ_UNUSED(err);
+    PZ_UNUSED(errlen);
+    struct ns_node *s = data;
+    s->tc = *tc;
+    return 0;
+}
+
+static void io_tr_close(void *data, void (*done)(void))
+{
+    PZ_UNUSED(data);
+    done();
+}
+
+static void io_send(void *data, const struct raft_msg *m)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    if (raft_codec_encode_msg(&b, m, RAFT_FRAME_MAX) < 0) {
+        pz_buf_free(&b);
+        return;
+    }
+    queue_frame(data, by_id(m->to), &b);
+}
+
+static int io_send_chunk(void *data, uint64_t to,
+                         const struct raft_snap_chunk *c)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    if (raft_codec_encode_chunk(&b, c, RAFT_FRAME_MAX) < 0) {
+        pz_buf_free(&b);
+        return PZ_ETOOBIG;
+    }
+    queue_frame(data, by_id(to), &b);
+    return 0;
+}
+
+static int io_peer_stats(void *data, uint64_t id,
+                         struct transport_peer_stats *ps)
+{
+    struct ns_node *s = data, *p = by_id(id);
+    memset(ps, 0, sizeof *ps);
+    if (p == NULL)
+        return PZ_ENOTFOUND;
+    ps->id = id;
+    ps->connected = p->n != NULL;
+    for (size_t i = 0; i < W.nmsgs; i++)
+        if (W.msgs[i].from == s->i && W.msgs[i].to == p->i) {
+            ps->queued_msgs++;
+            ps->queued_bytes += W.msgs[i].len;
+        }
+    return 0;
+}
+
+static void io_tr_stats(void *data, struct transport_stats *st)
+{
+    PZ_UNUSED(data);
+    memset(st, 0, sizeof *st);
+}
+
+static void io_set_peer(void *data, uint64_t id, const char *addr)
+{
+    PZ_UNUSED(data);
+    PZ_UNUSED(id);
+    PZ_UNUSED(addr);
+}
+
+static void io_remove_peer(void *data, uint64_t id)
+{
+    PZ_UNUSED(data);
+    PZ_UNUSED(id);
+}
+
+static void io_probe(void *data, uint64_t id)
+{
+    /* An empty frame: the handshake alone (a removed node learns so). */
+    struct pz_buf b;
+    pz_buf_init(&b);
+    queue_frame(data, by_id(id), &b);
+}
+
+/* What the handshake does on the first frame of a link, every frame here:
+ * the joining node learns the cluster id, the acceptor's check_peer
+ * refuses a removed member and tells it. true: deliver. */
+static bool handshake(struct ns_node *from, struct ns_node *to)
+{
+    use(from);
+    uint64_t since = from->tc.member_since ? from->tc.member_since(nd) : 0;
+    uint64_t from_cluster = nd->cluster_id, inc = nd->incarnation;
+    use(to);
+    if (nd->cluster_id == 0 && from_cluster && to->tc.on_cluster_id)
+        to->tc.on_cluster_id(nd, from_cluster);
+    uint64_t ci = 0, ct = 0;
+    int kind = to->tc.check_peer
+                   ? to->tc.check_peer(nd, members_name_to_id(from->name), inc,
+                                       since, &ci, &ct)
+                   : TRANSPORT_PEER_MEMBER;
+    if (kind == TRANSPORT_PEER_REMOVED) {
+        use(from);
+        if (from->tc.on_removed)
+            from->tc.on_removed(nd, members_name_to_id(to->name), ci, ct);
+        return false;
+    }
+    return kind != TRANSPORT_PEER_OTHER_INCARNATION;
+}
+
+static void deliver(struct ns_msg *m)
+{
+    struct ns_node *from = &W.nodes[m->from], *to = &W.nodes[m->to];
+    if (to->n == NULL || from->n == NULL || !handshake(from, to) || m->len == 0)
+        return;
+    struct raft_decoded d;
+    if (raft_codec_decode(m->buf + 4, m->len - 4, &d) < 0) {
+        ns_fail("undecodable frame from %s", from->name);
+        return;
+    }
+    use(to);
+    if (d.kind == RAFT_FRAME_MESSAGE) {
+        d.msg.from = members_name_to_id(from->name);
+        to->tc.recv(nd, &d.msg);
+    } else if (d.kind == RAFT_FRAME_CHUNK) {
+        to->tc.on_chunk(nd, members_name_to_id(from->name), &d.chunk);
+    }
+    raft_decoded_free(&d);
+}
+
+/* --- snapshot writer, timer, clock, mandi --------------------------------- */
+
+static int io_snap_write(void *data, const char *dir, const struct kv *kv,
+                         const struct snapshot_point *at,
+                         struct snapshot_child *c, char *err, size_t errlen)
+{
+    PZ_UNUSED(data);
+    memset(c, 0, sizeof *c);
+    int rv = snapshot_write(dir, kv, at, c->path, sizeof c->path, err, errlen);
+    if (rv < 0)
+        return rv;
+    c->pid = 1; /* "running" until the next poll */
+    c->index = at->index;
+    c->term = at->term;
+    c->started_ms = W.now;
+    return 0;
+}
+
+static void io_snap_poll(void *data, struct snapshot_child *c, bool *done,
+                         bool *ok)
+{
+    PZ_UNUSED(data);
+    *done = true;
+    *ok = c->pid != 0;
+    c->pid = 0;
+}
+
+static void io_snap_kill(void *data, struct snapshot_child *c)
+{
+    PZ_UNUSED(data);
+    c->pid = 0;
+}
+
+static uint64_t io_now(void *data)
+{
+    PZ_UNUSED(data);
+    return W.now;
+}
+
+static void io_tick_start(void *data, uint64_t period, void (*cb)(void))
+{
+    struct ns_node *s = data;
+    s->tick_ms = period;
+    s->next_tick = W.now + period;
+    s->tick_cb = cb;
+}
+
+static void io_tick_close(void *data, void (*done)(void))
+{
+    ((struct ns_node *)data)->tick_cb = NULL;
+    done();
+}
+
+static int io_mandi_open(void *data, const struct pz_config *cfg, bool *on,
+                         char *err, size_t errlen)
+{
+    PZ_UNUSED(data);
+    PZ_UNUSED(err);
+    PZ_UNUSED(errlen);
+    *on = strcmp(cfg->mandi_addr, "none") != 0;
+    return 0;
+}
+
+static void io_mandi_close(void *data)
+{
+    PZ_UNUSED(data);
+}
+
+static uint64_t mandi_job(void *data, int kind, mandi_client_cb cb, void *arg)
+{
+    if (W.nmjobs == PZ_ARRAY_SIZE(W.mjobs))
+        return 0;
+    W.mjobs[W.nmjobs++] = (struct ns_mandi_job){
+        .at = W.now + rnd_in(1, 20),
+        .node = ((struct ns_node *)data)->i,
+        .kind = kind,
+        .cb = cb,
+        .arg = arg,
+    };
+    return W.seq++ + 1;
+}
+
+static uint64_t io_mandi_put_leader(void *data, const struct mandi_leader *li,
+                                    mandi_client_cb cb, void *arg)
+{
+    PZ_UNUSED(li);
+    return mandi_job(data, 0, cb, arg);
+}
+
+static uint64_t io_mandi_post_join(void *data, const struct mandi_join *j,
+                                   mandi_client_cb cb, void *arg)
+{
+    size_t k = 0;
+    while (k < W.njoins && strcmp(W.joins[k].id, j->id) != 0)
+        k++;
+    if (k == W.njoins && W.njoins < NS_MAX)
+        W.njoins++;
+    if (k < NS_MAX)
+        W.joins[k] = *j;
+    return mandi_job(data, 0, cb, arg);
+}
+
+static uint64_t io_mandi_get_joins(void *data, mandi_client_cb cb, void *arg)
+{
+    return mandi_job(data, 1, cb, arg);
+}
+
+static uint64_t io_mandi_delete_join(void *data, const char *id,
+                                     mandi_client_cb cb, void *arg)
+{
+    for (size_t k = 0; k < W.njoins; k++)
+        if (strcmp(W.joins[k].id, id) == 0)
+            W.joins[k] = W.joins[--W.njoins];
+    return mandi_job(data, 0, cb, arg);
+}
+
+static void mandi_complete(struct ns_mandi_job *j)
+{
+    struct ns_node *s = &W.nodes[j->node];
+    if (s->n == NULL)
+        return; /* the client went with its process */
+    struct mandi_result res = {
+        .err = 0, .http_status = j->kind == 1 ? 200 : 204, .message = ""};
+    if (j->kind == 1) {
+        res.joins = W.joins;
+        res.n_joins = W.njoins;
+    }
+    use(s);
+    j->cb(&res, j->arg);
+}
+
+static struct httpc *io_http_get(void *data, const char *addr, const char *path,
+                                 const char *log_name, httpc_cb cb, void *arg)
+{
+    PZ_UNUSED(data);
+    PZ_UNUSED(addr);
+    PZ_UNUSED(path);
+    PZ_UNUSED(log_name);
+    PZ_UNUSED(cb);
+    PZ_UNUSED(arg);
+    return NULL; /* no HTTP between simulated nodes */
+}
+
+static void io_http_free(void *data, struct httpc *c)
+{
+    PZ_UNUSED(data);
+    PZ_UNUSED(c);
+}
+
+static const struct node_io ns_io = {
+    .now = io_now,
+    .tick_start = io_tick_start,
+    .tick_close = io_tick_close,
+    .store_open = io_store_open,
+    .store_close = io_store_close,
+    .store_load_from = io_store_load_from,
+    .store_term = io_store_term,
+    .store_meta_get = io_store_meta_get,
+    .store_meta_set = io_store_meta_set,
+    .store_meta_set_incarnation = io_store_meta_set_incarnation,
+    .store_write = io_store_write,
+    .store_write_install = io_store_write_install,
+    .store_compact_step = io_store_compact_step,
+    .store_busy = io_store_busy,
+    .store_stats = io_store_stats,
+    .store_errmsg = io_store_errmsg,
+    .store_path = io_store_path,
+    .tr_open = io_tr_open,
+    .tr_close = io_tr_close,
+    .send = io_send,
+    .send_chunk = io_send_chunk,
+    .peer_stats = io_peer_stats,
+    .tr_stats = io_tr_stats,
+    .set_peer = io_set_peer,
+    .remove_peer = io_remove_peer,
+    .probe = io_probe,
+    .snap_write = io_snap_write,
+    .snap_poll = io_snap_poll,
+    .snap_kill = io_snap_kill,
+    .mandi_open = io_mandi_open,
+    .mandi_close = io_mandi_close,
+    .mandi_put_leader = io_mandi_put_leader,
+    .mandi_post_join = io_mandi_post_join,
+    .mandi_get_joins = io_mandi_get_joins,
+    .mandi_delete_join = io_mandi_delete_join,
+    .http_get = io_http_get,
+    .http_free = io_http_free,
+};
+
+/* --- nodes: start, crash ---------------------------------------------------
+ */
+
+static void on_stop(const char *why)
+{
+    PZ_UNUSED(why);
+    for (int i = 0; i < W.count; i++)
+        if (W.nodes[i].n != NULL && W.nodes[i].n == node_current())
+            W.nodes[i].stop_asked = true;
+}
+
+static void cfg_put(struct pz_config *c, const char *k, const char *v)
+{
+    char err[256];
+    if (cfg_set(c, k, v, "sim", 0, err, sizeof err) < 0)
+        ns_fail("config %s %s: %s", k, v, err);
+}
+
+static void node_setup(int i, int founders, bool founder, const char *root)
+{
+    struct ns_node *s = &W.nodes[i];
+    memset(s, 0, sizeof *s);
+    s->i = i;
+    snprintf(s->name, sizeof s->name, "n%d", i + 1);
+    snprintf(s->dir, sizeof s->dir, "%s/n%d", root, i + 1);
+    mkdir(s->dir, 0700);
+    cfg_init(&s->cfg);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", 7001 + i);
+    cfg_put(&s->cfg, "node-id", s->name);
+    cfg_put(&s->cfg, "raft-addr", addr);
+    cfg_put(&s->cfg, "raft-data", s->dir);
+    cfg_put(&s->cfg, "heartbeat-interval", "50ms");
+    cfg_put(&s->cfg, "election-timeout", "300ms");
+    cfg_put(&s->cfg, "request-timeout", "2000ms");
+    cfg_put(&s->cfg, "raft-snapshot-entries", "40");
+    cfg_put(&s->cfg, "raft-trailing-entries", "5");
+    cfg_put(&s->cfg, "mandi-addr", "http://127.0.0.1:1");
+    if (founder) {
+        char ic[256] = "";
+        for (int k = 0; k < founders; k++)
+            snprintf(ic + strlen(ic), sizeof ic - strlen(ic),
+                     "%sn%d=127.0.0.1:%d", k ? "," : "", k + 1, 7001 + k);
+        cfg_put(&s->cfg, "initial-cluster", ic);
+    }
+}
+
+static void node_start(struct ns_node *s)
+{
+    struct node_io io = ns_io;
+    io.data = s;
+    io.seed = W.seed * 31 + (uint64_t)s->i + 1 + W.now;
+    char err[512];
+    use(s);
+    if (node_open(&io, &s->cfg, on_stop, err, sizeof err) < 0) {
+        ns_fail("%s: node_open: %s", s->name, err);
+        return;
+    }
+    s->n = node_current();
+    s->started = true;
+    s->restart_at = 0;
+}
+
+/* Free the client's requests that went down with node i. */
+static void drop_writes_of(int i)
+{
+    for (unsigned k = 0; k < W.nwrites; k++) {
+        struct ns_write *w = W.writes[k];
+        if (w && w->live && w->node == i) {
+            w->live = false;
+            pz_free(w);
+            W.writes[k] = NULL;
+        }
+    }
+}
+
+static void on_read(struct node_req *req, int status)
+{
+    struct ns_read *r = (struct ns_read *)req, **pp = &W.reads;
+    while (*pp != r)
+        pp = &(*pp)->next;
+    *pp = r->next;
+    if (status == 0) {
+        /* Called back with the node selected: read its table. */
+        char key[32];
+        snprintf(key, sizeof key, "k%05u", r->key);
+        struct kv_view v;
+        if (!kv_get_view(node_kv(), key, strlen(key), &v) ||
+            v.meta.mod_revision != W.ack_rev[r->key])
+            ns_fail("%s: linearizable read of %s, acknowledged at revision "
+                    "%" PRIu64 ", does not see it",
+                    W.nodes[r->node].name, key, W.ack_rev[r->key]);
+        W.nreads++;
+    }
+    pz_free(r);
+}
+
+static void client_read(void)
+{
+    if (W.nacked == 0)
+        return;
+    unsigned key = (unsigned)(rnd() % W.nwrites);
+    while (!W.acked[key])
+        key = (key + 1) % W.nwrites;
+    struct ns_node *s = &W.nodes[rnd() % (uint64_t)W.count];
+    if (s->n == NULL || s->stop_asked)
+        return;
+    use(s);
+    struct ns_read *r = pz_calloc(1, sizeof *r);
+    r->key = key;
+    r->node = s->i;
+    r->next = W.reads;
+    W.reads = r;
+    node_read(&r->req, false, on_read);
+}
+
+/* Free the reads that went down with node i (no callback comes). */
+static void drop_reads_of(int i)
+{
+    struct ns_read **pp = &W.reads;
+    while (*pp) {
+        struct ns_read *r = *pp;
+        if (r->node == i) {
+            *pp = r->next;
+            pz_free(r);
+        } else {
+            pp = &r->next;
+        }
+    }
+}
+
+static void node_down(struct ns_node *s)
+{
+    use(s);
+    node_crash();
+    s->n = NULL;
+    drop_writes_of(s->i);
+    drop_reads_of(s->i);
+    /* A job in flight: durable whole or lost whole. */
+    if (s->st.job) {
+        if (rnd() % 2)
+            st_apply_job(&s->st);
+        st_job_free(&s->st);
+    }
+    /* What was on the wire to or from it is lost with its links. */
+    size_t k = 0;
+    for (size_t i = 0; i < W.nmsgs; i++) {
+        if (W.msgs[i].to == s->i || W.msgs[i].from == s->i)
+            pz_free(W.msgs[i].buf);
+        else
+            W.msgs[k++] = W.msgs[i];
+    }
+    W.nmsgs = k;
+}
+
+static void node_free_all(struct ns_node *s)
+{
+    if (s->n)
+        node_down(s);
+    st_truncate_from(&s->st, 0);
+    pz_free(s->st.log);
+    cfg_free(&s->cfg);
+}
+
+/* --- the client ------------------------------------------------------------
+ */
+
+static void on_write(struct node_req *req, int status)
+{
+    struct ns_write *w = (struct ns_write *)req;
+    if (status == 0 && w->req.res.status == KV_OK) {
+        W.acked[w->key] = true;
+        W.ack_rev[w->key] = w->req.res.revision;
+        W.ack_at[w->key] = W.now;
+        W.nacked++;
+    }
+    w->live = false;
+    W.writes[w->key] = NULL;
+    pz_free(w);
+}
+
+static void client_write(void)
+{
+    if (W.nwrites >= NS_MAX_WRITES)
+        return;
+    int start = (int)(rnd() % (uint64_t)W.count);
+    for (int d = 0; d < W.count; d++) {
+        struct ns_node *s = &W.nodes[(start + d) % W.count];
+        if (s->n == NULL || s->stop_asked)
+            continue;
+        use(s);
+        unsigned key = W.nwrites;
+        char k[32], v[48];
+        snprintf(k, sizeof k, "k%05u", key);
+        snprintf(v, sizeof v, "v%u-%" PRIu64, key, W.seed);
+        struct pz_buf cmd;
+        pz_buf_init(&cmd);
+        kv_encode_set(&cmd, k, strlen(k), v, strlen(v));
+        struct ns_write *w = pz_calloc(1, sizeof *w);
+        w->key = key;
+        w->node = s->i;
+        w->live = true;
+        int rv =
+            node_propose(&w->req, (const uint8_t *)cmd.data, cmd.len, on_write);
+        pz_buf_free(&cmd);
+        if (rv < 0) {
+            pz_free(w);
+            continue;
+        }
+        W.writes[key] = w;
+        W.prop_at[key] = W.now;
+        W.nwrites++;
+        return;
+    }
+}
+
+/* --- the loop ----------------------------------------------------------------
+ */
+
+static void check_leaders(void)
+{
+    for (int i = 0; i < W.count; i++) {
+        struct ns_node *s = &W.nodes[i];
+        if (s->n == NULL)
+            continue;
+        use(s);
+        struct raft_status rs;
+        raft_status(nd->raft, &rs);
+        if (rs.role != RAFT_LEADER)
+            continue;
+        if (rs.term >= W.nterms) {
+            size_t n = rs.term * 2 + 16;
+            W.leader_of = pz_realloc(W.leader_of, n * sizeof *W.leader_of);
+            memset(W.leader_of + W.nterms, 0,
+                   (n - W.nterms) * sizeof *W.leader_of);
+            W.nterms = n;
+        }
+        uint64_t id = members_name_to_id(s->name);
+        if (W.leader_of[rs.term] && W.leader_of[rs.term] != id)
+            ns_fail("two leaders in term %" PRIu64, rs.term);
+        W.leaders += W.leader_of[rs.term] == 0;
+        W.leader_of[rs.term] = id;
+    }
+}
+
+/* State machine safety: every node applies the same entry (same term)
+ * at an index. Entries compacted before they were looked at are
+ * skipped. */
+static void check_applied(struct ns_node *s)
+{
+    if (nd->applied < s->checked)
+        s->checked = 0; /* restarted: from the log it has again */
+    for (uint64_t i = s->checked + 1; i <= nd->applied; i++) {
+        const struct raft_entry *e = raft_log_get(nd->raft, i);
+        if (e == NULL)
+            continue;
+        if (i >= W.napplied) {
+            size_t n = i * 2 + 64;
+            W.applied_term =
+                pz_realloc(W.applied_term, n * sizeof *W.applied_term);
+            memset(W.applied_term + W.napplied, 0,
+                   (n - W.napplied) * sizeof *W.applied_term);
+            W.napplied = n;
+        }
+        if (W.applied_term[i] && W.applied_term[i] != e->term)
+            ns_fail("%s applied entry %" PRIu64 " of term %" PRIu64
+                    ", another node one of term %" PRIu64,
+                    s->name, i, e->term, W.applied_term[i]);
+        W.applied_term[i] = e->term;
+    }
+    s->checked = nd->applied;
+}
+
+static void settle_nodes(void)
+{
+    for (int round = 0; round < 4; round++) {
+        bool work = false;
+        for (int i = 0; i < W.count; i++) {
+            struct ns_node *s = &W.nodes[i];
+            if (s->n == NULL)
+                continue;
+            use(s);
+            node_before_sleep();
+            check_applied(s);
+            work = work || node_has_work();
+        }
+        if (!work)
+            break;
+    }
+    /* A node that asked to stop (removed) stops now. */
+    for (int i = 0; i < W.count; i++) {
+        struct ns_node *s = &W.nodes[i];
+        if (s->n != NULL && s->stop_asked) {
+            node_down(s);
+            s->gone = true;
+        }
+    }
+}
+
+/* One step of the world: everything due at W.now. */
+static void step(void)
+{
+    for (int i = 0; i < W.count; i++) {
+        struct ns_node *s = &W.nodes[i];
+        if (s->n && s->st.job && s->st.job_at <= W.now) {
+            st_apply_job(&s->st);
+            node_io_done_cb cb = s->st.cb;
+            st_job_free(&s->st);
+            use(s);
+            cb(0, NULL);
+        }
+    }
+    for (size_t i = 0; i < W.nmsgs;) {
+        if (W.msgs[i].at > W.now) {
+            i++;
+            continue;
+        }
+        struct ns_msg m = W.msgs[i];
+        W.msgs[i] = W.msgs[--W.nmsgs]; /* order among due ones: any */
+        deliver(&m);
+        pz_free(m.buf);
+    }
+    for (size_t i = 0; i < W.nmjobs;) {
+        if (W.mjobs[i].at > W.now) {
+            i++;
+            continue;
+        }
+        struct ns_mandi_job j = W.mjobs[i];
+        W.mjobs[i] = W.mjobs[--W.nmjobs];
+        mandi_complete(&j);
+    }
+    for (int i = 0; i < W.count; i++) {
+        struct ns_node *s = &W.nodes[i];
+        if (s->n && s->tick_cb && s->next_tick <= W.now) {
+            s->next_tick += s->tick_ms;
+            use(s);
+            s->tick_cb();
+        }
+    }
+    settle_nodes();
+    check_leaders();
+}
+
+static int up_count(void)
+{
+    int n = 0;
+    for (int i = 0; i < W.count; i++)
+        n += W.nodes[i].n != NULL;
+    return n;
+}
+
+static void chaos(void)
+{
+    if (W.cut >= 0 && (W.calm || W.now >= W.cut_end))
+        W.cut = -1;
+    if (W.calm)
+        return;
+    /* Now and then one node is cut off for a while (the leader, often:
+     * the others elect another). */
+    if (W.cut < 0 && rnd() % 2000 == 0) {
+        struct ns_node *l = rnd() % 2 ? leader() : NULL;
+        W.cut = l ? l->i : (int)(rnd() % (uint64_t)W.count);
+        W.cut_end = W.now + rnd_in(300, 2500);
+        W.cuts++;
+    }
+    /* Restarts that are due. */
+    for (int i = 0; i < W.count; i++) {
+        struct ns_node *s = &W.nodes[i];
+        if (s->started && s->n == NULL && !s->gone && s->restart_at &&
+            s->restart_at <= W.now)
+            node_start(s);
+    }
+    /* A crash now and then, one node down at a time. */
+    int live = 0;
+    for (int i = 0; i < W.count; i++)
+        live += W.nodes[i].started && !W.nodes[i].gone;
+    /* Rarely, a power loss: every node at once, each losing the store
+     * job it had in flight. */
+    if (up_count() == live && rnd() % 6000 == 0) {
+        for (int i = 0; i < W.count; i++) {
+            struct ns_node *s = &W.nodes[i];
+            if (s->n && !s->stop_asked) {
+                node_down(s);
+                s->restart_at = W.now + rnd_in(50, 1500);
+            }
+        }
+        W.powerloss++;
+        return;
+    }
+    if (up_count() == live && rnd() % 800 == 0) {
+        struct ns_node *s = &W.nodes[rnd() % (uint64_t)W.count];
+        if (s->n && !s->stop_asked) {
+            node_down(s);
+            s->restart_at = W.now + rnd_in(200, 3000);
+            W.crashes++;
+        }
+    }
+}
+
+static struct ns_node *leader(void)
+{
+    for (int i = 0; i < W.count; i++) {
+        struct ns_node *s = &W.nodes[i];
+        if (s->n == NULL)
+            continue;
+        use(s);
+        if (node_is_leader())
+            return s;
+    }
+    return NULL;
+}
+
+static struct node_req remove_req;
+static int remove_status = 1;
+
+static void on_removed_done(struct node_req *req, int status)
+{
+    PZ_UNUSED(req);
+    remove_status = status;
+}
+
+static void try_remove(int victim)
+{
+    struct ns_node *l = leader();
+    if (l == NULL || remove_status == 0 || remove_req.queued)
+        return;
+    use(l);
+    if (node_remove_member(&remove_req, W.nodes[victim].name, on_removed_done) <
+        0)
+        return;
+}
+
+/* Every member of the last committed configuration, as the leader sees it:
+ * applied the same, digest and revision equal, acknowledged writes there. */
+static bool converged(void)
+{
+    struct ns_node *l = leader();
+    if (l == NULL)
+        return false;
+    use(l);
+    struct raft_status rs;
+    raft_status(nd->raft, &rs);
+    uint64_t applied = nd->applied;
+    if (applied < rs.commit)
+        return false;
+    for (int i = 0; i < W.count; i++) {
+        struct ns_node *s = &W.nodes[i];
+        if (!s->started || s->gone)
+            continue;
+        if (s->n == NULL)
+            return false;
+        use(s);
+        if (nd->applied != applied || nd->store_busy)
+            return false;
+    }
+    return true;
+}
+
+static void check_final(int victim, int joiner)
+{
+    struct ns_node *l = leader();
+    if (l == NULL) {
+        ns_fail("no leader at the end");
+        return;
+    }
+    use(l);
+    uint64_t digest = kv_digest(nd->kv), rev = kv_revision(nd->kv);
+    const struct raft_conf *conf = raft_conf_current(nd->raft, NULL);
+    const struct raft_server *j =
+        raft_conf_get(conf, members_name_to_id(W.nodes[joiner].name));
+    if (j == NULL || !j->voter)
+        ns_fail("%s joined but is not a voter", W.nodes[joiner].name);
+    if (raft_conf_get(conf, members_name_to_id(W.nodes[victim].name)))
+        ns_fail("%s was removed but is in the configuration",
+                W.nodes[victim].name);
+    if (!W.nodes[victim].gone)
+        ns_fail("%s was removed but did not stop", W.nodes[victim].name);
+    for (int i = 0; i < W.count; i++) {
+        struct ns_node *s = &W.nodes[i];
+        if (s->n == NULL)
+            continue;
+        use(s);
+        if (kv_digest(nd->kv) != digest || kv_revision(nd->kv) != rev) {
+            ns_fail("%s: digest %016" PRIx64 " rev %" PRIu64 ", leader %s "
+                    "%016" PRIx64 " rev %" PRIu64,
+                    s->name, kv_digest(nd->kv), kv_revision(nd->kv), l->name,
+                    digest, rev);
+            return;
+        }
+        for (unsigned k = 0; k < W.nwrites; k++) {
+            if (!W.acked[k])
+                continue;
+            char key[32], v[48];
+            snprintf(key, sizeof key, "k%05u", k);
+            snprintf(v, sizeof v, "v%u-%" PRIu64, k, W.seed);
+            struct kv_view view;
+            if (!kv_get_view(nd->kv, key, strlen(key), &view) ||
+                view.vlen != strlen(v) || memcmp(view.value, v, view.vlen) ||
+                view.meta.mod_revision != W.ack_rev[k]) {
+                ns_fail("%s: acknowledged write %s (revision %" PRIu64
+                        ") missing or different",
+                        s->name, key, W.ack_rev[k]);
+                return;
+            }
+        }
+    }
+    /* Acknowledged before another was proposed: the lower revision. */
+    for (unsigned a = 0; a < W.nwrites; a++)
+        for (unsigned b = 0; a != b && b < W.nwrites; b++)
+            if (W.acked[a] && W.acked[b] && W.ack_at[a] < W.prop_at[b] &&
+                W.ack_rev[a] >= W.ack_rev[b])
+                ns_fail("write %u acked at %" PRIu64 " before %u was proposed "
+                        "but has revision %" PRIu64 " >= %" PRIu64,
+                        a, W.ack_at[a], b, W.ack_rev[a], W.ack_rev[b]);
+}
+
+/* One seed. 0 or -1 with W.failed. */
+static int run_seed(uint64_t seed)
+{
+    char root[256];
+    const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    snprintf(root, sizeof root, "%s/pyazdb-nodesim-%d-%" PRIu64, base,
+             (int)getpid(), seed);
+    mkdir(root, 0700);
+    memset(&W, 0, sizeof W);
+    W.seed = seed;
+    W.rng = seed * 0x9e3779b97f4a7c15ull + 1;
+    W.msgs = pz_calloc(NS_MAX_MSGS, sizeof *W.msgs);
+    W.loss_pct = (unsigned)rnd_in(0, 10);
+    W.cut = -1;
+    int founders = seed % 3 == 0 ? 5 : 3;
+    W.count = founders + 1;
+    remove_status = 1;
+    memset(&remove_req, 0, sizeof remove_req);
+    for (int i = 0; i < founders; i++)
+        node_setup(i, founders, true, root);
+    node_setup(founders, founders, false, root);
+    for (int i = 0; i < founders && !W.failed[0]; i++)
+        node_start(&W.nodes[i]);
+    int joiner = founders;
+    int victim = (int)rnd_in(0, (uint64_t)founders - 1);
+    uint64_t join_at = rnd_in(2000, 4000), remove_at = join_at + 5000;
+    uint64_t calm_at = remove_at + 4000, end = calm_at + 30000;
+    uint64_t next_write = 100;
+    for (W.now = 1; W.now < end && !W.failed[0]; W.now++) {
+        if (W.now == join_at)
+            node_start(&W.nodes[joiner]);
+        if (W.now >= remove_at && !W.nodes[victim].gone && W.now % 50 == 0) {
+            /* Wait for the joiner to vote before removing a founder. */
+            struct ns_node *l = leader();
+            if (l) {
+                use(l);
+                const struct raft_server *j =
+                    raft_conf_get(raft_conf_current(nd->raft, NULL),
+                                  members_name_to_id(W.nodes[joiner].name));
+                if (j && j->voter)
+                    try_remove(victim);
+            }
+        }
+        if (W.now == calm_at)
+            W.calm = true;
+        if (W.calm) {
+            for (int i = 0; i < W.count; i++) {
+                struct ns_node *s = &W.nodes[i];
+                if (s->started && !s->gone && s->n == NULL)
+                    node_start(s);
+            }
+        }
+        if (W.now >= next_write && W.now < calm_at) {
+            client_write();
+            if (rnd() % 3 == 0)
+                client_read();
+            next_write = W.now + rnd_in(5, 40);
+        }
+        chaos();
+        step();
+        if (W.calm && W.nodes[victim].gone && W.now % 100 == 0 && converged()) {
+            check_final(victim, joiner);
+            break;
+        }
+    }
+    if (!W.failed[0] && W.now >= end) {
+        char st[256] = "";
+        for (int i = 0; i < W.count; i++) {
+            struct ns_node *s = &W.nodes[i];
+            if (s->n == NULL)
+                continue;
+            use(s);
+            struct raft_status rs;
+            raft_status(nd->raft, &rs);
+            snprintf(st + strlen(st), sizeof st - strlen(st),
+                     " %s:%s/t%" PRIu64 "/c%" PRIu64 "/a%" PRIu64, s->name,
+                     raft_role_name(rs.role), rs.term, rs.commit, nd->applied);
+        }
+        ns_fail("did not converge (removed %s stopped: %d;%s)",
+                W.nodes[victim].name, W.nodes[victim].gone, st);
+    }
+    W.total_installs = W.installs;
+    for (int i = 0; i < W.count; i++)
+        node_free_all(&W.nodes[i]);
+    for (unsigned k = 0; k < W.nwrites; k++)
+        pz_free(W.writes[k]);
+    for (size_t i = 0; i < W.nmsgs; i++)
+        pz_free(W.msgs[i].buf);
+    pz_free(W.msgs);
+    pz_free(W.leader_of);
+    pz_free(W.applied_term);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    if (system(cmd) != 0)
+        fprintf(stderr, "node-sim: cannot remove %s\n", root);
+    return W.failed[0] ? -1 : 0;
+}
+
+/* Seeds first..first+n-1; returns failures. */
+static int run_seeds(uint64_t first, uint64_t n, bool verbose,
+                     uint64_t *installs, unsigned *acked)
+{
+    int failures = 0;
+    *installs = 0;
+    *acked = 0;
+    for (uint64_t s = first; s < first + n; s++) {
+        int rv = run_seed(s);
+        *installs += W.total_installs;
+        *acked += W.nacked;
+        if (rv < 0) {
+            failures++;
+            fprintf(stderr, "node-sim: seed %" PRIu64 " FAILED: %s\n", s,
+                    W.failed);
+        } else if (verbose) {
+            fprintf(stderr,
+                    "node-sim: seed %" PRIu64 " ok (%d nodes, %u acked, %u "
+                    "reads, %u "
+                    "crashes, %u power losses, %u cuts, %u leaders, %u "
+                    "installs, t=%" PRIu64 " ms)\n",
+                    s, W.count, W.nacked, W.nreads, W.crashes, W.powerloss,
+                    W.cuts, W.leaders, W.installs, W.now);
+        }
+    }
+    return failures;
+}
+
+#ifdef NODE_SIM_MAIN
+static bool running;
+
+/* A fail-stop inside the driver (core_fatal exits): say which seed. */
+static void on_exit_report(void)
+{
+    if (running)
+        fprintf(stderr,
+                "node-sim: the process exited during seed %" PRIu64
+                ": rerun with NODE_SIM_SEED=%" PRIu64 "\n",
+                W.seed, W.seed);
+}
+
+static uint64_t env_u64(const char *name, uint64_t dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? strtoull(v, NULL, 10) : dflt;
+}
+
+int main(void)
+{
+    bool verbose = env_u64("NODE_SIM_VERBOSE", 0) != 0;
+    pz_log_setup(verbose ? PZ_LOG_INFO : PZ_LOG_ERROR, "");
+    verbose_log = env_u64("NODE_SIM_VERBOSE", 0) > 1;
+    uint64_t first = env_u64("NODE_SIM_SEED", 1);
+    uint64_t n = getenv("NODE_SIM_SEED") ? 1 : env_u64("NODE_SIM_SEEDS", 150);
+    struct timespec a, b;
+    atexit(on_exit_report);
+    running = true;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    uint64_t installs;
+    unsigned acked;
+    int failures = run_seeds(first, n, verbose, &installs, &acked);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    running = false;
+    double secs =
+        (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    printf("node-sim: %" PRIu64 " seeds from %" PRIu64 ", %d failed, %u "
+           "writes acknowledged, %" PRIu64 " snapshot installs, %.2f s "
+           "(%.1f seeds/s)\n",
+           n, first, failures, acked, installs, secs, (double)n / secs);
+    if (failures == 0 && n >= 5 && installs == 0) {
+        printf("node-sim: no snapshot was installed\n");
+        return 1;
+    }
+    return failures ? 1 : 0;
+}
+#else
+TEST(seeds)
+{
+    pz_log_setup(PZ_LOG_ERROR, "");
+    uint64_t installs;
+    unsigned acked;
+    CHECK_EQ_INT(run_seeds(1, 3, false, &installs, &acked), 0);
+    CHECK(acked > 0);
+    pz_log_setup(PZ_LOG_INFO, "");
+}
+
+static const struct test_case cases[] = {TEST_ENTRY(seeds), TEST_END};
+
+const struct test_suite suite_node_sim = {"node_sim", cases};
+#endif
