@@ -135,6 +135,17 @@ static const struct cfg_directive directives[] = {
            1024 * GB, IMM,
            "most bytes of keys and values stored; past it only deletes "
            "are accepted (NOSPACE alarm); 0 = no quota"),
+    D_INT("RAFT", "txn-max-range-keys", txn_max_range_keys, "100000", 1,
+          1000000, IMM,
+          "most keys the range reads of one transaction may visit"),
+    D_INT("RAFT", "snapshot-max-streams", snapshot_max_streams, "2", 1, 64,
+          IMM,
+          "most snapshots sent to clients at once (backups, etcd "
+          "Snapshot)"),
+    D_DURATION("RAFT", "snapshot-stall-timeout", snapshot_stall_timeout_ms,
+               "30s", 1 * MS_PER_S, MS_PER_DAY, IMM,
+               "cancel a snapshot sent to a client that took nothing for "
+               "this long"),
     D_DURATION("RAFT", "request-timeout", request_timeout_ms, "5s", 100,
                10 * 60 * MS_PER_S, IMM,
                "how long a request waits for the cluster before failing"),

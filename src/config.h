@@ -108,6 +108,9 @@ struct pz_config {
     int64_t raft_trailing_entries; /* raft-trailing-entries */
     int64_t raft_snapshot_max_size; /* raft-snapshot-max-size: 0 = auto */
     int64_t quota_backend_bytes;    /* quota-backend-bytes: 0 = none */
+    int64_t txn_max_range_keys;     /* txn-max-range-keys */
+    int64_t snapshot_max_streams;   /* snapshot-max-streams */
+    int64_t snapshot_stall_timeout_ms; /* snapshot-stall-timeout */
     /* LIMITS */
     int64_t max_clients;            /* max-clients: per listener */
     int64_t client_idle_timeout_ms; /* client-idle-timeout: 0 = never */

@@ -441,15 +441,57 @@ struct esnap {
     uint64_t size;   /* the file's size */
     uint64_t padded; /* size rounded up to SNAP_ALIGN */
     struct sha256 sha;
+    struct gstream *st;
+    bool slot;          /* holds a snapshot-max-streams slot */
+    bool timer_on;      /* stall is initialized */
+    uv_timer_t stall;   /* snapshot-stall-timeout: checks progress */
+    uint64_t last_off;  /* off at the last check */
+    uint64_t last_move; /* uv_now() when off last moved */
     uint8_t buf[SNAP_CHUNK];
 };
+
+static void esnap_closed(uv_handle_t *h)
+{
+    pz_free(h->data);
+}
 
 static void esnap_free(void *p)
 {
     struct esnap *e = p;
     if (e->r)
         snapshot_reader_close(e->r);
-    pz_free(e);
+    if (e->slot)
+        node_snapshot_stream_put();
+    if (e->timer_on) {
+        uv_timer_stop(&e->stall);
+        e->stall.data = e;
+        uv_close((uv_handle_t *)&e->stall, esnap_closed);
+    } else {
+        pz_free(e);
+    }
+}
+
+/* A client that takes nothing for snapshot-stall-timeout loses the
+ * stream: its flow-control window would otherwise pin the file (and a
+ * slot) for as long as it keeps the connection open. */
+static void on_stall_check(uv_timer_t *t)
+{
+    struct esnap *e = t->data;
+    uint64_t now = uv_now(t->loop);
+    if (e->off != e->last_off) {
+        e->last_off = e->off;
+        e->last_move = now;
+        return;
+    }
+    if (now - e->last_move < node_snapshot_stall_ms())
+        return;
+    pz_warn("etcd Snapshot: the client took nothing for %llu ms: "
+            "cancelling the stream",
+            (unsigned long long)(now - e->last_move));
+    uv_timer_stop(t);
+    struct gstream *st = e->st;
+    grpc_stream_reset(st);
+    grpc_stream_flush(st); /* may free e */
 }
 
 static void snap_pump(struct gstream *st)
@@ -501,9 +543,8 @@ static void on_snap_taken(struct node_req *req, int status)
     struct gstream *st = grpc_stream_of(req);
     grpc_stream_in_node(st, false);
     char err[SNAPSHOT_ERRMSG_SIZE];
-    struct esnap *e = pz_calloc(1, sizeof *e);
+    struct esnap *e = grpc_stream_ext(st);
     uint64_t index;
-    grpc_stream_set_ext(st, e, esnap_free);
     if (status < 0 || node_snapshot_open(&e->r, &index, err, sizeof err) < 0) {
         if (status >= 0)
             pz_warn("etcd Snapshot: %s", err);
@@ -515,6 +556,13 @@ static void on_snap_taken(struct node_req *req, int status)
         sha256_init(&e->sha);
         pz_info("streaming snapshot at index %llu (%llu bytes) over gRPC",
                 (unsigned long long)index, (unsigned long long)e->size);
+        uv_loop_t *loop = grpc_stream_server(st)->loop;
+        uv_timer_init(loop, &e->stall);
+        e->stall.data = e;
+        e->timer_on = true;
+        e->last_move = uv_now(loop);
+        uint64_t every = PZ_MAX(node_snapshot_stall_ms() / 4, (uint64_t)100);
+        uv_timer_start(&e->stall, on_stall_check, every, every);
         grpc_stream_pump(st, snap_pump);
     }
     grpc_stream_flush(st);
@@ -539,6 +587,16 @@ static void on_snap_read(struct node_req *req, int status)
 
 static void call_snapshot(struct gstream *st)
 {
+    if (!node_snapshot_stream_get()) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: too many snapshots being sent "
+                         "(snapshot-max-streams): retry later");
+        return;
+    }
+    struct esnap *e = pz_calloc(1, sizeof *e);
+    e->slot = true;
+    e->st = st;
+    grpc_stream_set_ext(st, e, esnap_free);
     grpc_stream_in_node(st, true);
     int rv = node_read(grpc_stream_req(st), false, on_snap_read);
     if (rv < 0) {

@@ -166,6 +166,7 @@ struct ekv {
     bool wrote;       /* an operation so far changed the table */
     struct kv_sink sink;
     int tries; /* ignore_value/ignore_lease attempts */
+    bool readonly; /* a Txn without writes (run after a read, not logged) */
 };
 
 static void ekv_free(void *p)
@@ -277,6 +278,11 @@ struct vlist {
     uint64_t count; /* keys in the range */
     size_t keep;    /* collect at most this many (SIZE_MAX: all) */
     bool collect;   /* false: count only */
+    const struct etcd_filter *filter; /* collect only what it keeps */
+    bool values;    /* values count toward bytes (not keys_only) */
+    size_t bytes;   /* range_build's measure of what was collected */
+    size_t max;     /* past it (every view would be sent): stop */
+    bool over;      /* max was passed: the answer cannot be built */
 };
 
 static void vlist_push(struct vlist *l, const struct kv_view *v)
@@ -292,8 +298,13 @@ static int vlist_visit(void *arg, const struct kv_view *v)
 {
     struct vlist *l = arg;
     l->count++;
-    if (l->collect && l->n < l->keep)
-        vlist_push(l, v);
+    if (!l->collect || l->n >= l->keep || l->over ||
+        (l->filter && !etcd_filter_keep(l->filter, &v->meta)))
+        return 0;
+    vlist_push(l, v);
+    l->bytes += v->klen + (l->values ? v->vlen : 0) + 32;
+    if (l->bytes > l->max)
+        l->over = true;
     return 0;
 }
 
@@ -379,10 +390,22 @@ static void range_reply(struct gstream *st, struct ekv *e)
     struct etcd_range rg;
     etcd_range_decode(q->key.data, q->key.len, q->range_end.data,
                       q->range_end.len, &rg);
-    struct vlist l = {.keep = SIZE_MAX, .collect = !q->count_only};
-    if (q->limit > 0 && (int)q->sort_order == ETCD_SORT_NONE &&
-        !range_has_filter(q))
+    struct vlist l = {.keep = SIZE_MAX, .collect = !q->count_only,
+                      .values = !q->keys_only, .max = SIZE_MAX};
+    struct etcd_filter f = {q->min_mod_revision, q->max_mod_revision,
+                            q->min_create_revision, q->max_create_revision};
+    bool sorted = (int)q->sort_order != ETCD_SORT_NONE;
+    if (q->limit > 0 && !sorted && !range_has_filter(q))
         l.keep = (size_t)q->limit + 1; /* range_build's rule */
+    if (range_has_filter(q)) {
+        /* Only the views the filter keeps; without a sort they come in
+         * the order sent, so limit + 1 of them are enough. */
+        l.filter = &f;
+        if (q->limit > 0 && !sorted && (int)q->sort_target == ETCD_SORT_KEY)
+            l.keep = (size_t)q->limit + 1;
+    }
+    if (q->limit <= 0)
+        l.max = e->max_bytes; /* every view would be sent: stop past it */
     if (rg.single) {
         struct kv_view v;
         if (kv_get_view(kv, rg.key, rg.klen, &v))
@@ -396,7 +419,7 @@ static void range_reply(struct gstream *st, struct ekv *e)
     etcd_header(&h, rev, NULL);
     r.header = &h;
     Mvccpb__KeyValue *kvs = NULL;
-    if (!range_build(q, l.v, l.n, l.count, e->max_bytes, &r, &kvs)) {
+    if (l.over || !range_build(q, l.v, l.n, l.count, e->max_bytes, &r, &kvs)) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: range response is larger than "
                          "grpc-max-message (%zu bytes): use a limit",
@@ -554,6 +577,15 @@ static void write_done(struct node_req *req, int status)
         /* A put named a lease that does not exist: nothing was written. */
         grpc_stream_fail(st, GRPC_NOT_FOUND,
                          "etcdserver: requested lease not found");
+    } else if (req->res.status == KV_ETXN_KEYS) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the txn's ranges would read more "
+                         "than txn-max-range-keys keys: nothing was done");
+    } else if (e->over && e->readonly) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the txn response is larger than "
+                         "grpc-max-message (%zu bytes): use a limit",
+                         e->max_bytes);
     } else if (e->over) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the write was applied at revision "
@@ -811,9 +843,16 @@ static int map_ops(struct gstream *st, Etcdserverpb__RequestOp **ops, size_t n,
                 k->type = KV_TOP_GET;
             } else {
                 k->type = KV_TOP_RANGE;
-                k->flags =
-                    (rgs[i].to_end ? KV_RANGE_TO_END : 0) |
-                    (o->request_range->count_only ? KV_RANGE_COUNT_ONLY : 0);
+                Etcdserverpb__RangeRequest *r = o->request_range;
+                k->flags = (rgs[i].to_end ? KV_RANGE_TO_END : 0) |
+                           (r->count_only ? KV_RANGE_COUNT_ONLY : 0) |
+                           (r->keys_only ? KV_RANGE_KEYS_ONLY : 0);
+                /* range_build's rule: without a sort or a filter only the
+                 * first limit + 1 keys matter, so the walk stops there
+                 * (count is then at most limit + 1). */
+                if (r->limit > 0 && (int)r->sort_order == ETCD_SORT_NONE &&
+                    !range_has_filter(r) && !r->count_only)
+                    k->limit = (uint64_t)r->limit + 1;
                 /* An empty range as [key, key). */
                 k->value = rgs[i].empty ? key->data : rgs[i].end;
                 k->vlen = rgs[i].empty ? key->len : rgs[i].elen;
@@ -870,14 +909,15 @@ static void call_txn(struct gstream *st)
         st, &etcdserverpb__txn_request__descriptor);
     if (q == NULL)
         return;
-    size_t nops = PZ_MAX(q->n_success, q->n_failure);
-    struct ekv *e = ekv_new(st, ETCD_TXN, &q->base, nops);
     if (q->n_compare > KV_TXN_MAX || q->n_success > KV_TXN_MAX ||
         q->n_failure > KV_TXN_MAX) {
+        ekv_new(st, ETCD_TXN, &q->base, 0); /* frees q with the stream */
         grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
                          "etcdserver: too many operations in txn request");
         return;
     }
+    size_t nops = PZ_MAX(q->n_success, q->n_failure);
+    struct ekv *e = ekv_new(st, ETCD_TXN, &q->base, nops);
     struct kv_cmp *cmps = pz_calloc(q->n_compare + 1, sizeof *cmps);
     struct kv_op *succ = pz_calloc(q->n_success + 1, sizeof *succ);
     struct kv_op *fail = pz_calloc(q->n_failure + 1, sizeof *fail);
@@ -928,6 +968,13 @@ static void call_txn(struct gstream *st)
     if (rv == 0)
         rv = map_ops(st, q->failure, q->n_failure, fail, e);
     if (rv == 0) {
+        e->readonly = true;
+        for (size_t i = 0; i < q->n_success; i++)
+            e->readonly = e->readonly && (succ[i].type == KV_TOP_GET ||
+                                          succ[i].type == KV_TOP_RANGE);
+        for (size_t i = 0; i < q->n_failure; i++)
+            e->readonly = e->readonly && (fail[i].type == KV_TOP_GET ||
+                                          fail[i].type == KV_TOP_RANGE);
         struct pz_buf cmd;
         pz_buf_init(&cmd);
         rv = kv_encode_txn(&cmd, cmps, q->n_compare, succ, q->n_success, fail,
@@ -1024,6 +1071,11 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
     r.n_responses = n;
     if (ok)
         etcd_reply(st, &r.base);
+    else if (e->readonly)
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the txn response is larger than "
+                         "grpc-max-message (%zu bytes): use a limit",
+                         e->max_bytes);
     else
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the txn was applied at revision %llu, "

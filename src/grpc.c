@@ -2094,6 +2094,16 @@ void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
     finish(st, status, "%s", text);
 }
 
+void grpc_stream_reset(struct gstream *st)
+{
+    if (st->ended && !st->responded)
+        return;
+    finish(st, GRPC_CANCELLED, "stalled");
+    nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id,
+                              NGHTTP2_CANCEL);
+    mark_dirty(st->s);
+}
+
 void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st))
 {
     st->pump = pump;

@@ -144,6 +144,9 @@ void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st));
 bool grpc_stream_token_ok(const struct gstream *st);
 /* Relay the call, as received, to the leader; its answer is ours. */
 void grpc_stream_forward(struct gstream *st);
+/* End the call at once with RST_STREAM (CANCEL), dropping any output it
+ * still holds (a client that stopped reading); flush afterwards. */
+void grpc_stream_reset(struct gstream *st);
 /* A bidirectional call's one message, sent on its own to the leader as a
  * unary call of the same method (the leader answers it with one message
  * and OK once the request ends). 0 and cb later (cancel call with

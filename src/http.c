@@ -41,6 +41,7 @@ struct http_conn {
     bool forwarding;      /* fwd is in flight */
     struct snapshot_reader *snap; /* GET /admin/snapshot: the file sent */
     uint64_t snap_off;    /* bytes of it sent */
+    bool snap_slot;       /* holds a snapshot-max-streams slot */
     int restarts;         /* times the request started over because the
                              leader changed while forwarding */
     struct kv_sink sink;  /* a transaction's results, as it applies */
@@ -331,6 +332,13 @@ static void on_txn_done(struct node_req *req, int status)
     const struct kv_result *res = &req->res;
     if (res->status == KV_ELEASE_NOTFOUND) {
         reply_text(h, 404, "Lease not found", NULL);
+        return;
+    }
+    if (res->status == KV_ETXN_KEYS) {
+        reply_text(h, 413,
+                   "The transaction's ranges would read more than "
+                   "txn-max-range-keys keys: nothing was done",
+                   NULL);
         return;
     }
     struct pz_buf b;
@@ -1126,6 +1134,14 @@ static void on_request(struct httpd_conn *hc)
             on_snapshot_done(&h->req, PZ_EIO);
         return;
     case HTTP_OP_BACKUP:
+        if (!node_snapshot_stream_get()) {
+            reply_text(h, 503,
+                       "Too many snapshots being sent "
+                       "(snapshot-max-streams); retry later",
+                       NULL);
+            return;
+        }
+        h->snap_slot = true;
         httpd_hold(hc);
         rv = node_read(&h->req, false, on_backup_read);
         break;
@@ -1152,6 +1168,9 @@ static void on_done(struct httpd_conn *hc)
     pz_buf_free(&h->out);
     snapshot_reader_close(h->snap);
     h->snap = NULL;
+    if (h->snap_slot)
+        node_snapshot_stream_put();
+    h->snap_slot = false;
     http_watch_free(&h->ws);
     pz_free(h->fwd_token);
     h->fwd_token = NULL;
@@ -1170,6 +1189,9 @@ static void on_close(struct httpd_conn *hc)
     http_op_free(&h->op);
     snapshot_reader_close(h->snap);
     h->snap = NULL;
+    if (h->snap_slot)
+        node_snapshot_stream_put();
+    h->snap_slot = false;
     http_watch_free(&h->ws);
     pz_free(h->fwd_token);
     h->fwd_token = NULL;

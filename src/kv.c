@@ -1564,6 +1564,133 @@ static void run_op(struct apply *a, size_t i, const struct kv_op *o)
         s->op_end(s->arg, count, more);
 }
 
+/* --- range budget --------------------------------------------------------- */
+
+struct budget_walk {
+    uint64_t n, stop;
+};
+
+static int budget_visit(void *arg, const struct kv_view *v)
+{
+    struct budget_walk *w = arg;
+    PZ_UNUSED(v);
+    return ++w->n >= w->stop;
+}
+
+/* Keys operation o's walk visits on the table as it stands (run_op's
+ * rule: a RANGE with a limit and without COUNT_ONLY stops one key past
+ * it), counting at most stop (>= 1). */
+static uint64_t op_keys(struct kv *kv, const struct kv_op *o, uint64_t stop)
+{
+    if (o->type != KV_TOP_RANGE)
+        return 0;
+    struct budget_walk w = {0, stop};
+    if (o->limit && !(o->flags & KV_RANGE_COUNT_ONLY) && o->limit < stop)
+        w.stop = o->limit + 1;
+    kv_range(kv, o->key, o->klen, o->value, o->vlen,
+             o->flags & KV_RANGE_TO_END, budget_visit, &w);
+    return w.n;
+}
+
+/* Does the branch of ops visit at most budget keys in its RANGE walks
+ * (counted on the table before the branch runs)? At most budget + 1 keys
+ * are visited to tell. */
+static bool ops_within(struct kv *kv, const struct kv_op *ops, size_t n,
+                       uint64_t budget)
+{
+    uint64_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        used += op_keys(kv, &ops[i], budget + 1 - used);
+        if (used > budget)
+            return false;
+    }
+    return true;
+}
+
+/* Evaluate c's comparisons; fill *ops (pz_free it) and *n with the branch
+ * taken. Returns whether every comparison held. */
+static bool txn_branch(struct kv *kv, const struct kv_cmd *c,
+                       struct kv_op **ops, size_t *n)
+{
+    struct kv_cmp *cmps = pz_calloc(c->ncmp + 1, sizeof *cmps);
+    struct kv_op *all = pz_calloc(c->nsucc + c->nfail + 1, sizeof *all);
+    kv_txn_items(c, cmps, all, all + c->nsucc);
+    bool ok = true;
+    for (size_t i = 0; i < c->ncmp && ok; i++)
+        ok = cmp_holds(kv, &cmps[i]);
+    pz_free(cmps);
+    if (!ok)
+        memmove(all, all + c->nsucc, c->nfail * sizeof *all);
+    *ops = all;
+    *n = ok ? c->nsucc : c->nfail;
+    return ok;
+}
+
+static bool txn_within(struct kv *kv, const struct kv_cmd *c,
+                       uint64_t budget)
+{
+    struct kv_op *ops;
+    size_t n;
+    txn_branch(kv, c, &ops, &n);
+    bool within = ops_within(kv, ops, n, budget);
+    pz_free(ops);
+    return within;
+}
+
+bool kv_txn_readonly(const uint8_t *cmd, size_t len)
+{
+    struct kv_cmd c;
+    if (kv_decode(cmd, len, &c) != 0 || c.op != KV_OP_TXN)
+        return false;
+    struct kv_op *all = pz_calloc(c.nsucc + c.nfail + 1, sizeof *all);
+    kv_txn_items(&c, NULL, all, all + c.nsucc);
+    bool ro = true;
+    for (size_t i = 0; i < c.nsucc + c.nfail && ro; i++)
+        ro = all[i].type == KV_TOP_GET || all[i].type == KV_TOP_RANGE;
+    pz_free(all);
+    return ro;
+}
+
+int kv_txn_check(struct kv *kv, const uint8_t *cmd, size_t len,
+                 uint64_t budget)
+{
+    struct kv_cmd c;
+    if (kv_decode(cmd, len, &c) != 0 || c.op != KV_OP_TXN)
+        return KV_OK;
+    return txn_within(kv, &c, PZ_MIN(budget, (uint64_t)KV_TXN_KEYS_MAX))
+               ? KV_OK
+               : KV_ETXN_KEYS;
+}
+
+static void run_op(struct apply *a, size_t i, const struct kv_op *o);
+
+int kv_txn_read(struct kv *kv, const uint8_t *cmd, size_t len, uint64_t budget,
+                struct kv_result *res, const struct kv_sink *sink)
+{
+    struct kv_cmd c;
+    int rc = kv_decode(cmd, len, &c);
+    if (rc)
+        return rc;
+    if (!kv_txn_readonly(cmd, len))
+        return PZ_EINVAL;
+    memset(res, 0, sizeof *res);
+    res->op = KV_OP_TXN;
+    res->revision = kv->revision;
+    struct kv_op *ops;
+    size_t n;
+    res->succeeded = txn_branch(kv, &c, &ops, &n);
+    if (!ops_within(kv, ops, n, PZ_MIN(budget, (uint64_t)KV_TXN_KEYS_MAX))) {
+        res->status = KV_ETXN_KEYS;
+        res->succeeded = false;
+    } else {
+        struct apply a = {.kv = kv, .sink = sink};
+        for (size_t i = 0; i < n; i++)
+            run_op(&a, i, &ops[i]);
+    }
+    pz_free(ops);
+    return 0;
+}
+
 static void apply_txn(struct apply *a, const struct kv_cmd *c,
                       struct kv_result *res)
 {
@@ -1713,6 +1840,11 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
     default:
         if (!txn_leases_ok(kv, &c)) {
             res->status = KV_ELEASE_NOTFOUND;
+            res->succeeded = false;
+            break;
+        }
+        if (!txn_within(kv, &c, KV_TXN_KEYS_MAX)) {
+            res->status = KV_ETXN_KEYS;
             res->succeeded = false;
             break;
         }

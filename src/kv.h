@@ -154,9 +154,17 @@ enum {
     KV_ELEASE_NOTFOUND = 1, /* a put or REVOKE named an unknown lease */
     KV_ELEASE_EXISTS = 2,   /* GRANT of an id that exists */
     KV_ELEASE_FULL = 3,     /* GRANT with KV_LEASE_HARD_MAX leases */
+    KV_ETXN_KEYS = 4,       /* a TXN's RANGE walks would visit too many
+                               keys (KV_TXN_KEYS_MAX, kv_txn_check) */
 };
 
 #define KV_TXN_MAX 128    /* most comparisons, and operations per branch */
+/* Most keys the RANGE walks of the branch a transaction takes may visit,
+ * counted on the table before the branch runs (a RANGE with a limit and
+ * without COUNT_ONLY visits at most limit + 1): past it the transaction is
+ * refused whole at apply (KV_ETXN_KEYS), the same on every node. Servers
+ * refuse lower budgets (txn-max-range-keys) before proposing. */
+#define KV_TXN_KEYS_MAX 1000000
 #define KV_SKIP_LEVELS 15 /* most levels of the ordered index */
 
 /* Comparison targets and results (struct kv_cmp). */
@@ -421,6 +429,24 @@ int kv_apply(struct kv *kv, const uint8_t *cmd, size_t len,
 /* kv_apply, reporting a transaction's results to sink (may be NULL). */
 int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
                   struct kv_result *res, const struct kv_sink *sink);
+
+/* Is cmd a transaction whose branches only read (GET, RANGE)? */
+bool kv_txn_readonly(const uint8_t *cmd, size_t len);
+
+/* KV_ETXN_KEYS if transaction cmd, applied to the table as it stands,
+ * would visit more than budget keys (or KV_TXN_KEYS_MAX) in its RANGE
+ * walks; KV_OK otherwise (and for any other command). Reads at most
+ * budget + 1 keys. */
+int kv_txn_check(struct kv *kv, const uint8_t *cmd, size_t len,
+                 uint64_t budget);
+
+/* Run a read-only transaction (kv_txn_readonly) on the table without the
+ * log: comparisons, then the branch taken reported to sink as kv_apply_sink
+ * would, res->revision the table's. A branch over budget (as kv_txn_check)
+ * runs nothing: res->status KV_ETXN_KEYS. Returns 0, kv_decode's errors,
+ * or PZ_EINVAL for a command that is not a read-only transaction. */
+int kv_txn_read(struct kv *kv, const uint8_t *cmd, size_t len, uint64_t budget,
+                struct kv_result *res, const struct kv_sink *sink);
 
 /* --- revisions and ordered reads ---------------------------------------- */
 

@@ -476,9 +476,36 @@ int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
     return node_propose_sink(req, cmd, len, NULL, cb);
 }
 
+/* A read-only transaction, once the read is confirmed: run on the local
+ * table (kv_txn_read), then the caller's callback. */
+static void ro_txn_done(struct node_req *req, int status)
+{
+    uint8_t *cmd = req->ro_cmd;
+    req->ro_cmd = NULL;
+    if (status == 0)
+        status = kv_txn_read(nd->kv, cmd, req->ro_len,
+                             (uint64_t)nd->cfg->txn_max_range_keys, &req->res,
+                             req->sink);
+    pz_free(cmd);
+    req->ro_cb(req, status);
+}
+
 int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
                       const struct kv_sink *sink, node_req_cb cb)
 {
+    /* A transaction that only reads does not go through the log (where
+     * every node would walk its ranges as it applies): a ReadIndex read,
+     * then the local table, on whichever node has it (as etcd). */
+    if (kv_txn_readonly(cmd, len)) {
+        req->ro_cmd = pz_malloc(len + 1);
+        memcpy(req->ro_cmd, cmd, len);
+        req->ro_len = len;
+        req->ro_cb = cb;
+        req->sink = sink;
+        int rr = node_read(req, false, ro_txn_done);
+        req->sink = sink;
+        return rr;
+    }
     reqs_prepare(req, cb);
     req->sink = sink;
     int rv = nospace_check(cmd, len);
@@ -486,6 +513,17 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
         return rv;
     if (nd->role != RAFT_LEADER)
         return nd->leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
+    /* Ranges over txn-max-range-keys: refused here, as apply would past
+     * KV_TXN_KEYS_MAX, without a proposal. */
+    if (kv_txn_check(nd->kv, cmd, len,
+                     (uint64_t)nd->cfg->txn_max_range_keys) != KV_OK) {
+        memset(&req->res, 0, sizeof req->res);
+        req->res.op = KV_OP_TXN;
+        req->res.status = KV_ETXN_KEYS;
+        req->res.revision = kv_revision(nd->kv);
+        reqs_done(req, 0);
+        return 0;
+    }
     rv = raft_propose(nd->raft, cmd, len, &req->index, &req->term);
     node_metrics_proposed(rv);
     if (rv < 0)
@@ -523,6 +561,8 @@ void node_cancel(struct node_req *req)
         pz_queue_remove(&req->q);
         req->queued = false;
     }
+    pz_free(req->ro_cmd);
+    req->ro_cmd = NULL;
 }
 
 const char *node_db_path(void)

@@ -42,6 +42,10 @@ struct node_req {
     struct kv_result res;  /* writes: what apply did */
     const struct kv_sink *sink; /* writes: a transaction's results go here
                                    as it applies (node_propose_sink) */
+    uint8_t *ro_cmd;       /* a read-only transaction run after a read
+                              (node_propose_sink): a copy, owned */
+    size_t ro_len;         /* its length */
+    node_req_cb ro_cb;     /* the caller's cb for it */
 };
 
 struct node_member {
@@ -135,6 +139,15 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb);
 struct snapshot_reader;
 int node_snapshot_open(struct snapshot_reader **r, uint64_t *index,
                        char *err, size_t errlen);
+/* Streams sending a snapshot file to a client (GET /admin/snapshot, etcd
+ * Maintenance.Snapshot), server-wide: take a slot before starting one
+ * (false: snapshot-max-streams are running), give it back when it ends. */
+bool node_snapshot_stream_get(void);
+void node_snapshot_stream_put(void);
+/* snapshot-stall-timeout, ms: a snapshot stream whose client took nothing
+ * for this long is cancelled. */
+uint64_t node_snapshot_stall_ms(void);
+
 /* pyazdb-server --restore FILE, before node_init: seed cfg->raft_data,
  * which must hold no state, from the backup FILE (checked whole first),
  * as a new one-node cluster with a new cluster id whose state is the

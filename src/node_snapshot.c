@@ -269,6 +269,27 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb)
     return 0;
 }
 
+static int64_t snap_streams; /* snapshot streams to clients now */
+
+bool node_snapshot_stream_get(void)
+{
+    if (snap_streams >= nd->cfg->snapshot_max_streams)
+        return false;
+    snap_streams++;
+    return true;
+}
+
+void node_snapshot_stream_put(void)
+{
+    if (snap_streams > 0)
+        snap_streams--;
+}
+
+uint64_t node_snapshot_stall_ms(void)
+{
+    return (uint64_t)nd->cfg->snapshot_stall_timeout_ms;
+}
+
 int node_snapshot_open(struct snapshot_reader **r, uint64_t *index,
                        char *err, size_t errlen)
 {

@@ -116,8 +116,15 @@ int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
         }
         pz_info("reload: %s %s -> %s", d->name, was, now);
         char set_err[512];
-        char value[512];
-        cfg_format(&next, d, value, sizeof value);
+        char num[64];
+        const char *value = num;
+        if (d->type == CFG_STRING || d->type == CFG_ADDR) {
+            /* As it is, whatever its length (a path may be long). */
+            value = *(char *const *)((const char *)&next + d->offset);
+            value = value ? value : "";
+        } else {
+            cfg_format(&next, d, num, sizeof num);
+        }
         rv = cfg_set(&r->running, d->name, value, "reload", 0, set_err,
                      sizeof set_err);
         pz_assert(rv == 0); /* cfg_format's text parses back */

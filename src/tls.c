@@ -437,6 +437,34 @@ bool tls_peer_names(const struct tls_conn *t, const char *name)
     return r == 1;
 }
 
+bool tls_peer_names_id(const struct tls_conn *t,
+                       uint64_t (*name_to_id)(const char *name), uint64_t id)
+{
+    X509 *cert = SSL_get0_peer_certificate(t->ssl);
+    if (cert == NULL || SSL_get_verify_result(t->ssl) != X509_V_OK ||
+        name_to_id == NULL)
+        return false;
+    GENERAL_NAMES *names =
+        X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    bool found = false;
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names) && !found; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type != GEN_DNS)
+            continue;
+        const unsigned char *d = ASN1_STRING_get0_data(g->d.dNSName);
+        int n = ASN1_STRING_length(g->d.dNSName);
+        if (d == NULL || n <= 0 || n > 255 || memchr(d, 0, (size_t)n))
+            continue;
+        char name[256];
+        memcpy(name, d, (size_t)n);
+        name[n] = '\0';
+        found = name_to_id(name) == id;
+    }
+    GENERAL_NAMES_free(names);
+    ERR_clear_error();
+    return found;
+}
+
 void tls_alpn(const struct tls_conn *t, char *buf, size_t len)
 {
     const unsigned char *p = NULL;

@@ -115,6 +115,11 @@ uint64_t tls_deadline(const struct tls_conn *t);
  * subjectAltName when name is an IP address)? */
 bool tls_peer_verified(const struct tls_conn *t);
 bool tls_peer_names(const struct tls_conn *t, const char *name);
+/* After the handshake: does the peer's verified certificate hold a DNS
+ * subjectAltName n with name_to_id(n) == id (the member we dialed, whose
+ * name we may not know)? */
+bool tls_peer_names_id(const struct tls_conn *t,
+                       uint64_t (*name_to_id)(const char *name), uint64_t id);
 /* The negotiated ALPN protocol ("" when none) and version ("TLSv1.3"). */
 void tls_alpn(const struct tls_conn *t, char *buf, size_t len);
 const char *tls_version(const struct tls_conn *t);

@@ -381,6 +381,19 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
 {
     struct transport *t = p->t;
     char name[NAME_LOG];
+    /* With peer TLS, nothing the acceptor says counts before its
+     * certificate shows it is the member we dialed: a refusal (REMOVED
+     * stops this node) from whoever holds the address and some
+     * certificate of the cluster's CA is ignored. */
+    if (r->status != RAFT_HS_OK && p->conn->tls &&
+        !tls_peer_names_id(p->conn->tls, t->cfg.name_to_id, p->id)) {
+        p->st.refused++;
+        peer_fail(p,
+                  "refused us (%s) with a TLS certificate that does not "
+                  "name node %" PRIu64 ": ignored",
+                  raft_hs_status_str(r->status), p->id);
+        return;
+    }
     if (r->status != RAFT_HS_OK) {
         char why[160];
         snprintf(why, sizeof why, "%s", raft_hs_status_str(r->status));

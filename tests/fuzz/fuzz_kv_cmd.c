@@ -12,7 +12,8 @@
  * very same bytes: its encoding is canonical); after every command both
  * tables hold the same keys, bytes, revision and digest (kv_digest against
  * a full recomputation), a key set reads back its value, and the ordered
- * index holds every key once, in order. */
+ * index holds every key once, in order; kv_txn_read takes exactly the
+ * read-only transactions and changes nothing. */
 #include "fuzz.h"
 
 #include "kv.h"
@@ -59,6 +60,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t keys = kv_count(a), bytes = kv_bytes(a);
         uint64_t dig = kv_digest(a);
         struct kv_result res;
+        /* A read-only transaction run without the log (kv_txn_read)
+         * changes nothing, and nothing else is taken for one. */
+        bool ro = kv_txn_readonly(cmd, len);
+        int rrc = kv_txn_read(a, cmd, len, 1000, &res, NULL);
+        FUZZ_CHECKF(ro ? rrc == 0 : rrc != 0, "readonly %d, read %d", ro, rrc);
+        FUZZ_CHECK(!ro || drc == 0);
+        FUZZ_CHECK(kv_count(a) == keys && kv_bytes(a) == bytes &&
+                   kv_digest(a) == dig);
+        (void)kv_txn_check(a, cmd, len, 1000);
         int arc = kv_apply(a, cmd, len, &res);
         FUZZ_CHECKF(arc == drc, "decode %d, apply %d", drc, arc);
         if (drc != 0) {

@@ -357,6 +357,28 @@ def test_reload_certificates(servers, pki):
     assert s.request("GET", "/health")[0] == 200
 
 
+def test_reload_long_certificate_path(servers, pki, tmp_path):
+    """A reloaded path longer than 511 bytes is taken whole, not cut."""
+    deep = os.path.join(str(tmp_path), *(["d" * 100] * 6))
+    os.makedirs(deep)
+    crt, key = os.path.join(deep, "node.crt"), os.path.join(deep, "node.key")
+    assert len(crt) > 600
+    shutil.copy(pki["node1b.crt"], crt)
+    shutil.copy(pki["node1b.key"], key)
+    s = servers(conf=tls_conf(pki), start=False)
+    s.ssl_context = client_ctx(pki)
+    s.start()
+    first = server_cert_serial(s.http_port, pki)
+    s.conf["tls-cert-file"], s.conf["tls-key-file"] = crt, key
+    s.write_conf()
+    s.signal(signal.SIGHUP)
+    assert gh.wait_for(lambda: "reloaded:" in s.read_log())
+    assert gh.wait_for(
+        lambda: server_cert_serial(s.http_port, pki) != first)
+    assert "the certificates in force stay" not in s.read_log()
+    assert s.request("GET", "/health")[0] == 200
+
+
 def test_bad_files_refused_at_start(servers, pki, tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("garbage\n")
@@ -443,6 +465,76 @@ def test_peer_certificate_must_name_the_member(servers, peer_pki):
     # node3 never got the data.
     st, _, body = n3.request("GET", "/get?key=k&consistency=stale")
     assert st == 404, (st, body)
+
+
+def tls_answer_removed(port, cert, key, stop, hits):
+    """Squats a Raft port with TLS and a certificate of the cluster's CA
+    that names another member, answering every handshake with a REMOVED
+    refusal."""
+    import raft_wire as rw
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(16)
+    ls.settimeout(0.2)
+    f = rw.pb().Frame()
+    f.handshake_reply.status = rw.REMOVED
+    f.handshake_reply.version = 1
+    f.handshake_reply.conf_index = (1 << 64) - 1
+    f.handshake_reply.conf_term = (1 << 64) - 1
+    reply = rw.frame(f)
+    while not stop.is_set():
+        try:
+            c, _ = ls.accept()
+        except socket.timeout:
+            continue
+        try:
+            c.settimeout(2)
+            t = ctx.wrap_socket(c, server_side=True)
+            hdr = t.recv(4)
+            if len(hdr) == 4:
+                hits.append(1)
+                t.sendall(reply)
+            t.close()
+        except OSError:
+            pass
+        c.close()
+    ls.close()
+
+
+def test_peer_refusal_needs_the_dialed_members_certificate(servers,
+                                                           peer_pki):
+    """Whoever holds a dead member's address and a certificate of the
+    cluster's CA naming another node cannot make the nodes that dial it
+    act on a REMOVED refusal."""
+    import threading
+    from test_cluster import leader_of, put
+    nodes = peer_cluster(servers, peer_pki, ["node1", "node2", "node3"])
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes)
+    dead = next(s for s in nodes if s is not leader)
+    other = next(s for s in nodes if s is not leader and s is not dead)
+    dead.kill()
+    stop, hits = threading.Event(), []
+    th = threading.Thread(target=tls_answer_removed, daemon=True, args=(
+        dead.raft_port, os.path.join(peer_pki, other.name + ".crt"),
+        os.path.join(peer_pki, other.name + ".key"), stop, hits))
+    th.start()
+    try:
+        assert gh.wait_for(lambda: "with a TLS certificate that does not "
+                           "name node" in leader.read_log(), timeout=15), \
+            leader.read_log()[-3000:]
+    finally:
+        stop.set()
+        th.join(5)
+    assert hits
+    for s in (leader, other):
+        assert "says this node was removed" not in s.read_log()
+        assert s.proc.poll() is None
+    assert put(leader_of([leader, other]), "still", "here")[0] == 204
 
 
 def test_peer_certificate_from_another_ca(servers, peer_pki):

@@ -1446,6 +1446,107 @@ TEST(events_and_range_limits)
     kv_free(kv);
 }
 
+/* Read-only transactions run without the log (kv_txn_read); the range
+ * walks of a transaction are bounded by a budget of keys, checked before
+ * anything runs, and at apply by KV_TXN_KEYS_MAX. */
+TEST(txn_range_budget)
+{
+    struct kv *kv = kv_new();
+    for (int i = 0; i < 1000; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "k%04d", i);
+        kv_set(kv, k, 5, "v", 1);
+    }
+    uint64_t rev = kv_revision(kv);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct kv_op all = {.type = KV_TOP_RANGE,
+                        .flags = KV_RANGE_COUNT_ONLY,
+                        .key = (const uint8_t *)"k",
+                        .klen = 1,
+                        .value = (const uint8_t *)"l",
+                        .vlen = 1};
+    struct kv_op one = all;
+    one.flags = 0;
+    one.limit = 2; /* visits 2 + 1 keys */
+    struct kv_op put = {.type = KV_TOP_PUT,
+                        .key = (const uint8_t *)"new",
+                        .klen = 3,
+                        .value = (const uint8_t *)"x",
+                        .vlen = 1};
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &all, 1, NULL, 0), 0);
+    CHECK(kv_txn_readonly((uint8_t *)b.data, b.len));
+    CHECK_EQ_INT(kv_txn_check(kv, (uint8_t *)b.data, b.len, 999),
+                 KV_ETXN_KEYS);
+    CHECK_EQ_INT(kv_txn_check(kv, (uint8_t *)b.data, b.len, 1000), KV_OK);
+    struct kv_result res;
+    struct end_seen end = {0};
+    struct kv_sink sk = {.op_end = end_item, .arg = &end};
+    CHECK_EQ_INT(kv_txn_read(kv, (uint8_t *)b.data, b.len, 999, &res, &sk), 0);
+    CHECK(res.status == KV_ETXN_KEYS && !res.succeeded && end.count == 0);
+    CHECK_EQ_INT(kv_txn_read(kv, (uint8_t *)b.data, b.len, 1000, &res, &sk),
+                 0);
+    CHECK(res.status == KV_OK && res.succeeded && end.count == 1000 &&
+          res.revision == rev);
+    /* 128 ranges of limit 2 visit 3 keys each. */
+    struct kv_op many[KV_TXN_MAX];
+    for (int i = 0; i < KV_TXN_MAX; i++)
+        many[i] = one;
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, many, KV_TXN_MAX, NULL, 0), 0);
+    CHECK_EQ_INT(kv_txn_check(kv, (uint8_t *)b.data, b.len, 3 * KV_TXN_MAX),
+                 KV_OK);
+    CHECK_EQ_INT(
+        kv_txn_check(kv, (uint8_t *)b.data, b.len, 3 * KV_TXN_MAX - 1),
+        KV_ETXN_KEYS);
+    int items = 0;
+    sk = (struct kv_sink){.item = count_item, .arg = &items};
+    CHECK_EQ_INT(kv_txn_read(kv, (uint8_t *)b.data, b.len, 100000, &res, &sk),
+                 0);
+    CHECK(res.status == KV_OK && items == 2 * KV_TXN_MAX);
+    /* A transaction that writes is no read. */
+    struct kv_op w[2] = {put, all};
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, w, 2, NULL, 0), 0);
+    CHECK(!kv_txn_readonly((uint8_t *)b.data, b.len));
+    CHECK_EQ_INT(kv_txn_read(kv, (uint8_t *)b.data, b.len, 100000, &res, NULL),
+                 PZ_EINVAL);
+    CHECK_EQ_INT(kv_txn_check(kv, (uint8_t *)b.data, b.len, 10),
+                 KV_ETXN_KEYS);
+    /* The failure branch is the one counted when a comparison fails. */
+    struct kv_cmp c = {.target = KV_CMP_VERSION,
+                       .result = KV_CMP_EQ,
+                       .key = (const uint8_t *)"k0000",
+                       .klen = 5,
+                       .num = 7};
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_txn(&b, &c, 1, &all, 1, &one, 1), 0);
+    CHECK_EQ_INT(kv_txn_check(kv, (uint8_t *)b.data, b.len, 3), KV_OK);
+    c.num = 1;
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_txn(&b, &c, 1, &all, 1, &one, 1), 0);
+    CHECK_EQ_INT(kv_txn_check(kv, (uint8_t *)b.data, b.len, 3), KV_ETXN_KEYS);
+    /* Apply refuses past KV_TXN_KEYS_MAX, whole: the put does not happen. */
+    kv_reserve(kv, KV_TXN_KEYS_MAX + 1);
+    for (uint32_t i = 1000; i <= KV_TXN_KEYS_MAX; i++) {
+        char k[16];
+        int n = snprintf(k, sizeof k, "k%07u", i);
+        kv_set(kv, k, (size_t)n, "", 0);
+    }
+    rev = kv_revision(kv);
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, w, 2, NULL, 0), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK(res.status == KV_ETXN_KEYS && !res.succeeded);
+    CHECK(kv_revision(kv) == rev && get_str(kv, "new") == NULL);
+    kv_del(kv, "k0000", 5); /* now exactly KV_TXN_KEYS_MAX: applies */
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK(res.status == KV_OK && res.succeeded);
+    CHECK_EQ_STR(get_str(kv, "new"), "x");
+    pz_buf_free(&b);
+    kv_free(kv);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
     TEST_ENTRY(binary_keys_values),
@@ -1470,5 +1571,6 @@ static const struct test_case cases[] = {
     TEST_ENTRY(txn_range_vs_model),
     TEST_ENTRY(txn_malformed),
     TEST_ENTRY(events_and_range_limits),
+    TEST_ENTRY(txn_range_budget),
     TEST_END};
 const struct test_suite suite_kv = {"kv", cases};
