@@ -30,7 +30,7 @@ fuzz="$build $fuzz_only"
 # etcd-client: etcdctl 3.4 drives PyazDB's etcd v3 API in the tests;
 # etcd-server: the same commands run against a real etcd 3.4 to compare
 # (installing it starts no server without systemd).
-# The reflection test runs a Node.js client that npm installs: Debian's
+# The reflection and etcd3 tests run Node.js clients that npm installs: Debian's
 # nodejs and npm, unless node and npm are there already (NodeSource's
 # nodejs bundles npm and conflicts with Debian's npm package).
 node="nodejs npm"
