@@ -32,7 +32,8 @@ fuzz="$build $fuzz_only"
 # (installing it starts no server without systemd).
 # python3-etcd3gw: an etcd client library of etcd's JSON gateway, which
 # drives PyazDB's /v3/ gateway in the tests.
-# The reflection test runs a Node.js client that npm installs: Debian's
+# The reflection and etcd3 tests run Node.js clients that npm installs:
+# Debian's
 # nodejs and npm, unless node and npm are there already (NodeSource's
 # nodejs bundles npm and conflicts with Debian's npm package).
 node="nodejs npm"

@@ -1,57 +1,18 @@
 """Server reflection with a real third-party client: the npm packages
-grpc-js-reflection-client and @grpc/grpc-js (pure JavaScript), installed by
-this test into a git-ignored folder (node_modules/ at the top of the tree)
-on first use, with npm's cache under tests/integration/gen/ rather than in
-$HOME. Node.js and npm come from scripts/install-deps.sh test; without
-them, or when npm cannot install the packages, the test fails saying why:
-it never passes, nor skips, without running."""
+grpc-js-reflection-client and @grpc/grpc-js (pure JavaScript), installed
+on first use by npm_modules.py into the git-ignored node_modules/ at the top
+of the tree; without Node.js and npm, or when npm cannot install the
+packages, the test fails saying why: it never passes, nor skips, without
+running."""
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
-from grpc_helpers import ROOT
+from npm_modules import node_modules  # noqa: F401 (fixture)
 
-# Exact versions, so that a new release cannot change what this test runs
-# (npm still resolves their own dependencies within their ranges).
-PACKAGES = ["grpc-js-reflection-client@1.4.2", "@grpc/grpc-js@1.14.7"]
-MODULES = os.path.join(ROOT, "node_modules")
-CACHE = os.path.join(ROOT, "tests", "integration", "gen", "npm-cache")
 SCRIPT = os.path.join(os.path.dirname(__file__), "reflection_client.js")
-
-
-def have_packages():
-    return all(os.path.isdir(os.path.join(MODULES, p)) for p in
-               ("grpc-js-reflection-client", "@grpc/grpc-js"))
-
-
-@pytest.fixture(scope="module")
-def node_modules():
-    missing = [t for t in ("node", "npm") if not shutil.which(t)]
-    if missing:
-        pytest.fail(" and ".join(missing) + " not found: run "
-                    "scripts/install-deps.sh test (Debian's nodejs and npm)")
-    if not have_packages():
-        os.makedirs(CACHE, exist_ok=True)
-        # Bounded: two packages and their dependencies (about 25 MB), a
-        # minute per fetch, two retries, five minutes in all.
-        try:
-            p = subprocess.run(["npm", "install", "--prefix", ROOT,
-                                "--cache", CACHE, "--prefer-offline",
-                                "--no-save", "--no-package-lock",
-                                "--no-audit", "--no-fund", "--ignore-scripts",
-                                "--fetch-timeout=60000", "--fetch-retries=2"]
-                               + PACKAGES, capture_output=True, timeout=300)
-        except subprocess.TimeoutExpired:
-            pytest.fail("npm install of the reflection client took over "
-                        "300 s")
-        if p.returncode != 0 or not have_packages():
-            pytest.fail("npm could not install the reflection client "
-                        f"(exit {p.returncode}): "
-                        + p.stderr.decode(errors="replace")[-1000:])
-    return MODULES
 
 
 @pytest.mark.parametrize("version", ["v1", "v1alpha"])
