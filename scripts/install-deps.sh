@@ -33,9 +33,8 @@ fuzz="$build $fuzz_only"
 # python3-etcd3gw: an etcd client library of etcd's JSON gateway, which
 # drives PyazDB's /v3/ gateway in the tests.
 # The reflection and etcd3 tests run Node.js clients that npm installs:
-# Debian's
-# nodejs and npm, unless node and npm are there already (NodeSource's
-# nodejs bundles npm and conflicts with Debian's npm package).
+# Debian's nodejs and npm, unless node and npm are there already
+# (NodeSource's nodejs bundles npm and conflicts with Debian's npm).
 node="nodejs npm"
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client openssl python3 python3-pytest python3-grpcio
