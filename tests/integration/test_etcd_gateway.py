@@ -6,18 +6,14 @@ etcd-server, started here) where they are deterministic."""
 import base64
 import http.client
 import json
-import os
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import free_port
 from test_cluster import leader_of, make_cluster
+from test_etcd import etcd  # noqa: F401 (a fixture: a real etcd 3.4)
 from test_tls import body_code, pki  # noqa: F401 (pki: a fixture)
 from test_tls import curl as tls_curl
 from test_tls import start as tls_start
@@ -28,7 +24,6 @@ try:
 except ImportError:  # pragma: no cover
     etcd3gw = None
 
-ETCD = shutil.which("etcd")
 
 
 def b64(s):
@@ -379,43 +374,6 @@ def test_watch_stream_raw(servers):
 
 
 # --- the same answers as etcd 3.4's gateway -----------------------------------
-
-@pytest.fixture
-def etcd(tmp_path):
-    if ETCD is None:
-        pytest.skip("etcd-server (etcd 3.4) is not installed")
-    client, peer = free_port(), free_port()
-    log = open(tmp_path / "etcd.log", "wb")
-    p = subprocess.Popen(
-        [ETCD, "--name", "e1", "--data-dir", str(tmp_path / "etcd"),
-         "--listen-client-urls", f"http://127.0.0.1:{client}",
-         "--advertise-client-urls", f"http://127.0.0.1:{client}",
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"e1=http://127.0.0.1:{peer}"],
-        stdout=log, stderr=log)
-    try:
-        deadline = time.time() + 20
-        while True:
-            assert p.poll() is None, (tmp_path / "etcd.log").read_text()
-            assert time.time() < deadline, "etcd did not start"
-            try:
-                if post(client, "/v3/kv/range",
-                        {"key": b64("x")}, timeout=1)[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        yield client
-    finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        log.close()
-
 
 # (path, body): answers that do not depend on ids, times or sizes.
 SCRIPT = [
