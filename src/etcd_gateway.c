@@ -70,7 +70,7 @@ struct route {
     }
 #define LEASE_ROUTE(p, rq, op)                                                 \
     {                                                                          \
-        p, R_LEASE, NULL, &pyazdb__etcdgw__##rq##__descriptor, NULL, op        \
+        p, R_LEASE, NULL, &etcdserverpb__##rq##__descriptor, NULL, op        \
     }
 
 static const struct route routes[] = {
@@ -95,7 +95,7 @@ static const struct route routes[] = {
     LEASE_ROUTE("/v3/lease/timetolive", lease_time_to_live_request, L_TTL),
     LEASE_ROUTE("/v3/kv/lease/timetolive", lease_time_to_live_request, L_TTL),
     LEASE_ROUTE("/v3/lease/leases", lease_leases_request, L_LEASES),
-    {"/v3/watch", R_WATCH, NULL, &pyazdb__etcdgw__watch_request__descriptor,
+    {"/v3/watch", R_WATCH, NULL, &etcdserverpb__watch_request__descriptor,
      NULL, 0},
 };
 
@@ -431,16 +431,16 @@ static void on_lease_written(struct node_req *req, int status)
     etcd_header(&h, res->revision ? res->revision : kv_revision(node_kv()),
                 NULL);
     if (g->r->lease == L_GRANT) {
-        const Pyazdb__Etcdgw__LeaseGrantRequest *rq = (const void *)g->msg;
-        Pyazdb__Etcdgw__LeaseGrantResponse resp =
-            PYAZDB__ETCDGW__LEASE_GRANT_RESPONSE__INIT;
+        const Etcdserverpb__LeaseGrantRequest *rq = (const void *)g->msg;
+        Etcdserverpb__LeaseGrantResponse resp =
+            ETCDSERVERPB__LEASE_GRANT_RESPONSE__INIT;
         resp.header = &h;
         resp.id = rq->id; /* set by start_lease */
         resp.ttl = rq->ttl;
         reply_msg(g->hc, &resp.base, false);
     } else {
-        Pyazdb__Etcdgw__LeaseRevokeResponse resp =
-            PYAZDB__ETCDGW__LEASE_REVOKE_RESPONSE__INIT;
+        Etcdserverpb__LeaseRevokeResponse resp =
+            ETCDSERVERPB__LEASE_REVOKE_RESPONSE__INIT;
         resp.header = &h;
         reply_msg(g->hc, &resp.base, false);
     }
@@ -491,8 +491,8 @@ static void on_lease_read(struct node_req *req, int status)
         struct pz_buf b;
         pz_buf_init(&b);
         for (size_t i = 0; i < g->nids; i++) {
-            Pyazdb__Etcdgw__LeaseKeepAliveResponse resp =
-                PYAZDB__ETCDGW__LEASE_KEEP_ALIVE_RESPONSE__INIT;
+            Etcdserverpb__LeaseKeepAliveResponse resp =
+                ETCDSERVERPB__LEASE_KEEP_ALIVE_RESPONSE__INIT;
             Pyazdb__Etcdgw__LeaseKeepAliveResult res =
                 PYAZDB__ETCDGW__LEASE_KEEP_ALIVE_RESULT__INIT;
             uint64_t ttl = 0;
@@ -510,9 +510,9 @@ static void on_lease_read(struct node_req *req, int status)
         return;
     }
     case L_TTL: {
-        const Pyazdb__Etcdgw__LeaseTimeToLiveRequest *rq = (const void *)g->msg;
-        Pyazdb__Etcdgw__LeaseTimeToLiveResponse resp =
-            PYAZDB__ETCDGW__LEASE_TIME_TO_LIVE_RESPONSE__INIT;
+        const Etcdserverpb__LeaseTimeToLiveRequest *rq = (const void *)g->msg;
+        Etcdserverpb__LeaseTimeToLiveResponse resp =
+            ETCDSERVERPB__LEASE_TIME_TO_LIVE_RESPONSE__INIT;
         struct key_list keys = {0};
         resp.header = &h;
         resp.id = rq->id;
@@ -534,14 +534,14 @@ static void on_lease_read(struct node_req *req, int status)
         return;
     }
     default: {
-        Pyazdb__Etcdgw__LeaseLeasesResponse resp =
-            PYAZDB__ETCDGW__LEASE_LEASES_RESPONSE__INIT;
+        Etcdserverpb__LeaseLeasesResponse resp =
+            ETCDSERVERPB__LEASE_LEASES_RESPONSE__INIT;
         size_t n = kv_lease_count(kv);
-        Pyazdb__Etcdgw__LeaseStatus *st = pz_calloc(n + 1, sizeof *st);
-        Pyazdb__Etcdgw__LeaseStatus **sp = pz_calloc(n + 1, sizeof *sp);
+        Etcdserverpb__LeaseStatus *st = pz_calloc(n + 1, sizeof *st);
+        Etcdserverpb__LeaseStatus **sp = pz_calloc(n + 1, sizeof *sp);
         for (size_t i = 0; i < n; i++) {
-            Pyazdb__Etcdgw__LeaseStatus init =
-                PYAZDB__ETCDGW__LEASE_STATUS__INIT;
+            Etcdserverpb__LeaseStatus init =
+                ETCDSERVERPB__LEASE_STATUS__INIT;
             st[i] = init;
             kv_lease_at(kv, i, &l);
             st[i].id = (int64_t)l.id;
@@ -579,7 +579,7 @@ static void start_lease(struct etcd_gw *g)
     pz_buf_init(&cmd);
     switch (g->r->lease) {
     case L_GRANT: {
-        Pyazdb__Etcdgw__LeaseGrantRequest *rq = (void *)g->msg;
+        Etcdserverpb__LeaseGrantRequest *rq = (void *)g->msg;
         if (rq->ttl <= 0) {
             reply_error(g->hc, GRPC_INVALID_ARGUMENT,
                         "etcdserver: lease TTL must be positive");
@@ -613,7 +613,7 @@ static void start_lease(struct etcd_gw *g)
         break;
     }
     case L_REVOKE: {
-        const Pyazdb__Etcdgw__LeaseRevokeRequest *rq = (const void *)g->msg;
+        const Etcdserverpb__LeaseRevokeRequest *rq = (const void *)g->msg;
         if (rq->id <= 0) {
             reply_error(g->hc, GRPC_NOT_FOUND,
                         "etcdserver: requested lease not found");
@@ -648,7 +648,7 @@ static void start_lease(struct etcd_gw *g)
 /* --- watch -----------------------------------------------------------------
  */
 
-static void write_result(struct etcd_gw *g, Pyazdb__Etcdgw__WatchResponse *r)
+static void write_result(struct etcd_gw *g, Etcdserverpb__WatchResponse *r)
 {
     Pyazdb__Etcdgw__WatchResult res = PYAZDB__ETCDGW__WATCH_RESULT__INIT;
     res.result = r;
@@ -713,8 +713,8 @@ static void pump(struct etcd_gw *g)
         }
         if (n) {
             Etcdserverpb__ResponseHeader h;
-            Pyazdb__Etcdgw__WatchResponse r =
-                PYAZDB__ETCDGW__WATCH_RESPONSE__INIT;
+            Etcdserverpb__WatchResponse r =
+                ETCDSERVERPB__WATCH_RESPONSE__INIT;
             etcd_header(&h, rev, NULL);
             r.header = &h;
             r.events = evp;
@@ -736,7 +736,7 @@ static void end_stream(struct etcd_gw *g)
 static void write_canceled(struct etcd_gw *g, const char *why, uint64_t compact)
 {
     Etcdserverpb__ResponseHeader h;
-    Pyazdb__Etcdgw__WatchResponse r = PYAZDB__ETCDGW__WATCH_RESPONSE__INIT;
+    Etcdserverpb__WatchResponse r = ETCDSERVERPB__WATCH_RESPONSE__INIT;
     header_now(&h);
     r.header = &h;
     r.canceled = true;
@@ -772,8 +772,8 @@ static void on_watch_notify(void *arg, struct watcher *w)
 
 static void watch_begin(struct etcd_gw *g)
 {
-    const Pyazdb__Etcdgw__WatchRequest *wr = (const void *)g->msg;
-    const Pyazdb__Etcdgw__WatchCreateRequest *c = wr->create_request;
+    const Etcdserverpb__WatchRequest *wr = (const void *)g->msg;
+    const Etcdserverpb__WatchCreateRequest *c = wr->create_request;
     struct watch_hub *hub = node_watch();
     struct etcd_range rg;
     if (gw_state.draining || g->hc->srv->draining) {
@@ -830,7 +830,7 @@ static void watch_begin(struct etcd_gw *g)
     httpd_stream_chunked(g->hc);
     httpd_stream_begin(g->hc, 200, "application/json", HTTPD_STREAM_OPEN);
     Etcdserverpb__ResponseHeader h;
-    Pyazdb__Etcdgw__WatchResponse r = PYAZDB__ETCDGW__WATCH_RESPONSE__INIT;
+    Etcdserverpb__WatchResponse r = ETCDSERVERPB__WATCH_RESPONSE__INIT;
     etcd_header(&h, cur, NULL);
     r.header = &h;
     r.created = true;
@@ -864,11 +864,11 @@ static void on_watch_ready(struct node_req *req, int status)
 
 static void start_watch(struct etcd_gw *g)
 {
-    const Pyazdb__Etcdgw__WatchRequest *wr = (const void *)g->msg;
+    const Etcdserverpb__WatchRequest *wr = (const void *)g->msg;
     /* create_request shares a union with the other members */
-    const Pyazdb__Etcdgw__WatchCreateRequest *c =
+    const Etcdserverpb__WatchCreateRequest *c =
         wr->request_union_case ==
-                PYAZDB__ETCDGW__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST
+                ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST
             ? wr->create_request
             : NULL;
     if (c == NULL) {
@@ -883,10 +883,10 @@ static void start_watch(struct etcd_gw *g)
     }
     for (size_t i = 0; i < c->n_filters; i++) {
         if (c->filters[i] ==
-            PYAZDB__ETCDGW__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT)
+            ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT)
             g->noput = true;
         else if (c->filters[i] ==
-                 PYAZDB__ETCDGW__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE)
+                 ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE)
             g->nodelete = true;
     }
     g->prev_kv = c->prev_kv;
@@ -931,8 +931,8 @@ static int read_keepalives(struct etcd_gw *g, const char *body, size_t len)
             reply_error(g->hc, GRPC_INVALID_ARGUMENT, err);
             return PZ_EINVAL;
         }
-        Pyazdb__Etcdgw__LeaseKeepAliveRequest *rq =
-            pyazdb__etcdgw__lease_keep_alive_request__unpack(
+        Etcdserverpb__LeaseKeepAliveRequest *rq =
+            etcdserverpb__lease_keep_alive_request__unpack(
                 NULL, w.len, (const uint8_t *)(w.data ? w.data : ""));
         pz_buf_free(&w);
         if (rq == NULL) {
@@ -941,7 +941,7 @@ static int read_keepalives(struct etcd_gw *g, const char *body, size_t len)
         }
         g->ids = pz_realloc(g->ids, (g->nids + 1) * sizeof *g->ids);
         g->ids[g->nids++] = rq->id;
-        pyazdb__etcdgw__lease_keep_alive_request__free_unpacked(rq, NULL);
+        etcdserverpb__lease_keep_alive_request__free_unpacked(rq, NULL);
     }
     if (rv < 0) {
         reply_error(g->hc, GRPC_INVALID_ARGUMENT,

@@ -35,12 +35,12 @@ static const ProtobufCMessageDescriptor *const types[] = {
     &etcdserverpb__txn_response__descriptor,
     &etcdserverpb__status_response__descriptor,
     &etcdserverpb__member_list_response__descriptor,
-    &pyazdb__etcdgw__lease_grant_request__descriptor,
-    &pyazdb__etcdgw__lease_revoke_request__descriptor,
-    &pyazdb__etcdgw__lease_keep_alive_request__descriptor,
-    &pyazdb__etcdgw__lease_time_to_live_request__descriptor,
-    &pyazdb__etcdgw__lease_time_to_live_response__descriptor,
-    &pyazdb__etcdgw__watch_request__descriptor,
+    &etcdserverpb__lease_grant_request__descriptor,
+    &etcdserverpb__lease_revoke_request__descriptor,
+    &etcdserverpb__lease_keep_alive_request__descriptor,
+    &etcdserverpb__lease_time_to_live_request__descriptor,
+    &etcdserverpb__lease_time_to_live_response__descriptor,
+    &etcdserverpb__watch_request__descriptor,
     &pyazdb__etcdgw__watch_result__descriptor,
 };
 

@@ -227,7 +227,7 @@ TEST(refusals)
     CHECK_EQ_STR(refusal(&etcdserverpb__member_remove_request__descriptor,
                          "{\"ID\":\"18446744073709551615\"}"),
                  "");
-    CHECK_EQ_STR(refusal(&pyazdb__etcdgw__watch_create_request__descriptor,
+    CHECK_EQ_STR(refusal(&etcdserverpb__watch_create_request__descriptor,
                          "{\"filters\":[\"NOPUT\",1],\"prevKv\":true,"
                          "\"start_revision\":\"3\"}"),
                  "");
