@@ -182,6 +182,11 @@ static int admin(const char *cred, char *why, size_t whylen)
     return AUTH_OK;
 }
 
+const char *auth_cluster_token(void)
+{
+    return cluster_token ? cluster_token : "";
+}
+
 bool auth_admin_token(const char *cred)
 {
     const struct token *t =
@@ -444,16 +449,26 @@ int auth_grpc_etcd(const char *cred, int call, const uint8_t *msg,
     switch (call) {
     case ETCD_COMPACT:
     case ETCD_MEMBER_ADD:
-    case ETCD_MEMBER_REMOVE:
     case ETCD_MEMBER_UPDATE:
-    case ETCD_MEMBER_PROMOTE:
     case ETCD_ALARM:
     case ETCD_DEFRAGMENT:
-    case ETCD_SNAPSHOT:
-    case ETCD_MOVE_LEADER:
         if (!auth_on())
             return AUTH_OK; /* as before tokens: see the README */
         return admin(cred, why, whylen);
+    case ETCD_MEMBER_REMOVE:
+    case ETCD_MEMBER_PROMOTE:
+    case ETCD_SNAPSHOT:
+    case ETCD_MOVE_LEADER: {
+        /* As their HTTP routes: the cluster token, with or without a
+         * token file (etcdctl sends it with --user root:TOKEN). */
+        int rv = admin(cred, why, whylen);
+        if (rv != AUTH_OK && !auth_on())
+            snprintf(why, whylen,
+                     "etcdserver: invalid auth token: this call needs the "
+                     "cluster-token (etcdctl --user root:TOKEN, or metadata "
+                     "authorization: Bearer TOKEN)");
+        return rv;
+    }
     case ETCD_AUTHENTICATE:
         return AUTH_OK; /* how etcdctl --user gets its token */
     default:

@@ -62,6 +62,8 @@ int auth_grpc_key(const char *cred, bool write, const uint8_t *key,
 /* etcdserverpb.*: call (enum etcd_call) with its request message. */
 int auth_grpc_etcd(const char *cred, int call, const uint8_t *msg,
                    size_t len, char *why, size_t whylen);
+/* The cluster-token ("" none). */
+const char *auth_cluster_token(void);
 /* Is cred an rw token without prefixes (which the admin calls take as
  * they take the cluster token)? */
 bool auth_admin_token(const char *cred);

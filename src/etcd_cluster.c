@@ -618,7 +618,7 @@ static void call_auth_status(struct gstream *st)
 
 /* Authenticate: with a cluster-token, user "root" and the token as its
  * password get the token back, which etcd clients then send as "token"
- * metadata (grpc_stream_token_ok); so does a client token of
+ * metadata (auth_grpc_etcd); so does a client token of
  * client-token-file under its name (auth.h). Without either, etcd's "not
  * enabled", which its clients take as "go on without a token". */
 static void call_authenticate(struct gstream *st)
@@ -628,7 +628,7 @@ static void call_authenticate(struct gstream *st)
             st, &etcdserverpb__authenticate_request__descriptor);
     if (q == NULL)
         return;
-    const char *token = grpc_stream_server(st)->cluster_token;
+    const char *token = auth_cluster_token();
     if (auth_user_ok(q->name, q->password))
         token = q->password;
     else if (auth_on() && strcmp(q->name, "root") != 0)
@@ -659,26 +659,8 @@ static void call_authenticate(struct gstream *st)
     protobuf_c_message_free_unpacked(&q->base, &grpc_pb_allocator);
 }
 
-/* Calls that change the membership or hand out the data need the
- * cluster-token, as their HTTP routes do. */
-static bool needs_token(int call)
-{
-    return call == ETCD_MEMBER_REMOVE || call == ETCD_MEMBER_PROMOTE ||
-           call == ETCD_MOVE_LEADER || call == ETCD_SNAPSHOT;
-}
-
 void etcd_cluster_call(struct gstream *st, int call)
 {
-    size_t len;
-    const uint8_t *msg = grpc_stream_msg(st, &len);
-    PZ_UNUSED(msg);
-    if (needs_token(call) && !grpc_stream_token_ok(st)) {
-        grpc_stream_fail(st, GRPC_UNAUTHENTICATED,
-                         "etcdserver: invalid auth token: this call needs "
-                         "the cluster-token (etcdctl --user root:TOKEN, or "
-                         "metadata authorization: Bearer TOKEN)");
-        return;
-    }
     switch (call) {
     case ETCD_MEMBER_LIST:
         reply_members(st, &etcdserverpb__member_list_response__descriptor);

@@ -1910,7 +1910,6 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->be = be ? be : &grpc_node_backend;
     gs->max_message = (size_t)cfg->grpc_max_message;
     gs->max_key = (size_t)cfg->max_key_size;
-    gs->cluster_token = cfg->cluster_token;
     gs->max_value = (size_t)cfg->max_value_size;
     gs->header_timeout = (uint64_t)cfg->client_header_timeout_ms;
     gs->body_timeout = (uint64_t)cfg->client_body_timeout_ms;
@@ -2110,17 +2109,6 @@ void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st))
     if (st->ended)
         return;
     output_ready(st);
-}
-
-bool grpc_stream_token_ok(const struct gstream *st)
-{
-    const char *t = st->s->gs->cluster_token;
-    if (t == NULL || t[0] == '\0')
-        return true;
-    return st->cred != NULL &&
-           (pz_token_equal(t, strlen(t), st->cred, strlen(st->cred)) ||
-            auth_admin_token(st->cred)); /* an rw client token without
-                                            prefixes (auth.h) */
 }
 
 void grpc_stream_forward(struct gstream *st)

@@ -56,7 +56,6 @@ struct grpc_server {
     const struct grpc_backend *be; /* the node */
     size_t max_message;            /* grpc-max-message */
     size_t max_key;                /* max-key-size */
-    const char *cluster_token;     /* borrowed from the config; "" none */
     size_t max_value;              /* max-value-size */
     uint64_t header_timeout;       /* client-header-timeout, ms */
     uint64_t body_timeout;         /* client-body-timeout, ms */
@@ -139,9 +138,6 @@ void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
  * with grpc_stream_reply (or ends the call with grpc_stream_fail). It
  * runs inside nghttp2's data callback: it must not flush. */
 void grpc_stream_pump(struct gstream *st, void (*pump)(struct gstream *st));
-/* True when no cluster-token is set, or the call carries it (metadata
- * "authorization: Bearer TOKEN", or etcd's "token: TOKEN"). */
-bool grpc_stream_token_ok(const struct gstream *st);
 /* Relay the call, as received, to the leader; its answer is ours. */
 void grpc_stream_forward(struct gstream *st);
 /* End the call at once with RST_STREAM (CANCEL), dropping any output it
