@@ -1299,7 +1299,7 @@ static void check_final(int victim, int joiner)
     }
     /* Acknowledged before another was proposed: the lower revision. */
     for (unsigned a = 0; a < W.nwrites; a++)
-        for (unsigned b = 0; a != b && b < W.nwrites; b++)
+        for (unsigned b = a + 1; b < W.nwrites; b++) /* proposed after a */
             if (W.acked[a] && W.acked[b] && W.ack_at[a] < W.prop_at[b] &&
                 W.ack_rev[a] >= W.ack_rev[b])
                 ns_fail("write %u acked at %" PRIu64 " before %u was proposed "
