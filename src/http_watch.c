@@ -58,7 +58,8 @@ struct watch_stream {
     struct httpd_conn *hc; /* its connection */
     struct node_req req;   /* the linearizable start */
     struct watcher w;      /* registered once the stream begins */
-    bool registered;       /* w is (or was) registered */
+    bool registered;       /* w is (or was) registered; counted in
+                              hw.n_streaming from then on */
     bool streaming;        /* the reply began */
     bool prev_kv;          /* send previous states */
     bool start_given;      /* start_revision or Last-Event-ID */
@@ -67,7 +68,6 @@ struct watch_stream {
     size_t flen, tlen;     /* their lengths */
     uint64_t last_write;   /* conn_now() of the last event written */
     uint64_t last_room;    /* conn_now() when it last wrote an event */
-    bool counted;          /* in hw.n_streaming */
     bool ending;           /* judged slow: cancel once in_rev is out */
     /* The revision being written (in_rev), piece by piece. */
     bool in_rev;
@@ -550,7 +550,6 @@ static void begin(struct watch_stream *ws)
     ws->w.owner_lag = true; /* judged by http_watch_cron */
     ws->registered = true;
     ws->streaming = true;
-    ws->counted = true;
     hw.n_streaming++;
     ws->last_write = conn_now();
     ws->last_room = ws->last_write;
@@ -756,7 +755,7 @@ void http_watch_free(struct watch_stream **wsp)
         return;
     *wsp = NULL;
     node_cancel(&ws->req);
-    if (ws->counted)
+    if (ws->registered) /* counted in hw.n_streaming since then */
         hw.n_streaming--;
     if (ws->registered)
         watch_remove(&ws->w);

@@ -501,9 +501,8 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
         memcpy(req->ro_cmd, cmd, len);
         req->ro_len = len;
         req->ro_cb = cb;
-        req->sink = sink;
         int rr = node_read(req, false, ro_txn_done);
-        req->sink = sink;
+        req->sink = sink; /* after node_read, which resets it */
         return rr;
     }
     reqs_prepare(req, cb);
