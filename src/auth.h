@@ -64,9 +64,6 @@ int auth_grpc_etcd(const char *cred, int call, const uint8_t *msg,
                    size_t len, char *why, size_t whylen);
 /* The cluster-token ("" none). */
 const char *auth_cluster_token(void);
-/* Is cred an rw token without prefixes (which the admin calls take as
- * they take the cluster token)? */
-bool auth_admin_token(const char *cred);
 /* Is cred the token named name (etcd's Authenticate: etcdctl --user
  * NAME:TOKEN)? */
 bool auth_user_ok(const char *name, const char *cred);

@@ -1210,6 +1210,22 @@ static void reflect_message(struct gstream *st)
     pz_buf_free(&b);
 }
 
+/* The call's token against etcd's rules (auth_grpc_etcd) for the request
+ * message at hand: false once it ended st. */
+static bool etcd_allowed(struct gstream *st)
+{
+    char why[256];
+    int denied = auth_grpc_etcd(st->cred, st->m->sub, msg_bytes(st),
+                                st->rd.msg.len, why, sizeof why);
+    if (denied == AUTH_OK)
+        return true;
+    finish(st,
+           denied == AUTH_DENIED ? GRPC_PERMISSION_DENIED
+                                 : GRPC_UNAUTHENTICATED,
+           "%s", why);
+    return false;
+}
+
 /* A unary (or server-streaming) request is complete. */
 static void dispatch(struct gstream *st)
 {
@@ -1227,18 +1243,10 @@ static void dispatch(struct gstream *st)
     case M_HEALTH_WATCH:
         call_health(st);
         break;
-    case M_ETCD: {
-        char why[256];
-        int denied = auth_grpc_etcd(st->cred, st->m->sub, msg_bytes(st),
-                                    st->rd.msg.len, why, sizeof why);
-        if (denied != AUTH_OK)
-            finish(st, denied == AUTH_DENIED ? GRPC_PERMISSION_DENIED
-                                             : GRPC_UNAUTHENTICATED,
-                   "%s", why);
-        else
+    case M_ETCD:
+        if (etcd_allowed(st))
             etcd_call(st, st->m->sub);
         break;
-    }
     default:
         pz_assert(0);
     }
@@ -1499,10 +1507,10 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
             break;
         if (st->m->client_stream) {
             conn_mark_served(s->c);
-            if (st->m->kind == M_ETCD)
-                etcd_stream_message(st, st->m->sub);
-            else
+            if (st->m->kind != M_ETCD)
                 reflect_message(st);
+            else if (etcd_allowed(st))
+                etcd_stream_message(st, st->m->sub);
             if (!st->ended) {
                 grpc_reader_next(&st->rd);
                 s->buffered -= st->rd_counted - st->rd.msg.cap;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "etcd_map.h"
+#include "grpc_frame.h"
 #include "kv.h"
 #include "test.h"
 
@@ -223,10 +224,56 @@ TEST(filters_and_sort)
     CHECK(v[0].key[0] == 'd' && v[3].key[0] == 'a');
 }
 
+/* etcd's rpctypes errors (etcd 3.4 api/v3rpc/rpctypes/error.go): what
+ * clients match on, for the gRPC calls and the gateway alike. */
+TEST(node_status)
+{
+    char m[160];
+    CHECK_EQ_INT(etcd_node_status(PZ_ENOLEADER, true, m, sizeof m),
+                 GRPC_UNAVAILABLE);
+    CHECK(strcmp(m, "etcdserver: no leader") == 0);
+    CHECK_EQ_INT(etcd_node_status(PZ_ENOTLEADER, false, m, sizeof m),
+                 GRPC_UNAVAILABLE);
+    CHECK(strcmp(m, "etcdserver: no leader") == 0);
+    /* a full proposal queue: the same answer for a write and a read */
+    CHECK_EQ_INT(etcd_node_status(PZ_EBUSY, true, m, sizeof m),
+                 GRPC_UNAVAILABLE);
+    CHECK(strcmp(m, "etcdserver: leader changed") == 0);
+    CHECK_EQ_INT(etcd_node_status(PZ_EBUSY, false, m, sizeof m),
+                 GRPC_UNAVAILABLE);
+    CHECK(strcmp(m, "etcdserver: leader changed") == 0);
+    CHECK_EQ_INT(etcd_node_status(PZ_ELEADERCHANGE, true, m, sizeof m),
+                 GRPC_UNAVAILABLE);
+    CHECK(strcmp(m, "etcdserver: request timed out, possibly due to "
+                    "previous leader failure") == 0);
+    CHECK_EQ_INT(etcd_node_status(PZ_ELEADERCHANGE, false, m, sizeof m),
+                 GRPC_UNAVAILABLE);
+    CHECK(strcmp(m, "etcdserver: leader changed") == 0);
+    /* ErrGRPCRequestTooLarge */
+    CHECK_EQ_INT(etcd_node_status(PZ_ETOOBIG, true, m, sizeof m),
+                 GRPC_INVALID_ARGUMENT);
+    CHECK(strcmp(m, "etcdserver: request is too large") == 0);
+    CHECK_EQ_INT(etcd_node_status(PZ_ETIMEDOUT, false, m, sizeof m),
+                 GRPC_UNAVAILABLE);
+    CHECK(strcmp(m, "etcdserver: request timed out") == 0);
+    CHECK_EQ_INT(etcd_node_status(PZ_ESHUTDOWN, true, m, sizeof m),
+                 GRPC_UNAVAILABLE);
+    CHECK(strcmp(m, "etcdserver: server stopped") == 0);
+    CHECK_EQ_INT(etcd_node_status(PZ_ENOSPC, true, m, sizeof m),
+                 GRPC_RESOURCE_EXHAUSTED);
+    CHECK(strcmp(m, "etcdserver: mvcc: database space exceeded") == 0);
+    CHECK_EQ_INT(etcd_node_status(PZ_EIO, true, m, sizeof m), GRPC_INTERNAL);
+    CHECK(strncmp(m, "etcdserver: replication failed: ", 32) == 0);
+    CHECK_EQ_INT(etcd_node_status(PZ_EIO, false, m, sizeof m),
+                 GRPC_UNAVAILABLE);
+    CHECK(strncmp(m, "etcdserver: read failed: ", 25) == 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(range_conventions),    TEST_ENTRY(range_overlap),
     TEST_ENTRY(watch_keys_and_start), TEST_ENTRY(compare_mapping),
-    TEST_ENTRY(filters_and_sort),     TEST_END,
+    TEST_ENTRY(filters_and_sort),     TEST_ENTRY(node_status),
+    TEST_END,
 };
 
 const struct test_suite suite_etcd_map = {"etcd_map", cases};
