@@ -37,11 +37,11 @@
 #include "etcd_map.h"
 #include "grpc_client.h"
 #include "grpc_frame.h"
+#include "grpc_pb.h"
 #include "http_parse.h"
 #include "kv.h"
 #include "log.h"
 #include "node.h"
-#include "grpc_pb.h"
 #include "pbjson.h"
 #include "tls_setup.h"
 #include "watch.h"
@@ -86,8 +86,7 @@ static const struct route routes[] = {
                lease_revoke_request, lease_revoke_response),
     GRPC_ROUTE("/v3/lease/timetolive", "/etcdserverpb.Lease/LeaseTimeToLive",
                lease_time_to_live_request, lease_time_to_live_response),
-    GRPC_ROUTE("/v3/kv/lease/timetolive",
-               "/etcdserverpb.Lease/LeaseTimeToLive",
+    GRPC_ROUTE("/v3/kv/lease/timetolive", "/etcdserverpb.Lease/LeaseTimeToLive",
                lease_time_to_live_request, lease_time_to_live_response),
     GRPC_ROUTE("/v3/lease/leases", "/etcdserverpb.Lease/LeaseLeases",
                lease_leases_request, lease_leases_response),
@@ -112,8 +111,8 @@ struct etcd_gw {
     ProtobufCMessage *msg; /* R_WATCH: the unpacked request */
     int64_t *ids;          /* keep-alive: the leases of each request */
     size_t nids;
-    size_t ka_done;        /* keep-alive: requests answered */
-    struct pz_buf out;     /* keep-alive: the answer lines so far */
+    size_t ka_done;    /* keep-alive: requests answered */
+    struct pz_buf out; /* keep-alive: the answer lines so far */
     /* watch */
     struct watcher w;
     bool registered; /* w is (or was: cancelled) registered */
@@ -426,8 +425,8 @@ static void watch_begin(struct etcd_gw *g)
     if (!empty) {
         if (etcd_watch_start(c->start_revision, kv_revision(node_kv()),
                              watch_hub_first_rev(hub), &start))
-            rv = watch_add(hub, &g->w, keys.from, keys.flen, keys.to,
-                           keys.tlen, start);
+            rv = watch_add(hub, &g->w, keys.from, keys.flen, keys.to, keys.tlen,
+                           start);
         etcd_watch_keys_free(&keys);
     }
     if (rv < 0 && rv != PZ_ENOTFOUND && rv != PZ_EBUSY) {
@@ -583,8 +582,8 @@ void etcd_gw_start(struct httpd_conn *hc, struct etcd_gw **out)
     if (r->kind == R_WATCH) {
         /* The watch runs here, not through a call: the Watch call's check
          * (auth_grpc_etcd). */
-        int denied = auth_grpc_etcd(g->cred, ETCD_WATCH, NULL, 0, err,
-                                    sizeof err);
+        int denied =
+            auth_grpc_etcd(g->cred, ETCD_WATCH, NULL, 0, err, sizeof err);
         if (denied != AUTH_OK) {
             reply_error(hc,
                         denied == AUTH_DENIED ? GRPC_PERMISSION_DENIED

@@ -353,8 +353,8 @@ size_t etcd_watch_events(const struct watcher *w,
               &we->meta);
         ev->kv = &out->kvs[2 * n];
         if (o->prev_kv && we->has_prev) {
-            kv_of(&out->kvs[2 * n + 1], we->key, we->klen, we->prev,
-                  we->plen, &we->pmeta);
+            kv_of(&out->kvs[2 * n + 1], we->key, we->klen, we->prev, we->plen,
+                  &we->pmeta);
             ev->prev_kv = &out->kvs[2 * n + 1];
         }
         out->evp[n++] = ev;

@@ -229,8 +229,8 @@ TEST(etcd_calls)
                  AUTH_OK);
     /* leases and watches: an rw token without prefixes, over gRPC as over
      * the JSON gateway */
-    static const int lw[] = {ETCD_LEASE_GRANT,  ETCD_LEASE_REVOKE,
-                             ETCD_LEASE_TTL,    ETCD_LEASE_LEASES,
+    static const int lw[] = {ETCD_LEASE_GRANT,     ETCD_LEASE_REVOKE,
+                             ETCD_LEASE_TTL,       ETCD_LEASE_LEASES,
                              ETCD_LEASE_KEEPALIVE, ETCD_WATCH};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(lw); i++) {
         CHECK_EQ_INT(auth_grpc_etcd(ADMIN, lw[i], NULL, 0, why, sizeof why),

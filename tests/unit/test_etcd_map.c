@@ -270,9 +270,12 @@ TEST(node_status)
 }
 
 static const struct test_case cases[] = {
-    TEST_ENTRY(range_conventions),    TEST_ENTRY(range_overlap),
-    TEST_ENTRY(watch_keys_and_start), TEST_ENTRY(compare_mapping),
-    TEST_ENTRY(filters_and_sort),     TEST_ENTRY(node_status),
+    TEST_ENTRY(range_conventions),
+    TEST_ENTRY(range_overlap),
+    TEST_ENTRY(watch_keys_and_start),
+    TEST_ENTRY(compare_mapping),
+    TEST_ENTRY(filters_and_sort),
+    TEST_ENTRY(node_status),
     TEST_END,
 };
 
