@@ -73,10 +73,12 @@ void etcd_node_error(struct gstream *st, int rv, bool write)
 ProtobufCMessage *etcd_unpack(struct gstream *st,
                               const ProtobufCMessageDescriptor *desc)
 {
+    ProtobufCMessage *m = grpc_stream_unpacked(st, desc);
+    if (m)
+        return m; /* the token check unpacked it */
     size_t len;
     const uint8_t *msg = grpc_stream_msg(st, &len);
-    ProtobufCMessage *m =
-        protobuf_c_message_unpack(desc, &grpc_pb_allocator, len, msg);
+    m = protobuf_c_message_unpack(desc, &grpc_pb_allocator, len, msg);
     if (m == NULL)
         grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
                          "request is not a valid %s message", desc->name);
