@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "config.h"
 #include "http_parse.h"
 
@@ -62,11 +64,14 @@ int auth_grpc_key(const char *cred, bool write, const uint8_t *key,
 /* etcdserverpb.*: call (enum etcd_call) with its request message. */
 int auth_grpc_etcd(const char *cred, int call, const uint8_t *msg,
                    size_t len, char *why, size_t whylen);
+/* The same; when the check unpacked the request to decide (KV Range, Put,
+ * DeleteRange, Txn with client tokens) and allows it, *unpacked gets it
+ * (the caller's, to free with grpc_pb_allocator), else NULL. */
+int auth_grpc_etcd_unpacked(const char *cred, int call, const uint8_t *msg,
+                            size_t len, char *why, size_t whylen,
+                            ProtobufCMessage **unpacked);
 /* The cluster-token ("" none). */
 const char *auth_cluster_token(void);
-/* Is cred an rw token without prefixes (which the admin calls take as
- * they take the cluster token)? */
-bool auth_admin_token(const char *cred);
 /* Is cred the token named name (etcd's Authenticate: etcdctl --user
  * NAME:TOKEN)? */
 bool auth_user_ok(const char *name, const char *cred);

@@ -71,6 +71,37 @@ void etcd_watch_setup(uv_loop_t *loop, size_t max_per_stream,
 void etcd_watch_close(void);
 void etcd_watch_message(struct gstream *st);
 void etcd_watch_end(struct gstream *st);
+/* The pieces of a watch the JSON gateway's watch (etcd_gateway.c) shares:
+ * a WatchCreateRequest's options, the events of a revision, why the hub
+ * cancelled a watcher, and etcd's wording for a watch refused. */
+struct watcher;
+struct etcd_watch_opts {
+    bool prev_kv, noput, nodel, progress_notify, fragment;
+};
+void etcd_watch_opts_of(const Etcdserverpb__WatchCreateRequest *c,
+                        struct etcd_watch_opts *o);
+/* The events w matches among the node's watch history entries [b, e)
+ * (one revision, watch_next) that o's filters keep: out->evp[0..n),
+ * keys and values borrowed from the history until the loop turns. Free
+ * with etcd_events_free. Returns n. */
+struct etcd_events {
+    Mvccpb__Event **evp;
+    size_t n;
+    Mvccpb__Event *ev;     /* storage */
+    Mvccpb__KeyValue *kvs; /* storage */
+};
+size_t etcd_watch_events(const struct watcher *w,
+                         const struct etcd_watch_opts *o, uint64_t b,
+                         uint64_t e, struct etcd_events *out);
+void etcd_events_free(struct etcd_events *x);
+/* A watcher the hub cancelled (not WATCH_LIVE): the cancel_reason, and
+ * the compact_revision to answer with (0: too slow). */
+const char *etcd_watch_cancelled(const struct watcher *w, int64_t *compact);
+#define ETCD_WATCH_COMPACTED                                                   \
+    "etcdserver: mvcc: required revision has been compacted"
+#define ETCD_WATCH_EMPTY "mvcc: watcher range is empty"
+#define ETCD_WATCH_TOO_MANY "etcdserver: too many watchers (max-watchers)"
+
 /* etcd_lease.c: Lease calls. */
 void etcd_lease_call(struct gstream *st, int call);
 void etcd_lease_keepalive_message(struct gstream *st);

@@ -17,7 +17,6 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "auth.h"
 #include "grpc_frame.h"
@@ -267,20 +266,6 @@ static void on_leader_known(struct node_req *req, int status)
 /* --- local answers ---------------------------------------------------------
  */
 
-static int64_t db_size(void)
-{
-    char p[4096];
-    struct stat sb;
-    int64_t total = 0;
-    const char *path = node_db_path();
-    if (stat(path, &sb) == 0)
-        total += sb.st_size;
-    snprintf(p, sizeof p, "%s-wal", path);
-    if (stat(p, &sb) == 0)
-        total += sb.st_size;
-    return total;
-}
-
 static void call_status(struct gstream *st)
 {
     struct node_status ns;
@@ -290,7 +275,7 @@ static void call_status(struct gstream *st)
     etcd_header(&h, ns.revision, &ns);
     r.header = &h;
     r.version = ETCD_API_VERSION;
-    r.dbsize = db_size();
+    r.dbsize = (int64_t)node_db_size();
     r.dbsizeinuse = r.dbsize;
     r.leader = leader_id(&ns);
     r.raftindex = ns.commit_index;

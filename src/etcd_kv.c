@@ -61,53 +61,24 @@ void etcd_reply(struct gstream *st, const ProtobufCMessage *m)
 
 void etcd_node_error(struct gstream *st, int rv, bool write)
 {
-    switch (rv) {
-    case PZ_ENOTLEADER:
+    if (rv == PZ_ENOTLEADER) {
         grpc_stream_forward(st);
-        break;
-    case PZ_ENOLEADER:
-        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
-        break;
-    case PZ_ETIMEDOUT:
-        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: request timed out");
-        break;
-    case PZ_ELEADERCHANGE:
-        if (write)
-            grpc_stream_fail(st, GRPC_UNAVAILABLE,
-                             "etcdserver: request timed out, possibly due to "
-                             "previous leader failure");
-        else
-            grpc_stream_fail(st, GRPC_UNAVAILABLE,
-                             "etcdserver: leader changed");
-        break;
-    case PZ_EBUSY:
-        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: leader changed");
-        break;
-    case PZ_ESHUTDOWN:
-        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: server stopped");
-        break;
-    case PZ_ETOOBIG:
-        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
-                         "etcdserver: request is too large");
-        break;
-    case PZ_ENOSPC:
-        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
-                         "etcdserver: mvcc: database space exceeded");
-        break;
-    default:
-        grpc_stream_fail(st, write ? GRPC_INTERNAL : GRPC_UNAVAILABLE,
-                         "etcdserver: %s failed: %s",
-                         write ? "replication" : "read", pz_strerror(rv));
+        return;
     }
+    char m[160];
+    int code = etcd_node_status(rv, write, m, sizeof m);
+    grpc_stream_fail(st, code, "%s", m);
 }
 
 ProtobufCMessage *etcd_unpack(struct gstream *st,
                               const ProtobufCMessageDescriptor *desc)
 {
+    ProtobufCMessage *m = grpc_stream_unpacked(st, desc);
+    if (m)
+        return m; /* the token check unpacked it */
     size_t len;
     const uint8_t *msg = grpc_stream_msg(st, &len);
-    ProtobufCMessage *m =
-        protobuf_c_message_unpack(desc, &grpc_pb_allocator, len, msg);
+    m = protobuf_c_message_unpack(desc, &grpc_pb_allocator, len, msg);
     if (m == NULL)
         grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
                          "request is not a valid %s message", desc->name);

@@ -1,8 +1,11 @@
 /* etcd_map.c - see etcd_map.h. */
 #include "etcd_map.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "grpc_frame.h"
 
 static int bytes_cmp(const uint8_t *a, size_t alen, const uint8_t *b,
                      size_t blen)
@@ -220,4 +223,44 @@ bool etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
         return false;
     *start = (uint64_t)start_revision;
     return true;
+}
+
+int etcd_node_status(int rv, bool write, char *msg, size_t cap)
+{
+    const char *m;
+    int code = GRPC_UNAVAILABLE;
+    switch (rv) {
+    case PZ_ENOTLEADER:
+    case PZ_ENOLEADER:
+        m = "etcdserver: no leader";
+        break;
+    case PZ_ETIMEDOUT:
+        m = "etcdserver: request timed out";
+        break;
+    case PZ_ELEADERCHANGE:
+        m = write ? "etcdserver: request timed out, possibly due to "
+                    "previous leader failure"
+                  : "etcdserver: leader changed";
+        break;
+    case PZ_EBUSY:
+        m = "etcdserver: leader changed";
+        break;
+    case PZ_ESHUTDOWN:
+        m = "etcdserver: server stopped";
+        break;
+    case PZ_ETOOBIG:
+        code = GRPC_INVALID_ARGUMENT;
+        m = "etcdserver: request is too large";
+        break;
+    case PZ_ENOSPC:
+        code = GRPC_RESOURCE_EXHAUSTED;
+        m = "etcdserver: mvcc: database space exceeded";
+        break;
+    default:
+        snprintf(msg, cap, "etcdserver: %s failed: %s",
+                 write ? "replication" : "read", pz_strerror(rv));
+        return write ? GRPC_INTERNAL : GRPC_UNAVAILABLE;
+    }
+    snprintf(msg, cap, "%s", m);
+    return code;
 }

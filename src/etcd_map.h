@@ -115,4 +115,11 @@ void etcd_watch_keys_free(struct etcd_watch_keys *k);
 bool etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
                       uint64_t *start);
 
+/* etcd's answer to a node error rv (PZ_*) of a write or a read, for the
+ * gRPC calls and the JSON gateway alike: returns the gRPC status code
+ * (grpc_frame.h's GRPC_*) and writes the message (rpctypes' wording, which
+ * clients match on) into msg. PZ_ENOTLEADER, which a call relays to the
+ * leader instead when it can, answers as PZ_ENOLEADER. */
+int etcd_node_status(int rv, bool write, char *msg, size_t cap);
+
 #endif

@@ -60,7 +60,7 @@ struct ew_watch {
     struct watcher w;     /* in the node's hub while registered */
     struct ew_stream *es; /* owner */
     int64_t id;           /* watch id */
-    bool prev_kv, noput, nodel, progress_notify, fragment;
+    struct etcd_watch_opts o;
     bool sent;                    /* something went since the last tick */
     struct ew_watch *prev, *next; /* the stream's watches */
 };
@@ -198,18 +198,11 @@ static void on_notify(void *data, struct watcher *w)
     struct ew_stream *es = ww->es;
     PZ_UNUSED(w);
     if (ww->w.state != WATCH_LIVE) {
-        bool slow = ww->w.state == WATCH_SLOW;
+        int64_t compact;
+        const char *why = etcd_watch_cancelled(&ww->w, &compact);
         pz_info("etcd watch %lld cancelled: %s", (long long)ww->id,
-                slow ? "slow" : "compacted");
-        if (slow)
-            queue_simple(es, ww->id, false, true, 0,
-                         "etcdserver: watch is too slow: it fell more than "
-                         "watch-max-buffer behind the newest event");
-        else
-            queue_simple(es, ww->id, false, true,
-                         (int64_t)watch_hub_first_rev(node_watch()),
-                         "etcdserver: mvcc: required revision has been "
-                         "compacted");
+                compact ? "compacted" : "slow");
+        queue_simple(es, ww->id, false, true, compact, why);
         watch_free(ww);
     } else if (es->queued_bytes < EW_FILL_BYTES) {
         uint64_t rev, b, e;
@@ -226,7 +219,7 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
     struct etcd_watch_keys keys;
     if (etcd_watch_keys(c->key.data, c->key.len, c->range_end.data,
                         c->range_end.len, &keys) < 0) {
-        queue_simple(es, -1, true, true, 0, "mvcc: watcher range is empty");
+        queue_simple(es, -1, true, true, 0, ETCD_WATCH_EMPTY);
         return;
     }
     int64_t id = c->watch_id;
@@ -262,11 +255,9 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
             /* etcd: created, then cancelled as compacted. */
             queue_simple(es, id, true, false, 0, NULL);
             queue_simple(es, id, false, true, (int64_t)watch_hub_first_rev(hub),
-                         "etcdserver: mvcc: required revision has been "
-                         "compacted");
+                         ETCD_WATCH_COMPACTED);
         } else {
-            queue_simple(es, -1, true, true, 0,
-                         "etcdserver: too many watchers (max-watchers)");
+            queue_simple(es, -1, true, true, 0, ETCD_WATCH_TOO_MANY);
         }
         return;
     }
@@ -274,17 +265,7 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
     ww->w.notify = on_notify;
     ww->es = es;
     ww->id = id;
-    ww->prev_kv = c->prev_kv;
-    ww->progress_notify = c->progress_notify;
-    ww->fragment = c->fragment;
-    for (size_t i = 0; i < c->n_filters; i++) {
-        if (c->filters[i] ==
-            ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT)
-            ww->noput = true;
-        else if (c->filters[i] ==
-                 ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE)
-            ww->nodel = true;
-    }
+    etcd_watch_opts_of(c, &ww->o);
     ww->next = es->watches;
     if (es->watches)
         es->watches->prev = ww;
@@ -304,6 +285,34 @@ static void cancel_watch(struct ew_stream *es, int64_t id)
 
 /* --- events -------------------------------------------------------------- */
 
+void etcd_watch_opts_of(const Etcdserverpb__WatchCreateRequest *c,
+                        struct etcd_watch_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->prev_kv = c->prev_kv;
+    o->progress_notify = c->progress_notify;
+    o->fragment = c->fragment;
+    for (size_t i = 0; i < c->n_filters; i++) {
+        if (c->filters[i] ==
+            ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NOPUT)
+            o->noput = true;
+        else if (c->filters[i] ==
+                 ETCDSERVERPB__WATCH_CREATE_REQUEST__FILTER_TYPE__NODELETE)
+            o->nodel = true;
+    }
+}
+
+const char *etcd_watch_cancelled(const struct watcher *w, int64_t *compact)
+{
+    if (w->state == WATCH_SLOW) {
+        *compact = 0;
+        return "etcdserver: watch is too slow: it fell more than "
+               "watch-max-buffer behind the newest event";
+    }
+    *compact = (int64_t)watch_hub_first_rev(node_watch());
+    return ETCD_WATCH_COMPACTED;
+}
+
 static void kv_of(Mvccpb__KeyValue *kv, const uint8_t *key, size_t klen,
                   const uint8_t *value, size_t vlen, const struct kv_meta *m)
 {
@@ -319,40 +328,59 @@ static void kv_of(Mvccpb__KeyValue *kv, const uint8_t *key, size_t klen,
     kv->lease = (int64_t)m->lease;
 }
 
+size_t etcd_watch_events(const struct watcher *w,
+                         const struct etcd_watch_opts *o, uint64_t b,
+                         uint64_t e, struct etcd_events *out)
+{
+    const struct watch_hub *hub = node_watch();
+    size_t n = 0, cap = (size_t)(e - b);
+    out->ev = pz_calloc(cap + 1, sizeof *out->ev);
+    out->evp = pz_calloc(cap + 1, sizeof *out->evp);
+    out->kvs = pz_calloc(2 * cap + 1, sizeof *out->kvs);
+    for (uint64_t s = b; s < e; s++) {
+        const struct watch_event *we = watch_event_at(hub, s);
+        if (!watch_matches(w, we))
+            continue;
+        bool put = we->type == KV_TOP_PUT;
+        if ((put && o->noput) || (!put && o->nodel))
+            continue;
+        Mvccpb__Event init = MVCCPB__EVENT__INIT;
+        Mvccpb__Event *ev = &out->ev[n];
+        *ev = init;
+        ev->type = put ? MVCCPB__EVENT__EVENT_TYPE__PUT
+                       : MVCCPB__EVENT__EVENT_TYPE__DELETE;
+        kv_of(&out->kvs[2 * n], we->key, we->klen, we->value, we->vlen,
+              &we->meta);
+        ev->kv = &out->kvs[2 * n];
+        if (o->prev_kv && we->has_prev) {
+            kv_of(&out->kvs[2 * n + 1], we->key, we->klen, we->prev, we->plen,
+                  &we->pmeta);
+            ev->prev_kv = &out->kvs[2 * n + 1];
+        }
+        out->evp[n++] = ev;
+    }
+    out->n = n;
+    return n;
+}
+
+void etcd_events_free(struct etcd_events *x)
+{
+    pz_free(x->kvs);
+    pz_free(x->evp);
+    pz_free(x->ev);
+}
+
 /* Queue the answer(s) for ww's events [b, e) of revision rev. Returns the
  * number of events queued (0: all filtered out). */
 static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
                            uint64_t rev, uint64_t b, uint64_t e)
 {
-    const struct watch_hub *hub = node_watch();
-    size_t n = 0, cap = (size_t)(e - b);
-    Mvccpb__Event *ev = pz_calloc(cap, sizeof *ev);
-    Mvccpb__Event **evp = pz_calloc(cap, sizeof *evp);
-    Mvccpb__KeyValue *kvs = pz_calloc(2 * cap, sizeof *kvs);
-    size_t *sizes = pz_calloc(cap, sizeof *sizes);
-    for (uint64_t s = b; s < e; s++) {
-        const struct watch_event *we = watch_event_at(hub, s);
-        if (!watch_matches(&ww->w, we))
-            continue;
-        bool put = we->type == KV_TOP_PUT;
-        if ((put && ww->noput) || (!put && ww->nodel))
-            continue;
-        Mvccpb__Event init = MVCCPB__EVENT__INIT;
-        ev[n] = init;
-        ev[n].type = put ? MVCCPB__EVENT__EVENT_TYPE__PUT
-                         : MVCCPB__EVENT__EVENT_TYPE__DELETE;
-        kv_of(&kvs[2 * n], we->key, we->klen, we->value, we->vlen, &we->meta);
-        ev[n].kv = &kvs[2 * n];
-        if (ww->prev_kv && we->has_prev) {
-            kv_of(&kvs[2 * n + 1], we->key, we->klen, we->prev, we->plen,
-                  &we->pmeta);
-            ev[n].prev_kv = &kvs[2 * n + 1];
-        }
-        sizes[n] = mvccpb__event__get_packed_size(&ev[n]) + 8;
-        evp[n] = &ev[n];
-        n++;
-    }
+    struct etcd_events x;
+    size_t n = etcd_watch_events(&ww->w, &ww->o, b, e, &x);
     if (n > 0) {
+        size_t *sizes = pz_calloc(n, sizeof *sizes);
+        for (size_t i = 0; i < n; i++)
+            sizes[i] = mvccpb__event__get_packed_size(x.evp[i]) + 8;
         Etcdserverpb__WatchResponse r;
         Etcdserverpb__ResponseHeader h;
         base_response(&r, &h, rev, ww->id);
@@ -361,20 +389,18 @@ static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
         while (i < n) {
             /* Whole unless fragmenting; a fragment holds at least one. */
             size_t j = i + 1, bytes = 64 + sizes[i];
-            while (j < n && (!ww->fragment || bytes + sizes[j] <= limit))
+            while (j < n && (!ww->o.fragment || bytes + sizes[j] <= limit))
                 bytes += sizes[j++];
-            r.events = &evp[i];
+            r.events = &x.evp[i];
             r.n_events = j - i;
             r.fragment = j < n;
             enqueue(es, &r);
             i = j;
         }
         ww->sent = true;
+        pz_free(sizes);
     }
-    pz_free(sizes);
-    pz_free(kvs);
-    pz_free(evp);
-    pz_free(ev);
+    etcd_events_free(&x);
     return n;
 }
 
@@ -436,7 +462,7 @@ static void on_progress_timer(uv_timer_t *t)
         struct ew_stream *es = container_of(e, struct ew_stream, q);
         bool any = false;
         for (struct ew_watch *ww = es->watches; ww; ww = ww->next) {
-            if (ww->progress_notify && !ww->sent && es->head == NULL &&
+            if (ww->o.progress_notify && !ww->sent && es->head == NULL &&
                 watch_caught_up(&ww->w)) {
                 queue_simple(es, ww->id, false, false, 0, NULL);
                 any = true;

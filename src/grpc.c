@@ -171,6 +171,8 @@ struct gstream {
     bool post;              /* :method is POST */
     bool ctype_ok;          /* content-type is application/grpc... */
     bool was_forwarded;     /* pyazdb-forwarded header present */
+    ProtobufCMessage *unpacked; /* the request as its check unpacked it,
+                                   until etcd_unpack takes it (or NULL) */
     char *cred;             /* credential sent: the X of "authorization:
                                Bearer X" or of etcd's "token: X"; NULL */
     int timeout_state;      /* 0 none, 1 valid, -1 malformed */
@@ -767,6 +769,38 @@ static void on_forward_done(struct grpc_call *call)
         kick(s->gs);
 }
 
+/* The client to the leader at addr: made at first use, made anew when
+ * the leader moved (calls on the old one finish there). */
+static struct grpc_client *leader_client(struct grpc_server *gs,
+                                         const char *addr)
+{
+    if (gs->fwd && strcmp(grpc_client_addr(gs->fwd), addr) != 0) {
+        pz_info("grpc: leader moved to %s: forwarding there", addr);
+        grpc_client_close(gs->fwd);
+        gs->fwd = NULL;
+    }
+    if (gs->fwd == NULL) {
+        gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
+        grpc_client_set_tls(gs->fwd, &tls_grpc_client);
+    }
+    return gs->fwd;
+}
+
+/* A forwarded call's metadata: marked as forwarded, and the client's
+ * credential goes along (the leader checks it too). bearer holds it. */
+static void forward_metadata(const struct gstream *st, char *bearer, size_t cap,
+                             const char *md[5])
+{
+    md[0] = "pyazdb-forwarded";
+    md[1] = "1";
+    md[2] = md[3] = md[4] = NULL;
+    if (st->cred) {
+        snprintf(bearer, cap, "Bearer %s", st->cred);
+        md[2] = "authorization";
+        md[3] = bearer;
+    }
+}
+
 static void forward(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
@@ -788,25 +822,12 @@ static void forward(struct gstream *st)
                "not the leader (leadership is changing; retry)");
         return;
     }
-    if (gs->fwd && strcmp(grpc_client_addr(gs->fwd), addr) != 0) {
-        pz_info("grpc: leader moved to %s: forwarding there", addr);
-        grpc_client_close(gs->fwd); /* calls on it finish there */
-        gs->fwd = NULL;
-    }
-    if (gs->fwd == NULL) {
-        gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
-        grpc_client_set_tls(gs->fwd, &tls_grpc_client);
-    }
+    struct grpc_client *cl = leader_client(gs, addr);
     if (st->retry_until == 0)
         st->retry_until = uv_now(gs->loop) + gs->retry_window;
-    /* The client's credential goes along: the leader checks it too. */
     char bearer[8 + MAX_HEADER_BYTES];
-    const char *md[] = {"pyazdb-forwarded", "1", NULL, NULL, NULL};
-    if (st->cred) {
-        snprintf(bearer, sizeof bearer, "Bearer %s", st->cred);
-        md[2] = "authorization";
-        md[3] = bearer;
-    }
+    const char *md[5];
+    forward_metadata(st, bearer, sizeof bearer, md);
     /* The leader answers within request-timeout; one that does not is
      * broken, and the call must not wait on it for ever. */
     struct grpc_call_opts opts = {.metadata = md,
@@ -815,7 +836,7 @@ static void forward(struct gstream *st)
         uint64_t now = uv_now(gs->loop);
         opts.timeout_ms = st->deadline > now ? st->deadline - now : 1;
     }
-    int rv = grpc_client_call(gs->fwd, &st->call, st->m->path, msg_bytes(st),
+    int rv = grpc_client_call(cl, &st->call, st->m->path, msg_bytes(st),
                               st->rd.msg.len, &opts, on_forward_done);
     if (rv < 0) {
         finish(st, GRPC_UNAVAILABLE, "cannot forward to the leader at %s: %s",
@@ -1210,6 +1231,25 @@ static void reflect_message(struct gstream *st)
     pz_buf_free(&b);
 }
 
+/* The call's token against etcd's rules (auth_grpc_etcd) for the request
+ * message at hand: false once it ended st. */
+static bool etcd_allowed(struct gstream *st)
+{
+    char why[256];
+    /* A unary request the check unpacked is kept for the call. */
+    bool keep = !st->m->client_stream && st->unpacked == NULL;
+    int denied = auth_grpc_etcd_unpacked(st->cred, st->m->sub, msg_bytes(st),
+                                         st->rd.msg.len, why, sizeof why,
+                                         keep ? &st->unpacked : NULL);
+    if (denied == AUTH_OK)
+        return true;
+    finish(st,
+           denied == AUTH_DENIED ? GRPC_PERMISSION_DENIED
+                                 : GRPC_UNAUTHENTICATED,
+           "%s", why);
+    return false;
+}
+
 /* A unary (or server-streaming) request is complete. */
 static void dispatch(struct gstream *st)
 {
@@ -1227,18 +1267,10 @@ static void dispatch(struct gstream *st)
     case M_HEALTH_WATCH:
         call_health(st);
         break;
-    case M_ETCD: {
-        char why[256];
-        int denied = auth_grpc_etcd(st->cred, st->m->sub, msg_bytes(st),
-                                    st->rd.msg.len, why, sizeof why);
-        if (denied != AUTH_OK)
-            finish(st, denied == AUTH_DENIED ? GRPC_PERMISSION_DENIED
-                                             : GRPC_UNAUTHENTICATED,
-                   "%s", why);
-        else
+    case M_ETCD:
+        if (etcd_allowed(st))
             etcd_call(st, st->m->sub);
         break;
-    }
     default:
         pz_assert(0);
     }
@@ -1499,10 +1531,10 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
             break;
         if (st->m->client_stream) {
             conn_mark_served(s->c);
-            if (st->m->kind == M_ETCD)
-                etcd_stream_message(st, st->m->sub);
-            else
+            if (st->m->kind != M_ETCD)
                 reflect_message(st);
+            else if (etcd_allowed(st))
+                etcd_stream_message(st, st->m->sub);
             if (!st->ended) {
                 grpc_reader_next(&st->rd);
                 s->buffered -= st->rd_counted - st->rd.msg.cap;
@@ -1681,6 +1713,8 @@ static void stream_free(struct gstream *st)
     }
     if (st->ext_free)
         st->ext_free(st->ext);
+    if (st->unpacked)
+        protobuf_c_message_free_unpacked(st->unpacked, &grpc_pb_allocator);
     pz_buf_free(&st->out);
     pz_buf_free(&st->msg);
     pz_free(st->cred);
@@ -2025,6 +2059,16 @@ struct grpc_server *grpc_stream_server(struct gstream *st)
     return st->s->gs;
 }
 
+ProtobufCMessage *grpc_stream_unpacked(struct gstream *st,
+                                       const ProtobufCMessageDescriptor *desc)
+{
+    ProtobufCMessage *m = st->unpacked;
+    if (m == NULL || m->descriptor != desc)
+        return NULL;
+    st->unpacked = NULL;
+    return m;
+}
+
 const uint8_t *grpc_stream_msg(struct gstream *st, size_t *len)
 {
     *len = st->rd.msg.len;
@@ -2124,18 +2168,12 @@ int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
     const char *addr = gs->be->leader_grpc_addr();
     if (addr == NULL || addr[0] == '\0' || st->was_forwarded || gs->draining)
         return PZ_ENOLEADER;
-    if (gs->fwd && strcmp(grpc_client_addr(gs->fwd), addr) != 0) {
-        pz_info("grpc: leader moved to %s: forwarding there", addr);
-        grpc_client_close(gs->fwd);
-        gs->fwd = NULL;
-    }
-    if (gs->fwd == NULL) {
-        gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
-        grpc_client_set_tls(gs->fwd, &tls_grpc_client);
-    }
-    static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
+    char bearer[8 + MAX_HEADER_BYTES];
+    const char *md[5];
+    forward_metadata(st, bearer, sizeof bearer, md);
     struct grpc_call_opts opts = {.metadata = md, .timeout_ms = timeout_ms};
-    int rv = grpc_client_call(gs->fwd, call, st->m->path, msg, len, &opts, cb);
+    int rv = grpc_client_call(leader_client(gs, addr), call, st->m->path, msg,
+                              len, &opts, cb);
     if (rv == 0)
         gs->stats.forwarded++;
     return rv;

@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "config.h"
 #include "conn.h"
 #include "grpc_client.h"
@@ -114,6 +116,11 @@ struct gstream;
 struct grpc_server *grpc_stream_server(struct gstream *st);
 /* The request message (never NULL) and its length. */
 const uint8_t *grpc_stream_msg(struct gstream *st, size_t *len);
+/* The request message as the call's token check already unpacked it
+ * (auth_grpc_etcd_unpacked), if it did as desc: the caller's from then on,
+ * to free with grpc_pb_allocator. NULL otherwise: unpack it. */
+ProtobufCMessage *grpc_stream_unpacked(struct gstream *st,
+                                       const ProtobufCMessageDescriptor *desc);
 /* True when the call came from another node (a forwarded call). */
 bool grpc_stream_forwarded(const struct gstream *st);
 struct node_req *grpc_stream_req(struct gstream *st);

@@ -105,6 +105,17 @@ void grpc_pb_put_bytes(struct pz_buf *b, uint32_t num, const void *p,
         pz_buf_append(b, p, len);
 }
 
+void grpc_pb_put_fixed(struct pz_buf *b, uint32_t num, int wire, uint64_t v)
+{
+    uint8_t t[8];
+    size_t n = wire == GRPC_PB_I32 ? 4 : 8;
+    put_raw_varint(b, (uint64_t)num << 3 |
+                          (uint64_t)(n == 4 ? GRPC_PB_I32 : GRPC_PB_I64));
+    for (size_t i = 0; i < n; i++)
+        t[i] = (uint8_t)(v >> (8 * i));
+    pz_buf_append(b, t, n);
+}
+
 void grpc_pb_put_varint_opt(struct pz_buf *b, uint32_t num, uint64_t v)
 {
     if (v)

@@ -1177,6 +1177,7 @@ static void on_done(struct httpd_conn *hc)
     etcd_gw_free(&h->gw);
 }
 
+/* The connection goes: what is in flight is called off, then as above. */
 static void on_close(struct httpd_conn *hc)
 {
     struct http_conn *h = conn_of(hc);
@@ -1184,18 +1185,7 @@ static void on_close(struct httpd_conn *hc)
         node_cancel(&h->req);
     if (h->forwarding)
         fwd_cancel(&h->fwd);
-    pz_buf_free(&h->fwd.body);
-    pz_buf_free(&h->out);
-    http_op_free(&h->op);
-    snapshot_reader_close(h->snap);
-    h->snap = NULL;
-    if (h->snap_slot)
-        node_snapshot_stream_put();
-    h->snap_slot = false;
-    http_watch_free(&h->ws);
-    pz_free(h->fwd_token);
-    h->fwd_token = NULL;
-    etcd_gw_free(&h->gw);
+    on_done(hc);
 }
 
 static const struct httpd_ops http_ops = {

@@ -164,6 +164,8 @@ void node_cancel(struct node_req *req);
 struct kv *node_kv(void);
 /* Full path of the Raft log's database ("" when the node is not open). */
 const char *node_db_path(void);
+/* Bytes of that database and its write-ahead log (0: not open). */
+uint64_t node_db_size(void);
 /* The watch history and watchers (watch.h), fed as entries apply. */
 struct watch_hub *node_watch(void);
 /* True when this node is the leader. */

@@ -230,12 +230,18 @@ static size_t queue_len(const struct pz_queue *q)
     return n;
 }
 
-static double file_size(const char *path, const char *suffix)
+static uint64_t file_size(const char *path, const char *suffix)
 {
     char p[4096];
     struct stat sb;
     snprintf(p, sizeof p, "%s%s", path, suffix);
-    return stat(p, &sb) == 0 ? (double)sb.st_size : 0;
+    return stat(p, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+uint64_t node_db_size(void)
+{
+    const char *path = node_db_path();
+    return path[0] ? file_size(path, "") + file_size(path, "-wal") : 0;
 }
 
 static void render_raft(struct pz_buf *b)
@@ -314,10 +320,8 @@ static void render_storage(struct pz_buf *b)
     counter(b, "pyazdb_storage_written_bytes_total",
             "Log entry payload bytes written to the database.",
             (double)ss.bytes);
-    const char *path = NIO(store_path);
     gauge(b, "pyazdb_storage_db_size_bytes",
-          "Size of raft.db and its write-ahead log.",
-          file_size(path, "") + file_size(path, "-wal"));
+          "Size of raft.db and its write-ahead log.", (double)node_db_size());
     struct statvfs fs;
     if (statvfs(nd->cfg->raft_data, &fs) == 0) {
         gauge(b, "pyazdb_storage_disk_free_bytes",

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grpc_pb.h"
 #include "http_parse.h"
 
 #define NAME_MAX_LEN 128 /* longer member names match no field */
@@ -36,39 +37,6 @@ static int fail(struct dec *d, const char *fmt, ...)
     else
         snprintf(d->err, d->errlen, "%s", why);
     return PZ_EINVAL;
-}
-
-static void put_varint(struct pz_buf *b, uint64_t v)
-{
-    uint8_t t[10];
-    size_t n = 0;
-    while (v >= 0x80) {
-        t[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    t[n++] = (uint8_t)v;
-    pz_buf_append(b, t, n);
-}
-
-static void put_tag(struct pz_buf *b, uint32_t id, int wire)
-{
-    put_varint(b, ((uint64_t)id << 3) | (uint64_t)wire);
-}
-
-static void put_fixed(struct pz_buf *b, uint64_t v, size_t n)
-{
-    uint8_t t[8];
-    for (size_t i = 0; i < n; i++)
-        t[i] = (uint8_t)(v >> (8 * i));
-    pz_buf_append(b, t, n);
-}
-
-static void put_lendelim(struct pz_buf *b, uint32_t id, const void *p,
-                         size_t n)
-{
-    put_tag(b, id, 2);
-    put_varint(b, n);
-    pz_buf_append(b, p, n);
 }
 
 /* The lowerCamelCase JSON name protoc derives from a field name. */
@@ -228,15 +196,15 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
         if ((rv = read_int(d, v, true, INT32_MIN, INT32_MAX, 0, &u)) < 0)
             return rv;
         if (f->type == PROTOBUF_C_TYPE_SFIXED32) {
-            put_tag(out, f->id, 5);
-            put_fixed(out, (uint32_t)(int32_t)(int64_t)u, 4);
+            grpc_pb_put_fixed(out, f->id, GRPC_PB_I32,
+                              (uint32_t)(int32_t)(int64_t)u);
         } else if (f->type == PROTOBUF_C_TYPE_SINT32) {
             int32_t s = (int32_t)(int64_t)u;
-            put_tag(out, f->id, 0);
-            put_varint(out, ((uint32_t)s << 1) ^ (uint32_t)(s >> 31));
+            grpc_pb_put_varint(out, f->id,
+                               ((uint32_t)s << 1) ^ (uint32_t)(s >> 31));
         } else {
-            put_tag(out, f->id, 0);
-            put_varint(out, u); /* sign-extended, as protobuf writes it */
+            grpc_pb_put_varint(out, f->id,
+                               u); /* sign-extended, as protobuf writes it */
         }
         return 0;
     case PROTOBUF_C_TYPE_INT64:
@@ -245,15 +213,12 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
         if ((rv = read_int(d, v, true, INT64_MIN, INT64_MAX, 0, &u)) < 0)
             return rv;
         if (f->type == PROTOBUF_C_TYPE_SFIXED64) {
-            put_tag(out, f->id, 1);
-            put_fixed(out, u, 8);
+            grpc_pb_put_fixed(out, f->id, GRPC_PB_I64, u);
         } else if (f->type == PROTOBUF_C_TYPE_SINT64) {
             int64_t s = (int64_t)u;
-            put_tag(out, f->id, 0);
-            put_varint(out, (u << 1) ^ (uint64_t)(s >> 63));
+            grpc_pb_put_varint(out, f->id, (u << 1) ^ (uint64_t)(s >> 63));
         } else {
-            put_tag(out, f->id, 0);
-            put_varint(out, u);
+            grpc_pb_put_varint(out, f->id, u);
         }
         return 0;
     case PROTOBUF_C_TYPE_UINT32:
@@ -261,11 +226,9 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
         if ((rv = read_int(d, v, false, 0, 0, UINT32_MAX, &u)) < 0)
             return rv;
         if (f->type == PROTOBUF_C_TYPE_FIXED32) {
-            put_tag(out, f->id, 5);
-            put_fixed(out, u, 4);
+            grpc_pb_put_fixed(out, f->id, GRPC_PB_I32, u);
         } else {
-            put_tag(out, f->id, 0);
-            put_varint(out, u);
+            grpc_pb_put_varint(out, f->id, u);
         }
         return 0;
     case PROTOBUF_C_TYPE_UINT64:
@@ -273,18 +236,15 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
         if ((rv = read_int(d, v, false, 0, 0, UINT64_MAX, &u)) < 0)
             return rv;
         if (f->type == PROTOBUF_C_TYPE_FIXED64) {
-            put_tag(out, f->id, 1);
-            put_fixed(out, u, 8);
+            grpc_pb_put_fixed(out, f->id, GRPC_PB_I64, u);
         } else {
-            put_tag(out, f->id, 0);
-            put_varint(out, u);
+            grpc_pb_put_varint(out, f->id, u);
         }
         return 0;
     case PROTOBUF_C_TYPE_BOOL:
         if (v->type != JSON_TRUE && v->type != JSON_FALSE)
             return fail(d, "not true or false");
-        put_tag(out, f->id, 0);
-        put_varint(out, v->type == JSON_TRUE);
+        grpc_pb_put_varint(out, f->id, v->type == JSON_TRUE);
         return 0;
     case PROTOBUF_C_TYPE_FLOAT:
     case PROTOBUF_C_TYPE_DOUBLE:
@@ -296,13 +256,11 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
             if (isinf(fl) && !isinf(x))
                 return fail(d, "number out of range");
             memcpy(&bits, &fl, 4);
-            put_tag(out, f->id, 5);
-            put_fixed(out, bits, 4);
+            grpc_pb_put_fixed(out, f->id, GRPC_PB_I32, bits);
         } else {
             uint64_t bits;
             memcpy(&bits, &x, 8);
-            put_tag(out, f->id, 1);
-            put_fixed(out, bits, 8);
+            grpc_pb_put_fixed(out, f->id, GRPC_PB_I64, bits);
         }
         return 0;
     case PROTOBUF_C_TYPE_ENUM: {
@@ -322,8 +280,7 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
         } else {
             return fail(d, "not an enum value name or number");
         }
-        put_tag(out, f->id, 0);
-        put_varint(out, u);
+        grpc_pb_put_varint(out, f->id, u);
         return 0;
     }
     case PROTOBUF_C_TYPE_STRING: {
@@ -337,7 +294,7 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
             pz_buf_free(&s);
             return fail(d, "string is not valid UTF-8 without NUL");
         }
-        put_lendelim(out, f->id, p, s.len);
+        grpc_pb_put_bytes(out, f->id, p, s.len);
         pz_buf_free(&s);
         return 0;
     }
@@ -351,7 +308,7 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
         rv = http_b64_decode(&raw, s.data ? s.data : "", s.len);
         pz_buf_free(&s);
         if (rv == 0)
-            put_lendelim(out, f->id, raw.data ? raw.data : "", raw.len);
+            grpc_pb_put_bytes(out, f->id, raw.data ? raw.data : "", raw.len);
         pz_buf_free(&raw);
         if (rv < 0)
             return fail(d, "not valid base64 (standard alphabet, padded)");
@@ -364,7 +321,7 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
         pz_buf_init(&sub);
         rv = decode_message(d, f->descriptor, v, &sub);
         if (rv == 0)
-            put_lendelim(out, f->id, sub.data ? sub.data : "", sub.len);
+            grpc_pb_put_bytes(out, f->id, sub.data ? sub.data : "", sub.len);
         pz_buf_free(&sub);
         return rv;
     }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "http_parse.h"
 #include "kv.h"
 #include "pz.h"
 
@@ -19,17 +20,6 @@ static bool name_char(char c)
            (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static void digest_of(const char *tok, size_t len, uint8_t out[SHA256_SIZE])
 {
     struct sha256 s;
@@ -40,8 +30,10 @@ static void digest_of(const char *tok, size_t len, uint8_t out[SHA256_SIZE])
 
 static void token_clear(struct token *t)
 {
-    for (size_t i = 0; i < t->n_prefixes; i++)
+    for (size_t i = 0; i < t->n_prefixes; i++) {
         pz_free(t->prefixes[i].p);
+        pz_free(t->prefixes[i].end);
+    }
     pz_free(t->prefixes);
     t->prefixes = NULL;
     t->n_prefixes = 0;
@@ -61,32 +53,23 @@ void tokens_free(struct token_set *s)
 static const char *decode_prefix(const char *f, size_t n,
                                  struct token_prefix *p)
 {
-    uint8_t *out = pz_malloc(n);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if ((unsigned char)f[i] <= ' ' || (unsigned char)f[i] >= 0x7f) {
-            pz_free(out);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)f[i] <= ' ' || (unsigned char)f[i] >= 0x7f)
             return "a prefix is printable ASCII (use %XX for other bytes)";
-        }
-        if (f[i] != '%') {
-            out[o++] = (uint8_t)f[i];
-            continue;
-        }
-        int hi = i + 2 < n ? hexval(f[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval(f[i + 2]) : -1;
-        if (hi < 0 || lo < 0) {
-            pz_free(out);
-            return "bad %XX escape in a prefix";
-        }
-        out[o++] = (uint8_t)(hi << 4 | lo);
-        i += 2;
+    struct pz_buf b;
+    pz_buf_init(&b);
+    if (http_pct_decode(&b, f, n, false) < 0) {
+        pz_buf_free(&b);
+        return "bad %XX escape in a prefix";
     }
-    if (o > TOKEN_PREFIX_MAX) {
-        pz_free(out);
+    if (b.len > TOKEN_PREFIX_MAX) {
+        pz_buf_free(&b);
         return "a prefix is at most 1024 bytes";
     }
-    p->p = out;
-    p->len = o;
+    p->len = b.len;
+    p->p = (uint8_t *)b.data; /* its bytes, now p's (n >= 1: not NULL) */
+    p->end = pz_malloc(p->len);
+    p->elen = kv_prefix_end(p->p, p->len, p->end);
     return NULL;
 }
 
@@ -262,7 +245,6 @@ bool token_range_ok(const struct token *t, const uint8_t *from, size_t flen,
 {
     if (t->n_prefixes == 0)
         return true;
-    uint8_t end[TOKEN_PREFIX_MAX];
     for (size_t i = 0; i < t->n_prefixes; i++) {
         const struct token_prefix *p = &t->prefixes[i];
         /* The keys of prefix p are [p, end(p)), or [p, ...) without an
@@ -271,10 +253,9 @@ bool token_range_ok(const struct token *t, const uint8_t *from, size_t flen,
                                           .n_prefixes = 1},
                           from, flen))
             continue;
-        long el = kv_prefix_end(p->p, p->len, end);
-        if (el < 0)
+        if (p->elen < 0)
             return true;
-        if (!to_end && cmp(to, tlen, end, (size_t)el) <= 0)
+        if (!to_end && cmp(to, tlen, p->end, (size_t)p->elen) <= 0)
             return true;
     }
     return false;

@@ -46,8 +46,10 @@ enum {
 };
 
 struct token_prefix {
-    uint8_t *p; /* decoded bytes (owned) */
-    size_t len; /* 1..TOKEN_PREFIX_MAX */
+    uint8_t *p;   /* decoded bytes (owned) */
+    size_t len;   /* 1..TOKEN_PREFIX_MAX */
+    uint8_t *end; /* the end of its keys, kv_prefix_end (owned) */
+    long elen;    /* its length; -1: none (the keys run to the end) */
 };
 
 struct token {

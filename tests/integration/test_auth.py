@@ -312,6 +312,41 @@ def test_grpc_etcd(node, epb):
           "MemberListResponse", APPRO)
     assert eerr(p, epb, "Maintenance", "HashKV", epb.HashKVRequest(),
                 "HashKVResponse", tok=APP) == D
+    # leases and watches: an rw token without prefixes (a lease may hold
+    # any key; a watch is not checked against prefixes), as on the gateway
+    grant = epb.LeaseGrantRequest(TTL=30)
+    assert eerr(p, epb, "Lease", "LeaseGrant", grant, "LeaseGrantResponse",
+                tok=APP) == D
+    assert eerr(p, epb, "Lease", "LeaseGrant", grant,
+                "LeaseGrantResponse") == U
+    lid = ecall(p, epb, "Lease", "LeaseGrant", grant, "LeaseGrantResponse",
+                ADMIN).ID
+    assert eerr(p, epb, "Lease", "LeaseRevoke", epb.LeaseRevokeRequest(
+        ID=lid), "LeaseRevokeResponse", tok=READER) == D
+
+    def stream(svc, method, req, resp, tok):
+        ch = grpc.insecure_channel(f"127.0.0.1:{p}")
+        try:
+            f = ch.stream_stream(
+                f"/etcdserverpb.{svc}/{method}",
+                request_serializer=type(req).SerializeToString,
+                response_deserializer=getattr(epb, resp).FromString)
+            it = f(iter([req]), metadata=md(tok), timeout=10)
+            try:
+                return next(it)
+            except grpc.RpcError as e:
+                return e.code()
+        finally:
+            ch.close()
+    watch = epb.WatchRequest(create_request=epb.WatchCreateRequest(
+        key=b"other/k"))
+    assert stream("Watch", "Watch", watch, "WatchResponse", APP) == D
+    assert stream("Watch", "Watch", watch, "WatchResponse", ADMIN).created
+    ka = epb.LeaseKeepAliveRequest(ID=lid)
+    assert stream("Lease", "LeaseKeepAlive", ka, "LeaseKeepAliveResponse",
+                  APP) == D
+    assert stream("Lease", "LeaseKeepAlive", ka, "LeaseKeepAliveResponse",
+                  ADMIN).TTL == 30
 
 
 def test_etcdctl_user(node):
@@ -427,6 +462,14 @@ def test_forwarding_through_follower(servers, tmp_path):
                                                    "value": "1"},
                     headers=["X-Pyazdb-Forwarded: 1"])
     assert st == 401
+    # etcd's leases through the follower's JSON gateway: the token goes
+    # along to the leader, with a keep-alive's relayed request too
+    st, body, _ = curl(f, "POST", "/v3/lease/grant", ADMIN, {"TTL": "30"})
+    assert st == 200, body
+    lid = json.loads(body)["ID"]
+    st, body, _ = curl(f, "POST", "/v3/lease/keepalive", ADMIN, {"ID": lid})
+    assert st == 200 and json.loads(body)["result"]["TTL"] == "30", body
+    assert curl(f, "POST", "/v3/lease/keepalive", APP, {"ID": lid})[0] == 403
     # gRPC through the follower, with metadata
     c = gh.Client(f.grpc_port, gh.stubs(str(tmp_path)))
     try:

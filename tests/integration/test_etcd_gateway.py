@@ -13,6 +13,7 @@ import time
 import pytest
 
 from test_cluster import leader_of, make_cluster
+from test_etcd import epb  # noqa: F401 (a fixture: etcd grpcio stubs)
 from test_etcd import etcd  # noqa: F401 (a fixture: a real etcd 3.4)
 from test_tls import body_code, pki  # noqa: F401 (pki: a fixture)
 from test_tls import curl as tls_curl
@@ -595,3 +596,129 @@ def test_watch_of_a_client_that_does_not_read(servers):
         if r["events"][-1]["kv"]["value"] == b64("last"):
             break
     fast.close()
+
+
+# --- the same error for the same request over gRPC and over the gateway -------
+
+def grpc_answer(port, epb, svc, method, fields):
+    """(code, message) of etcdserverpb.svc/method over gRPC; code 0 on
+    success, with the answer as message."""
+    import grpc
+    req = getattr(epb, method + "Request")(**fields)
+    resp = getattr(epb, method + "Response")
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        f = ch.unary_unary(f"/etcdserverpb.{svc}/{method}",
+                           request_serializer=type(req).SerializeToString,
+                           response_deserializer=resp.FromString)
+        return 0, f(req, timeout=10)
+    except grpc.RpcError as e:
+        return e.code().value[0], e.details()
+    finally:
+        ch.close()
+
+
+def gw_answer(port, path, fields):
+    st, _, text = post(port, path, fields)
+    e = json.loads(text)
+    if st == 200:
+        return 0, e
+    assert e["error"] == e["message"], e
+    return e["code"], e["message"]
+
+
+def watch_first(port, epb, create):
+    """The first WatchResponse of a Watch call with one create_request:
+    (created, canceled, watch_id, cancel_reason)."""
+    import grpc
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        f = ch.stream_stream("/etcdserverpb.Watch/Watch",
+                             request_serializer=epb.WatchRequest
+                             .SerializeToString,
+                             response_deserializer=epb.WatchResponse
+                             .FromString)
+        it = f(iter([epb.WatchRequest(
+            create_request=epb.WatchCreateRequest(**create))]), timeout=10)
+        r = next(it)
+        it.cancel()
+        return r.created, r.canceled, r.watch_id, r.cancel_reason
+    finally:
+        ch.close()
+
+
+def watch_first_gw(port, create):
+    w = RawWatch(port, {k: b64(v) if isinstance(v, bytes) else v
+                        for k, v in create.items()})
+    try:
+        r = w.chunk()
+    finally:
+        w.close()
+    return (r.get("created", False), r.get("canceled", False),
+            int(r.get("watch_id", 0)), r.get("cancel_reason", ""))
+
+
+# (gRPC method, request, gateway path); a grant of ID 424242 is made first,
+# so that granting it again finds it
+ERROR_CASES = [
+    ("LeaseGrant", {"TTL": 9000000001}, "/v3/lease/grant"),
+    ("LeaseGrant", {"TTL": 30, "ID": 424242}, "/v3/lease/grant"),
+    ("LeaseRevoke", {"ID": 0}, "/v3/lease/revoke"),
+    ("LeaseRevoke", {"ID": 99999999}, "/v3/kv/lease/revoke"),
+    ("LeaseTimeToLive", {"ID": 99999999}, "/v3/lease/timetolive"),
+    ("Range", {"key": b""}, "/v3/kv/range"),
+]
+
+
+def answers(port, epb, grpc_port=None):
+    """Each ERROR_CASES request over gRPC and over the gateway."""
+    grpc_port = grpc_port or port
+    svc = {"Range": "KV"}
+    out = []
+    for method, fields, path in ERROR_CASES:
+        body = {k: b64(v) if isinstance(v, bytes) else v
+                for k, v in fields.items()}
+        g = grpc_answer(grpc_port, epb, svc.get(method, "Lease"), method,
+                        fields)
+        h = gw_answer(port, path, body)
+        if g[0] == 0:  # an answer: compare what does not vary
+            g = (0, getattr(g[1], "TTL", None))
+            h = (0, int(h[1]["TTL"]) if "TTL" in h[1] else None)
+        out.append((method, fields, g, h))
+    return out
+
+
+def test_same_errors_over_grpc_and_gateway(cluster, epb, etcd):
+    """The gateway answers a request as the gRPC call does: the same code
+    and message (the gateway's own lease code had drifted: a TTL of 0
+    refused, other wordings), and both as etcd 3.4 does."""
+    nodes, leader, follower = cluster
+    for port, gport in ((follower.http_port, follower.grpc_port),
+                        (etcd, etcd)):
+        assert grpc_answer(gport, epb, "Lease", "LeaseGrant",
+                           {"TTL": 30, "ID": 424242})[0] == 0
+    ours = answers(follower.http_port, epb, follower.grpc_port)
+    theirs = answers(etcd, epb)
+    for (m, f, g, h), (_, _, eg, eh) in zip(ours, theirs):
+        assert g == h, (m, f, "gRPC", g, "gateway", h)
+        assert g == eg and h == eh, (m, f, "ours", g, "etcd", eg)
+    # a TTL of 0 is raised to the minimum, not refused
+    for port, gport in ((follower.http_port, follower.grpc_port),):
+        g = grpc_answer(gport, epb, "Lease", "LeaseGrant", {"TTL": 0})
+        h = gw_answer(port, "/v3/lease/grant", {"TTL": 0})
+        assert g[0] == 0 and h[0] == 0, (g, h)
+        assert g[1].TTL >= 1 and int(h[1]["TTL"]) == g[1].TTL
+    # ours only (PyazDB's lease ids): the same refusal both ways
+    g = grpc_answer(follower.grpc_port, epb, "Lease", "LeaseGrant",
+                    {"TTL": 30, "ID": -5})
+    h = gw_answer(follower.http_port, "/v3/lease/grant",
+                  {"TTL": 30, "ID": -5})
+    assert g[0] == 3 and g == h, (g, h)
+    # a watch of an empty range: refused in its created response
+    for create in ({"key": b"b", "range_end": b"a"},):
+        a = watch_first(follower.grpc_port, epb, create)
+        b = watch_first_gw(follower.http_port, create)
+        c = watch_first(etcd, epb, create)
+        d = watch_first_gw(etcd, create)
+        assert a == b == c == d, (a, b, c, d)
+        assert a[1] is True and a[2] == -1

@@ -227,17 +227,30 @@ TEST(etcd_calls)
     CHECK_EQ_INT(auth_grpc_key(app, true, (const uint8_t *)"app/a", 5, why,
                                sizeof why),
                  AUTH_OK);
-    /* admin tokens and etcd user names */
-    CHECK(auth_admin_token(ADMIN));
-    CHECK(!auth_admin_token(APP));
-    CHECK(!auth_admin_token(RO));
+    /* leases and watches: an rw token without prefixes, over gRPC as over
+     * the JSON gateway */
+    static const int lw[] = {ETCD_LEASE_GRANT,     ETCD_LEASE_REVOKE,
+                             ETCD_LEASE_TTL,       ETCD_LEASE_LEASES,
+                             ETCD_LEASE_KEEPALIVE, ETCD_WATCH};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(lw); i++) {
+        CHECK_EQ_INT(auth_grpc_etcd(ADMIN, lw[i], NULL, 0, why, sizeof why),
+                     AUTH_OK);
+        CHECK_EQ_INT(auth_grpc_etcd(APP, lw[i], NULL, 0, why, sizeof why),
+                     AUTH_DENIED);
+        CHECK_EQ_INT(auth_grpc_etcd(RO, lw[i], NULL, 0, why, sizeof why),
+                     AUTH_DENIED);
+        CHECK_EQ_INT(auth_grpc_etcd(NULL, lw[i], NULL, 0, why, sizeof why),
+                     AUTH_UNAUTHENTICATED);
+    }
+    /* etcd user names */
     CHECK(auth_user_ok("app", APP));
     CHECK(!auth_user_ok("ro", APP));
     CHECK_EQ_INT(auth_grpc_etcd(NULL, ETCD_AUTHENTICATE, NULL, 0, why,
                                 sizeof why),
                  AUTH_OK);
     auth_free();
-    CHECK(!auth_admin_token(ADMIN));
+    CHECK_EQ_INT(auth_grpc_etcd(NULL, ETCD_WATCH, NULL, 0, why, sizeof why),
+                 AUTH_OK);
     /* without a token file: open as before */
     CHECK_EQ_INT(auth_grpc_key(NULL, true, (const uint8_t *)"a", 1, why,
                                sizeof why),

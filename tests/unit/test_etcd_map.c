@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "etcd_map.h"
+#include "grpc_frame.h"
 #include "kv.h"
 #include "test.h"
 
@@ -223,10 +224,56 @@ TEST(filters_and_sort)
     CHECK(v[0].key[0] == 'd' && v[3].key[0] == 'a');
 }
 
+/* etcd's rpctypes errors (etcd 3.4 api/v3rpc/rpctypes/error.go): what
+ * clients match on, for the gRPC calls and the gateway alike. */
+TEST(node_status)
+{
+    static const struct {
+        int rv;
+        bool write;
+        int code;
+        const char *msg; /* the whole message, or its start (ends in ": ") */
+    } want[] = {
+        {PZ_ENOLEADER, true, GRPC_UNAVAILABLE, "etcdserver: no leader"},
+        {PZ_ENOTLEADER, false, GRPC_UNAVAILABLE, "etcdserver: no leader"},
+        /* a refused proposal: the same answer for a write and a read */
+        {PZ_EBUSY, true, GRPC_UNAVAILABLE, "etcdserver: leader changed"},
+        {PZ_EBUSY, false, GRPC_UNAVAILABLE, "etcdserver: leader changed"},
+        {PZ_ELEADERCHANGE, true, GRPC_UNAVAILABLE,
+         "etcdserver: request timed out, possibly due to previous leader "
+         "failure"},
+        {PZ_ELEADERCHANGE, false, GRPC_UNAVAILABLE,
+         "etcdserver: leader changed"},
+        /* ErrGRPCRequestTooLarge */
+        {PZ_ETOOBIG, true, GRPC_INVALID_ARGUMENT,
+         "etcdserver: request is too large"},
+        {PZ_ETIMEDOUT, false, GRPC_UNAVAILABLE,
+         "etcdserver: request timed out"},
+        {PZ_ESHUTDOWN, true, GRPC_UNAVAILABLE, "etcdserver: server stopped"},
+        {PZ_ENOSPC, true, GRPC_RESOURCE_EXHAUSTED,
+         "etcdserver: mvcc: database space exceeded"},
+        {PZ_EIO, true, GRPC_INTERNAL, "etcdserver: replication failed: "},
+        {PZ_EIO, false, GRPC_UNAVAILABLE, "etcdserver: read failed: "},
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(want); i++) {
+        char m[160];
+        size_t n = strlen(want[i].msg);
+        bool prefix = want[i].msg[n - 1] == ' ';
+        CHECK_EQ_INT(etcd_node_status(want[i].rv, want[i].write, m, sizeof m),
+                     want[i].code);
+        CHECK(prefix ? strncmp(m, want[i].msg, n) == 0
+                     : strcmp(m, want[i].msg) == 0);
+    }
+}
+
 static const struct test_case cases[] = {
-    TEST_ENTRY(range_conventions),    TEST_ENTRY(range_overlap),
-    TEST_ENTRY(watch_keys_and_start), TEST_ENTRY(compare_mapping),
-    TEST_ENTRY(filters_and_sort),     TEST_END,
+    TEST_ENTRY(range_conventions),
+    TEST_ENTRY(range_overlap),
+    TEST_ENTRY(watch_keys_and_start),
+    TEST_ENTRY(compare_mapping),
+    TEST_ENTRY(filters_and_sort),
+    TEST_ENTRY(node_status),
+    TEST_END,
 };
 
 const struct test_suite suite_etcd_map = {"etcd_map", cases};
