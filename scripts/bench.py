@@ -27,6 +27,9 @@ run (the machine is shared and noisy: compare ratios, not absolutes):
   at least the number of acknowledged writes (each is one Raft entry);
 - writes against the number of connections (1 to 256 or 1,024, one
   stream each): throughput and p99 for both systems, plotted;
+- small transactions: etcd's KV/Txn with one compare and one put, the
+  same bytes to both systems (PyazDB serves etcd's API), at 16x1, 64x1
+  and 16x16, with the same figures and commit check as the writes;
 - HTTP writes (wrk, distinct keys, 64 connections) against a single
   redis-server with appendfsync always (redis-benchmark SET, 50 clients);
 - memory per key of the table (tests/bench/kv_mem.c), and, in full mode,
@@ -285,6 +288,42 @@ def run_load(tmp, sysm, op, conns, streams, dur):
                              f"writes but its commit index grew by {grew}")
         res["commit_growth"] = grew
     return res
+
+
+# etcdserverpb.TxnRequest, the same bytes to both systems: compare (1)
+# version("bench") > 0 (result 1 = GREATER, target VERSION = 0, key 3),
+# success (2) a RequestOp with request_put (2) of the write rows' PutRequest.
+TXN_CMP = b"\x08\x01\x1a\x05bench"
+TXN_PUT = b"\x12" + bytes([len(BODIES[("write", "etcd")]) - 5]) + \
+    BODIES[("write", "etcd")][5:]
+TXN_BODY = framed(b"\x0a" + bytes([len(TXN_CMP)]) + TXN_CMP + b"\x12" +
+                  bytes([len(TXN_PUT)]) + TXN_PUT)
+
+
+def txn_rows(tmp, systems, loads, dur, matrix):
+    """The txn rows of the matrix: every Txn succeeds (the key exists) and
+    is one Raft entry, so the commit index must grow by as many."""
+    for c, m in loads:
+        key = f"txn@{c}x{m}"
+        matrix[key] = {}
+        for s in systems:
+            url = s.grpc_url("write").rsplit("/", 2)[0] + "/etcdserverpb.KV/Txn"
+            c0, t0 = s.commit_index(), cpu_ticks(s.pids)
+            r = h2load(tmp, url, TXN_BODY, c, m, dur)
+            t1 = cpu_ticks(s.pids)
+            if not grpc_ok(url, TXN_BODY):
+                raise SystemExit(f"bench: {url}: last Txn not grpc-status 0")
+            r["cpu_us"] = (t1 - t0) / CLK_TCK * 1e6 / max(1, r["done"])
+            r["commit_growth"] = s.commit_index() - c0
+            if r["commit_growth"] < r["done"]:
+                raise SystemExit(f"bench: {s.name} acknowledged {r['done']} "
+                                 f"txns but its commit index grew by "
+                                 f"{r['commit_growth']}")
+            matrix[key][s.name] = r
+        a_, b_ = matrix[key]["pyazdb"], matrix[key]["etcd"]
+        log(f"   {key:<16} pyazdb {a_['rps']:>9,.0f}/s p99 "
+            f"{a_['p99_ms']:6.2f} ms   etcd {b_['rps']:>9,.0f}/s "
+            f"p99 {b_['p99_ms']:6.2f} ms   {ratio(a_['rps'], b_['rps'])}")
 
 
 # --- the pieces -------------------------------------------------------------
@@ -587,6 +626,7 @@ def main():
                     log(f"   {key:<16} pyazdb {a_['rps']:>9,.0f}/s p99 "
                         f"{a_['p99_ms']:6.2f} ms   etcd {b_['rps']:>9,.0f}/s "
                         f"p99 {b_['p99_ms']:6.2f} ms   {ratio(a_['rps'], b_['rps'])}")
+        txn_rows(tmp, systems, loads[1:], dur, res["matrix"])
         log("== writes against connections")
         for c in curve_conns:
             for s in systems:

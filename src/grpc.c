@@ -376,6 +376,21 @@ static void flush_dirty(void)
 
 /* --- response -------------------------------------------------------- */
 
+/* The decimal text of a grpc-status into code[8] (snprintf's "%d",
+ * without its cost on every answer). */
+static void status_text(char code[8], int status)
+{
+    if (status >= 0 && status < 100) {
+        size_t n = 0;
+        if (status >= 10)
+            code[n++] = (char)('0' + status / 10);
+        code[n++] = (char)('0' + status % 10);
+        code[n] = '\0';
+    } else {
+        snprintf(code, 8, "%d", status);
+    }
+}
+
 #define NV(n, v)                                                               \
     {                                                                          \
         (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v),              \
@@ -460,7 +475,7 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
         st->responded = true;
         if (st->out.len == st->out_off) {
             char code[8];
-            snprintf(code, sizeof code, "%d", status);
+            status_text(code, status);
             pz_buf_append(&st->msg, "", 1);
             nghttp2_nv nva[] = {
                 NV(":status", "200"),
@@ -570,7 +585,7 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
         if (!st->http_error) {
             /* gRPC trailers go out after the last DATA frame. */
             char code[8];
-            snprintf(code, sizeof code, "%d", st->status);
+            status_text(code, st->status);
             pz_buf_append(&st->msg, "", 1);
             nghttp2_nv nva[] = {
                 NV("grpc-status", code),
@@ -1573,7 +1588,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
     pz_queue_init(&st->wq);
     pz_queue_init(&st->hq);
     pz_queue_init(&st->bq);
-    snprintf(st->path, sizeof st->path, "(no path)");
+    memcpy(st->path, "(no path)", sizeof "(no path)");
     st->started_ns = stats_now_ns();
     pz_queue_push(&s->streams, &st->q);
     s->n_streams++;
@@ -1589,6 +1604,19 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
 static bool name_is(const uint8_t *name, size_t len, const char *want)
 {
     return len == strlen(want) && memcmp(name, want, len) == 0;
+}
+
+/* The method of a :path, or NULL (lengths measured once). */
+static const struct method *method_find(const uint8_t *path, size_t len)
+{
+    static size_t lens[PZ_ARRAY_SIZE(methods)];
+    if (lens[0] == 0)
+        for (size_t i = 0; i < PZ_ARRAY_SIZE(methods); i++)
+            lens[i] = strlen(methods[i].path);
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(methods); i++)
+        if (lens[i] == len && memcmp(path, methods[i].path, len) == 0)
+            return &methods[i];
+    return NULL;
 }
 
 static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
@@ -1610,12 +1638,10 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
     if (name_is(name, namelen, ":method")) {
         st->post = valuelen == 4 && memcmp(v, "POST", 4) == 0;
     } else if (name_is(name, namelen, ":path")) {
-        snprintf(st->path, sizeof st->path, "%.*s",
-                 (int)PZ_MIN(valuelen, sizeof st->path - 1), v);
-        st->m = NULL;
-        for (size_t i = 0; i < PZ_ARRAY_SIZE(methods); i++)
-            if (name_is(value, valuelen, methods[i].path))
-                st->m = &methods[i];
+        size_t n = PZ_MIN(valuelen, sizeof st->path - 1);
+        memcpy(st->path, v, n);
+        st->path[n] = '\0';
+        st->m = method_find(value, valuelen);
     } else if (name_is(name, namelen, "content-type")) {
         st->ctype_ok = grpc_content_type_ok(v, valuelen);
     } else if (name_is(name, namelen, "grpc-timeout")) {

@@ -1637,29 +1637,41 @@ static bool txn_within(struct kv *kv, const struct kv_cmd *c,
     return within;
 }
 
-bool kv_txn_readonly(const uint8_t *cmd, size_t len)
+bool kv_cmd_txn_readonly(const struct kv_cmd *c)
 {
-    struct kv_cmd c;
-    if (kv_decode(cmd, len, &c) != 0 || c.op != KV_OP_TXN)
+    if (c->op != KV_OP_TXN)
         return false;
-    struct kv_op *all = pz_calloc(c.nsucc + c.nfail + 1, sizeof *all);
-    kv_txn_items(&c, NULL, all, all + c.nsucc);
+    struct kv_op *all = pz_calloc(c->nsucc + c->nfail + 1, sizeof *all);
+    kv_txn_items(c, NULL, all, all + c->nsucc);
     bool ro = true;
-    for (size_t i = 0; i < c.nsucc + c.nfail && ro; i++)
+    for (size_t i = 0; i < c->nsucc + c->nfail && ro; i++)
         ro = all[i].type == KV_TOP_GET || all[i].type == KV_TOP_RANGE;
     pz_free(all);
     return ro;
+}
+
+bool kv_txn_readonly(const uint8_t *cmd, size_t len)
+{
+    struct kv_cmd c;
+    return kv_decode(cmd, len, &c) == 0 && kv_cmd_txn_readonly(&c);
+}
+
+int kv_cmd_txn_check(struct kv *kv, const struct kv_cmd *c, uint64_t budget)
+{
+    if (c->op != KV_OP_TXN)
+        return KV_OK;
+    return txn_within(kv, c, PZ_MIN(budget, (uint64_t)KV_TXN_KEYS_MAX))
+               ? KV_OK
+               : KV_ETXN_KEYS;
 }
 
 int kv_txn_check(struct kv *kv, const uint8_t *cmd, size_t len,
                  uint64_t budget)
 {
     struct kv_cmd c;
-    if (kv_decode(cmd, len, &c) != 0 || c.op != KV_OP_TXN)
+    if (kv_decode(cmd, len, &c) != 0)
         return KV_OK;
-    return txn_within(kv, &c, PZ_MIN(budget, (uint64_t)KV_TXN_KEYS_MAX))
-               ? KV_OK
-               : KV_ETXN_KEYS;
+    return kv_cmd_txn_check(kv, &c, budget);
 }
 
 static void run_op(struct apply *a, size_t i, const struct kv_op *o);
@@ -1671,7 +1683,7 @@ int kv_txn_read(struct kv *kv, const uint8_t *cmd, size_t len, uint64_t budget,
     int rc = kv_decode(cmd, len, &c);
     if (rc)
         return rc;
-    if (!kv_txn_readonly(cmd, len))
+    if (!kv_cmd_txn_readonly(&c))
         return PZ_EINVAL;
     memset(res, 0, sizeof *res);
     res->op = KV_OP_TXN;
@@ -1691,65 +1703,14 @@ int kv_txn_read(struct kv *kv, const uint8_t *cmd, size_t len, uint64_t budget,
     return 0;
 }
 
-static void apply_txn(struct apply *a, const struct kv_cmd *c,
-                      struct kv_result *res)
+/* Does every PUT among ops name a lease that exists (or none)? */
+static bool ops_leases_ok(struct kv *kv, const struct kv_op *ops, size_t n)
 {
-    const uint8_t *p = c->body;
-    size_t len = c->body_len, pos = 0, n;
-    struct kv_cmp cm;
-    struct kv_op op;
-    bool ok = true;
-    int rc = get_count(p, len, &pos, &n);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        rc = get_cmp(p, len, &pos, &cm);
-        if (rc == 0 && ok && !cmp_holds(a->kv, &cm))
-            ok = false;
-    }
-    /* The success branch, then the failure branch: run the one taken. */
-    for (int br = 0; rc == 0 && br < 2; br++) {
-        rc = get_count(p, len, &pos, &n);
-        bool run = (br == 0) == ok;
-        for (size_t i = 0; rc == 0 && i < n; i++) {
-            rc = get_op(p, len, &pos, &op);
-            if (rc == 0 && run)
-                run_op(a, i, &op);
-        }
-        if (run)
-            break;
-    }
-    pz_assert(rc == 0); /* kv_decode checked it */
-    res->succeeded = ok;
-}
-
-/* Does every PUT of the branch a transaction takes name a lease that
- * exists (or none)? */
-static bool txn_leases_ok(struct kv *kv, const struct kv_cmd *c)
-{
-    const uint8_t *p = c->body;
-    size_t len = c->body_len, pos = 0, n;
-    struct kv_cmp cm;
-    struct kv_op op;
-    bool ok = true, leases = true;
-    int rc = get_count(p, len, &pos, &n);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        rc = get_cmp(p, len, &pos, &cm);
-        if (rc == 0 && ok && !cmp_holds(kv, &cm))
-            ok = false;
-    }
-    for (int br = 0; rc == 0 && br < 2; br++) {
-        rc = get_count(p, len, &pos, &n);
-        bool run = (br == 0) == ok;
-        for (size_t i = 0; rc == 0 && i < n; i++) {
-            rc = get_op(p, len, &pos, &op);
-            if (rc == 0 && run && op.type == KV_TOP_PUT && op.lease &&
-                lease_find(kv, op.lease) == NULL)
-                leases = false;
-        }
-        if (run)
-            break;
-    }
-    pz_assert(rc == 0);
-    return leases;
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].type == KV_TOP_PUT && ops[i].lease &&
+            lease_find(kv, ops[i].lease) == NULL)
+            return false;
+    return true;
 }
 
 /* REVOKE: every attached key goes (one revision), then the lease. */
@@ -1837,18 +1798,25 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
     case KV_OP_REVOKE:
         apply_revoke(&a, c.lease, res);
         break;
-    default:
-        if (!txn_leases_ok(kv, &c)) {
+    default: {
+        /* The compares are evaluated once, on the table before the
+         * branch runs; the branch taken is checked, then run. */
+        struct kv_op *ops;
+        size_t n;
+        bool ok = txn_branch(kv, &c, &ops, &n);
+        if (!ops_leases_ok(kv, ops, n)) {
             res->status = KV_ELEASE_NOTFOUND;
             res->succeeded = false;
-            break;
-        }
-        if (!txn_within(kv, &c, KV_TXN_KEYS_MAX)) {
+        } else if (!ops_within(kv, ops, n, KV_TXN_KEYS_MAX)) {
             res->status = KV_ETXN_KEYS;
             res->succeeded = false;
-            break;
+        } else {
+            for (size_t i = 0; i < n; i++)
+                run_op(&a, i, &ops[i]);
+            res->succeeded = ok;
         }
-        apply_txn(&a, &c, res);
+        pz_free(ops);
+    }
     }
     res->succeeded = res->succeeded && res->status == KV_OK;
     res->revision = kv->revision;

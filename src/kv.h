@@ -432,6 +432,8 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
 
 /* Is cmd a transaction whose branches only read (GET, RANGE)? */
 bool kv_txn_readonly(const uint8_t *cmd, size_t len);
+/* The same for a command kv_decode filled. */
+bool kv_cmd_txn_readonly(const struct kv_cmd *c);
 
 /* KV_ETXN_KEYS if transaction cmd, applied to the table as it stands,
  * would visit more than budget keys (or KV_TXN_KEYS_MAX) in its RANGE
@@ -439,6 +441,8 @@ bool kv_txn_readonly(const uint8_t *cmd, size_t len);
  * budget + 1 keys. */
 int kv_txn_check(struct kv *kv, const uint8_t *cmd, size_t len,
                  uint64_t budget);
+/* The same for a command kv_decode filled. */
+int kv_cmd_txn_check(struct kv *kv, const struct kv_cmd *c, uint64_t budget);
 
 /* Run a read-only transaction (kv_txn_readonly) on the table without the
  * log: comparisons, then the branch taken reported to sink as kv_apply_sink

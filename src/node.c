@@ -496,7 +496,10 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
     /* A transaction that only reads does not go through the log (where
      * every node would walk its ranges as it applies): a ReadIndex read,
      * then the local table, on whichever node has it (as etcd). */
-    if (kv_txn_readonly(cmd, len)) {
+    /* Decoded once for the checks below (apply decodes it again). */
+    struct kv_cmd c;
+    bool decoded = kv_decode(cmd, len, &c) == 0;
+    if (decoded && kv_cmd_txn_readonly(&c)) {
         req->ro_cmd = pz_malloc(len + 1);
         memcpy(req->ro_cmd, cmd, len);
         req->ro_len = len;
@@ -507,15 +510,16 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
     }
     reqs_prepare(req, cb);
     req->sink = sink;
-    int rv = nospace_check(cmd, len);
+    int rv = nospace_check(decoded ? &c : NULL);
     if (rv < 0)
         return rv;
     if (nd->role != RAFT_LEADER)
         return nd->leader ? PZ_ENOTLEADER : PZ_ENOLEADER;
     /* Ranges over txn-max-range-keys: refused here, as apply would past
      * KV_TXN_KEYS_MAX, without a proposal. */
-    if (kv_txn_check(nd->kv, cmd, len,
-                     (uint64_t)nd->cfg->txn_max_range_keys) != KV_OK) {
+    if (decoded && kv_cmd_txn_check(nd->kv, &c,
+                                    (uint64_t)nd->cfg->txn_max_range_keys) !=
+                       KV_OK) {
         memset(&req->res, 0, sizeof req->res);
         req->res.op = KV_OP_TXN;
         req->res.status = KV_ETXN_KEYS;

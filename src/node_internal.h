@@ -186,7 +186,7 @@ void core_space_back(void);
 bool nospace_frozen(void);
 /* PZ_ENOSPC if the write cmd may not be proposed now (the alarm; a put
  * that would pass quota-backend-bytes raises it), else 0. */
-int nospace_check(const uint8_t *cmd, size_t len);
+int nospace_check(const struct kv_cmd *c);
 /* Once a second: the quota alarm follows the data; a leader out of space
  * hands its leadership on; a leader asks silent voters why. */
 void nospace_cron(void);

@@ -234,31 +234,30 @@ static uint64_t txn_put_bytes(const struct kv_cmd *c)
     return n;
 }
 
-int nospace_check(const uint8_t *cmd, size_t len)
+int nospace_check(const struct kv_cmd *c)
 {
     if (nd->alarm_disk)
         return PZ_ENOSPC;
     int64_t quota = nd->cfg->quota_backend_bytes;
     if (quota <= 0 && !nd->alarm_quota)
         return 0;
-    struct kv_cmd c;
-    bool decoded = kv_decode(cmd, len, &c) == 0;
-    uint64_t puts = decoded && c.op == KV_OP_TXN ? txn_put_bytes(&c) : 0;
-    bool set = decoded && (c.op == KV_OP_SET || c.op == KV_OP_SETL);
-    if (decoded && (c.op == KV_OP_DEL || c.op == KV_OP_REVOKE ||
-                    (c.op == KV_OP_TXN && puts == 0)))
+    bool decoded = c != NULL;
+    uint64_t puts = decoded && c->op == KV_OP_TXN ? txn_put_bytes(c) : 0;
+    bool set = decoded && (c->op == KV_OP_SET || c->op == KV_OP_SETL);
+    if (decoded && (c->op == KV_OP_DEL || c->op == KV_OP_REVOKE ||
+                    (c->op == KV_OP_TXN && puts == 0)))
         return 0; /* deletes (and reads) free space: always taken */
     if (nd->alarm_quota)
         return PZ_ENOSPC;
-    if (!decoded || (!set && c.op != KV_OP_TXN))
+    if (!decoded || (!set && c->op != KV_OP_TXN))
         return 0;
     /* A transaction counts every put of both branches, as if new. */
-    uint64_t grow = set ? c.klen + c.vlen : puts;
+    uint64_t grow = set ? c->klen + c->vlen : puts;
     uint64_t after = kv_bytes(nd->kv) + grow;
     const uint8_t *old;
     size_t olen;
-    if (set && kv_get(nd->kv, c.key, c.klen, &old, &olen))
-        after -= c.klen + olen;
+    if (set && kv_get(nd->kv, c->key, c->klen, &old, &olen))
+        after -= c->klen + olen;
     if (after <= (uint64_t)quota)
         return 0;
     nd->alarm_quota = true;

@@ -270,13 +270,24 @@ static inline uint64_t read_le(const uint8_t *p, size_t n)
     return v;
 }
 
+/* read_le(p, 8) as one load: the same value on any host. */
+static inline uint64_t read_le8(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
 uint64_t pz_hash(const void *data, size_t n, uint64_t seed)
 {
     const uint8_t *p = data;
     const uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull;
     uint64_t h = seed ^ mix(seed ^ k0, k1) ^ n;
     while (n >= 8) {
-        h = mix(h ^ read_le(p, 8), k1);
+        h = mix(h ^ read_le8(p), k1);
         p += 8;
         n -= 8;
     }

@@ -4,7 +4,9 @@
  *
  * Encoding builds the protobuf-c structs on the stack pointing at the
  * caller's memory (payloads are not copied twice), sizes the frame, then
- * packs it straight into the output buffer. Decoding unpacks with an
+ * packs it straight into the output buffer; Raft messages, the bulk of the
+ * traffic, are written by hand instead (the same bytes, see
+ * raft_codec_encode_msg). Decoding unpacks with an
  * allocator that goes through pz_malloc_try, so an allocation failure is an
  * error, not an abort, and every peer-controlled value is range-checked
  * before it is narrowed into struct raft_msg. */
@@ -14,7 +16,6 @@
 
 #include "raft.pb-c.h"
 
-#define STACK_ENTRIES 16       /* entries encoded without allocating */
 #define PARSER_KEEP (1u << 20) /* parser buffer kept between frames */
 #define PARSER_MIN_ALLOC 4096  /* first allocation for a split body */
 
@@ -129,56 +130,129 @@ int raft_codec_encode_chunk(struct pz_buf *out,
     return pack_frame(out, &f, max);
 }
 
+/* RaftMessage frames (every APPEND, to every follower) are written by
+ * hand, byte for byte what protobuf-c packs for proto/raft.proto (proto3:
+ * fields in number order, zero scalars and empty bytes left out, each
+ * entry a length-delimited Entry even when empty), without building the
+ * protobuf-c structs and walking their descriptors twice (size, pack).
+ * Every tag below fits in one byte (field numbers under 16). */
+#define PB_VARINT 0u
+#define PB_LEN 2u
+#define PB_TAG(field, wt) ((uint8_t)((field) << 3 | (wt)))
+
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* Size of an unlabeled varint field: nothing when zero. */
+static size_t opt_varint_len(uint64_t v)
+{
+    return v ? 1 + varint_len(v) : 0;
+}
+
+static uint8_t *put_opt_varint(uint8_t *p, unsigned field, uint64_t v)
+{
+    if (v == 0)
+        return p;
+    *p++ = PB_TAG(field, PB_VARINT);
+    return put_varint(p, v);
+}
+
+static size_t opt_bytes_len(size_t len)
+{
+    return len ? 1 + varint_len(len) + len : 0;
+}
+
+static uint8_t *put_opt_bytes(uint8_t *p, unsigned field, const uint8_t *d,
+                              size_t len)
+{
+    if (len == 0)
+        return p;
+    *p++ = PB_TAG(field, PB_LEN);
+    p = put_varint(p, len);
+    memcpy(p, d, len);
+    return p + len;
+}
+
+static size_t entry_len(const struct raft_entry *e)
+{
+    return opt_varint_len(e->term) + opt_varint_len(e->index) +
+           opt_varint_len(e->type) + opt_bytes_len(e->len);
+}
+
+static size_t msg_len(const struct raft_msg *m)
+{
+    size_t n = opt_varint_len(m->type) + opt_varint_len(m->reject) +
+               opt_varint_len(m->transfer) + opt_varint_len(m->from) +
+               opt_varint_len(m->to) + opt_varint_len(m->term) +
+               opt_varint_len(m->log_term) + opt_varint_len(m->index) +
+               opt_varint_len(m->commit) + opt_varint_len(m->reject_hint) +
+               opt_varint_len(m->context);
+    for (size_t i = 0; i < m->n_entries; i++) {
+        size_t el = entry_len(&m->entries[i]);
+        n += 1 + varint_len(el) + el;
+    }
+    return n + opt_varint_len(m->snap_index) + opt_varint_len(m->snap_term) +
+           opt_bytes_len(m->snap_len);
+}
+
 int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
                           size_t max)
 {
-    Pyazdb__Raft__RaftMessage pm = PYAZDB__RAFT__RAFT_MESSAGE__INIT;
-    Pyazdb__Raft__Frame f = PYAZDB__RAFT__FRAME__INIT;
-    Pyazdb__Raft__Entry stack_e[STACK_ENTRIES];
-    Pyazdb__Raft__Entry *stack_p[STACK_ENTRIES];
-    Pyazdb__Raft__Entry *es = stack_e;
-    Pyazdb__Raft__Entry **ps = stack_p;
-    size_t n = m->n_entries;
-    if (n > STACK_ENTRIES) {
-        es = pz_malloc(n * sizeof *es);
-        ps = pz_malloc(n * sizeof *ps);
-    }
-    for (size_t i = 0; i < n; i++) {
+    size_t ml = msg_len(m);
+    size_t n = 1 + varint_len(ml) + ml; /* Frame { message = 3 } */
+    if (n > max || n > UINT32_MAX)
+        return PZ_ETOOBIG;
+    pz_buf_reserve(out, RAFT_FRAME_HDR + n);
+    uint8_t *p = (uint8_t *)out->data + out->len;
+    uint8_t *start = p;
+    pz_put_u32(p, (uint32_t)n);
+    p += RAFT_FRAME_HDR;
+    *p++ = PB_TAG(3, PB_LEN);
+    p = put_varint(p, ml);
+    p = put_opt_varint(p, 1, m->type);
+    p = put_opt_varint(p, 2, m->reject);
+    p = put_opt_varint(p, 3, m->transfer);
+    p = put_opt_varint(p, 4, m->from);
+    p = put_opt_varint(p, 5, m->to);
+    p = put_opt_varint(p, 6, m->term);
+    p = put_opt_varint(p, 7, m->log_term);
+    p = put_opt_varint(p, 8, m->index);
+    p = put_opt_varint(p, 9, m->commit);
+    p = put_opt_varint(p, 10, m->reject_hint);
+    p = put_opt_varint(p, 11, m->context);
+    for (size_t i = 0; i < m->n_entries; i++) {
         const struct raft_entry *e = &m->entries[i];
-        Pyazdb__Raft__Entry init = PYAZDB__RAFT__ENTRY__INIT;
-        es[i] = init;
-        es[i].term = e->term;
-        es[i].index = e->index;
-        es[i].type = e->type;
-        es[i].data.len = e->len;
-        es[i].data.data = e->data;
-        ps[i] = &es[i];
+        *p++ = PB_TAG(12, PB_LEN);
+        p = put_varint(p, entry_len(e));
+        p = put_opt_varint(p, 1, e->term);
+        p = put_opt_varint(p, 2, e->index);
+        p = put_opt_varint(p, 3, e->type);
+        p = put_opt_bytes(p, 4, e->data, e->len);
     }
-    pm.type = m->type;
-    pm.reject = m->reject;
-    pm.transfer = m->transfer;
-    pm.from = m->from;
-    pm.to = m->to;
-    pm.term = m->term;
-    pm.log_term = m->log_term;
-    pm.index = m->index;
-    pm.commit = m->commit;
-    pm.reject_hint = m->reject_hint;
-    pm.context = m->context;
-    pm.n_entries = n;
-    pm.entries = n ? ps : NULL;
-    pm.snap_index = m->snap_index;
-    pm.snap_term = m->snap_term;
-    pm.snap_data.len = m->snap_len;
-    pm.snap_data.data = m->snap_data;
-    f.body_case = PYAZDB__RAFT__FRAME__BODY_MESSAGE;
-    f.message = &pm;
-    int rv = pack_frame(out, &f, max);
-    if (es != stack_e) {
-        pz_free(es);
-        pz_free(ps);
-    }
-    return rv;
+    p = put_opt_varint(p, 13, m->snap_index);
+    p = put_opt_varint(p, 14, m->snap_term);
+    p = put_opt_bytes(p, 15, m->snap_data, m->snap_len);
+    pz_assert((size_t)(p - start) == RAFT_FRAME_HDR + n);
+    out->len += RAFT_FRAME_HDR + n;
+    out->data[out->len] = '\0'; /* pz_buf keeps a NUL after the data */
+    return 0;
 }
 
 /* --- decoding ----------------------------------------------------------- */
