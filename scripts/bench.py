@@ -6,9 +6,9 @@ one run, written up as a report (`make bench`).
 
     --quick   3 s per load, curve to 256 connections (a few minutes)
     --full    10 s per load, curve to 1,024 connections, Redis memory
-    --noisy   also repeat the write matrix with a noisy neighbour: two
-              CPU-bound `nice -n 19` processes running during both
-              systems' runs
+    --noisy   also repeat the write matrix with a noisy neighbour
+              (stress-ng at nice 19: a CPU, a memory-bandwidth and a disk
+              worker) running during each system's runs
     --out     report directory (default bench-report/): report.md, the
               raw figures (results.json) and PNG plots (gnuplot)
 
@@ -372,18 +372,33 @@ def loopback_rtt(n=2000):
 
 
 class Noise:
-    """Two CPU-bound processes at the lowest priority."""
+    """A reproducible noisy neighbour at the lowest CPU priority
+    (stress-ng): one CPU worker (matrix products), one memory-bandwidth
+    worker (STREAM) and one disk worker writing and reading 16 MB files in
+    the directory that holds the clusters' data."""
+
+    def __init__(self, tmp, dur):
+        self.dir = os.path.join(tmp, "noise")
+        self.dur = dur
 
     def __enter__(self):
-        self.p = [subprocess.Popen(["nice", "-n", "19", "/bin/sh", "-c",
-                                    "while :; do :; done"])
-                  for _ in range(2)]
+        os.makedirs(self.dir, exist_ok=True)
+        self.p = subprocess.Popen(
+            ["nice", "-n", "19", "stress-ng", "--cpu", "1", "--cpu-method",
+             "matrixprod", "--stream", "1", "--hdd", "1", "--hdd-bytes", "16M",
+             "--temp-path", self.dir, "--timeout", f"{self.dur + 60}s",
+             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # its workers running before the load starts
         return self
 
     def __exit__(self, *a):
-        for p in self.p:
-            p.kill()
-            p.wait()
+        self.p.terminate()  # stress-ng stops its own workers
+        try:
+            self.p.wait(15)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def http_vs_redis(tmp, pz, taken, dur):
@@ -575,7 +590,7 @@ def main():
     loads = [(1, 1), (16, 1), (64, 1), (16, 16)]
     curve_conns = [1, 4, 16, 64, 256, 1024] if a.full else [1, 16, 64, 256]
     for tool in ("h2load", "etcd", "wrk", "redis-server", "redis-benchmark",
-                 "curl"):
+                 "curl", "stress-ng"):
         if not shutil.which(tool):
             raise SystemExit(f"bench: {tool} missing: scripts/install-deps.sh bench")
     os.makedirs(a.out, exist_ok=True)
@@ -609,7 +624,7 @@ def main():
             run_load(tmp, s, "write", 1, 1, 1)
         passes = [("", None)]
         if a.noisy:
-            passes.append(("noisy-", Noise))
+            passes.append(("noisy-", lambda: Noise(tmp, dur)))
         for tag, noise in passes:
             for op in (("write",) if tag else ("write", "read", "sread")):
                 for c, m in loads:

@@ -41,7 +41,7 @@ test="$build curl nghttp2-client openssl python3 python3-pytest python3-grpcio
 python3-protobuf python3-pytest-timeout python3-hpack protobuf-compiler procps systemd
 util-linux faketime strace prometheus etcd-client etcd-server python3-etcd3gw
 $fuzz_only $node"
-bench="$test wrk redis-server redis-tools gnuplot-nox"
+bench="$test wrk redis-server redis-tools gnuplot-nox stress-ng"
 # make test-chaos: partitions are iptables rules in a network namespace.
 chaos="$test iptables iproute2"
 

@@ -21,6 +21,10 @@ const double metrics_disk_bounds[] = {
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008,
     0.016,   0.032,  0.064,   0.128,  0.256, 0.512, 1.024, 5};
 const size_t metrics_disk_n = PZ_ARRAY_SIZE(metrics_disk_bounds);
+const double metrics_wait_bounds[] = {
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+    0.005,   0.01,     0.025,   0.05,   0.1,     0.25,   1};
+const size_t metrics_wait_n = PZ_ARRAY_SIZE(metrics_wait_bounds);
 const double metrics_batch_bounds[] = {1,  2,   4,   8,   16,   32,
                                        64, 128, 256, 512, 1024, 4096};
 const size_t metrics_batch_n = PZ_ARRAY_SIZE(metrics_batch_bounds);

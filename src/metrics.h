@@ -125,6 +125,8 @@ extern const double metrics_latency_bounds[]; /* 100 us .. 10 s */
 extern const size_t metrics_latency_n;
 extern const double metrics_disk_bounds[]; /* 50 us .. 5 s */
 extern const size_t metrics_disk_n;
+extern const double metrics_wait_bounds[]; /* 10 us .. 1 s */
+extern const size_t metrics_wait_n;
 extern const double metrics_batch_bounds[]; /* 1 .. 4096 entries */
 extern const size_t metrics_batch_n;
 

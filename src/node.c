@@ -137,6 +137,7 @@ static void apply_entry(const struct raft_entry *e)
         if (r->index > e->index)
             break;
         if (r->index == e->index && r->term == e->term) {
+            node_metrics_committed(r->proposed_ns);
             r->res = res;
             reqs_done(r, 0);
         } else {
@@ -529,6 +530,7 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
     }
     rv = raft_propose(nd->raft, cmd, len, &req->index, &req->term);
     node_metrics_proposed(rv);
+    req->proposed_ns = stats_now_ns();
     if (rv < 0)
         return rv;
     reqs_link_proposal(req);

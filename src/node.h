@@ -39,6 +39,7 @@ struct node_req {
     uint64_t member;       /* removal, transfer: the member's Raft id */
     bool read_waits;       /* a read parked until a leader is known */
     uint64_t deadline;     /* uv_now() past which it fails (timeout) */
+    uint64_t proposed_ns;  /* write: when the leader proposed it */
     struct kv_result res;  /* writes: what apply did */
     const struct kv_sink *sink; /* writes: a transaction's results go here
                                    as it applies (node_propose_sink) */

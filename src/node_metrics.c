@@ -39,6 +39,10 @@ static struct {
     struct metrics_family write_s;                     /* no labels */
     struct metrics_family fsync_s;                     /* no labels */
     struct metrics_family batch;                       /* no labels */
+    struct metrics_family queue_s;                     /* no labels */
+    struct metrics_family handback_s;                  /* no labels */
+    struct metrics_family commit_s;                    /* no labels */
+    struct metrics_family ack_s;                       /* peer */
     struct metrics_family compactions;                 /* no labels */
     struct metrics_family snaps;                       /* result */
     struct metrics_family snap_s;                      /* no labels */
@@ -49,6 +53,8 @@ static struct {
     struct {
         uint64_t id;      /* peer, 0: free slot */
         uint64_t sent_ns; /* heartbeat sent, 0: none outstanding */
+        uint64_t app_index; /* last index of the AppendEntries timed */
+        uint64_t app_ns;    /* it was sent, 0: none outstanding */
     } hb[MAX_RTT_PEERS];
 } nm;
 
@@ -106,29 +112,43 @@ by_type(struct metrics_family *f, struct metrics_series **cache, uint8_t type)
     return cache[type];
 }
 
+/* The timing slot of peer id, taken if free; NULL if all are taken. */
+static size_t peer_slot(uint64_t id, bool take)
+{
+    size_t free_slot = MAX_RTT_PEERS;
+    for (size_t i = 0; i < MAX_RTT_PEERS; i++) {
+        if (nm.hb[i].id == id)
+            return i;
+        if (nm.hb[i].id == 0 && free_slot == MAX_RTT_PEERS)
+            free_slot = i;
+    }
+    if (take && free_slot < MAX_RTT_PEERS)
+        nm.hb[free_slot].id = id;
+    return take ? free_slot : MAX_RTT_PEERS;
+}
+
 void node_metrics_sent(const struct raft_msg *m)
 {
     if (!nm.on)
         return;
     metrics_inc(by_type(&nm.sent, nm.sent_by, m->type), 1);
-    if (m->type != RAFT_MSG_HEARTBEAT)
-        return;
-    if (m->context != 0 && m->context != nm.last_read_ctx) {
+    if (m->type == RAFT_MSG_HEARTBEAT && m->context != 0 &&
+        m->context != nm.last_read_ctx) {
         nm.last_read_ctx = m->context; /* one round reaches every peer */
         metrics_inc(one(&nm.read_rounds), 1);
     }
-    size_t free_slot = MAX_RTT_PEERS;
-    for (size_t i = 0; i < MAX_RTT_PEERS; i++) {
-        if (nm.hb[i].id == m->to) {
-            nm.hb[i].sent_ns = stats_now_ns();
-            return;
-        }
-        if (nm.hb[i].id == 0 && free_slot == MAX_RTT_PEERS)
-            free_slot = i;
-    }
-    if (free_slot < MAX_RTT_PEERS) {
-        nm.hb[free_slot].id = m->to;
-        nm.hb[free_slot].sent_ns = stats_now_ns();
+    bool app = m->type == RAFT_MSG_APPEND && m->n_entries > 0;
+    if (m->type != RAFT_MSG_HEARTBEAT && !app)
+        return;
+    size_t i = peer_slot(m->to, true);
+    if (i == MAX_RTT_PEERS)
+        return;
+    if (!app) {
+        nm.hb[i].sent_ns = stats_now_ns();
+    } else if (nm.hb[i].app_ns == 0) {
+        /* Timed one at a time: those sent before its answer are not. */
+        nm.hb[i].app_index = m->entries[m->n_entries - 1].index;
+        nm.hb[i].app_ns = stats_now_ns();
     }
 }
 
@@ -137,18 +157,32 @@ void node_metrics_recv(const struct raft_msg *m)
     if (!nm.on)
         return;
     metrics_inc(by_type(&nm.recv, nm.recv_by, m->type), 1);
-    if (m->type != RAFT_MSG_HEARTBEAT_RESP)
+    if (m->type != RAFT_MSG_HEARTBEAT_RESP && m->type != RAFT_MSG_APPEND_RESP)
         return;
-    for (size_t i = 0; i < MAX_RTT_PEERS; i++) {
-        if (nm.hb[i].id == m->from && nm.hb[i].sent_ns) {
-            double s = (double)(stats_now_ns() - nm.hb[i].sent_ns) / 1e9;
-            nm.hb[i].sent_ns = 0;
-            metrics_observe(
-                metrics_get(&nm.rtt, (const char *const[]){peer_name(m->from)}),
-                s);
+    size_t i = peer_slot(m->from, false);
+    if (i == MAX_RTT_PEERS)
+        return;
+    struct metrics_family *f = NULL;
+    uint64_t *sent = NULL;
+    if (m->type == RAFT_MSG_HEARTBEAT_RESP && nm.hb[i].sent_ns) {
+        f = &nm.rtt;
+        sent = &nm.hb[i].sent_ns;
+    } else if (m->type == RAFT_MSG_APPEND_RESP && nm.hb[i].app_ns) {
+        if (m->reject) {
+            nm.hb[i].app_ns = 0; /* it goes again: start over */
             return;
         }
+        if (m->index < nm.hb[i].app_index)
+            return; /* an answer to an earlier one */
+        f = &nm.ack_s;
+        sent = &nm.hb[i].app_ns;
     }
+    if (f == NULL)
+        return;
+    double s = (double)(stats_now_ns() - *sent) / 1e9;
+    *sent = 0;
+    metrics_observe(metrics_get(f, (const char *const[]){peer_name(m->from)}),
+                    s);
 }
 
 void node_metrics_written(void)
@@ -162,6 +196,9 @@ void node_metrics_written(void)
         metrics_observe(one(&nm.write_s),
                         (double)(ss.write_ns - nm.write_ns) / 1e9);
         metrics_observe(one(&nm.batch), (double)ss.last_batch_entries);
+        metrics_observe(one(&nm.queue_s), (double)ss.last_queue_ns / 1e9);
+        metrics_observe(one(&nm.handback_s),
+                        (double)ss.last_handback_ns / 1e9);
     }
     nm.batches = ss.batches;
     nm.write_ns = ss.write_ns;
@@ -184,6 +221,13 @@ void node_metrics_proposal_failed(void)
 {
     if (nm.on)
         metrics_inc(one(&nm.proposals_failed), 1);
+}
+
+void node_metrics_committed(uint64_t proposed_ns)
+{
+    if (nm.on && proposed_ns)
+        metrics_observe(one(&nm.commit_s),
+                        (double)(stats_now_ns() - proposed_ns) / 1e9);
 }
 
 void node_metrics_compacted(void)
@@ -306,6 +350,8 @@ static void render_raft(struct pz_buf *b)
                               (double)(p->last_contact * nd->tick_ms) / 1e3);
     }
     metrics_render(b, &nm.rtt);
+    metrics_render(b, &nm.ack_s);
+    metrics_render(b, &nm.commit_s);
 }
 
 static void render_storage(struct pz_buf *b)
@@ -315,6 +361,8 @@ static void render_storage(struct pz_buf *b)
     metrics_render(b, &nm.write_s);
     metrics_render(b, &nm.fsync_s);
     metrics_render(b, &nm.batch);
+    metrics_render(b, &nm.queue_s);
+    metrics_render(b, &nm.handback_s);
     counter(b, "pyazdb_storage_written_entries_total",
             "Log entries written to the database.", (double)ss.entries);
     counter(b, "pyazdb_storage_written_bytes_total",
@@ -473,6 +521,27 @@ void node_metrics_init(void)
                         METRICS_HISTOGRAM,
                         "Log entries per write transaction (per fsync).", NULL,
                         metrics_batch_bounds, metrics_batch_n);
+    metrics_family_init(&nm.queue_s, "pyazdb_storage_queue_wait_seconds",
+                        METRICS_HISTOGRAM,
+                        "A log write's wait for a thread-pool worker.", NULL,
+                        metrics_wait_bounds, metrics_wait_n);
+    metrics_family_init(&nm.handback_s,
+                        "pyazdb_storage_completion_wait_seconds",
+                        METRICS_HISTOGRAM,
+                        "A durable log write's wait for the loop to take its "
+                        "completion.",
+                        NULL, metrics_wait_bounds, metrics_wait_n);
+    metrics_family_init(&nm.commit_s, "pyazdb_raft_commit_duration_seconds",
+                        METRICS_HISTOGRAM,
+                        "Leader only: a write's proposal to its commit and "
+                        "apply.",
+                        NULL, metrics_wait_bounds, metrics_wait_n);
+    metrics_family_init(&nm.ack_s, "pyazdb_raft_append_ack_seconds",
+                        METRICS_HISTOGRAM,
+                        "Leader only: AppendEntries with new entries sent to "
+                        "a follower until it acknowledges them (durable "
+                        "there).",
+                        lbl_peer, metrics_wait_bounds, metrics_wait_n);
     metrics_family_init(
         &nm.compactions, "pyazdb_storage_compaction_steps_total",
         METRICS_COUNTER, "Log compaction steps run after a snapshot.", NULL,
@@ -495,6 +564,9 @@ void node_metrics_init(void)
                                       &nm.write_s,
                                       &nm.fsync_s,
                                       &nm.batch,
+                                      &nm.queue_s,
+                                      &nm.handback_s,
+                                      &nm.commit_s,
                                       &nm.compactions,
                                       &nm.snap_s};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(plain); i++)

@@ -34,6 +34,8 @@ void node_metrics_applied(size_t n);
 void node_metrics_proposed(int rv);
 /* An accepted proposal's request ended with an error. */
 void node_metrics_proposal_failed(void);
+/* A write proposed at proposed_ns (stats_now_ns) is applied. */
+void node_metrics_committed(uint64_t proposed_ns);
 void node_metrics_compacted(void);
 /* A local snapshot finished (ok or not); started_ms: its monotonic start
  * in ms (snapshot_child.started_ms). */

@@ -752,8 +752,9 @@ static int prune(const char *dir, size_t newest, const struct snapshot_id *keep,
     }
     snapshot_list_free(list, n);
     remove_temp(dir, &count, &first, err, errlen);
-    if (count)
-        fsync_dir(dir); /* deletions need not be durable; best effort */
+    /* No fsync of the directory: deletions need not be durable (a file
+     * back after a crash is pruned again), and the node prunes on its
+     * loop, where an fsync would hold up every request behind it. */
     if (removed)
         *removed = count;
     return first;

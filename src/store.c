@@ -64,6 +64,8 @@
 #define STORE_APP_ID 0x50595a44 /* "PYZD" in the SQLite header */
 #define STORE_FILE "raft.db"
 #define VACUUM_PAGES 2048 /* pages given back per step (8 MiB of 4 KiB) */
+#define VACUUM_KEEP 512   /* free pages kept for the log to grow into
+                             (2 MiB of 4 KiB) */
 #define VACUUM_CONVERT_MAX (1024 * 1024 * 1024) /* convert at open below */
 #define WAL_KEEP 33554432  /* WAL bytes kept after a checkpoint (32 MiB) */
 #define STR_(x) #x
@@ -88,6 +90,9 @@ struct batch {
     int rc;                           /* 0 or negative code */
     uint64_t commit_ns;               /* time inside COMMIT */
     uint64_t total_ns;                /* BEGIN to COMMIT */
+    uint64_t queued_ns;               /* handed to the thread pool */
+    uint64_t start_ns;                /* a worker started it */
+    uint64_t done_ns;                 /* the worker finished it */
     char err[STORE_ERRMSG_SIZE];      /* message if rc != 0 */
 };
 
@@ -294,28 +299,43 @@ static int meta_put_u64(struct store *s, const char *key, uint64_t v,
 
 /* --- the write transaction ------------------------------------------------ */
 
-/* Give up to VACUUM_PAGES free pages back to the file system (the file
- * shrinks at the next checkpoint), then count those left: one short
- * transaction of its own, after a compaction step, on the worker. */
-static int vacuum_step(struct store *s, struct batch *b)
+/* Count the free pages into b->free_pages. */
+static int count_free(struct store *s, struct batch *b)
 {
-    int rc;
-    while ((rc = step(s, s->st_vacuum)) == SQLITE_ROW)
-        ;
-    sqlite3_reset(s->st_vacuum);
-    if (rc != SQLITE_DONE)
-        return sql_err(s, b->err, "incremental vacuum", rc);
-    rc = step(s, s->st_freelist);
+    int rc = step(s, s->st_freelist);
     sqlite3_int64 n = rc == SQLITE_ROW ? sqlite3_column_int64(s->st_freelist, 0)
                                        : 0;
     sqlite3_reset(s->st_freelist);
     if (rc != SQLITE_ROW)
         return sql_err(s, b->err, "count free pages", rc);
     b->free_pages = n > 0 ? (uint64_t)n : 0;
+    return 0;
+}
+
+/* Give up to VACUUM_PAGES free pages back to the file system (the file
+ * shrinks at the next checkpoint), then count those left: one short
+ * transaction of its own, after a compaction step, on the worker.
+ * VACUUM_KEEP free pages stay: a log compacted after every snapshot
+ * frees about as many pages as the next entries take, and giving them
+ * back only to grow the file again would cost a vacuum, a checkpoint
+ * and a WAL reset per snapshot, each holding up the log writes behind
+ * it. */
+static int vacuum_step(struct store *s, struct batch *b)
+{
+    int rc = count_free(s, b);
+    if (rc || b->free_pages <= VACUUM_KEEP)
+        return rc;
+    while ((rc = step(s, s->st_vacuum)) == SQLITE_ROW)
+        ;
+    sqlite3_reset(s->st_vacuum);
+    if (rc != SQLITE_DONE)
+        return sql_err(s, b->err, "incremental vacuum", rc);
+    if ((rc = count_free(s, b)))
+        return rc;
     /* The file shrinks when the WAL is copied back, and the WAL, which
      * the vacuum filled, only when it is reset: both at once after the
      * last step (this connection is the only one: nothing waits). */
-    if (b->free_pages == 0)
+    if (b->free_pages <= VACUUM_KEEP)
         sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
                                   NULL, NULL);
     return 0;
@@ -445,7 +465,10 @@ static void finish_batch(struct store *s, struct batch *b)
         s->free_pages = b->free_pages;
     } else if (b->vacuum) {
         /* A step that gave nothing back would repeat forever. */
-        s->free_pages = b->free_pages < s->free_pages ? b->free_pages : 0;
+        s->free_pages =
+            b->free_pages < s->free_pages && b->free_pages > VACUUM_KEEP
+                ? b->free_pages
+                : 0;
         return;
     }
     if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
@@ -478,6 +501,10 @@ static void finish_batch(struct store *s, struct batch *b)
     st->commit_ns += b->commit_ns;
     st->last_commit_ns = b->commit_ns;
     st->write_ns += b->total_ns;
+    if (b->queued_ns) { /* on the thread pool, not store_write_sync */
+        st->last_queue_ns = b->start_ns - b->queued_ns;
+        st->last_handback_ns = uv_hrtime() - b->done_ns;
+    }
 }
 
 /* Loop thread: checks a batch against what is stored and fills b. */
@@ -569,7 +596,9 @@ static int prepare_batch(struct store *s, struct batch *b,
 static void work_cb(uv_work_t *req)
 {
     struct store *s = req->data;
+    s->w.start_ns = uv_hrtime();
     s->w.rc = run_batch(s, &s->w);
+    s->w.done_ns = uv_hrtime();
 }
 
 static void after_work_cb(uv_work_t *req, int status)
@@ -597,6 +626,7 @@ static int queue_batch(struct store *s, uv_loop_t *loop, store_write_cb cb,
     s->cb = cb;
     s->cb_arg = arg;
     s->work.data = s;
+    s->w.queued_ns = uv_hrtime();
     int rc = uv_queue_work(loop, &s->work, work_cb, after_work_cb);
     if (rc < 0) {
         set_err(s->errmsg, sizeof s->errmsg, "%s: uv_queue_work: %s",
@@ -682,7 +712,7 @@ int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
     memset(&s->w, 0, sizeof s->w);
     s->w.vacuum = s->incremental;
     if (upto <= s->meta.snap_index) {
-        if (!s->incremental || s->free_pages == 0)
+        if (!s->incremental || s->free_pages <= VACUUM_KEEP)
             return 1;
         return queue_batch(s, loop, cb, arg); /* free pages left */
     }

@@ -85,6 +85,10 @@ struct store_stats {
     uint64_t last_commit_ns;     /* COMMIT time of the latest batch */
     uint64_t write_ns;           /* total time of write transactions,
                                     BEGIN to COMMIT */
+    uint64_t last_queue_ns;      /* latest batch: handed to the thread
+                                    pool until a worker started it */
+    uint64_t last_handback_ns;   /* latest batch: worker done until its
+                                    completion ran on the loop */
     uint64_t failures;           /* failed writes (at most 1: fail-stop) */
     uint64_t nospace;            /* writes refused for lack of space (each
                                     rolled back whole; may be retried) */

@@ -184,6 +184,55 @@ def test_cluster_metrics(servers, pb):
                  code="405") == b + 1
 
 
+def delta(after, before, name, **labels):
+    return (value(after, name, **labels) or 0) - \
+        (value(before, name, **labels) or 0)
+
+
+def test_write_stage_metrics(servers):
+    """Each stage of a write is timed: the store's thread-pool waits (one
+    observation per log write), the leader's proposal to commit, and each
+    follower's acknowledgement of new entries."""
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    followers = [s for s in nodes if s is not leader]
+    # the leader's first entries of its term are written before we count
+    assert put(leader, "warm", "v")[0] == 204
+    last = value(parse(scrape(leader)), "pyazdb_raft_last_index")
+    before = {s.name: wait_metric(s, lambda m: value(
+        m, "pyazdb_raft_applied_index") >= last) for s in nodes}
+    n = 20
+    for i in range(n):  # one at a time: one log write each on the leader
+        st, _, body = put(leader, f"stage{i}", "v")
+        assert st == 204, body
+    lb = before[leader.name]
+    la = wait_metric(leader, lambda m: all(
+        delta(m, lb, "pyazdb_raft_append_ack_seconds_count", peer=f.name) > 0
+        for f in followers))
+    assert delta(la, lb, "pyazdb_raft_commit_duration_seconds_count") == n
+    assert value(la, "pyazdb_raft_commit_duration_seconds_bucket",
+                 le="+Inf") == value(
+        la, "pyazdb_raft_commit_duration_seconds_count")
+    # a write commits only once the leader's own log write is durable:
+    # its proposal-to-commit time covers that transaction
+    assert delta(la, lb, "pyazdb_storage_write_duration_seconds_count") == n
+    assert delta(la, lb, "pyazdb_raft_commit_duration_seconds_sum") >= \
+        delta(la, lb, "pyazdb_storage_write_duration_seconds_sum") > 0
+    for s in nodes:
+        a = la if s is leader else wait_metric(s, lambda m: delta(
+            m, before[s.name],
+            "pyazdb_storage_fsync_duration_seconds_count") > 0)
+        b = before[s.name]
+        writes = delta(a, b, "pyazdb_storage_fsync_duration_seconds_count")
+        for name in ("pyazdb_storage_queue_wait_seconds",
+                     "pyazdb_storage_completion_wait_seconds"):
+            assert delta(a, b, name + "_count") == writes, (s.name, name)
+            assert delta(a, b, name + "_sum") > 0, (s.name, name)
+    for s in followers:
+        assert value(parse(scrape(s)),
+                     "pyazdb_raft_commit_duration_seconds_count") == 0
+
+
 def test_leader_change_is_counted(servers):
     nodes = make_cluster(servers)
     leader = leader_of(nodes)
