@@ -438,6 +438,11 @@ void node_before_sleep(void)
     if (!nd->open)
         return;
     ready_cycle();
+    /* A snapshot transfer refills its peer's queue every loop turn (a
+     * write that drained it wakes the loop), not once per tick, which
+     * capped it at XFER_QUEUE_MAX per tick (about 10 MB/s). */
+    if (nd->xfers)
+        snaps_xfer_pump();
     /* Callbacks may start new requests; those wait for the next turn. */
     struct pz_queue batch;
     pz_queue_init(&batch);
