@@ -84,6 +84,29 @@ TEST(hash_spreads)
     CHECK(pz_hash("abcdefghij", 10, 7) == pz_hash("abcdefghij", 10, 7));
 }
 
+/* pz_hash's values are part of what nodes compare (the state digest in
+ * /status, from every key's bytes) and must not change between builds:
+ * these were computed by the byte-at-a-time reader it had first. */
+TEST(hash_known_values)
+{
+    static const struct {
+        size_t len;
+        uint64_t want;
+    } v[] = {
+        {0, 0x42afb86098ec3a1full},  {1, 0x58ad1ca02c220a61ull},
+        {7, 0x69232f74c1f193d6ull},  {8, 0x598ca4cb378600beull},
+        {9, 0xef889c9ffc9c0cfaull},  {16, 0xd67a6826b41a26a4ull},
+        {17, 0x49073aaf741ba5a4ull}, {55, 0xcca80148270d43e0ull},
+    };
+    const char *s = "The quick brown fox jumps over the lazy dog, 0123456789";
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(v); i++)
+        CHECK(pz_hash(s, v[i].len, 0x5eedull * i) == v[i].want);
+    /* unaligned words read the same as aligned ones */
+    char buf[64];
+    memcpy(buf + 3, s, 55);
+    CHECK(pz_hash(buf + 3, 55, 0x5eedull * 7) == v[7].want);
+}
+
 TEST(strerror_codes)
 {
     CHECK_EQ_STR(pz_strerror(0), "ok");
@@ -181,5 +204,6 @@ static const struct test_case cases[] = {
     TEST_ENTRY(hash_spreads),       TEST_ENTRY(strerror_codes),
     TEST_ENTRY(token_equal),        TEST_ENTRY(seed_differs),
     TEST_ENTRY(ratelimit),          TEST_ENTRY(crc32c),
+    TEST_ENTRY(hash_known_values),
     TEST_END};
 const struct test_suite suite_pz = {"pz", cases};
