@@ -200,15 +200,14 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 socks = []
 req = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-for i in range(n):
-    s = socket.socket()
+for i in range(n):  # the request at once: a silent connection is closed
+    s = socket.socket()  # after client-header-timeout
     s.bind(("127.0.0.%d" % (2 + i // 5000), 0))
     s.connect(("127.0.0.1", port))
+    s.sendall(req)
     socks.append(s)
 served = 0
 for s in socks:  # every connection is served once, then stays idle
-    s.sendall(req)
-for s in socks:
     s.settimeout(30)
     if s.recv(4096).startswith(b"HTTP/1.1 200"):
         served += 1
