@@ -269,10 +269,19 @@ def redis_rss(b, tmp, taken, n):
 
 # --- the PyazDB-only steps at N2 keys ---------------------------------------------
 
+def curl(*args):
+    """curl's output; "" if it did not answer within 2 s (a node loading a
+    snapshot accepts connections before its loop turns again)."""
+    try:
+        return subprocess.run(["curl", "-s", "--max-time", "2", *args],
+                              capture_output=True, text=True,
+                              timeout=10).stdout
+    except subprocess.TimeoutExpired:
+        return ""
+
+
 def status(n):
-    return json.loads(subprocess.run(
-        ["curl", "-sf", f"http://127.0.0.1:{n['http']}/status"],
-        capture_output=True, timeout=10).stdout)
+    return json.loads(curl("-f", f"http://127.0.0.1:{n['http']}/status"))
 
 
 def caught_up(node, leader):
@@ -281,10 +290,8 @@ def caught_up(node, leader):
 
 
 def serving(node):
-    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                        f"http://127.0.0.1:{node['http']}/health"],
-                       capture_output=True, text=True, timeout=10)
-    return r.stdout == "200"
+    return curl("-o", "/dev/null", "-w", "%{http_code}",
+                f"http://127.0.0.1:{node['http']}/health") == "200"
 
 
 def snapshot_restart_install(b, tmp, taken, pz, n):
