@@ -58,7 +58,7 @@ def key(i):
 
 # --- loading -------------------------------------------------------------
 
-def _load_range(port, lo, hi, step, errs):
+def _load_range(port, lo, hi, step, errs, retries):
     """Transactions of BATCH puts for keys lo, lo+step*BATCH.. below hi."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     val = base64.b64encode(VALUE).decode()
@@ -68,10 +68,16 @@ def _load_range(port, lo, hi, step, errs):
                 '{"request_put":{"key":"%s","value":"%s"}}'
                 % (base64.b64encode(key(k)).decode(), val)
                 for k in range(s, min(s + BATCH, hi)))
-            c.request("POST", "/v3/kv/txn", body='{"success":[%s]}' % ops,
-                      headers={"Content-Type": "application/json"})
-            r = c.getresponse()
-            body = r.read()
+            for attempt in range(5):  # puts: a timed-out one may be redone
+                c.request("POST", "/v3/kv/txn",
+                          body='{"success":[%s]}' % ops,
+                          headers={"Content-Type": "application/json"})
+                r = c.getresponse()
+                body = r.read()
+                if r.status != 503:
+                    break
+                retries.append(s)
+                time.sleep(1)
             if r.status != 200 or b'"succeeded":true' not in body:
                 errs.append(f"txn at key {s}: {r.status} {body[:200]!r}")
                 return
@@ -83,17 +89,20 @@ def _load_range(port, lo, hi, step, errs):
 
 def load(port, lo, hi):
     """Keys lo..hi-1 through port's /v3/kv/txn; returns keys/s."""
-    errs = []
+    errs, retries = [], []
     t0 = time.monotonic()
     th = [threading.Thread(target=_load_range,
                            args=(port, lo + i * BATCH, hi, LOADERS * BATCH,
-                                 errs)) for i in range(LOADERS)]
+                                 errs, retries)) for i in range(LOADERS)]
     for t in th:
         t.start()
     for t in th:
         t.join()
     if errs:
         raise SystemExit("bench: load failed: " + errs[0])
+    if retries:
+        print(f"bench: {len(retries)} transactions answered 503, redone",
+              flush=True)
     return (hi - lo) / (time.monotonic() - t0)
 
 
