@@ -440,8 +440,8 @@ void node_before_sleep(void)
         return;
     ready_cycle();
     /* A snapshot transfer refills its peer's queue every loop turn (a
-     * write that drained it wakes the loop), not once per tick, which
-     * capped it at XFER_QUEUE_MAX per tick (about 10 MB/s). */
+     * write that drained it wakes the loop), not only once per tick: once
+     * the socket's buffer was full, the rest waited for the next tick. */
     if (nd->xfers)
         snaps_xfer_pump();
     /* Callbacks may start new requests; those wait for the next turn. */
