@@ -3,6 +3,7 @@
  * shipping them to followers, receiving and installing them, and loading
  * the newest at start. */
 #include <cJSON.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,8 +227,14 @@ void snaps_poll(void)
             (unsigned long long)c->index,
             (unsigned long long)nd->snap_size);
     c->pid = 0;
-    if (rv == 0)
+    if (rv == 0) {
         request_compaction();
+        /* The dropped entries were large blocks among the table's small
+         * ones: hand their pages back (glibc keeps free memory inside the
+         * heap otherwise; measured at 10M keys after a long load, every
+         * node's RSS was a third above a restarted one's). */
+        malloc_trim(0);
+    }
     size_t removed = 0;
     /* Keep the two newest durable snapshots (the newest covers the
      * compacted log) and a received one waiting for its install; any other
