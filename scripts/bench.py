@@ -3,12 +3,20 @@
 one run, written up as a report (`make bench`).
 
     scripts/bench.py [--quick | --full] [--out DIR] [--noisy]
+                     [--scale | --scale-only] [--scale-keys N]
 
     --quick   3 s per load, curve to 256 connections (a few minutes)
     --full    10 s per load, curve to 1,024 connections, Redis memory
     --noisy   also repeat the write matrix with a noisy neighbour
               (stress-ng at nice 19: a CPU, a memory-bandwidth and a disk
               worker) running during each system's runs
+    --scale   also the scale section (scripts/bench_scale.py; on by
+              default in --full): 10k idle connections, 1 KiB to 1 MiB
+              values, throughput against the number of keys, and at the
+              largest count (10M in full mode) snapshot, restart,
+              InstallSnapshot and RSS against redis-server
+    --scale-only   only the scale section
+    --scale-keys N the largest key count of the scale section
     --out     report directory (default bench-report/): report.md, the
               raw figures (results.json) and PNG plots (gnuplot)
 
@@ -52,6 +60,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_scale  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -571,6 +582,8 @@ def report(out, res, mode):
                 f"{m['redis_bytes_per_key']:.1f} bytes per key "
                 f"({ratio(m['pyazdb_bytes_per_key'], m['redis_bytes_per_key'])})"
                 if m.get("redis_bytes_per_key") else "") + ".\n")
+    if res.get("scale"):
+        L += bench_scale.report_lines(res["scale"], ratio)
     with open(f"{out}/report.md", "w") as fh:
         fh.write("\n".join(L) + "\n")
     with open(f"{out}/results.json", "w") as fh:
@@ -584,7 +597,13 @@ def main():
     g.add_argument("--full", action="store_true")
     ap.add_argument("--noisy", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-report"))
+    s_ = ap.add_mutually_exclusive_group()
+    s_.add_argument("--scale", action="store_true")
+    s_.add_argument("--scale-only", action="store_true")
+    ap.add_argument("--scale-keys", type=int)
     a = ap.parse_args()
+    if a.scale_only:
+        return scale_only(a)
     mode = "full" if a.full else "quick"
     dur = 10 if a.full else 3
     loads = [(1, 1), (16, 1), (64, 1), (16, 16)]
@@ -658,10 +677,38 @@ def main():
         if a.full:
             res["mem"]["redis_bytes_per_key"] = redis_mem(tmp, taken)
         res["plots"] = plots(a.out, res["curve"])
+        if a.full or a.scale:
+            res["scale"] = bench_scale.run(sys.modules[__name__], tmp, taken,
+                                           mode, a.scale_keys)
+            res["scale"]["plot"] = bench_scale.plot(a.out, res["scale"])
         report(a.out, res, mode)
         log(f"== report: {a.out}/report.md")
         with open(f"{a.out}/report.md") as fh:
             print(fh.read())
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scale_only(a):
+    """The scale section alone, in its own report."""
+    mode = "full" if a.full else "quick"
+    os.makedirs(a.out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="pz-bench-")
+    try:
+        res = {"mode": mode, "scale": bench_scale.run(
+            sys.modules[__name__], tmp, set(), mode, a.scale_keys)}
+        res["scale"]["plot"] = bench_scale.plot(a.out, res["scale"])
+        L = [f"# PyazDB scale report ({mode} mode)\n",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             "3-node clusters on 127.0.0.1, fsync on.\n"]
+        L += bench_scale.report_lines(res["scale"], ratio)
+        with open(f"{a.out}/report.md", "w") as fh:
+            fh.write("\n".join(L) + "\n")
+        with open(f"{a.out}/results.json", "w") as fh:
+            json.dump(res, fh, indent=1)
+        log(f"== report: {a.out}/report.md")
+        print("\n".join(L))
     finally:
         stop_all()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -127,6 +127,11 @@ static const struct cfg_directive directives[] = {
           1000000000, IMM, "take a snapshot after this many new entries"),
     D_INT("RAFT", "raft-trailing-entries", raft_trailing_entries, "10240", 0,
           1000000000, IMM, "log entries kept behind a snapshot"),
+    D_SIZE("RAFT", "raft-snapshot-bytes", raft_snapshot_bytes, "256mb", KB,
+           1024 * GB, IMM,
+           "take a snapshot after new entries of this many bytes"),
+    D_SIZE("RAFT", "raft-trailing-bytes", raft_trailing_bytes, "64mb", 0,
+           1024 * GB, IMM, "most bytes of log entries kept behind a snapshot"),
     D_SIZE("RAFT", "raft-snapshot-max-size", raft_snapshot_max_size, "0", 0,
            1024 * GB, IMM,
            "largest snapshot accepted from the leader; 0 = 4 x own data, at "

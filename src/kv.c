@@ -28,22 +28,29 @@
 #define DEFAULT_SEED 0x6b76u        /* table seed of kv_new() */
 #define DIGEST_SEED 0x70797a6462ull /* fixed: digests must match nodes */
 
+/* One key: one allocation. What every key needs is kept to the minimum,
+ * because it is paid per key (kv_mem.c measures it): the key's hash is not
+ * stored (a rehash computes it again from the key, a lookup compares the
+ * length and the bytes), and the lease id, with the links that put the
+ * entry on its lease's list, is there only for a leased key. */
 struct entry {
-    struct entry *next;  /* next in the bucket chain */
-    uint64_t hash;       /* pz_hash of the key with the table seed */
-    uint32_t klen : 31;  /* key length (KV_KEY_MAX fits) */
-    uint32_t leased : 1; /* m.lease != 0: a struct llink after fwd */
-    uint32_t vlen : 28;  /* value length (KV_VALUE_MAX fits) */
-    uint32_t level : 4;  /* skiplist levels, 1..KV_SKIP_LEVELS */
-    struct kv_meta m;    /* revisions, version, lease */
+    struct entry *next;       /* next in the bucket chain */
+    uint32_t klen : 31;       /* key length (KV_KEY_MAX fits) */
+    uint32_t leased : 1;      /* lease != 0: a struct llink after fwd */
+    uint32_t vlen : 28;       /* value length (KV_VALUE_MAX fits) */
+    uint32_t level : 4;       /* skiplist levels, 1..KV_SKIP_LEVELS */
+    uint64_t create_revision; /* struct kv_meta, less the lease */
+    uint64_t mod_revision;
+    uint64_t version;
     struct entry *fwd[]; /* level links, then (leased) a struct llink,
                             then key, value and a NUL */
 };
 
-/* A leased entry's place on its lease's list of keys. */
+/* A leased entry's lease and its place on that lease's list of keys. */
 struct llink {
     struct entry *prev; /* NULL: first (the lease points at it) */
     struct entry *next; /* NULL: last */
+    uint64_t lease;     /* 1..KV_LEASE_ID_MAX */
 };
 
 /* A lease (kv.h "Leases"). */
@@ -63,6 +70,9 @@ struct table {
 struct kv {
     struct table t[2];  /* t[1] is used only while rehashing */
     struct entry *head[KV_SKIP_LEVELS]; /* skiplist heads */
+    struct entry *tail[KV_SKIP_LEVELS]; /* last entry of each level, NULL:
+                                           none; keys inserted in order (a
+                                           snapshot's) are appended here */
     uint64_t revision;                  /* see kv.h */
     kv_event_cb on_event;               /* watchers' hook, or NULL */
     void *event_arg;                    /* its argument */
@@ -95,6 +105,24 @@ static inline uint8_t *entry_value(const struct entry *e)
     return entry_key(e) + e->klen;
 }
 
+static inline uint64_t entry_lease(const struct entry *e)
+{
+    return e->leased ? llink_of(e)->lease : 0;
+}
+
+static inline struct kv_meta entry_meta(const struct entry *e)
+{
+    return (struct kv_meta){.create_revision = e->create_revision,
+                            .mod_revision = e->mod_revision,
+                            .version = e->version,
+                            .lease = entry_lease(e)};
+}
+
+static inline uint64_t entry_hash(const struct kv *kv, const struct entry *e)
+{
+    return pz_hash(entry_key(e), e->klen, kv->seed);
+}
+
 static uint64_t entry_digest(const void *key, size_t klen, const void *val,
                              size_t vlen, const struct kv_meta *m)
 {
@@ -109,7 +137,8 @@ static uint64_t entry_digest(const void *key, size_t klen, const void *val,
 
 static uint64_t e_digest(const struct entry *e)
 {
-    return entry_digest(entry_key(e), e->klen, entry_value(e), e->vlen, &e->m);
+    struct kv_meta m = entry_meta(e);
+    return entry_digest(entry_key(e), e->klen, entry_value(e), e->vlen, &m);
 }
 
 static uint64_t revision_digest(uint64_t rev)
@@ -142,12 +171,15 @@ static struct entry *entry_new(uint64_t hash, const void *key, size_t klen,
         pz_malloc(sizeof(*e) + level * sizeof(e->fwd[0]) +
                   (leased ? sizeof(struct llink) : 0) + klen + vlen + 1);
     e->next = NULL;
-    e->hash = hash;
     e->klen = (uint32_t)klen & 0x7fffffffu;
     e->leased = leased;
     e->vlen = (uint32_t)vlen;
     e->level = level & 0xf;
-    e->m = *m;
+    e->create_revision = m->create_revision;
+    e->mod_revision = m->mod_revision;
+    e->version = m->version;
+    if (leased)
+        llink_of(e)->lease = m->lease;
     uint8_t *d = entry_key(e);
     if (klen)
         memcpy(d, key, klen);
@@ -163,7 +195,7 @@ static void view_of(const struct entry *e, struct kv_view *v)
     v->klen = e->klen;
     v->value = entry_value(e);
     v->vlen = e->vlen;
-    v->meta = e->m;
+    v->meta = entry_meta(e);
 }
 
 static void table_alloc(struct table *t, size_t size)
@@ -273,7 +305,7 @@ static void rehash_step(struct kv *kv)
         *slot = NULL;
         while (e) {
             struct entry *next = e->next;
-            struct entry **dst = &t1->b[e->hash & mask1];
+            struct entry **dst = &t1->b[entry_hash(kv, e) & mask1];
             e->next = *dst;
             *dst = e;
             t0->used--;
@@ -357,7 +389,7 @@ static struct entry **find_link(struct kv *kv, uint64_t h, const void *key,
             continue;
         for (struct entry **link = &t->b[idx]; *link; link = &(*link)->next) {
             struct entry *e = *link;
-            if (e->hash == h && e->klen == klen &&
+            if (e->klen == klen &&
                 (klen == 0 || memcmp(entry_key(e), key, klen) == 0)) {
                 if (which)
                     *which = t;
@@ -441,22 +473,41 @@ static struct entry *sl_find(const struct kv *kv, const void *key, size_t klen,
     return *link;
 }
 
+/* A key after every key held (a snapshot being loaded, keys written in
+ * order) is appended at the tails without a search: loading n keys in
+ * order costs O(n), not O(n log n) with a cache miss per step. */
 static void sl_insert(struct kv *kv, struct entry *e)
 {
     struct entry **upd[KV_SKIP_LEVELS];
-    sl_find(kv, entry_key(e), e->klen, upd);
+    if (kv->tail[0] == NULL || key_cmp(kv->tail[0], entry_key(e), e->klen) < 0)
+        for (unsigned i = 0; i < e->level; i++)
+            upd[i] = kv->tail[i] ? &kv->tail[i]->fwd[i] : &kv->head[i];
+    else
+        sl_find(kv, entry_key(e), e->klen, upd);
     for (unsigned i = 0; i < e->level; i++) {
         e->fwd[i] = *upd[i];
         *upd[i] = e;
+        if (e->fwd[i] == NULL)
+            kv->tail[i] = e;
     }
 }
 
+/* The entry whose level-i link is link, NULL for the head. */
+static struct entry *sl_owner(struct kv *kv, struct entry **link, unsigned i)
+{
+    if (link == &kv->head[i])
+        return NULL;
+    return (struct entry *)((char *)(link - i) - offsetof(struct entry, fwd));
+}
+
 /* Unlink e; upd as sl_find left it for e's key. */
-static void sl_unlink(struct entry **upd[], struct entry *e)
+static void sl_unlink(struct kv *kv, struct entry **upd[], struct entry *e)
 {
     for (unsigned i = 0; i < e->level; i++) {
         pz_assert(*upd[i] == e);
         *upd[i] = e->fwd[i];
+        if (kv->tail[i] == e)
+            kv->tail[i] = sl_owner(kv, upd[i], i);
     }
 }
 
@@ -536,7 +587,7 @@ static void lease_drop(struct kv *kv, uint64_t id)
 static void lease_attach(struct kv *kv, struct entry *e)
 {
     pz_assert(e->leased);
-    struct lease *l = lease_find(kv, e->m.lease);
+    struct lease *l = lease_find(kv, entry_lease(e));
     pz_assert(l != NULL); /* checked before the put */
     struct llink *k = llink_of(e);
     k->prev = NULL;
@@ -550,7 +601,7 @@ static void lease_attach(struct kv *kv, struct entry *e)
 static void lease_detach(struct kv *kv, struct entry *e)
 {
     pz_assert(e->leased);
-    struct lease *l = lease_find(kv, e->m.lease);
+    struct lease *l = lease_find(kv, entry_lease(e));
     pz_assert(l != NULL && l->nkeys > 0);
     struct llink *k = llink_of(e);
     if (k->prev)
@@ -685,17 +736,18 @@ static int do_put(struct apply *a, const void *key, size_t klen,
     if (link) {
         struct entry *old = *link;
         sink_item(a, old, true);
-        struct kv_meta m = old->m;
+        struct kv_meta m = entry_meta(old);
         m.mod_revision = rev;
         m.version++;
         m.lease = lease;
         kv->digest -= e_digest(old);
         kv->bytes = kv->bytes - old->vlen + vlen;
         if (old->vlen == vlen && kv->on_event == NULL &&
-            old->m.lease == lease) {
+            entry_lease(old) == lease) {
             if (vlen)
                 memmove(entry_value(old), value, vlen); /* may overlap */
-            old->m = m;
+            old->mod_revision = m.mod_revision;
+            old->version = m.version;
             kv->digest += e_digest(old);
             return 1;
         }
@@ -711,6 +763,8 @@ static int do_put(struct apply *a, const void *key, size_t klen,
             pz_assert(*upd[i] == old);
             e->fwd[i] = old->fwd[i];
             *upd[i] = e;
+            if (kv->tail[i] == old)
+                kv->tail[i] = e;
         }
         e->next = old->next;
         *link = e;
@@ -750,7 +804,7 @@ static void remove_entry(struct apply *a, struct entry **link, struct table *t,
     *link = e->next;
     pz_assert(t->used > 0);
     t->used--;
-    sl_unlink(upd, e);
+    sl_unlink(kv, upd, e);
     if (e->leased)
         lease_detach(kv, e);
     kv->bytes -= (size_t)e->klen + e->vlen;
@@ -800,7 +854,7 @@ static uint64_t do_delrange(struct apply *a, const void *from, size_t flen,
     struct entry *e = sl_find(kv, from, flen, upd);
     while (e && in_range(e, to, tlen, to_end)) {
         struct table *t;
-        struct entry **link = find_link(kv, e->hash, entry_key(e), e->klen, &t);
+        struct entry **link = find_link(kv, entry_hash(kv, e), entry_key(e), e->klen, &t);
         pz_assert(link && *link == e);
         remove_entry(a, link, t, upd, e);
         n++;
@@ -1464,16 +1518,16 @@ static bool cmp_holds(struct kv *kv, const struct kv_cmp *c)
         if (e) {
             switch (c->target) {
             case KV_CMP_VERSION:
-                v = e->m.version;
+                v = e->version;
                 break;
             case KV_CMP_CREATE:
-                v = e->m.create_revision;
+                v = e->create_revision;
                 break;
             case KV_CMP_MOD:
-                v = e->m.mod_revision;
+                v = e->mod_revision;
                 break;
             default:
-                v = e->m.lease;
+                v = entry_lease(e);
                 break;
             }
         }
@@ -1726,7 +1780,7 @@ static void apply_revoke(struct apply *a, uint64_t id, struct kv_result *res)
     while (l->keys) {
         struct entry *e = l->keys;
         struct table *t;
-        struct entry **link = find_link(kv, e->hash, entry_key(e), e->klen, &t);
+        struct entry **link = find_link(kv, entry_hash(kv, e), entry_key(e), e->klen, &t);
         pz_assert(link && *link == e);
         struct entry **upd[KV_SKIP_LEVELS];
         sl_find(kv, entry_key(e), e->klen, upd);

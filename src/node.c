@@ -130,6 +130,7 @@ static void apply_entry(const struct raft_entry *e)
         members_conf_committed(e);
     }
     nd->applied = e->index;
+    nd->applied_bytes += e->len;
     /* Complete the writes waiting on this index. */
     while (!pz_queue_empty(&nd->proposals)) {
         struct node_req *r =
@@ -439,6 +440,11 @@ void node_before_sleep(void)
     if (!nd->open)
         return;
     ready_cycle();
+    /* A snapshot transfer refills its peer's queue every loop turn (a
+     * write that drained it wakes the loop), not only once per tick: once
+     * the socket's buffer was full, the rest waited for the next tick. */
+    if (nd->xfers)
+        snaps_xfer_pump();
     /* Callbacks may start new requests; those wait for the next turn. */
     struct pz_queue batch;
     pz_queue_init(&batch);

@@ -2207,6 +2207,20 @@ int raft_compact(struct raft *r, uint64_t index, uint64_t trailing)
     return 0;
 }
 
+uint64_t raft_trailing_within(const struct raft *r, uint64_t index,
+                              uint64_t max_entries, uint64_t max_bytes)
+{
+    uint64_t n = 0, bytes = 0;
+    while (n < max_entries && n < index) {
+        const struct raft_entry *e = raft_log_get(r, index - n);
+        if (e == NULL || e->len > max_bytes - bytes)
+            break;
+        bytes += e->len;
+        n++;
+    }
+    return n;
+}
+
 int raft_report_snapshot(struct raft *r, uint64_t id, bool ok)
 {
     if (r->role != RAFT_LEADER)

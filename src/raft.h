@@ -453,6 +453,15 @@ int raft_snapshot_meta_at(const struct raft *r, uint64_t index,
  * index > applied. */
 int raft_compact(struct raft *r, uint64_t index, uint64_t trailing);
 
+/* How many entries to keep behind a snapshot at index (the trailing
+ * argument of raft_compact): the most entries up to index, counted back
+ * from it, that are at most max_entries and hold at most max_bytes of
+ * data between them, so that large entries do not keep the log in memory
+ * large (max_entries 1 MiB entries would). Entries no longer held end the
+ * count. */
+uint64_t raft_trailing_within(const struct raft *r, uint64_t index,
+                              uint64_t max_entries, uint64_t max_bytes);
+
 /* Leader: outcome of sending the INSTALL_SNAPSHOT message to peer id, from
  * the driver that streams the file (etcd's ReportSnapshot). ok: the whole
  * file and the message were delivered; the leader then waits for the

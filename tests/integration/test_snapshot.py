@@ -153,6 +153,41 @@ def test_admin_snapshot_and_status(servers):
     assert "loaded snapshot" in s.read_log()
 
 
+def log_entries(server):
+    st, _, text = server.request("GET", "/metrics")
+    assert st == 200
+    for line in text.decode().splitlines():
+        if line.startswith("pyazdb_raft_log_entries "):
+            return float(line.split()[1])
+    raise AssertionError("no pyazdb_raft_log_entries in /metrics")
+
+
+def test_large_entries_bound_the_log_by_bytes(servers):
+    """Entries of 100 KB: a snapshot comes after raft-snapshot-bytes of
+    them (long before raft-snapshot-entries), and no more than
+    raft-trailing-bytes of them stay behind it, so the log held in memory
+    stays small however large the values."""
+    s = servers(conf={"raft-snapshot-bytes": "1mb",
+                      "raft-trailing-bytes": "250kb"})
+    value = "x" * 100_000
+    for i in range(40):  # 4 MB of entries, 40 of them
+        assert put(s, f"big{i}", value)[0] == 204
+    deadline = time.time() + 30
+    while s.status()["snapshot_index"] == 0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert s.status()["snapshot_index"] > 0  # by bytes: 8192 entries by count
+    st, _, body = s.request("POST", "/admin/snapshot")
+    assert st == 200, body
+    # behind the snapshot, at most 250 KB of entries: two of 100 KB (and
+    # maybe empty ones), not the raft-trailing-entries (10240) default
+    assert log_entries(s) <= 4
+    s.stop()
+    s.start()
+    assert get(s, "big39")[2] == value.encode()
+    assert s.status()["keys"] == 40
+    assert log_entries(s) <= 4
+
+
 @pytest.mark.parametrize("point", ["snapshot-before-rename",
                                    "snapshot-after-rename",
                                    "before-log-truncate",

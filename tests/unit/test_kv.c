@@ -1547,6 +1547,107 @@ TEST(txn_range_budget)
     kv_free(kv);
 }
 
+/* Every key in order, strictly ascending, and as many as expected. */
+struct order_check {
+    char last[16];
+    size_t lastlen;
+    size_t n;
+    bool bad;
+};
+
+static int order_visit(void *arg, const uint8_t *key, size_t klen,
+                       const uint8_t *val, size_t vlen)
+{
+    struct order_check *c = arg;
+    (void)val;
+    (void)vlen;
+    if (klen > sizeof c->last ||
+        (c->n > 0 && (memcmp(c->last, key, PZ_MIN(klen, c->lastlen)) > 0 ||
+                      (memcmp(c->last, key, PZ_MIN(klen, c->lastlen)) == 0 &&
+                       c->lastlen >= klen)))) {
+        c->bad = true;
+        return 1;
+    }
+    memcpy(c->last, key, klen);
+    c->lastlen = klen;
+    c->n++;
+    return 0;
+}
+
+static void check_order(struct kv *kv, size_t want)
+{
+    struct order_check c = {0};
+    CHECK_EQ_INT(kv_foreach(kv, order_visit, &c), 0);
+    CHECK(!c.bad);
+    CHECK_EQ_INT(c.n, want);
+    CHECK_EQ_INT(kv_count(kv), want);
+}
+
+static int first_key(void *arg, const struct kv_view *v)
+{
+    memcpy(arg, v->key, PZ_MIN(v->klen, 8u));
+    return 1;
+}
+
+/* Keys inserted in order are appended at the skiplist's tails; the tails
+ * must follow every change at the end of the list: the last keys deleted
+ * (one by one and by range), the last key replaced by a put of another
+ * size, keys inserted before the tail. */
+TEST(append_in_order_keeps_tails)
+{
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        struct kv *kv = kv_new_seeded(seed);
+        char k[16];
+        size_t n = 0;
+        for (int i = 0; i < 4000; i++, n++) {
+            snprintf(k, sizeof k, "k%06d", 2 * i);
+            CHECK_EQ_INT(kv_set(kv, k, 7, "v", 1), 0);
+        }
+        check_order(kv, n);
+        for (int i = 3999; i >= 3900; i--, n--) { /* the tail, one by one */
+            snprintf(k, sizeof k, "k%06d", 2 * i);
+            CHECK_EQ_INT(kv_del(kv, k, 7), 1);
+        }
+        check_order(kv, n);
+        snprintf(k, sizeof k, "k%06d", 2 * 3899); /* the last, replaced */
+        CHECK_EQ_INT(kv_set(kv, k, 7, "a longer value", 14), 1);
+        for (int i = 3900; i < 5000; i++, n++) { /* appended again */
+            snprintf(k, sizeof k, "k%06d", 2 * i);
+            CHECK_EQ_INT(kv_set(kv, k, 7, "v", 1), 0);
+        }
+        check_order(kv, n);
+        for (int i = 0; i < 5000; i += 7, n++) { /* before the tail */
+            snprintf(k, sizeof k, "k%06d", 2 * i + 1);
+            CHECK_EQ_INT(kv_set(kv, k, 7, "v", 1), 0);
+        }
+        check_order(kv, n);
+        /* the end by range: keys >= k009000 */
+        uint8_t cmd[64];
+        struct pz_buf b = {0};
+        struct kv_op op = {.type = KV_TOP_DELRANGE,
+                           .key = (const uint8_t *)"k009000",
+                           .klen = 7,
+                           .flags = KV_RANGE_TO_END};
+        CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &op, 1, NULL, 0), 0);
+        struct kv_result res;
+        CHECK_EQ_INT(kv_apply(kv, (const uint8_t *)b.data, b.len, &res), 0);
+        pz_buf_free(&b);
+        /* even keys of i = 4500..4999, odd ones of i a multiple of 7 */
+        n -= 500 + 72;
+        CHECK(res.succeeded);
+        check_order(kv, n);
+        for (int i = 0; i < 100; i++, n++) {
+            snprintf(k, sizeof k, "z%06d", i);
+            CHECK_EQ_INT(kv_set(kv, k, 7, "v", 1), 0);
+        }
+        check_order(kv, n);
+        memset(cmd, 0, sizeof cmd);
+        kv_range(kv, "z000050", 7, NULL, 0, true, first_key, cmd);
+        CHECK(memcmp(cmd, "z000050", 7) == 0);
+        kv_free(kv);
+    }
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
     TEST_ENTRY(binary_keys_values),
@@ -1572,5 +1673,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(txn_malformed),
     TEST_ENTRY(events_and_range_limits),
     TEST_ENTRY(txn_range_budget),
+    TEST_ENTRY(append_in_order_keeps_tails),
     TEST_END};
 const struct test_suite suite_kv = {"kv", cases};
+

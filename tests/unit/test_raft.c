@@ -1915,6 +1915,37 @@ TEST(append_breaking_log_matching_refused)
     net_free(&net);
 }
 
+/* Entries kept behind a snapshot, by count and by their bytes. */
+TEST(trailing_within_bytes)
+{
+    struct tnet net;
+    net_init(&net, 1);
+    elect(&net, 1);
+    struct raft *r = net.nodes[1].r;
+    static uint8_t buf[500];
+    uint64_t last = 0;
+    for (size_t n = 100; n <= 500; n += 100) /* 100, 200, ..., 500 bytes */
+        CHECK_EQ_INT(raft_propose(r, buf, n, &last, NULL), 0);
+    pump(&net, 1);
+    CHECK_EQ_INT(raft_log_get(r, last)->len, 500);
+    CHECK_EQ_INT(raft_trailing_within(r, last, 100, 0), 0);
+    CHECK_EQ_INT(raft_trailing_within(r, last, 100, 499), 0);
+    CHECK_EQ_INT(raft_trailing_within(r, last, 100, 500), 1);
+    CHECK_EQ_INT(raft_trailing_within(r, last, 100, 899), 1);
+    CHECK_EQ_INT(raft_trailing_within(r, last, 100, 900), 2);
+    CHECK_EQ_INT(raft_trailing_within(r, last, 100, 1499), 4);
+    CHECK_EQ_INT(raft_trailing_within(r, last, 3, UINT64_MAX), 3);
+    CHECK_EQ_INT(raft_trailing_within(r, last - 1, 100, 700), 2);
+    CHECK_EQ_INT(raft_trailing_within(r, last + 1, 100, UINT64_MAX), 0);
+    CHECK_EQ_INT(raft_trailing_within(r, 0, 100, UINT64_MAX), 0);
+    /* every entry, when both limits allow: the whole log, from index 1 */
+    CHECK_EQ_INT(raft_trailing_within(r, last, 1000, UINT64_MAX), last);
+    /* entries already dropped end the count */
+    CHECK_EQ_INT(raft_compact(r, last, 2), 0);
+    CHECK_EQ_INT(raft_trailing_within(r, last, 100, UINT64_MAX), 2);
+    net_free(&net);
+}
+
 TEST(compact_boundaries)
 {
     struct tnet net;
@@ -2654,6 +2685,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(advance_counts_nothing_truncated_meanwhile),
     TEST_ENTRY(append_breaking_log_matching_refused),
     TEST_ENTRY(compact_boundaries),
+    TEST_ENTRY(trailing_within_bytes),
     TEST_ENTRY(conf_survives_compaction),
     TEST_ENTRY(leader_sends_snapshot),
     TEST_ENTRY(snapshot_report_and_retry),
