@@ -268,11 +268,6 @@ static inline uint64_t mix(uint64_t a, uint64_t b)
  * hashing most of a snapshot load's work); the value is the same. */
 static inline uint64_t read_le(const uint8_t *p, size_t n)
 {
-    if (n == 8) {
-        uint64_t w;
-        memcpy(&w, p, sizeof w);
-        return le64toh(w);
-    }
     uint64_t v = 0;
     for (size_t i = 0; i < n; i++)
         v |= (uint64_t)p[i] << (8 * i);
