@@ -263,9 +263,7 @@ static inline uint64_t mix(uint64_t a, uint64_t b)
     return (uint64_t)r ^ (uint64_t)(r >> 64);
 }
 
-/* n bytes (at most 8) as a little-endian number. A whole word is one
- * load (the byte loop below costs some 30 instructions a word, which made
- * hashing most of a snapshot load's work); the value is the same. */
+/* n bytes (fewer than 8: the tail) as a little-endian number. */
 static inline uint64_t read_le(const uint8_t *p, size_t n)
 {
     uint64_t v = 0;
@@ -274,7 +272,9 @@ static inline uint64_t read_le(const uint8_t *p, size_t n)
     return v;
 }
 
-/* read_le(p, 8) as one load: the same value on any host. */
+/* 8 bytes as a little-endian number, in one load (a byte loop cost some
+ * 30 instructions a word, which made hashing most of a snapshot load's
+ * work): the same value on any host. */
 static inline uint64_t read_le8(const uint8_t *p)
 {
     uint64_t v;
