@@ -106,7 +106,8 @@ struct node {
     uint64_t read_ctx;           /* last ReadIndex context used */
     uint64_t applied;            /* last index applied to kv */
     uint64_t applied_bytes;      /* bytes of entries applied since the
-                                    last snapshot was started */
+                                    last snapshot was started or
+                                    installed */
     uint64_t leader;             /* known leader, 0 if none */
     uint8_t role;                /* enum raft_role */
     struct member *members;      /* current configuration (+ addresses) */

@@ -22,10 +22,12 @@ static uint64_t rx_max_size(void);
 static bool rx_fits_disk(uint64_t total, char *why, size_t len);
 
 /* --- snapshots ------------------------------------------------------------
- * Taking one (every raft-snapshot-entries applied entries, or once those
- * hold raft-snapshot-bytes, or POST /admin/snapshot): fork, as Redis's BGSAVE does, so that the child writes
- * the table as of the fork from copy-on-write memory while the loop goes on
- * serving; the parent only polls the child from the tick timer. When the
+ * Taking one (after raft-snapshot-entries applied entries that carry an
+ * eighth of the last snapshot's size, at the latest once they hold
+ * raft-snapshot-bytes or the last snapshot's size, or on POST
+ * /admin/snapshot): fork, as Redis's BGSAVE does, so that the child
+ * writes the table as of the fork from copy-on-write memory while the loop
+ * goes on serving; the parent only polls the child from the tick timer. When the
  * file is durable (written, fsynced, renamed), the Raft core records the
  * snapshot point and drops its log up to index - raft-trailing-entries
  * (fewer entries are kept if those hold more than raft-trailing-bytes),
@@ -54,6 +56,7 @@ static bool rx_fits_disk(uint64_t total, char *why, size_t len);
  * file is reported and an older one tried; with none usable while the log
  * was compacted, the node refuses to start. */
 
+#define SNAP_LOG_SHARE 8 /* see snaps_maybe */
 #define XFER_CHUNK (256 * 1024)     /* bytes per snapshot chunk */
 #define XFER_QUEUE_MAX (1024 * 1024) /* pace: peer queue below this */
 
@@ -257,11 +260,17 @@ void snaps_maybe(void)
 {
     if (NIO(now) < nd->snap_retry_at)
         return;
-    /* by entries, or by their bytes: the log in memory stays bounded when
-     * entries are large */
-    if (nd->applied >=
-            nd->snap_index + (uint64_t)nd->cfg->raft_snapshot_entries ||
-        nd->applied_bytes >= (uint64_t)nd->cfg->raft_snapshot_bytes)
+    /* By entries once they carry a share of the table (a snapshot writes
+     * the whole table: at most SNAP_LOG_SHARE bytes per byte of log it
+     * replaces), or by bytes at the latest: the log in memory stays
+     * bounded when entries are large. */
+    uint64_t most = (uint64_t)nd->cfg->raft_snapshot_bytes;
+    if (most < nd->snap_size)
+        most = nd->snap_size;
+    if ((nd->applied >=
+             nd->snap_index + (uint64_t)nd->cfg->raft_snapshot_entries &&
+         nd->applied_bytes >= nd->snap_size / SNAP_LOG_SHARE) ||
+        nd->applied_bytes >= most)
         snapshot_start();
 }
 
@@ -714,6 +723,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
     nd->prev_snap_term = nd->snap_term;
     nd->snap_index = sm->index;
     nd->snap_term = sm->term;
+    nd->applied_bytes = 0;
     /* Writes waiting here can no longer be matched to their entries. */
     struct pz_queue *e = nd->proposals.next;
     while (e != &nd->proposals) {

@@ -175,7 +175,7 @@ def test_large_entries_bound_the_log_by_bytes(servers):
     deadline = time.time() + 30
     while s.status()["snapshot_index"] == 0 and time.time() < deadline:
         time.sleep(0.1)
-    assert s.status()["snapshot_index"] > 0  # by bytes: 8192 entries by count
+    assert s.status()["snapshot_index"] > 0  # by bytes: 65536 entries by count
     st, _, body = s.request("POST", "/admin/snapshot")
     assert st == 200, body
     # behind the snapshot, at most 250 KB of entries: two of 100 KB (and
@@ -282,3 +282,27 @@ def test_new_node_joins_a_compacted_cluster_by_snapshot(servers, mandi):
     sts = settled(nodes + [new])
     assert sts[0]["keys"] == 2000
     assert "installed snapshot" in new.read_log()
+
+
+def test_small_writes_do_not_rewrite_a_large_table(servers):
+    """A snapshot is taken after raft-snapshot-entries entries only once
+    they carry an eighth of the last snapshot's size: a large table is not
+    rewritten for a trickle of small writes; enough bytes then do take
+    one."""
+    s = servers(conf={"raft-snapshot-entries": "50"})
+    acked = write_many(s, [f"k{i:05d}-" + "v" * 2000 for i in range(1500)])
+    assert len(acked) == 1500
+    st, _, body = s.request("POST", "/admin/snapshot")
+    assert st == 200, body
+    snap = json.loads(body)
+    assert snap["snapshot_size"] > 3 * 1024 * 1024
+    for i in range(120):  # 120 entries of well under 100 bytes
+        assert put(s, f"small{i}", "s")[0] == 204
+    time.sleep(1.0)  # a snapshot would have started at the last apply
+    assert s.status()["snapshot_index"] == snap["snapshot_index"]
+    assert log_entries(s) >= 120
+    # the table is about 6 MB (keys and values of 2 KB): 1 MB of new
+    # entries is past an eighth of it
+    for i in range(500):
+        assert put(s, f"more{i}", "m" * 2000)[0] == 204
+    wait_snapshot_index([s], snap["snapshot_index"] + 120)
