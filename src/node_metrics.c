@@ -21,6 +21,8 @@
 #include "stats.h"
 
 #define MAX_RTT_PEERS 16 /* peers whose heartbeat is timed at once */
+#define APP_LOST_NS (5 * 1000000000ull) /* an AppendEntries unanswered this
+                                        long was lost */
 
 static struct {
     bool on;                              /* node_metrics_init ran */
@@ -145,10 +147,15 @@ void node_metrics_sent(const struct raft_msg *m)
         return;
     if (!app) {
         nm.hb[i].sent_ns = stats_now_ns();
-    } else if (nm.hb[i].app_ns == 0) {
-        /* Timed one at a time: those sent before its answer are not. */
-        nm.hb[i].app_index = m->entries[m->n_entries - 1].index;
-        nm.hb[i].app_ns = stats_now_ns();
+    } else {
+        /* Timed one at a time: those sent before its answer are not. One
+         * unanswered for APP_LOST_NS was lost (a link that dropped, a
+         * leadership lost and won again): time this one instead. */
+        uint64_t now = stats_now_ns();
+        if (nm.hb[i].app_ns == 0 || now - nm.hb[i].app_ns > APP_LOST_NS) {
+            nm.hb[i].app_index = m->entries[m->n_entries - 1].index;
+            nm.hb[i].app_ns = now;
+        }
     }
 }
 
