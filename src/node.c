@@ -130,7 +130,7 @@ static void apply_entry(const struct raft_entry *e)
         members_conf_committed(e);
     }
     nd->applied = e->index;
-    nd->applied_bytes += e->len;
+    nd->applied_bytes += e->len + LOG_ENTRY_COST;
     /* Complete the writes waiting on this index. */
     while (!pz_queue_empty(&nd->proposals)) {
         struct node_req *r =

@@ -105,9 +105,11 @@ struct node {
     struct pz_queue done;        /* requests to call back */
     uint64_t read_ctx;           /* last ReadIndex context used */
     uint64_t applied;            /* last index applied to kv */
-    uint64_t applied_bytes;      /* bytes of entries applied since the
-                                    last snapshot was started or
-                                    installed */
+    uint64_t applied_bytes;      /* what the entries applied since the
+                                    newest snapshot (or install) take in
+                                    the log: payload + LOG_ENTRY_COST */
+    uint64_t snap_start_bytes;   /* applied_bytes when the writer child
+                                    forked (its snapshot covers them) */
     uint64_t leader;             /* known leader, 0 if none */
     uint8_t role;                /* enum raft_role */
     struct member *members;      /* current configuration (+ addresses) */
@@ -158,6 +160,11 @@ struct node {
                                     callback, published per applied entry */
     struct node_lease *lease;    /* lease expiry (node_lease.c) */
 };
+
+/* What an entry of the in-memory log costs besides its payload (struct
+ * raft_entry, the payload's header, the allocator's): counted with the
+ * payload in applied_bytes, so that many small entries weigh too. */
+#define LOG_ENTRY_COST 64
 
 extern struct node *nd;
 

@@ -57,6 +57,7 @@ static bool rx_fits_disk(uint64_t total, char *why, size_t len);
  * was compacted, the node refuses to start. */
 
 #define SNAP_LOG_SHARE 8 /* see snaps_maybe */
+#define TRIM_AFTER_BYTES (64 * 1024 * 1024) /* log dropped: malloc_trim */
 #define XFER_CHUNK (256 * 1024)     /* bytes per snapshot chunk */
 #define XFER_QUEUE_MAX (1024 * 1024) /* pace: peer queue below this */
 
@@ -93,7 +94,7 @@ static void snapshot_start(void)
         pz_warn("cannot start a snapshot: %s", err);
         return;
     }
-    nd->applied_bytes = 0;
+    nd->snap_start_bytes = nd->applied_bytes;
     pz_info("snapshot at index %llu: writing (%zu keys, fork %llu us)",
             (unsigned long long)at, kv_count(nd->kv),
             (unsigned long long)nd->snap_child.fork_us);
@@ -216,6 +217,12 @@ void snaps_poll(void)
         update_snap_waiters();
         return;
     }
+    /* What was applied since the fork waits for the next one. */
+    uint64_t covered = nd->snap_start_bytes < nd->applied_bytes
+                           ? nd->snap_start_bytes
+                           : nd->applied_bytes;
+    nd->applied_bytes -= covered;
+    nd->snap_start_bytes = 0;
     struct snapshot_meta sm;
     char err[SNAPSHOT_ERRMSG_SIZE];
     nd->prev_snap_index = nd->snap_index;
@@ -232,10 +239,11 @@ void snaps_poll(void)
     c->pid = 0;
     if (rv == 0) {
         request_compaction();
-        /* The dropped entries were large blocks among the table's small
-         * ones: hand their free pages back, which glibc keeps inside the
-         * heap otherwise (at 10M keys after the load, 90 MB a node). */
-        malloc_trim(0);
+        /* Much log dropped: hand its free pages back, which glibc keeps
+         * inside the heap otherwise (at 10M keys after the load, 90 MB a
+         * node). Not after every snapshot: the walk stalls the loop. */
+        if (covered >= TRIM_AFTER_BYTES)
+            malloc_trim(0);
     }
     size_t removed = 0;
     /* Keep the two newest durable snapshots (the newest covers the
@@ -724,6 +732,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
     nd->snap_index = sm->index;
     nd->snap_term = sm->term;
     nd->applied_bytes = 0;
+    nd->snap_start_bytes = 0;
     /* Writes waiting here can no longer be matched to their entries. */
     struct pz_queue *e = nd->proposals.next;
     while (e != &nd->proposals) {
