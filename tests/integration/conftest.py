@@ -64,6 +64,20 @@ def free_port(host="127.0.0.1"):
             return port
 
 
+def wait_for(pred, what="condition", timeout=15, step=0.02):
+    """Poll pred() until it returns something true, and return that; fail
+    after `timeout` seconds naming `what` and pred's last answer."""
+    deadline = time.time() + timeout
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.time() >= deadline:
+            raise AssertionError(f"timed out waiting for {what} "
+                                 f"(last: {last!r})")
+        time.sleep(step)
+
+
 class Server:
     """One pyazdb-server process."""
 
@@ -171,6 +185,27 @@ class Server:
             return r.status, dict(r.getheaders()), r.read()
         finally:
             c.close()
+
+    def metrics(self):
+        """GET /metrics as {sample: value}, a sample as the page writes
+        it: a name, with its labels if it has any
+        ('pyazdb_clients_connected{listener="http"}')."""
+        st, _, body = self.request("GET", "/metrics")
+        assert st == 200, body
+        out = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                sample, _, value = line.rpartition(" ")
+                out[sample] = float(value)
+        return out
+
+    def metric(self, name):
+        """One sample of GET /metrics: a name with its labels as the page
+        writes them, or a bare name (a family's first series)."""
+        for sample, value in self.metrics().items():
+            if sample == name or sample.startswith(name + "{"):
+                return value
+        raise KeyError(name)
 
     def read_log(self):
         try:
@@ -366,3 +401,18 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def server(servers):
     return servers()
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    """Message classes for kv.proto, cluster.proto, health and reflection
+    (grpc_helpers.stubs)."""
+    import grpc_helpers
+    return grpc_helpers.stubs(str(tmp_path_factory.mktemp("stubs")))
+
+
+@pytest.fixture(scope="session")
+def epb(tmp_path_factory):
+    """etcd's message classes (grpc_helpers.etcd_stubs)."""
+    import grpc_helpers
+    return grpc_helpers.etcd_stubs(str(tmp_path_factory.mktemp("etcdstubs")))
