@@ -364,10 +364,7 @@ def _factory(cls, tmp_path, request, default_name):
         if reports:
             problems.append(f"{s.name}: sanitizer report {reports}:\n"
                             + s.read_log())
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for s in started:
-            print(f"----- log of {s.name} -----\n{s.read_log()}")
+    print_logs(request, started)
     if problems:
         pytest.fail("\n".join(problems))
 
@@ -378,6 +375,37 @@ def servers(tmp_path, request):
     stopped at the end; the test fails on a sanitizer report, and logs are
     printed when it failed."""
     yield from _factory(Server, tmp_path, request, "node1")
+
+
+@pytest.fixture(scope="module")
+def module_servers(tmp_path_factory, request):
+    """As servers, for servers that every test of a module shares (a
+    cluster its tests only use keys, leases and watches of their own on),
+    stopped and checked after the module's last test; check_shared()
+    checks them after each test."""
+    yield from _factory(Server, tmp_path_factory.mktemp("shared"), request,
+                        "node1")
+
+
+def print_logs(request, nodes):
+    """The logs of nodes, if the test of `request` failed."""
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for s in nodes:
+            print(f"----- log of {s.name} -----\n{s.read_log()}")
+
+
+def check_shared(request, nodes):
+    """After a test on servers it shares with others (module_servers): their
+    logs if it failed, and it fails if one of them stopped or reported a
+    sanitizer error meanwhile."""
+    print_logs(request, nodes)
+    for s in nodes:
+        assert s.proc.poll() is None, \
+            f"{s.name} exited ({s.proc.returncode}):\n" + s.read_log()[-6000:]
+        reports = s.sanitizer_reports()
+        assert not reports, f"{s.name}: sanitizer report {reports}:\n" \
+            + s.read_log()
 
 
 @pytest.fixture

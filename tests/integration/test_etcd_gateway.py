@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from conftest import wait_for
-from test_etcd import cluster, etcd  # noqa: F401 (fixtures)
+from conftest import check_shared, wait_for
+from test_cluster import leader_of, make_cluster
+from test_etcd import etcd  # noqa: F401 (a fixture: a real etcd 3.4)
 from test_tls import body_code, pki  # noqa: F401 (pki: a fixture)
 from test_tls import curl as tls_curl
 from test_tls import start as tls_start
@@ -62,6 +63,22 @@ def gw(port):
         "python3-etcd3gw missing: scripts/install-deps.sh test installs it"
     return Etcd3Client(host="127.0.0.1", port=port, api_path="/v3/",
                        timeout=10)
+
+
+@pytest.fixture(scope="module")
+def shared_nodes(module_servers):
+    """One 3-node cluster for the tests below that take `cluster`: each
+    uses keys, leases and watches of its own and stops no node."""
+    return make_cluster(module_servers)
+
+
+@pytest.fixture
+def cluster(shared_nodes, request):
+    """(nodes, leader, follower) of the shared cluster, as of this test."""
+    leader = leader_of(shared_nodes)
+    follower = next(s for s in shared_nodes if s is not leader)
+    yield shared_nodes, leader, follower
+    check_shared(request, shared_nodes)
 
 
 # --- etcd3gw ------------------------------------------------------------------
