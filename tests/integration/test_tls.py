@@ -636,13 +636,15 @@ def test_cli_over_tls(servers, pki):
     r = run(cli, *h, *tls, "list", "c")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ck\tcv"
-    # No client certificate, the wrong CA, plain text: each fails.
-    r = run(cli, *g, "--cacert", pki["ca.crt"], "get", "ck")
+    # No client certificate, the wrong CA, plain text: each fails (the
+    # CLI retries until its --timeout: 1 s is enough to see it fail)
+    f = ["--addr", f"127.0.0.1:{s.grpc_port}", "--timeout", "1"]
+    r = run(cli, *f, "--cacert", pki["ca.crt"], "get", "ck")
     assert r.returncode == 1 and r.stdout == ""
-    r = run(cli, *g, "--cacert", pki["other-ca.crt"], "--cert",
+    r = run(cli, *f, "--cacert", pki["other-ca.crt"], "--cert",
             pki["alice.crt"], "--key", pki["alice.key"], "get", "ck")
     assert r.returncode == 1 and r.stdout == ""
-    r = run(cli, *g, "get", "ck")
+    r = run(cli, *f, "get", "ck")
     assert r.returncode == 1 and r.stdout == ""
     r = run(cli, *g, "--cert", pki["alice.crt"], "get", "ck")
     assert r.returncode == 1 and "--cert and --key" in r.stderr
