@@ -582,8 +582,11 @@ def test_no_leader(servers, epb):
         if s is not alone:
             s.proc.send_signal(signal.SIGSTOP)
     try:
+        # (forwarded to the stopped leader, it waits for the call's
+        # deadline: a short one)
         code, details = rpc_error(call, alone.grpc_port, epb, "KV", "Put",
-                                  epb.PutRequest(key=b"x", value=b"1"))
+                                  epb.PutRequest(key=b"x", value=b"1"),
+                                  timeout=3)
         assert code in (grpc.StatusCode.UNAVAILABLE,
                         grpc.StatusCode.DEADLINE_EXCEEDED), details
         assert details.startswith("etcdserver: ") or \
