@@ -21,8 +21,9 @@ def stalled_snapshots(port, n):
     for i in range(n):
         hb = gh.hpack_block(gh.grpc_headers(
             "/etcdserverpb.Maintenance/Snapshot", port))
-        s.sendall(gh.h2_frame(gh.HEADERS, gh.END_HEADERS, 1 + 2 * i, hb) +
-                  gh.h2_frame(gh.DATA, gh.END_STREAM, 1 + 2 * i, gh.frame(b"")))
+        sid = 1 + 2 * i
+        s.sendall(gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, hb) +
+                  gh.h2_frame(gh.DATA, gh.END_STREAM, sid, gh.frame(b"")))
     return s
 
 
