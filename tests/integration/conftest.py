@@ -64,6 +64,20 @@ def free_port(host="127.0.0.1"):
             return port
 
 
+def wait_for(pred, what="condition", timeout=15, step=0.02):
+    """Poll pred() until it returns something true, and return that; fail
+    after `timeout` seconds naming `what` and pred's last answer."""
+    deadline = time.time() + timeout
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.time() >= deadline:
+            raise AssertionError(f"timed out waiting for {what} "
+                                 f"(last: {last!r})")
+        time.sleep(step)
+
+
 class Server:
     """One pyazdb-server process."""
 
@@ -171,6 +185,27 @@ class Server:
             return r.status, dict(r.getheaders()), r.read()
         finally:
             c.close()
+
+    def metrics(self):
+        """GET /metrics as {sample: value}, a sample as the page writes
+        it: a name, with its labels if it has any
+        ('pyazdb_clients_connected{listener="http"}')."""
+        st, _, body = self.request("GET", "/metrics")
+        assert st == 200, body
+        out = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                sample, _, value = line.rpartition(" ")
+                out[sample] = float(value)
+        return out
+
+    def metric(self, name):
+        """One sample of GET /metrics: a name with its labels as the page
+        writes them, or a bare name (a family's first series)."""
+        for sample, value in self.metrics().items():
+            if sample == name or sample.startswith(name + "{"):
+                return value
+        raise KeyError(name)
 
     def read_log(self):
         try:
@@ -329,10 +364,7 @@ def _factory(cls, tmp_path, request, default_name):
         if reports:
             problems.append(f"{s.name}: sanitizer report {reports}:\n"
                             + s.read_log())
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for s in started:
-            print(f"----- log of {s.name} -----\n{s.read_log()}")
+    print_logs(request, started)
     if problems:
         pytest.fail("\n".join(problems))
 
@@ -343,6 +375,37 @@ def servers(tmp_path, request):
     stopped at the end; the test fails on a sanitizer report, and logs are
     printed when it failed."""
     yield from _factory(Server, tmp_path, request, "node1")
+
+
+@pytest.fixture(scope="module")
+def module_servers(tmp_path_factory, request):
+    """As servers, for servers that every test of a module shares (a
+    cluster its tests only use keys, leases and watches of their own on),
+    stopped and checked after the module's last test; check_shared()
+    checks them after each test."""
+    yield from _factory(Server, tmp_path_factory.mktemp("shared"), request,
+                        "node1")
+
+
+def print_logs(request, nodes):
+    """The logs of nodes, if the test of `request` failed."""
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for s in nodes:
+            print(f"----- log of {s.name} -----\n{s.read_log()}")
+
+
+def check_shared(request, nodes):
+    """After a test on servers it shares with others (module_servers): their
+    logs if it failed, and it fails if one of them stopped or reported a
+    sanitizer error meanwhile."""
+    print_logs(request, nodes)
+    for s in nodes:
+        assert s.proc.poll() is None, \
+            f"{s.name} exited ({s.proc.returncode}):\n" + s.read_log()[-6000:]
+        reports = s.sanitizer_reports()
+        assert not reports, f"{s.name}: sanitizer report {reports}:\n" \
+            + s.read_log()
 
 
 @pytest.fixture
@@ -366,3 +429,18 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def server(servers):
     return servers()
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    """Message classes for kv.proto, cluster.proto, health and reflection
+    (grpc_helpers.stubs)."""
+    import grpc_helpers
+    return grpc_helpers.stubs(str(tmp_path_factory.mktemp("stubs")))
+
+
+@pytest.fixture(scope="session")
+def epb(tmp_path_factory):
+    """etcd's message classes (grpc_helpers.etcd_stubs)."""
+    import grpc_helpers
+    return grpc_helpers.etcd_stubs(str(tmp_path_factory.mktemp("etcdstubs")))

@@ -59,6 +59,42 @@ def stubs(tmpdir):
     return s
 
 
+_etcd_pb = None
+
+
+def etcd_stubs(tmpdir):
+    """The message classes of etcd's API (proto/etcd_rpc.proto, which
+    imports etcd_mvcc.proto), generated and imported once per session."""
+    global _etcd_pb
+    if _etcd_pb is None:
+        src = os.path.join(ROOT, "proto")
+        out = os.path.join(tmpdir, "etcd_py")
+        os.makedirs(out, exist_ok=True)
+        subprocess.run(["protoc", "--proto_path=" + src,
+                        "--python_out=" + out, "etcd_mvcc.proto",
+                        "etcd_rpc.proto"], check=True)
+        sys.path.insert(0, out)
+        _etcd_pb = importlib.import_module("etcd_rpc_pb2")
+    return _etcd_pb
+
+
+def etcd_call(port, epb, svc, method, req, resp=None, metadata=None,
+              timeout=10):
+    """One unary call to etcdserverpb.svc/method on 127.0.0.1:port, on a
+    channel of its own; resp names the answer's message (by default
+    method + "Response", as etcd names them but for Compact)."""
+    resp = resp or {"Compact": "CompactionResponse"}.get(method,
+                                                          method + "Response")
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        f = ch.unary_unary(f"/etcdserverpb.{svc}/{method}",
+                           request_serializer=type(req).SerializeToString,
+                           response_deserializer=getattr(epb, resp).FromString)
+        return f(req, metadata=metadata, timeout=timeout)
+    finally:
+        ch.close()
+
+
 def identity(b):
     return b
 
@@ -193,6 +229,26 @@ def h2_frame(ftype, flags, stream, payload):
             + struct.pack(">I", stream & 0x7FFFFFFF) + payload)
 
 
+def split_frames(buf):
+    """The whole frames at the start of buf, past a client's connection
+    preface if it opens buf: ([(type, flags, stream, payload)...], the
+    bytes left over)."""
+    if PREFACE.startswith(buf[:len(PREFACE)]):
+        if len(buf) < len(PREFACE):
+            return [], buf
+        buf = buf[len(PREFACE):]
+    frames = []
+    while len(buf) >= 9:
+        n = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + n:
+            break
+        frames.append((buf[3], buf[4],
+                       int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF,
+                       buf[9:9 + n]))
+        buf = buf[9 + n:]
+    return frames, buf
+
+
 def hpack_int(v, prefix_bits, first=0):
     limit = (1 << prefix_bits) - 1
     if v < limit:
@@ -257,14 +313,8 @@ class RawH2:
         end = time.time() + timeout
         closed = False
         while time.time() < end:
-            while len(self.buf) >= 9:
-                n = int.from_bytes(self.buf[:3], "big")
-                if len(self.buf) < 9 + n:
-                    break
-                f = (self.buf[3], self.buf[4],
-                     int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF,
-                     self.buf[9:9 + n])
-                self.buf = self.buf[9 + n:]
+            got, self.buf = split_frames(self.buf)
+            for f in got:
                 frames.append(f)
                 if f[0] == SETTINGS and not f[1] & ACK:
                     try:

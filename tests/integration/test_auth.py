@@ -230,21 +230,9 @@ def test_grpc_kv(node, tmp_path):
         c.close()
 
 
-@pytest.fixture(scope="module")
-def epb(tmp_path_factory):
-    from test_etcd import Etcd
-    return Etcd(str(tmp_path_factory.mktemp("etcdstubs"))).pb
-
-
 def ecall(port, epb, svc, method, req, resp, tok=None):
-    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        f = ch.unary_unary(f"/etcdserverpb.{svc}/{method}",
-                           request_serializer=type(req).SerializeToString,
-                           response_deserializer=getattr(epb, resp).FromString)
-        return f(req, metadata=md(tok) if tok else None, timeout=10)
-    finally:
-        ch.close()
+    return gh.etcd_call(port, epb, svc, method, req, resp,
+                        metadata=md(tok) if tok else None)
 
 
 def eerr(*a, **kw):

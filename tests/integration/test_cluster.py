@@ -10,6 +10,8 @@ import http.client
 
 import pytest
 
+from conftest import wait_for
+
 
 def make_cluster(servers, n=3, conf=None, start=True):
     """n nodes from one initial-cluster, started and ready (start=False:
@@ -231,11 +233,12 @@ def test_concurrent_writers_through_failover(cluster):
     leader = leader_of(cluster)
     acked = {}
     lock = threading.Lock()
-    stop = time.time() + 6
+    done = threading.Event()
+    stop = time.time() + 60  # a bound, should the cluster stall
 
     def writer(idx, node):
         n = 0
-        while time.time() < stop:
+        while not done.is_set() and time.time() < stop:
             key, val = f"w{idx}-{n}", f"{n}"
             try:
                 st, _, _ = put(node, key, val, timeout=5)
@@ -251,10 +254,17 @@ def test_concurrent_writers_through_failover(cluster):
                for i in range(6)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
-    leader.kill()
-    for t in threads:
-        t.join(30)
+    try:
+        # writes acknowledged before the kill, then as many after it
+        wait_for(lambda: len(acked) >= 40, "writes before the kill")
+        leader.kill()
+        before = len(acked)
+        wait_for(lambda: len(acked) >= before + 40,
+                 "writes acknowledged after the kill", timeout=30)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
     leader.start()
     leader_of(cluster)
     assert len(acked) > 50

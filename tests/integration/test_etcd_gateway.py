@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from conftest import check_shared, wait_for
 from test_cluster import leader_of, make_cluster
-from test_etcd import epb  # noqa: F401 (a fixture: etcd grpcio stubs)
 from test_etcd import etcd  # noqa: F401 (a fixture: a real etcd 3.4)
 from test_tls import body_code, pki  # noqa: F401 (pki: a fixture)
 from test_tls import curl as tls_curl
@@ -65,12 +65,20 @@ def gw(port):
                        timeout=10)
 
 
+@pytest.fixture(scope="module")
+def shared_nodes(module_servers):
+    """One 3-node cluster for the tests below that take `cluster`: each
+    uses keys, leases and watches of its own and stops no node."""
+    return make_cluster(module_servers)
+
+
 @pytest.fixture
-def cluster(servers):
-    nodes = make_cluster(servers)
-    leader = leader_of(nodes)
-    follower = next(s for s in nodes if s is not leader)
-    return nodes, leader, follower
+def cluster(shared_nodes, request):
+    """(nodes, leader, follower) of the shared cluster, as of this test."""
+    leader = leader_of(shared_nodes)
+    follower = next(s for s in shared_nodes if s is not leader)
+    yield shared_nodes, leader, follower
+    check_shared(request, shared_nodes)
 
 
 # --- etcd3gw ------------------------------------------------------------------
@@ -172,12 +180,18 @@ def test_etcd3gw_watch(cluster):
         (b"wp/a", b"A"), (b"wp/b", b"B")]
     cancel()
     cancel_p()
-    # watch_once on a key written afterwards, from another thread
-    t = threading.Timer(0.5, lambda: w.put("w/once", "1"))
+    wait_for(lambda: watchers(follower) == 0, "the cancelled watches to end")
+    # watch_once on a key written once its watcher is registered (the
+    # gateway registers it before it answers; watch_once waits for events)
+    got = []
+    t = threading.Thread(target=lambda: got.append(
+        c.watch_once("w/once", timeout=30)))
     t.start()
-    ev = c.watch_once("w/once", timeout=10)
+    wait_for(lambda: watchers(follower) == 1 or not t.is_alive(),
+             "watch_once's watcher")
+    w.put("w/once", "1")
     t.join()
-    assert ev["kv"]["value"] == b"1"
+    assert got and got[0]["kv"]["value"] == b"1"
 
 
 def test_etcd3gw_status_and_members(cluster):
@@ -310,11 +324,7 @@ class RawWatch:
 
 
 def watchers(server):
-    st, _, text = server.request("GET", "/metrics")
-    text = text.decode() if isinstance(text, bytes) else text
-    line = next(x for x in text.splitlines()
-                if x.startswith("pyazdb_watchers "))
-    return float(line.split()[1])
+    return server.metric("pyazdb_watchers")
 
 
 def test_watch_stream_raw(servers):
@@ -490,6 +500,10 @@ def test_clients_that_leave(cluster):
     reqs += [("/v3/watch", json.dumps({"create_request": {
         "key": b64("gone/")}}).encode())] * 10
     reqs += [("/v3/kv/range", b'{"key":"Z29uZS8=","range_end":"Z29uZTA="}')]
+    accepted = 'pyazdb_clients_accepted_total{listener="http"}'
+    connected = 'pyazdb_clients_connected{listener="http"}'
+    m = follower.metrics()  # a scrape is a connection of its own
+    accepted0, connected0 = m[accepted], m[connected]
     for path, body in reqs:
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: "
@@ -500,13 +514,22 @@ def test_clients_that_leave(cluster):
     s.sendall(b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Length: 50"
               b"\r\n\r\n{\"key\":")
     s.close()
-    deadline = time.time() + 10
-    while watchers(follower) != 0:
-        assert time.time() < deadline, "watchers outlived their clients"
-        time.sleep(0.05)
+    # the node has taken every one of those connections and seen it close
+    scrapes = []
+
+    def all_closed():
+        m = follower.metrics()
+        scrapes.append(m)
+        return (m[accepted] >= accepted0 + len(reqs) + 1 + len(scrapes)
+                and m[connected] <= connected0)
+    wait_for(all_closed, "the node to see every client leave")
+    # a linearizable read after them: a ReadIndex round that ends after
+    # those the watches were waiting for
     r = call(port, "/v3/kv/range", {"key": b64("gone/"),
                                     "range_end": b64("gone0")})
     assert int(r.get("count", "0")) <= 20
+    wait_for(lambda: watchers(follower) == 0,
+             "the watchers of clients that left to go")
     c = gw(port)
     assert c.put("after", "ok") is True and c.get("after") == [b"ok"]
     for n in nodes:
@@ -550,13 +573,6 @@ def test_etcd3gw_lock(cluster):
     assert lb.release() is True
 
 
-def metric(server, name):
-    st, _, text = server.request("GET", "/metrics")
-    text = text.decode() if isinstance(text, bytes) else text
-    return float(next(x for x in text.splitlines()
-                      if x.startswith(name + " ")).split()[1])
-
-
 def test_watch_of_a_client_that_does_not_read(servers):
     """A watcher whose client reads nothing falls behind; past
     watch-max-buffer it is cancelled and its stream ends, holding no
@@ -572,7 +588,7 @@ def test_watch_of_a_client_that_does_not_read(servers):
                                         "value": value}}
                        for k in range(1, 9)]}  # ~0.5 MB a revision
     deadline = time.time() + 60
-    while metric(server, "pyazdb_watch_cancelled_slow_total") < 1:
+    while server.metric("pyazdb_watch_cancelled_slow_total") < 1:
         assert time.time() < deadline, "the slow watcher was not cancelled"
         call(port, "/v3/kv/txn", txn)
     deadline = time.time() + 10

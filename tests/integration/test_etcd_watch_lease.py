@@ -13,10 +13,10 @@ import os
 import grpc
 import pytest
 
-from grpc_helpers import rpc_error
+from grpc_helpers import etcd_call as unary, rpc_error
 from test_cluster import leader_of
 from test_etcd import (ETCDCTL, base_revision, cluster, ctl, ctl_error,
-                       ctl_json, epb, etcd)  # noqa: F401 (fixtures)
+                       ctl_json, etcd)  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(
     ETCDCTL is None, reason="etcdctl missing: scripts/install-deps.sh test "
@@ -328,14 +328,6 @@ class WatchStream:
         self.reqs.put(None)
         self.call.cancel()
         self.ch.close()
-
-
-def unary(port, pb, svc, method, req, resp):
-    with channel(port) as ch:
-        f = ch.unary_unary(f"/etcdserverpb.{svc}/{method}",
-                           request_serializer=type(req).SerializeToString,
-                           response_deserializer=getattr(pb, resp).FromString)
-        return f(req, timeout=10)
 
 
 def put(port, pb, key, value, lease=0):

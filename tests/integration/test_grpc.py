@@ -4,13 +4,10 @@ hand-made HTTP/2 frames for the malformed cases. Every status of the
 mapping that one node can produce is driven on purpose; the node-error
 cases (no leader, replication failure, shutdown) are unit-tested against a
 fake node in tests/unit/test_grpc.c."""
-import concurrent.futures
 import os
 import shutil
-import socket
 import struct
 import subprocess
-import threading
 import time
 
 import grpc
@@ -29,11 +26,6 @@ def need(tool):
     """Fails (never skips) when a client tool is missing."""
     assert shutil.which(tool), (f"{tool} not found: scripts/install-deps.sh "
                                 "test installs nghttp2-client")
-
-
-@pytest.fixture(scope="session")
-def pb(tmp_path_factory):
-    return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
 
 
 @pytest.fixture

@@ -6,16 +6,9 @@ import subprocess
 import time
 
 import grpc
-import pytest
 
-import grpc_helpers as gh
 from grpc_helpers import CLI, Client, rpc_error
 from test_cluster import leader_of, make_cluster
-
-
-@pytest.fixture(scope="module")
-def pb(tmp_path_factory):
-    return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
 
 
 def wait_status(c, pb, pred, timeout=10):
@@ -96,7 +89,7 @@ def test_forwarding_follows_a_new_leader(servers, pb):
                       timeout=10).success
         leader.kill()
         new = leader_of(nodes, exclude=(leader,), timeout=20)
-        st = wait_status(fc, pb, lambda st: st.leader == new.name
+        wait_status(fc, pb, lambda st: st.leader == new.name
                          and st.leader_grpc_addr != "" or st.role == "leader")
         # writes through the same follower reach the new leader (retry while
         # the cluster settles)

@@ -8,18 +8,10 @@ import json
 import signal
 import time
 
-import pytest
-
-import grpc_helpers as gh
 from grpc_helpers import Client
 from test_cluster import leader_of, make_cluster
 
 ELECTION_MS = 1000  # the default election-timeout
-
-
-@pytest.fixture(scope="module")
-def pb(tmp_path_factory):
-    return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
 
 
 def health(s, query=""):

@@ -28,7 +28,7 @@ import grpc
 import pytest
 
 import grpc_helpers as gh
-from conftest import free_port
+from conftest import free_port, wait_for
 from grpc_helpers import Client, RawH2, frame, grpc_headers, rpc_error
 
 MiB = 1024 * 1024
@@ -53,11 +53,6 @@ CONF = {
 }
 # A small ASan quarantine, or memory freed in a sanitizer build looks kept.
 ENV = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:quarantine_size_mb=4"}
-
-
-@pytest.fixture(scope="session")
-def pb(tmp_path_factory):
-    return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
 
 
 @pytest.fixture
@@ -698,6 +693,34 @@ class RaftProxy:
             s.close()
 
 
+def misled_pair(servers, fakes, proxies, conf=None, env=None):
+    """node1 and node2, node1 the leader (the shorter election timeout),
+    their Raft links through RaftProxy (appended to `proxies`, which the
+    caller closes) so that node2 takes fakes[api], a port, for node1's
+    "http" or "grpc" API: (node1, node2)."""
+    n1 = servers("node1", start=False, env=env,
+                 conf=dict(conf or {}, **{"election-timeout": "300ms"}))
+    n2 = servers("node2", start=False, env=env,
+                 conf=dict(conf or {}, **{"election-timeout": "3s"}))
+    addr = b"127.0.0.1:%d"
+    rewrite = {addr % getattr(n1, api + "_port"): addr % port
+               for api, port in fakes.items()}
+    proxies += [RaftProxy(n1.raft_port, rewrite),
+                RaftProxy(n2.raft_port, rewrite)]
+    spec = (f"node1=127.0.0.1:{proxies[-2].port},"
+            f"node2=127.0.0.1:{proxies[-1].port}")
+    for s in (n1, n2):
+        s.conf["initial-cluster"] = spec
+        s.conf["raft-bootstrap"] = "no"
+        s.write_conf()
+        s.start(wait=False)
+    n1.wait_ready()
+    n2.wait_ready()
+    wait_for(lambda: n2.status()["leader"] == "node1"
+             and n1.status()["role"] == "leader", "node1 to lead")
+    return n1, n2
+
+
 class FakeLeader(gh.Listener):
     """A "leader" that answers whatever it is sent with headers without
     end, as fast as the peer takes them, up to `limit` bytes, and then
@@ -740,20 +763,14 @@ class FakeLeader(gh.Listener):
                     buf += chunk
                 except socket.timeout:
                     pass
-                if buf.startswith(gh.PREFACE):
-                    buf = buf[len(gh.PREFACE):]
-                while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(
-                        buf[:3], "big"):
-                    n = int.from_bytes(buf[:3], "big")
-                    ftype, flags = buf[3], buf[4]
-                    sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                frames, buf = gh.split_frames(buf)
+                for ftype, flags, sid, _ in frames:
                     if ftype == gh.SETTINGS and not flags & gh.ACK:
                         self._send(c, gh.h2_frame(gh.SETTINGS, gh.ACK, 0, b""))
                     elif ftype == gh.HEADERS and sid not in streams:
                         streams.append(sid)
                     elif ftype == gh.RST_STREAM:
                         reset.add(sid)
-                    buf = buf[9 + n:]
                 for sid in streams:
                     if sid not in reset:
                         self._send(c, gh.h2_frame(gh.HEADERS, gh.END_HEADERS,
@@ -771,27 +788,11 @@ def test_endless_headers_from_the_leader(servers, pb):
     clear error instead of buffering (HTTP 502) or waiting (gRPC
     INTERNAL); node2's memory stays flat and it goes on serving."""
     fake_http, fake_grpc = FakeLeader("http"), FakeLeader("grpc")
-    n1 = servers("node1", start=False, env=ENV,
-                 conf=dict(CONF, **{"election-timeout": "300ms"}))
-    n2 = servers("node2", start=False, env=ENV,
-                 conf=dict(CONF, **{"election-timeout": "3s"}))
-    addr = b"127.0.0.1:%d"
-    rewrite = {addr % n1.http_port: addr % fake_http.port,
-               addr % n1.grpc_port: addr % fake_grpc.port}
-    proxies = [RaftProxy(n1.raft_port, rewrite),
-               RaftProxy(n2.raft_port, rewrite)]
+    proxies = []
     try:
-        spec = (f"node1=127.0.0.1:{proxies[0].port},"
-                f"node2=127.0.0.1:{proxies[1].port}")
-        for s in (n1, n2):
-            s.conf["initial-cluster"] = spec
-            s.conf["raft-bootstrap"] = "no"
-            s.write_conf()
-            s.start(wait=False)
-        n1.wait_ready()
-        n2.wait_ready()
-        assert wait_until(lambda: n2.status()["leader"] == "node1"
-                          and n1.status()["role"] == "leader", 10)
+        n1, n2 = misled_pair(servers, {"http": fake_http.port,
+                                       "grpc": fake_grpc.port}, proxies,
+                             conf=CONF, env=ENV)
         assert set_key(n1, "k1", "before")[0] == 204
         before = rss_mb(n2)
 

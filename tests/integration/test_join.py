@@ -4,6 +4,7 @@ out; the cluster does not need mandi to replicate or fail over."""
 import json
 import time
 
+from conftest import wait_for
 from test_cluster import leader_of, put, get, wait_value
 
 
@@ -141,14 +142,16 @@ def test_writes_go_on_while_mandi_restarts(servers, mandi):
     t = threading.Thread(target=writer)
     t.start()
     try:
-        time.sleep(0.5)
+        wait_for(lambda: len(acked) >= 5, "writes before mandi is killed")
         mandi.kill()
-        time.sleep(1.5)
+        killed = len(acked)
+        wait_for(lambda: len(acked) >= killed + 5, "writes without mandi")
         before = len(acked)
         mandi.start()
         restarted = time.time()
         wait_mandi_leader(mandi, leader, restarted)
-        time.sleep(max(0.0, restarted + 2.5 - time.time()))
+        wait_for(lambda: len(acked) >= before + 5,
+                 "writes once mandi is back")
     finally:
         stop.set()
         t.join(30)

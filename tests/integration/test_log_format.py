@@ -3,9 +3,10 @@ with time (RFC 3339, UTC, milliseconds), level, node and msg, however odd
 the bytes a client put into the message."""
 import json
 import re
-import time
 
 import grpc
+
+from conftest import wait_for
 
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 LEVELS = {"debug", "info", "warning", "error"}
@@ -25,15 +26,6 @@ def json_lines(proc):
     return out
 
 
-def wait_for(pred, timeout=10):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_node_logs_json_lines(servers):
     s = servers(args=["--log-format", "json"])
     st, _, _ = s.request("POST", "/set", body=b'{"key":"k","value":"v"}')
@@ -47,7 +39,8 @@ def test_node_logs_json_lines(servers):
             raise AssertionError("an unknown method answered")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert wait_for(lambda: any(weird in o["msg"] for o in json_lines(s)))
+    wait_for(lambda: any(weird in o["msg"] for o in json_lines(s)),
+             "the odd message in the log", timeout=10)
     assert s.stop() == 0
     lines = json_lines(s)
     assert len(lines) >= 5

@@ -72,11 +72,6 @@ def wait_metric(s, pred, timeout=10):
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def pb(tmp_path_factory):
-    return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
-
-
 def test_cluster_metrics(servers, pb):
     nodes = make_cluster(servers)
     leader = leader_of(nodes)

@@ -15,7 +15,7 @@ import time
 import grpc
 import pytest
 
-import grpc_helpers as gh
+from conftest import wait_for
 from grpc_helpers import Client, rpc_error
 from test_cluster import make_cluster, leader_of, put, get, wait_value
 
@@ -45,11 +45,6 @@ def tmpfs(tmp_path):
             subprocess.run(["umount", "-l", d], capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def pb(tmp_path_factory):
-    return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
-
-
 def fill(d):
     """Fill the file system of d to the last byte with d/filler."""
     path = os.path.join(d, "filler")
@@ -70,17 +65,6 @@ def fill(d):
 
 def status(s):
     return s.status(timeout=5)
-
-
-def wait_for(cond, what, timeout=15):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last})")
 
 
 def put_until_507(s, prefix, size=65536, timeout=30):

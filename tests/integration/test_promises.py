@@ -25,27 +25,13 @@ import grpc
 import pytest
 
 import grpc_helpers as gh
+from conftest import wait_for
 from grpc_helpers import Client, RawH2, grpc_headers, rpc_error
 from test_cluster import (cluster_on_own_addresses, get, leader_of,
                           make_cluster, put, wait_value)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SANITIZED = bool(os.environ.get("PYAZDB_SANITIZER"))
-
-
-@pytest.fixture(scope="module")
-def pb(tmp_path_factory):
-    return gh.stubs(str(tmp_path_factory.mktemp("stubs")))
-
-
-def wait_for(pred, timeout=10, step=0.02, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_log(s, text, timeout=10):
@@ -604,20 +590,14 @@ class LongMessageLeader(gh.Listener):
                 if not chunk:
                     return
                 buf += chunk
-                if buf.startswith(gh.PREFACE):
-                    buf = buf[len(gh.PREFACE):]
-                while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(
-                        buf[:3], "big"):
-                    n = int.from_bytes(buf[:3], "big")
-                    ftype, flags = buf[3], buf[4]
-                    sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                frames, buf = gh.split_frames(buf)
+                for ftype, flags, sid, _ in frames:
                     if ftype == gh.SETTINGS and not flags & gh.ACK:
                         c.sendall(gh.h2_frame(gh.SETTINGS, gh.ACK, 0, b""))
                     elif ftype == gh.HEADERS:
                         c.sendall(gh.h2_frame(
                             gh.HEADERS, gh.END_HEADERS | gh.END_STREAM, sid,
                             self.block))
-                    buf = buf[9 + n:]
         except OSError:
             pass
 
@@ -628,27 +608,11 @@ def test_grpc_message_is_capped_at_1kib(servers, pb):
     cut to 1 KiB. node2 takes a fake server for node1's gRPC API (the
     Raft links pass a proxy that rewrites the address in the
     handshakes, as in test_hostile_clients.py)."""
-    from test_hostile_clients import RaftProxy
+    from test_hostile_clients import misled_pair
     fake = LongMessageLeader(5000)
-    n1 = servers("node1", start=False,
-                 conf={"election-timeout": "300ms"})
-    n2 = servers("node2", start=False, conf={"election-timeout": "3s"})
-    addr = b"127.0.0.1:%d"
-    rewrite = {addr % n1.grpc_port: addr % fake.port}
-    proxies = [RaftProxy(n1.raft_port, rewrite),
-               RaftProxy(n2.raft_port, rewrite)]
+    proxies = []
     try:
-        spec = (f"node1=127.0.0.1:{proxies[0].port},"
-                f"node2=127.0.0.1:{proxies[1].port}")
-        for s in (n1, n2):
-            s.conf["initial-cluster"] = spec
-            s.conf["raft-bootstrap"] = "no"
-            s.write_conf()
-            s.start(wait=False)
-        n1.wait_ready()
-        n2.wait_ready()
-        wait_for(lambda: n2.status()["leader"] == "node1"
-                 and n1.status()["role"] == "leader", what="node1 to lead")
+        n1, n2 = misled_pair(servers, {"grpc": fake.port}, proxies)
         # grpcio percent-decodes: what curl shows is what was sent
         status, f, _ = gh.curl_grpc(
             n2.grpc_port, "/kv.KVService/Set",

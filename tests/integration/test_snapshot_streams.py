@@ -12,29 +12,18 @@ import pytest
 import grpc_helpers as gh
 
 
-def frame(t, flags, sid, payload):
-    return struct.pack(">I", len(payload))[1:] + bytes([t, flags]) + \
-        struct.pack(">I", sid) + payload
-
-
-def lit(n, v):
-    n, v = n.encode(), v.encode()
-    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
-
-
 def stalled_snapshots(port, n):
     """n Snapshot calls on one HTTP/2 connection that never takes a byte
     (initial window 0)."""
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" +
-              frame(4, 0, 0, struct.pack(">HI", 4, 0)))
+    s.sendall(gh.PREFACE + gh.h2_frame(gh.SETTINGS, 0, 0,
+                                       struct.pack(">HI", 4, 0)))
     for i in range(n):
-        hb = (lit(":method", "POST") + lit(":scheme", "http") +
-              lit(":path", "/etcdserverpb.Maintenance/Snapshot") +
-              lit(":authority", "x") +
-              lit("content-type", "application/grpc") + lit("te", "trailers"))
-        s.sendall(frame(1, 4, 1 + 2 * i, hb) +
-                  frame(0, 1, 1 + 2 * i, b"\x00" * 5))
+        hb = gh.hpack_block(gh.grpc_headers(
+            "/etcdserverpb.Maintenance/Snapshot", port))
+        sid = 1 + 2 * i
+        s.sendall(gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, hb) +
+                  gh.h2_frame(gh.DATA, gh.END_STREAM, sid, gh.frame(b"")))
     return s
 
 

@@ -179,7 +179,7 @@ def test_client_auth_require_curl(servers, pki):
     r = curl(s.http_port, "/get?key=a", *ca, "--cert", pki["old.crt"],
              "--key", pki["old.key"])
     assert r.returncode != 0
-    gh.wait_for(lambda: "certificate has expired" in s.read_log())
+    assert gh.wait_for(lambda: "certificate has expired" in s.read_log())
     log = s.read_log()
     # Each failure is logged with the peer's address, never a key.
     assert "http: TLS with 127.0.0.1:" in log
@@ -334,7 +334,8 @@ def test_reload_certificates(servers, pki):
     shutil.copy(pki["node1b.crt"], live_crt)
     shutil.copy(pki["node1b.key"], live_key)
     s.signal(signal.SIGHUP)
-    gh.wait_for(lambda: server_cert_serial(s.http_port, pki) != first)
+    assert gh.wait_for(
+        lambda: server_cert_serial(s.http_port, pki) != first)
     second = server_cert_serial(s.http_port, pki)
     # The old connection goes on with its session.
     keep.request("GET", "/health")
@@ -344,14 +345,15 @@ def test_reload_certificates(servers, pki):
     # log line, the material in force stays.
     shutil.copy(pki["node1.key"], live_key)
     s.signal(signal.SIGHUP)
-    gh.wait_for(lambda: "the certificates in force stay" in s.read_log())
+    assert gh.wait_for(
+        lambda: "the certificates in force stay" in s.read_log())
     assert "key values mismatch" in s.read_log()
     assert server_cert_serial(s.http_port, pki) == second
     # An unreadable file: the same.
     with open(live_crt, "w") as f:
         f.write("not a certificate\n")
     s.signal(signal.SIGHUP)
-    gh.wait_for(lambda: s.read_log().count(
+    assert gh.wait_for(lambda: s.read_log().count(
         "the certificates in force stay") >= 4)
     assert server_cert_serial(s.http_port, pki) == second
     assert s.request("GET", "/health")[0] == 200
@@ -636,13 +638,15 @@ def test_cli_over_tls(servers, pki):
     r = run(cli, *h, *tls, "list", "c")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ck\tcv"
-    # No client certificate, the wrong CA, plain text: each fails.
-    r = run(cli, *g, "--cacert", pki["ca.crt"], "get", "ck")
+    # No client certificate, the wrong CA, plain text: each fails (the
+    # CLI retries until its --timeout: 1 s is enough to see it fail)
+    f = ["--addr", f"127.0.0.1:{s.grpc_port}", "--timeout", "1"]
+    r = run(cli, *f, "--cacert", pki["ca.crt"], "get", "ck")
     assert r.returncode == 1 and r.stdout == ""
-    r = run(cli, *g, "--cacert", pki["other-ca.crt"], "--cert",
+    r = run(cli, *f, "--cacert", pki["other-ca.crt"], "--cert",
             pki["alice.crt"], "--key", pki["alice.key"], "get", "ck")
     assert r.returncode == 1 and r.stdout == ""
-    r = run(cli, *g, "get", "ck")
+    r = run(cli, *f, "get", "ck")
     assert r.returncode == 1 and r.stdout == ""
     r = run(cli, *g, "--cert", pki["alice.crt"], "get", "ck")
     assert r.returncode == 1 and "--cert and --key" in r.stderr

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from test_cluster import leader_of, make_cluster
-from test_etcd import Etcd, call
+from grpc_helpers import etcd_call as call
 
 
 def txn(s, body):
@@ -76,11 +76,6 @@ def test_range_budget_http(servers):
     st, out = txn(s, {"success": [{"get": {"key": "new"}}]})
     r = json.loads(out)
     assert r["results"][0]["kvs"] == [] and r["revision"] == rev
-
-
-@pytest.fixture(scope="module")
-def epb(tmp_path_factory):
-    return Etcd(str(tmp_path_factory.mktemp("etcdstubs"))).pb
 
 
 def test_etcd_txn_limit_and_budget(servers, epb):

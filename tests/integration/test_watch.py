@@ -13,6 +13,7 @@ import urllib.parse
 
 import pytest
 
+from conftest import wait_for
 from grpc_helpers import CLI
 from test_cluster import leader_of, make_cluster
 
@@ -287,7 +288,7 @@ def test_progress_events_on_an_idle_watch(servers):
         assert time.time() < deadline
     w.close()
     # the progress events just read were counted
-    assert metric(s, "pyazdb_watch_progress_sent_total") >= 1
+    assert s.metric("pyazdb_watch_progress_sent_total") >= 1
 
 
 def test_slow_watcher_is_cancelled_and_the_node_stays_healthy(servers):
@@ -397,16 +398,13 @@ def test_cli_watch_survives_killing_its_node(servers):
         target=lambda: lines.extend(l.decode() for l in p.stdout))
     reader.start()
     put(leader, "s/0", "0")
-    deadline = time.time() + 10
-    while not lines:
-        assert time.time() < deadline, p.stderr
-        time.sleep(0.05)
+    wait_for(lambda: lines, "the first event")
     written = ["0"]
     stop = threading.Event()
 
     def writer():
         i = 1
-        while not stop.is_set() and i < 200:
+        while not stop.is_set() and i < 2000:
             for n in nodes:
                 if n is victim:
                     continue
@@ -423,15 +421,21 @@ def test_cli_watch_survives_killing_its_node(servers):
 
     t = threading.Thread(target=writer)
     t.start()
-    time.sleep(0.5)
-    victim.kill()
-    time.sleep(1.5)
-    stop.set()
-    t.join()
+    try:
+        # the victim's stream carries some of the writes, then it dies
+        wait_for(lambda: len(lines) >= 5, "events through the first node",
+                 timeout=20)
+        victim.kill()
+        # the CLI resumes elsewhere: writes made after the kill show up
+        after = len(written) + 5
+        wait_for(lambda: len(lines) >= after,
+                 "events written after the kill", timeout=30)
+    finally:
+        stop.set()
+        t.join()
     # everything written shows up once, in order
-    deadline = time.time() + 20
-    while len(lines) < len(written) and time.time() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: len(lines) >= len(written), "every write's event",
+             timeout=20)
     p.send_signal(signal.SIGINT)
     p.wait(timeout=10)
     reader.join(timeout=10)
@@ -499,14 +503,6 @@ def server_kb(s, field):
     raise KeyError(field)
 
 
-def metric(s, name):
-    m = s.request("GET", "/metrics")[2].decode()
-    for line in m.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise KeyError(name)
-
-
 def txn_puts(s, kvs):
     body = json.dumps({"compare": [], "success": [
         {"put": {"key": k, "value": v}} for k, v in kvs]})
@@ -538,7 +534,7 @@ def test_large_revision_to_many_watchers_in_bounded_memory(servers):
     p = cli_watch(["--prefix", "big/", "-o", "json",
                    "--rev", str(rev0 + 1)], [s])
     deadline = time.time() + 10
-    while metric(s, "pyazdb_watchers") < 22:
+    while s.metric("pyazdb_watchers") < 22:
         assert time.time() < deadline
         time.sleep(0.05)
     hwm0 = server_kb(s, "VmHWM")
@@ -574,7 +570,7 @@ def test_large_revision_to_many_watchers_in_bounded_memory(servers):
             for l in lines] == [(rev, k, v) for _, _, k, v in want]
     p.send_signal(signal.SIGINT)
     p.wait(timeout=10)
-    assert metric(s, "pyazdb_watch_cancelled_slow_total") == 0
+    assert s.metric("pyazdb_watch_cancelled_slow_total") == 0
 
 
 def test_burst_fast_reader_kept_stalled_reader_cancelled_and_closed(servers):
@@ -589,10 +585,10 @@ def test_burst_fast_reader_kept_stalled_reader_cancelled_and_closed(servers):
          f"http://127.0.0.1:{s.http_port}/watch?prefix=b/"],
         stdout=subprocess.PIPE)
     deadline = time.time() + 10
-    while metric(s, "pyazdb_watchers") < 2:
+    while s.metric("pyazdb_watchers") < 2:
         assert time.time() < deadline
         time.sleep(0.05)
-    conns0 = metric(s, 'pyazdb_clients_connected{listener="http"}')
+    conns0 = s.metric('pyazdb_clients_connected{listener="http"}')
     got = []
 
     def reader():
@@ -628,17 +624,17 @@ def test_burst_fast_reader_kept_stalled_reader_cancelled_and_closed(servers):
         time.sleep(0.05)
     # the stalled one is cancelled as slow ...
     deadline = time.time() + 20
-    while metric(s, "pyazdb_watch_cancelled_slow_total") < 1:
+    while s.metric("pyazdb_watch_cancelled_slow_total") < 1:
         assert time.time() < deadline, "stalled reader never cancelled"
         put(s, "b/more", val)
         time.sleep(0.2)
-    assert metric(s, "pyazdb_watch_cancelled_slow_total") == 1
+    assert s.metric("pyazdb_watch_cancelled_slow_total") == 1
     # ... and its connection, output unread, closed after client-body-timeout
     deadline = time.time() + 20
-    while metric(s, 'pyazdb_clients_connected{listener="http"}') >= conns0:
+    while s.metric('pyazdb_clients_connected{listener="http"}') >= conns0:
         assert time.time() < deadline, "cancelled stream never closed"
         time.sleep(0.2)
-    assert metric(s, "pyazdb_watchers") == 1
+    assert s.metric("pyazdb_watchers") == 1
     assert not any(e.startswith("event: cancelled") for e in got)
     curl.kill()
     curl.wait()
@@ -653,7 +649,7 @@ def test_revision_over_the_history_limit_is_a_compaction_point(servers):
     assert w.next()[0] == "created"
     p = cli_watch(["--prefix", "h/"], [s])
     deadline = time.time() + 10
-    while metric(s, "pyazdb_watchers") < 2:
+    while s.metric("pyazdb_watchers") < 2:
         assert time.time() < deadline
         time.sleep(0.05)
     put(s, "h/huge", "y" * 600_000)
@@ -663,8 +659,8 @@ def test_revision_over_the_history_limit_is_a_compaction_point(servers):
     assert "revision too large" in d["reason"], d
     assert d["compact_revision"] == rev + 1
     # nothing of it is held, watched or not
-    assert metric(s, "pyazdb_watch_history_bytes") == 0
-    assert metric(s, "pyazdb_watch_compact_revision") == rev + 1
+    assert s.metric("pyazdb_watch_history_bytes") == 0
+    assert s.metric("pyazdb_watch_compact_revision") == rev + 1
     st, _, body = s.request("GET", "/watch?" + q(key="h/huge",
                                                  start_revision=rev))
     assert st == 410, body
