@@ -470,8 +470,10 @@ void http_watch_cron(void)
             now - ws->last_room > WATCH_STALL_MS) {
             if (ws->in_rev) {
                 /* The revision begun goes out first, as it is read
-                 * (client-body-timeout closes a client that does not). */
+                 * (client-body-timeout closes a client that does not);
+                 * it counts as cancelled from now. */
                 ws->ending = true;
+                watch_judged_slow(&ws->w);
                 continue;
             }
             watch_cancel(&ws->w, WATCH_SLOW); /* frees ws */

@@ -391,10 +391,10 @@ static void cancel(struct watch_hub *h, struct watcher *w, int why)
 {
     unlink_watcher(w);
     w->state = why;
-    if (why == WATCH_SLOW)
-        h->cancelled_slow++;
-    else
+    if (why != WATCH_SLOW)
         h->cancelled_compacted++;
+    else if (!w->slow_counted)
+        h->cancelled_slow++;
     tell(h, w);
 }
 
@@ -402,6 +402,14 @@ void watch_cancel(struct watcher *w, int why)
 {
     if (w->hub)
         cancel(w->hub, w, why);
+}
+
+void watch_judged_slow(struct watcher *w)
+{
+    if (w->hub && !w->slow_counted) {
+        w->slow_counted = true;
+        w->hub->cancelled_slow++;
+    }
 }
 
 void watch_hub_commit(struct watch_hub *h)

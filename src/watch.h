@@ -106,6 +106,8 @@ struct watcher {
     void *data;                      /* the owner's */
     bool owner_lag;        /* set by the owner after watch_add: commits do
                               not cancel it for lag, the owner does */
+    bool slow_counted;     /* judged slow and counted (watch_judged_slow)
+                              before its cancellation */
     /* The hub's (index and the list of watchers with events to read). */
     int kind;                        /* WATCH_KIND_* */
     uint64_t khash;                  /* hash of from (exact, prefix) */
@@ -203,6 +205,9 @@ const struct watch_event *watch_event_at(const struct watch_hub *h,
  * counted, and the owner notified (may free it). For an owner_lag watcher
  * the owner judges slow. No-op if w is not registered. */
 void watch_cancel(struct watcher *w, int why);
+/* The owner judged w slow but ends it later (a revision it began writing
+ * goes out first): counted now, not again by watch_cancel. */
+void watch_judged_slow(struct watcher *w);
 /* Set w's cursor to seq (from the oldest held event to the published
  * end): an owner that delivers a revision piecewise keeps the cursor at its
  * first event until it is out, so that lag and compaction count it, then

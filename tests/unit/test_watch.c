@@ -277,6 +277,29 @@ TEST(slow_watcher_cancelled)
     fx_free(&f);
 }
 
+/* Judged slow by its owner while a revision is half written: counted at
+ * once (the metric shows it while the client is still stalled), and not
+ * again when it is cancelled later. */
+TEST(judged_slow_counted_once)
+{
+    struct fx f;
+    fx_init(&f, 1000, 1 << 20, 1 << 20);
+    struct watcher w;
+    CHECK_EQ_INT(add_prefix(&f, &w, "", 1), 0);
+    w.owner_lag = true;
+    watch_judged_slow(&w);
+    CHECK_EQ_INT(f.hub.cancelled_slow, 1);
+    CHECK_EQ_INT(w.state, WATCH_LIVE);
+    watch_judged_slow(&w);
+    CHECK_EQ_INT(f.hub.cancelled_slow, 1);
+    watch_cancel(&w, WATCH_SLOW);
+    CHECK_EQ_INT(w.state, WATCH_SLOW);
+    CHECK_EQ_INT(f.hub.cancelled_slow, 1);
+    CHECK_EQ_INT(f.hub.n_watchers, 0);
+    watch_remove(&w);
+    fx_free(&f);
+}
+
 /* A watcher with its own notify is told through it, not the hub's. */
 static int own_calls;
 static int own_cancelled;
@@ -532,6 +555,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(bounds_and_compaction),
     TEST_ENTRY(lagging_watcher_is_compacted),
     TEST_ENTRY(slow_watcher_cancelled),
+    TEST_ENTRY(judged_slow_counted_once),
     TEST_ENTRY(own_notify),
     TEST_ENTRY(max_watchers),
     TEST_ENTRY(reset_after_snapshot),
