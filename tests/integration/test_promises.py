@@ -810,8 +810,11 @@ def run_in_netns(name):
     probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
     if probe.returncode != 0 or not shutil.which("iptables") or \
             not shutil.which("ip"):
-        pytest.skip("needs unshare -n, ip and iptables (root): "
-                    + probe.stderr.decode(errors="replace").strip())
+        pytest.skip("needs unshare -n, ip and iptables (root): unshare -n "
+                    f"exit {probe.returncode} "
+                    f"({probe.stderr.decode(errors='replace').strip()}), "
+                    f"iptables {shutil.which('iptables')}, "
+                    f"ip {shutil.which('ip')}")
     env = dict(os.environ, **{NETNS_CHILD: "1"})
     p = subprocess.run(["unshare", "-n", sys.executable, "-m", "pytest",
                         "-q", "-p", "no:cacheprovider", "-s",
