@@ -4,7 +4,7 @@
 #   scripts/install-deps.sh test    build packages plus the test clients
 #   scripts/install-deps.sh bench   test packages plus benchmark tools
 #   scripts/install-deps.sh fuzz    build packages plus clang and libFuzzer
-#   scripts/install-deps.sh chaos   test packages plus iptables and ip
+#   scripts/install-deps.sh chaos   test packages (make test-chaos)
 # Runs apt-get as root, through sudo otherwise. Does nothing (and needs no
 # network) when everything is already installed.
 set -eu
@@ -32,6 +32,8 @@ fuzz="$build $fuzz_only"
 # (installing it starts no server without systemd).
 # python3-etcd3gw: an etcd client library of etcd's JSON gateway, which
 # drives PyazDB's /v3/ gateway in the tests.
+# iptables, iproute2: partitions in a network namespace of the test's own
+# (the Pre-Vote/CheckQuorum tests, protected mode, the chaos test).
 # The reflection and etcd3 tests run Node.js clients that npm installs:
 # Debian's nodejs and npm, unless node and npm are there already
 # (NodeSource's nodejs bundles npm and conflicts with Debian's npm).
@@ -40,10 +42,9 @@ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client openssl python3 python3-pytest python3-grpcio
 python3-protobuf python3-pytest-timeout python3-hpack protobuf-compiler procps systemd
 util-linux faketime strace prometheus etcd-client etcd-server python3-etcd3gw
-$fuzz_only $node"
+iptables iproute2 $fuzz_only $node"
 bench="$test wrk redis-server redis-tools gnuplot-nox stress-ng"
-# make test-chaos: partitions are iptables rules in a network namespace.
-chaos="$test iptables iproute2"
+chaos="$test"
 
 case "${1:-build}" in
 build) want=$build ;;
