@@ -292,7 +292,12 @@ def test_progress_events_on_an_idle_watch(servers):
 
 
 def test_slow_watcher_is_cancelled_and_the_node_stays_healthy(servers):
+    # a history far larger than what 2 s of these writes fill: the stalled
+    # reader is judged slow before its next revision leaves the history
+    # (which would cancel it as compacted instead)
     s = servers(conf={"watch-max-buffer": "256kb",
+                      "watch-history-bytes": "1gb",
+                      "watch-history-events": "100000",
                       "max-value-size": "1mb", "http-max-body": "4mb"})
     slow = SSE(s.http_port, q(prefix="big/"), rcvbuf=4096)
     fast = SSE(s.http_port, q(prefix="big/"))
