@@ -27,8 +27,8 @@ static bool rx_fits_disk(uint64_t total, char *why, size_t len);
  * raft-snapshot-bytes or the last snapshot's size, or on POST
  * /admin/snapshot): fork, as Redis's BGSAVE does, so that the child
  * writes the table as of the fork from copy-on-write memory while the loop
- * goes on serving; the parent only polls the child from the tick timer. When the
- * file is durable (written, fsynced, renamed), the Raft core records the
+ * goes on serving; the parent only polls the child from the tick timer.
+ * When the file is durable (written, fsynced, renamed), the Raft core records the
  * snapshot point and drops its log up to index - raft-trailing-entries
  * (fewer entries are kept if those hold more than raft-trailing-bytes),
  * and the store drops the same prefix. The two newest files are kept.
