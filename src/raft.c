@@ -43,11 +43,13 @@ struct rbuf {
     size_t len;  /* payload bytes, which follow the header */
 };
 
-static uint8_t *rbuf_new(const uint8_t *src, size_t len)
+/* From the raft's fifo memory (log payloads, freed about oldest first by
+ * compaction), or f NULL for a long-lived one. */
+static uint8_t *rbuf_new(struct pz_fifo *f, const uint8_t *src, size_t len)
 {
     if (len == 0)
         return NULL;
-    struct rbuf *b = pz_malloc(sizeof *b + len);
+    struct rbuf *b = pz_fifo_alloc(f, sizeof *b + len);
     b->refs = 1;
     b->len = len;
     memcpy(b + 1, src, len);
@@ -67,7 +69,7 @@ static void rbuf_unref(uint8_t *data)
     struct rbuf *b = (struct rbuf *)data - 1;
     pz_assert(b->refs > 0);
     if (--b->refs == 0)
-        pz_free(b);
+        pz_fifo_free(b);
 }
 
 /* dst shares src's payload. */
@@ -265,6 +267,7 @@ struct vote_rec {
 
 struct raft {
     uint64_t id;            /* this node */
+    struct pz_fifo mem;     /* where the log's payloads are cut from */
     struct raft_config cfg; /* configuration, defaults filled in */
     uint64_t rng;           /* PRNG state */
     bool fresh;             /* nothing happened yet (restore ok) */
@@ -562,7 +565,7 @@ static void snap_set(struct raft *r, uint64_t index, uint64_t term,
     size_t len;
     raft_conf_encode(&r->snap.conf, &buf, &len);
     rbuf_unref(r->snap_conf);
-    r->snap_conf = rbuf_new(buf, len);
+    r->snap_conf = rbuf_new(NULL, buf, len); /* lives long */
     r->snap_conf_len = len;
     pz_free(buf);
 }
@@ -1333,7 +1336,7 @@ static void handle_append(struct raft *r, const struct raft_msg *m)
     for (; i < n; i++) {
         struct raft_entry e;
         e = ents[i];
-        e.data = rbuf_new(ents[i].data, ents[i].len);
+        e.data = rbuf_new(&r->mem, ents[i].data, ents[i].len);
         append_entry(r, &e);
     }
     uint64_t last_new = prev + n;
@@ -1655,6 +1658,7 @@ void raft_free(struct raft *r)
     pz_free(r->rs);
     pz_free(r->dropped);
     pz_free(r->status_buf);
+    pz_fifo_close(&r->mem);
     pz_free(r);
 }
 
@@ -1751,7 +1755,7 @@ int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
     }
     for (; k < n; k++) {
         struct raft_entry e = entries[k];
-        e.data = rbuf_new(entries[k].data, entries[k].len);
+        e.data = rbuf_new(&r->mem, entries[k].data, entries[k].len);
         log_append(&r->log, &e);
     }
     recompute_conf(r);
@@ -1796,7 +1800,7 @@ int raft_bootstrap(struct raft *r, const struct raft_conf *conf)
     r->term = 1;
     r->vote = 0;
     struct raft_entry e = {.term = 1, .index = 1, .type = RAFT_ENTRY_CONF};
-    e.data = rbuf_new(buf, len);
+    e.data = rbuf_new(&r->mem, buf, len);
     e.len = len;
     pz_free(buf);
     append_entry(r, &e);
@@ -2036,7 +2040,7 @@ static void leader_append(struct raft *r, uint8_t type, const uint8_t *data,
 {
     struct raft_entry e = {
         .term = r->term, .index = log_last(&r->log) + 1, .type = type};
-    e.data = rbuf_new(data, len);
+    e.data = rbuf_new(&r->mem, data, len);
     e.len = len;
     append_entry(r, &e);
     r->need_flush = true;
