@@ -444,6 +444,8 @@ int raft_codec_decode_pb(const uint8_t *body, size_t len,
  *   - a known varint field whose value does not fit (over 64 bits, or
  *     over 32 bits for a uint32 field such as type): protobuf-c keeps the
  *     low bits, which would turn garbage into a valid message type;
+ *   - a bool field (reject, transfer) of another wire type than varint
+ *     (protobuf-c reads a bool from whatever bytes the field has);
  *   - a length prefix over 32 bits (protobuf-c keeps the low 32 and may
  *     find that many bytes);
  *   - a Frame with more than one body field (protobuf-c keeps the last or

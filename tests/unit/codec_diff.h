@@ -47,6 +47,12 @@ static bool cd_is_u32(int kind, uint64_t field)
     return (kind == CD_MSG && field == 1) || (kind == CD_ENTRY && field == 3);
 }
 
+/* protobuf-c reads a bool of any wire type. */
+static bool cd_is_bool(int kind, uint64_t field)
+{
+    return kind == CD_MSG && (field == 2 || field == 3);
+}
+
 static bool cd_known_varint(int kind, uint64_t f)
 {
     switch (kind) {
@@ -84,11 +90,15 @@ static bool cd_walk(const uint8_t *p, const uint8_t *end, int kind)
             if (end - p < 8)
                 return false;
             p += 8;
+            if (cd_is_bool(kind, field))
+                return true;
             break;
         case 5:
             if (end - p < 4)
                 return false;
             p += 4;
+            if (cd_is_bool(kind, field))
+                return true;
             break;
         case 2:
             if (!cd_varint(&p, end, 5, &v, &over))
@@ -97,6 +107,8 @@ static bool cd_walk(const uint8_t *p, const uint8_t *end, int kind)
                 return true;
             if (v > (uint64_t)(end - p))
                 return false;
+            if (cd_is_bool(kind, field))
+                return true;
             if (kind == CD_FRAME && field >= 1 && field <= 4) {
                 if (++bodies > 1)
                     return true;
