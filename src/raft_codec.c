@@ -446,6 +446,8 @@ int raft_codec_decode_pb(const uint8_t *body, size_t len,
  *     low bits, which would turn garbage into a valid message type;
  *   - a bool field (reject, transfer) of another wire type than varint
  *     (protobuf-c reads a bool from whatever bytes the field has);
+ *   - field number 0 in a tag of more than one byte (protobuf-c refuses
+ *     it only in a one-byte tag);
  *   - a length prefix over 32 bits (protobuf-c keeps the low 32 and may
  *     find that many bytes);
  *   - a Frame with more than one body field (protobuf-c keeps the last or
@@ -494,8 +496,8 @@ static bool rd_skip_varint(struct rd *r, size_t max)
     return false;
 }
 
-/* A tag: field number and wire type. protobuf-c reads at most 5 bytes
- * and refuses field number 0. */
+/* A tag: field number and wire type. protobuf-c reads at most 5 bytes;
+ * field number 0 is refused. */
 static bool rd_tag(struct rd *r, uint32_t *field, unsigned *wt)
 {
     const uint8_t *p = r->p;

@@ -75,9 +75,12 @@ static bool cd_walk(const uint8_t *p, const uint8_t *end, int kind)
     while (p < end) {
         uint64_t tag, v;
         bool over;
+        const uint8_t *t0 = p;
         if (!cd_varint(&p, end, 5, &tag, &over))
             return false;
         uint64_t field = (tag >> 3) & UINT32_MAX;
+        if (field == 0)
+            return p - t0 > 1; /* protobuf-c: one-byte tag 0 only */
         switch (tag & 7) {
         case 0:
             if (!cd_varint(&p, end, 10, &v, &over))

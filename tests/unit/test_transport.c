@@ -638,7 +638,7 @@ TEST(codec_decode_matches_protobuf_c)
 /* What the hand-written decoder refuses though protobuf-c takes it: a
  * uint32 over 32 bits (protobuf-c keeps the low bits: type 2^32 + 1
  * would read as APPEND), a varint over 64 bits, a second body, a bool
- * sent as a fixed64. */
+ * sent as a fixed64, field 0 in a two-byte tag. */
 TEST(codec_decode_refusals_of_its_own)
 {
     static const uint8_t type_wraps[] = {
@@ -651,10 +651,13 @@ TEST(codec_decode_refusals_of_its_own)
     static const uint8_t bool_fixed64[] = {0x1a, 0x0b, 0x08, 0x01, 0x11, 1,
                                            2,    3,    4,    5,    6,    7,
                                            8};
+    static const uint8_t field0[] = {0x80, 0x00, 0x00, 0x1a, 0x02, 0x08,
+                                     0x01};
     static const uint8_t *const bodies[] = {type_wraps, over64, two_bodies,
-                                            bool_fixed64};
+                                            bool_fixed64, field0};
     static const size_t lens[] = {sizeof type_wraps, sizeof over64,
-                                  sizeof two_bodies, sizeof bool_fixed64};
+                                  sizeof two_bodies, sizeof bool_fixed64,
+                                  sizeof field0};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(bodies); i++) {
         struct raft_decoded d;
         int rv = raft_codec_decode_pb(bodies[i], lens[i], &d);
