@@ -631,29 +631,21 @@ static bool rd_entry(struct rd *r, struct raft_entry *e, bool *bad_type)
     return true;
 }
 
-/* Appends an entry slot to m->entries, growing it geometrically within
- * the decode budget. */
-static int entries_push(struct raft_msg *m, size_t *cap, size_t budget,
-                        struct raft_entry **slot)
+/* Counts the entries of a RaftMessage (field 12) in a first pass over
+ * its fields, so that the entries array is allocated once, at its size,
+ * and a frame packed with empty entries is refused before anything is
+ * allocated. False if the fields do not parse. */
+static bool count_entries(struct rd r, size_t *n)
 {
-    if (m->n_entries == *cap) {
-        size_t max = budget / sizeof *m->entries;
-        size_t ncap = *cap ? *cap * 2 : 8;
-        if (ncap > max)
-            ncap = max;
-        if (ncap <= *cap)
-            return PZ_ETOOBIG;
-        struct raft_entry *e = pz_malloc_try(ncap * sizeof *e);
-        if (e == NULL)
-            return PZ_ENOMEM;
-        if (m->n_entries)
-            memcpy(e, m->entries, m->n_entries * sizeof *e);
-        pz_free(m->entries);
-        m->entries = e;
-        *cap = ncap;
+    *n = 0;
+    while (r.p < r.end) {
+        uint32_t field;
+        unsigned wt;
+        if (!rd_tag(&r, &field, &wt) || !rd_skip(&r, wt))
+            return false;
+        *n += field == 12;
     }
-    *slot = &m->entries[m->n_entries++];
-    return 0;
+    return true;
 }
 
 static int rd_msg(struct rd *r, struct raft_msg *m, size_t budget)
@@ -661,14 +653,20 @@ static int rd_msg(struct rd *r, struct raft_msg *m, size_t budget)
     uint32_t type = 0;
     const uint8_t *snap = NULL;
     bool bad_type = false;
-    size_t cap = 0;
+    size_t cap;
     int rv = 0;
+    if (!count_entries(*r, &cap))
+        return PZ_ECORRUPT;
+    if (cap > budget / sizeof *m->entries)
+        return PZ_ETOOBIG;
+    if (cap > 0 &&
+        (m->entries = pz_malloc_try(cap * sizeof *m->entries)) == NULL)
+        return PZ_ENOMEM;
     while (r->p < r->end && rv == 0) {
         uint32_t field;
         unsigned wt;
         bool ok;
         struct rd sub;
-        struct raft_entry *e;
         if (!rd_tag(r, &field, &wt)) {
             rv = PZ_ECORRUPT;
             break;
@@ -708,9 +706,9 @@ static int rd_msg(struct rd *r, struct raft_msg *m, size_t budget)
             ok = rd_u64(r, wt, &m->context);
             break;
         case 12:
-            ok = wt == 2 && rd_len(r, &sub);
-            if (ok && (rv = entries_push(m, &cap, budget, &e)) == 0)
-                ok = rd_entry(&sub, e, &bad_type);
+            pz_assert(m->n_entries < cap);
+            ok = wt == 2 && rd_len(r, &sub) &&
+                 rd_entry(&sub, &m->entries[m->n_entries++], &bad_type);
             break;
         case 13:
             ok = rd_u64(r, wt, &m->snap_index);
