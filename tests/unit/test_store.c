@@ -186,6 +186,47 @@ static bool build_db(const struct tdir *t, size_t n)
     return rc == 0;
 }
 
+/* The closed database holds want_n entries, the last of term last_term,
+ * and hard state term hs_term; with `whole`, entries 1..want_n all of
+ * term last_term, each whole (entry_ok). */
+static bool log_check(const struct tdir *t, size_t want_n, uint64_t last_term,
+                      uint64_t hs_term, bool whole)
+{
+    struct store *s = open_ok(t);
+    if (!s)
+        return false;
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    bool ok = store_load(s, &hs, &e, &n, NULL) == 0;
+    if (ok) {
+        ok = n == want_n && hs.term == hs_term &&
+             (n == 0 || e[n - 1].term == last_term);
+        if (!ok)
+            fprintf(stderr,
+                    "    log: n %zu (want %zu), hs term %" PRIu64
+                    " (want %" PRIu64 ")\n",
+                    n, want_n, hs.term, hs_term);
+        for (size_t i = 0; i < n && ok && whole; i++)
+            ok = entry_ok(&e[i], i + 1, last_term);
+        free_entries(e, n);
+    }
+    store_close(s);
+    return ok;
+}
+
+static bool log_is(const struct tdir *t, size_t want_n, uint64_t last_term,
+                   uint64_t hs_term)
+{
+    return log_check(t, want_n, last_term, hs_term, false);
+}
+
+static bool log_whole(const struct tdir *t, size_t want_n, uint64_t term,
+                      uint64_t hs_term)
+{
+    return log_check(t, want_n, term, hs_term, true);
+}
+
 /* --- basics --------------------------------------------------------------- */
 
 TEST(round_trip)
@@ -256,19 +297,7 @@ TEST(batch_sizes_round_trip)
         next += k;
     }
     store_close(s);
-    s = open_ok(&t);
-    CHECK(s != NULL);
-    struct raft_hard_state hs;
-    struct raft_entry *e;
-    size_t n;
-    CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
-    CHECK_EQ_INT(n, next - 1);
-    bool ok = true;
-    for (size_t i = 0; i < n && ok; i++)
-        ok = entry_ok(&e[i], i + 1, 1);
-    CHECK(ok);
-    free_entries(e, n);
-    store_close(s);
+    CHECK(log_whole(&t, next - 1, 1, 1));
     tdir_free(&t);
 }
 
@@ -575,19 +604,7 @@ TEST(async_many_batches)
     CHECK_EQ_INT(ss.last_index, p.next_index - 1);
     CHECK_EQ_INT(ss.failures, 0);
     store_close(s);
-
-    s = open_ok(&t);
-    CHECK(s != NULL);
-    struct raft_hard_state hs;
-    struct raft_entry *e;
-    size_t n;
-    CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
-    CHECK_EQ_INT(n, p.next_index - 1);
-    for (size_t i = 0; i < n; i++)
-        CHECK(entry_ok(&e[i], i + 1, 4));
-    CHECK_EQ_INT(hs.term, 4);
-    free_entries(e, n);
-    store_close(s);
+    CHECK(log_whole(&t, p.next_index - 1, 4, 4));
     tdir_free(&t);
 }
 
@@ -835,30 +852,6 @@ TEST(second_process_locked_out)
 }
 
 /* --- fault injection ------------------------------------------------------ */
-
-static bool log_is(const struct tdir *t, size_t want_n, uint64_t last_term,
-                   uint64_t hs_term)
-{
-    struct store *s = open_ok(t);
-    if (!s)
-        return false;
-    struct raft_hard_state hs;
-    struct raft_entry *e;
-    size_t n;
-    bool ok = store_load(s, &hs, &e, &n, NULL) == 0;
-    if (ok) {
-        ok = n == want_n && hs.term == hs_term &&
-             (n == 0 || e[n - 1].term == last_term);
-        if (!ok)
-            fprintf(stderr,
-                    "    log: n %zu (want %zu), hs term %" PRIu64
-                    " (want %" PRIu64 ")\n",
-                    n, want_n, hs.term, hs_term);
-        free_entries(e, n);
-    }
-    store_close(s);
-    return ok;
-}
 
 TEST(fault_injection_sync)
 {
