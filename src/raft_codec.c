@@ -459,7 +459,7 @@ struct rd {
 };
 
 /* A varint of at most 10 bytes, its value in 64 bits. */
-static bool rd_varint(struct rd *r, uint64_t *v)
+static inline bool rd_varint(struct rd *r, uint64_t *v)
 {
     const uint8_t *p = r->p;
     if (p < r->end && *p < 0x80) { /* the common case: one byte */
@@ -486,7 +486,7 @@ static bool rd_varint(struct rd *r, uint64_t *v)
 
 /* A varint of at most `max` bytes, whatever its value (unknown fields,
  * tags, lengths: protobuf-c's limits). */
-static bool rd_skip_varint(struct rd *r, size_t max)
+static inline bool rd_skip_varint(struct rd *r, size_t max)
 {
     for (size_t i = 0; i < max && r->p + i < r->end; i++)
         if (r->p[i] < 0x80) {
@@ -498,7 +498,7 @@ static bool rd_skip_varint(struct rd *r, size_t max)
 
 /* A tag: field number and wire type. protobuf-c reads at most 5 bytes;
  * field number 0 is refused. */
-static bool rd_tag(struct rd *r, uint32_t *field, unsigned *wt)
+static inline bool rd_tag(struct rd *r, uint32_t *field, unsigned *wt)
 {
     const uint8_t *p = r->p;
     uint64_t v;
@@ -534,7 +534,7 @@ static bool rd_len(struct rd *r, struct rd *sub)
 }
 
 /* Skips a field of an unknown number. */
-static bool rd_skip(struct rd *r, unsigned wt)
+static inline bool rd_skip(struct rd *r, unsigned wt)
 {
     struct rd sub;
     switch (wt) {
