@@ -238,6 +238,7 @@ struct progress {
     bool recent_active;    /* heard from since the last quorum check */
     uint64_t last_contact; /* leader tick count when last heard from */
     uint64_t read_acked;   /* highest read round acknowledged this term */
+    uint64_t read_ack_seq; /* when it acknowledged it (r->read_ack_seq) */
     uint64_t sent_commit;  /* last commit index sent to it */
     bool want_empty;       /* send an APPEND even if it has no entries
                               (its prev index tells whether entries in
@@ -313,6 +314,9 @@ struct raft {
 
     uint64_t read_round;        /* leader: last read round sent */
     bool round_wanted;          /* leader: reads wait for a new round */
+    bool round_partial;         /* leader: read_round went to a quorum of
+                                   voters only, not to every follower */
+    uint64_t read_ack_seq;      /* leader: read acknowledgements counted */
     struct pending_read *reads; /* leader: FIFO of unconfirmed reads */
     size_t n_reads;             /* entries in reads */
     size_t cap_reads;           /* allocated */
@@ -442,6 +446,7 @@ static void progress_reset(struct raft *r, struct progress *pr)
     pr->recent_active = true;
     pr->last_contact = r->ticks;
     pr->read_acked = 0;
+    pr->read_ack_seq = 0;
     pr->sent_commit = 0;
     pr->want_empty = false;
 }
@@ -739,6 +744,15 @@ static void confirm_reads(struct raft *r)
     r->n_reads = k;
 }
 
+/* Reads wait for a round already sent. */
+static bool reads_waiting(const struct raft *r)
+{
+    for (size_t i = 0; i < r->n_reads; i++)
+        if (r->reads[i].round != 0 && r->reads[i].round <= r->read_round)
+            return true;
+    return false;
+}
+
 static void add_read(struct raft *r, uint64_t from, uint64_t ctx)
 {
     struct pending_read *pr = VEC_PUSH(r->reads, r->n_reads, r->cap_reads);
@@ -775,6 +789,7 @@ static void reset(struct raft *r, uint64_t term)
     drop_forwarded(r, UINT64_MAX);
     r->n_reads = 0;
     r->round_wanted = false;
+    r->round_partial = false;
     r->need_flush = false;
     clear_progress(r);
 }
@@ -956,9 +971,56 @@ static void send_heartbeat(struct raft *r, struct progress *pr)
 
 static void bcast_heartbeat(struct raft *r)
 {
+    r->round_partial = false;
     for (size_t i = 0; i < r->n_prs; i++)
         if (r->prs[i].id != r->id)
             send_heartbeat(r, &r->prs[i]);
+}
+
+/* A follower that acknowledged the previous read round. */
+static bool is_read_candidate(const struct raft *r, const struct progress *pr)
+{
+    return pr->id != r->id && pr->voter &&
+           pr->read_acked == r->read_round - 1;
+}
+
+/* A read round needs the acknowledgements of a quorum only (thesis §6.4):
+ * when enough voters acknowledged the previous round, round read_round
+ * goes to just as many of them as make a quorum with the leader, the
+ * ones that answered first. Each follower woken costs a context switch on
+ * both sides and CPU the others wait for; on a loaded machine the one not
+ * needed slows the answer down. If the round is not confirmed by the next
+ * tick (a chosen voter went quiet) raft_tick sends it to every follower.
+ * Returns false, sending nothing, when there is no such set. */
+static bool heartbeat_quorum(struct raft *r)
+{
+    struct progress *self = progress_get(r, r->id);
+    if (self == NULL || !self->voter || r->read_round < 2)
+        return false; /* the first round of a term goes to everyone */
+    size_t nv = 0;
+    for (size_t i = 0; i < r->n_prs; i++)
+        nv += r->prs[i].voter;
+    size_t need = nv / 2, n = 0; /* with the leader: nv / 2 + 1 */
+    for (size_t i = 0; i < r->n_prs; i++)
+        n += is_read_candidate(r, &r->prs[i]);
+    if (need == 0 || n < need)
+        return false;
+    /* the `need` earliest to acknowledge (every count is distinct) */
+    uint64_t last = 0;
+    for (size_t k = 0; k < need; k++) {
+        struct progress *best = NULL;
+        for (size_t i = 0; i < r->n_prs; i++) {
+            struct progress *pr = &r->prs[i];
+            if (is_read_candidate(r, pr) && pr->read_ack_seq > last &&
+                (best == NULL || pr->read_ack_seq < best->read_ack_seq))
+                best = pr;
+        }
+        pz_assert(best != NULL);
+        send_heartbeat(r, best);
+        last = best->read_ack_seq;
+    }
+    r->round_partial = true;
+    return true;
 }
 
 static void send_timeout_now(struct raft *r, uint64_t to)
@@ -973,7 +1035,8 @@ static void leader_flush(struct raft *r)
     if (r->round_wanted) {
         r->round_wanted = false;
         r->read_round++;
-        bcast_heartbeat(r);
+        if (!heartbeat_quorum(r))
+            bcast_heartbeat(r);
     }
     if (!r->need_flush)
         return;
@@ -1502,6 +1565,7 @@ static void handle_heartbeat_resp(struct raft *r, const struct raft_msg *m)
     }
     if (m->context > pr->read_acked && m->context <= r->read_round) {
         pr->read_acked = m->context;
+        pr->read_ack_seq = ++r->read_ack_seq;
         confirm_reads(r);
     }
 }
@@ -1864,6 +1928,8 @@ void raft_tick(struct raft *r)
     if (r->heartbeat_elapsed >= r->cfg.heartbeat_ticks) {
         r->heartbeat_elapsed = 0;
         bcast_heartbeat(r);
+    } else if (r->round_partial && reads_waiting(r)) {
+        bcast_heartbeat(r); /* the quorum chosen did not answer in time */
     }
 }
 
