@@ -359,6 +359,15 @@ void kv_reserve(struct kv *kv, size_t n)
     table_alloc(&kv->t[0], next_pow2(n));
 }
 
+void kv_prefetch(const struct kv *kv, const void *key, size_t klen)
+{
+    const struct table *t = rehashing(kv) ? &kv->t[1] : &kv->t[0];
+    if (t->size == 0)
+        return;
+    uint64_t h = pz_hash(key, klen, kv->seed);
+    __builtin_prefetch(&t->b[h & (t->size - 1)], 1);
+}
+
 /* After a delete: start shrinking when fewer than 1/SHRINK_RATIO buckets
  * are used. The new size leaves room to grow by half before the next grow,
  * so alternating inserts and deletes near the threshold do not thrash. */

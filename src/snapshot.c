@@ -1155,6 +1155,45 @@ static bool meta_ok(const struct kv_meta *km, uint64_t revision)
            km->version <= km->mod_revision - km->create_revision + 1;
 }
 
+/* Prefetching ahead of the loader: the buckets of the next records'
+ * keys, as far as the block read holds them, start coming into the cache
+ * while the current record is inserted (that cache miss was most of a
+ * large table's load). Reads only bytes in the buffer; a bad length just
+ * ends it (the record's own checks come when it is parsed). */
+#define PREFETCH_AHEAD 8
+
+struct ahead {
+    uint64_t off; /* file offset of the next record to prefetch */
+    unsigned n;   /* records prefetched past the current one */
+    bool stop;    /* a bad length seen: no more */
+};
+
+static void prefetch_ahead(const struct reader *r, struct ahead *a,
+                           const struct kv *kv, size_t rec)
+{
+    if (a->off < r->pos) {
+        a->off = r->pos;
+        a->n = 0;
+    }
+    size_t avail = r->end - r->start;
+    while (a->n < PREFETCH_AHEAD && !a->stop) {
+        uint64_t rel = a->off - r->pos;
+        if (rel + rec > avail)
+            return;
+        const uint8_t *h = r->buf + r->start + rel;
+        uint32_t klen = pz_get_u32(h), vlen = pz_get_u32(h + 4);
+        if (klen > KV_KEY_MAX || vlen > KV_VALUE_MAX) {
+            a->stop = true;
+            return;
+        }
+        if (rel + rec + klen > avail)
+            return;
+        kv_prefetch(kv, h + rec, klen);
+        a->off += rec + (uint64_t)klen + vlen;
+        a->n++;
+    }
+}
+
 /* Read (and into kv, unless NULL, load) a whole file with every check. */
 static int read_file(const char *path, struct kv *kv,
                      struct snapshot_meta *meta, char *err, size_t errlen)
@@ -1169,6 +1208,7 @@ static int read_file(const char *path, struct kv *kv,
     if (rc == 0 && kv)
         kv_reserve(kv, (size_t)m.nkeys); /* bounded by the file's size */
     uint64_t prev_lease = 0;
+    struct ahead ahead = {0};
     for (uint32_t i = 0; rc == 0 && i < m.nleases; i++) {
         /* rd_header checked they fit before the trailer */
         uint64_t at = r.pos;
@@ -1255,6 +1295,11 @@ static int read_file(const char *path, struct kv *kv,
         if ((rc = rd_need(&r, (size_t)need)) != 0)
             break;
         const uint8_t *kvp = rd_take(&r, (size_t)need);
+        if (kv) {
+            if (ahead.n > 0)
+                ahead.n--;
+            prefetch_ahead(&r, &ahead, kv, rec);
+        }
         struct kv_lease kl;
         if (kv && km.lease && !kv_lease_get(kv, km.lease, &kl)) {
             if (bad_meta[0] == '\0')
