@@ -2,7 +2,7 @@
 """bench-restart.py - a follower's restart at N keys, two builds side by side.
 
     scripts/bench-restart.py [--keys N] [--rounds R] [--base SERVER]
-                             [--server SERVER]
+                             [--server SERVER] [--snapshot FILE]
 
 Starts 3-node PyazDB with a mandi on 127.0.0.1 (bench_scale's cluster),
 loads N keys (default 10M; 16-byte keys, 100-byte values, transactions of
@@ -13,6 +13,11 @@ another build's server (the data directory is the same: both must read its forma
 restart: seconds until /health answers 200, until the follower applied the
 leader's index, and the CPU seconds the process used until then. Nothing
 is asserted; files go under $TMPDIR and are removed at the end.
+
+--snapshot FILE skips the cluster and the load: one node is seeded from
+FILE (a snapshot or backup, e.g. written by `tests/bench/snap-load make`)
+with `--restore`, then killed and started again with each build in turn:
+the restart of a node that has nothing to catch up.
 """
 import argparse
 import os
@@ -46,6 +51,36 @@ def restart(pz, f, server, tmp, i):
     return serving, time.monotonic() - t0, cpu_s(f["proc"].pid)
 
 
+def one_node(a, builds, tmp, taken):
+    """--snapshot: a node restored from the file, restarted in turn."""
+    fp = bench.free_port
+    n = {"name": "n1", "http": fp(taken)}
+    conf = f"{tmp}/n1.conf"
+    with open(conf, "w") as f:
+        f.write(f"node-id n1\nraft-data {tmp}/data\n"
+                f"raft-addr 127.0.0.1:{fp(taken)}\n"
+                f"http-addr 127.0.0.1:{n['http']}\n"
+                f"grpc-addr 127.0.0.1:{fp(taken)}\nlog-level info\n")
+    n["proc"] = bench.start([builds[-1][1], "--restore",
+                             os.path.abspath(a.snapshot), conf],
+                            f"{tmp}/restore.log")
+    bench.wait_for(lambda: bs.serving(n), 900, "restored node")
+    res = {name: [] for name, _ in builds}
+    for i in range(a.rounds):
+        for name, server in builds:
+            n["proc"].kill()
+            n["proc"].wait()
+            t0 = time.monotonic()
+            n["proc"] = bench.start([server, conf], f"{tmp}/run{i}-{name}.log")
+            bench.wait_for(lambda: bs.serving(n), 900, "restarted node")
+            r = (time.monotonic() - t0, cpu_s(n["proc"].pid))
+            res[name].append(r)
+            bench.log(f"{name}: serving after {r[0]:.2f} s, {r[1]:.2f} CPU s")
+    for name, rs in res.items():
+        bench.log(f"{name}: best serving {min(r[0] for r in rs):.2f} s, CPU "
+                  f"{min(r[1] for r in rs):.2f} s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, default=10_000_000)
@@ -53,6 +88,7 @@ def main():
     ap.add_argument("--base", help="another build's pyazdb-server")
     ap.add_argument("--server", help="the server under test",
                     default=os.path.join(bench.ROOT, "src/pyazdb-server"))
+    ap.add_argument("--snapshot", help="restart one node seeded from it")
     a = ap.parse_args()
     builds = [("this", os.path.abspath(a.server))]
     if a.base:
@@ -61,6 +97,9 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # to clean up
     taken = set()
     try:
+        if a.snapshot:
+            one_node(a, builds, tmp, taken)
+            return
         os.environ["BENCH_SERVER"] = builds[-1][1]
         pz = bs.Cluster(bench, tmp, taken, bench.ROOT, 1000)
         t0 = time.monotonic()
