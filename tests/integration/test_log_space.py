@@ -25,6 +25,23 @@ def loaded_entries(node):
     return int(found[-1])
 
 
+def stop_before_log_truncate(s, late):
+    """Starts s again, writes the keys of late, asks for a snapshot: the
+    node exits (99) right before the store drops the log below it, so the
+    whole log stays."""
+    s.stop()
+    s.env["PYAZDB_FAILPOINT"] = "before-log-truncate"
+    s.start()
+    for k, v in late.items():
+        assert put(s, k, v)[0] == 204
+    try:
+        s.request("POST", "/admin/snapshot", timeout=5)
+    except OSError:
+        pass
+    assert s.wait_exit(10) == 99, s.read_log()
+    del s.env["PYAZDB_FAILPOINT"]
+
+
 def test_raft_db_shrinks_after_compaction(servers):
     s = servers(conf={"raft-snapshot-entries": "1000000",
                       "raft-trailing-entries": "100"})
@@ -73,18 +90,7 @@ def test_restart_loads_only_the_end_of_the_log(servers):
                       "raft-trailing-entries": str(trailing)})
     for i in range(2000):
         assert put(s, f"k{i}", str(i))[0] == 204
-    # stop right before the store drops the prefix: the whole log stays
-    s.stop()
-    s.env["PYAZDB_FAILPOINT"] = "before-log-truncate"
-    s.start()
-    for i in range(5):
-        assert put(s, f"late{i}", str(i))[0] == 204
-    try:
-        s.request("POST", "/admin/snapshot", timeout=5)
-    except OSError:
-        pass
-    assert s.wait_exit(10) == 99, s.read_log()
-    del s.env["PYAZDB_FAILPOINT"]
+    stop_before_log_truncate(s, {f"late{i}": str(i) for i in range(5)})
     db = os.path.join(s.conf["raft-data"], "raft.db")
     c = sqlite3.connect(db)
     stored = c.execute("SELECT count(*) FROM log").fetchone()[0]
@@ -121,16 +127,7 @@ def test_restart_honours_the_trailing_bytes(servers):
     value = "v" * 40000
     for i in range(60):  # some 2.4 MB of log, each entry over 40 KB
         assert put(s, f"k{i % 10}", value + str(i))[0] == 204
-    s.stop()
-    s.env["PYAZDB_FAILPOINT"] = "before-log-truncate"
-    s.start()
-    assert put(s, "late", "1")[0] == 204
-    try:
-        s.request("POST", "/admin/snapshot", timeout=5)
-    except OSError:
-        pass
-    assert s.wait_exit(10) == 99, s.read_log()
-    del s.env["PYAZDB_FAILPOINT"]
+    stop_before_log_truncate(s, {"late": "1"})
     s.start()
     status = s.status()
     after = status["last_index"] - status["snapshot_index"]
