@@ -5,6 +5,7 @@
 #   make test / test-unit / test-integration / lint
 #   make test-mutants                  mutation checks (slow; scripts/mutants.py)
 #   make bench-kv-mem                  RSS per key of the key-value table
+#   make bench-snapshot-load           time to load a snapshot of 1M keys
 #   make bench [BENCH=full] [BENCH_ARGS=--noisy]   PyazDB beside etcd and
 #                                      Redis: report in bench-report/
 #   make run                           mandi and 3 nodes on 127.0.0.1, state in
@@ -94,6 +95,7 @@ CLI = src/pyazdb-cli
 UNIT = tests/unit/test-unit
 SIM = tests/unit/raft-sim
 KV_MEM = tests/bench/kv-mem
+SNAP_LOAD = tests/bench/snap-load
 
 BINS = $(SERVER) $(if $(CLI_SRC),$(CLI))
 
@@ -241,6 +243,19 @@ $(KV_MEM): tests/bench/kv_mem.c $(CORE_O) deps/llhttp/libllhttp.a
 bench-kv-mem: $(KV_MEM)
 	$(KV_MEM) $(KV_MEM_KEYS)
 
+# The snapshot loader alone (what a restart spends most of its time on):
+# writes SNAP_LOAD_KEYS (1M) keys into a temporary directory, loads them
+# three times. Not part of `test`.
+$(SNAP_LOAD): tests/bench/snap_load.c $(CORE_O) src/snapshot.o \
+              src/failpoint.o deps/llhttp/libllhttp.a
+	$(CC) $(PZ_CFLAGS) $(PZ_LDFLAGS) -o $@ $< $(CORE_O) src/snapshot.o \
+	    src/failpoint.o $(PZ_LIBS)
+
+bench-snapshot-load: $(SNAP_LOAD)
+	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
+	 f=$$($(SNAP_LOAD) make "$$d" $${SNAP_LOAD_KEYS:-1000000}) && \
+	 $(SNAP_LOAD) load "$$f" 3
+
 # The side-by-side benchmark (scripts/bench.py): quick by default.
 BENCH ?= quick
 bench:
@@ -356,10 +371,11 @@ clean-objs:
 	rm -rf $(OBJ_GLOBS) src/*.d src/gen/*.d tests/unit/*.d
 
 clean: clean-objs
-	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(NODE_SIM) $(POWERLOSS) $(KV_MEM) \
+	rm -rf src/gen $(SERVER) $(CLI) $(UNIT) $(SIM) $(NODE_SIM) $(POWERLOSS) $(KV_MEM) $(SNAP_LOAD) \
 	    tests/unit/suites.h .make-settings tests/fuzz/build
 
-.PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem bench \
+.PHONY: all deps deps-test noopt valgrind test test-unit test-sim bench-kv-mem \
+        bench-snapshot-load bench \
         test-sim-long test-mutants test-integration deps-chaos test-chaos \
         deps-fuzz fuzz fuzz-build fuzz-regress fuzz-clean \
         run lint install clean clean-objs FORCE

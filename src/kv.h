@@ -330,6 +330,9 @@ void kv_free(struct kv *kv);
 /* Sizes an empty table for n keys at once (loading a snapshot), so that
  * the load does no rehashing. No effect on a table that holds keys. */
 void kv_reserve(struct kv *kv, size_t n);
+/* A hint before inserting key soon (a snapshot loader reading ahead):
+ * starts loading the bucket it goes to into the cache. Changes nothing. */
+void kv_prefetch(const struct kv *kv, const void *key, size_t klen);
 
 /* Set key to value, copying both. Returns 1 if an existing value was
  * replaced, 0 if the key is new, PZ_ETOOBIG if klen > KV_KEY_MAX or

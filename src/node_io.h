@@ -67,6 +67,8 @@ struct node_io {
                            struct raft_entry **entries, size_t *n,
                            struct store_meta *meta);
     int (*store_term)(void *data, uint64_t index, uint64_t *term);
+    int (*store_trailing_from)(void *data, uint64_t index, uint64_t max_entries,
+                               uint64_t max_bytes, uint64_t *from);
     void (*store_meta_get)(void *data, struct store_meta *meta);
     int (*store_meta_set)(void *data, uint64_t cluster_id, uint64_t node_id,
                           const char *node_name);

@@ -92,6 +92,14 @@ static int uv_io_store_term(void *data, uint64_t index, uint64_t *term)
     return store_term(io.store, index, term);
 }
 
+static int uv_io_store_trailing_from(void *data, uint64_t index,
+                                     uint64_t max_entries, uint64_t max_bytes,
+                                     uint64_t *from)
+{
+    PZ_UNUSED(data);
+    return store_trailing_from(io.store, index, max_entries, max_bytes, from);
+}
+
 static void uv_io_store_meta_get(void *data, struct store_meta *meta)
 {
     PZ_UNUSED(data);
@@ -381,6 +389,7 @@ void node_io_uv(struct node_io *t, uv_loop_t *loop)
         .store_close = uv_io_store_close,
         .store_load_from = uv_io_store_load_from,
         .store_term = uv_io_store_term,
+        .store_trailing_from = uv_io_store_trailing_from,
         .store_meta_get = uv_io_store_meta_get,
         .store_meta_set = uv_io_store_meta_set,
         .store_meta_set_incarnation = uv_io_store_meta_set_incarnation,

@@ -820,12 +820,19 @@ int snaps_restore(const struct store_meta *sm, struct raft_entry **ents,
         return PZ_ECORRUPT;
     }
     /* The log from the snapshot's index minus the trailing entries, as
-     * raft_compact keeps it: a prefix the store had not dropped yet when
-     * the node stopped stays on disk, and its compaction goes on. */
-    uint64_t trailing = (uint64_t)nd->cfg->raft_trailing_entries;
-    uint64_t from = *have && out->index > trailing ? out->index - trailing : 0;
+     * raft_compact keeps it (raft-trailing-entries, fewer if those hold
+     * more than raft-trailing-bytes): a prefix the store had not dropped
+     * yet when the node stopped stays on disk, and its compaction goes
+     * on. */
+    uint64_t from = 0;
+    int rv = 0;
+    if (*have)
+        rv = NIO(store_trailing_from, out->index,
+                 (uint64_t)nd->cfg->raft_trailing_entries,
+                 (uint64_t)nd->cfg->raft_trailing_bytes, &from);
     struct raft_hard_state hs;
-    int rv = NIO(store_load_from, from, &hs, ents, n, NULL);
+    if (rv == 0)
+        rv = NIO(store_load_from, from, &hs, ents, n, NULL);
     if (rv < 0) {
         snprintf(err, errlen, "%s", NIO(store_errmsg));
         if (*have)

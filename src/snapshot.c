@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +32,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "failpoint.h"
 #include "log.h"
@@ -131,15 +135,44 @@ void snapshot_meta_free(struct snapshot_meta *meta)
     memset(meta, 0, sizeof(*meta));
 }
 
-/* --- CRC-64/XZ, slicing by 8 ---------------------------------------------- */
+/* --- CRC-64/XZ: slicing by 8, and carry-less multiplication ------------
+ * A reflected CRC register after a message M is M(x) * x^64 mod P, the
+ * message's first bit its highest coefficient. The x86-64 path keeps four
+ * 128-bit lanes of the message and folds each over the 512 bits that follow
+ * it with PCLMULQDQ: a lane L * x^64 + H (L its first 8 bytes) 512 bits
+ * before the end is worth L * (x^(512+64) mod P) + H * (x^512 mod P) there.
+ * In this bit order a 64x64 carry-less product comes out one bit short of
+ * the 128-bit lane's frame, so the constants are x^(d+63) and x^(d-1) mod
+ * P for a fold over d bits. The lanes are then folded into one, and the
+ * last 16 bytes of state and the tail go through the tables, which reduce
+ * them mod P. The constants are computed in crc_init, not typed in. */
 
 static uint64_t crc_table[8][256];
-static bool crc_ready;
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
-static void crc_init(void)
+#if defined(__x86_64__)
+#define CRC_CLMUL 1
+#define CLMUL_MIN 256           /* shorter: the tables */
+static bool crc_clmul_ok;       /* the CPU has PCLMULQDQ */
+static uint64_t crc_fold[4][2]; /* x^(d+63), x^(d-1) mod P, d = 512, 384,
+                                   256, 128 bits, bit-reflected */
+#endif
+
+/* x^n mod P, bit-reflected as the register holds it. */
+static uint64_t xpow_mod(unsigned n)
 {
-    if (crc_ready)
-        return;
+    uint64_t r = 1; /* x^0, unreflected: bit i is x^i */
+    const uint64_t poly = 0x42f0e1eba9ea3693ull; /* CRC64_POLY unreflected */
+    for (unsigned i = 0; i < n; i++)
+        r = (r << 1) ^ ((r >> 63) ? poly : 0);
+    uint64_t out = 0;
+    for (int i = 0; i < 64; i++)
+        out |= ((r >> i) & 1) << (63 - i);
+    return out;
+}
+
+static void crc_init_once(void)
+{
     for (unsigned i = 0; i < 256; i++) {
         uint64_t c = i;
         for (int k = 0; k < 8; k++)
@@ -151,14 +184,27 @@ static void crc_init(void)
             uint64_t c = crc_table[t - 1][i];
             crc_table[t][i] = (c >> 8) ^ crc_table[0][c & 0xff];
         }
-    crc_ready = true;
+#ifdef CRC_CLMUL
+    for (unsigned i = 0; i < 4; i++) {
+        unsigned d = 512 - 128 * i;
+        crc_fold[i][0] = xpow_mod(d + 63);
+        crc_fold[i][1] = xpow_mod(d - 1);
+    }
+    __builtin_cpu_init();
+    crc_clmul_ok =
+        __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
 }
 
-uint64_t snapshot_crc64(uint64_t crc, const void *data, size_t len)
+/* Thread-safe: the store's worker thread CRCs log entries too. */
+static void crc_init(void)
 {
-    const uint8_t *p = data;
-    crc_init();
-    crc = ~crc;
+    pthread_once(&crc_once, crc_init_once);
+}
+
+/* The register (not inverted) after the bytes. */
+static uint64_t crc_tables(uint64_t crc, const uint8_t *p, size_t len)
+{
     while (len >= 8) {
         uint64_t w = (uint64_t)p[0] | (uint64_t)p[1] << 8 |
                      (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
@@ -176,7 +222,83 @@ uint64_t snapshot_crc64(uint64_t crc, const void *data, size_t len)
     }
     while (len--)
         crc = crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    return crc;
+}
+
+#ifdef CRC_CLMUL
+/* One lane folded over d bits (k: that distance's constants) onto next. */
+__attribute__((target("pclmul,sse4.1"))) static inline __m128i
+fold(__m128i lane, __m128i k, __m128i next)
+{
+    __m128i lo = _mm_clmulepi64_si128(lane, k, 0x00);
+    __m128i hi = _mm_clmulepi64_si128(lane, k, 0x11);
+    return _mm_xor_si128(_mm_xor_si128(lo, hi), next);
+}
+
+/* The register after the bytes; len >= CLMUL_MIN. */
+__attribute__((target("pclmul,sse4.1"))) static uint64_t
+crc_clmul(uint64_t crc, const uint8_t *p, size_t len)
+{
+    __m128i k[4];
+    for (int i = 0; i < 4; i++)
+        k[i] = _mm_set_epi64x((long long)crc_fold[i][1],
+                              (long long)crc_fold[i][0]);
+    __m128i x0 = _mm_loadu_si128((const __m128i *)p);
+    __m128i x1 = _mm_loadu_si128((const __m128i *)(p + 16));
+    __m128i x2 = _mm_loadu_si128((const __m128i *)(p + 32));
+    __m128i x3 = _mm_loadu_si128((const __m128i *)(p + 48));
+    /* The register is the message's first 64 bits' complement so far. */
+    x0 = _mm_xor_si128(x0, _mm_set_epi64x(0, (long long)crc));
+    p += 64;
+    len -= 64;
+    while (len >= 64) {
+        x0 = fold(x0, k[0], _mm_loadu_si128((const __m128i *)p));
+        x1 = fold(x1, k[0], _mm_loadu_si128((const __m128i *)(p + 16)));
+        x2 = fold(x2, k[0], _mm_loadu_si128((const __m128i *)(p + 32)));
+        x3 = fold(x3, k[0], _mm_loadu_si128((const __m128i *)(p + 48)));
+        p += 64;
+        len -= 64;
+    }
+    x3 = fold(x0, k[1], x3);
+    x3 = fold(x1, k[2], x3);
+    x3 = fold(x2, k[3], x3);
+    while (len >= 16) {
+        x3 = fold(x3, k[3], _mm_loadu_si128((const __m128i *)p));
+        p += 16;
+        len -= 16;
+    }
+    /* The state as a 16-byte message from a zero register is state *
+     * x^64 mod P: the register after it. */
+    uint8_t st[16];
+    _mm_storeu_si128((__m128i *)st, x3);
+    return crc_tables(crc_tables(0, st, 16), p, len);
+}
+#endif
+
+uint64_t snapshot_crc64(uint64_t crc, const void *data, size_t len)
+{
+    crc_init();
+#ifdef CRC_CLMUL
+    if (crc_clmul_ok && len >= CLMUL_MIN)
+        return ~crc_clmul(~crc, data, len);
+#endif
+    return ~crc_tables(~crc, data, len);
+}
+
+uint64_t snapshot_crc64_portable(uint64_t crc, const void *data, size_t len)
+{
+    crc_init();
+    return ~crc_tables(~crc, data, len);
+}
+
+bool snapshot_crc64_accelerated(void)
+{
+    crc_init();
+#ifdef CRC_CLMUL
+    return crc_clmul_ok;
+#else
+    return false;
+#endif
 }
 
 /* --- writer --------------------------------------------------------------- */
@@ -1033,6 +1155,45 @@ static bool meta_ok(const struct kv_meta *km, uint64_t revision)
            km->version <= km->mod_revision - km->create_revision + 1;
 }
 
+/* Prefetching ahead of the loader: the buckets of the next records'
+ * keys, as far as the block read holds them, start coming into the cache
+ * while the current record is inserted (that cache miss was most of a
+ * large table's load). Reads only bytes in the buffer; a bad length just
+ * ends it (the record's own checks come when it is parsed). */
+#define PREFETCH_AHEAD 8
+
+struct ahead {
+    uint64_t off; /* file offset of the next record to prefetch */
+    unsigned n;   /* records prefetched past the current one */
+    bool stop;    /* a bad length seen: no more */
+};
+
+static void prefetch_ahead(const struct reader *r, struct ahead *a,
+                           const struct kv *kv, size_t rec)
+{
+    if (a->off < r->pos) {
+        a->off = r->pos;
+        a->n = 0;
+    }
+    size_t avail = r->end - r->start;
+    while (a->n < PREFETCH_AHEAD && !a->stop) {
+        uint64_t rel = a->off - r->pos;
+        if (rel + rec > avail)
+            return;
+        const uint8_t *h = r->buf + r->start + rel;
+        uint32_t klen = pz_get_u32(h), vlen = pz_get_u32(h + 4);
+        if (klen > KV_KEY_MAX || vlen > KV_VALUE_MAX) {
+            a->stop = true;
+            return;
+        }
+        if (rel + rec + klen > avail)
+            return;
+        kv_prefetch(kv, h + rec, klen);
+        a->off += rec + (uint64_t)klen + vlen;
+        a->n++;
+    }
+}
+
 /* Read (and into kv, unless NULL, load) a whole file with every check. */
 static int read_file(const char *path, struct kv *kv,
                      struct snapshot_meta *meta, char *err, size_t errlen)
@@ -1047,6 +1208,7 @@ static int read_file(const char *path, struct kv *kv,
     if (rc == 0 && kv)
         kv_reserve(kv, (size_t)m.nkeys); /* bounded by the file's size */
     uint64_t prev_lease = 0;
+    struct ahead ahead = {0};
     for (uint32_t i = 0; rc == 0 && i < m.nleases; i++) {
         /* rd_header checked they fit before the trailer */
         uint64_t at = r.pos;
@@ -1133,6 +1295,11 @@ static int read_file(const char *path, struct kv *kv,
         if ((rc = rd_need(&r, (size_t)need)) != 0)
             break;
         const uint8_t *kvp = rd_take(&r, (size_t)need);
+        if (kv) {
+            if (ahead.n > 0)
+                ahead.n--;
+            prefetch_ahead(&r, &ahead, kv, rec);
+        }
         struct kv_lease kl;
         if (kv && km.lease && !kv_lease_get(kv, km.lease, &kl)) {
             if (bad_meta[0] == '\0')

@@ -147,6 +147,12 @@ void snapshot_meta_free(struct snapshot_meta *meta);
  * number of pieces; snapshot_crc64(snapshot_crc64(0, a), b) equals the CRC
  * of a followed by b. The CRC of "123456789" is 0x995dc9bbdf1939fa. */
 uint64_t snapshot_crc64(uint64_t crc, const void *data, size_t len);
+/* snapshot_crc64 with the byte tables only (slicing by 8), whatever the
+ * CPU: the same values, for tests. */
+uint64_t snapshot_crc64_portable(uint64_t crc, const void *data, size_t len);
+/* snapshot_crc64 uses carry-less multiplication (x86-64 with PCLMULQDQ)
+ * for pieces of 256 bytes and more. */
+bool snapshot_crc64_accelerated(void);
 
 /* Writes "<dir>/snap-<index>-<term>.snap" into buf (len bytes). Returns 0
  * or PZ_ETOOBIG if it does not fit. */

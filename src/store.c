@@ -928,6 +928,44 @@ int store_term(struct store *s, uint64_t index, uint64_t *term)
     return term_at(s, index, term, s->errmsg);
 }
 
+int store_trailing_from(struct store *s, uint64_t index, uint64_t max_entries,
+                        uint64_t max_bytes, uint64_t *from)
+{
+    pz_assert(!s->busy);
+    *from = index;
+    if (index == 0 || max_entries == 0)
+        return 0;
+    /* length() of a blob reads its size from the row header, not the
+     * payload's overflow pages. */
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT idx, length(data) FROM log "
+                                "WHERE idx <= ?1 "
+                                "ORDER BY idx DESC LIMIT ?2",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return sql_err(s, s->errmsg, "prepare trailing scan", rc);
+    bind_u64(st, 1, PZ_MIN(index, (uint64_t)INT64_MAX));
+    bind_u64(st, 2, PZ_MIN(max_entries, (uint64_t)INT64_MAX));
+    uint64_t n = 0, bytes = 0;
+    int ret = 0;
+    while ((rc = step(s, st)) == SQLITE_ROW) {
+        sqlite3_int64 idx = sqlite3_column_int64(st, 0);
+        sqlite3_int64 len = sqlite3_column_int64(st, 1);
+        if (idx < 0 || (uint64_t)idx != index - n || len < 0 ||
+            (uint64_t)len > max_bytes - bytes)
+            break;
+        bytes += (uint64_t)len;
+        n++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        ret = sql_err(s, s->errmsg, "read the trailing entries", rc);
+    sqlite3_finalize(st);
+    if (ret == 0)
+        *from = index - PZ_MIN(n, index);
+    return ret;
+}
+
 int store_load(struct store *s, struct raft_hard_state *hs,
                struct raft_entry **entries, size_t *n,
                struct store_meta *meta)

@@ -141,6 +141,15 @@ int store_load_from(struct store *s, uint64_t from,
                     struct raft_hard_state *hs, struct raft_entry **entries,
                     size_t *n, struct store_meta *meta);
 
+/* Where a restart reads the log from after a snapshot at index, as
+ * raft_trailing_within and raft_compact keep it: *from = index - n, n the
+ * number of stored entries index, index - 1, ... (at most max_entries)
+ * whose payloads hold at most max_bytes together (entries below the
+ * stored log count as absent). Reads only the payloads' lengths. Returns
+ * 0 or a negative error with store_errmsg. */
+int store_trailing_from(struct store *s, uint64_t index, uint64_t max_entries,
+                        uint64_t max_bytes, uint64_t *from);
+
 /* The term of the stored entry at index, or the snapshot term when index
  * is the snapshot index. Returns 0, PZ_ENOTFOUND (not in the stored log),
  * PZ_ECORRUPT or PZ_EIO (store_errmsg). */

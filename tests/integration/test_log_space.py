@@ -1,6 +1,7 @@
 """The log database gives its space back after compaction, and a restart
 reads only the end of the log: from the snapshot's index minus
-raft-trailing-entries, even when the node stopped before the store had
+raft-trailing-entries (fewer when those hold more than
+raft-trailing-bytes), even when the node stopped before the store had
 dropped the prefix below the snapshot."""
 import os
 import re
@@ -22,6 +23,23 @@ def loaded_entries(node):
                        node.read_log())
     assert found, node.read_log()
     return int(found[-1])
+
+
+def stop_before_log_truncate(s, late):
+    """Starts s again, writes the keys of late, asks for a snapshot: the
+    node exits (99) right before the store drops the log below it, so the
+    whole log stays."""
+    s.stop()
+    s.env["PYAZDB_FAILPOINT"] = "before-log-truncate"
+    s.start()
+    for k, v in late.items():
+        assert put(s, k, v)[0] == 204
+    try:
+        s.request("POST", "/admin/snapshot", timeout=5)
+    except OSError:
+        pass
+    assert s.wait_exit(10) == 99, s.read_log()
+    del s.env["PYAZDB_FAILPOINT"]
 
 
 def test_raft_db_shrinks_after_compaction(servers):
@@ -72,18 +90,7 @@ def test_restart_loads_only_the_end_of_the_log(servers):
                       "raft-trailing-entries": str(trailing)})
     for i in range(2000):
         assert put(s, f"k{i}", str(i))[0] == 204
-    # stop right before the store drops the prefix: the whole log stays
-    s.stop()
-    s.env["PYAZDB_FAILPOINT"] = "before-log-truncate"
-    s.start()
-    for i in range(5):
-        assert put(s, f"late{i}", str(i))[0] == 204
-    try:
-        s.request("POST", "/admin/snapshot", timeout=5)
-    except OSError:
-        pass
-    assert s.wait_exit(10) == 99, s.read_log()
-    del s.env["PYAZDB_FAILPOINT"]
+    stop_before_log_truncate(s, {f"late{i}": str(i) for i in range(5)})
     db = os.path.join(s.conf["raft-data"], "raft.db")
     c = sqlite3.connect(db)
     stored = c.execute("SELECT count(*) FROM log").fetchone()[0]
@@ -109,3 +116,25 @@ def test_restart_loads_only_the_end_of_the_log(servers):
     s.start()
     assert loaded_entries(s) <= trailing + after + 10
     assert get(s, "k1000")[2] == b"1000"
+
+
+def test_restart_honours_the_trailing_bytes(servers):
+    """Large entries: the byte bound, not the entry count, limits what a
+    restart reads below the snapshot."""
+    s = servers(conf={"raft-snapshot-entries": "1000000",
+                      "raft-trailing-entries": "10000",
+                      "raft-trailing-bytes": "256kb"})
+    value = "v" * 40000
+    for i in range(60):  # some 2.4 MB of log, each entry over 40 KB
+        assert put(s, f"k{i % 10}", value + str(i))[0] == 204
+    stop_before_log_truncate(s, {"late": "1"})
+    s.start()
+    status = s.status()
+    after = status["last_index"] - status["snapshot_index"]
+    # 256 KiB hold at most 6 entries of 40 KB, besides the small ones
+    # after them (the second start's no-op, "late") and the boundary
+    # entry; the entry bound alone would read all 60 and more
+    n = loaded_entries(s)
+    assert n <= 256 * 1024 // 40000 + 3 + after, (n, status)
+    assert get(s, "k9")[2] == (value + "59").encode()
+    assert get(s, "late")[2] == b"1"

@@ -1648,6 +1648,34 @@ TEST(append_in_order_keeps_tails)
     }
 }
 
+/* kv_restore skips the lookup for a key after every key held: a key equal
+ * to the last one, or one held before it, is still refused, a key
+ * between held ones is still taken, and a prefix of the last key (shorter,
+ * so before it) is not taken for a key after it. */
+TEST(restore_in_order_and_not)
+{
+    struct kv *kv = kv_new();
+    struct kv_meta m = {.create_revision = 1, .mod_revision = 1,
+                        .version = 1};
+    CHECK_EQ_INT(kv_restore(kv, "b", 1, "1", 1, &m), 0);
+    CHECK_EQ_INT(kv_restore(kv, "d", 1, "2", 1, &m), 0);
+    CHECK_EQ_INT(kv_restore(kv, "dd", 2, "3", 1, &m), 0);
+    CHECK_EQ_INT(kv_restore(kv, "dd", 2, "x", 1, &m), PZ_EINVAL);
+    CHECK_EQ_INT(kv_restore(kv, "d", 1, "x", 1, &m), PZ_EINVAL);
+    CHECK_EQ_INT(kv_restore(kv, "b", 1, "x", 1, &m), PZ_EINVAL);
+    CHECK_EQ_INT(kv_restore(kv, "c", 1, "4", 1, &m), 0);
+    CHECK_EQ_INT(kv_restore(kv, "", 0, "5", 1, &m), 0);
+    CHECK_EQ_INT(kv_restore(kv, "", 0, "x", 1, &m), PZ_EINVAL);
+    CHECK_EQ_INT(kv_count(kv), 5);
+    check_order(kv, 5);
+    const uint8_t *v;
+    size_t vl;
+    CHECK(kv_get(kv, "dd", 2, &v, &vl) && vl == 1 && v[0] == '3');
+    CHECK(kv_get(kv, "c", 1, &v, &vl) && vl == 1 && v[0] == '4');
+    CHECK(kv_digest_compute(kv) == kv_digest(kv));
+    kv_free(kv);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
     TEST_ENTRY(binary_keys_values),
@@ -1674,6 +1702,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(events_and_range_limits),
     TEST_ENTRY(txn_range_budget),
     TEST_ENTRY(append_in_order_keeps_tails),
+    TEST_ENTRY(restore_in_order_and_not),
     TEST_END};
 const struct test_suite suite_kv = {"kv", cases};
 

@@ -336,6 +336,27 @@ static int io_store_term(void *data, uint64_t index, uint64_t *term)
     return PZ_ENOTFOUND;
 }
 
+/* As store.c: the stored entries index, index - 1, ... within both
+ * bounds. */
+static int io_store_trailing_from(void *data, uint64_t index,
+                                  uint64_t max_entries, uint64_t max_bytes,
+                                  uint64_t *from)
+{
+    struct ns_store *st = &((struct ns_node *)data)->st;
+    uint64_t n = 0, bytes = 0;
+    for (size_t k = st->n; k-- > 0 && n < max_entries;) {
+        const struct raft_entry *e = &st->log[k];
+        if (e->index > index)
+            continue;
+        if (e->index != index - n || e->len > max_bytes - bytes)
+            break;
+        bytes += e->len;
+        n++;
+    }
+    *from = index - PZ_MIN(n, index);
+    return 0;
+}
+
 static void io_store_meta_get(void *data, struct store_meta *meta)
 {
     *meta = ((struct ns_node *)data)->st.meta;
@@ -759,6 +780,7 @@ static const struct node_io ns_io = {
     .store_close = io_store_close,
     .store_load_from = io_store_load_from,
     .store_term = io_store_term,
+    .store_trailing_from = io_store_trailing_from,
     .store_meta_get = io_store_meta_get,
     .store_meta_set = io_store_meta_set,
     .store_meta_set_incarnation = io_store_meta_set_incarnation,

@@ -1736,6 +1736,76 @@ TEST(load_from_and_term)
     tdir_free(&t);
 }
 
+/* store_trailing_from against a model over the loaded log: entries
+ * index, index - 1, ... while both bounds hold; absent entries end it. */
+static uint64_t trailing_model(const struct raft_entry *e, size_t n,
+                               uint64_t index, uint64_t max_entries,
+                               uint64_t max_bytes)
+{
+    uint64_t k = 0, bytes = 0;
+    while (k < max_entries && k < index) {
+        const struct raft_entry *x = NULL;
+        for (size_t i = 0; i < n; i++)
+            if (e[i].index == index - k)
+                x = &e[i];
+        if (x == NULL || x->len > max_bytes - bytes)
+            break;
+        bytes += x->len;
+        k++;
+    }
+    return index - k;
+}
+
+TEST(trailing_from_honours_both_bounds)
+{
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 300));
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    CHECK_EQ_INT(store_load_from(s, 0, &hs, &e, &n, NULL), 0);
+    CHECK_EQ_INT(n, 300);
+    static const uint64_t idx[] = {0, 1, 5, 100, 250, 300, 301, 1000};
+    static const uint64_t ents[] = {0, 1, 10, 50, 1000};
+    static const uint64_t bytes[] = {0, 1, 30, 200, 1000, UINT64_MAX};
+    size_t cut_by_bytes = 0;
+    for (size_t a = 0; a < PZ_ARRAY_SIZE(idx); a++)
+        for (size_t b = 0; b < PZ_ARRAY_SIZE(ents); b++)
+            for (size_t c = 0; c < PZ_ARRAY_SIZE(bytes); c++) {
+                uint64_t from = 7;
+                CHECK_EQ_INT(
+                    store_trailing_from(s, idx[a], ents[b], bytes[c], &from),
+                    0);
+                uint64_t want = trailing_model(e, n, idx[a], ents[b], bytes[c]);
+                if (from != want)
+                    fprintf(stderr,
+                            "    index %llu entries %llu bytes %llu: "
+                            "%llu, want %llu\n",
+                            (unsigned long long)idx[a],
+                            (unsigned long long)ents[b],
+                            (unsigned long long)bytes[c],
+                            (unsigned long long)from, (unsigned long long)want);
+                CHECK(from == want);
+                if (want > trailing_model(e, n, idx[a], ents[b], UINT64_MAX))
+                    cut_by_bytes++;
+            }
+    CHECK(cut_by_bytes > 10); /* the byte bound mattered */
+    /* 50 entries of 250 stay below 1000 bytes: fewer are kept. */
+    uint64_t from;
+    CHECK_EQ_INT(store_trailing_from(s, 250, 50, 1000, &from), 0);
+    CHECK(from > 200 && from < 250);
+    free_entries(e, n);
+    /* Compacted up to 100: entries at and below it are absent. */
+    CHECK_EQ_INT(store_compact(s, 100, 1), 0);
+    CHECK_EQ_INT(store_trailing_from(s, 150, 1000, UINT64_MAX, &from), 0);
+    CHECK_EQ_INT(from, 100);
+    store_close(s);
+    tdir_free(&t);
+}
+
 static off_t db_bytes(const struct tdir *t)
 {
     char wal[160];
@@ -1823,6 +1893,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
     TEST_ENTRY(load_from_and_term),
+    TEST_ENTRY(trailing_from_honours_both_bounds),
     TEST_ENTRY(compaction_gives_space_back),
     TEST_ENTRY(crash_consistency_sigkill),
     TEST_ENTRY(raft_core_round_trip),
