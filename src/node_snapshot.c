@@ -3,7 +3,6 @@
  * shipping them to followers, receiving and installing them, and loading
  * the newest at start. */
 #include <cJSON.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +56,6 @@ static bool rx_fits_disk(uint64_t total, char *why, size_t len);
  * was compacted, the node refuses to start. */
 
 #define SNAP_LOG_SHARE 8 /* see snaps_maybe */
-#define TRIM_AFTER_BYTES (64 * 1024 * 1024) /* log dropped: malloc_trim */
 #define XFER_CHUNK (256 * 1024)     /* bytes per snapshot chunk */
 #define XFER_QUEUE_MAX (1024 * 1024) /* pace: peer queue below this */
 
@@ -237,14 +235,11 @@ void snaps_poll(void)
             (unsigned long long)c->index,
             (unsigned long long)nd->snap_size);
     c->pid = 0;
-    if (rv == 0) {
+    /* The log's payloads live in chunks of their own (pz_fifo), unmapped
+     * as compaction frees them: no malloc_trim, whose walk of the heap
+     * stalled the loop. */
+    if (rv == 0)
         request_compaction();
-        /* Much log dropped: hand its free pages back, which glibc keeps
-         * inside the heap otherwise (at 10M keys after the load, 90 MB a
-         * node). Not after every snapshot: the walk stalls the loop. */
-        if (covered >= TRIM_AFTER_BYTES)
-            malloc_trim(0);
-    }
     size_t removed = 0;
     /* Keep the two newest durable snapshots (the newest covers the
      * compacted log) and a received one waiting for its install; any other
