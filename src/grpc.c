@@ -248,6 +248,7 @@ struct gsession {
 };
 
 static nghttp2_session_callbacks *callbacks; /* shared by all sessions */
+static nghttp2_option *ng_options;           /* ... and their options */
 static int callbacks_refs;                   /* servers using callbacks */
 static struct pz_queue dirty_list;           /* sessions to flush */
 
@@ -416,6 +417,33 @@ static uint8_t *msg_bytes(struct gstream *st)
     return st->rd.msg.data ? (uint8_t *)st->rd.msg.data : none;
 }
 
+/* The encoded grpc-message, "" when there is none (a pz_buf with data
+ * is NUL-terminated, and the encoding has no NUL). */
+static const char *msg_text(const struct gstream *st)
+{
+    return st->msg.len ? st->msg.data : "";
+}
+
+/* Buffers for encoding a message that is copied at once into a stream's
+ * output or a proposal, kept between calls so that the common small ones
+ * do not cost an allocation each; one that grew past SCRATCH_KEEP is
+ * given back. Two, so that a reply encoded from inside a proposal cannot
+ * overwrite the command being proposed. */
+#define SCRATCH_KEEP 4096
+static struct pz_buf reply_scratch, cmd_scratch;
+
+static struct pz_buf *scratch_take(struct pz_buf *b)
+{
+    pz_buf_reset(b);
+    return b;
+}
+
+static void scratch_done(struct pz_buf *b)
+{
+    if (b->cap > SCRATCH_KEEP)
+        pz_buf_free(b);
+}
+
 static void release_reader(struct gstream *st)
 {
     st->s->buffered -= st->rd_counted;
@@ -476,15 +504,14 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
         if (st->out.len == st->out_off) {
             char code[8];
             status_text(code, status);
-            pz_buf_append(&st->msg, "", 1);
             nghttp2_nv nva[] = {
                 NV(":status", "200"),
                 NV("content-type", "application/grpc"),
                 NV("grpc-status", code),
-                NV("grpc-message", st->msg.data),
+                NV("grpc-message", msg_text(st)),
             };
             nghttp2_submit_response(st->s->ng, st->id, nva,
-                                    st->msg.len > 1 ? 4 : 3, NULL);
+                                    st->msg.len ? 4 : 3, NULL);
         } else {
             nghttp2_nv nva[] = {
                 NV(":status", "200"),
@@ -586,13 +613,12 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
             /* gRPC trailers go out after the last DATA frame. */
             char code[8];
             status_text(code, st->status);
-            pz_buf_append(&st->msg, "", 1);
             nghttp2_nv nva[] = {
                 NV("grpc-status", code),
-                NV("grpc-message", st->msg.data),
+                NV("grpc-message", msg_text(st)),
             };
             *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            nghttp2_submit_trailer(ng, id, nva, st->msg.len > 1 ? 2 : 1);
+            nghttp2_submit_trailer(ng, id, nva, st->msg.len ? 2 : 1);
         }
         return (ssize_t)n;
     }
@@ -909,11 +935,10 @@ static void read_reply(struct gstream *st)
     size_t vlen = 0;
     bool found =
         kv_get(st->s->gs->be->kv(), st->kreq.key, st->kreq.klen, &val, &vlen);
-    struct pz_buf b;
-    pz_buf_init(&b);
-    grpc_kv_get_resp_encode(&b, val, vlen, found);
-    reply(st, b.data, b.len);
-    pz_buf_free(&b);
+    struct pz_buf *b = scratch_take(&reply_scratch);
+    grpc_kv_get_resp_encode(b, val, vlen, found);
+    reply(st, b->data, b->len);
+    scratch_done(b);
 }
 
 static void on_read_done(struct node_req *req, int status)
@@ -938,11 +963,10 @@ static void on_write_done(struct node_req *req, int status)
     if (status < 0) {
         node_error(st, status, true);
     } else {
-        struct pz_buf b;
-        pz_buf_init(&b);
-        grpc_kv_ok_resp_encode(&b, true);
-        reply(st, b.data, b.len);
-        pz_buf_free(&b);
+        struct pz_buf *b = scratch_take(&reply_scratch);
+        grpc_kv_ok_resp_encode(b, true);
+        reply(st, b->data, b->len);
+        scratch_done(b);
     }
     session_flush(s);
 }
@@ -973,21 +997,20 @@ static void start_write(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
     struct grpc_kv_req *r = &st->kreq;
-    struct pz_buf cmd;
+    struct pz_buf *cmd = scratch_take(&cmd_scratch);
     int rv;
-    pz_buf_init(&cmd);
     if (st->m->kind == M_KV_SET)
-        rv = kv_encode_set(&cmd, r->key, r->klen, r->value, r->vlen);
+        rv = kv_encode_set(cmd, r->key, r->klen, r->value, r->vlen);
     else
-        rv = kv_encode_del(&cmd, r->key, r->klen);
+        rv = kv_encode_del(cmd, r->key, r->klen);
     if (rv == 0) {
         st->in_node = true;
-        rv = gs->be->propose(&st->req, (uint8_t *)cmd.data, cmd.len,
+        rv = gs->be->propose(&st->req, (uint8_t *)cmd->data, cmd->len,
                              on_write_done);
         if (rv < 0)
             st->in_node = false;
     }
-    pz_buf_free(&cmd);
+    scratch_done(cmd);
     if (rv == PZ_ENOLEADER && gs->be->wait_leader && !st->was_forwarded) {
         st->in_node = true;
         gs->be->wait_leader(&st->req, on_leader_known);
@@ -1577,7 +1600,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
     if (frame->hd.type != NGHTTP2_HEADERS ||
         frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
-    struct gstream *st = pz_calloc(1, sizeof *st);
+    struct gstream *st = pz_cache_calloc(1, sizeof *st);
     st->s = s;
     st->id = frame->hd.stream_id;
     grpc_reader_init(&st->rd, s->gs->max_message);
@@ -1750,7 +1773,7 @@ static void stream_free(struct gstream *st)
     if (s->n_streams == 0)
         conn_touch(s->c); /* idle from now on */
     gs->stats.streams_open--;
-    pz_free(st);
+    pz_cache_free(st);
 }
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error,
@@ -1780,7 +1803,7 @@ static int on_open(struct conn *c)
     pz_queue_init(&s->streams);
     pz_queue_init(&s->dirty_q);
     pz_queue_init(&s->held);
-    if (nghttp2_session_server_new3(&s->ng, callbacks, s, NULL,
+    if (nghttp2_session_server_new3(&s->ng, callbacks, s, ng_options,
                                     grpc_nghttp2_mem()) != 0) {
         pz_free(s);
         return PZ_ENOMEM;
@@ -1951,6 +1974,14 @@ static void setup_callbacks(void)
                                                          on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(callbacks,
                                                            on_stream_close);
+    /* nghttp2 keeps up to SETTINGS_MAX_CONCURRENT_STREAMS closed streams
+     * per connection for RFC 7540 priorities, which gRPC does not use:
+     * without this a busy connection held 1000 dead streams (a few hundred
+     * bytes each) and every request paid for the bookkeeping. Frames for
+     * a closed stream are still told from frames for an idle one by the
+     * stream ids already seen. */
+    if (nghttp2_option_new(&ng_options) == 0)
+        nghttp2_option_set_no_closed_streams(ng_options, 1);
 }
 
 static void release_callbacks(void)
@@ -1958,6 +1989,11 @@ static void release_callbacks(void)
     if (--callbacks_refs == 0) {
         nghttp2_session_callbacks_del(callbacks);
         callbacks = NULL;
+        nghttp2_option_del(ng_options);
+        ng_options = NULL;
+        pz_buf_free(&reply_scratch);
+        pz_buf_free(&cmd_scratch);
+        pz_cache_trim();
     }
 }
 
