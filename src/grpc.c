@@ -199,6 +199,7 @@ struct gstream {
     struct node_req req;     /* node request */
     bool in_node;            /* req is with the node */
     struct grpc_call call;   /* forwarded call */
+    bool call_used;          /* call was started once: reset it at the end */
     bool in_fwd;             /* call is with the leader */
     bool has_deadline;       /* grpc-timeout given */
     uint64_t started_ns;     /* stats_now_ns() when the stream opened */
@@ -244,6 +245,7 @@ struct gsession {
     bool dead;                /* fatal error: GOAWAY sent, input ignored */
     bool blocked;             /* output over SEND_HIGH: not reading */
     bool dirty;               /* on the dirty list: flush soon */
+    struct gstream *last_st;  /* stream_get's last answer, or NULL */
     struct pz_queue dirty_q;  /* in the dirty list */
 };
 
@@ -877,6 +879,7 @@ static void forward(struct gstream *st)
         uint64_t now = uv_now(gs->loop);
         opts.timeout_ms = st->deadline > now ? st->deadline - now : 1;
     }
+    st->call_used = true;
     int rv = grpc_client_call(cl, &st->call, st->m->path, msg_bytes(st),
                               st->rd.msg.len, &opts, on_forward_done);
     if (rv < 0) {
@@ -1588,9 +1591,18 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
 
 /* --- nghttp2 callbacks -------------------------------------------------- */
 
-static struct gstream *stream_get(nghttp2_session *ng, int32_t id)
+/* The stream of id; ud is its session. The callbacks of one frame ask for
+ * the same stream several times (one on_header per field), so the last
+ * one found is remembered (stream_free forgets it). */
+static struct gstream *stream_get(nghttp2_session *ng, void *ud, int32_t id)
 {
-    return nghttp2_session_get_stream_user_data(ng, id);
+    struct gsession *s = ud;
+    if (s->last_st && s->last_st->id == id)
+        return s->last_st;
+    struct gstream *st = nghttp2_session_get_stream_user_data(ng, id);
+    if (st)
+        s->last_st = st;
+    return st;
 }
 
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
@@ -1647,11 +1659,10 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
                      size_t valuelen, uint8_t flags, void *ud)
 {
     PZ_UNUSED(flags);
-    PZ_UNUSED(ud);
     if (frame->hd.type != NGHTTP2_HEADERS ||
         frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0; /* request trailers carry nothing we use */
-    struct gstream *st = stream_get(ng, frame->hd.stream_id);
+    struct gstream *st = stream_get(ng, ud, frame->hd.stream_id);
     if (st == NULL)
         return 0;
     st->hdr_bytes += namelen + valuelen + 32;
@@ -1686,11 +1697,10 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame,
                          void *ud)
 {
-    PZ_UNUSED(ud);
     struct gstream *st;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        st = stream_get(ng, frame->hd.stream_id);
+        st = stream_get(ng, ud, frame->hd.stream_id);
         if (st == NULL)
             return 0;
         if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
@@ -1699,7 +1709,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame,
             request_end(st);
         break;
     case NGHTTP2_DATA:
-        st = stream_get(ng, frame->hd.stream_id);
+        st = stream_get(ng, ud, frame->hd.stream_id);
         if (st && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
             request_end(st);
         break;
@@ -1711,8 +1721,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id,
                          const uint8_t *data, size_t len, void *ud)
 {
     PZ_UNUSED(flags);
-    PZ_UNUSED(ud);
-    struct gstream *st = stream_get(ng, id);
+    struct gstream *st = stream_get(ng, ud, id);
     if (st && st->headers_done && !st->ended && !st->refused)
         request_data(st, data, len);
     return 0;
@@ -1721,14 +1730,13 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id,
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame,
                          void *ud)
 {
-    PZ_UNUSED(ud);
     /* Our reply is complete but the client is still sending a message we
      * refused for its size: ask it to stop (RST_STREAM NO_ERROR, RFC 9113
      * 8.1). Only then: curl, for one, treats that reset as an error, and
      * for other early errors the rest of the body is small and ignored. */
     if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
-        struct gstream *st = stream_get(ng, frame->hd.stream_id);
+        struct gstream *st = stream_get(ng, ud, frame->hd.stream_id);
         if (st && st->reset_after &&
             nghttp2_session_get_stream_remote_close(ng, st->id) == 0)
             nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id,
@@ -1751,7 +1759,8 @@ static void stream_free(struct gstream *st)
         gs->be->cancel(&st->req);
     if (st->in_fwd)
         grpc_client_cancel(&st->call);
-    grpc_call_reset(&st->call);
+    if (st->call_used)
+        grpc_call_reset(&st->call);
     s->buffered -= st->rd_counted;
     grpc_reader_free(&st->rd);
     conn_in_release(s->c, st->charged);
@@ -1768,6 +1777,8 @@ static void stream_free(struct gstream *st)
     pz_buf_free(&st->msg);
     pz_free(st->cred);
     pz_queue_remove(&st->q);
+    if (s->last_st == st)
+        s->last_st = NULL;
     s->n_streams--;
     s->c->busy--;
     if (s->n_streams == 0)
@@ -1779,8 +1790,7 @@ static void stream_free(struct gstream *st)
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error,
                            void *ud)
 {
-    PZ_UNUSED(ud);
-    struct gstream *st = stream_get(ng, id);
+    struct gstream *st = stream_get(ng, ud, id);
     if (st == NULL)
         return 0;
     if (error != NGHTTP2_NO_ERROR && !st->ended)

@@ -1,7 +1,8 @@
 /* pz.c - allocation with an abort-on-OOM policy and a fault injector, the
- * growable buffer, hashing, small parsing helpers and the escaping of
- * untrusted bytes for logs, the token comparison, the PRNG seed and the
- * rate limit of log lines. Pure, but for pz_seed(). */
+ * cache of small blocks, the growable buffer, hashing, small parsing
+ * helpers and the escaping of untrusted bytes for logs, the token
+ * comparison, the PRNG seed and the rate limit of log lines. Pure, but for
+ * pz_seed(). */
 #include "pz.h"
 
 #include <endian.h>
@@ -97,6 +98,24 @@ void pz_free(void *p)
 
 /* --- the small-block cache --------------------------------------------- */
 
+/* Under AddressSanitizer a cached block is poisoned until it is handed
+ * out again, so a use after pz_cache_free is still caught. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CACHE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CACHE_ASAN 1
+#endif
+#endif
+#ifdef CACHE_ASAN
+#include <sanitizer/asan_interface.h>
+#define CACHE_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define CACHE_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define CACHE_POISON(p, n) ((void)(p), (void)(n))
+#define CACHE_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #define CACHE_MIN_SHIFT 6 /* 64 bytes */
 #define CACHE_CLASSES 7   /* 64 .. 4096 */
 #define CACHE_BIG 0xff    /* class of a block too large to cache */
@@ -136,6 +155,7 @@ void *pz_cache_alloc(size_t n)
         h = cache_free[cls];
         cache_free[cls] = h->h.next;
         cache_count[cls]--;
+        CACHE_UNPOISON(h + 1, cache_usable(cls));
     } else {
         pz_assert(n <= SIZE_MAX - sizeof *h);
         h = pz_malloc(sizeof *h + (cls == CACHE_BIG ? n : cache_usable(cls)));
@@ -168,6 +188,7 @@ void pz_cache_free(void *p)
     h->h.next = cache_free[cls];
     cache_free[cls] = h;
     cache_count[cls]++;
+    CACHE_POISON(h + 1, cache_usable(cls));
 }
 
 void *pz_cache_realloc(void *p, size_t n)
@@ -198,6 +219,7 @@ void pz_cache_trim(void)
         while (cache_free[c]) {
             union cache_hdr *h = cache_free[c];
             cache_free[c] = h->h.next;
+            CACHE_UNPOISON(h + 1, cache_usable(c));
             pz_free(h);
         }
         cache_count[c] = 0;
