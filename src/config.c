@@ -102,6 +102,11 @@ static const struct cfg_directive directives[] = {
              IMM | MANDI, check_mandi_url,
              "URL of mandi (none: no discovery); in mandi mode, its "
              "listen address"),
+    D_DURATION("NETWORK", "mandi-interval", mandi_interval_ms, "2s", 50,
+               60 * MS_PER_MIN, IMM,
+               "how often the leader publishes itself in mandi and reads "
+               "join requests, and a node that is not a member posts its "
+               "join request"),
     D_STRING("NETWORK", "cluster-token", cluster_token, "", IMM | MANDI,
              check_token,
              "shared secret of the cluster; empty = no check (loopback "

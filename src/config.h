@@ -90,6 +90,7 @@ struct pz_config {
     char *http_addr;  /* http-addr: HTTP API listen address */
     char *grpc_addr;  /* grpc-addr: gRPC API listen address */
     char *mandi_addr; /* mandi-addr: URL http://host:port of mandi */
+    int64_t mandi_interval_ms; /* mandi-interval */
     char *cluster_token; /* cluster-token: shared secret, "" = none (the
                             value `none` is turned into "" by cfg_load,
                             setting cluster_token_none) */

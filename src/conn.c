@@ -240,6 +240,17 @@ static void tls_input(struct conn *c)
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
+    if ((c->flags & CONN_SOFT_PAUSED) && nread != 0 &&
+        !(c->flags & CONN_LINGER)) {
+        /* Input during a soft pause: pause for real. An EOF or error stays
+         * in the socket (reading again after conn_resume sees it), as if
+         * reading had stopped at conn_pause_soft. */
+        c->flags &= ~(unsigned)CONN_SOFT_PAUSED;
+        c->flags |= CONN_PAUSED;
+        update_reading(c);
+        if (nread < 0)
+            return;
+    }
     if (nread < 0) {
         if (nread != UV_EOF)
             pz_debug("%s: read from %s: %s", c->ls ? c->ls->name : "out",
@@ -282,9 +293,15 @@ void conn_pause(struct conn *c)
     update_reading(c);
 }
 
+void conn_pause_soft(struct conn *c)
+{
+    if (!(c->flags & CONN_PAUSED))
+        c->flags |= CONN_SOFT_PAUSED;
+}
+
 void conn_resume(struct conn *c)
 {
-    c->flags &= ~(unsigned)CONN_PAUSED;
+    c->flags &= ~(unsigned)(CONN_PAUSED | CONN_SOFT_PAUSED);
     update_reading(c);
     if (c->tls && tls_has_input(c->tls))
         mark_pending(c); /* conn_before_sleep decrypts what is left */

@@ -120,6 +120,7 @@ enum {
     CONN_IDLE_PROTO = 1 << 11,  /* reads and writes are not activity: the
                                    protocol calls conn_touch() */
     CONN_COUNTED = 1 << 12,     /* in pyazdb_clients_connected (stats.h) */
+    CONN_SOFT_PAUSED = 1 << 13, /* conn_pause_soft: pause at next input */
 };
 
 struct conn {
@@ -213,6 +214,12 @@ void conn_close(struct conn *c);
 void conn_close_after_flush(struct conn *c);
 /* Protocol-level read pause (e.g. a pipelined request waits). */
 void conn_pause(struct conn *c);
+/* The same for a pause that usually ends before the peer sends more (a
+ * client waiting for its answer): reading stays armed, so the pause and
+ * its end cost no system call; the first input that arrives meanwhile
+ * makes it a conn_pause (bytes are still delivered; an EOF or read error
+ * is left in the socket and seen after conn_resume). */
+void conn_pause_soft(struct conn *c);
 void conn_resume(struct conn *c);
 bool conn_is_closing(const struct conn *c);
 

@@ -15,6 +15,9 @@
 /* Buffers above these sizes are freed between requests. */
 #define KEEP_BODY_MAX (64 * 1024)
 #define KEEP_LINE_MAX (4 * 1024)
+/* A header array with room for more entries than this is freed between
+ * requests (an ordinary request fits in its first 8 or 16). */
+#define KEEP_HEADERS_MAX 16
 
 static struct http_parser *parser_of(llhttp_t *ll)
 {
@@ -58,14 +61,24 @@ static int finish_header(struct http_parser *p)
     if (memchr(p->value.data ? p->value.data : "", 0, p->value.len))
         return fail(p, 400, "Bad header value");
     struct http_header *h;
-    p->req.headers = pz_realloc(p->req.headers, (p->req.n_headers + 1) *
-                                                    sizeof *p->req.headers);
+    if (p->req.n_headers == p->cap_headers) {
+        /* The array stays from request to request (req_clear keeps it). */
+        p->cap_headers = p->cap_headers ? 2 * p->cap_headers : 8;
+        p->req.headers = pz_realloc(p->req.headers,
+                                    p->cap_headers * sizeof *p->req.headers);
+    }
     h = &p->req.headers[p->req.n_headers++];
     p->headers_held += sizeof *h + p->field.len + p->value.len + 2;
-    for (size_t i = 0; i < p->field.len; i++)
-        p->field.data[i] = (char)tolower((unsigned char)p->field.data[i]);
-    h->name = pz_strndup(p->field.data, p->field.len);
-    h->value = pz_strndup(p->value.len ? p->value.data : "", p->value.len);
+    /* Name and value share one allocation, freed through the name. */
+    size_t nl = p->field.len, vl = p->value.len;
+    h->name = pz_malloc(nl + vl + 2);
+    for (size_t i = 0; i < nl; i++)
+        h->name[i] = (char)tolower((unsigned char)p->field.data[i]);
+    h->name[nl] = '\0';
+    h->value = h->name + nl + 1;
+    if (vl)
+        memcpy(h->value, p->value.data, vl);
+    h->value[vl] = '\0';
     pz_buf_reset(&p->field);
     pz_buf_reset(&p->value);
     return 0;
@@ -189,12 +202,8 @@ void http_parser_init(struct http_parser *p, const struct http_limits *lim)
 
 static void req_clear(struct http_req *r)
 {
-    for (size_t i = 0; i < r->n_headers; i++) {
-        pz_free(r->headers[i].name);
-        pz_free(r->headers[i].value);
-    }
-    pz_free(r->headers);
-    r->headers = NULL;
+    for (size_t i = 0; i < r->n_headers; i++)
+        pz_free(r->headers[i].name); /* the value with it */
     r->n_headers = 0;
     pz_buf_reset(&r->url);
     pz_buf_reset(&r->body);
@@ -205,6 +214,9 @@ static void req_clear(struct http_req *r)
 void http_parser_free(struct http_parser *p)
 {
     req_clear(&p->req);
+    pz_free(p->req.headers);
+    p->req.headers = NULL;
+    p->cap_headers = 0;
     pz_buf_free(&p->req.url);
     pz_buf_free(&p->req.body);
     pz_buf_free(&p->field);
@@ -227,6 +239,11 @@ void http_parser_next(struct http_parser *p)
     buf_trim(&p->req.url, KEEP_LINE_MAX);
     buf_trim(&p->field, KEEP_LINE_MAX);
     buf_trim(&p->value, KEEP_LINE_MAX);
+    if (p->cap_headers > KEEP_HEADERS_MAX) {
+        pz_free(p->req.headers);
+        p->req.headers = NULL;
+        p->cap_headers = 0;
+    }
     p->header_bytes = 0;
     p->headers_held = 0;
     p->body_expected = 0;
@@ -574,37 +591,64 @@ static void key_from_query(const struct http_req *req, struct http_op *op)
         op_error(op, 400, "Missing key parameter");
 }
 
+/* Members cond_from_json looks for: a body with none of them is a plain
+ * set or delete, which need not be read again. */
+static const char *const cond_names[] = {
+    "lease", "prev_revision", "prev_value", "prev_value_b64", "prefix",
+    "prefix_b64"};
+
+static bool is_cond_name(const struct json_val *name)
+{
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(cond_names); i++)
+        if (json_str_is(name, cond_names[i], strlen(cond_names[i])))
+            return true;
+    return false;
+}
+
 /* Key (and value) from a JSON body (POST /set, POST /delete): an object
  * whose members "key" and "value" are strings, decoded to bytes (\u0000
- * included); other members are ignored, the last of repeated ones counts. */
-static void key_from_json(const struct http_req *req, struct http_op *op,
+ * included); other members are ignored, the last of repeated ones counts.
+ * One walk over the members; returns whether the body holds one of
+ * cond_names (false for a body that is not a JSON object). */
+static bool key_from_json(const struct http_req *req, struct http_op *op,
                           bool want_value)
 {
-    struct json_val root, k, v;
-    bool has_k, has_v = false;
+    struct json_val root, k, v, name, val;
+    struct json_iter it;
+    bool has_k = false, has_v = false, cond = false;
     if (json_parse(req->body.data ? req->body.data : "", req->body.len,
                    &root) < 0 ||
         root.type != JSON_OBJECT) {
         op_error(op, 400, "Invalid JSON");
-        return;
+        return false;
     }
-    has_k = json_get(&root, "key", &k);
-    if (want_value)
-        has_v = json_get(&root, "value", &v);
+    json_iter_init(&it, &root);
+    while (json_iter_next(&it, &name, &val)) {
+        if (json_str_is(&name, "key", 3)) {
+            k = val;
+            has_k = true;
+        } else if (want_value && json_str_is(&name, "value", 5)) {
+            v = val;
+            has_v = true;
+        } else if (!cond) {
+            cond = is_cond_name(&name);
+        }
+    }
     /* The original decoded into Go strings: a non-string key or value was
      * a decoding error, an absent one the empty string. */
     if ((has_k && k.type != JSON_STRING) || (has_v && v.type != JSON_STRING)) {
         op_error(op, 400, "Invalid JSON");
-        return;
+        return cond;
     }
     if (has_k)
         op->key = json_strdup(&k, &op->klen);
     if (op->key == NULL || op->klen == 0) {
         op_error(op, 400, "Missing key field");
-        return;
+        return cond;
     }
     if (want_value)
         op->value = has_v ? json_strdup(&v, &op->vlen) : pz_strdup("");
+    return cond;
 }
 
 /* Strings decoded for one command, freed once it is encoded. */
@@ -1237,15 +1281,14 @@ void http_api_decode(const struct http_req *req,
             goto out;
         }
         op->kind = HTTP_OP_SET;
-        key_from_json(req, op, true);
-        if (op->kind == HTTP_OP_SET)
+        if (key_from_json(req, op, true) && op->kind == HTTP_OP_SET)
             cond_from_json(req, lim, op, true);
     } else if (strcmp(p, "/delete") == 0) {
         op->kind = HTTP_OP_DEL;
         if (method_is(req, HTTP_POST)) {
-            key_from_json(req, op, false);
+            bool cond = key_from_json(req, op, false);
             /* A prefix delete has no key: its answer replaces that 400. */
-            if (op->kind == HTTP_OP_DEL || op->status == 400)
+            if (cond && (op->kind == HTTP_OP_DEL || op->status == 400))
                 cond_from_json(req, lim, op, false);
         } else if (method_is(req, HTTP_DELETE)) {
             key_from_query(req, op);

@@ -71,6 +71,7 @@ struct http_parser {
     struct pz_buf value;         /* header value being assembled */
     size_t header_bytes;         /* bytes of request line + headers */
     size_t headers_held;         /* bytes of req.headers and its strings */
+    size_t cap_headers;          /* entries req.headers has room for */
     uint64_t body_expected;      /* Content-Length, 0 when not given */
     size_t skipped;              /* blank-line bytes before this request */
     int phase;                   /* enum http_phase */

@@ -80,33 +80,60 @@ static const char *request_route(const struct httpd_conn *hc)
 }
 
 /* Write one response; the connection closes after it when close. */
+/* conn_write of a string, and of a number in decimal. */
+static void put_str(struct conn *c, const char *s)
+{
+    conn_write(c, s, strlen(s));
+}
+
+static void put_u64(struct conn *c, uint64_t v)
+{
+    char d[24];
+    size_t i = sizeof d;
+    do {
+        d[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    conn_write(c, d + i, sizeof d - i);
+}
+
+/* The head and body go straight to the connection's output, piece by
+ * piece: no buffer of their own and no printf on the path every answer
+ * takes. */
 static void write_reply(struct httpd_conn *hc, const struct httpd_reply *r,
                         bool close)
 {
-    struct pz_buf b;
-    pz_buf_init(&b);
+    struct conn *c = hc->c;
     stats_request_http(hc->srv->ls.name, request_route(hc), r->status,
                        hc->answering ? hc->started_ns : 0);
-    pz_buf_appendf(&b, "HTTP/1.1 %d %s\r\n", r->status,
-                   httpd_status_text(r->status));
-    if (r->status != 204)
-        pz_buf_appendf(&b, "Content-Type: %s\r\nContent-Length: %zu\r\n",
-                       r->ctype ? r->ctype : TEXT_PLAIN, r->blen);
-    if (r->allow)
-        pz_buf_appendf(&b, "Allow: %s\r\n", r->allow);
-    if (r->has_revision)
-        pz_buf_appendf(&b, "X-Pyazdb-Revision: %llu\r\n",
-                       (unsigned long long)r->revision);
-    if (r->status == 401 && hc->srv->o.realm)
-        pz_buf_appendf(&b, "WWW-Authenticate: Bearer realm=\"%s\"\r\n",
-                       hc->srv->o.realm);
+    put_str(c, "HTTP/1.1 ");
+    put_u64(c, (uint64_t)r->status);
+    put_str(c, " ");
+    put_str(c, httpd_status_text(r->status));
+    if (r->status != 204) {
+        put_str(c, "\r\nContent-Type: ");
+        put_str(c, r->ctype ? r->ctype : TEXT_PLAIN);
+        put_str(c, "\r\nContent-Length: ");
+        put_u64(c, r->blen);
+    }
+    if (r->allow) {
+        put_str(c, "\r\nAllow: ");
+        put_str(c, r->allow);
+    }
+    if (r->has_revision) {
+        put_str(c, "\r\nX-Pyazdb-Revision: ");
+        put_u64(c, r->revision);
+    }
+    if (r->status == 401 && hc->srv->o.realm) {
+        put_str(c, "\r\nWWW-Authenticate: Bearer realm=\"");
+        put_str(c, hc->srv->o.realm);
+        put_str(c, "\"");
+    }
     if (close)
-        pz_buf_append(&b, "Connection: close\r\n", 19);
-    pz_buf_append(&b, "\r\n", 2);
+        put_str(c, "\r\nConnection: close");
+    put_str(c, "\r\n\r\n");
     if (r->status != 204 && !hc->head && r->blen)
-        pz_buf_append(&b, r->body, r->blen);
-    conn_write(hc->c, b.data, b.len);
-    pz_buf_free(&b);
+        conn_write(c, r->body, r->blen);
 }
 
 static void write_text(struct httpd_conn *hc, int status, const char *line,
@@ -233,7 +260,7 @@ void httpd_hold(struct httpd_conn *hc)
     pz_assert(hc->answering && !hc->held);
     hc->held = true;
     hc->c->busy++;
-    conn_pause(hc->c);
+    conn_pause_soft(hc->c); /* the client usually waits for the answer */
 }
 
 void httpd_close_after(struct httpd_conn *hc)

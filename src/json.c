@@ -55,10 +55,19 @@ static long hex4(const char *s, size_t n)
     return v;
 }
 
+/* Bytes check_string must stop at: controls, the quote, the backslash. */
+static const bool str_special[256] = {
+    [0x00 ... 0x1f] = true, ['"'] = true, ['\\'] = true};
+
 static int check_string(struct cur *c)
 {
+    const unsigned char *u = (const unsigned char *)c->s;
     c->i++; /* opening quote */
     while (c->i < c->n) {
+        while (c->i < c->n && !str_special[u[c->i]])
+            c->i++; /* plain bytes */
+        if (c->i >= c->n)
+            break;
         unsigned char ch = (unsigned char)c->s[c->i++];
         if (ch == '"')
             return 0;
@@ -246,14 +255,22 @@ int json_parse(const char *doc, size_t len, struct json_val *root)
 
 /* --- walking checked text ---------------------------------------------- */
 
-/* Past the string whose opening quote is at s[i]. */
+/* Past the string whose opening quote is at s[i]: its closing quote is
+ * the first one after an even run of backslashes (memchr finds quotes many
+ * bytes at a time; a value is walked once per member looked up). */
 static size_t skip_string(const char *s, size_t n, size_t i)
 {
-    for (i++; i < n; i++) {
-        if (s[i] == '\\')
-            i++;
-        else if (s[i] == '"')
-            return i + 1;
+    size_t from = i + 1;
+    while (from < n) {
+        const char *q = memchr(s + from, '"', n - from);
+        if (q == NULL)
+            return n;
+        size_t j = (size_t)(q - s), bs = 0;
+        while (j - bs > from && s[j - bs - 1] == '\\')
+            bs++;
+        if (bs % 2 == 0)
+            return j + 1;
+        from = j + 1; /* an escaped quote */
     }
     return n;
 }

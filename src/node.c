@@ -426,8 +426,13 @@ void node_tick(void)
      * wait here with a leader known: retry them, once per tick. */
     if (nd->leader)
         reqs_finish_all(&nd->wait_leader, 0);
-    /* Once a second of the clock (not of ticks, which run late on a loaded
-     * machine): membership housekeeping, mandi registration and polling. */
+    /* By the clock (not by ticks, which run late on a loaded machine):
+     * mandi registration and polling every mandi-interval, membership
+     * housekeeping once a second. */
+    if (now >= nd->mandi_at) {
+        nd->mandi_at = now + (uint64_t)nd->cfg->mandi_interval_ms;
+        members_mandi_cron();
+    }
     if (now >= nd->cron_at) {
         nd->cron_at = now + 1000;
         members_cron();
@@ -843,6 +848,7 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
         goto err_after_mandi;
     members_refresh();
     nd->cron_at = NIO(now) + 1000;
+    nd->mandi_at = NIO(now) + PZ_MIN((uint64_t)cfg->mandi_interval_ms, 1000);
     NIO(tick_start, nd->tick_ms, node_tick);
     nd->open = true;
     /* A lone voter need not wait for an election timeout. */

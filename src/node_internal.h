@@ -129,7 +129,7 @@ struct node {
     bool self_committed;         /* it has this node (this incarnation) */
     bool removed;                /* this node left the configuration */
     uint64_t cron_at;            /* io now() of the next members_cron */
-    unsigned seconds;            /* members_cron runs so far */
+    uint64_t mandi_at;           /* ... and of members_mandi_cron */
     bool mandi_on;               /* a discovery service is configured */
     uint64_t mandi_put;          /* PUT /leader in flight (request id) */
     uint64_t mandi_poll;         /* GET /join-requests in flight */
@@ -240,9 +240,12 @@ void members_refresh(void);
 void members_conf_committed(const struct raft_entry *e);
 /* A snapshot's configuration is the committed one (restart, install). */
 void members_snapshot_committed(const struct raft_conf *c);
-/* Once a second: promotion of caught-up non-voters (leader), mandi
- * registration and join polling, probing members when out of touch. */
+/* Once a second: promotion of caught-up non-voters (leader), probing
+ * members when out of touch. */
 void members_cron(void);
+/* Every mandi-interval: the leader's registration and join polling, a
+ * non-member's join request. */
+void members_mandi_cron(void);
 /* Once a tick: start the removals that waited for a change in flight. */
 void members_conf_wait_retry(void);
 /* First start with no state: write entry 1 (initial-cluster or a lone

@@ -25,7 +25,6 @@ static uint64_t cluster_id_of(struct cfg_peer *peers, size_t n);
 static void on_mandi_done(const struct mandi_result *res, void *data);
 static void on_joins(const struct mandi_result *res, void *data);
 static void post_join(void);
-static void join_cron(void);
 uint64_t members_name_to_id(const char *name)
 {
     uint64_t id = pz_hash(name, strlen(name), NAME_SEED);
@@ -431,7 +430,6 @@ void members_snapshot_committed(const struct raft_conf *c)
 
 void members_cron(void)
 {
-    join_cron();
     struct raft_status rs;
     raft_status(nd->raft, &rs);
     if (!rs.lease && !nd->removed) {
@@ -667,15 +665,12 @@ int members_bootstrap(char *err, size_t errlen)
 
 /* --- mandi: leader registration and joining ----------------------------------
  * Soft state only: replication, forwarding and failover never need mandi.
- * The leader publishes itself (at once when elected, then every
- * MANDI_PUT_S seconds) and takes join requests (every MANDI_POLL_S
- * seconds): each unknown requester is added as a non-voter, promoted by
- * members_cron once it has caught up, and its request deleted once it
- * votes. A node that is not a member posts its join request every
- * MANDI_PUT_S seconds until it sees itself in the configuration. At most
- * one request of each kind is in flight. */
-#define MANDI_PUT_S 2
-#define MANDI_POLL_S 3
+ * Every mandi-interval (members_mandi_cron), the leader publishes itself
+ * (also at once when elected) and takes join requests: each unknown
+ * requester is added as a non-voter, promoted by members_cron once it has
+ * caught up, and its request deleted once it votes. A node that is not a
+ * member posts its join request every mandi-interval until it sees itself
+ * in the configuration. At most one request of each kind is in flight. */
 
 
 static void on_mandi_done(const struct mandi_result *res, void *data)
@@ -784,16 +779,13 @@ static void post_join(void)
         NIO(mandi_post_join, &j, on_mandi_done, &nd->mandi_join);
 }
 
-static void join_cron(void)
+void members_mandi_cron(void)
 {
-    unsigned s = nd->seconds++;
     if (nd->role == RAFT_LEADER) {
-        if (s % MANDI_PUT_S == 0)
-            members_register_leader();
-        if (s % MANDI_POLL_S == 0 && nd->mandi_on && !nd->mandi_poll)
+        members_register_leader();
+        if (nd->mandi_on && !nd->mandi_poll)
             nd->mandi_poll = NIO(mandi_get_joins, on_joins, NULL);
     } else if (!members_has_self() && !nd->removed) {
-        if (s % MANDI_PUT_S == 0)
-            post_join();
+        post_join();
     }
 }

@@ -11,8 +11,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <time.h>
+
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#define FIFO_REDZONE 16 /* poisoned after each buffer */
+#else
+#define ASAN_POISON_MEMORY_REGION(a, n) ((void)(a), (void)(n))
+#define ASAN_UNPOISON_MEMORY_REGION(a, n) ((void)(a), (void)(n))
+#define FIFO_REDZONE 0
+#endif
 
 static long fail_countdown; /* 0: off; N: the Nth allocation fails */
 
@@ -224,6 +234,139 @@ void pz_cache_trim(void)
         }
         cache_count[c] = 0;
     }
+}
+
+/* --- fifo memory ---------------------------------------------------------- */
+
+#define FIFO_CHUNK ((size_t)1 << 20)
+#define FIFO_BIG ((size_t)64 << 10) /* larger buffers: a mapping each */
+
+enum { FIFO_FREED = 0x5a0, FIFO_IN_CHUNK, FIFO_MALLOC, FIFO_MAPPED };
+
+struct fifo_chunk {
+    size_t live; /* buffers not yet freed */
+    size_t used; /* bytes cut from the chunk, this header included */
+    bool open;   /* still its fifo's chunk: rewound, not unmapped, when empty */
+};
+#define FIFO_CHUNK_HDR ((sizeof(struct fifo_chunk) + 15) & ~(size_t)15)
+
+struct fifo_hdr { /* before each buffer; 16 bytes keep buffers aligned */
+    uint32_t off;  /* FIFO_IN_CHUNK: from the chunk's start */
+    uint32_t kind; /* FIFO_* */
+    uint64_t size; /* the buffer's bytes (FIFO_MAPPED: the mapping's) */
+};
+
+static size_t fifo_mapped_bytes;
+
+/* NULL when the kernel refuses (out of memory, or of mappings:
+ * vm.max_map_count): the caller falls back to malloc. */
+static void *fifo_map(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    __atomic_add_fetch(&fifo_mapped_bytes, len, __ATOMIC_RELAXED);
+    return p;
+}
+
+static void fifo_unmap(void *p, size_t len)
+{
+    munmap(p, len);
+    __atomic_sub_fetch(&fifo_mapped_bytes, len, __ATOMIC_RELAXED);
+}
+
+static void chunk_close(struct fifo_chunk *c)
+{
+    c->open = false;
+    if (c->live == 0)
+        fifo_unmap(c, FIFO_CHUNK);
+}
+
+void *pz_fifo_alloc(struct pz_fifo *f, size_t n)
+{
+    struct fifo_hdr *h = NULL;
+    size_t need = sizeof *h + ((n + 15) & ~(size_t)15) + FIFO_REDZONE;
+    if (f != NULL && need > FIFO_BIG) {
+        size_t page = 4096, len = (sizeof *h + n + page - 1) & ~(page - 1);
+        h = fifo_map(len);
+        if (h != NULL) {
+            h->kind = FIFO_MAPPED;
+            h->size = len;
+            return h + 1;
+        }
+    } else if (f != NULL) {
+        struct fifo_chunk *c = f->cur;
+        if (c == NULL || c->used + need > FIFO_CHUNK) {
+            if (c != NULL)
+                chunk_close(c);
+            c = f->cur = fifo_map(FIFO_CHUNK);
+            if (c != NULL) {
+                c->live = 0;
+                c->used = FIFO_CHUNK_HDR;
+                c->open = true;
+                ASAN_POISON_MEMORY_REGION((char *)c + FIFO_CHUNK_HDR,
+                                          FIFO_CHUNK - FIFO_CHUNK_HDR);
+            }
+        }
+        if (c != NULL) {
+            h = (struct fifo_hdr *)((char *)c + c->used);
+            ASAN_UNPOISON_MEMORY_REGION(h, sizeof *h + n);
+            h->off = (uint32_t)c->used;
+            h->kind = FIFO_IN_CHUNK;
+            h->size = n;
+            c->used += need;
+            c->live++;
+            return h + 1;
+        }
+    }
+    h = pz_malloc(sizeof *h + n);
+    h->kind = FIFO_MALLOC;
+    h->size = n;
+    return h + 1;
+}
+
+void pz_fifo_free(void *p)
+{
+    if (p == NULL)
+        return;
+    struct fifo_hdr *h = (struct fifo_hdr *)p - 1;
+    switch (h->kind) {
+    case FIFO_MALLOC:
+        h->kind = FIFO_FREED;
+        free(h);
+        return;
+    case FIFO_MAPPED:
+        h->kind = FIFO_FREED;
+        fifo_unmap(h, h->size);
+        return;
+    case FIFO_IN_CHUNK:
+        break;
+    default:
+        pz_assert(!"pz_fifo_free: not a live fifo buffer");
+    }
+    struct fifo_chunk *c = (struct fifo_chunk *)((char *)h - h->off);
+    pz_assert(c->live > 0);
+    h->kind = FIFO_FREED;
+    ASAN_POISON_MEMORY_REGION(h, sizeof *h + h->size);
+    if (--c->live > 0)
+        return;
+    if (c->open)
+        c->used = FIFO_CHUNK_HDR; /* all freed: cut from the start again */
+    else
+        fifo_unmap(c, FIFO_CHUNK);
+}
+
+void pz_fifo_close(struct pz_fifo *f)
+{
+    if (f->cur != NULL)
+        chunk_close(f->cur);
+    f->cur = NULL;
+}
+
+size_t pz_fifo_mapped(void)
+{
+    return __atomic_load_n(&fifo_mapped_bytes, __ATOMIC_RELAXED);
 }
 
 const char *pz_strerror(int code)

@@ -48,6 +48,26 @@ void pz_free(void *p);
  * toward the fault injector like the others. */
 void *pz_malloc_try(size_t n);
 
+/* Memory for buffers freed in about the order they were allocated: the
+ * Raft log's payloads, which compaction frees oldest first, and the watch
+ * history's events. They are cut from 1 MiB chunks mapped for the purpose
+ * and unmapped once every buffer in them is freed, so that a long load
+ * leaves no holes in the heap between the keys that stay (malloc could
+ * not return those pages). A buffer over 64 KiB gets a mapping of its
+ * own; fifo NULL gives a malloc'd buffer, for long-lived ones that would
+ * pin a chunk. One thread per fifo; a buffer may outlive its fifo
+ * (pz_fifo_close). When the kernel refuses a mapping, the buffer comes
+ * from malloc; out of memory aborts, as in pz_malloc. */
+struct pz_fifo {
+    void *cur; /* the chunk buffers are cut from (NULL: none yet) */
+};
+void *pz_fifo_alloc(struct pz_fifo *f, size_t n);
+void pz_fifo_free(void *p);
+/* The fifo takes no more buffers; its chunk goes once they are freed. */
+void pz_fifo_close(struct pz_fifo *f);
+/* Bytes mapped for all fifos' chunks and big buffers of this process. */
+size_t pz_fifo_mapped(void);
+
 /* Fault injection for tests: the Nth allocation from now (1-based) fails;
  * 0 disables. pz_malloc() aborts on it, pz_malloc_try() returns NULL. */
 void pz_alloc_fail_at(long n);

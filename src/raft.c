@@ -43,11 +43,13 @@ struct rbuf {
     size_t len;  /* payload bytes, which follow the header */
 };
 
-static uint8_t *rbuf_new(const uint8_t *src, size_t len)
+/* From the raft's fifo memory (log payloads, freed about oldest first by
+ * compaction), or f NULL for a long-lived one. */
+static uint8_t *rbuf_new(struct pz_fifo *f, const uint8_t *src, size_t len)
 {
     if (len == 0)
         return NULL;
-    struct rbuf *b = pz_malloc(sizeof *b + len);
+    struct rbuf *b = pz_fifo_alloc(f, sizeof *b + len);
     b->refs = 1;
     b->len = len;
     memcpy(b + 1, src, len);
@@ -67,7 +69,7 @@ static void rbuf_unref(uint8_t *data)
     struct rbuf *b = (struct rbuf *)data - 1;
     pz_assert(b->refs > 0);
     if (--b->refs == 0)
-        pz_free(b);
+        pz_fifo_free(b);
 }
 
 /* dst shares src's payload. */
@@ -236,6 +238,7 @@ struct progress {
     bool recent_active;    /* heard from since the last quorum check */
     uint64_t last_contact; /* leader tick count when last heard from */
     uint64_t read_acked;   /* highest read round acknowledged this term */
+    uint64_t read_ack_seq; /* when it acknowledged it (r->read_ack_seq) */
     uint64_t sent_commit;  /* last commit index sent to it */
     bool want_empty;       /* send an APPEND even if it has no entries
                               (its prev index tells whether entries in
@@ -265,6 +268,7 @@ struct vote_rec {
 
 struct raft {
     uint64_t id;            /* this node */
+    struct pz_fifo mem;     /* where the log's payloads are cut from */
     struct raft_config cfg; /* configuration, defaults filled in */
     uint64_t rng;           /* PRNG state */
     bool fresh;             /* nothing happened yet (restore ok) */
@@ -310,6 +314,9 @@ struct raft {
 
     uint64_t read_round;        /* leader: last read round sent */
     bool round_wanted;          /* leader: reads wait for a new round */
+    bool round_partial;         /* leader: read_round went to a quorum of
+                                   voters only, not to every follower */
+    uint64_t read_ack_seq;      /* leader: read acknowledgements counted */
     struct pending_read *reads; /* leader: FIFO of unconfirmed reads */
     size_t n_reads;             /* entries in reads */
     size_t cap_reads;           /* allocated */
@@ -439,6 +446,7 @@ static void progress_reset(struct raft *r, struct progress *pr)
     pr->recent_active = true;
     pr->last_contact = r->ticks;
     pr->read_acked = 0;
+    pr->read_ack_seq = 0;
     pr->sent_commit = 0;
     pr->want_empty = false;
 }
@@ -562,7 +570,7 @@ static void snap_set(struct raft *r, uint64_t index, uint64_t term,
     size_t len;
     raft_conf_encode(&r->snap.conf, &buf, &len);
     rbuf_unref(r->snap_conf);
-    r->snap_conf = rbuf_new(buf, len);
+    r->snap_conf = rbuf_new(NULL, buf, len); /* lives long */
     r->snap_conf_len = len;
     pz_free(buf);
 }
@@ -736,6 +744,15 @@ static void confirm_reads(struct raft *r)
     r->n_reads = k;
 }
 
+/* Reads wait for a round already sent. */
+static bool reads_waiting(const struct raft *r)
+{
+    for (size_t i = 0; i < r->n_reads; i++)
+        if (r->reads[i].round != 0 && r->reads[i].round <= r->read_round)
+            return true;
+    return false;
+}
+
 static void add_read(struct raft *r, uint64_t from, uint64_t ctx)
 {
     struct pending_read *pr = VEC_PUSH(r->reads, r->n_reads, r->cap_reads);
@@ -772,6 +789,7 @@ static void reset(struct raft *r, uint64_t term)
     drop_forwarded(r, UINT64_MAX);
     r->n_reads = 0;
     r->round_wanted = false;
+    r->round_partial = false;
     r->need_flush = false;
     clear_progress(r);
 }
@@ -953,9 +971,56 @@ static void send_heartbeat(struct raft *r, struct progress *pr)
 
 static void bcast_heartbeat(struct raft *r)
 {
+    r->round_partial = false;
     for (size_t i = 0; i < r->n_prs; i++)
         if (r->prs[i].id != r->id)
             send_heartbeat(r, &r->prs[i]);
+}
+
+/* A follower that acknowledged the previous read round. */
+static bool is_read_candidate(const struct raft *r, const struct progress *pr)
+{
+    return pr->id != r->id && pr->voter &&
+           pr->read_acked == r->read_round - 1;
+}
+
+/* A read round needs the acknowledgements of a quorum only (thesis §6.4):
+ * when enough voters acknowledged the previous round, round read_round
+ * goes to just as many of them as make a quorum with the leader, the
+ * ones that answered first. Each follower woken costs a context switch on
+ * both sides and CPU the others wait for; on a loaded machine the one not
+ * needed slows the answer down. If the round is not confirmed by the next
+ * tick (a chosen voter went quiet) raft_tick sends it to every follower.
+ * Returns false, sending nothing, when there is no such set. */
+static bool heartbeat_quorum(struct raft *r)
+{
+    struct progress *self = progress_get(r, r->id);
+    if (self == NULL || !self->voter || r->read_round < 2)
+        return false; /* the first round of a term goes to everyone */
+    size_t nv = 0;
+    for (size_t i = 0; i < r->n_prs; i++)
+        nv += r->prs[i].voter;
+    size_t need = nv / 2, n = 0; /* with the leader: nv / 2 + 1 */
+    for (size_t i = 0; i < r->n_prs; i++)
+        n += is_read_candidate(r, &r->prs[i]);
+    if (need == 0 || n < need)
+        return false;
+    /* the `need` earliest to acknowledge (every count is distinct) */
+    uint64_t last = 0;
+    for (size_t k = 0; k < need; k++) {
+        struct progress *best = NULL;
+        for (size_t i = 0; i < r->n_prs; i++) {
+            struct progress *pr = &r->prs[i];
+            if (is_read_candidate(r, pr) && pr->read_ack_seq > last &&
+                (best == NULL || pr->read_ack_seq < best->read_ack_seq))
+                best = pr;
+        }
+        pz_assert(best != NULL);
+        send_heartbeat(r, best);
+        last = best->read_ack_seq;
+    }
+    r->round_partial = true;
+    return true;
 }
 
 static void send_timeout_now(struct raft *r, uint64_t to)
@@ -970,7 +1035,8 @@ static void leader_flush(struct raft *r)
     if (r->round_wanted) {
         r->round_wanted = false;
         r->read_round++;
-        bcast_heartbeat(r);
+        if (!heartbeat_quorum(r))
+            bcast_heartbeat(r);
     }
     if (!r->need_flush)
         return;
@@ -1333,7 +1399,7 @@ static void handle_append(struct raft *r, const struct raft_msg *m)
     for (; i < n; i++) {
         struct raft_entry e;
         e = ents[i];
-        e.data = rbuf_new(ents[i].data, ents[i].len);
+        e.data = rbuf_new(&r->mem, ents[i].data, ents[i].len);
         append_entry(r, &e);
     }
     uint64_t last_new = prev + n;
@@ -1499,6 +1565,7 @@ static void handle_heartbeat_resp(struct raft *r, const struct raft_msg *m)
     }
     if (m->context > pr->read_acked && m->context <= r->read_round) {
         pr->read_acked = m->context;
+        pr->read_ack_seq = ++r->read_ack_seq;
         confirm_reads(r);
     }
 }
@@ -1655,6 +1722,7 @@ void raft_free(struct raft *r)
     pz_free(r->rs);
     pz_free(r->dropped);
     pz_free(r->status_buf);
+    pz_fifo_close(&r->mem);
     pz_free(r);
 }
 
@@ -1751,7 +1819,7 @@ int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
     }
     for (; k < n; k++) {
         struct raft_entry e = entries[k];
-        e.data = rbuf_new(entries[k].data, entries[k].len);
+        e.data = rbuf_new(&r->mem, entries[k].data, entries[k].len);
         log_append(&r->log, &e);
     }
     recompute_conf(r);
@@ -1796,7 +1864,7 @@ int raft_bootstrap(struct raft *r, const struct raft_conf *conf)
     r->term = 1;
     r->vote = 0;
     struct raft_entry e = {.term = 1, .index = 1, .type = RAFT_ENTRY_CONF};
-    e.data = rbuf_new(buf, len);
+    e.data = rbuf_new(&r->mem, buf, len);
     e.len = len;
     pz_free(buf);
     append_entry(r, &e);
@@ -1860,6 +1928,8 @@ void raft_tick(struct raft *r)
     if (r->heartbeat_elapsed >= r->cfg.heartbeat_ticks) {
         r->heartbeat_elapsed = 0;
         bcast_heartbeat(r);
+    } else if (r->round_partial && reads_waiting(r)) {
+        bcast_heartbeat(r); /* the quorum chosen did not answer in time */
     }
 }
 
@@ -2036,7 +2106,7 @@ static void leader_append(struct raft *r, uint8_t type, const uint8_t *data,
 {
     struct raft_entry e = {
         .term = r->term, .index = log_last(&r->log) + 1, .type = type};
-    e.data = rbuf_new(data, len);
+    e.data = rbuf_new(&r->mem, data, len);
     e.len = len;
     append_entry(r, &e);
     r->need_flush = true;

@@ -340,7 +340,8 @@ static int decode_msg(const Pyazdb__Raft__RaftMessage *pm, struct raft_msg *m,
     return 0;
 }
 
-int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
+int raft_codec_decode_pb(const uint8_t *body, size_t len,
+                         struct raft_decoded *d)
 {
     static const uint8_t empty[1];
     struct decode_budget budget = {
@@ -425,6 +426,401 @@ int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
     }
     d->pb = f;
     return 0;
+}
+
+/* RaftMessage and SnapshotChunk frames, the bulk of what a follower
+ * reads, are decoded by hand below: one pass over the body, no protobuf-c
+ * structs, and payloads (entry data, snap_data, chunk data) left in the
+ * body instead of copied; the only allocation is the entries array.
+ * Handshakes (one per link) go through protobuf-c (raft_codec_decode_pb),
+ * which also serves as the reference the unit tests and the fuzz target
+ * compare this decoder against.
+ *
+ * It accepts what protobuf-c accepts for these messages (unknown fields of
+ * any wire type but groups are skipped, a repeated scalar field keeps its
+ * last value, varints need not be minimal), except for input none of our
+ * encoders, nor protobuf-c's, ever writes, where protobuf-c silently
+ * truncates or merges; those are refused as PZ_ECORRUPT:
+ *   - a known varint field whose value does not fit (over 64 bits, or
+ *     over 32 bits for a uint32 field such as type): protobuf-c keeps the
+ *     low bits, which would turn garbage into a valid message type;
+ *   - a bool field (reject, transfer) of another wire type than varint
+ *     (protobuf-c reads a bool from whatever bytes the field has);
+ *   - field number 0 in a tag of more than one byte (protobuf-c refuses
+ *     it only in a one-byte tag);
+ *   - a length prefix over 32 bits (protobuf-c keeps the low 32 and may
+ *     find that many bytes);
+ *   - a Frame with more than one body field (protobuf-c keeps the last or
+ *     merges them).
+ * Refusing closes that link; a peer of ours never sends such frames. */
+struct rd {
+    const uint8_t *p;   /* next byte */
+    const uint8_t *end; /* end of the (sub)message */
+};
+
+/* A varint of at most 10 bytes, its value in 64 bits. */
+static inline bool rd_varint(struct rd *r, uint64_t *v)
+{
+    const uint8_t *p = r->p;
+    if (p < r->end && *p < 0x80) { /* the common case: one byte */
+        *v = *p;
+        r->p = p + 1;
+        return true;
+    }
+    uint64_t x = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (p == r->end)
+            return false;
+        uint8_t b = *p++;
+        if (shift == 63 && b > 1)
+            return false; /* beyond 64 bits, or an 11th byte */
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (b < 0x80) {
+            *v = x;
+            r->p = p;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A varint of at most `max` bytes, whatever its value (unknown fields,
+ * tags, lengths: protobuf-c's limits). */
+static inline bool rd_skip_varint(struct rd *r, size_t max)
+{
+    for (size_t i = 0; i < max && r->p + i < r->end; i++)
+        if (r->p[i] < 0x80) {
+            r->p += i + 1;
+            return true;
+        }
+    return false;
+}
+
+/* A tag: field number and wire type. protobuf-c reads at most 5 bytes;
+ * field number 0 is refused. */
+static inline bool rd_tag(struct rd *r, uint32_t *field, unsigned *wt)
+{
+    const uint8_t *p = r->p;
+    uint64_t v;
+    if (p < r->end && *p < 0x80) {
+        v = *p;
+        r->p = p + 1;
+    } else if (!rd_skip_varint(r, 5)) {
+        return false;
+    } else {
+        uint64_t x = 0;
+        for (unsigned shift = 0; p < r->p; shift += 7)
+            x |= (uint64_t)(*p++ & 0x7f) << shift;
+        v = x;
+    }
+    *field = (uint32_t)(v >> 3); /* protobuf-c keeps 32 bits of it */
+    *wt = (unsigned)(v & 7);
+    return *field != 0;
+}
+
+/* The payload of a length-delimited field: its length prefix is at most
+ * 5 bytes (protobuf-c) and the bytes are all there. */
+static bool rd_len(struct rd *r, struct rd *sub)
+{
+    const uint8_t *p = r->p;
+    uint64_t n;
+    if (!rd_varint(r, &n) || r->p - p > 5 ||
+        n > (uint64_t)(r->end - r->p))
+        return false;
+    sub->p = r->p;
+    sub->end = r->p + n;
+    r->p = sub->end;
+    return true;
+}
+
+/* Skips a field of an unknown number. */
+static inline bool rd_skip(struct rd *r, unsigned wt)
+{
+    struct rd sub;
+    switch (wt) {
+    case 0:
+        return rd_skip_varint(r, 10);
+    case 1:
+        if (r->end - r->p < 8)
+            return false;
+        r->p += 8;
+        return true;
+    case 2:
+        return rd_len(r, &sub);
+    case 5:
+        if (r->end - r->p < 4)
+            return false;
+        r->p += 4;
+        return true;
+    default: /* groups (3, 4) and 6, 7 */
+        return false;
+    }
+}
+
+static bool rd_u64(struct rd *r, unsigned wt, uint64_t *v)
+{
+    return wt == 0 && rd_varint(r, v);
+}
+
+static bool rd_u32(struct rd *r, unsigned wt, uint32_t *v)
+{
+    uint64_t x;
+    if (!rd_u64(r, wt, &x) || x > UINT32_MAX)
+        return false;
+    *v = (uint32_t)x;
+    return true;
+}
+
+static bool rd_bool(struct rd *r, unsigned wt, bool *v)
+{
+    uint64_t x;
+    if (!rd_u64(r, wt, &x))
+        return false;
+    *v = x != 0;
+    return true;
+}
+
+/* A bytes field: points into the body (NULL when empty). */
+static bool rd_bytes(struct rd *r, unsigned wt, const uint8_t **data,
+                     size_t *len)
+{
+    struct rd sub;
+    if (wt != 2 || !rd_len(r, &sub))
+        return false;
+    *len = (size_t)(sub.end - sub.p);
+    *data = *len ? sub.p : NULL;
+    return true;
+}
+
+/* One Entry. Sets *bad_type for a type other than NORMAL/CONF/NOOP. */
+static bool rd_entry(struct rd *r, struct raft_entry *e, bool *bad_type)
+{
+    uint32_t type = 0;
+    const uint8_t *data = NULL;
+    memset(e, 0, sizeof *e);
+    while (r->p < r->end) {
+        uint32_t field;
+        unsigned wt;
+        bool ok;
+        if (!rd_tag(r, &field, &wt))
+            return false;
+        switch (field) {
+        case 1:
+            ok = rd_u64(r, wt, &e->term);
+            break;
+        case 2:
+            ok = rd_u64(r, wt, &e->index);
+            break;
+        case 3:
+            ok = rd_u32(r, wt, &type);
+            break;
+        case 4:
+            ok = rd_bytes(r, wt, &data, &e->len);
+            break;
+        default:
+            ok = rd_skip(r, wt);
+            break;
+        }
+        if (!ok)
+            return false;
+    }
+    if (type > RAFT_ENTRY_NOOP)
+        *bad_type = true;
+    e->type = (uint8_t)type;
+    e->data = (uint8_t *)data; /* the core copies what it keeps */
+    return true;
+}
+
+/* Counts the entries of a RaftMessage (field 12) in a first pass over
+ * its fields, so that the entries array is allocated once, at its size,
+ * and a frame packed with empty entries is refused before anything is
+ * allocated. False if the fields do not parse. */
+static bool count_entries(struct rd r, size_t *n)
+{
+    *n = 0;
+    while (r.p < r.end) {
+        uint32_t field;
+        unsigned wt;
+        if (!rd_tag(&r, &field, &wt) || !rd_skip(&r, wt))
+            return false;
+        *n += field == 12;
+    }
+    return true;
+}
+
+static int rd_msg(struct rd *r, struct raft_msg *m, size_t budget)
+{
+    uint32_t type = 0;
+    const uint8_t *snap = NULL;
+    bool bad_type = false;
+    size_t cap;
+    int rv = 0;
+    if (!count_entries(*r, &cap))
+        return PZ_ECORRUPT;
+    if (cap > budget / sizeof *m->entries)
+        return PZ_ETOOBIG;
+    if (cap > 0 &&
+        (m->entries = pz_malloc_try(cap * sizeof *m->entries)) == NULL)
+        return PZ_ENOMEM;
+    while (r->p < r->end && rv == 0) {
+        uint32_t field;
+        unsigned wt;
+        bool ok;
+        struct rd sub;
+        if (!rd_tag(r, &field, &wt)) {
+            rv = PZ_ECORRUPT;
+            break;
+        }
+        switch (field) {
+        case 1:
+            ok = rd_u32(r, wt, &type);
+            break;
+        case 2:
+            ok = rd_bool(r, wt, &m->reject);
+            break;
+        case 3:
+            ok = rd_bool(r, wt, &m->transfer);
+            break;
+        case 4:
+            ok = rd_u64(r, wt, &m->from);
+            break;
+        case 5:
+            ok = rd_u64(r, wt, &m->to);
+            break;
+        case 6:
+            ok = rd_u64(r, wt, &m->term);
+            break;
+        case 7:
+            ok = rd_u64(r, wt, &m->log_term);
+            break;
+        case 8:
+            ok = rd_u64(r, wt, &m->index);
+            break;
+        case 9:
+            ok = rd_u64(r, wt, &m->commit);
+            break;
+        case 10:
+            ok = rd_u64(r, wt, &m->reject_hint);
+            break;
+        case 11:
+            ok = rd_u64(r, wt, &m->context);
+            break;
+        case 12:
+            pz_assert(m->n_entries < cap);
+            ok = wt == 2 && rd_len(r, &sub) &&
+                 rd_entry(&sub, &m->entries[m->n_entries++], &bad_type);
+            break;
+        case 13:
+            ok = rd_u64(r, wt, &m->snap_index);
+            break;
+        case 14:
+            ok = rd_u64(r, wt, &m->snap_term);
+            break;
+        case 15:
+            ok = rd_bytes(r, wt, &snap, &m->snap_len);
+            break;
+        default:
+            ok = rd_skip(r, wt);
+            break;
+        }
+        if (!ok && rv == 0)
+            rv = PZ_ECORRUPT;
+    }
+    m->snap_data = (uint8_t *)snap;
+    if (rv == 0 && (bad_type || type < RAFT_MSG_APPEND ||
+                    type >= RAFT_MSG_TYPE_MAX))
+        rv = PZ_EPROTO;
+    m->type = (uint8_t)type;
+    if (m->n_entries == 0 || rv < 0) {
+        pz_free(m->entries);
+        m->entries = NULL;
+        m->n_entries = 0;
+    }
+    return rv;
+}
+
+static int rd_chunk(struct rd *r, struct raft_snap_chunk *c)
+{
+    while (r->p < r->end) {
+        uint32_t field;
+        unsigned wt;
+        bool ok;
+        if (!rd_tag(r, &field, &wt))
+            return PZ_ECORRUPT;
+        switch (field) {
+        case 1:
+            ok = rd_u64(r, wt, &c->snap_index);
+            break;
+        case 2:
+            ok = rd_u64(r, wt, &c->snap_term);
+            break;
+        case 3:
+            ok = rd_u64(r, wt, &c->offset);
+            break;
+        case 4:
+            ok = rd_u64(r, wt, &c->total);
+            break;
+        case 5:
+            ok = rd_bytes(r, wt, &c->data, &c->len);
+            break;
+        case 6:
+            ok = rd_u64(r, wt, &c->term);
+            break;
+        default:
+            ok = rd_skip(r, wt);
+            break;
+        }
+        if (!ok)
+            return PZ_ECORRUPT;
+    }
+    if (c->offset > c->total || c->len > c->total - c->offset)
+        return PZ_EPROTO;
+    return 0;
+}
+
+int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d)
+{
+    struct rd r, sub = {NULL, NULL};
+    uint32_t kind = 0;
+    memset(d, 0, sizeof *d);
+    if (len == 0)
+        return PZ_EPROTO; /* no body */
+    r.p = body;
+    r.end = body + len;
+    while (r.p < r.end) {
+        uint32_t field;
+        unsigned wt;
+        if (!rd_tag(&r, &field, &wt))
+            return PZ_ECORRUPT;
+        if (field >= 1 && field <= 4) {
+            if (wt != 2 || kind != 0 || !rd_len(&r, &sub))
+                return PZ_ECORRUPT;
+            kind = field;
+        } else if (!rd_skip(&r, wt)) {
+            return PZ_ECORRUPT;
+        }
+    }
+    int rv;
+    switch (kind) {
+    case 3:
+        d->kind = RAFT_FRAME_MESSAGE;
+        rv = rd_msg(&sub, &d->msg,
+                     len > (SIZE_MAX - RAFT_DECODE_SLACK) / 2
+                         ? SIZE_MAX
+                         : 2 * len + RAFT_DECODE_SLACK);
+        break;
+    case 4:
+        d->kind = RAFT_FRAME_CHUNK;
+        rv = rd_chunk(&sub, &d->chunk);
+        break;
+    case 0:
+        return PZ_EPROTO; /* no body */
+    default:
+        return raft_codec_decode_pb(body, len, d);
+    }
+    if (rv < 0)
+        memset(d, 0, sizeof *d);
+    return rv;
 }
 
 void raft_decoded_free(struct raft_decoded *d)

@@ -124,8 +124,11 @@ enum raft_frame_kind {
     RAFT_FRAME_CHUNK = 4,     /* d.chunk is valid */
 };
 
-/* A decoded frame. Strings, entries and payloads point into memory owned
- * by this struct: valid until raft_decoded_free(). */
+/* A decoded frame. Entries point into memory owned by this struct, valid
+ * until raft_decoded_free(); strings, entry payloads, snap_data and chunk
+ * data point into this struct or into the body that was decoded: valid
+ * while both are (keep the body until raft_decoded_free(), and copy what
+ * must outlive it). */
 struct raft_decoded {
     int kind;                          /* enum raft_frame_kind */
     struct raft_handshake hs;          /* RAFT_FRAME_HANDSHAKE */
@@ -137,18 +140,26 @@ struct raft_decoded {
 
 /* Decodes one frame body (without its length prefix). The memory a decode
  * may take is bounded by what the frame can carry: its bytes twice over
- * (payloads are copied) plus RAFT_DECODE_SLACK, room for the entry
- * structures of the largest batch a leader sends (RAFT_MAX_BYTES_PER_MSG
- * over RAFT_ENTRY_OVERHEAD entries). A frame packed with empty entries is
- * refused before it makes the decoder allocate much more than itself.
+ * plus RAFT_DECODE_SLACK, room for the entry structures of the largest
+ * batch a leader sends (RAFT_MAX_BYTES_PER_MSG over RAFT_ENTRY_OVERHEAD
+ * entries). A frame packed with empty entries is refused before it makes
+ * the decoder allocate much more than itself.
  * Returns 0 (free d with raft_decoded_free), PZ_ECORRUPT (not protobuf),
  * PZ_EPROTO (no body, message type outside
  * RAFT_MSG_APPEND..RAFT_MSG_TYPE_MAX-1, entry type other than
  * NORMAL/CONF/NOOP, a chunk past its total), PZ_ETOOBIG (over the decode
  * limit), PZ_ENOMEM (allocation failed). On error d holds nothing to free
- * (raft_decoded_free is still harmless). */
+ * (raft_decoded_free is still harmless).
+ * RaftMessage and SnapshotChunk frames are decoded by hand without
+ * copying payloads; a few encodings protobuf-c would accept by
+ * truncating or merging are PZ_ECORRUPT here (raft_codec.c lists them). */
 #define RAFT_DECODE_SLACK (8u * 1024 * 1024)
 int raft_codec_decode(const uint8_t *body, size_t len, struct raft_decoded *d);
+/* The same through protobuf-c's generic unpacker, payloads copied: what
+ * raft_codec_decode uses for handshakes, and the reference the tests
+ * compare it against. */
+int raft_codec_decode_pb(const uint8_t *body, size_t len,
+                         struct raft_decoded *d);
 void raft_decoded_free(struct raft_decoded *d);
 
 /* --- incremental frame parser ------------------------------------------ */

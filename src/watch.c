@@ -41,7 +41,7 @@ static void drop_oldest(struct watch_hub *h)
 {
     struct watch_event *e = h->ring[h->head];
     h->bytes -= e->size;
-    pz_free(e);
+    pz_fifo_free(e);
     h->ring[h->head] = NULL;
     h->head = (h->head + 1) % h->cap;
     h->count--;
@@ -58,6 +58,7 @@ static void drop_all(struct watch_hub *h)
 void watch_hub_close(struct watch_hub *h)
 {
     drop_all(h);
+    pz_fifo_close(&h->mem);
     pz_free(h->ring);
     h->ring = NULL;
     h->cap = 0;
@@ -104,7 +105,7 @@ void watch_hub_record(struct watch_hub *h, uint64_t rev, int type,
      * each followed by a NUL. */
     size_t total =
         sizeof(struct watch_event) + k->klen + 1 + vlen + 1 + plen + 1;
-    struct watch_event *e = pz_malloc(total);
+    struct watch_event *e = pz_fifo_alloc(&h->mem, total);
     memset(e, 0, sizeof *e);
     uint8_t *p = (uint8_t *)(e + 1);
     e->rev = rev;

@@ -130,6 +130,8 @@ typedef void (*watch_notify_cb)(void *arg, struct watcher *w);
 struct watch_hub {
     struct watch_limits lim;   /* copy */
     struct watch_event **ring; /* events, oldest at ring[head] */
+    struct pz_fifo mem;        /* where events are cut from (freed in
+                                  order: not between the keys' memory) */
     size_t cap;                /* ring slots */
     size_t head;               /* index of the oldest */
     size_t count;              /* events held */

@@ -13,11 +13,14 @@
  * re-encode (raft_codec_encode_*) to a frame that parses and decodes to
  * the same values (not necessarily as short: the encoder writes what the
  * decoder filled in); a failed decode leaves nothing to free (LeakSanitizer
- * checks the out-of-memory paths). */
+ * checks the out-of-memory paths). Every body is also decoded by
+ * protobuf-c (raft_codec_decode_pb): both must agree, as
+ * tests/unit/codec_diff.h defines. */
 #include "fuzz.h"
 
 #include "pz.h"
 #include "raft_codec.h"
+#include "../unit/codec_diff.h"
 
 #define HS_MAX (64u << 10) /* transport.c REPLY_MAX */
 #define MAX_FRAMES 64
@@ -184,6 +187,12 @@ static void on_frame(const uint8_t *body, size_t len, long fail_at,
      * parser's; a private copy makes any overread visible. */
     uint8_t *copy = fuzz_dup(body, len);
     struct raft_decoded d;
+    if (fail_at <= 0) {
+        bool skipped;
+        int ours;
+        const char *why = codec_diff_check(copy, len, &skipped, &ours);
+        FUZZ_CHECKF(why == NULL, "against protobuf-c: %s", why);
+    }
     memset(&d, 0x55, sizeof d);
     if (fail_at > 0)
         pz_alloc_fail_at(fail_at);

@@ -100,6 +100,9 @@ class Server:
             # not the default 127.0.0.1:7000, which may be a developer's
             # `make run` cluster: tests that use mandi give its address
             "mandi-addr": "none",
+            # tests that use mandi wait less for registration and joins
+            # than with the default 2s
+            "mandi-interval": "200ms",
         }
         self.conf.update(conf or {})
         self.write_conf()

@@ -127,6 +127,39 @@ def test_keep_alive_and_pipelining(server):
     assert out.endswith(b"q")
 
 
+def read_to_close(s):
+    out = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_input_while_a_write_waits(server):
+    """A write is answered after its fsync; a request that arrives
+    meanwhile waits its turn, and a client that half-closes its side
+    after sending still gets every answer."""
+    body = b'{"key":"hold","value":"1"}'
+    post = b"POST /set HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+    with socket.create_connection(("127.0.0.1", server.http_port),
+                                  timeout=5) as s:
+        s.sendall(post)
+        time.sleep(0.002)  # the set is held by now, before its answer
+        s.sendall(b"GET /get?key=hold HTTP/1.1\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        out = read_to_close(s)
+    assert out.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert out.count(b"HTTP/1.1 200 OK") == 1 and out.endswith(b"\r\n\r\n1")
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.http_port),
+                                      timeout=5) as s:
+            s.sendall(post)
+            s.shutdown(socket.SHUT_WR)
+            assert read_to_close(s).startswith(b"HTTP/1.1 204 No Content\r\n")
+
+
 def test_pipelining_one_byte_at_a_time(server):
     reqs = b"".join(b"GET /get?key=nope HTTP/1.1\r\n\r\n" for _ in range(3))
     reqs += b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n"

@@ -218,3 +218,28 @@ def test_joiner_without_mandi_refuses_to_start(servers):
     b = servers("node1", conf={"mandi-addr": "none"})
     assert put(b, "k", "v")[0] == 204
     assert "mandi" not in b.read_log().lower().replace("mandi-addr", "")
+
+
+def test_mandi_interval_paces_the_leaders_updates(servers, mandis):
+    # mandi forgets the leader 1 s after its last PUT: a leader that
+    # updates every 100 ms is never forgotten; one that updates every 2 s
+    # (the default) is, between two updates.
+    m = mandis(conf={"mandi-leader-ttl": "1s",
+                     "mandi-sweep-interval": "50ms"})
+    fast = servers("node1", conf={"mandi-addr": m.url,
+                                  "mandi-interval": "100ms"})
+    wait_for(lambda: m.request("GET", "/leader")[0] == 200, "registration")
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        st, _, body = m.request("GET", "/leader")
+        assert st == 200, body
+        time.sleep(0.05)
+    fast.stop()
+    slow = servers("node9", conf={"mandi-addr": m.url,
+                                  "mandi-interval": "2s"})
+    wait_for(lambda: m.request("GET", "/leader")[0] == 200
+             and json.loads(m.request("GET", "/leader")[2])["id"] == "node9",
+             "registration of node9")
+    wait_for(lambda: m.request("GET", "/leader")[0] == 404,
+             "the leader forgotten between two updates", timeout=5)
+    assert slow.proc.poll() is None

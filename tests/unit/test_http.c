@@ -305,6 +305,26 @@ TEST(conditional_writes)
     op = one(req_of("/set", "{\"key\":\"k\",\"value\":\"v\"}"));
     CHECK_EQ_INT(op.kind, HTTP_OP_SET);
     http_op_free(&op);
+    /* ...also with members that only look like conditions (nested, or
+     * another name), while a condition is one wherever it stands and
+     * however its name is escaped */
+    op = one(req_of("/set", "{\"x\":{\"prev_revision\":1},\"key\":\"k\","
+                            "\"prev_rev\":1,\"value\":\"v\"}"));
+    CHECK_EQ_INT(op.kind, HTTP_OP_SET);
+    http_op_free(&op);
+    op = one(req_of("/set", "{\"prev_revisio\\u006e\":3,\"key\":\"k\","
+                            "\"value\":\"v\"}"));
+    CHECK(txn_of(&op, &c, cm, s, f));
+    CHECK(c.ncmp == 1 && cm[0].target == KV_CMP_MOD && cm[0].num == 3);
+    http_op_free(&op);
+    op = one(req_of("/set", "{\"lease\":5,\"key\":\"k\",\"value\":\"v\"}"));
+    CHECK_EQ_INT(op.kind, HTTP_OP_SET);
+    CHECK(op.lease == 5);
+    http_op_free(&op);
+    op = one(req_of("/delete", "{\"prefix\":\"ab\",\"key\":\"\"}"));
+    CHECK(txn_of(&op, &c, cm, s, f));
+    CHECK_EQ_INT(op.txn_kind, HTTP_TXN_DELPREFIX);
+    http_op_free(&op);
     CHECK_EQ_STR(reason_of(req_of("/set", "{\"key\":\"k\",\"value\":\"v\","
                                           "\"prev_revision\":-1}")),
                  "prev_revision must be a non-negative integer");

@@ -208,6 +208,43 @@ TEST(walk)
     CHECK(!json_iter_next(&it, &name, &v));
 }
 
+TEST(walk_backslash_runs)
+{
+    /* A quote ends a string only after an even run of backslashes: the
+     * walk must agree with the check on where each value ends. */
+    struct json_val root, name, v;
+    struct json_iter it;
+    const char *doc = "{\"a\":\"x\\\\\",\"b\":\"\\\"\",\"c\":\"\\\\\\\"q\","
+                      "\"d\\\\\":\"\\\\\\\\\",\"key\":\"k\"}";
+    static const char *const names[] = {"a", "b", "c", "d\\", "key"};
+    static const char *const text[] = {"\"x\\\\\"", "\"\\\"\"",
+                                       "\"\\\\\\\"q\"", "\"\\\\\\\\\"",
+                                       "\"k\""};
+    CHECK_EQ_INT(parse(doc, &root), 0);
+    size_t n = 0;
+    json_iter_init(&it, &root);
+    while (json_iter_next(&it, &name, &v)) {
+        CHECK(n < PZ_ARRAY_SIZE(text));
+        CHECK(json_str_is(&name, names[n], strlen(names[n])));
+        CHECK_EQ_INT(v.type, JSON_STRING);
+        CHECK_EQ_INT(v.len, strlen(text[n]));
+        CHECK(memcmp(v.s, text[n], v.len) == 0);
+        n++;
+    }
+    CHECK_EQ_INT(n, PZ_ARRAY_SIZE(text));
+    CHECK(json_get(&root, "key", &v));
+    CHECK(json_str_is(&v, "k", 1));
+    /* Long plain runs around the specials, and a control byte after one. */
+    char big[300];
+    memset(big, 'v', sizeof big);
+    memcpy(big, "[\"", 2);
+    memcpy(big + 150, "\\\"", 2);
+    memcpy(big + sizeof big - 2, "\"]", 2);
+    CHECK_EQ_INT(json_parse(big, sizeof big, &root), 0);
+    big[200] = '\n';
+    CHECK(json_parse(big, sizeof big, &root) < 0);
+}
+
 static int u64_of(const char *num, uint64_t *out)
 {
     struct json_val v;
@@ -293,6 +330,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(accepts_rfc8259), TEST_ENTRY(refuses_the_rest),
     TEST_ENTRY(nesting_limit),   TEST_ENTRY(strings_are_bytes),
     TEST_ENTRY(members),         TEST_ENTRY(walk),
+    TEST_ENTRY(walk_backslash_runs),
     TEST_ENTRY(u64_exact),       TEST_END};
 
 const struct test_suite suite_json = {"json", cases};

@@ -270,6 +270,71 @@ TEST(cache_bounded)
     pz_cache_trim();
 }
 
+/* Buffers freed oldest first leave nothing mapped once the fifo is
+ * closed; a chunk whose buffers are all freed is unmapped (or rewound
+ * while it is the fifo's), and a buffer outlives its fifo. */
+TEST(fifo_memory_is_returned)
+{
+    size_t base = pz_fifo_mapped();
+    struct pz_fifo f = {0};
+    enum { N = 20000 };
+    static uint8_t *bufs[N];
+    for (size_t i = 0; i < N; i++) {
+        size_t n = 1 + (i * 7919) % 700;
+        bufs[i] = pz_fifo_alloc(&f, n);
+        CHECK(((uintptr_t)bufs[i] & 15) == 0);
+        memset(bufs[i], (int)(i & 0xff), n);
+    }
+    /* about 8 MB of buffers: several chunks */
+    CHECK(pz_fifo_mapped() - base > (size_t)4 << 20);
+    for (size_t i = 0; i < N; i++) {
+        size_t n = 1 + (i * 7919) % 700;
+        CHECK_EQ_INT(bufs[i][n - 1], (int)(i & 0xff));
+    }
+    /* the oldest half goes: the chunks holding only those are unmapped */
+    size_t full = pz_fifo_mapped();
+    for (size_t i = 0; i < N / 2; i++)
+        pz_fifo_free(bufs[i]);
+    CHECK(pz_fifo_mapped() < full - ((size_t)2 << 20));
+    /* a big buffer has a mapping of its own, gone when freed */
+    size_t before = pz_fifo_mapped();
+    uint8_t *big = pz_fifo_alloc(&f, 300000);
+    big[299999] = 7;
+    CHECK(pz_fifo_mapped() >= before + 300000);
+    pz_fifo_free(big);
+    CHECK_EQ_INT(pz_fifo_mapped(), before);
+    /* closed with buffers live: they stay valid until freed */
+    pz_fifo_close(&f);
+    CHECK(pz_fifo_mapped() > base);
+    for (size_t i = N / 2; i < N; i++)
+        pz_fifo_free(bufs[i]);
+    CHECK_EQ_INT(pz_fifo_mapped(), base);
+}
+
+TEST(fifo_current_chunk_is_reused_when_emptied)
+{
+    size_t base = pz_fifo_mapped();
+    struct pz_fifo f = {0};
+    for (int round = 0; round < 1000; round++) {
+        void *a = pz_fifo_alloc(&f, 4000);
+        void *b = pz_fifo_alloc(&f, 100);
+        pz_fifo_free(b);
+        pz_fifo_free(a);
+    }
+    /* 4 MB allocated in all, one chunk ever mapped */
+    CHECK_EQ_INT(pz_fifo_mapped() - base, 1 << 20);
+    /* out of order, and a long-lived (malloc'd) buffer */
+    void *x = pz_fifo_alloc(&f, 10), *y = pz_fifo_alloc(&f, 10);
+    void *m = pz_fifo_alloc(NULL, 50);
+    memset(m, 1, 50);
+    pz_fifo_free(x);
+    pz_fifo_free(m);
+    pz_fifo_close(&f);
+    CHECK_EQ_INT(pz_fifo_mapped() - base, 1 << 20); /* y holds it */
+    pz_fifo_free(y);
+    CHECK_EQ_INT(pz_fifo_mapped(), base);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(buf_append_consume), TEST_ENTRY(alloc_fail_at),
     TEST_ENTRY(split_hostport),     TEST_ENTRY(queue_ops),
@@ -279,5 +344,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(ratelimit),          TEST_ENTRY(crc32c),
     TEST_ENTRY(cache_reuse),        TEST_ENTRY(cache_realloc),
     TEST_ENTRY(cache_bounded),
+    TEST_ENTRY(fifo_memory_is_returned),
+    TEST_ENTRY(fifo_current_chunk_is_reused_when_emptied),
     TEST_END};
 const struct test_suite suite_pz = {"pz", cases};
+

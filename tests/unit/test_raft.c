@@ -916,6 +916,70 @@ TEST(read_index_batches_one_round)
     net_free(&net);
 }
 
+/* Heartbeats of a read round in rd: how many, and the last one's target. */
+static int round_heartbeats(const struct raft_ready *rd, uint64_t *to)
+{
+    int hb = 0;
+    for (size_t i = 0; i < rd->n_msgs; i++) {
+        if (rd->msgs[i].type == RAFT_MSG_HEARTBEAT) {
+            hb++;
+            *to = rd->msgs[i].to;
+        }
+    }
+    return hb;
+}
+
+TEST(read_index_round_to_a_quorum)
+{
+    /* After a round everyone answered, the next goes to as many voters
+     * as make a quorum with the leader (the first to answer); if one of
+     * them goes quiet, the round goes to everyone at the next tick. */
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct tnode *l = &net.nodes[1];
+    struct raft_ready rd;
+    uint64_t to = 0;
+    CHECK_EQ_INT(raft_read_index(l->r, 1), 0);
+    take_ready(&net, l, &rd);
+    CHECK_EQ_INT(round_heartbeats(&rd, &to), 2);
+    finish_ready(&net, l, &rd);
+    deliver_all(&net);
+    CHECK_EQ_INT(l->n_rs, 1);
+    CHECK_EQ_INT(raft_read_index(l->r, 2), 0);
+    take_ready(&net, l, &rd);
+    CHECK_EQ_INT(round_heartbeats(&rd, &to), 1);
+    CHECK(to == 2 || to == 3);
+    finish_ready(&net, l, &rd);
+    deliver_all(&net);
+    CHECK_EQ_INT(l->n_rs, 2);
+    CHECK_EQ_INT(l->rs[1].ctx, 2);
+    /* The chosen voter goes quiet: nothing confirms the round... */
+    isolate(&net, (int)to, true);
+    CHECK_EQ_INT(raft_read_index(l->r, 3), 0);
+    uint64_t to2 = 0;
+    take_ready(&net, l, &rd);
+    CHECK_EQ_INT(round_heartbeats(&rd, &to2), 1);
+    CHECK_EQ_INT(to2, to);
+    finish_ready(&net, l, &rd);
+    deliver_all(&net);
+    CHECK_EQ_INT(l->n_rs, 2);
+    /* ...until the next tick sends it to the other follower too. */
+    raft_tick(l->r);
+    deliver_all(&net);
+    CHECK_EQ_INT(l->n_rs, 3);
+    CHECK_EQ_INT(l->rs[2].ctx, 3);
+    /* The next round goes to the one that answered. */
+    CHECK_EQ_INT(raft_read_index(l->r, 4), 0);
+    take_ready(&net, l, &rd);
+    CHECK_EQ_INT(round_heartbeats(&rd, &to2), 1);
+    CHECK(to2 != to);
+    finish_ready(&net, l, &rd);
+    deliver_all(&net);
+    CHECK_EQ_INT(l->n_rs, 4);
+    net_free(&net);
+}
+
 TEST(read_index_quorum_needed)
 {
     struct tnet net;
@@ -2661,6 +2725,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(check_quorum_step_down),
     TEST_ENTRY(stale_leader_learns_higher_term),
     TEST_ENTRY(read_index_batches_one_round),
+    TEST_ENTRY(read_index_round_to_a_quorum),
     TEST_ENTRY(read_index_quorum_needed),
     TEST_ENTRY(read_index_follower_forwards),
     TEST_ENTRY(read_index_waits_for_commit_in_term),

@@ -186,6 +186,47 @@ static bool build_db(const struct tdir *t, size_t n)
     return rc == 0;
 }
 
+/* The closed database holds want_n entries, the last of term last_term,
+ * and hard state term hs_term; with `whole`, entries 1..want_n all of
+ * term last_term, each whole (entry_ok). */
+static bool log_check(const struct tdir *t, size_t want_n, uint64_t last_term,
+                      uint64_t hs_term, bool whole)
+{
+    struct store *s = open_ok(t);
+    if (!s)
+        return false;
+    struct raft_hard_state hs;
+    struct raft_entry *e;
+    size_t n;
+    bool ok = store_load(s, &hs, &e, &n, NULL) == 0;
+    if (ok) {
+        ok = n == want_n && hs.term == hs_term &&
+             (n == 0 || e[n - 1].term == last_term);
+        if (!ok)
+            fprintf(stderr,
+                    "    log: n %zu (want %zu), hs term %" PRIu64
+                    " (want %" PRIu64 ")\n",
+                    n, want_n, hs.term, hs_term);
+        for (size_t i = 0; i < n && ok && whole; i++)
+            ok = entry_ok(&e[i], i + 1, last_term);
+        free_entries(e, n);
+    }
+    store_close(s);
+    return ok;
+}
+
+static bool log_is(const struct tdir *t, size_t want_n, uint64_t last_term,
+                   uint64_t hs_term)
+{
+    return log_check(t, want_n, last_term, hs_term, false);
+}
+
+static bool log_whole(const struct tdir *t, size_t want_n, uint64_t term,
+                      uint64_t hs_term)
+{
+    return log_check(t, want_n, term, hs_term, true);
+}
+
 /* --- basics --------------------------------------------------------------- */
 
 TEST(round_trip)
@@ -237,6 +278,26 @@ TEST(round_trip)
         CHECK(entry_ok(&e[i], i + 1, i < 3 ? 1 : 2));
     free_entries(e, n);
     store_close(s);
+    tdir_free(&t);
+}
+
+/* Batches of every size from 1 to 20 (rows go in by eight, four, two and
+ * one per statement): every entry reads back whole, in order, with its
+ * checksum. */
+TEST(batch_sizes_round_trip)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state w = {1, 0, 0};
+    uint64_t next = 1;
+    for (size_t k = 1; k <= 20; k++) {
+        CHECK_EQ_INT(write_range(s, next, k, 1, &w), 0);
+        next += k;
+    }
+    store_close(s);
+    CHECK(log_whole(&t, next - 1, 1, 1));
     tdir_free(&t);
 }
 
@@ -543,19 +604,7 @@ TEST(async_many_batches)
     CHECK_EQ_INT(ss.last_index, p.next_index - 1);
     CHECK_EQ_INT(ss.failures, 0);
     store_close(s);
-
-    s = open_ok(&t);
-    CHECK(s != NULL);
-    struct raft_hard_state hs;
-    struct raft_entry *e;
-    size_t n;
-    CHECK_EQ_INT(store_load(s, &hs, &e, &n, NULL), 0);
-    CHECK_EQ_INT(n, p.next_index - 1);
-    for (size_t i = 0; i < n; i++)
-        CHECK(entry_ok(&e[i], i + 1, 4));
-    CHECK_EQ_INT(hs.term, 4);
-    free_entries(e, n);
-    store_close(s);
+    CHECK(log_whole(&t, p.next_index - 1, 4, 4));
     tdir_free(&t);
 }
 
@@ -804,30 +853,6 @@ TEST(second_process_locked_out)
 
 /* --- fault injection ------------------------------------------------------ */
 
-static bool log_is(const struct tdir *t, size_t want_n, uint64_t last_term,
-                   uint64_t hs_term)
-{
-    struct store *s = open_ok(t);
-    if (!s)
-        return false;
-    struct raft_hard_state hs;
-    struct raft_entry *e;
-    size_t n;
-    bool ok = store_load(s, &hs, &e, &n, NULL) == 0;
-    if (ok) {
-        ok = n == want_n && hs.term == hs_term &&
-             (n == 0 || e[n - 1].term == last_term);
-        if (!ok)
-            fprintf(stderr,
-                    "    log: n %zu (want %zu), hs term %" PRIu64
-                    " (want %" PRIu64 ")\n",
-                    n, want_n, hs.term, hs_term);
-        free_entries(e, n);
-    }
-    store_close(s);
-    return ok;
-}
-
 TEST(fault_injection_sync)
 {
     struct tdir t;
@@ -837,11 +862,11 @@ TEST(fault_injection_sync)
     struct raft_hard_state hs = {1, 1, 0};
     CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
     store_close(s);
-    /* Append 3 entries + hs: BEGIN, DELETE, 3 x INSERT, UPDATE, COMMIT.
-     * Overwrite from 4 adds the read of the term at 3. */
+    /* Append 3 entries + hs: BEGIN, DELETE, INSERT of 2, INSERT of 1,
+     * UPDATE, COMMIT. Overwrite from 4 adds the read of the term at 3. */
     for (int overwrite_mode = 0; overwrite_mode < 2; overwrite_mode++) {
         uint64_t first = overwrite_mode ? 4 : 6;
-        int steps = overwrite_mode ? 8 : 7;
+        int steps = overwrite_mode ? 7 : 6;
         for (int k = 1; k <= steps + 1; k++) {
             s = open_ok(&t);
             CHECK(s != NULL);
@@ -887,9 +912,10 @@ TEST(fault_injection_async)
     pump_init(&p, s, 1);
     p.target = 1000;
     p.fixed = 4;
-    /* Each batch of 4 without hs has 7 steps; every third carries hs (8):
-     * fail somewhere inside the 11th batch. */
-    store_fail_at(s, 7 * 7 + 4 * 8 + 5);
+    /* Each batch of 4 without hs has 4 steps (BEGIN, DELETE, one INSERT
+     * of 4, COMMIT); every third carries hs (5): fail at the INSERT of
+     * the batch after 11. */
+    store_fail_at(s, 7 * 4 + 4 * 5 + 3);
     pump_next(&p);
     CHECK_EQ_INT(uv_run(&p.loop, UV_RUN_DEFAULT), 0);
     CHECK_EQ_INT(uv_loop_close(&p.loop), 0);
@@ -1776,6 +1802,7 @@ TEST(compaction_gives_space_back)
 
 static const struct test_case cases[] = {
     TEST_ENTRY(round_trip),
+    TEST_ENTRY(batch_sizes_round_trip),
     TEST_ENTRY(overwrite_from_lower_index),
     TEST_ENTRY(hard_state_only),
     TEST_ENTRY(empty_batches),
