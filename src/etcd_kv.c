@@ -150,10 +150,10 @@ static void ekv_free(void *p)
             pz_free((void *)e->ops[i].items[j].key);
         pz_free(e->ops[i].items);
     }
-    pz_free(e->ops);
+    pz_cache_free(e->ops);
     if (e->req)
         protobuf_c_message_free_unpacked(e->req, &grpc_pb_allocator);
-    pz_free(e);
+    pz_cache_free(e);
 }
 
 static void sink_begin(void *arg, size_t i, const struct kv_op *op)
@@ -209,11 +209,12 @@ static void sink_end(void *arg, uint64_t count, bool more)
 static struct ekv *ekv_new(struct gstream *st, int call, ProtobufCMessage *req,
                            size_t nops)
 {
-    struct ekv *e = pz_calloc(1, sizeof *e);
+    /* Made and dropped for every call: from the small-block cache. */
+    struct ekv *e = pz_cache_calloc(1, sizeof *e);
     e->call = call;
     e->req = req;
     e->nops = nops;
-    e->ops = pz_calloc(nops ? nops : 1, sizeof *e->ops);
+    e->ops = pz_cache_calloc(nops ? nops : 1, sizeof *e->ops);
     e->max_bytes = grpc_stream_server(st)->max_message;
     e->sink = (struct kv_sink){.op_begin = sink_begin,
                                .item = sink_item,

@@ -199,6 +199,7 @@ struct gstream {
     struct node_req req;     /* node request */
     bool in_node;            /* req is with the node */
     struct grpc_call call;   /* forwarded call */
+    bool call_used;          /* call was started once: reset it at the end */
     bool in_fwd;             /* call is with the leader */
     bool has_deadline;       /* grpc-timeout given */
     uint64_t started_ns;     /* stats_now_ns() when the stream opened */
@@ -244,10 +245,12 @@ struct gsession {
     bool dead;                /* fatal error: GOAWAY sent, input ignored */
     bool blocked;             /* output over SEND_HIGH: not reading */
     bool dirty;               /* on the dirty list: flush soon */
+    struct gstream *last_st;  /* stream_get's last answer, or NULL */
     struct pz_queue dirty_q;  /* in the dirty list */
 };
 
 static nghttp2_session_callbacks *callbacks; /* shared by all sessions */
+static nghttp2_option *ng_options;           /* ... and their options */
 static int callbacks_refs;                   /* servers using callbacks */
 static struct pz_queue dirty_list;           /* sessions to flush */
 
@@ -416,6 +419,33 @@ static uint8_t *msg_bytes(struct gstream *st)
     return st->rd.msg.data ? (uint8_t *)st->rd.msg.data : none;
 }
 
+/* The encoded grpc-message, "" when there is none (a pz_buf with data
+ * is NUL-terminated, and the encoding has no NUL). */
+static const char *msg_text(const struct gstream *st)
+{
+    return st->msg.len ? st->msg.data : "";
+}
+
+/* Buffers for encoding a message that is copied at once into a stream's
+ * output or a proposal, kept between calls so that the common small ones
+ * do not cost an allocation each; one that grew past SCRATCH_KEEP is
+ * given back. Two, so that a reply encoded from inside a proposal cannot
+ * overwrite the command being proposed. */
+#define SCRATCH_KEEP 4096
+static struct pz_buf reply_scratch, cmd_scratch;
+
+static struct pz_buf *scratch_take(struct pz_buf *b)
+{
+    pz_buf_reset(b);
+    return b;
+}
+
+static void scratch_done(struct pz_buf *b)
+{
+    if (b->cap > SCRATCH_KEEP)
+        pz_buf_free(b);
+}
+
 static void release_reader(struct gstream *st)
 {
     st->s->buffered -= st->rd_counted;
@@ -476,15 +506,14 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
         if (st->out.len == st->out_off) {
             char code[8];
             status_text(code, status);
-            pz_buf_append(&st->msg, "", 1);
             nghttp2_nv nva[] = {
                 NV(":status", "200"),
                 NV("content-type", "application/grpc"),
                 NV("grpc-status", code),
-                NV("grpc-message", st->msg.data),
+                NV("grpc-message", msg_text(st)),
             };
             nghttp2_submit_response(st->s->ng, st->id, nva,
-                                    st->msg.len > 1 ? 4 : 3, NULL);
+                                    st->msg.len ? 4 : 3, NULL);
         } else {
             nghttp2_nv nva[] = {
                 NV(":status", "200"),
@@ -586,13 +615,12 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
             /* gRPC trailers go out after the last DATA frame. */
             char code[8];
             status_text(code, st->status);
-            pz_buf_append(&st->msg, "", 1);
             nghttp2_nv nva[] = {
                 NV("grpc-status", code),
-                NV("grpc-message", st->msg.data),
+                NV("grpc-message", msg_text(st)),
             };
             *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            nghttp2_submit_trailer(ng, id, nva, st->msg.len > 1 ? 2 : 1);
+            nghttp2_submit_trailer(ng, id, nva, st->msg.len ? 2 : 1);
         }
         return (ssize_t)n;
     }
@@ -851,6 +879,7 @@ static void forward(struct gstream *st)
         uint64_t now = uv_now(gs->loop);
         opts.timeout_ms = st->deadline > now ? st->deadline - now : 1;
     }
+    st->call_used = true;
     int rv = grpc_client_call(cl, &st->call, st->m->path, msg_bytes(st),
                               st->rd.msg.len, &opts, on_forward_done);
     if (rv < 0) {
@@ -909,11 +938,10 @@ static void read_reply(struct gstream *st)
     size_t vlen = 0;
     bool found =
         kv_get(st->s->gs->be->kv(), st->kreq.key, st->kreq.klen, &val, &vlen);
-    struct pz_buf b;
-    pz_buf_init(&b);
-    grpc_kv_get_resp_encode(&b, val, vlen, found);
-    reply(st, b.data, b.len);
-    pz_buf_free(&b);
+    struct pz_buf *b = scratch_take(&reply_scratch);
+    grpc_kv_get_resp_encode(b, val, vlen, found);
+    reply(st, b->data, b->len);
+    scratch_done(b);
 }
 
 static void on_read_done(struct node_req *req, int status)
@@ -938,11 +966,10 @@ static void on_write_done(struct node_req *req, int status)
     if (status < 0) {
         node_error(st, status, true);
     } else {
-        struct pz_buf b;
-        pz_buf_init(&b);
-        grpc_kv_ok_resp_encode(&b, true);
-        reply(st, b.data, b.len);
-        pz_buf_free(&b);
+        struct pz_buf *b = scratch_take(&reply_scratch);
+        grpc_kv_ok_resp_encode(b, true);
+        reply(st, b->data, b->len);
+        scratch_done(b);
     }
     session_flush(s);
 }
@@ -973,21 +1000,20 @@ static void start_write(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
     struct grpc_kv_req *r = &st->kreq;
-    struct pz_buf cmd;
+    struct pz_buf *cmd = scratch_take(&cmd_scratch);
     int rv;
-    pz_buf_init(&cmd);
     if (st->m->kind == M_KV_SET)
-        rv = kv_encode_set(&cmd, r->key, r->klen, r->value, r->vlen);
+        rv = kv_encode_set(cmd, r->key, r->klen, r->value, r->vlen);
     else
-        rv = kv_encode_del(&cmd, r->key, r->klen);
+        rv = kv_encode_del(cmd, r->key, r->klen);
     if (rv == 0) {
         st->in_node = true;
-        rv = gs->be->propose(&st->req, (uint8_t *)cmd.data, cmd.len,
+        rv = gs->be->propose(&st->req, (uint8_t *)cmd->data, cmd->len,
                              on_write_done);
         if (rv < 0)
             st->in_node = false;
     }
-    pz_buf_free(&cmd);
+    scratch_done(cmd);
     if (rv == PZ_ENOLEADER && gs->be->wait_leader && !st->was_forwarded) {
         st->in_node = true;
         gs->be->wait_leader(&st->req, on_leader_known);
@@ -1565,9 +1591,18 @@ static void request_data(struct gstream *st, const uint8_t *data, size_t len)
 
 /* --- nghttp2 callbacks -------------------------------------------------- */
 
-static struct gstream *stream_get(nghttp2_session *ng, int32_t id)
+/* The stream of id; ud is its session. The callbacks of one frame ask for
+ * the same stream several times (one on_header per field), so the last
+ * one found is remembered (stream_free forgets it). */
+static struct gstream *stream_get(nghttp2_session *ng, void *ud, int32_t id)
 {
-    return nghttp2_session_get_stream_user_data(ng, id);
+    struct gsession *s = ud;
+    if (s->last_st && s->last_st->id == id)
+        return s->last_st;
+    struct gstream *st = nghttp2_session_get_stream_user_data(ng, id);
+    if (st)
+        s->last_st = st;
+    return st;
 }
 
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
@@ -1577,7 +1612,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
     if (frame->hd.type != NGHTTP2_HEADERS ||
         frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
-    struct gstream *st = pz_calloc(1, sizeof *st);
+    struct gstream *st = pz_cache_calloc(1, sizeof *st);
     st->s = s;
     st->id = frame->hd.stream_id;
     grpc_reader_init(&st->rd, s->gs->max_message);
@@ -1624,11 +1659,10 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
                      size_t valuelen, uint8_t flags, void *ud)
 {
     PZ_UNUSED(flags);
-    PZ_UNUSED(ud);
     if (frame->hd.type != NGHTTP2_HEADERS ||
         frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0; /* request trailers carry nothing we use */
-    struct gstream *st = stream_get(ng, frame->hd.stream_id);
+    struct gstream *st = stream_get(ng, ud, frame->hd.stream_id);
     if (st == NULL)
         return 0;
     st->hdr_bytes += namelen + valuelen + 32;
@@ -1663,11 +1697,10 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame,
                          void *ud)
 {
-    PZ_UNUSED(ud);
     struct gstream *st;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        st = stream_get(ng, frame->hd.stream_id);
+        st = stream_get(ng, ud, frame->hd.stream_id);
         if (st == NULL)
             return 0;
         if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
@@ -1676,7 +1709,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame,
             request_end(st);
         break;
     case NGHTTP2_DATA:
-        st = stream_get(ng, frame->hd.stream_id);
+        st = stream_get(ng, ud, frame->hd.stream_id);
         if (st && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
             request_end(st);
         break;
@@ -1688,8 +1721,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id,
                          const uint8_t *data, size_t len, void *ud)
 {
     PZ_UNUSED(flags);
-    PZ_UNUSED(ud);
-    struct gstream *st = stream_get(ng, id);
+    struct gstream *st = stream_get(ng, ud, id);
     if (st && st->headers_done && !st->ended && !st->refused)
         request_data(st, data, len);
     return 0;
@@ -1698,14 +1730,13 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id,
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame,
                          void *ud)
 {
-    PZ_UNUSED(ud);
     /* Our reply is complete but the client is still sending a message we
      * refused for its size: ask it to stop (RST_STREAM NO_ERROR, RFC 9113
      * 8.1). Only then: curl, for one, treats that reset as an error, and
      * for other early errors the rest of the body is small and ignored. */
     if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
-        struct gstream *st = stream_get(ng, frame->hd.stream_id);
+        struct gstream *st = stream_get(ng, ud, frame->hd.stream_id);
         if (st && st->reset_after &&
             nghttp2_session_get_stream_remote_close(ng, st->id) == 0)
             nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id,
@@ -1728,7 +1759,8 @@ static void stream_free(struct gstream *st)
         gs->be->cancel(&st->req);
     if (st->in_fwd)
         grpc_client_cancel(&st->call);
-    grpc_call_reset(&st->call);
+    if (st->call_used)
+        grpc_call_reset(&st->call);
     s->buffered -= st->rd_counted;
     grpc_reader_free(&st->rd);
     conn_in_release(s->c, st->charged);
@@ -1745,19 +1777,20 @@ static void stream_free(struct gstream *st)
     pz_buf_free(&st->msg);
     pz_free(st->cred);
     pz_queue_remove(&st->q);
+    if (s->last_st == st)
+        s->last_st = NULL;
     s->n_streams--;
     s->c->busy--;
     if (s->n_streams == 0)
         conn_touch(s->c); /* idle from now on */
     gs->stats.streams_open--;
-    pz_free(st);
+    pz_cache_free(st);
 }
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error,
                            void *ud)
 {
-    PZ_UNUSED(ud);
-    struct gstream *st = stream_get(ng, id);
+    struct gstream *st = stream_get(ng, ud, id);
     if (st == NULL)
         return 0;
     if (error != NGHTTP2_NO_ERROR && !st->ended)
@@ -1780,7 +1813,7 @@ static int on_open(struct conn *c)
     pz_queue_init(&s->streams);
     pz_queue_init(&s->dirty_q);
     pz_queue_init(&s->held);
-    if (nghttp2_session_server_new3(&s->ng, callbacks, s, NULL,
+    if (nghttp2_session_server_new3(&s->ng, callbacks, s, ng_options,
                                     grpc_nghttp2_mem()) != 0) {
         pz_free(s);
         return PZ_ENOMEM;
@@ -1951,6 +1984,14 @@ static void setup_callbacks(void)
                                                          on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(callbacks,
                                                            on_stream_close);
+    /* nghttp2 keeps up to SETTINGS_MAX_CONCURRENT_STREAMS closed streams
+     * per connection for RFC 7540 priorities, which gRPC does not use:
+     * without this a busy connection held 1000 dead streams (a few hundred
+     * bytes each) and every request paid for the bookkeeping. Frames for
+     * a closed stream are still told from frames for an idle one by the
+     * stream ids already seen. */
+    if (nghttp2_option_new(&ng_options) == 0)
+        nghttp2_option_set_no_closed_streams(ng_options, 1);
 }
 
 static void release_callbacks(void)
@@ -1958,6 +1999,11 @@ static void release_callbacks(void)
     if (--callbacks_refs == 0) {
         nghttp2_session_callbacks_del(callbacks);
         callbacks = NULL;
+        nghttp2_option_del(ng_options);
+        ng_options = NULL;
+        pz_buf_free(&reply_scratch);
+        pz_buf_free(&cmd_scratch);
+        pz_cache_trim();
     }
 }
 

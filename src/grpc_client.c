@@ -64,30 +64,32 @@ static int callbacks_refs;
 static void run_done(struct grpc_client *cl);
 static void maybe_free(struct grpc_client *cl);
 
-/* --- allocation through pz_malloc ------------------------------------- */
+/* --- allocation: nghttp2 makes and drops several small objects per
+ * stream (the stream, its frames, header copies), so they come from the
+ * size-class cache rather than from malloc each time ---------------------- */
 
 static void *ng_malloc(size_t n, void *ud)
 {
     PZ_UNUSED(ud);
-    return pz_malloc(n ? n : 1);
+    return pz_cache_alloc(n);
 }
 
 static void ng_free(void *p, void *ud)
 {
     PZ_UNUSED(ud);
-    pz_free(p);
+    pz_cache_free(p);
 }
 
 static void *ng_calloc(size_t n, size_t size, void *ud)
 {
     PZ_UNUSED(ud);
-    return pz_calloc(n ? n : 1, size ? size : 1);
+    return pz_cache_calloc(n, size);
 }
 
 static void *ng_realloc(void *p, size_t n, void *ud)
 {
     PZ_UNUSED(ud);
-    return pz_realloc(p, n ? n : 1);
+    return pz_cache_realloc(p, n);
 }
 
 static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};

@@ -1,7 +1,8 @@
 /* pz.c - allocation with an abort-on-OOM policy and a fault injector, the
- * growable buffer, hashing, small parsing helpers and the escaping of
- * untrusted bytes for logs, the token comparison, the PRNG seed and the
- * rate limit of log lines. Pure, but for pz_seed(). */
+ * cache of small blocks, the growable buffer, hashing, small parsing
+ * helpers and the escaping of untrusted bytes for logs, the token
+ * comparison, the PRNG seed and the rate limit of log lines. Pure, but for
+ * pz_seed(). */
 #include "pz.h"
 
 #include <endian.h>
@@ -103,6 +104,136 @@ char *pz_strdup(const char *s)
 void pz_free(void *p)
 {
     free(p);
+}
+
+/* --- the small-block cache --------------------------------------------- */
+
+/* Under AddressSanitizer a cached block is poisoned until it is handed
+ * out again, so a use after pz_cache_free is still caught. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CACHE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CACHE_ASAN 1
+#endif
+#endif
+#ifdef CACHE_ASAN
+#include <sanitizer/asan_interface.h>
+#define CACHE_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define CACHE_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define CACHE_POISON(p, n) ((void)(p), (void)(n))
+#define CACHE_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+#define CACHE_MIN_SHIFT 6 /* 64 bytes */
+#define CACHE_CLASSES 7   /* 64 .. 4096 */
+#define CACHE_BIG 0xff    /* class of a block too large to cache */
+
+/* 16 bytes, so the block after it keeps malloc's alignment. */
+union cache_hdr {
+    struct {
+        union cache_hdr *next; /* in its free list */
+        unsigned cls;          /* size class, or CACHE_BIG */
+    } h;
+    max_align_t align;
+};
+
+static __thread union cache_hdr *cache_free[CACHE_CLASSES];
+static __thread size_t cache_count[CACHE_CLASSES];
+
+static unsigned cache_class(size_t n)
+{
+    if (n > ((size_t)1 << (CACHE_MIN_SHIFT + CACHE_CLASSES - 1)))
+        return CACHE_BIG;
+    unsigned c = 0;
+    while (((size_t)1 << (CACHE_MIN_SHIFT + c)) < n)
+        c++;
+    return c;
+}
+
+static size_t cache_usable(unsigned cls)
+{
+    return (size_t)1 << (CACHE_MIN_SHIFT + cls);
+}
+
+void *pz_cache_alloc(size_t n)
+{
+    unsigned cls = cache_class(n);
+    union cache_hdr *h;
+    if (cls != CACHE_BIG && cache_free[cls]) {
+        h = cache_free[cls];
+        cache_free[cls] = h->h.next;
+        cache_count[cls]--;
+        CACHE_UNPOISON(h + 1, cache_usable(cls));
+    } else {
+        pz_assert(n <= SIZE_MAX - sizeof *h);
+        h = pz_malloc(sizeof *h + (cls == CACHE_BIG ? n : cache_usable(cls)));
+        h->h.cls = cls;
+    }
+    return h + 1;
+}
+
+void *pz_cache_calloc(size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / size)
+        oom(SIZE_MAX);
+    void *p = pz_cache_alloc(n * size);
+    memset(p, 0, n * size);
+    return p;
+}
+
+void pz_cache_free(void *p)
+{
+    if (p == NULL)
+        return;
+    union cache_hdr *h = (union cache_hdr *)p - 1;
+    unsigned cls = h->h.cls;
+    if (cls == CACHE_BIG ||
+        (cache_count[cls] + 1) * cache_usable(cls) > PZ_CACHE_CLASS_BYTES) {
+        pz_free(h);
+        return;
+    }
+    pz_assert(cls < CACHE_CLASSES);
+    h->h.next = cache_free[cls];
+    cache_free[cls] = h;
+    cache_count[cls]++;
+    CACHE_POISON(h + 1, cache_usable(cls));
+}
+
+void *pz_cache_realloc(void *p, size_t n)
+{
+    if (p == NULL)
+        return pz_cache_alloc(n);
+    union cache_hdr *h = (union cache_hdr *)p - 1;
+    size_t have = h->h.cls == CACHE_BIG ? SIZE_MAX : cache_usable(h->h.cls);
+    if (h->h.cls != CACHE_BIG && n <= have)
+        return p;
+    if (h->h.cls == CACHE_BIG && cache_class(n) == CACHE_BIG) {
+        pz_assert(n <= SIZE_MAX - sizeof *h);
+        h = pz_realloc(h, sizeof *h + n);
+        return h + 1;
+    }
+    /* Between classes, or from a big block down to a class: copy. The
+     * old block's size is unknown for a big one, but it is larger than
+     * any class, so n bytes of it are there. */
+    void *q = pz_cache_alloc(n);
+    memcpy(q, p, h->h.cls == CACHE_BIG ? n : PZ_MIN(have, n));
+    pz_cache_free(p);
+    return q;
+}
+
+void pz_cache_trim(void)
+{
+    for (unsigned c = 0; c < CACHE_CLASSES; c++) {
+        while (cache_free[c]) {
+            union cache_hdr *h = cache_free[c];
+            cache_free[c] = h->h.next;
+            CACHE_UNPOISON(h + 1, cache_usable(c));
+            pz_free(h);
+        }
+        cache_count[c] = 0;
+    }
 }
 
 /* --- fifo memory ---------------------------------------------------------- */

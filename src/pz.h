@@ -72,6 +72,23 @@ size_t pz_fifo_mapped(void);
  * 0 disables. pz_malloc() aborts on it, pz_malloc_try() returns NULL. */
 void pz_alloc_fail_at(long n);
 
+/* A cache of freed small blocks in size classes (64 bytes to 4 KiB), for
+ * objects made and dropped on every request (nghttp2's streams and frames,
+ * gRPC stream state): most allocations then cost a list pop instead of a
+ * trip through malloc. A block carries a 16-byte header naming its class;
+ * larger blocks go to pz_malloc directly. Each thread has its own lists,
+ * each bounded (PZ_CACHE_CLASS_BYTES), so the cache holds at most a few
+ * MiB whatever the load. Blocks from pz_cache_alloc go back through
+ * pz_cache_free (never pz_free) and may be freed on any thread. Refills
+ * count toward the fault injector. */
+#define PZ_CACHE_CLASS_BYTES (256 * 1024)
+void *pz_cache_alloc(size_t n);
+void *pz_cache_calloc(size_t n, size_t size);
+void *pz_cache_realloc(void *p, size_t n);
+void pz_cache_free(void *p);
+/* Give every cached block of this thread back to malloc. */
+void pz_cache_trim(void);
+
 /* Growable byte buffer. */
 struct pz_buf {
     char *data; /* NULL until the first append */

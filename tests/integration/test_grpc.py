@@ -486,6 +486,47 @@ def test_reset_mid_request_leaves_other_streams_alone(node, pb):
     assert still_serving(node, pb)
 
 
+def test_frames_for_a_closed_stream_are_ignored(node, pb):
+    # A stream is forgotten once it closes: DATA, HEADERS, RST_STREAM,
+    # WINDOW_UPDATE or PRIORITY for it later are dropped, and the
+    # connection's next call is answered.
+    hdr = grpc_headers("/kv.KVService/Set", node.grpc_port)
+    late = [
+        lambda r: r.data(1, frame(b"\x0a\x01x"), end_stream=True),
+        lambda r: r.headers(1, hdr, end_stream=True),
+        lambda r: r.rst(1),
+        lambda r: r.send(gh.h2_frame(gh.WINDOW_UPDATE, 0, 1,
+                                     struct.pack(">I", 100))),
+        lambda r: r.send(gh.h2_frame(2, 0, 1,  # PRIORITY
+                                     struct.pack(">IB", 0, 10))),
+    ]
+    for i, send_late in enumerate(late):
+        r = RawH2(node.grpc_port)
+        try:
+            r.headers(1, hdr)
+            r.data(1, frame(b"\x0a\x02ck\x12\x02c%d" % i), end_stream=True)
+            frames, closed = r.read_frames(
+                until=lambda fs: any(f[2] == 1 and f[0] == gh.HEADERS
+                                     and f[1] & gh.END_STREAM for f in fs))
+            assert not closed
+            send_late(r)
+            r.headers(3, hdr)
+            r.data(3, frame(b"\x0a\x02ck\x12\x02d%d" % i), end_stream=True)
+            frames, closed = r.read_frames(
+                until=lambda fs: any(f[2] == 3 and f[0] == gh.HEADERS
+                                     and f[1] & gh.END_STREAM for f in fs)
+                or any(f[0] == gh.GOAWAY for f in fs))
+            assert not any(f[0] == gh.GOAWAY for f in frames), i
+            assert not any(f[0] == gh.RST_STREAM and f[2] == 3
+                           for f in frames), i
+            assert any(f[2] == 3 and f[0] == gh.HEADERS
+                       and f[1] & gh.END_STREAM for f in frames), i
+        finally:
+            r.close()
+        assert get_http(node, "ck") == (200, b"d%d" % i)
+    assert still_serving(node, pb)
+
+
 def test_client_vanishes_mid_response(node, client, pb):
     val = "x" * (512 * 1024)
     client.Set(pb.kv.SetRequest(key="v", value=val), timeout=10)

@@ -1,5 +1,6 @@
-/* test_pz.c - allocation fault injector, buffers, host:port parsing, the
- * token comparison, the PRNG seed, the rate limit of log lines. */
+/* test_pz.c - allocation fault injector, the small-block cache, buffers,
+ * host:port parsing, the token comparison, the PRNG seed, the rate limit
+ * of log lines. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -191,6 +192,84 @@ TEST(crc32c)
     }
 }
 
+TEST(cache_reuse)
+{
+    pz_cache_trim();
+    /* A freed block comes back for a request of its class. */
+    uint8_t *a = pz_cache_alloc(100);
+    memset(a, 0xab, 100);
+    pz_cache_free(a);
+    uint8_t *b = pz_cache_alloc(128);
+    CHECK(b == a);
+    /* ... and a calloc from the cache is zeroed all the same. */
+    memset(b, 0xcd, 128);
+    pz_cache_free(b);
+    uint8_t *c = pz_cache_calloc(4, 25);
+    CHECK(c == a);
+    for (size_t i = 0; i < 100; i++)
+        CHECK_EQ_INT(c[i], 0);
+    /* Another class does not take it. */
+    uint8_t *d = pz_cache_alloc(300);
+    CHECK(d != c);
+    pz_cache_free(c);
+    pz_cache_free(d);
+    pz_cache_free(NULL);
+    /* Blocks larger than the classes go to malloc, and come back. */
+    uint8_t *big = pz_cache_alloc(100000);
+    memset(big, 1, 100000);
+    pz_cache_free(big);
+    pz_cache_trim();
+}
+
+TEST(cache_realloc)
+{
+    /* Growing within a class, to another class, past the classes and back
+     * keeps the bytes. */
+    size_t sizes[] = {1, 60, 64, 65, 500, 4096, 4097, 70000, 3000, 10};
+    uint8_t *p = pz_cache_realloc(NULL, 1);
+    p[0] = 7;
+    size_t have = 1;
+    for (size_t i = 1; i < PZ_ARRAY_SIZE(sizes); i++) {
+        size_t n = sizes[i];
+        p = pz_cache_realloc(p, n);
+        for (size_t j = 0; j < PZ_MIN(have, n); j++)
+            CHECK_EQ_INT(p[j], (uint8_t)(j * 7 + 7));
+        for (size_t j = 0; j < n; j++)
+            p[j] = (uint8_t)(j * 7 + 7);
+        have = n;
+    }
+    pz_cache_free(p);
+    pz_cache_trim();
+}
+
+TEST(cache_bounded)
+{
+    /* Free more blocks than a class keeps: only PZ_CACHE_CLASS_BYTES of
+     * them stay, the others go back to malloc. Counted with the fault
+     * injector, which only allocations that reach malloc advance. */
+    size_t keep = PZ_CACHE_CLASS_BYTES / 64, n = keep + 50;
+    pz_cache_trim();
+    void **v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = pz_cache_alloc(64);
+    for (size_t i = 0; i < n; i++)
+        pz_cache_free(v[i]);
+    pz_alloc_fail_at(3);
+    for (size_t i = 0; i < keep; i++)
+        v[i] = pz_cache_alloc(50); /* all from the cache */
+    v[keep] = pz_cache_alloc(64);  /* the cache is empty: malloc (1st) */
+    void *x = pz_malloc_try(1);    /* 2nd */
+    void *y = pz_malloc_try(1);    /* 3rd: fails */
+    CHECK(x != NULL);
+    CHECK(y == NULL);
+    pz_alloc_fail_at(0);
+    free(x);
+    for (size_t i = 0; i <= keep; i++)
+        pz_cache_free(v[i]);
+    free(v);
+    pz_cache_trim();
+}
+
 /* Buffers freed oldest first leave nothing mapped once the fifo is
  * closed; a chunk whose buffers are all freed is unmapped (or rewound
  * while it is the fifo's), and a buffer outlives its fifo. */
@@ -263,6 +342,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(strerror_codes),
     TEST_ENTRY(token_equal),        TEST_ENTRY(seed_differs),
     TEST_ENTRY(ratelimit),          TEST_ENTRY(crc32c),
+    TEST_ENTRY(cache_reuse),        TEST_ENTRY(cache_realloc),
+    TEST_ENTRY(cache_bounded),
     TEST_ENTRY(fifo_memory_is_returned),
     TEST_ENTRY(fifo_current_chunk_is_reused_when_emptied),
     TEST_END};
