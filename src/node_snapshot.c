@@ -490,11 +490,17 @@ static void got_free(void)
     /* A local snapshot at the same point has the same path (the writer
      * renamed its file over the received one): that file stays, or a
      * crash after the log's compaction would leave no snapshot that
-     * covers the compacted prefix and the node could not start. */
+     * covers the compacted prefix and the node could not start. So does
+     * the file of a local snapshot still being written at that point: its
+     * writer may have renamed it into place already, and once it is done
+     * the log is compacted on the strength of that file. */
+    const struct snapshot_child *c = &nd->snap_child;
     bool local = (nd->got_index == nd->snap_index &&
                   nd->got_term == nd->snap_term) ||
                  (nd->got_index == nd->prev_snap_index &&
-                  nd->got_term == nd->prev_snap_term);
+                  nd->got_term == nd->prev_snap_term) ||
+                 (c->pid != 0 && nd->got_index == c->index &&
+                  nd->got_term == c->term);
     if (nd->got_kv && !local) {
         char path[SNAPSHOT_PATH_MAX];
         snapshot_path(nd->cfg->raft_data, nd->got_index, nd->got_term,
