@@ -282,19 +282,21 @@ static int write_ready(void)
                        rd->n_entries, on_written);
 }
 
-/* A follower's Ready this small may be written on the loop thread
- * (node_write_now) when nothing else waits: one COMMIT with no hand-off
- * to and from a worker, which at one request in flight is a good part of
- * a write's cost. Not the leader's: an entry commits once any two of
- * three copies are durable, so the leader's own write is off the
- * critical path whenever a follower is faster, and blocking its loop
- * through a slow fsync would hold up the followers' acknowledgements. */
-#define WRITE_NOW_MAX_ENTRIES 64
+/* A Ready this small (low load: under load batches grow, and stay on the
+ * thread pool, where the loop goes on serving through the fsync) may be
+ * written on the loop thread (node_write_now) when nothing else waits:
+ * one COMMIT with no hand-off to and from a worker, which at one request
+ * in flight is a good part of a write's cost, on the followers and on
+ * the leader alike (the leader applies nothing before its own write is
+ * done, ready_cycle, so that write is on the critical path even when the
+ * followers acknowledge first). The loop is held for one COMMIT at most,
+ * and only while COMMITs are fast (the I/O table's store_write_now_ok). */
+#define WRITE_NOW_MAX_ENTRIES 4
 #define WRITE_NOW_MAX_BYTES (64 * 1024)
 
 static bool write_now_fits(const struct raft_ready *rd)
 {
-    if (nd->role == RAFT_LEADER || rd->snapshot ||
+    if (rd->snapshot ||
         rd->n_entries > WRITE_NOW_MAX_ENTRIES ||
         nd->io.store_write_now_ok == NULL)
         return false;
