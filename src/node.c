@@ -291,7 +291,7 @@ static int write_ready(void)
  * done, ready_cycle, so that write is on the critical path even when the
  * followers acknowledge first). The loop is held for one COMMIT at most,
  * and only while COMMITs are fast (the I/O table's store_write_now_ok). */
-#define WRITE_NOW_MAX_ENTRIES 4
+#define WRITE_NOW_MAX_ENTRIES 1
 #define WRITE_NOW_MAX_BYTES (64 * 1024)
 
 static bool write_now_fits(const struct raft_ready *rd)
