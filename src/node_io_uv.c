@@ -21,7 +21,7 @@ static struct {
     uint64_t batches_seen;    /* store_stats batches as of note_commit */
     uint64_t commit_avg_ns;   /* moving average of COMMIT times */
     uint64_t commit_last_ns;  /* the latest */
-    uint64_t done_ns;         /* uv_hrtime when the latest write ended */
+    uint64_t batch8_avg;      /* moving average of entries per write, x8 */
     struct transport *tr;
     void (*tr_done)(void);
     struct mandi_client *mandi;
@@ -120,11 +120,11 @@ static int uv_io_store_meta_set_incarnation(void *data, uint64_t inc)
 /* A write on the loop thread holds the loop for one COMMIT: only while
  * COMMITs take less than this, on average and the latest. */
 #define WRITE_NOW_MAX_NS 1000000 /* 1 ms */
-/* ... and only after the store sat idle this long (or for two average
- * COMMITs, if longer) since its latest write: under load the next batch
- * follows soon, and the loop is better left serving through its fsync,
- * on a worker. */
-#define WRITE_NOW_IDLE_NS 200000 /* 200 us */
+/* ... and only while the batches have been single entries of late (a
+ * moving average of entries per write, in eighths, at most this): under
+ * load they grow, and the loop is better left serving through the fsync
+ * while a worker runs it. */
+#define WRITE_NOW_MAX_BATCH8 12 /* 1.5 entries */
 
 /* After a write: follow the COMMIT times (the disk's fsync, mostly). */
 static void note_commit(void)
@@ -134,7 +134,7 @@ static void note_commit(void)
     if (st.batches == io.batches_seen)
         return;
     io.batches_seen = st.batches;
-    io.done_ns = uv_hrtime();
+    io.batch8_avg = (io.batch8_avg * 7 + st.last_batch_entries * 8) / 8;
     io.commit_last_ns = st.last_commit_ns;
     io.commit_avg_ns = (io.commit_avg_ns * 7 + st.last_commit_ns) / 8;
 }
@@ -163,7 +163,7 @@ static int uv_io_store_write(void *data, const struct raft_hard_state *hs,
 }
 
 /* Nothing would wait for a write run here: no job in flight, the disk
- * fast of late, the store idle for a while, and no event pending on the
+ * fast and the batches single entries of late, and no event pending on the
  * loop (its epoll descriptor polls readable as soon as any watched
  * descriptor is ready: a request, a peer's message, a completion). */
 static bool uv_io_store_write_now_ok(void *data)
@@ -172,8 +172,7 @@ static bool uv_io_store_write_now_ok(void *data)
     if (store_busy(io.store) || io.commit_avg_ns > WRITE_NOW_MAX_NS ||
         io.commit_last_ns > WRITE_NOW_MAX_NS)
         return false;
-    uint64_t idle = PZ_MAX(2 * io.commit_avg_ns, WRITE_NOW_IDLE_NS);
-    if (uv_hrtime() - io.done_ns < idle)
+    if (io.batch8_avg > WRITE_NOW_MAX_BATCH8)
         return false;
     struct pollfd p = {.fd = uv_backend_fd(io.loop), .events = POLLIN};
     return poll(&p, 1, 0) == 0;
