@@ -13,7 +13,10 @@
  *   3. hand the hard state and new entries to the store, which commits them
  *      in one SQLite transaction on libuv's thread pool while the loop goes
  *      on serving (group commit: whatever arrives meanwhile forms the next
- *      batch, so the batch grows with the load);
+ *      batch, so the batch grows with the load); a small Ready with
+ *      nothing else pending on the loop (one request in flight) is
+ *      written on the loop instead, once the turn's output is flushed
+ *      (node_write_now): the two hand-offs cost more than its COMMIT;
  *   4. when the write is durable: send the messages that needed it (votes,
  *      acknowledgements), raft_advance, and start over.
  * Failure modes: a failed log write is fatal (fail-stop: log it and exit,
@@ -279,6 +282,30 @@ static int write_ready(void)
                        rd->n_entries, on_written);
 }
 
+/* A Ready this small (low load: under load batches grow, and stay on the
+ * thread pool, where the loop goes on serving through the fsync) may be
+ * written on the loop thread (node_write_now) when nothing else waits:
+ * one COMMIT with no hand-off to and from a worker, which at one request
+ * in flight is a good part of a write's cost, on the followers and on
+ * the leader alike (the leader applies nothing before its own write is
+ * done, ready_cycle, so that write is on the critical path even when the
+ * followers acknowledge first). The loop is held for one COMMIT at most,
+ * and only while COMMITs are fast (the I/O table's store_write_now_ok). */
+#define WRITE_NOW_MAX_ENTRIES 1
+#define WRITE_NOW_MAX_BYTES (64 * 1024)
+
+static bool write_now_fits(const struct raft_ready *rd)
+{
+    if (rd->snapshot ||
+        rd->n_entries > WRITE_NOW_MAX_ENTRIES ||
+        nd->io.store_write_now_ok == NULL)
+        return false;
+    size_t bytes = 0;
+    for (size_t i = 0; i < rd->n_entries; i++)
+        bytes += rd->entries[i].len;
+    return bytes <= WRITE_NOW_MAX_BYTES && NIO(store_write_now_ok);
+}
+
 /* Runs Ready cycles until one needs the disk or nothing is left. */
 static void ready_cycle(void)
 {
@@ -298,12 +325,18 @@ static void ready_cycle(void)
         if (hs_needed || rd->n_entries || rd->snapshot) {
             nd->saved_term = rd->hs.term;
             nd->saved_vote = rd->hs.vote;
+            nd->store_busy = true;
+            if (write_now_fits(rd)) {
+                /* After the turn's output (the AppendEntries just sent)
+                 * is flushed: the followers write while we do. */
+                nd->write_now = true;
+                return;
+            }
             int rv = write_ready();
             if (rv < 0) {
                 core_fatal("cannot write the Raft log: %s",
                            NIO(store_errmsg));
             }
-            nd->store_busy = true;
             return;
         }
         send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
@@ -311,6 +344,25 @@ static void ready_cycle(void)
     }
     if (!nd->store_busy && !raft_has_ready(nd->raft))
         snaps_compact_step();
+}
+
+bool node_write_now(void)
+{
+    if (!nd->open || !nd->write_now)
+        return false;
+    nd->write_now = false;
+    struct raft_ready *rd = &nd->rd;
+    if (!NIO(store_write_now_ok)) {
+        /* Something came in meanwhile: the thread pool, as usual. */
+        if (write_ready() < 0)
+            core_fatal("cannot write the Raft log: %s", NIO(store_errmsg));
+        return false;
+    }
+    int rv = NIO(store_write_now, &rd->hs, rd->entries, rd->n_entries);
+    if (nd->io.update_time)
+        NIO(update_time);
+    on_written(rv, rv < 0 ? NIO(store_errmsg) : NULL);
+    return true;
 }
 
 /* The leader replicates while the store is busy (a Ready being written, a
@@ -477,7 +529,7 @@ void node_before_sleep(void)
 bool node_has_work(void)
 {
     return nd->open &&
-           (!pz_queue_empty(&nd->done) ||
+           (!pz_queue_empty(&nd->done) || nd->write_now ||
             (!nd->store_busy && raft_has_ready(nd->raft)) ||
             (nd->store_busy && raft_has_msgs(nd->raft)));
 }
@@ -928,6 +980,12 @@ void node_close(void (*cb)(void))
     nd->close_cb = cb;
     finish_all_now(PZ_ESHUTDOWN);
     snaps_close();
+    if (nd->write_now) {
+        /* Not written yet, nothing that needs it sent: dropped, as by
+         * a crash before the write. */
+        nd->write_now = false;
+        nd->store_busy = false;
+    }
     if (nd->store_busy && !nd->retry_due) {
         /* The store cannot close under a write in flight: on_written
          * finishes the close. */

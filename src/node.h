@@ -200,6 +200,10 @@ struct node_health {
 bool node_health(struct node_health *h);
 /* Work to do before the loop sleeps: the Raft Ready cycle, completions. */
 void node_before_sleep(void);
+/* After node_before_sleep and the flush of the turn's output: writes the
+ * Ready it left for the loop thread, if any (and calls what waited for
+ * it). True if it wrote: its output is to be flushed too. */
+bool node_write_now(void);
 /* True when node_before_sleep has work it could not finish this turn. */
 bool node_has_work(void);
 

@@ -83,6 +83,10 @@ struct node {
     bool store_busy;             /* the store runs a job: writing rd, or
                                     a compaction step; or rd waits to be
                                     written again (ready_owed) */
+    bool write_now;              /* rd is to be written on the loop
+                                    thread once the turn's output is
+                                    flushed (node_write_now); store_busy
+                                    meanwhile */
     /* out of space (node_nospace.c) */
     bool ready_owed;             /* rd could not be stored for lack of
                                     space: written again every

@@ -18,6 +18,8 @@
  *    complete exactly once through their callback, later, never from
  *    inside the call; at most one is in flight; a write reported done is
  *    durable (a crash keeps it), one not reported may be lost whole;
+ *    store_write_now is the one synchronous write, for when the loop is
+ *    idle;
  *  - transport callbacks (recv, on_chunk, ...) come from the
  *    transport_config given to tr_open, never from inside send;
  *  - the tick callback and every completion run with the node selected
@@ -77,6 +79,15 @@ struct node_io {
     int (*store_write)(void *data, const struct raft_hard_state *hs,
                        const struct raft_entry *entries, size_t n,
                        node_io_done_cb cb);
+    /* Whether persisting a small Ready now, on the caller's thread, would
+     * hold up nothing else: no store job in flight, nothing waiting to
+     * be handled, the disk fast of late. May be NULL (never). */
+    bool (*store_write_now_ok)(void *data);
+    /* Persist a Ready on the caller's thread: 0 once durable, or a
+     * negative code (store_errmsg says why; PZ_ENOSPC: nothing stored, as
+     * for store_write). Only after store_write_now_ok said yes. */
+    int (*store_write_now)(void *data, const struct raft_hard_state *hs,
+                           const struct raft_entry *entries, size_t n);
     /* Drop the whole log, record (index, term) as the snapshot point,
      * write hs and entries, in one job. */
     int (*store_write_install)(void *data, uint64_t index, uint64_t term,

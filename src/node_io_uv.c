@@ -1,9 +1,11 @@
 /* node_io_uv.c - the node's production I/O table (node_io.h): libuv's
- * timer and clock, store.c on libuv's thread pool, transport.c,
+ * timer and clock, store.c on libuv's thread pool (or on the loop, for a
+ * small write while the loop has nothing else to do), transport.c,
  * snapshot.c's forked writer and mandi_client.c. One node per process:
  * the handles live here. */
 #include "node_io.h"
 
+#include <poll.h>
 #include <string.h>
 
 #include "log.h"
@@ -16,6 +18,10 @@ static struct {
     void (*tick_done)(void);
     struct store *store;
     node_io_done_cb store_cb; /* the job in flight's */
+    uint64_t batches_seen;    /* store_stats batches as of note_commit */
+    uint64_t commit_avg_ns;   /* moving average of COMMIT times */
+    uint64_t commit_last_ns;  /* the latest */
+    uint64_t batch8_avg;      /* moving average of entries per write, x8 */
     struct transport *tr;
     void (*tr_done)(void);
     struct mandi_client *mandi;
@@ -119,11 +125,34 @@ static int uv_io_store_meta_set_incarnation(void *data, uint64_t inc)
     return store_meta_set_incarnation(io.store, inc);
 }
 
+/* A write on the loop thread holds the loop for one COMMIT: only while
+ * COMMITs take less than this, on average and the latest. */
+#define WRITE_NOW_MAX_NS 1000000 /* 1 ms */
+/* ... and only while the batches have been single entries of late (a
+ * moving average of entries per write, in eighths, at most this): under
+ * load they grow, and the loop is better left serving through the fsync
+ * while a worker runs it. */
+#define WRITE_NOW_MAX_BATCH8 12 /* 1.5 entries */
+
+/* After a write: follow the COMMIT times (the disk's fsync, mostly). */
+static void note_commit(void)
+{
+    struct store_stats st;
+    store_stats(io.store, &st);
+    if (st.batches == io.batches_seen)
+        return;
+    io.batches_seen = st.batches;
+    io.batch8_avg = (io.batch8_avg * 7 + st.last_batch_entries * 8) / 8;
+    io.commit_last_ns = st.last_commit_ns;
+    io.commit_avg_ns = (io.commit_avg_ns * 7 + st.last_commit_ns) / 8;
+}
+
 static void on_store_done(struct store *s, int status, const char *errmsg,
                           void *arg)
 {
     PZ_UNUSED(s);
     PZ_UNUSED(arg);
+    note_commit();
     node_io_done_cb cb = io.store_cb;
     io.store_cb = NULL;
     cb(status, errmsg);
@@ -138,6 +167,31 @@ static int uv_io_store_write(void *data, const struct raft_hard_state *hs,
         store_write(io.store, io.loop, hs, entries, n, on_store_done, NULL);
     if (rv == 0)
         io.store_cb = cb;
+    return rv;
+}
+
+/* Nothing would wait for a write run here: no job in flight, the disk
+ * fast and the batches single entries of late, and no event pending on the
+ * loop (its epoll descriptor polls readable as soon as any watched
+ * descriptor is ready: a request, a peer's message, a completion). */
+static bool uv_io_store_write_now_ok(void *data)
+{
+    PZ_UNUSED(data);
+    if (store_busy(io.store) || io.commit_avg_ns > WRITE_NOW_MAX_NS ||
+        io.commit_last_ns > WRITE_NOW_MAX_NS)
+        return false;
+    if (io.batch8_avg > WRITE_NOW_MAX_BATCH8)
+        return false;
+    struct pollfd p = {.fd = uv_backend_fd(io.loop), .events = POLLIN};
+    return poll(&p, 1, 0) == 0;
+}
+
+static int uv_io_store_write_now(void *data, const struct raft_hard_state *hs,
+                                 const struct raft_entry *entries, size_t n)
+{
+    PZ_UNUSED(data);
+    int rv = store_write_sync(io.store, hs, entries, n);
+    note_commit();
     return rv;
 }
 
@@ -394,6 +448,8 @@ void node_io_uv(struct node_io *t, uv_loop_t *loop)
         .store_meta_set = uv_io_store_meta_set,
         .store_meta_set_incarnation = uv_io_store_meta_set_incarnation,
         .store_write = uv_io_store_write,
+        .store_write_now_ok = uv_io_store_write_now_ok,
+        .store_write_now = uv_io_store_write_now,
         .store_write_install = uv_io_store_write_install,
         .store_compact_step = uv_io_store_compact_step,
         .store_busy = uv_io_store_busy,

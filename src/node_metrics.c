@@ -49,6 +49,7 @@ static struct {
     struct metrics_family snaps;                       /* result */
     struct metrics_family snap_s;                      /* no labels */
     uint64_t batches;       /* store_stats.batches seen */
+    uint64_t sync_batches;  /* store_stats.sync_batches seen */
     uint64_t write_ns;      /* store_stats.write_ns seen */
     uint64_t last_read_ctx; /* read round last counted */
     double restore_s;       /* startup load time */
@@ -203,11 +204,15 @@ void node_metrics_written(void)
         metrics_observe(one(&nm.write_s),
                         (double)(ss.write_ns - nm.write_ns) / 1e9);
         metrics_observe(one(&nm.batch), (double)ss.last_batch_entries);
-        metrics_observe(one(&nm.queue_s), (double)ss.last_queue_ns / 1e9);
-        metrics_observe(one(&nm.handback_s),
-                        (double)ss.last_handback_ns / 1e9);
+        if (ss.sync_batches == nm.sync_batches) { /* the thread pool's */
+            metrics_observe(one(&nm.queue_s),
+                            (double)ss.last_queue_ns / 1e9);
+            metrics_observe(one(&nm.handback_s),
+                            (double)ss.last_handback_ns / 1e9);
+        }
     }
     nm.batches = ss.batches;
+    nm.sync_batches = ss.sync_batches;
     nm.write_ns = ss.write_ns;
 }
 
@@ -370,6 +375,10 @@ static void render_storage(struct pz_buf *b)
     metrics_render(b, &nm.batch);
     metrics_render(b, &nm.queue_s);
     metrics_render(b, &nm.handback_s);
+    counter(b, "pyazdb_storage_loop_writes_total",
+            "Log write transactions run on the event loop, with no "
+            "thread-pool hand-off.",
+            (double)ss.sync_batches);
     counter(b, "pyazdb_storage_written_entries_total",
             "Log entries written to the database.", (double)ss.entries);
     counter(b, "pyazdb_storage_written_bytes_total",

@@ -96,6 +96,8 @@ static void on_prepare(uv_prepare_t *h)
     PZ_UNUSED(h);
     node_before_sleep();
     conn_before_sleep();
+    if (node_write_now())
+        conn_before_sleep(); /* what the write let go (acknowledgements) */
     if (srv.shutting_down && srv.http.ls.n_conns == 0 &&
         grpc_quiet(&srv.grpc) && !node_has_work()) {
         stop_all();

@@ -522,9 +522,13 @@ static void finish_batch(struct store *s, struct batch *b)
     st->commit_ns += b->commit_ns;
     st->last_commit_ns = b->commit_ns;
     st->write_ns += b->total_ns;
-    if (b->queued_ns) { /* on the thread pool, not store_write_sync */
+    if (b->queued_ns) { /* on the thread pool */
         st->last_queue_ns = b->start_ns - b->queued_ns;
         st->last_handback_ns = uv_hrtime() - b->done_ns;
+    } else { /* store_write_sync: no hand-off at all */
+        st->last_queue_ns = 0;
+        st->last_handback_ns = 0;
+        st->sync_batches++;
     }
 }
 

@@ -88,7 +88,11 @@ struct store_stats {
     uint64_t last_queue_ns;      /* latest batch: handed to the thread
                                     pool until a worker started it */
     uint64_t last_handback_ns;   /* latest batch: worker done until its
-                                    completion ran on the loop */
+                                    completion ran on the loop (both 0
+                                    for a batch written by the caller:
+                                    store_write_sync) */
+    uint64_t sync_batches;       /* batches written by the caller's
+                                    thread (store_write_sync) */
     uint64_t failures;           /* failed writes (at most 1: fail-stop) */
     uint64_t nospace;            /* writes refused for lack of space (each
                                     rolled back whole; may be retried) */
@@ -187,7 +191,8 @@ int store_write(struct store *s, uv_loop_t *loop,
                 const struct raft_entry *entries, size_t n,
                 store_write_cb cb, void *arg);
 
-/* The same transaction, run on the calling thread (bootstrap, tests).
+/* The same transaction, run on the calling thread (bootstrap, tests, a
+ * node's small write when its loop has nothing else to do).
  * Returns 0 once durable, or a negative code as store_write would report
  * it either way (store_errmsg). */
 int store_write_sync(struct store *s, const struct raft_hard_state *hs,
