@@ -1281,7 +1281,11 @@ static bool converged(void)
     struct raft_status rs;
     raft_status(nd->raft, &rs);
     uint64_t applied = nd->applied;
-    if (applied < rs.commit)
+    /* Everything the leader holds committed, the entry it appended when
+     * elected included: until then, what an earlier leader acknowledged
+     * may not be committed again yet (commit stays where it was durable),
+     * and the checks below would call it lost. */
+    if (applied < rs.commit || rs.commit < rs.last_index)
         return false;
     for (int i = 0; i < W.count; i++) {
         struct ns_node *s = &W.nodes[i];
