@@ -272,6 +272,9 @@ static void *fifo_map(size_t len)
 
 static void fifo_unmap(void *p, size_t len)
 {
+    /* AddressSanitizer keeps poisoning past munmap: a later mapping at
+     * the same address would start poisoned. */
+    ASAN_UNPOISON_MEMORY_REGION(p, len);
     munmap(p, len);
     __atomic_sub_fetch(&fifo_mapped_bytes, len, __ATOMIC_RELAXED);
 }
