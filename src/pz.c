@@ -15,7 +15,16 @@
 #include <sys/random.h>
 #include <time.h>
 
-#ifdef __SANITIZE_ADDRESS__
+/* AddressSanitizer (gcc says so with __SANITIZE_ADDRESS__, clang with
+ * __has_feature): the fifo and the cache poison what is not handed out. */
+#if defined(__SANITIZE_ADDRESS__)
+#define PZ_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PZ_ASAN 1
+#endif
+#endif
+#ifdef PZ_ASAN
 #include <sanitizer/asan_interface.h>
 #define FIFO_REDZONE 16 /* poisoned after each buffer */
 #else
@@ -110,21 +119,8 @@ void pz_free(void *p)
 
 /* Under AddressSanitizer a cached block is poisoned until it is handed
  * out again, so a use after pz_cache_free is still caught. */
-#if defined(__SANITIZE_ADDRESS__)
-#define CACHE_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define CACHE_ASAN 1
-#endif
-#endif
-#ifdef CACHE_ASAN
-#include <sanitizer/asan_interface.h>
 #define CACHE_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
 #define CACHE_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define CACHE_POISON(p, n) ((void)(p), (void)(n))
-#define CACHE_UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 #define CACHE_MIN_SHIFT 6 /* 64 bytes */
 #define CACHE_CLASSES 7   /* 64 .. 4096 */
@@ -136,8 +132,9 @@ union cache_hdr {
         union cache_hdr *next; /* in its free list */
         unsigned cls;          /* size class, or CACHE_BIG */
     } h;
-    max_align_t align;
+    _Alignas(16) unsigned char size[16];
 };
+_Static_assert(sizeof(union cache_hdr) == 16, "cache header size");
 
 static __thread union cache_hdr *cache_free[CACHE_CLASSES];
 static __thread size_t cache_count[CACHE_CLASSES];
@@ -239,9 +236,9 @@ void pz_cache_trim(void)
 /* --- fifo memory ---------------------------------------------------------- */
 
 #define FIFO_CHUNK ((size_t)1 << 20)
-#define FIFO_BIG ((size_t)64 << 10) /* larger buffers: a mapping each */
+#define FIFO_BIG ((size_t)64 << 10) /* larger buffers: from malloc */
 
-enum { FIFO_FREED = 0x5a0, FIFO_IN_CHUNK, FIFO_MALLOC, FIFO_MAPPED };
+enum { FIFO_FREED = 0x5a0, FIFO_IN_CHUNK, FIFO_MALLOC };
 
 struct fifo_chunk {
     size_t live; /* buffers not yet freed */
@@ -253,7 +250,7 @@ struct fifo_chunk {
 struct fifo_hdr { /* before each buffer; 16 bytes keep buffers aligned */
     uint32_t off;  /* FIFO_IN_CHUNK: from the chunk's start */
     uint32_t kind; /* FIFO_* */
-    uint64_t size; /* the buffer's bytes (FIFO_MAPPED: the mapping's) */
+    uint64_t size; /* the buffer's bytes */
 };
 
 static size_t fifo_mapped_bytes;
@@ -275,8 +272,8 @@ static void fifo_unmap(void *p, size_t len)
     /* AddressSanitizer keeps poisoning past munmap: a later mapping at
      * the same address would start poisoned. */
     ASAN_UNPOISON_MEMORY_REGION(p, len);
-    munmap(p, len);
-    __atomic_sub_fetch(&fifo_mapped_bytes, len, __ATOMIC_RELAXED);
+    if (munmap(p, len) == 0) /* else still mapped, and still counted */
+        __atomic_sub_fetch(&fifo_mapped_bytes, len, __ATOMIC_RELAXED);
 }
 
 static void chunk_close(struct fifo_chunk *c)
@@ -290,15 +287,7 @@ void *pz_fifo_alloc(struct pz_fifo *f, size_t n)
 {
     struct fifo_hdr *h = NULL;
     size_t need = sizeof *h + ((n + 15) & ~(size_t)15) + FIFO_REDZONE;
-    if (f != NULL && need > FIFO_BIG) {
-        size_t page = 4096, len = (sizeof *h + n + page - 1) & ~(page - 1);
-        h = fifo_map(len);
-        if (h != NULL) {
-            h->kind = FIFO_MAPPED;
-            h->size = len;
-            return h + 1;
-        }
-    } else if (f != NULL) {
+    if (f != NULL && need <= FIFO_BIG) {
         struct fifo_chunk *c = f->cur;
         if (c == NULL || c->used + need > FIFO_CHUNK) {
             if (c != NULL)
@@ -323,6 +312,8 @@ void *pz_fifo_alloc(struct pz_fifo *f, size_t n)
             return h + 1;
         }
     }
+    /* Long-lived, large (holes as large as these are filled again), or
+     * no mapping to be had. */
     h = pz_malloc(sizeof *h + n);
     h->kind = FIFO_MALLOC;
     h->size = n;
@@ -338,10 +329,6 @@ void pz_fifo_free(void *p)
     case FIFO_MALLOC:
         h->kind = FIFO_FREED;
         free(h);
-        return;
-    case FIFO_MAPPED:
-        h->kind = FIFO_FREED;
-        fifo_unmap(h, h->size);
         return;
     case FIFO_IN_CHUNK:
         break;

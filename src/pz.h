@@ -53,11 +53,12 @@ void *pz_malloc_try(size_t n);
  * history's events. They are cut from 1 MiB chunks mapped for the purpose
  * and unmapped once every buffer in them is freed, so that a long load
  * leaves no holes in the heap between the keys that stay (malloc could
- * not return those pages). A buffer over 64 KiB gets a mapping of its
- * own; fifo NULL gives a malloc'd buffer, for long-lived ones that would
- * pin a chunk. One thread per fifo; a buffer may outlive its fifo
- * (pz_fifo_close). When the kernel refuses a mapping, the buffer comes
- * from malloc; out of memory aborts, as in pz_malloc. */
+ * not return those pages, nor fill holes too small for a key). A buffer
+ * over 64 KiB comes from malloc (a hole that large is filled again), and
+ * so does one for fifo NULL, for long-lived buffers that would pin a
+ * chunk, or when the kernel refuses a mapping. One thread per fifo; a
+ * buffer may outlive its fifo (pz_fifo_close). Out of memory aborts, as in
+ * pz_malloc. */
 struct pz_fifo {
     void *cur; /* the chunk buffers are cut from (NULL: none yet) */
 };
@@ -65,7 +66,7 @@ void *pz_fifo_alloc(struct pz_fifo *f, size_t n);
 void pz_fifo_free(void *p);
 /* The fifo takes no more buffers; its chunk goes once they are freed. */
 void pz_fifo_close(struct pz_fifo *f);
-/* Bytes mapped for all fifos' chunks and big buffers of this process. */
+/* Bytes mapped for all fifos' chunks of this process. */
 size_t pz_fifo_mapped(void);
 
 /* Fault injection for tests: the Nth allocation from now (1-based) fails;
