@@ -494,13 +494,16 @@ def plot(out, sc):
     with open(f"{out}/scale-keys.dat", "w") as f:
         for n in sorted(sc["curve"], key=int):
             row = sc["curve"][n]
+            # a system may lack a count (etcd stops at 2M): NaN, skipped
             f.write(f"{n} " + " ".join(
-                f"{row[s][op]['rps']} {row[s][op]['p99_ms']}"
+                f"{row[s][op]['rps']} {row[s][op]['p99_ms']}" if s in row
+                else "NaN NaN"
                 for s in ("pyazdb", "etcd") for op in ("write", "read"))
                 + "\n")
     d = f"{out}/scale-keys.dat"
     script = f"""
 set terminal pngcairo size 900,500
+set datafile missing "NaN"
 set logscale x 10
 set xlabel "keys held"
 set ylabel "requests/s"
