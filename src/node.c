@@ -352,13 +352,13 @@ bool node_write_now(void)
         return false;
     nd->write_now = false;
     struct raft_ready *rd = &nd->rd;
-    if (!NIO(store_write_now_ok)) {
-        /* Something came in meanwhile: the thread pool, as usual. */
+    int rv = NIO(store_write_now, &rd->hs, rd->entries, rd->n_entries);
+    if (rv == 1) {
+        /* Events wait on the loop: the thread pool, as usual. */
         if (write_ready() < 0)
             core_fatal("cannot write the Raft log: %s", NIO(store_errmsg));
         return false;
     }
-    int rv = NIO(store_write_now, &rd->hs, rd->entries, rd->n_entries);
     if (nd->io.update_time)
         NIO(update_time);
     on_written(rv, rv < 0 ? NIO(store_errmsg) : NULL);

@@ -79,13 +79,15 @@ struct node_io {
     int (*store_write)(void *data, const struct raft_hard_state *hs,
                        const struct raft_entry *entries, size_t n,
                        node_io_done_cb cb);
-    /* Whether persisting a small Ready now, on the caller's thread, would
-     * hold up nothing else: no store job in flight, nothing waiting to
-     * be handled, the disk fast of late. May be NULL (never). */
+    /* Whether a small Ready may be persisted on the caller's thread: no
+     * store job in flight, the disk fast and the load low of late. May be
+     * NULL (never). */
     bool (*store_write_now_ok)(void *data);
-    /* Persist a Ready on the caller's thread: 0 once durable, or a
-     * negative code (store_errmsg says why; PZ_ENOSPC: nothing stored, as
-     * for store_write). Only after store_write_now_ok said yes. */
+    /* Persist a Ready on the caller's thread: 0 once durable, 1 with
+     * nothing written when events wait to be handled (store_write then),
+     * or a negative code (store_errmsg says why; PZ_ENOSPC: nothing
+     * stored, as for store_write). Only after store_write_now_ok said
+     * yes. */
     int (*store_write_now)(void *data, const struct raft_hard_state *hs,
                            const struct raft_entry *entries, size_t n);
     /* Drop the whole log, record (index, term) as the snapshot point,

@@ -170,26 +170,27 @@ static int uv_io_store_write(void *data, const struct raft_hard_state *hs,
     return rv;
 }
 
-/* Nothing would wait for a write run here: no job in flight, the disk
- * fast and the batches single entries of late, and no event pending on the
- * loop (its epoll descriptor polls readable as soon as any watched
- * descriptor is ready: a request, a peer's message, a completion). */
+/* No job in flight, the disk fast and the batches single entries of
+ * late. */
 static bool uv_io_store_write_now_ok(void *data)
 {
     PZ_UNUSED(data);
-    if (store_busy(io.store) || io.commit_avg_ns > WRITE_NOW_MAX_NS ||
-        io.commit_last_ns > WRITE_NOW_MAX_NS)
-        return false;
-    if (io.batch8_avg > WRITE_NOW_MAX_BATCH8)
-        return false;
-    struct pollfd p = {.fd = uv_backend_fd(io.loop), .events = POLLIN};
-    return poll(&p, 1, 0) == 0;
+    return !store_busy(io.store) && io.commit_avg_ns <= WRITE_NOW_MAX_NS &&
+           io.commit_last_ns <= WRITE_NOW_MAX_NS &&
+           io.batch8_avg <= WRITE_NOW_MAX_BATCH8;
 }
 
+/* Only with no event pending on the loop, which nothing would handle
+ * during the COMMIT: its epoll descriptor polls readable as soon as any
+ * watched descriptor is ready (a request, a peer's message, a
+ * completion). */
 static int uv_io_store_write_now(void *data, const struct raft_hard_state *hs,
                                  const struct raft_entry *entries, size_t n)
 {
     PZ_UNUSED(data);
+    struct pollfd p = {.fd = uv_backend_fd(io.loop), .events = POLLIN};
+    if (poll(&p, 1, 0) != 0)
+        return 1;
     int rv = store_write_sync(io.store, hs, entries, n);
     note_commit();
     return rv;
