@@ -186,12 +186,12 @@ void pz_cache_free(void *p)
         return;
     union cache_hdr *h = (union cache_hdr *)p - 1;
     unsigned cls = h->h.cls;
+    pz_assert(cls == CACHE_BIG || cls < CACHE_CLASSES);
     if (cls == CACHE_BIG ||
         (cache_count[cls] + 1) * cache_usable(cls) > PZ_CACHE_CLASS_BYTES) {
         pz_free(h);
         return;
     }
-    pz_assert(cls < CACHE_CLASSES);
     h->h.next = cache_free[cls];
     cache_free[cls] = h;
     cache_count[cls]++;
