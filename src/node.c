@@ -270,7 +270,34 @@ static void ready_apply(struct raft_ready *rd)
     core_reads_check_applied();
 }
 
-/* Hand nd->rd's snapshot, hard state and entries to the store. */
+/* Term and vote go to the disk with the write that follows their change
+ * (Figure 3.1: before anything that depends on them is sent). The commit
+ * index is only a hint for a restart (the leader tells it again, and the
+ * restore clips it to the stored log), and rewriting the hard_state row
+ * for it alone costs every COMMIT a second WAL page: it rides along with
+ * a write at most every HS_COMMIT_EVERY_MS, and is saved at a clean
+ * close (save_commit). */
+#define HS_COMMIT_EVERY_MS 100
+
+/* Whether rd's hard state goes with its write; if so, it is the one
+ * handed to the store from now on. */
+static bool hs_goes(const struct raft_ready *rd)
+{
+    uint64_t now = NIO(now);
+    bool due = rd->snapshot || rd->hs.term != nd->saved_term ||
+               rd->hs.vote != nd->saved_vote ||
+               (rd->hs.commit != nd->saved_commit && now >= nd->hs_commit_at);
+    if (due) {
+        nd->saved_term = rd->hs.term;
+        nd->saved_vote = rd->hs.vote;
+        nd->saved_commit = rd->hs.commit;
+        nd->hs_commit_at = now + HS_COMMIT_EVERY_MS;
+    }
+    return due;
+}
+
+/* Hand nd->rd's snapshot, hard state (if it goes: nd->rd_hs) and entries
+ * to the store. */
 static int write_ready(void)
 {
     struct raft_ready *rd = &nd->rd;
@@ -278,7 +305,7 @@ static int write_ready(void)
         return NIO(store_write_install, rd->snapshot->index, rd->snapshot->term,
                                    &rd->hs, rd->entries, rd->n_entries,
                                    on_written);
-    return NIO(store_write, &rd->hs, rd->entries,
+    return NIO(store_write, nd->rd_hs ? &rd->hs : NULL, rd->entries,
                        rd->n_entries, on_written);
 }
 
@@ -323,8 +350,7 @@ static void ready_cycle(void)
         bool hs_needed = rd->hs_changed && (rd->hs.term != nd->saved_term ||
                                             rd->hs.vote != nd->saved_vote);
         if (hs_needed || rd->n_entries || rd->snapshot) {
-            nd->saved_term = rd->hs.term;
-            nd->saved_vote = rd->hs.vote;
+            nd->rd_hs = hs_goes(rd);
             nd->store_busy = true;
             if (write_now_fits(rd)) {
                 /* After the turn's output (the AppendEntries just sent)
@@ -352,7 +378,8 @@ bool node_write_now(void)
         return false;
     nd->write_now = false;
     struct raft_ready *rd = &nd->rd;
-    int rv = NIO(store_write_now, &rd->hs, rd->entries, rd->n_entries);
+    int rv = NIO(store_write_now, nd->rd_hs ? &rd->hs : NULL, rd->entries,
+                 rd->n_entries);
     if (rv == 1) {
         /* Events wait on the loop: the thread pool, as usual. */
         if (write_ready() < 0)
@@ -676,6 +703,7 @@ static int restore(char *err, size_t errlen)
     nd->incarnation = meta.incarnation;
     nd->saved_term = hs.term;
     nd->saved_vote = hs.vote;
+    nd->saved_commit = hs.commit;
     struct raft_snapshot_meta snap;
     bool have = false;
     rv = snaps_restore(&meta, &ents, &n, &snap, &have, err, errlen);
@@ -969,6 +997,24 @@ static void finish_all_now(int status)
     }
 }
 
+/* At a clean close: the commit index, if it moved since it was last
+ * written (hs_goes), so that a restart applies at once what was applied
+ * before. Returns whether a write went to the store (on_written comes). */
+static bool save_commit(void)
+{
+    struct raft_status rs;
+    raft_status(nd->raft, &rs);
+    uint64_t commit = PZ_MIN(rs.commit, rs.persisted_index);
+    if (commit <= nd->saved_commit || nd->ready_owed)
+        return false;
+    struct raft_hard_state hs = {nd->saved_term, nd->saved_vote, commit};
+    if (NIO(store_write, &hs, NULL, 0, on_written) < 0)
+        return false; /* the store failed earlier: nothing more to save */
+    nd->saved_commit = commit;
+    nd->store_busy = true;
+    return true;
+}
+
 void node_close(void (*cb)(void))
 {
     if (!nd->open) {
@@ -986,7 +1032,8 @@ void node_close(void (*cb)(void))
         nd->write_now = false;
         nd->store_busy = false;
     }
-    if (nd->store_busy && !nd->retry_due) {
+    if ((nd->store_busy && !nd->retry_due) || (!nd->store_busy &&
+                                               save_commit())) {
         /* The store cannot close under a write in flight: on_written
          * finishes the close. */
         nd->closing = true;

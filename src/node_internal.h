@@ -125,6 +125,10 @@ struct node {
     bool cluster_id_unsaved;     /* members_save_cluster_id came during a write */
     uint64_t saved_term;         /* term last handed to the store */
     uint64_t saved_vote;         /* vote last handed to the store */
+    uint64_t saved_commit;       /* commit index last handed to it */
+    uint64_t hs_commit_at;       /* io now() from which a write may
+                                    carry a moved commit index again */
+    bool rd_hs;                  /* rd's hard state goes with its write */
     struct member departed[4];   /* members dropped from the conf lately
                                     (names for the logs) */
     size_t n_departed;           /* entries in departed */
