@@ -101,7 +101,7 @@ static const char *on_recv(void *data, const struct raft_msg *m);
 static int restore(char *err, size_t errlen);
 static void on_transport_closed(void);
 static void on_tick_closed(void);
-static int write_ready(void);
+static int write_ready(struct node_rd *q);
 
 /* --- applying committed entries ------------------------------------------ */
 
@@ -296,17 +296,28 @@ static bool hs_goes(const struct raft_ready *rd)
     return due;
 }
 
-/* Hand nd->rd's snapshot, hard state (if it goes: nd->rd_hs) and entries
- * to the store. */
-static int write_ready(void)
+static struct node_rd *rd_at(size_t i)
 {
-    struct raft_ready *rd = &nd->rd;
+    return &nd->rds[(nd->rd_first + i) % NODE_READIES];
+}
+
+/* Hand q's snapshot, hard state (if it goes) and entries to the store,
+ * behind the writes already there. */
+static int write_ready(struct node_rd *q)
+{
+    struct raft_ready *rd = &q->rd;
+    int rv;
     if (rd->snapshot)
-        return NIO(store_write_install, rd->snapshot->index, rd->snapshot->term,
-                                   &rd->hs, rd->entries, rd->n_entries,
-                                   on_written);
-    return NIO(store_write, nd->rd_hs ? &rd->hs : NULL, rd->entries,
-                       rd->n_entries, on_written);
+        rv = NIO(store_write_install, rd->snapshot->index, rd->snapshot->term,
+                 &rd->hs, rd->entries, rd->n_entries, on_written);
+    else
+        rv = NIO(store_write, q->hs ? &rd->hs : NULL, rd->entries,
+                 rd->n_entries, on_written);
+    if (rv == 0) {
+        q->state = RD_WRITING;
+        nd->n_writing++;
+    }
+    return rv;
 }
 
 /* A Ready this small (low load: under load batches grow, and stay on the
@@ -333,42 +344,72 @@ static bool write_now_fits(const struct raft_ready *rd)
     return bytes <= WRITE_NOW_MAX_BYTES && NIO(store_write_now_ok);
 }
 
-/* Runs Ready cycles until one needs the disk or nothing is left. */
+/* Whether another Ready may be taken now: not during a compaction step,
+ * a loop-thread write to come, or while Readies are owed to the store
+ * (the core also stops at NODE_READIES in flight). */
+static bool ready_room(void)
+{
+    return !nd->store_busy && !nd->write_now && !nd->ready_owed;
+}
+
+/* Send the acknowledgements of the oldest Readies whose writes (and those
+ * of every Ready before them) are durable, and advance the core past
+ * them, in the order taken. */
+static void retire_durable(void)
+{
+    while (nd->n_rds > 0 && (rd_at(0)->state == RD_DURABLE ||
+                             rd_at(0)->state == RD_NO_WRITE)) {
+        struct raft_ready *rd = &rd_at(0)->rd;
+        nd->rd_first = (nd->rd_first + 1) % NODE_READIES;
+        nd->n_rds--;
+        send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
+        raft_advance(nd->raft, rd);
+    }
+}
+
+/* Runs Ready cycles: each Ready that needs the disk goes to the store
+ * behind those already there (up to NODE_READIES in flight), so that the
+ * next batch is written as soon as the previous one is durable. */
 static void ready_cycle(void)
 {
-    for (int rounds = 0; rounds < 8 && !nd->store_busy &&
-                         raft_has_ready(nd->raft);
-         rounds++) {
-        struct raft_ready *rd = &nd->rd;
+    for (int rounds = 0;
+         rounds < 8 && ready_room() && raft_has_ready(nd->raft); rounds++) {
+        pz_assert(nd->n_rds < NODE_READIES);
+        struct node_rd *q = rd_at(nd->n_rds);
+        struct raft_ready *rd = &q->rd;
         raft_ready(nd->raft, rd);
         ready_apply(rd);
         send_all(rd->msgs, rd->n_msgs);
         /* Term and vote must be durable before anything that depends on
          * them (Figure 3.1); the commit index need not be (it is learned
          * again from the leader after a restart), so a Ready that only
-         * moves it costs no fsync: it rides along with the next write. */
+         * moves it costs no fsync: it rides along with a later write. */
         bool hs_needed = rd->hs_changed && (rd->hs.term != nd->saved_term ||
                                             rd->hs.vote != nd->saved_vote);
-        if (hs_needed || rd->n_entries || rd->snapshot) {
-            nd->rd_hs = hs_goes(rd);
-            nd->store_busy = true;
-            if (write_now_fits(rd)) {
-                /* After the turn's output (the AppendEntries just sent)
-                 * is flushed: the followers write while we do. */
-                nd->write_now = true;
-                return;
-            }
-            int rv = write_ready();
-            if (rv < 0) {
-                core_fatal("cannot write the Raft log: %s",
-                           NIO(store_errmsg));
-            }
+        bool write = hs_needed || rd->n_entries || rd->snapshot;
+        if (!write && nd->n_rds == 0) {
+            send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
+            raft_advance(nd->raft, rd);
+            continue;
+        }
+        /* Behind Readies in flight, one with nothing to write still waits
+         * for them: its acknowledgements may be of their entries. */
+        nd->n_rds++;
+        q->state = RD_NO_WRITE;
+        if (!write)
+            continue;
+        q->hs = hs_goes(rd);
+        if (nd->n_rds == 1 && write_now_fits(rd)) {
+            /* After the turn's output (the AppendEntries just sent) is
+             * flushed: the followers write while we do. */
+            q->state = RD_WRITING;
+            nd->write_now = true;
             return;
         }
-        send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
-        raft_advance(nd->raft, rd);
+        if (write_ready(q) < 0)
+            core_fatal("cannot write the Raft log: %s", NIO(store_errmsg));
     }
-    if (!nd->store_busy && !raft_has_ready(nd->raft))
+    if (nd->n_rds == 0 && !nd->store_busy && !raft_has_ready(nd->raft))
         snaps_compact_step();
 }
 
@@ -377,46 +418,83 @@ bool node_write_now(void)
     if (!nd->open || !nd->write_now)
         return false;
     nd->write_now = false;
-    struct raft_ready *rd = &nd->rd;
-    int rv = NIO(store_write_now, nd->rd_hs ? &rd->hs : NULL, rd->entries,
+    struct node_rd *q = rd_at(0);
+    struct raft_ready *rd = &q->rd;
+    int rv = NIO(store_write_now, q->hs ? &rd->hs : NULL, rd->entries,
                  rd->n_entries);
     if (rv == 1) {
         /* Events wait on the loop: the thread pool, as usual. */
-        if (write_ready() < 0)
+        if (write_ready(q) < 0)
             core_fatal("cannot write the Raft log: %s", NIO(store_errmsg));
         return false;
     }
     if (nd->io.update_time)
         NIO(update_time);
+    nd->n_writing++; /* as if handed to the store: on_written counts it */
     on_written(rv, rv < 0 ? NIO(store_errmsg) : NULL);
     return true;
 }
 
-/* The leader replicates while the store is busy (a Ready being written, a
+/* The leader replicates while the store is busy (Readies being written, a
  * compaction step): heartbeats keep flowing through a slow fsync and
  * followers start on new entries at once (raft_take_msgs). */
 static void send_early(void)
 {
-    if (!nd->store_busy)
+    if (nd->n_rds == 0 && !nd->store_busy)
         return; /* ready_cycle sends them with the next Ready */
     const struct raft_msg *msgs;
     size_t n = raft_take_msgs(nd->raft, &msgs);
     send_all(msgs, n);
 }
 
+/* The oldest write in flight (completions come in the order handed). */
+static struct node_rd *oldest_writing(void)
+{
+    for (size_t i = 0; i < nd->n_rds; i++)
+        if (rd_at(i)->state == RD_WRITING)
+            return rd_at(i);
+    return NULL;
+}
+
+/* Out of space: write the owed Readies again, in order, once the store
+ * has reported on every write it had (those behind the refused one were
+ * cancelled). */
+static void retry_owed(void)
+{
+    if (nd->n_writing > 0)
+        return; /* the next tick */
+    nd->retry_due = false;
+    for (size_t i = 0; i < nd->n_rds; i++)
+        if (rd_at(i)->state == RD_OWED && write_ready(rd_at(i)) < 0)
+            core_fatal("cannot write the Raft log: %s", NIO(store_errmsg));
+}
+
 static void on_written(int status, const char *errmsg)
 {
-    if (status == PZ_ENOSPC) {
-        /* Nothing of the Ready is stored (the store rolled it back): it
-         * stays owed, as if the disk were very slow, and is written again
-         * later; nothing it acknowledges is sent, the core is not
-         * advanced. */
-        core_nospace(errmsg ? errmsg : pz_strerror(status));
-        nd->ready_owed = true;
-        nd->retry_due = true;
-        nd->retry_at = NIO(now) + NOSPACE_RETRY_MS;
-        if (nd->closing)
+    pz_assert(nd->n_writing > 0);
+    nd->n_writing--;
+    if (nd->closing) {
+        /* Nothing more is sent or advanced: the core goes with the
+         * close, once the store has no write left. */
+        if (nd->n_writing == 0)
             core_finish_close();
+        return;
+    }
+    struct node_rd *q = oldest_writing();
+    pz_assert(q != NULL);
+    if (status == PZ_ENOSPC || status == PZ_ECANCELED) {
+        /* Nothing of the Ready is stored (the store rolled it back, or
+         * did not run it behind one it rolled back): it stays owed, as
+         * if the disk were very slow, and is written again later;
+         * nothing it acknowledges is sent, the core is not advanced. */
+        q->state = RD_OWED;
+        if (status == PZ_ENOSPC)
+            core_nospace(errmsg ? errmsg : pz_strerror(status));
+        nd->ready_owed = true;
+        if (!nd->retry_due) {
+            nd->retry_due = true;
+            nd->retry_at = NIO(now) + NOSPACE_RETRY_MS;
+        }
         return;
     }
     if (status < 0) {
@@ -428,20 +506,21 @@ static void on_written(int status, const char *errmsg)
                    "node to recover from what is on disk",
                    errmsg ? errmsg : pz_strerror(status));
     }
-    nd->ready_owed = false;
-    core_space_back();
-    nd->store_busy = false;
+    q->state = RD_DURABLE;
+    if (nd->ready_owed) {
+        bool owed = false;
+        for (size_t i = 0; i < nd->n_rds; i++)
+            owed |= rd_at(i)->state == RD_OWED;
+        nd->ready_owed = owed;
+    }
+    if (!nd->ready_owed)
+        core_space_back();
     node_metrics_written();
     if (nd->cluster_id_unsaved) {
         nd->cluster_id_unsaved = false;
         members_save_cluster_id(NULL, nd->cluster_id);
     }
-    if (nd->closing) {
-        core_finish_close();
-        return;
-    }
-    send_all(nd->rd.msgs_after_persist, nd->rd.n_msgs_after_persist);
-    raft_advance(nd->raft, &nd->rd);
+    retire_durable();
 }
 
 /* A message from a peer; the reason if the core calls it invalid (the
@@ -480,12 +559,8 @@ void node_tick(void)
     if (!nd->open)
         return; /* closing: waits for the store */
     uint64_t now = NIO(now);
-    if (nd->retry_due && now >= nd->retry_at) {
-        nd->retry_due = false;
-        if (write_ready() < 0)
-            core_fatal("cannot write the Raft log: %s",
-                       NIO(store_errmsg));
-    }
+    if (nd->retry_due && now >= nd->retry_at)
+        retry_owed();
     if (!nospace_frozen())
         raft_tick(nd->raft);
     snaps_poll();
@@ -557,8 +632,8 @@ bool node_has_work(void)
 {
     return nd->open &&
            (!pz_queue_empty(&nd->done) || nd->write_now ||
-            (!nd->store_busy && raft_has_ready(nd->raft)) ||
-            (nd->store_busy && raft_has_msgs(nd->raft)));
+            (ready_room() && raft_has_ready(nd->raft)) ||
+            ((nd->n_rds > 0 || nd->store_busy) && raft_has_msgs(nd->raft)));
 }
 
 int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
@@ -894,6 +969,7 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
         .seed = seed ^ nd->id,
         .pre_vote = true,
         .check_quorum = true,
+        .max_readies = NODE_READIES,
     };
     char rerr[RAFT_ERRMSG_SIZE];
     nd->raft = raft_new(&rc, rerr);
@@ -1011,7 +1087,7 @@ static bool save_commit(void)
     if (NIO(store_write, &hs, NULL, 0, on_written) < 0)
         return false; /* the store failed earlier: nothing more to save */
     nd->saved_commit = commit;
-    nd->store_busy = true;
+    nd->n_writing++;
     return true;
 }
 
@@ -1030,15 +1106,13 @@ void node_close(void (*cb)(void))
         /* Not written yet, nothing that needs it sent: dropped, as by
          * a crash before the write. */
         nd->write_now = false;
-        nd->store_busy = false;
     }
-    if ((nd->store_busy && !nd->retry_due) || (!nd->store_busy &&
-                                               save_commit())) {
-        /* The store cannot close under a write in flight: on_written
-         * finishes the close. */
-        nd->closing = true;
+    /* The store cannot close under a write in flight: on_written (or
+     * on_compacted) finishes the close, after the last one. */
+    nd->closing = true;
+    if (nd->n_writing > 0 || nd->store_busy ||
+        (!nd->ready_owed && save_commit()))
         return;
-    }
     core_finish_close();
 }
 
