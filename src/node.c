@@ -10,15 +10,20 @@
  *      complete the writes and reads they unblock;
  *   2. send the messages that may go at once (the leader's AppendEntries
  *      go out before its own disk write: thesis §10.2.1);
- *   3. hand the hard state and new entries to the store, which commits them
- *      in one SQLite transaction on libuv's thread pool while the loop goes
- *      on serving (group commit: whatever arrives meanwhile forms the next
- *      batch, so the batch grows with the load); a small Ready with
- *      nothing else pending on the loop (one request in flight) is
- *      written on the loop instead, once the turn's output is flushed
- *      (node_write_now): the two hand-offs cost more than its COMMIT;
- *   4. when the write is durable: send the messages that needed it (votes,
- *      acknowledgements), raft_advance, and start over.
+ *   3. hand the hard state (when term or vote changed, hs_goes) and new
+ *      entries to the store, which commits them in one SQLite transaction
+ *      on libuv's thread pool while the loop goes on serving (group
+ *      commit: whatever arrives meanwhile forms the next batch, so the
+ *      batch grows with the load); up to NODE_READIES Readies are in
+ *      flight, and the store writes them back to back, each batch
+ *      starting as soon as the one before is durable (pipelined); a small
+ *      Ready with nothing else pending on the loop (one request in
+ *      flight) is written on the loop instead, once the turn's output is
+ *      flushed (node_write_now): the two hand-offs cost more than its
+ *      COMMIT;
+ *   4. when a write is durable, and every one before it: send the
+ *      messages that needed it (votes, acknowledgements), raft_advance
+ *      (retire_durable).
  * Failure modes: a failed log write is fatal (fail-stop: log it and exit,
  * never go on with state that is not on disk), except for lack of space
  * (node_nospace.c: the Ready is written again until it fits, and client
@@ -542,13 +547,23 @@ static const char *on_recv(void *data, const struct raft_msg *m)
         return NULL;
     }
     node_metrics_recv(m);
+    struct raft_status rs;
+    bool had = false;
+    if (m->type == RAFT_MSG_INSTALL_SNAPSHOT) {
+        raft_status(nd->raft, &rs);
+        had = rs.snap_index == m->snap_index && rs.snap_term == m->snap_term;
+    }
     if (raft_step(nd->raft, m) == PZ_EINVAL)
         return raft_errmsg(nd->raft);
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT) {
-        /* Not taken (we had it all already): its table need not wait. */
-        struct raft_status rs;
+        /* Taken: the next Ready installs it. Not taken (we had it all
+         * already, maybe at this very point by a snapshot of our own):
+         * its table need not wait. */
         raft_status(nd->raft, &rs);
-        if (rs.snap_index != m->snap_index || rs.snap_term != m->snap_term)
+        if (!had && rs.snap_index == m->snap_index &&
+            rs.snap_term == m->snap_term)
+            nd->got_taken = true;
+        else
             snaps_got_drop();
     }
     return NULL;

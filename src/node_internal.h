@@ -188,6 +188,8 @@ struct node {
     uint64_t rx_last_ms;         /* io now() of its last chunk */
     uint64_t got_index, got_term;/* verified received file, not installed */
     struct kv *got_kv;           /* that file, loaded (the check loads) */
+    bool got_taken;              /* the core took its INSTALL_SNAPSHOT:
+                                    the next Ready installs it */
     struct watch_hub watch_hub;  /* every change the state machine makes,
                                     for GET /watch: fed from kv's event
                                     callback, published per applied entry */

@@ -469,7 +469,10 @@ void snaps_on_peer_link(void *data, uint64_t id, bool connected)
  * moved) or a newer transfer completing must not drop them. */
 static bool got_install_pending(void)
 {
-    if (nd->got_kv == NULL || nd->raft == NULL)
+    /* (The core's snapshot point alone could also be the node's own
+     * snapshot at the same index, reached through the log while the file
+     * waited for a message that never came: then nothing is pending.) */
+    if (nd->got_kv == NULL || !nd->got_taken || nd->raft == NULL)
         return false;
     struct raft_status rs;
     raft_status(nd->raft, &rs);
@@ -509,6 +512,7 @@ static void got_free(void)
     }
     kv_free(nd->got_kv);
     nd->got_kv = NULL;
+    nd->got_taken = false;
     nd->got_index = nd->got_term = 0;
 }
 
@@ -630,6 +634,7 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     }
     snaps_got_drop();
     nd->got_kv = kv;
+    nd->got_taken = false;
     nd->got_index = c->snap_index;
     nd->got_term = c->snap_term;
     if (nd->io.update_time)
@@ -708,6 +713,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
         nd->got_term == sm->term) {
         kv = nd->got_kv; /* the usual case: loaded when it arrived */
         nd->got_kv = NULL;
+        nd->got_taken = false;
         if (snapshot_peek(path, &meta, err, sizeof err) == 0) {
             nd->snap_size = meta.file_size;
             snapshot_meta_free(&meta);

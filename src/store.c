@@ -26,10 +26,12 @@
  * truncated one is refused, never mistaken for a new node). It then takes
  * an exclusive lock, switches to WAL with synchronous=FULL, runs PRAGMA
  * quick_check and validates schema version, meta and hard state.
- * store_write copies the hard state, borrows the entries and runs
- * BEGIN, DELETE idx >= first, INSERT..., UPDATE hard_state, COMMIT in a
- * worker thread; the result is applied to the in-memory copy and reported
- * on the loop thread. Compaction steps run there too, each followed by a
+ * store_write copies the hard state, borrows the entries and queues the
+ * batch; a drain job on the thread pool runs the queued batches back to
+ * back (BEGIN, DELETE idx >= first, INSERT..., UPDATE hard_state, COMMIT),
+ * and each result is applied to the in-memory copy and reported on the
+ * loop thread as soon as it is durable (an async handle), while the next
+ * batch is already being written. Compaction steps run there too, each followed by a
  * bounded incremental vacuum (the database is auto_vacuum=INCREMENTAL;
  * one from an older build is converted at open), so the file shrinks.
  *
@@ -1830,8 +1832,9 @@ static int open_db(struct store *s, char *err, size_t errlen)
         return rc;
     /* Multi-thread mode (no per-connection mutex, taken a dozen times
      * per statement): the connection is used by one thread at a time,
-     * the worker only while busy, when every other entry point refuses
-     * (pz_assert(!s->busy)); the thread pool's queue orders the two. */
+     * the drain only while jobs are queued, when every other entry point
+     * refuses (pz_assert(s->jobs == 0)); the queue's mutex orders the
+     * two. */
     rc = sqlite3_open_v2(s->path, &s->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
