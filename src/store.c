@@ -99,6 +99,12 @@ struct batch {
     store_write_cb cb;                /* its completion */
     void *cb_arg;                     /* and argument */
     struct batch *next;               /* next in its list */
+    struct batch *gnext;              /* merged behind it into its
+                                         transaction (the drain) */
+    bool merged;                      /* run in an earlier batch's
+                                         transaction (its stats there) */
+    uint64_t group_n;                 /* entries of its transaction */
+    uint64_t group_bytes;             /* and their payload bytes */
 };
 
 /* The store's writer: a job on libuv's thread pool that runs the queued
@@ -403,19 +409,11 @@ static int vacuum_step(struct store *s, struct batch *b)
     return 0;
 }
 
-/* Runs on the worker thread (store_write) or the caller's (sync). Uses
- * only the connection and statements, which nothing else touches while
- * the store is busy, and the batch. */
-static int run_batch(struct store *s, struct batch *b)
+/* The statements of one batch, inside the transaction run_batch opened
+ * (an error: its message in b->err; the caller rolls back). */
+static int batch_body(struct store *s, struct batch *b)
 {
-    if (b->vacuum && !b->compact)
-        return vacuum_step(s, b);
-    if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
-        return 0;
-    uint64_t t0 = uv_hrtime();
-    int rc = run(s, s->st_begin, b->err, "BEGIN");
-    if (rc)
-        goto err_in_txn;
+    int rc = 0;
     if (b->compact) {
         rc = term_at(s, b->compact_upto, &b->compact_term, b->err);
         if (rc == 0) {
@@ -427,7 +425,7 @@ static int run_batch(struct store *s, struct batch *b)
         if (rc == 0)
             rc = meta_put_u64(s, "snapshot_term", b->compact_term, b->err);
         if (rc)
-            goto err_in_txn;
+            return rc;
     }
     if (b->reset) {
         /* An installed snapshot replaces the whole log, atomically with
@@ -439,7 +437,7 @@ static int run_batch(struct store *s, struct batch *b)
         if (rc == 0)
             rc = meta_put_u64(s, "snapshot_term", b->reset_term, b->err);
         if (rc)
-            goto err_in_txn;
+            return rc;
     }
     if (b->n > 0) {
         uint64_t first = b->entries[0].index;
@@ -447,20 +445,20 @@ static int run_batch(struct store *s, struct batch *b)
             uint64_t prev = 0;
             rc = term_at(s, first - 1, &prev, b->err);
             if (rc)
-                goto err_in_txn;
+                return rc;
             if (prev > b->entries[0].term) {
                 set_err(b->err, STORE_ERRMSG_SIZE,
                         "%s: batch term %" PRIu64 " at index %" PRIu64
                         " is below the stored term %" PRIu64 " before it",
                         s->path, b->entries[0].term, first, prev);
                 rc = PZ_EINVAL;
-                goto err_in_txn;
+                return rc;
             }
         }
         bind_u64(s->st_del_from, 1, first);
         rc = run(s, s->st_del_from, b->err, "delete conflicting entries");
         if (rc)
-            goto err_in_txn;
+            return rc;
         size_t i = 0;
         for (int k = 0; k < 4; k++) {
             size_t rows = (size_t)8 >> k; /* 8, 4, 2, 1 */
@@ -470,7 +468,7 @@ static int run_batch(struct store *s, struct batch *b)
                     bind_entry(st, 5 * (int)j, &b->entries[i + j]);
                 rc = run(s, st, b->err, "insert entries");
                 if (rc)
-                    goto err_in_txn;
+                    return rc;
             }
         }
     }
@@ -482,11 +480,40 @@ static int run_batch(struct store *s, struct batch *b)
         bind_u64(s->st_hs_put, 3, b->hs.commit);
         rc = run(s, s->st_hs_put, b->err, "write hard state");
         if (rc)
-            goto err_in_txn;
+            return rc;
         if (sqlite3_changes(s->db) != 1) {
             set_err(b->err, STORE_ERRMSG_SIZE,
                     "%s: hard state row is missing", s->path);
             rc = PZ_ECORRUPT;
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Runs on the worker thread (the drain) or the caller's (sync). Uses
+ * only the connection and statements, which nothing else touches while
+ * jobs are queued, and the batches: b and those merged behind it
+ * (b->gnext), all in ONE transaction, so one COMMIT (one fsync) makes
+ * them durable together. The outcome is b's (rc, err, timings). */
+static int run_batch(struct store *s, struct batch *b)
+{
+    if (b->vacuum && !b->compact)
+        return vacuum_step(s, b);
+    bool empty = true;
+    for (struct batch *g = b; g; g = g->gnext)
+        empty &= g->n == 0 && !g->has_hs && !g->reset && !g->compact;
+    if (empty)
+        return 0;
+    uint64_t t0 = uv_hrtime();
+    int rc = run(s, s->st_begin, b->err, "BEGIN");
+    if (rc)
+        goto err_in_txn;
+    for (struct batch *g = b; g; g = g->gnext) {
+        rc = batch_body(s, g);
+        if (rc) {
+            if (g != b)
+                memcpy(b->err, g->err, sizeof b->err);
             goto err_in_txn;
         }
     }
@@ -548,13 +575,16 @@ static void finish_batch(struct store *s, struct batch *b)
         s->last_term = b->entries[b->n - 1].term;
     }
     struct store_stats *st = &s->stats;
-    st->batches++;
     st->entries += b->n;
     st->bytes += b->bytes;
     st->hs_writes += b->has_hs;
-    st->last_batch_entries = b->n;
-    st->last_batch_bytes = b->bytes;
-    st->max_batch_entries = PZ_MAX(st->max_batch_entries, (uint64_t)b->n);
+    if (b->merged)
+        return; /* its transaction is counted with the batch before it */
+    uint64_t n = b->queued_ns ? b->group_n : b->n;
+    st->batches++;
+    st->last_batch_entries = n;
+    st->last_batch_bytes = b->queued_ns ? b->group_bytes : b->bytes;
+    st->max_batch_entries = PZ_MAX(st->max_batch_entries, n);
     st->commit_ns += b->commit_ns;
     st->last_commit_ns = b->commit_ns;
     st->write_ns += b->total_ns;
@@ -702,6 +732,15 @@ static struct batch *blist_pop(struct blist *l)
     return b;
 }
 
+/* A log write that may share a transaction with its neighbours (not an
+ * install, a compaction or a vacuum step). */
+static bool mergeable(const struct batch *b)
+{
+    return !b->reset && !b->compact && !b->vacuum;
+}
+
+#define MERGE_MAX 64 /* batches in one transaction at most */
+
 /* Worker thread, with mu held: b did not run (a batch before it failed). */
 static void cancel_locked(struct store *s, struct batch *b)
 {
@@ -729,12 +768,43 @@ static void drain_work(uv_work_t *req)
         if (s->halted) {
             cancel_locked(s, b);
         } else {
+            /* The log writes queued behind it meanwhile go in the same
+             * transaction: one COMMIT for all (group commit), as they
+             * would have been one batch had the loop waited for this
+             * write before building them. */
+            b->gnext = NULL;
+            b->group_n = b->n;
+            b->group_bytes = b->bytes;
+            struct batch *last = b;
+            for (int k = 1; k < MERGE_MAX && mergeable(b) && s->todo.head &&
+                            mergeable(s->todo.head);
+                 k++) {
+                struct batch *g = blist_pop(&s->todo);
+                g->merged = true;
+                g->gnext = NULL;
+                last->gnext = g;
+                last = g;
+                b->group_n += g->n;
+                b->group_bytes += g->bytes;
+            }
             uv_mutex_unlock(&s->mu);
             b->start_ns = uv_hrtime();
             b->rc = run_batch(s, b);
             b->done_ns = uv_hrtime();
             uv_mutex_lock(&s->mu);
-            blist_push(&s->done, b);
+            for (struct batch *g = b, *nx; g; g = nx) {
+                nx = g->gnext;
+                if (g != b) {
+                    /* Durable with b, or rolled back with it. */
+                    g->rc = b->rc ? PZ_ECANCELED : 0;
+                    if (b->rc)
+                        set_err(g->err, sizeof g->err,
+                                "%s: write rolled back with the batch "
+                                "before it",
+                                s->path);
+                }
+                blist_push(&s->done, g);
+            }
             if (b->rc != 0)
                 s->halted = true;
         }

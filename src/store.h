@@ -38,7 +38,9 @@
  * store_compact_step) run on libuv's thread pool, one after the other, in
  * the order queued, by one pool job (the drain) that runs while any are
  * queued and posts each completion to the loop as soon as that batch is
- * durable; while any is queued or running, only the queuing calls,
+ * durable (log writes queued while another ran are merged into one
+ * transaction, one COMMIT, and complete together, each its own
+ * callback); while any is queued or running, only the queuing calls,
  * store_busy, store_stats, store_meta_get, store_errmsg and store_path may
  * be called (anything touching the database asserts). A job that fails
  * halts the queue: every job queued behind it, until all have completed,

@@ -669,7 +669,9 @@ TEST(queued_writes_in_order)
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
     struct store_stats ss;
     store_stats(s, &ss);
-    CHECK_EQ_INT(ss.batches, 3);
+    /* those queued while one ran may share its successor's transaction */
+    CHECK(ss.batches >= 1 && ss.batches <= 3);
+    CHECK_EQ_INT(ss.entries, 7);
     CHECK_EQ_INT(ss.last_index, 4);
     struct raft_hard_state lh;
     struct raft_entry *le;
