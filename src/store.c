@@ -61,6 +61,7 @@
 #include <unistd.h>
 
 #include "pz.h"
+#include "queue.h"
 #include "snapshot.h" /* snapshot_crc64 */
 
 #define STORE_APP_ID 0x50595a44 /* "PYZD" in the SQLite header */
@@ -98,7 +99,7 @@ struct batch {
     char err[STORE_ERRMSG_SIZE];      /* message if rc != 0 */
     store_write_cb cb;                /* its completion */
     void *cb_arg;                     /* and argument */
-    struct batch *next;               /* next in its list */
+    struct pz_queue q;                /* in the store's todo or done */
     struct batch *gnext;              /* merged behind it into its
                                          transaction (the drain) */
     bool merged;                      /* run in an earlier batch's
@@ -120,10 +121,7 @@ struct drain {
     struct drain *next;  /* the store's live drains */
 };
 
-/* A list of batches, in order. */
-struct blist {
-    struct batch *head, *tail;
-};
+
 
 struct store {
     sqlite3 *db;                       /* the connection */
@@ -159,8 +157,8 @@ struct store {
                                           loop (the newest first) */
     uv_mutex_t mu;                     /* guards todo, done, draining,
                                           halted (worker and loop) */
-    struct blist todo;                 /* queued, not started */
-    struct blist done;                 /* run (or cancelled), completion
+    struct pz_queue todo;              /* queued, not started */
+    struct pz_queue done;              /* run (or cancelled), completion
                                           not yet delivered */
     bool draining;                     /* a drain runs on the pool */
     bool halted;                       /* a batch failed: the worker
@@ -711,24 +709,17 @@ static void tail_note(struct store *s, const struct batch *b)
     }
 }
 
-static void blist_push(struct blist *l, struct batch *b)
+static struct batch *bq_first(const struct pz_queue *l)
 {
-    b->next = NULL;
-    if (l->tail)
-        l->tail->next = b;
-    else
-        l->head = b;
-    l->tail = b;
+    return pz_queue_empty(l) ? NULL
+                             : container_of(pz_queue_head(l), struct batch, q);
 }
 
-static struct batch *blist_pop(struct blist *l)
+static struct batch *bq_pop(struct pz_queue *l)
 {
-    struct batch *b = l->head;
-    if (b) {
-        l->head = b->next;
-        if (l->head == NULL)
-            l->tail = NULL;
-    }
+    struct batch *b = bq_first(l);
+    if (b)
+        pz_queue_remove(&b->q);
     return b;
 }
 
@@ -747,7 +738,7 @@ static void cancel_locked(struct store *s, struct batch *b)
     b->rc = PZ_ECANCELED;
     set_err(b->err, sizeof b->err,
             "%s: write not run: an earlier write failed", s->path);
-    blist_push(&s->done, b);
+    pz_queue_push(&s->done, &b->q);
 }
 
 /* Worker thread: the batches queued, back to back, in order. Each one's
@@ -762,7 +753,7 @@ static void drain_work(uv_work_t *req)
     struct store *s = d->s;
     uv_mutex_lock(&s->mu);
     for (;;) {
-        struct batch *b = blist_pop(&s->todo);
+        struct batch *b = bq_pop(&s->todo);
         if (b == NULL)
             break;
         if (s->halted) {
@@ -776,10 +767,10 @@ static void drain_work(uv_work_t *req)
             b->group_n = b->n;
             b->group_bytes = b->bytes;
             struct batch *last = b;
-            for (int k = 1; k < MERGE_MAX && mergeable(b) && s->todo.head &&
-                            mergeable(s->todo.head);
+            for (int k = 1; k < MERGE_MAX && mergeable(b) &&
+                            bq_first(&s->todo) && mergeable(bq_first(&s->todo));
                  k++) {
-                struct batch *g = blist_pop(&s->todo);
+                struct batch *g = bq_pop(&s->todo);
                 g->merged = true;
                 g->gnext = NULL;
                 last->gnext = g;
@@ -803,7 +794,7 @@ static void drain_work(uv_work_t *req)
                                 "before it",
                                 s->path);
                 }
-                blist_push(&s->done, g);
+                pz_queue_push(&s->done, &g->q);
             }
             if (b->rc != 0)
                 s->halted = true;
@@ -818,11 +809,13 @@ static void drain_work(uv_work_t *req)
 static void deliver(struct store *s)
 {
     uv_mutex_lock(&s->mu);
-    struct blist l = s->done;
-    s->done.head = s->done.tail = NULL;
-    uv_mutex_unlock(&s->mu);
+    struct pz_queue l;
+    pz_queue_init(&l);
     struct batch *b;
-    while ((b = blist_pop(&l)) != NULL) {
+    while ((b = bq_pop(&s->done)) != NULL)
+        pz_queue_push(&l, &b->q);
+    uv_mutex_unlock(&s->mu);
+    while ((b = bq_pop(&l)) != NULL) {
         if (b->rc != PZ_ECANCELED)
             finish_batch(s, b);
         s->jobs--;
@@ -871,7 +864,7 @@ static void drain_after(uv_work_t *req, int status)
              * would have written is not stored. */
             uv_mutex_lock(&s->mu);
             struct batch *b;
-            while ((b = blist_pop(&s->todo)) != NULL)
+            while ((b = bq_pop(&s->todo)) != NULL)
                 cancel_locked(s, b);
             s->halted = true;
             s->draining = false;
@@ -915,7 +908,7 @@ static int queue_batch(struct store *s, uv_loop_t *loop, struct batch *b,
         }
         s->draining = true;
     }
-    blist_push(&s->todo, b);
+    pz_queue_push(&s->todo, &b->q);
     uv_mutex_unlock(&s->mu);
     if (d) {
         d->next = s->drains;
@@ -2034,6 +2027,8 @@ int store_open(const char *dir, struct store **out, char *err,
     struct store *s = pz_calloc(1, sizeof *s);
     s->path = path;
     pz_assert(uv_mutex_init(&s->mu) == 0);
+    pz_queue_init(&s->todo);
+    pz_queue_init(&s->done);
     ret = open_db(s, err, errlen);
     if (ret) {
         store_close(s);
