@@ -742,8 +742,9 @@ static void cancel_locked(struct store *s, struct batch *b)
 }
 
 /* Worker thread: the batches queued, back to back, in order. Each one's
- * completion goes to the loop as soon as it is over (the async is sent
- * under mu: the loop closes it only after the drain ended). A batch that
+ * completion goes to the loop as soon as it is over when another follows
+ * (the async is sent under mu: the loop closes it only after the drain
+ * ended), else with the drain's end. A batch that
  * fails halts the queue: those behind it, and any queued before the loop
  * has seen every completion, are cancelled without running (they would
  * build on what was not stored). */
@@ -799,7 +800,12 @@ static void drain_work(uv_work_t *req)
             if (b->rc != 0)
                 s->halted = true;
         }
-        uv_async_send(&d->async);
+        /* More to write: hand this one's completion to the loop now.
+         * Nothing more: the drain ends, and its after-work (the pool's
+         * own hand-back, one wake-up of the loop as for a lone write)
+         * delivers it. */
+        if (!pz_queue_empty(&s->todo))
+            uv_async_send(&d->async);
     }
     s->draining = false;
     uv_mutex_unlock(&s->mu);
