@@ -2,7 +2,7 @@
  *
  * Owns: the SQLite connection to <data-dir>/raft.db, its prepared
  * statements, the in-memory copy of what is stored (hard state, meta, last
- * index/term) and the one write in flight on libuv's thread pool.
+ * index/term) and the queue of writes run on libuv's thread pool.
  *
  * Schema (version 2), all tables STRICT:
  *   log(idx INTEGER PRIMARY KEY, term, type, data BLOB, crc)  one row per
