@@ -1914,6 +1914,58 @@ TEST(compaction_gives_space_back)
     tdir_free(&t);
 }
 
+/* A compaction that leaves a log a quarter or more the size of what it
+ * dropped gives nothing back: the log grows back into the free pages,
+ * and a vacuum would move all of it. */
+TEST(compaction_keeps_room_for_a_large_log)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 0, 0};
+    enum { N = 40, LEN = 256 * 1024 };
+    static uint8_t big[LEN];
+    memset(big, 'y', sizeof big);
+    struct raft_entry e[N];
+    for (size_t i = 0; i < N; i++)
+        e[i] = (struct raft_entry){.index = i + 1, .term = 1,
+                                   .type = RAFT_ENTRY_NORMAL, .data = big,
+                                   .len = LEN};
+    CHECK_EQ_INT(store_write_sync(s, &hs, e, N), 0);
+    store_close(s); /* checkpointed: the file holds it all */
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    off_t peak = db_bytes(&t);
+    CHECK(peak > N * LEN);
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int steps = 0, status = 0, rc;
+    while ((rc = store_compact_step(s, &loop, 30, 1000, step_cb,
+                                    &status)) == 0) {
+        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        CHECK_EQ_INT(status, 0);
+        CHECK(++steps < 100);
+    }
+    CHECK_EQ_INT(rc, 1);
+    CHECK_EQ_INT(steps, 1); /* the delete, no vacuum step after it */
+    store_close(s);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    off_t after = db_bytes(&t);
+    fprintf(stderr, "    %lld bytes -> %lld bytes\n", (long long)peak,
+            (long long)after);
+    CHECK(after >= N * LEN); /* 30 entries' pages kept, free */
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *le;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &le, &n, NULL), 0);
+    CHECK(n == 10 && le[0].index == 31 && le[9].len == LEN);
+    free_entries(le, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(round_trip),
     TEST_ENTRY(batch_sizes_round_trip),
@@ -1934,6 +1986,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(full_disk_rolls_back_and_retries),
     TEST_ENTRY(schema_1_is_converted),
     TEST_ENTRY(compact_and_reload),
+    TEST_ENTRY(compaction_keeps_room_for_a_large_log),
     TEST_ENTRY(compact_does_not_rewrite_dropped_bytes),
     TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
