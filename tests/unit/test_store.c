@@ -1866,6 +1866,26 @@ static void step_cb(struct store *s, int status, const char *msg, void *arg)
     *(int *)arg = status;
 }
 
+/* Compaction steps up to upto, 1000 rows each, until the store has
+ * nothing left to drop or give back: *steps is how many ran, -1 if one
+ * failed. */
+static void compact_fully(struct store *s, uint64_t upto, int *steps)
+{
+    *steps = -1;
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int n = 0, status = 0, rc;
+    while ((rc = store_compact_step(s, &loop, upto, 1000, step_cb,
+                                    &status)) == 0) {
+        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        CHECK_EQ_INT(status, 0);
+        CHECK(++n < 100);
+    }
+    CHECK_EQ_INT(rc, 1);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    *steps = n;
+}
+
 TEST(compaction_gives_space_back)
 {
     struct tdir t;
@@ -1885,17 +1905,8 @@ TEST(compaction_gives_space_back)
     }
     off_t peak = db_bytes(&t);
     CHECK(peak > 16 * 1024 * 1024);
-    uv_loop_t loop;
-    CHECK_EQ_INT(uv_loop_init(&loop), 0);
-    int steps = 0, status = 0, rc;
-    while ((rc = store_compact_step(s, &loop, 3990, 1000, step_cb,
-                                    &status)) == 0) {
-        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
-        CHECK_EQ_INT(status, 0);
-        CHECK(++steps < 100);
-    }
-    CHECK_EQ_INT(rc, 1);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    int steps;
+    compact_fully(s, 3990, &steps);
     off_t after = db_bytes(&t);
     fprintf(stderr, "    %d steps: %lld bytes -> %lld bytes\n", steps,
             (long long)peak, (long long)after);
@@ -1938,19 +1949,10 @@ TEST(compaction_keeps_room_for_a_large_log)
     CHECK(s != NULL);
     off_t peak = db_bytes(&t);
     CHECK(peak > N * LEN);
-    uv_loop_t loop;
-    CHECK_EQ_INT(uv_loop_init(&loop), 0);
-    int steps = 0, status = 0, rc;
-    while ((rc = store_compact_step(s, &loop, 30, 1000, step_cb,
-                                    &status)) == 0) {
-        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
-        CHECK_EQ_INT(status, 0);
-        CHECK(++steps < 100);
-    }
-    CHECK_EQ_INT(rc, 1);
+    int steps;
+    compact_fully(s, 30, &steps);
     CHECK_EQ_INT(steps, 1); /* the delete, no vacuum step after it */
     store_close(s);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
     off_t after = db_bytes(&t);
     fprintf(stderr, "    %lld bytes -> %lld bytes\n", (long long)peak,
             (long long)after);
