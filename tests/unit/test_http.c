@@ -509,6 +509,17 @@ TEST(query_decoding)
     CHECK_EQ_INT(http_url_path("/h%65alth?x", 11, &path), 0);
     CHECK_EQ_STR(path.data, "/health");
     CHECK_EQ_INT(http_url_path("/a%00b", 6, &path), PZ_EINVAL);
+    /* In a path '+' is itself; escapes first, last, back to back. */
+    CHECK_EQ_INT(http_url_path("%2Fa+b%2b%2F%2f", 15, &path), 0);
+    CHECK_EQ_STR(path.data, "/a+b+//");
+    CHECK_EQ_INT(path.len, 7);
+    CHECK_EQ_INT(http_url_path("/ab%", 4, &path), PZ_EINVAL);
+    CHECK_EQ_INT(http_url_path("/ab%4", 5, &path), PZ_EINVAL);
+    CHECK_EQ_INT(http_url_path("/ab%4g", 6, &path), PZ_EINVAL);
+    CHECK_EQ_INT(http_query_get("/g?k=++%2B+", 11, "k", &v, &l), 1);
+    CHECK_EQ_INT(l, 4);
+    CHECK(memcmp(v, "  + ", 4) == 0);
+    pz_free(v);
     pz_buf_free(&path);
 }
 
