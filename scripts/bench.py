@@ -5,7 +5,7 @@ one run, written up as a report (`make bench`).
     scripts/bench.py [--quick | --full] [--out DIR] [--noisy] [--reps N]
                      [--scale | --scale-only] [--scale-keys N]
 
-    --quick   2 s per run, curve to 256 connections (about ten minutes)
+    --quick   3 s per run, curve to 256 connections (about eight minutes)
     --full    10 s per run, curve to 1,024 connections, Redis memory
     --reps    runs per system of each matrix load and of the HTTP writes
               against Redis (default 3), the systems alternated
@@ -689,7 +689,7 @@ def main():
     if a.scale_only:
         return scale_only(a)
     mode = "full" if a.full else "quick"
-    dur = 10 if a.full else 2
+    dur = 10 if a.full else 3
     reps = max(1, a.reps)
     loads = [(1, 1), (16, 1), (64, 1), (16, 16)]
     curve_conns = [1, 4, 16, 64, 256, 1024] if a.full else [1, 16, 64, 256]
