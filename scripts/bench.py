@@ -48,8 +48,9 @@ together), with the range of requests/s over the runs beside it.
   and 16x16, with the same figures and commit check as the writes;
 - HTTP writes (wrk, distinct keys, 64 connections) against a single
   redis-server with appendfsync always (redis-benchmark SET, 50 clients,
-  as many requests as it serves in about the same time as a wrk run: a
-  first short run sets the count), alternated, median of N each;
+  as many requests as it serves in about the time of a wrk run at the
+  rate of its run before, a first short run giving the first rate), the
+  two in turn, median of N each;
 - memory per key of the table (tests/bench/kv_mem.c), and, in full mode,
   of redis-server holding the same 1M keys.
 
@@ -456,8 +457,9 @@ class Noise:
 def http_vs_redis(tmp, pz, taken, dur, reps):
     """wrk's POST /set on PyazDB's leader and redis-benchmark's SET on a
     redis-server with appendfsync always, in turn, reps times each; each
-    redis-benchmark run is as many requests as Redis serves in about dur
-    seconds (a first short run, not counted, sets the count)."""
+    redis-benchmark run is as many requests as Redis served in dur
+    seconds at its last run's rate (a first short run, not counted, gives
+    the first rate)."""
     base = f"http://127.0.0.1:{pz.leader['http']}"
 
     def wrk_run(i):
@@ -504,19 +506,21 @@ def http_vs_redis(tmp, pz, taken, dur, reps):
         return float(found[-1]), time.monotonic() - t0
 
     cal, _ = redis_run(20000)
-    n = max(20000, int(cal * dur))
-    pz_rps, rd_rps, rd_secs = [], [], []
+    pz_rps, rd_rps, rd_secs, rd_n = [], [], [], []
     for i in range(reps):
         pz_rps.append(wrk_run(i))
+        # as many requests as the last run's rate serves in dur seconds
+        n = max(20000, int((rd_rps[-1] if rd_rps else cal) * dur))
         r, secs = redis_run(n)
         rd_rps.append(r)
         rd_secs.append(secs)
+        rd_n.append(n)
     rd.terminate()
     rd.wait()
     return {"pyazdb_http_set_64": statistics.median(pz_rps),
             "redis_set_50_fsync_always": statistics.median(rd_rps),
             "pyazdb_runs": pz_rps, "redis_runs": rd_rps,
-            "redis_requests_per_run": n, "redis_secs": rd_secs,
+            "redis_requests": rd_n, "redis_secs": rd_secs,
             "wrk_secs": dur}
 
 
@@ -651,7 +655,7 @@ def report(out, res, mode):
              f"/set, 64 connections, 3 nodes, {h['wrk_secs']} s per run: "
              f"median {h['pyazdb_http_set_64']:,.0f}/s "
              f"({rng(h['pyazdb_runs'])}); redis-server appendfsync always, "
-             f"SET from 50 clients, {h['redis_requests_per_run']:,} requests "
+             f"SET from 50 clients, {rng(h['redis_requests'])} requests "
              f"per run ({min(h['redis_secs']):.1f}-{max(h['redis_secs']):.1f}"
              f" s): median {h['redis_set_50_fsync_always']:,.0f}/s "
              f"({rng(h['redis_runs'])}); ratio of the medians "
