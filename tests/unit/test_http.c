@@ -516,6 +516,14 @@ TEST(query_decoding)
     CHECK_EQ_INT(http_url_path("/ab%", 4, &path), PZ_EINVAL);
     CHECK_EQ_INT(http_url_path("/ab%4", 5, &path), PZ_EINVAL);
     CHECK_EQ_INT(http_url_path("/ab%4g", 6, &path), PZ_EINVAL);
+    /* An empty path in a buffer never used: a string, not bytes left
+     * as malloc gave them. */
+    struct pz_buf fresh;
+    pz_buf_init(&fresh);
+    CHECK_EQ_INT(http_url_path("?x", 2, &fresh), 0);
+    CHECK_EQ_STR(fresh.data, "");
+    CHECK_EQ_INT(fresh.len, 0);
+    pz_buf_free(&fresh);
     CHECK_EQ_INT(http_query_get("/g?k=++%2B+", 11, "k", &v, &l), 1);
     CHECK_EQ_INT(l, 4);
     CHECK(memcmp(v, "  + ", 4) == 0);
