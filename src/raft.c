@@ -240,6 +240,8 @@ struct progress {
     uint64_t read_acked;   /* highest read round acknowledged this term */
     uint64_t read_ack_seq; /* when it acknowledged it (r->read_ack_seq) */
     uint64_t sent_commit;  /* last commit index sent to it */
+    bool commit_now;       /* it needs the commit index at this flush,
+                              not with its next APPEND or tick */
     bool want_empty;       /* send an APPEND even if it has no entries
                               (its prev index tells whether entries in
                               flight were lost) */
@@ -448,6 +450,7 @@ static void progress_reset(struct raft *r, struct progress *pr)
     pr->read_acked = 0;
     pr->read_ack_seq = 0;
     pr->sent_commit = 0;
+    pr->commit_now = false;
     pr->want_empty = false;
 }
 
@@ -677,6 +680,12 @@ static void release_read(struct raft *r, const struct pending_read *pr)
         m->term = 0;
         m->index = pr->index;
         m->context = pr->ctx;
+        /* It answers once it has applied up to pr->index. */
+        struct progress *p = progress_get(r, pr->from);
+        if (p != NULL && p->sent_commit < pr->index) {
+            p->commit_now = true;
+            r->need_flush = true;
+        }
     }
 }
 
@@ -941,6 +950,7 @@ static bool send_append(struct raft *r, struct progress *pr, bool send_empty)
     m->log_term = log_term(&r->log, prev);
     m->commit = r->commit;
     pr->sent_commit = r->commit;
+    pr->commit_now = false;
     if (n > 0) {
         m->entries = pz_malloc(n * sizeof *m->entries);
         m->n_entries = n;
@@ -967,6 +977,8 @@ static void send_heartbeat(struct raft *r, struct progress *pr)
      * heartbeats carry min(commit, match). */
     m->commit = PZ_MIN(r->commit, pr->match);
     m->context = r->read_round;
+    if (m->commit > pr->sent_commit)
+        pr->sent_commit = m->commit;
 }
 
 static void bcast_heartbeat(struct raft *r)
@@ -1028,6 +1040,29 @@ static void send_timeout_now(struct raft *r, uint64_t to)
     new_msg(r, false, RAFT_MSG_TIMEOUT_NOW, to);
 }
 
+/* Whether pr must learn a commit index it was not sent yet at this flush,
+ * in an APPEND of its own if no entries are due. Otherwise the commit
+ * rides on its next APPEND or heartbeat, or goes out at the next tick
+ * (raft_tick): at one write at a time this spares each follower a wakeup
+ * (and the leader its answer) per write. Safety does not depend on when a
+ * follower learns the commit index (thesis §3.5: followers apply what
+ * the leader committed, whenever they hear of it); these need it now:
+ * - a follower one of whose forwarded reads was released (it answers
+ *   once it has applied up to the read index: pr->commit_now);
+ * - a follower not yet told of a committed configuration entry (the
+ *   leader may be stepping down, a node joining or leaving);
+ * - every follower during a leadership transfer (the transferee should
+ *   take over knowing what is committed);
+ * - a follower being probed (no entries flow to carry it). */
+static bool commit_due(const struct raft *r, const struct progress *pr)
+{
+    if (r->commit <= pr->sent_commit)
+        return false;
+    return pr->commit_now || pr->state != RAFT_PROGRESS_REPLICATE ||
+           r->transferee != 0 ||
+           (r->conf_index > pr->sent_commit && r->conf_index <= r->commit);
+}
+
 /* Ready-time flush: start a read round if reads wait for one, and send
  * every APPEND that is due (new entries, commit updates). */
 static void leader_flush(struct raft *r)
@@ -1045,7 +1080,7 @@ static void leader_flush(struct raft *r)
         struct progress *pr = &r->prs[i];
         if (pr->id == r->id)
             continue;
-        bool empty = r->commit > pr->sent_commit || pr->want_empty;
+        bool empty = commit_due(r, pr) || pr->want_empty;
         pr->want_empty = false;
         while (send_append(r, pr, empty))
             empty = false;
@@ -1925,6 +1960,15 @@ void raft_tick(struct raft *r)
             r->need_flush = true;
         }
     }
+    /* Commit indexes held back (commit_due) go out now: a follower's state
+     * lags the leader's by at most a tick. */
+    for (size_t i = 0; i < r->n_prs; i++) {
+        struct progress *pr = &r->prs[i];
+        if (pr->id != r->id && r->commit > pr->sent_commit) {
+            pr->commit_now = true;
+            r->need_flush = true;
+        }
+    }
     if (r->heartbeat_elapsed >= r->cfg.heartbeat_ticks) {
         r->heartbeat_elapsed = 0;
         bcast_heartbeat(r);
@@ -2211,12 +2255,11 @@ int raft_transfer_leader(struct raft *r, uint64_t id)
     pz_assert(pr != NULL);
     /* Thesis §3.10: "the prior leader sends its log entries to the target
      * server" then "sends a TimeoutNow request". */
-    if (pr->match == log_last(&r->log)) {
+    if (pr->match == log_last(&r->log))
         send_timeout_now(r, id);
-    } else {
+    else
         pr->want_empty = true;
-        r->need_flush = true;
-    }
+    r->need_flush = true; /* and commit indexes held back (commit_due) */
     return 0;
 }
 
