@@ -255,6 +255,8 @@ struct pending_read {
     uint64_t index; /* read index (valid once round != 0) */
     uint64_t round; /* heartbeat round confirming it; 0: waiting for the
                        leader's first commit of its term */
+    uint64_t acker; /* voter whose own READ_INDEX acknowledged this leader
+                       after the read began (confirm_reads), 0: none */
 };
 
 /* A read this follower forwarded to the leader, awaiting its answer. */
@@ -710,6 +712,30 @@ static void assign_waiting_reads(struct raft *r)
     }
 }
 
+/* A forwarded read also counts the follower that forwarded it: its
+ * READ_INDEX, sent in this leader's term after the read reached it, says
+ * that it had voted in no later term then, as its answer to a heartbeat
+ * would. Any leader of a later term elected before the read began would
+ * have needed a vote from every quorum, so one from this one, each of
+ * which acknowledged this leader after the read began: there was none,
+ * and every write acknowledged before the read is within this leader's
+ * commit index. In a cluster of three voters the leader and that follower
+ * are a quorum: the read needs no heartbeat round at all. */
+static bool confirmed_with_acker(const struct raft *r,
+                                 const struct pending_read *pr)
+{
+    size_t n = 0, nv = 0;
+    for (size_t i = 0; i < r->n_prs; i++) {
+        const struct progress *p = &r->prs[i];
+        if (!p->voter)
+            continue;
+        nv++;
+        n += p->id == r->id || p->id == pr->acker ||
+             p->read_acked >= pr->round;
+    }
+    return n > nv / 2;
+}
+
 /* Thesis §6.4 step 3: the leader "sends a new round of heartbeats and
  * waits for their acknowledgments from a majority": round k is confirmed
  * once a quorum of voters acknowledged a heartbeat of round >= k, which
@@ -745,7 +771,9 @@ static void confirm_reads(struct raft *r)
     size_t k = 0;
     for (size_t i = 0; i < r->n_reads; i++) {
         struct pending_read *pr = &r->reads[i];
-        if (pr->round != 0 && pr->round <= confirmed)
+        if (pr->round != 0 &&
+            (pr->round <= confirmed ||
+             (pr->acker != 0 && confirmed_with_acker(r, pr))))
             release_read(r, pr);
         else
             r->reads[k++] = *pr;
@@ -762,20 +790,38 @@ static bool reads_waiting(const struct raft *r)
     return false;
 }
 
-static void add_read(struct raft *r, uint64_t from, uint64_t ctx)
+/* A read from the local node (from 0) or forwarded by a follower, whose
+ * READ_INDEX acknowledges this leader if acker is its id. */
+static void add_read(struct raft *r, uint64_t from, uint64_t ctx,
+                     uint64_t acker)
 {
     struct pending_read *pr = VEC_PUSH(r->reads, r->n_reads, r->cap_reads);
     pr->from = from;
     pr->ctx = ctx;
     pr->index = 0;
     pr->round = 0;
+    pr->acker = acker;
     if (committed_in_term(r)) {
         pr->index = r->commit;
         pr->round = r->read_round + 1;
-        r->round_wanted = true;
-        /* With a single voter (this leader) nobody else must confirm. */
+        /* With a single voter (this leader), or this one and its acker a
+         * quorum, nobody else must confirm. */
         confirm_reads(r);
+        /* Reads keep their order: the last one left is this one if it
+         * still waits, and then for a round. */
+        if (r->n_reads > 0 && r->reads[r->n_reads - 1].round > r->read_round)
+            r->round_wanted = true;
     }
+}
+
+/* A READ_INDEX from a member: the read and, if it was sent in this term
+ * by a voter, that voter's acknowledgement (confirmed_with_acker). */
+static void add_forwarded_read(struct raft *r, const struct raft_msg *m)
+{
+    const struct progress *p = progress_get(r, m->from);
+    uint64_t acker =
+        p != NULL && p->voter && m->log_term == r->term ? m->from : 0;
+    add_read(r, m->from, m->context, acker);
 }
 
 /* --- role changes --------------------------------------------------------- */
@@ -1615,7 +1661,7 @@ static void step_leader(struct raft *r, const struct raft_msg *m)
         handle_heartbeat_resp(r, m);
         break;
     case RAFT_MSG_READ_INDEX:
-        add_read(r, m->from, m->context);
+        add_forwarded_read(r, m);
         break;
     default:
         break; /* APPEND/HEARTBEAT of our own term cannot come from another
@@ -2057,7 +2103,7 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         /* Only members read through us: the list of pending reads stays
          * bounded by what members ask. */
         if (r->role == RAFT_LEADER && progress_get(r, m->from) != NULL) {
-            add_read(r, m->from, m->context);
+            add_forwarded_read(r, m);
         } else {
             struct raft_msg *resp =
                 new_msg(r, false, RAFT_MSG_READ_INDEX_RESP, m->from);
@@ -2267,13 +2313,14 @@ int raft_read_index(struct raft *r, uint64_t ctx)
 {
     r->fresh = false;
     if (r->role == RAFT_LEADER) {
-        add_read(r, 0, ctx);
+        add_read(r, 0, ctx, 0);
         return 0;
     }
     if (r->leader == 0)
         return PZ_ENOLEADER;
     struct raft_msg *m = new_msg(r, false, RAFT_MSG_READ_INDEX, r->leader);
     m->term = 0;
+    m->log_term = r->term; /* the term whose leader it asks */
     m->context = ctx;
     struct fwd_read *f = VEC_PUSH(r->fwd, r->n_fwd, r->cap_fwd);
     f->ctx = ctx;

@@ -1151,6 +1151,49 @@ TEST(commit_sent_at_once_for_conf_and_transfer)
     net_free(&net);
 }
 
+/* Heartbeats from node `from` among the queued messages (after pumping). */
+static size_t heartbeats_from(struct tnet *net, uint64_t from)
+{
+    pump_all(net);
+    size_t c = 0;
+    for (size_t i = 0; i < net->nq; i++)
+        c += net->q[i].from == from && net->q[i].type == RAFT_MSG_HEARTBEAT;
+    return c;
+}
+
+TEST(read_index_forwarder_counts_as_ack)
+{
+    /* With three voters, the forwarding follower's READ_INDEX of this
+     * term and the leader are a quorum: no heartbeat round. With five,
+     * one more voter must answer a round. A READ_INDEX of another term
+     * acknowledges nothing. */
+    for (int n = 3; n <= 5; n += 2) {
+        struct tnet net;
+        net_init(&net, n);
+        elect(&net, 1);
+        tick_all(&net, 1);
+        CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 41), 0);
+        struct raft_msg *m = find_msg(&net, 2, RAFT_MSG_READ_INDEX);
+        CHECK(m != NULL);
+        struct raft_msg copy = *m;
+        deliver_one(&net, 0); /* to the leader */
+        if (n == 3)
+            CHECK_EQ_INT(heartbeats_from(&net, 1), 0);
+        else
+            CHECK(heartbeats_from(&net, 1) > 0);
+        deliver_all(&net);
+        CHECK_EQ_INT(net.nodes[2].n_rs, 1);
+        CHECK_EQ_INT(net.nodes[2].rs[0].ctx, 41);
+        /* The same request as if sent in an earlier term: a round. */
+        copy.log_term = st_of(&net, 1).term - 1;
+        copy.context = 42;
+        raft_step(net.nodes[1].r, &copy);
+        CHECK(heartbeats_from(&net, 1) > 0);
+        deliver_all(&net);
+        net_free(&net);
+    }
+}
+
 TEST(read_index_waits_for_commit_in_term)
 {
     struct tnet net;
@@ -2835,6 +2878,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(commit_rides_on_the_next_append),
     TEST_ENTRY(commit_sent_at_once_to_a_follower_read),
     TEST_ENTRY(commit_sent_at_once_for_conf_and_transfer),
+    TEST_ENTRY(read_index_forwarder_counts_as_ack),
     TEST_ENTRY(read_index_waits_for_commit_in_term),
     TEST_ENTRY(persist_rules),
     TEST_ENTRY(leader_self_ack_only_when_durable),
