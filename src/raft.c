@@ -310,6 +310,7 @@ struct raft {
     struct progress *prs; /* leader: one per conf server */
     size_t n_prs;         /* entries in prs */
     bool need_flush;      /* leader: appends may be due */
+    bool commit_eager;    /* send every commit index at once */
     uint64_t transferee;  /* leader: transfer target, 0 if none */
     int transfer_elapsed; /* ticks since the transfer started */
 
@@ -1104,8 +1105,8 @@ static bool commit_due(const struct raft *r, const struct progress *pr)
 {
     if (r->commit <= pr->sent_commit)
         return false;
-    return pr->commit_now || pr->state != RAFT_PROGRESS_REPLICATE ||
-           r->transferee != 0 ||
+    return pr->commit_now || r->commit_eager ||
+           pr->state != RAFT_PROGRESS_REPLICATE || r->transferee != 0 ||
            (r->conf_index > pr->sent_commit && r->conf_index <= r->commit);
 }
 
@@ -2284,6 +2285,12 @@ int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
     leader_append(r, RAFT_ENTRY_CONF, buf, len, index, term);
     pz_free(buf);
     return 0;
+}
+
+void raft_commit_eager(struct raft *r)
+{
+    r->commit_eager = true;
+    r->need_flush = true;
 }
 
 int raft_transfer_leader(struct raft *r, uint64_t id)

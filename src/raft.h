@@ -402,6 +402,11 @@ int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
  * running). */
 int raft_transfer_leader(struct raft *r, uint64_t id);
 
+/* From now on (a leader about to stop) every commit index reaches the
+ * followers at once, not with the next APPEND or tick: the process may be
+ * gone before either. */
+void raft_commit_eager(struct raft *r);
+
 /* ReadIndex (thesis §6.4). ctx identifies the read for the caller (unique
  * per node among pending reads). On the leader the read index is the
  * commit index at request time (or, before the leader has committed an

@@ -1093,6 +1093,15 @@ TEST(commit_rides_on_the_next_append)
     /* Nothing more to send at the tick after. */
     raft_tick(net.nodes[1].r);
     CHECK_EQ_INT(deliver_counting_empty(&net, 1), 0);
+    /* A leader about to stop sends each commit index at once. */
+    raft_commit_eager(net.nodes[1].r);
+    uint64_t i3;
+    CHECK_EQ_INT(raft_propose(net.nodes[1].r, (const uint8_t *)"c", 1, &i3,
+                              NULL),
+                 0);
+    CHECK_EQ_INT(deliver_counting_empty(&net, 1), 2);
+    CHECK_EQ_INT(st_of(&net, 2).commit, i3);
+    CHECK_EQ_INT(st_of(&net, 3).commit, i3);
     net_free(&net);
 }
 
