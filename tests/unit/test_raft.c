@@ -1049,6 +1049,14 @@ TEST(read_index_follower_forwards)
     net_free(&net);
 }
 
+/* n nodes, node 1 elected, everyone told of the commit index. */
+static void settled(struct tnet *net, int n)
+{
+    net_init(net, n);
+    elect(net, 1);
+    tick_all(net, 1);
+}
+
 /* Delivers everything, counting the APPENDs without entries (commit
  * updates) the leader sent. */
 static int deliver_counting_empty(struct tnet *net, uint64_t leader)
@@ -1068,9 +1076,7 @@ TEST(commit_rides_on_the_next_append)
     /* A commit index alone is not sent at once: it goes with the next
      * APPEND, or at the next tick; a follower wakes once per write. */
     struct tnet net;
-    net_init(&net, 3);
-    elect(&net, 1);
-    tick_all(&net, 1);
+    settled(&net, 3);
     uint64_t i1, i2;
     CHECK_EQ_INT(raft_propose(net.nodes[1].r, (const uint8_t *)"a", 1, &i1,
                               NULL),
@@ -1112,9 +1118,7 @@ TEST(commit_sent_at_once_to_a_follower_read)
      * not at the next tick, also when the read round's heartbeats (which
      * carry the commit index) went to the other follower only. */
     struct tnet net;
-    net_init(&net, 3);
-    elect(&net, 1);
-    tick_all(&net, 1);
+    settled(&net, 3);
     CHECK_EQ_INT(raft_read_index(net.nodes[1].r, 1), 0); /* to everyone */
     deliver_all(&net);
     for (int f = 2; f <= 3; f++) {
@@ -1137,9 +1141,7 @@ TEST(commit_sent_at_once_for_conf_and_transfer)
     /* A committed configuration entry, and any commit during a
      * leadership transfer, reach the followers at once. */
     struct tnet net;
-    net_init(&net, 3);
-    elect(&net, 1);
-    tick_all(&net, 1);
+    settled(&net, 3);
     struct raft *l = net.nodes[1].r;
     struct raft_conf_change cc = {.type = RAFT_CC_ADD_NONVOTER, .id = 4};
     uint64_t ci;
@@ -1178,9 +1180,7 @@ TEST(read_index_forwarder_counts_as_ack)
      * acknowledges nothing. */
     for (int n = 3; n <= 5; n += 2) {
         struct tnet net;
-        net_init(&net, n);
-        elect(&net, 1);
-        tick_all(&net, 1);
+        settled(&net, n);
         CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 41), 0);
         struct raft_msg *m = find_msg(&net, 2, RAFT_MSG_READ_INDEX);
         CHECK(m != NULL);
