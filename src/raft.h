@@ -223,7 +223,9 @@ enum raft_msg_type {
  *    TIMEOUT_NOW (bypasses leader stickiness).
  *  PREVOTE_RESP/VOTE_RESP: reject = not granted. A granted PREVOTE_RESP
  *    carries the term of the request.
- *  READ_INDEX: context = the follower's read ctx; term 0 (term-less).
+ *  READ_INDEX: context = the follower's read ctx; term 0 (term-less);
+ *    log_term = the follower's term when it sent it (0 from older nodes):
+ *    in the leader's term, the follower's acknowledgement of that read.
  *  READ_INDEX_RESP: context = ctx, index = read index, reject = the
  *    receiver could not serve it (not leader); term 0.
  *  INSTALL_SNAPSHOT: snap_index/snap_term = last index and term the
