@@ -969,6 +969,12 @@ static void finish_all_now(int status)
     }
 }
 
+void node_drain(void)
+{
+    if (nd->open && nd->raft != NULL)
+        raft_commit_eager(nd->raft);
+}
+
 void node_close(void (*cb)(void))
 {
     if (!nd->open) {

@@ -469,7 +469,11 @@ void snaps_on_peer_link(void *data, uint64_t id, bool connected)
  * moved) or a newer transfer completing must not drop them. */
 static bool got_install_pending(void)
 {
-    if (nd->got_kv == NULL || nd->raft == NULL)
+    /* The state machine at that point already (a snapshot of its own,
+     * taken once it applied that far through the log): nothing to
+     * install, and the table held must not block later transfers. */
+    if (nd->got_kv == NULL || nd->raft == NULL ||
+        (nd->snap_index == nd->got_index && nd->snap_term == nd->got_term))
         return false;
     struct raft_status rs;
     raft_status(nd->raft, &rs);
