@@ -2,11 +2,13 @@
 """bench.py - PyazDB side by side with etcd and Redis on this machine, in
 one run, written up as a report (`make bench`).
 
-    scripts/bench.py [--quick | --full] [--out DIR] [--noisy]
+    scripts/bench.py [--quick | --full] [--out DIR] [--noisy] [--reps N]
                      [--scale | --scale-only] [--scale-keys N]
 
-    --quick   3 s per load, curve to 256 connections (a few minutes)
-    --full    10 s per load, curve to 1,024 connections, Redis memory
+    --quick   3 s per run, curve to 256 connections (about eight minutes)
+    --full    10 s per run, curve to 1,024 connections, Redis memory
+    --reps    runs per system of each matrix load and of the HTTP writes
+              against Redis (default 3), the systems alternated
     --noisy   also repeat the write matrix with a noisy neighbour
               (stress-ng at nice 19: a CPU, a memory-bandwidth and a disk
               worker) running during each system's runs
@@ -21,7 +23,12 @@ one run, written up as a report (`make bench`).
               raw figures (results.json) and PNG plots (gnuplot)
 
 What it measures, each PyazDB figure next to its reference from the same
-run (the machine is shared and noisy: compare ratios, not absolutes):
+run (the machine is shared and noisy: compare ratios, not absolutes). Each
+load of the matrix, and the HTTP writes against Redis, runs the two systems
+in turn, N times each (PyazDB, etcd, PyazDB, etcd, ...), so that a drift of
+the machine over the minutes falls on both; a figure is the median run's
+by requests/s (its latencies, CPU and commit check: one run's figures
+together), with the range of requests/s over the runs beside it.
 
 - the disk's fsync floor: 128 bytes written in place + fdatasync, in the
   directory that holds the clusters' data, and a loopback round trip;
@@ -34,12 +41,16 @@ run (the machine is shared and noisy: compare ratios, not absolutes):
   request; every write run checks that the leader's commit index grew by
   at least the number of acknowledged writes (each is one Raft entry);
 - writes against the number of connections (1 to 256 or 1,024, one
-  stream each): throughput and p99 for both systems, plotted;
+  stream each; one run per point): throughput and p99 for both systems,
+  plotted;
 - small transactions: etcd's KV/Txn with one compare and one put, the
   same bytes to both systems (PyazDB serves etcd's API), at 16x1, 64x1
   and 16x16, with the same figures and commit check as the writes;
 - HTTP writes (wrk, distinct keys, 64 connections) against a single
-  redis-server with appendfsync always (redis-benchmark SET, 50 clients);
+  redis-server with appendfsync always (redis-benchmark SET, 50 clients,
+  as many requests as it serves in about the time of a wrk run at the
+  rate of its run before, a first short run giving the first rate), the
+  two in turn, median of N each;
 - memory per key of the table (tests/bench/kv_mem.c), and, in full mode,
   of redis-server holding the same 1M keys.
 
@@ -301,6 +312,39 @@ def run_load(tmp, sysm, op, conns, streams, dur):
     return res
 
 
+def median_run(runs):
+    """The run with the median requests/s (the lower of the two middle
+    ones for an even count), its other figures with it, and the
+    requests/s of every run."""
+    by = sorted(runs, key=lambda r: r["rps"])
+    m = dict(by[(len(by) - 1) // 2])
+    m["runs_rps"] = [r["rps"] for r in runs]
+    return m
+
+
+def alternate(systems, reps, once):
+    """once(s) for each system in turn, reps rounds (a, b, a, b, ...):
+    {system name: its median run}."""
+    runs = {s.name: [] for s in systems}
+    for _ in range(reps):
+        for s in systems:
+            runs[s.name].append(once(s))
+    return {name: median_run(rs) for name, rs in runs.items()}
+
+
+def spread(r):
+    """The range of requests/s over the runs, for the log and the report."""
+    rs = r.get("runs_rps") or [r["rps"]]
+    return f"{min(rs):,.0f}-{max(rs):,.0f}"
+
+
+def log_row(key, row):
+    a_, b_ = row["pyazdb"], row["etcd"]
+    log(f"   {key:<16} pyazdb {a_['rps']:>9,.0f}/s ({spread(a_)}) p99 "
+        f"{a_['p99_ms']:6.2f} ms   etcd {b_['rps']:>9,.0f}/s ({spread(b_)}) "
+        f"p99 {b_['p99_ms']:6.2f} ms   {ratio(a_['rps'], b_['rps'])}")
+
+
 # etcdserverpb.TxnRequest, the same bytes to both systems: compare (1)
 # version("bench") > 0 (result 1 = GREATER, target VERSION = 0, key 3),
 # success (2) a RequestOp with request_put (2) of the write rows' PutRequest.
@@ -311,13 +355,13 @@ TXN_BODY = framed(b"\x0a" + bytes([len(TXN_CMP)]) + TXN_CMP + b"\x12" +
                   bytes([len(TXN_PUT)]) + TXN_PUT)
 
 
-def txn_rows(tmp, systems, loads, dur, matrix):
+def txn_rows(tmp, systems, loads, dur, reps, matrix):
     """The txn rows of the matrix: every Txn succeeds (the key exists) and
     is one Raft entry, so the commit index must grow by as many."""
     for c, m in loads:
         key = f"txn@{c}x{m}"
-        matrix[key] = {}
-        for s in systems:
+
+        def once(s):
             url = s.grpc_url("write").rsplit("/", 2)[0] + "/etcdserverpb.KV/Txn"
             c0, t0 = s.commit_index(), cpu_ticks(s.pids)
             r = h2load(tmp, url, TXN_BODY, c, m, dur)
@@ -330,11 +374,9 @@ def txn_rows(tmp, systems, loads, dur, matrix):
                 raise SystemExit(f"bench: {s.name} acknowledged {r['done']} "
                                  f"txns but its commit index grew by "
                                  f"{r['commit_growth']}")
-            matrix[key][s.name] = r
-        a_, b_ = matrix[key]["pyazdb"], matrix[key]["etcd"]
-        log(f"   {key:<16} pyazdb {a_['rps']:>9,.0f}/s p99 "
-            f"{a_['p99_ms']:6.2f} ms   etcd {b_['rps']:>9,.0f}/s "
-            f"p99 {b_['p99_ms']:6.2f} ms   {ratio(a_['rps'], b_['rps'])}")
+            return r
+        matrix[key] = alternate(systems, reps, once)
+        log_row(key, matrix[key])
 
 
 # --- the pieces -------------------------------------------------------------
@@ -412,25 +454,35 @@ class Noise:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def http_vs_redis(tmp, pz, taken, dur):
+def http_vs_redis(tmp, pz, taken, dur, reps):
+    """wrk's POST /set on PyazDB's leader and redis-benchmark's SET on a
+    redis-server with appendfsync always, in turn, reps times each; each
+    redis-benchmark run is as many requests as Redis served in dur
+    seconds at its last run's rate (a first short run, not counted, gives
+    the first rate)."""
     base = f"http://127.0.0.1:{pz.leader['http']}"
-    lua = f"{tmp}/set.lua"
-    with open(lua, "w") as f:
-        f.write('local threads = 0\n'
-                'function setup(thread) threads = threads + 1; '
-                'thread:set("id", threads) end\n'
-                'local n = 0\n'
-                'request = function()\n n = n + 1\n'
-                ' local body = \'{"key":"h\' .. id .. \'-\' .. n .. '
-                '\'","value":"' + "v" * 100 + '"}\'\n'
-                ' return wrk.format("POST", "/set", '
-                '{["Content-Type"]="application/json"}, body)\nend\n')
-    r = subprocess.run(["wrk", "-t2", "-c64", f"-d{dur}s", "--latency", "-s",
-                        lua, base], capture_output=True, text=True,
-                       timeout=dur + 60)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", r.stdout).group(1))
-    if "Non-2xx" in r.stdout:
-        raise SystemExit("bench: wrk got errors:\n" + r.stdout)
+
+    def wrk_run(i):
+        lua = f"{tmp}/set.lua"
+        with open(lua, "w") as f:  # keys distinct across runs too
+            f.write('local threads = 0\n'
+                    'function setup(thread) threads = threads + 1; '
+                    'thread:set("id", threads) end\n'
+                    'local n = 0\n'
+                    'request = function()\n n = n + 1\n'
+                    f' local body = \'{{"key":"h{i}-\' .. id .. \'-\' .. n .. '
+                    '\'","value":"' + "v" * 100 + '"}\'\n'
+                    ' return wrk.format("POST", "/set", '
+                    '{["Content-Type"]="application/json"}, body)\nend\n')
+        r = subprocess.run(["wrk", "-t2", "-c64", f"-d{dur}s", "--latency",
+                            "-s", lua, base], capture_output=True, text=True,
+                           timeout=dur + 60)
+        m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
+        if r.returncode != 0 or not m or "Non-2xx" in r.stdout:
+            raise SystemExit("bench: wrk failed or got errors:\n" + r.stdout +
+                             r.stderr)
+        return float(m.group(1))
+
     port = free_port(taken)
     rd = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "yes", "--appendfsync", "always",
@@ -438,15 +490,38 @@ def http_vs_redis(tmp, pz, taken, dur):
     wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"],
                                     capture_output=True).returncode == 0,
              10, "redis-server")
-    out = subprocess.run(["redis-benchmark", "-p", str(port), "-h",
-                          "127.0.0.1", "-q", "-d", "100", "-r", "1000000",
-                          "-c", "50", "-n", str(int(3000 * dur)), "-t", "set"],
-                         capture_output=True, text=True, timeout=dur * 10 + 60)
-    rrps = float(re.findall(r"([\d.]+) requests per second",
-                            out.stdout.replace("\r", "\n"))[-1])
+
+    def redis_run(n):
+        t0 = time.monotonic()
+        out = subprocess.run(["redis-benchmark", "-p", str(port), "-h",
+                              "127.0.0.1", "-q", "-d", "100", "-r", "1000000",
+                              "-c", "50", "-n", str(n), "-t", "set"],
+                             capture_output=True, text=True,
+                             timeout=dur * 10 + 60)
+        found = re.findall(r"([\d.]+) requests per second",
+                           out.stdout.replace("\r", "\n"))
+        if out.returncode != 0 or not found:
+            raise SystemExit("bench: redis-benchmark failed:\n" + out.stdout +
+                             out.stderr)
+        return float(found[-1]), time.monotonic() - t0
+
+    cal, _ = redis_run(20000)
+    pz_rps, rd_rps, rd_secs, rd_n = [], [], [], []
+    for i in range(reps):
+        pz_rps.append(wrk_run(i))
+        # as many requests as the last run's rate serves in dur seconds
+        n = max(20000, int((rd_rps[-1] if rd_rps else cal) * dur))
+        r, secs = redis_run(n)
+        rd_rps.append(r)
+        rd_secs.append(secs)
+        rd_n.append(n)
     rd.terminate()
     rd.wait()
-    return {"pyazdb_http_set_64": rps, "redis_set_50_fsync_always": rrps}
+    return {"pyazdb_http_set_64": statistics.median(pz_rps),
+            "redis_set_50_fsync_always": statistics.median(rd_rps),
+            "pyazdb_runs": pz_rps, "redis_runs": rd_rps,
+            "redis_requests": rd_n, "redis_secs": rd_secs,
+            "wrk_secs": dur}
 
 
 def kv_mem():
@@ -524,8 +599,11 @@ def report(out, res, mode):
     L.append(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
              f"{res['machine']}. 3-node clusters on 127.0.0.1, fsync on. "
              f"etcd {res['etcd_version']}, PyazDB {res['pyazdb_version']}, "
-             f"{res['dur']} s per load. Ratios are PyazDB / etcd from the "
-             "same run.\n")
+             f"{res['dur']} s per run. Ratios are PyazDB / etcd from the "
+             f"same run. Each load of the matrix ran {res['reps']} times per "
+             "system, the systems in turn; a row shows each system's median "
+             "run by requests/s (its p50, p99 and CPU), the range of "
+             "requests/s over the runs in brackets.\n")
     f = res["floor"]
     L.append(f"Disk fsync floor (128 B written in place + fdatasync): p50 "
              f"{f['p50_us']:.0f} us, p99 {f['p99_us']:.0f} us; loopback "
@@ -543,7 +621,8 @@ def report(out, res, mode):
                 continue
             op, load = key[len(tag):].split("@")
             a, b = r["pyazdb"], r["etcd"]
-            L.append(f"| {op} | {load} | {a['rps']:,.0f} | {b['rps']:,.0f} | "
+            L.append(f"| {op} | {load} | {a['rps']:,.0f} ({spread(a)}) | "
+                     f"{b['rps']:,.0f} ({spread(b)}) | "
                      f"{ratio(a['rps'], b['rps'])} | {a['p50_ms']:.2f} / "
                      f"{a['p99_ms']:.2f} | {b['p50_ms']:.2f} / "
                      f"{b['p99_ms']:.2f} | {a['cpu_us']:.0f} / "
@@ -557,6 +636,7 @@ def report(out, res, mode):
                  f" p99 / p50 at 1x1: "
                  f"{w['pyazdb']['p99_ms'] / w['pyazdb']['p50_ms']:.2f}.\n")
     L.append("\n## Writes against connections\n")
+    L.append("One run per point.\n")
     L.append("| connections | PyazDB req/s | etcd req/s | ratio | PyazDB p99 ms "
              "| etcd p99 ms |")
     L.append("|---|---|---|---|---|---|")
@@ -570,10 +650,16 @@ def report(out, res, mode):
         L.append("![p99](writes-p99.png)\n")
     h = res["http"]
     L.append("\n## HTTP writes against Redis\n")
-    L.append(f"PyazDB POST /set, 64 connections, 3 nodes: "
-             f"{h['pyazdb_http_set_64']:,.0f}/s; redis-server appendfsync "
-             f"always, SET from 50 clients: {h['redis_set_50_fsync_always']:,.0f}"
-             f"/s; ratio {ratio(h['pyazdb_http_set_64'], h['redis_set_50_fsync_always'])}.\n")
+    rng = lambda v: f"{min(v):,.0f}-{max(v):,.0f}"
+    L.append(f"{len(h['pyazdb_runs'])} runs of each, in turn. PyazDB POST "
+             f"/set, 64 connections, 3 nodes, {h['wrk_secs']} s per run: "
+             f"median {h['pyazdb_http_set_64']:,.0f}/s "
+             f"({rng(h['pyazdb_runs'])}); redis-server appendfsync always, "
+             f"SET from 50 clients, {rng(h['redis_requests'])} requests "
+             f"per run ({min(h['redis_secs']):.1f}-{max(h['redis_secs']):.1f}"
+             f" s): median {h['redis_set_50_fsync_always']:,.0f}/s "
+             f"({rng(h['redis_runs'])}); ratio of the medians "
+             f"{ratio(h['pyazdb_http_set_64'], h['redis_set_50_fsync_always'])}.\n")
     m = res["mem"]
     L.append("\n## Memory per key\n")
     L.append(f"PyazDB table, 1M keys of 16 B with 100 B values: "
@@ -596,6 +682,7 @@ def main():
     g.add_argument("--quick", action="store_true")
     g.add_argument("--full", action="store_true")
     ap.add_argument("--noisy", action="store_true")
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-report"))
     s_ = ap.add_mutually_exclusive_group()
     s_.add_argument("--scale", action="store_true")
@@ -606,6 +693,7 @@ def main():
         return scale_only(a)
     mode = "full" if a.full else "quick"
     dur = 10 if a.full else 3
+    reps = max(1, a.reps)
     loads = [(1, 1), (16, 1), (64, 1), (16, 16)]
     curve_conns = [1, 4, 16, 64, 256, 1024] if a.full else [1, 16, 64, 256]
     for tool in ("h2load", "etcd", "wrk", "redis-server", "redis-benchmark",
@@ -615,7 +703,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="pz-bench-")
     taken = set()
-    res = {"mode": mode, "dur": dur, "matrix": {}, "curve": {"pyazdb": {},
+    res = {"mode": mode, "dur": dur, "reps": reps, "matrix": {},
+           "curve": {"pyazdb": {},
                                                              "etcd": {}}}
     try:
         with open("/proc/cpuinfo") as f:
@@ -648,19 +737,15 @@ def main():
             for op in (("write",) if tag else ("write", "read", "sread")):
                 for c, m in loads:
                     key = f"{tag}{op}@{c}x{m}"
-                    res["matrix"][key] = {}
-                    for s in systems:
+
+                    def once(s, op=op, c=c, m=m, noise=noise):
                         if noise:
                             with noise():
-                                r = run_load(tmp, s, op, c, m, dur)
-                        else:
-                            r = run_load(tmp, s, op, c, m, dur)
-                        res["matrix"][key][s.name] = r
-                    a_, b_ = res["matrix"][key]["pyazdb"], res["matrix"][key]["etcd"]
-                    log(f"   {key:<16} pyazdb {a_['rps']:>9,.0f}/s p99 "
-                        f"{a_['p99_ms']:6.2f} ms   etcd {b_['rps']:>9,.0f}/s "
-                        f"p99 {b_['p99_ms']:6.2f} ms   {ratio(a_['rps'], b_['rps'])}")
-        txn_rows(tmp, systems, loads[1:], dur, res["matrix"])
+                                return run_load(tmp, s, op, c, m, dur)
+                        return run_load(tmp, s, op, c, m, dur)
+                    res["matrix"][key] = alternate(systems, reps, once)
+                    log_row(key, res["matrix"][key])
+        txn_rows(tmp, systems, loads[1:], dur, reps, res["matrix"])
         log("== writes against connections")
         for c in curve_conns:
             for s in systems:
@@ -668,7 +753,7 @@ def main():
             log(f"   {c:>5} conns: pyazdb {res['curve']['pyazdb'][c]['rps']:>9,.0f}/s"
                 f"   etcd {res['curve']['etcd'][c]['rps']:>9,.0f}/s")
         log("== HTTP writes against redis-server (appendfsync always)")
-        res["http"] = http_vs_redis(tmp, systems[0], taken, dur)
+        res["http"] = http_vs_redis(tmp, systems[0], taken, dur, reps)
         log(f"   {res['http']}")
         stop_all()
         procs.clear()

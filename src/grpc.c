@@ -64,8 +64,11 @@
 #define MAX_STREAMS 1000             /* SETTINGS_MAX_CONCURRENT_STREAMS */
 #define MAX_HEADER_BYTES (16 * 1024) /* request header block, bytes */
 #define MAX_STATUS_MESSAGE 1024      /* encoded grpc-message, bytes */
-#define STREAM_WINDOW (1 << 20)      /* per-stream receive window */
-#define CONN_WINDOW (16 << 20)       /* connection receive window */
+#define STREAM_WINDOW (1 << 20)      /* least per-stream receive window */
+#define CONN_WINDOW (16 << 20)       /* least connection receive window */
+/* Beyond the largest message, a stream's window holds its 5-byte gRPC
+ * prefix and room for a trailing empty DATA frame or padding. */
+#define WINDOW_SLACK 1024
 #define WATCH_POLL_MS 100            /* Health/Watch state poll */
 /* A request refused on its headers alone is answered once the client has
  * sent the rest (at most this long): curl, for one, stalls when the answer
@@ -1804,6 +1807,21 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error,
 
 /* --- connections -------------------------------------------------------- */
 
+/* The initial window of each request stream: the largest message with its
+ * framing fits, so a client sends a whole request without waiting for a
+ * WINDOW_UPDATE. nghttp2 sends one once half the window is consumed, but
+ * only when output is flushed, at the end of the loop turn that read the
+ * bytes: a 1 MiB message behind a 1 MiB window waited a round trip for its
+ * last bytes. This bounds no memory (nghttp2 reopens the window as soon as
+ * we copy the bytes out): the partial-input budget and the session cap
+ * SESSION_BUFFER_MAX do. */
+static size_t stream_window(size_t max_message)
+{
+    size_t w = max_message + GRPC_FRAME_HEADER + WINDOW_SLACK;
+    return PZ_MIN(PZ_MAX(w, (size_t)STREAM_WINDOW),
+                  (size_t)NGHTTP2_MAX_WINDOW_SIZE);
+}
+
 static int on_open(struct conn *c)
 {
     struct grpc_server *gs = c->ls->data;
@@ -1825,14 +1843,15 @@ static int on_open(struct conn *c)
     pz_queue_init(&s->body_q);
     s->preface_due = uv_now(gs->loop) + gs->header_timeout;
     conn_set_deadline(c, s->preface_due);
+    size_t window = stream_window(gs->max_message);
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, (uint32_t)window},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BYTES},
     };
     nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, PZ_ARRAY_SIZE(iv));
-    nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0,
-                                          CONN_WINDOW);
+    nghttp2_session_set_local_window_size(
+        s->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)PZ_MAX(window, CONN_WINDOW));
     session_flush(s); /* our SETTINGS go first, or clients wait */
     return 0;
 }

@@ -367,9 +367,18 @@ int http_pct_decode(struct pz_buf *out, const char *s, size_t n,
                     bool plus_is_space)
 {
     pz_buf_reserve(out, n);
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c == '%') {
+    size_t i = 0;
+    while (i < n) {
+        /* A run with nothing to decode is copied whole. */
+        size_t run = i;
+        while (run < n && s[run] != '%' && (s[run] != '+' || !plus_is_space))
+            run++;
+        pz_buf_append(out, s + i, run - i);
+        if (run == n)
+            break;
+        i = run;
+        char c = ' '; /* a '+' */
+        if (s[i] == '%') {
             int hi, lo;
             if (i + 2 >= n)
                 return PZ_EINVAL;
@@ -379,10 +388,9 @@ int http_pct_decode(struct pz_buf *out, const char *s, size_t n,
                 return PZ_EINVAL;
             c = (char)(hi * 16 + lo);
             i += 2;
-        } else if (c == '+' && plus_is_space) {
-            c = ' ';
         }
         pz_buf_append(out, &c, 1);
+        i++;
     }
     return 0;
 }

@@ -59,13 +59,42 @@ static long hex4(const char *s, size_t n)
 static const bool str_special[256] = {
     [0x00 ... 0x1f] = true, ['"'] = true, ['\\'] = true};
 
+/* Eight bytes at a time: a word with none of str_special's bytes (no byte
+ * under 0x20, no quote, no backslash) is skipped whole; the first word
+ * with one is left to the byte loop, which finds which. */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+static bool word_plain(uint64_t w)
+{
+    /* A byte under 0x20, or one that is zero once xored with '"' or '\\'
+     * (the classic has-zero and has-less-than tests: never a false "no"). */
+    uint64_t q = w ^ (ONES * '"'), b = w ^ (ONES * '\\');
+    uint64_t special = ((w - ONES * 0x20) & ~w) | ((q - ONES) & ~q) |
+                       ((b - ONES) & ~b);
+    return (special & HIGHS) == 0;
+}
+
+static size_t skip_plain(const unsigned char *u, size_t i, size_t n)
+{
+    uint64_t w;
+    while (n - i >= 8) {
+        memcpy(&w, u + i, 8);
+        if (!word_plain(w))
+            break;
+        i += 8;
+    }
+    while (i < n && !str_special[u[i]])
+        i++;
+    return i;
+}
+
 static int check_string(struct cur *c)
 {
     const unsigned char *u = (const unsigned char *)c->s;
     c->i++; /* opening quote */
     while (c->i < c->n) {
-        while (c->i < c->n && !str_special[u[c->i]])
-            c->i++; /* plain bytes */
+        c->i = skip_plain(u, c->i, c->n); /* plain bytes */
         if (c->i >= c->n)
             break;
         unsigned char ch = (unsigned char)c->s[c->i++];
@@ -405,10 +434,11 @@ void json_str(const struct json_val *v, struct pz_buf *out)
         return;
     const char *s = v->s + 1;
     size_t n = v->len - 2, i = 0;
+    if (n)
+        pz_buf_reserve(out, n); /* escapes only ever shorten the text */
     while (i < n) {
-        size_t run = i;
-        while (run < n && s[run] != '\\')
-            run++;
+        const char *bs = memchr(s + i, '\\', n - i);
+        size_t run = bs ? (size_t)(bs - s) : n;
         pz_buf_append(out, s + i, run - i);
         i = run;
         if (i + 1 >= n)

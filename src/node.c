@@ -1106,6 +1106,12 @@ static bool save_commit(void)
     return true;
 }
 
+void node_drain(void)
+{
+    if (nd->open && nd->raft != NULL)
+        raft_commit_eager(nd->raft);
+}
+
 void node_close(void (*cb)(void))
 {
     if (!nd->open) {

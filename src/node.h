@@ -99,6 +99,10 @@ int node_init(uv_loop_t *loop, const struct pz_config *cfg, node_stop_cb stop,
  * transport, and call cb once every handle is closed. */
 void node_close(void (*cb)(void));
 
+/* The process is shutting down: the followers learn each commit index at
+ * once (raft_commit_eager), as the leader may exit before its next tick. */
+void node_drain(void);
+
 /* Replicate an encoded kv command (kv_encode_*); cb once it is applied
  * here. Returns 0, or at once (cb never called): PZ_ENOTLEADER (a leader is
  * known elsewhere: forward to node_leader_*_addr()), PZ_ENOLEADER (none

@@ -469,10 +469,14 @@ void snaps_on_peer_link(void *data, uint64_t id, bool connected)
  * moved) or a newer transfer completing must not drop them. */
 static bool got_install_pending(void)
 {
-    /* (The core's snapshot point alone could also be the node's own
-     * snapshot at the same index, reached through the log while the file
-     * waited for a message that never came: then nothing is pending.) */
-    if (nd->got_kv == NULL || !nd->got_taken || nd->raft == NULL)
+    /* Nothing is pending unless the core took its INSTALL_SNAPSHOT (the
+     * core's snapshot point alone could be the node's own snapshot at
+     * that index, reached through the log while the file waited for a
+     * message that never came); nor with the state machine at that point
+     * already (a snapshot of its own): the table held must not block
+     * later transfers. */
+    if (nd->got_kv == NULL || !nd->got_taken || nd->raft == NULL ||
+        (nd->snap_index == nd->got_index && nd->snap_term == nd->got_term))
         return false;
     struct raft_status rs;
     raft_status(nd->raft, &rs);

@@ -396,6 +396,7 @@ void pz_buf_reserve(struct pz_buf *b, size_t extra)
         cap *= 2;
     b->data = pz_realloc(b->data, cap);
     b->cap = cap;
+    b->data[b->len] = '\0'; /* a first allocation is a string at once */
 }
 
 void pz_buf_append(struct pz_buf *b, const void *p, size_t n)

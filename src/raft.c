@@ -240,6 +240,8 @@ struct progress {
     uint64_t read_acked;   /* highest read round acknowledged this term */
     uint64_t read_ack_seq; /* when it acknowledged it (r->read_ack_seq) */
     uint64_t sent_commit;  /* last commit index sent to it */
+    bool commit_now;       /* it needs the commit index at this flush,
+                              not with its next APPEND or tick */
     bool want_empty;       /* send an APPEND even if it has no entries
                               (its prev index tells whether entries in
                               flight were lost) */
@@ -253,6 +255,8 @@ struct pending_read {
     uint64_t index; /* read index (valid once round != 0) */
     uint64_t round; /* heartbeat round confirming it; 0: waiting for the
                        leader's first commit of its term */
+    uint64_t acker; /* voter whose own READ_INDEX acknowledged this leader
+                       after the read began (confirm_reads), 0: none */
 };
 
 /* A read this follower forwarded to the leader, awaiting its answer. */
@@ -323,6 +327,7 @@ struct raft {
     struct progress *prs; /* leader: one per conf server */
     size_t n_prs;         /* entries in prs */
     bool need_flush;      /* leader: appends may be due */
+    bool commit_eager;    /* send every commit index at once */
     uint64_t transferee;  /* leader: transfer target, 0 if none */
     int transfer_elapsed; /* ticks since the transfer started */
 
@@ -462,6 +467,7 @@ static void progress_reset(struct raft *r, struct progress *pr)
     pr->read_acked = 0;
     pr->read_ack_seq = 0;
     pr->sent_commit = 0;
+    pr->commit_now = false;
     pr->want_empty = false;
 }
 
@@ -706,6 +712,12 @@ static void release_read(struct raft *r, const struct pending_read *pr)
         m->term = 0;
         m->index = pr->index;
         m->context = pr->ctx;
+        /* It answers once it has applied up to pr->index. */
+        struct progress *p = progress_get(r, pr->from);
+        if (p != NULL && p->sent_commit < pr->index) {
+            p->commit_now = true;
+            r->need_flush = true;
+        }
     }
 }
 
@@ -728,6 +740,30 @@ static void assign_waiting_reads(struct raft *r)
             r->round_wanted = true;
         }
     }
+}
+
+/* A forwarded read also counts the follower that forwarded it: its
+ * READ_INDEX, sent in this leader's term after the read reached it, says
+ * that it had voted in no later term then, as its answer to a heartbeat
+ * would. Any leader of a later term elected before the read began would
+ * have needed a vote from every quorum, so one from this one, each of
+ * which acknowledged this leader after the read began: there was none,
+ * and every write acknowledged before the read is within this leader's
+ * commit index. In a cluster of three voters the leader and that follower
+ * are a quorum: the read needs no heartbeat round at all. */
+static bool confirmed_with_acker(const struct raft *r,
+                                 const struct pending_read *pr)
+{
+    size_t n = 0, nv = 0;
+    for (size_t i = 0; i < r->n_prs; i++) {
+        const struct progress *p = &r->prs[i];
+        if (!p->voter)
+            continue;
+        nv++;
+        n += p->id == r->id || p->id == pr->acker ||
+             p->read_acked >= pr->round;
+    }
+    return n > nv / 2;
 }
 
 /* Thesis §6.4 step 3: the leader "sends a new round of heartbeats and
@@ -765,7 +801,9 @@ static void confirm_reads(struct raft *r)
     size_t k = 0;
     for (size_t i = 0; i < r->n_reads; i++) {
         struct pending_read *pr = &r->reads[i];
-        if (pr->round != 0 && pr->round <= confirmed)
+        if (pr->round != 0 &&
+            (pr->round <= confirmed ||
+             (pr->acker != 0 && confirmed_with_acker(r, pr))))
             release_read(r, pr);
         else
             r->reads[k++] = *pr;
@@ -782,20 +820,38 @@ static bool reads_waiting(const struct raft *r)
     return false;
 }
 
-static void add_read(struct raft *r, uint64_t from, uint64_t ctx)
+/* A read from the local node (from 0) or forwarded by a follower, whose
+ * READ_INDEX acknowledges this leader if acker is its id. */
+static void add_read(struct raft *r, uint64_t from, uint64_t ctx,
+                     uint64_t acker)
 {
     struct pending_read *pr = VEC_PUSH(r->reads, r->n_reads, r->cap_reads);
     pr->from = from;
     pr->ctx = ctx;
     pr->index = 0;
     pr->round = 0;
+    pr->acker = acker;
     if (committed_in_term(r)) {
         pr->index = r->commit;
         pr->round = r->read_round + 1;
-        r->round_wanted = true;
-        /* With a single voter (this leader) nobody else must confirm. */
+        /* With a single voter (this leader), or this one and its acker a
+         * quorum, nobody else must confirm. */
         confirm_reads(r);
+        /* Reads keep their order: the last one left is this one if it
+         * still waits, and then for a round. */
+        if (r->n_reads > 0 && r->reads[r->n_reads - 1].round > r->read_round)
+            r->round_wanted = true;
     }
+}
+
+/* A READ_INDEX from a member: the read and, if it was sent in this term
+ * by a voter, that voter's acknowledgement (confirmed_with_acker). */
+static void add_forwarded_read(struct raft *r, const struct raft_msg *m)
+{
+    const struct progress *p = progress_get(r, m->from);
+    uint64_t acker =
+        p != NULL && p->voter && m->log_term == r->term ? m->from : 0;
+    add_read(r, m->from, m->context, acker);
 }
 
 /* --- role changes --------------------------------------------------------- */
@@ -970,6 +1026,7 @@ static bool send_append(struct raft *r, struct progress *pr, bool send_empty)
     m->log_term = log_term(&r->log, prev);
     m->commit = r->commit;
     pr->sent_commit = r->commit;
+    pr->commit_now = false;
     if (n > 0) {
         m->entries = pz_malloc(n * sizeof *m->entries);
         m->n_entries = n;
@@ -996,6 +1053,8 @@ static void send_heartbeat(struct raft *r, struct progress *pr)
      * heartbeats carry min(commit, match). */
     m->commit = PZ_MIN(r->commit, pr->match);
     m->context = r->read_round;
+    if (m->commit > pr->sent_commit)
+        pr->sent_commit = m->commit;
 }
 
 static void bcast_heartbeat(struct raft *r)
@@ -1057,6 +1116,29 @@ static void send_timeout_now(struct raft *r, uint64_t to)
     new_msg(r, false, RAFT_MSG_TIMEOUT_NOW, to);
 }
 
+/* Whether pr must learn a commit index it was not sent yet at this flush,
+ * in an APPEND of its own if no entries are due. Otherwise the commit
+ * rides on its next APPEND or heartbeat, or goes out at the next tick
+ * (raft_tick): at one write at a time this spares each follower a wakeup
+ * (and the leader its answer) per write. Safety does not depend on when a
+ * follower learns the commit index (thesis §3.5: followers apply what
+ * the leader committed, whenever they hear of it); these need it now:
+ * - a follower one of whose forwarded reads was released (it answers
+ *   once it has applied up to the read index: pr->commit_now);
+ * - a follower not yet told of a committed configuration entry (the
+ *   leader may be stepping down, a node joining or leaving);
+ * - every follower during a leadership transfer (the transferee should
+ *   take over knowing what is committed);
+ * - a follower being probed (no entries flow to carry it). */
+static bool commit_due(const struct raft *r, const struct progress *pr)
+{
+    if (r->commit <= pr->sent_commit)
+        return false;
+    return pr->commit_now || r->commit_eager ||
+           pr->state != RAFT_PROGRESS_REPLICATE || r->transferee != 0 ||
+           (r->conf_index > pr->sent_commit && r->conf_index <= r->commit);
+}
+
 /* Ready-time flush: start a read round if reads wait for one, and send
  * every APPEND that is due (new entries, commit updates). */
 static void leader_flush(struct raft *r)
@@ -1074,7 +1156,7 @@ static void leader_flush(struct raft *r)
         struct progress *pr = &r->prs[i];
         if (pr->id == r->id)
             continue;
-        bool empty = r->commit > pr->sent_commit || pr->want_empty;
+        bool empty = commit_due(r, pr) || pr->want_empty;
         pr->want_empty = false;
         while (send_append(r, pr, empty))
             empty = false;
@@ -1608,7 +1690,7 @@ static void step_leader(struct raft *r, const struct raft_msg *m)
         handle_heartbeat_resp(r, m);
         break;
     case RAFT_MSG_READ_INDEX:
-        add_read(r, m->from, m->context);
+        add_forwarded_read(r, m);
         break;
     default:
         break; /* APPEND/HEARTBEAT of our own term cannot come from another
@@ -1973,6 +2055,15 @@ void raft_tick(struct raft *r)
             r->need_flush = true;
         }
     }
+    /* Commit indexes held back (commit_due) go out now: a follower's state
+     * lags the leader's by at most a tick. */
+    for (size_t i = 0; i < r->n_prs; i++) {
+        struct progress *pr = &r->prs[i];
+        if (pr->id != r->id && r->commit > pr->sent_commit) {
+            pr->commit_now = true;
+            r->need_flush = true;
+        }
+    }
     if (r->heartbeat_elapsed >= r->cfg.heartbeat_ticks) {
         r->heartbeat_elapsed = 0;
         bcast_heartbeat(r);
@@ -2061,7 +2152,7 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         /* Only members read through us: the list of pending reads stays
          * bounded by what members ask. */
         if (r->role == RAFT_LEADER && progress_get(r, m->from) != NULL) {
-            add_read(r, m->from, m->context);
+            add_forwarded_read(r, m);
         } else {
             struct raft_msg *resp =
                 new_msg(r, false, RAFT_MSG_READ_INDEX_RESP, m->from);
@@ -2244,6 +2335,12 @@ int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
     return 0;
 }
 
+void raft_commit_eager(struct raft *r)
+{
+    r->commit_eager = true;
+    r->need_flush = true;
+}
+
 int raft_transfer_leader(struct raft *r, uint64_t id)
 {
     if (r->role != RAFT_LEADER)
@@ -2259,12 +2356,11 @@ int raft_transfer_leader(struct raft *r, uint64_t id)
     pz_assert(pr != NULL);
     /* Thesis §3.10: "the prior leader sends its log entries to the target
      * server" then "sends a TimeoutNow request". */
-    if (pr->match == log_last(&r->log)) {
+    if (pr->match == log_last(&r->log))
         send_timeout_now(r, id);
-    } else {
+    else
         pr->want_empty = true;
-        r->need_flush = true;
-    }
+    r->need_flush = true; /* and commit indexes held back (commit_due) */
     return 0;
 }
 
@@ -2272,13 +2368,14 @@ int raft_read_index(struct raft *r, uint64_t ctx)
 {
     r->fresh = false;
     if (r->role == RAFT_LEADER) {
-        add_read(r, 0, ctx);
+        add_read(r, 0, ctx, 0);
         return 0;
     }
     if (r->leader == 0)
         return PZ_ENOLEADER;
     struct raft_msg *m = new_msg(r, false, RAFT_MSG_READ_INDEX, r->leader);
     m->term = 0;
+    m->log_term = r->term; /* the term whose leader it asks */
     m->context = ctx;
     struct fwd_read *f = VEC_PUSH(r->fwd, r->n_fwd, r->cap_fwd);
     f->ctx = ctx;

@@ -240,7 +240,9 @@ enum raft_msg_type {
  *    TIMEOUT_NOW (bypasses leader stickiness).
  *  PREVOTE_RESP/VOTE_RESP: reject = not granted. A granted PREVOTE_RESP
  *    carries the term of the request.
- *  READ_INDEX: context = the follower's read ctx; term 0 (term-less).
+ *  READ_INDEX: context = the follower's read ctx; term 0 (term-less);
+ *    log_term = the follower's term when it sent it (0 from older nodes):
+ *    in the leader's term, the follower's acknowledgement of that read.
  *  READ_INDEX_RESP: context = ctx, index = read index, reject = the
  *    receiver could not serve it (not leader); term 0.
  *  INSTALL_SNAPSHOT: snap_index/snap_term = last index and term the
@@ -423,6 +425,11 @@ int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
  * (id is self, unknown or a non-voter), PZ_EBUSY (a transfer is already
  * running). */
 int raft_transfer_leader(struct raft *r, uint64_t id);
+
+/* From now on (a leader about to stop) every commit index reaches the
+ * followers at once, not with the next APPEND or tick: the process may be
+ * gone before either. */
+void raft_commit_eager(struct raft *r);
 
 /* ReadIndex (thesis §6.4). ctx identifies the read for the caller (unique
  * per node among pending reads). On the leader the read index is the

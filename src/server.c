@@ -130,6 +130,7 @@ static void begin_shutdown(void)
 {
     srv.shutting_down = true;
     sdnotify("STOPPING=1");
+    node_drain();
     http_drain(&srv.http);
     grpc_drain(&srv.grpc);
     fwd_close_all();

@@ -68,9 +68,19 @@
 #define STORE_FILE "raft.db"
 #define VACUUM_PAGES 2048 /* pages given back per step (8 MiB of 4 KiB) */
 #define VACUUM_KEEP 512   /* free pages kept for the log to grow into
-                             (2 MiB of 4 KiB) */
+                             (2 MiB of 4 KiB), at least */
+#define VACUUM_KEEP_RATIO 4 /* ... and up to this many per page in use */
 #define VACUUM_CONVERT_MAX (1024 * 1024 * 1024) /* convert at open below */
 #define WAL_KEEP 33554432  /* WAL bytes kept after a checkpoint (32 MiB) */
+/* Deleted log rows are not overwritten with zeros page by page (Debian
+ * builds SQLite with SECURE_DELETE on): that would write every dropped
+ * byte again, through the WAL and then into the file, inside the
+ * compaction step; for a log of 1 MiB entries, a 200 MiB transaction
+ * that holds up every log write behind it for seconds. FAST still clears
+ * deleted cells inside b-tree pages, where it costs no extra page write;
+ * freed overflow pages keep their bytes until reused or given back to the
+ * file system by the incremental vacuum. */
+#define SECURE_DELETE "FAST"
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -89,7 +99,8 @@ struct batch {
     uint64_t compact_upto;            /* (stored, so below last_index) */
     uint64_t compact_term;            /* read in the transaction */
     bool vacuum;                      /* then give free pages back */
-    uint64_t free_pages;              /* free pages left after it */
+    uint64_t free_pages;              /* free pages left after it, as
+                                         count_free counts them */
     int rc;                           /* 0 or negative code */
     uint64_t commit_ns;               /* time inside COMMIT */
     uint64_t total_ns;                /* BEGIN to COMMIT */
@@ -365,7 +376,30 @@ static int meta_put_u64(struct store *s, const char *key, uint64_t v,
 
 /* --- the write transaction ------------------------------------------------ */
 
-/* Count the free pages into b->free_pages. */
+/* Pages of the file (free ones too), 0 if SQLite cannot tell. */
+static uint64_t count_pages(struct store *s)
+{
+    sqlite3_stmt *st = NULL;
+    sqlite3_int64 n = 0;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA page_count", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n > 0 ? (uint64_t)n : 0;
+}
+
+/* Count the free pages to give back into b->free_pages, plus VACUUM_KEEP:
+ * above VACUUM_KEEP, a vacuum step has work. Kept are VACUUM_KEEP free
+ * pages, or VACUUM_KEEP_RATIO per page in use if more: the log that
+ * stays behind a snapshot (raft-trailing-bytes, 64 MiB by default) is
+ * about a quarter of what the next snapshot frees (raft-snapshot-bytes,
+ * 256 MiB, later on), and a busy node's log grows back into all of it
+ * before then. Giving those pages back meant moving the whole live log,
+ * which sits at the end of the file, page by page through the WAL after
+ * every snapshot: with 1 MiB entries, seconds of vacuum steps holding up
+ * the log writes. The file is thus at most about five times the log it
+ * holds, however large its peak was. */
 static int count_free(struct store *s, struct batch *b)
 {
     int rc = step(s, s->st_freelist);
@@ -374,18 +408,23 @@ static int count_free(struct store *s, struct batch *b)
     sqlite3_reset(s->st_freelist);
     if (rc != SQLITE_ROW)
         return sql_err(s, b->err, "count free pages", rc);
-    b->free_pages = n > 0 ? (uint64_t)n : 0;
+    uint64_t free_pages = n > 0 ? (uint64_t)n : 0;
+    uint64_t pages = count_pages(s);
+    uint64_t used = pages > free_pages ? pages - free_pages : 0;
+    uint64_t keep = PZ_MAX((uint64_t)VACUUM_KEEP, VACUUM_KEEP_RATIO * used);
+    b->free_pages = free_pages > keep ? free_pages - keep + VACUUM_KEEP
+                                      : PZ_MIN(free_pages, VACUUM_KEEP);
     return 0;
 }
 
 /* Give up to VACUUM_PAGES free pages back to the file system (the file
  * shrinks at the next checkpoint), then count those left: one short
  * transaction of its own, after a compaction step, on the worker.
- * VACUUM_KEEP free pages stay: a log compacted after every snapshot
- * frees about as many pages as the next entries take, and giving them
- * back only to grow the file again would cost a vacuum, a checkpoint
- * and a WAL reset per snapshot, each holding up the log writes behind
- * it. */
+ * The free pages count_free keeps stay: a log compacted after every
+ * snapshot frees about as many pages as the next entries take, and
+ * giving them back only to grow the file again would cost a vacuum, a
+ * checkpoint and a WAL reset per snapshot, each holding up the log
+ * writes behind it. */
 static int vacuum_step(struct store *s, struct batch *b)
 {
     int rc = count_free(s, b);
@@ -1931,6 +1970,7 @@ static int open_db(struct store *s, char *err, size_t errlen)
     if ((ret = exec_sql(s,
                         "PRAGMA synchronous = FULL;"
                         "PRAGMA cell_size_check = ON;"
+                        "PRAGMA secure_delete = " SECURE_DELETE ";"
                         "PRAGMA journal_size_limit = " STR(WAL_KEEP) ";",
                         err, errlen)))
         return ret;

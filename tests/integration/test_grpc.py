@@ -101,6 +101,45 @@ def test_large_value(client, pb):
     assert r.found and r.value == val
 
 
+def test_largest_request_fits_the_first_windows(node):
+    # The windows the node opens up front (SETTINGS_INITIAL_WINDOW_SIZE for
+    # each stream, a WINDOW_UPDATE for the connection) hold a whole request
+    # carrying the largest value: a client sends it without waiting for a
+    # WINDOW_UPDATE, a round trip per write of a large value otherwise.
+    r = RawH2(node.grpc_port)
+    try:
+        frames, _ = r.read_frames(
+            until=lambda fs: any(f[0] == gh.WINDOW_UPDATE and f[2] == 0
+                                 for f in fs))
+        stream_win, conn_win = 65535, 65535
+        for ftype, flags, sid, payload in frames:
+            if ftype == gh.SETTINGS and not flags & gh.ACK:
+                for i in range(0, len(payload), 6):
+                    ident, val = struct.unpack(">HI", payload[i:i + 6])
+                    if ident == 4:  # SETTINGS_INITIAL_WINDOW_SIZE
+                        stream_win = val
+            if ftype == gh.WINDOW_UPDATE and sid == 0:
+                conn_win += struct.unpack(">I", payload)[0] & 0x7FFFFFFF
+        value = b"w" * (1 << 20)  # max-value-size, the default
+        body = frame(b"\x0a\x03big\x12\x80\x80\x40" + value)
+        assert min(stream_win, conn_win) >= len(body), (stream_win, conn_win)
+        r.headers(1, grpc_headers("/kv.KVService/Set", node.grpc_port))
+        for off in range(0, len(body), 16384):  # SETTINGS_MAX_FRAME_SIZE
+            chunk = body[off:off + 16384]
+            r.data(1, chunk, end_stream=off + 16384 >= len(body))
+        frames, closed = r.read_frames(
+            until=lambda fs: any(f[2] == 1 and f[0] == gh.HEADERS
+                                 and f[1] & gh.END_STREAM for f in fs),
+            timeout=10)
+        assert not closed
+        assert not any(f[0] in (gh.GOAWAY, gh.RST_STREAM) for f in frames)
+        assert any(f[2] == 1 and f[0] == gh.HEADERS and f[1] & gh.END_STREAM
+                   for f in frames)
+    finally:
+        r.close()
+    assert get_http(node, "big") == (200, value)
+
+
 def test_status_rpc(client, pb, node):
     client.Set(pb.kv.SetRequest(key="s", value="1"))
     r = client.Status(pb.cluster.StatusRequest(), timeout=5)

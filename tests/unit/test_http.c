@@ -509,7 +509,44 @@ TEST(query_decoding)
     CHECK_EQ_INT(http_url_path("/h%65alth?x", 11, &path), 0);
     CHECK_EQ_STR(path.data, "/health");
     CHECK_EQ_INT(http_url_path("/a%00b", 6, &path), PZ_EINVAL);
+    /* In a path '+' is itself; escapes first, last, back to back. */
+    CHECK_EQ_INT(http_url_path("%2Fa+b%2b%2F%2f", 15, &path), 0);
+    CHECK_EQ_STR(path.data, "/a+b+//");
+    CHECK_EQ_INT(path.len, 7);
+    CHECK_EQ_INT(http_url_path("/ab%", 4, &path), PZ_EINVAL);
+    CHECK_EQ_INT(http_url_path("/ab%4", 5, &path), PZ_EINVAL);
+    CHECK_EQ_INT(http_url_path("/ab%4g", 6, &path), PZ_EINVAL);
+    /* An empty path in a buffer never used: a string, not bytes left
+     * as malloc gave them. */
+    struct pz_buf fresh;
+    pz_buf_init(&fresh);
+    CHECK_EQ_INT(http_url_path("?x", 2, &fresh), 0);
+    CHECK_EQ_STR(fresh.data, "");
+    CHECK_EQ_INT(fresh.len, 0);
+    pz_buf_free(&fresh);
+    CHECK_EQ_INT(http_query_get("/g?k=++%2B+", 11, "k", &v, &l), 1);
+    CHECK_EQ_INT(l, 4);
+    CHECK(memcmp(v, "  + ", 4) == 0);
+    pz_free(v);
     pz_buf_free(&path);
+}
+
+/* Header names are found whatever their case; values keep theirs. */
+TEST(header_names_any_case)
+{
+    static const char in[] = "GET /health HTTP/1.1\r\nHoSt: X\r\n"
+                             "X-AbC-z09_~: MiXed Value\r\nAUTHORIZATION: "
+                             "Bearer T@k\r\n\r\n";
+    struct http_parser p;
+    http_parser_init(&p, &lim);
+    size_t used;
+    CHECK_EQ_INT(http_parser_feed(&p, in, sizeof in - 1, &used),
+                 HTTP_PARSE_REQUEST);
+    CHECK_EQ_STR(http_req_header(&p.req, "host"), "X");
+    CHECK_EQ_STR(http_req_header(&p.req, "x-abc-z09_~"), "MiXed Value");
+    CHECK_EQ_STR(http_req_header(&p.req, "authorization"), "Bearer T@k");
+    CHECK(http_req_header(&p.req, "HoSt") == NULL); /* asked in lower case */
+    http_parser_free(&p);
 }
 
 /* "GET /path" and a blank line is an HTTP/0.9 request to llhttp: no
@@ -750,6 +787,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(chunked_body_over_limit),
     TEST_ENTRY(upgrade_h2c_ignored),
     TEST_ENTRY(query_decoding),
+    TEST_ENTRY(header_names_any_case),
     TEST_ENTRY(no_version_is_400),
     TEST_ENTRY(chunk_size_over_limit_refused_at_once),
     TEST_ENTRY(phases_and_start),

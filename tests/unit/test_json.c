@@ -142,6 +142,61 @@ TEST(strings_are_bytes)
     CHECK(json_str_is(&v, "", 0));
 }
 
+/* Strings are checked eight bytes at a time: a control byte, a quote or
+ * a backslash is seen at every offset within and across words, and bytes
+ * that differ from them only in the high bit (0x80-0x9f, 0xa2, 0xdc) are
+ * plain. */
+TEST(string_word_scan)
+{
+    static const unsigned char plain[] = {'a', 0x80, 0x9f, 0xa2, 0xdc, 0xff,
+                                          0x20, 0x7f, '~', 0x81, 0xa0, 'z'};
+    for (size_t at = 0; at < 24; at++) {
+        char doc[40];
+        size_t n = 0;
+        doc[n++] = '"';
+        for (size_t i = 0; i < 26; i++)
+            doc[n++] = (char)plain[i % sizeof plain];
+        doc[n++] = '"';
+        struct json_val v;
+        /* All plain: accepted, copied as is. */
+        CHECK_EQ_INT(json_parse(doc, n, &v), 0);
+        size_t len;
+        char *s = json_strdup(&v, &len);
+        CHECK_EQ_INT(len, 26);
+        CHECK(memcmp(s, doc + 1, 26) == 0);
+        pz_free(s);
+        /* A raw control byte (0x00, 0x01, 0x1f) anywhere: refused. */
+        static const char ctl[] = {0x00, 0x01, 0x1f};
+        for (size_t k = 0; k < sizeof ctl; k++) {
+            char bad[40];
+            memcpy(bad, doc, n);
+            bad[1 + at] = ctl[k];
+            CHECK(json_parse(bad, n, &v) != 0);
+        }
+        /* A quote ends the string early: the rest is not JSON. */
+        char q[40];
+        memcpy(q, doc, n);
+        q[1 + at] = '"';
+        CHECK(json_parse(q, n, &v) != 0);
+        /* An escape is found and decoded wherever it starts. */
+        char e[40];
+        memcpy(e, doc, n);
+        e[1 + at] = '\\';
+        e[2 + at] = 'n';
+        CHECK_EQ_INT(json_parse(e, n, &v), 0);
+        s = json_strdup(&v, &len);
+        CHECK_EQ_INT(len, 25);
+        CHECK_EQ_INT(s[at], '\n');
+        CHECK(memcmp(s, doc + 1, at) == 0);
+        CHECK(memcmp(s + at + 1, doc + 3 + at, 25 - at - 1) == 0);
+        pz_free(s);
+        /* An unknown escape is refused wherever it starts. */
+        e[1 + at] = '\\';
+        e[2 + at] = 'x';
+        CHECK(json_parse(e, n, &v) != 0);
+    }
+}
+
 TEST(members)
 {
     struct json_val root, v;
@@ -329,6 +384,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(put_string),
     TEST_ENTRY(accepts_rfc8259), TEST_ENTRY(refuses_the_rest),
     TEST_ENTRY(nesting_limit),   TEST_ENTRY(strings_are_bytes),
+    TEST_ENTRY(string_word_scan),
     TEST_ENTRY(members),         TEST_ENTRY(walk),
     TEST_ENTRY(walk_backslash_runs),
     TEST_ENTRY(u64_exact),       TEST_END};

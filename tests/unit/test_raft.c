@@ -463,6 +463,7 @@ TEST(three_node_election)
     for (int k = 0; k < 40 && count_leaders(&net, &term) == 0; k++)
         tick_all(&net, 1);
     CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    tick_all(&net, 1); /* the tick sends the commit index held back */
     uint64_t leader = 0;
     for (int i = 1; i <= 3; i++)
         if (st_of(&net, i).role == RAFT_LEADER)
@@ -1046,6 +1047,160 @@ TEST(read_index_follower_forwards)
     CHECK_EQ_INT(net.nodes[2].dropped[1], 58);
     CHECK_EQ_INT(net.nodes[2].n_rs, 2);
     net_free(&net);
+}
+
+/* n nodes, node 1 elected, everyone told of the commit index. */
+static void settled(struct tnet *net, int n)
+{
+    net_init(net, n);
+    elect(net, 1);
+    tick_all(net, 1);
+}
+
+/* Delivers everything, counting the APPENDs without entries (commit
+ * updates) the leader sent. */
+static int deliver_counting_empty(struct tnet *net, uint64_t leader)
+{
+    int empty = 0;
+    pump_all(net);
+    for (int guard = 0; net->nq > 0 && guard < 100000; guard++) {
+        empty += net->q[0].from == leader && net->q[0].type == RAFT_MSG_APPEND &&
+                 net->q[0].n_entries == 0;
+        deliver_one(net, 0);
+    }
+    return empty;
+}
+
+TEST(commit_rides_on_the_next_append)
+{
+    /* A commit index alone is not sent at once: it goes with the next
+     * APPEND, or at the next tick; a follower wakes once per write. */
+    struct tnet net;
+    settled(&net, 3);
+    uint64_t i1, i2;
+    CHECK_EQ_INT(raft_propose(net.nodes[1].r, (const uint8_t *)"a", 1, &i1,
+                              NULL),
+                 0);
+    CHECK_EQ_INT(deliver_counting_empty(&net, 1), 0);
+    CHECK_EQ_INT(st_of(&net, 1).commit, i1);
+    CHECK(st_of(&net, 2).commit < i1);
+    CHECK(st_of(&net, 3).commit < i1);
+    CHECK_EQ_INT(raft_propose(net.nodes[1].r, (const uint8_t *)"b", 1, &i2,
+                              NULL),
+                 0);
+    CHECK_EQ_INT(deliver_counting_empty(&net, 1), 0);
+    CHECK_EQ_INT(st_of(&net, 2).commit, i1); /* rode on b's APPEND */
+    CHECK_EQ_INT(net.nodes[3].applied, i1);
+    /* The next tick sends what is held back. */
+    raft_tick(net.nodes[1].r);
+    deliver_all(&net);
+    CHECK_EQ_INT(st_of(&net, 2).commit, i2);
+    CHECK_EQ_INT(st_of(&net, 3).commit, i2);
+    /* Nothing more to send at the tick after. */
+    raft_tick(net.nodes[1].r);
+    CHECK_EQ_INT(deliver_counting_empty(&net, 1), 0);
+    /* A leader about to stop sends each commit index at once. */
+    raft_commit_eager(net.nodes[1].r);
+    uint64_t i3;
+    CHECK_EQ_INT(raft_propose(net.nodes[1].r, (const uint8_t *)"c", 1, &i3,
+                              NULL),
+                 0);
+    CHECK_EQ_INT(deliver_counting_empty(&net, 1), 2);
+    CHECK_EQ_INT(st_of(&net, 2).commit, i3);
+    CHECK_EQ_INT(st_of(&net, 3).commit, i3);
+    net_free(&net);
+}
+
+TEST(commit_sent_at_once_to_a_follower_read)
+{
+    /* A follower answers a forwarded read once it has applied up to the
+     * read index: the leader sends it the commit index with the answer,
+     * not at the next tick, also when the read round's heartbeats (which
+     * carry the commit index) went to the other follower only. */
+    struct tnet net;
+    settled(&net, 3);
+    CHECK_EQ_INT(raft_read_index(net.nodes[1].r, 1), 0); /* to everyone */
+    deliver_all(&net);
+    for (int f = 2; f <= 3; f++) {
+        uint64_t idx;
+        raft_propose(net.nodes[1].r, (const uint8_t *)"w", 1, &idx, NULL);
+        deliver_all(&net);
+        CHECK(st_of(&net, f).commit < idx);
+        CHECK_EQ_INT(raft_read_index(net.nodes[f].r, (uint64_t)f), 0);
+        deliver_all(&net);
+        CHECK_EQ_INT(net.nodes[f].n_rs, 1);
+        CHECK_EQ_INT(net.nodes[f].rs[0].index, idx);
+        CHECK_EQ_INT(st_of(&net, f).commit, idx);
+        CHECK_EQ_INT(net.nodes[f].applied, idx);
+    }
+    net_free(&net);
+}
+
+TEST(commit_sent_at_once_for_conf_and_transfer)
+{
+    /* A committed configuration entry, and any commit during a
+     * leadership transfer, reach the followers at once. */
+    struct tnet net;
+    settled(&net, 3);
+    struct raft *l = net.nodes[1].r;
+    struct raft_conf_change cc = {.type = RAFT_CC_ADD_NONVOTER, .id = 4};
+    uint64_t ci;
+    CHECK_EQ_INT(raft_propose_conf(l, &cc, &ci, NULL), 0);
+    CHECK(deliver_counting_empty(&net, 1) > 0);
+    CHECK_EQ_INT(st_of(&net, 1).commit, ci);
+    CHECK_EQ_INT(st_of(&net, 2).commit, ci);
+    CHECK_EQ_INT(st_of(&net, 3).commit, ci);
+    /* Transfer to 3 while 3 lags: each commit goes out at once. */
+    isolate(&net, 3, true);
+    uint64_t wi;
+    raft_propose(l, (const uint8_t *)"z", 1, &wi, NULL);
+    deliver_all(&net);
+    CHECK(st_of(&net, 2).commit < wi);
+    CHECK_EQ_INT(raft_transfer_leader(l, 3), 0);
+    deliver_all(&net);
+    CHECK_EQ_INT(st_of(&net, 2).commit, wi);
+    net_free(&net);
+}
+
+/* Heartbeats from node `from` among the queued messages (after pumping). */
+static size_t heartbeats_from(struct tnet *net, uint64_t from)
+{
+    pump_all(net);
+    size_t c = 0;
+    for (size_t i = 0; i < net->nq; i++)
+        c += net->q[i].from == from && net->q[i].type == RAFT_MSG_HEARTBEAT;
+    return c;
+}
+
+TEST(read_index_forwarder_counts_as_ack)
+{
+    /* With three voters, the forwarding follower's READ_INDEX of this
+     * term and the leader are a quorum: no heartbeat round. With five,
+     * one more voter must answer a round. A READ_INDEX of another term
+     * acknowledges nothing. */
+    for (int n = 3; n <= 5; n += 2) {
+        struct tnet net;
+        settled(&net, n);
+        CHECK_EQ_INT(raft_read_index(net.nodes[2].r, 41), 0);
+        struct raft_msg *m = find_msg(&net, 2, RAFT_MSG_READ_INDEX);
+        CHECK(m != NULL);
+        struct raft_msg copy = *m;
+        deliver_one(&net, 0); /* to the leader */
+        if (n == 3)
+            CHECK_EQ_INT(heartbeats_from(&net, 1), 0);
+        else
+            CHECK(heartbeats_from(&net, 1) > 0);
+        deliver_all(&net);
+        CHECK_EQ_INT(net.nodes[2].n_rs, 1);
+        CHECK_EQ_INT(net.nodes[2].rs[0].ctx, 41);
+        /* The same request as if sent in an earlier term: a round. */
+        copy.log_term = st_of(&net, 1).term - 1;
+        copy.context = 42;
+        raft_step(net.nodes[1].r, &copy);
+        CHECK(heartbeats_from(&net, 1) > 0);
+        deliver_all(&net);
+        net_free(&net);
+    }
 }
 
 TEST(read_index_waits_for_commit_in_term)
@@ -1839,6 +1994,7 @@ TEST(message_shape_checks)
     /* nothing was disturbed: node 2 still follows node 1 */
     propose_n(&net, 1, 1);
     deliver_all(&net);
+    tick_all(&net, 1); /* the commit index, held back until a tick */
     CHECK_EQ_INT(st_of(&net, 2).term, t);
     CHECK_EQ_INT(st_of(&net, 2).leader, 1);
     CHECK_EQ_INT(st_of(&net, 2).commit, st_of(&net, 1).commit);
@@ -2728,6 +2884,10 @@ static const struct test_case cases[] = {
     TEST_ENTRY(read_index_round_to_a_quorum),
     TEST_ENTRY(read_index_quorum_needed),
     TEST_ENTRY(read_index_follower_forwards),
+    TEST_ENTRY(commit_rides_on_the_next_append),
+    TEST_ENTRY(commit_sent_at_once_to_a_follower_read),
+    TEST_ENTRY(commit_sent_at_once_for_conf_and_transfer),
+    TEST_ENTRY(read_index_forwarder_counts_as_ack),
     TEST_ENTRY(read_index_waits_for_commit_in_term),
     TEST_ENTRY(persist_rules),
     TEST_ENTRY(leader_self_ack_only_when_durable),

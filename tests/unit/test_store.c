@@ -1294,6 +1294,50 @@ TEST(compact_and_reload)
     tdir_free(&t);
 }
 
+/* Dropping a prefix of large entries writes (about) none of their bytes
+ * again: no zeroing of freed overflow pages through the WAL, which for
+ * a log of 1 MiB entries made a compaction step write as much as it
+ * dropped. */
+TEST(compact_does_not_rewrite_dropped_bytes)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    enum { N = 24, LEN = 512 * 1024 };
+    struct raft_entry *e = pz_calloc(N, sizeof *e);
+    for (size_t i = 0; i < N; i++) {
+        e[i].index = i + 1;
+        e[i].term = 1;
+        e[i].len = LEN;
+        e[i].data = pz_malloc(LEN);
+        memset(e[i].data, 'a' + (int)i, LEN);
+    }
+    struct raft_hard_state hs = {1, 1, N};
+    CHECK_EQ_INT(store_write_sync(s, &hs, e, N), 0);
+    store_close(s); /* checkpoints: the WAL is gone */
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", t.db);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    CHECK_EQ_INT(store_compact(s, N - 2, 1), 0);
+    off_t w = file_size(wal);
+    CHECK(w >= 0 && w < (off_t)(N * LEN) / 8);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *got;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &got, &n, NULL), 0);
+    CHECK_EQ_INT(n, 2);
+    CHECK(got[1].index == N && got[1].len == LEN &&
+          memcmp(got[1].data, e[N - 1].data, LEN) == 0);
+    free_entries(got, n);
+    store_close(s);
+    free_entries(e, N);
+    tdir_free(&t);
+}
+
 TEST(meta_set_once)
 {
     struct tdir t;
@@ -1958,6 +2002,26 @@ static void step_cb(struct store *s, int status, const char *msg, void *arg)
     *(int *)arg = status;
 }
 
+/* Compaction steps up to upto, 1000 rows each, until the store has
+ * nothing left to drop or give back: *steps is how many ran, -1 if one
+ * failed. */
+static void compact_fully(struct store *s, uint64_t upto, int *steps)
+{
+    *steps = -1;
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int n = 0, status = 0, rc;
+    while ((rc = store_compact_step(s, &loop, upto, 1000, step_cb,
+                                    &status)) == 0) {
+        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        CHECK_EQ_INT(status, 0);
+        CHECK(++n < 100);
+    }
+    CHECK_EQ_INT(rc, 1);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    *steps = n;
+}
+
 TEST(compaction_gives_space_back)
 {
     struct tdir t;
@@ -1977,17 +2041,8 @@ TEST(compaction_gives_space_back)
     }
     off_t peak = db_bytes(&t);
     CHECK(peak > 16 * 1024 * 1024);
-    uv_loop_t loop;
-    CHECK_EQ_INT(uv_loop_init(&loop), 0);
-    int steps = 0, status = 0, rc;
-    while ((rc = store_compact_step(s, &loop, 3990, 1000, step_cb,
-                                    &status)) == 0) {
-        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
-        CHECK_EQ_INT(status, 0);
-        CHECK(++steps < 100);
-    }
-    CHECK_EQ_INT(rc, 1);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    int steps;
+    compact_fully(s, 3990, &steps);
     off_t after = db_bytes(&t);
     fprintf(stderr, "    %d steps: %lld bytes -> %lld bytes\n", steps,
             (long long)peak, (long long)after);
@@ -2001,6 +2056,49 @@ TEST(compaction_gives_space_back)
     CHECK_EQ_INT(store_load(s, &hs, &le, &n, NULL), 0);
     CHECK_EQ_INT(n, 10);
     CHECK(n == 10 && le[0].index == 3991 && le[9].len == sizeof big);
+    free_entries(le, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
+/* A compaction that leaves a log a quarter or more the size of what it
+ * dropped gives nothing back: the log grows back into the free pages,
+ * and a vacuum would move all of it. */
+TEST(compaction_keeps_room_for_a_large_log)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 0, 0};
+    enum { N = 40, LEN = 256 * 1024 };
+    static uint8_t big[LEN];
+    memset(big, 'y', sizeof big);
+    struct raft_entry e[N];
+    for (size_t i = 0; i < N; i++)
+        e[i] = (struct raft_entry){.index = i + 1, .term = 1,
+                                   .type = RAFT_ENTRY_NORMAL, .data = big,
+                                   .len = LEN};
+    CHECK_EQ_INT(store_write_sync(s, &hs, e, N), 0);
+    store_close(s); /* checkpointed: the file holds it all */
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    off_t peak = db_bytes(&t);
+    CHECK(peak > N * LEN);
+    int steps;
+    compact_fully(s, 30, &steps);
+    CHECK_EQ_INT(steps, 1); /* the delete, no vacuum step after it */
+    store_close(s);
+    off_t after = db_bytes(&t);
+    fprintf(stderr, "    %lld bytes -> %lld bytes\n", (long long)peak,
+            (long long)after);
+    CHECK(after >= N * LEN); /* 30 entries' pages kept, free */
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *le;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &le, &n, NULL), 0);
+    CHECK(n == 10 && le[0].index == 31 && le[9].len == LEN);
     free_entries(le, n);
     store_close(s);
     tdir_free(&t);
@@ -2028,6 +2126,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(full_disk_rolls_back_and_retries),
     TEST_ENTRY(schema_1_is_converted),
     TEST_ENTRY(compact_and_reload),
+    TEST_ENTRY(compaction_keeps_room_for_a_large_log),
+    TEST_ENTRY(compact_does_not_rewrite_dropped_bytes),
     TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
     TEST_ENTRY(load_from_and_term),
