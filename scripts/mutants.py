@@ -138,10 +138,10 @@ MUTATIONS = [
       "    commit_to(r, PZ_MIN(m->commit, log_last(&r->log)));",
       RAFT, "a follower commits entries past the ones the leader sent"),
     M("advance_ignores_truncation", "src/raft.c",
-      "    if (r->trunc_since != UINT64_MAX && upto >= r->trunc_since)\n"
-      "        upto = r->trunc_since - 1;",
-      "    if (r->trunc_since != UINT64_MAX && upto > r->persisted + "
-      "1000000000)\n        upto = r->trunc_since - 1;",
+      "    if (sl->trunc_since != UINT64_MAX && upto >= sl->trunc_since)\n"
+      "        upto = sl->trunc_since - 1;",
+      "    if (sl->trunc_since != UINT64_MAX && upto > r->persisted + "
+      "1000000000)\n        upto = sl->trunc_since - 1;",
       RAFT, "a write counts for entries truncated meanwhile"),
     M("restore_accepts_future_terms", "src/raft.c",
       "            e->term > hs->term || e->term == 0 || "
@@ -182,14 +182,29 @@ MUTATIONS = [
       "a linearizable read answered before the read index is applied"),
     # --- persist before ack / vote (src/node.c, src/store.c) -------------
     M("node_ack_before_persist", "src/node.c",
-      "            nd->store_busy = true;\n            return;",
-      "            nd->store_busy = true;\n"
-      "            send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);\n"
-      "            rd->n_msgs_after_persist = 0;\n"
-      "            return;",
-      ["py:test_powerloss.py::test_power_cut_keeps_acknowledged_writes",
+      "        if (write_ready(q) < 0)\n"
+      "            core_fatal(\"cannot write the Raft log: %s\", "
+      "NIO(store_errmsg));\n    }",
+      "        if (write_ready(q) < 0)\n"
+      "            core_fatal(\"cannot write the Raft log: %s\", "
+      "NIO(store_errmsg));\n"
+      "        send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);\n"
+      "        rd->n_msgs_after_persist = 0;\n    }",
+      ["nodesim:200",
+       "py:test_powerloss.py::test_power_cut_keeps_acknowledged_writes",
        "py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
       "acks and votes leave before the store write is durable"),
+    M("node_pipelined_ack_early", "src/node.c",
+      "        if (!write && nd->n_rds == 0) {",
+      "        if (!write) {",
+      ["nodesim:200"],
+      "a Ready with nothing to write is advanced, and acknowledges, "
+      "before the writes ahead of it are durable"),
+    M("store_runs_behind_failure", "src/store.c",
+      "        if (s->halted) {\n            cancel_locked(s, b);",
+      "        if (s->halted && b == NULL) {\n            cancel_locked(s, b);",
+      ["unit:store/failed_write_cancels_queued"],
+      "a write queued behind a failed one still runs (a gap in the log)"),
     M("node_vote_not_persisted", "src/node.c",
       "        bool hs_needed = rd->hs_changed && (rd->hs.term != nd->saved_term ||\n"
       "                                            rd->hs.vote != nd->saved_vote);",
@@ -345,10 +360,11 @@ MUTATIONS = [
       ["py:test_nospace.py::test_quota_alarm_allows_deletes"],
       "quota-backend-bytes never raises the alarm"),
     M("nospace_is_fatal", "src/node.c",
-      "    if (status == PZ_ENOSPC) {\n        /* Nothing of the Ready is stored",
-      "    if (status == PZ_ENOSPC && status > 0) {\n"
-      "        /* Nothing of the Ready is stored",
-      ["py:test_nospace.py"], "a full disk stops the node again"),
+      "    if (status == PZ_ENOSPC || status == PZ_ECANCELED) {",
+      "    if ((status == PZ_ENOSPC || status == PZ_ECANCELED) && "
+      "status > 0) {",
+      ["nodesim:200", "py:test_nospace.py"],
+      "a full disk stops the node again"),
 ]
 
 

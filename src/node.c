@@ -10,15 +10,20 @@
  *      complete the writes and reads they unblock;
  *   2. send the messages that may go at once (the leader's AppendEntries
  *      go out before its own disk write: thesis §10.2.1);
- *   3. hand the hard state and new entries to the store, which commits them
- *      in one SQLite transaction on libuv's thread pool while the loop goes
- *      on serving (group commit: whatever arrives meanwhile forms the next
- *      batch, so the batch grows with the load); a small Ready with
- *      nothing else pending on the loop (one request in flight) is
- *      written on the loop instead, once the turn's output is flushed
- *      (node_write_now): the two hand-offs cost more than its COMMIT;
- *   4. when the write is durable: send the messages that needed it (votes,
- *      acknowledgements), raft_advance, and start over.
+ *   3. hand the hard state (when term or vote changed, hs_goes) and new
+ *      entries to the store, which commits them in one SQLite transaction
+ *      on libuv's thread pool while the loop goes on serving (group
+ *      commit: whatever arrives meanwhile forms the next batch, so the
+ *      batch grows with the load); up to NODE_READIES Readies are in
+ *      flight, and the store writes them back to back, each batch
+ *      starting as soon as the one before is durable (pipelined); a small
+ *      Ready with nothing else pending on the loop (one request in
+ *      flight) is written on the loop instead, once the turn's output is
+ *      flushed (node_write_now): the two hand-offs cost more than its
+ *      COMMIT;
+ *   4. when a write is durable, and every one before it: send the
+ *      messages that needed it (votes, acknowledgements), raft_advance
+ *      (retire_durable).
  * Failure modes: a failed log write is fatal (fail-stop: log it and exit,
  * never go on with state that is not on disk), except for lack of space
  * (node_nospace.c: the Ready is written again until it fits, and client
@@ -101,7 +106,7 @@ static const char *on_recv(void *data, const struct raft_msg *m);
 static int restore(char *err, size_t errlen);
 static void on_transport_closed(void);
 static void on_tick_closed(void);
-static int write_ready(void);
+static int write_ready(struct node_rd *q);
 
 /* --- applying committed entries ------------------------------------------ */
 
@@ -270,16 +275,54 @@ static void ready_apply(struct raft_ready *rd)
     core_reads_check_applied();
 }
 
-/* Hand nd->rd's snapshot, hard state and entries to the store. */
-static int write_ready(void)
+/* Term and vote go to the disk with the write that follows their change
+ * (Figure 3.1: before anything that depends on them is sent). The commit
+ * index is only a hint for a restart (the leader tells it again, and the
+ * restore clips it to the stored log), and rewriting the hard_state row
+ * for it alone costs every COMMIT a second WAL page: it rides along with
+ * a write at most every HS_COMMIT_EVERY_MS, and is saved at a clean
+ * close (save_commit). */
+#define HS_COMMIT_EVERY_MS 100
+
+/* Whether rd's hard state goes with its write; if so, it is the one
+ * handed to the store from now on. */
+static bool hs_goes(const struct raft_ready *rd)
 {
-    struct raft_ready *rd = &nd->rd;
+    uint64_t now = NIO(now);
+    bool due = rd->snapshot || rd->hs.term != nd->saved_term ||
+               rd->hs.vote != nd->saved_vote ||
+               (rd->hs.commit != nd->saved_commit && now >= nd->hs_commit_at);
+    if (due) {
+        nd->saved_term = rd->hs.term;
+        nd->saved_vote = rd->hs.vote;
+        nd->saved_commit = rd->hs.commit;
+        nd->hs_commit_at = now + HS_COMMIT_EVERY_MS;
+    }
+    return due;
+}
+
+static struct node_rd *rd_at(size_t i)
+{
+    return &nd->rds[(nd->rd_first + i) % NODE_READIES];
+}
+
+/* Hand q's snapshot, hard state (if it goes) and entries to the store,
+ * behind the writes already there. */
+static int write_ready(struct node_rd *q)
+{
+    struct raft_ready *rd = &q->rd;
+    int rv;
     if (rd->snapshot)
-        return NIO(store_write_install, rd->snapshot->index, rd->snapshot->term,
-                                   &rd->hs, rd->entries, rd->n_entries,
-                                   on_written);
-    return NIO(store_write, &rd->hs, rd->entries,
-                       rd->n_entries, on_written);
+        rv = NIO(store_write_install, rd->snapshot->index, rd->snapshot->term,
+                 &rd->hs, rd->entries, rd->n_entries, on_written);
+    else
+        rv = NIO(store_write, q->hs ? &rd->hs : NULL, rd->entries,
+                 rd->n_entries, on_written);
+    if (rv == 0) {
+        q->state = RD_WRITING;
+        nd->n_writing++;
+    }
+    return rv;
 }
 
 /* A Ready this small (low load: under load batches grow, and stay on the
@@ -306,43 +349,72 @@ static bool write_now_fits(const struct raft_ready *rd)
     return bytes <= WRITE_NOW_MAX_BYTES && NIO(store_write_now_ok);
 }
 
-/* Runs Ready cycles until one needs the disk or nothing is left. */
+/* Whether another Ready may be taken now: not during a compaction step,
+ * a loop-thread write to come, or while Readies are owed to the store
+ * (the core also stops at NODE_READIES in flight). */
+static bool ready_room(void)
+{
+    return !nd->store_busy && !nd->write_now && !nd->ready_owed;
+}
+
+/* Send the acknowledgements of the oldest Readies whose writes (and those
+ * of every Ready before them) are durable, and advance the core past
+ * them, in the order taken. */
+static void retire_durable(void)
+{
+    while (nd->n_rds > 0 && (rd_at(0)->state == RD_DURABLE ||
+                             rd_at(0)->state == RD_NO_WRITE)) {
+        struct raft_ready *rd = &rd_at(0)->rd;
+        nd->rd_first = (nd->rd_first + 1) % NODE_READIES;
+        nd->n_rds--;
+        send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
+        raft_advance(nd->raft, rd);
+    }
+}
+
+/* Runs Ready cycles: each Ready that needs the disk goes to the store
+ * behind those already there (up to NODE_READIES in flight), so that the
+ * next batch is written as soon as the previous one is durable. */
 static void ready_cycle(void)
 {
-    for (int rounds = 0; rounds < 8 && !nd->store_busy &&
-                         raft_has_ready(nd->raft);
-         rounds++) {
-        struct raft_ready *rd = &nd->rd;
+    for (int rounds = 0;
+         rounds < 8 && ready_room() && raft_has_ready(nd->raft); rounds++) {
+        pz_assert(nd->n_rds < NODE_READIES);
+        struct node_rd *q = rd_at(nd->n_rds);
+        struct raft_ready *rd = &q->rd;
         raft_ready(nd->raft, rd);
         ready_apply(rd);
         send_all(rd->msgs, rd->n_msgs);
         /* Term and vote must be durable before anything that depends on
          * them (Figure 3.1); the commit index need not be (it is learned
          * again from the leader after a restart), so a Ready that only
-         * moves it costs no fsync: it rides along with the next write. */
+         * moves it costs no fsync: it rides along with a later write. */
         bool hs_needed = rd->hs_changed && (rd->hs.term != nd->saved_term ||
                                             rd->hs.vote != nd->saved_vote);
-        if (hs_needed || rd->n_entries || rd->snapshot) {
-            nd->saved_term = rd->hs.term;
-            nd->saved_vote = rd->hs.vote;
-            nd->store_busy = true;
-            if (write_now_fits(rd)) {
-                /* After the turn's output (the AppendEntries just sent)
-                 * is flushed: the followers write while we do. */
-                nd->write_now = true;
-                return;
-            }
-            int rv = write_ready();
-            if (rv < 0) {
-                core_fatal("cannot write the Raft log: %s",
-                           NIO(store_errmsg));
-            }
+        bool write = hs_needed || rd->n_entries || rd->snapshot;
+        if (!write && nd->n_rds == 0) {
+            send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
+            raft_advance(nd->raft, rd);
+            continue;
+        }
+        /* Behind Readies in flight, one with nothing to write still waits
+         * for them: its acknowledgements may be of their entries. */
+        nd->n_rds++;
+        q->state = RD_NO_WRITE;
+        if (!write)
+            continue;
+        q->hs = hs_goes(rd);
+        if (nd->n_rds == 1 && write_now_fits(rd)) {
+            /* After the turn's output (the AppendEntries just sent) is
+             * flushed: the followers write while we do. */
+            q->state = RD_WRITING;
+            nd->write_now = true;
             return;
         }
-        send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);
-        raft_advance(nd->raft, rd);
+        if (write_ready(q) < 0)
+            core_fatal("cannot write the Raft log: %s", NIO(store_errmsg));
     }
-    if (!nd->store_busy && !raft_has_ready(nd->raft))
+    if (nd->n_rds == 0 && !nd->store_busy && !raft_has_ready(nd->raft))
         snaps_compact_step();
 }
 
@@ -351,45 +423,83 @@ bool node_write_now(void)
     if (!nd->open || !nd->write_now)
         return false;
     nd->write_now = false;
-    struct raft_ready *rd = &nd->rd;
-    int rv = NIO(store_write_now, &rd->hs, rd->entries, rd->n_entries);
+    struct node_rd *q = rd_at(0);
+    struct raft_ready *rd = &q->rd;
+    int rv = NIO(store_write_now, q->hs ? &rd->hs : NULL, rd->entries,
+                 rd->n_entries);
     if (rv == 1) {
         /* Events wait on the loop: the thread pool, as usual. */
-        if (write_ready() < 0)
+        if (write_ready(q) < 0)
             core_fatal("cannot write the Raft log: %s", NIO(store_errmsg));
         return false;
     }
     if (nd->io.update_time)
         NIO(update_time);
+    nd->n_writing++; /* as if handed to the store: on_written counts it */
     on_written(rv, rv < 0 ? NIO(store_errmsg) : NULL);
     return true;
 }
 
-/* The leader replicates while the store is busy (a Ready being written, a
+/* The leader replicates while the store is busy (Readies being written, a
  * compaction step): heartbeats keep flowing through a slow fsync and
  * followers start on new entries at once (raft_take_msgs). */
 static void send_early(void)
 {
-    if (!nd->store_busy)
+    if (nd->n_rds == 0 && !nd->store_busy)
         return; /* ready_cycle sends them with the next Ready */
     const struct raft_msg *msgs;
     size_t n = raft_take_msgs(nd->raft, &msgs);
     send_all(msgs, n);
 }
 
+/* The oldest write in flight (completions come in the order handed). */
+static struct node_rd *oldest_writing(void)
+{
+    for (size_t i = 0; i < nd->n_rds; i++)
+        if (rd_at(i)->state == RD_WRITING)
+            return rd_at(i);
+    return NULL;
+}
+
+/* Out of space: write the owed Readies again, in order, once the store
+ * has reported on every write it had (those behind the refused one were
+ * cancelled). */
+static void retry_owed(void)
+{
+    if (nd->n_writing > 0)
+        return; /* the next tick */
+    nd->retry_due = false;
+    for (size_t i = 0; i < nd->n_rds; i++)
+        if (rd_at(i)->state == RD_OWED && write_ready(rd_at(i)) < 0)
+            core_fatal("cannot write the Raft log: %s", NIO(store_errmsg));
+}
+
 static void on_written(int status, const char *errmsg)
 {
-    if (status == PZ_ENOSPC) {
-        /* Nothing of the Ready is stored (the store rolled it back): it
-         * stays owed, as if the disk were very slow, and is written again
-         * later; nothing it acknowledges is sent, the core is not
-         * advanced. */
-        core_nospace(errmsg ? errmsg : pz_strerror(status));
-        nd->ready_owed = true;
-        nd->retry_due = true;
-        nd->retry_at = NIO(now) + NOSPACE_RETRY_MS;
-        if (nd->closing)
+    pz_assert(nd->n_writing > 0);
+    nd->n_writing--;
+    if (nd->closing) {
+        /* Nothing more is sent or advanced: the core goes with the
+         * close, once the store has no write left. */
+        if (nd->n_writing == 0)
             core_finish_close();
+        return;
+    }
+    struct node_rd *q = oldest_writing();
+    pz_assert(q != NULL);
+    if (status == PZ_ENOSPC || status == PZ_ECANCELED) {
+        /* Nothing of the Ready is stored (the store rolled it back, or
+         * did not run it behind one it rolled back): it stays owed, as
+         * if the disk were very slow, and is written again later;
+         * nothing it acknowledges is sent, the core is not advanced. */
+        q->state = RD_OWED;
+        if (status == PZ_ENOSPC)
+            core_nospace(errmsg ? errmsg : pz_strerror(status));
+        nd->ready_owed = true;
+        if (!nd->retry_due) {
+            nd->retry_due = true;
+            nd->retry_at = NIO(now) + NOSPACE_RETRY_MS;
+        }
         return;
     }
     if (status < 0) {
@@ -401,20 +511,21 @@ static void on_written(int status, const char *errmsg)
                    "node to recover from what is on disk",
                    errmsg ? errmsg : pz_strerror(status));
     }
-    nd->ready_owed = false;
-    core_space_back();
-    nd->store_busy = false;
+    q->state = RD_DURABLE;
+    if (nd->ready_owed) {
+        bool owed = false;
+        for (size_t i = 0; i < nd->n_rds; i++)
+            owed |= rd_at(i)->state == RD_OWED;
+        nd->ready_owed = owed;
+    }
+    if (!nd->ready_owed)
+        core_space_back();
     node_metrics_written();
     if (nd->cluster_id_unsaved) {
         nd->cluster_id_unsaved = false;
         members_save_cluster_id(NULL, nd->cluster_id);
     }
-    if (nd->closing) {
-        core_finish_close();
-        return;
-    }
-    send_all(nd->rd.msgs_after_persist, nd->rd.n_msgs_after_persist);
-    raft_advance(nd->raft, &nd->rd);
+    retire_durable();
 }
 
 /* A message from a peer; the reason if the core calls it invalid (the
@@ -436,13 +547,23 @@ static const char *on_recv(void *data, const struct raft_msg *m)
         return NULL;
     }
     node_metrics_recv(m);
+    struct raft_status rs;
+    bool had = false;
+    if (m->type == RAFT_MSG_INSTALL_SNAPSHOT) {
+        raft_status(nd->raft, &rs);
+        had = rs.snap_index == m->snap_index && rs.snap_term == m->snap_term;
+    }
     if (raft_step(nd->raft, m) == PZ_EINVAL)
         return raft_errmsg(nd->raft);
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT) {
-        /* Not taken (we had it all already): its table need not wait. */
-        struct raft_status rs;
+        /* Taken: the next Ready installs it. Not taken (we had it all
+         * already, maybe at this very point by a snapshot of our own):
+         * its table need not wait. */
         raft_status(nd->raft, &rs);
-        if (rs.snap_index != m->snap_index || rs.snap_term != m->snap_term)
+        if (!had && rs.snap_index == m->snap_index &&
+            rs.snap_term == m->snap_term)
+            nd->got_taken = true;
+        else
             snaps_got_drop();
     }
     return NULL;
@@ -453,12 +574,8 @@ void node_tick(void)
     if (!nd->open)
         return; /* closing: waits for the store */
     uint64_t now = NIO(now);
-    if (nd->retry_due && now >= nd->retry_at) {
-        nd->retry_due = false;
-        if (write_ready() < 0)
-            core_fatal("cannot write the Raft log: %s",
-                       NIO(store_errmsg));
-    }
+    if (nd->retry_due && now >= nd->retry_at)
+        retry_owed();
     if (!nospace_frozen())
         raft_tick(nd->raft);
     snaps_poll();
@@ -530,8 +647,8 @@ bool node_has_work(void)
 {
     return nd->open &&
            (!pz_queue_empty(&nd->done) || nd->write_now ||
-            (!nd->store_busy && raft_has_ready(nd->raft)) ||
-            (nd->store_busy && raft_has_msgs(nd->raft)));
+            (ready_room() && raft_has_ready(nd->raft)) ||
+            ((nd->n_rds > 0 || nd->store_busy) && raft_has_msgs(nd->raft)));
 }
 
 int node_propose(struct node_req *req, const uint8_t *cmd, size_t len,
@@ -676,6 +793,7 @@ static int restore(char *err, size_t errlen)
     nd->incarnation = meta.incarnation;
     nd->saved_term = hs.term;
     nd->saved_vote = hs.vote;
+    nd->saved_commit = hs.commit;
     struct raft_snapshot_meta snap;
     bool have = false;
     rv = snaps_restore(&meta, &ents, &n, &snap, &have, err, errlen);
@@ -866,6 +984,7 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
         .seed = seed ^ nd->id,
         .pre_vote = true,
         .check_quorum = true,
+        .max_readies = NODE_READIES,
     };
     char rerr[RAFT_ERRMSG_SIZE];
     nd->raft = raft_new(&rc, rerr);
@@ -969,6 +1088,24 @@ static void finish_all_now(int status)
     }
 }
 
+/* At a clean close: the commit index, if it moved since it was last
+ * written (hs_goes), so that a restart applies at once what was applied
+ * before. Returns whether a write went to the store (on_written comes). */
+static bool save_commit(void)
+{
+    struct raft_status rs;
+    raft_status(nd->raft, &rs);
+    uint64_t commit = PZ_MIN(rs.commit, rs.persisted_index);
+    if (commit <= nd->saved_commit || nd->ready_owed)
+        return false;
+    struct raft_hard_state hs = {nd->saved_term, nd->saved_vote, commit};
+    if (NIO(store_write, &hs, NULL, 0, on_written) < 0)
+        return false; /* the store failed earlier: nothing more to save */
+    nd->saved_commit = commit;
+    nd->n_writing++;
+    return true;
+}
+
 void node_drain(void)
 {
     if (nd->open && nd->raft != NULL)
@@ -990,14 +1127,13 @@ void node_close(void (*cb)(void))
         /* Not written yet, nothing that needs it sent: dropped, as by
          * a crash before the write. */
         nd->write_now = false;
-        nd->store_busy = false;
     }
-    if (nd->store_busy && !nd->retry_due) {
-        /* The store cannot close under a write in flight: on_written
-         * finishes the close. */
-        nd->closing = true;
+    /* The store cannot close under a write in flight: on_written (or
+     * on_compacted) finishes the close, after the last one. */
+    nd->closing = true;
+    if (nd->n_writing > 0 || nd->store_busy ||
+        (!nd->ready_owed && save_commit()))
         return;
-    }
     core_finish_close();
 }
 

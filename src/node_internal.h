@@ -67,6 +67,25 @@ struct member {
     bool voter;         /* in the current configuration */
 };
 
+/* Readies in flight at most (the core's max_readies): enough to keep the
+ * disk busy back to back while the loop builds the next batch. */
+#define NODE_READIES 4
+
+/* A Ready taken from the core, until raft_advance. */
+struct node_rd {
+    struct raft_ready rd; /* arrays owned by the core (raft.h) */
+    uint8_t state;        /* enum node_rd_state */
+    bool hs;              /* its hard state goes with its write */
+};
+
+enum node_rd_state {
+    RD_NO_WRITE = 0, /* nothing to persist: done once those before are */
+    RD_WRITING,      /* handed to the store */
+    RD_DURABLE,      /* written; waits for those before it */
+    RD_OWED,         /* refused for lack of space (or behind one that
+                        was): to be written again */
+};
+
 struct node {
     struct node_io io;           /* everything it does to the world */
     const struct pz_config *cfg; /* borrowed from main */
@@ -79,19 +98,26 @@ struct node {
                                     not one), told in handshakes */
     uint64_t cluster_id;         /* identity shared by all members */
     uint64_t tick_ms;            /* the tick's period (node_tick) */
-    struct raft_ready rd;        /* the Ready being persisted */
-    bool store_busy;             /* the store runs a job: writing rd, or
-                                    a compaction step; or rd waits to be
-                                    written again (ready_owed) */
-    bool write_now;              /* rd is to be written on the loop
-                                    thread once the turn's output is
-                                    flushed (node_write_now); store_busy
-                                    meanwhile */
+    /* Readies taken and not advanced, oldest first (a ring): the store
+     * writes them in that order, back to back (pipelined), and each is
+     * advanced once it and those before it are durable. */
+    struct node_rd rds[NODE_READIES];
+    size_t rd_first;             /* ring position of the oldest */
+    size_t n_rds;                /* Readies in the ring */
+    size_t n_writing;            /* of them, handed to the store and not
+                                    yet completed */
+    bool store_busy;             /* a compaction step runs on the store
+                                    (no Ready is taken meanwhile) */
+    bool write_now;              /* the one Ready in the ring is to be
+                                    written on the loop thread once the
+                                    turn's output is flushed
+                                    (node_write_now) */
     /* out of space (node_nospace.c) */
-    bool ready_owed;             /* rd could not be stored for lack of
-                                    space: written again every
-                                    NOSPACE_RETRY_MS, never advanced before */
-    bool retry_due;              /* ready_owed and no write in flight */
+    bool ready_owed;             /* a Ready could not be stored for lack
+                                    of space: it and those behind it are
+                                    written again every NOSPACE_RETRY_MS,
+                                    never advanced before */
+    bool retry_due;              /* ready_owed: a retry is scheduled */
     uint64_t retry_at;           /* io now() of the next attempt */
     uint64_t compact_retry_at;   /* no compaction step before (io now()) */
     bool alarm_disk;             /* NOSPACE: the disk is full */
@@ -125,6 +151,9 @@ struct node {
     bool cluster_id_unsaved;     /* members_save_cluster_id came during a write */
     uint64_t saved_term;         /* term last handed to the store */
     uint64_t saved_vote;         /* vote last handed to the store */
+    uint64_t saved_commit;       /* commit index last handed to it */
+    uint64_t hs_commit_at;       /* io now() from which a write may
+                                    carry a moved commit index again */
     struct member departed[4];   /* members dropped from the conf lately
                                     (names for the logs) */
     size_t n_departed;           /* entries in departed */
@@ -159,6 +188,8 @@ struct node {
     uint64_t rx_last_ms;         /* io now() of its last chunk */
     uint64_t got_index, got_term;/* verified received file, not installed */
     struct kv *got_kv;           /* that file, loaded (the check loads) */
+    bool got_taken;              /* the core took its INSTALL_SNAPSHOT:
+                                    the next Ready installs it */
     struct watch_hub watch_hub;  /* every change the state machine makes,
                                     for GET /watch: fed from kv's event
                                     callback, published per applied entry */

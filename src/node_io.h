@@ -16,10 +16,14 @@
  * (store.h, transport.h, snapshot.h, mandi_client.h), minus the loop:
  *  - the store's asynchronous jobs (write, install, compaction step)
  *    complete exactly once through their callback, later, never from
- *    inside the call; at most one is in flight; a write reported done is
- *    durable (a crash keeps it), one not reported may be lost whole;
+ *    inside the call, in the order they were handed; writes and installs
+ *    may be handed while others are in flight (a compaction step only
+ *    alone); a write reported done is durable (a crash keeps it, and
+ *    every job before it), those not reported may be lost, each whole,
+ *    the later ones with the earlier; a job that fails (PZ_ENOSPC too)
+ *    makes those behind it complete with PZ_ECANCELED, not run;
  *    store_write_now is the one synchronous write, for when the loop is
- *    idle;
+ *    idle and nothing is in flight;
  *  - transport callbacks (recv, on_chunk, ...) come from the
  *    transport_config given to tr_open, never from inside send;
  *  - the tick callback and every completion run with the node selected

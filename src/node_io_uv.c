@@ -17,7 +17,10 @@ static struct {
     void (*tick_cb)(void);
     void (*tick_done)(void);
     struct store *store;
-    node_io_done_cb store_cb; /* the job in flight's */
+    node_io_done_cb store_cbs[16]; /* the store's jobs in flight, in the
+                                      order handed (their completions
+                                      come in that order) */
+    size_t cb_first, n_cbs;   /* ring */
     uint64_t batches_seen;    /* store_stats batches as of note_commit */
     uint64_t commit_avg_ns;   /* moving average of COMMIT times */
     uint64_t commit_last_ns;  /* the latest */
@@ -153,9 +156,21 @@ static void on_store_done(struct store *s, int status, const char *errmsg,
     PZ_UNUSED(s);
     PZ_UNUSED(arg);
     note_commit();
-    node_io_done_cb cb = io.store_cb;
-    io.store_cb = NULL;
+    pz_assert(io.n_cbs > 0);
+    node_io_done_cb cb = io.store_cbs[io.cb_first];
+    io.cb_first = (io.cb_first + 1) % PZ_ARRAY_SIZE(io.store_cbs);
+    io.n_cbs--;
     cb(status, errmsg);
+}
+
+/* A store job was handed: cb comes after those before it. */
+static void push_cb(int rv, node_io_done_cb cb)
+{
+    if (rv != 0)
+        return;
+    pz_assert(io.n_cbs < PZ_ARRAY_SIZE(io.store_cbs));
+    io.store_cbs[(io.cb_first + io.n_cbs) % PZ_ARRAY_SIZE(io.store_cbs)] = cb;
+    io.n_cbs++;
 }
 
 static int uv_io_store_write(void *data, const struct raft_hard_state *hs,
@@ -165,8 +180,7 @@ static int uv_io_store_write(void *data, const struct raft_hard_state *hs,
     PZ_UNUSED(data);
     int rv =
         store_write(io.store, io.loop, hs, entries, n, on_store_done, NULL);
-    if (rv == 0)
-        io.store_cb = cb;
+    push_cb(rv, cb);
     return rv;
 }
 
@@ -204,8 +218,7 @@ static int uv_io_store_write_install(void *data, uint64_t index, uint64_t term,
     PZ_UNUSED(data);
     int rv = store_write_install(io.store, io.loop, index, term, hs, entries, n,
                                  on_store_done, NULL);
-    if (rv == 0)
-        io.store_cb = cb;
+    push_cb(rv, cb);
     return rv;
 }
 
@@ -215,8 +228,7 @@ static int uv_io_store_compact_step(void *data, uint64_t upto,
     PZ_UNUSED(data);
     int rv = store_compact_step(io.store, io.loop, upto, max_rows,
                                 on_store_done, NULL);
-    if (rv == 0)
-        io.store_cb = cb;
+    push_cb(rv, cb);
     return rv;
 }
 

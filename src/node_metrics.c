@@ -379,6 +379,10 @@ static void render_storage(struct pz_buf *b)
             "Log write transactions run on the event loop, with no "
             "thread-pool hand-off.",
             (double)ss.sync_batches);
+    counter(b, "pyazdb_storage_hard_state_writes_total",
+            "Log write transactions that also rewrote the hard state "
+            "(term, vote, commit index).",
+            (double)ss.hs_writes);
     counter(b, "pyazdb_storage_written_entries_total",
             "Log entries written to the database.", (double)ss.entries);
     counter(b, "pyazdb_storage_written_bytes_total",

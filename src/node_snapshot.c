@@ -469,10 +469,13 @@ void snaps_on_peer_link(void *data, uint64_t id, bool connected)
  * moved) or a newer transfer completing must not drop them. */
 static bool got_install_pending(void)
 {
-    /* The state machine at that point already (a snapshot of its own,
-     * taken once it applied that far through the log): nothing to
-     * install, and the table held must not block later transfers. */
-    if (nd->got_kv == NULL || nd->raft == NULL ||
+    /* Nothing is pending unless the core took its INSTALL_SNAPSHOT (the
+     * core's snapshot point alone could be the node's own snapshot at
+     * that index, reached through the log while the file waited for a
+     * message that never came); nor with the state machine at that point
+     * already (a snapshot of its own): the table held must not block
+     * later transfers. */
+    if (nd->got_kv == NULL || !nd->got_taken || nd->raft == NULL ||
         (nd->snap_index == nd->got_index && nd->snap_term == nd->got_term))
         return false;
     struct raft_status rs;
@@ -513,6 +516,7 @@ static void got_free(void)
     }
     kv_free(nd->got_kv);
     nd->got_kv = NULL;
+    nd->got_taken = false;
     nd->got_index = nd->got_term = 0;
 }
 
@@ -634,6 +638,7 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     }
     snaps_got_drop();
     nd->got_kv = kv;
+    nd->got_taken = false;
     nd->got_index = c->snap_index;
     nd->got_term = c->snap_term;
     if (nd->io.update_time)
@@ -712,6 +717,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
         nd->got_term == sm->term) {
         kv = nd->got_kv; /* the usual case: loaded when it arrived */
         nd->got_kv = NULL;
+        nd->got_taken = false;
         if (snapshot_peek(path, &meta, err, sizeof err) == 0) {
             nd->snap_size = meta.file_size;
             snapshot_meta_free(&meta);

@@ -270,6 +270,20 @@ struct vote_rec {
     int8_t v;    /* 0 unknown, 1 granted, -1 rejected */
 };
 
+/* A Ready handed out: what must outlive the next raft_ready() while it is
+ * in flight (pipelined Readies), and what raft_advance checks. */
+struct ready_slot {
+    struct raft_entry *entries; /* Ready.entries (shared payloads) */
+    size_t n_entries;           /* count */
+    struct msgvec after;        /* Ready.msgs_after_persist */
+    uint64_t persist_index;     /* Ready.persist_index */
+    uint64_t hs_term;           /* Ready.hs.term */
+    uint64_t trunc_since;       /* lowest index truncated since it was
+                                   taken (UINT64_MAX: none) */
+    bool advanced;              /* raft_advance came (freed at the next
+                                   raft_ready) */
+};
+
 struct raft {
     uint64_t id;            /* this node */
     struct pz_fifo mem;     /* where the log's payloads are cut from */
@@ -292,9 +306,12 @@ struct raft {
     uint64_t persisted; /* last durable index matching the log */
     uint64_t unsent;    /* first index not handed to a Ready */
     uint64_t applied;   /* last index handed out as committed */
-    bool in_flight;     /* a Ready is taken, not advanced */
-    uint64_t trunc_since; /* lowest index truncated since that Ready was
-                             taken (UINT64_MAX: none) */
+    /* Readies handed out (oldest first): the in-flight ones, after
+     * those advanced since the last raft_ready (freed by it). */
+    struct ready_slot slots[RAFT_MAX_READIES];
+    size_t slot_first;  /* ring position of the oldest */
+    size_t n_slots;     /* slots used */
+    size_t n_inflight;  /* of them, not advanced (the last ones) */
 
     struct raft_conf conf; /* current configuration */
     uint64_t conf_index;   /* index of its entry (snap.index if it came
@@ -342,9 +359,6 @@ struct raft {
 
     /* What the last Ready points to, freed at the next raft_ready(). */
     struct msgvec rd_out;              /* Ready.msgs */
-    struct msgvec rd_after;            /* Ready.msgs_after_persist */
-    struct raft_entry *rd_entries;     /* Ready.entries */
-    size_t rd_n_entries;               /* count */
     struct raft_entry *rd_committed;   /* Ready.committed */
     size_t rd_n_committed;             /* count */
     struct raft_read_state *rd_rs;     /* Ready.read_states */
@@ -589,6 +603,22 @@ static void append_entry(struct raft *r, const struct raft_entry *e)
         apply_conf_entry(r, log_at(&r->log, e->index));
 }
 
+static struct ready_slot *slot_at(struct raft *r, size_t i)
+{
+    return &r->slots[(r->slot_first + i) % RAFT_MAX_READIES];
+}
+
+/* Entries >= index left the log: a Ready in flight that wrote them no
+ * longer makes them durable (raft_advance). */
+static void note_truncated(struct raft *r, uint64_t index)
+{
+    for (size_t i = r->n_slots - r->n_inflight; i < r->n_slots; i++) {
+        struct ready_slot *sl = slot_at(r, i);
+        if (index < sl->trunc_since)
+            sl->trunc_since = index;
+    }
+}
+
 /* Acknowledgements not yet handed out that cover entries >= index, about
  * to be removed, would claim entries this node will never have durably:
  * drop them. */
@@ -614,8 +644,7 @@ static void truncate_log(struct raft *r, uint64_t index)
      * Completeness): a conflict there means a broken peer or bug. */
     pz_assert(index > r->commit);
     log_truncate(&r->log, index);
-    if (index < r->trunc_since)
-        r->trunc_since = index;
+    note_truncated(r, index);
     if (r->persisted >= index)
         r->persisted = index - 1;
     if (r->unsent > index)
@@ -1542,8 +1571,7 @@ static void handle_snapshot(struct raft *r, const struct raft_msg *m)
          * them not handed out yet would claim what we will not hold. */
         drop_acks_from(r, r->commit + 1);
         log_reset(&r->log, si, st);
-        if (si + 1 < r->trunc_since)
-            r->trunc_since = si + 1;
+        note_truncated(r, si + 1);
         r->persisted = si;
     }
     snap_set(r, si, st, &c);
@@ -1745,11 +1773,17 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
         set_err(errmsg, "raft: need 1 <= heartbeat_ticks < election_ticks");
         return NULL;
     }
+    if (cfg->max_readies > RAFT_MAX_READIES) {
+        set_err(errmsg, "raft: max_readies above RAFT_MAX_READIES");
+        return NULL;
+    }
     struct raft *r = pz_calloc(1, sizeof *r);
     r->id = cfg->id;
     r->cfg = *cfg;
     if (r->cfg.max_inflight_msgs == 0)
         r->cfg.max_inflight_msgs = 256;
+    if (r->cfg.max_readies == 0)
+        r->cfg.max_readies = 1;
     if (r->cfg.max_bytes_per_msg == 0)
         r->cfg.max_bytes_per_msg = RAFT_MAX_BYTES_PER_MSG;
     if (r->cfg.snapshot_timeout_ticks <= 0)
@@ -1765,13 +1799,26 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
     return r;
 }
 
-static void free_handed(struct raft *r)
+static void slot_clear(struct ready_slot *sl)
 {
+    msgvec_clear(&sl->after);
+    entries_release(sl->entries, sl->n_entries);
+    sl->entries = NULL;
+    sl->n_entries = 0;
+}
+
+/* Frees what the previous Ready pointed to (and the Readies advanced
+ * since), or with all, every Ready's (raft_free). */
+static void free_handed(struct raft *r, bool all)
+{
+    while (r->n_slots > (all ? 0 : r->n_inflight)) {
+        slot_clear(slot_at(r, 0));
+        r->slot_first = (r->slot_first + 1) % RAFT_MAX_READIES;
+        r->n_slots--;
+    }
+    if (all)
+        r->n_inflight = 0;
     msgvec_clear(&r->rd_out);
-    msgvec_clear(&r->rd_after);
-    entries_release(r->rd_entries, r->rd_n_entries);
-    r->rd_entries = NULL;
-    r->rd_n_entries = 0;
     entries_release(r->rd_committed, r->rd_n_committed);
     r->rd_committed = NULL;
     r->rd_n_committed = 0;
@@ -1787,9 +1834,10 @@ void raft_free(struct raft *r)
 {
     if (r == NULL)
         return;
-    free_handed(r);
+    free_handed(r, true);
+    for (size_t i = 0; i < RAFT_MAX_READIES; i++)
+        msgvec_free(&r->slots[i].after);
     msgvec_free(&r->rd_out);
-    msgvec_free(&r->rd_after);
     msgvec_free(&r->out);
     msgvec_free(&r->out_after);
     msgvec_free(&r->taken);
@@ -2423,9 +2471,18 @@ static uint64_t apply_limit(const struct raft *r)
     return PZ_MIN(r->commit, r->persisted);
 }
 
+/* Whether another Ready may be taken now (whatever is in it). */
+static bool ready_room(const struct raft *r)
+{
+    if (r->n_inflight >= r->cfg.max_readies)
+        return false;
+    /* A snapshot install rewrites the whole stored log: it goes alone. */
+    return r->n_inflight == 0 || !(r->snap_unsent || r->snap_handed);
+}
+
 bool raft_has_ready(const struct raft *r)
 {
-    if (r->in_flight)
+    if (!ready_room(r))
         return false;
     struct raft_hard_state hs = {r->term, r->vote, r->commit};
     if (!hs_equal(&hs, &r->prev_hs))
@@ -2456,9 +2513,12 @@ static struct raft_entry *share_range(const struct raft *r, uint64_t lo,
 
 void raft_ready(struct raft *r, struct raft_ready *rd)
 {
-    pz_assert(!r->in_flight);
+    pz_assert(ready_room(r));
     r->fresh = false;
-    free_handed(r);
+    free_handed(r, false);
+    struct ready_slot *sl = slot_at(r, r->n_slots);
+    r->n_slots++;
+    r->n_inflight++;
     if (r->role == RAFT_LEADER)
         leader_flush(r);
     memset(rd, 0, sizeof *rd);
@@ -2478,9 +2538,9 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
     r->prev_hs = rd->hs;
 
     uint64_t last = log_last(&r->log);
-    r->rd_entries = share_range(r, r->unsent, last, &r->rd_n_entries);
-    rd->entries = r->rd_entries;
-    rd->n_entries = r->rd_n_entries;
+    sl->entries = share_range(r, r->unsent, last, &sl->n_entries);
+    rd->entries = sl->entries;
+    rd->n_entries = sl->n_entries;
     if (rd->n_entries > 0) {
         rd->persist_index = last;
         rd->persist_term = log_term(&r->log, last);
@@ -2510,13 +2570,13 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
     struct msgvec t = r->rd_out;
     r->rd_out = r->out;
     r->out = t;
-    t = r->rd_after;
-    r->rd_after = r->out_after;
+    t = sl->after;
+    sl->after = r->out_after;
     r->out_after = t;
     rd->msgs = r->rd_out.m;
     rd->n_msgs = r->rd_out.n;
-    rd->msgs_after_persist = r->rd_after.m;
-    rd->n_msgs_after_persist = r->rd_after.n;
+    rd->msgs_after_persist = sl->after.m;
+    rd->n_msgs_after_persist = sl->after.n;
 
     r->rd_rs = r->rs;
     rd->read_states = r->rs;
@@ -2531,8 +2591,10 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
 
     rd->conf_changed = r->conf_changed;
     r->conf_changed = false;
-    r->in_flight = true;
-    r->trunc_since = UINT64_MAX;
+    sl->persist_index = rd->persist_index;
+    sl->hs_term = rd->hs.term;
+    sl->trunc_since = UINT64_MAX;
+    sl->advanced = false;
 }
 
 bool raft_has_msgs(const struct raft *r)
@@ -2568,8 +2630,13 @@ size_t raft_take_msgs(struct raft *r, const struct raft_msg **msgs)
 
 void raft_advance(struct raft *r, const struct raft_ready *rd)
 {
-    pz_assert(r->in_flight);
-    r->in_flight = false;
+    pz_assert(r->n_inflight > 0);
+    /* The oldest in flight: Readies are durable in the order taken. */
+    struct ready_slot *sl = slot_at(r, r->n_slots - r->n_inflight);
+    pz_assert(sl->persist_index == rd->persist_index &&
+              sl->hs_term == rd->hs.term);
+    sl->advanced = true;
+    r->n_inflight--;
     r->snap_handed = false; /* an installed snapshot in it is durable */
     r->durable_term = rd->hs.term;
     /* What was written counts for the log only where nothing was
@@ -2578,8 +2645,8 @@ void raft_advance(struct raft *r, const struct raft_ready *rd)
      * persist_index alone would trust Log Matching, which a lying peer can
      * break: the same index and term back with other contents.) */
     uint64_t upto = rd->persist_index;
-    if (r->trunc_since != UINT64_MAX && upto >= r->trunc_since)
-        upto = r->trunc_since - 1;
+    if (sl->trunc_since != UINT64_MAX && upto >= sl->trunc_since)
+        upto = sl->trunc_since - 1;
     if (upto != 0 && upto > r->persisted &&
         (upto < rd->persist_index ||
          log_term(&r->log, upto) == rd->persist_term)) {

@@ -52,11 +52,28 @@
  *    and checks out; it reports the outcome with raft_report_snapshot().
  *  - receiving one: rd.snapshot (see struct raft_ready).
  *
- * Exactly one Ready is in flight: between raft_ready() and raft_advance()
- * raft_has_ready() returns false, while raft_tick/raft_step/raft_propose*
- * keep working; what they produce goes into the next Ready, except that a
- * leader's messages may be taken earlier with raft_take_msgs. A Ready only
- * contains what is new since the previous one.
+ * By default exactly one Ready is in flight: between raft_ready() and
+ * raft_advance() raft_has_ready() returns false, while
+ * raft_tick/raft_step/raft_propose* keep working; what they produce goes
+ * into the next Ready, except that a leader's messages may be taken
+ * earlier with raft_take_msgs. A Ready only contains what is new since
+ * the previous one.
+ *
+ * Pipelined Readies (config.max_readies > 1): up to that many Readies may
+ * be in flight, so that the next batch is handed to the disk while the
+ * previous one is still being written. The driver must then:
+ *  - persist them in the order they were taken, each whole (a crash may
+ *    keep any prefix of them, never a later one without an earlier one);
+ *  - call raft_advance once per Ready, in the order they were taken,
+ *    once that Ready and every earlier one is durable, and send each
+ *    Ready's msgs_after_persist only then (before its raft_advance); a
+ *    Ready with nothing to persist taken behind others waits for them;
+ *  - send rd.msgs at once, as usual (nothing in them claims anything of
+ *    the disk: acknowledgements and votes are in msgs_after_persist).
+ * A Ready's entries and msgs_after_persist stay valid until its
+ * raft_advance and the next raft_ready() after it; its other arrays until
+ * the next raft_ready(). A Ready that installs a snapshot is never taken
+ * while others are in flight, and no other is taken while it is.
  *
  * Failure modes: calls return 0 or a negative PZ_E* code (err.h). Nothing
  * a peer sends can abort or hang the core: raft_step refuses, before
@@ -287,7 +304,12 @@ struct raft_config {
                                    neither an answer nor a report for
                                    this long goes back to probing;
                                    0 -> 10 * election_ticks */
+    size_t max_readies;         /* Readies in flight at once (taken, not
+                                   advanced), at most RAFT_MAX_READIES;
+                                   0 -> 1 (see "Pipelined Readies") */
 };
+
+#define RAFT_MAX_READIES 8
 
 struct raft;
 
@@ -539,18 +561,21 @@ struct raft_ready {
         index. The acknowledgement is in msgs_after_persist. */
 };
 
-/* True if a Ready with anything in it is available and none is in flight. */
+/* True if a Ready with anything in it is available and another may be
+ * taken (fewer than config.max_readies in flight, and no snapshot to
+ * install or being installed while any is). */
 bool raft_has_ready(const struct raft *r);
 
 /* Fills rd with everything new since the previous Ready and marks it in
  * flight. The committed entries count as applied from now on (the driver
- * applies them synchronously). Must not be called while a Ready is in
- * flight (pz_assert). Calling it when raft_has_ready() is false yields an
- * empty (but valid, and in-flight) Ready. */
+ * applies them synchronously). Must not be called while config.max_readies
+ * Readies are in flight, or while one is and a snapshot is to be
+ * installed (pz_assert). Calling it when raft_has_ready() is false for
+ * want of news yields an empty (but valid, and in-flight) Ready. */
 void raft_ready(struct raft *r, struct raft_ready *rd);
 
-/* The Ready previously returned is durable (its snapshot, hs and entries
- * written). Uses only rd's scalar fields (persist_index, persist_term,
+/* The oldest Ready in flight is durable (its snapshot, hs and entries
+ * written; rd is that Ready, asserted). Uses only rd's scalar fields (persist_index, persist_term,
  * hs.term: that term is now durable, and a candidate's vote for itself
  * counts from now on, which may make it leader). Entries are marked durable up to persist_index only if the log still
  * holds persist_term there (a later step may have truncated them). An

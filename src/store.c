@@ -2,7 +2,7 @@
  *
  * Owns: the SQLite connection to <data-dir>/raft.db, its prepared
  * statements, the in-memory copy of what is stored (hard state, meta, last
- * index/term) and the one write in flight on libuv's thread pool.
+ * index/term) and the queue of writes run on libuv's thread pool.
  *
  * Schema (version 2), all tables STRICT:
  *   log(idx INTEGER PRIMARY KEY, term, type, data BLOB, crc)  one row per
@@ -26,10 +26,12 @@
  * truncated one is refused, never mistaken for a new node). It then takes
  * an exclusive lock, switches to WAL with synchronous=FULL, runs PRAGMA
  * quick_check and validates schema version, meta and hard state.
- * store_write copies the hard state, borrows the entries and runs
- * BEGIN, DELETE idx >= first, INSERT..., UPDATE hard_state, COMMIT in a
- * worker thread; the result is applied to the in-memory copy and reported
- * on the loop thread. Compaction steps run there too, each followed by a
+ * store_write copies the hard state, borrows the entries and queues the
+ * batch; a drain job on the thread pool runs the queued batches back to
+ * back (BEGIN, DELETE idx >= first, INSERT..., UPDATE hard_state, COMMIT),
+ * and each result is applied to the in-memory copy and reported on the
+ * loop thread as soon as it is durable (an async handle), while the next
+ * batch is already being written. Compaction steps run there too, each followed by a
  * bounded incremental vacuum (the database is auto_vacuum=INCREMENTAL;
  * one from an older build is converted at open), so the file shrinks.
  *
@@ -59,6 +61,7 @@
 #include <unistd.h>
 
 #include "pz.h"
+#include "queue.h"
 #include "snapshot.h" /* snapshot_crc64 */
 
 #define STORE_APP_ID 0x50595a44 /* "PYZD" in the SQLite header */
@@ -105,7 +108,31 @@ struct batch {
     uint64_t start_ns;                /* a worker started it */
     uint64_t done_ns;                 /* the worker finished it */
     char err[STORE_ERRMSG_SIZE];      /* message if rc != 0 */
+    store_write_cb cb;                /* its completion */
+    void *cb_arg;                     /* and argument */
+    struct pz_queue q;                /* in the store's todo or done */
+    struct batch *gnext;              /* merged behind it into its
+                                         transaction (the drain) */
+    bool merged;                      /* run in an earlier batch's
+                                         transaction (its stats there) */
+    uint64_t group_n;                 /* entries of its transaction */
+    uint64_t group_bytes;             /* and their payload bytes */
 };
+
+/* The store's writer: a job on libuv's thread pool that runs the queued
+ * batches back to back, in order, while there are any, and posts each
+ * one's completion to the loop as soon as it is durable (async), so the
+ * next batch starts on the disk at once rather than after a round trip
+ * through the loop and the pool's queue. A drain that finds the queue
+ * empty ends; the next store_write starts another. */
+struct drain {
+    uv_work_t work;      /* the job on the pool */
+    uv_async_t async;    /* completions, to the loop */
+    struct store *s;     /* NULL once the store is closed */
+    struct drain *next;  /* the store's live drains */
+};
+
+
 
 struct store {
     sqlite3 *db;                       /* the connection */
@@ -135,11 +162,24 @@ struct store {
     long fail_at;                      /* test hook: steps until failure */
     bool injected;                     /* last failing step was injected */
     bool failed;                       /* a write failed: refuse more */
-    bool busy;                         /* a write is in flight */
-    uv_work_t work;                    /* the write in flight */
-    struct batch w;                    /* its batch */
-    store_write_cb cb;                 /* its callback */
-    void *cb_arg;                      /* and argument */
+    size_t jobs;                       /* batches queued and not yet
+                                          completed (loop thread) */
+    struct drain *drains;              /* drains not yet ended on the
+                                          loop (the newest first) */
+    uv_mutex_t mu;                     /* guards todo, done, draining,
+                                          halted (worker and loop) */
+    struct pz_queue todo;              /* queued, not started */
+    struct pz_queue done;              /* run (or cancelled), completion
+                                          not yet delivered */
+    bool draining;                     /* a drain runs on the pool */
+    bool halted;                       /* a batch failed: the worker
+                                          cancels those behind it until
+                                          every job is completed */
+    /* What the queued batches leave (as stored when none is queued):
+     * the next batch is checked against it. */
+    struct raft_hard_state t_hs;
+    uint64_t t_last_index, t_last_term;
+    uint64_t t_snap_index, t_snap_term;
 };
 
 /* --- errors --------------------------------------------------------------- */
@@ -406,19 +446,11 @@ static int vacuum_step(struct store *s, struct batch *b)
     return 0;
 }
 
-/* Runs on the worker thread (store_write) or the caller's (sync). Uses
- * only the connection and statements, which nothing else touches while
- * the store is busy, and the batch. */
-static int run_batch(struct store *s, struct batch *b)
+/* The statements of one batch, inside the transaction run_batch opened
+ * (an error: its message in b->err; the caller rolls back). */
+static int batch_body(struct store *s, struct batch *b)
 {
-    if (b->vacuum && !b->compact)
-        return vacuum_step(s, b);
-    if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
-        return 0;
-    uint64_t t0 = uv_hrtime();
-    int rc = run(s, s->st_begin, b->err, "BEGIN");
-    if (rc)
-        goto err_in_txn;
+    int rc = 0;
     if (b->compact) {
         rc = term_at(s, b->compact_upto, &b->compact_term, b->err);
         if (rc == 0) {
@@ -430,7 +462,7 @@ static int run_batch(struct store *s, struct batch *b)
         if (rc == 0)
             rc = meta_put_u64(s, "snapshot_term", b->compact_term, b->err);
         if (rc)
-            goto err_in_txn;
+            return rc;
     }
     if (b->reset) {
         /* An installed snapshot replaces the whole log, atomically with
@@ -442,7 +474,7 @@ static int run_batch(struct store *s, struct batch *b)
         if (rc == 0)
             rc = meta_put_u64(s, "snapshot_term", b->reset_term, b->err);
         if (rc)
-            goto err_in_txn;
+            return rc;
     }
     if (b->n > 0) {
         uint64_t first = b->entries[0].index;
@@ -450,20 +482,20 @@ static int run_batch(struct store *s, struct batch *b)
             uint64_t prev = 0;
             rc = term_at(s, first - 1, &prev, b->err);
             if (rc)
-                goto err_in_txn;
+                return rc;
             if (prev > b->entries[0].term) {
                 set_err(b->err, STORE_ERRMSG_SIZE,
                         "%s: batch term %" PRIu64 " at index %" PRIu64
                         " is below the stored term %" PRIu64 " before it",
                         s->path, b->entries[0].term, first, prev);
                 rc = PZ_EINVAL;
-                goto err_in_txn;
+                return rc;
             }
         }
         bind_u64(s->st_del_from, 1, first);
         rc = run(s, s->st_del_from, b->err, "delete conflicting entries");
         if (rc)
-            goto err_in_txn;
+            return rc;
         size_t i = 0;
         for (int k = 0; k < 4; k++) {
             size_t rows = (size_t)8 >> k; /* 8, 4, 2, 1 */
@@ -473,7 +505,7 @@ static int run_batch(struct store *s, struct batch *b)
                     bind_entry(st, 5 * (int)j, &b->entries[i + j]);
                 rc = run(s, st, b->err, "insert entries");
                 if (rc)
-                    goto err_in_txn;
+                    return rc;
             }
         }
     }
@@ -485,11 +517,40 @@ static int run_batch(struct store *s, struct batch *b)
         bind_u64(s->st_hs_put, 3, b->hs.commit);
         rc = run(s, s->st_hs_put, b->err, "write hard state");
         if (rc)
-            goto err_in_txn;
+            return rc;
         if (sqlite3_changes(s->db) != 1) {
             set_err(b->err, STORE_ERRMSG_SIZE,
                     "%s: hard state row is missing", s->path);
             rc = PZ_ECORRUPT;
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Runs on the worker thread (the drain) or the caller's (sync). Uses
+ * only the connection and statements, which nothing else touches while
+ * jobs are queued, and the batches: b and those merged behind it
+ * (b->gnext), all in ONE transaction, so one COMMIT (one fsync) makes
+ * them durable together. The outcome is b's (rc, err, timings). */
+static int run_batch(struct store *s, struct batch *b)
+{
+    if (b->vacuum && !b->compact)
+        return vacuum_step(s, b);
+    bool empty = true;
+    for (struct batch *g = b; g; g = g->gnext)
+        empty &= g->n == 0 && !g->has_hs && !g->reset && !g->compact;
+    if (empty)
+        return 0;
+    uint64_t t0 = uv_hrtime();
+    int rc = run(s, s->st_begin, b->err, "BEGIN");
+    if (rc)
+        goto err_in_txn;
+    for (struct batch *g = b; g; g = g->gnext) {
+        rc = batch_body(s, g);
+        if (rc) {
+            if (g != b)
+                memcpy(b->err, g->err, sizeof b->err);
             goto err_in_txn;
         }
     }
@@ -551,13 +612,16 @@ static void finish_batch(struct store *s, struct batch *b)
         s->last_term = b->entries[b->n - 1].term;
     }
     struct store_stats *st = &s->stats;
-    st->batches++;
     st->entries += b->n;
     st->bytes += b->bytes;
     st->hs_writes += b->has_hs;
-    st->last_batch_entries = b->n;
-    st->last_batch_bytes = b->bytes;
-    st->max_batch_entries = PZ_MAX(st->max_batch_entries, (uint64_t)b->n);
+    if (b->merged)
+        return; /* its transaction is counted with the batch before it */
+    uint64_t n = b->queued_ns ? b->group_n : b->n;
+    st->batches++;
+    st->last_batch_entries = n;
+    st->last_batch_bytes = b->queued_ns ? b->group_bytes : b->bytes;
+    st->max_batch_entries = PZ_MAX(st->max_batch_entries, n);
     st->commit_ns += b->commit_ns;
     st->last_commit_ns = b->commit_ns;
     st->write_ns += b->total_ns;
@@ -571,7 +635,8 @@ static void finish_batch(struct store *s, struct batch *b)
     }
 }
 
-/* Loop thread: checks a batch against what is stored and fills b. */
+/* Loop thread: checks a batch against what is stored, and what the batches
+ * queued before it will leave, and fills b. */
 static int prepare_batch(struct store *s, struct batch *b,
                          const struct raft_hard_state *hs,
                          const struct raft_entry *entries, size_t n)
@@ -584,28 +649,28 @@ static int prepare_batch(struct store *s, struct batch *b,
                 "refusing to write after an earlier failure: %s", prev);
         return PZ_EIO;
     }
-    uint64_t hs_term = hs ? hs->term : s->hs.term;
+    uint64_t hs_term = hs ? hs->term : s->t_hs.term;
     if (hs) {
         if (hs->term > INT64_MAX || hs->commit > INT64_MAX) {
             set_err(s->errmsg, sizeof s->errmsg,
                     "%s: hard state value out of range", s->path);
             return PZ_EINVAL;
         }
-        if (hs->term < s->hs.term) {
+        if (hs->term < s->t_hs.term) {
             set_err(s->errmsg, sizeof s->errmsg,
                     "%s: hard state term would go back from %" PRIu64
                     " to %" PRIu64,
-                    s->path, s->hs.term, hs->term);
+                    s->path, s->t_hs.term, hs->term);
             return PZ_EINVAL;
         }
         /* Figure 3.1: one vote per term. A vote that changes (or is
          * cleared) within a term would allow a second vote in it. */
-        if (hs->term == s->hs.term && s->hs.vote != 0 &&
-            hs->vote != s->hs.vote) {
+        if (hs->term == s->t_hs.term && s->t_hs.vote != 0 &&
+            hs->vote != s->t_hs.vote) {
             set_err(s->errmsg, sizeof s->errmsg,
                     "%s: vote in term %" PRIu64 " would change from %" PRIu64
                     " to %" PRIu64,
-                    s->path, hs->term, s->hs.vote, hs->vote);
+                    s->path, hs->term, s->t_hs.vote, hs->vote);
             return PZ_EINVAL;
         }
         b->hs = *hs;
@@ -616,17 +681,17 @@ static int prepare_batch(struct store *s, struct batch *b,
     pz_assert(entries != NULL);
     uint64_t first = entries[0].index;
     uint64_t prev_term = 0;
-    if (first <= s->meta.snap_index || first > s->last_index + 1) {
+    if (first <= s->t_snap_index || first > s->t_last_index + 1) {
         set_err(s->errmsg, sizeof s->errmsg,
                 "%s: batch starts at index %" PRIu64
                 ", outside the writable range [%" PRIu64 ", %" PRIu64 "]",
-                s->path, first, s->meta.snap_index + 1, s->last_index + 1);
+                s->path, first, s->t_snap_index + 1, s->t_last_index + 1);
         return PZ_EINVAL;
     }
-    if (first == s->last_index + 1)
-        prev_term = s->last_term;
-    else if (first == s->meta.snap_index + 1)
-        prev_term = s->meta.snap_term;
+    if (first == s->t_last_index + 1)
+        prev_term = s->t_last_term;
+    else if (first == s->t_snap_index + 1)
+        prev_term = s->t_snap_term;
     else
         b->check_prev = true;
     for (size_t i = 0; i < n; i++) {
@@ -657,48 +722,245 @@ static int prepare_batch(struct store *s, struct batch *b,
     return 0;
 }
 
-static void work_cb(uv_work_t *req)
+/* The queued batches' outcome is what is stored: the next is checked
+ * against that (loop thread, with no job queued). */
+static void tail_sync(struct store *s)
 {
-    struct store *s = req->data;
-    s->w.start_ns = uv_hrtime();
-    s->w.rc = run_batch(s, &s->w);
-    s->w.done_ns = uv_hrtime();
+    s->t_hs = s->hs;
+    s->t_last_index = s->last_index;
+    s->t_last_term = s->last_term;
+    s->t_snap_index = s->meta.snap_index;
+    s->t_snap_term = s->meta.snap_term;
 }
 
-static void after_work_cb(uv_work_t *req, int status)
+/* b, prepared, is queued: what it leaves once written. */
+static void tail_note(struct store *s, const struct batch *b)
 {
-    struct store *s = req->data;
-    if (status < 0 && s->w.rc == 0) {
-        s->w.rc = status;
-        set_err(s->w.err, sizeof s->w.err, "%s: write not run: %s", s->path,
-                uv_strerror(status));
+    if (b->reset) {
+        s->t_snap_index = s->t_last_index = b->reset_index;
+        s->t_snap_term = s->t_last_term = b->reset_term;
     }
-    finish_batch(s, &s->w);
-    s->busy = false;
-    store_write_cb cb = s->cb;
-    void *arg = s->cb_arg;
-    int rc = s->w.rc;
-    s->cb = NULL;
-    s->cb_arg = NULL;
-    cb(s, rc, rc ? s->errmsg : NULL, arg);
+    if (b->has_hs)
+        s->t_hs = b->hs;
+    if (b->n > 0) {
+        s->t_last_index = b->entries[b->n - 1].index;
+        s->t_last_term = b->entries[b->n - 1].term;
+    }
 }
 
-/* Hand the prepared batch s->w to the thread pool. */
-static int queue_batch(struct store *s, uv_loop_t *loop, store_write_cb cb,
-                       void *arg)
+static struct batch *bq_first(const struct pz_queue *l)
 {
-    s->cb = cb;
-    s->cb_arg = arg;
-    s->work.data = s;
-    s->w.queued_ns = uv_hrtime();
-    int rc = uv_queue_work(loop, &s->work, work_cb, after_work_cb);
-    if (rc < 0) {
-        set_err(s->errmsg, sizeof s->errmsg, "%s: uv_queue_work: %s",
-                s->path, uv_strerror(rc));
-        s->cb = NULL;
-        return rc;
+    return pz_queue_empty(l) ? NULL
+                             : container_of(pz_queue_head(l), struct batch, q);
+}
+
+static struct batch *bq_pop(struct pz_queue *l)
+{
+    struct batch *b = bq_first(l);
+    if (b)
+        pz_queue_remove(&b->q);
+    return b;
+}
+
+/* A log write that may share a transaction with its neighbours (not an
+ * install, a compaction or a vacuum step). */
+static bool mergeable(const struct batch *b)
+{
+    return !b->reset && !b->compact && !b->vacuum;
+}
+
+#define MERGE_MAX 64 /* batches in one transaction at most */
+
+/* Worker thread, with mu held: b did not run (a batch before it failed). */
+static void cancel_locked(struct store *s, struct batch *b)
+{
+    b->rc = PZ_ECANCELED;
+    set_err(b->err, sizeof b->err,
+            "%s: write not run: an earlier write failed", s->path);
+    pz_queue_push(&s->done, &b->q);
+}
+
+/* Worker thread: the batches queued, back to back, in order. Each one's
+ * completion goes to the loop as soon as it is over when another follows
+ * (the async is sent under mu: the loop closes it only after the drain
+ * ended), else with the drain's end. A batch that
+ * fails halts the queue: those behind it, and any queued before the loop
+ * has seen every completion, are cancelled without running (they would
+ * build on what was not stored). */
+static void drain_work(uv_work_t *req)
+{
+    struct drain *d = req->data;
+    struct store *s = d->s;
+    uv_mutex_lock(&s->mu);
+    for (;;) {
+        struct batch *b = bq_pop(&s->todo);
+        if (b == NULL)
+            break;
+        if (s->halted) {
+            cancel_locked(s, b);
+        } else {
+            /* The log writes queued behind it meanwhile go in the same
+             * transaction: one COMMIT for all (group commit), as they
+             * would have been one batch had the loop waited for this
+             * write before building them. */
+            b->gnext = NULL;
+            b->group_n = b->n;
+            b->group_bytes = b->bytes;
+            struct batch *last = b;
+            for (int k = 1; k < MERGE_MAX && mergeable(b) &&
+                            bq_first(&s->todo) && mergeable(bq_first(&s->todo));
+                 k++) {
+                struct batch *g = bq_pop(&s->todo);
+                g->merged = true;
+                g->gnext = NULL;
+                last->gnext = g;
+                last = g;
+                b->group_n += g->n;
+                b->group_bytes += g->bytes;
+            }
+            uv_mutex_unlock(&s->mu);
+            b->start_ns = uv_hrtime();
+            b->rc = run_batch(s, b);
+            b->done_ns = uv_hrtime();
+            uv_mutex_lock(&s->mu);
+            for (struct batch *g = b, *nx; g; g = nx) {
+                nx = g->gnext;
+                if (g != b) {
+                    /* Durable with b, or rolled back with it. */
+                    g->rc = b->rc ? PZ_ECANCELED : 0;
+                    if (b->rc)
+                        set_err(g->err, sizeof g->err,
+                                "%s: write rolled back with the batch "
+                                "before it",
+                                s->path);
+                }
+                pz_queue_push(&s->done, &g->q);
+            }
+            if (b->rc != 0)
+                s->halted = true;
+        }
+        /* More to write: hand this one's completion to the loop now.
+         * Nothing more: the drain ends, and its after-work (the pool's
+         * own hand-back, one wake-up of the loop as for a lone write)
+         * delivers it. */
+        if (!pz_queue_empty(&s->todo))
+            uv_async_send(&d->async);
     }
-    s->busy = true;
+    s->draining = false;
+    uv_mutex_unlock(&s->mu);
+}
+
+/* Loop thread: hand the completed batches to their callbacks, in order. */
+static void deliver(struct store *s)
+{
+    uv_mutex_lock(&s->mu);
+    struct pz_queue l;
+    pz_queue_init(&l);
+    struct batch *b;
+    while ((b = bq_pop(&s->done)) != NULL)
+        pz_queue_push(&l, &b->q);
+    uv_mutex_unlock(&s->mu);
+    while ((b = bq_pop(&l)) != NULL) {
+        if (b->rc != PZ_ECANCELED)
+            finish_batch(s, b);
+        s->jobs--;
+        if (s->jobs == 0) {
+            /* Nothing queued: the next batch builds on what is stored
+             * (after a failure too, whatever the halted ones said). */
+            tail_sync(s);
+            uv_mutex_lock(&s->mu);
+            s->halted = false;
+            uv_mutex_unlock(&s->mu);
+        }
+        store_write_cb cb = b->cb;
+        void *arg = b->cb_arg;
+        int rc = b->rc;
+        if (rc == PZ_ECANCELED)
+            memcpy(s->errmsg, b->err, sizeof s->errmsg);
+        pz_free(b);
+        cb(s, rc, rc ? s->errmsg : NULL, arg);
+    }
+}
+
+static void on_drain_async(uv_async_t *a)
+{
+    struct drain *d = a->data;
+    if (d->s)
+        deliver(d->s);
+}
+
+static void on_drain_closed(uv_handle_t *h)
+{
+    pz_free(h->data);
+}
+
+static void drain_after(uv_work_t *req, int status)
+{
+    struct drain *d = req->data;
+    struct store *s = d->s;
+    if (s) {
+        for (struct drain **p = &s->drains; *p; p = &(*p)->next)
+            if (*p == d) {
+                *p = d->next;
+                break;
+            }
+        if (status < 0) {
+            /* Cancelled before it ran (only at loop teardown): what it
+             * would have written is not stored. */
+            uv_mutex_lock(&s->mu);
+            struct batch *b;
+            while ((b = bq_pop(&s->todo)) != NULL)
+                cancel_locked(s, b);
+            s->halted = true;
+            s->draining = false;
+            uv_mutex_unlock(&s->mu);
+        }
+    }
+    uv_close((uv_handle_t *)&d->async, on_drain_closed);
+    if (s)
+        deliver(s);
+}
+
+/* Queue the prepared batch b (ownership passes) behind the others, and
+ * start a drain if none runs. */
+static int queue_batch(struct store *s, uv_loop_t *loop, struct batch *b,
+                       store_write_cb cb, void *arg)
+{
+    b->cb = cb;
+    b->cb_arg = arg;
+    b->queued_ns = uv_hrtime();
+    struct drain *d = NULL;
+    uv_mutex_lock(&s->mu);
+    bool start = !s->draining;
+    if (start) {
+        d = pz_calloc(1, sizeof *d);
+        d->s = s;
+        d->work.data = d;
+        d->async.data = d;
+        int rc = uv_async_init(loop, &d->async, on_drain_async);
+        if (rc == 0)
+            rc = uv_queue_work(loop, &d->work, drain_work, drain_after);
+        if (rc < 0) {
+            uv_mutex_unlock(&s->mu);
+            set_err(s->errmsg, sizeof s->errmsg, "%s: uv_queue_work: %s",
+                    s->path, uv_strerror(rc));
+            if (uv_is_active((uv_handle_t *)&d->async))
+                uv_close((uv_handle_t *)&d->async, on_drain_closed);
+            else
+                pz_free(d);
+            pz_free(b);
+            return rc;
+        }
+        s->draining = true;
+    }
+    pz_queue_push(&s->todo, &b->q);
+    uv_mutex_unlock(&s->mu);
+    if (d) {
+        d->next = s->drains;
+        s->drains = d;
+    }
+    tail_note(s, b);
+    s->jobs++;
     return 0;
 }
 
@@ -707,23 +969,26 @@ int store_write(struct store *s, uv_loop_t *loop,
                 const struct raft_entry *entries, size_t n,
                 store_write_cb cb, void *arg)
 {
-    pz_assert(!s->busy);
     pz_assert(cb != NULL);
-    int rc = prepare_batch(s, &s->w, hs, entries, n);
-    if (rc)
+    struct batch *b = pz_malloc(sizeof *b);
+    int rc = prepare_batch(s, b, hs, entries, n);
+    if (rc) {
+        pz_free(b);
         return rc;
-    return queue_batch(s, loop, cb, arg);
+    }
+    return queue_batch(s, loop, b, cb, arg);
 }
 
 int store_write_sync(struct store *s, const struct raft_hard_state *hs,
                      const struct raft_entry *entries, size_t n)
 {
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
     struct batch *b = pz_malloc(sizeof *b);
     int rc = prepare_batch(s, b, hs, entries, n);
     if (rc == 0) {
         b->rc = run_batch(s, b);
         finish_batch(s, b);
+        tail_sync(s);
         rc = b->rc;
     }
     pz_free(b);
@@ -735,69 +1000,73 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
                         const struct raft_entry *entries, size_t n,
                         store_write_cb cb, void *arg)
 {
-    pz_assert(!s->busy);
     if (index > INT64_MAX || term > INT64_MAX || term > hs->term ||
-        index < s->meta.snap_index ||
+        index < s->t_snap_index ||
         (n > 0 && entries[0].index != index + 1)) {
         set_err(s->errmsg, sizeof s->errmsg,
                 "%s: snapshot install at index %" PRIu64 " term %" PRIu64
                 " does not fit (stored snapshot %" PRIu64 ")",
-                s->path, index, term, s->meta.snap_index);
+                s->path, index, term, s->t_snap_index);
         return PZ_EINVAL;
     }
     /* Validate the entries as if the log already ended at the snapshot. */
-    uint64_t li = s->last_index, lt = s->last_term;
-    uint64_t si = s->meta.snap_index, st = s->meta.snap_term;
-    s->last_index = index;
-    s->last_term = term;
-    s->meta.snap_index = index;
-    s->meta.snap_term = term;
-    int rc = prepare_batch(s, &s->w, hs, entries, n);
-    s->last_index = li;
-    s->last_term = lt;
-    s->meta.snap_index = si;
-    s->meta.snap_term = st;
-    if (rc)
+    uint64_t li = s->t_last_index, lt = s->t_last_term;
+    uint64_t si = s->t_snap_index, st = s->t_snap_term;
+    s->t_last_index = index;
+    s->t_last_term = term;
+    s->t_snap_index = index;
+    s->t_snap_term = term;
+    struct batch *b = pz_malloc(sizeof *b);
+    int rc = prepare_batch(s, b, hs, entries, n);
+    s->t_last_index = li;
+    s->t_last_term = lt;
+    s->t_snap_index = si;
+    s->t_snap_term = st;
+    if (rc) {
+        pz_free(b);
         return rc;
-    s->w.check_prev = false;
-    s->w.reset = true;
-    s->w.reset_index = index;
-    s->w.reset_term = term;
-    return queue_batch(s, loop, cb, arg);
+    }
+    b->check_prev = false;
+    b->reset = true;
+    b->reset_index = index;
+    b->reset_term = term;
+    return queue_batch(s, loop, b, cb, arg);
 }
 
 int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
                        uint64_t max_rows, store_write_cb cb, void *arg)
 {
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
     if (s->failed)
         return PZ_EIO;
     upto = PZ_MIN(upto, s->last_index);
-    memset(&s->w, 0, sizeof s->w);
-    s->w.vacuum = s->incremental;
+    struct batch *b = pz_calloc(1, sizeof *b);
+    b->vacuum = s->incremental;
     if (upto <= s->meta.snap_index) {
-        if (!s->incremental || s->free_pages <= VACUUM_KEEP)
+        if (!s->incremental || s->free_pages <= VACUUM_KEEP) {
+            pz_free(b);
             return 1;
-        return queue_batch(s, loop, cb, arg); /* free pages left */
+        }
+        return queue_batch(s, loop, b, cb, arg); /* free pages left */
     }
     upto = PZ_MIN(upto, s->meta.snap_index + max_rows);
-    s->w.compact = true;
-    s->w.compact_upto = upto;
+    b->compact = true;
+    b->compact_upto = upto;
     if (s->incremental && s->free_pages == 0)
         s->free_pages = UINT64_MAX; /* unknown until counted */
-    return queue_batch(s, loop, cb, arg);
+    return queue_batch(s, loop, b, cb, arg);
 }
 
 bool store_busy(const struct store *s)
 {
-    return s->busy;
+    return s->jobs > 0;
 }
 
 /* --- compaction and meta -------------------------------------------------- */
 
 int store_compact(struct store *s, uint64_t upto, uint64_t term)
 {
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
     char *buf = s->errmsg;
     if (s->failed)
         return PZ_EIO;
@@ -846,6 +1115,7 @@ int store_compact(struct store *s, uint64_t upto, uint64_t term)
         s->last_index = upto;
         s->last_term = term;
     }
+    tail_sync(s);
     return 0;
 
 err_in_txn:
@@ -857,7 +1127,7 @@ err_in_txn:
 int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
                    const char *node_name)
 {
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
     char *buf = s->errmsg;
     struct store_meta *m = &s->meta;
     bool put_cluster = false, put_id = false, put_name = false;
@@ -918,7 +1188,7 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
 
 int store_meta_set_incarnation(struct store *s, uint64_t incarnation)
 {
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
     char *buf = s->errmsg;
     if (s->failed)
         return PZ_EIO;
@@ -960,7 +1230,7 @@ void store_entries_free(struct raft_entry *entries, size_t n)
 
 int store_term(struct store *s, uint64_t index, uint64_t *term)
 {
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
     *term = 0;
     if (index == s->meta.snap_index) {
         *term = s->meta.snap_term;
@@ -974,7 +1244,7 @@ int store_term(struct store *s, uint64_t index, uint64_t *term)
 int store_trailing_from(struct store *s, uint64_t index, uint64_t max_entries,
                         uint64_t max_bytes, uint64_t *from)
 {
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
     *from = index;
     if (index == 0 || max_entries == 0)
         return 0;
@@ -1020,7 +1290,7 @@ int store_load_from(struct store *s, uint64_t from,
                     struct raft_hard_state *hs, struct raft_entry **entries,
                     size_t *n, struct store_meta *meta)
 {
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
     char *buf = s->errmsg;
     sqlite3_stmt *st = s->st_scan;
     struct raft_entry *ents = NULL;
@@ -1670,8 +1940,9 @@ static int open_db(struct store *s, char *err, size_t errlen)
         return rc;
     /* Multi-thread mode (no per-connection mutex, taken a dozen times
      * per statement): the connection is used by one thread at a time,
-     * the worker only while busy, when every other entry point refuses
-     * (pz_assert(!s->busy)); the thread pool's queue orders the two. */
+     * the drain only while jobs are queued, when every other entry point
+     * refuses (pz_assert(s->jobs == 0)); the queue's mutex orders the
+     * two. */
     rc = sqlite3_open_v2(s->path, &s->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
@@ -1801,11 +2072,15 @@ int store_open(const char *dir, struct store **out, char *err,
     }
     struct store *s = pz_calloc(1, sizeof *s);
     s->path = path;
+    pz_assert(uv_mutex_init(&s->mu) == 0);
+    pz_queue_init(&s->todo);
+    pz_queue_init(&s->done);
     ret = open_db(s, err, errlen);
     if (ret) {
         store_close(s);
         return ret;
     }
+    tail_sync(s);
     const char *env = getenv("PYAZDB_TEST_STORE_FAIL_AT");
     if (env && *env)
         s->fail_at = strtol(env, NULL, 10);
@@ -1818,7 +2093,12 @@ void store_close(struct store *s)
 {
     if (s == NULL)
         return;
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
+    /* A drain whose end the loop has not seen yet runs no more batches:
+     * it only closes its handle. */
+    for (struct drain *d = s->drains; d; d = d->next)
+        d->s = NULL;
+    uv_mutex_destroy(&s->mu);
     for (size_t i = 0; i < PZ_ARRAY_SIZE(stmt_sql); i++)
         sqlite3_finalize(*stmt_slot(s, i));
     if (s->db)
@@ -1848,7 +2128,7 @@ const char *store_path(const struct store *s)
 
 int store_test_max_pages(struct store *s, long pages)
 {
-    pz_assert(!s->busy);
+    pz_assert(s->jobs == 0);
     char sql[64], out[32];
     snprintf(sql, sizeof sql, "PRAGMA max_page_count = %ld",
              pages > 0 ? pages : 0x7ffffffeL);

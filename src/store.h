@@ -9,6 +9,8 @@
  *   raft_restore(r, &hs, ents, n); store_entries_free(ents, n);
  *   per Ready: store_write(s, loop, hs or NULL, rd.entries, rd.n_entries,
  *              cb, arg); in cb: send msgs_after_persist, raft_advance.
+ *              Several may be queued: they are written back to back, in
+ *              order, and their callbacks come in that order.
  *   store_close(s) once no write is in flight.
  *
  * Durability: WAL journal with synchronous=FULL, so a transaction is on disk
@@ -32,9 +34,17 @@
  * store_open: another process holds raft.db (it is locked exclusively).
  *
  * Threads: every function must be called from one thread (the loop
- * thread). store_write runs its transaction on libuv's thread pool; while it
- * runs, only store_busy, store_stats, store_meta_get, store_errmsg and
- * store_path may be called (anything touching the database asserts). */
+ * thread). Queued jobs (store_write, store_write_install,
+ * store_compact_step) run on libuv's thread pool, one after the other, in
+ * the order queued, by one pool job (the drain) that runs while any are
+ * queued and posts each completion to the loop as soon as that batch is
+ * durable (log writes queued while another ran are merged into one
+ * transaction, one COMMIT, and complete together, each its own
+ * callback); while any is queued or running, only the queuing calls,
+ * store_busy, store_stats, store_meta_get, store_errmsg and store_path may
+ * be called (anything touching the database asserts). A job that fails
+ * halts the queue: every job queued behind it, until all have completed,
+ * completes with PZ_ECANCELED without running (nothing of it stored). */
 #ifndef PZ_STORE_H
 #define PZ_STORE_H
 
@@ -174,25 +184,29 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
  * another is PZ_EINVAL. PZ_EIO on a write error. */
 int store_meta_set_incarnation(struct store *s, uint64_t incarnation);
 
-/* Persists one Ready in one transaction on libuv's thread pool: deletes
- * stored entries with index >= entries[0].index, inserts entries[0..n),
- * and writes *hs if hs is not NULL. hs is copied; entries are NOT: they
- * and their data must stay valid and unchanged until cb runs (raft keeps
- * Ready buffers until the next raft_ready). At most one write in flight
- * (asserted). n == 0 and hs == NULL is an empty write: nothing touches
- * the database, cb still comes later with 0.
+/* Persists one Ready in one transaction on libuv's thread pool, behind
+ * the jobs already queued: deletes stored entries with index >=
+ * entries[0].index, inserts entries[0..n), and writes *hs if hs is not
+ * NULL. hs is copied; entries are NOT: they and their data must stay
+ * valid and unchanged until cb runs (raft keeps a Ready's entries until
+ * its raft_advance). The batch is checked against what is stored and
+ * what the jobs queued before it will leave. n == 0 and hs == NULL is an
+ * empty write: nothing touches the database, cb still comes later with 0.
  * Returns 0 (cb will be called exactly once, from the loop, never from
- * inside this call), or at once without calling cb: PZ_EINVAL (batch not
- * contiguous, terms decreasing, first index beyond last + 1 or inside the
- * compacted prefix, a term above the hard state's), PZ_EIO (the store
- * failed earlier), or a libuv error from uv_queue_work. */
+ * inside this call, after the callbacks of the jobs queued before it),
+ * or at once without calling cb: PZ_EINVAL (batch not contiguous, terms
+ * decreasing, first index beyond last + 1 or inside the compacted
+ * prefix, a term above the hard state's, a vote changed within a term),
+ * PZ_EIO (the store failed earlier), or a libuv error. cb's status may be
+ * PZ_ECANCELED: a job before it failed, and this one did not run. */
 int store_write(struct store *s, uv_loop_t *loop,
                 const struct raft_hard_state *hs,
                 const struct raft_entry *entries, size_t n,
                 store_write_cb cb, void *arg);
 
 /* The same transaction, run on the calling thread (bootstrap, tests, a
- * node's small write when its loop has nothing else to do).
+ * node's small write when its loop has nothing else to do), with no job
+ * queued (asserted).
  * Returns 0 once durable, or a negative code as store_write would report
  * it either way (store_errmsg). */
 int store_write_sync(struct store *s, const struct raft_hard_state *hs,
@@ -210,7 +224,7 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
 
 /* Drop stored entries up to upto (at most max_rows of them, from the
  * current snapshot point on; never past the last stored entry) on the
- * thread pool, moving the snapshot point there with the term stored at
+ * thread pool, with no other job queued (asserted), moving the snapshot point there with the term stored at
  * it: compaction in steps short enough that log writes never wait long.
  * Each step then gives up to 2048 free pages back to the file system
  * (auto_vacuum INCREMENTAL), and once none is left checkpoints and
@@ -220,7 +234,8 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
 int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
                        uint64_t max_rows, store_write_cb cb, void *arg);
 
-/* True while a store_write is in flight. */
+/* True while any job is queued or running (its callback not yet
+ * called). */
 bool store_busy(const struct store *s);
 
 /* Deletes stored entries with index <= upto and records (upto, term) as

@@ -197,9 +197,11 @@ def test_write_stage_metrics(servers):
     before = {s.name: wait_metric(s, lambda m: value(
         m, "pyazdb_raft_applied_index") >= last) for s in nodes}
     n = 20
+    t0 = time.monotonic()
     for i in range(n):  # one at a time: one log write each on the leader
         st, _, body = put(leader, f"stage{i}", "v")
         assert st == 204, body
+    elapsed = time.monotonic() - t0
     lb = before[leader.name]
     la = wait_metric(leader, lambda m: all(
         delta(m, lb, "pyazdb_raft_append_ack_seconds_count", peer=f.name) > 0
@@ -222,6 +224,11 @@ def test_write_stage_metrics(servers):
         # an idle node may write on its loop: no hand-off to time
         on_loop = delta(a, b, "pyazdb_storage_loop_writes_total")
         pooled = writes - on_loop
+        # the hard state row goes only with a new term or vote, and the
+        # commit index rides along at most every 100 ms
+        hs = delta(a, b, "pyazdb_storage_hard_state_writes_total")
+        assert hs <= 2 + 10 * (elapsed + 0.5), (s.name, hs, writes, elapsed)
+        assert writes >= (n if s is leader else 1), (s.name, writes)
         for name in ("pyazdb_storage_queue_wait_seconds",
                      "pyazdb_storage_completion_wait_seconds"):
             assert delta(a, b, name + "_count") == pooled, (s.name, name)

@@ -63,19 +63,28 @@ static struct ns_node *leader(void);
 
 /* --- the world ------------------------------------------------------------ */
 
-struct ns_store {
-    struct raft_hard_state hs;
-    struct raft_entry *log; /* snap_index + 1 ... */
-    size_t n;
-    struct store_meta meta; /* snap_index, snap_term: the compaction point */
-    int job;                /* 0: none; 1 write, 2 install, 3 compact */
+/* A store job: durable whole or not at all. */
+struct ns_job {
+    int job; /* 1 write, 2 install, 3 compact */
     bool job_hs;
     struct raft_hard_state jhs;
     struct raft_entry *jents;
     size_t jn;
     uint64_t jindex, jterm, jupto, jrows;
-    uint64_t job_at;
+    uint64_t job_at; /* due (never before the job ahead of it) */
     node_io_done_cb cb;
+};
+
+#define NS_JOBS 16
+
+struct ns_store {
+    struct raft_hard_state hs;
+    struct raft_entry *log; /* snap_index + 1 ... */
+    size_t n;
+    struct store_meta meta; /* snap_index, snap_term: the compaction point */
+    struct ns_job q[NS_JOBS]; /* jobs in flight, in order: each completes
+                                 after those before it (pipelined) */
+    size_t nq;
     struct store_stats stats;
 };
 
@@ -161,6 +170,7 @@ static struct {
     char failed[512];
     /* figures */
     unsigned installs, crashes, cuts, leaders, powerloss;
+    unsigned nospace_pm; /* per mille of writes refused for lack of space */
     uint64_t total_installs;
 } W;
 
@@ -249,24 +259,25 @@ static void st_drop_upto(struct ns_store *st, uint64_t upto, uint64_t term)
     st->meta.snap_term = term;
 }
 
-/* The job in flight becomes durable. */
+/* The oldest job in flight becomes durable. */
 static void st_apply_job(struct ns_store *st)
 {
-    if (st->job == 1 || st->job == 2) {
-        if (st->job == 2) {
+    struct ns_job *j = &st->q[0];
+    if (j->job == 1 || j->job == 2) {
+        if (j->job == 2) {
             st_truncate_from(st, 0);
-            st->meta.snap_index = st->jindex;
-            st->meta.snap_term = st->jterm;
+            st->meta.snap_index = j->jindex;
+            st->meta.snap_term = j->jterm;
         }
-        st_append(st, st->jents, st->jn);
-        if (st->job_hs)
-            st->hs = st->jhs;
+        st_append(st, j->jents, j->jn);
+        if (j->job_hs)
+            st->hs = j->jhs;
         st->stats.batches++;
-        st->stats.entries += st->jn;
-    } else if (st->job == 3) {
-        uint64_t upto = st->jupto;
-        if (upto > st->meta.snap_index + st->jrows)
-            upto = st->meta.snap_index + st->jrows;
+        st->stats.entries += j->jn;
+    } else if (j->job == 3) {
+        uint64_t upto = j->jupto;
+        if (upto > st->meta.snap_index + j->jrows)
+            upto = st->meta.snap_index + j->jrows;
         uint64_t term = 0;
         for (size_t k = 0; k < st->n; k++)
             if (st->log[k].index == upto)
@@ -276,15 +287,14 @@ static void st_apply_job(struct ns_store *st)
     }
 }
 
+/* The oldest job leaves the queue. */
 static void st_job_free(struct ns_store *st)
 {
-    for (size_t i = 0; i < st->jn; i++)
-        pz_free(st->jents[i].data);
-    pz_free(st->jents);
-    st->jents = NULL;
-    st->jn = 0;
-    st->job = 0;
-    st->cb = NULL;
+    struct ns_job *j = &st->q[0];
+    for (size_t i = 0; i < j->jn; i++)
+        pz_free(j->jents[i].data);
+    pz_free(j->jents);
+    memmove(st->q, st->q + 1, --st->nq * sizeof *st->q);
 }
 
 static int io_store_open(void *data, const char *dir, char *err, size_t errlen)
@@ -392,21 +402,28 @@ static int st_submit(struct ns_node *s, int job,
                      const struct raft_entry *e, size_t n, node_io_done_cb cb)
 {
     struct ns_store *st = &s->st;
-    if (st->job)
-        return ns_fail("%s: a store job while one is in flight", s->name);
-    if (n && job == 1 &&
+    if (st->nq == NS_JOBS)
+        return ns_fail("%s: %d store jobs in flight", s->name, NS_JOBS);
+    if (st->nq && (job == 3 || st->q[st->nq - 1].job == 3))
+        return ns_fail("%s: a compaction step beside other jobs", s->name);
+    if (n && job == 1 && st->nq == 0 &&
         (e[0].index < st_first(st) || e[0].index > st_first(st) + st->n))
         return ns_fail("%s: write at %" PRIu64 " outside the log [%" PRIu64
                        ", %" PRIu64 "]",
                        s->name, e[0].index, st_first(st), st_first(st) + st->n);
-    st->job = job;
-    st->job_hs = hs != NULL;
+    struct ns_job *j = &st->q[st->nq];
+    memset(j, 0, sizeof *j);
+    j->job = job;
+    j->job_hs = hs != NULL;
     if (hs)
-        st->jhs = *hs;
-    st->jents = copy_entries(e, n);
-    st->jn = n;
-    st->cb = cb;
-    st->job_at = W.now + rnd_in(0, 15);
+        j->jhs = *hs;
+    j->jents = copy_entries(e, n);
+    j->jn = n;
+    j->cb = cb;
+    j->job_at = W.now + rnd_in(0, 15);
+    if (st->nq && j->job_at < st->q[st->nq - 1].job_at)
+        j->job_at = st->q[st->nq - 1].job_at;
+    st->nq++;
     return 0;
 }
 
@@ -418,12 +435,14 @@ static int io_store_write(void *data, const struct raft_hard_state *hs,
 }
 
 static uint64_t writes_now; /* store_write_now calls, all seeds */
+static uint64_t writes_pipelined; /* jobs done with others queued behind */
+static uint64_t writes_nospace;   /* writes refused for lack of space */
 
 /* Half the time the disk is fast and the load low... */
 static bool io_store_write_now_ok(void *data)
 {
     struct ns_node *s = data;
-    return s->st.job == 0 && rnd_in(0, 1) == 1;
+    return s->st.nq == 0 && rnd_in(0, 1) == 1;
 }
 
 /* ... and half of those the loop is idle: a small write runs on the
@@ -450,8 +469,10 @@ static int io_store_write_install(void *data, uint64_t index, uint64_t term,
 {
     struct ns_node *s = data;
     int rv = st_submit(s, 2, hs, e, n, cb);
-    s->st.jindex = index;
-    s->st.jterm = term;
+    if (rv == 0) {
+        s->st.q[s->st.nq - 1].jindex = index;
+        s->st.q[s->st.nq - 1].jterm = term;
+    }
     W.installs++;
     return rv;
 }
@@ -463,14 +484,16 @@ static int io_store_compact_step(void *data, uint64_t upto, uint64_t max_rows,
     if (upto <= s->st.meta.snap_index || s->st.n == 0)
         return 1;
     int rv = st_submit(s, 3, NULL, NULL, 0, cb);
-    s->st.jupto = upto;
-    s->st.jrows = max_rows;
+    if (rv == 0) {
+        s->st.q[s->st.nq - 1].jupto = upto;
+        s->st.q[s->st.nq - 1].jrows = max_rows;
+    }
     return rv;
 }
 
 static bool io_store_busy(void *data)
 {
-    return ((struct ns_node *)data)->st.job != 0;
+    return ((struct ns_node *)data)->st.nq != 0;
 }
 
 static void io_store_stats(void *data, struct store_stats *st)
@@ -536,8 +559,30 @@ static void io_tr_close(void *data, void (*done)(void))
     done();
 }
 
+/* The persistence contract, checked as each message leaves: an accepted
+ * APPEND_RESP claims the entries up to its index durable here (the store
+ * holds them, or a snapshot past them), a granted vote claims the vote
+ * durable. Completions reach the node after the store made the job
+ * durable, so a message sent before its write is caught here, whatever
+ * the crashes later do. */
+static void check_durable(const struct ns_node *s, const struct raft_msg *m)
+{
+    const struct ns_store *st = &s->st;
+    uint64_t last = st->meta.snap_index + st->n;
+    if (m->type == RAFT_MSG_APPEND_RESP && !m->reject && m->index > last)
+        ns_fail("%s acknowledges index %" PRIu64 " with %" PRIu64
+                " durable",
+                s->name, m->index, last);
+    if (m->type == RAFT_MSG_VOTE_RESP && !m->reject &&
+        (st->hs.term != m->term || st->hs.vote != m->to))
+        ns_fail("%s grants a vote in term %" PRIu64 " to %" PRIu64
+                " with term %" PRIu64 " vote %" PRIu64 " durable",
+                s->name, m->term, m->to, st->hs.term, st->hs.vote);
+}
+
 static void io_send(void *data, const struct raft_msg *m)
 {
+    check_durable(data, m);
     struct pz_buf b;
     pz_buf_init(&b);
     if (raft_codec_encode_msg(&b, m, RAFT_FRAME_MAX) < 0) {
@@ -979,9 +1024,13 @@ static void node_down(struct ns_node *s)
     s->n = NULL;
     drop_writes_of(s->i);
     drop_reads_of(s->i);
-    /* A job in flight: durable whole or lost whole. */
-    if (s->st.job) {
-        if (rnd() % 2)
+    /* Jobs in flight: each durable whole or lost whole, in order (any
+     * prefix of them reached the disk). */
+    size_t kept = s->st.nq == 1 ? (size_t)(rnd() % 2)
+                  : s->st.nq > 1 ? (size_t)(rnd() % (s->st.nq + 1))
+                                 : 0;
+    for (size_t k = 0; s->st.nq > 0; k++) {
+        if (k < kept)
             st_apply_job(&s->st);
         st_job_free(&s->st);
     }
@@ -1146,9 +1195,28 @@ static void step(void)
 {
     for (int i = 0; i < W.count; i++) {
         struct ns_node *s = &W.nodes[i];
-        if (s->n && s->st.job && s->st.job_at <= W.now) {
+        while (s->n && s->st.nq && s->st.q[0].job_at <= W.now) {
+            struct ns_job *j = &s->st.q[0];
+            if (j->job != 3 && W.nospace_pm &&
+                rnd_in(0, 999) < W.nospace_pm) {
+                /* The disk is full: the write rolls back whole, and the
+                 * store runs none of those queued behind it. */
+                writes_nospace++;
+                int status = PZ_ENOSPC;
+                while (s->n && s->st.nq) {
+                    node_io_done_cb cb = s->st.q[0].cb;
+                    st_job_free(&s->st);
+                    use(s);
+                    cb(status, status == PZ_ENOSPC ? "disk full (simulated)"
+                                                   : "not run");
+                    status = PZ_ECANCELED;
+                }
+                break;
+            }
+            if (s->st.nq > 1)
+                writes_pipelined++;
             st_apply_job(&s->st);
-            node_io_done_cb cb = s->st.cb;
+            node_io_done_cb cb = j->cb;
             st_job_free(&s->st);
             use(s);
             cb(0, NULL);
@@ -1375,6 +1443,8 @@ static int run_seed(uint64_t seed)
     W.rng = seed * 0x9e3779b97f4a7c15ull + 1;
     W.msgs = pz_calloc(NS_MAX_MSGS, sizeof *W.msgs);
     W.loss_pct = (unsigned)rnd_in(0, 10);
+    /* A disk full now and then in a quarter of the seeds. */
+    W.nospace_pm = seed % 4 == 1 ? 5 : 0;
     W.cut = -1;
     int founders = seed % 3 == 0 ? 5 : 3;
     W.count = founders + 1;
@@ -1527,15 +1597,22 @@ int main(void)
         (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
     printf("node-sim: %" PRIu64 " seeds from %" PRIu64 ", %d failed, %u "
            "writes acknowledged, %" PRIu64 " snapshot installs, %" PRIu64
-           " log writes on the loop, %.2f s (%.1f seeds/s)\n",
-           n, first, failures, acked, installs, writes_now, secs,
-           (double)n / secs);
+           " log writes on the loop, %" PRIu64 " with writes queued "
+           "behind, %" PRIu64 " refused for lack of space, %.2f s "
+           "(%.1f seeds/s)\n",
+           n, first, failures, acked, installs, writes_now, writes_pipelined,
+           writes_nospace, secs, (double)n / secs);
     if (failures == 0 && n >= 5 && installs == 0) {
         printf("node-sim: no snapshot was installed\n");
         return 1;
     }
     if (failures == 0 && n >= 5 && writes_now == 0) {
         printf("node-sim: no log write ran on the loop\n");
+        return 1;
+    }
+    if (failures == 0 && n >= 5 && (writes_pipelined == 0 ||
+                                    writes_nospace == 0)) {
+        printf("node-sim: no write was pipelined, or none refused\n");
         return 1;
     }
     return failures ? 1 : 0;

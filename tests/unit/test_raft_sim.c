@@ -129,9 +129,11 @@ struct snode {
     uint64_t dbase;            /* durable log starts after this index */
     struct raft_entry *log;    /* durable entries dbase+1..dbase+n_log */
     size_t n_log, cap_log;     /* used, allocated */
-    /* the Ready being written */
-    bool in_flight;              /* a Ready is taken and not advanced */
-    struct raft_ready rd;        /* it (arrays owned by the core) */
+    /* the Readies being written, oldest first (pipelined: up to
+     * max_readies of them), arrays owned by the core */
+    struct raft_ready rds[RAFT_MAX_READIES];
+    size_t n_rds;                /* taken and not advanced */
+    uint64_t persist_at;         /* when the newest of them is durable */
     struct sim_snapshot install; /* rd.snapshot's file, if any */
     /* snapshot files received, not yet installed (lost in a crash) */
     struct sim_snapshot rx[SIM_RX_FILES]; /* ring of the latest */
@@ -205,6 +207,7 @@ struct sim {
     uint64_t snap_write_max;           /* ms a snapshot write may take */
     int xfer_fail_pct;                 /* transfers that fail */
     int xfer_silent_pct;               /* transfers lost without report */
+    size_t max_readies;                /* Readies in flight per node */
     int take_pct;                      /* chance a pump takes a leader's
                                           messages mid-write */
     unsigned min_voters;               /* conf changes keep at least */
@@ -231,6 +234,7 @@ struct sim {
     uint64_t forge_rng;                /* forged messages' randomness (its
                                           own, so seeds replay as before) */
     uint64_t stat_forged;              /* forged messages refused */
+    uint64_t stat_pipelined;           /* Readies taken behind others */
     /* links cut one way: cut[a][b] drops what a sends to b */
     bool cut[SIM_MAXN + 1][SIM_MAXN + 1];
     uint64_t paused_until[SIM_MAXN + 1]; /* a paused process runs again */
@@ -1291,16 +1295,20 @@ static void snap_done(struct sim *s, int id, const struct sim_snapshot *f)
 static void pump(struct sim *s, int id)
 {
     struct snode *sn = &s->nodes[id];
-    if (sn->r != NULL && sn->in_flight && !s->failed &&
+    if (sn->r != NULL && sn->n_rds > 0 && !s->failed &&
         chance(s, s->take_pct)) {
         const struct raft_msg *ms;
         size_t n = raft_take_msgs(sn->r, &ms);
         for (size_t i = 0; i < n && !s->failed; i++)
             send_checked(s, sn, &ms[i]);
     }
-    while (sn->r != NULL && !sn->in_flight && !s->failed &&
-           raft_has_ready(sn->r)) {
-        struct raft_ready *rd = &sn->rd;
+    while (sn->r != NULL && !s->failed && raft_has_ready(sn->r)) {
+        if (sn->n_rds >= s->max_readies) {
+            sim_fail(s, "node %d: raft_has_ready with %zu Readies in flight",
+                     id, sn->n_rds);
+            return;
+        }
+        struct raft_ready *rd = &sn->rds[sn->n_rds];
         raft_ready(sn->r, rd);
         if (rd->snapshot != NULL)
             install_snapshot(s, sn, rd);
@@ -1310,10 +1318,18 @@ static void pump(struct sim *s, int id)
             maybe_snapshot(s, id);
         for (size_t i = 0; i < rd->n_msgs; i++)
             send_checked(s, sn, &rd->msgs[i]);
-        if (rd->hs_changed || rd->n_entries > 0 || rd->snapshot != NULL) {
-            sn->in_flight = true;
-            uint64_t lat = chance(s, 20) ? 0 : rnd(s, s->persist_max + 1);
-            heap_push(s, ev_new(s, EV_PERSIST, id, lat));
+        bool write = rd->hs_changed || rd->n_entries > 0 ||
+                     rd->snapshot != NULL;
+        if (write || sn->n_rds > 0) {
+            /* Pipelined: durable in the order taken, so one with nothing
+             * to write waits for those before it. */
+            s->stat_pipelined += sn->n_rds > 0;
+            sn->n_rds++;
+            uint64_t lat = !write || chance(s, 20)
+                               ? 0
+                               : rnd(s, s->persist_max + 1);
+            sn->persist_at = PZ_MAX(sn->persist_at, s->now + lat);
+            heap_push(s, ev_new(s, EV_PERSIST, id, sn->persist_at - s->now));
         } else {
             for (size_t i = 0; i < rd->n_msgs_after_persist; i++)
                 send_checked(s, sn, &rd->msgs_after_persist[i]);
@@ -1325,12 +1341,14 @@ static void pump(struct sim *s, int id)
 static void persist_done(struct sim *s, int id)
 {
     struct snode *sn = &s->nodes[id];
-    pz_assert(sn->in_flight);
-    store_write(s, sn, &sn->rd);
-    for (size_t i = 0; i < sn->rd.n_msgs_after_persist; i++)
-        send_checked(s, sn, &sn->rd.msgs_after_persist[i]);
-    sn->in_flight = false;
-    raft_advance(sn->r, &sn->rd);
+    pz_assert(sn->n_rds > 0);
+    /* The oldest: each EV_PERSIST is due no earlier than the one before. */
+    struct raft_ready rd = sn->rds[0];
+    memmove(sn->rds, sn->rds + 1, --sn->n_rds * sizeof rd);
+    store_write(s, sn, &rd);
+    for (size_t i = 0; i < rd.n_msgs_after_persist; i++)
+        send_checked(s, sn, &rd.msgs_after_persist[i]);
+    raft_advance(sn->r, &rd);
 }
 
 static struct raft_config node_cfg(struct sim *s, int id)
@@ -1344,6 +1362,7 @@ static struct raft_config node_cfg(struct sim *s, int id)
         .max_bytes_per_msg = s->max_bytes,
         .pre_vote = s->pre_vote,
         .check_quorum = s->check_quorum,
+        .max_readies = s->max_readies,
     };
     return c;
 }
@@ -1394,7 +1413,8 @@ static void node_start(struct sim *s, int id)
         if (rc != 0)
             sim_fail(s, "node %d restore failed: %s", id, pz_strerror(rc));
     }
-    sn->in_flight = false;
+    sn->n_rds = 0;
+    sn->persist_at = 0;
     sn->n_mir = 0;
     sn->mir_base = 0;
     sn->mir_base_chain = 0;
@@ -1424,9 +1444,13 @@ static void node_crash(struct sim *s, int id)
     struct snode *sn = &s->nodes[id];
     if (sn->r == NULL)
         return;
-    /* A write in flight either reached the disk or not. */
-    if (sn->in_flight && chance(s, 50))
-        store_write(s, sn, &sn->rd);
+    /* A write in flight either reached the disk or not; of several, any
+     * prefix did (they are written in order). */
+    size_t kept = sn->n_rds == 1 ? (size_t)chance(s, 50)
+                  : sn->n_rds > 1 ? (size_t)rnd(s, sn->n_rds + 1)
+                                  : 0;
+    for (size_t i = 0; i < kept; i++)
+        store_write(s, sn, &sn->rds[i]);
     /* Received snapshot files not installed yet are garbage now. */
     for (size_t k = 0; k < SIM_RX_FILES; k++)
         ssnap_free(&sn->rx[k]);
@@ -1434,7 +1458,7 @@ static void node_crash(struct sim *s, int id)
     ssnap_free(&sn->install);
     raft_free(sn->r);
     sn->r = NULL;
-    sn->in_flight = false;
+    sn->n_rds = 0;
     sn->epoch++;
     trace(s, "node %d crashed", id);
 }
@@ -1944,6 +1968,7 @@ struct sim_stats {
     uint64_t snaps;    /* local snapshots taken (compactions) */
     uint64_t installs; /* snapshots installed from a leader */
     uint64_t forged;   /* forged messages refused */
+    uint64_t pipelined; /* Readies taken while others were in flight */
     uint64_t frames;   /* messages through the codec */
     uint64_t damaged;  /* frames damaged on the way, all refused */
     uint64_t stale;    /* stale copies delivered late */
@@ -1990,14 +2015,19 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->xfer_silent_pct = (int)rnd(s, 2) * 5;
     s->store_keep_pct = (int)rnd(s, 2) * 30;
     s->take_pct = chance(s, 25) ? 0 : chance(s, 50) ? 100 : 30;
+    /* Pipelined Readies in half the seeds, 2 to 4 in flight: from a hash
+     * of the seed, leaving the other choices of a seed as they were. */
+    uint64_t h = seed * 0x9E3779B97F4A7C15ull;
+    s->max_readies = (h >> 63) ? 2 + (size_t)((h >> 32) % 3) : 1;
     s->min_voters = chance(s, 25) ? 1 : 2;
     cur_seed_for_signal = (sig_atomic_t)seed;
     trace(s,
           "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
-          "inflight=%zu bytes=%zu profile=%d persist<=%" PRIu64
+          "inflight=%zu readies=%zu bytes=%zu profile=%d persist<=%" PRIu64
           " snap%%=%d gap=%" PRIu64 " trail<=%" PRIu64 " xfer fail%%=%d "
           "silent%%=%d",
-          seed, n, s->pre_vote, s->check_quorum, s->max_inflight, s->max_bytes,
+          seed, n, s->pre_vote, s->check_quorum, s->max_inflight,
+          s->max_readies, s->max_bytes,
           s->profile, s->persist_max, s->snap_pct, s->snap_gap, s->trail_max,
           s->xfer_fail_pct, s->xfer_silent_pct);
     int founders = n == 5 ? 3 : n;
@@ -2047,6 +2077,7 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
         stats->snaps += s->stat_snaps;
         stats->installs += s->stat_installs;
         stats->forged += s->stat_forged;
+        stats->pipelined += s->stat_pipelined;
         stats->frames += s->stat_frames;
         stats->damaged += s->stat_damaged;
         stats->stale += s->stat_stale;
@@ -2109,11 +2140,12 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
                " forged messages refused, %" PRIu64 " frames decoded, %" PRIu64
                " damaged frames refused, %" PRIu64 " stale copies, %" PRIu64 " one-way cuts, %" PRIu64
                " pauses, %" PRIu64 " blackouts, %" PRIu64
-               " proposals refused by followers\n",
+               " proposals refused by followers, %" PRIu64
+               " Readies taken behind others in flight\n",
                count, first, failed, secs, (double)count / secs, st.events,
                st.commits, st.reads, st.leaders, st.snaps, st.installs,
                st.forged, st.frames, st.damaged, st.stale, st.oneway, st.pauses,
-               st.blackouts, st.follower_props);
+               st.blackouts, st.follower_props, st.pipelined);
     return failed ? 1 : 0;
 }
 

@@ -616,7 +616,143 @@ static void never_cb(struct store *s, int status, const char *msg, void *arg)
     PZ_UNUSED(arg);
 }
 
-TEST(second_write_in_flight_asserts)
+/* Completions of queued writes, in the order they come. */
+struct order_ctx {
+    int status[8];
+    int n;
+};
+
+static void order_cb(struct store *s, int status, const char *errmsg,
+                     void *arg)
+{
+    PZ_UNUSED(s);
+    PZ_UNUSED(errmsg);
+    struct order_ctx *c = arg;
+    if (c->n < 8)
+        c->status[c->n] = status;
+    c->n++;
+}
+
+/* Writes queue behind one another (pipelined): each is checked against
+ * what those before it leave, they run in order and complete in order. */
+TEST(queued_writes_in_order)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    struct raft_hard_state h1 = {1, 1, 0}, h2 = {2, 2, 3};
+    struct raft_entry *a = mk_entries(1, 3, 1), *b = mk_entries(4, 2, 2),
+                      *c = mk_entries(3, 2, 2);
+    struct order_ctx oc = {0};
+    CHECK_EQ_INT(store_write(s, &loop, &h1, a, 3, order_cb, &oc), 0);
+    /* term 2 needs the hard state of term 2, queued or not */
+    CHECK_EQ_INT(store_write(s, &loop, NULL, b, 2, order_cb, &oc),
+                 PZ_EINVAL);
+    /* index 4 follows the queued 1..3, though none is stored yet */
+    CHECK_EQ_INT(store_write(s, &loop, &h2, b, 2, order_cb, &oc), 0);
+    /* a vote of the queued term cannot change */
+    struct raft_hard_state h3 = {2, 3, 3};
+    CHECK_EQ_INT(store_write(s, &loop, &h3, NULL, 0, order_cb, &oc),
+                 PZ_EINVAL);
+    /* overwrites 3..5 with 3..4 */
+    CHECK_EQ_INT(store_write(s, &loop, NULL, c, 2, order_cb, &oc), 0);
+    CHECK(store_busy(s));
+    CHECK_EQ_INT(oc.n, 0);
+    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(oc.n, 3);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(oc.status[i], 0);
+    CHECK(!store_busy(s));
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    struct store_stats ss;
+    store_stats(s, &ss);
+    /* those queued while one ran may share its successor's transaction */
+    CHECK(ss.batches >= 1 && ss.batches <= 3);
+    CHECK_EQ_INT(ss.entries, 7);
+    CHECK_EQ_INT(ss.last_index, 4);
+    struct raft_hard_state lh;
+    struct raft_entry *le;
+    size_t ln;
+    CHECK_EQ_INT(store_load(s, &lh, &le, &ln, NULL), 0);
+    CHECK_EQ_INT(ln, 4);
+    CHECK_EQ_INT(lh.term, 2);
+    CHECK_EQ_INT(lh.vote, 2);
+    CHECK(entry_ok(&le[1], 2, 1));
+    CHECK(entry_ok(&le[2], 3, 2));
+    CHECK(entry_ok(&le[3], 4, 2));
+    free_entries(le, ln);
+    free_entries(a, 3);
+    free_entries(b, 2);
+    free_entries(c, 2);
+    store_close(s);
+    tdir_free(&t);
+}
+
+/* A write that fails stops the queue: those behind it are not run
+ * (PZ_ECANCELED), after a full disk as after an I/O error; after a full
+ * disk, the same writes go again, in order, once there is room. */
+TEST(failed_write_cancels_queued)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 1, 0};
+    CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
+    CHECK_EQ_INT(store_test_max_pages(s, 1), 0); /* = its size now */
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    struct raft_hard_state h2 = {2, 0, 0};
+    struct raft_entry *e = mk_entries(6, 400, 2), *f = mk_entries(406, 2, 2);
+    struct order_ctx oc = {0};
+    CHECK_EQ_INT(store_write(s, &loop, &h2, e, 400, order_cb, &oc), 0);
+    CHECK_EQ_INT(store_write(s, &loop, NULL, f, 2, order_cb, &oc), 0);
+    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(oc.n, 2);
+    CHECK_EQ_INT(oc.status[0], PZ_ENOSPC);
+    CHECK_EQ_INT(oc.status[1], PZ_ECANCELED);
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.nospace, 1);
+    CHECK_EQ_INT(ss.failures, 0);
+    CHECK_EQ_INT(ss.last_index, 5);
+    /* room again: both, in order */
+    CHECK_EQ_INT(store_test_max_pages(s, 0), 0);
+    oc.n = 0;
+    CHECK_EQ_INT(store_write(s, &loop, NULL, f, 2, order_cb, &oc),
+                 PZ_EINVAL); /* 406 does not follow 5 */
+    CHECK_EQ_INT(store_write(s, &loop, &h2, e, 400, order_cb, &oc), 0);
+    CHECK_EQ_INT(store_write(s, &loop, NULL, f, 2, order_cb, &oc), 0);
+    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(oc.n, 2);
+    CHECK_EQ_INT(oc.status[0], 0);
+    CHECK_EQ_INT(oc.status[1], 0);
+    /* an I/O error: the store fails, the write behind is not run */
+    struct raft_entry *g = mk_entries(408, 1, 2), *h = mk_entries(409, 1, 2);
+    store_fail_at(s, 2);
+    oc.n = 0;
+    CHECK_EQ_INT(store_write(s, &loop, NULL, g, 1, order_cb, &oc), 0);
+    CHECK_EQ_INT(store_write(s, &loop, NULL, h, 1, order_cb, &oc), 0);
+    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(oc.n, 2);
+    CHECK(oc.status[0] < 0 && oc.status[0] != PZ_ECANCELED);
+    CHECK_EQ_INT(oc.status[1], PZ_ECANCELED);
+    CHECK_EQ_INT(store_write(s, &loop, NULL, g, 1, order_cb, &oc), PZ_EIO);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    store_close(s);
+    CHECK(log_is(&t, 407, 2, 2));
+    free_entries(e, 400);
+    free_entries(f, 2);
+    free_entries(g, 1);
+    free_entries(h, 1);
+    tdir_free(&t);
+}
+
+/* Nothing else touches the database while writes are queued. */
+TEST(sync_call_while_queued_asserts)
 {
     struct tdir t;
     tdir_init(&t);
@@ -633,8 +769,8 @@ TEST(second_write_in_flight_asserts)
         struct raft_entry *e = mk_entries(1, 2, 1);
         if (store_write(s, &loop, &hs, e, 2, never_cb, NULL) != 0)
             _exit(4);
-        store_write(s, &loop, NULL, e, 2, never_cb, NULL);
-        _exit(0); /* not reached: the second write must abort */
+        store_write_sync(s, NULL, e, 2);
+        _exit(0); /* not reached: the sync write must abort */
     }
     int st = 0;
     CHECK(waitpid(pid, &st, 0) == pid);
@@ -1976,7 +2112,9 @@ static const struct test_case cases[] = {
     TEST_ENTRY(empty_batches),
     TEST_ENTRY(invalid_batches_refused),
     TEST_ENTRY(async_many_batches),
-    TEST_ENTRY(second_write_in_flight_asserts),
+    TEST_ENTRY(queued_writes_in_order),
+    TEST_ENTRY(failed_write_cancels_queued),
+    TEST_ENTRY(sync_call_while_queued_asserts),
     TEST_ENTRY(garbage_header_refused),
     TEST_ENTRY(garbage_pages_refused),
     TEST_ENTRY(truncated_file_refused),
