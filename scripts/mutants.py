@@ -266,8 +266,8 @@ MUTATIONS = [
       "a received snapshot is dropped before the install the core took"),
     # --- tokens and sizes -------------------------------------------------
     M("bearer_prefix_accepted", "src/httpd.c",
-      "    return pz_token_equal(token, strlen(token), h, n);",
-      "    return pz_token_equal(token, strlen(token), h, "
+      "           pz_token_equal(token, strlen(token), h, n);",
+      "           pz_token_equal(token, strlen(token), h, "
       "PZ_MIN(n, strlen(token)));",
       ["unit:httpd", "py:test_membership.py"],
       "the node API accepts 'Bearer <token>junk'"),
