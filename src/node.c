@@ -281,7 +281,8 @@ static void ready_apply(struct raft_ready *rd)
  * restore clips it to the stored log), and rewriting the hard_state row
  * for it alone costs every COMMIT a second WAL page: it rides along with
  * a write at most every HS_COMMIT_EVERY_MS, and is saved at a clean
- * close (save_commit). */
+ * close that finds no write in flight (save_commit; a close that waits
+ * for writes leaves the commit index as last written). */
 #define HS_COMMIT_EVERY_MS 100
 
 /* Whether rd's hard state goes with its write; if so, it is the one
