@@ -285,13 +285,18 @@ static void ready_apply(struct raft_ready *rd)
  * for writes leaves the commit index as last written). */
 #define HS_COMMIT_EVERY_MS 100
 
+/* Whether rd's term or vote differ from those last handed to the store. */
+static bool term_or_vote_moved(const struct raft_ready *rd)
+{
+    return rd->hs.term != nd->saved_term || rd->hs.vote != nd->saved_vote;
+}
+
 /* Whether rd's hard state goes with its write; if so, it is the one
  * handed to the store from now on. */
 static bool hs_goes(const struct raft_ready *rd)
 {
     uint64_t now = NIO(now);
-    bool due = rd->snapshot || rd->hs.term != nd->saved_term ||
-               rd->hs.vote != nd->saved_vote ||
+    bool due = rd->snapshot || term_or_vote_moved(rd) ||
                (rd->hs.commit != nd->saved_commit && now >= nd->hs_commit_at);
     if (due) {
         nd->saved_term = rd->hs.term;
@@ -390,8 +395,7 @@ static void ready_cycle(void)
          * them (Figure 3.1); the commit index need not be (it is learned
          * again from the leader after a restart), so a Ready that only
          * moves it costs no fsync: it rides along with a later write. */
-        bool hs_needed = rd->hs_changed && (rd->hs.term != nd->saved_term ||
-                                            rd->hs.vote != nd->saved_vote);
+        bool hs_needed = rd->hs_changed && term_or_vote_moved(rd);
         bool write = hs_needed || rd->n_entries || rd->snapshot;
         if (!write && nd->n_rds == 0) {
             send_all(rd->msgs_after_persist, rd->n_msgs_after_persist);

@@ -280,8 +280,6 @@ struct ready_slot {
     uint64_t hs_term;           /* Ready.hs.term */
     uint64_t trunc_since;       /* lowest index truncated since it was
                                    taken (UINT64_MAX: none) */
-    bool advanced;              /* raft_advance came (freed at the next
-                                   raft_ready) */
 };
 
 struct raft {
@@ -2594,7 +2592,6 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
     sl->persist_index = rd->persist_index;
     sl->hs_term = rd->hs.term;
     sl->trunc_since = UINT64_MAX;
-    sl->advanced = false;
 }
 
 bool raft_has_msgs(const struct raft *r)
@@ -2635,7 +2632,6 @@ void raft_advance(struct raft *r, const struct raft_ready *rd)
     struct ready_slot *sl = slot_at(r, r->n_slots - r->n_inflight);
     pz_assert(sl->persist_index == rd->persist_index &&
               sl->hs_term == rd->hs.term);
-    sl->advanced = true;
     r->n_inflight--;
     r->snap_handed = false; /* an installed snapshot in it is durable */
     r->durable_term = rd->hs.term;

@@ -575,10 +575,11 @@ bool raft_has_ready(const struct raft *r);
 void raft_ready(struct raft *r, struct raft_ready *rd);
 
 /* The oldest Ready in flight is durable (its snapshot, hs and entries
- * written; rd is that Ready, asserted). Uses only rd's scalar fields (persist_index, persist_term,
- * hs.term: that term is now durable, and a candidate's vote for itself
- * counts from now on, which may make it leader). Entries are marked durable up to persist_index only if the log still
- * holds persist_term there (a later step may have truncated them). An
+ * written; rd is that Ready, asserted). Uses only rd's scalar fields
+ * (persist_index, persist_term, hs.term: that term is now durable, and a
+ * candidate's vote for itself counts from now on, which may make it
+ * leader). Entries are marked durable up to persist_index only if the log
+ * still holds persist_term there (a later step may have truncated them). An
  * installed snapshot it carried counts as durable from now on (it may be
  * sent on to other followers; committed entries after it are handed
  * out). */

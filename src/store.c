@@ -31,9 +31,10 @@
  * back (BEGIN, DELETE idx >= first, INSERT..., UPDATE hard_state, COMMIT),
  * and each result is applied to the in-memory copy and reported on the
  * loop thread as soon as it is durable (an async handle), while the next
- * batch is already being written. Compaction steps run there too, each followed by a
- * bounded incremental vacuum (the database is auto_vacuum=INCREMENTAL;
- * one from an older build is converted at open), so the file shrinks.
+ * batch is already being written. Compaction steps run there too, each
+ * followed by a bounded incremental vacuum (the database is
+ * auto_vacuum=INCREMENTAL; one from an older build is converted at open),
+ * so the file shrinks.
  *
  * Failure modes: any failed step inside a write rolls the transaction back
  * (if SQLite has not already), marks the store failed (every later write
@@ -131,8 +132,6 @@ struct drain {
     struct store *s;     /* NULL once the store is closed */
     struct drain *next;  /* the store's live drains */
 };
-
-
 
 struct store {
     sqlite3 *db;                       /* the connection */
@@ -488,8 +487,7 @@ static int batch_body(struct store *s, struct batch *b)
                         "%s: batch term %" PRIu64 " at index %" PRIu64
                         " is below the stored term %" PRIu64 " before it",
                         s->path, b->entries[0].term, first, prev);
-                rc = PZ_EINVAL;
-                return rc;
+                return PZ_EINVAL;
             }
         }
         bind_u64(s->st_del_from, 1, first);
@@ -521,8 +519,7 @@ static int batch_body(struct store *s, struct batch *b)
         if (sqlite3_changes(s->db) != 1) {
             set_err(b->err, STORE_ERRMSG_SIZE,
                     "%s: hard state row is missing", s->path);
-            rc = PZ_ECORRUPT;
-            return rc;
+            return PZ_ECORRUPT;
         }
     }
     return 0;
