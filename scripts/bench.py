@@ -31,7 +31,9 @@ by requests/s (its latencies, CPU and commit check: one run's figures
 together), with the range of requests/s over the runs beside it.
 
 - the disk's fsync floor: 128 bytes written in place + fdatasync, in the
-  directory that holds the clusters' data, and a loopback round trip;
+  directory that holds the clusters' data, by one writer and by three at
+  once (what each node of a 3-node cluster on this one disk pays, as all
+  three write for every replicated write), and a loopback round trip;
 - 3-node PyazDB and 3-node etcd (Debian's etcd-server) on 127.0.0.1, fsync
   on, loaded one after the other over gRPC by h2load with the same request
   bytes: writes (Set / Put), linearizable reads (Get / Range), serializable
@@ -381,11 +383,10 @@ def txn_rows(tmp, systems, loads, dur, reps, matrix):
 
 # --- the pieces -------------------------------------------------------------
 
-def fsync_floor(d, n):
+def fsync_records(path, n):
     """128-byte records written in turn into a file allocated beforehand
-    (as a log reuses its space), each followed by fdatasync: the least a
-    durable write can cost on this disk."""
-    path = os.path.join(d, "fsync-floor")
+    (as a log reuses its space), each followed by fdatasync: each one's
+    latency in microseconds."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     rec = b"x" * 128
     lat = []
@@ -400,9 +401,43 @@ def fsync_floor(d, n):
     finally:
         os.close(fd)
         os.unlink(path)
+    return lat
+
+
+def fsync_floor(d, n, writers=1):
+    """fsync_records by `writers` processes at once, each on its own file
+    in d: with 1, the least a durable write can cost on this disk; with 3,
+    what each node of a 3-node cluster on this one disk pays when all
+    three write at once, as they do for every replicated write."""
+    if writers == 1:
+        lat = fsync_records(os.path.join(d, "fsync-floor"), n)
+    else:
+        pids = []
+        for w in range(writers):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    lat = fsync_records(os.path.join(d, f"fsync-floor{w}"), n)
+                    with open(os.path.join(d, f"fsync-floor{w}.lat"), "w") as f:
+                        json.dump(lat, f)
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        lat = []
+        for w, pid in enumerate(pids):
+            _, status = os.waitpid(pid, 0)
+            out = os.path.join(d, f"fsync-floor{w}.lat")
+            if status != 0 or not os.path.exists(out):
+                raise SystemExit(f"bench: fsync floor writer {w} failed")
+            with open(out) as f:
+                lat += json.load(f)
+            os.unlink(out)
     lat.sort()
     return {"p50_us": statistics.median(lat),
-            "p99_us": lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+            "p99_us": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "writers": writers}
 
 
 def loopback_rtt(n=2000):
@@ -605,9 +640,13 @@ def report(out, res, mode):
              "run by requests/s (its p50, p99 and CPU), the range of "
              "requests/s over the runs in brackets.\n")
     f = res["floor"]
+    f3 = res.get("floor3")
     L.append(f"Disk fsync floor (128 B written in place + fdatasync): p50 "
-             f"{f['p50_us']:.0f} us, p99 {f['p99_us']:.0f} us; loopback "
-             f"TCP round trip p50 {res['rtt_us']:.0f} us.\n")
+             f"{f['p50_us']:.0f} us, p99 {f['p99_us']:.0f} us"
+             + (f"; three writers at once, one per node of a cluster on "
+                f"this disk: p50 {f3['p50_us']:.0f} us, p99 "
+                f"{f3['p99_us']:.0f} us" if f3 else "")
+             + f"; loopback TCP round trip p50 {res['rtt_us']:.0f} us.\n")
     for tag, title in (("", "quiet"), ("noisy-", "noisy neighbour")):
         if not any(k.startswith(tag + "write") for k in res["matrix"]):
             continue
@@ -632,8 +671,12 @@ def report(out, res, mode):
         floor_ms = (f["p50_us"] + res["rtt_us"]) / 1000
         L.append(f"\n1x1 write p50 {w['pyazdb']['p50_ms']:.2f} ms against "
                  f"the fsync floor plus one loopback round trip "
-                 f"({floor_ms:.2f} ms): {w['pyazdb']['p50_ms'] / floor_ms:.2f}x;"
-                 f" p99 / p50 at 1x1: "
+                 f"({floor_ms:.2f} ms): {w['pyazdb']['p50_ms'] / floor_ms:.2f}x"
+                 + (f" (against the three-writer floor plus one round trip, "
+                    f"{(f3['p50_us'] + res['rtt_us']) / 1000:.2f} ms: "
+                    f"{w['pyazdb']['p50_ms'] * 1000 / (f3['p50_us'] + res['rtt_us']):.2f}x)"
+                    if f3 else "")
+                 + "; p99 / p50 at 1x1: "
                  f"{w['pyazdb']['p99_ms'] / w['pyazdb']['p50_ms']:.2f}.\n")
     L.append("\n## Writes against connections\n")
     L.append("One run per point.\n")
@@ -719,8 +762,10 @@ def main():
             capture_output=True, text=True).stdout.split()[1]
         log(f"== fsync floor and loopback round trip (in {tmp})")
         res["floor"] = fsync_floor(tmp, 2000 if a.full else 500)
+        res["floor3"] = fsync_floor(tmp, 2000 if a.full else 500, 3)
         res["rtt_us"] = loopback_rtt()
-        log(f"   fsync p50 {res['floor']['p50_us']:.0f} us, "
+        log(f"   fsync p50 {res['floor']['p50_us']:.0f} us (three writers "
+            f"at once: {res['floor3']['p50_us']:.0f} us), "
             f"rtt p50 {res['rtt_us']:.0f} us")
         # 1,024 connections and their servers' ends (inherited)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
