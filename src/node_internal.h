@@ -311,6 +311,8 @@ void snaps_maybe(void);
 void snaps_poll(void);
 /* From the Ready cycle when the store is free: one compaction step. */
 void snaps_compact_step(void);
+/* Rows one compaction step drops, with left rows still to drop. */
+uint64_t snaps_compact_rows(uint64_t left);
 /* Leader: stream the file of an INSTALL_SNAPSHOT to its follower, then
  * the message (xfer_start), paced each tick (xfer_pump); xfer_free ends a
  * transfer and reports it to the core. */

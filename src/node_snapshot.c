@@ -135,6 +135,11 @@ static void update_snap_waiters(void)
 #define COMPACT_ROWS_MAX 20000
 #define SNAP_RETRY_MS 10000 /* after a failed snapshot */
 
+uint64_t snaps_compact_rows(uint64_t left)
+{
+    return PZ_MIN(PZ_MAX(left / 16, COMPACT_ROWS_MIN), COMPACT_ROWS_MAX);
+}
+
 static void on_compacted(int status, const char *errmsg)
 {
     nd->store_busy = false;
@@ -177,12 +182,11 @@ void snaps_compact_step(void)
     }
     struct store_meta meta;
     NIO(store_meta_get, &meta);
-    uint64_t left =
-        rs.first_index - 1 > meta.snap_index ? rs.first_index - 1 - meta.snap_index
-                                             : 0;
-    uint64_t rows = PZ_MIN(PZ_MAX(left / 16, COMPACT_ROWS_MIN), COMPACT_ROWS_MAX);
+    uint64_t upto = rs.first_index - 1;
+    uint64_t left = upto > meta.snap_index ? upto - meta.snap_index : 0;
     pz_failpoint("before-log-truncate");
-    int rv = NIO(store_compact_step, rs.first_index - 1, rows, on_compacted);
+    int rv = NIO(store_compact_step, upto, snaps_compact_rows(left),
+                 on_compacted);
     if (rv < 0) {
         core_fatal("cannot compact the Raft log: %s",
                    NIO(store_errmsg));
