@@ -127,10 +127,10 @@ static void update_snap_waiters(void)
  * never stalls the loop or the writes. No Ready is taken during a step
  * (the leader neither persists nor applies, a follower acknowledges
  * nothing), and a step of 20000 rows took 6 to 30 ms under a write load:
- * the writes' p99. A step is a sixteenth of what is left to drop, at least
- * COMPACT_ROWS_MIN (about 1 ms) and at most COMPACT_ROWS_MAX: the 55000
- * rows a default snapshot leaves go in steps of 3400, and a backlog that
- * grows (steps run only when no Ready waits) is dropped in larger ones. */
+ * the writes' p99. A step is a sixteenth of what is left to drop, at
+ * least COMPACT_ROWS_MIN and at most COMPACT_ROWS_MAX: the 55000 rows a
+ * default snapshot leaves go in steps of 3400, and a backlog that grows
+ * (steps run only when no Ready waits) is dropped in larger ones. */
 #define COMPACT_ROWS_MIN 2000
 #define COMPACT_ROWS_MAX 20000
 #define SNAP_RETRY_MS 10000 /* after a failed snapshot */
