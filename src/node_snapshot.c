@@ -122,11 +122,23 @@ static void update_snap_waiters(void)
     }
 }
 
-/* Drop the stored log prefix the core dropped, COMPACT_ROWS entries per
- * step on the thread pool, between log writes (never during one), so that
- * a million-entry prefix never stalls the loop or the writes. */
-#define COMPACT_ROWS 20000
+/* Drop the stored log prefix the core dropped in steps on the thread pool,
+ * between log writes (never during one), so that a million-entry prefix
+ * never stalls the loop or the writes. No Ready is taken during a step
+ * (the leader neither persists nor applies, a follower acknowledges
+ * nothing), and a step of 20000 rows took 6 to 30 ms under a write load:
+ * the writes' p99. A step is a sixteenth of what is left to drop, at
+ * least COMPACT_ROWS_MIN and at most COMPACT_ROWS_MAX: the 55000 rows a
+ * default snapshot leaves go in steps of 3400, and a backlog that grows
+ * (steps run only when no Ready waits) is dropped in larger ones. */
+#define COMPACT_ROWS_MIN 2000
+#define COMPACT_ROWS_MAX 20000
 #define SNAP_RETRY_MS 10000 /* after a failed snapshot */
+
+uint64_t snaps_compact_rows(uint64_t left)
+{
+    return PZ_MIN(PZ_MAX(left / 16, COMPACT_ROWS_MIN), COMPACT_ROWS_MAX);
+}
 
 static void on_compacted(int status, const char *errmsg)
 {
@@ -168,8 +180,12 @@ void snaps_compact_step(void)
         nd->compact_pending = false;
         return;
     }
+    struct store_meta meta;
+    NIO(store_meta_get, &meta);
+    uint64_t upto = rs.first_index - 1;
+    uint64_t left = upto > meta.snap_index ? upto - meta.snap_index : 0;
     pz_failpoint("before-log-truncate");
-    int rv = NIO(store_compact_step, rs.first_index - 1, COMPACT_ROWS,
+    int rv = NIO(store_compact_step, upto, snaps_compact_rows(left),
                  on_compacted);
     if (rv < 0) {
         core_fatal("cannot compact the Raft log: %s",

@@ -2015,10 +2015,12 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->xfer_silent_pct = (int)rnd(s, 2) * 5;
     s->store_keep_pct = (int)rnd(s, 2) * 30;
     s->take_pct = chance(s, 25) ? 0 : chance(s, 50) ? 100 : 30;
-    /* Pipelined Readies in half the seeds, 2 to 4 in flight: from a hash
-     * of the seed, leaving the other choices of a seed as they were. */
+    /* Pipelined Readies in half the seeds, 2 to RAFT_MAX_READIES in
+     * flight: from a hash of the seed, leaving the other choices of a seed
+     * as they were. */
     uint64_t h = seed * 0x9E3779B97F4A7C15ull;
-    s->max_readies = (h >> 63) ? 2 + (size_t)((h >> 32) % 3) : 1;
+    s->max_readies =
+        (h >> 63) ? 2 + (size_t)((h >> 32) % (RAFT_MAX_READIES - 1)) : 1;
     s->min_voters = chance(s, 25) ? 1 : 2;
     cur_seed_for_signal = (sig_atomic_t)seed;
     trace(s,
