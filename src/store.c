@@ -243,8 +243,13 @@ static int sql_err(struct store *s, char *buf, const char *what, int rc)
 
 /* A batch's entries go in eight at a time, one statement for all of
  * them, the rest by four, two and one: a statement's step, reset and
- * halt cost about as much as the row it inserts. */
-#define INSERT_INTO "INSERT INTO log (idx, term, type, data, crc) VALUES "
+ * halt cost about as much as the row it inserts. OR ROLLBACK: a failed
+ * insert ends the whole transaction, as run_batch does with any failure
+ * anyway; with the default (ABORT) SQLite would open a statement
+ * savepoint for each multi-row INSERT and copy every page it first
+ * touches into a statement journal, only to undo that one statement. */
+#define INSERT_INTO                                                       \
+    "INSERT OR ROLLBACK INTO log (idx, term, type, data, crc) VALUES "
 #define INSERT_ROW1 "(?, ?, ?, ?, ?)"
 #define INSERT_ROW2 INSERT_ROW1 "," INSERT_ROW1
 #define INSERT_ROW4 INSERT_ROW2 "," INSERT_ROW2
@@ -1428,7 +1433,7 @@ static const char *const stmt_sql[] = {
     "ROLLBACK",
     "DELETE FROM log WHERE idx >= ?1",
     "DELETE FROM log WHERE idx <= ?1",
-    "INSERT INTO log (idx, term, type, data, crc) "
+    "INSERT OR ROLLBACK INTO log (idx, term, type, data, crc) "
     "VALUES (?1, ?2, ?3, ?4, ?5)",
     "SELECT term FROM log WHERE idx = ?1",
     "UPDATE hard_state SET term = ?1, vote = ?2, commit_index = ?3 "
