@@ -255,6 +255,16 @@ TEST(crc64_accelerated_matches_tables)
                    off, (unsigned long long)a, (unsigned long long)b);
         CHECK(a == b);
     }
+    /* Every length next to where the carry-less path starts (64 bytes)
+     * and where it used to start (256), at every alignment. */
+    static const size_t edges[] = {64, 128, 256};
+    for (size_t e = 0; e < sizeof edges / sizeof edges[0]; e++)
+        for (size_t len = edges[e] - 9; len <= edges[e] + 17; len++)
+            for (size_t off = 0; off < 16; off++) {
+                uint64_t init = off % 2 ? pz_rand_next(&st) : 0;
+                CHECK(snapshot_crc64(init, buf + off, len) ==
+                      snapshot_crc64_portable(init, buf + off, len));
+            }
     /* A large piece in one call equals the same bytes in small pieces. */
     uint8_t *big = pz_malloc(1 << 20);
     for (size_t i = 0; i < 1 << 20; i++)
