@@ -732,6 +732,10 @@ static void sink_item(struct apply *a, const struct entry *e, bool values)
     a->sink->item(a->sink->arg, &v);
 }
 
+/* Values up to this size are overwritten in place even with an event
+ * hook installed (the old value is copied for it on the stack). */
+#define INPLACE_EVENT_MAX 1024
+
 /* Put key = value. Returns 1 if it replaced a value, 0 if it created the
  * key (limits checked by the caller). */
 static int do_put(struct apply *a, const void *key, size_t klen,
@@ -751,13 +755,28 @@ static int do_put(struct apply *a, const void *key, size_t klen,
         m.lease = lease;
         kv->digest -= e_digest(old);
         kv->bytes = kv->bytes - old->vlen + vlen;
-        if (old->vlen == vlen && kv->on_event == NULL &&
-            entry_lease(old) == lease) {
+        if (old->vlen == vlen && entry_lease(old) == lease &&
+            (kv->on_event == NULL || vlen <= INPLACE_EVENT_MAX)) {
+            /* Same size: overwritten in place, no new entry to allocate
+             * and relink. Watchers get the old value from a copy. */
+            uint8_t was[INPLACE_EVENT_MAX];
+            struct kv_view prev;
+            if (kv->on_event) {
+                view_of(old, &prev);
+                if (vlen)
+                    memcpy(was, prev.value, vlen);
+                prev.value = was;
+            }
             if (vlen)
                 memmove(entry_value(old), value, vlen); /* may overlap */
             old->mod_revision = m.mod_revision;
             old->version = m.version;
             kv->digest += e_digest(old);
+            if (kv->on_event) {
+                struct kv_view cur;
+                view_of(old, &cur);
+                kv->on_event(kv->event_arg, KV_TOP_PUT, &cur, &prev);
+            }
             return 1;
         }
         /* Copy before freeing: value may point into old. Same hash, same
