@@ -1672,27 +1672,44 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
     if (st->hdr_bytes > MAX_HEADER_BYTES)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
     const char *v = (const char *)value;
-    if (name_is(name, namelen, ":method")) {
-        st->post = valuelen == 4 && memcmp(v, "POST", 4) == 0;
-    } else if (name_is(name, namelen, ":path")) {
-        size_t n = PZ_MIN(valuelen, sizeof st->path - 1);
-        memcpy(st->path, v, n);
-        st->path[n] = '\0';
-        st->m = method_find(value, valuelen);
-    } else if (name_is(name, namelen, "content-type")) {
-        st->ctype_ok = grpc_content_type_ok(v, valuelen);
-    } else if (name_is(name, namelen, "grpc-timeout")) {
-        st->timeout_state =
-            grpc_timeout_parse(v, valuelen, &st->timeout_ms) == 0 ? 1 : -1;
-    } else if (name_is(name, namelen, "pyazdb-forwarded")) {
-        st->was_forwarded = true;
-    } else if (name_is(name, namelen, "authorization") ||
-               name_is(name, namelen, "token")) {
-        size_t n = valuelen;
-        if (namelen == 13 && !http_bearer_value(&v, &n))
-            return 0; /* not a bearer credential: none */
-        pz_free(st->cred);
-        st->cred = pz_strndup(v, n);
+    /* By length first: most names a client sends are none we use, and
+     * this runs for every header of every request. */
+    switch (namelen) {
+    case 5:
+        if (name_is(name, namelen, ":path")) {
+            size_t n = PZ_MIN(valuelen, sizeof st->path - 1);
+            memcpy(st->path, v, n);
+            st->path[n] = '\0';
+            st->m = method_find(value, valuelen);
+        } else if (name_is(name, namelen, "token")) {
+            pz_free(st->cred);
+            st->cred = pz_strndup(v, valuelen);
+        }
+        break;
+    case 7:
+        if (name_is(name, namelen, ":method"))
+            st->post = valuelen == 4 && memcmp(v, "POST", 4) == 0;
+        break;
+    case 12:
+        if (name_is(name, namelen, "content-type"))
+            st->ctype_ok = grpc_content_type_ok(v, valuelen);
+        else if (name_is(name, namelen, "grpc-timeout"))
+            st->timeout_state =
+                grpc_timeout_parse(v, valuelen, &st->timeout_ms) == 0 ? 1 : -1;
+        break;
+    case 13:
+        if (name_is(name, namelen, "authorization")) {
+            size_t n = valuelen;
+            if (!http_bearer_value(&v, &n))
+                return 0; /* not a bearer credential: none */
+            pz_free(st->cred);
+            st->cred = pz_strndup(v, n);
+        }
+        break;
+    case 16:
+        if (name_is(name, namelen, "pyazdb-forwarded"))
+            st->was_forwarded = true;
+        break;
     }
     return 0;
 }

@@ -405,7 +405,8 @@ bool grpc_content_type_ok(const char *v, size_t len)
 {
     static const char base[] = "application/grpc";
     size_t n = sizeof base - 1;
-    if (!prefix_ci(v, len, base))
+    /* Exact lowercase, as clients send it, before the case-blind match. */
+    if (len < n || (memcmp(v, base, n) != 0 && !prefix_ci(v, len, base)))
         return false;
     return len == n || v[n] == '+' || v[n] == ';';
 }
