@@ -52,6 +52,28 @@ static int on_url(llhttp_t *ll, const char *at, size_t n)
     return 0;
 }
 
+/* n bytes of src into dst with A-Z lowercased (ASCII: a name is a
+ * token), eight at a time: per byte, its top bit set when it is in A-Z
+ * (below 0x80, at least 'A', not past 'Z') becomes the 0x20 added. */
+static void lower_ascii(char *dst, const char *src, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ull, tops = 0x8080808080808080ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, low;
+        memcpy(&x, src + i, 8);
+        low = x & ~tops;
+        uint64_t ge_a = low + (0x80 - 'A') * ones;
+        uint64_t gt_z = low + (0x7f - 'Z') * ones;
+        x |= ((ge_a ^ gt_z) & ~x & tops) >> 2;
+        memcpy(dst + i, &x, 8);
+    }
+    for (; i < n; i++) {
+        char c = src[i];
+        dst[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+    }
+}
+
 static int finish_header(struct http_parser *p)
 {
     if (p->field.len == 0)
@@ -68,20 +90,41 @@ static int finish_header(struct http_parser *p)
                                     p->cap_headers * sizeof *p->req.headers);
     }
     h = &p->req.headers[p->req.n_headers++];
-    p->headers_held += sizeof *h + p->field.len + p->value.len + 2;
-    /* Name and value share one allocation, freed through the name. */
+    p->headers_held += sizeof *h; /* its strings: hdr_text */
+    /* Names and values go back to back into one buffer kept from request
+     * to request (no allocation per header); their pointers are set once
+     * the block is complete (point_headers), the buffer may move before. */
     size_t nl = p->field.len, vl = p->value.len;
-    h->name = pz_malloc(nl + vl + 2);
-    for (size_t i = 0; i < nl; i++)
-        h->name[i] = (char)tolower((unsigned char)p->field.data[i]);
-    h->name[nl] = '\0';
-    h->value = h->name + nl + 1;
+    struct pz_buf *t = &p->hdr_text;
+    pz_buf_reserve(t, nl + vl + 2);
+    char *name = t->data + t->len;
+    lower_ascii(name, p->field.data, nl);
+    name[nl] = '\0';
     if (vl)
-        memcpy(h->value, p->value.data, vl);
-    h->value[vl] = '\0';
+        memcpy(name + nl + 1, p->value.data, vl);
+    name[nl + 1 + vl] = '\0';
+    t->len += nl + vl + 2;
+    t->data[t->len] = '\0';
+    h->name = h->value = NULL;
+    h->nlen = nl;
+    h->vlen = vl;
     pz_buf_reset(&p->field);
     pz_buf_reset(&p->value);
     return 0;
+}
+
+/* Point each header at its name and value in hdr_text, where they lie
+ * in order, each followed by a NUL. */
+static void point_headers(struct http_parser *p)
+{
+    char *c = p->hdr_text.data;
+    for (size_t i = 0; i < p->req.n_headers; i++) {
+        struct http_header *h = &p->req.headers[i];
+        h->name = c;
+        c += h->nlen + 1;
+        h->value = c;
+        c += h->vlen + 1;
+    }
 }
 
 static int on_header_field(llhttp_t *ll, const char *at, size_t n)
@@ -121,6 +164,7 @@ static int on_headers_complete(llhttp_t *ll)
     struct http_parser *p = parser_of(ll);
     if (finish_header(p))
         return -1;
+    point_headers(p);
     /* llhttp takes "GET /path" and a blank line for HTTP/0.9, a request
      * with no headers at all, not even Host: not HTTP/1.x. */
     if (ll->http_major != 1)
@@ -173,6 +217,7 @@ static int on_body(llhttp_t *ll, const char *at, size_t n)
 static int on_message_complete(llhttp_t *ll)
 {
     struct http_parser *p = parser_of(ll);
+    point_headers(p); /* trailers may have moved them */
     p->req.keep_alive = llhttp_should_keep_alive(ll) != 0;
     p->complete = true;
     p->phase = HTTP_PHASE_DONE;
@@ -198,12 +243,11 @@ void http_parser_init(struct http_parser *p, const struct http_limits *lim)
     pz_buf_init(&p->req.body);
     pz_buf_init(&p->field);
     pz_buf_init(&p->value);
+    pz_buf_init(&p->hdr_text);
 }
 
 static void req_clear(struct http_req *r)
 {
-    for (size_t i = 0; i < r->n_headers; i++)
-        pz_free(r->headers[i].name); /* the value with it */
     r->n_headers = 0;
     pz_buf_reset(&r->url);
     pz_buf_reset(&r->body);
@@ -221,6 +265,7 @@ void http_parser_free(struct http_parser *p)
     pz_buf_free(&p->req.body);
     pz_buf_free(&p->field);
     pz_buf_free(&p->value);
+    pz_buf_free(&p->hdr_text);
 }
 
 /* Empty b, and let its memory go if it grew past keep. */
@@ -239,6 +284,7 @@ void http_parser_next(struct http_parser *p)
     buf_trim(&p->req.url, KEEP_LINE_MAX);
     buf_trim(&p->field, KEEP_LINE_MAX);
     buf_trim(&p->value, KEEP_LINE_MAX);
+    buf_trim(&p->hdr_text, KEEP_LINE_MAX);
     if (p->cap_headers > KEEP_HEADERS_MAX) {
         pz_free(p->req.headers);
         p->req.headers = NULL;
@@ -264,7 +310,7 @@ bool http_parser_started(const struct http_parser *p)
 size_t http_parser_held(const struct http_parser *p)
 {
     return p->req.url.cap + p->req.body.cap + p->field.cap + p->value.cap +
-           p->headers_held;
+           p->hdr_text.cap + p->headers_held;
 }
 
 static int feed(struct http_parser *p, const char *data, size_t len,

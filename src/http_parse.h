@@ -37,13 +37,16 @@ struct http_limits {
 struct http_header {
     char *name;  /* lowercased, NUL-terminated */
     char *value; /* NUL-terminated (values with NUL bytes are refused) */
+    size_t nlen; /* strlen(name) unless the name holds a NUL */
+    size_t vlen; /* strlen(value) */
 };
 
 struct http_req {
     int method;                  /* llhttp_method_t */
     struct pz_buf url;           /* request target as sent */
     struct pz_buf body;          /* whole body */
-    struct http_header *headers; /* n_headers entries */
+    struct http_header *headers; /* n_headers entries (their strings are
+                                    valid once the headers are complete) */
     size_t n_headers;            /* headers kept */
     bool keep_alive;             /* connection stays open after reply */
 };
@@ -69,8 +72,9 @@ struct http_parser {
     struct http_req req;         /* request being parsed or complete */
     struct pz_buf field;         /* header name being assembled */
     struct pz_buf value;         /* header value being assembled */
+    struct pz_buf hdr_text;      /* req.headers' names and values */
     size_t header_bytes;         /* bytes of request line + headers */
-    size_t headers_held;         /* bytes of req.headers and its strings */
+    size_t headers_held;         /* bytes of req.headers entries */
     size_t cap_headers;          /* entries req.headers has room for */
     uint64_t body_expected;      /* Content-Length, 0 when not given */
     size_t skipped;              /* blank-line bytes before this request */
