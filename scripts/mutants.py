@@ -206,9 +206,8 @@ MUTATIONS = [
       ["unit:store/failed_write_cancels_queued"],
       "a write queued behind a failed one still runs (a gap in the log)"),
     M("node_vote_not_persisted", "src/node.c",
-      "        bool hs_needed = rd->hs_changed && (rd->hs.term != nd->saved_term ||\n"
-      "                                            rd->hs.vote != nd->saved_vote);",
-      "        bool hs_needed = rd->hs_changed && rd->hs.term != nd->saved_term;",
+      "    return rd->hs.term != nd->saved_term || rd->hs.vote != nd->saved_vote;",
+      "    return rd->hs.term != nd->saved_term;",
       ["py:test_powerloss.py::test_granted_vote_survives_a_power_cut"],
       "a vote given in a term already on disk is not written before it goes"),
     {"name": "store_synchronous_normal",

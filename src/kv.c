@@ -759,12 +759,13 @@ static int do_put(struct apply *a, const void *key, size_t klen,
             (kv->on_event == NULL || vlen <= INPLACE_EVENT_MAX)) {
             /* Same size: overwritten in place, no new entry to allocate
              * and relink. Watchers get the old value from a copy. */
-            uint8_t was[INPLACE_EVENT_MAX];
+            uint8_t was[INPLACE_EVENT_MAX + 1];
             struct kv_view prev;
             if (kv->on_event) {
                 view_of(old, &prev);
                 if (vlen)
                     memcpy(was, prev.value, vlen);
+                was[vlen] = '\0'; /* as a value from the table */
                 prev.value = was;
             }
             if (vlen)
