@@ -305,6 +305,13 @@ def run_load(tmp, sysm, op, conns, streams, dur):
     if not grpc_ok(url, body):
         raise SystemExit(f"bench: {url}: last request not grpc-status 0")
     res["cpu_us"] = (t1 - t0) / CLK_TCK * 1e6 / max(1, res["done"])
+    # A leader that changed during the run: the next runs go to the new
+    # one (the old one would forward them), and the run says so.
+    now = wait_for(sysm._leader, 30, f"{sysm.name} leader")
+    if now is not sysm.leader:
+        log(f"   note: {sysm.name}'s leader changed during this run")
+        res["leader_changed"] = True
+        sysm.leader = now
     if op == "write":
         grew = sysm.commit_index() - c0
         if grew < res["done"]:
@@ -495,9 +502,12 @@ def http_vs_redis(tmp, pz, taken, dur, reps):
     redis-benchmark run is as many requests as Redis served in dur
     seconds at its last run's rate (a first short run, not counted, gives
     the first rate)."""
-    base = f"http://127.0.0.1:{pz.leader['http']}"
-
     def wrk_run(i):
+        now = wait_for(pz._leader, 30, "PyazDB leader")
+        if now is not pz.leader:
+            log("   note: PyazDB's leader changed before this run")
+            pz.leader = now
+        base = f"http://127.0.0.1:{pz.leader['http']}"
         lua = f"{tmp}/set.lua"
         with open(lua, "w") as f:  # keys distinct across runs too
             f.write('local threads = 0\n'
