@@ -4,6 +4,7 @@ known then (or run here if this node won the election), and a read lost
 with its kept-alive connection is sent again; the client sees an answer,
 not 502 Leader unreachable."""
 import json
+import os
 import signal
 import threading
 import time
@@ -117,3 +118,60 @@ def test_grpc_write_through_a_follower_survives_the_leader_dying(servers,
     finally:
         c.close()
     assert "trying again" in f.read_log()
+
+
+def connections_to(pid, port):
+    """Established TCP connections of process pid to 127.0.0.1:port (its
+    socket descriptors matched against /proc/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    n = 0
+    with open(f"/proc/{pid}/net/tcp") as f:
+        next(f)
+        for line in f:
+            col = line.split()
+            rem_ip, rem_port = col[2].split(":")
+            if (rem_ip == "0100007F" and int(rem_port, 16) == port and
+                    col[3] == "01" and col[9] in inodes):
+                n += 1
+    return n
+
+
+def test_concurrent_writes_through_a_follower_are_not_serialised(servers):
+    """The leader answers one connection's requests one at a time: writes
+    that a follower forwards at once go on several connections, not one
+    behind the other on a single one (which held HTTP writes through a
+    follower to one commit at a time)."""
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    f = next(s for s in nodes if s is not leader)
+    errors = []
+
+    def writer(t):
+        for i in range(20):
+            st = put(f, f"c{t}-{i}", "v")[0]
+            if st != 204:
+                errors.append(st)
+
+    for _ in range(5):
+        threads = [threading.Thread(target=writer, args=(t,))
+                   for t in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        if connections_to(f.proc.pid, leader.http_port) >= 2:
+            break
+    n = connections_to(f.proc.pid, leader.http_port)
+    assert 2 <= n <= 32, n
+    # every write landed, in the leader's table
+    for t in range(16):
+        st, _, body = leader.request("GET", f"/get?key=c{t}-19")
+        assert (st, body) == (200, b"v")
