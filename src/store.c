@@ -1440,8 +1440,7 @@ static const char *const stmt_sql[] = {
     "ROLLBACK",
     "DELETE FROM log WHERE idx >= ?1",
     "DELETE FROM log WHERE idx <= ?1",
-    "INSERT OR ROLLBACK INTO log (idx, term, type, data, crc) "
-    "VALUES (?1, ?2, ?3, ?4, ?5)",
+    INSERT_INTO INSERT_ROW1,
     "SELECT term FROM log WHERE idx = ?1",
     "UPDATE hard_state SET term = ?1, vote = ?2, commit_index = ?3 "
     "WHERE id = 0",
