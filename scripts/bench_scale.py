@@ -196,6 +196,7 @@ def put_body(vsize):
 def values(b, tmp, sysm, vsize, dur):
     conns = 4 if vsize >= 65536 else 16
     r = b.h2load(tmp, sysm.grpc_url("write"), put_body(vsize), conns, 1, dur)
+    r.pop("lat_us")
     r["mb_s"] = r["rps"] * vsize / 1e6
     return r
 
