@@ -263,6 +263,12 @@ static void *fifo_map(size_t len)
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
+    /* Not in a forked child (the snapshot writer walks the table, never
+     * the log or the watch history): pages a fork shares are write-
+     * protected in the parent until each is written again, one page
+     * fault apiece, and the log's chunks are the ones it writes most.
+     * Without it (an old kernel) only that cost comes back. */
+    (void)madvise(p, len, MADV_DONTFORK);
     __atomic_add_fetch(&fifo_mapped_bytes, len, __ATOMIC_RELAXED);
     return p;
 }

@@ -60,7 +60,8 @@ void *pz_malloc_try(size_t n);
  * buffer may outlive its fifo (pz_fifo_close). Out of memory aborts, as in
  * pz_malloc. A chunk emptied after its fifo moved on stays mapped as one
  * of two spares, the next chunk any fifo starts (no page faults to fill
- * it again); pz_fifo_trim unmaps the spares. */
+ * it again); pz_fifo_trim unmaps the spares. Chunks are not inherited by
+ * a forked child (MADV_DONTFORK): a child must not touch fifo buffers. */
 struct pz_fifo {
     void *cur; /* the chunk buffers are cut from (NULL: none yet) */
 };
