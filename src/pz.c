@@ -263,6 +263,12 @@ static void *fifo_map(size_t len)
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
+    /* Not in a forked child (the snapshot writer walks the table, never
+     * the log or the watch history): pages a fork shares are write-
+     * protected in the parent until each is written again, one page
+     * fault apiece, and the log's chunks are the ones it writes most.
+     * Without it (an old kernel) only that cost comes back. */
+    (void)madvise(p, len, MADV_DONTFORK);
     __atomic_add_fetch(&fifo_mapped_bytes, len, __ATOMIC_RELAXED);
     return p;
 }
@@ -276,11 +282,59 @@ static void fifo_unmap(void *p, size_t len)
         __atomic_sub_fetch(&fifo_mapped_bytes, len, __ATOMIC_RELAXED);
 }
 
+/* Chunks whose buffers are all freed, kept mapped for the next chunk a
+ * fifo needs: under a steady load the Raft log and the watch history free
+ * a chunk about as often as they start one, and a fresh mapping costs a
+ * page fault (and the zeroing of a page) for every 4 KiB written into it,
+ * some 20% of a follower's CPU time before chunks were kept. At most
+ * FIFO_SPARES are kept (their pages stay resident and count in
+ * pz_fifo_mapped); pz_fifo_trim unmaps them. Slots are swapped
+ * atomically: a buffer may be freed on another thread than its fifo's. */
+#define FIFO_SPARES 2
+static struct fifo_chunk *fifo_spare[FIFO_SPARES];
+
+static struct fifo_chunk *spare_take(void)
+{
+    for (size_t i = 0; i < FIFO_SPARES; i++) {
+        if (__atomic_load_n(&fifo_spare[i], __ATOMIC_RELAXED) == NULL)
+            continue;
+        struct fifo_chunk *c =
+            __atomic_exchange_n(&fifo_spare[i], NULL, __ATOMIC_ACQ_REL);
+        if (c != NULL)
+            return c;
+    }
+    return NULL;
+}
+
+/* A chunk with no live buffer: kept as a spare if a slot is free, else
+ * unmapped. */
+static void chunk_release(struct fifo_chunk *c)
+{
+    ASAN_POISON_MEMORY_REGION(c, FIFO_CHUNK);
+    for (size_t i = 0; i < FIFO_SPARES; i++) {
+        struct fifo_chunk *none = NULL;
+        if (__atomic_compare_exchange_n(&fifo_spare[i], &none, c, false,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            return;
+    }
+    fifo_unmap(c, FIFO_CHUNK);
+}
+
+void pz_fifo_trim(void)
+{
+    for (size_t i = 0; i < FIFO_SPARES; i++) {
+        struct fifo_chunk *c =
+            __atomic_exchange_n(&fifo_spare[i], NULL, __ATOMIC_ACQ_REL);
+        if (c != NULL)
+            fifo_unmap(c, FIFO_CHUNK);
+    }
+}
+
 static void chunk_close(struct fifo_chunk *c)
 {
     c->open = false;
     if (c->live == 0)
-        fifo_unmap(c, FIFO_CHUNK);
+        chunk_release(c);
 }
 
 void *pz_fifo_alloc(struct pz_fifo *f, size_t n)
@@ -292,7 +346,12 @@ void *pz_fifo_alloc(struct pz_fifo *f, size_t n)
         if (c == NULL || c->used + need > FIFO_CHUNK) {
             if (c != NULL)
                 chunk_close(c);
-            c = f->cur = fifo_map(FIFO_CHUNK);
+            c = spare_take();
+            if (c != NULL)
+                ASAN_UNPOISON_MEMORY_REGION(c, FIFO_CHUNK_HDR);
+            else
+                c = fifo_map(FIFO_CHUNK);
+            f->cur = c;
             if (c != NULL) {
                 c->live = 0;
                 c->used = FIFO_CHUNK_HDR;
@@ -344,7 +403,7 @@ void pz_fifo_free(void *p)
     if (c->open)
         c->used = FIFO_CHUNK_HDR; /* all freed: cut from the start again */
     else
-        fifo_unmap(c, FIFO_CHUNK);
+        chunk_release(c);
 }
 
 void pz_fifo_close(struct pz_fifo *f)

@@ -58,7 +58,10 @@ void *pz_malloc_try(size_t n);
  * so does one for fifo NULL, for long-lived buffers that would pin a
  * chunk, or when the kernel refuses a mapping. One thread per fifo; a
  * buffer may outlive its fifo (pz_fifo_close). Out of memory aborts, as in
- * pz_malloc. */
+ * pz_malloc. A chunk emptied after its fifo moved on stays mapped as one
+ * of two spares, the next chunk any fifo starts (no page faults to fill
+ * it again); pz_fifo_trim unmaps the spares. Chunks are not inherited by
+ * a forked child (MADV_DONTFORK): a child must not touch fifo buffers. */
 struct pz_fifo {
     void *cur; /* the chunk buffers are cut from (NULL: none yet) */
 };
@@ -66,8 +69,10 @@ void *pz_fifo_alloc(struct pz_fifo *f, size_t n);
 void pz_fifo_free(void *p);
 /* The fifo takes no more buffers; its chunk goes once they are freed. */
 void pz_fifo_close(struct pz_fifo *f);
-/* Bytes mapped for all fifos' chunks of this process. */
+/* Bytes mapped for all fifos' chunks of this process, spares included. */
 size_t pz_fifo_mapped(void);
+/* Unmaps the spare chunks. */
+void pz_fifo_trim(void);
 
 /* Fault injection for tests: the Nth allocation from now (1-based) fails;
  * 0 disables. pz_malloc() aborts on it, pz_malloc_try() returns NULL. */

@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "pz.h"
 #include "queue.h"
@@ -276,6 +279,7 @@ TEST(cache_bounded)
  * while it is the fifo's), and a buffer outlives its fifo. */
 TEST(fifo_memory_is_returned)
 {
+    pz_fifo_trim();
     size_t base = pz_fifo_mapped();
     struct pz_fifo f = {0};
     enum { N = 20000 };
@@ -296,6 +300,7 @@ TEST(fifo_memory_is_returned)
     size_t full = pz_fifo_mapped();
     for (size_t i = 0; i < N / 2; i++)
         pz_fifo_free(bufs[i]);
+    pz_fifo_trim(); /* the spares they left */
     CHECK(pz_fifo_mapped() < full - ((size_t)2 << 20));
     /* a big buffer comes from malloc: no chunk for it */
     size_t before = pz_fifo_mapped();
@@ -308,11 +313,96 @@ TEST(fifo_memory_is_returned)
     CHECK(pz_fifo_mapped() > base);
     for (size_t i = N / 2; i < N; i++)
         pz_fifo_free(bufs[i]);
+    pz_fifo_trim();
     CHECK_EQ_INT(pz_fifo_mapped(), base);
+}
+
+/* Under a steady load (buffers freed oldest first as fast as others are
+ * allocated) an emptied chunk is the next one started, not unmapped and a
+ * fresh one mapped, whose every page would fault and be zeroed: a buffer
+ * cut from it still holds the bytes written there before. */
+TEST(fifo_emptied_chunks_are_reused)
+{
+    pz_fifo_trim();
+    size_t base = pz_fifo_mapped();
+    struct pz_fifo f = {0};
+    enum { LIVE = 3000, SIZE = 496, ROUNDS = 20000 };
+    static uint8_t *ring[LIVE];
+    size_t peak = 0;
+    int stale = 0, fresh = 0;
+    for (size_t i = 0; i < ROUNDS; i++) {
+        uint8_t **slot = &ring[i % LIVE];
+        pz_fifo_free(*slot); /* the oldest */
+        *slot = pz_fifo_alloc(&f, SIZE);
+        if ((*slot)[SIZE - 1] == 0xab)
+            stale++;
+        else
+            fresh++;
+        memset(*slot, 0xab, SIZE);
+        peak = PZ_MAX(peak, pz_fifo_mapped() - base);
+    }
+    /* 10 MB went through 1.5 MB live: the chunks holding them, the one
+     * being filled and a spare */
+    CHECK(peak <= (size_t)4 << 20);
+    /* past the first three chunks, every buffer is cut from one used before */
+    CHECK(stale > ROUNDS / 2);
+    CHECK(fresh <= 4 * ((1 << 20) / (SIZE + 16)));
+    for (size_t i = 0; i < LIVE; i++)
+        pz_fifo_free(ring[i]);
+    pz_fifo_close(&f);
+    CHECK(pz_fifo_mapped() - base <= (size_t)2 << 20); /* the spares */
+    pz_fifo_trim();
+    CHECK_EQ_INT(pz_fifo_mapped(), base);
+}
+
+static long minor_faults(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_minflt;
+}
+
+/* A fork (the snapshot writer's) does not share fifo chunks: writing into
+ * buffers that were written before the fork takes no page fault in the
+ * parent while the child lives (a shared page would be write-protected
+ * and fault once per page), and the child does not see them. */
+TEST(fifo_chunks_not_shared_with_fork)
+{
+    struct pz_fifo f = {0};
+    enum { N = 200, SIZE = 4080 }; /* a page each, with the header */
+    static uint8_t *bufs[N];
+    for (size_t i = 0; i < N; i++) {
+        bufs[i] = pz_fifo_alloc(&f, SIZE);
+        memset(bufs[i], 1, SIZE);
+    }
+    int go[2];
+    CHECK(pipe(go) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char c;
+        close(go[1]);
+        ssize_t n = read(go[0], &c, 1); /* until the parent is done */
+        _exit(n == 0 ? 0 : 1);
+    }
+    CHECK(pid > 0);
+    close(go[0]);
+    long before = minor_faults();
+    for (size_t i = 0; i < N; i++)
+        memset(bufs[i], 2, SIZE);
+    long faults = minor_faults() - before;
+    close(go[1]);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(faults < N / 4);
+    for (size_t i = 0; i < N; i++)
+        pz_fifo_free(bufs[i]);
+    pz_fifo_close(&f);
 }
 
 TEST(fifo_current_chunk_is_reused_when_emptied)
 {
+    pz_fifo_trim();
     size_t base = pz_fifo_mapped();
     struct pz_fifo f = {0};
     for (int round = 0; round < 1000; round++) {
@@ -332,6 +422,7 @@ TEST(fifo_current_chunk_is_reused_when_emptied)
     pz_fifo_close(&f);
     CHECK_EQ_INT(pz_fifo_mapped() - base, 1 << 20); /* y holds it */
     pz_fifo_free(y);
+    pz_fifo_trim(); /* y's chunk was kept as a spare */
     CHECK_EQ_INT(pz_fifo_mapped(), base);
 }
 
@@ -339,6 +430,7 @@ TEST(fifo_current_chunk_is_reused_when_emptied)
  * (under AddressSanitizer, the chunk's poisoning must not outlive it). */
 TEST(fifo_chunks_leave_no_poison)
 {
+    pz_fifo_trim();
     size_t base = pz_fifo_mapped(), page = 4096;
     int mapped_again = 0;
     for (int i = 0; i < 20; i++) {
@@ -350,7 +442,8 @@ TEST(fifo_chunks_leave_no_poison)
         pz_fifo_close(&f);
         CHECK_EQ_INT(b[199], 2);
         uintptr_t at = (uintptr_t)b & ~(uintptr_t)(page - 1);
-        pz_fifo_free(b); /* the chunk goes */
+        pz_fifo_free(b); /* the chunk goes, a spare */
+        pz_fifo_trim();    /* then unmapped */
         CHECK_EQ_INT(pz_fifo_mapped(), base);
         uint8_t *p = mmap((void *)at, page, PROT_READ | PROT_WRITE,
                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
@@ -375,7 +468,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(ratelimit),          TEST_ENTRY(crc32c),
     TEST_ENTRY(cache_reuse),        TEST_ENTRY(cache_realloc),
     TEST_ENTRY(cache_bounded),
-    TEST_ENTRY(fifo_memory_is_returned),
+    TEST_ENTRY(fifo_memory_is_returned), TEST_ENTRY(fifo_emptied_chunks_are_reused),
+    TEST_ENTRY(fifo_chunks_not_shared_with_fork),
     TEST_ENTRY(fifo_current_chunk_is_reused_when_emptied),
     TEST_ENTRY(fifo_chunks_leave_no_poison),
     TEST_END};
