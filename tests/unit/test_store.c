@@ -2011,8 +2011,8 @@ static void compact_fully(struct store *s, uint64_t upto, int *steps)
     uv_loop_t loop;
     CHECK_EQ_INT(uv_loop_init(&loop), 0);
     int n = 0, status = 0, rc;
-    while ((rc = store_compact_step(s, &loop, upto, 1000, step_cb,
-                                    &status)) == 0) {
+    while ((rc = store_compact_step(s, &loop, upto, 1000, UINT64_MAX,
+                                    step_cb, &status)) == 0) {
         CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
         CHECK_EQ_INT(status, 0);
         CHECK(++n < 100);
