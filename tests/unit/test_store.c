@@ -2104,6 +2104,86 @@ TEST(compaction_keeps_room_for_a_large_log)
     tdir_free(&t);
 }
 
+/* One compaction step (max_rows, max_bytes) up to upto: *at is the
+ * snapshot point it leaves (0 if it failed). */
+static void compact_once(struct store *s, uint64_t upto, uint64_t max_rows,
+                         uint64_t max_bytes, uint64_t *at)
+{
+    *at = 0;
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int status = -1;
+    CHECK_EQ_INT(store_compact_step(s, &loop, upto, max_rows, max_bytes,
+                                    step_cb, &status),
+                 0);
+    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(status, 0);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    struct store_meta m;
+    store_meta_get(s, &m);
+    *at = m.snap_index;
+}
+
+/* A step drops no more payload bytes than it is given, whatever its
+ * row bound (one entry at least, however large): deleting a row reads
+ * its overflow pages, so large entries made long steps. */
+TEST(compaction_step_bounded_by_bytes)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 0, 0};
+    enum { N = 160, MID = 15000, HUGE = 100000, SMALL = 100 };
+    static uint8_t buf[HUGE];
+    memset(buf, 'z', sizeof buf);
+    struct raft_entry e[N];
+    for (size_t i = 0; i < N; i++) {
+        /* 1..40: 15 KB, 41..140: 100 B, 141: 100 KB, 142..160: 100 B */
+        size_t len = i < 40 ? MID : i == 140 ? HUGE : SMALL;
+        e[i] = (struct raft_entry){.index = i + 1, .term = 1 + i / 100,
+                                   .type = RAFT_ENTRY_NORMAL, .data = buf,
+                                   .len = len};
+    }
+    hs.term = 2;
+    CHECK_EQ_INT(store_write_sync(s, &hs, e, N), 0);
+    /* 4 entries of 15 KB fit in 64 KiB, a fifth does not. */
+    uint64_t at;
+    compact_once(s, 150, 2000, 65536, &at);
+    CHECK_EQ_INT(at, 4);
+    for (int i = 0; i < 8; i++)
+        compact_once(s, 150, 2000, 65536, &at);
+    CHECK_EQ_INT(at, 36);
+    /* 37..40 (60000 bytes), then 55 entries of 100 bytes. */
+    compact_once(s, 150, 2000, 65536, &at);
+    CHECK_EQ_INT(at, 95);
+    /* Small entries go by rows as before: the row bound holds. */
+    compact_once(s, 150, 30, 65536, &at);
+    CHECK_EQ_INT(at, 125);
+    /* 126..140 (1500 bytes) fit, 141 would not: the step stops before. */
+    compact_once(s, 150, 2000, 65536, &at);
+    CHECK_EQ_INT(at, 140);
+    /* 141 alone is larger than the bound: it goes, alone. */
+    compact_once(s, 150, 2000, 65536, &at);
+    CHECK_EQ_INT(at, 141);
+    compact_once(s, 150, 2000, 65536, &at);
+    CHECK_EQ_INT(at, 150);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct store_meta m;
+    store_meta_get(s, &m);
+    CHECK_EQ_INT(m.snap_index, 150);
+    CHECK_EQ_INT(m.snap_term, 2);
+    struct raft_entry *le;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &le, &n, NULL), 0);
+    CHECK(n == 10 && le[0].index == 151 && le[9].len == SMALL);
+    free_entries(le, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(round_trip),
     TEST_ENTRY(batch_sizes_round_trip),
@@ -2133,6 +2213,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(load_from_and_term),
     TEST_ENTRY(trailing_from_honours_both_bounds),
     TEST_ENTRY(compaction_gives_space_back),
+    TEST_ENTRY(compaction_step_bounded_by_bytes),
     TEST_ENTRY(crash_consistency_sigkill),
     TEST_ENTRY(raft_core_round_trip),
     TEST_ENTRY(bench_batch_sizes),
