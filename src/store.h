@@ -227,7 +227,7 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
  * unless the first alone holds more; never past the last stored entry)
  * on the thread pool, with no other job queued (asserted), moving the snapshot
  * point there with the term stored at it: compaction in steps short enough that log writes never wait long.
- * Each step then gives up to 2048 free pages back to the file system
+ * Each step then gives up to 512 free pages back to the file system
  * (auto_vacuum INCREMENTAL), and once none is left checkpoints and
  * truncates the WAL, so raft.db shrinks; with nothing left to drop, a
  * step only does that while free pages remain. Returns 0 (cb later), 1

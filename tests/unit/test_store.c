@@ -2047,7 +2047,11 @@ TEST(compaction_gives_space_back)
     fprintf(stderr, "    %d steps: %lld bytes -> %lld bytes\n", steps,
             (long long)peak, (long long)after);
     CHECK(steps >= 4); /* 3990 rows in steps of 1000 */
-    CHECK(after < 1024 * 1024);
+    /* 10 entries and the 2 MiB of free pages kept (VACUUM_KEEP) */
+    CHECK(after < 3 * 1024 * 1024);
+    /* A step gives back at most 2 MiB (512 pages): the log writes wait
+     * for it. */
+    CHECK(steps >= (peak - after) / (2 * 1024 * 1024));
     store_close(s);
     s = open_ok(&t);
     CHECK(s != NULL);
