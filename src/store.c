@@ -79,11 +79,11 @@
 #define VACUUM_CONVERT_MAX (1024 * 1024 * 1024) /* convert at open below */
 #define WAL_KEEP 33554432  /* WAL bytes kept after a checkpoint (32 MiB) */
 /* Page cache of the connection, KiB (SQLite's default is 2000): a
- * compaction step (node_snapshot.c: 20,000 entries at most, about
- * 3 MiB of 110-byte entries) no longer spills dirty pages into the
- * WAL halfway (they were written twice), and the pages it deletes, which
- * entries wrote not long before, are still cached instead of read back
- * from the file. Memory grows to this only as pages are used. */
+ * compaction step (node_snapshot.c: 20,000 entries and 4 MiB of payload
+ * at most, about 3 MiB of 110-byte entries) no longer spills dirty pages
+ * into the WAL halfway (they were written twice), and the pages it
+ * deletes, which entries wrote not long before, are still cached instead
+ * of read back from the file. Memory grows to this only as pages are used. */
 #define CACHE_KIB 16384
 /* Deleted log rows are not overwritten with zeros page by page (Debian
  * builds SQLite with SECURE_DELETE on): that would write every dropped
