@@ -102,7 +102,7 @@ struct node_io {
                                node_io_done_cb cb);
     /* 0 (cb later), 1 (nothing to do, no cb), or an error. */
     int (*store_compact_step)(void *data, uint64_t upto, uint64_t max_rows,
-                              node_io_done_cb cb);
+                              uint64_t max_bytes, node_io_done_cb cb);
     bool (*store_busy)(void *data);
     void (*store_stats)(void *data, struct store_stats *st);
     const char *(*store_errmsg)(void *data);

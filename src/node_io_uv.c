@@ -223,10 +223,11 @@ static int uv_io_store_write_install(void *data, uint64_t index, uint64_t term,
 }
 
 static int uv_io_store_compact_step(void *data, uint64_t upto,
-                                    uint64_t max_rows, node_io_done_cb cb)
+                                    uint64_t max_rows, uint64_t max_bytes,
+                                    node_io_done_cb cb)
 {
     PZ_UNUSED(data);
-    int rv = store_compact_step(io.store, io.loop, upto, max_rows,
+    int rv = store_compact_step(io.store, io.loop, upto, max_rows, max_bytes,
                                 on_store_done, NULL);
     push_cb(rv, cb);
     return rv;

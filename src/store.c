@@ -67,18 +67,23 @@
 
 #define STORE_APP_ID 0x50595a44 /* "PYZD" in the SQLite header */
 #define STORE_FILE "raft.db"
-#define VACUUM_PAGES 2048 /* pages given back per step (8 MiB of 4 KiB) */
+/* Pages given back per vacuum step (2 MiB of 4 KiB): the step holds up
+ * the log writes behind it, and moving a page writes it to the WAL, so a
+ * step takes as long as its pages. After a 1M-key load, steps of 2048
+ * took up to 170 to 230 ms alone and 200 to 400 ms beside a write load;
+ * steps of 512 up to 40 to 70 ms alone, 90 to 170 ms beside it. */
+#define VACUUM_PAGES 512
 #define VACUUM_KEEP 512   /* free pages kept for the log to grow into
                              (2 MiB of 4 KiB), at least */
 #define VACUUM_KEEP_RATIO 4 /* ... and up to this many per page in use */
 #define VACUUM_CONVERT_MAX (1024 * 1024 * 1024) /* convert at open below */
 #define WAL_KEEP 33554432  /* WAL bytes kept after a checkpoint (32 MiB) */
 /* Page cache of the connection, KiB (SQLite's default is 2000): a
- * compaction step (node_snapshot.c: 20,000 entries at most, about
- * 3 MiB of 110-byte entries) no longer spills dirty pages into the
- * WAL halfway (they were written twice), and the pages it deletes, which
- * entries wrote not long before, are still cached instead of read back
- * from the file. Memory grows to this only as pages are used. */
+ * compaction step (node_snapshot.c: 20,000 entries and 4 MiB of payload
+ * at most, about 3 MiB of 110-byte entries) no longer spills dirty pages
+ * into the WAL halfway (they were written twice), and the pages it
+ * deletes, which entries wrote not long before, are still cached instead
+ * of read back from the file. Memory grows to this only as pages are used. */
 #define CACHE_KIB 16384
 /* Deleted log rows are not overwritten with zeros page by page (Debian
  * builds SQLite with SECURE_DELETE on): that would write every dropped
@@ -104,7 +109,11 @@ struct batch {
                                          move the snapshot point first */
     uint64_t reset_index, reset_term; /* the new snapshot point */
     bool compact;                     /* drop the log up to compact_upto */
-    uint64_t compact_upto;            /* (stored, so below last_index) */
+    uint64_t compact_from;            /* the snapshot point before it */
+    uint64_t compact_upto;            /* (stored, so below last_index);
+                                         lowered to fit compact_bytes */
+    uint64_t compact_bytes;           /* payload bytes at most (one
+                                         entry at least) */
     uint64_t compact_term;            /* read in the transaction */
     bool vacuum;                      /* then give free pages back */
     uint64_t free_pages;              /* free pages left after it, as
@@ -157,6 +166,7 @@ struct store {
     sqlite3_stmt *st_scan;             /* entries from ?1 on, by index */
     sqlite3_stmt *st_vacuum;           /* PRAGMA incremental_vacuum(N) */
     sqlite3_stmt *st_freelist;         /* PRAGMA freelist_count */
+    sqlite3_stmt *st_sizes;            /* payload bytes of ?1 < idx <= ?2 */
     bool incremental;                  /* auto_vacuum is INCREMENTAL */
     uint64_t free_pages;               /* free pages in the file (as of
                                           the last vacuum step) */
@@ -457,13 +467,45 @@ static int vacuum_step(struct store *s, struct batch *b)
     return 0;
 }
 
+/* Lower b->compact_upto so that the entries a compaction step drops
+ * carry at most b->compact_bytes of payload (the first one whatever its
+ * size): freeing a row's overflow pages reads each of them, so a step's
+ * time goes with its bytes, and a step of large entries held up the log
+ * writes for a hundred milliseconds where one of small entries, as many
+ * rows, took a few. */
+static int compact_fit(struct store *s, struct batch *b)
+{
+    sqlite3_stmt *st = s->st_sizes;
+    bind_u64(st, 1, b->compact_from);
+    bind_u64(st, 2, b->compact_upto);
+    uint64_t bytes = 0;
+    int rc;
+    while ((rc = step(s, st)) == SQLITE_ROW) {
+        sqlite3_int64 idx = sqlite3_column_int64(st, 0);
+        sqlite3_int64 len = sqlite3_column_int64(st, 1);
+        bytes += len > 0 ? (uint64_t)len : 0;
+        if (bytes > b->compact_bytes && idx > 0 &&
+            (uint64_t)idx > b->compact_from + 1) {
+            b->compact_upto = (uint64_t)idx - 1;
+            break;
+        }
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return sql_err(s, b->err, "read entry sizes", rc);
+    return 0;
+}
+
 /* The statements of one batch, inside the transaction run_batch opened
  * (an error: its message in b->err; the caller rolls back). */
 static int batch_body(struct store *s, struct batch *b)
 {
     int rc = 0;
     if (b->compact) {
-        rc = term_at(s, b->compact_upto, &b->compact_term, b->err);
+        rc = compact_fit(s, b);
+        if (rc == 0)
+            rc = term_at(s, b->compact_upto, &b->compact_term, b->err);
         if (rc == 0) {
             bind_u64(s->st_del_upto, 1, b->compact_upto);
             rc = run(s, s->st_del_upto, b->err, "delete compacted entries");
@@ -1043,7 +1085,8 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
 }
 
 int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
-                       uint64_t max_rows, store_write_cb cb, void *arg)
+                       uint64_t max_rows, uint64_t max_bytes,
+                       store_write_cb cb, void *arg)
 {
     pz_assert(s->jobs == 0);
     if (s->failed)
@@ -1060,7 +1103,9 @@ int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
     }
     upto = PZ_MIN(upto, s->meta.snap_index + max_rows);
     b->compact = true;
+    b->compact_from = s->meta.snap_index;
     b->compact_upto = upto;
+    b->compact_bytes = max_bytes;
     if (s->incremental && s->free_pages == 0)
         s->free_pages = UINT64_MAX; /* unknown until counted */
     return queue_batch(s, loop, b, cb, arg);
@@ -1453,6 +1498,10 @@ static const char *const stmt_sql[] = {
     INSERT_INTO INSERT_ROW8,
     INSERT_INTO INSERT_ROW4,
     INSERT_INTO INSERT_ROW2,
+    /* length() of a BLOB column reads the row's header, not its
+     * overflow pages */
+    "SELECT idx, length(data) FROM log WHERE idx > ?1 AND idx <= ?2 "
+    "ORDER BY idx",
 };
 
 static sqlite3_stmt **stmt_slot(struct store *s, size_t i)
@@ -1462,6 +1511,7 @@ static sqlite3_stmt **stmt_slot(struct store *s, size_t i)
         &s->st_del_upto, &s->st_insert,  &s->st_term_at,  &s->st_hs_put,
         &s->st_meta_put, &s->st_scan,     &s->st_vacuum,   &s->st_freelist,
         &s->st_insert_n[0], &s->st_insert_n[1], &s->st_insert_n[2],
+        &s->st_sizes,
     };
     _Static_assert(PZ_ARRAY_SIZE(slots) == PZ_ARRAY_SIZE(stmt_sql),
                    "one slot per statement");

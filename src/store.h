@@ -223,16 +223,18 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
                         store_write_cb cb, void *arg);
 
 /* Drop stored entries up to upto (at most max_rows of them, from the
- * current snapshot point on; never past the last stored entry) on the
- * thread pool, with no other job queued (asserted), moving the snapshot
+ * current snapshot point on, and no more than max_bytes of payload
+ * unless the first alone holds more; never past the last stored entry)
+ * on the thread pool, with no other job queued (asserted), moving the snapshot
  * point there with the term stored at it: compaction in steps short enough that log writes never wait long.
- * Each step then gives up to 2048 free pages back to the file system
+ * Each step then gives up to 512 free pages back to the file system
  * (auto_vacuum INCREMENTAL), and once none is left checkpoints and
  * truncates the WAL, so raft.db shrinks; with nothing left to drop, a
  * step only does that while free pages remain. Returns 0 (cb later), 1
  * when there is nothing to drop or give back (no cb), PZ_EIO. */
 int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
-                       uint64_t max_rows, store_write_cb cb, void *arg);
+                       uint64_t max_rows, uint64_t max_bytes,
+                       store_write_cb cb, void *arg);
 
 /* True while any job is queued or running (its callback not yet
  * called). */
