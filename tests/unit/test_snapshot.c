@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -419,6 +420,69 @@ TEST(roundtrip_100k)
     uint8_t k[16] = {0};
     kv_set(kv, k, sizeof k, "x", 1);
     CHECK(d != kv_digest(kv));
+    kv_free(kv);
+    tdir_free(&t);
+}
+
+/* The writer's sync_file_range calls, recorded while srf_on is set (this
+ * definition takes the place of the C library's in the test binary) and
+ * passed on to the kernel. */
+static bool srf_on;
+static size_t srf_n;
+static struct {
+    off64_t off, len;
+    unsigned flags;
+} srf_calls[64];
+
+int sync_file_range(int fd, off64_t offset, off64_t nbytes, unsigned flags)
+{
+    if (srf_on && srf_n < PZ_ARRAY_SIZE(srf_calls)) {
+        srf_calls[srf_n].off = offset;
+        srf_calls[srf_n].len = nbytes;
+        srf_calls[srf_n].flags = flags;
+        srf_n++;
+    }
+    return (int)syscall(SYS_sync_file_range, fd, offset, nbytes, flags);
+}
+
+/* A large snapshot goes to the disk 4 MiB at a time as it is written, each
+ * chunk started at once and the one before waited for, rather than all at
+ * the final fsync. */
+TEST(large_write_hands_chunks_to_writeback)
+{
+    const off64_t chunk = 4 << 20;
+    struct tdir t;
+    tdir_init(&t);
+    struct kv *kv = kv_new_seeded(12);
+    fill(kv, 60000, 240, 6); /* about 17.5 MB of records */
+    char path[SNAPSHOT_PATH_MAX];
+    srf_n = 0;
+    srf_on = true;
+    bool ok = write_ok(t.root, kv, 9, 2, path);
+    srf_on = false;
+    CHECK(ok);
+    struct stat st;
+    CHECK(stat(path, &st) == 0);
+    off64_t whole = st.st_size / chunk; /* chunks written in full */
+    CHECK(whole >= 4);
+    off64_t started = 0, waited = 0;
+    for (size_t i = 0; i < srf_n; i++) {
+        CHECK(srf_calls[i].len == chunk);
+        if (srf_calls[i].flags == SYNC_FILE_RANGE_WRITE) {
+            CHECK(srf_calls[i].off == started * chunk);
+            started++;
+        } else {
+            CHECK(srf_calls[i].flags ==
+                  (SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                   SYNC_FILE_RANGE_WAIT_AFTER));
+            /* the chunk before the one just started */
+            CHECK(srf_calls[i].off == waited * chunk &&
+                  waited + 1 < started);
+            waited++;
+        }
+    }
+    CHECK_EQ_INT(started, whole);
+    CHECK_EQ_INT(waited, whole - 1);
     kv_free(kv);
     tdir_free(&t);
 }
@@ -1864,6 +1928,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(roundtrip_empty),
     TEST_ENTRY(roundtrip_binary),
     TEST_ENTRY(roundtrip_100k),
+    TEST_ENTRY(large_write_hands_chunks_to_writeback),
     TEST_ENTRY(corrupt_every_byte_flip),
     TEST_ENTRY(corrupt_truncated_everywhere),
     TEST_ENTRY(corrupt_magic_version_lengths),
