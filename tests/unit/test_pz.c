@@ -365,7 +365,7 @@ static long minor_faults(void)
 /* A fork (the snapshot writer's) does not share fifo chunks: writing into
  * buffers that were written before the fork takes no page fault in the
  * parent while the child lives (a shared page would be write-protected
- * and fault once per page), and the child does not see them. */
+ * and fault once per page). */
 TEST(fifo_chunks_not_shared_with_fork)
 {
     struct pz_fifo f = {0};
