@@ -335,11 +335,10 @@ def median_run(runs):
     by = sorted(runs, key=lambda r: r["rps"])
     m = dict(by[(len(by) - 1) // 2])
     m["runs_rps"] = [r["rps"] for r in runs]
-    if all("lat_us" in r for r in runs):
-        m["runs_p99_ms"] = [r["p99_ms"] for r in runs]
-        lat = sorted(x for r in runs for x in r.pop("lat_us"))
-        m["p50_ms"], m["p99_ms"] = pct(lat, 0.50), pct(lat, 0.99)
-        m.pop("lat_us", None)
+    m["runs_p99_ms"] = [r["p99_ms"] for r in runs]
+    lat = sorted(x for r in runs for x in r.pop("lat_us"))
+    m["p50_ms"], m["p99_ms"] = pct(lat, 0.50), pct(lat, 0.99)
+    del m["lat_us"]
     return m
 
 

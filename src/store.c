@@ -484,8 +484,8 @@ static int compact_fit(struct store *s, struct batch *b)
         sqlite3_int64 idx = sqlite3_column_int64(st, 0);
         sqlite3_int64 len = sqlite3_column_int64(st, 1);
         bytes += len > 0 ? (uint64_t)len : 0;
-        if (bytes > b->compact_bytes && idx > 0 &&
-            (uint64_t)idx > b->compact_from + 1) {
+        /* idx > compact_from (the query's bound): not the first row */
+        if (bytes > b->compact_bytes && (uint64_t)idx > b->compact_from + 1) {
             b->compact_upto = (uint64_t)idx - 1;
             break;
         }
