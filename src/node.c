@@ -1023,7 +1023,11 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
     if (open_transport(err, errlen) < 0)
         goto err_after_mandi;
     members_refresh();
-    nd->cron_at = NIO(now) + 1000;
+    /* The first housekeeping at the first tick: it opens a link to every
+     * member (no leader yet), and the leader, seeing us dial, dials back
+     * at once; a restarted follower otherwise waited for its election
+     * timeout's pre-vote, or for the leader's backoff, to hear from it. */
+    nd->cron_at = NIO(now);
     nd->mandi_at = NIO(now) + PZ_MIN((uint64_t)cfg->mandi_interval_ms, 1000);
     NIO(tick_start, nd->tick_ms, node_tick);
     nd->open = true;

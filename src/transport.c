@@ -9,7 +9,8 @@
  *   HANDSHAKE -> (reply OK) READY
  * Any failure (connect error, refusal, no reply before the deadline, the
  * connection dropping) -> BACKOFF, whose timer reconnects if messages wait
- * or else returns to IDLE. The per-peer timer serves both as the
+ * or else returns to IDLE; the peer dialing us (it is back) ends the wait
+ * at once (redial_now). The per-peer timer serves both as the
  * connect/handshake deadline and as the backoff delay.
  *
  * Connection ownership: a conn's proto points at its peer (outbound) or at
@@ -791,6 +792,26 @@ static void refuse(struct inbound *in, uint32_t status, uint64_t conf_index,
     conn_close_after_flush(in->c);
 }
 
+/* A member just dialed us and passed the handshake: it is up. Our own
+ * link to it, if waiting out a backoff from when it was down, is tried
+ * at once rather than up to backoff_max_ms later: a restarted follower
+ * hears from its leader (whose messages go on this link) as soon as it
+ * is back. A peer that refused us keeps its backoff (it would refuse
+ * again), and one that keeps dialing us costs at most one attempt of
+ * ours per handshake of its own. */
+static void redial_now(struct transport *t, uint64_t id)
+{
+    struct peer *p = find_peer(t, id);
+    if (p == NULL || p->state != PEER_BACKOFF || p->last_refusal != 0)
+        return;
+    uv_timer_stop(&p->timer);
+    p->backoff = 0;
+    if (p->n_msgs > 0)
+        peer_connect(p);
+    else
+        p->state = PEER_IDLE;
+}
+
 static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
 {
     if (in->c->tls && !cert_names(in->t, in->c, hs->name, hs->node_id)) {
@@ -923,6 +944,7 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
             stranger ? " (not in our configuration: a member we have not "
                        "heard of yet?)"
                      : "");
+    redial_now(t, in->peer_id);
 }
 
 static const char *kind_name(int kind)

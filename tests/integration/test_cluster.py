@@ -147,6 +147,41 @@ def test_leader_kill_failover_and_catch_up(cluster):
     assert get(leader, "after")[2] == b"y"
 
 
+def test_restarted_follower_hears_from_the_leader_at_once(servers):
+    """A follower back from a crash dials every member as it starts, and
+    the leader, seeing it dial, dials back at once: the follower hears
+    from the leader (whose messages come on the leader's own link) within
+    a moment. Restarted right after one of the leader's reconnect
+    attempts, once its backoff has grown past 1.2 s, it used to wait that
+    long at least, or for its election timeout (here 5 s)."""
+    nodes = make_cluster(servers, conf={"election-timeout": "5s"})
+    leader = leader_of(nodes, timeout=20)
+    f = next(s for s in nodes if s is not leader)
+    attempts = f'pyazdb_transport_connect_attempts_total{{peer="{f.name}"}}'
+    assert put(leader, "k", "v")[0] == 204
+    f.kill()
+    # Attempts 50, 100, 200, 400, 800, 1600 ms apart (+-25%): after the
+    # sixth, the next one is at least 1.5 s away.
+    base = leader.metric(attempts)
+    wait_for(lambda: leader.metric(attempts) >= base + 6,
+             "six reconnect attempts", timeout=15, step=0.005)
+    t0 = time.time()
+    f.start(wait=False)
+    heard = None
+    while time.time() - t0 < 10:
+        try:
+            if f.status(timeout=1)["leader"] == leader.name:
+                heard = time.time() - t0
+                break
+        except (OSError, AssertionError):
+            pass
+        time.sleep(0.01)
+    assert heard is not None, f.read_log()[-3000:]
+    print(f"restarted follower named the leader {heard:.2f} s after start")
+    assert heard < 0.8, f"named the leader only {heard:.2f} s after start"
+    wait_value(f, "k", "v")
+
+
 def test_kill_all_then_restart_keeps_acknowledged_writes(cluster):
     leader = leader_of(cluster)
     acked = {}

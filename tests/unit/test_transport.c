@@ -1806,6 +1806,42 @@ TEST(peer_restart)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* A peer that comes back and dials us is dialed back at once, not when
+ * our backoff (here 3 s at least) runs out: a restarted follower hears
+ * from its leader, whose messages go on our link, as soon as it is up. */
+TEST(peer_back_is_redialed_at_once)
+{
+    world_init();
+    struct transport_config slow = {.cluster_id = 5,
+                                    .backoff_min_ms = 4000,
+                                    .backoff_max_ms = 4000};
+    CHECK(start_node_cfg(0, 1, 0, &slow));
+    CHECK(start_node(1, 2, 5, 0));
+    int port_b = nodes[1].port;
+    set_peer(0, 2, port_b);
+    set_peer(1, 1, nodes[0].port);
+    send_msg(0, 2, 1, 1, 10);
+    CHECK(wait_got(1, 1, 3000));
+    CHECK(stop_node(1));
+    struct link_arg down = {0, 2, false};
+    CHECK(run_until(link_is, &down, 3000));
+    send_msg(0, 2, 2, 1, 10); /* waits out the backoff: 3 to 5 s */
+    run_for(100);
+    CHECK_EQ_INT(peer_stats(0, 2).queued_msgs, 1);
+    uv_update_time(&loop);
+    uint64_t back = uv_now(&loop);
+    reset_received(&nodes[1]);
+    CHECK(start_node(1, 2, 5, port_b));
+    set_peer(1, 1, nodes[0].port);
+    send_msg(1, 1, 9, 1, 10); /* B dials A */
+    CHECK(wait_got(1, 1, 2000));
+    CHECK_EQ_INT(nodes[1].indexes[0], 2);
+    uv_update_time(&loop);
+    CHECK(uv_now(&loop) - back < 2000);
+    CHECK(peer_stats(0, 2).connected);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 /* A port nothing listens on: bound by a socket of ours that never
  * listens, so connecting is refused and no one else can take the port
  * while the test runs. */
@@ -2383,6 +2419,7 @@ static const struct test_case cases[] = {TEST_ENTRY(codec_roundtrip_every_type),
                                          TEST_ENTRY(invalid_message_closes_link),
                                          TEST_ENTRY(partial_frames_in_the_budget),
                                          TEST_ENTRY(peer_restart),
+                                         TEST_ENTRY(peer_back_is_redialed_at_once),
                                          TEST_ENTRY(queue_cap_drops_oldest),
                                          TEST_ENTRY(queue_byte_cap),
                                          TEST_ENTRY(backoff_is_bounded),
