@@ -675,50 +675,74 @@ static bool is_cond_name(const struct json_val *name)
     return false;
 }
 
+/* The members key_from_json looks at, as the last of each name. */
+struct key_members {
+    struct json_val k, v; /* "key", "value" */
+    bool has_k, has_v;    /* found */
+    bool cond;            /* one of cond_names is there */
+};
+
+static void key_member(struct key_members *km, const struct json_val *name,
+                       const struct json_val *val, bool want_value)
+{
+    if (json_str_is(name, "key", 3)) {
+        km->k = *val;
+        km->has_k = true;
+    } else if (want_value && json_str_is(name, "value", 5)) {
+        km->v = *val;
+        km->has_v = true;
+    } else if (!km->cond) {
+        km->cond = is_cond_name(name);
+    }
+}
+
+/* Members of a body json_flat() reads; more go the general way. */
+#define FLAT_MAX 8
+
 /* Key (and value) from a JSON body (POST /set, POST /delete): an object
  * whose members "key" and "value" are strings, decoded to bytes (\u0000
  * included); other members are ignored, the last of repeated ones counts.
- * One walk over the members; returns whether the body holds one of
- * cond_names (false for a body that is not a JSON object). */
+ * One walk over the members (one pass in all for the usual body of plain
+ * strings); returns whether the body holds one of cond_names (false for a
+ * body that is not a JSON object). */
 static bool key_from_json(const struct http_req *req, struct http_op *op,
                           bool want_value)
 {
-    struct json_val root, k, v, name, val;
-    struct json_iter it;
-    bool has_k = false, has_v = false, cond = false;
-    if (json_parse(req->body.data ? req->body.data : "", req->body.len,
-                   &root) < 0 ||
-        root.type != JSON_OBJECT) {
-        op_error(op, 400, "Invalid JSON");
-        return false;
-    }
-    json_iter_init(&it, &root);
-    while (json_iter_next(&it, &name, &val)) {
-        if (json_str_is(&name, "key", 3)) {
-            k = val;
-            has_k = true;
-        } else if (want_value && json_str_is(&name, "value", 5)) {
-            v = val;
-            has_v = true;
-        } else if (!cond) {
-            cond = is_cond_name(&name);
+    struct json_val root, name, val;
+    struct json_val names[FLAT_MAX], vals[FLAT_MAX];
+    struct key_members km = {0};
+    const char *body = req->body.data ? req->body.data : "";
+    int n = json_flat(body, req->body.len, names, vals, FLAT_MAX);
+    if (n >= 0) {
+        for (int i = 0; i < n; i++)
+            key_member(&km, &names[i], &vals[i], want_value);
+    } else {
+        struct json_iter it;
+        if (json_parse(body, req->body.len, &root) < 0 ||
+            root.type != JSON_OBJECT) {
+            op_error(op, 400, "Invalid JSON");
+            return false;
         }
+        json_iter_init(&it, &root);
+        while (json_iter_next(&it, &name, &val))
+            key_member(&km, &name, &val, want_value);
     }
     /* The original decoded into Go strings: a non-string key or value was
      * a decoding error, an absent one the empty string. */
-    if ((has_k && k.type != JSON_STRING) || (has_v && v.type != JSON_STRING)) {
+    if ((km.has_k && km.k.type != JSON_STRING) ||
+        (km.has_v && km.v.type != JSON_STRING)) {
         op_error(op, 400, "Invalid JSON");
-        return cond;
+        return km.cond;
     }
-    if (has_k)
-        op->key = json_strdup(&k, &op->klen);
+    if (km.has_k)
+        op->key = json_strdup(&km.k, &op->klen);
     if (op->key == NULL || op->klen == 0) {
         op_error(op, 400, "Missing key field");
-        return cond;
+        return km.cond;
     }
     if (want_value)
-        op->value = has_v ? json_strdup(&v, &op->vlen) : pz_strdup("");
-    return cond;
+        op->value = km.has_v ? json_strdup(&km.v, &op->vlen) : pz_strdup("");
+    return km.cond;
 }
 
 /* Strings decoded for one command, freed once it is encoded. */
