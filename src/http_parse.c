@@ -74,13 +74,63 @@ static void lower_ascii(char *dst, const char *src, size_t n)
     }
 }
 
+/* A header's name and value are written straight into hdr_text as their
+ * bytes arrive (llhttp may hand them over in several spans): the name
+ * lowercased, then a NUL once it is complete, then the value. */
+static int on_header_field(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = parser_of(ll);
+    if (count_header_bytes(p, n))
+        return -1;
+    struct pz_buf *t = &p->hdr_text;
+    if (p->hdr_state == HDR_NONE) {
+        p->hdr_state = HDR_NAME;
+        p->hdr_start = t->len;
+    }
+    pz_buf_reserve(t, n);
+    lower_ascii(t->data + t->len, at, n);
+    t->len += n;
+    t->data[t->len] = '\0';
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *ll)
+{
+    struct http_parser *p = parser_of(ll);
+    if (p->hdr_state == HDR_NAME) {
+        p->hdr_state = HDR_VALUE;
+        p->hdr_value = p->hdr_text.len + 1; /* past the name's NUL */
+        pz_buf_append(&p->hdr_text, "", 1);
+    }
+    return 0;
+}
+
+static int on_header_value(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = parser_of(ll);
+    if (count_header_bytes(p, n))
+        return -1;
+    if (p->hdr_state == HDR_VALUE)
+        pz_buf_append(&p->hdr_text, at, n);
+    return 0;
+}
+
+/* The header in progress is complete: keep it in req.headers. */
 static int finish_header(struct http_parser *p)
 {
-    if (p->field.len == 0)
+    if (p->hdr_state != HDR_VALUE) {
+        /* Nothing, or a name without its value (not from llhttp). */
+        if (p->hdr_state == HDR_NAME)
+            p->hdr_text.len = p->hdr_start;
+        p->hdr_state = HDR_NONE;
         return 0;
+    }
+    p->hdr_state = HDR_NONE;
     if (p->req.n_headers >= p->lim.max_headers)
         return fail(p, 431, "Too many header fields");
-    if (memchr(p->value.data ? p->value.data : "", 0, p->value.len))
+    struct pz_buf *t = &p->hdr_text;
+    size_t nl = p->hdr_value - 1 - p->hdr_start, vl = t->len - p->hdr_value;
+    if (memchr(t->data + p->hdr_value, 0, vl))
         return fail(p, 400, "Bad header value");
     struct http_header *h;
     if (p->req.n_headers == p->cap_headers) {
@@ -91,25 +141,13 @@ static int finish_header(struct http_parser *p)
     }
     h = &p->req.headers[p->req.n_headers++];
     p->headers_held += sizeof *h; /* its strings: hdr_text */
-    /* Names and values go back to back into one buffer kept from request
+    /* Names and values lie back to back in one buffer kept from request
      * to request (no allocation per header); their pointers are set once
      * the block is complete (point_headers), the buffer may move before. */
-    size_t nl = p->field.len, vl = p->value.len;
-    struct pz_buf *t = &p->hdr_text;
-    pz_buf_reserve(t, nl + vl + 2);
-    char *name = t->data + t->len;
-    lower_ascii(name, p->field.data, nl);
-    name[nl] = '\0';
-    if (vl)
-        memcpy(name + nl + 1, p->value.data, vl);
-    name[nl + 1 + vl] = '\0';
-    t->len += nl + vl + 2;
-    t->data[t->len] = '\0';
+    pz_buf_append(t, "", 1); /* the value's NUL */
     h->name = h->value = NULL;
     h->nlen = nl;
     h->vlen = vl;
-    pz_buf_reset(&p->field);
-    pz_buf_reset(&p->value);
     return 0;
 }
 
@@ -125,24 +163,6 @@ static void point_headers(struct http_parser *p)
         h->value = c;
         c += h->vlen + 1;
     }
-}
-
-static int on_header_field(llhttp_t *ll, const char *at, size_t n)
-{
-    struct http_parser *p = parser_of(ll);
-    if (count_header_bytes(p, n))
-        return -1;
-    pz_buf_append(&p->field, at, n);
-    return 0;
-}
-
-static int on_header_value(llhttp_t *ll, const char *at, size_t n)
-{
-    struct http_parser *p = parser_of(ll);
-    if (count_header_bytes(p, n))
-        return -1;
-    pz_buf_append(&p->value, at, n);
-    return 0;
 }
 
 static int on_header_value_complete(llhttp_t *ll)
@@ -232,6 +252,7 @@ void http_parser_init(struct http_parser *p, const struct http_limits *lim)
     p->settings.on_message_begin = on_message_begin;
     p->settings.on_url = on_url;
     p->settings.on_header_field = on_header_field;
+    p->settings.on_header_field_complete = on_header_field_complete;
     p->settings.on_header_value = on_header_value;
     p->settings.on_header_value_complete = on_header_value_complete;
     p->settings.on_headers_complete = on_headers_complete;
@@ -241,8 +262,6 @@ void http_parser_init(struct http_parser *p, const struct http_limits *lim)
     llhttp_init(&p->ll, HTTP_REQUEST, &p->settings);
     pz_buf_init(&p->req.url);
     pz_buf_init(&p->req.body);
-    pz_buf_init(&p->field);
-    pz_buf_init(&p->value);
     pz_buf_init(&p->hdr_text);
 }
 
@@ -263,8 +282,6 @@ void http_parser_free(struct http_parser *p)
     p->cap_headers = 0;
     pz_buf_free(&p->req.url);
     pz_buf_free(&p->req.body);
-    pz_buf_free(&p->field);
-    pz_buf_free(&p->value);
     pz_buf_free(&p->hdr_text);
 }
 
@@ -282,14 +299,13 @@ void http_parser_next(struct http_parser *p)
     req_clear(&p->req);
     buf_trim(&p->req.body, KEEP_BODY_MAX);
     buf_trim(&p->req.url, KEEP_LINE_MAX);
-    buf_trim(&p->field, KEEP_LINE_MAX);
-    buf_trim(&p->value, KEEP_LINE_MAX);
     buf_trim(&p->hdr_text, KEEP_LINE_MAX);
     if (p->cap_headers > KEEP_HEADERS_MAX) {
         pz_free(p->req.headers);
         p->req.headers = NULL;
         p->cap_headers = 0;
     }
+    p->hdr_state = HDR_NONE;
     p->header_bytes = 0;
     p->headers_held = 0;
     p->body_expected = 0;
@@ -309,8 +325,8 @@ bool http_parser_started(const struct http_parser *p)
 
 size_t http_parser_held(const struct http_parser *p)
 {
-    return p->req.url.cap + p->req.body.cap + p->field.cap + p->value.cap +
-           p->hdr_text.cap + p->headers_held;
+    return p->req.url.cap + p->req.body.cap + p->hdr_text.cap +
+           p->headers_held;
 }
 
 static int feed(struct http_parser *p, const char *data, size_t len,
@@ -659,50 +675,74 @@ static bool is_cond_name(const struct json_val *name)
     return false;
 }
 
+/* The members key_from_json looks at, as the last of each name. */
+struct key_members {
+    struct json_val k, v; /* "key", "value" */
+    bool has_k, has_v;    /* found */
+    bool cond;            /* one of cond_names is there */
+};
+
+static void key_member(struct key_members *km, const struct json_val *name,
+                       const struct json_val *val, bool want_value)
+{
+    if (json_str_is(name, "key", 3)) {
+        km->k = *val;
+        km->has_k = true;
+    } else if (want_value && json_str_is(name, "value", 5)) {
+        km->v = *val;
+        km->has_v = true;
+    } else if (!km->cond) {
+        km->cond = is_cond_name(name);
+    }
+}
+
+/* Members of a body json_flat() reads; more go the general way. */
+#define FLAT_MAX 8
+
 /* Key (and value) from a JSON body (POST /set, POST /delete): an object
  * whose members "key" and "value" are strings, decoded to bytes (\u0000
  * included); other members are ignored, the last of repeated ones counts.
- * One walk over the members; returns whether the body holds one of
- * cond_names (false for a body that is not a JSON object). */
+ * One walk over the members (one pass in all for the usual body of plain
+ * strings); returns whether the body holds one of cond_names (false for a
+ * body that is not a JSON object). */
 static bool key_from_json(const struct http_req *req, struct http_op *op,
                           bool want_value)
 {
-    struct json_val root, k, v, name, val;
-    struct json_iter it;
-    bool has_k = false, has_v = false, cond = false;
-    if (json_parse(req->body.data ? req->body.data : "", req->body.len,
-                   &root) < 0 ||
-        root.type != JSON_OBJECT) {
-        op_error(op, 400, "Invalid JSON");
-        return false;
-    }
-    json_iter_init(&it, &root);
-    while (json_iter_next(&it, &name, &val)) {
-        if (json_str_is(&name, "key", 3)) {
-            k = val;
-            has_k = true;
-        } else if (want_value && json_str_is(&name, "value", 5)) {
-            v = val;
-            has_v = true;
-        } else if (!cond) {
-            cond = is_cond_name(&name);
+    struct json_val root, name, val;
+    struct json_val names[FLAT_MAX], vals[FLAT_MAX];
+    struct key_members km = {0};
+    const char *body = req->body.data ? req->body.data : "";
+    int n = json_flat(body, req->body.len, names, vals, FLAT_MAX);
+    if (n >= 0) {
+        for (int i = 0; i < n; i++)
+            key_member(&km, &names[i], &vals[i], want_value);
+    } else {
+        struct json_iter it;
+        if (json_parse(body, req->body.len, &root) < 0 ||
+            root.type != JSON_OBJECT) {
+            op_error(op, 400, "Invalid JSON");
+            return false;
         }
+        json_iter_init(&it, &root);
+        while (json_iter_next(&it, &name, &val))
+            key_member(&km, &name, &val, want_value);
     }
     /* The original decoded into Go strings: a non-string key or value was
      * a decoding error, an absent one the empty string. */
-    if ((has_k && k.type != JSON_STRING) || (has_v && v.type != JSON_STRING)) {
+    if ((km.has_k && km.k.type != JSON_STRING) ||
+        (km.has_v && km.v.type != JSON_STRING)) {
         op_error(op, 400, "Invalid JSON");
-        return cond;
+        return km.cond;
     }
-    if (has_k)
-        op->key = json_strdup(&k, &op->klen);
+    if (km.has_k)
+        op->key = json_strdup(&km.k, &op->klen);
     if (op->key == NULL || op->klen == 0) {
         op_error(op, 400, "Missing key field");
-        return cond;
+        return km.cond;
     }
     if (want_value)
-        op->value = has_v ? json_strdup(&v, &op->vlen) : pz_strdup("");
-    return cond;
+        op->value = km.has_v ? json_strdup(&km.v, &op->vlen) : pz_strdup("");
+    return km.cond;
 }
 
 /* Strings decoded for one command, freed once it is encoded. */
@@ -1294,18 +1334,39 @@ out:
     pz_free(v);
 }
 
+/* The request's path as http_url_path() gives it (NUL-terminated): in
+ * small (cap bytes) when it needs no decoding and fits, as every route of
+ * the API does, else in big. NULL for a path http_url_path() refuses. */
+static const char *api_path(const struct http_req *req, char *small,
+                            size_t cap, struct pz_buf *big)
+{
+    const char *url = req->url.data ? req->url.data : "";
+    size_t n = 0, len = req->url.len;
+    while (n < len && url[n] != '?' && url[n] != '#' && url[n] != '%' &&
+           url[n] != '\0')
+        n++;
+    if (n < cap && (n == len || url[n] == '?' || url[n] == '#')) {
+        memcpy(small, url, n);
+        small[n] = '\0';
+        return small;
+    }
+    if (http_url_path(url, req->url.len, big) < 0)
+        return NULL;
+    return big->data;
+}
+
 void http_api_decode(const struct http_req *req,
                      const struct http_api_limits *lim, struct http_op *op)
 {
     struct pz_buf path;
+    char small[64];
     memset(op, 0, sizeof *op);
     pz_buf_init(&path);
-    if (http_url_path(req->url.data ? req->url.data : "", req->url.len,
-                      &path) < 0) {
+    const char *p = api_path(req, small, sizeof small, &path);
+    if (p == NULL) {
         op_error(op, 400, "Bad request path");
         goto out;
     }
-    const char *p = path.data;
     if (strcmp(p, "/get") == 0) {
         if (!method_is(req, HTTP_GET)) {
             op_error(op, 405, "Method not allowed");

@@ -65,14 +65,23 @@ enum {
     HTTP_PARSE_ERROR = 2,     /* p->err_status / p->err_reason set */
 };
 
+/* struct http_parser.hdr_state. */
+enum {
+    HDR_NONE = 0,  /* no header being assembled */
+    HDR_NAME = 1,  /* its name arriving */
+    HDR_VALUE = 2, /* name complete, its value arriving */
+};
+
 struct http_parser {
     llhttp_t ll;                 /* the llhttp state machine */
     llhttp_settings_t settings;  /* callbacks (same for every parser) */
     struct http_limits lim;      /* copied from init */
     struct http_req req;         /* request being parsed or complete */
-    struct pz_buf field;         /* header name being assembled */
-    struct pz_buf value;         /* header value being assembled */
-    struct pz_buf hdr_text;      /* req.headers' names and values */
+    struct pz_buf hdr_text;      /* req.headers' names and values, then
+                                    the header being assembled */
+    int hdr_state;               /* HDR_*: how far that header got */
+    size_t hdr_start;            /* offset of its name in hdr_text */
+    size_t hdr_value;            /* offset of its value (HDR_VALUE) */
     size_t header_bytes;         /* bytes of request line + headers */
     size_t headers_held;         /* bytes of req.headers entries */
     size_t cap_headers;          /* entries req.headers has room for */

@@ -79,14 +79,35 @@ static const char *request_route(const struct httpd_conn *hc)
     return hc->route ? hc->route : "other";
 }
 
-/* Write one response; the connection closes after it when close. */
-/* conn_write of a string, and of a number in decimal. */
-static void put_str(struct conn *c, const char *s)
+/* A reply's head, assembled on the stack and written with one
+ * conn_write (what does not fit goes out as it comes). */
+struct head {
+    struct conn *c; /* where it goes */
+    size_t n;       /* bytes in b */
+    char b[256];    /* the head so far */
+};
+
+static void head_put(struct head *h, const char *s, size_t n)
 {
-    conn_write(c, s, strlen(s));
+    if (n > sizeof h->b - h->n) {
+        conn_write(h->c, h->b, h->n);
+        h->n = 0;
+        if (n > sizeof h->b) {
+            conn_write(h->c, s, n);
+            return;
+        }
+    }
+    memcpy(h->b + h->n, s, n);
+    h->n += n;
 }
 
-static void put_u64(struct conn *c, uint64_t v)
+static void head_str(struct head *h, const char *s)
+{
+    head_put(h, s, strlen(s));
+}
+
+/* A number in decimal. */
+static void head_u64(struct head *h, uint64_t v)
 {
     char d[24];
     size_t i = sizeof d;
@@ -94,46 +115,49 @@ static void put_u64(struct conn *c, uint64_t v)
         d[--i] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    conn_write(c, d + i, sizeof d - i);
+    head_put(h, d + i, sizeof d - i);
 }
 
-/* The head and body go straight to the connection's output, piece by
- * piece: no buffer of their own and no printf on the path every answer
+/* Write one response; the connection closes after it when close. No
+ * printf and one conn_write for the head on the path every answer
  * takes. */
 static void write_reply(struct httpd_conn *hc, const struct httpd_reply *r,
                         bool close)
 {
-    struct conn *c = hc->c;
+    struct head h;
+    h.c = hc->c;
+    h.n = 0;
     stats_request_http(hc->srv->ls.name, request_route(hc), r->status,
                        hc->answering ? hc->started_ns : 0);
-    put_str(c, "HTTP/1.1 ");
-    put_u64(c, (uint64_t)r->status);
-    put_str(c, " ");
-    put_str(c, httpd_status_text(r->status));
+    head_put(&h, "HTTP/1.1 ", 9);
+    head_u64(&h, (uint64_t)r->status);
+    head_put(&h, " ", 1);
+    head_str(&h, httpd_status_text(r->status));
     if (r->status != 204) {
-        put_str(c, "\r\nContent-Type: ");
-        put_str(c, r->ctype ? r->ctype : TEXT_PLAIN);
-        put_str(c, "\r\nContent-Length: ");
-        put_u64(c, r->blen);
+        head_str(&h, "\r\nContent-Type: ");
+        head_str(&h, r->ctype ? r->ctype : TEXT_PLAIN);
+        head_str(&h, "\r\nContent-Length: ");
+        head_u64(&h, r->blen);
     }
     if (r->allow) {
-        put_str(c, "\r\nAllow: ");
-        put_str(c, r->allow);
+        head_str(&h, "\r\nAllow: ");
+        head_str(&h, r->allow);
     }
     if (r->has_revision) {
-        put_str(c, "\r\nX-Pyazdb-Revision: ");
-        put_u64(c, r->revision);
+        head_str(&h, "\r\nX-Pyazdb-Revision: ");
+        head_u64(&h, r->revision);
     }
     if (r->status == 401 && hc->srv->o.realm) {
-        put_str(c, "\r\nWWW-Authenticate: Bearer realm=\"");
-        put_str(c, hc->srv->o.realm);
-        put_str(c, "\"");
+        head_str(&h, "\r\nWWW-Authenticate: Bearer realm=\"");
+        head_str(&h, hc->srv->o.realm);
+        head_str(&h, "\"");
     }
     if (close)
-        put_str(c, "\r\nConnection: close");
-    put_str(c, "\r\n\r\n");
+        head_str(&h, "\r\nConnection: close");
+    head_put(&h, "\r\n\r\n", 4);
+    conn_write(h.c, h.b, h.n);
     if (r->status != 204 && !hc->head && r->blen)
-        conn_write(c, r->body, r->blen);
+        conn_write(h.c, r->body, r->blen);
 }
 
 static void write_text(struct httpd_conn *hc, int status, const char *line,

@@ -68,6 +68,15 @@ struct json_val {
  * 0 or PZ_EINVAL. */
 int json_parse(const char *doc, size_t len, struct json_val *root);
 
+/* A shortcut for the commonest document, an object whose members are all
+ * strings with nothing escaped ({"key":"k","value":"v"}): one pass that
+ * checks it as json_parse() would and sets names[i] and vals[i] to its
+ * members in order, as json_iter_next() would. Returns their number, or
+ * -1 when doc is not of that shape or has more than max members (it may
+ * still be valid JSON: read it with json_parse()). */
+int json_flat(const char *doc, size_t len, struct json_val *names,
+              struct json_val *vals, size_t max);
+
 /* Walking a container: init with an object or an array (anything else
  * walks nothing), then json_iter_next() until it returns false. For an
  * object, *name is each member's name (a JSON_STRING, still escaped) and

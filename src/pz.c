@@ -446,25 +446,14 @@ void pz_buf_free(struct pz_buf *b)
     pz_buf_init(b);
 }
 
-void pz_buf_reserve(struct pz_buf *b, size_t extra)
+void pz_buf_grow(struct pz_buf *b, size_t extra)
 {
-    if (b->len + extra + 1 <= b->cap)
-        return;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < b->len + extra + 1)
         cap *= 2;
     b->data = pz_realloc(b->data, cap);
     b->cap = cap;
     b->data[b->len] = '\0'; /* a first allocation is a string at once */
-}
-
-void pz_buf_append(struct pz_buf *b, const void *p, size_t n)
-{
-    pz_buf_reserve(b, n);
-    if (n)
-        memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0'; /* always NUL-terminated for convenience */
 }
 
 void pz_buf_appendf(struct pz_buf *b, const char *fmt, ...)

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "err.h"
 
@@ -103,8 +104,24 @@ struct pz_buf {
 };
 void pz_buf_init(struct pz_buf *b);
 void pz_buf_free(struct pz_buf *b);
-void pz_buf_reserve(struct pz_buf *b, size_t extra);
-void pz_buf_append(struct pz_buf *b, const void *p, size_t n);
+/* pz_buf_reserve's slow path: allocate room for extra more bytes. */
+void pz_buf_grow(struct pz_buf *b, size_t extra);
+/* Room for extra more bytes (and the NUL kept after them). Inline, as
+ * pz_buf_append: most calls find the room there, on every request. */
+static inline void pz_buf_reserve(struct pz_buf *b, size_t extra)
+{
+    if (b->len + extra + 1 > b->cap)
+        pz_buf_grow(b, extra);
+}
+/* Append n bytes; the buffer stays NUL-terminated. */
+static inline void pz_buf_append(struct pz_buf *b, const void *p, size_t n)
+{
+    pz_buf_reserve(b, n);
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
 void pz_buf_appendf(struct pz_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Drop the first n bytes. */

@@ -9,7 +9,10 @@
  * of that name. Differential check against cJSON (a more lenient parser):
  * a document we accept must parse there too, to the same tree: the same
  * types, member names and order, string values, and numbers (exactly
- * where json_u64 reads them and cJSON's double can hold them). */
+ * where json_u64 reads them and cJSON's double can hold them). And
+ * json_flat(), the one-pass reader of objects of plain strings, against
+ * json_parse() and json_iter_next(): it reads a document exactly when it
+ * is such an object, and finds the same members. */
 #include <cJSON.h>
 
 #include "fuzz.h"
@@ -140,13 +143,50 @@ static const cJSON *last_member(const cJSON *obj, const char *name)
     return found;
 }
 
+#define FLAT_MAX 4
+
+/* json_flat() gave flat for the document json_parse() read as root (rv):
+ * the same members, and -1 only for what is not a small object of plain
+ * strings. */
+static void check_flat(int rv, const struct json_val *root, int flat,
+                       const struct json_val *fn, const struct json_val *fv)
+{
+    FUZZ_CHECKF(flat < 0 || rv == 0, "json_flat reads what json_parse refuses");
+    if (rv != 0 || root->type != JSON_OBJECT) {
+        FUZZ_CHECKF(flat < 0, "json_flat reads what is not an object");
+        return;
+    }
+    struct json_iter it;
+    struct json_val name, val;
+    int n = 0;
+    bool plain = true;
+    json_iter_init(&it, root);
+    while (json_iter_next(&it, &name, &val)) {
+        if (val.type != JSON_STRING || memchr(name.s, '\\', name.len) ||
+            memchr(val.s, '\\', val.len))
+            plain = false;
+        if (flat >= 0) {
+            FUZZ_CHECKF(n < flat, "json_flat found fewer members");
+            FUZZ_CHECK(fn[n].s == name.s && fn[n].len == name.len &&
+                       fn[n].type == JSON_STRING);
+            FUZZ_CHECK(fv[n].s == val.s && fv[n].len == val.len &&
+                       fv[n].type == JSON_STRING);
+        }
+        n++;
+    }
+    FUZZ_CHECKF(flat < 0 || n == flat, "json_flat found more members");
+    FUZZ_CHECKF(flat >= 0 || !plain || n > FLAT_MAX,
+                "json_flat refuses an object of plain strings");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* Exactly the document: reading past it is an ASan report. */
     char *doc = (char *)fuzz_dup(data, size);
-    struct json_val root;
+    struct json_val root, fn[FLAT_MAX], fv[FLAT_MAX];
     int rv = json_parse(doc, size, &root);
     FUZZ_CHECK(rv == 0 || rv == PZ_EINVAL);
+    check_flat(rv, &root, json_flat(doc, size, fn, fv, FLAT_MAX), fn, fv);
     if (rv != 0) {
         free(doc);
         return 0;

@@ -380,13 +380,54 @@ TEST(put_string)
     }
 }
 
+/* json_flat reads an object of plain strings in one pass, as json_parse
+ * and json_iter_next would, and leaves everything else to them. */
+TEST(flat)
+{
+    struct json_val n[3], v[3];
+    static const char doc[] = " {\"key\" : \"k\xff\",\"value\":\"\",\"key\":\"x\"}\n";
+    CHECK_EQ_INT(json_flat(doc, strlen(doc), n, v, 3), 3);
+    CHECK(json_str_is(&n[0], "key", 3) && json_str_is(&v[0], "k\xff", 2));
+    CHECK(json_str_is(&n[1], "value", 5) && json_str_is(&v[1], "", 0));
+    CHECK(json_str_is(&n[2], "key", 3) && json_str_is(&v[2], "x", 1));
+    CHECK(v[2].s == strstr(doc, "\"x\"") && v[2].len == 3);
+    CHECK_EQ_INT(json_flat(" { } ", 5, n, v, 3), 0);
+    /* The length is honoured: no NUL terminator needed. */
+    CHECK_EQ_INT(json_flat("{\"a\":\"b\"}x", 9, n, v, 3), 1);
+    static const char *const other[] = {
+        "{\"a\":\"b\",\"c\":\"d\",\"e\":\"f\",\"g\":\"h\"}", /* over max */
+        "{\"a\":\"\\n\"}",   /* an escape: json_parse's */
+        "{\"\\u0061\":\"b\"}",
+        "{\"a\":1}",       /* not a string */
+        "{\"a\":\"b\",\"c\":{}}",
+        "[\"a\"]",         /* not an object */
+        "\"a\"",
+        "",                  /* not JSON */
+        "{",
+        "{\"a\"}",
+        "{\"a\":\"b\",}",
+        "{\"a\":\"b\" \"c\":\"d\"}",
+        "{\"a\":\"b\"} x",
+        "{\"a\":\"b\"}}",
+        "{\"a\":\"b",
+        "{\"a\":\"tab\there\"}",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(other); i++) {
+        if (json_flat(other[i], strlen(other[i]), n, v, 3) >= 0)
+            fprintf(stderr, "    read %s\n", other[i]);
+        CHECK(json_flat(other[i], strlen(other[i]), n, v, 3) < 0);
+    }
+    /* A raw NUL is a control character. */
+    CHECK_EQ_INT(json_flat("{\"a\":\"\0\"}", 9, n, v, 3), -1);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(put_string),
     TEST_ENTRY(accepts_rfc8259), TEST_ENTRY(refuses_the_rest),
     TEST_ENTRY(nesting_limit),   TEST_ENTRY(strings_are_bytes),
     TEST_ENTRY(string_word_scan),
     TEST_ENTRY(members),         TEST_ENTRY(walk),
-    TEST_ENTRY(walk_backslash_runs),
+    TEST_ENTRY(walk_backslash_runs), TEST_ENTRY(flat),
     TEST_ENTRY(u64_exact),       TEST_END};
 
 const struct test_suite suite_json = {"json", cases};
