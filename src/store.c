@@ -67,12 +67,20 @@
 
 #define STORE_APP_ID 0x50595a44 /* "PYZD" in the SQLite header */
 #define STORE_FILE "raft.db"
-/* Pages given back per vacuum step (2 MiB of 4 KiB): the step holds up
- * the log writes behind it, and moving a page writes it to the WAL, so a
- * step takes as long as its pages. After a 1M-key load, steps of 2048
- * took up to 170 to 230 ms alone and 200 to 400 ms beside a write load;
- * steps of 512 up to 40 to 70 ms alone, 90 to 170 ms beside it. */
-#define VACUUM_PAGES 512
+/* Pages given back per vacuum step: VACUUM_PAGES_MIN << level, the
+ * level sized by the time the last step took (vacuum_resize), toward
+ * VACUUM_STEP_NS. The step holds up the log writes behind it, and its
+ * time per page is far from constant: SQLite looks each page up in the
+ * freelist (a walk of the freelist's trunk pages, so a page costs more
+ * the more pages are free) and moves a page in use to a free one lower
+ * down (a WAL write). After a load of 1 MiB entries, with 50,000 pages
+ * free, steps of 512 took 10 to 50 ms, and 100 to 240 ms while they moved
+ * the live log; after a 1M-key load, 40 to 70 ms. */
+#define VACUUM_PAGES_MIN 8
+#define VACUUM_LEVELS 9             /* 8 to 2048 pages (8 MiB) */
+#define VACUUM_LEVEL_START 3        /* 64 pages: the first step is short */
+#define VACUUM_STEP_NS 2000000      /* 2 ms of vacuum a step, at most about */
+#define VACUUM_CKPT_PAGES 2048      /* checkpoint every 8 MiB given back */
 #define VACUUM_KEEP 512   /* free pages kept for the log to grow into
                              (2 MiB of 4 KiB), at least */
 #define VACUUM_KEEP_RATIO 4 /* ... and up to this many per page in use */
@@ -112,10 +120,17 @@ struct batch {
     uint64_t compact_from;            /* the snapshot point before it */
     uint64_t compact_upto;            /* (stored, so below last_index);
                                          lowered to fit compact_bytes */
+    uint64_t compact_goal;            /* the caller's upto: no vacuum
+                                         before the step that reaches it */
     uint64_t compact_bytes;           /* payload bytes at most (one
                                          entry at least) */
     uint64_t compact_term;            /* read in the transaction */
     bool vacuum;                      /* then give free pages back */
+    unsigned vacuum_level;            /* in: VACUUM_PAGES_MIN << it */
+    uint64_t vacuum_ns;               /* out: time the vacuum took (0:
+                                         none ran) */
+    bool cut;                         /* out: the step only checkpointed */
+    bool counted;                     /* out: free_pages was counted */
     uint64_t free_pages;              /* free pages left after it, as
                                          count_free counts them */
     int rc;                           /* 0 or negative code */
@@ -164,12 +179,18 @@ struct store {
     sqlite3_stmt *st_hs_put;           /* UPDATE hard_state */
     sqlite3_stmt *st_meta_put;         /* upsert a meta key */
     sqlite3_stmt *st_scan;             /* entries from ?1 on, by index */
-    sqlite3_stmt *st_vacuum;           /* PRAGMA incremental_vacuum(N) */
+    sqlite3_stmt *st_vacuum[VACUUM_LEVELS]; /* PRAGMA incremental_vacuum
+                                          (VACUUM_PAGES_MIN << level) */
     sqlite3_stmt *st_freelist;         /* PRAGMA freelist_count */
     sqlite3_stmt *st_sizes;            /* payload bytes of ?1 < idx <= ?2 */
     bool incremental;                  /* auto_vacuum is INCREMENTAL */
     uint64_t free_pages;               /* free pages in the file (as of
                                           the last vacuum step) */
+    unsigned vacuum_level;             /* of the next vacuum step */
+    uint64_t ckpt_pages;               /* pages of the file at the last
+                                          checkpoint of a vacuum step, or
+                                          any size it has had since */
+    uint64_t vacuum_budget_ns;         /* VACUUM_STEP_NS (tests set it) */
     struct store_meta meta;            /* as stored */
     struct raft_hard_state hs;         /* as stored */
     uint64_t last_index;               /* last stored index (or snap) */
@@ -435,35 +456,73 @@ static int count_free(struct store *s, struct batch *b)
     uint64_t keep = PZ_MAX((uint64_t)VACUUM_KEEP, VACUUM_KEEP_RATIO * used);
     b->free_pages = free_pages > keep ? free_pages - keep + VACUUM_KEEP
                                       : PZ_MIN(free_pages, VACUUM_KEEP);
+    b->counted = true;
     return 0;
 }
 
-/* Give up to VACUUM_PAGES free pages back to the file system (the file
- * shrinks at the next checkpoint), then count those left: one short
- * transaction of its own, after a compaction step, on the worker.
- * The free pages count_free keeps stay: a log compacted after every
- * snapshot frees about as many pages as the next entries take, and
- * giving them back only to grow the file again would cost a vacuum, a
- * checkpoint and a WAL reset per snapshot, each holding up the log
- * writes behind it. */
+/* Give free pages back to the file system, then count those left: one
+ * short transaction of its own, on the worker, after the compaction
+ * step that dropped the last rows or alone. The free pages count_free
+ * keeps stay: a log compacted after every snapshot frees about as many
+ * pages as the next entries take, and giving them back only to grow the
+ * file again would cost a vacuum, a checkpoint and a WAL reset per
+ * snapshot, each holding up the log writes behind it.
+ *
+ * A step gives back VACUUM_PAGES_MIN << b->vacuum_level pages, and
+ * b->vacuum_ns says how long that took (vacuum_resize sizes the next).
+ * The file shrinks when the WAL is copied back (a checkpoint cuts it to
+ * the pages in use), and the WAL only when it is reset: every
+ * VACUUM_CKPT_PAGES given back, a step only checkpoints (b->cut), so
+ * that the space comes back as the steps go and the cut is short (cutting
+ * 260 MB at once held the last step for 200 ms); after the last step,
+ * the WAL is reset too (this connection is the only one: nothing
+ * waits). */
 static int vacuum_step(struct store *s, struct batch *b)
 {
     int rc = count_free(s, b);
     if (rc || b->free_pages <= VACUUM_KEEP)
         return rc;
-    while ((rc = step(s, s->st_vacuum)) == SQLITE_ROW)
+    uint64_t pages = count_pages(s);
+    if (s->ckpt_pages > pages + VACUUM_CKPT_PAGES) {
+        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                  NULL, NULL);
+        s->ckpt_pages = pages;
+        b->cut = true;
+        return 0;
+    }
+    s->ckpt_pages = PZ_MAX(s->ckpt_pages, pages); /* the log grew */
+    /* No more than the free pages not kept (the last step may give back
+     * up to VACUUM_PAGES_MIN - 1 of those). Timed alone, in a transaction
+     * of its own: the COMMIT's fsync costs the same whatever the step's
+     * size. */
+    while (b->vacuum_level > 0 &&
+           (uint64_t)VACUUM_PAGES_MIN << b->vacuum_level >
+               b->free_pages - VACUUM_KEEP)
+        b->vacuum_level--;
+    sqlite3_stmt *st = s->st_vacuum[b->vacuum_level];
+    if ((rc = run(s, s->st_begin, b->err, "BEGIN")))
+        return rc;
+    uint64_t t0 = uv_hrtime();
+    while ((rc = step(s, st)) == SQLITE_ROW)
         ;
-    sqlite3_reset(s->st_vacuum);
-    if (rc != SQLITE_DONE)
-        return sql_err(s, b->err, "incremental vacuum", rc);
+    sqlite3_reset(st);
+    b->vacuum_ns = PZ_MAX(uv_hrtime() - t0, 1);
+    if (rc != SQLITE_DONE) {
+        rc = sql_err(s, b->err, "incremental vacuum", rc);
+        rollback(s);
+        return rc;
+    }
+    if ((rc = commit(s, b->err, NULL))) {
+        rollback(s);
+        return rc;
+    }
     if ((rc = count_free(s, b)))
         return rc;
-    /* The file shrinks when the WAL is copied back, and the WAL, which
-     * the vacuum filled, only when it is reset: both at once after the
-     * last step (this connection is the only one: nothing waits). */
-    if (b->free_pages <= VACUUM_KEEP)
+    if (b->free_pages <= VACUUM_KEEP) {
         sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
                                   NULL, NULL);
+        s->ckpt_pages = count_pages(s);
+    }
     return 0;
 }
 
@@ -609,11 +668,31 @@ static int run_batch(struct store *s, struct batch *b)
     if (rc)
         goto err_in_txn;
     b->total_ns = uv_hrtime() - t0;
-    return b->vacuum ? vacuum_step(s, b) : 0;
+    /* Not while rows remain to be dropped: the vacuum would move the
+     * pages at the end of the file, the newest entries', which the next
+     * steps drop, and a row whose overflow pages were moved costs a read
+     * of each one to delete (3 rows of 1 MiB took 10 to 60 ms to delete,
+     * against 0.2 ms unmoved). */
+    return b->vacuum && b->compact_upto >= b->compact_goal ? vacuum_step(s, b)
+                                                           : 0;
 
 err_in_txn:
     rollback(s);
     return rc;
+}
+
+/* The level of the next vacuum step after one at level took ns: one
+ * down if it took longer than the budget, one up if it took less than
+ * half of it (so a step gives back as much as fits in the budget, as
+ * the cost per page changes with the freelist and the pages moved). */
+static unsigned vacuum_resize(const struct store *s, unsigned level,
+                              uint64_t ns)
+{
+    if (ns > s->vacuum_budget_ns && level > 0)
+        return level - 1;
+    if (ns < s->vacuum_budget_ns / 2 && level + 1 < VACUUM_LEVELS)
+        return level + 1;
+    return level;
 }
 
 /* Loop thread: the batch is over; update the in-memory copy or fail. */
@@ -633,14 +712,17 @@ static void finish_batch(struct store *s, struct batch *b)
         memcpy(s->errmsg, b->err, sizeof s->errmsg);
         return;
     }
+    if (b->vacuum_ns)
+        s->vacuum_level = vacuum_resize(s, b->vacuum_level, b->vacuum_ns);
     if (b->vacuum && b->compact) {
-        s->free_pages = b->free_pages;
+        if (b->counted)
+            s->free_pages = b->free_pages;
     } else if (b->vacuum) {
         /* A step that gave nothing back would repeat forever. */
-        s->free_pages =
-            b->free_pages < s->free_pages && b->free_pages > VACUUM_KEEP
-                ? b->free_pages
-                : 0;
+        s->free_pages = (b->cut || b->free_pages < s->free_pages) &&
+                                b->free_pages > VACUUM_KEEP
+                            ? b->free_pages
+                            : 0;
         return;
     }
     if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
@@ -1094,6 +1176,7 @@ int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
     upto = PZ_MIN(upto, s->last_index);
     struct batch *b = pz_calloc(1, sizeof *b);
     b->vacuum = s->incremental;
+    b->vacuum_level = s->vacuum_level;
     if (upto <= s->meta.snap_index) {
         if (!s->incremental || s->free_pages <= VACUUM_KEEP) {
             pz_free(b);
@@ -1101,10 +1184,10 @@ int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
         }
         return queue_batch(s, loop, b, cb, arg); /* free pages left */
     }
-    upto = PZ_MIN(upto, s->meta.snap_index + max_rows);
+    b->compact_upto = PZ_MIN(upto, s->meta.snap_index + max_rows);
     b->compact = true;
     b->compact_from = s->meta.snap_index;
-    b->compact_upto = upto;
+    b->compact_goal = upto;
     b->compact_bytes = max_bytes;
     if (s->incremental && s->free_pages == 0)
         s->free_pages = UINT64_MAX; /* unknown until counted */
@@ -1493,7 +1576,15 @@ static const char *const stmt_sql[] = {
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     "SELECT idx, term, type, data, crc FROM log WHERE idx >= ?1 "
     "ORDER BY idx",
-    "PRAGMA incremental_vacuum(" STR(VACUUM_PAGES) ")",
+    "PRAGMA incremental_vacuum(8)", /* VACUUM_PAGES_MIN << level */
+    "PRAGMA incremental_vacuum(16)",
+    "PRAGMA incremental_vacuum(32)",
+    "PRAGMA incremental_vacuum(64)",
+    "PRAGMA incremental_vacuum(128)",
+    "PRAGMA incremental_vacuum(256)",
+    "PRAGMA incremental_vacuum(512)",
+    "PRAGMA incremental_vacuum(1024)",
+    "PRAGMA incremental_vacuum(2048)",
     "PRAGMA freelist_count",
     INSERT_INTO INSERT_ROW8,
     INSERT_INTO INSERT_ROW4,
@@ -1509,12 +1600,18 @@ static sqlite3_stmt **stmt_slot(struct store *s, size_t i)
     sqlite3_stmt **slots[] = {
         &s->st_begin,    &s->st_commit,  &s->st_rollback, &s->st_del_from,
         &s->st_del_upto, &s->st_insert,  &s->st_term_at,  &s->st_hs_put,
-        &s->st_meta_put, &s->st_scan,     &s->st_vacuum,   &s->st_freelist,
+        &s->st_meta_put, &s->st_scan,
+        &s->st_vacuum[0], &s->st_vacuum[1], &s->st_vacuum[2],
+        &s->st_vacuum[3], &s->st_vacuum[4], &s->st_vacuum[5],
+        &s->st_vacuum[6], &s->st_vacuum[7], &s->st_vacuum[8],
+        &s->st_freelist,
         &s->st_insert_n[0], &s->st_insert_n[1], &s->st_insert_n[2],
         &s->st_sizes,
     };
     _Static_assert(PZ_ARRAY_SIZE(slots) == PZ_ARRAY_SIZE(stmt_sql),
                    "one slot per statement");
+    _Static_assert(VACUUM_PAGES_MIN << (VACUUM_LEVELS - 1) == 2048,
+                   "one vacuum statement per level");
     return slots[i];
 }
 
@@ -2131,6 +2228,8 @@ int store_open(const char *dir, struct store **out, char *err,
     }
     struct store *s = pz_calloc(1, sizeof *s);
     s->path = path;
+    s->vacuum_level = VACUUM_LEVEL_START;
+    s->vacuum_budget_ns = VACUUM_STEP_NS;
     pz_assert(uv_mutex_init(&s->mu) == 0);
     pz_queue_init(&s->todo);
     pz_queue_init(&s->done);
@@ -2192,6 +2291,11 @@ int store_test_max_pages(struct store *s, long pages)
     snprintf(sql, sizeof sql, "PRAGMA max_page_count = %ld",
              pages > 0 ? pages : 0x7ffffffeL);
     return pragma_row(s, sql, out, sizeof out, NULL, 0);
+}
+
+void store_test_vacuum_budget(struct store *s, uint64_t ns)
+{
+    s->vacuum_budget_ns = ns;
 }
 
 void store_fail_at(struct store *s, long n)

@@ -2178,6 +2178,147 @@ TEST(compaction_step_bounded_by_bytes)
     tdir_free(&t);
 }
 
+/* A log of n entries of len bytes, written 100 at a time. */
+static void write_log(struct store *s, uint64_t n, size_t len)
+{
+    static uint8_t data[8000];
+    pz_assert(len <= sizeof data);
+    memset(data, 'v', len);
+    struct raft_hard_state hs = {1, 0, 0};
+    struct raft_entry e[100];
+    for (uint64_t first = 1; first <= n; first += 100) {
+        for (size_t i = 0; i < 100; i++)
+            e[i] = (struct raft_entry){.index = first + i, .term = 1,
+                                       .type = RAFT_ENTRY_NORMAL,
+                                       .data = data, .len = len};
+        CHECK_EQ_INT(store_write_sync(s, &hs, e, 100), 0);
+    }
+}
+
+/* Compaction steps up to upto (rows per step) until nothing is left to
+ * drop or give back, max at most; after each, the size of raft.db alone
+ * into sizes[]: *n is the number of steps, -1 if one failed. */
+static void compact_sizes(struct store *s, const struct tdir *t,
+                          uint64_t upto, uint64_t rows, off_t *sizes,
+                          int max, int *n)
+{
+    *n = -1;
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int k = 0, status = 0;
+    while (k < max && store_compact_step(s, &loop, upto, rows, UINT64_MAX,
+                                         step_cb, &status) == 0) {
+        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        CHECK_EQ_INT(status, 0);
+        struct stat st;
+        sizes[k++] = stat(t->db, &st) == 0 ? st.st_size : -1;
+    }
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    *n = k;
+}
+
+/* A vacuum step gives back as many pages as fit in its time budget: at
+ * a budget no step meets, the steps shrink to a few pages each (many
+ * steps, none holding the log writes for long); at one every step
+ * meets, they grow (few steps). Either way all the space comes back,
+ * and raft.db shrinks as the steps go, not only after the last one. */
+TEST(compaction_vacuum_steps_fit_a_time_budget)
+{
+    enum { N = 6000, LEN = 4000, MAX = 4000 };
+    static off_t sizes[MAX];
+    int steps[2];
+    off_t peak[2], after[2];
+    for (int k = 0; k < 2; k++) {
+        struct tdir t;
+        tdir_init(&t);
+        struct store *s = open_ok(&t);
+        CHECK(s != NULL);
+        write_log(s, N, LEN);
+        store_close(s); /* checkpointed: raft.db holds it all */
+        s = open_ok(&t);
+        CHECK(s != NULL);
+        struct stat st;
+        CHECK_EQ_INT(stat(t.db, &st), 0);
+        peak[k] = st.st_size;
+        CHECK(peak[k] > N * LEN);
+        store_test_vacuum_budget(s, k == 0 ? 0 : UINT64_MAX);
+        compact_sizes(s, &t, N - 10, 20000, sizes, MAX, &steps[k]);
+        CHECK(steps[k] > 0 && steps[k] < MAX); /* it ends */
+        after[k] = sizes[steps[k] - 1];
+        /* Smaller by 8 MiB or more before the last step: a checkpoint
+         * cut it on the way. */
+        int cut_before_end = 0;
+        for (int i = 0; i + 1 < steps[k]; i++)
+            if (sizes[i] > 0 && sizes[i] < peak[k] - 8 * 1024 * 1024)
+                cut_before_end++;
+        fprintf(stderr, "    budget %s: %d steps, %lld -> %lld bytes, "
+                "%d steps after a cut\n", k == 0 ? "0" : "unbounded",
+                steps[k], (long long)peak[k], (long long)after[k],
+                cut_before_end);
+        CHECK(cut_before_end > 0);
+        /* 10 entries and the 2 MiB of free pages kept (VACUUM_KEEP) */
+        CHECK(after[k] < 3 * 1024 * 1024);
+        store_close(s);
+        check_reopened(&t, N - 9, 10, LEN);
+        tdir_free(&t);
+    }
+    /* At most 64 pages (the first step) and down to 8 per step: some
+     * 24 MiB back, 6000 pages, in 700 steps or more; unbounded, steps of
+     * up to 2048 pages. */
+    off_t back = peak[0] - after[0];
+    CHECK(steps[0] >= back / (64 * 4096));
+    CHECK(steps[0] > 4 * steps[1]);
+}
+
+/* No vacuum step while rows remain to be dropped: it would move the
+ * newest entries' pages, at the end of the file, which the next steps
+ * drop, and a moved row costs a read of each of its pages to delete. */
+TEST(compaction_vacuums_after_the_last_rows)
+{
+    enum { N = 4000, LEN = 4000, MAX = 1000 };
+    static off_t sizes[MAX];
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    write_log(s, N, LEN);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    /* Each step drops 500 rows (2 MB): no checkpoint cut, and no vacuum
+     * that would write to the WAL, before the eighth. */
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", t.db);
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int status = 0;
+    struct stat st;
+    off_t wal_after[8];
+    for (int i = 0; i < 8; i++) {
+        CHECK_EQ_INT(store_compact_step(s, &loop, N - 10, 500, UINT64_MAX,
+                                        step_cb, &status),
+                     0);
+        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        CHECK_EQ_INT(status, 0);
+        wal_after[i] = stat(wal, &st) == 0 ? st.st_size : 0;
+    }
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    /* A step that drops rows writes a few pages (the b-tree's, the
+     * freelist's, the pointer map's) to the WAL; a vacuum of its
+     * 500 rows' pages would write hundreds. */
+    for (int i = 1; i < 7; i++) {
+        fprintf(stderr, "    step %d: WAL %lld bytes\n", i + 1,
+                (long long)wal_after[i]);
+        CHECK(wal_after[i] - wal_after[i - 1] < 64 * 4096);
+    }
+    int n;
+    compact_sizes(s, &t, N - 10, 500, sizes, MAX, &n);
+    CHECK(n > 0 && sizes[n - 1] < 3 * 1024 * 1024);
+    store_close(s);
+    check_reopened(&t, N - 9, 10, LEN);
+    tdir_free(&t);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(round_trip),
     TEST_ENTRY(batch_sizes_round_trip),
@@ -2208,6 +2349,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(trailing_from_honours_both_bounds),
     TEST_ENTRY(compaction_gives_space_back),
     TEST_ENTRY(compaction_step_bounded_by_bytes),
+    TEST_ENTRY(compaction_vacuum_steps_fit_a_time_budget),
+    TEST_ENTRY(compaction_vacuums_after_the_last_rows),
     TEST_ENTRY(crash_consistency_sigkill),
     TEST_ENTRY(raft_core_round_trip),
     TEST_ENTRY(bench_batch_sizes),
