@@ -68,8 +68,8 @@
 #define STORE_APP_ID 0x50595a44 /* "PYZD" in the SQLite header */
 #define STORE_FILE "raft.db"
 /* Pages given back per vacuum step: VACUUM_PAGES_MIN << level, the
- * level sized by the time the last step took (vacuum_resize), toward
- * VACUUM_STEP_NS. The step holds up the log writes behind it, and its
+ * level sized by the time the last step took (step_resize), toward
+ * STEP_NS. The step holds up the log writes behind it, and its
  * time per page is far from constant: SQLite looks each page up in the
  * freelist (a walk of the freelist's trunk pages, so a page costs more
  * the more pages are free) and moves a page in use to a free one lower
@@ -79,7 +79,15 @@
 #define VACUUM_PAGES_MIN 8
 #define VACUUM_LEVELS 9             /* 8 to 2048 pages (8 MiB) */
 #define VACUUM_LEVEL_START 3        /* 64 pages: the first step is short */
-#define VACUUM_STEP_NS 2000000      /* 2 ms of vacuum a step, at most about */
+#define STEP_NS 2000000             /* 2 ms of vacuum, or of dropping rows,
+                                       a step, at most about */
+/* The payload a compaction step drops is the caller's max_bytes >>
+ * (COMPACT_LEVELS - 1 - level), the level sized as a vacuum step's by the
+ * time the last step took to find and delete its rows: a row's overflow
+ * pages are freed one by one (and read where they are not in sequence),
+ * so the time goes with the bytes, and at 4 MiB a step of 15 KB entries
+ * held the writes for 5 to 20 ms beside a write load. */
+#define COMPACT_LEVELS 6            /* max_bytes down to 1/32 of it */
 #define VACUUM_CKPT_PAGES 2048      /* checkpoint every 8 MiB given back */
 #define VACUUM_KEEP 512   /* free pages kept for the log to grow into
                              (2 MiB of 4 KiB), at least */
@@ -124,6 +132,10 @@ struct batch {
                                          before the step that reaches it */
     uint64_t compact_bytes;           /* payload bytes at most (one
                                          entry at least) */
+    unsigned compact_level;           /* in: that is max_bytes >>
+                                         (COMPACT_LEVELS - 1 - it) */
+    uint64_t compact_ns;              /* out: time to find and delete
+                                         the rows */
     uint64_t compact_term;            /* read in the transaction */
     bool vacuum;                      /* then give free pages back */
     unsigned vacuum_level;            /* in: VACUUM_PAGES_MIN << it */
@@ -190,7 +202,8 @@ struct store {
     uint64_t ckpt_pages;               /* pages of the file at the last
                                           checkpoint of a vacuum step, or
                                           any size it has had since */
-    uint64_t vacuum_budget_ns;         /* VACUUM_STEP_NS (tests set it) */
+    unsigned compact_level;            /* of the next compaction step */
+    uint64_t step_budget_ns;           /* STEP_NS (tests set it) */
     struct store_meta meta;            /* as stored */
     struct raft_hard_state hs;         /* as stored */
     uint64_t last_index;               /* last stored index (or snap) */
@@ -469,7 +482,7 @@ static int count_free(struct store *s, struct batch *b)
  * snapshot, each holding up the log writes behind it.
  *
  * A step gives back VACUUM_PAGES_MIN << b->vacuum_level pages, and
- * b->vacuum_ns says how long that took (vacuum_resize sizes the next).
+ * b->vacuum_ns says how long that took (step_resize sizes the next).
  * The file shrinks when the WAL is copied back (a checkpoint cuts it to
  * the pages in use), and the WAL only when it is reset: every
  * VACUUM_CKPT_PAGES given back, a step only checkpoints (b->cut), so
@@ -562,6 +575,7 @@ static int batch_body(struct store *s, struct batch *b)
 {
     int rc = 0;
     if (b->compact) {
+        uint64_t t0 = uv_hrtime();
         rc = compact_fit(s, b);
         if (rc == 0)
             rc = term_at(s, b->compact_upto, &b->compact_term, b->err);
@@ -569,6 +583,7 @@ static int batch_body(struct store *s, struct batch *b)
             bind_u64(s->st_del_upto, 1, b->compact_upto);
             rc = run(s, s->st_del_upto, b->err, "delete compacted entries");
         }
+        b->compact_ns = PZ_MAX(uv_hrtime() - t0, 1);
         if (rc == 0)
             rc = meta_put_u64(s, "snapshot_index", b->compact_upto, b->err);
         if (rc == 0)
@@ -681,16 +696,17 @@ err_in_txn:
     return rc;
 }
 
-/* The level of the next vacuum step after one at level took ns: one
- * down if it took longer than the budget, one up if it took less than
- * half of it (so a step gives back as much as fits in the budget, as
- * the cost per page changes with the freelist and the pages moved). */
-static unsigned vacuum_resize(const struct store *s, unsigned level,
-                              uint64_t ns)
+/* The level of the next step (vacuum or compaction, of levels) after
+ * one at level took ns: one down (half the size) if it took longer than
+ * the budget, one up if it took less than half of it, so that a step
+ * does as much as fits in the budget as the cost per page changes (with
+ * the freelist's size, the pages moved, the rows' sizes). */
+static unsigned step_resize(const struct store *s, unsigned level,
+                            unsigned levels, uint64_t ns)
 {
-    if (ns > s->vacuum_budget_ns && level > 0)
+    if (ns > s->step_budget_ns && level > 0)
         return level - 1;
-    if (ns < s->vacuum_budget_ns / 2 && level + 1 < VACUUM_LEVELS)
+    if (ns < s->step_budget_ns / 2 && level + 1 < levels)
         return level + 1;
     return level;
 }
@@ -713,7 +729,11 @@ static void finish_batch(struct store *s, struct batch *b)
         return;
     }
     if (b->vacuum_ns)
-        s->vacuum_level = vacuum_resize(s, b->vacuum_level, b->vacuum_ns);
+        s->vacuum_level =
+            step_resize(s, b->vacuum_level, VACUUM_LEVELS, b->vacuum_ns);
+    if (b->compact_ns)
+        s->compact_level =
+            step_resize(s, b->compact_level, COMPACT_LEVELS, b->compact_ns);
     if (b->vacuum && b->compact) {
         if (b->counted)
             s->free_pages = b->free_pages;
@@ -1188,7 +1208,8 @@ int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
     b->compact = true;
     b->compact_from = s->meta.snap_index;
     b->compact_goal = upto;
-    b->compact_bytes = max_bytes;
+    b->compact_level = s->compact_level;
+    b->compact_bytes = max_bytes >> (COMPACT_LEVELS - 1 - s->compact_level);
     if (s->incremental && s->free_pages == 0)
         s->free_pages = UINT64_MAX; /* unknown until counted */
     return queue_batch(s, loop, b, cb, arg);
@@ -2229,7 +2250,8 @@ int store_open(const char *dir, struct store **out, char *err,
     struct store *s = pz_calloc(1, sizeof *s);
     s->path = path;
     s->vacuum_level = VACUUM_LEVEL_START;
-    s->vacuum_budget_ns = VACUUM_STEP_NS;
+    s->compact_level = COMPACT_LEVELS - 1;
+    s->step_budget_ns = STEP_NS;
     pz_assert(uv_mutex_init(&s->mu) == 0);
     pz_queue_init(&s->todo);
     pz_queue_init(&s->done);
@@ -2293,9 +2315,9 @@ int store_test_max_pages(struct store *s, long pages)
     return pragma_row(s, sql, out, sizeof out, NULL, 0);
 }
 
-void store_test_vacuum_budget(struct store *s, uint64_t ns)
+void store_test_step_budget(struct store *s, uint64_t ns)
 {
-    s->vacuum_budget_ns = ns;
+    s->step_budget_ns = ns;
 }
 
 void store_fail_at(struct store *s, long n)

@@ -270,8 +270,8 @@ void store_fail_at(struct store *s, long n);
  * fails as a full disk does (PZ_ENOSPC). Returns 0 or a negative code. */
 int store_test_max_pages(struct store *s, long pages);
 
-/* Test hook: the time a vacuum step aims at (store_compact_step), in ns,
- * instead of the default (a few ms). */
-void store_test_vacuum_budget(struct store *s, uint64_t ns);
+/* Test hook: the time a step of store_compact_step aims at (to drop its
+ * rows, to give pages back), in ns, instead of the default (a few ms). */
+void store_test_step_budget(struct store *s, uint64_t ns);
 
 #endif

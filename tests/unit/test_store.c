@@ -2152,6 +2152,9 @@ TEST(compaction_step_bounded_by_bytes)
     }
     hs.term = 2;
     CHECK_EQ_INT(store_write_sync(s, &hs, e, N), 0);
+    /* Steps as large as given however long they take (a slow machine
+     * would make them smaller: compaction_step_shrinks_to_its_budget). */
+    store_test_step_budget(s, UINT64_MAX);
     /* Each step with at most 64 KiB, and rows as given: where it ends. */
     static const struct {
         uint64_t rows, at;
@@ -2181,7 +2184,7 @@ TEST(compaction_step_bounded_by_bytes)
 /* A log of n entries of len bytes, written 100 at a time. */
 static void write_log(struct store *s, uint64_t n, size_t len)
 {
-    static uint8_t data[8000];
+    static uint8_t data[16000];
     pz_assert(len <= sizeof data);
     memset(data, 'v', len);
     struct raft_hard_state hs = {1, 0, 0};
@@ -2193,6 +2196,41 @@ static void write_log(struct store *s, uint64_t n, size_t len)
                                        .data = data, .len = len};
         CHECK_EQ_INT(store_write_sync(s, &hs, e, 100), 0);
     }
+}
+
+/* A compaction step that takes longer than its time budget makes the
+ * next one drop half the payload, down to a 32nd of max_bytes (one
+ * entry at least); steps within it keep (or grow back to) max_bytes. */
+TEST(compaction_step_shrinks_to_its_budget)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    enum { N = 2000, LEN = 15000, MAXB = 1 << 20 };
+    write_log(s, N, LEN);
+    /* At a budget no step meets: 69 rows (1 MiB of 15 KB), 34, 17, 8,
+     * 4, then 2 a step (a 32nd of 1 MiB is 32 KiB: two entries). */
+    store_test_step_budget(s, 0);
+    static const uint64_t rows[] = {69, 34, 17, 8, 4, 2, 2, 2};
+    uint64_t at = 0, prev = 0;
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(rows); i++) {
+        compact_once(s, N - 10, 20000, MAXB, &at);
+        CHECK_EQ_INT(at - prev, rows[i]);
+        prev = at;
+    }
+    /* Within any budget: back up a level a step (this one still at the
+     * level the last one left), to 1 MiB again. */
+    store_test_step_budget(s, UINT64_MAX);
+    static const uint64_t up[] = {2, 4, 8, 17, 34, 69, 69};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(up); i++) {
+        compact_once(s, N - 10, 20000, MAXB, &at);
+        CHECK_EQ_INT(at - prev, up[i]);
+        prev = at;
+    }
+    store_close(s);
+    check_reopened(&t, at + 1, N - at, LEN);
+    tdir_free(&t);
 }
 
 /* Compaction steps up to upto (rows per step) until nothing is left to
@@ -2241,7 +2279,7 @@ TEST(compaction_vacuum_steps_fit_a_time_budget)
         CHECK_EQ_INT(stat(t.db, &st), 0);
         peak[k] = st.st_size;
         CHECK(peak[k] > N * LEN);
-        store_test_vacuum_budget(s, k == 0 ? 0 : UINT64_MAX);
+        store_test_step_budget(s, k == 0 ? 0 : UINT64_MAX);
         compact_sizes(s, &t, N - 10, 20000, sizes, MAX, &steps[k]);
         CHECK(steps[k] > 0 && steps[k] < MAX); /* it ends */
         after[k] = sizes[steps[k] - 1];
@@ -2349,6 +2387,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(trailing_from_honours_both_bounds),
     TEST_ENTRY(compaction_gives_space_back),
     TEST_ENTRY(compaction_step_bounded_by_bytes),
+    TEST_ENTRY(compaction_step_shrinks_to_its_budget),
     TEST_ENTRY(compaction_vacuum_steps_fit_a_time_budget),
     TEST_ENTRY(compaction_vacuums_after_the_last_rows),
     TEST_ENTRY(crash_consistency_sigkill),
