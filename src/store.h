@@ -223,15 +223,19 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
                         store_write_cb cb, void *arg);
 
 /* Drop stored entries up to upto (at most max_rows of them, from the
- * current snapshot point on, and no more than max_bytes of payload
+ * current snapshot point on, and no more than max_bytes of payload, less
+ * while steps take longer than the store's time budget of a few ms,
  * unless the first alone holds more; never past the last stored entry)
- * on the thread pool, with no other job queued (asserted), moving the snapshot
- * point there with the term stored at it: compaction in steps short enough that log writes never wait long.
- * Each step then gives up to 512 free pages back to the file system
- * (auto_vacuum INCREMENTAL), and once none is left checkpoints and
- * truncates the WAL, so raft.db shrinks; with nothing left to drop, a
- * step only does that while free pages remain. Returns 0 (cb later), 1
- * when there is nothing to drop or give back (no cb), PZ_EIO. */
+ * on the thread pool, with no other job queued (asserted), moving the
+ * snapshot point there with the term stored at it: compaction in steps
+ * short enough that log writes never wait long. The step that reaches
+ * upto, and each step after it with nothing left to drop, then gives free
+ * pages back to the file system (auto_vacuum INCREMENTAL), as many as
+ * fit in the same budget; every 8 MiB given back a step checkpoints
+ * instead, which cuts the file, and once none is left one checkpoints
+ * and truncates the WAL, so raft.db shrinks as the steps go. Returns 0
+ * (cb later), 1 when there is nothing to drop or give back (no cb),
+ * PZ_EIO. */
 int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
                        uint64_t max_rows, uint64_t max_bytes,
                        store_write_cb cb, void *arg);

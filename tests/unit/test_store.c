@@ -2309,8 +2309,8 @@ TEST(compaction_vacuum_steps_fit_a_time_budget)
 }
 
 /* No vacuum step while rows remain to be dropped: it would move the
- * newest entries' pages, at the end of the file, which the next steps
- * drop, and a moved row costs a read of each of its pages to delete. */
+ * newest entries' pages, at the end of the file, through the WAL, and
+ * the next steps drop most of them. */
 TEST(compaction_vacuums_after_the_last_rows)
 {
     enum { N = 4000, LEN = 4000, MAX = 1000 };
@@ -2357,6 +2357,62 @@ TEST(compaction_vacuums_after_the_last_rows)
     tdir_free(&t);
 }
 
+/* Steps run between log writes: with a write after every step, the
+ * compaction still ends, in a bounded number of steps, and the space
+ * comes back (less what the new entries took of it). */
+TEST(compaction_ends_beside_writes)
+{
+    enum { N = 4000, LEN = 4000, MAX = 3000 };
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    write_log(s, N, LEN);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct stat st;
+    CHECK_EQ_INT(stat(t.db, &st), 0);
+    off_t peak = st.st_size;
+    static uint8_t data[LEN];
+    memset(data, 'w', sizeof data);
+    struct raft_hard_state hs = {1, 0, 0};
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    uint64_t next = N + 1;
+    int steps = 0, status = 0, rc;
+    while ((rc = store_compact_step(s, &loop, N - 10, 500, 1 << 20, step_cb,
+                                    &status)) == 0 &&
+           steps < MAX) {
+        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        CHECK_EQ_INT(status, 0);
+        steps++;
+        struct raft_entry e[4];
+        for (size_t i = 0; i < 4; i++)
+            e[i] = (struct raft_entry){.index = next + i, .term = 1,
+                                       .type = RAFT_ENTRY_NORMAL,
+                                       .data = data, .len = LEN};
+        CHECK_EQ_INT(store_write_sync(s, &hs, e, 4), 0);
+        next += 4;
+    }
+    CHECK_EQ_INT(rc, 1); /* nothing left to drop or give back */
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    CHECK_EQ_INT(stat(t.db, &st), 0);
+    fprintf(stderr, "    %d steps, %llu entries written beside them: "
+            "%lld -> %lld bytes\n", steps,
+            (unsigned long long)(next - N - 1), (long long)peak,
+            (long long)st.st_size);
+    /* What stays: 10 old entries, the new ones, 2 MiB kept free (four
+     * times the log if more) and the last cut's 8 MiB at most. */
+    off_t logb = (off_t)(next - N + 9) * (LEN + 200);
+    CHECK(st.st_size < PZ_MAX(2 * 1024 * 1024, 4 * logb) + logb +
+                           8 * 1024 * 1024 + 1024 * 1024);
+    CHECK(st.st_size < peak / 2);
+    store_close(s);
+    check_reopened(&t, N - 9, (size_t)(next - N + 9), LEN);
+    tdir_free(&t);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(round_trip),
     TEST_ENTRY(batch_sizes_round_trip),
@@ -2390,6 +2446,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(compaction_step_shrinks_to_its_budget),
     TEST_ENTRY(compaction_vacuum_steps_fit_a_time_budget),
     TEST_ENTRY(compaction_vacuums_after_the_last_rows),
+    TEST_ENTRY(compaction_ends_beside_writes),
     TEST_ENTRY(crash_consistency_sigkill),
     TEST_ENTRY(raft_core_round_trip),
     TEST_ENTRY(bench_batch_sizes),
