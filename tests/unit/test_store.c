@@ -2233,6 +2233,19 @@ TEST(compaction_step_shrinks_to_its_budget)
     tdir_free(&t);
 }
 
+/* A store in t holding a log of n entries of len bytes, reopened so that
+ * raft.db (checkpointed at close) holds it all; NULL on failure. */
+static struct store *open_with_log(struct tdir *t, uint64_t n, size_t len)
+{
+    tdir_init(t);
+    struct store *s = open_ok(t);
+    if (s == NULL)
+        return NULL;
+    write_log(s, n, len);
+    store_close(s);
+    return open_ok(t);
+}
+
 /* Compaction steps up to upto (rows per step) until nothing is left to
  * drop or give back, max at most; after each, the size of raft.db alone
  * into sizes[]: *n is the number of steps, -1 if one failed. */
@@ -2268,12 +2281,7 @@ TEST(compaction_vacuum_steps_fit_a_time_budget)
     off_t peak[2], after[2];
     for (int k = 0; k < 2; k++) {
         struct tdir t;
-        tdir_init(&t);
-        struct store *s = open_ok(&t);
-        CHECK(s != NULL);
-        write_log(s, N, LEN);
-        store_close(s); /* checkpointed: raft.db holds it all */
-        s = open_ok(&t);
+        struct store *s = open_with_log(&t, N, LEN);
         CHECK(s != NULL);
         struct stat st;
         CHECK_EQ_INT(stat(t.db, &st), 0);
@@ -2316,12 +2324,7 @@ TEST(compaction_vacuums_after_the_last_rows)
     enum { N = 4000, LEN = 4000, MAX = 1000 };
     static off_t sizes[MAX];
     struct tdir t;
-    tdir_init(&t);
-    struct store *s = open_ok(&t);
-    CHECK(s != NULL);
-    write_log(s, N, LEN);
-    store_close(s);
-    s = open_ok(&t);
+    struct store *s = open_with_log(&t, N, LEN);
     CHECK(s != NULL);
     /* Each step drops 500 rows (2 MB): no checkpoint cut, and no vacuum
      * that would write to the WAL, before the eighth. */
@@ -2364,12 +2367,7 @@ TEST(compaction_ends_beside_writes)
 {
     enum { N = 4000, LEN = 4000, MAX = 3000 };
     struct tdir t;
-    tdir_init(&t);
-    struct store *s = open_ok(&t);
-    CHECK(s != NULL);
-    write_log(s, N, LEN);
-    store_close(s);
-    s = open_ok(&t);
+    struct store *s = open_with_log(&t, N, LEN);
     CHECK(s != NULL);
     struct stat st;
     CHECK_EQ_INT(stat(t.db, &st), 0);
