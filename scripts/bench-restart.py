@@ -9,10 +9,11 @@ loads N keys (default 10M; 16-byte keys, 100-byte values, transactions of
 128 puts through the v3 JSON gateway), takes a snapshot on every node, then
 kills a follower and starts it again R times (default 2) with each build in
 turn, this tree's src/pyazdb-server (or --server) and, with --base,
-another build's server (the data directory is the same: both must read its format). Each
-restart: seconds until /health answers 200, until the follower applied the
-leader's index, and the CPU seconds the process used until then. Nothing
-is asserted; files go under $TMPDIR and are removed at the end.
+another build's server (the data directory is the same: both must read
+its format). Each restart: seconds until /health answers 200, until the
+follower applied the leader's index, the CPU seconds the process used
+until then and its RSS. Nothing is asserted; files go under $TMPDIR and
+are removed at the end.
 
 --snapshot FILE skips the cluster and the load: one node is seeded from
 FILE (a snapshot or backup, e.g. written by `tests/bench/snap-load make`)
@@ -48,7 +49,8 @@ def restart(pz, f, server, tmp, i):
     serving = time.monotonic() - t0
     bench.wait_for(lambda: bs.caught_up(f, pz.leader), 600,
                    "restarted follower caught up")
-    return serving, time.monotonic() - t0, cpu_s(f["proc"].pid)
+    return (serving, time.monotonic() - t0, cpu_s(f["proc"].pid),
+            bs.rss_kib(f["proc"].pid) / 1024)
 
 
 def one_node(a, builds, tmp, taken):
@@ -73,9 +75,11 @@ def one_node(a, builds, tmp, taken):
             t0 = time.monotonic()
             n["proc"] = bench.start([server, conf], f"{tmp}/run{i}-{name}.log")
             bench.wait_for(lambda: bs.serving(n), 900, "restarted node")
-            r = (time.monotonic() - t0, cpu_s(n["proc"].pid))
+            r = (time.monotonic() - t0, cpu_s(n["proc"].pid),
+                 bs.rss_kib(n["proc"].pid) / 1024)
             res[name].append(r)
-            bench.log(f"{name}: serving after {r[0]:.2f} s, {r[1]:.2f} CPU s")
+            bench.log(f"{name}: serving after {r[0]:.2f} s, {r[1]:.2f} CPU s, "
+                      f"RSS {r[2]:.0f} MB")
     for name, rs in res.items():
         bench.log(f"{name}: best serving {min(r[0] for r in rs):.2f} s, CPU "
                   f"{min(r[1] for r in rs):.2f} s")
@@ -115,7 +119,8 @@ def main():
                 r = restart(pz, f, server, tmp, f"{i}-{name}")
                 res[name].append(r)
                 bench.log(f"{name}: serving after {r[0]:.2f} s, caught up "
-                          f"after {r[1]:.2f} s, {r[2]:.2f} CPU s")
+                          f"after {r[1]:.2f} s, {r[2]:.2f} CPU s, RSS "
+                          f"{r[3]:.0f} MB")
         for name, rs in res.items():
             bench.log(f"{name}: best serving {min(r[0] for r in rs):.2f} s, "
                       f"caught up {min(r[1] for r in rs):.2f} s, CPU "

@@ -359,6 +359,16 @@ void kv_reserve(struct kv *kv, size_t n)
     table_alloc(&kv->t[0], next_pow2(n));
 }
 
+size_t kv_heap_estimate(uint64_t nkeys, uint64_t kv_bytes)
+{
+    /* An entry: its header, 4/3 level links on average, the NUL, and
+     * malloc's 8-byte header and rounding to 16 (8 on average). */
+    uint64_t per = sizeof(struct entry) + 4 * sizeof(struct entry *) / 3 +
+                   1 + 8 + 8;
+    uint64_t n = nkeys * per + kv_bytes;
+    return n < SIZE_MAX ? (size_t)n : SIZE_MAX;
+}
+
 void kv_prefetch(const struct kv *kv, const void *key, size_t klen)
 {
     const struct table *t = rehashing(kv) ? &kv->t[1] : &kv->t[0];

@@ -330,6 +330,9 @@ void kv_free(struct kv *kv);
 /* Sizes an empty table for n keys at once (loading a snapshot), so that
  * the load does no rehashing. No effect on a table that holds keys. */
 void kv_reserve(struct kv *kv, size_t n);
+/* Heap bytes a table of nkeys keys whose keys and values add up to
+ * kv_bytes takes, about (leases aside): what a load warms (pz_warm). */
+size_t kv_heap_estimate(uint64_t nkeys, uint64_t kv_bytes);
 /* A hint before inserting key soon (a snapshot loader reading ahead):
  * starts loading the bucket it goes to into the cache. Changes nothing. */
 void kv_prefetch(const struct kv *kv, const void *key, size_t klen);

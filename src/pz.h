@@ -1,6 +1,7 @@
 /* pz.h - helpers shared by every module: allocation, assertions, small
  * utilities. Pure: no I/O, no libuv (pz_seed() aside, which asks the
- * kernel for random bytes).
+ * kernel for random bytes, and pz_warm, which maps pages in on a thread of
+ * its own).
  *
  * All allocation goes through pz_malloc() and friends. Out of memory aborts
  * the process (as Redis's zmalloc does): a database that cannot allocate has
@@ -10,6 +11,7 @@
 #ifndef PZ_H
 #define PZ_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -74,6 +76,37 @@ void pz_fifo_close(struct pz_fifo *f);
 size_t pz_fifo_mapped(void);
 /* Unmaps the spare chunks. */
 void pz_fifo_trim(void);
+
+/* Warming the heap before a bulk load (a snapshot into a new table). The
+ * load allocates about `bytes` in small blocks, and each new page costs a
+ * page fault on its first write: 13 to 16 us apiece on the virtual machine
+ * we measured, two thirds of loading 10M keys into a fresh process.
+ * pz_warm_begin carves that much from malloc's heap and frees it as one
+ * block, which malloc then hands out to the load front to back (one block
+ * past it stays allocated, so that the heap does not shrink under the
+ * load), and starts a thread that maps the block's pages in ahead of the
+ * load with MADV_POPULATE_WRITE: cheaper per page than a fault, and on the
+ * other core. Mapping a page in never changes what it holds, so the thread
+ * and the load cannot race on contents. pz_warm_end stops and joins the
+ * thread and gives back what the load left unused. It does nothing below
+ * pz_warm_min bytes (PZ_WARM_MIN; tests lower it), without glibc's malloc,
+ * under AddressSanitizer (whose allocator sets freed blocks aside), or on
+ * a kernel without MADV_POPULATE_WRITE (before Linux 5.14): the load then
+ * faults its own pages in. The load must allocate on the calling thread
+ * (malloc's arena for it is the one warmed). */
+#define PZ_WARM_MIN ((size_t)64 << 20)
+extern size_t pz_warm_min;
+struct pz_warm {
+    void *fence;   /* the block kept past the free one (NULL: none) */
+    void **runs;   /* start and end of each run of pages to map in */
+    size_t nruns;
+    size_t mapped; /* bytes the thread has mapped in so far (atomic) */
+    int stop;      /* set by pz_warm_end (atomic) */
+    bool started;  /* the thread runs */
+    pthread_t th;
+};
+void pz_warm_begin(struct pz_warm *w, size_t bytes);
+void pz_warm_end(struct pz_warm *w);
 
 /* Fault injection for tests: the Nth allocation from now (1-based) fails;
  * 0 disables. pz_malloc() aborts on it, pz_malloc_try() returns NULL. */

@@ -1238,12 +1238,20 @@ static int read_file(const char *path, struct kv *kv,
     struct snapshot_meta m = {0};
     struct reader r;
     char bad_meta[SNAPSHOT_ERRMSG_SIZE] = "";
+    struct pz_warm warm = {0};
     int rc = rd_open(&r, path, err, errlen);
     if (rc)
         goto out;
     rc = rd_header(&r, &m);
-    if (rc == 0 && kv)
+    if (rc == 0 && kv) {
         kv_reserve(kv, (size_t)m.nkeys); /* bounded by the file's size */
+        /* Keys and values: what the records' headers leave of the file. */
+        uint64_t rec = m.version == 1 ? 8 : SNAPSHOT_RECORD_HEADER;
+        uint64_t heads = m.nkeys * rec + (uint64_t)m.nleases * 16;
+        pz_warm_begin(&warm, kv_heap_estimate(m.nkeys, m.file_size > heads
+                                                           ? m.file_size - heads
+                                                           : 0));
+    }
     uint64_t prev_lease = 0;
     struct ahead ahead = {0};
     for (uint32_t i = 0; rc == 0 && i < m.nleases; i++) {
@@ -1393,6 +1401,7 @@ static int read_file(const char *path, struct kv *kv,
     if (kv)
         kv_set_revision(kv, m.revision);
 out:
+    pz_warm_end(&warm);
     rd_close(&r);
     if (rc || meta == NULL)
         snapshot_meta_free(&m);

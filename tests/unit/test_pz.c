@@ -1,6 +1,7 @@
 /* test_pz.c - allocation fault injector, the small-block cache, buffers,
  * host:port parsing, the token comparison, the PRNG seed, the rate limit
  * of log lines. */
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -400,6 +401,66 @@ TEST(fifo_chunks_not_shared_with_fork)
     pz_fifo_close(&f);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define WARM_WORKS 0 /* pz_warm is off under AddressSanitizer */
+#else
+#define WARM_WORKS 1
+#endif
+
+/* A warmed heap: the blocks a load allocates next come from the pages the
+ * thread mapped in (no page fault to write them), and what the load left
+ * unused goes back to the system at the end. */
+TEST(warm_maps_the_load_in_ahead)
+{
+    enum { MB = 1 << 20, WARM = 40 * MB, BLK = 176, N = 32 * MB / BLK };
+    pz_warm_min = MB;
+    struct pz_warm w;
+    pz_warm_begin(&w, MB - 1); /* under the minimum: nothing */
+    CHECK(!w.started && w.fence == NULL);
+    pz_warm_end(&w);
+    size_t heap0 = mallinfo2().arena;
+    pz_warm_begin(&w, WARM);
+    if (!WARM_WORKS) {
+        CHECK(!w.started && w.fence == NULL);
+        pz_warm_end(&w);
+        return;
+    }
+    CHECK(w.started && w.nruns >= 1);
+    /* Let the thread finish: then the faults below are the load's own. */
+    size_t want = (uintptr_t)w.runs[1] - (uintptr_t)w.runs[0];
+    CHECK(want >= WARM - MB);
+    for (int i = 0; i < 10000 && __atomic_load_n(&w.mapped, __ATOMIC_RELAXED) <
+                                     want; i++)
+        usleep(1000);
+    CHECK(__atomic_load_n(&w.mapped, __ATOMIC_RELAXED) >= want);
+    static char *b[N];
+    long before = minor_faults();
+    for (size_t i = 0; i < N; i++) {
+        b[i] = malloc(BLK);
+        CHECK(b[i] != NULL);
+        memset(b[i], (int)i, BLK);
+    }
+    long faults = minor_faults() - before;
+    size_t inside = 0;
+    for (size_t i = 0; i < N; i++)
+        inside += (uintptr_t)b[i] >= (uintptr_t)w.runs[0] - 4096 &&
+                  (uintptr_t)b[i] < (uintptr_t)w.runs[1];
+    fprintf(stderr, "    %zu of %d blocks in the warmed run, %ld faults\n",
+            inside, N, faults);
+    CHECK(inside > N - N / 100);
+    CHECK(faults < N * BLK / 4096 / 10); /* 8,192 pages written */
+    pz_warm_end(&w);
+    CHECK(w.fence == NULL && !w.started);
+    /* 32 MiB in use, and the rest of the 40 given back */
+    size_t heap = mallinfo2().arena;
+    CHECK(heap < heap0 + 32 * (size_t)MB + 4 * (size_t)MB);
+    for (size_t i = 0; i < N; i++)
+        CHECK((unsigned char)b[i][BLK - 1] == (unsigned char)i);
+    for (size_t i = 0; i < N; i++)
+        free(b[i]);
+    CHECK(mallinfo2().arena < heap0 + 4 * (size_t)MB);
+}
+
 TEST(fifo_current_chunk_is_reused_when_emptied)
 {
     pz_fifo_trim();
@@ -472,6 +533,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(fifo_chunks_not_shared_with_fork),
     TEST_ENTRY(fifo_current_chunk_is_reused_when_emptied),
     TEST_ENTRY(fifo_chunks_leave_no_poison),
+    TEST_ENTRY(warm_maps_the_load_in_ahead),
     TEST_END};
 const struct test_suite suite_pz = {"pz", cases};
 
