@@ -7,6 +7,7 @@
 
 #include <endian.h>
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -338,37 +339,59 @@ void pz_fifo_trim(void)
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14; older headers lack it */
 #endif
-/* Blocks under malloc's smallest mmap threshold (128 KiB): they come from
- * the heap, next to each other, and coalesce when freed. */
+/* Blocks under malloc's default mmap threshold (128 KiB), so that they
+ * come from the heap, end to end, and coalesce when freed. pz_warm_begin
+ * checks that they did: glibc reports WARM_BLOCK + 8 usable bytes for a
+ * heap block of that size (a lower threshold, which maps blocks, another
+ * allocator or valgrind's report another size, and turn warming off). */
 #define WARM_BLOCK ((size_t)60 << 10)
-#define WARM_STEP ((size_t)1 << 20) /* mapped in per call: pz_warm_end waits
-                                       for at most one */
+#define WARM_CHUNK (WARM_BLOCK + 16) /* from one block to the next */
+#define WARM_STEP ((size_t)1 << 20)  /* mapped in per call */
+#define WARM_AHEAD ((size_t)64 << 20) /* ahead of the load, at most */
 
 size_t pz_warm_min = PZ_WARM_MIN;
+static uint64_t warm_started;
 
-/* Maps the runs in, 1 MiB at a time, then reads a byte of each page of
- * that MiB: where the hypervisor keeps shadow page tables (as on the
+uint64_t pz_warm_count(void)
+{
+    return __atomic_load_n(&warm_started, __ATOMIC_RELAXED);
+}
+
+/* Maps the runs in, 1 MiB at a time, no more than WARM_AHEAD past what
+ * the load said it used (pz_warm_allow), then reads a byte of each page
+ * of that MiB: where the hypervisor keeps shadow page tables (as on the
  * virtual machine we measured), the first access to a page the kernel
  * mapped in still exits to the hypervisor, and reading it here takes that
  * cost off the load too (10M keys: 4.7-5.7 s to load with the pages
  * mapped in, 2.7-3.5 s with them read as well). The load may be writing
- * the same byte at that moment: the read is volatile and its value
- * unused, and on the hardware it sees either the old or the new value. */
+ * the same byte at that moment. In C11 terms that is a data race (which
+ * ThreadSanitizer would report); the read is volatile and its value
+ * unused, and on the hardware (x86-64, arm64) it sees the old value or
+ * the new one, nothing else. */
 static void *warm_main(void *arg)
 {
     struct pz_warm *w = arg;
     long pg = sysconf(_SC_PAGESIZE);
-    size_t page = pg > 0 ? (size_t)pg : 4096;
+    size_t page = pg > 0 ? (size_t)pg : 4096, done = 0;
     for (size_t i = 0; i < w->nruns; i++) {
         char *p = w->runs[2 * i], *end = w->runs[2 * i + 1];
         while (p < end && !__atomic_load_n(&w->stop, __ATOMIC_RELAXED)) {
             size_t n = PZ_MIN((size_t)(end - p), WARM_STEP);
-            if (madvise(p, n, MADV_POPULATE_WRITE) != 0)
-                return NULL; /* an old kernel (EINVAL): the load faults */
+            if (done + n > __atomic_load_n(&w->allowed, __ATOMIC_RELAXED)) {
+                struct timespec ts = {0, 500 * 1000};
+                nanosleep(&ts, NULL); /* the load is 64 MiB behind */
+                continue;
+            }
+            if (madvise(p, n, MADV_POPULATE_WRITE) != 0) {
+                /* EINVAL: a kernel without it. The load faults. */
+                __atomic_store_n(&w->err, errno, __ATOMIC_RELAXED);
+                return NULL;
+            }
             for (size_t off = 0; off < n; off += page)
                 (void)*(volatile const char *)(p + off);
             p += n;
-            __atomic_add_fetch(&w->mapped, n, __ATOMIC_RELAXED);
+            done += n;
+            __atomic_store_n(&w->mapped, done, __ATOMIC_RELAXED);
         }
     }
     return NULL;
@@ -378,32 +401,39 @@ void pz_warm_begin(struct pz_warm *w, size_t bytes)
 {
     memset(w, 0, sizeof *w);
 #if defined(__GLIBC__) && !defined(PZ_ASAN)
-    if (bytes < pz_warm_min)
+    /* The main thread allocates from the main arena, whose heap is given
+     * back only from its top (which the fence below holds). */
+    if (bytes < pz_warm_min || gettid() != getpid())
         return;
     size_t n = bytes / WARM_BLOCK + 1;
     void **b = malloc(n * sizeof *b);
     void **runs = malloc(2 * n * sizeof *runs);
     size_t got = 0;
-    while (b && runs && got < n && (b[got] = malloc(WARM_BLOCK)) != NULL)
-        got++;
-    if (got < 2) {
-        if (got)
-            free(b[0]);
+    bool heap = true;
+    while (b && runs && got < n && (b[got] = malloc(WARM_BLOCK)) != NULL) {
+        if (malloc_usable_size(b[got++]) != WARM_BLOCK + 8) {
+            heap = false;
+            break;
+        }
+    }
+    if (got < 2 || !heap) {
+        for (size_t i = 0; i < got; i++)
+            free(b[i]);
         free(b);
         free(runs);
         return;
     }
     /* The last block stays allocated until pz_warm_end: freed, the rest
-     * would join the top of the heap, which malloc gives back at once. */
+     * would join the top of the heap, which malloc may give back. */
     w->fence = b[--got];
-    /* Runs of blocks that lie end to end (a chunk header apart): heap
-     * pages, which stay mapped while the fence is held. */
+    /* Runs of blocks that lie end to end: heap pages, which stay mapped
+     * while the fence is held. */
     long pg = sysconf(_SC_PAGESIZE);
     uintptr_t mask = (uintptr_t)(pg > 0 ? pg : 4096) - 1;
     uintptr_t lo = (uintptr_t)b[0], hi = lo + WARM_BLOCK;
     for (size_t i = 1; i <= got; i++) {
         uintptr_t p = i < got ? (uintptr_t)b[i] : 0;
-        if (i < got && p >= hi && p - hi <= 64) {
+        if (i < got && p == hi - WARM_BLOCK + WARM_CHUNK) {
             hi = p + WARM_BLOCK;
             continue;
         }
@@ -420,29 +450,48 @@ void pz_warm_begin(struct pz_warm *w, size_t bytes)
         free(b[i]);
     free(b);
     w->runs = runs;
+    w->allowed = WARM_AHEAD;
     /* No signal for the thread: the process's handlers run elsewhere. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     w->started = pthread_create(&w->th, NULL, warm_main, w) == 0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (w->started)
+        __atomic_add_fetch(&warm_started, 1, __ATOMIC_RELAXED);
 #else
     PZ_UNUSED(bytes);
 #endif
 }
 
+void pz_warm_allow(struct pz_warm *w, size_t used)
+{
+    if (w->started)
+        __atomic_store_n(&w->allowed, used + WARM_AHEAD, __ATOMIC_RELAXED);
+}
+
 void pz_warm_end(struct pz_warm *w)
 {
+    bool was = w->started;
     if (w->started) {
         __atomic_store_n(&w->stop, 1, __ATOMIC_RELAXED);
         pthread_join(w->th, NULL);
         w->started = false;
     }
-    free(w->fence); /* with what the load left of the free block, the top */
+    free(w->fence);
     w->fence = NULL;
     free(w->runs);
     w->runs = NULL;
     w->nruns = 0;
+#ifdef __GLIBC__
+    /* What the load left of the warmed block joined the top with the
+     * fence; malloc gives the top back only past its trim threshold,
+     * which grows to 64 MiB after large blocks were freed. */
+    if (was)
+        malloc_trim(0);
+#else
+    PZ_UNUSED(was);
+#endif
 }
 
 static void chunk_close(struct fifo_chunk *c)

@@ -81,32 +81,42 @@ void pz_fifo_trim(void);
  * load allocates about `bytes` in small blocks, and each new page costs a
  * page fault on its first write: 13 to 16 us apiece on the virtual machine
  * we measured, two thirds of loading 10M keys into a fresh process.
- * pz_warm_begin carves that much from malloc's heap and frees it as one
- * block, which malloc then hands out to the load front to back (one block
- * past it stays allocated, so that the heap does not shrink under the
- * load), and starts a thread that maps the block's pages in ahead of the
- * load with MADV_POPULATE_WRITE: cheaper per page than a fault, and on the
- * other core. Mapping a page in never changes what it holds, so the thread
- * and the load cannot race on contents. pz_warm_end stops and joins the
- * thread and gives back what the load left unused. It does nothing below
- * pz_warm_min bytes (PZ_WARM_MIN; tests lower it), without glibc's malloc,
- * under AddressSanitizer (whose allocator sets freed blocks aside), or on
- * a kernel without MADV_POPULATE_WRITE (before Linux 5.14): the load then
- * faults its own pages in. The load must allocate on the calling thread
- * (malloc's arena for it is the one warmed). */
+ * pz_warm_begin carves that much from malloc's heap and frees it again in
+ * one piece (several if the heap had holes), which malloc then hands out
+ * to the load front to back (one block past it stays allocated, so that
+ * the heap does not shrink under the load), and starts a thread that maps
+ * those pages in with MADV_POPULATE_WRITE (cheaper per page than a fault,
+ * and on the other core) and reads a byte of each (pz.c says why, and why
+ * that read is harmless). It writes nothing: what the load wrote stays.
+ * The thread keeps at most 64 MiB ahead of what the load says it has used
+ * (pz_warm_allow), so that a load that stops early, or a file whose header
+ * overstates its keys, does not make it map in more than that for nothing.
+ * pz_warm_end stops and joins the thread and gives back what the load left
+ * unused. Only on the main thread (the main arena), only below glibc's
+ * malloc (the sizes it reports for the blocks tell), not under
+ * AddressSanitizer (whose allocator sets freed blocks aside) and not under
+ * pz_warm_min bytes (PZ_WARM_MIN; tests lower it): otherwise it does
+ * nothing. On a kernel without MADV_POPULATE_WRITE (before Linux 5.14) the
+ * thread stops at once (err EINVAL) and the load faults its own pages. */
 #define PZ_WARM_MIN ((size_t)64 << 20)
 extern size_t pz_warm_min;
 struct pz_warm {
-    void *fence;   /* the block kept past the free one (NULL: none) */
-    void **runs;   /* start and end of each run of pages to map in */
+    void *fence;    /* the block kept past the free one (NULL: none) */
+    void **runs;    /* start and end of each run of pages to map in */
     size_t nruns;
-    size_t mapped; /* bytes the thread has mapped in so far (atomic) */
-    int stop;      /* set by pz_warm_end (atomic) */
-    bool started;  /* the thread runs */
+    size_t mapped;  /* bytes the thread has mapped in so far (atomic) */
+    size_t allowed; /* bytes it may map in (atomic) */
+    int err;        /* errno of the madvise that stopped it (atomic) */
+    int stop;       /* set by pz_warm_end (atomic) */
+    bool started;   /* the thread runs */
     pthread_t th;
 };
 void pz_warm_begin(struct pz_warm *w, size_t bytes);
+/* The load has used about `used` bytes of the estimate so far. */
+void pz_warm_allow(struct pz_warm *w, size_t used);
 void pz_warm_end(struct pz_warm *w);
+/* Warm threads started in this process (for tests). */
+uint64_t pz_warm_count(void);
 
 /* Fault injection for tests: the Nth allocation from now (1-based) fails;
  * 0 disables. pz_malloc() aborts on it, pz_malloc_try() returns NULL. */

@@ -1239,6 +1239,7 @@ static int read_file(const char *path, struct kv *kv,
     struct reader r;
     char bad_meta[SNAPSHOT_ERRMSG_SIZE] = "";
     struct pz_warm warm = {0};
+    size_t warm_est = 0;
     int rc = rd_open(&r, path, err, errlen);
     if (rc)
         goto out;
@@ -1248,9 +1249,9 @@ static int read_file(const char *path, struct kv *kv,
         /* Keys and values: what the records' headers leave of the file. */
         uint64_t rec = m.version == 1 ? 8 : SNAPSHOT_RECORD_HEADER;
         uint64_t heads = m.nkeys * rec + (uint64_t)m.nleases * 16;
-        pz_warm_begin(&warm, kv_heap_estimate(m.nkeys, m.file_size > heads
-                                                           ? m.file_size - heads
-                                                           : 0));
+        warm_est = kv_heap_estimate(
+            m.nkeys, m.file_size > heads ? m.file_size - heads : 0);
+        pz_warm_begin(&warm, warm_est);
     }
     uint64_t prev_lease = 0;
     struct ahead ahead = {0};
@@ -1340,6 +1341,9 @@ static int read_file(const char *path, struct kv *kv,
         if ((rc = rd_need(&r, (size_t)need)) != 0)
             break;
         const uint8_t *kvp = rd_take(&r, (size_t)need);
+        if (warm.started && (i & 4095) == 0) /* the share of the file read */
+            pz_warm_allow(&warm, (size_t)((double)warm_est * (double)r.pos /
+                                          (double)m.file_size));
         if (kv) {
             if (ahead.n > 0)
                 ahead.n--;

@@ -436,18 +436,25 @@ TEST(roundtrip_on_a_warmed_heap)
     char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE] = "";
     CHECK(write_ok(t.root, kv, 100000, 4, path));
     pz_warm_min = 1 << 20;
+    uint64_t warmed = pz_warm_count();
     int rc;
     size_t n = 0;
     uint64_t d = load_digest(path, &rc, err, sizeof err, &n);
     CHECK_EQ_INT(rc, 0);
     CHECK_EQ_INT(n, 100000);
     CHECK(d == kv_digest(kv) && d != 0);
+#if !defined(__SANITIZE_ADDRESS__) /* pz_warm is off under ASan */
+    CHECK(pz_warm_count() == warmed + 1);
+#endif
     struct stat st;
     CHECK_EQ_INT(stat(path, &st), 0);
     CHECK_EQ_INT(truncate(path, st.st_size / 2), 0);
     CHECK(load_digest(path, &rc, err, sizeof err, NULL) == 0);
     CHECK_EQ_INT(rc, PZ_ECORRUPT);
     CHECK(strstr(err, "truncated") != NULL);
+#if !defined(__SANITIZE_ADDRESS__)
+    CHECK(pz_warm_count() == warmed + 2);
+#endif
     pz_warm_min = PZ_WARM_MIN;
     kv_free(kv);
     tdir_free(&t);
