@@ -357,6 +357,14 @@ uint64_t pz_warm_count(void)
     return __atomic_load_n(&warm_started, __ATOMIC_RELAXED);
 }
 
+#if defined(__GLIBC__) && !defined(PZ_ASAN)
+#define WARM_ON 1
+#else
+#define WARM_ON 0
+#endif
+
+#if WARM_ON
+
 /* Maps the runs in, 1 MiB at a time, no more than WARM_AHEAD past what
  * the load said it used (pz_warm_allow), then reads a byte of each page
  * of that MiB: where the hypervisor keeps shadow page tables (as on the
@@ -396,11 +404,12 @@ static void *warm_main(void *arg)
     }
     return NULL;
 }
+#endif
 
 void pz_warm_begin(struct pz_warm *w, size_t bytes)
 {
     memset(w, 0, sizeof *w);
-#if defined(__GLIBC__) && !defined(PZ_ASAN)
+#if WARM_ON
     /* The main thread allocates from the main arena, whose heap is given
      * back only from its top (which the fence below holds). */
     if (bytes < pz_warm_min || gettid() != getpid())
