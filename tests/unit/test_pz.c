@@ -449,16 +449,17 @@ TEST(warm_maps_the_load_in_ahead)
     pz_warm_begin(&w, MB - 1); /* under the minimum: nothing */
     CHECK(!w.started && w.fence == NULL);
     pz_warm_end(&w);
+    if (!WARM_WORKS) {
+        pz_warm_begin(&w, WARM);
+        CHECK(!w.started && w.fence == NULL && pz_warm_count() == count);
+        pz_warm_end(&w);
+        return;
+    }
     /* A trim threshold as glibc raises it after large blocks were freed
      * (the server frees 1 MiB values): the rest goes back all the same. */
     CHECK_EQ_INT(mallopt(M_TRIM_THRESHOLD, 128 * MB), 1);
     size_t heap0 = mallinfo2().arena;
     pz_warm_begin(&w, WARM);
-    if (!WARM_WORKS) {
-        CHECK(!w.started && w.fence == NULL && pz_warm_count() == count);
-        pz_warm_end(&w);
-        return;
-    }
     CHECK(w.started && w.nruns >= 1 && pz_warm_count() == count + 1);
     size_t want = (uintptr_t)w.runs[1] - (uintptr_t)w.runs[0];
     CHECK(want >= WARM - MB);
