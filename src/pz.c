@@ -363,7 +363,17 @@ uint64_t pz_warm_count(void)
 #define WARM_ON 0
 #endif
 
+bool pz_warm_built(void)
+{
+    return WARM_ON;
+}
+
 #if WARM_ON
+static size_t page_size(void)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    return pg > 0 ? (size_t)pg : 4096;
+}
 
 /* Maps the runs in, 1 MiB at a time, no more than WARM_AHEAD past what
  * the load said it used (pz_warm_allow), then reads a byte of each page
@@ -379,8 +389,7 @@ uint64_t pz_warm_count(void)
 static void *warm_main(void *arg)
 {
     struct pz_warm *w = arg;
-    long pg = sysconf(_SC_PAGESIZE);
-    size_t page = pg > 0 ? (size_t)pg : 4096, done = 0;
+    size_t page = page_size(), done = 0;
     for (size_t i = 0; i < w->nruns; i++) {
         char *p = w->runs[2 * i], *end = w->runs[2 * i + 1];
         while (p < end && !__atomic_load_n(&w->stop, __ATOMIC_RELAXED)) {
@@ -437,8 +446,7 @@ void pz_warm_begin(struct pz_warm *w, size_t bytes)
     w->fence = b[--got];
     /* Runs of blocks that lie end to end: heap pages, which stay mapped
      * while the fence is held. */
-    long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t mask = (uintptr_t)(pg > 0 ? pg : 4096) - 1;
+    uintptr_t mask = (uintptr_t)page_size() - 1;
     uintptr_t lo = (uintptr_t)b[0], hi = lo + WARM_BLOCK;
     for (size_t i = 1; i <= got; i++) {
         uintptr_t p = i < got ? (uintptr_t)b[i] : 0;

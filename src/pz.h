@@ -117,6 +117,8 @@ void pz_warm_allow(struct pz_warm *w, size_t used);
 void pz_warm_end(struct pz_warm *w);
 /* Warm threads started in this process (for tests). */
 uint64_t pz_warm_count(void);
+/* Whether this build warms at all (glibc, no AddressSanitizer). */
+bool pz_warm_built(void);
 
 /* Fault injection for tests: the Nth allocation from now (1-based) fails;
  * 0 disables. pz_malloc() aborts on it, pz_malloc_try() returns NULL. */

@@ -1341,7 +1341,7 @@ static int read_file(const char *path, struct kv *kv,
         if ((rc = rd_need(&r, (size_t)need)) != 0)
             break;
         const uint8_t *kvp = rd_take(&r, (size_t)need);
-        if (warm.started && (i & 4095) == 0) /* the share of the file read */
+        if ((i & 4095) == 0) /* the share of the file read */
             pz_warm_allow(&warm, (size_t)((double)warm_est * (double)r.pos /
                                           (double)m.file_size));
         if (kv) {

@@ -402,18 +402,6 @@ TEST(fifo_chunks_not_shared_with_fork)
     pz_fifo_close(&f);
 }
 
-/* pz_warm is off under AddressSanitizer (pz.c's PZ_ASAN). */
-#if defined(__SANITIZE_ADDRESS__)
-#define WARM_WORKS 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define WARM_WORKS 0
-#endif
-#endif
-#ifndef WARM_WORKS
-#define WARM_WORKS 1
-#endif
-
 static long thread_faults(void)
 {
     struct rusage ru;
@@ -449,7 +437,7 @@ TEST(warm_maps_the_load_in_ahead)
     pz_warm_begin(&w, MB - 1); /* under the minimum: nothing */
     CHECK(!w.started && w.fence == NULL);
     pz_warm_end(&w);
-    if (!WARM_WORKS) {
+    if (!pz_warm_built()) {
         pz_warm_begin(&w, WARM);
         CHECK(!w.started && w.fence == NULL && pz_warm_count() == count);
         pz_warm_end(&w);
