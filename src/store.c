@@ -143,6 +143,8 @@ struct batch {
     uint64_t vacuum_ns;               /* out: time the vacuum took (0:
                                          none ran) */
     bool cut;                         /* out: the step only checkpointed */
+    bool vacuum_full;                 /* out: the vacuum after a committed
+                                         compaction found no room (err) */
     bool counted;                     /* out: free_pages was counted */
     uint64_t free_pages;              /* free pages left after it, as
                                          count_free counts them */
@@ -205,6 +207,7 @@ struct store {
                                           any size it has had since */
     unsigned compact_level;            /* of the next compaction step */
     uint64_t step_budget_ns;           /* STEP_NS (tests set it) */
+    bool test_vacuum_full;             /* test hook: vacuums find no room */
     struct store_meta meta;            /* as stored */
     struct raft_hard_state hs;         /* as stored */
     uint64_t last_index;               /* last stored index (or snap) */
@@ -517,8 +520,11 @@ static int vacuum_step(struct store *s, struct batch *b)
     if ((rc = run(s, s->st_begin, b->err, "BEGIN")))
         return rc;
     uint64_t t0 = uv_hrtime();
-    while ((rc = step(s, st)) == SQLITE_ROW)
-        ;
+    if (s->test_vacuum_full)
+        rc = SQLITE_FULL;
+    else
+        while ((rc = step(s, st)) == SQLITE_ROW)
+            ;
     sqlite3_reset(st);
     b->vacuum_ns = PZ_MAX(uv_hrtime() - t0, 1);
     if (rc != SQLITE_DONE) {
@@ -689,8 +695,17 @@ static int run_batch(struct store *s, struct batch *b)
      * and the next steps drop most of them. After a snapshot that left
      * 16 MiB of a 250 MiB log of 1 MiB entries, the steps held the store
      * for 1.2 s a node interleaved, 1.05 s deferred (one run each). */
-    return b->vacuum && b->compact_upto >= b->compact_goal ? vacuum_step(s, b)
-                                                           : 0;
+    if (!b->vacuum || b->compact_upto < b->compact_goal)
+        return 0;
+    /* The compaction is committed whatever the vacuum does: a vacuum that
+     * finds no room for its pages in the WAL rolls back alone, the batch
+     * succeeds, and a later step gives the pages back. */
+    rc = vacuum_step(s, b);
+    if (rc == PZ_ENOSPC) {
+        b->vacuum_full = true;
+        return 0;
+    }
+    return rc;
 
 err_in_txn:
     rollback(s);
@@ -729,9 +744,13 @@ static void finish_batch(struct store *s, struct batch *b)
         memcpy(s->errmsg, b->err, sizeof s->errmsg);
         return;
     }
-    if (b->vacuum_ns)
+    if (b->vacuum_full) {
+        s->stats.nospace++;
+        memcpy(s->errmsg, b->err, sizeof s->errmsg);
+    } else if (b->vacuum_ns) {
         s->vacuum_level =
             step_resize(s, b->vacuum_level, VACUUM_LEVELS, b->vacuum_ns);
+    }
     if (b->compact_ns)
         s->compact_level =
             step_resize(s, b->compact_level, COMPACT_LEVELS, b->compact_ns);
@@ -2319,6 +2338,11 @@ int store_test_max_pages(struct store *s, long pages)
 void store_test_step_budget(struct store *s, uint64_t ns)
 {
     s->step_budget_ns = ns;
+}
+
+void store_test_vacuum_full(struct store *s, bool on)
+{
+    s->test_vacuum_full = on;
 }
 
 void store_fail_at(struct store *s, long n)

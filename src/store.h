@@ -105,7 +105,9 @@ struct store_stats {
                                     thread (store_write_sync) */
     uint64_t failures;           /* failed writes (at most 1: fail-stop) */
     uint64_t nospace;            /* writes refused for lack of space (each
-                                    rolled back whole; may be retried) */
+                                    rolled back whole; may be retried),
+                                    vacuum steps after a compaction
+                                    included (the compaction stands) */
     uint64_t first_index;        /* first stored index (snap_index + 1) */
     uint64_t last_index;         /* last stored index (snap_index if the
                                     log is empty) */
@@ -277,5 +279,9 @@ int store_test_max_pages(struct store *s, long pages);
 /* Test hook: the time a step of store_compact_step aims at (to drop its
  * rows, to give pages back), in ns, instead of the default (a few ms). */
 void store_test_step_budget(struct store *s, uint64_t ns);
+
+/* Test hook: while on, every incremental vacuum step fails as one that
+ * finds the file system full (SQLITE_FULL, PZ_ENOSPC) would. */
+void store_test_vacuum_full(struct store *s, bool on);
 
 #endif

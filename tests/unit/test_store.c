@@ -2360,6 +2360,54 @@ TEST(compaction_vacuums_after_the_last_rows)
     tdir_free(&t);
 }
 
+/* The vacuum that follows a compaction's last step runs in a transaction
+ * of its own: when it finds no room (the WAL cannot grow on a full disk),
+ * the rows already dropped stay dropped, the store's snapshot point moves
+ * with them, and a later step gives the pages back once there is room. */
+TEST(compaction_stands_when_its_vacuum_finds_no_room)
+{
+    enum { N = 2000, LEN = 4000 };
+    struct tdir t;
+    struct store *s = open_with_log(&t, N, LEN);
+    CHECK(s != NULL);
+    off_t peak = db_bytes(&t);
+    store_test_vacuum_full(s, true);
+    uint64_t at;
+    compact_once(s, N - 10, N, UINT64_MAX, &at); /* drops all, then vacuums */
+    CHECK_EQ_INT(at, N - 10);
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.nospace, 1);
+    CHECK_EQ_INT(ss.failures, 0);
+    CHECK_EQ_INT(ss.first_index, N - 9);
+    CHECK(has(store_errmsg(s), "full"));
+    /* Still full: the next step is the vacuum alone, rolled back. */
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int status = 0;
+    CHECK_EQ_INT(store_compact_step(s, &loop, N - 10, N, UINT64_MAX, step_cb,
+                                    &status),
+                 0);
+    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    CHECK_EQ_INT(status, PZ_ENOSPC);
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.nospace, 2);
+    CHECK_EQ_INT(ss.first_index, N - 9);
+    /* Room again: the pages come back. */
+    store_test_vacuum_full(s, false);
+    int steps;
+    compact_fully(s, N - 10, &steps);
+    CHECK(steps >= 1);
+    off_t after = db_bytes(&t);
+    fprintf(stderr, "    %lld bytes -> %lld bytes\n", (long long)peak,
+            (long long)after);
+    CHECK(after < 3 * 1024 * 1024 && after < peak / 2);
+    store_close(s);
+    check_reopened(&t, N - 9, 10, LEN);
+    tdir_free(&t);
+}
+
 /* Steps run between log writes: with a write after every step, the
  * compaction still ends, in a bounded number of steps, and the space
  * comes back (less what the new entries took of it). The new entries are
@@ -2448,6 +2496,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(compaction_vacuum_steps_fit_a_time_budget),
     TEST_ENTRY(compaction_vacuums_after_the_last_rows),
     TEST_ENTRY(compaction_ends_beside_writes),
+    TEST_ENTRY(compaction_stands_when_its_vacuum_finds_no_room),
     TEST_ENTRY(crash_consistency_sigkill),
     TEST_ENTRY(raft_core_round_trip),
     TEST_ENTRY(bench_batch_sizes),
