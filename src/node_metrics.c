@@ -53,6 +53,7 @@ static struct {
     uint64_t write_ns;      /* store_stats.write_ns seen */
     uint64_t last_read_ctx; /* read round last counted */
     double restore_s;       /* startup load time */
+    double fork_s;          /* the newest snapshot's fork() */
     struct {
         uint64_t id;      /* peer, 0: free slot */
         uint64_t sent_ns; /* heartbeat sent, 0: none outstanding */
@@ -259,6 +260,11 @@ void node_metrics_snapshot(bool ok, uint64_t started_ms)
         metrics_observe(one(&nm.snap_s), (double)(now_ms - started_ms) / 1e3);
 }
 
+void node_metrics_snapshot_forked(uint64_t fork_us)
+{
+    nm.fork_s = (double)fork_us / 1e6;
+}
+
 void node_metrics_restored(uint64_t started_ns)
 {
     nm.restore_s = (double)(stats_now_ns() - started_ns) / 1e9;
@@ -409,6 +415,10 @@ static void render_storage(struct pz_buf *b)
     gauge(b, "pyazdb_snapshot_index",
           "Raft index of the newest local snapshot (0: none).",
           (double)nd->snap_index);
+    gauge(b, "pyazdb_snapshot_fork_seconds",
+          "Time the newest local snapshot's fork() held the event loop "
+          "(it copies the page tables: grows with the memory in use).",
+          nm.fork_s);
     gauge(b, "pyazdb_startup_load_seconds",
           "Time to load the snapshot and log at startup.", nm.restore_s);
     gauge(b, "pyazdb_kv_keys", "Keys in the state machine.",

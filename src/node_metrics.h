@@ -40,6 +40,8 @@ void node_metrics_compacted(void);
 /* A local snapshot finished (ok or not); started_ms: its monotonic start
  * in ms (snapshot_child.started_ms). */
 void node_metrics_snapshot(bool ok, uint64_t started_ms);
+/* A local snapshot started: its fork() held the loop fork_us. */
+void node_metrics_snapshot_forked(uint64_t fork_us);
 /* The state was loaded at startup; started_ns from uv_hrtime() before. */
 void node_metrics_restored(uint64_t started_ns);
 

@@ -93,6 +93,7 @@ static void snapshot_start(void)
         return;
     }
     nd->snap_start_bytes = nd->applied_bytes;
+    node_metrics_snapshot_forked(nd->snap_child.fork_us);
     pz_info("snapshot at index %llu: writing (%zu keys, fork %llu us)",
             (unsigned long long)at, kv_count(nd->kv),
             (unsigned long long)nd->snap_child.fork_us);

@@ -335,6 +335,7 @@ def test_snapshot_metrics(server):
     m = parse(scrape(server))
     assert value(m, "pyazdb_startup_load_seconds") > 0
     assert value(m, "pyazdb_snapshots_total", result="ok") is None
+    assert value(m, "pyazdb_snapshot_fork_seconds") == 0
     for i in range(10):
         st, _, _ = put(server, f"k{i}", "v" * 100)
         assert st == 204
@@ -344,6 +345,7 @@ def test_snapshot_metrics(server):
         m, "pyazdb_snapshots_total", result="ok") == 1)
     assert value(m, "pyazdb_snapshot_duration_seconds_count") == 1
     assert value(m, "pyazdb_snapshot_size_bytes") > 1000
+    assert 0 < value(m, "pyazdb_snapshot_fork_seconds") < 1
     assert value(m, "pyazdb_snapshot_index") >= 10
     assert value(m, "pyazdb_kv_keys") == 10
     promtool_check(scrape(server))
