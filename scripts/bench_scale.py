@@ -20,7 +20,8 @@ Everything side by side in one run, on 127.0.0.1, bounded in keys and time:
   node joining through mandi, caught up by InstallSnapshot (time, MB/s).
 
 etcd is stopped before PyazDB's largest load, so the two big tables are
-never in memory at once. Results go into res["scale"]; report_lines()
+never in memory at once, and its data deleted; PyazDB's loads wait until
+the disk is quiet again (settle_disk). Results go into res["scale"]; report_lines()
 writes the Markdown; plot() the key-count PNG.
 """
 import base64
@@ -45,6 +46,59 @@ ETCD_KEYS_MAX = 2_000_000
 VALUE = b"v" * 100
 BATCH = 128          # puts per transaction (etcd's max-txn-ops default)
 LOADERS = 4          # loader threads, one connection each
+
+
+def kdamond_cpu_s():
+    """CPU seconds used so far by DAMON's kernel threads (kdamond.N), or
+    None when the kernel runs none. DAMON's physical-address monitoring
+    clears the accessed bit of a sample of pages every sampling interval;
+    where page tables are shadowed by the hypervisor that is slow, and with
+    gigabytes of tables the sampling passes hold a CPU for tens of ms."""
+    total, seen = 0, False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if not f.read().startswith("kdamond"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seen = True
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK") if seen else None
+
+
+def settle_disk(d, limit_s=40, window_s=2.5, quiet_ms=15):
+    """Wait, at most limit_s, until the disk is quiet again after a large
+    deletion: a window of window_s of back-to-back 128-byte writes and
+    fdatasyncs in d with none over quiet_ms. On a file system mounted with
+    online discard (this machine's is) deleting gigabytes makes every
+    fsync stall for 25 to 140 ms about every 2 s for some 12 s afterwards,
+    which would land in the next system's runs. Returns the seconds
+    waited."""
+    path = os.path.join(d, "settle-probe")
+    t0 = time.monotonic()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"\0" * (128 * 1024))
+        os.fsync(fd)
+        while time.monotonic() - t0 < limit_s:
+            w0, worst, i = time.monotonic(), 0.0, 0
+            while time.monotonic() - w0 < window_s:
+                t = time.monotonic()
+                os.pwrite(fd, b"x" * 128, 128 * (i % 1024))
+                os.fdatasync(fd)
+                worst = max(worst, time.monotonic() - t)
+                i += 1
+            if worst * 1e3 < quiet_ms:
+                break
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return time.monotonic() - t0
 
 
 def rss_kib(pid):
@@ -452,9 +506,13 @@ def run(b, tmp, taken, mode, keys=None):
             held = count_keys(s, port[s.name])
             if held < n:
                 raise SystemExit(f"bench: {s.name} holds {held} keys, not {n}")
+            k0, t0 = kdamond_cpu_s(), time.monotonic()
             r = {"load_keys_s": rate,
-                 "write": wrk_at(tmp, port[s.name], n, "write", cfg["dur"]),
-                 "read": wrk_at(tmp, port[s.name], n, "read", cfg["dur"])}
+                 "write": wrk_at(tmp, port[s.name], n, "write", cfg["dur"])}
+            k1 = kdamond_cpu_s()
+            if k0 is not None and k1 is not None:
+                r["kdamond_cpu"] = (k1 - k0) / (time.monotonic() - t0)
+            r["read"] = wrk_at(tmp, port[s.name], n, "read", cfg["dur"])
             res["curve"].setdefault(str(n), {})[s.name] = r
             b.log(f"   {n:>10,} keys: loaded at {rate:,.0f} keys/s; writes "
                   f"{r['write']['rps']:,.0f}/s p99 {r['write']['p99_ms']:.2f} "
@@ -467,6 +525,9 @@ def run(b, tmp, taken, mode, keys=None):
                 m["proc"].terminate()
                 m["proc"].wait()
                 shutil.rmtree(f"{tmp}/{m['name']}", ignore_errors=True)
+            res["settle_s"] = settle_disk(tmp)
+            b.log(f"   etcd's data deleted; the disk settled in "
+                  f"{res['settle_s']:.1f} s")
     n = cfg["keys"][-1]
     b.log(f"== scale: PyazDB at {n:,} keys: snapshot, restart, InstallSnapshot")
     res["big"] = snapshot_restart_install(b, tmp, taken, pz, n)
@@ -542,7 +603,10 @@ def report_lines(sc, ratio):
                  f"{p['p99_ms']:.1f} | {q['p99_ms']:.1f} |")
     L.append("\nAgainst the number of keys held (random keys, wrk, 32 "
              "connections, through the v3 JSON gateway of each; load: "
-             "transactions of 128 puts, 4 connections):\n")
+             "transactions of 128 puts, 4 connections; etcd first, then "
+             "its data deleted and, before PyazDB's, "
+             f"{sc.get('settle_s', 0):.1f} s until the disk's fsyncs were "
+             "quiet again):\n")
     L.append("| keys | system | load keys/s | writes/s | write p99 ms | "
              "reads/s | read p99 ms |")
     L.append("|---|---|---|---|---|---|---|")
@@ -555,6 +619,16 @@ def report_lines(sc, ratio):
                          f"{r['write']['p99_ms']:.2f} | "
                          f"{r['read']['rps']:,.0f} | "
                          f"{r['read']['p99_ms']:.2f} |")
+    kd = [(int(n), s, sc["curve"][n][s]["kdamond_cpu"])
+          for n in sorted(sc["curve"], key=int) for s in ("pyazdb", "etcd")
+          if "kdamond_cpu" in sc["curve"][n].get(s, {})]
+    if kd:
+        L.append("\nThe kernel of this machine runs DAMON (kdamond), whose "
+                 "sampling of physical memory holds a CPU for a while every "
+                 "sampling interval, longer the more memory is mapped; during "
+                 "the write runs it used " + ", ".join(
+                     f"{100 * c:.1f}% of a CPU ({s}, {n:,} keys)"
+                     for n, s, c in kd) + ".")
     if sc.get("plot"):
         L.append("\n![keys](scale-keys.png)\n")
     g = sc["big"]
