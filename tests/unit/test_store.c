@@ -2155,12 +2155,16 @@ TEST(compaction_step_bounded_by_bytes)
     /* Steps as large as given however long they take (a slow machine
      * would make them smaller: compaction_step_shrinks_to_its_budget). */
     store_test_step_budget(s, UINT64_MAX);
-    /* Each step with at most 64 KiB, and rows as given: where it ends. */
+    /* Each step with at most 64 KiB, and rows as given: where it ends.
+     * The first steps of a store start at an eighth of that and double. */
     static const struct {
         uint64_t rows, at;
     } steps[] = {
-        {2000, 4}, /* 4 entries of 15 KB fit in 64 KiB, a fifth does not */
-        {2000, 8},   {2000, 12}, {2000, 16}, {2000, 20},
+        {2000, 1}, /* 8 KiB: one entry, however large */
+        {2000, 2}, /* 16 KiB: one entry of 15 KB, two would not fit */
+        {2000, 4}, /* 32 KiB: two */
+        {2000, 8}, /* 4 entries of 15 KB fit in 64 KiB, a fifth does not */
+        {2000, 12}, {2000, 16}, {2000, 20},
         {2000, 24},  {2000, 28}, {2000, 32}, {2000, 36},
         {2000, 95},  /* 37..40 (60000 bytes), then 55 of 100 bytes */
         {30, 125},   /* small entries: the row bound holds as before */
@@ -2209,11 +2213,20 @@ TEST(compaction_step_shrinks_to_its_budget)
     CHECK(s != NULL);
     enum { N = 2000, LEN = 15000, MAXB = 1 << 20 };
     write_log(s, N, LEN);
+    /* A store's first step drops an eighth of max_bytes (8 rows of 15 KB
+     * in 128 KiB); within the budget each next one doubles, to 1 MiB. */
+    store_test_step_budget(s, UINT64_MAX);
+    static const uint64_t first[] = {8, 17, 34, 69, 69};
+    uint64_t at = 0, prev = 0;
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(first); i++) {
+        compact_once(s, N - 10, 20000, MAXB, &at);
+        CHECK_EQ_INT(at - prev, first[i]);
+        prev = at;
+    }
     /* At a budget no step meets: 69 rows (1 MiB of 15 KB), 34, 17, 8,
      * 4, then 2 a step (a 32nd of 1 MiB is 32 KiB: two entries). */
     store_test_step_budget(s, 0);
     static const uint64_t rows[] = {69, 34, 17, 8, 4, 2, 2, 2};
-    uint64_t at = 0, prev = 0;
     for (size_t i = 0; i < PZ_ARRAY_SIZE(rows); i++) {
         compact_once(s, N - 10, 20000, MAXB, &at);
         CHECK_EQ_INT(at - prev, rows[i]);
