@@ -126,6 +126,8 @@ struct node {
     bool retry_due;              /* ready_owed: a retry is scheduled */
     uint64_t retry_at;           /* io now() of the next attempt */
     uint64_t compact_retry_at;   /* no compaction step before (io now()) */
+    uint64_t vacuum_nospace_seen; /* store_stats.vacuum_nospace as of
+                                     the last compaction step */
     bool alarm_disk;             /* NOSPACE: the disk is full */
     bool alarm_quota;            /* NOSPACE: quota-backend-bytes reached */
     char alarm_reason[320];      /* why, one line (when either is set) */

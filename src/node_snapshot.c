@@ -134,7 +134,8 @@ static void update_snap_waiters(void)
  * (steps run only when no Ready waits) is dropped in larger ones. The
  * rows of a step carry at most COMPACT_BYTES_MAX of payload (one row
  * whatever its size), and the store lowers that bound while its steps
- * take longer than its time budget (store_compact_step): SQLite frees a
+ * take longer than its time budget, and starts a process at an eighth of
+ * it (store_compact_step): SQLite frees a
  * row's overflow pages one by one, and a step of 4000 rows of 15 KB
  * (transactions of 128 puts) took 100 ms against 3 ms for 2000 rows of
  * 110 bytes. The bound leaves steps of small entries as they were
@@ -159,8 +160,20 @@ static void on_compacted(int status, const char *errmsg)
     } else if (status < 0) {
         core_fatal("cannot compact the Raft log: %s",
                    errmsg ? errmsg : pz_strerror(status));
-    } else if (!nd->ready_owed) {
-        core_space_back();
+    } else {
+        /* A vacuum that found no room fails no step: the store stops
+         * vacuuming until the next compaction. Nor does it show room. */
+        struct store_stats st;
+        NIO(store_stats, &st);
+        if (st.vacuum_nospace > nd->vacuum_nospace_seen) {
+            nd->vacuum_nospace_seen = st.vacuum_nospace;
+            pz_warn("cannot give the Raft log's free pages back to the file "
+                    "system: %s; new entries reuse them, and the next "
+                    "snapshot tries again",
+                    NIO(store_errmsg));
+        } else if (!nd->ready_owed) {
+            core_space_back();
+        }
     }
     node_metrics_compacted();
     pz_failpoint("after-log-truncate");

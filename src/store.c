@@ -147,8 +147,8 @@ struct batch {
     uint64_t vacuum_ns;               /* out: time the vacuum took (0:
                                          none ran) */
     bool cut;                         /* out: the step only checkpointed */
-    bool vacuum_full;                 /* out: the vacuum after a committed
-                                         compaction found no room (err) */
+    bool vacuum_full;                 /* out: the vacuum found no room
+                                         (err; the batch succeeds) */
     bool counted;                     /* out: free_pages was counted */
     uint64_t free_pages;              /* free pages left after it, as
                                          count_free counts them */
@@ -669,10 +669,23 @@ static int batch_body(struct store *s, struct batch *b)
  * jobs are queued, and the batches: b and those merged behind it
  * (b->gnext), all in ONE transaction, so one COMMIT (one fsync) makes
  * them durable together. The outcome is b's (rc, err, timings). */
+/* A vacuum step; one that finds no room for its pages in the WAL (a full
+ * disk) rolled back alone and is not an error of the batch: the free pages
+ * stay in raft.db, where new entries reuse them (finish_batch). */
+static int vacuum_or_full(struct store *s, struct batch *b)
+{
+    int rc = vacuum_step(s, b);
+    if (rc == PZ_ENOSPC) {
+        b->vacuum_full = true;
+        return 0;
+    }
+    return rc;
+}
+
 static int run_batch(struct store *s, struct batch *b)
 {
     if (b->vacuum && !b->compact)
-        return vacuum_step(s, b);
+        return vacuum_or_full(s, b);
     bool empty = true;
     for (struct batch *g = b; g; g = g->gnext)
         empty &= g->n == 0 && !g->has_hs && !g->reset && !g->compact;
@@ -699,17 +712,10 @@ static int run_batch(struct store *s, struct batch *b)
      * and the next steps drop most of them. After a snapshot that left
      * 16 MiB of a 250 MiB log of 1 MiB entries, the steps held the store
      * for 1.2 s a node interleaved, 1.05 s deferred (one run each). */
-    if (!b->vacuum || b->compact_upto < b->compact_goal)
-        return 0;
-    /* The compaction is committed whatever the vacuum does: a vacuum that
-     * finds no room for its pages in the WAL rolls back alone, the batch
-     * succeeds, and a later step gives the pages back. */
-    rc = vacuum_step(s, b);
-    if (rc == PZ_ENOSPC) {
-        b->vacuum_full = true;
-        return 0;
-    }
-    return rc;
+    /* The compaction is committed whatever the vacuum does. */
+    return b->vacuum && b->compact_upto >= b->compact_goal
+               ? vacuum_or_full(s, b)
+               : 0;
 
 err_in_txn:
     rollback(s);
@@ -748,26 +754,34 @@ static void finish_batch(struct store *s, struct batch *b)
         memcpy(s->errmsg, b->err, sizeof s->errmsg);
         return;
     }
-    if (b->vacuum_full) {
-        s->stats.nospace++;
-        memcpy(s->errmsg, b->err, sizeof s->errmsg);
-    } else if (b->vacuum_ns) {
-        s->vacuum_level =
-            step_resize(s, b->vacuum_level, VACUUM_LEVELS, b->vacuum_ns);
-    }
     if (b->compact_ns)
         s->compact_level =
             step_resize(s, b->compact_level, COMPACT_LEVELS, b->compact_ns);
-    if (b->vacuum && b->compact) {
+    if (b->vacuum_full) {
+        /* No more steps until the next compaction counts the free pages
+         * again (store_compact_step), from the smallest: retried at once,
+         * the same step would find no room again, and the caller would
+         * take each failure for a full disk. */
+        s->stats.vacuum_nospace++;
+        memcpy(s->errmsg, b->err, sizeof s->errmsg);
+        s->free_pages = 0;
+        s->vacuum_level = 0;
+        if (!b->compact)
+            return;
+    } else if (b->vacuum) {
+        if (b->vacuum_ns)
+            s->vacuum_level =
+                step_resize(s, b->vacuum_level, VACUUM_LEVELS, b->vacuum_ns);
+        if (!b->compact) {
+            /* A step that gave nothing back would repeat forever. */
+            s->free_pages = (b->cut || b->free_pages < s->free_pages) &&
+                                    b->free_pages > VACUUM_KEEP
+                                ? b->free_pages
+                                : 0;
+            return;
+        }
         if (b->counted)
             s->free_pages = b->free_pages;
-    } else if (b->vacuum) {
-        /* A step that gave nothing back would repeat forever. */
-        s->free_pages = (b->cut || b->free_pages < s->free_pages) &&
-                                b->free_pages > VACUUM_KEEP
-                            ? b->free_pages
-                            : 0;
-        return;
     }
     if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
         return;

@@ -105,9 +105,11 @@ struct store_stats {
                                     thread (store_write_sync) */
     uint64_t failures;           /* failed writes (at most 1: fail-stop) */
     uint64_t nospace;            /* writes refused for lack of space (each
-                                    rolled back whole; may be retried),
-                                    vacuum steps after a compaction
-                                    included (the compaction stands) */
+                                    rolled back whole; may be retried) */
+    uint64_t vacuum_nospace;     /* vacuum steps that found no room: rolled
+                                    back alone, the batch succeeds (the
+                                    pages stay free in the file until the
+                                    next compaction's vacuum) */
     uint64_t first_index;        /* first stored index (snap_index + 1) */
     uint64_t last_index;         /* last stored index (snap_index if the
                                     log is empty) */
@@ -226,8 +228,9 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
 
 /* Drop stored entries up to upto (at most max_rows of them, from the
  * current snapshot point on, and no more than max_bytes of payload, less
- * while steps take longer than the store's time budget of a few ms,
- * unless the first alone holds more; never past the last stored entry)
+ * while steps take longer than the store's time budget of a few ms (an
+ * eighth of it at a process's first step, doubling while steps are
+ * quick), unless the first alone holds more; never past the last stored entry)
  * on the thread pool, with no other job queued (asserted), moving the
  * snapshot point there with the term stored at it: compaction in steps
  * short enough that log writes never wait long. The step that reaches
@@ -235,9 +238,11 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
  * pages back to the file system (auto_vacuum INCREMENTAL), as many as
  * fit in the same budget; every 8 MiB given back a step checkpoints
  * instead, which cuts the file, and once none is left one checkpoints
- * and truncates the WAL, so raft.db shrinks as the steps go. Returns 0
- * (cb later), 1 when there is nothing to drop or give back (no cb),
- * PZ_EIO. */
+ * and truncates the WAL, so raft.db shrinks as the steps go. A vacuum
+ * that finds no room (a full disk) rolls back alone and fails nothing:
+ * counted in vacuum_nospace (store_errmsg says why), it ends the giving
+ * back until the next compaction. Returns 0 (cb later), 1 when there is
+ * nothing to drop or give back (no cb), PZ_EIO. */
 int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
                        uint64_t max_rows, uint64_t max_bytes,
                        store_write_cb cb, void *arg);
