@@ -416,8 +416,9 @@ static void render_storage(struct pz_buf *b)
           "Raft index of the newest local snapshot (0: none).",
           (double)nd->snap_index);
     gauge(b, "pyazdb_snapshot_fork_seconds",
-          "Time the newest local snapshot's fork() held the event loop "
-          "(it copies the page tables: grows with the memory in use).",
+          "Time the fork() of the newest local snapshot started (finished "
+          "or not) held the event loop (it copies the page tables: grows "
+          "with the memory in use).",
           nm.fork_s);
     gauge(b, "pyazdb_startup_load_seconds",
           "Time to load the snapshot and log at startup.", nm.restore_s);
