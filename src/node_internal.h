@@ -128,6 +128,8 @@ struct node {
     uint64_t compact_retry_at;   /* no compaction step before (io now()) */
     uint64_t vacuum_nospace_seen; /* store_stats.vacuum_nospace as of
                                      the last compaction step */
+    uint64_t compact_step_from;  /* the store's snapshot point before the
+                                    compaction step in flight */
     bool alarm_disk;             /* NOSPACE: the disk is full */
     bool alarm_quota;            /* NOSPACE: quota-backend-bytes reached */
     char alarm_reason[320];      /* why, one line (when either is set) */

@@ -162,18 +162,23 @@ static void on_compacted(int status, const char *errmsg)
                    errmsg ? errmsg : pz_strerror(status));
     } else {
         /* A vacuum that found no room fails no step: the store stops
-         * vacuuming until the next compaction. Nor does it show room. */
+         * vacuuming until the next compaction. Rows the step dropped show
+         * room (their transaction committed); the vacuum alone does not. */
         struct store_stats st;
+        struct store_meta meta;
         NIO(store_stats, &st);
-        if (st.vacuum_nospace > nd->vacuum_nospace_seen) {
+        NIO(store_meta_get, &meta);
+        bool full = st.vacuum_nospace > nd->vacuum_nospace_seen;
+        if (full) {
             nd->vacuum_nospace_seen = st.vacuum_nospace;
             pz_warn("cannot give the Raft log's free pages back to the file "
                     "system: %s; new entries reuse them, and the next "
                     "snapshot tries again",
                     NIO(store_errmsg));
-        } else if (!nd->ready_owed) {
-            core_space_back();
         }
+        if (!nd->ready_owed &&
+            (!full || meta.snap_index > nd->compact_step_from))
+            core_space_back();
     }
     node_metrics_compacted();
     pz_failpoint("after-log-truncate");
@@ -207,6 +212,7 @@ void snaps_compact_step(void)
     uint64_t upto = rs.first_index - 1;
     uint64_t left = upto > meta.snap_index ? upto - meta.snap_index : 0;
     pz_failpoint("before-log-truncate");
+    nd->compact_step_from = meta.snap_index;
     int rv = NIO(store_compact_step, upto, snaps_compact_rows(left),
                  COMPACT_BYTES_MAX, on_compacted);
     if (rv < 0) {

@@ -664,11 +664,6 @@ static int batch_body(struct store *s, struct batch *b)
     return 0;
 }
 
-/* Runs on the worker thread (the drain) or the caller's (sync). Uses
- * only the connection and statements, which nothing else touches while
- * jobs are queued, and the batches: b and those merged behind it
- * (b->gnext), all in ONE transaction, so one COMMIT (one fsync) makes
- * them durable together. The outcome is b's (rc, err, timings). */
 /* A vacuum step; one that finds no room for its pages in the WAL (a full
  * disk) rolled back alone and is not an error of the batch: the free pages
  * stay in raft.db, where new entries reuse them (finish_batch). */
@@ -682,6 +677,11 @@ static int vacuum_or_full(struct store *s, struct batch *b)
     return rc;
 }
 
+/* Runs on the worker thread (the drain) or the caller's (sync). Uses
+ * only the connection and statements, which nothing else touches while
+ * jobs are queued, and the batches: b and those merged behind it
+ * (b->gnext), all in ONE transaction, so one COMMIT (one fsync) makes
+ * them durable together. The outcome is b's (rc, err, timings). */
 static int run_batch(struct store *s, struct batch *b)
 {
     if (b->vacuum && !b->compact)

@@ -1211,10 +1211,10 @@ static void step(void)
         struct ns_node *s = &W.nodes[i];
         while (s->n && s->st.nq && s->st.q[0].job_at <= W.now) {
             struct ns_job *j = &s->st.q[0];
-            if (j->job != 3 && W.nospace_pm &&
-                rnd_in(0, 999) < W.nospace_pm) {
-                /* The disk is full: the write rolls back whole, and the
-                 * store runs none of those queued behind it. */
+            if (W.nospace_pm && rnd_in(0, 999) < W.nospace_pm) {
+                /* The disk is full: the write (or compaction step) rolls
+                 * back whole, and the store runs none of those queued
+                 * behind it. */
                 writes_nospace++;
                 int status = PZ_ENOSPC;
                 while (s->n && s->st.nq) {
