@@ -1211,7 +1211,7 @@ static void step(void)
         struct ns_node *s = &W.nodes[i];
         while (s->n && s->st.nq && s->st.q[0].job_at <= W.now) {
             struct ns_job *j = &s->st.q[0];
-            if (W.nospace_pm && rnd_in(0, 999) < W.nospace_pm) {
+            if (W.nospace_pm && !W.calm && rnd_in(0, 999) < W.nospace_pm) {
                 /* The disk is full: the write (or compaction step) rolls
                  * back whole, and the store runs none of those queued
                  * behind it. */
@@ -1418,6 +1418,11 @@ static void check_final(int victim, int joiner)
         if (s->n == NULL)
             continue;
         use(s);
+        if (nd->alarm_disk) {
+            /* The disk has had room since the calm began. */
+            ns_fail("%s: the NOSPACE alarm is still up at the end", s->name);
+            return;
+        }
         if (kv_digest(nd->kv) != digest || kv_revision(nd->kv) != rev) {
             ns_fail("%s: digest %016" PRIx64 " rev %" PRIu64 ", leader %s "
                     "%016" PRIx64 " rev %" PRIu64,
