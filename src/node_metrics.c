@@ -394,6 +394,11 @@ static void render_storage(struct pz_buf *b)
     counter(b, "pyazdb_storage_written_bytes_total",
             "Log entry payload bytes written to the database.",
             (double)ss.bytes);
+    counter(b, "pyazdb_storage_vacuum_nospace_total",
+            "Steps giving raft.db's free pages back to the file system that "
+            "found no room (a full disk): the pages stay free in raft.db, "
+            "and the next snapshot's compaction tries again.",
+            (double)ss.vacuum_nospace);
     gauge(b, "pyazdb_storage_db_size_bytes",
           "Size of raft.db and its write-ahead log.", (double)node_db_size());
     struct statvfs fs;

@@ -336,6 +336,7 @@ def test_snapshot_metrics(server):
     assert value(m, "pyazdb_startup_load_seconds") > 0
     assert value(m, "pyazdb_snapshots_total", result="ok") is None
     assert value(m, "pyazdb_snapshot_fork_seconds") == 0
+    assert value(m, "pyazdb_storage_vacuum_nospace_total") == 0
     for i in range(10):
         st, _, _ = put(server, f"k{i}", "v" * 100)
         assert st == 204
