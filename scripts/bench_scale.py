@@ -21,8 +21,8 @@ Everything side by side in one run, on 127.0.0.1, bounded in keys and time:
 
 etcd is stopped before PyazDB's largest load, so the two big tables are
 never in memory at once, and its data deleted; PyazDB's loads wait until
-the disk is quiet again (settle_disk). Results go into res["scale"]; report_lines()
-writes the Markdown; plot() the key-count PNG.
+the disk is quiet again (settle_disk). Results go into res["scale"];
+report_lines() writes the Markdown; plot() the key-count PNG.
 """
 import base64
 import http.client

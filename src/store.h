@@ -230,8 +230,8 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
  * current snapshot point on, and no more than max_bytes of payload, less
  * while steps take longer than the store's time budget of a few ms (an
  * eighth of it at a process's first step, doubling while steps are
- * quick), unless the first alone holds more; never past the last stored entry)
- * on the thread pool, with no other job queued (asserted), moving the
+ * quick), unless the first alone holds more; never past the last stored
+ * entry) on the thread pool, with no other job queued (asserted), moving the
  * snapshot point there with the term stored at it: compaction in steps
  * short enough that log writes never wait long. The step that reaches
  * upto, and each step after it with nothing left to drop, then gives free

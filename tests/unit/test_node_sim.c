@@ -1229,7 +1229,7 @@ static void step(void)
             }
             if (s->st.nq > 1)
                 writes_pipelined++;
-            if (j->job == 3 && W.nospace_pm &&
+            if (j->job == 3 && W.nospace_pm && !W.calm &&
                 rnd_in(0, 999) < 20 * W.nospace_pm) {
                 /* Its vacuum found no room: rolled back alone, the step
                  * stands (the store counts it; the node must not take it

@@ -2410,12 +2410,8 @@ TEST(vacuum_without_room_fails_no_step)
     compact_once(s, N - 10, N, UINT64_MAX, &at);
     CHECK_EQ_INT(at, N - 10);
     store_test_vacuum_full(s, true);
-    status = -1;
-    CHECK_EQ_INT(store_compact_step(s, &loop, N - 10, N, UINT64_MAX, step_cb,
-                                    &status),
-                 0); /* more pages to give back: a vacuum step */
-    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
-    CHECK_EQ_INT(status, 0);
+    compact_once(s, N - 10, N, UINT64_MAX, &at); /* a vacuum step: it runs */
+    CHECK_EQ_INT(at, N - 10);
     store_stats(s, &ss);
     CHECK_EQ_INT(ss.vacuum_nospace, 2);
     CHECK_EQ_INT(ss.nospace, 0);
