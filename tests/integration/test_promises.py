@@ -701,11 +701,17 @@ def test_node_with_another_token_is_refused_both_ways(servers):
     odd = nodes[2]
     odd.conf["cluster-token"] = "token-b"
     odd.write_conf()
-    for s in nodes:
-        s.start(wait=False)
-    for s in nodes:
-        s.wait_ready()
+    # node3 listens first: a follower dials a member only while it is out
+    # of touch with a leader (or has something to send it), so node1 or
+    # node2, had it heard from its leader before node3 listened, would
+    # never have dialed node3 again
+    odd.start(wait=False)
+    odd.wait_ready(grace=0)
     pair = nodes[:2]
+    for s in pair:
+        s.start(wait=False)
+    for s in pair:
+        s.wait_ready()
     leader = leader_of(pair, timeout=20)
     assert put(leader, "k", "v")[0] == 204
     refusing = "): cluster token mismatch"
