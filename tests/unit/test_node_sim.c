@@ -31,7 +31,8 @@
  * the joiner votes, the removed node is out and stopped. Snapshot
  * installs are counted and must occur.
  *
- * A unit suite with a few seeds; with -DNODE_SIM_MAIN the standalone
+ * A unit suite with a few seeds and scripted runs (a fault placed where a
+ * random run rarely puts it); with -DNODE_SIM_MAIN the standalone
  * tests/unit/node-sim used by `make test-sim`: NODE_SIM_SEEDS seeds
  * (150), NODE_SIM_SEED=n replays one, NODE_SIM_VERBOSE=1 says what each
  * seed did and logs the nodes, 2 names the node and time on each line. */
@@ -172,6 +173,11 @@ static struct {
     unsigned installs, crashes, cuts, leaders, powerloss;
     unsigned nospace_pm; /* per mille of writes refused for lack of space */
     uint64_t total_installs;
+    /* a scripted fault (0: none): 1, the next compaction step of node
+     * script_node fails for lack of space, then 2, every later one of its
+     * steps stands but its vacuum finds no room */
+    int script_phase, script_node;
+    unsigned script_vacuums;
 } W;
 
 static int ns_fail(const char *fmt, ...)
@@ -1211,11 +1217,15 @@ static void step(void)
         struct ns_node *s = &W.nodes[i];
         while (s->n && s->st.nq && s->st.q[0].job_at <= W.now) {
             struct ns_job *j = &s->st.q[0];
-            if (W.nospace_pm && !W.calm && rnd_in(0, 999) < W.nospace_pm) {
+            bool scripted = j->job == 3 && s->i == W.script_node;
+            if ((scripted && W.script_phase == 1) ||
+                (W.nospace_pm && !W.calm && rnd_in(0, 999) < W.nospace_pm)) {
                 /* The disk is full: the write (or compaction step) rolls
                  * back whole, and the store runs none of those queued
                  * behind it. */
                 writes_nospace++;
+                if (scripted && W.script_phase == 1)
+                    W.script_phase = 2;
                 int status = PZ_ENOSPC;
                 while (s->n && s->st.nq) {
                     node_io_done_cb cb = s->st.q[0].cb;
@@ -1229,13 +1239,15 @@ static void step(void)
             }
             if (s->st.nq > 1)
                 writes_pipelined++;
-            if (j->job == 3 && W.nospace_pm && !W.calm &&
-                rnd_in(0, 999) < 20 * W.nospace_pm) {
+            if ((scripted && W.script_phase == 2) ||
+                (j->job == 3 && W.nospace_pm && !W.calm &&
+                 rnd_in(0, 999) < 20 * W.nospace_pm)) {
                 /* Its vacuum found no room: rolled back alone, the step
                  * stands (the store counts it; the node must not take it
                  * for a full disk). */
                 s->st.stats.vacuum_nospace++;
                 vacuums_nospace++;
+                W.script_vacuums += scripted && W.script_phase == 2;
             }
             st_apply_job(&s->st);
             node_io_done_cb cb = j->cb;
@@ -1457,18 +1469,41 @@ static void check_final(int victim, int joiner)
                         a, W.ack_at[a], b, W.ack_rev[a], W.ack_rev[b]);
 }
 
-/* One seed. 0 or -1 with W.failed. */
-static int run_seed(uint64_t seed)
+/* A fresh world for `seed`, its nodes' directories under root. */
+static void world_begin(uint64_t seed, char *root, size_t len)
 {
-    char root[256];
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    snprintf(root, sizeof root, "%s/pyazdb-nodesim-%d-%" PRIu64, base,
-             (int)getpid(), seed);
+    snprintf(root, len, "%s/pyazdb-nodesim-%d-%" PRIu64, base, (int)getpid(),
+             seed);
     mkdir(root, 0700);
     memset(&W, 0, sizeof W);
     W.seed = seed;
     W.rng = seed * 0x9e3779b97f4a7c15ull + 1;
     W.msgs = pz_calloc(NS_MAX_MSGS, sizeof *W.msgs);
+}
+
+static void world_end(const char *root)
+{
+    for (int i = 0; i < W.count; i++)
+        node_free_all(&W.nodes[i]);
+    for (unsigned k = 0; k < W.nwrites; k++)
+        pz_free(W.writes[k]);
+    for (size_t i = 0; i < W.nmsgs; i++)
+        pz_free(W.msgs[i].buf);
+    pz_free(W.msgs);
+    pz_free(W.leader_of);
+    pz_free(W.applied_term);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    if (system(cmd) != 0)
+        fprintf(stderr, "node-sim: cannot remove %s\n", root);
+}
+
+/* One seed. 0 or -1 with W.failed. */
+static int run_seed(uint64_t seed)
+{
+    char root[256];
+    world_begin(seed, root, sizeof root);
     W.loss_pct = (unsigned)rnd_in(0, 10);
     /* A disk full now and then in a quarter of the seeds. */
     W.nospace_pm = seed % 4 == 1 ? 5 : 0;
@@ -1541,19 +1576,7 @@ static int run_seed(uint64_t seed)
                 W.nodes[victim].name, W.nodes[victim].gone, st);
     }
     W.total_installs = W.installs;
-    for (int i = 0; i < W.count; i++)
-        node_free_all(&W.nodes[i]);
-    for (unsigned k = 0; k < W.nwrites; k++)
-        pz_free(W.writes[k]);
-    for (size_t i = 0; i < W.nmsgs; i++)
-        pz_free(W.msgs[i].buf);
-    pz_free(W.msgs);
-    pz_free(W.leader_of);
-    pz_free(W.applied_term);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    if (system(cmd) != 0)
-        fprintf(stderr, "node-sim: cannot remove %s\n", root);
+    world_end(root);
     return W.failed[0] ? -1 : 0;
 }
 
@@ -1681,6 +1704,66 @@ TEST(regression_seeds)
     pz_log_setup(PZ_LOG_INFO, "");
 }
 
+static int snap_now_status = 1;
+
+static void on_snap_now(struct node_req *req, int status)
+{
+    PZ_UNUSED(req);
+    snap_now_status = status;
+}
+
+/* A NOSPACE alarm raised by a compaction step comes down with the next
+ * step whose rows commit, even when that step's vacuum finds no room and
+ * no log write follows: an idle leader refused writes for good when the
+ * node took the vacuum's failure for a full disk. Three founders, no
+ * faults; the client writes, then stops; the leader snapshots, its first
+ * compaction step fails for lack of space, every later one stands with a
+ * vacuum that finds no room. */
+TEST(compaction_step_clears_nospace_alarm)
+{
+    pz_log_setup(PZ_LOG_ERROR, "");
+    char root[256];
+    world_begin(7, root, sizeof root);
+    W.cut = -1;
+    W.count = 3;
+    for (int i = 0; i < W.count; i++)
+        node_setup(i, W.count, true, root);
+    for (int i = 0; i < W.count; i++)
+        node_start(&W.nodes[i]);
+    for (W.now = 1; W.now < 3000 && !W.failed[0]; W.now++) {
+        if (W.now % 20 == 0 && W.nwrites < 20)
+            client_write();
+        step();
+    }
+    CHECK_EQ_STR(W.failed, "");
+    CHECK_EQ_INT((int)W.nacked, 20);
+    CHECK(converged());
+    struct ns_node *l = leader();
+    CHECK(l != NULL);
+    uint64_t from = l->st.meta.snap_index;
+    W.script_node = l->i;
+    W.script_phase = 1;
+    struct node_req req = {0};
+    use(l);
+    CHECK_EQ_INT(node_snapshot_now(&req, on_snap_now), 0);
+    bool raised = false;
+    for (uint64_t end = W.now + 5000; W.now < end && !W.failed[0]; W.now++) {
+        step();
+        use(l);
+        raised = raised || nd->alarm_disk;
+    }
+    CHECK_EQ_STR(W.failed, "");
+    CHECK_EQ_INT(snap_now_status, 0);
+    CHECK_EQ_INT(W.script_phase, 2); /* the step failed for lack of space */
+    CHECK(raised);
+    CHECK(W.script_vacuums >= 1); /* a step stood, its vacuum without room */
+    CHECK(l->st.meta.snap_index > from);
+    use(l);
+    CHECK(!nd->alarm_disk);
+    world_end(root);
+    pz_log_setup(PZ_LOG_INFO, "");
+}
+
 /* A compaction step holds the node's writes while it runs: the prefix a
  * default snapshot leaves (65536 - 10240 rows) goes in several short
  * steps, a large backlog in steps of at most 20000. */
@@ -1696,6 +1779,8 @@ TEST(compact_rows)
 static const struct test_case cases[] = {TEST_ENTRY(seeds),
                                          TEST_ENTRY(regression_seeds),
                                          TEST_ENTRY(compact_rows),
+                                         TEST_ENTRY(
+                                             compaction_step_clears_nospace_alarm),
                                          TEST_END};
 
 const struct test_suite suite_node_sim = {"node_sim", cases};
