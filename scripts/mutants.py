@@ -364,6 +364,23 @@ MUTATIONS = [
       "status > 0) {",
       ["nodesim:200", "py:test_nospace.py"],
       "a full disk stops the node again"),
+    M("vacuum_full_fails_batch", "src/store.c",
+      "        b->vacuum_full = true;\n        return 0;",
+      "        b->vacuum_full = true;\n        return rc;",
+      ["unit:store/vacuum_without_room_fails_no_step"],
+      "a vacuum that finds no room fails its compaction step, whose rows "
+      "are gone"),
+    M("vacuum_full_keeps_vacuuming", "src/store.c",
+      "        s->free_pages = 0;\n        s->vacuum_level = 0;",
+      "        s->vacuum_level = 0;",
+      ["unit:store/vacuum_without_room_fails_no_step"],
+      "the store retries a vacuum that found no room at once"),
+    M("compaction_alarm_kept_on_vacuum_full", "src/node_snapshot.c",
+      "            (!full || meta.snap_index > nd->compact_step_from))",
+      "            !full)",
+      ["unit:node_sim/compaction_step_clears_nospace_alarm"],
+      "a compaction step whose rows committed leaves the NOSPACE alarm up "
+      "when its vacuum found no room"),
 ]
 
 
