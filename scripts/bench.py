@@ -40,8 +40,11 @@ requests of all its runs together.
   bytes: writes (Set / Put), linearizable reads (Get / Range), serializable
   reads (Get stale / Range serializable), at 1x1, 16x1, 64x1 and 16x16
   (connections x streams): requests/s, p50 and p99 latency (from h2load's
-  per-request log), and the CPU time of all three server processes per
-  request; every write run checks that the leader's commit index grew by
+  per-request log), the CPU time of all three server processes per
+  request, and how long their threads waited for a CPU per request (the
+  kernel's run-queue wait, /proc/PID/task/TID/schedstat: a hand-off to a
+  thread, or a wake-up of another node, that finds the cores busy); every
+  write run checks that the leader's commit index grew by
   at least the number of acknowledged writes (each is one Raft entry);
 - writes against the number of connections (1 to 256 or 1,024, one
   stream each; one run per point): throughput and p99 for both systems,
@@ -147,6 +150,26 @@ def cpu_ticks(pids):
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+
+def runq_ns(pids):
+    """Nanoseconds every thread of pids spent runnable but waiting for a
+    CPU (the second field of /proc/PID/task/TID/schedstat). A thread that
+    ends between two readings takes its share with it: the servers' are
+    long-lived (event loops, thread pools, Go's Ms)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
     return total
 
 
@@ -304,12 +327,13 @@ def run_load(tmp, sysm, op, conns, streams, dur):
     url = sysm.grpc_url(op)
     body = BODIES[(op, sysm.name)]
     c0 = sysm.commit_index() if op == "write" else 0
-    t0 = cpu_ticks(sysm.pids)
+    t0, q0 = cpu_ticks(sysm.pids), runq_ns(sysm.pids)
     res = h2load(tmp, url, body, conns, streams, dur)
-    t1 = cpu_ticks(sysm.pids)
+    t1, q1 = cpu_ticks(sysm.pids), runq_ns(sysm.pids)
     if not grpc_ok(url, body):
         raise SystemExit(f"bench: {url}: last request not grpc-status 0")
     res["cpu_us"] = (t1 - t0) / CLK_TCK * 1e6 / max(1, res["done"])
+    res["runq_us"] = (q1 - q0) / 1e3 / max(1, res["done"])
     # A leader that changed during the run: the next runs go to the new
     # one (the old one would forward them), and the run says so.
     now = wait_for(sysm._leader, 30, f"{sysm.name} leader")
@@ -384,11 +408,13 @@ def txn_rows(tmp, systems, loads, dur, reps, matrix):
         def once(s):
             url = s.grpc_url("write").rsplit("/", 2)[0] + "/etcdserverpb.KV/Txn"
             c0, t0 = s.commit_index(), cpu_ticks(s.pids)
+            q0 = runq_ns(s.pids)
             r = h2load(tmp, url, TXN_BODY, c, m, dur)
-            t1 = cpu_ticks(s.pids)
+            t1, q1 = cpu_ticks(s.pids), runq_ns(s.pids)
             if not grpc_ok(url, TXN_BODY):
                 raise SystemExit(f"bench: {url}: last Txn not grpc-status 0")
             r["cpu_us"] = (t1 - t0) / CLK_TCK * 1e6 / max(1, r["done"])
+            r["runq_us"] = (q1 - q0) / 1e3 / max(1, r["done"])
             r["commit_growth"] = s.commit_index() - c0
             if r["commit_growth"] < r["done"]:
                 raise SystemExit(f"bench: {s.name} acknowledged {r['done']} "
@@ -660,7 +686,9 @@ def report(out, res, mode):
              "system, the systems in turn; a row shows each system's median "
              "run by requests/s (its CPU), the range of requests/s over the "
              "runs in brackets, and p50 and p99 over every request of all "
-             "the runs.\n")
+             "the runs. Run-queue wait: the time the servers' threads "
+             "spent ready to run but waiting for a CPU, per request, "
+             "summed over the three processes (the kernel's schedstat).\n")
     f = res["floor"]
     f3 = res.get("floor3")
     L.append(f"Disk fsync floor (128 B written in place + fdatasync): p50 "
@@ -675,8 +703,8 @@ def report(out, res, mode):
         L.append(f"\n## gRPC matrix ({title})\n")
         L.append("| op | load | PyazDB req/s | etcd req/s | ratio | PyazDB "
                  "p50 / p99 ms | etcd p50 / p99 ms | CPU us/req PyazDB / "
-                 "etcd |")
-        L.append("|---|---|---|---|---|---|---|---|")
+                 "etcd | run-queue wait us/req PyazDB / etcd |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
         for key, r in res["matrix"].items():
             if not key.startswith(tag) or (not tag and key.startswith("noisy-")):
                 continue
@@ -687,7 +715,8 @@ def report(out, res, mode):
                      f"{ratio(a['rps'], b['rps'])} | {a['p50_ms']:.2f} / "
                      f"{a['p99_ms']:.2f} | {b['p50_ms']:.2f} / "
                      f"{b['p99_ms']:.2f} | {a['cpu_us']:.0f} / "
-                     f"{b['cpu_us']:.0f} |")
+                     f"{b['cpu_us']:.0f} | {a.get('runq_us', 0):.0f} / "
+                     f"{b.get('runq_us', 0):.0f} |")
     w = res["matrix"].get("write@1x1")
     if w:
         floor_ms = (f["p50_us"] + res["rtt_us"]) / 1000
