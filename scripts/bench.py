@@ -154,11 +154,10 @@ def cpu_ticks(pids):
 
 
 def runq_ns(pids):
-    """Nanoseconds every thread of pids spent runnable but waiting for a
-    CPU (the second field of /proc/PID/task/TID/schedstat). A thread that
-    ends between two readings takes its share with it: the servers' are
-    long-lived (event loops, thread pools, Go's Ms)."""
-    total = 0
+    """{thread id: nanoseconds it spent runnable but waiting for a CPU}
+    for every thread of pids (the second field of
+    /proc/PID/task/TID/schedstat)."""
+    waits = {}
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
@@ -167,10 +166,18 @@ def runq_ns(pids):
         for tid in tids:
             try:
                 with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[1])
+                    waits[tid] = int(f.read().split()[1])
             except (OSError, ValueError, IndexError):
                 pass
-    return total
+    return waits
+
+
+def runq_us_per(before, after, done):
+    """The run-queue wait between two runq_ns readings, in us per request:
+    the threads alive at the second (a thread started in between counts
+    from 0; one that ended took its share with it)."""
+    ns = sum(w - before.get(tid, 0) for tid, w in after.items())
+    return ns / 1e3 / max(1, done)
 
 
 # --- the systems ------------------------------------------------------------
@@ -333,7 +340,7 @@ def run_load(tmp, sysm, op, conns, streams, dur):
     if not grpc_ok(url, body):
         raise SystemExit(f"bench: {url}: last request not grpc-status 0")
     res["cpu_us"] = (t1 - t0) / CLK_TCK * 1e6 / max(1, res["done"])
-    res["runq_us"] = (q1 - q0) / 1e3 / max(1, res["done"])
+    res["runq_us"] = runq_us_per(q0, q1, res["done"])
     # A leader that changed during the run: the next runs go to the new
     # one (the old one would forward them), and the run says so.
     now = wait_for(sysm._leader, 30, f"{sysm.name} leader")
@@ -352,10 +359,11 @@ def run_load(tmp, sysm, op, conns, streams, dur):
 
 def median_run(runs):
     """The run with the median requests/s (the lower of the two middle
-    ones for an even count), its CPU and commit check with it, and the
-    requests/s of every run. Its p50 and p99 are those of every request
-    of all the runs together: one run's tail is a few dozen requests, and
-    which run came out as the median by rate used to decide the cell."""
+    ones for an even count), its CPU, run-queue wait and commit check with
+    it, and the requests/s of every run. Its p50 and p99 are those of
+    every request of all the runs together: one run's tail is a few dozen
+    requests, and which run came out as the median by rate used to decide
+    the cell."""
     by = sorted(runs, key=lambda r: r["rps"])
     m = dict(by[(len(by) - 1) // 2])
     m["runs_rps"] = [r["rps"] for r in runs]
@@ -414,7 +422,7 @@ def txn_rows(tmp, systems, loads, dur, reps, matrix):
             if not grpc_ok(url, TXN_BODY):
                 raise SystemExit(f"bench: {url}: last Txn not grpc-status 0")
             r["cpu_us"] = (t1 - t0) / CLK_TCK * 1e6 / max(1, r["done"])
-            r["runq_us"] = (q1 - q0) / 1e3 / max(1, r["done"])
+            r["runq_us"] = runq_us_per(q0, q1, r["done"])
             r["commit_growth"] = s.commit_index() - c0
             if r["commit_growth"] < r["done"]:
                 raise SystemExit(f"bench: {s.name} acknowledged {r['done']} "
@@ -687,8 +695,10 @@ def report(out, res, mode):
              "run by requests/s (its CPU), the range of requests/s over the "
              "runs in brackets, and p50 and p99 over every request of all "
              "the runs. Run-queue wait: the time the servers' threads "
-             "spent ready to run but waiting for a CPU, per request, "
-             "summed over the three processes (the kernel's schedstat).\n")
+             "spent ready to run but waiting for a CPU in the median run, "
+             "per request, summed over every thread of the three "
+             "processes (the kernel's schedstat), so it can exceed a "
+             "request's latency.\n")
     f = res["floor"]
     f3 = res.get("floor3")
     L.append(f"Disk fsync floor (128 B written in place + fdatasync): p50 "

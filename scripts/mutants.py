@@ -375,7 +375,7 @@ MUTATIONS = [
       "        s->vacuum_level = 0;",
       ["unit:store/vacuum_without_room_fails_no_step"],
       "the store retries a vacuum that found no room at once"),
-    M("compaction_alarm_kept_on_vacuum_full", "src/node_snapshot.c",
+    M("alarm_kept_on_vacuum_full", "src/node_snapshot.c",
       "            (!full || meta.snap_index > nd->compact_step_from))",
       "            !full)",
       ["unit:node_sim/compaction_step_clears_nospace_alarm"],
