@@ -175,7 +175,10 @@ def runq_ns(pids):
 def runq_us_per(before, after, done):
     """The run-queue wait between two runq_ns readings, in us per request:
     the threads alive at the second (a thread started in between counts
-    from 0; one that ended took its share with it)."""
+    from 0; one that ended took its share with it). None when the kernel
+    keeps no such count (every thread reads 0)."""
+    if not any(after.values()):
+        return None
     ns = sum(w - before.get(tid, 0) for tid, w in after.items())
     return ns / 1e3 / max(1, done)
 
@@ -653,6 +656,11 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if b else "n/a"
 
 
+def us(v):
+    """A figure in us for the report, n/a when it was not measured."""
+    return "n/a" if v is None else f"{v:.0f}"
+
+
 def plots(out, curve):
     if not shutil.which("gnuplot"):
         return False
@@ -725,8 +733,8 @@ def report(out, res, mode):
                      f"{ratio(a['rps'], b['rps'])} | {a['p50_ms']:.2f} / "
                      f"{a['p99_ms']:.2f} | {b['p50_ms']:.2f} / "
                      f"{b['p99_ms']:.2f} | {a['cpu_us']:.0f} / "
-                     f"{b['cpu_us']:.0f} | {a.get('runq_us', 0):.0f} / "
-                     f"{b.get('runq_us', 0):.0f} |")
+                     f"{b['cpu_us']:.0f} | {us(a.get('runq_us'))} / "
+                     f"{us(b.get('runq_us'))} |")
     w = res["matrix"].get("write@1x1")
     if w:
         floor_ms = (f["p50_us"] + res["rtt_us"]) / 1000
