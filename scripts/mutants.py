@@ -203,7 +203,7 @@ MUTATIONS = [
     M("store_runs_behind_failure", "src/store.c",
       "        if (s->halted) {\n            cancel_locked(s, b);",
       "        if (s->halted && b == NULL) {\n            cancel_locked(s, b);",
-      ["unit:store/failed_write_cancels_queued"],
+      ["unit:store/failed_write_cancels_beyond_its_transaction"],
       "a write queued behind a failed one still runs (a gap in the log)"),
     M("node_vote_not_persisted", "src/node.c",
       "    return rd->hs.term != nd->saved_term || rd->hs.vote != nd->saved_vote;",

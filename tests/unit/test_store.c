@@ -751,6 +751,64 @@ TEST(failed_write_cancels_queued)
     tdir_free(&t);
 }
 
+struct cancel_ctx {
+    int n, first, canceled, other;
+};
+
+static void cancel_cb(struct store *s, int status, const char *errmsg,
+                      void *arg)
+{
+    PZ_UNUSED(s);
+    PZ_UNUSED(errmsg);
+    struct cancel_ctx *c = arg;
+    if (c->n++ == 0)
+        c->first = status;
+    else if (status == PZ_ECANCELED)
+        c->canceled++;
+    else
+        c->other++;
+}
+
+/* More writes queued behind a failing one than one transaction takes (64
+ * batches): those merged into its transaction roll back with it, and the
+ * rest are cancelled without running; run, they would leave a gap in the
+ * log (index 406 on a log that ends at 5). */
+TEST(failed_write_cancels_beyond_its_transaction)
+{
+    enum { BEHIND = 70 };
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 1, 0};
+    CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
+    CHECK_EQ_INT(store_test_max_pages(s, 1), 0); /* = its size now */
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    struct raft_entry *e = mk_entries(6, 400, 1), *f[BEHIND];
+    struct cancel_ctx cc = {0};
+    CHECK_EQ_INT(store_write(s, &loop, NULL, e, 400, cancel_cb, &cc), 0);
+    for (int i = 0; i < BEHIND; i++) {
+        f[i] = mk_entries(406 + (uint64_t)i, 1, 1);
+        CHECK_EQ_INT(store_write(s, &loop, NULL, f[i], 1, cancel_cb, &cc), 0);
+    }
+    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(cc.n, 1 + BEHIND);
+    CHECK_EQ_INT(cc.first, PZ_ENOSPC);
+    CHECK_EQ_INT(cc.canceled, BEHIND);
+    CHECK_EQ_INT(cc.other, 0);
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT((int)ss.last_index, 5);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    store_close(s);
+    CHECK(log_is(&t, 5, 1, 1));
+    free_entries(e, 400);
+    for (int i = 0; i < BEHIND; i++)
+        free_entries(f[i], 1);
+    tdir_free(&t);
+}
+
 /* Nothing else touches the database while writes are queued. */
 TEST(sync_call_while_queued_asserts)
 {
@@ -2503,6 +2561,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(async_many_batches),
     TEST_ENTRY(queued_writes_in_order),
     TEST_ENTRY(failed_write_cancels_queued),
+    TEST_ENTRY(failed_write_cancels_beyond_its_transaction),
     TEST_ENTRY(sync_call_while_queued_asserts),
     TEST_ENTRY(garbage_header_refused),
     TEST_ENTRY(garbage_pages_refused),
