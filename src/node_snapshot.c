@@ -137,8 +137,9 @@ static void update_snap_waiters(void)
  * take longer than its time budget, and starts a process at an eighth of
  * it (store_compact_step): SQLite frees a row's overflow pages one by
  * one, and a step of 4000 rows of 15 KB (transactions of 128 puts) took
- * 100 ms against 3 ms for 2000 rows of 110 bytes. The bound leaves steps of small entries as they were
- * (20000 rows of 110 bytes hold 2.2 MB). */
+ * 100 ms against 3 ms for 2000 rows of 110 bytes. The bound leaves
+ * steps of small entries as they were (20000 rows of 110 bytes hold 2.2
+ * MB). */
 #define COMPACT_ROWS_MIN 2000
 #define COMPACT_ROWS_MAX 20000
 #define COMPACT_BYTES_MAX (4 * 1024 * 1024)

@@ -147,6 +147,22 @@ static int write_range(struct store *s, uint64_t first, size_t n,
     return rc;
 }
 
+/* Opens a store in a new t holding entries 1..5 of term 1 (hard state
+ * term 1), capped at its size now: the next write that needs a page finds
+ * no room (SQLITE_FULL, as on a full file system). */
+static struct store *open_full(struct tdir *t)
+{
+    tdir_init(t);
+    struct store *s = open_ok(t);
+    struct raft_hard_state hs = {1, 1, 0};
+    if (s == NULL || write_range(s, 1, 5, 1, &hs) != 0 ||
+        store_test_max_pages(s, 1) != 0) {
+        fprintf(stderr, "    cannot prepare a full store\n");
+        return NULL;
+    }
+    return s;
+}
+
 /* Runs SQL against the closed database behind the store's back. */
 static bool sql(const struct tdir *t, const char *q)
 {
@@ -697,12 +713,8 @@ TEST(queued_writes_in_order)
 TEST(failed_write_cancels_queued)
 {
     struct tdir t;
-    tdir_init(&t);
-    struct store *s = open_ok(&t);
+    struct store *s = open_full(&t);
     CHECK(s != NULL);
-    struct raft_hard_state hs = {1, 1, 0};
-    CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
-    CHECK_EQ_INT(store_test_max_pages(s, 1), 0); /* = its size now */
     uv_loop_t loop;
     CHECK_EQ_INT(uv_loop_init(&loop), 0);
     struct raft_hard_state h2 = {2, 0, 0};
@@ -777,12 +789,8 @@ TEST(failed_write_cancels_beyond_its_transaction)
 {
     enum { BEHIND = 70 };
     struct tdir t;
-    tdir_init(&t);
-    struct store *s = open_ok(&t);
+    struct store *s = open_full(&t);
     CHECK(s != NULL);
-    struct raft_hard_state hs = {1, 1, 0};
-    CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
-    CHECK_EQ_INT(store_test_max_pages(s, 1), 0); /* = its size now */
     uv_loop_t loop;
     CHECK_EQ_INT(uv_loop_init(&loop), 0);
     struct raft_entry *e = mk_entries(6, 400, 1), *f[BEHIND];
@@ -1216,12 +1224,8 @@ TEST(schema_1_is_converted)
 TEST(full_disk_rolls_back_and_retries)
 {
     struct tdir t;
-    tdir_init(&t);
-    struct store *s = open_ok(&t);
+    struct store *s = open_full(&t);
     CHECK(s != NULL);
-    struct raft_hard_state hs = {1, 1, 0};
-    CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
-    CHECK_EQ_INT(store_test_max_pages(s, 1), 0); /* = its size now */
     struct raft_hard_state h2 = {2, 0, 0};
     struct raft_entry *e = mk_entries(3, 400, 2); /* overwrites 3..5 */
     for (int i = 0; i < 2; i++) {
