@@ -3,8 +3,10 @@
  * live: the partial-input budget, deadlines and eviction at max_conns. */
 #include "conn.h"
 
+#include <linux/sockios.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "log.h"
 #include "stats.h"
@@ -62,6 +64,32 @@ bool conn_is_closing(const struct conn *c)
 size_t conn_output_pending(const struct conn *c)
 {
     return c->out.len + c->inflight + (c->tls ? tls_queued(c->tls) : 0);
+}
+
+/* How long output has waited for c's peer with the peer taking none of
+ * it: 0 when nothing waits or the peer acknowledged bytes since the last
+ * look. Progress is counted in bytes the peer acknowledged (handed to the
+ * socket, less what its send queue still holds), not in writes the
+ * socket took: a send buffer of megabytes takes more only once half of
+ * it is gone, which a client that reads slowly but steadily may take
+ * longer than the timeout to free. Looked at every cron, so the figure
+ * runs up to a cron period short. */
+static uint64_t out_stalled(struct conn *c, uint64_t now)
+{
+    uint64_t sent =
+        c->sent_now + c->sent_queued -
+        uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+    uv_os_fd_t fd;
+    int queued = 0;
+    if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 &&
+        ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+        sent -= PZ_MIN((uint64_t)queued, sent);
+    if (conn_output_pending(c) == 0 || sent != c->stall_sent) {
+        c->stall_sent = sent;
+        c->stall_since = now;
+        return 0;
+    }
+    return now - c->stall_since;
 }
 
 uint64_t conn_now(void)
@@ -414,6 +442,7 @@ static void flush(struct conn *c)
         }
         if (n > 0) {
             pz_buf_consume(&c->out, (size_t)n);
+            c->sent_now += (uint64_t)n;
             activity(c);
         }
     }
@@ -433,6 +462,7 @@ static void flush(struct conn *c)
             return;
         }
         c->inflight += w->len;
+        c->sent_queued += w->len;
     }
 }
 
@@ -586,6 +616,15 @@ static void cron_list(struct pz_queue *head, uint64_t now)
         }
         if (cron_deadline(c, now))
             continue;
+        uint64_t stalled = out_stalled(c, now);
+        if (c->ls->send_timeout && stalled > c->ls->send_timeout &&
+            !conn_is_closing(c)) {
+            pz_info("closing %s: %zu bytes of output not read for %llu ms",
+                    c->peer, conn_output_pending(c),
+                    (unsigned long long)stalled);
+            conn_close(c);
+            continue;
+        }
         if (c->busy > 0 || conn_is_closing(c) || conn_output_pending(c) ||
             limits.idle_timeout == 0)
             continue;
@@ -659,6 +698,7 @@ static struct conn *conn_alloc(const struct conn_ops *ops)
     c->tcp.data = c;
     c->last_io = uv_now(loop);
     c->opened = c->last_io;
+    c->stall_since = c->last_io;
     n_live++;
     return c;
 }
@@ -671,11 +711,14 @@ static struct conn *conn_alloc(const struct conn_ops *ops)
  * it); else the least recently active connection with nothing in flight
  * (no request, no partial input, no output), if it has been idle for
  * CONN_EVICT_IDLE_MS (a kept-alive client reconnects when it needs to, as
- * web servers reuse idle keep-alive connections when they run out).
+ * web servers reuse idle keep-alive connections when they run out), or
+ * whose output its client has left unread as long, whatever else it
+ * holds (answers pipelined behind it, a request in flight).
  * Returns false when no connection qualifies: self is refused. */
 static bool evict_one(struct conn_listener *ls, struct conn *self, uint64_t now)
 {
     struct conn *victim = NULL;
+    bool stalled = false;
     struct pz_queue *e;
     int n = 0;
     for (e = ls->fresh.next; e != &ls->fresh && n < EVICT_SCAN;
@@ -692,9 +735,13 @@ static bool evict_one(struct conn_listener *ls, struct conn *self, uint64_t now)
          victim == NULL && e != &ls->conns && n < EVICT_SCAN;
          e = e->next, n++) {
         struct conn *c = container_of(e, struct conn, q);
-        if (c == self || !(c->flags & CONN_ADMITTED) ||
-            (c->flags & CONN_CLOSE_AFTER) || c->busy > 0 || c->in_held ||
-            c->deadline || conn_output_pending(c))
+        if (c == self || !(c->flags & CONN_ADMITTED))
+            continue;
+        /* Output its client has left unread that long: whatever it was
+         * doing, it waits for that client (last_io is as old). */
+        stalled = out_stalled(c, now) >= CONN_EVICT_IDLE_MS;
+        if (!stalled && ((c->flags & CONN_CLOSE_AFTER) || c->busy > 0 ||
+                         c->in_held || c->deadline || conn_output_pending(c)))
             continue;
         if (now - c->last_io < CONN_EVICT_IDLE_MS)
             break; /* least recent first: the next ones are more recent */
@@ -704,7 +751,9 @@ static bool evict_one(struct conn_listener *ls, struct conn *self, uint64_t now)
         return false;
     pz_debug("%s: max-clients (%zu) reached: evicting %s (%s) for %s", ls->name,
              ls->max_conns, victim->peer,
-             (victim->flags & CONN_SERVED) ? "idle" : "no request completed",
+             stalled                         ? "output not read"
+             : (victim->flags & CONN_SERVED) ? "idle"
+                                             : "no request completed",
              self->peer);
     ls->evictions++;
     stats_conn(ls->name, STATS_CONN_EVICTED);

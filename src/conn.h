@@ -9,7 +9,9 @@
  * writes every buffer out: uv_try_write first, the rest by uv_write.
  * Failure modes: a peer that stops reading makes output pile up: past
  * conn-high-water the connection stops reading until it drains, past
- * conn-hard-limit it is closed. A peer silent past client-idle-timeout is
+ * conn-hard-limit it is closed, and so is one whose peer has taken none
+ * of its output for the listener's send_timeout. A peer silent past
+ * client-idle-timeout is
  * closed unless the protocol marks the connection busy. A read or write
  * error closes. Closing is deferred: conn_close() only flags the
  * connection, and the reaping happens in conn_before_sleep(), never inside
@@ -30,7 +32,11 @@
  *  - eviction instead of refusal at max_conns (conn_listener.evict, see
  *    on_connection in conn.c): a new client takes the place of the oldest
  *    connection that has not completed a request, or else of the one idle
- *    the longest, so slow connections cannot lock new clients out. */
+ *    the longest or whose output has waited unread the longest, so slow
+ *    connections cannot lock new clients out;
+ *  - a send timeout (conn_listener.send_timeout): a peer that leaves its
+ *    output unread, taking none of it, is closed, so that answers nobody
+ *    reads are not held for ever. */
 #ifndef PZ_CONN_H
 #define PZ_CONN_H
 
@@ -86,6 +92,10 @@ struct conn_listener {
      * (see conn.c) and refuse only when none does. Set after
      * conn_listen(). */
     bool evict;
+    /* Output waiting for a connection's peer while the peer takes none of
+     * it for this long (ms; 0: no limit) closes the connection. Set after
+     * conn_listen(). */
+    uint64_t send_timeout;
     struct pz_queue fresh;      /* admitted conns that have not completed
                                    a request yet, oldest first */
     uint64_t evictions;         /* conns evicted so far */
@@ -137,6 +147,10 @@ struct conn {
     uint64_t opened;           /* uv_now() when accepted or dialed */
     uint64_t deadline;         /* uv_now() ms for on_deadline, 0 = none */
     size_t in_held;            /* partial input charged to the budget */
+    uint64_t sent_now;         /* bytes uv_try_write handed the socket */
+    uint64_t sent_queued;      /* bytes handed to uv_write */
+    uint64_t stall_sent;       /* what the peer had taken at stall_since */
+    uint64_t stall_since;      /* uv_now() from which output waits unmoved */
     struct pz_queue q;         /* in ls->conns (least recently active
                                   first) or the outbound list */
     struct pz_queue fq;        /* in ls->fresh until CONN_SERVED */

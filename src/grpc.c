@@ -2075,6 +2075,7 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     }
     gs->ls.data = gs;
     gs->ls.evict = true;
+    gs->ls.send_timeout = gs->body_timeout;
     uv_timer_init(loop, &gs->deadline_timer);
     uv_timer_init(loop, &gs->watch_timer);
     uv_timer_init(loop, &gs->retry_timer);

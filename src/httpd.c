@@ -630,6 +630,7 @@ int httpd_listen(struct httpd *srv, const char *addr,
         srv->ls.data = srv;
         srv->ls.on_refuse = on_refuse;
         srv->ls.evict = opts->evict;
+        srv->ls.send_timeout = opts->body_timeout_ms;
     }
     return rv;
 }

@@ -200,6 +200,8 @@ static void apply_config(const struct pz_config *c, void *arg)
     srv.grpc.ls.max_conns = (size_t)c->max_clients;
     srv.grpc.header_timeout = (uint64_t)c->client_header_timeout_ms;
     srv.grpc.body_timeout = (uint64_t)c->client_body_timeout_ms;
+    srv.http.ls.send_timeout = (uint64_t)c->client_body_timeout_ms;
+    srv.grpc.ls.send_timeout = (uint64_t)c->client_body_timeout_ms;
     srv.http.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
     srv.grpc.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
     if (srv.reload_applying) {

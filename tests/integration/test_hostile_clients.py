@@ -436,6 +436,60 @@ def test_slow_http_body_is_cut(node, pb):
     assert node.request("GET", "/health")[0] == 200
 
 
+def unread_answers(port, n, request):
+    """n connections that each send request and read nothing, with a small
+    receive buffer, so that the answer waits in the server."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(5)
+        s.connect(("127.0.0.1", port))
+        s.sendall(request)
+        socks.append(s)
+    return socks
+
+
+def test_answers_left_unread_do_not_hold_slots_or_memory(node, pb):
+    """Every slot taken by a client that asked for a 3 MB range and reads
+    none of it (an answer under conn-hard-limit): a new client takes the
+    place of one of them once its answer has waited a second, and every
+    one of them is closed once its answer has waited client-body-timeout.
+    Before, they kept their slots and answers for
+    as long as they stayed connected, and new clients got 503."""
+    value = "v" * (384 * 1024)
+    for i in range(8):
+        assert set_key(node, f"big/{i}", value)[0] == 204
+    assert set_key(node, "k1", "before")[0] == 204
+    rss0 = rss_mb(node)
+    socks = unread_answers(node.http_port, MAX_CLIENTS,
+                           b"GET /range?prefix=big/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    t0 = time.time()
+    connected = 'pyazdb_clients_connected{listener="http"}'
+    try:
+        # Until the answers have waited a second, nobody can be evicted.
+        time.sleep(2.0)
+        held = rss_mb(node) - rss0
+        probes = [http_probe(node) for _ in range(5)]
+        print(f"unread answers: {MAX_CLIENTS} clients holding {held:.0f} MB; "
+              f"new clients: {probes}")
+        assert all(line == b"HTTP/1.1 200 OK" for line, _ in probes), probes
+        evicted = node.metrics().get(
+            'pyazdb_clients_rejected_total{listener="http",reason="evicted"}',
+            0)
+        assert evicted >= 1
+        # The rest go once their answers have waited client-body-timeout.
+        assert wait_until(lambda: node.metrics().get(connected, 0) <= 1,
+                          BODY_TIMEOUT + 3), node.metrics().get(connected)
+        took = time.time() - t0
+        assert took > BODY_TIMEOUT - 0.5, took
+        assert "bytes of output not read for" in node.read_log()
+    finally:
+        for s in socks:
+            s.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
 def grpc_slow_opening(port):
     """An HTTP/2 connection that opens a request and then sends its header
     block a byte at a time: HEADERS announcing 200 bytes of it."""

@@ -71,7 +71,9 @@ static void on_stream(struct httpd_conn *hc)
     httpd_stream_write(hc, piece, n);
 }
 
-/* Routes: /held answers 50 ms later, /stream streams (above), /auth wants token "s3cret", /close
+#define BIG_ANSWER (4u << 20)
+
+/* Routes: /big is a BIG_ANSWER-byte answer, /held answers 50 ms later, /stream streams (above), /auth wants token "s3cret", /close
  * closes after its answer, /empty is 204, anything else echoes its path. */
 static void on_request(struct httpd_conn *hc)
 {
@@ -102,6 +104,14 @@ static void on_request(struct httpd_conn *hc)
         httpd_hold(hc);
         httpd_stream_begin(hc, 200, "application/octet-stream",
                            STREAM_TOTAL);
+    } else if (strcmp(path, "/big") == 0) {
+        /* One answer of BIG_ANSWER bytes, under the hard limit. */
+        char *body = pz_malloc(BIG_ANSWER);
+        memset(body, 'b', BIG_ANSWER);
+        struct httpd_reply r = {.status = 200, .ctype = "text/plain",
+                                .body = body, .blen = BIG_ANSWER};
+        httpd_reply(hc, &r);
+        pz_free(body);
     } else if (strcmp(path, "/empty") == 0) {
         struct httpd_reply r = {.status = 204};
         httpd_reply(hc, &r);
@@ -671,9 +681,49 @@ TEST(streamed_reply_to_a_stalled_client_ends)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* An answer its client reads none of, below the hard limit, is dropped
+ * with its connection once the socket has taken nothing of it for the body
+ * deadline; one the client reads goes out whole, however slowly. */
+TEST(unread_answer_is_dropped_after_the_body_deadline)
+{
+    CHECK(world_init(0, 200, 10));
+    int small = 16 * 1024;
+    int fd = dial();
+    CHECK(fd >= 0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    CHECK(send_all(fd, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"));
+    run_for(100);
+    CHECK_EQ_INT(closes, 0); /* not before the deadline */
+    run_for(700);
+    CHECK_EQ_INT(closes, 1);
+    close(fd);
+    /* A reader that takes 64 KiB every 50 ms (4 MiB in about 3 s, far
+     * over the deadline) is not cut. */
+    int rd = dial();
+    CHECK(rd >= 0);
+    setsockopt(rd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    CHECK(send_all(rd, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"));
+    size_t got = 0;
+    static char buf[64 * 1024];
+    size_t whole = BIG_ANSWER + 60; /* and its status line and headers */
+    for (int i = 0; i < 400 && got < whole; i++) {
+        run_for(50);
+        ssize_t n = recv(rd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0)
+            break;
+        if (n > 0)
+            got += (size_t)n;
+    }
+    CHECK(got >= whole);
+    CHECK_EQ_INT(closes, 1);
+    close(rd);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(streamed_reply_follows_the_reader),
     TEST_ENTRY(streamed_reply_to_a_stalled_client_ends),
+    TEST_ENTRY(unread_answer_is_dropped_after_the_body_deadline),
     TEST_ENTRY(pipelined_in_order_with_a_held_answer),
     TEST_ENTRY(close_after_and_unauthorized),
     TEST_ENTRY(bearer_check),
