@@ -404,6 +404,12 @@ static void range_reply(struct gstream *st, struct ekv *e)
     pz_free(l.v);
 }
 
+/* A range held until its client had room for the answer. */
+static void range_resume(struct gstream *st)
+{
+    range_reply(st, grpc_stream_ext(st));
+}
+
 static void on_read(struct node_req *req, int status)
 {
     struct gstream *st = grpc_stream_of(req);
@@ -412,7 +418,8 @@ static void on_read(struct node_req *req, int status)
     if (status < 0) {
         etcd_node_error(st, status, false);
     } else if (e->call == ETCD_RANGE) {
-        range_reply(st, e);
+        if (!grpc_stream_hold_read(st, range_resume))
+            range_reply(st, e);
     } else { /* ETCD_COMPACT */
         const Etcdserverpb__CompactionRequest *q =
             (const Etcdserverpb__CompactionRequest *)e->req;

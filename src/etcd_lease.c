@@ -224,16 +224,11 @@ static int ttl_key(void *arg, const struct kv_view *v)
     return 0;
 }
 
-static void read_done(struct node_req *req, int status)
+/* The answer to a read whose round is done, from the state as it is now
+ * (at once, or once the client has room for it). */
+static void read_answer(struct gstream *st)
 {
-    struct gstream *st = grpc_stream_of(req);
     struct elease *e = grpc_stream_ext(st);
-    grpc_stream_in_node(st, false);
-    if (status < 0) {
-        etcd_node_error(st, status, false);
-        grpc_stream_flush(st);
-        return;
-    }
     struct kv *kv = node_kv();
     Etcdserverpb__ResponseHeader h;
     etcd_header(&h, kv_revision(kv), NULL);
@@ -257,13 +252,11 @@ static void read_done(struct node_req *req, int status)
         etcd_reply(st, &r.base);
         pz_free(lp);
         pz_free(ls);
-        grpc_stream_flush(st);
         return;
     }
     if (!node_is_leader()) {
         /* Leadership moved during the round: ask the new leader. */
         etcd_node_error(st, PZ_ENOTLEADER, false);
-        grpc_stream_flush(st);
         return;
     }
     Etcdserverpb__LeaseTimeToLiveResponse r =
@@ -287,6 +280,16 @@ static void read_done(struct node_req *req, int status)
     }
     etcd_reply(st, &r.base);
     pz_free(k.keys);
+}
+
+static void read_done(struct node_req *req, int status)
+{
+    struct gstream *st = grpc_stream_of(req);
+    grpc_stream_in_node(st, false);
+    if (status < 0)
+        etcd_node_error(st, status, false);
+    else if (!grpc_stream_hold_read(st, read_answer))
+        read_answer(st);
     grpc_stream_flush(st);
 }
 

@@ -218,6 +218,8 @@ struct gstream {
     bool in_wq;              /* wq is linked */
     struct pz_queue hq;      /* in s->held */
     int held;                /* HOLD_*: waiting for output room */
+    void (*resume)(struct gstream *st); /* HOLD_REPLY of another module's
+                                           read (grpc_stream_hold_read) */
     size_t charged;          /* partial-input budget charged for it */
     bool over_budget;        /* no budget for it: refused at headers */
     struct pz_queue bq;      /* in s->body_q while in_bq */
@@ -311,6 +313,8 @@ static void release_held(struct gsession *s)
         st->held = HOLD_NONE;
         if (why == HOLD_DISPATCH)
             dispatch(st);
+        else if (st->resume)
+            st->resume(st);
         else
             read_reply(st);
     }
@@ -1261,9 +1265,17 @@ static void call_health(struct gstream *st)
                                                           &grpc_pb_allocator);
 }
 
-/* One reflection request message on a bidirectional stream. */
+/* One reflection request message on a bidirectional stream. Answers
+ * are queued as requests come, so a client that sends them without
+ * reading the answers is stopped once SESSION_OUT_MAX wait. */
 static void reflect_message(struct gstream *st)
 {
+    if (out_full(st->s)) {
+        finish(st, GRPC_RESOURCE_EXHAUSTED,
+               "more than %zu bytes of answers waiting for this client",
+               SESSION_OUT_MAX);
+        return;
+    }
     struct pz_buf b;
     pz_buf_init(&b);
     if (grpc_reflect_answer(&st->s->gs->reflect, msg_bytes(st), st->rd.msg.len,
@@ -2223,6 +2235,16 @@ bool grpc_stream_deadline_passed(struct gstream *st)
         return false;
     st->s->gs->stats.deadlines++;
     finish(st, GRPC_DEADLINE_EXCEEDED, "context deadline exceeded");
+    return true;
+}
+
+bool grpc_stream_hold_read(struct gstream *st,
+                           void (*resume)(struct gstream *st))
+{
+    if (!out_full(st->s) && pz_queue_empty(&st->s->held))
+        return false;
+    st->resume = resume;
+    hold(st, HOLD_REPLY);
     return true;
 }
 

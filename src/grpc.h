@@ -133,6 +133,13 @@ void *grpc_stream_ext(struct gstream *st);
  * passed. */
 bool grpc_stream_deadline_passed(struct gstream *st);
 /* One response message and OK. */
+/* A read finished (its read point passed): when answers already wait for
+ * the client beyond what a connection may hold, or other calls wait for
+ * room before it, hold the stream (true) and call resume(st) once there
+ * is room, in order, to build the answer then (from the state as it is
+ * then: still linearizable); false: answer now. */
+bool grpc_stream_hold_read(struct gstream *st,
+                           void (*resume)(struct gstream *st));
 void grpc_stream_reply(struct gstream *st, const void *msg, size_t len);
 /* One message of a server stream (the call goes on). */
 void grpc_stream_send(struct gstream *st, const void *msg, size_t len);

@@ -490,6 +490,87 @@ def test_answers_left_unread_do_not_hold_slots_or_memory(node, pb):
     serves_and_kept(node, pb, "k1", "k2")
 
 
+def h2_no_window(port):
+    """A raw HTTP/2 connection that gives the server no room to send
+    (SETTINGS_INITIAL_WINDOW_SIZE 0) and opens none."""
+    c = RawH2(port, preface=False)
+    c.send(gh.PREFACE + gh.h2_frame(gh.SETTINGS, 0, 0,
+                                    struct.pack(">HI", 4, 0)))
+    return c
+
+
+def open_window(c):
+    """Give the server all the room there is, on every stream."""
+    big = 2**31 - 1
+    c.send(gh.h2_frame(gh.SETTINGS, 0, 0, struct.pack(">HI", 4, big))
+           + gh.h2_frame(gh.WINDOW_UPDATE, 0, 0,
+                         struct.pack(">I", big - 65535)))
+
+
+def test_grpc_answers_wait_for_a_client_that_does_not_read(node, pb):
+    """Ranges of 900 kB (under grpc-max-message) on 120 streams of a
+    connection that lets the server send nothing: the reads finish, but
+    their answers are built only as the client makes room (at most 16 MiB
+    waiting), not all at once (108 MB); once it does, every call is
+    answered. Reflection requests
+    sent without reading the answers end their stream once 16 MiB wait."""
+    value = "v" * (300 * 1024)
+    for i in range(3):
+        assert set_key(node, f"big/{i}", value)[0] == 204
+    assert set_key(node, "k1", "before")[0] == 204
+    n = 120
+    rng = frame(b"\x0a\x04big/\x12\x04big0")
+    c = h2_no_window(node.grpc_port)
+    try:
+        rss0 = rss_mb(node)
+        out = b""
+        for i in range(n):
+            sid = 1 + 2 * i
+            out += gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, gh.hpack_block(
+                grpc_headers("/etcdserverpb.KV/Range", node.grpc_port)))
+            out += gh.h2_frame(gh.DATA, gh.END_STREAM, sid, rng)
+        c.send(out)
+        c.read_frames(timeout=2.0)  # acknowledges SETTINGS, opens nothing
+        grown = rss_mb(node) - rss0
+        print(f"{n} ranges of 900 kB, window 0: RSS +{grown:.0f} MB")
+        assert grown < 60, grown
+        open_window(c)
+        ended, data = set(), 0
+        def all_ended(frames):
+            nonlocal ended, data
+            for f in frames[all_ended.seen:]:
+                if f[0] == gh.DATA:
+                    data += len(f[3])
+                if f[0] == gh.HEADERS and f[1] & gh.END_STREAM:
+                    ended.add(f[2])
+            all_ended.seen = len(frames)
+            return len(ended) == n
+        all_ended.seen = 0
+        c.read_frames(until=all_ended, timeout=60)
+        assert len(ended) == n, len(ended)
+        assert data > n * 3 * 300 * 1024, data
+    finally:
+        c.close()
+    # Reflection: 20,000 requests (22 bytes each) of a 10 kB answer.
+    c = h2_no_window(node.grpc_port)
+    try:
+        rss0 = rss_mb(node)
+        path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        c.headers(1, grpc_headers(path, node.grpc_port))
+        ask = frame(b"\x22\x0fetcdserverpb.KV")  # file_containing_symbol
+        for _ in range(40):
+            c.data(1, ask * 500)
+        assert wait_until(lambda: "RESOURCE_EXHAUSTED more than" in
+                          node.read_log(), 10)
+        grown = rss_mb(node) - rss0
+        print(f"20,000 reflection requests, window 0: RSS +{grown:.0f} MB")
+        assert grown < 60, grown
+        assert "bytes of answers waiting for this client" in node.read_log()
+    finally:
+        c.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
 def grpc_slow_opening(port):
     """An HTTP/2 connection that opens a request and then sends its header
     block a byte at a time: HEADERS announcing 200 bytes of it."""
