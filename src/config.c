@@ -167,11 +167,11 @@ static const struct cfg_directive directives[] = {
                0, MS_PER_DAY, MANDI,
                "close a client silent this long; 0 = never"),
     D_DURATION("LIMITS", "client-header-timeout", client_header_timeout_ms,
-               "10s", 100, MS_PER_DAY, 0,
+               "10s", 100, MS_PER_DAY, MANDI,
                "time from the first byte of a request to the end of its "
                "headers"),
     D_DURATION("LIMITS", "client-body-timeout", client_body_timeout_ms, "60s",
-               100, MS_PER_DAY, 0,
+               100, MS_PER_DAY, MANDI,
                "time from the end of a request's headers to the end of its "
                "body"),
     D_SIZE("LIMITS", "max-key-size", max_key_size, "64kb", 1, MB, IMM,
@@ -196,7 +196,7 @@ static const struct cfg_directive directives[] = {
     D_INT("LIMITS", "lease-max-count", lease_max_count, "10000", 1, 1048576,
           IMM, "most leases the cluster holds at once"),
     D_SIZE("LIMITS", "max-partial-input", max_partial_input, "256mb", KB,
-           64 * GB, IMM,
+           64 * GB, IMM | MANDI,
            "partly received requests held at once, all clients together"),
     D_INT("LIMITS", "watch-history-events", watch_history_events, "10000", 1,
           100000000, IMM, "most events the watch history keeps"),

@@ -551,6 +551,8 @@ int mandi_opts_from_config(const struct pz_config *cfg, struct mandi_opts *o)
     o->max_header_bytes = (size_t)cfg->http_max_header_size;
     o->max_headers = (size_t)cfg->http_max_headers;
     o->out_pause = (size_t)cfg->conn_high_water;
+    o->header_timeout_ms = (uint64_t)cfg->client_header_timeout_ms;
+    o->body_timeout_ms = (uint64_t)cfg->client_body_timeout_ms;
     return 0;
 }
 
@@ -626,7 +628,10 @@ struct mandi *mandi_new(uv_loop_t *loop, const struct mandi_opts *opts,
                 .max_body = opts->max_body,
             },
         .out_pause = opts->out_pause,
+        .header_timeout_ms = opts->header_timeout_ms,
+        .body_timeout_ms = opts->body_timeout_ms,
         .max_clients = opts->max_clients,
+        .evict = true,
         .busy_line = "too many clients",
         .realm = "mandi",
     };
@@ -733,8 +738,8 @@ static void on_signal(uv_signal_t *h, int signum)
 }
 
 /* What a reload changes in mandi (reload_apply_cb): the log level, the
- * idle timeout and max-clients; reload.c reopens the log file. Mandi
- * reads no other directive that a reload applies. */
+ * idle, header and body timeouts and max-clients; reload.c reopens the
+ * log file. Mandi reads no other directive that a reload applies. */
 static void apply_config(const struct pz_config *c, void *arg)
 {
     PZ_UNUSED(arg);
@@ -743,6 +748,10 @@ static void apply_config(const struct pz_config *c, void *arg)
     if (proc.m) {
         proc.m->http.ls.max_conns = (size_t)c->max_clients;
         proc.m->http.o.max_clients = (size_t)c->max_clients;
+        proc.m->http.o.header_timeout_ms =
+            (uint64_t)c->client_header_timeout_ms;
+        proc.m->http.o.body_timeout_ms = (uint64_t)c->client_body_timeout_ms;
+        proc.m->http.ls.send_timeout = (uint64_t)c->client_body_timeout_ms;
     }
     if (tls_slot_on(&tls_http))
         tls_setup_load(c, true, NULL, 0); /* new certificates */
@@ -795,6 +804,7 @@ int mandi_run(const struct pz_config *cfg)
         .high_water = (size_t)cfg->conn_high_water,
         .hard_limit = (size_t)cfg->conn_hard_limit,
         .idle_timeout = (uint64_t)cfg->client_idle_timeout_ms,
+        .max_partial_input = (size_t)cfg->max_partial_input,
     };
     conn_setup(&proc.loop, &lim);
     uv_prepare_init(&proc.loop, &proc.prepare);

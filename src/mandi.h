@@ -106,6 +106,9 @@ struct mandi_opts {
     size_t max_headers;      /* header fields per request */
     size_t out_pause;        /* stop serving a connection whose unread
                                 output passes this, until it drains */
+    uint64_t header_timeout_ms; /* first byte to end of headers (408) */
+    uint64_t body_timeout_ms;   /* end of headers to end of body (408);
+                                   also output left unread this long */
     const struct tls_slot *tls; /* HTTPS (tls.h), borrowed; NULL: plain
                                    HTTP */
 };
@@ -114,7 +117,8 @@ struct mandi;
 
 /* Options from the configuration: mandi-addr's host:port, cluster-token
  * (borrowed from cfg), the mandi-* directives, max-clients, the http-*
- * limits (the body capped at MANDI_MAX_BODY) and conn-high-water.
+ * limits (the body capped at MANDI_MAX_BODY), conn-high-water and the
+ * client header and body timeouts.
  * Returns 0 or PZ_EINVAL for a mandi-addr that is not http://host:port. */
 int mandi_opts_from_config(const struct pz_config *cfg, struct mandi_opts *o);
 

@@ -669,3 +669,72 @@ def test_port_in_use_fails(mandis):
     b.start(wait=False)
     assert b.wait_exit(10) == 1
     assert "address already in use" in b.read_log()
+
+
+def _status_line(s, timeout=5):
+    s.settimeout(timeout)
+    out = b""
+    try:
+        while b"\r\n" not in out:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            out += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return out.split(b"\r\n", 1)[0]
+
+
+def test_slow_and_silent_clients_are_bounded(mandis):
+    """Mandi answers anyone who can reach it, so a node's client limits
+    hold there too: headers trickled a byte at a time get 408 after
+    client-header-timeout, a body after client-body-timeout, and with
+    every slot taken by silent connections a new client still gets its
+    answer (the oldest silent one is evicted); partial bodies over
+    max-partial-input are refused with 503."""
+    m = mandis(conf={"client-header-timeout": "1s",
+                     "client-body-timeout": "1s", "max-clients": "4",
+                     "max-partial-input": "64kb"})
+    with socket.create_connection(("127.0.0.1", m.port)) as s:
+        s.sendall(b"GET /leader HTTP/1.1\r\n")
+        t0 = time.time()
+        for _ in range(30):
+            try:
+                s.sendall(b"X")
+            except OSError:
+                break
+            time.sleep(0.1)
+            s.settimeout(0.01)
+            try:
+                if s.recv(1, socket.MSG_PEEK):
+                    break
+            except socket.timeout:
+                pass
+        assert _status_line(s).startswith(b"HTTP/1.1 408"), time.time() - t0
+        assert time.time() - t0 < 3.0
+    with socket.create_connection(("127.0.0.1", m.port)) as s:
+        s.sendall(b"POST /join-requests HTTP/1.1\r\nContent-Length: 10\r\n"
+                  b"\r\n{")
+        assert _status_line(s).startswith(b"HTTP/1.1 408")
+    silent = [socket.create_connection(("127.0.0.1", m.port))
+              for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        st, _, _ = m.request("GET", "/leader")
+        assert st == 404  # served: no leader known yet
+    finally:
+        for s in silent:
+            s.close()
+    # Two bodies of 40 kB still arriving: the second passes 64 kB.
+    a = socket.create_connection(("127.0.0.1", m.port))
+    b = socket.create_connection(("127.0.0.1", m.port))
+    try:
+        head = b"POST /join-requests HTTP/1.1\r\nContent-Length: 45000\r\n\r\n"
+        a.sendall(head + b"x" * 40000)
+        time.sleep(0.2)
+        b.sendall(head + b"x" * 40000)
+        assert _status_line(b).startswith(b"HTTP/1.1 503")
+    finally:
+        a.close()
+        b.close()
+    assert m.request("GET", "/leader")[0] == 404
