@@ -292,6 +292,11 @@ static int follow(struct wstate *st, const char *addr, char *err, size_t errlen)
             vl--;
         }
         if (fl == 4 && memcmp(line, "data", 4) == 0) {
+            if (data.len + 1 + vl > EVENT_MAX) {
+                /* data lines without the empty line that ends an event */
+                snprintf(err, errlen, "%s: event too large", addr);
+                break;
+            }
             if (data.len)
                 pz_buf_append(&data, "\n", 1);
             pz_buf_append(&data, val, vl);
