@@ -198,6 +198,9 @@ static const struct cfg_directive directives[] = {
     D_SIZE("LIMITS", "max-partial-input", max_partial_input, "256mb", KB,
            64 * GB, IMM | MANDI,
            "partly received requests held at once, all clients together"),
+    D_SIZE("LIMITS", "max-pending-output", max_pending_output, "256mb", KB,
+           64 * GB, IMM | MANDI,
+           "answers waiting for clients held at once, all clients together"),
     D_INT("LIMITS", "watch-history-events", watch_history_events, "10000", 1,
           100000000, IMM, "most events the watch history keeps"),
     D_SIZE("LIMITS", "watch-history-bytes", watch_history_bytes, "64mb", KB,
@@ -1461,6 +1464,15 @@ int cfg_check(const struct pz_config *c, char *err, size_t errlen)
         fmt_err(err, errlen, NULL, 0,
                 "'max-key-size' (%s) + 'max-value-size' (%s) must stay "
                 "within 64mb: a write must fit in one Raft peer frame",
+                a, b);
+        return PZ_ECONFIG;
+    }
+    if (c->max_pending_output < c->conn_hard_limit) {
+        fmt_size(c->max_pending_output, a, sizeof a);
+        fmt_size(c->conn_hard_limit, b, sizeof b);
+        fmt_err(err, errlen, NULL, 0,
+                "'max-pending-output' (%s) must be at least "
+                "'conn-hard-limit' (%s)",
                 a, b);
         return PZ_ECONFIG;
     }

@@ -131,6 +131,8 @@ struct pz_config {
     int64_t lease_max_count;        /* lease-max-count */
     int64_t max_partial_input;      /* max-partial-input: bytes, all
                                        client connections together */
+    int64_t max_pending_output;     /* max-pending-output: bytes of
+                                       answers waiting for all clients */
     int64_t watch_history_events;   /* watch-history-events */
     int64_t watch_history_bytes;    /* watch-history-bytes */
     int64_t watch_max_buffer;       /* watch-max-buffer: bytes */

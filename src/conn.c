@@ -31,6 +31,7 @@ static struct pz_queue closing_q;  /* conns flagged CLOSE_ASAP */
 static struct pz_queue outbound_q; /* conns from conn_connect */
 static size_t n_live;              /* conns not yet freed */
 static size_t in_total;            /* partial input charged, all conns */
+static size_t out_total;           /* output charged, client conns */
 static char read_buf[READ_BUF_SIZE];
 static char plain_buf[READ_BUF_SIZE]; /* decrypted input, as read_buf */
 static struct pz_queue listeners;  /* listening, for the idle sweep */
@@ -90,6 +91,76 @@ static uint64_t out_stalled(struct conn *c, uint64_t now)
         return 0;
     }
     return now - c->stall_since;
+}
+
+/* Count c's output (and what its protocol holds) in out_total as it is
+ * now: nothing once c is closing (it is dropped at the reap). */
+static void charge(struct conn *c)
+{
+    if (c->ls == NULL || !c->ls->clients)
+        return;
+    size_t now = conn_is_closing(c) ? 0 : conn_output_pending(c) + c->out_held;
+    out_total = out_total - c->out_charged + now;
+    c->out_charged = now;
+}
+
+size_t conn_output_total(void)
+{
+    return out_total;
+}
+
+void conn_hold_output(struct conn *c, size_t bytes)
+{
+    c->out_held = bytes;
+    charge(c);
+}
+
+/* Close the client connections whose output has not moved for
+ * CONN_EVICT_IDLE_MS and is over high water (but self), until out_total
+ * is at most want. */
+static void shed_stalled(struct conn *self, size_t want)
+{
+    uint64_t now = uv_now(loop);
+    struct pz_queue *e, *f;
+    PZ_QUEUE_FOREACH(e, &listeners)
+    {
+        struct conn_listener *ls = container_of(e, struct conn_listener, lq);
+        if (!ls->clients)
+            continue;
+        PZ_QUEUE_FOREACH(f, &ls->conns)
+        {
+            if (out_total <= want)
+                return;
+            struct conn *c = container_of(f, struct conn, q);
+            if (c == self || conn_is_closing(c) ||
+                conn_output_pending(c) + c->out_held <= limits.high_water ||
+                out_stalled(c, now) < CONN_EVICT_IDLE_MS)
+                continue;
+            pz_info("closing %s: %zu bytes of output not read for %llu ms, "
+                    "and max-pending-output (%zu) is reached",
+                    c->peer, conn_output_pending(c) + c->out_held,
+                    (unsigned long long)out_stalled(c, now),
+                    limits.max_pending_output);
+            conn_close(c);
+        }
+    }
+}
+
+bool conn_output_fits(struct conn *c, size_t n)
+{
+    size_t max = limits.max_pending_output;
+    if (max == 0 || c->ls == NULL || !c->ls->clients || conn_is_closing(c) ||
+        out_total + n <= max ||
+        conn_output_pending(c) + c->out_held + n <= limits.high_water)
+        return true;
+    shed_stalled(c, max > n ? max - n : 0);
+    if (out_total + n <= max)
+        return true;
+    pz_warn("closing %s: %zu more bytes of output would take what waits for "
+            "clients (%zu bytes) past max-pending-output (%zu)",
+            c->peer, n, out_total, max);
+    conn_close(c);
+    return false;
 }
 
 uint64_t conn_now(void)
@@ -345,12 +416,13 @@ static void mark_pending(struct conn *c)
 
 void conn_write(struct conn *c, const void *p, size_t n)
 {
-    if (conn_is_closing(c) || n == 0)
+    if (conn_is_closing(c) || n == 0 || !conn_output_fits(c, n))
         return;
     if (c->tls)
         tls_queue(c->tls, p, n); /* encrypted in flush() */
     else
         pz_buf_append(&c->out, p, n);
+    charge(c);
     mark_pending(c);
 }
 
@@ -360,6 +432,7 @@ void conn_close(struct conn *c)
         return;
     unadmit(c);
     c->flags |= CONN_CLOSE_ASAP;
+    charge(c); /* its output is dropped */
     if (c->flags & CONN_PENDING)
         pz_queue_remove(&c->pending);
     c->flags |= CONN_PENDING; /* the pending link now sits in closing_q */
@@ -392,6 +465,8 @@ static void reap(struct conn *c)
     /* What the protocol did not release goes back to the budget now. */
     in_total -= c->in_held;
     c->in_held = 0;
+    out_total -= c->out_charged;
+    c->out_charged = 0;
     if (c->ls)
         unadmit(c);
     pz_queue_remove(&c->q);
@@ -420,6 +495,7 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     activity(c);
+    charge(c);
     mark_pending(c); /* re-check backpressure, close-after, drain */
 }
 
@@ -503,6 +579,7 @@ static void before_sleep_one(struct conn *c)
         tls_has_input(c->tls) && !conn_is_closing(c))
         tls_input(c); /* left in the engine by a pause */
     flush(c);
+    charge(c);
     if (conn_is_closing(c))
         return;
     size_t pend = conn_output_pending(c);

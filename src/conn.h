@@ -36,7 +36,11 @@
  *    connections cannot lock new clients out;
  *  - a send timeout (conn_listener.send_timeout): a peer that leaves its
  *    output unread, taking none of it, is closed, so that answers nobody
- *    reads are not held for ever. */
+ *    reads are not held for ever;
+ *  - one bound on the output waiting for all clients together
+ *    (max_pending_output, conn_output_fits): past it, connections whose
+ *    output has not moved for a second are closed, else the connection
+ *    whose large answer would pass it. */
 #ifndef PZ_CONN_H
 #define PZ_CONN_H
 
@@ -96,6 +100,9 @@ struct conn_listener {
      * it for this long (ms; 0: no limit) closes the connection. Set after
      * conn_listen(). */
     uint64_t send_timeout;
+    /* Client-facing: its connections' output counts against
+     * max_pending_output. Set after conn_listen(). */
+    bool clients;
     struct pz_queue fresh;      /* admitted conns that have not completed
                                    a request yet, oldest first */
     uint64_t evictions;         /* conns evicted so far */
@@ -151,6 +158,9 @@ struct conn {
     uint64_t sent_queued;      /* bytes handed to uv_write */
     uint64_t stall_sent;       /* what the peer had taken at stall_since */
     uint64_t stall_since;      /* uv_now() from which output waits unmoved */
+    size_t out_held;           /* output the protocol holds for the peer
+                                  outside c->out (conn_hold_output) */
+    size_t out_charged;        /* what c counts in the output total */
     struct pz_queue q;         /* in ls->conns (least recently active
                                   first) or the outbound list */
     struct pz_queue fq;        /* in ls->fresh until CONN_SERVED */
@@ -168,6 +178,9 @@ struct conn_limits {
     uint64_t idle_timeout;  /* ms; 0 = never */
     size_t max_partial_input; /* process-wide partial-input budget, bytes;
                                  0 = no limit */
+    size_t max_pending_output; /* process-wide bound on output waiting for
+                                  clients (conn_listener.clients), bytes;
+                                  0 = no limit */
 };
 
 /* When the listener evicts: a connection that has not completed a request
@@ -220,6 +233,18 @@ int conn_start_tls_addr(struct conn *c, const struct tls_slot *s,
                         const char *addr, uint64_t handshake_ms);
 
 void conn_write(struct conn *c, const void *p, size_t n);
+/* Output the protocol holds for c's peer outside conn_write (answers
+ * nghttp2 has not taken yet): counted with c's output against
+ * max_pending_output. */
+void conn_hold_output(struct conn *c, size_t bytes);
+/* Room for n more bytes of output for c's peer: false when they would take
+ * the output waiting for all clients past max_pending_output while c
+ * itself holds more than high_water with them; c is then closed (after
+ * closing the client connections whose output has not moved for
+ * CONN_EVICT_IDLE_MS, if that does not make the room). */
+bool conn_output_fits(struct conn *c, size_t n);
+/* Output waiting for clients, all connections together. */
+size_t conn_output_total(void);
 /* Output waiting in libuv or in c->out. */
 size_t conn_output_pending(const struct conn *c);
 /* Close now, dropping output not yet written. Idempotent. */

@@ -536,12 +536,17 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
     }
 }
 
-/* Frame a message into the stream's output, counted per session. */
+/* Frame a message into the stream's output, counted per session and
+ * with the connection's output (max-pending-output: past it, the
+ * connection is closed and the message dropped). */
 static void out_append(struct gstream *st, const void *msg, size_t len)
 {
+    if (!conn_output_fits(st->s->c, len + GRPC_FRAME_HEADER))
+        return;
     size_t before = st->out.len;
     grpc_frame_append(&st->out, msg, len);
     st->s->out_bytes += st->out.len - before;
+    conn_hold_output(st->s->c, st->s->out_bytes);
 }
 
 /* Output is waiting: submit the response headers with a data provider
@@ -589,6 +594,7 @@ static void http_error(struct gstream *st, const char *status, const char *text)
     release_reader(st);
     pz_buf_append(&st->out, text, strlen(text));
     st->s->out_bytes += strlen(text);
+    conn_hold_output(st->s->c, st->s->out_bytes);
     nghttp2_nv nva[] = {
         NV(":status", status),
         NV("content-type", "text/plain; charset=utf-8"),
@@ -612,6 +618,7 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
         memcpy(buf, st->out.data + st->out_off, n);
     st->out_off += n;
     st->s->out_bytes -= n;
+    conn_hold_output(st->s->c, st->s->out_bytes);
     if (st->out_off == st->out.len) {
         pz_buf_reset(&st->out);
         st->out_off = 0;
@@ -1787,6 +1794,7 @@ static void stream_free(struct gstream *st)
     if (st->held)
         pz_queue_remove(&st->hq);
     s->out_bytes -= st->out.len - st->out_off;
+    conn_hold_output(s->c, s->out_bytes);
     if (st->in_node)
         gs->be->cancel(&st->req);
     if (st->in_fwd)
@@ -2088,6 +2096,7 @@ int grpc_start(struct grpc_server *gs, uv_loop_t *loop,
     gs->ls.data = gs;
     gs->ls.evict = true;
     gs->ls.send_timeout = gs->body_timeout;
+    gs->ls.clients = true;
     uv_timer_init(loop, &gs->deadline_timer);
     uv_timer_init(loop, &gs->watch_timer);
     uv_timer_init(loop, &gs->retry_timer);

@@ -702,6 +702,7 @@ static void reply_status(struct http_conn *h)
     cJSON_AddStringToObject(o, "digest", dg);
     add_u64(o, "fsync_entries", st.fsync_entries);
     add_u64(o, "partial_input", conn_in_total());
+    add_u64(o, "pending_output", conn_output_total());
     cJSON *alarms = cJSON_AddArrayToObject(o, "alarms");
     if (st.nospace) {
         cJSON_AddItemToArray(alarms, cJSON_CreateString("NOSPACE"));

@@ -631,6 +631,7 @@ int httpd_listen(struct httpd *srv, const char *addr,
         srv->ls.on_refuse = on_refuse;
         srv->ls.evict = opts->evict;
         srv->ls.send_timeout = opts->body_timeout_ms;
+        srv->ls.clients = true;
     }
     return rv;
 }

@@ -805,6 +805,7 @@ int mandi_run(const struct pz_config *cfg)
         .hard_limit = (size_t)cfg->conn_hard_limit,
         .idle_timeout = (uint64_t)cfg->client_idle_timeout_ms,
         .max_partial_input = (size_t)cfg->max_partial_input,
+        .max_pending_output = (size_t)cfg->max_pending_output,
     };
     conn_setup(&proc.loop, &lim);
     uv_prepare_init(&proc.loop, &proc.prepare);

@@ -490,6 +490,38 @@ def test_answers_left_unread_do_not_hold_slots_or_memory(node, pb):
     serves_and_kept(node, pb, "k1", "k2")
 
 
+def test_answers_waiting_for_all_clients_are_bounded(servers, pb):
+    """50 clients ask for a 3.6 MB range each and read none of it, under
+    max-pending-output 8mb: the answers past it close their connections
+    instead of piling up (180 MB); a client that reads still gets its
+    answer. (Closing stalled connections to make room is checked in
+    test_httpd.c, where the sizes are not at the mercy of the kernel's
+    send buffers.)"""
+    node = servers(conf=dict(CONF, **{"max-clients": "100",
+                                      "max-pending-output": "8mb",
+                                      "conn-hard-limit": "8mb"}), env=ENV)
+    value = "v" * (450 * 1024)
+    for i in range(8):
+        assert set_key(node, f"big/{i}", value)[0] == 204
+    assert set_key(node, "k1", "before")[0] == 204
+    rss0 = rss_mb(node)
+    socks = unread_answers(node.http_port, 50,
+                           b"GET /range?prefix=big/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        time.sleep(1.5)
+        grown = rss_mb(node) - rss0
+        st, _, body = node.request("GET", "/range?prefix=big/")
+        print(f"50 unread answers of 3.6 MB, max-pending-output 8mb: "
+              f"RSS +{grown:.0f} MB; a reader got {st}, {len(body)} bytes")
+        assert grown < 30, grown
+        assert st == 200 and len(body) > 8 * 450 * 1024, (st, len(body))
+        assert "past max-pending-output" in node.read_log()
+    finally:
+        for s in socks:
+            s.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
 def h2_no_window(port):
     """A raw HTTP/2 connection that gives the server no room to send
     (SETTINGS_INITIAL_WINDOW_SIZE 0) and opens none."""

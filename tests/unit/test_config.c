@@ -962,6 +962,21 @@ TEST(cross_field)
 }
 
 /* A write must fit in one Raft peer frame (64 MiB with its message). */
+TEST(pending_output_holds_a_connection)
+{
+    struct pz_config c;
+    char err[512] = "";
+    char *ok[] = {"srv", "--max-pending-output", "64mb", NULL};
+    CHECK_EQ_INT(cfg_load(&c, 3, ok, NULL, err, sizeof err), 0);
+    CHECK_EQ_INT(c.max_pending_output, 64 << 20);
+    cfg_free(&c);
+    char *small[] = {"srv", "--max-pending-output", "32mb", NULL};
+    CHECK_EQ_INT(cfg_load(&c, 3, small, NULL, err, sizeof err), PZ_ECONFIG);
+    CHECK_EQ_STR(err, "'max-pending-output' (32mb) must be at least "
+                      "'conn-hard-limit' (64mb)");
+    cfg_free(&c);
+}
+
 TEST(value_fits_a_peer_frame)
 {
     struct pz_config c;
@@ -1408,6 +1423,7 @@ static const struct test_case config_cases[] = {
     TEST_ENTRY(token_characters),
     TEST_ENTRY(open_cluster_needs_loopback),
     TEST_ENTRY(value_fits_a_peer_frame),
+    TEST_ENTRY(pending_output_holds_a_connection),
     TEST_ENTRY(initial_cluster_good),
     TEST_ENTRY(initial_cluster_bad),
     TEST_ENTRY(help_lists_everything),

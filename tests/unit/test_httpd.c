@@ -72,8 +72,9 @@ static void on_stream(struct httpd_conn *hc)
 }
 
 #define BIG_ANSWER (4u << 20)
+#define HUGE_ANSWER (16u << 20)
 
-/* Routes: /big is a BIG_ANSWER-byte answer, /held answers 50 ms later, /stream streams (above), /auth wants token "s3cret", /close
+/* Routes: /big and /huge are BIG_ANSWER and HUGE_ANSWER bytes, /held answers 50 ms later, /stream streams (above), /auth wants token "s3cret", /close
  * closes after its answer, /empty is 204, anything else echoes its path. */
 static void on_request(struct httpd_conn *hc)
 {
@@ -104,12 +105,14 @@ static void on_request(struct httpd_conn *hc)
         httpd_hold(hc);
         httpd_stream_begin(hc, 200, "application/octet-stream",
                            STREAM_TOTAL);
-    } else if (strcmp(path, "/big") == 0) {
-        /* One answer of BIG_ANSWER bytes, under the hard limit. */
-        char *body = pz_malloc(BIG_ANSWER);
-        memset(body, 'b', BIG_ANSWER);
+    } else if (strcmp(path, "/big") == 0 || strcmp(path, "/huge") == 0) {
+        /* One answer of BIG_ANSWER (HUGE_ANSWER) bytes, under the hard
+         * limit. */
+        size_t n = path[1] == 'b' ? BIG_ANSWER : HUGE_ANSWER;
+        char *body = pz_malloc(n);
+        memset(body, 'b', n);
         struct httpd_reply r = {.status = 200, .ctype = "text/plain",
-                                .body = body, .blen = BIG_ANSWER};
+                                .body = body, .blen = n};
         httpd_reply(hc, &r);
         pz_free(body);
     } else if (strcmp(path, "/empty") == 0) {
@@ -131,13 +134,16 @@ static const struct httpd_ops ops = {.on_request = on_request,
                                      .on_close = on_close,
                                      .on_stream = on_stream};
 
+static size_t out_budget; /* max_pending_output of the next world_init */
+
 static bool world_init(size_t budget, uint64_t header_ms, size_t max_clients)
 {
     signal(SIGPIPE, SIG_IGN);
     pz_assert(uv_loop_init(&loop) == 0);
     struct conn_limits lim = {.high_water = 1u << 20,
                               .hard_limit = 64u << 20,
-                              .max_partial_input = budget};
+                              .max_partial_input = budget,
+                              .max_pending_output = out_budget};
     conn_setup(&loop, &lim);
     uv_prepare_init(&loop, &prep);
     uv_prepare_start(&prep, on_prep);
@@ -720,10 +726,48 @@ TEST(unread_answer_is_dropped_after_the_body_deadline)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* Under max_pending_output, an answer that would pass it first closes
+ * the connections whose output has not moved for a second: a client that
+ * reads gets its answer, the one that stopped reading is dropped. */
+TEST(stalled_answers_make_room_for_a_reader)
+{
+    out_budget = 20u << 20;
+    CHECK(world_init(0, 0, 10)); /* no deadlines, no send timeout */
+    out_budget = 0;
+    int small = 4096;
+    int a = dial();
+    CHECK(a >= 0);
+    setsockopt(a, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    CHECK(send_all(a, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n"));
+    run_for(1300);
+    /* 16 MiB, less the most a send buffer takes (4 MiB), wait unmoved. */
+    CHECK(conn_output_total() > (12u << 20));
+    CHECK_EQ_INT(closes, 0);
+    int b = dial();
+    CHECK(b >= 0);
+    CHECK(send_all(b, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n"));
+    size_t got = 0, whole = HUGE_ANSWER + 60;
+    static char buf[256 * 1024];
+    for (int i = 0; i < 2000 && got < whole; i++) {
+        run_for(2);
+        ssize_t n = recv(b, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0)
+            break;
+        if (n > 0)
+            got += (size_t)n;
+    }
+    CHECK(got >= whole);
+    CHECK_EQ_INT(closes, 1); /* a's */
+    close(a);
+    close(b);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(streamed_reply_follows_the_reader),
     TEST_ENTRY(streamed_reply_to_a_stalled_client_ends),
     TEST_ENTRY(unread_answer_is_dropped_after_the_body_deadline),
+    TEST_ENTRY(stalled_answers_make_room_for_a_reader),
     TEST_ENTRY(pipelined_in_order_with_a_held_answer),
     TEST_ENTRY(close_after_and_unauthorized),
     TEST_ENTRY(bearer_check),
