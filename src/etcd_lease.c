@@ -410,6 +410,7 @@ static void ka_pump(struct gstream *st)
     struct ka_msg *m = ka_pop(&k->answers);
     if (m) {
         k->waiting--;
+        grpc_stream_charge(st, 0, m->len);
         grpc_stream_send(st, m->data, m->len);
         pz_free(m);
     } else if (k->client_done && !k->busy && k->reqs.head == NULL) {
@@ -419,6 +420,8 @@ static void ka_pump(struct gstream *st)
 
 static void ka_answer_bytes(struct eka *k, const void *b, size_t len)
 {
+    if (!grpc_stream_charge(k->st, len, 0))
+        return; /* over max-pending-output: the connection is closing */
     struct ka_msg *m = pz_malloc(sizeof *m + len + 1);
     m->id = 0;
     m->len = len;

@@ -98,6 +98,8 @@ static void pump(struct gstream *st);
 static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
 {
     size_t n = etcdserverpb__watch_response__get_packed_size(r);
+    if (!grpc_stream_charge(es->st, n, 0))
+        return; /* over max-pending-output: the connection is closing */
     struct omsg *m = pz_malloc(sizeof *m + n + 1);
     m->next = NULL;
     m->len = etcdserverpb__watch_response__pack(r, m->data);
@@ -449,6 +451,7 @@ static void pump(struct gstream *st)
         es->tail = NULL;
     es->queued--;
     es->queued_bytes -= m->len;
+    grpc_stream_charge(st, 0, m->len);
     grpc_stream_send(st, m->data, m->len);
     pz_free(m);
 }

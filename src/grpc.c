@@ -221,6 +221,7 @@ struct gstream {
     void (*resume)(struct gstream *st); /* HOLD_REPLY of another module's
                                            read (grpc_stream_hold_read) */
     size_t charged;          /* partial-input budget charged for it */
+    size_t queued;           /* its part of s->out_queued */
     bool over_budget;        /* no budget for it: refused at headers */
     struct pz_queue bq;      /* in s->body_q while in_bq */
     bool in_bq;              /* its request message is arriving */
@@ -240,6 +241,8 @@ struct gsession {
     size_t n_streams;         /* length of streams */
     size_t buffered;          /* request bytes held by readers */
     size_t out_bytes;         /* response bytes not yet given to nghttp2 */
+    size_t out_queued;        /* answers the streams' modules queue
+                                 themselves (grpc_stream_charge) */
     struct pz_queue held;     /* complete calls waiting for out_bytes */
     int in_recv;              /* inside mem_recv: no mem_send now */
     struct grpc_h2_scan scan; /* frame boundaries of the input */
@@ -536,6 +539,13 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
     }
 }
 
+/* What the session holds for its client, counted with the connection's
+ * output against max-pending-output. */
+static void out_count(struct gsession *s)
+{
+    conn_hold_output(s->c, s->out_bytes + s->out_queued);
+}
+
 /* Frame a message into the stream's output, counted per session and
  * with the connection's output (max-pending-output: past it, the
  * connection is closed and the message dropped). */
@@ -546,7 +556,7 @@ static void out_append(struct gstream *st, const void *msg, size_t len)
     size_t before = st->out.len;
     grpc_frame_append(&st->out, msg, len);
     st->s->out_bytes += st->out.len - before;
-    conn_hold_output(st->s->c, st->s->out_bytes);
+    out_count(st->s);
 }
 
 /* Output is waiting: submit the response headers with a data provider
@@ -594,7 +604,7 @@ static void http_error(struct gstream *st, const char *status, const char *text)
     release_reader(st);
     pz_buf_append(&st->out, text, strlen(text));
     st->s->out_bytes += strlen(text);
-    conn_hold_output(st->s->c, st->s->out_bytes);
+    out_count(st->s);
     nghttp2_nv nva[] = {
         NV(":status", status),
         NV("content-type", "text/plain; charset=utf-8"),
@@ -618,7 +628,7 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
         memcpy(buf, st->out.data + st->out_off, n);
     st->out_off += n;
     st->s->out_bytes -= n;
-    conn_hold_output(st->s->c, st->s->out_bytes);
+    out_count(st->s);
     if (st->out_off == st->out.len) {
         pz_buf_reset(&st->out);
         st->out_off = 0;
@@ -1794,7 +1804,8 @@ static void stream_free(struct gstream *st)
     if (st->held)
         pz_queue_remove(&st->hq);
     s->out_bytes -= st->out.len - st->out_off;
-    conn_hold_output(s->c, s->out_bytes);
+    s->out_queued -= st->queued;
+    out_count(s);
     if (st->in_node)
         gs->be->cancel(&st->req);
     if (st->in_fwd)
@@ -2244,6 +2255,18 @@ bool grpc_stream_deadline_passed(struct gstream *st)
         return false;
     st->s->gs->stats.deadlines++;
     finish(st, GRPC_DEADLINE_EXCEEDED, "context deadline exceeded");
+    return true;
+}
+
+bool grpc_stream_charge(struct gstream *st, size_t add, size_t sub)
+{
+    struct gsession *s = st->s;
+    pz_assert(sub <= st->queued + add);
+    if (add > sub && !conn_output_fits(s->c, add - sub))
+        return false;
+    st->queued = st->queued + add - sub;
+    s->out_queued = s->out_queued + add - sub;
+    out_count(s);
     return true;
 }
 

@@ -133,6 +133,13 @@ void *grpc_stream_ext(struct gstream *st);
  * passed. */
 bool grpc_stream_deadline_passed(struct gstream *st);
 /* One response message and OK. */
+/* A module that queues answers itself (a watch, keep-alives) counts
+ * them with the connection's output: add bytes queued, sub bytes taken
+ * off the queue (sent, or dropped). False, and nothing counted, when the
+ * added bytes do not fit in max-pending-output: the connection is being
+ * closed (conn_output_fits), the answer is to be dropped. What a stream
+ * still counts when it is freed is released with it. */
+bool grpc_stream_charge(struct gstream *st, size_t add, size_t sub);
 /* A read finished (its read point passed): when answers already wait for
  * the client beyond what a connection may hold, or other calls wait for
  * room before it, hold the stream (true) and call resume(st) once there

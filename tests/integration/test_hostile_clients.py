@@ -603,6 +603,43 @@ def test_grpc_answers_wait_for_a_client_that_does_not_read(node, pb):
     serves_and_kept(node, pb, "k1", "k2")
 
 
+def test_grpc_watch_answers_count_against_the_output_budget(servers, pb):
+    """20 etcd watches with prev_kv on a connection that lets the server
+    send nothing, then one delete of 30 keys of 300 kB: each watch's 9 MB
+    revision is queued for it, and the watch queues count against
+    max-pending-output (32mb here) with everything else: past it the
+    connection is closed instead of holding 180 MB."""
+    node = servers(conf=dict(CONF, **{"max-pending-output": "32mb",
+                                      "conn-hard-limit": "16mb"}), env=ENV)
+    value = "v" * (300 * 1024)
+    for i in range(30):
+        assert set_key(node, f"w/{i:02d}", value)[0] == 204
+    assert set_key(node, "k1", "before")[0] == 204
+    create = b"\x0a\x0a\x0a\x02w/\x12\x02w0\x30\x01"  # prev_kv
+    c = h2_no_window(node.grpc_port)
+    try:
+        out = b""
+        for i in range(20):
+            sid = 1 + 2 * i
+            out += gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, gh.hpack_block(
+                grpc_headers("/etcdserverpb.Watch/Watch", node.grpc_port)))
+            out += gh.h2_frame(gh.DATA, 0, sid, frame(create))
+        c.send(out)
+        c.read_frames(timeout=1.0)
+        rss0 = rss_mb(node)
+        st, _, body = node.request("POST", "/delete",
+                                   json.dumps({"prefix": "w/"}))
+        assert st in (200, 204), body
+        c.read_frames(timeout=2.0)
+        grown = rss_mb(node) - rss0
+        print(f"20 watches, a 9 MB revision, window 0: RSS +{grown:.0f} MB")
+        assert grown < 80, grown
+        assert "past max-pending-output" in node.read_log()
+    finally:
+        c.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
 def grpc_slow_opening(port):
     """An HTTP/2 connection that opens a request and then sends its header
     block a byte at a time: HEADERS announcing 200 bytes of it."""
