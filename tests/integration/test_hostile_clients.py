@@ -16,6 +16,7 @@ succeeds) and, where memory is the target, that it gave the memory back
   finding 4: a chunk size over http-max-body, an HTTP/0.9 request line,
              a CONTINUATION flood, empty gRPC messages.
 """
+import base64
 import json
 import os
 import random
@@ -637,6 +638,44 @@ def test_grpc_watch_answers_count_against_the_output_budget(servers, pb):
         assert "past max-pending-output" in node.read_log()
     finally:
         c.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
+def test_gateway_watch_lines_count_against_the_output_budget(servers, pb):
+    """16 watches of etcd's JSON gateway with prev_kv that read nothing,
+    then one delete of 20 keys of 200 kB: each watch's line is 5 MB of
+    base64; past max-pending-output (32mb here) the connection a line
+    is for is closed, instead of the node holding 85 MB."""
+    node = servers(conf=dict(CONF, **{"max-pending-output": "32mb",
+                                      "conn-hard-limit": "16mb"}), env=ENV)
+    value = "v" * (200 * 1024)
+    for i in range(20):
+        assert set_key(node, f"big/{i:02d}", value)[0] == 204
+    assert set_key(node, "k1", "before")[0] == 204
+    body = json.dumps({"create_request": {
+        "key": base64.b64encode(b"big/").decode(),
+        "range_end": base64.b64encode(b"big0").decode(),
+        "prev_kv": True}}).encode()
+    socks = unread_answers(node.http_port, 16,
+                           b"POST /v3/watch HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        time.sleep(1.0)  # every watch registered
+        rss0 = rss_mb(node)
+        t0 = time.time()
+        st, _, out = node.request("POST", "/delete",
+                                  json.dumps({"prefix": "big/"}))
+        took = time.time() - t0
+        time.sleep(0.5)
+        grown = rss_mb(node) - rss0
+        print(f"16 gateway watches, a 5 MB line each: delete in {took:.2f} s, "
+              f"RSS +{grown:.0f} MB")
+        assert st in (200, 204), out
+        assert grown < 50, grown
+        assert "past max-pending-output" in node.read_log()
+    finally:
+        for s in socks:
+            s.close()
     serves_and_kept(node, pb, "k1", "k2")
 
 
