@@ -381,6 +381,47 @@ MUTATIONS = [
       ["unit:node_sim/compaction_step_clears_nospace_alarm"],
       "a compaction step whose rows committed leaves the NOSPACE alarm up "
       "when its vacuum found no room"),
+    # --- clients that leave their answers unread (src/conn.c, grpc) ------
+    M("send_timeout_ignored", "src/conn.c",
+      "        if (c->ls->send_timeout && stalled > c->ls->send_timeout &&",
+      "        if (0 && stalled > c->ls->send_timeout &&",
+      ["unit:httpd/unread_answer_is_dropped_after_the_body_deadline"],
+      "an answer nobody reads is held as long as its client stays"),
+    M("progress_by_socket_writes", "src/conn.c",
+      "        sent -= PZ_MIN((uint64_t)queued, sent);",
+      "        sent -= 0;",
+      ["unit:httpd/unread_answer_is_dropped_after_the_body_deadline"],
+      "a slow but steady reader is cut while a large send buffer drains"),
+    M("evict_ignores_unread", "src/conn.c",
+      "        stalled = out_stalled(c, now) >= CONN_EVICT_IDLE_MS;",
+      "        stalled = false;",
+      ["py:test_hostile_clients.py::"
+       "test_answers_left_unread_do_not_hold_slots_or_memory"],
+      "connections whose answers go unread keep new clients out"),
+    M("output_budget_no_shedding", "src/conn.c",
+      "    shed_stalled(c, max > n ? max - n : 0);",
+      "    if (max == 1)\n        shed_stalled(c, max > n ? max - n : 0);",
+      ["unit:httpd/stalled_answers_make_room_for_a_reader"],
+      "connections stalled on their answers keep the output budget from a "
+      "client that reads"),
+    M("output_budget_ignored", "src/conn.c",
+      "        out_total + n <= max ||",
+      "        true ||",
+      ["py:test_hostile_clients.py::"
+       "test_answers_waiting_for_all_clients_are_bounded"],
+      "answers waiting for clients are bounded per connection only"),
+    M("grpc_range_not_held", "src/etcd_kv.c",
+      "        if (!grpc_stream_hold_read(st, range_resume))",
+      "        if (!grpc_stream_hold_read(st, range_resume) || 1)",
+      ["py:test_hostile_clients.py::"
+       "test_grpc_answers_wait_for_a_client_that_does_not_read"],
+      "etcd Range answers are built at once for a client that reads none"),
+    M("watch_queue_uncounted", "src/grpc.c",
+      "    if (add > sub && !conn_output_fits(s->c, add - sub))",
+      "    if (0 && add > sub && !conn_output_fits(s->c, add - sub))",
+      ["py:test_hostile_clients.py::"
+       "test_grpc_watch_answers_count_against_the_output_budget"],
+      "revisions an etcd watch queues escape max-pending-output"),
 ]
 
 
