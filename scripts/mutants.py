@@ -422,6 +422,11 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_grpc_watch_answers_count_against_the_output_budget"],
       "revisions an etcd watch queues escape max-pending-output"),
+    M("join_requests_unbounded", "src/node_members.c",
+      "        if (learners >= MEMBERS_MAX_NONVOTERS) {",
+      "        if (learners >= MEMBERS_MAX_NONVOTERS && 0) {",
+      ["py:test_join.py::test_join_requests_add_at_most_two_non_voters"],
+      "every join request in mandi becomes a member"),
 ]
 
 

@@ -179,6 +179,8 @@ struct node {
     uint64_t mandi_join;         /* POST /join-requests in flight */
     uint64_t mandi_del;          /* DELETE /join-requests in flight */
     uint64_t join_warned;        /* incarnation last warned about */
+    uint64_t join_held;          /* id of the join request last held back
+                                    for non-voters catching up */
     /* snapshots (see the section below) */
     struct snapshot_child snap_child; /* the forked writer, pid 0: none */
     uint64_t snap_index;         /* newest durable local snapshot */

@@ -24,6 +24,9 @@ static const char *leader_addr(bool http);
 static uint64_t cluster_id_of(struct cfg_peer *peers, size_t n);
 static void on_mandi_done(const struct mandi_result *res, void *data);
 static void on_joins(const struct mandi_result *res, void *data);
+/* Non-voters in the configuration at once: a join request beyond them
+ * waits (etcd allows one learner by default). */
+#define MEMBERS_MAX_NONVOTERS 2
 static void post_join(void);
 uint64_t members_name_to_id(const char *name)
 {
@@ -747,6 +750,21 @@ static void on_joins(const struct mandi_result *res, void *data)
         }
         if (m)
             continue; /* catching up */
+        size_t learners = 0;
+        for (size_t k = 0; k < nd->n_members; k++)
+            learners += !nd->members[k].voter;
+        if (learners >= MEMBERS_MAX_NONVOTERS) {
+            /* Each waits its turn in mandi: whoever can post join
+             * requests (or a mandi that lies) adds no more than this to
+             * the configuration. */
+            if (nd->join_held != id)
+                pz_info("join request of %s waits: %zu non-voters are "
+                        "catching up, at most %d at once (one that never "
+                        "will: DELETE /cluster/members/ID)",
+                        eid, learners, MEMBERS_MAX_NONVOTERS);
+            nd->join_held = id;
+            break;
+        }
         char *meta = make_meta(j->id, j->addr, j->http_addr, j->grpc_addr,
                                j->incarnation);
         struct raft_conf_change cc = {

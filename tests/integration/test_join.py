@@ -243,3 +243,32 @@ def test_mandi_interval_paces_the_leaders_updates(servers, mandis):
     wait_for(lambda: m.request("GET", "/leader")[0] == 404,
              "the leader forgotten between two updates", timeout=5)
     assert slow.proc.poll() is None
+
+
+def test_join_requests_add_at_most_two_non_voters(servers, mandi):
+    """Join requests of nodes that never catch up (nothing answers at
+    their addresses: a typo, or requests posted by someone else) add at
+    most two non-voters: the third waits in mandi, and takes a place once
+    one is removed. Before, every request became a member for good."""
+    node1 = servers("node1", conf={"mandi-addr": mandi.url,
+                                   "mandi-interval": "100ms"})
+    for i in range(3):
+        body = json.dumps({"id": f"ghost{i}", "addr": f"127.0.0.1:{i + 1}"})
+        st, _, out = mandi.request("POST", "/join-requests", body)
+        assert st == 204, out
+
+    def non_voters():
+        return sorted(m["id"] for m in cluster_view(node1)["members"]
+                      if not m["voter"])
+    assert wait_for(lambda: len(non_voters()) == 2, 10)
+    time.sleep(1.0)  # ten more polls of mandi
+    first = non_voters()
+    assert len(first) == 2, first
+    assert "join request of ghost" in node1.read_log()
+    assert "waits: 2 non-voters are catching up" in node1.read_log()
+    st, _, out = node1.request("DELETE", f"/cluster/members/{first[0]}")
+    assert st == 204, out
+    assert wait_for(lambda: len(non_voters()) == 2 and
+                    first[0] not in non_voters(), 10), non_voters()
+    assert sorted(non_voters() + [first[0]]) == ["ghost0", "ghost1",
+                                                 "ghost2"]
