@@ -405,8 +405,8 @@ MUTATIONS = [
       "connections stalled on their answers keep the output budget from a "
       "client that reads"),
     M("output_budget_ignored", "src/conn.c",
-      "        out_total + n <= max ||",
-      "        true ||",
+      "        !(c->flags & CONN_ADMITTED) || out_total + n <= max ||",
+      "        !(c->flags & CONN_ADMITTED) || true ||",
       ["py:test_hostile_clients.py::"
        "test_answers_waiting_for_all_clients_are_bounded"],
       "answers waiting for clients are bounded per connection only"),
@@ -422,6 +422,12 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_grpc_watch_answers_count_against_the_output_budget"],
       "revisions an etcd watch queues escape max-pending-output"),
+    M("stall_ignores_held_answers", "src/conn.c",
+      "    if (conn_output_pending(c) + c->out_held == 0) {",
+      "    if (conn_output_pending(c) == 0) {",
+      ["py:test_hostile_clients.py::"
+       "test_grpc_client_that_never_opens_its_window_is_closed"],
+      "answers a gRPC client gives no window for are held for ever"),
     M("join_requests_unbounded", "src/node_members.c",
       "        if (learners >= MEMBERS_MAX_NONVOTERS) {",
       "        if (learners >= MEMBERS_MAX_NONVOTERS && 0) {",

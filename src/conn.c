@@ -68,15 +68,22 @@ size_t conn_output_pending(const struct conn *c)
 }
 
 /* How long output has waited for c's peer with the peer taking none of
- * it: 0 when nothing waits or the peer acknowledged bytes since the last
- * look. Progress is counted in bytes the peer acknowledged (handed to the
+ * it: 0 when nothing waits (in c's buffers or held by its protocol) or
+ * the peer acknowledged bytes since the last look. Progress is counted in bytes the peer acknowledged (handed to the
  * socket, less what its send queue still holds), not in writes the
  * socket took: a send buffer of megabytes takes more only once half of
  * it is gone, which a client that reads slowly but steadily may take
  * longer than the timeout to free. Looked at every cron, so the figure
- * runs up to a cron period short. */
+ * is off by up to a cron period. */
 static uint64_t out_stalled(struct conn *c, uint64_t now)
 {
+    if (conn_output_pending(c) + c->out_held == 0) {
+        /* Nothing waits (what the protocol holds counts: answers a gRPC
+         * client gives no window for): no system call. */
+        c->stall_sent = UINT64_MAX; /* the next look starts the clock */
+        c->stall_since = now;
+        return 0;
+    }
     uint64_t sent =
         c->sent_now + c->sent_queued -
         uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
@@ -85,7 +92,7 @@ static uint64_t out_stalled(struct conn *c, uint64_t now)
     if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 &&
         ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0)
         sent -= PZ_MIN((uint64_t)queued, sent);
-    if (conn_output_pending(c) == 0 || sent != c->stall_sent) {
+    if (sent != c->stall_sent) {
         c->stall_sent = sent;
         c->stall_since = now;
         return 0;
@@ -150,7 +157,7 @@ bool conn_output_fits(struct conn *c, size_t n)
 {
     size_t max = limits.max_pending_output;
     if (max == 0 || c->ls == NULL || !c->ls->clients || conn_is_closing(c) ||
-        out_total + n <= max ||
+        !(c->flags & CONN_ADMITTED) || out_total + n <= max ||
         conn_output_pending(c) + c->out_held + n <= limits.high_water)
         return true;
     shed_stalled(c, max > n ? max - n : 0);
@@ -776,6 +783,7 @@ static struct conn *conn_alloc(const struct conn_ops *ops)
     c->last_io = uv_now(loop);
     c->opened = c->last_io;
     c->stall_since = c->last_io;
+    c->stall_sent = UINT64_MAX; /* no look yet */
     n_live++;
     return c;
 }

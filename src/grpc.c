@@ -308,7 +308,8 @@ static void hold(struct gstream *st, int why)
 /* Go on with held calls, in order, while there is room for output. */
 static void release_held(struct gsession *s)
 {
-    while (!pz_queue_empty(&s->held) && !out_full(s)) {
+    while (!pz_queue_empty(&s->held) && !out_full(s) &&
+           !conn_is_closing(s->c)) {
         struct gstream *st =
             container_of(pz_queue_head(&s->held), struct gstream, hq);
         pz_queue_remove(&st->hq);

@@ -604,6 +604,39 @@ def test_grpc_answers_wait_for_a_client_that_does_not_read(node, pb):
     serves_and_kept(node, pb, "k1", "k2")
 
 
+def test_grpc_client_that_never_opens_its_window_is_closed(node, pb):
+    """A gRPC client that reads its socket but never gives the server a
+    window holds answers (16 MiB of Ranges) nghttp2 cannot send: it is
+    closed once they have waited client-body-timeout, as an HTTP client
+    that reads nothing, instead of holding them (and max-pending-output)
+    for as long as it stays."""
+    value = "v" * (300 * 1024)
+    for i in range(3):
+        assert set_key(node, f"big/{i}", value)[0] == 204
+    assert set_key(node, "k1", "before")[0] == 204
+    rng = frame(b"\x0a\x04big/\x12\x04big0")
+    c = h2_no_window(node.grpc_port)
+    try:
+        out = b""
+        for i in range(40):
+            sid = 1 + 2 * i
+            out += gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, gh.hpack_block(
+                grpc_headers("/etcdserverpb.KV/Range", node.grpc_port)))
+            out += gh.h2_frame(gh.DATA, gh.END_STREAM, sid, rng)
+        c.send(out)
+        c.read_frames(timeout=1.0)
+        held = node.status()["pending_output"]
+        assert held > 8 * MiB, held
+        # It keeps reading (PINGs, SETTINGS) and opens no window.
+        _, closed = c.read_frames(timeout=BODY_TIMEOUT + 3)
+        assert closed
+        assert wait_until(lambda: node.status()["pending_output"] < MiB, 3)
+        assert "bytes of output not read for" in node.read_log()
+    finally:
+        c.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
 def test_grpc_watch_answers_count_against_the_output_budget(servers, pb):
     """20 etcd watches with prev_kv on a connection that lets the server
     send nothing, then one delete of 30 keys of 300 kB: each watch's 9 MB
