@@ -437,6 +437,31 @@ def test_slow_http_body_is_cut(node, pb):
     assert node.request("GET", "/health")[0] == 200
 
 
+# etcd's RangeRequest for every key under big/.
+RANGE_BIG = b"\x0a\x04big/\x12\x04big0"
+
+
+def put_values(node, fmt, n, size):
+    """n keys (fmt.format(i)) of size bytes each, then k1 = "before"."""
+    value = "v" * size
+    for i in range(n):
+        assert set_key(node, fmt.format(i), value)[0] == 204
+    assert set_key(node, "k1", "before")[0] == 204
+
+
+def open_calls(c, port, path, n, msg, end_stream=True):
+    """n calls of path on raw HTTP/2 connection c, each sending msg (one
+    gRPC message), all at once."""
+    out = b""
+    for i in range(n):
+        sid = 1 + 2 * i
+        out += gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid,
+                           gh.hpack_block(grpc_headers(path, port)))
+        out += gh.h2_frame(gh.DATA, gh.END_STREAM if end_stream else 0, sid,
+                           frame(msg))
+    c.send(out)
+
+
 def unread_answers(port, n, request):
     """n connections that each send request and read nothing, with a small
     receive buffer, so that the answer waits in the server."""
@@ -458,10 +483,7 @@ def test_answers_left_unread_do_not_hold_slots_or_memory(node, pb):
     one of them is closed once its answer has waited client-body-timeout.
     Before, they kept their slots and answers for
     as long as they stayed connected, and new clients got 503."""
-    value = "v" * (384 * 1024)
-    for i in range(8):
-        assert set_key(node, f"big/{i}", value)[0] == 204
-    assert set_key(node, "k1", "before")[0] == 204
+    put_values(node, "big/{0}", 8, 384 * 1024)
     rss0 = rss_mb(node)
     socks = unread_answers(node.http_port, MAX_CLIENTS,
                            b"GET /range?prefix=big/ HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -501,10 +523,7 @@ def test_answers_waiting_for_all_clients_are_bounded(servers, pb):
     node = servers(conf=dict(CONF, **{"max-clients": "100",
                                       "max-pending-output": "8mb",
                                       "conn-hard-limit": "8mb"}), env=ENV)
-    value = "v" * (450 * 1024)
-    for i in range(8):
-        assert set_key(node, f"big/{i}", value)[0] == 204
-    assert set_key(node, "k1", "before")[0] == 204
+    put_values(node, "big/{0}", 8, 450 * 1024)
     rss0 = rss_mb(node)
     socks = unread_answers(node.http_port, 50,
                            b"GET /range?prefix=big/ HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -547,22 +566,12 @@ def test_grpc_answers_wait_for_a_client_that_does_not_read(node, pb):
     waiting), not all at once (108 MB); once it does, every call is
     answered. Reflection requests
     sent without reading the answers end their stream once 16 MiB wait."""
-    value = "v" * (300 * 1024)
-    for i in range(3):
-        assert set_key(node, f"big/{i}", value)[0] == 204
-    assert set_key(node, "k1", "before")[0] == 204
+    put_values(node, "big/{0}", 3, 300 * 1024)
     n = 120
-    rng = frame(b"\x0a\x04big/\x12\x04big0")
     c = h2_no_window(node.grpc_port)
     try:
         rss0 = rss_mb(node)
-        out = b""
-        for i in range(n):
-            sid = 1 + 2 * i
-            out += gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, gh.hpack_block(
-                grpc_headers("/etcdserverpb.KV/Range", node.grpc_port)))
-            out += gh.h2_frame(gh.DATA, gh.END_STREAM, sid, rng)
-        c.send(out)
+        open_calls(c, node.grpc_port, "/etcdserverpb.KV/Range", n, RANGE_BIG)
         c.read_frames(timeout=2.0)  # acknowledges SETTINGS, opens nothing
         grown = rss_mb(node) - rss0
         print(f"{n} ranges of 900 kB, window 0: RSS +{grown:.0f} MB")
@@ -610,20 +619,10 @@ def test_grpc_client_that_never_opens_its_window_is_closed(node, pb):
     closed once they have waited client-body-timeout, as an HTTP client
     that reads nothing, instead of holding them (and max-pending-output)
     for as long as it stays."""
-    value = "v" * (300 * 1024)
-    for i in range(3):
-        assert set_key(node, f"big/{i}", value)[0] == 204
-    assert set_key(node, "k1", "before")[0] == 204
-    rng = frame(b"\x0a\x04big/\x12\x04big0")
+    put_values(node, "big/{0}", 3, 300 * 1024)
     c = h2_no_window(node.grpc_port)
     try:
-        out = b""
-        for i in range(40):
-            sid = 1 + 2 * i
-            out += gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, gh.hpack_block(
-                grpc_headers("/etcdserverpb.KV/Range", node.grpc_port)))
-            out += gh.h2_frame(gh.DATA, gh.END_STREAM, sid, rng)
-        c.send(out)
+        open_calls(c, node.grpc_port, "/etcdserverpb.KV/Range", 40, RANGE_BIG)
         c.read_frames(timeout=1.0)
         held = node.status()["pending_output"]
         assert held > 8 * MiB, held
@@ -645,20 +644,12 @@ def test_grpc_watch_answers_count_against_the_output_budget(servers, pb):
     connection is closed instead of holding 180 MB."""
     node = servers(conf=dict(CONF, **{"max-pending-output": "32mb",
                                       "conn-hard-limit": "16mb"}), env=ENV)
-    value = "v" * (300 * 1024)
-    for i in range(30):
-        assert set_key(node, f"w/{i:02d}", value)[0] == 204
-    assert set_key(node, "k1", "before")[0] == 204
+    put_values(node, "w/{0:02d}", 30, 300 * 1024)
     create = b"\x0a\x0a\x0a\x02w/\x12\x02w0\x30\x01"  # prev_kv
     c = h2_no_window(node.grpc_port)
     try:
-        out = b""
-        for i in range(20):
-            sid = 1 + 2 * i
-            out += gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, gh.hpack_block(
-                grpc_headers("/etcdserverpb.Watch/Watch", node.grpc_port)))
-            out += gh.h2_frame(gh.DATA, 0, sid, frame(create))
-        c.send(out)
+        open_calls(c, node.grpc_port, "/etcdserverpb.Watch/Watch", 20, create,
+                   end_stream=False)
         c.read_frames(timeout=1.0)
         rss0 = rss_mb(node)
         st, _, body = node.request("POST", "/delete",
@@ -681,10 +672,7 @@ def test_gateway_watch_lines_count_against_the_output_budget(servers, pb):
     is for is closed, instead of the node holding 85 MB."""
     node = servers(conf=dict(CONF, **{"max-pending-output": "32mb",
                                       "conn-hard-limit": "16mb"}), env=ENV)
-    value = "v" * (200 * 1024)
-    for i in range(20):
-        assert set_key(node, f"big/{i:02d}", value)[0] == 204
-    assert set_key(node, "k1", "before")[0] == 204
+    put_values(node, "big/{0:02d}", 20, 200 * 1024)
     body = json.dumps({"create_request": {
         "key": base64.b64encode(b"big/").decode(),
         "range_end": base64.b64encode(b"big0").decode(),
