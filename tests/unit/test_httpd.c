@@ -692,15 +692,17 @@ TEST(streamed_reply_to_a_stalled_client_ends)
  * deadline; one the client reads goes out whole, however slowly. */
 TEST(unread_answer_is_dropped_after_the_body_deadline)
 {
-    CHECK(world_init(0, 200, 10));
+    /* 1 s: a reader's window can stay shut for a few hundred ms (the
+     * sender's zero-window probes back off from 200 ms). */
+    CHECK(world_init(0, 1000, 10));
     int small = 16 * 1024;
     int fd = dial();
     CHECK(fd >= 0);
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     CHECK(send_all(fd, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"));
-    run_for(100);
+    run_for(500);
     CHECK_EQ_INT(closes, 0); /* not before the deadline */
-    run_for(700);
+    run_for(1000);
     CHECK_EQ_INT(closes, 1);
     close(fd);
     /* A reader that takes 64 KiB every 50 ms (4 MiB in about 3 s, far
