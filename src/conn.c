@@ -69,12 +69,13 @@ size_t conn_output_pending(const struct conn *c)
 
 /* How long output has waited for c's peer with the peer taking none of
  * it: 0 when nothing waits (in c's buffers or held by its protocol) or
- * the peer acknowledged bytes since the last look. Progress is counted in bytes the peer acknowledged (handed to the
- * socket, less what its send queue still holds), not in writes the
- * socket took: a send buffer of megabytes takes more only once half of
- * it is gone, which a client that reads slowly but steadily may take
- * longer than the timeout to free. Looked at every cron, so the figure
- * is off by up to a cron period. */
+ * the peer acknowledged bytes since the last look. Progress is counted
+ * in bytes the peer acknowledged (handed to the socket, less what its
+ * send queue still holds), not in writes the socket took: a send buffer
+ * of megabytes takes more only once half of it is gone, which a client
+ * that reads slowly but steadily may take longer than the timeout to
+ * free. Looked at every cron, so the figure is off by up to a cron
+ * period. */
 static uint64_t out_stalled(struct conn *c, uint64_t now)
 {
     if (conn_output_pending(c) + c->out_held == 0) {
@@ -704,7 +705,7 @@ static void cron_list(struct pz_queue *head, uint64_t now)
         if (c->ls->send_timeout && stalled > c->ls->send_timeout &&
             !conn_is_closing(c)) {
             pz_info("closing %s: %zu bytes of output not read for %llu ms",
-                    c->peer, conn_output_pending(c),
+                    c->peer, conn_output_pending(c) + c->out_held,
                     (unsigned long long)stalled);
             conn_close(c);
             continue;

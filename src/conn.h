@@ -11,11 +11,11 @@
  * conn-high-water the connection stops reading until it drains, past
  * conn-hard-limit it is closed, and so is one whose peer has taken none
  * of its output for the listener's send_timeout. A peer silent past
- * client-idle-timeout is
- * closed unless the protocol marks the connection busy. A read or write
- * error closes. Closing is deferred: conn_close() only flags the
- * connection, and the reaping happens in conn_before_sleep(), never inside
- * a callback that may still use it (Redis freeClientAsync).
+ * client-idle-timeout is closed unless the protocol marks the connection
+ * busy. A read or write error closes. Closing is deferred: conn_close()
+ * only flags the connection, and the reaping happens in
+ * conn_before_sleep(), never inside a callback that may still use it
+ * (Redis freeClientAsync).
  *
  * Hostile peers (a client that trickles bytes, holds half-sent requests or
  * opens connections until none is left) are bounded here by three means

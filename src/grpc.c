@@ -218,8 +218,7 @@ struct gstream {
     bool in_wq;              /* wq is linked */
     struct pz_queue hq;      /* in s->held */
     int held;                /* HOLD_*: waiting for output room */
-    void (*resume)(struct gstream *st); /* HOLD_REPLY of another module's
-                                           read (grpc_stream_hold_read) */
+    void (*resume)(struct gstream *st); /* HOLD_REPLY: builds the answer */
     size_t charged;          /* partial-input budget charged for it */
     size_t queued;           /* its part of s->out_queued */
     bool over_budget;        /* no budget for it: refused at headers */
@@ -305,6 +304,13 @@ static void hold(struct gstream *st, int why)
     pz_queue_push(&st->s->held, &st->hq);
 }
 
+/* A finished read waits for room; resume(st) answers it then. */
+static void hold_reply(struct gstream *st, void (*resume)(struct gstream *st))
+{
+    st->resume = resume;
+    hold(st, HOLD_REPLY);
+}
+
 /* Go on with held calls, in order, while there is room for output. */
 static void release_held(struct gsession *s)
 {
@@ -317,10 +323,8 @@ static void release_held(struct gsession *s)
         st->held = HOLD_NONE;
         if (why == HOLD_DISPATCH)
             dispatch(st);
-        else if (st->resume)
-            st->resume(st);
         else
-            read_reply(st);
+            st->resume(st);
     }
 }
 
@@ -977,7 +981,7 @@ static void on_read_done(struct node_req *req, int status)
     if (status < 0)
         node_error(st, status, false);
     else if (out_full(s))
-        hold(st, HOLD_REPLY);
+        hold_reply(st, read_reply);
     else
         read_reply(st);
     session_flush(s);
@@ -2276,8 +2280,7 @@ bool grpc_stream_hold_read(struct gstream *st,
 {
     if (!out_full(st->s) && pz_queue_empty(&st->s->held))
         return false;
-    st->resume = resume;
-    hold(st, HOLD_REPLY);
+    hold_reply(st, resume);
     return true;
 }
 

@@ -132,7 +132,6 @@ void *grpc_stream_ext(struct gstream *st);
 /* True (and the call ended with DEADLINE_EXCEEDED) when its grpc-timeout
  * passed. */
 bool grpc_stream_deadline_passed(struct gstream *st);
-/* One response message and OK. */
 /* A module that queues answers itself (a watch, keep-alives) counts
  * them with the connection's output: add bytes queued, sub bytes taken
  * off the queue (sent, or dropped). False, and nothing counted, when the
@@ -147,6 +146,7 @@ bool grpc_stream_charge(struct gstream *st, size_t add, size_t sub);
  * then: still linearizable); false: answer now. */
 bool grpc_stream_hold_read(struct gstream *st,
                            void (*resume)(struct gstream *st));
+/* One response message and OK. */
 void grpc_stream_reply(struct gstream *st, const void *msg, size_t len);
 /* One message of a server stream (the call goes on). */
 void grpc_stream_send(struct gstream *st, const void *msg, size_t len);
