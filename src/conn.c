@@ -42,6 +42,11 @@ void conn_set_idle_timeout(uint64_t ms)
     limits.idle_timeout = ms;
 }
 
+uv_loop_t *conn_loop(void)
+{
+    return loop;
+}
+
 void conn_setup(uv_loop_t *l, const struct conn_limits *lim)
 {
     loop = l;

@@ -194,6 +194,8 @@ struct conn_limits {
 
 /* Once per process, before any listener. */
 void conn_setup(uv_loop_t *loop, const struct conn_limits *lim);
+/* The loop conn_setup was given. */
+uv_loop_t *conn_loop(void);
 /* A new client-idle-timeout (ms, 0 = never) for every connection, from
  * the next sweep on (a reload). */
 void conn_set_idle_timeout(uint64_t ms);

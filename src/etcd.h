@@ -69,6 +69,8 @@ void etcd_stream_end(struct gstream *st, int call);
 void etcd_watch_setup(uv_loop_t *loop, size_t max_per_stream,
                       uint64_t progress_ms);
 void etcd_watch_close(void);
+/* From the server's cron: cancel the watches whose clients fell behind. */
+void etcd_watch_cron(void);
 void etcd_watch_message(struct gstream *st);
 void etcd_watch_end(struct gstream *st);
 /* The pieces of a watch the JSON gateway's watch (etcd_gateway.c) shares:
@@ -94,6 +96,13 @@ size_t etcd_watch_events(const struct watcher *w,
                          const struct etcd_watch_opts *o, uint64_t b,
                          uint64_t e, struct etcd_events *out);
 void etcd_events_free(struct etcd_events *x);
+/* One history event as w and o's filters see it: false when filtered
+ * out, else *ev (its kv and prev_kv in kvs, borrowed from the history). */
+struct watch_event;
+bool etcd_watch_event_of(const struct watcher *w,
+                         const struct etcd_watch_opts *o,
+                         const struct watch_event *we, Mvccpb__Event *ev,
+                         Mvccpb__KeyValue kvs[2]);
 /* A watcher the hub cancelled (not WATCH_LIVE): the cancel_reason, and
  * the compact_revision to answer with (0: too slow). */
 const char *etcd_watch_cancelled(const struct watcher *w, int64_t *compact);

@@ -23,9 +23,22 @@
  * watcher is registered and the reply is open-ended (no Content-Length,
  * ends with the connection); each line is {"result": WatchResponse}:
  * first the created response, then one per revision with matching events.
- * A watcher the hub cancels (too slow, or history compacted) gets a
- * canceled response, and the stream ends. Closing the connection cancels
- * the watch. */
+ * A revision's line is written event by event as the client reads, never
+ * from inside the hub's commit: the hub marks the stream ready, and an
+ * idle pass writes the ready streams round robin, at most GW_TURN_BYTES
+ * a loop turn (plus one event), so that no number of watchers and no size
+ * of revision holds the loop for long. Each stream has at most
+ * HTTPD_STREAM_WANT bytes (plus one event) waiting in its connection.
+ * Until a revision is all out the stream keeps its place in the history
+ * at the revision's first event (watch_set_cursor), so the history holds
+ * what it still has to write. The idle pass is also what writes on as a
+ * client drains its connection. A stream that falls more than
+ * watch-max-buffer behind while its client reads nothing for
+ * GW_STALL_MS is cancelled (etcd_gw_cron): a canceled response and the end
+ * of the stream, or, with part of a revision out, once that revision is
+ * out. The history dropping a revision under it (compacted) ends the
+ * stream the same way, or cuts it if it was in the middle of one. Closing
+ * the connection cancels the watch. */
 #include "etcd_gateway.h"
 
 #include <stdio.h>
@@ -47,6 +60,11 @@
 #include "watch.h"
 
 #define KEEPALIVES_MAX 1000 /* keep-alive requests in one POST */
+/* Watch output the idle pass writes in one loop turn (plus one event). */
+#define GW_TURN_BYTES (1024 * 1024)
+/* A watch stream behind by more than watch-max-buffer that wrote nothing
+ * for this long (its client did not read) is cancelled. */
+#define GW_STALL_MS 2000
 
 enum route_kind { R_GRPC, R_KEEPALIVE, R_WATCH };
 
@@ -119,6 +137,15 @@ struct etcd_gw {
     bool streaming;  /* the reply began */
     struct etcd_watch_opts o;
     struct etcd_gw *prev_s, *next_s; /* every watch stream */
+    bool ready;                      /* in gw_state.ready */
+    struct pz_queue rq;              /* ... */
+    uint64_t last_room;              /* conn_now() it last wrote */
+    bool ending;     /* judged slow: cancelled once in_rev is out */
+    bool in_rev;     /* writing revision rev, event by event */
+    uint64_t rev;    /* ... */
+    uint64_t seq;    /* ... its next event in the history */
+    uint64_t end;    /* ... the end of its events */
+    size_t n_out;    /* ... its events written */
 };
 
 static struct {
@@ -127,11 +154,23 @@ static struct {
     char addr[300];         /* its address */
     struct etcd_gw *streams;
     bool draining;
+    struct pz_queue ready; /* watch streams with events to write */
+    uv_idle_t idle;        /* writes them */
+    bool idle_inited;
+    size_t turn_left; /* bytes the idle pass may still write, or SIZE_MAX
+                         outside it */
 } gw_state;
 
 void etcd_gw_init(const struct pz_config *cfg)
 {
     gw_state.cfg = cfg;
+    gw_state.turn_left = SIZE_MAX;
+    if (!gw_state.idle_inited) {
+        pz_queue_init(&gw_state.ready);
+        uv_idle_init(conn_loop(), &gw_state.idle);
+        uv_unref((uv_handle_t *)&gw_state.idle);
+        gw_state.idle_inited = true;
+    }
 }
 
 bool etcd_gw_match(const struct http_req *req)
@@ -367,27 +406,150 @@ static void write_simple(struct etcd_gw *g, int64_t id, bool created,
     }
 }
 
-/* Write the revisions w has pending while the client's unread output
- * stays under HTTPD_STREAM_WANT (httpd calls again as it drains). */
+static void on_ready_idle(uv_idle_t *h);
+
+/* The stream has events to write: the idle pass writes them. */
+static void make_ready(struct etcd_gw *g)
+{
+    if (g->ready)
+        return;
+    g->ready = true;
+    pz_queue_push(&gw_state.ready, &g->rq);
+    uv_idle_start(&gw_state.idle, on_ready_idle);
+}
+
+/* {"result":{"header":...,"events":[ for revision rev: pbjson writes a
+ * message's members in field order, and events (11) is WatchResponse's
+ * last, so the line is the response without events, opened up. */
+static void put_rev_start(struct pz_buf *b, uint64_t rev)
+{
+    Etcdserverpb__ResponseHeader h;
+    Etcdserverpb__WatchResponse r = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    etcd_header(&h, rev, NULL);
+    r.header = &h;
+    Pyazdb__Etcdgw__WatchResult res = PYAZDB__ETCDGW__WATCH_RESULT__INIT;
+    res.result = &r;
+    size_t at = b->len;
+    pbjson_encode(&res.base, b);
+    pz_assert(b->len - at > 4 && memcmp(b->data + b->len - 2, "}}", 2) == 0);
+    b->len -= 2;
+    pz_buf_append(b, ",\"events\":[", 11);
+}
+
+/* About the bytes of revision [begin, end)'s line for g (base64 takes a
+ * third more than the bytes, plus the members around them). */
+static size_t rev_estimate(const struct etcd_gw *g, const struct watch_hub *hub,
+                           uint64_t begin, uint64_t end)
+{
+    size_t n = 300;
+    for (uint64_t s = begin; s < end; s++) {
+        const struct watch_event *e = watch_event_at(hub, s);
+        if (!watch_matches(&g->w, e))
+            continue;
+        size_t raw = e->klen + e->vlen;
+        if (g->o.prev_kv && e->has_prev)
+            raw += e->klen + e->plen;
+        n += raw + raw / 3 + 300;
+    }
+    return n;
+}
+
+/* Write what the stream has to write while its connection has less than
+ * HTTPD_STREAM_WANT waiting and the idle pass's turn allows: revisions
+ * event by event (httpd calls again as the client drains). */
 static void pump(struct etcd_gw *g)
 {
-    uint64_t rev, begin, end;
-    while (g->streaming && conn_output_pending(g->hc->c) < HTTPD_STREAM_WANT) {
-        if (!watch_next(&g->w, &rev, &begin, &end))
+    const struct watch_hub *hub = node_watch();
+    size_t pending = conn_output_pending(g->hc->c);
+    if (!g->streaming || g->w.state != WATCH_LIVE ||
+        pending >= HTTPD_STREAM_WANT)
+        return;
+    size_t room = HTTPD_STREAM_WANT - pending;
+    size_t turn = gw_state.turn_left;
+    size_t written = 0; /* bytes of b already written */
+    struct pz_buf b;
+    pz_buf_init(&b);
+    while (written + b.len < room && written + b.len < turn) {
+        if (!g->in_rev && g->ending) {
+            pz_buf_free(&b);
+            watch_cancel(&g->w, WATCH_SLOW); /* writes why; frees g */
             return;
-        struct etcd_events x;
-        if (etcd_watch_events(&g->w, &g->o, begin, end, &x) > 0) {
-            Etcdserverpb__ResponseHeader h;
-            Etcdserverpb__WatchResponse r =
-                ETCDSERVERPB__WATCH_RESPONSE__INIT;
-            etcd_header(&h, rev, NULL);
-            r.header = &h;
-            r.events = x.evp;
-            r.n_events = x.n;
-            write_result(g, &r);
         }
-        etcd_events_free(&x);
+        if (!g->in_rev) {
+            uint64_t rev, begin, end, sent = g->w.sent_rev;
+            if (!watch_next(&g->w, &rev, &begin, &end))
+                break;
+            /* Held in the history (and counted as unread) until out. */
+            watch_set_cursor(&g->w, begin);
+            if ((pending || written) &&
+                rev_estimate(g, hub, begin, end) > room - written) {
+                /* Whole once the client has read what waits, so that a
+                 * stream is mostly between revisions, where it can be
+                 * cancelled with a reason; in pieces only when it is
+                 * larger than all it may have waiting. */
+                g->w.sent_rev = sent;
+                break;
+            }
+            g->in_rev = true;
+            g->rev = rev;
+            g->seq = begin;
+            g->end = end;
+            g->n_out = 0;
+        }
+        while (g->seq < g->end && written + b.len < room &&
+               written + b.len < turn) {
+            Mvccpb__Event ev;
+            Mvccpb__KeyValue kvs[2];
+            if (!etcd_watch_event_of(&g->w, &g->o,
+                                     watch_event_at(hub, g->seq++), &ev, kvs))
+                continue;
+            if (g->n_out++ == 0)
+                put_rev_start(&b, g->rev);
+            else
+                pz_buf_append(&b, ",", 1);
+            pbjson_encode(&ev.base, &b);
+        }
+        if (g->seq < g->end)
+            break;
+        g->in_rev = false;
+        watch_set_cursor(&g->w, g->end);
+        if (g->n_out) {
+            /* A line written whole is one chunk, as etcd's are. */
+            pz_buf_append(&b, "]}}\n", 4);
+            written += b.len;
+            httpd_stream_write(g->hc, b.data, b.len);
+            pz_buf_reset(&b);
+        }
     }
+    written += b.len;
+    if (b.len)
+        httpd_stream_write(g->hc, b.data, b.len);
+    if (written)
+        g->last_room = conn_now();
+    if (turn != SIZE_MAX) {
+        gw_state.turn_left -= PZ_MIN(written, turn);
+        /* Stopped by the turn, not by its client: next turn. */
+        if (written >= turn && (g->in_rev || !watch_caught_up(&g->w)))
+            make_ready(g);
+    }
+    pz_buf_free(&b);
+}
+
+/* Once a loop turn while streams are ready: write them in turn, up to
+ * GW_TURN_BYTES in all. */
+static void on_ready_idle(uv_idle_t *h)
+{
+    gw_state.turn_left = GW_TURN_BYTES;
+    while (gw_state.turn_left > 0 && !pz_queue_empty(&gw_state.ready)) {
+        struct etcd_gw *g =
+            container_of(pz_queue_head(&gw_state.ready), struct etcd_gw, rq);
+        pz_queue_remove(&g->rq);
+        g->ready = false;
+        httpd_stream_kick(g->hc); /* pump, as httpd pumps; may free g */
+    }
+    gw_state.turn_left = SIZE_MAX;
+    if (pz_queue_empty(&gw_state.ready))
+        uv_idle_stop(h);
 }
 
 static void on_watch_notify(void *arg, struct watcher *w)
@@ -396,14 +558,46 @@ static void on_watch_notify(void *arg, struct watcher *w)
     if (!g->streaming || !g->hc->streaming)
         return;
     if (w->state == WATCH_LIVE) {
-        httpd_stream_kick(g->hc);
+        make_ready(g);
         return;
     }
     /* cancelled: unregistered, but w still owns its range until
      * watch_remove (etcd_gw_free) */
+    if (g->in_rev) {
+        /* Part of a revision is out: nothing can follow it cleanly. The
+         * client sees the stream cut, as when its connection breaks. */
+        pz_info("etcd gateway watch from %s cut: %s", g->hc->c->peer,
+                w->state == WATCH_SLOW ? "slow" : "compacted");
+        g->streaming = false;
+        httpd_stream_abort(g->hc);
+        return;
+    }
     int64_t compact;
     const char *why = etcd_watch_cancelled(w, &compact);
     write_simple(g, 0, false, true, compact, why);
+}
+
+void etcd_gw_cron(void)
+{
+    uint64_t now = conn_now();
+    uint64_t max_lag = node_watch()->lim.max_lag;
+    struct etcd_gw *next;
+    for (struct etcd_gw *g = gw_state.streams; g; g = next) {
+        next = g->next_s;
+        /* Waiting for the idle pass is not the client's doing. */
+        if (!g->streaming || g->w.state != WATCH_LIVE || g->ending ||
+            g->ready || watch_lag(&g->w) <= max_lag ||
+            now - g->last_room <= GW_STALL_MS)
+            continue;
+        if (g->in_rev) {
+            /* The revision begun goes out first, as it is read
+             * (client-body-timeout closes a client that does not). */
+            g->ending = true;
+            watch_judged_slow(&g->w);
+            continue;
+        }
+        watch_cancel(&g->w, WATCH_SLOW); /* frees g */
+    }
 }
 
 /* One watch per stream, as a Watch call's first create_request: the same
@@ -449,6 +643,8 @@ static void watch_begin(struct etcd_gw *g)
     }
     g->w.data = g;
     g->w.notify = on_watch_notify; /* called with w.data */
+    g->w.owner_lag = true;         /* judged by etcd_gw_cron */
+    g->last_room = conn_now();
     g->registered = true;
     g->prev_s = NULL;
     g->next_s = gw_state.streams;
@@ -456,7 +652,7 @@ static void watch_begin(struct etcd_gw *g)
         gw_state.streams->prev_s = g;
     gw_state.streams = g;
     if (!watch_caught_up(&g->w))
-        httpd_stream_kick(g->hc);
+        make_ready(g);
 }
 
 static void on_watch_ready(struct node_req *req, int status)
@@ -491,7 +687,12 @@ static void start_watch(struct etcd_gw *g)
 
 void etcd_gw_on_stream(struct etcd_gw *g)
 {
-    pump(g);
+    if (!g->streaming)
+        return;
+    if (gw_state.turn_left == SIZE_MAX)
+        make_ready(g); /* its client drained: written in the idle pass */
+    else
+        pump(g);
 }
 
 /* --- dispatch --------------------------------------------------------------
@@ -634,6 +835,8 @@ void etcd_gw_free(struct etcd_gw **gp)
     pz_free(g->cred);
     if (g->registered)
         watch_remove(&g->w);
+    if (g->ready)
+        pz_queue_remove(&g->rq);
     if (g->prev_s)
         g->prev_s->next_s = g->next_s;
     else if (gw_state.streams == g)
@@ -648,6 +851,14 @@ void etcd_gw_free(struct etcd_gw **gp)
     pz_free(g);
 }
 
+void etcd_gw_close(void)
+{
+    if (gw_state.idle_inited) {
+        gw_state.idle_inited = false;
+        uv_close((uv_handle_t *)&gw_state.idle, NULL);
+    }
+}
+
 void etcd_gw_drain(void)
 {
     gw_state.draining = true;
@@ -656,7 +867,10 @@ void etcd_gw_drain(void)
         struct etcd_gw *next = g->next_s;
         if (g->streaming && g->hc->streaming) {
             g->streaming = false;
-            httpd_stream_end(g->hc); /* frees g */
+            if (g->in_rev)
+                httpd_stream_abort(g->hc); /* part of a line is out */
+            else
+                httpd_stream_end(g->hc); /* frees g */
         }
         g = next;
     }

@@ -26,5 +26,10 @@ void etcd_gw_on_stream(struct etcd_gw *gw);
 void etcd_gw_free(struct etcd_gw **gw);
 /* Shutdown: end every watch stream, close the loopback gRPC client. */
 void etcd_gw_drain(void);
+/* From the server's cron: cancel the watch streams whose clients fell
+ * behind. */
+void etcd_gw_cron(void);
+/* The loop is stopping: close the gateway's handle. */
+void etcd_gw_close(void);
 
 #endif

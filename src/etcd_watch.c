@@ -12,18 +12,23 @@
  * goes, else the next revision with events for one of the stream's
  * watches (round robin), as one WatchResponse whose header carries that
  * revision, after the NOPUT/NODELETE filters, with prev_kv when asked, in
- * pieces of at most grpc-max-message when `fragment` is set. The hub
- * tells a watch that has events (notify): it queues its next revision at
- * once if the stream has less than EW_FILL_BYTES queued (a reader that
- * keeps up is then never behind in the history), and the stream is
- * kicked from a zero timer, never flushed from inside the hub's commit.
+ * pieces of at most grpc-max-message when `fragment` is set. Answers are
+ * never built inside the hub's commit, nor for every stream a client
+ * opens a window on at once: the hub tells a watch that has events
+ * (notify), which kicks its stream, and an idle pass, once a loop turn,
+ * fills the kicked streams' queues in turn up to EW_FILL_BYTES each, at
+ * most EW_TURN_BYTES in all a turn (plus one revision), so that no number
+ * of watches and no size of revision holds the loop for long.
  *
  * Failure modes: a start older than the history gets `created`, then
  * `canceled` with compact_revision (the oldest revision still held), as
  * etcd answers after a compaction. A client that reads too slowly lets
- * its watches fall behind in the shared history; past watch-max-buffer
- * bytes the hub cancels them (`canceled`, cancel_reason says why), and a
- * snapshot installed under them cancels them as compacted. Bounds: at most
+ * its watches fall behind in the shared history; a watch more than
+ * watch-max-buffer bytes behind on a stream whose output the client took
+ * nothing of for EW_STALL_MS is cancelled (etcd_watch_cron: `canceled`,
+ * cancel_reason says why; a watch waiting for the idle pass is not the
+ * client's doing), and the history dropping what a watch still needs or a
+ * snapshot installed under it cancels it as compacted. Bounds: at most
  * etcd-watch-max-per-stream watches per stream and max-watchers in all
  * (`created` + `canceled` with a reason beyond), at most EW_QUEUE_MAX
  * answers queued (a client that sends requests without reading gets
@@ -42,10 +47,14 @@
 #include "watch.h"
 
 #define EW_QUEUE_MAX 4096 /* answers queued on one stream */
-/* A watch told of new events reads them at once (its cursor moves on, so
- * that the hub does not count a reader that keeps up as lagging) while
- * its stream has less than this queued. */
+/* The idle pass queues a kicked stream's revisions while it has less
+ * than this queued ... */
 #define EW_FILL_BYTES (256 * 1024)
+/* ... and at most this much in all a loop turn (plus one revision). */
+#define EW_TURN_BYTES (1024 * 1024)
+/* A watch behind by more than watch-max-buffer on a stream whose client
+ * took none of its output for this long is cancelled. */
+#define EW_STALL_MS 2000
 
 /* One queued answer (packed WatchResponse). */
 struct omsg {
@@ -82,12 +91,14 @@ struct ew_stream {
 
 static struct {
     uv_loop_t *loop;
-    uv_timer_t kick_timer;     /* pumps kicked streams */
+    uv_idle_t kick_idle;       /* fills and pumps kicked streams */
     uv_timer_t progress_timer; /* progress_notify */
     struct pz_queue kicks;     /* streams with something new */
     struct pz_queue streams;   /* every Watch stream */
     size_t max_per_stream;     /* etcd-watch-max-per-stream */
     uint64_t progress_ms;      /* watch-progress-interval */
+    size_t turn_left;          /* bytes the idle pass may still queue, or
+                                  SIZE_MAX outside it */
     bool inited, timers_on;
 } ew;
 
@@ -103,6 +114,8 @@ static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
     struct omsg *m = pz_malloc(sizeof *m + n + 1);
     m->next = NULL;
     m->len = etcdserverpb__watch_response__pack(r, m->data);
+    if (ew.turn_left != SIZE_MAX)
+        ew.turn_left -= PZ_MIN(m->len, ew.turn_left);
     if (es->tail)
         es->tail->next = m;
     else
@@ -112,18 +125,9 @@ static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
     es->queued_bytes += m->len;
 }
 
-static void on_kick_timer(uv_timer_t *t)
-{
-    PZ_UNUSED(t);
-    while (!pz_queue_empty(&ew.kicks)) {
-        struct ew_stream *es =
-            container_of(pz_queue_head(&ew.kicks), struct ew_stream, kq);
-        pz_queue_remove(&es->kq);
-        es->kicked = false;
-        grpc_stream_pump(es->st, pump); /* resumes output */
-        grpc_stream_flush(es->st);      /* may free es */
-    }
-}
+static bool next_events(struct ew_stream *es);
+static bool all_caught_up(const struct ew_stream *es);
+static void on_kick_idle(uv_idle_t *h);
 
 /* Something new for es: pump it from the loop, not from here. */
 static void kick(struct ew_stream *es)
@@ -132,7 +136,32 @@ static void kick(struct ew_stream *es)
         return;
     es->kicked = true;
     pz_queue_push(&ew.kicks, &es->kq);
-    uv_timer_start(&ew.kick_timer, on_kick_timer, 0, 0);
+    uv_idle_start(&ew.kick_idle, on_kick_idle);
+}
+
+/* Once a loop turn while streams are kicked: queue their next revisions
+ * and hand their answers on, in turn, up to EW_TURN_BYTES in all. */
+static void on_kick_idle(uv_idle_t *h)
+{
+    ew.turn_left = EW_TURN_BYTES;
+    while (ew.turn_left > 0 && !pz_queue_empty(&ew.kicks)) {
+        struct ew_stream *es =
+            container_of(pz_queue_head(&ew.kicks), struct ew_stream, kq);
+        pz_queue_remove(&es->kq);
+        es->kicked = false;
+        while (es->queued_bytes < EW_FILL_BYTES && ew.turn_left > 0 &&
+               next_events(es))
+            ;
+        /* Stopped by the turn, not by its client: next turn. */
+        if (ew.turn_left == 0 && es->queued_bytes < EW_FILL_BYTES &&
+            !all_caught_up(es))
+            kick(es);
+        grpc_stream_pump(es->st, pump); /* resumes output */
+        grpc_stream_flush(es->st);      /* may free es */
+    }
+    ew.turn_left = SIZE_MAX;
+    if (pz_queue_empty(&ew.kicks))
+        uv_idle_stop(h);
 }
 
 static void base_response(Etcdserverpb__WatchResponse *r,
@@ -190,9 +219,6 @@ static struct ew_watch *watch_find(struct ew_stream *es, int64_t id)
     return NULL;
 }
 
-static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
-                           uint64_t rev, uint64_t b, uint64_t e);
-
 /* The hub has events for ww, or cancelled it. */
 static void on_notify(void *data, struct watcher *w)
 {
@@ -206,11 +232,6 @@ static void on_notify(void *data, struct watcher *w)
                 compact ? "compacted" : "slow");
         queue_simple(es, ww->id, false, true, compact, why);
         watch_free(ww);
-    } else if (es->queued_bytes < EW_FILL_BYTES) {
-        uint64_t rev, b, e;
-        while (watch_next(&ww->w, &rev, &b, &e))
-            if (queue_events(es, ww, rev, b, e) > 0)
-                break;
     }
     kick(es);
 }
@@ -265,6 +286,7 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
     }
     ww->w.data = ww;
     ww->w.notify = on_notify;
+    ww->w.owner_lag = true; /* judged by etcd_watch_cron */
     ww->es = es;
     ww->id = id;
     etcd_watch_opts_of(c, &ww->o);
@@ -330,6 +352,29 @@ static void kv_of(Mvccpb__KeyValue *kv, const uint8_t *key, size_t klen,
     kv->lease = (int64_t)m->lease;
 }
 
+bool etcd_watch_event_of(const struct watcher *w,
+                         const struct etcd_watch_opts *o,
+                         const struct watch_event *we, Mvccpb__Event *ev,
+                         Mvccpb__KeyValue kvs[2])
+{
+    if (!watch_matches(w, we))
+        return false;
+    bool put = we->type == KV_TOP_PUT;
+    if ((put && o->noput) || (!put && o->nodel))
+        return false;
+    Mvccpb__Event init = MVCCPB__EVENT__INIT;
+    *ev = init;
+    ev->type =
+        put ? MVCCPB__EVENT__EVENT_TYPE__PUT : MVCCPB__EVENT__EVENT_TYPE__DELETE;
+    kv_of(&kvs[0], we->key, we->klen, we->value, we->vlen, &we->meta);
+    ev->kv = &kvs[0];
+    if (o->prev_kv && we->has_prev) {
+        kv_of(&kvs[1], we->key, we->klen, we->prev, we->plen, &we->pmeta);
+        ev->prev_kv = &kvs[1];
+    }
+    return true;
+}
+
 size_t etcd_watch_events(const struct watcher *w,
                          const struct etcd_watch_opts *o, uint64_t b,
                          uint64_t e, struct etcd_events *out)
@@ -340,26 +385,11 @@ size_t etcd_watch_events(const struct watcher *w,
     out->evp = pz_calloc(cap + 1, sizeof *out->evp);
     out->kvs = pz_calloc(2 * cap + 1, sizeof *out->kvs);
     for (uint64_t s = b; s < e; s++) {
-        const struct watch_event *we = watch_event_at(hub, s);
-        if (!watch_matches(w, we))
-            continue;
-        bool put = we->type == KV_TOP_PUT;
-        if ((put && o->noput) || (!put && o->nodel))
-            continue;
-        Mvccpb__Event init = MVCCPB__EVENT__INIT;
-        Mvccpb__Event *ev = &out->ev[n];
-        *ev = init;
-        ev->type = put ? MVCCPB__EVENT__EVENT_TYPE__PUT
-                       : MVCCPB__EVENT__EVENT_TYPE__DELETE;
-        kv_of(&out->kvs[2 * n], we->key, we->klen, we->value, we->vlen,
-              &we->meta);
-        ev->kv = &out->kvs[2 * n];
-        if (o->prev_kv && we->has_prev) {
-            kv_of(&out->kvs[2 * n + 1], we->key, we->klen, we->prev, we->plen,
-                  &we->pmeta);
-            ev->prev_kv = &out->kvs[2 * n + 1];
+        if (etcd_watch_event_of(w, o, watch_event_at(hub, s), &out->ev[n],
+                                &out->kvs[2 * n])) {
+            out->evp[n] = &out->ev[n];
+            n++;
         }
-        out->evp[n++] = ev;
     }
     out->n = n;
     return n;
@@ -436,8 +466,11 @@ static bool all_caught_up(const struct ew_stream *es)
 static void pump(struct gstream *st)
 {
     struct ew_stream *es = grpc_stream_ext(st);
-    if (es->head == NULL && !next_events(es) && es->progress_pending &&
-        all_caught_up(es)) {
+    if (es->head == NULL && !all_caught_up(es)) {
+        kick(es); /* the idle pass queues its next revisions */
+        return;
+    }
+    if (es->head == NULL && es->progress_pending) {
         /* Every event up to the revision went: etcd's answer to a
          * progress request names no watch. */
         es->progress_pending = false;
@@ -474,6 +507,27 @@ static void on_progress_timer(uv_timer_t *t)
         }
         if (any)
             kick(es);
+    }
+}
+
+void etcd_watch_cron(void)
+{
+    if (!ew.inited)
+        return;
+    uint64_t max_lag = node_watch()->lim.max_lag;
+    struct pz_queue *e;
+    PZ_QUEUE_FOREACH(e, &ew.streams)
+    {
+        struct ew_stream *es = container_of(e, struct ew_stream, q);
+        /* Waiting for the idle pass is not the client's doing. */
+        if (es->kicked || !grpc_stream_output_stuck(es->st, EW_STALL_MS))
+            continue;
+        struct ew_watch *next;
+        for (struct ew_watch *ww = es->watches; ww; ww = next) {
+            next = ww->next;
+            if (ww->w.state == WATCH_LIVE && watch_lag(&ww->w) > max_lag)
+                watch_cancel(&ww->w, WATCH_SLOW); /* on_notify frees ww */
+        }
     }
 }
 
@@ -564,11 +618,12 @@ void etcd_watch_setup(uv_loop_t *loop, size_t max_per_stream,
 {
     if (!ew.inited) {
         ew.loop = loop;
-        uv_timer_init(loop, &ew.kick_timer);
+        uv_idle_init(loop, &ew.kick_idle);
         uv_timer_init(loop, &ew.progress_timer);
         pz_queue_init(&ew.kicks);
         pz_queue_init(&ew.streams);
         ew.inited = true;
+        ew.turn_left = SIZE_MAX;
     }
     ew.max_per_stream = max_per_stream;
     ew.progress_ms = progress_ms ? progress_ms : 10000;
@@ -580,6 +635,6 @@ void etcd_watch_close(void)
         return;
     ew.inited = false;
     ew.timers_on = false;
-    uv_close((uv_handle_t *)&ew.kick_timer, NULL);
+    uv_close((uv_handle_t *)&ew.kick_idle, NULL);
     uv_close((uv_handle_t *)&ew.progress_timer, NULL);
 }

@@ -195,6 +195,8 @@ struct gstream {
     char refuse_msg[200]; /* its message or body */
     struct pz_buf out;    /* response bytes not yet given to nghttp2 */
     size_t out_off;       /* bytes of out already given */
+    uint64_t out_moved;   /* conn_now() nghttp2 last took some of out, or
+                             out began to fill */
     int status;           /* grpc-status */
     struct pz_buf msg;    /* percent-encoded grpc-message */
     /* asynchronous work */
@@ -559,6 +561,8 @@ static void out_append(struct gstream *st, const void *msg, size_t len)
     if (!conn_output_fits(st->s->c, len + GRPC_FRAME_HEADER))
         return;
     size_t before = st->out.len;
+    if (before == st->out_off)
+        st->out_moved = conn_now();
     grpc_frame_append(&st->out, msg, len);
     st->s->out_bytes += st->out.len - before;
     out_count(st->s);
@@ -629,8 +633,10 @@ static ssize_t read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
         st->pump(st); /* the next message of a server stream */
     size_t avail = st->out.len - st->out_off;
     size_t n = PZ_MIN(avail, length);
-    if (n)
+    if (n) {
         memcpy(buf, st->out.data + st->out_off, n);
+        st->out_moved = conn_now();
+    }
     st->out_off += n;
     st->s->out_bytes -= n;
     out_count(st->s);
@@ -2344,6 +2350,11 @@ int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
     if (rv == 0)
         gs->stats.forwarded++;
     return rv;
+}
+
+bool grpc_stream_output_stuck(const struct gstream *st, uint64_t ms)
+{
+    return st->out.len > st->out_off && conn_now() - st->out_moved >= ms;
 }
 
 void grpc_stream_flush(struct gstream *st)

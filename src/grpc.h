@@ -174,5 +174,8 @@ int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
                              grpc_call_cb cb);
 /* Put pending output on the wire; st may be freed here. */
 void grpc_stream_flush(struct gstream *st);
+/* st has output waiting of which its client took nothing (window or
+ * socket) for ms or more. */
+bool grpc_stream_output_stuck(const struct gstream *st, uint64_t ms);
 
 #endif

@@ -32,6 +32,8 @@
 
 #include "auth.h"
 #include "conn.h"
+#include "etcd.h"
+#include "etcd_gateway.h"
 #include "fwd.h"
 #include "grpc.h"
 #include "http.h"
@@ -40,6 +42,7 @@
 #include "node.h"
 #include "reload.h"
 #include "sdnotify.h"
+#include "stats.h"
 #include "tls_setup.h"
 
 #define SHUTDOWN_GRACE_MS 5000
@@ -61,6 +64,8 @@ struct server {
     bool shutting_down;              /* a signal arrived */
     bool stopped;                    /* handles closed */
     bool reload_applying;            /* apply_config from a reload */
+    uint64_t turn_at;                /* uv_hrtime() of the last turn's end */
+    uint64_t turn_idle;              /* uv_metrics_idle_time() then */
 };
 
 static struct server srv;
@@ -82,6 +87,7 @@ static void stop_all(void)
         return;
     srv.stopped = true;
     fwd_close_all(); /* forwards made while draining: their timers close */
+    etcd_gw_close();
     grpc_close(&srv.grpc);
     node_close(on_node_closed);
 }
@@ -91,9 +97,22 @@ static void on_idle(uv_idle_t *h)
     PZ_UNUSED(h);
 }
 
+/* Before each wait for events: count the turn that ends here (its time
+ * less the time it waited). */
+static void loop_turn(void)
+{
+    uint64_t now = uv_hrtime(), idle = uv_metrics_idle_time(&srv.loop);
+    uint64_t span = now - srv.turn_at, waited = idle - srv.turn_idle;
+    if (srv.turn_at && waited <= span)
+        stats_loop_turn(span - waited);
+    srv.turn_at = now;
+    srv.turn_idle = idle;
+}
+
 static void on_prepare(uv_prepare_t *h)
 {
     PZ_UNUSED(h);
+    loop_turn();
     node_before_sleep();
     conn_before_sleep();
     if (node_write_now())
@@ -114,6 +133,8 @@ static void on_cron(uv_timer_t *t)
     PZ_UNUSED(t);
     conn_cron();
     http_watch_cron();
+    etcd_gw_cron();
+    etcd_watch_cron();
 }
 
 static void on_grace(uv_timer_t *t)
@@ -327,6 +348,7 @@ int server_run(const struct pz_config *cfg)
     }
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&srv.loop);
+    uv_loop_configure(&srv.loop, UV_METRICS_IDLE_TIME); /* loop_turn */
     srv.start_ms = uv_now(&srv.loop);
     struct conn_limits lim = {
         .high_water = (size_t)cfg->conn_high_water,

@@ -30,6 +30,7 @@ static struct {
     struct metrics_family connected;      /* listener */
     struct metrics_family accepted;       /* listener */
     struct metrics_family rejected;       /* listener, reason */
+    struct metrics_family loop_busy;      /* no labels */
     stats_collect_cb cbs[MAX_COLLECTORS]; /* collectors */
     void *args[MAX_COLLECTORS];           /* their arguments */
     size_t n_cbs;                         /* their number */
@@ -39,6 +40,7 @@ static const char *const lbl_req[] = {"api", "method", "code", NULL};
 static const char *const lbl_lat[] = {"api", "method", NULL};
 static const char *const lbl_ls[] = {"listener", NULL};
 static const char *const lbl_rej[] = {"listener", "reason", NULL};
+static const char *const lbl_none[] = {NULL};
 
 void stats_init(double started_unix)
 {
@@ -65,6 +67,12 @@ void stats_init(double started_unix)
                         "Client connections refused or evicted at "
                         "max-clients, by listener and reason.",
                         lbl_rej, NULL, 0);
+    metrics_family_init(&st.loop_busy, "pyazdb_loop_busy_seconds",
+                        METRICS_HISTOGRAM,
+                        "Time each turn of the event loop spent working "
+                        "rather than waiting: a long turn delays every "
+                        "client and the node's heartbeats.",
+                        lbl_none, metrics_latency_bounds, metrics_latency_n);
 }
 
 void stats_close(void)
@@ -76,6 +84,7 @@ void stats_close(void)
     metrics_family_free(&st.connected);
     metrics_family_free(&st.accepted);
     metrics_family_free(&st.rejected);
+    metrics_family_free(&st.loop_busy);
     memset(&st, 0, sizeof st);
 }
 
@@ -119,6 +128,13 @@ void stats_request_http(const char *api, const char *method, int status,
         snprintf(code, sizeof code, "%d", status);
     }
     stats_request(api, method, code, started_ns);
+}
+
+void stats_loop_turn(uint64_t busy_ns)
+{
+    if (st.on)
+        metrics_observe(metrics_get(&st.loop_busy, lbl_none),
+                        (double)busy_ns / 1e9);
 }
 
 void stats_conn(const char *listener, enum stats_conn_event ev)
@@ -230,6 +246,7 @@ void stats_render(struct pz_buf *b)
     metrics_render(b, &st.connected);
     metrics_render(b, &st.accepted);
     metrics_render(b, &st.rejected);
+    metrics_render(b, &st.loop_busy);
     for (size_t i = 0; i < st.n_cbs; i++)
         st.cbs[i](b, st.args[i]);
 }

@@ -54,6 +54,8 @@ void stats_request_http(const char *api, const char *method, int status,
                         uint64_t started_ns);
 /* A client connection event on a listener ("http", "grpc", "raft"...). */
 void stats_conn(const char *listener, enum stats_conn_event ev);
+/* One turn of the event loop worked busy_ns (its time not waiting). */
+void stats_loop_turn(uint64_t busy_ns);
 
 /* The page: every family, then the collectors'. b is appended to. */
 void stats_render(struct pz_buf *b);

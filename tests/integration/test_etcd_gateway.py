@@ -575,8 +575,9 @@ def test_etcd3gw_lock(cluster):
 
 def test_watch_of_a_client_that_does_not_read(servers):
     """A watcher whose client reads nothing falls behind; past
-    watch-max-buffer it is cancelled and its stream ends, holding no
-    memory: the writes and the other watchers go on."""
+    watch-max-buffer with nothing read for 2 s it is cancelled and its
+    stream ends, holding no memory: the writes and the other watchers go
+    on."""
     server = servers(conf={"watch-max-buffer": "64kb"})
     port = server.http_port
     slow = RawWatch(port, {"key": b64("s/"), "range_end": b64("s0")})
@@ -586,11 +587,14 @@ def test_watch_of_a_client_that_does_not_read(servers):
     value = b64("x" * 60000)
     txn = {"success": [{"request_put": {"key": b64(f"s/{k}"),
                                         "value": value}}
-                       for k in range(1, 9)]}  # ~0.5 MB a revision
+                       for k in range(1, 5)]}  # ~0.3 MB a revision
     deadline = time.time() + 60
     while server.metric("pyazdb_watch_cancelled_slow_total") < 1:
         assert time.time() < deadline, "the slow watcher was not cancelled"
         call(port, "/v3/kv/txn", txn)
+        # ~5 MB/s: the 64 MB history outlasts the 2 s the client is
+        # given to read
+        time.sleep(0.05)
     deadline = time.time() + 10
     while watchers(server) != 1:
         assert time.time() < deadline

@@ -500,8 +500,9 @@ def test_watch_limits(servers, epb):
         ws.close()
     # a client that stops reading: once its stream's flow-control window
     # and the stream's queue are full, its watch falls watch-max-buffer
-    # behind in the history and is cancelled with the reason
-    # (no BDP probing: the window stays at 64 kB while nothing is read)
+    # behind in the history, and once it has taken nothing for 2 s it is
+    # cancelled with the reason (no BDP probing: the window stays at
+    # 64 kB while nothing is read)
     ws = WatchStream(p, pb, options=[("grpc.http2.bdp_probe", 0)])
     try:
         ws.create(key=b"big/", range_end=b"big0")
@@ -515,6 +516,10 @@ def test_watch_limits(servers, epb):
         for i in range(400):  # 26 MB of events, more than any window
             f(pb.PutRequest(key=b"big/%d" % (i % 10), value=value), timeout=10)
         ch.close()
+        deadline = time.time() + 30
+        while nodes[0].metric("pyazdb_watch_cancelled_slow_total") < 1:
+            assert time.time() < deadline, "the watch was not cancelled"
+            time.sleep(0.1)
         ws.reading.set()
         n, r = 0, ws.next()
         while not r.canceled:
