@@ -433,6 +433,28 @@ MUTATIONS = [
       "        if (learners >= MEMBERS_MAX_NONVOTERS && 0) {",
       ["py:test_join.py::test_join_requests_add_at_most_two_non_voters"],
       "every join request in mandi becomes a member"),
+    M("gateway_watch_line_whole", "src/etcd_gateway.c",
+      "    size_t room = HTTPD_STREAM_WANT - pending;",
+      "    size_t room = SIZE_MAX;",
+      ["py:test_hostile_clients.py::"
+       "test_gateway_watch_lines_are_written_as_clients_read"],
+      "a gateway watch's line waits whole for a client that reads none"),
+    M("etcd_watch_turn_unbounded", "src/etcd_watch.c",
+      "    ew.turn_left = EW_TURN_BYTES;",
+      "    ew.turn_left = SIZE_MAX - 1;",
+      ["py:test_hostile_clients.py::"
+       "test_large_revisions_for_many_watchers_do_not_hold_the_loop"],
+      "one loop turn packs a large revision for every gRPC watch"),
+    M("gateway_watch_never_slow", "src/etcd_gateway.c",
+      "            g->ready || watch_lag(&g->w) <= max_lag ||",
+      "            g->ready || true ||",
+      ["py:test_etcd_gateway.py::test_watch_of_a_client_that_does_not_read"],
+      "a gateway watch whose client reads nothing is never cancelled"),
+    M("etcd_watch_never_slow", "src/etcd_watch.c",
+      "            if (ww->w.state == WATCH_LIVE && watch_lag(&ww->w) > max_lag)",
+      "            if (0 && ww->w.state == WATCH_LIVE)",
+      ["py:test_etcd_watch_lease.py::test_watch_limits"],
+      "a gRPC watch whose client reads nothing is never cancelled"),
 ]
 
 
