@@ -52,6 +52,7 @@
 #include "grpc_frame.h"
 #include "grpc_pb.h"
 #include "http_parse.h"
+#include "http_watch.h"
 #include "kv.h"
 #include "log.h"
 #include "node.h"
@@ -62,6 +63,8 @@
 #define KEEPALIVES_MAX 1000 /* keep-alive requests in one POST */
 /* Watch output the idle pass writes in one loop turn (plus one event). */
 #define GW_TURN_BYTES (1024 * 1024)
+#define GW_WATCH_NO_ROOM                                                      \
+    "etcdserver: too many watch streams (at most half of max-clients)"
 /* A watch stream behind by more than watch-max-buffer that wrote nothing
  * for this long (its client did not read) is cancelled. */
 #define GW_STALL_MS 2000
@@ -153,6 +156,7 @@ static struct {
     struct grpc_client *cl; /* to our own gRPC port, made at first use */
     char addr[300];         /* its address */
     struct etcd_gw *streams;
+    size_t n_streams; /* registered, not freed */
     bool draining;
     struct pz_queue ready; /* watch streams with events to write */
     uv_idle_t idle;        /* writes them */
@@ -611,6 +615,10 @@ static void watch_begin(struct etcd_gw *g)
         reply_error(g->hc, GRPC_UNAVAILABLE, "etcdserver: server stopped");
         return;
     }
+    if (!http_watch_room(g->hc)) {
+        reply_error(g->hc, GRPC_UNAVAILABLE, GW_WATCH_NO_ROOM);
+        return;
+    }
     struct etcd_watch_keys keys;
     uint64_t start;
     int rv = PZ_ENOTFOUND;
@@ -646,6 +654,7 @@ static void watch_begin(struct etcd_gw *g)
     g->w.owner_lag = true;         /* judged by etcd_gw_cron */
     g->last_room = conn_now();
     g->registered = true;
+    gw_state.n_streams++;
     g->prev_s = NULL;
     g->next_s = gw_state.streams;
     if (gw_state.streams)
@@ -672,6 +681,10 @@ static void start_watch(struct etcd_gw *g)
         ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST) {
         reply_error(g->hc, GRPC_INVALID_ARGUMENT,
                     "the first watch request must be a create_request");
+        return;
+    }
+    if (!http_watch_room(g->hc)) {
+        reply_error(g->hc, GRPC_UNAVAILABLE, GW_WATCH_NO_ROOM);
         return;
     }
     etcd_watch_opts_of(wr->create_request, &g->o);
@@ -833,8 +846,10 @@ void etcd_gw_free(struct etcd_gw **gp)
     if (g->in_node)
         node_cancel(&g->req);
     pz_free(g->cred);
-    if (g->registered)
+    if (g->registered) {
         watch_remove(&g->w);
+        gw_state.n_streams--;
+    }
     if (g->ready)
         pz_queue_remove(&g->rq);
     if (g->prev_s)
@@ -849,6 +864,11 @@ void etcd_gw_free(struct etcd_gw **gp)
     pz_buf_free(&g->wire);
     pz_buf_free(&g->out);
     pz_free(g);
+}
+
+size_t etcd_gw_streams(void)
+{
+    return gw_state.n_streams;
 }
 
 void etcd_gw_close(void)

@@ -29,6 +29,8 @@ void etcd_gw_drain(void);
 /* From the server's cron: cancel the watch streams whose clients fell
  * behind. */
 void etcd_gw_cron(void);
+/* Watch streams open. */
+size_t etcd_gw_streams(void);
 /* The loop is stopping: close the gateway's handle. */
 void etcd_gw_close(void);
 

@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "etcd_gateway.h"
 #include "http.h"
 #include "http_parse.h"
 #include "log.h"
@@ -541,6 +542,10 @@ static void begin(struct watch_stream *ws)
         reply_compacted(ws, first);
         return;
     }
+    if (!http_watch_room(ws->hc)) {
+        httpd_text(ws->hc, 503, HTTP_WATCH_NO_ROOM, NULL);
+        return;
+    }
     int rv =
         watch_add(hub, &ws->w, ws->from, ws->flen, ws->to, ws->tlen, ws->start);
     if (rv == PZ_EBUSY) {
@@ -740,6 +745,10 @@ void http_watch_start(struct httpd_conn *hc, struct watch_stream **out)
         httpd_text(hc, 503, "Too many watchers (max-watchers)", NULL);
         return;
     }
+    if (!http_watch_room(hc)) {
+        httpd_text(hc, 503, HTTP_WATCH_NO_ROOM, NULL);
+        return;
+    }
     httpd_hold(hc);
     if (serializable) {
         begin(ws);
@@ -799,6 +808,12 @@ static void collect(struct pz_buf *b, void *arg)
     metrics_render_one(b, "pyazdb_watch_compact_revision", METRICS_GAUGE,
                        "Oldest revision a watch may start at.",
                        (double)h->first_rev);
+}
+
+bool http_watch_room(const struct httpd_conn *hc)
+{
+    size_t cap = PZ_MAX(hc->srv->ls.max_conns / 2, (size_t)1);
+    return hw.n_streaming + etcd_gw_streams() < cap;
 }
 
 void http_watch_init(const struct pz_config *cfg)

@@ -23,5 +23,12 @@ void http_watch_free(struct watch_stream **ws);
 void http_watch_cron(void);
 /* Shutdown: end every stream. */
 void http_watch_drain(void);
+/* May hc's listener take one more watch stream? Watch streams (GET /watch
+ * and the etcd gateway's) are client connections that are never evicted:
+ * they take at most half of max-clients, so that they cannot keep every
+ * other client out. */
+bool http_watch_room(const struct httpd_conn *hc);
+#define HTTP_WATCH_NO_ROOM                                                    \
+    "Too many watch streams (at most half of max-clients)"
 
 #endif

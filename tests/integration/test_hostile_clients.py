@@ -694,7 +694,8 @@ def test_gateway_watch_lines_are_written_as_clients_read(servers, pb):
     megabyte a watch instead of 85 MB, and a client that then reads gets
     the whole line."""
     node = servers(conf=dict(CONF, **{"max-pending-output": "32mb",
-                                      "conn-hard-limit": "16mb"}), env=ENV)
+                                      "conn-hard-limit": "16mb",
+                                      "max-clients": "40"}), env=ENV)
     put_values(node, "big/{0:02d}", 20, 200 * 1024)
     body = json.dumps({"create_request": {
         "key": base64.b64encode(b"big/").decode(),
@@ -758,7 +759,8 @@ def test_large_revisions_for_many_watchers_do_not_hold_the_loop(servers, pb):
     commit: no turn of the loop works for half a second (one turn built
     them all before: over a second here), and every watch gets the whole
     revision."""
-    node = servers(conf=CONF, env=ENV)
+    # watch streams may take half of max-clients on each port
+    node = servers(conf=dict(CONF, **{"max-clients": "64"}), env=ENV)
     put_values(node, "big/{0:02d}", 20, 400 * 1024)
     assert shutil.which("etcdctl"), "etcdctl missing: scripts/install-deps.sh"
     outs, procs = [], []

@@ -358,6 +358,48 @@ def test_max_watchers(servers):
     d.close()
 
 
+def test_watch_streams_take_at_most_half_the_clients(servers):
+    """Watch streams are never evicted: GET /watch and the etcd gateway's
+    /v3/watch together hold at most half of max-clients (503 beyond), so
+    the other half stays for other clients, evicting as usual."""
+    import base64
+    s = servers(conf={"max-clients": "8"})
+    held = [SSE(s.http_port, q(key=f"w{i}")) for i in range(3)]
+    body = json.dumps({"create_request": {
+        "key": base64.b64encode(b"g").decode()}}).encode()
+    gw = socket.create_connection(("127.0.0.1", s.http_port), timeout=10)
+    gw.sendall(b"POST /v3/watch HTTP/1.1\r\nHost: x\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert gw.recv(4096).startswith(b"HTTP/1.1 200"), "the 4th watch"
+    try:
+        assert [w.status for w in held] == [200, 200, 200]
+        extra = SSE(s.http_port, q(key="x"))
+        assert extra.status == 503
+        assert b"half of max-clients" in extra.body
+        st, _, out = s.request("POST", "/v3/watch", body)
+        assert st == 503, out
+        assert json.loads(out)["message"] == (
+            "etcdserver: too many watch streams (at most half of "
+            "max-clients)")
+        # other clients are served meanwhile
+        assert s.request("GET", "/health")[0] == 200
+        # one stream closed: room for another
+        held.pop().close()
+        deadline = time.time() + 10
+        while True:
+            y = SSE(s.http_port, q(key="y"))
+            if y.status == 200:
+                held.append(y)
+                break
+            y.close()
+            assert time.time() < deadline, "no room after a stream closed"
+            time.sleep(0.05)
+    finally:
+        for w in held:
+            w.close()
+        gw.close()
+
+
 def test_shutdown_ends_streams(servers):
     s = servers()
     w = SSE(s.http_port, q(key="a"))
