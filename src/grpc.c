@@ -189,6 +189,7 @@ struct gstream {
     bool deferred;        /* data provider is waiting for output */
     bool http_error;      /* plain HTTP error reply: no trailers */
     bool reset_after;     /* RST_STREAM once the reply is out */
+    bool open_ended;      /* counted in s->n_open_ended */
     bool req_ended;       /* END_STREAM received */
     int refused;          /* REFUSE_*: answer waiting for END_STREAM */
     int refuse_status;    /* gRPC status, or HTTP status */
@@ -240,6 +241,8 @@ struct gsession {
     nghttp2_session *ng;      /* HTTP/2 state */
     struct pz_queue streams;  /* struct gstream */
     size_t n_streams;         /* length of streams */
+    size_t n_open_ended;      /* of which open for as long as the client
+                                 likes (open_ended) */
     size_t buffered;          /* request bytes held by readers */
     size_t out_bytes;         /* response bytes not yet given to nghttp2 */
     size_t out_queued;        /* answers the streams' modules queue
@@ -1492,6 +1495,27 @@ static void refuse(struct gstream *st, int kind, int status, const char *fmt,
     deadline_add(st, uv_now(st->s->gs->loop) + REFUSE_WAIT_MS);
 }
 
+/* A call its client may keep open for as long as it likes (a watch, a
+ * keep-alive or reflection stream) keeps its connection from being
+ * evicted (conn.c: busy). Connections holding one take at most half of
+ * max-clients, so that they cannot keep every other client out: false
+ * when st would pass that. */
+static bool hold_open_ended(struct gstream *st)
+{
+    struct gsession *s = st->s;
+    struct grpc_server *gs = s->gs;
+    if (!st->m->client_stream && st->m->kind != M_HEALTH_WATCH)
+        return true;
+    if (s->n_open_ended == 0) {
+        if (gs->open_ended_conns >= PZ_MAX(gs->ls.max_conns / 2, (size_t)1))
+            return false;
+        gs->open_ended_conns++;
+    }
+    s->n_open_ended++;
+    st->open_ended = true;
+    return true;
+}
+
 static void headers_done(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
@@ -1524,6 +1548,12 @@ static void headers_done(struct gstream *st)
                "server busy: too much request data in progress "
                "(max-partial-input %zu bytes); retry later",
                conn_in_limit());
+        return;
+    }
+    if (!hold_open_ended(st)) {
+        refuse(st, REFUSE_GRPC, GRPC_RESOURCE_EXHAUSTED,
+               "too many connections hold open streams (at most half of "
+               "max-clients); retry later");
         return;
     }
     if (st->timeout_state > 0)
@@ -1843,6 +1873,8 @@ static void stream_free(struct gstream *st)
         s->last_st = NULL;
     s->n_streams--;
     s->c->busy--;
+    if (st->open_ended && --s->n_open_ended == 0)
+        gs->open_ended_conns--;
     if (s->n_streams == 0)
         conn_touch(s->c); /* idle from now on */
     gs->stats.streams_open--;

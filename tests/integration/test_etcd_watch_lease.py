@@ -535,6 +535,52 @@ def test_watch_limits(servers, epb):
         ws.close()
 
 
+def test_open_streams_hold_at_most_half_the_connections(servers, epb):
+    """A connection holding a Watch stream is never evicted, so such
+    connections take at most half of max-clients: with max-clients 8,
+    a fifth connection's Watch gets RESOURCE_EXHAUSTED, while more
+    watches on a connection that holds one, and other calls, still work."""
+    pb = epb
+    node = servers(conf={"max-clients": "8"})
+    own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each
+    held = [WatchStream(node.grpc_port, pb, options=own) for _ in range(4)]
+    try:
+        for i, ws in enumerate(held):
+            ws.create(key=b"k%d" % i)
+            assert ws.next().created
+        extra = WatchStream(node.grpc_port, pb, options=own)
+        extra.create(key=b"x")
+        with pytest.raises(grpc.RpcError) as e:
+            extra.next()
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "half of max-clients" in e.value.details()
+        extra.close()
+        # a second watch on a connection that holds one is served
+        held[0].create(key=b"more")
+        assert held[0].next().created
+        r = unary(node.grpc_port, pb, "KV", "Put",
+                  pb.PutRequest(key=b"k0", value=b"v"))
+        assert r.header.revision > 0
+        assert held[0].next().events[0].kv.key == b"k0"
+        # one closed: room for another
+        held.pop().close()
+        deadline = time.time() + 10
+        while True:
+            ws = WatchStream(node.grpc_port, pb, options=own)
+            ws.create(key=b"y")
+            try:
+                assert ws.next().created
+                held.append(ws)
+                break
+            except grpc.RpcError:
+                ws.close()
+                assert time.time() < deadline, "no room after one closed"
+                time.sleep(0.1)
+    finally:
+        for ws in held:
+            ws.close()
+
+
 def test_watch_bad_request(cluster, epb):
     nodes, leader, follower = cluster
     with channel(follower.grpc_port) as ch:
