@@ -455,6 +455,17 @@ MUTATIONS = [
       "            if (0 && ww->w.state == WATCH_LIVE)",
       ["py:test_etcd_watch_lease.py::test_watch_limits"],
       "a gRPC watch whose client reads nothing is never cancelled"),
+    M("watch_streams_take_every_slot", "src/http_watch.c",
+      "    return hw.n_streaming + etcd_gw_streams() < cap;",
+      "    return cap > 0;",
+      ["py:test_watch.py::test_watch_streams_take_at_most_half_the_clients"],
+      "watch streams, never evicted, can hold every HTTP client slot"),
+    M("open_streams_take_every_slot", "src/grpc.c",
+      "        if (gs->open_ended_conns >= PZ_MAX(gs->ls.max_conns / 2, (size_t)1))",
+      "        if (gs->open_ended_conns >= gs->ls.max_conns + 1)",
+      ["py:test_etcd_watch_lease.py::"
+       "test_open_streams_hold_at_most_half_the_connections"],
+      "connections holding open streams can hold every gRPC client slot"),
 ]
 
 
