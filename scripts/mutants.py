@@ -445,6 +445,12 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_large_revisions_for_many_watchers_do_not_hold_the_loop"],
       "one loop turn packs a large revision for every gRPC watch"),
+    M("etcd_watch_revision_packed_whole", "src/etcd_watch.c",
+      "        if (!ww->o.fragment && total > EW_WHOLE_MAX) {",
+      "        if (0) {",
+      ["py:test_hostile_clients.py::"
+       "test_grpc_large_revisions_wait_in_the_history"],
+      "a large revision is packed whole for every gRPC watch"),
     M("gateway_watch_never_slow", "src/etcd_gateway.c",
       "            g->ready || watch_lag(&g->w) <= max_lag ||",
       "            g->ready || true ||",

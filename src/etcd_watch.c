@@ -52,13 +52,24 @@
 #define EW_FILL_BYTES (256 * 1024)
 /* ... and at most this much in all a loop turn (plus one revision). */
 #define EW_TURN_BYTES (1024 * 1024)
+/* A revision whose answer (not fragmented) is larger than this is not
+ * packed at once but written from the history in pieces as the client
+ * reads, EW_PIECE_BYTES at a time ... */
+#define EW_WHOLE_MAX (1024 * 1024)
+#define EW_PIECE_BYTES (64 * 1024)
+/* ... up to the largest message gRPC's length prefix and etcd's clients
+ * allow. */
+#define EW_MESSAGE_MAX ((size_t)INT32_MAX)
 /* A watch behind by more than watch-max-buffer on a stream whose client
  * took none of its output for this long is cancelled. */
 #define EW_STALL_MS 2000
 
-/* One queued answer (packed WatchResponse). */
+/* One queued answer: a packed WatchResponse, or (ww set, len 0) a
+ * revision of ww's to write in pieces when its turn comes. */
 struct omsg {
     struct omsg *next;
+    struct ew_watch *ww;
+    uint64_t rev, begin, end; /* ww's: the revision, its events */
     size_t len;
     uint8_t data[];
 };
@@ -71,6 +82,9 @@ struct ew_watch {
     int64_t id;           /* watch id */
     struct etcd_watch_opts o;
     bool sent;                    /* something went since the last tick */
+    bool in_pieces;  /* a revision of it waits or goes out in pieces: its
+                        cursor is held at that revision until it is out */
+    bool cancel_after; /* the client cancelled it meanwhile */
     struct ew_watch *prev, *next; /* the stream's watches */
 };
 
@@ -85,6 +99,11 @@ struct ew_stream {
     struct ew_watch *rr;      /* round robin: next watch to look at */
     bool progress_pending;    /* a WatchProgressRequest waits */
     bool kicked;              /* in ew.kicks */
+    /* The revision going out in pieces (pw set), after its prefix. */
+    struct ew_watch *pw;
+    uint64_t p_seq, p_end; /* its next event in the history, the end */
+    size_t p_left;         /* bytes of the message still to write */
+    bool cut;              /* reset in the middle of one: nothing more */
     struct pz_queue kq;       /* in ew.kicks */
     struct pz_queue q;        /* in ew.streams */
 };
@@ -113,6 +132,7 @@ static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
         return; /* over max-pending-output: the connection is closing */
     struct omsg *m = pz_malloc(sizeof *m + n + 1);
     m->next = NULL;
+    m->ww = NULL;
     m->len = etcdserverpb__watch_response__pack(r, m->data);
     if (ew.turn_left != SIZE_MAX)
         ew.turn_left -= PZ_MIN(m->len, ew.turn_left);
@@ -149,6 +169,8 @@ static void on_kick_idle(uv_idle_t *h)
             container_of(pz_queue_head(&ew.kicks), struct ew_stream, kq);
         pz_queue_remove(&es->kq);
         es->kicked = false;
+        if (es->cut)
+            continue; /* freed as its stream closes */
         while (es->queued_bytes < EW_FILL_BYTES && ew.turn_left > 0 &&
                next_events(es))
             ;
@@ -204,8 +226,32 @@ static void watch_unlink(struct ew_watch *ww)
     es->n_watches--;
 }
 
+/* Forget ww's revision waiting to go out in pieces (not begun). */
+static void drop_pieces(struct ew_watch *ww)
+{
+    struct ew_stream *es = ww->es;
+    struct omsg **pp = &es->head, *prev = NULL;
+    while (*pp && (*pp)->ww != ww) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    struct omsg *m = *pp;
+    pz_assert(m != NULL && es->pw != ww);
+    *pp = m->next;
+    if (es->tail == m)
+        es->tail = prev;
+    es->queued--;
+    pz_free(m);
+    ww->in_pieces = false;
+}
+
 static void watch_free(struct ew_watch *ww)
 {
+    struct ew_stream *es = ww->es;
+    if (es->pw == ww)
+        es->pw = NULL; /* the stream is being cut or freed */
+    else if (ww->in_pieces)
+        drop_pieces(ww);
     watch_unlink(ww);
     watch_remove(&ww->w);
     pz_free(ww);
@@ -228,6 +274,17 @@ static void on_notify(void *data, struct watcher *w)
     if (ww->w.state != WATCH_LIVE) {
         int64_t compact;
         const char *why = etcd_watch_cancelled(&ww->w, &compact);
+        if (es->pw == ww) {
+            /* Part of a revision is out: nothing can follow it on the
+             * stream. The client sees the call cancelled, as when its
+             * connection breaks, and resumes its watches. */
+            pz_info("etcd watch %lld cut in the middle of revision: %s",
+                    (long long)ww->id, compact ? "compacted" : "slow");
+            watch_free(ww);
+            es->cut = true;
+            grpc_stream_reset(es->st);
+            return;
+        }
         pz_info("etcd watch %lld cancelled: %s", (long long)ww->id,
                 compact ? "compacted" : "slow");
         queue_simple(es, ww->id, false, true, compact, why);
@@ -301,8 +358,12 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
 static void cancel_watch(struct ew_stream *es, int64_t id)
 {
     struct ew_watch *ww = watch_find(es, id);
-    if (ww == NULL)
+    if (ww == NULL || ww->cancel_after)
         return; /* etcd answers nothing for an unknown id */
+    if (es->pw == ww) {
+        ww->cancel_after = true; /* once its revision is out */
+        return;
+    }
     watch_free(ww);
     queue_simple(es, id, false, true, 0, NULL);
 }
@@ -416,6 +477,31 @@ static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
         Etcdserverpb__WatchResponse r;
         Etcdserverpb__ResponseHeader h;
         base_response(&r, &h, rev, ww->id);
+        size_t total = 64;
+        for (size_t i = 0; i < n && !ww->o.fragment; i++)
+            total += sizes[i];
+        if (!ww->o.fragment && total > EW_WHOLE_MAX) {
+            /* Held in the history until it is out (pump). */
+            struct omsg *m = pz_calloc(1, sizeof *m);
+            m->ww = ww;
+            m->rev = rev;
+            m->begin = b;
+            m->end = e;
+            if (es->tail)
+                es->tail->next = m;
+            else
+                es->head = m;
+            es->tail = m;
+            es->queued++;
+            ww->in_pieces = true;
+            watch_set_cursor(&ww->w, b);
+            if (ew.turn_left != SIZE_MAX)
+                ew.turn_left -= PZ_MIN(EW_PIECE_BYTES, ew.turn_left);
+            ww->sent = true;
+            pz_free(sizes);
+            etcd_events_free(&x);
+            return n;
+        }
         size_t limit = grpc_stream_server(es->st)->max_message;
         size_t i = 0;
         while (i < n) {
@@ -447,7 +533,8 @@ static bool next_events(struct ew_stream *es)
             return false;
         es->rr = ww->next;
         uint64_t rev, b, e;
-        while (ww->w.state == WATCH_LIVE && watch_next(&ww->w, &rev, &b, &e))
+        while (ww->w.state == WATCH_LIVE && !ww->in_pieces &&
+               watch_next(&ww->w, &rev, &b, &e))
             if (queue_events(es, ww, rev, b, e) > 0)
                 return true;
     }
@@ -462,10 +549,127 @@ static bool all_caught_up(const struct ew_stream *es)
     return true;
 }
 
+static size_t varint_put(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+/* events (field 11, length-delimited), before each event's bytes */
+#define EVENTS_TAG ((11 << 3) | 2)
+
+/* Bytes the events [b, e) take in ww's answer. */
+static size_t pieces_size(const struct ew_watch *ww, uint64_t b, uint64_t e)
+{
+    const struct watch_hub *hub = node_watch();
+    uint8_t tmp[10];
+    size_t total = 0;
+    for (uint64_t s = b; s < e; s++) {
+        Mvccpb__Event ev;
+        Mvccpb__KeyValue kvs[2];
+        if (!etcd_watch_event_of(&ww->w, &ww->o, watch_event_at(hub, s), &ev,
+                                 kvs))
+            continue;
+        size_t n = mvccpb__event__get_packed_size(&ev);
+        total += 1 + varint_put(tmp, n) + n;
+    }
+    return total;
+}
+
+/* Write the next events of the revision going out in pieces while the
+ * stream has less than EW_PIECE_BYTES waiting; once it is all out, the
+ * watch goes on from the revision's end. */
+static void write_pieces(struct ew_stream *es)
+{
+    static struct pz_buf scratch;
+    struct ew_watch *ww = es->pw;
+    const struct watch_hub *hub = node_watch();
+    while (es->p_left > 0 &&
+           grpc_stream_out_pending(es->st) < EW_PIECE_BYTES) {
+        /* The cursor holds these events: a commit that dropped them
+         * cancelled ww and cut the stream first. */
+        pz_assert(es->p_seq < es->p_end && es->p_seq >= hub->first_seq);
+        Mvccpb__Event ev;
+        Mvccpb__KeyValue kvs[2];
+        if (!etcd_watch_event_of(&ww->w, &ww->o,
+                                 watch_event_at(hub, es->p_seq++), &ev, kvs))
+            continue;
+        size_t n = mvccpb__event__get_packed_size(&ev);
+        pz_buf_reset(&scratch);
+        pz_buf_reserve(&scratch, 11 + n);
+        uint8_t *p = (uint8_t *)scratch.data;
+        p[0] = EVENTS_TAG;
+        size_t h = 1 + varint_put(p + 1, n);
+        size_t got = mvccpb__event__pack(&ev, p + h);
+        pz_assert(got == n && h + n <= es->p_left);
+        grpc_stream_send_more(es->st, p, h + n);
+        es->p_left -= h + n;
+    }
+    if (scratch.cap > EW_PIECE_BYTES)
+        pz_buf_free(&scratch);
+    if (es->p_left > 0)
+        return;
+    es->pw = NULL;
+    ww->in_pieces = false;
+    watch_set_cursor(&ww->w, es->p_end);
+    if (ww->cancel_after) {
+        int64_t id = ww->id;
+        watch_free(ww);
+        queue_simple(es, id, false, true, 0, NULL);
+    }
+    kick(es); /* what follows */
+}
+
+/* The revision m names goes out now: its length and prefix, then its
+ * events in pieces (write_pieces). */
+static void begin_pieces(struct ew_stream *es, struct omsg *m)
+{
+    struct ew_watch *ww = m->ww;
+    Etcdserverpb__WatchResponse r;
+    Etcdserverpb__ResponseHeader h;
+    base_response(&r, &h, m->rev, ww->id);
+    size_t plen = etcdserverpb__watch_response__get_packed_size(&r);
+    size_t events = pieces_size(ww, m->begin, m->end);
+    if (plen + events > EW_MESSAGE_MAX) {
+        ww->in_pieces = false;
+        watch_set_cursor(&ww->w, m->end);
+        int64_t id = ww->id;
+        char why[160];
+        snprintf(why, sizeof why,
+                 "etcdserver: revision %llu is too large for one message: "
+                 "watch with fragment",
+                 (unsigned long long)m->rev);
+        watch_free(ww);
+        queue_simple(es, id, false, true, 0, why);
+        return;
+    }
+    uint8_t *prefix = pz_malloc(plen + 1);
+    etcdserverpb__watch_response__pack(&r, prefix);
+    grpc_stream_send_begin(es->st, plen + events);
+    grpc_stream_send_more(es->st, prefix, plen);
+    pz_free(prefix);
+    es->pw = ww;
+    es->p_seq = m->begin;
+    es->p_end = m->end;
+    es->p_left = events;
+    write_pieces(es);
+}
+
 /* The output drained: the next answer, if any (grpc_stream_pump). */
 static void pump(struct gstream *st)
 {
     struct ew_stream *es = grpc_stream_ext(st);
+    if (es->cut)
+        return;
+    if (es->pw) {
+        write_pieces(es);
+        return;
+    }
     if (es->head == NULL && !all_caught_up(es)) {
         kick(es); /* the idle pass queues its next revisions */
         return;
@@ -483,6 +687,11 @@ static void pump(struct gstream *st)
     if (es->head == NULL)
         es->tail = NULL;
     es->queued--;
+    if (m->ww) {
+        begin_pieces(es, m);
+        pz_free(m);
+        return;
+    }
     es->queued_bytes -= m->len;
     grpc_stream_charge(st, 0, m->len);
     grpc_stream_send(st, m->data, m->len);
@@ -520,10 +729,11 @@ void etcd_watch_cron(void)
     {
         struct ew_stream *es = container_of(e, struct ew_stream, q);
         /* Waiting for the idle pass is not the client's doing. */
-        if (es->kicked || !grpc_stream_output_stuck(es->st, EW_STALL_MS))
+        if (es->cut || es->kicked ||
+            !grpc_stream_output_stuck(es->st, EW_STALL_MS))
             continue;
         struct ew_watch *next;
-        for (struct ew_watch *ww = es->watches; ww; ww = next) {
+        for (struct ew_watch *ww = es->watches; ww && !es->cut; ww = next) {
             next = ww->next;
             if (ww->w.state == WATCH_LIVE && watch_lag(&ww->w) > max_lag)
                 watch_cancel(&ww->w, WATCH_SLOW); /* on_notify frees ww */

@@ -2332,6 +2332,31 @@ void grpc_stream_send(struct gstream *st, const void *msg, size_t len)
     send_message(st, msg, len);
 }
 
+void grpc_stream_send_begin(struct gstream *st, size_t len)
+{
+    uint8_t hdr[GRPC_FRAME_HEADER];
+    pz_assert(len <= UINT32_MAX);
+    grpc_frame_header(hdr, false, (uint32_t)len);
+    grpc_stream_send_more(st, hdr, sizeof hdr);
+}
+
+void grpc_stream_send_more(struct gstream *st, const void *p, size_t n)
+{
+    if (st->ended || !conn_output_fits(st->s->c, n))
+        return;
+    if (st->out.len == st->out_off)
+        st->out_moved = conn_now();
+    pz_buf_append(&st->out, p, n);
+    st->s->out_bytes += n;
+    out_count(st->s);
+    output_ready(st);
+}
+
+size_t grpc_stream_out_pending(const struct gstream *st)
+{
+    return st->out.len - st->out_off;
+}
+
 void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
 {
     char text[MAX_STATUS_MESSAGE];

@@ -152,6 +152,15 @@ bool grpc_stream_hold_read(struct gstream *st,
 void grpc_stream_reply(struct gstream *st, const void *msg, size_t len);
 /* One message of a server stream (the call goes on). */
 void grpc_stream_send(struct gstream *st, const void *msg, size_t len);
+/* One message of a server stream written in pieces: its length-prefix
+ * for len bytes, then exactly len bytes in grpc_stream_send_more calls,
+ * nothing else on the stream in between (a pump writes the next piece
+ * once the output has gone to nghttp2). A piece over max-pending-output
+ * is dropped: the connection is being closed. */
+void grpc_stream_send_begin(struct gstream *st, size_t len);
+void grpc_stream_send_more(struct gstream *st, const void *p, size_t n);
+/* Bytes of st's output not yet taken by nghttp2. */
+size_t grpc_stream_out_pending(const struct gstream *st);
 /* End the call with status and a message (grpc-message). */
 void grpc_stream_fail(struct gstream *st, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -481,6 +481,53 @@ def test_watch_fragment_and_progress_notify(servers, epb):
         ws.close()
 
 
+def test_watch_large_revision_in_pieces(servers, epb):
+    """A revision whose answer passes 1 MiB is written from the history
+    in pieces as the client reads, as one WatchResponse all the same:
+    every event and previous value, then what follows on the stream in
+    order; a cancel sent meanwhile is answered after it."""
+    pb = epb
+    node = servers()
+    p = node.grpc_port
+    big = [("grpc.max_receive_message_length", 64 << 20),
+           ("grpc.http2.bdp_probe", 0)]  # the window stays small
+    ws = WatchStream(p, pb, options=big)
+    try:
+        values = {b"L/%02d" % i: bytes([65 + i]) * 300000 for i in range(12)}
+        for k, v in values.items():
+            put(p, pb, k, v)
+        ws.create(key=b"L/", range_end=b"L0", prev_kv=True)
+        assert ws.next().created
+        ws.create(key=b"L/05", watch_id=9)
+        assert ws.next().created
+        # the client reads nothing for a while: the answer is begun, and
+        # the cancel arrives while it waits
+        ws.reading.clear()
+        r = unary(p, pb, "KV", "DeleteRange", pb.DeleteRangeRequest(
+            key=b"L/", range_end=b"L0"), "DeleteRangeResponse")
+        rev = r.header.revision
+        time.sleep(0.5)
+        ws.send(cancel_request=pb.WatchCancelRequest(watch_id=0))
+        time.sleep(0.3)
+        ws.reading.set()
+        answers = [ws.next() for _ in range(3)]
+        by_id = {}
+        for a in answers:
+            by_id.setdefault(a.watch_id, []).append(a)
+        got, cancel = by_id[0]  # the revision, then the cancel
+        assert got.header.revision == rev and not got.canceled
+        assert not got.fragment and len(got.events) == 12
+        assert [(e.type, e.kv.key, e.prev_kv.value) for e in got.events] == \
+            [(1, k, v) for k, v in values.items()]  # 1: DELETE
+        assert cancel.canceled and not cancel.events
+        (other,) = by_id[9]
+        assert [e.kv.key for e in other.events] == [b"L/05"]
+        put(p, pb, b"L/01", b"after")
+        ws.nothing()
+    finally:
+        ws.close()
+
+
 def test_watch_limits(servers, epb):
     from test_cluster import make_cluster
     pb = epb
