@@ -549,25 +549,13 @@ static bool all_caught_up(const struct ew_stream *es)
     return true;
 }
 
-static size_t varint_put(uint8_t *p, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
-
-/* events (field 11, length-delimited), before each event's bytes */
-#define EVENTS_TAG ((11 << 3) | 2)
+/* WatchResponse's events field */
+#define EVENTS_FIELD 11
 
 /* Bytes the events [b, e) take in ww's answer. */
 static size_t pieces_size(const struct ew_watch *ww, uint64_t b, uint64_t e)
 {
     const struct watch_hub *hub = node_watch();
-    uint8_t tmp[10];
     size_t total = 0;
     for (uint64_t s = b; s < e; s++) {
         Mvccpb__Event ev;
@@ -576,7 +564,7 @@ static size_t pieces_size(const struct ew_watch *ww, uint64_t b, uint64_t e)
                                  kvs))
             continue;
         size_t n = mvccpb__event__get_packed_size(&ev);
-        total += 1 + varint_put(tmp, n) + n;
+        total += grpc_pb_len_head_size(EVENTS_FIELD, n) + n;
     }
     return total;
 }
@@ -601,14 +589,14 @@ static void write_pieces(struct ew_stream *es)
             continue;
         size_t n = mvccpb__event__get_packed_size(&ev);
         pz_buf_reset(&scratch);
-        pz_buf_reserve(&scratch, 11 + n);
-        uint8_t *p = (uint8_t *)scratch.data;
-        p[0] = EVENTS_TAG;
-        size_t h = 1 + varint_put(p + 1, n);
-        size_t got = mvccpb__event__pack(&ev, p + h);
-        pz_assert(got == n && h + n <= es->p_left);
-        grpc_stream_send_more(es->st, p, h + n);
-        es->p_left -= h + n;
+        grpc_pb_put_len_head(&scratch, EVENTS_FIELD, n);
+        pz_buf_reserve(&scratch, n);
+        size_t got =
+            mvccpb__event__pack(&ev, (uint8_t *)scratch.data + scratch.len);
+        scratch.len += got;
+        pz_assert(got == n && scratch.len <= es->p_left);
+        grpc_stream_send_more(es->st, scratch.data, scratch.len);
+        es->p_left -= scratch.len;
     }
     if (scratch.cap > EW_PIECE_BYTES)
         pz_buf_free(&scratch);

@@ -107,6 +107,22 @@ void grpc_pb_put_bytes(struct pz_buf *b, uint32_t num, const void *p,
         pz_buf_append(b, p, len);
 }
 
+void grpc_pb_put_len_head(struct pz_buf *b, uint32_t num, size_t len)
+{
+    put_raw_varint(b, (uint64_t)num << 3 | GRPC_PB_LEN);
+    put_raw_varint(b, len);
+}
+
+size_t grpc_pb_len_head_size(uint32_t num, size_t len)
+{
+    size_t n = 2; /* the tag's last byte, the length's last byte */
+    for (uint64_t t = (uint64_t)num << 3; t >= 0x80; t >>= 7)
+        n++;
+    for (uint64_t v = len; v >= 0x80; v >>= 7)
+        n++;
+    return n;
+}
+
 void grpc_pb_put_fixed(struct pz_buf *b, uint32_t num, int wire, uint64_t v)
 {
     uint8_t t[8];

@@ -53,6 +53,10 @@ int grpc_pb_next(const uint8_t **p, const uint8_t *end,
 void grpc_pb_put_varint(struct pz_buf *b, uint32_t num, uint64_t v);
 void grpc_pb_put_bytes(struct pz_buf *b, uint32_t num, const void *p,
                        size_t len);
+/* The head (tag and length) of a length-delimited field of len bytes,
+ * which the caller appends; the bytes that head takes. */
+void grpc_pb_put_len_head(struct pz_buf *b, uint32_t num, size_t len);
+size_t grpc_pb_len_head_size(uint32_t num, size_t len);
 /* A fixed-width field: wire GRPC_PB_I32 (the low 4 bytes of v) or
  * GRPC_PB_I64, little-endian. */
 void grpc_pb_put_fixed(struct pz_buf *b, uint32_t num, int wire, uint64_t v);

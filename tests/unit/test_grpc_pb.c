@@ -1,6 +1,7 @@
 /* test_grpc_pb.c - the protobuf wire helpers and the kv messages, checked
  * against protobuf-c's encoding of kv.proto and against hand-made bytes. */
 #include "grpc_pb.h"
+#include "etcd_rpc.pb-c.h"
 #include "kv.pb-c.h"
 #include "test.h"
 
@@ -172,12 +173,87 @@ TEST(empty_message_without_buffer)
     CHECK(!ok);
 }
 
+/* A WatchResponse written as etcd_watch.c writes a large one in pieces
+ * (the response without events, then each event's field head and bytes)
+ * is the whole message protobuf-c packs, and its length is the sum the
+ * length prefix announces. */
+TEST(watch_response_in_pieces)
+{
+    static uint8_t big[300];
+    memset(big, 'v', sizeof big);
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    h.cluster_id = 17;
+    h.revision = 123456;
+    Mvccpb__KeyValue kvs[6];
+    Mvccpb__Event evs[3], *evp[3];
+    for (int i = 0; i < 3; i++) {
+        Mvccpb__KeyValue kinit = MVCCPB__KEY_VALUE__INIT;
+        Mvccpb__Event einit = MVCCPB__EVENT__INIT;
+        kvs[2 * i] = kvs[2 * i + 1] = kinit;
+        kvs[2 * i].key.data = (uint8_t *)"key";
+        kvs[2 * i].key.len = 3;
+        kvs[2 * i].value.data = big;
+        kvs[2 * i].value.len = i ? 100u * (size_t)i : sizeof big;
+        kvs[2 * i].mod_revision = 123456;
+        kvs[2 * i + 1] = kvs[2 * i];
+        evs[i] = einit;
+        evs[i].type = i == 1 ? MVCCPB__EVENT__EVENT_TYPE__DELETE
+                             : MVCCPB__EVENT__EVENT_TYPE__PUT;
+        evs[i].kv = &kvs[2 * i];
+        evs[i].prev_kv = i == 2 ? &kvs[2 * i + 1] : NULL;
+        evp[i] = &evs[i];
+    }
+    Etcdserverpb__WatchResponse r = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    r.header = &h;
+    r.watch_id = 300;
+    size_t plen = etcdserverpb__watch_response__get_packed_size(&r);
+    struct pz_buf pieces;
+    pz_buf_init(&pieces);
+    pz_buf_reserve(&pieces, plen);
+    pieces.len = etcdserverpb__watch_response__pack(&r, (uint8_t *)pieces.data);
+    size_t total = plen;
+    for (int i = 0; i < 3; i++) {
+        size_t n = mvccpb__event__get_packed_size(evp[i]);
+        size_t at = pieces.len;
+        grpc_pb_put_len_head(&pieces, 11, n);
+        CHECK_EQ_INT(pieces.len - at, grpc_pb_len_head_size(11, n));
+        pz_buf_reserve(&pieces, n);
+        pieces.len += mvccpb__event__pack(evp[i],
+                                          (uint8_t *)pieces.data + pieces.len);
+        total += grpc_pb_len_head_size(11, n) + n;
+    }
+    r.events = evp;
+    r.n_events = 3;
+    size_t wlen = etcdserverpb__watch_response__get_packed_size(&r);
+    uint8_t *whole = pz_malloc(wlen);
+    etcdserverpb__watch_response__pack(&r, whole);
+    CHECK_EQ_INT(pieces.len, wlen);
+    CHECK_EQ_INT(total, wlen);
+    CHECK(memcmp(pieces.data, whole, wlen) == 0);
+    pz_free(whole);
+    pz_buf_free(&pieces);
+    /* heads of every length of varint */
+    size_t lens[] = {0, 127, 128, 16383, 16384, (size_t)1 << 21,
+                     (size_t)UINT32_MAX};
+    uint32_t nums[] = {1, 15, 16, 2047, 2048};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(lens); i++) {
+        for (size_t j = 0; j < PZ_ARRAY_SIZE(nums); j++) {
+            struct pz_buf b;
+            pz_buf_init(&b);
+            grpc_pb_put_len_head(&b, nums[j], lens[i]);
+            CHECK_EQ_INT(b.len, grpc_pb_len_head_size(nums[j], lens[i]));
+            pz_buf_free(&b);
+        }
+    }
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(matches_protobuf_c),
     TEST_ENTRY(binary_safe),
     TEST_ENTRY(decode_rules),
     TEST_ENTRY(field_iteration),
     TEST_ENTRY(empty_message_without_buffer),
+    TEST_ENTRY(watch_response_in_pieces),
     TEST_END,
 };
 
