@@ -106,6 +106,14 @@ static uint64_t out_stalled(struct conn *c, uint64_t now)
     return now - c->stall_since;
 }
 
+uint64_t conn_output_stalled(const struct conn *c)
+{
+    uint64_t now = conn_now();
+    if (conn_output_pending(c) + c->out_held == 0 || now < c->stall_since)
+        return 0;
+    return now - c->stall_since;
+}
+
 /* Count c's output (and what its protocol holds) in out_total as it is
  * now: nothing once c is closing (it is dropped at the reap). */
 static void charge(struct conn *c)

@@ -274,6 +274,9 @@ void conn_mark_served(struct conn *c);
 void conn_set_deadline(struct conn *c, uint64_t at);
 /* uv_now() of the process loop. */
 uint64_t conn_now(void);
+/* How long (ms) c's output has waited with none of it acknowledged by
+ * the peer, as of the last conn_cron; 0 when nothing waits. */
+uint64_t conn_output_stalled(const struct conn *c);
 
 /* --- the partial-input budget ---------------------------------------------
  * Bytes a protocol holds for requests (or peer messages) it has not

@@ -65,8 +65,8 @@
 #define GW_TURN_BYTES (1024 * 1024)
 #define GW_WATCH_NO_ROOM                                                      \
     "etcdserver: too many watch streams (at most half of max-clients)"
-/* A watch stream behind by more than watch-max-buffer that wrote nothing
- * for this long (its client did not read) is cancelled. */
+/* A watch stream behind by more than watch-max-buffer whose client
+ * acknowledged none of its output for this long is cancelled. */
 #define GW_STALL_MS 2000
 
 enum route_kind { R_GRPC, R_KEEPALIVE, R_WATCH };
@@ -142,7 +142,10 @@ struct etcd_gw {
     struct etcd_gw *prev_s, *next_s; /* every watch stream */
     bool ready;                      /* in gw_state.ready */
     struct pz_queue rq;              /* ... */
-    uint64_t last_room;              /* conn_now() it last wrote */
+    bool starved;   /* made ready again for want of the idle pass's turn,
+                       not its client's doing */
+    bool wait_drain; /* the next revision waits for the client to read
+                        what waits (notifications ignored until then) */
     bool ending;     /* judged slow: cancelled once in_rev is out */
     bool in_rev;     /* writing revision rev, event by event */
     uint64_t rev;    /* ... */
@@ -344,14 +347,16 @@ static void start_call(struct etcd_gw *g, const void *msg, size_t len)
                                       (size_t)gw_state.cfg->grpc_max_message);
         grpc_client_set_tls(gw_state.cl, &tls_grpc_client);
     }
-    /* The client's token goes along: the gRPC side decides with it. */
+    /* The client's token goes along: the gRPC side decides with it. One
+     * message a call, keep-alives included: the server does not count
+     * such a call as a stream held open (nor let it stay open). */
     struct pz_buf bearer;
     pz_buf_init(&bearer);
-    const char *md[] = {NULL, NULL, NULL};
+    const char *md[] = {"pyazdb-unary", "1", NULL, NULL, NULL};
     if (g->cred) {
         pz_buf_appendf(&bearer, "Bearer %s", g->cred);
-        md[0] = "authorization";
-        md[1] = bearer.data;
+        md[2] = "authorization";
+        md[3] = bearer.data;
     }
     struct grpc_call_opts o = {
         .timeout_ms = 2 * (uint64_t)gw_state.cfg->request_timeout_ms + 1000,
@@ -490,8 +495,10 @@ static void pump(struct etcd_gw *g)
                 /* Whole once the client has read what waits, so that a
                  * stream is mostly between revisions, where it can be
                  * cancelled with a reason; in pieces only when it is
-                 * larger than all it may have waiting. */
+                 * larger than all it may have waiting. Not looked at
+                 * again before then (etcd_gw_on_stream). */
                 g->w.sent_rev = sent;
+                g->wait_drain = true;
                 break;
             }
             g->in_rev = true;
@@ -528,13 +535,13 @@ static void pump(struct etcd_gw *g)
     written += b.len;
     if (b.len)
         httpd_stream_write(g->hc, b.data, b.len);
-    if (written)
-        g->last_room = conn_now();
     if (turn != SIZE_MAX) {
         gw_state.turn_left -= PZ_MIN(written, turn);
         /* Stopped by the turn, not by its client: next turn. */
-        if (written >= turn && (g->in_rev || !watch_caught_up(&g->w)))
+        if (written >= turn && (g->in_rev || !watch_caught_up(&g->w))) {
             make_ready(g);
+            g->starved = true;
+        }
     }
     pz_buf_free(&b);
 }
@@ -549,6 +556,7 @@ static void on_ready_idle(uv_idle_t *h)
             container_of(pz_queue_head(&gw_state.ready), struct etcd_gw, rq);
         pz_queue_remove(&g->rq);
         g->ready = false;
+        g->starved = false;
         httpd_stream_kick(g->hc); /* pump, as httpd pumps; may free g */
     }
     gw_state.turn_left = SIZE_MAX;
@@ -562,7 +570,8 @@ static void on_watch_notify(void *arg, struct watcher *w)
     if (!g->streaming || !g->hc->streaming)
         return;
     if (w->state == WATCH_LIVE) {
-        make_ready(g);
+        if (!g->wait_drain)
+            make_ready(g);
         return;
     }
     /* cancelled: unregistered, but w still owns its range until
@@ -583,15 +592,14 @@ static void on_watch_notify(void *arg, struct watcher *w)
 
 void etcd_gw_cron(void)
 {
-    uint64_t now = conn_now();
     uint64_t max_lag = node_watch()->lim.max_lag;
     struct etcd_gw *next;
     for (struct etcd_gw *g = gw_state.streams; g; g = next) {
         next = g->next_s;
-        /* Waiting for the idle pass is not the client's doing. */
+        /* Waiting for the idle pass's turn is not the client's doing. */
         if (!g->streaming || g->w.state != WATCH_LIVE || g->ending ||
-            g->ready || watch_lag(&g->w) <= max_lag ||
-            now - g->last_room <= GW_STALL_MS)
+            g->starved || watch_lag(&g->w) <= max_lag ||
+            conn_output_stalled(g->hc->c) <= GW_STALL_MS)
             continue;
         if (g->in_rev) {
             /* The revision begun goes out first, as it is read
@@ -652,7 +660,6 @@ static void watch_begin(struct etcd_gw *g)
     g->w.data = g;
     g->w.notify = on_watch_notify; /* called with w.data */
     g->w.owner_lag = true;         /* judged by etcd_gw_cron */
-    g->last_room = conn_now();
     g->registered = true;
     gw_state.n_streams++;
     g->prev_s = NULL;
@@ -702,10 +709,13 @@ void etcd_gw_on_stream(struct etcd_gw *g)
 {
     if (!g->streaming)
         return;
-    if (gw_state.turn_left == SIZE_MAX)
-        make_ready(g); /* its client drained: written in the idle pass */
-    else
+    if (gw_state.turn_left == SIZE_MAX) {
+        /* its client read what waited: written in the idle pass */
+        g->wait_drain = false;
+        make_ready(g);
+    } else {
         pump(g);
+    }
 }
 
 /* --- dispatch --------------------------------------------------------------

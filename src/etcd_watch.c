@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conn.h"
 #include "etcd_map.h"
 #include "grpc_pb.h"
 #include "log.h"
@@ -104,6 +105,10 @@ struct ew_stream {
     uint64_t p_seq, p_end; /* its next event in the history, the end */
     size_t p_left;         /* bytes of the message still to write */
     bool cut;              /* reset in the middle of one: nothing more */
+    uint64_t moved;        /* conn_now() its client last made room (pump),
+                              or answers began to wait */
+    bool starved;          /* kicked again for want of the idle pass's
+                              turn, not its client's doing */
     struct pz_queue kq;       /* in ew.kicks */
     struct pz_queue q;        /* in ew.streams */
 };
@@ -130,6 +135,8 @@ static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
     size_t n = etcdserverpb__watch_response__get_packed_size(r);
     if (!grpc_stream_charge(es->st, n, 0))
         return; /* over max-pending-output: the connection is closing */
+    if (es->head == NULL && es->pw == NULL)
+        es->moved = conn_now(); /* waits from now */
     struct omsg *m = pz_malloc(sizeof *m + n + 1);
     m->next = NULL;
     m->ww = NULL;
@@ -169,6 +176,7 @@ static void on_kick_idle(uv_idle_t *h)
             container_of(pz_queue_head(&ew.kicks), struct ew_stream, kq);
         pz_queue_remove(&es->kq);
         es->kicked = false;
+        es->starved = false;
         if (es->cut)
             continue; /* freed as its stream closes */
         while (es->queued_bytes < EW_FILL_BYTES && ew.turn_left > 0 &&
@@ -176,8 +184,10 @@ static void on_kick_idle(uv_idle_t *h)
             ;
         /* Stopped by the turn, not by its client: next turn. */
         if (ew.turn_left == 0 && es->queued_bytes < EW_FILL_BYTES &&
-            !all_caught_up(es))
+            !all_caught_up(es)) {
             kick(es);
+            es->starved = true;
+        }
         grpc_stream_pump(es->st, pump); /* resumes output */
         grpc_stream_flush(es->st);      /* may free es */
     }
@@ -482,6 +492,8 @@ static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
             total += sizes[i];
         if (!ww->o.fragment && total > EW_WHOLE_MAX) {
             /* Held in the history until it is out (pump). */
+            if (es->head == NULL && es->pw == NULL)
+                es->moved = conn_now();
             struct omsg *m = pz_calloc(1, sizeof *m);
             m->ww = ww;
             m->rev = rev;
@@ -652,6 +664,7 @@ static void begin_pieces(struct ew_stream *es, struct omsg *m)
 static void pump(struct gstream *st)
 {
     struct ew_stream *es = grpc_stream_ext(st);
+    es->moved = conn_now(); /* nghttp2 asks: the client made room */
     if (es->cut)
         return;
     if (es->pw) {
@@ -716,9 +729,13 @@ void etcd_watch_cron(void)
     PZ_QUEUE_FOREACH(e, &ew.streams)
     {
         struct ew_stream *es = container_of(e, struct ew_stream, q);
-        /* Waiting for the idle pass is not the client's doing. */
-        if (es->cut || es->kicked ||
-            !grpc_stream_output_stuck(es->st, EW_STALL_MS))
+        /* Answers wait and the client took none of them for EW_STALL_MS;
+         * waiting for the idle pass's turn is not the client's doing. */
+        bool waiting =
+            es->head || es->pw || grpc_stream_out_pending(es->st) > 0;
+        uint64_t moved = PZ_MAX(es->moved, grpc_stream_output_moved(es->st));
+        if (es->cut || es->starved || !waiting ||
+            conn_now() - moved < EW_STALL_MS)
             continue;
         struct ew_watch *next;
         for (struct ew_watch *ww = es->watches; ww && !es->cut; ww = next) {

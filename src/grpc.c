@@ -174,6 +174,9 @@ struct gstream {
     bool post;              /* :method is POST */
     bool ctype_ok;          /* content-type is application/grpc... */
     bool was_forwarded;     /* pyazdb-forwarded header present */
+    bool one_message;       /* pyazdb-unary header present: a
+                               client-streaming method called with one
+                               message (the etcd gateway's keep-alives) */
     ProtobufCMessage *unpacked; /* the request as its check unpacked it,
                                    until etcd_unpack takes it (or NULL) */
     char *cred;             /* credential sent: the X of "authorization:
@@ -198,6 +201,8 @@ struct gstream {
     size_t out_off;       /* bytes of out already given */
     uint64_t out_moved;   /* conn_now() nghttp2 last took some of out, or
                              out began to fill */
+    size_t msg_left;      /* bytes of a message written in pieces still to
+                             come (grpc_stream_send_begin) */
     int status;           /* grpc-status */
     struct pz_buf msg;    /* percent-encoded grpc-message */
     /* asynchronous work */
@@ -546,6 +551,14 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
     } else if (st->deferred) {
         st->deferred = false;
         nghttp2_session_resume_data(st->s->ng, st->id);
+    }
+    if (st->msg_left) {
+        /* A message is part-way out: trailers after it would leave the
+         * client a length prefix its bytes never fill. */
+        st->msg_left = 0;
+        nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id,
+                                  NGHTTP2_CANCEL);
+        mark_dirty(st->s);
     }
 }
 
@@ -1368,6 +1381,15 @@ static void dispatch(struct gstream *st)
 /* True while the stream's request is still arriving: its headers, or its
  * message (unary: until END_STREAM; client-streaming: a message begun). A
  * stream the server is working on or answering is not. */
+/* Request messages handled one by one for as long as the client likes:
+ * a client-streaming method, unless called with one message (relayed by
+ * a follower, or by the etcd gateway), which then ends as a unary call's
+ * request must (client-body-timeout). */
+static bool streaming_request(const struct gstream *st)
+{
+    return st->m->client_stream && !st->was_forwarded && !st->one_message;
+}
+
 static bool receiving(const struct gstream *st)
 {
     if (st->ended || st->refused || st->over_budget)
@@ -1376,7 +1398,8 @@ static bool receiving(const struct gstream *st)
         return true;
     if (st->m == NULL)
         return false;
-    return st->m->client_stream ? grpc_reader_partial(&st->rd) : !st->req_ended;
+    return streaming_request(st) ? grpc_reader_partial(&st->rd)
+                                 : !st->req_ended;
 }
 
 /* Move the stream's charge to what it holds for a request still
@@ -1504,7 +1527,7 @@ static bool hold_open_ended(struct gstream *st)
 {
     struct gsession *s = st->s;
     struct grpc_server *gs = s->gs;
-    if (!st->m->client_stream && st->m->kind != M_HEALTH_WATCH)
+    if (!streaming_request(st) && st->m->kind != M_HEALTH_WATCH)
         return true;
     if (s->n_open_ended == 0) {
         if (gs->open_ended_conns >= PZ_MAX(gs->ls.max_conns / 2, (size_t)1))
@@ -1766,6 +1789,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
         else if (name_is(name, namelen, "grpc-timeout"))
             st->timeout_state =
                 grpc_timeout_parse(v, valuelen, &st->timeout_ms) == 0 ? 1 : -1;
+        else if (name_is(name, namelen, "pyazdb-unary"))
+            st->one_message = true;
         break;
     case 13:
         if (name_is(name, namelen, "authorization")) {
@@ -2335,15 +2360,17 @@ void grpc_stream_send(struct gstream *st, const void *msg, size_t len)
 void grpc_stream_send_begin(struct gstream *st, size_t len)
 {
     uint8_t hdr[GRPC_FRAME_HEADER];
-    pz_assert(len <= UINT32_MAX);
+    pz_assert(len <= UINT32_MAX && st->msg_left == 0);
     grpc_frame_header(hdr, false, (uint32_t)len);
     grpc_stream_send_more(st, hdr, sizeof hdr);
+    st->msg_left = len;
 }
 
 void grpc_stream_send_more(struct gstream *st, const void *p, size_t n)
 {
     if (st->ended || !conn_output_fits(st->s->c, n))
         return;
+    st->msg_left -= PZ_MIN(n, st->msg_left);
     if (st->out.len == st->out_off)
         st->out_moved = conn_now();
     pz_buf_append(&st->out, p, n);
@@ -2371,6 +2398,7 @@ void grpc_stream_reset(struct gstream *st)
 {
     if (st->ended && !st->responded)
         return;
+    st->msg_left = 0; /* reset here, not by finish */
     finish(st, GRPC_CANCELLED, "stalled");
     nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id,
                               NGHTTP2_CANCEL);
@@ -2409,9 +2437,9 @@ int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
     return rv;
 }
 
-bool grpc_stream_output_stuck(const struct gstream *st, uint64_t ms)
+uint64_t grpc_stream_output_moved(const struct gstream *st)
 {
-    return st->out.len > st->out_off && conn_now() - st->out_moved >= ms;
+    return st->out_moved;
 }
 
 void grpc_stream_flush(struct gstream *st)

@@ -185,8 +185,8 @@ int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
                              grpc_call_cb cb);
 /* Put pending output on the wire; st may be freed here. */
 void grpc_stream_flush(struct gstream *st);
-/* st has output waiting of which its client took nothing (window or
- * socket) for ms or more. */
-bool grpc_stream_output_stuck(const struct gstream *st, uint64_t ms);
+/* conn_now() when nghttp2 last took some of st's output, or when output
+ * began to wait (0: never). */
+uint64_t grpc_stream_output_moved(const struct gstream *st);
 
 #endif

@@ -392,9 +392,12 @@ static void cancel(struct watch_hub *h, struct watcher *w, int why)
 {
     unlink_watcher(w);
     w->state = why;
-    if (why != WATCH_SLOW)
+    /* One judged slow (watch_judged_slow) is counted there only. */
+    if (w->slow_counted)
+        ;
+    else if (why != WATCH_SLOW)
         h->cancelled_compacted++;
-    else if (!w->slow_counted)
+    else
         h->cancelled_slow++;
     tell(h, w);
 }

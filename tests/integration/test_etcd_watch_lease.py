@@ -586,7 +586,8 @@ def test_open_streams_hold_at_most_half_the_connections(servers, epb):
     """A connection holding a Watch stream is never evicted, so such
     connections take at most half of max-clients: with max-clients 8,
     a fifth connection's Watch gets RESOURCE_EXHAUSTED, while more
-    watches on a connection that holds one, and other calls, still work."""
+    watches on a connection that holds one, other calls and the etcd
+    gateway's lease keep-alives still work."""
     pb = epb
     node = servers(conf={"max-clients": "8"})
     own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each
@@ -609,6 +610,10 @@ def test_open_streams_hold_at_most_half_the_connections(servers, epb):
                   pb.PutRequest(key=b"k0", value=b"v"))
         assert r.header.revision > 0
         assert held[0].next().events[0].kv.key == b"k0"
+        # the etcd gateway's keep-alives (one message a call) still work
+        from test_etcd_gateway import gw
+        lease = gw(node.http_port).lease(ttl=60)
+        assert lease.refresh() == 60
         # one closed: room for another
         held.pop().close()
         deadline = time.time() + 10

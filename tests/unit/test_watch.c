@@ -297,6 +297,16 @@ TEST(judged_slow_counted_once)
     CHECK_EQ_INT(f.hub.cancelled_slow, 1);
     CHECK_EQ_INT(f.hub.n_watchers, 0);
     watch_remove(&w);
+    /* nor as compacted when the history drops its revision first */
+    CHECK_EQ_INT(add_prefix(&f, &w, "", 1), 0);
+    w.owner_lag = true;
+    watch_judged_slow(&w);
+    CHECK_EQ_INT(f.hub.cancelled_slow, 2);
+    watch_cancel(&w, WATCH_COMPACTED);
+    CHECK_EQ_INT(w.state, WATCH_COMPACTED);
+    CHECK_EQ_INT(f.hub.cancelled_slow, 2);
+    CHECK_EQ_INT(f.hub.cancelled_compacted, 0);
+    watch_remove(&w);
     fx_free(&f);
 }
 
