@@ -70,6 +70,8 @@ struct watch_stream {
     uint64_t last_write;   /* conn_now() of the last event written */
     uint64_t last_room;    /* conn_now() when it last wrote an event */
     bool ending;           /* judged slow: cancel once in_rev is out */
+    bool wait_drain;       /* the next revision waits for the client to
+                              read what waits: commits do not kick it */
     /* The revision being written (in_rev), piece by piece. */
     bool in_rev;
     uint64_t rev, seq, end; /* it, the next event, its end */
@@ -318,6 +320,7 @@ void http_watch_on_stream(struct watch_stream *ws)
     struct httpd_conn *hc = ws->hc;
     struct watch_hub *hub = node_watch();
     size_t limit = share();
+    ws->wait_drain = false; /* the client drained (or a kick) */
     size_t pending = conn_output_pending(hc->c);
     if (!hc->streaming || ws->w.state != WATCH_LIVE || pending >= limit)
         return;
@@ -355,8 +358,11 @@ void http_watch_on_stream(struct watch_stream *ws)
                 /* Whole once the client has read what waits, so that a
                  * stream is mostly between revisions (where it can be
                  * cancelled with a reason); in pieces only when it is
-                 * larger than all it may have waiting. */
+                 * larger than all it may have waiting. Not looked at
+                 * again before then: its held cursor keeps it dirty, and
+                 * every commit would scan the revision again. */
                 ws->w.sent_rev = sent;
+                ws->wait_drain = true;
                 break;
             }
             ws->in_rev = true;
@@ -414,7 +420,7 @@ static void on_notify(void *arg, struct watcher *w)
     if (ws == NULL || !ws->streaming || !ws->hc->streaming)
         return;
     if (w->state == WATCH_LIVE) {
-        if (!ws->ending) /* else only as its client reads */
+        if (!ws->ending && !ws->wait_drain) /* else as its client reads */
             httpd_stream_kick(ws->hc);
         return;
     }
