@@ -439,12 +439,6 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_gateway_watch_lines_are_written_as_clients_read"],
       "a gateway watch's line waits whole for a client that reads none"),
-    M("etcd_watch_turn_unbounded", "src/etcd_watch.c",
-      "    ew.turn_left = EW_TURN_BYTES;",
-      "    ew.turn_left = SIZE_MAX - 1;",
-      ["py:test_hostile_clients.py::"
-       "test_large_revisions_for_many_watchers_do_not_hold_the_loop"],
-      "one loop turn packs a large revision for every gRPC watch"),
     M("etcd_watch_revision_packed_whole", "src/etcd_watch.c",
       "        if (!ww->o.fragment && total > EW_WHOLE_MAX) {",
       "        if (0) {",
