@@ -152,6 +152,7 @@ struct etcd_gw {
     uint64_t seq;    /* ... its next event in the history */
     uint64_t end;    /* ... the end of its events */
     size_t n_out;    /* ... its events written */
+    bool whole;      /* ... fits what may wait: written at once */
 };
 
 static struct {
@@ -490,8 +491,8 @@ static void pump(struct etcd_gw *g)
                 break;
             /* Held in the history (and counted as unread) until out. */
             watch_set_cursor(&g->w, begin);
-            if ((pending || written) &&
-                rev_estimate(g, hub, begin, end) > room - written) {
+            size_t est = rev_estimate(g, hub, begin, end);
+            if ((pending || written) && est > room - written) {
                 /* Whole once the client has read what waits, so that a
                  * stream is mostly between revisions, where it can be
                  * cancelled with a reason; in pieces only when it is
@@ -506,9 +507,13 @@ static void pump(struct etcd_gw *g)
             g->seq = begin;
             g->end = end;
             g->n_out = 0;
+            /* One that fits goes at once, past the turn if need be: a
+             * line of at most HTTPD_STREAM_WANT is one chunk. */
+            g->whole = est <= room - written;
         }
-        while (g->seq < g->end && written + b.len < room &&
-               written + b.len < turn) {
+        while (g->seq < g->end &&
+               (g->whole ||
+                (written + b.len < room && written + b.len < turn))) {
             Mvccpb__Event ev;
             Mvccpb__KeyValue kvs[2];
             if (!etcd_watch_event_of(&g->w, &g->o,
