@@ -130,19 +130,13 @@ static void pump(struct gstream *st);
 
 /* --- answers ------------------------------------------------------------- */
 
-static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
+/* Queue m (its bytes, if any, count against the idle pass's turn). */
+static void queue_push(struct ew_stream *es, struct omsg *m)
 {
-    size_t n = etcdserverpb__watch_response__get_packed_size(r);
-    if (!grpc_stream_charge(es->st, n, 0))
-        return; /* over max-pending-output: the connection is closing */
     if (es->head == NULL && es->pw == NULL)
         es->moved = conn_now(); /* waits from now */
-    struct omsg *m = pz_malloc(sizeof *m + n + 1);
-    m->next = NULL;
-    m->ww = NULL;
-    m->len = etcdserverpb__watch_response__pack(r, m->data);
     if (ew.turn_left != SIZE_MAX)
-        ew.turn_left -= PZ_MIN(m->len, ew.turn_left);
+        ew.turn_left -= PZ_MIN(m->ww ? EW_PIECE_BYTES : m->len, ew.turn_left);
     if (es->tail)
         es->tail->next = m;
     else
@@ -150,6 +144,18 @@ static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
     es->tail = m;
     es->queued++;
     es->queued_bytes += m->len;
+}
+
+static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
+{
+    size_t n = etcdserverpb__watch_response__get_packed_size(r);
+    if (!grpc_stream_charge(es->st, n, 0))
+        return; /* over max-pending-output: the connection is closing */
+    struct omsg *m = pz_malloc(sizeof *m + n + 1);
+    m->next = NULL;
+    m->ww = NULL;
+    m->len = etcdserverpb__watch_response__pack(r, m->data);
+    queue_push(es, m);
 }
 
 static bool next_events(struct ew_stream *es);
@@ -492,23 +498,14 @@ static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
             total += sizes[i];
         if (!ww->o.fragment && total > EW_WHOLE_MAX) {
             /* Held in the history until it is out (pump). */
-            if (es->head == NULL && es->pw == NULL)
-                es->moved = conn_now();
             struct omsg *m = pz_calloc(1, sizeof *m);
             m->ww = ww;
             m->rev = rev;
             m->begin = b;
             m->end = e;
-            if (es->tail)
-                es->tail->next = m;
-            else
-                es->head = m;
-            es->tail = m;
-            es->queued++;
+            queue_push(es, m);
             ww->in_pieces = true;
             watch_set_cursor(&ww->w, b);
-            if (ew.turn_left != SIZE_MAX)
-                ew.turn_left -= PZ_MIN(EW_PIECE_BYTES, ew.turn_left);
             ww->sent = true;
             pz_free(sizes);
             etcd_events_free(&x);

@@ -642,6 +642,17 @@ def test_grpc_client_that_never_opens_its_window_is_closed(node, pb):
     serves_and_kept(node, pb, "k1", "k2")
 
 
+def watches_without_window(node, n):
+    """n etcd Watch calls with prev_kv on the prefix w/, each watching, on
+    one raw HTTP/2 connection that lets the server send nothing."""
+    create = b"\x0a\x0a\x0a\x02w/\x12\x02w0\x30\x01"  # prev_kv
+    c = h2_no_window(node.grpc_port)
+    open_calls(c, node.grpc_port, "/etcdserverpb.Watch/Watch", n, create,
+               end_stream=False)
+    c.read_frames(timeout=1.0)
+    return c
+
+
 def test_grpc_watch_answers_count_against_the_output_budget(servers, pb):
     """20 etcd watches with prev_kv on a connection that lets the server
     send nothing, then one delete of 30 keys of 30 kB: each watch's
@@ -652,12 +663,8 @@ def test_grpc_watch_answers_count_against_the_output_budget(servers, pb):
     node = servers(conf=dict(CONF, **{"max-pending-output": "8mb",
                                       "conn-hard-limit": "8mb"}), env=ENV)
     put_values(node, "w/{0:02d}", 30, 30 * 1024)
-    create = b"\x0a\x0a\x0a\x02w/\x12\x02w0\x30\x01"  # prev_kv
-    c = h2_no_window(node.grpc_port)
+    c = watches_without_window(node, 20)
     try:
-        open_calls(c, node.grpc_port, "/etcdserverpb.Watch/Watch", 20, create,
-                   end_stream=False)
-        c.read_frames(timeout=1.0)
         st, _, body = node.request("POST", "/delete",
                                    json.dumps({"prefix": "w/"}))
         assert st in (200, 204), body
@@ -677,12 +684,8 @@ def test_grpc_large_revisions_wait_in_the_history(servers, pb):
     node = servers(conf=dict(CONF, **{"max-pending-output": "32mb",
                                       "conn-hard-limit": "16mb"}), env=ENV)
     put_values(node, "w/{0:02d}", 30, 300 * 1024)
-    create = b"\x0a\x0a\x0a\x02w/\x12\x02w0\x30\x01"  # prev_kv
-    c = h2_no_window(node.grpc_port)
+    c = watches_without_window(node, 20)
     try:
-        open_calls(c, node.grpc_port, "/etcdserverpb.Watch/Watch", 20, create,
-                   end_stream=False)
-        c.read_frames(timeout=1.0)
         rss0 = rss_mb(node)
         st, _, body = node.request("POST", "/delete",
                                    json.dumps({"prefix": "w/"}))
