@@ -26,9 +26,11 @@
  * A revision's line is written event by event as the client reads, never
  * from inside the hub's commit: the hub marks the stream ready, and an
  * idle pass writes the ready streams round robin, at most GW_TURN_BYTES
- * a loop turn (plus one event), so that no number of watchers and no size
- * of revision holds the loop for long. Each stream has at most
- * HTTPD_STREAM_WANT bytes (plus one event) waiting in its connection.
+ * a loop turn (plus one event, or one line that fits what a stream may
+ * have waiting: such a line goes whole, as one chunk), so that no number
+ * of watchers and no size of revision holds the loop for long. Each
+ * stream has at most HTTPD_STREAM_WANT bytes (plus one event) waiting in
+ * its connection.
  * Until a revision is all out the stream keeps its place in the history
  * at the revision's first event (watch_set_cursor), so the history holds
  * what it still has to write. The idle pass is also what writes on as a
@@ -61,7 +63,8 @@
 #include "watch.h"
 
 #define KEEPALIVES_MAX 1000 /* keep-alive requests in one POST */
-/* Watch output the idle pass writes in one loop turn (plus one event). */
+/* Watch output the idle pass writes in one loop turn (plus one event or
+ * one line of at most HTTPD_STREAM_WANT). */
 #define GW_TURN_BYTES (1024 * 1024)
 #define GW_WATCH_NO_ROOM                                                      \
     "etcdserver: too many watch streams (at most half of max-clients)"
