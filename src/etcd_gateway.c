@@ -155,7 +155,6 @@ struct etcd_gw {
     uint64_t seq;    /* ... its next event in the history */
     uint64_t end;    /* ... the end of its events */
     size_t n_out;    /* ... its events written */
-    bool whole;      /* ... fits what may wait: written at once */
 };
 
 static struct {
@@ -449,24 +448,6 @@ static void put_rev_start(struct pz_buf *b, uint64_t rev)
     pz_buf_append(b, ",\"events\":[", 11);
 }
 
-/* About the bytes of revision [begin, end)'s line for g (base64 takes a
- * third more than the bytes, plus the members around them). */
-static size_t rev_estimate(const struct etcd_gw *g, const struct watch_hub *hub,
-                           uint64_t begin, uint64_t end)
-{
-    size_t n = 300;
-    for (uint64_t s = begin; s < end; s++) {
-        const struct watch_event *e = watch_event_at(hub, s);
-        if (!watch_matches(&g->w, e))
-            continue;
-        size_t raw = e->klen + e->vlen;
-        if (g->o.prev_kv && e->has_prev)
-            raw += e->klen + e->plen;
-        n += raw + raw / 3 + 300;
-    }
-    return n;
-}
-
 /* Write what the stream has to write while its connection has less than
  * HTTPD_STREAM_WANT waiting and the idle pass's turn allows: revisions
  * event by event (httpd calls again as the client drains). */
@@ -480,6 +461,7 @@ static void pump(struct etcd_gw *g)
     size_t room = HTTPD_STREAM_WANT - pending;
     size_t turn = gw_state.turn_left;
     size_t written = 0; /* bytes of b already written */
+    bool whole = false; /* the revision begun here fits: at once */
     struct pz_buf b;
     pz_buf_init(&b);
     while (written + b.len < room && written + b.len < turn) {
@@ -494,7 +476,9 @@ static void pump(struct etcd_gw *g)
                 break;
             /* Held in the history (and counted as unread) until out. */
             watch_set_cursor(&g->w, begin);
-            size_t est = rev_estimate(g, hub, begin, end);
+            bool all;
+            size_t est = 300 + http_watch_rev_estimate(&g->w, g->o.prev_kv,
+                                                       begin, end, &all);
             if ((pending || written) && est > room - written) {
                 /* Whole once the client has read what waits, so that a
                  * stream is mostly between revisions, where it can be
@@ -512,10 +496,10 @@ static void pump(struct etcd_gw *g)
             g->n_out = 0;
             /* One that fits goes at once, past the turn if need be: a
              * line of at most HTTPD_STREAM_WANT is one chunk. */
-            g->whole = est <= room - written;
+            whole = est <= room - written;
         }
         while (g->seq < g->end &&
-               (g->whole ||
+               (whole ||
                 (written + b.len < room && written + b.len < turn))) {
             Mvccpb__Event ev;
             Mvccpb__KeyValue kvs[2];

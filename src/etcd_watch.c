@@ -65,12 +65,16 @@
  * took none of its output for this long is cancelled. */
 #define EW_STALL_MS 2000
 
+/* WatchResponse's events field */
+#define EVENTS_FIELD 11
+
 /* One queued answer: a packed WatchResponse, or (ww set, len 0) a
  * revision of ww's to write in pieces when its turn comes. */
 struct omsg {
     struct omsg *next;
     struct ew_watch *ww;
     uint64_t rev, begin, end; /* ww's: the revision, its events */
+    size_t pieces;            /* ww's: the bytes its events take */
     size_t len;
     uint8_t data[];
 };
@@ -503,6 +507,9 @@ static size_t queue_events(struct ew_stream *es, struct ew_watch *ww,
             m->rev = rev;
             m->begin = b;
             m->end = e;
+            for (size_t i = 0; i < n; i++)
+                m->pieces += grpc_pb_len_head_size(EVENTS_FIELD, sizes[i] - 8) +
+                             sizes[i] - 8;
             queue_push(es, m);
             ww->in_pieces = true;
             watch_set_cursor(&ww->w, b);
@@ -558,26 +565,6 @@ static bool all_caught_up(const struct ew_stream *es)
     return true;
 }
 
-/* WatchResponse's events field */
-#define EVENTS_FIELD 11
-
-/* Bytes the events [b, e) take in ww's answer. */
-static size_t pieces_size(const struct ew_watch *ww, uint64_t b, uint64_t e)
-{
-    const struct watch_hub *hub = node_watch();
-    size_t total = 0;
-    for (uint64_t s = b; s < e; s++) {
-        Mvccpb__Event ev;
-        Mvccpb__KeyValue kvs[2];
-        if (!etcd_watch_event_of(&ww->w, &ww->o, watch_event_at(hub, s), &ev,
-                                 kvs))
-            continue;
-        size_t n = mvccpb__event__get_packed_size(&ev);
-        total += grpc_pb_len_head_size(EVENTS_FIELD, n) + n;
-    }
-    return total;
-}
-
 /* Write the next events of the revision going out in pieces while the
  * stream has less than EW_PIECE_BYTES waiting; once it is all out, the
  * watch goes on from the revision's end. */
@@ -631,7 +618,7 @@ static void begin_pieces(struct ew_stream *es, struct omsg *m)
     Etcdserverpb__ResponseHeader h;
     base_response(&r, &h, m->rev, ww->id);
     size_t plen = etcdserverpb__watch_response__get_packed_size(&r);
-    size_t events = pieces_size(ww, m->begin, m->end);
+    size_t events = m->pieces; /* the history's events do not change */
     if (plen + events > EW_MESSAGE_MAX) {
         ww->in_pieces = false;
         watch_set_cursor(&ww->w, m->end);

@@ -1378,9 +1378,6 @@ static void dispatch(struct gstream *st)
 
 /* --- request side --------------------------------------------------------- */
 
-/* True while the stream's request is still arriving: its headers, or its
- * message (unary: until END_STREAM; client-streaming: a message begun). A
- * stream the server is working on or answering is not. */
 /* Request messages handled one by one for as long as the client likes:
  * a client-streaming method, unless called with one message (relayed by
  * a follower, or by the etcd gateway), which then ends as a unary call's
@@ -1390,6 +1387,9 @@ static bool streaming_request(const struct gstream *st)
     return st->m->client_stream && !st->was_forwarded && !st->one_message;
 }
 
+/* True while the stream's request is still arriving: its headers, or its
+ * message (unary: until END_STREAM; client-streaming: a message begun). A
+ * stream the server is working on or answering is not. */
 static bool receiving(const struct gstream *st)
 {
     if (st->ended || st->refused || st->over_budget)

@@ -271,22 +271,20 @@ static bool put_event_part(struct watch_stream *ws, struct pz_buf *b,
     return false;
 }
 
-/* About the bytes a revision's matching events take as JSON (text as
- * is, base64 a third more, plus the fixed members). */
-static size_t rev_estimate(const struct watch_stream *ws,
-                           const struct watch_hub *hub, uint64_t begin,
-                           uint64_t end, bool *whole)
+size_t http_watch_rev_estimate(const struct watcher *w, bool prev_kv,
+                               uint64_t begin, uint64_t end, bool *whole)
 {
-    size_t n = 64;
+    const struct watch_hub *hub = node_watch();
+    size_t n = 0;
     *whole = true;
     for (uint64_t s = begin; s < end; s++) {
         const struct watch_event *e = watch_event_at(hub, s);
-        if (!watch_matches(&ws->w, e)) {
+        if (!watch_matches(w, e)) {
             *whole = false;
             continue;
         }
         size_t raw = e->klen + e->vlen;
-        if (ws->prev_kv && e->has_prev)
+        if (prev_kv && e->has_prev)
             raw += e->klen + e->plen;
         n += raw + raw / 3 + 300;
     }
@@ -345,7 +343,9 @@ void http_watch_on_stream(struct watch_stream *ws)
                 break;
             /* Counted as unread until it is all out. */
             watch_set_cursor(&ws->w, begin);
-            size_t est = rev_estimate(ws, hub, begin, end, &whole);
+            size_t est =
+                64 + http_watch_rev_estimate(&ws->w, ws->prev_kv, begin, end,
+                                             &whole);
             if (whole && cache[ci].rev == rev && cache[ci].begin == begin &&
                 cache[ci].buf.len <= room - b.len) {
                 pz_buf_append(&b, cache[ci].buf.data, cache[ci].buf.len);

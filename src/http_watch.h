@@ -23,6 +23,12 @@ void http_watch_free(struct watch_stream **ws);
 void http_watch_cron(void);
 /* Shutdown: end every stream. */
 void http_watch_drain(void);
+/* About the bytes the events of revision [begin, end) that w matches
+ * take as JSON (base64 a third more than the bytes, plus the members
+ * around them); *whole: every event matched. */
+struct watcher;
+size_t http_watch_rev_estimate(const struct watcher *w, bool prev_kv,
+                               uint64_t begin, uint64_t end, bool *whole);
 /* May hc's listener take one more watch stream? Watch streams (GET /watch
  * and the etcd gateway's) are client connections that are never evicted:
  * they take at most half of max-clients, so that they cannot keep every

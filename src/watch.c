@@ -393,12 +393,12 @@ static void cancel(struct watch_hub *h, struct watcher *w, int why)
     unlink_watcher(w);
     w->state = why;
     /* One judged slow (watch_judged_slow) is counted there only. */
-    if (w->slow_counted)
-        ;
-    else if (why != WATCH_SLOW)
-        h->cancelled_compacted++;
-    else
-        h->cancelled_slow++;
+    if (!w->slow_counted) {
+        if (why != WATCH_SLOW)
+            h->cancelled_compacted++;
+        else
+            h->cancelled_slow++;
+    }
     tell(h, w);
 }
 

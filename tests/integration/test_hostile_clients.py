@@ -717,6 +717,23 @@ def gateway_watch_lines(s, n, timeout=30):
     return [json.loads(line) for line in body.split(b"\n")[:n]]
 
 
+def gateway_watch_lines_of_all(socks, n, timeout):
+    """gateway_watch_lines of every socket, read at once (one thread
+    each): a list with None for a socket that did not give n lines."""
+    lines = [None] * len(socks)
+
+    def read(i):
+        lines[i] = gateway_watch_lines(socks[i], n, timeout=timeout)
+
+    readers = [threading.Thread(target=read, args=(i,))
+               for i in range(len(socks))]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(timeout + 30)
+    return lines
+
+
 def test_gateway_watch_lines_are_written_as_clients_read(servers, pb):
     """16 watches of etcd's JSON gateway with prev_kv that read nothing,
     then one delete of 20 keys of 200 kB: each watch's line is 5 MB of
@@ -747,18 +764,7 @@ def test_gateway_watch_lines_are_written_as_clients_read(servers, pb):
               f"RSS +{grown:.0f} MB")
         assert st in (200, 204), out
         assert grown < 25, grown
-        lines = [None] * len(socks)
-
-        def read(i):
-            lines[i] = gateway_watch_lines(socks[i], 2)
-
-        readers = [threading.Thread(target=read, args=(i,))
-                   for i in range(len(socks))]
-        for t in readers:
-            t.start()
-        for t in readers:
-            t.join(60)
-        for got in lines:
+        for got in gateway_watch_lines_of_all(socks, 2, timeout=30):
             assert got is not None, "a watch did not get its line"
             created, rev = got
             assert created["result"]["created"] is True
@@ -817,20 +823,9 @@ def test_large_revisions_for_many_watchers_do_not_hold_the_loop(servers, pb):
         st, _, out = node.request("POST", "/delete",
                                   json.dumps({"prefix": "big/"}))
         assert st in (200, 204), out
-        lines = [None] * 16
-
-        def read(i):
-            lines[i] = gateway_watch_lines(socks[i], 2, timeout=60)[1]
-
-        readers = [threading.Thread(target=read, args=(i,))
-                   for i in range(16)]
-        for t in readers:
-            t.start()
-        for t in readers:
-            t.join(90)
-        for line in lines:
-            assert line is not None, "a gateway watch got no revision"
-            assert len(line["result"]["events"]) == 20
+        for got in gateway_watch_lines_of_all(socks, 2, timeout=60):
+            assert got is not None, "a gateway watch got no revision"
+            assert len(got[1]["result"]["events"]) == 20
         for out in outs:
             wait_for(lambda: out.seek(0) == 0 and
                      out.read().count(b"DELETE\n") == 20, timeout=60)
