@@ -472,6 +472,12 @@ MUTATIONS = [
       ["py:test_etcd_watch_lease.py::"
        "test_open_streams_hold_at_most_half_the_connections"],
       "connections holding open streams can hold every gRPC client slot"),
+    M("uncommitted_unbounded", "src/raft.c",
+      "    if (r->cfg.max_uncommitted != 0 && r->uncommitted > 0 &&",
+      "    if (r->cfg.max_uncommitted != 0 && r->uncommitted > 0 && false &&",
+      ["py:test_hostile_clients.py::"
+       "test_writes_beyond_what_the_cluster_commits_are_refused"],
+      "the leader takes writes without bound while nothing commits"),
 ]
 
 

@@ -109,6 +109,7 @@ struct pz_config {
     int64_t raft_trailing_entries; /* raft-trailing-entries */
     int64_t raft_snapshot_bytes;   /* raft-snapshot-bytes */
     int64_t raft_trailing_bytes;   /* raft-trailing-bytes */
+    int64_t raft_max_uncommitted;  /* raft-max-uncommitted */
     int64_t raft_snapshot_max_size; /* raft-snapshot-max-size: 0 = auto */
     int64_t quota_backend_bytes;    /* quota-backend-bytes: 0 = none */
     int64_t txn_max_range_keys;     /* txn-max-range-keys */

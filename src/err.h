@@ -24,7 +24,8 @@
     X(PZ_ETIMEDOUT, -10013, "timed out")                                     \
     X(PZ_EBUSY, -10014, "busy")                                              \
     X(PZ_ELEADERCHANGE, -10015, "leadership changed")                        \
-    X(PZ_ENOSPC, -10016, "no space left on device")
+    X(PZ_ENOSPC, -10016, "no space left on device")                          \
+    X(PZ_EOVERLOAD, -10017, "too many writes waiting to commit")
 
 enum pz_error {
 #define PZ_ERR_ENUM(name, code, msg) name = code,

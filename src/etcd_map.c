@@ -245,6 +245,10 @@ int etcd_node_status(int rv, bool write, char *msg, size_t cap)
     case PZ_EBUSY:
         m = "etcdserver: leader changed";
         break;
+    case PZ_EOVERLOAD: /* etcd's ErrTooManyRequests */
+        code = GRPC_RESOURCE_EXHAUSTED;
+        m = "etcdserver: too many requests";
+        break;
     case PZ_ESHUTDOWN:
         m = "etcdserver: server stopped";
         break;

@@ -962,6 +962,9 @@ static void node_error(struct gstream *st, int rv, bool write)
     case PZ_EBUSY:
         finish(st, GRPC_UNAVAILABLE, "leadership transfer in progress; retry");
         break;
+    case PZ_EOVERLOAD: /* nothing was proposed: safe to send again */
+        finish(st, GRPC_UNAVAILABLE, "too many writes waiting to commit; retry");
+        break;
     case PZ_ELEADERCHANGE:
         if (write)
             finish(st, GRPC_INTERNAL,

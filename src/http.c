@@ -177,6 +177,9 @@ static void reply_node_error(struct http_conn *h, int status)
     case PZ_EBUSY:
         reply_text(h, 503, "Leadership transfer in progress", NULL);
         break;
+    case PZ_EOVERLOAD:
+        reply_text(h, 503, "Too many writes waiting to commit; retry", NULL);
+        break;
     case PZ_ELEADERCHANGE:
         reply_text(h, 503, "Leader changed before the write committed", NULL);
         break;
@@ -689,6 +692,7 @@ static void reply_status(struct http_conn *h)
     add_u64(o, "applied_index", st.applied_index);
     add_u64(o, "last_index", st.last_index);
     add_u64(o, "persisted_index", st.persisted_index);
+    add_u64(o, "uncommitted_bytes", st.uncommitted_bytes);
     add_u64(o, "fsyncs", st.fsyncs);
     uint64_t snap_index, snap_size;
     node_snapshot_info(&snap_index, &snap_size);

@@ -990,6 +990,7 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
         .pre_vote = true,
         .check_quorum = true,
         .max_readies = NODE_READIES,
+        .max_uncommitted = (uint64_t)cfg->raft_max_uncommitted,
     };
     char rerr[RAFT_ERRMSG_SIZE];
     nd->raft = raft_new(&rc, rerr);

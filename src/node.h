@@ -72,6 +72,8 @@ struct node_status {
     uint64_t applied_index;  /* highest applied log index */
     uint64_t last_index;     /* last log index */
     uint64_t persisted_index;/* last index durable here */
+    uint64_t uncommitted_bytes; /* leader: bytes of writes not committed
+                                   yet (raft-max-uncommitted) */
     size_t keys;             /* keys in the state machine */
     uint64_t revision;       /* the state machine's revision */
     size_t n_members;        /* entries in members */

@@ -22,6 +22,7 @@ void node_status(struct node_status *st)
     st->applied_index = nd->applied;
     st->last_index = rs.last_index;
     st->persisted_index = rs.persisted_index;
+    st->uncommitted_bytes = rs.uncommitted;
     st->keys = kv_count(nd->kv);
     st->revision = kv_revision(nd->kv);
     st->fsyncs = ss.batches;

@@ -327,6 +327,8 @@ struct raft {
     bool need_flush;      /* leader: appends may be due */
     bool commit_eager;    /* send every commit index at once */
     uint64_t transferee;  /* leader: transfer target, 0 if none */
+    uint64_t uncommitted; /* leader: bytes of the entries it appended in
+                             its term past commit (cfg.max_uncommitted) */
     int transfer_elapsed; /* ticks since the transfer started */
 
     struct vote_rec *votes; /* (pre-)candidate: votes received */
@@ -898,6 +900,7 @@ static void become_leader(struct raft *r)
                            .index = log_last(&r->log) + 1,
                            .type = RAFT_ENTRY_NOOP};
     append_entry(r, &e);
+    r->uncommitted = RAFT_ENTRY_OVERHEAD; /* earlier terms' are not counted */
     r->need_flush = true;
 }
 
@@ -1190,6 +1193,14 @@ static bool maybe_commit(struct raft *r)
         pz_free(a);
     if (n <= r->commit || log_term(&r->log, n) != r->term)
         return false;
+    /* Only this term's entries were counted (leader_append). */
+    for (uint64_t i = r->commit + 1; i <= n; i++) {
+        const struct raft_entry *e = log_at(&r->log, i);
+        if (e->term != r->term)
+            continue;
+        pz_assert(r->uncommitted >= e->len + RAFT_ENTRY_OVERHEAD);
+        r->uncommitted -= e->len + RAFT_ENTRY_OVERHEAD;
+    }
     r->commit = n;
     return true;
 }
@@ -2246,6 +2257,7 @@ static void leader_append(struct raft *r, uint8_t type, const uint8_t *data,
     e.data = rbuf_new(&r->mem, data, len);
     e.len = len;
     append_entry(r, &e);
+    r->uncommitted += len + RAFT_ENTRY_OVERHEAD;
     r->need_flush = true;
     if (index != NULL)
         *index = e.index;
@@ -2262,6 +2274,13 @@ int raft_propose(struct raft *r, const uint8_t *data, size_t len,
         return PZ_ENOTLEADER;
     if (r->transferee != 0)
         return PZ_EBUSY;
+    /* etcd-raft's MaxUncommittedEntriesSize: without it a client that
+     * writes faster than the followers take the log (or that resets each
+     * write's stream as soon as it is sent, which frees every per-client
+     * bound) grows the leader's memory without end. */
+    if (r->cfg.max_uncommitted != 0 && r->uncommitted > 0 &&
+        r->uncommitted + len + RAFT_ENTRY_OVERHEAD > r->cfg.max_uncommitted)
+        return PZ_EOVERLOAD;
     leader_append(r, RAFT_ENTRY_NORMAL, data, len, index, term);
     return 0;
 }
@@ -2681,6 +2700,7 @@ void raft_status(struct raft *r, struct raft_status *st)
     st->last_index = log_last(&r->log);
     st->last_term = log_last_term(&r->log);
     st->persisted_index = r->persisted;
+    st->uncommitted = r->role == RAFT_LEADER ? r->uncommitted : 0;
     st->conf_index = r->conf_index;
     st->transferee = r->transferee;
     pz_free(r->status_buf);

@@ -307,6 +307,12 @@ struct raft_config {
     size_t max_readies;         /* Readies in flight at once (taken, not
                                    advanced), at most RAFT_MAX_READIES;
                                    0 -> 1 (see "Pipelined Readies") */
+    uint64_t max_uncommitted;   /* leader: raft_propose refuses an entry
+                                   while those it appended in its term and
+                                   has not committed hold this many bytes
+                                   (payloads plus RAFT_ENTRY_OVERHEAD
+                                   each); one is always taken when none
+                                   waits. 0: no limit */
 };
 
 #define RAFT_MAX_READIES 8
@@ -388,7 +394,8 @@ const char *raft_errmsg(const struct raft *r);
  * later shows up in Ready.committed; if a different term shows up at that
  * index, or the term moves on and the entry is gone, it was lost.
  * Returns 0, PZ_ENOTLEADER (not leader), PZ_EBUSY (leadership transfer in
- * progress). */
+ * progress), PZ_EOVERLOAD (config.max_uncommitted reached: nothing is
+ * appended; the caller may try again once entries commit). */
 int raft_propose(struct raft *r, const uint8_t *data, size_t len,
                  uint64_t *index, uint64_t *term);
 
@@ -640,6 +647,8 @@ struct raft_status {
                                        (the snapshot index if the conf
                                        came with a snapshot) */
     uint64_t transferee;            /* leader: transfer target, 0 if none */
+    uint64_t uncommitted;           /* leader: bytes of its entries not yet
+                                       committed (config.max_uncommitted) */
     size_t n_peers;                 /* leader: entries in peers (others) */
     struct raft_peer_status *peers; /* leader only; owned by r, valid
                                        until the next call on r */

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -33,6 +34,7 @@ import pytest
 import grpc_helpers as gh
 from conftest import free_port, wait_for
 from grpc_helpers import Client, RawH2, frame, grpc_headers, rpc_error
+from test_cluster import leader_of, make_cluster
 
 MiB = 1024 * 1024
 BUDGET = 16 * MiB
@@ -1345,3 +1347,92 @@ def test_empty_grpc_messages(node, pb):
     finally:
         c.close()
     assert not node.sanitizer_reports(), node.read_log()
+
+
+def h2_set_and_reset(port, n, msg):
+    """n gRPC Set calls of msg on one connection, each stream reset
+    (RST_STREAM CANCEL) as soon as its message is sent: nothing waits for
+    an answer, so no per-connection or per-stream bound holds them."""
+    c = RawH2(port)
+    c.send(gh.h2_frame(gh.WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 30)))
+    body = frame(msg)
+    for i in range(n):
+        sid = 1 + 2 * i
+        c.headers(sid, grpc_headers("/kv.KVService/Set", port))
+        for off in range(0, len(body), 16384):
+            c.data(sid, body[off:off + 16384],
+                   end_stream=off + 16384 >= len(body))
+        c.rst(sid)
+    c.read_frames(timeout=0.3)
+    c.close()
+
+
+def test_writes_beyond_what_the_cluster_commits_are_refused(servers, pb, epb):
+    """The leader holds at most raft-max-uncommitted bytes of writes it has
+    not committed. Both followers are paused, so nothing commits: writes
+    are taken until the bound, then refused at once (HTTP 503, gRPC
+    UNAVAILABLE, etcd's RESOURCE_EXHAUSTED "too many requests", 429 from
+    the JSON gateway), and nothing of a flood of Set calls whose streams
+    are reset at once is kept. Before the bound, 2,000 such 1 MB calls
+    grew the leader by 2 GB. Once the followers are back, the writes that
+    were taken commit and new ones are served."""
+    nodes = make_cluster(servers, conf={"raft-max-uncommitted": "1mb",
+                                        "election-timeout": "3s"})
+    leader = leader_of(nodes, timeout=20)
+    followers = [s for s in nodes if s is not leader]
+    assert set_key(leader, "k1", "before")[0] == 204
+    value = "x" * 300000
+    last = leader.status()["last_index"]
+    results = {}
+
+    def write(i):
+        results[i] = set_key(leader, f"w{i}", value, timeout=30)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(3)]
+    c = Client(leader.grpc_port, pb)
+    for s in followers:
+        s.signal(signal.SIGSTOP)
+    try:
+        for i, t in enumerate(threads):  # taken: ~900 kB waits
+            t.start()
+            wait_for(lambda: leader.status()["last_index"] == last + i + 1,
+                     "write taken", timeout=5)
+        held = leader.status()["uncommitted_bytes"]
+        assert 900000 < held <= MiB, held
+        st, _, body = set_key(leader, "w3", value, timeout=5)
+        assert (st, body) == (
+            503, b"Too many writes waiting to commit; retry\n")
+        code, details = rpc_error(c.Set, pb.kv.SetRequest(key="w3",
+                                                          value=value),
+                                  timeout=5)
+        assert (code, details) == (grpc.StatusCode.UNAVAILABLE,
+                                   "too many writes waiting to commit; "
+                                   "retry")
+        code, details = rpc_error(
+            gh.etcd_call, leader.grpc_port, epb, "KV", "Put",
+            epb.PutRequest(key=b"w3", value=value.encode()), timeout=5)
+        assert (code, details) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   "etcdserver: too many requests")
+        b64 = base64.b64encode(value.encode()).decode()
+        st, _, body = leader.request(
+            "POST", "/v3/kv/put",
+            json.dumps({"key": base64.b64encode(b"w3").decode(),
+                        "value": b64}), timeout=5)
+        assert st == 429 and b"etcdserver: too many requests" in body, \
+            (st, body)
+        h2_set_and_reset(leader.grpc_port, 40, pb.kv.SetRequest(
+            key="r", value=value).SerializeToString())
+        st = leader.status()
+        assert st["last_index"] == last + 3, st
+        assert st["uncommitted_bytes"] == held
+        assert leader.metric("pyazdb_raft_uncommitted_bytes") == held
+    finally:
+        for s in followers:
+            s.signal(signal.SIGCONT)
+    for t in threads:
+        t.join(timeout=30)
+    assert [results[i][0] for i in range(3)] == [204] * 3, results
+    wait_for(lambda: leader.status()["uncommitted_bytes"] == 0,
+             "nothing left uncommitted")
+    assert set_key(leader, "w3", value)[0] == 204
+    c.close()

@@ -239,6 +239,8 @@ TEST(node_status)
         /* a refused proposal: the same answer for a write and a read */
         {PZ_EBUSY, true, GRPC_UNAVAILABLE, "etcdserver: leader changed"},
         {PZ_EBUSY, false, GRPC_UNAVAILABLE, "etcdserver: leader changed"},
+        {PZ_EOVERLOAD, true, GRPC_RESOURCE_EXHAUSTED,
+         "etcdserver: too many requests"},
         {PZ_ELEADERCHANGE, true, GRPC_UNAVAILABLE,
          "etcdserver: request timed out, possibly due to previous leader "
          "failure"},

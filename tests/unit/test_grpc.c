@@ -789,6 +789,8 @@ TEST(node_errors_map_to_statuses)
         {PZ_ELEADERCHANGE, GRPC_KV_GET, GRPC_UNAVAILABLE, "leadership changed"},
         {PZ_EIO, GRPC_KV_SET, GRPC_INTERNAL, "replication failed"},
         {PZ_EIO, GRPC_KV_DEL, GRPC_INTERNAL, "replication failed"},
+        {PZ_EOVERLOAD, GRPC_KV_SET, GRPC_UNAVAILABLE,
+         "too many writes waiting to commit"},
     };
     struct fx f;
     struct res r;

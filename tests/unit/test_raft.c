@@ -69,6 +69,8 @@ static void net_send(struct tnet *net, const struct raft_msg *m)
     net->q[net->nq++] = msg_copy(m);
 }
 
+static uint64_t t_max_uncommitted; /* tcfg's max_uncommitted (0: none) */
+
 static struct raft_config tcfg(uint64_t id)
 {
     struct raft_config c = {.id = id,
@@ -79,7 +81,8 @@ static struct raft_config tcfg(uint64_t id)
                             .max_bytes_per_msg = 1 << 20,
                             .pre_vote = true,
                             .check_quorum = true,
-                            .snapshot_timeout_ticks = 30};
+                            .snapshot_timeout_ticks = 30,
+                            .max_uncommitted = t_max_uncommitted};
     return c;
 }
 
@@ -855,6 +858,64 @@ TEST(check_quorum_step_down)
     }
     CHECK_EQ_INT(st_of(&net, 1).role, RAFT_FOLLOWER);
     CHECK_EQ_INT(st_of(&net, 1).leader, 0);
+    net_free(&net);
+}
+
+/* The leader takes entries until those it has not committed hold
+ * max_uncommitted bytes (each counted with RAFT_ENTRY_OVERHEAD), refuses
+ * the rest without appending them, and takes them again once they commit;
+ * one entry is always taken when nothing waits, whatever its size. A new
+ * leader counts only its own term's entries. */
+TEST(uncommitted_bytes_bounded)
+{
+    const uint64_t cost = 100 + RAFT_ENTRY_OVERHEAD;
+    uint8_t data[1000] = {0};
+    t_max_uncommitted = 3 * cost;
+    struct tnet net;
+    net_init(&net, 3);
+    t_max_uncommitted = 0;
+    elect(&net, 1);
+    struct raft *l = net.nodes[1].r;
+    CHECK_EQ_INT(st_of(&net, 1).uncommitted, 0); /* the no-op committed */
+    isolate(&net, 2, true);
+    isolate(&net, 3, true);
+    uint64_t last = st_of(&net, 1).last_index;
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(raft_propose(l, data, 100, NULL, NULL), 0);
+    CHECK_EQ_INT(st_of(&net, 1).uncommitted, 3 * cost);
+    CHECK_EQ_INT(raft_propose(l, data, 100, NULL, NULL), PZ_EOVERLOAD);
+    CHECK_EQ_INT(raft_propose(l, data, 1, NULL, NULL), PZ_EOVERLOAD);
+    CHECK_EQ_INT(st_of(&net, 1).last_index, last + 3);
+    deliver_all(&net);
+    isolate(&net, 2, false);
+    isolate(&net, 3, false);
+    tick_all(&net, 2);
+    CHECK_EQ_INT(st_of(&net, 1).commit, last + 3);
+    CHECK_EQ_INT(st_of(&net, 1).uncommitted, 0);
+    /* alone, an entry larger than the bound is taken; nothing after it */
+    CHECK_EQ_INT(raft_propose(l, data, sizeof data, NULL, NULL), 0);
+    CHECK_EQ_INT(raft_propose(l, data, 1, NULL, NULL), PZ_EOVERLOAD);
+    deliver_all(&net);
+    CHECK_EQ_INT(st_of(&net, 1).uncommitted, 0);
+    /* the old leader's uncommitted entries do not count for the next */
+    isolate(&net, 1, true);
+    CHECK_EQ_INT(raft_propose(l, data, 100, NULL, NULL), 0);
+    /* 2 or 3 wins; 1 steps down (CheckQuorum) */
+    for (int k = 0; k < 100 && (st_of(&net, 2).role != RAFT_LEADER &&
+                                st_of(&net, 3).role != RAFT_LEADER);
+         k++)
+        tick_all(&net, 1);
+    int nl = st_of(&net, 2).role == RAFT_LEADER ? 2 : 3;
+    CHECK_EQ_INT(st_of(&net, nl).role, RAFT_LEADER);
+    CHECK_EQ_INT(st_of(&net, nl).uncommitted, 0);
+    CHECK_EQ_INT(st_of(&net, 1).uncommitted, 0);
+    isolate(&net, 1, false);
+    tick_all(&net, 2);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_FOLLOWER);
+    CHECK_EQ_INT(raft_propose(net.nodes[nl].r, data, 100, NULL, NULL), 0);
+    CHECK_EQ_INT(st_of(&net, nl).uncommitted, cost);
+    deliver_all(&net);
+    CHECK_EQ_INT(st_of(&net, nl).uncommitted, 0);
     net_free(&net);
 }
 
@@ -2879,6 +2940,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(prevote_does_not_bump_terms),
     TEST_ENTRY(leader_stickiness_ignores_votes),
     TEST_ENTRY(check_quorum_step_down),
+    TEST_ENTRY(uncommitted_bytes_bounded),
     TEST_ENTRY(stale_leader_learns_higher_term),
     TEST_ENTRY(read_index_batches_one_round),
     TEST_ENTRY(read_index_round_to_a_quorum),
