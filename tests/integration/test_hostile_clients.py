@@ -266,6 +266,51 @@ def test_partial_http_bodies_are_capped_process_wide(node, pb):
     serves_and_kept(node, pb, "k1", "k2")
 
 
+def test_open_streams_count_in_the_partial_input_budget(node, pb):
+    """A stream holds about 2.4 KiB of state for as long as it lives, and
+    counts in max-partial-input meanwhile: here streams a client may keep
+    open (LeaseKeepAlive, waiting for the client's next request). Half of
+    max-clients connections (the most that may hold such streams) open
+    1000 each: about 24 MB offered to the 16 MiB budget. Streams past it
+    end with RESOURCE_EXHAUSTED at once; before, none was refused, none
+    was counted, and at the default limits 5,000 connections could hold
+    11 GB this way. Closing the connections gives the budget back."""
+    assert set_key(node, "k1", "before")[0] == 204
+    before = rss_mb(node)
+    path = "/etcdserverpb.Lease/LeaseKeepAlive"
+    conns, refused, peak_held = [], 0, 0
+    for _ in range(MAX_CLIENTS // 2):
+        r = RawH2(node.grpc_port)
+        block = gh.hpack_block(grpc_headers(path, node.grpc_port))
+        r.send(b"".join(gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, block)
+                        for sid in range(1, 2001, 2)))
+        conns.append(r)
+    for r in conns:
+        fs, closed = r.read_frames(timeout=1)
+        assert not closed
+        # only a refusal ends a stream here
+        refused += len({f[2] for f in fs if f[0] == gh.HEADERS
+                        and f[1] & gh.END_STREAM})
+        peak_held = max(peak_held, partial_input(node))
+    grown = rss_mb(node) - before
+    c = Client(node.grpc_port, pb)
+    code, details = rpc_error(c.Set, pb.kv.SetRequest(key="k", value="v" *
+                                                      100000), timeout=5)
+    c.close()
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+    assert "max-partial-input" in details, details
+    print(f"open streams: {refused} of 10000 refused, budget held "
+          f"{peak_held / MiB:.1f} MiB, RSS +{grown:.1f} MiB")
+    assert peak_held <= BUDGET
+    assert peak_held > BUDGET - 64 * 1024, peak_held
+    assert 2000 <= refused <= 5000, refused
+    for r in conns:
+        r.close()
+    assert wait_until(lambda: partial_input(node) == 0, 5), \
+        partial_input(node)
+    serves_and_kept(node, pb, "k1", "k2")
+
+
 # --- finding 2: slowloris -------------------------------------------------
 
 
@@ -1028,6 +1073,22 @@ def test_requests_waiting_on_the_cluster_are_not_cut(servers, pb):
     assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
     assert "client-body-timeout" not in details
     assert took > BODY_TIMEOUT + 0.5, took
+    # Calls waiting on the cluster hold their stream's state all along:
+    # it counts in max-partial-input (it did not, and nothing bounded it).
+    get = frame(pb.kv.GetRequest(key="w").SerializeToString())
+    conns = []
+    for _ in range(3):
+        r = RawH2(s.grpc_port)
+        block = gh.hpack_block(grpc_headers("/kv.KVService/Get", s.grpc_port))
+        r.send(b"".join(gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, block)
+                        + gh.h2_frame(gh.DATA, gh.END_STREAM, sid, get)
+                        for sid in range(1, 2001, 2)))
+        conns.append(r)
+    assert wait_until(lambda: partial_input(s) >= 3000 * 2048, 3), \
+        partial_input(s)
+    for r in conns:
+        r.close()
+    assert wait_until(lambda: partial_input(s) == 0, 5), partial_input(s)
 
 
 # --- finding 3: a leader that sends headers without end -------------------
