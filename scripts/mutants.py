@@ -484,6 +484,11 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_open_streams_count_in_the_partial_input_budget"],
       "streams that stay open hold memory no budget counts"),
+    M("slow_readers_never_shed", "src/conn.c",
+      "    if (t == 0 || c->drain_rate == UINT64_MAX)",
+      "    if (t != 0 || c->drain_rate == UINT64_MAX)",
+      ["unit:httpd/slow_readers_make_room_for_a_reader"],
+      "a client reading a segment at a time holds its answer for good"),
 ]
 
 

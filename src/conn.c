@@ -88,6 +88,8 @@ static uint64_t out_stalled(struct conn *c, uint64_t now)
          * client gives no window for): no system call. */
         c->stall_sent = UINT64_MAX; /* the next look starts the clock */
         c->stall_since = now;
+        c->rate_at = 0;
+        c->drain_rate = UINT64_MAX;
         return 0;
     }
     uint64_t sent =
@@ -98,6 +100,15 @@ static uint64_t out_stalled(struct conn *c, uint64_t now)
     if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 &&
         ioctl(fd, SIOCOUTQ, &queued) == 0 && queued > 0)
         sent -= PZ_MIN((uint64_t)queued, sent);
+    /* The drain rate: bytes taken over each window while output waits. */
+    if (c->rate_at == 0 || sent < c->rate_sent) {
+        c->rate_at = now;
+        c->rate_sent = sent;
+    } else if (now - c->rate_at >= CONN_RATE_WINDOW_MS) {
+        c->drain_rate = (sent - c->rate_sent) * 1000 / (now - c->rate_at);
+        c->rate_at = now;
+        c->rate_sent = sent;
+    }
     if (sent != c->stall_sent) {
         c->stall_sent = sent;
         c->stall_since = now;
@@ -136,9 +147,22 @@ void conn_hold_output(struct conn *c, size_t bytes)
     charge(c);
 }
 
-/* Close the client connections whose output has not moved for
- * CONN_EVICT_IDLE_MS and is over high water (but self), until out_total
- * is at most want. */
+/* True when c's peer, at the rate it took its output over the last
+ * window, would take longer than the send timeout to take what waits: a
+ * client that reads a segment a second is never stalled, yet holds what
+ * it asked for for hours. */
+static bool out_too_slow(const struct conn *c)
+{
+    uint64_t t = c->ls->send_timeout;
+    if (t == 0 || c->drain_rate == UINT64_MAX)
+        return false;
+    uint64_t waits = conn_output_pending(c) + c->out_held;
+    return waits > c->drain_rate * t / 1000;
+}
+
+/* Close the client connections over high water (but self) whose output
+ * has not moved for CONN_EVICT_IDLE_MS or drains too slowly
+ * (out_too_slow), until out_total is at most want. */
 static void shed_stalled(struct conn *self, size_t want)
 {
     uint64_t now = uv_now(loop);
@@ -154,14 +178,25 @@ static void shed_stalled(struct conn *self, size_t want)
                 return;
             struct conn *c = container_of(f, struct conn, q);
             if (c == self || conn_is_closing(c) ||
-                conn_output_pending(c) + c->out_held <= limits.high_water ||
-                out_stalled(c, now) < CONN_EVICT_IDLE_MS)
+                conn_output_pending(c) + c->out_held <= limits.high_water)
                 continue;
-            pz_info("closing %s: %zu bytes of output not read for %llu ms, "
-                    "and max-pending-output (%zu) is reached",
-                    c->peer, conn_output_pending(c) + c->out_held,
-                    (unsigned long long)out_stalled(c, now),
-                    limits.max_pending_output);
+            uint64_t stalled = out_stalled(c, now);
+            if (stalled >= CONN_EVICT_IDLE_MS)
+                pz_info("closing %s: %zu bytes of output not read for %llu "
+                        "ms, and max-pending-output (%zu) is reached",
+                        c->peer, conn_output_pending(c) + c->out_held,
+                        (unsigned long long)stalled,
+                        limits.max_pending_output);
+            else if (out_too_slow(c))
+                pz_info("closing %s: %zu bytes of output read at %llu "
+                        "bytes/s, too slowly to be out within %llu ms, and "
+                        "max-pending-output (%zu) is reached",
+                        c->peer, conn_output_pending(c) + c->out_held,
+                        (unsigned long long)c->drain_rate,
+                        (unsigned long long)c->ls->send_timeout,
+                        limits.max_pending_output);
+            else
+                continue;
             conn_close(c);
         }
     }
@@ -798,6 +833,7 @@ static struct conn *conn_alloc(const struct conn_ops *ops)
     c->opened = c->last_io;
     c->stall_since = c->last_io;
     c->stall_sent = UINT64_MAX; /* no look yet */
+    c->drain_rate = UINT64_MAX;
     n_live++;
     return c;
 }

@@ -39,8 +39,9 @@
  *    reads are not held for ever;
  *  - one bound on the output waiting for all clients together
  *    (max_pending_output, conn_output_fits): past it, connections whose
- *    output has not moved for a second are closed, else the connection
- *    whose large answer would pass it. */
+ *    output has not moved for a second, or drains too slowly to be out
+ *    within the send timeout, are closed, else the connection whose large
+ *    answer would pass it. */
 #ifndef PZ_CONN_H
 #define PZ_CONN_H
 
@@ -158,6 +159,11 @@ struct conn {
     uint64_t sent_queued;      /* bytes handed to uv_write */
     uint64_t stall_sent;       /* what the peer had taken at stall_since */
     uint64_t stall_since;      /* uv_now() from which output waits unmoved */
+    uint64_t rate_sent;        /* what the peer had taken at rate_at */
+    uint64_t rate_at;          /* uv_now() of that sample, 0: none */
+    uint64_t drain_rate;       /* bytes/s the peer took over the last
+                                  CONN_RATE_WINDOW_MS, UINT64_MAX: not
+                                  known yet */
     size_t out_held;           /* output the protocol holds for the peer
                                   outside c->out (conn_hold_output) */
     size_t out_charged;        /* what c counts in the output total */
@@ -191,6 +197,8 @@ struct conn_limits {
  * evicted only once idle for CONN_EVICT_IDLE_MS. */
 #define CONN_EVICT_FRESH_MS 100
 #define CONN_EVICT_IDLE_MS 1000
+/* How long a peer's reading is watched to tell its drain rate. */
+#define CONN_RATE_WINDOW_MS 2000
 
 /* Once per process, before any listener. */
 void conn_setup(uv_loop_t *loop, const struct conn_limits *lim);
@@ -242,8 +250,9 @@ void conn_hold_output(struct conn *c, size_t bytes);
 /* Room for n more bytes of output for c's peer: false when they would take
  * the output waiting for all clients past max_pending_output while c
  * itself holds more than high_water with them; c is then closed (after
- * closing the client connections whose output has not moved for
- * CONN_EVICT_IDLE_MS, if that does not make the room). */
+ * closing, if that does not make the room, the client connections over
+ * high_water whose output has not moved for CONN_EVICT_IDLE_MS or drains
+ * too slowly to be out within the listener's send_timeout). */
 bool conn_output_fits(struct conn *c, size_t n);
 /* Output waiting for clients, all connections together. */
 size_t conn_output_total(void);

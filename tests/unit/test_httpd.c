@@ -765,11 +765,58 @@ TEST(stalled_answers_make_room_for_a_reader)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* A client that reads, but a segment at a time (4 KiB every 100 ms), is
+ * never stalled, yet would hold its 16 MiB answer for over an hour: once
+ * its rate is known (CONN_RATE_WINDOW_MS), an answer that would pass
+ * max_pending_output closes it rather than the client asking. */
+TEST(slow_readers_make_room_for_a_reader)
+{
+    out_budget = 20u << 20;
+    CHECK(world_init(0, 2000, 10)); /* send timeout 2 s */
+    out_budget = 0;
+    int small = 4096;
+    int a = dial();
+    CHECK(a >= 0);
+    setsockopt(a, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    CHECK(send_all(a, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n"));
+    static char buf[256 * 1024];
+    size_t slow = 0;
+    for (int i = 0; i < 30; i++) { /* 3 s */
+        run_for(100);
+        ssize_t n = recv(a, buf, 4096, MSG_DONTWAIT);
+        if (n > 0)
+            slow += (size_t)n;
+    }
+    CHECK(slow > 0);
+    CHECK_EQ_INT(closes, 0); /* it reads: no send timeout */
+    CHECK(conn_output_total() > (8u << 20));
+    int b = dial();
+    CHECK(b >= 0);
+    CHECK(send_all(b, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n"));
+    size_t got = 0, whole = HUGE_ANSWER + 60;
+    for (int i = 0; i < 2000 && got < whole; i++) {
+        run_for(2);
+        ssize_t n = recv(b, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0)
+            break;
+        if (n > 0)
+            got += (size_t)n;
+        if (i % 50 == 0)
+            (void)recv(a, buf, 4096, MSG_DONTWAIT);
+    }
+    CHECK(got >= whole);
+    CHECK_EQ_INT(closes, 1); /* a's */
+    close(a);
+    close(b);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(streamed_reply_follows_the_reader),
     TEST_ENTRY(streamed_reply_to_a_stalled_client_ends),
     TEST_ENTRY(unread_answer_is_dropped_after_the_body_deadline),
     TEST_ENTRY(stalled_answers_make_room_for_a_reader),
+    TEST_ENTRY(slow_readers_make_room_for_a_reader),
     TEST_ENTRY(pipelined_in_order_with_a_held_answer),
     TEST_ENTRY(close_after_and_unauthorized),
     TEST_ENTRY(bearer_check),
