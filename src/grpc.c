@@ -60,6 +60,7 @@
 #include "log.h"
 #include "tls_setup.h"
 #include "stats.h"
+#include "tokens.h"
 
 #define SEND_HIGH (64 * 1024)        /* stop producing output past this */
 #define MAX_STREAMS 1000             /* SETTINGS_MAX_CONCURRENT_STREAMS */
@@ -86,8 +87,7 @@
  * linearizable). Reading goes on: the WINDOW_UPDATEs that drain it arrive
  * that way. */
 #define SESSION_OUT_MAX ((size_t)16 << 20)
-/* Budget charged for each stream for as long as it lives, besides its
- * partial message while its request arrives: our stream state and
+/* Budget charged for a stream's state (stream_charge): ours and
  * nghttp2's (20,000 idle LeaseKeepAlive streams on 20 connections took
  * 2.3 KiB of RSS each). */
 #define STREAM_COST (sizeof(struct gstream) + 1024)
@@ -1313,6 +1313,8 @@ static void call_health(struct gstream *st)
     }
     grpc__health__v1__health_check_request__free_unpacked(q,
                                                           &grpc_pb_allocator);
+    if (st->m->kind == M_HEALTH_WATCH)
+        release_reader(st); /* the stream stays open: keep nothing */
 }
 
 /* One reflection request message on a bidirectional stream. Answers
@@ -1408,16 +1410,22 @@ static bool receiving(const struct gstream *st)
                                  : !st->req_ended;
 }
 
-/* Move the stream's charge to its state plus what it holds for a request
- * still arriving. Streams that stay open (1000 idle Watch or
- * LeaseKeepAlive streams on each of half of max-clients connections) or
- * wait on the cluster (calls while there is no leader) held gigabytes
- * before their state was charged for as long as they live. Growth may fail
- * (PZ_ENOMEM: nothing charged beyond the old amount); shrinking never
- * does. A stream refused or ended never grows again. */
+/* Move the stream's charge to what it holds: its state and credential,
+ * and its request message for as long as it keeps it (a call waiting on
+ * the cluster keeps its request until it ends). Calls waiting on the
+ * cluster (while there is no leader, say) held gigabytes before their
+ * state was charged for as long as they live. An open-ended stream
+ * waiting for its client's next message holds no message, and its state
+ * counts against the open-stream cap instead (hold_open_ended): charged
+ * here, it would hold the budget for good. Growth may fail (PZ_ENOMEM:
+ * nothing charged beyond the old amount); shrinking never does. A stream
+ * refused or ended never grows again. */
 static int stream_charge(struct gstream *st)
 {
-    size_t want = STREAM_COST + (receiving(st) ? st->rd.msg.cap : 0);
+    bool waits = st->open_ended && !receiving(st);
+    size_t want = st->rd.msg.cap;
+    if (!waits)
+        want += STREAM_COST + (st->cred ? strlen(st->cred) : 0);
     if (st->over_budget || st->refused || st->ended)
         want = PZ_MIN(want, st->charged);
     if (want > st->charged) {
@@ -1533,22 +1541,29 @@ static void refuse(struct gstream *st, int kind, int status, const char *fmt,
 /* A call its client may keep open for as long as it likes (a watch, a
  * keep-alive or reflection stream) keeps its connection from being
  * evicted (conn.c: busy). Connections holding one take at most half of
- * max-clients, so that they cannot keep every other client out: false
- * when st would pass that. */
-static bool hold_open_ended(struct gstream *st)
+ * max-clients, so that they cannot keep every other client out; and such
+ * streams, whose state counts in no budget while they wait for their
+ * client (stream_charge: they would hold it for good), are at most twice
+ * max-clients in all (a watch and a keep-alive a client). NULL, or why st
+ * may not be one. */
+static const char *hold_open_ended(struct gstream *st)
 {
     struct gsession *s = st->s;
     struct grpc_server *gs = s->gs;
     if (!streaming_request(st) && st->m->kind != M_HEALTH_WATCH)
-        return true;
+        return NULL;
+    if (gs->open_ended_streams >= 2 * gs->ls.max_conns)
+        return "too many open streams (at most twice max-clients)";
     if (s->n_open_ended == 0) {
         if (gs->open_ended_conns >= PZ_MAX(gs->ls.max_conns / 2, (size_t)1))
-            return false;
+            return "too many connections hold open streams (at most half "
+                   "of max-clients)";
         gs->open_ended_conns++;
     }
     s->n_open_ended++;
+    gs->open_ended_streams++;
     st->open_ended = true;
-    return true;
+    return NULL;
 }
 
 static void headers_done(struct gstream *st)
@@ -1585,10 +1600,10 @@ static void headers_done(struct gstream *st)
                conn_in_limit());
         return;
     }
-    if (!hold_open_ended(st)) {
-        refuse(st, REFUSE_GRPC, GRPC_RESOURCE_EXHAUSTED,
-               "too many connections hold open streams (at most half of "
-               "max-clients); retry later");
+    const char *why = hold_open_ended(st);
+    if (why != NULL) {
+        refuse(st, REFUSE_GRPC, GRPC_RESOURCE_EXHAUSTED, "%s; retry later",
+               why);
         return;
     }
     if (st->timeout_state > 0)
@@ -1596,6 +1611,7 @@ static void headers_done(struct gstream *st)
     if (st->m->client_stream)
         st->s->gs->stats.calls++;
     update_body_deadline(st);
+    stream_charge(st); /* an open-ended stream waits: its charge drops */
 }
 
 /* END_STREAM from the client. */
@@ -1787,8 +1803,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
             st->path[n] = '\0';
             st->m = method_find(value, valuelen);
         } else if (name_is(name, namelen, "token")) {
-            pz_free(st->cred);
-            st->cred = pz_strndup(v, valuelen);
+            pz_free(st->cred); /* longer than any token: matches none */
+            st->cred = pz_strndup(v, PZ_MIN(valuelen, TOKEN_MAX + 1));
         }
         break;
     case 7:
@@ -1810,7 +1826,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
             if (!http_bearer_value(&v, &n))
                 return 0; /* not a bearer credential: none */
             pz_free(st->cred);
-            st->cred = pz_strndup(v, n);
+            st->cred = pz_strndup(v, PZ_MIN(n, TOKEN_MAX + 1));
         }
         break;
     case 16:
@@ -1910,8 +1926,11 @@ static void stream_free(struct gstream *st)
         s->last_st = NULL;
     s->n_streams--;
     s->c->busy--;
-    if (st->open_ended && --s->n_open_ended == 0)
-        gs->open_ended_conns--;
+    if (st->open_ended) {
+        gs->open_ended_streams--;
+        if (--s->n_open_ended == 0)
+            gs->open_ended_conns--;
+    }
     if (s->n_streams == 0)
         conn_touch(s->c); /* idle from now on */
     gs->stats.streams_open--;

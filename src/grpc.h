@@ -69,6 +69,8 @@ struct grpc_server {
     uint64_t timer_due;            /* uv_now() it fires at, 0 = idle */
     size_t open_ended_conns;       /* connections holding a stream its
                                       client may keep open for good */
+    size_t open_ended_streams;     /* such streams, at most twice
+                                      max-clients */
     struct pz_queue watchers;      /* Health/Watch streams */
     uv_timer_t watch_timer;        /* polls serving state for them */
     uv_idle_t kick;                /* keeps poll from blocking on output */

@@ -171,10 +171,7 @@ void grpc_reader_next(struct grpc_reader *r)
     r->hdr_have = 0;
     r->len = 0;
     r->compressed = false;
-    if (r->msg.cap > RESERVE_STEP)
-        pz_buf_free(&r->msg); /* a stream between messages keeps little */
-    else
-        pz_buf_reset(&r->msg);
+    pz_buf_free(&r->msg); /* a stream between messages keeps nothing */
 }
 
 bool grpc_reader_partial(const struct grpc_reader *r)

@@ -713,7 +713,10 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
         reqs_done(req, 0);
         return 0;
     }
-    rv = raft_propose(nd->raft, cmd, len, &req->index, &req->term);
+    rv = req->unbounded
+             ? raft_propose_unbounded(nd->raft, cmd, len, &req->index,
+                                      &req->term)
+             : raft_propose(nd->raft, cmd, len, &req->index, &req->term);
     node_metrics_proposed(rv);
     req->proposed_ns = stats_now_ns();
     if (rv < 0)

@@ -47,6 +47,8 @@ struct node_req {
                               (node_propose_sink): a copy, owned */
     size_t ro_len;         /* its length */
     node_req_cb ro_cb;     /* the caller's cb for it */
+    bool unbounded;        /* write: the node's own (a lease expiry), not
+                              refused past raft-max-uncommitted */
 };
 
 struct node_member {

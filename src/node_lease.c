@@ -170,6 +170,7 @@ void node_lease_tick(void)
         pz_assert(kv_encode_lease_revoke(&cmd, ids[i]) == 0);
         struct revoke_req *r = pz_calloc(1, sizeof(*r));
         r->id = ids[i];
+        r->req.unbounded = true; /* at most NODE_LEASE_INFLIGHT */
         int rv = node_propose(&r->req, (const uint8_t *)cmd.data, cmd.len,
                               on_revoked);
         pz_buf_free(&cmd);

@@ -327,8 +327,9 @@ struct raft {
     bool need_flush;      /* leader: appends may be due */
     bool commit_eager;    /* send every commit index at once */
     uint64_t transferee;  /* leader: transfer target, 0 if none */
-    uint64_t uncommitted; /* leader: bytes of the entries it appended in
-                             its term past commit (cfg.max_uncommitted) */
+    uint64_t uncommitted; /* leader: entry_cost of the entries it appended
+                             in its term and has not handed out for apply
+                             yet (cfg.max_uncommitted) */
     int transfer_elapsed; /* ticks since the transfer started */
 
     struct vote_rec *votes; /* (pre-)candidate: votes received */
@@ -900,7 +901,7 @@ static void become_leader(struct raft *r)
                            .index = log_last(&r->log) + 1,
                            .type = RAFT_ENTRY_NOOP};
     append_entry(r, &e);
-    r->uncommitted = RAFT_ENTRY_OVERHEAD; /* earlier terms' are not counted */
+    r->uncommitted = 0; /* earlier terms' are not counted, nor the no-op */
     r->need_flush = true;
 }
 
@@ -1193,14 +1194,6 @@ static bool maybe_commit(struct raft *r)
         pz_free(a);
     if (n <= r->commit || log_term(&r->log, n) != r->term)
         return false;
-    /* Only this term's entries were counted (leader_append). */
-    for (uint64_t i = r->commit + 1; i <= n; i++) {
-        const struct raft_entry *e = log_at(&r->log, i);
-        if (e->term != r->term)
-            continue;
-        pz_assert(r->uncommitted >= e->len + RAFT_ENTRY_OVERHEAD);
-        r->uncommitted -= e->len + RAFT_ENTRY_OVERHEAD;
-    }
     r->commit = n;
     return true;
 }
@@ -2249,6 +2242,28 @@ int raft_step(struct raft *r, const struct raft_msg *m)
     return 0;
 }
 
+/* What an entry of len payload bytes counts in r->uncommitted: empty ones
+ * (the no-op) nothing, as in etcd-raft. */
+static uint64_t entry_cost(size_t len)
+{
+    return len ? len + RAFT_ENTRY_OVERHEAD : 0;
+}
+
+/* Entries handed out for apply (n of them at e): those of the leader's
+ * term no longer count in r->uncommitted. Not at commit: a leader whose
+ * own disk is slower than its followers' has committed entries it has not
+ * written, which it holds until it can apply them. */
+static void handed_for_apply(struct raft *r, const struct raft_entry *e,
+                             size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].term != r->term)
+            continue; /* only this term's were counted (leader_append) */
+        pz_assert(r->uncommitted >= entry_cost(e[i].len));
+        r->uncommitted -= entry_cost(e[i].len);
+    }
+}
+
 static void leader_append(struct raft *r, uint8_t type, const uint8_t *data,
                           size_t len, uint64_t *index, uint64_t *term)
 {
@@ -2257,7 +2272,7 @@ static void leader_append(struct raft *r, uint8_t type, const uint8_t *data,
     e.data = rbuf_new(&r->mem, data, len);
     e.len = len;
     append_entry(r, &e);
-    r->uncommitted += len + RAFT_ENTRY_OVERHEAD;
+    r->uncommitted += entry_cost(len);
     r->need_flush = true;
     if (index != NULL)
         *index = e.index;
@@ -2267,8 +2282,8 @@ static void leader_append(struct raft *r, uint8_t type, const uint8_t *data,
      * do here (advance recomputes the commit index). */
 }
 
-int raft_propose(struct raft *r, const uint8_t *data, size_t len,
-                 uint64_t *index, uint64_t *term)
+static int propose(struct raft *r, const uint8_t *data, size_t len,
+                   bool bounded, uint64_t *index, uint64_t *term)
 {
     if (r->role != RAFT_LEADER)
         return PZ_ENOTLEADER;
@@ -2278,11 +2293,23 @@ int raft_propose(struct raft *r, const uint8_t *data, size_t len,
      * writes faster than the followers take the log (or that resets each
      * write's stream as soon as it is sent, which frees every per-client
      * bound) grows the leader's memory without end. */
-    if (r->cfg.max_uncommitted != 0 && r->uncommitted > 0 &&
-        r->uncommitted + len + RAFT_ENTRY_OVERHEAD > r->cfg.max_uncommitted)
+    if (bounded && r->cfg.max_uncommitted != 0 && r->uncommitted > 0 &&
+        r->uncommitted + entry_cost(len) > r->cfg.max_uncommitted)
         return PZ_EOVERLOAD;
     leader_append(r, RAFT_ENTRY_NORMAL, data, len, index, term);
     return 0;
+}
+
+int raft_propose(struct raft *r, const uint8_t *data, size_t len,
+                 uint64_t *index, uint64_t *term)
+{
+    return propose(r, data, len, true, index, term);
+}
+
+int raft_propose_unbounded(struct raft *r, const uint8_t *data, size_t len,
+                           uint64_t *index, uint64_t *term)
+{
+    return propose(r, data, len, false, index, term);
 }
 
 int raft_propose_conf(struct raft *r, const struct raft_conf_change *cc,
@@ -2579,6 +2606,8 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
             share_range(r, r->applied + 1, lim, &r->rd_n_committed);
         rd->committed = r->rd_committed;
         rd->n_committed = r->rd_n_committed;
+        if (r->role == RAFT_LEADER)
+            handed_for_apply(r, r->rd_committed, r->rd_n_committed);
         if (lim > r->applied)
             r->applied = lim;
     }

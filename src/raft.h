@@ -309,10 +309,12 @@ struct raft_config {
                                    0 -> 1 (see "Pipelined Readies") */
     uint64_t max_uncommitted;   /* leader: raft_propose refuses an entry
                                    while those it appended in its term and
-                                   has not committed hold this many bytes
+                                   has not handed out for apply (committed
+                                   and durable here) hold this many bytes
                                    (payloads plus RAFT_ENTRY_OVERHEAD
-                                   each); one is always taken when none
-                                   waits. 0: no limit */
+                                   each, empty entries nothing); one is
+                                   always taken when none waits. 0: no
+                                   limit */
 };
 
 #define RAFT_MAX_READIES 8
@@ -398,6 +400,11 @@ const char *raft_errmsg(const struct raft *r);
  * appended; the caller may try again once entries commit). */
 int raft_propose(struct raft *r, const uint8_t *data, size_t len,
                  uint64_t *index, uint64_t *term);
+/* raft_propose, never refused for config.max_uncommitted (the entry still
+ * counts): for the driver's own few proposals (lease expiries), which
+ * clients writing at full speed must not hold back. */
+int raft_propose_unbounded(struct raft *r, const uint8_t *data, size_t len,
+                           uint64_t *index, uint64_t *term);
 
 enum raft_conf_change_type {
     RAFT_CC_ADD_NONVOTER = 1, /* new server as non-voter (meta stored) */
@@ -648,7 +655,8 @@ struct raft_status {
                                        came with a snapshot) */
     uint64_t transferee;            /* leader: transfer target, 0 if none */
     uint64_t uncommitted;           /* leader: bytes of its entries not yet
-                                       committed (config.max_uncommitted) */
+                                       committed and applied
+                                       (config.max_uncommitted) */
     size_t n_peers;                 /* leader: entries in peers (others) */
     struct raft_peer_status *peers; /* leader only; owned by r, valid
                                        until the next call on r */

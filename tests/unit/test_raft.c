@@ -876,7 +876,7 @@ TEST(uncommitted_bytes_bounded)
     t_max_uncommitted = 0;
     elect(&net, 1);
     struct raft *l = net.nodes[1].r;
-    CHECK_EQ_INT(st_of(&net, 1).uncommitted, 0); /* the no-op committed */
+    CHECK_EQ_INT(st_of(&net, 1).uncommitted, 0); /* the no-op counts 0 */
     isolate(&net, 2, true);
     isolate(&net, 3, true);
     uint64_t last = st_of(&net, 1).last_index;
@@ -916,6 +916,58 @@ TEST(uncommitted_bytes_bounded)
     CHECK_EQ_INT(st_of(&net, nl).uncommitted, cost);
     deliver_all(&net);
     CHECK_EQ_INT(st_of(&net, nl).uncommitted, 0);
+    net_free(&net);
+}
+
+/* The leader sends entries before its own write (thesis §10.2.1), so its
+ * followers may commit entries its disk has not written yet; it holds them
+ * until it can apply them. They count until then, not until commit: with
+ * the leader's Ready never finished, no more than the bound is taken. */
+TEST(uncommitted_bounded_while_the_leader_disk_lags)
+{
+    const uint64_t cost = 100 + RAFT_ENTRY_OVERHEAD;
+    uint8_t data[100] = {0};
+    t_max_uncommitted = 3 * cost;
+    struct tnet net;
+    net_init(&net, 3);
+    t_max_uncommitted = 0;
+    elect(&net, 1);
+    struct raft *l = net.nodes[1].r;
+    struct raft_ready rd;
+    CHECK_EQ_INT(raft_propose(l, data, 100, NULL, NULL), 0);
+    take_ready(&net, &net.nodes[1], &rd); /* the leader's write stalls */
+    int accepted = 1;
+    for (int round = 0; round < 50; round++) {
+        while (raft_propose(l, data, 100, NULL, NULL) == 0)
+            accepted++;
+        const struct raft_msg *ms;
+        size_t n = raft_take_msgs(l, &ms);
+        for (size_t i = 0; i < n; i++)
+            net_send(&net, &ms[i]);
+        /* the followers persist and answer; the leader takes no Ready */
+        for (int guard = 0; net.nq > 0 && guard < 10000; guard++) {
+            struct raft_msg m = net.q[0];
+            memmove(net.q, net.q + 1, (net.nq - 1) * sizeof *net.q);
+            net.nq--;
+            raft_step(net.nodes[m.to].r, &m);
+            if (m.to != 1)
+                pump(&net, (int)m.to);
+            msg_free(&m);
+        }
+    }
+    struct raft_status st = st_of(&net, 1);
+    CHECK_EQ_INT(st.role, RAFT_LEADER);
+    CHECK_EQ_INT(accepted, 3);
+    CHECK_EQ_INT(st.commit, st.last_index); /* the followers' quorum */
+    CHECK_EQ_INT(st.uncommitted, 3 * cost);
+    /* an entry the driver proposes for itself is still taken */
+    CHECK_EQ_INT(raft_propose_unbounded(l, data, 100, NULL, NULL), 0);
+    CHECK_EQ_INT(st_of(&net, 1).uncommitted, 4 * cost);
+    finish_ready(&net, &net.nodes[1], &rd);
+    deliver_all(&net);
+    tick_all(&net, 1);
+    CHECK_EQ_INT(st_of(&net, 1).uncommitted, 0);
+    CHECK_EQ_INT(raft_propose(l, data, 100, NULL, NULL), 0);
     net_free(&net);
 }
 
@@ -2941,6 +2993,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(leader_stickiness_ignores_votes),
     TEST_ENTRY(check_quorum_step_down),
     TEST_ENTRY(uncommitted_bytes_bounded),
+    TEST_ENTRY(uncommitted_bounded_while_the_leader_disk_lags),
     TEST_ENTRY(stale_leader_learns_higher_term),
     TEST_ENTRY(read_index_batches_one_round),
     TEST_ENTRY(read_index_round_to_a_quorum),
