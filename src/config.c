@@ -140,8 +140,8 @@ static const struct cfg_directive directives[] = {
            1024 * GB, IMM, "most bytes of log entries kept behind a snapshot"),
     D_SIZE("RAFT", "raft-max-uncommitted", raft_max_uncommitted, "64mb", 64 * KB,
            64 * GB, IMM,
-           "the leader refuses writes while those it has not committed yet "
-           "hold this many bytes (one is always taken)"),
+           "the leader refuses writes while those it has not committed and "
+           "applied yet hold this many bytes (one is always taken)"),
     D_SIZE("RAFT", "raft-snapshot-max-size", raft_snapshot_max_size, "0", 0,
            1024 * GB, IMM,
            "largest snapshot accepted from the leader; 0 = 4 x own data, at "

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
@@ -20,6 +21,54 @@ void pz_log_set_json(bool json)
     json_lines = json;
 }
 
+/* Length of the UTF-8 sequence of a printable character at s (n bytes
+ * left), 0 if s does not start one: malformed, overlong, a surrogate, past
+ * U+10FFFF, or a C1 control (U+0080..U+009F, which terminals may obey). */
+static size_t utf8_printable(const unsigned char *s, size_t n)
+{
+    size_t len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
+    if (len == 0 || s[0] > 0xf4 || len > n)
+        return 0;
+    uint32_t cp = s[0] & (0x7f >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ||
+        cp < 0xa0)
+        return 0;
+    return len;
+}
+
+/* msg as one line of text: a byte that is not printable ASCII nor part of
+ * a printable UTF-8 character (a newline, an escape sequence, a stray
+ * byte) is written \xNN, so that what a client or a peer sent cannot
+ * forge a line or drive the terminal of whoever reads the log. */
+static void put_text(struct pz_buf *b, const char *msg)
+{
+    const unsigned char *s = (const unsigned char *)msg;
+    size_t n = strlen(msg);
+    for (size_t i = 0; i < n;) {
+        size_t run = i;
+        while (run < n && s[run] >= 0x20 && s[run] < 0x7f)
+            run++;
+        pz_buf_append(b, s + i, run - i);
+        i = run;
+        if (i == n)
+            break;
+        size_t len = s[i] >= 0x80 ? utf8_printable(s + i, n - i) : 0;
+        if (len) {
+            pz_buf_append(b, s + i, len);
+            i += len;
+        } else {
+            pz_buf_appendf(b, "\\x%02x", s[i]);
+            i++;
+        }
+    }
+}
+
 void pz_log_format(struct pz_buf *b, bool json, time_t sec, int ms,
                    const char *p, enum pz_log_level level, const char *msg)
 {
@@ -31,7 +80,11 @@ void pz_log_format(struct pz_buf *b, bool json, time_t sec, int ms,
     size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(ts + n, sizeof ts - n, ".%03dZ", ms);
     if (!json) {
-        pz_buf_appendf(b, "%s %s %c %s\n", ts, p, "DIWE"[level], msg);
+        pz_buf_appendf(b, "%s ", ts);
+        put_text(b, p);
+        pz_buf_appendf(b, " %c ", "DIWE"[level]);
+        put_text(b, msg);
+        pz_buf_append(b, "\n", 1);
         return;
     }
     pz_buf_appendf(b, "{\"time\":\"%s\",\"level\":\"%s\",\"node\":", ts,

@@ -326,7 +326,7 @@ static void render_raft(struct pz_buf *b)
           (double)rs.persisted_index);
     gauge(b, "pyazdb_raft_uncommitted_bytes",
           "Leader: bytes of the entries it appended and has not committed "
-          "yet (refused past raft-max-uncommitted).",
+          "and applied yet (refused past raft-max-uncommitted).",
           (double)rs.uncommitted);
     gauge(b, "pyazdb_raft_log_entries",
           "Log entries held (not yet compacted into a snapshot).",

@@ -75,8 +75,37 @@ TEST(json_line_any_bytes)
     }
 }
 
+/* What a client or a peer sent reaches a text line as one line, with no
+ * control character: a byte that is neither printable ASCII nor part of a
+ * printable UTF-8 character is written \xNN. */
+TEST(text_line_any_bytes)
+{
+    CHECK_EQ_STR(line(false, 1, "n\n1", PZ_LOG_WARNING,
+                      "a\nfake line\r\x1b[31mred\x7f"),
+                 "2026-01-03T10:00:00.001Z n\\x0a1 W a\\x0afake "
+                 "line\\x0d\\x1b[31mred\\x7f\n");
+    /* é and € pass; C1 CSI (U+009B), a stray byte, an overlong '/', a
+     * surrogate and a cut sequence do not */
+    CHECK_EQ_STR(line(false, 1, "n", PZ_LOG_INFO,
+                      "\xc3\xa9\xe2\x82\xac|\xc2\x9b|\xff|\xc0\xaf|"
+                      "\xed\xa0\x80|\xe2\x82"),
+                 "2026-01-03T10:00:00.001Z n I \xc3\xa9\xe2\x82\xac|"
+                 "\\xc2\\x9b|\\xff|\\xc0\\xaf|\\xed\\xa0\\x80|"
+                 "\\xe2\\x82\n");
+    char msg[256];
+    for (int c = 1; c < 256; c++)
+        msg[c - 1] = (char)c;
+    msg[255] = '\0';
+    const char *s = line(false, 1, "n", PZ_LOG_INFO, msg);
+    size_t len = strlen(s);
+    CHECK(s[len - 1] == '\n');
+    for (size_t i = 0; i + 1 < len; i++)
+        CHECK((unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x7f);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(text_line), TEST_ENTRY(json_line),
-    TEST_ENTRY(json_line_any_bytes), TEST_END};
+    TEST_ENTRY(json_line_any_bytes), TEST_ENTRY(text_line_any_bytes),
+    TEST_END};
 
 const struct test_suite suite_log = {"log", cases};
