@@ -124,8 +124,15 @@ def impostor(nodes, victim, claim):
     member's, until the member redials and replaces it in turn."""
     cid = rw.identity(victim)[1]
     cl_id = rw.identity(claim)[0]
-    p = rw.Peer(victim.raft_port)
-    r = p.handshake(node_id=cl_id, cluster_id=cid, name=claim.name)
+    for _ in range(5):
+        # the real member may redial at the same moment: its link then
+        # replaces ours before we read the answer (a reset), so again
+        p = rw.Peer(victim.raft_port)
+        r = p.handshake(node_id=cl_id, cluster_id=cid, name=claim.name)
+        if r is not None:
+            break
+        p.close()
+        time.sleep(0.05)
     assert r is not None and r.status == rw.OK, r
     return p, cl_id
 
