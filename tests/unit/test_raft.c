@@ -861,21 +861,27 @@ TEST(check_quorum_step_down)
     net_free(&net);
 }
 
-/* The leader takes entries until those it has not committed hold
- * max_uncommitted bytes (each counted with RAFT_ENTRY_OVERHEAD), refuses
- * the rest without appending them, and takes them again once they commit;
- * one entry is always taken when nothing waits, whatever its size. A new
- * leader counts only its own term's entries. */
+/* Three nodes whose config.max_uncommitted is max; node 1 leads. */
+static struct raft *net_bounded(struct tnet *net, uint64_t max)
+{
+    t_max_uncommitted = max;
+    net_init(net, 3);
+    t_max_uncommitted = 0;
+    elect(net, 1);
+    return net->nodes[1].r;
+}
+
+/* The leader takes entries until those it has not committed and applied
+ * hold max_uncommitted bytes (each counted with RAFT_ENTRY_OVERHEAD),
+ * refuses the rest without appending them, and takes them again once they
+ * apply; one entry is always taken when nothing waits, whatever its size.
+ * A new leader counts only its own term's entries. */
 TEST(uncommitted_bytes_bounded)
 {
     const uint64_t cost = 100 + RAFT_ENTRY_OVERHEAD;
     uint8_t data[1000] = {0};
-    t_max_uncommitted = 3 * cost;
     struct tnet net;
-    net_init(&net, 3);
-    t_max_uncommitted = 0;
-    elect(&net, 1);
-    struct raft *l = net.nodes[1].r;
+    struct raft *l = net_bounded(&net, 3 * cost);
     CHECK_EQ_INT(st_of(&net, 1).uncommitted, 0); /* the no-op counts 0 */
     isolate(&net, 2, true);
     isolate(&net, 3, true);
@@ -927,12 +933,8 @@ TEST(uncommitted_bounded_while_the_leader_disk_lags)
 {
     const uint64_t cost = 100 + RAFT_ENTRY_OVERHEAD;
     uint8_t data[100] = {0};
-    t_max_uncommitted = 3 * cost;
     struct tnet net;
-    net_init(&net, 3);
-    t_max_uncommitted = 0;
-    elect(&net, 1);
-    struct raft *l = net.nodes[1].r;
+    struct raft *l = net_bounded(&net, 3 * cost);
     struct raft_ready rd;
     CHECK_EQ_INT(raft_propose(l, data, 100, NULL, NULL), 0);
     take_ready(&net, &net.nodes[1], &rd); /* the leader's write stalls */
