@@ -26,11 +26,13 @@
  * error found by nghttp2 (too many CONTINUATION frames, a flood) gets a
  * GOAWAY before the connection closes.
  *
- * Hostile clients. Each stream charges the process-wide partial-input
- * budget (conn.h) for its state for as long as it lives, and for its
- * partial message while its request arrives; a stream that would pass the
- * budget ends with RESOURCE_EXHAUSTED, the connection and its other
- * streams go on. Time limits that trickled bytes
+ * Hostile clients. Each call charges the process-wide partial-input budget
+ * (conn.h) for its state and its request message (partial or whole) for
+ * as long as it holds them; a stream that would pass the budget ends with
+ * RESOURCE_EXHAUSTED, the connection and its other streams go on. A stream
+ * its client may keep open is charged only while a message of it arrives:
+ * such streams are capped instead (hold_open_ended). Time limits that
+ * trickled bytes
  * cannot extend: the preface and first SETTINGS, and every header block
  * (HEADERS + CONTINUATION), must arrive within client-header-timeout
  * (else GOAWAY and close); a stream's request message within
