@@ -305,8 +305,14 @@ def test_open_streams_are_capped_and_hold_no_budget(node, pb):
     assert "too many open streams" in details, details
     for r in conns:
         r.close()
-    assert wait_until(lambda: next(c.Watch(pb.health.HealthCheckRequest(),
-                                           timeout=5)).status == 1, 5)
+
+    def watch_served():  # once the node has seen those connections go
+        try:
+            return next(c.Watch(pb.health.HealthCheckRequest(),
+                                timeout=5)).status == 1
+        except grpc.RpcError:
+            return False
+    assert wait_until(watch_served, 10)
     c.close()
     serves_and_kept(node, pb, "k1", "k2")
 
