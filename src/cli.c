@@ -28,6 +28,7 @@
  * (--help exits 0). --timeout bounds discovery, the calls and the
  * retries together. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -35,6 +36,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "cluster.pb-c.h"
@@ -705,6 +707,38 @@ static void print_status(const char *addr, const struct grpc_call *call)
                r->members[i]->raft_addr, r->members[i]->grpc_addr,
                r->members[i]->voter ? "voter" : "non-voter");
     pyazdb__status_response__free_unpacked(r, &grpc_pb_allocator);
+}
+
+/* Standard error goes through pz_text_escape: our messages carry what a
+ * node or mandi said (a gRPC status message, an HTTP error line, an
+ * address), and a hostile or broken server must not drive the user's
+ * terminal with it. Newlines and tabs pass; the rest is written \xNN. */
+static ssize_t stderr_write(void *cookie, const char *buf, size_t n)
+{
+    PZ_UNUSED(cookie);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_text_escape(&b, buf, n, "\n\t");
+    for (size_t off = 0; off < b.len;) {
+        ssize_t w = write(STDERR_FILENO, b.data + off, b.len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    pz_buf_free(&b);
+    return (ssize_t)n;
+}
+
+static void escape_stderr(void)
+{
+    cookie_io_functions_t io = {.write = stderr_write};
+    FILE *f = fopencookie(NULL, "w", io);
+    if (f == NULL)
+        return; /* the plain stream, then */
+    setvbuf(f, NULL, _IOLBF, 0);
+    stderr = f;
 }
 
 static int usage_error(const char *fmt, const char *arg)
@@ -1533,6 +1567,7 @@ int main(int argc, char **argv)
     /* Ctrl-C ends `watch` and `lease keepalive --follow`, also when the
      * shell that started us in the background left SIGINT ignored. */
     signal(SIGINT, SIG_DFL);
+    escape_stderr();
     const char *cacert = NULL, *cert = NULL, *key = NULL;
     bool tls = false;
     int i;

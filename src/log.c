@@ -42,17 +42,14 @@ static size_t utf8_printable(const unsigned char *s, size_t n)
     return len;
 }
 
-/* msg as one line of text: a byte that is not printable ASCII nor part of
- * a printable UTF-8 character (a newline, an escape sequence, a stray
- * byte) is written \xNN, so that what a client or a peer sent cannot
- * forge a line or drive the terminal of whoever reads the log. */
-static void put_text(struct pz_buf *b, const char *msg)
+void pz_text_escape(struct pz_buf *b, const char *text, size_t n,
+                    const char *keep)
 {
-    const unsigned char *s = (const unsigned char *)msg;
-    size_t n = strlen(msg);
+    const unsigned char *s = (const unsigned char *)text;
     for (size_t i = 0; i < n;) {
         size_t run = i;
-        while (run < n && s[run] >= 0x20 && s[run] < 0x7f)
+        while (run < n && ((s[run] >= 0x20 && s[run] < 0x7f) ||
+                           (s[run] != 0 && strchr(keep, s[run]) != NULL)))
             run++;
         pz_buf_append(b, s + i, run - i);
         i = run;
@@ -67,6 +64,13 @@ static void put_text(struct pz_buf *b, const char *msg)
             i++;
         }
     }
+}
+
+/* msg as one line of text (pz_text_escape): what a client or a peer sent
+ * cannot forge a line or drive the terminal of whoever reads the log. */
+static void put_text(struct pz_buf *b, const char *msg)
+{
+    pz_text_escape(b, msg, strlen(msg), "");
 }
 
 void pz_log_format(struct pz_buf *b, bool json, time_t sec, int ms,

@@ -42,6 +42,14 @@ void pz_log_format(struct pz_buf *out, bool json, time_t sec, int ms,
                    const char *prefix, enum pz_log_level level,
                    const char *msg);
 
+/* Append text[0..n) to b with every byte that is neither printable ASCII,
+ * nor one of the control characters in keep (say "\n\t"), nor part of a
+ * printable UTF-8 character written \xNN: no escape sequence, C1 control,
+ * stray or overlong byte gets through. Text log lines go through it (keep
+ * ""). */
+void pz_text_escape(struct pz_buf *b, const char *text, size_t n,
+                    const char *keep);
+
 #define pz_debug(...) pz_log(PZ_LOG_DEBUG, __VA_ARGS__)
 #define pz_info(...) pz_log(PZ_LOG_INFO, __VA_ARGS__)
 #define pz_warn(...) pz_log(PZ_LOG_WARNING, __VA_ARGS__)

@@ -292,3 +292,36 @@ def test_timeout_bounds_the_call(node):
         assert took < 3, took
     finally:
         s.close()
+
+
+def test_server_text_cannot_drive_the_terminal():
+    """What a server says reaches the user in our messages (here an HTTP
+    error line): an escape sequence, a bell, a C1 CSI or a carriage return
+    in it is written \\xNN, never as the byte; printable UTF-8 passes."""
+    body = b"\x1b]0;owned\x07\x1b[2Jbad \xc2\x9bx \xc3\xa9\r\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(400)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        p = subprocess.run([CLI, "--http",
+                            f"127.0.0.1:{httpd.server_address[1]}", "list",
+                            "p"], capture_output=True, timeout=20)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert p.returncode == 1
+    assert p.stderr == ("pyazdb-cli: list failed: HTTP 400: \\x1b]0;owned"
+                        "\\x07\\x1b[2Jbad \\xc2\\x9bx \u00e9\\x0d\n"
+                        ).encode(), p.stderr
