@@ -119,9 +119,9 @@ static void palarm_answer(const struct httpc_result *res, void *data)
         size_t len;
         char *r = json_strdup(&v, &len);
         snprintf(p->reason, sizeof p->reason, "%s", r);
-        /* One line of printable ASCII, whatever it sent: no control
-         * characters, C1 ones (a terminal's CSI) or a UTF-8 sequence cut
-         * by the copy reach the log. */
+        /* One line of printable ASCII, whatever it sent: /status shows it
+         * to whatever reads it (the log escapes by itself), and no UTF-8
+         * sequence cut by the copy goes out either. */
         for (char *c = p->reason; *c; c++)
             if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f)
                 *c = '?';

@@ -397,7 +397,7 @@ const char *raft_errmsg(const struct raft *r);
  * index, or the term moves on and the entry is gone, it was lost.
  * Returns 0, PZ_ENOTLEADER (not leader), PZ_EBUSY (leadership transfer in
  * progress), PZ_EOVERLOAD (config.max_uncommitted reached: nothing is
- * appended; the caller may try again once entries commit). */
+ * appended; the caller may try again once entries apply). */
 int raft_propose(struct raft *r, const uint8_t *data, size_t len,
                  uint64_t *index, uint64_t *term);
 /* raft_propose, never refused for config.max_uncommitted (the entry still

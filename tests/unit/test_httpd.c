@@ -687,6 +687,27 @@ TEST(streamed_reply_to_a_stalled_client_ends)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* Read fd's answer: up to chunk bytes every step_ms, for at most steps
+ * steps or until whole bytes or the end; slow (unless -1) meanwhile reads
+ * 4 KiB every 50 steps. The bytes read. */
+static size_t read_answer(int fd, size_t whole, int steps, uint64_t step_ms,
+                          size_t chunk, int slow)
+{
+    static char buf[256 * 1024];
+    size_t got = 0;
+    for (int i = 0; i < steps && got < whole; i++) {
+        run_for(step_ms);
+        ssize_t n = recv(fd, buf, PZ_MIN(chunk, sizeof buf), MSG_DONTWAIT);
+        if (n == 0)
+            break;
+        if (n > 0)
+            got += (size_t)n;
+        if (slow >= 0 && i % 50 == 0)
+            (void)recv(slow, buf, 4096, MSG_DONTWAIT);
+    }
+    return got;
+}
+
 /* An answer its client reads none of, below the hard limit, is dropped
  * with its connection once the socket has taken nothing of it for the body
  * deadline; one the client reads goes out whole, however slowly. */
@@ -711,18 +732,8 @@ TEST(unread_answer_is_dropped_after_the_body_deadline)
     CHECK(rd >= 0);
     setsockopt(rd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     CHECK(send_all(rd, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"));
-    size_t got = 0;
-    static char buf[64 * 1024];
     size_t whole = BIG_ANSWER + 60; /* and its status line and headers */
-    for (int i = 0; i < 400 && got < whole; i++) {
-        run_for(50);
-        ssize_t n = recv(rd, buf, sizeof buf, MSG_DONTWAIT);
-        if (n == 0)
-            break;
-        if (n > 0)
-            got += (size_t)n;
-    }
-    CHECK(got >= whole);
+    CHECK(read_answer(rd, whole, 400, 50, 64 * 1024, -1) >= whole);
     CHECK_EQ_INT(closes, 1);
     close(rd);
     CHECK_EQ_INT(world_close(), 0);
@@ -748,17 +759,8 @@ TEST(stalled_answers_make_room_for_a_reader)
     int b = dial();
     CHECK(b >= 0);
     CHECK(send_all(b, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n"));
-    size_t got = 0, whole = HUGE_ANSWER + 60;
-    static char buf[256 * 1024];
-    for (int i = 0; i < 2000 && got < whole; i++) {
-        run_for(2);
-        ssize_t n = recv(b, buf, sizeof buf, MSG_DONTWAIT);
-        if (n == 0)
-            break;
-        if (n > 0)
-            got += (size_t)n;
-    }
-    CHECK(got >= whole);
+    size_t whole = HUGE_ANSWER + 60;
+    CHECK(read_answer(b, whole, 2000, 2, 256 * 1024, -1) >= whole);
     CHECK_EQ_INT(closes, 1); /* a's */
     close(a);
     close(b);
@@ -779,7 +781,7 @@ TEST(slow_readers_make_room_for_a_reader)
     CHECK(a >= 0);
     setsockopt(a, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     CHECK(send_all(a, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n"));
-    static char buf[256 * 1024];
+    static char buf[4096];
     size_t slow = 0;
     for (int i = 0; i < 30; i++) { /* 3 s */
         run_for(100);
@@ -793,18 +795,8 @@ TEST(slow_readers_make_room_for_a_reader)
     int b = dial();
     CHECK(b >= 0);
     CHECK(send_all(b, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n"));
-    size_t got = 0, whole = HUGE_ANSWER + 60;
-    for (int i = 0; i < 2000 && got < whole; i++) {
-        run_for(2);
-        ssize_t n = recv(b, buf, sizeof buf, MSG_DONTWAIT);
-        if (n == 0)
-            break;
-        if (n > 0)
-            got += (size_t)n;
-        if (i % 50 == 0)
-            (void)recv(a, buf, 4096, MSG_DONTWAIT);
-    }
-    CHECK(got >= whole);
+    size_t whole = HUGE_ANSWER + 60;
+    CHECK(read_answer(b, whole, 2000, 2, 256 * 1024, a) >= whole);
     CHECK_EQ_INT(closes, 1); /* a's */
     close(a);
     close(b);
