@@ -687,6 +687,24 @@ TEST(streamed_reply_to_a_stalled_client_ends)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* A client with a 4 KiB receive buffer that has asked for path: its
+ * answer waits in the server. -1 if it could not. */
+static int dial_small(const char *path)
+{
+    int small = 4096;
+    int fd = dial();
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    char req[128];
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    if (!send_all(fd, req)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 /* Read fd's answer: up to chunk bytes every step_ms, for at most steps
  * steps or until whole bytes or the end; slow (unless -1) meanwhile reads
  * 4 KiB every 50 steps. The bytes read. */
@@ -747,11 +765,8 @@ TEST(stalled_answers_make_room_for_a_reader)
     out_budget = 20u << 20;
     CHECK(world_init(0, 0, 10)); /* no deadlines, no send timeout */
     out_budget = 0;
-    int small = 4096;
-    int a = dial();
+    int a = dial_small("/huge");
     CHECK(a >= 0);
-    setsockopt(a, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    CHECK(send_all(a, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n"));
     run_for(1300);
     /* 16 MiB, less the most a send buffer takes (4 MiB), wait unmoved. */
     CHECK(conn_output_total() > (12u << 20));
@@ -776,11 +791,8 @@ TEST(slow_readers_make_room_for_a_reader)
     out_budget = 20u << 20;
     CHECK(world_init(0, 2000, 10)); /* send timeout 2 s */
     out_budget = 0;
-    int small = 4096;
-    int a = dial();
+    int a = dial_small("/huge");
     CHECK(a >= 0);
-    setsockopt(a, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    CHECK(send_all(a, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n"));
     static char buf[4096];
     size_t slow = 0;
     for (int i = 0; i < 30; i++) { /* 3 s */
