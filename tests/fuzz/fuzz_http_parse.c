@@ -145,6 +145,7 @@ static void check_op(const struct http_req *req,
         break;
     case HTTP_OP_HEALTH:
     case HTTP_OP_STATUS:
+    case HTTP_OP_METRICS:
     case HTTP_OP_CLUSTER:
     case HTTP_OP_SNAPSHOT:
     case HTTP_OP_BACKUP:
