@@ -74,7 +74,8 @@ SERVER_SRC = src/main.c src/server.c src/httpd.c src/http.c src/node.c \
              src/etcd_kv.c src/etcd_cluster.c src/etcd_watch.c \
              src/etcd_lease.c src/etcd_gateway.c \
              src/mandi_client.c src/snapshot.c src/failpoint.c \
-             src/reload.c src/sdnotify.c src/tls_setup.c src/auth.c
+             src/reload.c src/sdnotify.c src/tls_setup.c src/auth.c \
+             src/turns.c
 CLI_SRC = src/cli.c src/cli_conn.c src/cli_snapshot.c src/cli_watch.c
 
 CORE_SRC := $(wildcard $(CORE_SRC))

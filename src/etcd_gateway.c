@@ -60,6 +60,7 @@
 #include "node.h"
 #include "pbjson.h"
 #include "tls_setup.h"
+#include "turns.h"
 #include "watch.h"
 
 #define KEEPALIVES_MAX 1000 /* keep-alive requests in one POST */
@@ -143,10 +144,7 @@ struct etcd_gw {
     bool streaming;  /* the reply began */
     struct etcd_watch_opts o;
     struct etcd_gw *prev_s, *next_s; /* every watch stream */
-    bool ready;                      /* in gw_state.ready */
-    struct pz_queue rq;              /* ... */
-    bool starved;   /* made ready again for want of the idle pass's turn,
-                       not its client's doing */
+    struct turn_item turn;           /* in gw_state.turns while ready */
     bool wait_drain; /* the next revision waits for the client to read
                         what waits (notifications ignored until then) */
     bool ending;     /* judged slow: cancelled once in_rev is out */
@@ -164,23 +162,15 @@ static struct {
     struct etcd_gw *streams;
     size_t n_streams; /* registered, not freed */
     bool draining;
-    struct pz_queue ready; /* watch streams with events to write */
-    uv_idle_t idle;        /* writes them */
-    bool idle_inited;
-    size_t turn_left; /* bytes the idle pass may still write, or SIZE_MAX
-                         outside it */
+    struct turns turns; /* watch streams with events to write take turns */
 } gw_state;
+
+static void on_turn(struct turn_item *it);
 
 void etcd_gw_init(const struct pz_config *cfg)
 {
     gw_state.cfg = cfg;
-    gw_state.turn_left = SIZE_MAX;
-    if (!gw_state.idle_inited) {
-        pz_queue_init(&gw_state.ready);
-        uv_idle_init(conn_loop(), &gw_state.idle);
-        uv_unref((uv_handle_t *)&gw_state.idle);
-        gw_state.idle_inited = true;
-    }
+    turns_init(&gw_state.turns, conn_loop(), GW_TURN_BYTES, on_turn);
 }
 
 bool etcd_gw_match(const struct http_req *req)
@@ -418,16 +408,10 @@ static void write_simple(struct etcd_gw *g, int64_t id, bool created,
     }
 }
 
-static void on_ready_idle(uv_idle_t *h);
-
 /* The stream has events to write: the idle pass writes them. */
 static void make_ready(struct etcd_gw *g)
 {
-    if (g->ready)
-        return;
-    g->ready = true;
-    pz_queue_push(&gw_state.ready, &g->rq);
-    uv_idle_start(&gw_state.idle, on_ready_idle);
+    turns_mark(&gw_state.turns, &g->turn);
 }
 
 /* {"result":{"header":...,"events":[ for revision rev: pbjson writes a
@@ -459,7 +443,7 @@ static void pump(struct etcd_gw *g)
         pending >= HTTPD_STREAM_WANT)
         return;
     size_t room = HTTPD_STREAM_WANT - pending;
-    size_t turn = gw_state.turn_left;
+    size_t turn = turns_left(&gw_state.turns);
     size_t written = 0; /* bytes of b already written */
     bool whole = false; /* the revision begun here fits: at once */
     struct pz_buf b;
@@ -527,33 +511,19 @@ static void pump(struct etcd_gw *g)
     written += b.len;
     if (b.len)
         httpd_stream_write(g->hc, b.data, b.len);
-    if (turn != SIZE_MAX) {
-        gw_state.turn_left -= PZ_MIN(written, turn);
-        /* Stopped by the turn, not by its client: next turn. */
-        if (written >= turn && (g->in_rev || !watch_caught_up(&g->w))) {
-            make_ready(g);
-            g->starved = true;
-        }
-    }
+    turns_spend(&gw_state.turns, written);
+    /* Stopped by the turn, not by its client: next turn. */
+    if (turn != SIZE_MAX && written >= turn &&
+        (g->in_rev || !watch_caught_up(&g->w)))
+        turns_starve(&gw_state.turns, &g->turn);
     pz_buf_free(&b);
 }
 
-/* Once a loop turn while streams are ready: write them in turn, up to
- * GW_TURN_BYTES in all. */
-static void on_ready_idle(uv_idle_t *h)
+/* The idle pass's turn for a ready stream: write, as httpd pumps. */
+static void on_turn(struct turn_item *it)
 {
-    gw_state.turn_left = GW_TURN_BYTES;
-    while (gw_state.turn_left > 0 && !pz_queue_empty(&gw_state.ready)) {
-        struct etcd_gw *g =
-            container_of(pz_queue_head(&gw_state.ready), struct etcd_gw, rq);
-        pz_queue_remove(&g->rq);
-        g->ready = false;
-        g->starved = false;
-        httpd_stream_kick(g->hc); /* pump, as httpd pumps; may free g */
-    }
-    gw_state.turn_left = SIZE_MAX;
-    if (pz_queue_empty(&gw_state.ready))
-        uv_idle_stop(h);
+    struct etcd_gw *g = container_of(it, struct etcd_gw, turn);
+    httpd_stream_kick(g->hc); /* may free g */
 }
 
 static void on_watch_notify(void *arg, struct watcher *w)
@@ -590,7 +560,7 @@ void etcd_gw_cron(void)
         next = g->next_s;
         /* Waiting for the idle pass's turn is not the client's doing. */
         if (!g->streaming || g->w.state != WATCH_LIVE || g->ending ||
-            g->starved || watch_lag(&g->w) <= max_lag ||
+            g->turn.starved || watch_lag(&g->w) <= max_lag ||
             conn_output_stalled(g->hc->c) <= GW_STALL_MS)
             continue;
         if (g->in_rev) {
@@ -701,7 +671,7 @@ void etcd_gw_on_stream(struct etcd_gw *g)
 {
     if (!g->streaming)
         return;
-    if (gw_state.turn_left == SIZE_MAX) {
+    if (!turns_in_pass(&gw_state.turns)) {
         /* its client read what waited: written in the idle pass */
         g->wait_drain = false;
         make_ready(g);
@@ -785,6 +755,7 @@ void etcd_gw_start(struct httpd_conn *hc, struct etcd_gw **out)
         return;
     }
     struct etcd_gw *g = pz_calloc(1, sizeof *g);
+    turn_item_init(&g->turn);
     g->hc = hc;
     g->r = r;
     pz_buf_init(&g->wire);
@@ -852,8 +823,7 @@ void etcd_gw_free(struct etcd_gw **gp)
         watch_remove(&g->w);
         gw_state.n_streams--;
     }
-    if (g->ready)
-        pz_queue_remove(&g->rq);
+    turns_forget(&g->turn);
     if (g->prev_s)
         g->prev_s->next_s = g->next_s;
     else if (gw_state.streams == g)
@@ -875,10 +845,7 @@ size_t etcd_gw_streams(void)
 
 void etcd_gw_close(void)
 {
-    if (gw_state.idle_inited) {
-        gw_state.idle_inited = false;
-        uv_close((uv_handle_t *)&gw_state.idle, NULL);
-    }
+    turns_close(&gw_state.turns);
 }
 
 void etcd_gw_drain(void)

@@ -45,6 +45,7 @@
 #include "log.h"
 #include "node.h"
 #include "queue.h"
+#include "turns.h"
 #include "watch.h"
 
 #define EW_QUEUE_MAX 4096 /* answers queued on one stream */
@@ -103,7 +104,6 @@ struct ew_stream {
     size_t queued_bytes;      /* their bytes */
     struct ew_watch *rr;      /* round robin: next watch to look at */
     bool progress_pending;    /* a WatchProgressRequest waits */
-    bool kicked;              /* in ew.kicks */
     /* The revision going out in pieces (pw set), after its prefix. */
     struct ew_watch *pw;
     uint64_t p_seq, p_end; /* its next event in the history, the end */
@@ -111,22 +111,17 @@ struct ew_stream {
     bool cut;              /* reset in the middle of one: nothing more */
     uint64_t moved;        /* conn_now() its client last made room (pump),
                               or answers began to wait */
-    bool starved;          /* kicked again for want of the idle pass's
-                              turn, not its client's doing */
-    struct pz_queue kq;       /* in ew.kicks */
+    struct turn_item turn; /* in ew.kicks while kicked */
     struct pz_queue q;        /* in ew.streams */
 };
 
 static struct {
     uv_loop_t *loop;
-    uv_idle_t kick_idle;       /* fills and pumps kicked streams */
     uv_timer_t progress_timer; /* progress_notify */
-    struct pz_queue kicks;     /* streams with something new */
+    struct turns kicks;        /* streams with something new take turns */
     struct pz_queue streams;   /* every Watch stream */
     size_t max_per_stream;     /* etcd-watch-max-per-stream */
     uint64_t progress_ms;      /* watch-progress-interval */
-    size_t turn_left;          /* bytes the idle pass may still queue, or
-                                  SIZE_MAX outside it */
     bool inited, timers_on;
 } ew;
 
@@ -139,8 +134,7 @@ static void queue_push(struct ew_stream *es, struct omsg *m)
 {
     if (es->head == NULL && es->pw == NULL)
         es->moved = conn_now(); /* waits from now */
-    if (ew.turn_left != SIZE_MAX)
-        ew.turn_left -= PZ_MIN(m->ww ? EW_PIECE_BYTES : m->len, ew.turn_left);
+    turns_spend(&ew.kicks, m->ww ? EW_PIECE_BYTES : m->len);
     if (es->tail)
         es->tail->next = m;
     else
@@ -164,46 +158,28 @@ static void enqueue(struct ew_stream *es, const Etcdserverpb__WatchResponse *r)
 
 static bool next_events(struct ew_stream *es);
 static bool all_caught_up(const struct ew_stream *es);
-static void on_kick_idle(uv_idle_t *h);
-
 /* Something new for es: pump it from the loop, not from here. */
 static void kick(struct ew_stream *es)
 {
-    if (es->kicked)
-        return;
-    es->kicked = true;
-    pz_queue_push(&ew.kicks, &es->kq);
-    uv_idle_start(&ew.kick_idle, on_kick_idle);
+    turns_mark(&ew.kicks, &es->turn);
 }
 
-/* Once a loop turn while streams are kicked: queue their next revisions
- * and hand their answers on, in turn, up to EW_TURN_BYTES in all. */
-static void on_kick_idle(uv_idle_t *h)
+/* The idle pass's turn for a kicked stream (at most EW_TURN_BYTES in all
+ * a loop turn): queue its next revisions and hand its answers on. */
+static void on_turn(struct turn_item *it)
 {
-    ew.turn_left = EW_TURN_BYTES;
-    while (ew.turn_left > 0 && !pz_queue_empty(&ew.kicks)) {
-        struct ew_stream *es =
-            container_of(pz_queue_head(&ew.kicks), struct ew_stream, kq);
-        pz_queue_remove(&es->kq);
-        es->kicked = false;
-        es->starved = false;
-        if (es->cut)
-            continue; /* freed as its stream closes */
-        while (es->queued_bytes < EW_FILL_BYTES && ew.turn_left > 0 &&
-               next_events(es))
-            ;
-        /* Stopped by the turn, not by its client: next turn. */
-        if (ew.turn_left == 0 && es->queued_bytes < EW_FILL_BYTES &&
-            !all_caught_up(es)) {
-            kick(es);
-            es->starved = true;
-        }
-        grpc_stream_pump(es->st, pump); /* resumes output */
-        grpc_stream_flush(es->st);      /* may free es */
-    }
-    ew.turn_left = SIZE_MAX;
-    if (pz_queue_empty(&ew.kicks))
-        uv_idle_stop(h);
+    struct ew_stream *es = container_of(it, struct ew_stream, turn);
+    if (es->cut)
+        return; /* freed as its stream closes */
+    while (es->queued_bytes < EW_FILL_BYTES && turns_left(&ew.kicks) > 0 &&
+           next_events(es))
+        ;
+    /* Stopped by the turn, not by its client: next turn. */
+    if (turns_left(&ew.kicks) == 0 && es->queued_bytes < EW_FILL_BYTES &&
+        !all_caught_up(es))
+        turns_starve(&ew.kicks, &es->turn);
+    grpc_stream_pump(es->st, pump); /* resumes output */
+    grpc_stream_flush(es->st);      /* may free es */
 }
 
 static void base_response(Etcdserverpb__WatchResponse *r,
@@ -718,7 +694,7 @@ void etcd_watch_cron(void)
         bool waiting =
             es->head || es->pw || grpc_stream_out_pending(es->st) > 0;
         uint64_t moved = PZ_MAX(es->moved, grpc_stream_output_moved(es->st));
-        if (es->cut || es->starved || !waiting ||
+        if (es->cut || es->turn.starved || !waiting ||
             conn_now() - moved < EW_STALL_MS)
             continue;
         struct ew_watch *next;
@@ -742,8 +718,7 @@ static void stream_free(void *p)
         es->head = m->next;
         pz_free(m);
     }
-    if (es->kicked)
-        pz_queue_remove(&es->kq);
+    turns_forget(&es->turn);
     pz_queue_remove(&es->q);
     if (pz_queue_empty(&ew.streams) && ew.timers_on) {
         uv_timer_stop(&ew.progress_timer);
@@ -763,7 +738,7 @@ void etcd_watch_message(struct gstream *st)
     if (es == NULL) {
         es = pz_calloc(1, sizeof *es);
         es->st = st;
-        pz_queue_init(&es->kq);
+        turn_item_init(&es->turn);
         pz_queue_push(&ew.streams, &es->q);
         grpc_stream_set_ext(st, es, stream_free);
         grpc_stream_pump(st, pump); /* response headers go now */
@@ -817,12 +792,10 @@ void etcd_watch_setup(uv_loop_t *loop, size_t max_per_stream,
 {
     if (!ew.inited) {
         ew.loop = loop;
-        uv_idle_init(loop, &ew.kick_idle);
+        turns_init(&ew.kicks, loop, EW_TURN_BYTES, on_turn);
         uv_timer_init(loop, &ew.progress_timer);
-        pz_queue_init(&ew.kicks);
         pz_queue_init(&ew.streams);
         ew.inited = true;
-        ew.turn_left = SIZE_MAX;
     }
     ew.max_per_stream = max_per_stream;
     ew.progress_ms = progress_ms ? progress_ms : 10000;
@@ -834,6 +807,6 @@ void etcd_watch_close(void)
         return;
     ew.inited = false;
     ew.timers_on = false;
-    uv_close((uv_handle_t *)&ew.kick_idle, NULL);
+    turns_close(&ew.kicks);
     uv_close((uv_handle_t *)&ew.progress_timer, NULL);
 }

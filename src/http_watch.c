@@ -9,8 +9,10 @@
  * is checked against the history (410 compacted) -> a watcher is
  * registered (watch.h) and the reply begins: 200 text/event-stream, open
  * ended, first `event: created` with the node's revision and the start
- * revision -> whenever the node publishes a revision, the watcher is kicked
- * and on_stream writes one SSE event per revision with matching events:
+ * revision -> whenever the node publishes a revision, the watcher's
+ * stream is marked (never written from inside the commit) and an idle
+ * pass (turns.h) writes the marked streams in turn, at most HW_TURN_BYTES
+ * a loop turn, one SSE event per revision with matching events:
  *
  *   id: 12
  *   data: {"revision":12,"events":[{"type":"put","kv":{...}},...]}
@@ -21,9 +23,11 @@
  * up) gets `event: progress` with the node's revision.
  *
  * A revision is written in pieces as the client reads (any size the
- * history holds), each stream having at most its share of
+ * history holds; a client draining its connection marks its stream for
+ * the pass too), each stream having at most its share of
  * watch-output-budget waiting in its connection: output memory is bounded
- * whatever the number of streams or the size of a revision.
+ * whatever the number of streams or the size of a revision, and so is a
+ * loop turn's work.
  *
  * Failure modes: a client that reads too slowly only stops on_stream
  * (httpd asks for more as its output drains); the watcher's cursor then
@@ -53,6 +57,7 @@
 #include "metrics.h"
 #include "node.h"
 #include "stats.h"
+#include "turns.h"
 #include "watch.h"
 
 struct watch_stream {
@@ -72,6 +77,7 @@ struct watch_stream {
     bool ending;           /* judged slow: cancel once in_rev is out */
     bool wait_drain;       /* the next revision waits for the client to
                               read what waits: commits do not kick it */
+    struct turn_item turn; /* in hw.turns while it has output to write */
     /* The revision being written (in_rev), piece by piece. */
     bool in_rev;
     uint64_t rev, seq, end; /* it, the next event, its end */
@@ -90,6 +96,7 @@ static struct {
     size_t max_watchers;          /* max-watchers */
     size_t budget;                /* watch-output-budget */
     size_t n_streaming;           /* streams begun and not freed */
+    struct turns turns;           /* streams with output take turns */
     uint64_t events_sent;         /* events written to streams */
     uint64_t revisions_sent;      /* SSE events with an id written */
     uint64_t progress_sent;       /* progress events written */
@@ -138,6 +145,9 @@ enum {
 };
 
 #define WATCH_SHARE_MIN (4 * 1024) /* output a stream may always have */
+/* Output the idle pass writes for all streams in one loop turn (plus a
+ * piece of an event, or one revision from the cache). */
+#define HW_TURN_BYTES (1024 * 1024)
 #define WATCH_STALL_MS 2000        /* a lagging stream that could not write
                                       this long is slow */
 
@@ -317,14 +327,23 @@ void http_watch_on_stream(struct watch_stream *ws)
 {
     struct httpd_conn *hc = ws->hc;
     struct watch_hub *hub = node_watch();
+    if (!turns_in_pass(&hw.turns)) {
+        /* The client drained: written in the idle pass. */
+        ws->wait_drain = false;
+        turns_mark(&hw.turns, &ws->turn);
+        return;
+    }
     size_t limit = share();
-    ws->wait_drain = false; /* the client drained (or a kick) */
     size_t pending = conn_output_pending(hc->c);
     if (!hc->streaming || ws->w.state != WATCH_LIVE || pending >= limit)
         return;
     struct pz_buf b;
     pz_buf_init(&b);
-    size_t room = limit - pending;
+    /* What the stream may still have waiting (space), and of it what
+     * the pass may still write (room; an event's piece, or a revision
+     * from the cache, may go past it). */
+    size_t space = limit - pending;
+    size_t room = PZ_MIN(space, turns_left(&hw.turns));
     size_t rev_off = SIZE_MAX; /* where a revision begun here starts in b */
     bool whole = false;        /* ... every event of it matches */
     uint64_t rev_begin = 0;    /* ... its first event */
@@ -347,14 +366,14 @@ void http_watch_on_stream(struct watch_stream *ws)
                 64 + http_watch_rev_estimate(&ws->w, ws->prev_kv, begin, end,
                                              &whole);
             if (whole && cache[ci].rev == rev && cache[ci].begin == begin &&
-                cache[ci].buf.len <= room - b.len) {
+                cache[ci].buf.len <= space - b.len) {
                 pz_buf_append(&b, cache[ci].buf.data, cache[ci].buf.len);
                 hw.events_sent += end - begin;
                 hw.revisions_sent++;
                 watch_set_cursor(&ws->w, end);
                 continue;
             }
-            if ((pending || b.len) && est > room - b.len) {
+            if ((pending || b.len) && est > space - b.len) {
                 /* Whole once the client has read what waits, so that a
                  * stream is mostly between revisions (where it can be
                  * cancelled with a reason); in pieces only when it is
@@ -405,11 +424,24 @@ void http_watch_on_stream(struct watch_stream *ws)
         }
         rev_off = SIZE_MAX;
     }
+    size_t turn = turns_left(&hw.turns);
+    turns_spend(&hw.turns, b.len);
     if (b.len) {
         write_buf(ws, &b);
         ws->last_room = ws->last_write; /* its client reads */
     }
     pz_buf_free(&b);
+    /* Stopped by the pass's budget, not by its client: next turn. */
+    if (b.len >= turn && b.len < space && !ws->wait_drain &&
+        ws->w.state == WATCH_LIVE && (ws->in_rev || !watch_caught_up(&ws->w)))
+        turns_starve(&hw.turns, &ws->turn);
+}
+
+/* The idle pass's turn for a stream with output: write, as httpd pumps. */
+static void on_turn(struct turn_item *it)
+{
+    struct watch_stream *ws = container_of(it, struct watch_stream, turn);
+    httpd_stream_kick(ws->hc);
 }
 
 /* The hub has events for w, or cancelled it. */
@@ -420,8 +452,10 @@ static void on_notify(void *arg, struct watcher *w)
     if (ws == NULL || !ws->streaming || !ws->hc->streaming)
         return;
     if (w->state == WATCH_LIVE) {
-        if (!ws->ending && !ws->wait_drain) /* else as its client reads */
-            httpd_stream_kick(ws->hc);
+        /* Written in the idle pass, never from inside the commit; else
+         * as its client reads. */
+        if (!ws->ending && !ws->wait_drain)
+            turns_mark(&hw.turns, &ws->turn);
         return;
     }
     const struct watch_hub *hub = node_watch();
@@ -473,7 +507,7 @@ void http_watch_cron(void)
         /* Slow: far behind, and its client read nothing meanwhile (a
          * burst that a reader keeps up with is written as it reads). */
         if (ws->streaming && ws->w.state == WATCH_LIVE && !ws->ending &&
-            watch_lag(&ws->w) > max_lag &&
+            !ws->turn.starved && watch_lag(&ws->w) > max_lag &&
             now - ws->last_room > WATCH_STALL_MS) {
             if (ws->in_rev) {
                 /* The revision begun goes out first, as it is read
@@ -576,7 +610,7 @@ static void begin(struct watch_stream *ws)
                      (unsigned long long)kv_revision(node_kv()),
                      (unsigned long long)ws->start);
     httpd_stream_write(ws->hc, line, (size_t)n);
-    httpd_stream_kick(ws->hc); /* what the history holds already */
+    turns_mark(&hw.turns, &ws->turn); /* what the history holds already */
 }
 
 static void on_read(struct node_req *req, int status)
@@ -738,6 +772,7 @@ out:
 void http_watch_start(struct httpd_conn *hc, struct watch_stream **out)
 {
     struct watch_stream *ws = pz_calloc(1, sizeof *ws);
+    turn_item_init(&ws->turn);
     ws->hc = hc;
     *out = ws;
     link_stream(ws);
@@ -776,6 +811,7 @@ void http_watch_free(struct watch_stream **wsp)
         hw.n_streaming--;
     if (ws->registered)
         watch_remove(&ws->w);
+    turns_forget(&ws->turn);
     unlink_stream(ws);
     pz_free(ws->from);
     pz_free(ws->to);
@@ -829,7 +865,13 @@ void http_watch_init(const struct pz_config *cfg)
     hw.max_watchers = (size_t)cfg->max_watchers;
     hw.budget = (size_t)cfg->watch_output_budget;
     watch_hub_set_notify(node_watch(), on_notify, NULL);
+    turns_init(&hw.turns, conn_loop(), HW_TURN_BYTES, on_turn);
     if (!hw.inited)
         stats_add_collector(collect, NULL);
     hw.inited = true;
+}
+
+void http_watch_close(void)
+{
+    turns_close(&hw.turns);
 }

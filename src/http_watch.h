@@ -23,6 +23,8 @@ void http_watch_free(struct watch_stream **ws);
 void http_watch_cron(void);
 /* Shutdown: end every stream. */
 void http_watch_drain(void);
+/* At the loop's end: close the idle pass's handle. */
+void http_watch_close(void);
 /* About the bytes the events of revision [begin, end) that w matches
  * take as JSON (base64 a third more than the bytes, plus the members
  * around them); *whole: every event matched. */

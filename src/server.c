@@ -88,6 +88,7 @@ static void stop_all(void)
     srv.stopped = true;
     fwd_close_all(); /* forwards made while draining: their timers close */
     etcd_gw_close();
+    http_watch_close();
     grpc_close(&srv.grpc);
     node_close(on_node_closed);
 }

@@ -35,6 +35,7 @@ import grpc_helpers as gh
 from conftest import free_port, wait_for
 from grpc_helpers import Client, RawH2, frame, grpc_headers, rpc_error
 from test_cluster import leader_of, make_cluster
+from test_watch import SSE
 
 MiB = 1024 * 1024
 BUDGET = 16 * MiB
@@ -893,6 +894,54 @@ def test_large_revisions_for_many_watchers_do_not_hold_the_loop(servers, pb):
             f.close()
         for s in socks:
             s.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
+def test_large_revisions_for_many_sse_watches_do_not_hold_the_loop(servers, pb):
+    """The same for GET /watch: 150 streams with prev_kv, none reading
+    yet, then one delete of 6 keys of 400 kB, which owes each stream a
+    4.8 MB event. The streams are written in the idle pass, at most
+    1 MiB a loop turn, and as their clients read; never from inside the
+    delete's commit, where every stream used to take its share of
+    watch-output-budget and all the socket would hold (one turn of over
+    a second here). No turn works for half a second, and every stream
+    gets the whole revision once read."""
+    node = servers(conf=dict(CONF, **{"max-clients": "400",
+                                      "watch-output-budget": "1gb"}),
+                   env=ENV)
+    put_values(node, "big/{0:02d}", 6, 400 * 1024)
+    streams = []
+    try:
+        for _ in range(150):
+            w = SSE(node.http_port, "prefix=big/&prev_kv=true", timeout=60)
+            streams.append(w)
+            assert w.next()[0] == "created"
+        before = long_turns(node, "0.5")
+        st, _, out = node.request("POST", "/delete",
+                                  json.dumps({"prefix": "big/"}))
+        assert st in (200, 204), out
+        got = [None] * len(streams)
+
+        def read(i):
+            got[i] = streams[i].revisions(1, timeout=90)[0]
+
+        readers = [threading.Thread(target=read, args=(i,))
+                   for i in range(len(streams))]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(120)
+        for g in got:
+            assert g is not None, "a watch got no revision"
+            assert [(e["type"], e["kv"]["key"], len(e["prev_kv"]["value"]))
+                    for e in g["events"]] == \
+                [("delete", f"big/{i:02d}", 400 * 1024) for i in range(6)]
+        print("loop turns over 0.25 s:", long_turns(node, "0.25"))
+        assert long_turns(node, "0.5") == before, \
+            "a turn of the loop took over 0.5 s"
+    finally:
+        for w in streams:
+            w.close()
     serves_and_kept(node, pb, "k1", "k2")
 
 
