@@ -677,6 +677,27 @@ static void print_status_json(const char *addr,
     put_doc(&b);
 }
 
+/* A node's string for the terminal (pz_free it): escaped as standard
+ * error is (stderr_write), tabs and newlines too, so that a field stays
+ * on its line and in its column. Keys and values (get, list, watch) are
+ * the user's data and are written as they are. */
+static char *shown(const char *s)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_text_escape(&b, s, strlen(s), "");
+    pz_buf_append(&b, "", 1); /* the NUL */
+    return b.data;
+}
+
+/* "name: s" on a line, s escaped (shown). */
+static void put_line(const char *name, const char *s)
+{
+    char *e = shown(s);
+    printf("%s: %s\n", name, e);
+    pz_free(e);
+}
+
 static void print_status(const char *addr, const struct grpc_call *call)
 {
     Pyazdb__StatusResponse *r = pyazdb__status_response__unpack(
@@ -690,22 +711,28 @@ static void print_status(const char *addr, const struct grpc_call *call)
         pyazdb__status_response__free_unpacked(r, &grpc_pb_allocator);
         return;
     }
-    printf("addr: %s\n", addr);
-    printf("id: %s\n", r->id);
-    printf("role: %s\n", r->role);
-    printf("leader: %s\n", r->leader);
-    printf("leader_grpc_addr: %s\n", r->leader_grpc_addr);
+    put_line("addr", addr);
+    put_line("id", r->id);
+    put_line("role", r->role);
+    put_line("leader", r->leader);
+    put_line("leader_grpc_addr", r->leader_grpc_addr);
     printf("term: %llu\n", (unsigned long long)r->term);
     printf("commit_index: %llu\n", (unsigned long long)r->commit_index);
     printf("applied_index: %llu\n", (unsigned long long)r->applied_index);
     printf("last_index: %llu\n", (unsigned long long)r->last_index);
     printf("keys: %llu\n", (unsigned long long)r->keys);
-    printf("version: %s\n", r->version);
+    put_line("version", r->version);
     printf("uptime_seconds: %llu\n", (unsigned long long)r->uptime_seconds);
-    for (size_t i = 0; i < r->n_members; i++)
-        printf("member: %s raft=%s grpc=%s %s\n", r->members[i]->id,
-               r->members[i]->raft_addr, r->members[i]->grpc_addr,
+    for (size_t i = 0; i < r->n_members; i++) {
+        char *id = shown(r->members[i]->id);
+        char *raft = shown(r->members[i]->raft_addr);
+        char *grpc = shown(r->members[i]->grpc_addr);
+        printf("member: %s raft=%s grpc=%s %s\n", id, raft, grpc,
                r->members[i]->voter ? "voter" : "non-voter");
+        pz_free(id);
+        pz_free(raft);
+        pz_free(grpc);
+    }
     pyazdb__status_response__free_unpacked(r, &grpc_pb_allocator);
 }
 
@@ -752,14 +779,21 @@ static int usage_error(const char *fmt, const char *arg)
     return 1;
 }
 
-/* A member's string field, "" when absent (pz_free it). */
+/* A member's string field for the terminal (shown), "" when absent
+ * (pz_free it). */
 static char *member_str(const struct json_val *m, const char *name)
 {
     struct json_val v;
     size_t len;
     if (!json_get(m, name, &v) || v.type != JSON_STRING)
         return pz_strdup("");
-    return json_strdup(&v, &len);
+    char *raw = json_strdup(&v, &len);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_text_escape(&b, raw, len, ""); /* a NUL within is written \x00 */
+    pz_buf_append(&b, "", 1);
+    pz_free(raw);
+    return b.data;
 }
 
 static bool member_true(const struct json_val *m, const char *name)

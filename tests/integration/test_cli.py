@@ -294,6 +294,75 @@ def test_timeout_bounds_the_call(node):
         s.close()
 
 
+def test_node_strings_on_stdout_cannot_drive_the_terminal(pb):
+    """status and members print what a node reports (its id, role,
+    version, members' ids and addresses) on standard output: a control
+    byte there is written \\xNN too, so that a node cannot clear the
+    screen or retitle the terminal, and a field keeps its line and its
+    column. A stub gRPC server answers Status, a stub HTTP server GET
+    /cluster."""
+    import grpc
+    from concurrent import futures
+    bad = "\x1b]0;owned\x07\x1b[2J\u009bx\r\t\u00e9"
+    esc = "\\x1b]0;owned\\x07\\x1b[2J\\xc2\\x9bx\\x0d\\x09\u00e9"
+    resp = pb.cluster.StatusResponse(
+        id="n" + bad, role="leader" + bad, leader="l" + bad, term=7,
+        version="v" + bad, leader_grpc_addr="g" + bad,
+        members=[pb.cluster.Member(id="m" + bad, raft_addr="r" + bad,
+                                   grpc_addr="c" + bad, voter=True)])
+    handler = grpc.method_handlers_generic_handler("pyazdb.Cluster", {
+        "Status": grpc.unary_unary_rpc_method_handler(
+            lambda req, ctx: resp,
+            request_deserializer=pb.cluster.StatusRequest.FromString,
+            response_serializer=pb.cluster.StatusResponse.SerializeToString)})
+    gs = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    gs.add_generic_rpc_handlers((handler,))
+    port = gs.add_insecure_port("127.0.0.1:0")
+    gs.start()
+    try:
+        code, out, err = cli("--addr", f"127.0.0.1:{port}", "status")
+    finally:
+        gs.stop(0)
+    assert code == 0, err
+    lines = out.splitlines()
+    for want in (f"id: n{esc}", f"role: leader{esc}", f"leader: l{esc}",
+                 f"leader_grpc_addr: g{esc}", f"version: v{esc}",
+                 f"member: m{esc} raft=r{esc} grpc=c{esc} voter"):
+        assert want in lines, (want, out)
+    assert len(lines) == 13, out
+
+    members = json.dumps({"members": [{
+        "id": "m" + bad, "raft_addr": "r" + bad, "http_addr": "h" + bad,
+        "grpc_addr": "c" + bad, "voter": True, "leader": True}]}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(members)))
+            self.end_headers()
+            self.wfile.write(members)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        code, out, err = cli("--http", f"127.0.0.1:{httpd.server_address[1]}",
+                             "members")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    assert lines[1].split() == [f"m{esc}", "yes", "yes", f"r{esc}",
+                                f"h{esc}", f"c{esc}", "-", "-"], out
+
+
 def test_server_text_cannot_drive_the_terminal():
     """What a server says reaches the user in our messages (here an HTTP
     error line): an escape sequence, a bell, a C1 CSI or a carriage return
