@@ -439,7 +439,8 @@ static int etcd_txn(const struct token *t, const Etcdserverpb__TxnRequest *q,
 int auth_grpc_etcd(const char *cred, int call, const uint8_t *msg,
                    size_t len, char *why, size_t whylen)
 {
-    return auth_grpc_etcd_unpacked(cred, call, msg, len, why, whylen, NULL);
+    return auth_grpc_etcd_unpacked(cred, call, msg, len, why, whylen, NULL,
+                                   NULL);
 }
 
 /* The request a KV call's check reads, or NULL. */
@@ -461,10 +462,13 @@ static const ProtobufCMessageDescriptor *kv_request(int call)
 
 int auth_grpc_etcd_unpacked(const char *cred, int call, const uint8_t *msg,
                             size_t len, char *why, size_t whylen,
-                            ProtobufCMessage **unpacked)
+                            ProtobufCMessage **unpacked, size_t *bytes)
 {
+    size_t held = 0;
     if (unpacked)
         *unpacked = NULL;
+    if (bytes)
+        *bytes = 0;
     switch (call) {
     case ETCD_COMPACT:
     case ETCD_MEMBER_ADD:
@@ -512,7 +516,8 @@ int auth_grpc_etcd_unpacked(const char *cred, int call, const uint8_t *msg,
         return rv;
     const ProtobufCMessageDescriptor *desc = kv_request(call);
     if (desc) {
-        ProtobufCAllocator *a = &grpc_pb_allocator;
+        ProtobufCAllocator counting = grpc_pb_counting(&held);
+        ProtobufCAllocator *a = &counting;
         ProtobufCMessage *m = protobuf_c_message_unpack(desc, a, len, msg);
         if (m == NULL)
             return AUTH_OK; /* the call refuses it: INVALID_ARGUMENT */
@@ -533,9 +538,11 @@ int auth_grpc_etcd_unpacked(const char *cred, int call, const uint8_t *msg,
             rv = etcd_txn(t, (const Etcdserverpb__TxnRequest *)m, 0, why,
                           whylen);
         }
-        if (unpacked && rv == AUTH_OK)
+        if (unpacked && rv == AUTH_OK) {
             *unpacked = m;
-        else
+            if (bytes)
+                *bytes = held;
+        } else
             protobuf_c_message_free_unpacked(m, a);
         return rv;
     }

@@ -66,10 +66,11 @@ int auth_grpc_etcd(const char *cred, int call, const uint8_t *msg,
                    size_t len, char *why, size_t whylen);
 /* The same; when the check unpacked the request to decide (KV Range, Put,
  * DeleteRange, Txn with client tokens) and allows it, *unpacked gets it
- * (the caller's, to free with grpc_pb_allocator), else NULL. */
+ * (the caller's, to free with grpc_pb_allocator) and *bytes what it holds
+ * (grpc_pb_counting), else NULL and 0. */
 int auth_grpc_etcd_unpacked(const char *cred, int call, const uint8_t *msg,
                             size_t len, char *why, size_t whylen,
-                            ProtobufCMessage **unpacked);
+                            ProtobufCMessage **unpacked, size_t *bytes);
 /* The cluster-token ("" none). */
 const char *auth_cluster_token(void);
 /* Is cred the token named name (etcd's Authenticate: etcdctl --user

@@ -76,12 +76,19 @@ ProtobufCMessage *etcd_unpack(struct gstream *st,
     ProtobufCMessage *m = grpc_stream_unpacked(st, desc);
     if (m)
         return m; /* the token check unpacked it */
-    size_t len;
+    size_t len, held = 0;
     const uint8_t *msg = grpc_stream_msg(st, &len);
-    m = protobuf_c_message_unpack(desc, &grpc_pb_allocator, len, msg);
-    if (m == NULL)
+    ProtobufCAllocator a = grpc_pb_counting(&held);
+    m = protobuf_c_message_unpack(desc, &a, len, msg);
+    if (m == NULL) {
         grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
                          "request is not a valid %s message", desc->name);
+        return NULL;
+    }
+    if (!grpc_stream_hold_unpacked(st, held)) {
+        protobuf_c_message_free_unpacked(m, &grpc_pb_allocator);
+        return NULL; /* ended: the budget is full */
+    }
     return m;
 }
 

@@ -184,6 +184,8 @@ struct gstream {
                                message (the etcd gateway's keep-alives) */
     ProtobufCMessage *unpacked; /* the request as its check unpacked it,
                                    until etcd_unpack takes it (or NULL) */
+    size_t unpacked_bytes;      /* what the call's unpacked request holds
+                                   (charged with the stream) */
     char *cred;             /* credential sent: the X of "authorization:
                                Bearer X" or of etcd's "token: X"; NULL */
     int timeout_state;      /* 0 none, 1 valid, -1 malformed */
@@ -1348,11 +1350,12 @@ static bool etcd_allowed(struct gstream *st)
     char why[256];
     /* A unary request the check unpacked is kept for the call. */
     bool keep = !st->m->client_stream && st->unpacked == NULL;
+    size_t held = 0;
     int denied = auth_grpc_etcd_unpacked(st->cred, st->m->sub, msg_bytes(st),
                                          st->rd.msg.len, why, sizeof why,
-                                         keep ? &st->unpacked : NULL);
+                                         keep ? &st->unpacked : NULL, &held);
     if (denied == AUTH_OK)
-        return true;
+        return st->unpacked == NULL || grpc_stream_hold_unpacked(st, held);
     finish(st,
            denied == AUTH_DENIED ? GRPC_PERMISSION_DENIED
                                  : GRPC_UNAUTHENTICATED,
@@ -1427,7 +1430,8 @@ static int stream_charge(struct gstream *st)
     bool waits = st->open_ended && !receiving(st);
     size_t want = st->rd.msg.cap;
     if (!waits)
-        want += STREAM_COST + (st->cred ? strlen(st->cred) : 0);
+        want += STREAM_COST + (st->cred ? strlen(st->cred) : 0) +
+                st->unpacked_bytes;
     if (st->over_budget || st->refused || st->ended)
         want = PZ_MIN(want, st->charged);
     if (want > st->charged) {
@@ -2357,6 +2361,15 @@ bool grpc_stream_deadline_passed(struct gstream *st)
     st->s->gs->stats.deadlines++;
     finish(st, GRPC_DEADLINE_EXCEEDED, "context deadline exceeded");
     return true;
+}
+
+bool grpc_stream_hold_unpacked(struct gstream *st, size_t bytes)
+{
+    st->unpacked_bytes = bytes;
+    if (stream_charge(st) == 0)
+        return true;
+    refuse_busy(st);
+    return false;
 }
 
 bool grpc_stream_charge(struct gstream *st, size_t add, size_t sub)

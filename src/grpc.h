@@ -125,6 +125,11 @@ const uint8_t *grpc_stream_msg(struct gstream *st, size_t *len);
  * to free with grpc_pb_allocator. NULL otherwise: unpack it. */
 ProtobufCMessage *grpc_stream_unpacked(struct gstream *st,
                                        const ProtobufCMessageDescriptor *desc);
+/* The call keeps its request unpacked, holding bytes (grpc_pb_counting),
+ * for as long as it lives: that counts in max-partial-input with its raw
+ * message (replacing what an earlier copy counted). False when the budget
+ * has no room: the call ended with RESOURCE_EXHAUSTED. */
+bool grpc_stream_hold_unpacked(struct gstream *st, size_t bytes);
 /* True when the call came from another node (a forwarded call). */
 bool grpc_stream_forwarded(const struct gstream *st);
 struct node_req *grpc_stream_req(struct gstream *st);

@@ -7,7 +7,8 @@
  * small-block cache. */
 static void *pb_alloc(void *data, size_t size)
 {
-    PZ_UNUSED(data);
+    if (data)
+        *(size_t *)data += size; /* grpc_pb_counting */
     return pz_cache_alloc(size);
 }
 
@@ -18,6 +19,12 @@ static void pb_free(void *data, void *p)
 }
 
 ProtobufCAllocator grpc_pb_allocator = {pb_alloc, pb_free, NULL};
+
+ProtobufCAllocator grpc_pb_counting(size_t *count)
+{
+    ProtobufCAllocator a = {pb_alloc, pb_free, count};
+    return a;
+}
 
 static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
 {

@@ -27,6 +27,9 @@
 /* protobuf-c allocator backed by pz_malloc/pz_free, for every
  * *__unpack() and *__free_unpacked() call. */
 extern ProtobufCAllocator grpc_pb_allocator;
+/* The same, adding the size of each block it allocates to *count: what
+ * an unpacked message holds (free it with either). */
+ProtobufCAllocator grpc_pb_counting(size_t *count);
 
 enum {
     GRPC_PB_VARINT = 0, /* wire type: varint */

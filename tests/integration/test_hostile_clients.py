@@ -1101,7 +1101,7 @@ def test_slow_grpc_preface_and_message(node, pb):
     assert node.request("GET", "/health")[0] == 200
 
 
-def test_requests_waiting_on_the_cluster_are_not_cut(servers, pb):
+def test_requests_waiting_on_the_cluster_are_not_cut(servers, pb, epb):
     """A node without a quorum (its one peer never starts): writes wait for
     an election for request-timeout, longer than client-body-timeout. The
     wait is the server's, not the client's: they end with "no leader",
@@ -1142,6 +1142,26 @@ def test_requests_waiting_on_the_cluster_are_not_cut(servers, pb):
     assert wait_until(lambda: partial_input(s) >= 3000 * 2048, 3), \
         partial_input(s)
     for r in conns:
+        r.close()
+    assert wait_until(lambda: partial_input(s) == 0, 5), partial_input(s)
+    # So does the unpacked copy of an etcd request, which such a call keeps
+    # too: a Txn of 128 empty puts is 1.2 kB on the wire and some 20 kB
+    # unpacked (it counted only its wire bytes).
+    txn = epb.TxnRequest(success=[
+        epb.RequestOp(request_put=epb.PutRequest(key=b"k%d" % i))
+        for i in range(128)])
+    msg = frame(txn.SerializeToString())
+    r = RawH2(s.grpc_port)
+    block = gh.hpack_block(grpc_headers("/etcdserverpb.KV/Txn", s.grpc_port))
+    r.send(b"".join(gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, block)
+                    + gh.h2_frame(gh.DATA, gh.END_STREAM, sid, msg)
+                    for sid in range(1, 201, 2)))
+    held = 100 * (len(msg) + 2048 + 128 * 64)
+    try:
+        assert wait_until(lambda: partial_input(s) >= held, 3), \
+            (partial_input(s), held)
+        print("100 waiting Txn calls hold", partial_input(s), "bytes")
+    finally:
         r.close()
     assert wait_until(lambda: partial_input(s) == 0, 5), partial_input(s)
 
