@@ -474,6 +474,18 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_requests_waiting_on_the_cluster_are_not_cut"],
       "an etcd call's unpacked request is not charged while it waits"),
+    M("reset_streams_keep_their_charge", "src/grpc.c",
+      "    conn_in_release(s->c, st->charged);\n    if (st->in_bq) {",
+      "    conn_in_release(s->c, 0 * st->charged);\n    if (st->in_bq) {",
+      ["py:test_hostile_clients.py::"
+       "test_one_message_calls_and_resets_mid_message"],
+      "a stream reset in the middle of its message keeps its budget"),
+    M("one_message_header_ignored", "src/grpc.c",
+      "            st->one_message = true;",
+      "            st->one_message = false;",
+      ["py:test_hostile_clients.py::"
+       "test_one_message_calls_and_resets_mid_message"],
+      "a keep-alive relayed as one message may stay open for good"),
     M("watch_streams_take_every_slot", "src/http_watch.c",
       "    return hw.n_streaming + etcd_gw_streams() < cap;",
       "    return cap > 0;",

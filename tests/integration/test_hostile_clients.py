@@ -1101,6 +1101,69 @@ def test_slow_grpc_preface_and_message(node, pb):
     assert node.request("GET", "/health")[0] == 200
 
 
+def stream_ended(frames, sid):
+    """The server ended stream sid: trailers (END_STREAM) or a reset."""
+    return any(f[2] == sid and (f[0] == gh.RST_STREAM or
+                                f[1] & gh.END_STREAM) for f in frames)
+
+
+def test_one_message_calls_and_resets_mid_message(node, pb):
+    """A keep-alive stream marked pyazdb-unary (how a follower relays one
+    request, and the etcd gateway sends each) is a unary call: once its
+    message is in, it must still end within client-body-timeout, while
+    the same stream unmarked may stay open. A stream reset in the middle
+    of its message gives back what the message held at once, and the
+    connection's other calls go on."""
+    keepalive = frame(b"\x08\x01")  # LeaseKeepAliveRequest{ID: 1}
+    path = "/etcdserverpb.Lease/LeaseKeepAlive"
+    marked, plain = RawH2(node.grpc_port), RawH2(node.grpc_port)
+    try:
+        t0 = time.time()
+        marked.headers(1, grpc_headers(path, node.grpc_port,
+                                       [("pyazdb-unary", "1")]))
+        marked.data(1, keepalive)
+        plain.headers(1, grpc_headers(path, node.grpc_port))
+        plain.data(1, keepalive)
+        fs, _ = marked.read_frames(until=lambda fs: stream_ended(fs, 1),
+                                   timeout=BODY_TIMEOUT + 2)
+        took = time.time() - t0
+        assert stream_ended(fs, 1), fs
+        assert BODY_TIMEOUT - 0.1 < took < BODY_TIMEOUT + 1.5, took
+        # the unmarked one answered its request and is still open
+        fs, closed = plain.read_frames(timeout=0.5)
+        assert not closed and not stream_ended(fs, 1), fs
+        assert any(f[0] == gh.DATA and f[2] == 1 for f in fs), fs
+    finally:
+        marked.close()
+        plain.close()
+
+    r = RawH2(node.grpc_port)
+    try:
+        half = struct.pack(">BI", 0, MiB) + b"\x0a" * (MiB // 2)
+        r.headers(1, grpc_headers("/kv.KVService/Set", node.grpc_port))
+        for off in range(0, len(half), 16384):
+            r.data(1, half[off:off + 16384])
+        assert wait_until(lambda: partial_input(node) >= MiB // 2, 3), \
+            partial_input(node)
+        t0 = time.time()
+        r.rst(1)
+        assert wait_until(lambda: partial_input(node) == 0, 2), \
+            partial_input(node)
+        assert time.time() - t0 < BODY_TIMEOUT / 2
+        assert set_key(node, "k1", "before")[0] == 204
+        get = frame(pb.kv.GetRequest(key="k1").SerializeToString())
+        r.headers(3, grpc_headers("/kv.KVService/Get", node.grpc_port))
+        r.data(3, get, end_stream=True)
+        fs, _ = r.read_frames(until=lambda fs: stream_ended(fs, 3),
+                              timeout=5)
+        assert any(f[0] == gh.DATA and f[2] == 3 and b"before" in f[3]
+                   for f in fs), fs
+        assert not any(f[0] == gh.RST_STREAM and f[2] == 3 for f in fs), fs
+    finally:
+        r.close()
+    serves_and_kept_grpc(node, pb)
+
+
 def test_requests_waiting_on_the_cluster_are_not_cut(servers, pb, epb):
     """A node without a quorum (its one peer never starts): writes wait for
     an election for request-timeout, longer than client-body-timeout. The
