@@ -486,6 +486,12 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_one_message_calls_and_resets_mid_message"],
       "a keep-alive relayed as one message may stay open for good"),
+    M("sse_streams_waiting_their_turn_judged_slow", "src/http_watch.c",
+      "            conn_output_stalled(ws->hc->c) > WATCH_STALL_MS) {",
+      "            now - ws->last_write > WATCH_STALL_MS) {",
+      ["py:test_hostile_clients.py::"
+       "test_large_revisions_for_many_sse_watches_do_not_hold_the_loop"],
+      "a GET /watch stream waiting for the idle pass is cancelled as slow"),
     M("watch_streams_take_every_slot", "src/http_watch.c",
       "    return hw.n_streaming + etcd_gw_streams() < cap;",
       "    return cap > 0;",

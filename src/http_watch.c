@@ -32,8 +32,9 @@
  * Failure modes: a client that reads too slowly only stops on_stream
  * (httpd asks for more as its output drains); the watcher's cursor then
  * lags in the shared history, and once it is watch-max-buffer bytes
- * behind with nothing written for WATCH_STALL_MS (judged by the cron, so
- * that a reader that keeps up with a burst is not), the stream is
+ * behind while its client took none of its output for WATCH_STALL_MS
+ * (judged by the cron, so that a reader that keeps up with a burst is
+ * not), the stream is
  * cancelled as slow; once the history dropped what it still needs, the
  * hub cancels it as compacted (a revision too large for the history
  * alone says so): `event: cancelled` with the reason, and the stream
@@ -73,7 +74,6 @@ struct watch_stream {
     uint8_t *from, *to;    /* range (owned; to NULL: no end) */
     size_t flen, tlen;     /* their lengths */
     uint64_t last_write;   /* conn_now() of the last event written */
-    uint64_t last_room;    /* conn_now() when it last wrote an event */
     bool ending;           /* judged slow: cancel once in_rev is out */
     bool wait_drain;       /* the next revision waits for the client to
                               read what waits: commits do not kick it */
@@ -148,8 +148,8 @@ enum {
 /* Output the idle pass writes for all streams in one loop turn (plus a
  * piece of an event, or one revision from the cache). */
 #define HW_TURN_BYTES (1024 * 1024)
-#define WATCH_STALL_MS 2000        /* a lagging stream that could not write
-                                      this long is slow */
+#define WATCH_STALL_MS 2000        /* a lagging stream whose client took
+                                      nothing this long is slow */
 
 static void write_buf(struct watch_stream *ws, struct pz_buf *b)
 {
@@ -335,8 +335,14 @@ void http_watch_on_stream(struct watch_stream *ws)
     }
     size_t limit = share();
     size_t pending = conn_output_pending(hc->c);
-    if (!hc->streaming || ws->w.state != WATCH_LIVE || pending >= limit)
+    if (!hc->streaming || ws->w.state != WATCH_LIVE)
         return;
+    if (pending >= limit) {
+        /* Its client must read first: commits do not mark it meanwhile,
+         * so that it is judged by what its client does. */
+        ws->wait_drain = true;
+        return;
+    }
     struct pz_buf b;
     pz_buf_init(&b);
     /* What the stream may still have waiting (space), and of it what
@@ -350,6 +356,7 @@ void http_watch_on_stream(struct watch_stream *ws)
     int ci = ws->prev_kv ? 1 : 0;
     while (b.len < room) {
         if (!ws->in_rev && ws->ending) {
+            turns_spend(&hw.turns, b.len);
             if (b.len)
                 write_buf(ws, &b);
             pz_buf_free(&b);
@@ -426,10 +433,8 @@ void http_watch_on_stream(struct watch_stream *ws)
     }
     size_t turn = turns_left(&hw.turns);
     turns_spend(&hw.turns, b.len);
-    if (b.len) {
+    if (b.len)
         write_buf(ws, &b);
-        ws->last_room = ws->last_write; /* its client reads */
-    }
     pz_buf_free(&b);
     /* Stopped by the pass's budget, not by its client: next turn. */
     if (b.len >= turn && b.len < space && !ws->wait_drain &&
@@ -504,11 +509,14 @@ void http_watch_cron(void)
     struct watch_stream *next;
     for (struct watch_stream *ws = hw.streams; ws; ws = next) {
         next = ws->next_s;
-        /* Slow: far behind, and its client read nothing meanwhile (a
-         * burst that a reader keeps up with is written as it reads). */
+        /* Slow: far behind, and its client took none of what waits for
+         * it meanwhile (a burst that a reader keeps up with is written
+         * as it reads). Judged by the client's connection, not by when
+         * the stream last wrote: one waiting for the idle pass's turn
+         * has written nothing either, with nothing waiting. */
         if (ws->streaming && ws->w.state == WATCH_LIVE && !ws->ending &&
-            !ws->turn.starved && watch_lag(&ws->w) > max_lag &&
-            now - ws->last_room > WATCH_STALL_MS) {
+            watch_lag(&ws->w) > max_lag &&
+            conn_output_stalled(ws->hc->c) > WATCH_STALL_MS) {
             if (ws->in_rev) {
                 /* The revision begun goes out first, as it is read
                  * (client-body-timeout closes a client that does not);
@@ -599,7 +607,6 @@ static void begin(struct watch_stream *ws)
     ws->streaming = true;
     hw.n_streaming++;
     ws->last_write = conn_now();
-    ws->last_room = ws->last_write;
     httpd_stream_begin(ws->hc, 200, "text/event-stream", HTTPD_STREAM_OPEN);
     /* Where the stream starts, so that a client that sees no event
      * before a disconnect still knows where to resume. */
