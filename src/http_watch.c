@@ -148,8 +148,9 @@ enum {
 /* Output the idle pass writes for all streams in one loop turn (plus a
  * piece of an event, or one revision from the cache). */
 #define HW_TURN_BYTES (1024 * 1024)
-#define WATCH_STALL_MS 2000        /* a lagging stream whose client took
-                                      nothing this long is slow */
+#define WATCH_STALL_MS                                                         \
+    2000 /* a lagging stream whose client took                                 \
+            nothing this long is slow */
 
 static void write_buf(struct watch_stream *ws, struct pz_buf *b)
 {
