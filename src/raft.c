@@ -2246,7 +2246,7 @@ int raft_step(struct raft *r, const struct raft_msg *m)
  * (the no-op) nothing, as in etcd-raft. */
 static uint64_t entry_cost(size_t len)
 {
-    return len ? len + RAFT_ENTRY_OVERHEAD : 0;
+    return len ? len + RAFT_UNCOMMITTED_OVERHEAD : 0;
 }
 
 /* Entries handed out for apply (n of them at e): those of the leader's

@@ -872,13 +872,13 @@ static struct raft *net_bounded(struct tnet *net, uint64_t max)
 }
 
 /* The leader takes entries until those it has not committed and applied
- * hold max_uncommitted bytes (each counted with RAFT_ENTRY_OVERHEAD),
+ * hold max_uncommitted bytes (each counted with RAFT_UNCOMMITTED_OVERHEAD),
  * refuses the rest without appending them, and takes them again once they
  * apply; one entry is always taken when nothing waits, whatever its size.
  * A new leader counts only its own term's entries. */
 TEST(uncommitted_bytes_bounded)
 {
-    const uint64_t cost = 100 + RAFT_ENTRY_OVERHEAD;
+    const uint64_t cost = 100 + RAFT_UNCOMMITTED_OVERHEAD;
     uint8_t data[1000] = {0};
     struct tnet net;
     struct raft *l = net_bounded(&net, 3 * cost);
@@ -931,7 +931,7 @@ TEST(uncommitted_bytes_bounded)
  * the leader's Ready never finished, no more than the bound is taken. */
 TEST(uncommitted_bounded_while_the_leader_disk_lags)
 {
-    const uint64_t cost = 100 + RAFT_ENTRY_OVERHEAD;
+    const uint64_t cost = 100 + RAFT_UNCOMMITTED_OVERHEAD;
     uint8_t data[100] = {0};
     struct tnet net;
     struct raft *l = net_bounded(&net, 3 * cost);
