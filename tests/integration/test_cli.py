@@ -294,6 +294,33 @@ def test_timeout_bounds_the_call(node):
         s.close()
 
 
+def cli_against_stub(status, body, args):
+    """pyazdb-cli --http at a stub node whose every GET answers status
+    with body: the CompletedProcess, output as bytes."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        return subprocess.run(
+            [CLI, "--http", f"127.0.0.1:{httpd.server_address[1]}"] + args,
+            capture_output=True, timeout=20)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_node_strings_on_stdout_cannot_drive_the_terminal(pb):
     """status and members print what a node reports (its id, role,
     version, members' ids and addresses) on standard output: a control
@@ -335,29 +362,9 @@ def test_node_strings_on_stdout_cannot_drive_the_terminal(pb):
         "id": "m" + bad, "raft_addr": "r" + bad, "http_addr": "h" + bad,
         "grpc_addr": "c" + bad, "voter": True, "leader": True}]}).encode()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(members)))
-            self.end_headers()
-            self.wfile.write(members)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        code, out, err = cli("--http", f"127.0.0.1:{httpd.server_address[1]}",
-                             "members")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    assert code == 0, err
-    lines = out.splitlines()
+    p = cli_against_stub(200, members, ["members"])
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.decode().splitlines()
     assert len(lines) == 2, out
     assert lines[1].split() == [f"m{esc}", "yes", "yes", f"r{esc}",
                                 f"h{esc}", f"c{esc}", "-", "-"], out
@@ -368,28 +375,7 @@ def test_server_text_cannot_drive_the_terminal():
     error line): an escape sequence, a bell, a C1 CSI or a carriage return
     in it is written \\xNN, never as the byte; printable UTF-8 passes."""
     body = b"\x1b]0;owned\x07\x1b[2Jbad \xc2\x9bx \xc3\xa9\r\n"
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(400)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
-        p = subprocess.run([CLI, "--http",
-                            f"127.0.0.1:{httpd.server_address[1]}", "list",
-                            "p"], capture_output=True, timeout=20)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    p = cli_against_stub(400, body, ["list", "p"])
     assert p.returncode == 1
     assert p.stderr == ("pyazdb-cli: list failed: HTTP 400: \\x1b]0;owned"
                         "\\x07\\x1b[2Jbad \\xc2\\x9bx \u00e9\\x0d\n"
