@@ -34,11 +34,11 @@
  * lags in the shared history, and once it is watch-max-buffer bytes
  * behind while its client took none of its output for WATCH_STALL_MS
  * (judged by the cron, so that a reader that keeps up with a burst is
- * not), the stream is
- * cancelled as slow; once the history dropped what it still needs, the
- * hub cancels it as compacted (a revision too large for the history
- * alone says so): `event: cancelled` with the reason, and the stream
- * ends (its unread output is dropped after client-body-timeout). One
+ * not), the stream is cancelled as slow; once the history dropped what
+ * it still needs, the hub cancels it as compacted (a revision too large
+ * for the history alone says so): `event: cancelled` with the reason,
+ * and the stream ends (its unread output is dropped after
+ * client-body-timeout). One
  * cancelled in the middle of a revision whose events are gone is closed
  * without the event. A snapshot installed under the stream cancels it the
  * same way (compacted). At shutdown every stream ends (clients resume
@@ -76,7 +76,7 @@ struct watch_stream {
     uint64_t last_write;   /* conn_now() of the last event written */
     bool ending;           /* judged slow: cancel once in_rev is out */
     bool wait_drain;       /* the next revision waits for the client to
-                              read what waits: commits do not kick it */
+                              read what waits: commits do not mark it */
     struct turn_item turn; /* in hw.turns while it has output to write */
     /* The revision being written (in_rev), piece by piece. */
     bool in_rev;
@@ -148,9 +148,8 @@ enum {
 /* Output the idle pass writes for all streams in one loop turn (plus a
  * piece of an event, or one revision from the cache). */
 #define HW_TURN_BYTES (1024 * 1024)
-#define WATCH_STALL_MS                                                         \
-    2000 /* a lagging stream whose client took                                 \
-            nothing this long is slow */
+/* A lagging stream whose client took nothing this long is slow. */
+#define WATCH_STALL_MS 2000
 
 static void write_buf(struct watch_stream *ws, struct pz_buf *b)
 {
