@@ -681,13 +681,18 @@ static void print_status_json(const char *addr,
  * error is (stderr_write), tabs and newlines too, so that a field stays
  * on its line and in its column. Keys and values (get, list, watch) are
  * the user's data and are written as they are. */
-static char *shown(const char *s)
+static char *shown_n(const char *s, size_t n)
 {
     struct pz_buf b;
     pz_buf_init(&b);
-    pz_text_escape(&b, s, strlen(s), "");
-    pz_buf_append(&b, "", 1); /* the NUL */
+    pz_text_escape(&b, s, n, ""); /* a NUL within is written \x00 */
+    pz_buf_append(&b, "", 1);     /* the NUL */
     return b.data;
+}
+
+static char *shown(const char *s)
+{
+    return shown_n(s, strlen(s));
 }
 
 /* "name: s" on a line, s escaped (shown). */
@@ -788,12 +793,9 @@ static char *member_str(const struct json_val *m, const char *name)
     if (!json_get(m, name, &v) || v.type != JSON_STRING)
         return pz_strdup("");
     char *raw = json_strdup(&v, &len);
-    struct pz_buf b;
-    pz_buf_init(&b);
-    pz_text_escape(&b, raw, len, ""); /* a NUL within is written \x00 */
-    pz_buf_append(&b, "", 1);
+    char *e = shown_n(raw, len);
     pz_free(raw);
-    return b.data;
+    return e;
 }
 
 static bool member_true(const struct json_val *m, const char *name)
