@@ -128,6 +128,10 @@ static const struct cfg_directive directives[] = {
     D_DURATION("RAFT", "election-timeout", election_timeout_ms, "1000ms", 30,
                60 * MS_PER_S, IMM,
                "silence after which a follower stands for election"),
+    D_BOOL("RAFT", "raft-read-lease", raft_read_lease, "yes", IMM,
+           "the leader confirms linearizable reads by the lease of its "
+           "last heartbeat round (clocks that run at about the same rate) "
+           "instead of one round per read"),
     D_INT("RAFT", "raft-snapshot-entries", raft_snapshot_entries, "65536", 1,
           1000000000, IMM, "take a snapshot after this many new entries"),
     D_INT("RAFT", "raft-trailing-entries", raft_trailing_entries, "10240", 0,
@@ -138,8 +142,8 @@ static const struct cfg_directive directives[] = {
            "last snapshot's size, if larger) at the latest"),
     D_SIZE("RAFT", "raft-trailing-bytes", raft_trailing_bytes, "64mb", 0,
            1024 * GB, IMM, "most bytes of log entries kept behind a snapshot"),
-    D_SIZE("RAFT", "raft-max-uncommitted", raft_max_uncommitted, "64mb", 64 * KB,
-           64 * GB, IMM,
+    D_SIZE("RAFT", "raft-max-uncommitted", raft_max_uncommitted, "64mb",
+           64 * KB, 64 * GB, IMM,
            "the leader refuses writes while those it has not committed and "
            "applied yet hold this many bytes (one is always taken)"),
     D_SIZE("RAFT", "raft-snapshot-max-size", raft_snapshot_max_size, "0", 0,
@@ -153,8 +157,7 @@ static const struct cfg_directive directives[] = {
     D_INT("RAFT", "txn-max-range-keys", txn_max_range_keys, "100000", 1,
           1000000, IMM,
           "most keys the range reads of one transaction may visit"),
-    D_INT("RAFT", "snapshot-max-streams", snapshot_max_streams, "2", 1, 64,
-          IMM,
+    D_INT("RAFT", "snapshot-max-streams", snapshot_max_streams, "2", 1, 64, IMM,
           "most snapshots sent to clients at once (backups, etcd "
           "Snapshot)"),
     D_DURATION("RAFT", "snapshot-stall-timeout", snapshot_stall_timeout_ms,
@@ -210,7 +213,8 @@ static const struct cfg_directive directives[] = {
     D_SIZE("LIMITS", "watch-history-bytes", watch_history_bytes, "64mb", KB,
            64 * GB, IMM, "most bytes the watch history keeps"),
     D_SIZE("LIMITS", "watch-max-buffer", watch_max_buffer, "4mb", KB, 16 * GB,
-           IMM, "history bytes a watcher may fall behind before it is "
+           IMM,
+           "history bytes a watcher may fall behind before it is "
            "cancelled as slow"),
     D_INT("LIMITS", "max-watchers", max_watchers, "10000", 0, 1000000, IMM,
           "most watch streams open at once on this node"),
@@ -218,8 +222,9 @@ static const struct cfg_directive directives[] = {
                "10s", 10, MS_PER_DAY, IMM,
                "a watch stream that sent nothing this long gets a progress "
                "event"),
-    D_SIZE("LIMITS", "watch-output-budget", watch_output_budget, "64mb", 64 * KB,
-           16 * GB, IMM, "output all watch streams together may have waiting "
+    D_SIZE("LIMITS", "watch-output-budget", watch_output_budget, "64mb",
+           64 * KB, 16 * GB, IMM,
+           "output all watch streams together may have waiting "
            "for their clients (each at least 4kb)"),
     D_INT("LIMITS", "etcd-watch-max-per-stream", etcd_watch_max_per_stream,
           "1000", 1, 1000000, IMM,
@@ -244,8 +249,8 @@ static const struct cfg_directive directives[] = {
              "PEM private key of tls-cert-file"),
     D_STRING("TLS", "tls-ca-file", tls_ca_file, "", MANDI, NULL,
              "PEM CAs that client certificates must chain to"),
-    D_ENUM("TLS", "tls-client-auth", tls_client_auth, "none",
-           client_auth_words, MANDI,
+    D_ENUM("TLS", "tls-client-auth", tls_client_auth, "none", client_auth_words,
+           MANDI,
            "client certificates: none, optional (verified when sent) or "
            "require"),
     D_STRING("TLS", "peer-tls-cert-file", peer_tls_cert_file, "", 0, NULL,

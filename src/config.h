@@ -99,6 +99,8 @@ struct pz_config {
     char *raft_addr;               /* raft-addr: peer listen address */
     char *raft_data;               /* raft-data: data directory */
     bool raft_bootstrap;           /* raft-bootstrap: one-node cluster */
+    bool raft_read_lease;          /* raft-read-lease: reads confirmed
+                                      by the leader's lease */
     bool raft_bind_source;         /* raft-bind-source: dial peers from
                                       raft-addr's host */
     char *initial_cluster;         /* initial-cluster: "" or n=h:p,... */

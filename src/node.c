@@ -574,6 +574,28 @@ static const char *on_recv(void *data, const struct raft_msg *m)
     return NULL;
 }
 
+/* The read lease (raft_config.lease_ns): a follower refuses votes until
+ * election_ticks ticks of its own passed after it heard from the leader.
+ * Its first tick may come at once, and each later one at least tick_ms
+ * after the one before in the loop's clock (libuv starts a repeating
+ * timer again from the loop time it ran at), which is whole
+ * milliseconds: election_ticks - 1 ticks take at least that many tick_ms,
+ * less one millisecond. The lease is 90% of that: a node's clock may run
+ * up to 10% slower than the others'. Set even with raft-read-lease off,
+ * since other nodes may lean on this node's refusals. */
+static uint64_t lease_ns(int64_t election_ms, uint64_t tick_ms)
+{
+    uint64_t ticks = (uint64_t)election_ms / tick_ms;
+    uint64_t least_ms = (ticks - 1) * tick_ms - 1;
+    return least_ms * 1000000u / 10 * 9;
+}
+
+static uint64_t node_clock_ns(void *arg)
+{
+    PZ_UNUSED(arg);
+    return NIO(clock_ns);
+}
+
 void node_tick(void)
 {
     if (!nd->open)
@@ -985,13 +1007,16 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
     nd->tick_ms = (uint64_t)PZ_MAX(1, cfg->heartbeat_interval_ms / 10);
     struct raft_config rc = {
         .id = nd->id,
-        .heartbeat_ticks = (int)(cfg->heartbeat_interval_ms /
-                                 (int64_t)nd->tick_ms),
-        .election_ticks = (int)(cfg->election_timeout_ms /
-                                (int64_t)nd->tick_ms),
+        .heartbeat_ticks =
+            (int)(cfg->heartbeat_interval_ms / (int64_t)nd->tick_ms),
+        .election_ticks =
+            (int)(cfg->election_timeout_ms / (int64_t)nd->tick_ms),
         .seed = seed ^ nd->id,
         .pre_vote = true,
         .check_quorum = true,
+        .lease_ns = lease_ns(cfg->election_timeout_ms, nd->tick_ms),
+        .lease_reads = cfg->raft_read_lease,
+        .clock = node_clock_ns,
         .max_readies = NODE_READIES,
         .max_uncommitted = (uint64_t)cfg->raft_max_uncommitted,
     };

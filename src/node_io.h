@@ -58,6 +58,9 @@ struct node_io {
 
     /* --- clock and timer --- */
     uint64_t (*now)(void *data); /* monotonic milliseconds */
+    /* Nanoseconds read now (never a cached time), from a clock that goes
+     * on while the machine sleeps: the leader's read lease. */
+    uint64_t (*clock_ns)(void *data);
     /* The clock again after long work (may be NULL: nothing to do). */
     void (*update_time)(void *data);
     /* Call cb every period_ms from now on; tick_close stops it and calls

@@ -7,6 +7,7 @@
 
 #include <poll.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "tls_setup.h"
@@ -34,6 +35,15 @@ static uint64_t uv_io_now(void *data)
 {
     PZ_UNUSED(data);
     return uv_now(io.loop);
+}
+
+static uint64_t uv_io_clock_ns(void *data)
+{
+    PZ_UNUSED(data);
+    struct timespec ts;
+    int rc = clock_gettime(CLOCK_BOOTTIME, &ts); /* only EFAULT/EINVAL */
+    pz_assert(rc == 0);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static void uv_io_update_time(void *data)
@@ -450,6 +460,7 @@ void node_io_uv(struct node_io *t, uv_loop_t *loop)
         .data = &io,
         .seed = pz_seed(),
         .now = uv_io_now,
+        .clock_ns = uv_io_clock_ns,
         .update_time = uv_io_update_time,
         .tick_start = uv_io_tick_start,
         .tick_close = uv_io_tick_close,

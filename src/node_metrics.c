@@ -347,6 +347,10 @@ static void render_raft(struct pz_buf *b)
     metrics_render(b, &nm.proposals_failed);
     metrics_render(b, &nm.applied);
     metrics_render(b, &nm.read_rounds);
+    counter(b, "pyazdb_raft_lease_reads_total",
+            "Linearizable reads confirmed by the leader's lease, without a "
+            "heartbeat round of their own (raft-read-lease).",
+            (double)rs.lease_reads);
     metrics_render(b, &nm.sent);
     metrics_render(b, &nm.recv);
 

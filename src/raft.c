@@ -216,6 +216,10 @@ static void msgvec_free(struct msgvec *v)
     memset(v, 0, sizeof *v);
 }
 
+/* Send times of the last read rounds kept for the lease: a quorum's
+ * acknowledgements older than that give none. */
+#define RAFT_LEASE_RING 32
+
 #define VEC_PUSH(arr, n, cap)                                                  \
     (((n) == (cap) ? ((cap) = (cap) ? (cap)*2 : 8,                             \
                       (arr) = pz_realloc((arr), (cap) * sizeof *(arr)))        \
@@ -340,6 +344,12 @@ struct raft {
     bool round_partial;         /* leader: read_round went to a quorum of
                                    voters only, not to every follower */
     uint64_t read_ack_seq;      /* leader: read acknowledgements counted */
+    uint64_t round_at[RAFT_LEASE_RING]; /* leader: when read round k went
+                                           out (cfg.clock), at k % ring */
+    bool lease_void;            /* leader: sent TIMEOUT_NOW in this term */
+    bool boot_quiet;            /* refuses votes until election_ticks
+                                   ticks pass (cfg.lease_ns) */
+    uint64_t lease_reads;       /* reads confirmed by the lease alone */
     struct pending_read *reads; /* leader: FIFO of unconfirmed reads */
     size_t n_reads;             /* entries in reads */
     size_t cap_reads;           /* allocated */
@@ -767,14 +777,10 @@ static bool confirmed_with_acker(const struct raft *r,
     return n > nv / 2;
 }
 
-/* Thesis §6.4 step 3: the leader "sends a new round of heartbeats and
- * waits for their acknowledgments from a majority": round k is confirmed
- * once a quorum of voters acknowledged a heartbeat of round >= k, which
- * were all sent after every read of round k was requested. */
-static void confirm_reads(struct raft *r)
+/* The highest read round that a quorum of voters acknowledged (the
+ * leader, if a voter, counts as UINT64_MAX); 0 if none. */
+static uint64_t quorum_acked_round(const struct raft *r)
 {
-    if (r->n_reads == 0)
-        return;
     size_t nv = 0;
     uint64_t acks[64];
     uint64_t *a = r->n_prs <= 64 ? acks : pz_malloc(r->n_prs * sizeof *a);
@@ -799,17 +805,70 @@ static void confirm_reads(struct raft *r)
     }
     if (a != acks)
         pz_free(a);
+    return confirmed;
+}
+
+/* Thesis §6.4.1: a follower that heard from the leader refuses votes for
+ * an election timeout (in_lease), counted in its own ticks from when the
+ * message arrived, which was after the leader sent it. So once a quorum
+ * of voters acknowledged a round sent at time t, no other leader can be
+ * elected before t plus the least time election_ticks - 1 ticks take on
+ * a voter (cfg.lease_ns is below it, with a margin for clock rates);
+ * until then this leader's commit index holds every acknowledged write,
+ * as a heartbeat round would confirm. A leader that sent TIMEOUT_NOW
+ * gives its lease up for the term: the target's VOTE is not refused, and
+ * the message may arrive after the transfer was aborted. A booting node
+ * does not know whom it heard from and refuses votes for its first
+ * election timeout (boot_quiet).
+ * *renew: over half of the lease is gone (a round should go out now,
+ * so that the reads to come need not wait for one). */
+static bool lease_holds(const struct raft *r, bool *renew)
+{
+    if (!r->cfg.lease_reads || r->role != RAFT_LEADER || r->lease_void)
+        return false;
+    uint64_t q = PZ_MIN(quorum_acked_round(r), r->read_round);
+    if (q == 0 || q + RAFT_LEASE_RING <= r->read_round)
+        return false;
+    uint64_t now = r->cfg.clock(r->cfg.clock_arg);
+    uint64_t sent = r->round_at[q % RAFT_LEASE_RING];
+    if (now < sent || now - sent >= r->cfg.lease_ns)
+        return false;
+    *renew = now - sent >= r->cfg.lease_ns / 2;
+    return true;
+}
+
+/* Thesis §6.4 step 3: the leader "sends a new round of heartbeats and
+ * waits for their acknowledgments from a majority": round k is confirmed
+ * once a quorum of voters acknowledged a heartbeat of round >= k, which
+ * were all sent after every read of round k was requested. While the
+ * lease holds (lease_holds), every read is confirmed at once. */
+static void confirm_reads(struct raft *r)
+{
+    if (r->n_reads == 0)
+        return;
+    uint64_t confirmed = quorum_acked_round(r);
+    int lease = -1; /* not asked yet */
+    bool renew = false;
     size_t k = 0;
     for (size_t i = 0; i < r->n_reads; i++) {
         struct pending_read *pr = &r->reads[i];
-        if (pr->round != 0 &&
-            (pr->round <= confirmed ||
-             (pr->acker != 0 && confirmed_with_acker(r, pr))))
+        bool ok =
+            pr->round != 0 && (pr->round <= confirmed ||
+                               (pr->acker != 0 && confirmed_with_acker(r, pr)));
+        if (!ok && pr->round != 0) {
+            if (lease < 0)
+                lease = lease_holds(r, &renew);
+            ok = lease;
+            r->lease_reads += lease;
+        }
+        if (ok)
             release_read(r, pr);
         else
             r->reads[k++] = *pr;
     }
     r->n_reads = k;
+    if (renew)
+        r->round_wanted = true;
 }
 
 /* Reads wait for a round already sent. */
@@ -869,6 +928,7 @@ static void reset(struct raft *r, uint64_t term)
     reset_randomized_timeout(r);
     r->transferee = 0;
     r->transfer_elapsed = 0;
+    r->lease_void = false;
     r->n_votes = 0;
     if (r->role == RAFT_LEADER)
         drop_reads(r);
@@ -1115,6 +1175,7 @@ static bool heartbeat_quorum(struct raft *r)
 
 static void send_timeout_now(struct raft *r, uint64_t to)
 {
+    r->lease_void = true; /* the target's votes bypass in_lease */
     new_msg(r, false, RAFT_MSG_TIMEOUT_NOW, to);
 }
 
@@ -1148,6 +1209,9 @@ static void leader_flush(struct raft *r)
     if (r->round_wanted) {
         r->round_wanted = false;
         r->read_round++;
+        if (r->cfg.lease_reads)
+            r->round_at[r->read_round % RAFT_LEASE_RING] =
+                r->cfg.clock(r->cfg.clock_arg);
         if (!heartbeat_quorum(r))
             bcast_heartbeat(r);
     }
@@ -1775,6 +1839,14 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
         set_err(errmsg, "raft: need 1 <= heartbeat_ticks < election_ticks");
         return NULL;
     }
+    if ((cfg->lease_ns > 0 || cfg->lease_reads) && cfg->clock == NULL) {
+        set_err(errmsg, "raft: read leases need a clock");
+        return NULL;
+    }
+    if (cfg->lease_reads && (cfg->lease_ns == 0 || !cfg->check_quorum)) {
+        set_err(errmsg, "raft: lease_reads needs lease_ns and check_quorum");
+        return NULL;
+    }
     if (cfg->max_readies > RAFT_MAX_READIES) {
         set_err(errmsg, "raft: max_readies above RAFT_MAX_READIES");
         return NULL;
@@ -1793,6 +1865,7 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
     r->rng = cfg->seed ^ (cfg->id * 0x9E3779B97F4A7C15ull);
     r->fresh = true;
     r->role = RAFT_FOLLOWER;
+    r->boot_quiet = cfg->lease_ns > 0;
     r->unsent = 1;
     r->applied = cfg->applied;
     raft_conf_init(&r->conf);
@@ -2015,6 +2088,8 @@ void raft_tick(struct raft *r)
         drop_forwarded(r, r->ticks - (uint64_t)r->cfg.election_ticks);
     if (r->role != RAFT_LEADER) {
         r->election_elapsed++;
+        if (r->election_elapsed >= r->cfg.election_ticks)
+            r->boot_quiet = false;
         if (promotable(r) && r->election_elapsed >= r->randomized_timeout)
             campaign(r, r->cfg.pre_vote, false);
         return;
@@ -2074,11 +2149,20 @@ void raft_tick(struct raft *r)
     }
 }
 
-static bool in_lease(const struct raft *r)
+/* A leader (with CheckQuorum), or a follower that heard from its leader
+ * within the election timeout. */
+static bool in_touch(const struct raft *r)
 {
     if (r->role == RAFT_LEADER)
         return r->cfg.check_quorum;
     return r->leader != 0 && r->election_elapsed < r->cfg.election_ticks;
+}
+
+/* Refuses votes (thesis §4.2.3): in touch, or booting (lease_holds). */
+static bool in_lease(const struct raft *r)
+{
+    return in_touch(r) ||
+           (r->boot_quiet && r->election_elapsed < r->cfg.election_ticks);
 }
 
 /* What no correct peer sends, whatever our state: NULL if m is fine. */
@@ -2719,7 +2803,8 @@ void raft_status(struct raft *r, struct raft_status *st)
     st->term = r->term;
     st->vote = r->vote;
     st->leader = r->leader;
-    st->lease = in_lease(r);
+    st->lease = in_touch(r);
+    st->lease_reads = r->lease_reads;
     st->commit = r->commit;
     st->applied = r->applied;
     st->first_index = r->log.offset + 1;

@@ -312,6 +312,21 @@ struct raft_config {
     size_t max_readies;         /* Readies in flight at once (taken, not
                                    advanced), at most RAFT_MAX_READIES;
                                    0 -> 1 (see "Pipelined Readies") */
+    uint64_t lease_ns;          /* read leases (thesis §6.4.1), 0: none.
+                                   Below the least time election_ticks - 1
+                                   ticks can take on any voter, as told by
+                                   clock. A booting node refuses votes for
+                                   its first election timeout (it forgot
+                                   whom it heard from); lease_reads uses it */
+    bool lease_reads;           /* leader: a read is confirmed without a
+                                   heartbeat round while a quorum of voters
+                                   acknowledged a round sent less than
+                                   lease_ns ago (needs lease_ns, clock and
+                                   check_quorum) */
+    uint64_t (*clock)(void *arg); /* nanoseconds, monotonic, not stopped
+                                     while the machine sleeps; read now
+                                     (never a cached time) */
+    void *clock_arg;              /* its argument */
     uint64_t max_uncommitted;   /* leader: raft_propose refuses an entry
                                    while those it appended in its term and
                                    has not handed out for apply (committed
@@ -645,6 +660,8 @@ struct raft_status {
     bool lease;                     /* a leader (with CheckQuorum), or a
                                        follower that heard from its leader
                                        within the election timeout */
+    uint64_t lease_reads;           /* leader: reads confirmed by the
+                                       lease alone, since raft_new */
     uint64_t commit;                /* commit index */
     uint64_t applied;               /* last index handed out as committed */
     uint64_t first_index;           /* first index held in memory (the

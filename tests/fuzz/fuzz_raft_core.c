@@ -1202,6 +1202,15 @@ static void elect(struct h *h)
     check_state(h);
 }
 
+/* The lease's clock: ten milliseconds a tick. */
+static uint64_t fz_now_ns;
+
+static uint64_t fz_clock(void *arg)
+{
+    (void)arg;
+    return fz_now_ns;
+}
+
 static void setup(struct h *h, const uint8_t *data, size_t size)
 {
     memset(h, 0, sizeof *h);
@@ -1221,6 +1230,13 @@ static void setup(struct h *h, const uint8_t *data, size_t size)
     h->cfg.max_inflight_msgs = inflight[b0 >> 6];
     h->cfg.max_bytes_per_msg = maxbytes[(b1 >> 5) & 3];
     h->cfg.snapshot_timeout_ticks = (b2 & 7) ? 0 : 3;
+    if (h->cfg.check_quorum && (b2 & 8)) {
+        fz_now_ns = 0;
+        h->cfg.lease_ns =
+            (uint64_t)(h->cfg.election_ticks - 1) * 10000000u - 1000000u;
+        h->cfg.lease_reads = true;
+        h->cfg.clock = fz_clock;
+    }
     h->r = raft_new(&h->cfg, NULL);
     FUZZ_CHECK(h->r != NULL);
     make_confs(h);
@@ -1264,8 +1280,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 6:
         case 7: {
             int n = 1 + fz_u8(f) % 8;
-            for (int i = 0; i < n; i++)
+            for (int i = 0; i < n; i++) {
+                fz_now_ns += 10000000u;
                 raft_tick(h.r);
+            }
             break;
         }
         case 8:

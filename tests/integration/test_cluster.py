@@ -221,6 +221,29 @@ def read_reply(c):
         return r.status, r.read()
 
 
+@pytest.mark.parametrize("lease", ["yes", "no"])
+def test_reads_on_the_leader_use_its_lease(servers, lease):
+    """raft-read-lease yes: a linearizable read on the leader needs no
+    heartbeat round of its own while a quorum answered one in the lease
+    (a round now and then renews it); no: one round per read."""
+    nodes = make_cluster(servers, conf={"raft-read-lease": lease})
+    leader = leader_of(nodes)
+    follower = next(s for s in nodes if s is not leader)
+    rounds = "pyazdb_raft_read_index_rounds_total"
+    leased = "pyazdb_raft_lease_reads_total"
+    r0, l0 = leader.metric(rounds), leader.metric(leased)
+    for i in range(100):
+        # written through the follower: the leader's read sees it at once
+        assert put(follower, "k", f"v{i}")[0] == 204
+        st, _, body = get(leader, "k")
+        assert (st, body) == (200, f"v{i}".encode())
+    r1, l1 = leader.metric(rounds), leader.metric(leased)
+    if lease == "yes":
+        assert l1 - l0 >= 90 and r1 - r0 <= 10, (l1 - l0, r1 - r0)
+    else:
+        assert l1 == l0 == 0 and r1 - r0 >= 100, (l1, r1 - r0)
+
+
 def test_paused_leader_never_serves_stale_reads(cluster):
     leader = leader_of(cluster)
     assert put(leader, "k", "old")[0] == 204

@@ -756,6 +756,12 @@ static uint64_t io_now(void *data)
     return W.now;
 }
 
+static uint64_t io_clock_ns(void *data)
+{
+    PZ_UNUSED(data);
+    return W.now * 1000000u;
+}
+
 static void io_tick_start(void *data, uint64_t period, void (*cb)(void))
 {
     struct ns_node *s = data;
@@ -868,6 +874,7 @@ static void io_http_free(void *data, struct httpc *c)
 
 static const struct node_io ns_io = {
     .now = io_now,
+    .clock_ns = io_clock_ns,
     .tick_start = io_tick_start,
     .tick_close = io_tick_close,
     .store_open = io_store_open,

@@ -71,6 +71,20 @@ static void net_send(struct tnet *net, const struct raft_msg *m)
 
 static uint64_t t_max_uncommitted; /* tcfg's max_uncommitted (0: none) */
 
+/* Read leases (tcfg with t_lease): tick_all moves the clock on by one tick
+ * of T_TICK_NS; a follower refuses votes for 9 ticks at least after it
+ * heard from the leader, and the lease is a millisecond less. */
+#define T_TICK_NS 10000000ull
+#define T_LEASE_NS (9 * T_TICK_NS - 1000000ull)
+static bool t_lease;
+static uint64_t t_now_ns;
+
+static uint64_t t_clock(void *arg)
+{
+    PZ_UNUSED(arg);
+    return t_now_ns;
+}
+
 static struct raft_config tcfg(uint64_t id)
 {
     struct raft_config c = {.id = id,
@@ -83,6 +97,11 @@ static struct raft_config tcfg(uint64_t id)
                             .check_quorum = true,
                             .snapshot_timeout_ticks = 30,
                             .max_uncommitted = t_max_uncommitted};
+    if (t_lease) {
+        c.lease_ns = T_LEASE_NS;
+        c.lease_reads = true;
+        c.clock = t_clock;
+    }
     return c;
 }
 
@@ -265,6 +284,7 @@ static void elect(struct tnet *net, int id)
 static void tick_all(struct tnet *net, int ticks)
 {
     for (int k = 0; k < ticks; k++) {
+        t_now_ns += T_TICK_NS;
         for (int i = 1; i <= net->n; i++)
             raft_tick(net->nodes[i].r);
         deliver_all(net);
@@ -843,6 +863,141 @@ TEST(leader_stickiness_ignores_votes)
     CHECK(resp != NULL && !resp->reject);
     CHECK_EQ_INT(st_of(&net, 2).term, term + 1);
     net_free(&net);
+}
+
+static int leader_id(struct tnet *net)
+{
+    for (int i = 1; i <= net->n; i++)
+        if (st_of(net, i).role == RAFT_LEADER)
+            return i;
+    return 0;
+}
+
+/* Whether raft_read_index(ctx) on node id is confirmed in the Ready it
+ * makes (no round), and how many heartbeats that Ready sends (-1: the
+ * read was refused). */
+static bool read_at_once(struct tnet *net, int id, uint64_t ctx, int *hb)
+{
+    struct tnode *t = &net->nodes[id];
+    size_t before = t->n_rs;
+    *hb = -1;
+    if (raft_read_index(t->r, ctx) != 0)
+        return false;
+    struct raft_ready rd;
+    take_ready(net, t, &rd);
+    *hb = 0;
+    for (size_t i = 0; i < rd.n_msgs; i++)
+        *hb += rd.msgs[i].type == RAFT_MSG_HEARTBEAT;
+    finish_ready(net, t, &rd);
+    return t->n_rs > before && t->rs[t->n_rs - 1].ctx == ctx;
+}
+
+TEST(lease_reads)
+{
+    t_lease = true;
+    struct tnet net;
+    net_init(&net, 3);
+    /* Booting nodes refuse votes for an election timeout: they do not
+     * know whom they last heard from. */
+    raft_campaign(net.nodes[1].r);
+    deliver_all(&net);
+    CHECK_EQ_INT(leader_id(&net), 0);
+    tick_all(&net, 20);
+    int l = leader_id(&net);
+    CHECK(l != 0);
+    struct raft *lr = net.nodes[l].r;
+    int hb;
+    /* No quorum answered a round yet: a round. */
+    CHECK(!read_at_once(&net, l, 1, &hb));
+    CHECK(hb > 0);
+    deliver_all(&net);
+    CHECK_EQ_INT(net.nodes[l].rs[net.nodes[l].n_rs - 1].ctx, 1);
+    /* Within the lease: confirmed at once, nothing sent. */
+    CHECK(read_at_once(&net, l, 2, &hb));
+    CHECK_EQ_INT(hb, 0);
+    struct raft_status st;
+    raft_status(lr, &st);
+    CHECK_EQ_INT(st.lease_reads, 1);
+    CHECK_EQ_INT(net.nodes[l].rs[net.nodes[l].n_rs - 1].index, st.commit);
+    /* Past half of it: still at once, and a round goes out to renew it. */
+    t_now_ns += T_LEASE_NS / 2;
+    CHECK(read_at_once(&net, l, 3, &hb));
+    CHECK(hb > 0);
+    deliver_all(&net);
+    /* The leader stopped (its clock went on) for the lease: a round. */
+    t_now_ns += T_LEASE_NS;
+    CHECK(!read_at_once(&net, l, 4, &hb));
+    CHECK(hb > 0);
+    deliver_all(&net);
+    CHECK(read_at_once(&net, l, 5, &hb)); /* renewed by that round */
+    CHECK_EQ_INT(hb, 0);
+
+    /* The leader stops right after a round; the others elect a leader
+     * as soon as they can and it commits. Then the old leader runs
+     * again: its lease is gone, whatever its ticks say. */
+    isolate(&net, l, true);
+    int nl = 0;
+    for (int k = 0; k < 40 && nl == 0; k++) {
+        t_now_ns += T_TICK_NS;
+        for (int i = 1; i <= net.n; i++)
+            if (i != l)
+                raft_tick(net.nodes[i].r);
+        deliver_all(&net);
+        for (int i = 1; i <= net.n; i++)
+            if (i != l && st_of(&net, i).role == RAFT_LEADER &&
+                st_of(&net, i).commit > st.commit)
+                nl = i;
+    }
+    CHECK(nl != 0);
+    CHECK_EQ_INT(st_of(&net, l).role, RAFT_LEADER); /* it does not know */
+    raft_status(lr, &st);
+    uint64_t lease_reads = st.lease_reads;
+    CHECK(!read_at_once(&net, l, 6, &hb));
+    CHECK(hb > 0);
+    raft_status(lr, &st);
+    CHECK_EQ_INT(st.lease_reads, lease_reads);
+    net_free(&net);
+    t_lease = false;
+}
+
+TEST(lease_given_up_by_a_transfer)
+{
+    t_lease = true;
+    struct tnet net;
+    net_init(&net, 3);
+    tick_all(&net, 20);
+    int l = leader_id(&net);
+    CHECK(l != 0);
+    int hb;
+    CHECK(!read_at_once(&net, l, 1, &hb));
+    deliver_all(&net);
+    CHECK(read_at_once(&net, l, 2, &hb));
+    /* A transfer to a follower that never gets its TIMEOUT_NOW: the
+     * target may still campaign at once, and the other follower would
+     * vote for it, so the lease is gone for the term. */
+    int target = l == 1 ? 2 : 1;
+    CHECK_EQ_INT(raft_transfer_leader(net.nodes[l].r, (uint64_t)target), 0);
+    CHECK(!read_at_once(&net, l, 3, &hb));
+    CHECK(hb > 0);
+    drop_queue(&net); /* the TIMEOUT_NOW and the round are lost */
+    for (int k = 0; k < 10; k++) {
+        t_now_ns += T_TICK_NS;
+        raft_tick(net.nodes[l].r);
+        pump(&net, l);
+        drop_queue(&net);
+    }
+    CHECK_EQ_INT(st_of(&net, l).role, RAFT_LEADER);
+    CHECK_EQ_INT(st_of(&net, l).transferee, 0); /* aborted */
+    CHECK(!read_at_once(&net, l, 4, &hb));
+    CHECK(hb > 0);
+    deliver_all(&net);
+    CHECK(!read_at_once(&net, l, 5, &hb)); /* a round answered: no lease */
+    CHECK(hb > 0);
+    deliver_all(&net);
+    struct raft_status st = st_of(&net, l);
+    CHECK_EQ_INT(st.lease_reads, 1);
+    net_free(&net);
+    t_lease = false;
 }
 
 TEST(check_quorum_step_down)
@@ -2998,6 +3153,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(uncommitted_bounded_while_the_leader_disk_lags),
     TEST_ENTRY(stale_leader_learns_higher_term),
     TEST_ENTRY(read_index_batches_one_round),
+    TEST_ENTRY(lease_reads),
+    TEST_ENTRY(lease_given_up_by_a_transfer),
     TEST_ENTRY(read_index_round_to_a_quorum),
     TEST_ENTRY(read_index_quorum_needed),
     TEST_ENTRY(read_index_follower_forwards),

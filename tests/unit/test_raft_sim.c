@@ -72,6 +72,7 @@
 
 #define SIM_MAXN 5
 #define TICK_MS 10
+#define SIM_LEASE_TICKS 9 /* election_ticks - 1 */
 
 enum ev_type {
     EV_TICK,
@@ -196,6 +197,7 @@ struct sim {
     uint64_t persist_max;              /* ms a write may take */
     int kill_leader_pct;               /* chance a new leader soon crashes */
     bool pre_vote, check_quorum;       /* core options of this run */
+    bool lease;                        /* read leases (and boot_quiet) */
     size_t max_inflight;               /* core option */
     size_t max_bytes;                  /* core option */
     int snap_pct;                      /* chance per Ready with applied
@@ -1351,6 +1353,11 @@ static void persist_done(struct sim *s, int id)
     raft_advance(sn->r, &rd);
 }
 
+static uint64_t sim_clock_ns(void *arg)
+{
+    return ((struct sim *)arg)->now * 1000000u;
+}
+
 static struct raft_config node_cfg(struct sim *s, int id)
 {
     struct raft_config c = {
@@ -1364,6 +1371,15 @@ static struct raft_config node_cfg(struct sim *s, int id)
         .check_quorum = s->check_quorum,
         .max_readies = s->max_readies,
     };
+    if (s->lease) {
+        /* A follower's fastest clock ticks every TICK_MS - 3 ms: it
+         * refuses votes for election_ticks - 1 of them at least after a
+         * message arrived, less the millisecond of our event times. */
+        c.lease_ns = (uint64_t)(SIM_LEASE_TICKS * (TICK_MS - 3) - 1) * 1000000u;
+        c.lease_reads = true;
+        c.clock = sim_clock_ns;
+        c.clock_arg = s;
+    }
     return c;
 }
 
@@ -1993,6 +2009,8 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->trace = trace_on;
     s->pre_vote = !chance(s, 20);
     s->check_quorum = !chance(s, 20);
+    /* From the seed, not the run's generator: other choices stay put. */
+    s->lease = s->check_quorum && seed % 3 != 0;
     s->max_inflight = 1 + rnd(s, 8);
     s->max_bytes = chance(s, 30) ? 1 : chance(s, 50) ? 64 : 4096;
     s->max_delay = 10;
@@ -2024,14 +2042,13 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     s->min_voters = chance(s, 25) ? 1 : 2;
     cur_seed_for_signal = (sig_atomic_t)seed;
     trace(s,
-          "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d "
+          "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d lease=%d "
           "inflight=%zu readies=%zu bytes=%zu profile=%d persist<=%" PRIu64
           " snap%%=%d gap=%" PRIu64 " trail<=%" PRIu64 " xfer fail%%=%d "
           "silent%%=%d",
-          seed, n, s->pre_vote, s->check_quorum, s->max_inflight,
-          s->max_readies, s->max_bytes,
-          s->profile, s->persist_max, s->snap_pct, s->snap_gap, s->trail_max,
-          s->xfer_fail_pct, s->xfer_silent_pct);
+          seed, n, s->pre_vote, s->check_quorum, s->lease, s->max_inflight,
+          s->max_readies, s->max_bytes, s->profile, s->persist_max, s->snap_pct,
+          s->snap_gap, s->trail_max, s->xfer_fail_pct, s->xfer_silent_pct);
     int founders = n == 5 ? 3 : n;
     for (int i = 1; i <= n; i++) {
         s->nodes[i].id = (uint64_t)i;
