@@ -574,19 +574,20 @@ static const char *on_recv(void *data, const struct raft_msg *m)
     return NULL;
 }
 
-/* The read lease (raft_config.lease_ns): a follower refuses votes until
- * election_ticks ticks of its own passed after it heard from the leader.
- * Its first tick may come at once, and each later one at least tick_ms
- * after the one before in the loop's clock (libuv starts a repeating
- * timer again from the loop time it ran at), which is whole
- * milliseconds: election_ticks - 1 ticks take at least that many tick_ms,
- * less one millisecond. The lease is 90% of that: a node's clock may run
- * up to 10% slower than the others'. Set even with raft-read-lease off,
- * since other nodes may lean on this node's refusals. */
+/* What this node promises a leader (raft_config.lease_ns): it refuses
+ * votes until election_ticks ticks of its own passed after it heard from
+ * the leader. Its first tick may come at once, and each later one at
+ * least tick_ms after the one before in the loop's clock (libuv starts a
+ * repeating timer again from the loop time it ran at); that clock is
+ * whole milliseconds and may be a coarse one, up to 2 ms behind the
+ * time: election_ticks - 1 ticks take at least that many tick_ms, less
+ * 2 ms. The promise is 90% of that: a node's clock may run up to 10%
+ * slower than the others'. Set even with raft-read-lease off, since
+ * other nodes may lean on this node's refusals. */
 static uint64_t lease_ns(int64_t election_ms, uint64_t tick_ms)
 {
     uint64_t ticks = (uint64_t)election_ms / tick_ms;
-    uint64_t least_ms = (ticks - 1) * tick_ms - 1;
+    uint64_t least_ms = (ticks - 1) * tick_ms - 2;
     return least_ms * 1000000u / 10 * 9;
 }
 

@@ -243,6 +243,7 @@ struct progress {
     uint64_t last_contact; /* leader tick count when last heard from */
     uint64_t read_acked;   /* highest read round acknowledged this term */
     uint64_t read_ack_seq; /* when it acknowledged it (r->read_ack_seq) */
+    uint64_t lease_ns;     /* the lease_ns of its last HEARTBEAT_RESP */
     uint64_t sent_commit;  /* last commit index sent to it */
     bool commit_now;       /* it needs the commit index at this flush,
                               not with its next APPEND or tick */
@@ -347,8 +348,10 @@ struct raft {
     uint64_t round_at[RAFT_LEASE_RING]; /* leader: when read round k went
                                            out (cfg.clock), at k % ring */
     bool lease_void;            /* leader: sent TIMEOUT_NOW in this term */
-    bool boot_quiet;            /* refuses votes until election_ticks
-                                   ticks pass (cfg.lease_ns) */
+    uint64_t heard_at;          /* ticks when a leader was last heard
+                                   from (kept through term changes) */
+    bool heard;                 /* heard_at is set: a leader, or the boot
+                                   (cfg.lease_ns: tick 0) */
     uint64_t lease_reads;       /* reads confirmed by the lease alone */
     struct pending_read *reads; /* leader: FIFO of unconfirmed reads */
     size_t n_reads;             /* entries in reads */
@@ -415,6 +418,35 @@ static size_t quorum(const struct raft *r)
     return raft_conf_voters(&r->conf) / 2 + 1;
 }
 
+/* A leader (with CheckQuorum), or a follower that heard from its leader
+ * within the election timeout. */
+static bool in_touch(const struct raft *r)
+{
+    if (r->role == RAFT_LEADER)
+        return r->cfg.check_quorum;
+    return r->leader != 0 && r->election_elapsed < r->cfg.election_ticks;
+}
+
+/* Thesis §4.2.3: refuses votes "within the minimum election timeout of
+ * hearing from a current leader", counted from the message itself: a
+ * term learned since (say from a candidate's answer to our own stale
+ * Pre-Vote) changes nothing, or a leader's read lease (lease_holds) that
+ * counted on us could end early. A booting node counts as having heard
+ * from one at its first tick (cfg.lease_ns). A leader refuses with
+ * CheckQuorum. */
+static bool in_lease(const struct raft *r)
+{
+    if (r->role == RAFT_LEADER)
+        return r->cfg.check_quorum;
+    return r->heard && r->ticks - r->heard_at < (uint64_t)r->cfg.election_ticks;
+}
+
+static void heard_from_leader(struct raft *r)
+{
+    r->heard = true;
+    r->heard_at = r->ticks;
+}
+
 static void reset_randomized_timeout(struct raft *r)
 {
     uint64_t et = (uint64_t)r->cfg.election_ticks;
@@ -477,6 +509,7 @@ static void progress_reset(struct raft *r, struct progress *pr)
     pr->last_contact = r->ticks;
     pr->read_acked = 0;
     pr->read_ack_seq = 0;
+    pr->lease_ns = 0;
     pr->sent_commit = 0;
     pr->commit_now = false;
     pr->want_empty = false;
@@ -777,9 +810,12 @@ static bool confirmed_with_acker(const struct raft *r,
     return n > nv / 2;
 }
 
-/* The highest read round that a quorum of voters acknowledged (the
- * leader, if a voter, counts as UINT64_MAX); 0 if none. */
-static uint64_t quorum_acked_round(const struct raft *r)
+/* What a voter's progress says (the leader's own: UINT64_MAX). */
+typedef uint64_t (*voter_value)(const struct raft *r,
+                                const struct progress *pr);
+
+/* The largest value that a quorum of voters reaches (0 if no voter). */
+static uint64_t quorum_value(const struct raft *r, voter_value f)
 {
     size_t nv = 0;
     uint64_t acks[64];
@@ -787,7 +823,7 @@ static uint64_t quorum_acked_round(const struct raft *r)
     for (size_t i = 0; i < r->n_prs; i++) {
         if (!r->prs[i].voter)
             continue;
-        a[nv++] = r->prs[i].id == r->id ? UINT64_MAX : r->prs[i].read_acked;
+        a[nv++] = r->prs[i].id == r->id ? UINT64_MAX : f(r, &r->prs[i]);
     }
     uint64_t confirmed = 0;
     if (nv > 0) {
@@ -808,32 +844,54 @@ static uint64_t quorum_acked_round(const struct raft *r)
     return confirmed;
 }
 
+static uint64_t acked_round(const struct raft *r, const struct progress *pr)
+{
+    PZ_UNUSED(r);
+    return pr->read_acked;
+}
+
+/* The highest read round that a quorum of voters acknowledged. */
+static uint64_t quorum_acked_round(const struct raft *r)
+{
+    return quorum_value(r, acked_round);
+}
+
+/* Until when the voter refuses votes at least, by what it answered: the
+ * send time of the last round it acknowledged plus the lease_ns it sent
+ * (capped by ours: a peer's number is not trusted further); 0 if it
+ * promised nothing (an older node, or none in this term). */
+static uint64_t refusal_end(const struct raft *r, const struct progress *pr)
+{
+    uint64_t k = pr->read_acked;
+    if (k == 0 || k + RAFT_LEASE_RING <= r->read_round || pr->lease_ns == 0)
+        return 0;
+    return r->round_at[k % RAFT_LEASE_RING] +
+           PZ_MIN(pr->lease_ns, r->cfg.lease_ns);
+}
+
 /* Thesis §6.4.1: a follower that heard from the leader refuses votes for
  * an election timeout (in_lease), counted in its own ticks from when the
- * message arrived, which was after the leader sent it. So once a quorum
- * of voters acknowledged a round sent at time t, no other leader can be
- * elected before t plus the least time election_ticks - 1 ticks take on
- * a voter (cfg.lease_ns is below it, with a margin for clock rates);
- * until then this leader's commit index holds every acknowledged write,
- * as a heartbeat round would confirm. A leader that sent TIMEOUT_NOW
+ * message arrived, which was after the leader sent it; its answer says
+ * how long that is at least (its cfg.lease_ns: each node knows its own
+ * timeout and tick, and an older node promises nothing). So while a
+ * quorum of voters is known to refuse (refusal_end), no other leader can
+ * be elected, and this leader's commit index holds every acknowledged
+ * write, as a heartbeat round would confirm. A leader that sent TIMEOUT_NOW
  * gives its lease up for the term: the target's VOTE is not refused, and
  * the message may arrive after the transfer was aborted. A booting node
  * does not know whom it heard from and refuses votes for its first
- * election timeout (boot_quiet).
- * *renew: over half of the lease is gone (a round should go out now,
+ * election timeout (in_lease).
+ * *renew: less than half of a lease is left (a round should go out now,
  * so that the reads to come need not wait for one). */
 static bool lease_holds(const struct raft *r, bool *renew)
 {
     if (!r->cfg.lease_reads || r->role != RAFT_LEADER || r->lease_void)
         return false;
-    uint64_t q = PZ_MIN(quorum_acked_round(r), r->read_round);
-    if (q == 0 || q + RAFT_LEASE_RING <= r->read_round)
-        return false;
+    uint64_t end = quorum_value(r, refusal_end);
     uint64_t now = r->cfg.clock(r->cfg.clock_arg);
-    uint64_t sent = r->round_at[q % RAFT_LEASE_RING];
-    if (now < sent || now - sent >= r->cfg.lease_ns)
+    if (now >= end)
         return false;
-    *renew = now - sent >= r->cfg.lease_ns / 2;
+    *renew = end - now <= r->cfg.lease_ns / 2;
     return true;
 }
 
@@ -945,6 +1003,8 @@ static void become_follower(struct raft *r, uint64_t term, uint64_t leader)
     reset(r, term);
     r->role = RAFT_FOLLOWER;
     r->leader = leader;
+    if (leader != 0)
+        heard_from_leader(r); /* the message that said so */
 }
 
 static void become_leader(struct raft *r)
@@ -1384,6 +1444,12 @@ static void handle_vote(struct raft *r, const struct raft_msg *m)
      * can be granted regardless of our vote in the current one. */
     bool can_vote = r->vote == m->from || (r->vote == 0 && r->leader == 0) ||
                     (pre && m->term > r->term);
+    /* A term may have been learned without a leader since we last heard
+     * from one: no new vote within the timeout of that (in_lease), unless
+     * the leader itself asked (TIMEOUT_NOW). */
+    if (r->vote != m->from && !(m->type == RAFT_MSG_VOTE && m->transfer) &&
+        in_lease(r))
+        can_vote = false;
     bool grant = can_vote && log_up_to_date(r, m->index, m->log_term);
     uint8_t type = pre ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP;
     struct raft_msg *resp = new_msg(r, true, type, m->from);
@@ -1592,6 +1658,7 @@ static void handle_heartbeat(struct raft *r, const struct raft_msg *m)
     commit_to(r, PZ_MIN(m->commit, log_last(&r->log)));
     struct raft_msg *resp = new_msg(r, false, RAFT_MSG_HEARTBEAT_RESP, m->from);
     resp->context = m->context;
+    resp->lease_ns = r->cfg.lease_ns; /* in_lease from now on */
 }
 
 /* Validates the shape of an INSTALL_SNAPSHOT before anything changes. */
@@ -1739,6 +1806,7 @@ static void handle_heartbeat_resp(struct raft *r, const struct raft_msg *m)
     } else if (r->commit > pr->sent_commit) {
         r->need_flush = true;
     }
+    pr->lease_ns = m->lease_ns;
     if (m->context > pr->read_acked && m->context <= r->read_round) {
         pr->read_acked = m->context;
         pr->read_ack_seq = ++r->read_ack_seq;
@@ -1796,16 +1864,19 @@ static void step_follower(struct raft *r, const struct raft_msg *m)
     case RAFT_MSG_APPEND:
         r->election_elapsed = 0;
         r->leader = m->from;
+        heard_from_leader(r);
         handle_append(r, m);
         break;
     case RAFT_MSG_HEARTBEAT:
         r->election_elapsed = 0;
         r->leader = m->from;
+        heard_from_leader(r);
         handle_heartbeat(r, m);
         break;
     case RAFT_MSG_INSTALL_SNAPSHOT:
         r->election_elapsed = 0;
         r->leader = m->from;
+        heard_from_leader(r);
         handle_snapshot(r, m);
         break;
     case RAFT_MSG_TIMEOUT_NOW:
@@ -1865,7 +1936,7 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
     r->rng = cfg->seed ^ (cfg->id * 0x9E3779B97F4A7C15ull);
     r->fresh = true;
     r->role = RAFT_FOLLOWER;
-    r->boot_quiet = cfg->lease_ns > 0;
+    r->heard = cfg->lease_ns > 0; /* at tick 0 */
     r->unsent = 1;
     r->applied = cfg->applied;
     raft_conf_init(&r->conf);
@@ -2088,8 +2159,6 @@ void raft_tick(struct raft *r)
         drop_forwarded(r, r->ticks - (uint64_t)r->cfg.election_ticks);
     if (r->role != RAFT_LEADER) {
         r->election_elapsed++;
-        if (r->election_elapsed >= r->cfg.election_ticks)
-            r->boot_quiet = false;
         if (promotable(r) && r->election_elapsed >= r->randomized_timeout)
             campaign(r, r->cfg.pre_vote, false);
         return;
@@ -2147,22 +2216,6 @@ void raft_tick(struct raft *r)
     } else if (r->round_partial && reads_waiting(r)) {
         bcast_heartbeat(r); /* the quorum chosen did not answer in time */
     }
-}
-
-/* A leader (with CheckQuorum), or a follower that heard from its leader
- * within the election timeout. */
-static bool in_touch(const struct raft *r)
-{
-    if (r->role == RAFT_LEADER)
-        return r->cfg.check_quorum;
-    return r->leader != 0 && r->election_elapsed < r->cfg.election_ticks;
-}
-
-/* Refuses votes (thesis §4.2.3): in touch, or booting (lease_holds). */
-static bool in_lease(const struct raft *r)
-{
-    return in_touch(r) ||
-           (r->boot_quiet && r->election_elapsed < r->cfg.election_ticks);
 }
 
 /* What no correct peer sends, whatever our state: NULL if m is fine. */

@@ -239,7 +239,9 @@ enum raft_msg_type {
  *    it has none), reject_hint = conflict index (first index of that term
  *    in the follower's log, or its last index + 1).
  *  HEARTBEAT: commit = min(leader commit, follower match); context = read
- *    round. HEARTBEAT_RESP: context echoed.
+ *    round. HEARTBEAT_RESP: context echoed; lease_ns = the sender's
+ *    config.lease_ns, the least time it refuses votes after the heartbeat
+ *    arrived (0: none; older nodes send none).
  *  PREVOTE/VOTE: index/log_term = candidate's last log index/term;
  *    term = the (proposed) election term; transfer = started by
  *    TIMEOUT_NOW (bypasses leader stickiness).
@@ -271,6 +273,7 @@ struct raft_msg {
     uint64_t commit;            /* APPEND, HEARTBEAT: leader's commit */
     uint64_t reject_hint;       /* APPEND_RESP reject: conflict index */
     uint64_t context;           /* HEARTBEAT*: read round; READ_INDEX*: ctx */
+    uint64_t lease_ns;          /* HEARTBEAT_RESP: the sender's lease_ns */
     struct raft_entry *entries; /* APPEND: entries to append */
     size_t n_entries;           /* number of entries */
     uint64_t snap_index;        /* INSTALL_SNAPSHOT: last index covered */

@@ -166,11 +166,17 @@ static size_t opt_varint_len(uint64_t v)
     return v ? 1 + varint_len(v) : 0;
 }
 
+/* The same for field 16 and up (a tag of two bytes or more). */
+static size_t opt_varint_len_at(unsigned field, uint64_t v)
+{
+    return v ? varint_len((uint64_t)field << 3) + varint_len(v) : 0;
+}
+
 static uint8_t *put_opt_varint(uint8_t *p, unsigned field, uint64_t v)
 {
     if (v == 0)
         return p;
-    *p++ = PB_TAG(field, PB_VARINT);
+    p = put_varint(p, (uint64_t)field << 3 | PB_VARINT);
     return put_varint(p, v);
 }
 
@@ -209,7 +215,7 @@ static size_t msg_len(const struct raft_msg *m)
         n += 1 + varint_len(el) + el;
     }
     return n + opt_varint_len(m->snap_index) + opt_varint_len(m->snap_term) +
-           opt_bytes_len(m->snap_len);
+           opt_bytes_len(m->snap_len) + opt_varint_len_at(16, m->lease_ns);
 }
 
 int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
@@ -249,6 +255,7 @@ int raft_codec_encode_msg(struct pz_buf *out, const struct raft_msg *m,
     p = put_opt_varint(p, 13, m->snap_index);
     p = put_opt_varint(p, 14, m->snap_term);
     p = put_opt_bytes(p, 15, m->snap_data, m->snap_len);
+    p = put_opt_varint(p, 16, m->lease_ns);
     pz_assert((size_t)(p - start) == RAFT_FRAME_HDR + n);
     out->len += RAFT_FRAME_HDR + n;
     out->data[out->len] = '\0'; /* pz_buf keeps a NUL after the data */
@@ -311,6 +318,7 @@ static int decode_msg(const Pyazdb__Raft__RaftMessage *pm, struct raft_msg *m,
     m->commit = pm->commit;
     m->reject_hint = pm->reject_hint;
     m->context = pm->context;
+    m->lease_ns = pm->lease_ns;
     m->snap_index = pm->snap_index;
     m->snap_term = pm->snap_term;
     m->snap_len = pm->snap_data.len;
@@ -718,6 +726,9 @@ static int rd_msg(struct rd *r, struct raft_msg *m, size_t budget)
             break;
         case 15:
             ok = rd_bytes(r, wt, &snap, &m->snap_len);
+            break;
+        case 16:
+            ok = rd_u64(r, wt, &m->lease_ns);
             break;
         default:
             ok = rd_skip(r, wt);

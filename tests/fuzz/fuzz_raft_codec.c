@@ -53,8 +53,8 @@ static void same_msg(const struct raft_msg *a, const struct raft_msg *b)
                a->to == b->to && a->term == b->term &&
                a->log_term == b->log_term && a->index == b->index &&
                a->commit == b->commit && a->reject_hint == b->reject_hint &&
-               a->context == b->context && a->snap_index == b->snap_index &&
-               a->snap_term == b->snap_term);
+               a->context == b->context && a->lease_ns == b->lease_ns &&
+               a->snap_index == b->snap_index && a->snap_term == b->snap_term);
     FUZZ_CHECK(eq_bytes(a->snap_data, a->snap_len, b->snap_data, b->snap_len));
     FUZZ_CHECK(a->n_entries == b->n_entries);
     for (size_t i = 0; i < a->n_entries; i++) {

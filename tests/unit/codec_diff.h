@@ -57,7 +57,7 @@ static bool cd_known_varint(int kind, uint64_t f)
 {
     switch (kind) {
     case CD_MSG:
-        return (f >= 1 && f <= 11) || f == 13 || f == 14;
+        return (f >= 1 && f <= 11) || f == 13 || f == 14 || f == 16;
     case CD_ENTRY:
         return f >= 1 && f <= 3;
     case CD_CHUNK:
@@ -162,8 +162,8 @@ static bool codec_diff_same(const struct raft_decoded *a,
             x->to != y->to || x->term != y->term ||
             x->log_term != y->log_term || x->index != y->index ||
             x->commit != y->commit || x->reject_hint != y->reject_hint ||
-            x->context != y->context || x->snap_index != y->snap_index ||
-            x->snap_term != y->snap_term ||
+            x->context != y->context || x->lease_ns != y->lease_ns ||
+            x->snap_index != y->snap_index || x->snap_term != y->snap_term ||
             !cd_bytes_eq(x->snap_data, x->snap_len, y->snap_data,
                          y->snap_len) ||
             (x->snap_len == 0) != (x->snap_data == NULL) ||

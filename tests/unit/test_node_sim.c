@@ -431,9 +431,9 @@ static int st_submit(struct ns_node *s, int job,
     j->jents = copy_entries(e, n);
     j->jn = n;
     j->cb = cb;
-    /* The disk is ten times slower one second in four (a deep pipeline:
+    /* The disk is twenty times slower one second in four (a deep pipeline:
      * Readies pile up behind a slow COMMIT). */
-    j->job_at = W.now + rnd_in(0, 15) * ((W.now / 1000) % 4 == 3 ? 10 : 1);
+    j->job_at = W.now + rnd_in(0, 15) * ((W.now / 1000) % 4 == 3 ? 20 : 1);
     if (st->nq && j->job_at < st->q[st->nq - 1].job_at)
         j->job_at = st->q[st->nq - 1].job_at;
     st->nq++;

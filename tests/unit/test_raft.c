@@ -960,6 +960,105 @@ TEST(lease_reads)
     t_lease = false;
 }
 
+/* deliver_all, with every HEARTBEAT_RESP promising lease_ns. */
+static void deliver_all_promising(struct tnet *net, uint64_t lease_ns)
+{
+    pump_all(net);
+    for (int guard = 0; net->nq > 0 && guard < 100000; guard++) {
+        if (net->q[0].type == RAFT_MSG_HEARTBEAT_RESP)
+            net->q[0].lease_ns = lease_ns;
+        deliver_one(net, 0);
+    }
+}
+
+TEST(lease_counts_what_the_followers_promise)
+{
+    /* Each follower says how long it refuses votes (its own election
+     * timeout and tick); the leader's lease ends with the quorum's
+     * promises, capped by its own: a larger number is not believed. An older
+     * node promises nothing. */
+    t_lease = true;
+    struct tnet net;
+    net_init(&net, 3);
+    tick_all(&net, 20);
+    int l = leader_id(&net);
+    CHECK(l != 0);
+    int hb;
+    CHECK(!read_at_once(&net, l, 1, &hb));
+    deliver_all_promising(&net, 0);
+    CHECK_EQ_INT(net.nodes[l].rs[net.nodes[l].n_rs - 1].ctx, 1);
+    CHECK(!read_at_once(&net, l, 2, &hb)); /* no promise: no lease */
+    CHECK(hb > 0);
+    deliver_all_promising(&net, T_LEASE_NS / 4);
+    CHECK(read_at_once(&net, l, 3, &hb));
+    deliver_all_promising(&net, T_LEASE_NS / 4);
+    t_now_ns += T_LEASE_NS / 4;
+    CHECK(!read_at_once(&net, l, 4, &hb)); /* their promise ran out */
+    CHECK(hb > 0);
+    deliver_all_promising(&net, UINT64_MAX);
+    CHECK(read_at_once(&net, l, 5, &hb));
+    deliver_all_promising(&net, UINT64_MAX);
+    t_now_ns += T_LEASE_NS;
+    CHECK(!read_at_once(&net, l, 6, &hb)); /* capped by the leader's */
+    CHECK(hb > 0);
+    net_free(&net);
+    t_lease = false;
+}
+
+TEST(vote_refused_within_the_timeout_of_a_leader_whatever_the_term)
+{
+    /* A follower that answered the leader's round then learns a later
+     * term without a leader: here from a candidate's refusal of its own
+     * stale Pre-Vote. Within an election timeout of hearing from the
+     * leader it still votes for nobody, or the leader's lease, which
+     * counted on it, would let a second leader be elected under it. */
+    t_lease = true;
+    struct tnet net;
+    net_init(&net, 3);
+    tick_all(&net, 20);
+    int l = leader_id(&net);
+    CHECK(l != 0);
+    int f = l == 1 ? 2 : 1, x = 6 - l - f;
+    int hb;
+    CHECK(!read_at_once(&net, l, 1, &hb));
+    deliver_all(&net);
+    CHECK(read_at_once(&net, l, 2, &hb)); /* the lease holds */
+    struct raft_status fs = st_of(&net, f);
+    uint64_t term = fs.term;
+    inject(&net, f,
+           (struct raft_msg){.type = RAFT_MSG_PREVOTE_RESP,
+                             .from = (uint64_t)x,
+                             .term = term + 1,
+                             .reject = true});
+    CHECK_EQ_INT(st_of(&net, f).term, term + 1);
+    CHECK_EQ_INT(st_of(&net, f).leader, 0);
+    struct raft_msg v = {.type = RAFT_MSG_VOTE,
+                         .from = (uint64_t)x,
+                         .term = term + 1,
+                         .index = fs.last_index,
+                         .log_term = fs.last_term};
+    inject(&net, f, v);
+    struct raft_msg *resp = find_msg(&net, (uint64_t)f, RAFT_MSG_VOTE_RESP);
+    CHECK(resp == NULL || resp->reject);
+    v.type = RAFT_MSG_PREVOTE;
+    v.term = term + 2;
+    inject(&net, f, v);
+    resp = find_msg(&net, (uint64_t)f, RAFT_MSG_PREVOTE_RESP);
+    CHECK(resp == NULL || resp->reject);
+    /* An election timeout later it votes. */
+    drop_queue(&net);
+    for (int k = 0; k < 10; k++)
+        raft_tick(net.nodes[f].r);
+    drop_queue(&net);
+    v.type = RAFT_MSG_VOTE;
+    v.term = st_of(&net, f).term;
+    inject(&net, f, v);
+    resp = find_msg(&net, (uint64_t)f, RAFT_MSG_VOTE_RESP);
+    CHECK(resp != NULL && !resp->reject);
+    net_free(&net);
+    t_lease = false;
+}
+
 TEST(lease_given_up_by_a_transfer)
 {
     t_lease = true;
@@ -3155,6 +3254,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(read_index_batches_one_round),
     TEST_ENTRY(lease_reads),
     TEST_ENTRY(lease_given_up_by_a_transfer),
+    TEST_ENTRY(lease_counts_what_the_followers_promise),
+    TEST_ENTRY(vote_refused_within_the_timeout_of_a_leader_whatever_the_term),
     TEST_ENTRY(read_index_round_to_a_quorum),
     TEST_ENTRY(read_index_quorum_needed),
     TEST_ENTRY(read_index_follower_forwards),

@@ -230,6 +230,7 @@ struct sim {
     uint64_t events;                   /* processed */
     uint64_t stat_commits;             /* stats */
     uint64_t stat_reads;               /* confirmed reads */
+    uint64_t stat_lease_reads;         /* of them, by a leader's lease */
     uint64_t stat_leaders;             /* leader elections seen */
     uint64_t stat_snaps;               /* local snapshots taken */
     uint64_t stat_installs;            /* snapshots installed */
@@ -440,8 +441,8 @@ static bool msg_equal(const struct raft_msg *a, const struct raft_msg *b)
         a->term != b->term || a->log_term != b->log_term ||
         a->index != b->index || a->commit != b->commit ||
         a->reject_hint != b->reject_hint || a->context != b->context ||
-        a->n_entries != b->n_entries || a->snap_index != b->snap_index ||
-        a->snap_term != b->snap_term)
+        a->lease_ns != b->lease_ns || a->n_entries != b->n_entries ||
+        a->snap_index != b->snap_index || a->snap_term != b->snap_term)
         return false;
     for (size_t i = 0; i < a->n_entries; i++) {
         const struct raft_entry *x = &a->entries[i], *y = &b->entries[i];
@@ -1353,6 +1354,15 @@ static void persist_done(struct sim *s, int id)
     raft_advance(sn->r, &rd);
 }
 
+static uint64_t lease_reads_of(struct raft *r)
+{
+    if (r == NULL)
+        return 0;
+    struct raft_status st;
+    raft_status(r, &st);
+    return st.lease_reads;
+}
+
 static uint64_t sim_clock_ns(void *arg)
 {
     return ((struct sim *)arg)->now * 1000000u;
@@ -1472,6 +1482,7 @@ static void node_crash(struct sim *s, int id)
         ssnap_free(&sn->rx[k]);
     sn->n_rx = 0;
     ssnap_free(&sn->install);
+    s->stat_lease_reads += lease_reads_of(sn->r);
     raft_free(sn->r);
     sn->r = NULL;
     sn->n_rds = 0;
@@ -1980,6 +1991,7 @@ struct sim_stats {
     uint64_t events;   /* events processed */
     uint64_t commits;  /* distinct committed entries */
     uint64_t reads;    /* confirmed reads */
+    uint64_t lease_reads; /* of them, by a leader's lease */
     uint64_t leaders;  /* leaders elected */
     uint64_t snaps;    /* local snapshots taken (compactions) */
     uint64_t installs; /* snapshots installed from a leader */
@@ -2092,6 +2104,9 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
         stats->events += s->events;
         stats->commits += s->stat_commits;
         stats->reads += s->stat_reads;
+        stats->lease_reads += s->stat_lease_reads;
+        for (int i = 1; i <= s->n; i++)
+            stats->lease_reads += lease_reads_of(s->nodes[i].r);
         stats->leaders += s->stat_leaders;
         stats->snaps += s->stat_snaps;
         stats->installs += s->stat_installs;
@@ -2152,19 +2167,21 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
     double secs = (double)(t1.tv_sec - t0.tv_sec) +
                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (verbose)
-        printf("raft-sim: %" PRIu64 " seeds from %" PRIu64 ", %" PRIu64
-               " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
-               " committed entries, %" PRIu64 " reads, %" PRIu64
-               " leaders, %" PRIu64 " snapshots, %" PRIu64 " installs, %" PRIu64
-               " forged messages refused, %" PRIu64 " frames decoded, %" PRIu64
-               " damaged frames refused, %" PRIu64 " stale copies, %" PRIu64 " one-way cuts, %" PRIu64
-               " pauses, %" PRIu64 " blackouts, %" PRIu64
-               " proposals refused by followers, %" PRIu64
-               " Readies taken behind others in flight\n",
-               count, first, failed, secs, (double)count / secs, st.events,
-               st.commits, st.reads, st.leaders, st.snaps, st.installs,
-               st.forged, st.frames, st.damaged, st.stale, st.oneway, st.pauses,
-               st.blackouts, st.follower_props, st.pipelined);
+        printf(
+            "raft-sim: %" PRIu64 " seeds from %" PRIu64 ", %" PRIu64
+            " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
+            " committed entries, %" PRIu64 " reads (%" PRIu64
+            " by a lease), %" PRIu64 " leaders, %" PRIu64 " snapshots, %" PRIu64
+            " installs, %" PRIu64 " forged messages refused, %" PRIu64
+            " frames decoded, %" PRIu64 " damaged frames refused, %" PRIu64
+            " stale copies, %" PRIu64 " one-way cuts, %" PRIu64
+            " pauses, %" PRIu64 " blackouts, %" PRIu64
+            " proposals refused by followers, %" PRIu64
+            " Readies taken behind others in flight\n",
+            count, first, failed, secs, (double)count / secs, st.events,
+            st.commits, st.reads, st.lease_reads, st.leaders, st.snaps,
+            st.installs, st.forged, st.frames, st.damaged, st.stale, st.oneway,
+            st.pauses, st.blackouts, st.follower_props, st.pipelined);
     return failed ? 1 : 0;
 }
 

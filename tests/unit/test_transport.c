@@ -59,6 +59,7 @@ static void make_msg(struct raft_msg *m, uint8_t type, uint64_t from,
     m->commit = index / 2;
     m->reject_hint = index * 3;
     m->context = 0xabcdef0000000000ull + index;
+    m->lease_ns = index * 7;
     m->n_entries = n;
     m->entries = n ? pz_calloc(n, sizeof *m->entries) : NULL;
     for (size_t i = 0; i < n; i++) {
@@ -102,6 +103,7 @@ static bool msg_equal(const struct raft_msg *a, const struct raft_msg *b)
     SAME(commit);
     SAME(reject_hint);
     SAME(context);
+    SAME(lease_ns);
     SAME(snap_index);
     SAME(snap_term);
     SAME(snap_len);
@@ -132,10 +134,10 @@ static bool msg_equal(const struct raft_msg *a, const struct raft_msg *b)
 /* One number standing for the whole message (fields, entries, data). */
 static uint64_t msg_digest(const struct raft_msg *m)
 {
-    uint64_t f[] = {m->type,      m->reject,      m->transfer, m->from,
-                    m->to,        m->term,        m->log_term, m->index,
-                    m->commit,    m->reject_hint, m->context,  m->snap_index,
-                    m->snap_term, m->snap_len,    m->n_entries};
+    uint64_t f[] = {m->type,      m->reject,      m->transfer,  m->from,
+                    m->to,        m->term,        m->log_term,  m->index,
+                    m->commit,    m->reject_hint, m->context,   m->snap_index,
+                    m->snap_term, m->snap_len,    m->n_entries, m->lease_ns};
     uint64_t h = pz_hash(f, sizeof f, 1);
     for (size_t i = 0; i < m->n_entries; i++) {
         const struct raft_entry *e = &m->entries[i];
@@ -245,6 +247,7 @@ static void pb_reference(struct pz_buf *out, const struct raft_msg *m)
     pm.commit = m->commit;
     pm.reject_hint = m->reject_hint;
     pm.context = m->context;
+    pm.lease_ns = m->lease_ns;
     pm.n_entries = n;
     pm.entries = n ? ps : NULL;
     pm.snap_index = m->snap_index;
@@ -298,6 +301,7 @@ static void random_msg(uint64_t *rng, struct raft_msg *mp,
     m.commit = any_u64(rng);
     m.reject_hint = any_u64(rng);
     m.context = any_u64(rng);
+    m.lease_ns = any_u64(rng);
     m.n_entries = pz_rand_next(rng) % 21;
     for (size_t i = 0; i < m.n_entries; i++) {
         es[i].term = any_u64(rng);
