@@ -536,6 +536,12 @@ MUTATIONS = [
       "           r->cfg.lease_ns;",
       ["unit:raft/lease_counts_what_the_followers_promise"],
       "a leader counts on its own election timeout, not the followers'"),
+    M("late_answer_sets_the_promise", "src/raft.c",
+      "    if (m->context > pr->read_acked && m->context <= r->read_round) {",
+      "    pr->lease_ns = m->lease_ns;\n"
+      "    if (m->context > pr->read_acked && m->context <= r->read_round) {",
+      ["unit:raft/lease_counts_what_the_followers_promise"],
+      "a late answer's promise is paired with a later round"),
     M("booting_nodes_vote_at_once", "src/raft.c",
       "    r->heard = cfg->lease_ns > 0; /* at tick 0 */",
       "    r->heard = false;",

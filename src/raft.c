@@ -881,8 +881,8 @@ static uint64_t refusal_end(const struct raft *r, const struct progress *pr)
  * the message may arrive after the transfer was aborted. A booting node
  * does not know whom it heard from and refuses votes for its first
  * election timeout (in_lease).
- * *renew: less than half of a lease is left (a round should go out now,
- * so that the reads to come need not wait for one). */
+ * *renew: less than half of the lease is left and no round is out (one
+ * should go now, so that the reads to come need not wait for one). */
 static bool lease_holds(const struct raft *r, bool *renew)
 {
     if (!r->cfg.lease_reads || r->role != RAFT_LEADER || r->lease_void)
@@ -891,7 +891,10 @@ static bool lease_holds(const struct raft *r, bool *renew)
     uint64_t now = r->cfg.clock(r->cfg.clock_arg);
     if (now >= end)
         return false;
-    *renew = end - now <= r->cfg.lease_ns / 2;
+    /* Renewed by the next round, unless one is already out. */
+    uint64_t q = quorum_acked_round(r);
+    *renew = q >= r->read_round &&
+             end - now <= (end - r->round_at[q % RAFT_LEASE_RING]) / 2;
     return true;
 }
 
@@ -1806,8 +1809,10 @@ static void handle_heartbeat_resp(struct raft *r, const struct raft_msg *m)
     } else if (r->commit > pr->sent_commit) {
         r->need_flush = true;
     }
-    pr->lease_ns = m->lease_ns;
     if (m->context > pr->read_acked && m->context <= r->read_round) {
+        /* The promise goes with the round this answer acknowledged (a
+         * late answer of a restarted node may carry another one). */
+        pr->lease_ns = m->lease_ns;
         pr->read_acked = m->context;
         pr->read_ack_seq = ++r->read_ack_seq;
         confirm_reads(r);

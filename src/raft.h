@@ -491,7 +491,9 @@ int raft_read_index(struct raft *r, uint64_t ctx);
  * voters of the current configuration campaign, plus a node whose latest
  * (uncommitted) configuration removed or demoted it while the previous one
  * had it as a voter (so a leader that removed itself and lost leadership
- * before that entry committed can still finish the change). */
+ * before that entry committed can still finish the change). It ignores
+ * this node's own refusal to vote (config.lease_ns), on which a leader's
+ * read lease may count: for a lone voter, or where no leases are used. */
 void raft_campaign(struct raft *r);
 
 /* --- snapshots and compaction ------------------------------------------ */

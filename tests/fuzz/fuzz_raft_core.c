@@ -680,6 +680,8 @@ static void answer(struct h *h, const struct sent *s, bool grant)
     case RAFT_MSG_HEARTBEAT:
         m.type = RAFT_MSG_HEARTBEAT_RESP;
         m.context = s->context;
+        /* a peer's promise (read leases): ours, or none (not granted) */
+        m.lease_ns = grant ? h->cfg.lease_ns : 0;
         break;
     case RAFT_MSG_PREVOTE:
         m.type = RAFT_MSG_PREVOTE_RESP;

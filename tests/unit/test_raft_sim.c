@@ -197,7 +197,7 @@ struct sim {
     uint64_t persist_max;              /* ms a write may take */
     int kill_leader_pct;               /* chance a new leader soon crashes */
     bool pre_vote, check_quorum;       /* core options of this run */
-    bool lease;                        /* read leases (and boot_quiet) */
+    bool lease;                        /* read leases (and boot refusal) */
     size_t max_inflight;               /* core option */
     size_t max_bytes;                  /* core option */
     int snap_pct;                      /* chance per Ready with applied
