@@ -350,8 +350,8 @@ struct raft {
     bool lease_void;            /* leader: sent TIMEOUT_NOW in this term */
     uint64_t heard_at;          /* ticks when a leader was last heard
                                    from (kept through term changes) */
-    bool heard;                 /* heard_at is set: a leader, or the boot
-                                   (cfg.lease_ns: tick 0) */
+    bool heard;                 /* heard_at is set: a leader, or a restart
+                                   with a term (cfg.lease_ns: tick 0) */
     uint64_t lease_reads;       /* reads confirmed by the lease alone */
     struct pending_read *reads; /* leader: FIFO of unconfirmed reads */
     size_t n_reads;             /* entries in reads */
@@ -431,9 +431,9 @@ static bool in_touch(const struct raft *r)
  * hearing from a current leader", counted from the message itself: a
  * term learned since (say from a candidate's answer to our own stale
  * Pre-Vote) changes nothing, or a leader's read lease (lease_holds) that
- * counted on us could end early. A booting node counts as having heard
- * from one at its first tick (cfg.lease_ns). A leader refuses with
- * CheckQuorum. */
+ * counted on us could end early. A node restarted with a term counts as
+ * having heard from one at its first tick (cfg.lease_ns). A leader
+ * refuses with CheckQuorum. */
 static bool in_lease(const struct raft *r)
 {
     if (r->role == RAFT_LEADER)
@@ -876,11 +876,12 @@ static uint64_t refusal_end(const struct raft *r, const struct progress *pr)
  * timeout and tick, and an older node promises nothing). So while a
  * quorum of voters is known to refuse (refusal_end), no other leader can
  * be elected, and this leader's commit index holds every acknowledged
- * write, as a heartbeat round would confirm. A leader that sent TIMEOUT_NOW
- * gives its lease up for the term: the target's VOTE is not refused, and
- * the message may arrive after the transfer was aborted. A booting node
- * does not know whom it heard from and refuses votes for its first
- * election timeout (in_lease).
+ * write, as a heartbeat round would confirm. A node restarted with a
+ * term refuses for its first election timeout (raft_restore_snapshot):
+ * it forgot what it promised; it promises only once its term is durable.
+ * A leader that sent TIMEOUT_NOW gives its lease up for the term: the
+ * target's VOTE is not refused, and the message may arrive after the
+ * transfer was aborted.
  * *renew: less than half of the lease is left and no round is out (one
  * should go now, so that the reads to come need not wait for one). */
 static bool lease_holds(const struct raft *r, bool *renew)
@@ -1661,7 +1662,10 @@ static void handle_heartbeat(struct raft *r, const struct raft_msg *m)
     commit_to(r, PZ_MIN(m->commit, log_last(&r->log)));
     struct raft_msg *resp = new_msg(r, false, RAFT_MSG_HEARTBEAT_RESP, m->from);
     resp->context = m->context;
-    resp->lease_ns = r->cfg.lease_ns; /* in_lease from now on */
+    /* in_lease from now on; a restart remembers that only once the term
+     * is durable (raft_restore_snapshot) */
+    if (r->durable_term == r->term)
+        resp->lease_ns = r->cfg.lease_ns;
 }
 
 /* Validates the shape of an INSTALL_SNAPSHOT before anything changes. */
@@ -1941,7 +1945,6 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
     r->rng = cfg->seed ^ (cfg->id * 0x9E3779B97F4A7C15ull);
     r->fresh = true;
     r->role = RAFT_FOLLOWER;
-    r->heard = cfg->lease_ns > 0; /* at tick 0 */
     r->unsent = 1;
     r->applied = cfg->applied;
     raft_conf_init(&r->conf);
@@ -2081,6 +2084,11 @@ int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
     }
     r->fresh = false;
     r->term = hs->term;
+    /* It may have promised a leader to refuse votes (a HEARTBEAT_RESP in
+     * a durable term) just before it stopped: it refuses for an election
+     * timeout from now, as if it had just heard from one. */
+    r->heard = r->cfg.lease_ns > 0 && hs->term > 0;
+    r->heard_at = r->ticks;
     r->vote = hs->vote;
     r->durable_term = hs->term;
     if (si > 0)

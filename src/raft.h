@@ -316,11 +316,12 @@ struct raft_config {
                                    advanced), at most RAFT_MAX_READIES;
                                    0 -> 1 (see "Pipelined Readies") */
     uint64_t lease_ns;          /* read leases (thesis §6.4.1), 0: none.
-                                   Below the least time election_ticks - 1
-                                   ticks can take on any voter, as told by
-                                   clock. A booting node refuses votes for
-                                   its first election timeout (it forgot
-                                   whom it heard from); lease_reads uses it */
+                                   What this node promises a leader in its
+                                   HEARTBEAT_RESP: below the least time its
+                                   election_ticks - 1 ticks can take, as
+                                   told by clock. Restored with a term, it
+                                   refuses votes for its first election
+                                   timeout (it forgot its promises) */
     bool lease_reads;           /* leader: a read is confirmed without a
                                    heartbeat round while a quorum of voters
                                    acknowledged a round sent less than

@@ -897,11 +897,9 @@ TEST(lease_reads)
     t_lease = true;
     struct tnet net;
     net_init(&net, 3);
-    /* Booting nodes refuse votes for an election timeout: they do not
-     * know whom they last heard from. */
-    raft_campaign(net.nodes[1].r);
-    deliver_all(&net);
-    CHECK_EQ_INT(leader_id(&net), 0);
+    /* New nodes promised nothing: they vote at once. */
+    elect(&net, 1);
+    CHECK_EQ_INT(leader_id(&net), 1);
     tick_all(&net, 20);
     int l = leader_id(&net);
     CHECK(l != 0);
@@ -956,6 +954,68 @@ TEST(lease_reads)
     CHECK(hb > 0);
     raft_status(lr, &st);
     CHECK_EQ_INT(st.lease_reads, lease_reads);
+    net_free(&net);
+    t_lease = false;
+}
+
+TEST(restarted_node_refuses_votes_for_a_timeout)
+{
+    /* A node restarted with a term may have promised a leader, just
+     * before it stopped, to refuse votes: it does for an election timeout
+     * from its start. */
+    t_lease = true;
+    uint64_t terms[] = {2};
+    struct raft *r = restored(2, 3, terms, 1, 2);
+    struct raft_msg v = {.type = RAFT_MSG_VOTE,
+                         .from = 3,
+                         .to = 2,
+                         .term = 3,
+                         .index = 2,
+                         .log_term = 2};
+    struct raft_status st;
+    for (int k = 0; k < 9; k++)
+        raft_tick(r);
+    CHECK_EQ_INT(raft_step(r, &v), 0);
+    raft_status(r, &st);
+    CHECK_EQ_INT(st.term, 2);
+    CHECK_EQ_INT(st.vote, 0);
+    raft_tick(r); /* the tenth: the timeout is over */
+    CHECK_EQ_INT(raft_step(r, &v), 0);
+    raft_status(r, &st);
+    CHECK_EQ_INT(st.term, 3);
+    CHECK_EQ_INT(st.vote, 3);
+    raft_free(r);
+
+    /* It promises only once the term it answers in is durable: until
+     * then a restart would not know of it. */
+    struct tnet net;
+    net_init(&net, 3);
+    elect(&net, 1);
+    struct tnode *f = &net.nodes[2];
+    uint64_t term = st_of(&net, 1).term;
+    inject(&net, 2,
+           (struct raft_msg){.type = RAFT_MSG_HEARTBEAT,
+                             .from = 3,
+                             .term = term + 1,
+                             .commit = 0,
+                             .context = 1});
+    struct raft_ready rd;
+    take_ready(&net, f, &rd);
+    const struct raft_msg *resp = NULL;
+    for (size_t i = 0; i < rd.n_msgs; i++)
+        if (rd.msgs[i].type == RAFT_MSG_HEARTBEAT_RESP)
+            resp = &rd.msgs[i];
+    CHECK(resp != NULL && resp->term == term + 1 && resp->lease_ns == 0);
+    finish_ready(&net, f, &rd);
+    drop_queue(&net);
+    inject(&net, 2,
+           (struct raft_msg){.type = RAFT_MSG_HEARTBEAT,
+                             .from = 3,
+                             .term = term + 1,
+                             .commit = 0,
+                             .context = 2});
+    struct raft_msg *r2 = find_msg(&net, 2, RAFT_MSG_HEARTBEAT_RESP);
+    CHECK(r2 != NULL && r2->lease_ns == T_LEASE_NS);
     net_free(&net);
     t_lease = false;
 }
@@ -3266,6 +3326,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(lease_reads),
     TEST_ENTRY(lease_given_up_by_a_transfer),
     TEST_ENTRY(lease_counts_what_the_followers_promise),
+    TEST_ENTRY(restarted_node_refuses_votes_for_a_timeout),
     TEST_ENTRY(vote_refused_within_the_timeout_of_a_leader_whatever_the_term),
     TEST_ENTRY(read_index_round_to_a_quorum),
     TEST_ENTRY(read_index_quorum_needed),
