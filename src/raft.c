@@ -884,7 +884,7 @@ static uint64_t refusal_end(const struct raft *r, const struct progress *pr)
  * transfer was aborted.
  * *renew: less than half of the lease is left and no round is out (one
  * should go now, so that the reads to come need not wait for one). */
-static bool lease_holds(const struct raft *r, bool *renew)
+static bool lease_holds(const struct raft *r, uint64_t q, bool *renew)
 {
     if (!r->cfg.lease_reads || r->role != RAFT_LEADER || r->lease_void)
         return false;
@@ -892,8 +892,8 @@ static bool lease_holds(const struct raft *r, bool *renew)
     uint64_t now = r->cfg.clock(r->cfg.clock_arg);
     if (now >= end)
         return false;
-    /* Renewed by the next round, unless one is already out. */
-    uint64_t q = quorum_acked_round(r);
+    /* Renewed by the next round, unless one is already out (q: the
+     * quorum's acknowledged round, quorum_acked_round). */
     *renew = q >= r->read_round &&
              end - now <= (end - r->round_at[q % RAFT_LEASE_RING]) / 2;
     return true;
@@ -919,7 +919,7 @@ static void confirm_reads(struct raft *r)
                                (pr->acker != 0 && confirmed_with_acker(r, pr)));
         if (!ok && pr->round != 0) {
             if (lease < 0)
-                lease = lease_holds(r, &renew);
+                lease = lease_holds(r, confirmed, &renew);
             ok = lease;
             r->lease_reads += lease;
         }
@@ -1919,12 +1919,10 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
         set_err(errmsg, "raft: need 1 <= heartbeat_ticks < election_ticks");
         return NULL;
     }
-    if ((cfg->lease_ns > 0 || cfg->lease_reads) && cfg->clock == NULL) {
-        set_err(errmsg, "raft: read leases need a clock");
-        return NULL;
-    }
-    if (cfg->lease_reads && (cfg->lease_ns == 0 || !cfg->check_quorum)) {
-        set_err(errmsg, "raft: lease_reads needs lease_ns and check_quorum");
+    if (cfg->lease_reads &&
+        (cfg->clock == NULL || cfg->lease_ns == 0 || !cfg->check_quorum)) {
+        set_err(errmsg, "raft: lease_reads needs clock, lease_ns and "
+                        "check_quorum");
         return NULL;
     }
     if (cfg->max_readies > RAFT_MAX_READIES) {

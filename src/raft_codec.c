@@ -161,15 +161,17 @@ static uint8_t *put_varint(uint8_t *p, uint64_t v)
 }
 
 /* Size of an unlabeled varint field: nothing when zero. */
-static size_t opt_varint_len(uint64_t v)
-{
-    return v ? 1 + varint_len(v) : 0;
-}
-
-/* The same for field 16 and up (a tag of two bytes or more). */
+/* A varint field, absent if 0: its tag (two bytes or more from field 16
+ * on) and its value. */
 static size_t opt_varint_len_at(unsigned field, uint64_t v)
 {
     return v ? varint_len((uint64_t)field << 3) + varint_len(v) : 0;
+}
+
+/* The same for fields 1 to 15 (a tag of one byte). */
+static size_t opt_varint_len(uint64_t v)
+{
+    return opt_varint_len_at(1, v);
 }
 
 static uint8_t *put_opt_varint(uint8_t *p, unsigned field, uint64_t v)
