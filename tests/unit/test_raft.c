@@ -425,6 +425,22 @@ TEST(new_rejects_bad_config)
     c.heartbeat_ticks = 10;
     CHECK(raft_new(&c, err) == NULL);
     CHECK(strstr(err, "heartbeat") != NULL);
+    /* Read leases need a clock, a length and CheckQuorum. */
+    c = tcfg(1);
+    c.lease_reads = true;
+    c.lease_ns = 1000000;
+    CHECK(raft_new(&c, err) == NULL);
+    CHECK(strstr(err, "lease_reads") != NULL);
+    c.clock = t_clock;
+    c.check_quorum = false;
+    CHECK(raft_new(&c, err) == NULL);
+    c.check_quorum = true;
+    c.lease_ns = 0;
+    CHECK(raft_new(&c, err) == NULL);
+    c.lease_ns = 1000000;
+    struct raft *r = raft_new(&c, err);
+    CHECK(r != NULL);
+    raft_free(r);
 }
 
 TEST(bootstrap_identical_entry)
@@ -936,6 +952,9 @@ TEST(lease_reads)
     t_now_ns += T_LEASE_NS / 2;
     CHECK(read_at_once(&net, l, 3, &hb));
     CHECK(hb > 0);
+    /* While that round is out, reads ask for no other. */
+    CHECK(read_at_once(&net, l, 31, &hb));
+    CHECK_EQ_INT(hb, 0);
     deliver_all(&net);
     /* The leader stopped (its clock went on) for the lease: a round. */
     t_now_ns += T_LEASE_NS;
