@@ -579,6 +579,23 @@ MUTATIONS = [
       "        .lease_reads = false,",
       ["py:test_cluster.py::test_reads_on_the_leader_use_its_lease"],
       "raft-read-lease is ignored: every read waits for a round"),
+    # --- log writes on the loop (src/node.c, src/conn.c) ------------------
+    M("alone_ignores_clients", "src/node.c",
+      "    bool alone = rd->ss.role == RAFT_FOLLOWER && nd->io.clients_quiet &&\n"
+      "                 NIO(clients_quiet);",
+      "    bool alone = rd->ss.role == RAFT_FOLLOWER;",
+      ["py:test_metrics.py::test_followers_without_clients_write_on_the_loop"],
+      "a follower with clients holds its loop through every batch's fsync"),
+    M("client_input_not_noted", "src/conn.c",
+      "        client_input_at = uv_now(loop);",
+      "        (void)0;",
+      ["py:test_metrics.py::test_followers_without_clients_write_on_the_loop"],
+      "clients of a follower never count: it writes on the loop at any load"),
+    M("alone_never", "src/node.c",
+      "    bool alone = rd->ss.role == RAFT_FOLLOWER && nd->io.clients_quiet &&",
+      "    bool alone = false && nd->io.clients_quiet &&",
+      ["py:test_metrics.py::test_followers_without_clients_write_on_the_loop"],
+      "a follower alone still hands every batch to a worker"),
 ]
 
 

@@ -30,6 +30,7 @@ static struct pz_queue pending_q;  /* conns with output to write */
 static struct pz_queue closing_q;  /* conns flagged CLOSE_ASAP */
 static struct pz_queue outbound_q; /* conns from conn_connect */
 static size_t n_live;              /* conns not yet freed */
+static uint64_t client_input_at;   /* conn_client_input_at */
 static size_t in_total;            /* partial input charged, all conns */
 static size_t out_total;           /* output charged, client conns */
 static char read_buf[READ_BUF_SIZE];
@@ -60,6 +61,11 @@ void conn_setup(uv_loop_t *l, const struct conn_limits *lim)
 size_t conn_count(void)
 {
     return n_live;
+}
+
+uint64_t conn_client_input_at(void)
+{
+    return client_input_at;
 }
 
 bool conn_is_closing(const struct conn *c)
@@ -418,6 +424,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->flags & CONN_LINGER)
         return; /* closing: what the peer still sends is dropped */
     activity(c);
+    if (c->ls && c->ls->clients)
+        client_input_at = uv_now(loop);
     if (c->tls) {
         tls_feed(c->tls, buf->base, (size_t)nread);
         tls_input(c);

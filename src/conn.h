@@ -319,5 +319,8 @@ void conn_cron(void);
 void conn_close_outbound(void);
 /* Connections not yet freed (all listeners and outbound). */
 size_t conn_count(void);
+/* Loop time (ms) of the latest input read from a connection of a
+ * client-facing listener (ls.clients), 0 before any. */
+uint64_t conn_client_input_at(void);
 
 #endif

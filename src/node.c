@@ -339,20 +339,34 @@ static int write_ready(struct node_rd *q)
  * the leader alike (the leader applies nothing before its own write is
  * done, ready_cycle, so that write is on the critical path even when the
  * followers acknowledge first). The loop is held for one COMMIT at most,
- * and only while COMMITs are fast (the I/O table's store_write_now_ok). */
+ * and only while COMMITs are fast (the I/O table's store_write_now_ok).
+ *
+ * A follower whose clients are quiet (the I/O table's clients_quiet)
+ * writes on the loop at any load (alone): its loop serves only the
+ * leader, whose next entries wait in the socket meanwhile and make the
+ * next batch, and the two hand-offs per batch are saved on both
+ * followers. Up to WRITE_ALONE_MAX_BYTES: a follower catching up gets
+ * larger Readies, whose COMMIT a returning client would wait for. */
 #define WRITE_NOW_MAX_ENTRIES 1
 #define WRITE_NOW_MAX_BYTES (64 * 1024)
+#define WRITE_ALONE_MAX_BYTES (1024 * 1024)
 
 static bool write_now_fits(const struct raft_ready *rd)
 {
-    if (rd->snapshot ||
-        rd->n_entries > WRITE_NOW_MAX_ENTRIES ||
-        nd->io.store_write_now_ok == NULL)
+    if (rd->snapshot || nd->io.store_write_now_ok == NULL)
+        return false;
+    bool alone = rd->ss.role == RAFT_FOLLOWER && nd->io.clients_quiet &&
+                 NIO(clients_quiet);
+    if (!alone && rd->n_entries > WRITE_NOW_MAX_ENTRIES)
         return false;
     size_t bytes = 0;
     for (size_t i = 0; i < rd->n_entries; i++)
         bytes += rd->entries[i].len;
-    return bytes <= WRITE_NOW_MAX_BYTES && NIO(store_write_now_ok);
+    if (bytes > (alone ? WRITE_ALONE_MAX_BYTES : WRITE_NOW_MAX_BYTES) ||
+        !NIO(store_write_now_ok, alone))
+        return false;
+    nd->write_alone = alone;
+    return true;
 }
 
 /* Whether another Ready may be taken now: not during a compaction step,
@@ -430,8 +444,8 @@ bool node_write_now(void)
     nd->write_now = false;
     struct node_rd *q = rd_at(0);
     struct raft_ready *rd = &q->rd;
-    int rv = NIO(store_write_now, q->hs ? &rd->hs : NULL, rd->entries,
-                 rd->n_entries);
+    int rv = NIO(store_write_now, nd->write_alone, q->hs ? &rd->hs : NULL,
+                 rd->entries, rd->n_entries);
     if (rv == 1) {
         /* Events wait on the loop: the thread pool, as usual. */
         if (write_ready(q) < 0)

@@ -118,6 +118,8 @@ struct node {
                                     written on the loop thread once the
                                     turn's output is flushed
                                     (node_write_now) */
+    bool write_alone;            /* ... as a follower whose clients are
+                                    quiet (node.c, write_now_fits) */
     /* out of space (node_nospace.c) */
     bool ready_owed;             /* a Ready could not be stored for lack
                                     of space: it and those behind it are

@@ -22,8 +22,8 @@
  *    every job before it), those not reported may be lost, each whole,
  *    the later ones with the earlier; a job that fails (PZ_ENOSPC too)
  *    makes those behind it complete with PZ_ECANCELED, not run;
- *    store_write_now is the one synchronous write, for when the loop is
- *    idle and nothing is in flight;
+ *    store_write_now is the one synchronous write, for when nothing is
+ *    in flight and the loop is idle or serves only its Raft peers;
  *  - transport callbacks (recv, on_chunk, ...) come from the
  *    transport_config given to tr_open, never from inside send;
  *  - the tick callback and every completion run with the node selected
@@ -86,17 +86,24 @@ struct node_io {
     int (*store_write)(void *data, const struct raft_hard_state *hs,
                        const struct raft_entry *entries, size_t n,
                        node_io_done_cb cb);
-    /* Whether a small Ready may be persisted on the caller's thread: no
-     * store job in flight, the disk fast and the load low of late. May be
-     * NULL (never). */
-    bool (*store_write_now_ok)(void *data);
+    /* Whether a Ready may be persisted on the caller's thread: no store
+     * job in flight and the disk fast of late; unless alone, the load
+     * low of late too. alone: the loop serves nothing but its Raft
+     * peers (a follower whose clients are quiet), so a batch of any
+     * load may hold it. May be NULL (never). */
+    bool (*store_write_now_ok)(void *data, bool alone);
     /* Persist a Ready on the caller's thread: 0 once durable, 1 with
-     * nothing written when events wait to be handled (store_write then),
-     * or a negative code (store_errmsg says why; PZ_ENOSPC: nothing
-     * stored, as for store_write). Only after store_write_now_ok said
-     * yes. */
-    int (*store_write_now)(void *data, const struct raft_hard_state *hs,
+     * nothing written when events wait to be handled (store_write then;
+     * never when alone: the events are the peers' messages, which can
+     * wait), or a negative code (store_errmsg says why; PZ_ENOSPC:
+     * nothing stored, as for store_write). Only after store_write_now_ok
+     * said yes, with the same alone. */
+    int (*store_write_now)(void *data, bool alone,
+                           const struct raft_hard_state *hs,
                            const struct raft_entry *entries, size_t n);
+    /* Whether no client has sent this node anything for a while (the
+     * Raft peers are not clients). May be NULL (never). */
+    bool (*clients_quiet)(void *data);
     /* Drop the whole log, record (index, term) as the snapshot point,
      * write hs and entries, in one job. */
     int (*store_write_install)(void *data, uint64_t index, uint64_t term,

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 
 import grpc
@@ -16,7 +17,7 @@ import pytest
 
 import grpc_helpers as gh
 from conftest import ROOT
-from test_cluster import leader_of, make_cluster, put
+from test_cluster import get, leader_of, make_cluster, put, wait_value
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -237,6 +238,74 @@ def test_write_stage_metrics(servers):
     for s in followers:
         assert value(parse(scrape(s)),
                      "pyazdb_raft_commit_duration_seconds_count") == 0
+
+
+def multi_entry_batches(after, before):
+    """Log writes of more than one entry between two scrapes."""
+    def over_one(m):
+        ones = [v for k, v in series(m, "pyazdb_storage_batch_entries_bucket")
+                .items() if float(dict(k)["le"]) == 1]
+        assert len(ones) == 1
+        return (value(m, "pyazdb_storage_batch_entries_count") or 0) - ones[0]
+    return over_one(after) - over_one(before)
+
+
+def test_followers_without_clients_write_on_the_loop(servers):
+    """A follower no client has sent to for a while writes its log on the
+    loop thread at any load (no hand-off to a worker and back); one with
+    clients keeps its batches of several entries on the thread pool."""
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    quiet, busy = [s for s in nodes if s is not leader]
+    assert put(leader, "warm", "v")[0] == 204
+    wait_value(busy, "warm", "v")
+    stop = threading.Event()
+    reads = []
+
+    def poll_busy():  # a client of busy's every 20 ms
+        while not stop.is_set():
+            reads.append(get(busy, "warm", stale=True)[0])
+            time.sleep(0.02)
+
+    poller = threading.Thread(target=poll_busy)
+    poller.start()
+    try:
+        before = {s.name: parse(scrape(s)) for s in (quiet, busy)}
+        time.sleep(0.5)  # the scrape was quiet's last client input
+        errors = []
+
+        def writer(w):
+            for i in range(40):
+                st, _, body = put(leader, f"w{w}-{i}", "v")
+                if st != 204:
+                    errors.append((st, body))
+
+        threads = [threading.Thread(target=writer, args=(w,))
+                   for w in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        last = value(parse(scrape(leader)), "pyazdb_raft_last_index")
+        after = {s.name: wait_metric(s, lambda m: value(
+            m, "pyazdb_raft_applied_index") >= last) for s in (quiet, busy)}
+    finally:
+        stop.set()
+        poller.join()
+    assert reads and set(reads) == {200}
+    for s in (quiet, busy):
+        a, b = after[s.name], before[s.name]
+        multi = multi_entry_batches(a, b)
+        pooled = delta(a, b, "pyazdb_storage_queue_wait_seconds_count")
+        on_loop = delta(a, b, "pyazdb_storage_loop_writes_total")
+        assert multi > 0, (s.name, multi)
+        if s is quiet:
+            # at least multi - pooled of those several entries each
+            assert multi > pooled and on_loop > 0, (multi, pooled, on_loop)
+        else:
+            # on the loop only single entries, and only at low load
+            assert multi <= pooled, (multi, pooled, on_loop)
 
 
 def test_leader_change_is_counted(servers):
