@@ -274,9 +274,9 @@ def test_followers_without_clients_write_on_the_loop(servers):
         time.sleep(0.5)  # the scrape was quiet's last client input
         errors = []
 
-        def writer(w):
+        def writer(w):  # half of them through busy, which forwards
             for i in range(40):
-                st, _, body = put(leader, f"w{w}-{i}", "v")
+                st, _, body = put(busy if w % 2 else leader, f"w{w}-{i}", "v")
                 if st != 204:
                     errors.append((st, body))
 
@@ -287,9 +287,11 @@ def test_followers_without_clients_write_on_the_loop(servers):
         for t in threads:
             t.join()
         assert errors == []
-        last = value(parse(scrape(leader)), "pyazdb_raft_last_index")
-        after = {s.name: wait_metric(s, lambda m: value(
-            m, "pyazdb_raft_applied_index") >= last) for s in (quiet, busy)}
+        # quiet's progress as the leader sees it: a scrape of quiet's
+        # own would make it busy for its last batches
+        wait_metric(leader, lambda m: value(
+            m, "pyazdb_raft_follower_lag_entries", peer=quiet.name) == 0)
+        after = {s.name: parse(scrape(s)) for s in (quiet, busy)}
     finally:
         stop.set()
         poller.join()
@@ -299,13 +301,21 @@ def test_followers_without_clients_write_on_the_loop(servers):
         multi = multi_entry_batches(a, b)
         pooled = delta(a, b, "pyazdb_storage_queue_wait_seconds_count")
         on_loop = delta(a, b, "pyazdb_storage_loop_writes_total")
+        # at least multi - pooled batches of several entries on the loop
         assert multi > 0, (s.name, multi)
-        if s is quiet:
-            # at least multi - pooled of those several entries each
-            assert multi > pooled and on_loop > 0, (multi, pooled, on_loop)
-        else:
-            # on the loop only single entries, and only at low load
-            assert multi <= pooled, (multi, pooled, on_loop)
+        if s is busy:
+            # only single entries at low load, or while no client input
+            # came for 100 ms (a pause of this process: a few batches)
+            assert multi - pooled <= multi // 4, (multi, pooled, on_loop)
+            continue
+        commits = delta(a, b, "pyazdb_storage_fsync_duration_seconds_count")
+        commit_s = delta(a, b, "pyazdb_storage_fsync_duration_seconds_sum")
+        mean = commit_s / commits
+        if mean < 0.003:  # well under the 5 ms bound: most of them
+            assert multi - pooled > multi // 2, (multi, pooled, on_loop)
+        elif mean < 0.005:  # near it: the slower ones go to the pool
+            assert multi > pooled, (multi, pooled, on_loop, mean)
+        # (a disk slower still keeps them all on the pool)
 
 
 def test_leader_change_is_counted(servers):

@@ -452,6 +452,8 @@ static int io_store_write(void *data, const struct raft_hard_state *hs,
 static uint64_t writes_now; /* store_write_now calls, all seeds */
 static uint64_t writes_alone;     /* of them, of a batch of several entries
                                      by a follower whose clients are quiet */
+static uint64_t writes_now_nospace; /* store_write_now refused for lack of
+                                       space */
 static uint64_t writes_pipelined; /* jobs done with others queued behind */
 static uint64_t writes_nospace;   /* writes refused for lack of space */
 static uint64_t vacuums_nospace;  /* compaction steps whose vacuum found no
@@ -474,6 +476,11 @@ static int io_store_write_now(void *data, bool alone,
     struct ns_node *s = data;
     if (!alone && rnd_in(0, 1) == 0)
         return 1;
+    if (W.nospace_pm && !W.calm && rnd_in(0, 999) < W.nospace_pm) {
+        writes_nospace++; /* nothing stored: store_write takes it again */
+        writes_now_nospace++;
+        return PZ_ENOSPC;
+    }
     int rv = st_submit(s, 1, hs, e, n, NULL);
     if (rv)
         return rv;
@@ -485,11 +492,13 @@ static int io_store_write_now(void *data, bool alone,
     return 0;
 }
 
-/* A node's clients are quiet half the time. */
+/* A node's clients are quiet one time in four (more, and the followers
+ * write on the loop so often that Readies seldom pile up behind a slow
+ * COMMIT). */
 static bool io_clients_quiet(void *data)
 {
     PZ_UNUSED(data);
-    return rnd_in(0, 1) == 1;
+    return rnd_in(0, 3) == 0;
 }
 
 static int io_store_write_install(void *data, uint64_t index, uint64_t term,
@@ -1672,20 +1681,23 @@ int main(void)
     printf("node-sim: %" PRIu64 " seeds from %" PRIu64 ", %d failed, %u "
            "writes acknowledged, %" PRIu64 " snapshot installs, %" PRIu64
            " log writes on the loop (%" PRIu64 " of several entries by a "
-           "follower alone), %" PRIu64 " with writes queued "
+           "follower alone, %" PRIu64 " refused for lack of space), %" PRIu64
+           " with writes queued "
            "behind (at most %zu jobs at once), %" PRIu64 " refused for "
            "lack of space, %" PRIu64 " vacuums without room, %.2f s "
            "(%.1f seeds/s)\n",
            n, first, failures, acked, installs, writes_now, writes_alone,
-           writes_pipelined, jobs_deepest, writes_nospace, vacuums_nospace,
-           secs, (double)n / secs);
+           writes_now_nospace, writes_pipelined, jobs_deepest, writes_nospace,
+           vacuums_nospace, secs, (double)n / secs);
     if (failures == 0 && n >= 5 && installs == 0) {
         printf("node-sim: no snapshot was installed\n");
         return 1;
     }
-    if (failures == 0 && n >= 5 && (writes_now == 0 || writes_alone == 0)) {
+    if (failures == 0 && n >= 5 &&
+        (writes_now == 0 || writes_alone == 0 || writes_now_nospace == 0)) {
         printf("node-sim: no log write ran on the loop, or none of several "
-               "entries by a follower alone\n");
+               "entries by a follower alone, or none was refused there for "
+               "lack of space\n");
         return 1;
     }
     if (failures == 0 && n >= 5 && jobs_deepest < NODE_READIES) {
