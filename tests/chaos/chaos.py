@@ -16,8 +16,10 @@ Clients (threads) send get, set, compare-and-set (a set with
 `prev_value`, the value the client last read, or `prev_revision` 0 when
 it read nothing; 412 means the key held something else) and delete over
 HTTP to random nodes, each set with a value never written before, and
-record invoke and return times and the answer. A timeout, a reset or a 5xx is an unknown outcome: the
-write may or may not have happened. The nemesis, one fault at a time:
+record invoke and return times and the answer; half the time (phases of
+2 s) all of them send to one node, so that the others hear from no client
+(a follower then writes its log on its loop). A timeout, a reset or a 5xx
+is an unknown outcome: the write may or may not have happened. The nemesis, one fault at a time:
 kill -9 a node and restart it, pause it (SIGSTOP, SIGCONT), cut it or a
 minority off, transfer the leadership, or remove a member, wipe it and
 let it join again through mandi (the README's recipe). At the end every
@@ -376,7 +378,13 @@ def nemesis(rnd, nodes, kinds, parts, stop, events, problems):
                     pass
 
 
-def client(rnd, nodes, keys, rec, stop, counter):
+def focuser(rnd, nodes, focus, stop):
+    """Every 2 s: the node all clients send to, or None (any node)."""
+    while not stop.wait(2):
+        focus["node"] = rnd.choice(nodes) if rnd.random() < 0.5 else None
+
+
+def client(rnd, nodes, keys, rec, stop, counter, focus):
     last = {}  # key -> the value this client last read (a cas expects it)
 
     def fresh():
@@ -385,7 +393,7 @@ def client(rnd, nodes, keys, rec, stop, counter):
             return f"v{counter['n']}"
 
     while not stop.is_set():
-        n = rnd.choice(nodes)
+        n = focus["node"] or rnd.choice(nodes)
         key = rnd.choice(keys)
         x = rnd.random()
         if x < 0.3:
@@ -426,10 +434,14 @@ def run_once(args, seed, tmp):
         keys = [f"s{seed}-k{i}" for i in range(args.keys)]
         stop = threading.Event()
         counter = {"n": 0, "lock": threading.Lock()}
+        focus = {"node": None}
         threads = [threading.Thread(
             target=client,
             args=(random.Random(rnd.random()), nodes, keys, rec, stop,
-                  counter)) for _ in range(args.clients)]
+                  counter, focus)) for _ in range(args.clients)]
+        threads.append(threading.Thread(
+            target=focuser, args=(random.Random(rnd.random()), nodes, focus,
+                                  stop)))
         if kinds:
             threads.append(threading.Thread(
                 target=nemesis,
