@@ -379,9 +379,11 @@ def nemesis(rnd, nodes, kinds, parts, stop, events, problems):
 
 
 def focuser(rnd, nodes, focus, stop):
-    """Every 2 s: the node all clients send to, or None (any node)."""
+    """Every 2 s, a phase: the node all clients send to, or None (any
+    node)."""
     while not stop.wait(2):
         focus["node"] = rnd.choice(nodes) if rnd.random() < 0.5 else None
+        focus["phase"] += 1
 
 
 def client(rnd, nodes, keys, rec, stop, counter, focus):
@@ -392,20 +394,28 @@ def client(rnd, nodes, keys, rec, stop, counter, focus):
             counter["n"] += 1
             return f"v{counter['n']}"
 
+    left = -1  # the phase whose node failed this client
     while not stop.is_set():
-        n = focus["node"] or rnd.choice(nodes)
+        phase, n = focus["phase"], focus["node"]
+        focused = n is not None and left != phase
+        if not focused:
+            n = rnd.choice(nodes)
         key = rnd.choice(keys)
         x = rnd.random()
         if x < 0.3:
-            do_op(rec, n.http, "write", key, fresh())
+            op = do_op(rec, n.http, "write", key, fresh())
         elif x < 0.45:
-            do_op(rec, n.http, "cas", key, fresh(), expect=last.get(key))
+            op = do_op(rec, n.http, "cas", key, fresh(), expect=last.get(key))
         elif x < 0.9:
             op = do_op(rec, n.http, "read", key)
             if op["ok"]:
                 last[key] = op["value"]
         else:
-            do_op(rec, n.http, "delete", key)
+            op = do_op(rec, n.http, "delete", key)
+        if focused and op["ok"] is not True:
+            # a failure or no answer: go elsewhere for the rest of the
+            # phase, as a client with a random node would
+            left = phase
 
 
 def run_once(args, seed, tmp):
@@ -434,7 +444,7 @@ def run_once(args, seed, tmp):
         keys = [f"s{seed}-k{i}" for i in range(args.keys)]
         stop = threading.Event()
         counter = {"n": 0, "lock": threading.Lock()}
-        focus = {"node": None}
+        focus = {"node": None, "phase": 0}
         threads = [threading.Thread(
             target=client,
             args=(random.Random(rnd.random()), nodes, keys, rec, stop,
