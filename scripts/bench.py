@@ -188,7 +188,14 @@ def runq_us_per(before, after, done):
 class Pyazdb:
     name = "pyazdb"
 
-    def __init__(self, tmp, taken):
+    def __init__(self, tmp, taken, server=None, name=None):
+        """server: another build's pyazdb-server (bench-builds.py), run
+        under name."""
+        if name:
+            self.name = name
+            tmp = os.path.join(tmp, name)
+            os.makedirs(tmp, exist_ok=True)
+        server = server or os.path.join(ROOT, "src/pyazdb-server")
         self.nodes = []
         spec = []
         for i in range(1, 4):
@@ -198,7 +205,7 @@ class Pyazdb:
             spec.append(f"node{i}=127.0.0.1:{n['raft']}")
         for n in self.nodes:
             n["proc"] = start(
-                [os.path.join(ROOT, "src/pyazdb-server"),
+                [server,
                  "--node-id", n["name"], "--raft-data", f"{tmp}/{n['name']}",
                  "--raft-addr", f"127.0.0.1:{n['raft']}",
                  "--http-addr", f"127.0.0.1:{n['http']}",
