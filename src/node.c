@@ -342,11 +342,12 @@ static int write_ready(struct node_rd *q)
  * and only while COMMITs are fast (the I/O table's store_write_now_ok).
  *
  * A follower whose clients are quiet (the I/O table's clients_quiet)
- * writes on the loop at any load (alone): its loop serves only the
- * leader, whose next entries wait in the socket meanwhile and make the
- * next batch, and the two hand-offs per batch are saved on both
- * followers. Up to WRITE_ALONE_MAX_BYTES: a follower catching up gets
- * larger Readies, whose COMMIT a returning client would wait for. */
+ * writes on the loop at any load (alone): its loop has no client to
+ * serve, the leader's next entries wait in the socket meanwhile and make
+ * the next batch, and the two hand-offs per batch are saved on both
+ * followers (what else arrives waits for the COMMIT: docs/DESIGN.md). Up to
+ * WRITE_ALONE_MAX_BYTES: a follower catching up gets larger Readies, whose
+ * COMMIT a returning client would wait for. */
 #define WRITE_NOW_MAX_ENTRIES 1
 #define WRITE_NOW_MAX_BYTES (64 * 1024)
 #define WRITE_ALONE_MAX_BYTES (1024 * 1024)

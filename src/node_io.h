@@ -88,9 +88,9 @@ struct node_io {
                        node_io_done_cb cb);
     /* Whether a Ready may be persisted on the caller's thread: no store
      * job in flight and the disk fast of late; unless alone, the load
-     * low of late too. alone: the loop serves nothing but its Raft
-     * peers (a follower whose clients are quiet), so a batch of any
-     * load may hold it. May be NULL (never). */
+     * low of late too. alone: the loop has no client to serve (a
+     * follower whose clients are quiet), so a batch of any load may
+     * hold it. May be NULL (never). */
     bool (*store_write_now_ok)(void *data, bool alone);
     /* Persist a Ready on the caller's thread: 0 once durable, 1 with
      * nothing written when events wait to be handled (store_write then;

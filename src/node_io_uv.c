@@ -147,11 +147,11 @@ static int uv_io_store_meta_set_incarnation(void *data, uint64_t inc)
  * load they grow, and the loop is better left serving through the fsync
  * while a worker runs it. */
 #define WRITE_NOW_MAX_BATCH8 12 /* 1.5 entries */
-/* A loop that serves only its Raft peers (alone) has no one to serve
- * through the fsync: its leader's next messages wait in the socket and
- * form the next batch, as they would have in the store's queue, and the
- * hand-offs to and from a worker (a wake-up of each, on a machine whose
- * cores the other nodes and the clients share) are saved at any load.
+/* A loop with no client to serve (alone) has little to do through the
+ * fsync: its leader's next messages wait in the socket and form the next
+ * batch, as they would have in the store's queue, and the hand-offs to
+ * and from a worker (a wake-up of each, on a machine whose cores the
+ * other nodes and the clients share) are saved at any load.
  * What the COMMIT holds up is a client's first request after the quiet,
  * hence a bound on the COMMIT times still. */
 #define WRITE_ALONE_MAX_NS 5000000 /* 5 ms */

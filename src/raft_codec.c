@@ -160,9 +160,8 @@ static uint8_t *put_varint(uint8_t *p, uint64_t v)
     return p;
 }
 
-/* Size of an unlabeled varint field: nothing when zero. */
-/* A varint field, absent if 0: its tag (two bytes or more from field 16
- * on) and its value. */
+/* Size of a varint field, absent if 0: its tag (two bytes or more from
+ * field 16 on) and its value. */
 static size_t opt_varint_len_at(unsigned field, uint64_t v)
 {
     return v ? varint_len((uint64_t)field << 3) + varint_len(v) : 0;
