@@ -596,6 +596,12 @@ MUTATIONS = [
       "    bool alone = false && nd->io.clients_quiet &&",
       ["py:test_metrics.py::test_followers_without_clients_write_on_the_loop"],
       "a follower alone still hands every batch to a worker"),
+    M("checkpoint_never", "src/store.c",
+      "    if (rc == 0 && s->wal_frames >= CKPT_FRAMES) {",
+      "    if (rc == 0 && s->wal_frames < 0) {",
+      ["unit:store/wal_checkpointed_after_1000_frames"],
+      "the WAL is never checkpointed while the node runs: it grows "
+      "without bound and every fsync also writes the file's new size"),
 ]
 
 

@@ -40,6 +40,7 @@ static struct {
     struct metrics_family rtt;                         /* peer */
     struct metrics_family write_s;                     /* no labels */
     struct metrics_family fsync_s;                     /* no labels */
+    struct metrics_family ckpt_s;                      /* no labels */
     struct metrics_family batch;                       /* no labels */
     struct metrics_family queue_s;                     /* no labels */
     struct metrics_family handback_s;                  /* no labels */
@@ -202,6 +203,9 @@ void node_metrics_written(void)
     NIO(store_stats, &ss);
     if (ss.batches != nm.batches) {
         metrics_observe(one(&nm.fsync_s), (double)ss.last_commit_ns / 1e9);
+        if (ss.last_checkpoint_ns)
+            metrics_observe(one(&nm.ckpt_s),
+                            (double)ss.last_checkpoint_ns / 1e9);
         metrics_observe(one(&nm.write_s),
                         (double)(ss.write_ns - nm.write_ns) / 1e9);
         metrics_observe(one(&nm.batch), (double)ss.last_batch_entries);
@@ -386,6 +390,7 @@ static void render_storage(struct pz_buf *b)
     NIO(store_stats, &ss);
     metrics_render(b, &nm.write_s);
     metrics_render(b, &nm.fsync_s);
+    metrics_render(b, &nm.ckpt_s);
     metrics_render(b, &nm.batch);
     metrics_render(b, &nm.queue_s);
     metrics_render(b, &nm.handback_s);
@@ -555,12 +560,19 @@ void node_metrics_init(void)
                         lbl_peer, metrics_latency_bounds, metrics_latency_n);
     metrics_family_init(&nm.write_s, "pyazdb_storage_write_duration_seconds",
                         METRICS_HISTOGRAM,
-                        "Log write transactions, BEGIN to durable COMMIT.",
+                        "Log write transactions, BEGIN to durable COMMIT "
+                        "and the WAL checkpoint that may follow it.",
                         NULL, metrics_disk_bounds, metrics_disk_n);
     metrics_family_init(&nm.fsync_s, "pyazdb_storage_fsync_duration_seconds",
                         METRICS_HISTOGRAM,
                         "COMMIT of a log write (the WAL fsync).", NULL,
                         metrics_disk_bounds, metrics_disk_n);
+    metrics_family_init(&nm.ckpt_s,
+                        "pyazdb_storage_checkpoint_duration_seconds",
+                        METRICS_HISTOGRAM,
+                        "WAL checkpoints after a log write, each time the "
+                        "WAL reached 1000 pages.",
+                        NULL, metrics_disk_bounds, metrics_disk_n);
     metrics_family_init(&nm.batch, "pyazdb_storage_batch_entries",
                         METRICS_HISTOGRAM,
                         "Log entries per write transaction (per fsync).", NULL,
@@ -607,6 +619,7 @@ void node_metrics_init(void)
                                       &nm.applied,
                                       &nm.write_s,
                                       &nm.fsync_s,
+                                      &nm.ckpt_s,
                                       &nm.batch,
                                       &nm.queue_s,
                                       &nm.handback_s,

@@ -99,6 +99,12 @@
 #define VACUUM_KEEP_RATIO 4 /* ... and up to this many per page in use */
 #define VACUUM_CONVERT_MAX (1024 * 1024 * 1024) /* convert at open below */
 #define WAL_KEEP 33554432  /* WAL bytes kept after a checkpoint (32 MiB) */
+/* A commit that leaves the WAL at least this many frames long is followed
+ * by a PASSIVE checkpoint, as SQLite's auto-checkpoint does by default,
+ * but run and timed by commit(), so that the checkpoint is not counted
+ * as the COMMIT's fsync. The WAL is then written over from its start, in
+ * place (docs/DESIGN.md, "Log writes", has what it costs). */
+#define CKPT_FRAMES 1000
 /* Page cache of the connection, KiB (SQLite's default is 2000): a
  * compaction step (node_snapshot.c: 20,000 entries and 4 MiB of payload
  * at most, about 3 MiB of 110-byte entries) no longer spills dirty pages
@@ -154,7 +160,9 @@ struct batch {
                                          count_free counts them */
     int rc;                           /* 0 or negative code */
     uint64_t commit_ns;               /* time inside COMMIT */
-    uint64_t total_ns;                /* BEGIN to COMMIT */
+    uint64_t ckpt_ns;                 /* the WAL checkpoint after it (0:
+                                         none ran) */
+    uint64_t total_ns;                /* BEGIN to COMMIT (and ckpt_ns) */
     uint64_t queued_ns;               /* handed to the thread pool */
     uint64_t start_ns;                /* a worker started it */
     uint64_t done_ns;                 /* the worker finished it */
@@ -217,6 +225,8 @@ struct store {
     uint64_t last_index;               /* last stored index (or snap) */
     uint64_t last_term;                /* its term (or snap term) */
     struct store_stats stats;          /* counters */
+    int wal_frames;                    /* WAL frames after the last commit
+                                          (the WAL hook; CKPT_FRAMES) */
     long fail_at;                      /* test hook: steps until failure */
     bool injected;                     /* last failing step was injected */
     bool failed;                       /* a write failed: refuse more */
@@ -382,12 +392,37 @@ static void rollback(struct store *s)
     }
 }
 
-static int commit(struct store *s, char *buf, uint64_t *ns)
+/* sqlite3_wal_hook: called after each commit with the WAL's length in
+ * frames; replaces SQLite's auto-checkpoint, which commit() runs. */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    (void)db;
+    (void)name;
+    ((struct store *)arg)->wal_frames = frames;
+    return SQLITE_OK;
+}
+
+/* COMMIT, its time into *ns, and then, if the WAL has grown to
+ * CKPT_FRAMES, a PASSIVE checkpoint, its time into *ckpt_ns (0 if none).
+ * The transaction is durable once COMMIT returns: a checkpoint that fails
+ * (a full disk, say) leaves the WAL longer, as SQLite's own would, and
+ * the next commit tries again. */
+static int commit(struct store *s, char *buf, uint64_t *ns, uint64_t *ckpt_ns)
 {
     uint64_t t0 = uv_hrtime();
+    s->wal_frames = 0;
     int rc = run(s, s->st_commit, buf, "COMMIT");
+    uint64_t t1 = uv_hrtime();
     if (ns)
-        *ns = uv_hrtime() - t0;
+        *ns = t1 - t0;
+    if (ckpt_ns)
+        *ckpt_ns = 0;
+    if (rc == 0 && s->wal_frames >= CKPT_FRAMES) {
+        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
+                                  NULL);
+        if (ckpt_ns)
+            *ckpt_ns = PZ_MAX(uv_hrtime() - t1, 1);
+    }
     return rc;
 }
 
@@ -536,7 +571,7 @@ static int vacuum_step(struct store *s, struct batch *b)
         rollback(s);
         return rc;
     }
-    if ((rc = commit(s, b->err, NULL))) {
+    if ((rc = commit(s, b->err, NULL, NULL))) {
         rollback(s);
         return rc;
     }
@@ -703,7 +738,7 @@ static int run_batch(struct store *s, struct batch *b)
             goto err_in_txn;
         }
     }
-    rc = commit(s, b->err, &b->commit_ns);
+    rc = commit(s, b->err, &b->commit_ns, &b->ckpt_ns);
     if (rc)
         goto err_in_txn;
     b->total_ns = uv_hrtime() - t0;
@@ -815,6 +850,11 @@ static void finish_batch(struct store *s, struct batch *b)
     st->max_batch_entries = PZ_MAX(st->max_batch_entries, n);
     st->commit_ns += b->commit_ns;
     st->last_commit_ns = b->commit_ns;
+    st->last_checkpoint_ns = b->ckpt_ns;
+    if (b->ckpt_ns) {
+        st->checkpoints++;
+        st->checkpoint_ns += b->ckpt_ns;
+    }
     st->write_ns += b->total_ns;
     if (b->queued_ns) { /* on the thread pool */
         st->last_queue_ns = b->start_ns - b->queued_ns;
@@ -1302,7 +1342,7 @@ int store_compact(struct store *s, uint64_t upto, uint64_t term)
     rc = meta_put_u64(s, "snapshot_term", term, buf);
     if (rc)
         goto err_in_txn;
-    rc = commit(s, buf, NULL);
+    rc = commit(s, buf, NULL, NULL);
     if (rc)
         goto err_in_txn;
     s->meta.snap_index = upto;
@@ -1367,7 +1407,7 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
     if (rc == 0 && put_name)
         rc = meta_put(s, "node_name", node_name, buf);
     if (rc == 0)
-        rc = commit(s, buf, NULL);
+        rc = commit(s, buf, NULL, NULL);
     if (rc) {
         rollback(s);
         s->failed = true;
@@ -1400,7 +1440,7 @@ int store_meta_set_incarnation(struct store *s, uint64_t incarnation)
     if (rc == 0)
         rc = meta_put_u64(s, "incarnation", incarnation, buf);
     if (rc == 0)
-        rc = commit(s, buf, NULL);
+        rc = commit(s, buf, NULL, NULL);
     if (rc) {
         rollback(s);
         s->failed = true;
@@ -2197,6 +2237,7 @@ static int open_db(struct store *s, char *err, size_t errlen)
                 row);
         return PZ_EIO;
     }
+    sqlite3_wal_hook(s->db, on_wal_commit, s);
     if ((ret = quick_check(s, err, errlen)))
         return ret;
     if ((ret = pragma_row(s, "PRAGMA application_id", row, sizeof row, err,

@@ -93,8 +93,14 @@ struct store_stats {
                                     fsync); entries / batches = entries
                                     per fsync */
     uint64_t last_commit_ns;     /* COMMIT time of the latest batch */
+    uint64_t checkpoints;        /* WAL checkpoints after a batch's
+                                    COMMIT (each time the WAL reached
+                                    1,000 frames) */
+    uint64_t checkpoint_ns;      /* their total time (in write_ns, not in
+                                    commit_ns) */
+    uint64_t last_checkpoint_ns; /* the latest batch's (0: none) */
     uint64_t write_ns;           /* total time of write transactions,
-                                    BEGIN to COMMIT */
+                                    BEGIN to COMMIT and its checkpoint */
     uint64_t last_queue_ns;      /* latest batch: handed to the thread
                                     pool until a worker started it */
     uint64_t last_handback_ns;   /* latest batch: worker done until its

@@ -318,6 +318,41 @@ def test_followers_without_clients_write_on_the_loop(servers):
         # (a disk slower still keeps them all on the pool)
 
 
+def test_wal_checkpoints_are_timed(servers):
+    """Each node checkpoints its WAL once it reaches 1,000 pages, times
+    the checkpoint apart from the COMMIT, and writes the WAL over from its
+    start: 90 writes of 48 KB (some 1,100 pages) give every node a
+    checkpoint, and no node's WAL grows past the first 1,000 frames."""
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    assert put(leader, "warm", "v")[0] == 204
+    last = value(parse(scrape(leader)), "pyazdb_raft_last_index")
+    before = {s.name: wait_metric(s, lambda m: value(
+        m, "pyazdb_raft_applied_index") >= last) for s in nodes}
+    big = "x" * 48000
+    for i in range(90):
+        st, _, body = put(leader, f"big{i}", big)
+        assert st == 204, body
+    last = value(parse(scrape(leader)), "pyazdb_raft_last_index")
+    for s in nodes:
+        b = before[s.name]
+        a = wait_metric(s, lambda m: value(
+            m, "pyazdb_raft_applied_index") >= last and delta(
+            m, b, "pyazdb_storage_checkpoint_duration_seconds_count") > 0)
+        n = delta(a, b, "pyazdb_storage_checkpoint_duration_seconds_count")
+        ckpt = delta(a, b, "pyazdb_storage_checkpoint_duration_seconds_sum")
+        assert 1 <= n <= 2 and ckpt > 0, (s.name, n, ckpt)
+        assert value(a, "pyazdb_storage_checkpoint_duration_seconds_bucket",
+                     le="+Inf") == value(
+            a, "pyazdb_storage_checkpoint_duration_seconds_count")
+        # the write's time covers its checkpoint, the COMMIT's does not
+        write = delta(a, b, "pyazdb_storage_write_duration_seconds_sum")
+        commit = delta(a, b, "pyazdb_storage_fsync_duration_seconds_sum")
+        assert write >= commit + ckpt, (s.name, write, commit, ckpt)
+        wal = os.path.getsize(os.path.join(s.dir, "data", "raft.db-wal"))
+        assert 0 < wal < 1100 * (4096 + 24), (s.name, wal)
+
+
 def test_leader_change_is_counted(servers):
     nodes = make_cluster(servers)
     leader = leader_of(nodes)

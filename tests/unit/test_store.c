@@ -1400,6 +1400,53 @@ TEST(compact_does_not_rewrite_dropped_bytes)
     tdir_free(&t);
 }
 
+/* The store checkpoints its WAL itself once a commit leaves it 1,000
+ * frames long, times the checkpoint apart from the COMMIT, and writes the
+ * WAL over from its start: after 120 writes of 40 KB (some 1,300 pages)
+ * it never grew past the first 1,000 frames and a few. */
+TEST(wal_checkpointed_after_1000_frames)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", t.db);
+    enum { N = 120, LEN = 40000 };
+    struct raft_hard_state hs = {1, 1, 0};
+    struct store_stats ss;
+    uint64_t seen = 0;
+    for (size_t i = 0; i < N; i++) {
+        struct raft_entry e = {.index = i + 1, .term = 1, .len = LEN};
+        e.data = pz_malloc(LEN);
+        memset(e.data, 'a' + (int)(i % 26), LEN);
+        CHECK_EQ_INT(store_write_sync(s, &hs, &e, 1), 0);
+        pz_free(e.data);
+        store_stats(s, &ss);
+        /* a checkpoint is counted with the batch whose COMMIT it followed */
+        CHECK((ss.last_checkpoint_ns > 0) == (ss.checkpoints > seen));
+        seen = ss.checkpoints;
+    }
+    CHECK(ss.checkpoints >= 1 && ss.checkpoints <= 2);
+    CHECK(ss.checkpoint_ns > 0);
+    CHECK(ss.write_ns >= ss.commit_ns + ss.checkpoint_ns);
+    off_t w = file_size(wal);
+    fprintf(stderr, "    %llu checkpoints, WAL %lld bytes\n",
+            (unsigned long long)ss.checkpoints, (long long)w);
+    CHECK(w > 0 && w < 1100 * (4096 + 24));
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *got;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &got, &n, NULL), 0);
+    CHECK_EQ_INT(n, N);
+    CHECK(got[N - 1].len == LEN && got[N - 1].data[0] == 'a' + (N - 1) % 26);
+    free_entries(got, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
 TEST(meta_set_once)
 {
     struct tdir t;
@@ -2580,6 +2627,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(compact_and_reload),
     TEST_ENTRY(compaction_keeps_room_for_a_large_log),
     TEST_ENTRY(compact_does_not_rewrite_dropped_bytes),
+    TEST_ENTRY(wal_checkpointed_after_1000_frames),
     TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
     TEST_ENTRY(load_from_and_term),
