@@ -32,9 +32,10 @@ requests/s over the runs beside it; p50 and p99 are those of all the
 requests of all its runs together.
 
 - the disk's fsync floor: 128 bytes written in place + fdatasync, in the
-  directory that holds the clusters' data, by one writer and by three at
-  once (what each node of a 3-node cluster on this one disk pays, as all
-  three write for every replicated write), and a loopback round trip;
+  directory that holds the clusters' data, for as long as a run, by one
+  writer and by three at once (what each node of a 3-node cluster on
+  this one disk pays, as all three write for every replicated write),
+  and a loopback round trip;
 - 3-node PyazDB and 3-node etcd (Debian's etcd-server) on 127.0.0.1, fsync
   on, loaded one after the other over gRPC by h2load with the same request
   bytes: writes (Set / Put), linearizable reads (Get / Range), serializable
@@ -445,34 +446,39 @@ def txn_rows(tmp, systems, loads, dur, reps, matrix):
 
 # --- the pieces -------------------------------------------------------------
 
-def fsync_records(path, n):
+def fsync_records(path, secs, slots=8192):
     """128-byte records written in turn into a file allocated beforehand
-    (as a log reuses its space), each followed by fdatasync: each one's
-    latency in microseconds."""
+    (as a log reuses its space: a ring of `slots`), each followed by
+    fdatasync, for secs seconds (a run's length, so that the disk's
+    occasional stalls fall into it as into a run): each one's latency in
+    microseconds."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     rec = b"x" * 128
     lat = []
     try:
-        os.write(fd, b"\0" * (128 * n))
+        os.write(fd, b"\0" * (128 * slots))
         os.fsync(fd)
-        for i in range(n):
+        end = time.perf_counter() + secs
+        i = 0
+        while time.perf_counter() < end:
             t = time.perf_counter()
-            os.pwrite(fd, rec, 128 * i)
+            os.pwrite(fd, rec, 128 * (i % slots))
             os.fdatasync(fd)
             lat.append((time.perf_counter() - t) * 1e6)
+            i += 1
     finally:
         os.close(fd)
         os.unlink(path)
     return lat
 
 
-def fsync_floor(d, n, writers=1):
+def fsync_floor(d, secs, writers=1):
     """fsync_records by `writers` processes at once, each on its own file
     in d: with 1, the least a durable write can cost on this disk; with 3,
     what each node of a 3-node cluster on this one disk pays when all
     three write at once, as they do for every replicated write."""
     if writers == 1:
-        lat = fsync_records(os.path.join(d, "fsync-floor"), n)
+        lat = fsync_records(os.path.join(d, "fsync-floor"), secs)
     else:
         pids = []
         for w in range(writers):
@@ -480,7 +486,8 @@ def fsync_floor(d, n, writers=1):
             if pid == 0:
                 code = 1
                 try:
-                    lat = fsync_records(os.path.join(d, f"fsync-floor{w}"), n)
+                    lat = fsync_records(os.path.join(d, f"fsync-floor{w}"),
+                                        secs)
                     with open(os.path.join(d, f"fsync-floor{w}.lat"), "w") as f:
                         json.dump(lat, f)
                     code = 0
@@ -753,7 +760,10 @@ def report(out, res, mode):
                     f"{w['pyazdb']['p50_ms'] * 1000 / (f3['p50_us'] + res['rtt_us']):.2f}x)"
                     if f3 else "")
                  + "; p99 / p50 at 1x1: "
-                 f"{w['pyazdb']['p99_ms'] / w['pyazdb']['p50_ms']:.2f}.\n")
+                 f"{w['pyazdb']['p99_ms'] / w['pyazdb']['p50_ms']:.2f}"
+                 + (f" (the three-writer floor's own: "
+                    f"{f3['p99_us'] / f3['p50_us']:.2f})" if f3 else "")
+                 + ".\n")
     L.append("\n## Writes against connections\n")
     L.append("One run per point.\n")
     L.append("| connections | PyazDB req/s | etcd req/s | ratio | PyazDB p99 ms "
@@ -837,8 +847,8 @@ def main():
             [os.path.join(ROOT, "src/pyazdb-server"), "--version"],
             capture_output=True, text=True).stdout.split()[1]
         log(f"== fsync floor and loopback round trip (in {tmp})")
-        res["floor"] = fsync_floor(tmp, 2000 if a.full else 500)
-        res["floor3"] = fsync_floor(tmp, 2000 if a.full else 500, 3)
+        res["floor"] = fsync_floor(tmp, dur)
+        res["floor3"] = fsync_floor(tmp, dur, 3)
         res["rtt_us"] = loopback_rtt()
         log(f"   fsync p50 {res['floor']['p50_us']:.0f} us (three writers "
             f"at once: {res['floor3']['p50_us']:.0f} us), "
