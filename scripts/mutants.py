@@ -597,11 +597,17 @@ MUTATIONS = [
       ["py:test_metrics.py::test_followers_without_clients_write_on_the_loop"],
       "a follower alone still hands every batch to a worker"),
     M("checkpoint_never", "src/store.c",
-      "    if (rc == 0 && s->wal_frames >= CKPT_FRAMES) {",
-      "    if (rc == 0 && s->wal_frames < 0) {",
+      "    if (rc == 0 && s->wal_frames >= CKPT_FRAMES)\n",
+      "    if (rc == 0 && s->wal_frames < 0)\n",
       ["unit:store/wal_checkpointed_after_1000_frames"],
       "the WAL is never checkpointed while the node runs: it grows "
       "without bound and every fsync also writes the file's new size"),
+    M("checkpoint_failure_silent", "src/store.c",
+      "        ck->failures++;\n",
+      "",
+      ["unit:store/failed_checkpoints_keep_the_wal",
+       "py:test_storage.py::test_failed_checkpoints_are_reported_and_lose_nothing"],
+      "a checkpoint that fails is not counted: the WAL grows unseen"),
 ]
 
 

@@ -612,6 +612,25 @@ static uint64_t node_clock_ns(void *arg)
     return NIO(clock_ns);
 }
 
+/* A WAL checkpoint that fails loses nothing (the WAL keeps the pages) but
+ * leaves the WAL growing with every write until one succeeds: say so, at
+ * most once a minute while it lasts. */
+static void checkpoint_cron(uint64_t now)
+{
+    struct store_stats st;
+    NIO(store_stats, &st);
+    if (st.checkpoint_failures == nd->ckpt_failures_seen ||
+        (nd->ckpt_warned_at != 0 && now < nd->ckpt_warned_at + 60000))
+        return;
+    pz_warn("cannot checkpoint the Raft log's WAL into raft.db: %s (%llu "
+            "failed so far); the WAL keeps every write, and grows until a "
+            "checkpoint succeeds",
+            st.checkpoint_error ? st.checkpoint_error : "unknown error",
+            (unsigned long long)st.checkpoint_failures);
+    nd->ckpt_failures_seen = st.checkpoint_failures;
+    nd->ckpt_warned_at = now;
+}
+
 void node_tick(void)
 {
     if (!nd->open)
@@ -649,6 +668,7 @@ void node_tick(void)
         nd->cron_at = now + 1000;
         members_cron();
         nospace_cron();
+        checkpoint_cron(now);
     }
 }
 

@@ -105,6 +105,15 @@
  * as the COMMIT's fsync. The WAL is then written over from its start, in
  * place (docs/DESIGN.md, "Log writes", has what it costs). */
 #define CKPT_FRAMES 1000
+
+/* The checkpoints one transaction's thread ran (commit(), the vacuum
+ * steps' own), added to the store's stats on the loop thread. */
+struct ckpt {
+    uint64_t n;        /* that succeeded */
+    uint64_t ns;       /* their time */
+    uint64_t failures; /* that failed: the WAL keeps the pages */
+    const char *error; /* the last failure's (sqlite3_errstr) */
+};
 /* Page cache of the connection, KiB (SQLite's default is 2000): a
  * compaction step (node_snapshot.c: 20,000 entries and 4 MiB of payload
  * at most, about 3 MiB of 110-byte entries) no longer spills dirty pages
@@ -160,9 +169,10 @@ struct batch {
                                          count_free counts them */
     int rc;                           /* 0 or negative code */
     uint64_t commit_ns;               /* time inside COMMIT */
-    uint64_t ckpt_ns;                 /* the WAL checkpoint after it (0:
-                                         none ran) */
-    uint64_t total_ns;                /* BEGIN to COMMIT (and ckpt_ns) */
+    struct ckpt ckpt;                 /* checkpoints after it (and in
+                                         vacuum steps) */
+    uint64_t total_ns;                /* BEGIN to COMMIT and the
+                                         checkpoint after it */
     uint64_t queued_ns;               /* handed to the thread pool */
     uint64_t start_ns;                /* a worker started it */
     uint64_t done_ns;                 /* the worker finished it */
@@ -220,6 +230,7 @@ struct store {
     unsigned compact_level;            /* of the next compaction step */
     uint64_t step_budget_ns;           /* STEP_NS (tests set it) */
     bool test_vacuum_full;             /* test hook: vacuums find no room */
+    bool test_ckpt_fail;               /* test hook: checkpoints fail */
     struct store_meta meta;            /* as stored */
     struct raft_hard_state hs;         /* as stored */
     uint64_t last_index;               /* last stored index (or snap) */
@@ -402,27 +413,56 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
+/* A checkpoint of the WAL in `mode`, counted in ck. One that fails (a
+ * full disk, an I/O error) loses nothing: the WAL still holds every page
+ * and the next one copies them again; meanwhile the WAL grows, and the
+ * node warns (store_stats.checkpoint_failures). */
+static void checkpoint(struct store *s, int mode, struct ckpt *ck)
+{
+    uint64_t t0 = uv_hrtime();
+    int rc = s->test_ckpt_fail
+                 ? SQLITE_IOERR
+                 : sqlite3_wal_checkpoint_v2(s->db, NULL, mode, NULL, NULL);
+    if (rc == SQLITE_OK) {
+        ck->n++;
+        ck->ns += PZ_MAX(uv_hrtime() - t0, 1);
+    } else {
+        ck->failures++;
+        ck->error = sqlite3_errstr(rc);
+    }
+}
+
+/* Loop thread: ck into the store's stats. */
+static void count_ckpt(struct store *s, const struct ckpt *ck)
+{
+    s->stats.checkpoints += ck->n;
+    s->stats.checkpoint_ns += ck->ns;
+    s->stats.checkpoint_failures += ck->failures;
+    if (ck->error)
+        s->stats.checkpoint_error = ck->error;
+}
+
 /* COMMIT, its time into *ns, and then, if the WAL has grown to
- * CKPT_FRAMES, a PASSIVE checkpoint, its time into *ckpt_ns (0 if none).
- * The transaction is durable once COMMIT returns: a checkpoint that fails
- * (a full disk, say) leaves the WAL longer, as SQLite's own would, and
- * the next commit tries again. */
-static int commit(struct store *s, char *buf, uint64_t *ns, uint64_t *ckpt_ns)
+ * CKPT_FRAMES, a PASSIVE checkpoint counted in ck. The transaction is
+ * durable once COMMIT returns, whatever the checkpoint does. */
+static int commit(struct store *s, char *buf, uint64_t *ns, struct ckpt *ck)
 {
     uint64_t t0 = uv_hrtime();
     s->wal_frames = 0;
     int rc = run(s, s->st_commit, buf, "COMMIT");
-    uint64_t t1 = uv_hrtime();
     if (ns)
-        *ns = t1 - t0;
-    if (ckpt_ns)
-        *ckpt_ns = 0;
-    if (rc == 0 && s->wal_frames >= CKPT_FRAMES) {
-        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
-                                  NULL);
-        if (ckpt_ns)
-            *ckpt_ns = PZ_MAX(uv_hrtime() - t1, 1);
-    }
+        *ns = uv_hrtime() - t0;
+    if (rc == 0 && s->wal_frames >= CKPT_FRAMES)
+        checkpoint(s, SQLITE_CHECKPOINT_PASSIVE, ck);
+    return rc;
+}
+
+/* commit() for the loop thread's own transactions (no job in flight). */
+static int commit_sync(struct store *s, char *buf)
+{
+    struct ckpt ck = {0};
+    int rc = commit(s, buf, NULL, &ck);
+    count_ckpt(s, &ck);
     return rc;
 }
 
@@ -540,8 +580,7 @@ static int vacuum_step(struct store *s, struct batch *b)
         return rc;
     uint64_t pages = count_pages(s);
     if (s->ckpt_pages > pages + VACUUM_CKPT_PAGES) {
-        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
-                                  NULL, NULL);
+        checkpoint(s, SQLITE_CHECKPOINT_PASSIVE, &b->ckpt);
         s->ckpt_pages = pages;
         b->cut = true;
         return 0;
@@ -571,15 +610,14 @@ static int vacuum_step(struct store *s, struct batch *b)
         rollback(s);
         return rc;
     }
-    if ((rc = commit(s, b->err, NULL, NULL))) {
+    if ((rc = commit(s, b->err, NULL, &b->ckpt))) {
         rollback(s);
         return rc;
     }
     if ((rc = count_free(s, b)))
         return rc;
     if (b->free_pages <= VACUUM_KEEP) {
-        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
-                                  NULL, NULL);
+        checkpoint(s, SQLITE_CHECKPOINT_TRUNCATE, &b->ckpt);
         s->ckpt_pages = count_pages(s);
     }
     return 0;
@@ -738,7 +776,7 @@ static int run_batch(struct store *s, struct batch *b)
             goto err_in_txn;
         }
     }
-    rc = commit(s, b->err, &b->commit_ns, &b->ckpt_ns);
+    rc = commit(s, b->err, &b->commit_ns, &b->ckpt);
     if (rc)
         goto err_in_txn;
     b->total_ns = uv_hrtime() - t0;
@@ -775,6 +813,7 @@ static unsigned step_resize(const struct store *s, unsigned level,
 /* Loop thread: the batch is over; update the in-memory copy or fail. */
 static void finish_batch(struct store *s, struct batch *b)
 {
+    count_ckpt(s, &b->ckpt);
     if (b->rc == PZ_ENOSPC) {
         /* SQLite rolled the transaction back whole (run_batch's
          * rollback): nothing of it is stored and the file is as it was,
@@ -850,11 +889,7 @@ static void finish_batch(struct store *s, struct batch *b)
     st->max_batch_entries = PZ_MAX(st->max_batch_entries, n);
     st->commit_ns += b->commit_ns;
     st->last_commit_ns = b->commit_ns;
-    st->last_checkpoint_ns = b->ckpt_ns;
-    if (b->ckpt_ns) {
-        st->checkpoints++;
-        st->checkpoint_ns += b->ckpt_ns;
-    }
+    st->last_checkpoint_ns = b->ckpt.ns;
     st->write_ns += b->total_ns;
     if (b->queued_ns) { /* on the thread pool */
         st->last_queue_ns = b->start_ns - b->queued_ns;
@@ -1342,7 +1377,7 @@ int store_compact(struct store *s, uint64_t upto, uint64_t term)
     rc = meta_put_u64(s, "snapshot_term", term, buf);
     if (rc)
         goto err_in_txn;
-    rc = commit(s, buf, NULL, NULL);
+    rc = commit_sync(s, buf);
     if (rc)
         goto err_in_txn;
     s->meta.snap_index = upto;
@@ -1407,7 +1442,7 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
     if (rc == 0 && put_name)
         rc = meta_put(s, "node_name", node_name, buf);
     if (rc == 0)
-        rc = commit(s, buf, NULL, NULL);
+        rc = commit_sync(s, buf);
     if (rc) {
         rollback(s);
         s->failed = true;
@@ -1440,7 +1475,7 @@ int store_meta_set_incarnation(struct store *s, uint64_t incarnation)
     if (rc == 0)
         rc = meta_put_u64(s, "incarnation", incarnation, buf);
     if (rc == 0)
-        rc = commit(s, buf, NULL, NULL);
+        rc = commit_sync(s, buf);
     if (rc) {
         rollback(s);
         s->failed = true;
@@ -2237,7 +2272,6 @@ static int open_db(struct store *s, char *err, size_t errlen)
                 row);
         return PZ_EIO;
     }
-    sqlite3_wal_hook(s->db, on_wal_commit, s);
     if ((ret = quick_check(s, err, errlen)))
         return ret;
     if ((ret = pragma_row(s, "PRAGMA application_id", row, sizeof row, err,
@@ -2277,6 +2311,9 @@ static int open_db(struct store *s, char *err, size_t errlen)
     }
     if ((ret = vacuum_mode(s, err, errlen)))
         return ret;
+    /* From here commit() checkpoints; until here SQLite's auto-checkpoint
+     * did (the conversion's VACUUM, at open). */
+    sqlite3_wal_hook(s->db, on_wal_commit, s);
     for (size_t i = 0; i < PZ_ARRAY_SIZE(stmt_sql); i++) {
         rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1,
                                 SQLITE_PREPARE_PERSISTENT, stmt_slot(s, i),
@@ -2343,6 +2380,8 @@ int store_open(const char *dir, struct store **out, char *err,
     const char *env = getenv("PYAZDB_TEST_STORE_FAIL_AT");
     if (env && *env)
         s->fail_at = strtol(env, NULL, 10);
+    env = getenv("PYAZDB_TEST_CHECKPOINT_FAIL");
+    s->test_ckpt_fail = env && strcmp(env, "1") == 0;
     s->errmsg[0] = '\0';
     *out = s;
     return 0;
@@ -2402,6 +2441,11 @@ void store_test_step_budget(struct store *s, uint64_t ns)
 void store_test_vacuum_full(struct store *s, bool on)
 {
     s->test_vacuum_full = on;
+}
+
+void store_test_checkpoint_fail(struct store *s, bool on)
+{
+    s->test_ckpt_fail = on;
 }
 
 void store_fail_at(struct store *s, long n)

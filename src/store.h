@@ -93,12 +93,16 @@ struct store_stats {
                                     fsync); entries / batches = entries
                                     per fsync */
     uint64_t last_commit_ns;     /* COMMIT time of the latest batch */
-    uint64_t checkpoints;        /* WAL checkpoints after a batch's
-                                    COMMIT (each time the WAL reached
-                                    1,000 frames) */
-    uint64_t checkpoint_ns;      /* their total time (in write_ns, not in
-                                    commit_ns) */
+    uint64_t checkpoints;        /* WAL checkpoints: after a COMMIT
+                                    that left the WAL 1,000 frames long,
+                                    and in the vacuum steps */
+    uint64_t checkpoint_ns;      /* their total time (a batch's are in
+                                    write_ns, not in commit_ns) */
     uint64_t last_checkpoint_ns; /* the latest batch's (0: none) */
+    uint64_t checkpoint_failures; /* checkpoints that failed (the WAL
+                                     keeps the pages and grows) */
+    const char *checkpoint_error; /* the last failure's reason (static
+                                     string), NULL if none */
     uint64_t write_ns;           /* total time of write transactions,
                                     BEGIN to COMMIT and its checkpoint */
     uint64_t last_queue_ns;      /* latest batch: handed to the thread
@@ -294,5 +298,10 @@ void store_test_step_budget(struct store *s, uint64_t ns);
 /* Test hook: while on, every incremental vacuum step fails as one that
  * finds the file system full (SQLITE_FULL, PZ_ENOSPC) would. */
 void store_test_vacuum_full(struct store *s, bool on);
+
+/* Test hook: while on, every WAL checkpoint fails as one on a broken disk
+ * would (SQLITE_IOERR), without running. store_open turns it on when the
+ * environment variable PYAZDB_TEST_CHECKPOINT_FAIL is 1. */
+void store_test_checkpoint_fail(struct store *s, bool on);
 
 #endif

@@ -321,8 +321,10 @@ def test_followers_without_clients_write_on_the_loop(servers):
 def test_wal_checkpoints_are_timed(servers):
     """Each node checkpoints its WAL once it reaches 1,000 pages, times
     the checkpoint apart from the COMMIT, and writes the WAL over from its
-    start: 90 writes of 48 KB (some 1,100 pages) give every node a
-    checkpoint, and no node's WAL grows past the first 1,000 frames."""
+    start: 200 writes of 48 KB (some 2,500 pages) give every node two
+    checkpoints or three, and no node's WAL grows to 2,000 frames (a
+    follower that fell behind may write up to 64 entries in one
+    transaction past the 1,000th frame)."""
     nodes = make_cluster(servers)
     leader = leader_of(nodes)
     assert put(leader, "warm", "v")[0] == 204
@@ -330,7 +332,7 @@ def test_wal_checkpoints_are_timed(servers):
     before = {s.name: wait_metric(s, lambda m: value(
         m, "pyazdb_raft_applied_index") >= last) for s in nodes}
     big = "x" * 48000
-    for i in range(90):
+    for i in range(200):
         st, _, body = put(leader, f"big{i}", big)
         assert st == 204, body
     last = value(parse(scrape(leader)), "pyazdb_raft_last_index")
@@ -341,7 +343,7 @@ def test_wal_checkpoints_are_timed(servers):
             m, b, "pyazdb_storage_checkpoint_duration_seconds_count") > 0)
         n = delta(a, b, "pyazdb_storage_checkpoint_duration_seconds_count")
         ckpt = delta(a, b, "pyazdb_storage_checkpoint_duration_seconds_sum")
-        assert 1 <= n <= 2 and ckpt > 0, (s.name, n, ckpt)
+        assert 2 <= n <= 3 and ckpt > 0, (s.name, n, ckpt)
         assert value(a, "pyazdb_storage_checkpoint_duration_seconds_bucket",
                      le="+Inf") == value(
             a, "pyazdb_storage_checkpoint_duration_seconds_count")
@@ -350,7 +352,8 @@ def test_wal_checkpoints_are_timed(servers):
         commit = delta(a, b, "pyazdb_storage_fsync_duration_seconds_sum")
         assert write >= commit + ckpt, (s.name, write, commit, ckpt)
         wal = os.path.getsize(os.path.join(s.dir, "data", "raft.db-wal"))
-        assert 0 < wal < 1100 * (4096 + 24), (s.name, wal)
+        assert 0 < wal < 2000 * (4096 + 24), (s.name, wal)
+        assert value(a, "pyazdb_storage_checkpoint_failures_total") == 0
 
 
 def test_leader_change_is_counted(servers):

@@ -63,6 +63,42 @@ def test_failed_log_write_stops_the_node(servers):
         assert get(s, k)[2] == b"v"
 
 
+def test_failed_checkpoints_are_reported_and_lose_nothing(servers):
+    """A WAL checkpoint that fails (the store's test hook: every one does)
+    loses no write: the WAL keeps them and grows, the failures are counted
+    in /metrics, the log warns once (at most once a minute), and a restart
+    without the fault has every write."""
+    s = servers(start=False)
+    s.env["PYAZDB_TEST_CHECKPOINT_FAIL"] = "1"
+    s.start()
+    big = "y" * 48000
+    for i in range(120):  # some 1,500 pages: past 1,000 without a restart
+        st, _, body = put(s, f"big{i}", big)
+        assert st == 204, body
+    wal = os.path.join(s.dir, "data", "raft.db-wal")
+    assert os.path.getsize(wal) > 1200 * (4096 + 24)
+    deadline = time.time() + 10
+    while time.time() < deadline and \
+            "cannot checkpoint" not in s.read_log():
+        time.sleep(0.1)
+    log = s.read_log()
+    assert log.count("cannot checkpoint the Raft log's WAL into raft.db: "
+                     "disk I/O error") == 1, log
+    st, _, body = s.request("GET", "/metrics")
+    text = body.decode()
+    failed = [float(ln.split()[1]) for ln in text.splitlines()
+              if ln.startswith("pyazdb_storage_checkpoint_failures_total ")]
+    done = [float(ln.split()[1]) for ln in text.splitlines()
+            if ln.startswith("pyazdb_storage_checkpoint_duration_seconds_"
+                             "count ")]
+    assert failed and failed[0] >= 20 and done == [0], (failed, done)
+    s.stop()
+    del s.env["PYAZDB_TEST_CHECKPOINT_FAIL"]
+    s.start()
+    for i in (0, 59, 119):
+        assert get(s, f"big{i}")[2] == big.encode()
+
+
 def test_node_of_another_cluster_is_refused(servers):
     nodes = make_cluster(servers)
     leader_of(nodes)

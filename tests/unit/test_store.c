@@ -1447,6 +1447,53 @@ TEST(wal_checkpointed_after_1000_frames)
     tdir_free(&t);
 }
 
+/* A checkpoint that fails loses nothing: the WAL keeps every page and
+ * grows, each failure is counted with its reason, and the first checkpoint
+ * that works (here after the hook is lifted) counts as one. */
+TEST(failed_checkpoints_keep_the_wal)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", t.db);
+    enum { N = 120, LEN = 40000 };
+    struct raft_hard_state hs = {1, 1, 0};
+    store_test_checkpoint_fail(s, true);
+    for (size_t i = 0; i <= N; i++) {
+        if (i == N)
+            store_test_checkpoint_fail(s, false);
+        struct raft_entry e = {.index = i + 1, .term = 1, .len = LEN};
+        e.data = pz_malloc(LEN);
+        memset(e.data, 'a' + (int)(i % 26), LEN);
+        CHECK_EQ_INT(store_write_sync(s, &hs, &e, 1), 0);
+        pz_free(e.data);
+        if (i == N - 1) {
+            struct store_stats ss;
+            store_stats(s, &ss);
+            CHECK(ss.checkpoints == 0 && ss.checkpoint_failures >= 20);
+            CHECK(ss.checkpoint_error != NULL &&
+                  strstr(ss.checkpoint_error, "I/O") != NULL);
+            CHECK(file_size(wal) > 1200 * (4096 + 24));
+        }
+    }
+    struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK_EQ_INT(ss.checkpoints, 1);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_entry *got;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &hs, &got, &n, NULL), 0);
+    CHECK_EQ_INT(n, N + 1);
+    CHECK(got[N - 1].len == LEN && got[N - 1].data[0] == 'a' + (N - 1) % 26);
+    free_entries(got, n);
+    store_close(s);
+    tdir_free(&t);
+}
+
 TEST(meta_set_once)
 {
     struct tdir t;
@@ -2628,6 +2675,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(compaction_keeps_room_for_a_large_log),
     TEST_ENTRY(compact_does_not_rewrite_dropped_bytes),
     TEST_ENTRY(wal_checkpointed_after_1000_frames),
+    TEST_ENTRY(failed_checkpoints_keep_the_wal),
     TEST_ENTRY(install_snapshot_replaces_log),
     TEST_ENTRY(meta_set_once),
     TEST_ENTRY(load_from_and_term),
