@@ -202,6 +202,10 @@ void node_metrics_recv(const struct raft_msg *m)
  * step's, say, counted when the scrape comes). */
 static void note_checkpoints(const struct store_stats *ss)
 {
+    if (ss->checkpoints < nm.ckpts) { /* a store opened anew */
+        nm.ckpts = ss->checkpoints;
+        nm.ckpt_ns = ss->checkpoint_ns;
+    }
     uint64_t n = ss->checkpoints - nm.ckpts;
     if (n == 0)
         return;

@@ -111,6 +111,7 @@
 struct ckpt {
     uint64_t n;        /* that succeeded */
     uint64_t ns;       /* their time */
+    uint64_t tried_ns; /* the time of all, failed ones too */
     uint64_t failures; /* that failed: the WAL keeps the pages */
     const char *error; /* the last failure's (sqlite3_errstr) */
 };
@@ -423,9 +424,11 @@ static void checkpoint(struct store *s, int mode, struct ckpt *ck)
     int rc = s->test_ckpt_fail
                  ? SQLITE_IOERR
                  : sqlite3_wal_checkpoint_v2(s->db, NULL, mode, NULL, NULL);
+    uint64_t ns = PZ_MAX(uv_hrtime() - t0, 1);
+    ck->tried_ns += ns;
     if (rc == SQLITE_OK) {
         ck->n++;
-        ck->ns += PZ_MAX(uv_hrtime() - t0, 1);
+        ck->ns += ns;
     } else {
         ck->failures++;
         ck->error = sqlite3_errstr(rc);
@@ -889,7 +892,7 @@ static void finish_batch(struct store *s, struct batch *b)
     st->max_batch_entries = PZ_MAX(st->max_batch_entries, n);
     st->commit_ns += b->commit_ns;
     st->last_commit_ns = b->commit_ns;
-    st->last_checkpoint_ns = b->ckpt.ns;
+    st->last_checkpoint_ns = b->ckpt.tried_ns;
     st->write_ns += b->total_ns;
     if (b->queued_ns) { /* on the thread pool */
         st->last_queue_ns = b->start_ns - b->queued_ns;
@@ -2381,7 +2384,8 @@ int store_open(const char *dir, struct store **out, char *err,
     if (env && *env)
         s->fail_at = strtol(env, NULL, 10);
     env = getenv("PYAZDB_TEST_CHECKPOINT_FAIL");
-    s->test_ckpt_fail = env && strcmp(env, "1") == 0;
+    if (env && strcmp(env, "1") == 0)
+        store_test_checkpoint_fail(s, true);
     s->errmsg[0] = '\0';
     *out = s;
     return 0;
@@ -2446,6 +2450,9 @@ void store_test_vacuum_full(struct store *s, bool on)
 void store_test_checkpoint_fail(struct store *s, bool on)
 {
     s->test_ckpt_fail = on;
+    /* the one sqlite3_close runs too */
+    sqlite3_db_config(s->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, on ? 1 : 0,
+                      NULL);
 }
 
 void store_fail_at(struct store *s, long n)

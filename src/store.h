@@ -98,7 +98,8 @@ struct store_stats {
                                     and in the vacuum steps */
     uint64_t checkpoint_ns;      /* their total time (a batch's are in
                                     write_ns, not in commit_ns) */
-    uint64_t last_checkpoint_ns; /* the latest batch's (0: none) */
+    uint64_t last_checkpoint_ns; /* the latest batch's, failed ones
+                                    included (0: none) */
     uint64_t checkpoint_failures; /* checkpoints that failed (the WAL
                                      keeps the pages and grows) */
     const char *checkpoint_error; /* the last failure's reason (static
@@ -300,8 +301,9 @@ void store_test_step_budget(struct store *s, uint64_t ns);
 void store_test_vacuum_full(struct store *s, bool on);
 
 /* Test hook: while on, every WAL checkpoint fails as one on a broken disk
- * would (SQLITE_IOERR), without running. store_open turns it on when the
- * environment variable PYAZDB_TEST_CHECKPOINT_FAIL is 1. */
+ * would (SQLITE_IOERR), without running, and closing the store leaves
+ * the WAL as it is. store_open turns it on when the environment variable
+ * PYAZDB_TEST_CHECKPOINT_FAIL is 1. */
 void store_test_checkpoint_fail(struct store *s, bool on);
 
 #endif
