@@ -1400,6 +1400,32 @@ TEST(compact_does_not_rewrite_dropped_bytes)
     tdir_free(&t);
 }
 
+/* Writes entry `index` alone: len bytes of 'a' + (index - 1) % 26. */
+static int write_big(struct store *s, uint64_t index, size_t len)
+{
+    struct raft_hard_state hs = {1, 1, 0};
+    struct raft_entry e = {.index = index, .term = 1, .len = len};
+    e.data = pz_malloc(len);
+    memset(e.data, 'a' + (int)((index - 1) % 26), len);
+    int rc = store_write_sync(s, &hs, &e, 1);
+    pz_free(e.data);
+    return rc;
+}
+
+/* Loads s: n entries, the last as write_big wrote it. */
+static bool loads_big(struct store *s, size_t n, size_t len)
+{
+    struct raft_hard_state hs;
+    struct raft_entry *got;
+    size_t got_n;
+    if (store_load(s, &hs, &got, &got_n, NULL) != 0)
+        return false;
+    bool ok = got_n == n && got[n - 1].len == len &&
+              got[n - 1].data[0] == 'a' + (int)((n - 1) % 26);
+    free_entries(got, got_n);
+    return ok;
+}
+
 /* The store checkpoints its WAL itself once a commit leaves it 1,000
  * frames long, times the checkpoint apart from the COMMIT, and writes the
  * WAL over from its start: after 120 writes of 40 KB (some 1,300 pages)
@@ -1413,22 +1439,17 @@ TEST(wal_checkpointed_after_1000_frames)
     char wal[160];
     snprintf(wal, sizeof wal, "%s-wal", t.db);
     enum { N = 120, LEN = 40000 };
-    struct raft_hard_state hs = {1, 1, 0};
     struct store_stats ss;
     uint64_t seen = 0;
-    for (size_t i = 0; i < N; i++) {
-        struct raft_entry e = {.index = i + 1, .term = 1, .len = LEN};
-        e.data = pz_malloc(LEN);
-        memset(e.data, 'a' + (int)(i % 26), LEN);
-        CHECK_EQ_INT(store_write_sync(s, &hs, &e, 1), 0);
-        pz_free(e.data);
+    for (size_t i = 1; i <= N; i++) {
+        CHECK_EQ_INT(write_big(s, i, LEN), 0);
         store_stats(s, &ss);
         /* a checkpoint is counted with the batch whose COMMIT it followed */
         CHECK((ss.last_checkpoint_ns > 0) == (ss.checkpoints > seen));
         seen = ss.checkpoints;
     }
     CHECK(ss.checkpoints >= 1 && ss.checkpoints <= 2);
-    CHECK(ss.checkpoint_ns > 0);
+    CHECK(ss.checkpoint_ns > 0 && ss.checkpoint_failures == 0);
     CHECK(ss.write_ns >= ss.commit_ns + ss.checkpoint_ns);
     off_t w = file_size(wal);
     fprintf(stderr, "    %llu checkpoints, WAL %lld bytes\n",
@@ -1437,12 +1458,7 @@ TEST(wal_checkpointed_after_1000_frames)
     store_close(s);
     s = open_ok(&t);
     CHECK(s != NULL);
-    struct raft_entry *got;
-    size_t n;
-    CHECK_EQ_INT(store_load(s, &hs, &got, &n, NULL), 0);
-    CHECK_EQ_INT(n, N);
-    CHECK(got[N - 1].len == LEN && got[N - 1].data[0] == 'a' + (N - 1) % 26);
-    free_entries(got, n);
+    CHECK(loads_big(s, N, LEN));
     store_close(s);
     tdir_free(&t);
 }
@@ -1460,47 +1476,27 @@ TEST(failed_checkpoints_keep_the_wal)
     char wal[160];
     snprintf(wal, sizeof wal, "%s-wal", t.db);
     enum { N = 120, LEN = 40000 };
-    struct raft_hard_state hs = {1, 1, 0};
     store_test_checkpoint_fail(s, true);
-    for (size_t i = 0; i <= N; i++) {
-        if (i == N) { /* from the WAL alone, then one more write */
-            store_close(s);
-            CHECK(file_size(wal) > 1200 * (4096 + 24));
-            s = open_ok(&t);
-            CHECK(s != NULL);
-            struct raft_entry *got;
-            size_t n;
-            CHECK_EQ_INT(store_load(s, &hs, &got, &n, NULL), 0);
-            CHECK_EQ_INT(n, N);
-            CHECK(got[N - 1].len == LEN &&
-                  got[N - 1].data[0] == 'a' + (N - 1) % 26);
-            free_entries(got, n);
-        }
-        struct raft_entry e = {.index = i + 1, .term = 1, .len = LEN};
-        e.data = pz_malloc(LEN);
-        memset(e.data, 'a' + (int)(i % 26), LEN);
-        CHECK_EQ_INT(store_write_sync(s, &hs, &e, 1), 0);
-        pz_free(e.data);
-        if (i == N - 1) {
-            struct store_stats ss;
-            store_stats(s, &ss);
-            CHECK(ss.checkpoints == 0 && ss.checkpoint_failures >= 20);
-            CHECK(ss.checkpoint_error != NULL &&
-                  strstr(ss.checkpoint_error, "I/O") != NULL);
-            CHECK(ss.last_checkpoint_ns > 0); /* tried: the loop's bound */
-        }
-    }
+    for (size_t i = 1; i <= N; i++)
+        CHECK_EQ_INT(write_big(s, i, LEN), 0);
     struct store_stats ss;
+    store_stats(s, &ss);
+    CHECK(ss.checkpoints == 0 && ss.checkpoint_failures >= 20);
+    CHECK(ss.checkpoint_error != NULL &&
+          strstr(ss.checkpoint_error, "I/O") != NULL);
+    CHECK(ss.last_checkpoint_ns > 0); /* tried: the loop's bound sees it */
+    store_close(s);
+    CHECK(file_size(wal) > 1200 * (4096 + 24));
+    s = open_ok(&t); /* from the WAL alone */
+    CHECK(s != NULL);
+    CHECK(loads_big(s, N, LEN));
+    CHECK_EQ_INT(write_big(s, N + 1, LEN), 0);
     store_stats(s, &ss);
     CHECK(ss.checkpoints == 1 && ss.checkpoint_failures == 0);
     store_close(s);
     s = open_ok(&t);
     CHECK(s != NULL);
-    struct raft_entry *got;
-    size_t n;
-    CHECK_EQ_INT(store_load(s, &hs, &got, &n, NULL), 0);
-    CHECK_EQ_INT(n, N + 1);
-    free_entries(got, n);
+    CHECK(loads_big(s, N + 1, LEN));
     store_close(s);
     tdir_free(&t);
 }
