@@ -620,7 +620,7 @@ static void checkpoint_cron(uint64_t now)
     struct store_stats st;
     NIO(store_stats, &st);
     if (st.checkpoint_failures == nd->ckpt_failures_seen ||
-        (nd->ckpt_warned_at != 0 && now < nd->ckpt_warned_at + 60000))
+        (nd->ckpt_failures_seen != 0 && now < nd->ckpt_warned_at + 60000))
         return;
     pz_warn("cannot checkpoint the Raft log's WAL into raft.db: %s (%llu "
             "failed so far); the WAL keeps every write, and grows until a "

@@ -130,7 +130,7 @@ struct node {
     uint64_t compact_retry_at;   /* no compaction step before (io now()) */
     uint64_t ckpt_failures_seen; /* store_stats.checkpoint_failures as
                                     of the last warning */
-    uint64_t ckpt_warned_at;     /* when (loop ms), 0 if never */
+    uint64_t ckpt_warned_at;     /* when (loop ms) */
     uint64_t vacuum_nospace_seen; /* store_stats.vacuum_nospace as of
                                      the last compaction step */
     uint64_t compact_step_from;  /* the store's snapshot point before the
