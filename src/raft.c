@@ -352,6 +352,9 @@ struct raft {
                                    from (kept through term changes) */
     bool heard;                 /* heard_at is set: a leader, or a restart
                                    with a term (cfg.lease_ns: tick 0) */
+    uint64_t promised_until;    /* cfg.clock time until which an earlier
+                                   run's promise holds (0: none;
+                                   raft_restore_promise) */
     uint64_t lease_reads;       /* reads confirmed by the lease alone */
     struct pending_read *reads; /* leader: FIFO of unconfirmed reads */
     size_t n_reads;             /* entries in reads */
@@ -427,18 +430,33 @@ static bool in_touch(const struct raft *r)
     return r->leader != 0 && r->election_elapsed < r->cfg.election_ticks;
 }
 
+/* Whether an earlier run's promise (raft_restore_promise) may still hold:
+ * no vote for another and no election of our own until it ends. */
+static bool promise_holds(struct raft *r)
+{
+    if (r->promised_until == 0)
+        return false;
+    if (r->cfg.clock(r->cfg.clock_arg) < r->promised_until)
+        return true;
+    r->promised_until = 0;
+    return false;
+}
+
 /* Thesis §4.2.3: refuses votes "within the minimum election timeout of
  * hearing from a current leader", counted from the message itself: a
  * term learned since (say from a candidate's answer to our own stale
  * Pre-Vote) changes nothing, or a leader's read lease (lease_holds) that
  * counted on us could end early. A node restarted with a term counts as
- * having heard from one at its first tick (cfg.lease_ns). A leader
- * refuses with CheckQuorum. */
-static bool in_lease(const struct raft *r)
+ * having heard from one at its first tick (cfg.lease_ns), and refuses
+ * while an earlier run's promise holds. A leader refuses with
+ * CheckQuorum. */
+static bool in_lease(struct raft *r)
 {
     if (r->role == RAFT_LEADER)
         return r->cfg.check_quorum;
-    return r->heard && r->ticks - r->heard_at < (uint64_t)r->cfg.election_ticks;
+    return (r->heard &&
+            r->ticks - r->heard_at < (uint64_t)r->cfg.election_ticks) ||
+           promise_holds(r);
 }
 
 static void heard_from_leader(struct raft *r)
@@ -877,7 +895,8 @@ static uint64_t refusal_end(const struct raft *r, const struct progress *pr)
  * quorum of voters is known to refuse (refusal_end), no other leader can
  * be elected, and this leader's commit index holds every acknowledged
  * write, as a heartbeat round would confirm. A node restarted with a
- * term refuses for its first election timeout (raft_restore_snapshot):
+ * term refuses for its first election timeout (raft_restore_snapshot),
+ * or for what an earlier run promised if longer (raft_restore_promise):
  * it forgot what it promised; it promises only once its term is durable.
  * A leader that sent TIMEOUT_NOW gives its lease up for the term: the
  * target's VOTE is not refused, and the message may arrive after the
@@ -2170,7 +2189,8 @@ void raft_tick(struct raft *r)
         drop_forwarded(r, r->ticks - (uint64_t)r->cfg.election_ticks);
     if (r->role != RAFT_LEADER) {
         r->election_elapsed++;
-        if (promotable(r) && r->election_elapsed >= r->randomized_timeout)
+        if (promotable(r) && r->election_elapsed >= r->randomized_timeout &&
+            !promise_holds(r))
             campaign(r, r->cfg.pre_vote, false);
         return;
     }
@@ -2573,6 +2593,12 @@ int raft_read_index(struct raft *r, uint64_t ctx)
     f->ctx = ctx;
     f->tick = r->ticks;
     return 0;
+}
+
+void raft_restore_promise(struct raft *r, uint64_t ns)
+{
+    if (ns > 0 && r->term > 0 && r->cfg.clock != NULL)
+        r->promised_until = r->cfg.clock(r->cfg.clock_arg) + ns;
 }
 
 void raft_campaign(struct raft *r)

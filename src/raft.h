@@ -321,7 +321,8 @@ struct raft_config {
                                    election_ticks - 1 ticks can take, as
                                    told by clock. Restored with a term, it
                                    refuses votes for its first election
-                                   timeout (it forgot its promises) */
+                                   timeout (it forgot its promises), or
+                                   longer: raft_restore_promise */
     bool lease_reads;           /* leader: a read is confirmed without a
                                    heartbeat round while a quorum of voters
                                    acknowledged a round sent less than
@@ -383,6 +384,17 @@ int raft_restore(struct raft *r, const struct raft_hard_state *hs,
 int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
                           const struct raft_snapshot_meta *snap,
                           const struct raft_entry *entries, size_t n);
+
+/* After raft_restore*: what earlier runs of this node may still have
+ * promised a leader (the largest config.lease_ns they sent lately; the
+ * driver keeps it with the stable state, and raises it before a larger
+ * config.lease_ns is sent). Restored with a term, the node then neither
+ * grants a vote nor starts an election until ns after this call by
+ * config.clock, besides its first election timeout (a transfer aside:
+ * TIMEOUT_NOW and the VOTE it starts come from the leader that gave its
+ * lease up): a shorter election timeout than before must not end an
+ * older promise early. No-op with ns 0, no term or no clock. */
+void raft_restore_promise(struct raft *r, uint64_t ns);
 
 /* Bootstrap of a static initial cluster, on an empty node only (empty log,
  * term 0). Appends entry 1 (term 1, CONF, raft_conf_encode(conf)) and sets

@@ -1054,6 +1054,88 @@ TEST(restarted_node_refuses_votes_for_a_timeout)
     t_lease = false;
 }
 
+TEST(restarted_node_keeps_an_earlier_promise)
+{
+    /* An earlier run with a longer election timeout promised a leader 30
+     * ticks' time (raft_restore_promise): the restarted node refuses votes
+     * and starts no election for that long by the clock, although its own
+     * timeout (10 to 19 ticks) is over long before. */
+    t_lease = true;
+    t_now_ns = 1000 * T_TICK_NS;
+    uint64_t terms[] = {2};
+    struct raft *r = restored(2, 3, terms, 1, 2);
+    raft_restore_promise(r, 30 * T_TICK_NS);
+    struct raft_msg v = {.type = RAFT_MSG_VOTE,
+                         .from = 3,
+                         .to = 2,
+                         .term = 3,
+                         .index = 2,
+                         .log_term = 2};
+    struct raft_status st;
+    for (int k = 0; k < 29; k++) {
+        t_now_ns += T_TICK_NS;
+        raft_tick(r);
+    }
+    CHECK_EQ_INT(raft_step(r, &v), 0);
+    raft_status(r, &st);
+    CHECK(st.role == RAFT_FOLLOWER && st.term == 2 && st.vote == 0);
+    /* A transfer's vote is the leader's own wish: granted. */
+    struct raft *t = restored(2, 3, terms, 1, 2);
+    raft_restore_promise(t, 30 * T_TICK_NS);
+    struct raft_msg tv = v;
+    tv.transfer = true;
+    CHECK_EQ_INT(raft_step(t, &tv), 0);
+    raft_status(t, &st);
+    CHECK(st.term == 3 && st.vote == 3);
+    raft_free(t);
+    /* Past the promise: the vote is granted. */
+    t_now_ns += T_TICK_NS;
+    CHECK_EQ_INT(raft_step(r, &v), 0);
+    raft_status(r, &st);
+    CHECK(st.term == 3 && st.vote == 3);
+    raft_free(r);
+
+    /* Its own election waits for the promise too, then starts at the
+     * first tick after it. */
+    t_now_ns = 1000 * T_TICK_NS;
+    r = restored(2, 3, terms, 1, 2);
+    raft_restore_promise(r, 30 * T_TICK_NS);
+    for (int k = 0; k < 29; k++) {
+        t_now_ns += T_TICK_NS;
+        raft_tick(r);
+    }
+    raft_status(r, &st);
+    CHECK(st.role == RAFT_FOLLOWER && st.term == 2);
+    t_now_ns += T_TICK_NS;
+    raft_tick(r);
+    raft_status(r, &st);
+    CHECK(st.role == RAFT_PRE_CANDIDATE);
+    raft_free(r);
+
+    /* A promise shorter than the election timeout changes nothing, and a
+     * node without a term promised nothing. */
+    r = restored(2, 3, terms, 1, 2);
+    raft_restore_promise(r, 2 * T_TICK_NS);
+    for (int k = 0; k < 20; k++) {
+        t_now_ns += T_TICK_NS;
+        raft_tick(r);
+    }
+    raft_status(r, &st);
+    CHECK(st.role == RAFT_PRE_CANDIDATE);
+    raft_free(r);
+    struct raft_config cfg = tcfg(2);
+    r = raft_new(&cfg, NULL);
+    raft_restore_promise(r, 30 * T_TICK_NS);
+    v.term = 1;
+    v.index = 0;
+    v.log_term = 0;
+    CHECK_EQ_INT(raft_step(r, &v), 0);
+    raft_status(r, &st);
+    CHECK(st.term == 1 && st.vote == 3);
+    raft_free(r);
+    t_lease = false;
+}
+
 /* deliver_all, with every HEARTBEAT_RESP promising lease_ns. */
 static void deliver_all_promising(struct tnet *net, uint64_t lease_ns)
 {
@@ -3348,6 +3430,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(lease_given_up_by_a_transfer),
     TEST_ENTRY(lease_counts_what_the_followers_promise),
     TEST_ENTRY(restarted_node_refuses_votes_for_a_timeout),
+    TEST_ENTRY(restarted_node_keeps_an_earlier_promise),
     TEST_ENTRY(vote_refused_within_the_timeout_of_a_leader_whatever_the_term),
     TEST_ENTRY(read_index_round_to_a_quorum),
     TEST_ENTRY(read_index_quorum_needed),
