@@ -631,6 +631,48 @@ static void checkpoint_cron(uint64_t now)
     nd->ckpt_warned_at = now;
 }
 
+/* Read leases: a leader may count on this node's refusing votes for
+ * lease_ns after each heartbeat it answers (raft_config.lease_ns). The
+ * store keeps the longest promise a run may still be bound by, so that a
+ * restart with a shorter election-timeout still keeps an older, longer
+ * one (raft_restore_promise): it is raised before this run can promise
+ * more, and lowered once the earlier one is over (promise_cron). */
+static int keep_promise(char *err, size_t errlen)
+{
+    struct store_meta m;
+    NIO(store_meta_get, &m);
+    raft_restore_promise(nd->raft, m.promise_ns);
+    if (m.promise_ns > nd->promise_ns) {
+        pz_info("refusing votes for %llu ms: an earlier run, with a longer "
+                "election-timeout, may have promised a leader that long",
+                (unsigned long long)(m.promise_ns / 1000000));
+        nd->promise_lower_at = NIO(clock_ns) + m.promise_ns;
+        return 0;
+    }
+    if (m.promise_ns == nd->promise_ns)
+        return 0;
+    int rv = NIO(store_meta_set_promise, nd->promise_ns);
+    if (rv < 0)
+        snprintf(err, errlen,
+                 "cannot record this node's read-lease promise: %s",
+                 NIO(store_errmsg));
+    return rv;
+}
+
+static void promise_cron(void)
+{
+    if (nd->promise_lower_at == 0 || NIO(clock_ns) < nd->promise_lower_at ||
+        NIO(store_busy))
+        return;
+    int rv = NIO(store_meta_set_promise, nd->promise_ns);
+    if (rv == PZ_ENOSPC)
+        return; /* again at the next cron */
+    if (rv < 0)
+        pz_warn("cannot record this node's read-lease promise: %s",
+                NIO(store_errmsg));
+    nd->promise_lower_at = 0;
+}
+
 void node_tick(void)
 {
     if (!nd->open)
@@ -669,6 +711,7 @@ void node_tick(void)
         members_cron();
         nospace_cron();
         checkpoint_cron(now);
+        promise_cron();
     }
 }
 
@@ -1050,7 +1093,8 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
         .seed = seed ^ nd->id,
         .pre_vote = true,
         .check_quorum = true,
-        .lease_ns = lease_ns(cfg->election_timeout_ms, nd->tick_ms),
+        .lease_ns = nd->promise_ns =
+            lease_ns(cfg->election_timeout_ms, nd->tick_ms),
         .lease_reads = cfg->raft_read_lease,
         .clock = node_clock_ns,
         .max_readies = NODE_READIES,
@@ -1082,6 +1126,8 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
         pz_info("removed %zu temporary snapshot file%s left by a crash",
                 stale, stale == 1 ? "" : "s");
     if (rv == 1 && start_fresh(err, errlen) < 0) /* no state yet */
+        goto err_after_store;
+    if (keep_promise(err, errlen) < 0)
         goto err_after_store;
     if (NIO(mandi_open, cfg, &nd->mandi_on, err, errlen) < 0)
         goto err_after_store;

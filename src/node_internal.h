@@ -131,6 +131,10 @@ struct node {
     uint64_t ckpt_failures_seen; /* store_stats.checkpoint_failures as
                                     of the last warning */
     uint64_t ckpt_warned_at;     /* when (loop ms) */
+    uint64_t promise_ns;         /* this run's raft_config.lease_ns */
+    uint64_t promise_lower_at;   /* io clock_ns after which the stored
+                                    promise, an earlier run's longer one,
+                                    comes down to promise_ns (0: none) */
     uint64_t vacuum_nospace_seen; /* store_stats.vacuum_nospace as of
                                      the last compaction step */
     uint64_t compact_step_from;  /* the store's snapshot point before the

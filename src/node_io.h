@@ -82,6 +82,7 @@ struct node_io {
     int (*store_meta_set)(void *data, uint64_t cluster_id, uint64_t node_id,
                           const char *node_name);
     int (*store_meta_set_incarnation)(void *data, uint64_t incarnation);
+    int (*store_meta_set_promise)(void *data, uint64_t promise_ns);
     /* Persist a Ready (hs may be NULL); entries stay valid until cb. */
     int (*store_write)(void *data, const struct raft_hard_state *hs,
                        const struct raft_entry *entries, size_t n,

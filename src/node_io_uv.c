@@ -139,6 +139,12 @@ static int uv_io_store_meta_set_incarnation(void *data, uint64_t inc)
     return store_meta_set_incarnation(io.store, inc);
 }
 
+static int uv_io_store_meta_set_promise(void *data, uint64_t promise_ns)
+{
+    PZ_UNUSED(data);
+    return store_meta_set_promise(io.store, promise_ns);
+}
+
 /* A write on the loop thread holds the loop for one COMMIT: only while
  * COMMITs take less than this, on average and the latest. */
 #define WRITE_NOW_MAX_NS 1000000 /* 1 ms */
@@ -493,6 +499,7 @@ void node_io_uv(struct node_io *t, uv_loop_t *loop)
         .store_meta_get = uv_io_store_meta_get,
         .store_meta_set = uv_io_store_meta_set,
         .store_meta_set_incarnation = uv_io_store_meta_set_incarnation,
+        .store_meta_set_promise = uv_io_store_meta_set_promise,
         .store_write = uv_io_store_write,
         .store_write_now_ok = uv_io_store_write_now_ok,
         .store_write_now = uv_io_store_write_now,

@@ -1488,6 +1488,30 @@ int store_meta_set_incarnation(struct store *s, uint64_t incarnation)
     return 0;
 }
 
+int store_meta_set_promise(struct store *s, uint64_t promise_ns)
+{
+    pz_assert(s->jobs == 0);
+    char *buf = s->errmsg;
+    if (s->failed)
+        return PZ_EIO;
+    if (s->meta.promise_ns == promise_ns)
+        return 0;
+    int rc = run(s, s->st_begin, buf, "BEGIN");
+    if (rc == 0)
+        rc = meta_put_u64(s, "lease_promise_ns", promise_ns, buf);
+    if (rc == 0)
+        rc = commit_sync(s, buf);
+    if (rc) {
+        /* A full disk leaves the file as it was (as for a batch). */
+        rollback(s);
+        if (rc != PZ_ENOSPC)
+            s->failed = true;
+        return rc;
+    }
+    s->meta.promise_ns = promise_ns;
+    return 0;
+}
+
 void store_meta_get(const struct store *s, struct store_meta *meta)
 {
     *meta = s->meta;
@@ -1998,11 +2022,13 @@ static int load_meta(struct store *s, char *err, size_t errlen)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *k = (const char *)sqlite3_column_text(st, 0);
         const char *t = (const char *)sqlite3_column_text(st, 1);
-        if (k && strcmp(k, "incarnation") == 0) {
-            /* Optional: databases of joined nodes have it. */
-            if (!parse_u64(t, &m->incarnation)) {
-                set_err(err, errlen, "%s: meta incarnation has a bad value "
-                        "\"%s\"", s->path, t ? t : "(null)");
+        if (k && (strcmp(k, "incarnation") == 0 ||
+                  strcmp(k, "lease_promise_ns") == 0)) {
+            /* Optional: databases of joined nodes have an incarnation,
+             * those of this version a promise. */
+            if (!parse_u64(t, k[0] == 'i' ? &m->incarnation : &m->promise_ns)) {
+                set_err(err, errlen, "%s: meta %s has a bad value \"%s\"",
+                        s->path, k, t ? t : "(null)");
                 ret = PZ_ECORRUPT;
                 goto out;
             }

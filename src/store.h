@@ -77,6 +77,11 @@ struct store_meta {
                                       by a node that joins, so that the
                                       cluster can tell this data dir from
                                       an earlier one of the same name */
+    uint64_t promise_ns;           /* the longest a run of this node may
+                                      still have promised a leader to
+                                      refuse votes (raft_config.lease_ns);
+                                      0: none recorded (a new data dir, or
+                                      one of an older version) */
 };
 
 /* Counters since store_open, for /status and benchmarks. A batch is one
@@ -198,6 +203,10 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
 /* Records the incarnation (non-zero), once: the same value again is 0,
  * another is PZ_EINVAL. PZ_EIO on a write error. */
 int store_meta_set_incarnation(struct store *s, uint64_t incarnation);
+/* Records promise_ns, durably and synchronously (any value, replacing
+ * the stored one). PZ_ENOSPC (nothing written, the store still usable),
+ * PZ_EIO on a write error. */
+int store_meta_set_promise(struct store *s, uint64_t promise_ns);
 
 /* Persists one Ready in one transaction on libuv's thread pool, behind
  * the jobs already queued: deletes stored entries with index >=

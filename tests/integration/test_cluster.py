@@ -244,6 +244,69 @@ def test_reads_on_the_leader_use_its_lease(servers, lease):
         assert l1 == l0 == 0 and r1 - r0 >= 100, (l1, r1 - r0)
 
 
+def meta_value(node, key):
+    """A row of a stopped node's raft.db meta table (None if absent)."""
+    import sqlite3
+    db = sqlite3.connect(os.path.join(node.conf["raft-data"], "raft.db"))
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?",
+                         (key,)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
+
+
+def test_restart_with_a_shorter_timeout_keeps_the_old_promise(servers):
+    """A follower's answer to the leader's rounds promises to refuse votes
+    for 90% of its election-timeout less a tick and 2 ms (the leader's read
+    lease counts on it). Restarted at once with a far shorter
+    election-timeout, it keeps the promise of the run before: with the
+    leader stopped, both followers' own timeouts are over in a second, yet
+    no leader is elected until that promise is; raft.db records the
+    longest promise still owed, and the shorter one once it is over."""
+    longer = {"election-timeout": "3s", "heartbeat-interval": "300ms"}
+    shorter = {"election-timeout": "500ms", "heartbeat-interval": "50ms"}
+    promise_ms = 2671  # 90% of (99 ticks of 30 ms - 2 ms)
+    nodes = make_cluster(servers, conf=longer)
+    leader = leader_of(nodes)
+    a, b = [s for s in nodes if s is not leader]
+    # b restarts with the shorter settings long enough before a that its
+    # own earlier promise is over when a's restart matters
+    b.stop()
+    assert meta_value(b, "lease_promise_ns") == str(promise_ms * 10**6 + 200000)
+    b.conf.update(shorter)
+    b.write_conf()
+    b.start()
+    assert f"refusing votes for {promise_ms} ms" in b.read_log()
+    time.sleep(3.2)
+    assert put(leader, "k", "v")[0] == 204
+    wait_value(b, "k", "v")
+
+    a.kill()
+    a.conf.update(shorter)
+    a.write_conf()
+    t0 = time.time()
+    a.start()
+    leader.signal(signal.SIGSTOP)
+    try:
+        new = leader_of([a, b], timeout=20)
+        took = time.time() - t0
+    finally:
+        leader.signal(signal.SIGCONT)
+    assert took >= promise_ms / 1000 - 0.3, took
+    assert f"refusing votes for {promise_ms} ms" in a.read_log()
+    assert put(new, "k", "w")[0] == 204
+    leader_of(nodes)
+    wait_value(leader, "k", "w")
+
+    # the earlier promise is over: a's raft.db holds its own again
+    time.sleep(max(0, t0 + promise_ms / 1000 + 1.5 - time.time()))
+    a.stop()
+    assert meta_value(a, "lease_promise_ns") == "443700000"
+    leader.stop()
+    assert meta_value(leader, "lease_promise_ns") == str(promise_ms * 10**6 + 200000)
+
+
 def test_paused_leader_never_serves_stale_reads(cluster):
     leader = leader_of(cluster)
     assert put(leader, "k", "old")[0] == 204

@@ -404,6 +404,12 @@ static int io_store_meta_set_incarnation(void *data, uint64_t inc)
     return 0;
 }
 
+static int io_store_meta_set_promise(void *data, uint64_t promise_ns)
+{
+    ((struct ns_node *)data)->st.meta.promise_ns = promise_ns;
+    return 0;
+}
+
 static size_t jobs_deepest; /* store jobs in flight at once, at most */
 
 static int st_submit(struct ns_node *s, int job,
@@ -907,6 +913,7 @@ static const struct node_io ns_io = {
     .store_meta_get = io_store_meta_get,
     .store_meta_set = io_store_meta_set,
     .store_meta_set_incarnation = io_store_meta_set_incarnation,
+    .store_meta_set_promise = io_store_meta_set_promise,
     .store_write = io_store_write,
     .store_write_now_ok = io_store_write_now_ok,
     .store_write_now = io_store_write_now,

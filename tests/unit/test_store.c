@@ -1548,9 +1548,23 @@ TEST(meta_set_once)
     CHECK(s != NULL);
     store_meta_get(s, &m);
     CHECK(m.incarnation == cid);
+    /* The lease promise: none recorded, then replaced at will, durably. */
+    CHECK(m.promise_ns == 0);
+    CHECK_EQ_INT(store_meta_set_promise(s, 1800000000), 0);
+    CHECK_EQ_INT(store_meta_set_promise(s, 700000000), 0);
     store_close(s);
-    CHECK(sql(&t, "UPDATE meta SET value = 'x' WHERE key = 'incarnation'"));
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    store_meta_get(s, &m);
+    CHECK(m.promise_ns == 700000000);
+    store_close(s);
     char err[STORE_ERRMSG_SIZE];
+    CHECK(sql(&t, "UPDATE meta SET value = '-1' "
+                  "WHERE key = 'lease_promise_ns'"));
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
+    CHECK(has(err, "meta lease_promise_ns has a bad value \"-1\""));
+    CHECK(sql(&t, "DELETE FROM meta WHERE key = 'lease_promise_ns'"));
+    CHECK(sql(&t, "UPDATE meta SET value = 'x' WHERE key = 'incarnation'"));
     CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
     CHECK(has(err, "meta incarnation has a bad value"));
     CHECK(sql(&t, "UPDATE meta SET value = '18364758544493064720' "
