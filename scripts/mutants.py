@@ -547,6 +547,33 @@ MUTATIONS = [
       "    if (m->context > pr->read_acked && m->context <= r->read_round) {",
       ["unit:raft/lease_counts_what_the_followers_promise"],
       "a late answer's promise is paired with a later round"),
+    M("restart_forgets_an_earlier_promise", "src/raft.c",
+      "        r->promised_until = r->cfg.clock(r->cfg.clock_arg) + ns;",
+      "        r->promised_until = 0 * ns;",
+      ["sim:10000", "unit:raft/restarted_node_keeps_an_earlier_promise"],
+      "a node restarted with a shorter election timeout votes within the "
+      "promise of its run before"),
+    M("restart_campaigns_within_an_earlier_promise", "src/raft.c",
+      "        if (promotable(r) && r->election_elapsed >= r->randomized_timeout &&\n"
+      "            !promise_holds(r))",
+      "        if (promotable(r) && r->election_elapsed >= r->randomized_timeout)",
+      ["sim:10000", "unit:raft/restarted_node_keeps_an_earlier_promise"],
+      "a restarted node votes for itself within the promise of its run "
+      "before"),
+    M("node_forgets_an_earlier_promise", "src/node.c",
+      "    raft_restore_promise(nd->raft, m.promise_ns);",
+      "    raft_restore_promise(nd->raft, 0 * m.promise_ns);",
+      ["py:test_cluster.py::"
+       "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
+      "the node does not hand the stored promise to the core"),
+    M("node_promises_more_than_it_stored", "src/node.c",
+      "    int rv = NIO(store_meta_set_promise, nd->promise_ns);\n"
+      "    if (rv < 0)\n        snprintf",
+      "    int rv = 0 * NIO(store_meta_set_promise, 0);\n"
+      "    if (rv < 0)\n        snprintf",
+      ["py:test_cluster.py::"
+       "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
+      "a run promises more than the store records for the next one"),
     M("lease_renewed_while_a_round_is_out", "src/raft.c",
       "    *renew = q >= r->read_round &&",
       "    *renew = q >= 0 * r->read_round &&",

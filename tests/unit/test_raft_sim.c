@@ -1,7 +1,10 @@
 /* test_raft_sim.c - deterministic randomized simulation of Raft clusters.
  *
  * A cluster of 3 or 5 cores (src/raft.c) runs on a discrete-event clock:
- * per-node ticks (each incarnation's clock may run up to 30% off), process
+ * per-node ticks (each incarnation's clock may run up to 30% off, and in
+ * half the seeds with Pre-Vote its election timeout is its own, short or
+ * long: a follower restarted at once with a shorter one while its leader
+ * is cut off must keep its earlier read-lease promise), process
  * pauses (a paused node's events wait until it runs again), a network with
  * per-message delay (reordering), loss, duplication, stale copies
  * delivered much later, partitions (minority, majority, leader isolation,
@@ -72,7 +75,6 @@
 
 #define SIM_MAXN 5
 #define TICK_MS 10
-#define SIM_LEASE_TICKS 9 /* election_ticks - 1 */
 
 enum ev_type {
     EV_TICK,
@@ -155,6 +157,11 @@ struct snode {
     uint64_t checks;         /* check counter (full scans) */
     uint64_t marker_term;    /* liveness: term a marker was proposed */
     uint64_t marker_index;   /* liveness: its index */
+    /* read leases: the largest lease_ns an earlier incarnation may still
+     * have promised (durable, as the node driver keeps it), and when it
+     * may be lowered to this incarnation's (sim ms, 0: nothing to do) */
+    uint64_t promised_ns;
+    uint64_t promise_lower_at;
 };
 
 struct committed_rec {
@@ -242,6 +249,13 @@ struct sim {
     bool cut[SIM_MAXN + 1][SIM_MAXN + 1];
     uint64_t paused_until[SIM_MAXN + 1]; /* a paused process runs again */
     uint64_t tick_ms[SIM_MAXN + 1];      /* each node's clock rate */
+    bool vary_timings;                   /* election timeouts per
+                                            incarnation: 5 to 10 ticks or
+                                            25 to 40 */
+    int election_ticks[SIM_MAXN + 1];    /* each incarnation's */
+    bool shortest[SIM_MAXN + 1];         /* the next one: 5 ticks */
+    uint64_t quick_until;                /* no quick restart before */
+    int quick_leader;                    /* the leader it cut off */
     uint64_t codec_rng;                  /* how frames are split (its own
                                             stream: events stay as they
                                             were) */
@@ -775,6 +789,7 @@ static void note_committed(struct sim *s, int node, uint64_t index,
 }
 
 static void crash_and_restart(struct sim *s, int id);
+static void quick_restart_behind_leader(struct sim *s, int l);
 
 static void check_node(struct sim *s, int id)
 {
@@ -1305,6 +1320,7 @@ static void pump(struct sim *s, int id)
         for (size_t i = 0; i < n && !s->failed; i++)
             send_checked(s, sn, &ms[i]);
     }
+    bool quick = false; /* reads answered: a leader's lease is fresh */
     while (sn->r != NULL && !s->failed && raft_has_ready(sn->r)) {
         if (sn->n_rds >= s->max_readies) {
             sim_fail(s, "node %d: raft_has_ready with %zu Readies in flight",
@@ -1317,6 +1333,7 @@ static void pump(struct sim *s, int id)
             install_snapshot(s, sn, rd);
         apply_entries(s, sn, rd);
         check_reads(s, sn, rd);
+        quick |= rd->n_read_states > 0;
         if (rd->n_committed > 0 && !s->failed)
             maybe_snapshot(s, id);
         for (size_t i = 0; i < rd->n_msgs; i++)
@@ -1338,6 +1355,13 @@ static void pump(struct sim *s, int id)
                 send_checked(s, sn, &rd->msgs_after_persist[i]);
             raft_advance(sn->r, rd);
         }
+    }
+    if (quick && sn->r != NULL && !s->failed && s->chaos && s->vary_timings &&
+        s->lease && s->now >= s->quick_until && chance(s, 50)) {
+        struct raft_status st;
+        raft_status(sn->r, &st);
+        if (st.role == RAFT_LEADER)
+            quick_restart_behind_leader(s, id);
     }
 }
 
@@ -1372,7 +1396,7 @@ static struct raft_config node_cfg(struct sim *s, int id)
 {
     struct raft_config c = {
         .id = (uint64_t)id,
-        .election_ticks = 10,
+        .election_ticks = s->election_ticks[id],
         .heartbeat_ticks = 1,
         .seed = s->seed * 1000003u + (uint64_t)id * 7919u + s->nodes[id].epoch,
         .max_inflight_msgs = s->max_inflight,
@@ -1385,7 +1409,8 @@ static struct raft_config node_cfg(struct sim *s, int id)
         /* A follower's fastest clock ticks every TICK_MS - 3 ms: it
          * refuses votes for election_ticks - 1 of them at least after a
          * message arrived, less the millisecond of our event times. */
-        c.lease_ns = (uint64_t)(SIM_LEASE_TICKS * (TICK_MS - 3) - 1) * 1000000u;
+        c.lease_ns =
+            (uint64_t)((c.election_ticks - 1) * (TICK_MS - 3) - 1) * 1000000u;
         c.lease_reads = true;
         c.clock = sim_clock_ns;
         c.clock_arg = s;
@@ -1404,9 +1429,30 @@ static void founders_conf(struct sim *s, struct raft_conf *c)
     }
 }
 
+/* What the node driver does with its promise: an earlier incarnation's
+ * is handed to the restored core, and the durable one is raised before
+ * this incarnation promises more, or lowered once the earlier one is
+ * over. */
+static void keep_promise(struct sim *s, struct snode *sn, uint64_t lease_ns)
+{
+    raft_restore_promise(sn->r, sn->promised_ns);
+    sn->promise_lower_at = 0;
+    if (lease_ns >= sn->promised_ns)
+        sn->promised_ns = lease_ns;
+    else
+        sn->promise_lower_at = s->now + sn->promised_ns / 1000000u + 1;
+}
+
 static void node_start(struct sim *s, int id)
 {
     struct snode *sn = &s->nodes[id];
+    /* Each incarnation may run with other timings than the one before
+     * (an operator changed election-timeout), with a clock of its own. */
+    s->election_ticks[id] = !s->vary_timings  ? 10
+                            : s->shortest[id] ? 5
+                            : chance(s, 50)   ? 5 + (int)rnd(s, 6)
+                                              : 25 + (int)rnd(s, 16);
+    s->shortest[id] = false;
     struct raft_config cfg = node_cfg(s, id);
     char err[RAFT_ERRMSG_SIZE];
     sn->r = raft_new(&cfg, err);
@@ -1439,6 +1485,8 @@ static void node_start(struct sim *s, int id)
         if (rc != 0)
             sim_fail(s, "node %d restore failed: %s", id, pz_strerror(rc));
     }
+    if (s->lease)
+        keep_promise(s, sn, cfg.lease_ns);
     sn->n_rds = 0;
     sn->persist_at = 0;
     sn->n_mir = 0;
@@ -1461,8 +1509,9 @@ static void node_start(struct sim *s, int id)
     heap_push(s, ev_new(s, EV_TICK, id, 1 + rnd(s, TICK_MS)));
     trace(s,
           "node %d up (epoch %" PRIu64 ", snapshot %" PRIu64
-          ", %zu durable entries, term %" PRIu64 ")",
-          id, sn->epoch, sn->dsnap.index, sn->n_log, sn->hs.term);
+          ", %zu durable entries, term %" PRIu64 ", election %d ticks)",
+          id, sn->epoch, sn->dsnap.index, sn->n_log, sn->hs.term,
+          s->election_ticks[id]);
 }
 
 static void node_crash(struct sim *s, int id)
@@ -1620,12 +1669,17 @@ static void client_action(struct sim *s)
             propose(s, l);
     } else if (r < 85) {
         int id = chance(s, 50) && l ? l : pick_up(s);
+        /* the leader cut off by quick_restart_behind_leader, often */
+        if (s->now < s->quick_until && s->nodes[s->quick_leader].r != NULL &&
+            chance(s, 50))
+            id = s->quick_leader;
         if (id)
             do_read(s, id);
     } else if (r < 93) {
         if (l)
             do_conf_change(s, l);
-    } else if (l) {
+    } else if (l && !(s->now < s->quick_until && l == s->quick_leader)) {
+        /* (not the leader cut off: a transfer gives its lease up) */
         uint64_t to = 1 + rnd(s, (uint64_t)s->n);
         int rc = raft_transfer_leader(s->nodes[l].r, to);
         trace(s, "node %d transfer to %" PRIu64 ": %s", l, to, pz_strerror(rc));
@@ -1663,8 +1717,49 @@ static void blackout(struct sim *s)
     trace(s, "blackout: every node down");
 }
 
+/* The leader cut off, and a follower that answered its last rounds back
+ * at once with the shortest election timeout, shorter than the one it
+ * promised by: it must keep that promise (keep_promise), or the others
+ * elect a leader while the old one still reads by its lease. */
+static void quick_restart_behind_leader(struct sim *s, int l)
+{
+    /* of the leader's other voters that are up, the one that promised
+     * the longest (the others may then elect a leader before its promise
+     * is over) */
+    const struct raft_conf *c = raft_conf_current(s->nodes[l].r, NULL);
+    int f = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        int id = (int)c->servers[i].id;
+        if (c->servers[i].voter && id != l && s->nodes[id].r != NULL &&
+            (f == 0 || s->election_ticks[id] > s->election_ticks[f]))
+            f = id;
+    }
+    if (f == 0)
+        return;
+    /* where it matters: the leader's lease and the follower's promise
+     * long, every other voter's refusal short */
+    if (s->election_ticks[l] < 25 || s->election_ticks[f] < 25)
+        return;
+    for (size_t i = 0; i < c->n; i++) {
+        int id = (int)c->servers[i].id;
+        if (c->servers[i].voter && id != l && id != f &&
+            s->election_ticks[id] > 10)
+            return;
+    }
+    heal(s);
+    s->group[l] = 1;
+    node_crash(s, f);
+    s->shortest[f] = true;
+    s->quick_until = s->now + 300;
+    s->quick_leader = l;
+    heap_push(s, ev_new(s, EV_RESTART, f, 1 + rnd(s, 10)));
+    trace(s, "isolate leader %d, restart %d at once", l, f);
+}
+
 static void chaos_action(struct sim *s)
 {
+    if (s->now < s->quick_until)
+        return; /* the cut stays while the others elect a leader */
     if (chance(s, s->crash_pct)) {
         if (chance(s, 5))
             blackout(s);
@@ -1833,6 +1928,10 @@ static void handle_event(struct sim *s, struct event *e)
     case EV_TICK:
         if (sn->r == NULL || e->epoch != sn->epoch)
             return;
+        if (sn->promise_lower_at != 0 && s->now >= sn->promise_lower_at) {
+            sn->promised_ns = node_cfg(s, e->node).lease_ns;
+            sn->promise_lower_at = 0;
+        }
         raft_tick(sn->r);
         heap_push(s, ev_new(s, EV_TICK, e->node, s->tick_ms[e->node]));
         break;
@@ -2051,16 +2150,25 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     uint64_t h = seed * 0x9E3779B97F4A7C15ull;
     s->max_readies =
         (h >> 63) ? 2 + (size_t)((h >> 32) % (RAFT_MAX_READIES - 1)) : 1;
+    /* Timings that differ between nodes and between a node's
+     * incarnations in half the seeds (another bit of the hash) with
+     * Pre-Vote: without it, a node with a short timeout and a stale log
+     * keeps resetting the others' timers with its vote requests, so that
+     * one with a longer timeout never campaigns (as with slow clocks,
+     * below). */
+    s->vary_timings = s->pre_vote && ((h >> 20) & 1);
     s->min_voters = chance(s, 25) ? 1 : 2;
     cur_seed_for_signal = (sig_atomic_t)seed;
     trace(s,
           "seed %" PRIu64 " n=%d pre_vote=%d check_quorum=%d lease=%d "
-          "inflight=%zu readies=%zu bytes=%zu profile=%d persist<=%" PRIu64
-          " snap%%=%d gap=%" PRIu64 " trail<=%" PRIu64 " xfer fail%%=%d "
+          "timings=%d inflight=%zu readies=%zu bytes=%zu profile=%d "
+          "persist<=%" PRIu64 " snap%%=%d gap=%" PRIu64 " trail<=%" PRIu64
+          " xfer fail%%=%d "
           "silent%%=%d",
-          seed, n, s->pre_vote, s->check_quorum, s->lease, s->max_inflight,
-          s->max_readies, s->max_bytes, s->profile, s->persist_max, s->snap_pct,
-          s->snap_gap, s->trail_max, s->xfer_fail_pct, s->xfer_silent_pct);
+          seed, n, s->pre_vote, s->check_quorum, s->lease, s->vary_timings,
+          s->max_inflight, s->max_readies, s->max_bytes, s->profile,
+          s->persist_max, s->snap_pct, s->snap_gap, s->trail_max,
+          s->xfer_fail_pct, s->xfer_silent_pct);
     int founders = n == 5 ? 3 : n;
     for (int i = 1; i <= n; i++) {
         s->nodes[i].id = (uint64_t)i;
