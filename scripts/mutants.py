@@ -561,16 +561,29 @@ MUTATIONS = [
       "a restarted node votes for itself within the promise of its run "
       "before"),
     M("node_forgets_an_earlier_promise", "src/node.c",
-      "    raft_restore_promise(nd->raft, m.promise_ns);",
-      "    raft_restore_promise(nd->raft, 0 * m.promise_ns);",
+      "    raft_restore_promise(nd->raft, binds);",
+      "    raft_restore_promise(nd->raft, 0 * binds);",
       ["py:test_cluster.py::"
        "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
       "the node does not hand the stored promise to the core"),
+    M("node_keeps_a_promise_without_margin", "src/node.c",
+      "    return promise_ns / 9 * 10;",
+      "    return promise_ns;",
+      ["py:test_cluster.py::"
+       "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
+      "a restarted node refuses for the promise itself, on a clock that may "
+      "run 10% fast"),
+    M("node_lowers_the_promise_early", "src/node.c",
+      "    } else if (NIO(clock_ns) >= nd->promise_lower_at) {",
+      "    } else if (NIO(clock_ns) >= 0 * nd->promise_lower_at) {",
+      ["py:test_cluster.py::"
+       "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
+      "the record of an earlier promise goes before the promise does"),
     M("node_promises_more_than_it_stored", "src/node.c",
       "    int rv = NIO(store_meta_set_promise, nd->promise_ns);\n"
-      "    if (rv < 0)\n        snprintf",
-      "    int rv = 0 * NIO(store_meta_set_promise, 0);\n"
-      "    if (rv < 0)\n        snprintf",
+      "    if (rv == 0) {\n        if (nd->promise_raise)",
+      "    int rv = 0;\n"
+      "    if (rv == 0) {\n        if (nd->promise_raise)",
       ["py:test_cluster.py::"
        "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
       "a run promises more than the store records for the next one"),

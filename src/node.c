@@ -634,24 +634,64 @@ static void checkpoint_cron(uint64_t now)
 /* Read leases: a leader may count on this node's refusing votes for
  * lease_ns after each heartbeat it answers (raft_config.lease_ns). The
  * store keeps the longest promise a run may still be bound by, so that a
- * restart with a shorter election-timeout still keeps an older, longer
- * one (raft_restore_promise): it is raised before this run can promise
+ * restart with settings that promise less still keeps an older, longer
+ * one (raft_restore_promise): it is recorded before this run promises
  * more, and lowered once the earlier one is over (promise_cron). */
+
+/* How long a promise binds this node by its own clock: a running node
+ * refuses for the time its ticks take, and promises 90% of that (see
+ * lease_ns), so that a clock up to 10% faster than the leader's still
+ * refuses for as long as the leader counts; a restarted one keeps the
+ * same margin. */
+static uint64_t promise_binds_ns(uint64_t promise_ns)
+{
+    return promise_ns / 9 * 10;
+}
+
+/* Records this run's promise, larger than the stored one: 0, or on a
+ * full disk promises only what is stored until it can (promise_cron),
+ * rather than refuse to start. */
+static int raise_promise(uint64_t stored)
+{
+    int rv = NIO(store_meta_set_promise, nd->promise_ns);
+    if (rv == 0) {
+        if (nd->promise_raise)
+            pz_info("recorded this node's read-lease promise (%llu ms): "
+                    "promising it to leaders again",
+                    (unsigned long long)(nd->promise_ns / 1000000));
+        raft_set_lease_ns(nd->raft, nd->promise_ns);
+        nd->promise_raise = false;
+        return 0;
+    }
+    if (rv != PZ_ENOSPC)
+        return rv;
+    if (!nd->promise_raise)
+        pz_warn("cannot record this node's read-lease promise: %s; "
+                "promising leaders %llu ms until it can",
+                NIO(store_errmsg), (unsigned long long)(stored / 1000000));
+    raft_set_lease_ns(nd->raft, stored);
+    nd->promise_raise = true;
+    return 0;
+}
+
 static int keep_promise(char *err, size_t errlen)
 {
     struct store_meta m;
     NIO(store_meta_get, &m);
-    raft_restore_promise(nd->raft, m.promise_ns);
+    uint64_t binds = promise_binds_ns(m.promise_ns);
+    raft_restore_promise(nd->raft, binds);
     if (m.promise_ns > nd->promise_ns) {
-        pz_info("refusing votes for %llu ms: an earlier run, with a longer "
-                "election-timeout, may have promised a leader that long",
-                (unsigned long long)(m.promise_ns / 1000000));
-        nd->promise_lower_at = NIO(clock_ns) + m.promise_ns;
+        if (nd->saved_term > 0)
+            pz_info("refusing votes for %llu ms: an earlier run, with other "
+                    "election-timeout or heartbeat-interval settings, may "
+                    "have promised a leader that long",
+                    (unsigned long long)(binds / 1000000));
+        nd->promise_lower_at = NIO(clock_ns) + binds;
         return 0;
     }
     if (m.promise_ns == nd->promise_ns)
         return 0;
-    int rv = NIO(store_meta_set_promise, nd->promise_ns);
+    int rv = raise_promise(m.promise_ns);
     if (rv < 0)
         snprintf(err, errlen,
                  "cannot record this node's read-lease promise: %s",
@@ -661,16 +701,28 @@ static int keep_promise(char *err, size_t errlen)
 
 static void promise_cron(void)
 {
-    if (nd->promise_lower_at == 0 || NIO(clock_ns) < nd->promise_lower_at ||
-        NIO(store_busy))
+    if ((!nd->promise_raise && nd->promise_lower_at == 0) || NIO(store_busy))
         return;
-    int rv = NIO(store_meta_set_promise, nd->promise_ns);
-    if (rv == PZ_ENOSPC)
-        return; /* again at the next cron */
-    if (rv < 0)
+    int rv = 0;
+    if (nd->promise_raise) {
+        struct store_meta m;
+        NIO(store_meta_get, &m);
+        rv = raise_promise(m.promise_ns);
+    } else if (NIO(clock_ns) >= nd->promise_lower_at) {
+        rv = NIO(store_meta_set_promise, nd->promise_ns);
+        if (rv == 0) {
+            pz_info("the earlier run's read-lease promise is over: recorded "
+                    "this run's (%llu ms)",
+                    (unsigned long long)(nd->promise_ns / 1000000));
+            nd->promise_lower_at = 0;
+        }
+    }
+    if (rv < 0 && rv != PZ_ENOSPC) {
         pz_warn("cannot record this node's read-lease promise: %s",
                 NIO(store_errmsg));
-    nd->promise_lower_at = 0;
+        nd->promise_raise = false;
+        nd->promise_lower_at = 0;
+    }
 }
 
 void node_tick(void)
@@ -1142,9 +1194,18 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
     nd->mandi_at = NIO(now) + PZ_MIN((uint64_t)cfg->mandi_interval_ms, 1000);
     NIO(tick_start, nd->tick_ms, node_tick);
     nd->open = true;
-    /* A lone voter need not wait for an election timeout. */
-    const struct raft_conf *conf = raft_conf_current(nd->raft, NULL);
-    if (conf->n == 1 && conf->servers[0].id == nd->id)
+    /* A lone voter need not wait for an election timeout, once its
+     * configuration is committed. Until then a leader that removed itself
+     * may still lead, reading by a lease that counts on this node's
+     * promises: the node's ticks start the election, after its first
+     * election timeout and any earlier run's promise (raft_campaign
+     * would ignore both). */
+    uint64_t conf_index;
+    const struct raft_conf *conf = raft_conf_current(nd->raft, &conf_index);
+    struct raft_status st;
+    raft_status(nd->raft, &st);
+    if (conf->n == 1 && conf->servers[0].id == nd->id &&
+        st.commit >= conf_index)
         raft_campaign(nd->raft);
     return 0;
 

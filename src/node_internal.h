@@ -135,6 +135,9 @@ struct node {
     uint64_t promise_lower_at;   /* io clock_ns after which the stored
                                     promise, an earlier run's longer one,
                                     comes down to promise_ns (0: none) */
+    bool promise_raise;          /* promise_ns is not recorded yet (a full
+                                    disk): the core promises the stored
+                                    one meanwhile */
     uint64_t vacuum_nospace_seen; /* store_stats.vacuum_nospace as of
                                      the last compaction step */
     uint64_t compact_step_from;  /* the store's snapshot point before the

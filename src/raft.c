@@ -432,14 +432,10 @@ static bool in_touch(const struct raft *r)
 
 /* Whether an earlier run's promise (raft_restore_promise) may still hold:
  * no vote for another and no election of our own until it ends. */
-static bool promise_holds(struct raft *r)
+static bool promise_holds(const struct raft *r)
 {
-    if (r->promised_until == 0)
-        return false;
-    if (r->cfg.clock(r->cfg.clock_arg) < r->promised_until)
-        return true;
-    r->promised_until = 0;
-    return false;
+    return r->promised_until != 0 &&
+           r->cfg.clock(r->cfg.clock_arg) < r->promised_until;
 }
 
 /* Thesis §4.2.3: refuses votes "within the minimum election timeout of
@@ -450,7 +446,7 @@ static bool promise_holds(struct raft *r)
  * having heard from one at its first tick (cfg.lease_ns), and refuses
  * while an earlier run's promise holds. A leader refuses with
  * CheckQuorum. */
-static bool in_lease(struct raft *r)
+static bool in_lease(const struct raft *r)
 {
     if (r->role == RAFT_LEADER)
         return r->cfg.check_quorum;
@@ -2189,6 +2185,15 @@ void raft_tick(struct raft *r)
         drop_forwarded(r, r->ticks - (uint64_t)r->cfg.election_ticks);
     if (r->role != RAFT_LEADER) {
         r->election_elapsed++;
+        if (r->promised_until != 0 && !promise_holds(r)) {
+            /* Over: stand after a random part of a timeout, as if one had
+             * just passed, not at once: nodes restarted together would
+             * all stand at this tick and split the votes. */
+            r->promised_until = 0;
+            r->election_elapsed =
+                PZ_MIN(r->election_elapsed, r->cfg.election_ticks);
+            reset_randomized_timeout(r);
+        }
         if (promotable(r) && r->election_elapsed >= r->randomized_timeout &&
             !promise_holds(r))
             campaign(r, r->cfg.pre_vote, false);
@@ -2599,6 +2604,11 @@ void raft_restore_promise(struct raft *r, uint64_t ns)
 {
     if (ns > 0 && r->term > 0 && r->cfg.clock != NULL)
         r->promised_until = r->cfg.clock(r->cfg.clock_arg) + ns;
+}
+
+void raft_set_lease_ns(struct raft *r, uint64_t lease_ns)
+{
+    r->cfg.lease_ns = lease_ns;
 }
 
 void raft_campaign(struct raft *r)

@@ -391,10 +391,15 @@ int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
  * config.lease_ns is sent). Restored with a term, the node then neither
  * grants a vote nor starts an election until ns after this call by
  * config.clock, besides its first election timeout (a transfer aside:
- * TIMEOUT_NOW and the VOTE it starts come from the leader that gave its
- * lease up): a shorter election timeout than before must not end an
- * older promise early. No-op with ns 0, no term or no clock. */
+ * the leader that sends TIMEOUT_NOW gave its lease up, and the target's
+ * VOTE says so): settings that promise less than before must not end an
+ * older promise early. Once it is over, the node stands after a random
+ * part of its election timeout. No-op with ns 0, no term or no clock. */
 void raft_restore_promise(struct raft *r, uint64_t ns);
+
+/* config.lease_ns from now on: what the next HEARTBEAT_RESPs promise (0:
+ * nothing), and the cap of the followers' promises as leader. */
+void raft_set_lease_ns(struct raft *r, uint64_t lease_ns);
 
 /* Bootstrap of a static initial cluster, on an empty node only (empty log,
  * term 0). Appends entry 1 (term 1, CONF, raft_conf_encode(conf)) and sets

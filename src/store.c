@@ -1490,7 +1490,7 @@ int store_meta_set_incarnation(struct store *s, uint64_t incarnation)
 
 int store_meta_set_promise(struct store *s, uint64_t promise_ns)
 {
-    pz_assert(s->jobs == 0);
+    pz_assert(s->jobs == 0 && promise_ns <= INT64_MAX);
     char *buf = s->errmsg;
     if (s->failed)
         return PZ_EIO;
@@ -2025,8 +2025,10 @@ static int load_meta(struct store *s, char *err, size_t errlen)
         if (k && (strcmp(k, "incarnation") == 0 ||
                   strcmp(k, "lease_promise_ns") == 0)) {
             /* Optional: databases of joined nodes have an incarnation,
-             * those of this version a promise. */
-            if (!parse_u64(t, k[0] == 'i' ? &m->incarnation : &m->promise_ns)) {
+             * those of this version a promise (a time: signed 64-bit). */
+            bool inc = strcmp(k, "incarnation") == 0;
+            uint64_t *dst = inc ? &m->incarnation : &m->promise_ns;
+            if (!parse_u64(t, dst) || (!inc && *dst > INT64_MAX)) {
                 set_err(err, errlen, "%s: meta %s has a bad value \"%s\"",
                         s->path, k, t ? t : "(null)");
                 ret = PZ_ECORRUPT;

@@ -203,9 +203,9 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
 /* Records the incarnation (non-zero), once: the same value again is 0,
  * another is PZ_EINVAL. PZ_EIO on a write error. */
 int store_meta_set_incarnation(struct store *s, uint64_t incarnation);
-/* Records promise_ns, durably and synchronously (any value, replacing
- * the stored one). PZ_ENOSPC (nothing written, the store still usable),
- * PZ_EIO on a write error. */
+/* Records promise_ns (at most INT64_MAX), durably and synchronously,
+ * replacing the stored one. PZ_ENOSPC: nothing written, the store still
+ * usable; any other error fails the store, as a failed batch does. */
 int store_meta_set_promise(struct store *s, uint64_t promise_ns);
 
 /* Persists one Ready in one transaction on libuv's thread pool, behind

@@ -260,51 +260,69 @@ def test_restart_with_a_shorter_timeout_keeps_the_old_promise(servers):
     """A follower's answer to the leader's rounds promises to refuse votes
     for 90% of its election-timeout less a tick and 2 ms (the leader's read
     lease counts on it). Restarted at once with a far shorter
-    election-timeout, it keeps the promise of the run before: with the
-    leader stopped, both followers' own timeouts are over in a second, yet
-    no leader is elected until that promise is; raft.db records the
-    longest promise still owed, and the shorter one once it is over."""
-    longer = {"election-timeout": "3s", "heartbeat-interval": "300ms"}
+    election-timeout, it keeps the promise of the run before, with the
+    same 10% margin: with the leader stopped, the other follower's own
+    timeout is over in a second, yet no leader is elected until that
+    promise is. raft.db records the longest promise still owed (a start
+    within it refuses again), and the shorter one once it is over."""
+    longer = {"election-timeout": "6s", "heartbeat-interval": "600ms"}
     shorter = {"election-timeout": "500ms", "heartbeat-interval": "50ms"}
-    promise_ms = 2671  # 90% of (99 ticks of 30 ms - 2 ms)
-    nodes = make_cluster(servers, conf=longer)
-    leader = leader_of(nodes)
-    a, b = [s for s in nodes if s is not leader]
-    # b restarts with the shorter settings long enough before a that its
-    # own earlier promise is over when a's restart matters
-    b.stop()
-    assert meta_value(b, "lease_promise_ns") == str(promise_ms * 10**6 + 200000)
-    b.conf.update(shorter)
+    promise_ns = 5344200000  # 90% of (99 ticks of 60 ms - 2 ms)
+    refusing = "refusing votes for 5938 ms"  # the promise / 90%
+    nodes = make_cluster(servers, conf=longer, start=False)
+    leader, a, b = nodes
+    b.conf.update(shorter)  # b's own promise is short from the start
     b.write_conf()
-    b.start()
-    assert f"refusing votes for {promise_ms} ms" in b.read_log()
-    time.sleep(3.2)
+    for s in nodes:
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    if leader_of(nodes) is not leader:
+        st, _, body = leader_of(nodes).request(
+            "POST", f"/cluster/transfer?to={leader.name}")
+        assert st == 204, body
+        wait_for(lambda: leader_of(nodes) is leader, what="the transfer")
     assert put(leader, "k", "v")[0] == 204
+    wait_value(a, "k", "v")
     wait_value(b, "k", "v")
 
     a.kill()
     a.conf.update(shorter)
     a.write_conf()
+    a.start()
+    assert a.read_log().count(refusing) == 1
+    time.sleep(1)
+    # stopped within the promise: the record still holds it, and the next
+    # start refuses for as long again
+    a.kill()
+    assert meta_value(a, "lease_promise_ns") == str(promise_ns)
     t0 = time.time()
     a.start()
+    assert a.read_log().count(refusing) == 2
     leader.signal(signal.SIGSTOP)
+    t_stop = time.time()
     try:
+        time.sleep(2.5)
+        # b's election timeout (0.5 s) is long over, a's too
+        for s in (a, b):
+            assert s.status()["role"] != "leader", s.name
         new = leader_of([a, b], timeout=20)
         took = time.time() - t0
     finally:
         leader.signal(signal.SIGCONT)
-    assert took >= promise_ms / 1000 - 0.3, took
-    assert f"refusing votes for {promise_ms} ms" in a.read_log()
+    assert t_stop - t0 < 3, "a took too long to start for this test"
+    assert took >= 5.938 - 0.3, took
     assert put(new, "k", "w")[0] == 204
     leader_of(nodes)
     wait_value(leader, "k", "w")
 
     # the earlier promise is over: a's raft.db holds its own again
-    time.sleep(max(0, t0 + promise_ms / 1000 + 1.5 - time.time()))
+    wait_for(lambda: "read-lease promise is over" in a.read_log(),
+             what="a to record its own promise")
     a.stop()
     assert meta_value(a, "lease_promise_ns") == "443700000"
     leader.stop()
-    assert meta_value(leader, "lease_promise_ns") == str(promise_ms * 10**6 + 200000)
+    assert meta_value(leader, "lease_promise_ns") == str(promise_ns)
 
 
 def test_paused_leader_never_serves_stale_reads(cluster):

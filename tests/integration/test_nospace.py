@@ -9,6 +9,7 @@ never skip."""
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import time
 
@@ -135,6 +136,12 @@ def test_restart_into_a_full_disk(tmpfs, servers):
     for i in range(5):
         assert put(s, f"k{i}", f"v{i}")[0] == 204
     s.stop()
+    # as a version that did not record its read-lease promise left it: the
+    # node must record it before it promises, and cannot
+    db = sqlite3.connect(os.path.join(fs, "data", "raft.db"))
+    with db:
+        db.execute("DELETE FROM meta WHERE key = 'lease_promise_ns'")
+    db.close()
     filler = fill(fs)
     # it starts, serves reads and refuses writes, rather than stopping
     # (the stored commit index may trail the last write by one: a new term
@@ -143,10 +150,13 @@ def test_restart_into_a_full_disk(tmpfs, servers):
     assert get(s, "k3", stale=True)[2] == b"v3"
     put_until_507(s, "big")
     assert status(s)["alarms"] == ["NOSPACE"]
+    assert ("cannot record this node's read-lease promise" in s.read_log())
     os.unlink(filler)
     wait_for(lambda: status(s)["alarms"] == [], "the alarm to clear")
     assert put(s, "after", "1")[0] == 204
     assert get(s, "k4")[2] == b"v4"
+    wait_for(lambda: "recorded this node's read-lease promise" in s.read_log(),
+             "the promise to be recorded")
 
 
 def tmpfs_cluster(tmpfs, servers):

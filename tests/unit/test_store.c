@@ -1563,6 +1563,10 @@ TEST(meta_set_once)
                   "WHERE key = 'lease_promise_ns'"));
     CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
     CHECK(has(err, "meta lease_promise_ns has a bad value \"-1\""));
+    CHECK(sql(&t, "UPDATE meta SET value = '9223372036854775808' "
+                  "WHERE key = 'lease_promise_ns'"));
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
+    CHECK(has(err, "meta lease_promise_ns has a bad value"));
     CHECK(sql(&t, "DELETE FROM meta WHERE key = 'lease_promise_ns'"));
     CHECK(sql(&t, "UPDATE meta SET value = 'x' WHERE key = 'incarnation'"));
     CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
