@@ -325,6 +325,69 @@ def test_restart_with_a_shorter_timeout_keeps_the_old_promise(servers):
     assert meta_value(leader, "lease_promise_ns") == str(promise_ns)
 
 
+def log_times(node, text):
+    """The times (s) of node's log lines holding text."""
+    import datetime
+    out = []
+    for line in node.read_log().splitlines():
+        if text in line:
+            ts = datetime.datetime.strptime(line.split()[0],
+                                            "%Y-%m-%dT%H:%M:%S.%fZ")
+            out.append(ts.timestamp())
+    return out
+
+
+def test_lone_voter_with_an_uncommitted_removal_waits(servers):
+    """A leader of two voters that removed itself leads until the other
+    acknowledges the change, reading by a lease that counts on the other's
+    promise. The other, restarted as the lone voter of that uncommitted
+    configuration, must not elect itself at once, as a lone voter of a
+    committed one does: it waits for its first election timeout."""
+    import json
+    import raft_wire as rw
+    nodes = make_cluster(servers, n=2)
+    leader = leader_of(nodes)
+    a = next(s for s in nodes if s is not leader)
+    assert put(leader, "k", "v")[0] == 204
+    wait_value(a, "k", "v")
+    st = a.status()
+    aid, cid = rw.identity(a)
+    bid = rw.identity(leader)[0]
+    leader.kill()
+    # as that leader, in its term: the removal of itself, committed nowhere
+    p = rw.Peer(a.raft_port)
+    r = p.handshake(node_id=bid, cluster_id=cid, name=leader.name)
+    assert r is not None and r.status == rw.OK, r
+    conf = rw.conf_bytes([(aid, True, json.dumps(
+        {"name": a.name, "raft": f"127.0.0.1:{a.raft_port}"}))])
+    last = st["last_index"]
+    p.message(type=rw.APPEND, to=aid, term=st["term"], index=last,
+              log_term=st["term"], commit=st["commit_index"],
+              entries=[{"term": st["term"], "index": last + 1,
+                        "type": rw.CONF, "data": conf}],
+              **{"from": bid})
+    wait_for(lambda: a.status()["persisted_index"] == last + 1,
+             what="the removal to be stored")
+    p.close()
+    a.kill()
+    a.start()
+    wait_for(lambda: a.status()["role"] == "leader", what="a to lead alone")
+    started = log_times(a, "raft: listening on")[-1]
+    led = [t for t in log_times(a, f"leader is {a.name} (this node)")
+           if t > started][0]
+    assert led - started >= 0.9, led - started  # election-timeout 1 s
+    assert put(a, "k", "w")[0] == 204
+
+    # once committed, a lone voter's restart elects it at once
+    a.stop()
+    a.start()
+    wait_for(lambda: a.status()["role"] == "leader", what="a to lead alone")
+    started = log_times(a, "raft: listening on")[-1]
+    led = [t for t in log_times(a, f"leader is {a.name} (this node)")
+           if t > started][0]
+    assert led - started < 0.5, led - started
+
+
 def test_paused_leader_never_serves_stale_reads(cluster):
     leader = leader_of(cluster)
     assert put(leader, "k", "old")[0] == 204
