@@ -561,8 +561,8 @@ MUTATIONS = [
       "a restarted node votes for itself within the promise of its run "
       "before"),
     M("node_forgets_an_earlier_promise", "src/node.c",
-      "    raft_restore_promise(nd->raft, binds);",
-      "    raft_restore_promise(nd->raft, 0 * binds);",
+      "    raft_restore_promise(nd->raft, promise_binds_ns(owed));",
+      "    raft_restore_promise(nd->raft, 0 * promise_binds_ns(owed));",
       ["py:test_cluster.py::"
        "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
       "the node does not hand the stored promise to the core"),
@@ -574,19 +574,29 @@ MUTATIONS = [
       "a restarted node refuses for the promise itself, on a clock that may "
       "run 10% fast"),
     M("node_lowers_the_promise_early", "src/node.c",
-      "    } else if (NIO(clock_ns) >= nd->promise_lower_at) {",
-      "    } else if (NIO(clock_ns) >= 0 * nd->promise_lower_at) {",
+      "(nd->promise_lower_at == 0 || NIO(clock_ns) < nd->promise_lower_at)",
+      "(nd->promise_lower_at == 0 || NIO(clock_ns) < 0 * nd->promise_lower_at)",
       ["py:test_cluster.py::"
        "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
       "the record of an earlier promise goes before the promise does"),
     M("node_promises_more_than_it_stored", "src/node.c",
       "    int rv = NIO(store_meta_set_promise, nd->promise_ns);\n"
-      "    if (rv == 0) {\n        if (nd->promise_raise)",
+      "    if (rv == PZ_ENOSPC && m.promise_ns < nd->promise_ns) {",
       "    int rv = 0;\n"
-      "    if (rv == 0) {\n        if (nd->promise_raise)",
+      "    if (rv == PZ_ENOSPC && m.promise_ns < nd->promise_ns) {",
       ["py:test_cluster.py::"
        "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
       "a run promises more than the store records for the next one"),
+    M("node_promises_what_it_could_not_record", "src/node.c",
+      "        raft_set_promise(nd->raft, m.promise_ns);",
+      "        raft_set_promise(nd->raft, nd->promise_ns);",
+      ["unit:node_sim/unrecorded_promise_is_not_made"],
+      "on a full disk a node promises leaders more than it recorded"),
+    M("promise_end_stands_at_once", "src/raft.c",
+      "                PZ_MIN(r->election_elapsed, r->cfg.election_ticks);",
+      "                PZ_MAX(r->election_elapsed, r->cfg.election_ticks);",
+      ["unit:raft/restarted_node_keeps_an_earlier_promise"],
+      "nodes restarted together all stand at the tick their promises end"),
     M("lone_voter_campaigns_uncommitted", "src/node.c",
       "        st.commit >= conf_index)",
       "        (st.commit >= conf_index || 1))",

@@ -98,6 +98,7 @@ static struct node_req *read_by_ctx(uint64_t ctx);
 static int read_start(struct node_req *req);
 static void send_all(const struct raft_msg *msgs, size_t n);
 static void soft_state_changed(const struct raft_soft_state *ss);
+static void promise_record(void);
 static void ready_apply(struct raft_ready *rd);
 static void ready_cycle(void);
 static void send_early(void);
@@ -545,6 +546,7 @@ static void on_written(int status, const char *errmsg)
         nd->cluster_id_unsaved = false;
         members_save_cluster_id(NULL, nd->cluster_id);
     }
+    promise_record();
     retire_durable();
 }
 
@@ -636,7 +638,7 @@ static void checkpoint_cron(uint64_t now)
  * store keeps the longest promise a run may still be bound by, so that a
  * restart with settings that promise less still keeps an older, longer
  * one (raft_restore_promise): it is recorded before this run promises
- * more, and lowered once the earlier one is over (promise_cron). */
+ * more, and lowered once the earlier one is over (promise_record). */
 
 /* How long a promise binds this node by its own clock: a running node
  * refuses for the time its ticks take, and promises 90% of that (see
@@ -648,81 +650,90 @@ static uint64_t promise_binds_ns(uint64_t promise_ns)
     return promise_ns / 9 * 10;
 }
 
-/* Records this run's promise, larger than the stored one: 0, or on a
- * full disk promises only what is stored until it can (promise_cron),
- * rather than refuse to start. */
-static int raise_promise(uint64_t stored)
+/* More than any settings promise (election-timeout is at most 60 s). */
+#define PROMISE_MAX_NS (60 * UINT64_C(1000000000))
+
+/* Records promise_ns once nothing else is written (at open, then from
+ * promise_record). A full disk is no error: until there is room the core
+ * promises what is recorded, less than its settings allow. Any other
+ * failure fails the store: the node stops, as for a failed log write. */
+static int record_promise(void)
 {
     int rv = NIO(store_meta_set_promise, nd->promise_ns);
-    if (rv == 0) {
-        if (nd->promise_raise)
-            pz_info("recorded this node's read-lease promise (%llu ms): "
-                    "promising it to leaders again",
-                    (unsigned long long)(nd->promise_ns / 1000000));
-        raft_set_lease_ns(nd->raft, nd->promise_ns);
-        nd->promise_raise = false;
-        return 0;
-    }
-    if (rv != PZ_ENOSPC)
+    if (rv == PZ_ENOSPC || rv == 0)
         return rv;
-    if (!nd->promise_raise)
-        pz_warn("cannot record this node's read-lease promise: %s; "
-                "promising leaders %llu ms until it can",
-                NIO(store_errmsg), (unsigned long long)(stored / 1000000));
-    raft_set_lease_ns(nd->raft, stored);
-    nd->promise_raise = true;
-    return 0;
+    core_fatal("cannot record this node's read-lease promise: %s",
+               NIO(store_errmsg));
+    return rv;
 }
 
 static int keep_promise(char *err, size_t errlen)
 {
     struct store_meta m;
     NIO(store_meta_get, &m);
-    uint64_t binds = promise_binds_ns(m.promise_ns);
-    raft_restore_promise(nd->raft, binds);
-    if (m.promise_ns > nd->promise_ns) {
-        if (nd->saved_term > 0)
-            pz_info("refusing votes for %llu ms: an earlier run, with other "
-                    "election-timeout or heartbeat-interval settings, may "
-                    "have promised a leader that long",
-                    (unsigned long long)(binds / 1000000));
-        nd->promise_lower_at = NIO(clock_ns) + binds;
+    if (m.promise_ns > PROMISE_MAX_NS) {
+        snprintf(err, errlen,
+                 "%s: the recorded read-lease promise (%llu ns) is more "
+                 "than any settings make: the file is damaged",
+                 NIO(store_path), (unsigned long long)m.promise_ns);
+        return PZ_ECORRUPT;
+    }
+    /* Only a node with a term can have promised anything. */
+    uint64_t owed = nd->saved_term > 0 ? m.promise_ns : 0;
+    raft_restore_promise(nd->raft, promise_binds_ns(owed));
+    if (owed > nd->promise_ns) {
+        pz_info("refusing votes for %llu ms: an earlier run, with other "
+                "election-timeout or heartbeat-interval settings, may have "
+                "promised a leader that long",
+                (unsigned long long)(promise_binds_ns(owed) / 1000000));
+        nd->promise_lower_at = NIO(clock_ns) + promise_binds_ns(owed);
         return 0;
     }
     if (m.promise_ns == nd->promise_ns)
         return 0;
-    int rv = raise_promise(m.promise_ns);
+    int rv = NIO(store_meta_set_promise, nd->promise_ns);
+    if (rv == PZ_ENOSPC && m.promise_ns < nd->promise_ns) {
+        pz_warn("cannot record this node's read-lease promise: %s; "
+                "promising leaders %s until it can",
+                NIO(store_errmsg),
+                m.promise_ns ? "what is recorded" : "nothing");
+        raft_set_promise(nd->raft, m.promise_ns);
+        nd->promise_raise = true;
+        return 0;
+    }
+    if (rv == PZ_ENOSPC) { /* lower: owes nothing, record it later */
+        nd->promise_lower_at = NIO(clock_ns);
+        return 0;
+    }
     if (rv < 0)
         snprintf(err, errlen,
-                 "cannot record this node's read-lease promise: %s",
+                 "cannot record this node's read-lease "
+                 "promise: %s",
                  NIO(store_errmsg));
     return rv;
 }
 
-static void promise_cron(void)
+/* A promise still to record: after an earlier, longer one is over, or
+ * once a full disk has room. Tried once a second and after each log
+ * write, whenever the store has nothing else to do. */
+static void promise_record(void)
 {
-    if ((!nd->promise_raise && nd->promise_lower_at == 0) || NIO(store_busy))
+    if ((!nd->promise_raise &&
+         (nd->promise_lower_at == 0 || NIO(clock_ns) < nd->promise_lower_at)) ||
+        NIO(store_busy) || record_promise() != 0)
         return;
-    int rv = 0;
     if (nd->promise_raise) {
-        struct store_meta m;
-        NIO(store_meta_get, &m);
-        rv = raise_promise(m.promise_ns);
-    } else if (NIO(clock_ns) >= nd->promise_lower_at) {
-        rv = NIO(store_meta_set_promise, nd->promise_ns);
-        if (rv == 0) {
-            pz_info("the earlier run's read-lease promise is over: recorded "
-                    "this run's (%llu ms)",
-                    (unsigned long long)(nd->promise_ns / 1000000));
-            nd->promise_lower_at = 0;
-        }
+        pz_info("recorded this node's read-lease promise (%llu ms): "
+                "promising it to leaders from now on",
+                (unsigned long long)(nd->promise_ns / 1000000));
+        raft_set_promise(nd->raft, nd->promise_ns);
+    } else {
+        pz_info("the earlier run's read-lease promise is over: recorded "
+                "this run's (%llu ms)",
+                (unsigned long long)(nd->promise_ns / 1000000));
     }
-    if (rv < 0 && rv != PZ_ENOSPC) {
-        pz_warn("cannot record this node's read-lease promise: %s",
-                NIO(store_errmsg));
-        nd->promise_raise = false;
-        nd->promise_lower_at = 0;
-    }
+    nd->promise_raise = false;
+    nd->promise_lower_at = 0;
 }
 
 void node_tick(void)
@@ -763,7 +774,7 @@ void node_tick(void)
         members_cron();
         nospace_cron();
         checkpoint_cron(now);
-        promise_cron();
+        promise_record();
     }
 }
 

@@ -355,6 +355,8 @@ struct raft {
     uint64_t promised_until;    /* cfg.clock time until which an earlier
                                    run's promise holds (0: none;
                                    raft_restore_promise) */
+    uint64_t promise_ns;        /* what HEARTBEAT_RESPs promise
+                                   (cfg.lease_ns; raft_set_promise) */
     uint64_t lease_reads;       /* reads confirmed by the lease alone */
     struct pending_read *reads; /* leader: FIFO of unconfirmed reads */
     size_t n_reads;             /* entries in reads */
@@ -1680,7 +1682,7 @@ static void handle_heartbeat(struct raft *r, const struct raft_msg *m)
     /* in_lease from now on; a restart remembers that only once the term
      * is durable (raft_restore_snapshot) */
     if (r->durable_term == r->term)
-        resp->lease_ns = r->cfg.lease_ns;
+        resp->lease_ns = r->promise_ns;
 }
 
 /* Validates the shape of an INSTALL_SNAPSHOT before anything changes. */
@@ -1947,6 +1949,7 @@ struct raft *raft_new(const struct raft_config *cfg, char *errmsg)
     struct raft *r = pz_calloc(1, sizeof *r);
     r->id = cfg->id;
     r->cfg = *cfg;
+    r->promise_ns = cfg->lease_ns;
     if (r->cfg.max_inflight_msgs == 0)
         r->cfg.max_inflight_msgs = 256;
     if (r->cfg.max_readies == 0)
@@ -2606,9 +2609,9 @@ void raft_restore_promise(struct raft *r, uint64_t ns)
         r->promised_until = r->cfg.clock(r->cfg.clock_arg) + ns;
 }
 
-void raft_set_lease_ns(struct raft *r, uint64_t lease_ns)
+void raft_set_promise(struct raft *r, uint64_t ns)
 {
-    r->cfg.lease_ns = lease_ns;
+    r->promise_ns = ns;
 }
 
 void raft_campaign(struct raft *r)

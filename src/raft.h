@@ -385,10 +385,11 @@ int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
                           const struct raft_snapshot_meta *snap,
                           const struct raft_entry *entries, size_t n);
 
-/* After raft_restore*: what earlier runs of this node may still have
- * promised a leader (the largest config.lease_ns they sent lately; the
- * driver keeps it with the stable state, and raises it before a larger
- * config.lease_ns is sent). Restored with a term, the node then neither
+/* After raft_restore*: how long earlier runs of this node may still be
+ * bound to refuse votes by what they promised leaders (the driver keeps
+ * the largest config.lease_ns sent lately with the stable state, records
+ * a larger one before it is sent, and passes it here with the margin its
+ * clocks need). Restored with a term, the node then neither
  * grants a vote nor starts an election until ns after this call by
  * config.clock, besides its first election timeout (a transfer aside:
  * the leader that sends TIMEOUT_NOW gave its lease up, and the target's
@@ -397,9 +398,10 @@ int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
  * part of its election timeout. No-op with ns 0, no term or no clock. */
 void raft_restore_promise(struct raft *r, uint64_t ns);
 
-/* config.lease_ns from now on: what the next HEARTBEAT_RESPs promise (0:
- * nothing), and the cap of the followers' promises as leader. */
-void raft_set_lease_ns(struct raft *r, uint64_t lease_ns);
+/* What the next HEARTBEAT_RESPs promise (0: nothing), config.lease_ns
+ * until then: at most config.lease_ns, which still caps the followers'
+ * promises as leader. */
+void raft_set_promise(struct raft *r, uint64_t ns);
 
 /* Bootstrap of a static initial cluster, on an empty node only (empty log,
  * term 0). Appends entry 1 (term 1, CONF, raft_conf_encode(conf)) and sets
@@ -510,8 +512,10 @@ int raft_read_index(struct raft *r, uint64_t ctx);
  * (uncommitted) configuration removed or demoted it while the previous one
  * had it as a voter (so a leader that removed itself and lost leadership
  * before that entry committed can still finish the change). It ignores
- * this node's own refusal to vote (config.lease_ns), on which a leader's
- * read lease may count: for a lone voter, or where no leases are used. */
+ * this node's own refusal to vote (config.lease_ns, raft_restore_promise),
+ * on which a leader's read lease may count: for a lone voter whose
+ * configuration is committed (no other leader can then count on it), or
+ * where no leases are used. */
 void raft_campaign(struct raft *r);
 
 /* --- snapshots and compaction ------------------------------------------ */

@@ -179,6 +179,11 @@ static struct {
     int script_phase, script_node;
     unsigned script_vacuums; /* its steps that stood without room */
     unsigned script_writes;  /* its log writes once the step failed */
+    /* node i + 1 cannot record its read-lease promise (0: none) */
+    int promise_full;
+    uint64_t promised[NS_MAX]; /* lease_ns of each node's last
+                                  HEARTBEAT_RESP */
+    unsigned promises[NS_MAX]; /* how many it sent */
 } W;
 
 static int ns_fail(const char *fmt, ...)
@@ -406,7 +411,10 @@ static int io_store_meta_set_incarnation(void *data, uint64_t inc)
 
 static int io_store_meta_set_promise(void *data, uint64_t promise_ns)
 {
-    ((struct ns_node *)data)->st.meta.promise_ns = promise_ns;
+    struct ns_node *s = data;
+    if (W.promise_full == s->i + 1)
+        return PZ_ENOSPC;
+    s->st.meta.promise_ns = promise_ns;
     return 0;
 }
 
@@ -634,6 +642,11 @@ static void check_durable(const struct ns_node *s, const struct raft_msg *m)
 static void io_send(void *data, const struct raft_msg *m)
 {
     check_durable(data, m);
+    if (m->type == RAFT_MSG_HEARTBEAT_RESP) {
+        const struct ns_node *s = data;
+        W.promised[s->i] = m->lease_ns;
+        W.promises[s->i]++;
+    }
     struct pz_buf b;
     pz_buf_init(&b);
     if (raft_codec_encode_msg(&b, m, RAFT_FRAME_MAX) < 0) {
@@ -1811,6 +1824,53 @@ TEST(compaction_step_clears_nospace_alarm)
     pz_log_setup(PZ_LOG_INFO, "");
 }
 
+/* A follower that cannot record a larger read-lease promise than its
+ * raft.db holds (none, as an older version left it; a full disk) starts
+ * anyway, promises leaders only what is recorded, and promises its own
+ * once it could record it. */
+TEST(unrecorded_promise_is_not_made)
+{
+    pz_log_setup(PZ_LOG_ERROR, "");
+    char root[256];
+    world_begin(11, root, sizeof root);
+    W.cut = -1;
+    W.calm = true;
+    W.count = 3;
+    for (int i = 0; i < W.count; i++)
+        node_setup(i, W.count, true, root);
+    for (int i = 0; i < W.count; i++)
+        node_start(&W.nodes[i]);
+    for (W.now = 1; W.now < 2000 && !W.failed[0]; W.now++) {
+        if (W.now % 20 == 0 && W.nwrites < 10)
+            client_write();
+        step();
+    }
+    struct ns_node *l = leader();
+    CHECK(l != NULL);
+    struct ns_node *f = &W.nodes[(l->i + 1) % W.count];
+    /* 90% of (59 ticks of 5 ms - 2 ms), its settings' promise */
+    const uint64_t own = 263700000;
+    CHECK(f->st.meta.promise_ns == own && W.promised[f->i] == own);
+    node_down(f);
+    f->st.meta.promise_ns = 0;
+    W.promise_full = f->i + 1;
+    node_start(f);
+    unsigned seen = W.promises[f->i];
+    for (uint64_t end = W.now + 2000; W.now < end && !W.failed[0]; W.now++)
+        step();
+    CHECK(W.promises[f->i] > seen);
+    CHECK(W.promised[f->i] == 0);
+    CHECK(f->st.meta.promise_ns == 0);
+    W.promise_full = 0;
+    for (uint64_t end = W.now + 2000; W.now < end && !W.failed[0]; W.now++)
+        step();
+    CHECK_EQ_STR(W.failed, "");
+    CHECK(f->st.meta.promise_ns == own);
+    CHECK(W.promised[f->i] == own);
+    world_end(root);
+    pz_log_setup(PZ_LOG_INFO, "");
+}
+
 /* A compaction step holds the node's writes while it runs: the prefix a
  * default snapshot leaves (65536 - 10240 rows) goes in several short
  * steps, a large backlog in steps of at most 20000. */
@@ -1823,12 +1883,13 @@ TEST(compact_rows)
         CHECK(snaps_compact_rows(left) <= snaps_compact_rows(left + 997));
 }
 
-static const struct test_case cases[] = {TEST_ENTRY(seeds),
-                                         TEST_ENTRY(regression_seeds),
-                                         TEST_ENTRY(compact_rows),
-                                         TEST_ENTRY(
-                                             compaction_step_clears_nospace_alarm),
-                                         TEST_END};
+static const struct test_case cases[] = {
+    TEST_ENTRY(seeds),
+    TEST_ENTRY(regression_seeds),
+    TEST_ENTRY(compact_rows),
+    TEST_ENTRY(unrecorded_promise_is_not_made),
+    TEST_ENTRY(compaction_step_clears_nospace_alarm),
+    TEST_END};
 
 const struct test_suite suite_node_sim = {"node_sim", cases};
 #endif

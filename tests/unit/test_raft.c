@@ -1051,7 +1051,7 @@ TEST(restarted_node_refuses_votes_for_a_timeout)
     struct raft_msg *r2 = find_msg(&net, 2, RAFT_MSG_HEARTBEAT_RESP);
     CHECK(r2 != NULL && r2->lease_ns == T_LEASE_NS);
     /* What it promises can change (the driver could not record more). */
-    raft_set_lease_ns(f->r, T_LEASE_NS / 2);
+    raft_set_promise(f->r, T_LEASE_NS / 2);
     drop_queue(&net);
     inject(&net, 2,
            (struct raft_msg){.type = RAFT_MSG_HEARTBEAT,
@@ -1125,6 +1125,27 @@ TEST(restarted_node_keeps_an_earlier_promise)
     }
     CHECK(st.role == RAFT_PRE_CANDIDATE);
     raft_free(r);
+    /* Nodes restarted together do not all stand at the first tick after
+     * the promise: each waits its own random part of a timeout. */
+    bool spread = false;
+    int first = -1;
+    for (uint64_t id = 1; id <= 5; id++) {
+        t_now_ns = 1000 * T_TICK_NS;
+        r = restored(id, 5, terms, 1, 2);
+        raft_restore_promise(r, 30 * T_TICK_NS);
+        int n = 0;
+        do {
+            t_now_ns += T_TICK_NS;
+            raft_tick(r);
+            raft_status(r, &st);
+            n++;
+        } while (st.role == RAFT_FOLLOWER && n < 60);
+        CHECK(n >= 30 && n < 40);
+        spread |= first >= 0 && n != first;
+        first = n;
+        raft_free(r);
+    }
+    CHECK(spread);
 
     /* A promise shorter than the election timeout changes nothing, and a
      * node without a term promised nothing. */
