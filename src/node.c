@@ -653,10 +653,10 @@ static uint64_t promise_binds_ns(uint64_t promise_ns)
 /* More than any settings promise (election-timeout is at most 60 s). */
 #define PROMISE_MAX_NS (60 * UINT64_C(1000000000))
 
-/* Records promise_ns once nothing else is written (at open, then from
- * promise_record). A full disk is no error: until there is room the core
- * promises what is recorded, less than its settings allow. Any other
- * failure fails the store: the node stops, as for a failed log write. */
+/* Records promise_ns while nothing else is written (promise_record). A
+ * full disk is no error: until there is room the core promises what is
+ * recorded, less than its settings allow. Any other failure fails the
+ * store: the node stops, as for a failed log write. */
 static int record_promise(void)
 {
     int rv = NIO(store_meta_set_promise, nd->promise_ns);
@@ -707,8 +707,7 @@ static int keep_promise(char *err, size_t errlen)
     }
     if (rv < 0)
         snprintf(err, errlen,
-                 "cannot record this node's read-lease "
-                 "promise: %s",
+                 "cannot record this node's read-lease promise: %s",
                  NIO(store_errmsg));
     return rv;
 }
