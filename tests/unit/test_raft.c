@@ -992,6 +992,21 @@ TEST(lease_reads)
     t_lease = false;
 }
 
+/* Node 2's answer to a heartbeat of node 3 in term: its lease_ns
+ * (UINT64_MAX: no answer). */
+static uint64_t promise_answered(struct tnet *net, uint64_t term, uint64_t ctx)
+{
+    drop_queue(net);
+    inject(net, 2,
+           (struct raft_msg){.type = RAFT_MSG_HEARTBEAT,
+                             .from = 3,
+                             .term = term,
+                             .commit = 0,
+                             .context = ctx});
+    struct raft_msg *m = find_msg(net, 2, RAFT_MSG_HEARTBEAT_RESP);
+    return m ? m->lease_ns : UINT64_MAX;
+}
+
 TEST(restarted_node_refuses_votes_for_a_timeout)
 {
     /* A node restarted with a term may have promised a leader, just
@@ -1041,26 +1056,10 @@ TEST(restarted_node_refuses_votes_for_a_timeout)
             resp = &rd.msgs[i];
     CHECK(resp != NULL && resp->term == term + 1 && resp->lease_ns == 0);
     finish_ready(&net, f, &rd);
-    drop_queue(&net);
-    inject(&net, 2,
-           (struct raft_msg){.type = RAFT_MSG_HEARTBEAT,
-                             .from = 3,
-                             .term = term + 1,
-                             .commit = 0,
-                             .context = 2});
-    struct raft_msg *r2 = find_msg(&net, 2, RAFT_MSG_HEARTBEAT_RESP);
-    CHECK(r2 != NULL && r2->lease_ns == T_LEASE_NS);
+    CHECK(promise_answered(&net, term + 1, 2) == T_LEASE_NS);
     /* What it promises can change (the driver could not record more). */
     raft_set_promise(f->r, T_LEASE_NS / 2);
-    drop_queue(&net);
-    inject(&net, 2,
-           (struct raft_msg){.type = RAFT_MSG_HEARTBEAT,
-                             .from = 3,
-                             .term = term + 1,
-                             .commit = 0,
-                             .context = 3});
-    r2 = find_msg(&net, 2, RAFT_MSG_HEARTBEAT_RESP);
-    CHECK(r2 != NULL && r2->lease_ns == T_LEASE_NS / 2);
+    CHECK(promise_answered(&net, term + 1, 3) == T_LEASE_NS / 2);
     net_free(&net);
     t_lease = false;
 }
