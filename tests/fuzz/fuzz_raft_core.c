@@ -1063,6 +1063,14 @@ static void restart(struct h *h)
         if (rv != 0)
             dump_store(st);
         FUZZ_CHECKF(rv == 0, "restart from the durable state refused: %d", rv);
+        if (h->cfg.clock != NULL) {
+            /* what an earlier run may have promised (node.c keep_promise),
+             * and what this one promises while it cannot record more */
+            uint8_t p = fz_u8(&h->f);
+            raft_restore_promise(h->r, (uint64_t)(p & 0x7f) * 1000000u);
+            if (p & 0x80)
+                raft_set_promise(h->r, h->cfg.lease_ns / 2);
+        }
     }
     free(es);
     struct raft_status s;
