@@ -561,8 +561,8 @@ MUTATIONS = [
       "a restarted node votes for itself within the promise of its run "
       "before"),
     M("node_forgets_an_earlier_promise", "src/node.c",
-      "    raft_restore_promise(nd->raft, promise_binds_ns(owed));",
-      "    raft_restore_promise(nd->raft, 0 * promise_binds_ns(owed));",
+      "    raft_restore_promise(nd->raft, binds);",
+      "    raft_restore_promise(nd->raft, 0 * binds);",
       ["py:test_cluster.py::"
        "test_restart_with_a_shorter_timeout_keeps_the_old_promise"],
       "the node does not hand the stored promise to the core"),

@@ -680,13 +680,14 @@ static int keep_promise(char *err, size_t errlen)
     }
     /* Only a node with a term can have promised anything. */
     uint64_t owed = nd->saved_term > 0 ? m.promise_ns : 0;
-    raft_restore_promise(nd->raft, promise_binds_ns(owed));
+    uint64_t binds = promise_binds_ns(owed);
+    raft_restore_promise(nd->raft, binds);
     if (owed > nd->promise_ns) {
         pz_info("refusing votes for %llu ms: an earlier run, with other "
                 "election-timeout or heartbeat-interval settings, may have "
                 "promised a leader that long",
-                (unsigned long long)(promise_binds_ns(owed) / 1000000));
-        nd->promise_lower_at = NIO(clock_ns) + promise_binds_ns(owed);
+                (unsigned long long)(binds / 1000000));
+        nd->promise_lower_at = NIO(clock_ns) + binds;
         return 0;
     }
     if (m.promise_ns == nd->promise_ns)

@@ -1426,6 +1426,14 @@ static bool loads_big(struct store *s, size_t n, size_t len)
     return ok;
 }
 
+/* A fresh store, and the path of its WAL in wal. */
+static struct store *open_with_wal(struct tdir *t, char *wal, size_t len)
+{
+    tdir_init(t);
+    snprintf(wal, len, "%s-wal", t->db);
+    return open_ok(t);
+}
+
 /* The store checkpoints its WAL itself once a commit leaves it 1,000
  * frames long, times the checkpoint apart from the COMMIT, and writes the
  * WAL over from its start: after 120 writes of 40 KB (some 1,300 pages)
@@ -1433,11 +1441,9 @@ static bool loads_big(struct store *s, size_t n, size_t len)
 TEST(wal_checkpointed_after_1000_frames)
 {
     struct tdir t;
-    tdir_init(&t);
-    struct store *s = open_ok(&t);
-    CHECK(s != NULL);
     char wal[160];
-    snprintf(wal, sizeof wal, "%s-wal", t.db);
+    struct store *s = open_with_wal(&t, wal, sizeof wal);
+    CHECK(s != NULL);
     enum { N = 120, LEN = 40000 };
     struct store_stats ss;
     uint64_t seen = 0;
@@ -1470,11 +1476,9 @@ TEST(wal_checkpointed_after_1000_frames)
 TEST(failed_checkpoints_keep_the_wal)
 {
     struct tdir t;
-    tdir_init(&t);
-    struct store *s = open_ok(&t);
-    CHECK(s != NULL);
     char wal[160];
-    snprintf(wal, sizeof wal, "%s-wal", t.db);
+    struct store *s = open_with_wal(&t, wal, sizeof wal);
+    CHECK(s != NULL);
     enum { N = 120, LEN = 40000 };
     store_test_checkpoint_fail(s, true);
     for (size_t i = 1; i <= N; i++)
