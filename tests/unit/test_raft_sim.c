@@ -1,10 +1,12 @@
 /* test_raft_sim.c - deterministic randomized simulation of Raft clusters.
  *
  * A cluster of 3 or 5 cores (src/raft.c) runs on a discrete-event clock:
- * per-node ticks (each incarnation's clock may run up to 30% off, and in
- * half the seeds with Pre-Vote its election timeout is its own, short or
- * long: a follower restarted at once with a shorter one while its leader
- * is cut off must keep its earlier read-lease promise), process
+ * per-node ticks and clocks (cfg.clock, which the read leases and restored
+ * promises are measured by: each incarnation's may run up to 30% off, and
+ * in half the seeds with Pre-Vote its election timeout is its own, short
+ * or long: a follower restarted at once with a shorter one while its
+ * leader is cut off must keep its earlier read-lease promise, measured on
+ * a faster clock than the leader's), process
  * pauses (a paused node's events wait until it runs again), a network with
  * per-message delay (reordering), loss, duplication, stale copies
  * delivered much later, partitions (minority, majority, leader isolation,
@@ -159,7 +161,8 @@ struct snode {
     uint64_t marker_index;   /* liveness: its index */
     /* read leases: the largest lease_ns an earlier incarnation may still
      * have promised (durable, as the node driver keeps it), and when it
-     * may be lowered to this incarnation's (sim ms, 0: nothing to do) */
+     * may be lowered to this incarnation's (by the node's clock, 0:
+     * nothing to do) */
     uint64_t promised_ns;
     uint64_t promise_lower_at;
 };
@@ -248,7 +251,17 @@ struct sim {
     /* links cut one way: cut[a][b] drops what a sends to b */
     bool cut[SIM_MAXN + 1][SIM_MAXN + 1];
     uint64_t paused_until[SIM_MAXN + 1]; /* a paused process runs again */
-    uint64_t tick_ms[SIM_MAXN + 1];      /* each node's clock rate */
+    uint64_t tick_ms[SIM_MAXN + 1];      /* each node's tick, sim ms */
+    /* Each node's clock (cfg.clock) runs at the rate of its ticks: a tick
+     * is TICK_MS of its own time. It read clock_base ns at sim time
+     * clock_from, and carries on across restarts (CLOCK_MONOTONIC); the
+     * nodes' clocks start far apart. */
+    uint64_t clock_base[SIM_MAXN + 1];
+    uint64_t clock_from[SIM_MAXN + 1];
+    struct sim_clock {
+        struct sim *s;
+        int id;
+    } clocks[SIM_MAXN + 1];              /* cfg.clock_arg */
     bool vary_timings;                   /* election timeouts per
                                             incarnation: 5 to 10 ticks or
                                             25 to 40 */
@@ -1387,9 +1400,31 @@ static uint64_t lease_reads_of(struct raft *r)
     return st.lease_reads;
 }
 
+static uint64_t node_clock_ns(const struct sim *s, int id)
+{
+    return s->clock_base[id] +
+           (s->now - s->clock_from[id]) * 1000000u * TICK_MS / s->tick_ms[id];
+}
+
 static uint64_t sim_clock_ns(void *arg)
 {
-    return ((struct sim *)arg)->now * 1000000u;
+    const struct sim_clock *c = arg;
+    return node_clock_ns(c->s, c->id);
+}
+
+/* A node's ticks, and with them its clock, run at another rate from now. */
+static void set_tick_ms(struct sim *s, int id, uint64_t tick_ms)
+{
+    s->clock_base[id] = node_clock_ns(s, id);
+    s->clock_from[id] = s->now;
+    s->tick_ms[id] = tick_ms;
+}
+
+/* The clocks' rates differ by up to (TICK_MS + 3) / (TICK_MS - 3): what
+ * one node measured as ns takes up to this long on another's clock. */
+static uint64_t clock_margin_ns(uint64_t ns)
+{
+    return ns / (TICK_MS - 3) * (TICK_MS + 3);
 }
 
 static struct raft_config node_cfg(struct sim *s, int id)
@@ -1408,12 +1443,14 @@ static struct raft_config node_cfg(struct sim *s, int id)
     if (s->lease) {
         /* A follower's fastest clock ticks every TICK_MS - 3 ms: it
          * refuses votes for election_ticks - 1 of them at least after a
-         * message arrived, less the millisecond of our event times. */
-        c.lease_ns =
-            (uint64_t)((c.election_ticks - 1) * (TICK_MS - 3) - 1) * 1000000u;
+         * message arrived, less the millisecond of our event times; the
+         * leader's slowest clock measures that as TICK_MS / (TICK_MS + 3)
+         * of it. */
+        c.lease_ns = (uint64_t)((c.election_ticks - 1) * (TICK_MS - 3) - 1) *
+                     1000000u / (TICK_MS + 3) * TICK_MS;
         c.lease_reads = true;
         c.clock = sim_clock_ns;
-        c.clock_arg = s;
+        c.clock_arg = &s->clocks[id];
     }
     return c;
 }
@@ -1430,17 +1467,20 @@ static void founders_conf(struct sim *s, struct raft_conf *c)
 }
 
 /* What the node driver does with its promise: an earlier incarnation's
- * is handed to the restored core, and the durable one is raised before
- * this incarnation promises more, or lowered once the earlier one is
- * over. */
-static void keep_promise(struct sim *s, struct snode *sn, uint64_t lease_ns)
+ * is handed to the restored core, with the clocks' margin (a leader
+ * measured it on its own clock, this node measures it on its own), and
+ * the durable one is raised before this incarnation promises more, or
+ * lowered once the earlier one is over. */
+static void keep_promise(struct sim *s, int id, uint64_t lease_ns)
 {
-    raft_restore_promise(sn->r, sn->promised_ns);
+    struct snode *sn = &s->nodes[id];
+    uint64_t binds = clock_margin_ns(sn->promised_ns);
+    raft_restore_promise(sn->r, binds);
     sn->promise_lower_at = 0;
     if (lease_ns >= sn->promised_ns)
         sn->promised_ns = lease_ns;
     else
-        sn->promise_lower_at = s->now + sn->promised_ns / 1000000u + 1;
+        sn->promise_lower_at = node_clock_ns(s, id) + binds;
 }
 
 static void node_start(struct sim *s, int id)
@@ -1452,6 +1492,13 @@ static void node_start(struct sim *s, int id)
                             : s->shortest[id] ? 5
                             : chance(s, 50)   ? 5 + (int)rnd(s, 6)
                                               : 25 + (int)rnd(s, 16);
+    /* Clocks drift: each incarnation ticks at its own rate, up to 30%
+     * off (the election timeout in ticks then differs in time), and its
+     * clock with them. */
+    set_tick_ms(s, id,
+                s->shortest[id]             ? TICK_MS - 3
+                : s->chaos && chance(s, 30) ? TICK_MS - 3 + rnd(s, 7)
+                                            : TICK_MS);
     s->shortest[id] = false;
     struct raft_config cfg = node_cfg(s, id);
     char err[RAFT_ERRMSG_SIZE];
@@ -1486,7 +1533,7 @@ static void node_start(struct sim *s, int id)
             sim_fail(s, "node %d restore failed: %s", id, pz_strerror(rc));
     }
     if (s->lease)
-        keep_promise(s, sn, cfg.lease_ns);
+        keep_promise(s, id, cfg.lease_ns);
     sn->n_rds = 0;
     sn->persist_at = 0;
     sn->n_mir = 0;
@@ -1501,11 +1548,6 @@ static void node_start(struct sim *s, int id)
     sn->lc_term = 0;
     sn->lc_checked = 0;
     sn->marker_term = 0;
-    /* Clocks drift: each incarnation ticks at its own rate, up to 30%
-     * off (the election timeout in ticks then differs in time). */
-    s->tick_ms[id] = TICK_MS;
-    if (s->chaos && chance(s, 30))
-        s->tick_ms[id] = TICK_MS - 3 + rnd(s, 7);
     heap_push(s, ev_new(s, EV_TICK, id, 1 + rnd(s, TICK_MS)));
     trace(s,
           "node %d up (epoch %" PRIu64 ", snapshot %" PRIu64
@@ -1717,10 +1759,14 @@ static void blackout(struct sim *s)
     trace(s, "blackout: every node down");
 }
 
-/* The leader cut off, and a follower that answered its last rounds back
- * at once with the shortest election timeout, shorter than the one it
- * promised by: it must keep that promise (keep_promise), or the others
- * elect a leader while the old one still reads by its lease. */
+/* The leader cut off right after a lease read, with the slowest clock
+ * (its lease lasts longest), and the others' clocks the fastest (their
+ * refusals end soonest). Half the time the follower that promised the
+ * longest comes back at once with the shortest election timeout: it must
+ * keep its earlier promise (keep_promise, with the clocks' margin).
+ * Otherwise it stays up, and its refusal ends as its ticks promised
+ * (lease_ns). Either way the others must not elect a leader while the
+ * old one still reads by its lease. */
 static void quick_restart_behind_leader(struct sim *s, int l)
 {
     /* of the leader's other voters that are up, the one that promised
@@ -1748,10 +1794,20 @@ static void quick_restart_behind_leader(struct sim *s, int l)
     }
     heal(s);
     s->group[l] = 1;
-    node_crash(s, f);
-    s->shortest[f] = true;
+    set_tick_ms(s, l, TICK_MS + 3);
+    for (size_t i = 0; i < c->n; i++) {
+        int id = (int)c->servers[i].id;
+        if (id != l && s->nodes[id].r != NULL)
+            set_tick_ms(s, id, TICK_MS - 3);
+    }
     s->quick_until = s->now + 300;
     s->quick_leader = l;
+    if (chance(s, 50)) {
+        trace(s, "isolate leader %d, clocks apart", l);
+        return;
+    }
+    node_crash(s, f);
+    s->shortest[f] = true;
     heap_push(s, ev_new(s, EV_RESTART, f, 1 + rnd(s, 10)));
     trace(s, "isolate leader %d, restart %d at once", l, f);
 }
@@ -1928,7 +1984,8 @@ static void handle_event(struct sim *s, struct event *e)
     case EV_TICK:
         if (sn->r == NULL || e->epoch != sn->epoch)
             return;
-        if (sn->promise_lower_at != 0 && s->now >= sn->promise_lower_at) {
+        if (sn->promise_lower_at != 0 &&
+            node_clock_ns(s, e->node) >= sn->promise_lower_at) {
             sn->promised_ns = node_cfg(s, e->node).lease_ns;
             sn->promise_lower_at = 0;
         }
@@ -2173,6 +2230,9 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
     for (int i = 1; i <= n; i++) {
         s->nodes[i].id = (uint64_t)i;
         s->nodes[i].founder = i <= founders;
+        s->clocks[i] = (struct sim_clock){.s = s, .id = i};
+        s->clock_base[i] = (uint64_t)i * 1000000000000u;
+        s->tick_ms[i] = TICK_MS;
         node_start(s, i);
     }
     heap_push(s, ev_new(s, EV_CHAOS, 0, 300 + rnd(s, 300)));
@@ -2188,7 +2248,7 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
      * vote requests can keep resetting the one electable node). */
     memset(s->paused_until, 0, sizeof s->paused_until);
     for (int i = 1; i <= n; i++)
-        s->tick_ms[i] = TICK_MS;
+        set_tick_ms(s, i, TICK_MS);
     trace(s, "--- healing: liveness phase");
     for (int i = 1; i <= n; i++)
         if (s->nodes[i].r == NULL)
