@@ -159,6 +159,69 @@ def test_restart_into_a_full_disk(tmpfs, servers):
              "the promise to be recorded")
 
 
+def wal_frames(path):
+    """Frames the WAL file has room for (4 KiB pages)."""
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    return max(0, size - 32) // (4096 + 24)
+
+
+def metric(s, name):
+    st, _, body = s.request("GET", "/metrics")
+    assert st == 200
+    for ln in body.decode().splitlines():
+        if ln.startswith(name + " "):
+            return float(ln.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_checkpoint_on_a_full_disk_fails_then_works_again(tmpfs, servers):
+    """Once checkpointed, the WAL is written over from its start, so on a
+    full disk writes still fit in it while the checkpoint, which must grow
+    raft.db, fails: the node warns, goes on, and raises NOSPACE only once
+    the WAL must grow. With room again the checkpoint succeeds, the node
+    says so, and nothing was lost."""
+    fs = tmpfs("n1", "24m")
+    s = servers(conf={"raft-data": os.path.join(fs, "data"),
+                      "request-timeout": "1s"})
+    wal = os.path.join(fs, "data", "raft.db-wal")
+    big = "y" * 48000  # 12 pages
+    n = 0
+    while wal_frames(wal) < 900:
+        assert put(s, f"a{n}", big)[0] == 204
+        n += 1
+        assert n < 200, wal_frames(wal)
+    # one write of some 200 pages crosses the checkpoint's 1,000 frames:
+    # the WAL written over from its start then has room past 1,000
+    assert put(s, "a-last", "z" * 800000)[0] == 204
+    wait_for(lambda: metric(
+        s, "pyazdb_storage_checkpoint_duration_seconds_count") >= 1,
+        "the first checkpoint")
+    assert wal_frames(wal) >= 1100, wal_frames(wal)
+    assert metric(s, "pyazdb_storage_checkpoint_failures_total") == 0
+    filler = fill(fs)
+    body = put_until_507(s, "b", size=48000)
+    assert body.strip().lower() == b"no space left on device", body
+    wait_for(lambda: "cannot checkpoint the Raft log's WAL into raft.db: "
+             "database or disk is full" in s.read_log(),
+             "the checkpoint's warning")
+    failed = metric(s, "pyazdb_storage_checkpoint_failures_total")
+    assert failed >= 1
+    assert "checkpoints into raft.db again" not in s.read_log()
+    os.unlink(filler)
+    wait_for(lambda: status(s)["alarms"] == [], "the alarm to clear")
+    assert put(s, "after", "1")[0] == 204
+    wait_for(lambda: "the Raft log's WAL checkpoints into raft.db again "
+             f"({int(metric(s, 'pyazdb_storage_checkpoint_failures_total'))}"
+             " failed in all)" in s.read_log(), "the recovery's line")
+    assert s.read_log().count("cannot checkpoint") == 1
+    s.stop()
+    s.start()
+    assert get(s, "a0")[2] == big.encode()
+    assert get(s, "a-last")[2] == b"z" * 800000
+    assert get(s, "b0")[2] == b"x" * 48000
+    assert get(s, "after")[2] == b"1"
+
+
 def tmpfs_cluster(tmpfs, servers):
     """A 3-node cluster, each node's data on a tmpfs of its own (8 MiB):
     (mounts by node name, nodes)."""
