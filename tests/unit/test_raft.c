@@ -1007,6 +1007,18 @@ static uint64_t promise_answered(struct tnet *net, uint64_t term, uint64_t ctx)
     return m ? m->lease_ns : UINT64_MAX;
 }
 
+/* Node 3's vote request to node 2 (of restored(2, 3, {2}, 1, 2)) for
+ * term 3, its log as long as node 2's. */
+static struct raft_msg restart_vote(void)
+{
+    return (struct raft_msg){.type = RAFT_MSG_VOTE,
+                             .from = 3,
+                             .to = 2,
+                             .term = 3,
+                             .index = 2,
+                             .log_term = 2};
+}
+
 TEST(restarted_node_refuses_votes_for_a_timeout)
 {
     /* A node restarted with a term may have promised a leader, just
@@ -1015,12 +1027,7 @@ TEST(restarted_node_refuses_votes_for_a_timeout)
     t_lease = true;
     uint64_t terms[] = {2};
     struct raft *r = restored(2, 3, terms, 1, 2);
-    struct raft_msg v = {.type = RAFT_MSG_VOTE,
-                         .from = 3,
-                         .to = 2,
-                         .term = 3,
-                         .index = 2,
-                         .log_term = 2};
+    struct raft_msg v = restart_vote();
     struct raft_status st;
     for (int k = 0; k < 9; k++)
         raft_tick(r);
@@ -1075,12 +1082,7 @@ TEST(restarted_node_keeps_an_earlier_promise)
     uint64_t terms[] = {2};
     struct raft *r = restored(2, 3, terms, 1, 2);
     raft_restore_promise(r, 30 * T_TICK_NS);
-    struct raft_msg v = {.type = RAFT_MSG_VOTE,
-                         .from = 3,
-                         .to = 2,
-                         .term = 3,
-                         .index = 2,
-                         .log_term = 2};
+    struct raft_msg v = restart_vote();
     struct raft_status st;
     for (int k = 0; k < 29; k++) {
         t_now_ns += T_TICK_NS;
