@@ -10,7 +10,8 @@
  * pauses (a paused node's events wait until it runs again), a network with
  * per-message delay (reordering), loss, duplication, stale copies
  * delivered much later, partitions (minority, majority, leader isolation,
- * one direction of one link, heal), every message through the real codec
+ * one direction of one link, a bridge: two sides that reach each other
+ * only through one node, heal), every message through the real codec
  * (src/raft_codec.c: encoded and sealed with its checksum, cut into random
  * pieces for the frame parser, decoded, and required to come out equal;
  * now and then damaged by 1 to 3 flipped bits, and then required to be
@@ -279,6 +280,7 @@ struct sim {
     uint64_t stat_pauses;                /* process pauses */
     uint64_t stat_blackouts;             /* all nodes down at once */
     uint64_t stat_oneway;                /* links cut one way */
+    uint64_t stat_bridges;               /* bridge partitions */
     uint64_t stat_follower_props;        /* proposals refused by
                                             non-leaders */
     uint64_t stat_stale;                 /* stale copies delivered late */
@@ -1812,6 +1814,35 @@ static void quick_restart_behind_leader(struct sim *s, int l)
     trace(s, "isolate leader %d, restart %d at once", l, f);
 }
 
+/* A bridge (Jepsen's nemesis): two sides that cannot reach each other,
+ * and one node, not the leader, that reaches both. The leader's side
+ * keeps it in office (and its lease), while the other side campaigns
+ * through the bridge, which must refuse them while the leader counts on
+ * it. */
+static void bridge(struct sim *s)
+{
+    int l = pick_leader(s);
+    int b = 1 + (int)rnd(s, (uint64_t)s->n);
+    if (b == l)
+        b = b % s->n + 1;
+    int side[SIM_MAXN + 1] = {0};
+    bool other = false;
+    for (int i = 1; i <= s->n; i++)
+        if (i != b && i != l && (side[i] = (int)rnd(s, 2)) == 1)
+            other = true;
+    if (!other) /* one node on the other side at least */
+        for (int i = 1; i <= s->n && !other; i++)
+            if (i != b && i != l)
+                side[i] = 1, other = true;
+    heal(s);
+    for (int i = 1; i <= s->n; i++)
+        for (int j = 1; j <= s->n; j++)
+            if (i != b && j != b && side[i] != side[j])
+                s->cut[i][j] = true;
+    s->stat_bridges++;
+    trace(s, "bridge %d (leader %d)", b, l);
+}
+
 static void chaos_action(struct sim *s)
 {
     if (s->now < s->quick_until)
@@ -1846,7 +1877,7 @@ static void chaos_action(struct sim *s)
         }
         return;
     }
-    uint64_t r = rnd(s, 85);
+    uint64_t r = rnd(s, 95);
     if (s->profile == 3) /* leader churn */
         r = chance(s, 50) ? 50 : chance(s, 60) ? 0 : r;
     if (r < 25) {
@@ -1868,6 +1899,8 @@ static void chaos_action(struct sim *s)
         int id = 1 + (int)rnd(s, (uint64_t)s->n);
         s->group[id] = 2 + id;
         trace(s, "isolate %d", id);
+    } else if (r >= 85) {
+        bridge(s);
     } else {
         s->loss_pct = (int)rnd(s, 4) * 5;
         s->dup_pct = (int)rnd(s, 3) * 5;
@@ -2157,6 +2190,7 @@ struct sim_stats {
     uint64_t damaged;  /* frames damaged on the way, all refused */
     uint64_t stale;    /* stale copies delivered late */
     uint64_t oneway;   /* links cut one way */
+    uint64_t bridges;  /* bridge partitions */
     uint64_t pauses;   /* process pauses */
     uint64_t blackouts; /* whole-cluster crashes */
     uint64_t follower_props; /* proposals refused by non-leaders */
@@ -2284,6 +2318,7 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
         stats->damaged += s->stat_damaged;
         stats->stale += s->stat_stale;
         stats->oneway += s->stat_oneway;
+        stats->bridges += s->stat_bridges;
         stats->pauses += s->stat_pauses;
         stats->blackouts += s->stat_blackouts;
         stats->follower_props += s->stat_follower_props;
@@ -2335,21 +2370,22 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
     double secs = (double)(t1.tv_sec - t0.tv_sec) +
                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (verbose)
-        printf(
-            "raft-sim: %" PRIu64 " seeds from %" PRIu64 ", %" PRIu64
-            " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
-            " committed entries, %" PRIu64 " reads (%" PRIu64
-            " by a lease), %" PRIu64 " leaders, %" PRIu64 " snapshots, %" PRIu64
-            " installs, %" PRIu64 " forged messages refused, %" PRIu64
-            " frames decoded, %" PRIu64 " damaged frames refused, %" PRIu64
-            " stale copies, %" PRIu64 " one-way cuts, %" PRIu64
-            " pauses, %" PRIu64 " blackouts, %" PRIu64
-            " proposals refused by followers, %" PRIu64
-            " Readies taken behind others in flight\n",
-            count, first, failed, secs, (double)count / secs, st.events,
-            st.commits, st.reads, st.lease_reads, st.leaders, st.snaps,
-            st.installs, st.forged, st.frames, st.damaged, st.stale, st.oneway,
-            st.pauses, st.blackouts, st.follower_props, st.pipelined);
+        printf("raft-sim: %" PRIu64 " seeds from %" PRIu64 ", %" PRIu64
+               " failed; %.1f s (%.0f seeds/s), %" PRIu64 " events, %" PRIu64
+               " committed entries, %" PRIu64 " reads (%" PRIu64
+               " by a lease), %" PRIu64 " leaders, %" PRIu64
+               " snapshots, %" PRIu64 " installs, %" PRIu64
+               " forged messages refused, %" PRIu64 " frames decoded, %" PRIu64
+               " damaged frames refused, %" PRIu64 " stale copies, %" PRIu64
+               " one-way cuts, %" PRIu64 " bridges, %" PRIu64
+               " pauses, %" PRIu64 " blackouts, %" PRIu64
+               " proposals refused by followers, %" PRIu64
+               " Readies taken behind others in flight\n",
+               count, first, failed, secs, (double)count / secs, st.events,
+               st.commits, st.reads, st.lease_reads, st.leaders, st.snaps,
+               st.installs, st.forged, st.frames, st.damaged, st.stale,
+               st.oneway, st.bridges, st.pauses, st.blackouts,
+               st.follower_props, st.pipelined);
     return failed ? 1 : 0;
 }
 
