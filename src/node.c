@@ -616,31 +616,29 @@ static uint64_t node_clock_ns(void *arg)
 
 /* A WAL checkpoint that fails loses nothing (the WAL keeps the pages) but
  * leaves the WAL growing with every write until one succeeds: say so, at
- * most once a minute while it lasts, and say when one succeeds again
- * (checked once a second: a second with failures still counts as
- * failing, whatever succeeded in it). */
+ * most once a minute, and after each warning, say when the latest
+ * checkpoint succeeded again. */
 static void checkpoint_cron(uint64_t now)
 {
     struct store_stats st;
     NIO(store_stats, &st);
-    if (st.checkpoint_failures != nd->ckpt_failures_seen) {
-        if (!nd->ckpt_failing || now >= nd->ckpt_warned_at + 60000) {
-            pz_warn("cannot checkpoint the Raft log's WAL into raft.db: %s "
-                    "(%llu failed so far); the WAL keeps every write, and "
-                    "grows until a checkpoint succeeds",
-                    st.checkpoint_error ? st.checkpoint_error : "unknown error",
-                    (unsigned long long)st.checkpoint_failures);
-            nd->ckpt_warned_at = now;
-        }
-        nd->ckpt_failing = true;
-    } else if (nd->ckpt_failing && st.checkpoints != nd->ckpt_done_seen) {
+    if (st.checkpoint_failures != nd->ckpt_failures_seen &&
+        (!nd->ckpt_warned_once || now >= nd->ckpt_warned_at + 60000)) {
+        pz_warn("cannot checkpoint the Raft log's WAL into raft.db: %s "
+                "(%llu failed so far); the WAL keeps every write, and grows "
+                "until a checkpoint succeeds",
+                st.checkpoint_error ? st.checkpoint_error : "unknown error",
+                (unsigned long long)st.checkpoint_failures);
+        nd->ckpt_warned = nd->ckpt_warned_once = true;
+        nd->ckpt_warned_at = now;
+    }
+    nd->ckpt_failures_seen = st.checkpoint_failures;
+    if (nd->ckpt_warned && !st.checkpoint_failing) {
         pz_info("the Raft log's WAL checkpoints into raft.db again (%llu "
                 "failed in all)",
                 (unsigned long long)st.checkpoint_failures);
-        nd->ckpt_failing = false;
+        nd->ckpt_warned = false;
     }
-    nd->ckpt_failures_seen = st.checkpoint_failures;
-    nd->ckpt_done_seen = st.checkpoints;
 }
 
 /* Read leases: a leader may count on this node's refusing votes for

@@ -128,10 +128,12 @@ struct node {
     bool retry_due;              /* ready_owed: a retry is scheduled */
     uint64_t retry_at;           /* io now() of the next attempt */
     uint64_t compact_retry_at;   /* no compaction step before (io now()) */
-    uint64_t ckpt_failures_seen; /* store_stats.checkpoint_failures and */
-    uint64_t ckpt_done_seen;     /* .checkpoints, as of the last look */
-    bool ckpt_failing;           /* warned, and none succeeded since */
-    uint64_t ckpt_warned_at;     /* when (loop ms) */
+    uint64_t ckpt_failures_seen; /* store_stats.checkpoint_failures as
+                                    of the last look */
+    bool ckpt_warned;            /* warned of failed checkpoints, and
+                                    said nothing since */
+    bool ckpt_warned_once;       /* ever, at ckpt_warned_at (loop ms) */
+    uint64_t ckpt_warned_at;
     uint64_t promise_ns;         /* this run's raft_config.lease_ns */
     uint64_t promise_lower_at;   /* io clock_ns after which the stored
                                     promise, an earlier run's longer one,

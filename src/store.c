@@ -114,6 +114,7 @@ struct ckpt {
     uint64_t tried_ns; /* the time of all, failed ones too */
     uint64_t failures; /* that failed: the WAL keeps the pages */
     const char *error; /* the last failure's (sqlite3_errstr) */
+    int last;          /* the latest one: 0 none, 1 done, -1 failed */
 };
 /* Page cache of the connection, KiB (SQLite's default is 2000): a
  * compaction step (node_snapshot.c: 20,000 entries and 4 MiB of payload
@@ -429,9 +430,11 @@ static void checkpoint(struct store *s, int mode, struct ckpt *ck)
     if (rc == SQLITE_OK) {
         ck->n++;
         ck->ns += ns;
+        ck->last = 1;
     } else {
         ck->failures++;
         ck->error = sqlite3_errstr(rc);
+        ck->last = -1;
     }
 }
 
@@ -443,6 +446,8 @@ static void count_ckpt(struct store *s, const struct ckpt *ck)
     s->stats.checkpoint_failures += ck->failures;
     if (ck->error)
         s->stats.checkpoint_error = ck->error;
+    if (ck->last != 0)
+        s->stats.checkpoint_failing = ck->last < 0;
 }
 
 /* COMMIT, its time into *ns, and then, if the WAL has grown to

@@ -109,6 +109,7 @@ struct store_stats {
                                      keeps the pages and grows) */
     const char *checkpoint_error; /* the last failure's reason (static
                                      string), NULL if none */
+    bool checkpoint_failing;      /* the latest checkpoint failed */
     uint64_t write_ns;           /* total time of write transactions,
                                     BEGIN to COMMIT and its checkpoint */
     uint64_t last_queue_ns;      /* latest batch: handed to the thread

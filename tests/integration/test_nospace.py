@@ -160,9 +160,12 @@ def test_restart_into_a_full_disk(tmpfs, servers):
 
 
 def wal_frames(path):
-    """Frames the WAL file has room for (4 KiB pages)."""
-    size = os.path.getsize(path) if os.path.exists(path) else 0
-    return max(0, size - 32) // (4096 + 24)
+    """Frames the WAL file has room for (its page size from its header)."""
+    if not os.path.exists(path) or os.path.getsize(path) < 32:
+        return 0
+    with open(path, "rb") as f:
+        page = int.from_bytes(f.read(32)[8:12], "big")
+    return (os.path.getsize(path) - 32) // (page + 24)
 
 
 def metric(s, name):
@@ -182,7 +185,7 @@ def test_checkpoint_on_a_full_disk_fails_then_works_again(tmpfs, servers):
     says so, and nothing was lost."""
     fs = tmpfs("n1", "24m")
     s = servers(conf={"raft-data": os.path.join(fs, "data"),
-                      "request-timeout": "1s"})
+                      "request-timeout": "10s"})
     wal = os.path.join(fs, "data", "raft.db-wal")
     big = "y" * 48000  # 12 pages
     n = 0
@@ -190,13 +193,15 @@ def test_checkpoint_on_a_full_disk_fails_then_works_again(tmpfs, servers):
         assert put(s, f"a{n}", big)[0] == 204
         n += 1
         assert n < 200, wal_frames(wal)
-    # one write of some 200 pages crosses the checkpoint's 1,000 frames:
-    # the WAL written over from its start then has room past 1,000
-    assert put(s, "a-last", "z" * 800000)[0] == 204
+    # one write of some 230 pages crosses the checkpoint's 1,000 frames:
+    # the WAL written over from its start then has room past 1,000 for
+    # a few more writes of 12 pages (with the tree's pages, up to 17)
+    last = "z" * 950000
+    assert put(s, "a-last", last)[0] == 204
     wait_for(lambda: metric(
         s, "pyazdb_storage_checkpoint_duration_seconds_count") >= 1,
         "the first checkpoint")
-    assert wal_frames(wal) >= 1100, wal_frames(wal)
+    assert wal_frames(wal) >= 1000 + 3 * 17, wal_frames(wal)
     assert metric(s, "pyazdb_storage_checkpoint_failures_total") == 0
     filler = fill(fs)
     body = put_until_507(s, "b", size=48000)
@@ -217,7 +222,7 @@ def test_checkpoint_on_a_full_disk_fails_then_works_again(tmpfs, servers):
     s.stop()
     s.start()
     assert get(s, "a0")[2] == big.encode()
-    assert get(s, "a-last")[2] == b"z" * 800000
+    assert get(s, "a-last")[2] == last.encode()
     assert get(s, "b0")[2] == b"x" * 48000
     assert get(s, "after")[2] == b"1"
 

@@ -1471,8 +1471,9 @@ TEST(wal_checkpointed_after_1000_frames)
 
 /* A checkpoint that fails loses nothing: the WAL keeps every page and
  * grows, each failure is counted with its reason, a store closed then
- * (no checkpoint at close either) loads every entry from the WAL, and the
- * first checkpoint that works counts as one. */
+ * (no checkpoint at close either) loads every entry from the WAL, the
+ * first checkpoint that works counts as one, and the stats say whether
+ * the latest failed. */
 TEST(failed_checkpoints_keep_the_wal)
 {
     struct tdir t;
@@ -1486,6 +1487,7 @@ TEST(failed_checkpoints_keep_the_wal)
     struct store_stats ss;
     store_stats(s, &ss);
     CHECK(ss.checkpoints == 0 && ss.checkpoint_failures >= 20);
+    CHECK(ss.checkpoint_failing);
     CHECK(ss.checkpoint_error != NULL &&
           strstr(ss.checkpoint_error, "I/O") != NULL);
     CHECK(ss.last_checkpoint_ns > 0); /* tried: the loop's bound sees it */
@@ -1497,10 +1499,21 @@ TEST(failed_checkpoints_keep_the_wal)
     CHECK_EQ_INT(write_big(s, N + 1, LEN), 0);
     store_stats(s, &ss);
     CHECK(ss.checkpoints == 1 && ss.checkpoint_failures == 0);
+    CHECK(!ss.checkpoint_failing);
+    /* the latest says: failing, then not once one works again */
+    store_test_checkpoint_fail(s, true);
+    for (size_t i = N + 2; i <= N + 120; i++)
+        CHECK_EQ_INT(write_big(s, i, LEN), 0);
+    store_stats(s, &ss);
+    CHECK(ss.checkpoint_failures > 0 && ss.checkpoint_failing);
+    store_test_checkpoint_fail(s, false);
+    CHECK_EQ_INT(write_big(s, N + 121, LEN), 0);
+    store_stats(s, &ss);
+    CHECK(ss.checkpoints == 2 && !ss.checkpoint_failing);
     store_close(s);
     s = open_ok(&t);
     CHECK(s != NULL);
-    CHECK(loads_big(s, N + 1, LEN));
+    CHECK(loads_big(s, N + 121, LEN));
     store_close(s);
     tdir_free(&t);
 }
