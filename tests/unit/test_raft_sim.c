@@ -2,16 +2,17 @@
  *
  * A cluster of 3 or 5 cores (src/raft.c) runs on a discrete-event clock:
  * per-node ticks and clocks (cfg.clock, which the read leases and restored
- * promises are measured by: each incarnation's may run up to 30% off, and
- * in half the seeds with Pre-Vote its election timeout is its own, short
- * or long: a follower restarted at once with a shorter one while its
- * leader is cut off must keep its earlier read-lease promise, measured on
- * a faster clock than the leader's), process
- * pauses (a paused node's events wait until it runs again), a network with
- * per-message delay (reordering), loss, duplication, stale copies
- * delivered much later, partitions (minority, majority, leader isolation,
- * one direction of one link, a bridge: two sides that reach each other
- * only through one node, heal), every message through the real codec
+ * promises are measured by: each incarnation's may run up to 30% off, its
+ * ticks now and then late while its clock runs on, and in half the seeds
+ * with Pre-Vote its election timeout is its own, short or long: a
+ * follower restarted at once with a shorter one while its leader is cut
+ * off must keep its earlier read-lease promise, measured on a faster
+ * clock than the leader's), process pauses (a paused node's events wait
+ * until it runs again), a network with per-message delay (reordering),
+ * loss, duplication, stale copies delivered much later, partitions
+ * (minority, majority, leader isolation, one direction of one link, a
+ * bridge: two sides that reach each other only through one node, heal),
+ * every message through the real codec
  * (src/raft_codec.c: encoded and sealed with its checksum, cut into random
  * pieces for the frame parser, decoded, and required to come out equal;
  * now and then damaged by 1 to 3 flipped bits, and then required to be
@@ -1496,11 +1497,16 @@ static void node_start(struct sim *s, int id)
                                               : 25 + (int)rnd(s, 16);
     /* Clocks drift: each incarnation ticks at its own rate, up to 30%
      * off (the election timeout in ticks then differs in time), and its
-     * clock with them. */
-    set_tick_ms(s, id,
-                s->shortest[id]             ? TICK_MS - 3
-                : s->chaos && chance(s, 30) ? TICK_MS - 3 + rnd(s, 7)
-                                            : TICK_MS);
+     * clock with them; half the time at one end or the other, where the
+     * leases' margins are tight. */
+    uint64_t tick = TICK_MS;
+    if (s->chaos && s->shortest[id])
+        tick = TICK_MS - 3;
+    else if (s->chaos && chance(s, 30))
+        tick = chance(s, 50)   ? TICK_MS - 3 + rnd(s, 7)
+               : chance(s, 50) ? TICK_MS - 3
+                               : TICK_MS + 3;
+    set_tick_ms(s, id, tick);
     s->shortest[id] = false;
     struct raft_config cfg = node_cfg(s, id);
     char err[RAFT_ERRMSG_SIZE];
@@ -1763,7 +1769,7 @@ static void blackout(struct sim *s)
 
 /* The leader cut off right after a lease read, with the slowest clock
  * (its lease lasts longest), and the others' clocks the fastest (their
- * refusals end soonest). Half the time the follower that promised the
+ * refusals end soonest). Most of the time the follower that promised the
  * longest comes back at once with the shortest election timeout: it must
  * keep its earlier promise (keep_promise, with the clocks' margin).
  * Otherwise it stays up, and its refusal ends as its ticks promised
@@ -1804,7 +1810,7 @@ static void quick_restart_behind_leader(struct sim *s, int l)
     }
     s->quick_until = s->now + 300;
     s->quick_leader = l;
-    if (chance(s, 50)) {
+    if (chance(s, 30)) {
         trace(s, "isolate leader %d, clocks apart", l);
         return;
     }
@@ -1815,25 +1821,34 @@ static void quick_restart_behind_leader(struct sim *s, int l)
 }
 
 /* A bridge (Jepsen's nemesis): two sides that cannot reach each other,
- * and one node, not the leader, that reaches both. The leader's side
- * keeps it in office (and its lease), while the other side campaigns
- * through the bridge, which must refuse them while the leader counts on
- * it. */
+ * and one node that is up, not the leader, and reaches both. The leader
+ * (if any) is on one side: with the bridge it may keep a quorum, and its
+ * lease, while the other side campaigns through the bridge, which must
+ * refuse them while the leader counts on it. */
 static void bridge(struct sim *s)
 {
     int l = pick_leader(s);
-    int b = 1 + (int)rnd(s, (uint64_t)s->n);
-    if (b == l)
-        b = b % s->n + 1;
-    int side[SIM_MAXN + 1] = {0};
-    bool other = false;
+    int cand[SIM_MAXN], nc = 0;
     for (int i = 1; i <= s->n; i++)
-        if (i != b && i != l && (side[i] = (int)rnd(s, 2)) == 1)
-            other = true;
-    if (!other) /* one node on the other side at least */
-        for (int i = 1; i <= s->n && !other; i++)
-            if (i != b && i != l)
-                side[i] = 1, other = true;
+        if (i != l && s->nodes[i].r != NULL)
+            cand[nc++] = i;
+    if (nc == 0)
+        return;
+    int b = cand[rnd(s, (uint64_t)nc)];
+    int side[SIM_MAXN + 1] = {0}, count[2] = {l != 0, 0};
+    for (int i = 1; i <= s->n; i++)
+        if (i != b && i != l)
+            count[side[i] = (int)rnd(s, 2)]++;
+    /* neither side empty, if the nodes allow */
+    for (int i = 1; i <= s->n; i++)
+        for (int k = 0; k < 2; k++)
+            if (count[k] == 0 && i != b && i != l && count[1 - k] > 1) {
+                count[side[i]]--;
+                side[i] = k;
+                count[k]++;
+            }
+    if (count[0] == 0 || count[1] == 0)
+        return;
     heal(s);
     for (int i = 1; i <= s->n; i++)
         for (int j = 1; j <= s->n; j++)
@@ -2023,7 +2038,11 @@ static void handle_event(struct sim *s, struct event *e)
             sn->promise_lower_at = 0;
         }
         raft_tick(sn->r);
-        heap_push(s, ev_new(s, EV_TICK, e->node, s->tick_ms[e->node]));
+        /* now and then late (a busy loop): the clock runs on */
+        heap_push(s,
+                  ev_new(s, EV_TICK, e->node,
+                         s->tick_ms[e->node] +
+                             (s->chaos && chance(s, 5) ? 1 + rnd(s, 3) : 0)));
         break;
     case EV_DELIVER:
         if (sn->r == NULL || !linked(s, e->m.from, e->m.to))
@@ -2281,6 +2300,7 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
      * (with one voter's clock 30% slower and no Pre-Vote, the others'
      * vote requests can keep resetting the one electable node). */
     memset(s->paused_until, 0, sizeof s->paused_until);
+    memset(s->shortest, 0, sizeof s->shortest);
     for (int i = 1; i <= n; i++)
         set_tick_ms(s, i, TICK_MS);
     trace(s, "--- healing: liveness phase");
