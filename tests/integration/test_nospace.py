@@ -185,7 +185,7 @@ def test_checkpoint_on_a_full_disk_fails_then_works_again(tmpfs, servers):
     says so, and nothing was lost."""
     fs = tmpfs("n1", "24m")
     s = servers(conf={"raft-data": os.path.join(fs, "data"),
-                      "request-timeout": "10s"})
+                      "request-timeout": "3s"})
     wal = os.path.join(fs, "data", "raft.db-wal")
     big = "y" * 48000  # 12 pages
     n = 0
