@@ -107,6 +107,20 @@ MUTATIONS = [
       "            if (!force && in_lease(r) && m->type == RAFT_MSG_PREVOTE)\n"
       "                return 0;",
       RAFT, "leader stickiness (thesis 4.2.3) dropped for real votes"),
+    {"name": "follower_votes_within_its_lease",
+     "edits": [("src/raft.c",
+                "            if (!force && in_lease(r))\n"
+                "                return 0;",
+                "            if (!force && in_lease(r) &&\n"
+                "                m->type == RAFT_MSG_PREVOTE)\n"
+                "                return 0;"),
+               ("src/raft.c",
+                "        in_lease(r))\n        can_vote = false;",
+                "        in_lease(r) && pre)\n        can_vote = false;")],
+     "tests": ["sim:10000", "unit:raft"],
+     "why": "without Pre-Vote, a follower grants a vote while a leader's "
+            "lease counts on its refusal (both of its checks gone: each "
+            "alone is the one above and learned_term_clears_the_refusal)"},
     M("check_quorum_off_by_one", "src/raft.c",
       "            if (active < quorum(r)) {",
       "            if (active + 1 < quorum(r)) {",

@@ -7,24 +7,24 @@
  * with Pre-Vote its election timeout is its own, short or long: a
  * follower restarted at once with a shorter one while its leader is cut
  * off must keep its earlier read-lease promise, measured on a faster
- * clock than the leader's), process pauses (a paused node's events wait
- * until it runs again), a network with per-message delay (reordering),
- * loss, duplication, stale copies delivered much later, partitions
- * (minority, majority, leader isolation, one direction of one link, a
- * bridge: two sides that reach each other only through one node, heal),
- * every message through the real codec
- * (src/raft_codec.c: encoded and sealed with its checksum, cut into random
- * pieces for the frame parser, decoded, and required to come out equal;
- * now and then damaged by 1 to 3 flipped bits, and then required to be
- * refused by the checksum and lost),
- * fake storage whose write of a Ready completes after a random delay (one
- * batch in flight per node, the Ready's arrays used in place meanwhile),
- * and crashes that lose what was not durable (a write in flight is either
- * lost or complete), of one node or of all at once, followed by a restart
- * through raft_restore_snapshot from the durable state only. Clients
- * propose (on the leader; on other nodes a proposal must be refused with
- * nothing changed), read, change membership and transfer leadership at
- * random.
+ * clock than the leader's; without Pre-Vote, a voter that stopped hearing
+ * the leader asks for votes right after the leader is cut off, and the
+ * others must refuse them within the lease), process pauses (a paused node's
+ * events wait until it runs again), a network with per-message delay
+ * (reordering), loss, duplication, stale copies delivered much later,
+ * partitions (minority, majority, leader isolation, one direction of one link,
+ * a bridge: two sides that reach each other only through one node, heal), every
+ * message through the real codec (src/raft_codec.c: encoded and sealed with its
+ * checksum, cut into random pieces for the frame parser, decoded, and required
+ * to come out equal; now and then damaged by 1 to 3 flipped bits, and then
+ * required to be refused by the checksum and lost), fake storage whose write of
+ * a Ready completes after a random delay (one batch in flight per node, the
+ * Ready's arrays used in place meanwhile), and crashes that lose what was not
+ * durable (a write in flight is either lost or complete), of one node or of all
+ * at once, followed by a restart through raft_restore_snapshot from the durable
+ * state only. Clients propose (on the leader; on other nodes a proposal must be
+ * refused with nothing changed), read, change membership and transfer
+ * leadership at random.
  *
  * Snapshots: each node's state machine is the chained digest of the
  * entries it applied. Nodes snapshot it at random applied indexes (the
@@ -270,6 +270,10 @@ struct sim {
     int election_ticks[SIM_MAXN + 1];    /* each incarnation's */
     bool shortest[SIM_MAXN + 1];         /* the next one: 5 ticks */
     uint64_t quick_until;                /* no quick restart before */
+    uint64_t quiet_until;                /* no proposals before */
+    int stale_y;                         /* to cut from quick_leader once
+                                            its log is as long */
+    uint64_t isolate_at;                 /* then cut quick_leader off */
     int quick_leader;                    /* the leader it cut off */
     uint64_t codec_rng;                  /* how frames are split (its own
                                             stream: events stay as they
@@ -806,6 +810,7 @@ static void note_committed(struct sim *s, int node, uint64_t index,
 
 static void crash_and_restart(struct sim *s, int id);
 static void quick_restart_behind_leader(struct sim *s, int l);
+static void stale_candidate_behind_leader(struct sim *s, int l);
 
 static void check_node(struct sim *s, int id)
 {
@@ -1372,12 +1377,15 @@ static void pump(struct sim *s, int id)
             raft_advance(sn->r, rd);
         }
     }
-    if (quick && sn->r != NULL && !s->failed && s->chaos && s->vary_timings &&
-        s->lease && s->now >= s->quick_until && chance(s, 50)) {
+    if (quick && sn->r != NULL && !s->failed && s->chaos && s->lease &&
+        (s->vary_timings || !s->pre_vote) && s->now >= s->quick_until &&
+        chance(s, 50)) {
         struct raft_status st;
         raft_status(sn->r, &st);
-        if (st.role == RAFT_LEADER)
+        if (st.role == RAFT_LEADER && s->vary_timings)
             quick_restart_behind_leader(s, id);
+        else if (st.role == RAFT_LEADER)
+            stale_candidate_behind_leader(s, id);
     }
 }
 
@@ -1714,6 +1722,8 @@ static void client_action(struct sim *s)
     if (chance(s, 5))
         follower_propose(s);
     uint64_t r = rnd(s, 100);
+    if (s->now < s->quiet_until && (r < 60 || r >= 85))
+        return; /* only reads (stale_candidate_behind_leader) */
     if (r < 60) {
         if (l)
             propose(s, l);
@@ -1856,6 +1866,56 @@ static void bridge(struct sim *s)
                 s->cut[i][j] = true;
     s->stat_bridges++;
     trace(s, "bridge %d (leader %d)", b, l);
+}
+
+/* Without Pre-Vote: no entry is proposed; once a voter y's log is as
+ * long as the leader's, y stops hearing the leader (the link to it cut
+ * one way, stale_cut); just before its election timeout runs out, the
+ * leader is cut off from everyone. y then asks for votes while the
+ * others still refuse them within the lease: one that granted would
+ * elect y while the old leader still reads by its lease. */
+static void stale_cut(struct sim *s)
+{
+    int l = s->quick_leader, y = s->stale_y;
+    if (s->nodes[l].r == NULL || s->nodes[y].r == NULL) {
+        s->stale_y = 0;
+        return;
+    }
+    struct raft_status ls, ys;
+    raft_status(s->nodes[l].r, &ls);
+    raft_status(s->nodes[y].r, &ys);
+    if (ls.role != RAFT_LEADER || s->now >= s->quiet_until) {
+        s->stale_y = 0;
+        return;
+    }
+    if (ys.last_index != ls.last_index || ys.term != ls.term)
+        return;
+    s->stale_y = 0;
+    s->cut[l][y] = true;
+    uint64_t d = (uint64_t)(s->election_ticks[y] - 1) * s->tick_ms[y];
+    s->isolate_at = s->now + d;
+    s->quiet_until = s->isolate_at + 200;
+    s->quick_until = s->isolate_at + 300;
+    trace(s, "cut %d->%d, then leader %d off at %" PRIu64, l, y, l,
+          s->isolate_at);
+}
+
+static void stale_candidate_behind_leader(struct sim *s, int l)
+{
+    const struct raft_conf *c = raft_conf_current(s->nodes[l].r, NULL);
+    int cand[SIM_MAXN], nc = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        int id = (int)c->servers[i].id;
+        if (c->servers[i].voter && id != l && s->nodes[id].r != NULL)
+            cand[nc++] = id;
+    }
+    if (nc < 2)
+        return;
+    heal(s);
+    s->stale_y = cand[rnd(s, (uint64_t)nc)];
+    s->quick_leader = l;
+    s->quiet_until = s->now + 100; /* for y to catch up */
+    s->quick_until = s->quiet_until;
 }
 
 static void chaos_action(struct sim *s)
@@ -2111,6 +2171,14 @@ static void handle_event(struct sim *s, struct event *e)
         }
         return;
     case EV_CLIENT:
+        if (s->chaos && s->stale_y != 0)
+            stale_cut(s);
+        if (s->chaos && s->isolate_at != 0 && s->now >= s->isolate_at) {
+            s->isolate_at = 0;
+            heal(s);
+            s->group[s->quick_leader] = 1;
+            trace(s, "isolate leader %d", s->quick_leader);
+        }
         if (s->chaos) {
             client_action(s);
             heap_push(s, ev_new(s, EV_CLIENT, 0, 1 + rnd(s, 15)));
@@ -2301,6 +2369,8 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
      * vote requests can keep resetting the one electable node). */
     memset(s->paused_until, 0, sizeof s->paused_until);
     memset(s->shortest, 0, sizeof s->shortest);
+    s->isolate_at = 0;
+    s->stale_y = 0;
     for (int i = 1; i <= n; i++)
         set_tick_ms(s, i, TICK_MS);
     trace(s, "--- healing: liveness phase");
