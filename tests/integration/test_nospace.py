@@ -168,15 +168,6 @@ def wal_frames(path):
     return (os.path.getsize(path) - 32) // (page + 24)
 
 
-def metric(s, name):
-    st, _, body = s.request("GET", "/metrics")
-    assert st == 200
-    for ln in body.decode().splitlines():
-        if ln.startswith(name + " "):
-            return float(ln.split()[1])
-    raise AssertionError(f"no {name} in /metrics")
-
-
 def test_checkpoint_on_a_full_disk_fails_then_works_again(tmpfs, servers):
     """Once checkpointed, the WAL is written over from its start, so on a
     full disk writes still fit in it while the checkpoint, which must grow
@@ -198,25 +189,25 @@ def test_checkpoint_on_a_full_disk_fails_then_works_again(tmpfs, servers):
     # a few more writes of 12 pages (with the tree's pages, up to 17)
     last = "z" * 950000
     assert put(s, "a-last", last)[0] == 204
-    wait_for(lambda: metric(
-        s, "pyazdb_storage_checkpoint_duration_seconds_count") >= 1,
+    wait_for(lambda: s.metric(
+        "pyazdb_storage_checkpoint_duration_seconds_count") >= 1,
         "the first checkpoint")
     assert wal_frames(wal) >= 1000 + 3 * 17, wal_frames(wal)
-    assert metric(s, "pyazdb_storage_checkpoint_failures_total") == 0
+    assert s.metric("pyazdb_storage_checkpoint_failures_total") == 0
     filler = fill(fs)
     body = put_until_507(s, "b", size=48000)
     assert body.strip().lower() == b"no space left on device", body
     wait_for(lambda: "cannot checkpoint the Raft log's WAL into raft.db: "
              "database or disk is full" in s.read_log(),
              "the checkpoint's warning")
-    failed = metric(s, "pyazdb_storage_checkpoint_failures_total")
+    failed = s.metric("pyazdb_storage_checkpoint_failures_total")
     assert failed >= 1
     assert "checkpoints into raft.db again" not in s.read_log()
     os.unlink(filler)
     wait_for(lambda: status(s)["alarms"] == [], "the alarm to clear")
     assert put(s, "after", "1")[0] == 204
     wait_for(lambda: "the Raft log's WAL checkpoints into raft.db again "
-             f"({int(metric(s, 'pyazdb_storage_checkpoint_failures_total'))}"
+             f"({int(s.metric('pyazdb_storage_checkpoint_failures_total'))}"
              " failed in all)" in s.read_log(), "the recovery's line")
     assert s.read_log().count("cannot checkpoint") == 1
     s.stop()
