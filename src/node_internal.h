@@ -65,6 +65,9 @@ struct member {
     char *grpc;         /* gRPC address, "" if unknown */
     uint64_t inc;       /* its data dir's incarnation (0: a founder) */
     bool voter;         /* in the current configuration */
+    bool told;          /* its client addresses are known: from its
+                           configuration entry, or from the handshake of a
+                           link we dialed (else members_cron dials it) */
 };
 
 /* Readies in flight at most (the core's max_readies, its largest): enough

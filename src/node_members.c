@@ -153,6 +153,7 @@ void members_refresh(void)
         }
         if (old)
             m->caught_up = old->caught_up;
+        m->told = (old && old->told) || (m->http[0] && m->grpc[0]);
         if (s->id != nd->id && m->raft[0])
             NIO(set_peer, s->id, m->raft);
     }
@@ -216,6 +217,7 @@ void members_on_peer_info(void *data, uint64_t id, bool dialed,
     struct member *m = members_find(id);
     if (m == NULL)
         return;
+    m->told = true;
     if (http && plausible_addr(http) && strcmp(m->http, http) != 0) {
         pz_free(m->http);
         m->http = pz_strdup(http);
@@ -435,13 +437,17 @@ void members_cron(void)
 {
     struct raft_status rs;
     raft_status(nd->raft, &rs);
-    if (!rs.lease && !nd->removed) {
-        /* Out of touch: (re)open a link to every member, so that one that
-         * removed us (a non-voter never campaigns) can say so. */
-        for (size_t i = 0; i < nd->n_members; i++)
-            if (nd->members[i].id != nd->id)
-                NIO(probe, nd->members[i].id);
-    }
+    /* Out of touch: (re)open a link to every member, so that one that
+     * removed us (a non-voter never campaigns) can say so. And a member
+     * whose client addresses we do not know yet (a founding member is
+     * configured with its Raft address only) is dialed until its
+     * handshake tells them: a follower sends nothing to the other
+     * followers, yet GET /cluster and etcd's MemberList name their
+     * addresses. */
+    bool all = !rs.lease && !nd->removed;
+    for (size_t i = 0; i < nd->n_members; i++)
+        if (nd->members[i].id != nd->id && (all || !nd->members[i].told))
+            NIO(probe, nd->members[i].id);
     if (nd->role != RAFT_LEADER)
         return;
     for (size_t i = 0; i < nd->n_members; i++) {

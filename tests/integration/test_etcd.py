@@ -16,7 +16,7 @@ import time
 import grpc
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_for
 from grpc_helpers import etcd_call as call, rpc_error
 from test_cluster import leader_of, make_cluster
 
@@ -200,7 +200,12 @@ def test_txn(cluster):
 def test_cluster_calls(cluster):
     nodes, leader, follower = cluster
     p = follower.grpc_port
-    r = ctl_json(p, "member", "list")
+    # A founding member's client address is known once this follower has
+    # dialed it (the other follower: within a second or so).
+    def listed():
+        r = ctl_json(p, "member", "list")
+        return r if all("clientURLs" in m for m in r["members"]) else None
+    r = wait_for(listed, "every member's clientURLs")
     st = leader.status()
     by_name = {m["name"]: m for m in r["members"]}
     assert sorted(by_name) == ["node1", "node2", "node3"]
