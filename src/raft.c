@@ -324,7 +324,10 @@ struct raft {
 
     int election_elapsed;   /* ticks since reset */
     int heartbeat_elapsed;  /* leader: ticks since last heartbeat */
-    int randomized_timeout; /* [election, 2*election) */
+    int randomized_timeout; /* [election, 2*election), or a fifth of
+                               that while quick_start */
+    bool quick_start;       /* a founding member of a cluster of several
+                               voters that has seen no election yet */
     uint64_t ticks;         /* total ticks (leader contact times) */
 
     struct progress *prs; /* leader: one per conf server */
@@ -459,14 +462,26 @@ static bool in_lease(const struct raft *r)
 
 static void heard_from_leader(struct raft *r)
 {
+    r->quick_start = false;
     r->heard = true;
     r->heard_at = r->ticks;
 }
 
+/* A founding member of a new cluster (raft_bootstrap with several voters)
+ * has no leader to wait for, no earlier leader's lease to respect and
+ * nothing in its log the others lack: it stands after [1/5, 2/5) of an
+ * election timeout instead of [1, 2), so that a new cluster has a leader
+ * within a fraction of a second. A Pre-Vote that finds too few peers up
+ * keeps the short timeout for the next attempt; the first leader heard
+ * from, or any later term (a real election), ends it. The spread still
+ * makes split votes rare: the nodes' timers fire tens of ticks apart, and
+ * a vote takes one round trip. etcd's initial-election-tick-advance does
+ * the same by moving the timers forward at start. */
 static void reset_randomized_timeout(struct raft *r)
 {
     uint64_t et = (uint64_t)r->cfg.election_ticks;
-    r->randomized_timeout = (int)(et + pz_rand_next(&r->rng) % et);
+    int t = (int)(et + pz_rand_next(&r->rng) % et);
+    r->randomized_timeout = r->quick_start ? PZ_MAX(t / 5, 1) : t;
 }
 
 static struct progress *progress_get(struct raft *r, uint64_t id)
@@ -1000,6 +1015,7 @@ static void reset(struct raft *r, uint64_t term)
     if (r->term != term) {
         r->term = term;
         r->vote = 0;
+        r->quick_start = false;
     }
     r->leader = 0;
     r->election_elapsed = 0;
@@ -2175,6 +2191,12 @@ int raft_bootstrap(struct raft *r, const struct raft_conf *conf)
     append_entry(r, &e);
     /* The entry is identical on every founding member: committed. */
     r->commit = 1;
+    if (raft_conf_voters(conf) > 1) {
+        /* the timeout raft_new drew, shortened (see reset_randomized_timeout)
+         */
+        r->quick_start = true;
+        r->randomized_timeout = PZ_MAX(r->randomized_timeout / 5, 1);
+    }
     return 0;
 }
 

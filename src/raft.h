@@ -294,7 +294,9 @@ enum raft_role {
 struct raft_config {
     uint64_t id;                /* this node, non-zero */
     int election_ticks;         /* election timeout; randomized in
-                                   [election_ticks, 2*election_ticks) */
+                                   [election_ticks, 2*election_ticks),
+                                   a fifth of that for a founding
+                                   member (raft_bootstrap) */
     int heartbeat_ticks;        /* heartbeat interval, < election_ticks */
     uint64_t seed;              /* PRNG seed (distinct per node) */
     size_t max_inflight_msgs;   /* APPENDs in flight per follower
@@ -408,6 +410,8 @@ void raft_set_promise(struct raft *r, uint64_t ns);
  * term 1, commit 1: every member bootstrapping with the same member set gets
  * the identical entry 1. conf must contain this node and at least one
  * voter. The entry and hard state reach storage through the next Ready.
+ * With several voters, the node stands for election after a fifth of the
+ * usual timeout until it hears from a leader or learns a later term.
  * A node joining an existing cluster must NOT bootstrap: it starts empty and
  * receives the log from the leader once added.
  * Returns 0, PZ_EBUSY (not empty), PZ_EINVAL (bad conf). */

@@ -529,6 +529,48 @@ TEST(three_node_election)
     net_free(&net);
 }
 
+/* A founding member stands after a fifth of its timeout (2 or 3 ticks of
+ * 10 here), again after a Pre-Vote that found no quorum, and no longer
+ * once it heard from a leader. */
+TEST(founding_members_stand_early)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    for (int i = 1; i <= 3; i++)
+        isolate(&net, i, true);
+    int first = 0;
+    for (int k = 1; k <= 12; k++) {
+        tick_all(&net, 1);
+        for (int i = 1; i <= 3 && first == 0; i++)
+            if (st_of(&net, i).role == RAFT_PRE_CANDIDATE)
+                first = k;
+    }
+    CHECK(first >= 2 && first <= 3);
+    for (int i = 1; i <= 3; i++)
+        CHECK_EQ_INT(st_of(&net, i).term, 1); /* Pre-Votes only */
+    /* A quorum comes up: a leader within another short timeout. */
+    isolate(&net, 1, false);
+    isolate(&net, 2, false);
+    uint64_t term = 0;
+    for (int k = 0; k < 4 && count_leaders(&net, &term) == 0; k++)
+        tick_all(&net, 1);
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    CHECK_EQ_INT(term, 2);
+    int lead = st_of(&net, 1).role == RAFT_LEADER ? 1 : 2;
+    isolate(&net, 3, false);
+    tick_all(&net, 2);
+    CHECK_EQ_INT(st_of(&net, 3).leader, (uint64_t)lead);
+    /* Having heard from a leader, the others wait a whole timeout. */
+    isolate(&net, lead, true);
+    for (int k = 0; k < 9; k++) {
+        tick_all(&net, 1);
+        for (int i = 1; i <= 3; i++)
+            if (i != lead)
+                CHECK_EQ_INT(st_of(&net, i).role, RAFT_FOLLOWER);
+    }
+    net_free(&net);
+}
+
 /* Feeds a message built by the test to node id. */
 static void inject(struct tnet *net, int id, struct raft_msg m)
 {
@@ -3448,6 +3490,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(bootstrap_identical_entry),
     TEST_ENTRY(single_node_election_and_commit),
     TEST_ENTRY(three_node_election),
+    TEST_ENTRY(founding_members_stand_early),
     TEST_ENTRY(vote_requires_up_to_date_log),
     TEST_ENTRY(vote_of_lower_term_refused),
     TEST_ENTRY(append_commits_only_what_it_carries),
