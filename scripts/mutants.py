@@ -62,6 +62,10 @@ MUTATIONS = [
       "        } else if (m->type == RAFT_MSG_PREVOTE) {\n"
       "            /* Figure 3.1 (RequestVote): \"Reply false if term <",
       RAFT, "a VOTE of a lower term is handled like a current one"),
+    M("quick_start_outlives_the_first_election", "src/raft.c",
+      "        r->vote = 0;\n        r->quick_start = false;\n",
+      "        r->vote = 0;\n",
+      ["unit:raft"], "a node that saw an election still stands early"),
     M("vote_grant_twice", "src/raft.c",
       "bool grant = can_vote && log_up_to_date(r, m->index, m->log_term);",
       "bool grant = can_vote || log_up_to_date(r, m->index, m->log_term);",

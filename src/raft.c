@@ -462,7 +462,6 @@ static bool in_lease(const struct raft *r)
 
 static void heard_from_leader(struct raft *r)
 {
-    r->quick_start = false;
     r->heard = true;
     r->heard_at = r->ticks;
 }
@@ -472,8 +471,8 @@ static void heard_from_leader(struct raft *r)
  * nothing in its log the others lack: it stands after [1/5, 2/5) of an
  * election timeout instead of [1, 2), so that a new cluster has a leader
  * within a fraction of a second. A Pre-Vote that finds too few peers up
- * keeps the short timeout for the next attempt; the first leader heard
- * from, or any later term (a real election), ends it. The spread still
+ * keeps the short timeout for the next attempt; any later term ends it (a
+ * real election: a leader's term is always later than the bootstrap's). The spread still
  * makes split votes rare: the nodes' timers fire tens of ticks apart, and
  * a vote takes one round trip. etcd's initial-election-tick-advance does
  * the same by moving the timers forward at start. */
@@ -2192,8 +2191,7 @@ int raft_bootstrap(struct raft *r, const struct raft_conf *conf)
     /* The entry is identical on every founding member: committed. */
     r->commit = 1;
     if (raft_conf_voters(conf) > 1) {
-        /* the timeout raft_new drew, shortened (see reset_randomized_timeout)
-         */
+        /* raft_new's timeout, shortened (reset_randomized_timeout) */
         r->quick_start = true;
         r->randomized_timeout = PZ_MAX(r->randomized_timeout / 5, 1);
     }

@@ -411,7 +411,7 @@ void raft_set_promise(struct raft *r, uint64_t ns);
  * the identical entry 1. conf must contain this node and at least one
  * voter. The entry and hard state reach storage through the next Ready.
  * With several voters, the node stands for election after a fifth of the
- * usual timeout until it hears from a leader or learns a later term.
+ * usual timeout until it learns a later term (an election started).
  * A node joining an existing cluster must NOT bootstrap: it starts empty and
  * receives the log from the leader once added.
  * Returns 0, PZ_EBUSY (not empty), PZ_EINVAL (bad conf). */
