@@ -192,6 +192,12 @@ MUTATIONS = [
       "        if ((!m->reject && m->from != r->leader) ||",
       "        if ((!m->reject && m->from == 0) ||",
       RAFT, "a read index from a non-leader is trusted"),
+    M("joiner_forgets_its_leaders_addresses", "src/node_members.c",
+      "        if (!m->told)\n            take_early(m);",
+      "        if (!m->told && m->id == 0)\n            take_early(m);",
+      ["py:test_join.py::"
+       "test_node_joining_a_founded_cluster_learns_every_members_addresses"],
+      "a joining node drops what its leader's handshake told"),
     M("node_read_before_apply", "src/node.c",
       "        if (r->index <= nd->applied)\n            reqs_done(r, 0);",
       "        if (r->index <= nd->applied || r->index > 0)\n"

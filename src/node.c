@@ -1115,6 +1115,8 @@ static void free_state(void)
         members_free_one(&nd->members[i]);
     for (size_t i = 0; i < nd->n_departed; i++)
         members_free_one(&nd->departed[i]);
+    for (size_t i = 0; i < nd->n_early; i++)
+        members_free_one(&nd->early[i]);
     pz_free(nd->members);
     pz_free(nd->view);
     pz_free(nd);

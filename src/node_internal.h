@@ -185,6 +185,12 @@ struct node {
     struct member departed[4];   /* members dropped from the conf lately
                                     (names for the logs) */
     size_t n_departed;           /* entries in departed */
+    struct member early[4];      /* what peers we dialed before they were in
+                                    our configuration said of themselves
+                                    (id, the Raft address dialed, client
+                                    addresses): a joining node dials its
+                                    leader before it knows the members */
+    size_t n_early;              /* entries in early */
     struct raft_conf committed;  /* the last committed configuration
                                     (members, and removals to tell) */
     bool self_committed;         /* it has this node (this incarnation) */

@@ -17,6 +17,7 @@ static char *make_meta(const char *name, const char *raft, const char *http,
                        const char *grpc, uint64_t inc);
 static uint64_t meta_inc(const char *meta);
 static bool plausible_addr(const char *a);
+static void take_early(struct member *m);
 static bool has_self(const struct raft_conf *c);
 static struct member *member_by_name(const char *name);
 static int leader_only(void);
@@ -143,17 +144,21 @@ void members_refresh(void)
         m->http = meta_str(&o, ok, "http");
         m->grpc = meta_str(&o, ok, "grpc");
         m->inc = meta_inc(meta);
-        if (old && old->http[0] && !m->http[0]) {
+        /* What a handshake told of this incarnation of the member. */
+        bool same = old && old->inc == m->inc;
+        if (same && old->http[0] && !m->http[0]) {
             pz_free(m->http);
             m->http = pz_strdup(old->http);
         }
-        if (old && old->grpc[0] && !m->grpc[0]) {
+        if (same && old->grpc[0] && !m->grpc[0]) {
             pz_free(m->grpc);
             m->grpc = pz_strdup(old->grpc);
         }
         if (old)
             m->caught_up = old->caught_up;
-        m->told = (old && old->told) || (m->http[0] && m->grpc[0]);
+        m->told = (same && old->told) || (m->http[0] && m->grpc[0]);
+        if (!m->told)
+            take_early(m);
         if (s->id != nd->id && m->raft[0])
             NIO(set_peer, s->id, m->raft);
     }
@@ -194,6 +199,37 @@ static bool plausible_addr(const char *a)
     return pz_split_hostport(a, host, sizeof host, &port) == 0 && port > 0;
 }
 
+/* A member's client addresses, from the reply of a link we dialed. */
+static void take_addrs(struct member *m, const char *http, const char *grpc)
+{
+    m->told = true;
+    if (http && plausible_addr(http) && strcmp(m->http, http) != 0) {
+        pz_free(m->http);
+        m->http = pz_strdup(http);
+    }
+    if (grpc && plausible_addr(grpc) && strcmp(m->grpc, grpc) != 0) {
+        pz_free(m->grpc);
+        m->grpc = pz_strdup(grpc);
+    }
+}
+
+/* A member new to our configuration that we had dialed already, at the
+ * Raft address the configuration gives it, while it was not a member to
+ * us (a joining node dials its leader before it knows the members): what
+ * that handshake told. Taken once. */
+static void take_early(struct member *m)
+{
+    for (size_t i = 0; i < nd->n_early; i++) {
+        struct member *e = &nd->early[i];
+        if (e->id != m->id || strcmp(e->raft, m->raft) != 0)
+            continue;
+        take_addrs(m, e->http, e->grpc);
+        members_free_one(e);
+        nd->early[i] = nd->early[--nd->n_early];
+        return;
+    }
+}
+
 /* The transport learned a peer's addresses: its client addresses from the
  * reply of a member we dialed at its configured Raft address (dialed), or,
  * while this node is joining and knows no configuration, the Raft address
@@ -215,17 +251,32 @@ void members_on_peer_info(void *data, uint64_t id, bool dialed,
         return;
     }
     struct member *m = members_find(id);
-    if (m == NULL)
+    if (m != NULL) {
+        take_addrs(m, http, grpc);
         return;
-    m->told = true;
-    if (http && plausible_addr(http) && strcmp(m->http, http) != 0) {
-        pz_free(m->http);
-        m->http = pz_strdup(http);
     }
-    if (grpc && plausible_addr(grpc) && strcmp(m->grpc, grpc) != 0) {
-        pz_free(m->grpc);
-        m->grpc = pz_strdup(grpc);
+    /* Not a member (yet): kept for members_refresh (take_early), the
+     * latest per id, the oldest dropped when full. */
+    if (id == nd->id || raft == NULL)
+        return;
+    size_t i = 0;
+    while (i < nd->n_early && nd->early[i].id != id)
+        i++;
+    if (i == PZ_ARRAY_SIZE(nd->early))
+        i = 0;
+    if (i < nd->n_early) {
+        members_free_one(&nd->early[i]);
+        memmove(&nd->early[i], &nd->early[i + 1],
+                (nd->n_early - i - 1) * sizeof nd->early[0]);
+        nd->n_early--;
     }
+    struct member *e = &nd->early[nd->n_early++];
+    *e = (struct member){.id = id,
+                         .name = pz_strdup(""),
+                         .raft = pz_strdup(raft),
+                         .http = pz_strdup(""),
+                         .grpc = pz_strdup("")};
+    take_addrs(e, http, grpc);
 }
 
 /* A joining node learned its cluster's id from the first member that
@@ -444,8 +495,8 @@ void members_cron(void)
      * handshake tells them: a follower sends nothing to the other
      * followers, yet GET /cluster and etcd's MemberList name their
      * addresses. */
-    bool all = !rs.lease && !nd->removed;
-    for (size_t i = 0; i < nd->n_members; i++)
+    bool all = !rs.lease;
+    for (size_t i = 0; i < nd->n_members && !nd->removed; i++)
         if (nd->members[i].id != nd->id && (all || !nd->members[i].told))
             NIO(probe, nd->members[i].id);
     if (nd->role != RAFT_LEADER)

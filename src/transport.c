@@ -458,8 +458,8 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
     pz_info("raft: connected to peer %" PRIu64 " '%s' at %s", p->id, name,
             p->addr);
     if (t->cfg.on_peer_info)
-        t->cfg.on_peer_info(t->cfg.data, p->id, true, name, "", r->http_addr,
-                            r->grpc_addr);
+        t->cfg.on_peer_info(t->cfg.data, p->id, true, name, p->addr,
+                            r->http_addr, r->grpc_addr);
     raft_frame_parser_free(&p->fp);
     uv_timer_stop(&p->timer);
     p->crc = r->frame_crc; /* an older acceptor leaves it out */

@@ -83,9 +83,9 @@ typedef const char *(*transport_recv_cb)(void *data, const struct raft_msg *m);
  * (it was up before). Optional. */
 typedef void (*transport_peer_cb)(void *data, uint64_t id, bool connected);
 /* A peer's addresses. dialed: from the reply of peer id, which we reached
- * at its configured address (raft_addr is ""); else from the handshake of
- * a dialer claiming to be id (only its Raft listen address), reported only
- * for ids check_peer did not call members. Optional. */
+ * at its configured address (raft_addr is that address); else from the
+ * handshake of a dialer claiming to be id (only its Raft listen address),
+ * reported only for ids check_peer did not call members. Optional. */
 typedef void (*transport_peer_info_cb)(void *data, uint64_t id, bool dialed,
                                        const char *name,
                                        const char *raft_addr,

@@ -505,9 +505,9 @@ def cluster_on_own_addresses(servers, conf=None):
 
 def test_peers_dial_from_their_own_address(servers):
     """raft-bind-source: each node, on its own 127.0.0.x, dials its peers
-    from that address (what lets a firewall rule cut one link). The leader
-    dials both followers and each follower dials the leader; a follower
-    need not dial the other follower once it knows the leader."""
+    from that address (what lets a firewall rule cut one link). Checked on
+    the links every cluster has: the leader's to both followers and each
+    follower's to the leader; no inbound link comes from another address."""
     nodes = cluster_on_own_addresses(servers)
     lead = leader_of(nodes)
     assert put(lead, "k", "v")[0] == 204

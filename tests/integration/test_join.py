@@ -272,3 +272,28 @@ def test_join_requests_add_at_most_two_non_voters(servers, mandi):
                     first[0] not in non_voters(), 10), non_voters()
     assert sorted(non_voters() + [first[0]]) == ["ghost0", "ghost1",
                                                  "ghost2"]
+
+
+def test_node_joining_a_founded_cluster_learns_every_members_addresses(
+        servers, mandi):
+    """Three founding members (initial-cluster, which carries only their
+    Raft addresses) grow through mandi: the new node dials its leader
+    before it knows any member, and must still learn the leader's client
+    addresses from that handshake, or it could never forward a write (503
+    `Leader address not known yet`); it names every member's addresses."""
+    from test_cluster import make_cluster
+    nodes = make_cluster(servers, conf={"mandi-addr": mandi.url})
+    lead = leader_of(nodes)
+    new = start_joining(servers, mandi, "node4")
+    wait_voters(lead, [s.name for s in nodes + [new]])
+    assert put(new, "via-new", "yes")[0] == 204
+    wait_value(lead, "via-new", "yes")
+    by_port = {s.http_port: s for s in nodes + [new]}
+
+    def addresses_known():
+        ms = cluster_view(new)["members"]
+        return all(m["http_addr"] and m["grpc_addr"] for m in ms) and ms
+    for m in wait_for(addresses_known, "node4 knowing every address"):
+        s = by_port[int(m["http_addr"].rsplit(":", 1)[1])]
+        assert m["id"] == s.name
+        assert m["grpc_addr"] == f"127.0.0.1:{s.grpc_port}"
