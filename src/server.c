@@ -8,7 +8,8 @@
  * Shutdown (SIGINT/SIGTERM): stop accepting, close idle connections, let
  * requests in flight finish and flush their replies (at most
  * SHUTDOWN_GRACE_MS), then close every handle so that uv_loop_close()
- * succeeds; a second signal exits at once.
+ * succeeds; a second signal exits at once (a first one while the server
+ * stops by itself, server_stop, lets that finish).
  *
  * Start: the listen addresses are tried and the data directory checked
  * before the node opens or creates any state, so that a start that fails
@@ -61,7 +62,8 @@ struct server {
     struct httpd http;               /* HTTP API */
     struct grpc_server grpc;         /* gRPC API */
     uint64_t start_ms;               /* uv_now() at start */
-    bool shutting_down;              /* a signal arrived */
+    bool shutting_down;              /* a signal, or server_stop */
+    bool signalled;                  /* SIGINT or SIGTERM arrived */
     bool stopped;                    /* handles closed */
     bool reload_applying;            /* apply_config from a reload */
     uint64_t turn_at;                /* uv_hrtime() of the last turn's end */
@@ -162,12 +164,19 @@ static void begin_shutdown(void)
 static void on_signal(uv_signal_t *h, int signum)
 {
     PZ_UNUSED(h);
-    if (srv.shutting_down) {
+    const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
+    if (srv.signalled) {
         pz_warn("second signal %d: exiting now", signum);
         exit(1);
     }
-    pz_info("received %s, shutting down", signum == SIGINT ? "SIGINT"
-                                                           : "SIGTERM");
+    srv.signalled = true;
+    if (srv.shutting_down) {
+        /* Stopping by itself (server_stop: removed from the cluster...):
+         * the first signal lets that shutdown finish. */
+        pz_info("received %s while shutting down: finishing", name);
+        return;
+    }
+    pz_info("received %s, shutting down", name);
     begin_shutdown();
 }
 

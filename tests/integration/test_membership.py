@@ -208,6 +208,35 @@ def test_five_nodes_shrink_to_three_under_writes(servers):
             assert get(s, k)[2] == v.encode(), (s.name, k)
 
 
+def test_sigterm_lets_a_removed_nodes_own_shutdown_finish(servers):
+    """A removed node stops by itself; a SIGTERM that comes meanwhile (a
+    service manager stopping it too) lets that graceful shutdown finish
+    and the node exit 0, rather than counting as the second signal that
+    exits at once with status 1."""
+    import signal
+    import socket
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    gone = next(s for s in nodes if s is not leader)
+    # A request in flight on the node (its body not all sent) holds its
+    # shutdown open for the grace period.
+    c = socket.create_connection(("127.0.0.1", gone.http_port), timeout=10)
+    try:
+        c.sendall(b"POST /set HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 100\r\n\r\n{")
+        st, _, body = leader.request("DELETE",
+                                     f"/cluster/members/{gone.name}")
+        assert st == 204, body
+        wait_log(gone, "removed from the cluster, shutting down", 10)
+        assert gone.proc.poll() is None
+        gone.signal(signal.SIGTERM)
+        wait_log(gone, "received SIGTERM while shutting down: finishing")
+        assert gone.wait_exit(20) == 0
+    finally:
+        c.close()
+    assert "exiting now" not in gone.read_log()
+
+
 def test_removal_waits_for_a_change_in_progress(servers):
     import signal
     nodes = make_cluster(servers)
@@ -232,6 +261,9 @@ def test_removal_waits_for_a_change_in_progress(servers):
         wait_value(other, "after-removal", "1")
     finally:
         stopped.proc.send_signal(signal.SIGCONT)
+    # resumed, the removed node learns it from the others and stops
+    assert stopped.wait_exit(20) == 0
+    assert "removed from the cluster" in stopped.read_log()
 
 
 def test_removal_follows_a_transfer_that_succeeds(servers):
