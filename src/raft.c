@@ -472,10 +472,11 @@ static void heard_from_leader(struct raft *r)
  * election timeout instead of [1, 2), so that a new cluster has a leader
  * within a fraction of a second. A Pre-Vote that finds too few peers up
  * keeps the short timeout for the next attempt; any later term ends it (a
- * real election: a leader's term is always later than the bootstrap's). The spread still
- * makes split votes rare: the nodes' timers fire tens of ticks apart, and
- * a vote takes one round trip. etcd's initial-election-tick-advance does
- * the same by moving the timers forward at start. */
+ * real election: a leader's term is always later than the bootstrap's).
+ * Split votes stay rare: the timers still spread over a fifth of a timeout
+ * (20 ticks by default), and a vote takes one round trip. etcd's
+ * initial-election-tick-advance shortens a new member's first timeout
+ * too, by moving its timer forward at start. */
 static void reset_randomized_timeout(struct raft *r)
 {
     uint64_t et = (uint64_t)r->cfg.election_ticks;
