@@ -5,7 +5,7 @@ import json
 import time
 
 from conftest import wait_for
-from test_cluster import leader_of, put, get, wait_value
+from test_cluster import leader_of, make_cluster, put, get, wait_value
 
 
 def cluster_view(s):
@@ -281,7 +281,6 @@ def test_node_joining_a_founded_cluster_learns_every_members_addresses(
     before it knows any member, and must still learn the leader's client
     addresses from that handshake, or it could never forward a write (503
     `Leader address not known yet`); it names every member's addresses."""
-    from test_cluster import make_cluster
     nodes = make_cluster(servers, conf={"mandi-addr": mandi.url})
     lead = leader_of(nodes)
     new = start_joining(servers, mandi, "node4")
