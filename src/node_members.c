@@ -225,7 +225,9 @@ static void take_early(struct member *m)
             continue;
         take_addrs(m, e->http, e->grpc);
         members_free_one(e);
-        nd->early[i] = nd->early[--nd->n_early];
+        memmove(&nd->early[i], &nd->early[i + 1],
+                (nd->n_early - i - 1) * sizeof nd->early[0]);
+        nd->n_early--; /* the rest kept oldest first */
         return;
     }
 }
