@@ -213,6 +213,15 @@ static void take_addrs(struct member *m, const char *http, const char *grpc)
     }
 }
 
+/* Forgets early handshake i; the rest stay oldest first. */
+static void drop_early(size_t i)
+{
+    members_free_one(&nd->early[i]);
+    memmove(&nd->early[i], &nd->early[i + 1],
+            (nd->n_early - i - 1) * sizeof nd->early[0]);
+    nd->n_early--;
+}
+
 /* A member new to our configuration that we had dialed already, at the
  * Raft address the configuration gives it, while it was not a member to
  * us (a joining node dials its leader before it knows the members): what
@@ -224,10 +233,7 @@ static void take_early(struct member *m)
         if (e->id != m->id || strcmp(e->raft, m->raft) != 0)
             continue;
         take_addrs(m, e->http, e->grpc);
-        members_free_one(e);
-        memmove(&nd->early[i], &nd->early[i + 1],
-                (nd->n_early - i - 1) * sizeof nd->early[0]);
-        nd->n_early--; /* the rest kept oldest first */
+        drop_early(i);
         return;
     }
 }
@@ -266,12 +272,8 @@ void members_on_peer_info(void *data, uint64_t id, bool dialed,
         i++;
     if (i == PZ_ARRAY_SIZE(nd->early))
         i = 0;
-    if (i < nd->n_early) {
-        members_free_one(&nd->early[i]);
-        memmove(&nd->early[i], &nd->early[i + 1],
-                (nd->n_early - i - 1) * sizeof nd->early[0]);
-        nd->n_early--;
-    }
+    if (i < nd->n_early)
+        drop_early(i);
     struct member *e = &nd->early[nd->n_early++];
     *e = (struct member){.id = id,
                          .name = pz_strdup(""),
