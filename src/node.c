@@ -1098,6 +1098,10 @@ static int open_transport(char *err, size_t errlen)
         /* A member may send frames up to RAFT_FRAME_MAX, whatever our own
          * limits (config refuses a max-value-size that would not fit). */
         .max_frame = RAFT_FRAME_MAX,
+        /* An APPEND's batch may pass its soft cap by one entry. */
+        .stranger_frame = RAFT_MAX_BYTES_PER_MSG +
+                          (size_t)(cfg->max_key_size + cfg->max_value_size) +
+                          64 * 1024,
     };
     return NIO(tr_open, &tc, err, errlen);
 }

@@ -100,7 +100,12 @@ struct inbound {
     bool unauth;                 /* counted in t->n_unauth: no handshake
                                     accepted or refused yet */
     bool stranger;               /* accepted, not in the owner's
-                                    configuration: counted in n_strangers */
+                                    configuration (or the owner is in none
+                                    yet): counted in n_strangers */
+    size_t stranger_held;        /* of t->stranger_in: this link's partial
+                                    frame */
+    uint64_t incarnation;        /* from the handshake: to ask check_peer */
+    uint64_t member_since;       /* again for a stranger */
 };
 
 struct transport {
@@ -122,6 +127,7 @@ struct transport {
     uint64_t refused_ms;         /* uv_now() when it was logged loudly */
     size_t n_unauth;             /* inbound still in their handshake */
     size_t n_strangers;          /* accepted inbound from unknown ids */
+    size_t stranger_in;          /* partial-frame bytes they hold */
     uv_timer_t sweep;            /* closes handshakes past their deadline */
     uint64_t loud_start;         /* uv_now() the log window began */
     unsigned loud_n;             /* warnings in the window so far */
@@ -696,8 +702,10 @@ static void in_close(struct conn *c)
                 " '%s' at %s closed",
                 in->peer_id, in->name, c->peer);
     in_settle(in);
-    if (in->stranger)
+    if (in->stranger) {
         t->n_strangers--;
+        t->stranger_in -= in->stranger_held;
+    }
     pz_queue_remove(&in->q);
     t->n_inbound--;
     raft_frame_parser_free(&in->fp);
@@ -880,7 +888,10 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         refuse(in, RAFT_HS_REMOVED, conf_index, conf_term, hs->node_id, why);
         return;
     }
-    bool stranger = kind == TRANSPORT_PEER_STRANGER;
+    /* A node still joining trusts no dialer more than a stranger: any
+     * peer that knows the cluster id (and token) may dial it. */
+    bool stranger =
+        kind == TRANSPORT_PEER_STRANGER || kind == TRANSPORT_PEER_JOINING;
     if (stranger && t->n_strangers >= t->cfg.max_strangers) {
         /* Make room: the oldest link from an id we do not know goes. */
         struct pz_queue *e;
@@ -922,6 +933,8 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     }
     in_settle(in);
     in->accepted = true;
+    in->incarnation = hs->incarnation;
+    in->member_since = hs->member_since;
     if (stranger) {
         in->stranger = true;
         t->n_strangers++;
@@ -1007,6 +1020,54 @@ static void in_frame(struct inbound *in, const uint8_t *body, size_t len)
     raft_decoded_free(&d);
 }
 
+/* Once our configuration names a stranger's id (our log caught up), its
+ * link is a member's. */
+static void in_recheck(struct inbound *in)
+{
+    struct transport *t = in->t;
+    uint64_t ci = 0, ct = 0;
+    if (!in->stranger || t->cfg.check_peer == NULL ||
+        t->cfg.check_peer(t->cfg.data, in->peer_id, in->incarnation,
+                          in->member_since, &ci, &ct) != TRANSPORT_PEER_MEMBER)
+        return;
+    in->stranger = false;
+    t->n_strangers--;
+    t->stranger_in -= in->stranger_held;
+    in->stranger_held = 0;
+    pz_info("raft: node %" PRIu64 " '%s' is in our configuration now",
+            in->peer_id, in->name);
+}
+
+/* Counts the link's partial frame in the process's partial-input budget
+ * (max-partial-input). A member's always: Raft must not starve behind
+ * clients, which meet the budget first. A dialer still in its handshake
+ * only while it fits. Links from ids not in our configuration only while
+ * it fits and all of theirs together stay within stranger_cap (a quarter
+ * of the budget): dialers that merely know the cluster id cannot take
+ * the budget from clients. False: over. */
+static bool in_charge(struct inbound *in)
+{
+    struct transport *t = in->t;
+    size_t n = in->fp.cap;
+    in_recheck(in);
+    if (!in->accepted)
+        return conn_in_set(in->c, n) == 0;
+    if (!in->stranger) {
+        conn_in_force(in->c, n);
+        return true;
+    }
+    size_t others = t->stranger_in - in->stranger_held;
+    size_t limit = conn_in_limit(); /* 0: none */
+    size_t cap = limit ? PZ_MAX(limit / 4, t->cfg.stranger_frame) : SIZE_MAX;
+    if (n > in->stranger_held && others + n > cap)
+        return false;
+    if (conn_in_set(in->c, n) < 0)
+        return false;
+    t->stranger_in = others + n;
+    in->stranger_held = n;
+    return true;
+}
+
 static void in_data(struct conn *c, const char *data, size_t len)
 {
     struct inbound *in = c->proto;
@@ -1028,13 +1089,11 @@ static void in_data(struct conn *c, const char *data, size_t len)
             in_fail(in, "frame checksum mismatch (damaged on the way)");
             return;
         }
-        /* A partial frame counts in the process's partial-input budget:
-         * a member's always (Raft must not starve behind clients, which
-         * meet the budget first), a stranger's only while it fits. */
-        if (in->accepted)
-            conn_in_force(c, in->fp.cap);
-        else if (conn_in_set(c, in->fp.cap) < 0) {
-            in_fail(in, "over max-partial-input");
+        if (!in_charge(in)) {
+            in_fail(in, "%s",
+                    in->accepted ? "over the partial input allowed to links "
+                                   "from ids not in the configuration"
+                                 : "over max-partial-input");
             return;
         }
         if (r == RAFT_FRAME_NEED_MORE)

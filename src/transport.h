@@ -51,8 +51,11 @@
  * Memory held for a peer: one partial frame of at most max_frame bytes
  * per accepted link (one link per member), 4 KiB per link still in its
  * handshake; both count in the conn layer's partial-input budget
- * (max-partial-input), which a stranger's frame must fit in and a
- * member's never waits for.
+ * (max-partial-input), which a member's frame never waits for. A frame
+ * that does not fit closes the link of a dialer in its handshake, and of
+ * a dialer whose id is not in our configuration (or any while we are in
+ * none): those may hold a quarter of the budget together, so that they
+ * cannot lock clients out.
  *
  * Requires the conn layer: conn_setup() done on the same loop, and
  * conn_before_sleep() called from the loop's prepare hook (output is only
@@ -185,8 +188,14 @@ struct transport_config {
     size_t max_unauth;           /* inbound links still in their handshake
                                     (64); one more closes the oldest */
     size_t max_strangers;        /* accepted links from ids not in our
-                                    configuration (16); one more closes
-                                    the oldest */
+                                    configuration, or any while we are in
+                                    none (16); one more closes the
+                                    oldest */
+    size_t stranger_frame;       /* those links together may hold a
+                                    quarter of max-partial-input in
+                                    partial frames, and at least this
+                                    (the largest frame a member we do
+                                    not know yet may need to send) */
 };
 
 /* Per-peer counters (outbound side). */

@@ -20,6 +20,7 @@ import time
 import pytest
 
 import raft_wire as rw
+from conftest import free_port
 from test_cluster import get, leader_of, make_cluster, put
 
 # The slow-handshake test holds more connections than the usual 1024
@@ -691,3 +692,54 @@ def test_damaged_frame_closes_the_link(servers):
     assert r is not None and r.status == rw.OK and not r.frame_crc
     p.close()
     still_whole(nodes)
+
+
+def hold_partial_frames(port, cid, ids, body_mib):
+    """One link per id, each with a handshake accepted and a frame of
+    body_mib + 8 MiB announced, body_mib MiB of it sent: [(peer, open)]."""
+    links = []
+    for i in ids:
+        p = rw.Peer(port)
+        r = p.handshake(node_id=i, cluster_id=cid)
+        assert r is not None and r.status == rw.OK, r
+        try:
+            p.send(((body_mib + 8) << 20).to_bytes(4, "big"))
+            for _ in range(body_mib):
+                p.send(b"\0" * (1 << 20))
+        except OSError:
+            pass
+        links.append(p)
+    time.sleep(0.3)
+    return [(p, not p.closed_by_peer(timeout=0.2)) for p in links]
+
+
+@pytest.mark.parametrize("joining", [False, True])
+def test_strangers_partial_frames_leave_clients_their_budget(servers,
+                                                             joining):
+    """Links from ids not in the configuration (any link, on a node not yet
+    in a cluster) were charged to max-partial-input like a member's, past
+    the budget: four strangers holding 64 MiB partial frames got every
+    HTTP client 503 `Server busy`, and a joining node took any number of
+    them. Together they now hold a quarter of the budget at most."""
+    conf = {"max-partial-input": "16mb"}
+    if joining:  # no state, no cluster to join yet
+        conf.update({"raft-bootstrap": "no",
+                     "mandi-addr": f"http://127.0.0.1:{free_port()}"})
+    s = servers(conf=conf)
+    cid = 0x5eed if joining else rw.identity(s)[1]
+    base = rss_kb(s)
+    links = hold_partial_frames(s.raft_port, cid, range(7000, 7008), 3)
+    held = sum(1 for _, up in links if up)
+    # 3 MiB each against a quarter of 16 MiB: one fits, not two
+    assert held == 1, [up for _, up in links]
+    assert "over the partial input allowed to links from ids not in the " \
+        "configuration" in s.read_log()
+    # a client's body is not refused for want of budget
+    body = json.dumps({"key": "big", "value": "v" * 900000})
+    st, _, out = s.request("POST", "/set", body=body, timeout=10)
+    assert b"too much request data" not in out, (st, out)
+    if not joining:  # a joining node has no leader to write through
+        assert st == 204, out
+    assert rss_kb(s) - base < 64 * 1024
+    for p, _ in links:
+        p.close()

@@ -2393,42 +2393,76 @@ TEST(partial_frames_in_the_budget)
     CHECK_EQ_INT(world_close(), 0);
 }
 
-static const struct test_case cases[] = {TEST_ENTRY(codec_roundtrip_every_type),
-                                         TEST_ENTRY(codec_encode_matches_protobuf_c),
-                                         TEST_ENTRY(codec_large_payloads),
-                                         TEST_ENTRY(codec_handshake_roundtrip),
-                                         TEST_ENTRY(codec_malformed_rejected),
-                                         TEST_ENTRY(codec_decode_matches_protobuf_c),
-                                         TEST_ENTRY(codec_decode_refusals_of_its_own),
-                                         TEST_ENTRY(codec_decode_payloads_in_place),
-                                         TEST_ENTRY(codec_decode_alloc_failure),
-                                         TEST_ENTRY(frame_parser_pieces),
-                                         TEST_ENTRY(frame_parser_checksum),
-                                         TEST_ENTRY(sealed_frames_delivered),
-                                         TEST_ENTRY(frame_parser_limit),
-                                         TEST_ENTRY(exchange_both_ways),
-                                         TEST_ENTRY(refuse_cluster_id_mismatch),
-                                         TEST_ENTRY(refuse_duplicate_id),
-                                         TEST_ENTRY(refuse_token_mismatch),
-                                         TEST_ENTRY(refuse_wrong_node),
-                                         TEST_ENTRY(refuse_bad_version),
-                                         TEST_ENTRY(garbage_inbound_closed),
-                                         TEST_ENTRY(codec_decode_budget),
-                                         TEST_ENTRY(refusal_reveals_nothing),
-                                         TEST_ENTRY(strangers_and_removed),
-                                         TEST_ENTRY(other_incarnation_is_not_used),
-                                         TEST_ENTRY(peer_info_trust),
-                                         TEST_ENTRY(handshake_deadline),
-                                         TEST_ENTRY(unauthenticated_dialers_evicted),
-                                         TEST_ENTRY(invalid_message_closes_link),
-                                         TEST_ENTRY(partial_frames_in_the_budget),
-                                         TEST_ENTRY(peer_restart),
-                                         TEST_ENTRY(peer_back_is_redialed_at_once),
-                                         TEST_ENTRY(queue_cap_drops_oldest),
-                                         TEST_ENTRY(queue_byte_cap),
-                                         TEST_ENTRY(backoff_is_bounded),
-                                         TEST_ENTRY(change_and_remove_peer),
-                                         TEST_ENTRY(close_with_work_in_flight),
-                                         TEST_ENTRY(throughput),
-                                         TEST_END};
+/* Links from ids not in the configuration hold a quarter of the budget
+ * at most, together: a frame past it closes the link. Once the
+ * configuration names the id, the same link's frames are a member's. */
+TEST(stranger_frames_share_a_quarter)
+{
+    world_budget = 400000; /* a quarter: 100,000 bytes */
+    world_init();
+    struct transport_config c1 = {.cluster_id = 5};
+    nodes[1].kind = TRANSPORT_PEER_STRANGER;
+    nodes[1].kind_set = true;
+    CHECK(start_node_cfg(1, 2, 0, &c1));
+    CHECK(start_node(0, 1, 5, 0));
+    set_peer(0, 2, nodes[1].port);
+    send_msg(0, 2, 1, 1, 100); /* small: a stranger's gets through */
+    CHECK(wait_got(1, 1, 5000));
+    send_msg(0, 2, 2, 1, 150000);
+    struct link_arg down = {0, 2, false};
+    CHECK(run_until(link_is, &down, 3000));
+    CHECK(log_has("over the partial input allowed to links from ids not in "
+                  "the configuration"));
+    CHECK_EQ_INT(nodes[1].n_got, 1);
+    send_msg(0, 2, 3, 1, 100);
+    CHECK(wait_got(1, 2, 5000));
+    /* the configuration caught up: the same link takes a big frame */
+    nodes[1].kind = TRANSPORT_PEER_MEMBER;
+    send_msg(0, 2, 4, 1, 150000);
+    CHECK(wait_got(1, 3, 3000));
+    CHECK(log_has("is in our configuration now"));
+    CHECK(conn_in_total() <= 400000);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+static const struct test_case cases[] = {
+    TEST_ENTRY(codec_roundtrip_every_type),
+    TEST_ENTRY(codec_encode_matches_protobuf_c),
+    TEST_ENTRY(codec_large_payloads),
+    TEST_ENTRY(codec_handshake_roundtrip),
+    TEST_ENTRY(codec_malformed_rejected),
+    TEST_ENTRY(codec_decode_matches_protobuf_c),
+    TEST_ENTRY(codec_decode_refusals_of_its_own),
+    TEST_ENTRY(codec_decode_payloads_in_place),
+    TEST_ENTRY(codec_decode_alloc_failure),
+    TEST_ENTRY(frame_parser_pieces),
+    TEST_ENTRY(frame_parser_checksum),
+    TEST_ENTRY(sealed_frames_delivered),
+    TEST_ENTRY(frame_parser_limit),
+    TEST_ENTRY(exchange_both_ways),
+    TEST_ENTRY(refuse_cluster_id_mismatch),
+    TEST_ENTRY(refuse_duplicate_id),
+    TEST_ENTRY(refuse_token_mismatch),
+    TEST_ENTRY(refuse_wrong_node),
+    TEST_ENTRY(refuse_bad_version),
+    TEST_ENTRY(garbage_inbound_closed),
+    TEST_ENTRY(codec_decode_budget),
+    TEST_ENTRY(refusal_reveals_nothing),
+    TEST_ENTRY(strangers_and_removed),
+    TEST_ENTRY(other_incarnation_is_not_used),
+    TEST_ENTRY(peer_info_trust),
+    TEST_ENTRY(handshake_deadline),
+    TEST_ENTRY(unauthenticated_dialers_evicted),
+    TEST_ENTRY(invalid_message_closes_link),
+    TEST_ENTRY(partial_frames_in_the_budget),
+    TEST_ENTRY(stranger_frames_share_a_quarter),
+    TEST_ENTRY(peer_restart),
+    TEST_ENTRY(peer_back_is_redialed_at_once),
+    TEST_ENTRY(queue_cap_drops_oldest),
+    TEST_ENTRY(queue_byte_cap),
+    TEST_ENTRY(backoff_is_bounded),
+    TEST_ENTRY(change_and_remove_peer),
+    TEST_ENTRY(close_with_work_in_flight),
+    TEST_ENTRY(throughput),
+    TEST_END};
 const struct test_suite suite_transport = {"transport", cases};
