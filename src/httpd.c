@@ -218,6 +218,15 @@ static bool account(struct httpd_conn *hc)
     if (!hc->answering && hc->p.phase != HTTP_PHASE_DONE &&
         http_parser_started(&hc->p))
         held += http_parser_held(&hc->p);
+    if (hc->answering) {
+        /* What a client sends while its request is held is kept past the
+         * budget: refusing would free the request being answered (a
+         * forward to the leader reads it again on each retry) and answer
+         * it twice. It is one read at most: reading pauses while a
+         * request is held (httpd_hold). */
+        conn_in_force(hc->c, held);
+        return true;
+    }
     return conn_in_set(hc->c, held) == 0;
 }
 
@@ -497,8 +506,11 @@ static void on_data(struct conn *c, const char *data, size_t len)
     /* The bytes are charged before they are held; what the parser keeps
      * of them is charged instead once they are parsed. */
     if (conn_in_reserve(c, len) < 0) {
-        refuse_busy(hc);
-        return;
+        if (!hc->answering) {
+            refuse_busy(hc);
+            return;
+        }
+        conn_in_force(c, c->in_held + len); /* see account() */
     }
     pz_buf_append(&hc->in, data, len);
     serve(hc);
