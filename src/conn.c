@@ -93,6 +93,7 @@ static uint64_t out_stalled(struct conn *c, uint64_t now)
         /* Nothing waits (what the protocol holds counts: answers a gRPC
          * client gives no window for): no system call. */
         c->stall_sent = UINT64_MAX; /* the next look starts the clock */
+        c->stall_ctrl = c->ctrl_sent;
         c->stall_since = now;
         c->rate_at = 0;
         c->drain_rate = UINT64_MAX;
@@ -116,9 +117,18 @@ static uint64_t out_stalled(struct conn *c, uint64_t now)
         c->rate_sent = sent;
     }
     if (sent != c->stall_sent) {
+        /* Taking no more than the control frames written since the last
+         * look (PING answers a client asks for while it opens no window
+         * for the answers it holds up) is no progress. */
+        uint64_t ctrl = c->ctrl_sent - c->stall_ctrl;
+        bool moved = c->stall_sent == UINT64_MAX || sent < c->stall_sent ||
+                     sent - c->stall_sent > ctrl;
         c->stall_sent = sent;
-        c->stall_since = now;
-        return 0;
+        c->stall_ctrl = c->ctrl_sent;
+        if (moved) {
+            c->stall_since = now;
+            return 0;
+        }
     }
     return now - c->stall_since;
 }

@@ -1879,6 +1879,9 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id,
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame,
                          void *ud)
 {
+    struct gsession *s = ud;
+    if (frame->hd.type != NGHTTP2_DATA)
+        s->c->ctrl_sent += 9 + frame->hd.length; /* 9: frame header */
     /* Our reply is complete but the client is still sending a message we
      * refused for its size: ask it to stop (RST_STREAM NO_ERROR, RFC 9113
      * 8.1). Only then: curl, for one, treats that reset as an error, and

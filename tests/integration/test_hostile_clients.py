@@ -1640,3 +1640,56 @@ def test_writes_beyond_what_the_cluster_commits_are_refused(servers, pb, epb):
              "nothing left uncommitted")
     assert set_key(leader, "w3", value)[0] == 204
     c.close()
+
+
+def test_pings_are_no_progress_for_answers_held_without_a_window(servers):
+    """A client that opened no window for its answers, with calls queued
+    behind them holding their messages in the partial-input budget, kept
+    the connection (and the budget) for as long as it sent PINGs: the
+    node's PING answers were taken, which counted as the client reading.
+    It is now closed after client-body-timeout, as without the PINGs."""
+    s = servers(conf={"max-partial-input": "8mb", "http-max-body": "1mb",
+                      "grpc-max-message": "1mb", "max-value-size": "512kb",
+                      "client-body-timeout": "3s",
+                      "max-pending-output": "64mb"})
+    assert s.request("POST", "/set", body=json.dumps(
+        {"key": "big", "value": "v" * 500000}))[0] == 204
+    r = RawH2(s.grpc_port, preface=False)
+    # initial window 0: the node can send no DATA
+    r.send(gh.PREFACE + gh.h2_frame(gh.SETTINGS, 0, 0,
+                                    struct.pack(">HI", 4, 0)))
+    blk = gh.hpack_block(grpc_headers("/kv.KVService/Get", s.grpc_port))
+    out, sid = b"", 1
+    for _ in range(40):  # 20 MB of answers wait for a window
+        out += gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, blk)
+        out += gh.h2_frame(gh.DATA, gh.END_STREAM, sid, frame(b"\x0a\x03big"))
+        sid += 2
+    r.send(out)
+    time.sleep(1)
+    # sets queued behind them, their messages held in the budget
+    blk = gh.hpack_block(grpc_headers("/kv.KVService/Set", s.grpc_port))
+    msg = frame(b"\x0a\x01x\x12" + b"\xe0\xb7\x36" + b"s" * 900000)
+    for _ in range(8):
+        r.send(gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, blk))
+        for off in range(0, len(msg), 16384):
+            last = off + 16384 >= len(msg)
+            r.send(gh.h2_frame(gh.DATA, gh.END_STREAM if last else 0, sid,
+                               msg[off:off + 16384]))
+        sid += 2
+    time.sleep(0.5)
+    assert s.status()["partial_input"] > 7000000
+    t0 = time.time()
+    closed = False
+    while time.time() - t0 < 15 and not closed:
+        try:
+            r.send(gh.h2_frame(6, 0, 0, b"12345678"))  # PING
+        except OSError:
+            closed = True
+            break
+        closed = r.read_frames(timeout=0.2)[1]
+    assert closed, "still open after 15 s of PINGs"
+    assert time.time() - t0 < 10
+    assert "bytes of output not read for" in s.read_log()
+    st = s.request("POST", "/set", body=json.dumps(
+        {"key": "k2", "value": "w" * 200000}))[0]
+    assert st == 204
