@@ -404,6 +404,7 @@ static void tls_input(struct conn *c)
         }
         if (n == 0)
             return;
+        activity(c);
         c->ops->on_data(c, plain_buf, (size_t)n);
     }
 }
@@ -433,7 +434,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (c->flags & CONN_LINGER)
         return; /* closing: what the peer still sends is dropped */
-    activity(c);
+    /* Over TLS, once the handshake is done, only plaintext is activity
+     * (tls_input): a client trickling a record that never completes is
+     * idle, and evicted first at max-clients, as one trickling nothing
+     * would be. */
+    if (!c->tls || !tls_handshake_done(c->tls))
+        activity(c);
     if (c->ls && c->ls->clients)
         client_input_at = uv_now(loop);
     if (c->tls) {

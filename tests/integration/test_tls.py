@@ -308,6 +308,72 @@ def test_handshake_deadline(servers, pki):
     assert s.request("GET", "/health")[0] == 200
 
 
+class RawTLS:
+    """TLS over a socket the test drives: handshake done, then requests, or
+    raw bytes on the socket."""
+
+    def __init__(self, port, ctx):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.i, self.o = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.t = ctx.wrap_bio(self.i, self.o, server_hostname="127.0.0.1")
+        while True:
+            try:
+                self.t.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.flush()
+                self.i.write(self.s.recv(65536))
+        self.flush()
+
+    def flush(self):
+        d = self.o.read()
+        if d:
+            self.s.sendall(d)
+
+    def request(self, r):
+        self.t.write(r)
+        self.flush()
+        out = b""
+        while b"\r\n\r\n" not in out:
+            self.i.write(self.s.recv(65536))
+            try:
+                out += self.t.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+        return out
+
+
+def test_trickled_records_do_not_hold_client_slots(servers, pki):
+    """Clients that trickled a TLS record that never completes, a byte at a
+    time, counted as active: at max-clients every new client was refused
+    for as long as they went on. Only plaintext is activity now, so they
+    are evicted first, as idle clients are."""
+    s = start(servers, pki, conf={"max-clients": "4",
+                                  "client-header-timeout": "2s"})
+    ctx = client_ctx(pki)
+    held = [RawTLS(s.http_port, ctx) for _ in range(4)]
+    for h in held:
+        assert h.request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                         ).startswith(b"HTTP/1.1 200")
+    rec = b"\x17\x03\x03\x40\x00" + b"\x00" * 100  # announces 16 KiB
+    served = 0
+    for k in range(12):
+        for h in held:
+            try:
+                h.s.sendall(rec[k:k + 1])
+            except OSError:
+                pass
+        time.sleep(0.5)
+        if k >= 3:  # the trickle has gone on for over a second
+            try:
+                served += s.request("GET", "/health", timeout=3)[0] == 200
+            except OSError:
+                pass
+    assert served >= 6, served
+    for h in held:
+        h.s.close()
+
+
 def server_cert_serial(port, pki):
     ctx = client_ctx(pki)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sk:
