@@ -689,6 +689,32 @@ MUTATIONS = [
       ["unit:store/failed_checkpoints_keep_the_wal",
        "py:test_storage.py::test_failed_checkpoints_are_reported_and_lose_nothing"],
       "a checkpoint that fails is not counted: the WAL grows unseen"),
+    M("strangers_frames_forced", "src/transport.c",
+      "    if (!in->stranger) {\n        conn_in_force(in->c, n);",
+      "    if (true) {\n        conn_in_force(in->c, n);",
+      ["unit:transport/stranger_frames_share_a_quarter",
+       "py:test_hostile_peers.py::"
+       "test_strangers_partial_frames_leave_clients_their_budget"],
+      "dialers not in the configuration take the whole partial-input "
+      "budget from clients"),
+    M("held_request_refused_and_freed", "src/httpd.c",
+      "        if (!hc->answering) {\n            refuse_busy(hc);",
+      "        if (true) {\n            refuse_busy(hc);",
+      ["py:test_forward_retry.py::"
+       "test_input_while_a_forward_is_held_does_not_free_it"],
+      "input during a held request frees it while a forward still reads it"),
+    M("ping_answers_are_progress", "src/conn.c",
+      "        uint64_t ctrl = c->ctrl_sent - c->stall_ctrl;",
+      "        uint64_t ctrl = 0;",
+      ["py:test_hostile_clients.py::"
+       "test_pings_are_no_progress_for_answers_held_without_a_window"],
+      "a client sending PINGs holds answers and budget without a window"),
+    M("tls_ciphertext_is_activity", "src/conn.c",
+      "    if (!c->tls || !tls_handshake_done(c->tls))\n        activity(c);",
+      "    activity(c);",
+      ["py:test_tls.py::test_trickled_records_do_not_hold_client_slots"],
+      "clients trickling a TLS record are never idle: they hold every "
+      "slot"),
 ]
 
 

@@ -218,15 +218,6 @@ static bool account(struct httpd_conn *hc)
     if (!hc->answering && hc->p.phase != HTTP_PHASE_DONE &&
         http_parser_started(&hc->p))
         held += http_parser_held(&hc->p);
-    if (hc->answering) {
-        /* What a client sends while its request is held is kept past the
-         * budget: refusing would free the request being answered (a
-         * forward to the leader reads it again on each retry) and answer
-         * it twice. It is one read at most: reading pauses while a
-         * request is held (httpd_hold). */
-        conn_in_force(hc->c, held);
-        return true;
-    }
     return conn_in_set(hc->c, held) == 0;
 }
 
@@ -510,7 +501,12 @@ static void on_data(struct conn *c, const char *data, size_t len)
             refuse_busy(hc);
             return;
         }
-        conn_in_force(c, c->in_held + len); /* see account() */
+        /* What a client sends while its request is held is kept past the
+         * budget: refusing would free the request being answered (a
+         * forward to the leader reads it again on each retry) and answer
+         * it twice. It is one read at most: reading pauses while a
+         * request is held (httpd_hold). account() only shrinks it. */
+        conn_in_force(c, c->in_held + len);
     }
     pz_buf_append(&hc->in, data, len);
     serve(hc);
