@@ -13,8 +13,10 @@
  *
  * Failure modes: any bad input stops loading at the first error with
  * PZ_ECONFIG and a message naming its source (file:line, "environment VAR"
- * or "command line"); the caller prints it and exits. A default that does
- * not parse is a bug in the table and trips an assertion in cfg_init().
+ * or "command line"), a broken cross-field rule included: cfg_load()
+ * remembers where each directive was set; the caller prints it and exits. A
+ * default that does not parse is a bug in the table and trips an assertion in
+ * cfg_init().
  *
  * Pure except cfg_load_file() (reads one file) and cfg_print_help(). */
 #include "config.h"
@@ -296,9 +298,10 @@ static const struct cfg_env env_map[] = {
 static void fmt_err(char *err, size_t errlen, const char *source, int line,
                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-/* "source:line: message" (or "source: message" when line <= 0). */
-static void fmt_err(char *err, size_t errlen, const char *source, int line,
-                    const char *fmt, ...)
+/* "source:line: message" (or "source: message" when line <= 0, or just
+ * the message when source is NULL). */
+static void vfmt_err(char *err, size_t errlen, const char *source, int line,
+                     const char *fmt, va_list ap)
 {
     if (errlen == 0)
         return;
@@ -313,10 +316,54 @@ static void fmt_err(char *err, size_t errlen, const char *source, int line,
         n = 0;
     if ((size_t)n >= errlen)
         return;
+    vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+}
+
+static void fmt_err(char *err, size_t errlen, const char *source, int line,
+                    const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+    vfmt_err(err, errlen, source, line, fmt, ap);
     va_end(ap);
+}
+
+static const char source_cmdline[] = "command line";
+
+/* Where one directive got its value, kept by cfg_load() so that a broken
+ * cross-field rule names the place to fix, as a bad value does. */
+enum where_kind {
+    WHERE_DEFAULT = 0, /* not set: the table default */
+    WHERE_FILE,        /* a line of the config file */
+    WHERE_ENV,         /* an environment variable */
+    WHERE_CMDLINE,     /* a command-line flag */
+};
+
+struct where {
+    enum where_kind kind;
+    const char *name; /* WHERE_FILE: the path; WHERE_ENV: the variable */
+    int line;         /* WHERE_FILE: the line number */
+};
+
+/* The source and line that fmt_err() takes for w, so that messages start
+ * as those of cfg_set() do: the path with *line, "environment NODE_ID"
+ * (written into buf) or "command line"; NULL for a default. */
+static const char *where_source(const struct where *w, char *buf, size_t len,
+                                int *line)
+{
+    *line = w->kind == WHERE_FILE ? w->line : 0;
+    switch (w->kind) {
+    case WHERE_DEFAULT:
+        break;
+    case WHERE_FILE:
+        return w->name;
+    case WHERE_ENV:
+        snprintf(buf, len, "environment %s", w->name);
+        return buf;
+    case WHERE_CMDLINE:
+        return source_cmdline;
+    }
+    return NULL;
 }
 
 /* Add a second line quoting the offending file line. */
@@ -1057,10 +1104,11 @@ out:
 /* Errors of one file reported at once: a user fixes them in one go. */
 #define CFG_MAX_ERRORS 5
 
-int cfg_load_string(struct pz_config *c, const char *text, size_t len,
-                    const char *source, char *err, size_t errlen)
+/* cfg_load_string(), leaving in seen[] (N_DIRECTIVES entries, zeroed by the
+ * caller) the line each directive was set on, 0 for none. */
+static int load_text(struct pz_config *c, const char *text, size_t len,
+                     const char *source, int *seen, char *err, size_t errlen)
 {
-    int seen[N_DIRECTIVES] = {0};
     const char *p = text, *end = text + len;
     int lineno = 0, first_rc = 0, nerr = 0;
     char one[512];
@@ -1098,8 +1146,16 @@ int cfg_load_string(struct pz_config *c, const char *text, size_t len,
     return first_rc;
 }
 
-int cfg_load_file(struct pz_config *c, const char *path, char *err,
-                  size_t errlen)
+int cfg_load_string(struct pz_config *c, const char *text, size_t len,
+                    const char *source, char *err, size_t errlen)
+{
+    int seen[N_DIRECTIVES] = {0};
+    return load_text(c, text, len, source, seen, err, errlen);
+}
+
+/* cfg_load_file(), with seen[] as load_text() leaves it. */
+static int load_file(struct pz_config *c, const char *path, int *seen,
+                     char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
@@ -1129,9 +1185,16 @@ int cfg_load_file(struct pz_config *c, const char *path, char *err,
     }
     fclose(f);
     if (rc == 0)
-        rc = cfg_load_string(c, b.data ? b.data : "", b.len, path, err, errlen);
+        rc = load_text(c, b.data ? b.data : "", b.len, path, seen, err, errlen);
     pz_buf_free(&b);
     return rc;
+}
+
+int cfg_load_file(struct pz_config *c, const char *path, char *err,
+                  size_t errlen)
+{
+    int seen[N_DIRECTIVES] = {0};
+    return load_file(c, path, seen, err, errlen);
 }
 
 /* ------------------------------------------------------------------------
@@ -1146,7 +1209,10 @@ static const char *env_lookup(char **envp, const char *var)
     return NULL;
 }
 
-int cfg_load_env(struct pz_config *c, char **envp, char *err, size_t errlen)
+/* cfg_load_env(), recording in where[] (when not NULL) the variables that
+ * set a directive. */
+static int load_env(struct pz_config *c, char **envp, struct where *where,
+                    char *err, size_t errlen)
 {
     if (envp == NULL)
         return 0;
@@ -1154,13 +1220,22 @@ int cfg_load_env(struct pz_config *c, char **envp, char *err, size_t errlen)
         const char *v = env_lookup(envp, env_map[i].var);
         if (v == NULL || v[0] == '\0')
             continue;
-        char source[64];
-        snprintf(source, sizeof source, "environment %s", env_map[i].var);
-        int rc = cfg_set(c, env_map[i].directive, v, source, 0, err, errlen);
+        struct where w = {WHERE_ENV, env_map[i].var, 0};
+        char buf[64];
+        int line;
+        const char *source = where_source(&w, buf, sizeof buf, &line);
+        int rc = cfg_set(c, env_map[i].directive, v, source, line, err, errlen);
         if (rc != 0)
             return rc;
+        if (where != NULL)
+            where[cfg_find(env_map[i].directive) - directives] = w;
     }
     return 0;
+}
+
+int cfg_load_env(struct pz_config *c, char **envp, char *err, size_t errlen)
+{
+    return load_env(c, envp, NULL, err, errlen);
 }
 
 /* ------------------------------------------------------------------------
@@ -1180,8 +1255,6 @@ struct arg {
     const struct cfg_directive *d; /* ARG_DIRECTIVE */
     const char *value;             /* FILE path or directive value */
 };
-
-static const char source_cmdline[] = "command line";
 
 /* Classify argv[*i] and consume it (and its value), advancing *i. Returns
  * 0, or PZ_ECONFIG with a message (*i then skips just the bad token). */
@@ -1250,6 +1323,9 @@ bool cfg_has_flag(int argc, char **argv, const char *flag)
     return false;
 }
 
+static int check_rules(const struct pz_config *c, const struct where *where,
+                       char *err, size_t errlen);
+
 int cfg_load(struct pz_config *c, int argc, char **argv, char **envp, char *err,
              size_t errlen)
 {
@@ -1257,6 +1333,9 @@ int cfg_load(struct pz_config *c, int argc, char **argv, char **envp, char *err,
     struct arg *args = pz_calloc(argc > 0 ? (size_t)argc : 1, sizeof *args);
     size_t nargs = 0;
     bool seen[N_DIRECTIVES] = {false};
+    int lines[N_DIRECTIVES] = {0};
+    struct where where[N_DIRECTIVES];
+    memset(where, 0, sizeof where); /* WHERE_DEFAULT */
     const char *path = NULL;
     int rc = 0;
 
@@ -1289,15 +1368,19 @@ int cfg_load(struct pz_config *c, int argc, char **argv, char **envp, char *err,
         }
     }
 
-    if (path != NULL && (rc = cfg_load_file(c, path, err, errlen)) != 0)
+    if (path != NULL && (rc = load_file(c, path, lines, err, errlen)) != 0)
         goto out;
-    if ((rc = cfg_load_env(c, envp, err, errlen)) != 0)
+    for (size_t i = 0; i < N_DIRECTIVES; i++)
+        if (lines[i] > 0)
+            where[i] = (struct where){WHERE_FILE, path, lines[i]};
+    if ((rc = load_env(c, envp, where, err, errlen)) != 0)
         goto out;
     for (size_t k = 0; k < nargs; k++) {
         rc = cfg_set(c, args[k].d->name, args[k].value, source_cmdline, 0, err,
                      errlen);
         if (rc != 0)
             goto out;
+        where[args[k].d - directives] = (struct where){WHERE_CMDLINE, NULL, 0};
     }
     if (strcmp(c->cluster_token, "none") == 0) {
         /* No token, on purpose: everything else sees "". */
@@ -1305,7 +1388,7 @@ int cfg_load(struct pz_config *c, int argc, char **argv, char **envp, char *err,
         c->cluster_token = pz_strdup("");
         c->cluster_token_none = true;
     }
-    rc = cfg_check(c, err, errlen);
+    rc = check_rules(c, where, err, errlen);
 
 out:
     pz_free(args);
@@ -1313,10 +1396,104 @@ out:
 }
 
 /* ------------------------------------------------------------------------
- * Cross-field rules */
+ * Cross-field rules
+ *
+ * A broken rule involves several directives. Its message starts with the
+ * place of the one blamed: the first of the rule's list that was set, so
+ * that a value left at its default is not blamed when another was set.
+ * Each other value shown says where it came from: "(500ms, set at
+ * pyazdb.conf:2)", "(:8080, set by environment HTTP_ADDR)", "(2s, set on
+ * the command line)" or "(100ms, the default)". Through cfg_check() the
+ * places are unknown and the message is the rule alone. */
 
-static int check_port_clash(const struct pz_config *c, char *err, size_t errlen)
+struct rules {
+    const struct pz_config *c;
+    const struct where *where; /* per directive; NULL: places unknown */
+    const struct where *at;    /* the place the message starts with */
+    char *err;
+    size_t errlen;
+};
+
+/* Room for a value with its place: an address, a path and a line (a path
+ * longer than this is cut; the message's own prefix is not). */
+#define VAL_MAX 1024
+
+static const struct where *where_of(const struct rules *r, const char *name)
 {
+    const struct cfg_directive *d = cfg_find(name);
+    pz_assert(d != NULL);
+    return r->where != NULL ? &r->where[d - directives] : NULL;
+}
+
+/* Blame the first of the named directives (a NULL-terminated list) that
+ * was set; none when all hold their defaults. */
+static void blame(struct rules *r, ...) __attribute__((sentinel));
+
+static void blame(struct rules *r, ...)
+{
+    va_list ap;
+    va_start(ap, r);
+    r->at = NULL;
+    const char *name;
+    while (r->where != NULL && (name = va_arg(ap, const char *)) != NULL) {
+        const struct where *w = where_of(r, name);
+        if (w->kind != WHERE_DEFAULT) {
+            r->at = w;
+            break;
+        }
+    }
+    va_end(ap);
+}
+
+/* The value of directive name for a message, followed by its place unless
+ * the message starts with it. Returns buf. */
+static const char *val(const struct rules *r, const char *name, char *buf,
+                       size_t len)
+{
+    char v[CFG_ADDR_MAX + 32];
+    cfg_format(r->c, cfg_find(name), v, sizeof v);
+    const struct where *w = where_of(r, name);
+    if (w == NULL || w == r->at) {
+        snprintf(buf, len, "%s", v);
+        return buf;
+    }
+    switch (w->kind) {
+    case WHERE_DEFAULT:
+        snprintf(buf, len, "%s, the default", v);
+        break;
+    case WHERE_FILE:
+        snprintf(buf, len, "%s, set at %s:%d", v, w->name, w->line);
+        break;
+    case WHERE_ENV:
+        snprintf(buf, len, "%s, set by environment %s", v, w->name);
+        break;
+    case WHERE_CMDLINE:
+        snprintf(buf, len, "%s, set on the %s", v, source_cmdline);
+        break;
+    }
+    return buf;
+}
+
+static int fail(const struct rules *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The message of a broken rule, at the place blame() chose. */
+static int fail(const struct rules *r, const char *fmt, ...)
+{
+    char buf[64];
+    int line = 0;
+    const char *source =
+        r->at != NULL ? where_source(r->at, buf, sizeof buf, &line) : NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    vfmt_err(r->err, r->errlen, source, line, fmt, ap);
+    va_end(ap);
+    return PZ_ECONFIG;
+}
+
+static int check_port_clash(struct rules *r)
+{
+    const struct pz_config *c = r->c;
     const char *names[] = {"raft-addr", "http-addr", "grpc-addr"};
     const char *vals[] = {c->raft_addr, c->http_addr, c->grpc_addr};
     char host[3][256];
@@ -1331,10 +1508,11 @@ static int check_port_clash(const struct pz_config *c, char *err, size_t errlen)
             if (strcmp(host[i], host[j]) != 0 && !is_wildcard_host(host[i]) &&
                 !is_wildcard_host(host[j]))
                 continue;
-            fmt_err(err, errlen, NULL, 0,
-                    "'%s' (%s) and '%s' (%s) must not use the same port",
-                    names[i], vals[i], names[j], vals[j]);
-            return PZ_ECONFIG;
+            char a[VAL_MAX], b[VAL_MAX];
+            blame(r, names[i], names[j], NULL);
+            return fail(r, "'%s' (%s) and '%s' (%s) must not use the same port",
+                        names[i], val(r, names[i], a, sizeof a), names[j],
+                        val(r, names[j], b, sizeof b));
         }
     }
     return 0;
@@ -1355,9 +1533,9 @@ bool cfg_host_is_loopback(const char *host)
 
 /* No token on a Raft port others can reach: anyone who reaches it could
  * take part in the cluster. Loopback only, unless `cluster-token none`. */
-static int check_open_cluster(const struct pz_config *c, char *err,
-                              size_t errlen)
+static int check_open_cluster(struct rules *r)
 {
+    const struct pz_config *c = r->c;
     char host[256];
     int port;
     if (c->cluster_token[0] != '\0' || c->cluster_token_none ||
@@ -1365,159 +1543,167 @@ static int check_open_cluster(const struct pz_config *c, char *err,
         pz_split_hostport(c->raft_addr, host, sizeof host, &port) != 0 ||
         cfg_host_is_loopback(host))
         return 0;
-    fmt_err(err, errlen, NULL, 0,
-            "'raft-addr' (%s) is not a loopback address and 'cluster-token' "
-            "is not set: anyone who can reach it could take part in the "
-            "cluster. Set the same 'cluster-token' on every node and mandi, "
-            "or peer mutual TLS (peer-tls-cert-file, peer-tls-key-file, "
-            "peer-tls-ca-file), or 'cluster-token none' to run without "
-            "either",
-            c->raft_addr);
-    return PZ_ECONFIG;
+    char a[VAL_MAX];
+    blame(r, "raft-addr", "cluster-token", NULL);
+    return fail(r,
+                "'raft-addr' (%s) is not a loopback address and "
+                "'cluster-token' is not set: anyone who can reach it could "
+                "take part in the cluster. Set the same 'cluster-token' on "
+                "every node and mandi, or peer mutual TLS "
+                "(peer-tls-cert-file, peer-tls-key-file, peer-tls-ca-file), "
+                "or 'cluster-token none' to run without either",
+                val(r, "raft-addr", a, sizeof a));
 }
 
-/* need >= key + value + slack, with "what" naming the needy directive. */
-static int check_room(const struct pz_config *c, const char *what, int64_t have,
-                      char *err, size_t errlen)
+/* The field of directive what >= key + value + slack. */
+static int check_room(struct rules *r, const char *what, int64_t have)
 {
+    const struct pz_config *c = r->c;
     int64_t need = c->max_key_size + c->max_value_size + FRAMING_SLACK;
     if (have >= need)
         return 0;
-    char h[32], k[32], v[32];
-    fmt_size(have, h, sizeof h);
-    fmt_size(c->max_key_size, k, sizeof k);
-    fmt_size(c->max_value_size, v, sizeof v);
-    fmt_err(err, errlen, NULL, 0,
-            "'%s' (%s) must be at least 'max-key-size' (%s) + "
-            "'max-value-size' (%s) + 1kb",
-            what, h, k, v);
-    return PZ_ECONFIG;
+    char h[VAL_MAX], k[VAL_MAX], v[VAL_MAX];
+    blame(r, what, "max-value-size", "max-key-size", NULL);
+    return fail(r,
+                "'%s' (%s) must be at least 'max-key-size' (%s) + "
+                "'max-value-size' (%s) + 1kb",
+                what, val(r, what, h, sizeof h),
+                val(r, "max-key-size", k, sizeof k),
+                val(r, "max-value-size", v, sizeof v));
 }
 
-/* The TLS files come in sets. */
-static int check_tls(const struct pz_config *c, char *err, size_t errlen)
+/* The TLS files come in sets. A file named is blamed before one left
+ * empty. */
+static int check_tls(struct rules *r)
 {
+    const struct pz_config *c = r->c;
     bool cert = c->tls_cert_file[0], key = c->tls_key_file[0];
     if (cert != key) {
-        fmt_err(err, errlen, NULL, 0,
-                "'tls-cert-file' and 'tls-key-file' must be set together");
-        return PZ_ECONFIG;
+        blame(r, cert ? "tls-cert-file" : "tls-key-file",
+              cert ? "tls-key-file" : "tls-cert-file", NULL);
+        return fail(r, "'tls-cert-file' and 'tls-key-file' must be set "
+                       "together");
     }
     if (c->tls_client_auth != 0 && (!cert || !c->tls_ca_file[0])) {
-        fmt_err(err, errlen, NULL, 0,
-                "'tls-client-auth' %s needs 'tls-cert-file', 'tls-key-file' "
-                "and 'tls-ca-file' (the CA client certificates chain to)",
-                client_auth_words[c->tls_client_auth]);
-        return PZ_ECONFIG;
+        blame(r, "tls-client-auth", NULL);
+        return fail(r,
+                    "'tls-client-auth' %s needs 'tls-cert-file', "
+                    "'tls-key-file' and 'tls-ca-file' (the CA client "
+                    "certificates chain to)",
+                    client_auth_words[c->tls_client_auth]);
     }
     if (c->mode == CFG_MODE_MANDI && cfg_url_is_https(c->mandi_addr) &&
         !cert) {
-        fmt_err(err, errlen, NULL, 0,
-                "an https 'mandi-addr' needs 'tls-cert-file' and "
-                "'tls-key-file' in mandi mode");
-        return PZ_ECONFIG;
+        blame(r, "mandi-addr", "mode", NULL);
+        return fail(r, "an https 'mandi-addr' needs 'tls-cert-file' and "
+                       "'tls-key-file' in mandi mode");
     }
-    int n = (c->peer_tls_cert_file[0] != '\0') +
-            (c->peer_tls_key_file[0] != '\0') +
-            (c->peer_tls_ca_file[0] != '\0');
+    const char *peer[] = {"peer-tls-cert-file", "peer-tls-key-file",
+                          "peer-tls-ca-file"};
+    const char *files[] = {c->peer_tls_cert_file, c->peer_tls_key_file,
+                           c->peer_tls_ca_file};
+    const char *named[3];
+    int n = 0;
+    for (int i = 0; i < 3; i++)
+        if (files[i][0] != '\0')
+            named[n++] = peer[i];
     if (n != 0 && n != 3) {
-        fmt_err(err, errlen, NULL, 0,
-                "'peer-tls-cert-file', 'peer-tls-key-file' and "
-                "'peer-tls-ca-file' must be set together (mutual TLS)");
-        return PZ_ECONFIG;
+        blame(r, named[0], n > 1 ? named[1] : NULL, NULL);
+        return fail(r, "'peer-tls-cert-file', 'peer-tls-key-file' and "
+                       "'peer-tls-ca-file' must be set together (mutual "
+                       "TLS)");
     }
     return 0;
 }
 
-int cfg_check(const struct pz_config *c, char *err, size_t errlen)
+static int check_rules(const struct pz_config *c, const struct where *where,
+                       char *err, size_t errlen)
 {
-    if (check_tls(c, err, errlen) != 0)
+    struct rules r = {c, where, NULL, err, errlen};
+    char a[VAL_MAX], b[VAL_MAX];
+    if (check_tls(&r) != 0)
         return PZ_ECONFIG;
-    char a[32], b[32];
     if (c->election_timeout_ms < 3 * c->heartbeat_interval_ms) {
-        fmt_duration(c->election_timeout_ms, a, sizeof a);
-        fmt_duration(c->heartbeat_interval_ms, b, sizeof b);
-        fmt_err(err, errlen, NULL, 0,
-                "'election-timeout' (%s) must be at least 3 x "
-                "'heartbeat-interval' (%s)",
-                a, b);
-        return PZ_ECONFIG;
+        blame(&r, "election-timeout", "heartbeat-interval", NULL);
+        return fail(&r,
+                    "'election-timeout' (%s) must be at least 3 x "
+                    "'heartbeat-interval' (%s)",
+                    val(&r, "election-timeout", a, sizeof a),
+                    val(&r, "heartbeat-interval", b, sizeof b));
     }
-    if (check_room(c, "http-max-body", c->http_max_body, err, errlen) != 0)
+    if (check_room(&r, "http-max-body", c->http_max_body) != 0)
         return PZ_ECONFIG;
-    if (check_room(c, "grpc-max-message", c->grpc_max_message, err, errlen) !=
-        0)
+    if (check_room(&r, "grpc-max-message", c->grpc_max_message) != 0)
         return PZ_ECONFIG;
     if (c->conn_hard_limit <= c->conn_high_water) {
-        fmt_size(c->conn_hard_limit, a, sizeof a);
-        fmt_size(c->conn_high_water, b, sizeof b);
-        fmt_err(err, errlen, NULL, 0,
-                "'conn-hard-limit' (%s) must be greater than "
-                "'conn-high-water' (%s)",
-                a, b);
-        return PZ_ECONFIG;
+        blame(&r, "conn-hard-limit", "conn-high-water", NULL);
+        return fail(&r,
+                    "'conn-hard-limit' (%s) must be greater than "
+                    "'conn-high-water' (%s)",
+                    val(&r, "conn-hard-limit", a, sizeof a),
+                    val(&r, "conn-high-water", b, sizeof b));
     }
     if (c->conn_hard_limit < c->max_value_size + FRAMING_SLACK) {
-        fmt_size(c->conn_hard_limit, a, sizeof a);
-        fmt_size(c->max_value_size, b, sizeof b);
-        fmt_err(err, errlen, NULL, 0,
-                "'conn-hard-limit' (%s) must be at least 'max-value-size' "
-                "(%s) + 1kb",
-                a, b);
-        return PZ_ECONFIG;
+        blame(&r, "conn-hard-limit", "max-value-size", NULL);
+        return fail(&r,
+                    "'conn-hard-limit' (%s) must be at least "
+                    "'max-value-size' (%s) + 1kb",
+                    val(&r, "conn-hard-limit", a, sizeof a),
+                    val(&r, "max-value-size", b, sizeof b));
     }
     if (c->max_key_size + c->max_value_size + MB > (int64_t)RAFT_FRAME_MAX) {
-        /* One entry must fit in a peer frame, with the message around it. */
-        fmt_size(c->max_key_size, a, sizeof a);
-        fmt_size(c->max_value_size, b, sizeof b);
-        fmt_err(err, errlen, NULL, 0,
-                "'max-key-size' (%s) + 'max-value-size' (%s) must stay "
-                "within 64mb: a write must fit in one Raft peer frame",
-                a, b);
-        return PZ_ECONFIG;
+        /* One entry must fit in a peer frame, with the message around it.
+         * The value is the larger part, so it is blamed first. */
+        blame(&r, "max-value-size", "max-key-size", NULL);
+        return fail(&r,
+                    "'max-key-size' (%s) + 'max-value-size' (%s) must stay "
+                    "within 64mb: a write must fit in one Raft peer frame",
+                    val(&r, "max-key-size", a, sizeof a),
+                    val(&r, "max-value-size", b, sizeof b));
     }
     if (c->max_pending_output < c->conn_hard_limit) {
-        fmt_size(c->max_pending_output, a, sizeof a);
-        fmt_size(c->conn_hard_limit, b, sizeof b);
-        fmt_err(err, errlen, NULL, 0,
-                "'max-pending-output' (%s) must be at least "
-                "'conn-hard-limit' (%s)",
-                a, b);
-        return PZ_ECONFIG;
+        blame(&r, "max-pending-output", "conn-hard-limit", NULL);
+        return fail(&r,
+                    "'max-pending-output' (%s) must be at least "
+                    "'conn-hard-limit' (%s)",
+                    val(&r, "max-pending-output", a, sizeof a),
+                    val(&r, "conn-hard-limit", b, sizeof b));
     }
     if (c->mode != CFG_MODE_SERVER)
         return 0;
     if (c->max_partial_input < c->http_max_body ||
         c->max_partial_input < c->grpc_max_message) {
-        bool http = c->http_max_body >= c->grpc_max_message;
-        fmt_size(c->max_partial_input, a, sizeof a);
-        fmt_size(http ? c->http_max_body : c->grpc_max_message, b, sizeof b);
-        fmt_err(err, errlen, NULL, 0,
-                "'max-partial-input' (%s) must be at least '%s' (%s)", a,
-                http ? "http-max-body" : "grpc-max-message", b);
-        return PZ_ECONFIG;
+        const char *big = c->http_max_body >= c->grpc_max_message
+                              ? "http-max-body"
+                              : "grpc-max-message";
+        blame(&r, "max-partial-input", big, NULL);
+        return fail(&r, "'max-partial-input' (%s) must be at least '%s' (%s)",
+                    val(&r, "max-partial-input", a, sizeof a), big,
+                    val(&r, big, b, sizeof b));
     }
-    if (check_port_clash(c, err, errlen) != 0)
+    if (check_port_clash(&r) != 0)
         return PZ_ECONFIG;
-    if (check_open_cluster(c, err, errlen) != 0)
+    if (check_open_cluster(&r) != 0)
         return PZ_ECONFIG;
     struct cfg_peer *peers;
     size_t n;
     char why[256];
-    if (cfg_parse_cluster(c->initial_cluster, &peers, &n, why, sizeof why)) {
-        fmt_err(err, errlen, NULL, 0, "'initial-cluster' %s", why);
-        return PZ_ECONFIG;
-    }
+    blame(&r, "initial-cluster", "node-id", NULL);
+    if (cfg_parse_cluster(c->initial_cluster, &peers, &n, why, sizeof why))
+        return fail(&r, "'initial-cluster' %s", why);
     bool found = n == 0;
     for (size_t i = 0; i < n; i++)
         found = found || strcmp(peers[i].name, c->node_id) == 0;
     pz_free(peers);
-    if (!found) {
-        fmt_err(err, errlen, NULL, 0,
-                "'initial-cluster' must list 'node-id' (%s)", c->node_id);
-        return PZ_ECONFIG;
-    }
+    if (!found)
+        return fail(&r, "'initial-cluster' must list 'node-id' (%s)",
+                    val(&r, "node-id", a, sizeof a));
     return 0;
+}
+
+int cfg_check(const struct pz_config *c, char *err, size_t errlen)
+{
+    return check_rules(c, NULL, err, errlen);
 }
 
 /* ------------------------------------------------------------------------

@@ -45,7 +45,15 @@
  *     environment NODE_ID: 'node-id' must be 1 to 63 characters ...: 'a b'
  * Errors from a file line add a second line quoting it, as Redis does:
  *     >>> 'max-clients 0'
- * Cross-field errors (cfg_check) name both directives and have no source.
+ * Cross-field errors name the directives involved. From cfg_load() they
+ * start with the source of the one blamed (one that was set rather than
+ * one left at its default) and say where each other value shown came
+ * from, on one line:
+ *     pyazdb.conf:3: 'election-timeout' (1s) must be at least 3 x
+ *         'heartbeat-interval' (500ms, set at pyazdb.conf:2)
+ * with "set by environment HTTP_ADDR", "set on the command line" or "the
+ * default" in place of "set at FILE:LINE". cfg_check() alone knows no
+ * sources and gives the rule without them.
  *
  * Pure apart from cfg_load_file() (reads one file) and cfg_print_help()
  * (writes to the stream it is given). */
@@ -267,7 +275,8 @@ int cfg_set(struct pz_config *c, const char *name, const char *value,
  *  - tls-cert-file and tls-key-file are set together, and tls-client-auth
  *    other than none needs them and tls-ca-file; the three peer-tls-
  *    files are set together or not at all.
- * Returns 0 or PZ_ECONFIG with a message naming both directives. */
+ * Returns 0 or PZ_ECONFIG with a message naming both directives (and no
+ * source: cfg_load() runs the same rules with the sources it read). */
 int cfg_check(const struct pz_config *c, char *err, size_t errlen);
 
 /* The table, for help, docs and tests. cfg_directive_at(i) for

@@ -43,6 +43,34 @@ def test_bad_config_names_file_and_line(tmp_path):
     assert r.returncode != 0 and f"{p}:2:" in r.stderr
 
 
+def test_cross_directive_error_names_file_and_line(tmp_path):
+    """A rule between two directives names the line of the one it blames
+    and where the other came from, at start as for a bad value, in both
+    modes."""
+    p = tmp_path / "f.conf"
+    p.write_text("node-id n1\nheartbeat-interval 500ms\n"
+                 "election-timeout 1s\n")
+    r = run(str(p))
+    assert r.returncode != 0
+    assert (f"{p}:3: 'election-timeout' (1s) must be at least 3 x "
+            f"'heartbeat-interval' (500ms, set at {p}:2)\n") in r.stderr
+    r = run(str(p), "--election-timeout", "1200ms")
+    assert r.returncode != 0
+    assert (f"command line: 'election-timeout' (1200ms) must be at least "
+            f"3 x 'heartbeat-interval' (500ms, set at {p}:2)") in r.stderr
+    p.write_text("# listeners\nhttp-addr 127.0.0.1:8111\n")
+    r = run(str(p), env={"GRPC_ADDR": ":8111"})
+    assert r.returncode != 0
+    assert (f"{p}:2: 'http-addr' (127.0.0.1:8111) and 'grpc-addr' (:8111, "
+            f"set by environment GRPC_ADDR) must not use the same "
+            f"port") in r.stderr
+    p.write_text("log-level info\nmandi-addr https://127.0.0.1:7000\n")
+    r = run("--mandi", str(p))
+    assert r.returncode != 0
+    assert (f"{p}:2: an https 'mandi-addr' needs 'tls-cert-file' and "
+            f"'tls-key-file' in mandi mode") in r.stderr
+
+
 def test_bad_flag_and_missing_file(tmp_path):
     r = run("--http-addr", "nonsense")
     assert r.returncode != 0 and "http-addr" in r.stderr
@@ -60,7 +88,8 @@ def test_open_cluster_only_on_loopback(tmp_path):
     p.write_text("raft-addr 0.0.0.0:12000\n")
     r = run("--test-config", str(p))
     assert r.returncode != 0
-    assert "'raft-addr' (0.0.0.0:12000) is not a loopback address" in r.stderr
+    assert (f"{p}:1: 'raft-addr' (0.0.0.0:12000) is not a loopback "
+            "address") in r.stderr
     assert "cluster-token none" in r.stderr
     r = run("--test-config", str(p), "--cluster-token", "none")
     assert r.returncode == 0, r.stderr

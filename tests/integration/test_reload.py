@@ -125,6 +125,18 @@ def test_sighup_bad_config_keeps_running_one(servers):
     assert s.stop() == 0
 
 
+def test_sighup_cross_directive_error_names_the_line(servers):
+    s = servers()
+    new = hup(s, {"heartbeat-interval": "500ms"}, expect="reload failed")
+    n = conf_line(s, "heartbeat-interval")
+    assert (f"reload failed, keeping the running configuration: "
+            f"{s.conf_path}:{n}: 'election-timeout' (1s, the default) must "
+            f"be at least 3 x 'heartbeat-interval' (500ms)") in new, new
+    assert s.proc.poll() is None
+    assert s.request("GET", "/health")[0] == 200
+    assert s.stop() == 0
+
+
 def test_sighup_reports_what_needs_a_restart(servers):
     s = servers(conf={"log-level": "info", "cluster-token": "s3cret-one"})
     port = s.http_port

@@ -881,8 +881,8 @@ TEST(cross_field)
     cfg_free(&c);
     char *a2[] = {"srv", "--heartbeat-interval", "2s", NULL};
     CHECK_EQ_INT(cfg_load(&c, 3, a2, NULL, err, sizeof err), PZ_ECONFIG);
-    CHECK_EQ_STR(err, "'election-timeout' (1s) must be at least 3 x "
-                      "'heartbeat-interval' (2s)");
+    CHECK_EQ_STR(err, "command line: 'election-timeout' (1s, the default) "
+                      "must be at least 3 x 'heartbeat-interval' (2s)");
     cfg_free(&c);
 
     cfg_init(&c);
@@ -961,6 +961,168 @@ TEST(cross_field)
     cfg_free(&c);
 }
 
+/* cfg_load() of a config file holding text (none when NULL), then the
+ * command-line words of args (NULL-terminated, may be NULL) and the
+ * environment env. Returns "ok" or the message, the file's path written
+ * "F" so that expectations read like the file (static). */
+static const char *load_at(const char *text, const char *const *args,
+                           char **env)
+{
+    static char out[1024];
+    char *argv[16] = {"srv"};
+    int argc = 1;
+    char path[64] = "";
+    if (text != NULL) {
+        const char *p = temp_file(text);
+        if (p == NULL)
+            return "(no temporary file)";
+        snprintf(path, sizeof path, "%s", p);
+        argv[argc++] = path;
+    }
+    for (size_t i = 0; args != NULL && args[i] != NULL && argc < 15; i++)
+        argv[argc++] = (char *)args[i];
+    argv[argc] = NULL;
+    struct pz_config c;
+    char err[1024] = "";
+    int rc = cfg_load(&c, argc, argv, env, err, sizeof err);
+    cfg_free(&c);
+    if (path[0] != '\0')
+        unlink(path);
+    if (rc == 0)
+        return "ok";
+    size_t n = 0, pl = strlen(path);
+    for (const char *e = err; *e && n + 1 < sizeof out;) {
+        if (pl > 0 && strncmp(e, path, pl) == 0) {
+            out[n++] = 'F';
+            e += pl;
+        } else {
+            out[n++] = *e++;
+        }
+    }
+    out[n] = '\0';
+    return out;
+}
+
+/* A broken cross-field rule names the place of the directive it blames,
+ * as a bad value does, and where the others came from. */
+TEST(cross_field_names_the_place)
+{
+    /* From the file: the line of each directive. */
+    CHECK_EQ_STR(load_at("node-id n1\nheartbeat-interval 500ms\n"
+                         "election-timeout 1s\n",
+                         NULL, NULL),
+                 "F:3: 'election-timeout' (1s) must be at least 3 x "
+                 "'heartbeat-interval' (500ms, set at F:2)");
+    /* A default is never blamed when the other was set. */
+    CHECK_EQ_STR(load_at("heartbeat-interval 500ms\n", NULL, NULL),
+                 "F:1: 'election-timeout' (1s, the default) must be at "
+                 "least 3 x 'heartbeat-interval' (500ms)");
+    CHECK_EQ_STR(load_at("# ports\ngrpc-addr :8080\n", NULL, NULL),
+                 "F:2: 'http-addr' (:8080, the default) and 'grpc-addr' "
+                 "(:8080) must not use the same port");
+    CHECK_EQ_STR(
+        load_at("node-id n1\ninitial-cluster n2=127.0.0.1:1\n", NULL, NULL),
+        "F:2: 'initial-cluster' must list 'node-id' (n1, set at "
+        "F:1)");
+    CHECK_EQ_STR(
+        load_at("max-partial-input 2mb\nhttp-max-body 8mb\n", NULL, NULL),
+        "F:1: 'max-partial-input' (2mb) must be at least "
+        "'http-max-body' (8mb, set at F:2)");
+    CHECK_EQ_STR(load_at("max-value-size 4mb\n", NULL, NULL),
+                 "F:1: 'http-max-body' (4mb, the default) must be at least "
+                 "'max-key-size' (64kb, the default) + 'max-value-size' "
+                 "(4mb) + 1kb");
+    CHECK_EQ_STR(load_at("conn-high-water 64mb\n", NULL, NULL),
+                 "F:1: 'conn-hard-limit' (64mb, the default) must be "
+                 "greater than 'conn-high-water' (64mb)");
+    CHECK_EQ_STR(load_at("max-value-size 64mb\nhttp-max-body 65mb\n"
+                         "grpc-max-message 65mb\nconn-hard-limit 1gb\n"
+                         "max-pending-output 1gb\n",
+                         NULL, NULL),
+                 "F:1: 'max-key-size' (64kb, the default) + "
+                 "'max-value-size' (64mb) must stay within 64mb: a write "
+                 "must fit in one Raft peer frame");
+    CHECK(strncmp(load_at("\nraft-addr 0.0.0.0:12000\n", NULL, NULL),
+                  "F:2: 'raft-addr' (0.0.0.0:12000) is not a loopback "
+                  "address and 'cluster-token' is not set",
+                  80) == 0);
+    /* The TLS sets: the file named is blamed, not the one left empty. */
+    CHECK_EQ_STR(load_at("tls-cert-file \"\"\ntls-key-file /k\n", NULL, NULL),
+                 "F:2: 'tls-cert-file' and 'tls-key-file' must be set "
+                 "together");
+    CHECK_EQ_STR(load_at("node-id n1\npeer-tls-ca-file /ca\n", NULL, NULL),
+                 "F:2: 'peer-tls-cert-file', 'peer-tls-key-file' and "
+                 "'peer-tls-ca-file' must be set together (mutual TLS)");
+    CHECK_EQ_STR(load_at("tls-client-auth require\n", NULL, NULL),
+                 "F:1: 'tls-client-auth' require needs 'tls-cert-file', "
+                 "'tls-key-file' and 'tls-ca-file' (the CA client "
+                 "certificates chain to)");
+
+    /* Mandi mode, from --mandi, with its file. */
+    static const char *const mandi[] = {"--mandi", NULL};
+    CHECK_EQ_STR(load_at("log-level info\nmandi-addr https://127.0.0.1:7000\n",
+                         mandi, NULL),
+                 "F:2: an https 'mandi-addr' needs 'tls-cert-file' and "
+                 "'tls-key-file' in mandi mode");
+
+    /* The command line: its own place, and it takes over from the file. */
+    static const char *const hb[] = {"--heartbeat-interval", "400ms", NULL};
+    CHECK_EQ_STR(load_at("election-timeout 1s\n", hb, NULL),
+                 "F:1: 'election-timeout' (1s) must be at least 3 x "
+                 "'heartbeat-interval' (400ms, set on the command line)");
+    static const char *const et[] = {"--election-timeout", "1200ms", NULL};
+    CHECK_EQ_STR(
+        load_at("heartbeat-interval 500ms\nelection-timeout 2s\n", et, NULL),
+        "command line: 'election-timeout' (1200ms) must be at "
+        "least 3 x 'heartbeat-interval' (500ms, set at F:1)");
+    static const char *const ports[] = {"--http-addr", ":7", "--grpc-addr=:7",
+                                        NULL};
+    CHECK_EQ_STR(load_at(NULL, ports, NULL),
+                 "command line: 'http-addr' (:7) and 'grpc-addr' (:7, set "
+                 "on the command line) must not use the same port");
+    static const char *const node[] = {"--node-id", "n3", NULL};
+    CHECK_EQ_STR(load_at("initial-cluster n2=127.0.0.1:1\n", node, NULL),
+                 "F:1: 'initial-cluster' must list 'node-id' (n3, set on "
+                 "the command line)");
+
+    /* The environment: the variable, as for a bad value. */
+    char *env_http[] = {"HTTP_ADDR=:9090", NULL};
+    CHECK_EQ_STR(load_at(NULL, NULL, env_http),
+                 "environment HTTP_ADDR: 'http-addr' (:9090) and "
+                 "'grpc-addr' (:9090, the default) must not use the same "
+                 "port");
+    char *env_both[] = {"GRPC_ADDR=127.0.0.1:5", "HTTP_ADDR=:5", NULL};
+    CHECK_EQ_STR(load_at(NULL, NULL, env_both),
+                 "environment HTTP_ADDR: 'http-addr' (:5) and 'grpc-addr' "
+                 "(127.0.0.1:5, set by environment GRPC_ADDR) must not use "
+                 "the same port");
+    char *env_node[] = {"NODE_ID=n3", NULL};
+    CHECK_EQ_STR(load_at("initial-cluster n2=127.0.0.1:1\n", NULL, env_node),
+                 "F:1: 'initial-cluster' must list 'node-id' (n3, set by "
+                 "environment NODE_ID)");
+    char *env_raft[] = {"RAFT_ADDR=0.0.0.0:12000", NULL};
+    CHECK(strncmp(load_at(NULL, NULL, env_raft),
+                  "environment RAFT_ADDR: 'raft-addr' (0.0.0.0:12000) is not "
+                  "a loopback address",
+                  70) == 0);
+    /* The command line over the environment, the environment over the
+     * file. */
+    static const char *const over[] = {"--grpc-addr", ":6", NULL};
+    CHECK_EQ_STR(
+        load_at("http-addr :1\n", over, (char *[]){"HTTP_ADDR=:6", NULL}),
+        "environment HTTP_ADDR: 'http-addr' (:6) and 'grpc-addr' "
+        "(:6, set on the command line) must not use the same port");
+    /* Checked alone (cfg_check), a rule has no place to name. */
+    struct pz_config c;
+    char err[256];
+    cfg_init(&c);
+    CHECK_EQ_INT(set1(&c, "heartbeat-interval", "1s", err, sizeof err), 0);
+    CHECK_EQ_INT(cfg_check(&c, err, sizeof err), PZ_ECONFIG);
+    CHECK_EQ_STR(err, "'election-timeout' (1s) must be at least 3 x "
+                      "'heartbeat-interval' (1s)");
+    cfg_free(&c);
+}
+
 /* A write must fit in one Raft peer frame (64 MiB with its message). */
 TEST(pending_output_holds_a_connection)
 {
@@ -972,8 +1134,8 @@ TEST(pending_output_holds_a_connection)
     cfg_free(&c);
     char *small[] = {"srv", "--max-pending-output", "32mb", NULL};
     CHECK_EQ_INT(cfg_load(&c, 3, small, NULL, err, sizeof err), PZ_ECONFIG);
-    CHECK_EQ_STR(err, "'max-pending-output' (32mb) must be at least "
-                      "'conn-hard-limit' (64mb)");
+    CHECK_EQ_STR(err, "command line: 'max-pending-output' (32mb) must be at "
+                      "least 'conn-hard-limit' (64mb, the default)");
     cfg_free(&c);
 }
 
@@ -1420,6 +1582,7 @@ static const struct test_case config_cases[] = {
     TEST_ENTRY(test_config_and_flags),
     TEST_ENTRY(mandi_shorthand),
     TEST_ENTRY(cross_field),
+    TEST_ENTRY(cross_field_names_the_place),
     TEST_ENTRY(token_characters),
     TEST_ENTRY(open_cluster_needs_loopback),
     TEST_ENTRY(value_fits_a_peer_frame),
