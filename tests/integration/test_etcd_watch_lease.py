@@ -644,6 +644,31 @@ def test_watch_bad_request(cluster, epb):
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_watch_key_over_max_key_size(servers, epb):
+    # a key or range_end over max-key-size is refused like an empty
+    # range (created and canceled, id -1), before any watcher is made
+    pb = epb
+    s = servers(conf={"max-key-size": "1kb"})
+    ws = WatchStream(s.grpc_port, pb)
+    try:
+        for kw in ({"key": b"k" * 1025},
+                   {"key": b"a", "range_end": b"z" * 1025},
+                   {"key": b"\0" * 1025, "range_end": b"\0"}):
+            ws.create(**kw)
+            r = ws.next()
+            assert (r.created, r.canceled, r.watch_id) == (True, True, -1)
+            assert r.cancel_reason == "etcdserver: request is too large"
+        assert s.metric("pyazdb_watchers") == 0
+        # max-key-size itself is fine, and the stream carries on
+        ws.create(key=b"k" * 1024, range_end=b"z" * 1024)
+        r = ws.next()
+        assert r.created and not r.canceled and r.watch_id == 0
+        put(s.grpc_port, pb, b"m", b"1")
+        assert events(ws.next()) == [(0, b"m", b"1")]
+    finally:
+        ws.close()
+
+
 # --- grpcio: Lease ----------------------------------------------------------------
 
 def keepalive(port, pb, ids, timeout=10):
