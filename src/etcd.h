@@ -109,6 +109,9 @@ const char *etcd_watch_cancelled(const struct watcher *w, int64_t *compact);
 #define ETCD_WATCH_COMPACTED                                                   \
     "etcdserver: mvcc: required revision has been compacted"
 #define ETCD_WATCH_EMPTY "mvcc: watcher range is empty"
+/* A key or range_end longer than max-key-size: refused like an empty
+ * range, before the watcher (which copies both) is made. */
+#define ETCD_WATCH_KEY_TOO_LARGE "etcdserver: request is too large"
 #define ETCD_WATCH_TOO_MANY "etcdserver: too many watchers (max-watchers)"
 
 /* etcd_lease.c: Lease calls. */

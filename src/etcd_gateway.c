@@ -592,9 +592,12 @@ static void watch_begin(struct etcd_gw *g)
     struct etcd_watch_keys keys;
     uint64_t start;
     int rv = PZ_ENOTFOUND;
-    bool empty = etcd_watch_keys(c->key.data, c->key.len, c->range_end.data,
-                                 c->range_end.len, &keys) < 0;
-    if (!empty) {
+    size_t max_key = (size_t)gw_state.cfg->max_key_size;
+    bool big = c->key.len > max_key || c->range_end.len > max_key;
+    bool empty =
+        !big && etcd_watch_keys(c->key.data, c->key.len, c->range_end.data,
+                                c->range_end.len, &keys) < 0;
+    if (!big && !empty) {
         if (etcd_watch_start(c->start_revision, kv_revision(node_kv()),
                              watch_hub_first_rev(hub), &start))
             rv = watch_add(hub, &g->w, keys.from, keys.flen, keys.to, keys.tlen,
@@ -608,9 +611,11 @@ static void watch_begin(struct etcd_gw *g)
     g->streaming = true;
     httpd_stream_chunked(g->hc);
     httpd_stream_begin(g->hc, 200, "application/json", HTTPD_STREAM_OPEN);
-    if (empty || rv == PZ_EBUSY) {
+    if (big || empty || rv == PZ_EBUSY) {
         write_simple(g, -1, true, true, 0,
-                     empty ? ETCD_WATCH_EMPTY : ETCD_WATCH_TOO_MANY);
+                     big     ? ETCD_WATCH_KEY_TOO_LARGE
+                     : empty ? ETCD_WATCH_EMPTY
+                             : ETCD_WATCH_TOO_MANY);
         return;
     }
     write_simple(g, 0, true, false, 0, NULL);

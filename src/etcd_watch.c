@@ -293,6 +293,11 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
 {
     struct watch_hub *hub = node_watch();
     struct etcd_watch_keys keys;
+    size_t max_key = grpc_stream_server(es->st)->max_key;
+    if (c->key.len > max_key || c->range_end.len > max_key) {
+        queue_simple(es, -1, true, true, 0, ETCD_WATCH_KEY_TOO_LARGE);
+        return;
+    }
     if (etcd_watch_keys(c->key.data, c->key.len, c->range_end.data,
                         c->range_end.len, &keys) < 0) {
         queue_simple(es, -1, true, true, 0, ETCD_WATCH_EMPTY);

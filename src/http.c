@@ -528,6 +528,7 @@ static void on_lease_read(struct node_req *req, int status)
     struct kv *kv = node_kv();
     uint64_t rev = kv_revision(kv);
     struct kv_lease l;
+    uint64_t ttl = 0;
     struct pz_buf b;
     pz_buf_init(&b);
     if (h->op.kind == HTTP_OP_LEASE_LIST) {
@@ -549,12 +550,13 @@ static void on_lease_read(struct node_req *req, int status)
                        (unsigned long long)kv_lease_count(kv),
                        more ? "true" : "false");
         reply_rev(h, 200, "application/json", b.data, b.len, rev);
-    } else if (!kv_lease_get(kv, h->op.lease_id, &l)) {
+    } else if (!kv_lease_get(kv, h->op.lease_id, &l) ||
+               (h->op.kind == HTTP_OP_LEASE_KEEPALIVE &&
+                !node_lease_keepalive(l.id, &ttl))) {
+        /* An expired lease whose revoke is in flight is gone too. */
         static const char nf[] = "Lease not found\n";
         reply_rev(h, 404, "text/plain", nf, sizeof nf - 1, rev);
     } else if (h->op.kind == HTTP_OP_LEASE_KEEPALIVE) {
-        uint64_t ttl = 0;
-        node_lease_keepalive(l.id, &ttl);
         pz_buf_appendf(&b, "{\"id\":%llu,\"ttl\":%llu}\n",
                        (unsigned long long)l.id, (unsigned long long)ttl);
         reply_rev(h, 200, "application/json", b.data, b.len, rev);

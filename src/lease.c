@@ -75,14 +75,19 @@ void lease_untrack(struct lease_tracker *t, uint64_t id)
         lease_tracker_free(t);
 }
 
-bool lease_keepalive(struct lease_tracker *t, uint64_t id, uint64_t now)
+enum lease_ka lease_keepalive(struct lease_tracker *t, uint64_t id,
+                              uint64_t now)
 {
     struct lease_dl *d = find(t, id);
     if (d == NULL)
-        return false;
+        return LEASE_KA_UNTRACKED;
+    /* A revoke proposed (or about to be, at the next scan) applies whatever
+     * we answer now; even after lease_retry it is proposed again. */
+    if (d->revoke_at || now >= d->deadline)
+        return LEASE_KA_EXPIRED;
     if (now + d->ttl_ms > d->deadline)
         d->deadline = now + d->ttl_ms; /* never shorten */
-    return true;
+    return LEASE_KA_RENEWED;
 }
 
 void lease_reset_all(struct lease_tracker *t, uint64_t now)

@@ -57,8 +57,18 @@ void lease_tracker_clear(struct lease_tracker *t);
 void lease_track(struct lease_tracker *t, uint64_t id, uint64_t ttl_s,
                  uint64_t now);
 void lease_untrack(struct lease_tracker *t, uint64_t id);
-/* Deadline = now + ttl. false if id is not tracked. */
-bool lease_keepalive(struct lease_tracker *t, uint64_t id, uint64_t now);
+/* What lease_keepalive did. */
+enum lease_ka {
+    LEASE_KA_UNTRACKED, /* id is not tracked */
+    LEASE_KA_RENEWED,   /* deadline = now + ttl */
+    LEASE_KA_EXPIRED,   /* its deadline passed (a revoke is due or pending):
+                         * left alone, the lease is as good as gone */
+};
+/* Deadline = now + ttl, unless the lease already expired: once the
+ * deadline passed the leader is about to revoke it (or did propose it),
+ * and renewing it then would promise a TTL the revoke in flight breaks. */
+enum lease_ka lease_keepalive(struct lease_tracker *t, uint64_t id,
+                              uint64_t now);
 /* Every deadline = now + its ttl, pending revokes forgotten (a new
  * leader). */
 void lease_reset_all(struct lease_tracker *t, uint64_t now);

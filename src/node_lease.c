@@ -190,8 +190,15 @@ bool node_lease_keepalive(uint64_t id, uint64_t *ttl)
     struct kv_lease l;
     if (!kv_lease_get(node_kv(), id, &l))
         return false;
-    if (!lease_keepalive(&nl->t, id, now_ms()))
+    switch (lease_keepalive(&nl->t, id, now_ms())) {
+    case LEASE_KA_UNTRACKED:
         lease_track(&nl->t, id, l.ttl, now_ms());
+        break;
+    case LEASE_KA_RENEWED:
+        break;
+    case LEASE_KA_EXPIRED:
+        return false; /* its revoke applies whatever we answer */
+    }
     *ttl = l.ttl;
     return true;
 }

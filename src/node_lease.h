@@ -38,7 +38,8 @@ void node_lease_role(bool leader, uint64_t term);
 void node_lease_tick(void);
 
 /* Leader: the lease's deadline becomes now + its TTL. false if the lease
- * does not exist here. *ttl gets its TTL in seconds. */
+ * does not exist here or already expired (its revoke is due or pending,
+ * so it is gone for the client). *ttl gets its TTL in seconds. */
 bool node_lease_keepalive(uint64_t id, uint64_t *ttl);
 /* Leader: milliseconds left before the leader revokes it (its TTL if not
  * tracked yet). false if the lease does not exist here. */

@@ -327,6 +327,22 @@ def watchers(server):
     return server.metric("pyazdb_watchers")
 
 
+def test_watch_key_over_max_key_size(servers):
+    # as on the gRPC Watch: created and canceled, no watcher made
+    server = servers(conf={"max-key-size": "1kb"})
+    for create in ({"key": b64("k" * 1025)},
+                   {"key": b64("a"), "range_end": b64("z" * 1025)}):
+        w = RawWatch(server.http_port, create)
+        assert w.head[0].startswith("http/1.1 200")
+        r = w.chunk()
+        assert r["created"] is True and r["canceled"] is True
+        assert r["watch_id"] == "-1"
+        assert r["cancel_reason"] == "etcdserver: request is too large"
+        assert w.chunk() is None
+        w.close()
+    assert watchers(server) == 0
+
+
 def test_watch_stream_raw(servers):
     """The stream as bytes: chunked, one JSON line per chunk, created
     first; filters and prev_kv; closing the connection cancels the

@@ -644,6 +644,31 @@ def test_watch_bad_request(cluster, epb):
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_watch_key_over_max_key_size(servers, epb):
+    # a key or range_end over max-key-size is refused like an empty
+    # range (created and canceled, id -1), before any watcher is made
+    pb = epb
+    s = servers(conf={"max-key-size": "1kb"})
+    ws = WatchStream(s.grpc_port, pb)
+    try:
+        for kw in ({"key": b"k" * 1025},
+                   {"key": b"a", "range_end": b"z" * 1025},
+                   {"key": b"\0" * 1025, "range_end": b"\0"}):
+            ws.create(**kw)
+            r = ws.next()
+            assert (r.created, r.canceled, r.watch_id) == (True, True, -1)
+            assert r.cancel_reason == "etcdserver: request is too large"
+        assert s.metric("pyazdb_watchers") == 0
+        # max-key-size itself is fine, and the stream carries on
+        ws.create(key=b"k" * 1024, range_end=b"z" * 1024)
+        r = ws.next()
+        assert r.created and not r.canceled and r.watch_id == 0
+        put(s.grpc_port, pb, b"m", b"1")
+        assert events(ws.next()) == [(0, b"m", b"1")]
+    finally:
+        ws.close()
+
+
 # --- grpcio: Lease ----------------------------------------------------------------
 
 def keepalive(port, pb, ids, timeout=10):
@@ -756,6 +781,53 @@ def test_lease_keepalive_stream_open(cluster, epb):
             assert (r.ID, r.TTL) == (lid, 20)
         reqs.put(None)
         assert list(it) == []  # ends OK once the client's side ended
+
+
+def test_keepalive_after_expiry_renews_nothing(servers, epb):
+    # Keep-alives arriving just after a lease's TTL ran out, some while
+    # the leader's expiry revoke is being committed: each answers TTL 0
+    # (the lease is gone, as etcd says), or a TTL the lease then keeps;
+    # never a TTL followed by the revoke deleting the lease anyway.
+    pb = epb
+    s = servers()
+    p = s.grpc_port
+    n = 300
+    due = []  # (when to send its keep-alive, lease id)
+    for i in range(n):
+        lid = unary(p, pb, "Lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=1),
+                    "LeaseGrantResponse").ID
+        # spread over the leader's 100 ms expiry scans after its deadline
+        due.append((time.monotonic() + 1.0 + (i * 37 % 130) / 1000, lid))
+    due.sort()
+    renewed = {}  # lease id -> when the keep-alive that renewed it went
+    reqs = queue.Queue()
+    with channel(p) as ch:
+        f = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive",
+                             request_serializer=pb.LeaseKeepAliveRequest
+                             .SerializeToString,
+                             response_deserializer=pb.LeaseKeepAliveResponse
+                             .FromString)
+        it = f(iter(reqs.get, None), timeout=60)
+        for when, lid in due:
+            time.sleep(max(0, when - time.monotonic()))
+            sent = time.monotonic()
+            reqs.put(pb.LeaseKeepAliveRequest(ID=lid))
+            r = next(it)
+            assert r.ID == lid
+            if r.TTL > 0:
+                renewed[lid] = sent
+        reqs.put(None)
+        assert list(it) == []
+    time.sleep(0.2)  # revokes in flight apply
+    now = time.monotonic()
+    ls = unary(p, pb, "Lease", "LeaseLeases", pb.LeaseLeasesRequest(),
+               "LeaseLeasesResponse")
+    alive = {x.ID for x in ls.leases}
+    # renewed less than its TTL ago: it must still be there
+    lost = [lid for lid, t in renewed.items()
+            if now - t < 0.8 and lid not in alive]
+    assert lost == [], f"{len(lost)} leases revoked after a keep-alive " \
+        f"renewed them ({len(renewed)} renewed of {n})"
 
 
 def test_shutdown_ends_open_streams(servers, epb):

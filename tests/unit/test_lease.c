@@ -406,9 +406,9 @@ TEST(tracker_deadlines)
     CHECK(lease_expired(&t, 2600 + LEASE_RETRY_MS, ids, 8) == 1);
     lease_untrack(&t, 2);
     CHECK(lease_remaining(&t, 5, 6000, &ms) && ms == 5000);
-    CHECK(lease_keepalive(&t, 5, 6000)); /* deadline 16000 */
+    CHECK(lease_keepalive(&t, 5, 6000) == LEASE_KA_RENEWED); /* to 16000 */
     CHECK(lease_expired(&t, 15999, ids, 8) == 0);
-    CHECK(!lease_keepalive(&t, 6, 6000));
+    CHECK(lease_keepalive(&t, 6, 6000) == LEASE_KA_UNTRACKED);
     CHECK(!lease_remaining(&t, 6, 6000, &ms));
     /* a new leader: full TTL from now, never earlier */
     lease_reset_all(&t, 15000);
@@ -421,6 +421,33 @@ TEST(tracker_deadlines)
     CHECK(lease_expired(&t, 1000, ids, 8) == 8);
     CHECK(lease_expired(&t, 1000, ids, 8) == 8);
     CHECK(lease_expired(&t, 1000, ids, 8) == 4);
+    lease_tracker_free(&t);
+}
+
+/* A keep-alive once the deadline passed renews nothing: the revoke the
+ * leader proposed (or is about to) applies whatever the client is told,
+ * so a renewal would promise a TTL that is not kept. */
+TEST(tracker_keepalive_after_expiry)
+{
+    struct lease_tracker t;
+    lease_tracker_init(&t);
+    uint64_t ids[8], ms;
+    lease_track(&t, 7, 1, 1000);                             /* deadline 2000 */
+    CHECK(lease_keepalive(&t, 7, 1999) == LEASE_KA_RENEWED); /* 2999 */
+    /* expired, the scan has not run yet */
+    CHECK(lease_keepalive(&t, 7, 2999) == LEASE_KA_EXPIRED);
+    CHECK(lease_expired(&t, 3000, ids, 8) == 1 && ids[0] == 7);
+    /* its revoke is in flight */
+    CHECK(lease_keepalive(&t, 7, 3001) == LEASE_KA_EXPIRED);
+    CHECK(lease_remaining(&t, 7, 3001, &ms) && ms == 0);
+    /* the proposal failed: it is still due, proposed again */
+    lease_retry(&t, 7);
+    CHECK(lease_keepalive(&t, 7, 3002) == LEASE_KA_EXPIRED);
+    CHECK(lease_expired(&t, 3100, ids, 8) == 1 && ids[0] == 7);
+    /* a new leader gives it its whole TTL again: renewable */
+    lease_reset_all(&t, 4000);
+    CHECK(lease_keepalive(&t, 7, 4500) == LEASE_KA_RENEWED); /* 5500 */
+    CHECK(lease_expired(&t, 5499, ids, 8) == 0);
     lease_tracker_free(&t);
 }
 
@@ -447,7 +474,7 @@ TEST(tracker_never_early)
             live[id] = true;
             break;
         case 1:
-            if (lease_keepalive(&t, id, now)) {
+            if (lease_keepalive(&t, id, now) == LEASE_KA_RENEWED) {
                 CHECK(live[id]);
                 if (now > base[id])
                     base[id] = now;
@@ -625,8 +652,11 @@ TEST(cluster_sim)
             } else if (what < 8) { /* keep-alive, on the leader */
                 sim_apply(s, s->leader, s->nlog);
                 struct kv_lease l;
-                if (id < s->next_id && kv_lease_get(L->kv, id, &l)) {
-                    if (!lease_keepalive(&L->t, id, s->T + L->off))
+                enum lease_ka ka = LEASE_KA_EXPIRED;
+                if (id < s->next_id && kv_lease_get(L->kv, id, &l))
+                    ka = lease_keepalive(&L->t, id, s->T + L->off);
+                if (ka != LEASE_KA_EXPIRED) { /* as node_lease.c */
+                    if (ka == LEASE_KA_UNTRACKED)
                         lease_track(&L->t, id, l.ttl, s->T + L->off);
                     uint64_t p = s->T + l.ttl * 1000;
                     if (p > s->promised[id])
@@ -694,6 +724,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(txn_leases_and_events),
     TEST_ENTRY(random_vs_model),
     TEST_ENTRY(tracker_deadlines),
+    TEST_ENTRY(tracker_keepalive_after_expiry),
     TEST_ENTRY(tracker_never_early),
     TEST_ENTRY(cluster_sim),
     TEST_END};
