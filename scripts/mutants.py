@@ -715,6 +715,11 @@ MUTATIONS = [
       ["py:test_tls.py::test_trickled_records_do_not_hold_client_slots"],
       "clients trickling a TLS record are never idle: they hold every "
       "slot"),
+    M("txn_keys_only_sorts_without_values", "src/etcd_kv.c",
+      "(r->keys_only && !by_value ? KV_RANGE_KEYS_ONLY",
+      "(r->keys_only ? KV_RANGE_KEYS_ONLY",
+      ["py:test_etcd.py::test_grpc_headers_and_errors"],
+      "a txn's keys_only range sorted by value comes in key order"),
 ]
 
 

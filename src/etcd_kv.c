@@ -830,9 +830,12 @@ static int map_ops(struct gstream *st, Etcdserverpb__RequestOp **ops, size_t n,
             } else {
                 k->type = KV_TOP_RANGE;
                 Etcdserverpb__RangeRequest *r = o->request_range;
+                /* keys_only drops the values in the store, unless they
+                 * are sorted on (the answer drops them: kv_of_view). */
+                bool by_value = (int)r->sort_target == ETCD_SORT_VALUE;
                 k->flags = (rgs[i].to_end ? KV_RANGE_TO_END : 0) |
                            (r->count_only ? KV_RANGE_COUNT_ONLY : 0) |
-                           (r->keys_only ? KV_RANGE_KEYS_ONLY : 0);
+                           (r->keys_only && !by_value ? KV_RANGE_KEYS_ONLY : 0);
                 /* range_build's rule: without a sort or a filter only the
                  * first limit + 1 keys matter, so the walk stops there
                  * (count is then at most limit + 1). */

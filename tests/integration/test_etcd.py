@@ -518,6 +518,23 @@ def test_grpc_headers_and_errors(cluster, epb):
     assert r0.more and r0.count == 2
     assert len(r1.kvs) == 0 and r1.count == 2
     assert [kv.key for kv in r2.kvs] == [b"h2"] and r2.count == 2
+    # keys_only sorted on values whose order is not the keys' (the store
+    # once dropped the values before the sort)
+    for k, v in ((b"s/a", b"3"), (b"s/b", b"1"), (b"s/c", b"2")):
+        call(lp, pb, "KV", "Put", pb.PutRequest(key=k, value=v))
+    for order, limit, want in ((pb.RangeRequest.DESCEND, 0,
+                                [b"s/a", b"s/c", b"s/b"]),
+                               (pb.RangeRequest.NONE, 1, [b"s/b"])):
+        rq = pb.RangeRequest(key=b"s/", range_end=b"s0", keys_only=True,
+                             sort_target=pb.RangeRequest.VALUE,
+                             sort_order=order, limit=limit)
+        t = call(fp, pb, "KV", "Txn", pb.TxnRequest(
+            success=[pb.RequestOp(request_range=rq)]))
+        got = t.responses[0].response_range
+        assert [kv.key for kv in got.kvs] == want, (order, limit)
+        assert all(kv.value == b"" for kv in got.kvs)
+        plain = call(fp, pb, "KV", "Range", rq)
+        assert [kv.key for kv in plain.kvs] == want
 
     def err(port, svc, method, req):
         code, details = rpc_error(call, port, pb, svc, method, req)
