@@ -720,6 +720,12 @@ MUTATIONS = [
       "(r->keys_only ? KV_RANGE_KEYS_ONLY",
       ["py:test_etcd.py::test_grpc_headers_and_errors"],
       "a txn's keys_only range sorted by value comes in key order"),
+    M("watch_cut_waits_for_a_timer", "src/etcd_watch.c",
+      "            kick(es); /* its turn sends the reset: not from the hub */\n",
+      "",
+      ["py:test_hostile_clients.py::"
+       "test_watch_cut_mid_revision_is_reset_at_once"],
+      "a watch cut mid-revision is reset only when a timer flushes"),
 ]
 
 

@@ -169,8 +169,10 @@ static void kick(struct ew_stream *es)
 static void on_turn(struct turn_item *it)
 {
     struct ew_stream *es = container_of(it, struct ew_stream, turn);
-    if (es->cut)
-        return; /* freed as its stream closes */
+    if (es->cut) {
+        grpc_stream_flush(es->st); /* the reset; may free es */
+        return;
+    }
     while (es->queued_bytes < EW_FILL_BYTES && turns_left(&ew.kicks) > 0 &&
            next_events(es))
         ;
@@ -279,6 +281,7 @@ static void on_notify(void *data, struct watcher *w)
             watch_free(ww);
             es->cut = true;
             grpc_stream_reset(es->st);
+            kick(es); /* its turn sends the reset: not from the hub */
             return;
         }
         pz_info("etcd watch %lld cancelled: %s", (long long)ww->id,

@@ -1693,3 +1693,36 @@ def test_pings_are_no_progress_for_answers_held_without_a_window(servers):
     st = s.request("POST", "/set", body=json.dumps(
         {"key": "k2", "value": "w" * 200000}))[0]
     assert st == 204
+
+
+def test_watch_cut_mid_revision_is_reset_at_once(servers, pb, epb):
+    """A watch whose revision was partly out when the history dropped the
+    rest is cut (the stream reset); the reset waited for an unrelated
+    timer, 6 to 9 s, while the client heard nothing. It goes at once."""
+    node = servers(conf=dict(CONF, **{"watch-history-events": "20"}),
+                   env=ENV)
+    put_values(node, "big/{0}", 4, 400 * 1024)
+    c = RawH2(node.grpc_port)  # the default 64 KiB window, never opened
+    create = epb.WatchRequest(create_request=epb.WatchCreateRequest(
+        key=b"big/", range_end=b"big0", prev_kv=True)).SerializeToString()
+    open_calls(c, node.grpc_port, "/etcdserverpb.Watch/Watch", 1, create,
+               end_stream=False)
+    c.read_frames(timeout=1.0)
+    try:
+        # a 1.6 MB revision: 64 KiB of it goes, then the window is shut
+        st, _, body = node.request("POST", "/delete",
+                                   json.dumps({"prefix": "big/"}))
+        assert st in (200, 204), body
+        c.read_frames(timeout=0.5)
+        for i in range(30):  # the history drops it
+            assert set_key(node, f"after/{i}", "x")[0] == 204
+        t0 = time.time()
+        frames, _ = c.read_frames(
+            until=lambda fs: any(f[0] == gh.RST_STREAM for f in fs),
+            timeout=15)
+        assert any(f[0] == gh.RST_STREAM for f in frames)
+        assert "cut in the middle of revision" in node.read_log()
+        assert time.time() - t0 < 2, time.time() - t0
+    finally:
+        c.close()
+    serves_and_kept(node, pb, "k1", "k2")
