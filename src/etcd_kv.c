@@ -289,8 +289,8 @@ static int vlist_visit(void *arg, const struct kv_view *v)
 
 static bool range_has_filter(const Etcdserverpb__RangeRequest *q)
 {
-    return q->min_mod_revision > 0 || q->max_mod_revision > 0 ||
-           q->min_create_revision > 0 || q->max_create_revision > 0;
+    return q->min_mod_revision != 0 || q->max_mod_revision != 0 ||
+           q->min_create_revision != 0 || q->max_create_revision != 0;
 }
 
 /* Filter, sort and limit the views of a range and fill r (kvs point into

@@ -111,13 +111,15 @@ int etcd_cmp_map(int result, int target, const uint8_t *key, size_t klen,
 bool etcd_filter_keep(const struct etcd_filter *f, const struct kv_meta *m)
 {
     int64_t mod = (int64_t)m->mod_revision, cre = (int64_t)m->create_revision;
-    if (f->min_mod > 0 && mod < f->min_mod)
+    /* As etcd: a bound other than 0 counts, a negative one too (a
+     * maximum below 1 keeps nothing). */
+    if (f->min_mod != 0 && mod < f->min_mod)
         return false;
-    if (f->max_mod > 0 && mod > f->max_mod)
+    if (f->max_mod != 0 && mod > f->max_mod)
         return false;
-    if (f->min_create > 0 && cre < f->min_create)
+    if (f->min_create != 0 && cre < f->min_create)
         return false;
-    if (f->max_create > 0 && cre > f->max_create)
+    if (f->max_create != 0 && cre > f->max_create)
         return false;
     return true;
 }

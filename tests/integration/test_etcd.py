@@ -482,6 +482,12 @@ def test_grpc_headers_and_errors(cluster, epb):
     q = pb.RangeRequest(key=b"h", range_end=b"i", count_only=True)
     g = call(fp, pb, "KV", "Range", q)
     assert g.count == 2 and len(g.kvs) == 0
+    # a negative bound counts, as etcd's: a maximum below 1 keeps nothing
+    q = pb.RangeRequest(key=b"h", range_end=b"i", max_mod_revision=-1)
+    g = call(fp, pb, "KV", "Range", q)
+    assert len(g.kvs) == 0 and g.count == 2
+    q = pb.RangeRequest(key=b"h", range_end=b"i", min_mod_revision=-1)
+    assert len(call(fp, pb, "KV", "Range", q).kvs) == 2
     q = pb.RangeRequest(key=b"h", range_end=b"i",
                         sort_target=pb.RangeRequest.CREATE,
                         sort_order=pb.RangeRequest.DESCEND, limit=1)

@@ -196,6 +196,15 @@ TEST(filters_and_sort)
     f.max_create = 0;
     f.min_create = 4;
     CHECK(!etcd_filter_keep(&f, &m));
+    /* negative bounds count, as etcd's: a maximum below 1 keeps nothing,
+     * a minimum below 1 everything */
+    struct etcd_filter neg = {-1, 0, -5, 0};
+    CHECK(etcd_filter_keep(&neg, &m));
+    neg.max_mod = -1;
+    CHECK(!etcd_filter_keep(&neg, &m));
+    neg.max_mod = 0;
+    neg.max_create = -3;
+    CHECK(!etcd_filter_keep(&neg, &m));
 
     CHECK_EQ_INT(etcd_sort_order(ETCD_SORT_NONE, ETCD_SORT_KEY),
                  ETCD_SORT_NONE);
