@@ -110,6 +110,8 @@ struct method {
     int kind;           /* enum method_kind */
     bool client_stream; /* request messages are handled one by one */
     int sub;            /* M_ETCD: enum etcd_call */
+    bool outlives;      /* the call goes on after the client's side ends,
+                           for as long as the client likes (a watch) */
 };
 
 static const struct method methods[] = {
@@ -118,7 +120,7 @@ static const struct method methods[] = {
     {"/kv.KVService/Delete", M_KV_DEL, false},
     {"/pyazdb.Cluster/Status", M_STATUS, false},
     {"/grpc.health.v1.Health/Check", M_HEALTH_CHECK, false},
-    {"/grpc.health.v1.Health/Watch", M_HEALTH_WATCH, false},
+    {"/grpc.health.v1.Health/Watch", M_HEALTH_WATCH, false, 0, true},
     {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", M_REFLECT,
      true},
     {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
@@ -146,7 +148,7 @@ static const struct method methods[] = {
     ETCD("Lease", "LeaseTimeToLive", ETCD_LEASE_TTL),
     ETCD("Lease", "LeaseLeases", ETCD_LEASE_LEASES),
     /* Bidirectional: each request message goes to etcd_stream_message. */
-    {"/etcdserverpb.Watch/Watch", M_ETCD, true, ETCD_WATCH},
+    {"/etcdserverpb.Watch/Watch", M_ETCD, true, ETCD_WATCH, true},
     {"/etcdserverpb.Lease/LeaseKeepAlive", M_ETCD, true, ETCD_LEASE_KEEPALIVE},
     ETCD("Auth", "AuthStatus", ETCD_AUTH_STATUS),
     ETCD("Auth", "AuthEnable", ETCD_AUTH_OTHER),
@@ -1394,10 +1396,14 @@ static void dispatch(struct gstream *st)
 /* Request messages handled one by one for as long as the client likes:
  * a client-streaming method, unless called with one message (relayed by
  * a follower, or by the etcd gateway), which then ends as a unary call's
- * request must (client-body-timeout). */
+ * request must (client-body-timeout). The markers are the client's word:
+ * they count only for a method whose call ends with its request
+ * (LeaseKeepAlive). A Watch outlives its request: a marked one would be
+ * held open outside the caps on such streams (hold_open_ended). */
 static bool streaming_request(const struct gstream *st)
 {
-    return st->m->client_stream && !st->was_forwarded && !st->one_message;
+    return st->m->client_stream &&
+           (st->m->outlives || (!st->was_forwarded && !st->one_message));
 }
 
 /* True while the stream's request is still arriving: its headers, or its
@@ -1556,7 +1562,7 @@ static const char *hold_open_ended(struct gstream *st)
 {
     struct gsession *s = st->s;
     struct grpc_server *gs = s->gs;
-    if (!streaming_request(st) && st->m->kind != M_HEALTH_WATCH)
+    if (!streaming_request(st) && !st->m->outlives)
         return NULL;
     if (gs->open_ended_streams >= 2 * gs->ls.max_conns)
         return "too many open streams (at most twice max-clients)";

@@ -318,6 +318,85 @@ def test_open_streams_are_capped_and_hold_no_budget(node, pb):
     serves_and_kept(node, pb, "k1", "k2")
 
 
+def test_marked_watches_are_open_streams(node, pb):
+    """pyazdb-unary and pyazdb-forwarded make a keep-alive stream one
+    unary call, which ends with its request. A Watch goes on after its
+    client's side ends, so marked or not it is a stream held open, under
+    the caps above. Before, a marked Watch was taken for a unary call that
+    never ended: it held its ~2.4 KiB of max-partial-input and kept its
+    connection from eviction for good, so 999 on one connection made
+    every write "server busy", and max-clients connections with one each
+    kept every new gRPC client out."""
+    import hpack
+    assert set_key(node, "k1", "before")[0] == 204
+    path = "/etcdserverpb.Watch/Watch"
+    create = frame(b"\x0a\x03\x0a\x01a")  # WatchRequest{create: key "a"}
+    markers = [("pyazdb-unary", "1"), ("pyazdb-forwarded", "1")]
+
+    def open_watches(r, sids):
+        r.send(b"".join(
+            gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, gh.hpack_block(
+                grpc_headers(path, node.grpc_port, [markers[sid // 2 % 2]])))
+            + gh.h2_frame(gh.DATA, gh.END_STREAM, sid, create)
+            for sid in sids))
+
+    def answered(fs, sid):  # created, or refused
+        return stream_ended(fs, sid) or any(
+            f[0] == gh.DATA and f[2] == sid for f in fs)
+
+    def refusals(dec, fs):  # dec: the connection's, fed every block
+        out = []
+        for f in fs:
+            if f[0] == gh.HEADERS:
+                h = dict(dec.decode(f[3]))
+                if f[1] & gh.END_STREAM:
+                    out.append((h.get("grpc-status"), h.get("grpc-message")))
+        return out
+
+    # one marked Watch on each of max-clients connections
+    conns, held, refused, dec = [], [], [], {}
+    for i in range(MAX_CLIENTS):
+        r = RawH2(node.grpc_port)
+        open_watches(r, [1 + 2 * (i % 2)])
+        conns.append(r)
+    for i, r in enumerate(conns):
+        sid = 1 + 2 * (i % 2)
+        fs, _ = r.read_frames(until=lambda fs: answered(fs, sid), timeout=5)
+        assert answered(fs, sid), fs
+        dec[r] = hpack.Decoder()
+        got = refusals(dec[r], fs)
+        if got:
+            refused += got
+        else:
+            held.append(r)
+    print(f"{len(refused)} of {MAX_CLIENTS} connections refused: "
+          f"{refused[:1]}")
+    assert len(refused) == MAX_CLIENTS // 2, refused
+    assert all(st == "8" and "too many connections hold open streams" in m
+               for st, m in refused), refused
+    # more of them on a connection that holds one: up to the cap in all
+    sids = range(5, 5 + 2 * 100, 2)
+    open_watches(held[0], sids)
+    fs, _ = held[0].read_frames(
+        until=lambda fs: all(answered(fs, sid) for sid in sids), timeout=5)
+    ended = [sid for sid in sids if stream_ended(fs, sid)]
+    more = refusals(dec[held[0]], fs)
+    assert len(ended) == 100 - (2 * MAX_CLIENTS - len(held)), len(ended)
+    assert all(st == "8" and "too many open streams" in m
+               for st, m in more), more[:3]
+    held_bytes = partial_input(node)
+    print(f"{len(held) + 100 - len(ended)} watches open, budget held "
+          f"{held_bytes} bytes")
+    assert held_bytes < 64 * 1024, held_bytes
+    # the connections whose Watch was refused are idle: once a second
+    # has passed a new client evicts one, and its writes are not "server
+    # busy"
+    time.sleep(1.2)
+    serves_and_kept(node, pb, "k1", "k2")
+    for r in conns:
+        r.close()
+
+
 # --- finding 2: slowloris -------------------------------------------------
 
 
