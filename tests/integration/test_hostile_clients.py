@@ -1596,6 +1596,70 @@ def test_continuation_flood_gets_goaway(node, pb):
     serves_and_kept_grpc(node, pb)
 
 
+def test_hpack_bomb_in_request_headers_and_trailers(node, pb):
+    """Request trailers are held to the 16 KiB header limit as request
+    headers are. One 4 KiB field put in the HPACK table, then named again
+    by one byte each, has nghttp2 check 4 KiB per byte received: trailers
+    were not counted, and 20 such blocks of 144 KiB took the server some
+    3 s of CPU while its other clients waited. Now the stream is reset
+    past 16 KiB and the rest of the block costs little, in headers and in
+    trailers."""
+    def cpu():
+        with open(f"/proc/{node.proc.pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def header_block(sid, block):  # in 9 frames, ending the stream
+        data = b""
+        for i in range(9):
+            flags = (gh.END_STREAM if i == 0 else 0) | (
+                gh.END_HEADERS if i == 8 else 0)
+            data += gh.h2_frame(gh.HEADERS if i == 0 else 9, flags, sid,
+                                block[i * 16384:(i + 1) * 16384])
+        return data
+
+    get = frame(b"\x0a\x01k")  # GetRequest{key: "k"}
+    request = gh.hpack_block(grpc_headers("/kv.KVService/Get",
+                                          node.grpc_port))
+    field = (b"\x40" + gh.hpack_int(3, 7) + b"x-a" + gh.hpack_int(4000, 7)
+             + b"a" * 4000)  # literal with incremental indexing
+    bomb = field + b"\xbe" * (9 * 16384 - len(field) - len(request))
+    r = RawH2(node.grpc_port)
+    r.read_frames(until=lambda fs: any(f[0] == gh.SETTINGS for f in fs),
+                  timeout=2)
+    trailers, headers = range(1, 41, 2), range(41, 61, 2)
+    c0 = cpu()
+    for sid in trailers:
+        r.send(gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, request)
+               + gh.h2_frame(gh.DATA, 0, sid, get)
+               + header_block(sid, bomb + b"\xbe" * len(request)))
+    for sid in headers:
+        r.send(header_block(sid, request + bomb))
+    sids = list(trailers) + list(headers)
+    fs, closed = r.read_frames(
+        until=lambda fs: all(stream_ended(fs, sid) for sid in sids),
+        timeout=15)
+    used = cpu() - c0
+    reset = {f[2] for f in fs
+             if f[0] == gh.RST_STREAM and f[3] == b"\0\0\0\2"}  # INTERNAL
+    print(f"{len(trailers)} trailer and {len(headers)} header blocks of "
+          f"{9 * 16384} bytes: server CPU {used:.2f} s, {len(reset)} "
+          f"streams reset")
+    assert not closed
+    assert reset == set(sids), sorted(set(sids) - reset)
+    assert used < 1.0, used
+    # trailers within the limit are taken (and ignored)
+    sid = 101
+    r.headers(sid, grpc_headers("/kv.KVService/Get", node.grpc_port))
+    r.data(sid, get)
+    r.headers(sid, [("x-t", "t" * 8000)], end_stream=True)
+    fs, _ = r.read_frames(until=lambda fs: stream_ended(fs, sid), timeout=5)
+    assert any(f[0] == gh.DATA and f[2] == sid for f in fs), fs
+    assert not any(f[0] == gh.RST_STREAM and f[2] == sid for f in fs), fs
+    r.close()
+    serves_and_kept_grpc(node, pb)
+
+
 def serves_and_kept_grpc(node, pb):
     c = Client(node.grpc_port, pb)
     try:
