@@ -66,7 +66,7 @@
 
 #define SEND_HIGH (64 * 1024)        /* stop producing output past this */
 #define MAX_STREAMS 1000             /* SETTINGS_MAX_CONCURRENT_STREAMS */
-#define MAX_HEADER_BYTES (16 * 1024) /* request header block, bytes */
+#define MAX_HEADER_BYTES (16 * 1024) /* request header list, bytes */
 #define MAX_STATUS_MESSAGE 1024      /* encoded grpc-message, bytes */
 #define STREAM_WINDOW (1 << 20)      /* least per-stream receive window */
 #define CONN_WINDOW (16 << 20)       /* least connection receive window */
@@ -110,6 +110,8 @@ struct method {
     int kind;           /* enum method_kind */
     bool client_stream; /* request messages are handled one by one */
     int sub;            /* M_ETCD: enum etcd_call */
+    bool outlives;      /* the call goes on after the client's side ends,
+                           for as long as the client likes (a watch) */
 };
 
 static const struct method methods[] = {
@@ -118,7 +120,7 @@ static const struct method methods[] = {
     {"/kv.KVService/Delete", M_KV_DEL, false},
     {"/pyazdb.Cluster/Status", M_STATUS, false},
     {"/grpc.health.v1.Health/Check", M_HEALTH_CHECK, false},
-    {"/grpc.health.v1.Health/Watch", M_HEALTH_WATCH, false},
+    {"/grpc.health.v1.Health/Watch", M_HEALTH_WATCH, false, 0, true},
     {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", M_REFLECT,
      true},
     {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
@@ -146,7 +148,7 @@ static const struct method methods[] = {
     ETCD("Lease", "LeaseTimeToLive", ETCD_LEASE_TTL),
     ETCD("Lease", "LeaseLeases", ETCD_LEASE_LEASES),
     /* Bidirectional: each request message goes to etcd_stream_message. */
-    {"/etcdserverpb.Watch/Watch", M_ETCD, true, ETCD_WATCH},
+    {"/etcdserverpb.Watch/Watch", M_ETCD, true, ETCD_WATCH, true},
     {"/etcdserverpb.Lease/LeaseKeepAlive", M_ETCD, true, ETCD_LEASE_KEEPALIVE},
     ETCD("Auth", "AuthStatus", ETCD_AUTH_STATUS),
     ETCD("Auth", "AuthEnable", ETCD_AUTH_OTHER),
@@ -175,7 +177,8 @@ struct gstream {
     struct pz_queue q;      /* in s->streams */
     const struct method *m; /* from :path, NULL when unknown */
     char path[128];         /* :path as sent (cut), for messages */
-    size_t hdr_bytes;       /* request header bytes so far */
+    size_t hdr_bytes;       /* bytes so far of the header list arriving
+                               (request headers, then trailers) */
     bool post;              /* :method is POST */
     bool ctype_ok;          /* content-type is application/grpc... */
     bool was_forwarded;     /* pyazdb-forwarded header present */
@@ -1394,10 +1397,14 @@ static void dispatch(struct gstream *st)
 /* Request messages handled one by one for as long as the client likes:
  * a client-streaming method, unless called with one message (relayed by
  * a follower, or by the etcd gateway), which then ends as a unary call's
- * request must (client-body-timeout). */
+ * request must (client-body-timeout). The markers are the client's word:
+ * they count only for a method whose call ends with its request
+ * (LeaseKeepAlive). A Watch outlives its request: a marked one would be
+ * held open outside the caps on such streams (hold_open_ended). */
 static bool streaming_request(const struct gstream *st)
 {
-    return st->m->client_stream && !st->was_forwarded && !st->one_message;
+    return st->m->client_stream &&
+           (st->m->outlives || (!st->was_forwarded && !st->one_message));
 }
 
 /* True while the stream's request is still arriving: its headers, or its
@@ -1556,7 +1563,7 @@ static const char *hold_open_ended(struct gstream *st)
 {
     struct gsession *s = st->s;
     struct grpc_server *gs = s->gs;
-    if (!streaming_request(st) && st->m->kind != M_HEALTH_WATCH)
+    if (!streaming_request(st) && !st->m->outlives)
         return NULL;
     if (gs->open_ended_streams >= 2 * gs->ls.max_conns)
         return "too many open streams (at most twice max-clients)";
@@ -1739,9 +1746,15 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame,
                             void *ud)
 {
     struct gsession *s = ud;
-    if (frame->hd.type != NGHTTP2_HEADERS ||
-        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+    if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        /* Trailers: a header list of their own, with its own limit. */
+        struct gstream *st = stream_get(ng, ud, frame->hd.stream_id);
+        if (st)
+            st->hdr_bytes = 0;
+        return 0;
+    }
     struct gstream *st = pz_cache_calloc(1, sizeof *st);
     st->s = s;
     st->id = frame->hd.stream_id;
@@ -1789,15 +1802,22 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame,
                      size_t valuelen, uint8_t flags, void *ud)
 {
     PZ_UNUSED(flags);
-    if (frame->hd.type != NGHTTP2_HEADERS ||
-        frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0; /* request trailers carry nothing we use */
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
     struct gstream *st = stream_get(ng, ud, frame->hd.stream_id);
     if (st == NULL)
         return 0;
+    /* Counted as SETTINGS_MAX_HEADER_LIST_SIZE counts (32 bytes a field
+     * beyond its name and value, so a list holds at most some 500 fields),
+     * request trailers too: nghttp2 checks every field it hands over, and
+     * a 1-byte reference to a 4 KiB field in the HPACK table has it check
+     * 4 KiB. Past the limit it decodes the rest of the block without
+     * handing fields over, at little cost. */
     st->hdr_bytes += namelen + valuelen + 32;
     if (st->hdr_bytes > MAX_HEADER_BYTES)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* request trailers carry nothing we use */
     const char *v = (const char *)value;
     /* By length first: most names a client sends are none we use, and
      * this runs for every header of every request. */

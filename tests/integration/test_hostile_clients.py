@@ -318,6 +318,85 @@ def test_open_streams_are_capped_and_hold_no_budget(node, pb):
     serves_and_kept(node, pb, "k1", "k2")
 
 
+def test_marked_watches_are_open_streams(node, pb):
+    """pyazdb-unary and pyazdb-forwarded make a keep-alive stream one
+    unary call, which ends with its request. A Watch goes on after its
+    client's side ends, so marked or not it is a stream held open, under
+    the caps above. Before, a marked Watch was taken for a unary call that
+    never ended: it held its ~2.4 KiB of max-partial-input and kept its
+    connection from eviction for good, so 999 on one connection made
+    every write "server busy", and max-clients connections with one each
+    kept every new gRPC client out."""
+    import hpack
+    assert set_key(node, "k1", "before")[0] == 204
+    path = "/etcdserverpb.Watch/Watch"
+    create = frame(b"\x0a\x03\x0a\x01a")  # WatchRequest{create: key "a"}
+    markers = [("pyazdb-unary", "1"), ("pyazdb-forwarded", "1")]
+
+    def open_watches(r, sids):
+        r.send(b"".join(
+            gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, gh.hpack_block(
+                grpc_headers(path, node.grpc_port, [markers[sid // 2 % 2]])))
+            + gh.h2_frame(gh.DATA, gh.END_STREAM, sid, create)
+            for sid in sids))
+
+    def answered(fs, sid):  # created, or refused
+        return stream_ended(fs, sid) or any(
+            f[0] == gh.DATA and f[2] == sid for f in fs)
+
+    def refusals(dec, fs):  # dec: the connection's, fed every block
+        out = []
+        for f in fs:
+            if f[0] == gh.HEADERS:
+                h = dict(dec.decode(f[3]))
+                if f[1] & gh.END_STREAM:
+                    out.append((h.get("grpc-status"), h.get("grpc-message")))
+        return out
+
+    # one marked Watch on each of max-clients connections
+    conns, held, refused, dec = [], [], [], {}
+    for i in range(MAX_CLIENTS):
+        r = RawH2(node.grpc_port)
+        open_watches(r, [1 + 2 * (i % 2)])
+        conns.append(r)
+    for i, r in enumerate(conns):
+        sid = 1 + 2 * (i % 2)
+        fs, _ = r.read_frames(until=lambda fs: answered(fs, sid), timeout=5)
+        assert answered(fs, sid), fs
+        dec[r] = hpack.Decoder()
+        got = refusals(dec[r], fs)
+        if got:
+            refused += got
+        else:
+            held.append(r)
+    print(f"{len(refused)} of {MAX_CLIENTS} connections refused: "
+          f"{refused[:1]}")
+    assert len(refused) == MAX_CLIENTS // 2, refused
+    assert all(st == "8" and "too many connections hold open streams" in m
+               for st, m in refused), refused
+    # more of them on a connection that holds one: up to the cap in all
+    sids = range(5, 5 + 2 * 100, 2)
+    open_watches(held[0], sids)
+    fs, _ = held[0].read_frames(
+        until=lambda fs: all(answered(fs, sid) for sid in sids), timeout=5)
+    ended = [sid for sid in sids if stream_ended(fs, sid)]
+    more = refusals(dec[held[0]], fs)
+    assert len(ended) == 100 - (2 * MAX_CLIENTS - len(held)), len(ended)
+    assert all(st == "8" and "too many open streams" in m
+               for st, m in more), more[:3]
+    held_bytes = partial_input(node)
+    print(f"{len(held) + 100 - len(ended)} watches open, budget held "
+          f"{held_bytes} bytes")
+    assert held_bytes < 64 * 1024, held_bytes
+    # the connections whose Watch was refused are idle: once a second
+    # has passed a new client evicts one, and its writes are not "server
+    # busy"
+    time.sleep(1.2)
+    serves_and_kept(node, pb, "k1", "k2")
+    for r in conns:
+        r.close()
+
+
 # --- finding 2: slowloris -------------------------------------------------
 
 
@@ -1514,6 +1593,70 @@ def test_continuation_flood_gets_goaway(node, pb):
     code = int.from_bytes(goaway[0][3][4:8], "big")
     assert code == 11, code  # ENHANCE_YOUR_CALM
     assert b"CONTINUATION" in goaway[0][3][8:], goaway[0][3]
+    serves_and_kept_grpc(node, pb)
+
+
+def test_hpack_bomb_in_request_headers_and_trailers(node, pb):
+    """Request trailers are held to the 16 KiB header limit as request
+    headers are. One 4 KiB field put in the HPACK table, then named again
+    by one byte each, has nghttp2 check 4 KiB per byte received: trailers
+    were not counted, and 20 such blocks of 144 KiB took the server some
+    3 s of CPU while its other clients waited. Now the stream is reset
+    past 16 KiB and the rest of the block costs little, in headers and in
+    trailers."""
+    def cpu():
+        with open(f"/proc/{node.proc.pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def header_block(sid, block):  # in 9 frames, ending the stream
+        data = b""
+        for i in range(9):
+            flags = (gh.END_STREAM if i == 0 else 0) | (
+                gh.END_HEADERS if i == 8 else 0)
+            data += gh.h2_frame(gh.HEADERS if i == 0 else 9, flags, sid,
+                                block[i * 16384:(i + 1) * 16384])
+        return data
+
+    get = frame(b"\x0a\x01k")  # GetRequest{key: "k"}
+    request = gh.hpack_block(grpc_headers("/kv.KVService/Get",
+                                          node.grpc_port))
+    field = (b"\x40" + gh.hpack_int(3, 7) + b"x-a" + gh.hpack_int(4000, 7)
+             + b"a" * 4000)  # literal with incremental indexing
+    bomb = field + b"\xbe" * (9 * 16384 - len(field) - len(request))
+    r = RawH2(node.grpc_port)
+    r.read_frames(until=lambda fs: any(f[0] == gh.SETTINGS for f in fs),
+                  timeout=2)
+    trailers, headers = range(1, 41, 2), range(41, 61, 2)
+    c0 = cpu()
+    for sid in trailers:
+        r.send(gh.h2_frame(gh.HEADERS, gh.END_HEADERS, sid, request)
+               + gh.h2_frame(gh.DATA, 0, sid, get)
+               + header_block(sid, bomb + b"\xbe" * len(request)))
+    for sid in headers:
+        r.send(header_block(sid, request + bomb))
+    sids = list(trailers) + list(headers)
+    fs, closed = r.read_frames(
+        until=lambda fs: all(stream_ended(fs, sid) for sid in sids),
+        timeout=15)
+    used = cpu() - c0
+    reset = {f[2] for f in fs
+             if f[0] == gh.RST_STREAM and f[3] == b"\0\0\0\2"}  # INTERNAL
+    print(f"{len(trailers)} trailer and {len(headers)} header blocks of "
+          f"{9 * 16384} bytes: server CPU {used:.2f} s, {len(reset)} "
+          f"streams reset")
+    assert not closed
+    assert reset == set(sids), sorted(set(sids) - reset)
+    assert used < 1.0, used
+    # trailers within the limit are taken (and ignored)
+    sid = 101
+    r.headers(sid, grpc_headers("/kv.KVService/Get", node.grpc_port))
+    r.data(sid, get)
+    r.headers(sid, [("x-t", "t" * 8000)], end_stream=True)
+    fs, _ = r.read_frames(until=lambda fs: stream_ended(fs, sid), timeout=5)
+    assert any(f[0] == gh.DATA and f[2] == sid for f in fs), fs
+    assert not any(f[0] == gh.RST_STREAM and f[2] == sid for f in fs), fs
+    r.close()
     serves_and_kept_grpc(node, pb)
 
 
