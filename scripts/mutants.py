@@ -470,8 +470,8 @@ MUTATIONS = [
        "test_grpc_large_revisions_wait_in_the_history"],
       "a large revision is packed whole for every gRPC watch"),
     M("one_message_calls_held_open", "src/grpc.c",
-      "    return st->m->client_stream && !st->was_forwarded && !st->one_message;",
-      "    return st->m->client_stream && !st->was_forwarded;",
+      "           (st->m->outlives || (!st->was_forwarded && !st->one_message));",
+      "           (st->m->outlives || !st->was_forwarded);",
       ["py:test_etcd_watch_lease.py::"
        "test_open_streams_hold_at_most_half_the_connections"],
       "the etcd gateway's keep-alives count as streams held open"),
@@ -726,6 +726,31 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_watch_cut_mid_revision_is_reset_at_once"],
       "a watch cut mid-revision is reset only when a timer flushes"),
+    M("marked_watch_escapes_the_caps", "src/grpc.c",
+      "           (st->m->outlives || (!st->was_forwarded && !st->one_message));",
+      "           (!st->was_forwarded && !st->one_message);",
+      ["py:test_hostile_clients.py::test_marked_watches_are_open_streams"],
+      "a Watch marked as a one-message call stays open outside every cap"),
+    M("trailers_uncounted", "src/grpc.c",
+      "        if (st)\n            st->hdr_bytes = 0;\n        return 0;",
+      "        return 0;",
+      ["py:test_hostile_clients.py::"
+       "test_hpack_bomb_in_request_headers_and_trailers"],
+      "request trailers escape the header limit: an HPACK bomb costs "
+      "seconds of CPU"),
+    M("keepalive_renews_an_expired_lease", "src/lease.c",
+      "    if (d->revoke_at || now >= d->deadline)\n        return LEASE_KA_EXPIRED;",
+      "    if (false)\n        return LEASE_KA_EXPIRED;",
+      ["unit:lease/tracker_keepalive_after_expiry",
+       "py:test_etcd_watch_lease.py::"
+       "test_keepalive_after_expiry_renews_nothing"],
+      "a keep-alive renews a lease whose revoke is on its way: two lock "
+      "holders"),
+    M("watch_key_unbounded", "src/etcd_watch.c",
+      "    if (c->key.len > max_key || c->range_end.len > max_key) {",
+      "    if (false) {",
+      ["py:test_etcd_watch_lease.py::test_watch_key_over_max_key_size"],
+      "a watch's key of any size is held for the watch's life"),
 ]
 
 
