@@ -751,6 +751,12 @@ MUTATIONS = [
       "    if (false) {",
       ["py:test_etcd_watch_lease.py::test_watch_key_over_max_key_size"],
       "a watch's key of any size is held for the watch's life"),
+    M("one_client_takes_every_turn", "src/conn.c",
+      "    if (c->turn_in < share || (c->flags & CONN_TURN_PAUSED))",
+      "    if (true)",
+      ["unit:httpd/one_client_takes_a_share_of_each_turn"],
+      "a client sending as fast as it can delays every other client by "
+      "all it sent"),
 ]
 
 

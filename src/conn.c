@@ -29,11 +29,15 @@ static struct conn_limits limits;
 static struct pz_queue pending_q;  /* conns with output to write */
 static struct pz_queue closing_q;  /* conns flagged CLOSE_ASAP */
 static struct pz_queue outbound_q; /* conns from conn_connect */
+static struct pz_queue turn_q;     /* conns flagged TURN_PAUSED */
+static uint64_t turn_no;           /* loop turns (conn_before_sleep) */
 static size_t n_live;              /* conns not yet freed */
 static uint64_t client_input_at;   /* conn_client_input_at */
 static size_t in_total;            /* partial input charged, all conns */
 static size_t out_total;           /* output charged, client conns */
 static char read_buf[READ_BUF_SIZE];
+/* conn_limits.turn_input's default. */
+#define CONN_TURN_INPUT (4 * READ_BUF_SIZE)
 static char plain_buf[READ_BUF_SIZE]; /* decrypted input, as read_buf */
 static struct pz_queue listeners;  /* listening, for the idle sweep */
 static const struct conn_ops no_ops; /* for conns with no protocol state */
@@ -55,6 +59,7 @@ void conn_setup(uv_loop_t *l, const struct conn_limits *lim)
     pz_queue_init(&pending_q);
     pz_queue_init(&closing_q);
     pz_queue_init(&outbound_q);
+    pz_queue_init(&turn_q);
     pz_queue_init(&listeners);
 }
 
@@ -409,6 +414,27 @@ static void tls_input(struct conn *c)
     }
 }
 
+/* A client's share of a loop turn's input: libuv reads a readable
+ * connection up to 32 times (2 MiB) in a row, so one client sending as
+ * fast as it can (header blocks that are costly to decode, say) made
+ * every other client wait for all of it each turn. Past CONN_TURN_INPUT
+ * in one turn (conn_limits.turn_input), c is read again in the next one,
+ * after the others. */
+static void turn_share(struct conn *c, size_t n)
+{
+    if (c->turn != turn_no) {
+        c->turn = turn_no;
+        c->turn_in = 0;
+    }
+    c->turn_in += n;
+    size_t share = limits.turn_input ? limits.turn_input : CONN_TURN_INPUT;
+    if (c->turn_in < share || (c->flags & CONN_TURN_PAUSED))
+        return;
+    c->flags |= CONN_TURN_PAUSED;
+    pz_queue_push(&turn_q, &c->tq);
+    update_reading(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
@@ -442,6 +468,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         activity(c);
     if (c->ls && c->ls->clients)
         client_input_at = uv_now(loop);
+    if (c->ls && c->ls->clients)
+        turn_share(c, (size_t)nread);
     if (c->tls) {
         tls_feed(c->tls, buf->base, (size_t)nread);
         tls_input(c);
@@ -456,7 +484,7 @@ static void update_reading(struct conn *c)
         return;
     bool want = (c->flags & CONN_LINGER) ||
                 !(c->flags & (CONN_PAUSED | CONN_BACKPRESSURE |
-                              CONN_CLOSE_ASAP));
+                              CONN_CLOSE_ASAP | CONN_TURN_PAUSED));
     if (want && !(c->flags & CONN_READING)) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
             c->flags |= CONN_READING;
@@ -551,6 +579,10 @@ static void reap(struct conn *c)
         unadmit(c);
     pz_queue_remove(&c->q);
     pz_queue_remove(&c->fq);
+    if (c->flags & CONN_TURN_PAUSED) {
+        c->flags &= ~(unsigned)CONN_TURN_PAUSED;
+        pz_queue_remove(&c->tq);
+    }
     if (c->ls)
         c->ls->n_conns--;
     if (c->ls && (c->flags & CONN_COUNTED))
@@ -708,6 +740,14 @@ void conn_before_sleep(void)
     /* Reaping first: a protocol's on_close may write to other
      * connections (a failed forward answers its client). */
     reap_all();
+    turn_no++;
+    while (!pz_queue_empty(&turn_q)) {
+        struct pz_queue *e = pz_queue_head(&turn_q);
+        struct conn *c = container_of(e, struct conn, tq);
+        pz_queue_remove(e);
+        c->flags &= ~(unsigned)CONN_TURN_PAUSED;
+        update_reading(c);
+    }
     /* on_drain may write again, re-queueing the conn: loop until stable,
      * but never spin on a conn whose writes are still in flight. */
     for (int round = 0; round < 4 && !pz_queue_empty(&pending_q); round++) {

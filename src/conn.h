@@ -139,6 +139,8 @@ enum {
                                    protocol calls conn_touch() */
     CONN_COUNTED = 1 << 12,     /* in pyazdb_clients_connected (stats.h) */
     CONN_SOFT_PAUSED = 1 << 13, /* conn_pause_soft: pause at next input */
+    CONN_TURN_PAUSED = 1 << 14, /* took its share of this loop turn's
+                                   input: read again next turn */
 };
 
 struct conn {
@@ -175,6 +177,9 @@ struct conn {
                                   first) or the outbound list */
     struct pz_queue fq;        /* in ls->fresh until CONN_SERVED */
     struct pz_queue pending;   /* in the pending-write or close list */
+    struct pz_queue tq;        /* in the turn-paused list */
+    uint64_t turn;             /* the loop turn turn_in counts in */
+    size_t turn_in;            /* bytes read in that turn */
     char peer[64];             /* "ip:port" of the other end */
     uv_connect_t connect_req;  /* outbound: the connect request */
     uv_shutdown_t shutdown_req; /* lingering close */
@@ -191,6 +196,9 @@ struct conn_limits {
     size_t max_pending_output; /* process-wide bound on output waiting for
                                   clients (conn_listener.clients), bytes;
                                   0 = no limit */
+    size_t turn_input;         /* a client connection's input per loop turn
+                                  before the other connections' turn, bytes;
+                                  0 = 256 KiB */
 };
 
 /* When the listener evicts: a connection that has not completed a request

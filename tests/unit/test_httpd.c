@@ -76,6 +76,8 @@ static void on_stream(struct httpd_conn *hc)
 
 /* Routes: /big and /huge are BIG_ANSWER and HUGE_ANSWER bytes, /held answers 50 ms later, /stream streams (above), /auth wants token "s3cret", /close
  * closes after its answer, /empty is 204, anything else echoes its path. */
+static size_t turn_in_at; /* conn_in_total() when /turn was dispatched */
+
 static void on_request(struct httpd_conn *hc)
 {
     const struct http_req *req = &hc->p.req;
@@ -115,6 +117,9 @@ static void on_request(struct httpd_conn *hc)
                                 .body = body, .blen = n};
         httpd_reply(hc, &r);
         pz_free(body);
+    } else if (strcmp(path, "/turn") == 0) {
+        turn_in_at = conn_in_total();
+        httpd_text(hc, 200, path, NULL);
     } else if (strcmp(path, "/empty") == 0) {
         struct httpd_reply r = {.status = 204};
         httpd_reply(hc, &r);
@@ -135,6 +140,7 @@ static const struct httpd_ops ops = {.on_request = on_request,
                                      .on_stream = on_stream};
 
 static size_t out_budget; /* max_pending_output of the next world_init */
+static size_t turn_share; /* turn_input of the next world_init */
 
 static bool world_init(size_t budget, uint64_t header_ms, size_t max_clients)
 {
@@ -143,7 +149,8 @@ static bool world_init(size_t budget, uint64_t header_ms, size_t max_clients)
     struct conn_limits lim = {.high_water = 1u << 20,
                               .hard_limit = 64u << 20,
                               .max_partial_input = budget,
-                              .max_pending_output = out_budget};
+                              .max_pending_output = out_budget,
+                              .turn_input = turn_share};
     conn_setup(&loop, &lim);
     uv_prepare_init(&loop, &prep);
     uv_prepare_start(&prep, on_prep);
@@ -413,6 +420,51 @@ TEST(partial_input_budget)
     out = read_until(a, "/a\n", 2000, &closed);
     CHECK(strstr(out, "HTTP/1.1 200 OK") != NULL);
     CHECK_EQ_INT(conn_in_total(), 0);
+    close(a);
+    close(b);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
+/* A client sending as fast as it can takes a share of each loop turn's
+ * input: another client's request is served after one share of the
+ * first one's bytes, not after all that the socket holds. */
+TEST(one_client_takes_a_share_of_each_turn)
+{
+    turn_share = 64 * 1024;
+    bool ok = world_init(8u << 20, 0, 10);
+    turn_share = 0;
+    CHECK(ok);
+    /* room for some 200 kB in each accepted socket (listener's buffer
+     * sizes are inherited) before the server reads any */
+    uv_os_fd_t lfd;
+    int rcv = 1 << 20;
+    CHECK(uv_fileno((uv_handle_t *)&srv.ls.tcp, &lfd) == 0);
+    CHECK(setsockopt(lfd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv) == 0);
+    int a = dial(), b = dial();
+    CHECK(a >= 0 && b >= 0);
+    run_for(20); /* both accepted */
+    CHECK(send_all(a, "POST /a HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n"));
+    static char chunk[16384];
+    memset(chunk, 'x', sizeof chunk);
+    size_t sent = 0;
+    while (sent < 900000) {
+        ssize_t n = send(a, chunk, sizeof chunk, MSG_DONTWAIT);
+        if (n <= 0)
+            break;
+        sent += (size_t)n;
+    }
+    CHECK(sent > 200000);
+    CHECK(send_all(b, "GET /turn HTTP/1.1\r\n\r\n"));
+    usleep(50000); /* all of it in the server's sockets */
+    bool closed;
+    const char *out = read_until(b, "/turn\n", 2000, &closed);
+    CHECK(strstr(out, "HTTP/1.1 200 OK") != NULL);
+    /* a's bytes taken before b's turn: one share of 64 KiB (a few more
+     * if b's request came in a turn later), not the 200 kB waiting */
+    if (turn_in_at > 140000)
+        fprintf(stderr, "    %zu bytes of a taken before b's turn\n",
+                turn_in_at);
+    CHECK(turn_in_at <= 140000);
     close(a);
     close(b);
     CHECK_EQ_INT(world_close(), 0);
@@ -826,6 +878,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(bearer_check),
     TEST_ENTRY(header_deadline_cannot_be_trickled),
     TEST_ENTRY(partial_input_budget),
+    TEST_ENTRY(one_client_takes_a_share_of_each_turn),
     TEST_ENTRY(refused_at_max_clients),
     TEST_ENTRY(drain_finishes_held_requests),
     TEST_ENTRY(client_answers_in_order),
