@@ -716,24 +716,33 @@ MUTATIONS = [
       "clients trickling a TLS record are never idle: they hold every "
       "slot"),
     M("txn_keys_only_sorts_without_values", "src/etcd_kv.c",
-      "(r->keys_only && !by_value ? KV_RANGE_KEYS_ONLY",
-      "(r->keys_only ? KV_RANGE_KEYS_ONLY",
+      "bool by_value = (int)r->sort_target == ETCD_SORT_VALUE;",
+      "bool by_value = false;",
       ["py:test_etcd.py::test_grpc_headers_and_errors"],
       "a txn's keys_only range sorted by value comes in key order"),
     M("watch_cut_waits_for_a_timer", "src/etcd_watch.c",
-      "            kick(es); /* its turn sends the reset: not from the hub */\n",
+      "        grpc_stream_flush(es->st); /* the reset; may free es */\n",
       "",
       ["py:test_hostile_clients.py::"
        "test_watch_cut_mid_revision_is_reset_at_once"],
       "a watch cut mid-revision is reset only when a timer flushes"),
-    M("marked_watch_escapes_the_caps", "src/grpc.c",
-      "           (st->m->outlives || (!st->was_forwarded && !st->one_message));",
-      "           (!st->was_forwarded && !st->one_message);",
-      ["py:test_hostile_clients.py::test_marked_watches_are_open_streams"],
-      "a Watch marked as a one-message call stays open outside every cap"),
+    {"name": "marked_watch_escapes_the_caps",
+     "edits": [("src/grpc.c",
+                "           (st->m->outlives || (!st->was_forwarded && "
+                "!st->one_message));",
+                "           (!st->was_forwarded && !st->one_message);"),
+               ("src/grpc.c",
+                "    if (!streaming_request(st) && !st->m->outlives)",
+                "    if (!streaming_request(st) && "
+                "st->m->kind != M_HEALTH_WATCH)")],
+     "tests": ["py:test_hostile_clients.py::"
+               "test_marked_watches_are_open_streams"],
+     "why": "a Watch marked as a one-message call stays open outside "
+            "every cap"},
     M("trailers_uncounted", "src/grpc.c",
-      "        if (st)\n            st->hdr_bytes = 0;\n        return 0;",
-      "        return 0;",
+      "    st->hdr_bytes += namelen + valuelen + 32;\n",
+      "    if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)\n"
+      "        st->hdr_bytes += namelen + valuelen + 32;\n",
       ["py:test_hostile_clients.py::"
        "test_hpack_bomb_in_request_headers_and_trailers"],
       "request trailers escape the header limit: an HPACK bomb costs "
@@ -747,8 +756,8 @@ MUTATIONS = [
       "a keep-alive renews a lease whose revoke is on its way: two lock "
       "holders"),
     M("watch_key_unbounded", "src/etcd_watch.c",
-      "    if (c->key.len > max_key || c->range_end.len > max_key) {",
-      "    if (false) {",
+      "    size_t max_key = grpc_stream_server(es->st)->max_key;",
+      "    size_t max_key = SIZE_MAX;",
       ["py:test_etcd_watch_lease.py::test_watch_key_over_max_key_size"],
       "a watch's key of any size is held for the watch's life"),
     M("one_client_takes_every_turn", "src/conn.c",
