@@ -203,6 +203,7 @@ struct node {
     uint64_t mandi_join;         /* POST /join-requests in flight */
     uint64_t mandi_del;          /* DELETE /join-requests in flight */
     uint64_t join_warned;        /* incarnation last warned about */
+    struct pz_ratelimit join_lines; /* lines about join requests */
     uint64_t join_held;          /* id of the join request last held back
                                     for non-voters catching up */
     /* snapshots (see the section below) */
