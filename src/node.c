@@ -568,6 +568,9 @@ static const char *on_recv(void *data, const struct raft_msg *m)
                  (unsigned long long)m->from);
         return NULL;
     }
+    const char *refused = snaps_install_refused(m);
+    if (refused)
+        return refused;
     node_metrics_recv(m);
     struct raft_status rs;
     bool had = false;

@@ -203,6 +203,7 @@ struct node {
     uint64_t mandi_join;         /* POST /join-requests in flight */
     uint64_t mandi_del;          /* DELETE /join-requests in flight */
     uint64_t join_warned;        /* incarnation last warned about */
+    struct pz_ratelimit join_lines; /* lines about join requests */
     uint64_t join_held;          /* id of the join request last held back
                                     for non-voters catching up */
     /* snapshots (see the section below) */
@@ -224,6 +225,8 @@ struct node {
     uint64_t rx_last_ms;         /* io now() of its last chunk */
     uint64_t got_index, got_term;/* verified received file, not installed */
     struct kv *got_kv;           /* that file, loaded (the check loads) */
+    uint8_t *got_conf;           /* its configuration, encoded again */
+    size_t got_conf_len;         /* (canonical: compared with a message's) */
     bool got_taken;              /* the core took its INSTALL_SNAPSHOT:
                                     the next Ready installs it */
     struct watch_hub watch_hub;  /* every change the state machine makes,
@@ -363,6 +366,9 @@ void snaps_rx_check(void);
 /* Whether m may go to the core: an INSTALL_SNAPSHOT only once its file is
  * here and loaded. */
 bool snaps_install_ready(const struct raft_msg *m);
+/* NULL, or why an INSTALL_SNAPSHOT whose file is here must not go to the
+ * core (its configuration is not the file's: the file is dropped). */
+const char *snaps_install_refused(const struct raft_msg *m);
 /* rd.snapshot: the received table becomes the state machine. */
 void snaps_install(const struct raft_snapshot_meta *sm);
 /* The node closes: the writer child, transfers both ways. */

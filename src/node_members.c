@@ -4,6 +4,7 @@
  * promotion and leadership transfer, mandi registration and joins. */
 #include <cJSON.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -766,6 +767,48 @@ void members_register_leader(void)
         NIO(mandi_put_leader, &li, on_mandi_done, &nd->mandi_put);
 }
 
+/* Lines about the join requests mandi lists: its answer decides how many
+ * there are (a mandi that lies, or whoever can post join requests, lists
+ * up to 1024 each poll, each one new), so they share one limit,
+ * JOIN_LOG_BURST lines per JOIN_LOG_WINDOW_MS, and the next line let
+ * through counts those held back. */
+#define JOIN_LOG_BURST 10
+#define JOIN_LOG_WINDOW_MS 60000
+
+static void join_log(enum pz_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void join_log(enum pz_log_level level, const char *fmt, ...)
+{
+    unsigned dropped;
+    if (!pz_ratelimit(&nd->join_lines, NIO(now), JOIN_LOG_WINDOW_MS,
+                      JOIN_LOG_BURST, &dropped))
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (dropped)
+        pz_log(level,
+               "%s (and %u similar lines about join requests not "
+               "logged)",
+               msg, dropped);
+    else
+        pz_log(level, "%s", msg);
+}
+
+/* "" or, for n > 0, how many more requests of the same kind a poll
+ * listed. */
+static void more_requests(char *buf, size_t len, size_t n)
+{
+    if (n == 0)
+        snprintf(buf, len, "%s", "");
+    else
+        snprintf(buf, len, "; %zu more such join request%s", n,
+                 n == 1 ? "" : "s");
+}
+
 static void on_joins(const struct mandi_result *res, void *data)
 {
     PZ_UNUSED(data);
@@ -773,6 +816,11 @@ static void on_joins(const struct mandi_result *res, void *data)
     if (res->err < 0 || res->http_status != 200 || nd->role != RAFT_LEADER)
         return;
     const struct raft_conf *conf = raft_conf_current(nd->raft, NULL);
+    /* Stale requests and new data dirs: one line of each per poll, for
+     * the first, counting the others. */
+    char stale_id[PZ_ESCAPED_MAX] = "", new_dir_id[PZ_ESCAPED_MAX] = "";
+    uint64_t stale_entry = 0;
+    size_t n_stale = 0, n_new_dir = 0;
     for (size_t i = 0; i < res->n_joins; i++) {
         const struct mandi_join *j = &res->joins[i];
         uint64_t id = members_name_to_id(j->id);
@@ -786,11 +834,10 @@ static void on_joins(const struct mandi_result *res, void *data)
         bool served = m && m->voter && m->inc == j->incarnation;
         bool stale = !m && rm && meta_inc(rm->meta) == j->incarnation;
         if (served || stale) {
-            if (stale)
-                pz_info("join request of %s is from the member removed by "
-                        "entry %llu: ignored (a node joins again with an "
-                        "empty data dir)",
-                        eid, (unsigned long long)rm->index);
+            if (stale && n_stale++ == 0) {
+                snprintf(stale_id, sizeof stale_id, "%s", eid);
+                stale_entry = rm->index;
+            }
             if (!nd->mandi_del)
                 nd->mandi_del = NIO(mandi_delete_join, j->id,
                                                    on_mandi_done,
@@ -801,11 +848,8 @@ static void on_joins(const struct mandi_result *res, void *data)
             /* Another data dir under a member's name (a member wiped and
              * restarted): adding it would put a voter that forgot what it
              * acknowledged back into the quorums. */
-            if (nd->join_warned != j->incarnation)
-                pz_warn("%s asks to join with a new data dir, but %s is a "
-                        "member: remove it first (see README, \"Replacing "
-                        "a node\")",
-                        eid, eid);
+            if (nd->join_warned != j->incarnation && n_new_dir++ == 0)
+                snprintf(new_dir_id, sizeof new_dir_id, "%s", eid);
             nd->join_warned = j->incarnation;
             continue;
         }
@@ -819,10 +863,11 @@ static void on_joins(const struct mandi_result *res, void *data)
              * requests (or a mandi that lies) adds no more than this to
              * the configuration. */
             if (nd->join_held != id)
-                pz_info("join request of %s waits: %zu non-voters are "
-                        "catching up, at most %d at once (one that never "
-                        "will: DELETE /cluster/members/ID)",
-                        eid, learners, MEMBERS_MAX_NONVOTERS);
+                join_log(PZ_LOG_INFO,
+                         "join request of %s waits: %zu non-voters are "
+                         "catching up, at most %d at once (one that never "
+                         "will: DELETE /cluster/members/ID)",
+                         eid, learners, MEMBERS_MAX_NONVOTERS);
             nd->join_held = id;
             break;
         }
@@ -838,8 +883,24 @@ static void on_joins(const struct mandi_result *res, void *data)
         if (rv == 0)
             pz_info("adding %s (%s) as a non-voter", eid, eaddr);
         else if (rv != PZ_EBUSY)
-            pz_warn("cannot add %s: %s", eid, pz_strerror(rv));
+            join_log(PZ_LOG_WARNING, "cannot add %s: %s", eid, pz_strerror(rv));
         break; /* one change per poll (conf is stale after it) */
+    }
+    char more[64];
+    if (n_stale) {
+        more_requests(more, sizeof more, n_stale - 1);
+        join_log(PZ_LOG_INFO,
+                 "join request of %s is from the member removed by entry "
+                 "%llu: ignored (a node joins again with an empty data "
+                 "dir)%s",
+                 stale_id, (unsigned long long)stale_entry, more);
+    }
+    if (n_new_dir) {
+        more_requests(more, sizeof more, n_new_dir - 1);
+        join_log(PZ_LOG_WARNING,
+                 "%s asks to join with a new data dir, but %s is a member: "
+                 "remove it first (see README, \"Replacing a node\")%s",
+                 new_dir_id, new_dir_id, more);
     }
 }
 

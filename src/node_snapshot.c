@@ -500,7 +500,9 @@ void snaps_on_peer_link(void *data, uint64_t id, bool connected)
  * raft-snapshot-max-size (0: four times our own state, at least
  * RX_AUTO_MIN), and by the free space of the data directory, which keeps
  * RX_DISK_RESERVE free. The file is checked by loading it (the loader's
- * checks, a repeated key included) into the table the install will use. */
+ * checks, a repeated key included) into the table the install will use;
+ * its configuration must decode, and the install message must carry the
+ * same one (snaps_install_refused). */
 #define RX_IDLE_MS 30000
 #define RX_AUTO_MIN (UINT64_C(4) << 30)
 #define RX_DISK_RESERVE (UINT64_C(64) << 20)
@@ -536,30 +538,35 @@ void snaps_got_drop(void)
     got_free();
 }
 
+/* Remove the received file (index, term). A local snapshot at the same
+ * point has the same path (the writer renamed its file over the received
+ * one): that file stays, or a crash after the log's compaction would leave
+ * no snapshot that covers the compacted prefix and the node could not
+ * start. So does the file of a local snapshot still being written at that
+ * point: its writer may have renamed it into place already, and once it
+ * is done the log is compacted on the strength of that file. */
+static void got_unlink(uint64_t index, uint64_t term)
+{
+    const struct snapshot_child *c = &nd->snap_child;
+    bool local = (index == nd->snap_index && term == nd->snap_term) ||
+                 (index == nd->prev_snap_index && term == nd->prev_snap_term) ||
+                 (c->pid != 0 && index == c->index && term == c->term);
+    if (local)
+        return;
+    char path[SNAPSHOT_PATH_MAX];
+    snapshot_path(nd->cfg->raft_data, index, term, path, sizeof path);
+    unlink(path);
+}
+
 static void got_free(void)
 {
-    /* A local snapshot at the same point has the same path (the writer
-     * renamed its file over the received one): that file stays, or a
-     * crash after the log's compaction would leave no snapshot that
-     * covers the compacted prefix and the node could not start. So does
-     * the file of a local snapshot still being written at that point: its
-     * writer may have renamed it into place already, and once it is done
-     * the log is compacted on the strength of that file. */
-    const struct snapshot_child *c = &nd->snap_child;
-    bool local = (nd->got_index == nd->snap_index &&
-                  nd->got_term == nd->snap_term) ||
-                 (nd->got_index == nd->prev_snap_index &&
-                  nd->got_term == nd->prev_snap_term) ||
-                 (c->pid != 0 && nd->got_index == c->index &&
-                  nd->got_term == c->term);
-    if (nd->got_kv && !local) {
-        char path[SNAPSHOT_PATH_MAX];
-        snapshot_path(nd->cfg->raft_data, nd->got_index, nd->got_term,
-                      path, sizeof path);
-        unlink(path);
-    }
+    if (nd->got_kv)
+        got_unlink(nd->got_index, nd->got_term);
     kv_free(nd->got_kv);
     nd->got_kv = NULL;
+    pz_free(nd->got_conf);
+    nd->got_conf = NULL;
+    nd->got_conf_len = 0;
     nd->got_taken = false;
     nd->got_index = nd->got_term = 0;
 }
@@ -590,6 +597,19 @@ static bool rx_fits_disk(uint64_t total, char *why, size_t len)
              (unsigned long long)total, (unsigned long long)avail,
              nd->cfg->raft_data);
     return false;
+}
+
+/* buf decoded and encoded again into *out (pz_free it); false if it does
+ * not decode. Two blobs of the same configuration come out the same. */
+static bool conf_canonical(const uint8_t *buf, size_t len, uint8_t **out,
+                           size_t *outlen)
+{
+    struct raft_conf c;
+    if (raft_conf_decode(buf, len, &c) < 0)
+        return false;
+    raft_conf_encode(&c, out, outlen);
+    raft_conf_free(&c);
+    return true;
 }
 
 const char *snaps_on_chunk(void *data, uint64_t from,
@@ -674,14 +694,30 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     nd->rx = NULL;
     uint64_t seed = pz_seed();
     struct kv *kv = kv_new_seeded(seed);
-    if (snapshot_receiver_finish(rx, kv, NULL, 0, NULL, err, sizeof err) < 0) {
+    struct snapshot_meta meta;
+    if (snapshot_receiver_finish(rx, kv, NULL, 0, &meta, err, sizeof err) < 0) {
         pz_warn("snapshot %llu refused: %s",
                 (unsigned long long)c->snap_index, err);
         kv_free(kv);
         return NULL;
     }
+    /* Its configuration is what a restart reads: one that does not decode
+     * would keep the node from starting once the log is compacted. */
+    uint8_t *conf;
+    size_t conf_len;
+    bool conf_ok = conf_canonical(meta.conf, meta.conf_len, &conf, &conf_len);
+    snapshot_meta_free(&meta);
+    if (!conf_ok) {
+        pz_warn("snapshot %llu refused: its configuration does not decode",
+                (unsigned long long)c->snap_index);
+        kv_free(kv);
+        got_unlink(c->snap_index, c->snap_term);
+        return NULL;
+    }
     snaps_got_drop();
     nd->got_kv = kv;
+    nd->got_conf = conf;
+    nd->got_conf_len = conf_len;
     nd->got_taken = false;
     nd->got_index = c->snap_index;
     nd->got_term = c->snap_term;
@@ -745,6 +781,28 @@ bool snaps_install_ready(const struct raft_msg *m)
     return m->type != RAFT_MSG_INSTALL_SNAPSHOT ||
            (nd->got_kv && m->snap_index == nd->got_index &&
             m->snap_term == nd->got_term);
+}
+
+/* The core installs the configuration the message carries; a restart
+ * reads the one in the file. They must be the same, or the node would come
+ * back with another configuration than the one it ran with. Compared as
+ * decoded (encoded again: the encoding is canonical). A message whose
+ * configuration does not decode is left to the core, which refuses it. */
+const char *snaps_install_refused(const struct raft_msg *m)
+{
+    uint8_t *conf;
+    size_t len;
+    if (m->type != RAFT_MSG_INSTALL_SNAPSHOT || m->n_entries != 1 ||
+        !conf_canonical(m->entries[0].data, m->entries[0].len, &conf, &len))
+        return NULL;
+    bool same = len == nd->got_conf_len && memcmp(conf, nd->got_conf, len) == 0;
+    pz_free(conf);
+    if (same)
+        return NULL;
+    /* Kept if the core took an earlier message for this file: that one
+     * carried the file's configuration. */
+    snaps_got_drop();
+    return "INSTALL_SNAPSHOT whose configuration is not its file's";
 }
 
 /* rd.snapshot: the state machine becomes the received file's table

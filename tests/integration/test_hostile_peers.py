@@ -281,6 +281,45 @@ def test_install_message_must_name_the_received_file(servers):
     assert status(victim)["snapshot_index"] != index
 
 
+@pytest.mark.parametrize("file_conf", ["junk", "stranger"])
+def test_snapshot_file_configuration_must_be_the_messages(servers,
+                                                          file_conf):
+    """The INSTALL_SNAPSHOT's configuration was installed, while the
+    file's, which a restart reads, was never looked at: one that did not
+    decode kept the node from starting again (its log was compacted), and
+    one that did not list the node became its configuration."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    st = status(victim)
+    vid = rw.identity(victim)[0]
+    index = st["commit_index"] + 100
+    conf = members_conf(nodes)
+    bad = (b"\x01\xff\xff\xff\xff" if file_conf == "junk"
+           else rw.conf_bytes([(vid ^ 1, True, "{}")]))
+    data = rw.snapshot_file(index, st["term"], bad, [(b"k0", b"evil")])
+
+    def attack(p, fake):
+        send_snapshot(p, st["term"], index, st["term"], data)
+        p.message(type=rw.INSTALL_SNAPSHOT, to=vid, term=st["term"],
+                  snap_index=index, snap_term=st["term"],
+                  entries=[{"term": st["term"], "index": index,
+                            "type": rw.CONF, "data": conf}],
+                  **{"from": fake})
+
+    refusal = ("its configuration does not decode" if file_conf == "junk"
+               else "INSTALL_SNAPSHOT whose configuration is not its file's")
+    as_impostor(nodes, victim, leader, attack,
+                lambda: refusal in victim.read_log() or
+                f"installed snapshot at index {index}" in victim.read_log())
+    # a restart reads its snapshot files: it comes back with its data
+    assert victim.stop() == 0
+    victim.start()
+    still_whole(nodes)
+    assert "not in our configuration" not in victim.read_log()
+    assert f"installed snapshot at index {index}" not in victim.read_log()
+    assert not any(str(index) in f for f in snap_files(victim))
+
+
 def test_forged_snapshots_cannot_push_out_the_real_one(servers):
     """Finding 4: two forged snapshot files with huge indexes made pruning
     delete the node's real snapshot while its log was compacted: on restart

@@ -1,7 +1,9 @@
 """The original program's flow: mandi, node1 bootstraps, node2 and node3
 join through mandi, get promoted once caught up; the token keeps strangers
 out; the cluster does not need mandi to replicate or fail over."""
+import http.server
 import json
+import threading
 import time
 
 from conftest import wait_for
@@ -296,3 +298,65 @@ def test_node_joining_a_founded_cluster_learns_every_members_addresses(
         s = by_port[int(m["http_addr"].rsplit(":", 1)[1])]
         assert m["id"] == s.name
         assert m["grpc_addr"] == f"127.0.0.1:{s.grpc_port}"
+
+
+def test_lying_mandi_cannot_flood_the_log(servers):
+    """A mandi that lists, at every poll, 1024 join requests under the
+    leader's own name, each from a new data dir, made the leader log one
+    warning per request: 24,576 lines in 5 s, enough to fill the disk of a
+    log-file. It logs one line per poll at most, counting the others, and
+    few of those a minute."""
+    polls = []
+    incarnation = [1000]
+
+    class FakeMandi(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            if not self.path.startswith("/join-requests"):
+                return self.answer(404)
+            polls.append(time.time())
+            joins = []
+            for _ in range(1024):
+                incarnation[0] += 1
+                joins.append({"id": "node1", "addr": "127.0.0.1:1",
+                              "incarnation": incarnation[0]})
+            self.answer(200, json.dumps(joins).encode())
+
+        def do_PUT(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.answer(204)
+
+        do_POST = do_PUT
+        do_DELETE = do_PUT
+
+        def answer(self, status, body=b""):
+            self.send_response(status)
+            if body:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeMandi)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        node1 = servers("node1", conf={
+            "mandi-addr": f"http://127.0.0.1:{httpd.server_address[1]}",
+            "mandi-interval": "200ms"})
+        wait_for(lambda: len(polls) >= 15, "15 polls of mandi")
+    finally:
+        httpd.shutdown()
+    log = node1.read_log()
+    warned = [line for line in log.splitlines()
+              if "asks to join with a new data dir" in line]
+    assert warned, log
+    assert " W node1 asks to join with a new data dir, but node1 is a " \
+        "member" in warned[0]
+    assert len(warned) <= 10, len(warned)
+    assert len(log.splitlines()) < 100, len(log.splitlines())
+    assert "1023 more such join requests" in warned[0]
+    assert put(node1, "still", "serving")[0] == 204
