@@ -766,6 +766,19 @@ MUTATIONS = [
       ["unit:httpd/one_client_takes_a_share_of_each_turn"],
       "a client sending as fast as it can delays every other client by "
       "all it sent"),
+    M("snapshot_file_conf_unchecked", "src/node_snapshot.c",
+      "    if (same)\n        return NULL;",
+      "    if (same || len > 0)\n        return NULL;",
+      ["py:test_hostile_peers.py::"
+       "test_snapshot_file_configuration_must_be_the_messages"],
+      "a received snapshot whose file names another configuration than "
+      "its message is installed: the node restarts with it, or not at all"),
+    M("join_lines_unbounded", "src/node_members.c",
+      "                      JOIN_LOG_BURST, &dropped))\n        return;",
+      "                      JOIN_LOG_BURST, &dropped) && false)\n"
+      "        return;",
+      ["py:test_join.py::test_lying_mandi_cannot_flood_the_log"],
+      "a lying mandi fills the leader's log"),
 ]
 
 
