@@ -277,8 +277,9 @@ MUTATIONS = [
        "test_install_message_must_name_the_received_file"],
       "an INSTALL_SNAPSHOT is stepped with a file of another term"),
     M("snapshot_drop_unlinks_local", "src/node_snapshot.c",
-      "    if (nd->got_kv && !local) {",
-      "    if (nd->got_kv && (!local || local)) {",
+      "    if (local)\n        return;\n    char path[SNAPSHOT_PATH_MAX];",
+      "    if (local && !local)\n        return;\n"
+      "    char path[SNAPSHOT_PATH_MAX];",
       ["nodesim:1000"],
       "dropping a received snapshot unlinks the node's own at that point"),
     M("snapshot_dropped_before_install", "src/node_snapshot.c",
