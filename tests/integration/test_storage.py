@@ -2,7 +2,10 @@
 write stops the node (fail-stop), identity mismatches are refused."""
 import json
 import os
+import sqlite3
 import time
+
+import pytest
 
 from test_cluster import make_cluster, leader_of, put, get
 
@@ -31,6 +34,56 @@ def test_node_name_mismatch_is_refused(servers):
     s.start(wait=False)
     assert s.wait_exit(10) != 0
     assert "belongs to node 'node1'" in s.read_log()
+
+
+def stopped_initial_cluster(servers, conf=None, keys=5):
+    """A one-node cluster formed from initial-cluster (which a start that
+    takes its data dir for a new one forms again), with keys k0... = v,
+    stopped: (server, raft.db path)."""
+    s = servers(start=False, conf=conf)
+    s.conf["raft-bootstrap"] = "no"
+    s.conf["initial-cluster"] = f"node1=127.0.0.1:{s.raft_port}"
+    s.write_conf()
+    s.start()
+    for i in range(keys):
+        assert put(s, f"k{i}", "v")[0] == 204
+    return s, os.path.join(s.dir, "data", "raft.db")
+
+
+def sql(db, *statements):
+    """Runs statements on db; the rows of the last."""
+    with sqlite3.connect(db) as c:
+        for st in statements:
+            rows = c.execute(st).fetchall()
+    c.close()
+    return rows
+
+
+@pytest.mark.parametrize("where,term", [("log", 0), ("log", 1),
+                                        ("snapshot", 0)])
+def test_lowered_hard_state_term_is_refused(servers, where, term):
+    """A stored term below the log's (0: as if nothing were stored) is
+    refused with what does not fit, not taken for a new node's: that
+    formed the cluster again and dropped every acknowledged write."""
+    conf = {"raft-snapshot-entries": "100", "raft-trailing-entries": "0"} \
+        if where == "snapshot" else None
+    s, db = stopped_initial_cluster(servers, conf,
+                                    150 if where == "snapshot" else 5)
+    if where == "snapshot":
+        assert s.request("POST", "/admin/snapshot")[0] == 200
+    s.stop()
+    before = sql(db, "SELECT idx, term FROM log")
+    snap = int(sql(db, "SELECT value FROM meta "
+                       "WHERE key = 'snapshot_index'")[0][0])
+    assert (snap > 0) == (where == "snapshot"), snap
+    sql(db, f"UPDATE hard_state SET term = {term}")
+    s.start(wait=False)
+    assert s.wait_exit(10) != 0
+    log = s.read_log()
+    assert f"{db}: hard state (term {term}, vote " in log, log
+    assert "does not fit the log" in log, log
+    assert log.count("forming cluster from initial-cluster") == 1, log
+    assert sql(db, "SELECT idx, term FROM log") == before
 
 
 def test_failed_log_write_stops_the_node(servers):
