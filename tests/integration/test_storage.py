@@ -86,6 +86,26 @@ def test_lowered_hard_state_term_is_refused(servers, where, term):
     assert sql(db, "SELECT idx, term FROM log") == before
 
 
+def test_snapshots_without_raft_db_are_refused(servers):
+    """A raft.db removed beside the snapshots of the state it held is not
+    taken for a new node's (which bootstrapped a new cluster next to them)."""
+    s, data, snaps = stopped_with_snapshots(servers, "r",
+                                            lambda i: f"value-{i}")
+    for f in ("raft.db", "raft.db-wal", "raft.db-shm"):
+        if os.path.exists(os.path.join(data, f)):
+            os.unlink(os.path.join(data, f))
+    s.start(wait=False)
+    assert s.wait_exit(10) != 0
+    log = s.read_log()
+    assert (f"{data}/raft.db holds no Raft state, but {data} holds "
+            f"{len(snaps)} snapshot file") in log, log
+    assert "raft.db was removed or replaced; refusing to start as a new " \
+        "node" in log, log
+    assert "bootstrapping" not in log.split("stopped")[-1], log
+    assert sorted(f for f in os.listdir(data) if f.endswith(".snap")) == \
+        sorted(snaps)
+
+
 def test_failed_log_write_stops_the_node(servers):
     s = servers()
     assert put(s, "before", "1")[0] == 204
