@@ -975,6 +975,36 @@ static int stray_snapshots(const struct store_meta *meta, char *err,
     return PZ_ECORRUPT;
 }
 
+/* A data directory that holds state names its node and has its id (both
+ * written at the first start, before anything else): one whose name was
+ * emptied would otherwise take another node's log and vote, and answer
+ * with that node's id. The owner's name, when the meta lost it, comes
+ * from the stored configuration. */
+static int check_owner(const struct store_meta *meta, char *err, size_t errlen)
+{
+    const char *self = nd->cfg->node_id;
+    if (meta->node_id == nd->id && meta->node_name[0])
+        return 0; /* the name was compared before loading */
+    char owner[STORE_NAME_MAX] = "";
+    if (meta->node_id != 0)
+        members_conf_name(meta->node_id, owner, sizeof owner);
+    if (meta->node_id != nd->id && owner[0] && strcmp(owner, self) != 0)
+        snprintf(err, errlen,
+                 "%s belongs to node '%s' (node id %llu), but node-id is "
+                 "'%s': refusing to start",
+                 NIO(store_path), owner, (unsigned long long)meta->node_id,
+                 self);
+    else
+        snprintf(err, errlen,
+                 "%s holds Raft state but its node identity is damaged "
+                 "(node name '%s', node id %llu; node-id '%s' has id %llu): "
+                 "refusing to start",
+                 NIO(store_path), meta->node_name,
+                 (unsigned long long)meta->node_id, self,
+                 (unsigned long long)nd->id);
+    return PZ_ECONFIG;
+}
+
 static int restore(char *err, size_t errlen)
 {
     struct raft_hard_state hs;
@@ -1023,6 +1053,10 @@ static int restore(char *err, size_t errlen)
         if (rv == 0)
             members_snapshot_committed(&snap.conf);
         raft_conf_free(&snap.conf);
+    }
+    if (rv == 0 && check_owner(&meta, err, errlen) < 0) {
+        store_entries_free(ents, n);
+        return PZ_ECONFIG;
     }
     if (rv == 0 && nd->removed) {
         store_entries_free(ents, n);

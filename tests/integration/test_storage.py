@@ -86,6 +86,42 @@ def test_lowered_hard_state_term_is_refused(servers, where, term):
     assert sql(db, "SELECT idx, term FROM log") == before
 
 
+@pytest.mark.parametrize("change", ["name emptied, other node-id",
+                                    "name emptied", "node id changed"])
+def test_data_dir_of_another_node_is_refused(servers, change):
+    """A data dir with state whose meta does not name this node (an
+    emptied name, another node id) is refused: with its name emptied a
+    node of another node-id took its log and vote and dialed itself."""
+    s = servers()
+    assert put(s, "k", "v")[0] == 204
+    s.stop()
+    db = os.path.join(s.dir, "data", "raft.db")
+    node_id = int(sql(db, "SELECT value FROM meta "
+                          "WHERE key = 'node_id'")[0][0])
+    if change.startswith("name emptied"):
+        sql(db, "UPDATE meta SET value = '' WHERE key = 'node_name'")
+    else:
+        sql(db, "UPDATE meta SET value = '12345' WHERE key = 'node_id'")
+    if change == "name emptied, other node-id":
+        s.conf["node-id"] = "node2"
+        s.write_conf()
+    s.start(wait=False)
+    assert s.wait_exit(10) != 0
+    log = s.read_log()
+    if change == "name emptied, other node-id":
+        want = (f"{db} belongs to node 'node1' (node id {node_id}), but "
+                f"node-id is 'node2': refusing to start")
+    elif change == "name emptied":
+        want = (f"{db} holds Raft state but its node identity is damaged "
+                f"(node name '', node id {node_id}; node-id 'node1' has id "
+                f"{node_id}): refusing to start")
+    else:
+        want = (f"{db} holds Raft state but its node identity is damaged "
+                f"(node name 'node1', node id 12345; node-id 'node1' has "
+                f"id {node_id})")
+    assert want in log, log
+
+
 def test_snapshots_without_raft_db_are_refused(servers):
     """A raft.db removed beside the snapshots of the state it held is not
     taken for a new node's (which bootstrapped a new cluster next to them)."""
