@@ -948,6 +948,66 @@ bool node_is_leader(void)
     return nd->role == RAFT_LEADER;
 }
 
+/* A raft.db that holds nothing beside snapshot files: it was removed or
+ * replaced by a new one, and starting as a new node would drop the state
+ * the files hold (and bootstrap again, for a founder). Only a node that
+ * joined may have one there legitimately: a received snapshot is renamed
+ * into place before its install is written, and the data directory of a
+ * joining node records an incarnation before it dials anyone. */
+static int stray_snapshots(const struct store_meta *meta, char *err,
+                           size_t errlen)
+{
+    const char *dir = nd->cfg->raft_data;
+    struct snapshot_info *list;
+    size_t n;
+    char serr[SNAPSHOT_ERRMSG_SIZE];
+    if (meta->incarnation != 0)
+        return 0;
+    if (snapshot_list(dir, &list, &n, serr, sizeof serr) < 0) {
+        snprintf(err, errlen, "%s", serr);
+        return PZ_EIO;
+    }
+    if (n == 0)
+        return 0;
+    snprintf(err, errlen,
+             "%s holds no Raft state, but %s holds %zu snapshot file%s "
+             "(newest %s): raft.db was removed or replaced; refusing to "
+             "start as a new node",
+             NIO(store_path), dir, n, n == 1 ? "" : "s", list[0].path);
+    snapshot_list_free(list, n);
+    return PZ_ECORRUPT;
+}
+
+/* A data directory that holds state names its node and has its id (both
+ * written at the first start, before anything else): one whose name was
+ * emptied would otherwise take another node's log and vote, and answer
+ * with that node's id. The owner's name, when the meta lost it, comes
+ * from the stored configuration. */
+static int check_owner(const struct store_meta *meta, char *err, size_t errlen)
+{
+    const char *self = nd->cfg->node_id;
+    if (meta->node_id == nd->id && meta->node_name[0])
+        return 0; /* the name was compared before loading */
+    char owner[STORE_NAME_MAX] = "";
+    if (meta->node_id != 0)
+        members_conf_name(meta->node_id, owner, sizeof owner);
+    if (meta->node_id != nd->id && owner[0] && strcmp(owner, self) != 0)
+        snprintf(err, errlen,
+                 "%s belongs to node '%s' (node id %llu), but node-id is "
+                 "'%s': refusing to start",
+                 NIO(store_path), owner, (unsigned long long)meta->node_id,
+                 self);
+    else
+        snprintf(err, errlen,
+                 "%s holds Raft state but its node identity is damaged "
+                 "(node name '%s', node id %llu; node-id '%s' has id %llu): "
+                 "refusing to start",
+                 NIO(store_path), meta->node_name,
+                 (unsigned long long)meta->node_id, self,
+                 (unsigned long long)nd->id);
+    return PZ_ECONFIG;
+}
+
 static int restore(char *err, size_t errlen)
 {
     struct raft_hard_state hs;
@@ -968,9 +1028,14 @@ static int restore(char *err, size_t errlen)
         store_entries_free(ents, n);
         return PZ_ECONFIG;
     }
-    if (n == 0 && hs.term == 0) {
+    /* Nothing stored: no log, no snapshot point, term 0 (the store
+     * refuses a term of 0 beside a log or a vote), and no snapshot file. */
+    struct store_stats ss;
+    NIO(store_stats, &ss);
+    if (ss.last_index == 0 && meta.snap_index == 0 && hs.term == 0) {
         store_entries_free(ents, n);
-        return 1; /* nothing stored */
+        rv = stray_snapshots(&meta, err, errlen);
+        return rv < 0 ? rv : 1;
     }
     nd->cluster_id = meta.cluster_id;
     nd->incarnation = meta.incarnation;
@@ -991,6 +1056,10 @@ static int restore(char *err, size_t errlen)
         if (rv == 0)
             members_snapshot_committed(&snap.conf);
         raft_conf_free(&snap.conf);
+    }
+    if (rv == 0 && check_owner(&meta, err, errlen) < 0) {
+        store_entries_free(ents, n);
+        return PZ_ECONFIG;
     }
     if (rv == 0 && nd->removed) {
         store_entries_free(ents, n);

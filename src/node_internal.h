@@ -301,6 +301,9 @@ uint64_t members_name_to_id(const char *name);
 void members_free_one(struct member *m);
 /* The member of the current configuration with this id, or NULL. */
 struct member *members_find(uint64_t id);
+/* The name the core's current configuration gives id, a member or one it
+ * remembers as removed, into name (len bytes); "" if it names none. */
+void members_conf_name(uint64_t id, char *name, size_t len);
 /* True when this node (this incarnation) is in its current
  * configuration. */
 bool members_has_self(void);

@@ -111,6 +111,19 @@ static uint64_t meta_inc(const char *meta)
     return ok ? (uint64_t)v : 0;
 }
 
+void members_conf_name(uint64_t id, char *name, size_t len)
+{
+    const struct raft_conf *c = raft_conf_current(nd->raft, NULL);
+    const struct raft_server *s = raft_conf_get(c, id);
+    const struct raft_removed *rm = s ? NULL : raft_conf_removed(c, id);
+    const char *meta = s ? s->meta : rm ? rm->meta : NULL;
+    struct json_val o;
+    bool ok = meta && json_parse(meta, strlen(meta), &o) == 0;
+    char *str = meta_str(&o, ok, "name");
+    snprintf(name, len, "%s", str);
+    pz_free(str);
+}
+
 /* c has this node: its id, with its data dir's incarnation. */
 static bool has_self(const struct raft_conf *c)
 {

@@ -1471,6 +1471,16 @@ int snapshot_load_newest_valid(const char *dir, uint64_t seed,
         struct kv *kv = kv_new_seeded(seed);
         struct snapshot_meta m;
         int lrc = snapshot_load(list[i].path, kv, &m, msg, sizeof msg);
+        /* pick->accept judged the point the name gives; the table is
+         * the header's: a file whose two differ is trusted for neither. */
+        if (lrc == 0 && (m.index != list[i].index || m.term != list[i].term)) {
+            set_err(msg, sizeof msg,
+                    "%s: corrupt: header says index %" PRIu64 " term %" PRIu64
+                    ", the file name index %" PRIu64 " term %" PRIu64,
+                    list[i].path, m.index, m.term, list[i].index, list[i].term);
+            snapshot_meta_free(&m);
+            lrc = PZ_ECORRUPT;
+        }
         if (lrc == 0 && pick->check &&
             !pick->check(pick->arg, &m, msg, sizeof msg)) {
             snapshot_meta_free(&m);

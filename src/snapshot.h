@@ -325,7 +325,8 @@ struct snapshot_pick {
 };
 
 /* Load the newest .snap of dir that pick accepts and that loads cleanly
- * (and passes pick->check), trying older ones in turn. Each attempt loads
+ * with the index and term of its name in its header (and passes
+ * pick->check), trying older ones in turn. Each attempt loads
  * into a new kv_new_seeded(seed); a damaged file's table is freed and the
  * file reported (pick->damaged, else a warning); damaged files are not
  * deleted. pick may be NULL. On success *out is the table (the caller owns

@@ -2180,6 +2180,24 @@ static int load_state(struct store *s, char *err, size_t errlen)
     } else if (rc != SQLITE_DONE) {
         goto sql_error;
     }
+    /* Writes keep the hard state's term at or above every term stored
+     * (prepare_batch, store_write_install), and a new database has term
+     * 0 with no entry, no snapshot point and no vote. A term lowered on
+     * disk would let the node vote a second time in a term it voted in,
+     * and a term of 0 take a stored log for a new node's. */
+    if (s->hs.term < PZ_MAX(s->last_term, s->meta.snap_term) ||
+        (s->hs.term == 0 && (s->last_index > 0 || s->hs.vote != 0))) {
+        set_err(err, errlen,
+                "%s: hard state (term %" PRIu64 ", vote %" PRIu64
+                ") does not fit the log (last index %" PRIu64 ", term %" PRIu64
+                "; snapshot index %" PRIu64 ", term %" PRIu64
+                "): the term must be at least the log's, and 0 only with no "
+                "log, snapshot or vote",
+                s->path, s->hs.term, s->hs.vote, s->last_index, s->last_term,
+                s->meta.snap_index, s->meta.snap_term);
+        ret = PZ_ECORRUPT;
+        goto out;
+    }
     goto out;
 sql_error:
     ret = sql_err(s, s->errmsg, "read hard state", rc);

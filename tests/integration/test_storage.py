@@ -2,7 +2,10 @@
 write stops the node (fail-stop), identity mismatches are refused."""
 import json
 import os
+import sqlite3
 import time
+
+import pytest
 
 from test_cluster import make_cluster, leader_of, put, get
 
@@ -31,6 +34,112 @@ def test_node_name_mismatch_is_refused(servers):
     s.start(wait=False)
     assert s.wait_exit(10) != 0
     assert "belongs to node 'node1'" in s.read_log()
+
+
+def stopped_initial_cluster(servers, conf=None, keys=5):
+    """A one-node cluster formed from initial-cluster (which a start that
+    takes its data dir for a new one forms again), with keys k0... = v,
+    stopped: (server, raft.db path)."""
+    s = servers(start=False, conf=conf)
+    s.conf["raft-bootstrap"] = "no"
+    s.conf["initial-cluster"] = f"node1=127.0.0.1:{s.raft_port}"
+    s.write_conf()
+    s.start()
+    for i in range(keys):
+        assert put(s, f"k{i}", "v")[0] == 204
+    return s, os.path.join(s.dir, "data", "raft.db")
+
+
+def sql(db, *statements):
+    """Runs statements on db; the rows of the last."""
+    with sqlite3.connect(db) as c:
+        for st in statements:
+            rows = c.execute(st).fetchall()
+    c.close()
+    return rows
+
+
+@pytest.mark.parametrize("where,term", [("log", 0), ("log", 1),
+                                        ("snapshot", 0)])
+def test_lowered_hard_state_term_is_refused(servers, where, term):
+    """A stored term below the log's (0: as if nothing were stored) is
+    refused with what does not fit, not taken for a new node's: that
+    formed the cluster again and dropped every acknowledged write."""
+    conf = {"raft-snapshot-entries": "100", "raft-trailing-entries": "0"} \
+        if where == "snapshot" else None
+    s, db = stopped_initial_cluster(servers, conf,
+                                    150 if where == "snapshot" else 5)
+    if where == "snapshot":
+        assert s.request("POST", "/admin/snapshot")[0] == 200
+    s.stop()
+    before = sql(db, "SELECT idx, term FROM log")
+    snap = int(sql(db, "SELECT value FROM meta "
+                       "WHERE key = 'snapshot_index'")[0][0])
+    assert (snap > 0) == (where == "snapshot"), snap
+    sql(db, f"UPDATE hard_state SET term = {term}")
+    s.start(wait=False)
+    assert s.wait_exit(10) != 0
+    log = s.read_log()
+    assert f"{db}: hard state (term {term}, vote " in log, log
+    assert "does not fit the log" in log, log
+    assert log.count("forming cluster from initial-cluster") == 1, log
+    assert sql(db, "SELECT idx, term FROM log") == before
+
+
+@pytest.mark.parametrize("change", ["name emptied, other node-id",
+                                    "name emptied", "node id changed"])
+def test_data_dir_of_another_node_is_refused(servers, change):
+    """A data dir with state whose meta does not name this node (an
+    emptied name, another node id) is refused: with its name emptied a
+    node of another node-id took its log and vote and dialed itself."""
+    s = servers()
+    assert put(s, "k", "v")[0] == 204
+    s.stop()
+    db = os.path.join(s.dir, "data", "raft.db")
+    node_id = int(sql(db, "SELECT value FROM meta "
+                          "WHERE key = 'node_id'")[0][0])
+    if change.startswith("name emptied"):
+        sql(db, "UPDATE meta SET value = '' WHERE key = 'node_name'")
+    else:
+        sql(db, "UPDATE meta SET value = '12345' WHERE key = 'node_id'")
+    if change == "name emptied, other node-id":
+        s.conf["node-id"] = "node2"
+        s.write_conf()
+    s.start(wait=False)
+    assert s.wait_exit(10) != 0
+    log = s.read_log()
+    if change == "name emptied, other node-id":
+        want = (f"{db} belongs to node 'node1' (node id {node_id}), but "
+                f"node-id is 'node2': refusing to start")
+    elif change == "name emptied":
+        want = (f"{db} holds Raft state but its node identity is damaged "
+                f"(node name '', node id {node_id}; node-id 'node1' has id "
+                f"{node_id}): refusing to start")
+    else:
+        want = (f"{db} holds Raft state but its node identity is damaged "
+                f"(node name 'node1', node id 12345; node-id 'node1' has "
+                f"id {node_id})")
+    assert want in log, log
+
+
+def test_snapshots_without_raft_db_are_refused(servers):
+    """A raft.db removed beside the snapshots of the state it held is not
+    taken for a new node's (which bootstrapped a new cluster next to them)."""
+    s, data, snaps = stopped_with_snapshots(servers, "r",
+                                            lambda i: f"value-{i}")
+    for f in ("raft.db", "raft.db-wal", "raft.db-shm"):
+        if os.path.exists(os.path.join(data, f)):
+            os.unlink(os.path.join(data, f))
+    s.start(wait=False)
+    assert s.wait_exit(10) != 0
+    log = s.read_log()
+    assert (f"{data}/raft.db holds no Raft state, but {data} holds "
+            f"{len(snaps)} snapshot file") in log, log
+    assert "raft.db was removed or replaced; refusing to start as a new " \
+        "node" in log, log
+    assert "bootstrapping" not in log.split("stopped")[-1], log
+    assert sorted(f for f in os.listdir(data) if f.endswith(".snap")) == \
+        sorted(snaps)
 
 
 def test_failed_log_write_stops_the_node(servers):

@@ -552,7 +552,12 @@ static bool io_store_busy(void *data)
 
 static void io_store_stats(void *data, struct store_stats *st)
 {
-    *st = ((struct ns_node *)data)->st.stats;
+    const struct ns_store *s = &((struct ns_node *)data)->st;
+    *st = s->stats;
+    st->first_index = st_first(s);
+    st->last_index = s->meta.snap_index;
+    if (s->n > 0)
+        st->last_index = PZ_MAX(st->last_index, s->log[s->n - 1].index);
 }
 
 static const char *io_store_errmsg(void *data)

@@ -817,6 +817,55 @@ static void touch(const char *dir, const char *name)
     write_file(p, "x", 1);
 }
 
+/* A file whose name gives another point than its header (renamed, or a
+ * name or header changed on disk) is damaged: the name is what the pick
+ * accepted, the header what the table holds. */
+TEST(name_and_header_disagree)
+{
+    struct tdir t;
+    tdir_init(&t);
+    char p10[SNAPSHOT_PATH_MAX], p20[SNAPSHOT_PATH_MAX], p30[SNAPSHOT_PATH_MAX],
+        err[SNAPSHOT_ERRMSG_SIZE];
+    struct kv *a = kv_new(), *b = kv_new();
+    fill(a, 100, 10, 1);
+    fill(b, 200, 10, 2);
+    CHECK(write_ok(t.root, a, 10, 1, p10));
+    CHECK(write_ok(t.root, b, 20, 1, p20));
+    snapshot_path(t.root, 30, 2, p30, sizeof p30);
+    CHECK(rename(p10, p30) == 0); /* index 10's table, named 30 */
+
+    struct kv *got = NULL;
+    struct snapshot_meta m;
+    char *path = NULL;
+    struct damaged d = {0};
+    CHECK_EQ_INT(snapshot_load_newest_valid(
+                     t.root, 77,
+                     &(struct snapshot_pick){.damaged = on_damaged, .arg = &d},
+                     &got, &m, &path, err, sizeof err),
+                 0);
+    CHECK(kv_digest(got) == kv_digest(b) && m.index == 20 && m.term == 1);
+    CHECK_EQ_STR(path, p20);
+    CHECK_EQ_INT(d.n, 1);
+    CHECK_EQ_STR(d.paths[0], p30);
+    CHECK_EQ_INT(d.rcs[0], PZ_ECORRUPT);
+    kv_free(got);
+    pz_free(path);
+    snapshot_meta_free(&m);
+
+    /* The only one: none is valid. */
+    unlink(p20);
+    d.n = 0;
+    CHECK_EQ_INT(snapshot_load_newest_valid(
+                     t.root, 77,
+                     &(struct snapshot_pick){.damaged = on_damaged, .arg = &d},
+                     &got, &m, &path, err, sizeof err),
+                 PZ_ECORRUPT);
+    CHECK(got == NULL && path == NULL && d.n == 1 && m.index == 0);
+    kv_free(a);
+    kv_free(b);
+    tdir_free(&t);
+}
+
 TEST(list_and_prune)
 {
     struct tdir t;
@@ -1953,6 +2002,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(corrupt_truncated_everywhere),
     TEST_ENTRY(corrupt_magic_version_lengths),
     TEST_ENTRY(fallback_to_older_valid),
+    TEST_ENTRY(name_and_header_disagree),
     TEST_ENTRY(list_and_prune),
     TEST_ENTRY(fork_snapshot_is_table_at_fork_time),
     TEST_ENTRY(fork_errors),
