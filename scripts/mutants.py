@@ -762,8 +762,8 @@ MUTATIONS = [
       ["py:test_etcd_watch_lease.py::test_watch_key_over_max_key_size"],
       "a watch's key of any size is held for the watch's life"),
     M("one_client_takes_every_turn", "src/conn.c",
-      "    if (c->turn_in < share || (c->flags & CONN_TURN_PAUSED))",
-      "    if (true)",
+      "    size_t share = limits.turn_input ? limits.turn_input : CONN_TURN_INPUT;",
+      "    size_t share = SIZE_MAX;",
       ["unit:httpd/one_client_takes_a_share_of_each_turn"],
       "a client sending as fast as it can delays every other client by "
       "all it sent"),
@@ -780,6 +780,22 @@ MUTATIONS = [
       "        return;",
       ["py:test_join.py::test_lying_mandi_cannot_flood_the_log"],
       "a lying mandi fills the leader's log"),
+    M("lowered_term_taken_for_a_new_node", "src/store.c",
+      "    if (s->hs.term < PZ_MAX(s->last_term, s->meta.snap_term) ||",
+      "    if (s->hs.term < PZ_MAX(s->last_term, s->meta.snap_term) && false &&",
+      ["py:test_storage.py::test_lowered_hard_state_term_is_refused"],
+      "a hard state whose term was lowered on disk: the node forms a new "
+      "cluster over its log, or votes twice in a term"),
+    M("data_dir_of_another_node_taken", "src/node.c",
+      "    if (rv == 0 && check_owner(&meta, err, errlen) < 0) {",
+      "    if (rv == 0 && check_owner(&meta, err, errlen) < 0 && false) {",
+      ["py:test_storage.py::test_data_dir_of_another_node_is_refused"],
+      "a node starts on another node's log and vote"),
+    M("snapshot_name_and_header_disagree", "src/snapshot.c",
+      "        if (lrc == 0 && (m.index != list[i].index || m.term != list[i].term)) {",
+      "        if (lrc == 0 && m.index != list[i].index && m.term != list[i].term) {",
+      ["unit:snapshot/name_and_header_disagree"],
+      "a snapshot file whose name and header disagree is trusted"),
 ]
 
 
