@@ -796,6 +796,12 @@ MUTATIONS = [
       "        if (lrc == 0 && false) {",
       ["unit:snapshot/name_and_header_disagree"],
       "a snapshot file whose name and header disagree is trusted"),
+    M("tls_records_are_progress", "src/conn.c",
+      "    return c->ctrl_sent + (c->tls ? tls_overhead(c->tls) : 0);",
+      "    return c->ctrl_sent;",
+      ["py:test_tls.py::test_pings_over_tls_are_no_progress_either"],
+      "over TLS a client sending PINGs holds answers and budget without a "
+      "window"),
 ]
 
 

@@ -92,13 +92,21 @@ size_t conn_output_pending(const struct conn *c)
  * that reads slowly but steadily may take longer than the timeout to
  * free. Looked at every cron, so the figure is off by up to a cron
  * period. */
+/* Bytes handed to c's socket that are no answer the peer waits for: the
+ * protocol's control frames, and over TLS the records' own bytes (a
+ * 17-byte PING answer is some 40 on the wire). */
+static uint64_t ctrl_bytes(const struct conn *c)
+{
+    return c->ctrl_sent + (c->tls ? tls_overhead(c->tls) : 0);
+}
+
 static uint64_t out_stalled(struct conn *c, uint64_t now)
 {
     if (conn_output_pending(c) + c->out_held == 0) {
         /* Nothing waits (what the protocol holds counts: answers a gRPC
          * client gives no window for): no system call. */
         c->stall_sent = UINT64_MAX; /* the next look starts the clock */
-        c->stall_ctrl = c->ctrl_sent;
+        c->stall_ctrl = ctrl_bytes(c);
         c->stall_since = now;
         c->rate_at = 0;
         c->drain_rate = UINT64_MAX;
@@ -125,11 +133,12 @@ static uint64_t out_stalled(struct conn *c, uint64_t now)
         /* Taking no more than the control frames written since the last
          * look (PING answers a client asks for while it opens no window
          * for the answers it holds up) is no progress. */
-        uint64_t ctrl = c->ctrl_sent - c->stall_ctrl;
+        uint64_t now_ctrl = ctrl_bytes(c);
+        uint64_t ctrl = now_ctrl - c->stall_ctrl;
         bool moved = c->stall_sent == UINT64_MAX || sent < c->stall_sent ||
                      sent - c->stall_sent > ctrl;
         c->stall_sent = sent;
-        c->stall_ctrl = c->ctrl_sent;
+        c->stall_ctrl = now_ctrl;
         if (moved) {
             c->stall_since = now;
             return 0;

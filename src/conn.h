@@ -163,7 +163,8 @@ struct conn {
     uint64_t ctrl_sent;        /* bytes of the protocol's control frames
                                   handed to c (HTTP/2: all but DATA):
                                   the peer taking those is no progress */
-    uint64_t stall_ctrl;       /* ctrl_sent at the last look */
+    uint64_t stall_ctrl;       /* ctrl_sent (with TLS's own bytes) at
+                                  the last look */
     uint64_t stall_since;      /* uv_now() from which output waits unmoved */
     uint64_t rate_sent;        /* what the peer had taken at rate_at */
     uint64_t rate_at;          /* uv_now() of that sample, 0: none */

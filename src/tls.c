@@ -25,6 +25,8 @@ struct tls_conn {
     bool notified;       /* close_notify queued */
     bool failed;         /* a fatal error happened */
     char err[160];       /* why it failed */
+    uint64_t encrypted;  /* plaintext encrypted since the last take */
+    uint64_t overhead;   /* ciphertext taken beyond the plaintext in it */
 };
 
 void tls_addr_host(const char *addr, char *host, size_t len)
@@ -366,6 +368,7 @@ int tls_encrypt(struct tls_conn *t)
         }
         off += done;
     }
+    t->encrypted += off;
     pz_buf_consume(&t->plain, off);
     return 0;
 }
@@ -380,7 +383,18 @@ size_t tls_take_output(struct tls_conn *t, struct pz_buf *out)
     if (got <= 0)
         return 0;
     out->len += (size_t)got;
+    /* Every record written so far is taken at once (n is all there is):
+     * what the plaintext since the last take does not account for is
+     * TLS's own (record framing, handshake, alerts). */
+    t->overhead +=
+        (uint64_t)got > t->encrypted ? (uint64_t)got - t->encrypted : 0;
+    t->encrypted = 0;
     return (size_t)got;
+}
+
+uint64_t tls_overhead(const struct tls_conn *t)
+{
+    return t->overhead;
 }
 
 bool tls_close_notify(struct tls_conn *t)

@@ -105,6 +105,9 @@ const char *tls_error(const struct tls_conn *t);
 /* True when bytes were ever fed (a connection that closes before sending
  * anything is not worth a warning). */
 bool tls_got_input(const struct tls_conn *t);
+/* Bytes of ciphertext taken beyond the plaintext they carry: record
+ * framing, handshake and alerts (grows only). */
+uint64_t tls_overhead(const struct tls_conn *t);
 
 /* Handshake deadline (conn_now() ms, 0 = none), kept by the conn layer. */
 void tls_set_deadline(struct tls_conn *t, uint64_t at);

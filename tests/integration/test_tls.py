@@ -374,6 +374,21 @@ def test_trickled_records_do_not_hold_client_slots(servers, pki):
         h.s.close()
 
 
+def test_pings_over_tls_are_no_progress_either(servers, pki):
+    """As test_hostile_clients.py's PING test, over TLS: there each PING
+    answer is some 40 bytes on the wire for 17 of HTTP/2, and the record's
+    own bytes counted as the client reading."""
+    from test_hostile_clients import PING_CONF, pings_without_a_window
+    s = start(servers, pki, conf=PING_CONF)
+    ctx = client_ctx(pki)
+    ctx.set_alpn_protocols(["h2"])
+    r = gh.RawH2(s.grpc_port, preface=False)
+    r.sock = ctx.wrap_socket(r.sock, server_hostname="127.0.0.1")
+    took = pings_without_a_window(s, r)
+    assert took < 10, f"still open after {took:.1f} s of PINGs"
+    assert "bytes of output not read for" in s.read_log()
+
+
 def server_cert_serial(port, pki):
     ctx = client_ctx(pki)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sk:
