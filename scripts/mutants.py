@@ -802,6 +802,18 @@ MUTATIONS = [
       ["py:test_tls.py::test_pings_over_tls_are_no_progress_either"],
       "over TLS a client sending PINGs holds answers and budget without a "
       "window"),
+    M("eviction_ignores_the_configuration", "src/transport.c",
+      "            in_recheck(o); /* one our configuration names now stays */\n",
+      "",
+      ["unit:transport/stranger_named_since_is_not_evicted"],
+      "a member's link is closed to make room for a stranger"),
+    M("joining_first_contact_a_stranger", "src/transport.c",
+      "(kind == TRANSPORT_PEER_JOINING && t->cfg.cluster_id != 0);",
+      "(kind == TRANSPORT_PEER_JOINING);",
+      ["py:test_hostile_peers.py::"
+       "test_strangers_partial_frames_leave_clients_their_budget"],
+      "a joining node's link from its leader can be pushed out by "
+      "strangers"),
 ]
 
 

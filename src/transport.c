@@ -591,6 +591,7 @@ static void pump(struct peer *p)
 static int in_open(struct conn *c);
 static void in_data(struct conn *c, const char *data, size_t len);
 static void in_close(struct conn *c);
+static void in_recheck(struct inbound *in);
 
 static const struct conn_ops in_ops = {
     .on_open = in_open,
@@ -888,16 +889,18 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
         refuse(in, RAFT_HS_REMOVED, conf_index, conf_term, hs->node_id, why);
         return;
     }
-    /* A node still joining trusts no dialer more than a stranger: any
-     * peer that knows the cluster id (and token) may dial it. */
-    bool stranger =
-        kind == TRANSPORT_PEER_STRANGER || kind == TRANSPORT_PEER_JOINING;
+    /* A node still joining trusts no dialer more than a stranger (any
+     * peer that knows the cluster id and token may dial it), but the one
+     * whose cluster it joins: the first contact, its leader. */
+    bool stranger = kind == TRANSPORT_PEER_STRANGER ||
+                    (kind == TRANSPORT_PEER_JOINING && t->cfg.cluster_id != 0);
     if (stranger && t->n_strangers >= t->cfg.max_strangers) {
         /* Make room: the oldest link from an id we do not know goes. */
-        struct pz_queue *e;
-        PZ_QUEUE_FOREACH(e, &t->inbound)
-        {
+        struct pz_queue *e, *next;
+        for (e = t->inbound.next; e != &t->inbound; e = next) {
+            next = e->next;
             struct inbound *o = container_of(e, struct inbound, q);
+            in_recheck(o); /* one our configuration names now stays */
             if (o->stranger && !o->done) {
                 t->st.inbound_evicted++;
                 in_fail(o, "closed to make room (%zu links from ids not in "

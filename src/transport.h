@@ -53,9 +53,9 @@
  * handshake; both count in the conn layer's partial-input budget
  * (max-partial-input), which a member's frame never waits for. A frame
  * that does not fit closes the link of a dialer in its handshake, and of
- * a dialer whose id is not in our configuration (or any while we are in
- * none): those may hold a quarter of the budget together, so that they
- * cannot lock clients out.
+ * a dialer whose id is not in our configuration (or any but the first
+ * contact while we are in none): those may hold a quarter of the budget
+ * together, so that they cannot lock clients out.
  *
  * Requires the conn layer: conn_setup() done on the same loop, and
  * conn_before_sleep() called from the loop's prepare hook (output is only

@@ -940,6 +940,7 @@ struct tnode {
     bool close_in_recv;  /* close the transport on the first message */
     const char *invalid; /* on_recv calls every message invalid */
     int kind;            /* check_peer's verdict on every dialer */
+    uint64_t member_id;  /* but this one's: a member (0: none) */
     uint64_t want_inc;   /* else: the incarnation check_peer expects of
                             every peer (0: any) */
     uint64_t kind_index; /* its conf_index (REMOVED) */
@@ -1081,10 +1082,11 @@ static int on_check_peer(void *data, uint64_t id, uint64_t incarnation,
                          uint64_t *conf_term)
 {
     struct tnode *n = data;
-    PZ_UNUSED(id);
     PZ_UNUSED(member_since);
     if (n->want_inc != 0 && incarnation != n->want_inc)
         return TRANSPORT_PEER_OTHER_INCARNATION;
+    if (n->member_id != 0 && id == n->member_id)
+        return TRANSPORT_PEER_MEMBER;
     *conf_index = n->kind_index;
     *conf_term = 7;
     return n->kind;
@@ -2425,6 +2427,32 @@ TEST(stranger_frames_share_a_quarter)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* Making room for a stranger, a link whose id the configuration has
+ * named since its handshake is a member's: not the one that goes. */
+TEST(stranger_named_since_is_not_evicted)
+{
+    world_init();
+    struct transport_config c1 = {.cluster_id = 5, .max_strangers = 1};
+    nodes[1].kind = TRANSPORT_PEER_STRANGER;
+    nodes[1].kind_set = true;
+    CHECK(start_node_cfg(1, 2, 0, &c1));
+    CHECK(start_node(0, 1, 5, 0));
+    set_peer(0, 2, nodes[1].port);
+    send_msg(0, 2, 1, 1, 100);
+    CHECK(wait_got(1, 1, 5000));
+    nodes[1].member_id = 1; /* the configuration caught up */
+    struct raw r;
+    CHECK(raw_connect(&r, nodes[1].port));
+    raw_send_handshake(&r, 1, 40, 5);
+    run_for(200);
+    CHECK(!log_has("closed to make room"));
+    send_msg(0, 2, 2, 1, 100);
+    CHECK(wait_got(1, 2, 3000));
+    CHECK_EQ_INT(nodes[0].downs, 0);
+    raw_close(&r);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(codec_roundtrip_every_type),
     TEST_ENTRY(codec_encode_matches_protobuf_c),
@@ -2456,6 +2484,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(invalid_message_closes_link),
     TEST_ENTRY(partial_frames_in_the_budget),
     TEST_ENTRY(stranger_frames_share_a_quarter),
+    TEST_ENTRY(stranger_named_since_is_not_evicted),
     TEST_ENTRY(peer_restart),
     TEST_ENTRY(peer_back_is_redialed_at_once),
     TEST_ENTRY(queue_cap_drops_oldest),
