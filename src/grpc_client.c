@@ -682,7 +682,7 @@ int grpc_client_call(struct grpc_client *cl, struct grpc_call *call,
     if (cl->cur == NULL || !cl->cur->usable) {
         cl->cur = gc_new(cl);
         if (cl->cur == NULL)
-            return PZ_EINVAL;
+            return PZ_EIO; /* no connection could be opened */
     }
     struct gc_conn *gc = cl->cur;
     grpc_call_reset(call);

@@ -106,8 +106,9 @@ void grpc_call_reset(struct grpc_call *call);
 /* Start a unary call of path ("/pkg.Service/Method") with the serialized
  * request msg (copied). Returns 0, then cb is called exactly once unless
  * the call is cancelled; or a negative code at once (PZ_ESHUTDOWN: the
- * client is closed; PZ_EINVAL: bad address or message too big) and cb is
- * never called. */
+ * client is closed; PZ_EINVAL: message too big; PZ_EIO: no connection
+ * could be opened, a bad address among the reasons) and cb is never
+ * called. */
 int grpc_client_call(struct grpc_client *cl, struct grpc_call *call,
                      const char *path, const void *msg, size_t len,
                      const struct grpc_call_opts *opts, grpc_call_cb cb);

@@ -341,6 +341,17 @@ TEST(unary_calls_share_one_connection)
     CHECK_EQ_INT(grpc_client_connects(cl), 1);
     CHECK_EQ_INT(grpc_client_active(cl), 0);
     grpc_client_close(cl);
+    /* No connection can be opened (an address that is none): said so, not
+     * taken for a message too big. */
+    struct grpc_client *bad =
+        grpc_client_new(&f.loop, "no-such-address", 1 << 20);
+    struct grpc_call call;
+    grpc_call_init(&call);
+    CHECK_EQ_INT(
+        grpc_client_call(bad, &call, "/kv.KVService/Get", "", 0, NULL, on_done),
+        PZ_EIO);
+    grpc_call_reset(&call);
+    grpc_client_close(bad);
     res_free(&r);
     CHECK_EQ_INT(fx_close(&f), 0);
 }
