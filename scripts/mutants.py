@@ -814,6 +814,11 @@ MUTATIONS = [
        "test_strangers_partial_frames_leave_clients_their_budget"],
       "a joining node's link from its leader can be pushed out by "
       "strangers"),
+    M("config_rules_name_no_place", "src/config.c",
+      "        r->at != NULL ? where_source(r->at, buf, sizeof buf, &line) : NULL;",
+      "        r->at != NULL && line < 0 ? where_source(r->at, buf, sizeof buf, &line) : NULL;",
+      ["unit:config/cross_field_names_the_place"],
+      "an error between two directives names no file and line"),
 ]
 
 
