@@ -819,6 +819,11 @@ MUTATIONS = [
       "        r->at != NULL && line < 0 ? where_source(r->at, buf, sizeof buf, &line) : NULL;",
       ["unit:config/cross_field_names_the_place"],
       "an error between two directives names no file and line"),
+    M("peer_frames_meet_the_hard_limit", "src/transport.c",
+      "    c->flags |= CONN_OWN_BOUNDS;\n",
+      "",
+      ["unit:transport/frames_past_the_hard_limit_go"],
+      "a Raft frame over conn-hard-limit closes the link on every attempt"),
 ]
 
 

@@ -704,7 +704,7 @@ static void before_sleep_one(struct conn *c)
     if (conn_is_closing(c))
         return;
     size_t pend = conn_output_pending(c);
-    if (pend > limits.hard_limit) {
+    if (pend > limits.hard_limit && !(c->flags & CONN_OWN_BOUNDS)) {
         pz_warn("closing %s: %zu bytes of output not read by the peer",
                 c->peer, pend);
         conn_close(c);

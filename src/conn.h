@@ -141,6 +141,8 @@ enum {
     CONN_SOFT_PAUSED = 1 << 13, /* conn_pause_soft: pause at next input */
     CONN_TURN_PAUSED = 1 << 14, /* took its share of this loop turn's
                                    input: read again next turn */
+    CONN_OWN_BOUNDS = 1 << 15,  /* the protocol bounds what it queues
+                                   (Raft links): no hard_limit */
 };
 
 struct conn {

@@ -554,6 +554,11 @@ static void peer_connect(struct peer *p)
     /* Set after the call: conn_connect never calls back synchronously, and
      * a conn it gives up on internally must not point at us. */
     c->proto = p;
+    /* A frame goes to the connection only while less than out_low_water
+     * waits, but one frame (a batch of entries and one of the largest)
+     * may pass conn-hard-limit, which is meant for clients: the link
+     * would close on every attempt and the follower never catch up. */
+    c->flags |= CONN_OWN_BOUNDS;
     p->conn = c;
     p->state = PEER_CONNECTING;
     uv_timer_start(&p->timer, on_peer_timer, t->cfg.connect_timeout_ms, 0);

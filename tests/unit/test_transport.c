@@ -973,6 +973,7 @@ static void on_tick(uv_timer_t *h)
 }
 
 static size_t world_budget; /* max_partial_input of the next world_init */
+static size_t world_hard;   /* hard_limit of the next world_init (0: 256 MiB) */
 
 static void world_init(void)
 {
@@ -982,11 +983,12 @@ static void world_init(void)
     pz_assert(uv_loop_init(&loop) == 0);
     struct conn_limits lim = {
         .high_water = 1u << 20,
-        .hard_limit = 256u << 20,
+        .hard_limit = world_hard ? world_hard : 256u << 20,
         .idle_timeout = 0,
         .max_partial_input = world_budget,
     };
     world_budget = 0;
+    world_hard = 0;
     conn_setup(&loop, &lim);
     uv_prepare_init(&loop, &prep);
     uv_prepare_start(&prep, on_prep);
@@ -2453,6 +2455,22 @@ TEST(stranger_named_since_is_not_evicted)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* A frame larger than conn-hard-limit (a batch and one of the largest
+ * entries, with a limit set low) still goes: the hard limit is for
+ * clients, and the link closed on every attempt before. */
+TEST(frames_past_the_hard_limit_go)
+{
+    world_hard = 1u << 20;
+    world_init();
+    CHECK(start_node(0, 1, 5, 0));
+    CHECK(start_node(1, 2, 5, 0));
+    set_peer(0, 2, nodes[1].port);
+    send_msg(0, 2, 1, 1, 8u << 20);
+    CHECK(wait_got(1, 1, 10000));
+    CHECK(!log_has("bytes of output not read by the peer"));
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(codec_roundtrip_every_type),
     TEST_ENTRY(codec_encode_matches_protobuf_c),
@@ -2485,6 +2503,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(partial_frames_in_the_budget),
     TEST_ENTRY(stranger_frames_share_a_quarter),
     TEST_ENTRY(stranger_named_since_is_not_evicted),
+    TEST_ENTRY(frames_past_the_hard_limit_go),
     TEST_ENTRY(peer_restart),
     TEST_ENTRY(peer_back_is_redialed_at_once),
     TEST_ENTRY(queue_cap_drops_oldest),
