@@ -187,7 +187,10 @@ def test_input_while_a_forward_is_held_does_not_free_it(servers):
     input is now kept until the held request is answered."""
     small = {"max-partial-input": "1mb", "http-max-body": "1mb",
              "grpc-max-message": "1mb", "max-value-size": "512kb",
-             "election-timeout": "3000ms", "heartbeat-interval": "300ms"}
+             "election-timeout": "3000ms", "heartbeat-interval": "300ms",
+             # the forward retries until a new leader: one election may
+             # take two timeouts and more
+             "request-timeout": "20s"}
     nodes = make_cluster(servers, conf=small)
     leader = leader_of(nodes, timeout=20)
     f = next(s for s in nodes if s is not leader)

@@ -1642,14 +1642,23 @@ def test_hpack_bomb_in_request_headers_and_trailers(node, pb):
     used = cpu() - c0
     reset = {f[2] for f in fs
              if f[0] == gh.RST_STREAM and f[3] == b"\0\0\0\2"}  # INTERNAL
+    calm = any(f[0] == gh.GOAWAY and f[3][4:8] == b"\0\0\0\x0b"
+               for f in fs)  # ENHANCE_YOUR_CALM
     print(f"{len(trailers)} trailer and {len(headers)} header blocks of "
           f"{9 * 16384} bytes: server CPU {used:.2f} s, {len(reset)} "
-          f"streams reset")
-    assert not closed
-    assert reset == set(sids), sorted(set(sids) - reset)
+          f"streams reset, GOAWAY {calm}")
+    # each stream reset; or nghttp2 ends the connection once it counts too
+    # many CONTINUATION frames (it may, after some resets)
+    if calm:
+        assert reset, "GOAWAY before any stream was reset"
+    else:
+        assert not closed
+        assert reset == set(sids), sorted(set(sids) - reset)
     assert used < 1.0, used
+    r.close()
     # trailers within the limit are taken (and ignored)
-    sid = 101
+    r = RawH2(node.grpc_port)
+    sid = 1
     r.headers(sid, grpc_headers("/kv.KVService/Get", node.grpc_port))
     r.data(sid, get)
     r.headers(sid, [("x-t", "t" * 8000)], end_stream=True)
