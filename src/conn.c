@@ -83,6 +83,14 @@ size_t conn_output_pending(const struct conn *c)
     return c->out.len + c->inflight + (c->tls ? tls_queued(c->tls) : 0);
 }
 
+/* Bytes handed to c's socket that are no answer the peer waits for: the
+ * protocol's control frames, and over TLS the records' own bytes (a
+ * 17-byte PING answer is some 40 on the wire). */
+static uint64_t ctrl_bytes(const struct conn *c)
+{
+    return c->ctrl_sent + (c->tls ? tls_overhead(c->tls) : 0);
+}
+
 /* How long output has waited for c's peer with the peer taking none of
  * it: 0 when nothing waits (in c's buffers or held by its protocol) or
  * the peer acknowledged bytes since the last look. Progress is counted
@@ -92,14 +100,6 @@ size_t conn_output_pending(const struct conn *c)
  * that reads slowly but steadily may take longer than the timeout to
  * free. Looked at every cron, so the figure is off by up to a cron
  * period. */
-/* Bytes handed to c's socket that are no answer the peer waits for: the
- * protocol's control frames, and over TLS the records' own bytes (a
- * 17-byte PING answer is some 40 on the wire). */
-static uint64_t ctrl_bytes(const struct conn *c)
-{
-    return c->ctrl_sent + (c->tls ? tls_overhead(c->tls) : 0);
-}
-
 static uint64_t out_stalled(struct conn *c, uint64_t now)
 {
     if (conn_output_pending(c) + c->out_held == 0) {
@@ -475,10 +475,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
      * would be. */
     if (!c->tls || !tls_handshake_done(c->tls))
         activity(c);
-    if (c->ls && c->ls->clients)
+    if (c->ls && c->ls->clients) {
         client_input_at = uv_now(loop);
-    if (c->ls && c->ls->clients)
         turn_share(c, (size_t)nread);
+    }
     if (c->tls) {
         tls_feed(c->tls, buf->base, (size_t)nread);
         tls_input(c);

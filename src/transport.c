@@ -598,6 +598,18 @@ static void in_data(struct conn *c, const char *data, size_t len);
 static void in_close(struct conn *c);
 static void in_recheck(struct inbound *in);
 
+/* The link no longer counts among the strangers' (closed, or a member's
+ * now). */
+static void stranger_forget(struct inbound *in)
+{
+    if (!in->stranger)
+        return;
+    in->stranger = false;
+    in->t->n_strangers--;
+    in->t->stranger_in -= in->stranger_held;
+    in->stranger_held = 0;
+}
+
 static const struct conn_ops in_ops = {
     .on_open = in_open,
     .on_data = in_data,
@@ -708,10 +720,7 @@ static void in_close(struct conn *c)
                 " '%s' at %s closed",
                 in->peer_id, in->name, c->peer);
     in_settle(in);
-    if (in->stranger) {
-        t->n_strangers--;
-        t->stranger_in -= in->stranger_held;
-    }
+    stranger_forget(in);
     pz_queue_remove(&in->q);
     t->n_inbound--;
     raft_frame_parser_free(&in->fp);
@@ -1038,10 +1047,7 @@ static void in_recheck(struct inbound *in)
         t->cfg.check_peer(t->cfg.data, in->peer_id, in->incarnation,
                           in->member_since, &ci, &ct) != TRANSPORT_PEER_MEMBER)
         return;
-    in->stranger = false;
-    t->n_strangers--;
-    t->stranger_in -= in->stranger_held;
-    in->stranger_held = 0;
+    stranger_forget(in);
     pz_info("raft: node %" PRIu64 " '%s' is in our configuration now",
             in->peer_id, in->name);
 }
@@ -1050,9 +1056,9 @@ static void in_recheck(struct inbound *in)
  * (max-partial-input). A member's always: Raft must not starve behind
  * clients, which meet the budget first. A dialer still in its handshake
  * only while it fits. Links from ids not in our configuration only while
- * it fits and all of theirs together stay within stranger_cap (a quarter
- * of the budget): dialers that merely know the cluster id cannot take
- * the budget from clients. False: over. */
+ * it fits and all of theirs together stay within a quarter of the budget
+ * (at least stranger_frame): dialers that merely know the cluster id cannot
+ * take the budget from clients. False: over. */
 static bool in_charge(struct inbound *in)
 {
     struct transport *t = in->t;
