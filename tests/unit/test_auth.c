@@ -138,6 +138,20 @@ TEST(http_routes)
     const char *txn = "{\"success\":[{\"put\":{\"key\":\"app/a\",\"value\":"
                       "\"1\"}},{\"get\":{\"key\":\"zz\"}}]}";
     CHECK_EQ_INT(post("/txn", APP, txn, why, sizeof why), AUTH_DENIED);
+    /* a delete_range is a range: it starts inside app/ and must end by
+     * its end */
+    CHECK_EQ_INT(post("/txn", APP,
+                      "{\"success\":[{\"delete_range\":{\"prefix\":"
+                      "\"app/\"}}]}",
+                      why, sizeof why),
+                 AUTH_OK);
+    CHECK_EQ_INT(post("/txn", APP,
+                      "{\"success\":[{\"delete_range\":{\"from\":"
+                      "\"app/a\",\"to\":\"zz\"}}]}",
+                      why, sizeof why),
+                 AUTH_DENIED);
+    CHECK_EQ_STR(why, "Token 'app' may not touch this range (outside its "
+                      "prefixes)");
     /* admin: the cluster token, or rw without prefixes */
     CHECK_EQ_INT(post("/admin/snapshot", APP, "", why, sizeof why),
                  AUTH_DENIED);

@@ -5,6 +5,7 @@
 
 #include "err.h"
 #include "pz.h"
+#include "sha256.h"
 #include "tokens.h"
 #include "test.h"
 
@@ -61,6 +62,24 @@ TEST(format)
     CHECK(tokens_find(s, T1 "x", strlen(T1) + 1) == NULL);
     CHECK(tokens_find(s, T1, strlen(T1) - 1) == NULL);
     CHECK(tokens_find(s, "", 0) == NULL);
+    /* the whole digest decides: a wrong token whose digest begins as
+     * T1's (two bytes, found by trying) is still unknown */
+    uint8_t want[SHA256_SIZE], d[SHA256_SIZE];
+    struct sha256 h;
+    sha256_init(&h);
+    sha256_update(&h, T1, strlen(T1));
+    sha256_final(&h, want);
+    char guess[32];
+    bool found = false;
+    for (unsigned i = 0; i < 4000000 && !found; i++) {
+        snprintf(guess, sizeof guess, "guess-%010u", i);
+        sha256_init(&h);
+        sha256_update(&h, guess, strlen(guess));
+        sha256_final(&h, d);
+        found = d[0] == want[0] && d[1] == want[1];
+    }
+    CHECK(found);
+    CHECK(tokens_find(s, guess, strlen(guess)) == NULL);
     tokens_free(s);
     s = parse_ok("");
     CHECK(s != NULL);
