@@ -891,6 +891,22 @@ MUTATIONS = [
       "        bool eq = pz_token_equal((const char *)s->t[i].digest, SHA256_SIZE,\n                                 (const char *)d, SHA256_SIZE);",
       "        bool eq = s->t[i].digest[0] == d[0];",
       AUTH, "a wrong token whose digest begins as a real one's is taken"),
+    M("status_digest_for_anyone", "src/http.c",
+      "    if (auth_http_sees_all(&h->hc.p.req)) {",
+      "    if (auth_http_sees_all(&h->hc.p.req) || 1) {",
+      ["py:test_auth.py::"
+       "test_status_digest_only_for_tokens_that_read_every_key"],
+      "an open /status lets anyone test a guess at a value against the "
+      "digest"),
+    M("prefixed_token_sees_the_digest", "src/auth.c",
+      "    return t != NULL && !token_restricted(t);",
+      "    return t != NULL;",
+      AUTH, "a prefix-limited token tests guesses at other keys' values"),
+    M("gateway_token_uncut", "src/etcd_gateway.c",
+      "        g->cred = pz_strndup(av, PZ_MIN(an, TOKEN_MAX + 1));",
+      "        g->cred = pz_strndup(av, an);",
+      ["py:test_auth.py::test_etcd_json_gateway_with_tokens"],
+      "a gateway token over the gRPC header limit gets 500, not 401"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

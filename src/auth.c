@@ -278,22 +278,42 @@ static int check_watch(const struct token *t, const struct http_req *req,
     return rv;
 }
 
+/* The request's bearer credential as a string in buf (NULL: none; one
+ * too long for any token counts as an unknown one, ""). */
+static const char *bearer(const struct http_req *req, char buf[TOKEN_MAX + 1])
+{
+    const char *h = http_req_header(req, "authorization");
+    size_t n = h ? strlen(h) : 0;
+    if (h == NULL || !http_bearer_value(&h, &n))
+        return NULL;
+    if (n > TOKEN_MAX)
+        return "";
+    memcpy(buf, h, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+bool auth_http_sees_all(const struct http_req *req)
+{
+    if (!auth_on())
+        return true;
+    char buf[TOKEN_MAX + 1];
+    const char *cred = bearer(req, buf);
+    if (cred == NULL)
+        return false;
+    if (cluster_token && cluster_token[0] &&
+        pz_token_equal(cluster_token, strlen(cluster_token), cred,
+                       strlen(cred)))
+        return true;
+    const struct token *t = tokens_find(in_force, cred, strlen(cred));
+    return t != NULL && !token_restricted(t);
+}
+
 int auth_http(const struct http_req *req, const struct http_op *op,
               char *why, size_t whylen)
 {
-    /* The bearer credential, as a string (one too long for any token
-     * counts as an unknown one). */
     char buf[TOKEN_MAX + 1];
-    const char *cred = NULL, *h = http_req_header(req, "authorization");
-    size_t n = h ? strlen(h) : 0;
-    if (h && http_bearer_value(&h, &n)) {
-        cred = "";
-        if (n <= TOKEN_MAX) {
-            memcpy(buf, h, n);
-            buf[n] = '\0';
-            cred = buf;
-        }
-    }
+    const char *cred = bearer(req, buf);
     switch (op->kind) {
     case HTTP_OP_ERROR:
     case HTTP_OP_HEALTH:

@@ -14,7 +14,8 @@
  *     defragment, alarms) need the cluster token or an rw token without
  *     prefixes; Hash/HashKV need a token without prefixes;
  *   - /health, /status, /cluster, /metrics, gRPC Health, reflection and
- *     pyazdb.Cluster/Status stay open (no keys or values in them).
+ *     pyazdb.Cluster/Status stay open (no keys or values in them; /status
+ *     shows the store's digest only to auth_http_sees_all).
  * A follower forwards the client's own Authorization to the leader, which
  * decides again with its own file: nothing a client sends (such as
  * X-Pyazdb-Forwarded) stands for a check done elsewhere.
@@ -55,6 +56,13 @@ bool auth_on(void);
  * start by auth_load) too. */
 int auth_http(const struct http_req *req, const struct http_op *op,
               char *why, size_t whylen);
+
+/* May req see what covers every key (the store's digest in /status)?
+ * True without tokens; with them, for the cluster token or a token
+ * without prefixes (as etcd's Hash): the digest is a sum of hashes of
+ * keys, values and their metadata, so with the revision beside it anyone
+ * could test a guess at a value offline. */
+bool auth_http_sees_all(const struct http_req *req);
 
 /* gRPC: cred is the call's credential (the X of "authorization: Bearer
  * X", or etcd's "token" metadata; NULL: none). */

@@ -60,6 +60,7 @@
 #include "node.h"
 #include "pbjson.h"
 #include "tls_setup.h"
+#include "tokens.h"
 #include "turns.h"
 #include "watch.h"
 
@@ -768,8 +769,10 @@ void etcd_gw_start(struct httpd_conn *hc, struct etcd_gw **out)
     *out = g;
     const char *av = http_req_header(req, "authorization");
     size_t an = av ? strlen(av) : 0;
+    /* One longer than any token is an unknown one all the same: cut, so
+     * that the call's metadata stays within the gRPC header limit. */
     if (av && http_bearer_value(&av, &an))
-        g->cred = pz_strndup(av, an);
+        g->cred = pz_strndup(av, PZ_MIN(an, TOKEN_MAX + 1));
     char err[256];
     if (r->kind == R_WATCH) {
         /* The watch runs here, not through a call: the Watch call's check

@@ -69,6 +69,21 @@ static int http(const char *raw, char *why, size_t whylen)
     "GET " path " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " tok         \
     "\r\n\r\n"
 
+/* auth_http_sees_all for one raw request. */
+static bool sees_all(const char *raw)
+{
+    struct http_limits lim = {
+        .max_header_bytes = 8192, .max_headers = 50, .max_body = 1 << 20};
+    struct http_parser p;
+    size_t used;
+    http_parser_init(&p, &lim);
+    bool yes =
+        http_parser_feed(&p, raw, strlen(raw), &used) == HTTP_PARSE_REQUEST &&
+        auth_http_sees_all(&p.req);
+    http_parser_free(&p);
+    return yes;
+}
+
 /* A POST of body with token tok, decoded and asked. */
 static int post(const char *target, const char *tok, const char *body,
                 char *why, size_t whylen)
@@ -163,6 +178,14 @@ TEST(http_routes)
     CHECK_EQ_INT(http(GET("/get?key=app/x", "cluster-secret"), why,
                       sizeof why),
                  AUTH_UNAUTHENTICATED);
+    /* the digest in /status: the cluster token, or a token without
+     * prefixes */
+    CHECK(sees_all(GET("/status", ADMIN)));
+    CHECK(sees_all(GET("/status", RO)));
+    CHECK(sees_all(GET("/status", "cluster-secret")));
+    CHECK(!sees_all(GET("/status", APP)));
+    CHECK(!sees_all(GET("/status", "unknown-token-0123")));
+    CHECK(!sees_all("GET /status HTTP/1.1\r\n\r\n"));
     /* a forwarded mark proves nothing */
     CHECK_EQ_INT(http("GET /get?key=app/x HTTP/1.1\r\nX-Pyazdb-Forwarded: "
                       "1\r\n\r\n",
