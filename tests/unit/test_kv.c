@@ -1386,8 +1386,9 @@ TEST(events_and_range_limits)
     struct ev_log log = {0};
     kv_set_event_cb(kv, ev_cb, &log);
     kv_set(kv, "a", 1, "1", 1);
-    kv_set(kv, "a", 1, "2", 1); /* same length: still a new entry */
+    kv_set(kv, "a", 1, "2", 1); /* same length: overwritten in place */
     kv_set(kv, "b", 1, "33", 2);
+    kv_set(kv, "b", 1, "4444", 4); /* another length: a new entry */
     kv_del(kv, "zz", 2); /* absent: no event, no revision */
     struct pz_buf b;
     pz_buf_init(&b);
@@ -1395,12 +1396,12 @@ TEST(events_and_range_limits)
     CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &dr, 1, NULL, 0), 0);
     struct kv_result res;
     CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &res), 0);
-    CHECK(res.revision == 4 && kv_count(kv) == 0);
-    static const char *const want[] = {"put a 1@1 <->", "put a 2@2 <1>",
-                                       "put b 33@3 <->", "del a -@0 <2>",
-                                       "del b -@0 <33>"};
-    CHECK_EQ_INT(log.n, 5);
-    for (int i = 0; i < 5; i++)
+    CHECK(res.revision == 5 && kv_count(kv) == 0);
+    static const char *const want[] = {
+        "put a 1@1 <->",     "put a 2@2 <1>", "put b 33@3 <->",
+        "put b 4444@4 <33>", "del a -@0 <2>", "del b -@0 <4444>"};
+    CHECK_EQ_INT(log.n, 6);
+    for (int i = 0; i < 6; i++)
         CHECK_EQ_STR(log.line[i], want[i]);
     kv_set_event_cb(kv, NULL, NULL);
     /* A range stops one key past its limit and says more. */
@@ -1441,7 +1442,7 @@ TEST(events_and_range_limits)
         else
             CHECK(items == 0 && end.count == 20 && !end.more);
     }
-    CHECK(res.revision == 54 && kv_revision(kv) == 54); /* reads: none */
+    CHECK(res.revision == 55 && kv_revision(kv) == 55); /* reads: none */
     pz_buf_free(&b);
     kv_free(kv);
 }
