@@ -247,6 +247,8 @@ TEST(range_requests)
                  "limit must be an integer from 1 to 10000");
     CHECK_EQ_STR(reason_of("GET /range?prefix=a&limit=1x HTTP/1.1\r\n\r\n"),
                  "limit must be an integer from 1 to 10000");
+    CHECK_EQ_STR(reason_of("GET /range?prefix=a&limit=0 HTTP/1.1\r\n\r\n"),
+                 "limit must be an integer from 1 to 10000");
     CHECK_EQ_INT(status_of("DELETE /range?prefix=a HTTP/1.1\r\n\r\n"), 405);
 }
 

@@ -133,6 +133,12 @@ TEST(strings_are_bytes)
     CHECK(memcmp(s, "a\0b\xc3\xa9\xf0\x9f\x98\x80\n", 10) == 0);
     CHECK_EQ_INT(s[len], '\0');
     pz_free(s);
+    /* Every short escape: a key "a/b" may come as "a\/b". */
+    CHECK_EQ_INT(parse("\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"", &v), 0);
+    s = json_strdup(&v, &len);
+    CHECK_EQ_INT(len, 8);
+    CHECK(memcmp(s, "\"\\/\b\f\n\r\t", 8) == 0);
+    pz_free(s);
     /* The empty string is an empty, NUL-terminated copy. */
     CHECK_EQ_INT(parse("\"\"", &v), 0);
     s = json_strdup(&v, &len);
