@@ -1015,6 +1015,24 @@ MUTATIONS = [
       "    h->fwd.idempotent = true;",
       ["py:test_forward_retry.py"], "a forwarded write counts as a read and "
       "is sent again after a lost connection"),
+    M("gateway_int64_past_its_maximum", "src/pbjson.c",
+      "        if (mag > (uint64_t)hi)\n            return fail(d, \"integer out of range\");",
+      "        if (mag > (uint64_t)hi + 1)\n            return fail(d, \"integer out of range\");",
+      ["unit:pbjson"], "the gateway takes 2^63 for an int64 (a revision or "
+      "lease id wraps negative)"),
+    M("gateway_unsigned_minus_one", "src/pbjson.c",
+      "        if (neg && mag != 0)",
+      "        if (neg && mag > 1)",
+      ["unit:pbjson"], "the gateway takes -1 for an unsigned field"),
+    M("base64_data_after_padding", "src/http_parse.c",
+      "                if (pad)\n                    return PZ_EINVAL; /* data after padding */",
+      "",
+      ["unit:http"], "a base64 key with data after its padding decodes "
+      "(two encodings of one key)"),
+    M("base64_padding_bits_unchecked", "src/http_parse.c",
+      "        if ((pad == 1 && b[2]) || (pad == 2 && (b[1] || b[2])))",
+      "        if (pad == 1 && b[2])",
+      ["unit:http"], "a base64 key with bits under its padding decodes"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",
