@@ -1033,6 +1033,10 @@ MUTATIONS = [
       "        if ((pad == 1 && b[2]) || (pad == 2 && (b[1] || b[2])))",
       "        if (pad == 1 && b[2])",
       ["unit:http"], "a base64 key with bits under its padding decodes"),
+    M("peer_name_any_case", "src/tls.c",
+      "    return strcmp(name, want) == 0;",
+      "    return strcasecmp(name, want) == 0;",
+      ["unit:tls"], "a certificate for NODE1 speaks for the member node1"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

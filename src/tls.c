@@ -433,31 +433,21 @@ bool tls_peer_verified(const struct tls_conn *t)
     return cert != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK;
 }
 
-bool tls_peer_names(const struct tls_conn *t, const char *name)
+/* The verified peer certificate of t, or NULL. */
+static X509 *verified_cert(const struct tls_conn *t)
 {
     X509 *cert = SSL_get0_peer_certificate(t->ssl);
-    if (cert == NULL || SSL_get_verify_result(t->ssl) != X509_V_OK ||
-        name == NULL || name[0] == '\0')
-        return false;
-    int r;
-    if (is_ip(name))
-        r = X509_check_ip_asc(cert, name, 0);
-    else
-        r = X509_check_host(cert, name, strlen(name),
-                            X509_CHECK_FLAG_NEVER_CHECK_SUBJECT |
-                                X509_CHECK_FLAG_NO_WILDCARDS,
-                            NULL);
-    ERR_clear_error();
-    return r == 1;
+    if (cert == NULL || SSL_get_verify_result(t->ssl) != X509_V_OK)
+        return NULL;
+    return cert;
 }
 
-bool tls_peer_names_id(const struct tls_conn *t,
-                       uint64_t (*name_to_id)(const char *name), uint64_t id)
+/* Does some DNS subjectAltName of cert (as a string: none holding a NUL)
+ * satisfy match(name, arg)? */
+static bool some_dns_name(X509 *cert,
+                          bool (*match)(const char *name, const void *arg),
+                          const void *arg)
 {
-    X509 *cert = SSL_get0_peer_certificate(t->ssl);
-    if (cert == NULL || SSL_get_verify_result(t->ssl) != X509_V_OK ||
-        name_to_id == NULL)
-        return false;
     GENERAL_NAMES *names =
         X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
     bool found = false;
@@ -472,11 +462,49 @@ bool tls_peer_names_id(const struct tls_conn *t,
         char name[256];
         memcpy(name, d, (size_t)n);
         name[n] = '\0';
-        found = name_to_id(name) == id;
+        found = match(name, arg);
     }
     GENERAL_NAMES_free(names);
     ERR_clear_error();
     return found;
+}
+
+static bool same_name(const char *name, const void *want)
+{
+    return strcmp(name, want) == 0;
+}
+
+bool tls_peer_names(const struct tls_conn *t, const char *name)
+{
+    X509 *cert = verified_cert(t);
+    if (cert == NULL || name == NULL || name[0] == '\0')
+        return false;
+    if (!is_ip(name))
+        return some_dns_name(cert, same_name, name);
+    int r = X509_check_ip_asc(cert, name, 0);
+    ERR_clear_error();
+    return r == 1;
+}
+
+struct id_match {
+    uint64_t (*name_to_id)(const char *name);
+    uint64_t id;
+};
+
+static bool names_id(const char *name, const void *arg)
+{
+    const struct id_match *m = arg;
+    return m->name_to_id(name) == m->id;
+}
+
+bool tls_peer_names_id(const struct tls_conn *t,
+                       uint64_t (*name_to_id)(const char *name), uint64_t id)
+{
+    X509 *cert = verified_cert(t);
+    if (cert == NULL || name_to_id == NULL)
+        return false;
+    struct id_match m = {name_to_id, id};
+    return some_dns_name(cert, names_id, &m);
 }
 
 void tls_alpn(const struct tls_conn *t, char *buf, size_t len)

@@ -206,6 +206,10 @@ TEST(client_cert_names)
     CHECK(tls_peer_names(s, "127.0.0.1"));
     CHECK(!tls_peer_names(s, "node1"));
     CHECK(!tls_peer_names(s, "node"));
+    /* node names are case-sensitive: another name, not a host name's
+     * other spelling */
+    CHECK(!tls_peer_names(s, "NODE2"));
+    CHECK(!tls_peer_names(s, "Node2"));
     CHECK(!tls_peer_names(s, ""));
     CHECK(tls_peer_names(c, "node1"));
     tls_conn_free(s);
