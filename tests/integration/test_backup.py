@@ -401,6 +401,97 @@ def test_restored_revision_at_the_maximum_refuses_writes(servers, tmp_path):
     assert get(s, "k4")[2] == b"v4"
 
 
+def test_save_never_writes_through_an_existing_part_file(servers, tmp_path):
+    """FILE.part is created, never reused: a link planted there (to
+    another file) or a stale one is left alone and the save refused."""
+    s = servers(conf={"cluster-token": TOKEN})
+    assert put(s, "k", "v")[0] == 204
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious data")
+    out = str(tmp_path / "backup.snap")
+    for kind in ("symlink", "hardlink", "stale"):
+        part = out + ".part"
+        if kind == "symlink":
+            os.symlink(victim, part)
+        elif kind == "hardlink":
+            os.link(victim, part)
+        else:
+            open(part, "wb").write(b"half a download")
+        for node in (s, None):  # reachable, and a failing download
+            if node:
+                code, _, err = save(node, out)
+            else:
+                code, _, err = cli("--http", "127.0.0.1:1", "--timeout",
+                                   "1", "snapshot", "save", out)
+            assert code == 1 and "backup.snap.part exists" in err, err
+            assert victim.read_bytes() == b"precious data", kind
+            assert os.path.lexists(part) and not os.path.exists(out)
+        os.unlink(part)
+    assert save(s, out)[0] == 0
+    assert parse_snapshot(open(out, "rb").read())[2] == {b"k": b"v"}
+    assert victim.read_bytes() == b"precious data"
+
+
+def fake_node(head, drip):
+    """A server on a free port answering one request with head, then
+    drip(conn) until the client goes: (port, thread, stop event)."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    stop = threading.Event()
+
+    def run():
+        ls.settimeout(30)
+        try:
+            c, _ = ls.accept()
+        except OSError:
+            return
+        with c:
+            c.recv(4096)
+            try:
+                c.sendall(head)
+                drip(c, stop)
+            except OSError:
+                pass
+        ls.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return ls.getsockname()[1], t, stop
+
+
+def test_save_gives_up_on_a_drip_and_on_a_huge_body(tmp_path):
+    """--timeout bounds each read; a node that sends a byte now and then
+    (less than 64 KiB per --timeout) or announces more than 1 TiB is given
+    up on too, with a clear error and no FILE.part left."""
+    def slow(c, stop):
+        while not stop.is_set():
+            c.sendall(b"x")
+            time.sleep(0.05)
+
+    out = str(tmp_path / "b.snap")
+    port, t, stop = fake_node(b"HTTP/1.1 200 OK\r\nContent-Length: "
+                              b"100000000\r\n\r\n", slow)
+    t0 = time.time()
+    code, _, err = cli("--http", f"127.0.0.1:{port}", "--timeout", "1",
+                       "snapshot", "save", out, timeout=30)
+    stop.set()
+    t.join(10)
+    assert code == 1 and "less than 64 KiB within --timeout (1000 ms)" in err
+    assert time.time() - t0 < 10
+    assert not os.path.exists(out) and not os.path.exists(out + ".part")
+
+    port, t, stop = fake_node(b"HTTP/1.1 200 OK\r\nContent-Length: "
+                              + str(2**40 + 1).encode() + b"\r\n\r\n",
+                              lambda c, stop: c.sendall(b"x" * 65536))
+    code, _, err = cli("--http", f"127.0.0.1:{port}", "--timeout", "5",
+                       "snapshot", "save", out, timeout=30)
+    stop.set()
+    t.join(10)
+    assert code == 1 and "larger than 1 TiB" in err, err
+    assert not os.path.exists(out) and not os.path.exists(out + ".part")
+
+
 def readme_commands(title):
     """The command lines of the ```sh blocks of a README section."""
     text = open(os.path.join(ROOT, "README.md")).read()
