@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -823,7 +824,8 @@ int pz_open_regular(const char *path)
     int rc = 0;
     if (fstat(fd, &st) < 0)
         rc = -errno;
-    else if (!S_ISREG(st.st_mode))
+    else if (!S_ISREG(st.st_mode) &&
+             !(S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)))
         rc = PZ_EINVAL;
     else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
         rc = -errno;

@@ -236,7 +236,8 @@ uint64_t pz_seed(void);
  * O_NONBLOCK, so that a FIFO (which blocks an open until a writer comes)
  * or a device named like a file the process reads at start or on reload
  * fails at once instead of hanging the process; anything but a regular
- * file (after symbolic links, which are followed) is then refused, and the
+ * file (after symbolic links, which are followed) is then refused, except
+ * /dev/null (an empty file: `--test-config /dev/null`), and the
  * descriptor made blocking again. Returns the descriptor (O_CLOEXEC),
  * -errno when the open or fstat fails, or PZ_EINVAL when path is not a
  * regular file (callers say "not a regular file"). */

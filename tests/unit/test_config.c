@@ -615,6 +615,8 @@ TEST(file_unreadable)
     snprintf(refused, sizeof refused, "%s: cannot open: not a regular file",
              fifo);
     CHECK_EQ_STR(err, refused);
+    /* /dev/null is an empty file (--test-config /dev/null) */
+    CHECK_EQ_INT(cfg_load_file(&c, "/dev/null", err, sizeof err), 0);
     cfg_free(&c);
 
     /* A real file: errors carry its path as the source. */
