@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "etcd.h"
 #include "etcd_map.h"
@@ -35,9 +36,16 @@ void auth_free(void)
 static int load_file(const char *path, struct token_set **out, char *err,
                      size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
+    /* Only a regular file: a FIFO would block the start, or the loop on
+     * SIGHUP, until something writes to it. */
+    int fd = pz_open_regular(path);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
     if (f == NULL) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        int e = fd < 0 ? fd : -errno;
+        if (fd >= 0)
+            close(fd);
+        snprintf(err, errlen, "%s: cannot open: %s", path,
+                 e == PZ_EINVAL ? "not a regular file" : strerror(-e));
         return PZ_ECONFIG;
     }
     char *buf = pz_malloc(TOKENS_FILE_MAX + 1);

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli_conn.h"
@@ -15,11 +16,21 @@
 #include "pz.h"
 
 #define ERR_BODY_MAX 512 /* bytes kept of a refusal's body */
+/* Bounds of a download, which a real backup never meets, so that a node
+ * (or anything answering on its address) cannot keep the command running,
+ * or filling the disk, forever: the body stays under SAVE_MAX_BYTES (the
+ * table a backup holds lives in a node's memory), and once the response
+ * has begun each --timeout brings at least SAVE_MIN_BYTES until it is
+ * complete (--timeout alone bounds each read: one byte a second would
+ * do). */
+#define SAVE_MAX_BYTES (UINT64_C(1) << 40) /* 1 TiB */
+#define SAVE_MIN_BYTES (64u * 1024)        /* per --timeout */
 
 /* What the response callbacks fill in. */
 struct dl {
     int fd;             /* FILE.part */
     int werr;           /* first write error (negative errno) */
+    bool too_big;       /* the body would pass SAVE_MAX_BYTES */
     uint64_t received;  /* body bytes written */
     bool complete;      /* the whole response arrived */
     char errbody[ERR_BODY_MAX + 1]; /* a refusal's body, cut */
@@ -51,10 +62,33 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
         d->errbody[d->errlen] = '\0';
         return 0;
     }
+    if (len > SAVE_MAX_BYTES - d->received) {
+        d->too_big = true;
+        return -1;
+    }
     if (d->werr == 0)
         d->werr = write_all(d->fd, at, len);
     d->received += len;
     return d->werr ? -1 : 0;
+}
+
+/* A Content-Length past SAVE_MAX_BYTES is refused before any body. */
+static int on_headers_complete(llhttp_t *p)
+{
+    struct dl *d = p->data;
+    if (llhttp_get_status_code(p) == 200 && (p->flags & F_CONTENT_LENGTH) &&
+        p->content_length > SAVE_MAX_BYTES) {
+        d->too_big = true;
+        return -1;
+    }
+    return 0;
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static int on_message_complete(llhttp_t *p)
@@ -64,9 +98,10 @@ static int on_message_complete(llhttp_t *p)
     return HPE_PAUSED; /* one response: stop here */
 }
 
-/* Send the request, receive the response into d. */
+/* Send the request, receive the response into d, within the bounds
+ * above (timeout_ms: --timeout). */
 static int exchange(struct cli_conn *c, const char *addr, const char *token,
-                    struct dl *d, char *err, size_t errlen)
+                    uint64_t timeout_ms, struct dl *d, char *err, size_t errlen)
 {
     struct pz_buf q, in;
     char why[256];
@@ -88,12 +123,19 @@ static int exchange(struct cli_conn *c, const char *addr, const char *token,
     llhttp_t p;
     llhttp_settings_init(&st);
     st.on_body = on_body;
+    st.on_headers_complete = on_headers_complete;
     st.on_message_complete = on_message_complete;
     llhttp_init(&p, HTTP_RESPONSE, &st);
     p.data = d;
+    uint64_t window = 0, window_bytes = 0; /* since the first bytes */
     while (!d->complete) {
         ssize_t n = in.len ? (ssize_t)in.len
                            : cli_conn_read(c, &in, why, sizeof why);
+        uint64_t now = mono_ms();
+        if (n > 0 && window == 0)
+            window = now;
+        if (n > 0)
+            window_bytes += (uint64_t)n;
         if (n < 0) {
             snprintf(err, errlen, "%s: %s after %" PRIu64 " bytes", addr,
                      n == -ETIMEDOUT ? "no data within --timeout" : why,
@@ -108,6 +150,27 @@ static int exchange(struct cli_conn *c, const char *addr, const char *token,
             snprintf(err, errlen, "write: %s", strerror(-d->werr));
             pz_buf_free(&in);
             return d->werr;
+        }
+        if (d->too_big) {
+            snprintf(err, errlen,
+                     "%s: the snapshot is larger than 1 TiB: not a backup "
+                     "(a node holds its table in memory)",
+                     addr);
+            pz_buf_free(&in);
+            return PZ_ETOOBIG;
+        }
+        if (!d->complete && window && now - window >= timeout_ms) {
+            if (window_bytes < SAVE_MIN_BYTES) {
+                snprintf(err, errlen,
+                         "%s: less than 64 KiB within --timeout (%" PRIu64
+                         " ms) after %" PRIu64
+                         " bytes of the snapshot: too slow, giving up",
+                         addr, timeout_ms, d->received);
+                pz_buf_free(&in);
+                return PZ_ETIMEDOUT;
+            }
+            window = now;
+            window_bytes = 0;
         }
         if (r != HPE_OK && r != HPE_PAUSED) {
             snprintf(err, errlen, "%s: bad HTTP response: %s", addr,
@@ -159,17 +222,26 @@ int cli_snapshot_save(const char *addr, const char *token,
     }
     dir_of(file, dir, sizeof dir);
     struct dl d = {.fd = -1};
-    d.fd = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    /* Created here, never reused: a FILE.part that exists (a link planted
+     * there included) is neither followed nor truncated. */
+    d.fd =
+        open(part, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (d.fd < 0) {
         int e = errno;
-        snprintf(err, errlen, "%s: %s", part, strerror(e));
+        if (e == EEXIST)
+            snprintf(err, errlen,
+                     "%s exists (another save in progress, or one that was "
+                     "interrupted): remove it and try again",
+                     part);
+        else
+            snprintf(err, errlen, "%s: %s", part, strerror(e));
         return -e;
     }
     struct cli_conn c;
     int rc = cli_conn_open(&c, addr, tls, (int)PZ_MIN(timeout_ms, INT32_MAX),
                            err, errlen);
     if (rc == 0) {
-        rc = exchange(&c, addr, token, &d, err, errlen);
+        rc = exchange(&c, addr, token, timeout_ms, &d, err, errlen);
         cli_conn_close(&c);
     }
     if (rc == 0 && fsync(d.fd) < 0) {

@@ -8,10 +8,15 @@
  * directory. So FILE is either absent (or its old self) or a complete,
  * verified snapshot.
  *
+ * FILE.part is created exclusively (O_EXCL, O_NOFOLLOW): when it exists
+ * already, a link included, the save is refused and it is left alone.
+ *
  * Failure modes, each one line in err, FILE.part removed: the node cannot
  * be reached; it answers anything but 200 (its status and first line);
  * the connection ends before Content-Length bytes; nothing arrives for
- * timeout_ms (connecting, the node taking the snapshot, any read); the
+ * timeout_ms (connecting, the node taking the snapshot, any read); once
+ * the response has begun, a timeout_ms brings less than 64 KiB (a drip
+ * that would never end); the body is announced or grows past 1 TiB; the
  * file fails the snapshot checks; a write, fsync or rename fails.
  *
  * Blocking, for the CLI only: plain sockets and llhttp, no loop. */

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 #include <arpa/inet.h>
 
 #define KB INT64_C(1024)
@@ -1157,9 +1158,16 @@ int cfg_load_string(struct pz_config *c, const char *text, size_t len,
 static int load_file(struct pz_config *c, const char *path, int *seen,
                      char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
+    /* Only a regular file: a FIFO would block the start, or the loop on
+     * SIGHUP, until something writes to it. */
+    int fd = pz_open_regular(path);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
     if (f == NULL) {
-        fmt_err(err, errlen, path, 0, "cannot open: %s", strerror(errno));
+        int e = fd < 0 ? fd : -errno;
+        if (fd >= 0)
+            close(fd);
+        fmt_err(err, errlen, path, 0, "cannot open: %s",
+                e == PZ_EINVAL ? "not a regular file" : strerror(-e));
         return PZ_ECONFIG;
     }
     struct pz_buf b;

@@ -563,6 +563,11 @@ static void write_done(struct node_req *req, int status)
         /* A put named a lease that does not exist: nothing was written. */
         grpc_stream_fail(st, GRPC_NOT_FOUND,
                          "etcdserver: requested lease not found");
+    } else if (req->res.status == KV_EREVISION) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the revision is at its maximum "
+                         "(2^62 - 1): the write was refused, nothing was "
+                         "done");
     } else if (req->res.status == KV_ETXN_KEYS) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the txn's ranges would read more "

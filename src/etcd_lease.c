@@ -96,6 +96,11 @@ static void write_done(struct node_req *req, int status)
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: too many leases (lease-max-count)");
         break;
+    case KV_EREVISION:
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the revision is at its maximum "
+                         "(2^62 - 1): the revoke was refused");
+        break;
     default:
         if (e->call == ETCD_LEASE_GRANT) {
             Etcdserverpb__LeaseGrantResponse r =

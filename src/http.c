@@ -325,6 +325,16 @@ static void sink_op_end(void *arg, uint64_t count, bool more)
                    (unsigned long long)count, more ? "true" : "false");
 }
 
+/* The table's revision is at KV_REVISION_MAX: the write changed nothing,
+ * and no write ever will on this table. */
+static void reply_revision_max(struct http_conn *h)
+{
+    reply_text(h, 507,
+               "The revision is at its maximum (2^62 - 1): the write was "
+               "refused, nothing was done",
+               NULL);
+}
+
 static void on_txn_done(struct node_req *req, int status)
 {
     struct http_conn *h = container_of(req, struct http_conn, req);
@@ -335,6 +345,10 @@ static void on_txn_done(struct node_req *req, int status)
     const struct kv_result *res = &req->res;
     if (res->status == KV_ELEASE_NOTFOUND) {
         reply_text(h, 404, "Lease not found", NULL);
+        return;
+    }
+    if (res->status == KV_EREVISION) {
+        reply_revision_max(h);
         return;
     }
     if (res->status == KV_ETXN_KEYS) {
@@ -431,6 +445,10 @@ static void on_write_done(struct node_req *req, int status)
         reply_text(h, 404, "Lease not found", NULL);
         return;
     }
+    if (req->res.status == KV_EREVISION) {
+        reply_revision_max(h);
+        return;
+    }
     reply(h, 204, NULL, NULL, 0, NULL);
 }
 
@@ -456,6 +474,9 @@ static void on_lease_done(struct node_req *req, int status)
         return;
     case KV_ELEASE_FULL:
         reply_text(h, 429, "Too many leases", NULL);
+        return;
+    case KV_EREVISION:
+        reply_revision_max(h);
         return;
     default:
         break;

@@ -720,6 +720,8 @@ struct apply {
 
 static uint64_t apply_rev(struct apply *a)
 {
+    /* kv_apply_sink refused the command at KV_REVISION_MAX */
+    pz_assert(a->bumped || a->kv->revision < KV_REVISION_MAX);
     if (!a->bumped) {
         a->kv->digest -= revision_digest(a->kv->revision);
         a->kv->revision++;
@@ -1811,6 +1813,16 @@ static bool ops_leases_ok(struct kv *kv, const struct kv_op *ops, size_t n)
     return true;
 }
 
+/* Does the branch hold an operation that writes (KV_REVISION_MAX)? */
+static bool ops_write(const struct kv_op *ops, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].type == KV_TOP_PUT || ops[i].type == KV_TOP_DEL ||
+            ops[i].type == KV_TOP_DELRANGE)
+            return true;
+    return false;
+}
+
 /* REVOKE: every attached key goes (one revision), then the lease. */
 static void apply_revoke(struct apply *a, uint64_t id, struct kv_result *res)
 {
@@ -1818,6 +1830,10 @@ static void apply_revoke(struct apply *a, uint64_t id, struct kv_result *res)
     struct lease *l = lease_find(kv, id);
     if (l == NULL) {
         res->status = KV_ELEASE_NOTFOUND;
+        return;
+    }
+    if (l->keys && kv->revision >= KV_REVISION_MAX) {
+        res->status = KV_EREVISION;
         return;
     }
     uint64_t ttl = l->ttl;
@@ -1874,8 +1890,14 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
     res->deleted = 0;
     res->existed = false;
     res->succeeded = true;
+    /* SET, SETL and DEL at the highest revision: refused (kv.h). */
+    bool at_max = kv->revision >= KV_REVISION_MAX;
     switch (c.op) {
     case KV_OP_SET:
+        if (at_max) {
+            res->status = KV_EREVISION;
+            break;
+        }
         res->existed = do_put(&a, c.key, c.klen, c.value, c.vlen, 0) == 1;
         break;
     case KV_OP_SETL:
@@ -1884,10 +1906,18 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
             res->succeeded = false;
             break;
         }
+        if (at_max) {
+            res->status = KV_EREVISION;
+            break;
+        }
         res->existed =
             do_put(&a, c.key, c.klen, c.value, c.vlen, c.lease) == 1;
         break;
     case KV_OP_DEL:
+        if (at_max) {
+            res->status = KV_EREVISION;
+            break;
+        }
         res->existed = do_del(&a, c.key, c.klen) == 1;
         break;
     case KV_OP_GRANT:
@@ -1908,6 +1938,8 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
         } else if (!ops_within(kv, ops, n, KV_TXN_KEYS_MAX)) {
             res->status = KV_ETXN_KEYS;
             res->succeeded = false;
+        } else if (at_max && ops_write(ops, n)) {
+            res->status = KV_EREVISION;
         } else {
             for (size_t i = 0; i < n; i++)
                 run_op(&a, i, &ops[i]);

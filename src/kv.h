@@ -156,7 +156,20 @@ enum {
     KV_ELEASE_FULL = 3,     /* GRANT with KV_LEASE_HARD_MAX leases */
     KV_ETXN_KEYS = 4,       /* a TXN's RANGE walks would visit too many
                                keys (KV_TXN_KEYS_MAX, kv_txn_check) */
+    KV_EREVISION = 5,       /* the command would change a key, and the
+                               revision is at KV_REVISION_MAX */
 };
+
+/* The highest revision a table takes. Revisions stay below 2^62 as Raft's
+ * terms and indexes do (RAFT_LIMIT): a command advances the revision by
+ * one at most, so no real cluster gets near it, and every revision fits
+ * etcd's signed 64-bit revisions with room to spare. At this revision a
+ * command that would change a key (SET, SETL, DEL, a REVOKE of a lease
+ * holding keys, a TXN whose branch taken holds a PUT, DEL or DELRANGE) is
+ * refused whole at apply with KV_EREVISION, the same on every node, rather
+ * than wrap the revision around; reads, GRANT and other revokes still
+ * apply. A snapshot holding a higher revision is corrupt. */
+#define KV_REVISION_MAX ((UINT64_C(1) << 62) - 1)
 
 #define KV_TXN_MAX 128    /* most comparisons, and operations per branch */
 /* Most keys the RANGE walks of the branch a transaction takes may visit,

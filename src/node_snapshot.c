@@ -1041,7 +1041,17 @@ int node_restore_backup(const struct pz_config *cfg, const char *file,
     struct snapshot_meta meta;
     int rv = snapshot_load(file, kv, &meta, why, sizeof why);
     struct raft_conf old;
-    if (rv == 0 && raft_conf_decode(meta.conf, meta.conf_len, &old) < 0) {
+    if (rv == 0 && (meta.index == 0 || meta.term == 0)) {
+        /* No node takes a snapshot before its first entry: the node this
+         * would seed refuses such a point at its every start. */
+        snprintf(why, sizeof why,
+                 "%s: index %llu term %llu: a backup is taken at index 1 "
+                 "or later, in term 1 or later",
+                 file, (unsigned long long)meta.index,
+                 (unsigned long long)meta.term);
+        rv = PZ_ECORRUPT;
+    } else if (rv == 0 &&
+               raft_conf_decode(meta.conf, meta.conf_len, &old) < 0) {
         snprintf(why, sizeof why, "%s: corrupt: bad configuration", file);
         rv = PZ_ECORRUPT;
     } else if (rv == 0) {
@@ -1049,6 +1059,7 @@ int node_restore_backup(const struct pz_config *cfg, const char *file,
     }
     if (rv < 0) {
         snprintf(err, errlen, "not a valid snapshot: %s", why);
+        snapshot_meta_free(&meta);
         kv_free(kv);
         return rv;
     }

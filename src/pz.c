@@ -7,6 +7,7 @@
 
 #include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -16,6 +17,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -810,6 +813,27 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
         j &= (size_t)0 - (size_t)(j < wlen); /* j = j < wlen ? j : 0 */
     }
     return diff == 0;
+}
+
+int pz_open_regular(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) < 0)
+        rc = -errno;
+    else if (!S_ISREG(st.st_mode) &&
+             !(S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)))
+        rc = PZ_EINVAL;
+    else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+        rc = -errno;
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    return fd;
 }
 
 uint64_t pz_seed(void)

@@ -227,9 +227,21 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
 
 /* A seed for a PRNG (pz_rand_next, a hash table): 8 bytes from the
  * kernel's random source (getrandom), or, when that fails, the monotonic
- * and wall clocks mixed. The one helper here that asks the system for
- * something: every module seeds through it. */
+ * and wall clocks mixed. One of the two helpers here that ask the system
+ * for something (pz_open_regular the other): every module seeds through
+ * it. */
 uint64_t pz_seed(void);
+
+/* Open path for reading, as a regular file only: the open is made with
+ * O_NONBLOCK, so that a FIFO (which blocks an open until a writer comes)
+ * or a device named like a file the process reads at start or on reload
+ * fails at once instead of hanging the process; anything but a regular
+ * file (after symbolic links, which are followed) is then refused, except
+ * /dev/null (an empty file: `--test-config /dev/null`), and the
+ * descriptor made blocking again. Returns the descriptor (O_CLOEXEC),
+ * -errno when the open or fstat fails, or PZ_EINVAL when path is not a
+ * regular file (callers say "not a regular file"). */
+int pz_open_regular(const char *path);
 
 /* A rate limit for log lines that the network can trigger (a client, a
  * peer, or a broken server can make a line happen as often as it likes):

@@ -486,12 +486,32 @@ static int commit_file(const char *tmp, const char *path, const char *dir,
     return 0;
 }
 
+/* Create (or truncate) a temporary file in the data directory. Neither a
+ * symbolic link nor a FIFO there is written through: O_NOFOLLOW fails on
+ * the one, O_NONBLOCK makes opening the other fail (no reader) instead of
+ * blocking, and anything but a regular file is refused. */
 static int open_tmp(const char *tmp, char *err, size_t errlen)
 {
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(
+        tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+        0644);
     if (fd < 0) {
         int e = -errno;
         set_err(err, errlen, "%s: open: %s", tmp, errstr(e));
+        return e;
+    }
+    struct stat st;
+    int e = 0;
+    if (fstat(fd, &st) < 0)
+        e = -errno;
+    else if (!S_ISREG(st.st_mode))
+        e = PZ_EINVAL;
+    else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+        e = -errno;
+    if (e) {
+        set_err(err, errlen, "%s: %s", tmp,
+                e == PZ_EINVAL ? "not a regular file" : errstr(e));
+        close(fd);
         return e;
     }
     return fd;
@@ -969,32 +989,41 @@ struct reader {
     size_t errlen;     /* its size */
 };
 
+/* Open a snapshot file for reading: a regular file only (pz_open_regular),
+ * so that a FIFO or a device named like a snapshot is reported as damaged
+ * instead of blocking the open, and the node's start, forever. */
+static int open_snapshot(const char *path, char *err, size_t errlen)
+{
+    int fd = pz_open_regular(path);
+    if (fd == PZ_EINVAL) {
+        set_err(err, errlen, "%s: not a regular file", path);
+        return PZ_ECORRUPT;
+    }
+    if (fd < 0) {
+        set_err(err, errlen, "%s: open: %s", path, errstr(fd));
+        return fd == -ENOENT ? PZ_ENOTFOUND : fd;
+    }
+    return fd;
+}
+
 static int rd_open(struct reader *r, const char *path, char *err, size_t errlen)
 {
     memset(r, 0, sizeof(*r));
     r->path = path;
     r->err = err;
     r->errlen = errlen;
-    r->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (r->fd < 0) {
-        int e = errno;
-        set_err(err, errlen, "%s: open: %s", path, errstr(e));
-        return e == ENOENT ? PZ_ENOTFOUND : -e;
-    }
+    r->fd = -1;
+    int fd = open_snapshot(path, err, errlen);
+    if (fd < 0)
+        return fd;
     struct stat st;
-    if (fstat(r->fd, &st) < 0) {
+    if (fstat(fd, &st) < 0) {
         int e = -errno;
         set_err(err, errlen, "%s: fstat: %s", path, errstr(e));
-        close(r->fd);
-        r->fd = -1;
+        close(fd);
         return e;
     }
-    if (!S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", path);
-        close(r->fd);
-        r->fd = -1;
-        return PZ_ECORRUPT;
-    }
+    r->fd = fd;
     r->size = (uint64_t)st.st_size;
     (void)posix_fadvise(r->fd, 0, 0, POSIX_FADV_SEQUENTIAL); /* a hint */
     return 0;
@@ -1112,6 +1141,14 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
     m->nkeys = pz_get_u64(h + 36);
     uint32_t conf_len = pz_get_u32(h + 44);
     m->file_size = r->size;
+    if (m->index >= RAFT_LIMIT || m->term >= RAFT_LIMIT) {
+        /* No log gets there, and no peer would accept them (raft.h). */
+        set_err(r->err, r->errlen,
+                "%s: corrupt header: index %" PRIu64 " term %" PRIu64
+                ": at or above 2^62, which no real log reaches",
+                r->path, m->index, m->term);
+        return PZ_ECORRUPT;
+    }
     if (conf_len > SNAPSHOT_CONF_MAX ||
         conf_len > rd_left(r) - SNAPSHOT_TRAILER_SIZE) {
         set_err(r->err, r->errlen,
@@ -1154,6 +1191,13 @@ static int rd_header(struct reader *r, struct snapshot_meta *m)
         if (rc)
             return rc;
         m->revision = pz_get_u64(rd_take(r, 8));
+        if (m->revision > KV_REVISION_MAX) {
+            set_err(r->err, r->errlen,
+                    "%s: corrupt header: revision %" PRIu64
+                    " above the highest a table reaches (2^62 - 1)",
+                    r->path, m->revision);
+            return PZ_ECORRUPT;
+        }
     }
     if (version >= 3) {
         rc = rd_need(r, 4);
@@ -1526,12 +1570,9 @@ int snapshot_reader_open(const char *path, struct snapshot_reader **out,
                          char *err, size_t errlen)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        set_err(err, errlen, "%s: open: %s", path, errstr(e));
-        return e == ENOENT ? PZ_ENOTFOUND : -e;
-    }
+    int fd = open_snapshot(path, err, errlen);
+    if (fd < 0)
+        return fd;
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = -errno;

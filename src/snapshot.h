@@ -53,6 +53,10 @@
  *
  * Nothing follows the checksum. A reader refuses a file whose magic,
  * version, lengths, record count, end marker, size or checksum is wrong,
+ * whose index or term is at or above RAFT_LIMIT (2^62: no log gets there,
+ * and peers refuse such numbers) or whose revision is above
+ * KV_REVISION_MAX (2^62 - 1), anything but a regular file (a FIFO named
+ * like a snapshot is refused, never waited on),
  * a record whose metadata no sequence of commands produces (created after
  * modified, modified after the table's revision, version 0 or above the
  * revisions between creation and modification), and a file holding the

@@ -2215,11 +2215,15 @@ static int check_header(const char *path, char *err, size_t errlen)
 {
     static const char magic[16] = "SQLite format 3";
     char head[16];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* A regular file only: SQLite would block on a FIFO named raft.db. */
+    int fd = pz_open_regular(path);
+    if (fd == PZ_EINVAL) {
+        set_err(err, errlen, "%s: not a regular file", path);
+        return PZ_ECORRUPT;
+    }
     if (fd < 0) {
-        int e = errno;
-        set_err(err, errlen, "%s: open: %s", path, strerror(e));
-        return -e;
+        set_err(err, errlen, "%s: open: %s", path, strerror(-fd));
+        return fd;
     }
     ssize_t r = pread(fd, head, sizeof head, 0);
     int e = errno;

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <openssl/err.h>
@@ -98,6 +99,18 @@ static const unsigned char *alpn_wire(const char *p)
     return NULL;
 }
 
+/* Is path something other than a FIFO or a device (a missing or
+ * unreadable file is OpenSSL's to report)? OpenSSL opens the files it is
+ * given itself, blocking: a FIFO named as a certificate, key or CA file
+ * would hang the start, or the loop on SIGHUP, until a writer came. */
+static bool not_special(const char *path)
+{
+    int fd = pz_open_regular(path);
+    if (fd >= 0)
+        close(fd);
+    return fd != PZ_EINVAL;
+}
+
 static int build_ctx(SSL_CTX **out, const struct tls_opts *o, char *err,
                      size_t errlen)
 {
@@ -118,9 +131,13 @@ static int build_ctx(SSL_CTX **out, const struct tls_opts *o, char *err,
     const char *file = "";
     if (o->cert_file && o->cert_file[0]) {
         file = o->cert_file;
+        if (!not_special(file))
+            goto special;
         if (SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) != 1)
             goto fail;
         file = o->key_file;
+        if (!not_special(file))
+            goto special;
         if (SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) !=
             1)
             goto fail;
@@ -135,6 +152,8 @@ static int build_ctx(SSL_CTX **out, const struct tls_opts *o, char *err,
     }
     if (o->ca_file && o->ca_file[0]) {
         file = o->ca_file;
+        if (!not_special(file))
+            goto special;
         if (SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) != 1)
             goto fail;
         if (o->server && o->client_auth != TLS_AUTH_NONE) {
@@ -179,6 +198,10 @@ fail:
     last_error(why, sizeof why);
     snprintf(err, errlen, "cannot load %s: %s", file[0] ? file : "(none)",
              why[0] ? why : "unreadable");
+    SSL_CTX_free(ctx);
+    return PZ_EINVAL;
+special:
+    snprintf(err, errlen, "cannot load %s: not a regular file", file);
     SSL_CTX_free(ctx);
     return PZ_EINVAL;
 }

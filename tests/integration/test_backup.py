@@ -13,6 +13,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from conftest import ROOT
 from grpc_helpers import CLI
 from test_cluster import make_cluster, leader_of, put, get
@@ -318,6 +320,176 @@ def test_restore_refuses_damaged_backups_and_used_dirs(servers, tmp_path):
     ok.wait_ready()
     assert get(ok, "k99")[2] == b"v" * 50
     assert ok.status()["keys"] == 100
+
+
+def patched(data, **fields):
+    """A snapshot file with header fields (index, term, revision) replaced
+    and its CRC-64 made right again: only the bounds can refuse it."""
+    b = bytearray(data)
+    (conf_len,) = struct.unpack(">I", b[44:48])
+    at = {"index": 12, "term": 20, "revision": 48 + conf_len}
+    for k, v in fields.items():
+        b[at[k]:at[k] + 8] = struct.pack(">Q", v)
+    body = bytes(b[:-8])
+    return body + struct.pack(">Q", crc64(body))
+
+
+LIMIT = 2**62  # RAFT_LIMIT; the highest revision is LIMIT - 1
+
+
+def test_restore_refuses_points_no_log_reaches(servers, tmp_path):
+    """A backup whose index or term is at or above 2^62 (which every peer
+    refuses: nobody could ever join), whose revision is beyond the highest
+    (writes would wrap it, etcd clients see it negative) or whose index or
+    term is 0 (the node would refuse its own start) is refused up front,
+    with a clear message and nothing written."""
+    src = servers("src", conf={"cluster-token": TOKEN})
+    for i in range(5):
+        assert put(src, f"k{i}", f"v{i}")[0] == 204
+    good = str(tmp_path / "good.snap")
+    assert save(src, good)[0] == 0
+    data = open(good, "rb").read()
+    index, term = struct.unpack(">QQ", data[12:28])
+    cases = [
+        ("revwrap", {"revision": 2**64 - 2}, "revision 18446744073709551614"),
+        ("revneg", {"revision": 2**63 + 5}, "above the highest"),
+        ("revlim", {"revision": LIMIT}, "above the highest"),
+        ("idx", {"index": LIMIT + 1}, "2^62"),
+        ("term", {"term": LIMIT}, "2^62"),
+        ("idx0", {"index": 0}, f"index 0 term {term}: a backup is taken"),
+        ("term0", {"term": 0}, f"index {index} term 0: a backup is taken"),
+    ]
+    for name, fields, why in cases:
+        path = str(tmp_path / f"{name}.snap")
+        open(path, "wb").write(patched(data, **fields))
+        s = restore_proc(servers, name, path)
+        assert s.wait_exit(20) == 1, name
+        log = s.read_log()
+        assert "not a valid snapshot" in log and why in log, (name, log)
+        data_dir = s.conf["raft-data"]
+        assert not os.path.exists(data_dir) or os.listdir(data_dir) == []
+
+
+def test_restored_revision_at_the_maximum_refuses_writes(servers, tmp_path):
+    """At the highest revision (2^62 - 1) a write is refused, the same on
+    every node, rather than wrap the revision; reads go on, and the node's
+    own snapshot of that state loads at its next start."""
+    src = servers("src", conf={"cluster-token": TOKEN})
+    for i in range(5):
+        assert put(src, f"k{i}", f"v{i}")[0] == 204
+    good = str(tmp_path / "good.snap")
+    assert save(src, good)[0] == 0
+    top = str(tmp_path / "top.snap")
+    open(top, "wb").write(patched(open(good, "rb").read(),
+                                  revision=LIMIT - 1))
+    s = restore_proc(servers, "top", top)
+    s.wait_ready()
+    assert s.status()["revision"] == LIMIT - 1
+    st, _, body = put(s, "new", "x")
+    assert st == 507 and b"revision is at its maximum" in body, (st, body)
+    st, _, body = s.request("POST", "/txn", json.dumps({"success": [
+        {"put": {"key": "t", "value": "x"}}]}), headers=AUTH)
+    assert st == 507, (st, body)
+    assert get(s, "k3")[2] == b"v3" and get(s, "new")[0] == 404
+    assert s.status()["revision"] == LIMIT - 1
+    st, _, body = s.request("POST", "/admin/snapshot", headers=AUTH)
+    assert st == 200, body
+    s.stop()
+    s.args = []
+    s.start()
+    assert s.status()["revision"] == LIMIT - 1
+    assert get(s, "k4")[2] == b"v4"
+
+
+def test_save_never_writes_through_an_existing_part_file(servers, tmp_path):
+    """FILE.part is created, never reused: a link planted there (to
+    another file) or a stale one is left alone and the save refused."""
+    s = servers(conf={"cluster-token": TOKEN})
+    assert put(s, "k", "v")[0] == 204
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious data")
+    out = str(tmp_path / "backup.snap")
+    for kind in ("symlink", "hardlink", "stale"):
+        part = out + ".part"
+        if kind == "symlink":
+            os.symlink(victim, part)
+        elif kind == "hardlink":
+            os.link(victim, part)
+        else:
+            open(part, "wb").write(b"half a download")
+        for node in (s, None):  # reachable, and a failing download
+            if node:
+                code, _, err = save(node, out)
+            else:
+                code, _, err = cli("--http", "127.0.0.1:1", "--timeout",
+                                   "1", "snapshot", "save", out)
+            assert code == 1 and "backup.snap.part exists" in err, err
+            assert victim.read_bytes() == b"precious data", kind
+            assert os.path.lexists(part) and not os.path.exists(out)
+        os.unlink(part)
+    assert save(s, out)[0] == 0
+    assert parse_snapshot(open(out, "rb").read())[2] == {b"k": b"v"}
+    assert victim.read_bytes() == b"precious data"
+
+
+def fake_node(head, drip):
+    """A server on a free port answering one request with head, then
+    drip(conn) until the client goes: (port, thread, stop event)."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    stop = threading.Event()
+
+    def run():
+        ls.settimeout(30)
+        try:
+            c, _ = ls.accept()
+        except OSError:
+            return
+        with c:
+            c.recv(4096)
+            try:
+                c.sendall(head)
+                drip(c, stop)
+            except OSError:
+                pass
+        ls.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return ls.getsockname()[1], t, stop
+
+
+def test_save_gives_up_on_a_drip_and_on_a_huge_body(tmp_path):
+    """--timeout bounds each read; a node that sends a byte now and then
+    (less than 64 KiB per --timeout) or announces more than 1 TiB is given
+    up on too, with a clear error and no FILE.part left."""
+    def slow(c, stop):
+        while not stop.is_set():
+            c.sendall(b"x")
+            time.sleep(0.05)
+
+    out = str(tmp_path / "b.snap")
+    port, t, stop = fake_node(b"HTTP/1.1 200 OK\r\nContent-Length: "
+                              b"100000000\r\n\r\n", slow)
+    t0 = time.time()
+    code, _, err = cli("--http", f"127.0.0.1:{port}", "--timeout", "1",
+                       "snapshot", "save", out, timeout=30)
+    stop.set()
+    t.join(10)
+    assert code == 1 and "less than 64 KiB within --timeout (1000 ms)" in err
+    assert time.time() - t0 < 10
+    assert not os.path.exists(out) and not os.path.exists(out + ".part")
+
+    port, t, stop = fake_node(b"HTTP/1.1 200 OK\r\nContent-Length: "
+                              + str(2**40 + 1).encode() + b"\r\n\r\n",
+                              lambda c, stop: c.sendall(b"x" * 65536))
+    code, _, err = cli("--http", f"127.0.0.1:{port}", "--timeout", "5",
+                       "snapshot", "save", out, timeout=30)
+    stop.set()
+    t.join(10)
+    assert code == 1 and "larger than 1 TiB" in err, err
+    assert not os.path.exists(out) and not os.path.exists(out + ".part")
 
 
 def readme_commands(title):

@@ -2,6 +2,7 @@
 write stops the node (fail-stop), identity mismatches are refused."""
 import json
 import os
+import signal
 import sqlite3
 import time
 
@@ -309,3 +310,51 @@ def test_truncated_snapshot_tail_is_refused(servers):
     assert any(f"damaged snapshot {os.path.join(data, f)}" in log
                for f in snaps), log
     assert "no valid snapshot" in log, log
+
+
+def test_fifo_named_like_a_snapshot_is_skipped(servers):
+    """A FIFO named like a snapshot whose point the log holds (an open
+    for reading would wait for a writer forever, the start with it) is
+    reported as not a regular file and passed over."""
+    s = servers()
+    for i in range(10):
+        assert put(s, f"k{i}", "v")[0] == 204
+    term = s.status()["term"]
+    s.stop()
+    data = os.path.join(s.dir, "data")
+    fifos = [os.path.join(data, f"snap-5-{t}.snap")
+             for t in sorted({1, 2, term})]
+    for f in fifos:
+        os.mkfifo(f)
+    s.start(wait=False)
+    s.wait_ready(timeout=15)
+    log = s.read_log()
+    assert any(f"{f}: not a regular file" in log for f in fifos), log
+    assert get(s, "k9")[2] == b"v"
+    assert s.stop() == 0
+
+
+def test_fifo_config_and_token_files_are_refused(servers, tmp_path):
+    """A FIFO given as client-token-file stops the start with a clear
+    error; one put in place of the config file before SIGHUP fails the
+    reload, and the node goes on serving (neither waits for a writer)."""
+    fifo = str(tmp_path / "tokens.fifo")
+    os.mkfifo(fifo)
+    s = servers("tok", start=False, conf={"client-token-file": fifo})
+    s.start(wait=False)
+    assert s.wait_exit(10) != 0
+    log = s.read_log()
+    assert f"{fifo}: cannot open: not a regular file" in log, log
+
+    s = servers("hup")
+    assert put(s, "k", "v")[0] == 204
+    os.unlink(s.conf_path)
+    os.mkfifo(s.conf_path)
+    s.signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while "reload failed" not in s.read_log() and time.time() < deadline:
+        time.sleep(0.05)
+    log = s.read_log()
+    assert "reload failed" in log and "not a regular file" in log, log
+    assert get(s, "k", timeout=3)[2] == b"v"
+    assert s.stop() == 0

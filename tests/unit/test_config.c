@@ -2,6 +2,7 @@
  * sources and their precedence, cross-field rules, initial-cluster, and
  * agreement between the table and the shipped pyazdb.conf. */
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -601,7 +602,21 @@ TEST(file_unreadable)
     CHECK_EQ_STR(err, "/nonexistent/dir/x.conf: cannot open: No such file "
                       "or directory");
     CHECK_EQ_INT(cfg_load_file(&c, "/tmp", err, sizeof err), PZ_ECONFIG);
-    CHECK_EQ_STR(err, "/tmp: cannot read: Is a directory");
+    CHECK_EQ_STR(err, "/tmp: cannot open: not a regular file");
+    /* a FIFO is refused at once, never waited on for a writer */
+    char fifo[64];
+    snprintf(fifo, sizeof fifo, "/tmp/pz-cfg-fifo-%d", (int)getpid());
+    unlink(fifo);
+    CHECK_EQ_INT(mkfifo(fifo, 0600), 0);
+    int rc = cfg_load_file(&c, fifo, err, sizeof err);
+    unlink(fifo);
+    CHECK_EQ_INT(rc, PZ_ECONFIG);
+    char refused[128];
+    snprintf(refused, sizeof refused, "%s: cannot open: not a regular file",
+             fifo);
+    CHECK_EQ_STR(err, refused);
+    /* /dev/null is an empty file (--test-config /dev/null) */
+    CHECK_EQ_INT(cfg_load_file(&c, "/dev/null", err, sizeof err), 0);
     cfg_free(&c);
 
     /* A real file: errors carry its path as the source. */

@@ -1677,6 +1677,77 @@ TEST(restore_in_order_and_not)
     kv_free(kv);
 }
 
+/* At KV_REVISION_MAX a command that would change a key is refused whole
+ * (KV_EREVISION), never wrapping the revision; reads, GRANT and a revoke
+ * of a lease without keys still apply. */
+TEST(revision_max_refuses_writes)
+{
+    struct kv *kv = kv_new();
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct kv_result r;
+    CHECK_EQ_INT(kv_encode_lease_grant(&b, 7, 60), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &r), 0);
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_set_lease(&b, "l", 1, "v", 1, 7), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &r), 0);
+    pz_buf_reset(&b);
+    /* one below: the last write takes the highest revision */
+    kv_set_revision(kv, KV_REVISION_MAX - 1);
+    CHECK_EQ_INT(kv_encode_set(&b, "a", 1, "1", 1), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &r), 0);
+    CHECK(r.status == KV_OK && r.revision == KV_REVISION_MAX);
+    uint64_t digest = kv_digest(kv);
+    /* every writing command: refused, nothing changed */
+    struct kv_op put = {.type = KV_TOP_PUT,
+                        .key = (const uint8_t *)"b",
+                        .klen = 1,
+                        .value = (const uint8_t *)"2",
+                        .vlen = 1};
+    struct kv_op del = {
+        .type = KV_TOP_DEL, .key = (const uint8_t *)"a", .klen = 1};
+    struct kv_op get = {
+        .type = KV_TOP_GET, .key = (const uint8_t *)"a", .klen = 1};
+    struct kv_op getdel[2] = {get, del};
+    for (int i = 0; i < 6; i++) {
+        pz_buf_reset(&b);
+        if (i == 0)
+            CHECK_EQ_INT(kv_encode_set(&b, "a", 1, "3", 1), 0);
+        else if (i == 1)
+            CHECK_EQ_INT(kv_encode_set_lease(&b, "c", 1, "3", 1, 7), 0);
+        else if (i == 2)
+            CHECK_EQ_INT(kv_encode_del(&b, "a", 1), 0);
+        else if (i == 3)
+            CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &put, 1, NULL, 0), 0);
+        else if (i == 4)
+            CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, getdel, 2, NULL, 0), 0);
+        else
+            CHECK_EQ_INT(kv_encode_lease_revoke(&b, 7), 0);
+        CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &r), 0);
+        CHECK_EQ_INT(r.status, KV_EREVISION);
+        CHECK(!r.succeeded && r.revision == KV_REVISION_MAX);
+        CHECK(kv_revision(kv) == KV_REVISION_MAX);
+        CHECK(kv_digest(kv) == digest && kv_count(kv) == 2);
+    }
+    /* what changes no key applies (the branch taken only reads) */
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &get, 1, &del, 1), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &r), 0);
+    CHECK(r.status == KV_OK && r.succeeded);
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_lease_grant(&b, 8, 60), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &r), 0);
+    CHECK_EQ_INT(r.status, KV_OK);
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_lease_revoke(&b, 8), 0);
+    CHECK_EQ_INT(kv_apply(kv, (uint8_t *)b.data, b.len, &r), 0);
+    CHECK_EQ_INT(r.status, KV_OK);
+    CHECK(kv_revision(kv) == KV_REVISION_MAX);
+    CHECK(kv_digest_compute(kv) == kv_digest(kv));
+    pz_buf_free(&b);
+    kv_free(kv);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
     TEST_ENTRY(binary_keys_values),
@@ -1704,6 +1775,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(txn_range_budget),
     TEST_ENTRY(append_in_order_keeps_tails),
     TEST_ENTRY(restore_in_order_and_not),
+    TEST_ENTRY(revision_max_refuses_writes),
     TEST_END};
 const struct test_suite suite_kv = {"kv", cases};
 

@@ -1990,6 +1990,100 @@ TEST(leases_roundtrip_and_corruption)
     tdir_free(&t);
 }
 
+/* Numbers no log reaches, with a correct checksum: an index or term at
+ * 2^62 (RAFT_LIMIT, which peers refuse) or a revision above
+ * KV_REVISION_MAX is refused as corrupt; one below loads. */
+TEST(points_out_of_range)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct kv *kv = kv_new();
+    fill(kv, 5, 10, 3);
+    char path[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE];
+    CHECK(write_ok(t.root, kv, 3, 1, path));
+    size_t len;
+    uint8_t *orig = read_all(path, &len);
+    CHECK(orig != NULL);
+    uint8_t *p = pz_memdup(orig, len);
+    size_t rev_at = 48 + sizeof conf_blob;
+    struct {
+        size_t at;
+        uint64_t v;
+        const char *why; /* NULL: loads */
+    } cases[] = {
+        {12, RAFT_LIMIT, "2^62"},
+        {12, UINT64_MAX, "2^62"},
+        {20, RAFT_LIMIT, "2^62"},
+        {20, INT64_MAX, "2^62"},
+        {rev_at, KV_REVISION_MAX + 1, "revision"},
+        {rev_at, UINT64_MAX - 1, "revision"},
+        {12, RAFT_LIMIT - 1, NULL},
+        {20, RAFT_LIMIT - 1, NULL},
+        {rev_at, KV_REVISION_MAX, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memcpy(p, orig, len);
+        pz_put_u64(p + cases[i].at, cases[i].v);
+        rewrite_crc(p, len);
+        CHECK(write_file(path, p, len));
+        struct kv *into = kv_new();
+        struct snapshot_meta m;
+        int rc = snapshot_load(path, into, &m, err, sizeof err);
+        if (cases[i].why) {
+            CHECK(is_corrupt_named(rc, err, path) && strstr(err, cases[i].why));
+        } else {
+            CHECK_EQ_INT(rc, 0);
+            CHECK(cases[i].at != rev_at ||
+                  kv_revision(into) == KV_REVISION_MAX);
+            snapshot_meta_free(&m);
+        }
+        kv_free(into);
+    }
+    pz_free(p);
+    pz_free(orig);
+    kv_free(kv);
+    tdir_free(&t);
+}
+
+/* A FIFO named like a snapshot (no writer: an open for reading would
+ * block until one came) is refused at once as not a regular file, by the
+ * loader and the InstallSnapshot reader; the newest valid file is loaded
+ * past it. */
+TEST(fifo_named_like_a_snapshot)
+{
+    struct tdir t;
+    tdir_init(&t);
+    struct kv *kv = kv_new();
+    fill(kv, 5, 10, 4);
+    char path[SNAPSHOT_PATH_MAX], fifo[SNAPSHOT_PATH_MAX];
+    char err[SNAPSHOT_ERRMSG_SIZE];
+    CHECK(write_ok(t.root, kv, 3, 1, path));
+    CHECK_EQ_INT(snapshot_path(t.root, 9, 1, fifo, sizeof fifo), 0);
+    CHECK_EQ_INT(mkfifo(fifo, 0600), 0);
+    struct snapshot_meta m;
+    int rc = snapshot_verify(fifo, &m, err, sizeof err);
+    CHECK(is_corrupt_named(rc, err, fifo) && strstr(err, "not a regular file"));
+    struct snapshot_reader *r = NULL;
+    rc = snapshot_reader_open(fifo, &r, err, sizeof err);
+    CHECK(rc == PZ_ECORRUPT && r == NULL && strstr(err, "not a regular file"));
+    struct kv *got = NULL;
+    char *from = NULL;
+    struct damaged dl = {0};
+    struct snapshot_pick pick = {.damaged = on_damaged, .arg = &dl};
+    rc = snapshot_load_newest_valid(t.root, 1, &pick, &got, &m, &from, err,
+                                    sizeof err);
+    CHECK_EQ_INT(rc, 0);
+    CHECK(m.index == 3 && strcmp(from, path) == 0);
+    CHECK(kv_digest(got) == kv_digest(kv));
+    CHECK(dl.n == 1 && strcmp(dl.paths[0], fifo) == 0 &&
+          dl.rcs[0] == PZ_ECORRUPT);
+    snapshot_meta_free(&m);
+    pz_free(from);
+    kv_free(got);
+    kv_free(kv);
+    tdir_free(&t);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(crc64_vectors),
     TEST_ENTRY(crc64_accelerated_matches_tables),
@@ -2001,6 +2095,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(corrupt_every_byte_flip),
     TEST_ENTRY(corrupt_truncated_everywhere),
     TEST_ENTRY(corrupt_magic_version_lengths),
+    TEST_ENTRY(points_out_of_range),
+    TEST_ENTRY(fifo_named_like_a_snapshot),
     TEST_ENTRY(fallback_to_older_valid),
     TEST_ENTRY(name_and_header_disagree),
     TEST_ENTRY(list_and_prune),
