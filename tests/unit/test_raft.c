@@ -335,6 +335,17 @@ TEST(conf_codec)
     raft_conf_free(&d);
     for (size_t cut = 0; cut < la; cut++)
         CHECK_EQ_INT(raft_conf_decode(ba, cut, &d), PZ_ECORRUPT);
+    /* one encoding per configuration: a voter byte other than 0 or 1, or
+     * a byte after the last server, is not one */
+    CHECK_EQ_INT(ba[13], 0); /* the first server's voter byte */
+    ba[13] = 2;
+    CHECK_EQ_INT(raft_conf_decode(ba, la, &d), PZ_ECORRUPT);
+    ba[13] = 0;
+    uint8_t *longer = pz_malloc(la + 1);
+    memcpy(longer, ba, la);
+    longer[la] = 0;
+    CHECK_EQ_INT(raft_conf_decode(longer, la + 1, &d), PZ_ECORRUPT);
+    pz_free(longer);
     ba[0] = 9;
     CHECK_EQ_INT(raft_conf_decode(ba, la, &d), PZ_ECORRUPT);
     CHECK_EQ_INT(raft_conf_remove(&a, 3), 0);
