@@ -7,14 +7,22 @@
 #       by DIR/ca.*, naming NAME (DNS subjectAltName: the node-id, which the
 #       peer transport checks) and every IP address or DNS name given (what
 #       clients dial: 127.0.0.1, the machine's address, its host name)
+#   scripts/make-certs.sh DIR server NAME [IP|DNS ...]
+#       DIR/NAME.crt, DIR/NAME.key: a server certificate only (serverAuth),
+#       for mandi or another HTTPS server, naming NAME and every IP address
+#       or DNS name given; it cannot dial a node's Raft port as a peer
 #   scripts/make-certs.sh DIR client NAME
 #       DIR/NAME.crt, DIR/NAME.key: a client certificate (CN=NAME)
+# A CA that signs peers' certificates should sign only nodes' certificates
+# (or peers get a CA of their own): any certificate it signs that names a
+# member speaks for that member on the Raft port.
 # DAYS (default 825) sets the validity of node and client certificates.
 # Keys are ECDSA P-256, written with mode 600.
 set -eu
 
 usage() {
-    echo "usage: $0 DIR ca | DIR node NAME [IP|DNS ...] | DIR client NAME" >&2
+    echo "usage: $0 DIR ca | DIR node NAME [IP|DNS ...]" \
+        "| DIR server NAME [IP|DNS ...] | DIR client NAME" >&2
     exit 2
 }
 [ $# -ge 2 ] || usage
@@ -49,7 +57,7 @@ ca)
         -addext "keyUsage=critical,keyCertSign,cRLSign"
     chmod 644 "$dir/ca.crt"
     ;;
-node)
+node | server)
     [ $# -ge 1 ] || usage
     name=$1
     shift
@@ -60,11 +68,15 @@ node)
         *) san="$san,IP:$a" ;;
         esac
     done
+    # A node dials its peers with its certificate: client too. A server
+    # only answers.
+    usage_ext="serverAuth,clientAuth"
+    [ "$kind" = node ] || usage_ext="serverAuth"
     newkey "$dir/$name.key"
     ext=$(mktemp)
     printf '%s\n' "basicConstraints=CA:false" \
         "keyUsage=critical,digitalSignature,keyEncipherment" \
-        "extendedKeyUsage=serverAuth,clientAuth" \
+        "extendedKeyUsage=$usage_ext" \
         "subjectAltName=$san" > "$ext"
     sign "$name" "/CN=$name" "$ext"
     ;;

@@ -330,6 +330,27 @@ MUTATIONS = [
       ["unit:transport", "py:test_hostile_peers.py::"
        "test_dialled_peer_answering_as_another_node_is_not_used"],
       "a dialled peer answering as another node is used"),
+    M("peertls_stranger_without_token", "src/transport.c",
+      "    if (stranger && in->c->tls && t->token[0] == '\\0' &&",
+      "    if (stranger && in->c->tls && t->token[0] == '\\1' &&",
+      ["unit:transport/tls_strangers_need_a_token",
+       "py:test_tls.py::test_peer_certificate_speaks_only_for_a_member"],
+      "with peer TLS and no token, any certificate of the CA naming some "
+      "id gets a Raft link"),
+    M("peertls_joining_takes_any_dialer", "src/transport.c",
+      "          (t->first_contact == 0 || t->first_contact == hs->node_id))) {",
+      "          (t->first_contact == 0 || t->first_contact != 0))) {",
+      ["unit:transport/tls_strangers_need_a_token"],
+      "with peer TLS and no token, a joining node takes every dialer, not "
+      "only its first contact"),
+    M("peertls_handshake_before_cert_check", "src/transport.c",
+      "    if (!tls_peer_names_id(c->tls, t->cfg.name_to_id, p->id)) {",
+      "    if (!tls_peer_names_id(c->tls, t->cfg.name_to_id, p->id) && "
+      "p->id == 0) {",
+      ["unit:transport/tls_handshake_only_to_the_dialed_member",
+       "py:test_tls.py::test_peer_handshake_only_to_the_dialed_member"],
+      "the handshake (cluster token) goes to any acceptor with a "
+      "certificate of the CA"),
     M("max_value_ignored", "src/http_parse.c",
       "    else if (op->value && op->vlen > lim->max_value)",
       "    else if (op->value && op->vlen > 2 * lim->max_value)",

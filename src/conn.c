@@ -405,6 +405,11 @@ static void tls_input(struct conn *c)
         if (!was_done && tls_handshake_done(c->tls)) {
             was_done = true;
             tls_set_deadline(c->tls, 0);
+            if (c->ops->on_tls_ready) {
+                c->ops->on_tls_ready(c);
+                if (conn_is_closing(c))
+                    return;
+            }
             if (tls_queued(c->tls))
                 mark_pending(c); /* what the protocol wrote meanwhile */
         }

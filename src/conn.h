@@ -76,6 +76,11 @@ struct conn_ops {
      * say why with conn_write(). It is closed right after, keeping only
      * what the socket takes at once. */
     void (*on_evict)(struct conn *c);
+    /* TLS: the handshake completed (optional). The peer's certificate can
+     * be checked now (tls_peer_names...), before the protocol writes
+     * anything it should tell only the right peer; called before any
+     * plaintext is handed to on_data. It may close c. */
+    void (*on_tls_ready)(struct conn *c);
 };
 
 struct conn_listener {
@@ -247,8 +252,10 @@ struct conn *conn_connect_from(const char *addr, const char *source,
 /* Speak TLS on outbound c (right after conn_connect*, before it connects):
  * the server's certificate must chain to s's CA and name host (a name or
  * an IP; NULL: the chain only). What the protocol writes waits for the
- * handshake; a failed handshake closes c (logged once). Returns 0 or
- * PZ_ENOMEM (c is closed). */
+ * handshake (and is sent to whoever completes it: a protocol that must
+ * check the certificate first writes from ops->on_tls_ready); a failed
+ * handshake closes c (logged once). Returns 0 or PZ_ENOMEM (c is
+ * closed). */
 int conn_start_tls(struct conn *c, const struct tls_slot *s, const char *host,
                    uint64_t handshake_ms);
 /* The same, the server's certificate naming the host of addr ("host:port";

@@ -7,6 +7,10 @@
  * Outbound peer states:
  *   IDLE -> (something to send) CONNECTING -> (TCP up, Handshake written)
  *   HANDSHAKE -> (reply OK) READY
+ * With peer TLS, CONNECTING -> (TCP up) TLS -> (TLS handshake done, the
+ * acceptor's certificate names the member dialed: Handshake written)
+ * HANDSHAKE: our Handshake, which carries the cluster token, goes to no
+ * one else.
  * Any failure (connect error, refusal, no reply before the deadline, the
  * connection dropping) -> BACKOFF, whose timer reconnects if messages wait
  * or else returns to IDLE; the peer dialing us (it is back) ends the wait
@@ -54,6 +58,7 @@
 enum peer_state {
     PEER_IDLE = 0,   /* no connection, nothing scheduled */
     PEER_CONNECTING, /* TCP connect in progress */
+    PEER_TLS,        /* TCP up, TLS handshake in progress */
     PEER_HANDSHAKE,  /* Handshake sent, waiting for the reply */
     PEER_READY,      /* accepted: queued messages flow */
     PEER_BACKOFF,    /* waiting before the next attempt */
@@ -128,6 +133,9 @@ struct transport {
     size_t n_unauth;             /* inbound still in their handshake */
     size_t n_strangers;          /* accepted inbound from unknown ids */
     size_t stranger_in;          /* partial-frame bytes they hold */
+    uint64_t first_contact;      /* while we are in no configuration: the
+                                    first id accepted since we started (0:
+                                    none yet) */
     uv_timer_t sweep;            /* closes handshakes past their deadline */
     uint64_t loud_start;         /* uv_now() the log window began */
     unsigned loud_n;             /* warnings in the window so far */
@@ -252,12 +260,14 @@ static void on_peer_timer_closed(uv_handle_t *h)
 static void out_data(struct conn *c, const char *data, size_t len);
 static void out_drain(struct conn *c);
 static void out_close(struct conn *c);
+static void out_tls_ready(struct conn *c);
 
 static const struct conn_ops out_ops = {
     .on_open = NULL,
     .on_data = out_data,
     .on_drain = out_drain,
     .on_close = out_close,
+    .on_tls_ready = out_tls_ready,
 };
 
 /* Lets go of the connection (if any). Returns true if the link was up. */
@@ -329,6 +339,10 @@ static void on_peer_timer(uv_timer_t *h)
         peer_fail(p, "no connection within %" PRIu64 " ms",
                   p->t->cfg.connect_timeout_ms);
         break;
+    case PEER_TLS:
+        peer_fail(p, "no TLS handshake within %" PRIu64 " ms",
+                  p->t->cfg.connect_timeout_ms);
+        break;
     case PEER_HANDSHAKE:
         peer_fail(p, "no handshake reply within %" PRIu64 " ms",
                   p->t->cfg.connect_timeout_ms);
@@ -349,16 +363,10 @@ static bool cert_names(const struct transport *t, const struct conn *c,
     return t->cfg.name_to_id == NULL || t->cfg.name_to_id(name) == id;
 }
 
-static void out_connected(struct conn *c, int status)
+/* Writes our Handshake on p's connection and waits for the reply. */
+static void send_handshake(struct peer *p)
 {
-    struct peer *p = c->proto;
-    if (p == NULL)
-        return; /* we let go of this connection already */
     struct transport *t = p->t;
-    if (status < 0) {
-        peer_fail(p, "connect: %s", uv_strerror(status));
-        return;
-    }
     struct raft_handshake hs = {
         .version = RAFT_PROTO_VERSION,
         .cluster_id = t->cfg.cluster_id,
@@ -379,28 +387,60 @@ static void out_connected(struct conn *c, int status)
         peer_fail(p, "handshake too large (name or token too long)");
         return;
     }
-    conn_write(c, t->scratch.data, t->scratch.len);
+    conn_write(p->conn, t->scratch.data, t->scratch.len);
     raft_frame_parser_init(&p->fp, REPLY_MAX);
     p->state = PEER_HANDSHAKE;
+}
+
+static void out_connected(struct conn *c, int status)
+{
+    struct peer *p = c->proto;
+    if (p == NULL)
+        return; /* we let go of this connection already */
+    if (status < 0) {
+        peer_fail(p, "connect: %s", uv_strerror(status));
+        return;
+    }
+    /* With TLS the Handshake (and the cluster token in it) waits until
+     * the acceptor's certificate shows it is the member we dialed
+     * (out_tls_ready): whoever holds its address and some certificate of
+     * the cluster's CA learns nothing. */
+    if (c->tls) {
+        p->state = PEER_TLS;
+        return;
+    }
+    send_handshake(p);
+}
+
+/* The TLS handshake with the acceptor is done: our Handshake goes out
+ * only if its verified certificate names the member we dialed (a DNS
+ * subjectAltName whose id is p->id); else the link is dropped, counted as
+ * a refusal, without a byte of ours sent. */
+static void out_tls_ready(struct conn *c)
+{
+    struct peer *p = c->proto;
+    if (p == NULL || p->state != PEER_TLS)
+        return;
+    struct transport *t = p->t;
+    if (!tls_peer_names_id(c->tls, t->cfg.name_to_id, p->id)) {
+        p->st.refused++;
+        peer_fail(p,
+                  "its TLS certificate does not name node %" PRIu64
+                  ": not sending it our handshake",
+                  p->id);
+        return;
+    }
+    send_handshake(p);
 }
 
 static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
 {
     struct transport *t = p->t;
     char name[NAME_LOG];
-    /* With peer TLS, nothing the acceptor says counts before its
-     * certificate shows it is the member we dialed: a refusal (REMOVED
-     * stops this node) from whoever holds the address and some
-     * certificate of the cluster's CA is ignored. */
-    if (r->status != RAFT_HS_OK && p->conn->tls &&
-        !tls_peer_names_id(p->conn->tls, t->cfg.name_to_id, p->id)) {
-        p->st.refused++;
-        peer_fail(p,
-                  "refused us (%s) with a TLS certificate that does not "
-                  "name node %" PRIu64 ": ignored",
-                  raft_hs_status_str(r->status), p->id);
-        return;
-    }
+    /* With peer TLS the acceptor's certificate named the member we dialed
+     * before we sent our Handshake (out_tls_ready): a refusal (REMOVED
+     * stops this node) comes from that member, not from whoever holds
+     * its address and some certificate of the cluster's CA. */
     if (r->status != RAFT_HS_OK) {
         char why[160];
         snprintf(why, sizeof why, "%s", raft_hs_status_str(r->status));
@@ -409,12 +449,18 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
                      "removed from the cluster (configuration entry "
                      "%" PRIu64 ")",
                      r->conf_index);
+        if (r->status == RAFT_HS_NOT_MEMBER)
+            snprintf(why, sizeof why,
+                     "not in its configuration (with peer TLS and no "
+                     "cluster token it takes only members; its log has not "
+                     "caught up with our addition yet?)");
         p->st.refused++;
         /* Not being a member yet is normal for a moment (a change on its
-         * way): say it at debug level. */
-        bool quiet = p->last_refusal == r->status ||
-                     r->status == RAFT_HS_NOT_MEMBER;
-        pz_log(quiet ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
+         * way): say it once, as information. */
+        bool quiet = p->last_refusal == r->status;
+        pz_log(quiet                             ? PZ_LOG_DEBUG
+               : r->status == RAFT_HS_NOT_MEMBER ? PZ_LOG_INFO
+                                                 : PZ_LOG_WARNING,
                "raft: peer %s (node %" PRIu64 ") refused us: %s", p->addr,
                p->id, why);
         p->last_refusal = r->status;
@@ -908,6 +954,23 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
      * whose cluster it joins: the first contact, its leader. */
     bool stranger = kind == TRANSPORT_PEER_STRANGER ||
                     (kind == TRANSPORT_PEER_JOINING && t->cfg.cluster_id != 0);
+    if (stranger && in->c->tls && t->token[0] == '\0' &&
+        !(kind == TRANSPORT_PEER_JOINING &&
+          (t->first_contact == 0 || t->first_contact == hs->node_id))) {
+        /* Without a cluster token nothing but its certificate vouches for
+         * a dialer, and the cluster's CA may sign more than members (an
+         * HTTPS server's certificate with its DNS name): a certificate
+         * speaks only for a member we know. A node still joining knows
+         * none: it takes its first contact since it started, and that
+         * one again. The refused dialer retries on its backoff, and is
+         * accepted once our log names it. */
+        refuse(in, RAFT_HS_NOT_MEMBER, 0, 0, hs->node_id,
+               " (not in our configuration; without a cluster token only "
+               "members' certificates are accepted)");
+        return;
+    }
+    if (kind == TRANSPORT_PEER_JOINING && t->first_contact == 0)
+        t->first_contact = hs->node_id;
     if (stranger && t->n_strangers >= t->cfg.max_strangers) {
         /* Make room: the oldest link from an id we do not know goes. */
         struct pz_queue *e, *next;

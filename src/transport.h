@@ -20,12 +20,19 @@
  * accepted, as etcd's peer handler accepts them: a node whose log is
  * behind does not know the members added since, the leader among them;
  * the token is what authenticates a peer, and at most max_strangers such
- * links are open at once. A refusal carries its status and nothing else:
- * no cluster id, no node id, no name, no addresses. Addresses travel from
- * an acceptor to a dialer (the dialer reached it at the member's
- * configured address); what a dialer says of its own Raft address is
- * passed on only for an id the owner has no address for (on_peer_info,
- * dialed false), so that it can answer.
+ * links are open at once. With peer TLS and no token, a certificate of
+ * the cluster's CA is all that vouches for a dialer, and it vouches only
+ * for a member: such ids are refused (NOT_MEMBER) until the owner's
+ * configuration names them, and a node in no configuration yet takes only
+ * its first contact (the first id it accepted since it started). With
+ * peer TLS a dialer sends its handshake (and token) only once the
+ * acceptor's certificate names the member it dialed: whoever else answers
+ * at that address learns nothing. A refusal carries its status and
+ * nothing else: no cluster id, no node id, no name, no addresses.
+ * Addresses travel from an acceptor to a dialer (the dialer reached it at
+ * the member's configured address); what a dialer says of its own Raft
+ * address is passed on only for an id the owner has no address for
+ * (on_peer_info, dialed false), so that it can answer.
  *
  * Happy path: transport_send() encodes the message at once and queues the
  * bytes for peer m->to; the peer's connection is opened on demand, and
@@ -99,21 +106,24 @@ typedef void (*transport_close_cb)(void *data);
 
 /* The owner's verdict on a dialer's node id (check_peer). */
 enum transport_peer_kind {
-    TRANSPORT_PEER_STRANGER = 0, /* not in our configuration: accepted
-                                    (a node whose log is behind does not
-                                    know members added since, among them
-                                    maybe the leader), at most
-                                    max_strangers such links at once */
-    TRANSPORT_PEER_MEMBER,       /* a member, or one being added */
-    TRANSPORT_PEER_JOINING,      /* we are in no configuration yet (a new
-                                    node): any dialer that passed the
-                                    token and cluster checks */
-    TRANSPORT_PEER_REMOVED,      /* removed by a committed configuration:
-                                    refused with REMOVED, *conf_index and
-                                    *conf_term */
+    TRANSPORT_PEER_STRANGER = 0,      /* not in our configuration: accepted
+                                         (a node whose log is behind does not
+                                         know members added since, among them
+                                         maybe the leader), at most
+                                         max_strangers such links at once;
+                                         refused with peer TLS and no token */
+    TRANSPORT_PEER_MEMBER,            /* a member, or one being added */
+    TRANSPORT_PEER_JOINING,           /* we are in no configuration yet (a new
+                                         node): any dialer that passed the
+                                         token and cluster checks (with peer
+                                         TLS and no token: only the first
+                                         contact since we started) */
+    TRANSPORT_PEER_REMOVED,           /* removed by a committed configuration:
+                                         refused with REMOVED, *conf_index and
+                                         *conf_term */
     TRANSPORT_PEER_OTHER_INCARNATION, /* a member of that id has another
-                                    data dir: refused, and an acceptor
-                                    answering so is not used */
+                                         data dir: refused, and an acceptor
+                                         answering so is not used */
 };
 
 struct transport_config {
@@ -136,8 +146,9 @@ struct transport_config {
      * TLS and show a certificate that chains to its CA and names, as a
      * DNS subjectAltName, the node name they claim in the handshake, whose
      * id must be name_to_id(name); with tls_out on, we dial with TLS and
-     * require the same of the acceptor's certificate and reply. Borrowed:
-     * they must outlive the transport. */
+     * require the same of the acceptor's certificate and reply, and send
+     * our handshake only once its certificate names (name_to_id) the id
+     * we dialed. Borrowed: they must outlive the transport. */
     const struct tls_slot *tls_in, *tls_out;
     uint64_t (*name_to_id)(const char *name);
     transport_recv_cb recv;    /* required */

@@ -53,6 +53,28 @@ def identity(server):
     return int(m.group(1)), int(m.group(2), 16)
 
 
+def node_id(name):
+    """A node's id from its name, as the server derives it
+    (members_name_to_id: pz_hash of the name with the names' seed)."""
+    m64 = (1 << 64) - 1
+
+    def mix(a, b):
+        r = a * b
+        return (r ^ (r >> 64)) & m64
+
+    k0, k1, seed = 0xa0761d6478bd642f, 0xe7037ed1a0b428db, 0x7079617a6462
+    p = name.encode()
+    n = len(p)
+    h = seed ^ mix(seed ^ k0, k1) ^ n
+    while len(p) >= 8:
+        h = mix(h ^ int.from_bytes(p[:8], "little"), k1)
+        p = p[8:]
+    if p:
+        h = mix(h ^ int.from_bytes(p, "little"), k0)
+    h = mix(h, h ^ k1)
+    return h or 1
+
+
 def frame(msg):
     body = msg.SerializeToString()
     return struct.pack(">I", len(body)) + body

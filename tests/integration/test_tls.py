@@ -480,11 +480,15 @@ def test_bad_files_refused_at_start(servers, pki, tmp_path):
 @pytest.fixture(scope="module")
 def peer_pki(tmp_path_factory):
     """Node certificates naming node1..node3 from one cluster CA, and one
-    for node3 from another CA."""
+    for node3 from another CA; from the cluster CA too, certificates that
+    name no member: mandi's made as a node's (DNS:mandi, client and server
+    use) and a server-only one (DNS:web)."""
     d = str(tmp_path_factory.mktemp("peer-pki"))
     make(d, "ca")
     for n in ("node1", "node2", "node3"):
         make(d, "node", n, "127.0.0.1")
+    make(d, "node", "mandi", "127.0.0.1")
+    make(d, "server", "web", "127.0.0.1")
     make(d, "client", "alice")
     other = os.path.join(d, "other")
     make(other, "ca")
@@ -540,8 +544,11 @@ def test_peer_certificate_must_name_the_member(servers, peer_pki):
     wait_value(n2, "k", "v")
     assert gh.wait_for(lambda: "does not name the node it claims"
                        in n1.read_log() + n2.read_log(), timeout=10)
-    # Dialing node3, node1 and node2 see a certificate for node2 answer.
-    assert gh.wait_for(lambda: "its TLS certificate does not name 'node3'"
+    # Dialing node3, node1 and node2 see a certificate for node2 answer,
+    # and tell it nothing.
+    import raft_wire as rw
+    assert gh.wait_for(lambda: "its TLS certificate does not name node %d: "
+                       "not sending it our handshake" % rw.node_id("node3")
                        in n1.read_log() + n2.read_log(), timeout=10)
     # And node3 is told it was refused.
     assert gh.wait_for(lambda: "refused us" in n3.read_log(), timeout=10)
@@ -591,8 +598,9 @@ def test_peer_refusal_needs_the_dialed_members_certificate(servers,
                                                            peer_pki):
     """Whoever holds a dead member's address and a certificate of the
     cluster's CA naming another node cannot make the nodes that dial it
-    act on a REMOVED refusal."""
+    act on a REMOVED refusal: they send it no handshake to refuse."""
     import threading
+    import raft_wire as rw
     from test_cluster import leader_of, put
     nodes = peer_cluster(servers, peer_pki, ["node1", "node2", "node3"])
     for s in nodes:
@@ -607,13 +615,14 @@ def test_peer_refusal_needs_the_dialed_members_certificate(servers,
         os.path.join(peer_pki, other.name + ".key"), stop, hits))
     th.start()
     try:
-        assert gh.wait_for(lambda: "with a TLS certificate that does not "
-                           "name node" in leader.read_log(), timeout=15), \
-            leader.read_log()[-3000:]
+        assert gh.wait_for(lambda: "its TLS certificate does not name node "
+                           "%d: not sending it our handshake"
+                           % rw.node_id(dead.name) in leader.read_log(),
+                           timeout=15), leader.read_log()[-3000:]
     finally:
         stop.set()
         th.join(5)
-    assert hits
+    assert not hits
     for s in (leader, other):
         assert "says this node was removed" not in s.read_log()
         assert s.proc.poll() is None
@@ -634,6 +643,191 @@ def test_peer_certificate_from_another_ca(servers, peer_pki):
                        + nodes[1].read_log(), timeout=10)
     st, _, _ = n3.request("GET", "/get?key=k&consistency=stale")
     assert st == 404
+
+
+def tls_peer(port, d, cert):
+    """A raft_wire.Peer over TLS with certificate `cert` of peer_pki."""
+    import raft_wire as rw
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(os.path.join(d, "ca.crt"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(os.path.join(d, cert + ".crt"),
+                        os.path.join(d, cert + ".key"))
+    p = rw.Peer.__new__(rw.Peer)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    p.sock = ctx.wrap_socket(raw)
+    p.sock.settimeout(5)
+    p.crc = False
+    p.damage = None
+    return p
+
+
+def test_peer_certificate_speaks_only_for_a_member(servers, peer_pki):
+    """Peer TLS without a cluster token: a certificate of the cluster's CA
+    that names no member (mandi's, with DNS:mandi) gets no Raft link, so
+    what it would send (an APPEND of a higher term writing a key the client
+    tokens refuse) never reaches Raft; with a token as well, a dialer the
+    configuration does not name still gets in by presenting it. A
+    server-only certificate cannot dial at all."""
+    import raft_wire as rw
+    d = peer_pki
+    tokens = os.path.join(d, "tokens")
+    with open(tokens, "w") as f:
+        f.write("admin rw admin-token-0123456789\n")
+    conf = peer_conf(d, "node1")
+    conf["client-token-file"] = tokens
+    s = servers("node1", conf=conf)
+    vid, cid = rw.identity(s)
+    auth = {"Authorization": "Bearer admin-token-0123456789"}
+    st0 = s.status()
+    assert st0["role"] == "leader"
+    p = tls_peer(s.raft_port, d, "mandi")
+    mid = rw.node_id("mandi")
+    r = p.handshake(node_id=mid, cluster_id=cid, name="mandi",
+                    frame_crc=True)
+    assert r is not None and r.status == rw.NOT_MEMBER, r
+    assert r.node_id == 0 and r.name == ""
+    # Whatever it sends now goes nowhere: the link is closed.
+    T, L = st0["term"], st0["last_index"]
+    cmd = bytes([0x11, 6]) + b"secret" + bytes([3]) + b"bad"
+    try:
+        p.message(type=rw.APPEND, to=vid, term=T + 1, index=L, log_term=T,
+                  commit=L + 1, entries=[{"term": T + 1, "index": L + 1,
+                                          "type": rw.NORMAL, "data": cmd}],
+                  **{"from": mid})
+    except OSError:
+        pass
+    assert p.closed_by_peer()
+    p.close()
+    time.sleep(0.5)
+    st1 = s.status()
+    assert (st1["role"], st1["term"]) == ("leader", T), st1
+    assert s.request("GET", "/get?key=secret", headers=auth)[0] == 404
+    assert gh.wait_for(lambda: f"(node {mid} 'mandi'): not a member of the "
+                       "cluster (not in our configuration; without a cluster "
+                       "token only members' certificates are accepted)"
+                       in s.read_log(), timeout=5), s.read_log()[-3000:]
+    assert "accepted node" not in s.read_log()
+    # A server-only certificate is refused in the TLS handshake: no reply.
+    q = tls_peer(s.raft_port, d, "web")
+    try:
+        r = q.handshake(node_id=rw.node_id("web"), cluster_id=cid, name="web")
+    except OSError:
+        r = None
+    q.close()
+    assert r is None, r
+    assert gh.wait_for(lambda: "unsuitable certificate purpose"
+                       in s.read_log(), timeout=5), s.read_log()[-3000:]
+    # With a cluster token, such a dialer presents it and is let in as a
+    # member the node has not heard of yet, as without TLS.
+    s.stop()
+    s.conf["cluster-token"] = "peer-secret-0123456789"
+    s.write_conf()
+    s.start()
+    p = tls_peer(s.raft_port, d, "mandi")
+    r = p.handshake(node_id=mid, cluster_id=cid, name="mandi",
+                    token="peer-secret-0123456789")
+    assert r is not None and r.status == rw.OK, r
+    p.close()
+    assert gh.wait_for(lambda: "(not in our configuration: a member we have "
+                       "not heard of yet?)" in s.read_log(), timeout=5)
+
+
+def tls_squat(port, cert, key, ca, stop, got):
+    """Listens at a member's Raft address with a certificate of the
+    cluster's CA that does not name it, requiring the dialer's certificate
+    as a node would; records what each dialer sends after the TLS
+    handshake (its cluster token would be in it)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(16)
+    ls.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            c, _ = ls.accept()
+        except socket.timeout:
+            continue
+        try:
+            c.settimeout(3)
+            t = ctx.wrap_socket(c, server_side=True)
+            data = b""
+            while True:
+                chunk = t.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            got.append(data)
+            t.close()
+        except (OSError, ssl.SSLError):
+            got.append(None)  # TLS failed or timed out
+        c.close()
+    ls.close()
+
+
+def test_peer_handshake_only_to_the_dialed_member(servers, peer_pki):
+    """With peer TLS and a cluster token, a node dialing a member whose
+    address someone else holds, with a certificate of the cluster's CA
+    that names another host, sends it nothing after the TLS handshake:
+    not the transport handshake, not the token in it."""
+    import threading
+    import raft_wire as rw
+    from test_cluster import make_cluster
+    d = peer_pki
+    n1, n2 = make_cluster(servers, n=2, start=False)
+    for s in (n1, n2):
+        s.conf.update(peer_conf(d, s.name))
+        s.conf["cluster-token"] = "the-cluster-secret-0123456789"
+        s.write_conf()
+    stop, got = threading.Event(), []
+    th = threading.Thread(target=tls_squat, daemon=True, args=(
+        n2.raft_port, os.path.join(d, "web.crt"), os.path.join(d, "web.key"),
+        os.path.join(d, "ca.crt"), stop, got))
+    th.start()
+    try:
+        n1.start(wait=False)
+        n1.wait_ready()
+        assert gh.wait_for(lambda: len(got) >= 2, timeout=20), got
+    finally:
+        stop.set()
+        th.join(5)
+    # Dropped as soon as its TLS handshake was done: not a byte of data.
+    assert all(not g for g in got), got
+    assert gh.wait_for(lambda: "its TLS certificate does not name node %d: "
+                       "not sending it our handshake" % rw.node_id(n2.name)
+                       in n1.read_log(), timeout=5), n1.read_log()[-3000:]
+    assert "TLS with" not in n1.read_log()  # the TLS handshake itself passed
+
+
+def test_peer_tls_cluster_grows_without_a_token(servers, mandi, peer_pki):
+    """Peer TLS and no cluster token: nodes join through mandi (each new
+    member is accepted by the others once their logs name it), the
+    cluster replicates, and it fails over to a leader among the nodes
+    that joined."""
+    from test_cluster import leader_of, put, wait_value
+    from test_join import start_joining, wait_voters
+    d = peer_pki
+    first = servers("node1", conf=dict(peer_conf(d, "node1"),
+                                       **{"mandi-addr": mandi.url}))
+    nodes = [first] + [start_joining(servers, mandi, n, peer_conf(d, n))
+                       for n in ("node2", "node3")]
+    wait_voters(first, [s.name for s in nodes])
+    leader = leader_of(nodes)
+    assert put(leader, "grown", "yes")[0] == 204
+    for s in nodes:
+        wait_value(s, "grown", "yes")
+    leader.stop()
+    rest = [s for s in nodes if s is not leader]
+    new = leader_of(rest, timeout=15)
+    assert put(new, "after", "failover")[0] == 204
+    for s in rest:
+        wait_value(s, "after", "failover")
+    for s in nodes:
+        assert "TLS with" not in s.read_log()
 
 
 def test_peer_tls_makes_the_token_optional(tmp_path, peer_pki):

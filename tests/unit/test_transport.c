@@ -9,19 +9,26 @@
  * prepare hook as the server does): two transports exchanging messages both
  * ways, handshake refusals and their log lines, a peer restarting on the
  * same port, queue caps dropping the oldest messages, bounded reconnect
- * attempts, garbage on an inbound connection, address changes, and a
- * throughput figure. Every wait has a deadline. */
+ * attempts, garbage on an inbound connection, address changes, peer
+ * mutual TLS (who is accepted without a cluster token, and to whom a
+ * dialer sends its handshake), and a throughput figure. Every wait has a
+ * deadline. */
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "codec_diff.h"
 #include "conn.h"
 #include "log.h"
 #include "raft.pb-c.h"
 #include "raft_codec.h"
-#include "codec_diff.h"
 #include "test.h"
+#include "tls.h"
 #include "transport.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -2471,6 +2478,267 @@ TEST(frames_past_the_hard_limit_go)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* --- peer mutual TLS ------------------------------------------------------ */
+
+/* Certificates for the TLS tests: self-signed, each naming DNS:NAME, all
+ * of them trusted through one CA file (the cluster's CA here: whatever it
+ * holds chains). */
+#define PKI_MAX 4
+struct pki {
+    char dir[64];
+    char ca[128];
+    char crt[PKI_MAX][128], key[PKI_MAX][128];
+    int n;
+};
+
+static bool pki_add(struct pki *k, const char *name)
+{
+    int i = k->n++;
+    char dir[sizeof k->dir];
+    memcpy(dir, k->dir, sizeof dir);
+    snprintf(k->crt[i], sizeof k->crt[i], "%s/%s.crt", dir, name);
+    snprintf(k->key[i], sizeof k->key[i], "%s/%s.key", dir, name);
+    EVP_PKEY *pk = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    if (pk == NULL || x == NULL)
+        return false;
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), i + 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, pk);
+    X509_NAME *nm = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(nm, "CN", MBSTRING_ASC,
+                               (const unsigned char *)name, -1, -1, 0);
+    X509_set_issuer_name(x, nm);
+    char san[128];
+    snprintf(san, sizeof san, "DNS:%s,IP:127.0.0.1", name);
+    X509V3_CTX v3;
+    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+    X509_EXTENSION *ext =
+        X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san);
+    bool ok = ext != NULL && X509_add_ext(x, ext, -1) == 1 &&
+              X509_sign(x, pk, EVP_sha256()) > 0;
+    X509_EXTENSION_free(ext);
+    FILE *f = fopen(k->crt[i], "w");
+    FILE *fk = fopen(k->key[i], "w");
+    FILE *fc = fopen(k->ca, "a");
+    ok = ok && f && fk && fc && PEM_write_X509(f, x) == 1 &&
+         PEM_write_X509(fc, x) == 1 &&
+         PEM_write_PrivateKey(fk, pk, NULL, NULL, 0, NULL, NULL) == 1;
+    if (f)
+        fclose(f);
+    if (fk)
+        fclose(fk);
+    if (fc)
+        fclose(fc);
+    X509_free(x);
+    EVP_PKEY_free(pk);
+    return ok;
+}
+
+/* Certificates naming each of names[0..n-1], in that order. */
+static bool pki_make(struct pki *k, const char *const *names, int n)
+{
+    memset(k, 0, sizeof *k);
+    snprintf(k->dir, sizeof k->dir, "/tmp/pz-tpki-XXXXXX");
+    if (mkdtemp(k->dir) == NULL)
+        return false;
+    char dir[sizeof k->dir];
+    memcpy(dir, k->dir, sizeof dir);
+    snprintf(k->ca, sizeof k->ca, "%s/ca.crt", dir);
+    for (int i = 0; i < n; i++)
+        if (!pki_add(k, names[i]))
+            return false;
+    return true;
+}
+
+static void pki_drop(struct pki *k)
+{
+    for (int i = 0; i < k->n; i++) {
+        unlink(k->crt[i]);
+        unlink(k->key[i]);
+    }
+    unlink(k->ca);
+    rmdir(k->dir);
+}
+
+/* Node ids of the names the TLS tests use (transport_config.name_to_id). */
+static uint64_t tls_name_to_id(const char *name)
+{
+    static const char *const names[] = {"alpha", "bravo", "charlie", "mallory"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(names); i++)
+        if (strcmp(name, names[i]) == 0)
+            return i + 1;
+    return 99;
+}
+
+/* The two slots (accepting, dialing) of a node showing certificate i. */
+struct tls_pair {
+    struct tls_slot in, out;
+};
+
+static bool tls_pair_load(struct tls_pair *p, const struct pki *k, int i)
+{
+    char err[256] = "";
+    struct tls_opts o = {.server = true,
+                         .cert_file = k->crt[i],
+                         .key_file = k->key[i],
+                         .ca_file = k->ca,
+                         .client_auth = TLS_AUTH_REQUIRE};
+    memset(p, 0, sizeof *p);
+    if (tls_slot_load(&p->in, "raft", &o, err, sizeof err) < 0) {
+        fprintf(stderr, "    tls_slot_load: %s\n", err);
+        return false;
+    }
+    o.server = false;
+    if (tls_slot_load(&p->out, "raft dialer", &o, err, sizeof err) < 0) {
+        fprintf(stderr, "    tls_slot_load: %s\n", err);
+        return false;
+    }
+    return true;
+}
+
+static void tls_pair_clear(struct tls_pair *p)
+{
+    tls_slot_clear(&p->in);
+    tls_slot_clear(&p->out);
+}
+
+static bool tls_node(int i, uint64_t id, const struct tls_pair *p,
+                     const char *name, const char *token)
+{
+    struct transport_config c = {.cluster_id = 5,
+                                 .name = name,
+                                 .token = token,
+                                 .tls_in = &p->in,
+                                 .tls_out = &p->out,
+                                 .name_to_id = tls_name_to_id};
+    return start_node_cfg(i, id, 0, &c);
+}
+
+/* With peer TLS and no cluster token, a certificate of the cluster's CA
+ * speaks only for a member: a dialer the configuration does not name is
+ * refused, whatever certificate naming it it shows, and is accepted once
+ * the configuration names it; with a token as well, it gets in as
+ * without TLS. A node in no configuration takes its first contact, and
+ * only that one. */
+TEST(tls_strangers_need_a_token)
+{
+    static const char *const names[] = {"alpha", "bravo", "charlie"};
+    struct pki k;
+    struct tls_pair tp[3];
+    CHECK(pki_make(&k, names, 3));
+    for (int i = 0; i < 3; i++)
+        CHECK(tls_pair_load(&tp[i], &k, i));
+    world_init();
+    nodes[0].kind = TRANSPORT_PEER_STRANGER;
+    nodes[0].kind_set = true;
+    CHECK(tls_node(0, 1, &tp[0], "alpha", NULL));
+    CHECK(tls_node(1, 2, &tp[1], "bravo", NULL));
+    set_peer(1, 1, nodes[0].port);
+    send_msg(1, 1, 1, 1, 10);
+    struct refused_arg r = {1, 1};
+    CHECK(run_until(refused, &r, 3000));
+    CHECK(log_has("(node 2 'bravo'): not a member of the cluster (not in our "
+                  "configuration; without a cluster token only members' "
+                  "certificates are accepted)"));
+    CHECK(log_has("(node 1) refused us: not in its configuration (with peer "
+                  "TLS and no cluster token it takes only members"));
+    CHECK_EQ_INT(nodes[0].n_got, 0);
+    CHECK_EQ_INT(nodes[0].infos, 0); /* nothing of it was taken */
+    /* Once the configuration names it, its next attempt gets in. */
+    nodes[0].member_id = 2;
+    CHECK(wait_got(0, 1, 5000));
+    CHECK_EQ_INT(world_close(), 0);
+
+    /* A cluster token as well: strangers get in (and must show it). */
+    world_init();
+    nodes[0].kind = TRANSPORT_PEER_STRANGER;
+    nodes[0].kind_set = true;
+    CHECK(tls_node(0, 1, &tp[0], "alpha", "the-token"));
+    CHECK(tls_node(1, 2, &tp[1], "bravo", "the-token"));
+    set_peer(1, 1, nodes[0].port);
+    send_msg(1, 1, 1, 0, 0);
+    CHECK(wait_got(0, 1, 3000));
+    CHECK(log_has("(not in our configuration: a member we have not heard of "
+                  "yet?)"));
+    CHECK_EQ_INT(world_close(), 0);
+
+    /* In no configuration yet (a node joining, its cluster id known from
+     * before a restart): the first dialer is its first contact, and the
+     * only one taken without a token. */
+    world_init();
+    nodes[0].kind = TRANSPORT_PEER_JOINING;
+    nodes[0].kind_set = true;
+    CHECK(tls_node(0, 1, &tp[0], "alpha", NULL));
+    CHECK(tls_node(1, 2, &tp[1], "bravo", NULL));
+    CHECK(tls_node(2, 3, &tp[2], "charlie", NULL));
+    set_peer(1, 1, nodes[0].port);
+    send_msg(1, 1, 1, 0, 0);
+    CHECK(wait_got(0, 1, 3000));
+    set_peer(2, 1, nodes[0].port);
+    send_msg(2, 1, 2, 0, 0);
+    struct refused_arg r2 = {2, 1};
+    CHECK(run_until(refused, &r2, 3000));
+    CHECK(log_has("(node 3 'charlie'): not a member of the cluster"));
+    /* The first contact's new link is taken again. */
+    CHECK(stop_node(1));
+    CHECK(tls_node(1, 2, &tp[1], "bravo", NULL));
+    set_peer(1, 1, nodes[0].port);
+    send_msg(1, 1, 3, 0, 0);
+    CHECK(wait_got(0, 2, 3000));
+    CHECK_EQ_INT(nodes[0].indexes[1], 3);
+    CHECK_EQ_INT(world_close(), 0);
+    for (int i = 0; i < 3; i++)
+        tls_pair_clear(&tp[i]);
+    pki_drop(&k);
+}
+
+/* With peer TLS a dialer writes its handshake, which carries the cluster
+ * token, only to an acceptor whose certificate names the member it
+ * dialed: one answering at that address with another certificate of the
+ * cluster's CA is dropped before it hears a byte (here it would refuse
+ * a token it does not hold, so any handshake would show in its counters),
+ * and the drop counts as a refusal. */
+TEST(tls_handshake_only_to_the_dialed_member)
+{
+    static const char *const names[] = {"alpha", "bravo", "mallory"};
+    struct pki k;
+    struct tls_pair tp[3];
+    CHECK(pki_make(&k, names, 3));
+    for (int i = 0; i < 3; i++)
+        CHECK(tls_pair_load(&tp[i], &k, i));
+    world_init();
+    CHECK(tls_node(0, 1, &tp[0], "alpha", "alpha-secret"));
+    /* At bravo's address (node 2): mallory's certificate. */
+    CHECK(tls_node(1, 2, &tp[2], "mallory", "not-the-token"));
+    set_peer(0, 2, nodes[1].port);
+    send_msg(0, 2, 1, 0, 0);
+    struct refused_arg r = {0, 2};
+    CHECK(run_until(refused, &r, 3000));
+    run_for(300); /* anything written would have arrived */
+    struct transport_stats st;
+    transport_stats(nodes[1].t, &st);
+    CHECK_EQ_INT(st.inbound_refused, 0);
+    CHECK_EQ_INT(st.recv_msgs, 0);
+    struct transport_peer_stats ps = peer_stats(0, 2);
+    CHECK_EQ_INT(ps.connects, 0);
+    CHECK(!ps.connected);
+    CHECK(log_has("its TLS certificate does not name node 2: not sending it "
+                  "our handshake"));
+    /* Bravo's own certificate there: the link comes up. */
+    CHECK(stop_node(1));
+    CHECK(tls_node(1, 2, &tp[1], "bravo", "alpha-secret"));
+    set_peer(0, 2, nodes[1].port);
+    send_msg(0, 2, 2, 0, 0);
+    CHECK(wait_got(1, 1, 5000));
+    CHECK_EQ_INT(world_close(), 0);
+    for (int i = 0; i < 3; i++)
+        tls_pair_clear(&tp[i]);
+    pki_drop(&k);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(codec_roundtrip_every_type),
     TEST_ENTRY(codec_encode_matches_protobuf_c),
@@ -2504,6 +2772,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(stranger_frames_share_a_quarter),
     TEST_ENTRY(stranger_named_since_is_not_evicted),
     TEST_ENTRY(frames_past_the_hard_limit_go),
+    TEST_ENTRY(tls_strangers_need_a_token),
+    TEST_ENTRY(tls_handshake_only_to_the_dialed_member),
     TEST_ENTRY(peer_restart),
     TEST_ENTRY(peer_back_is_redialed_at_once),
     TEST_ENTRY(queue_cap_drops_oldest),
