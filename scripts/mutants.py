@@ -1058,6 +1058,16 @@ MUTATIONS = [
       "    return strcmp(name, want) == 0;",
       "    return strcasecmp(name, want) == 0;",
       ["unit:tls"], "a certificate for NODE1 speaks for the member node1"),
+    M("conf_voter_byte_unchecked", "src/raft_conf.c",
+      "        if (voter > 1 || ml > len - off || memchr(buf + off, 0, ml))",
+      "        if (ml > len - off || memchr(buf + off, 0, ml))",
+      ["unit:raft/conf_codec"], "a configuration with a voter byte of 2 "
+      "decodes: two encodings of one configuration"),
+    M("conf_trailing_bytes_taken", "src/raft_conf.c",
+      "    if (off != len)\n        goto corrupt;\n    return 0;\ncorrupt:\n    raft_conf_free(out);",
+      "    return 0;\ncorrupt:\n    raft_conf_free(out);",
+      ["unit:raft/conf_codec"], "bytes after a configuration's last server "
+      "are taken"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",
