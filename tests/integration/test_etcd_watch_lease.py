@@ -700,6 +700,31 @@ def test_lease_calls(cluster, epb):
                           "LeaseGrantResponse")
     assert (code, det) == (grpc.StatusCode.OUT_OF_RANGE,
                            "etcdserver: too large lease TTL")
+    # the bounds: lease-max-ttl (30 days) itself, one second past it, and
+    # a TTL below 1 raised to 1 (etcd raises it to its minimum)
+    month = 30 * 24 * 3600
+    code, det = rpc_error(unary, fp, pb, "Lease", "LeaseGrant",
+                          pb.LeaseGrantRequest(TTL=month + 1),
+                          "LeaseGrantResponse")
+    assert (code, det) == (grpc.StatusCode.OUT_OF_RANGE,
+                           "etcdserver: too large lease TTL")
+    for ttl, want in ((month, month), (0, 1), (-7, 1)):
+        r = unary(fp, pb, "Lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=ttl),
+                  "LeaseGrantResponse")
+        assert r.TTL == want and r.ID > 0, (ttl, r)
+        t = unary(lp, pb, "Lease", "LeaseTimeToLive",
+                  pb.LeaseTimeToLiveRequest(ID=r.ID), "LeaseTimeToLiveResponse")
+        assert t.grantedTTL == want, (ttl, t)
+        if ttl == month:
+            # the remaining TTL is truncated, as etcd's: 1.2 s later,
+            # under month - 1 s are left
+            time.sleep(1.2)
+            t = unary(lp, pb, "Lease", "LeaseTimeToLive",
+                      pb.LeaseTimeToLiveRequest(ID=r.ID),
+                      "LeaseTimeToLiveResponse")
+            assert month - 10 <= t.TTL <= month - 2, t
+        unary(lp, pb, "Lease", "LeaseRevoke", pb.LeaseRevokeRequest(ID=r.ID),
+              "LeaseRevokeResponse")
     code, det = rpc_error(unary, fp, pb, "Lease", "LeaseGrant",
                           pb.LeaseGrantRequest(TTL=5, ID=-3),
                           "LeaseGrantResponse")
