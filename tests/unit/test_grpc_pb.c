@@ -121,6 +121,26 @@ TEST(decode_rules)
     static const uint8_t m8[] = {0x18, 0xff, 0xff, 0xff, 0xff, 0xff,
                                  0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
     CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m8, sizeof m8, &d), PZ_EINVAL);
+    /* A length one byte past the end. */
+    static const uint8_t m9[] = {0x0a, 3, 'a', 'b'};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m9, sizeof m9, &d), PZ_EINVAL);
+    /* A 10-byte varint holds 64 bits: its last byte is 0 or 1. */
+    static const uint8_t m10[] = {0x18, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                  0xff, 0xff, 0xff, 0xff, 0x02};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m10, sizeof m10, &d),
+                 PZ_EINVAL);
+    static const uint8_t m11[] = {0x18, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                  0xff, 0xff, 0xff, 0xff, 0x01};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m11, sizeof m11, &d), 0);
+    /* Groups and wire types 6 and 7 are refused in unknown fields too. */
+    static const uint8_t group[] = {0x1b, 0x1c}, w6[] = {0x1e}, w7[] = {0x1f};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, group, 2, &d), PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, w6, 1, &d), PZ_EINVAL);
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, w7, 1, &d), PZ_EINVAL);
+    /* Get's field 2 (stale) is a varint. */
+    static const uint8_t m13[] = {0x0a, 1, 'k', 0x12, 1, 'x'};
+    CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, m13, sizeof m13, &d),
+                 PZ_EINVAL);
     /* Text that is not protobuf at all. */
     static const char junk[] = "{\"key\":\"a\"}";
     CHECK_EQ_INT(grpc_kv_req_decode(GRPC_KV_GET, (const uint8_t *)junk,
