@@ -1100,6 +1100,22 @@ MUTATIONS = [
       "            if (f.wire != GRPC_PB_VARINT)\n                return PZ_EINVAL;\n            out->stale = f.v != 0;",
       "            out->stale = f.v != 0;",
       ["unit:grpc_pb"], "a Get's stale flag sent as bytes is taken"),
+    M("raft_codec_length_prefix_long", "src/raft_codec.c",
+      "    if (!rd_varint(r, &n) || r->p - p > 5 ||",
+      "    if (!rd_varint(r, &n) || r->p - p > 10 ||",
+      ["unit:transport/codec_malformed_rejected"],
+      "a peer's length prefix over five bytes is read (protobuf-c refuses "
+      "it)"),
+    M("raft_chunk_past_total", "src/raft_codec.c",
+      "    if (c->offset > c->total || c->len > c->total - c->offset)\n        return PZ_EPROTO;\n    return 0;",
+      "    if (c->offset > c->total)\n        return PZ_EPROTO;\n    return 0;",
+      ["unit:transport/codec_malformed_rejected"],
+      "a snapshot chunk running past the snapshot's size is taken"),
+    M("raft_u32_field_wraps", "src/raft_codec.c",
+      "    if (!rd_u64(r, wt, &x) || x > UINT32_MAX)",
+      "    if (!rd_u64(r, wt, &x))",
+      ["unit:transport"], "a message type over 32 bits wraps to a valid "
+      "one"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -477,6 +477,36 @@ TEST(codec_malformed_rejected)
     CHECK_EQ_INT(decode_bytes(typemax, sizeof typemax), PZ_EPROTO);
     CHECK_EQ_INT(decode_bytes(etype3, sizeof etype3), PZ_EPROTO);
     CHECK_EQ_INT(decode_bytes(etype2, sizeof etype2), 0);
+    /* A length prefix of six bytes (2, written long): neither decoder
+     * reads one over five bytes. */
+    static const uint8_t long_len[] = {0x1a, 0x82, 0x80, 0x80, 0x80,
+                                       0x80, 0x00, 0x08, 0x01};
+    struct raft_decoded dpb;
+    int pbrv = raft_codec_decode_pb(long_len, sizeof long_len, &dpb);
+    raft_decoded_free(&dpb);
+    CHECK(pbrv < 0);
+    CHECK_EQ_INT(decode_bytes(long_len, sizeof long_len), PZ_ECORRUPT);
+    /* A snapshot chunk whose bytes run past the snapshot's total size. */
+    {
+        static const uint8_t five[5] = {1, 2, 3, 4, 5};
+        struct raft_snap_chunk c = {.term = 2,
+                                    .snap_index = 9,
+                                    .snap_term = 2,
+                                    .offset = 10,
+                                    .total = 14,
+                                    .data = five,
+                                    .len = 5};
+        struct pz_buf cb;
+        pz_buf_init(&cb);
+        CHECK_EQ_INT(raft_codec_encode_chunk(&cb, &c, RAFT_FRAME_MAX), 0);
+        CHECK_EQ_INT(decode_bytes((uint8_t *)cb.data + 4, cb.len - 4),
+                     PZ_EPROTO);
+        c.total = 15; /* exactly to the end: fine */
+        pz_buf_reset(&cb);
+        CHECK_EQ_INT(raft_codec_encode_chunk(&cb, &c, RAFT_FRAME_MAX), 0);
+        CHECK_EQ_INT(decode_bytes((uint8_t *)cb.data + 4, cb.len - 4), 0);
+        pz_buf_free(&cb);
+    }
 
     /* Every truncation of a valid body fails: the Frame's only field is
      * length-delimited and covers the rest. */
