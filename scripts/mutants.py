@@ -1116,6 +1116,17 @@ MUTATIONS = [
       "    if (!rd_u64(r, wt, &x))",
       ["unit:transport"], "a message type over 32 bits wraps to a valid "
       "one"),
+    M("grpc_reserved_flag_plain", "src/grpc_frame.c",
+      "            r->compressed = r->hdr[0] != 0;",
+      "            r->compressed = (r->hdr[0] & 1) != 0;",
+      ["unit:grpc_frame/reader_compressed_flag"],
+      "a gRPC message whose flag byte has a reserved bit is read as "
+      "plain"),
+    M("grpc_timeout_microseconds_floor", "src/grpc_frame.c",
+      "        *ms = (v + 999u) / 1000u;",
+      "        *ms = v / 1000u;",
+      ["unit:grpc_frame"], "a grpc-timeout under a millisecond is no "
+      "deadline at all"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -110,6 +110,11 @@ TEST(reader_compressed_flag)
     CHECK_EQ_INT(r.msg.len, 2);
     grpc_reader_next(&r);
     CHECK(!r.compressed);
+    /* A reserved bit alone counts too: only a zero flag byte is plain. */
+    uint8_t m2[] = {2, 0, 0, 0, 1, 'x'};
+    CHECK_EQ_INT(grpc_reader_feed(&r, m2, sizeof m2, &used),
+                 GRPC_READ_MESSAGE);
+    CHECK(r.compressed);
     grpc_reader_free(&r);
 }
 
