@@ -1143,6 +1143,11 @@ MUTATIONS = [
       "           (al - v6 > 1 && all_in(pct + 1, al - v6 - 1, HOST_CHARS));",
       "           (al - v6 > 1);",
       ["unit:mandi/parse_refuses_control_characters_and_implausible_addresses"], "an IPv6 zone of any bytes passes as an address"),
+    M("log_bidi_controls_pass", "src/log.c",
+      "    if (cp == 0x200e || cp == 0x200f || cp == 0x2028 || cp == 0x2029 ||",
+      "    if (cp == 0x200e || cp == 0x200f || cp == 0x2029 ||",
+      ["unit:log/text_line_any_bytes"], "a line separator a client sent "
+      "passes into a log line"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -92,6 +92,20 @@ TEST(text_line_any_bytes)
                  "2026-01-03T10:00:00.001Z n I \xc3\xa9\xe2\x82\xac|"
                  "\\xc2\\x9b|\\xff|\\xc0\\xaf|\\xed\\xa0\\x80|"
                  "\\xe2\\x82\n");
+    /* nor a line separator or a bidi control, which would show the rest
+     * of the line reordered; the characters beside them pass (an em
+     * dash, U+2014) */
+    CHECK_EQ_STR(line(false, 1, "n", PZ_LOG_INFO,
+                      "a\xe2\x80\xa8"
+                      "b\xe2\x80\xae"
+                      "c\xe2\x81\xa6"
+                      "d\xe2\x80\x8f"
+                      "\xe2\x80\x94"),
+                 "2026-01-03T10:00:00.001Z n I a\\xe2\\x80\\xa8"
+                 "b\\xe2\\x80\\xae"
+                 "c\\xe2\\x81\\xa6"
+                 "d\\xe2\\x80\\x8f"
+                 "\xe2\x80\x94\n");
     char msg[256];
     for (int c = 1; c < 256; c++)
         msg[c - 1] = (char)c;
