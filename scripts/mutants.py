@@ -1148,6 +1148,16 @@ MUTATIONS = [
       "    if (cp == 0x200e || cp == 0x200f || cp == 0x2029 ||",
       ["unit:log/text_line_any_bytes"], "a line separator a client sent "
       "passes into a log line"),
+    M("http_one_header_too_many", "src/http_parse.c",
+      "    if (p->req.n_headers >= p->lim.max_headers)",
+      "    if (p->req.n_headers > p->lim.max_headers)",
+      ["unit:http/protocol_errors"], "a request with one header more than "
+      "max-headers is taken"),
+    M("http_chunk_size_unchecked", "src/http_parse.c",
+      "    if (ll->content_length > p->lim.max_body - p->req.body.len)\n        return fail(p, 413, \"Request body too large\");\n    return 0;",
+      "    if (ll->content_length > p->lim.max_body - p->req.body.len + (1u << 30))\n        return fail(p, 413, \"Request body too large\");\n    return 0;",
+      ["unit:http/chunked_body_over_limit"], "a chunk announced over "
+      "http-max-body waits for its bytes"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

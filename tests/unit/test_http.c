@@ -448,6 +448,15 @@ TEST(protocol_errors)
         pz_buf_appendf(&b, "X-H%d: v\r\n", i);
     pz_buf_append(&b, "\r\n", 2);
     CHECK_EQ_INT(status_of(b.data), 431);
+    /* ... at the edge: 50 are fine, 51 are not */
+    for (int n = 50; n <= 51; n++) {
+        pz_buf_reset(&b);
+        pz_buf_append(&b, "GET /health HTTP/1.1\r\n", 22);
+        for (int i = 0; i < n; i++)
+            pz_buf_appendf(&b, "X-H%d: v\r\n", i);
+        pz_buf_append(&b, "\r\n", 2);
+        CHECK_EQ_INT(status_of(b.data), n == 50 ? 0 : 431);
+    }
     /* header bytes over the 8192 limit */
     pz_buf_reset(&b);
     pz_buf_append(&b, "GET /health HTTP/1.1\r\nX-Big: ", 29);
@@ -478,6 +487,11 @@ TEST(chunked_body_over_limit)
         pz_buf_append(&b, "\r\n", 2);
     }
     CHECK_EQ_INT(status_of(b.data), 413);
+    /* A chunk announced over the limit is refused from its size line,
+     * before any of its bytes arrive (an announcement holds nothing). */
+    CHECK_EQ_INT(status_of("POST /set HTTP/1.1\r\nTransfer-Encoding: "
+                           "chunked\r\n\r\n100000\r\n"),
+                 413);
     pz_buf_free(&b);
 }
 
