@@ -1158,6 +1158,11 @@ MUTATIONS = [
       "    if (ll->content_length > p->lim.max_body - p->req.body.len + (1u << 30))\n        return fail(p, 413, \"Request body too large\");\n    return 0;",
       ["unit:http/chunked_body_over_limit"], "a chunk announced over "
       "http-max-body waits for its bytes"),
+    M("config_unit_multiplication_wraps", "src/config.c",
+      "        if (v > INT64_MAX / u->mult)\n            return -2;",
+      "",
+      ["unit:config"], "a size whose unit multiplication wraps is taken "
+      "as a small one"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

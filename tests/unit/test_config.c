@@ -250,6 +250,11 @@ TEST(parse_size_units)
         set1(&c, "conn-hard-limit", "9000000000000gb", err, sizeof err),
         PZ_ECONFIG);
     CHECK(strstr(err, "must be between 1kb and 16gb") != NULL);
+    /* (2^34 + 1) gb would wrap to exactly 1gb, inside the range */
+    CHECK_EQ_INT(
+        set1(&c, "conn-hard-limit", "17179869185gb", err, sizeof err),
+        PZ_ECONFIG);
+    CHECK(strstr(err, "must be between 1kb and 16gb") != NULL);
     CHECK_EQ_INT(set1(&c, "conn-hard-limit", "16gb", err, sizeof err), 0);
     CHECK_EQ_INT(c.conn_hard_limit, 16LL * 1024 * 1024 * 1024);
     cfg_free(&c);
