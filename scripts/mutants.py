@@ -1163,6 +1163,18 @@ MUTATIONS = [
       "",
       ["unit:config"], "a size whose unit multiplication wraps is taken "
       "as a small one"),
+    M("snapshot_format_version_zero", "src/snapshot.c",
+      "    if (version < 1 || version > SNAPSHOT_VERSION) {",
+      "    if (version > SNAPSHOT_VERSION) {",
+      ["unit:snapshot/corrupt_magic_version_lengths"], "a snapshot of format version 0 is read as a later one"),
+    M("snapshot_created_at_zero", "src/snapshot.c",
+      "    return km->create_revision >= 1 &&",
+      "    return (km->create_revision >= 1 || km->mod_revision == 0) &&",
+      ["unit:snapshot/corrupt_magic_version_lengths"], "a key created at revision 0 is loaded"),
+    M("snapshot_version_past_its_writes", "src/snapshot.c",
+      "           km->version <= km->mod_revision - km->create_revision + 1;",
+      "           km->version <= km->mod_revision - km->create_revision + 2;",
+      ["unit:snapshot/corrupt_magic_version_lengths"], "a key with more writes than its revisions is loaded"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -647,6 +647,40 @@ TEST(corrupt_magic_version_lengths)
         CHECK(is_corrupt_named(rc, err, path) &&
               strstr(err, "checksum mismatch"));
     }
+    /* More writes than its revisions hold, and created at 0. */
+    memcpy(p, orig, len);
+    pz_put_u64(p + m0 + 24,
+               pz_get_u64(p + m0 + 16) - pz_get_u64(p + m0 + 8) + 2);
+    rewrite_crc(p, len);
+    CHECK(write_file(path, p, len));
+    load_digest(path, &rc, err, sizeof err, NULL);
+    CHECK(is_corrupt_named(rc, err, path) &&
+          strstr(err, "impossible metadata"));
+    memcpy(p, orig, len);
+    pz_put_u64(p + m0 + 8, 0);
+    pz_put_u64(p + m0 + 16, 0);
+    pz_put_u64(p + m0 + 24, 1);
+    rewrite_crc(p, len);
+    CHECK(write_file(path, p, len));
+    load_digest(path, &rc, err, sizeof err, NULL);
+    CHECK(is_corrupt_named(rc, err, path) &&
+          strstr(err, "impossible metadata"));
+    /* Format version 0. */
+    memcpy(p, orig, len);
+    pz_put_u32(p + 8, 0);
+    rewrite_crc(p, len);
+    CHECK(write_file(path, p, len));
+    load_digest(path, &rc, err, sizeof err, NULL);
+    CHECK(is_corrupt_named(rc, err, path) && strstr(err, "version 0"));
+    /* A key count the bytes left cannot hold, each record taking at
+     * least its header: refused from the header, before any record. */
+    memcpy(p, orig, len);
+    pz_put_u64(p + 36,
+               len - 48 - sizeof conf_blob - 12 - SNAPSHOT_TRAILER_SIZE);
+    rewrite_crc(p, len);
+    CHECK(write_file(path, p, len));
+    load_digest(path, &rc, err, sizeof err, NULL);
+    CHECK(is_corrupt_named(rc, err, path) && strstr(err, "cannot fit"));
     /* nkeys one too many / too few. */
     memcpy(p, orig, len);
     pz_put_u64(p + 36, 6);
