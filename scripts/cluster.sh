@@ -148,8 +148,12 @@ start() { # n foreground
     done
     i=2
     while [ $i -le "$n" ]; do
+        # The PID launch wrote, not running_pid: a node launched a moment
+        # ago may not have become pyazdb-server yet (between fork and
+        # exec its command line is this script's), which running_pid
+        # would take for a process that is gone.
         wait_http "http://127.0.0.1:$(http_port $i)/health" \
-            "$(running_pid node$i)" "node$i" || fail
+            "$(cat "$RUN/node$i.pid")" "node$i" || fail
         i=$((i + 1))
     done
     wait_members "$n" || true
