@@ -969,15 +969,26 @@ TEST(tampered_rows_refused)
         {"UPDATE log SET term = 2 WHERE idx = 50", PZ_ECORRUPT,
          "log entry 50 (row idx = 50 of table log, 0 payload bytes) fails "
          "its checksum"},
-        {"UPDATE log SET data = CAST(X'00' || substr(data, 2) AS BLOB) WHERE idx = 42",
+        {"UPDATE log SET data = CAST(X'00' || substr(data, 2) AS BLOB) WHERE "
+         "idx = 42",
          PZ_ECORRUPT, "log entry 42 (row idx = 42"},
         {"UPDATE log SET type = 1 WHERE idx = 3", PZ_ECORRUPT,
          "log entry 3 (row idx = 3"},
         {"DELETE FROM hard_state", PZ_ECORRUPT, "hard state row is missing"},
+        {"UPDATE hard_state SET term = -1", PZ_ECORRUPT,
+         "hard state has negative values"},
+        /* a vote in term 0, with nothing else stored: no node writes it */
+        {"DELETE FROM log; UPDATE hard_state SET term = 0, vote = 7, "
+         "commit_index = 0",
+         PZ_ECORRUPT, "0 only with no log, snapshot or vote"},
         {"UPDATE meta SET value = '99' WHERE key = 'schema_version'",
          PZ_ECORRUPT, "unknown schema version 99"},
         {"UPDATE meta SET value = '1e3' WHERE key = 'node_id'", PZ_ECORRUPT,
          "bad value"},
+        /* kept in signed 64-bit columns elsewhere: 2^63 is no value */
+        {"UPDATE meta SET value = '9223372036854775808' WHERE key = "
+         "'snapshot_term'",
+         PZ_ECORRUPT, "meta snapshot_term has a bad value"},
         {"DELETE FROM meta WHERE key = 'snapshot_index'", PZ_ECORRUPT,
          "snapshot_index is missing"},
         {"UPDATE meta SET value = '60' WHERE key = 'snapshot_index'",
@@ -1000,6 +1011,29 @@ TEST(tampered_rows_refused)
         CHECK_EQ_INT(rc, cases[i].rc);
         CHECK(has(err, t.db));
         CHECK(has(err, cases[i].msg));
+        tdir_free(&t);
+    }
+    /* A restart reads only the log's end (store_load_from): a gap at
+     * its start is found when the store opens, not by that read. */
+    {
+        struct tdir t;
+        tdir_init(&t);
+        CHECK(build_db(&t, 100));
+        CHECK(sql(&t, "DELETE FROM log WHERE idx = 1"));
+        struct store *s = NULL;
+        char err[512] = "";
+        int rc = store_open(t.data, &s, err, sizeof err);
+        if (rc == 0) {
+            struct raft_hard_state hs;
+            struct raft_entry *e;
+            size_t n;
+            rc = store_load_from(s, 90, &hs, &e, &n, NULL);
+            if (rc == 0)
+                free_entries(e, n);
+            store_close(s);
+        }
+        CHECK_EQ_INT(rc, PZ_ECORRUPT);
+        CHECK(has(err, "gap in the log: it starts at index 2"));
         tdir_free(&t);
     }
     /* Losing a suffix is indistinguishable from a shorter log (a valid
