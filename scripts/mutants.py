@@ -1193,6 +1193,15 @@ MUTATIONS = [
       "        if (ok && i == 1 && v > INT64_MAX)",
       ["unit:store/tampered_rows_refused"], "a snapshot term past 2^63 "
       "in raft.db's meta is taken"),
+    M("range_from_before_its_prefix", "src/http_parse.c",
+      "        if (hf && !(flen >= plen && memcmp(from, pre, plen) == 0)) {",
+      "        if (hf && !(memcmp(from, pre, flen < plen ? flen : plen) == 0)) {",
+      ["unit:http"], "/range?prefix=app/&from=ap reads keys before the "
+      "prefix"),
+    M("lease_ttl_zero_taken", "src/http_parse.c",
+      "        op->lease_ttl == 0 || op->lease_ttl > KV_LEASE_TTL_MAX)",
+      "        op->lease_ttl > KV_LEASE_TTL_MAX)",
+      ["unit:http"], "POST /lease/grant with ttl 0 is taken"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -243,6 +243,9 @@ TEST(range_requests)
                  "Missing prefix or from parameter");
     CHECK_EQ_STR(reason_of("GET /range?prefix=a&from=b HTTP/1.1\r\n\r\n"),
                  "from must lie inside the prefix");
+    /* a from that is only the start of the prefix lies before it */
+    CHECK_EQ_STR(reason_of("GET /range?prefix=app/&from=ap HTTP/1.1\r\n\r\n"),
+                 "from must lie inside the prefix");
     CHECK_EQ_STR(reason_of("GET /range?prefix=a&limit=-1 HTTP/1.1\r\n\r\n"),
                  "limit must be an integer from 1 to 10000");
     CHECK_EQ_STR(reason_of("GET /range?prefix=a&limit=1x HTTP/1.1\r\n\r\n"),
