@@ -1202,6 +1202,17 @@ MUTATIONS = [
       "        op->lease_ttl == 0 || op->lease_ttl > KV_LEASE_TTL_MAX)",
       "        op->lease_ttl > KV_LEASE_TTL_MAX)",
       ["unit:http"], "POST /lease/grant with ttl 0 is taken"),
+    M("etcd_watch_fragments_past_the_limit", "src/etcd_watch.c",
+      "            while (j < n && (!ww->o.fragment || bytes + sizes[j] <= limit))",
+      "            while (j < n && (!ww->o.fragment || bytes + sizes[j] <= 2 * limit))",
+      ["py:test_etcd_watch_lease.py::"
+       "test_watch_fragment_and_progress_notify"],
+      "a fragmented watch answer passes grpc-max-message"),
+    M("etcd_watch_noput_ignored", "src/etcd_watch.c",
+      "    if ((put && o->noput) || (!put && o->nodel))",
+      "    if (!put && o->nodel)",
+      ["py:test_etcd_watch_lease.py", "py:test_etcd_gateway.py"],
+      "a watch with the NOPUT filter sees puts"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

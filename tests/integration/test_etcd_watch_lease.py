@@ -471,6 +471,9 @@ def test_watch_fragment_and_progress_notify(servers, epb):
             got += [e.kv.key for e in r.events]
             frags += 1
             assert r.fragment == (len(got) < 8)
+            # each piece fits grpc-max-message (64 kB), which the
+            # client may also enforce
+            assert r.ByteSize() <= 64 * 1024, r.ByteSize()
         assert frags > 1 and got == [b"f/%d" % i for i in range(8)]
         # progress_notify: an idle watch gets empty answers
         r = ws.next(timeout=5)
