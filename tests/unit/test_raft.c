@@ -2047,6 +2047,8 @@ TEST(conf_change_one_at_a_time)
     CHECK_EQ_STR(raft_conf_get(c, 4)->meta, "{\"name\":\"n4\"}");
     struct raft_conf_change cc2 = {.type = RAFT_CC_PROMOTE, .id = 4};
     CHECK_EQ_INT(raft_propose_conf(l, &cc2, NULL, NULL), PZ_EBUSY);
+    /* Leadership goes only to a voter. */
+    CHECK_EQ_INT(raft_transfer_leader(l, 4), PZ_EINVAL);
     deliver_all(&net);
     tick_all(&net, 1);
     /* Followers use it as soon as appended. */
@@ -2063,6 +2065,17 @@ TEST(conf_change_one_at_a_time)
     CHECK_EQ_INT(raft_conf_voters(raft_conf_current(l, NULL)), 4);
     CHECK_EQ_INT(raft_propose_conf(net.nodes[2].r, &cc2, NULL, NULL),
                  PZ_ENOTLEADER);
+    net_free(&net);
+    /* A change that would leave no voter is refused: removing or
+     * demoting a single voter. */
+    net_init(&net, 1);
+    elect(&net, 1);
+    l = net.nodes[1].r;
+    struct raft_conf_change last = {.type = RAFT_CC_REMOVE, .id = 1};
+    CHECK_EQ_INT(raft_propose_conf(l, &last, NULL, NULL), PZ_EINVAL);
+    last.type = RAFT_CC_DEMOTE;
+    CHECK_EQ_INT(raft_propose_conf(l, &last, NULL, NULL), PZ_EINVAL);
+    CHECK_EQ_INT(raft_conf_voters(raft_conf_current(l, NULL)), 1);
     net_free(&net);
 }
 
@@ -2188,6 +2201,9 @@ TEST(transfer_leadership)
     isolate(&net, 3, false);
     CHECK_EQ_INT(raft_transfer_leader(l, 3), 0);
     CHECK_EQ_INT(raft_transfer_leader(l, 2), PZ_EBUSY);
+    /* No configuration change while leadership moves. */
+    struct raft_conf_change add = {.type = RAFT_CC_ADD_NONVOTER, .id = 7};
+    CHECK_EQ_INT(raft_propose_conf(l, &add, NULL, NULL), PZ_EBUSY);
     CHECK_EQ_INT(raft_propose(l, (const uint8_t *)"y", 1, NULL, NULL),
                  PZ_EBUSY);
     deliver_all(&net);
