@@ -1228,6 +1228,13 @@ MUTATIONS = [
       "    if (id == r->id || s == NULL)\n        return PZ_EINVAL;",
       ["unit:raft/conf_change_one_at_a_time"],
       "leadership is handed to a non-voter"),
+    M("vanished_clients_refused_as_remote", "src/conn.c",
+      "    if (prv != 0) {\n        c->ops = &no_ops;",
+      "    if (prv != 0 && ls->max_conns == 0) {\n        c->ops = &no_ops;",
+      ["py:test_hostile_clients.py::"
+       "test_clients_gone_before_accept_are_not_refusals"],
+      "loopback clients gone before accept spend protected mode's "
+      "warnings"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -860,38 +860,42 @@ void conn_cron(void)
     }
 }
 
-static void format_peer(uv_tcp_t *t, char *out, size_t len, bool local)
+/* The text of address ss ("?:0" when rv, the lookup's result, failed). */
+static void format_addr(const struct sockaddr_storage *ss, int rv, char *out,
+                        size_t len)
 {
-    struct sockaddr_storage ss;
-    int sl = sizeof ss;
-    int rv = local ? uv_tcp_getsockname(t, (struct sockaddr *)&ss, &sl)
-                   : uv_tcp_getpeername(t, (struct sockaddr *)&ss, &sl);
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
-    if (rv == 0 && ss.ss_family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    if (rv == 0 && ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
         uv_ip4_name(a, ip, sizeof ip);
         port = ntohs(a->sin_port);
-    } else if (rv == 0 && ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    } else if (rv == 0 && ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
         uv_ip6_name(a, ip, sizeof ip);
         port = ntohs(a->sin6_port);
     }
     snprintf(out, len, "%s:%d", ip, port);
 }
 
-static bool peer_is_loopback(uv_tcp_t *t)
+static void format_peer(uv_tcp_t *t, char *out, size_t len, bool local)
 {
     struct sockaddr_storage ss;
     int sl = sizeof ss;
-    if (uv_tcp_getpeername(t, (struct sockaddr *)&ss, &sl) != 0)
-        return false;
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+    int rv = local ? uv_tcp_getsockname(t, (struct sockaddr *)&ss, &sl)
+                   : uv_tcp_getpeername(t, (struct sockaddr *)&ss, &sl);
+    format_addr(&ss, rv, out, len);
+}
+
+static bool addr_is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
         return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
     }
-    if (ss.ss_family == AF_INET6) {
-        const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+    if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a =
+            &((const struct sockaddr_in6 *)ss)->sin6_addr;
         return IN6_IS_ADDR_LOOPBACK(a) ||
                (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
     }
@@ -997,8 +1001,19 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    format_peer(&c->tcp, c->peer, sizeof c->peer, false);
-    if (ls->loopback_only && !peer_is_loopback(&c->tcp)) {
+    /* One lookup gives the peer's name and decides protected mode: a
+     * client that reset its connection before we accepted it has no
+     * address any more, and is neither logged nor counted as refused. */
+    struct sockaddr_storage ss = {0};
+    int sl = sizeof ss;
+    int prv = uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl);
+    format_addr(&ss, prv, c->peer, sizeof c->peer);
+    if (prv != 0) {
+        c->ops = &no_ops;
+        conn_close(c);
+        return;
+    }
+    if (ls->loopback_only && !addr_is_loopback(&ss)) {
         static struct pz_ratelimit rl;
         unsigned dropped;
         if (pz_ratelimit(&rl, uv_now(loop), 60000, 10, &dropped))

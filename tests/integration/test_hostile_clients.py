@@ -1885,3 +1885,25 @@ def test_watch_cut_mid_revision_is_reset_at_once(servers, pb, epb):
     finally:
         c.close()
     serves_and_kept(node, pb, "k1", "k2")
+
+
+def test_clients_gone_before_accept_are_not_refusals(servers):
+    """Loopback clients that reset their connection before the node
+    accepted it have no address left: protected mode took each for a
+    remote client, logged 'refusing ?:0' and spent the warnings' rate
+    limit on them, so that a real refusal in that minute went unsaid.
+    They are closed without a word now."""
+    node = servers()
+    assert node.request("GET", "/health")[0] == 200
+    node.signal(signal.SIGSTOP)  # accepts pile up in the backlog
+    try:
+        for _ in range(50):
+            s = connect(node.http_port)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         struct.pack("ii", 1, 0))
+            s.close()  # RST before the node accepts
+    finally:
+        node.signal(signal.SIGCONT)
+    assert node.request("GET", "/health")[0] == 200
+    log = node.read_log()
+    assert "protected mode serves loopback clients only" not in log, log
