@@ -1235,6 +1235,28 @@ MUTATIONS = [
        "test_clients_gone_before_accept_are_not_refusals"],
       "loopback clients gone before accept spend protected mode's "
       "warnings"),
+    M("vote_while_following_a_leader", "src/raft.c",
+      "    bool can_vote = r->vote == m->from || (r->vote == 0 && r->leader == 0) ||",
+      "    bool can_vote = r->vote == m->from || r->vote == 0 ||",
+      ["unit:raft/vote_refused_while_following_a_leader_of_the_term"],
+      "a node following a leader votes for a rival of the same term: two "
+      "leaders in one term"),
+    M("quorum_of_an_even_count_halved", "src/raft.c",
+      "    return raft_conf_voters(&r->conf) / 2 + 1;",
+      "    return (raft_conf_voters(&r->conf) + 1) / 2;",
+      ["unit:raft/commit_needs_three_of_four"],
+      "a leader hearing from one of three other voters keeps leading"),
+    M("check_quorum_counts_non_voters", "src/raft.c",
+      "                if (pr->voter && (pr->id == r->id || pr->recent_active))",
+      "                if (pr->id == r->id || pr->recent_active)",
+      ["unit:raft/check_quorum_counts_voters_only"],
+      "a leader cut off from its voters stays leader on non-voters' "
+      "answers"),
+    M("prevote_for_our_own_term", "src/raft.c",
+      "                    (pre && m->term > r->term);",
+      "                    (pre && m->term >= r->term);",
+      ["unit:raft/prevote_for_our_term_respects_our_vote"],
+      "a Pre-Vote for our own term is granted whatever our vote"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -726,6 +726,79 @@ TEST(vote_of_lower_term_refused)
     net_free(&net);
 }
 
+/* Figure 3.1 grants a vote when votedFor is null or the candidate, and
+ * a node following a leader of the term has taken a side all the same:
+ * a candidate of that term (one that lost the race) gets no vote from
+ * it, even once the leader's lease (in_lease) ran out. Else five nodes
+ * could elect two leaders in one term: the winner with the votes of 1,
+ * 2 and 3, the loser with those of 4 and 5, which heard of the winner
+ * only through its APPENDs. Here node 3 follows node 2 in term 5, and
+ * node 1 asks for its vote in term 5. */
+TEST(vote_refused_while_following_a_leader_of_the_term)
+{
+    struct raft *rs[3] = {restored(1, 3, NULL, 0, 5),
+                          restored(2, 3, NULL, 0, 5),
+                          restored(3, 3, NULL, 0, 5)};
+    struct tnet net;
+    net_with(&net, 3, rs);
+    inject(&net, 3,
+           (struct raft_msg){.type = RAFT_MSG_APPEND,
+                             .from = 2,
+                             .term = 5,
+                             .index = 1,
+                             .log_term = 1,
+                             .commit = 1});
+    CHECK_EQ_INT(st_of(&net, 3).leader, 2);
+    CHECK_EQ_INT(net.nodes[3].hs.vote, 0);
+    /* An election timeout without a word: past the lease, before the
+     * node's own (randomized, longer) timer fires. */
+    for (int k = 0; k < 10; k++)
+        raft_tick(net.nodes[3].r);
+    drop_queue(&net);
+    CHECK_EQ_INT(st_of(&net, 3).role, RAFT_FOLLOWER);
+    CHECK_EQ_INT(st_of(&net, 3).leader, 2);
+    inject(&net, 3,
+           (struct raft_msg){.type = RAFT_MSG_VOTE,
+                             .from = 1,
+                             .term = 5,
+                             .index = 1,
+                             .log_term = 1});
+    struct raft_msg *resp = find_msg(&net, 3, RAFT_MSG_VOTE_RESP);
+    CHECK(resp != NULL && resp->reject);
+    CHECK_EQ_INT(net.nodes[3].hs.vote, 0);
+    net_free(&net);
+}
+
+/* Thesis §9.6: a Pre-Vote is granted regardless of our vote only for a
+ * later term than ours; for our own term, the vote we gave stands. */
+TEST(prevote_for_our_term_respects_our_vote)
+{
+    struct raft *rs[3] = {restored(1, 3, NULL, 0, 5),
+                          restored(2, 3, NULL, 0, 5),
+                          restored(3, 3, NULL, 0, 5)};
+    struct tnet net;
+    net_with(&net, 3, rs);
+    struct raft_msg m = {
+        .type = RAFT_MSG_VOTE, .from = 2, .term = 6, .index = 1, .log_term = 1};
+    inject(&net, 1, m);
+    struct raft_msg *vr = find_msg(&net, 1, RAFT_MSG_VOTE_RESP);
+    CHECK(vr != NULL && !vr->reject);
+    CHECK_EQ_INT(net.nodes[1].hs.vote, 2);
+    drop_queue(&net);
+    m.type = RAFT_MSG_PREVOTE;
+    m.from = 3;
+    inject(&net, 1, m);
+    struct raft_msg *resp = find_msg(&net, 1, RAFT_MSG_PREVOTE_RESP);
+    CHECK(resp != NULL && resp->reject);
+    drop_queue(&net);
+    m.term = 7; /* a later term: granted */
+    inject(&net, 1, m);
+    resp = find_msg(&net, 1, RAFT_MSG_PREVOTE_RESP);
+    CHECK(resp != NULL && !resp->reject);
+    CHECK_EQ_INT(net.nodes[1].hs.vote, 2);
+    net_free(&net);
+}
+
 /* Figure 3.1 (AppendEntries 5): "set commitIndex = min(leaderCommit,
  * index of last new entry)". A follower holding stale entries past what
  * the APPEND covers (terms 2 at 7 and 8, from a leader that lost) must
@@ -1365,6 +1438,68 @@ TEST(lease_given_up_by_a_transfer)
     CHECK_EQ_INT(st.lease_reads, 1);
     net_free(&net);
     t_lease = false;
+}
+
+/* A majority of four voters is three: two (a candidate and one more)
+ * elect nobody, two (the leader and one more) commit nothing, and a
+ * leader hearing from one other voter steps down (CheckQuorum). */
+TEST(commit_needs_three_of_four)
+{
+    struct tnet net;
+    net_init(&net, 4);
+    isolate(&net, 3, true);
+    isolate(&net, 4, true);
+    raft_campaign(net.nodes[1].r);
+    deliver_all(&net);
+    CHECK(st_of(&net, 1).role != RAFT_LEADER);
+    isolate(&net, 3, false);
+    isolate(&net, 4, false);
+    elect(&net, 1);
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_LEADER);
+    isolate(&net, 3, true);
+    isolate(&net, 4, true);
+    uint64_t idx;
+    CHECK_EQ_INT(
+        raft_propose(net.nodes[1].r, (const uint8_t *)"x", 1, &idx, NULL), 0);
+    deliver_all(&net);
+    CHECK_EQ_INT(st_of(&net, 2).last_index, idx); /* node 2 has it */
+    CHECK(st_of(&net, 1).commit < idx);
+    isolate(&net, 3, false);
+    raft_propose(net.nodes[1].r, (const uint8_t *)"y", 1, NULL, NULL);
+    deliver_all(&net);
+    CHECK(st_of(&net, 1).commit >= idx);
+    /* CheckQuorum: hearing from one voter of three is not a majority. */
+    isolate(&net, 3, true);
+    isolate(&net, 4, true);
+    for (int k = 0; k < 25; k++) {
+        raft_tick(net.nodes[1].r);
+        deliver_all(&net);
+    }
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_FOLLOWER);
+    net_free(&net);
+}
+
+/* CheckQuorum counts voters: a leader that hears only from non-voters
+ * steps down all the same. */
+TEST(check_quorum_counts_voters_only)
+{
+    struct tnet net;
+    net_init(&net, 5);
+    elect(&net, 1);
+    for (uint64_t id = 4; id <= 5; id++) {
+        struct raft_conf_change cc = {.type = RAFT_CC_DEMOTE, .id = id};
+        CHECK_EQ_INT(raft_propose_conf(net.nodes[1].r, &cc, NULL, NULL), 0);
+        deliver_all(&net);
+    }
+    CHECK_EQ_INT(raft_conf_voters(raft_conf_current(net.nodes[1].r, NULL)), 3);
+    for (int i = 2; i <= 3; i++)
+        net.cut[1][i] = net.cut[i][1] = true;
+    for (int k = 0; k < 25; k++) {
+        raft_tick(net.nodes[1].r);
+        deliver_all(&net);
+    }
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_FOLLOWER);
+    net_free(&net);
 }
 
 TEST(check_quorum_step_down)
@@ -3525,6 +3660,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(founding_members_stand_early),
     TEST_ENTRY(vote_requires_up_to_date_log),
     TEST_ENTRY(vote_of_lower_term_refused),
+    TEST_ENTRY(vote_refused_while_following_a_leader_of_the_term),
+    TEST_ENTRY(prevote_for_our_term_respects_our_vote),
     TEST_ENTRY(append_commits_only_what_it_carries),
     TEST_ENTRY(vote_response_waits_for_persist),
     TEST_ENTRY(reject_hint),
@@ -3533,6 +3670,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(prevote_does_not_bump_terms),
     TEST_ENTRY(leader_stickiness_ignores_votes),
     TEST_ENTRY(check_quorum_step_down),
+    TEST_ENTRY(commit_needs_three_of_four),
+    TEST_ENTRY(check_quorum_counts_voters_only),
     TEST_ENTRY(uncommitted_bytes_bounded),
     TEST_ENTRY(uncommitted_bounded_while_the_leader_disk_lags),
     TEST_ENTRY(stale_leader_learns_higher_term),
