@@ -1257,6 +1257,11 @@ MUTATIONS = [
       "                    (pre && m->term >= r->term);",
       ["unit:raft/prevote_for_our_term_respects_our_vote"],
       "a Pre-Vote for our own term is granted whatever our vote"),
+    M("heartbeat_commits_past_the_log", "src/raft.c",
+      "    commit_to(r, PZ_MIN(m->commit, log_last(&r->log)));\n    struct raft_msg *resp = new_msg(r, false, RAFT_MSG_HEARTBEAT_RESP, m->from);",
+      "    commit_to(r, m->commit);\n    struct raft_msg *resp = new_msg(r, false, RAFT_MSG_HEARTBEAT_RESP, m->from);",
+      ["unit:raft/heartbeat_commits_only_what_we_hold"],
+      "a heartbeat commits entries the follower does not hold"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -799,6 +799,26 @@ TEST(prevote_for_our_term_respects_our_vote)
     net_free(&net);
 }
 
+/* A heartbeat's commit index counts only up to what we hold: the
+ * leader sends min(commit, our match), and a larger one (a peer's bug, or
+ * an impostor) must not commit entries we do not have. */
+TEST(heartbeat_commits_only_what_we_hold)
+{
+    const uint64_t t[] = {2, 2}; /* indexes 2..3 */
+    struct raft *rs[3] = {restored(1, 3, t, 2, 3), restored(2, 3, NULL, 0, 3),
+                          restored(3, 3, NULL, 0, 3)};
+    struct tnet net;
+    net_with(&net, 3, rs);
+    inject(&net, 1,
+           (struct raft_msg){
+               .type = RAFT_MSG_HEARTBEAT, .from = 2, .term = 3, .commit = 10});
+    pump_all(&net);
+    struct raft_status st = st_of(&net, 1);
+    CHECK_EQ_INT(st.last_index, 3);
+    CHECK(st.commit <= 3);
+    net_free(&net);
+}
+
 /* Figure 3.1 (AppendEntries 5): "set commitIndex = min(leaderCommit,
  * index of last new entry)". A follower holding stale entries past what
  * the APPEND covers (terms 2 at 7 and 8, from a leader that lost) must
@@ -3662,6 +3682,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(vote_of_lower_term_refused),
     TEST_ENTRY(vote_refused_while_following_a_leader_of_the_term),
     TEST_ENTRY(prevote_for_our_term_respects_our_vote),
+    TEST_ENTRY(heartbeat_commits_only_what_we_hold),
     TEST_ENTRY(append_commits_only_what_it_carries),
     TEST_ENTRY(vote_response_waits_for_persist),
     TEST_ENTRY(reject_hint),
