@@ -1421,6 +1421,23 @@ TEST(refuse_cluster_id_mismatch)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* A dialer without a cluster id (a node still joining) is no first
+ * contact: two joining nodes never join each other's "cluster 0". */
+TEST(refuse_a_dialer_without_a_cluster)
+{
+    world_init();
+    CHECK(start_node(0, 1, 0, 0));
+    CHECK(start_node(1, 2, 0, 0));
+    set_peer(0, 2, nodes[1].port);
+    send_msg(0, 2, 1, 1, 10);
+    struct refused_arg ra = {0, 2};
+    CHECK(run_until(refused, &ra, 3000));
+    CHECK(log_has("(node 1 'alpha'): cluster id mismatch (theirs "
+                  "0000000000000000, ours 0000000000000000)"));
+    CHECK_EQ_INT(nodes[1].n_got, 0);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 TEST(refuse_duplicate_id)
 {
     world_init();
@@ -2785,6 +2802,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(frame_parser_limit),
     TEST_ENTRY(exchange_both_ways),
     TEST_ENTRY(refuse_cluster_id_mismatch),
+    TEST_ENTRY(refuse_a_dialer_without_a_cluster),
     TEST_ENTRY(refuse_duplicate_id),
     TEST_ENTRY(refuse_token_mismatch),
     TEST_ENTRY(refuse_wrong_node),
