@@ -1271,6 +1271,16 @@ MUTATIONS = [
       "    if (hs->node_id == 0) {\n        refuse(in, RAFT_HS_BAD_HANDSHAKE, 0, 0, 0, \" (node id 0)\");\n        return;\n    }",
       "",
       ["unit:transport"], "a dialer claiming node id 0 is accepted"),
+    M("wiped_member_added_back", "src/node_members.c",
+      "        if (m && m->inc != j->incarnation) {",
+      "        if (m && m->inc != j->incarnation && m->voter && 0) {",
+      ["py:test_join.py"], "a member wiped and restarted joins again under "
+      "its name, a voter that forgot what it acknowledged"),
+    M("removed_incarnation_readded", "src/node_members.c",
+      "        bool stale = !m && rm && meta_inc(rm->meta) == j->incarnation;",
+      "        bool stale = false;",
+      ["py:test_join.py"], "the join request of a removed incarnation adds "
+      "it back"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",
