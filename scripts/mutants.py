@@ -1281,6 +1281,13 @@ MUTATIONS = [
       "        bool stale = false;",
       ["py:test_join.py"], "the join request of a removed incarnation adds "
       "it back"),
+    M("grpc_kv_write_refused_as_success", "src/grpc.c",
+      "    } else if (req->res.status == KV_EREVISION) {\n        /* Refused on every node as it applied: nothing was written. */",
+      "    } else if (req->res.status == KV_EREVISION && st == NULL) {\n        /* Refused on every node as it applied: nothing was written. */",
+      ["py:test_backup.py::"
+       "test_restored_revision_at_the_maximum_refuses_writes"],
+      "kv.KVService/Set answers success for a write refused at the "
+      "highest revision"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -1029,6 +1029,11 @@ static void on_write_done(struct node_req *req, int status)
     st->in_node = false;
     if (status < 0) {
         node_error(st, status, true);
+    } else if (req->res.status == KV_EREVISION) {
+        /* Refused on every node as it applied: nothing was written. */
+        finish(st, GRPC_RESOURCE_EXHAUSTED,
+               "the revision is at its maximum (2^62 - 1): the write was "
+               "refused, nothing was done");
     } else {
         struct pz_buf *b = scratch_take(&reply_scratch);
         grpc_kv_ok_resp_encode(b, true);

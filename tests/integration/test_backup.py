@@ -370,7 +370,8 @@ def test_restore_refuses_points_no_log_reaches(servers, tmp_path):
         assert not os.path.exists(data_dir) or os.listdir(data_dir) == []
 
 
-def test_restored_revision_at_the_maximum_refuses_writes(servers, tmp_path):
+def test_restored_revision_at_the_maximum_refuses_writes(servers, tmp_path,
+                                                         pb):
     """At the highest revision (2^62 - 1) a write is refused, the same on
     every node, rather than wrap the revision; reads go on, and the node's
     own snapshot of that state loads at its next start."""
@@ -390,6 +391,20 @@ def test_restored_revision_at_the_maximum_refuses_writes(servers, tmp_path):
     st, _, body = s.request("POST", "/txn", json.dumps({"success": [
         {"put": {"key": "t", "value": "x"}}]}), headers=AUTH)
     assert st == 507, (st, body)
+    # PyazDB's own gRPC service says so too, rather than success
+    import grpc
+    from grpc_helpers import Client, rpc_error
+    c = Client(s.grpc_port, pb)
+    try:
+        md = (("authorization", "Bearer " + TOKEN),)
+        for call, req in ((c.Set, pb.kv.SetRequest(key="new", value="x")),
+                          (c.Delete, pb.kv.DeleteRequest(key="k1"))):
+            code, det = rpc_error(call, req, timeout=5, metadata=md)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, det)
+            assert "revision is at its maximum" in det, det
+    finally:
+        c.close()
+    assert get(s, "k1")[2] == b"v1"
     assert get(s, "k3")[2] == b"v3" and get(s, "new")[0] == 404
     assert s.status()["revision"] == LIMIT - 1
     st, _, body = s.request("POST", "/admin/snapshot", headers=AUTH)
