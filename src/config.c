@@ -1547,7 +1547,6 @@ static int check_open_cluster(struct rules *r)
     char host[256];
     int port;
     if (c->cluster_token[0] != '\0' || c->cluster_token_none ||
-        c->peer_tls_cert_file[0] != '\0' ||
         pz_split_hostport(c->raft_addr, host, sizeof host, &port) != 0 ||
         cfg_host_is_loopback(host))
         return 0;
@@ -1557,9 +1556,9 @@ static int check_open_cluster(struct rules *r)
                 "'raft-addr' (%s) is not a loopback address and "
                 "'cluster-token' is not set: anyone who can reach it could "
                 "take part in the cluster. Set the same 'cluster-token' on "
-                "every node and mandi, or peer mutual TLS "
-                "(peer-tls-cert-file, peer-tls-key-file, peer-tls-ca-file), "
-                "or 'cluster-token none' to run without either",
+                "every node and mandi (peer mutual TLS, when set, "
+                "authenticates nodes besides), or 'cluster-token none' to "
+                "run without one",
                 val(r, "raft-addr", a, sizeof a));
 }
 

@@ -50,8 +50,7 @@ enum raft_hs_status {
     RAFT_HS_BAD_TOKEN = 5,          /* cluster token differs */
     RAFT_HS_WRONG_NODE = 6,         /* target id is not the acceptor's id */
     RAFT_HS_BAD_HANDSHAKE = 7,      /* sender id 0 or similar */
-    RAFT_HS_NOT_MEMBER = 8,         /* peer TLS without a cluster token: the
-                                       dialer is not in our configuration */
+    RAFT_HS_NOT_MEMBER = 8,         /* reserved: not sent by this version */
     RAFT_HS_REMOVED = 9,            /* dialer removed (conf_index) */
     RAFT_HS_OTHER_INCARNATION = 10, /* dialer's id is a member with another
                                        data dir */

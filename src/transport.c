@@ -133,9 +133,6 @@ struct transport {
     size_t n_unauth;             /* inbound still in their handshake */
     size_t n_strangers;          /* accepted inbound from unknown ids */
     size_t stranger_in;          /* partial-frame bytes they hold */
-    uint64_t first_contact;      /* while we are in no configuration: the
-                                    first id accepted since we started (0:
-                                    none yet) */
     uv_timer_t sweep;            /* closes handshakes past their deadline */
     uint64_t loud_start;         /* uv_now() the log window began */
     unsigned loud_n;             /* warnings in the window so far */
@@ -449,18 +446,12 @@ static void handle_reply(struct peer *p, const struct raft_handshake_reply *r)
                      "removed from the cluster (configuration entry "
                      "%" PRIu64 ")",
                      r->conf_index);
-        if (r->status == RAFT_HS_NOT_MEMBER)
-            snprintf(why, sizeof why,
-                     "not in its configuration (with peer TLS and no "
-                     "cluster token it takes only members; its log has not "
-                     "caught up with our addition yet?)");
         p->st.refused++;
         /* Not being a member yet is normal for a moment (a change on its
-         * way): say it once, as information. */
-        bool quiet = p->last_refusal == r->status;
-        pz_log(quiet                             ? PZ_LOG_DEBUG
-               : r->status == RAFT_HS_NOT_MEMBER ? PZ_LOG_INFO
-                                                 : PZ_LOG_WARNING,
+         * way): say it at debug level. */
+        bool quiet =
+            p->last_refusal == r->status || r->status == RAFT_HS_NOT_MEMBER;
+        pz_log(quiet ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
                "raft: peer %s (node %" PRIu64 ") refused us: %s", p->addr,
                p->id, why);
         p->last_refusal = r->status;
@@ -954,23 +945,6 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
      * whose cluster it joins: the first contact, its leader. */
     bool stranger = kind == TRANSPORT_PEER_STRANGER ||
                     (kind == TRANSPORT_PEER_JOINING && t->cfg.cluster_id != 0);
-    if (stranger && in->c->tls && t->token[0] == '\0' &&
-        !(kind == TRANSPORT_PEER_JOINING &&
-          (t->first_contact == 0 || t->first_contact == hs->node_id))) {
-        /* Without a cluster token nothing but its certificate vouches for
-         * a dialer, and the cluster's CA may sign more than members (an
-         * HTTPS server's certificate with its DNS name): a certificate
-         * speaks only for a member we know. A node still joining knows
-         * none: it takes its first contact since it started, and that
-         * one again. The refused dialer retries on its backoff, and is
-         * accepted once our log names it. */
-        refuse(in, RAFT_HS_NOT_MEMBER, 0, 0, hs->node_id,
-               " (not in our configuration; without a cluster token only "
-               "members' certificates are accepted)");
-        return;
-    }
-    if (kind == TRANSPORT_PEER_JOINING && t->first_contact == 0)
-        t->first_contact = hs->node_id;
     if (stranger && t->n_strangers >= t->cfg.max_strangers) {
         /* Make room: the oldest link from an id we do not know goes. */
         struct pz_queue *e, *next;

@@ -19,15 +19,13 @@
  * how a removed node learns it must stop. Ids the owner does not know are
  * accepted, as etcd's peer handler accepts them: a node whose log is
  * behind does not know the members added since, the leader among them;
- * the token is what authenticates a peer, and at most max_strangers such
- * links are open at once. With peer TLS and no token, a certificate of
- * the cluster's CA is all that vouches for a dialer, and it vouches only
- * for a member: such ids are refused (NOT_MEMBER) until the owner's
- * configuration names them, and a node in no configuration yet takes only
- * its first contact (the first id it accepted since it started). With
- * peer TLS a dialer sends its handshake (and token) only once the
- * acceptor's certificate names the member it dialed: whoever else answers
- * at that address learns nothing. A refusal carries its status and
+ * the token is what authorizes a peer (a node starts without one only on
+ * loopback addresses, or with an explicit `cluster-token none`: config.c),
+ * and at most max_strangers such links are open at once. Peer TLS adds
+ * authentication: a dialer's certificate must name the node it claims,
+ * and a dialer sends its handshake (and token) only once the acceptor's
+ * certificate names the member it dialed: whoever else answers at that
+ * address learns nothing. A refusal carries its status and
  * nothing else: no cluster id, no node id, no name, no addresses.
  * Addresses travel from an acceptor to a dialer (the dialer reached it at
  * the member's configured address); what a dialer says of its own Raft
