@@ -1287,6 +1287,23 @@ MUTATIONS = [
        "test_restored_revision_at_the_maximum_refuses_writes"],
       "kv.KVService/Set answers success for a write refused at the "
       "highest revision"),
+    M("sse_watch_to_equal_to_from", "src/http_watch.c",
+      "            if (c > 0 || (c == 0 && tlen <= flen)) {",
+      "            if (c > 0 || (c == 0 && tlen < flen)) {",
+      ["py:test_watch.py::test_bad_parameters_are_400"],
+      "/watch?from=b&to=b is taken, an empty range"),
+    M("sse_watch_start_zero_replays", "src/http_watch.c",
+      "        ws->start_given = ws->start > 0; /* 0: from now on */",
+      "        ws->start_given = true; /* 0: from now on */",
+      ["py:test_watch.py::test_resume_with_last_event_id_and_start_revision"],
+      "/watch?start_revision=0 replays the history instead of starting "
+      "now"),
+    M("sse_watch_compacted_start_taken", "src/http_watch.c",
+      "    if (ws->start < first) {\n        reply_compacted(ws, first);",
+      "    if (ws->start < first && first == 0) {\n        reply_compacted(ws, first);",
+      ["py:test_watch.py::test_start_older_than_history_is_410"],
+      "a watch from a revision the history dropped starts anyway, its "
+      "events lost"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -209,12 +209,17 @@ def test_resume_with_last_event_id_and_start_revision(servers):
     w3.close()
     w4 = SSE(s.http_port, q(prefix="r/", start_revision=last_id))
     assert [e[2] for e in flat(w4.revisions(3))] == ["r/2", "r/3", "r/4"]
+    # start_revision 0 is "from now on", as none: nothing already written
+    w6 = SSE(s.http_port, q(prefix="r/", start_revision=0))
+    put(s, "r/0", "z")
+    assert [e[2] for e in flat(w6.revisions(1))] == ["r/0"]
+    w6.close()
     # a start in the future waits for it
-    w5 = SSE(s.http_port, q(prefix="r/", start_revision=last_id + 4))
+    w5 = SSE(s.http_port, q(prefix="r/", start_revision=last_id + 5))
     put(s, "r/5", "e")
     put(s, "r/6", "f")
     got = w5.revisions(1)
-    assert got[0]["revision"] == last_id + 4
+    assert got[0]["revision"] == last_id + 5
     assert flat(got)[0][2] == "r/6"
     w4.close()
     w5.close()
@@ -253,6 +258,7 @@ def test_start_older_than_history_is_410(servers):
     ("key=a&start_revision=99999999999999999999999", "start_revision"),
     ("prefix=a&to=b", "to goes with from"),
     ("from=b&to=a", "greater than from"),
+    ("from=b&to=b", "greater than from"),
     ("key=a&prev_kv=yes", "prev_kv"),
     ("key=a&serializable=2", "serializable"),
     ("key=%zz", "percent"),
