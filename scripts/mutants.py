@@ -1351,8 +1351,8 @@ MUTATIONS = [
       "--restore of a backup at index or term 0 succeeds, and the node "
       "then refuses every start"),
     M("fifo_taken_for_a_file", "src/pz.c",
-      "    else if (!S_ISREG(st.st_mode) &&",
-      "    else if (false &&",
+      "    return S_ISREG(st->st_mode) ||",
+      "    return st != NULL ||",
       ["unit:snapshot/fifo_named_like_a_snapshot",
        "py:test_storage.py::test_fifo_config_and_token_files_are_refused"],
       "a FIFO named like a snapshot or a token file is read as one"),

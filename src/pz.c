@@ -815,17 +815,29 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
     return diff == 0;
 }
 
+/* A regular file, or /dev/null (which reads as empty). */
+static bool regular_or_null(const struct stat *st)
+{
+    return S_ISREG(st->st_mode) ||
+           (S_ISCHR(st->st_mode) && st->st_rdev == makedev(1, 3));
+}
+
 int pz_open_regular(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    /* Looked at before it is opened, so that a device or a FIFO is not
+     * even opened (opening a terminal or a watchdog acts on it, opening a
+     * FIFO wakes its writer); checked again once open, in case it was
+     * swapped meanwhile. */
+    struct stat st;
+    if (stat(path, &st) == 0 && !regular_or_null(&st))
+        return PZ_EINVAL;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    struct stat st;
     int rc = 0;
     if (fstat(fd, &st) < 0)
         rc = -errno;
-    else if (!S_ISREG(st.st_mode) &&
-             !(S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)))
+    else if (!regular_or_null(&st))
         rc = PZ_EINVAL;
     else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
         rc = -errno;
