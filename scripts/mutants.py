@@ -1143,8 +1143,8 @@ MUTATIONS = [
       "           (al - v6 > 1);",
       ["unit:mandi/parse_refuses_control_characters_and_implausible_addresses"], "an IPv6 zone of any bytes passes as an address"),
     M("log_bidi_controls_pass", "src/log.c",
-      "    if (cp == 0x200e || cp == 0x200f || cp == 0x2028 || cp == 0x2029 ||",
-      "    if (cp == 0x200e || cp == 0x200f || cp == 0x2029 ||",
+      "    if (cp == 0x061c || cp == 0x200e || cp == 0x200f || cp == 0x2028 ||",
+      "    if (cp == 0x061c || cp == 0x200e || cp == 0x200f ||",
       ["unit:log/text_line_any_bytes"], "a line separator a client sent "
       "passes into a log line"),
     M("http_one_header_too_many", "src/http_parse.c",

@@ -100,11 +100,13 @@ TEST(text_line_any_bytes)
                       "b\xe2\x80\xae"
                       "c\xe2\x81\xa6"
                       "d\xe2\x80\x8f"
+                      "e\xd8\x9c"
                       "\xe2\x80\x94"),
                  "2026-01-03T10:00:00.001Z n I a\\xe2\\x80\\xa8"
                  "b\\xe2\\x80\\xae"
                  "c\\xe2\\x81\\xa6"
                  "d\\xe2\\x80\\x8f"
+                 "e\\xd8\\x9c"
                  "\xe2\x80\x94\n");
     char msg[256];
     for (int c = 1; c < 256; c++)

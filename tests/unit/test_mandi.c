@@ -215,6 +215,8 @@ TEST(parse_refuses_control_characters_and_implausible_addresses)
         {"{\"id\":\"a\xc3\xc3\",\"addr\":\"h:1\"}", "'id' is not valid UTF-8"},
         {"{\"id\":\"a\\u2066b\",\"addr\":\"h:1\"}",
          "'id' holds a control character"},
+        {"{\"id\":\"a\\u061cb\",\"addr\":\"h:1\"}",
+         "'id' holds a control character"},
         {"{\"id\":\"a\",\"addr\":\"h:1\\nFAKE\"}",
          "'addr' holds a control character"},
         {"{\"id\":\"a\",\"addr\":\"h:1\",\"grpc_addr\":\"h:\\u0000\"}",
