@@ -1304,6 +1304,12 @@ MUTATIONS = [
       ["py:test_watch.py::test_start_older_than_history_is_410"],
       "a watch from a revision the history dropped starts anyway, its "
       "events lost"),
+    M("interrupted_save_leaves_its_part", "src/cli_snapshot.c",
+      "    cleanup_on_signals(part);\n    struct cli_conn c;",
+      "    struct cli_conn c;",
+      ["py:test_backup.py::test_interrupted_save_leaves_no_part_file"],
+      "a save stopped by Ctrl-C leaves FILE.part, and every later save "
+      "refuses"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

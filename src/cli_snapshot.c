@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <llhttp.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -209,6 +210,39 @@ static void dir_of(const char *path, char *dir, size_t len)
         snprintf(dir, len, "%.*s", (int)(slash - path), path);
 }
 
+/* FILE.part of the save in progress, for the signal handler: a save
+ * interrupted by Ctrl-C, timeout(1) or a hangup removes its file, or the
+ * next save would find it and refuse (it never reuses one). Empty once
+ * there is nothing to remove. */
+static char interrupted_part[SNAPSHOT_PATH_MAX];
+static const int cleanup_signals[] = {SIGINT, SIGTERM, SIGHUP};
+static struct sigaction saved_actions[3];
+
+static void on_interrupt(int sig)
+{
+    if (interrupted_part[0])
+        unlink(interrupted_part); /* async-signal-safe */
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    sigaction(sig, &dfl, NULL);
+    raise(sig); /* dies of it, as it would have */
+}
+
+/* Remove part (or stop removing it: NULL) if a signal ends the save. */
+static void cleanup_on_signals(const char *part)
+{
+    if (part) {
+        snprintf(interrupted_part, sizeof interrupted_part, "%s", part);
+        struct sigaction sa = {.sa_handler = on_interrupt};
+        sigemptyset(&sa.sa_mask);
+        for (size_t i = 0; i < PZ_ARRAY_SIZE(cleanup_signals); i++)
+            sigaction(cleanup_signals[i], &sa, &saved_actions[i]);
+    } else {
+        for (size_t i = 0; i < PZ_ARRAY_SIZE(cleanup_signals); i++)
+            sigaction(cleanup_signals[i], &saved_actions[i], NULL);
+        interrupted_part[0] = '\0';
+    }
+}
+
 int cli_snapshot_save(const char *addr, const char *token,
                       const struct tls_slot *tls, const char *file,
                       uint64_t timeout_ms, struct snapshot_meta *meta,
@@ -237,6 +271,7 @@ int cli_snapshot_save(const char *addr, const char *token,
             snprintf(err, errlen, "%s: %s", part, strerror(e));
         return -e;
     }
+    cleanup_on_signals(part);
     struct cli_conn c;
     int rc = cli_conn_open(&c, addr, tls, (int)PZ_MIN(timeout_ms, INT32_MAX),
                            err, errlen);
@@ -255,12 +290,15 @@ int cli_snapshot_save(const char *addr, const char *token,
     char why[SNAPSHOT_ERRMSG_SIZE];
     if (rc == 0 && (rc = snapshot_verify(part, meta, why, sizeof why)) < 0)
         snprintf(err, errlen, "the downloaded snapshot is not valid: %s", why);
+    if (rc == 0)
+        interrupted_part[0] = '\0'; /* renamed next, or removed below */
     if (rc == 0 && rename(part, file) < 0) {
         rc = -errno;
         snprintf(err, errlen, "rename %s to %s: %s", part, file,
                  strerror(-rc));
     }
     if (rc == 0) {
+        cleanup_on_signals(NULL);
         int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0 || fsync(dfd) < 0) {
             rc = -errno;
@@ -273,5 +311,6 @@ int cli_snapshot_save(const char *addr, const char *token,
     }
     snapshot_meta_free(meta);
     unlink(part);
+    cleanup_on_signals(NULL);
     return rc;
 }

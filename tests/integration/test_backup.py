@@ -507,6 +507,39 @@ def test_save_gives_up_on_a_drip_and_on_a_huge_body(tmp_path):
     assert not os.path.exists(out) and not os.path.exists(out + ".part")
 
 
+def test_interrupted_save_leaves_no_part_file(tmp_path):
+    """FILE.part is never reused, so a save stopped by Ctrl-C, timeout(1)
+    or a hangup removes it as it dies: the next save must not find it."""
+    import signal as sg
+
+    def slow(c, stop):
+        while not stop.is_set():
+            c.sendall(b"x" * 70000)
+            time.sleep(0.05)
+
+    out = str(tmp_path / "b.snap")
+    for sig in (sg.SIGINT, sg.SIGTERM, sg.SIGHUP):
+        port, t, stop = fake_node(b"HTTP/1.1 200 OK\r\nContent-Length: "
+                                  b"100000000000\r\n\r\n", slow)
+        env = dict(os.environ)
+        env.pop("MANDI_ADDR", None)
+        p = subprocess.Popen([CLI, "--http", f"127.0.0.1:{port}", "snapshot",
+                              "save", out], env=env,
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while not (os.path.exists(out + ".part") and
+                   os.path.getsize(out + ".part") > 0):
+            assert time.time() < deadline and p.poll() is None
+            time.sleep(0.05)
+        p.send_signal(sig)
+        assert p.wait(10) == -sig
+        stop.set()
+        t.join(10)
+        assert not os.path.exists(out + ".part"), sig
+        assert not os.path.exists(out)
+
+
 def readme_commands(title):
     """The command lines of the ```sh blocks of a README section."""
     text = open(os.path.join(ROOT, "README.md")).read()
