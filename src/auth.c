@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "etcd.h"
 #include "etcd_map.h"
@@ -38,14 +37,10 @@ static int load_file(const char *path, struct token_set **out, char *err,
 {
     /* Only a regular file: a FIFO would block the start, or the loop on
      * SIGHUP, until something writes to it. */
-    int fd = pz_open_regular(path);
-    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
+    const char *oerr;
+    FILE *f = pz_fopen_regular(path, &oerr);
     if (f == NULL) {
-        int e = fd < 0 ? fd : -errno;
-        if (fd >= 0)
-            close(fd);
-        snprintf(err, errlen, "%s: cannot open: %s", path,
-                 e == PZ_EINVAL ? "not a regular file" : strerror(-e));
+        snprintf(err, errlen, "%s: cannot open: %s", path, oerr);
         return PZ_ECONFIG;
     }
     char *buf = pz_malloc(TOKENS_FILE_MAX + 1);

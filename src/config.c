@@ -22,6 +22,7 @@
 #include "config.h"
 #include "raft_codec.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -29,8 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
-#include <arpa/inet.h>
 
 #define KB INT64_C(1024)
 #define MB (1024 * KB)
@@ -1160,14 +1159,10 @@ static int load_file(struct pz_config *c, const char *path, int *seen,
 {
     /* Only a regular file: a FIFO would block the start, or the loop on
      * SIGHUP, until something writes to it. */
-    int fd = pz_open_regular(path);
-    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
+    const char *why;
+    FILE *f = pz_fopen_regular(path, &why);
     if (f == NULL) {
-        int e = fd < 0 ? fd : -errno;
-        if (fd >= 0)
-            close(fd);
-        fmt_err(err, errlen, path, 0, "cannot open: %s",
-                e == PZ_EINVAL ? "not a regular file" : strerror(-e));
+        fmt_err(err, errlen, path, 0, "cannot open: %s", why);
         return PZ_ECONFIG;
     }
     struct pz_buf b;

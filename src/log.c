@@ -23,11 +23,9 @@ void pz_log_set_json(bool json)
 
 /* Length of the UTF-8 sequence of a printable character at s (n bytes
  * left), 0 if s does not start one: malformed, overlong, a surrogate, past
- * U+10FFFF, a C1 control (U+0080..U+009F, which terminals may obey), a
- * line or paragraph separator (U+2028, U+2029: a line break to some
- * viewers), or a bidirectional control (U+061C, U+200E, U+200F,
- * U+202A..U+202E, U+2066..U+2069), which would show the rest of the line
- * reordered. */
+ * U+10FFFF, a C1 control (U+0080..U+009F, which terminals may obey), or
+ * a character that makes the line show other than it reads
+ * (pz_cp_disguises_text). */
 static size_t utf8_printable(const unsigned char *s, size_t n)
 {
     size_t len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
@@ -43,9 +41,7 @@ static size_t utf8_printable(const unsigned char *s, size_t n)
     if (cp < least[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ||
         cp < 0xa0)
         return 0;
-    if (cp == 0x061c || cp == 0x200e || cp == 0x200f || cp == 0x2028 ||
-        cp == 0x2029 || (cp >= 0x202a && cp <= 0x202e) ||
-        (cp >= 0x2066 && cp <= 0x2069))
+    if (pz_cp_disguises_text(cp))
         return 0;
     return len;
 }

@@ -86,9 +86,8 @@ static long utf8_next(const unsigned char *s, size_t n, size_t *i)
 
 static bool unsafe_code_point(long cp)
 {
-    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x061c ||
-           cp == 0x2028 || cp == 0x2029 || cp == 0x200e || cp == 0x200f ||
-           (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) ||
+           pz_cp_disguises_text((uint32_t)cp);
 }
 
 /* NULL if s[0..n) is printable text as above, else what is wrong. */

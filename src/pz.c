@@ -815,6 +815,13 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
     return diff == 0;
 }
 
+bool pz_cp_disguises_text(uint32_t cp)
+{
+    return cp == 0x061c || cp == 0x200e || cp == 0x200f || cp == 0x2028 ||
+           cp == 0x2029 || (cp >= 0x202a && cp <= 0x202e) ||
+           (cp >= 0x2066 && cp <= 0x2069);
+}
+
 /* A regular file, or /dev/null (which reads as empty). */
 static bool regular_or_null(const struct stat *st)
 {
@@ -846,6 +853,19 @@ int pz_open_regular(const char *path)
         return rc;
     }
     return fd;
+}
+
+FILE *pz_fopen_regular(const char *path, const char **why)
+{
+    int fd = pz_open_regular(path);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
+    if (f == NULL) {
+        int e = fd < 0 ? fd : -errno;
+        if (fd >= 0)
+            close(fd);
+        *why = e == PZ_EINVAL ? "not a regular file" : strerror(-e);
+    }
+    return f;
 }
 
 uint64_t pz_seed(void)

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "err.h"
@@ -232,6 +233,14 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
  * it. */
 uint64_t pz_seed(void);
 
+/* Is code point cp one that makes a line of text show other than it
+ * reads: a line or paragraph separator (U+2028, U+2029: a line break to
+ * some viewers) or a bidirectional control (U+061C, U+200E, U+200F,
+ * U+202A..U+202E, U+2066..U+2069), which shows the rest of the line
+ * reordered? Log lines escape such characters, and mandi's answers may
+ * not hold them. */
+bool pz_cp_disguises_text(uint32_t cp);
+
 /* Open path for reading, as a regular file only: the open is made with
  * O_NONBLOCK, so that a FIFO (which blocks an open until a writer comes)
  * or a device named like a file the process reads at start or on reload
@@ -242,6 +251,10 @@ uint64_t pz_seed(void);
  * -errno when the open or fstat fails, or PZ_EINVAL when path is not a
  * regular file (callers say "not a regular file"). */
 int pz_open_regular(const char *path);
+
+/* pz_open_regular as a stdio stream ("rb"), or NULL with *why saying why
+ * ("not a regular file", or the system's reason). */
+FILE *pz_fopen_regular(const char *path, const char **why);
 
 /* A rate limit for log lines that the network can trigger (a client, a
  * peer, or a broken server can make a line happen as often as it likes):
