@@ -5,8 +5,9 @@
 #   scripts/make-certs.sh DIR node NAME [IP|DNS ...]
 #       DIR/NAME.crt, DIR/NAME.key: a server and client certificate signed
 #       by DIR/ca.*, naming NAME (DNS subjectAltName: the node-id, which the
-#       peer transport checks) and every IP address or DNS name given (what
-#       clients dial: 127.0.0.1, the machine's address, its host name)
+#       peer transport checks, DNS:NAME even when NAME reads as an IP
+#       address) and every IP address or DNS name given (what clients
+#       dial: 127.0.0.1, the machine's address, its host name)
 #   scripts/make-certs.sh DIR server NAME [IP|DNS ...]
 #       DIR/NAME.crt, DIR/NAME.key: a server certificate only (serverAuth),
 #       for mandi or another HTTPS server, naming NAME and every IP address

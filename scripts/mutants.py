@@ -350,6 +350,15 @@ MUTATIONS = [
        "py:test_tls.py::test_peer_handshake_only_to_the_dialed_member"],
       "the handshake (cluster token) goes to any acceptor with a "
       "certificate of the CA"),
+    M("peertls_node_id_as_ip", "src/tls.c",
+      "    return some_dns_name(cert, same_name, name);",
+      "    if (is_ip(name))\n"
+      "        return X509_check_ip_asc(cert, name, 0) == 1;\n"
+      "    return some_dns_name(cert, same_name, name);",
+      ["unit:tls/ip_looking_node_ids",
+       "py:test_tls.py::test_peer_tls_node_ids_that_look_like_ips"],
+      "an acceptor looks for an IP subjectAltName for a node id that reads "
+      "as an address, the dialer and make-certs.sh for DNS:ID"),
     M("max_value_ignored", "src/http_parse.c",
       "    else if (op->value && op->vlen > lim->max_value)",
       "    else if (op->value && op->vlen > 2 * lim->max_value)",

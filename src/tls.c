@@ -497,16 +497,16 @@ static bool same_name(const char *name, const void *want)
     return strcmp(name, want) == 0;
 }
 
+/* A node name is matched against the DNS subjectAltNames only, whatever
+ * it looks like: a node id such as 10.0.0.5 is a name, not the node's
+ * address (addresses play no part), so an IP subjectAltName never names
+ * it, and the dialer's check (tls_peer_names_id) reads the same names. */
 bool tls_peer_names(const struct tls_conn *t, const char *name)
 {
     X509 *cert = verified_cert(t);
     if (cert == NULL || name == NULL || name[0] == '\0')
         return false;
-    if (!is_ip(name))
-        return some_dns_name(cert, same_name, name);
-    int r = X509_check_ip_asc(cert, name, 0);
-    ERR_clear_error();
-    return r == 1;
+    return some_dns_name(cert, same_name, name);
 }
 
 struct id_match {

@@ -114,10 +114,11 @@ void tls_set_deadline(struct tls_conn *t, uint64_t at);
 uint64_t tls_deadline(const struct tls_conn *t);
 
 /* After the handshake: did the peer present a verified certificate, and
- * does it name `name` (a DNS subjectAltName equal to it byte for byte,
- * or an IP subjectAltName when name is an IP address)? Node names are
- * case-sensitive, so unlike a host name check, DNS:NODE1 does not name
- * node1, and no wildcard names anything. */
+ * does it name node `name` (a DNS subjectAltName equal to it byte for
+ * byte, whatever the name looks like: an IP subjectAltName never names a
+ * node, not even node 10.0.0.5)? Node names are case-sensitive, so unlike
+ * a host name check, DNS:NODE1 does not name node1, and no wildcard names
+ * anything. */
 bool tls_peer_verified(const struct tls_conn *t);
 bool tls_peer_names(const struct tls_conn *t, const char *name);
 /* After the handshake: does the peer's verified certificate hold a DNS

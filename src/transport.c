@@ -350,8 +350,9 @@ static void on_peer_timer(uv_timer_t *h)
 }
 
 /* With peer TLS: does c's verified certificate name node `name`, and is
- * that name node id's? The rule: a DNS subjectAltName equal to the node
- * name (node-id), which the cluster CA vouches for. */
+ * that name node id's? The rule, the same as out_tls_ready's: a DNS
+ * subjectAltName equal to the node name (node-id) byte for byte, whatever
+ * the name looks like, which the cluster CA vouches for. */
 static bool cert_names(const struct transport *t, const struct conn *c,
                        const char *name, uint64_t id)
 {

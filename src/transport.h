@@ -142,11 +142,13 @@ struct transport_config {
                                   copied */
     /* Mutual TLS (tls.h), optional: with tls_in on, dialers must speak
      * TLS and show a certificate that chains to its CA and names, as a
-     * DNS subjectAltName, the node name they claim in the handshake, whose
-     * id must be name_to_id(name); with tls_out on, we dial with TLS and
-     * require the same of the acceptor's certificate and reply, and send
-     * our handshake only once its certificate names (name_to_id) the id
-     * we dialed. Borrowed: they must outlive the transport. */
+     * DNS subjectAltName byte for byte (whatever the name looks like: an
+     * IP subjectAltName never names a node), the node name they claim in
+     * the handshake, whose id must be name_to_id(name); with tls_out on,
+     * we dial with TLS and require the same of the acceptor's certificate
+     * and reply, and send our handshake only once its certificate names
+     * (name_to_id) the id we dialed. Borrowed: they must outlive the
+     * transport. */
     const struct tls_slot *tls_in, *tls_out;
     uint64_t (*name_to_id)(const char *name);
     transport_recv_cb recv;    /* required */

@@ -530,6 +530,39 @@ def test_peer_mutual_tls_cluster(servers, peer_pki):
         assert "TLS with" not in log  # no handshake failed
 
 
+def test_peer_tls_node_ids_that_look_like_ips(servers, tmp_path):
+    """Node ids that read as IP addresses (not the nodes' addresses) are
+    node names like any other: make-certs.sh puts DNS:ID in the
+    certificate, and both the acceptor and the dialer look for exactly
+    that, so the cluster elects a leader and replicates over peer TLS."""
+    from test_cluster import leader_of, put, wait_value
+    d = str(tmp_path / "pki")
+    ids = ["10.0.0.5", "10.0.0.6", "127.0.0.9"]
+    make(d, "ca")
+    for i in ids:
+        make(d, "node", i, "127.0.0.1")
+        text = run("openssl", "x509", "-in", os.path.join(d, i + ".crt"),
+                   "-noout", "-ext", "subjectAltName").stdout
+        assert "DNS:" + i in text and "IP Address:" + i not in text, text
+    nodes = [servers(i, start=False) for i in ids]
+    spec = ",".join(f"{s.name}=127.0.0.1:{s.raft_port}" for s in nodes)
+    for s in nodes:
+        s.conf["initial-cluster"] = spec
+        s.conf["raft-bootstrap"] = "no"
+        s.conf.update(peer_conf(d, s.name))
+        s.write_conf()
+    for s in nodes:
+        s.start(wait=False)
+    leader = leader_of(nodes, timeout=20)
+    assert put(leader, "ipk", "ipv")[0] == 204
+    for s in nodes:
+        wait_value(s, "ipk", "ipv")
+    for s in nodes:
+        log = s.read_log()
+        assert "connected to peer" in log
+        assert "does not name" not in log
+
+
 def test_peer_certificate_must_name_the_member(servers, peer_pki):
     """node3 shows node2's certificate (the right CA, the wrong name): the
     others refuse it, and it refuses them; node1 and node2 go on."""

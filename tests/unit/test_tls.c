@@ -22,9 +22,10 @@ struct pem {
     char crt[128], key[128];
 };
 
-/* A self-signed certificate naming DNS:name and IP:127.0.0.1, written to
- * a temporary directory; it serves as its own CA. */
-static void make_cert(struct pem *p, const char *name)
+/* A self-signed certificate with CN=name and the subjectAltNames san
+ * (OpenSSL's "DNS:x,IP:y" form), written to a temporary directory; it
+ * serves as its own CA. */
+static void make_cert_san(struct pem *p, const char *name, const char *san)
 {
     snprintf(p->dir, sizeof p->dir, "/tmp/pz-tls-XXXXXX");
     CHECK(mkdtemp(p->dir) != NULL);
@@ -42,8 +43,6 @@ static void make_cert(struct pem *p, const char *name)
     X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
                                (const unsigned char *)name, -1, -1, 0);
     X509_set_issuer_name(x, n);
-    char san[128];
-    snprintf(san, sizeof san, "DNS:%s,IP:127.0.0.1", name);
     X509V3_CTX v3;
     X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
     X509_EXTENSION *ext =
@@ -60,6 +59,14 @@ static void make_cert(struct pem *p, const char *name)
     fclose(f);
     X509_free(x);
     EVP_PKEY_free(k);
+}
+
+/* A self-signed certificate naming DNS:name and IP:127.0.0.1. */
+static void make_cert(struct pem *p, const char *name)
+{
+    char san[128];
+    snprintf(san, sizeof san, "DNS:%s,IP:127.0.0.1", name);
+    make_cert_san(p, name, san);
 }
 
 static void drop_cert(struct pem *p)
@@ -203,7 +210,8 @@ TEST(client_cert_names)
     CHECK(tls_handshake_done(s));
     CHECK(tls_peer_verified(s));
     CHECK(tls_peer_names(s, "node2"));
-    CHECK(tls_peer_names(s, "127.0.0.1"));
+    /* IP:127.0.0.1 is in it, but an IP subjectAltName names no node */
+    CHECK(!tls_peer_names(s, "127.0.0.1"));
     CHECK(!tls_peer_names(s, "node1"));
     CHECK(!tls_peer_names(s, "node"));
     /* node names are case-sensitive: another name, not a host name's
@@ -266,6 +274,105 @@ TEST(client_cert_names)
     tls_slot_clear(&cs);
     drop_cert(&srv);
     drop_cert(&cli);
+}
+
+/* Node ids of the names ip_looking_node_ids uses, as a node maps them. */
+static uint64_t ip_name_to_id(const char *name)
+{
+    static const char *const names[] = {"10.0.0.5", "10.0.0.6", "127.0.0.1"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(names); i++)
+        if (strcmp(name, names[i]) == 0)
+            return i + 1;
+    return 99;
+}
+
+/* Joins a dialer (client slot cs, no host name: the Raft transport's way)
+ * and an acceptor (ss) in memory; both handshakes must finish. */
+static void peer_pair(struct tls_slot *ss, struct tls_slot *cs,
+                      struct tls_conn **s, struct tls_conn **c)
+{
+    *s = tls_conn_new(ss, NULL);
+    *c = tls_conn_new(cs, NULL);
+    CHECK_EQ_INT(tls_start(*c), 0);
+    pump(*c, *s);
+    CHECK(tls_handshake_done(*s));
+    CHECK(tls_handshake_done(*c));
+}
+
+/* A node id that reads as an IP address is a node name like any other:
+ * both the acceptor's check (tls_peer_names) and the dialer's
+ * (tls_peer_names_id) look for it among the DNS subjectAltNames only,
+ * byte for byte, and an IP subjectAltName, even one equal to the id,
+ * names no node. */
+TEST(ip_looking_node_ids)
+{
+    struct pem srv, cli, ipo;
+    make_cert(&srv, "10.0.0.6");                   /* DNS:10.0.0.6,IP:127... */
+    make_cert(&cli, "10.0.0.5");                   /* DNS:10.0.0.5,IP:127... */
+    make_cert_san(&ipo, "ip-only", "IP:10.0.0.5"); /* no DNS name */
+    struct tls_slot ss = {0}, cs = {0}, ics = {0};
+    char err[256];
+    char ca[256];
+    snprintf(ca, sizeof ca, "%s/ca.pem", srv.dir);
+    /* The acceptor trusts both dialers' self-signed certificates. */
+    FILE *out = fopen(ca, "w");
+    CHECK(out != NULL);
+    const char *const crts[] = {cli.crt, ipo.crt, srv.crt};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(crts); i++) {
+        FILE *in = fopen(crts[i], "r");
+        CHECK(in != NULL);
+        char line[256];
+        while (fgets(line, sizeof line, in))
+            fputs(line, out);
+        fclose(in);
+    }
+    fclose(out);
+    struct tls_opts so = {.server = true,
+                          .cert_file = srv.crt,
+                          .key_file = srv.key,
+                          .ca_file = ca,
+                          .client_auth = TLS_AUTH_REQUIRE};
+    CHECK_EQ_INT(tls_slot_load(&ss, "raft", &so, err, sizeof err), 0);
+    struct tls_opts co = {.server = false,
+                          .cert_file = cli.crt,
+                          .key_file = cli.key,
+                          .ca_file = srv.crt};
+    CHECK_EQ_INT(tls_slot_load(&cs, "dialer", &co, err, sizeof err), 0);
+    co.cert_file = ipo.crt;
+    co.key_file = ipo.key;
+    CHECK_EQ_INT(tls_slot_load(&ics, "dialer", &co, err, sizeof err), 0);
+    struct tls_conn *s, *c;
+    peer_pair(&ss, &cs, &s, &c);
+    /* The acceptor: DNS:10.0.0.5 names node 10.0.0.5... */
+    CHECK(tls_peer_verified(s));
+    CHECK(tls_peer_names(s, "10.0.0.5"));
+    /* ...and IP:127.0.0.1 names no node 127.0.0.1. */
+    CHECK(!tls_peer_names(s, "127.0.0.1"));
+    CHECK(!tls_peer_names(s, "10.0.0.6"));
+    CHECK(!tls_peer_names(s, "10.0.0.50"));
+    CHECK(!tls_peer_names(s, "10.0.0"));
+    /* The dialer, by the id it dialed: the same rule. */
+    CHECK(tls_peer_names_id(c, ip_name_to_id, ip_name_to_id("10.0.0.6")));
+    CHECK(!tls_peer_names_id(c, ip_name_to_id, ip_name_to_id("127.0.0.1")));
+    CHECK(!tls_peer_names_id(c, ip_name_to_id, ip_name_to_id("10.0.0.5")));
+    CHECK(tls_peer_names(c, "10.0.0.6"));
+    CHECK(!tls_peer_names(c, "127.0.0.1"));
+    tls_conn_free(s);
+    tls_conn_free(c);
+
+    /* IP:10.0.0.5 alone, equal to the id: not a name of node 10.0.0.5. */
+    peer_pair(&ss, &ics, &s, &c);
+    CHECK(tls_peer_verified(s));
+    CHECK(!tls_peer_names(s, "10.0.0.5"));
+    tls_conn_free(s);
+    tls_conn_free(c);
+    unlink(ca);
+    tls_slot_clear(&ss);
+    tls_slot_clear(&cs);
+    tls_slot_clear(&ics);
+    drop_cert(&srv);
+    drop_cert(&cli);
+    drop_cert(&ipo);
 }
 
 TEST(garbage_refused)
@@ -338,7 +445,7 @@ TEST(slot_keeps_old_on_bad_files)
 }
 
 static const struct test_case cases[] = {
-    TEST_ENTRY(handshake_alpn_data), TEST_ENTRY(client_cert_names),
-    TEST_ENTRY(garbage_refused), TEST_ENTRY(slot_keeps_old_on_bad_files),
-    TEST_END};
+    TEST_ENTRY(handshake_alpn_data),         TEST_ENTRY(client_cert_names),
+    TEST_ENTRY(ip_looking_node_ids),         TEST_ENTRY(garbage_refused),
+    TEST_ENTRY(slot_keeps_old_on_bad_files), TEST_END};
 const struct test_suite suite_tls = {"tls", cases};
