@@ -359,6 +359,12 @@ MUTATIONS = [
        "py:test_tls.py::test_peer_tls_node_ids_that_look_like_ips"],
       "an acceptor looks for an IP subjectAltName for a node id that reads "
       "as an address, the dialer and make-certs.sh for DNS:ID"),
+    M("peertls_name_to_id_optional", "src/transport.c",
+      "        (tls && cfg->name_to_id == NULL)) {",
+      "        (tls && cfg->name_to_id == NULL && cfg->id == 0)) {",
+      ["unit:transport/tls_needs_name_to_id"],
+      "a transport with peer TLS and no name_to_id starts, and its dialer "
+      "refuses every acceptor"),
     M("max_value_ignored", "src/http_parse.c",
       "    else if (op->value && op->vlen > lim->max_value)",
       "    else if (op->value && op->vlen > 2 * lim->max_value)",

@@ -352,13 +352,14 @@ static void on_peer_timer(uv_timer_t *h)
 /* With peer TLS: does c's verified certificate name node `name`, and is
  * that name node id's? The rule, the same as out_tls_ready's: a DNS
  * subjectAltName equal to the node name (node-id) byte for byte, whatever
- * the name looks like, which the cluster CA vouches for. */
+ * the name looks like, which the cluster CA vouches for. name_to_id is
+ * set whenever TLS can be on (transport_new). */
 static bool cert_names(const struct transport *t, const struct conn *c,
                        const char *name, uint64_t id)
 {
     if (name == NULL || name[0] == '\0' || !tls_peer_names(c->tls, name))
         return false;
-    return t->cfg.name_to_id == NULL || t->cfg.name_to_id(name) == id;
+    return t->cfg.name_to_id(name) == id;
 }
 
 /* Writes our Handshake on p's connection and waits for the reply. */
@@ -412,8 +413,10 @@ static void out_connected(struct conn *c, int status)
 
 /* The TLS handshake with the acceptor is done: our Handshake goes out
  * only if its verified certificate names the member we dialed (a DNS
- * subjectAltName whose id is p->id); else the link is dropped, counted as
- * a refusal, without a byte of ours sent. */
+ * subjectAltName whose id is p->id: we know the member by id only, so
+ * this needs name_to_id, which transport_new requires with TLS); else
+ * the link is dropped, counted as a refusal, without a byte of ours
+ * sent. */
 static void out_tls_ready(struct conn *c)
 {
     struct peer *p = c->proto;
@@ -1160,11 +1163,19 @@ struct transport *transport_new(uv_loop_t *loop,
                                 const struct transport_config *cfg, char *err,
                                 size_t errlen)
 {
-    if (cfg->id == 0 || cfg->recv == NULL || cfg->listen_addr == NULL) {
+    /* Peer TLS checks names against ids both ways (cert_names,
+     * out_tls_ready): without name_to_id no certificate could name the
+     * member we dial, and a dialer's would name whatever id it claims.
+     * Whether a slot is on is read at each connection, so a slot given
+     * at all needs it. */
+    bool tls = cfg->tls_in != NULL || cfg->tls_out != NULL;
+    if (cfg->id == 0 || cfg->recv == NULL || cfg->listen_addr == NULL ||
+        (tls && cfg->name_to_id == NULL)) {
         snprintf(err, errlen, "raft transport: %s",
-                 cfg->id == 0        ? "node id 0"
-                 : cfg->recv == NULL ? "no receive callback"
-                                     : "no listen address");
+                 cfg->id == 0               ? "node id 0"
+                 : cfg->recv == NULL        ? "no receive callback"
+                 : cfg->listen_addr == NULL ? "no listen address"
+                                            : "peer TLS without name_to_id");
         return NULL;
     }
     struct transport *t = pz_calloc(1, sizeof *t);

@@ -150,6 +150,10 @@ struct transport_config {
      * (name_to_id) the id we dialed. Borrowed: they must outlive the
      * transport. */
     const struct tls_slot *tls_in, *tls_out;
+    /* A node name's id (the node's own mapping). Required when tls_in or
+     * tls_out is given (transport_new refuses the config otherwise): we
+     * know a member we dial by id only, and a certificate carries names,
+     * so neither check can be made without it. Unused without TLS. */
     uint64_t (*name_to_id)(const char *name);
     transport_recv_cb recv;    /* required */
     transport_peer_cb on_peer; /* optional */
@@ -243,7 +247,8 @@ struct transport_stats {
 };
 
 /* Creates the transport and starts listening. Returns NULL with a message
- * in err (bad config, cannot listen). */
+ * in err (bad config: id 0, no recv, no listen_addr, tls_in or tls_out
+ * without name_to_id; cannot listen). */
 struct transport *transport_new(uv_loop_t *loop,
                                 const struct transport_config *cfg, char *err,
                                 size_t errlen);

@@ -2743,6 +2743,38 @@ TEST(tls_handshake_only_to_the_dialed_member)
     pki_drop(&k);
 }
 
+/* Peer TLS maps names to ids both ways (the acceptor: the name a dialer
+ * claims; the dialer: the member it dialed, which it knows by id only),
+ * so a transport given TLS slots without name_to_id is refused at
+ * creation, instead of a dialer refusing every acceptor later. */
+TEST(tls_needs_name_to_id)
+{
+    static const char *const names[] = {"alpha"};
+    struct pki k;
+    struct tls_pair tp;
+    CHECK(pki_make(&k, names, 1));
+    CHECK(tls_pair_load(&tp, &k, 0));
+    world_init();
+    char err[256] = "";
+    struct transport_config cfg = {.listen_addr = "127.0.0.1:0",
+                                   .id = 1,
+                                   .recv = on_recv,
+                                   .tls_out = &tp.out};
+    CHECK(transport_new(&loop, &cfg, err, sizeof err) == NULL);
+    CHECK_EQ_STR(err, "raft transport: peer TLS without name_to_id");
+    cfg.tls_out = NULL;
+    cfg.tls_in = &tp.in;
+    err[0] = '\0';
+    CHECK(transport_new(&loop, &cfg, err, sizeof err) == NULL);
+    CHECK_EQ_STR(err, "raft transport: peer TLS without name_to_id");
+    /* With it, or without TLS, the same config starts. */
+    CHECK(tls_node(0, 1, &tp, "alpha", NULL));
+    CHECK(start_node(1, 2, 0, 0));
+    CHECK_EQ_INT(world_close(), 0);
+    tls_pair_clear(&tp);
+    pki_drop(&k);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(codec_roundtrip_every_type),
     TEST_ENTRY(codec_encode_matches_protobuf_c),
@@ -2779,6 +2811,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(frames_past_the_hard_limit_go),
     TEST_ENTRY(tls_strangers_show_the_token),
     TEST_ENTRY(tls_handshake_only_to_the_dialed_member),
+    TEST_ENTRY(tls_needs_name_to_id),
     TEST_ENTRY(peer_restart),
     TEST_ENTRY(peer_back_is_redialed_at_once),
     TEST_ENTRY(queue_cap_drops_oldest),
