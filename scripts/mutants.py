@@ -1327,6 +1327,18 @@ MUTATIONS = [
       ["py:test_backup.py::test_interrupted_save_leaves_no_part_file"],
       "a save stopped by Ctrl-C leaves FILE.part, and every later save "
       "refuses"),
+    M("cli_list_pages_mix_revisions", "src/cli.c",
+      "    } else if (r != *rev) {",
+      "    } else if (r != *rev && r == 0) {",
+      ["py:test_cli.py::test_list_pages_are_one_snapshot"],
+      "list joins pages read at different revisions: a key moved across "
+      "a page boundary is missed or shown twice"),
+    M("cli_list_next_may_stand_still", "src/cli.c",
+      "         (any && bytes_cmp(next, &last) <= 0))) {",
+      "         (any && bytes_cmp(next, &last) < 0))) {",
+      ["py:test_cli.py::test_list_refuses_a_next_that_does_not_move"],
+      "a node answering the same next again keeps list going until "
+      "--timeout"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

@@ -29,6 +29,7 @@
  * retries together. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -1054,9 +1055,83 @@ static void put_json_string(struct pz_buf *b, const char *s)
     pz_buf_append(b, "\"", 1);
 }
 
+/* Bytewise order of two byte strings (as keys are ordered): <0, 0, >0. */
+static int bytes_cmp(const struct pz_buf *a, const struct pz_buf *b)
+{
+    size_t n = PZ_MIN(a->len, b->len);
+    int c = n ? memcmp(a->data, b->data, n) : 0;
+    if (c)
+        return c;
+    return a->len < b->len ? -1 : a->len > b->len;
+}
+
+/* One page of a listing, checked before any of it is printed: its
+ * revision must be the first page's (*rev, set from the first page), or
+ * the pages would mix states of the store that never existed together (a
+ * key moved across a page boundary missed or shown twice); the node
+ * keeps no older state to read, so a change between pages ends the
+ * listing. When another page is to follow (more, and fewer than room
+ * keys in this one), `next` must come after what was asked (cur: the
+ * prefix, then the previous next) and after the page's last key, or a
+ * broken node could keep the listing going round.
+ * Returns 0 with *follow and next set, or 1 after a line on stderr. */
+static int list_page(const struct json_val *root, const struct json_val *kvs,
+                     bool first, uint64_t *rev, unsigned long long room,
+                     const struct pz_buf *cur, bool *follow,
+                     struct pz_buf *next)
+{
+    struct json_val rv, item, more;
+    uint64_t r;
+    if (!json_get(root, "revision", &rv) || json_u64(&rv, &r) < 0) {
+        fprintf(stderr, "pyazdb-cli: list: bad answer (no revision)\n");
+        return 1;
+    }
+    if (first) {
+        *rev = r;
+    } else if (r != *rev) {
+        fprintf(stderr,
+                "pyazdb-cli: list: the keys changed during the listing "
+                "(revision %llu, then %llu): not one snapshot; list "
+                "again\n",
+                (unsigned long long)*rev, (unsigned long long)r);
+        return 1;
+    }
+    /* The page's last key, and how many it holds. */
+    struct pz_buf k, last;
+    pz_buf_init(&k);
+    pz_buf_init(&last);
+    unsigned long long n = 0;
+    bool any = false;
+    struct json_iter it;
+    json_iter_init(&it, kvs);
+    while (json_iter_next(&it, NULL, &item)) {
+        if (cli_json_bytes(&item, "key", &k)) {
+            pz_buf_reset(&last);
+            pz_buf_append(&last, k.data, k.len);
+            any = true;
+        }
+        n++;
+    }
+    *follow =
+        json_get(root, "more", &more) && more.type == JSON_TRUE && n < room;
+    int code = 0;
+    if (*follow &&
+        (!cli_json_bytes(root, "next", next) || bytes_cmp(next, cur) <= 0 ||
+         (any && bytes_cmp(next, &last) <= 0))) {
+        fprintf(stderr, "pyazdb-cli: list: bad answer (more keys, but no "
+                        "next key after the ones listed)\n");
+        code = 1;
+    }
+    pz_buf_free(&k);
+    pz_buf_free(&last);
+    return code;
+}
+
 /* list PREFIX [--limit N] [--keys-only]: every key under PREFIX, one
  * "KEY<TAB>VALUE" line each (KEY alone with --keys-only), in key order,
- * following the continuation; at most N keys with --limit. */
+ * following the continuation; at most N keys with --limit. Every page
+ * is read at the first page's revision (list_page), so the lines are one
+ * state of the store; a change between pages ends it with exit 1. */
 static int list_cmd(int nargs, char **args, const struct endpoints *http,
                     const char *mandi, const char *token, uint64_t deadline)
 {
@@ -1082,13 +1157,16 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
     if (prefix == NULL)
         return usage_error("usage: list PREFIX [--limit N] [--keys-only]%s",
                            "");
-    struct pz_buf from, path, body, k, v;
+    struct pz_buf from, next, path, body, k, v;
     pz_buf_init(&from);
+    pz_buf_init(&next);
     pz_buf_init(&path);
     pz_buf_init(&k);
     pz_buf_init(&v);
+    pz_buf_append(&from, prefix, strlen(prefix));
     bool first = true;
     unsigned long long got = 0;
+    uint64_t rev = 0;
     int code = 0;
     for (;;) {
         pz_buf_reset(&path);
@@ -1110,7 +1188,7 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
             code = 1;
             break;
         }
-        struct json_val root, kvs, item, more;
+        struct json_val root, kvs, item;
         if (st != 200) {
             code = api_failed("list", st, &body);
             pz_buf_free(&body);
@@ -1121,6 +1199,13 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
             fprintf(stderr, "pyazdb-cli: list: bad answer\n");
             pz_buf_free(&body);
             code = 1;
+            break;
+        }
+        bool follow = false;
+        code = list_page(&root, &kvs, first, &rev,
+                         want ? want - got : ULLONG_MAX, &from, &follow, &next);
+        if (code) {
+            pz_buf_free(&body);
             break;
         }
         struct json_iter it;
@@ -1138,18 +1223,15 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
             fputc('\n', stdout);
             got++;
         }
-        bool has_more =
-            json_get(&root, "more", &more) && more.type == JSON_TRUE;
-        pz_buf_reset(&from);
-        if (!has_more || (want && got >= want) ||
-            !cli_json_bytes(&root, "next", &from)) {
-            pz_buf_free(&body);
-            break;
-        }
         pz_buf_free(&body);
+        if (!follow)
+            break;
+        pz_buf_reset(&from);
+        pz_buf_append(&from, next.data, next.len);
         first = false;
     }
     pz_buf_free(&from);
+    pz_buf_free(&next);
     pz_buf_free(&path);
     pz_buf_free(&k);
     pz_buf_free(&v);

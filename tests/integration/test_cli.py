@@ -4,10 +4,12 @@ exit codes of the original kv-cli (COMPAT.md)."""
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -380,3 +382,145 @@ def test_server_text_cannot_drive_the_terminal():
     assert p.stderr == ("pyazdb-cli: list failed: HTTP 400: \\x1b]0;owned"
                         "\\x07\\x1b[2Jbad \\xc2\\x9bx \u00e9\\x0d\n"
                         ).encode(), p.stderr
+
+
+class Stub:
+    """A stub HTTP node in this process: every GET is handed to
+    answer(handler) (a method of a subclass), which writes the reply; the
+    paths asked are kept in order."""
+
+    def __init__(self):
+        self.paths = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.paths.append(self.path)
+                outer.answer(self)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     Handler)
+        self.httpd.daemon_threads = True
+        self.addr = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever,
+                         daemon=True).start()
+
+    def reply(self, h, status, body, headers=()):
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        for k, v in headers:
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(body)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class PagingProxy(Stub):
+    """Forwards GET /range to a real node with limit=2, so that a listing
+    takes pages of two keys; before the second page it runs `between`."""
+
+    def __init__(self, node, between=None):
+        super().__init__()
+        self.node, self.between = node, between
+
+    def answer(self, h):
+        if len(self.paths) == 2 and self.between:
+            self.between()
+        path = re.sub(r"limit=\d+", "limit=2", h.path)
+        st, hdrs, body = self.node.request("GET", path)
+        self.reply(h, st, body, [("X-Pyazdb-Revision",
+                                  hdrs.get("X-Pyazdb-Revision", ""))])
+
+
+def test_list_pages_are_one_snapshot(node):
+    """list reads its pages at the first page's revision: a key moved
+    from after a page boundary to before it between two pages would be
+    missed (a state that never existed), so the listing ends with one
+    line on stderr and exit 1, the first page alone printed. Without a
+    change the pages make the whole listing."""
+    for k in "bdfh":
+        st, _, _ = node.request("POST", "/set",
+                                json.dumps({"key": "p/" + k, "value": k}))
+        assert st == 204
+    px = PagingProxy(node)
+    try:
+        code, out, err = cli("--http", px.addr, "list", "p/")
+        assert (code, out, err) == (0, "p/b\tb\np/d\td\np/f\tf\np/h\th\n",
+                                    ""), err
+        assert len(px.paths) == 2 and "from=p%2Ff" in px.paths[1], px.paths
+        rev = node.status()["revision"]
+
+        def move():  # p/h becomes p/a, at one revision
+            st, _, body = node.request("POST", "/txn", json.dumps({
+                "compare": [], "success": [
+                    {"delete": {"key": "p/h"}},
+                    {"put": {"key": "p/a", "value": "h"}}]}))
+            assert st == 200, body
+
+        px.paths, px.between = [], move
+        code, out, err = cli("--http", px.addr, "list", "p/")
+        assert code == 1, (out, err)
+        assert out == "p/b\tb\np/d\td\n"
+        assert err == ("pyazdb-cli: list: the keys changed during the "
+                       f"listing (revision {rev}, then {rev + 1}): not one "
+                       "snapshot; list again\n")
+        # the state now, in one page or several
+        px.between = None
+        assert cli("--http", px.addr, "list", "p/", "--keys-only") == (
+            0, "p/a\np/b\np/d\np/f\n", "")
+    finally:
+        px.close()
+
+
+class BadNext(Stub):
+    """/range answers whose `next` does not move forward."""
+
+    def __init__(self, pages):
+        super().__init__()
+        self.pages = pages  # from= (None: the first page) -> answer
+
+    def answer(self, h):
+        m = re.search(r"[?&]from=([^&]*)", h.path)
+        page = self.pages[urllib.parse.unquote(m.group(1)) if m else None]
+        self.reply(h, 200, json.dumps(page).encode())
+
+
+@pytest.mark.parametrize("case", ["same", "behind", "missing"])
+def test_list_refuses_a_next_that_does_not_move(case):
+    """A node answering more:true with a next that is not after the keys
+    listed (the same key again, one behind) or no next at all would keep
+    list going round until --timeout, or end it short without a word:
+    the page is refused with one line on stderr and exit 1, at once."""
+    kv = lambda k: {"key": k, "value": "v"}
+    page1 = {"revision": 5, "kvs": [kv("p/a"), kv("p/b")], "count": 2,
+             "more": True, "next": "p/c"}
+    pages = {
+        "same": {None: dict(page1, next="p/b")},
+        "behind": {None: page1,
+                   "p/c": {"revision": 5, "kvs": [kv("p/c")], "count": 1,
+                           "more": True, "next": "p/a"}},
+        "missing": {None: page1,
+                    "p/c": {"revision": 5, "kvs": [kv("p/c")], "count": 1,
+                            "more": True}},
+    }[case]
+    stub = BadNext(pages)
+    try:
+        t0 = time.time()
+        code, out, err = cli("--http", stub.addr, "--timeout", "4", "list",
+                             "p/")
+        took = time.time() - t0
+    finally:
+        stub.close()
+    assert code == 1, (out, err)
+    assert err == ("pyazdb-cli: list: bad answer (more keys, but no next "
+                   "key after the ones listed)\n")
+    assert out == ("" if case == "same" else "p/a\tv\np/b\tv\n")
+    assert len(stub.paths) == (1 if case == "same" else 2), stub.paths
+    assert took < 2, took
