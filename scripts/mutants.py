@@ -1339,6 +1339,18 @@ MUTATIONS = [
       ["py:test_cli.py::test_list_refuses_a_next_that_does_not_move"],
       "a node answering the same next again keeps list going until "
       "--timeout"),
+    M("cli_watch_rev_past_max_taken", "src/cli_watch.c",
+      "st.floor == 0 ||\n                st.floor > KV_REVISION_MAX) {",
+      "st.floor == 0) {",
+      ["py:test_cli.py::test_watch_refuses_a_revision_out_of_range"],
+      "watch --rev past the highest revision is taken: no event ever "
+      "comes, and resuming adds one to it"),
+    M("cli_watch_event_rev_unchecked", "src/cli_watch.c",
+      "    return get_u64(obj, name, out) && *out <= KV_REVISION_MAX;",
+      "    return get_u64(obj, name, out);",
+      ["py:test_cli.py::test_watch_resumes_after_the_last_revision_whatever_a_node_sends"],
+      "an event at revision 2^64 - 1 makes the last revision 'unknown': "
+      "the watch resumes at --rev again and prints events twice"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",

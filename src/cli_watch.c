@@ -7,7 +7,10 @@
  * `progress` says every event up to its revision was sent.
  *
  * Resuming: the last revision known complete (last) is kept: the newest
- * revision printed, a progress revision, or the start minus one. When a
+ * revision printed, a progress revision, or the start minus one. No
+ * revision above KV_REVISION_MAX is taken, from --rev or from a node (an
+ * event with one is a bad event), so last + 1 never wraps around to 0 and
+ * last never reaches NO_REV, whatever a node sends. When a
  * stream breaks (the node died or stopped, the connection was lost, the
  * node cancelled the watch as slow, or nothing arrived for IDLE_MS) the
  * next address is asked with start_revision = last + 1 and
@@ -37,6 +40,7 @@
 #include "cli_conn.h"
 #include "http_parse.h"
 #include "json.h"
+#include "kv.h"
 #include "pz.h"
 
 #define HEAD_MAX (64 * 1024)     /* status line and headers */
@@ -79,13 +83,20 @@ static bool get_u64(const struct json_val *obj, const char *name, uint64_t *out)
     return json_get(obj, name, &v) && json_u64(&v, out) == 0;
 }
 
+/* A revision a node sent, within what a table takes (KV_REVISION_MAX). */
+static bool get_rev(const struct json_val *obj, const char *name, uint64_t *out)
+{
+    return get_u64(obj, name, out) && *out <= KV_REVISION_MAX;
+}
+
 /* One revision's events (data of an SSE event with an id). False: the
- * document is not what /watch sends. */
+ * document is not what /watch sends (a revision above KV_REVISION_MAX
+ * included). */
 static bool print_revision(struct wstate *st, const char *data, size_t len)
 {
     struct json_val root, evs, ev, kv, t;
     uint64_t rev;
-    if (json_parse(data, len, &root) < 0 || !get_u64(&root, "revision", &rev) ||
+    if (json_parse(data, len, &root) < 0 || !get_rev(&root, "revision", &rev) ||
         !json_get(&root, "events", &evs) || evs.type != JSON_ARRAY)
         return false;
     if (st->last != NO_REV && rev <= st->last)
@@ -123,7 +134,10 @@ static bool print_revision(struct wstate *st, const char *data, size_t len)
     return true;
 }
 
-/* One SSE event. Returns 0 to go on, -1 to end this stream (resume). */
+/* One SSE event. Returns 0 to go on, -1 to end this stream (resume).
+ * A revision out of range ends it as a bad event: a start of at most
+ * KV_REVISION_MAX + 1 (the one after a table at its highest revision), a
+ * progress revision of at most KV_REVISION_MAX. */
 static int dispatch(struct wstate *st, const char *event, const char *data,
                     size_t dlen, bool has_id)
 {
@@ -131,15 +145,22 @@ static int dispatch(struct wstate *st, const char *event, const char *data,
     uint64_t r;
     if (strcmp(event, "created") == 0) {
         if (json_parse(data, dlen, &root) == 0 &&
-            get_u64(&root, "start_revision", &r) && r > 0 && st->last == NO_REV)
-            st->last = r - 1;
+            get_u64(&root, "start_revision", &r)) {
+            if (r > KV_REVISION_MAX + 1)
+                goto bad;
+            if (r > 0 && st->last == NO_REV)
+                st->last = r - 1;
+        }
         return 0;
     }
     if (strcmp(event, "progress") == 0) {
         if (json_parse(data, dlen, &root) == 0 &&
-            get_u64(&root, "revision", &r) &&
-            (st->last == NO_REV || r > st->last))
-            st->last = r;
+            get_u64(&root, "revision", &r)) {
+            if (r > KV_REVISION_MAX)
+                goto bad;
+            if (st->last == NO_REV || r > st->last)
+                st->last = r;
+        }
         return 0;
     }
     if (strcmp(event, "cancelled") == 0) {
@@ -149,13 +170,12 @@ static int dispatch(struct wstate *st, const char *event, const char *data,
                 (int)dlen, data);
         return -1;
     }
-    if (event[0] == '\0' && has_id) {
-        if (!print_revision(st, data, dlen)) {
-            fprintf(stderr, "pyazdb-cli: watch: bad event from the node\n");
-            return -1;
-        }
-    }
+    if (event[0] == '\0' && has_id && !print_revision(st, data, dlen))
+        goto bad;
     return 0;
+bad:
+    fprintf(stderr, "pyazdb-cli: watch: bad event from the node\n");
+    return -1;
 }
 
 /* Follow one stream until it breaks. Returns 1 if it was established
@@ -328,9 +348,16 @@ int cli_watch(int nargs, char **args, const char *const *addrs, size_t naddrs,
         } else if (strcmp(args[k], "--rev") == 0 && k + 1 < nargs) {
             char *e;
             const char *a = args[++k];
+            errno = 0;
             st.floor = strtoull(a, &e, 10);
-            if (*e || a[0] == '-' || a[0] == '\0' || st.floor == 0) {
-                fprintf(stderr, "pyazdb-cli: bad --rev '%s'\n%s\n", a, use);
+            if (*e || a[0] < '0' || a[0] > '9' || errno || st.floor == 0 ||
+                st.floor > KV_REVISION_MAX) {
+                /* a revision past the highest a node takes: none would
+                 * ever come, and last + 1 could wrap around */
+                fprintf(stderr,
+                        "pyazdb-cli: bad --rev '%s' (a revision from 1 to "
+                        "%llu)\n%s\n",
+                        a, (unsigned long long)KV_REVISION_MAX, use);
                 return 1;
             }
         } else if (strcmp(args[k], "--prev") == 0) {

@@ -524,3 +524,100 @@ def test_list_refuses_a_next_that_does_not_move(case):
     assert out == ("" if case == "same" else "p/a\tv\np/b\tv\n")
     assert len(stub.paths) == (1 if case == "same" else 2), stub.paths
     assert took < 2, took
+
+
+class SSE(Stub):
+    """A stub /watch: the n-th stream (from 0) sends streams[n] (SSE text)
+    and ends; past the last one it waits, open, until closed."""
+
+    def __init__(self, streams):
+        super().__init__()
+        self.streams = streams
+        self.done = threading.Event()
+
+    def answer(self, h):
+        n = len(self.paths) - 1
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.end_headers()
+        if n < len(self.streams):
+            h.wfile.write(self.streams[n].encode())
+            h.close_connection = True
+            return
+        h.wfile.write(b": hold\n\n")
+        h.wfile.flush()
+        self.done.wait(20)
+
+
+def watch_lines(addr, args, until, timeout=10):
+    """pyazdb-cli watch ARGS against addr, stopped once until() holds:
+    (exit status, stdout, stderr)."""
+    p = subprocess.Popen([CLI, "--http", addr, "watch"] + args,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and p.poll() is None and not until():
+            time.sleep(0.02)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        out, err = p.communicate()
+    return p.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("rev", ["4611686018427387904", "18446744073709551615",
+                                 "18446744073709551616",
+                                 "99999999999999999999999", "+5", " 5"])
+def test_watch_refuses_a_revision_out_of_range(rev):
+    """--rev takes 1 to 2^62 - 1 (KV_REVISION_MAX, the most a node
+    reaches): past it no event would ever come and the revision to resume
+    at (the last one + 1) would wrap around; too big for 64 bits, it was
+    read as 2^64 - 1. The refusal comes before any connection."""
+    stub = SSE([])
+    try:
+        code, out, err = watch_lines(stub.addr,
+                                     ["--prefix", "p/", "--rev", rev],
+                                     lambda: bool(stub.paths), timeout=5)
+    finally:
+        stub.done.set()
+        stub.close()
+    assert stub.paths == []
+    assert code == 1 and out == ""
+    assert err.splitlines()[0] == (f"pyazdb-cli: bad --rev '{rev}' (a "
+                                   "revision from 1 to 4611686018427387903)")
+    # the highest revision is taken
+    stub = SSE([])
+    try:
+        code, out, err = watch_lines(
+            stub.addr, ["--prefix", "p/", "--rev", "4611686018427387903"],
+            lambda: bool(stub.paths), timeout=5)
+    finally:
+        stub.done.set()
+        stub.close()
+    assert stub.paths == [
+        "/watch?prefix=p%2F&start_revision=4611686018427387903"], err
+
+
+def test_watch_resumes_after_the_last_revision_whatever_a_node_sends():
+    """An event at a revision no node reaches (2^64 - 1 here) is a bad
+    event: not printed, the stream ends, and the watch resumes after the
+    last good revision. Taken, it made the last revision known the
+    'unknown' mark, and the watch resumed at --rev again, printing what
+    it had printed."""
+    ev = ('id: {r}\ndata: {{"revision":{r},"events":[{{"type":"put",'
+          '"kv":{{"key":"p/a","value":"{r}"}}}}]}}\n\n')
+    created = 'event: created\ndata: {"revision":9,"start_revision":5}\n\n'
+    stub = SSE([created + ev.format(r=7) + ev.format(r=2**64 - 1),
+                created + ev.format(r=7)])
+    try:
+        code, out, err = watch_lines(
+            stub.addr, ["--prefix", "p/", "--rev", "5"],
+            lambda: len(stub.paths) >= 3)
+    finally:
+        stub.done.set()
+        stub.close()
+    assert out == "[7] PUT p/a = 7\n", err
+    assert "bad event from the node" in err
+    assert stub.paths[0] == "/watch?prefix=p%2F&start_revision=5"
+    assert stub.paths[1] == ("/watch?prefix=p%2F&start_revision=8"
+                             "&serializable=true"), stub.paths
