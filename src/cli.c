@@ -1065,20 +1065,22 @@ static int bytes_cmp(const struct pz_buf *a, const struct pz_buf *b)
     return a->len < b->len ? -1 : a->len > b->len;
 }
 
-/* One page of a listing, checked before any of it is printed: its
- * revision must be the first page's (*rev, set from the first page), or
- * the pages would mix states of the store that never existed together (a
- * key moved across a page boundary missed or shown twice); the node
- * keeps no older state to read, so a change between pages ends the
- * listing. When another page is to follow (more, and fewer than room
- * keys in this one), `next` must come after what was asked (cur: the
- * prefix, then the previous next) and after the page's last key, or a
- * broken node could keep the listing going round.
+/* One page of a listing, checked before any of it is printed. Its
+ * revision is compared with the first page's (*rev, set from the first
+ * page): the node keeps no older state to read a later page at, so a
+ * listing of several pages is one state of the store only if nothing
+ * was written between them. A change is said once on stderr (*warned)
+ * and the listing goes on, as a key that exists throughout still shows
+ * exactly once; failing instead would make every long listing of a busy
+ * cluster fail. When another page is to follow (more, and fewer than
+ * room keys in this one), `next` must come after what was asked (cur:
+ * the prefix, then the previous next) and after the page's last key, or
+ * a broken node could keep the listing going round.
  * Returns 0 with *follow and next set, or 1 after a line on stderr. */
 static int list_page(const struct json_val *root, const struct json_val *kvs,
-                     bool first, uint64_t *rev, unsigned long long room,
-                     const struct pz_buf *cur, bool *follow,
-                     struct pz_buf *next)
+                     bool first, uint64_t *rev, bool *warned,
+                     unsigned long long room, const struct pz_buf *cur,
+                     bool *follow, struct pz_buf *next)
 {
     struct json_val rv, item, more;
     uint64_t r;
@@ -1088,13 +1090,13 @@ static int list_page(const struct json_val *root, const struct json_val *kvs,
     }
     if (first) {
         *rev = r;
-    } else if (r != *rev) {
+    } else if (r != *rev && !*warned) {
         fprintf(stderr,
-                "pyazdb-cli: list: the keys changed during the listing "
-                "(revision %llu, then %llu): not one snapshot; list "
-                "again\n",
+                "pyazdb-cli: list: note: the keys changed during the "
+                "listing (revision %llu, then %llu): keys written "
+                "meanwhile may be missing or stale\n",
                 (unsigned long long)*rev, (unsigned long long)r);
-        return 1;
+        *warned = true;
     }
     /* The page's last key, and how many it holds. */
     struct pz_buf k, last;
@@ -1129,9 +1131,8 @@ static int list_page(const struct json_val *root, const struct json_val *kvs,
 
 /* list PREFIX [--limit N] [--keys-only]: every key under PREFIX, one
  * "KEY<TAB>VALUE" line each (KEY alone with --keys-only), in key order,
- * following the continuation; at most N keys with --limit. Every page
- * is read at the first page's revision (list_page), so the lines are one
- * state of the store; a change between pages ends it with exit 1. */
+ * following the continuation; at most N keys with --limit. A write
+ * between two pages is said on stderr (list_page). */
 static int list_cmd(int nargs, char **args, const struct endpoints *http,
                     const char *mandi, const char *token, uint64_t deadline)
 {
@@ -1167,6 +1168,7 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
     bool first = true;
     unsigned long long got = 0;
     uint64_t rev = 0;
+    bool warned = false;
     int code = 0;
     for (;;) {
         pz_buf_reset(&path);
@@ -1202,7 +1204,7 @@ static int list_cmd(int nargs, char **args, const struct endpoints *http,
             break;
         }
         bool follow = false;
-        code = list_page(&root, &kvs, first, &rev,
+        code = list_page(&root, &kvs, first, &rev, &warned,
                          want ? want - got : ULLONG_MAX, &from, &follow, &next);
         if (code) {
             pz_buf_free(&body);
