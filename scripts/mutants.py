@@ -554,6 +554,12 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_large_revisions_for_many_sse_watches_do_not_hold_the_loop"],
       "a GET /watch stream waiting for the idle pass is cancelled as slow"),
+    M("sse_watch_start_past_the_highest_revision", "src/http_watch.c",
+      "    if (errno || v > KV_REVISION_MAX)",
+      "    if (errno || v >= UINT64_MAX)",
+      ["py:test_watch.py::test_bad_parameters_are_400"],
+      "a GET /watch start or Last-Event-ID past the highest revision is "
+      "taken: a start that never comes, or a wrapped resume"),
     M("watch_streams_take_every_slot", "src/http_watch.c",
       "    return hw.n_streaming + etcd_gw_streams() < cap;",
       "    return cap > 0;",

@@ -637,7 +637,13 @@ static void on_read(struct node_req *req, int status)
     begin(ws);
 }
 
-/* A decimal revision (what strtoull takes, digits only). */
+#define REV_MAX_TEXT "4611686018427387903"
+_Static_assert(KV_REVISION_MAX == UINT64_C(4611686018427387903),
+               "REV_MAX_TEXT is KV_REVISION_MAX");
+
+/* A decimal revision (what strtoull takes, digits only), at most the
+ * store's highest (KV_REVISION_MAX): a start past it could never come,
+ * and Last-Event-ID + 1 cannot wrap. */
 static bool parse_rev(const char *s, size_t n, uint64_t *out)
 {
     if (n == 0 || n > 20)
@@ -647,7 +653,7 @@ static bool parse_rev(const char *s, size_t n, uint64_t *out)
             return false;
     errno = 0;
     unsigned long long v = strtoull(s, NULL, 10);
-    if (errno || v >= UINT64_MAX)
+    if (errno || v > KV_REVISION_MAX)
         return false;
     *out = v;
     return true;
@@ -744,7 +750,7 @@ static const char *parse(struct watch_stream *ws, const struct http_req *req,
     }
     if (http_query_get(u, ul, "start_revision", &v, &vl) == 1) {
         if (!parse_rev(v, vl, &ws->start)) {
-            why = "start_revision must be a non-negative integer";
+            why = "start_revision must be a revision from 0 to " REV_MAX_TEXT;
             goto out;
         }
         ws->start_given = ws->start > 0; /* 0: from now on */
@@ -753,7 +759,7 @@ static const char *parse(struct watch_stream *ws, const struct http_req *req,
     if (id) {
         uint64_t last;
         if (!parse_rev(id, strlen(id), &last)) {
-            why = "Last-Event-ID must be a revision";
+            why = "Last-Event-ID must be a revision from 0 to " REV_MAX_TEXT;
             goto out;
         }
         ws->start = last + 1; /* resumes after it, whatever else is asked */

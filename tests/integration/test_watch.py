@@ -256,6 +256,8 @@ def test_start_older_than_history_is_410(servers):
     ("key=a&start_revision=-1", "start_revision"),
     ("key=a&start_revision=1x", "start_revision"),
     ("key=a&start_revision=99999999999999999999999", "start_revision"),
+    ("key=a&start_revision=4611686018427387904",
+     "start_revision must be a revision from 0 to 4611686018427387903"),
     ("prefix=a&to=b", "to goes with from"),
     ("from=b&to=a", "greater than from"),
     ("from=b&to=b", "greater than from"),
@@ -270,6 +272,10 @@ def test_bad_parameters_are_400(server, query, why):
     st, _, body = server.request("GET", "/watch?key=a",
                                  headers={"Last-Event-ID": "x"})
     assert st == 400 and b"Last-Event-ID" in body
+    # past the highest revision: Last-Event-ID + 1 would not be one
+    st, _, body = server.request(
+        "GET", "/watch?key=a", headers={"Last-Event-ID": "4611686018427387904"})
+    assert st == 400 and b"Last-Event-ID must be a revision from 0 to" in body
     st, _, _ = server.request("POST", "/watch?key=a")
     assert st == 405
 
