@@ -1014,6 +1014,20 @@ MUTATIONS = [
       ["unit:kv"],
       "a put replacing a value of another size gives watchers no "
       "prev_kv"),
+    M("kv_revoke_in_list_order", "src/kv.c",
+      "    struct entry *list = l->keys;\n    if (list == NULL)\n",
+      "    struct entry *list = l->keys;\n    if (list == NULL || l->nkeys)\n",
+      ["unit:lease/revoke_deletes_in_key_order",
+       "unit:snapshot/revoke_order_survives_load"],
+      "a revoke deletes its keys in the order of the lease's list (attach "
+      "order, or a snapshot load's), which differs between nodes"),
+    M("kv_revoke_sort_one_pass", "src/kv.c",
+      "        if (merges <= 1)\n            break;",
+      "        if (merges >= 1)\n            break;",
+      ["unit:lease/revoke_deletes_in_key_order",
+       "unit:snapshot/revoke_order_survives_load"],
+      "a revoke's sort merges only runs of one key: the deletes come out "
+      "partly sorted"),
     # --- request bytes and forwarding (src/json.c, src/http_parse.c,
     #     src/fwd.c, src/http.c) ------------------------------------------
     M("json_surrogate_pair_wrong", "src/json.c",

@@ -1823,7 +1823,62 @@ static bool ops_write(const struct kv_op *ops, size_t n)
     return false;
 }
 
-/* REVOKE: every attached key goes (one revision), then the lease. */
+/* Sort lease l's list of keys into bytewise key order, in place: a
+ * bottom-up merge sort over the list's own links (O(n log n) compares, no
+ * memory, no recursion, however many keys the lease holds). The list is
+ * kept in attach order, and a snapshot load rebuilds it in another order,
+ * so a revoke that walked it as it is would delete the keys, and report
+ * their events, in an order that differs between nodes; etcd sorts them
+ * for the same reason. Keys are distinct, so the order is total. */
+static void lease_sort_keys(struct lease *l)
+{
+    struct entry *list = l->keys;
+    if (list == NULL)
+        return;
+    for (size_t run = 1;; run *= 2) {
+        struct entry *p = list, *head = NULL, *tail = NULL;
+        size_t merges = 0;
+        while (p) {
+            /* Merge the run at p with the run of up to run keys after it. */
+            merges++;
+            struct entry *q = p;
+            size_t pn = 0, qn = run;
+            while (pn < run && q) {
+                pn++;
+                q = llink_of(q)->next;
+            }
+            while (pn > 0 || (qn > 0 && q)) {
+                struct entry *e;
+                if (pn > 0 && (qn == 0 || q == NULL ||
+                               bytes_cmp(entry_key(p), p->klen, entry_key(q),
+                                         q->klen) < 0)) {
+                    e = p;
+                    p = llink_of(p)->next;
+                    pn--;
+                } else {
+                    e = q;
+                    q = llink_of(q)->next;
+                    qn--;
+                }
+                llink_of(e)->prev = tail;
+                if (tail)
+                    llink_of(tail)->next = e;
+                else
+                    head = e;
+                tail = e;
+            }
+            p = q;
+        }
+        llink_of(tail)->next = NULL;
+        list = head;
+        if (merges <= 1)
+            break;
+    }
+    l->keys = list;
+}
+
+/* REVOKE: every attached key goes (one revision), in bytewise key order so
+ * that every node reports the deletes in the same order, then the lease. */
 static void apply_revoke(struct apply *a, uint64_t id, struct kv_result *res)
 {
     struct kv *kv = a->kv;
@@ -1837,6 +1892,7 @@ static void apply_revoke(struct apply *a, uint64_t id, struct kv_result *res)
         return;
     }
     uint64_t ttl = l->ttl;
+    lease_sort_keys(l);
     while (l->keys) {
         struct entry *e = l->keys;
         struct table *t;

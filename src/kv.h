@@ -103,14 +103,17 @@
  * (KV_ELEASE_NOTFOUND: a transaction checks every PUT of the branch it
  * takes before running any of it), changing nothing. A put replacing a
  * key's lease (0 included) detaches it from the old one. REVOKE deletes
- * every key attached, all at one new revision, each reported as a
- * KV_TOP_DEL event like any delete, then drops the lease; revoking an
+ * every key attached, all at one new revision, in bytewise key order (the
+ * same on every node, whatever order the keys were attached in or a
+ * snapshot load rebuilt them in; as etcd), each reported as a KV_TOP_DEL
+ * event like any delete, then drops the lease; revoking an
  * unknown id is KV_ELEASE_NOTFOUND. GRANT and a REVOKE of a lease without
  * keys change no key and leave the revision alone (as etcd). The table
  * knows no time: when a lease expires is the leader's business (lease.h);
  * an expiry is a REVOKE in the log. Attached keys are threaded on a doubly
  * linked list per lease through their entries (two pointers, in leased
- * entries only), so a revoke finds them in O(keys) and a detach is O(1)
+ * entries only), so a revoke finds them in O(keys) (and sorts the list
+ * in place, O(keys log keys) compares, no memory) and a detach is O(1)
  * after an O(log leases) lookup of the lease.
  *
  * Digest: kv_digest() is the sum (mod 2^64) over all entries of a hash of

@@ -1,5 +1,6 @@
 /* test_lease.c - leases: the state machine's lease table (grant, revoke,
- * puts that attach and detach keys, refusals, the codec, digests, events),
+ * puts that attach and detach keys, refusals, the codec, digests, events,
+ * a revoke's deletes in key order whatever the attach or restore order),
  * a seeded random comparison against a plain model, and the leader's
  * deadline tracker (lease.h) with an injected clock. */
 #include <stdlib.h>
@@ -259,6 +260,164 @@ TEST(txn_leases_and_events)
     CHECK(ev[0] == 2 && kv_revision(kv) == rev + 1 && kv_count(kv) == 0);
     CHECK(ls[0] == 0);
     pz_buf_free(&b);
+    kv_free(kv);
+}
+
+/* --- the order of a revoke's deletes -------------------------------------- */
+
+#define RO_KEYS 263 /* keys on the revoked lease */
+
+/* Key i of the revoked lease: "k" and i in decimal, unpadded (so "k10"
+ * sorts before "k2"), and a few that only a bytewise compare of unsigned
+ * bytes and lengths orders: a prefix of the others, a NUL inside, a byte
+ * above 0x7f. Returns its length. */
+static size_t ro_key(int i, char *k)
+{
+    switch (i) {
+    case 0:
+        k[0] = 'k';
+        return 1;
+    case 1:
+        memcpy(k, "k\0", 2);
+        return 2;
+    case 2:
+        memcpy(k, "k1\0z", 4);
+        return 4;
+    case 3:
+        memcpy(k, "k\xff", 2);
+        return 2;
+    default:
+        return (size_t)snprintf(k, 16, "k%d", i);
+    }
+}
+
+/* The keys a table's events deleted, in the order reported. */
+struct del_log {
+    char key[RO_KEYS + 8][16];
+    size_t len[RO_KEYS + 8];
+    size_t n;
+};
+
+static void log_del(void *arg, int type, const struct kv_view *cur,
+                    const struct kv_view *prev)
+{
+    struct del_log *d = arg;
+    if (type != KV_TOP_DEL || cur != NULL || prev == NULL ||
+        prev->klen > sizeof d->key[0] || d->n == RO_KEYS + 8)
+        return;
+    memcpy(d->key[d->n], prev->key, prev->klen);
+    d->len[d->n++] = prev->klen;
+}
+
+/* Are the logged keys in strictly increasing bytewise order? */
+static bool del_log_sorted(const struct del_log *d)
+{
+    for (size_t i = 1; i < d->n; i++) {
+        size_t a = d->len[i - 1], b = d->len[i];
+        int c = memcmp(d->key[i - 1], d->key[i], a < b ? a : b);
+        if (c > 0 || (c == 0 && a >= b))
+            return false;
+    }
+    return true;
+}
+
+static bool del_logs_equal(const struct del_log *x, const struct del_log *y)
+{
+    if (x->n != y->n)
+        return false;
+    for (size_t i = 0; i < x->n; i++)
+        if (x->len[i] != y->len[i] ||
+            memcmp(x->key[i], y->key[i], x->len[i]) != 0)
+            return false;
+    return true;
+}
+
+/* Every view of a table, borrowed (valid while it does not change). */
+struct views {
+    struct kv_view *v;
+    size_t n;
+};
+
+static int collect_view(void *arg, const struct kv_view *v)
+{
+    struct views *a = arg;
+    a->v[a->n++] = *v;
+    return 0;
+}
+
+/* Revoke lease 5 of kv, logging the deletes into d. */
+static int revoke_logged(struct kv *kv, struct del_log *d)
+{
+    d->n = 0;
+    kv_set_event_cb(kv, log_del, d);
+    uint64_t deleted = 0;
+    int rc = revoke(kv, 5, &deleted);
+    kv_set_event_cb(kv, NULL, NULL);
+    return rc == KV_OK && deleted == d->n ? 0 : -1;
+}
+
+/* A revoke deletes its keys, and reports their events, in bytewise key
+ * order: whatever order the keys were attached in (here scrambled, with
+ * keys of another lease and without one around them), and the same on a
+ * table rebuilt with kv_restore (a snapshot load: keys in key order, or
+ * any other), so every node's watchers see one order, etcd's. */
+TEST(revoke_deletes_in_key_order)
+{
+    struct kv *kv = kv_new();
+    CHECK_EQ_INT(grant(kv, 5, 60), KV_OK);
+    CHECK_EQ_INT(grant(kv, 6, 60), KV_OK);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct kv_result res;
+    for (int j = 0; j < RO_KEYS; j++) {
+        char k[16];
+        int i = (j * 97 + 13) % RO_KEYS; /* a permutation: 97 and 263 prime */
+        size_t kl = ro_key(i, k);
+        CHECK_EQ_INT(kv_encode_set_lease(&b, k, kl, "v", 1, 5), 0);
+        CHECK_EQ_INT(apply_buf(kv, &b, &res), 0);
+        CHECK(res.status == KV_OK);
+        if (j % 50 == 0) { /* neighbours that must stay */
+            k[0] = 'j';
+            CHECK_EQ_INT(put(kv, j % 100 ? "kz" : "k5x", "w", 6), KV_OK);
+            kv_set(kv, k, kl, "w", 1);
+        }
+    }
+    CHECK(nkeys_of(kv, 5) == RO_KEYS);
+    struct del_log *d = pz_calloc(3, sizeof *d);
+    struct kv *re[2] = {kv_new(), kv_new()};
+    struct views all = {.v = pz_calloc(kv_count(kv), sizeof(struct kv_view))};
+    CHECK_EQ_INT(kv_foreach_view(kv, collect_view, &all), 0);
+    CHECK(all.n == kv_count(kv));
+    /* The same table rebuilt as a snapshot load does (keys in key order),
+     * and once more in the reverse order. */
+    for (int r = 0; r < 2; r++) {
+        CHECK_EQ_INT(kv_lease_restore(re[r], 5, 60), 0);
+        CHECK_EQ_INT(kv_lease_restore(re[r], 6, 60), 0);
+        for (size_t i = 0; i < all.n; i++) {
+            const struct kv_view *v = &all.v[r ? all.n - 1 - i : i];
+            CHECK_EQ_INT(
+                kv_restore(re[r], v->key, v->klen, v->value, v->vlen, &v->meta),
+                0);
+        }
+        kv_set_revision(re[r], kv_revision(kv));
+        CHECK(kv_digest(re[r]) == kv_digest(kv));
+    }
+    pz_free(all.v);
+    /* Attached in scrambled order: the deletes come out sorted; the
+     * rebuilt tables give the same order. */
+    size_t left = kv_count(kv) - RO_KEYS;
+    CHECK_EQ_INT(revoke_logged(kv, &d[0]), 0);
+    CHECK(d[0].n == RO_KEYS && kv_count(kv) == left);
+    CHECK(del_log_sorted(&d[0]));
+    for (int r = 0; r < 2; r++) {
+        CHECK_EQ_INT(revoke_logged(re[r], &d[1 + r]), 0);
+        CHECK(del_logs_equal(&d[0], &d[1 + r]));
+        CHECK(kv_digest(re[r]) == kv_digest(kv));
+    }
+    pz_free(d);
+    pz_buf_free(&b);
+    kv_free(re[0]);
+    kv_free(re[1]);
     kv_free(kv);
 }
 
@@ -722,6 +881,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(codec),
     TEST_ENTRY(grant_put_revoke),
     TEST_ENTRY(txn_leases_and_events),
+    TEST_ENTRY(revoke_deletes_in_key_order),
     TEST_ENTRY(random_vs_model),
     TEST_ENTRY(tracker_deadlines),
     TEST_ENTRY(tracker_keepalive_after_expiry),
