@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from grpc_helpers import etcd_call as unary, rpc_error
+from conftest import wait_for
 from test_cluster import leader_of
 from test_etcd import (ETCDCTL, base_revision, cluster, ctl, ctl_error,
                        ctl_json, etcd)  # noqa: F401 (fixtures)
@@ -856,6 +857,78 @@ def test_keepalive_after_expiry_renews_nothing(servers, epb):
             if now - t < 0.8 and lid not in alive]
     assert lost == [], f"{len(lost)} leases revoked after a keep-alive " \
         f"renewed them ({len(renewed)} renewed of {n})"
+
+
+# Keys attached to one lease out of order (a prefix of another, a digit
+# string, a byte above 0x7f among them): a revoke deletes them at one
+# revision, and every watcher sees the deletes in bytewise key order.
+REVOKED = [b"ro/z", b"ro/m", b"ro/10", b"ro/a0", b"ro/\xff", b"ro/a",
+           b"ro/q", b"ro/2"]
+
+
+def attach_revoked(port, pb):
+    """Grant a lease on port and attach REVOKED to it; returns its id."""
+    lid = unary(port, pb, "Lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=60),
+                "LeaseGrantResponse").ID
+    for k in REVOKED:
+        put(port, pb, k, b"L", lease=lid)
+    return lid
+
+
+def revoke_watched(port, lid, watch_ports, pb):
+    """Revoke lease lid through port with a watcher on each of watch_ports;
+    returns the keys of the DELETE events each saw, in order, and their
+    revisions."""
+    streams = [WatchStream(p, pb) for p in watch_ports]
+    try:
+        for ws in streams:
+            ws.create(key=b"ro/", range_end=b"ro0")
+            assert ws.next().created
+        unary(port, pb, "Lease", "LeaseRevoke", pb.LeaseRevokeRequest(ID=lid),
+              "LeaseRevokeResponse")
+        seen = []
+        for ws in streams:
+            keys, revs = [], set()
+            while len(keys) < len(REVOKED):
+                r = ws.next()
+                keys += [e.kv.key for e in r.events
+                         if e.type == 1]  # DELETE
+                revs.add(r.header.revision)
+            seen.append((keys, revs))
+        return seen
+    finally:
+        for ws in streams:
+            ws.close()
+
+
+def test_revoke_deletes_in_key_order_on_every_node(cluster, epb):
+    # The leader, a follower, and a follower restarted from a snapshot
+    # taken after the keys were attached (its lease's list of keys rebuilt
+    # by the loader): all three watchers see the deletes of the revoke's
+    # one revision in the same order, bytewise key order (etcd's).
+    nodes, leader, follower = cluster
+    pb = epb
+    lp = leader.grpc_port
+    lid = attach_revoked(lp, pb)
+    rev = base_revision(lp)
+    st, _, body = follower.request("POST", "/admin/snapshot")
+    assert st == 200, body
+    follower.stop()
+    follower.start()
+    wait_for(lambda: base_revision(follower.grpc_port) == rev,
+             "the restarted follower caught up", step=0.2)
+    seen = revoke_watched(follower.grpc_port, lid,
+                          [s.grpc_port for s in nodes], pb)
+    orders = {s.name: keys for s, (keys, _) in zip(nodes, seen)}
+    assert orders == {s.name: sorted(REVOKED) for s in nodes}
+    assert [revs for _, revs in seen] == [{rev + 1}] * len(nodes)
+
+
+def test_revoke_order_same_as_etcd(etcd, epb):
+    # etcd itself: the order the cluster test expects is etcd's
+    lid = attach_revoked(etcd, epb)
+    [(keys, _)] = revoke_watched(etcd, lid, [etcd], epb)
+    assert keys == sorted(REVOKED)
 
 
 def test_shutdown_ends_open_streams(servers, epb):
