@@ -28,8 +28,9 @@
  * nothing of for EW_STALL_MS is cancelled (etcd_watch_cron: `canceled`,
  * cancel_reason says why; a watch waiting for the idle pass is not the
  * client's doing), and the history dropping what a watch still needs or a
- * snapshot installed under it cancels it as compacted. Bounds: at most
- * etcd-watch-max-per-stream watches per stream and max-watchers in all
+ * snapshot installed under it that skips a revision it wants cancels it
+ * as compacted. Bounds: at most etcd-watch-max-per-stream watches per
+ * stream and max-watchers in all
  * (`created` + `canceled` with a reason beyond), at most EW_QUEUE_MAX
  * answers queued (a client that sends requests without reading gets
  * RESOURCE_EXHAUSTED). A bad request message ends the stream with

@@ -41,8 +41,9 @@
  * client-body-timeout). One
  * cancelled in the middle of a revision whose events are gone is closed
  * without the event. A snapshot installed under the stream cancels it the
- * same way (compacted). At shutdown every stream ends (clients resume
- * elsewhere). */
+ * same way (compacted) if it still wanted a revision up to the
+ * snapshot's; one that wants only later ones goes on. At shutdown every
+ * stream ends (clients resume elsewhere). */
 #include "http_watch.h"
 
 #include <errno.h>

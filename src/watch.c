@@ -447,14 +447,42 @@ void watch_hub_commit(struct watch_hub *h)
     }
 }
 
+/* The first revision w still wants: after its start and after the last
+ * revision it was given. */
+static uint64_t next_wanted(const struct watcher *w)
+{
+    return PZ_MAX(w->start, w->sent_rev + 1);
+}
+
 void watch_hub_reset(struct watch_hub *h, uint64_t rev)
 {
+    /* Which watchers lose events: decided before the history goes. One
+     * whose cursor is still on a published event needs it, even when
+     * watch_next counted its revision as sent (an owner delivering a
+     * revision piecewise holds the cursor at its first event and keeps
+     * the events' sequence numbers): it is cancelled too. The doomed are
+     * put on the dirty list (the others are taken off it), so that they
+     * are found without a scan per cancellation whatever the owners do. */
+    struct watcher *w;
+    for (w = h->watchers; w; w = w->next_w) {
+        bool held = w->dirty && w->seq < h->committed_seq;
+        clear_dirty(h, w);
+        if (held || next_wanted(w) <= rev)
+            set_dirty(h, w);
+    }
     drop_all(h);
     h->first_rev = rev + 1;
     h->last_rev = rev;
     h->committed_rev = rev;
-    while (h->watchers)
-        cancel(h, h->watchers, WATCH_COMPACTED);
+    /* The others wanted nothing up to rev: they go on from the new
+     * history's start and see each revision after rev once. */
+    for (w = h->watchers; w; w = w->next_w) {
+        w->seq = h->committed_seq;
+        if (!w->dirty)
+            w->start = next_wanted(w);
+    }
+    while (h->dirty)
+        cancel(h, h->dirty, WATCH_COMPACTED);
 }
 
 /* First held event at revision >= rev (binary search: revisions grow

@@ -9,11 +9,12 @@
  * watch_hub_commit(). The history keeps at most max_events events and
  * max_bytes bytes (each event counts its key, values and a fixed
  * overhead); past either, whole revisions go, oldest first (see Bounds
- * for one revision larger than the limits). first_rev is the oldest revision the
- * history still holds completely: every event of every revision from
+ * for one revision larger than the limits). first_rev is the oldest revision
+ * the history still holds completely: every event of every revision from
  * first_rev to the newest is in it. After a snapshot is installed the
  * history is no longer continuous: watch_hub_reset(rev) empties it and
- * restarts it after rev.
+ * restarts it after rev, cancelling only the watchers that wanted a
+ * revision up to rev.
  *
  * Watchers. A watcher watches the keys k with from <= k < to (to_end: no
  * upper bound): a key is [K, K+"\0"), a prefix [P, prefix end). It starts
@@ -175,8 +176,11 @@ void watch_hub_record(struct watch_hub *h, uint64_t rev, int type,
  * watchers that fell too far behind, notify the others that have events. */
 void watch_hub_commit(struct watch_hub *h);
 /* The history restarts after rev (a snapshot was installed): events are
- * dropped; every watcher is cancelled as compacted (notified), since what
- * happened between its cursor and rev is not known. */
+ * dropped. A watcher that still wanted a revision up to rev (its start, or
+ * the one after the last it was given, is <= rev, or its cursor is held
+ * on an event) is cancelled as compacted (notified), since what happened
+ * there is not known; the others (a start after rev, or everything up to
+ * rev given) stay registered and see the revisions after rev. */
 void watch_hub_reset(struct watch_hub *h, uint64_t rev);
 
 /* Oldest revision a watcher may start at (older: compacted). */

@@ -551,6 +551,78 @@ def test_history_restarts_at_the_snapshot_after_a_restart(servers):
     w.close()
 
 
+def test_future_watch_survives_a_snapshot_installed_under_it(servers, epb):
+    """A watch starting past the revision of a snapshot a follower installs
+    lost nothing: etcd's Watch, GET /watch and the gateway's watch all stay
+    open and deliver the revision they start at, once, in order."""
+    from test_etcd_gateway import RawWatch, b64
+    from test_etcd_watch_lease import WatchStream
+    nodes = make_cluster(servers, conf={"raft-snapshot-entries": "100",
+                                        "raft-trailing-entries": "10"})
+    leader = leader_of(nodes)
+    f = next(s for s in nodes if s is not leader)
+    put(leader, "other/k", "0")
+    wait_for(lambda: revision(f) == revision(leader), "the follower")
+    start = revision(leader) + 1200
+    ws = WatchStream(f.grpc_port, epb)
+    sse = gw = None
+    try:
+        ws.create(key=b"fw/", range_end=b"fw0", start_revision=start)
+        assert ws.next().created
+        sse = SSE(f.http_port, q(prefix="fw/", start_revision=start))
+        assert sse.status == 200
+        assert sse.next()[0] == "created"
+        gw = RawWatch(f.http_port, {"key": b64("fw/"), "range_end": b64("fw0"),
+                                    "start_revision": str(start)})
+        assert gw.chunk()["created"] is True
+        applied = f.status()["applied_index"]
+        f.signal(signal.SIGSTOP)
+        try:
+            # more than the leader sends ahead to a silent follower: its
+            # log no longer holds what the follower needs
+            for i in range(1000):
+                put(leader, "other/k", str(i))
+            wait_for(lambda: leader.status()["snapshot_index"] > applied + 900,
+                     "a snapshot on the leader")
+        finally:
+            f.signal(signal.SIGCONT)
+        wait_for(lambda: "installed snapshot" in f.read_log(),
+                 "the follower installing a snapshot", timeout=20)
+        wait_for(lambda: revision(f) == revision(leader), "the follower")
+        assert revision(f) < start - 1
+        # nothing it wants was lost: no answer, no cancellation
+        ws.nothing(wait=1.0)
+        while revision(leader) < start - 1:
+            put(leader, "other/k", "x")
+        put(leader, "fw/a", "1")
+        put(leader, "fw/b", "2")
+        for want, key in ((start, b"fw/a"), (start + 1, b"fw/b")):
+            r = ws.next()
+            assert not r.canceled, r
+            assert r.header.revision == want
+            assert [(e.kv.key, e.kv.mod_revision) for e in r.events] == \
+                [(key, want)]
+        got = []
+        while len(got) < 2:
+            ev, eid, d = sse.next()
+            assert ev in ("message", "progress"), (ev, d)
+            if ev == "message":
+                got.append((eid, [e["kv"]["key"] for e in d["events"]]))
+        assert got == [(start, ["fw/a"]), (start + 1, ["fw/b"])]
+        for want, key in ((start, "fw/a"), (start + 1, "fw/b")):
+            c = gw.chunk()
+            assert not c.get("canceled"), c
+            assert [(e["kv"]["key"], int(e["kv"]["mod_revision"]))
+                    for e in c["events"]] == [(b64(key), want)]
+        ws.nothing()
+    finally:
+        ws.close()
+        if sse:
+            sse.close()
+        if gw:
+            gw.close()
+
+
 # --- robustness: large revisions, many watchers, bursts, bounds -------------
 
 def server_kb(s, field):

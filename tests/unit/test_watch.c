@@ -387,6 +387,89 @@ TEST(reset_after_snapshot)
     fx_free(&f);
 }
 
+/* A snapshot cancels only the watchers that wanted a revision up to it: a
+ * start after it, or everything up to it given, keeps the watcher, which
+ * then sees each later revision once; a cursor held on an event (a
+ * revision being delivered) is lost with the history. */
+TEST(reset_keeps_watchers_past_it)
+{
+    struct fx f;
+    char out[256];
+    fx_init(&f, 100, 1 << 20, 1 << 20);
+    struct watch_limits l = f.hub.lim;
+    l.max_watchers = 8;
+    watch_hub_set_limits(&f.hub, &l);
+    put(&f, "k", "1");
+    put(&f, "k", "2");
+    put(&f, "k", "3");
+    struct watcher wseen, wfuture, wnext;
+    CHECK_EQ_INT(watch_add(&f.hub, &wseen, "k", 1, "k\0", 2, 1), 0);
+    CHECK_EQ_INT(watch_add(&f.hub, &wfuture, "k", 1, "k\0", 2, 13), 0);
+    CHECK_EQ_INT(watch_add(&f.hub, &wnext, "k", 1, "k\0", 2, 11), 0);
+    drain(&f, &wseen, out, sizeof out);
+    CHECK_EQ_STR(out, "1:+k=1,;2:+k=2,;3:+k=3,;");
+    put(&f, "k", "4");
+    drain(&f, &wseen, out, sizeof out);
+    CHECK_EQ_STR(out, "4:+k=4,;");
+    CHECK(watch_caught_up(&wseen));
+    /* A snapshot at revision 10 (the follower was at 4): wseen, given
+     * everything up to 4, misses 5 to 10. */
+    kv_set_revision(f.kv, 10);
+    f.last_cancelled = NULL;
+    f.notified = 0;
+    watch_hub_reset(&f.hub, 10);
+    CHECK_EQ_INT(wseen.state, WATCH_COMPACTED);
+    CHECK(f.last_cancelled == &wseen);
+    CHECK_EQ_INT(f.notified, 1);
+    CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 11);
+    CHECK_EQ_INT(f.hub.cancelled_compacted, 1);
+    CHECK_EQ_INT(wfuture.state, WATCH_LIVE);
+    CHECK_EQ_INT(wnext.state, WATCH_LIVE);
+    CHECK_EQ_INT(f.hub.n_watchers, 2);
+    CHECK(watch_caught_up(&wfuture) && watch_caught_up(&wnext));
+    CHECK_EQ_INT(watch_lag(&wnext), 0);
+    watch_remove(&wseen);
+    for (int i = 11; i <= 14; i++) {
+        char v[8];
+        snprintf(v, sizeof v, "%d", i);
+        put(&f, "k", v);
+    }
+    drain(&f, &wnext, out, sizeof out);
+    CHECK_EQ_STR(out, "11:+k=11,;12:+k=12,;13:+k=13,;14:+k=14,;");
+    drain(&f, &wfuture, out, sizeof out);
+    CHECK_EQ_STR(out, "13:+k=13,;14:+k=14,;");
+    drain(&f, &wnext, out, sizeof out);
+    CHECK_EQ_STR(out, "");
+
+    /* A snapshot at exactly the revision the watchers were given: the
+     * one whose cursor is held on revision 14 (being delivered) is
+     * cancelled, the ones with everything are not. */
+    struct watcher wheld;
+    CHECK_EQ_INT(watch_add(&f.hub, &wheld, "k", 1, "k\0", 2, 13), 0);
+    uint64_t r, b, e;
+    CHECK(watch_next(&wheld, &r, &b, &e));
+    CHECK_EQ_INT(r, 13);
+    CHECK(watch_next(&wheld, &r, &b, &e));
+    CHECK_EQ_INT(r, 14);
+    watch_set_cursor(&wheld, b);
+    f.last_cancelled = NULL;
+    watch_hub_reset(&f.hub, 14);
+    CHECK_EQ_INT(wheld.state, WATCH_COMPACTED);
+    CHECK(f.last_cancelled == &wheld);
+    CHECK_EQ_INT(wnext.state, WATCH_LIVE);
+    CHECK_EQ_INT(wfuture.state, WATCH_LIVE);
+    watch_remove(&wheld);
+    put(&f, "k", "15");
+    drain(&f, &wnext, out, sizeof out);
+    CHECK_EQ_STR(out, "15:+k=15,;");
+    drain(&f, &wfuture, out, sizeof out);
+    CHECK_EQ_STR(out, "15:+k=15,;");
+    watch_remove(&wnext);
+    watch_remove(&wfuture);
+    CHECK_EQ_INT(f.hub.n_watchers, 0);
+    fx_free(&f);
+}
+
 /* Random operations against a reference: every watcher sees exactly the
  * matching events, in order, whatever the history drops meanwhile as long
  * as it keeps up. */
@@ -569,6 +652,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(own_notify),
     TEST_ENTRY(max_watchers),
     TEST_ENTRY(reset_after_snapshot),
+    TEST_ENTRY(reset_keeps_watchers_past_it),
     TEST_ENTRY(random_against_reference),
     TEST_ENTRY(too_large_revision_not_kept),
     TEST_ENTRY(commit_visits_matching_watchers_only),
