@@ -247,6 +247,14 @@ MUTATIONS = [
                 "    if (strcmp(row, \"1\") != 0) {")],
      "tests": ["py:test_powerloss.py::test_power_cut_keeps_acknowledged_writes"],
      "why": "WAL commits not fsynced (NORMAL loses commits on power loss)"},
+    M("snapshot_file_not_fsynced", "src/snapshot.c",
+      "    if (fsync(fd) < 0) {\n        int e = -errno;\n"
+      "        set_err(msg, msglen, \"%s: fsync: %s\", tmp, errstr(e));",
+      "    if (0 && fsync(fd) < 0) {\n        int e = -errno;\n"
+      "        set_err(msg, msglen, \"%s: fsync: %s\", tmp, errstr(e));",
+      ["py:test_powerloss.py::test_power_cuts_during_snapshots"],
+      "the snapshot is renamed into place and the log compacted behind it "
+      "before its content is durable: a power cut loses the file"),
     M("log_write_failure_ignored", "src/node.c",
       "    if (status < 0) {\n        /* A failed write or fsync may have",
       "    if (status < -100000) {\n        /* A failed write or fsync may have",

@@ -7,6 +7,7 @@ in the page cache)."""
 import os
 import shutil
 import signal
+import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 LIB = os.path.join(ROOT, "tests", "powerloss", "libpowerloss.so")
@@ -86,14 +87,55 @@ def set_sync_delay(server, ms):
     os.replace(tmp, server.pl_delay_file)
 
 
+def descendants(pid):
+    """The pids of pid's children, theirs, and so on (from /proc)."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # after the command name in parentheses: state, ppid
+            parent[int(name)] = int(stat.rpartition(")")[2].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def gone(pid):
+    """pid has ended (no such process, or a zombie that runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 def power_cut(*servers):
-    """Cut the power of these servers at once: SIGKILL every one, then
-    lose what none of them had made durable. Returns the number of files
-    that changed."""
+    """Cut the power of these servers at once: SIGKILL every one and every
+    process it forked (a snapshot writer: it would otherwise go on
+    writing, or renaming, for a moment after the cut), then lose what none
+    of them had made durable. Returns the number of files that changed."""
+    kids = [k for s in servers for k in descendants(s.proc.pid)]
     for s in servers:
         s.signal(signal.SIGKILL)
+    for k in kids:
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     for s in servers:
         s.proc.wait()
+    deadline = time.time() + 10
+    while not all(gone(k) for k in kids):
+        assert time.time() < deadline, f"processes {kids} outlive the cut"
+        time.sleep(0.005)
     return sum(restore(s.conf["raft-data"], s.pl_shadow) for s in servers)
 
 

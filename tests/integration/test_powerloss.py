@@ -1,15 +1,19 @@
 """Power loss: nodes lose everything they had not fsynced (powerloss.py),
 and no acknowledged write may be lost with it."""
+import json
 import os
+import random
 import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 
 import powerloss
 import raft_wire as rw
+from conftest import wait_for
 from test_cluster import make_cluster, leader_of, put, get
 
 pytestmark = pytest.mark.skipif(powerloss.usable() is not None,
@@ -36,9 +40,9 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 
-def powerloss_cluster(servers):
+def powerloss_cluster(servers, conf=None):
     """A 3-node cluster whose nodes run with the power-cut library."""
-    nodes = make_cluster(servers, start=False)
+    nodes = make_cluster(servers, conf=conf, start=False)
     for s in nodes:
         powerloss.prepare(s)
         s.start(wait=False)
@@ -71,13 +75,63 @@ def test_power_cut_loses_only_what_was_not_synced(tmp_path):
     assert os.listdir(shadow) == []
 
 
-def writers(node, stop, acked, errors, n=3):
+FORKER = r"""
+import os, sys, time
+d = sys.argv[1]
+def create(name):
+    return os.open(os.path.join(d, name), os.O_WRONLY | os.O_CREAT, 0o644)
+synced, unsynced = create("synced"), create("unsynced")
+pid = os.fork()
+if pid == 0:
+    os.write(synced, b"by the child")
+    os.fsync(synced)
+    os.write(unsynced, b"by the child")
+    print("child wrote", flush=True)
+    time.sleep(0.5)  # still running after its parent's SIGKILL
+    os.close(create("late"))
+    os._exit(0)
+print("parent waits", flush=True)
+time.sleep(60)
+"""
+
+
+def test_power_cut_stops_and_covers_forked_children(tmp_path):
+    """The library in a forked child (as the node's snapshot writer): what
+    the child fsynced survives a cut, what it only wrote is lost although
+    the parent created the file; and the cut stops the child too, which
+    would otherwise go on changing files after them being restored."""
+    data, shadow = str(tmp_path / "data"), str(tmp_path / "shadow")
+    env = dict(os.environ)
+    env.update(powerloss.env_for(data, shadow))
+    p = subprocess.Popen([sys.executable, "-c", FORKER, data], env=env,
+                         stdout=subprocess.PIPE)
+    try:
+        lines = {p.stdout.readline(), p.stdout.readline()}
+        assert lines == {b"child wrote\n", b"parent waits\n"}, lines
+        server = types.SimpleNamespace(proc=p, signal=p.send_signal,
+                                       conf={"raft-data": data},
+                                       pl_shadow=shadow)
+        assert powerloss.power_cut(server) == 1
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    time.sleep(0.7)
+    assert sorted(os.listdir(data)) == ["synced"]
+    with open(os.path.join(data, "synced"), "rb") as f:
+        assert f.read() == b"by the child"
+    assert os.listdir(shadow) == []
+
+
+def writers(node, stop, acked, errors, n=3, pad=""):
+    """n threads writing key=key+pad into node until stop is set; acked
+    gets the keys written."""
     def run(idx):
         i = 0
         while not stop.is_set():
             key = f"w{idx}-{i}"
             try:
-                st, _, body = put(node, key, key, timeout=5)
+                st, _, body = put(node, key, key + pad, timeout=5)
             except OSError:
                 return  # the node is gone
             if st == 204:
@@ -211,3 +265,94 @@ def test_granted_vote_survives_a_power_cut(servers):
     finally:
         for f in fakes:
             f.close()
+
+
+BIG = "x" * 1000
+
+# Snapshots every few dozen entries, keeping few behind: every round of the
+# tests below takes snapshots, compacts (and vacuums) the log and prunes
+# old files on every node.
+SNAPSHOTS = {"raft-snapshot-entries": "30", "raft-trailing-entries": "3",
+             "log-level": "info"}
+
+
+def snapshot_index(s):
+    try:
+        return s.status(timeout=2)["snapshot_index"]
+    except (OSError, AssertionError):
+        return 0
+
+
+def converged(nodes, timeout=20):
+    """Wait until every node has applied the same index with the same
+    state machine digest; returns their /status."""
+    last = []
+
+    def same():
+        nonlocal last
+        last = [s.status(timeout=2) for s in nodes]
+        return len({(st["applied_index"], st["digest"])
+                    for st in last}) == 1
+    try:
+        wait_for(same, "the nodes to converge", timeout=timeout, step=0.1)
+    except AssertionError:
+        raise AssertionError("nodes never converged: " + str(
+            [(s.name, st["applied_index"], st["digest"])
+             for s, st in zip(nodes, last)]))
+    return last
+
+
+def assert_everywhere(nodes, want):
+    """Every node holds every key of want with its value (a stale read:
+    the node's own state machine)."""
+    missing = {}
+    for s in nodes:
+        bad = [k for k, v in want.items()
+               if get(s, k, stale=True)[::2] != (200, v.encode())]
+        if bad:
+            missing[s.name] = (len(bad), bad[:5])
+    assert missing == {}, f"acknowledged writes lost: {missing}"
+
+
+def test_power_cuts_during_snapshots(servers):
+    """Three rounds: writes stream into the leader while the followers'
+    fsyncs are slowed at random, every node takes a snapshot every 30
+    entries (the forked writer, compaction of the log, pruning), and once
+    each has completed a snapshot in the round the power goes out on all
+    three at a random moment. After each restart every node must hold
+    every acknowledged write and all must converge. A snapshot child that
+    never finishes (or a log compacted behind a snapshot that was not
+    durable) fails here."""
+    rng = random.Random(7)
+    nodes = powerloss_cluster(servers, SNAPSHOTS)
+    acked = {}
+    for rnd in range(3):
+        leader = leader_of(nodes, timeout=15)
+        for s in nodes:
+            powerloss.set_sync_delay(
+                s, 0 if s is leader else rng.choice((0, 5, 20)))
+        base = {s.name: snapshot_index(s) for s in nodes}
+        stop = threading.Event()
+        keys, errors = [], []
+        ts = writers(leader, stop, keys, errors, n=4, pad=BIG)
+        wait_for(lambda: all(snapshot_index(s) > base[s.name] for s in nodes),
+                 "a snapshot on every node", timeout=10, step=0.05)
+        time.sleep(rng.uniform(0, 0.4))
+        changed = powerloss.power_cut(*nodes)
+        stop.set()
+        for t in ts:
+            t.join(10)
+        assert errors == []
+        assert changed > 0, "nothing was lost: the power cut did not work"
+        acked.update((k, k + BIG) for k in keys)
+        for s in nodes:
+            powerloss.set_sync_delay(s, 0)
+            s.start(wait=False)
+        for s in nodes:
+            s.wait_ready()
+        leader = leader_of(nodes, timeout=15)
+        assert put(leader, f"mark{rnd}", "m")[0] == 204
+        acked[f"mark{rnd}"] = "m"
+        converged(nodes)
+        assert_everywhere(nodes, acked)
+    assert all(snapshot_index(s) > 0 for s in nodes)

@@ -26,6 +26,17 @@
  * and put every watched file back to its shadow (powerloss.py does that),
  * so writes not followed by an fsync are lost.
  *
+ * The shadow directory, not the process, holds the model: every process
+ * that loads the library with the same environment shares it, until
+ * powerloss.py restores the files and clears it. A child forked by the
+ * server (the snapshot writer) writes into a file the parent created:
+ * what it writes is lost at a cut unless someone fsyncs the file first,
+ * whichever process that is, exactly as with a page cache. Fork is safe:
+ * the lock is taken around it (atfork handlers), so a child never
+ * inherits it held by a thread that does not exist in the child, and
+ * each process writes its shadow copies under a temporary name of its
+ * own, so two processes recording at once never mix their bytes.
+ *
  * The model is per file: renames and unlinks count as durable at once
  * (real file systems need an fsync of the directory), so it can miss a
  * bug there but never reports one that is not. Shadow copies are written
@@ -79,8 +90,24 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 #define LOAD(name) real_##name = (__typeof__(real_##name))dlsym(RTLD_NEXT, #name)
 
+/* Before fork: wait for any record in progress and hold the lock through
+ * the fork, so that the child's copy of mu is consistent (a thread of the
+ * parent in the middle of a record does not exist in the child, and the
+ * child would wait forever for it to unlock). */
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&mu);
+}
+
+/* After fork, in the parent and in the child: release it again. */
+static void fork_done(void)
+{
+    pthread_mutex_unlock(&mu);
+}
+
 static void init(void)
 {
+    pthread_atfork(fork_prepare, fork_done, fork_done);
     LOAD(open);
     LOAD(open64);
     LOAD(openat);
@@ -117,6 +144,14 @@ static void init(void)
 static void need_init(void)
 {
     pthread_once(&once, init);
+}
+
+/* At load, while the process has one thread: a fork can then never find
+ * the once-control in progress, and the atfork handlers are in place
+ * before the first fork. */
+__attribute__((constructor)) static void init_at_load(void)
+{
+    need_init();
 }
 
 static void die(const char *what)
@@ -184,8 +219,8 @@ static void marker(const char *rel, const char *ext, char *out, size_t len)
 
 static void copy_file(const char *from, const char *to)
 {
-    char tmp[PATH_MAX * 2 + 8];
-    snprintf(tmp, sizeof tmp, "%s.tmp", to);
+    char tmp[PATH_MAX * 2 + 32];
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", to, (long)getpid());
     int in = real_open(from, O_RDONLY | O_CLOEXEC);
     if (in < 0)
         die(from);
