@@ -967,6 +967,11 @@ size_t kv_bytes(const struct kv *kv)
     return kv->bytes;
 }
 
+size_t kv_quota_bytes(const struct kv *kv)
+{
+    return kv->bytes + kv_count(kv) * KV_KEY_OVERHEAD;
+}
+
 uint64_t kv_digest(const struct kv *kv)
 {
     return kv->digest;

@@ -140,6 +140,7 @@ static void apply_entry(const struct raft_entry *e)
     }
     nd->applied = e->index;
     nd->applied_bytes += e->len + LOG_ENTRY_COST;
+    nospace_applied(e->index);
     /* Complete the writes waiting on this index. */
     while (!pz_queue_empty(&nd->proposals)) {
         struct node_req *r =
@@ -231,8 +232,10 @@ static void soft_state_changed(const struct raft_soft_state *ss)
         else if (ss->leader != 0 && ss->leader != nd->id)
             reqs_done(r, PZ_ELEADERCHANGE); /* someone else won */
     }
-    if (was_leader && ss->role != RAFT_LEADER)
+    if (was_leader && ss->role != RAFT_LEADER) {
         pz_info("stepped down in term %llu", (unsigned long long)ss->term);
+        nospace_pending_clear(); /* the new leader counts its own */
+    }
     if (!was_leader && ss->role == RAFT_LEADER)
         members_register_leader(); /* clients find the new leader at once */
     if (nd->leader) {
@@ -871,7 +874,8 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
     }
     reqs_prepare(req, cb);
     req->sink = sink;
-    int rv = nospace_check(decoded ? &c : NULL);
+    uint64_t grow;
+    int rv = nospace_check(decoded ? &c : NULL, &grow);
     if (rv < 0)
         return rv;
     if (nd->role != RAFT_LEADER)
@@ -896,6 +900,7 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
     req->proposed_ns = stats_now_ns();
     if (rv < 0)
         return rv;
+    nospace_proposed(req->index, grow);
     reqs_link_proposal(req);
     return 0;
 }
@@ -1183,6 +1188,7 @@ static int open_transport(char *err, size_t errlen)
 static void free_state(void)
 {
     raft_conf_free(&nd->committed);
+    nospace_pending_clear();
     raft_free(nd->raft);
     node_lease_free();
     kv_free(nd->kv);

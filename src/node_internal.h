@@ -151,6 +151,13 @@ struct node {
     bool alarm_disk;             /* NOSPACE: the disk is full */
     bool alarm_quota;            /* NOSPACE: quota-backend-bytes reached */
     char alarm_reason[320];      /* why, one line (when either is set) */
+    struct quota_pending *quota_pending; /* leader: writes accepted and not
+                                            applied yet, what each adds to
+                                            the data (node_nospace.c) */
+    size_t quota_pending_head;           /* first live entry in quota_pending */
+    size_t quota_pending_n;              /* entries used (from 0) */
+    size_t quota_pending_cap;            /* entries allocated */
+    uint64_t quota_pending_bytes;        /* sum of the live entries' bytes */
     struct peer_alarm *palarms;  /* leader: what lagging voters said of
                                     themselves (their /status) */
     size_t n_palarms;            /* entries in palarms */
@@ -269,8 +276,16 @@ void core_space_back(void);
  * paused (no ticks, peer messages dropped). */
 bool nospace_frozen(void);
 /* PZ_ENOSPC if the write cmd may not be proposed now (the alarm; a put
- * that would pass quota-backend-bytes raises it), else 0. */
-int nospace_check(const struct kv_cmd *c);
+ * that would pass quota-backend-bytes, counting the writes accepted and
+ * not applied yet, raises it), else 0 and *grow is what it adds to the
+ * data (0: nothing) for nospace_proposed once it is proposed. */
+int nospace_check(const struct kv_cmd *c, uint64_t *grow);
+/* The write at log index adds bytes to the data once applied: counted by
+ * nospace_check until apply reaches index (nospace_applied) or the node
+ * stops leading (nospace_pending_clear, also on close). */
+void nospace_proposed(uint64_t index, uint64_t bytes);
+void nospace_applied(uint64_t applied);
+void nospace_pending_clear(void);
 /* Once a second: the quota alarm follows the data; a leader out of space
  * hands its leadership on; a leader asks silent voters why. */
 void nospace_cron(void);

@@ -30,9 +30,74 @@
  * first write that succeeds clears the alarm and the node goes on.
  *
  * quota-backend-bytes (when not 0) raises the same alarm when the state
- * machine's keys and values reach it, before the disk fills: a SET that
- * would pass it is refused, and while it is raised only deletes are
- * accepted; it clears once deletes bring the data to 90% of the quota. */
+ * machine's data reaches it, before the disk fills: a SET that would pass
+ * it is refused, and while it is raised only deletes are accepted; it
+ * clears once deletes bring the data to 90% of the quota. The data is its
+ * keys and values plus KV_KEY_OVERHEAD per key (kv_quota_bytes): without
+ * it, empty keys would take about 20 times the quota in memory. A leader
+ * checks a write against the data applied plus what the writes it
+ * accepted and has not applied yet add (the pending list below), so that
+ * any number of writes sent at once passes the quota by no more than the
+ * estimate of one. */
+
+/* --- writes accepted, not applied: what each adds to the data, by log
+ * index (a leader's proposals, in index order). An entry leaves once
+ * apply reaches its index, whatever happened to it (applied, or replaced
+ * by another leader's entry), and all of them when this node stops
+ * leading: a follower forwards writes to the leader, which counts its
+ * own, and nothing left behind can hold writes back later. */
+
+struct quota_pending {
+    uint64_t index; /* log index of the write */
+    uint64_t bytes; /* what it adds (nospace_check's estimate) */
+};
+
+void nospace_proposed(uint64_t index, uint64_t bytes)
+{
+    if (bytes == 0)
+        return;
+    if (nd->quota_pending_n == nd->quota_pending_cap) {
+        if (nd->quota_pending_head > 0) {
+            /* Slide the live entries down before growing. */
+            nd->quota_pending_n -= nd->quota_pending_head;
+            memmove(nd->quota_pending,
+                    nd->quota_pending + nd->quota_pending_head,
+                    nd->quota_pending_n * sizeof *nd->quota_pending);
+            nd->quota_pending_head = 0;
+        }
+        if (nd->quota_pending_n == nd->quota_pending_cap) {
+            nd->quota_pending_cap =
+                PZ_MAX((size_t)64, nd->quota_pending_cap * 2);
+            nd->quota_pending =
+                pz_realloc(nd->quota_pending,
+                           nd->quota_pending_cap * sizeof *nd->quota_pending);
+        }
+    }
+    nd->quota_pending[nd->quota_pending_n++] =
+        (struct quota_pending){.index = index, .bytes = bytes};
+    nd->quota_pending_bytes += bytes;
+}
+
+void nospace_applied(uint64_t applied)
+{
+    while (nd->quota_pending_head < nd->quota_pending_n &&
+           nd->quota_pending[nd->quota_pending_head].index <= applied) {
+        nd->quota_pending_bytes -=
+            nd->quota_pending[nd->quota_pending_head].bytes;
+        nd->quota_pending_head++;
+    }
+    if (nd->quota_pending_head == nd->quota_pending_n)
+        nd->quota_pending_head = nd->quota_pending_n = 0;
+}
+
+void nospace_pending_clear(void)
+{
+    pz_free(nd->quota_pending);
+    nd->quota_pending = NULL;
+    nd->quota_pending_n = nd->quota_pending_head = 0;
+    nd->quota_pending_cap = 0;
+    nd->quota_pending_bytes = 0;
+}
 
 /* Out of space with a Ready owed and not the leader: frozen (above). */
 bool nospace_frozen(void)
@@ -50,9 +115,10 @@ static void set_alarm_reason(void)
         return; /* keeps the store's message */
     if (nd->alarm_quota) {
         snprintf(nd->alarm_reason, sizeof nd->alarm_reason,
-                 "the data (%zu bytes of keys and values) reached "
-                 "quota-backend-bytes (%lld): only deletes are accepted",
-                 kv_bytes(nd->kv),
+                 "the data (%zu bytes: keys, values and %d per key) "
+                 "reached quota-backend-bytes (%lld): only deletes are "
+                 "accepted",
+                 kv_quota_bytes(nd->kv), KV_KEY_OVERHEAD,
                  (long long)nd->cfg->quota_backend_bytes);
     } else {
         nd->alarm_reason[0] = '\0';
@@ -188,7 +254,7 @@ static void palarm_cron(const struct raft_status *rs)
 void nospace_cron(void)
 {
     int64_t quota = nd->cfg->quota_backend_bytes;
-    size_t bytes = kv_bytes(nd->kv);
+    size_t bytes = kv_quota_bytes(nd->kv);
     if (quota > 0 && !nd->alarm_quota && bytes >= (uint64_t)quota) {
         nd->alarm_quota = true;
         set_alarm_reason();
@@ -222,9 +288,8 @@ void nospace_cron(void)
                 m && m->name[0] ? m->name : "(unknown)");
 }
 
-/* PZ_ENOSPC if the write cmd may not be proposed now (above). */
-/* Key and value bytes of every put in transaction c (both branches);
- * 1 for a put of an empty key and value, so that 0 means "no put". */
+/* What the puts of transaction c (both branches) add to the data, each
+ * as a new key (KV_KEY_OVERHEAD included): 0 means "no put". */
 static uint64_t txn_put_bytes(const struct kv_cmd *c)
 {
     struct kv_op *ops = pz_calloc(c->nsucc + c->nfail + 1, sizeof *ops);
@@ -232,13 +297,17 @@ static uint64_t txn_put_bytes(const struct kv_cmd *c)
     uint64_t n = 0;
     for (size_t i = 0; i < c->nsucc + c->nfail; i++)
         if (ops[i].type == KV_TOP_PUT)
-            n += PZ_MAX((uint64_t)1, (uint64_t)ops[i].klen + ops[i].vlen);
+            n += (uint64_t)ops[i].klen + ops[i].vlen + KV_KEY_OVERHEAD;
     pz_free(ops);
     return n;
 }
 
-int nospace_check(const struct kv_cmd *c)
+/* PZ_ENOSPC if the write cmd may not be proposed now (above); else 0 and
+ * *grow is what it adds to the data once applied (0 for one that adds
+ * nothing), for nospace_proposed. */
+int nospace_check(const struct kv_cmd *c, uint64_t *grow)
 {
+    *grow = 0;
     if (nd->alarm_disk)
         return PZ_ENOSPC;
     int64_t quota = nd->cfg->quota_backend_bytes;
@@ -254,19 +323,31 @@ int nospace_check(const struct kv_cmd *c)
         return PZ_ENOSPC;
     if (!decoded || (!set && c->op != KV_OP_TXN))
         return 0;
-    /* A transaction counts every put of both branches, as if new. */
-    uint64_t grow = set ? c->klen + c->vlen : puts;
-    uint64_t after = kv_bytes(nd->kv) + grow;
-    const uint8_t *old;
-    size_t olen;
-    if (set && kv_get(nd->kv, c->key, c->klen, &old, &olen))
-        after -= c->klen + olen;
-    if (after <= (uint64_t)quota)
+    /* A transaction counts every put of both branches, as if new; a set
+     * what it adds to the key's current value, or a new key. */
+    uint64_t add = puts;
+    if (set) {
+        const uint8_t *old;
+        size_t olen;
+        if (!kv_get(nd->kv, c->key, c->klen, &old, &olen))
+            add = c->klen + c->vlen + KV_KEY_OVERHEAD;
+        else if (c->vlen > olen)
+            add = c->vlen - olen;
+    }
+    /* Writes accepted and not applied yet count (a leader's: a follower
+     * forwards, see pending above). */
+    uint64_t inflight = nd->role == RAFT_LEADER ? nd->quota_pending_bytes : 0;
+    uint64_t after = kv_quota_bytes(nd->kv) + inflight + add;
+    if (add == 0 || after <= (uint64_t)quota) {
+        *grow = add;
         return 0;
+    }
     nd->alarm_quota = true;
     set_alarm_reason();
-    pz_warn("NOSPACE alarm: a write of %llu bytes would take the data past "
+    pz_warn("NOSPACE alarm: a write of %llu bytes would take the data "
+            "(%zu bytes, %llu more in writes not applied yet) past "
             "quota-backend-bytes (%lld): only deletes are accepted",
-            (unsigned long long)grow, (long long)quota);
+            (unsigned long long)add, kv_quota_bytes(nd->kv),
+            (unsigned long long)inflight, (long long)quota);
     return PZ_ENOSPC;
 }

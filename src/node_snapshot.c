@@ -840,6 +840,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
     nd->kv = kv;
     core_kv_replaced();
     nd->applied = sm->index;
+    nospace_applied(sm->index);
     nd->prev_snap_index = nd->snap_index;
     nd->prev_snap_term = nd->snap_term;
     nd->snap_index = sm->index;

@@ -9,6 +9,7 @@ never skip."""
 import errno
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import time
@@ -320,7 +321,8 @@ def test_quota_alarm_allows_deletes(servers, pb):
         n += 1
         assert n < 20
     assert body.strip() == b"no space left on device"
-    assert n == 8  # 8 x 503 bytes fit in 4096, the 9th does not
+    # 6 x (503 + 96 per key) bytes fit in 4096, the 7th does not
+    assert n == 6
     st = status(s)
     assert st["alarms"] == ["NOSPACE"]
     assert "quota-backend-bytes" in st["alarm_reason"]
@@ -344,3 +346,81 @@ def test_quota_alarm_allows_deletes(servers, pb):
                          json.dumps({"key": f"k{i:02d}"}))[0] == 204
     wait_for(lambda: status(s)["alarms"] == [], "the quota alarm to clear")
     assert put(s, "tiny", "1")[0] == 204
+
+
+# What quota-backend-bytes counts per key beside its key and value
+# (KV_KEY_OVERHEAD in src/kv.h; README "Out of space").
+KEY_OVERHEAD = 96
+
+
+def burst_sets(s, n, prefix, size):
+    """n /set requests of a size-byte value, one per connection, all sent
+    before any answer is read: {status line: count}."""
+    socks = [socket.create_connection(("127.0.0.1", s.http_port), timeout=30)
+             for _ in range(n)]
+    try:
+        for i, c in enumerate(socks):
+            body = json.dumps({"key": f"{prefix}{i:03d}",
+                               "value": "v" * size}).encode()
+            c.sendall(b"POST /set HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        codes = {}
+        for c in socks:
+            line = c.recv(100).split(b"\r\n")[0]
+            codes[line] = codes.get(line, 0) + 1
+        return codes
+    finally:
+        for c in socks:
+            c.close()
+
+
+def test_quota_counts_writes_not_applied_yet(servers):
+    """Sets sent at once, before any of them applies, pass the quota by
+    no more than one: the writes accepted and not applied count. (It
+    counted only the applied data: all 40 of 20 KB passed 128 KiB.)"""
+    quota, size, n = 128 * 1024, 20000, 40
+    s = servers(conf={"quota-backend-bytes": str(quota)})
+    one = len("b000") + size + KEY_OVERHEAD
+    for round_ in range(2):
+        codes = burst_sets(s, n, "b", size)
+        ok = codes.get(b"HTTP/1.1 204 No Content", 0)
+        assert ok + codes.get(b"HTTP/1.1 507 Insufficient Storage", 0) == n, \
+            codes
+        keys = status(s)["keys"]
+        assert keys == ok, (keys, codes)
+        # 6 x 20100 fit in 131072, the 7th would not
+        assert ok * one <= quota + one, (round_, codes)
+        assert ok >= quota // one - 1, (round_, codes)
+        assert status(s)["alarms"] == ["NOSPACE"]
+        # deleting gives all the room back: nothing stays counted
+        st, _, body = s.request("POST", "/delete",
+                                json.dumps({"prefix": "b"}))
+        assert st == 200 and json.loads(body)["deleted"] == ok, body
+        wait_for(lambda: status(s)["alarms"] == [], "the quota alarm to clear")
+    assert put(s, "after", "x" * size)[0] == 204
+
+
+def test_quota_counts_a_cost_per_key(servers):
+    """Empty values under a quota: each key counts KEY_OVERHEAD besides
+    its name, so a small quota holds quota / KEY_OVERHEAD of them, not
+    20 times as many. (It counted only key and value bytes: about 20,000
+    keys of 3 bytes passed 64 KiB.)"""
+    quota = 64 * 1024
+    s = servers(conf={"quota-backend-bytes": str(quota)})
+    i = 0
+    while True:
+        ops = [{"put": {"key": "%x" % (i * 64 + j), "value": ""}}
+               for j in range(64)]
+        st, _, body = s.request("POST", "/txn",
+                                json.dumps({"success": ops}))
+        if st == 507:
+            break
+        assert st == 200, body
+        i += 1
+        assert i < 1000
+    keys = status(s)["keys"]
+    assert keys == i * 64
+    assert keys <= quota // KEY_OVERHEAD, keys
+    assert keys >= quota // (KEY_OVERHEAD + 4) - 64, keys
+    assert status(s)["alarms"] == ["NOSPACE"]
+    assert "96 per key" in status(s)["alarm_reason"]

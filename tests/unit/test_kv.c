@@ -29,6 +29,27 @@ static bool has_value(struct kv *kv, const void *k, size_t kl, const void *v,
     return gotl == vl && (vl == 0 || memcmp(got, v, vl) == 0);
 }
 
+/* What quota-backend-bytes counts: key and value bytes and, per key,
+ * KV_KEY_OVERHEAD, at least what a key's entry takes in the table
+ * (kv_heap_estimate) and its bucket slot at the fullest load: empty
+ * values cost the quota what they cost in memory. */
+TEST(quota_bytes_count_keys)
+{
+    CHECK(KV_KEY_OVERHEAD >=
+          kv_heap_estimate(1000, 0) / 1000 + 2 * sizeof(void *));
+    struct kv *kv = kv_new();
+    char k[16];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(k, sizeof k, "%03d", i);
+        CHECK_EQ_INT(kv_set(kv, k, 3, "", 0), 0);
+    }
+    CHECK_EQ_INT(kv_bytes(kv), 3000);
+    CHECK_EQ_INT(kv_quota_bytes(kv), 1000 * (3 + KV_KEY_OVERHEAD));
+    CHECK_EQ_INT(kv_set(kv, "000", 3, "abcd", 4), 1); /* replaced */
+    CHECK_EQ_INT(kv_quota_bytes(kv), 1000 * (3 + KV_KEY_OVERHEAD) + 4);
+    kv_free(kv);
+}
+
 TEST(basic_ops)
 {
     struct kv *kv = kv_new();
@@ -45,9 +66,11 @@ TEST(basic_ops)
     CHECK(get_str(kv, "a") == NULL);
     CHECK_EQ_INT(kv_count(kv), 1);
     CHECK_EQ_INT(kv_bytes(kv), 5);
+    CHECK_EQ_INT(kv_quota_bytes(kv), 5 + KV_KEY_OVERHEAD);
     CHECK_EQ_INT(kv_del(kv, "bb", 2), 1);
     CHECK_EQ_INT(kv_count(kv), 0);
     CHECK_EQ_INT(kv_bytes(kv), 0);
+    CHECK_EQ_INT(kv_quota_bytes(kv), 0);
     /* Empty again, but at revision 4: the digest says so. */
     CHECK_EQ_INT(kv_revision(kv), 4);
     CHECK(kv_digest(kv) != 0);
@@ -1750,6 +1773,7 @@ TEST(revision_max_refuses_writes)
 
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
+    TEST_ENTRY(quota_bytes_count_keys),
     TEST_ENTRY(binary_keys_values),
     TEST_ENTRY(overwrite),
     TEST_ENTRY(value_aliases_table),

@@ -1876,6 +1876,144 @@ TEST(unrecorded_promise_is_not_made)
     pz_log_setup(PZ_LOG_INFO, "");
 }
 
+static unsigned quota_acked, quota_failed;
+
+static void on_quota_write(struct node_req *req, int status)
+{
+    if (status == 0 && req->res.status == KV_OK)
+        quota_acked++;
+    else
+        quota_failed++;
+    pz_free(req);
+}
+
+/* Propose n sets of size-byte values under prefix on node s, all in one
+ * turn (nothing applies in between): how many were taken. */
+static unsigned quota_burst(struct ns_node *s, const char *prefix, int n,
+                            size_t size)
+{
+    use(s);
+    char *v = pz_malloc(size);
+    memset(v, 'v', size);
+    unsigned taken = 0;
+    for (int i = 0; i < n; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "%s%02d", prefix, i);
+        struct pz_buf cmd;
+        pz_buf_init(&cmd);
+        kv_encode_set(&cmd, k, strlen(k), v, size);
+        struct node_req *req = pz_calloc(1, sizeof *req);
+        int rv = node_propose(req, (const uint8_t *)cmd.data, cmd.len,
+                              on_quota_write);
+        pz_buf_free(&cmd);
+        if (rv < 0)
+            pz_free(req);
+        else
+            taken++;
+    }
+    pz_free(v);
+    return taken;
+}
+
+/* quota-backend-bytes counts the writes a leader accepted and has not
+ * applied yet: sets proposed in one turn pass the quota by no more than
+ * one (all 20 were taken when only applied data counted); the count goes
+ * back down as they apply, and to nothing when the leader loses its
+ * leadership with writes in flight, so that writes are taken again. */
+TEST(quota_counts_writes_in_flight)
+{
+    pz_log_setup(PZ_LOG_ERROR, "");
+    quota_acked = quota_failed = 0;
+    char root[256];
+    world_begin(13, root, sizeof root);
+    W.cut = -1;
+    W.count = 3;
+    for (int i = 0; i < W.count; i++) {
+        node_setup(i, W.count, true, root);
+        cfg_put(&W.nodes[i].cfg, "quota-backend-bytes", "16kb");
+    }
+    for (int i = 0; i < W.count; i++)
+        node_start(&W.nodes[i]);
+    for (W.now = 1; W.now < 2000 && leader() == NULL; W.now++)
+        step();
+    struct ns_node *l = leader();
+    CHECK(l != NULL);
+    /* 1000 + 3 + KV_KEY_OVERHEAD each: 14 fit in 16384. */
+    const uint64_t one = 1000 + 3 + KV_KEY_OVERHEAD;
+    CHECK_EQ_INT((int)quota_burst(l, "a", 20, 1000), 14);
+    use(l);
+    CHECK(nd->quota_pending_bytes == 14 * one);
+    CHECK(nd->alarm_quota);
+    for (uint64_t end = W.now + 3000;
+         W.now < end && quota_acked + quota_failed < 14 && !W.failed[0];
+         W.now++)
+        step();
+    CHECK_EQ_STR(W.failed, "");
+    CHECK_EQ_INT((int)quota_acked, 14);
+    use(l);
+    CHECK(nd->quota_pending_bytes == 0);
+    CHECK(kv_quota_bytes(nd->kv) == 14 * one);
+    /* Make room: the alarm comes down (cron) and writes are taken. */
+    use(l);
+    for (int i = 0; i < 14; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "a%02d", i);
+        struct pz_buf cmd;
+        pz_buf_init(&cmd);
+        kv_encode_del(&cmd, k, strlen(k));
+        struct node_req *req = pz_calloc(1, sizeof *req);
+        CHECK_EQ_INT(node_propose(req, (const uint8_t *)cmd.data, cmd.len,
+                                  on_quota_write),
+                     0);
+        pz_buf_free(&cmd);
+    }
+    for (uint64_t end = W.now + 3000; W.now < end && !W.failed[0]; W.now++) {
+        step();
+        use(l);
+        if (!nd->alarm_quota)
+            break;
+    }
+    use(l);
+    CHECK(!nd->alarm_quota);
+    CHECK(node_is_leader());
+    /* Writes in flight, then the leader is cut off: it steps down and
+     * counts nothing any more; the others elect a leader that takes the
+     * quota's worth again. */
+    CHECK_EQ_INT((int)quota_burst(l, "b", 5, 1000), 5);
+    use(l);
+    CHECK(nd->quota_pending_bytes == 5 * one);
+    W.cut = l->i;
+    W.cut_end = W.now + 100000;
+    for (uint64_t end = W.now + 5000; W.now < end && !W.failed[0]; W.now++) {
+        step();
+        use(l);
+        if (!node_is_leader())
+            break;
+    }
+    use(l);
+    CHECK(!node_is_leader());
+    CHECK(nd->quota_pending_bytes == 0);
+    struct ns_node *l2 = NULL;
+    for (uint64_t end = W.now + 5000; W.now < end && !W.failed[0]; W.now++) {
+        step();
+        if ((l2 = leader()) != NULL && l2 != l)
+            break;
+    }
+    CHECK(l2 != NULL && l2 != l);
+    CHECK_EQ_INT((int)quota_burst(l2, "c", 20, 1000), 14);
+    W.cut = -1;
+    for (uint64_t end = W.now + 3000; W.now < end && !W.failed[0]; W.now++)
+        step();
+    CHECK_EQ_STR(W.failed, "");
+    for (int i = 0; i < W.count; i++) {
+        use(&W.nodes[i]);
+        CHECK(nd->quota_pending_bytes == 0);
+        CHECK(kv_quota_bytes(nd->kv) == 14 * one);
+    }
+    world_end(root);
+    pz_log_setup(PZ_LOG_INFO, "");
+}
+
 /* A compaction step holds the node's writes while it runs: the prefix a
  * default snapshot leaves (65536 - 10240 rows) goes in several short
  * steps, a large backlog in steps of at most 20000. */
@@ -1894,6 +2032,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(compact_rows),
     TEST_ENTRY(unrecorded_promise_is_not_made),
     TEST_ENTRY(compaction_step_clears_nospace_alarm),
+    TEST_ENTRY(quota_counts_writes_in_flight),
     TEST_END};
 
 const struct test_suite suite_node_sim = {"node_sim", cases};
