@@ -154,8 +154,8 @@ static const struct cfg_directive directives[] = {
            "least 4gb"),
     D_SIZE("RAFT", "quota-backend-bytes", quota_backend_bytes, "0", 0,
            1024 * GB, IMM,
-           "most bytes of keys and values stored; past it only deletes "
-           "are accepted (NOSPACE alarm); 0 = no quota"),
+           "most bytes of data stored (keys, values and 96 per key); past "
+           "it only deletes are accepted (NOSPACE alarm); 0 = no quota"),
     D_INT("RAFT", "txn-max-range-keys", txn_max_range_keys, "100000", 1,
           1000000, IMM,
           "most keys the range reads of one transaction may visit"),
