@@ -115,10 +115,11 @@ static void set_alarm_reason(void)
         return; /* keeps the store's message */
     if (nd->alarm_quota) {
         snprintf(nd->alarm_reason, sizeof nd->alarm_reason,
-                 "the data (%zu bytes: keys, values and %d per key) "
-                 "reached quota-backend-bytes (%lld): only deletes are "
-                 "accepted",
+                 "the data (%zu bytes: keys, values and %d per key; %llu "
+                 "more in writes not applied yet) reached "
+                 "quota-backend-bytes (%lld): only deletes are accepted",
                  kv_quota_bytes(nd->kv), KV_KEY_OVERHEAD,
+                 (unsigned long long)nd->quota_pending_bytes,
                  (long long)nd->cfg->quota_backend_bytes);
     } else {
         nd->alarm_reason[0] = '\0';
