@@ -1487,6 +1487,32 @@ MUTATIONS = [
       ["py:test_backup.py::test_save_gives_up_on_a_drip_and_on_a_huge_body"],
       "a node sending a byte now and then keeps snapshot save running "
       "forever"),
+    M("grpc_txn_items_not_charged", "src/etcd_kv.c",
+      "    if (!grpc_stream_reserve(e->st, est)) {",
+      "    if (!grpc_stream_reserve(e->st, 0)) {",
+      ["py:test_hostile_clients.py::"
+       "test_grpc_txn_reads_are_charged_as_they_apply"],
+      "a batch of small Txns copies every call's reads at apply time, "
+      "outside max-pending-output"),
+    M("http_txn_items_not_charged", "src/http.c",
+      "        !out_room(h, h->out.len, kv_json_max(v))) {",
+      "        !out_room(h, 0, kv_json_max(v))) {",
+      ["py:test_hostile_clients.py::"
+       "test_http_txn_results_are_charged_as_they_apply"],
+      "/txn answers built at apply time are not counted while built: a "
+      "batch holds them all past max-pending-output"),
+    M("results_room_never_refused", "src/conn.c",
+      "    return !conn_is_closing(c) && output_room(c, n);",
+      "    return !conn_is_closing(c) || output_room(c, n);",
+      ["py:test_hostile_clients.py::"
+       "test_http_range_over_the_output_budget_is_not_built"],
+      "ranges past max-pending-output are built whole, then refused and "
+      "their connections closed"),
+    M("json_str_one_escape_unescaped", "src/http_parse.c",
+      "    if (extra == 0) {\n        if (n)",
+      "    if (extra <= 1) {\n        if (n)",
+      ["unit:http/json_strings"],
+      "a value with one quote goes out unescaped: broken JSON"),
 ]
 
 

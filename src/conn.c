@@ -171,6 +171,11 @@ size_t conn_output_total(void)
     return out_total;
 }
 
+size_t conn_output_max(void)
+{
+    return limits.max_pending_output;
+}
+
 void conn_hold_output(struct conn *c, size_t bytes)
 {
     c->out_held = bytes;
@@ -232,7 +237,10 @@ static void shed_stalled(struct conn *self, size_t want)
     }
 }
 
-bool conn_output_fits(struct conn *c, size_t n)
+/* conn_output_fits' rule without its last step: room for n more bytes of
+ * output for c's peer, after closing the stalled connections if that
+ * makes it; c itself is left open either way. */
+static bool output_room(struct conn *c, size_t n)
 {
     size_t max = limits.max_pending_output;
     if (max == 0 || c->ls == NULL || !c->ls->clients || conn_is_closing(c) ||
@@ -240,7 +248,18 @@ bool conn_output_fits(struct conn *c, size_t n)
         conn_output_pending(c) + c->out_held + n <= limits.high_water)
         return true;
     shed_stalled(c, max > n ? max - n : 0);
-    if (out_total + n <= max)
+    return out_total + n <= max;
+}
+
+bool conn_output_room(struct conn *c, size_t n)
+{
+    return !conn_is_closing(c) && output_room(c, n);
+}
+
+bool conn_output_fits(struct conn *c, size_t n)
+{
+    size_t max = limits.max_pending_output;
+    if (output_room(c, n))
         return true;
     pz_warn("closing %s: %zu more bytes of output would take what waits for "
             "clients (%zu bytes) past max-pending-output (%zu)",

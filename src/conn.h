@@ -276,8 +276,15 @@ void conn_hold_output(struct conn *c, size_t bytes);
  * high_water whose output has not moved for CONN_EVICT_IDLE_MS or drains
  * too slowly to be out within the listener's send_timeout). */
 bool conn_output_fits(struct conn *c, size_t n);
+/* The same rule for an answer being built, checked before each piece of
+ * it is made (what is built so far already counted, conn_hold_output or
+ * grpc_stream_reserve): false when the n more bytes have no room (or c is
+ * closing), c left open so that the call can fail with an error. */
+bool conn_output_room(struct conn *c, size_t n);
 /* Output waiting for clients, all connections together. */
 size_t conn_output_total(void);
+/* max_pending_output, for messages (0: no bound). */
+size_t conn_output_max(void);
 /* Output waiting in libuv or in c->out. */
 size_t conn_output_pending(const struct conn *c);
 /* Close now, dropping output not yet written. Idempotent. */

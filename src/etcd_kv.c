@@ -14,16 +14,21 @@
  * their results come back through a kv_sink while the command applies on
  * the leader: previous values (prev_kv), counts, a Txn's reads. Items are
  * copied out of the table only for operations that asked for them (at
- * most grpc-max-message bytes in all). Put with ignore_value or
- * ignore_lease needs the key's current value or lease, which the command
- * format cannot name: the leader reads the key, proposes a put guarded by
- * "mod_revision unchanged" carrying the old value or lease, and tries
- * again (at most IGNORE_TRIES times) when another write came between. */
+ * most grpc-max-message bytes in all), each counted with the
+ * connection's answers against max-pending-output before it is copied
+ * (grpc_stream_reserve): the results of every call a batch of writes
+ * applies exist at once, before any is sent, so an item with no room
+ * stops the copying and the call fails with RESOURCE_EXHAUSTED. Put with
+ * ignore_value or ignore_lease needs the key's current value or lease, which
+ * the command format cannot name: the leader reads the key, proposes a put
+ * guarded by "mod_revision unchanged" carrying the old value or lease, and
+ * tries again (at most IGNORE_TRIES times) when another write came between. */
 #include "etcd.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "conn.h"
 #include "etcd_map.h"
 #include "grpc_frame.h"
 #include "grpc_pb.h"
@@ -53,6 +58,14 @@ void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev,
 void etcd_reply(struct gstream *st, const ProtobufCMessage *m)
 {
     size_t n = protobuf_c_message_get_packed_size(m);
+    if (!grpc_stream_fits(st, n)) {
+        /* Over max-pending-output: the connection is closing, the answer
+         * would be dropped; it is not packed. */
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the response would take the answers "
+                         "waiting for clients past max-pending-output");
+        return;
+    }
     uint8_t *b = pz_malloc(n + 1);
     protobuf_c_message_pack(m, b);
     grpc_stream_reply(st, b, n);
@@ -140,6 +153,9 @@ struct ekv {
     size_t bytes;     /* bytes copied into items */
     size_t max_bytes; /* grpc-max-message */
     bool over;        /* items passed max_bytes: some were dropped */
+    bool no_room;     /* an item had no room in max-pending-output */
+    struct gstream *st; /* the call's stream */
+    size_t reserved;    /* bytes counted for items (grpc_stream_reserve) */
     int cur_type;     /* KV_TOP_* of the operation being applied */
     bool wrote;       /* an operation so far changed the table */
     struct kv_sink sink;
@@ -170,10 +186,13 @@ static void sink_begin(void *arg, size_t i, const struct kv_op *op)
     e->cur_type = op->type;
 }
 
+static void kv_of_view(Mvccpb__KeyValue *kv, const struct kv_view *v,
+                       bool keys_only);
+
 static void sink_item(void *arg, const struct kv_view *v)
 {
     struct ekv *e = arg;
-    if (e->cur >= e->nops || !e->ops[e->cur].want)
+    if (e->cur >= e->nops || !e->ops[e->cur].want || e->over || e->no_room)
         return;
     struct eop *o = &e->ops[e->cur];
     size_t vlen = v->value ? v->vlen : 0;
@@ -181,6 +200,15 @@ static void sink_item(void *arg, const struct kv_view *v)
         e->over = true;
         return;
     }
+    /* Its size in the answer: the record, its tag and length prefix. */
+    Mvccpb__KeyValue pb;
+    kv_of_view(&pb, v, false);
+    size_t est = mvccpb__key_value__get_packed_size(&pb) + 6;
+    if (!grpc_stream_reserve(e->st, est)) {
+        e->no_room = true;
+        return;
+    }
+    e->reserved += est;
     if (o->n == o->cap) {
         o->cap = o->cap ? 2 * o->cap : 4;
         o->items = pz_realloc(o->items, o->cap * sizeof *o->items);
@@ -223,6 +251,7 @@ static struct ekv *ekv_new(struct gstream *st, int call, ProtobufCMessage *req,
     e->nops = nops;
     e->ops = pz_cache_calloc(nops ? nops : 1, sizeof *e->ops);
     e->max_bytes = grpc_stream_server(st)->max_message;
+    e->st = st;
     e->sink = (struct kv_sink){.op_begin = sink_begin,
                                .item = sink_item,
                                .op_end = sink_end,
@@ -553,6 +582,10 @@ static void write_done(struct node_req *req, int status)
     struct gstream *st = grpc_stream_of(req);
     struct ekv *e = grpc_stream_ext(st);
     grpc_stream_in_node(st, false);
+    /* The items counted while they were copied: the answer made of them
+     * counts itself as it is sent. */
+    grpc_stream_charge(st, 0, e->reserved);
+    e->reserved = 0;
     if (status < 0) {
         etcd_node_error(st, status, true);
         grpc_stream_flush(st);
@@ -572,6 +605,19 @@ static void write_done(struct node_req *req, int status)
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the txn's ranges would read more "
                          "than txn-max-range-keys keys: nothing was done");
+    } else if (e->no_room && e->readonly) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the txn response would take the "
+                         "answers waiting for clients past "
+                         "max-pending-output (%zu bytes): retry later",
+                         conn_output_max());
+    } else if (e->no_room) {
+        grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                         "etcdserver: the write was applied at revision "
+                         "%llu, but its response would take the answers "
+                         "waiting for clients past max-pending-output (%zu "
+                         "bytes)",
+                         (unsigned long long)rev, conn_output_max());
     } else if (e->over && e->readonly) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the txn response is larger than "

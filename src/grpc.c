@@ -2412,6 +2412,22 @@ bool grpc_stream_charge(struct gstream *st, size_t add, size_t sub)
     return true;
 }
 
+bool grpc_stream_fits(struct gstream *st, size_t len)
+{
+    return st->ended || conn_output_fits(st->s->c, len + GRPC_FRAME_HEADER);
+}
+
+bool grpc_stream_reserve(struct gstream *st, size_t add)
+{
+    struct gsession *s = st->s;
+    if (!conn_output_room(s->c, add))
+        return false;
+    st->queued += add;
+    s->out_queued += add;
+    out_count(s);
+    return true;
+}
+
 bool grpc_stream_hold_read(struct gstream *st,
                            void (*resume)(struct gstream *st))
 {

@@ -148,6 +148,12 @@ bool grpc_stream_deadline_passed(struct gstream *st);
  * closed (conn_output_fits), the answer is to be dropped. What a stream
  * still counts when it is freed is released with it. */
 bool grpc_stream_charge(struct gstream *st, size_t add, size_t sub);
+/* A call building a large answer (a Txn's reads, as it applies) counts
+ * each piece before making it: add bytes as grpc_stream_charge, but false
+ * when they have no room (conn_output_room) leaves the connection open,
+ * for the call to fail instead. Given back with grpc_stream_charge(st, 0,
+ * bytes) before the answer is sent, or with the stream. */
+bool grpc_stream_reserve(struct gstream *st, size_t add);
 /* A read finished (its read point passed): when answers already wait for
  * the client beyond what a connection may hold, or other calls wait for
  * room before it, hold the stream (true) and call resume(st) once there
@@ -155,6 +161,11 @@ bool grpc_stream_charge(struct gstream *st, size_t add, size_t sub);
  * then: still linearizable); false: answer now. */
 bool grpc_stream_hold_read(struct gstream *st,
                            void (*resume)(struct gstream *st));
+/* Room for a response message of len bytes (conn_output_fits, with its
+ * framing): checked before the message is made, so that an answer the
+ * connection is closed for is never built. False: the connection is
+ * closing; end the call without it. */
+bool grpc_stream_fits(struct gstream *st, size_t len);
 /* One response message and OK. */
 void grpc_stream_reply(struct gstream *st, const void *msg, size_t len);
 /* One message of a server stream (the call goes on). */

@@ -106,36 +106,12 @@ static void reply_rev(struct http_conn *h, int status, const char *ctype,
  * Keys and values are bytes. Valid UTF-8 goes out as a JSON string
  * ("key", "value"), anything else as base64 ("key_b64", "value_b64"). */
 
-static void put_json_str(struct pz_buf *b, const void *p, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    const uint8_t *s = p;
-    pz_buf_append(b, "\"", 1);
-    size_t run = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c = s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        pz_buf_append(b, s + run, i - run);
-        run = i + 1;
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            pz_buf_append(b, e, 2);
-        } else {
-            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            pz_buf_append(b, e, 6);
-        }
-    }
-    pz_buf_append(b, s + run, n - run);
-    pz_buf_append(b, "\"", 1);
-}
-
 static void put_bytes_field(struct pz_buf *b, const char *name, const void *p,
                             size_t n)
 {
     if (http_utf8_valid(p, n)) {
         pz_buf_appendf(b, "\"%s\":", name);
-        put_json_str(b, p, n);
+        http_json_str(b, p, n);
     } else {
         pz_buf_appendf(b, "\"%s_b64\":\"", name);
         http_b64_encode(b, p, n);
@@ -163,6 +139,25 @@ static void put_kv(struct pz_buf *b, const struct kv_view *v)
 void http_put_kv(struct pz_buf *b, const struct kv_view *v)
 {
     put_kv(b, v);
+}
+
+/* At least what put_kv writes for v, without looking at its bytes: a JSON
+ * string takes at most 6 bytes a byte, base64 4 for 3; names, punctuation
+ * and four 20-digit numbers take less than the rest. */
+static size_t kv_json_max(const struct kv_view *v)
+{
+    return 6 * (v->klen + (v->value ? v->vlen : 0)) + 256;
+}
+
+/* Room in max-pending-output for est more bytes of h's answer, with the
+ * built bytes of it so far counted as output its connection holds
+ * (conn_hold_output): checked before each item of a range or a
+ * transaction is rendered, since the answers of every request a batch of
+ * writes applies exist at once before any is sent. */
+static bool out_room(struct http_conn *h, size_t built, size_t est)
+{
+    conn_hold_output(h->hc.c, built);
+    return conn_output_room(h->hc.c, est);
 }
 
 static void reply_node_error(struct http_conn *h, int status)
@@ -223,11 +218,21 @@ static void on_read_ready(struct node_req *req, int status)
 /* --- GET /range ------------------------------------------------------------
  */
 
+/* An answer with no room in max-pending-output: nothing of it was made. */
+static void reply_busy(struct http_conn *h)
+{
+    reply_text(h, 503,
+               "Server busy: too many answers waiting for clients; retry "
+               "later",
+               NULL);
+}
+
 struct range_walk {
     struct http_conn *h;
     struct pz_buf *b;    /* the answer */
     uint64_t n;          /* keys counted or returned */
     bool more;           /* stopped before the end of the range */
+    bool busy;           /* not even its first key had room */
     struct kv_view next; /* where: the first key not returned */
 };
 
@@ -241,6 +246,17 @@ static int range_visit(void *arg, const struct kv_view *v)
     }
     if (w->n >= op->limit || w->b->len > OUT_MAX) {
         w->more = true;
+        w->next = *v;
+        return 1;
+    }
+    /* With the key after it ("next") should the answer stop there. */
+    size_t est = kv_json_max(v) + 6 * v->klen + 64;
+    if (!out_room(w->h, w->b->len, est)) {
+        /* Over max-pending-output: with keys already in it, the answer
+         * stops here as at OUT_MAX (more, next: ask again from there);
+         * without one, it is not made at all. */
+        w->more = true;
+        w->busy = w->n == 0;
         w->next = *v;
         return 1;
     }
@@ -270,6 +286,12 @@ static void on_range_ready(struct node_req *req, int status)
         pz_buf_append(&b, ",\"kvs\":[", 8);
     kv_range(node_kv(), h->op.key, h->op.klen, h->op.end, h->op.elen,
              h->op.to_end, range_visit, &w);
+    conn_hold_output(h->hc.c, 0); /* the reply counts itself */
+    if (w.busy) {
+        pz_buf_free(&b);
+        reply_busy(h);
+        return;
+    }
     if (!h->op.count_only)
         pz_buf_append(&b, "]", 1);
     pz_buf_appendf(&b, ",\"count\":%llu,\"more\":%s", (unsigned long long)w.n,
@@ -306,7 +328,10 @@ static void sink_op_begin(void *arg, size_t i, const struct kv_op *op)
 static void sink_item(void *arg, const struct kv_view *v)
 {
     struct http_conn *h = arg;
-    if (h->out.len > OUT_MAX) {
+    if (h->op.txn_kind == HTTP_TXN_DELPREFIX)
+        return; /* its answer is the count */
+    if (h->truncated || h->out.len > OUT_MAX ||
+        !out_room(h, h->out.len, kv_json_max(v))) {
         h->truncated = true;
         return;
     }
@@ -338,6 +363,7 @@ static void reply_revision_max(struct http_conn *h)
 static void on_txn_done(struct node_req *req, int status)
 {
     struct http_conn *h = container_of(req, struct http_conn, req);
+    conn_hold_output(h->hc.c, 0); /* the reply counts itself */
     if (status < 0) {
         reply_node_error(h, status);
         return;
@@ -365,6 +391,10 @@ static void on_txn_done(struct node_req *req, int status)
     case HTTP_TXN_DEL:
         if (res->succeeded) {
             reply_rev(h, 204, NULL, NULL, 0, res->revision);
+            break;
+        }
+        if (h->truncated) { /* the current value had no room */
+            reply_busy(h);
             break;
         }
         pz_buf_appendf(&b,

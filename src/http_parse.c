@@ -545,18 +545,71 @@ static const char b64chars[] =
 
 void http_b64_encode(struct pz_buf *out, const void *p, size_t n)
 {
+    /* Reserved once and written in place: values run to megabytes. */
     const uint8_t *b = p;
+    pz_buf_reserve(out, (n + 2) / 3 * 4);
+    char *o = out->data + out->len;
     for (size_t i = 0; i < n; i += 3) {
         uint32_t v = (uint32_t)b[i] << 16;
         if (i + 1 < n)
             v |= (uint32_t)b[i + 1] << 8;
         if (i + 2 < n)
             v |= b[i + 2];
-        char q[4] = {b64chars[v >> 18], b64chars[(v >> 12) & 63],
-                     i + 1 < n ? b64chars[(v >> 6) & 63] : '=',
-                     i + 2 < n ? b64chars[v & 63] : '='};
-        pz_buf_append(out, q, 4);
+        *o++ = b64chars[v >> 18];
+        *o++ = b64chars[(v >> 12) & 63];
+        *o++ = i + 1 < n ? b64chars[(v >> 6) & 63] : '=';
+        *o++ = i + 2 < n ? b64chars[v & 63] : '=';
     }
+    out->len = (size_t)(o - out->data);
+    out->data[out->len] = '\0';
+}
+
+/* Bytes a JSON string takes for c beyond c itself: 1 for a quote or a
+ * backslash (\" \\), 5 for a control character (\u00XX), else 0. */
+static size_t json_escape_extra(uint8_t c)
+{
+    if (c == '"' || c == '\\')
+        return 1;
+    return c < 0x20 ? 5 : 0;
+}
+
+void http_json_str(struct pz_buf *out, const void *p, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *s = p;
+    /* Measured first, then reserved once and written in place: one append
+     * per escaped byte made a value of control characters cost a call
+     * (and a bounds check) per byte. */
+    size_t extra = 0;
+    for (size_t i = 0; i < n; i++)
+        extra += json_escape_extra(s[i]);
+    pz_buf_reserve(out, n + extra + 2);
+    char *o = out->data + out->len;
+    *o++ = '"';
+    if (extra == 0) {
+        if (n)
+            memcpy(o, s, n);
+        o += n;
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            uint8_t c = s[i];
+            size_t x = json_escape_extra(c);
+            if (x == 0) {
+                *o++ = (char)c;
+            } else if (x == 1) {
+                *o++ = '\\';
+                *o++ = (char)c;
+            } else {
+                memcpy(o, "\\u00", 4);
+                o[4] = hex[c >> 4];
+                o[5] = hex[c & 15];
+                o += 6;
+            }
+        }
+    }
+    *o++ = '"';
+    out->len = (size_t)(o - out->data);
+    out->data[out->len] = '\0';
 }
 
 static int b64_val(char c)

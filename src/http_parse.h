@@ -211,6 +211,10 @@ struct http_op {
  * values that are not UTF-8 travel as "key_b64" / "value_b64". */
 int http_b64_decode(struct pz_buf *out, const char *s, size_t n);
 void http_b64_encode(struct pz_buf *out, const void *p, size_t n);
+/* p[0..n) as a JSON string, quotes included, appended to out: '"', '\\'
+ * and control characters escaped, the other bytes as they are (valid
+ * UTF-8 is the caller's check). At most 6 * n + 2 bytes. */
+void http_json_str(struct pz_buf *out, const void *p, size_t n);
 /* Is p[0..n) valid UTF-8 (what a JSON string can carry as it is)? */
 bool http_utf8_valid(const void *p, size_t n);
 

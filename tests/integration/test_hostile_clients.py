@@ -1907,3 +1907,176 @@ def test_clients_gone_before_accept_are_not_refusals(servers):
     assert node.request("GET", "/health")[0] == 200
     log = node.read_log()
     assert "protected mode serves loopback clients only" not in log, log
+
+
+# --- results charged to max-pending-output as they are built --------------
+
+# 100 clients, 8 MiB of answers waiting at most, 256 KiB a connection may
+# hold past it.
+RESULTS_CONF = dict(CONF, **{"max-clients": "100",
+                             "max-pending-output": "8mb",
+                             "conn-hard-limit": "8mb",
+                             "conn-high-water": "256kb"})
+
+
+def hwm_mb(node):
+    with open(f"/proc/{node.proc.pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def put_control_values(node, n, size):
+    """n keys big/<i> of size bytes of 0x01 (6 bytes each in JSON), then
+    k1 = "before"."""
+    value = "\x01" * size
+    for i in range(n):
+        assert set_key(node, f"big/{i}", value)[0] == 204
+    assert set_key(node, "k1", "before")[0] == 204
+
+
+def health_while(node, seconds):
+    """The slowest of the /health probes made over the next seconds."""
+    worst, end = 0.0, time.time() + seconds
+    while time.time() < end:
+        line, took = http_probe(node)
+        assert line == b"HTTP/1.1 200 OK", line
+        worst = max(worst, took)
+        time.sleep(0.1)
+    return worst
+
+
+def pb_field(num, data):
+    """A length-delimited protobuf field."""
+    def varint(n):
+        out = b""
+        while True:
+            if n < 0x80:
+                return out + bytes([n])
+            out += bytes([n & 0x7F | 0x80])
+            n >>= 7
+    return varint(num << 3 | 2) + varint(len(data)) + data
+
+
+def test_grpc_txn_reads_are_charged_as_they_apply(servers, pb):
+    """300 small etcd Txn calls on one connection, each reading a 800 KB
+    range and writing a key, applied in a few batches: every call's
+    results used to be copied at apply time, before any was sent and
+    outside every budget (240 MB held at once, each call under
+    grpc-max-message). Now each item is counted against
+    max-pending-output before it is copied: the calls past it fail with
+    RESOURCE_EXHAUSTED (their writes applied), and the node holds about
+    the budget."""
+    node = servers(conf=RESULTS_CONF, env=ENV)
+    put_control_values(node, 8, 100 * 1024)
+    ch = grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}")
+    ident = lambda b: b  # noqa: E731
+    txn = ch.unary_unary("/etcdserverpb.KV/Txn", request_serializer=ident,
+                         response_deserializer=ident)
+    rng = pb_field(1, pb_field(1, b"big/") + pb_field(2, b"big0"))
+
+    def req(i):
+        put = pb_field(2, pb_field(1, b"x/%d" % i) + pb_field(2, b"v"))
+        return pb_field(2, rng) + pb_field(2, put)
+    try:
+        assert len(txn(req(0), timeout=10)) > 800 * 1024
+        hwm0 = hwm_mb(node)
+        futs = [txn.future(req(i), timeout=30) for i in range(300)]
+        ok, errors = 0, {}
+        for f in futs:
+            try:
+                f.result()
+                ok += 1
+            except grpc.RpcError as e:
+                key = (e.code(), e.details())
+                errors[key] = errors.get(key, 0) + 1
+        grown = hwm_mb(node) - hwm0
+        print(f"300 Txns of 800 KB reads: peak +{grown:.0f} MB, {ok} ok, "
+              f"errors {errors}")
+        assert grown < 60, grown
+        assert ok >= 1
+        codes = {c for c, _ in errors}
+        assert codes <= {grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         grpc.StatusCode.UNAVAILABLE}, errors
+        assert any("its response would take the answers waiting for "
+                   "clients past max-pending-output" in d
+                   for _, d in errors), errors
+    finally:
+        ch.close()
+    # The refused calls' writes were applied all the same.
+    st, body = get_key(node, "x/299")
+    assert st == 200, body
+    serves_and_kept(node, pb, "k1", "k2")
+
+
+def test_http_txn_results_are_charged_as_they_apply(servers, pb):
+    """60 clients each send one small /txn reading 800 KB of control
+    characters (4.8 MB of JSON) and read nothing: every answer used to be
+    built whole at apply time (290 MB held at once, /health waiting
+    meanwhile). Now the results stop at max-pending-output (truncated:
+    true, as at the 16 MiB cap) and the node holds about the budget plus
+    conn-high-water a connection."""
+    node = servers(conf=RESULTS_CONF, env=ENV)
+    put_control_values(node, 8, 100 * 1024)
+    hwm0 = hwm_mb(node)
+    reqs = []
+    for i in range(60):
+        body = json.dumps({"success": [{"range": {"prefix": "big/"}},
+                                       {"put": {"key": f"x/{i}",
+                                                "value": "v"}}]}).encode()
+        reqs.append(b"POST /txn HTTP/1.1\r\nHost: x\r\nContent-Length: %d"
+                    b"\r\n\r\n" % len(body) + body)
+    socks = []
+    try:
+        for r in reqs:
+            socks.extend(unread_answers(node.http_port, 1, r))
+        worst = health_while(node, 1.5)
+        grown = hwm_mb(node) - hwm0
+        print(f"60 unread /txn answers of 4.8 MB: peak +{grown:.0f} MB, "
+              f"/health within {worst:.2f} s")
+        assert grown < 60, grown
+        assert worst < 1.0, worst
+    finally:
+        for s in socks:
+            s.close()
+    # Every write applied.
+    assert wait_until(lambda: get_key(node, "x/59")[0] == 200, 5)
+    st, _, body = node.request("POST", "/txn", reqs[0].split(b"\r\n\r\n")[1])
+    assert st == 200 and len(body) > 8 * 600 * 1024, (st, len(body))
+    serves_and_kept(node, pb, "k1", "k2")
+
+
+def test_http_range_over_the_output_budget_is_not_built(servers, pb):
+    """60 clients each ask for a stale 4.8 MB range (JSON of control
+    characters) and read nothing: the answers past max-pending-output
+    used to be built whole, then refused, their connections closed with
+    nothing (about 280 MB rendered and thrown away). Now the budget is
+    checked before each key is rendered: every client gets an answer, the
+    range cut short (more, next) or 503 when not one key has room."""
+    node = servers(conf=RESULTS_CONF, env=ENV)
+    put_control_values(node, 8, 100 * 1024)
+    req = (b"GET /range?prefix=big/&consistency=stale HTTP/1.1\r\nHost: x"
+           b"\r\nConnection: close\r\n\r\n")
+    socks = unread_answers(node.http_port, 60, req)
+    try:
+        worst = health_while(node, 1.0)
+        lines = []
+        for s in socks:
+            out = read_http(s, timeout=5)
+            lines.append(out.split(b"\r\n", 1)[0])
+        print(f"60 unread ranges of 4.8 MB: /health within {worst:.2f} s; "
+              f"answers {sorted(set(lines))}")
+        assert all(line in (b"HTTP/1.1 200 OK",
+                            b"HTTP/1.1 503 Service Unavailable")
+                   for line in lines), lines
+        assert b"HTTP/1.1 503 Service Unavailable" in lines
+        assert "past max-pending-output" not in node.read_log()
+    finally:
+        for s in socks:
+            s.close()
+    # A client that reads gets the whole range.
+    st, _, body = node.request("GET", "/range?prefix=big/")
+    doc = json.loads(body)
+    assert st == 200 and doc["count"] == 8 and not doc["more"], st
+    serves_and_kept(node, pb, "k1", "k2")

@@ -395,6 +395,44 @@ TEST(txn_requests)
     CHECK_EQ_INT(status_of("GET /txn HTTP/1.1\r\n\r\n"), 405);
 }
 
+TEST(json_strings)
+{
+    static const struct {
+        const char *in;
+        size_t n;
+        const char *out;
+    } cases[] = {
+        {"", 0, "\"\""},
+        {"abc", 3, "\"abc\""},
+        {"a\"b", 3, "\"a\\\"b\""},
+        {"a\"b\\c", 5, "\"a\\\"b\\\\c\""},
+        {"\x01\x1f\n", 3, "\"\\u0001\\u001f\\u000a\""},
+        {"x\0y", 3, "\"x\\u0000y\""},
+        {"\xc3\xa9\x7f", 3, "\"\xc3\xa9\x7f\""},
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(cases); i++) {
+        struct pz_buf b;
+        pz_buf_init(&b);
+        pz_buf_append(&b, "[", 1); /* appends after what is there */
+        http_json_str(&b, cases[i].in, cases[i].n);
+        CHECK_EQ_INT((int)b.len, (int)strlen(cases[i].out) + 1);
+        CHECK(memcmp(b.data + 1, cases[i].out, b.len - 1) == 0);
+        CHECK(b.data[b.len] == '\0');
+        pz_buf_free(&b);
+    }
+    /* A long value of control characters: 6 bytes each, all of them. */
+    size_t n = 100000;
+    char *v = malloc(n);
+    memset(v, 1, n);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    http_json_str(&b, v, n);
+    CHECK(b.len == 6 * n + 2);
+    CHECK(memcmp(b.data + b.len - 7, "\\u0001\"", 7) == 0);
+    pz_buf_free(&b);
+    free(v);
+}
+
 TEST(base64_and_utf8)
 {
     static const char *const plain[] = {"",     "f",     "fo",    "foo",
@@ -801,6 +839,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(conditional_writes),
     TEST_ENTRY(lease_requests),
     TEST_ENTRY(txn_requests),
+    TEST_ENTRY(json_strings),
     TEST_ENTRY(base64_and_utf8),
     TEST_ENTRY(protocol_errors),
     TEST_ENTRY(chunked_body_over_limit),
