@@ -1453,6 +1453,12 @@ MUTATIONS = [
        "py:test_backup.py::test_restore_refuses_points_no_log_reaches"],
       "a backup at index or term 2^62 is restored, and no node can ever "
       "join the cluster it seeds"),
+    M("new_data_dir_parent_unsynced", "src/store.c",
+      "        ret = fsync_path(p, true);\n        *slash = '/';",
+      "        ret = 0;\n        *slash = '/';",
+      ["py:test_fsync.py::test_a_new_data_dir_is_made_durable_in_its_parent"],
+      "a new data dir's entry is never made durable: a power cut soon "
+      "after the first start can lose the directory, raft.db with it"),
     M("kv_revision_wraps", "src/kv.c",
       "    bool at_max = kv->revision >= KV_REVISION_MAX;",
       "    bool at_max = false;",

@@ -1781,7 +1781,34 @@ static sqlite3_stmt **stmt_slot(struct store *s, size_t i)
     return slots[i];
 }
 
-/* mkdir -p with mode 0700 for what is created. */
+static int fsync_path(const char *path, bool dir);
+
+/* Makes the entry of the directory p (just created) durable: fsyncs the
+ * directory that holds it. Without this a power cut soon after the first
+ * start may lose the new directory, and raft.db with it, on file systems
+ * that do not order a mkdir before later fsyncs of files inside (XFS,
+ * btrfs). */
+static int sync_parent(char *p, char *err, size_t errlen)
+{
+    char *slash = strrchr(p, '/');
+    int ret;
+    if (slash == NULL) {
+        ret = fsync_path(".", true);
+    } else if (slash == p) {
+        ret = fsync_path("/", true);
+    } else {
+        *slash = '\0';
+        ret = fsync_path(p, true);
+        *slash = '/';
+    }
+    if (ret < 0)
+        set_err(err, errlen, "%s: cannot sync the directory that holds it: %s",
+                p, strerror(-ret));
+    return ret;
+}
+
+/* mkdir -p with mode 0700 for what is created; each directory created is
+ * made durable in its parent. */
 static int make_dir(const char *dir, char *err, size_t errlen)
 {
     char *p = pz_strdup(dir);
@@ -1791,7 +1818,10 @@ static int make_dir(const char *dir, char *err, size_t errlen)
             continue;
         char saved = *c;
         *c = '\0';
-        if (mkdir(p, 0700) < 0 && errno != EEXIST) {
+        if (mkdir(p, 0700) == 0) {
+            if ((ret = sync_parent(p, err, errlen)) < 0)
+                break;
+        } else if (errno != EEXIST) {
             ret = -errno;
             set_err(err, errlen, "%s: cannot create directory: %s", p,
                     strerror(errno));

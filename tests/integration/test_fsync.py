@@ -91,3 +91,29 @@ def test_failed_fsync_stops_the_node_and_nothing_acknowledged_is_lost(
         st, _, body = get(victim, f"w{i}", stale=True)
         assert st == 200 and body == str(i).encode(), (i, st, body)
     assert get(victim, "before")[2] == b"1"
+
+
+def test_a_new_data_dir_is_made_durable_in_its_parent(servers):
+    """The first start creates raft-data (and its missing parents) and
+    fsyncs the directory that holds each one it created, before raft.db
+    goes in: without that a power cut soon after could lose the new
+    directory's entry, raft.db with it, on XFS or btrfs. A failed fsync
+    there stops the start. Here the nth fsync fails (EIO, injected), n =
+    1, 2, 3: those of the parents of a, a/b and a/b/data, in that
+    order."""
+    strace = shutil.which("strace")
+    assert strace, "strace not found: scripts/install-deps.sh test installs it"
+    for n, made in ((1, "a"), (2, "a/b"), (3, "a/b/data")):
+        s = servers(f"n{n}", start=False)
+        s.conf["raft-data"] = os.path.join(s.dir, "a", "b", "data")
+        s.write_conf()
+        s.env["ASAN_OPTIONS"] = "detect_leaks=0"  # LSan cannot run traced
+        s.start(argv=[strace, "-f", "-qq", "-o", "/dev/null",
+                      "-e", "trace=fsync",
+                      "-e", f"inject=fsync:error=EIO:when={n}",
+                      SERVER, s.conf_path], wait=False)
+        assert s.wait_exit(30) == 1, s.read_log()
+        log = s.read_log()
+        assert (f"{os.path.join(s.dir, made)}: cannot sync the directory "
+                "that holds it: Input/output error") in log, log
+        assert not os.path.exists(os.path.join(s.dir, "a/b/data/raft.db"))
