@@ -247,14 +247,6 @@ MUTATIONS = [
                 "    if (strcmp(row, \"1\") != 0) {")],
      "tests": ["py:test_powerloss.py::test_power_cut_keeps_acknowledged_writes"],
      "why": "WAL commits not fsynced (NORMAL loses commits on power loss)"},
-    M("snapshot_file_not_fsynced", "src/snapshot.c",
-      "    if (fsync(fd) < 0) {\n        int e = -errno;\n"
-      "        set_err(msg, msglen, \"%s: fsync: %s\", tmp, errstr(e));",
-      "    if (0 && fsync(fd) < 0) {\n        int e = -errno;\n"
-      "        set_err(msg, msglen, \"%s: fsync: %s\", tmp, errstr(e));",
-      ["py:test_powerloss.py::test_power_cuts_during_snapshots"],
-      "the snapshot is renamed into place and the log compacted behind it "
-      "before its content is durable: a power cut loses the file"),
     M("log_write_failure_ignored", "src/node.c",
       "    if (status < 0) {\n        /* A failed write or fsync may have",
       "    if (status < -100000) {\n        /* A failed write or fsync may have",
@@ -1453,6 +1445,20 @@ MUTATIONS = [
        "py:test_backup.py::test_restore_refuses_points_no_log_reaches"],
       "a backup at index or term 2^62 is restored, and no node can ever "
       "join the cluster it seeds"),
+    M("restore_marker_ignored_at_start", "src/node.c",
+      "    if (meta.restoring) {",
+      "    if (meta.restoring && false) {",
+      ["py:test_backup.py::test_restore_interrupted_while_starting_over",
+       "py:test_backup.py::test_interrupted_restore_is_refused_then_restored_again"],
+      "a data dir left by an interrupted --restore is taken for a new "
+      "node's: it founds an empty cluster, the backup silently missing"),
+    M("restore_db_created_unmarked", "src/store.c",
+      "             restoring ? \", ('restoring', '1')\" : \"\");",
+      "             restoring ? \"\" : \"\");",
+      ["py:test_backup.py::test_restore_interrupted_while_starting_over",
+       "py:test_backup.py::test_interrupted_restore_is_refused_then_restored_again"],
+      "the raft.db a --restore creates does not say so: a crash before "
+      "the restore's end leaves what a start takes for a new node"),
     M("new_data_dir_parent_unsynced", "src/store.c",
       "        ret = fsync_path(p, true);\n        *slash = '/';",
       "        ret = 0;\n        *slash = '/';",

@@ -1025,6 +1025,16 @@ static int restore(char *err, size_t errlen)
         snprintf(err, errlen, "%s", NIO(store_errmsg));
         return rv;
     }
+    if (meta.restoring) {
+        /* Seeded half way (node_restore_backup): no node's state, and
+         * not a new node's either. */
+        snprintf(err, errlen,
+                 "an interrupted --restore left %s: run --restore again (it "
+                 "starts over) or empty the directory",
+                 nd->cfg->raft_data);
+        store_entries_free(ents, n);
+        return PZ_ECONFIG;
+    }
     if (meta.node_name[0] && strcmp(meta.node_name, nd->cfg->node_id) != 0) {
         snprintf(err, errlen,
                  "%s belongs to node '%s', but node-id is '%s': refusing to "

@@ -3,6 +3,8 @@
  * shipping them to followers, receiving and installing them, and loading
  * the newest at start. */
 #include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -978,18 +980,45 @@ void snaps_close(void)
  * of the backup and a new random cluster id, so the old cluster's nodes
  * can never talk to the new one. The node then starts as if it had
  * compacted its log up to there: it elects itself at once and other nodes
- * join it as usual (InstallSnapshot brings them the state). A crash half
- * way leaves a directory that the next --restore refuses: empty it and run
- * again. */
+ * join it as usual (InstallSnapshot brings them the state).
+ *
+ * Crashes: raft.db is created first, before the backup is even read, with
+ * the meta row restoring in the transaction that creates it
+ * (store_create_restoring), and that row goes only in the transaction of
+ * the last step (store_restore_done). A crash at any step in between
+ * leaves a directory that says so: a plain start refuses it (node.c
+ * restore), and the next --restore removes what the interrupted one
+ * wrote and starts over. A crash before raft.db exists leaves nothing a
+ * start would read. */
 
-/* The data directory holds state: raft.db or a snapshot. */
-static bool dir_has_state(const char *dir, char *why, size_t len)
+/* Failpoints of the steps that have none of their own (snapshot_write
+ * has snapshot-mid-write, snapshot-before-rename and
+ * snapshot-after-rename). */
+#define RESTORE_FP_CREATED "restore-created"       /* marked raft.db */
+#define RESTORE_FP_HARD_STATE "restore-hard-state" /* term and commit */
+#define RESTORE_FP_COMPACTED "restore-compacted"   /* snapshot point */
+#define RESTORE_FP_CLEARING "restore-clearing"     /* raft.db left only */
+
+/* What the data directory holds: 0 no state, 1 what an interrupted
+ * --restore left (a raft.db with meta restoring), PZ_EINVAL state (why
+ * says which): raft.db or a snapshot. A raft.db that cannot be opened
+ * (damaged, or in use by a running server) counts as state. */
+static int dir_state(const char *dir, char *why, size_t len)
 {
     char path[SNAPSHOT_PATH_MAX];
     snprintf(path, sizeof path, "%s/raft.db", dir);
     if (access(path, F_OK) == 0) {
+        struct store *s;
+        struct store_meta sm = {0};
+        char serr[STORE_ERRMSG_SIZE];
+        if (store_open(dir, &s, serr, sizeof serr) == 0) {
+            store_meta_get(s, &sm);
+            store_close(s);
+        }
+        if (sm.restoring)
+            return 1;
         snprintf(why, len, "it has a raft.db");
-        return true;
+        return PZ_EINVAL;
     }
     struct snapshot_info *list;
     size_t n;
@@ -997,9 +1026,57 @@ static bool dir_has_state(const char *dir, char *why, size_t len)
     if (snapshot_list(dir, &list, &n, err, sizeof err) == 0 && n > 0) {
         snprintf(why, len, "it has snapshot files");
         snapshot_list_free(list, n);
-        return true;
+        return PZ_EINVAL;
     }
-    return false;
+    return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+/* Removes what a --restore wrote into dir, which held no state before it
+ * (raft.db says so with meta restoring, or this run created it): every
+ * snapshot file (.snap and .tmp), then raft.db's journal files, and
+ * raft.db last, so that a crash half way still leaves the marked raft.db
+ * and the next --restore clears again. Nothing else in dir is touched. */
+static int restore_clear(const char *dir, char *err, size_t errlen)
+{
+    static const char *const files[] = {"raft.db-wal", "raft.db-shm",
+                                        "raft.db-journal", "raft.db"};
+    char why[SNAPSHOT_ERRMSG_SIZE];
+    if (snapshot_prune_except(dir, NULL, 0, NULL, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s", why);
+        return PZ_EIO;
+    }
+    char path[SNAPSHOT_PATH_MAX];
+    int rc = 0;
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(files) && rc == 0; i++) {
+        if (strcmp(files[i], "raft.db") == 0) {
+            /* the other removals durable before the marker goes */
+            if ((rc = fsync_dir(dir)) < 0)
+                break;
+            pz_failpoint(RESTORE_FP_CLEARING);
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        if (unlink(path) < 0 && errno != ENOENT) {
+            rc = -errno;
+            snprintf(err, errlen, "%s: cannot remove: %s", path,
+                     pz_strerror(rc));
+            return rc;
+        }
+    }
+    if (rc == 0)
+        rc = fsync_dir(dir);
+    if (rc < 0)
+        snprintf(err, errlen, "%s: fsync: %s", dir, pz_strerror(rc));
+    return rc;
 }
 
 /* This node alone, with every address it has (as bootstrap writes it). */
@@ -1031,16 +1108,31 @@ int node_restore_backup(const struct pz_config *cfg, const char *file,
                  "(the other nodes join it through mandi)");
         return PZ_ECONFIG;
     }
-    if (dir_has_state(cfg->raft_data, why, sizeof why)) {
+    int rv = dir_state(cfg->raft_data, why, sizeof why);
+    if (rv < 0) {
         snprintf(err, errlen,
                  "raft-data %s already holds state (%s): --restore only seeds "
                  "an empty data directory",
                  cfg->raft_data, why);
-        return PZ_EINVAL;
+        return rv;
     }
+    if (rv == 1) {
+        pz_info("an interrupted --restore left %s: starting over",
+                cfg->raft_data);
+        if ((rv = restore_clear(cfg->raft_data, err, errlen)) < 0)
+            return rv;
+    }
+    /* The marked raft.db first: from here on a crash leaves a directory
+     * that no start takes for a new node's. store_create_restoring
+     * creates the directory. */
+    struct store *s = NULL;
+    rv = store_create_restoring(cfg->raft_data, &s, err, errlen);
+    if (rv < 0)
+        return rv;
+    pz_failpoint(RESTORE_FP_CREATED);
     struct kv *kv = kv_new_seeded(pz_seed());
     struct snapshot_meta meta;
-    int rv = snapshot_load(file, kv, &meta, why, sizeof why);
+    rv = snapshot_load(file, kv, &meta, why, sizeof why);
     struct raft_conf old;
     if (rv == 0 && (meta.index == 0 || meta.term == 0)) {
         /* No node takes a snapshot before its first entry: the node this
@@ -1058,56 +1150,47 @@ int node_restore_backup(const struct pz_config *cfg, const char *file,
     } else if (rv == 0) {
         raft_conf_free(&old);
     }
-    if (rv < 0) {
+    if (rv < 0)
         snprintf(err, errlen, "not a valid snapshot: %s", why);
-        snapshot_meta_free(&meta);
-        kv_free(kv);
-        return rv;
-    }
-    uint8_t *conf;
-    size_t conf_len;
-    restore_conf(cfg, &conf, &conf_len);
-    struct store *s = NULL;
-    /* store_open creates the directory; the snapshot goes in first. */
-    rv = store_open(cfg->raft_data, &s, err, errlen);
     if (rv == 0) {
+        uint8_t *conf;
+        size_t conf_len;
+        restore_conf(cfg, &conf, &conf_len);
         rv = snapshot_write(
             cfg->raft_data, kv,
             &(struct snapshot_point){meta.index, meta.term, conf, conf_len},
             NULL, 0, why, sizeof why);
+        pz_free(conf);
         if (rv < 0)
             snprintf(err, errlen, "%s", why);
     }
-    pz_free(conf);
     struct raft_hard_state hs = {.term = meta.term, .commit = meta.index};
     uint64_t cluster_id = pz_seed();
     cluster_id = cluster_id ? cluster_id : 1;
-    if (rv == 0 && ((rv = store_write_sync(s, &hs, NULL, 0)) < 0 ||
-                    (rv = store_compact(s, meta.index, meta.term)) < 0 ||
-                    (rv = store_meta_set(s, cluster_id,
-                                         members_name_to_id(cfg->node_id),
-                                         cfg->node_id)) < 0))
+    bool store_steps = rv == 0; /* their errors are the store's */
+    if (rv == 0)
+        rv = store_write_sync(s, &hs, NULL, 0);
+    if (rv == 0) {
+        pz_failpoint(RESTORE_FP_HARD_STATE);
+        rv = store_compact(s, meta.index, meta.term);
+    }
+    if (rv == 0) {
+        pz_failpoint(RESTORE_FP_COMPACTED);
+        rv = store_restore_done(s, cluster_id, members_name_to_id(cfg->node_id),
+                                cfg->node_id);
+    }
+    if (store_steps && rv < 0)
         snprintf(err, errlen, "%s", store_errmsg(s));
     if (rv == 0)
         pz_info("restored %s: snapshot at index %llu (%zu keys) seeds a new "
                 "one-node cluster (cluster id %016llx)",
                 file, (unsigned long long)meta.index, kv_count(kv),
                 (unsigned long long)cluster_id);
-    if (s)
-        store_close(s);
-    if (rv < 0 && s) {
-        /* The directory held no state: what is there now is ours. */
-        static const char *const files[] = {"raft.db", "raft.db-wal",
-                                            "raft.db-shm"};
-        char path[SNAPSHOT_PATH_MAX];
-        for (size_t i = 0; i < 3; i++) {
-            snprintf(path, sizeof path, "%s/%s", cfg->raft_data, files[i]);
-            unlink(path);
-        }
-        snapshot_path(cfg->raft_data, meta.index, meta.term, path,
-                      sizeof path);
-        unlink(path);
-    }
+    store_close(s);
+    /* The directory held no state: what is there now is ours. */
+    char cerr[SNAPSHOT_ERRMSG_SIZE];
+    if (rv < 0 && restore_clear(cfg->raft_data, cerr, sizeof cerr) < 0)
+        pz_warn("cannot remove what the failed --restore wrote: %s", cerr);
     kv_free(kv);
     snapshot_meta_free(&meta);
     return rv;

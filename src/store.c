@@ -15,7 +15,10 @@
  *       vote is a node id kept as its 64-bit pattern (may read negative)
  *   meta(key TEXT PRIMARY KEY, value TEXT)                schema_version,
  *       created_ms, cluster_id, node_id, node_name, snapshot_index,
- *       snapshot_term; 64-bit numbers as decimal text, never as doubles
+ *       snapshot_term; 64-bit numbers as decimal text, never as doubles;
+ *       optional: incarnation, lease_promise_ns, and restoring (only
+ *       while a --restore seeds the directory: store_create_restoring
+ *       writes it with the schema, store_restore_done deletes it)
  * plus PRAGMA application_id = STORE_APP_ID to recognise our files.
  * Terms and indexes are stored in SQLite's signed 64-bit INTEGER; values
  * above INT64_MAX are refused on write and reported as corruption on read.
@@ -1403,8 +1406,12 @@ err_in_txn:
     return rc;
 }
 
-int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
-                   const char *node_name)
+static int exec_sql(struct store *s, const char *sql, char *err, size_t errlen);
+
+/* store_meta_set; with done, the meta row restoring goes in the same
+ * transaction (store_restore_done). */
+static int meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
+                    const char *node_name, bool done)
 {
     pz_assert(s->jobs == 0);
     char *buf = s->errmsg;
@@ -1440,7 +1447,8 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
     put_cluster = cluster_id != 0 && m->cluster_id == 0;
     put_id = node_id != 0 && m->node_id == 0;
     put_name = node_name[0] && !m->node_name[0];
-    if (!put_cluster && !put_id && !put_name)
+    done = done && m->restoring;
+    if (!put_cluster && !put_id && !put_name && !done)
         return 0;
     int rc = run(s, s->st_begin, buf, "BEGIN");
     if (rc == 0 && put_cluster)
@@ -1449,6 +1457,9 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
         rc = meta_put_u64(s, "node_id", node_id, buf);
     if (rc == 0 && put_name)
         rc = meta_put(s, "node_name", node_name, buf);
+    if (rc == 0 && done)
+        rc = exec_sql(s, "DELETE FROM meta WHERE key = 'restoring'", buf,
+                      STORE_ERRMSG_SIZE);
     if (rc == 0)
         rc = commit_sync(s, buf);
     if (rc) {
@@ -1462,7 +1473,21 @@ int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
         m->node_id = node_id;
     if (put_name)
         snprintf(m->node_name, sizeof m->node_name, "%s", node_name);
+    if (done)
+        m->restoring = false;
     return 0;
+}
+
+int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
+                   const char *node_name)
+{
+    return meta_set(s, cluster_id, node_id, node_name, false);
+}
+
+int store_restore_done(struct store *s, uint64_t cluster_id, uint64_t node_id,
+                       const char *node_name)
+{
+    return meta_set(s, cluster_id, node_id, node_name, true);
 }
 
 int store_meta_set_incarnation(struct store *s, uint64_t incarnation)
@@ -1875,9 +1900,10 @@ static bool path_exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
-/* Builds a fresh database as <path>.tmp and renames it to path. */
-static int create_db(const char *dir, const char *path, char *err,
-                     size_t errlen)
+/* Builds a fresh database as <path>.tmp and renames it to path; with
+ * restoring, the meta row restoring is in it from the start. */
+static int create_db(const char *dir, const char *path, bool restoring,
+                     char *err, size_t errlen)
 {
     char *tmp = suffixed(path, ".tmp");
     static const char *const extra[] = {"", "-journal", "-wal", "-shm"};
@@ -1916,9 +1942,10 @@ static int create_db(const char *dir, const char *path, char *err,
              "INSERT INTO meta VALUES ('schema_version', '%d'),"
              " ('created_ms', '%" PRId64 "'), ('cluster_id', '0'),"
              " ('node_id', '0'), ('node_name', ''),"
-             " ('snapshot_index', '0'), ('snapshot_term', '0');"
+             " ('snapshot_index', '0'), ('snapshot_term', '0')%s;"
              "COMMIT;",
-             STORE_APP_ID, schema_sql, STORE_SCHEMA_VERSION, ms);
+             STORE_APP_ID, schema_sql, STORE_SCHEMA_VERSION, ms,
+             restoring ? ", ('restoring', '1')" : "");
     rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
         set_err(err, errlen, "%s: create schema: %s", tmp,
@@ -2057,6 +2084,17 @@ static int load_meta(struct store *s, char *err, size_t errlen)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *k = (const char *)sqlite3_column_text(st, 0);
         const char *t = (const char *)sqlite3_column_text(st, 1);
+        if (k && strcmp(k, "restoring") == 0) {
+            /* Optional: only while a --restore seeds the directory. */
+            if (t == NULL || strcmp(t, "1") != 0) {
+                set_err(err, errlen, "%s: meta %s has a bad value \"%s\"",
+                        s->path, k, t ? t : "(null)");
+                ret = PZ_ECORRUPT;
+                goto out;
+            }
+            m->restoring = true;
+            continue;
+        }
         if (k && (strcmp(k, "incarnation") == 0 ||
                   strcmp(k, "lease_promise_ns") == 0)) {
             /* Optional: databases of joined nodes have an incarnation,
@@ -2423,8 +2461,10 @@ check_busy:
     return ret;
 }
 
-int store_open(const char *dir, struct store **out, char *err,
-               size_t errlen)
+/* store_open and store_create_restoring: the latter creates raft.db,
+ * which must not exist, with the meta row restoring. */
+static int open_store(const char *dir, bool restoring, struct store **out,
+                      char *err, size_t errlen)
 {
     *out = NULL;
     set_err(err, errlen, "%s", "");
@@ -2432,6 +2472,11 @@ int store_open(const char *dir, struct store **out, char *err,
     if (ret)
         return ret;
     char *path = join(dir, STORE_FILE);
+    if (restoring && path_exists(path)) {
+        set_err(err, errlen, "%s exists already", path);
+        pz_free(path);
+        return PZ_EINVAL;
+    }
     if (!path_exists(path)) {
         char *wal = suffixed(path, "-wal");
         bool orphan = path_exists(wal);
@@ -2445,7 +2490,7 @@ int store_open(const char *dir, struct store **out, char *err,
             pz_free(path);
             return PZ_ECORRUPT;
         }
-        ret = create_db(dir, path, err, errlen);
+        ret = create_db(dir, path, restoring, err, errlen);
         if (ret) {
             pz_free(path);
             return ret;
@@ -2474,6 +2519,17 @@ int store_open(const char *dir, struct store **out, char *err,
     s->errmsg[0] = '\0';
     *out = s;
     return 0;
+}
+
+int store_open(const char *dir, struct store **out, char *err, size_t errlen)
+{
+    return open_store(dir, false, out, err, errlen);
+}
+
+int store_create_restoring(const char *dir, struct store **out, char *err,
+                           size_t errlen)
+{
+    return open_store(dir, true, out, err, errlen);
 }
 
 void store_close(struct store *s)

@@ -82,6 +82,9 @@ struct store_meta {
                                       refuse votes (raft_config.lease_ns);
                                       0: none recorded (a new data dir, or
                                       one of an older version) */
+    bool restoring;                /* a --restore began seeding this data
+                                      dir and has not finished: the dir
+                                      holds no node's state */
 };
 
 /* Counters since store_open, for /status and benchmarks. A batch is one
@@ -152,6 +155,13 @@ typedef void (*store_write_cb)(struct store *s, int status,
 int store_open(const char *dir, struct store **out, char *err,
                size_t errlen);
 
+/* store_open for pyazdb-server --restore: creates raft.db, which must not
+ * exist (PZ_EINVAL), with meta restoring set in the transaction that
+ * creates it, so that whatever a crash leaves of the seeding that follows
+ * is known as such (store_meta.restoring) until store_restore_done. */
+int store_create_restoring(const char *dir, struct store **out, char *err,
+                           size_t errlen);
+
 /* Closes the database and frees s. No write may be in flight (asserted):
  * wait for the write callback first. */
 void store_close(struct store *s);
@@ -201,6 +211,10 @@ void store_meta_get(const struct store *s, struct store_meta *meta);
  * stored value, or name too long; nothing written), PZ_EIO. */
 int store_meta_set(struct store *s, uint64_t cluster_id, uint64_t node_id,
                    const char *node_name);
+/* store_meta_set that also clears meta restoring, in the same transaction:
+ * the last step of a --restore. */
+int store_restore_done(struct store *s, uint64_t cluster_id, uint64_t node_id,
+                       const char *node_name);
 /* Records the incarnation (non-zero), once: the same value again is 0,
  * another is PZ_EINVAL. PZ_EIO on a write error. */
 int store_meta_set_incarnation(struct store *s, uint64_t incarnation);

@@ -322,6 +322,94 @@ def test_restore_refuses_damaged_backups_and_used_dirs(servers, tmp_path):
     assert ok.status()["keys"] == 100
 
 
+# Every step of a --restore that a crash can stop (each a failure point:
+# the process _exits there, leaving the files as a SIGKILL or a power cut
+# would): the marked raft.db created, the snapshot half written, written
+# but not renamed, renamed; the hard state, the snapshot point written.
+RESTORE_STEPS = ["restore-created", "snapshot-mid-write",
+                 "snapshot-before-rename", "snapshot-after-rename",
+                 "restore-hard-state", "restore-compacted"]
+INTERRUPTED = "an interrupted --restore left"
+
+
+def interrupted_restore(s, backup, point):
+    """Run s with --restore, stopped by a crash at the failure point."""
+    s.args = ["--restore", backup]
+    s.env["PYAZDB_FAILPOINT"] = point
+    s.start(wait=False)
+    assert s.wait_exit(20) == 99, s.read_log()
+    assert f"failpoint {point}" in s.read_log()
+    del s.env["PYAZDB_FAILPOINT"]
+
+
+def refused_plain_start(s):
+    """A plain start of s refuses its data dir, naming the way out."""
+    s.args = []
+    s.start(wait=False)
+    assert s.wait_exit(20) == 1, s.read_log()
+    last = s.read_log().strip().splitlines()[-1]
+    assert (f"{INTERRUPTED} {s.conf['raft-data']}: run --restore again (it "
+            "starts over) or empty the directory") in last, last
+
+
+@pytest.mark.parametrize("point", RESTORE_STEPS)
+def test_interrupted_restore_is_refused_then_restored_again(
+        servers, tmp_path, point):
+    """A --restore stopped at any step leaves a data directory that a
+    plain start refuses with the way out, never one it takes for a new
+    node's (raft-bootstrap yes would found an empty cluster and serve it,
+    the backup silently missing); a second --restore removes what the
+    first one wrote (only that: other files stay) and starts over, and
+    the node then serves the backup, also after a plain restart."""
+    src = servers("src", conf={"cluster-token": TOKEN})
+    for i in range(300):
+        assert put(src, f"k{i}", f"v{i}" * 20)[0] == 204
+    backup = str(tmp_path / "backup.snap")
+    assert save(src, backup)[0] == 0
+    src.stop()
+    s = servers("r1", start=False, conf={"cluster-token": TOKEN})
+    data_dir = s.conf["raft-data"]
+    os.makedirs(data_dir)
+    with open(os.path.join(data_dir, "NOTES"), "w") as f:
+        f.write("the operator's\n")
+    interrupted_restore(s, backup, point)
+    assert "raft.db" in os.listdir(data_dir)
+    refused_plain_start(s)
+    s.args = ["--restore", backup]
+    s.start()
+    log = s.read_log()
+    assert f"{INTERRUPTED} {data_dir}: starting over" in log, log
+    assert get(s, "k299")[2] == b"v299" * 20
+    assert s.status()["keys"] == 300
+    assert put(s, "after", "yes")[0] == 204
+    s.stop()
+    assert open(os.path.join(data_dir, "NOTES")).read() == "the operator's\n"
+    s.args = []
+    s.start()
+    assert get(s, "k0")[2] == b"v0" * 20 and get(s, "after")[2] == b"yes"
+    assert s.status()["keys"] == 301
+
+
+def test_restore_interrupted_while_starting_over(servers, tmp_path):
+    """A second --restore stopped while it removes what the first one left
+    (the snapshot files gone, raft.db not yet) still leaves a directory
+    that a plain start refuses; a third one finishes the job."""
+    src = servers("src", conf={"cluster-token": TOKEN})
+    for i in range(20):
+        assert put(src, f"k{i}", f"v{i}")[0] == 204
+    backup = str(tmp_path / "backup.snap")
+    assert save(src, backup)[0] == 0
+    src.stop()
+    s = servers("r1", start=False, conf={"cluster-token": TOKEN})
+    interrupted_restore(s, backup, "snapshot-after-rename")
+    interrupted_restore(s, backup, "restore-clearing")
+    assert os.listdir(s.conf["raft-data"]) == ["raft.db"]
+    refused_plain_start(s)
+    s.args = ["--restore", backup]
+    s.start()
+    assert get(s, "k19")[2] == b"v19" and s.status()["keys"] == 20
+
+
 def patched(data, **fields):
     """A snapshot file with header fields (index, term, revision) replaced
     and its CRC-64 made right again: only the bounds can refuse it."""

@@ -1552,6 +1552,60 @@ TEST(failed_checkpoints_keep_the_wal)
     tdir_free(&t);
 }
 
+/* The raft.db of a --restore carries meta restoring from its creation
+ * (a new raft.db of a plain open does not), across reopens, until
+ * store_restore_done clears it with the identity, in one transaction. */
+TEST(restoring_marked_until_done)
+{
+    struct tdir t;
+    tdir_init(&t);
+    char err[STORE_ERRMSG_SIZE];
+    struct store *s = NULL;
+    struct store_meta m;
+    CHECK_EQ_INT(store_create_restoring(t.data, &s, err, sizeof err), 0);
+    store_meta_get(s, &m);
+    CHECK(m.restoring);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    store_meta_get(s, &m);
+    CHECK(m.restoring);
+    /* an identity alone leaves the mark */
+    CHECK_EQ_INT(store_meta_set(s, 0, 7, NULL), 0);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    store_meta_get(s, &m);
+    CHECK(m.restoring && m.node_id == 7);
+    CHECK_EQ_INT(store_restore_done(s, 5, 7, "node-a"), 0);
+    store_meta_get(s, &m);
+    CHECK(!m.restoring);
+    store_close(s);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    store_meta_get(s, &m);
+    CHECK(!m.restoring && m.cluster_id == 5 && m.node_id == 7);
+    CHECK_EQ_STR(m.node_name, "node-a");
+    store_close(s);
+    /* only into a directory without raft.db */
+    s = NULL;
+    CHECK_EQ_INT(store_create_restoring(t.data, &s, err, sizeof err),
+                 PZ_EINVAL);
+    CHECK(s == NULL && has(err, "exists already"));
+    CHECK(sql(&t, "INSERT INTO meta VALUES ('restoring', 'yes')"));
+    CHECK_EQ_INT(open_load(&t, err, sizeof err), PZ_ECORRUPT);
+    CHECK(has(err, "meta restoring has a bad value"));
+    tdir_free(&t);
+    /* a plain open's new raft.db is not marked */
+    tdir_init(&t);
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    store_meta_get(s, &m);
+    CHECK(!m.restoring);
+    store_close(s);
+    tdir_free(&t);
+}
+
 TEST(meta_set_once)
 {
     struct tdir t;
@@ -2757,6 +2811,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(wal_checkpointed_after_1000_frames),
     TEST_ENTRY(failed_checkpoints_keep_the_wal),
     TEST_ENTRY(install_snapshot_replaces_log),
+    TEST_ENTRY(restoring_marked_until_done),
     TEST_ENTRY(meta_set_once),
     TEST_ENTRY(load_from_and_term),
     TEST_ENTRY(trailing_from_honours_both_bounds),
