@@ -1460,7 +1460,7 @@ MUTATIONS = [
       "the raft.db a --restore creates does not say so: a crash before "
       "the restore's end leaves what a start takes for a new node"),
     M("new_data_dir_parent_unsynced", "src/store.c",
-      "        ret = fsync_path(p, true);\n        *slash = '/';",
+      "        ret = pz_fsync_path(p, true);\n        *slash = '/';",
       "        ret = 0;\n        *slash = '/';",
       ["py:test_fsync.py::test_a_new_data_dir_is_made_durable_in_its_parent"],
       "a new data dir's entry is never made durable: a power cut soon "

@@ -299,14 +299,9 @@ int cli_snapshot_save(const char *addr, const char *token,
     }
     if (rc == 0) {
         cleanup_on_signals(NULL);
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0 || fsync(dfd) < 0) {
-            rc = -errno;
+        if ((rc = pz_fsync_path(dir, true)) < 0)
             snprintf(err, errlen, "%s: fsync of the directory: %s", dir,
                      strerror(-rc));
-        }
-        if (dfd >= 0)
-            close(dfd);
         return rc;
     }
     snapshot_meta_free(meta);

@@ -1031,16 +1031,6 @@ static int dir_state(const char *dir, char *why, size_t len)
     return 0;
 }
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return rc;
-}
-
 /* Removes what a --restore wrote into dir, which held no state before it
  * (raft.db says so with meta restoring, or this run created it): every
  * snapshot file (.snap and .tmp), then raft.db's journal files, and
@@ -1060,7 +1050,7 @@ static int restore_clear(const char *dir, char *err, size_t errlen)
     for (size_t i = 0; i < PZ_ARRAY_SIZE(files) && rc == 0; i++) {
         if (strcmp(files[i], "raft.db") == 0) {
             /* the other removals durable before the marker goes */
-            if ((rc = fsync_dir(dir)) < 0)
+            if ((rc = pz_fsync_path(dir, true)) < 0)
                 break;
             pz_failpoint(RESTORE_FP_CLEARING);
         }
@@ -1073,7 +1063,7 @@ static int restore_clear(const char *dir, char *err, size_t errlen)
         }
     }
     if (rc == 0)
-        rc = fsync_dir(dir);
+        rc = pz_fsync_path(dir, true);
     if (rc < 0)
         snprintf(err, errlen, "%s: fsync: %s", dir, pz_strerror(rc));
     return rc;

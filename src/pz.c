@@ -829,6 +829,16 @@ static bool regular_or_null(const struct stat *st)
            (S_ISCHR(st->st_mode) && st->st_rdev == makedev(1, 3));
 }
 
+int pz_fsync_path(const char *path, bool dir)
+{
+    int fd = open(path, (dir ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
 int pz_open_regular(const char *path)
 {
     /* Looked at before it is opened, so that a device or a FIFO is not

@@ -252,6 +252,11 @@ bool pz_cp_disguises_text(uint32_t cp);
  * regular file (callers say "not a regular file"). */
 int pz_open_regular(const char *path);
 
+/* fsync of the directory (or, with dir false, of the file) at path:
+ * what makes a file's creation, rename or removal in a directory
+ * durable. 0 or -errno. */
+int pz_fsync_path(const char *path, bool dir);
+
 /* pz_open_regular as a stdio stream ("rb"), or NULL with *why saying why
  * ("not a regular file", or the system's reason). */
 FILE *pz_fopen_regular(const char *path, const char **why);

@@ -103,16 +103,6 @@ static int write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return rc;
-}
-
 /* "<dir>/snap-<index>-<term><suffix>" into buf. */
 static int name_path(const char *dir, uint64_t index, uint64_t term,
                      const char *suffix, char *buf, size_t len)
@@ -477,7 +467,7 @@ static int commit_file(const char *tmp, const char *path, const char *dir,
         set_err(msg, msglen, "rename %s to %s: %s", tmp, path, errstr(e));
         return e;
     }
-    int rc = fsync_dir(dir);
+    int rc = pz_fsync_path(dir, true);
     if (rc) {
         set_err(msg, msglen, "%s: fsync of the directory: %s", dir, errstr(rc));
         return rc;
@@ -965,7 +955,7 @@ int snapshot_remove_temp(const char *dir, size_t *removed, char *err,
     int first = 0;
     remove_temp(dir, &count, &first, err, errlen);
     if (count)
-        fsync_dir(dir);
+        pz_fsync_path(dir, true);
     if (removed)
         *removed = count;
     return first;

@@ -1806,8 +1806,6 @@ static sqlite3_stmt **stmt_slot(struct store *s, size_t i)
     return slots[i];
 }
 
-static int fsync_path(const char *path, bool dir);
-
 /* Makes the entry of the directory p (just created) durable: fsyncs the
  * directory that holds it. Without this a power cut soon after the first
  * start may lose the new directory, and raft.db with it, on file systems
@@ -1818,12 +1816,12 @@ static int sync_parent(char *p, char *err, size_t errlen)
     char *slash = strrchr(p, '/');
     int ret;
     if (slash == NULL) {
-        ret = fsync_path(".", true);
+        ret = pz_fsync_path(".", true);
     } else if (slash == p) {
-        ret = fsync_path("/", true);
+        ret = pz_fsync_path("/", true);
     } else {
         *slash = '\0';
-        ret = fsync_path(p, true);
+        ret = pz_fsync_path(p, true);
         *slash = '/';
     }
     if (ret < 0)
@@ -1863,16 +1861,6 @@ static int make_dir(const char *dir, char *err, size_t errlen)
     }
     pz_free(p);
     return ret;
-}
-
-static int fsync_path(const char *path, bool dir)
-{
-    int fd = open(path, (dir ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return rc;
 }
 
 static char *join(const char *a, const char *b)
@@ -1961,8 +1949,8 @@ static int create_db(const char *dir, const char *path, bool restoring,
         ret = PZ_EIO;
         goto out;
     }
-    if ((ret = fsync_path(tmp, false)) < 0 || rename(tmp, path) < 0 ||
-        (ret = fsync_path(dir, true)) < 0) {
+    if ((ret = pz_fsync_path(tmp, false)) < 0 || rename(tmp, path) < 0 ||
+        (ret = pz_fsync_path(dir, true)) < 0) {
         if (ret == 0)
             ret = -errno;
         set_err(err, errlen, "%s: cannot install new database: %s", path,
