@@ -1525,6 +1525,27 @@ MUTATIONS = [
       "    if (extra <= 1) {\n        if (n)",
       ["unit:http/json_strings"],
       "a value with one quote goes out unescaped: broken JSON"),
+    M("backup_interval_ignored", "src/node_snapshot.c",
+      "    if (nd->snap_child.pid != 0 || pz_queue_empty(&nd->snap_waiters) ||\n"
+      "        NIO(now) < nd->backup_next_at)",
+      "    if (nd->snap_child.pid != 0 || pz_queue_empty(&nd->snap_waiters) ||\n"
+      "        (NIO(now) < nd->backup_next_at && false))",
+      ["py:test_backup.py::test_backup_hangups_take_few_snapshots",
+       "py:test_backup.py::test_concurrent_backups_share_one_snapshot"],
+      "each backup after a write forks and writes the whole table again"),
+    M("backup_snapshot_never_called_off", "src/node.c",
+      "        if (req->backup)\n            snaps_backup_gone();",
+      "        if (req->backup && false)\n            snaps_backup_gone();",
+      ["py:test_backup.py::"
+       "test_backup_snapshot_called_off_when_its_clients_go"],
+      "a snapshot for backups whose clients all hung up is still written"),
+    M("backup_hangup_unnoticed", "src/conn.c",
+      "        if (nread == UV_EOF && (c->flags & CONN_EOF_CLOSES)) {",
+      "        if (nread == UV_EOF && (c->flags & CONN_EOF_CLOSES) && false) {",
+      ["py:test_backup.py::"
+       "test_backup_snapshot_called_off_when_its_clients_go"],
+      "a backup client that hung up is noticed only once its snapshot is "
+      "written"),
 ]
 
 

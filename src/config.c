@@ -166,6 +166,10 @@ static const struct cfg_directive directives[] = {
                "30s", 1 * MS_PER_S, MS_PER_DAY, IMM,
                "cancel a snapshot sent to a client that took nothing for "
                "this long"),
+    D_DURATION("RAFT", "snapshot-backup-interval", snapshot_backup_interval_ms,
+               "5s", 0, MS_PER_DAY, IMM,
+               "a backup that needs a new snapshot waits until this long "
+               "after the last one started for backups"),
     D_DURATION("RAFT", "request-timeout", request_timeout_ms, "5s", 100,
                10 * 60 * MS_PER_S, IMM,
                "how long a request waits for the cluster before failing"),

@@ -125,6 +125,7 @@ struct pz_config {
     int64_t txn_max_range_keys;     /* txn-max-range-keys */
     int64_t snapshot_max_streams;   /* snapshot-max-streams */
     int64_t snapshot_stall_timeout_ms; /* snapshot-stall-timeout */
+    int64_t snapshot_backup_interval_ms; /* snapshot-backup-interval */
     /* LIMITS */
     int64_t max_clients;            /* max-clients: per listener */
     int64_t client_idle_timeout_ms; /* client-idle-timeout: 0 = never */

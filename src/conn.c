@@ -476,6 +476,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         /* Input during a soft pause: pause for real. An EOF or error stays
          * in the socket (reading again after conn_resume sees it), as if
          * reading had stopped at conn_pause_soft. */
+        if (nread == UV_EOF && (c->flags & CONN_EOF_CLOSES)) {
+            conn_close(c); /* hung up on the answer it waited for */
+            return;
+        }
         c->flags &= ~(unsigned)CONN_SOFT_PAUSED;
         c->flags |= CONN_PAUSED;
         update_reading(c);
@@ -539,9 +543,17 @@ void conn_pause_soft(struct conn *c)
         c->flags |= CONN_SOFT_PAUSED;
 }
 
+void conn_eof_closes(struct conn *c, bool on)
+{
+    if (on)
+        c->flags |= CONN_EOF_CLOSES;
+    else
+        c->flags &= ~(unsigned)CONN_EOF_CLOSES;
+}
+
 void conn_resume(struct conn *c)
 {
-    c->flags &= ~(unsigned)(CONN_PAUSED | CONN_SOFT_PAUSED);
+    c->flags &= ~(unsigned)(CONN_PAUSED | CONN_SOFT_PAUSED | CONN_EOF_CLOSES);
     update_reading(c);
     if (c->tls && tls_has_input(c->tls))
         mark_pending(c); /* conn_before_sleep decrypts what is left */

@@ -148,6 +148,8 @@ enum {
                                    input: read again next turn */
     CONN_OWN_BOUNDS = 1 << 15,  /* the protocol bounds what it queues
                                    (Raft links): no hard_limit */
+    CONN_EOF_CLOSES = 1 << 16,  /* conn_eof_closes: an EOF in a soft pause
+                                   closes the connection */
 };
 
 struct conn {
@@ -299,6 +301,10 @@ void conn_pause(struct conn *c);
  * makes it a conn_pause (bytes are still delivered; an EOF or read error
  * is left in the socket and seen after conn_resume). */
 void conn_pause_soft(struct conn *c);
+/* While on: an EOF that arrives during a soft pause closes the connection
+ * (the peer hung up on an answer it waits for) instead of waiting in the
+ * socket. conn_resume turns it off. */
+void conn_eof_closes(struct conn *c, bool on);
 void conn_resume(struct conn *c);
 bool conn_is_closing(const struct conn *c);
 

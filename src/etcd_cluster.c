@@ -561,7 +561,18 @@ static void on_snap_read(struct node_req *req, int status)
         etcd_node_error(st, status, false);
     } else {
         grpc_stream_in_node(st, true);
-        if (node_snapshot_now(req, on_snap_taken) < 0) {
+        uint64_t retry_ms;
+        int rv =
+            node_snapshot_backup(req, req->index, on_snap_taken, &retry_ms);
+        if (rv == PZ_EBUSY) {
+            char msg[160];
+            snprintf(msg, sizeof msg,
+                     "etcdserver: a snapshot for backups was started less "
+                     "than snapshot-backup-interval ago: retry in %llu s",
+                     (unsigned long long)((retry_ms + 999) / 1000));
+            grpc_stream_in_node(st, false);
+            grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED, msg);
+        } else if (rv < 0) {
             grpc_stream_in_node(st, false);
             on_snap_taken(req, PZ_EIO);
             return; /* flushed there */

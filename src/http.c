@@ -850,8 +850,20 @@ static void on_backup_read(struct node_req *req, int status)
         reply_node_error(h, status);
         return;
     }
-    if (node_snapshot_now(&h->req, on_backup_snap) < 0)
+    /* The read index: every write acknowledged before the request. */
+    uint64_t retry_ms;
+    int rv =
+        node_snapshot_backup(&h->req, h->req.index, on_backup_snap, &retry_ms);
+    if (rv == PZ_EBUSY) {
+        char line[160];
+        snprintf(line, sizeof line,
+                 "A snapshot for backups was started less than "
+                 "snapshot-backup-interval ago; retry in %llu s",
+                 (unsigned long long)((retry_ms + 999) / 1000));
+        reply_text(h, 503, line, NULL);
+    } else if (rv < 0) {
         on_backup_snap(&h->req, PZ_EIO);
+    }
 }
 
 static void on_stream(struct httpd_conn *hc)
@@ -1203,7 +1215,7 @@ static void on_request(struct httpd_conn *hc)
             return;
         }
         h->snap_slot = true;
-        httpd_hold(hc);
+        httpd_hold_until_eof(hc); /* a client gone calls its snapshot off */
         rv = node_read(&h->req, false, on_backup_read);
         break;
     case HTTP_OP_CLUSTER:

@@ -287,6 +287,12 @@ void httpd_hold(struct httpd_conn *hc)
     conn_pause_soft(hc->c); /* the client usually waits for the answer */
 }
 
+void httpd_hold_until_eof(struct httpd_conn *hc)
+{
+    httpd_hold(hc);
+    conn_eof_closes(hc->c, true);
+}
+
 void httpd_close_after(struct httpd_conn *hc)
 {
     hc->close_after = true;
@@ -319,6 +325,7 @@ void httpd_stream_begin(struct httpd_conn *hc, int status, const char *ctype,
                         uint64_t length)
 {
     pz_assert(hc->answering && hc->held && !hc->streaming);
+    conn_eof_closes(hc->c, false); /* a stream ends as it always did */
     bool close = hc->close_after || !hc->p.req.keep_alive || hc->srv->draining;
     stats_request_http(hc->srv->ls.name, request_route(hc), status,
                        hc->started_ns);

@@ -126,6 +126,12 @@ void httpd_drain(struct httpd *srv);
 /* The request is answered later: stop reading, exempt the connection
  * from the idle timeout until the answer. */
 void httpd_hold(struct httpd_conn *hc);
+/* httpd_hold for an answer that costs the server while it is prepared (a
+ * snapshot for a backup): a client that hangs up (EOF) meanwhile closes
+ * the connection at once, so on_close calls the work off, rather than the
+ * EOF waiting in the socket until the answer is written. Ends when the
+ * answer begins (httpd_stream_begin) or is sent. */
+void httpd_hold_until_eof(struct httpd_conn *hc);
 /* Close the connection after the coming answer, whatever the client
  * asked for. */
 void httpd_close_after(struct httpd_conn *hc);

@@ -933,6 +933,8 @@ void node_cancel(struct node_req *req)
     if (req->queued) {
         pz_queue_remove(&req->q);
         req->queued = false;
+        if (req->backup)
+            snaps_backup_gone();
     }
     pz_free(req->ro_cmd);
     req->ro_cmd = NULL;

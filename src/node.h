@@ -49,6 +49,7 @@ struct node_req {
     node_req_cb ro_cb;     /* the caller's cb for it */
     bool unbounded;        /* write: the node's own (a lease expiry), not
                               refused past raft-max-uncommitted */
+    bool backup;           /* snapshot waiter: a backup */
 };
 
 struct node_member {
@@ -140,6 +141,19 @@ int node_transfer(struct node_req *req, const char *name, node_req_cb cb);
  * was applied since the last one), PZ_EIO if writing it failed. Returns 0
  * or PZ_EIO at once. */
 int node_snapshot_now(struct node_req *req, node_req_cb cb);
+/* A snapshot for a backup (GET /admin/snapshot, etcd Snapshot): cb(0)
+ * once a durable one covers index `need` (the read index of the
+ * linearizable read the caller did first: every write acknowledged before
+ * the request). Requests share one: a snapshot being written that covers
+ * `need` is waited for, and a new one starts no sooner than
+ * snapshot-backup-interval after the last one started for backups (the
+ * request waits for that moment). A snapshot started for backups whose
+ * requests all went (node_cancel) is called off, unless the log needs it.
+ * Returns 0; PZ_EIO at once if the snapshot cannot start; PZ_EBUSY (cb
+ * never called) when the next permitted one is more than request-timeout
+ * away: *retry_ms says when it is. */
+int node_snapshot_backup(struct node_req *req, uint64_t need, node_req_cb cb,
+                         uint64_t *retry_ms);
 /* Open the newest local snapshot file for reading (GET /admin/snapshot,
  * after node_snapshot_now): *r (free with snapshot_reader_close) stays
  * readable to its end even if the file is pruned meanwhile; *index is its

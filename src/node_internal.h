@@ -223,7 +223,12 @@ struct node {
     bool compact_pending;        /* store_compact waits for the write */
     uint64_t snap_retry_at;      /* no automatic snapshot before (io now()):
                                     the last one failed */
-    struct pz_queue snap_waiters;/* POST /admin/snapshot requests */
+    struct pz_queue snap_waiters; /* POST /admin/snapshot requests and
+                                     backups (node_snapshot_backup) */
+    bool snap_for_backup;         /* the child was started for backups only:
+                                     called off if they all go */
+    uint64_t backup_next_at;      /* io now() from which a snapshot for
+                                     backups may start */
     struct xfer *xfers;          /* snapshots being sent to followers */
     struct snapshot_receiver *rx;/* snapshot being received */
     uint64_t rx_from, rx_index, rx_term; /* what rx receives, from whom */
@@ -366,6 +371,9 @@ void snaps_maybe(void);
 /* Each tick: reap the writer child; on success compact the core and
  * schedule the store's compaction, and prune old files. */
 void snaps_poll(void);
+/* node_cancel took a backup off the snapshot waiters: a snapshot started
+ * for backups that none waits for any more is called off. */
+void snaps_backup_gone(void);
 /* From the Ready cycle when the store is free: one compaction step. */
 void snaps_compact_step(void);
 /* Rows one compaction step drops, with left rows still to drop. */

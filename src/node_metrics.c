@@ -288,6 +288,13 @@ void node_metrics_snapshot_forked(uint64_t fork_us)
     nm.fork_s = (double)fork_us / 1e6;
 }
 
+void node_metrics_snapshot_cancelled(void)
+{
+    if (nm.on)
+        metrics_inc(metrics_get(&nm.snaps, (const char *const[]){"cancelled"}),
+                    1);
+}
+
 void node_metrics_restored(uint64_t started_ns)
 {
     nm.restore_s = (double)(stats_now_ns() - started_ns) / 1e9;

@@ -42,6 +42,8 @@ void node_metrics_compacted(void);
 void node_metrics_snapshot(bool ok, uint64_t started_ms);
 /* A local snapshot started: its fork() held the loop fork_us. */
 void node_metrics_snapshot_forked(uint64_t fork_us);
+/* A local snapshot started for backups was called off: they all went. */
+void node_metrics_snapshot_cancelled(void);
 /* The state was loaded at startup; started_ns from uv_hrtime() before. */
 void node_metrics_restored(uint64_t started_ns);
 

@@ -32,6 +32,7 @@ void reqs_prepare(struct node_req *req, node_req_cb cb)
     req->status = 0;
     req->index = req->term = req->ctx = req->member = 0;
     req->read_waits = false;
+    req->backup = false;
     req->deadline = NIO(now) + (uint64_t)nd->cfg->request_timeout_ms;
     memset(&req->res, 0, sizeof req->res);
     req->sink = NULL;

@@ -16,6 +16,8 @@
 #include "node_internal.h"
 
 static void snapshot_start(void);
+static bool snap_due(void);
+static void backups_start(void);
 static void finish_snap_waiters(int status);
 static void on_compacted(int status, const char *errmsg);
 static void request_compaction(void);
@@ -25,10 +27,11 @@ static bool rx_fits_disk(uint64_t total, char *why, size_t len);
 /* --- snapshots ------------------------------------------------------------
  * Taking one (after raft-snapshot-entries applied entries that carry an
  * eighth of the last snapshot's size, at the latest once they hold
- * raft-snapshot-bytes or the last snapshot's size, or on POST
- * /admin/snapshot): fork, as Redis's BGSAVE does, so that the child
- * writes the table as of the fork from copy-on-write memory while the loop
- * goes on serving; the parent only polls the child from the tick timer.
+ * raft-snapshot-bytes or the last snapshot's size, on POST
+ * /admin/snapshot, or for backups, which share one and take at most one
+ * per snapshot-backup-interval: backups_start): fork, as Redis's BGSAVE
+ * does, so that the child writes the table as of the fork from
+ * copy-on-write memory while the loop goes on serving; the parent only polls the child from the tick timer.
  * When the file is durable (written, fsynced, renamed), the Raft core records the
  * snapshot point and drops its log up to index - raft-trailing-entries
  * (fewer entries are kept if those hold more than raft-trailing-bytes),
@@ -95,6 +98,7 @@ static void snapshot_start(void)
         return;
     }
     nd->snap_start_bytes = nd->applied_bytes;
+    nd->snap_for_backup = false;
     node_metrics_snapshot_forked(nd->snap_child.fork_us);
     pz_info("snapshot at index %llu: writing (%zu keys, fork %llu us)",
             (unsigned long long)at, kv_count(nd->kv),
@@ -107,22 +111,71 @@ static void finish_snap_waiters(int status)
 }
 
 /* The local snapshot is now nd->snap_index: complete the waiters it
- * covers (each waits for the index applied when it asked, req->index);
- * if some need a newer one, take it. */
+ * covers (each waits for the index it needs, req->index); if some need a
+ * newer one, take it: at once for POST /admin/snapshot, when
+ * snapshot-backup-interval allows if only backups wait. */
 static void update_snap_waiters(void)
 {
+    bool only_backups = true;
     struct pz_queue *e = nd->snap_waiters.next;
     while (e != &nd->snap_waiters) {
         struct node_req *r = container_of(e, struct node_req, q);
         e = e->next;
         if (r->index <= nd->snap_index)
             reqs_done(r, 0);
+        else if (!r->backup)
+            only_backups = false;
     }
-    if (!pz_queue_empty(&nd->snap_waiters)) {
-        snapshot_start();
-        if (nd->snap_child.pid == 0)
-            finish_snap_waiters(PZ_EIO);
+    if (pz_queue_empty(&nd->snap_waiters))
+        return;
+    if (only_backups) {
+        backups_start();
+        return;
     }
+    snapshot_start();
+    if (nd->snap_child.pid == 0)
+        finish_snap_waiters(PZ_EIO);
+}
+
+/* Start the snapshot that waiting backups need, unless one is being
+ * written (update_snap_waiters takes the next one after it) or the last
+ * one started for backups began less than snapshot-backup-interval ago
+ * (the tick tries again): a client that asks for backup after backup,
+ * with a write in between, makes the node fork and write its whole table
+ * at most once per interval. */
+static void backups_start(void)
+{
+    if (nd->snap_child.pid != 0 || pz_queue_empty(&nd->snap_waiters) ||
+        NIO(now) < nd->backup_next_at)
+        return;
+    snapshot_start();
+    if (nd->snap_child.pid == 0) {
+        finish_snap_waiters(PZ_EIO);
+        return;
+    }
+    nd->snap_for_backup = true;
+    nd->backup_next_at =
+        NIO(now) + (uint64_t)nd->cfg->snapshot_backup_interval_ms;
+}
+
+/* A request left the waiters (its client went away): with none left, a
+ * snapshot started for backups only is called off (the child killed, its
+ * temporary file removed), unless the log is due for one anyway; its
+ * start still counts for snapshot-backup-interval. */
+void snaps_backup_gone(void)
+{
+    struct snapshot_child *c = &nd->snap_child;
+    if (c->pid == 0 || !nd->snap_for_backup ||
+        !pz_queue_empty(&nd->snap_waiters) || snap_due())
+        return;
+    uint64_t index = c->index;
+    NIO(snap_kill, c);
+    nd->snap_start_bytes = 0;
+    nd->snap_for_backup = false;
+    node_metrics_snapshot_cancelled();
+    pz_info("snapshot at index %llu: called off, the backups it was for "
+            "went away",
+            (unsigned long long)index);
 }
 
 /* Drop the stored log prefix the core dropped in steps on the thread pool,
@@ -229,8 +282,10 @@ void snaps_compact_step(void)
 
 void snaps_poll(void)
 {
-    if (nd->snap_child.pid == 0)
+    if (nd->snap_child.pid == 0) {
+        backups_start(); /* backups waiting for snapshot-backup-interval */
         return;
+    }
     bool done = false, ok = false;
     NIO(snap_poll, &nd->snap_child, &done, &ok);
     if (!done)
@@ -304,11 +359,11 @@ void snaps_poll(void)
     update_snap_waiters();
 }
 
-/* After applying: time for a snapshot? */
-void snaps_maybe(void)
+/* Whether the log is due for a snapshot (see snaps_maybe). */
+static bool snap_due(void)
 {
     if (NIO(now) < nd->snap_retry_at)
-        return;
+        return false;
     /* By entries once they carry a share of the table (a snapshot writes
      * the whole table: at most SNAP_LOG_SHARE bytes per byte of log it
      * replaces), or by bytes at the latest: the log in memory stays
@@ -316,10 +371,16 @@ void snaps_maybe(void)
     uint64_t most = (uint64_t)nd->cfg->raft_snapshot_bytes;
     if (most < nd->snap_size)
         most = nd->snap_size;
-    if ((nd->applied >=
-             nd->snap_index + (uint64_t)nd->cfg->raft_snapshot_entries &&
-         nd->applied_bytes >= nd->snap_size / SNAP_LOG_SHARE) ||
-        nd->applied_bytes >= most)
+    return (nd->applied >=
+                nd->snap_index + (uint64_t)nd->cfg->raft_snapshot_entries &&
+            nd->applied_bytes >= nd->snap_size / SNAP_LOG_SHARE) ||
+           nd->applied_bytes >= most;
+}
+
+/* After applying: time for a snapshot? */
+void snaps_maybe(void)
+{
+    if (snap_due())
         snapshot_start();
 }
 
@@ -338,6 +399,31 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb)
     if (nd->snap_child.pid == 0)
         return PZ_EIO;
     reqs_link(&nd->snap_waiters, req);
+    return 0;
+}
+
+int node_snapshot_backup(struct node_req *req, uint64_t need, node_req_cb cb,
+                         uint64_t *retry_ms)
+{
+    reqs_prepare(req, cb);
+    req->deadline = UINT64_MAX; /* a large table takes a while */
+    req->index = need;
+    req->backup = true;
+    *retry_ms = 0;
+    if (need <= nd->snap_index) {
+        reqs_done(req, 0); /* the newest one has every acknowledged write */
+        return 0;
+    }
+    struct snapshot_child *c = &nd->snap_child;
+    uint64_t now = NIO(now);
+    if ((c->pid == 0 || c->index < need) &&
+        nd->backup_next_at > now + (uint64_t)nd->cfg->request_timeout_ms) {
+        /* A new one is needed, and it may not start in time. */
+        *retry_ms = nd->backup_next_at - now;
+        return PZ_EBUSY;
+    }
+    reqs_link(&nd->snap_waiters, req);
+    backups_start(); /* else the one being written is waited for */
     return 0;
 }
 

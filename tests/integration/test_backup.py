@@ -13,9 +13,10 @@ import subprocess
 import threading
 import time
 
+import grpc
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from grpc_helpers import CLI
 from test_cluster import make_cluster, leader_of, put, get
 from test_join import start_joining, wait_voters
@@ -664,3 +665,160 @@ def test_readme_backup_and_restore_recipes(servers, tmp_path):
     r.start(argv=shlex.split(cmd), cwd=tmp_path)
     assert get(r, "r19")[2] == b"19"
     assert r.status()["keys"] == 20
+
+
+# --- snapshots taken for backups: shared, spaced, called off ---------------
+
+def forks(node):
+    """Snapshots the node started (forked), whatever became of them."""
+    return len(re.findall(r"snapshot at index \d+: writing", node.read_log()))
+
+
+def backup_request(node):
+    """A socket that sent GET /admin/snapshot with the token."""
+    sock = socket.create_connection(("127.0.0.1", node.http_port), timeout=30)
+    sock.sendall(b"GET /admin/snapshot HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+    return sock
+
+
+def test_backup_hangups_take_few_snapshots(servers):
+    """Rounds of one small write, a backup request and a hang-up before
+    the answer: the first snapshot is taken, the others would start only
+    snapshot-backup-interval (5 s) later, and their clients are gone by
+    then."""
+    s = servers(conf={"cluster-token": TOKEN})
+    rounds = 10
+    for r in range(rounds):
+        assert put(s, "tick", str(r))[0] == 204
+        sock = backup_request(s)
+        time.sleep(0.2)  # more than a snapshot of one key takes
+        sock.close()
+    time.sleep(0.5)
+    assert forks(s) == 1, s.read_log()
+    assert s.request("GET", "/health")[0] == 200
+
+
+def test_backup_snapshot_called_off_when_its_clients_go(servers):
+    """A snapshot started for a backup whose client hangs up before it is
+    written is called off: the child killed, its temporary file removed."""
+    s = servers(conf={"cluster-token": TOKEN},
+                env={"PYAZDB_FAILPOINT": "snapshot-mid-write:stop"})
+    assert put(s, "k", "v")[0] == 204
+    sock = backup_request(s)
+    assert wait_for(lambda: forks(s) == 1, "the snapshot to start")
+    data = s.conf["raft-data"]
+    assert wait_for(lambda: any(n.endswith(".tmp") for n in os.listdir(data)),
+                    "the child to write its temporary file")
+    sock.close()
+    assert wait_for(lambda: "the backups it was for went away"
+                    in s.read_log(), "the snapshot to be called off")
+    assert not any(n.endswith(".tmp") for n in os.listdir(data))
+    assert s.metric('pyazdb_snapshots_total{result="cancelled"}') == 1
+    assert s.request("GET", "/health")[0] == 200
+    # the same for an etcd Snapshot call cancelled by its client (its
+    # snapshot starts once snapshot-backup-interval, 5 s, has passed)
+    ch = grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}")
+    try:
+        call = ch.unary_stream("/etcdserverpb.Maintenance/Snapshot",
+                               request_serializer=lambda x: x,
+                               response_deserializer=lambda x: x)(
+            b"", timeout=30, metadata=[("authorization", f"Bearer {TOKEN}")])
+        assert wait_for(lambda: forks(s) == 2, "the second snapshot",
+                        timeout=10)
+        assert wait_for(lambda: any(n.endswith(".tmp")
+                                    for n in os.listdir(data)),
+                        "its temporary file")
+        call.cancel()
+        assert wait_for(lambda: s.read_log().count(
+            "the backups it was for went away") == 2, "the second call-off")
+    finally:
+        ch.close()
+    assert not any(n.endswith(".tmp") for n in os.listdir(data))
+    assert s.metric('pyazdb_snapshots_total{result="cancelled"}') == 2
+
+
+def test_concurrent_backups_share_one_snapshot(servers):
+    """Backups asked for, each after a write of its own, while the next
+    snapshot for backups may not start yet (snapshot-backup-interval, 5 s)
+    wait for it together: one snapshot serves them all, and each holds
+    every write acknowledged before it was asked for."""
+    s = servers(conf={"cluster-token": TOKEN, "snapshot-max-streams": "8",
+                      "request-timeout": "10s"})
+    assert put(s, "first", "0")[0] == 204
+    st, _, body = s.request("GET", "/admin/snapshot", headers=AUTH)
+    assert st == 200 and parse_snapshot(body)[2] == {b"first": b"0"}
+    assert forks(s) == 1
+    acked = []  # keys acknowledged, in order
+    lock = threading.Lock()
+    out = {}
+
+    def client(i):
+        time.sleep(0.15 * i)  # one after the other, each after a write
+        assert put(s, f"k{i}", str(i))[0] == 204
+        with lock:
+            acked.append(f"k{i}".encode())
+            before = list(acked)
+        t0 = time.time()
+        st, _, body = s.request("GET", "/admin/snapshot", headers=AUTH,
+                                timeout=20)
+        out[i] = (st, body, before, time.time() - t0)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    indexes = set()
+    for i, (st, body, before, _) in out.items():
+        assert st == 200, body
+        index, _, kv = parse_snapshot(body)
+        indexes.add(index)
+        for k in before:
+            assert k in kv, (i, k, sorted(kv))
+    assert len(indexes) == 1, indexes
+    assert forks(s) == 2, s.read_log()
+    # they waited for snapshot-backup-interval (5 s), not for longer
+    assert max(d for _, _, _, d in out.values()) < 8
+
+
+def test_backup_refused_when_the_interval_outlasts_the_timeout(servers):
+    """A backup that needs a new snapshot the interval does not allow
+    within request-timeout is refused at once with the reason, over HTTP
+    and over etcd's gRPC; one that the last snapshot covers is served.
+    snapshot-backup-interval 0s takes them back to back."""
+    s = servers(conf={"request-timeout": "1s"})  # the interval: 5 s
+    assert put(s, "a", "1")[0] == 204
+    st, _, body = s.request("GET", "/admin/snapshot")
+    assert st == 200 and parse_snapshot(body)[2] == {b"a": b"1"}
+    st, _, body = s.request("GET", "/admin/snapshot")
+    assert st == 200 and parse_snapshot(body)[2] == {b"a": b"1"}
+    assert put(s, "b", "2")[0] == 204
+    t0 = time.time()
+    st, _, body = s.request("GET", "/admin/snapshot")
+    assert st == 503, body
+    assert re.fullmatch(rb"A snapshot for backups was started less than "
+                        rb"snapshot-backup-interval ago; retry in \d+ s\n?",
+                        body), body
+    assert time.time() - t0 < 1
+    ch = grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}")
+    try:
+        f = ch.unary_stream("/etcdserverpb.Maintenance/Snapshot",
+                            request_serializer=lambda x: x,
+                            response_deserializer=lambda x: x)
+        with pytest.raises(grpc.RpcError) as e:
+            list(f(b"", timeout=10))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "snapshot-backup-interval" in e.value.details()
+    finally:
+        ch.close()
+    assert forks(s) == 1
+    s.stop()
+    s.conf["snapshot-backup-interval"] = "0s"
+    s.write_conf()
+    s.start()
+    for k in ("c", "d"):
+        assert put(s, k, "3")[0] == 204
+        st, _, body = s.request("GET", "/admin/snapshot")
+        assert st == 200 and k.encode() in parse_snapshot(body)[2]
+    assert forks(s) == 3
