@@ -1042,7 +1042,9 @@ static int rd_need(struct reader *r, size_t n)
     if (r->cap - r->start < n) {
         size_t have = r->end - r->start;
         if (r->cap < n) {
-            r->cap = PZ_MAX(n, (size_t)IO_BUF_SIZE);
+            /* A block, or the whole file when it is smaller: a small
+             * snapshot does not take a MiB. */
+            r->cap = PZ_MAX(n, (size_t)PZ_MIN((uint64_t)IO_BUF_SIZE, r->size));
             uint8_t *nb = pz_malloc(r->cap);
             if (have)
                 memcpy(nb, r->buf + r->start, have);
