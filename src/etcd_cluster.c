@@ -565,13 +565,12 @@ static void on_snap_read(struct node_req *req, int status)
         int rv =
             node_snapshot_backup(req, req->index, on_snap_taken, &retry_ms);
         if (rv == PZ_EBUSY) {
-            char msg[160];
-            snprintf(msg, sizeof msg,
-                     "etcdserver: a snapshot for backups was started less "
-                     "than snapshot-backup-interval ago: retry in %llu s",
-                     (unsigned long long)((retry_ms + 999) / 1000));
             grpc_stream_in_node(st, false);
-            grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED, msg);
+            grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
+                             "etcdserver: a snapshot for backups was started "
+                             "less than snapshot-backup-interval ago: retry "
+                             "in %llu s",
+                             (unsigned long long)((retry_ms + 999) / 1000));
         } else if (rv < 0) {
             grpc_stream_in_node(st, false);
             on_snap_taken(req, PZ_EIO);

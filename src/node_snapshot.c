@@ -1117,6 +1117,19 @@ static int dir_state(const char *dir, char *why, size_t len)
     return 0;
 }
 
+/* Removes dir/name if it is there. */
+static int restore_unlink(const char *dir, const char *name, char *err,
+                          size_t errlen)
+{
+    char path[SNAPSHOT_PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (unlink(path) == 0 || errno == ENOENT)
+        return 0;
+    int rc = -errno;
+    snprintf(err, errlen, "%s: cannot remove: %s", path, pz_strerror(rc));
+    return rc;
+}
+
 /* Removes what a --restore wrote into dir, which held no state before it
  * (raft.db says so with meta restoring, or this run created it): every
  * snapshot file (.snap and .tmp), then raft.db's journal files, and
@@ -1124,32 +1137,23 @@ static int dir_state(const char *dir, char *why, size_t len)
  * and the next --restore clears again. Nothing else in dir is touched. */
 static int restore_clear(const char *dir, char *err, size_t errlen)
 {
-    static const char *const files[] = {"raft.db-wal", "raft.db-shm",
-                                        "raft.db-journal", "raft.db"};
     char why[SNAPSHOT_ERRMSG_SIZE];
     if (snapshot_prune_except(dir, NULL, 0, NULL, why, sizeof why) < 0) {
         snprintf(err, errlen, "%s", why);
         return PZ_EIO;
     }
-    char path[SNAPSHOT_PATH_MAX];
-    int rc = 0;
-    for (size_t i = 0; i < PZ_ARRAY_SIZE(files) && rc == 0; i++) {
-        if (strcmp(files[i], "raft.db") == 0) {
-            /* the other removals durable before the marker goes */
-            if ((rc = pz_fsync_path(dir, true)) < 0)
-                break;
-            pz_failpoint(RESTORE_FP_CLEARING);
-        }
-        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-        if (unlink(path) < 0 && errno != ENOENT) {
-            rc = -errno;
-            snprintf(err, errlen, "%s: cannot remove: %s", path,
-                     pz_strerror(rc));
+    int rc;
+    if ((rc = restore_unlink(dir, "raft.db-wal", err, errlen)) < 0 ||
+        (rc = restore_unlink(dir, "raft.db-shm", err, errlen)) < 0 ||
+        (rc = restore_unlink(dir, "raft.db-journal", err, errlen)) < 0)
+        return rc;
+    /* The other removals durable before the marker goes. */
+    if ((rc = pz_fsync_path(dir, true)) == 0) {
+        pz_failpoint(RESTORE_FP_CLEARING);
+        if ((rc = restore_unlink(dir, "raft.db", err, errlen)) < 0)
             return rc;
-        }
-    }
-    if (rc == 0)
         rc = pz_fsync_path(dir, true);
+    }
     if (rc < 0)
         snprintf(err, errlen, "%s: fsync: %s", dir, pz_strerror(rc));
     return rc;
