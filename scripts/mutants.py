@@ -1546,6 +1546,19 @@ MUTATIONS = [
        "test_backup_snapshot_called_off_when_its_clients_go"],
       "a backup client that hung up is noticed only once its snapshot is "
       "written"),
+    M("fd_limit_not_fitted", "src/conn.c",
+      "    *per = (size_t)fit;\n",
+      "    *per = want;\n",
+      ["py:test_fd_limit.py::"
+       "test_max_clients_fits_the_limit_and_floods_do_not_lock_out"],
+      "max-clients past the open-files limit: a flood of idle connections "
+      "locks every client and peer out"),
+    M("fd_soft_limit_not_raised", "src/conn.c",
+      "    if (rl.rlim_cur < need && rl.rlim_cur < rl.rlim_max) {",
+      "    if (rl.rlim_cur < need && rl.rlim_cur < rl.rlim_max && false) {",
+      ["py:test_fd_limit.py::test_soft_limit_is_raised_toward_max_clients"],
+      "a shell's soft limit of 1024 lowers max-clients though the hard "
+      "limit allows far more"),
 ]
 
 

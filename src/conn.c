@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 
 #include "log.h"
 #include "stats.h"
@@ -1097,6 +1098,53 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     update_reading(c);
+}
+
+int conn_fit_fds(size_t want, size_t ports, size_t reserve, size_t *per,
+                 char *err, size_t errlen)
+{
+    static bool raised;
+    struct rlimit rl;
+    *per = want;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 0;
+    uint64_t need = (uint64_t)want * ports + reserve;
+    rlim_t old = rl.rlim_cur;
+    if (rl.rlim_cur < need && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || need < rl.rlim_max
+                          ? (rlim_t)need
+                          : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = old; /* fs.nr_open below the hard limit */
+        else if (!raised)
+            pz_info("open-files limit raised from %llu to %llu",
+                    (unsigned long long)old, (unsigned long long)rl.rlim_cur);
+        raised = raised || rl.rlim_cur != old;
+    }
+    if (rl.rlim_cur >= need)
+        return 0;
+    uint64_t fit = rl.rlim_cur > reserve ? (rl.rlim_cur - reserve) / ports : 0;
+    if (fit < CONN_MIN_CLIENTS) {
+        snprintf(err, errlen,
+                 "the open-files limit (%llu, hard limit %llu) leaves room "
+                 "for %llu client connections per port, fewer than %d: "
+                 "raise it (ulimit -n, LimitNOFILE= in a systemd unit) to "
+                 "at least %llu",
+                 (unsigned long long)rl.rlim_cur,
+                 (unsigned long long)rl.rlim_max, (unsigned long long)fit,
+                 CONN_MIN_CLIENTS,
+                 (unsigned long long)(CONN_MIN_CLIENTS * ports + reserve));
+        return PZ_ECONFIG;
+    }
+    *per = (size_t)fit;
+    pz_warn("max-clients %zu lowered to %zu: the open-files limit is %llu "
+            "(hard limit %llu) and %zu descriptors are kept for the process "
+            "itself; raise it (ulimit -n, LimitNOFILE= in a systemd unit) "
+            "to at least %llu to serve %zu clients per port",
+            want, *per, (unsigned long long)rl.rlim_cur,
+            (unsigned long long)rl.rlim_max, reserve, (unsigned long long)need,
+            want);
+    return 0;
 }
 
 int conn_listen(struct conn_listener *ls, const char *addr,

@@ -229,6 +229,21 @@ uv_loop_t *conn_loop(void);
 /* A new client-idle-timeout (ms, 0 = never) for every connection, from
  * the next sweep on (a reload). */
 void conn_set_idle_timeout(uint64_t ms);
+/* The fewest client connections a port may be left by conn_fit_fds. */
+#define CONN_MIN_CLIENTS 16
+/* Fit `want` client connections on each of `ports` listeners, and
+ * `reserve` descriptors for everything else the process opens, in its
+ * open-files limit (RLIMIT_NOFILE). Past that limit accept() fails and
+ * libuv closes the waiting connections unseen: new clients would be locked
+ * out whatever max-clients says (its evictions never start), and the
+ * process could open no file and accept no peer. So the soft limit is
+ * first raised toward what is needed (never above the hard limit, as any
+ * process may), and if that is not enough the clients a port may hold are
+ * lowered, with a warning. *per gets the count (want or less). Returns 0,
+ * or PZ_ECONFIG with a message in err when fewer than CONN_MIN_CLIENTS
+ * fit. */
+int conn_fit_fds(size_t want, size_t ports, size_t reserve, size_t *per,
+                 char *err, size_t errlen);
 /* Bind and listen on "host:port". Returns 0 or a negative code with a
  * message in err. */
 int conn_listen(struct conn_listener *ls, const char *addr,

@@ -36,6 +36,9 @@
 #include "tls_setup.h"
 
 #define CLOSE_GRACE_MS 2000
+/* Descriptors mandi keeps for itself beside its clients' connections
+ * (conn_fit_fds): the loop's own, the log, TLS files on a reload. */
+#define MANDI_FD_RESERVE 64
 
 /* --- the term rule (mandi.h) ---------------------------------------------- */
 
@@ -746,8 +749,16 @@ static void apply_config(const struct pz_config *c, void *arg)
     pz_log_setup((enum pz_log_level)c->log_level, NULL);
     conn_set_idle_timeout((uint64_t)c->client_idle_timeout_ms);
     if (proc.m) {
-        proc.m->http.ls.max_conns = (size_t)c->max_clients;
-        proc.m->http.o.max_clients = (size_t)c->max_clients;
+        size_t per;
+        char err[300];
+        if (conn_fit_fds((size_t)c->max_clients, 1, MANDI_FD_RESERVE, &per, err,
+                         sizeof err) < 0) {
+            pz_warn("max-clients stays %zu: %s", proc.m->http.ls.max_conns,
+                    err);
+            per = proc.m->http.ls.max_conns;
+        }
+        proc.m->http.ls.max_conns = per;
+        proc.m->http.o.max_clients = per;
         proc.m->http.o.header_timeout_ms =
             (uint64_t)c->client_header_timeout_ms;
         proc.m->http.o.body_timeout_ms = (uint64_t)c->client_body_timeout_ms;
@@ -787,6 +798,11 @@ int mandi_run(const struct pz_config *cfg)
                  strcmp(cfg->mandi_addr, "none") == 0
                      ? ": mandi mode needs the address to listen on"
                      : "");
+        return 1;
+    }
+    if (conn_fit_fds(opts.max_clients, 1, MANDI_FD_RESERVE, &opts.max_clients,
+                     err, sizeof err) < 0) {
+        pz_error("%s", err);
         return 1;
     }
     /* https:// in mandi-addr: HTTPS with the tls-* files (config.c

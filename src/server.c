@@ -48,6 +48,14 @@
 
 #define SHUTDOWN_GRACE_MS 5000
 #define CRON_MS 250 /* connection housekeeping: deadlines fire this late */
+/* Descriptors a node keeps for itself beside its clients' connections
+ * (conn_fit_fds): its own files (the store's three, the log, a snapshot
+ * being written or read for a follower, the loop's own), its peers'
+ * links (up to 64 in their handshake, 16 from unknown ids, one each way
+ * per member), the links it forwards requests on to the leader (32),
+ * mandi's and the JSON gateway's, with room to spare; plus one per
+ * snapshot being sent to a client (snapshot-max-streams). */
+#define NODE_FD_RESERVE 256
 
 struct server {
     uv_loop_t loop;                  /* the one loop */
@@ -66,6 +74,7 @@ struct server {
     bool signalled;                  /* SIGINT or SIGTERM arrived */
     bool stopped;                    /* handles closed */
     bool reload_applying;            /* apply_config from a reload */
+    size_t max_clients;              /* max-clients as the fds allow */
     uint64_t turn_at;                /* uv_hrtime() of the last turn's end */
     uint64_t turn_idle;              /* uv_metrics_idle_time() then */
 };
@@ -218,17 +227,36 @@ static void set_protected(struct conn_listener *ls, bool on, bool grpc)
     ls->refusal_len = 9 + 9 + plen;
 }
 
+/* max-clients for the HTTP and the gRPC port, as many as the open-files
+ * limit holds beside NODE_FD_RESERVE (conn_fit_fds), into srv.max_clients.
+ * Returns 0 or PZ_ECONFIG (err says why; srv.max_clients unchanged). */
+static int fit_clients(const struct pz_config *c, char *err, size_t errlen)
+{
+    size_t per;
+    int rv = conn_fit_fds((size_t)c->max_clients, 2,
+                          NODE_FD_RESERVE + (size_t)c->snapshot_max_streams,
+                          &per, err, errlen);
+    if (rv == 0)
+        srv.max_clients = per;
+    return rv;
+}
+
 /* Put the values a reload may change in place (reload_apply_cb). */
 static void apply_config(const struct pz_config *c, void *arg)
 {
     PZ_UNUSED(arg);
     pz_log_setup((enum pz_log_level)c->log_level, NULL);
     conn_set_idle_timeout((uint64_t)c->client_idle_timeout_ms);
-    srv.http.ls.max_conns = (size_t)c->max_clients;
-    srv.http.o.max_clients = (size_t)c->max_clients;
+    if (srv.reload_applying) {
+        char err[300];
+        if (fit_clients(c, err, sizeof err) < 0)
+            pz_warn("max-clients stays %zu: %s", srv.max_clients, err);
+    }
+    srv.http.ls.max_conns = srv.max_clients;
+    srv.http.o.max_clients = srv.max_clients;
     srv.http.o.header_timeout_ms = (uint64_t)c->client_header_timeout_ms;
     srv.http.o.body_timeout_ms = (uint64_t)c->client_body_timeout_ms;
-    srv.grpc.ls.max_conns = (size_t)c->max_clients;
+    srv.grpc.ls.max_conns = srv.max_clients;
     srv.grpc.header_timeout = (uint64_t)c->client_header_timeout_ms;
     srv.grpc.body_timeout = (uint64_t)c->client_body_timeout_ms;
     srv.http.ls.send_timeout = (uint64_t)c->client_body_timeout_ms;
@@ -350,6 +378,8 @@ int server_run(const struct pz_config *cfg)
         rv = PZ_ECONFIG;
     if (rv == 0)
         rv = auth_load(cfg, false, err, sizeof err);
+    if (rv == 0)
+        rv = fit_clients(cfg, err, sizeof err);
     if (rv < 0) {
         pz_error("%s", err);
         tls_setup_free();
