@@ -830,6 +830,37 @@ MUTATIONS = [
       "    size_t max_key = SIZE_MAX;",
       ["py:test_etcd_watch_lease.py::test_watch_key_over_max_key_size"],
       "a watch's key of any size is held for the watch's life"),
+    M("watch_progress_two_before_start", "src/watch.c",
+      "    return rev + 1 >= w->start;",
+      "    return rev + 2 >= w->start;",
+      ["unit:watch/progress_never_before_start"],
+      "a progress report may name the revision two before a watch's "
+      "start: a client resuming from it gets a revision it never asked for"),
+    M("etcd_progress_notify_before_start", "src/etcd_watch.c",
+      "                watch_caught_up(&ww->w) && watch_progress_ok(&ww->w, rev)) {",
+      "                watch_caught_up(&ww->w) && (watch_progress_ok(&ww->w, rev) || rev)) {",
+      ["py:test_etcd_watch_lease.py::"
+       "test_progress_never_before_a_future_start",
+       "py:test_etcd_watch_lease.py::"
+       "test_progress_never_before_the_start_on_a_lagging_node"],
+      "progress_notify reports name a lagging node's revision, below the "
+      "watch's start: clientv3 resumes the watch before its start"),
+    M("etcd_progress_request_before_start", "src/etcd_watch.c",
+      "    if (es->head == NULL && es->progress_pending && progress_ok(es)) {",
+      "    if (es->head == NULL && es->progress_pending && (progress_ok(es) || true)) {",
+      ["py:test_etcd_watch_lease.py::"
+       "test_progress_never_before_a_future_start",
+       "py:test_etcd_watch_lease.py::"
+       "test_progress_never_before_the_start_on_a_lagging_node"],
+      "a progress request is answered at a revision below a watch's "
+      "start: every watch of the stream resumes there"),
+    M("etcd_progress_request_held_forever", "src/etcd_watch.c",
+      "        if (es->progress_pending && es->head == NULL && !es->cut)",
+      "        if (es->progress_pending && es->head == NULL && es->cut)",
+      ["py:test_etcd_watch_lease.py::"
+       "test_progress_never_before_a_future_start"],
+      "a progress request held back for a watch's start is answered only "
+      "once an event comes for the stream"),
     M("one_client_takes_every_turn", "src/conn.c",
       "    size_t share = limits.turn_input ? limits.turn_input : CONN_TURN_INPUT;",
       "    size_t share = SIZE_MAX;",

@@ -18,7 +18,13 @@
  * (notify), which kicks its stream, and an idle pass, once a loop turn,
  * fills the kicked streams' queues in turn up to EW_FILL_BYTES each, at
  * most EW_TURN_BYTES in all a turn (plus one revision), so that no number
- * of watches and no size of revision holds the loop for long.
+ * of watches and no size of revision holds the loop for long. A
+ * progress report (a progress request's answer, watch_id -1, or a
+ * progress_notify watch's every watch-progress-interval while idle)
+ * carries the node's revision and goes only once the watches it speaks
+ * for are caught up and the revision is at least the one before each
+ * one's start: a client resumes from it, and must not resume before the
+ * start it asked for (a future one, or one taken from a node ahead).
  *
  * Failure modes: a start older than the history gets `created`, then
  * `canceled` with compact_revision (the oldest revision still held), as
@@ -550,6 +556,21 @@ static bool all_caught_up(const struct ew_stream *es)
     return true;
 }
 
+/* May the stream's progress request be answered now, at the node's
+ * revision? Not while one of its watches starts more than one revision
+ * after it (a future start_revision, or a node behind the one the start
+ * came from): etcd's clients take the answer's revision as every watch's
+ * resume point, and that one would get revisions before its start. The
+ * answer waits until the node gets there (etcd_watch_cron asks again). */
+static bool progress_ok(const struct ew_stream *es)
+{
+    uint64_t rev = kv_revision(node_kv());
+    for (const struct ew_watch *ww = es->watches; ww; ww = ww->next)
+        if (!watch_progress_ok(&ww->w, rev))
+            return false;
+    return true;
+}
+
 /* Write the next events of the revision going out in pieces while the
  * stream has less than EW_PIECE_BYTES waiting; once it is all out, the
  * watch goes on from the revision's end. */
@@ -644,7 +665,7 @@ static void pump(struct gstream *st)
         kick(es); /* the idle pass queues its next revisions */
         return;
     }
-    if (es->head == NULL && es->progress_pending) {
+    if (es->head == NULL && es->progress_pending && progress_ok(es)) {
         /* Every event up to the revision went: etcd's answer to a
          * progress request names no watch. */
         es->progress_pending = false;
@@ -668,9 +689,14 @@ static void pump(struct gstream *st)
     pz_free(m);
 }
 
+/* progress_notify: an empty answer, at the node's revision, for each
+ * watch that asked for them and had nothing to send since the last tick,
+ * caught up, and whose start is at most one past the revision (else the
+ * answer would name a revision before the start: progress_ok). */
 static void on_progress_timer(uv_timer_t *t)
 {
     PZ_UNUSED(t);
+    uint64_t rev = kv_revision(node_kv());
     struct pz_queue *e;
     PZ_QUEUE_FOREACH(e, &ew.streams)
     {
@@ -678,7 +704,7 @@ static void on_progress_timer(uv_timer_t *t)
         bool any = false;
         for (struct ew_watch *ww = es->watches; ww; ww = ww->next) {
             if (ww->o.progress_notify && !ww->sent && es->head == NULL &&
-                watch_caught_up(&ww->w)) {
+                watch_caught_up(&ww->w) && watch_progress_ok(&ww->w, rev)) {
                 queue_simple(es, ww->id, false, false, 0, NULL);
                 any = true;
             }
@@ -698,6 +724,10 @@ void etcd_watch_cron(void)
     PZ_QUEUE_FOREACH(e, &ew.streams)
     {
         struct ew_stream *es = container_of(e, struct ew_stream, q);
+        /* A progress request held back (progress_ok): the node may have
+         * got to the revision meanwhile, with no event for the stream. */
+        if (es->progress_pending && es->head == NULL && !es->cut)
+            kick(es);
         /* Answers wait and the client took none of them for EW_STALL_MS;
          * waiting for the idle pass's turn is not the client's doing. */
         bool waiting =

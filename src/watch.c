@@ -378,6 +378,11 @@ bool watch_caught_up(const struct watcher *w)
     return w->hub == NULL || !w->dirty || w->seq >= w->hub->committed_seq;
 }
 
+bool watch_progress_ok(const struct watcher *w, uint64_t rev)
+{
+    return rev + 1 >= w->start;
+}
+
 /* Tell w's owner: its own callback, else the hub's. */
 static void tell(struct watch_hub *h, struct watcher *w)
 {

@@ -223,5 +223,11 @@ void watch_set_cursor(struct watcher *w, uint64_t seq);
 bool watch_caught_up(const struct watcher *w);
 /* Bytes of history w is behind. */
 uint64_t watch_lag(const struct watcher *w);
+/* A progress report at revision rev (the node's) is true for w: rev is at
+ * least the revision before w's start. One below it would tell a client
+ * that resumes from a progress revision to ask for revisions it never
+ * wanted (a future start, or a node still behind the one the start came
+ * from): such a report waits until the node gets there. */
+bool watch_progress_ok(const struct watcher *w, uint64_t rev);
 
 #endif

@@ -485,6 +485,98 @@ def test_watch_fragment_and_progress_notify(servers, epb):
         ws.close()
 
 
+def progress_answers(ws, wait):
+    """Every answer for wait seconds: all progress reports (no events)."""
+    got, end = [], time.time() + wait
+    while True:
+        try:
+            r = ws.next(timeout=max(0.01, end - time.time()))
+        except queue.Empty:
+            return got
+        assert not r.events and not r.created and not r.canceled, r
+        got.append((r.watch_id, r.header.revision))
+
+
+def test_progress_never_before_a_future_start(servers, epb):
+    # A watch starting 4 revisions ahead: neither its progress_notify
+    # reports nor the answer to a progress request on a stream holding
+    # such a watch may name a revision below its start - 1 (a client
+    # resumes from that revision, and would get revisions it never asked
+    # for); both come once the node is there, with no event for them.
+    pb = epb
+    node = servers(conf={"watch-progress-interval": "300ms"})
+    p = node.grpc_port
+    cur = put(p, pb, b"other", b"0").header.revision
+    start = cur + 4
+    ws, ws2 = WatchStream(p, pb), WatchStream(p, pb)
+    try:
+        ws.create(key=b"pf", start_revision=start, progress_notify=True,
+                  watch_id=3)
+        assert ws.next().created
+        ws2.create(key=b"pf", start_revision=start)
+        assert ws2.next().created
+        ws2.send(progress_request=pb.WatchProgressRequest())
+        assert progress_answers(ws, 1.5) == []  # 5 intervals: none
+        assert progress_answers(ws2, 0.1) == []
+        for i in range(3):
+            put(p, pb, b"other", b"%d" % i)
+        assert progress_answers(ws2, 1.5) == [(-1, start - 1)]
+        got = progress_answers(ws, 0.5)
+        assert got and set(got) == {(3, start - 1)}, got
+        put(p, pb, b"pf", b"x")
+        for w in (ws, ws2):
+            r = w.next()
+            while not r.events:
+                assert r.header.revision == start - 1
+                r = w.next()
+            assert (r.header.revision, events(r)) == \
+                (start, [(0, b"pf", b"x")])
+    finally:
+        ws.close()
+        ws2.close()
+
+
+def test_progress_never_before_the_start_on_a_lagging_node(servers, epb):
+    # A follower behind the leader (here: stopped while the leader wrote,
+    # then alone, so that it cannot catch up) gets a watch starting after
+    # the leader's revision, as a client that read it there asks: no
+    # progress report at the follower's own revision until it caught up.
+    from test_cluster import make_cluster
+    pb = epb
+    nodes = make_cluster(servers, conf={"watch-progress-interval": "300ms"})
+    leader = leader_of(nodes)
+    lagging = next(s for s in nodes if s is not leader)
+    put(leader.grpc_port, pb, b"lag/0", b"0")
+    wait_for(lambda: base_revision(lagging.grpc_port) ==
+             base_revision(leader.grpc_port), "the follower caught up",
+             step=0.1)
+    behind = base_revision(lagging.grpc_port)
+    lagging.stop()
+    for i in range(1, 4):
+        rev = put(leader.grpc_port, pb, b"lag/%d" % i, b"x").header.revision
+    others = [s for s in nodes if s is not lagging]
+    for s in others:
+        s.stop()
+    lagging.start()
+    assert unary(lagging.grpc_port, pb, "KV", "Range", pb.RangeRequest(
+        key=b"lag/", serializable=True),
+        "RangeResponse").header.revision == behind < rev
+    ws = WatchStream(lagging.grpc_port, pb)
+    try:
+        ws.create(key=b"lag/", range_end=b"lag0", start_revision=rev + 1,
+                  progress_notify=True, watch_id=5)
+        assert ws.next().created
+        ws.send(progress_request=pb.WatchProgressRequest())
+        assert progress_answers(ws, 1.5) == []
+        for s in others:
+            s.start(wait=False)
+        got = progress_answers(ws, 3)
+        assert (-1, rev) in got and (5, rev) in got, got
+        assert {r for _, r in got} == {rev}, got
+    finally:
+        ws.close()
+
+
 def test_watch_large_revision_in_pieces(servers, epb):
     """A revision whose answer passes 1 MiB is written from the history
     in pieces as the client reads, as one WatchResponse all the same:

@@ -188,6 +188,51 @@ TEST(start_revision_past_and_future)
     fx_free(&f);
 }
 
+/* A progress report at the node's revision is true for a watch only from
+ * the revision before its start on: not for a future start (or a start a
+ * node behind got from one ahead) until the node gets there, which a
+ * snapshot installed under the watch does not change. */
+TEST(progress_never_before_start)
+{
+    struct fx f;
+    char out[256];
+    fx_init(&f, 100, 1 << 20, 1 << 20);
+    put(&f, "k", "1");
+    put(&f, "k", "2");
+    put(&f, "k", "3");
+    struct watcher wp, wn, wf;
+    CHECK_EQ_INT(watch_add(&f.hub, &wp, "k", 1, "k\0", 2, 2), 0); /* past */
+    CHECK_EQ_INT(watch_add(&f.hub, &wn, "k", 1, "k\0", 2, 4), 0); /* next */
+    CHECK_EQ_INT(watch_add(&f.hub, &wf, "k", 1, "k\0", 2, 9), 0); /* ahead */
+    CHECK(watch_progress_ok(&wp, 3));
+    CHECK(watch_progress_ok(&wn, 3));
+    CHECK(!watch_progress_ok(&wf, 3));
+    CHECK(!watch_progress_ok(&wf, 7));
+    CHECK(watch_progress_ok(&wf, 8));
+    CHECK(watch_progress_ok(&wf, 9));
+    while (kv_revision(f.kv) < 8) {
+        CHECK(!watch_progress_ok(&wf, kv_revision(f.kv)));
+        put(&f, "k", "x");
+    }
+    drain(&f, &wf, out, sizeof out);
+    CHECK_EQ_STR(out, "");
+    CHECK(watch_caught_up(&wf) && watch_progress_ok(&wf, kv_revision(f.kv)));
+    watch_remove(&wf);
+    /* A snapshot at 20 under a watch starting at 30: it stays, and so
+     * does its start; one given revision 8 goes on from 9. */
+    CHECK_EQ_INT(watch_add(&f.hub, &wf, "k", 1, "k\0", 2, 30), 0);
+    drain(&f, &wn, out, sizeof out);
+    watch_remove(&wp);
+    watch_hub_reset(&f.hub, 20);
+    CHECK_EQ_INT(wf.state, WATCH_LIVE);
+    CHECK(!watch_progress_ok(&wf, 20));
+    CHECK(watch_progress_ok(&wf, 29));
+    CHECK_EQ_INT(wn.state, WATCH_COMPACTED); /* it wanted 9 to 20 */
+    watch_remove(&wn);
+    watch_remove(&wf);
+    fx_free(&f);
+}
+
 TEST(bounds_and_compaction)
 {
     struct fx f;
@@ -645,6 +690,7 @@ TEST(owner_lag_and_cursor)
 static const struct test_case cases[] = {
     TEST_ENTRY(order_and_filters),
     TEST_ENTRY(start_revision_past_and_future),
+    TEST_ENTRY(progress_never_before_start),
     TEST_ENTRY(bounds_and_compaction),
     TEST_ENTRY(lagging_watcher_is_compacted),
     TEST_ENTRY(slow_watcher_cancelled),
