@@ -861,6 +861,14 @@ MUTATIONS = [
        "test_progress_never_before_a_future_start"],
       "a progress request held back for a watch's start is answered only "
       "once an event comes for the stream"),
+    M("etcd_watch_negative_start_compacted", "src/etcd_map.c",
+      "    if (start_revision < 0)\n        return PZ_EINVAL;",
+      "    if (start_revision < 0)\n        return PZ_ENOTFOUND;",
+      ["unit:etcd_map/watch_keys_and_start",
+       "py:test_etcd_watch_lease.py::test_watch_negative_start_revision",
+       "py:test_etcd_gateway.py::test_watch_negative_start_revision"],
+      "a negative start_revision is answered as compacted: a client "
+      "resuming from compact_revision replays the whole history"),
     M("one_client_takes_every_turn", "src/conn.c",
       "    size_t share = limits.turn_input ? limits.turn_input : CONN_TURN_INPUT;",
       "    size_t share = SIZE_MAX;",

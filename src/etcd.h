@@ -113,6 +113,10 @@ const char *etcd_watch_cancelled(const struct watcher *w, int64_t *compact);
  * range, before the watcher (which copies both) is made. */
 #define ETCD_WATCH_KEY_TOO_LARGE "etcdserver: request is too large"
 #define ETCD_WATCH_TOO_MANY "etcdserver: too many watchers (max-watchers)"
+/* A negative start_revision: refused like an empty range (etcd_watch_start
+ * says why it is not answered as compacted). */
+#define ETCD_WATCH_NEGATIVE_START                                              \
+    "etcdserver: start_revision must not be negative (0: the next revision)"
 
 /* etcd_lease.c: Lease calls. */
 void etcd_lease_call(struct gstream *st, int call);

@@ -599,24 +599,27 @@ static void watch_begin(struct etcd_gw *g)
         !big && etcd_watch_keys(c->key.data, c->key.len, c->range_end.data,
                                 c->range_end.len, &keys) < 0;
     if (!big && !empty) {
-        if (etcd_watch_start(c->start_revision, kv_revision(node_kv()),
-                             watch_hub_first_rev(hub), &start))
+        rv = etcd_watch_start(c->start_revision, kv_revision(node_kv()),
+                              watch_hub_first_rev(hub), &start);
+        if (rv == 0)
             rv = watch_add(hub, &g->w, keys.from, keys.flen, keys.to, keys.tlen,
                            start);
         etcd_watch_keys_free(&keys);
     }
-    if (rv < 0 && rv != PZ_ENOTFOUND && rv != PZ_EBUSY) {
+    bool negative = rv == PZ_EINVAL;
+    if (rv < 0 && rv != PZ_ENOTFOUND && rv != PZ_EBUSY && !negative) {
         reply_error(g->hc, GRPC_INTERNAL, "etcdserver: watch failed");
         return;
     }
     g->streaming = true;
     httpd_stream_chunked(g->hc);
     httpd_stream_begin(g->hc, 200, "application/json", HTTPD_STREAM_OPEN);
-    if (big || empty || rv == PZ_EBUSY) {
+    if (big || empty || negative || rv == PZ_EBUSY) {
         write_simple(g, -1, true, true, 0,
-                     big     ? ETCD_WATCH_KEY_TOO_LARGE
-                     : empty ? ETCD_WATCH_EMPTY
-                             : ETCD_WATCH_TOO_MANY);
+                     big        ? ETCD_WATCH_KEY_TOO_LARGE
+                     : empty    ? ETCD_WATCH_EMPTY
+                     : negative ? ETCD_WATCH_NEGATIVE_START
+                                : ETCD_WATCH_TOO_MANY);
         return;
     }
     write_simple(g, 0, true, false, 0, NULL);

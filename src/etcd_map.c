@@ -212,19 +212,25 @@ void etcd_watch_keys_free(struct etcd_watch_keys *k)
     memset(k, 0, sizeof *k);
 }
 
-bool etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
-                      uint64_t *start)
+/* A negative start is refused, not answered as compacted: etcd 3.4 reads
+ * it as a revision before its compaction point, which gives a store never
+ * compacted a compact_revision of -1 (or, for -1, a watch from its next
+ * sync), and one compacted its compaction point. Either way the client is
+ * sent somewhere it never asked for: a client that resumes from
+ * compact_revision would replay the whole history, or send -1 again. */
+int etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
+                     uint64_t *start)
 {
     if (start_revision < 0)
-        return false;
+        return PZ_EINVAL;
     if (start_revision == 0) {
         *start = cur + 1;
-        return true;
+        return 0;
     }
     if ((uint64_t)start_revision < first)
-        return false;
+        return PZ_ENOTFOUND;
     *start = (uint64_t)start_revision;
-    return true;
+    return 0;
 }
 
 int etcd_node_status(int rv, bool write, char *msg, size_t cap)

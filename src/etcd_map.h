@@ -110,10 +110,11 @@ int etcd_watch_keys(const uint8_t *key, size_t klen, const uint8_t *end,
 void etcd_watch_keys_free(struct etcd_watch_keys *k);
 
 /* Where a watch starts: start_revision 0 means the revision after cur
- * (the node's); a negative one, or one before first (the oldest revision
- * the history holds), is compacted (false); else *start. */
-bool etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
-                      uint64_t *start);
+ * (the node's); one before first (the oldest revision the history holds)
+ * is compacted (PZ_ENOTFOUND); a negative one names no revision
+ * (PZ_EINVAL); else 0 and *start. */
+int etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
+                     uint64_t *start);
 
 /* etcd's answer to a node error rv (PZ_*) of a write or a read, for the
  * gRPC calls and the JSON gateway alike: returns the gRPC status code

@@ -28,7 +28,8 @@
  *
  * Failure modes: a start older than the history gets `created`, then
  * `canceled` with compact_revision (the oldest revision still held), as
- * etcd answers after a compaction. A client that reads too slowly lets
+ * etcd answers after a compaction; a negative one is refused
+ * (etcd_watch_start). A client that reads too slowly lets
  * its watches fall behind in the shared history; a watch more than
  * watch-max-buffer bytes behind on a stream whose output the client took
  * nothing of for EW_STALL_MS is cancelled (etcd_watch_cron: `canceled`,
@@ -314,9 +315,14 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
         return;
     }
     int64_t id = c->watch_id;
+    uint64_t start;
+    int rv = etcd_watch_start(c->start_revision, kv_revision(node_kv()),
+                              watch_hub_first_rev(hub), &start);
     const char *refused = NULL;
     if (id != 0 && watch_find(es, id))
         refused = "mvcc: duplicate watch ID provided on the WatchStream";
+    else if (rv == PZ_EINVAL)
+        refused = ETCD_WATCH_NEGATIVE_START;
     else if (es->n_watches >= ew.max_per_stream)
         refused = "etcdserver: too many watches on this stream "
                   "(etcd-watch-max-per-stream)";
@@ -330,11 +336,8 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
             es->next_id++;
         id = es->next_id++;
     }
-    uint64_t start;
     struct ew_watch *ww = NULL;
-    int rv = PZ_ENOTFOUND;
-    if (etcd_watch_start(c->start_revision, kv_revision(node_kv()),
-                         watch_hub_first_rev(hub), &start)) {
+    if (rv == 0) {
         ww = pz_calloc(1, sizeof *ww);
         rv = watch_add(hub, &ww->w, keys.from, keys.flen, keys.to, keys.tlen,
                        start);

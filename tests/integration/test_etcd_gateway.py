@@ -343,6 +343,23 @@ def test_watch_key_over_max_key_size(servers):
     assert watchers(server) == 0
 
 
+def test_watch_negative_start_revision(servers):
+    # as on the gRPC Watch: created and canceled with the reason, no
+    # compact_revision, no watcher made
+    server = servers()
+    for s in ("-1", "-7"):
+        w = RawWatch(server.http_port, {"key": b64("a"), "start_revision": s})
+        assert w.head[0].startswith("http/1.1 200")
+        r = w.chunk()
+        assert r["created"] is True and r["canceled"] is True
+        assert r["watch_id"] == "-1" and "compact_revision" not in r
+        assert r["cancel_reason"] == \
+            "etcdserver: start_revision must not be negative (0: the next revision)"
+        assert w.chunk() is None
+        w.close()
+    assert watchers(server) == 0
+
+
 def test_watch_stream_raw(servers):
     """The stream as bytes: chunked, one JSON line per chunk, created
     first; filters and prev_kv; closing the connection cancels the

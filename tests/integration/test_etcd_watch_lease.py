@@ -445,6 +445,43 @@ def test_watch_start_revision_and_compacted(servers, epb):
         ws.close()
 
 
+NEGATIVE_START = \
+    "etcdserver: start_revision must not be negative (0: the next revision)"
+
+
+def test_watch_negative_start_revision(servers, epb):
+    # A negative start names no revision: refused as an empty range is
+    # (created and canceled, watch_id -1, the reason, no compact_revision
+    # to resume from), not answered as compacted, before and after the
+    # history dropped revisions; the stream carries on.
+    pb = epb
+    node = servers(conf={"watch-history-events": "2"})
+    p = node.grpc_port
+    ws = WatchStream(p, pb)
+    try:
+        for n in range(2):
+            for s in (-1, -2, -(1 << 63)):
+                ws.create(key=b"neg", start_revision=s)
+                r = ws.next()
+                assert (r.created, r.canceled, r.watch_id,
+                        r.compact_revision, r.cancel_reason) == \
+                    (True, True, -1, 0, NEGATIVE_START), r
+            for i in range(4):
+                put(p, pb, b"neg/other", b"%d" % i)
+        assert watchers(node) == 0
+        ws.create(key=b"neg")
+        r = ws.next()
+        assert r.created and not r.canceled and r.watch_id == 0
+        put(p, pb, b"neg", b"v")
+        assert events(ws.next()) == [(0, b"neg", b"v")]
+    finally:
+        ws.close()
+
+
+def watchers(server):
+    return server.metric("pyazdb_watchers")
+
+
 def test_watch_fragment_and_progress_notify(servers, epb):
     from test_cluster import make_cluster
     pb = epb

@@ -76,12 +76,15 @@ TEST(watch_keys_and_start)
     CHECK_EQ_INT(etcd_watch_keys(B("b"), B("b"), &k), PZ_EINVAL);
 
     uint64_t start = 0;
-    CHECK(etcd_watch_start(0, 41, 5, &start) && start == 42);
-    CHECK(etcd_watch_start(5, 41, 5, &start) && start == 5);
-    CHECK(etcd_watch_start(100, 41, 5, &start) && start == 100); /* future */
-    CHECK(!etcd_watch_start(4, 41, 5, &start));                  /* compacted */
-    CHECK(!etcd_watch_start(-1, 41, 1, &start));
-    CHECK(etcd_watch_start(1, 0, 1, &start) && start == 1);
+    CHECK(etcd_watch_start(0, 41, 5, &start) == 0 && start == 42);
+    CHECK(etcd_watch_start(5, 41, 5, &start) == 0 && start == 5);
+    CHECK(etcd_watch_start(100, 41, 5, &start) == 0 && start == 100);
+    CHECK_EQ_INT(etcd_watch_start(4, 41, 5, &start), PZ_ENOTFOUND);
+    /* negative: no revision, not compacted, whatever the history holds */
+    CHECK_EQ_INT(etcd_watch_start(-1, 41, 1, &start), PZ_EINVAL);
+    CHECK_EQ_INT(etcd_watch_start(-2, 41, 5, &start), PZ_EINVAL);
+    CHECK_EQ_INT(etcd_watch_start(INT64_MIN, 0, 1, &start), PZ_EINVAL);
+    CHECK(etcd_watch_start(1, 0, 1, &start) == 0 && start == 1);
 }
 
 TEST(range_overlap)
