@@ -1106,6 +1106,20 @@ MUTATIONS = [
        "unit:snapshot/revoke_order_survives_load"],
       "a revoke's sort merges only runs of one key: the deletes come out "
       "partly sorted"),
+    M("lease_keys_listed_unsorted", "src/kv.c",
+      "    if (l)\n        lease_sort_keys(l);",
+      "    if (l && l->nkeys > (size_t)1 << 40)\n        lease_sort_keys(l);",
+      ["unit:lease/lease_keys_listed_in_key_order",
+       "py:test_etcd_watch_lease.py::test_lease_keys_listed_in_key_order"],
+      "LeaseTimeToLive lists a lease's keys in its list's order, which "
+      "differs between nodes (attach order, a snapshot load's)"),
+    M("lease_attach_keeps_sorted", "src/kv.c",
+      "    if (l->keys)\n        l->unsorted = true;",
+      "    if (l->keys && l->nkeys > (size_t)1 << 40)\n        l->unsorted = true;",
+      ["unit:lease/lease_keys_listed_in_key_order",
+       "unit:lease/revoke_deletes_in_key_order"],
+      "a lease's list is taken as sorted after a key was attached: "
+      "listings and revokes go in attach order"),
     # --- request bytes and forwarding (src/json.c, src/http_parse.c,
     #     src/fwd.c, src/http.c) ------------------------------------------
     M("json_surrogate_pair_wrong", "src/json.c",

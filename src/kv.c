@@ -59,6 +59,7 @@ struct lease {
     uint64_t ttl;       /* seconds */
     struct entry *keys; /* attached entries, through their llink */
     size_t nkeys;       /* how many */
+    bool unsorted;      /* keys attached since lease_sort_keys last ran */
 };
 
 struct table {
@@ -602,12 +603,17 @@ static void lease_drop(struct kv *kv, uint64_t id)
     }
 }
 
-/* Put a leased entry at the front of its lease's list. */
+static void lease_sort_keys(struct lease *l);
+
+/* Put a leased entry at the front of its lease's list (which is then no
+ * longer known to be in key order, unless it was empty). */
 static void lease_attach(struct kv *kv, struct entry *e)
 {
     pz_assert(e->leased);
     struct lease *l = lease_find(kv, entry_lease(e));
     pz_assert(l != NULL); /* checked before the put */
+    if (l->keys)
+        l->unsorted = true;
     struct llink *k = llink_of(e);
     k->prev = NULL;
     k->next = l->keys;
@@ -657,9 +663,12 @@ void kv_lease_at(const struct kv *kv, size_t i, struct kv_lease *out)
     out->nkeys = l->nkeys;
 }
 
-int kv_lease_keys(const struct kv *kv, uint64_t id, kv_view_cb cb, void *arg)
+int kv_lease_keys(struct kv *kv, uint64_t id, kv_view_cb cb, void *arg)
 {
-    const struct lease *l = lease_find(kv, id);
+    struct lease *l = lease_find(kv, id);
+    if (l)
+        lease_sort_keys(l); /* the walk, and where it stops, alike on
+                               every node */
     for (const struct entry *e = l ? l->keys : NULL; e;
          e = llink_of(e)->next) {
         struct kv_view v;
@@ -1830,15 +1839,19 @@ static bool ops_write(const struct kv_op *ops, size_t n)
 
 /* Sort lease l's list of keys into bytewise key order, in place: a
  * bottom-up merge sort over the list's own links (O(n log n) compares, no
- * memory, no recursion, however many keys the lease holds). The list is
- * kept in attach order, and a snapshot load rebuilds it in another order,
- * so a revoke that walked it as it is would delete the keys, and report
- * their events, in an order that differs between nodes; etcd sorts them
- * for the same reason. Keys are distinct, so the order is total. */
+ * memory, no recursion, however many keys the lease holds), skipped when
+ * no key was attached since the last sort (a detach keeps the order). The
+ * list is kept in attach order, and a snapshot load rebuilds it in
+ * another order, so a revoke that walked it as it is would delete the
+ * keys, and report their events, in an order that differs between nodes
+ * (etcd sorts them for the same reason), and so would a listing of them
+ * (kv_lease_keys). Keys are distinct, so the order is total. */
 static void lease_sort_keys(struct lease *l)
 {
     struct entry *list = l->keys;
     if (list == NULL)
+        return;
+    if (!l->unsorted)
         return;
     for (size_t run = 1;; run *= 2) {
         struct entry *p = list, *head = NULL, *tail = NULL;
@@ -1880,6 +1893,7 @@ static void lease_sort_keys(struct lease *l)
             break;
     }
     l->keys = list;
+    l->unsorted = false;
 }
 
 /* REVOKE: every attached key goes (one revision), in bytewise key order so

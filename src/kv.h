@@ -529,9 +529,13 @@ bool kv_lease_get(const struct kv *kv, uint64_t id, struct kv_lease *out);
 size_t kv_lease_count(const struct kv *kv); /* leases held */
 /* The i-th lease in id order (i < kv_lease_count). */
 void kv_lease_at(const struct kv *kv, size_t i, struct kv_lease *out);
-/* Visit the keys attached to lease id (no particular order); a nonzero
- * return stops the walk and is returned. 0 for an unknown id. */
-int kv_lease_keys(const struct kv *kv, uint64_t id, kv_view_cb cb, void *arg);
+/* Visit the keys attached to lease id in bytewise key order, so that a
+ * listing (and where a size limit cuts it) is the same on every node
+ * whatever order the keys were attached in or a snapshot load rebuilt;
+ * the lease's list is sorted in place for it, once after keys were
+ * attached (O(n log n), no memory), so kv is not const. A nonzero return
+ * stops the walk and is returned. 0 for an unknown id. */
+int kv_lease_keys(struct kv *kv, uint64_t id, kv_view_cb cb, void *arg);
 
 /* Called after a lease is granted (granted true) or revoked (false),
  * at apply, for the expiry tracker (lease.h). Borrowed like the event cb;

@@ -356,6 +356,89 @@ static int revoke_logged(struct kv *kv, struct del_log *d)
     return rc == KV_OK && deleted == d->n ? 0 : -1;
 }
 
+/* Up to max keys of a lease, as kv_lease_keys lists them, joined by ','. */
+struct key_list {
+    char s[256];
+    size_t n, max;
+};
+
+static int list_key(void *arg, const struct kv_view *v)
+{
+    struct key_list *l = arg;
+    if (l->max && l->n == l->max)
+        return 1;
+    size_t at = strlen(l->s);
+    if (at + v->klen + 2 >= sizeof l->s)
+        return -1;
+    if (at)
+        l->s[at++] = ',';
+    memcpy(l->s + at, v->key, v->klen);
+    l->s[at + v->klen] = '\0';
+    l->n++;
+    return 0;
+}
+
+static const char *lease_keys(struct kv *kv, uint64_t id, size_t max,
+                              struct key_list *l)
+{
+    memset(l, 0, sizeof *l);
+    l->max = max;
+    int rc = kv_lease_keys(kv, id, list_key, l);
+    return rc < 0 ? "(too long)" : l->s;
+}
+
+/* A lease's keys are listed in bytewise key order (LeaseTimeToLive's
+ * keys, GET /lease?keys), whatever order they were attached in, after
+ * later attaches and detaches, and on a table rebuilt as a snapshot load
+ * does: every node answers alike, and a listing cut short (a size limit)
+ * holds the same first keys everywhere. */
+TEST(lease_keys_listed_in_key_order)
+{
+    struct kv *kv = kv_new();
+    struct key_list l;
+    CHECK_EQ_INT(grant(kv, 5, 60), KV_OK);
+    CHECK_EQ_STR(lease_keys(kv, 5, 0, &l), "");
+    static const char *const attach[] = {"q", "b\x80", "z",  "a",
+                                         "b", "m",     "b1", "aa"};
+    for (size_t i = 0; i < sizeof attach / sizeof attach[0]; i++)
+        CHECK_EQ_INT(put(kv, attach[i], "v", 5), KV_OK);
+    CHECK_EQ_STR(lease_keys(kv, 5, 0, &l), "a,aa,b,b1,b\x80,m,q,z");
+    CHECK_EQ_STR(lease_keys(kv, 5, 3, &l), "a,aa,b"); /* cut short */
+    CHECK_EQ_STR(lease_keys(kv, 5, 0, &l), "a,aa,b,b1,b\x80,m,q,z");
+    /* attached later: a key before all, one after; detached: another
+     * lease, none, a delete */
+    CHECK_EQ_INT(grant(kv, 6, 60), KV_OK);
+    CHECK_EQ_INT(put(kv, "0", "v", 5), KV_OK);
+    CHECK_EQ_INT(put(kv, "zz", "v", 5), KV_OK);
+    CHECK_EQ_INT(put(kv, "b", "v", 6), KV_OK);
+    CHECK_EQ_INT(put(kv, "m", "v", 0), KV_OK);
+    CHECK(kv_del(kv, "q", 1));
+    CHECK_EQ_STR(lease_keys(kv, 5, 0, &l), "0,a,aa,b1,b\x80,z,zz");
+    CHECK_EQ_INT(put(kv, "ab", "v", 5), KV_OK);
+    CHECK_EQ_STR(lease_keys(kv, 5, 0, &l), "0,a,aa,ab,b1,b\x80,z,zz");
+    CHECK_EQ_STR(lease_keys(kv, 6, 0, &l), "b");
+    CHECK_EQ_STR(lease_keys(kv, 7, 0, &l), ""); /* no such lease */
+    /* Rebuilt as a snapshot load does (key order), and reversed. */
+    struct views all = {.v = pz_calloc(kv_count(kv), sizeof(struct kv_view))};
+    CHECK_EQ_INT(kv_foreach_view(kv, collect_view, &all), 0);
+    for (int r = 0; r < 2; r++) {
+        struct kv *re = kv_new();
+        CHECK_EQ_INT(kv_lease_restore(re, 5, 60), 0);
+        CHECK_EQ_INT(kv_lease_restore(re, 6, 60), 0);
+        for (size_t i = 0; i < all.n; i++) {
+            const struct kv_view *v = &all.v[r ? all.n - 1 - i : i];
+            CHECK_EQ_INT(
+                kv_restore(re, v->key, v->klen, v->value, v->vlen, &v->meta),
+                0);
+        }
+        CHECK_EQ_STR(lease_keys(re, 5, 4, &l), "0,a,aa,ab");
+        CHECK_EQ_STR(lease_keys(re, 5, 0, &l), "0,a,aa,ab,b1,b\x80,z,zz");
+        kv_free(re);
+    }
+    pz_free(all.v);
+    kv_free(kv);
+}
+
 /* A revoke deletes its keys, and reports their events, in bytewise key
  * order: whatever order the keys were attached in (here scrambled, with
  * keys of another lease and without one around them), and the same on a
@@ -882,6 +965,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(grant_put_revoke),
     TEST_ENTRY(txn_leases_and_events),
     TEST_ENTRY(revoke_deletes_in_key_order),
+    TEST_ENTRY(lease_keys_listed_in_key_order),
     TEST_ENTRY(random_vs_model),
     TEST_ENTRY(tracker_deadlines),
     TEST_ENTRY(tracker_keepalive_after_expiry),
