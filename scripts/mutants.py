@@ -1599,6 +1599,11 @@ MUTATIONS = [
        "test_backup_snapshot_called_off_when_its_clients_go"],
       "a backup client that hung up is noticed only once its snapshot is "
       "written"),
+    M("sse_progress_before_start", "src/http_watch.c",
+      "            !watch_progress_ok(&ws->w, rev) ||\n",
+      "",
+      ["py:test_watch.py::test_progress_never_below_a_future_start"],
+      "an SSE progress event names a revision before the watch's start"),
     M("fd_limit_not_fitted", "src/conn.c",
       "    *per = (size_t)fit;\n",
       "    *per = want;\n",

@@ -20,7 +20,10 @@
  * each "kv" (and "prev_kv" with prev_kv=true) written as /range writes
  * keys, so an event id is a revision and Last-Event-ID resumes after it.
  * An idle stream (nothing sent for watch-progress-interval, all caught
- * up) gets `event: progress` with the node's revision.
+ * up) gets `event: progress` with the node's revision, once that is at
+ * least the one before the watch's start (watch_progress_ok: a client
+ * resuming from it must not get revisions before the start it asked
+ * for).
  *
  * A revision is written in pieces as the client reads (any size the
  * history holds; a client draining its connection marks its stream for
@@ -531,6 +534,7 @@ void http_watch_cron(void)
         }
         if (!ws->streaming || ws->w.state != WATCH_LIVE ||
             now - ws->last_write < hw.progress_ms || !watch_caught_up(&ws->w) ||
+            !watch_progress_ok(&ws->w, rev) ||
             conn_output_pending(ws->hc->c) > 0)
             continue;
         int n = snprintf(line, sizeof line,

@@ -303,6 +303,28 @@ def test_progress_events_on_an_idle_watch(servers):
     assert s.metric("pyazdb_watch_progress_sent_total") >= 1
 
 
+def test_progress_never_below_a_future_start(servers):
+    """A watch that starts 4 revisions ahead gets no progress event until
+    the node's revision is the one before its start: a client resuming
+    from a progress revision would get revisions it never asked for."""
+    s = servers(conf={"watch-progress-interval": "300ms"})
+    put(s, "other", "x")
+    r = revision(s)
+    w = SSE(s.http_port, q(key="idle", start_revision=r + 4))
+    assert w.next()[0] == "created"
+    with pytest.raises(socket.timeout):
+        ev = w.next(timeout=1.5)  # five intervals
+        raise AssertionError(f"{ev} before the node reached the start")
+    put(s, "other", "y")
+    put(s, "other", "z")
+    with pytest.raises(socket.timeout):
+        w.next(timeout=1)  # revision r + 2: still two before the start
+    put(s, "other", "w")
+    ev, eid, d = w.next(timeout=5)
+    assert (ev, eid, d) == ("progress", None, {"revision": r + 3})
+    w.close()
+
+
 def test_slow_watcher_is_cancelled_and_the_node_stays_healthy(servers):
     # a history far larger than what 2 s of these writes fill: the stalled
     # reader is judged slow before its next revision leaves the history
