@@ -498,6 +498,12 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_answers_waiting_for_all_clients_are_bounded"],
       "answers waiting for clients are bounded per connection only"),
+    M("forward_outside_output_budget", "src/http.c",
+      "    if (!conn_output_room(h->hc.c, held)) {",
+      "    if (held == 0 && !conn_output_room(h->hc.c, held)) {",
+      ["py:test_hostile_clients.py::"
+       "test_requests_forwarded_to_a_stalled_leader_are_bounded"],
+      "a follower holds every request forwarded to a slow leader"),
     M("grpc_range_not_held", "src/etcd_kv.c",
       "        if (!grpc_stream_hold_read(st, range_resume))",
       "        if (!grpc_stream_hold_read(st, range_resume) || 1)",

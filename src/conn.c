@@ -35,7 +35,8 @@ static uint64_t turn_no;           /* loop turns (conn_before_sleep) */
 static size_t n_live;              /* conns not yet freed */
 static uint64_t client_input_at;   /* conn_client_input_at */
 static size_t in_total;            /* partial input charged, all conns */
-static size_t out_total;           /* output charged, client conns */
+static size_t out_total;           /* output charged: client conns, counted
+                                      outbound ones, detached holds */
 static char read_buf[READ_BUF_SIZE];
 /* conn_limits.turn_input's default. */
 #define CONN_TURN_INPUT (4 * READ_BUF_SIZE)
@@ -160,7 +161,7 @@ uint64_t conn_output_stalled(const struct conn *c)
  * now: nothing once c is closing (it is dropped at the reap). */
 static void charge(struct conn *c)
 {
-    if (c->ls == NULL || !c->ls->clients)
+    if (c->ls ? !c->ls->clients : !(c->flags & CONN_COUNT_OUT))
         return;
     size_t now = conn_is_closing(c) ? 0 : conn_output_pending(c) + c->out_held;
     out_total = out_total - c->out_charged + now;
@@ -181,6 +182,20 @@ void conn_hold_output(struct conn *c, size_t bytes)
 {
     c->out_held = bytes;
     charge(c);
+}
+
+void conn_count_output(struct conn *c)
+{
+    pz_assert(c->ls == NULL);
+    c->flags |= CONN_COUNT_OUT;
+    charge(c);
+}
+
+void conn_hold_detached(size_t *held, size_t bytes)
+{
+    pz_assert(*held <= out_total);
+    out_total = out_total - *held + bytes;
+    *held = bytes;
 }
 
 /* True when c's peer, at the rate it took its output over the last

@@ -150,6 +150,8 @@ enum {
                                    (Raft links): no hard_limit */
     CONN_EOF_CLOSES = 1 << 16,  /* conn_eof_closes: an EOF in a soft pause
                                    closes the connection */
+    CONN_COUNT_OUT = 1 << 17,   /* outbound, yet its output counts against
+                                   max_pending_output (conn_count_output) */
 };
 
 struct conn {
@@ -286,6 +288,16 @@ void conn_write(struct conn *c, const void *p, size_t n);
  * nghttp2 has not taken yet): counted with c's output against
  * max_pending_output. */
 void conn_hold_output(struct conn *c, size_t bytes);
+/* Outbound c carries what clients asked for (a follower's requests
+ * forwarded to the leader): its output not yet taken by the peer counts
+ * against max_pending_output like a client connection's, and so makes
+ * the room conn_output_room() finds for clients. */
+void conn_count_output(struct conn *c);
+/* Bytes held for clients outside any connection's output (a forwarded
+ * request's body, kept until the leader answers): *held, the holder's
+ * count (0 at first), becomes bytes, counted against max_pending_output.
+ * The holder sets it back to 0 when it lets them go. */
+void conn_hold_detached(size_t *held, size_t bytes);
 /* Room for n more bytes of output for c's peer: false when they would take
  * the output waiting for all clients past max_pending_output while c
  * itself holds more than high_water with them; c is then closed (after

@@ -199,6 +199,8 @@ static struct fwd_link *link_get(const char *addr)
         .max_attempts = 1,
         .log_name = name,
         .tls = &tls_http_client,
+        .borrow_body = true,
+        .count_output = true,
     };
     struct fwd_link *k = pz_calloc(1, sizeof *k);
     k->http = httpc_new(loop, addr, &o);

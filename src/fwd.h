@@ -18,6 +18,12 @@
  * this node won it) it fails with PZ_ELEADERCHANGE: the caller starts the
  * request over (propose it here, or wait for a leader).
  *
+ * Memory: a request's body is not copied until it is written to the
+ * connection, which takes one more while little waits on it (httpc.h), so
+ * one whose caller cancels it before then holds nothing here any more.
+ * What waits on the connection counts against max-pending-output like a
+ * client's output (conn_count_output); the caller charges what it keeps.
+ *
  * A forwarded request carries `X-Pyazdb-Forwarded: 1`; a node that gets one
  * while it is not the leader answers 503 rather than forwarding again, so a
  * request never loops between nodes that disagree about the leader.

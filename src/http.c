@@ -52,6 +52,8 @@ struct http_conn {
     bool truncated;       /* results dropped: over OUT_MAX */
     struct watch_stream *ws; /* GET /watch: its stream (http_watch.h) */
     char *fwd_token;      /* the client's bearer token, forwarded */
+    size_t fwd_held;      /* bytes kept for the forward, counted against
+                             max-pending-output (conn_hold_detached) */
     struct etcd_gw *gw;      /* /v3/...: etcd's JSON gateway */
 };
 
@@ -911,6 +913,7 @@ static void on_forwarded(struct fwd_req *f, int status)
 {
     struct http_conn *h = container_of(f, struct http_conn, fwd);
     h->forwarding = false;
+    conn_hold_detached(&h->fwd_held, 0);
     if (status == PZ_ELEADERCHANGE && h->restarts++ < MAX_RESTARTS) {
         /* fwd.c could not reach the leader and no other node leads now
          * (nothing unsafe was sent): start over, which proposes here if
@@ -957,6 +960,19 @@ static void forward(struct http_conn *h)
         reply_text(h, 503, "Leader address not known yet", NULL);
         return;
     }
+    /* What the request keeps until the leader answers (its body, which
+     * fwd.c sends without a copy, and what was decoded from it) counts
+     * with the answers waiting for clients: a slow leader must not make
+     * a follower hold every large request sent to it meanwhile. */
+    size_t held = req->body.cap + h->op.cmd.cap;
+    if (!conn_output_room(h->hc.c, held)) {
+        reply_text(h, 503,
+                   "Server busy: too many requests waiting for the leader; "
+                   "retry later",
+                   NULL);
+        return;
+    }
+    conn_hold_detached(&h->fwd_held, held);
     /* The request passed our checks: the leader gets our token, or with
      * client tokens the client's own, which it checks again (auth.h).
      * Reads may be sent again if the connection is lost (fwd.h). */
@@ -975,6 +991,7 @@ static void forward(struct http_conn *h)
                       req->url.data, req->body.data ? req->body.data : "",
                       req->body.len, on_forwarded);
     if (rv < 0) {
+        conn_hold_detached(&h->fwd_held, 0);
         reply_text(h, 502, "Leader unreachable", NULL);
         return;
     }
@@ -1258,6 +1275,8 @@ static void on_close(struct httpd_conn *hc)
         node_cancel(&h->req);
     if (h->forwarding)
         fwd_cancel(&h->fwd);
+    h->forwarding = false;
+    conn_hold_detached(&h->fwd_held, 0);
     on_done(hc);
 }
 

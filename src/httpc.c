@@ -1,13 +1,14 @@
 /* httpc.c - see httpc.h.
  *
- * Happy path: a request is formatted once (kept for a resend), queued and
- * written to the connection at once (conn.c buffers it while the
- * connection is still being made); answers are parsed with llhttp and
+ * Happy path: a request is formatted once (kept for a resend; a borrowed
+ * body is not copied), queued and written to the connection as it takes
+ * them (conn.c buffers what is written while the connection is still
+ * being made; on_drain writes more); answers are parsed with llhttp and
  * each one completes the oldest request. One timer is armed for the
  * oldest request's deadline: requests share one timeout and stay in the
  * order they were made, so the oldest always expires first.
  *
- * Failure modes: a failed connect fails every request written on it with
+ * Failure modes: a failed connect fails every request waiting for it with
  * the connect error. A connection lost later (reset, EOF, the server's
  * idle timeout racing a new request) is dialled again and the unanswered
  * requests are written once more, up to max_attempts; past it they fail
@@ -39,7 +40,10 @@
 struct hreq {
     struct pz_queue q;  /* in c->reqs, or a local list of finished ones */
     uint64_t id;        /* returned to the caller */
-    struct pz_buf wire; /* the request bytes, kept for a resend */
+    struct pz_buf wire; /* the request bytes, kept for a resend (only
+                           its head when the body is borrowed) */
+    const char *body;   /* the borrowed body, or NULL */
+    size_t blen;        /* its length */
     httpc_cb cb;        /* NULL once cancelled */
     void *data;         /* cb's argument */
     uint64_t deadline;  /* uv_now() past which it fails; 0: none */
@@ -183,6 +187,8 @@ static void send_pending(struct httpc *c)
             c->dial_err = PZ_EINVAL; /* reported from the timer */
             return;
         }
+        if (c->o.count_output)
+            conn_count_output(c->c);
         if (tls_slot_on(c->o.tls) &&
             conn_start_tls_addr(c->c, c->o.tls, c->addr,
                                 c->o.timeout_ms) < 0)
@@ -193,7 +199,11 @@ static void send_pending(struct httpc *c)
         struct hreq *r = container_of(q, struct hreq, q);
         if (r->written)
             continue;
+        if (conn_output_pending(c->c) >= HTTPC_WRITE_AHEAD)
+            break; /* the rest once it drains (on_drain) */
         conn_write(c->c, r->wire.data, r->wire.len);
+        if (r->body)
+            conn_write(c->c, r->body, r->blen);
         r->written = true;
         r->attempts++;
     }
@@ -241,14 +251,9 @@ static void on_connect(struct conn *conn, int status)
     c->c = NULL;
     struct pz_queue done;
     pz_queue_init(&done);
-    struct pz_queue *q = pz_queue_head(&c->reqs);
-    while (q != &c->reqs) {
-        struct hreq *r = container_of(q, struct hreq, q);
-        q = q->next;
-        if (r->written)
-            finish_req(c, r, status, &done);
-    }
-    send_pending(c); /* nothing left unwritten: no new dial */
+    /* Those not written yet waited for this connection too. */
+    while (head(c))
+        finish_req(c, head(c), status, &done);
     arm(c);
     run_done(&done);
 }
@@ -287,8 +292,17 @@ static void on_data(struct conn *conn, const char *data, size_t len)
     run_done(&done);
 }
 
+/* The connection took what was written: write the requests that wait. */
+static void on_drain(struct conn *conn)
+{
+    struct httpc *c = conn->proto;
+    if (c != NULL)
+        send_pending(c);
+}
+
 static const struct conn_ops client_ops = {
     .on_data = on_data,
+    .on_drain = on_drain,
     .on_close = on_close,
 };
 
@@ -496,8 +510,12 @@ uint64_t httpc_request(struct httpc *c, const char *method, const char *target,
     if (body)
         pz_buf_appendf(&r->wire, "Content-Length: %zu\r\n", blen);
     pz_buf_append(&r->wire, "\r\n", 2);
-    if (body)
+    if (body && c->o.borrow_body) {
+        r->body = body;
+        r->blen = blen;
+    } else if (body) {
         pz_buf_append(&r->wire, body, blen);
+    }
     pz_queue_push(&c->reqs, &r->q);
     c->n_live++;
     send_pending(c);

@@ -2,9 +2,12 @@
  * the nodes' client of mandi (mandi_client.c) and pyazdb-cli (cli.c).
  *
  * One client talks to one address over one kept-alive connection, dialled
- * on the first request and again after it is lost. Requests are written at
- * once, pipelined, and answered in order. Each has a deadline (timeout_ms
- * after it was made) and can be cancelled.
+ * on the first request and again after it is lost. Requests are written
+ * pipelined, in order, as the connection takes them (one more while less
+ * than HTTPC_WRITE_AHEAD waits in its output, so that a request not
+ * written yet holds nothing there and is dropped when cancelled), and
+ * answered in order. Each has a deadline (timeout_ms after it was made)
+ * and can be cancelled.
  *
  * Callbacks: each request's callback runs exactly once, from the loop and
  * never from inside the call that made the request, unless the request is
@@ -12,7 +15,7 @@
  * the server answered (err == 0, with its status, whatever it is) or not
  * (err < 0):
  *   - a libuv code from connecting, e.g. UV_ECONNREFUSED: every request
- *     written on that connection fails with it; PZ_EINVAL when the address
+ *     waiting for that connection fails with it; PZ_EINVAL when the address
  *     cannot be dialled at all;
  *   - PZ_EIO: the connection was lost with the request unanswered;
  *   - PZ_ETIMEDOUT: no answer before the deadline;
@@ -50,6 +53,9 @@
 struct httpc;
 struct tls_slot;
 
+/* Requests are written while less than this waits on the connection. */
+#define HTTPC_WRITE_AHEAD (64 * 1024)
+
 struct httpc_result {
     int err;                  /* 0: the server answered; < 0: see above */
     int status;               /* its status when err == 0, else 0 */
@@ -77,6 +83,12 @@ struct httpc_opts {
     /* HTTPS (tls.h): the server's certificate must name the host of addr.
      * NULL or off: plain HTTP. Borrowed: it must outlive the client. */
     const struct tls_slot *tls;
+    /* Request bodies are borrowed, not copied: the caller keeps each one
+     * until its callback runs or it is cancelled. */
+    bool borrow_body;
+    /* What waits on the connection for the server to take counts against
+     * max_pending_output (conn_count_output): the requests of clients. */
+    bool count_output;
 };
 
 /* A client of addr ("host:port", host an IP address or localhost; ":port"

@@ -2083,3 +2083,83 @@ def test_http_range_over_the_output_budget_is_not_built(servers, pb):
     doc = json.loads(body)
     assert st == 200 and doc["count"] == 8 and not doc["more"], st
     serves_and_kept(node, pb, "k1", "k2")
+
+
+# --- finding 5: requests a follower holds for the leader -------------------
+
+
+def peak_rss_mb(node):
+    with open(f"/proc/{node.proc.pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak_rss(node):
+    with open(f"/proc/{node.proc.pid}/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def post_and_hang_up(port, request):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(request)
+    finally:
+        s.close()
+
+
+def test_requests_forwarded_to_a_stalled_leader_are_bounded(servers):
+    """The leader stalls (SIGSTOP) while clients send 4 MiB /txn bodies to
+    a follower, three at a time (so that max-partial-input never refuses
+    them), and hang up. The follower forwards them; what it keeps for them
+    until the leader answers counts against max-pending-output (16 MiB
+    here), and past it a request is refused at once (503). Before, every
+    complete request was kept, with two copies, until the leader answered:
+    80 of them grew the follower by 250 MB and more."""
+    nodes = make_cluster(servers, conf={
+        "max-partial-input": "16mb", "max-pending-output": "16mb",
+        "conn-hard-limit": "8mb", "election-timeout": "20s",
+        "heartbeat-interval": "200ms"})
+    leader = leader_of(nodes, timeout=30)
+    f = next(s for s in nodes if s is not leader)
+    assert set_key(f, "before", "1")[0] == 204  # its link to the leader
+    value = "x" * (MiB - 100)
+    body = json.dumps({"success": [{"put": {"key": f"k{i}", "value": value}}
+                                   for i in range(4)]}).encode()
+    assert len(body) > 4 * MiB - 1000
+    request = (b"POST /txn HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+               % len(body)) + body
+    rss = rss_mb(f)
+    reset_peak_rss(f)
+    leader.signal(signal.SIGSTOP)
+    try:
+        pace = threading.Semaphore(3)
+
+        def send():
+            with pace:
+                post_and_hang_up(f.http_port, request)
+
+        threads = [threading.Thread(target=send) for _ in range(80)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        t0 = time.time()
+        f.request("GET", "/health", timeout=5)  # its leader is away: 503
+        assert time.time() - t0 < 1
+        grew = peak_rss_mb(f) - rss
+        print(f"follower: RSS {rss:.0f} MB, grew by {grew:.0f} MB at the peak")
+        assert grew < 120, grew
+        # one more, whose client waits: no room, refused at once
+        st, _, reply = f.request("POST", "/txn", body, timeout=10)
+        assert (st, reply) == (503, b"Server busy: too many requests "
+                               b"waiting for the leader; retry later\n")
+    finally:
+        leader.signal(signal.SIGCONT)
+    # The leader answers what was sent to it; then the follower forwards
+    # large requests again.
+    wait_for(lambda: f.request("POST", "/txn", body, timeout=30)[0] == 200,
+             "a large forwarded /txn", timeout=30, step=0.2)
+    assert set_key(f, "after", "2")[0] == 204
+    assert get_key(leader, "after") == (200, b"2")
