@@ -2120,7 +2120,12 @@ def test_requests_forwarded_to_a_stalled_leader_are_bounded(servers):
     nodes = make_cluster(servers, conf={
         "max-partial-input": "16mb", "max-pending-output": "16mb",
         "conn-hard-limit": "8mb", "election-timeout": "20s",
-        "heartbeat-interval": "200ms"})
+        "heartbeat-interval": "200ms"}, start=False)
+    for s in nodes:
+        s.env.update(ENV)
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
     leader = leader_of(nodes, timeout=30)
     f = next(s for s in nodes if s is not leader)
     assert set_key(f, "before", "1")[0] == 204  # its link to the leader
