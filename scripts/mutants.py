@@ -1630,6 +1630,44 @@ MUTATIONS = [
       ["py:test_fd_limit.py::test_soft_limit_is_raised_toward_max_clients"],
       "a shell's soft limit of 1024 lowers max-clients though the hard "
       "limit allows far more"),
+    # --- relaying to a leader not known yet (src/grpc.c, src/http.c,
+    #     src/node.c, src/etcd_lease.c) --------------------------------
+    M("relay_without_leader_fails_at_once", "src/grpc.c",
+      "        if (gs->be->wait_leader && st->leader_waits < 2) {",
+      "        if (gs->be->wait_leader && st->leader_waits < 0) {",
+      ["unit:grpc/relayed_call_waits_for_a_leader",
+       "py:test_forward_retry.py::"
+       "test_relayed_calls_wait_for_a_leader_after_a_restart"],
+      "a gRPC or etcd call a follower relays with no leader known (an etcd "
+      "Put with ignore_value) fails at once instead of waiting for one"),
+    M("forwarded_call_refused_during_election", "src/grpc.c",
+      "    if (rv == PZ_ENOLEADER && gs->be->wait_leader) {",
+      "    if (rv == PZ_ENOLEADER && gs->be->wait_leader && "
+      "!st->was_forwarded) {",
+      ["unit:grpc/forwarded_call_waits_for_an_election_here"],
+      "a write forwarded to a node that knows no leader fails at once, "
+      "where an HTTP one waits for the election"),
+    M("http_relay_without_leader_address", "src/http.c",
+      "    if (addr == NULL && h->leader_waits < 2) {",
+      "    if (addr == NULL && h->leader_waits < 0) {",
+      ["py:test_forward_retry.py::"
+       "test_calls_wait_for_the_address_of_a_known_leader"],
+      "an HTTP write on a node that knows the leader but not its address "
+      "gets 503 at once instead of waiting for it"),
+    M("leader_wait_ignores_its_address", "src/node.c",
+      "    if (members_leader_told())\n        reqs_done(req, 0);",
+      "    if (nd->leader)\n        reqs_done(req, 0);",
+      ["py:test_forward_retry.py::"
+       "test_calls_wait_for_the_address_of_a_known_leader"],
+      "a wait for a leader ends as soon as one is named, before this node "
+      "can reach it: relayed calls fail at once just after a restart"),
+    M("keepalive_relay_without_leader_fails", "src/etcd_lease.c",
+      "    if (rv == PZ_ENOLEADER && !k->leader_waited &&",
+      "    if (rv == PZ_ENOLEADER && k->leader_waited &&",
+      ["py:test_forward_retry.py::"
+       "test_relayed_calls_wait_for_a_leader_after_a_restart"],
+      "a LeaseKeepAlive request on a node with no leader known fails at "
+      "once instead of waiting for one"),
 ]
 
 

@@ -179,7 +179,7 @@ static void on_leader_known(struct node_req *req, int status);
 /* Errors of node_remove_member / node_transfer at the call. */
 static void leader_call_error(struct gstream *st, int call, int rv)
 {
-    if (rv == PZ_ENOLEADER && !grpc_stream_forwarded(st)) {
+    if (rv == PZ_ENOLEADER) {
         grpc_stream_in_node(st, true);
         grpc_stream_set_ext(st, (void *)(intptr_t)(call + 1), NULL);
         node_wait_leader(grpc_stream_req(st), on_leader_known);

@@ -525,7 +525,7 @@ static void propose(struct gstream *st, struct ekv *e, struct pz_buf *cmd)
                                &e->sink, write_done);
     if (rv == 0)
         return;
-    if (rv == PZ_ENOLEADER && !grpc_stream_forwarded(st)) {
+    if (rv == PZ_ENOLEADER) {
         node_wait_leader(req, on_leader_known);
         return;
     }

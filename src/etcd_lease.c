@@ -9,10 +9,11 @@
  * ReadIndex round. LeaseKeepAlive is a bidirectional stream: its requests
  * are handled one at a time, in order; on the leader each after a
  * ReadIndex round (node_lease_keepalive), on a follower each relayed to
- * the leader as one unary call of the same method (grpc_stream_forward_call),
- * and every request gets one answer, in order, pulled by the client's
- * reads. When the client ends its side, the call ends (OK) once every
- * answer went.
+ * the leader as one unary call of the same method
+ * (grpc_stream_forward_call; with no leader known, or not its address,
+ * after waiting for one, as the other calls), and every request gets one
+ * answer, in order, pulled by the client's reads. When the client ends
+ * its side, the call ends (OK) once every answer went.
  *
  * etcd's answers for leases that do not exist: KeepAlive TTL 0,
  * TimeToLive TTL -1, Revoke NOT_FOUND "etcdserver: requested lease not
@@ -31,31 +32,14 @@
 
 #define KA_MAX 1024 /* requests + answers waiting on one keep-alive stream */
 
-static void call_again(struct node_req *req, int status)
-{
-    struct gstream *st = grpc_stream_of(req);
-    grpc_stream_in_node(st, false);
-    if (status < 0)
-        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
-    else
-        etcd_call(st, (int)(intptr_t)grpc_stream_ext(st));
-    grpc_stream_flush(st);
-}
-
 /* This node must lead: true if it does; else the call is relayed to the
- * leader, or waits for one. */
-static bool on_leader(struct gstream *st, int call)
+ * leader, or waits for one it can reach and runs again (grpc.h,
+ * grpc_stream_forward). */
+static bool on_leader(struct gstream *st)
 {
     if (node_is_leader())
         return true;
-    const char *addr = node_leader_grpc_addr();
-    if ((addr && addr[0]) || grpc_stream_forwarded(st)) {
-        etcd_node_error(st, PZ_ENOTLEADER, true);
-        return false;
-    }
-    grpc_stream_set_ext(st, (void *)(intptr_t)call, NULL);
-    grpc_stream_in_node(st, true);
-    node_wait_leader(grpc_stream_req(st), call_again);
+    etcd_node_error(st, PZ_ENOTLEADER, true);
     return false;
 }
 
@@ -152,7 +136,7 @@ static void call_grant(struct gstream *st)
                          "etcdserver: too large lease TTL");
         return;
     }
-    if (!on_leader(st, ETCD_LEASE_GRANT))
+    if (!on_leader(st))
         return;
     struct kv_lease l;
     if (kv_lease_count(node_kv()) >= node_lease_max_count()) {
@@ -193,7 +177,7 @@ static void call_revoke(struct gstream *st)
                          "etcdserver: requested lease not found");
         return;
     }
-    if (!on_leader(st, ETCD_LEASE_REVOKE))
+    if (!on_leader(st))
         return;
     struct elease *e = pz_calloc(1, sizeof *e);
     e->call = ETCD_LEASE_REVOKE;
@@ -313,7 +297,7 @@ static void call_read(struct gstream *st, int call)
         e->id = q->id;
         e->ttl = q->keys; /* keys asked for */
         protobuf_c_message_free_unpacked(&q->base, &grpc_pb_allocator);
-        if (!on_leader(st, call)) {
+        if (!on_leader(st)) {
             pz_free(e);
             return;
         }
@@ -372,6 +356,7 @@ struct eka {
     bool client_done;      /* the client ended its side */
     struct grpc_call call; /* a request relayed to the leader */
     bool in_call;
+    bool leader_waited; /* waited for a leader since the last relay */
 };
 
 static void ka_push(struct ka_list *l, struct ka_msg *m)
@@ -459,6 +444,7 @@ static void ka_served(struct eka *k)
 }
 
 static void ka_read_done(struct node_req *req, int status);
+static void ka_leader_known(struct node_req *req, int status);
 
 static void ka_forward_done(struct grpc_call *call)
 {
@@ -501,10 +487,32 @@ static void ka_serve(struct eka *k)
     int rv = grpc_stream_forward_call(st, &k->call, buf, n,
                                       grpc_stream_server(st)->fwd_timeout,
                                       ka_forward_done);
-    if (rv < 0)
+    if (rv == PZ_ENOLEADER && !k->leader_waited &&
+        !grpc_stream_server(st)->draining) {
+        /* No leader known, or not its gRPC address: wait for one, as the
+         * other calls a follower relays do (once between relays: after
+         * the wait, the node knows a leader it can reach; one relayed to
+         * us is served if this node won, else refused). */
+        k->leader_waited = true;
+        grpc_stream_in_node(st, true);
+        node_wait_leader(grpc_stream_req(st), ka_leader_known);
+    } else if (rv < 0) {
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
+    } else {
+        k->in_call = true;
+        k->leader_waited = false;
+    }
+}
+
+static void ka_leader_known(struct node_req *req, int status)
+{
+    struct gstream *st = grpc_stream_of(req);
+    grpc_stream_in_node(st, false);
+    if (status < 0)
         grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
     else
-        k->in_call = true;
+        ka_serve(grpc_stream_ext(st)); /* here, or relayed to it */
+    grpc_stream_flush(st);
 }
 
 static void ka_read_done(struct node_req *req, int status)

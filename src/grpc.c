@@ -53,6 +53,7 @@
 #include "auth.h"
 #include "cluster.pb-c.h"
 #include "etcd.h"
+#include "etcd_map.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc_client.h"
 #include "grpc_frame.h"
@@ -222,6 +223,8 @@ struct gstream {
     struct grpc_call call;   /* forwarded call */
     bool call_used;          /* call was started once: reset it at the end */
     bool in_fwd;             /* call is with the leader */
+    int leader_waits;        /* waits for a leader to forward to since the
+                                last forward sent (forward) */
     bool has_deadline;       /* grpc-timeout given */
     uint64_t started_ns;     /* stats_now_ns() when the stream opened */
     uint64_t deadline;       /* uv_now() ms when it expires */
@@ -799,6 +802,20 @@ static void retry_remove(struct gstream *st)
 
 static void start_write(struct gstream *st);
 static void forward(struct gstream *st);
+static void node_error(struct gstream *st, int rv, bool write);
+
+/* Run st's call again, from where it is forwarded or proposed (it never
+ * reached the leader, or it waited for one). */
+static void call_again(struct gstream *st)
+{
+    if (st->m->kind == M_KV_GET)
+        forward(st); /* a read forwarded by a backend that cannot read
+                        here (tests) */
+    else if (st->m->kind == M_ETCD)
+        etcd_call(st, st->m->sub); /* decoded and tried again */
+    else
+        start_write(st);
+}
 
 static void on_retry_timer(uv_timer_t *t)
 {
@@ -814,13 +831,7 @@ static void on_retry_timer(uv_timer_t *t)
             if (st->retry_at > now)
                 continue;
             retry_remove(st);
-            if (st->m->kind == M_KV_GET)
-                forward(st); /* a read forwarded by a backend that
-                                cannot read here (tests) */
-            else if (st->m->kind == M_ETCD)
-                etcd_call(st, st->m->sub); /* decoded and tried again */
-            else
-                start_write(st);
+            call_again(st);
             session_flush(st->s);
             again = true; /* the queue changed: scan it again */
             break;
@@ -905,19 +916,61 @@ static void forward_metadata(const struct gstream *st, char *bearer, size_t cap,
     }
 }
 
+/* End st: there is no leader to forward it to, or not its address (an
+ * etcd call in etcd's words, which its clients match on). */
+static void no_leader(struct gstream *st)
+{
+    struct node_status ns;
+    if (st->m->kind == M_ETCD) {
+        char m[160];
+        finish(st, etcd_node_status(PZ_ENOLEADER, true, m, sizeof m), "%s", m);
+        return;
+    }
+    st->s->gs->be->status(&ns);
+    if (ns.leader && ns.leader[0])
+        finish(st, GRPC_UNAVAILABLE,
+               "the leader's (%s) gRPC address is not known yet", ns.leader);
+    else
+        finish(st, GRPC_UNAVAILABLE, "not the leader and no leader known");
+}
+
+/* The wait forward() started is over: run the call again, or end it. */
+static void on_forward_leader(struct node_req *req, int status)
+{
+    struct gstream *st = container_of(req, struct gstream, req);
+    struct gsession *s = st->s;
+    st->in_node = false;
+    if (status == PZ_ESHUTDOWN)
+        node_error(st, status, false);
+    else if (status < 0)
+        no_leader(st);
+    else
+        call_again(st); /* here, or forwarded to the leader */
+    if (session_flush(s))
+        kick(s->gs);
+}
+
+/* Send st to the leader. With none known, or not yet its gRPC address (a
+ * follower just started, whose leader died, a candidate), the call waits
+ * (bounded by the node's request-timeout and the call's deadline) for one
+ * it can reach, then runs again (call_again), as writes that find no
+ * leader do: every call a follower relays waits alike, and so does one
+ * forwarded to this node, which may win the election (HTTP's do too). A
+ * second wait in a row, with no forward sent between, is not made: the
+ * node says a leader it can reach is known, yet its gRPC address is not.
+ * A call forwarded to us goes no further (one hop). */
 static void forward(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
     const char *addr = gs->be->leader_grpc_addr();
     if (addr == NULL || addr[0] == '\0') {
-        struct node_status ns;
-        gs->be->status(&ns);
-        if (ns.leader && ns.leader[0])
-            finish(st, GRPC_UNAVAILABLE,
-                   "the leader's (%s) gRPC address is not known yet",
-                   ns.leader);
-        else
-            finish(st, GRPC_UNAVAILABLE, "not the leader and no leader known");
+        if (gs->be->wait_leader && st->leader_waits < 2) {
+            st->leader_waits++;
+            st->in_node = true;
+            gs->be->wait_leader(&st->req, on_forward_leader);
+            return;
+        }
+        no_leader(st);
         return;
     }
     if (st->was_forwarded) {
@@ -949,6 +1002,7 @@ static void forward(struct gstream *st)
         return;
     }
     st->in_fwd = true;
+    st->leader_waits = 0;
     gs->stats.forwarded++;
 }
 
@@ -1056,8 +1110,10 @@ static void on_leader_known(struct node_req *req, int status)
     struct gstream *st = container_of(req, struct gstream, req);
     struct gsession *s = st->s;
     st->in_node = false;
-    if (status < 0)
-        finish(st, GRPC_UNAVAILABLE, "no leader known");
+    if (status == PZ_ETIMEDOUT) /* a leader, but not its address */
+        no_leader(st);
+    else if (status < 0)
+        node_error(st, status, true);
     else
         start_write(st); /* here, or forwarded to the new leader */
     session_flush(s);
@@ -1083,7 +1139,7 @@ static void start_write(struct gstream *st)
             st->in_node = false;
     }
     scratch_done(cmd);
-    if (rv == PZ_ENOLEADER && gs->be->wait_leader && !st->was_forwarded) {
+    if (rv == PZ_ENOLEADER && gs->be->wait_leader) {
         st->in_node = true;
         gs->be->wait_leader(&st->req, on_leader_known);
     } else if (rv < 0) {

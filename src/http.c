@@ -44,6 +44,8 @@ struct http_conn {
     bool snap_slot;       /* holds a snapshot-max-streams slot */
     int restarts;         /* times the request started over because the
                              leader changed while forwarding */
+    int leader_waits;     /* waits for a leader to forward to since the
+                             last forward sent (forward) */
     struct kv_sink sink;  /* a transaction's results, as it applies */
     struct pz_buf out;    /* ... rendered as JSON so far */
     size_t n_ops;         /* operations reported so far */
@@ -627,12 +629,12 @@ static void on_lease_read(struct node_req *req, int status)
     pz_buf_free(&b);
 }
 
-/* Start a lease request on the leader; PZ_ENOTLEADER / PZ_ENOLEADER when
- * this node does not lead, or another code to answer with. */
+/* Start a lease request on the leader; PZ_ENOTLEADER when this node does
+ * not lead, or another code to answer with. */
 static int start_lease(struct http_conn *h)
 {
     if (!node_is_leader())
-        return node_leader_http_addr() ? PZ_ENOTLEADER : PZ_ENOLEADER;
+        return PZ_ENOTLEADER; /* forward: sent, or waits for a leader */
     struct http_op *op = &h->op;
     struct pz_buf cmd;
     int rv;
@@ -944,8 +946,15 @@ static void on_forwarded(struct fwd_req *f, int status)
     }
 }
 
+static void on_leader_known(struct node_req *req, int status);
+
 /* A follower sends the write to the leader over the kept-alive
- * connection fwd.c holds for it. */
+ * connection fwd.c holds for it. With no leader known, or not yet its
+ * HTTP address (a founding member learns it from its first link to the
+ * leader), it waits for one it can reach (node_wait_leader, bounded by
+ * request-timeout) and starts over, as a write that finds no leader
+ * does; not twice in a row with no forward sent between (the node says
+ * a leader it can reach is known, yet its HTTP address is not). */
 static void forward(struct http_conn *h)
 {
     const char *addr = node_leader_http_addr();
@@ -954,6 +963,11 @@ static void forward(struct http_conn *h)
         /* It came from a node that took us for the leader: never forward
          * twice; the client retries once the cluster agrees. */
         reply_node_error(h, PZ_ENOTLEADER);
+        return;
+    }
+    if (addr == NULL && h->leader_waits < 2) {
+        h->leader_waits++;
+        node_wait_leader(&h->req, on_leader_known);
         return;
     }
     if (addr == NULL) {
@@ -996,13 +1010,18 @@ static void forward(struct http_conn *h)
         return;
     }
     h->forwarding = true;
+    h->leader_waits = 0;
 }
 
 static void on_leader_known(struct node_req *req, int status)
 {
     struct http_conn *h = container_of(req, struct http_conn, req);
+    if (status == PZ_ETIMEDOUT) { /* a leader, but not its address */
+        reply_text(h, 503, "Leader address not known yet", NULL);
+        return;
+    }
     if (status < 0) {
-        reply_node_error(h, PZ_ENOLEADER);
+        reply_node_error(h, status);
         return;
     }
     if (h->op.kind == HTTP_OP_CLUSTER)
@@ -1170,6 +1189,7 @@ static void on_request(struct httpd_conn *hc)
     struct http_conn *h = conn_of(hc);
     int rv;
     h->restarts = 0;
+    h->leader_waits = 0;
     if (etcd_gw_match(&hc->p.req)) {
         hc->route = "etcd_gateway";
         etcd_gw_start(hc, &h->gw);

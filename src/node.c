@@ -238,12 +238,31 @@ static void soft_state_changed(const struct raft_soft_state *ss)
     }
     if (!was_leader && ss->role == RAFT_LEADER)
         members_register_leader(); /* clients find the new leader at once */
-    if (nd->leader) {
-        /* Requests waiting for a leader: go. Reads retry ReadIndex. */
-        reqs_finish_all(&nd->wait_leader, 0);
-    }
+    /* A founding member knows the others' Raft addresses only, and learns
+     * their client addresses from the handshake of a link it dials: dial
+     * a new leader now rather than at the next members_cron, as writes
+     * here wait to be forwarded to it. */
+    if (nd->leader && !members_leader_told())
+        NIO(probe, nd->leader);
+    /* Requests waiting for a leader: go. Reads retry ReadIndex. */
+    core_leader_waits_wake();
 }
 
+void core_leader_waits_wake(void)
+{
+    if (nd->leader == 0)
+        return;
+    bool told = members_leader_told();
+    struct pz_queue *e = nd->wait_leader.next;
+    while (e != &nd->wait_leader) {
+        struct node_req *r = container_of(e, struct node_req, q);
+        e = e->next;
+        /* A read asks the leader over Raft; the rest are proposed here
+         * or forwarded to the leader's client address. */
+        if (r->read_waits || told)
+            reqs_done(r, 0);
+    }
+}
 
 static void ready_apply(struct raft_ready *rd)
 {
@@ -782,8 +801,7 @@ void node_tick(void)
     node_lease_tick();
     /* Reads the leader refused (it has not committed in its term yet)
      * wait here with a leader known: retry them, once per tick. */
-    if (nd->leader)
-        reqs_finish_all(&nd->wait_leader, 0);
+    core_leader_waits_wake();
     /* By the clock (not by ticks, which run late on a loaded machine):
      * mandi registration and polling every mandi-interval, membership
      * housekeeping once a second. */
@@ -946,7 +964,7 @@ int node_read(struct node_req *req, bool stale, node_req_cb cb)
 void node_wait_leader(struct node_req *req, node_req_cb cb)
 {
     reqs_prepare(req, cb);
-    if (nd->leader)
+    if (members_leader_told())
         reqs_done(req, 0);
     else
         reqs_link(&nd->wait_leader, req);

@@ -122,8 +122,10 @@ int node_propose_sink(struct node_req *req, const uint8_t *cmd, size_t len,
 /* cb once reading the local state machine is linearizable (stale: at the
  * next loop turn, without any check). Works on followers too. */
 int node_read(struct node_req *req, bool stale, node_req_cb cb);
-/* cb(0) as soon as a leader is known (maybe at once, on the next turn), or
- * cb(PZ_ENOLEADER) after request-timeout. */
+/* cb(0) as soon as a leader is known that requests can reach (this node,
+ * or one whose client addresses this node knows, to forward to; maybe at
+ * once, on the next turn), or after request-timeout cb(PZ_ENOLEADER), or
+ * cb(PZ_ETIMEDOUT) when a leader is known but not its addresses. */
 void node_wait_leader(struct node_req *req, node_req_cb cb);
 /* Leader only. Remove member `name` (node-id) from the configuration; cb
  * once the change is committed and applied here. The removed member is

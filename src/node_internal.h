@@ -267,6 +267,10 @@ void core_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                      noreturn));
 /* Complete the reads whose read index is applied now. */
 void core_reads_check_applied(void);
+/* Complete the requests in nd->wait_leader that may go on now: reads once
+ * any leader is known, the rest once it can take them
+ * (members_leader_told). */
+void core_leader_waits_wake(void);
 /* Close the tick timer, then the transport, then the rest (node_close,
  * once no store job is in flight). */
 void core_finish_close(void);
@@ -350,6 +354,9 @@ void members_conf_wait_retry(void);
 int members_bootstrap(char *err, size_t errlen);
 /* Publish this node as the leader in mandi (now, and then every 2 s). */
 void members_register_leader(void);
+/* A leader is known and requests can reach it: this node leads, or we
+ * know the client addresses of the node that does. */
+bool members_leader_told(void);
 /* Persist the cluster id a joining node learned (after a store job). */
 void members_save_cluster_id(void *data, uint64_t id);
 /* transport_config callbacks: addresses a peer told us, who may dial us,

@@ -275,6 +275,8 @@ void members_on_peer_info(void *data, uint64_t id, bool dialed,
     struct member *m = members_find(id);
     if (m != NULL) {
         take_addrs(m, http, grpc);
+        if (id == nd->leader)
+            core_leader_waits_wake(); /* writes can be forwarded now */
         return;
     }
     /* Not a member (yet): kept for members_refresh (take_early), the
@@ -658,6 +660,14 @@ static const char *leader_addr(bool http)
         return NULL;
     const char *a = http ? m->http : m->grpc;
     return a[0] ? a : NULL;
+}
+
+bool members_leader_told(void)
+{
+    if (nd->leader == 0 || nd->leader == nd->id)
+        return nd->leader != 0;
+    struct member *m = members_find(nd->leader);
+    return m != NULL && m->told;
 }
 
 const char *node_leader_http_addr(void)

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+from conftest import wait_for
 from test_cluster import leader_of, make_cluster, put
 
 
@@ -227,3 +228,218 @@ def test_input_while_a_forward_is_held_does_not_free_it(servers):
     st, _, out = new.request("GET", "/get?key=held")
     assert st == 200 and b"v1" in out, (st, out)
     assert f.proc.poll() is None
+
+
+def test_relayed_calls_wait_for_a_leader_after_a_restart(servers, tmp_path):
+    """A node that knows no leader (the cluster restarting: it is up alone,
+    a candidate) holds every call it would relay to the leader, whatever
+    the protocol, until one is elected and it can reach it, within
+    request-timeout; the calls then succeed. None fails at once with `not
+    the leader and no leader known` (etcd Put with ignore_value, which
+    reads the key on the leader, did), `etcdserver: no leader` (a
+    LeaseKeepAlive) or a leader's address not known yet (right after the
+    election, before the node has dialled its new leader)."""
+    import grpc
+    import grpc_helpers as gh
+    pb = gh.stubs(str(tmp_path / "stubs"))
+    epb = gh.etcd_stubs(str(tmp_path / "etcd_stubs"))
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    assert put(leader, "ign", "old")[0] == 204
+    lease = gh.etcd_call(leader.grpc_port, epb, "Lease", "LeaseGrant",
+                         epb.LeaseGrantRequest(TTL=600)).ID
+    for s in nodes:
+        s.stop()
+    # The node asked comes back first, alone, and is not the one the
+    # others elect (a longer election timeout): what it gets is relayed.
+    a, others = nodes[0], nodes[1:]
+    a.conf["election-timeout"] = "10s"
+    a.conf["request-timeout"] = "20s"
+    a.write_conf()
+    a.start(wait=False)
+    a.wait_ready()
+
+    def unary(svc, method, req, resp):
+        return lambda: gh.etcd_call(a.grpc_port, epb, svc, method, req,
+                                    resp, timeout=30)
+
+    def grpc_set():
+        c = gh.Client(a.grpc_port, pb)
+        try:
+            return c.Set(pb.kv.SetRequest(key="g", value="1"), timeout=30)
+        finally:
+            c.close()
+
+    def keepalive():
+        ch = grpc.insecure_channel(f"127.0.0.1:{a.grpc_port}")
+        try:
+            f = ch.stream_stream(
+                "/etcdserverpb.Lease/LeaseKeepAlive",
+                request_serializer=epb.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=epb.LeaseKeepAliveResponse.FromString)
+            return next(f(iter([epb.LeaseKeepAliveRequest(ID=lease)]),
+                          timeout=30))
+        finally:
+            ch.close()
+
+    def http(method, path, body):
+        def go():
+            st, _, out = a.request(method, path, json.dumps(body), timeout=30)
+            assert st in (200, 204), (st, out)
+            return out
+        return go
+
+    calls = {
+        "http set": http("POST", "/set", {"key": "h", "value": "1"}),
+        "http lease grant": http("POST", "/lease/grant", {"ttl": 60}),
+        "grpc Set": grpc_set,
+        "etcd Put": unary("KV", "Put", epb.PutRequest(key=b"e", value=b"1"),
+                          None),
+        "etcd Put ignore_value": unary(
+            "KV", "Put", epb.PutRequest(key=b"ign", ignore_value=True,
+                                        prev_kv=True), None),
+        "etcd Txn": unary("KV", "Txn", epb.TxnRequest(success=[epb.RequestOp(
+            request_put=epb.PutRequest(key=b"t", value=b"1"))]), None),
+        "etcd LeaseGrant": unary("Lease", "LeaseGrant",
+                                 epb.LeaseGrantRequest(TTL=60), None),
+        "etcd LeaseTimeToLive": unary(
+            "Lease", "LeaseTimeToLive", epb.LeaseTimeToLiveRequest(ID=lease),
+            None),
+        "etcd LeaseKeepAlive": keepalive,
+    }
+    results = {}
+
+    def run(name, fn):
+        try:
+            results[name] = ("ok", fn())
+        except grpc.RpcError as e:
+            results[name] = ("error", e.code(), e.details(),
+                             time.time() - t0)
+        except AssertionError as e:
+            results[name] = ("error", str(e), time.time() - t0)
+
+    t0 = time.time()
+    threads = [threading.Thread(target=run, args=item)
+               for item in calls.items()]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # every call is in, none has an answer yet
+    assert results == {}, results
+    for s in others:
+        s.start(wait=False)
+    for t in threads:
+        t.join()
+    failed = {k: v for k, v in results.items() if v[0] != "ok"}
+    assert failed == {}, failed
+    new = leader_of(nodes)
+    assert new is not a
+    assert results["etcd Put ignore_value"][1].prev_kv.value == b"old"
+    assert results["etcd LeaseKeepAlive"][1].TTL == 600
+    assert results["etcd LeaseTimeToLive"][1].TTL > 0
+    assert a.status()["leader"] == new.name
+    st, _, body = a.request("GET", "/get?key=h")
+    assert (st, body) == (200, b"1")
+
+
+def test_calls_wait_for_the_address_of_a_known_leader(servers, tmp_path):
+    """A founding member knows the others by their Raft addresses only and
+    learns their client addresses from the handshake of a link it dials.
+    A node that hears from a leader it cannot dial (here: a peer speaking
+    for node2, which is down, in the term after a restart) knows who
+    leads, not where to forward: every call waits for the address
+    (bounded by request-timeout), as for an election, and only then fails
+    with the reason, instead of at once."""
+    import grpc
+    import grpc_helpers as gh
+    import raft_wire as rw
+    pb = gh.stubs(str(tmp_path / "stubs"))
+    epb = gh.etcd_stubs(str(tmp_path / "etcd_stubs"))
+    nodes = make_cluster(servers)
+    leader = leader_of(nodes)
+    lease = gh.etcd_call(leader.grpc_port, epb, "Lease", "LeaseGrant",
+                         epb.LeaseGrantRequest(TTL=600)).ID
+    for s in nodes:
+        s.stop()
+    a, b = nodes[0], nodes[1]
+    a.conf["election-timeout"] = "10s"  # follows node2 all along
+    a.conf["request-timeout"] = "3s"
+    a.write_conf()
+    a.start()
+    aid, cid = rw.identity(a)
+    bid = rw.node_id(b.name)
+    term = a.status()["term"] + 1
+    p = rw.Peer(a.raft_port)
+    r = p.handshake(node_id=bid, cluster_id=cid, name=b.name)
+    assert r is not None and r.status == rw.OK, r
+    p.message(type=rw.HEARTBEAT, term=term, to=aid, **{"from": bid})
+    wait_for(lambda: a.status()["leader"] == b.name, "node1 following node2")
+    results = {}
+    nothing = (f"the leader's ({b.name}) gRPC address is not known yet")
+
+    def run(name, fn):
+        t0 = time.time()
+        try:
+            out = fn()
+        except grpc.RpcError as e:
+            out = (e.code(), e.details())
+        results[name] = (out, time.time() - t0)
+
+    def http(path, body):
+        def go():
+            st, _, out = a.request("POST", path, json.dumps(body), timeout=30)
+            return st, out
+        return go
+
+    def grpc_set():
+        cl = gh.Client(a.grpc_port, pb)
+        try:
+            return cl.Set(pb.kv.SetRequest(key="g", value="1"), timeout=30)
+        finally:
+            cl.close()
+
+    def keepalive():
+        ch = grpc.insecure_channel(f"127.0.0.1:{a.grpc_port}")
+        try:
+            f = ch.stream_stream(
+                "/etcdserverpb.Lease/LeaseKeepAlive",
+                request_serializer=epb.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=epb.LeaseKeepAliveResponse.FromString)
+            return next(f(iter([epb.LeaseKeepAliveRequest(ID=lease)]),
+                          timeout=30))
+        finally:
+            ch.close()
+
+    calls = {
+        "http set": http("/set", {"key": "h", "value": "1"}),
+        "http lease grant": http("/lease/grant", {"ttl": 60}),
+        "grpc Set": grpc_set,
+        "etcd Put": lambda: gh.etcd_call(
+            a.grpc_port, epb, "KV", "Put",
+            epb.PutRequest(key=b"e", value=b"1"), timeout=30),
+        "etcd LeaseKeepAlive": keepalive,
+    }
+    threads = [threading.Thread(target=run, args=item)
+               for item in calls.items()]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 6
+    while time.time() < deadline and any(t.is_alive() for t in threads):
+        # node2 "leads" all along: node1 never learns its addresses
+        p.message(type=rw.HEARTBEAT, term=term, to=aid, **{"from": bid})
+        time.sleep(0.2)
+    for t in threads:
+        t.join(timeout=1)
+    want = {
+        "http set": (503, b"Leader address not known yet\n"),
+        "http lease grant": (503, b"Leader address not known yet\n"),
+        "grpc Set": (grpc.StatusCode.UNAVAILABLE, nothing),
+        "etcd Put": (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader"),
+        "etcd LeaseKeepAlive": (grpc.StatusCode.UNAVAILABLE,
+                                "etcdserver: no leader"),
+    }
+    assert {k: v[0] for k, v in results.items()} == want
+    # each after request-timeout (3 s), none at once
+    took = {k: v[1] for k, v in results.items()}
+    assert all(2.5 < t < 5 for t in took.values()), took
+    assert a.status()["leader"] == b.name
+    p.close()

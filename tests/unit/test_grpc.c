@@ -829,9 +829,177 @@ TEST(node_errors_map_to_statuses)
     CHECK_EQ_INT(fx_close(&f), 0);
 }
 
+/* --- a node with no leader known, until a timer elects one ---------------
+ * wait_leader parks the request while no leader is known; the timer
+ * "elects" (a leader at a's address for the follower, this node itself
+ * for the candidate) and completes it. */
+
+static struct node_req *parked; /* the request waiting for a leader */
+static node_req_cb parked_cb;
+static bool cand_leads; /* the candidate has won */
+static int waits;       /* wait_leader calls */
+
+static void park_wait_leader(struct node_req *req, node_req_cb cb)
+{
+    waits++;
+    if (fake_leader_addr || cand_leads) {
+        mem_complete(req, cb);
+        return;
+    }
+    parked = req;
+    parked_cb = cb;
+}
+
+static void park_cancel(struct node_req *req)
+{
+    if (parked == req)
+        parked = NULL;
+    mem_cancel(req);
+}
+
+static void on_elected(uv_timer_t *t)
+{
+    fake_leader_addr = t->data; /* NULL: the candidate itself */
+    cand_leads = t->data == NULL;
+    if (parked) {
+        struct node_req *r = parked;
+        parked = NULL;
+        mem_complete(r, parked_cb);
+    }
+}
+
+static int cand_propose(struct node_req *req, const uint8_t *cmd, size_t len,
+                        node_req_cb cb)
+{
+    if (!cand_leads)
+        return PZ_ENOLEADER;
+    return mem_propose(req, cmd, len, cb);
+}
+
+static void cand_status(struct node_status *st)
+{
+    memset(st, 0, sizeof *st);
+    st->id = "b";
+    st->role = cand_leads ? "leader" : "candidate";
+    st->leader = cand_leads ? "b" : "";
+}
+
+/* A follower that knows no leader: its writes are not the leader's
+ * (PZ_ENOTLEADER, as a node that heard of one but not its address). */
+static const struct grpc_backend leaderless_follower = {
+    .propose = fake_propose,
+    .read = fake_read,
+    .cancel = park_cancel,
+    .kv = mem_table,
+    .leader_grpc_addr = fake_leader,
+    .status = fake_status,
+    .wait_leader = park_wait_leader,
+};
+
+/* A candidate: no leader known (PZ_ENOLEADER) until it wins. */
+static const struct grpc_backend candidate = {
+    .propose = cand_propose,
+    .read = mem_read,
+    .cancel = park_cancel,
+    .kv = mem_table,
+    .leader_grpc_addr = no_leader,
+    .status = cand_status,
+    .wait_leader = park_wait_leader,
+};
+
+TEST(relayed_call_waits_for_a_leader)
+{
+    struct fx f;
+    struct res r;
+    uv_timer_t elect;
+    CHECK_EQ_INT(fx_init(&f), 0);
+    fake_leader_addr = NULL;
+    parked = NULL;
+    waits = 0;
+    CHECK_EQ_INT(fx_start_b(&f, &leaderless_follower), 0);
+    res_init(&r);
+    struct grpc_client *cl = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
+    /* No leader to forward to: the call waits for one, then goes to it
+     * (before, UNAVAILABLE "not the leader and no leader known" at once). */
+    uv_timer_init(&f.loop, &elect);
+    elect.data = f.a_addr;
+    uv_timer_start(&elect, on_elected, 200, 0);
+    uint64_t t0 = uv_now(&f.loop);
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_SET, "w", "1", 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_OK);
+    CHECK(uv_now(&f.loop) - t0 >= 150);
+    CHECK_EQ_INT(waits, 1);
+    const uint8_t *v;
+    size_t vl;
+    CHECK(kv_get(mem_kv, "w", 1, &v, &vl)); /* applied on the leader */
+    CHECK_EQ_INT(f.b.stats.forwarded, 1);
+    /* A node that says a leader is known yet gives no address: two waits
+     * (each over at once), then the error, not waits for ever. */
+    fake_leader_addr = "";
+    CHECK_EQ_INT(kv_call(&f, cl, GRPC_KV_SET, "w", "2", 0, &r), 0);
+    CHECK_EQ_INT(r.status, GRPC_UNAVAILABLE);
+    CHECK_EQ_STR(r.msg, "the leader's (a) gRPC address is not known yet");
+    CHECK_EQ_INT(waits, 3);
+    uv_close((uv_handle_t *)&elect, NULL);
+    grpc_client_close(cl);
+    res_free(&r);
+    fake_leader_addr = NULL;
+    CHECK_EQ_INT(fx_close(&f), 0);
+}
+
+TEST(forwarded_call_waits_for_an_election_here)
+{
+    struct fx f;
+    struct res r;
+    uv_timer_t elect;
+    CHECK_EQ_INT(fx_init(&f), 0);
+    cand_leads = false;
+    parked = NULL;
+    waits = 0;
+    CHECK_EQ_INT(fx_start_b(&f, &candidate), 0);
+    res_init(&r);
+    /* A write another node forwarded here (it took us for the leader)
+     * while no node leads: it waits for the election and is proposed
+     * here once this node wins (before: UNAVAILABLE "no leader known" at
+     * once, where an HTTP request waited). */
+    struct grpc_client *cl = grpc_client_new(&f.loop, f.b_addr, 1 << 20);
+    static const char *const md[] = {"pyazdb-forwarded", "1", NULL};
+    struct grpc_call_opts o = {.metadata = md};
+    struct grpc_kv_req q = {.kind = GRPC_KV_SET,
+                            .key = (const uint8_t *)"h",
+                            .klen = 1,
+                            .value = (const uint8_t *)"1",
+                            .vlen = 1};
+    struct pz_buf b;
+    pz_buf_init(&b);
+    grpc_kv_req_encode(&b, &q);
+    uv_timer_init(&f.loop, &elect);
+    elect.data = NULL;
+    uv_timer_start(&elect, on_elected, 200, 0);
+    r.done = false;
+    CHECK_EQ_INT(grpc_client_call(cl, &r.call, "/kv.KVService/Set", b.data,
+                                  b.len, &o, on_done),
+                 0);
+    pz_buf_free(&b);
+    CHECK(run_until(&f, &r.done, 5000));
+    CHECK_EQ_INT(r.status, GRPC_OK);
+    CHECK_EQ_INT(waits, 1);
+    const uint8_t *v;
+    size_t vl;
+    CHECK(kv_get(mem_kv, "h", 1, &v, &vl));
+    CHECK_EQ_INT(f.b.stats.forwarded, 0);
+    uv_close((uv_handle_t *)&elect, NULL);
+    grpc_client_close(cl);
+    res_free(&r);
+    cand_leads = false;
+    CHECK_EQ_INT(fx_close(&f), 0);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(unary_calls_share_one_connection),
     TEST_ENTRY(follower_forwards_to_leader),
+    TEST_ENTRY(relayed_call_waits_for_a_leader),
+    TEST_ENTRY(forwarded_call_waits_for_an_election_here),
     TEST_ENTRY(server_deadline_cancels_node_request),
     TEST_ENTRY(client_cancel_resets_stream),
     TEST_ENTRY(client_deadline_and_lost_connection),
