@@ -1668,6 +1668,22 @@ MUTATIONS = [
        "test_relayed_calls_wait_for_a_leader_after_a_restart"],
       "a LeaseKeepAlive request on a node with no leader known fails at "
       "once instead of waiting for one"),
+    # --- a read-only Txn's results (src/etcd_kv.c) ---------------------
+    M("txn_results_kept_with_the_stream", "src/etcd_kv.c",
+      "     * tried again (put_ignore) has dropped its items already. */\n"
+      "    ekv_items_free(e);\n",
+      "     * tried again (put_ignore) has dropped its items already. */\n",
+      ["py:test_hostile_clients.py::"
+       "test_read_only_txn_answers_waiting_are_held_once"],
+      "a Txn's copied results stay until its client has read the answer "
+      "packed from them: held twice, once uncounted"),
+    M("txn_reservation_kept_until_stream_end", "src/etcd_kv.c",
+      "    grpc_stream_charge(st, 0, e->reserved);",
+      "    grpc_stream_charge(st, 0, 0);",
+      ["py:test_txn_limits.py::"
+       "test_etcd_read_only_txns_give_their_budget_back"],
+      "a Txn's reservation in max-pending-output is counted with its "
+      "answer until the stream ends: a large answer is refused"),
 ]
 
 

@@ -18,7 +18,9 @@
  * connection's answers against max-pending-output before it is copied
  * (grpc_stream_reserve): the results of every call a batch of writes
  * applies exist at once, before any is sent, so an item with no room
- * stops the copying and the call fails with RESOURCE_EXHAUSTED. Put with
+ * stops the copying and the call fails with RESOURCE_EXHAUSTED. Once the
+ * answer is packed (and counts itself until it is written) the items and
+ * their count are given back at once, not with the stream. Put with
  * ignore_value or ignore_lease needs the key's current value or lease, which
  * the command format cannot name: the leader reads the key, proposes a put
  * guarded by "mod_revision unchanged" carrying the old value or lease, and
@@ -163,16 +165,25 @@ struct ekv {
     bool readonly; /* a Txn without writes (run after a read, not logged) */
 };
 
+/* Free the items copied for e's operations. */
+static void ekv_items_free(struct ekv *e)
+{
+    for (size_t i = 0; i < e->nops; i++) {
+        for (size_t j = 0; j < e->ops[i].n; j++)
+            pz_free((void *)e->ops[i].items[j].key);
+        pz_free(e->ops[i].items);
+        e->ops[i].items = NULL;
+        e->ops[i].n = e->ops[i].cap = 0;
+    }
+    e->bytes = 0;
+}
+
 static void ekv_free(void *p)
 {
     struct ekv *e = p;
     if (e == NULL)
         return;
-    for (size_t i = 0; i < e->nops; i++) {
-        for (size_t j = 0; j < e->ops[i].n; j++)
-            pz_free((void *)e->ops[i].items[j].key);
-        pz_free(e->ops[i].items);
-    }
+    ekv_items_free(e);
     pz_cache_free(e->ops);
     if (e->req)
         protobuf_c_message_free_unpacked(e->req, &grpc_pb_allocator);
@@ -587,6 +598,7 @@ static void write_done(struct node_req *req, int status)
     grpc_stream_charge(st, 0, e->reserved);
     e->reserved = 0;
     if (status < 0) {
+        ekv_items_free(e);
         etcd_node_error(st, status, true);
         grpc_stream_flush(st);
         return;
@@ -658,6 +670,12 @@ static void write_done(struct node_req *req, int status)
     } else {
         txn_reply(st, e, rev, req->res.succeeded);
     }
+    /* The answer is packed (it counts itself until it is written) or the
+     * call failed: the copies it was made of go now, not with the stream
+     * once its client has read the answer, which would hold the results
+     * twice, once uncounted, for as long as the client takes. A Put
+     * tried again (put_ignore) has dropped its items already. */
+    ekv_items_free(e);
     grpc_stream_flush(st);
 }
 
@@ -696,10 +714,7 @@ static void put_ignore(struct gstream *st, struct ekv *e)
     struct pz_buf cmd;
     pz_buf_init(&cmd);
     int rv = kv_encode_txn(&cmd, &c, 1, &op, 1, NULL, 0);
-    for (size_t i = 0; i < e->ops[0].n; i++)
-        pz_free((void *)e->ops[0].items[i].key);
-    e->ops[0].n = 0;
-    e->bytes = 0;
+    ekv_items_free(e);
     if (rv < 0)
         etcd_node_error(st, rv, true);
     else

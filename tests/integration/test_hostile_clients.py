@@ -701,6 +701,43 @@ def open_window(c):
                          struct.pack(">I", big - 65535)))
 
 
+def test_read_only_txn_answers_waiting_are_held_once(node, pb, epb):
+    """Read-only etcd Txns of 900 kB each on 40 streams of a connection
+    that lets the server send nothing: their answers wait, packed (36 MB,
+    counted in max-pending-output). The results each answer was made of
+    are freed once it is packed; they were kept with the stream until its
+    client had read the answer, uncounted, doubling what the waiting
+    answers held (+75 MB)."""
+    put_values(node, "big/{0}", 3, 300 * 1024)
+    n = 40
+    txn = epb.TxnRequest(success=[epb.RequestOp(
+        request_range=epb.RangeRequest(key=b"big/", range_end=b"big0"))])
+    c = h2_no_window(node.grpc_port)
+    try:
+        rss0 = rss_mb(node)
+        open_calls(c, node.grpc_port, "/etcdserverpb.KV/Txn", n,
+                   txn.SerializeToString())
+        c.read_frames(timeout=2.0)  # acknowledges SETTINGS, opens nothing
+        held = node.status()["pending_output"]
+        grown = rss_mb(node) - rss0
+        print(f"{n} read-only txns of 900 kB, window 0: {held} bytes "
+              f"waiting, RSS +{grown:.0f} MB")
+        assert held > n * 3 * 300 * 1024, held
+        assert grown < held / MiB + 15, (grown, held)
+        open_window(c)
+        ended = set()
+
+        def all_ended(frames):
+            ended.update(f[2] for f in frames
+                         if f[0] == gh.HEADERS and f[1] & gh.END_STREAM)
+            return len(ended) == n
+        c.read_frames(until=all_ended, timeout=60)
+        assert len(ended) == n, len(ended)
+    finally:
+        c.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
 def test_grpc_answers_wait_for_a_client_that_does_not_read(node, pb):
     """Ranges of 900 kB (under grpc-max-message) on 120 streams of a
     connection that lets the server send nothing: the reads finish, but

@@ -117,3 +117,41 @@ def test_etcd_txn_limit_and_budget(servers, epb):
     r = call(p, pb, "KV", "Txn",
              pb.TxnRequest(success=[pb.RequestOp(request_range=cnt)]))
     assert r.responses[0].response_range.count == 200
+
+
+def test_etcd_read_only_txns_give_their_budget_back(servers, epb):
+    """A read-only Txn's results count against max-pending-output while
+    they are copied (grpc_stream_reserve), and are given back before its
+    answer, which counts itself until it is written: counted twice, an
+    answer of 600 KB could not be sent with max-pending-output 1mb. A
+    hundred of them one after the other on one connection, each far past
+    what the connection alone may hold (conn-high-water) and together past
+    max-pending-output many times over, are all answered, on the leader
+    and on a follower (which reads after a ReadIndex round)."""
+    pb = epb
+    conf = {"conn-high-water": "64kb", "conn-hard-limit": "512kb",
+            "max-pending-output": "1mb", "max-value-size": "100kb"}
+    nodes = make_cluster(servers, conf=conf)
+    leader = leader_of(nodes)
+    follower = next(s for s in nodes if s is not leader)
+    call(leader.grpc_port, pb, "KV", "Txn", pb.TxnRequest(success=[
+        pb.RequestOp(request_put=pb.PutRequest(key=b"b%d" % i,
+                                               value=b"v" * 75000))
+        for i in range(4)]))
+    rng = pb.RangeRequest(key=b"b", range_end=b"c")
+    req = pb.TxnRequest(success=[pb.RequestOp(request_range=rng),
+                                 pb.RequestOp(request_range=rng)])
+    for s in (leader, follower):
+        ch = grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}")
+        try:
+            f = ch.unary_unary(
+                "/etcdserverpb.KV/Txn",
+                request_serializer=pb.TxnRequest.SerializeToString,
+                response_deserializer=pb.TxnResponse.FromString)
+            for i in range(100):  # 100 x 600 KB: 60 MB through 1 MB
+                r = f(req, timeout=10)
+                assert [len(x.response_range.kvs) for x in r.responses] == \
+                    [4, 4], i
+        finally:
+            ch.close()
+        assert "past max-pending-output" not in s.read_log()
