@@ -43,7 +43,8 @@ struct entry {
     uint64_t mod_revision;
     uint64_t version;
     struct entry *fwd[]; /* level links, then (leased) a struct llink,
-                            then key, value and a NUL */
+                            then the spans of links 1..level-1 (uint64_t,
+                            spans_of), then key, value and a NUL */
 };
 
 /* A leased entry's lease and its place on that lease's list of keys. */
@@ -74,6 +75,7 @@ struct kv {
     struct entry *tail[KV_SKIP_LEVELS]; /* last entry of each level, NULL:
                                            none; keys inserted in order (a
                                            snapshot's) are appended here */
+    uint64_t hspan[KV_SKIP_LEVELS];     /* spans of the head's links */
     uint64_t revision;                  /* see kv.h */
     kv_event_cb on_event;               /* watchers' hook, or NULL */
     void *event_arg;                    /* its argument */
@@ -95,10 +97,19 @@ static inline struct llink *llink_of(const struct entry *e)
     return (struct llink *)(e->fwd + e->level);
 }
 
+/* Spans of e's links 1..level-1: element i - 1 is how many level-0 steps
+ * (keys) link i skips to, its target's position minus e's, the position
+ * past the last key standing for NULL. A level-0 link always spans 1, so
+ * that one is not stored: a third of a span per key on average. */
+static inline uint64_t *spans_of(const struct entry *e)
+{
+    return (uint64_t *)((char *)(e->fwd + e->level) +
+                        (e->leased ? sizeof(struct llink) : 0));
+}
+
 static inline uint8_t *entry_key(const struct entry *e)
 {
-    return (uint8_t *)(e->fwd + e->level) +
-           (e->leased ? sizeof(struct llink) : 0);
+    return (uint8_t *)(spans_of(e) + e->level - 1);
 }
 
 static inline uint8_t *entry_value(const struct entry *e)
@@ -168,9 +179,10 @@ static struct entry *entry_new(uint64_t hash, const void *key, size_t klen,
 {
     unsigned level = level_of(hash);
     bool leased = m->lease != 0;
-    struct entry *e =
-        pz_malloc(sizeof(*e) + level * sizeof(e->fwd[0]) +
-                  (leased ? sizeof(struct llink) : 0) + klen + vlen + 1);
+    struct entry *e = pz_malloc(
+        sizeof(*e) + level * sizeof(e->fwd[0]) +
+        (level - 1) * sizeof(uint64_t) + (leased ? sizeof(struct llink) : 0) +
+        klen + vlen + 1);
     e->next = NULL;
     e->klen = (uint32_t)klen & 0x7fffffffu;
     e->leased = leased;
@@ -222,6 +234,8 @@ static inline bool rehashing(const struct kv *kv)
 struct kv *kv_new_seeded(uint64_t seed)
 {
     struct kv *kv = pz_calloc(1, sizeof(*kv));
+    for (int i = 0; i < KV_SKIP_LEVELS; i++)
+        kv->hspan[i] = 1; /* to NULL, the position past no key */
     kv->rehash_idx = -1;
     kv->seed = seed;
     return kv;
@@ -362,10 +376,11 @@ void kv_reserve(struct kv *kv, size_t n)
 
 size_t kv_heap_estimate(uint64_t nkeys, uint64_t kv_bytes)
 {
-    /* An entry: its header, 4/3 level links on average, the NUL, and
-     * malloc's 8-byte header and rounding to 16 (8 on average). */
-    uint64_t per = sizeof(struct entry) + 4 * sizeof(struct entry *) / 3 +
-                   1 + 8 + 8;
+    /* An entry: its header, 4/3 level links and 1/3 span on average, the
+     * NUL, and malloc's 8-byte header and rounding to 16 (8 on average). */
+    uint64_t per = sizeof(struct entry) +
+                   (4 * sizeof(struct entry *) + sizeof(uint64_t)) / 3 + 1 +
+                   8 + 8;
     uint64_t n = nkeys * per + kv_bytes;
     return n < SIZE_MAX ? (size_t)n : SIZE_MAX;
 }
@@ -471,40 +486,97 @@ static inline int key_cmp(const struct entry *e, const void *key, size_t klen)
     return bytes_cmp(entry_key(e), e->klen, key, klen);
 }
 
+/* The entry whose level-i link is link, NULL for the head. */
+static struct entry *sl_owner(const struct kv *kv, struct entry *const *link,
+                              unsigned i)
+{
+    if (link == &kv->head[i])
+        return NULL;
+    return (struct entry *)((char *)(link - i) - offsetof(struct entry, fwd));
+}
+
+/* Where the span of link (at level i >= 1: level 0 spans 1) is kept. */
+static uint64_t *link_span(struct kv *kv, struct entry **link, unsigned i)
+{
+    struct entry *o = sl_owner(kv, link, i);
+    return o ? &spans_of(o)[i - 1] : &kv->hspan[i];
+}
+
 /* Fill upd[i] with the link at level i after which key belongs (the slot
- * that points at the first entry >= key), for every level; returns that
- * first entry at level 0 (NULL: none). */
-static struct entry *sl_find(const struct kv *kv, const void *key, size_t klen,
-                             struct entry **upd[])
+ * that points at the first entry >= key), for every level, and rank[i]
+ * (when not NULL) with the position of the entry holding that link (0:
+ * the head; the first key is at 1), adding up the spans walked over;
+ * returns the first entry >= key at level 0 (NULL: none). */
+static struct entry *sl_search(const struct kv *kv, const void *key,
+                               size_t klen, struct entry **upd[],
+                               uint64_t rank[])
 {
     struct entry *const *link = NULL;
     const struct entry *pred = NULL;
+    uint64_t r = 0;
     for (int i = KV_SKIP_LEVELS - 1; i >= 0; i--) {
         for (;;) {
             link = pred ? &pred->fwd[i] : &kv->head[i];
             struct entry *nx = *link;
             if (nx == NULL || key_cmp(nx, key, klen) >= 0)
                 break;
+            if (rank)
+                r += i == 0 ? 1 : pred ? spans_of(pred)[i - 1] : kv->hspan[i];
             pred = nx;
         }
         if (upd)
             upd[i] = (struct entry **)link;
+        if (rank)
+            rank[i] = r;
     }
     return *link;
 }
 
+static struct entry *sl_find(const struct kv *kv, const void *key, size_t klen,
+                             struct entry **upd[])
+{
+    return sl_search(kv, key, klen, upd, NULL);
+}
+
 /* A key after every key held (a snapshot being loaded, keys written in
  * order) is appended at the tails without a search: loading n keys in
- * order costs O(n), not O(n log n) with a cache miss per step. */
+ * order costs O(n), not O(n log n) with a cache miss per step. Its links
+ * to NULL span 1, the tails' links to it span what their links to NULL
+ * did, and the last link of each level above it spans one more: O(levels).
+ * Elsewhere, as Redis's zslInsert: each link the new entry splits gives it
+ * the part past it, each link over it spans one more. */
 static void sl_insert(struct kv *kv, struct entry *e)
 {
     struct entry **upd[KV_SKIP_LEVELS];
-    if (kv->tail[0] == NULL || key_cmp(kv->tail[0], entry_key(e), e->klen) < 0)
-        for (unsigned i = 0; i < e->level; i++)
-            upd[i] = kv->tail[i] ? &kv->tail[i]->fwd[i] : &kv->head[i];
-    else
-        sl_find(kv, entry_key(e), e->klen, upd);
-    for (unsigned i = 0; i < e->level; i++) {
+    uint64_t rank[KV_SKIP_LEVELS];
+    if (kv->tail[0] == NULL ||
+        key_cmp(kv->tail[0], entry_key(e), e->klen) < 0) {
+        for (unsigned i = 0; i < KV_SKIP_LEVELS; i++) {
+            struct entry **last =
+                kv->tail[i] ? &kv->tail[i]->fwd[i] : &kv->head[i];
+            if (i < e->level) {
+                e->fwd[i] = NULL;
+                *last = e;
+                kv->tail[i] = e;
+                if (i > 0)
+                    spans_of(e)[i - 1] = 1;
+            } else {
+                (*link_span(kv, last, i))++;
+            }
+        }
+        return;
+    }
+    sl_search(kv, entry_key(e), e->klen, upd, rank);
+    for (unsigned i = 0; i < KV_SKIP_LEVELS; i++) {
+        if (i >= e->level) {
+            (*link_span(kv, upd[i], i))++;
+            continue;
+        }
+        if (i > 0) {
+            uint64_t *sp = link_span(kv, upd[i], i);
+            spans_of(e)[i - 1] = *sp - (rank[0] - rank[i]);
+            *sp = rank[0] - rank[i] + 1;
+        }
         e->fwd[i] = *upd[i];
         *upd[i] = e;
         if (e->fwd[i] == NULL)
@@ -512,23 +584,69 @@ static void sl_insert(struct kv *kv, struct entry *e)
     }
 }
 
-/* The entry whose level-i link is link, NULL for the head. */
-static struct entry *sl_owner(struct kv *kv, struct entry **link, unsigned i)
-{
-    if (link == &kv->head[i])
-        return NULL;
-    return (struct entry *)((char *)(link - i) - offsetof(struct entry, fwd));
-}
-
-/* Unlink e; upd as sl_find left it for e's key. */
+/* Unlink e; upd as sl_find left it for e's key. Each link to e takes over
+ * e's span, each link over it spans one less. */
 static void sl_unlink(struct kv *kv, struct entry **upd[], struct entry *e)
 {
-    for (unsigned i = 0; i < e->level; i++) {
+    for (unsigned i = 0; i < KV_SKIP_LEVELS; i++) {
+        if (i >= e->level) {
+            (*link_span(kv, upd[i], i))--;
+            continue;
+        }
         pz_assert(*upd[i] == e);
+        if (i > 0)
+            *link_span(kv, upd[i], i) += spans_of(e)[i - 1] - 1;
         *upd[i] = e->fwd[i];
         if (kv->tail[i] == e)
             kv->tail[i] = sl_owner(kv, upd[i], i);
     }
+}
+
+uint64_t kv_range_count(const struct kv *kv, const void *from, size_t flen,
+                        const void *to, size_t tlen, bool to_end)
+{
+    uint64_t rank[KV_SKIP_LEVELS];
+    sl_search(kv, from, flen, NULL, rank);
+    uint64_t lo = rank[0];
+    uint64_t hi = kv_count(kv);
+    if (!to_end) {
+        sl_search(kv, to, tlen, NULL, rank);
+        hi = rank[0];
+    }
+    return hi > lo ? hi - lo : 0;
+}
+
+bool kv_index_check(const struct kv *kv)
+{
+    uint64_t n = kv_count(kv);
+    for (unsigned i = 0; i < KV_SKIP_LEVELS; i++) {
+        /* Walk level 0 numbering the keys from 1, and follow level i
+         * along: each level-i link must reach the next entry of level > i
+         * after exactly its span, the last one NULL at n + 1. */
+        uint64_t pos = 0, from = 0, span = i ? kv->hspan[i] : 1;
+        const struct entry *prev = NULL, *last = NULL, *want = kv->head[i];
+        for (const struct entry *e = kv->head[0]; e; prev = e, e = e->fwd[0]) {
+            pos++;
+            if (prev && bytes_cmp(entry_key(prev), prev->klen, entry_key(e),
+                                  e->klen) >= 0)
+                return false; /* out of order */
+            if (e->level <= i) {
+                if (e == want)
+                    return false; /* linked above its level */
+                continue;
+            }
+            if (e != want || pos - from != span)
+                return false; /* a level-i entry skipped, a span off */
+            from = pos;
+            want = e->fwd[i];
+            span = i ? spans_of(e)[i - 1] : 1;
+            last = e;
+        }
+        if (want != NULL || pos != n || n + 1 - from != span ||
+            kv->tail[i] != last)
+            return false;
+    }
+    return true;
 }
 
 /* --- the lease table ------------------------------------------------------ */
@@ -816,6 +934,9 @@ static int do_put(struct apply *a, const void *key, size_t klen,
             if (kv->tail[i] == old)
                 kv->tail[i] = e;
         }
+        if (old->level > 1) /* the same place: the same spans */
+            memcpy(spans_of(e), spans_of(old),
+                   (old->level - 1u) * sizeof(uint64_t));
         e->next = old->next;
         *link = e;
         if (e->leased)
@@ -1616,10 +1737,6 @@ struct range_walk {
 static int range_visit(void *arg, const struct kv_view *v)
 {
     struct range_walk *w = arg;
-    if (w->op->flags & KV_RANGE_COUNT_ONLY) {
-        w->count++;
-        return 0;
-    }
     if (w->op->limit && w->sent >= w->op->limit) {
         w->more = true; /* one past the limit: enough to know */
         return 1;
@@ -1667,8 +1784,12 @@ static void run_op(struct apply *a, size_t i, const struct kv_op *o)
     }
     default: {
         struct range_walk w = {.a = a, .op = o};
-        kv_range(a->kv, o->key, o->klen, o->value, o->vlen,
-                 o->flags & KV_RANGE_TO_END, range_visit, &w);
+        if (o->flags & KV_RANGE_COUNT_ONLY) /* O(log n), no walk */
+            w.count = kv_range_count(a->kv, o->key, o->klen, o->value,
+                                     o->vlen, o->flags & KV_RANGE_TO_END);
+        else
+            kv_range(a->kv, o->key, o->klen, o->value, o->vlen,
+                     o->flags & KV_RANGE_TO_END, range_visit, &w);
         count = w.count;
         more = w.more;
         break;
@@ -1693,11 +1814,17 @@ static int budget_visit(void *arg, const struct kv_view *v)
 
 /* Keys operation o's walk visits on the table as it stands (run_op's
  * rule: a RANGE with a limit and without COUNT_ONLY stops one key past
- * it), counting at most stop (>= 1). */
+ * it), counting at most stop (>= 1). A COUNT_ONLY RANGE walks nothing
+ * now (kv_range_count) but still counts every key of its range, as it
+ * always did: which transactions are refused is part of what the log
+ * means, so it must not change between versions. */
 static uint64_t op_keys(struct kv *kv, const struct kv_op *o, uint64_t stop)
 {
     if (o->type != KV_TOP_RANGE)
         return 0;
+    if (o->flags & KV_RANGE_COUNT_ONLY)
+        return PZ_MIN(stop, kv_range_count(kv, o->key, o->klen, o->value,
+                                           o->vlen, o->flags & KV_RANGE_TO_END));
     struct budget_walk w = {0, stop};
     if (o->limit && !(o->flags & KV_RANGE_COUNT_ONLY) && o->limit < stop)
         w.stop = o->limit + 1;

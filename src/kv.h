@@ -36,7 +36,14 @@
  *  - entries never move, so pointers handed out stay valid while the hash
  *    table rehashes, and a range scan is a walk along level 0 after one
  *    O(log n) search: O(log n + k);
- *  - insert and delete touch only the neighbours of one entry.
+ *  - insert and delete touch only the neighbours of one entry;
+ *  - it counts a range in O(log n) without visiting its keys: as in
+ *    Redis's sorted sets, each link above level 0 carries its span (how
+ *    many keys it skips, one 8-byte number; a level-0 link spans 1 and
+ *    stores none, so 1/3 of a span per key), which gives a key's position
+ *    on the way down a search, and a range's count is the difference of
+ *    the positions of its ends (kv_range_count). Insert, delete and the
+ *    in-order append keep the spans in O(KV_SKIP_LEVELS) more steps.
  * An entry's level comes from high bits of its seeded key hash (p = 1/4 per
  * extra level, at most KV_SKIP_LEVELS), so there is no random state to keep
  * and clients cannot pick keys that build a degenerate list. The layout
@@ -177,8 +184,11 @@ enum {
 #define KV_TXN_MAX 128    /* most comparisons, and operations per branch */
 /* Most keys the RANGE walks of the branch a transaction takes may visit,
  * counted on the table before the branch runs (a RANGE with a limit and
- * without COUNT_ONLY visits at most limit + 1): past it the transaction is
- * refused whole at apply (KV_ETXN_KEYS), the same on every node. Servers
+ * without COUNT_ONLY visits at most limit + 1; one with COUNT_ONLY counts
+ * every key of its range although kv_range_count visits none, so that the
+ * same log refuses the same transactions in every version): past it the
+ * transaction is refused whole at apply (KV_ETXN_KEYS), the same on every
+ * node. Servers
  * refuse lower budgets (txn-max-range-keys) before proposing. */
 #define KV_TXN_KEYS_MAX 1000000
 #define KV_SKIP_LEVELS 15 /* most levels of the ordered index */
@@ -272,7 +282,7 @@ struct kv_sink {
      * was changed (none for a PUT that created it). */
     void (*item)(void *arg, const struct kv_view *v);
     /* The operation ends. RANGE: count = keys returned (with
-     * KV_RANGE_COUNT_ONLY: keys in the range, a walk over all of them),
+     * KV_RANGE_COUNT_ONLY: keys in the range, kv_range_count's),
      * more = the limit left keys out (the walk stops one key past it);
      * GET: 1 or 0; DEL, DELRANGE: keys deleted; PUT: 1. */
     void (*op_end)(void *arg, uint64_t count, bool more);
@@ -505,6 +515,15 @@ int kv_range(const struct kv *kv, const void *from, size_t flen, const void *to,
              size_t tlen, bool to_end, kv_view_cb cb, void *arg);
 /* Every key, in order, with its metadata. */
 int kv_foreach_view(const struct kv *kv, kv_view_cb cb, void *arg);
+/* How many keys k with from <= k < to (to_end: to ignored) the table
+ * holds, 0 when to <= from: O(log n) whatever the count, from the spans
+ * of the ordered index (the file comment), visiting no key. */
+uint64_t kv_range_count(const struct kv *kv, const void *from, size_t flen,
+                        const void *to, size_t tlen, bool to_end);
+/* Check the ordered index against a walk of every key, O(n levels): keys
+ * in order, each level's links and tails, every span. A self-check for
+ * tests, as kv_digest_compute. */
+bool kv_index_check(const struct kv *kv);
 
 /* The smallest key greater than every key that starts with prefix: the end
  * of the prefix's range. Writes it to out (plen bytes at most) and returns

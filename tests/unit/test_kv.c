@@ -1771,6 +1771,181 @@ TEST(revision_max_refuses_writes)
     kv_free(kv);
 }
 
+
+/* kv_foreach_view callback: restore each key into arg's table. */
+struct load_copy {
+    struct kv *to; /* the table loaded */
+    int bad;       /* keys it refused */
+};
+
+static int restore_visit(void *arg, const struct kv_view *v)
+{
+    struct load_copy *lc = arg;
+    if (kv_restore(lc->to, v->key, v->klen, v->value, v->vlen, &v->meta))
+        lc->bad++;
+    return 0;
+}
+
+/* Apply one encoded command to kv, which must take it. */
+static bool apply_ok(struct kv *kv, struct pz_buf *b)
+{
+    struct kv_result r;
+    bool ok = kv_apply(kv, (const uint8_t *)b->data, b->len, &r) == 0 &&
+              r.status == KV_OK;
+    pz_buf_reset(b);
+    return ok;
+}
+
+static int span_count_visit(void *arg, const struct kv_view *v)
+{
+    PZ_UNUSED(v);
+    (*(uint64_t *)arg)++;
+    return 0;
+}
+
+/* kv_range_count against a walk of the range (no spans involved). */
+static bool count_matches(struct kv *kv, const void *from, size_t flen,
+                          const void *to, size_t tlen, bool to_end)
+{
+    uint64_t walked = 0;
+    kv_range(kv, from, flen, to, tlen, to_end, span_count_visit, &walked);
+    uint64_t got = kv_range_count(kv, from, flen, to, tlen, to_end);
+    if (got != walked)
+        fprintf(stderr, "    range count %" PRIu64 ", walk %" PRIu64 "\n",
+                got, walked);
+    return got == walked;
+}
+
+/* A random key of 0..4 letters of "abcd": short enough that keys repeat,
+ * are prefixes of each other and fill prefix ranges. */
+static size_t rand_key(uint64_t *st, char *k)
+{
+    size_t n = (size_t)(pz_rand_next(st) % 5);
+    for (size_t i = 0; i < n; i++)
+        k[i] = (char)('a' + pz_rand_next(st) % 4);
+    return n;
+}
+
+/* kv_range_count for random ranges of every kind against a walk. */
+static void check_counts(struct kv *kv, uint64_t *st)
+{
+    char a[8], b[8];
+    uint8_t pe[8];
+    CHECK(count_matches(kv, "", 0, NULL, 0, true)); /* the whole table */
+    CHECK_EQ_INT(kv_range_count(kv, "", 0, NULL, 0, true), kv_count(kv));
+    for (int i = 0; i < 40; i++) {
+        size_t al = rand_key(st, a), bl = rand_key(st, b);
+        CHECK(count_matches(kv, a, al, b, bl, false)); /* maybe to <= from */
+        CHECK(count_matches(kv, a, al, a, al, false)); /* empty */
+        CHECK(count_matches(kv, a, al, NULL, 0, true)); /* open-ended */
+        a[al] = '\0'; /* [a, a "\0"): the key a alone */
+        CHECK(count_matches(kv, a, al, a, al + 1, false));
+        long pl = kv_prefix_end(a, al, pe); /* the prefix a */
+        CHECK(count_matches(kv, a, al, pe, pl < 0 ? 0 : (size_t)pl, pl < 0));
+    }
+}
+
+/* The order-statistic skiplist: after random inserts, deletes, in-place
+ * and relinking replacements (leased or not), in-order appends, range
+ * deletes, revokes, snapshot-style loads, grows, shrinks and rehash steps,
+ * every level's links, tails and spans agree with a walk of the keys
+ * (kv_index_check), and kv_range_count agrees with walks of random ranges:
+ * empty, one key, prefixes, open-ended, the whole table. */
+TEST(range_count_spans)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    for (uint64_t seed = 1; seed <= 6; seed++) {
+        uint64_t st = seed * 0x9e3779b97f4a7c15ull;
+        struct kv *kv = kv_new_seeded(seed);
+        CHECK(kv_index_check(kv));
+        check_counts(kv, &st);
+        if (test_failed_flag)
+            return;
+        CHECK_EQ_INT(kv_encode_lease_grant(&b, 5, 60), 0);
+        CHECK(apply_ok(kv, &b));
+        uint64_t app = 0; /* in-order appends: "z" then a growing number */
+        for (int round = 0; round < 60; round++) {
+            for (int i = 0; i < 50; i++) {
+                char k[16], v[40];
+                size_t kl = rand_key(&st, k);
+                size_t vl = (size_t)(pz_rand_next(&st) % 3) * 8;
+                memset(v, 'v', sizeof v);
+                switch (pz_rand_next(&st) % 8) {
+                case 0:
+                case 1: /* put: insert, or replace (in place or not) */
+                    kv_set(kv, k, kl, v, vl);
+                    break;
+                case 2: /* a put attaching a lease: relinked, leased */
+                    CHECK_EQ_INT(kv_encode_set_lease(&b, k, kl, v, vl, 5), 0);
+                    CHECK(apply_ok(kv, &b));
+                    break;
+                case 3:
+                case 4:
+                    kv_del(kv, k, kl);
+                    break;
+                case 5: /* appended after every key */
+                    kl = (size_t)snprintf(k, sizeof k, "z%08" PRIu64, app++);
+                    CHECK_EQ_INT(kv_set(kv, k, kl, v, vl), 0);
+                    break;
+                case 6: { /* a range of keys deleted */
+                    char e[8];
+                    size_t el = rand_key(&st, e);
+                    struct kv_op op = {.type = KV_TOP_DELRANGE,
+                                       .key = (const uint8_t *)k,
+                                       .klen = kl,
+                                       .value = (const uint8_t *)e,
+                                       .vlen = el};
+                    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &op, 1, NULL, 0),
+                                 0);
+                    CHECK(apply_ok(kv, &b));
+                    break;
+                }
+                default:
+                    kv_rehash(kv, 1 + pz_rand_next(&st) % 4);
+                }
+            }
+            if (round % 20 == 19) { /* the leased keys go, all at once */
+                CHECK_EQ_INT(kv_encode_lease_revoke(&b, 5), 0);
+                CHECK(apply_ok(kv, &b));
+                CHECK_EQ_INT(kv_encode_lease_grant(&b, 5, 60), 0);
+                CHECK(apply_ok(kv, &b));
+            }
+            CHECK(kv_index_check(kv));
+            check_counts(kv, &st);
+            if (test_failed_flag)
+                return;
+        }
+        /* A snapshot-style load of what it holds into a fresh table (keys
+         * in order, appended at the tails), then changes on top. */
+        struct kv *ld = kv_new_seeded(seed + 100);
+        CHECK_EQ_INT(kv_lease_restore(ld, 5, 60), 0);
+        kv_reserve(ld, kv_count(kv));
+        struct load_copy lc = {ld, 0};
+        CHECK_EQ_INT(kv_foreach_view(kv, restore_visit, &lc), 0);
+        CHECK(lc.bad == 0 && kv_count(ld) == kv_count(kv));
+        kv_set_revision(ld, kv_revision(kv));
+        CHECK(kv_digest(ld) == kv_digest(kv));
+        CHECK(kv_index_check(ld));
+        check_counts(ld, &st);
+        for (int i = 0; i < 300; i++) {
+            char k[8];
+            size_t kl = rand_key(&st, k);
+            if (i % 2)
+                kv_del(ld, k, kl);
+            else
+                kv_set(ld, k, kl, "x", 1);
+        }
+        CHECK(kv_index_check(ld));
+        check_counts(ld, &st);
+        kv_free(ld);
+        kv_free(kv);
+        if (test_failed_flag)
+            return;
+    }
+    pz_buf_free(&b);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
     TEST_ENTRY(quota_bytes_count_keys),
@@ -1800,6 +1975,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(append_in_order_keeps_tails),
     TEST_ENTRY(restore_in_order_and_not),
     TEST_ENTRY(revision_max_refuses_writes),
+    TEST_ENTRY(range_count_spans),
     TEST_END};
 const struct test_suite suite_kv = {"kv", cases};
 
