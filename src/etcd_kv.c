@@ -324,7 +324,7 @@ static int vlist_visit(void *arg, const struct kv_view *v)
     l->bytes += v->klen + (l->values ? v->vlen : 0) + 32;
     if (l->bytes > l->max)
         l->over = true;
-    return 0;
+    return l->n >= l->keep; /* the rest is only counted: stop the walk */
 }
 
 static bool range_has_filter(const Etcdserverpb__RangeRequest *q)
@@ -430,8 +430,13 @@ static void range_reply(struct gstream *st, struct ekv *e)
         if (kv_get_view(kv, rg.key, rg.klen, &v))
             vlist_visit(&l, &v);
     } else if (!rg.empty) {
-        kv_range(kv, rg.key, rg.klen, rg.end, rg.elen, rg.to_end, vlist_visit,
-                 &l);
+        /* What is not collected (all of it with count_only, what follows
+         * the first limit + 1 keys) is counted without a walk, in
+         * O(log n): count is every key of the range, as etcd's. */
+        if (q->count_only || kv_range(kv, rg.key, rg.klen, rg.end, rg.elen,
+                                      rg.to_end, vlist_visit, &l) != 0)
+            l.count = kv_range_count(kv, rg.key, rg.klen, rg.end, rg.elen,
+                                     rg.to_end);
     }
     Etcdserverpb__RangeResponse r = ETCDSERVERPB__RANGE_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;

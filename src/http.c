@@ -244,10 +244,6 @@ static int range_visit(void *arg, const struct kv_view *v)
 {
     struct range_walk *w = arg;
     const struct http_op *op = &w->h->op;
-    if (op->count_only) {
-        w->n++;
-        return 0;
-    }
     if (w->n >= op->limit || w->b->len > OUT_MAX) {
         w->more = true;
         w->next = *v;
@@ -288,8 +284,12 @@ static void on_range_ready(struct node_req *req, int status)
     pz_buf_appendf(&b, "{\"revision\":%llu", (unsigned long long)rev);
     if (!h->op.count_only)
         pz_buf_append(&b, ",\"kvs\":[", 8);
-    kv_range(node_kv(), h->op.key, h->op.klen, h->op.end, h->op.elen,
-             h->op.to_end, range_visit, &w);
+    if (h->op.count_only) /* O(log n): no key visited */
+        w.n = kv_range_count(node_kv(), h->op.key, h->op.klen, h->op.end,
+                             h->op.elen, h->op.to_end);
+    else
+        kv_range(node_kv(), h->op.key, h->op.klen, h->op.end, h->op.elen,
+                 h->op.to_end, range_visit, &w);
     conn_hold_output(h->hc.c, 0); /* the reply counts itself */
     if (w.busy) {
         pz_buf_free(&b);

@@ -1,0 +1,166 @@
+"""Counting the keys of a range does not visit them: GET /range with
+count_only, etcd Range with count_only or with a limit (its count is every
+key of the range) and a transaction's count_only range answer from the
+ordered index's spans in O(log n). A burst of such requests over a large
+table used to hold the event loop for all of their walks (a million keys:
+~80 ms each), long enough to cost a leader its heartbeats."""
+import base64
+import json
+import struct
+import threading
+import time
+
+import raft_wire as rw
+
+N = 300000  # keys under k/, loaded from a snapshot file
+BURST = 50  # concurrent requests of each kind
+
+
+def b64(s):
+    return base64.b64encode(s.encode()).decode()
+
+
+def restored_node(servers, tmp_path, conf=None):
+    """A node seeded by --restore with N keys k/000000.. (value "v"),
+    between a key "a" and a key "z"."""
+    keys = [b"a"] + [b"k/%06d" % i for i in range(N)] + [b"z"]
+    members = rw.conf_bytes([(1, True, "")])
+    # rw.snapshot_file's format (version 1), joined once: N keys
+    parts = [b"PYAZSNAP" + struct.pack(">IQQqQI", 1, 1, 1, 0, len(keys),
+                                       len(members)) + members]
+    parts += [struct.pack(">II", len(k), 1) + k + b"v" for k in keys]
+    parts.append(b"PYAZEND\n")
+    body = b"".join(parts)
+    path = tmp_path / "seed.snap"
+    path.write_bytes(body + struct.pack(">Q", rw.crc64(body)))
+    s = servers(start=False, conf=conf, args=["--restore", str(path)])
+    s.start(wait=False)
+    s.wait_ready(timeout=120)
+    return s
+
+
+def long_turns(node, over):
+    """Turns of node's event loop that worked longer than `over` seconds
+    (a bucket bound of pyazdb_loop_busy_seconds)."""
+    m = node.metrics()
+    return (m["pyazdb_loop_busy_seconds_count"]
+            - m['pyazdb_loop_busy_seconds_bucket{le="%s"}' % over])
+
+
+def requests():
+    """(method, path, body, the count its answer must give) of each kind."""
+    rng = {"key": b64("k/"), "range_end": b64("k0")}
+    return [
+        ("GET", "/range?prefix=k/&count_only=true", None,
+         lambda r: r["count"]),
+        ("POST", "/v3/kv/range", json.dumps(dict(rng, count_only=True)),
+         lambda r: int(r["count"])),
+        ("POST", "/v3/kv/range", json.dumps(dict(rng, limit=10)),
+         lambda r: int(r["count"]) if len(r["kvs"]) == 10 and r["more"]
+         else None),
+        ("POST", "/txn", json.dumps({"success": [
+            {"range": {"prefix": "k/", "count_only": True}}]}),
+         lambda r: r["results"][0]["count"]),
+    ]
+
+
+def test_counts_are_right(servers, tmp_path):
+    s = restored_node(servers, tmp_path,
+                      conf={"txn-max-range-keys": "1000000"})
+    for method, path, body, count in requests():
+        st, _, out = s.request(method, path, body)
+        assert st == 200, out
+        assert count(json.loads(out)) == N, (path, body, out)
+
+    def http_count(q):
+        st, _, out = s.request("GET", "/range?" + q)
+        assert st == 200, out
+        return json.loads(out)["count"]
+    assert http_count("from=k/100000&to=k/100100&count_only=true") == 100
+    assert http_count("from=k/100000&to=k/100000&count_only=true") == 0
+    assert http_count("from=k/200000&to=k/100000&count_only=true") == 0
+    assert http_count("from=k/299990&count_only=true") == 11  # and "z"
+    assert http_count("from=a&count_only=true") == N + 2
+    assert http_count("prefix=k/1234&count_only=true") == 100
+    assert http_count("prefix=k/123456&count_only=true") == 1
+    assert http_count("prefix=nothing&count_only=true") == 0
+    # etcd: one key, a prefix with a limit (count: all of it), to the end
+    st, _, out = s.request("POST", "/v3/kv/range", json.dumps(
+        {"key": b64("k/000007"), "count_only": True}))
+    assert st == 200 and int(json.loads(out)["count"]) == 1, out
+    st, _, out = s.request("POST", "/v3/kv/range", json.dumps(
+        {"key": b64("k/1"), "range_end": b64("k/2"), "limit": 3}))
+    r = json.loads(out)
+    assert int(r["count"]) == 100000 and r["more"] is True, out
+    assert [base64.b64decode(kv["key"]) for kv in r["kvs"]] == \
+        [b"k/100000", b"k/100001", b"k/100002"]
+    st, _, out = s.request("POST", "/v3/kv/range", json.dumps(
+        {"key": b64("k/299998"), "range_end": b64("\0"), "limit": 1}))
+    r = json.loads(out)
+    assert int(r["count"]) == 3 and r["more"] is True, out
+    # after writes and deletes, the counts follow
+    st, _, out = s.request("POST", "/delete", json.dumps({"prefix": "k/1"}))
+    assert st in (200, 204), out
+    assert s.request("POST", "/set", json.dumps(
+        {"key": "k/x", "value": "1"}))[0] == 204
+    assert http_count("prefix=k/&count_only=true") == N - 100000 + 1
+    # the transaction budget still counts every key of a count_only range
+    s2 = s.request("POST", "/txn", json.dumps({"success": [
+        {"range": {"prefix": "k/", "count_only": True}}]}))
+    assert s2[0] == 200, s2
+
+
+def test_count_burst_does_not_hold_the_loop(servers, tmp_path):
+    """BURST concurrent requests of each counting kind over N keys, all at
+    once: every answer is right, and no turn of the event loop works for
+    0.1 s (the walks made one turn of several seconds: the read index
+    hands the node all the waiting reads at once), and a /health asked
+    meanwhile is answered within 0.5 s every time."""
+    s = restored_node(servers, tmp_path,
+                      conf={"txn-max-range-keys": "1000000",
+                            "max-clients": "1000"})
+    # warm: every kind once (and the loop's first turns after the load)
+    for method, path, body, count in requests():
+        st, _, out = s.request(method, path, body)
+        assert st == 200 and count(json.loads(out)) == N, out
+    time.sleep(0.5)
+    before = long_turns(s, "0.1")
+    errors, health = [], []
+    done = threading.Event()
+
+    def one(method, path, body, count):
+        try:
+            st, _, out = s.request(method, path, body, timeout=60)
+            if st != 200 or count(json.loads(out)) != N:
+                errors.append((path, st, out[:200]))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((path, repr(e)))
+
+    def probe():
+        while not done.is_set():
+            t0 = time.monotonic()
+            st, _, _ = s.request("GET", "/health", timeout=30)
+            health.append((time.monotonic() - t0, st))
+            time.sleep(0.01)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    threads = [threading.Thread(target=one, args=r)
+               for r in requests() for _ in range(BURST)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - t0
+    time.sleep(0.2)
+    done.set()
+    prober.join()
+    slowest = max(h[0] for h in health)
+    print(f"{len(threads)} counts over {N} keys in {took:.2f} s; "
+          f"/health slowest {slowest * 1000:.0f} ms of {len(health)}; "
+          f"loop turns over 0.1 s: {long_turns(s, '0.1') - before}")
+    assert not errors, errors[:3]
+    assert all(st == 200 for _, st in health), health
+    assert long_turns(s, "0.1") == before, "a turn of the loop took 0.1 s"
+    assert slowest < 0.5, slowest
