@@ -12,8 +12,8 @@ import time
 
 import raft_wire as rw
 
-N = 300000  # keys under k/, loaded from a snapshot file
-BURST = 50  # concurrent requests of each kind
+N = 500000  # keys under k/, loaded from a snapshot file
+BURST = 100  # concurrent requests of each kind
 
 
 def b64(s):
@@ -79,7 +79,7 @@ def test_counts_are_right(servers, tmp_path):
     assert http_count("from=k/100000&to=k/100100&count_only=true") == 100
     assert http_count("from=k/100000&to=k/100000&count_only=true") == 0
     assert http_count("from=k/200000&to=k/100000&count_only=true") == 0
-    assert http_count("from=k/299990&count_only=true") == 11  # and "z"
+    assert http_count(f"from=k/{N - 10:06d}&count_only=true") == 11  # and "z"
     assert http_count("from=a&count_only=true") == N + 2
     assert http_count("prefix=k/1234&count_only=true") == 100
     assert http_count("prefix=k/123456&count_only=true") == 1
@@ -95,7 +95,7 @@ def test_counts_are_right(servers, tmp_path):
     assert [base64.b64decode(kv["key"]) for kv in r["kvs"]] == \
         [b"k/100000", b"k/100001", b"k/100002"]
     st, _, out = s.request("POST", "/v3/kv/range", json.dumps(
-        {"key": b64("k/299998"), "range_end": b64("\0"), "limit": 1}))
+        {"key": b64(f"k/{N - 2:06d}"), "range_end": b64("\0"), "limit": 1}))
     r = json.loads(out)
     assert int(r["count"]) == 3 and r["more"] is True, out
     # after writes and deletes, the counts follow
@@ -104,18 +104,14 @@ def test_counts_are_right(servers, tmp_path):
     assert s.request("POST", "/set", json.dumps(
         {"key": "k/x", "value": "1"}))[0] == 204
     assert http_count("prefix=k/&count_only=true") == N - 100000 + 1
-    # the transaction budget still counts every key of a count_only range
-    s2 = s.request("POST", "/txn", json.dumps({"success": [
-        {"range": {"prefix": "k/", "count_only": True}}]}))
-    assert s2[0] == 200, s2
 
 
 def test_count_burst_does_not_hold_the_loop(servers, tmp_path):
     """BURST concurrent requests of each counting kind over N keys, all at
-    once: every answer is right, and no turn of the event loop works for
-    0.1 s (the walks made one turn of several seconds: the read index
-    hands the node all the waiting reads at once), and a /health asked
-    meanwhile is answered within 0.5 s every time."""
+    once: every answer is right, no turn of the event loop works for
+    0.1 s, and a /health asked meanwhile is answered within 0.5 s every
+    time. (With the walks: five turns over 0.1 s, a /health waiting 1.3 s,
+    the keys lying in memory in order as a snapshot load leaves them.)"""
     s = restored_node(servers, tmp_path,
                       conf={"txn-max-range-keys": "1000000",
                             "max-clients": "1000"})
