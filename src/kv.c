@@ -76,6 +76,8 @@ struct kv {
                                            none; keys inserted in order (a
                                            snapshot's) are appended here */
     uint64_t hspan[KV_SKIP_LEVELS];     /* spans of the head's links */
+    uint64_t tail_rank[KV_SKIP_LEVELS]; /* position of each tail (first
+                                           key: 1), 0: none */
     uint64_t revision;                  /* see kv.h */
     kv_event_cb on_event;               /* watchers' hook, or NULL */
     void *event_arg;                    /* its argument */
@@ -98,9 +100,11 @@ static inline struct llink *llink_of(const struct entry *e)
 }
 
 /* Spans of e's links 1..level-1: element i - 1 is how many level-0 steps
- * (keys) link i skips to, its target's position minus e's, the position
- * past the last key standing for NULL. A level-0 link always spans 1, so
- * that one is not stored: a third of a span per key on average. */
+ * (keys) link i skips to, its target's position minus e's; a link to NULL
+ * has none (kept: the position of its level's tail, kv->tail_rank, so that
+ * an append needs no update above its own levels). A level-0 link always
+ * spans 1, so that one is not stored: a third of a span per key on
+ * average. */
 static inline uint64_t *spans_of(const struct entry *e)
 {
     return (uint64_t *)((char *)(e->fwd + e->level) +
@@ -234,8 +238,6 @@ static inline bool rehashing(const struct kv *kv)
 struct kv *kv_new_seeded(uint64_t seed)
 {
     struct kv *kv = pz_calloc(1, sizeof(*kv));
-    for (int i = 0; i < KV_SKIP_LEVELS; i++)
-        kv->hspan[i] = 1; /* to NULL, the position past no key */
     kv->rehash_idx = -1;
     kv->seed = seed;
     return kv;
@@ -540,65 +542,84 @@ static struct entry *sl_find(const struct kv *kv, const void *key, size_t klen,
 
 /* A key after every key held (a snapshot being loaded, keys written in
  * order) is appended at the tails without a search: loading n keys in
- * order costs O(n), not O(n log n) with a cache miss per step. Its links
- * to NULL span 1, the tails' links to it span what their links to NULL
- * did, and the last link of each level above it spans one more: O(levels).
- * Elsewhere, as Redis's zslInsert: each link the new entry splits gives it
- * the part past it, each link over it spans one more. */
+ * order costs O(n), not O(n log n) with a cache miss per step. The tails'
+ * links to it span from their positions (tail_rank) to its own, n; the
+ * levels above it do not change (links to NULL have no span): O(levels
+ * of the key). Elsewhere, as Redis's zslInsert: each link the new entry
+ * splits gives it the part past it, each link over it spans one more, and
+ * so does the position of each tail after it. */
 static void sl_insert(struct kv *kv, struct entry *e)
 {
     struct entry **upd[KV_SKIP_LEVELS];
     uint64_t rank[KV_SKIP_LEVELS];
     if (kv->tail[0] == NULL ||
         key_cmp(kv->tail[0], entry_key(e), e->klen) < 0) {
-        for (unsigned i = 0; i < KV_SKIP_LEVELS; i++) {
-            struct entry **last =
-                kv->tail[i] ? &kv->tail[i]->fwd[i] : &kv->head[i];
-            if (i < e->level) {
-                e->fwd[i] = NULL;
-                *last = e;
-                kv->tail[i] = e;
-                if (i > 0)
-                    spans_of(e)[i - 1] = 1;
-            } else {
-                (*link_span(kv, last, i))++;
-            }
+        uint64_t n = kv->tail_rank[0] + 1; /* e's position */
+        for (unsigned i = 0; i < e->level; i++) {
+            struct entry *t = kv->tail[i];
+            if (t)
+                t->fwd[i] = e;
+            else
+                kv->head[i] = e;
+            if (i > 0)
+                *(t ? &spans_of(t)[i - 1] : &kv->hspan[i]) =
+                    n - kv->tail_rank[i];
+            e->fwd[i] = NULL;
+            kv->tail[i] = e;
+            kv->tail_rank[i] = n;
         }
         return;
     }
     sl_search(kv, entry_key(e), e->klen, upd, rank);
     for (unsigned i = 0; i < KV_SKIP_LEVELS; i++) {
+        bool before_tail = *upd[i] != NULL;
+        if (before_tail)
+            kv->tail_rank[i]++;
         if (i >= e->level) {
-            (*link_span(kv, upd[i], i))++;
+            if (before_tail)
+                (*link_span(kv, upd[i], i))++;
             continue;
         }
         if (i > 0) {
             uint64_t *sp = link_span(kv, upd[i], i);
-            spans_of(e)[i - 1] = *sp - (rank[0] - rank[i]);
+            if (before_tail)
+                spans_of(e)[i - 1] = *sp - (rank[0] - rank[i]);
             *sp = rank[0] - rank[i] + 1;
         }
         e->fwd[i] = *upd[i];
         *upd[i] = e;
-        if (e->fwd[i] == NULL)
+        if (!before_tail) {
             kv->tail[i] = e;
+            kv->tail_rank[i] = rank[0] + 1;
+        }
     }
 }
 
 /* Unlink e; upd as sl_find left it for e's key. Each link to e takes over
- * e's span, each link over it spans one less. */
+ * e's span, each link over it spans one less, and so does the position of
+ * each tail after it; a tail that goes is replaced by the entry linking
+ * to it, whose position is the tail's less that link's span. */
 static void sl_unlink(struct kv *kv, struct entry **upd[], struct entry *e)
 {
     for (unsigned i = 0; i < KV_SKIP_LEVELS; i++) {
         if (i >= e->level) {
-            (*link_span(kv, upd[i], i))--;
+            if (*upd[i] != NULL) {
+                (*link_span(kv, upd[i], i))--;
+                kv->tail_rank[i]--;
+            }
             continue;
         }
         pz_assert(*upd[i] == e);
-        if (i > 0)
-            *link_span(kv, upd[i], i) += spans_of(e)[i - 1] - 1;
-        *upd[i] = e->fwd[i];
-        if (kv->tail[i] == e)
+        uint64_t *sp = i > 0 ? link_span(kv, upd[i], i) : NULL;
+        if (e->fwd[i] != NULL) {
+            if (sp)
+                *sp += spans_of(e)[i - 1] - 1;
+            kv->tail_rank[i]--;
+        } else {
             kv->tail[i] = sl_owner(kv, upd[i], i);
+            kv->tail_rank[i] -= sp ? *sp : 1;
+        }
+        *upd[i] = e->fwd[i];
     }
 }
 
@@ -622,7 +643,7 @@ bool kv_index_check(const struct kv *kv)
     for (unsigned i = 0; i < KV_SKIP_LEVELS; i++) {
         /* Walk level 0 numbering the keys from 1, and follow level i
          * along: each level-i link must reach the next entry of level > i
-         * after exactly its span, the last one NULL at n + 1. */
+         * after exactly its span; the last is NULL, from the tail. */
         uint64_t pos = 0, from = 0, span = i ? kv->hspan[i] : 1;
         const struct entry *prev = NULL, *last = NULL, *want = kv->head[i];
         for (const struct entry *e = kv->head[0]; e; prev = e, e = e->fwd[0]) {
@@ -642,8 +663,8 @@ bool kv_index_check(const struct kv *kv)
             span = i ? spans_of(e)[i - 1] : 1;
             last = e;
         }
-        if (want != NULL || pos != n || n + 1 - from != span ||
-            kv->tail[i] != last)
+        if (want != NULL || pos != n || kv->tail[i] != last ||
+            kv->tail_rank[i] != from)
             return false;
     }
     return true;
