@@ -394,10 +394,10 @@ size_t kv_count(const struct kv *kv); /* number of keys */
 size_t kv_bytes(const struct kv *kv); /* sum of key and value lengths */
 /* What a key costs in the table beside its key and value bytes, counted
  * by quota-backend-bytes (kv_quota_bytes): its entry with its skiplist
- * links and malloc's header and rounding (67 bytes, kv_heap_estimate) and
- * its bucket slot (8 to 16 bytes at the table's load), rounded up. make
- * bench-kv-mem measures 73 (189 bytes per key of 16-byte keys with
- * 100-byte values). */
+ * links and their spans and malloc's header and rounding (70 bytes,
+ * kv_heap_estimate) and its bucket slot (8 to 16 bytes at the table's
+ * load), rounded up. make bench-kv-mem measures 74 (190 bytes per key of
+ * 16-byte keys with 100-byte values). */
 #define KV_KEY_OVERHEAD 96
 /* What quota-backend-bytes counts of the table: kv_bytes plus
  * KV_KEY_OVERHEAD per key. */
