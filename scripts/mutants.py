@@ -1684,6 +1684,28 @@ MUTATIONS = [
        "test_etcd_read_only_txns_give_their_budget_back"],
       "a Txn's reservation in max-pending-output is counted with its "
       "answer until the stream ends: a large answer is refused"),
+    M("kv_span_kept_on_unlink", "src/kv.c",
+      "                *sp += spans_of(e)[i - 1] - 1;",
+      "                *sp += 0;",
+      ["unit:kv/range_count_spans"],
+      "a link to a removed key keeps its span: counts past it are off"),
+    M("kv_span_tail_append_one", "src/kv.c",
+      "                    n - kv->tail_rank[i];",
+      "                    1;",
+      ["unit:kv/range_count_spans"],
+      "a key appended at the tails (a snapshot load) gets span 1 from "
+      "every tail, however far behind it"),
+    M("kv_span_lost_on_relink", "src/kv.c",
+      "        if (old->level > 1) /* the same place: the same spans */",
+      "        if (old->level > 1 && e == old) /* the same place: the same spans */",
+      ["unit:kv/range_count_spans"],
+      "a put that relinks a new entry in the old one's place leaves its "
+      "spans unset"),
+    M("etcd_count_walks_past_limit", "src/etcd_kv.c",
+      "    return l->n >= l->keep; /* the rest is only counted: stop the walk */",
+      "    return 0; /* the rest is only counted: stop the walk */",
+      ["py:test_range_count.py::test_count_burst_does_not_hold_the_loop"],
+      "an etcd Range with a limit walks the whole range for its count"),
 ]
 
 
