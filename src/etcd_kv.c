@@ -435,8 +435,8 @@ static void range_reply(struct gstream *st, struct ekv *e)
          * O(log n): count is every key of the range, as etcd's. */
         if (q->count_only || kv_range(kv, rg.key, rg.klen, rg.end, rg.elen,
                                       rg.to_end, vlist_visit, &l) != 0)
-            l.count = kv_range_count(kv, rg.key, rg.klen, rg.end, rg.elen,
-                                     rg.to_end);
+            l.count =
+                kv_range_count(kv, rg.key, rg.klen, rg.end, rg.elen, rg.to_end);
     }
     Etcdserverpb__RangeResponse r = ETCDSERVERPB__RANGE_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;

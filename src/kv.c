@@ -183,10 +183,10 @@ static struct entry *entry_new(uint64_t hash, const void *key, size_t klen,
 {
     unsigned level = level_of(hash);
     bool leased = m->lease != 0;
-    struct entry *e = pz_malloc(
-        sizeof(*e) + level * sizeof(e->fwd[0]) +
-        (level - 1) * sizeof(uint64_t) + (leased ? sizeof(struct llink) : 0) +
-        klen + vlen + 1);
+    struct entry *e =
+        pz_malloc(sizeof(*e) + level * sizeof(e->fwd[0]) +
+                  (level - 1) * sizeof(uint64_t) +
+                  (leased ? sizeof(struct llink) : 0) + klen + vlen + 1);
     e->next = NULL;
     e->klen = (uint32_t)klen & 0x7fffffffu;
     e->leased = leased;
@@ -381,8 +381,8 @@ size_t kv_heap_estimate(uint64_t nkeys, uint64_t kv_bytes)
     /* An entry: its header, 4/3 level links and 1/3 span on average, the
      * NUL, and malloc's 8-byte header and rounding to 16 (8 on average). */
     uint64_t per = sizeof(struct entry) +
-                   (4 * sizeof(struct entry *) + sizeof(uint64_t)) / 3 + 1 +
-                   8 + 8;
+                   (4 * sizeof(struct entry *) + sizeof(uint64_t)) / 3 + 1 + 8 +
+                   8;
     uint64_t n = nkeys * per + kv_bytes;
     return n < SIZE_MAX ? (size_t)n : SIZE_MAX;
 }
@@ -1806,8 +1806,8 @@ static void run_op(struct apply *a, size_t i, const struct kv_op *o)
     default: {
         struct range_walk w = {.a = a, .op = o};
         if (o->flags & KV_RANGE_COUNT_ONLY) /* O(log n), no walk */
-            w.count = kv_range_count(a->kv, o->key, o->klen, o->value,
-                                     o->vlen, o->flags & KV_RANGE_TO_END);
+            w.count = kv_range_count(a->kv, o->key, o->klen, o->value, o->vlen,
+                                     o->flags & KV_RANGE_TO_END);
         else
             kv_range(a->kv, o->key, o->klen, o->value, o->vlen,
                      o->flags & KV_RANGE_TO_END, range_visit, &w);
@@ -1844,8 +1844,9 @@ static uint64_t op_keys(struct kv *kv, const struct kv_op *o, uint64_t stop)
     if (o->type != KV_TOP_RANGE)
         return 0;
     if (o->flags & KV_RANGE_COUNT_ONLY)
-        return PZ_MIN(stop, kv_range_count(kv, o->key, o->klen, o->value,
-                                           o->vlen, o->flags & KV_RANGE_TO_END));
+        return PZ_MIN(stop,
+                      kv_range_count(kv, o->key, o->klen, o->value, o->vlen,
+                                     o->flags & KV_RANGE_TO_END));
     struct budget_walk w = {0, stop};
     if (o->limit && !(o->flags & KV_RANGE_COUNT_ONLY) && o->limit < stop)
         w.stop = o->limit + 1;

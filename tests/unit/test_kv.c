@@ -1771,7 +1771,6 @@ TEST(revision_max_refuses_writes)
     kv_free(kv);
 }
 
-
 /* kv_foreach_view callback: restore each key into arg's table. */
 struct load_copy {
     struct kv *to; /* the table loaded */
@@ -1811,8 +1810,8 @@ static bool count_matches(struct kv *kv, const void *from, size_t flen,
     kv_range(kv, from, flen, to, tlen, to_end, span_count_visit, &walked);
     uint64_t got = kv_range_count(kv, from, flen, to, tlen, to_end);
     if (got != walked)
-        fprintf(stderr, "    range count %" PRIu64 ", walk %" PRIu64 "\n",
-                got, walked);
+        fprintf(stderr, "    range count %" PRIu64 ", walk %" PRIu64 "\n", got,
+                walked);
     return got == walked;
 }
 
@@ -1835,8 +1834,8 @@ static void check_counts(struct kv *kv, uint64_t *st)
     CHECK_EQ_INT(kv_range_count(kv, "", 0, NULL, 0, true), kv_count(kv));
     for (int i = 0; i < 40; i++) {
         size_t al = rand_key(st, a), bl = rand_key(st, b);
-        CHECK(count_matches(kv, a, al, b, bl, false)); /* maybe to <= from */
-        CHECK(count_matches(kv, a, al, a, al, false)); /* empty */
+        CHECK(count_matches(kv, a, al, b, bl, false));  /* maybe to <= from */
+        CHECK(count_matches(kv, a, al, a, al, false));  /* empty */
         CHECK(count_matches(kv, a, al, NULL, 0, true)); /* open-ended */
         a[al] = '\0'; /* [a, a "\0"): the key a alone */
         CHECK(count_matches(kv, a, al, a, al + 1, false));
