@@ -377,12 +377,8 @@ static int write_ready(struct node_rd *q)
  * and fifty of them confirmed by one read index ran back to back in one
  * turn, holding a leader's heartbeats past the election timeout. Past
  * this the rest wait for the next turn, which first takes the timers and
- * the peers' messages. Not much less: each turn's answers go out to the
- * kernel before the next turn's are built, so with 10 ms, 50 clients
- * that read none of their 3.6 MB answers had all of them built in full
- * in turn (RSS +68 to 140 MB, the allocator keeping what was freed)
- * rather than cut short by max-pending-output once it was full. */
-#define DONE_TURN_NS (50 * UINT64_C(1000000))
+ * the peers' messages. */
+#define DONE_TURN_NS (10 * UINT64_C(1000000))
 #define WRITE_NOW_MAX_ENTRIES 1
 #define WRITE_NOW_MAX_BYTES (64 * 1024)
 #define WRITE_ALONE_MAX_BYTES (1024 * 1024)

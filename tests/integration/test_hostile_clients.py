@@ -2229,7 +2229,7 @@ def test_many_costly_reads_do_not_hold_the_loop(servers, epb):
     their read index confirms them together, and they used to run back to
     back in one loop turn (0.7 s and more, a second at 500,000 keys, when
     the leader lost its followers). The turn now stops calling back reads
-    after 50 ms, and the rest go in the next turns, between heartbeats: no
+    after 10 ms, and the rest go in the next turns, between heartbeats: no
     turn of the leader's loop takes over 0.25 s, every answer is right and
     nobody else became leader."""
     nodes = make_cluster(servers)
