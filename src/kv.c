@@ -92,6 +92,8 @@ struct kv {
     size_t cap_leases;     /* room in leases */
     kv_lease_cb on_lease;  /* the expiry tracker's hook, or NULL */
     void *lease_arg;       /* its argument */
+    const struct kv_job *paused; /* a command paused between its steps
+                                    (kv_apply_start), or NULL */
 };
 
 static inline struct llink *llink_of(const struct entry *e)
@@ -866,6 +868,51 @@ struct apply {
     const struct kv_sink *sink; /* where results go, or NULL */
 };
 
+/* A command being applied (kv_apply_start): a transaction between its
+ * operations or inside a DELRANGE, or a REVOKE collecting, sorting or
+ * deleting its keys. Everything that decides the outcome (decoding, the
+ * comparisons, the checks of the branch, the revoke's checks) happens
+ * once, at the start, on the table as the command found it; what is left
+ * is only the work, done in the same order as in one go, so that the
+ * table, its revision and digest, the events and the results end the same
+ * whatever the budgets (test kv/job_chunked_vs_oneshot). */
+struct kv_job {
+    struct kv *kv;
+    struct apply a;       /* revision bumped once, the sink */
+    struct kv_result res; /* what the command did so far */
+    struct kv_cmd c;      /* decoded; points into the caller's bytes */
+    struct {              /* the table as readers see it while paused */
+        uint64_t revision;
+        uint64_t digest;
+        size_t keys;
+        size_t bytes;
+    } before;
+    /* TXN: the branch taken and where it stands. */
+    struct kv_op *ops; /* the branch (pz_free) */
+    size_t n;          /* its operations */
+    size_t i;          /* the next one, or the DELRANGE under way */
+    bool in_op;        /* ops[i] (a DELRANGE) has begun */
+    uint64_t count;    /* keys it deleted so far */
+    bool ok;           /* every comparison held */
+    /* REVOKE: the keys in bytewise order, then deleted one by one. */
+    uint64_t lease;      /* the lease */
+    uint64_t ttl;        /* its ttl, for the callback */
+    int phase;           /* JOB_COLLECT .. JOB_DELETE */
+    struct entry **keys; /* the lease's keys (pz_free) */
+    struct entry **tmp;  /* the merge sort's other array (pz_free) */
+    size_t nkeys;        /* how many */
+    size_t got;          /* collected so far */
+    struct entry *next;  /* the next key to collect */
+    size_t width;        /* merge sort: length of the sorted runs */
+    size_t lo, mid, hi;  /* the runs [lo, mid) and [mid, hi) merging */
+    size_t li, ri, k;    /* next of each run, next slot written */
+    bool merging;        /* lo..hi are set */
+    size_t del;          /* keys[del] is the next to delete */
+    unsigned cheap;      /* cheap steps not yet charged to the budget */
+};
+
+enum { JOB_COLLECT, JOB_SORT, JOB_DELETE };
+
 static uint64_t apply_rev(struct apply *a)
 {
     /* kv_apply_sink refused the command at KV_REVISION_MAX */
@@ -1034,25 +1081,30 @@ static bool in_range(const struct entry *e, const void *to, size_t tlen,
     return to_end || key_cmp(e, to, tlen) < 0;
 }
 
-/* Delete the keys in [from, to). Returns how many. The keys go in order
- * from the front of the range, so the links sl_find found stay the ones
- * to update for each next key. */
-static uint64_t do_delrange(struct apply *a, const void *from, size_t flen,
-                            const void *to, size_t tlen, bool to_end)
+/* Delete the keys in [from, to), at most *budget of them (taken off
+ * *budget); *n counts them. Returns whether the range is empty now. The
+ * keys go in order from the front of the range, so the links sl_find
+ * found stay the ones to update for each next key, and a call after a
+ * partial one starts at the first key left (those before it are gone). */
+static bool do_delrange(struct apply *a, const void *from, size_t flen,
+                        const void *to, size_t tlen, bool to_end,
+                        uint64_t *budget, uint64_t *n)
 {
     struct kv *kv = a->kv;
     struct entry **upd[KV_SKIP_LEVELS];
-    uint64_t n = 0;
     struct entry *e = sl_find(kv, from, flen, upd);
     while (e && in_range(e, to, tlen, to_end)) {
+        if (*budget == 0)
+            return false;
         struct table *t;
         struct entry **link = find_link(kv, entry_hash(kv, e), entry_key(e), e->klen, &t);
         pz_assert(link && *link == e);
         remove_entry(a, link, t, upd, e);
-        n++;
+        (*n)++;
+        (*budget)--;
         e = *upd[0];
     }
-    return n;
+    return true;
 }
 
 int kv_set(struct kv *kv, const void *key, size_t klen, const void *value,
@@ -1099,6 +1151,8 @@ void kv_set_revision(struct kv *kv, uint64_t rev)
 
 uint64_t kv_revision(const struct kv *kv)
 {
+    if (kv->paused)
+        return kv->paused->before.revision;
     return kv->revision;
 }
 
@@ -1110,22 +1164,38 @@ void kv_set_event_cb(struct kv *kv, kv_event_cb cb, void *arg)
 
 size_t kv_count(const struct kv *kv)
 {
+    if (kv->paused)
+        return kv->paused->before.keys;
     return kv->t[0].used + kv->t[1].used;
 }
 
 size_t kv_bytes(const struct kv *kv)
 {
+    if (kv->paused)
+        return kv->paused->before.bytes;
     return kv->bytes;
 }
 
 size_t kv_quota_bytes(const struct kv *kv)
 {
-    return kv->bytes + kv_count(kv) * KV_KEY_OVERHEAD;
+    return kv_bytes(kv) + kv_count(kv) * KV_KEY_OVERHEAD;
 }
 
 uint64_t kv_digest(const struct kv *kv)
 {
+    if (kv->paused)
+        return kv->paused->before.digest;
     return kv->digest;
+}
+
+uint64_t kv_apply_revision(const struct kv *kv)
+{
+    return kv->revision;
+}
+
+bool kv_paused(const struct kv *kv)
+{
+    return kv->paused != NULL;
 }
 
 static int add_digest(void *arg, const struct kv_view *v)
@@ -1791,10 +1861,12 @@ static void run_op(struct apply *a, size_t i, const struct kv_op *o)
     case KV_TOP_DEL:
         count = (uint64_t)do_del(a, o->key, o->klen);
         break;
-    case KV_TOP_DELRANGE:
-        count = do_delrange(a, o->key, o->klen, o->value, o->vlen,
-                            o->flags & KV_RANGE_TO_END);
+    case KV_TOP_DELRANGE: {
+        uint64_t all = UINT64_MAX;
+        do_delrange(a, o->key, o->klen, o->value, o->vlen,
+                    o->flags & KV_RANGE_TO_END, &all, &count);
         break;
+    }
     case KV_TOP_GET: {
         struct entry *e = lookup(a->kv, o->key, o->klen);
         if (e) {
@@ -2045,37 +2117,6 @@ static void lease_sort_keys(struct lease *l)
     l->unsorted = false;
 }
 
-/* REVOKE: every attached key goes (one revision), in bytewise key order so
- * that every node reports the deletes in the same order, then the lease. */
-static void apply_revoke(struct apply *a, uint64_t id, struct kv_result *res)
-{
-    struct kv *kv = a->kv;
-    struct lease *l = lease_find(kv, id);
-    if (l == NULL) {
-        res->status = KV_ELEASE_NOTFOUND;
-        return;
-    }
-    if (l->keys && kv->revision >= KV_REVISION_MAX) {
-        res->status = KV_EREVISION;
-        return;
-    }
-    uint64_t ttl = l->ttl;
-    lease_sort_keys(l);
-    while (l->keys) {
-        struct entry *e = l->keys;
-        struct table *t;
-        struct entry **link = find_link(kv, entry_hash(kv, e), entry_key(e), e->klen, &t);
-        pz_assert(link && *link == e);
-        struct entry **upd[KV_SKIP_LEVELS];
-        sl_find(kv, entry_key(e), e->klen, upd);
-        remove_entry(a, link, t, upd, e);
-        res->deleted++;
-    }
-    lease_drop(kv, id);
-    if (kv->on_lease)
-        kv->on_lease(kv->lease_arg, false, id, ttl);
-}
-
 static void apply_grant(struct kv *kv, const struct kv_cmd *c,
                         struct kv_result *res)
 {
@@ -2092,40 +2133,186 @@ static void apply_grant(struct kv *kv, const struct kv_cmd *c,
         kv->on_lease(kv->lease_arg, true, c->lease, c->ttl);
 }
 
-int kv_apply(struct kv *kv, const uint8_t *cmd, size_t len,
-             struct kv_result *res)
+/* --- applying in steps ---------------------------------------------------- */
+
+/* How many sort moves, or keys collected, count as one unit of budget (a
+ * key deleted): they are a compare or a pointer copy, not a removal from
+ * both indexes with its event. */
+#define JOB_CHEAP_PER_UNIT 8
+
+/* Charge one cheap step (JOB_CHEAP_PER_UNIT to a unit). */
+static void charge_cheap(struct kv_job *j, uint64_t *budget)
 {
-    return kv_apply_sink(kv, cmd, len, res, NULL);
+    if (++j->cheap >= JOB_CHEAP_PER_UNIT) {
+        j->cheap = 0;
+        if (*budget)
+            (*budget)--;
+    }
 }
 
-int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
-                  struct kv_result *res, const struct kv_sink *sink)
+static int entry_cmp(const struct entry *a, const struct entry *b)
 {
-    struct kv_cmd c;
-    struct kv_result local;
-    if (res == NULL)
-        res = &local;
-    int rc = kv_decode(cmd, len, &c);
-    if (rc)
-        return rc;
-    struct apply a = {.kv = kv, .sink = sink};
-    res->op = c.op;
-    res->status = KV_OK;
-    res->deleted = 0;
-    res->existed = false;
-    res->succeeded = true;
+    return bytes_cmp(entry_key(a), a->klen, entry_key(b), b->klen);
+}
+
+/* Sort j->keys bytewise: a bottom-up merge sort between keys and tmp,
+ * resumable at any element (no recursion, no state outside j). Returns
+ * whether it is sorted (then in j->keys). */
+static bool revoke_sort(struct kv_job *j, uint64_t *budget)
+{
+    while (j->width < j->nkeys) {
+        if (!j->merging) {
+            if (j->lo >= j->nkeys) { /* a pass is done: the runs double */
+                struct entry **t = j->keys;
+                j->keys = j->tmp;
+                j->tmp = t;
+                j->width *= 2;
+                j->lo = 0;
+                continue;
+            }
+            j->mid = PZ_MIN(j->lo + j->width, j->nkeys);
+            j->hi = PZ_MIN(j->lo + 2 * j->width, j->nkeys);
+            j->li = j->lo;
+            j->ri = j->mid;
+            j->k = j->lo;
+            j->merging = true;
+        }
+        while (j->k < j->hi) {
+            if (*budget == 0)
+                return false;
+            if (j->li < j->mid &&
+                (j->ri >= j->hi ||
+                 entry_cmp(j->keys[j->li], j->keys[j->ri]) < 0))
+                j->tmp[j->k++] = j->keys[j->li++];
+            else
+                j->tmp[j->k++] = j->keys[j->ri++];
+            charge_cheap(j, budget);
+        }
+        j->merging = false;
+        j->lo = j->hi;
+    }
+    return true;
+}
+
+/* REVOKE's work: collect the keys, sort them (so that every node deletes
+ * them, and reports their events, in the same order whatever order they
+ * were attached in or a snapshot load rebuilt: as etcd), delete them (one
+ * revision), then drop the lease. Returns whether it is done. */
+static bool revoke_steps(struct kv_job *j, uint64_t *budget)
+{
+    struct kv *kv = j->kv;
+    if (j->phase == JOB_COLLECT) {
+        while (j->next) {
+            if (*budget == 0)
+                return false;
+            j->keys[j->got++] = j->next;
+            j->next = llink_of(j->next)->next;
+            charge_cheap(j, budget);
+        }
+        pz_assert(j->got == j->nkeys);
+        j->phase = JOB_SORT;
+        j->width = 1;
+    }
+    if (j->phase == JOB_SORT) {
+        if (!revoke_sort(j, budget))
+            return false;
+        j->phase = JOB_DELETE;
+    }
+    while (j->del < j->nkeys) {
+        if (*budget == 0)
+            return false;
+        struct entry *e = j->keys[j->del++];
+        struct table *t;
+        struct entry **link =
+            find_link(kv, entry_hash(kv, e), entry_key(e), e->klen, &t);
+        pz_assert(link && *link == e);
+        struct entry **upd[KV_SKIP_LEVELS];
+        sl_find(kv, entry_key(e), e->klen, upd);
+        remove_entry(&j->a, link, t, upd, e);
+        j->res.deleted++;
+        (*budget)--;
+    }
+    lease_drop(kv, j->lease);
+    if (kv->on_lease)
+        kv->on_lease(kv->lease_arg, false, j->lease, j->ttl);
+    return true;
+}
+
+/* REVOKE's checks, then its job set up. Returns whether there is work. */
+static bool revoke_start(struct kv_job *j)
+{
+    struct lease *l = lease_find(j->kv, j->c.lease);
+    if (l == NULL) {
+        j->res.status = KV_ELEASE_NOTFOUND;
+        return false;
+    }
+    if (l->keys && j->kv->revision >= KV_REVISION_MAX) {
+        j->res.status = KV_EREVISION;
+        return false;
+    }
+    j->lease = l->id;
+    j->ttl = l->ttl;
+    j->nkeys = l->nkeys;
+    j->next = l->keys;
+    j->keys = pz_calloc(j->nkeys + 1, sizeof *j->keys);
+    j->tmp = pz_calloc(j->nkeys + 1, sizeof *j->tmp);
+    j->phase = JOB_COLLECT;
+    return true;
+}
+
+/* A transaction's branch from operation j->i on; a DELRANGE goes on from
+ * where it stopped. Returns whether it is done. */
+static bool txn_steps(struct kv_job *j, uint64_t *budget)
+{
+    const struct kv_sink *s = j->a.sink;
+    while (j->i < j->n) {
+        if (*budget == 0)
+            return false;
+        const struct kv_op *o = &j->ops[j->i];
+        if (o->type != KV_TOP_DELRANGE) {
+            run_op(&j->a, j->i, o);
+            j->i++;
+            (*budget)--;
+            continue;
+        }
+        if (!j->in_op) {
+            if (s && s->op_begin)
+                s->op_begin(s->arg, j->i, o);
+            j->in_op = true;
+            j->count = 0;
+        }
+        if (!do_delrange(&j->a, o->key, o->klen, o->value, o->vlen,
+                         o->flags & KV_RANGE_TO_END, budget, &j->count))
+            return false;
+        if (s && s->op_end)
+            s->op_end(s->arg, j->count, false);
+        j->in_op = false;
+        j->i++;
+    }
+    j->res.succeeded = j->ok;
+    return true;
+}
+
+/* The checks and the outcome of the command, decided on the table as it
+ * stands. Returns whether work is left for txn_steps/revoke_steps. */
+static bool job_begin(struct kv_job *j)
+{
+    struct kv *kv = j->kv;
+    struct kv_result *res = &j->res;
+    const struct kv_cmd *c = &j->c;
+    struct apply *a = &j->a;
     /* SET, SETL and DEL at the highest revision: refused (kv.h). */
     bool at_max = kv->revision >= KV_REVISION_MAX;
-    switch (c.op) {
+    switch (c->op) {
     case KV_OP_SET:
         if (at_max) {
             res->status = KV_EREVISION;
             break;
         }
-        res->existed = do_put(&a, c.key, c.klen, c.value, c.vlen, 0) == 1;
+        res->existed = do_put(a, c->key, c->klen, c->value, c->vlen, 0) == 1;
         break;
     case KV_OP_SETL:
-        if (lease_find(kv, c.lease) == NULL) {
+        if (lease_find(kv, c->lease) == NULL) {
             res->status = KV_ELEASE_NOTFOUND;
             res->succeeded = false;
             break;
@@ -2135,44 +2322,132 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
             break;
         }
         res->existed =
-            do_put(&a, c.key, c.klen, c.value, c.vlen, c.lease) == 1;
+            do_put(a, c->key, c->klen, c->value, c->vlen, c->lease) == 1;
         break;
     case KV_OP_DEL:
         if (at_max) {
             res->status = KV_EREVISION;
             break;
         }
-        res->existed = do_del(&a, c.key, c.klen) == 1;
+        res->existed = do_del(a, c->key, c->klen) == 1;
         break;
     case KV_OP_GRANT:
-        apply_grant(kv, &c, res);
+        apply_grant(kv, c, res);
         break;
     case KV_OP_REVOKE:
-        apply_revoke(&a, c.lease, res);
-        break;
+        return revoke_start(j);
     default: {
         /* The compares are evaluated once, on the table before the
          * branch runs; the branch taken is checked, then run. */
-        struct kv_op *ops;
-        size_t n;
-        bool ok = txn_branch(kv, &c, &ops, &n);
-        if (!ops_leases_ok(kv, ops, n)) {
+        j->ok = txn_branch(kv, c, &j->ops, &j->n);
+        if (!ops_leases_ok(kv, j->ops, j->n)) {
             res->status = KV_ELEASE_NOTFOUND;
             res->succeeded = false;
-        } else if (!ops_within(kv, ops, n, KV_TXN_KEYS_MAX)) {
+        } else if (!ops_within(kv, j->ops, j->n, KV_TXN_KEYS_MAX)) {
             res->status = KV_ETXN_KEYS;
             res->succeeded = false;
-        } else if (at_max && ops_write(ops, n)) {
+        } else if (at_max && ops_write(j->ops, j->n)) {
             res->status = KV_EREVISION;
         } else {
-            for (size_t i = 0; i < n; i++)
-                run_op(&a, i, &ops[i]);
-            res->succeeded = ok;
+            return true;
         }
-        pz_free(ops);
     }
     }
-    res->succeeded = res->succeeded && res->status == KV_OK;
-    res->revision = kv->revision;
+    return false;
+}
+
+/* Run j's work within *budget; when it is done, fill *res, free j and
+ * return true. Paused, the table keeps j as what readers of its
+ * aggregates see (kv_revision and friends). */
+static bool job_go(struct kv_job *j, uint64_t budget, struct kv_result *res)
+{
+    struct kv *kv = j->kv;
+    kv->paused = NULL; /* callbacks during the steps see the live table */
+    if (budget == 0)
+        budget = 1; /* every call makes progress */
+    bool done = j->c.op == KV_OP_REVOKE ? revoke_steps(j, &budget)
+                                        : txn_steps(j, &budget);
+    if (!done) {
+        kv->paused = j;
+        return false;
+    }
+    j->res.succeeded = j->res.succeeded && j->res.status == KV_OK;
+    j->res.revision = kv->revision;
+    if (res)
+        *res = j->res;
+    kv_job_free(j);
+    return true;
+}
+
+int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
+                   const struct kv_sink *sink, uint64_t budget,
+                   struct kv_result *res, struct kv_job **job)
+{
+    pz_assert(kv->paused == NULL); /* one command at a time */
+    *job = NULL;
+    struct kv_cmd c;
+    int rc = kv_decode(cmd, len, &c);
+    if (rc)
+        return rc;
+    struct kv_job *j = pz_calloc(1, sizeof *j);
+    j->kv = kv;
+    j->c = c;
+    j->a.kv = kv;
+    j->a.sink = sink;
+    j->before.revision = kv->revision;
+    j->before.digest = kv->digest;
+    j->before.keys = kv->t[0].used + kv->t[1].used;
+    j->before.bytes = kv->bytes;
+    j->res.op = c.op;
+    j->res.status = KV_OK;
+    j->res.succeeded = true;
+    if (!job_begin(j)) {
+        j->res.succeeded = j->res.succeeded && j->res.status == KV_OK;
+        j->res.revision = kv->revision;
+        if (res)
+            *res = j->res;
+        kv_job_free(j);
+        return 0;
+    }
+    if (!job_go(j, budget, res))
+        *job = j;
     return 0;
+}
+
+bool kv_job_run(struct kv_job *job, uint64_t budget, struct kv_result *res)
+{
+    pz_assert(job->kv->paused == job);
+    return job_go(job, budget, res);
+}
+
+void kv_job_set_sink(struct kv_job *job, const struct kv_sink *sink)
+{
+    job->a.sink = sink;
+}
+
+void kv_job_free(struct kv_job *job)
+{
+    if (job == NULL)
+        return;
+    if (job->kv->paused == job)
+        job->kv->paused = NULL;
+    pz_free(job->ops);
+    pz_free(job->keys);
+    pz_free(job->tmp);
+    pz_free(job);
+}
+
+int kv_apply(struct kv *kv, const uint8_t *cmd, size_t len,
+             struct kv_result *res)
+{
+    return kv_apply_sink(kv, cmd, len, res, NULL);
+}
+
+int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
+                  struct kv_result *res, const struct kv_sink *sink)
+{
+    struct kv_job *job;
+    int rc = kv_apply_start(kv, cmd, len, sink, UINT64_MAX, res, &job);
+    pz_assert(job == NULL); /* no budget runs out */
+    return rc;
 }

@@ -119,9 +119,11 @@
  * knows no time: when a lease expires is the leader's business (lease.h);
  * an expiry is a REVOKE in the log. Attached keys are threaded on a doubly
  * linked list per lease through their entries (two pointers, in leased
- * entries only), so a revoke finds them in O(keys) (and sorts the list
- * in place, O(keys log keys) compares, no memory) and a detach is O(1)
- * after an O(log leases) lookup of the lease.
+ * entries only), so a revoke finds them in O(keys) (and sorts them,
+ * O(keys log keys) compares, in two arrays of pointers it holds while it
+ * runs, so that it can stop and go on: "applying in steps") and a detach
+ * is O(1) after an O(log leases) lookup of the lease; a listing sorts the
+ * list in place (no memory).
  *
  * Digest: kv_digest() is the sum (mod 2^64) over all entries of a hash of
  * (key, value, metadata) with fixed seeds, plus a hash of the revision when
@@ -471,6 +473,50 @@ int kv_apply(struct kv *kv, const uint8_t *cmd, size_t len,
 /* kv_apply, reporting a transaction's results to sink (may be NULL). */
 int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
                   struct kv_result *res, const struct kv_sink *sink);
+
+/* --- applying in steps ---------------------------------------------------
+ *
+ * A command whose work grows with the table (a DELRANGE, a REVOKE of a
+ * lease holding many keys) can be applied in steps, so that a process
+ * serving other work between them is never held for long by one command.
+ * kv_apply_start decides everything that the outcome depends on (decoding,
+ * the comparisons, every check that refuses a command) on the table as it
+ * stands, then does up to budget units of work; kv_job_run does up to
+ * budget more. A unit is about one key deleted (a removed key, or a few
+ * cheap steps: keys collected or sorted); every call makes progress, and
+ * work that cannot be cut (a PUT, a GET, a RANGE's walk, a transaction's
+ * checks) counts one unit. Invariants (test kv/job_chunked_vs_oneshot):
+ *  - the table, its revision and digest, every event and lease callback
+ *    (in order), every sink call and the result end exactly as with
+ *    kv_apply_sink, whatever the budgets;
+ *  - while a job is paused (between calls), the aggregates readers see
+ *    (kv_revision, kv_count, kv_bytes, kv_quota_bytes, kv_digest) are
+ *    those from before the command; the keys themselves are partly
+ *    changed, so a caller must read no key, range or lease, and apply no
+ *    other command, until the job is done (kv_paused tells);
+ *  - cmd's bytes, and the sink, must stay valid until it is done. */
+struct kv_job;
+
+/* Decode cmd and apply it within budget. Returns kv_decode's errors
+ * (nothing changed, *job NULL), or 0: with *job NULL the command is done
+ * and *res filled (res may be NULL), else go on with kv_job_run. */
+int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
+                   const struct kv_sink *sink, uint64_t budget,
+                   struct kv_result *res, struct kv_job **job);
+/* Up to budget more units of job. true: done, *res filled (may be NULL),
+ * job freed; false: paused again. */
+bool kv_job_run(struct kv_job *job, uint64_t budget, struct kv_result *res);
+/* Where the rest of job's results go (NULL: nowhere; the sink's owner
+ * went away). */
+void kv_job_set_sink(struct kv_job *job, const struct kv_sink *sink);
+/* Drop job unfinished (the table is about to be freed or replaced: it is
+ * left half changed). NULL is fine. */
+void kv_job_free(struct kv_job *job);
+/* Is a job paused on the table? */
+bool kv_paused(const struct kv *kv);
+/* The revision of the command being applied (kv_revision less the
+ * freezing while paused): for an event hook, which runs inside steps. */
+uint64_t kv_apply_revision(const struct kv *kv);
 
 /* Is cmd a transaction whose branches only read (GET, RANGE)? */
 bool kv_txn_readonly(const uint8_t *cmd, size_t len);

@@ -66,7 +66,8 @@ static void on_kv_event(void *arg, int type, const struct kv_view *cur,
                         const struct kv_view *prev)
 {
     PZ_UNUSED(arg);
-    watch_hub_record(&nd->watch_hub, kv_revision(nd->kv), type, cur, prev);
+    watch_hub_record(&nd->watch_hub, kv_apply_revision(nd->kv), type, cur,
+                     prev);
 }
 
 void core_kv_replaced(void)

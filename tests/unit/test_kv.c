@@ -1945,6 +1945,284 @@ TEST(range_count_spans)
     pz_buf_free(&b);
 }
 
+/* --- applying in steps ------------------------------------------------------
+ */
+
+/* Everything a command reports, in order, as bytes to compare: events,
+ * lease callbacks and sink calls of one table. */
+static void jl_put(struct pz_buf *b, const void *p, size_t n)
+{
+    pz_buf_append(b, &n, sizeof n);
+    if (n)
+        pz_buf_append(b, p, n);
+}
+
+static void jl_view(struct pz_buf *b, const struct kv_view *v)
+{
+    if (v == NULL) {
+        jl_put(b, "-", 1);
+        return;
+    }
+    jl_put(b, v->key, v->klen);
+    jl_put(b, v->value ? v->value : (const uint8_t *)"",
+           v->value ? v->vlen : 0);
+    pz_buf_append(b, &v->meta, sizeof v->meta);
+}
+
+static void jl_event(void *arg, int type, const struct kv_view *cur,
+                     const struct kv_view *prev)
+{
+    struct pz_buf *b = arg;
+    pz_buf_append(b, "E", 1);
+    pz_buf_append(b, &type, sizeof type);
+    jl_view(b, cur);
+    jl_view(b, prev);
+}
+
+static void jl_lease(void *arg, bool granted, uint64_t id, uint64_t ttl)
+{
+    struct pz_buf *b = arg;
+    pz_buf_append(b, granted ? "G" : "R", 1);
+    pz_buf_append(b, &id, sizeof id);
+    pz_buf_append(b, &ttl, sizeof ttl);
+}
+
+static void jl_begin(void *arg, size_t i, const struct kv_op *op)
+{
+    struct pz_buf *b = arg;
+    pz_buf_append(b, "B", 1);
+    pz_buf_append(b, &i, sizeof i);
+    pz_buf_append(b, &op->type, sizeof op->type);
+}
+
+static void jl_item(void *arg, const struct kv_view *v)
+{
+    struct pz_buf *b = arg;
+    pz_buf_append(b, "I", 1);
+    jl_view(b, v);
+}
+
+static void jl_end(void *arg, uint64_t count, bool more)
+{
+    struct pz_buf *b = arg;
+    pz_buf_append(b, "N", 1);
+    pz_buf_append(b, &count, sizeof count);
+    pz_buf_append(b, &more, sizeof more);
+}
+
+/* A random command over a small key space (two prefixes) and three
+ * leases: sets, leased sets, deletes, grants, revokes and transactions
+ * mixing every operation, DELRANGE over prefixes, ranges and the rest. */
+static void job_cmd(struct pz_buf *b, uint64_t *rng)
+{
+    char k[16], e[16];
+    int kl = sprintf(k, "%c/%02d", pz_rand_next(rng) % 2 ? 'a' : 'b',
+                     (int)(pz_rand_next(rng) % 40));
+    uint64_t lease = 1 + pz_rand_next(rng) % 3;
+    switch (pz_rand_next(rng) % 8) {
+    case 0:
+        kv_encode_set(b, k, (size_t)kl, "v", pz_rand_next(rng) % 2);
+        return;
+    case 1:
+    case 2:
+        kv_encode_set_lease(b, k, (size_t)kl, "lv", 2, lease);
+        return;
+    case 3:
+        kv_encode_del(b, k, (size_t)kl);
+        return;
+    case 4:
+        if (pz_rand_next(rng) % 2)
+            kv_encode_lease_grant(b, lease, 10);
+        else
+            kv_encode_lease_revoke(b, lease);
+        return;
+    default:
+        break;
+    }
+    struct kv_cmp cmp = {.target = KV_CMP_VERSION,
+                         .result = KV_CMP_GT,
+                         .key = (const uint8_t *)k,
+                         .klen = (size_t)kl,
+                         .num = 0};
+    struct kv_op ops[6];
+    size_t n = 1 + pz_rand_next(rng) % 6;
+    for (size_t i = 0; i < n; i++) {
+        struct kv_op *o = &ops[i];
+        memset(o, 0, sizeof *o);
+        o->key = (const uint8_t *)k;
+        o->klen = (size_t)kl;
+        int el = sprintf(e, "b/%02d", (int)(pz_rand_next(rng) % 40));
+        switch (pz_rand_next(rng) % 6) {
+        case 0:
+            o->type = KV_TOP_PUT;
+            o->value = (const uint8_t *)"tv";
+            o->vlen = 2;
+            o->lease = pz_rand_next(rng) % 3 == 0 ? lease : 0;
+            break;
+        case 1:
+            o->type = KV_TOP_DEL;
+            break;
+        case 2:
+            o->type = KV_TOP_GET;
+            break;
+        case 3:
+            o->type = KV_TOP_RANGE;
+            o->value = (const uint8_t *)e;
+            o->vlen = (size_t)el;
+            o->limit = pz_rand_next(rng) % 4;
+            break;
+        default:
+            o->type = KV_TOP_DELRANGE;
+            o->key = (const uint8_t *)(pz_rand_next(rng) % 2 ? "a/" : "a/1");
+            o->klen = strlen((const char *)o->key);
+            o->value = (const uint8_t *)e;
+            o->vlen = (size_t)el;
+            if (pz_rand_next(rng) % 3 == 0)
+                o->flags = KV_RANGE_TO_END;
+            if (o->flags)
+                o->vlen = 0;
+            break;
+        }
+    }
+    CHECK(kv_encode_txn(b, &cmp, 1, ops, n, ops + n / 2, n - n / 2) == 0);
+}
+
+/* One table applies every command in one go, the other in steps of a few
+ * units (random budgets, 0 included): after each command both hold the
+ * same keys, revision and digest, reported the same events, lease
+ * callbacks, sink calls and result; while paused, the table shows the
+ * revision, key count, bytes and digest from before the command. */
+TEST(job_chunked_vs_oneshot)
+{
+    struct kv *one = kv_new_seeded(1), *step = kv_new_seeded(99);
+    struct pz_buf lone, lstep, cmd;
+    pz_buf_init(&lone);
+    pz_buf_init(&lstep);
+    pz_buf_init(&cmd);
+    kv_set_event_cb(one, jl_event, &lone);
+    kv_set_event_cb(step, jl_event, &lstep);
+    kv_set_lease_cb(one, jl_lease, &lone);
+    kv_set_lease_cb(step, jl_lease, &lstep);
+    struct kv_sink sone = {jl_begin, jl_item, jl_end, &lone};
+    struct kv_sink sstep = {jl_begin, jl_item, jl_end, &lstep};
+    uint64_t rng = 4242;
+    unsigned long pauses = 0, revoked = 0, ranged = 0;
+    for (int iter = 0; iter < 30000; iter++) {
+        pz_buf_reset(&cmd);
+        pz_buf_reset(&lone);
+        pz_buf_reset(&lstep);
+        job_cmd(&cmd, &rng);
+        if (test_failed_flag)
+            break;
+        uint64_t rev = kv_revision(step), dig = kv_digest(step);
+        size_t keys = kv_count(step), bytes = kv_bytes(step);
+        struct kv_result r1, r2;
+        memset(&r1, 0, sizeof r1);
+        memset(&r2, 0, sizeof r2);
+        CHECK_EQ_INT(
+            kv_apply_sink(one, (const uint8_t *)cmd.data, cmd.len, &r1, &sone),
+            0);
+        struct kv_job *job;
+        CHECK_EQ_INT(kv_apply_start(step, (const uint8_t *)cmd.data, cmd.len,
+                                    &sstep, pz_rand_next(&rng) % 3, &r2, &job),
+                     0);
+        while (job) {
+            pauses++;
+            CHECK(kv_paused(step));
+            CHECK_EQ_INT(kv_revision(step), rev);
+            CHECK_EQ_INT(kv_digest(step), dig);
+            CHECK_EQ_INT(kv_count(step), keys);
+            CHECK_EQ_INT(kv_bytes(step), bytes);
+            if (kv_job_run(job, pz_rand_next(&rng) % 4, &r2))
+                job = NULL;
+        }
+        CHECK(!kv_paused(step));
+        if (r1.op == KV_OP_REVOKE && r1.deleted > 1)
+            revoked++;
+        if (r1.op == KV_OP_TXN && r1.succeeded)
+            ranged++;
+        CHECK_EQ_INT(r1.op, r2.op);
+        CHECK_EQ_INT(r1.status, r2.status);
+        CHECK_EQ_INT(r1.deleted, r2.deleted);
+        CHECK_EQ_INT(r1.existed, r2.existed);
+        CHECK_EQ_INT(r1.succeeded, r2.succeeded);
+        CHECK_EQ_INT(r1.revision, r2.revision);
+        CHECK_EQ_INT(kv_revision(one), kv_revision(step));
+        CHECK_EQ_INT(kv_digest(one), kv_digest(step));
+        CHECK_EQ_INT(kv_count(one), kv_count(step));
+        CHECK_EQ_INT(lone.len, lstep.len);
+        CHECK(lone.len == 0 || memcmp(lone.data, lstep.data, lone.len) == 0);
+    }
+    CHECK_EQ_INT(kv_digest_compute(step), kv_digest(step));
+    CHECK(pauses > 1000);
+    CHECK(revoked > 50);
+    CHECK(ranged > 100);
+    kv_free(one);
+    kv_free(step);
+    pz_buf_free(&lone);
+    pz_buf_free(&lstep);
+    pz_buf_free(&cmd);
+}
+
+/* A job dropped unfinished (the table is freed) leaks nothing and leaves
+ * the table usable by kv_free; a big REVOKE and a big DELRANGE each pause
+ * many times at a small budget. */
+TEST(job_big_revoke_and_drop)
+{
+    struct kv *kv = kv_new();
+    struct pz_buf cmd;
+    pz_buf_init(&cmd);
+    CHECK_EQ_INT(kv_apply(kv, (const uint8_t[]){0}, 0, NULL), PZ_EINVAL);
+    kv_encode_lease_grant(&cmd, 7, 60);
+    CHECK_EQ_INT(kv_apply(kv, (const uint8_t *)cmd.data, cmd.len, NULL), 0);
+    for (int i = 0; i < 5000; i++) {
+        char k[16];
+        int kl = sprintf(k, "k/%05d", (i * 7919) % 5000);
+        pz_buf_reset(&cmd);
+        kv_encode_set_lease(&cmd, k, (size_t)kl, "v", 1, 7);
+        CHECK_EQ_INT(kv_apply(kv, (const uint8_t *)cmd.data, cmd.len, NULL), 0);
+    }
+    uint64_t rev = kv_revision(kv);
+    pz_buf_reset(&cmd);
+    kv_encode_lease_revoke(&cmd, 7);
+    struct kv_result r;
+    struct kv_job *job;
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                100, &r, &job),
+                 0);
+    int steps = 0;
+    while (job && !kv_job_run(job, 100, &r))
+        steps++;
+    CHECK(steps > 50);
+    CHECK_EQ_INT(r.deleted, 5000);
+    CHECK_EQ_INT(r.revision, rev + 1);
+    CHECK_EQ_INT(kv_count(kv), 0);
+    CHECK_EQ_INT(kv_lease_count(kv), 0);
+    /* Dropped halfway. */
+    for (int i = 0; i < 1000; i++) {
+        char k[16];
+        int kl = sprintf(k, "p/%04d", i);
+        kv_set(kv, k, (size_t)kl, "v", 1);
+    }
+    struct kv_op del = {.type = KV_TOP_DELRANGE,
+                        .key = (const uint8_t *)"p/",
+                        .klen = 2,
+                        .flags = KV_RANGE_TO_END};
+    pz_buf_reset(&cmd);
+    CHECK_EQ_INT(kv_encode_txn(&cmd, NULL, 0, &del, 1, NULL, 0), 0);
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                10, &r, &job),
+                 0);
+    CHECK(job != NULL);
+    CHECK(kv_paused(kv));
+    CHECK_EQ_INT(kv_count(kv), 1000);
+    kv_job_free(job);
+    CHECK(!kv_paused(kv));
+    CHECK_EQ_INT(kv_count(kv), 990);
+    pz_buf_free(&cmd);
+    kv_free(kv);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
     TEST_ENTRY(quota_bytes_count_keys),
@@ -1966,6 +2244,8 @@ static const struct test_case cases[] = {
     TEST_ENTRY(apply_fuzz),
     TEST_ENTRY(digest_order_independent),
     TEST_ENTRY(random_vs_model),
+    TEST_ENTRY(job_chunked_vs_oneshot),
+    TEST_ENTRY(job_big_revoke_and_drop),
     TEST_ENTRY(txn_compare_table),
     TEST_ENTRY(txn_range_vs_model),
     TEST_ENTRY(txn_malformed),
