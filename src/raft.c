@@ -309,6 +309,7 @@ struct raft {
     uint64_t persisted; /* last durable index matching the log */
     uint64_t unsent;    /* first index not handed to a Ready */
     uint64_t applied;   /* last index handed out as committed */
+    bool apply_held;    /* raft_hold_apply: committed entries wait */
     /* Readies handed out (oldest first): the in-flight ones, after
      * those advanced since the last raft_ready (freed by it). */
     struct ready_slot slots[RAFT_MAX_READIES];
@@ -2732,6 +2733,11 @@ static bool ready_room(const struct raft *r)
     return r->n_inflight == 0 || !(r->snap_unsent || r->snap_handed);
 }
 
+void raft_hold_apply(struct raft *r, bool hold)
+{
+    r->apply_held = hold;
+}
+
 bool raft_has_ready(const struct raft *r)
 {
     if (!ready_room(r))
@@ -2744,7 +2750,7 @@ bool raft_has_ready(const struct raft *r)
         return true;
     if (r->unsent <= log_last(&r->log) || r->out.n || r->out_after.n ||
         r->n_rs || r->n_dropped || r->conf_changed || r->snap_unsent ||
-        apply_limit(r) > r->applied)
+        (!r->apply_held && apply_limit(r) > r->applied))
         return true;
     return r->role == RAFT_LEADER && (r->need_flush || r->round_wanted);
 }
@@ -2808,7 +2814,7 @@ void raft_ready(struct raft *r, struct raft_ready *rd)
         rd->snapshot = &r->rd_snap;
         r->snap_unsent = false;
         r->snap_handed = true;
-    } else {
+    } else if (!r->apply_held) {
         uint64_t lim = apply_limit(r);
         r->rd_committed =
             share_range(r, r->applied + 1, lim, &r->rd_n_committed);

@@ -640,6 +640,15 @@ bool raft_has_ready(const struct raft *r);
  * want of news yields an empty (but valid, and in-flight) Ready. */
 void raft_ready(struct raft *r, struct raft_ready *rd);
 
+/* While hold is true, Readies hand out no committed entries (and
+ * raft_has_ready does not count them as news): the driver is still
+ * applying an entry it was handed, in steps, and takes the next ones when
+ * it is done. Everything else (appends, heartbeats, votes, ticks, reads,
+ * snapshots from the leader) goes on as usual; committed entries wait in
+ * the log, count as not applied (raft_snapshot_meta_at, raft_compact) and
+ * a leader's in max_uncommitted, as they would before their Ready. */
+void raft_hold_apply(struct raft *r, bool hold);
+
 /* The oldest Ready in flight is durable (its snapshot, hs and entries
  * written; rd is that Ready, asserted). Uses only rd's scalar fields
  * (persist_index, persist_term, hs.term: that term is now durable, and a

@@ -1043,6 +1043,54 @@ static int leader_id(struct tnet *net)
 /* Whether raft_read_index(ctx) on node id is confirmed in the Ready it
  * makes (no round), and how many heartbeats that Ready sends (-1: the
  * read was refused). */
+/* A follower whose driver holds applies (raft_hold_apply, an entry being
+ * applied in steps) still appends, acknowledges and follows: the leader
+ * commits with it alone, no election happens, and the held entries are
+ * handed out, in order, once it lets go; meanwhile they count as not
+ * applied (no snapshot of them). */
+TEST(hold_apply_keeps_following)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    uint64_t term = 0;
+    for (int k = 0; k < 40 && count_leaders(&net, &term) == 0; k++)
+        tick_all(&net, 1);
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    tick_all(&net, 1);
+    int leader = leader_id(&net);
+    int f = leader % 3 + 1, other = f % 3 + 1;
+    if (other == leader)
+        other = other % 3 + 1;
+    CHECK_EQ_INT(net.nodes[f].applied, 2);
+    raft_hold_apply(net.nodes[f].r, true);
+    isolate(&net, other, true); /* the leader needs f to commit */
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ_INT(raft_propose(net.nodes[leader].r, (const uint8_t *)"a", 1,
+                                  NULL, NULL),
+                     0);
+        deliver_all(&net);
+    }
+    tick_all(&net, 1);
+    CHECK_EQ_INT(st_of(&net, leader).commit, 7);
+    CHECK_EQ_INT(st_of(&net, f).commit, 7);
+    CHECK_EQ_INT(net.nodes[f].applied, 2);
+    CHECK(!raft_has_ready(net.nodes[f].r));
+    struct raft_snapshot_meta meta;
+    CHECK_EQ_INT(raft_snapshot_meta_at(net.nodes[f].r, 3, &meta), PZ_EINVAL);
+    raft_conf_free(&meta.conf);
+    /* Many election timeouts held: f keeps following the same leader. */
+    for (int i = 0; i < 100; i++)
+        tick_all(&net, 1);
+    CHECK_EQ_INT(st_of(&net, f).term, term);
+    CHECK_EQ_INT(st_of(&net, f).leader, (uint64_t)leader);
+    CHECK_EQ_INT(st_of(&net, leader).role, RAFT_LEADER);
+    CHECK_EQ_INT(net.nodes[f].applied, 2);
+    raft_hold_apply(net.nodes[f].r, false);
+    pump(&net, f); /* take_ready asserts the order */
+    CHECK_EQ_INT(net.nodes[f].applied, 7);
+    net_free(&net);
+}
+
 static bool read_at_once(struct tnet *net, int id, uint64_t ctx, int *hb)
 {
     struct tnode *t = &net->nodes[id];
@@ -3677,6 +3725,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(bootstrap_identical_entry),
     TEST_ENTRY(single_node_election_and_commit),
     TEST_ENTRY(three_node_election),
+    TEST_ENTRY(hold_apply_keeps_following),
     TEST_ENTRY(founding_members_stand_early),
     TEST_ENTRY(vote_requires_up_to_date_log),
     TEST_ENTRY(vote_of_lower_term_refused),
