@@ -779,6 +779,8 @@ static void lease_detach(struct kv *kv, struct entry *e)
     l->nkeys--;
 }
 
+static size_t lease_nkeys(const struct kv *kv, const struct lease *l);
+
 bool kv_lease_get(const struct kv *kv, uint64_t id, struct kv_lease *out)
 {
     const struct lease *l = lease_find(kv, id);
@@ -786,7 +788,7 @@ bool kv_lease_get(const struct kv *kv, uint64_t id, struct kv_lease *out)
         return false;
     out->id = l->id;
     out->ttl = l->ttl;
-    out->nkeys = l->nkeys;
+    out->nkeys = lease_nkeys(kv, l);
     return true;
 }
 
@@ -801,7 +803,7 @@ void kv_lease_at(const struct kv *kv, size_t i, struct kv_lease *out)
     const struct lease *l = kv->leases[i];
     out->id = l->id;
     out->ttl = l->ttl;
-    out->nkeys = l->nkeys;
+    out->nkeys = lease_nkeys(kv, l);
 }
 
 int kv_lease_keys(struct kv *kv, uint64_t id, kv_view_cb cb, void *arg)
@@ -880,7 +882,11 @@ struct kv_job {
     struct kv *kv;
     struct apply a;       /* revision bumped once, the sink */
     struct kv_result res; /* what the command did so far */
-    struct kv_cmd c;      /* decoded; points into the caller's bytes */
+    struct kv_cmd c;      /* decoded; points into cmd */
+    const uint8_t *cmd;   /* the command: the caller's bytes, then, once
+                             paused, a copy (owned) */
+    size_t len;           /* its length */
+    bool owned;           /* cmd is the copy (pz_free) */
     struct {              /* the table as readers see it while paused */
         uint64_t revision;
         uint64_t digest;
@@ -912,6 +918,16 @@ struct kv_job {
 };
 
 enum { JOB_COLLECT, JOB_SORT, JOB_DELETE };
+
+/* l's keys as readers see them: while a REVOKE of l is paused, as many
+ * as before it (the lease itself goes at its end). */
+static size_t lease_nkeys(const struct kv *kv, const struct lease *l)
+{
+    const struct kv_job *j = kv->paused;
+    if (j && j->c.op == KV_OP_REVOKE && j->lease == l->id)
+        return j->nkeys;
+    return l->nkeys;
+}
 
 static uint64_t apply_rev(struct apply *a)
 {
@@ -2356,18 +2372,47 @@ static bool job_begin(struct kv_job *j)
     return false;
 }
 
-/* Run j's work within *budget; when it is done, fill *res, free j and
- * return true. Paused, the table keeps j as what readers of its
- * aggregates see (kv_revision and friends). */
-static bool job_go(struct kv_job *j, uint64_t budget, struct kv_result *res)
+/* Point p, if it points into the command, into its copy at delta. */
+static void rebase(const struct kv_job *j, const uint8_t **p, ptrdiff_t delta)
+{
+    if (*p && *p >= j->cmd && *p <= j->cmd + j->len)
+        *p += delta;
+}
+
+/* Paused for the first time: the command is copied, so that the caller's
+ * bytes need not outlive the call, and everything decoded from it points
+ * into the copy. */
+static void job_own(struct kv_job *j)
+{
+    if (j->owned)
+        return;
+    uint8_t *copy = pz_malloc(j->len + 1);
+    memcpy(copy, j->cmd, j->len);
+    ptrdiff_t delta = copy - j->cmd;
+    rebase(j, &j->c.key, delta);
+    rebase(j, &j->c.value, delta);
+    rebase(j, &j->c.body, delta);
+    for (size_t i = 0; i < j->n; i++) {
+        rebase(j, &j->ops[i].key, delta);
+        rebase(j, &j->ops[i].value, delta);
+    }
+    j->cmd = copy;
+    j->owned = true;
+}
+
+/* Run j's work within *budget (units used are taken off it); when it is
+ * done, fill *res, free j and return true. Paused, the table keeps j as
+ * what readers of its aggregates see (kv_revision and friends). */
+static bool job_go(struct kv_job *j, uint64_t *budget, struct kv_result *res)
 {
     struct kv *kv = j->kv;
     kv->paused = NULL; /* callbacks during the steps see the live table */
-    if (budget == 0)
-        budget = 1; /* every call makes progress */
-    bool done = j->c.op == KV_OP_REVOKE ? revoke_steps(j, &budget)
-                                        : txn_steps(j, &budget);
+    uint64_t b = *budget ? *budget : 1; /* every call makes progress */
+    bool done =
+        j->c.op == KV_OP_REVOKE ? revoke_steps(j, &b) : txn_steps(j, &b);
+    *budget = PZ_MIN(*budget, b);
     if (!done) {
+        job_own(j);
         kv->paused = j;
         return false;
     }
@@ -2380,7 +2425,7 @@ static bool job_go(struct kv_job *j, uint64_t budget, struct kv_result *res)
 }
 
 int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
-                   const struct kv_sink *sink, uint64_t budget,
+                   const struct kv_sink *sink, uint64_t *budget,
                    struct kv_result *res, struct kv_job **job)
 {
     pz_assert(kv->paused == NULL); /* one command at a time */
@@ -2392,6 +2437,8 @@ int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
     struct kv_job *j = pz_calloc(1, sizeof *j);
     j->kv = kv;
     j->c = c;
+    j->cmd = cmd;
+    j->len = len;
     j->a.kv = kv;
     j->a.sink = sink;
     j->before.revision = kv->revision;
@@ -2414,7 +2461,7 @@ int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
     return 0;
 }
 
-bool kv_job_run(struct kv_job *job, uint64_t budget, struct kv_result *res)
+bool kv_job_run(struct kv_job *job, uint64_t *budget, struct kv_result *res)
 {
     pz_assert(job->kv->paused == job);
     return job_go(job, budget, res);
@@ -2431,6 +2478,8 @@ void kv_job_free(struct kv_job *job)
         return;
     if (job->kv->paused == job)
         job->kv->paused = NULL;
+    if (job->owned)
+        pz_free((void *)job->cmd);
     pz_free(job->ops);
     pz_free(job->keys);
     pz_free(job->tmp);
@@ -2447,7 +2496,8 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
                   struct kv_result *res, const struct kv_sink *sink)
 {
     struct kv_job *job;
-    int rc = kv_apply_start(kv, cmd, len, sink, UINT64_MAX, res, &job);
+    uint64_t budget = UINT64_MAX;
+    int rc = kv_apply_start(kv, cmd, len, sink, &budget, res, &job);
     pz_assert(job == NULL); /* no budget runs out */
     return rc;
 }

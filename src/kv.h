@@ -481,11 +481,13 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
  * serving other work between them is never held for long by one command.
  * kv_apply_start decides everything that the outcome depends on (decoding,
  * the comparisons, every check that refuses a command) on the table as it
- * stands, then does up to budget units of work; kv_job_run does up to
- * budget more. A unit is about one key deleted (a removed key, or a few
- * cheap steps: keys collected or sorted); every call makes progress, and
+ * stands, then does up to *budget units of work; kv_job_run does up to
+ * *budget more; each takes the units it used off *budget. A unit is about
+ * one key deleted (a removed key, or a few cheap steps: keys collected or
+ * sorted); every call makes progress (a budget of 0 does one unit), and
  * work that cannot be cut (a PUT, a GET, a RANGE's walk, a transaction's
- * checks) counts one unit. Invariants (test kv/job_chunked_vs_oneshot):
+ * checks) counts one unit; SET, SETL, DEL and GRANT count none. Invariants
+ * (test kv/job_chunked_vs_oneshot):
  *  - the table, its revision and digest, every event and lease callback
  *    (in order), every sink call and the result end exactly as with
  *    kv_apply_sink, whatever the budgets;
@@ -494,18 +496,20 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
  *    those from before the command; the keys themselves are partly
  *    changed, so a caller must read no key, range or lease, and apply no
  *    other command, until the job is done (kv_paused tells);
- *  - cmd's bytes, and the sink, must stay valid until it is done. */
+ *  - the sink must stay valid until the job is done (or is given another,
+ *    kv_job_set_sink); cmd only during the call (a paused job keeps a
+ *    copy). */
 struct kv_job;
 
-/* Decode cmd and apply it within budget. Returns kv_decode's errors
+/* Decode cmd and apply it within *budget. Returns kv_decode's errors
  * (nothing changed, *job NULL), or 0: with *job NULL the command is done
  * and *res filled (res may be NULL), else go on with kv_job_run. */
 int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
-                   const struct kv_sink *sink, uint64_t budget,
+                   const struct kv_sink *sink, uint64_t *budget,
                    struct kv_result *res, struct kv_job **job);
-/* Up to budget more units of job. true: done, *res filled (may be NULL),
+/* Up to *budget more units of job. true: done, *res filled (may be NULL),
  * job freed; false: paused again. */
-bool kv_job_run(struct kv_job *job, uint64_t budget, struct kv_result *res);
+bool kv_job_run(struct kv_job *job, uint64_t *budget, struct kv_result *res);
 /* Where the rest of job's results go (NULL: nowhere; the sink's owner
  * went away). */
 void kv_job_set_sink(struct kv_job *job, const struct kv_sink *sink);

@@ -2123,9 +2123,17 @@ TEST(job_chunked_vs_oneshot)
             kv_apply_sink(one, (const uint8_t *)cmd.data, cmd.len, &r1, &sone),
             0);
         struct kv_job *job;
-        CHECK_EQ_INT(kv_apply_start(step, (const uint8_t *)cmd.data, cmd.len,
-                                    &sstep, pz_rand_next(&rng) % 3, &r2, &job),
+        /* The command's bytes change once started: a paused job holds a
+         * copy. */
+        struct pz_buf mine;
+        pz_buf_init(&mine);
+        pz_buf_append(&mine, cmd.data, cmd.len);
+        uint64_t budget = pz_rand_next(&rng) % 3;
+        CHECK_EQ_INT(kv_apply_start(step, (const uint8_t *)mine.data, mine.len,
+                                    &sstep, &budget, &r2, &job),
                      0);
+        memset(mine.data, 0xee, mine.len);
+        pz_buf_free(&mine);
         while (job) {
             pauses++;
             CHECK(kv_paused(step));
@@ -2133,8 +2141,11 @@ TEST(job_chunked_vs_oneshot)
             CHECK_EQ_INT(kv_digest(step), dig);
             CHECK_EQ_INT(kv_count(step), keys);
             CHECK_EQ_INT(kv_bytes(step), bytes);
-            if (kv_job_run(job, pz_rand_next(&rng) % 4, &r2))
+            budget = pz_rand_next(&rng) % 4;
+            uint64_t had = budget;
+            if (kv_job_run(job, &budget, &r2))
                 job = NULL;
+            CHECK(budget <= had);
         }
         CHECK(!kv_paused(step));
         if (r1.op == KV_OP_REVOKE && r1.deleted > 1)
@@ -2187,12 +2198,22 @@ TEST(job_big_revoke_and_drop)
     kv_encode_lease_revoke(&cmd, 7);
     struct kv_result r;
     struct kv_job *job;
+    uint64_t budget = 100;
     CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                100, &r, &job),
+                                &budget, &r, &job),
                  0);
+    CHECK_EQ_INT(budget, 0);
     int steps = 0;
-    while (job && !kv_job_run(job, 100, &r))
+    while (job) {
+        struct kv_lease l;
+        CHECK(kv_lease_get(kv, 7, &l));
+        CHECK_EQ_INT(l.nkeys, 5000); /* as before, until the end */
+        kv_lease_at(kv, 0, &l);
+        CHECK_EQ_INT(l.nkeys, 5000);
+        if (kv_job_run(job, &(uint64_t){100}, &r))
+            break;
         steps++;
+    }
     CHECK(steps > 50);
     CHECK_EQ_INT(r.deleted, 5000);
     CHECK_EQ_INT(r.revision, rev + 1);
@@ -2210,8 +2231,9 @@ TEST(job_big_revoke_and_drop)
                         .flags = KV_RANGE_TO_END};
     pz_buf_reset(&cmd);
     CHECK_EQ_INT(kv_encode_txn(&cmd, NULL, 0, &del, 1, NULL, 0), 0);
+    budget = 10;
     CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                10, &r, &job),
+                                &budget, &r, &job),
                  0);
     CHECK(job != NULL);
     CHECK(kv_paused(kv));
