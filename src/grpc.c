@@ -295,6 +295,7 @@ const struct grpc_backend grpc_node_backend = {
     .status = node_status,
     .health = node_health,
     .wait_leader = node_wait_leader,
+    .applying = node_applying,
 };
 
 /* --- output ---------------------------------------------------------- */
@@ -334,7 +335,29 @@ static void hold_reply(struct gstream *st, void (*resume)(struct gstream *st))
     hold(st, HOLD_REPLY);
 }
 
-/* Go on with held calls, in order, while there is room for output. */
+static void node_error(struct gstream *st, int rv, bool write);
+static bool session_flush(struct gsession *s);
+
+/* A held answer whose entry's end it waited for (node_read, stale):
+ * built now, or held again. */
+static void on_held_read(struct node_req *req, int status)
+{
+    struct gstream *st = container_of(req, struct gstream, req);
+    struct gsession *s = st->s;
+    st->in_node = false;
+    if (status < 0)
+        node_error(st, status, false);
+    else if (out_full(s))
+        hold_reply(st, st->resume);
+    else
+        st->resume(st);
+    session_flush(s);
+}
+
+/* Go on with held calls, in order, while there is room for output. An
+ * answer (it reads the table) is not built while part of an entry is
+ * applied: it waits for the entry's end through a stale read, whose
+ * callback runs only then. */
 static void release_held(struct gsession *s)
 {
     while (!pz_queue_empty(&s->held) && !out_full(s) &&
@@ -344,10 +367,19 @@ static void release_held(struct gsession *s)
         pz_queue_remove(&st->hq);
         int why = st->held;
         st->held = HOLD_NONE;
-        if (why == HOLD_DISPATCH)
+        const struct grpc_backend *be = s->gs->be;
+        if (why == HOLD_DISPATCH) {
             dispatch(st);
-        else
+        } else if (be->applying && be->applying()) {
+            st->in_node = true;
+            int rv = be->read(&st->req, true, on_held_read);
+            if (rv < 0) {
+                st->in_node = false;
+                node_error(st, rv, false);
+            }
+        } else {
             st->resume(st);
+        }
     }
 }
 

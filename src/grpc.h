@@ -37,6 +37,9 @@ struct grpc_backend {
     /* cb(0) once a leader is known, cb(< 0) when none comes in time (may
      * be NULL: "no leader" is then final). */
     void (*wait_leader)(struct node_req *req, node_req_cb cb);
+    /* True while part of an entry is applied (node_applying): a held
+     * answer is then built after it, through read(stale). NULL: never. */
+    bool (*applying)(void);
 };
 
 extern const struct grpc_backend grpc_node_backend;

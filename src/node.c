@@ -94,7 +94,8 @@ void core_fatal(const char *fmt, ...)
     exit(1);
 }
 
-static void apply_entry(const struct raft_entry *e);
+static bool apply_entry(const struct raft_entry *e);
+static void after_applied(void);
 static struct node_req *read_by_ctx(uint64_t ctx);
 static int read_start(struct node_req *req);
 static void send_all(const struct raft_msg *msgs, size_t n);
@@ -125,20 +126,11 @@ static struct node_req *proposal_of(const struct raft_entry *e)
     return NULL;
 }
 
-static void apply_entry(const struct raft_entry *e)
+/* e is applied (res: what its command did): the applied index moves,
+ * and the writes waiting on it, or on entries it replaced, complete. */
+static void entry_applied(const struct raft_entry *e,
+                          const struct kv_result *res)
 {
-    struct kv_result res = {0};
-    if (e->type == RAFT_ENTRY_NORMAL) {
-        struct node_req *w = proposal_of(e);
-        int rv =
-            kv_apply_sink(nd->kv, e->data, e->len, &res, w ? w->sink : NULL);
-        if (rv < 0) /* every node rejects it alike: state stays equal */
-            pz_warn("entry %llu: undecodable command (%s), skipped",
-                    (unsigned long long)e->index, pz_strerror(rv));
-        watch_hub_commit(&nd->watch_hub);
-    } else if (e->type == RAFT_ENTRY_CONF) {
-        members_conf_committed(e);
-    }
     nd->applied = e->index;
     nd->applied_bytes += e->len + LOG_ENTRY_COST;
     nospace_applied(e->index);
@@ -150,7 +142,7 @@ static void apply_entry(const struct raft_entry *e)
             break;
         if (r->index == e->index && r->term == e->term) {
             node_metrics_committed(r->proposed_ns);
-            r->res = res;
+            r->res = *res;
             reqs_done(r, 0);
         } else {
             /* Another leader's entry took this place: ours is lost. */
@@ -159,8 +151,184 @@ static void apply_entry(const struct raft_entry *e)
     }
 }
 
+/* The paused command's entry is done. */
+static void cur_applied(const struct kv_result *res)
+{
+    nd->ap.job = NULL;
+    nd->ap.req = NULL;
+    watch_hub_commit(&nd->watch_hub);
+    entry_applied(&nd->ap.cur, res);
+}
+
+/* Apply e within what is left of this turn's budget. Returns false if its
+ * command paused (nd->ap.job goes on with it next turn). */
+static bool apply_entry(const struct raft_entry *e)
+{
+    struct kv_result res = {0};
+    if (e->type == RAFT_ENTRY_NORMAL) {
+        struct node_req *w = proposal_of(e);
+        struct kv_job *job;
+        int rv = kv_apply_start(nd->kv, e->data, e->len, w ? w->sink : NULL,
+                                &nd->ap.left, &res, &job);
+        if (rv < 0) /* every node rejects it alike: state stays equal */
+            pz_warn("entry %llu: undecodable command (%s), skipped",
+                    (unsigned long long)e->index, pz_strerror(rv));
+        if (job) {
+            nd->ap.job = job;
+            nd->ap.cur = *e;
+            nd->ap.cur.data = NULL; /* the job holds its command */
+            nd->ap.req = w;
+            return false;
+        }
+        watch_hub_commit(&nd->watch_hub);
+    } else if (e->type == RAFT_ENTRY_CONF) {
+        members_conf_committed(e);
+    }
+    entry_applied(e, &res);
+    return true;
+}
+
+/* --- applying in steps ------------------------------------------------------
+ *
+ * The loop that runs Raft and serves clients also applies, so an entry
+ * whose command does work that grows with the table (a DELRANGE over many
+ * keys, a REVOKE of a lease holding many) is applied in steps of at most
+ * nd->ap.budget units (kv.h "applying in steps", about a key deleted
+ * each) per loop turn, across as many turns as it takes; heartbeats,
+ * appends, votes, ticks and client I/O go on in between. Invariants (each
+ * tested: tests/unit test_kv.c job_*, test_node_sim.c, and
+ * tests/integration/test_chunked_apply.py):
+ *  - the applied index (nd->applied) moves only when an entry is wholly
+ *    applied, and a snapshot is forked only between entries
+ *    (snaps_can_fork), so nothing persisted ever holds part of an entry:
+ *    a restart mid-entry applies it again from the log;
+ *  - the table ends as after a one-shot apply (same revision, digest,
+ *    events, results), on every node whatever its budget, because the
+ *    outcome is decided at the start and the work is done in the same
+ *    order;
+ *  - no read sees part of an entry: while a command is paused
+ *    (kv_paused), reads waiting for an index are not completed, callbacks
+ *    of finished requests (stale and serializable reads included) wait
+ *    (node_before_sleep), held gRPC answers go back through node_read
+ *    (node_applying), and the aggregates (revision, key count, digest:
+ *    /status, metrics, headers, watch starts) are those from before it;
+ *    the revision's events reach watchers once, whole, at its end
+ *    (watch_hub_commit);
+ *  - the core hands out no further committed entries meanwhile
+ *    (raft_hold_apply): they wait in the log, and a leader counts them in
+ *    max_uncommitted, so clients cannot pile up work behind the entry;
+ *    those handed with it wait in nd->ap.queue;
+ *  - a term, leader or membership change mid-entry changes nothing about
+ *    it (it is committed); a snapshot install and a close first finish it
+ *    (apply_drain); a crash drops it with the table. */
+
+/* Copy es (n of them) behind the entries waiting, and hold the core's. */
+static void queue_entries(const struct raft_entry *es, size_t n)
+{
+    raft_hold_apply(nd->raft, true);
+    if (n == 0)
+        return;
+    if (nd->ap.next == nd->ap.n) {
+        pz_free(nd->ap.queue);
+        nd->ap.queue = NULL;
+        nd->ap.n = nd->ap.next = 0;
+    }
+    nd->ap.queue =
+        pz_realloc(nd->ap.queue, (nd->ap.n + n) * sizeof *nd->ap.queue);
+    for (size_t i = 0; i < n; i++) {
+        struct raft_entry *q = &nd->ap.queue[nd->ap.n++];
+        *q = es[i];
+        q->data = es[i].len ? pz_memdup(es[i].data, es[i].len) : NULL;
+    }
+}
+
+bool node_applying(void)
+{
+    return nd->ap.job != NULL;
+}
+
+/* Apply what waits, within the budget left this turn. Returns whether
+ * everything is applied (the core may hand out more). */
+static bool apply_pending(void)
+{
+    if (nd->ap.job) {
+        struct kv_result res = {0};
+        if (!kv_job_run(nd->ap.job, &nd->ap.left, &res))
+            return false;
+        cur_applied(&res);
+    }
+    while (nd->ap.next < nd->ap.n) {
+        if (nd->ap.left == 0)
+            return false;
+        struct raft_entry *e = &nd->ap.queue[nd->ap.next++];
+        bool done = apply_entry(e);
+        pz_free(e->data);
+        e->data = NULL;
+        if (!done)
+            return false;
+    }
+    pz_free(nd->ap.queue);
+    nd->ap.queue = NULL;
+    nd->ap.n = nd->ap.next = 0;
+    raft_hold_apply(nd->raft, false);
+    return true;
+}
+
+/* Each loop turn: a new budget, and what waits goes on; when the last
+ * waiting entry is done, what waited for it goes. */
+static void apply_turn(void)
+{
+    nd->ap.left = nd->ap.budget;
+    if (nd->ap.job == NULL && nd->ap.next == nd->ap.n)
+        return;
+    uint64_t before = nd->applied;
+    apply_pending();
+    if (nd->applied != before)
+        after_applied();
+}
+
+/* Apply everything that waits, whatever it takes (a snapshot install is
+ * about to replace the table, the node closes). */
+static void apply_drain(void)
+{
+    uint64_t before = nd->applied;
+    nd->ap.left = UINT64_MAX;
+    pz_assert(apply_pending());
+    nd->ap.left = nd->ap.budget;
+    if (nd->applied != before)
+        after_applied();
+}
+
+/* Drop what waits (a crash: the table goes too). */
+static void apply_free(void)
+{
+    kv_job_free(nd->ap.job);
+    nd->ap.job = NULL;
+    nd->ap.req = NULL;
+    for (size_t i = nd->ap.next; i < nd->ap.n; i++)
+        pz_free(nd->ap.queue[i].data);
+    pz_free(nd->ap.queue);
+    nd->ap.queue = NULL;
+    nd->ap.n = nd->ap.next = 0;
+}
+
+/* Entries were applied outside a Ready: what waited for them goes. */
+static void after_applied(void)
+{
+    snaps_maybe();
+    snaps_after_entry();
+    core_reads_check_applied();
+}
+
+void node_set_apply_budget(uint64_t units)
+{
+    nd->ap.budget = units ? units : NODE_APPLY_BUDGET;
+}
+
 void core_reads_check_applied(void)
 {
+    if (kv_paused(nd->kv))
+        return; /* not with part of an entry applied: at its end */
     struct pz_queue *e = nd->reads_apply.next;
     while (e != &nd->reads_apply) {
         struct node_req *r = container_of(e, struct node_req, q);
@@ -269,11 +437,21 @@ static void ready_apply(struct raft_ready *rd)
 {
     if (rd->ss_changed)
         soft_state_changed(&rd->ss);
-    if (rd->snapshot)
+    if (rd->snapshot) {
+        apply_drain(); /* the table is replaced: nothing half done */
         snaps_install(rd->snapshot);
+    }
     node_metrics_applied(rd->n_committed);
-    for (size_t i = 0; i < rd->n_committed; i++)
-        apply_entry(&rd->committed[i]);
+    /* The core hands out nothing while entries wait (raft_hold_apply). */
+    pz_assert(rd->n_committed == 0 ||
+              (nd->ap.job == NULL && nd->ap.next == nd->ap.n));
+    for (size_t i = 0; i < rd->n_committed; i++) {
+        if (nd->ap.left == 0 || !apply_entry(&rd->committed[i])) {
+            size_t from = nd->ap.left == 0 && nd->ap.job == NULL ? i : i + 1;
+            queue_entries(rd->committed + from, rd->n_committed - from);
+            break;
+        }
+    }
     if (rd->n_committed)
         snaps_maybe();
     if (rd->conf_changed)
@@ -815,12 +993,19 @@ void node_before_sleep(void)
 {
     if (!nd->open)
         return;
+    apply_turn();
     ready_cycle();
     /* A snapshot transfer refills its peer's queue every loop turn (a
      * write that drained it wakes the loop), not only once per tick: once
      * the socket's buffer was full, the rest waited for the next tick. */
     if (nd->xfers)
         snaps_xfer_pump();
+    if (kv_paused(nd->kv)) {
+        /* Part of an entry is applied: callbacks (reads among them) wait
+         * for its end. */
+        send_early();
+        return;
+    }
     /* Callbacks may start new requests; those wait for the next turn. */
     struct pz_queue batch;
     pz_queue_init(&batch);
@@ -848,8 +1033,9 @@ void node_before_sleep(void)
 bool node_has_work(void)
 {
     return nd->open &&
-           (!pz_queue_empty(&nd->done) || nd->write_now ||
-            (ready_room() && raft_has_ready(nd->raft)) ||
+           (nd->ap.job || nd->ap.next < nd->ap.n ||
+            (!pz_queue_empty(&nd->done) && !kv_paused(nd->kv)) ||
+            nd->write_now || (ready_room() && raft_has_ready(nd->raft)) ||
             ((nd->n_rds > 0 || nd->store_busy) && raft_has_msgs(nd->raft)));
 }
 
@@ -949,6 +1135,11 @@ void node_wait_leader(struct node_req *req, node_req_cb cb)
 
 void node_cancel(struct node_req *req)
 {
+    if (req == nd->ap.req) {
+        /* Its entry goes on being applied; its results go nowhere. */
+        kv_job_set_sink(nd->ap.job, NULL);
+        nd->ap.req = NULL;
+    }
     if (req->queued) {
         pz_queue_remove(&req->q);
         req->queued = false;
@@ -1222,6 +1413,7 @@ static void free_state(void)
     nospace_pending_clear();
     raft_free(nd->raft);
     node_lease_free();
+    apply_free();
     kv_free(nd->kv);
     watch_hub_close(&nd->watch_hub);
     for (size_t i = 0; i < nd->n_members; i++)
@@ -1262,6 +1454,7 @@ int node_open(const struct node_io *io, const struct pz_config *cfg,
     pz_queue_init(&nd->proposals);
     pz_queue_init(&nd->reads);
     pz_queue_init(&nd->reads_apply);
+    nd->ap.budget = nd->ap.left = NODE_APPLY_BUDGET;
     pz_queue_init(&nd->wait_leader);
     pz_queue_init(&nd->transfers);
     pz_queue_init(&nd->conf_wait);
@@ -1434,6 +1627,7 @@ void node_close(void (*cb)(void))
             cb();
         return;
     }
+    apply_drain(); /* callbacks below may read the table */
     nd->open = false;
     nd->close_cb = cb;
     finish_all_now(PZ_ESHUTDOWN);

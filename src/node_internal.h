@@ -95,11 +95,27 @@ enum node_rd_state {
                         was): to be written again */
 };
 
+/* Committed entries handed out by the core and not applied yet (node.c,
+ * "applying in steps"). */
+struct node_apply {
+    struct kv_job *job;       /* the command of cur, paused, or NULL */
+    struct raft_entry cur;    /* the entry job applies (no data) */
+    struct node_req *req;     /* the write whose sink job reports to */
+    struct raft_entry *queue; /* entries after it, in order (data
+                                 owned): raft_hold_apply keeps the rest
+                                 in the core */
+    size_t n;                 /* entries in queue */
+    size_t next;              /* queue[next] is the next to apply */
+    uint64_t budget;          /* units (kv.h) applied per loop turn */
+    uint64_t left;            /* what is left of it this turn */
+};
+
 struct node {
     struct node_io io;           /* everything it does to the world */
     const struct pz_config *cfg; /* borrowed from main */
     node_stop_cb stop;           /* asks the process to shut down */
     struct kv *kv;               /* the state machine */
+    struct node_apply ap;        /* committed entries being applied */
     struct raft *raft;           /* the consensus core */
     uint64_t id;                 /* our Raft id */
     uint64_t incarnation;        /* our data dir's (store_meta) */
@@ -375,6 +391,11 @@ void members_on_removed(void *data, uint64_t from, uint64_t conf_index,
 /* After applying: take a snapshot if raft-snapshot-entries were applied
  * since the last one. */
 void snaps_maybe(void);
+/* An entry applied in steps is done: snapshots asked for meanwhile start
+ * (none is forked with part of an entry applied). */
+void snaps_after_entry(void);
+/* May a snapshot be forked now (no entry partly applied)? */
+bool snaps_can_fork(void);
 /* Each tick: reap the writer child; on success compact the core and
  * schedule the store's compaction, and prune old files. */
 void snaps_poll(void);

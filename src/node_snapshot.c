@@ -74,8 +74,15 @@ struct xfer {
     uint64_t total;                 /* file size */
 };
 
+bool snaps_can_fork(void)
+{
+    return !kv_paused(nd->kv);
+}
+
 static void snapshot_start(void)
 {
+    if (!snaps_can_fork())
+        return; /* snaps_after_entry tries again */
     if (nd->snap_child.pid != 0 || nd->applied == 0 ||
         nd->applied <= nd->snap_index)
         return;
@@ -126,8 +133,8 @@ static void update_snap_waiters(void)
         else if (!r->backup)
             only_backups = false;
     }
-    if (pz_queue_empty(&nd->snap_waiters))
-        return;
+    if (pz_queue_empty(&nd->snap_waiters) || !snaps_can_fork())
+        return; /* (snaps_after_entry comes back) */
     if (only_backups) {
         backups_start();
         return;
@@ -146,7 +153,7 @@ static void update_snap_waiters(void)
 static void backups_start(void)
 {
     if (nd->snap_child.pid != 0 || pz_queue_empty(&nd->snap_waiters) ||
-        NIO(now) < nd->backup_next_at)
+        NIO(now) < nd->backup_next_at || !snaps_can_fork())
         return;
     snapshot_start();
     if (nd->snap_child.pid == 0) {
@@ -395,11 +402,21 @@ int node_snapshot_now(struct node_req *req, node_req_cb cb)
         reqs_done(req, 0); /* nothing new since the last one */
         return 0;
     }
+    if (!snaps_can_fork()) {
+        reqs_link(&nd->snap_waiters, req); /* snaps_after_entry */
+        return 0;
+    }
     snapshot_start();
     if (nd->snap_child.pid == 0)
         return PZ_EIO;
     reqs_link(&nd->snap_waiters, req);
     return 0;
+}
+
+void snaps_after_entry(void)
+{
+    if (nd->snap_child.pid == 0 && !pz_queue_empty(&nd->snap_waiters))
+        update_snap_waiters();
 }
 
 int node_snapshot_backup(struct node_req *req, uint64_t need, node_req_cb cb,

@@ -469,6 +469,8 @@ static uint64_t writes_alone;     /* of them, of a batch of several entries
 static uint64_t writes_now_nospace; /* store_write_now refused for lack of
                                        space */
 static uint64_t writes_pipelined; /* jobs done with others queued behind */
+static uint64_t paused_turns;     /* loop turns ended with part of an entry
+                                     applied (chunked applies) */
 static uint64_t writes_nospace;   /* writes refused for lack of space */
 static uint64_t vacuums_nospace;  /* compaction steps whose vacuum found no
                                      room (the step succeeds) */
@@ -1025,6 +1027,11 @@ static void node_start(struct ns_node *s)
     s->n = node_current();
     s->started = true;
     s->restart_at = 0;
+    /* Odd seeds: a budget of a few keys a turn, so that a DELRANGE of the
+     * d/ keys (client_write) is applied over several turns, at a pace
+     * that differs between nodes; even seeds keep the default (a long
+     * pause holds back the bursts that fill NODE_READIES). */
+    node_set_apply_budget(W.seed % 2 ? 1 + (uint64_t)s->i % 3 : 0);
 }
 
 /* Free the client's requests that went down with node i. */
@@ -1046,6 +1053,9 @@ static void on_read(struct node_req *req, int status)
     while (*pp != r)
         pp = &(*pp)->next;
     *pp = r->next;
+    if (kv_paused(node_kv()))
+        ns_fail("%s: a read called back with part of an entry applied",
+                W.nodes[r->node].name);
     if (status == 0) {
         /* Called back with the node selected: read its table. */
         char key[32];
@@ -1165,7 +1175,41 @@ static void client_write(void)
         snprintf(v, sizeof v, "v%u-%" PRIu64, key, W.seed);
         struct pz_buf cmd;
         pz_buf_init(&cmd);
-        kv_encode_set(&cmd, k, strlen(k), v, strlen(v));
+        unsigned kind = key % 8;
+        if (kind < 2) {
+            /* With keys under d/ beside it, or after deleting them all
+             * in one DELRANGE (applied in steps: node_set_apply_budget). */
+            char dk[3][32];
+            struct kv_op ops[4];
+            memset(ops, 0, sizeof ops);
+            ops[0] = (struct kv_op){.type = KV_TOP_PUT,
+                                    .key = (const uint8_t *)k,
+                                    .klen = strlen(k),
+                                    .value = (const uint8_t *)v,
+                                    .vlen = strlen(v)};
+            size_t n = 1;
+            if (kind == 0) {
+                for (int j = 0; j < 3; j++) {
+                    snprintf(dk[j], sizeof dk[j], "d/%05u/%d", key, j);
+                    ops[n++] = (struct kv_op){.type = KV_TOP_PUT,
+                                              .key = (const uint8_t *)dk[j],
+                                              .klen = strlen(dk[j]),
+                                              .value = (const uint8_t *)v,
+                                              .vlen = strlen(v)};
+                }
+            } else {
+                ops[1] = ops[0];
+                ops[0] = (struct kv_op){.type = KV_TOP_DELRANGE,
+                                        .key = (const uint8_t *)"d/",
+                                        .klen = 2,
+                                        .value = (const uint8_t *)"d0",
+                                        .vlen = 2};
+                n = 2;
+            }
+            kv_encode_txn(&cmd, NULL, 0, ops, n, NULL, 0);
+        } else {
+            kv_encode_set(&cmd, k, strlen(k), v, strlen(v));
+        }
         struct ns_write *w = pz_calloc(1, sizeof *w);
         w->key = key;
         w->node = s->i;
@@ -1241,6 +1285,23 @@ static void check_applied(struct ns_node *s)
     s->checked = nd->applied;
 }
 
+/* Part of an entry applied: the applied index is the entry before it,
+ * and no snapshot covers more (nothing durable holds part of it). */
+static void check_paused(struct ns_node *s)
+{
+    if (!node_applying())
+        return;
+    paused_turns++;
+    if (nd->snap_index > nd->applied)
+        ns_fail("%s: snapshot at %" PRIu64 " past the applied index %" PRIu64
+                " mid-entry",
+                s->name, nd->snap_index, nd->applied);
+    if (nd->applied + 1 != nd->ap.cur.index)
+        ns_fail("%s: applied index %" PRIu64 " while entry %" PRIu64
+                " is being applied",
+                s->name, nd->applied, nd->ap.cur.index);
+}
+
 static void settle_nodes(void)
 {
     for (int round = 0; round < 4; round++) {
@@ -1253,6 +1314,7 @@ static void settle_nodes(void)
             node_before_sleep();
             node_write_now();
             check_applied(s);
+            check_paused(s);
             work = work || node_has_work();
         }
         if (!work)
@@ -1718,6 +1780,11 @@ int main(void)
         printf("node-sim: no snapshot was installed\n");
         return 1;
     }
+    printf("node-sim: %" PRIu64 " loop turns ended mid-entry\n", paused_turns);
+    if (failures == 0 && n >= 5 && paused_turns == 0) {
+        printf("node-sim: no entry was applied in steps\n");
+        return 1;
+    }
     if (failures == 0 && n >= 5 &&
         (writes_now == 0 || writes_alone == 0 || writes_now_nospace == 0)) {
         printf("node-sim: no log write ran on the loop, or none of several "
@@ -1745,8 +1812,10 @@ TEST(seeds)
     pz_log_setup(PZ_LOG_ERROR, "");
     uint64_t installs;
     unsigned acked;
+    uint64_t paused = paused_turns;
     CHECK_EQ_INT(run_seeds(1, 3, false, &installs, &acked), 0);
     CHECK(acked > 0);
+    CHECK(paused_turns > paused); /* entries were applied in steps */
     pz_log_setup(PZ_LOG_INFO, "");
 }
 
