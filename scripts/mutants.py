@@ -441,8 +441,8 @@ MUTATIONS = [
       "a node that stops leading keeps counting writes that may never "
       "apply"),
     M("quota_key_overhead_ignored", "src/kv.c",
-      "    return kv->bytes + kv_count(kv) * KV_KEY_OVERHEAD;",
-      "    return kv->bytes;",
+      "    return kv_bytes(kv) + kv_count(kv) * KV_KEY_OVERHEAD;",
+      "    return kv_bytes(kv);",
       ["unit:kv/quota_bytes_count_keys",
        "py:test_nospace.py::test_quota_counts_a_cost_per_key"],
       "empty keys take about 20 times quota-backend-bytes in memory"),
@@ -1699,6 +1699,62 @@ MUTATIONS = [
       "    return 0; /* the rest is only counted: stop the walk */",
       ["py:test_range_count.py::test_count_burst_does_not_hold_the_loop"],
       "an etcd Range with a limit walks the whole range for its count"),
+    # --- applying in steps (src/kv.c, src/node.c, src/raft.c) ----------
+    M("apply_budget_ignored", "src/node.c",
+      "    nd->ap.left = nd->ap.budget;\n    if (nd->ap.job == NULL",
+      "    nd->ap.left = UINT64_MAX;\n    if (nd->ap.job == NULL",
+      ["py:test_chunked_apply.py::"
+       "test_huge_prefix_delete_keeps_the_cluster_calm"],
+      "a huge delete is applied in one loop turn again: heartbeats stop "
+      "and the followers elect another leader"),
+    M("applied_index_before_entry_end", "src/node.c",
+      "            nd->ap.req = w;\n            return false;",
+      "            nd->ap.req = w;\n            nd->applied = e->index;\n"
+      "            return false;",
+      ["unit:node_sim/seeds", "nodesim:20"],
+      "the applied index counts an entry of which only part is applied "
+      "(a snapshot or a restart would keep half of it)"),
+    M("stale_read_mid_entry", "src/node.c",
+      "    if (kv_paused(nd->kv)) {\n        /* Part of an entry is applied",
+      "    if (kv_paused(nd->kv) && false) {\n        /* Part of an entry "
+      "is applied",
+      ["unit:node_sim/seeds",
+       "py:test_chunked_apply.py::"
+       "test_huge_prefix_delete_keeps_the_cluster_calm"],
+      "callbacks (stale reads among them) run with part of an entry "
+      "applied and read half of it"),
+    M("reads_apply_mid_entry", "src/node.c",
+      "    if (kv_paused(nd->kv))\n        return; /* not with part of an "
+      "entry applied: at its end */",
+      "    if (kv_paused(nd->kv) && false)\n        return; /* not with part "
+      "of an entry applied: at its end */",
+      ["unit:node_sim/seeds", "nodesim:20"],
+      "a linearizable read whose index is applied completes while part of "
+      "the next entry is"),
+    M("raft_hold_ignored", "src/raft.c",
+      "    r->apply_held = hold;",
+      "    r->apply_held = hold && false;",
+      ["unit:raft/hold_apply_keeps_following", "unit:node_sim/seeds"],
+      "the core hands out committed entries while one is being applied "
+      "in steps"),
+    M("job_frozen_revision_live", "src/kv.c",
+      "    if (kv->paused)\n        return kv->paused->before.revision;",
+      "    if (kv->paused && false)\n        return "
+      "kv->paused->before.revision;",
+      ["unit:kv/job_chunked_vs_oneshot"],
+      "readers of the revision see the revision of an entry applied only "
+      "in part"),
+    M("delrange_resume_skips", "src/kv.c",
+      "        (*budget)--;\n        e = *upd[0];",
+      "        (*budget)--;\n        e = *upd[0];\n        if (*budget == 0 "
+      "&& e)\n            e = e->fwd[0];",
+      ["unit:kv/job_chunked_vs_oneshot"],
+      "a DELRANGE that pauses skips a key when it goes on"),
+    M("snapshot_fork_mid_entry", "src/node_snapshot.c",
+      "bool snaps_can_fork(void)\n{\n    return !kv_paused(nd->kv);",
+      "bool snaps_can_fork(void)\n{\n    return kv_paused(nd->kv) || true;",
+      ["unit:node_sim/seeds", "nodesim:40"],
+      "a snapshot is forked with part of an entry applied"),
 ]
 
 

@@ -684,10 +684,33 @@ static void write_done(struct node_req *req, int status)
     grpc_stream_flush(st);
 }
 
+/* put_ignore, called again once the entry being applied is done. */
+static void put_ignore_later(struct node_req *req, int status)
+{
+    struct gstream *st = grpc_stream_of(req);
+    grpc_stream_in_node(st, false);
+    if (status < 0)
+        etcd_node_error(st, status, false);
+    else
+        put_ignore(st, grpc_stream_ext(st));
+    grpc_stream_flush(st);
+}
+
 /* Put with ignore_value/ignore_lease, on the leader: a put guarded by the
- * key's current mod_revision, carrying its current value or lease. */
+ * key's current mod_revision, carrying its current value or lease (read
+ * between entries: with part of one applied, after it, through a stale
+ * read whose callback waits for its end). */
 static void put_ignore(struct gstream *st, struct ekv *e)
 {
+    if (node_applying()) {
+        grpc_stream_in_node(st, true);
+        int rv = node_read(grpc_stream_req(st), true, put_ignore_later);
+        if (rv < 0) {
+            grpc_stream_in_node(st, false);
+            etcd_node_error(st, rv, false);
+        }
+        return;
+    }
     const Etcdserverpb__PutRequest *q =
         (const Etcdserverpb__PutRequest *)e->req;
     if (!node_is_leader()) {

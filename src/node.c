@@ -7,7 +7,9 @@
  * Happy path, once per loop turn from the prepare hook (node_before_sleep),
  * the Ready cycle (docs/DESIGN.md, "The life of a write"):
  *   1. take a Ready; apply its committed entries (durable here already) and
- *      complete the writes and reads they unblock;
+ *      complete the writes and reads they unblock; at most a budget of
+ *      work a turn: an entry that needs more goes on over the next turns
+ *      ("applying in steps" below);
  *   2. send the messages that may go at once (the leader's AppendEntries
  *      go out before its own disk write: thesis §10.2.1);
  *   3. hand the hard state (when term or vote changed, hs_goes) and new

@@ -153,8 +153,10 @@ static void update_snap_waiters(void)
 static void backups_start(void)
 {
     if (nd->snap_child.pid != 0 || pz_queue_empty(&nd->snap_waiters) ||
-        NIO(now) < nd->backup_next_at || !snaps_can_fork())
+        NIO(now) < nd->backup_next_at)
         return;
+    if (!snaps_can_fork())
+        return; /* snaps_after_entry comes back */
     snapshot_start();
     if (nd->snap_child.pid == 0) {
         finish_snap_waiters(PZ_EIO);
