@@ -1711,7 +1711,7 @@ MUTATIONS = [
       "            nd->ap.req = w;\n            return false;",
       "            nd->ap.req = w;\n            nd->applied = e->index;\n"
       "            return false;",
-      ["unit:node_sim/seeds", "nodesim:20"],
+      ["unit:node_sim/seeds", "nodesim:150"],
       "the applied index counts an entry of which only part is applied "
       "(a snapshot or a restart would keep half of it)"),
     M("stale_read_mid_entry", "src/node.c",
@@ -1723,14 +1723,6 @@ MUTATIONS = [
        "test_huge_prefix_delete_keeps_the_cluster_calm"],
       "callbacks (stale reads among them) run with part of an entry "
       "applied and read half of it"),
-    M("reads_apply_mid_entry", "src/node.c",
-      "    if (kv_paused(nd->kv))\n        return; /* not with part of an "
-      "entry applied: at its end */",
-      "    if (kv_paused(nd->kv) && false)\n        return; /* not with part "
-      "of an entry applied: at its end */",
-      ["unit:node_sim/seeds", "nodesim:20"],
-      "a linearizable read whose index is applied completes while part of "
-      "the next entry is"),
     M("raft_hold_ignored", "src/raft.c",
       "    r->apply_held = hold;",
       "    r->apply_held = hold && false;",
@@ -1753,7 +1745,7 @@ MUTATIONS = [
     M("snapshot_fork_mid_entry", "src/node_snapshot.c",
       "bool snaps_can_fork(void)\n{\n    return !kv_paused(nd->kv);",
       "bool snaps_can_fork(void)\n{\n    return kv_paused(nd->kv) || true;",
-      ["unit:node_sim/seeds", "nodesim:40"],
+      ["unit:node_sim/seeds", "nodesim:150"],
       "a snapshot is forked with part of an entry applied"),
 ]
 

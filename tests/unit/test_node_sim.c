@@ -771,7 +771,13 @@ static int io_snap_write(void *data, const char *dir, const struct kv *kv,
                          const struct snapshot_point *at,
                          struct snapshot_child *c, char *err, size_t errlen)
 {
-    PZ_UNUSED(data);
+    struct ns_node *s = data;
+    /* A snapshot of part of an entry would be loaded as the state at
+     * the entry before it (node.c, "applying in steps"). */
+    if (kv_paused(kv))
+        ns_fail("%s: snapshot at %" PRIu64 " taken with part of entry %" PRIu64
+                " applied",
+                s->name, at->index, at->index + 1);
     memset(c, 0, sizeof *c);
     int rv = snapshot_write(dir, kv, at, c->path, sizeof c->path, err, errlen);
     if (rv < 0)
