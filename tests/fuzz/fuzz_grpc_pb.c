@@ -261,8 +261,14 @@ static void check_etcd(const uint8_t *msg, size_t len)
             FUZZ_CHECK(k.from == NULL && k.to == NULL);
         }
         uint64_t start = 0;
-        if (etcd_watch_start(c->start_revision, 10, 5, &start))
+        int srv = etcd_watch_start(c->start_revision, 10, 5, &start);
+        if (srv == 0)
             FUZZ_CHECK(start >= 5);
+        else if (srv == PZ_EINVAL)
+            FUZZ_CHECK(c->start_revision < 0);
+        else
+            FUZZ_CHECK(srv == PZ_ENOTFOUND && c->start_revision > 0 &&
+                       c->start_revision < 5);
     }
     if (w)
         etcdserverpb__watch_request__free_unpacked(w, &grpc_pb_allocator);
