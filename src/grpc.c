@@ -1096,16 +1096,8 @@ static void read_reply(struct gstream *st)
 
 static void on_read_done(struct node_req *req, int status)
 {
-    struct gstream *st = container_of(req, struct gstream, req);
-    struct gsession *s = st->s;
-    st->in_node = false;
-    if (status < 0)
-        node_error(st, status, false);
-    else if (out_full(s))
-        hold_reply(st, read_reply);
-    else
-        read_reply(st);
-    session_flush(s);
+    container_of(req, struct gstream, req)->resume = read_reply;
+    on_held_read(req, status);
 }
 
 static void on_write_done(struct node_req *req, int status)

@@ -2400,6 +2400,16 @@ static void job_own(struct kv_job *j)
     j->owned = true;
 }
 
+/* j is done: fill *res (may be NULL) and free j. */
+static void job_finish(struct kv_job *j, struct kv_result *res)
+{
+    j->res.succeeded = j->res.succeeded && j->res.status == KV_OK;
+    j->res.revision = j->kv->revision;
+    if (res)
+        *res = j->res;
+    kv_job_free(j);
+}
+
 /* Run j's work within *budget (units used are taken off it); when it is
  * done, fill *res, free j and return true. Paused, the table keeps j as
  * what readers of its aggregates see (kv_revision and friends). */
@@ -2416,11 +2426,7 @@ static bool job_go(struct kv_job *j, uint64_t *budget, struct kv_result *res)
         kv->paused = j;
         return false;
     }
-    j->res.succeeded = j->res.succeeded && j->res.status == KV_OK;
-    j->res.revision = kv->revision;
-    if (res)
-        *res = j->res;
-    kv_job_free(j);
+    job_finish(j, res);
     return true;
 }
 
@@ -2449,11 +2455,7 @@ int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
     j->res.status = KV_OK;
     j->res.succeeded = true;
     if (!job_begin(j)) {
-        j->res.succeeded = j->res.succeeded && j->res.status == KV_OK;
-        j->res.revision = kv->revision;
-        if (res)
-            *res = j->res;
-        kv_job_free(j);
+        job_finish(j, res);
         return 0;
     }
     if (!job_go(j, budget, res))
