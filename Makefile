@@ -286,14 +286,10 @@ $(POWERLOSS): tests/powerloss/powerloss.c
 	$(CC) -std=gnu11 -g -O2 $(WARN) -Wno-missing-prototypes -fPIC -shared \
 	    -o $@ $< -ldl -lpthread
 
-# --durations: the slowest tests, to keep CI's time in check. A sanitizer
-# build leaves out the tests marked fixed_load (tests/integration/pytest.ini):
-# loads of a fixed length that an outside tool imposes (etcdctl check perf:
-# 60 s of puts) and that run no code the rest of the suite does not, so
-# under a sanitizer they would only add their minute again.
+# --durations: the slowest tests, to keep CI's time in check.
 test-integration: $(BINS) $(POWERLOSS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
-	    --durations=15 $(if $(SANITIZER),-m 'not fixed_load') \
+	    --durations=15 \
 	    tests/integration $(PYTEST_ARGS)
 
 # The chaos test (tests/chaos/chaos.py): the checker's own tests, then

@@ -6,7 +6,8 @@ one run, written up as a report (`make bench`).
                      [--scale | --scale-only] [--scale-keys N]
 
     --quick   3 s per run, curve to 256 connections (about eight minutes)
-    --full    10 s per run, curve to 1,024 connections, Redis memory
+    --full    10 s per run, curve to 1,024 connections, Redis memory,
+              etcdctl check perf on both systems
     --reps    runs per system of each matrix load and of the HTTP writes
               against Redis (default 3), the systems alternated
     --noisy   also repeat the write matrix with a noisy neighbour
@@ -59,7 +60,11 @@ requests of all its runs together.
   rate of its run before, a first short run giving the first rate), the
   two in turn, median of N each;
 - memory per key of the table (tests/bench/kv_mem.c), and, in full mode,
-  of redis-server holding the same 1M keys.
+  of redis-server holding the same 1M keys;
+- in full mode, etcd's own benchmark, `etcdctl check perf --auto-compact
+  --auto-defrag` (60 s of puts from 50 clients through every endpoint,
+  then compaction and defragmentation of each member), against each
+  system in turn: its verdicts and throughput.
 
 Everything listens on 127.0.0.1 only, every load is bounded in time, and
 every process started here is stopped by its PID at the end.
@@ -631,6 +636,30 @@ def http_vs_redis(tmp, pz, taken, dur, reps):
             "wrk_secs": dur}
 
 
+def check_perf(sysm):
+    """etcdctl check perf against one cluster through all its endpoints:
+    its verdict lines (PASS/FAIL: ...) and whether its own cleanup left
+    no key behind."""
+    eps = ",".join(f"127.0.0.1:{n['grpc' if sysm.name == 'pyazdb' else 'client']}"
+                   for n in (sysm.nodes if sysm.name == "pyazdb"
+                             else sysm.members))
+    env = dict(os.environ, ETCDCTL_API="3")
+    r = subprocess.run(["etcdctl", f"--endpoints={eps}", "check", "perf",
+                        "--auto-compact", "--auto-defrag"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    out = r.stdout.replace("\r", "\n")
+    verdicts = re.findall(r"^(?:PASS|FAIL): .*$", out, re.M)
+    if not verdicts or "Compacted with revision" not in out:
+        raise SystemExit(f"bench: etcdctl check perf against {sysm.name} "
+                         "failed:\n" + out[-2000:] + r.stderr[-2000:])
+    left = subprocess.run(["etcdctl", f"--endpoints={eps}", "get",
+                           "/etcdctl-check-perf/", "--prefix", "--keys-only"],
+                          capture_output=True, text=True, env=env,
+                          timeout=30).stdout.strip()
+    return {"verdicts": verdicts, "defragmented": out.count("Defragmented"),
+            "keys_left": len(left.split()) if left else 0}
+
+
 def kv_mem():
     r = subprocess.run(["make", "-s", "bench-kv-mem"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
@@ -789,6 +818,15 @@ def report(out, res, mode):
              f" s): median {h['redis_set_50_fsync_always']:,.0f}/s "
              f"({rng(h['redis_runs'])}); ratio of the medians "
              f"{ratio(h['pyazdb_http_set_64'], h['redis_set_50_fsync_always'])}.\n")
+    if res.get("check_perf"):
+        L.append("\n## etcdctl check perf\n")
+        L.append("etcd's own benchmark with `--auto-compact --auto-defrag`, "
+                 "through every endpoint of each cluster in turn.\n")
+        L.append("| system | verdicts | members defragmented | keys left |")
+        L.append("|---|---|---|---|")
+        for name, c in res["check_perf"].items():
+            L.append(f"| {name} | {'; '.join(c['verdicts'])} | "
+                     f"{c['defragmented']} | {c['keys_left']} |")
     m = res["mem"]
     L.append("\n## Memory per key\n")
     L.append(f"PyazDB table, 1M keys of 16 B with 100 B values: "
@@ -885,6 +923,10 @@ def main():
                 res["curve"][s.name][c] = r
             log(f"   {c:>5} conns: pyazdb {res['curve']['pyazdb'][c]['rps']:>9,.0f}/s"
                 f"   etcd {res['curve']['etcd'][c]['rps']:>9,.0f}/s")
+        if a.full:
+            log("== etcdctl check perf")
+            res["check_perf"] = {s.name: check_perf(s) for s in systems}
+            log(f"   {res['check_perf']}")
         log("== HTTP writes against redis-server (appendfsync always)")
         res["http"] = http_vs_redis(tmp, systems[0], taken, dur, reps)
         log(f"   {res['http']}")

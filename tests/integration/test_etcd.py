@@ -696,25 +696,6 @@ def test_snapshot_save(cluster, servers, tmp_path):
         == 100001
 
 
-@pytest.mark.fixed_load
-def test_check_perf(cluster):
-    # etcdctl's own benchmark (60 s of puts through every endpoint, then
-    # compaction and defragmentation of each). Its latency verdicts depend
-    # on the machine's load, so only the work and the throughput are
-    # required here. Puts, compaction and defragmentation through etcd's
-    # API are the other tests' too: a sanitizer build skips these 60 s.
-    nodes, leader, follower = cluster
-    eps = ",".join(f"127.0.0.1:{s.grpc_port}" for s in nodes)
-    rc, out, err = ctl(eps, "check", "perf", "--auto-compact",
-                       "--auto-defrag", check=False, timeout=240)
-    assert "PASS: Throughput" in out, out[-2000:] + err[-2000:]
-    assert "Compacted with revision" in out
-    assert out.count("Defragmented") == 3
-    # its keys are gone afterwards
-    assert ctl(leader.grpc_port, "get", "/etcdctl-check-perf/", "--prefix",
-               "--keys-only")[1] == ""
-
-
 def test_leader_killed(cluster):
     # etcdctl through a follower keeps working once a new leader is elected
     nodes, leader, follower = cluster
