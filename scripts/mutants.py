@@ -796,6 +796,13 @@ MUTATIONS = [
       "bool by_value = false;",
       ["py:test_etcd.py::test_grpc_headers_and_errors"],
       "a txn's keys_only range sorted by value comes in key order"),
+    M("txn_range_counts_the_walk", "src/kv.c",
+      "        if (more && s && s->count_range)",
+      "        if (more && s && s->count_range && !s->item)",
+      ["unit:kv/range_count_range",
+       "py:test_etcd.py::test_txn_range_count_is_the_whole_range"],
+      "a txn's range with a limit counts only the limit + 1 keys walked, "
+      "not the whole range as etcd and a plain Range"),
     M("watch_cut_waits_for_a_timer", "src/etcd_watch.c",
       "        grpc_stream_flush(es->st); /* the reset; may free es */\n",
       "",

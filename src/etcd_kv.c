@@ -266,7 +266,8 @@ static struct ekv *ekv_new(struct gstream *st, int call, ProtobufCMessage *req,
     e->sink = (struct kv_sink){.op_begin = sink_begin,
                                .item = sink_item,
                                .op_end = sink_end,
-                               .arg = e};
+                               .arg = e,
+                               .count_range = true};
     grpc_stream_set_ext(st, e, ekv_free);
     return e;
 }
@@ -931,8 +932,9 @@ static int map_ops(struct gstream *st, Etcdserverpb__RequestOp **ops, size_t n,
                            (r->count_only ? KV_RANGE_COUNT_ONLY : 0) |
                            (r->keys_only && !by_value ? KV_RANGE_KEYS_ONLY : 0);
                 /* range_build's rule: without a sort or a filter only the
-                 * first limit + 1 keys matter, so the walk stops there
-                 * (count is then at most limit + 1). */
+                 * first limit + 1 keys matter, so the walk stops there;
+                 * count is still every key of the range, as a Range's
+                 * (the sink's count_range, in O(log n)). */
                 if (r->limit > 0 && (int)r->sort_order == ETCD_SORT_NONE &&
                     !range_has_filter(r) && !r->count_only)
                     k->limit = (uint64_t)r->limit + 1;

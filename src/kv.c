@@ -1901,6 +1901,11 @@ static void run_op(struct apply *a, size_t i, const struct kv_op *o)
                      o->flags & KV_RANGE_TO_END, range_visit, &w);
         count = w.count;
         more = w.more;
+        /* The walk stopped at the limit: the rest of the range is counted
+         * without visiting it. */
+        if (more && s && s->count_range)
+            count = kv_range_count(a->kv, o->key, o->klen, o->value, o->vlen,
+                                   o->flags & KV_RANGE_TO_END);
         break;
     }
     }

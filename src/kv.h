@@ -284,11 +284,17 @@ struct kv_sink {
      * was changed (none for a PUT that created it). */
     void (*item)(void *arg, const struct kv_view *v);
     /* The operation ends. RANGE: count = keys returned (with
-     * KV_RANGE_COUNT_ONLY: keys in the range, kv_range_count's),
-     * more = the limit left keys out (the walk stops one key past it);
-     * GET: 1 or 0; DEL, DELRANGE: keys deleted; PUT: 1. */
+     * KV_RANGE_COUNT_ONLY or count_range: keys in the range,
+     * kv_range_count's), more = the limit left keys out (the walk stops
+     * one key past it); GET: 1 or 0; DEL, DELRANGE: keys deleted; PUT: 1. */
     void (*op_end)(void *arg, uint64_t count, bool more);
     void *arg; /* passed to each */
+    /* RANGE without KV_RANGE_COUNT_ONLY: op_end's count is every key of
+     * the range (kv_range_count's, O(log n)) also when the limit stopped
+     * the walk, as etcd counts; the walk still stops one key past the
+     * limit. The reader's choice, as the rest of the sink: it changes
+     * what the reader is told, never what a command does to the table. */
+    bool count_range;
 };
 
 /* Called for each change a command makes, in order (for watchers): type

@@ -197,6 +197,71 @@ def test_txn(cluster):
         "Error: etcdserver: duplicate key given in txn request"
 
 
+def txn_range_counts(port, pb):
+    """The count of each range of a few txns over the ten keys c/0 ... c/9
+    (read-only ones, answered by the node that got them, and one that
+    writes c/new first, applied through the log), next to the count of the
+    same range asked by a plain Range (None for the txn that wrote)."""
+    out = []
+    r = ctl_json(port, "txn", stdin="\nget c/ --prefix --limit 3\n\n\n")
+    rng = r["responses"][0]["Response"]["ResponseRange"]
+    assert len(rng["kvs"]) == 3 and rng["more"] is True
+    out.append((rng["count"], None))
+    r = ctl_json(port, "txn", stdin="\nput c/new n\n"
+                 "get c/ --prefix --limit 2 --keys-only\n\n\n")
+    rng = r["responses"][1]["Response"]["ResponseRange"]
+    assert len(rng["kvs"]) == 2 and rng["more"] is True
+    out.append((rng["count"], None))
+    ctl(port, "del", "c/new")
+    rev = call(port, pb, "KV", "Range", pb.RangeRequest(key=b"c/0")) \
+        .kvs[0].mod_revision
+    for q in (pb.RangeRequest(key=b"c/", range_end=b"c0", limit=1),
+              pb.RangeRequest(key=b"c/", range_end=b"c0", limit=9),
+              pb.RangeRequest(key=b"c/", range_end=b"c0", limit=10),
+              pb.RangeRequest(key=b"c/", range_end=b"\0", limit=2),
+              pb.RangeRequest(key=b"c/", range_end=b"c0", limit=2,
+                              sort_order=pb.RangeRequest.DESCEND),
+              pb.RangeRequest(key=b"c/", range_end=b"c0", limit=2,
+                              sort_target=pb.RangeRequest.MOD),
+              pb.RangeRequest(key=b"c/", range_end=b"c0", limit=2,
+                              min_mod_revision=rev + 5),
+              pb.RangeRequest(key=b"c/", range_end=b"c0", limit=2,
+                              count_only=True)):
+        t = call(port, pb, "KV", "Txn", pb.TxnRequest(
+            success=[pb.RequestOp(request_range=q)]))
+        plain = call(port, pb, "KV", "Range", q)
+        got = t.responses[0].response_range
+        assert [kv.key for kv in got.kvs] == [kv.key for kv in plain.kvs]
+        assert got.more == plain.more, q
+        out.append((got.count, plain.count))
+    return out
+
+
+# Every key of the range, however small the limit (the plain Range's
+# count); keys past c0 with range_end "\0": c/0 ... c/9 and d.
+TXN_COUNTS = [(10, None), (11, None), (10, 10), (10, 10), (10, 10), (11, 11),
+              (10, 10), (10, 10), (10, 10), (10, 10)]
+
+
+def test_txn_range_count_is_the_whole_range(cluster, epb):
+    # A txn's range with a limit counts every key of its range, as etcd's
+    # and as a plain Range: once it counted only the keys its walk visited,
+    # at most limit + 1.
+    nodes, leader, follower = cluster
+    for i in range(10):
+        ctl(leader.grpc_port, "put", f"c/{i}", str(i))
+    ctl(leader.grpc_port, "put", "d", "x")
+    for port in (follower.grpc_port, leader.grpc_port):
+        assert txn_range_counts(port, epb) == TXN_COUNTS
+
+
+def test_txn_range_count_same_as_etcd(etcd, epb):
+    for i in range(10):
+        ctl(etcd, "put", f"c/{i}", str(i))
+    ctl(etcd, "put", "d", "x")
+    assert txn_range_counts(etcd, epb) == TXN_COUNTS
+
+
 def test_cluster_calls(cluster):
     nodes, leader, follower = cluster
     p = follower.grpc_port

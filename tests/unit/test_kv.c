@@ -1470,6 +1470,119 @@ TEST(events_and_range_limits)
     kv_free(kv);
 }
 
+/* Items and the end of one operation, seen together. */
+struct op_seen {
+    int items;
+    struct end_seen end;
+};
+
+static void seen_item(void *arg, const struct kv_view *v)
+{
+    count_item(&((struct op_seen *)arg)->items, v);
+}
+
+static void seen_end(void *arg, uint64_t count, bool more)
+{
+    end_item(&((struct op_seen *)arg)->end, count, more);
+}
+
+/* A sink with count_range is told every key of a range with a limit (as
+ * etcd counts), while the walk still hands out the limit's keys only; in
+ * a transaction that writes, the count is the table's at that operation.
+ * The table and revision come out as without it. */
+TEST(range_count_range)
+{
+    struct kv *kv = kv_new();
+    for (int i = 0; i < 50; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "k%02d", i);
+        kv_set(kv, k, 3, "v", 1);
+    }
+    struct kv_op rg = {.type = KV_TOP_RANGE,
+                       .key = (const uint8_t *)"k1",
+                       .klen = 2,
+                       .value = (const uint8_t *)"k3",
+                       .vlen = 2};
+    struct pz_buf b;
+    pz_buf_init(&b);
+    struct kv_result res;
+    struct op_seen seen;
+    struct kv_sink sk = {.item = seen_item,
+                         .op_end = seen_end,
+                         .arg = &seen,
+                         .count_range = true};
+    static const struct {
+        uint64_t limit;
+        int flags;
+        int items;
+        uint64_t count;
+        bool more;
+    } cases[] = {
+        {4, 0, 4, 20, true},    /* stopped at the limit: all counted */
+        {19, 0, 19, 20, true},  /* one key left out */
+        {20, 0, 20, 20, false}, /* the limit takes them all */
+        {0, 0, 20, 20, false},  /* no limit */
+        {4, KV_RANGE_TO_END, 4, 40, true}, /* k1.. to the end */
+        {3, KV_RANGE_KEYS_ONLY, 3, 20, true},
+        {4, KV_RANGE_COUNT_ONLY, 0, 20, false},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        rg.limit = cases[t].limit;
+        rg.flags = cases[t].flags;
+        rg.vlen = rg.flags & KV_RANGE_TO_END ? 0 : 2; /* no end given */
+        pz_buf_reset(&b);
+        seen = (struct op_seen){0};
+        CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &rg, 1, NULL, 0), 0);
+        CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk), 0);
+        CHECK_EQ_INT(seen.items, cases[t].items);
+        CHECK(seen.end.count == cases[t].count);
+        CHECK(seen.end.more == cases[t].more);
+    }
+    /* Without count_range the count is what was handed out. */
+    rg.limit = 4;
+    rg.flags = 0;
+    rg.vlen = 2;
+    sk.count_range = false;
+    pz_buf_reset(&b);
+    seen = (struct op_seen){0};
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &rg, 1, NULL, 0), 0);
+    CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk), 0);
+    CHECK(seen.items == 4 && seen.end.count == 4 && seen.end.more);
+    /* After a put and a delete of the same transaction: the table as it
+     * stands at the range (21 - 1 keys in [k1, k3)). */
+    struct kv_op ops[3] = {
+        {.type = KV_TOP_PUT,
+         .key = (const uint8_t *)"k1x",
+         .klen = 3,
+         .value = (const uint8_t *)"v",
+         .vlen = 1},
+        {.type = KV_TOP_DEL, .key = (const uint8_t *)"k10", .klen = 3},
+        rg};
+    ops[2].limit = 2;
+    uint64_t rev = kv_revision(kv);
+    struct kv *twin = kv_new();
+    for (int i = 0; i < 50; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "k%02d", i);
+        kv_set(twin, k, 3, "v", 1);
+    }
+    sk.count_range = true;
+    pz_buf_reset(&b);
+    seen = (struct op_seen){0};
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, ops, 3, NULL, 0), 0);
+    CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk), 0);
+    CHECK(seen.end.count == 20 && seen.end.more);
+    CHECK(res.revision == rev + 1);
+    /* The same command on a twin table without a sink: the same state. */
+    CHECK_EQ_INT(kv_apply(twin, (uint8_t *)b.data, b.len, &res), 0);
+    CHECK(kv_revision(twin) == kv_revision(kv));
+    CHECK(kv_count(twin) == kv_count(kv));
+    CHECK(kv_digest(twin) == kv_digest(kv));
+    pz_buf_free(&b);
+    kv_free(twin);
+    kv_free(kv);
+}
+
 /* Read-only transactions run without the log (kv_txn_read); the range
  * walks of a transaction are bounded by a budget of keys, checked before
  * anything runs, and at apply by KV_TXN_KEYS_MAX. */
@@ -2272,6 +2385,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(txn_range_vs_model),
     TEST_ENTRY(txn_malformed),
     TEST_ENTRY(events_and_range_limits),
+    TEST_ENTRY(range_count_range),
     TEST_ENTRY(txn_range_budget),
     TEST_ENTRY(append_in_order_keeps_tails),
     TEST_ENTRY(restore_in_order_and_not),
