@@ -803,6 +803,12 @@ MUTATIONS = [
        "py:test_etcd.py::test_txn_range_count_is_the_whole_range"],
       "a txn's range with a limit counts only the limit + 1 keys walked, "
       "not the whole range as etcd and a plain Range"),
+    M("ignore_value_trusts_a_lagging_leader", "src/etcd_kv.c",
+      "        if (e->confirmed) {",
+      "        if (e->confirmed || node_is_leader()) {",
+      ["py:test_etcd.py::test_ignore_value_put_on_a_leader_still_applying"],
+      "a put with ignore_value answers `key not found` from a leader's "
+      "copy that has not applied a key written in an earlier term"),
     M("watch_cut_waits_for_a_timer", "src/etcd_watch.c",
       "        grpc_stream_flush(es->st); /* the reset; may free es */\n",
       "",

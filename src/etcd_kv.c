@@ -162,6 +162,7 @@ struct ekv {
     bool wrote;       /* an operation so far changed the table */
     struct kv_sink sink;
     int tries; /* ignore_value/ignore_lease attempts */
+    bool confirmed; /* put_ignore: its linearizable read was asked for */
     bool readonly; /* a Txn without writes (run after a read, not logged) */
 };
 
@@ -685,7 +686,8 @@ static void write_done(struct node_req *req, int status)
     grpc_stream_flush(st);
 }
 
-/* put_ignore, called again once the entry being applied is done. */
+/* put_ignore, called again once the entry being applied is done, or once
+ * its linearizable read is. */
 static void put_ignore_later(struct node_req *req, int status)
 {
     struct gstream *st = grpc_stream_of(req);
@@ -700,7 +702,14 @@ static void put_ignore_later(struct node_req *req, int status)
 /* Put with ignore_value/ignore_lease, on the leader: a put guarded by the
  * key's current mod_revision, carrying its current value or lease (read
  * between entries: with part of one applied, after it, through a stale
- * read whose callback waits for its end). */
+ * read whose callback waits for its end). A key found needs nothing more:
+ * the guard is checked as the put applies, so a value read from a copy
+ * that lags only gets the put tried again. A key missing is the answer
+ * itself, so it must be linearizable: a leader new in its term may not
+ * have applied yet what earlier terms committed (a key written there
+ * would look missing), and a deposed one may lag. So a key missing is
+ * looked up again after a linearizable read (node_read; with
+ * raft-read-lease, no round of its own), and only then is it missing. */
 static void put_ignore(struct gstream *st, struct ekv *e)
 {
     if (node_applying()) {
@@ -724,8 +733,18 @@ static void put_ignore(struct gstream *st, struct ekv *e)
     }
     struct kv_view v;
     if (!kv_get_view(node_kv(), q->key.data, q->key.len, &v)) {
-        grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
-                         "etcdserver: key not found");
+        if (e->confirmed) {
+            grpc_stream_fail(st, GRPC_INVALID_ARGUMENT,
+                             "etcdserver: key not found");
+            return;
+        }
+        e->confirmed = true;
+        grpc_stream_in_node(st, true);
+        int rv = node_read(grpc_stream_req(st), false, put_ignore_later);
+        if (rv < 0) {
+            grpc_stream_in_node(st, false);
+            etcd_node_error(st, rv, false);
+        }
         return;
     }
     struct kv_cmp c = {.target = KV_CMP_MOD,
