@@ -1172,10 +1172,24 @@ MUTATIONS = [
       "        if (vl == 0 || *e || v[0] == '-' || v[0] == '+' ||",
       ["unit:http"], "/range?limit=0 is taken as no limit"),
     M("forwarded_write_sent_twice", "src/fwd.c",
-      "    if (!FWD_UNSENT(err) && !(lost && r->idempotent))",
-      "    if (!FWD_UNSENT(err) && !lost)",
+      "    if (!unsent && !(lost && r->idempotent))",
+      "    if (!unsent && !lost)",
       ["py:test_forward_retry.py"], "a write lost after it reached the "
       "leader is forwarded again (applied twice)"),
+    M("http_not_leader_refusal_relayed", "src/fwd.c",
+      "    return res->status == 503 && res->blen == n + 1 &&",
+      "    return res->status == 0 && res->blen == n + 1 &&",
+      ["py:test_forward_retry.py::"
+       "test_calls_refused_by_a_node_that_lost_the_election_go_to_the_winner"],
+      "a forwarded request refused with 503 Not the leader (nothing was "
+      "proposed) reaches the client instead of going to the next leader"),
+    M("grpc_not_leader_refusal_relayed", "src/grpc.c",
+      "    return call->unsent || strcmp(call->message, GRPC_NOT_LEADER_MSG) == 0;",
+      "    return call->unsent;",
+      ["py:test_forward_retry.py::"
+       "test_calls_refused_by_a_node_that_lost_the_election_go_to_the_winner"],
+      "a relayed gRPC call refused with not the leader (nothing was "
+      "proposed) reaches the client instead of going to the next leader"),
     M("every_forward_idempotent", "src/http.c",
       "    h->fwd.idempotent = req->method == HTTP_GET;",
       "    h->fwd.idempotent = true;",

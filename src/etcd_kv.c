@@ -724,11 +724,10 @@ static void put_ignore(struct gstream *st, struct ekv *e)
     const Etcdserverpb__PutRequest *q =
         (const Etcdserverpb__PutRequest *)e->req;
     if (!node_is_leader()) {
-        if (grpc_stream_forwarded(st))
-            grpc_stream_fail(st, GRPC_UNAVAILABLE,
-                             "etcdserver: leader changed");
-        else
-            etcd_node_error(st, PZ_ENOTLEADER, true);
+        /* Relayed to the leader; one relayed to us is refused as every
+         * relayed call that finds a follower is (grpc_stream_forward), so
+         * that its sender sends it again to the new leader. */
+        etcd_node_error(st, PZ_ENOTLEADER, true);
         return;
     }
     struct kv_view v;

@@ -101,11 +101,13 @@ static void on_wait(uv_timer_t *t)
         r->cb(r, err);
 }
 
-/* r failed with err: true if it is sent again (now or after a pause). */
+/* r failed with err (PZ_ENOTLEADER: refused by a node that is not the
+ * leader): true if it is sent again (now or after a pause). */
 static bool retry(struct fwd_req *r, int err)
 {
     bool lost = err == PZ_EIO;
-    if (!FWD_UNSENT(err) && !(lost && r->idempotent))
+    bool unsent = FWD_UNSENT(err) || err == PZ_ENOTLEADER;
+    if (!unsent && !(lost && r->idempotent))
         return false;
     if (retry_ms == 0 || leader_addr == NULL ||
         uv_now(loop) >= r->retry_until)
@@ -136,6 +138,15 @@ static bool retry(struct fwd_req *r, int err)
     return true;
 }
 
+/* The answer is a refusal by a node that is not the leader (fwd.h): the
+ * request did nothing there. */
+static bool not_leader(const struct httpc_result *res)
+{
+    size_t n = strlen(FWD_NOT_LEADER);
+    return res->status == 503 && res->blen == n + 1 &&
+           memcmp(res->body, FWD_NOT_LEADER "\n", n + 1) == 0;
+}
+
 static void on_answer(const struct httpc_result *res, void *data)
 {
     struct fwd_req *r = data;
@@ -152,6 +163,10 @@ static void on_answer(const struct httpc_result *res, void *data)
                      : PZ_EIO);
         return;
     }
+    /* Refused before anything was proposed: to the next leader, as a
+     * request that never got there (retry's PZ_ENOTLEADER). */
+    if (not_leader(res) && retry(r, PZ_ENOTLEADER))
+        return;
     r->http_status = res->status;
     snprintf(r->content_type, sizeof r->content_type, "%s",
              res->content_type);

@@ -6,17 +6,19 @@
  * response (status, Content-Type, Allow, body) comes back to the caller.
  *
  * Retries, only where they are safe: a request that never reached the
- * leader (the connection could not be made) is sent again, whatever it
- * is; one lost with its connection after it was written is sent again
- * only when the caller marks it idempotent (a read), since a write may
- * have been applied. The first resend of a lost request goes at once (a
- * kept-alive connection the leader closed, a restarted leader), the
+ * leader (the connection could not be made), or that the node taken for
+ * the leader refused because it is not the leader any more (503
+ * FWD_NOT_LEADER: it restarted or lost an election, and proposed nothing),
+ * is sent again, whatever it is; one lost with its connection after it was
+ * written is sent again only when the caller marks it idempotent (a read),
+ * since a write may have been applied. The first resend of a lost request goes
+ * at once (a kept-alive connection the leader closed, a restarted leader), the
  * others after a pause of 50 ms doubling to 400 ms, each to the leader's
  * address known then, until the retry window given to fwd_set_retry()
  * has passed since fwd_send(); past it the request fails with its last
- * error. When no other node is known to lead any more (an election, or
- * this node won it) it fails with PZ_ELEADERCHANGE: the caller starts the
- * request over (propose it here, or wait for a leader).
+ * error (a refusal: with that answer). When no other node is known to lead any
+ * more (an election, or this node won it) it fails with PZ_ELEADERCHANGE: the
+ * caller starts the request over (propose it here, or wait for a leader).
  *
  * Memory: a request's body is not copied until it is written to the
  * connection, which takes one more while little waits on it (httpc.h), so
@@ -42,6 +44,9 @@
 #include "pz.h"
 
 #define FWD_HEADER "X-Pyazdb-Forwarded"
+/* The 503 body a node that is not the leader answers a forwarded request
+ * with (before proposing anything), without its final newline. */
+#define FWD_NOT_LEADER "Not the leader"
 #define FWD_MAX_HEADER_BYTES (64 * 1024) /* status line + headers */
 #define FWD_MAX_BODY (64u * 1024 * 1024) /* response body */
 

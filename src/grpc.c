@@ -812,11 +812,15 @@ static bool deadline_passed(struct gstream *st)
 /* --- forwarding ------------------------------------------------------------
  * Only writes are forwarded (reads are served here, ReadIndex). One that
  * never reached the leader (grpc_call.unsent: no connection, or a refused
- * stream) goes again after a pause (50 ms doubling to 400 ms), through
- * start_write: to the leader known then, proposed here if this node won,
- * or waiting for an election; for up to request-timeout after the first
- * forward, and within the call's deadline. A write lost after it was sent
- * is not sent again: it may have been applied. */
+ * stream), or that the node we took for the leader refused because it is
+ * not the leader any more (GRPC_NOT_LEADER_MSG: it restarted, or lost an
+ * election, and proposed nothing), goes again after a pause (50 ms
+ * doubling to 400 ms), through start_write: to the leader known then,
+ * proposed here if this node won, or waiting for an election; for up to
+ * request-timeout after the first forward, and within the call's
+ * deadline. A write lost after it was sent (a broken connection, a
+ * timeout, any other answer) is not sent again: it may have been
+ * applied. */
 
 #define RETRY_POLL_MS 25
 #define RETRY_FIRST_MS 50
@@ -872,7 +876,8 @@ static void on_retry_timer(uv_timer_t *t)
     flush_dirty();
 }
 
-/* st's forward never reached the leader: true if it goes again later. */
+/* st's forward did nothing on the leader (forward_unsent): true if it
+ * goes again later. */
 static bool retry_forward(struct gstream *st)
 {
     struct grpc_server *gs = st->s->gs;
@@ -893,13 +898,22 @@ static bool retry_forward(struct gstream *st)
     return true;
 }
 
+/* True when the forwarded call surely did nothing on the leader: it never
+ * got there, or the node refused it for not being the leader (before
+ * anything was proposed). Safe to send again, even a write. */
+static bool forward_unsent(const struct grpc_call *call)
+{
+    if (call->status != GRPC_UNAVAILABLE)
+        return false;
+    return call->unsent || strcmp(call->message, GRPC_NOT_LEADER_MSG) == 0;
+}
+
 static void on_forward_done(struct grpc_call *call)
 {
     struct gstream *st = container_of(call, struct gstream, call);
     struct gsession *s = st->s;
     st->in_fwd = false;
-    if (call->status == GRPC_UNAVAILABLE && call->unsent &&
-        retry_forward(st)) {
+    if (forward_unsent(call) && retry_forward(st)) {
         pz_debug("grpc: forwarding %s: %s; trying again", st->path,
                  call->message);
         grpc_call_reset(call);
@@ -1007,8 +1021,7 @@ static void forward(struct gstream *st)
     }
     if (st->was_forwarded) {
         /* Forwarded to us as the leader, and we are not: one hop only. */
-        finish(st, GRPC_UNAVAILABLE,
-               "not the leader (leadership is changing; retry)");
+        finish(st, GRPC_UNAVAILABLE, GRPC_NOT_LEADER_MSG);
         return;
     }
     struct grpc_client *cl = leader_client(gs, addr);
@@ -2427,11 +2440,6 @@ const uint8_t *grpc_stream_msg(struct gstream *st, size_t *len)
 {
     *len = st->rd.msg.len;
     return msg_bytes(st);
-}
-
-bool grpc_stream_forwarded(const struct gstream *st)
-{
-    return st->was_forwarded;
 }
 
 struct node_req *grpc_stream_req(struct gstream *st)

@@ -20,6 +20,11 @@
 
 struct grpc_client;
 
+/* The message of a forwarded call refused by a node that is not the leader
+ * (it lost an election since the sender took it for the leader): nothing
+ * was proposed, so the sender may send the call again to the next leader. */
+#define GRPC_NOT_LEADER_MSG "not the leader (leadership is changing; retry)"
+
 /* How the server reaches the node. grpc_node_backend calls node_*; tests
  * substitute their own (e.g. a node that is never the leader). */
 struct grpc_backend {
@@ -133,8 +138,6 @@ ProtobufCMessage *grpc_stream_unpacked(struct gstream *st,
  * message (replacing what an earlier copy counted). False when the budget
  * has no room: the call ended with RESOURCE_EXHAUSTED. */
 bool grpc_stream_hold_unpacked(struct gstream *st, size_t bytes);
-/* True when the call came from another node (a forwarded call). */
-bool grpc_stream_forwarded(const struct gstream *st);
 struct node_req *grpc_stream_req(struct gstream *st);
 struct gstream *grpc_stream_of(struct node_req *req);
 void grpc_stream_in_node(struct gstream *st, bool in);

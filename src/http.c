@@ -171,7 +171,7 @@ static void reply_node_error(struct http_conn *h, int status)
         reply_text(h, 503, "Not leader and no leader known", NULL);
         break;
     case PZ_ENOTLEADER:
-        reply_text(h, 503, "Not the leader", NULL);
+        reply_text(h, 503, FWD_NOT_LEADER, NULL);
         break;
     case PZ_EBUSY:
         reply_text(h, 503, "Leadership transfer in progress", NULL);

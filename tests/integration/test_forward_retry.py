@@ -443,3 +443,57 @@ def test_calls_wait_for_the_address_of_a_known_leader(servers, tmp_path):
     assert all(2.5 < t < 5 for t in took.values()), took
     assert a.status()["leader"] == b.name
     p.close()
+
+
+def test_calls_refused_by_a_node_that_lost_the_election_go_to_the_winner(
+        servers, tmp_path):
+    """The leader restarts and loses the next election (a longer election
+    timeout). A follower that still takes it for the leader forwards writes
+    to it; it waits for the election and then refuses them (`Not the
+    leader`, gRPC `not the leader`): nothing was proposed, so the follower
+    waits for the winner and forwards them again, within request-timeout.
+    Before, the refusal came back to the client (503, UNAVAILABLE)."""
+    import grpc
+    import grpc_helpers as gh
+    epb = gh.etcd_stubs(str(tmp_path / "etcd_stubs"))
+    conf = {"election-timeout": "1s", "heartbeat-interval": "100ms",
+            "request-timeout": "15s"}
+    nodes = make_cluster(servers, conf=conf)
+    old = leader_of(nodes)
+    f = next(s for s in nodes if s is not old)
+    assert put(f, "before", "1")[0] == 204  # f's links to the leader
+    gh.etcd_call(f.grpc_port, epb, "KV", "Put",
+                 epb.PutRequest(key=b"before", value=b"1"))
+    old.kill()
+    old.conf["election-timeout"] = "30s"  # it cannot win the next one
+    old.conf["heartbeat-interval"] = "1s"
+    old.write_conf()
+    old.start(wait=False)
+    results = {}
+
+    def http_set():
+        st, _, body = put(f, "h", "1", timeout=30)
+        results["http"] = (st, body)
+
+    def etcd_put():
+        try:
+            gh.etcd_call(f.grpc_port, epb, "KV", "Put",
+                         epb.PutRequest(key=b"e", value=b"1"), timeout=30)
+            results["etcd"] = "ok"
+        except grpc.RpcError as e:
+            results["etcd"] = (e.code(), e.details())
+
+    threads = [threading.Thread(target=http_set),
+               threading.Thread(target=etcd_put)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    new = leader_of(nodes, timeout=20)
+    assert new is not old
+    assert results == {"http": (204, b""), "etcd": "ok"}, results
+    # the old leader did refuse them: the follower forwarded them again
+    log = old.read_log()
+    assert "Not the leader" in log or "not the leader" in log, log[-3000:]
+    st, _, body = new.request("GET", "/get?key=h")
+    assert (st, body) == (200, b"1")
