@@ -1190,6 +1190,15 @@ MUTATIONS = [
        "test_calls_refused_by_a_node_that_lost_the_election_go_to_the_winner"],
       "a relayed gRPC call refused with not the leader (nothing was "
       "proposed) reaches the client instead of going to the next leader"),
+    M("grpc_relay_not_counted", "src/grpc.c",
+      "    if (!conn_output_room(st->s->c, held)) {\n"
+      "        finish(st, GRPC_UNAVAILABLE, GRPC_RELAY_BUSY_MSG);",
+      "    if (!conn_output_room(st->s->c, held) && 0) {\n"
+      "        finish(st, GRPC_UNAVAILABLE, GRPC_RELAY_BUSY_MSG);",
+      ["py:test_hostile_clients.py::"
+       "test_grpc_calls_relayed_to_a_stalled_leader_are_bounded"],
+      "a follower relays every gRPC call to a stalled leader whatever "
+      "max-pending-output says (only max-partial-input bounds them)"),
     M("every_forward_idempotent", "src/http.c",
       "    h->fwd.idempotent = req->method == HTTP_GET;",
       "    h->fwd.idempotent = true;",

@@ -223,6 +223,10 @@ struct gstream {
     struct grpc_call call;   /* forwarded call */
     bool call_used;          /* call was started once: reset it at the end */
     bool in_fwd;             /* call is with the leader */
+    size_t fwd_held;         /* its request kept for the call with the
+                                leader, and */
+    size_t call_held;        /* what the call holds (grpc_call_opts.held),
+                                both counted against max-pending-output */
     int leader_waits;        /* waits for a leader to forward to since the
                                 last forward sent (forward) */
     bool has_deadline;       /* grpc-timeout given */
@@ -566,6 +570,7 @@ static void finish(struct gstream *st, int status, const char *fmt, ...)
         grpc_client_cancel(&st->call);
         st->in_fwd = false;
     }
+    conn_hold_detached(&st->fwd_held, 0);
     release_reader(st);
     if (status != GRPC_OK)
         pz_debug("grpc: %s %s: %s %.*s", st->s->c->peer, st->path,
@@ -820,7 +825,10 @@ static bool deadline_passed(struct gstream *st)
  * request-timeout after the first forward, and within the call's
  * deadline. A write lost after it was sent (a broken connection, a
  * timeout, any other answer) is not sent again: it may have been
- * applied. */
+ * applied. What a relayed call holds (its request, the copy for the
+ * leader, the leader's answer) counts against max-pending-output while
+ * it is with the leader; one with no room is refused before it is sent
+ * (GRPC_RELAY_BUSY_MSG). */
 
 #define RETRY_POLL_MS 25
 #define RETRY_FIRST_MS 50
@@ -913,14 +921,18 @@ static void on_forward_done(struct grpc_call *call)
     struct gstream *st = container_of(call, struct gstream, call);
     struct gsession *s = st->s;
     st->in_fwd = false;
+    conn_hold_detached(&st->fwd_held, 0); /* forward() counts it again */
     if (forward_unsent(call) && retry_forward(st)) {
         pz_debug("grpc: forwarding %s: %s; trying again", st->path,
                  call->message);
         grpc_call_reset(call);
         return;
     }
-    if (call->status == GRPC_OK && call->has_resp)
+    if (call->status == GRPC_OK && call->has_resp) {
+        /* The answer moves to the stream's output, counted there. */
+        conn_hold_detached(&st->call_held, 0);
         out_append(st, call->resp.data, call->resp.len);
+    }
     if (call->status == GRPC_CANCELLED && s->gs->draining)
         finish(st, GRPC_UNAVAILABLE, "server is shutting down");
     else
@@ -943,6 +955,7 @@ static struct grpc_client *leader_client(struct grpc_server *gs,
     if (gs->fwd == NULL) {
         gs->fwd = grpc_client_new(gs->loop, addr, gs->max_message);
         grpc_client_set_tls(gs->fwd, &tls_grpc_client);
+        grpc_client_count_output(gs->fwd);
     }
     return gs->fwd;
 }
@@ -1024,6 +1037,16 @@ static void forward(struct gstream *st)
         finish(st, GRPC_UNAVAILABLE, GRPC_NOT_LEADER_MSG);
         return;
     }
+    /* What the call keeps until the leader answers (its request, the
+     * copy written to the leader, then the leader's answer) counts with
+     * the answers waiting for clients, as an HTTP forward's does: a slow
+     * leader must not make a follower hold every large call sent to it
+     * meanwhile. */
+    size_t held = st->rd.msg.cap + st->rd.msg.len + GRPC_FRAME_HEADER;
+    if (!conn_output_room(st->s->c, held)) {
+        finish(st, GRPC_UNAVAILABLE, GRPC_RELAY_BUSY_MSG);
+        return;
+    }
     struct grpc_client *cl = leader_client(gs, addr);
     if (st->retry_until == 0)
         st->retry_until = uv_now(gs->loop) + gs->retry_window;
@@ -1032,8 +1055,8 @@ static void forward(struct gstream *st)
     forward_metadata(st, bearer, sizeof bearer, md);
     /* The leader answers within request-timeout; one that does not is
      * broken, and the call must not wait on it for ever. */
-    struct grpc_call_opts opts = {.metadata = md,
-                                  .timeout_ms = gs->fwd_timeout};
+    struct grpc_call_opts opts = {
+        .metadata = md, .timeout_ms = gs->fwd_timeout, .held = &st->call_held};
     if (st->has_deadline) {
         uint64_t now = uv_now(gs->loop);
         opts.timeout_ms = st->deadline > now ? st->deadline - now : 1;
@@ -1047,6 +1070,7 @@ static void forward(struct gstream *st)
         return;
     }
     st->in_fwd = true;
+    conn_hold_detached(&st->fwd_held, st->rd.msg.cap);
     st->leader_waits = 0;
     gs->stats.forwarded++;
 }
@@ -2033,6 +2057,7 @@ static void stream_free(struct gstream *st)
         grpc_client_cancel(&st->call);
     if (st->call_used)
         grpc_call_reset(&st->call);
+    conn_hold_detached(&st->fwd_held, 0);
     s->buffered -= st->rd_counted;
     grpc_reader_free(&st->rd);
     conn_in_release(s->c, st->charged);

@@ -24,6 +24,11 @@ struct grpc_client;
  * (it lost an election since the sender took it for the leader): nothing
  * was proposed, so the sender may send the call again to the next leader. */
 #define GRPC_NOT_LEADER_MSG "not the leader (leadership is changing; retry)"
+/* The message of a call a follower would relay to the leader, refused
+ * because what relayed calls hold would pass max-pending-output (nothing
+ * was sent); HTTP's 503 says the same. */
+#define GRPC_RELAY_BUSY_MSG                                                    \
+    "server busy: too many requests waiting for the leader; retry later"
 
 /* How the server reaches the node. grpc_node_backend calls node_*; tests
  * substitute their own (e.g. a node that is never the leader). */

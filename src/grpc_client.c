@@ -55,6 +55,7 @@ struct grpc_client {
     int handles;           /* open uv handles (timer, kick) */
     bool closing;          /* grpc_client_close called */
     bool freeing;          /* handles are closing: gone soon */
+    bool count_output;     /* grpc_client_count_output */
     char last_error[384];  /* why the last connection failed */
 };
 
@@ -102,6 +103,14 @@ nghttp2_mem *grpc_nghttp2_mem(void)
 /* --- calls -----------------------------------------------------------------
  */
 
+/* Count what call holds in its grpc_call_opts.held, if it has one. */
+static void count_held(struct grpc_call *call, bool none)
+{
+    size_t n = call->req.cap + call->rd.msg.cap + call->resp.cap;
+    if (call->held)
+        conn_hold_detached(call->held, none ? 0 : n);
+}
+
 void grpc_call_init(struct grpc_call *call)
 {
     memset(call, 0, sizeof *call);
@@ -118,6 +127,7 @@ void grpc_call_init(struct grpc_call *call)
 void grpc_call_reset(struct grpc_call *call)
 {
     pz_assert(!call->active);
+    count_held(call, true);
     pz_buf_free(&call->resp);
     pz_buf_free(&call->req);
     pz_buf_free(&call->grpc_msg);
@@ -362,6 +372,8 @@ static struct gc_conn *gc_new(struct grpc_client *cl)
         pz_free(gc);
         return NULL;
     }
+    if (cl->count_output)
+        conn_count_output(gc->c);
     /* A failure closes gc->c: its on_close fails the calls on it. */
     if (tls_slot_on(cl->tls))
         conn_start_tls_addr(gc->c, cl->tls, cl->addr, 0);
@@ -386,8 +398,13 @@ static ssize_t req_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf,
     if (n)
         memcpy(buf, call->req.data + call->req_off, n);
     call->req_off += n;
-    if (call->req_off == call->req.len)
+    if (call->req_off == call->req.len) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
+        /* nghttp2 has its bytes: this copy is not needed any more. */
+        pz_buf_free(&call->req);
+        call->req_off = 0;
+        count_held(call, false);
+    }
     return (ssize_t)n;
 }
 
@@ -463,11 +480,15 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id,
             return 0;
         }
         if (!call->has_resp) {
+            /* The reader's buffer becomes the response: not copied. */
             call->has_resp = true;
-            pz_buf_append(&call->resp, call->rd.msg.data, call->rd.msg.len);
+            pz_buf_free(&call->resp);
+            call->resp = call->rd.msg;
+            pz_buf_init(&call->rd.msg);
         }
         grpc_reader_next(&call->rd);
     }
+    count_held(call, false);
     return 0;
 }
 
@@ -592,6 +613,11 @@ void grpc_client_set_tls(struct grpc_client *cl, const struct tls_slot *s)
     cl->tls = s;
 }
 
+void grpc_client_count_output(struct grpc_client *cl)
+{
+    cl->count_output = true;
+}
+
 const char *grpc_client_addr(const struct grpc_client *cl)
 {
     return cl->addr;
@@ -690,6 +716,8 @@ int grpc_client_call(struct grpc_client *cl, struct grpc_call *call,
     grpc_reader_free(&call->rd);
     grpc_reader_init(&call->rd, cl->max_message);
     grpc_frame_append(&call->req, msg, len);
+    call->held = opts->held;
+    count_held(call, false);
 
     nghttp2_nv nva[16 + 2 * 8];
     size_t n = 0;
@@ -745,6 +773,7 @@ void grpc_client_cancel(struct grpc_call *call)
     call->cl = NULL;
     call->conn = NULL;
     cl->active--;
+    count_held(call, true);
     if (gc != NULL) {
         nghttp2_session_set_stream_user_data(gc->ng, call->stream_id, NULL);
         if (gc->c) {

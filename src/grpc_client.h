@@ -72,6 +72,7 @@ struct grpc_call {
     uint64_t deadline;      /* uv_now() ms, 0 = none */
     bool active;            /* started, callback not yet called */
     bool queued;            /* q is linked */
+    size_t *held;           /* grpc_call_opts.held */
 };
 
 /* Extra request headers: lowercase names, NULL-terminated list of pairs
@@ -79,6 +80,11 @@ struct grpc_call {
 struct grpc_call_opts {
     uint64_t timeout_ms;         /* 0 = no deadline */
     const char *const *metadata; /* may be NULL */
+    /* NULL, or where the bytes the call holds (its request until it is
+     * written, the response so far) are counted against
+     * max-pending-output (conn_hold_detached): a server relaying its
+     * clients' calls. Back to 0 once cancelled or reset. */
+    size_t *held;
 };
 
 /* A client for "host:port" on loop. max_message bounds response messages.
@@ -94,6 +100,10 @@ void grpc_client_close(struct grpc_client *cl);
  * naming the host of the client's address; NULL or off: h2c. Borrowed:
  * s must outlive the client. Applies to connections made after. */
 void grpc_client_set_tls(struct grpc_client *cl, const struct tls_slot *s);
+/* What the client's connections hold to send (the requests of a server
+ * relaying its clients' calls) counts against max-pending-output
+ * (conn_count_output). Applies to connections made after. */
+void grpc_client_count_output(struct grpc_client *cl);
 /* Same, but fail every call in flight with CANCELLED first (their
  * callbacks run inside this call) and close the connection. */
 void grpc_client_abort(struct grpc_client *cl);

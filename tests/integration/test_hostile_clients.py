@@ -2205,3 +2205,75 @@ def test_requests_forwarded_to_a_stalled_leader_are_bounded(servers):
              "a large forwarded /txn", timeout=30, step=0.2)
     assert set_key(f, "after", "2")[0] == 204
     assert get_key(leader, "after") == (200, b"2")
+
+
+def test_grpc_calls_relayed_to_a_stalled_leader_are_bounded(servers, epb):
+    """The leader stalls (SIGSTOP) while 200 clients each send a 3 MiB etcd
+    Put to a follower and wait. What the follower holds for the calls it
+    relays (the request and its copy for the leader, and the leader's
+    answer) counts against max-pending-output (16 MiB here) as HTTP
+    forwards do; past it a call is refused at once with UNAVAILABLE. Before,
+    only max-partial-input (256 MiB, the default) bounded them, with a
+    second copy of each request outside it: 42 calls were held and the
+    follower grew by 407 MB at the peak (39 to 49 MB now)."""
+    nodes = make_cluster(servers, conf={
+        "max-pending-output": "16mb", "conn-hard-limit": "8mb",
+        "election-timeout": "20s", "heartbeat-interval": "200ms",
+        "request-timeout": "60s", "max-value-size": "3200kb"}, start=False)
+    for s in nodes:
+        s.env.update(ENV)
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes, timeout=30)
+    f = next(s for s in nodes if s is not leader)
+    gh.etcd_call(f.grpc_port, epb, "KV", "Put",
+                 epb.PutRequest(key=b"before", value=b"1"))  # its link
+    value = b"x" * (3 * MiB)
+    rss = rss_mb(f)
+    reset_peak_rss(f)
+    results = []
+    channels = []
+    leader.signal(signal.SIGSTOP)
+    try:
+        futures = []
+        for i in range(200):
+            ch = grpc.insecure_channel(
+                f"127.0.0.1:{f.grpc_port}",
+                options=[("grpc.max_send_message_length", 8 * MiB),
+                         ("grpc.use_local_subchannel_pool", 1)])
+            channels.append(ch)
+            put = ch.unary_unary(
+                "/etcdserverpb.KV/Put",
+                request_serializer=epb.PutRequest.SerializeToString,
+                response_deserializer=epb.PutResponse.FromString)
+            futures.append(put.future(epb.PutRequest(key=b"k%d" % i,
+                                                     value=value),
+                                      timeout=90))
+            time.sleep(0.02)  # one arrives after the other
+        time.sleep(2)
+        grew = peak_rss_mb(f) - rss
+        print(f"follower: RSS {rss:.0f} MB, grew by {grew:.0f} MB at the peak")
+        refused = [fu for fu in futures if fu.done()]
+        print(f"{len(refused)} of 200 refused")
+        assert grew < 150, grew
+        assert len(refused) > 150, len(refused)
+        for fu in refused:
+            e = fu.exception()
+            assert e is not None
+            results.append((e.code(), e.details()))
+        assert set(results) == {(grpc.StatusCode.UNAVAILABLE,
+                                 "server busy: too many requests waiting "
+                                 "for the leader; retry later")}, set(results)
+    finally:
+        leader.signal(signal.SIGCONT)
+    # the calls held are answered once the leader is back
+    for fu in futures:
+        if fu not in refused:
+            assert fu.result(timeout=90).header.revision > 0
+    for ch in channels:
+        ch.close()
+    gh.etcd_call(f.grpc_port, epb, "KV", "Put",
+                 epb.PutRequest(key=b"big", value=value))
+    st, _, body = leader.request("GET", "/get?key=big")
+    assert st == 200 and len(body) == 3 * MiB
