@@ -2250,8 +2250,15 @@ def test_grpc_calls_relayed_to_a_stalled_leader_are_bounded(servers, epb):
             futures.append(put.future(epb.PutRequest(key=b"k%d" % i,
                                                      value=value),
                                       timeout=90))
-            time.sleep(0.02)  # one arrives after the other
-        time.sleep(2)
+            # one arrives after the other: it is refused, or held, or
+            # still arriving after 0.1 s (a sanitizer build is slower)
+            due = time.time() + 0.1
+            while not futures[-1].done() and time.time() < due:
+                time.sleep(0.005)
+        due = time.time() + 20
+        while (sum(fu.done() for fu in futures) < 190 and
+               time.time() < due):
+            time.sleep(0.1)
         grew = peak_rss_mb(f) - rss
         print(f"follower: RSS {rss:.0f} MB, grew by {grew:.0f} MB at the peak")
         refused = [fu for fu in futures if fu.done()]
