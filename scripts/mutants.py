@@ -1783,6 +1783,38 @@ MUTATIONS = [
       "bool snaps_can_fork(void)\n{\n    return kv_paused(nd->kv) || true;",
       ["unit:node_sim/seeds", "nodesim:150"],
       "a snapshot is forked with part of an entry applied"),
+    M("conn_out_kept_after_sent", "src/conn.c",
+      "        if (c->out.len == 0 && c->out.cap > OUT_KEEP_MAX)\n"
+      "            pz_buf_free(&c->out);\n",
+      "",
+      ["py:test_hostile_clients.py::"
+       "test_answers_sent_leave_no_buffer_on_open_connections"],
+      "an open connection keeps the buffer of its largest answer, "
+      "uncounted"),
+    M("conn_partly_sent_keeps_buffer", "src/conn.c",
+      "        if (c->out.cap > OUT_KEEP_MAX && c->out.len < c->out.cap / 4) {",
+      "        if (c->out.cap > OUT_KEEP_MAX && c->out.len < c->out.cap / 4 &&\n"
+      "            false) {",
+      ["py:test_hostile_clients.py::"
+       "test_answers_partly_sent_hold_only_what_waits"],
+      "the rest of an answer the kernel took most of holds the whole "
+      "buffer while only the rest is counted"),
+    M("tls_plain_kept_after_sent", "src/tls.c",
+      "    if (t->plain.len == 0 && t->plain.cap > TLS_KEEP_MAX)\n"
+      "        pz_buf_free(&t->plain);\n",
+      "",
+      ["py:test_tls.py::"
+       "test_answers_sent_leave_no_buffers_on_open_connections"],
+      "a TLS connection keeps a plaintext queue the size of its largest "
+      "answer"),
+    M("tls_wbio_kept_after_sent", "src/tls.c",
+      "    if (bm && bm->max > TLS_KEEP_MAX && BIO_ctrl_pending(t->wbio) == 0) {",
+      "    if (bm && bm->max > TLS_KEEP_MAX && BIO_ctrl_pending(t->wbio) == 0 &&\n"
+      "        false) {",
+      ["py:test_tls.py::"
+       "test_answers_sent_leave_no_buffers_on_open_connections"],
+      "a TLS connection keeps a ciphertext buffer the size of its largest "
+      "answer"),
 ]
 
 

@@ -17,6 +17,11 @@
 /* Eviction looks at this many candidates at most per new connection, so
  * that a listener full of busy connections costs little to refuse at. */
 #define EVICT_SCAN 64
+/* What a connection's output buffer may keep allocated with nothing in it
+ * (flush): what waits is counted in max-pending-output, not what is
+ * allocated, and a 4 MB answer the kernel took whole left its connection
+ * holding 4 MB for as long as it stayed open. */
+#define OUT_KEEP_MAX (64 * 1024)
 
 struct write_req {
     uv_write_t req;   /* libuv request; req.data unused */
@@ -694,14 +699,25 @@ static void flush(struct conn *c)
             c->sent_now += (uint64_t)n;
             activity(c);
         }
+        if (c->out.len == 0 && c->out.cap > OUT_KEEP_MAX)
+            pz_buf_free(&c->out);
     }
     if (c->out.len > 0 && c->inflight == 0) {
         /* Hand the rest to libuv: the request takes the buffer over. */
         struct write_req *w = pz_malloc(sizeof *w);
         w->c = c;
-        w->mem = c->out.data;
         w->len = c->out.len;
-        pz_buf_init(&c->out);
+        if (c->out.cap > OUT_KEEP_MAX && c->out.len < c->out.cap / 4) {
+            /* Only the rest of a big buffer the kernel took most of:
+             * what waits is counted, the request holds its buffer until
+             * the reader has taken it all. */
+            w->mem = pz_malloc(c->out.len);
+            memcpy(w->mem, c->out.data, c->out.len);
+            pz_buf_free(&c->out);
+        } else {
+            w->mem = c->out.data;
+            pz_buf_init(&c->out);
+        }
         uv_buf_t b = uv_buf_init(w->mem, (unsigned)w->len);
         int rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
         if (rv < 0) {

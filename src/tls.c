@@ -15,6 +15,11 @@
 #define WRITE_CHUNK (16 * 1024)
 /* Sessions a server context remembers for TLS 1.2 resumption. */
 #define SESSION_CACHE 4096
+/* What the plaintext queue and the ciphertext BIO may keep allocated with
+ * nothing in them: both grow to a whole answer (a 4 MB range is queued,
+ * then encrypted, at once) and would hold it for as long as the
+ * connection stayed open, uncounted in max-pending-output. */
+#define TLS_KEEP_MAX (64 * 1024)
 
 struct tls_conn {
     SSL *ssl;
@@ -393,6 +398,8 @@ int tls_encrypt(struct tls_conn *t)
     }
     t->encrypted += off;
     pz_buf_consume(&t->plain, off);
+    if (t->plain.len == 0 && t->plain.cap > TLS_KEEP_MAX)
+        pz_buf_free(&t->plain);
     return 0;
 }
 
@@ -406,6 +413,18 @@ size_t tls_take_output(struct tls_conn *t, struct pz_buf *out)
     if (got <= 0)
         return 0;
     out->len += (size_t)got;
+    BUF_MEM *bm = NULL;
+    BIO_get_mem_ptr(t->wbio, &bm);
+    if (bm && bm->max > TLS_KEEP_MAX && BIO_ctrl_pending(t->wbio) == 0) {
+        /* A memory BIO keeps the most it ever held: an empty one that
+         * grew past TLS_KEEP_MAX is replaced (the SSL frees the old). */
+        BIO *b = BIO_new(BIO_s_mem());
+        if (b) {
+            SSL_set0_wbio(t->ssl, b);
+            t->wbio = b;
+        }
+        ERR_clear_error();
+    }
     /* Every record written so far is taken at once (n is all there is):
      * what the plaintext since the last take does not account for is
      * TLS's own (record framing, handshake, alerts). */

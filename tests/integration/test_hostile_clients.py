@@ -17,6 +17,7 @@ succeeds) and, where memory is the target, that it gave the memory back
              a CONTINUATION flood, empty gRPC messages.
 """
 import base64
+import http.client
 import json
 import os
 import random
@@ -678,6 +679,79 @@ def test_answers_waiting_for_all_clients_are_bounded(servers, pb):
         # The budget, and conn-high-water (1 MiB) a connection past it.
         assert pending <= 8 * MiB + 50 * MiB, pending
         assert st == 200 and len(body) > 8 * 450 * 1024, (st, len(body))
+    finally:
+        for s in socks:
+            s.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
+def read_answers_kept_open(port, n, path, ctx=None):
+    """n keep-alive connections that each ask for path once, read the
+    whole answer and stay open, one after the other (each in a loop turn
+    of its own): the connections, and the answers' lengths."""
+    conns, lens = [], []
+    for _ in range(n):
+        c = (http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                         context=ctx) if ctx else
+             http.client.HTTPConnection("127.0.0.1", port, timeout=10))
+        c.request("GET", path)
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 200, body[:200]
+        conns.append(c)
+        lens.append(len(body))
+    return conns, lens
+
+
+def test_answers_sent_leave_no_buffer_on_open_connections(servers, pb):
+    """60 clients each read a 900 kB range and keep their connection open.
+    A connection's output buffer kept the size of its largest answer once
+    the kernel had taken it all, for as long as the connection stayed
+    open, counted nowhere (max-pending-output counts what waits to be
+    sent): +60 MB here, and a node with thousands of clients that once
+    read a large range held gigabytes. An emptied buffer over 64 KiB now
+    goes."""
+    node = servers(conf=dict(CONF, **{"max-clients": "100"}), env=ENV)
+    put_values(node, "big/{0}", 2, 450 * 1024)
+    rss0 = rss_mb(node)
+    conns, lens = read_answers_kept_open(node.http_port, 60,
+                                         "/range?prefix=big/")
+    try:
+        time.sleep(0.5)
+        grown = rss_mb(node) - rss0
+        print(f"60 connections kept open after a 900 kB answer each: "
+              f"RSS +{grown:.0f} MB")
+        assert min(lens) > 2 * 450 * 1024, min(lens)
+        assert grown < 25, grown
+    finally:
+        for c in conns:
+            c.close()
+    serves_and_kept(node, pb, "k1", "k2")
+
+
+def test_answers_partly_sent_hold_only_what_waits(servers, pb):
+    """30 clients, one after the other, each ask for a 3.6 MB range and
+    read none of it: the kernel takes some 3 MB of each at once, the rest
+    waits, counted in max-pending-output. The write of that rest held the
+    answer's whole 4 MB buffer (+120 MB, four times what was counted); it
+    now holds a copy of the rest only."""
+    node = servers(conf=dict(CONF, **{"max-clients": "100"}), env=ENV)
+    put_values(node, "big/{0}", 8, 450 * 1024)
+    rss0 = rss_mb(node)
+    socks = []
+    try:
+        for _ in range(30):
+            socks += unread_answers(
+                node.http_port, 1,
+                b"GET /range?prefix=big/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.03)
+        time.sleep(1)
+        grown = rss_mb(node) - rss0
+        pending = node.status()["pending_output"]
+        print(f"30 answers of 3.6 MB partly sent: {pending} bytes waiting, "
+              f"RSS +{grown:.0f} MB")
+        assert pending > 0
+        assert grown < pending / MiB + 20, (grown, pending)
     finally:
         for s in socks:
             s.close()
