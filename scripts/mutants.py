@@ -1646,6 +1646,13 @@ MUTATIONS = [
       "",
       ["py:test_watch.py::test_progress_never_below_a_future_start"],
       "an SSE progress event names a revision before the watch's start"),
+    M("done_turn_unbounded", "src/node.c",
+      "        if (NIO(clock_ns) > until) {",
+      "        if (NIO(clock_ns) > until && false) {",
+      ["py:test_hostile_clients.py::"
+       "test_many_costly_reads_do_not_hold_the_loop"],
+      "every read a read index confirmed runs in one loop turn, holding "
+      "the leader's heartbeats"),
     M("fd_limit_not_fitted", "src/conn.c",
       "    *per = (size_t)fit;\n",
       "    *per = want;\n",
