@@ -504,6 +504,28 @@ MUTATIONS = [
       ["py:test_hostile_clients.py::"
        "test_requests_forwarded_to_a_stalled_leader_are_bounded"],
       "a follower holds every request forwarded to a slow leader"),
+    M("fwd_answer_outside_output_budget", "src/http.c",
+      "    if (bytes && !conn_output_room(h->hc.c, bytes))",
+      "    if (bytes && !conn_output_room(h->hc.c, bytes) && bytes == 1)",
+      ["py:test_hostile_clients.py::"
+       "test_answers_forwarded_from_the_leader_are_bounded"],
+      "a follower holds every answer arriving from the leader whatever "
+      "max-pending-output says (counted, never refused)"),
+    M("httpc_answer_not_held", "src/httpc.c",
+      "    if (c->o.hold == NULL || r == NULL || !r->written) {",
+      "    if (c->o.hold != NULL || r == NULL || !r->written) {",
+      ["unit:httpd/client_holds_answers_as_granted",
+       "py:test_hostile_clients.py::"
+       "test_answers_forwarded_from_the_leader_are_bounded"],
+      "the body of an answer arriving grows without asking opts.hold: a "
+      "follower holds the leader's answers uncounted"),
+    M("fwd_applied_write_said_busy", "src/http.c",
+      "    if (h->hc.p.req.method == HTTP_GET) {\n        reply_busy(h);",
+      "    if (h->hc.p.req.method != HTTP_DELETE) {\n        reply_busy(h);",
+      ["py:test_hostile_clients.py::"
+       "test_answers_forwarded_from_the_leader_are_bounded"],
+      "a forwarded write the leader applied, whose answer had no room, is "
+      "answered 503 retry later as if nothing was done"),
     M("grpc_range_not_held", "src/etcd_kv.c",
       "        if (!grpc_stream_hold_read(st, range_resume))",
       "        if (!grpc_stream_hold_read(st, range_resume) || 1)",

@@ -23,6 +23,7 @@
 #include "fwd.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "httpc.h"
@@ -147,12 +148,28 @@ static bool not_leader(const struct httpc_result *res)
            memcmp(res->body, FWD_NOT_LEADER "\n", n + 1) == 0;
 }
 
+/* The room hold() granted r's answer goes (no body comes with it). */
+static void unhold(struct fwd_req *r)
+{
+    if (r->hold)
+        r->hold(r, 0);
+}
+
 static void on_answer(const struct httpc_result *res, void *data)
 {
     struct fwd_req *r = data;
     r->link = NULL;
     r->id = 0;
+    r->revision = strtoull(res->revision, NULL, 10);
+    if (res->err == PZ_ENOSPC) {
+        /* Answered, but with no room for it: never sent again. */
+        unhold(r);
+        r->http_status = res->status;
+        r->cb(r, PZ_ENOSPC);
+        return;
+    }
     if (res->err < 0) {
+        unhold(r);
         /* httpc: a libuv code (or PZ_EINVAL) is a connection never made,
          * so nothing was sent; PZ_ECANCELED is a shutdown. */
         int err = res->err == PZ_ECANCELED ? PZ_EIO : res->err;
@@ -165,14 +182,19 @@ static void on_answer(const struct httpc_result *res, void *data)
     }
     /* Refused before anything was proposed: to the next leader, as a
      * request that never got there (retry's PZ_ENOTLEADER). */
-    if (not_leader(res) && retry(r, PZ_ENOTLEADER))
-        return;
+    if (not_leader(res)) {
+        unhold(r);
+        if (retry(r, PZ_ENOTLEADER))
+            return;
+    }
     r->http_status = res->status;
     snprintf(r->content_type, sizeof r->content_type, "%s",
              res->content_type);
     snprintf(r->allow, sizeof r->allow, "%s", res->allow);
-    pz_buf_reset(&r->body);
-    pz_buf_append(&r->body, res->body, res->blen);
+    /* The body moves to r, still counted by hold(): not copied. */
+    pz_buf_free(&r->body);
+    r->body = *res->buf;
+    pz_buf_init(res->buf);
     r->cb(r, 0);
 }
 
@@ -181,6 +203,13 @@ static void link_free(struct fwd_link *k)
     pz_queue_remove(&k->q);
     httpc_free(k->http);
     pz_free(k);
+}
+
+/* httpc asks room for an answer's body: r's hold() grants it. */
+static bool link_hold(void *data, size_t bytes)
+{
+    struct fwd_req *r = data;
+    return r->hold == NULL || r->hold(r, bytes);
 }
 
 /* The client of addr with the fewest requests waiting, a new one if all
@@ -216,6 +245,7 @@ static struct fwd_link *link_get(const char *addr)
         .tls = &tls_http_client,
         .borrow_body = true,
         .count_output = true,
+        .hold = link_hold,
     };
     struct fwd_link *k = pz_calloc(1, sizeof *k);
     k->http = httpc_new(loop, addr, &o);

@@ -25,6 +25,10 @@
  * one whose caller cancels it before then holds nothing here any more.
  * What waits on the connection counts against max-pending-output like a
  * client's output (conn_count_output); the caller charges what it keeps.
+ * The leader's answer is kept once: its body arrives in a buffer as large
+ * as its Content-Length, which the caller's hold() grants before it is
+ * made (and so counts, see fwd_req.hold), and which becomes the request's
+ * body, not copied.
  *
  * A forwarded request carries `X-Pyazdb-Forwarded: 1`; a node that gets one
  * while it is not the leader answers 503 rather than forwarding again, so a
@@ -57,8 +61,10 @@ struct fwd_wait;
  * above: the leader could not be reached (FWD_UNSENT(status): nothing was
  * sent), the connection broke before the response (PZ_EIO), the response
  * was malformed or over the limits above (PZ_EPROTO), did not come in
- * time (PZ_ETIMEDOUT), or the leader changed (PZ_ELEADERCHANGE, see
- * above; nothing was sent, or only what is safe to send again). */
+ * time (PZ_ETIMEDOUT), the leader changed (PZ_ELEADERCHANGE, see
+ * above; nothing was sent, or only what is safe to send again), or hold()
+ * refused room for the answer's body (PZ_ENOSPC: the leader did answer,
+ * http_status and revision say how; its body was dropped). */
 typedef void (*fwd_cb)(struct fwd_req *r, int status);
 
 struct fwd_req {
@@ -66,12 +72,19 @@ struct fwd_req {
     int http_status;        /* the leader's status code */
     char content_type[128]; /* its Content-Type, "" if none */
     char allow[64];         /* its Allow header, "" if none */
+    uint64_t revision;      /* its X-Pyazdb-Revision, 0 if none */
     struct pz_buf body;     /* its body (fwd_send initializes, caller
                                frees with pz_buf_free) */
     const char *auth;       /* set before fwd_send: bearer token sent as
                                Authorization (NULL or "": none) */
     bool idempotent;        /* set before fwd_send: may be sent again
                                after it was lost with its connection */
+    /* Set before fwd_send, or NULL: the answer arriving would hold bytes
+     * in all (its body's buffer, which becomes body); true: the caller
+     * counts them until it frees body; false: the request fails with
+     * PZ_ENOSPC. Called with 0 when what it granted is let go before cb
+     * (the answer failed, or the request goes again). */
+    bool (*hold)(struct fwd_req *r, size_t bytes);
     /* internal */
     struct fwd_link *link;  /* NULL when not in flight */
     uint64_t id;            /* the request on link */

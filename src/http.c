@@ -56,6 +56,8 @@ struct http_conn {
     char *fwd_token;      /* the client's bearer token, forwarded */
     size_t fwd_held;      /* bytes kept for the forward, counted against
                              max-pending-output (conn_hold_detached) */
+    size_t fwd_answer;    /* the leader's answer held (hold_answer), the
+                             same way until it is written to the client */
     struct etcd_gw *gw;      /* /v3/...: etcd's JSON gateway */
 };
 
@@ -911,11 +913,63 @@ static void reply_cluster(struct http_conn *h)
 
 static void start_cluster(struct http_conn *h);
 
+/* The leader's answer to h's forward, as it arrives, would hold bytes in
+ * all: room by the rule of the request (conn_output_room), else the
+ * answer is dropped (on_forwarded says what then). Counted until it is
+ * written to the client's connection, where it counts as its output. */
+static bool hold_answer(struct fwd_req *f, size_t bytes)
+{
+    struct http_conn *h = container_of(f, struct http_conn, fwd);
+    conn_hold_detached(&h->fwd_answer, 0); /* bytes is all of it */
+    if (bytes && !conn_output_room(h->hc.c, bytes))
+        return false;
+    conn_hold_detached(&h->fwd_answer, bytes);
+    return true;
+}
+
+/* The leader answered h's forward with status, but its body had no room
+ * in max-pending-output and was dropped. A read is refused as a range
+ * with no room is; a write the leader applied (a 2xx answer) must not
+ * look refused, nor retried as one: it says so, as etcd's Put does; any
+ * other answer keeps the leader's status. */
+static void reply_answer_no_room(struct http_conn *h, int status)
+{
+    char msg[200];
+    if (h->hc.p.req.method == HTTP_GET) {
+        reply_busy(h);
+        return;
+    }
+    if (status >= 200 && status <= 299 && h->fwd.revision) {
+        snprintf(msg, sizeof msg,
+                 "The write was applied at revision %llu, but its response "
+                 "would take the answers waiting for clients past "
+                 "max-pending-output (%zu bytes)",
+                 (unsigned long long)h->fwd.revision, conn_output_max());
+        status = 500;
+    } else if (status >= 200 && status <= 299) {
+        snprintf(msg, sizeof msg,
+                 "The request was applied, but its response would take the "
+                 "answers waiting for clients past max-pending-output (%zu "
+                 "bytes)",
+                 conn_output_max());
+        status = 500;
+    } else {
+        snprintf(msg, sizeof msg,
+                 "The leader's response would take the answers waiting for "
+                 "clients past max-pending-output (%zu bytes)",
+                 conn_output_max());
+    }
+    reply_text(h, status, msg, NULL);
+}
+
 static void on_forwarded(struct fwd_req *f, int status)
 {
     struct http_conn *h = container_of(f, struct http_conn, fwd);
     h->forwarding = false;
     conn_hold_detached(&h->fwd_held, 0);
+    /* The answer is written below (counted as the connection's output
+     * from there), or dropped. */
+    conn_hold_detached(&h->fwd_answer, 0);
     if (status == PZ_ELEADERCHANGE && h->restarts++ < MAX_RESTARTS) {
         /* fwd.c could not reach the leader and no other node leads now
          * (nothing unsafe was sent): start over, which proposes here if
@@ -927,7 +981,9 @@ static void on_forwarded(struct fwd_req *f, int status)
             start_write(h);
         return;
     }
-    if (status == PZ_EPROTO) {
+    if (status == PZ_ENOSPC) {
+        reply_answer_no_room(h, f->http_status);
+    } else if (status == PZ_EPROTO) {
         reply_text(h, 502, "Bad response from the leader", NULL);
     } else if (status == PZ_ETIMEDOUT) {
         reply_text(h, 504, "The leader did not answer in time", NULL);
@@ -1001,6 +1057,7 @@ static void forward(struct http_conn *h)
         h->fwd.auth = h->fwd_token;
     }
     h->fwd.idempotent = req->method == HTTP_GET;
+    h->fwd.hold = hold_answer;
     int rv = fwd_send(&h->fwd, addr, llhttp_method_name(req->method),
                       req->url.data, req->body.data ? req->body.data : "",
                       req->body.len, on_forwarded);
@@ -1297,6 +1354,7 @@ static void on_close(struct httpd_conn *hc)
         fwd_cancel(&h->fwd);
     h->forwarding = false;
     conn_hold_detached(&h->fwd_held, 0);
+    conn_hold_detached(&h->fwd_answer, 0);
     on_done(hc);
 }
 

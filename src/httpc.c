@@ -64,7 +64,10 @@ struct httpc {
     struct pz_buf value;        /* header value being read */
     char ctype[128];            /* Content-Type of the answer being read */
     char allow[64];             /* its Allow */
+    char revision[24];          /* its X-Pyazdb-Revision */
     struct pz_buf body;         /* its body */
+    uint64_t announced;         /* its Content-Length, or UINT64_MAX */
+    bool no_room;               /* o.hold refused its body: dropped */
     size_t head_bytes;          /* its status line and headers so far */
     const char *why;            /* set by a callback that stops llhttp */
     char whybuf[64];            /* room for a why that names a limit */
@@ -138,8 +141,11 @@ static void run_done(struct pz_queue *done)
     while (!pz_queue_empty(done)) {
         struct hreq *r = container_of(pz_queue_head(done), struct hreq, q);
         pz_queue_remove(&r->q);
-        struct httpc_result res = {
-            .err = r->err, .content_type = "", .allow = "", .body = ""};
+        struct httpc_result res = {.err = r->err,
+                                   .content_type = "",
+                                   .allow = "",
+                                   .revision = "",
+                                   .body = ""};
         r->cb(&res, r->data);
         free_req(r);
     }
@@ -317,7 +323,9 @@ static int on_message_begin(llhttp_t *p)
 {
     struct httpc *c = client_of(p);
     c->head_bytes = 0;
-    c->ctype[0] = c->allow[0] = '\0';
+    c->ctype[0] = c->allow[0] = c->revision[0] = '\0';
+    c->announced = UINT64_MAX;
+    c->no_room = false;
     pz_buf_reset(&c->body);
     pz_buf_reset(&c->field);
     pz_buf_reset(&c->value);
@@ -367,9 +375,48 @@ static int on_header_value_complete(llhttp_t *p)
         snprintf(c->ctype, sizeof c->ctype, "%s", v);
     else if (c->field.len == 5 && strcasecmp(c->field.data, "allow") == 0)
         snprintf(c->allow, sizeof c->allow, "%s", v);
+    else if (c->field.len == 17 &&
+             strcasecmp(c->field.data, "x-pyazdb-revision") == 0)
+        snprintf(c->revision, sizeof c->revision, "%s", v);
     pz_buf_reset(&c->field);
     pz_buf_reset(&c->value);
     return count_head(c, 4); /* ": " and CRLF */
+}
+
+/* Room in c->body for n more bytes of the answer to r (the oldest
+ * request): false when they are to be dropped, the answer's request
+ * cancelled or o.hold refusing the room (c->no_room; what arrived of the
+ * body goes at once). With o.hold the buffer grows to exactly what was
+ * granted: the whole announced Content-Length at once, else doubling. */
+static bool body_room(struct httpc *c, struct hreq *r, size_t n)
+{
+    if (c->no_room)
+        return false;
+    if (r && r->written && r->cb == NULL) {
+        pz_buf_free(&c->body); /* cancelled: nobody wants it */
+        return false;
+    }
+    size_t want = c->body.len + n + 1; /* and the NUL */
+    if (want <= c->body.cap)
+        return true;
+    if (c->o.hold == NULL || r == NULL || !r->written) {
+        pz_buf_reserve(&c->body, n); /* no request: it fails at the end */
+        return true;
+    }
+    size_t cap = c->body.cap ? c->body.cap : 64;
+    if (c->announced != UINT64_MAX && c->announced + 1 >= want)
+        cap = (size_t)c->announced + 1;
+    while (cap < want)
+        cap *= 2;
+    if (!c->o.hold(r->data, cap)) {
+        c->no_room = true;
+        pz_buf_free(&c->body);
+        return false;
+    }
+    c->body.data = pz_realloc(c->body.data, cap);
+    c->body.cap = cap;
+    c->body.data[c->body.len] = '\0';
+    return true;
 }
 
 static int on_headers_complete(llhttp_t *p)
@@ -384,6 +431,12 @@ static int on_headers_complete(llhttp_t *p)
         c->why = limit_reason(c, "Content-Length", c->o.max_body);
         return -1;
     }
+    /* llhttp counts content_length down as the body arrives. */
+    if ((p->flags & F_CONTENT_LENGTH) && status > 199) {
+        c->announced = p->content_length;
+        if (c->announced > 0)
+            body_room(c, head(c), (size_t)c->announced); /* asked once */
+    }
     return 0;
 }
 
@@ -394,7 +447,8 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
         c->why = limit_reason(c, "response body", c->o.max_body);
         return -1;
     }
-    pz_buf_append(&c->body, at, n);
+    if (body_room(c, head(c), n))
+        pz_buf_append(&c->body, at, n);
     return 0;
 }
 
@@ -413,11 +467,14 @@ static int on_message_complete(llhttp_t *p)
     arm(c);
     if (r->cb) {
         struct httpc_result res = {
+            .err = c->no_room ? PZ_ENOSPC : 0,
             .status = status,
             .content_type = c->ctype,
             .allow = c->allow,
-            .body = c->body.data ? c->body.data : "",
-            .blen = c->body.len,
+            .revision = c->revision,
+            .body = c->body.data && !c->no_room ? c->body.data : "",
+            .blen = c->no_room ? 0 : c->body.len,
+            .buf = c->no_room ? NULL : &c->body,
         };
         c->n_live--;
         r->cb(&res, r->data);
@@ -535,6 +592,8 @@ bool httpc_cancel(struct httpc *c, uint64_t id, void **data)
             *data = r->data;
         r->cb = NULL;
         c->n_live--;
+        if (r == head(c) && r->written)
+            pz_buf_free(&c->body); /* its answer's, if it was arriving */
         if (!r->written) {
             pz_queue_remove(&r->q);
             free_req(r);

@@ -23,7 +23,10 @@
  *     headers over max_head, a body over max_body (an announced
  *     Content-Length over it fails at once), a status outside 100-599 or
  *     101 (interim 1xx answers are skipped), an answer to no request;
- *   - PZ_ECANCELED: httpc_free() ran with the request pending.
+ *   - PZ_ECANCELED: httpc_free() ran with the request pending;
+ *   - PZ_ENOSPC: opts.hold refused room for the answer's body, which was
+ *     dropped: its status and headers are given, not its body; the
+ *     connection goes on.
  * A connection that is lost, stuck (its oldest request timed out) or
  * answers badly is dropped; the requests written on it are written again
  * on a new one while they have been sent fewer than max_attempts times
@@ -51,6 +54,7 @@
 #include <uv.h>
 
 struct httpc;
+struct pz_buf;
 struct tls_slot;
 
 /* Requests are written while less than this waits on the connection. */
@@ -58,11 +62,16 @@ struct tls_slot;
 
 struct httpc_result {
     int err;                  /* 0: the server answered; < 0: see above */
-    int status;               /* its status when err == 0, else 0 */
+    int status;               /* its status when err == 0 (or
+                                 PZ_ENOSPC), else 0 */
     const char *content_type; /* its Content-Type, "" if none */
     const char *allow;        /* its Allow header, "" if none */
+    const char *revision;     /* its X-Pyazdb-Revision, "" if none */
     const char *body;         /* its body, NUL-terminated ("" if none) */
     size_t blen;              /* body length (it may hold NUL bytes) */
+    /* The buffer body is in when err == 0, else NULL: the callback may
+     * take it (move it out, leaving it initialized) instead of copying. */
+    struct pz_buf *buf;
 };
 
 typedef void (*httpc_cb)(const struct httpc_result *res, void *data);
@@ -89,6 +98,14 @@ struct httpc_opts {
     /* What waits on the connection for the server to take counts against
      * max_pending_output (conn_count_output): the requests of clients. */
     bool count_output;
+    /* NULL, or asked before the buffer of an answer's body grows (to its
+     * whole Content-Length at once when one is announced): the answer to
+     * the request with data would hold bytes in all. true: the caller
+     * counts them (until it lets the body go: see httpc_result.buf);
+     * false: the body is dropped as it arrives and the request fails
+     * with PZ_ENOSPC, its status and headers given. Never called for a
+     * cancelled request, whose answer's body is dropped too. */
+    bool (*hold)(void *data, size_t bytes);
 };
 
 /* A client of addr ("host:port", host an IP address or localhost; ":port"

@@ -21,6 +21,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -2441,3 +2442,102 @@ def test_many_costly_reads_do_not_hold_the_loop(servers, epb):
           f"over {over} s: {longs}")
     assert longs == 0
     assert leader_of(nodes) is lead and lead.status()["term"] == term
+
+
+def status_line_of(s):
+    """The status line and body of the one answer waiting on s, or None
+    if the connection was closed before it."""
+    data = b""
+    s.settimeout(10)
+    try:
+        while True:
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            if sep:
+                n = int(head.lower().split(b"content-length: ")[1]
+                        .split(b"\r\n")[0])
+                if len(rest) >= n:
+                    return head.split(b"\r\n")[0], rest[:n]
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                return None
+            data += chunk
+    except OSError:
+        return None
+
+
+def test_answers_forwarded_from_the_leader_are_bounded(servers):
+    """150 clients each send a follower a /txn that writes a key and reads
+    4.8 MB, and read nothing; the leader (stopped meanwhile, with a budget
+    of 256 MiB) then answers them all at once. What the follower holds of
+    the leader's answers as they arrive counts against max-pending-output
+    (16 MiB there), as the requests do; an answer with no room is dropped
+    as it arrives, and its client is told its write was applied. Before,
+    the answers arriving were held uncounted, up to 64 MiB each: the
+    follower grew by 173 MB at the peak, 33 MB now."""
+    nodes = make_cluster(servers, conf={
+        "max-pending-output": "16mb", "conn-hard-limit": "8mb",
+        "max-value-size": "1mb", "max-clients": "1000",
+        "election-timeout": "20s", "heartbeat-interval": "200ms"},
+        start=False)
+    for s in nodes[:2]:  # one of them leads
+        s.conf["max-pending-output"] = "256mb"
+        s.conf["election-timeout"] = "2s"
+        s.write_conf()
+    for s in nodes:
+        s.env.update(ENV)
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes, timeout=30)
+    f = nodes[2]
+    assert leader is not f
+    value = "v" * (800 * 1024)
+    for i in range(6):
+        assert set_key(leader, f"big/{i}", value)[0] == 204
+    assert set_key(f, "before", "1")[0] == 204  # its link to the leader
+    rss = rss_mb(f)
+    reset_peak_rss(f)
+    socks = []
+    leader.signal(signal.SIGSTOP)
+    try:
+        for i in range(150):
+            body = json.dumps({"success": [
+                {"range": {"prefix": "big/"}},
+                {"put": {"key": f"x/{i}", "value": "v"}}]}).encode()
+            socks.extend(unread_answers(f.http_port, 1, (
+                b"POST /txn HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                b"\r\n" % len(body)) + body))
+        time.sleep(1)
+        leader.signal(signal.SIGCONT)
+        assert wait_until(lambda: all(
+            get_key(leader, f"x/{i}")[0] == 200 for i in range(150)), 30)
+        time.sleep(2)  # the answers reach the follower
+        grew = peak_rss_mb(f) - rss
+        pending = f.status()["pending_output"]
+        print(f"follower: RSS {rss:.0f} MB, grew by {grew:.0f} MB at the "
+              f"peak, {pending / MiB:.1f} MB pending output")
+        assert pending <= BUDGET
+        assert grew < 90, grew
+        answers = [status_line_of(s) for s in socks]
+    finally:
+        leader.signal(signal.SIGCONT)
+        for s in socks:
+            s.close()
+    lines = {a[0] for a in answers if a}
+    assert lines <= {b"HTTP/1.1 200 OK",
+                     b"HTTP/1.1 500 Internal Server Error"}, lines
+    for line, body in filter(None, answers):
+        if line.endswith(b"200 OK"):
+            assert len(json.loads(body)["results"][0]["kvs"]) == 6
+        else:
+            assert re.fullmatch(
+                rb"The write was applied at revision \d+, but its response "
+                rb"would take the answers waiting for clients past "
+                rb"max-pending-output \(16777216 bytes\)\n", body), body
+    print(f"{len(answers)} answers: "
+          f"{sum(1 for a in answers if a and a[0].endswith(b'200 OK'))} "
+          f"whole, {sum(1 for a in answers if a and b'500' in a[0])} "
+          f"dropped, {sum(1 for a in answers if not a)} connections closed")
+    st, _, body = f.request("POST", "/txn", json.dumps({"success": [
+        {"range": {"prefix": "big/"}}, {"put": {"key": "y", "value": "v"}}]}))
+    assert st == 200 and len(json.loads(body)["results"][0]["kvs"]) == 6

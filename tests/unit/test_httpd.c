@@ -645,6 +645,84 @@ TEST(client_sends_once_when_asked)
     CHECK_EQ_INT(world_close(), 0);
 }
 
+/* What the answers to the requests of a client with opts.hold asked. */
+struct held_answer {
+    struct answer a;    /* as record() saw it */
+    bool refuse;        /* hold() says no */
+    int asks;           /* hold() calls */
+    size_t asked;       /* the last one's bytes */
+    struct pz_buf kept; /* the body, taken from httpc */
+};
+
+static bool hold_answer(void *data, size_t bytes)
+{
+    struct held_answer *h = data;
+    h->asks++;
+    h->asked = bytes;
+    return !h->refuse;
+}
+
+static void record_held(const struct httpc_result *res, void *data)
+{
+    struct held_answer *h = data;
+    record(res, &h->a);
+    if (res->buf) {
+        h->kept = *res->buf; /* moved, not copied */
+        pz_buf_init(res->buf);
+    }
+}
+
+/* An answer's body is held only as the caller grants it: its whole
+ * Content-Length asked once, before any of it is kept, and taken by the
+ * callback without a copy; one refused is dropped as it arrives, its
+ * request fails with PZ_ENOSPC and its status, and the connection goes
+ * on with the next answer. */
+TEST(client_holds_answers_as_granted)
+{
+    CHECK(world_init(0, 0, 10));
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    struct httpc_opts o = {.max_head = 4096,
+                           .max_body = 2 * BIG_ANSWER,
+                           .timeout_ms = 5000,
+                           .max_attempts = 1,
+                           .log_name = "test client",
+                           .hold = hold_answer};
+    struct httpc *c = httpc_new(&loop, addr, &o);
+    struct held_answer h[3];
+    memset(h, 0, sizeof h);
+    answered = 0;
+    h[1].refuse = true;
+    httpc_request(c, "GET", "/big", NULL, NULL, 0, record_held, &h[0]);
+    httpc_request(c, "GET", "/big", NULL, NULL, 0, record_held, &h[1]);
+    httpc_request(c, "GET", "/c", NULL, NULL, 0, record_held, &h[2]);
+    struct answer *a[3] = {&h[0].a, &h[1].a, &h[2].a};
+    uv_update_time(&loop);
+    uint64_t end = uv_now(&loop) + 5000;
+    while (h[2].a.calls == 0 && uv_now(&loop) < end) {
+        uv_run(&loop, UV_RUN_ONCE);
+        uv_update_time(&loop);
+    }
+    CHECK_EQ_INT(a[0]->err, 0);
+    CHECK_EQ_INT(h[0].asks, 1);
+    CHECK_EQ_INT(h[0].asked, BIG_ANSWER + 1); /* the body and its NUL */
+    CHECK_EQ_INT(h[0].kept.len, BIG_ANSWER);
+    CHECK_EQ_INT(h[0].kept.cap, BIG_ANSWER + 1);
+    CHECK(h[0].kept.data[0] == 'b' && h[0].kept.data[BIG_ANSWER - 1] == 'b');
+    CHECK_EQ_INT(a[1]->err, PZ_ENOSPC);
+    CHECK_EQ_INT(a[1]->status, 200);
+    CHECK_EQ_INT(h[1].asks, 1);
+    CHECK_EQ_STR(a[1]->body, "");
+    CHECK_EQ_INT(h[1].kept.cap, 0);
+    CHECK_EQ_INT(a[2]->err, 0);
+    CHECK_EQ_STR(a[2]->body, "/c\n");
+    CHECK_EQ_INT(a[2]->order, 3);
+    for (int i = 0; i < 3; i++)
+        pz_buf_free(&h[i].kept);
+    httpc_free(c);
+    CHECK_EQ_INT(world_close(), 0);
+}
+
 /* A streamed body goes out only as fast as the client reads it: nothing
  * is produced while more than HTTPD_STREAM_WANT bytes wait, a client that
  * reads nothing gets no more than the socket buffers hold, and the next
@@ -891,6 +969,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(drain_finishes_held_requests),
     TEST_ENTRY(client_answers_in_order),
     TEST_ENTRY(client_sends_once_when_asked),
+    TEST_ENTRY(client_holds_answers_as_granted),
     TEST_END,
 };
 
