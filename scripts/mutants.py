@@ -1844,6 +1844,12 @@ MUTATIONS = [
        "test_answers_sent_leave_no_buffers_on_open_connections"],
       "a TLS connection keeps a ciphertext buffer the size of its largest "
       "answer"),
+    M("fwd_revision_not_relayed", "src/http.c",
+      "            .has_revision = f->has_revision,",
+      "            .has_revision = false,",
+      ["py:test_cluster.py::test_forwarded_writes_keep_the_revision_header"],
+      "a compare-and-set through a follower answers 204 without the "
+      "revision it wrote at"),
 ]
 
 

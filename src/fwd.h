@@ -73,6 +73,7 @@ struct fwd_req {
     char content_type[128]; /* its Content-Type, "" if none */
     char allow[64];         /* its Allow header, "" if none */
     uint64_t revision;      /* its X-Pyazdb-Revision, 0 if none */
+    bool has_revision;      /* it sent one (a number of 1 to 20 digits) */
     struct pz_buf body;     /* its body (fwd_send initializes, caller
                                frees with pz_buf_free) */
     const char *auth;       /* set before fwd_send: bearer token sent as

@@ -994,11 +994,17 @@ static void on_forwarded(struct fwd_req *f, int status)
     } else if (status < 0) {
         reply_text(h, 502, "Leader unreachable", NULL);
     } else {
-        /* Relay the leader's answer as it is (its body is freed once
-         * the answer is written: on_done). */
-        reply(h, f->http_status,
-              f->content_type[0] ? f->content_type : "text/plain",
-              f->body.data, f->body.len, f->allow[0] ? f->allow : NULL);
+        /* Relay the leader's answer as it is, X-Pyazdb-Revision too
+         * (its body is freed once the answer is written: on_done). */
+        struct httpd_reply r = {.status = f->http_status,
+                                .ctype = f->content_type[0] ? f->content_type
+                                                            : "text/plain",
+                                .body = f->body.data,
+                                .blen = f->body.len,
+                                .allow = f->allow[0] ? f->allow : NULL,
+                                .has_revision = f->has_revision,
+                                .revision = f->revision};
+        httpd_reply(&h->hc, &r);
     }
 }
 

@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 import http.client
@@ -115,6 +116,42 @@ def test_replication_and_forwarding(cluster):
     assert st["term"] >= 1 and st["commit_index"] >= 3
     assert len(st["members"]) == 3
     assert {m["name"] for m in st["members"]} == {"node1", "node2", "node3"}
+
+
+def curl_headers(port, path, *args):
+    """curl -i against a node's path: (status, {lowercased header:
+    value})."""
+    r = subprocess.run(["curl", "-sS", "-i", "--max-time", "10", *args,
+                        f"http://127.0.0.1:{port}{path}"],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    head = r.stdout.split("\n\n", 1)[0].splitlines()  # text: CRLF read as LF
+    return int(head[0].split()[1]), {
+        k.strip().lower(): v.strip()
+        for k, _, v in (line.partition(":") for line in head[1:])}
+
+
+def test_forwarded_writes_keep_the_revision_header(cluster):
+    """A compare-and-set answers 204 with X-Pyazdb-Revision and no body:
+    the revision it wrote at is the header alone. Through a follower it
+    was relayed without it."""
+    leader = leader_of(cluster)
+    follower = next(s for s in cluster if s is not leader)
+    st, h = curl_headers(follower.http_port, "/set", "--data-binary",
+                         '{"key":"cas","value":"1","prev_revision":0}')
+    assert st == 204 and "x-pyazdb-revision" in h, (st, h)
+    rev = int(h["x-pyazdb-revision"])
+    assert rev == leader.status()["revision"]
+    st, _, body = leader.request("GET", "/range?prefix=cas")
+    assert st == 200 and json.loads(body)["kvs"][0]["mod_revision"] == rev
+    # a failed one: 412, with the revision it saw
+    st, h = curl_headers(follower.http_port, "/set", "--data-binary",
+                         '{"key":"cas","value":"2","prev_revision":0}')
+    assert st == 412 and int(h["x-pyazdb-revision"]) == rev, (st, h)
+    # a plain write answers as it always did, with no header
+    st, h = curl_headers(follower.http_port, "/set", "--data-binary",
+                         '{"key":"plain","value":"1"}')
+    assert st == 204 and "x-pyazdb-revision" not in h, (st, h)
 
 
 def test_leader_kill_failover_and_catch_up(cluster):
