@@ -512,8 +512,8 @@ MUTATIONS = [
       "a follower holds every answer arriving from the leader whatever "
       "max-pending-output says (counted, never refused)"),
     M("httpc_answer_not_held", "src/httpc.c",
-      "    if (c->o.hold == NULL || r == NULL || !r->written) {",
-      "    if (c->o.hold != NULL || r == NULL || !r->written) {",
+      "    bool asks = c->o.hold && r && r->written;",
+      "    bool asks = !c->o.hold && r && r->written;",
       ["unit:httpd/client_holds_answers_as_granted",
        "py:test_hostile_clients.py::"
        "test_answers_forwarded_from_the_leader_are_bounded"],
@@ -1669,8 +1669,8 @@ MUTATIONS = [
       ["py:test_watch.py::test_progress_never_below_a_future_start"],
       "an SSE progress event names a revision before the watch's start"),
     M("done_turn_unbounded", "src/node.c",
-      "        if (NIO(clock_ns) > until) {",
-      "        if (NIO(clock_ns) > until && false) {",
+      "        if (!first && NIO(clock_ns) > until) {",
+      "        if (!first && NIO(clock_ns) > until && false) {",
       ["py:test_hostile_clients.py::"
        "test_many_costly_reads_do_not_hold_the_loop"],
       "every read a read index confirmed runs in one loop turn, holding "
@@ -1850,6 +1850,19 @@ MUTATIONS = [
       ["py:test_cluster.py::test_forwarded_writes_keep_the_revision_header"],
       "a compare-and-set through a follower answers 204 without the "
       "revision it wrote at"),
+    M("httpc_kept_buffer_not_held", "src/httpc.c",
+      "    if (want <= c->body.cap && (!asks || c->granted >= c->body.cap))",
+      "    if (want <= c->body.cap)",
+      ["unit:httpd/client_answer_in_a_kept_buffer_is_held"],
+      "an answer that fits the buffer an earlier one left is never "
+      "counted"),
+    M("httpc_cut_answer_buffer_kept", "src/httpc.c",
+      "    if (c->body.cap > KEEP_BODY)\n        pz_buf_free(&c->body);\n"
+      "    else\n        pz_buf_reset(&c->body);\n    c->granted = 0;",
+      "    pz_buf_reset(&c->body);\n    c->granted = 0;",
+      ["unit:httpd/client_answer_after_a_cut_one_is_held"],
+      "the buffer of an answer cut by a broken connection stays at its "
+      "size, uncounted, and the next answer uses it without asking"),
 ]
 
 

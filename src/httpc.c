@@ -68,6 +68,7 @@ struct httpc {
     struct pz_buf body;         /* its body */
     uint64_t announced;         /* its Content-Length, or UINT64_MAX */
     bool no_room;               /* o.hold refused its body: dropped */
+    size_t granted;             /* what o.hold granted this answer */
     size_t head_bytes;          /* its status line and headers so far */
     const char *why;            /* set by a callback that stops llhttp */
     char whybuf[64];            /* room for a why that names a limit */
@@ -173,6 +174,18 @@ static const struct conn_ops client_ops;
 
 static void on_connect(struct conn *conn, int status);
 
+/* Empty the body buffer for the next answer; one that grew past
+ * KEEP_BODY goes (an answer cut short by a broken connection or a timeout
+ * left it at its size), and nothing is granted for it any more. */
+static void body_trim(struct httpc *c)
+{
+    if (c->body.cap > KEEP_BODY)
+        pz_buf_free(&c->body);
+    else
+        pz_buf_reset(&c->body);
+    c->granted = 0;
+}
+
 /* Write every request not yet on the connection, dialling if needed. */
 static void send_pending(struct httpc *c)
 {
@@ -186,7 +199,7 @@ static void send_pending(struct httpc *c)
         return; /* on_close comes, then a new connection takes them */
     if (c->c == NULL) {
         llhttp_init(&c->parser, HTTP_RESPONSE, &c->settings);
-        pz_buf_reset(&c->body);
+        body_trim(c);
         c->why = NULL;
         c->c = conn_connect(c->addr, &client_ops, c, on_connect);
         if (c->c == NULL) {
@@ -227,6 +240,7 @@ static void drop_conn(struct httpc *c, int head_err, int err,
         conn_close(c->c);
         c->c = NULL;
     }
+    body_trim(c); /* of an answer cut short: nobody counts it now */
     struct hreq *h = head(c);
     if (head_err && h && h->written)
         finish_req(c, h, head_err, done);
@@ -326,7 +340,7 @@ static int on_message_begin(llhttp_t *p)
     c->ctype[0] = c->allow[0] = c->revision[0] = '\0';
     c->announced = UINT64_MAX;
     c->no_room = false;
-    pz_buf_reset(&c->body);
+    body_trim(c);
     pz_buf_reset(&c->field);
     pz_buf_reset(&c->value);
     return 0;
@@ -397,9 +411,12 @@ static bool body_room(struct httpc *c, struct hreq *r, size_t n)
         return false;
     }
     size_t want = c->body.len + n + 1; /* and the NUL */
-    if (want <= c->body.cap)
+    bool asks = c->o.hold && r && r->written;
+    /* What the buffer holds is granted before the answer uses it, the
+     * capacity an earlier answer left in it included. */
+    if (want <= c->body.cap && (!asks || c->granted >= c->body.cap))
         return true;
-    if (c->o.hold == NULL || r == NULL || !r->written) {
+    if (!asks) {
         pz_buf_reserve(&c->body, n); /* no request: it fails at the end */
         return true;
     }
@@ -408,14 +425,19 @@ static bool body_room(struct httpc *c, struct hreq *r, size_t n)
         cap = (size_t)c->announced + 1;
     while (cap < want)
         cap *= 2;
+    if (cap < c->body.cap)
+        cap = c->body.cap; /* what it holds already */
     if (!c->o.hold(r->data, cap)) {
         c->no_room = true;
         pz_buf_free(&c->body);
         return false;
     }
-    c->body.data = pz_realloc(c->body.data, cap);
-    c->body.cap = cap;
-    c->body.data[c->body.len] = '\0';
+    c->granted = cap;
+    if (cap > c->body.cap) {
+        c->body.data = pz_realloc(c->body.data, cap);
+        c->body.cap = cap;
+        c->body.data[c->body.len] = '\0';
+    }
     return true;
 }
 
@@ -480,10 +502,7 @@ static int on_message_complete(llhttp_t *p)
         r->cb(&res, r->data);
     }
     free_req(r);
-    if (c->body.cap > KEEP_BODY)
-        pz_buf_free(&c->body);
-    else
-        pz_buf_reset(&c->body);
+    body_trim(c);
     return c->freeing ? -1 : 0; /* freed by the callback: stop parsing */
 }
 

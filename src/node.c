@@ -1025,8 +1025,9 @@ void node_before_sleep(void)
         pz_queue_push(&batch, e);
     }
     uint64_t until = NIO(clock_ns) + DONE_TURN_NS;
+    bool first = true; /* one at least, however the clock moved */
     while (!pz_queue_empty(&batch)) {
-        if (NIO(clock_ns) > until) {
+        if (!first && NIO(clock_ns) > until) {
             /* The rest go first in the next turn (node_has_work keeps
              * the loop from sleeping), after its timers and messages. */
             while (!pz_queue_empty(&nd->done)) {
@@ -1041,6 +1042,7 @@ void node_before_sleep(void)
             }
             break;
         }
+        first = false;
         struct node_req *r =
             container_of(pz_queue_head(&batch), struct node_req, q);
         pz_queue_remove(&r->q);
