@@ -2188,16 +2188,21 @@ def test_http_range_over_the_output_budget_is_not_built(servers, pb):
     socks = unread_answers(node.http_port, 60, req)
     try:
         worst = health_while(node, 1.0)
-        lines = []
+        lines, cut = [], 0
         for s in socks:
             out = read_http(s, timeout=5)
             lines.append(out.split(b"\r\n", 1)[0])
+            cut += (lines[-1] == b"HTTP/1.1 503 Service Unavailable" or
+                    b'"more":true' in out)
         print(f"60 unread ranges of 4.8 MB: /health within {worst:.2f} s; "
-              f"answers {sorted(set(lines))}")
+              f"answers {sorted(set(lines))}, {cut} cut short or refused")
         assert all(line in (b"HTTP/1.1 200 OK",
                             b"HTTP/1.1 503 Service Unavailable")
                    for line in lines), lines
-        assert b"HTTP/1.1 503 Service Unavailable" in lines
+        # Built in one turn, the last ones find no room for a key (503);
+        # spread over turns (callbacks have a time budget a turn), the
+        # kernel takes some of each between them and they are cut short.
+        assert cut > 0
         assert "past max-pending-output" not in node.read_log()
     finally:
         for s in socks:
@@ -2361,10 +2366,21 @@ def test_grpc_calls_relayed_to_a_stalled_leader_are_bounded(servers, epb):
                                  "for the leader; retry later")}, set(results)
     finally:
         leader.signal(signal.SIGCONT)
-    # the calls held are answered once the leader is back
+    # the calls held are answered once the leader is back; one still
+    # arriving when they were counted (a sanitizer build is slower) may
+    # have been refused since, as the others were
+    answered = 0
     for fu in futures:
         if fu not in refused:
-            assert fu.result(timeout=90).header.revision > 0
+            try:
+                assert fu.result(timeout=90).header.revision > 0
+                answered += 1
+            except grpc.RpcError as e:
+                assert (e.code(), e.details()) == (
+                    grpc.StatusCode.UNAVAILABLE,
+                    "server busy: too many requests waiting for the "
+                    "leader; retry later"), e
+    assert answered > 0
     for ch in channels:
         ch.close()
     gh.etcd_call(f.grpc_port, epb, "KV", "Put",
