@@ -2238,6 +2238,18 @@ def post_and_hang_up(port, request):
         s.close()
 
 
+def start_cluster(nodes):
+    """Start nodes that make_cluster(start=False) configured, with ENV: the
+    leader, and a follower."""
+    for s in nodes:
+        s.env.update(ENV)
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    leader = leader_of(nodes, timeout=30)
+    return leader, next(s for s in nodes if s is not leader)
+
+
 def test_requests_forwarded_to_a_stalled_leader_are_bounded(servers):
     """The leader stalls (SIGSTOP) while clients send 4 MiB /txn bodies to
     a follower, three at a time (so that max-partial-input never refuses
@@ -2250,13 +2262,7 @@ def test_requests_forwarded_to_a_stalled_leader_are_bounded(servers):
         "max-partial-input": "16mb", "max-pending-output": "16mb",
         "conn-hard-limit": "8mb", "election-timeout": "20s",
         "heartbeat-interval": "200ms"}, start=False)
-    for s in nodes:
-        s.env.update(ENV)
-        s.start(wait=False)
-    for s in nodes:
-        s.wait_ready()
-    leader = leader_of(nodes, timeout=30)
-    f = next(s for s in nodes if s is not leader)
+    leader, f = start_cluster(nodes)
     assert set_key(f, "before", "1")[0] == 204  # its link to the leader
     value = "x" * (MiB - 100)
     body = json.dumps({"success": [{"put": {"key": f"k{i}", "value": value}}
@@ -2312,13 +2318,7 @@ def test_grpc_calls_relayed_to_a_stalled_leader_are_bounded(servers, epb):
         "max-pending-output": "16mb", "conn-hard-limit": "8mb",
         "election-timeout": "20s", "heartbeat-interval": "200ms",
         "request-timeout": "60s", "max-value-size": "3200kb"}, start=False)
-    for s in nodes:
-        s.env.update(ENV)
-        s.start(wait=False)
-    for s in nodes:
-        s.wait_ready()
-    leader = leader_of(nodes, timeout=30)
-    f = next(s for s in nodes if s is not leader)
+    leader, f = start_cluster(nodes)
     gh.etcd_call(f.grpc_port, epb, "KV", "Put",
                  epb.PutRequest(key=b"before", value=b"1"))  # its link
     value = b"x" * (3 * MiB)
@@ -2499,12 +2499,7 @@ def test_answers_forwarded_from_the_leader_are_bounded(servers):
         s.conf["max-pending-output"] = "256mb"
         s.conf["election-timeout"] = "2s"
         s.write_conf()
-    for s in nodes:
-        s.env.update(ENV)
-        s.start(wait=False)
-    for s in nodes:
-        s.wait_ready()
-    leader = leader_of(nodes, timeout=30)
+    leader, _ = start_cluster(nodes)
     f = nodes[2]
     assert leader is not f
     value = "v" * (800 * 1024)

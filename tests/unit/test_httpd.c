@@ -697,14 +697,10 @@ static void record_held(const struct httpc_result *res, void *data)
     }
 }
 
-/* An answer's body is held only as the caller grants it: its whole
- * Content-Length asked once, before any of it is kept, and taken by the
- * callback without a copy; one refused is dropped as it arrives, its
- * request fails with PZ_ENOSPC and its status, and the connection goes
- * on with the next answer. */
-TEST(client_holds_answers_as_granted)
+/* An httpc client of the test server whose answers are held by
+ * hold_answer. */
+static struct httpc *held_client(void)
 {
-    CHECK(world_init(0, 0, 10));
     char addr[32];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
     struct httpc_opts o = {.max_head = 4096,
@@ -713,7 +709,29 @@ TEST(client_holds_answers_as_granted)
                            .max_attempts = 1,
                            .log_name = "test client",
                            .hold = hold_answer};
-    struct httpc *c = httpc_new(&loop, addr, &o);
+    return httpc_new(&loop, addr, &o);
+}
+
+/* Run the loop until a's callback came, 5 s at most. */
+static void run_until_called(struct answer *a)
+{
+    uv_update_time(&loop);
+    uint64_t end = uv_now(&loop) + 5000;
+    while (a->calls == 0 && uv_now(&loop) < end) {
+        uv_run(&loop, UV_RUN_ONCE);
+        uv_update_time(&loop);
+    }
+}
+
+/* An answer's body is held only as the caller grants it: its whole
+ * Content-Length asked once, before any of it is kept, and taken by the
+ * callback without a copy; one refused is dropped as it arrives, its
+ * request fails with PZ_ENOSPC and its status, and the connection goes
+ * on with the next answer. */
+TEST(client_holds_answers_as_granted)
+{
+    CHECK(world_init(0, 0, 10));
+    struct httpc *c = held_client();
     struct held_answer h[3];
     memset(h, 0, sizeof h);
     answered = 0;
@@ -722,12 +740,7 @@ TEST(client_holds_answers_as_granted)
     httpc_request(c, "GET", "/big", NULL, NULL, 0, record_held, &h[1]);
     httpc_request(c, "GET", "/c", NULL, NULL, 0, record_held, &h[2]);
     struct answer *a[3] = {&h[0].a, &h[1].a, &h[2].a};
-    uv_update_time(&loop);
-    uint64_t end = uv_now(&loop) + 5000;
-    while (h[2].a.calls == 0 && uv_now(&loop) < end) {
-        uv_run(&loop, UV_RUN_ONCE);
-        uv_update_time(&loop);
-    }
+    run_until_called(&h[2].a);
     CHECK_EQ_INT(a[0]->err, 0);
     CHECK_EQ_INT(h[0].asks, 1);
     CHECK_EQ_INT(h[0].asked, BIG_ANSWER + 1); /* the body and its NUL */
@@ -755,34 +768,18 @@ TEST(client_holds_answers_as_granted)
 TEST(client_answer_after_a_cut_one_is_held)
 {
     CHECK(world_init(0, 0, 10));
-    char addr[32];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-    struct httpc_opts o = {.max_head = 4096,
-                           .max_body = 2 * BIG_ANSWER,
-                           .timeout_ms = 5000,
-                           .max_attempts = 1,
-                           .log_name = "test client",
-                           .hold = hold_answer};
-    struct httpc *c = httpc_new(&loop, addr, &o);
+    struct httpc *c = held_client();
     struct held_answer h[2];
     memset(h, 0, sizeof h);
     answered = 0;
     httpc_request(c, "GET", "/cut", NULL, NULL, 0, record_held, &h[0]);
-    uv_update_time(&loop);
-    uint64_t end = uv_now(&loop) + 5000;
-    while (h[0].a.calls == 0 && uv_now(&loop) < end) {
-        uv_run(&loop, UV_RUN_ONCE);
-        uv_update_time(&loop);
-    }
+    run_until_called(&h[0].a);
     CHECK(h[0].a.err < 0);
     CHECK_EQ_INT(h[0].asks, 1);
     CHECK_EQ_INT(h[0].asked, BIG_ANSWER + 1);
     httpc_request(c, "GET", "/small-after-a-cut", NULL, NULL, 0, record_held,
                   &h[1]);
-    while (h[1].a.calls == 0 && uv_now(&loop) < end) {
-        uv_run(&loop, UV_RUN_ONCE);
-        uv_update_time(&loop);
-    }
+    run_until_called(&h[1].a);
     CHECK_EQ_INT(h[1].a.err, 0);
     CHECK_EQ_STR(h[1].a.body, "/small-after-a-cut\n");
     CHECK_EQ_INT(h[1].asks, 1);
@@ -800,27 +797,14 @@ TEST(client_answer_after_a_cut_one_is_held)
 TEST(client_answer_in_a_kept_buffer_is_held)
 {
     CHECK(world_init(0, 0, 10));
-    char addr[32];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-    struct httpc_opts o = {.max_head = 4096,
-                           .max_body = 2 * BIG_ANSWER,
-                           .timeout_ms = 5000,
-                           .max_attempts = 1,
-                           .log_name = "test client",
-                           .hold = hold_answer};
-    struct httpc *c = httpc_new(&loop, addr, &o);
+    struct httpc *c = held_client();
     struct held_answer h[2];
     memset(h, 0, sizeof h);
     answered = 0;
     /* record(), not record_held(): the body is copied, the buffer kept */
     httpc_request(c, "GET", "/mid", NULL, NULL, 0, record, &h[0].a);
     httpc_request(c, "GET", "/small", NULL, NULL, 0, record, &h[1].a);
-    uv_update_time(&loop);
-    uint64_t end = uv_now(&loop) + 5000;
-    while (h[1].a.calls == 0 && uv_now(&loop) < end) {
-        uv_run(&loop, UV_RUN_ONCE);
-        uv_update_time(&loop);
-    }
+    run_until_called(&h[1].a);
     CHECK_EQ_INT(h[0].a.err, 0);
     CHECK_EQ_INT(h[1].a.err, 0);
     CHECK_EQ_STR(h[1].a.body, "/small\n");
