@@ -699,8 +699,8 @@ static void flush(struct conn *c)
             c->sent_now += (uint64_t)n;
             activity(c);
         }
-        if (c->out.len == 0 && c->out.cap > OUT_KEEP_MAX)
-            pz_buf_free(&c->out);
+        if (c->out.len == 0)
+            pz_buf_trim(&c->out, OUT_KEEP_MAX);
     }
     if (c->out.len > 0 && c->inflight == 0) {
         /* Hand the rest to libuv: the request takes the buffer over. */

@@ -22,15 +22,14 @@
  * requests in flight are kept. */
 #include "fwd.h"
 
-#include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
+#include "http_parse.h"
 #include "httpc.h"
 #include "log.h"
-#include "tls_setup.h"
 #include "queue.h"
+#include "tls_setup.h"
 
 struct fwd_link {
     struct pz_queue q;   /* in links */
@@ -161,13 +160,10 @@ static void on_answer(const struct httpc_result *res, void *data)
     struct fwd_req *r = data;
     r->link = NULL;
     r->id = 0;
-    /* Relayed to the client as it came, if it is a number at all. */
-    size_t nd = strspn(res->revision, "0123456789");
-    r->has_revision = nd > 0 && nd <= 20 && res->revision[nd] == '\0';
-    errno = 0;
-    r->revision = r->has_revision ? strtoull(res->revision, NULL, 10) : 0;
-    if (errno == ERANGE)
-        r->has_revision = false, r->revision = 0;
+    /* Relayed to the client as it came, if it is a revision at all. */
+    r->revision = 0;
+    r->has_revision =
+        http_parse_revision(res->revision, strlen(res->revision), &r->revision);
     if (res->err == PZ_ENOSPC) {
         /* Answered, but with no room for it: never sent again. */
         unhold(r);

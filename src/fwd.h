@@ -11,14 +11,15 @@
  * FWD_NOT_LEADER: it restarted or lost an election, and proposed nothing),
  * is sent again, whatever it is; one lost with its connection after it was
  * written is sent again only when the caller marks it idempotent (a read),
- * since a write may have been applied. The first resend of a lost request goes
- * at once (a kept-alive connection the leader closed, a restarted leader), the
- * others after a pause of 50 ms doubling to 400 ms, each to the leader's
- * address known then, until the retry window given to fwd_set_retry()
- * has passed since fwd_send(); past it the request fails with its last
- * error (a refusal: with that answer). When no other node is known to lead any
- * more (an election, or this node won it) it fails with PZ_ELEADERCHANGE: the
- * caller starts the request over (propose it here, or wait for a leader).
+ * since a write may have been applied. The first resend of a lost request
+ * goes at once (a kept-alive connection the leader closed, a restarted
+ * leader), the others after a pause of 50 ms doubling to 400 ms, each to
+ * the leader's address known then, until the retry window given to
+ * fwd_set_retry() has passed since fwd_send(); past it the request fails
+ * with its last error (a refusal: with that answer). When no other node is
+ * known to lead any more (an election, or this node won it) it fails with
+ * PZ_ELEADERCHANGE: the caller starts the request over (propose it here,
+ * or wait for a leader).
  *
  * Memory: a request's body is not copied until it is written to the
  * connection, which takes one more while little waits on it (httpc.h), so
@@ -73,7 +74,7 @@ struct fwd_req {
     char content_type[128]; /* its Content-Type, "" if none */
     char allow[64];         /* its Allow header, "" if none */
     uint64_t revision;      /* its X-Pyazdb-Revision, 0 if none */
-    bool has_revision;      /* it sent one (a number of 1 to 20 digits) */
+    bool has_revision;      /* it sent one (http_parse_revision's) */
     struct pz_buf body;     /* its body (fwd_send initializes, caller
                                frees with pz_buf_free) */
     const char *auth;       /* set before fwd_send: bearer token sent as

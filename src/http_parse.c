@@ -285,21 +285,12 @@ void http_parser_free(struct http_parser *p)
     pz_buf_free(&p->hdr_text);
 }
 
-/* Empty b, and let its memory go if it grew past keep. */
-static void buf_trim(struct pz_buf *b, size_t keep)
-{
-    if (b->cap > keep)
-        pz_buf_free(b);
-    else
-        pz_buf_reset(b);
-}
-
 void http_parser_next(struct http_parser *p)
 {
     req_clear(&p->req);
-    buf_trim(&p->req.body, KEEP_BODY_MAX);
-    buf_trim(&p->req.url, KEEP_LINE_MAX);
-    buf_trim(&p->hdr_text, KEEP_LINE_MAX);
+    pz_buf_trim(&p->req.body, KEEP_BODY_MAX);
+    pz_buf_trim(&p->req.url, KEEP_LINE_MAX);
+    pz_buf_trim(&p->hdr_text, KEEP_LINE_MAX);
     if (p->cap_headers > KEEP_HEADERS_MAX) {
         pz_free(p->req.headers);
         p->req.headers = NULL;
@@ -647,6 +638,23 @@ int http_b64_decode(struct pz_buf *out, const char *s, size_t n)
         pz_buf_append(out, b, (size_t)(3 - pad));
     }
     return 0;
+}
+
+bool http_parse_revision(const char *s, size_t n, uint64_t *out)
+{
+    if (n == 0 || n > 20)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (KV_REVISION_MAX - d) / 10)
+            return false; /* past the highest, never wrapped */
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
 }
 
 bool http_utf8_valid(const void *p, size_t n)

@@ -217,6 +217,10 @@ void http_b64_encode(struct pz_buf *out, const void *p, size_t n);
 void http_json_str(struct pz_buf *out, const void *p, size_t n);
 /* Is p[0..n) valid UTF-8 (what a JSON string can carry as it is)? */
 bool http_utf8_valid(const void *p, size_t n);
+/* s[0..n) as a revision: decimal digits only (no sign, no space), at
+ * most the store's highest (KV_REVISION_MAX), so that a revision + 1
+ * cannot wrap. false leaves *out alone. */
+bool http_parse_revision(const char *s, size_t n, uint64_t *out);
 
 void http_api_decode(const struct http_req *req,
                      const struct http_api_limits *lim, struct http_op *op);

@@ -49,9 +49,7 @@
  * stream ends (clients resume elsewhere). */
 #include "http_watch.h"
 
-#include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "conn.h"
@@ -646,24 +644,6 @@ static void on_read(struct node_req *req, int status)
 _Static_assert(KV_REVISION_MAX == UINT64_C(4611686018427387903),
                "REV_MAX_TEXT is KV_REVISION_MAX");
 
-/* A decimal revision (what strtoull takes, digits only), at most the
- * store's highest (KV_REVISION_MAX): a start past it could never come,
- * and Last-Event-ID + 1 cannot wrap. */
-static bool parse_rev(const char *s, size_t n, uint64_t *out)
-{
-    if (n == 0 || n > 20)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-    errno = 0;
-    unsigned long long v = strtoull(s, NULL, 10);
-    if (errno || v > KV_REVISION_MAX)
-        return false;
-    *out = v;
-    return true;
-}
-
 static int parse_bool(const char *url, size_t ul, const char *name, bool *out)
 {
     char *v;
@@ -754,7 +734,7 @@ static const char *parse(struct watch_stream *ws, const struct http_req *req,
         from = NULL;
     }
     if (http_query_get(u, ul, "start_revision", &v, &vl) == 1) {
-        if (!parse_rev(v, vl, &ws->start)) {
+        if (!http_parse_revision(v, vl, &ws->start)) {
             why = "start_revision must be a revision from 0 to " REV_MAX_TEXT;
             goto out;
         }
@@ -763,7 +743,7 @@ static const char *parse(struct watch_stream *ws, const struct http_req *req,
     const char *id = http_req_header(req, "last-event-id");
     if (id) {
         uint64_t last;
-        if (!parse_rev(id, strlen(id), &last)) {
+        if (!http_parse_revision(id, strlen(id), &last)) {
             why = "Last-Event-ID must be a revision from 0 to " REV_MAX_TEXT;
             goto out;
         }

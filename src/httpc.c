@@ -179,10 +179,7 @@ static void on_connect(struct conn *conn, int status);
  * left it at its size), and nothing is granted for it any more. */
 static void body_trim(struct httpc *c)
 {
-    if (c->body.cap > KEEP_BODY)
-        pz_buf_free(&c->body);
-    else
-        pz_buf_reset(&c->body);
+    pz_buf_trim(&c->body, KEEP_BODY);
     c->granted = 0;
 }
 

@@ -674,6 +674,14 @@ void pz_buf_reset(struct pz_buf *b)
         b->data[0] = '\0';
 }
 
+void pz_buf_trim(struct pz_buf *b, size_t keep)
+{
+    if (b->cap > keep)
+        pz_buf_free(b);
+    else
+        pz_buf_reset(b);
+}
+
 int pz_split_hostport(const char *s, char *host, size_t hostlen, int *port)
 {
     const char *colon = strrchr(s, ':');

@@ -173,6 +173,9 @@ void pz_buf_appendf(struct pz_buf *b, const char *fmt, ...)
 /* Drop the first n bytes. */
 void pz_buf_consume(struct pz_buf *b, size_t n);
 void pz_buf_reset(struct pz_buf *b);
+/* Empty b, and let its memory go if it grew past keep: a buffer reused
+ * for the next message keeps no more than keep of the largest one. */
+void pz_buf_trim(struct pz_buf *b, size_t keep);
 
 /* Big-endian and varint helpers used by codecs. */
 static inline void pz_put_u32(uint8_t *p, uint32_t v)

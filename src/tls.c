@@ -398,8 +398,8 @@ int tls_encrypt(struct tls_conn *t)
     }
     t->encrypted += off;
     pz_buf_consume(&t->plain, off);
-    if (t->plain.len == 0 && t->plain.cap > TLS_KEEP_MAX)
-        pz_buf_free(&t->plain);
+    if (t->plain.len == 0)
+        pz_buf_trim(&t->plain, TLS_KEEP_MAX);
     return 0;
 }
 

@@ -807,6 +807,33 @@ TEST(lease_requests)
 
 /* http_bearer_value narrows to the credential, within the length given
  * (gRPC metadata values are not NUL-terminated). */
+/* A revision from a client or a peer: digits only, up to the store's
+ * highest, nothing written on a refusal. */
+TEST(parse_revision)
+{
+    uint64_t v = 7;
+    CHECK(http_parse_revision("0", 1, &v) && v == 0);
+    CHECK(http_parse_revision("12", 2, &v) && v == 12);
+    CHECK(http_parse_revision("4611686018427387903", 19, &v) &&
+          v == KV_REVISION_MAX);
+    v = 7;
+    const char *bad[] = {"",
+                         "-1",
+                         "+1",
+                         " 1",
+                         "1 ",
+                         "1x",
+                         "0x10",
+                         "4611686018427387904",
+                         "18446744073709551615",
+                         "18446744073709551616",
+                         "000000000000000000001"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        CHECK(!http_parse_revision(bad[i], strlen(bad[i]), &v) && v == 7);
+    /* only n bytes are read */
+    CHECK(http_parse_revision("42junk", 2, &v) && v == 42);
+}
+
 TEST(bearer_value)
 {
     const char *v = "Bearer  abc \t";
@@ -851,5 +878,6 @@ static const struct test_case cases[] = {
     TEST_ENTRY(phases_and_start),
     TEST_ENTRY(body_memory),
     TEST_ENTRY(bearer_value),
+    TEST_ENTRY(parse_revision),
     TEST_END};
 const struct test_suite suite_http = {"http", cases};

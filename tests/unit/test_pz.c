@@ -30,6 +30,27 @@ TEST(buf_append_consume)
     pz_buf_free(&b);
 }
 
+/* A trimmed buffer is empty; it keeps its memory up to keep, no more. */
+TEST(buf_trim)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    pz_buf_append(&b, "small", 5);
+    size_t cap = b.cap;
+    pz_buf_trim(&b, 4096);
+    CHECK_EQ_INT(b.len, 0);
+    CHECK_EQ_STR(b.data, "");
+    CHECK_EQ_INT(b.cap, cap); /* kept: under keep */
+    for (int i = 0; i < 10000; i++)
+        pz_buf_append(&b, "x", 1);
+    pz_buf_trim(&b, 4096);
+    CHECK_EQ_INT(b.len, 0);
+    CHECK(b.data == NULL && b.cap == 0); /* let go: past keep */
+    pz_buf_append(&b, "again", 5);
+    CHECK_EQ_STR(b.data, "again");
+    pz_buf_free(&b);
+}
+
 TEST(alloc_fail_at)
 {
     pz_alloc_fail_at(2);
@@ -552,15 +573,23 @@ TEST(fifo_chunks_leave_no_poison)
 }
 
 static const struct test_case cases[] = {
-    TEST_ENTRY(buf_append_consume), TEST_ENTRY(alloc_fail_at),
-    TEST_ENTRY(split_hostport),     TEST_ENTRY(queue_ops),
-    TEST_ENTRY(hash_spreads),       TEST_ENTRY(hash_values_fixed),
+    TEST_ENTRY(buf_append_consume),
+    TEST_ENTRY(buf_trim),
+    TEST_ENTRY(alloc_fail_at),
+    TEST_ENTRY(split_hostport),
+    TEST_ENTRY(queue_ops),
+    TEST_ENTRY(hash_spreads),
+    TEST_ENTRY(hash_values_fixed),
     TEST_ENTRY(strerror_codes),
-    TEST_ENTRY(token_equal),        TEST_ENTRY(seed_differs),
-    TEST_ENTRY(ratelimit),          TEST_ENTRY(crc32c),
-    TEST_ENTRY(cache_reuse),        TEST_ENTRY(cache_realloc),
+    TEST_ENTRY(token_equal),
+    TEST_ENTRY(seed_differs),
+    TEST_ENTRY(ratelimit),
+    TEST_ENTRY(crc32c),
+    TEST_ENTRY(cache_reuse),
+    TEST_ENTRY(cache_realloc),
     TEST_ENTRY(cache_bounded),
-    TEST_ENTRY(fifo_memory_is_returned), TEST_ENTRY(fifo_emptied_chunks_are_reused),
+    TEST_ENTRY(fifo_memory_is_returned),
+    TEST_ENTRY(fifo_emptied_chunks_are_reused),
     TEST_ENTRY(fifo_chunks_not_shared_with_fork),
     TEST_ENTRY(fifo_current_chunk_is_reused_when_emptied),
     TEST_ENTRY(fifo_chunks_leave_no_poison),
