@@ -1814,21 +1814,35 @@ MUTATIONS = [
       ["unit:node_sim/seeds", "nodesim:150"],
       "a snapshot is forked with part of an entry applied"),
     M("conn_out_kept_after_sent", "src/conn.c",
-      "        if (c->out.len == 0)\n"
+      "            pz_buf_reset(&c->out);\n"
       "            pz_buf_trim(&c->out, OUT_KEEP_MAX);\n",
-      "",
+      "            pz_buf_reset(&c->out);\n",
       ["py:test_hostile_clients.py::"
        "test_answers_sent_leave_no_buffer_on_open_connections"],
       "an open connection keeps the buffer of its largest answer, "
       "uncounted"),
     M("conn_partly_sent_keeps_buffer", "src/conn.c",
-      "        if (c->out.cap > OUT_KEEP_MAX && c->out.len < c->out.cap / 4) {",
-      "        if (c->out.cap > OUT_KEEP_MAX && c->out.len < c->out.cap / 4 &&\n"
+      "        if (c->out.cap > OUT_KEEP_MAX && w->len < c->out.cap / 4) {",
+      "        if (c->out.cap > OUT_KEEP_MAX && w->len < c->out.cap / 4 &&\n"
       "            false) {",
       ["py:test_hostile_clients.py::"
        "test_answers_partly_sent_hold_only_what_waits"],
       "the rest of an answer the kernel took most of holds the whole "
       "buffer while only the rest is counted"),
+    M("conn_rest_from_start", "src/conn.c",
+      "            memcpy(w->mem, c->out.data + off, w->len);",
+      "            memcpy(w->mem, c->out.data, w->len);",
+      ["py:test_hostile_clients.py::"
+       "test_answers_partly_sent_hold_only_what_waits"],
+      "the rest of an answer the kernel took part of is written from its "
+      "start again, so the client reads some bytes twice"),
+    M("conn_rest_written_from_start", "src/conn.c",
+      "            base = c->out.data + off;",
+      "            base = c->out.data;",
+      ["py:test_hostile_clients.py::"
+       "test_answer_the_kernel_took_part_of_is_read_whole"],
+      "the write of an answer's rest, in its own buffer, starts again at "
+      "the answer's first byte"),
     M("tls_plain_kept_after_sent", "src/tls.c",
       "    if (t->plain.len == 0)\n"
       "        pz_buf_trim(&t->plain, TLS_KEEP_MAX);\n",

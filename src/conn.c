@@ -687,6 +687,7 @@ static void flush(struct conn *c)
         }
         tls_take_output(c->tls, &c->out);
     }
+    size_t off = 0; /* bytes of c->out the kernel took */
     if (c->out.len > 0 && c->inflight == 0) {
         uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
         int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
@@ -695,30 +696,37 @@ static void flush(struct conn *c)
             return;
         }
         if (n > 0) {
-            pz_buf_consume(&c->out, (size_t)n);
+            off = (size_t)n;
             c->sent_now += (uint64_t)n;
             activity(c);
         }
-        if (c->out.len == 0)
+        if (off == c->out.len) {
+            pz_buf_reset(&c->out);
             pz_buf_trim(&c->out, OUT_KEEP_MAX);
+            off = 0;
+        }
     }
-    if (c->out.len > 0 && c->inflight == 0) {
-        /* Hand the rest to libuv: the request takes the buffer over. */
+    if (c->out.len > off && c->inflight == 0) {
+        /* Hand the rest to libuv: the request takes the buffer over, and
+         * writes from where the kernel stopped (nothing is moved). */
         struct write_req *w = pz_malloc(sizeof *w);
         w->c = c;
-        w->len = c->out.len;
-        if (c->out.cap > OUT_KEEP_MAX && c->out.len < c->out.cap / 4) {
+        w->len = c->out.len - off;
+        char *base;
+        if (c->out.cap > OUT_KEEP_MAX && w->len < c->out.cap / 4) {
             /* Only the rest of a big buffer the kernel took most of:
              * what waits is counted, the request holds its buffer until
              * the reader has taken it all. */
-            w->mem = pz_malloc(c->out.len);
-            memcpy(w->mem, c->out.data, c->out.len);
+            w->mem = pz_malloc(w->len);
+            memcpy(w->mem, c->out.data + off, w->len);
             pz_buf_free(&c->out);
+            base = w->mem;
         } else {
             w->mem = c->out.data;
+            base = c->out.data + off;
             pz_buf_init(&c->out);
         }
-        uv_buf_t b = uv_buf_init(w->mem, (unsigned)w->len);
+        uv_buf_t b = uv_buf_init(base, (unsigned)w->len);
         int rv = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
         if (rv < 0) {
             pz_free(w->mem);

@@ -765,10 +765,63 @@ def test_answers_partly_sent_hold_only_what_waits(servers, pb):
               f"RSS +{grown:.0f} MB")
         assert pending > 0
         assert grown < pending / MiB + 20, (grown, pending)
+        # Each waiting rest is written from where the kernel stopped: a
+        # client that reads its answer now gets it whole and in order.
+        status, body = read_one_answer(socks[-1], timeout=30)
+        assert status == 200
+        fresh = http.client.HTTPConnection("127.0.0.1", node.http_port,
+                                           timeout=30)
+        fresh.request("GET", "/range?prefix=big/")
+        assert body == fresh.getresponse().read()
+        assert len(json.loads(body)["kvs"]) == 8
     finally:
         for s in socks:
             s.close()
     serves_and_kept(node, pb, "k1", "k2")
+
+
+def test_answer_the_kernel_took_part_of_is_read_whole(node):
+    """A 10 MB answer to a client that reads nothing at first: the kernel
+    takes a few MB, and the write of the rest starts where the kernel
+    stopped, in the answer's own buffer. Read later, the answer is whole,
+    in order, byte for byte the one a fresh client gets."""
+    put_values(node, "big/{0:02d}", 24, 450 * 1024)
+    # The default receive buffer: a 4 KiB one would take a minute to read.
+    sock = connect(node.http_port)
+    sock.sendall(b"GET /range?prefix=big/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        time.sleep(0.5)
+        status, body = read_one_answer(sock, timeout=30)
+    finally:
+        sock.close()
+    assert status == 200
+    fresh = http.client.HTTPConnection("127.0.0.1", node.http_port,
+                                       timeout=30)
+    fresh.request("GET", "/range?prefix=big/")
+    assert body == fresh.getresponse().read()
+    assert len(json.loads(body)["kvs"]) == 24
+
+
+def read_one_answer(sock, timeout):
+    """The status and body of the one HTTP answer on sock (Content-Length
+    framed; the connection stays open)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data[:200]
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(v) for k, _, v in (ln.partition(":")
+                                         for ln in lines[1:])
+                  if k.strip().lower() == "content-length")
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, (len(body), length)
+        body += chunk
+    assert len(body) == length, (len(body), length)
+    return int(lines[0].split()[1]), body
 
 
 def h2_no_window(port):
