@@ -212,8 +212,8 @@ static void update_deadline(struct httpd_conn *hc)
  * would pass the budget. */
 static bool account(struct httpd_conn *hc)
 {
-    if (hc->in.len == 0 && hc->in.cap > IN_KEEP)
-        pz_buf_free(&hc->in);
+    if (hc->in.len == 0)
+        pz_buf_trim(&hc->in, IN_KEEP);
     size_t held = hc->in.len;
     if (!hc->answering && hc->p.phase != HTTP_PHASE_DONE &&
         http_parser_started(&hc->p))

@@ -1343,9 +1343,7 @@ static int send_frame(struct transport *t, uint64_t to,
         return PZ_ENOTFOUND;
     }
     struct pz_buf *b = &t->scratch;
-    if (b->cap > SCRATCH_KEEP)
-        pz_buf_free(b);
-    pz_buf_reset(b);
+    pz_buf_trim(b, SCRATCH_KEEP);
     int rv = m ? raft_codec_encode_msg(b, m, t->cfg.max_frame)
                : raft_codec_encode_chunk(b, chunk, t->cfg.max_frame);
     if (rv < 0) {
