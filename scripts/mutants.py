@@ -1813,6 +1813,13 @@ MUTATIONS = [
       "bool snaps_can_fork(void)\n{\n    return kv_paused(nd->kv) || true;",
       ["unit:node_sim/seeds", "nodesim:150"],
       "a snapshot is forked with part of an entry applied"),
+    M("applied_entries_not_counted", "src/node.c",
+      "    node_metrics_applied(1);\n",
+      "",
+      ["py:test_chunked_apply.py::"
+       "test_huge_prefix_delete_keeps_the_cluster_calm"],
+      "pyazdb_raft_applied_entries_total stops counting entries as they "
+      "are applied"),
     M("conn_out_kept_after_sent", "src/conn.c",
       "            pz_buf_reset(&c->out);\n"
       "            pz_buf_trim(&c->out, OUT_KEEP_MAX);\n",

@@ -135,6 +135,7 @@ static void entry_applied(const struct raft_entry *e,
 {
     nd->applied = e->index;
     nd->applied_bytes += e->len + LOG_ENTRY_COST;
+    node_metrics_applied(1);
     nospace_applied(e->index);
     /* Complete the writes waiting on this index. */
     while (!pz_queue_empty(&nd->proposals)) {
@@ -443,7 +444,6 @@ static void ready_apply(struct raft_ready *rd)
         apply_drain(); /* the table is replaced: nothing half done */
         snaps_install(rd->snapshot);
     }
-    node_metrics_applied(rd->n_committed);
     /* The core hands out nothing while entries wait (raft_hold_apply). */
     pz_assert(rd->n_committed == 0 ||
               (nd->ap.job == NULL && nd->ap.next == nd->ap.n));
