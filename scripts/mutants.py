@@ -1541,6 +1541,26 @@ MUTATIONS = [
       "    if (s->order == ETCD_SORT_DESCEND)\n        c = -c;",
       "",
       ETCDMAP, "sort_order DESCEND sorts ascending"),
+    M("etcd_select_sinks_wrong_child", "src/etcd_map.c",
+      "        if (c + 1 < *n && view_cmp(&v[c + 1], &v[c], &s) > 0)",
+      "        if (c + 1 < *n && view_cmp(&v[c + 1], &v[c], &s) < 0)",
+      ["unit:etcd_map/select_first_views"],
+      "a sorted, limited Range's selection sinks a view toward the wrong "
+      "child: the heap no longer has the last view kept at its root, and "
+      "views that come first are dropped"),
+    M("range_select_keeps_only_limit", "src/etcd_kv.c",
+      "            l.top = (size_t)q->limit + 1;",
+      "            l.top = (size_t)q->limit;",
+      ["py:test_etcd.py::test_sorted_limited_range_is_the_head_of_the_whole",
+       "py:test_etcd.py::test_sorted_limited_ranges_same_as_etcd"],
+      "a sorted (or filtered) limited Range selects limit views, not "
+      "limit + 1: a filtered answer says more=false with keys left out"),
+    M("range_sorted_collects_every_view", "src/etcd_kv.c",
+      "    if (l->top) {\n        /* Bytes are not measured",
+      "    if (l->top && false) {\n        /* Bytes are not measured",
+      ["py:test_range_count.py::test_sorted_limited_range_keeps_only_the_limit"],
+      "a sorted, limited Range keeps every key's view again (right "
+      "answers, but 64 bytes a key and a sort of them all in one turn)"),
     M("etcd_watch_key_sees_next", "src/etcd_map.c",
       "        out->to[klen] = 0;\n        out->tlen = klen + 1;",
       "        out->to[klen] = 1;\n        out->tlen = klen + 1;",

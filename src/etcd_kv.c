@@ -6,9 +6,12 @@
  * count ignores limit and filters) and collects views borrowed from the
  * table; then filters, sort and limit apply and the answer is packed before
  * the loop turns. Without a sort or a filter only the first `limit` views
- * are kept; with one, every key's view (a few pointers each) is. An answer
- * whose keys and values would pass grpc-max-message fails with
- * RESOURCE_EXHAUSTED instead of being built.
+ * are kept; sorted (or filtered) with a limit, only the `limit` + 1 views
+ * that come first in the order asked (a bounded heap: etcd_select_view),
+ * so a lock or election's "oldest key under a prefix" costs one walk and
+ * O(limit) memory; sorted or filtered without a limit, every key's view
+ * (a few pointers each) is. An answer whose keys and values would pass
+ * grpc-max-message fails with RESOURCE_EXHAUSTED instead of being built.
  *
  * Put, DeleteRange and Txn each become one transaction command (kv.h) and
  * their results come back through a kv_sink while the command applies on
@@ -298,6 +301,9 @@ struct vlist {
     size_t n, cap;
     uint64_t count; /* keys in the range */
     size_t keep;    /* collect at most this many (SIZE_MAX: all) */
+    size_t top;     /* > 0: keep only the top views that come first in
+                       (order, target), a heap (etcd_select_view) */
+    int order, target;
     bool collect;   /* false: count only */
     const struct etcd_filter *filter; /* collect only what it keeps */
     bool values;    /* values count toward bytes (not keys_only) */
@@ -306,12 +312,18 @@ struct vlist {
     bool over;      /* max was passed: the answer cannot be built */
 };
 
-static void vlist_push(struct vlist *l, const struct kv_view *v)
+/* Make room for one more view. */
+static void vlist_room(struct vlist *l)
 {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 16;
         l->v = pz_realloc(l->v, l->cap * sizeof *l->v);
     }
+}
+
+static void vlist_push(struct vlist *l, const struct kv_view *v)
+{
+    vlist_room(l);
     l->v[l->n++] = *v;
 }
 
@@ -322,6 +334,13 @@ static int vlist_visit(void *arg, const struct kv_view *v)
     if (!l->collect || l->n >= l->keep || l->over ||
         (l->filter && !etcd_filter_keep(l->filter, &v->meta)))
         return 0;
+    if (l->top) {
+        /* Bytes are not measured: a selection is limited (max unset). */
+        if (l->n < l->top)
+            vlist_room(l);
+        etcd_select_view(l->v, &l->n, l->top, v, l->order, l->target);
+        return 0;
+    }
     vlist_push(l, v);
     l->bytes += v->klen + (l->values ? v->vlen : 0) + 32;
     if (l->bytes > l->max)
@@ -416,14 +435,24 @@ static void range_reply(struct gstream *st, struct ekv *e)
     struct etcd_filter f = {q->min_mod_revision, q->max_mod_revision,
                             q->min_create_revision, q->max_create_revision};
     bool sorted = (int)q->sort_order != ETCD_SORT_NONE;
-    if (q->limit > 0 && !sorted && !range_has_filter(q))
-        l.keep = (size_t)q->limit + 1; /* range_build's rule */
-    if (range_has_filter(q)) {
-        /* Only the views the filter keeps; without a sort they come in
-         * the order sent, so limit + 1 of them are enough. */
-        l.filter = &f;
-        if (q->limit > 0 && !sorted && (int)q->sort_target == ETCD_SORT_KEY)
+    int order = etcd_sort_order(q->sort_order, q->sort_target);
+    if (range_has_filter(q))
+        l.filter = &f; /* only the views the filter keeps */
+    if (q->limit > 0) {
+        /* range_build keeps the first limit views of its order (and one
+         * more says `more`). Without a sort or a filter these are the
+         * first limit + 1 keys (range_build's rule), as they are when the
+         * order is the table's; else the limit + 1 views that come first
+         * in it, whichever keys they are, are selected as the walk goes:
+         * the same views range_build would sort first, without keeping
+         * every other. */
+        if ((!sorted && !range_has_filter(q)) || order == ETCD_SORT_NONE) {
             l.keep = (size_t)q->limit + 1;
+        } else {
+            l.top = (size_t)q->limit + 1;
+            l.order = order;
+            l.target = (int)q->sort_target;
+        }
     }
     if (q->limit <= 0)
         l.max = e->max_bytes; /* every view would be sent: stop past it */

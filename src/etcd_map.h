@@ -91,6 +91,15 @@ int etcd_sort_order(int order, int target);
 /* Sort n views by target in order (ASCEND or DESCEND; stable for equal
  * fields: key order is kept). */
 void etcd_sort_views(struct kv_view *v, size_t n, int order, int target);
+/* Offer x to a bounded selection of the k views (k > 0) that come first
+ * in the order etcd_sort_views gives (ASCEND or DESCEND by target, equal
+ * fields in key order; NONE is key order): v holds the *n views kept so
+ * far, as a heap whose root is the last of them, and has room for
+ * min(*n + 1, k). A range sorted and limited keeps O(k) views this way, in
+ * O(log k) per view, instead of all of them; etcd_sort_views then orders
+ * the k. */
+void etcd_select_view(struct kv_view *v, size_t *n, size_t k,
+                      const struct kv_view *x, int order, int target);
 
 /* A Watch's keys, from a WatchCreateRequest's key and range_end with
  * etcd's conventions for watches: an empty key is "\0" (the smallest

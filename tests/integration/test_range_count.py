@@ -160,3 +160,71 @@ def test_count_burst_does_not_hold_the_loop(servers, tmp_path):
     assert all(st == 200 for _, st in health), health
     assert long_turns(s, "0.1") == before, "a turn of the loop took 0.1 s"
     assert slowest < 0.5, slowest
+
+
+def test_sorted_limited_range_keeps_only_the_limit(servers, tmp_path):
+    """etcd's lock and election recipes ask for the oldest or newest key
+    under a prefix: a Range sorted by create or mod revision with limit 1.
+    Over N keys it once kept a view of every key (64 bytes each: 32 MiB
+    here, the server's peak RSS grew by that) and sorted them all in the
+    same turn of the loop (~0.5 s, 2 s with the sanitizers); now only the
+    limit + 1 views that come first are kept as the walk goes. Every
+    sort target, both orders, and a revision filter, with their answers."""
+    s = restored_node(servers, tmp_path)
+
+    def put(k, v):
+        st, _, out = s.request("POST", "/v3/kv/put", json.dumps(
+            {"key": b64(k), "value": b64(v)}))
+        assert st == 200, out
+        return int(json.loads(out)["header"]["revision"])
+
+    put("k/250000", "w")  # a later mod revision, version 2
+    put("k/123456", "a")  # the smallest value
+    rev = put("k/x", "v")  # the newest key
+    rng = {"key": b64("k/"), "range_end": b64("k0")}
+    cases = [  # (sort_target, sort_order, limit, filter, keys wanted)
+        ("CREATE", "ASCEND", 1, {}, ["k/000000"]),
+        ("CREATE", "DESCEND", 1, {}, ["k/x"]),
+        ("MOD", "DESCEND", 2, {}, ["k/x", "k/123456"]),
+        ("MOD", "ASCEND", 1, {}, ["k/000000"]),
+        ("VERSION", "DESCEND", 1, {}, ["k/123456"]),
+        ("VALUE", "ASCEND", 1, {}, ["k/123456"]),
+        ("VALUE", "DESCEND", 1, {}, ["k/250000"]),
+        ("KEY", "DESCEND", 3, {}, ["k/x", "k/499999", "k/499998"]),
+        ("KEY", "ASCEND", 1, {"min_mod_revision": str(rev - 1)},
+         ["k/123456"]),
+        ("CREATE", "NONE", 1, {"max_create_revision": str(rev - 1)},
+         ["k/000000"]),
+    ]
+    for target, order, limit, filt, want in cases:  # warm
+        q = dict(rng, sort_target=target, sort_order=order, limit=limit,
+                 **filt)
+        st, _, out = s.request("POST", "/v3/kv/range", json.dumps(q))
+        r = json.loads(out)
+        assert st == 200, out
+        assert [base64.b64decode(kv["key"]).decode() for kv in r["kvs"]] \
+            == want, (q, out)
+        assert r["more"] is True and int(r["count"]) == N + 1, (q, out)
+    time.sleep(0.5)
+    before = long_turns(s, "0.25")
+    with open(f"/proc/{s.proc.pid}/clear_refs", "w") as fh:
+        fh.write("5")  # VmHWM := VmRSS
+    rss0 = proc_kb(s, "VmRSS")
+    for target, order, limit, filt, want in cases:
+        q = dict(rng, sort_target=target, sort_order=order, limit=limit,
+                 **filt)
+        st, _, out = s.request("POST", "/v3/kv/range", json.dumps(q))
+        assert st == 200 and len(json.loads(out)["kvs"]) == limit, out
+    grown = (proc_kb(s, "VmHWM") - rss0) / 1024
+    turns = long_turns(s, "0.25") - before
+    print(f"peak RSS growth {grown:.1f} MiB; loop turns over 0.25 s: {turns}")
+    assert grown < 8, f"the server's peak RSS grew by {grown:.1f} MiB"
+    assert turns == 0, "a turn of the loop took 0.25 s"
+
+
+def proc_kb(node, field):
+    with open(f"/proc/{node.proc.pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field}")

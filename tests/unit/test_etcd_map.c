@@ -1,6 +1,7 @@
 /* test_etcd_map.c - etcd's key range conventions, comparisons mapped onto
  * kv_cmp (checked by applying them to a real table), Range filters and
- * sort orders, a Watch's keys and start. */
+ * sort orders, the bounded selection of a sorted and limited Range, a
+ * Watch's keys and start. */
 #include <string.h>
 
 #include "etcd_map.h"
@@ -236,6 +237,95 @@ TEST(filters_and_sort)
     CHECK(v[0].key[0] == 'd' && v[3].key[0] == 'a');
 }
 
+/* Select the first k of n views with etcd_select_view, offered in the
+ * order given, and sort them: true when they are exactly the first k of
+ * all n sorted (a copy), in the same order. */
+static bool select_same(const struct kv_view *in, size_t n, size_t k, int order,
+                        int target)
+{
+    struct kv_view all[64], heap[64];
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        etcd_select_view(heap, &kept, k, &in[i], order, target);
+    if (n)
+        memcpy(all, in, n * sizeof *in);
+    /* NONE selects in the table's order: keys ascending */
+    int o = order == ETCD_SORT_NONE ? ETCD_SORT_ASCEND : order;
+    int t = order == ETCD_SORT_NONE ? ETCD_SORT_KEY : target;
+    etcd_sort_views(all, n, o, t);
+    etcd_sort_views(heap, kept, o, t);
+    if (kept != (k < n ? k : n))
+        return false;
+    for (size_t i = 0; i < kept; i++)
+        if (heap[i].key != all[i].key)
+            return false;
+    return true;
+}
+
+TEST(select_first_views)
+{
+    /* Equal fields come in key order, in both directions: the sort's
+     * order, which a selection must give as well. */
+    struct kv_view v[5] = {view("c", "1", 2, 9, 1), view("a", "1", 2, 7, 1),
+                           view("e", "0", 1, 8, 2), view("b", "2", 3, 7, 1),
+                           view("d", "1", 3, 6, 2)};
+    struct kv_view h[5];
+    size_t n = 0;
+    for (size_t i = 0; i < 5; i++)
+        etcd_select_view(h, &n, 2, &v[i], ETCD_SORT_DESCEND, ETCD_SORT_CREATE);
+    CHECK_EQ_INT(n, 2);
+    etcd_sort_views(h, n, ETCD_SORT_DESCEND, ETCD_SORT_CREATE);
+    CHECK(h[0].key[0] == 'b' && h[1].key[0] == 'd');
+    n = 0;
+    for (size_t i = 0; i < 5; i++)
+        etcd_select_view(h, &n, 3, &v[i], ETCD_SORT_ASCEND, ETCD_SORT_VALUE);
+    etcd_sort_views(h, n, ETCD_SORT_ASCEND, ETCD_SORT_VALUE);
+    CHECK_EQ_INT(n, 3);
+    CHECK(h[0].key[0] == 'e' && h[1].key[0] == 'a' && h[2].key[0] == 'c');
+    n = 0;
+    for (size_t i = 0; i < 5; i++)
+        etcd_select_view(h, &n, 1, &v[i], ETCD_SORT_ASCEND, ETCD_SORT_MOD);
+    CHECK(n == 1 && h[0].key[0] == 'd');
+    n = 0;
+    for (size_t i = 0; i < 5; i++)
+        etcd_select_view(h, &n, 1, &v[i], ETCD_SORT_DESCEND, ETCD_SORT_VERSION);
+    CHECK(n == 1 && h[0].key[0] == 'd'); /* 'e' and 'd' at 2: 'd' first */
+    n = 0;
+    for (size_t i = 0; i < 5; i++)
+        etcd_select_view(h, &n, 1, &v[i], ETCD_SORT_DESCEND, ETCD_SORT_KEY);
+    CHECK(n == 1 && h[0].key[0] == 'e');
+
+    /* Every target and order, k from 1 to past n, on views with many
+     * equal fields offered in no particular order. */
+    static char keys[40][4], vals[40][2];
+    struct kv_view w[40];
+    uint64_t x = 12345;
+    for (size_t i = 0; i < 40; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        size_t kk = (i * 17) % 40; /* keys not in the order offered */
+        keys[i][0] = (char)('a' + kk / 10);
+        keys[i][1] = (char)('0' + kk % 10);
+        keys[i][2] = 0;
+        vals[i][0] = (char)('a' + (x >> 33) % 4);
+        vals[i][1] = 0;
+        w[i] = view(keys[i], vals[i], 1 + (x >> 40) % 5, 1 + (x >> 45) % 7,
+                    1 + (x >> 50) % 3);
+    }
+    static const int targets[] = {ETCD_SORT_KEY, ETCD_SORT_VERSION,
+                                  ETCD_SORT_CREATE, ETCD_SORT_MOD,
+                                  ETCD_SORT_VALUE};
+    static const int orders[] = {ETCD_SORT_NONE, ETCD_SORT_ASCEND,
+                                 ETCD_SORT_DESCEND};
+    static const size_t ks[] = {1, 2, 3, 7, 39, 40, 41, 64};
+    for (size_t t = 0; t < PZ_ARRAY_SIZE(targets); t++)
+        for (size_t o = 0; o < PZ_ARRAY_SIZE(orders); o++)
+            for (size_t j = 0; j < PZ_ARRAY_SIZE(ks); j++)
+                CHECK(select_same(w, 40, ks[j], orders[o], targets[t]));
+    /* fewer views than k: all of them */
+    CHECK(select_same(w, 1, 5, ETCD_SORT_ASCEND, ETCD_SORT_CREATE));
+    CHECK(select_same(w, 0, 5, ETCD_SORT_DESCEND, ETCD_SORT_MOD));
+}
+
 /* etcd's rpctypes errors (etcd 3.4 api/v3rpc/rpctypes/error.go): what
  * clients match on, for the gRPC calls and the gateway alike. */
 TEST(node_status)
@@ -281,13 +371,10 @@ TEST(node_status)
 }
 
 static const struct test_case cases[] = {
-    TEST_ENTRY(range_conventions),
-    TEST_ENTRY(range_overlap),
-    TEST_ENTRY(watch_keys_and_start),
-    TEST_ENTRY(compare_mapping),
-    TEST_ENTRY(filters_and_sort),
-    TEST_ENTRY(node_status),
-    TEST_END,
+    TEST_ENTRY(range_conventions),    TEST_ENTRY(range_overlap),
+    TEST_ENTRY(watch_keys_and_start), TEST_ENTRY(compare_mapping),
+    TEST_ENTRY(filters_and_sort),     TEST_ENTRY(select_first_views),
+    TEST_ENTRY(node_status),          TEST_END,
 };
 
 const struct test_suite suite_etcd_map = {"etcd_map", cases};
