@@ -11,8 +11,12 @@
  * ReadIndex round (node_lease_keepalive), on a follower each relayed to
  * the leader as one unary call of the same method
  * (grpc_stream_forward_call; with no leader known, or not its address,
- * after waiting for one, as the other calls), and every request gets one
- * answer, in order, pulled by the client's reads. When the client ends
+ * after waiting for one, as the other calls; what a relay holds counts
+ * against max-pending-output, and one with no room fails the stream with
+ * GRPC_RELAY_BUSY_MSG, as the other relayed calls; a relay refused by a
+ * node that is not the leader is not sent again: the client's next
+ * keep-alive is), and every request gets one answer, in order, pulled by
+ * the client's reads. When the client ends
  * its side, the call ends (OK) once every answer went.
  *
  * etcd's answers for leases that do not exist: KeepAlive TTL 0,
@@ -355,6 +359,10 @@ struct eka {
     bool busy;             /* one is being served */
     bool client_done;      /* the client ended its side */
     struct grpc_call call; /* a request relayed to the leader */
+    size_t held;           /* what call holds, counted against
+                              max-pending-output (grpc_call_opts.held) */
+    bool charged;          /* GRPC_RELAY_COST counted with the stream's
+                              output while call is in flight */
     bool in_call;
     bool leader_waited; /* waited for a leader since the last relay */
 };
@@ -451,6 +459,9 @@ static void ka_forward_done(struct grpc_call *call)
     struct eka *k = container_of(call, struct eka, call);
     struct gstream *st = k->st;
     k->in_call = false;
+    if (k->charged)
+        grpc_stream_charge(st, 0, GRPC_RELAY_COST);
+    k->charged = false;
     bool ok = call->status == GRPC_OK && call->has_resp;
     if (!ok)
         grpc_stream_fail(
@@ -486,7 +497,7 @@ static void ka_serve(struct eka *k)
     size_t n = etcdserverpb__lease_keep_alive_request__pack(&q, buf);
     int rv = grpc_stream_forward_call(st, &k->call, buf, n,
                                       grpc_stream_server(st)->fwd_timeout,
-                                      ka_forward_done);
+                                      &k->held, ka_forward_done);
     if (rv == PZ_ENOLEADER && !k->leader_waited &&
         !grpc_stream_server(st)->draining) {
         /* No leader known, or not its gRPC address: wait for one, as the
@@ -496,10 +507,13 @@ static void ka_serve(struct eka *k)
         k->leader_waited = true;
         grpc_stream_in_node(st, true);
         node_wait_leader(grpc_stream_req(st), ka_leader_known);
+    } else if (rv == PZ_EOVERLOAD) {
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, GRPC_RELAY_BUSY_MSG);
     } else if (rv < 0) {
         grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
     } else {
         k->in_call = true;
+        k->charged = true;
         k->leader_waited = false;
     }
 }

@@ -139,13 +139,22 @@ static bool retry(struct fwd_req *r, int err)
     return true;
 }
 
-/* The answer is a refusal by a node that is not the leader (fwd.h): the
- * request did nothing there. */
+/* Is res's body the line text? */
+static bool body_is(const struct httpc_result *res, const char *text)
+{
+    size_t n = strlen(text);
+    return res->blen == n + 1 && memcmp(res->body, text, n) == 0 &&
+           res->body[n] == '\n';
+}
+
+/* The answer is a refusal by a node that is not the leader, whether it
+ * knows another or none (fwd.h): the request did nothing there. Any
+ * other 503 (a timeout, an overload, a leader change) may follow a
+ * proposal, and is the client's to see. */
 static bool not_leader(const struct httpc_result *res)
 {
-    size_t n = strlen(FWD_NOT_LEADER);
-    return res->status == 503 && res->blen == n + 1 &&
-           memcmp(res->body, FWD_NOT_LEADER "\n", n + 1) == 0;
+    return res->status == 503 &&
+           (body_is(res, FWD_NOT_LEADER) || body_is(res, FWD_NO_LEADER));
 }
 
 /* The room hold() granted r's answer goes (no body comes with it). */
@@ -164,6 +173,7 @@ static void on_answer(const struct httpc_result *res, void *data)
     r->revision = 0;
     r->has_revision =
         http_parse_revision(res->revision, strlen(res->revision), &r->revision);
+    r->nothing_written = res->nothing_written;
     if (res->err == PZ_ENOSPC) {
         /* Answered, but with no room for it: never sent again. */
         unhold(r);
@@ -270,6 +280,7 @@ int fwd_send(struct fwd_req *r, const char *addr, const char *method,
     r->sblen = blen;
     r->retry_until = uv_now(loop) + retry_ms;
     r->pause = 0;
+    r->nothing_written = false;
     return send_to(r, addr);
 }
 

@@ -8,8 +8,9 @@
  * Retries, only where they are safe: a request that never reached the
  * leader (the connection could not be made), or that the node taken for
  * the leader refused because it is not the leader any more (503
- * FWD_NOT_LEADER: it restarted or lost an election, and proposed nothing),
- * is sent again, whatever it is; one lost with its connection after it was
+ * FWD_NOT_LEADER: it restarted or lost an election; or 503 FWD_NO_LEADER:
+ * it knew no leader either; both before proposing anything), is sent
+ * again, whatever it is; one lost with its connection after it was
  * written is sent again only when the caller marks it idempotent (a read),
  * since a write may have been applied. The first resend of a lost request
  * goes at once (a kept-alive connection the leader closed, a restarted
@@ -33,7 +34,11 @@
  *
  * A forwarded request carries `X-Pyazdb-Forwarded: 1`; a node that gets one
  * while it is not the leader answers 503 rather than forwarding again, so a
- * request never loops between nodes that disagree about the leader.
+ * request never loops between nodes that disagree about the leader. The
+ * leader's answer to a forwarded /txn whose branch only read carries
+ * `X-Pyazdb-Nothing-Written: 1` (fwd_req.nothing_written): a follower that
+ * has no room for the answer refuses it as a read, not as an applied
+ * write.
  *
  * The leader is trusted with the data, not with our memory or time: a
  * response whose status line and headers pass FWD_MAX_HEADER_BYTES or
@@ -52,6 +57,9 @@
 /* The 503 body a node that is not the leader answers a forwarded request
  * with (before proposing anything), without its final newline. */
 #define FWD_NOT_LEADER "Not the leader"
+/* The 503 body a node answers a write with when it knew no leader for
+ * request-timeout (it proposed nothing), without its final newline. */
+#define FWD_NO_LEADER "Not leader and no leader known"
 #define FWD_MAX_HEADER_BYTES (64 * 1024) /* status line + headers */
 #define FWD_MAX_BODY (64u * 1024 * 1024) /* response body */
 
@@ -65,7 +73,8 @@ struct fwd_wait;
  * time (PZ_ETIMEDOUT), the leader changed (PZ_ELEADERCHANGE, see
  * above; nothing was sent, or only what is safe to send again), or hold()
  * refused room for the answer's body (PZ_ENOSPC: the leader did answer,
- * http_status and revision say how; its body was dropped). */
+ * http_status, revision and nothing_written say how; its body was
+ * dropped). */
 typedef void (*fwd_cb)(struct fwd_req *r, int status);
 
 struct fwd_req {
@@ -75,6 +84,7 @@ struct fwd_req {
     char allow[64];         /* its Allow header, "" if none */
     uint64_t revision;      /* its X-Pyazdb-Revision, 0 if none */
     bool has_revision;      /* it sent one (http_parse_revision's) */
+    bool nothing_written;   /* it said the request changed nothing */
     struct pz_buf body;     /* its body (fwd_send initializes, caller
                                frees with pz_buf_free) */
     const char *auth;       /* set before fwd_send: bearer token sent as

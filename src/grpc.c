@@ -907,13 +907,18 @@ static bool retry_forward(struct gstream *st)
 }
 
 /* True when the forwarded call surely did nothing on the leader: it never
- * got there, or the node refused it for not being the leader (before
- * anything was proposed). Safe to send again, even a write. */
+ * got there, or the node refused it for not being the leader, whether it
+ * knew another or none (before anything was proposed). Safe to send
+ * again, even a write. Any other UNAVAILABLE (a timeout, an overload, a
+ * leader change) may follow a proposal, and is the client's to see. */
 static bool forward_unsent(const struct grpc_call *call)
 {
     if (call->status != GRPC_UNAVAILABLE)
         return false;
-    return call->unsent || strcmp(call->message, GRPC_NOT_LEADER_MSG) == 0;
+    return call->unsent || strcmp(call->message, GRPC_NOT_LEADER_MSG) == 0 ||
+           strcmp(call->message, GRPC_NO_LEADER_MSG) == 0 ||
+           strcmp(call->message, GRPC_NO_LEADER_WRITE_MSG) == 0 ||
+           strcmp(call->message, GRPC_ETCD_NO_LEADER_MSG) == 0;
 }
 
 static void on_forward_done(struct grpc_call *call)
@@ -990,7 +995,7 @@ static void no_leader(struct gstream *st)
         finish(st, GRPC_UNAVAILABLE,
                "the leader's (%s) gRPC address is not known yet", ns.leader);
     else
-        finish(st, GRPC_UNAVAILABLE, "not the leader and no leader known");
+        finish(st, GRPC_UNAVAILABLE, GRPC_NO_LEADER_MSG);
 }
 
 /* The wait forward() started is over: run the call again, or end it. */
@@ -1084,7 +1089,7 @@ static void node_error(struct gstream *st, int rv, bool write)
         forward(st);
         break;
     case PZ_ENOLEADER:
-        finish(st, GRPC_UNAVAILABLE, "no leader known");
+        finish(st, GRPC_UNAVAILABLE, GRPC_NO_LEADER_WRITE_MSG);
         break;
     case PZ_ESHUTDOWN:
         finish(st, GRPC_UNAVAILABLE, "server is shutting down");
@@ -2623,20 +2628,30 @@ void grpc_stream_forward(struct gstream *st)
 
 int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
                              const void *msg, size_t len, uint64_t timeout_ms,
-                             grpc_call_cb cb)
+                             size_t *held, grpc_call_cb cb)
 {
     struct grpc_server *gs = st->s->gs;
     const char *addr = gs->be->leader_grpc_addr();
     if (addr == NULL || addr[0] == '\0' || st->was_forwarded || gs->draining)
         return PZ_ENOLEADER;
+    /* Counted as forward() counts a relayed call, and its cost with the
+     * stream's output (grpc_stream_reserve: the connection's share): with
+     * a stopped leader, a flood of them must meet max-pending-output, not
+     * grow the follower's memory. */
+    if (!conn_output_room(st->s->c, len + GRPC_FRAME_HEADER) ||
+        !grpc_stream_reserve(st, GRPC_RELAY_COST))
+        return PZ_EOVERLOAD;
     char bearer[8 + MAX_HEADER_BYTES];
     const char *md[5];
     forward_metadata(st, bearer, sizeof bearer, md);
-    struct grpc_call_opts opts = {.metadata = md, .timeout_ms = timeout_ms};
+    struct grpc_call_opts opts = {
+        .metadata = md, .timeout_ms = timeout_ms, .held = held};
     int rv = grpc_client_call(leader_client(gs, addr), call, st->m->path, msg,
                               len, &opts, cb);
     if (rv == 0)
         gs->stats.forwarded++;
+    else
+        grpc_stream_charge(st, 0, GRPC_RELAY_COST);
     return rv;
 }
 

@@ -24,11 +24,24 @@ struct grpc_client;
  * (it lost an election since the sender took it for the leader): nothing
  * was proposed, so the sender may send the call again to the next leader. */
 #define GRPC_NOT_LEADER_MSG "not the leader (leadership is changing; retry)"
+/* The messages of a call refused by a node that knew no leader (for
+ * request-timeout, or when it asked): nothing was proposed either, and
+ * the sender may send the call again to the next leader. Of a call a
+ * node would relay, of a write, of an etcd call. */
+#define GRPC_NO_LEADER_MSG "not the leader and no leader known"
+#define GRPC_NO_LEADER_WRITE_MSG "no leader known"
+#define GRPC_ETCD_NO_LEADER_MSG "etcdserver: no leader"
 /* The message of a call a follower would relay to the leader, refused
  * because what relayed calls hold would pass max-pending-output (nothing
  * was sent); HTTP's 503 says the same. */
 #define GRPC_RELAY_BUSY_MSG                                                    \
     "server busy: too many requests waiting for the leader; retry later"
+/* What one message relayed on its own (grpc_stream_forward_call) holds
+ * beside its bytes: the streams and header blocks on both sessions, the
+ * call. Counted while it is with the leader, since such a message is a
+ * few bytes (a LeaseKeepAlive's) and its bytes alone would let a flood
+ * through a stalled leader grow memory unseen (about 3 kB a stream). */
+#define GRPC_RELAY_COST 2048
 
 /* How the server reaches the node. grpc_node_backend calls node_*; tests
  * substitute their own (e.g. a node that is never the leader). */
@@ -206,12 +219,18 @@ void grpc_stream_forward(struct gstream *st);
 void grpc_stream_reset(struct gstream *st);
 /* A bidirectional call's one message, sent on its own to the leader as a
  * unary call of the same method (the leader answers it with one message
- * and OK once the request ends). 0 and cb later (cancel call with
- * grpc_client_cancel), or PZ_ENOLEADER (no leader known, or st itself
- * was forwarded: one hop only) or another code at once. */
+ * and OK once the request ends). What the call holds counts in *held
+ * (grpc_call_opts.held: the caller's, 0 at first, back to 0 once the call
+ * is reset or cancelled), against max-pending-output as any relayed
+ * call's, and GRPC_RELAY_COST with st's output (grpc_stream_reserve),
+ * which the caller gives back (grpc_stream_charge) in cb. 0 and cb later
+ * (cancel call with grpc_client_cancel), or at once PZ_ENOLEADER (no leader
+ * known, or st itself was forwarded: one hop only), PZ_EOVERLOAD (no room in
+ * max-pending-output for it: answer GRPC_RELAY_BUSY_MSG; nothing was sent) or
+ * another code. */
 int grpc_stream_forward_call(struct gstream *st, struct grpc_call *call,
                              const void *msg, size_t len, uint64_t timeout_ms,
-                             grpc_call_cb cb);
+                             size_t *held, grpc_call_cb cb);
 /* Put pending output on the wire; st may be freed here. */
 void grpc_stream_flush(struct gstream *st);
 /* conn_now() when nghttp2 last took some of st's output, or when output

@@ -52,6 +52,7 @@ struct http_conn {
     size_t n_items;       /* items of the current operation */
     uint64_t count;       /* count of the last operation */
     bool truncated;       /* results dropped: over OUT_MAX */
+    bool wrote;           /* the transaction's branch has a write */
     struct watch_stream *ws; /* GET /watch: its stream (http_watch.h) */
     char *fwd_token;      /* the client's bearer token, forwarded */
     size_t fwd_held;      /* bytes kept for the forward, counted against
@@ -170,7 +171,7 @@ static void reply_node_error(struct http_conn *h, int status)
 {
     switch (status) {
     case PZ_ENOLEADER:
-        reply_text(h, 503, "Not leader and no leader known", NULL);
+        reply_text(h, 503, FWD_NO_LEADER, NULL);
         break;
     case PZ_ENOTLEADER:
         reply_text(h, 503, FWD_NOT_LEADER, NULL);
@@ -322,11 +323,13 @@ static void sink_op_begin(void *arg, size_t i, const struct kv_op *op)
     struct http_conn *h = arg;
     (void)i;
     h->n_items = 0;
+    bool read = op->type == KV_TOP_GET || op->type == KV_TOP_RANGE;
+    if (!read)
+        h->wrote = true;
     if (h->op.txn_kind != HTTP_TXN_JSON)
         return;
     if (h->n_ops++)
         pz_buf_append(&h->out, ",", 1);
-    bool read = op->type == KV_TOP_GET || op->type == KV_TOP_RANGE;
     pz_buf_appendf(&h->out, "{\"op\":\"%s\",\"%s\":[", op_names[op->type],
                    read ? "kvs" : "prev_kvs");
 }
@@ -364,6 +367,24 @@ static void reply_revision_max(struct http_conn *h)
                "The revision is at its maximum (2^62 - 1): the write was "
                "refused, nothing was done",
                NULL);
+}
+
+/* A /txn's JSON answer b. To a node that forwarded it, a branch that
+ * only read says so (fwd.h): the node may have to drop the answer for
+ * want of room, and must not then report a write. */
+static void reply_txn(struct http_conn *h, const struct pz_buf *b, uint64_t rev)
+{
+    struct httpd_reply r = {
+        .status = 200,
+        .ctype = "application/json",
+        .body = b->data,
+        .blen = b->len,
+        .has_revision = true,
+        .revision = rev,
+        .nothing_written =
+            !h->wrote && http_req_header(&h->hc.p.req, "x-pyazdb-forwarded"),
+    };
+    httpd_reply(&h->hc, &r);
 }
 
 static void on_txn_done(struct node_req *req, int status)
@@ -427,7 +448,7 @@ static void on_txn_done(struct node_req *req, int status)
         pz_buf_append(&b, "\"results\":[", 11);
         pz_buf_append(&b, h->out.data, h->out.len);
         pz_buf_append(&b, "]}\n", 3);
-        reply_rev(h, 200, "application/json", b.data, b.len, res->revision);
+        reply_txn(h, &b, res->revision);
     }
     pz_buf_free(&b);
 }
@@ -929,13 +950,16 @@ static bool hold_answer(struct fwd_req *f, size_t bytes)
 
 /* The leader answered h's forward with status, but its body had no room
  * in max-pending-output and was dropped. A read is refused as a range
- * with no room is; a write the leader applied (a 2xx answer) must not
- * look refused, nor retried as one: it says so, as etcd's Put does; any
- * other answer keeps the leader's status. */
+ * with no room is, and so is a transaction the leader says changed
+ * nothing (its branch only read: fwd_req.nothing_written); a write the
+ * leader applied (a 2xx answer) must not look refused, nor retried as
+ * one: it says so, as etcd's Put does; any other answer keeps the
+ * leader's status. */
 static void reply_answer_no_room(struct http_conn *h, int status)
 {
     char msg[200];
-    if (h->hc.p.req.method == HTTP_GET) {
+    if (h->hc.p.req.method == HTTP_GET ||
+        (status >= 200 && status <= 299 && h->fwd.nothing_written)) {
         reply_busy(h);
         return;
     }
@@ -1149,6 +1173,7 @@ static void start_write(struct http_conn *h)
         h->n_ops = h->n_items = 0;
         h->count = 0;
         h->truncated = false;
+        h->wrote = false;
         h->sink = (struct kv_sink){.op_begin = sink_op_begin,
                                    .item = sink_item,
                                    .op_end = sink_op_end,

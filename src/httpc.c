@@ -65,6 +65,7 @@ struct httpc {
     char ctype[128];            /* Content-Type of the answer being read */
     char allow[64];             /* its Allow */
     char revision[24];          /* its X-Pyazdb-Revision */
+    bool nothing_written;       /* its X-Pyazdb-Nothing-Written is 1 */
     struct pz_buf body;         /* its body */
     uint64_t announced;         /* its Content-Length, or UINT64_MAX */
     bool no_room;               /* o.hold refused its body: dropped */
@@ -335,6 +336,7 @@ static int on_message_begin(llhttp_t *p)
     struct httpc *c = client_of(p);
     c->head_bytes = 0;
     c->ctype[0] = c->allow[0] = c->revision[0] = '\0';
+    c->nothing_written = false;
     c->announced = UINT64_MAX;
     c->no_room = false;
     body_trim(c);
@@ -377,7 +379,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
-/* Keep the headers callers want (Content-Type, Allow). */
+/* Keep the headers callers want (Content-Type, Allow, PyazDB's own). */
 static int on_header_value_complete(llhttp_t *p)
 {
     struct httpc *c = client_of(p);
@@ -389,6 +391,9 @@ static int on_header_value_complete(llhttp_t *p)
     else if (c->field.len == 17 &&
              strcasecmp(c->field.data, "x-pyazdb-revision") == 0)
         snprintf(c->revision, sizeof c->revision, "%s", v);
+    else if (c->field.len == 24 &&
+             strcasecmp(c->field.data, "x-pyazdb-nothing-written") == 0)
+        c->nothing_written = strcmp(v, "1") == 0;
     pz_buf_reset(&c->field);
     pz_buf_reset(&c->value);
     return count_head(c, 4); /* ": " and CRLF */
@@ -491,6 +496,7 @@ static int on_message_complete(llhttp_t *p)
             .content_type = c->ctype,
             .allow = c->allow,
             .revision = c->revision,
+            .nothing_written = c->nothing_written,
             .body = c->body.data && !c->no_room ? c->body.data : "",
             .blen = c->no_room ? 0 : c->body.len,
             .buf = c->no_room ? NULL : &c->body,

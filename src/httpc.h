@@ -67,6 +67,7 @@ struct httpc_result {
     const char *content_type; /* its Content-Type, "" if none */
     const char *allow;        /* its Allow header, "" if none */
     const char *revision;     /* its X-Pyazdb-Revision, "" if none */
+    bool nothing_written;     /* it sent X-Pyazdb-Nothing-Written: 1 */
     const char *body;         /* its body, NUL-terminated ("" if none) */
     size_t blen;              /* body length (it may hold NUL bytes) */
     /* The buffer body is in when err == 0, else NULL: the callback may

@@ -147,6 +147,8 @@ static void write_reply(struct httpd_conn *hc, const struct httpd_reply *r,
         head_str(&h, "\r\nX-Pyazdb-Revision: ");
         head_u64(&h, r->revision);
     }
+    if (r->nothing_written)
+        head_str(&h, "\r\nX-Pyazdb-Nothing-Written: 1");
     if (r->status == 401 && hc->srv->o.realm) {
         head_str(&h, "\r\nWWW-Authenticate: Bearer realm=\"");
         head_str(&h, hc->srv->o.realm);

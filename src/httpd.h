@@ -144,6 +144,9 @@ struct httpd_reply {
     const char *allow; /* Allow header (405), or NULL */
     bool has_revision; /* send X-Pyazdb-Revision: revision */
     uint64_t revision; /* the state machine's revision the answer saw */
+    /* send X-Pyazdb-Nothing-Written: 1 (to a node that forwarded the
+     * request: the request changed nothing, see fwd.h) */
+    bool nothing_written;
 };
 /* Answer the request: the status line, Content-Type and Content-Length
  * (but for 204), Allow when given, `WWW-Authenticate: Bearer realm=...`

@@ -497,3 +497,88 @@ def test_calls_refused_by_a_node_that_lost_the_election_go_to_the_winner(
     assert "Not the leader" in log or "not the leader" in log, log[-3000:]
     st, _, body = new.request("GET", "/get?key=h")
     assert (st, body) == (200, b"1")
+
+
+def test_calls_refused_by_a_node_that_knows_no_leader_go_to_the_next(
+        servers, tmp_path):
+    """The leader loses its quorum (both other nodes stopped) and steps
+    down, knowing no leader; one follower comes back still taking it for
+    the leader (a long election timeout) and forwards writes to it. The
+    old leader waits for a leader for its request-timeout (1 s), then
+    refuses them (`Not leader and no leader known`, gRPC `no leader
+    known`, etcd `etcdserver: no leader`): nothing was proposed, so the
+    follower forwards them again until a leader is elected, within its
+    own request-timeout. Before, the refusal came back to the client."""
+    import grpc
+    import grpc_helpers as gh
+    pb = gh.stubs(str(tmp_path / "stubs"))
+    epb = gh.etcd_stubs(str(tmp_path / "etcd_stubs"))
+    nodes = make_cluster(servers, conf={
+        "election-timeout": "1s", "heartbeat-interval": "100ms",
+        "request-timeout": "1s"}, start=False)
+    a = nodes[0]
+    a.conf["election-timeout"] = "20s"  # follows the old leader all along
+    a.conf["request-timeout"] = "15s"
+    a.write_conf()
+    for s in nodes:
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    old = leader_of(nodes)
+    assert old is not a
+    other = next(s for s in nodes if s not in (a, old))
+    assert put(a, "before", "1")[0] == 204  # a's links to the leader
+    c = gh.Client(a.grpc_port, pb)
+    try:
+        assert c.Set(pb.kv.SetRequest(key="before", value="1"),
+                     timeout=10).success
+        gh.etcd_call(a.grpc_port, epb, "KV", "Put",
+                     epb.PutRequest(key=b"before", value=b"1"))
+        a.signal(signal.SIGSTOP)
+        other.signal(signal.SIGSTOP)
+        try:
+            # no heartbeat answered for an election timeout: it steps down
+            wait_for(lambda: old.status()["leader"] == "",
+                     "the old leader stepping down")
+        finally:
+            a.signal(signal.SIGCONT)
+        results = {}
+
+        def http_set():
+            st, _, body = put(a, "h", "1", timeout=30)
+            results["http"] = (st, body)
+
+        def grpc_set():
+            try:
+                results["grpc"] = c.Set(pb.kv.SetRequest(key="g", value="1"),
+                                        timeout=30).success
+            except grpc.RpcError as e:
+                results["grpc"] = (e.code(), e.details())
+
+        def etcd_put():
+            try:
+                gh.etcd_call(a.grpc_port, epb, "KV", "Put",
+                             epb.PutRequest(key=b"e", value=b"1"), timeout=30)
+                results["etcd"] = "ok"
+            except grpc.RpcError as e:
+                results["etcd"] = (e.code(), e.details())
+
+        threads = [threading.Thread(target=fn)
+                   for fn in (http_set, grpc_set, etcd_put)]
+        for t in threads:
+            t.start()
+        time.sleep(2.5)  # each refused at least once by now
+        assert a.status()["leader"] == old.name
+        other.signal(signal.SIGCONT)
+        for t in threads:
+            t.join()
+    finally:
+        other.signal(signal.SIGCONT)
+        c.close()
+    assert results == {"http": (204, b""), "grpc": True, "etcd": "ok"}, \
+        results
+    assert "trying again" in a.read_log()
+    new = leader_of(nodes, timeout=20)
+    for key in ("h", "g", "e"):
+        st, _, body = new.request("GET", f"/get?key={key}")
+        assert (st, body) == (200, b"1"), key

@@ -2608,3 +2608,109 @@ def test_answers_forwarded_from_the_leader_are_bounded(servers):
     st, _, body = f.request("POST", "/txn", json.dumps({"success": [
         {"range": {"prefix": "big/"}}, {"put": {"key": "y", "value": "v"}}]}))
     assert st == 200 and len(json.loads(body)["results"][0]["kvs"]) == 6
+
+
+def test_forwarded_reads_with_no_room_are_refused_as_reads(servers):
+    """A /txn that may write is forwarded by a follower; when its branch
+    only reads (here: its comparison holds, its success branch is one
+    range of 4.8 MB, its failure branch a put), the leader wrote nothing.
+    Twenty clients send one each and read nothing, so most answers find
+    no room in the follower's max-pending-output as they arrive. Those
+    get the 503 a read with no room gets; before, they got 500 "The
+    write was applied at revision N", for a write that never was."""
+    nodes = make_cluster(servers, conf={
+        "max-pending-output": "16mb", "conn-hard-limit": "8mb",
+        "max-value-size": "1mb", "election-timeout": "20s",
+        "heartbeat-interval": "200ms", "request-timeout": "60s"},
+        start=False)
+    for s in nodes[:2]:  # one of them leads
+        s.conf["max-pending-output"] = "256mb"
+        s.conf["election-timeout"] = "2s"
+        s.write_conf()
+    leader, _ = start_cluster(nodes)
+    f = nodes[2]
+    assert leader is not f
+    value = "v" * (800 * 1024)
+    for i in range(6):
+        assert set_key(leader, f"big/{i}", value)[0] == 204
+    assert set_key(f, "flag", "1")[0] == 204  # its link to the leader
+    rev = leader.status()["revision"]
+    body = json.dumps({
+        "compare": [{"key": "flag", "target": "value", "result": "=",
+                     "value": "1"}],
+        "success": [{"range": {"prefix": "big/"}}],
+        "failure": [{"put": {"key": "never", "value": "v"}}]}).encode()
+    socks = []
+    leader.signal(signal.SIGSTOP)  # the answers come back at once
+    try:
+        socks = unread_answers(f.http_port, 20, (
+            b"POST /txn HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            b"\r\n" % len(body)) + body)
+        time.sleep(1)
+        leader.signal(signal.SIGCONT)
+        time.sleep(3)  # the answers reach the follower
+        answers = [status_line_of(s) for s in socks]
+    finally:
+        leader.signal(signal.SIGCONT)
+        for s in socks:
+            s.close()
+    lines = [a[0] for a in answers if a]
+    assert set(lines) <= {b"HTTP/1.1 200 OK",
+                          b"HTTP/1.1 503 Service Unavailable"}, lines
+    assert lines.count(b"HTTP/1.1 503 Service Unavailable") >= 5, lines
+    for line, out in filter(None, answers):
+        if line.endswith(b"200 OK"):
+            assert len(json.loads(out)["results"][0]["kvs"]) == 6
+        else:
+            assert out == (b"Server busy: too many answers waiting for "
+                           b"clients; retry later\n"), out
+    # nothing was written
+    assert leader.status()["revision"] == rev
+    assert f.request("GET", "/get?key=never")[0] == 404
+
+
+def test_keepalives_relayed_to_a_stalled_leader_are_bounded(servers, epb):
+    """The leader stalls (SIGSTOP) while clients open 3,600 LeaseKeepAlive
+    streams on a follower, one request each: every request is relayed to
+    the leader and waits there. What each relay holds counts against
+    max-pending-output (4 MiB here) as the other relayed calls do: past
+    it they are refused (UNAVAILABLE, server busy), and a connection
+    holding that much is not read until its relays end. Before, nothing
+    of them counted and
+    every stream waited: the follower grew by about 3 kB a stream, with
+    no bound but the number of streams its clients may open."""
+    nodes = make_cluster(servers, conf={
+        "max-pending-output": "4mb", "conn-hard-limit": "2mb",
+        "request-timeout": "30s"})
+    leader = leader_of(nodes)
+    f = next(s for s in nodes if s is not leader)
+    lease = gh.etcd_call(leader.grpc_port, epb, "Lease", "LeaseGrant",
+                         epb.LeaseGrantRequest(TTL=600)).ID
+    gh.etcd_call(f.grpc_port, epb, "KV", "Put",  # f's link to the leader
+                 epb.PutRequest(key=b"k", value=b"v"))
+    keepalive = frame(epb.LeaseKeepAliveRequest(ID=lease).SerializeToString())
+    path = "/etcdserverpb.Lease/LeaseKeepAlive"
+    rss = rss_mb(f)
+    conns = []
+    leader.signal(signal.SIGSTOP)
+    try:
+        for _ in range(4):
+            r = RawH2(f.grpc_port)
+            conns.append(r)
+            for i in range(900):
+                sid = 2 * i + 1
+                r.headers(sid, grpc_headers(path, f.grpc_port))
+                r.data(sid, keepalive)
+            r.read_frames(timeout=0.5)
+        time.sleep(1)
+        grew = rss_mb(f) - rss
+        pending = f.status()["pending_output"]
+    finally:
+        leader.signal(signal.SIGCONT)
+        for r in conns:
+            r.close()
+    print(f"follower grew by {grew:.1f} MB, {pending} bytes pending")
+    # the relays count (2 kB each), up to the bound: past it the follower
+    # refuses them, or stops reading the connections that send them
+    assert MiB <= pending <= 4 * MiB, pending
+    assert f.proc.poll() is None
