@@ -2710,7 +2710,9 @@ def test_keepalives_relayed_to_a_stalled_leader_are_bounded(servers, epb):
         for r in conns:
             r.close()
     print(f"follower grew by {grew:.1f} MB, {pending} bytes pending")
-    # the relays count (2 kB each), up to the bound: past it the follower
-    # refuses them, or stops reading the connections that send them
-    assert MiB <= pending <= 4 * MiB, pending
+    # the relays count (2 kB each), up to the bound (a little past it: a
+    # connection under its high-water mark still gets room): past it the
+    # follower refuses them, or stops reading the connections that send
+    # them
+    assert MiB <= pending <= 6 * MiB, pending
     assert f.proc.poll() is None
