@@ -290,6 +290,13 @@ MUTATIONS = [
       "           rs.snap_term == nd->got_term;",
       ["nodesim:300"],
       "a received snapshot is dropped before the install the core took"),
+    M("received_snapshot_not_fsynced", "src/snapshot.c",
+      "    rc = fsync(r->fd) < 0 ? -errno : 0;\n    if (close(r->fd) < 0 && rc == 0)",
+      "    rc = 0;\n    if (close(r->fd) < 0 && rc == 0)",
+      ["py:test_powerloss.py::test_power_cuts_during_install_snapshot"],
+      "a received snapshot is renamed into place and installed without an "
+      "fsync: a power cut leaves the log compacted behind a file that is "
+      "not there"),
     # --- tokens and sizes -------------------------------------------------
     M("bearer_prefix_accepted", "src/httpd.c",
       "           pz_token_equal(token, strlen(token), h, n);",

@@ -15,8 +15,9 @@
  *
  * Points defined so far: snapshot-mid-write, snapshot-before-rename,
  * snapshot-after-rename, install-mid (snapshot.c); before-log-truncate,
- * after-log-truncate, restore-created, restore-hard-state,
- * restore-compacted, restore-clearing (node_snapshot.c).
+ * after-log-truncate, install-received, install-applied, restore-created,
+ * restore-hard-state, restore-compacted, restore-clearing
+ * (node_snapshot.c); install-stored (node.c).
  *
  * Safe to call in a child between fork() and _exit() (it allocates
  * nothing; the log line goes through pz_log). */

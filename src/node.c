@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "failpoint.h"
 #include "log.h"
 #include "node_internal.h"
 #include "node_lease.h"
@@ -758,6 +759,8 @@ static void on_written(int status, const char *errmsg)
         members_save_cluster_id(NULL, nd->cluster_id);
     }
     promise_record();
+    if (q->rd.snapshot)
+        pz_failpoint("install-stored"); /* durable, not yet acknowledged */
     retire_durable();
 }
 

@@ -834,6 +834,7 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     pz_info("received snapshot at index %llu (%zu keys); installing it once "
             "the leader says so",
             (unsigned long long)c->snap_index, kv_count(kv));
+    pz_failpoint("install-received"); /* the file durable, Raft unaware */
     return NULL;
 }
 
@@ -967,6 +968,7 @@ void snaps_install(const struct raft_snapshot_meta *sm)
     update_snap_waiters();
     pz_info("installed snapshot at index %llu (%zu keys)",
             (unsigned long long)sm->index, kv_count(kv));
+    pz_failpoint("install-applied"); /* in memory; the store write next */
 }
 
 /* Usable only if the stored log agrees with it: it is the store's
