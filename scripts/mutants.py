@@ -200,6 +200,14 @@ MUTATIONS = [
       ["py:test_join.py::"
        "test_node_joining_a_founded_cluster_learns_every_members_addresses"],
       "a joining node drops what its leader's handshake told"),
+    M("cluster_id_saved_after_a_write", "src/node_members.c",
+      "    nd->cluster_id = id;\n    if (NIO(store_busy)) {",
+      "    nd->cluster_id = id;\n    if (NIO(store_busy) || id != 0) {",
+      ["py:test_powerloss.py::"
+       "test_joining_node_keeps_its_cluster_id_through_a_power_cut"],
+      "a joining node's cluster id waits for a log write to end and, with "
+      "more writes queued, its acknowledgements go out first: a power cut "
+      "brings it back with a log and cluster id 0"),
     M("node_read_before_apply", "src/node.c",
       "        if (r->index <= nd->applied)\n            reqs_done(r, 0);",
       "        if (r->index <= nd->applied || r->index > 0)\n"

@@ -300,7 +300,14 @@ void members_on_peer_info(void *data, uint64_t id, bool dialed,
 }
 
 /* A joining node learned its cluster's id from the first member that
- * dialed it: keep it, so that a restart presents the same one. */
+ * dialed it: keep it, so that a restart presents the same one. It must be
+ * on disk before the node acknowledges anything: one that came back from a
+ * power cut with a log and cluster id 0 would take the id of whichever
+ * cluster dialed it first. A joining node has received nothing before its
+ * first contact, so its store has no write in flight then and the id is
+ * written (and synced) here, before the transport reads the link's first
+ * message. The deferred save is only for a store busy at that moment;
+ * acknowledgements could go out ahead of it. */
 void members_save_cluster_id(void *data, uint64_t id)
 {
     PZ_UNUSED(data);

@@ -496,3 +496,54 @@ def test_power_cuts_during_install_snapshot(servers):
             assert f"loaded snapshot at index {index} " in log, log
         else:
             assert "installed snapshot at index" in log, log
+
+
+def match_index(leader, name):
+    """The leader's match index for member name (0: not a member yet)."""
+    st, _, body = leader.request("GET", "/cluster", timeout=2)
+    assert st == 200, body
+    return next((m["match_index"] for m in json.loads(body)["members"]
+                 if m["name"] == name), 0)
+
+
+def test_joining_node_keeps_its_cluster_id_through_a_power_cut(servers,
+                                                               mandi):
+    """A node joining through mandi learns the cluster id from the first
+    member that dials it and must have it on disk before it acknowledges
+    anything: a node that came back from a power cut with a log but
+    cluster id 0 would take the id of whichever cluster dials it first.
+    It joins while writes stream in and its fsyncs are slow (its store
+    as busy as it gets); its power goes out as soon as the leader has
+    an acknowledgement from it. Its raft.db must hold the cluster's id,
+    and it must come back as a member and catch up."""
+    from test_cluster import meta_value
+    from test_join import wait_voters
+    first = servers("node1", conf={"mandi-addr": mandi.url})
+    m = re.search(r"raft: listening on .*cluster ([0-9a-f]{16})\)",
+                  first.read_log())
+    assert m, first.read_log()
+    cluster_id = int(m.group(1), 16)
+    stop = threading.Event()
+    keys, errors = [], []
+    ts = writers(first, stop, keys, errors, n=4, pad=PAD)
+    try:
+        new = servers("node2", start=False,
+                      conf={"raft-bootstrap": "no", "mandi-addr": mandi.url})
+        powerloss.prepare(new, sync_delay_ms=100)
+        new.start(wait=False)
+        wait_for(lambda: match_index(first, "node2") > 0,
+                 "an acknowledgement from node2", timeout=20, step=0.005)
+        changed = powerloss.power_cut(new)
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(10)
+    assert errors == []
+    assert changed > 0, "the joining node had nothing undurable at the cut"
+    assert "joined cluster" in new.read_log()
+    assert int(meta_value(new, "cluster_id") or 0) == cluster_id
+    powerloss.set_sync_delay(new, 0)
+    new.start()
+    wait_voters(first, ["node1", "node2"])
+    converged([first, new])
+    assert_everywhere([first, new], {k: k + PAD for k in keys})
