@@ -1564,12 +1564,44 @@ MUTATIONS = [
       "child: the heap no longer has the last view kept at its root, and "
       "views that come first are dropped"),
     M("range_select_keeps_only_limit", "src/etcd_kv.c",
-      "            l.top = (size_t)q->limit + 1;",
-      "            l.top = (size_t)q->limit;",
+      "            p.top = (size_t)q->limit + 1;",
+      "            p.top = (size_t)q->limit;",
       ["py:test_etcd.py::test_sorted_limited_range_is_the_head_of_the_whole",
        "py:test_etcd.py::test_sorted_limited_ranges_same_as_etcd"],
       "a sorted (or filtered) limited Range selects limit views, not "
       "limit + 1: a filtered answer says more=false with keys left out"),
+    M("txn_sorted_range_copies_every_key", "src/etcd_kv.c",
+      "        e->pick = range_pick(ops[i]->request_range);",
+      "        e->pick = (struct rpick){.keep = SIZE_MAX};",
+      ["py:test_etcd.py::test_txn_sorted_limited_ranges_past_max_message",
+       "py:test_range_count.py::"
+       "test_sorted_limited_range_keeps_only_the_limit"],
+      "a Txn's sorted, limited range copies every key of its range again: "
+      "past grpc-max-message of keys and values it fails with `use a "
+      "limit` although it has one"),
+    M("txn_range_pick_ignores_branch", "src/etcd_kv.c",
+      "    e->failure = !succeeded;",
+      "    e->failure = false && !succeeded;",
+      ["py:test_etcd.py::test_txn_sorted_limited_ranges_past_max_message"],
+      "a Txn whose compares failed picks its ranges' keys by the success "
+      "branch's requests: a range sorted the other way answers the wrong "
+      "keys"),
+    M("kv_sink_not_told_the_branch", "src/kv.c",
+      "        if (a->sink && a->sink->branch)\n"
+      "            a->sink->branch(a->sink->arg, j->ok);\n",
+      "",
+      ["unit:kv/txn_sink_branch",
+       "py:test_etcd.py::test_txn_sorted_limited_ranges_past_max_message"],
+      "a Txn that writes never tells its sink the branch taken: an etcd "
+      "Txn's ranges in the failure branch are picked by the success "
+      "branch's requests"),
+    M("txn_range_eviction_still_counted", "src/etcd_kv.c",
+      "        e->bytes -= out;\n",
+      "",
+      ["py:test_etcd.py::test_txn_sorted_limited_ranges_past_max_message"],
+      "a Txn's sorted range frees the copies its selection evicts but "
+      "still counts their bytes: past grpc-max-message of keys that once "
+      "entered it fails with `use a limit`"),
     M("range_sorted_collects_every_view", "src/etcd_kv.c",
       "    if (l->top) {\n        /* Bytes are not measured",
       "    if (l->top && false) {\n        /* Bytes are not measured",

@@ -16,8 +16,12 @@
  * Put, DeleteRange and Txn each become one transaction command (kv.h) and
  * their results come back through a kv_sink while the command applies on
  * the leader: previous values (prev_kv), counts, a Txn's reads. Items are
- * copied out of the table only for operations that asked for them (at
- * most grpc-max-message bytes in all), each counted with the
+ * copied out of the table only for operations that asked for them, and
+ * for a range only those a Range of the same request would keep
+ * (range_pick: the branch taken's request says, since the command carries
+ * no sort): a sorted or filtered one with a limit holds at most the
+ * limit + 1 keys that come first in its order, whatever it walks. At
+ * most grpc-max-message bytes are held in all, each item counted with the
  * connection's answers against max-pending-output before it is copied
  * (grpc_stream_reserve): the results of every call a batch of writes
  * applies exist at once, before any is sent, so an item with no room
@@ -138,6 +142,54 @@ void etcd_stream_end(struct gstream *st, int call)
         etcd_lease_keepalive_end(st);
 }
 
+/* --- what a range keeps ------------------------------------------------- */
+
+static bool range_has_filter(const Etcdserverpb__RangeRequest *q)
+{
+    return q->min_mod_revision != 0 || q->max_mod_revision != 0 ||
+           q->min_create_revision != 0 || q->max_create_revision != 0;
+}
+
+/* Which of a range's keys its answer can be made of, from the request
+ * alone: what a Range's walk collects (range_reply) and what a Txn's range
+ * copies (sink_item) as the keys go by, before range_build filters, sorts
+ * and limits them. */
+struct rpick {
+    struct etcd_filter f;
+    bool filter; /* only the keys f keeps */
+    size_t keep; /* then at most the first this many (SIZE_MAX: all) */
+    size_t top;  /* > 0: only the top keys that come first in (order,
+                    target), a bounded heap (etcd_select_view) */
+    int order, target;
+};
+
+static struct rpick range_pick(const Etcdserverpb__RangeRequest *q)
+{
+    struct rpick p = {.f = {q->min_mod_revision, q->max_mod_revision,
+                            q->min_create_revision, q->max_create_revision},
+                      .filter = range_has_filter(q),
+                      .keep = SIZE_MAX};
+    bool sorted = (int)q->sort_order != ETCD_SORT_NONE;
+    int order = etcd_sort_order(q->sort_order, q->sort_target);
+    if (q->limit > 0) {
+        /* range_build keeps the first limit views of its order (and one
+         * more says `more`). Without a sort or a filter these are the
+         * first limit + 1 keys (range_build's rule), as they are when the
+         * order is the table's; else the limit + 1 views that come first
+         * in it, whichever keys they are, are selected as the walk goes:
+         * the same views range_build would sort first, without keeping
+         * every other. */
+        if ((!sorted && !p.filter) || order == ETCD_SORT_NONE) {
+            p.keep = (size_t)q->limit + 1;
+        } else {
+            p.top = (size_t)q->limit + 1;
+            p.order = order;
+            p.target = (int)q->sort_target;
+        }
+    }
+    return p;
+}
+
 /* --- per-call state ------------------------------------------------------ */
 
 /* Results of one operation of a transaction (or of a Put/DeleteRange). */
@@ -167,6 +219,8 @@ struct ekv {
     int tries; /* ignore_value/ignore_lease attempts */
     bool confirmed; /* put_ignore: its linearizable read was asked for */
     bool readonly; /* a Txn without writes (run after a read, not logged) */
+    bool failure;  /* a Txn's compares failed: its failure branch runs */
+    struct rpick pick; /* what the operation being applied keeps */
 };
 
 /* Free the items copied for e's operations. */
@@ -194,52 +248,111 @@ static void ekv_free(void *p)
     pz_cache_free(e);
 }
 
+static void sink_branch(void *arg, bool succeeded)
+{
+    struct ekv *e = arg;
+    e->failure = !succeeded;
+}
+
 static void sink_begin(void *arg, size_t i, const struct kv_op *op)
 {
     struct ekv *e = arg;
     e->cur = i;
     e->cur_type = op->type;
+    e->pick = (struct rpick){.keep = SIZE_MAX};
+    if (e->call != ETCD_TXN || op->type != KV_TOP_RANGE)
+        return;
+    /* A Txn's range keeps what a Range of the same request would: the
+     * command carries no sort, so the request of the branch taken says. */
+    const Etcdserverpb__TxnRequest *q =
+        (const Etcdserverpb__TxnRequest *)e->req;
+    Etcdserverpb__RequestOp **ops = e->failure ? q->failure : q->success;
+    size_t n = e->failure ? q->n_failure : q->n_success;
+    if (i < n &&
+        ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE)
+        e->pick = range_pick(ops[i]->request_range);
 }
 
 static void kv_of_view(Mvccpb__KeyValue *kv, const struct kv_view *v,
                        bool keys_only);
 
+/* An item's size in the answer: the record, its tag and length prefix. */
+static size_t item_estimate(const struct kv_view *v)
+{
+    Mvccpb__KeyValue pb;
+    kv_of_view(&pb, v, false);
+    return mvccpb__key_value__get_packed_size(&pb) + 6;
+}
+
+/* Copy v out of the table into the items of the operation being applied,
+ * as far as they are wanted and there is room. A range keeps what
+ * e->pick says (range_pick): a sorted, limited one only the limit + 1
+ * keys that come first in its order, as a heap whose root is the last of
+ * them; a key that would not enter is not copied, and the copy a new one
+ * evicts is freed and no longer counted, so what is held stays O(limit)
+ * however many keys the range walks. */
 static void sink_item(void *arg, const struct kv_view *v)
 {
     struct ekv *e = arg;
     if (e->cur >= e->nops || !e->ops[e->cur].want || e->over || e->no_room)
         return;
     struct eop *o = &e->ops[e->cur];
+    const struct rpick *p = &e->pick;
+    if ((p->filter && !etcd_filter_keep(&p->f, &v->meta)) || o->n >= p->keep)
+        return;
+    bool full = p->top && o->n >= p->top; /* v evicts the root, if taken */
+    if (p->top &&
+        !etcd_select_takes(o->items, o->n, p->top, v, p->order, p->target))
+        return;
     size_t vlen = v->value ? v->vlen : 0;
-    if (e->bytes + v->klen + vlen > e->max_bytes) {
+    size_t out = full ? o->items[0].klen + o->items[0].vlen : 0;
+    if (e->bytes - out + v->klen + vlen > e->max_bytes) {
         e->over = true;
         return;
     }
-    /* Its size in the answer: the record, its tag and length prefix. */
-    Mvccpb__KeyValue pb;
-    kv_of_view(&pb, v, false);
-    size_t est = mvccpb__key_value__get_packed_size(&pb) + 6;
+    size_t est = item_estimate(v);
     if (!grpc_stream_reserve(e->st, est)) {
         e->no_room = true;
         return;
     }
     e->reserved += est;
-    if (o->n == o->cap) {
+    e->bytes += v->klen + vlen;
+    uint8_t *b = NULL;
+    if (full) {
+        /* The root is evicted: no longer counted, and its copy's room
+         * (out + 2 bytes) is v's when v fits, as it mostly does (keys
+         * and values of a prefix alike), so that a walk every key of
+         * which enters (an order against the keys') allocates nothing. */
+        struct kv_view old = o->items[0];
+        size_t oest = item_estimate(&old);
+        grpc_stream_charge(e->st, 0, oest);
+        e->reserved -= oest;
+        e->bytes -= out;
+        if (out >= v->klen + vlen)
+            b = (uint8_t *)old.key;
+        else
+            pz_free((void *)old.key);
+    } else if (o->n == o->cap) {
         o->cap = o->cap ? 2 * o->cap : 4;
         o->items = pz_realloc(o->items, o->cap * sizeof *o->items);
     }
-    uint8_t *b = pz_malloc(v->klen + vlen + 2);
+    if (b == NULL)
+        b = pz_malloc(v->klen + vlen + 2);
     memcpy(b, v->key, v->klen);
     b[v->klen] = 0;
     if (vlen)
         memcpy(b + v->klen + 1, v->value, vlen);
     b[v->klen + 1 + vlen] = 0;
-    struct kv_view *c = &o->items[o->n++];
-    *c = *v;
-    c->key = b;
-    c->value = v->value ? b + v->klen + 1 : NULL;
-    c->vlen = vlen;
-    e->bytes += v->klen + vlen;
+    struct kv_view c = *v;
+    c.key = b;
+    c.value = v->value ? b + v->klen + 1 : NULL;
+    c.vlen = vlen;
+    if (full)
+        etcd_select_replace(o->items, o->n, &c, p->order, p->target);
+    else if (p->top)
+        etcd_select_view(o->items, &o->n, p->top, &c, p->order, p->target);
+    else
+        o->items[o->n++] = c;
 }
 
 static void sink_end(void *arg, uint64_t count, bool more)
@@ -267,7 +380,8 @@ static struct ekv *ekv_new(struct gstream *st, int call, ProtobufCMessage *req,
     e->ops = pz_cache_calloc(nops ? nops : 1, sizeof *e->ops);
     e->max_bytes = grpc_stream_server(st)->max_message;
     e->st = st;
-    e->sink = (struct kv_sink){.op_begin = sink_begin,
+    e->sink = (struct kv_sink){.branch = sink_branch,
+                               .op_begin = sink_begin,
                                .item = sink_item,
                                .op_end = sink_end,
                                .arg = e,
@@ -348,12 +462,6 @@ static int vlist_visit(void *arg, const struct kv_view *v)
     return l->n >= l->keep; /* the rest is only counted: stop the walk */
 }
 
-static bool range_has_filter(const Etcdserverpb__RangeRequest *q)
-{
-    return q->min_mod_revision != 0 || q->max_mod_revision != 0 ||
-           q->min_create_revision != 0 || q->max_create_revision != 0;
-}
-
 /* Filter, sort and limit the views of a range and fill r (kvs point into
  * the views; storage for them in *kvs_out, free with pz_free). Returns
  * false when the answer would pass max bytes. */
@@ -430,30 +538,16 @@ static void range_reply(struct gstream *st, struct ekv *e)
     struct etcd_range rg;
     etcd_range_decode(q->key.data, q->key.len, q->range_end.data,
                       q->range_end.len, &rg);
-    struct vlist l = {.keep = SIZE_MAX, .collect = !q->count_only,
-                      .values = !q->keys_only, .max = SIZE_MAX};
-    struct etcd_filter f = {q->min_mod_revision, q->max_mod_revision,
-                            q->min_create_revision, q->max_create_revision};
-    bool sorted = (int)q->sort_order != ETCD_SORT_NONE;
-    int order = etcd_sort_order(q->sort_order, q->sort_target);
-    if (range_has_filter(q))
-        l.filter = &f; /* only the views the filter keeps */
-    if (q->limit > 0) {
-        /* range_build keeps the first limit views of its order (and one
-         * more says `more`). Without a sort or a filter these are the
-         * first limit + 1 keys (range_build's rule), as they are when the
-         * order is the table's; else the limit + 1 views that come first
-         * in it, whichever keys they are, are selected as the walk goes:
-         * the same views range_build would sort first, without keeping
-         * every other. */
-        if ((!sorted && !range_has_filter(q)) || order == ETCD_SORT_NONE) {
-            l.keep = (size_t)q->limit + 1;
-        } else {
-            l.top = (size_t)q->limit + 1;
-            l.order = order;
-            l.target = (int)q->sort_target;
-        }
-    }
+    struct rpick p = range_pick(q);
+    struct vlist l = {.keep = p.keep,
+                      .top = p.top,
+                      .order = p.order,
+                      .target = p.target,
+                      .collect = !q->count_only,
+                      .values = !q->keys_only,
+                      .max = SIZE_MAX};
+    if (p.filter)
+        l.filter = &p.f; /* only the views the filter keeps */
     if (q->limit <= 0)
         l.max = e->max_bytes; /* every view would be sent: stop past it */
     if (rg.single) {

@@ -178,28 +178,27 @@ void etcd_sort_views(struct kv_view *v, size_t n, int order, int target)
         qsort_r(v, n, sizeof *v, view_cmp, &s);
 }
 
-void etcd_select_view(struct kv_view *v, size_t *n, size_t k,
-                      const struct kv_view *x, int order, int target)
+/* The comparison a selection in (order, target) uses. */
+static struct sort_ctx select_ctx(int order, int target)
 {
-    struct sort_ctx s = {order, target};
     if (order == ETCD_SORT_NONE) /* the table's order: keys ascending */
-        s = (struct sort_ctx){ETCD_SORT_ASCEND, ETCD_SORT_KEY};
-    size_t i;
-    if (*n < k) {
-        /* Room left: x goes in at the bottom and rises past every view
-         * that comes before it (the root is the one that comes last). */
-        i = (*n)++;
-        while (i > 0 && view_cmp(&v[(i - 1) / 2], x, &s) < 0) {
-            v[i] = v[(i - 1) / 2];
-            i = (i - 1) / 2;
-        }
-        v[i] = *x;
-        return;
-    }
-    if (view_cmp(x, &v[0], &s) >= 0)
-        return; /* comes after every view kept: not among the first k */
-    /* x replaces the root and sinks below the views that come after it. */
-    i = 0;
+        return (struct sort_ctx){ETCD_SORT_ASCEND, ETCD_SORT_KEY};
+    return (struct sort_ctx){order, target};
+}
+
+bool etcd_select_takes(const struct kv_view *v, size_t n, size_t k,
+                       const struct kv_view *x, int order, int target)
+{
+    struct sort_ctx s = select_ctx(order, target);
+    return n < k || view_cmp(x, &v[0], &s) < 0;
+}
+
+/* x replaces the root of the *n views and sinks below the views that come
+ * after it. The root is never read. */
+static void select_sink(struct kv_view *v, const size_t *n,
+                        const struct kv_view *x, struct sort_ctx s)
+{
+    size_t i = 0;
     for (;;) {
         size_t c = 2 * i + 1;
         if (c >= *n)
@@ -212,6 +211,32 @@ void etcd_select_view(struct kv_view *v, size_t *n, size_t k,
         i = c;
     }
     v[i] = *x;
+}
+
+void etcd_select_replace(struct kv_view *v, size_t n, const struct kv_view *x,
+                         int order, int target)
+{
+    select_sink(v, &n, x, select_ctx(order, target));
+}
+
+void etcd_select_view(struct kv_view *v, size_t *n, size_t k,
+                      const struct kv_view *x, int order, int target)
+{
+    struct sort_ctx s = select_ctx(order, target);
+    if (*n < k) {
+        /* Room left: x goes in at the bottom and rises past every view
+         * that comes before it (the root is the one that comes last). */
+        size_t i = (*n)++;
+        while (i > 0 && view_cmp(&v[(i - 1) / 2], x, &s) < 0) {
+            v[i] = v[(i - 1) / 2];
+            i = (i - 1) / 2;
+        }
+        v[i] = *x;
+        return;
+    }
+    if (view_cmp(x, &v[0], &s) >= 0)
+        return; /* comes after every view kept: not among the first k */
+    select_sink(v, n, x, s);
 }
 
 int etcd_watch_keys(const uint8_t *key, size_t klen, const uint8_t *end,

@@ -100,6 +100,17 @@ void etcd_sort_views(struct kv_view *v, size_t n, int order, int target);
  * the k. */
 void etcd_select_view(struct kv_view *v, size_t *n, size_t k,
                       const struct kv_view *x, int order, int target);
+/* Would etcd_select_view keep x (a selection of *n = n views, at most
+ * k)? Either there is room, or x comes before the last view kept (the
+ * root), which it would then evict. Lets a caller that keeps copies make
+ * one only for a view that enters. */
+bool etcd_select_takes(const struct kv_view *v, size_t n, size_t k,
+                       const struct kv_view *x, int order, int target);
+/* x, which etcd_select_takes says enters a full selection (n = k),
+ * evicts the root: as etcd_select_view, but without reading the root, so
+ * that the caller may reuse what the evicted view pointed to for x. */
+void etcd_select_replace(struct kv_view *v, size_t n, const struct kv_view *x,
+                         int order, int target);
 
 /* A Watch's keys, from a WatchCreateRequest's key and range_end with
  * etcd's conventions for watches: an empty key is "\0" (the smallest

@@ -2047,6 +2047,8 @@ int kv_txn_read(struct kv *kv, const uint8_t *cmd, size_t len, uint64_t budget,
     struct kv_op *ops;
     size_t n;
     res->succeeded = txn_branch(kv, &c, &ops, &n);
+    if (sink && sink->branch)
+        sink->branch(sink->arg, res->succeeded);
     if (!ops_within(kv, ops, n, PZ_MIN(budget, (uint64_t)KV_TXN_KEYS_MAX))) {
         res->status = KV_ETXN_KEYS;
         res->succeeded = false;
@@ -2361,6 +2363,8 @@ static bool job_begin(struct kv_job *j)
         /* The compares are evaluated once, on the table before the
          * branch runs; the branch taken is checked, then run. */
         j->ok = txn_branch(kv, c, &j->ops, &j->n);
+        if (a->sink && a->sink->branch)
+            a->sink->branch(a->sink->arg, j->ok);
         if (!ops_leases_ok(kv, j->ops, j->n)) {
             res->status = KV_ELEASE_NOTFOUND;
             res->succeeded = false;

@@ -295,6 +295,11 @@ struct kv_sink {
      * limit. The reader's choice, as the rest of the sink: it changes
      * what the reader is told, never what a command does to the table. */
     bool count_range;
+    /* A transaction's compares are decided, before its first op_begin:
+     * the branch taken (true: success). A reader that answers each
+     * operation from its request (an etcd Txn's sorted ranges) learns here
+     * which request operation i is. May be NULL. */
+    void (*branch)(void *arg, bool succeeded);
 };
 
 /* Called for each change a command makes, in order (for watchers): type

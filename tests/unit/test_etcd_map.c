@@ -237,16 +237,35 @@ TEST(filters_and_sort)
     CHECK(v[0].key[0] == 'd' && v[3].key[0] == 'a');
 }
 
-/* Select the first k of n views with etcd_select_view, offered in the
- * order given, and sort them: true when they are exactly the first k of
- * all n sorted (a copy), in the same order. */
-static bool select_same(const struct kv_view *in, size_t n, size_t k, int order,
-                        int target)
+/* Select the first k of n views, offered in the order given, and sort
+ * them: true when they are exactly the first k of all n sorted (a copy),
+ * in the same order. As a Txn's range does: a view is offered only when
+ * etcd_select_takes says it enters (etcd_select_view while there is room,
+ * then etcd_select_replace, which must evict the root without reading
+ * it); and with etcd_select_view alone, offered every view. */
+static bool select_same_one(const struct kv_view *in, size_t n, size_t k,
+                            int order, int target, bool takes)
 {
     struct kv_view all[64], heap[64];
     size_t kept = 0;
-    for (size_t i = 0; i < n; i++)
-        etcd_select_view(heap, &kept, k, &in[i], order, target);
+    for (size_t i = 0; i < n; i++) {
+        if (!takes) {
+            etcd_select_view(heap, &kept, k, &in[i], order, target);
+            continue;
+        }
+        if (!etcd_select_takes(heap, kept, k, &in[i], order, target))
+            continue;
+        if (kept < k) {
+            etcd_select_view(heap, &kept, k, &in[i], order, target);
+            continue;
+        }
+        const uint8_t *root = heap[0].key;
+        heap[0].key = heap[0].value = NULL; /* reused by the caller */
+        etcd_select_replace(heap, kept, &in[i], order, target);
+        for (size_t j = 0; j < kept; j++)
+            if (heap[j].key == root || heap[j].key == NULL)
+                return false; /* the root is still there */
+    }
     if (n)
         memcpy(all, in, n * sizeof *in);
     /* NONE selects in the table's order: keys ascending */
@@ -260,6 +279,13 @@ static bool select_same(const struct kv_view *in, size_t n, size_t k, int order,
         if (heap[i].key != all[i].key)
             return false;
     return true;
+}
+
+static bool select_same(const struct kv_view *in, size_t n, size_t k, int order,
+                        int target)
+{
+    return select_same_one(in, n, k, order, target, false) &&
+           select_same_one(in, n, k, order, target, true);
 }
 
 TEST(select_first_views)

@@ -1490,6 +1490,75 @@ static void seen_end(void *arg, uint64_t count, bool more)
  * etcd counts), while the walk still hands out the limit's keys only; in
  * a transaction that writes, the count is the table's at that operation.
  * The table and revision come out as without it. */
+/* What a sink heard of a transaction's branch: 'S' or 'F' for the
+ * branch, 'B' for each op_begin, in order. */
+static void br_branch(void *arg, bool succeeded)
+{
+    char *heard = arg;
+    strcat(heard, succeeded ? "S" : "F");
+}
+
+static void br_begin(void *arg, size_t i, const struct kv_op *op)
+{
+    PZ_UNUSED(i);
+    PZ_UNUSED(op);
+    char *heard = arg;
+    strcat(heard, "B");
+}
+
+/* A sink learns the branch taken once, before the branch's first
+ * operation, whether the transaction is applied (kv_apply_sink, in steps
+ * or not) or only read (kv_txn_read): an etcd Txn's range answers from
+ * the request operation of that branch (its sort is not in the command). */
+TEST(txn_sink_branch)
+{
+    struct kv *kv = kv_new();
+    kv_set(kv, "a", 1, "1", 1);
+    struct pz_buf b;
+    pz_buf_init(&b);
+    char heard[16];
+    struct kv_sink sk = {
+        .branch = br_branch, .op_begin = br_begin, .arg = heard};
+    struct kv_op rg = {.type = KV_TOP_RANGE,
+                       .key = (const uint8_t *)"a",
+                       .klen = 1,
+                       .value = (const uint8_t *)"b",
+                       .vlen = 1};
+    struct kv_op put = {.type = KV_TOP_PUT,
+                        .key = (const uint8_t *)"c",
+                        .klen = 1,
+                        .value = (const uint8_t *)"x",
+                        .vlen = 1};
+    struct kv_op two[2] = {rg, rg};
+    struct kv_result res;
+    for (int held = 0; held < 2; held++) {
+        struct kv_cmp c = {.target = KV_CMP_VALUE,
+                           .result = KV_CMP_EQ,
+                           .key = (const uint8_t *)"a",
+                           .klen = 1,
+                           .value = (const uint8_t *)(held ? "1" : "2"),
+                           .vlen = 1};
+        /* read only: success has two ranges, failure one */
+        pz_buf_reset(&b);
+        heard[0] = 0;
+        CHECK_EQ_INT(kv_encode_txn(&b, &c, 1, two, 2, &rg, 1), 0);
+        CHECK_EQ_INT(kv_txn_read(kv, (uint8_t *)b.data, b.len, 100, &res, &sk),
+                     0);
+        CHECK_EQ_INT(res.succeeded, held);
+        CHECK_EQ_STR(heard, held ? "SBB" : "FB");
+        /* applied: success writes then reads, failure reads */
+        struct kv_op w[2] = {put, rg};
+        pz_buf_reset(&b);
+        heard[0] = 0;
+        CHECK_EQ_INT(kv_encode_txn(&b, &c, 1, w, 2, &rg, 1), 0);
+        CHECK_EQ_INT(kv_apply_sink(kv, (uint8_t *)b.data, b.len, &res, &sk), 0);
+        CHECK_EQ_INT(res.succeeded, held);
+        CHECK_EQ_STR(heard, held ? "SBB" : "FB");
+    }
+    pz_buf_free(&b);
+    kv_free(kv);
+}
+
 TEST(range_count_range)
 {
     struct kv *kv = kv_new();
@@ -2385,6 +2454,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(txn_range_vs_model),
     TEST_ENTRY(txn_malformed),
     TEST_ENTRY(events_and_range_limits),
+    TEST_ENTRY(txn_sink_branch),
     TEST_ENTRY(range_count_range),
     TEST_ENTRY(txn_range_budget),
     TEST_ENTRY(append_in_order_keeps_tails),
