@@ -2534,20 +2534,16 @@ def status_line_of(s):
         return None
 
 
-def test_answers_forwarded_from_the_leader_are_bounded(servers):
-    """150 clients each send a follower a /txn that writes a key and reads
-    4.8 MB, and read nothing; the leader (stopped meanwhile, with a budget
-    of 256 MiB) then answers them all at once. What the follower holds of
-    the leader's answers as they arrive counts against max-pending-output
-    (16 MiB there), as the requests do; an answer with no room is dropped
-    as it arrives, and its client is told its write was applied. Before,
-    the answers arriving were held uncounted, up to 64 MiB each: the
-    follower grew by 143 to 193 MB at the peak, 25 to 35 MB now."""
-    nodes = make_cluster(servers, conf={
+def big_answers_cluster(servers, link_key, **conf):
+    """A cluster whose third node, a follower, has max-pending-output 16
+    MiB (the others 256 MiB), and six keys big/0..5 of 800 kB: a range of
+    them is a 4.8 MB answer. link_key is written through the follower
+    (its link to the leader). Returns (leader, follower)."""
+    nodes = make_cluster(servers, conf=dict({
         "max-pending-output": "16mb", "conn-hard-limit": "8mb",
-        "max-value-size": "1mb", "max-clients": "1000",
-        "election-timeout": "20s", "heartbeat-interval": "200ms",
-        "request-timeout": "60s"}, start=False)
+        "max-value-size": "1mb", "election-timeout": "20s",
+        "heartbeat-interval": "200ms", "request-timeout": "60s"}, **conf),
+        start=False)
     for s in nodes[:2]:  # one of them leads
         s.conf["max-pending-output"] = "256mb"
         s.conf["election-timeout"] = "2s"
@@ -2558,7 +2554,21 @@ def test_answers_forwarded_from_the_leader_are_bounded(servers):
     value = "v" * (800 * 1024)
     for i in range(6):
         assert set_key(leader, f"big/{i}", value)[0] == 204
-    assert set_key(f, "before", "1")[0] == 204  # its link to the leader
+    assert set_key(f, link_key, "1")[0] == 204
+    return leader, f
+
+
+def test_answers_forwarded_from_the_leader_are_bounded(servers):
+    """150 clients each send a follower a /txn that writes a key and reads
+    4.8 MB, and read nothing; the leader (stopped meanwhile, with a budget
+    of 256 MiB) then answers them all at once. What the follower holds of
+    the leader's answers as they arrive counts against max-pending-output
+    (16 MiB there), as the requests do; an answer with no room is dropped
+    as it arrives, and its client is told its write was applied. Before,
+    the answers arriving were held uncounted, up to 64 MiB each: the
+    follower grew by 143 to 193 MB at the peak, 25 to 35 MB now."""
+    leader, f = big_answers_cluster(servers, "before",
+                                    **{"max-clients": "1000"})
     rss = rss_mb(f)
     reset_peak_rss(f)
     socks = []
@@ -2618,22 +2628,7 @@ def test_forwarded_reads_with_no_room_are_refused_as_reads(servers):
     no room in the follower's max-pending-output as they arrive. Those
     get the 503 a read with no room gets; before, they got 500 "The
     write was applied at revision N", for a write that never was."""
-    nodes = make_cluster(servers, conf={
-        "max-pending-output": "16mb", "conn-hard-limit": "8mb",
-        "max-value-size": "1mb", "election-timeout": "20s",
-        "heartbeat-interval": "200ms", "request-timeout": "60s"},
-        start=False)
-    for s in nodes[:2]:  # one of them leads
-        s.conf["max-pending-output"] = "256mb"
-        s.conf["election-timeout"] = "2s"
-        s.write_conf()
-    leader, _ = start_cluster(nodes)
-    f = nodes[2]
-    assert leader is not f
-    value = "v" * (800 * 1024)
-    for i in range(6):
-        assert set_key(leader, f"big/{i}", value)[0] == 204
-    assert set_key(f, "flag", "1")[0] == 204  # its link to the leader
+    leader, f = big_answers_cluster(servers, "flag")
     rev = leader.status()["revision"]
     body = json.dumps({
         "compare": [{"key": "flag", "target": "value", "result": "=",
