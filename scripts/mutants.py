@@ -1603,8 +1603,9 @@ MUTATIONS = [
       "still counts their bytes: past grpc-max-message of keys that once "
       "entered it fails with `use a limit`"),
     M("range_sorted_collects_every_view", "src/etcd_kv.c",
-      "    if (l->top) {\n        /* Bytes are not measured",
-      "    if (l->top && false) {\n        /* Bytes are not measured",
+      "    if (l->top) {\n        if (l->n < l->top)\n            vlist_room",
+      "    if (l->top && false) {\n        if (l->n < l->top)\n"
+      "            vlist_room",
       ["py:test_range_count.py::test_sorted_limited_range_keeps_only_the_limit"],
       "a sorted, limited Range keeps every key's view again (right "
       "answers, but 64 bytes a key and a sort of them all in one turn)"),
@@ -1828,9 +1829,10 @@ MUTATIONS = [
       "a put that relinks a new entry in the old one's place leaves its "
       "spans unset"),
     M("etcd_count_walks_past_limit", "src/etcd_kv.c",
-      "    return l->n >= l->keep; /* the rest is only counted: stop the walk */",
-      "    return 0; /* the rest is only counted: stop the walk */",
-      ["py:test_range_count.py::test_count_burst_does_not_hold_the_loop"],
+      "    return l->n >= l->keep || l->over;",
+      "    return l->over;",
+      ["py:test_range_count.py::"
+       "test_limited_range_stops_its_walk_at_the_limit"],
       "an etcd Range with a limit walks the whole range for its count"),
     # --- applying in steps (src/kv.c, src/node.c, src/raft.c) ----------
     M("apply_budget_ignored", "src/node.c",
@@ -1887,6 +1889,21 @@ MUTATIONS = [
        "test_huge_prefix_delete_keeps_the_cluster_calm"],
       "pyazdb_raft_applied_entries_total stops counting entries as they "
       "are applied"),
+    M("range_limit_past_keys_holds_every_view", "src/etcd_kv.c",
+      "                      .max = e->max_bytes}; /* stop past it */",
+      "                      .max = SIZE_MAX}; /* stop past it */",
+      ["py:test_range_count.py::"
+       "test_range_with_a_limit_past_its_keys_holds_what_an_unlimited_one_does"],
+      "a Range with a limit past its keys keeps a view of every key before "
+      "it finds its answer too large"),
+    M("range_sorted_limit_past_keys_unbounded", "src/etcd_kv.c",
+      "        if (PZ_MIN(l->n, l->top - 1) > l->max / 32)\n"
+      "            l->over = true;\n",
+      "",
+      ["py:test_range_count.py::"
+       "test_range_with_a_limit_past_its_keys_holds_what_an_unlimited_one_does"],
+      "a sorted Range with a limit past its keys selects every view before "
+      "it finds its answer too large"),
     M("conn_out_kept_after_sent", "src/conn.c",
       "            pz_buf_reset(&c->out);\n"
       "            pz_buf_trim(&c->out, OUT_KEEP_MAX);\n",

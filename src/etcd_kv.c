@@ -422,7 +422,8 @@ struct vlist {
     const struct etcd_filter *filter; /* collect only what it keeps */
     bool values;    /* values count toward bytes (not keys_only) */
     size_t bytes;   /* range_build's measure of what was collected */
-    size_t max;     /* past it (every view would be sent): stop */
+    size_t max;     /* the answer's bytes (range_build's measure) past
+                       it: stop (grpc-max-message) */
     bool over;      /* max was passed: the answer cannot be built */
 };
 
@@ -449,17 +450,26 @@ static int vlist_visit(void *arg, const struct kv_view *v)
         (l->filter && !etcd_filter_keep(l->filter, &v->meta)))
         return 0;
     if (l->top) {
-        /* Bytes are not measured: a selection is limited (max unset). */
         if (l->n < l->top)
             vlist_room(l);
         etcd_select_view(l->v, &l->n, l->top, v, l->order, l->target);
-        return 0;
+        /* The answer holds at least as many views as are kept, up to the
+         * limit, and each counts at least 32 bytes in it (range_build):
+         * past max / 32 of them it cannot be built, whichever they end up
+         * being. So a limit past the range holds no more views than an
+         * unlimited range does. */
+        if (PZ_MIN(l->n, l->top - 1) > l->max / 32)
+            l->over = true;
+        return l->over; /* over: the rest is only counted */
     }
     vlist_push(l, v);
-    l->bytes += v->klen + (l->values ? v->vlen : 0) + 32;
+    /* The view kept past the limit only says `more`: not in the answer. */
+    if (l->n < l->keep)
+        l->bytes += v->klen + (l->values ? v->vlen : 0) + 32;
     if (l->bytes > l->max)
         l->over = true;
-    return l->n >= l->keep; /* the rest is only counted: stop the walk */
+    /* Past the limit, or over: the rest is only counted. */
+    return l->n >= l->keep || l->over;
 }
 
 /* Filter, sort and limit the views of a range and fill r (kvs point into
@@ -545,11 +555,9 @@ static void range_reply(struct gstream *st, struct ekv *e)
                       .target = p.target,
                       .collect = !q->count_only,
                       .values = !q->keys_only,
-                      .max = SIZE_MAX};
+                      .max = e->max_bytes}; /* stop past it */
     if (p.filter)
         l.filter = &p.f; /* only the views the filter keeps */
-    if (q->limit <= 0)
-        l.max = e->max_bytes; /* every view would be sent: stop past it */
     if (rg.single) {
         struct kv_view v;
         if (kv_get_view(kv, rg.key, rg.klen, &v))

@@ -246,6 +246,66 @@ def test_sorted_limited_range_keeps_only_the_limit(servers, tmp_path):
     assert grown < 8, f"the server's peak RSS grew by {grown:.1f} MiB"
 
 
+def test_limited_range_stops_its_walk_at_the_limit(servers, tmp_path):
+    """A Range with a limit (unsorted) reads its first limit + 1 keys and
+    counts the rest in O(log n): 200 of them over N keys keep the loop
+    busy for a few milliseconds each at most. Walking the rest of the range
+    for each (some 5 ms for N keys lying in order in memory, more under a
+    sanitizer) would take a second or more."""
+    s = restored_node(servers, tmp_path)
+    q = json.dumps({"key": b64("k/"), "range_end": b64("k0"), "limit": 1})
+    st, _, out = s.request("POST", "/v3/kv/range", q)
+    assert st == 200 and int(json.loads(out)["count"]) == N, out
+    busy0 = s.metrics()["pyazdb_loop_busy_seconds_sum"]
+    for _ in range(200):
+        st, _, out = s.request("POST", "/v3/kv/range", q)
+        assert st == 200, out
+    busy = s.metrics()["pyazdb_loop_busy_seconds_sum"] - busy0
+    print(f"200 limited ranges: the loop busy {busy:.3f} s")
+    assert busy < 0.5, busy
+
+
+def test_range_with_a_limit_past_its_keys_holds_what_an_unlimited_one_does(
+        servers, tmp_path):
+    """A Range whose limit is past the keys of its range (10^12) can only
+    fail when its keys are more than grpc-max-message holds, as an
+    unlimited one fails: it once kept a view of every key first (64 bytes
+    each: 32 MiB here), sorted or not, and failed only once the answer was
+    built. It now stops as soon as the answer cannot fit, as an unlimited
+    range does. A limit past the keys of a small range still answers every
+    key."""
+    s = restored_node(servers, tmp_path, conf={
+        "grpc-max-message": "1mb", "max-value-size": "512kb"})
+    huge = 10**12
+    rng = {"key": b64("k/"), "range_end": b64("k0")}
+    cases = [dict(rng, limit=huge),
+             dict(rng, limit=huge, sort_target="CREATE",
+                  sort_order="DESCEND"),
+             dict(rng, limit=huge, sort_target="KEY", sort_order="DESCEND"),
+             dict(rng, limit=huge, min_mod_revision="1")]
+    for q in cases:  # warm
+        st, _, out = s.request("POST", "/v3/kv/range", json.dumps(q))
+        assert st == 429 and b"use a limit" in out, (q, st, out)
+    with open(f"/proc/{s.proc.pid}/clear_refs", "w") as fh:
+        fh.write("5")  # VmHWM := VmRSS
+    rss0 = proc_kb(s, "VmRSS")
+    for q in cases:
+        st, _, out = s.request("POST", "/v3/kv/range", json.dumps(q))
+        assert st == 429 and b"use a limit" in out, (q, st, out)
+    grown = (proc_kb(s, "VmHWM") - rss0) / 1024
+    print(f"peak RSS growth {grown:.1f} MiB")
+    assert grown < 8, f"the server's peak RSS grew by {grown:.1f} MiB"
+    # 20 keys k/01234x: every one, in the order asked
+    small = {"key": b64("k/01234"), "range_end": b64("k/01235")}
+    for order, want in (("ASCEND", 0), ("DESCEND", 9)):
+        st, _, out = s.request("POST", "/v3/kv/range", json.dumps(dict(
+            small, limit=huge, sort_target="KEY", sort_order=order)))
+        r = json.loads(out)
+        assert st == 200, out
+        assert len(r["kvs"]) == 10 and not r.get("more"), r
+        assert base64.b64decode(r["kvs"][0]["key"]) == b"k/01234%d" % want
+
+
 def proc_kb(node, field):
     with open(f"/proc/{node.proc.pid}/status") as fh:
         for line in fh:
