@@ -516,8 +516,7 @@ static struct pz_buf *scratch_take(struct pz_buf *b)
 
 static void scratch_done(struct pz_buf *b)
 {
-    if (b->cap > SCRATCH_KEEP)
-        pz_buf_free(b);
+    pz_buf_trim(b, SCRATCH_KEEP);
 }
 
 static void release_reader(struct gstream *st)
