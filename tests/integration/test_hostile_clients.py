@@ -767,13 +767,7 @@ def test_answers_partly_sent_hold_only_what_waits(servers, pb):
         assert grown < pending / MiB + 20, (grown, pending)
         # Each waiting rest is written from where the kernel stopped: a
         # client that reads its answer now gets it whole and in order.
-        status, body = read_one_answer(socks[-1], timeout=30)
-        assert status == 200
-        fresh = http.client.HTTPConnection("127.0.0.1", node.http_port,
-                                           timeout=30)
-        fresh.request("GET", "/range?prefix=big/")
-        assert body == fresh.getresponse().read()
-        assert len(json.loads(body)["kvs"]) == 8
+        read_as_a_fresh_client(node, socks[-1], 8)
     finally:
         for s in socks:
             s.close()
@@ -791,15 +785,21 @@ def test_answer_the_kernel_took_part_of_is_read_whole(node):
     sock.sendall(b"GET /range?prefix=big/ HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
         time.sleep(0.5)
-        status, body = read_one_answer(sock, timeout=30)
+        read_as_a_fresh_client(node, sock, 24)
     finally:
         sock.close()
+
+
+def read_as_a_fresh_client(node, sock, n):
+    """The answer to GET /range?prefix=big/ waiting on sock is whole: 200,
+    byte for byte what a fresh client reads, n keys."""
+    status, body = read_one_answer(sock, timeout=30)
     assert status == 200
     fresh = http.client.HTTPConnection("127.0.0.1", node.http_port,
                                        timeout=30)
     fresh.request("GET", "/range?prefix=big/")
     assert body == fresh.getresponse().read()
-    assert len(json.loads(body)["kvs"]) == 24
+    assert len(json.loads(body)["kvs"]) == n
 
 
 def read_one_answer(sock, timeout):
