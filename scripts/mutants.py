@@ -1557,8 +1557,8 @@ MUTATIONS = [
       "",
       ETCDMAP, "sort_order DESCEND sorts ascending"),
     M("etcd_select_sinks_wrong_child", "src/etcd_map.c",
-      "        if (c + 1 < *n && view_cmp(&v[c + 1], &v[c], &s) > 0)",
-      "        if (c + 1 < *n && view_cmp(&v[c + 1], &v[c], &s) < 0)",
+      "        if (c + 1 < n && view_cmp(&v[c + 1], &v[c], &s) > 0)",
+      "        if (c + 1 < n && view_cmp(&v[c + 1], &v[c], &s) < 0)",
       ["unit:etcd_map/select_first_views"],
       "a sorted, limited Range's selection sinks a view toward the wrong "
       "child: the heap no longer has the last view kept at its root, and "
@@ -1897,7 +1897,7 @@ MUTATIONS = [
       "a Range with a limit past its keys keeps a view of every key before "
       "it finds its answer too large"),
     M("range_sorted_limit_past_keys_unbounded", "src/etcd_kv.c",
-      "        if (PZ_MIN(l->n, l->top - 1) > l->max / 32)\n"
+      "        if (PZ_MIN(l->n, l->top - 1) > l->max / RANGE_KEY_COST)\n"
       "            l->over = true;\n",
       "",
       ["py:test_range_count.py::"

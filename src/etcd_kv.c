@@ -144,6 +144,10 @@ void etcd_stream_end(struct gstream *st, int call)
 
 /* --- what a range keeps ------------------------------------------------- */
 
+/* What a key counts in range_build's measure of an answer beside its key
+ * and value bytes (its record's fields and framing, roughly). */
+#define RANGE_KEY_COST 32
+
 static bool range_has_filter(const Etcdserverpb__RangeRequest *q)
 {
     return q->min_mod_revision != 0 || q->max_mod_revision != 0 ||
@@ -454,18 +458,18 @@ static int vlist_visit(void *arg, const struct kv_view *v)
             vlist_room(l);
         etcd_select_view(l->v, &l->n, l->top, v, l->order, l->target);
         /* The answer holds at least as many views as are kept, up to the
-         * limit, and each counts at least 32 bytes in it (range_build):
-         * past max / 32 of them it cannot be built, whichever they end up
-         * being. So a limit past the range holds no more views than an
-         * unlimited range does. */
-        if (PZ_MIN(l->n, l->top - 1) > l->max / 32)
+         * limit, and each counts at least RANGE_KEY_COST in it: past
+         * max / RANGE_KEY_COST of them it cannot be built, whichever they
+         * end up being. So a limit past the range holds no more views than
+         * an unlimited range does. */
+        if (PZ_MIN(l->n, l->top - 1) > l->max / RANGE_KEY_COST)
             l->over = true;
         return l->over; /* over: the rest is only counted */
     }
     vlist_push(l, v);
     /* The view kept past the limit only says `more`: not in the answer. */
     if (l->n < l->keep)
-        l->bytes += v->klen + (l->values ? v->vlen : 0) + 32;
+        l->bytes += v->klen + (l->values ? v->vlen : 0) + RANGE_KEY_COST;
     if (l->bytes > l->max)
         l->over = true;
     /* Past the limit, or over: the rest is only counted. */
@@ -506,7 +510,7 @@ static bool range_build(const Etcdserverpb__RangeRequest *q, struct kv_view *v,
         m = 0;
     size_t bytes = 0;
     for (size_t i = 0; i < m; i++)
-        bytes += v[i].klen + (q->keys_only ? 0 : v[i].vlen) + 32;
+        bytes += v[i].klen + (q->keys_only ? 0 : v[i].vlen) + RANGE_KEY_COST;
     if (bytes > max)
         return false;
     Mvccpb__KeyValue *kvs = pz_calloc(m ? m : 1, sizeof *kvs);

@@ -193,17 +193,17 @@ bool etcd_select_takes(const struct kv_view *v, size_t n, size_t k,
     return n < k || view_cmp(x, &v[0], &s) < 0;
 }
 
-/* x replaces the root of the *n views and sinks below the views that come
+/* x replaces the root of the n views and sinks below the views that come
  * after it. The root is never read. */
-static void select_sink(struct kv_view *v, const size_t *n,
-                        const struct kv_view *x, struct sort_ctx s)
+static void select_sink(struct kv_view *v, size_t n, const struct kv_view *x,
+                        struct sort_ctx s)
 {
     size_t i = 0;
     for (;;) {
         size_t c = 2 * i + 1;
-        if (c >= *n)
+        if (c >= n)
             break;
-        if (c + 1 < *n && view_cmp(&v[c + 1], &v[c], &s) > 0)
+        if (c + 1 < n && view_cmp(&v[c + 1], &v[c], &s) > 0)
             c++;
         if (view_cmp(&v[c], x, &s) <= 0)
             break;
@@ -216,7 +216,7 @@ static void select_sink(struct kv_view *v, const size_t *n,
 void etcd_select_replace(struct kv_view *v, size_t n, const struct kv_view *x,
                          int order, int target)
 {
-    select_sink(v, &n, x, select_ctx(order, target));
+    select_sink(v, n, x, select_ctx(order, target));
 }
 
 void etcd_select_view(struct kv_view *v, size_t *n, size_t k,
@@ -236,7 +236,7 @@ void etcd_select_view(struct kv_view *v, size_t *n, size_t k,
     }
     if (view_cmp(x, &v[0], &s) >= 0)
         return; /* comes after every view kept: not among the first k */
-    select_sink(v, n, x, s);
+    select_sink(v, *n, x, s);
 }
 
 int etcd_watch_keys(const uint8_t *key, size_t klen, const uint8_t *end,
