@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # run.sh - run the fuzz targets built in build/ (called by the Makefile).
 #   run.sh fuzz    TARGET:ARGS ...   fuzz each target for $FUZZ_TIME seconds
 #   run.sh regress TARGET:ARGS ...   run saved inputs once
@@ -7,8 +7,11 @@
 # fuzz: a scratch corpus build/corpus/<t> starts as a copy of corpus/<t>
 # (the repository's seeds are never written) and keeps what the run
 # finds; crashes go to build/crash/<t>/, the log to build/log/<t>.log.
-# One line per target: executions, executions per second, result. Exit 1
-# if any target crashed (the log's report is shown).
+# FUZZ_JOBS targets (default: one per CPU) run at once, each a single
+# libFuzzer process on one core, so a run of every target takes about
+# its share of the cores' time, not the sum. One line per target, in the
+# order given, once all are done: executions, executions per second,
+# result. Exit 1 if any target crashed (the log's report is shown).
 #
 # regress: every file of regressions/<t>/ and corpus/<t>/ runs once and
 # must pass, except regressions/<t>/open-*: known findings not fixed yet,
@@ -16,7 +19,7 @@
 # expected to fail; one that passes is reported as fixed (rename it
 # without open- so that it guards the fix), and neither fails the run.
 set -u
-cd "$(dirname "$0")"
+cd "$(dirname "$0")" || exit 2
 mode=$1
 shift
 : "${FUZZ_TIME:=60}" "${FUZZ_TIMEOUT:=10}" "${FUZZ_RSS:=2048}"
@@ -29,9 +32,12 @@ stat() {
     sed -n "s/^stat::$1: *//p" "$2" | tail -n 1
 }
 
+# One target's run; its summary lines go to stdout (build/log/<t>.sum
+# when run beside others), a crash leaves build/log/<t>.failed.
 fuzz_one() {
     t=$1 args=$2
     log=build/log/$t.log
+    rm -f "build/log/$t.failed"
     mkdir -p "build/corpus/$t" "build/crash/$t"
     if [ -d "corpus/$t" ]; then
         cp -p corpus/"$t"/* "build/corpus/$t/" 2>/dev/null
@@ -52,7 +58,7 @@ fuzz_one() {
         result=ok
     else
         result="FAILED (exit $rc)"
-        failed="$failed $t"
+        : >"build/log/$t.failed"
     fi
     printf '%-12s %12s execs %9s exec/s %5ss  %s\n' "$t" "${execs:-?}" \
         "${rate:-?}" "$secs" "$result"
@@ -115,15 +121,34 @@ regress_one() {
     [ $bad -eq 0 ] || failed="$failed $t"
 }
 
+case $mode in
+fuzz | regress) ;;
+*) echo "usage: $0 fuzz|regress TARGET:ARGS ..." >&2; exit 2 ;;
+esac
+: "${FUZZ_JOBS:=$(nproc 2>/dev/null || echo 1)}"
+running=0
 for spec in "$@"; do
     t=${spec%%:*}
     args=${spec#*:}
-    case $mode in
-    fuzz) fuzz_one "$t" "$args" ;;
-    regress) regress_one "$t" "$args" ;;
-    *) echo "usage: $0 fuzz|regress TARGET:ARGS ..." >&2; exit 2 ;;
-    esac
+    if [ "$mode" = regress ]; then
+        regress_one "$t" "$args"
+        continue
+    fi
+    if [ "$running" -ge "$FUZZ_JOBS" ]; then
+        wait -n
+        running=$((running - 1))
+    fi
+    fuzz_one "$t" "$args" >"build/log/$t.sum" &
+    running=$((running + 1))
 done
+if [ "$mode" = fuzz ]; then
+    wait
+    for spec in "$@"; do
+        t=${spec%%:*}
+        cat "build/log/$t.sum"
+        [ -e "build/log/$t.failed" ] && failed="$failed $t"
+    done
+fi
 if [ -n "$failed" ]; then
     echo "fuzz $mode: FAILED:$failed"
     exit 1
