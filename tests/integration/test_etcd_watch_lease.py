@@ -276,6 +276,74 @@ def test_etcdctl_lease_same_as_etcd(cluster, etcd):
     assert len(a) == len(b) == len(LEASE_SCRIPT)
 
 
+# --- etcdctl lock and elect --------------------------------------------------------
+# etcd's concurrency recipes (a session lease kept alive, a key under the
+# name per contender, a Txn on its create revision, a sorted Range for the
+# owner, and a Watch for the deletion of the one before), run by etcdctl
+# itself against different members.
+
+
+def test_etcdctl_lock_excludes_and_hands_over(cluster, tmp_path):
+    # Three contenders, one per member, each holding the lock for 0.3 s:
+    # their critical sections never overlap, and every one gets its turn.
+    nodes, leader, follower = cluster
+    log = tmp_path / "held.log"
+    script = tmp_path / "hold.sh"
+    script.write_text(f"#!/bin/sh\necho \"in $1 $ETCD_LOCK_KEY\" >> {log}\n"
+                      f"sleep 0.3\necho \"out $1\" >> {log}\n")
+    script.chmod(0o755)
+    bgs = [Bg(s.grpc_port, "lock", "L", "--", str(script), s.name)
+           for s in nodes]
+    try:
+        for b in bgs:
+            assert b.p.wait(timeout=30) == 0, "".join(b.err)
+    finally:
+        for b in bgs:
+            b.stop()
+    lines = log.read_text().splitlines()
+    assert len(lines) == 6, lines
+    names = []
+    for i in range(0, 6, 2):
+        held, left = lines[i].split(), lines[i + 1].split()
+        assert held[0] == "in" and left == ["out", held[1]], lines
+        assert held[2].startswith("L/"), lines  # the contender's own key
+        names.append(held[1])
+    assert sorted(names) == sorted(s.name for s in nodes), lines
+    # every contender's key went with its session
+    assert ctl(follower.grpc_port, "get", "L/", "--prefix")[1] == ""
+
+
+def test_etcdctl_lock_of_a_killed_holder_passes_when_its_lease_expires(
+        cluster, tmp_path):
+    nodes, leader, follower = cluster
+    others = [s for s in nodes if s is not follower]
+    holder = Bg(follower.grpc_port, "lock", "--ttl=2", "K")
+    waiter = None
+    try:
+        key = holder.wait_for(lambda ls: len(ls) >= 1)[0]
+        assert key.startswith("K/"), key
+        waiter = Bg(others[0].grpc_port, "lock", "K")
+        time.sleep(1)
+        assert waiter.q.empty() and waiter.p.poll() is None, \
+            "the lock was taken while held"
+        # a holder that dies without letting go: its session lease
+        # expires within its TTL (2 s) and the waiter gets the lock
+        holder.p.kill()
+        killed = time.time()
+        got = waiter.wait_for(lambda ls: len(ls) >= 1, timeout=15)[0]
+        took = time.time() - killed
+        assert got.startswith("K/") and got != key, (got, key)
+        assert took < 8, f"the lock passed {took:.1f} s after the kill"
+        # the dead holder's key is gone, the new one's is there
+        keys = ctl(others[1].grpc_port, "get", "K/", "--prefix",
+                   "--keys-only")[1].split()
+        assert keys == [got], keys
+    finally:
+        holder.stop()
+        if waiter:
+            waiter.stop()
+
+
 # --- grpcio: the Watch stream -----------------------------------------------------
 
 def channel(port):
