@@ -13,11 +13,17 @@
  * (grpc_stream_forward_call; with no leader known, or not its address,
  * after waiting for one, as the other calls; what a relay holds counts
  * against max-pending-output, and one with no room fails the stream with
- * GRPC_RELAY_BUSY_MSG, as the other relayed calls; a relay refused by a
- * node that is not the leader is not sent again: the client's next
- * keep-alive is), and every request gets one answer, in order, pulled by
- * the client's reads. When the client ends
- * its side, the call ends (OK) once every answer went.
+ * GRPC_RELAY_BUSY_MSG, as the other relayed calls). A relay that gets no
+ * answer from the leader (the node it went to is not the leader any more
+ * or knows none, it went away, the relay timed out) goes again after
+ * 50 ms, as etcd's follower renews again (a keep-alive is idempotent):
+ * to the leader known then, here if this node won, or after waiting for
+ * one; for up to request-timeout after the request's first try, then the
+ * stream fails with UNAVAILABLE "etcdserver: request timed out" (etcd's
+ * ErrTimeout; "etcdserver: no leader" when that time ran out waiting for
+ * a leader). Every request gets one answer, in order, pulled by the
+ * client's reads. When the client ends its side, the call ends (OK) once
+ * every answer went.
  *
  * etcd's answers for leases that do not exist: KeepAlive TTL 0,
  * TimeToLive TTL -1, Revoke NOT_FOUND "etcdserver: requested lease not
@@ -31,10 +37,12 @@
 
 #include "grpc_pb.h"
 #include "kv.h"
+#include "log.h"
 #include "node.h"
 #include "node_lease.h"
 
 #define KA_MAX 1024 /* requests + answers waiting on one keep-alive stream */
+#define KA_PAUSE_MS 50 /* between relays of one keep-alive request, as etcd */
 
 /* This node must lead: true if it does; else the call is relayed to the
  * leader, or waits for one it can reach and runs again (grpc.h,
@@ -365,6 +373,13 @@ struct eka {
                               output while call is in flight */
     bool in_call;
     bool leader_waited; /* waited for a leader since the last relay */
+    bool leader_wait;   /* waiting for one now (node_wait_leader) */
+    uint64_t deadline;  /* uv_now() past which the request being served
+                           is not relayed again: request-timeout after
+                           its first try */
+    uv_timer_t pause;   /* the pause before a relay goes again, or the
+                           deadline of a wait for a leader */
+    bool timer_on;      /* pause is initialized: closed with the eka */
 };
 
 static void ka_push(struct ka_list *l, struct ka_msg *m)
@@ -388,6 +403,13 @@ static struct ka_msg *ka_pop(struct ka_list *l)
     return m;
 }
 
+static void ka_closed(uv_handle_t *h)
+{
+    pz_free(h->data);
+}
+
+/* The stream is freed: a relay in flight is cancelled; a pending pause is
+ * closed, and the eka freed once libuv has let go of its timer. */
 static void ka_free(void *p)
 {
     struct eka *k = p;
@@ -399,7 +421,13 @@ static void ka_free(void *p)
         pz_free(m);
     while ((m = ka_pop(&k->answers)))
         pz_free(m);
-    pz_free(k);
+    if (k->timer_on) {
+        uv_timer_stop(&k->pause);
+        k->pause.data = k;
+        uv_close((uv_handle_t *)&k->pause, ka_closed);
+    } else {
+        pz_free(k);
+    }
 }
 
 static void ka_pump(struct gstream *st)
@@ -453,6 +481,67 @@ static void ka_served(struct eka *k)
 
 static void ka_read_done(struct node_req *req, int status);
 static void ka_leader_known(struct node_req *req, int status);
+static void ka_serve(struct eka *k);
+
+/* The pause is over: relay the request again (or serve it here, if this
+ * node now leads), unless its deadline passed; or a wait for a leader ran
+ * to the request's deadline. */
+static void ka_timer(uv_timer_t *t)
+{
+    struct eka *k = t->data;
+    struct gstream *st = k->st;
+    if (k->leader_wait) {
+        /* Ends the wait too (the node request is cancelled). */
+        k->leader_wait = false;
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, GRPC_ETCD_NO_LEADER_MSG);
+    } else if (grpc_stream_ended(st)) {
+        return; /* ended meanwhile (its deadline, a drain) */
+    } else if (uv_now(t->loop) >= k->deadline) {
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: request timed out");
+    } else {
+        ka_serve(k);
+    }
+    grpc_stream_flush(st); /* may free k (ka_free closes t) */
+}
+
+static void ka_timer_start(struct eka *k, uint64_t ms)
+{
+    if (!k->timer_on) {
+        uv_timer_init(grpc_stream_server(k->st)->loop, &k->pause);
+        k->pause.data = k;
+        k->timer_on = true;
+    }
+    uv_timer_start(&k->pause, ka_timer, ms, 0);
+}
+
+/* The relay of the request being served ended without an answer. When
+ * that is no answer from the leader (the node it went to was not the
+ * leader, or knew none, or went away, or the relay timed out), the
+ * request goes again after KA_PAUSE_MS, as etcd's follower renews again
+ * (a keep-alive is idempotent): to the leader known then, here if this
+ * node won, or after waiting for one; until request-timeout after its
+ * first try, then the stream fails as etcd's (ErrTimeout). Any other
+ * status (the leader refused the token, say) ends the stream with it. */
+static void ka_relay_failed(struct eka *k, const struct grpc_call *call)
+{
+    struct gstream *st = k->st;
+    struct grpc_server *gs = grpc_stream_server(st);
+    uint64_t now = uv_now(gs->loop);
+    bool lost = call->unsent || call->status == GRPC_UNAVAILABLE ||
+                call->status == GRPC_DEADLINE_EXCEEDED;
+    if (!lost || gs->draining || grpc_stream_ended(st)) {
+        grpc_stream_fail(
+            st, call->status == GRPC_OK ? GRPC_UNAVAILABLE : call->status, "%s",
+            call->message && call->message[0] ? call->message
+                                              : "etcdserver: no leader");
+    } else if (now >= k->deadline) {
+        grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: request timed out");
+    } else {
+        pz_debug("etcd LeaseKeepAlive: relaying lease %lld: %s; trying again",
+                 (long long)k->cur, call->message ? call->message : "");
+        ka_timer_start(k, PZ_MIN((uint64_t)KA_PAUSE_MS, k->deadline - now));
+    }
+}
 
 static void ka_forward_done(struct grpc_call *call)
 {
@@ -463,14 +552,11 @@ static void ka_forward_done(struct grpc_call *call)
         grpc_stream_charge(st, 0, GRPC_RELAY_COST);
     k->charged = false;
     bool ok = call->status == GRPC_OK && call->has_resp;
-    if (!ok)
-        grpc_stream_fail(
-            st, call->status == GRPC_OK ? GRPC_UNAVAILABLE : call->status, "%s",
-            call->message && call->message[0] ? call->message
-                                              : "etcdserver: no leader");
-    else
+    if (ok)
         ka_answer_bytes(k, call->resp.data, call->resp.len);
-    grpc_call_reset(call); /* before the next request reuses it */
+    else
+        ka_relay_failed(k, call);
+    grpc_call_reset(call); /* before the next relay reuses it */
     if (ok)
         ka_served(k);
     grpc_stream_flush(st);
@@ -498,17 +584,25 @@ static void ka_serve(struct eka *k)
     int rv = grpc_stream_forward_call(st, &k->call, buf, n,
                                       grpc_stream_server(st)->fwd_timeout,
                                       &k->held, ka_forward_done);
+    uint64_t now = uv_now(grpc_stream_server(st)->loop);
     if (rv == PZ_ENOLEADER && !k->leader_waited &&
-        !grpc_stream_server(st)->draining) {
+        !grpc_stream_server(st)->draining && now < k->deadline) {
         /* No leader known, or not its gRPC address: wait for one, as the
          * other calls a follower relays do (once between relays: after
          * the wait, the node knows a leader it can reach; one relayed to
-         * us is served if this node won, else refused). */
+         * us is served if this node won, else refused), up to the
+         * request's deadline. */
         k->leader_waited = true;
+        k->leader_wait = true;
         grpc_stream_in_node(st, true);
         node_wait_leader(grpc_stream_req(st), ka_leader_known);
+        ka_timer_start(k, k->deadline - now);
     } else if (rv == PZ_EOVERLOAD) {
         grpc_stream_fail(st, GRPC_UNAVAILABLE, GRPC_RELAY_BUSY_MSG);
+    } else if (rv == PZ_EIO && !grpc_stream_server(st)->draining &&
+               now < k->deadline) {
+        /* No connection to the leader could be opened: again later. */
+        ka_timer_start(k, PZ_MIN((uint64_t)KA_PAUSE_MS, k->deadline - now));
     } else if (rv < 0) {
         grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
     } else {
@@ -521,7 +615,11 @@ static void ka_serve(struct eka *k)
 static void ka_leader_known(struct node_req *req, int status)
 {
     struct gstream *st = grpc_stream_of(req);
+    struct eka *k = grpc_stream_ext(st);
     grpc_stream_in_node(st, false);
+    k->leader_wait = false;
+    if (k->timer_on)
+        uv_timer_stop(&k->pause); /* the wait's deadline */
     if (status < 0)
         grpc_stream_fail(st, GRPC_UNAVAILABLE, "etcdserver: no leader");
     else
@@ -559,6 +657,9 @@ static void ka_next(struct eka *k)
         return;
     k->busy = true;
     k->cur = m->id;
+    k->leader_waited = false;
+    k->deadline = uv_now(grpc_stream_server(k->st)->loop) +
+                  grpc_stream_server(k->st)->retry_window;
     pz_free(m);
     ka_serve(k);
 }

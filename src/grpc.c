@@ -2508,6 +2508,11 @@ bool grpc_stream_deadline_passed(struct gstream *st)
     return true;
 }
 
+bool grpc_stream_ended(const struct gstream *st)
+{
+    return st->ended;
+}
+
 bool grpc_stream_hold_unpacked(struct gstream *st, size_t bytes)
 {
     st->unpacked_bytes = bytes;

@@ -165,6 +165,10 @@ void *grpc_stream_ext(struct gstream *st);
 /* True (and the call ended with DEADLINE_EXCEEDED) when its grpc-timeout
  * passed. */
 bool grpc_stream_deadline_passed(struct gstream *st);
+/* True once the call has ended (its status is set: by the module, its
+ * deadline, a drain), though the stream may live on until its answer went:
+ * work still pending for it is to be dropped. */
+bool grpc_stream_ended(const struct gstream *st);
 /* A module that queues answers itself (a watch, keep-alives) counts
  * them with the connection's output: add bytes queued, sub bytes taken
  * off the queue (sent, or dropped). False, and nothing counted, when the
