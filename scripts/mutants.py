@@ -1795,6 +1795,24 @@ MUTATIONS = [
        "test_relayed_calls_wait_for_a_leader_after_a_restart"],
       "a LeaseKeepAlive request on a node with no leader known fails at "
       "once instead of waiting for one"),
+    M("keepalive_relay_failure_ends_stream", "src/etcd_lease.c",
+      "    bool lost = call->unsent || call->status == GRPC_UNAVAILABLE ||\n"
+      "                call->status == GRPC_DEADLINE_EXCEEDED;\n",
+      "    bool lost = false;\n",
+      ["py:test_etcd_lease_failover.py::"
+       "test_keepalive_stream_survives_the_leader_killed",
+       "py:test_etcd_lease_failover.py::"
+       "test_keepalive_stream_survives_leadership_transfers"],
+      "a LeaseKeepAlive relay that finds the leader gone ends the client's "
+      "stream with UNAVAILABLE instead of going to the next leader"),
+    M("keepalive_retry_deadline_from_each_try", "src/etcd_lease.c",
+      "        k->charged = true;\n        k->leader_waited = false;\n",
+      "        k->charged = true;\n        k->leader_waited = false;\n"
+      "        k->deadline = now + grpc_stream_server(st)->retry_window;\n",
+      ["py:test_etcd_lease_failover.py::"
+       "test_keepalive_with_no_leader_fails_after_request_timeout"],
+      "a LeaseKeepAlive relay that keeps failing goes again for ever: its "
+      "request-timeout counts from the last try, not the first"),
     # --- a read-only Txn's results (src/etcd_kv.c) ---------------------
     M("txn_results_kept_with_the_stream", "src/etcd_kv.c",
       "     * tried again (put_ignore) has dropped its items already. */\n"
