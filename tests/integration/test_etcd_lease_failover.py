@@ -63,11 +63,11 @@ def grant(port, pb):
 
 def keep_alive_through(nodes, pb, change, streams=1):
     """Keep-alives every 100 ms on streams on a follower, each alternating
-    two leases, for 1 s; then change() moves the leadership, while
-    keep-alives go back to back (every ms: so that relays are on their way when it
-    does); then every 100 ms again until a new leader has answered some.
-    Every request must be answered, in order, with the lease's TTL, and
-    each stream must end OK when the client ends it."""
+    two leases, for 1 s; then change() moves the leadership while they go
+    every ms (so that relays are on their way when it does); then every
+    100 ms again until a new leader has answered some. Every request must
+    be answered, in order, with the lease's TTL, and each stream must end
+    OK when the client ends it."""
     leader = leader_of(nodes)
     f = next(s for s in nodes if s is not leader)
     leases = [grant(f.grpc_port, pb), grant(f.grpc_port, pb)]
@@ -178,10 +178,10 @@ def test_keepalive_stream_survives_the_leader_killed(servers, epb):
 
 def test_keepalive_with_no_leader_fails_after_request_timeout(servers, epb):
     # The follower keeps taking the dead leader for the leader for its
-    # election timeout (3 s and more); each relay fails at once
+    # election timeout (4 s and more); each relay fails at once
     # (connection refused) and goes again until request-timeout (1 s)
     # after the request came, then the request fails with etcd's timeout.
-    conf = {"request-timeout": "1s", "election-timeout": "3s"}
+    conf = {"request-timeout": "1s", "election-timeout": "4s"}
     nodes = make_cluster(servers, conf=conf)
     leader = leader_of(nodes, timeout=15)
     f = next(s for s in nodes if s is not leader)
@@ -205,6 +205,15 @@ def test_keepalive_with_no_leader_fails_after_request_timeout(servers, epb):
         assert len(ka.answers) == 1
     finally:
         ka.close()
+    # a stream its client cancels while its request waits to go again:
+    # the pending pause goes with it
+    ka = KeepAlives(f.grpc_port, pb)
+    ka.send(lid)
+    time.sleep(0.3)
+    assert ka.end is None
+    ka.it.cancel()
+    ka.close()
+    assert ka.end[1] == grpc.StatusCode.CANCELLED, ka.end
     # the node carries on: it answers, and a new stream's request fails
     # the same way, after request-timeout again
     assert f.status()["role"] == "follower"
