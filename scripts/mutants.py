@@ -1544,6 +1544,39 @@ MUTATIONS = [
       "an event at revision 2^64 - 1 makes the last revision 'unknown': "
       "the watch resumes at --rev again and prints events twice"),
     # --- etcd ranges, compares, sorts (src/etcd_map.c) -----------------
+    M("etcd_revisions_as_the_store_counts", "src/etcd_map.h",
+      "    return (int64_t)rev + 1;\n",
+      "    return (int64_t)rev;\n",
+      ["py:test_etcd_watch_lease.py::test_etcdctl_elect_and_observe",
+       "py:test_etcd.py::test_grpc_headers_and_errors"],
+      "the etcd API shows the store's revisions, one lower than etcd's: "
+      "a write at revision 1 makes etcd's election wait on max create "
+      "revision 0, no bound, and a campaign that was the first write "
+      "waits for its own key forever"),
+    M("etcd_compare_revision_less_than_one", "src/etcd_map.c",
+      "    c->num = result == ETCD_CMP_LESS && v == 1 ? 1 : (uint64_t)(v - 1);",
+      "    c->num = (uint64_t)(v - 1);",
+      ["unit:etcd_map/compare_revisions_in_etcd_numbers"],
+      "an etcd compare `create < 1` (etcd's numbers) no longer holds for a "
+      "missing key"),
+    M("etcd_compare_revision_equal_one", "src/etcd_map.c",
+      "    if (v == 1 && (result == ETCD_CMP_EQUAL || result == ETCD_CMP_NOT_EQUAL)) {",
+      "    if (v == 1 && result == ETCD_CMP_NOT_EQUAL) {",
+      ["unit:etcd_map/compare_revisions_in_etcd_numbers"],
+      "an etcd compare `mod = 1` (no write is at etcd's revision 1) holds "
+      "for a missing key"),
+    M("etcd_filter_in_store_numbers", "src/etcd_map.c",
+      "    int64_t mod = etcd_key_rev(m->mod_revision),",
+      "    int64_t mod = (int64_t)m->mod_revision,",
+      ["unit:etcd_map/filters_and_sort", "py:test_etcd.py::test_grpc_headers_and_errors"],
+      "a Range's min/max_mod_revision filter compares the store's numbers "
+      "with etcd's: one revision off"),
+    M("etcd_watch_start_in_store_numbers", "src/etcd_map.c",
+      "    uint64_t s = start_revision > 1 ? (uint64_t)start_revision - 1 : 1;",
+      "    uint64_t s = (uint64_t)start_revision;",
+      ["unit:etcd_map/watch_keys_and_start"],
+      "a watch's start_revision is taken in the store's numbers: it "
+      "starts one revision late, missing the revision asked for"),
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",
       "        out->empty = bytes_cmp(end, elen, key, klen) < 0;",

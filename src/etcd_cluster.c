@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "etcd_map.h"
 #include "grpc_frame.h"
 #include "grpc_pb.h"
 #include "log.h"
@@ -352,13 +353,13 @@ static void call_hashkv(struct gstream *st)
     int64_t want = q->revision;
     protobuf_c_message_free_unpacked(&q->base, &grpc_pb_allocator);
     uint64_t rev = revision();
-    if (want > 0 && (uint64_t)want > rev) {
+    if (want > etcd_rev(rev)) {
         grpc_stream_fail(
             st, GRPC_OUT_OF_RANGE,
             "etcdserver: mvcc: required revision is a future revision");
         return;
     }
-    if (want > 0 && (uint64_t)want < rev) {
+    if (want > 0 && want < etcd_rev(rev)) {
         grpc_stream_fail(
             st, GRPC_OUT_OF_RANGE,
             "etcdserver: mvcc: required revision has been compacted");
@@ -369,7 +370,7 @@ static void call_hashkv(struct gstream *st)
     etcd_header(&h, rev, NULL);
     r.header = &h;
     r.hash = hash32();
-    r.compact_revision = (int64_t)rev;
+    r.compact_revision = etcd_rev(rev);
     etcd_reply(st, &r.base);
 }
 

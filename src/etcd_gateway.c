@@ -624,7 +624,7 @@ static void watch_begin(struct etcd_gw *g)
     }
     write_simple(g, 0, true, false, 0, NULL);
     if (rv == PZ_ENOTFOUND) {
-        write_simple(g, 0, false, true, (int64_t)watch_hub_first_rev(hub),
+        write_simple(g, 0, false, true, etcd_rev(watch_hub_first_rev(hub)),
                      ETCD_WATCH_COMPACTED);
         return;
     }

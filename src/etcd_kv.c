@@ -54,7 +54,7 @@ void etcd_header(Etcdserverpb__ResponseHeader *h, uint64_t rev,
 {
     Etcdserverpb__ResponseHeader init = ETCDSERVERPB__RESPONSE_HEADER__INIT;
     *h = init;
-    h->revision = (int64_t)rev;
+    h->revision = etcd_rev(rev);
     if (ns) {
         h->cluster_id = ns->cluster_id;
         h->member_id = ns->self_id;
@@ -407,8 +407,8 @@ static void kv_of_view(Mvccpb__KeyValue *kv, const struct kv_view *v,
         kv->value.data = (uint8_t *)v->value;
         kv->value.len = v->vlen;
     }
-    kv->create_revision = (int64_t)v->meta.create_revision;
-    kv->mod_revision = (int64_t)v->meta.mod_revision;
+    kv->create_revision = etcd_key_rev(v->meta.create_revision);
+    kv->mod_revision = etcd_key_rev(v->meta.mod_revision);
     kv->version = (int64_t)v->meta.version;
     kv->lease = (int64_t)v->meta.lease;
 }
@@ -524,11 +524,13 @@ static bool range_build(const Etcdserverpb__RangeRequest *q, struct kv_view *v,
     return true;
 }
 
+/* A request's revision (etcd's number; 0: the current one) against the
+ * node's: only the current one can be read (there is no history). */
 static int check_revision(struct gstream *st, int64_t want, uint64_t cur)
 {
-    if (want <= 0 || (uint64_t)want == cur)
+    if (want <= 0 || want == etcd_rev(cur))
         return 0;
-    if ((uint64_t)want > cur)
+    if (want > etcd_rev(cur))
         grpc_stream_fail(
             st, GRPC_OUT_OF_RANGE,
             "etcdserver: mvcc: required revision is a future revision");
@@ -613,7 +615,7 @@ static void on_read(struct node_req *req, int status)
         const Etcdserverpb__CompactionRequest *q =
             (const Etcdserverpb__CompactionRequest *)e->req;
         uint64_t rev = kv_revision(node_kv());
-        if (q->revision > 0 && (uint64_t)q->revision > rev) {
+        if (q->revision > etcd_rev(rev)) {
             grpc_stream_fail(
                 st, GRPC_OUT_OF_RANGE,
                 "etcdserver: mvcc: required revision is a future revision");
@@ -768,10 +770,10 @@ static void write_done(struct node_req *req, int status)
     } else if (e->no_room) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the write was applied at revision "
-                         "%llu, but its response would take the answers "
+                         "%lld, but its response would take the answers "
                          "waiting for clients past max-pending-output (%zu "
                          "bytes)",
-                         (unsigned long long)rev, conn_output_max());
+                         (long long)etcd_rev(rev), conn_output_max());
     } else if (e->over && e->readonly) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the txn response is larger than "
@@ -780,9 +782,9 @@ static void write_done(struct node_req *req, int status)
     } else if (e->over) {
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
                          "etcdserver: the write was applied at revision "
-                         "%llu, but its response is larger than "
+                         "%lld, but its response is larger than "
                          "grpc-max-message (%zu bytes)",
-                         (unsigned long long)rev, e->max_bytes);
+                         (long long)etcd_rev(rev), e->max_bytes);
     } else if (e->call == ETCD_PUT) {
         const Etcdserverpb__PutRequest *q =
             (const Etcdserverpb__PutRequest *)e->req;
@@ -1260,7 +1262,7 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
         struct eop *o = &e->ops[i];
         Etcdserverpb__ResponseHeader hi = ETCDSERVERPB__RESPONSE_HEADER__INIT;
         rh[i] = hi;
-        rh[i].revision = (int64_t)(rev_before + (o->wrote ? 1 : 0));
+        rh[i].revision = etcd_rev(rev_before + (o->wrote ? 1 : 0));
         switch (ops[i]->request_case) {
         case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE: {
             Etcdserverpb__RangeResponse ri = ETCDSERVERPB__RANGE_RESPONSE__INIT;
@@ -1316,10 +1318,10 @@ static void txn_reply(struct gstream *st, struct ekv *e, uint64_t rev,
                          e->max_bytes);
     else
         grpc_stream_fail(st, GRPC_RESOURCE_EXHAUSTED,
-                         "etcdserver: the txn was applied at revision %llu, "
+                         "etcdserver: the txn was applied at revision %lld, "
                          "but its response is larger than grpc-max-message "
                          "(%zu bytes)",
-                         (unsigned long long)rev, e->max_bytes);
+                         (long long)etcd_rev(rev), e->max_bytes);
     for (size_t i = 0; i < n; i++) {
         pz_free(store[i]);
         pz_free(rr[i].kvs);

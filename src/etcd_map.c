@@ -64,6 +64,25 @@ bool etcd_range_overlap(const struct etcd_range *a, const struct etcd_range *b)
     return a_before_b_end && b_before_a_end;
 }
 
+/* A CREATE or MOD comparison with a positive operand v, in etcd's
+ * numbers, onto the store's: a key that exists has revision r >= 1 here
+ * and r + 1 >= 2 in etcd's numbers, one that does not 0 in both. So
+ * etcd's "x = 1" never holds (and "x != 1" always does); otherwise x op v
+ * is r op v - 1 for a key that exists, and holds for a missing key (0 op
+ * v) as 0 op v - 1 does, except LESS than 1, which must hold for it: r <
+ * 1 never holds for a key that exists, and 0 < 1 does. */
+static int cmp_revision(int result, int64_t v, struct kv_cmp *c)
+{
+    if (v == 1 && (result == ETCD_CMP_EQUAL || result == ETCD_CMP_NOT_EQUAL)) {
+        bool holds = result == ETCD_CMP_NOT_EQUAL;
+        c->result = holds ? KV_CMP_NE : KV_CMP_LT;
+        c->num = holds ? UINT64_MAX : 0; /* always holds: never holds */
+        return 0;
+    }
+    c->num = result == ETCD_CMP_LESS && v == 1 ? 1 : (uint64_t)(v - 1);
+    return 0;
+}
+
 int etcd_cmp_map(int result, int target, const uint8_t *key, size_t klen,
                  int target_case, int64_t num, const uint8_t *value,
                  size_t vlen, struct kv_cmp *c)
@@ -96,6 +115,8 @@ int etcd_cmp_map(int result, int target, const uint8_t *key, size_t klen,
     }
     if (target_case != target)
         num = 0;
+    if ((target == ETCD_TGT_CREATE || target == ETCD_TGT_MOD) && num > 0)
+        return cmp_revision(result, num, c);
     if (num >= 0) {
         c->num = (uint64_t)num;
     } else if (result == ETCD_CMP_GREATER || result == ETCD_CMP_NOT_EQUAL) {
@@ -110,7 +131,8 @@ int etcd_cmp_map(int result, int target, const uint8_t *key, size_t klen,
 
 bool etcd_filter_keep(const struct etcd_filter *f, const struct kv_meta *m)
 {
-    int64_t mod = (int64_t)m->mod_revision, cre = (int64_t)m->create_revision;
+    int64_t mod = etcd_key_rev(m->mod_revision),
+            cre = etcd_key_rev(m->create_revision);
     /* As etcd: a bound other than 0 counts, a negative one too (a
      * maximum below 1 keeps nothing). */
     if (f->min_mod != 0 && mod < f->min_mod)
@@ -288,9 +310,10 @@ int etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
         *start = cur + 1;
         return 0;
     }
-    if ((uint64_t)start_revision < first)
+    uint64_t s = start_revision > 1 ? (uint64_t)start_revision - 1 : 1;
+    if (s < first)
         return PZ_ENOTFOUND;
-    *start = (uint64_t)start_revision;
+    *start = s;
     return 0;
 }
 

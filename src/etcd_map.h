@@ -17,7 +17,21 @@
  * comparison with the same outcome (x > -1 always holds: x != 2^64-1;
  * x < -1 never does: x < 0). The operand is the oneof member matching the
  * target; another member (or none) counts as 0 or the empty value, as in
- * etcd. */
+ * etcd.
+ *
+ * Revisions: the etcd API numbers them as etcd does. PyazDB's store
+ * starts at revision 0 and its first write makes revision 1; etcd's
+ * starts at 1 and its first write makes 2. etcd's clients rely on that:
+ * 0 means "none" to them, and a revision of 1 never names a write. Its
+ * election recipe, for one, waits for the keys created before its own
+ * with max_create_revision = its write's revision - 1: for a write at
+ * revision 1 that bound is 0, no bound at all, and a candidate whose
+ * campaign was the store's first write waited for its own key to go.
+ * So every revision the etcd API shows is the store's + 1 (etcd_rev; a
+ * key's create revision 0, "none", stays 0: etcd_key_rev), and every one
+ * a client sends is compared in etcd's numbers (etcd_filter_keep,
+ * etcd_cmp_map, etcd_watch_start, and the callers' checks of a request's
+ * revision against the node's). */
 #ifndef PZ_ETCD_MAP_H
 #define PZ_ETCD_MAP_H
 
@@ -26,6 +40,20 @@
 #include <stdint.h>
 
 #include "kv.h"
+
+/* The etcd API's number for the store's revision rev (header revisions,
+ * the revision a write made, compact_revision). */
+static inline int64_t etcd_rev(uint64_t rev)
+{
+    return (int64_t)rev + 1;
+}
+
+/* The etcd API's number for a key's create or mod revision: 0 (none)
+ * stays 0. */
+static inline int64_t etcd_key_rev(uint64_t rev)
+{
+    return rev ? (int64_t)rev + 1 : 0;
+}
 
 /* etcd's enum values (etcd_rpc.proto). */
 enum {
@@ -79,6 +107,8 @@ int etcd_cmp_map(int result, int target, const uint8_t *key, size_t klen,
                  size_t vlen, struct kv_cmp *c);
 
 /* A Range's revision filters (0: no bound). */
+/* A Range's revision bounds, as the request names them (etcd's numbers:
+ * etcd_filter_keep compares the key's etcd_key_rev). */
 struct etcd_filter {
     int64_t min_mod, max_mod, min_create, max_create;
 };
@@ -129,10 +159,12 @@ int etcd_watch_keys(const uint8_t *key, size_t klen, const uint8_t *end,
                     size_t elen, struct etcd_watch_keys *out);
 void etcd_watch_keys_free(struct etcd_watch_keys *k);
 
-/* Where a watch starts: start_revision 0 means the revision after cur
- * (the node's); one before first (the oldest revision the history holds)
- * is compacted (PZ_ENOTFOUND); a negative one names no revision
- * (PZ_EINVAL); else 0 and *start. */
+/* Where a watch starts, in the store's revisions: start_revision (etcd's
+ * number) 0 means the revision after cur (the node's); 1 the store's
+ * first write, as 2 does (no write is at etcd's revision 1); one before
+ * first (the oldest revision the history holds) is compacted
+ * (PZ_ENOTFOUND: the client is told etcd_rev(first)); a negative one
+ * names no revision (PZ_EINVAL); else 0 and *start. */
 int etcd_watch_start(int64_t start_revision, uint64_t cur, uint64_t first,
                      uint64_t *start);
 

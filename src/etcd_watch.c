@@ -348,7 +348,8 @@ static void create(struct ew_stream *es, Etcdserverpb__WatchCreateRequest *c)
         if (rv == PZ_ENOTFOUND) {
             /* etcd: created, then cancelled as compacted. */
             queue_simple(es, id, true, false, 0, NULL);
-            queue_simple(es, id, false, true, (int64_t)watch_hub_first_rev(hub),
+            queue_simple(es, id, false, true,
+                         etcd_rev(watch_hub_first_rev(hub)),
                          ETCD_WATCH_COMPACTED);
         } else {
             queue_simple(es, -1, true, true, 0, ETCD_WATCH_TOO_MANY);
@@ -408,7 +409,7 @@ const char *etcd_watch_cancelled(const struct watcher *w, int64_t *compact)
         return "etcdserver: watch is too slow: it fell more than "
                "watch-max-buffer behind the newest event";
     }
-    *compact = (int64_t)watch_hub_first_rev(node_watch());
+    *compact = etcd_rev(watch_hub_first_rev(node_watch()));
     return ETCD_WATCH_COMPACTED;
 }
 
@@ -421,8 +422,8 @@ static void kv_of(Mvccpb__KeyValue *kv, const uint8_t *key, size_t klen,
     kv->key.len = klen;
     kv->value.data = (uint8_t *)value;
     kv->value.len = value ? vlen : 0;
-    kv->create_revision = (int64_t)m->create_revision;
-    kv->mod_revision = (int64_t)m->mod_revision;
+    kv->create_revision = etcd_key_rev(m->create_revision);
+    kv->mod_revision = etcd_key_rev(m->mod_revision);
     kv->version = (int64_t)m->version;
     kv->lease = (int64_t)m->lease;
 }
@@ -634,9 +635,9 @@ static void begin_pieces(struct ew_stream *es, struct omsg *m)
         int64_t id = ww->id;
         char why[160];
         snprintf(why, sizeof why,
-                 "etcdserver: revision %llu is too large for one message: "
+                 "etcdserver: revision %lld is too large for one message: "
                  "watch with fragment",
-                 (unsigned long long)m->rev);
+                 (long long)etcd_rev(m->rev));
         watch_free(ww);
         queue_simple(es, id, false, true, 0, why);
         return;

@@ -96,16 +96,17 @@ def test_put_get_options(cluster):
     assert kvs_of(r) == [("a", "1"), ("a/b", "2")]
     assert r["more"] is True and r["count"] == 3
     st = leader.status()
-    assert r["header"]["revision"] == st["revision"] == 6
+    # etcd's numbers: the store's + 1 (an empty store is at etcd's 1)
+    assert r["header"]["revision"] == st["revision"] + 1 == 7
     assert r["header"]["raft_term"] == st["term"]
     kv = r["kvs"][1]
-    assert kv["create_revision"] == kv["mod_revision"] == 4
+    assert kv["create_revision"] == kv["mod_revision"] == 5
     assert kv["version"] == 1
     # a second put: version and mod_revision move, create_revision stays
     ctl(p, "put", "a/b", "22")
     kv = ctl_json(p, "get", "a/b")["kvs"][0]
     assert (kv["create_revision"], kv["mod_revision"], kv["version"]) == \
-        (4, 7, 2)
+        (5, 8, 2)
     # serializable reads on every node see it once applied there
     for s in nodes:
         deadline = time.time() + 10
@@ -119,7 +120,7 @@ def test_put_get_options(cluster):
         [f"w/{leader.name}", f"w/{follower.name}"])
     assert r["count"] == 6
     # --rev: only the current revision exists
-    assert ctl(p, "get", "a", "--rev", "7")[1] == "a\n1\n"
+    assert ctl(p, "get", "a", "--rev", "8")[1] == "a\n1\n"
     assert ctl_error(p, "get", "a", "--rev", "3") == \
         "Error: etcdserver: mvcc: required revision has been compacted"
     assert ctl_error(p, "get", "a", "--rev", "100") == \
@@ -145,7 +146,7 @@ def test_del(cluster):
     ctl(p, "put", "n", "2")
     r = ctl_json(p, "del", "m", "--from-key")
     assert r["deleted"] == 2
-    assert r["header"]["revision"] == leader.status()["revision"]
+    assert r["header"]["revision"] == leader.status()["revision"] + 1
 
 
 TXN_OK = """value("k") = "v1"
@@ -529,20 +530,20 @@ def test_grpc_headers_and_errors(cluster, epb):
     ids = {m.name: m.ID for m in ml.members}
     # a relayed write is answered by the leader
     assert r.header.member_id == ids[leader.name]
-    assert r.header.revision == st["revision"] == 1
+    assert r.header.revision == st["revision"] + 1 == 2  # etcd's numbers
     assert r.header.raft_term == st["term"]
     assert r.header.cluster_id != 0
     g = call(fp, pb, "KV", "Range", pb.RangeRequest(key=b"h"))
     assert g.header.member_id == ids[follower.name]
     assert g.header.cluster_id == r.header.cluster_id
-    assert g.header.revision == 1 and g.count == 1
+    assert g.header.revision == 2 and g.count == 1
     # filters: mod and create revision bounds
     call(fp, pb, "KV", "Put", pb.PutRequest(key=b"h2", value=b"2"))
     call(fp, pb, "KV", "Put", pb.PutRequest(key=b"h", value=b"3"))
-    q = pb.RangeRequest(key=b"h", range_end=b"i", min_mod_revision=3)
+    q = pb.RangeRequest(key=b"h", range_end=b"i", min_mod_revision=4)
     g = call(fp, pb, "KV", "Range", q)
     assert [kv.key for kv in g.kvs] == [b"h"] and g.count == 2
-    q = pb.RangeRequest(key=b"h", range_end=b"i", max_create_revision=1)
+    q = pb.RangeRequest(key=b"h", range_end=b"i", max_create_revision=2)
     assert [kv.key for kv in call(fp, pb, "KV", "Range", q).kvs] == [b"h"]
     q = pb.RangeRequest(key=b"h", range_end=b"i", count_only=True)
     g = call(fp, pb, "KV", "Range", q)
@@ -575,7 +576,7 @@ def test_grpc_headers_and_errors(cluster, epb):
                          sort_order=pb.RangeRequest.DESCEND, limit=1,
                          keys_only=True)
     cq = pb.RangeRequest(key=b"h", range_end=b"i", count_only=True)
-    fq = pb.RangeRequest(key=b"h", range_end=b"i", min_create_revision=2)
+    fq = pb.RangeRequest(key=b"h", range_end=b"i", min_create_revision=3)
     t = call(fp, pb, "KV", "Txn", pb.TxnRequest(
         compare=[pb.Compare(key=b"h", target=pb.Compare.VALUE,
                             result=pb.Compare.EQUAL, value=b"4")],
@@ -643,7 +644,7 @@ def test_grpc_headers_and_errors(cluster, epb):
         (C.OUT_OF_RANGE,
          "etcdserver: mvcc: required revision is a future revision")
     r = call(fp, pb, "KV", "Compact", pb.CompactionRequest(revision=2))
-    assert r.header.revision == leader.status()["revision"]
+    assert r.header.revision == leader.status()["revision"] + 1
     # Maintenance and Auth
     s = call(fp, pb, "Maintenance", "Status", pb.StatusRequest())
     assert s.leader == ids[leader.name] and s.header.member_id == \

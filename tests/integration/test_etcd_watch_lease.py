@@ -344,6 +344,33 @@ def test_etcdctl_lock_of_a_killed_holder_passes_when_its_lease_expires(
             waiter.stop()
 
 
+def test_etcdctl_elect_and_observe(cluster):
+    nodes, leader, follower = cluster
+    a, b, c = nodes
+    first = Bg(a.grpc_port, "elect", "E", "first")
+    second = observer = None
+    try:
+        won = first.wait_for(lambda ls: len(ls) >= 2)
+        assert won[0].startswith("E/") and won[1] == "first", won
+        observer = Bg(b.grpc_port, "elect", "--listen", "E")
+        assert observer.wait_for(lambda ls: len(ls) >= 2)[:2] == won
+        second = Bg(c.grpc_port, "elect", "E", "second")
+        time.sleep(1)
+        assert second.q.empty(), "a second leader while the first leads"
+        # SIGINT: etcdctl resigns (deletes its key) and exits
+        first.p.send_signal(2)
+        assert first.p.wait(timeout=10) == 0, "".join(first.err)
+        won2 = second.wait_for(lambda ls: len(ls) >= 2)
+        assert won2[0].startswith("E/") and won2[0] != won[0], won2
+        assert won2[1] == "second", won2
+        # the observer sees the new leader's proposal
+        assert observer.wait_for(lambda ls: "second" in ls)[-2:] == won2
+    finally:
+        for x in (first, second, observer):
+            if x:
+                x.stop()
+
+
 # --- grpcio: the Watch stream -----------------------------------------------------
 
 def channel(port):

@@ -585,17 +585,17 @@ def test_future_watch_survives_a_snapshot_installed_under_it(servers, epb):
     f = next(s for s in nodes if s is not leader)
     put(leader, "other/k", "0")
     wait_for(lambda: revision(f) == revision(leader), "the follower")
-    start = revision(leader) + 1200
+    start = revision(leader) + 1200  # the store's; etcd's is start + 1
     ws = WatchStream(f.grpc_port, epb)
     sse = gw = None
     try:
-        ws.create(key=b"fw/", range_end=b"fw0", start_revision=start)
+        ws.create(key=b"fw/", range_end=b"fw0", start_revision=start + 1)
         assert ws.next().created
         sse = SSE(f.http_port, q(prefix="fw/", start_revision=start))
         assert sse.status == 200
         assert sse.next()[0] == "created"
         gw = RawWatch(f.http_port, {"key": b64("fw/"), "range_end": b64("fw0"),
-                                    "start_revision": str(start)})
+                                    "start_revision": str(start + 1)})
         assert gw.chunk()["created"] is True
         applied = f.status()["applied_index"]
         f.signal(signal.SIGSTOP)
@@ -618,7 +618,7 @@ def test_future_watch_survives_a_snapshot_installed_under_it(servers, epb):
             put(leader, "other/k", "x")
         put(leader, "fw/a", "1")
         put(leader, "fw/b", "2")
-        for want, key in ((start, b"fw/a"), (start + 1, b"fw/b")):
+        for want, key in ((start + 1, b"fw/a"), (start + 2, b"fw/b")):
             r = ws.next()
             assert not r.canceled, r
             assert r.header.revision == want
@@ -631,7 +631,7 @@ def test_future_watch_survives_a_snapshot_installed_under_it(servers, epb):
             if ev == "message":
                 got.append((eid, [e["kv"]["key"] for e in d["events"]]))
         assert got == [(start, ["fw/a"]), (start + 1, ["fw/b"])]
-        for want, key in ((start, "fw/a"), (start + 1, "fw/b")):
+        for want, key in ((start + 1, "fw/a"), (start + 2, "fw/b")):
             c = gw.chunk()
             assert not c.get("canceled"), c
             assert [(e["kv"]["key"], int(e["kv"]["mod_revision"]))

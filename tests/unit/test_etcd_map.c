@@ -76,11 +76,17 @@ TEST(watch_keys_and_start)
     CHECK(k.from == NULL && k.to == NULL);
     CHECK_EQ_INT(etcd_watch_keys(B("b"), B("b"), &k), PZ_EINVAL);
 
+    /* start_revision in etcd's numbers (the store's + 1), *start in the
+     * store's */
     uint64_t start = 0;
     CHECK(etcd_watch_start(0, 41, 5, &start) == 0 && start == 42);
-    CHECK(etcd_watch_start(5, 41, 5, &start) == 0 && start == 5);
-    CHECK(etcd_watch_start(100, 41, 5, &start) == 0 && start == 100);
-    CHECK_EQ_INT(etcd_watch_start(4, 41, 5, &start), PZ_ENOTFOUND);
+    CHECK(etcd_watch_start(6, 41, 5, &start) == 0 && start == 5);
+    CHECK(etcd_watch_start(100, 41, 5, &start) == 0 && start == 99);
+    CHECK_EQ_INT(etcd_watch_start(5, 41, 5, &start), PZ_ENOTFOUND);
+    /* etcd's 1 names no write: from the first, as 2 does */
+    CHECK(etcd_watch_start(2, 41, 1, &start) == 0 && start == 1);
+    CHECK(etcd_watch_start(1, 41, 1, &start) == 0 && start == 1);
+    CHECK_EQ_INT(etcd_watch_start(1, 41, 2, &start), PZ_ENOTFOUND);
     /* negative: no revision, not compacted, whatever the history holds */
     CHECK_EQ_INT(etcd_watch_start(-1, 41, 1, &start), PZ_EINVAL);
     CHECK_EQ_INT(etcd_watch_start(-2, 41, 5, &start), PZ_EINVAL);
@@ -164,13 +170,53 @@ TEST(compare_mapping)
     CHECK(holds(kv, LT, VAL, VAL, 0, "v3", "k") == 1);
     CHECK(holds(kv, NE, VAL, VAL, 0, "zz", "absent") == 0);
     CHECK(holds(kv, NE, VAL, -1, 0, NULL, "k") == 1); /* no operand: "" */
-    /* mod and lease */
-    CHECK(holds(kv, EQ, ETCD_TGT_MOD, ETCD_TGT_MOD, 2, NULL, "k") == 1);
+    /* mod (the store's 2, etcd's 3) and lease */
+    CHECK(holds(kv, EQ, ETCD_TGT_MOD, ETCD_TGT_MOD, 3, NULL, "k") == 1);
+    CHECK(holds(kv, EQ, ETCD_TGT_MOD, ETCD_TGT_MOD, 2, NULL, "k") == 0);
     CHECK(holds(kv, EQ, ETCD_TGT_LEASE, ETCD_TGT_LEASE, 0, NULL, "k") == 1);
     struct kv_cmp c;
     CHECK_EQ_INT(etcd_cmp_map(4, V, B("k"), V, 0, NULL, 0, &c), PZ_EINVAL);
     CHECK_EQ_INT(etcd_cmp_map(EQ, 5, B("k"), V, 0, NULL, 0, &c), PZ_EINVAL);
     CHECK_EQ_INT(etcd_cmp_map(-1, V, B("k"), V, 0, NULL, 0, &c), PZ_EINVAL);
+    kv_free(kv);
+}
+
+/* CREATE and MOD comparisons hold as etcd's do on etcd's numbers: a key
+ * that exists at the store's revision r is at r + 1 there, a missing one
+ * at 0. Every result, both targets, operands around the edges, for keys
+ * written at the store's revisions 1 to 3 and a missing one. */
+TEST(compare_revisions_in_etcd_numbers)
+{
+    struct kv *kv = kv_new();
+    kv_set(kv, B("k"), B("v1")); /* create 1, mod 1 */
+    kv_set(kv, B("k"), B("v2")); /* mod 2 */
+    kv_set(kv, B("j"), B("v"));  /* create 3, mod 3 */
+    struct {
+        const char *key;
+        int64_t create, mod; /* etcd's numbers */
+    } keys[] = {{"k", 2, 3}, {"j", 4, 4}, {"absent", 0, 0}};
+    int targets[] = {ETCD_TGT_CREATE, ETCD_TGT_MOD};
+    int cases = 0;
+    for (size_t k = 0; k < PZ_ARRAY_SIZE(keys); k++)
+        for (size_t t = 0; t < 2; t++)
+            for (int result = ETCD_CMP_EQUAL; result <= ETCD_CMP_NOT_EQUAL;
+                 result++)
+                for (int64_t v = -2; v <= 6; v++) {
+                    int64_t x = targets[t] == ETCD_TGT_CREATE ? keys[k].create
+                                                              : keys[k].mod;
+                    bool want = result == ETCD_CMP_EQUAL     ? x == v
+                                : result == ETCD_CMP_GREATER ? x > v
+                                : result == ETCD_CMP_LESS    ? x < v
+                                                             : x != v;
+                    int got = holds(kv, result, targets[t], targets[t], v, NULL,
+                                    keys[k].key);
+                    if (got != (int)want)
+                        fprintf(stderr, "    %s target %d result %d v %lld\n",
+                                keys[k].key, targets[t], result, (long long)v);
+                    CHECK_EQ_INT(got, (int)want);
+                    cases++;
+                }
+    CHECK_EQ_INT(cases, 3 * 2 * 4 * 9);
     kv_free(kv);
 }
 
@@ -187,19 +233,31 @@ static struct kv_view view(const char *k, const char *v, uint64_t cre,
 
 TEST(filters_and_sort)
 {
+    /* bounds in etcd's numbers: the store's create 3, mod 7 are etcd's 4
+     * and 8 */
     struct etcd_filter f = {0, 0, 0, 0};
     struct kv_meta m = {3, 7, 2, 0};
     CHECK(etcd_filter_keep(&f, &m));
+    f.min_mod = 9;
+    CHECK(!etcd_filter_keep(&f, &m));
     f.min_mod = 8;
-    CHECK(!etcd_filter_keep(&f, &m));
-    f.min_mod = 7;
-    f.max_mod = 7;
+    f.max_mod = 8;
     CHECK(etcd_filter_keep(&f, &m));
-    f.max_create = 2;
+    f.max_mod = 7;
     CHECK(!etcd_filter_keep(&f, &m));
+    f.max_mod = 0;
+    f.max_create = 3;
+    CHECK(!etcd_filter_keep(&f, &m));
+    f.max_create = 4;
+    CHECK(etcd_filter_keep(&f, &m));
     f.max_create = 0;
-    f.min_create = 4;
+    f.min_create = 5;
     CHECK(!etcd_filter_keep(&f, &m));
+    /* etcd's election bound for a write at etcd's revision 2 (the store's
+     * first): max_create_revision 1 keeps no key */
+    struct kv_meta first = {1, 1, 1, 0};
+    struct etcd_filter below = {0, 0, 0, 1};
+    CHECK(!etcd_filter_keep(&below, &first));
     /* negative bounds count, as etcd's: a maximum below 1 keeps nothing,
      * a minimum below 1 everything */
     struct etcd_filter neg = {-1, 0, -5, 0};
@@ -397,10 +455,15 @@ TEST(node_status)
 }
 
 static const struct test_case cases[] = {
-    TEST_ENTRY(range_conventions),    TEST_ENTRY(range_overlap),
-    TEST_ENTRY(watch_keys_and_start), TEST_ENTRY(compare_mapping),
-    TEST_ENTRY(filters_and_sort),     TEST_ENTRY(select_first_views),
-    TEST_ENTRY(node_status),          TEST_END,
+    TEST_ENTRY(range_conventions),
+    TEST_ENTRY(range_overlap),
+    TEST_ENTRY(watch_keys_and_start),
+    TEST_ENTRY(compare_mapping),
+    TEST_ENTRY(compare_revisions_in_etcd_numbers),
+    TEST_ENTRY(filters_and_sort),
+    TEST_ENTRY(select_first_views),
+    TEST_ENTRY(node_status),
+    TEST_END,
 };
 
 const struct test_suite suite_etcd_map = {"etcd_map", cases};
