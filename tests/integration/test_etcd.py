@@ -397,7 +397,7 @@ def test_user_flag_without_cluster_token(cluster):
 
 # Commands whose output (stdout, or the last stderr line on failure) must
 # be the same on both; "@REV" is replaced by a revision relative to the
-# store's first (etcd's store starts at revision 1, PyazDB's at 0), "@cur"
+# store's first (1 on both: the etcd API counts as etcd does), "@cur"
 # by the current one. A past revision is left out: etcd answers it from
 # its history, PyazDB keeps none (test_put_get_options checks its error).
 SCRIPT = [
@@ -512,6 +512,8 @@ def test_same_output_as_etcd(cluster, etcd, json_out):
     nodes, leader, follower = cluster
     ours, theirs = follower.grpc_port, etcd
     script = JSON_SCRIPT if json_out else SCRIPT
+    # both fresh: the same revision, etcd's empty store's
+    assert base_revision(ours) == base_revision(theirs) == 1
     a = run_script(ours, base_revision(ours), script, json_out)
     b = run_script(theirs, base_revision(theirs), script, json_out)
     for x, y in zip(a, b):
