@@ -57,7 +57,42 @@ async function step(name, fn) {
     }
 }
 
+// Resolves when the campaign is elected, rejects on its error.
+function elected(c) {
+    return new Promise((res, rej) => {
+        c.once('elected', res);
+        c.once('error', rej);
+    });
+}
+
 async function main() {
+    // First: a campaign that is the store's first write (the library waits
+    // for the keys created before its own, bounded by its write's revision
+    // - 1, which etcd's clients take as "none" when it is 0).
+    await step('election', async () => {
+        const e = client.election(P + 'e');
+        const first = e.campaign('one');
+        await within(8000, 'the first campaign', elected(first));
+        const observer = await e.observe();
+        const changes = [];
+        observer.on('change', v => changes.push(v));
+        const second = client.election(P + 'e').campaign('two');
+        let won = false;
+        const secondElected = elected(second).then(() => { won = true; });
+        await sleep(500);
+        const waited = !won;
+        const leader = await e.leader();
+        await first.resign();
+        await within(8000, 'the second campaign', secondElected);
+        await until(5000, () => changes.includes('two'));
+        const after = await e.leader();
+        await observer.cancel();
+        await second.resign();
+        return { first_led: leader, second_waited: waited,
+                 after_resign: after, observed: changes,
+                 left: (await e.leader()) ?? null };
+    });
+
     await step('put_get', async () => {
         await client.put(P + 'k').value('v1');
         return { value: await client.get(P + 'k').string(),

@@ -2,8 +2,8 @@
 package etcd3 (pure JavaScript over @grpc/grpc-js), installed on first use
 by npm_modules.py into the git-ignored node_modules/ at the top of the
 tree. etcd3_client.js runs put/get, prefix reads, deletes, a txn with both
-branches, leases (keepalive, revoke, expiry), watchers and the library's
-lock against a 3-node cluster, given all three endpoints and then a
+branches, leases (keepalive, revoke, expiry), watchers, the library's
+election and its lock against a 3-node cluster, given all three endpoints and then a
 follower alone. Without Node.js and npm, or when npm cannot install the
 package, the test fails saying why: it never passes, nor skips, without
 running."""
@@ -41,6 +41,13 @@ def test_etcd3_npm_client(cluster, node_modules, endpoints):
     out = run_client(node_modules, ports, f"{endpoints}/")
     assert "fatal" not in out and "timeout" not in out, out
 
+    # the library's election, its first campaign the store's first write:
+    # elected at once, the second waits until the first resigns, and the
+    # observer sees the change
+    el = out["election"]
+    assert el.get("first_led") == "one" and el["second_waited"], el
+    assert el["after_resign"] == "two" and "two" in el["observed"], el
+    assert el["left"] is None, el
     assert out["put_get"] == {"value": "v1", "missing": None}
     P = f"{endpoints}/"
     assert out["prefix"] == {
