@@ -1,7 +1,9 @@
 /* tokens.c - see tokens.h. */
 #include "tokens.h"
 
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
@@ -46,6 +48,7 @@ void tokens_free(struct token_set *s)
     for (size_t i = 0; i < s->n; i++)
         token_clear(&s->t[i]);
     pz_free(s->t);
+    pz_free(s->by_digest);
     pz_free(s);
 }
 
@@ -127,6 +130,105 @@ static const char *parse_line(const char *s, size_t n, struct token *t,
     return NULL;
 }
 
+unsigned long tokens_compares;
+
+/* Token pointers in order of name, then of place in the file (the array
+ * is in file order): equal names end up side by side, the first first. */
+static int by_name(const void *a, const void *b)
+{
+    const struct token *x = *(const struct token *const *)a;
+    const struct token *y = *(const struct token *const *)b;
+    tokens_compares++;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* Token pointers in order of digest, then of place in the file. */
+static int by_digest(const void *a, const void *b)
+{
+    const struct token *x = *(const struct token *const *)a;
+    const struct token *y = *(const struct token *const *)b;
+    tokens_compares++;
+    int c = memcmp(x->digest, y->digest, SHA256_SIZE);
+    return c ? c : (x > y) - (x < y);
+}
+
+static bool same_name(const struct token *x, const struct token *y)
+{
+    tokens_compares++;
+    return strcmp(x->name, y->name) == 0;
+}
+
+static bool same_digest(const struct token *x, const struct token *y)
+{
+    tokens_compares++;
+    return memcmp(x->digest, y->digest, SHA256_SIZE) == 0;
+}
+
+/* Sort v[0..n) (pointers to every token of s) with cmp, and set first[i],
+ * for each token s->t[i], to the index of the first token of the file
+ * equal to it by same, or SIZE_MAX if it is that first one itself. A sort
+ * and one pass: n log n comparisons, where comparing each token with
+ * every earlier one took n * n / 2. */
+static void mark_repeats(const struct token_set *s, struct token **v,
+                         int (*cmp)(const void *, const void *),
+                         bool (*same)(const struct token *,
+                                      const struct token *),
+                         size_t *first)
+{
+    qsort(v, s->n, sizeof *v, cmp);
+    size_t head = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        size_t at = (size_t)(v[i] - s->t);
+        if (i > 0 && same(v[head], v[i])) {
+            first[at] = (size_t)(v[head] - s->t);
+        } else {
+            head = i;
+            first[at] = SIZE_MAX;
+        }
+    }
+}
+
+/* Check that names and tokens are unique and index the set by digest
+ * (s->by_digest). On a repeat returns false, with *line the first line of
+ * the file repeating an earlier name or token and why the reason: of the
+ * lines it repeats, the earliest decides (the name first when that line
+ * has both), as checking each line against every earlier one found. */
+static bool index_set(struct token_set *s, size_t *line, char *why,
+                      size_t whylen)
+{
+    if (s->n == 0)
+        return true;
+    struct token **v = pz_malloc(s->n * sizeof *v);
+    size_t *name_of = pz_malloc(s->n * sizeof *name_of);
+    size_t *token_of = pz_malloc(s->n * sizeof *token_of);
+    for (size_t i = 0; i < s->n; i++)
+        v[i] = &s->t[i];
+    mark_repeats(s, v, by_name, same_name, name_of);
+    mark_repeats(s, v, by_digest, same_digest, token_of);
+    bool ok = true;
+    for (size_t i = 0; i < s->n && ok; i++) {
+        size_t k = name_of[i] < token_of[i] ? name_of[i] : token_of[i];
+        if (k == SIZE_MAX)
+            continue;
+        const struct token *t = &s->t[i];
+        if (k == name_of[i])
+            snprintf(why, whylen, "name '%s' is used twice", t->name);
+        else
+            snprintf(why, whylen, "token '%s' repeats the token of '%s'",
+                     t->name, s->t[k].name);
+        *line = t->line;
+        ok = false;
+    }
+    pz_free(name_of);
+    pz_free(token_of);
+    if (ok)
+        s->by_digest = v; /* sorted by digest, the last sort */
+    else
+        pz_free(v);
+    return ok;
+}
+
 int tokens_parse(const char *text, size_t len, struct token_set **out,
                  size_t *line, char *why, size_t whylen)
 {
@@ -137,7 +239,9 @@ int tokens_parse(const char *text, size_t len, struct token_set **out,
         return PZ_EINVAL;
     }
     struct token_set *s = pz_calloc(1, sizeof *s);
-    size_t cap = 0, lineno = 0, pos = 0;
+    size_t cap = 0, lineno = 0, pos = 0, bad_line = 0;
+    /* Each line on its own first, up to the first one refused (bad_line,
+     * why); then names and tokens are checked to be unique. */
     while (pos < len) {
         const char *ls = text + pos;
         const char *nl = memchr(ls, '\n', len - pos);
@@ -146,7 +250,8 @@ int tokens_parse(const char *text, size_t len, struct token_set **out,
         lineno++;
         if (memchr(ls, '\0', n)) {
             snprintf(why, whylen, "a NUL byte");
-            goto fail;
+            bad_line = lineno;
+            break;
         }
         if (n > 0 && ls[n - 1] == '\r')
             n--;
@@ -157,7 +262,8 @@ int tokens_parse(const char *text, size_t len, struct token_set **out,
             continue;
         if (s->n == TOKENS_MAX) {
             snprintf(why, whylen, "more than %d tokens", TOKENS_MAX);
-            goto fail;
+            bad_line = lineno;
+            break;
         }
         if (s->n == cap) {
             cap = cap ? cap * 2 : 8;
@@ -171,27 +277,23 @@ int tokens_parse(const char *text, size_t len, struct token_set **out,
         if (bad) {
             token_clear(t);
             snprintf(why, whylen, "%s", bad);
-            goto fail;
+            bad_line = lineno;
+            break;
         }
+        t->line = lineno;
         s->n++;
-        for (size_t k = 0; k + 1 < s->n; k++) {
-            if (strcmp(s->t[k].name, t->name) == 0) {
-                snprintf(why, whylen, "name '%s' is used twice", t->name);
-                goto fail;
-            }
-            if (memcmp(s->t[k].digest, t->digest, SHA256_SIZE) == 0) {
-                snprintf(why, whylen, "token '%s' repeats the token of '%s'",
-                         t->name, s->t[k].name);
-                goto fail;
-            }
-        }
+    }
+    /* A line repeating an earlier one comes before bad_line, where
+     * parsing stopped: its refusal goes first, as when each line was
+     * checked against the earlier ones as it was read. */
+    if (!index_set(s, line, why, whylen) || bad_line) {
+        if (*line == 0)
+            *line = bad_line;
+        tokens_free(s);
+        return PZ_EINVAL;
     }
     *out = s;
     return 0;
-fail:
-    *line = lineno;
-    tokens_free(s);
-    return PZ_EINVAL;
 }
 
 const struct token *tokens_find(const struct token_set *s, const char *tok,
@@ -201,16 +303,28 @@ const struct token *tokens_find(const struct token_set *s, const char *tok,
         return NULL;
     uint8_t d[SHA256_SIZE];
     digest_of(tok, len, d);
-    const struct token *found = NULL;
-    /* Every digest is compared, whatever matched: the time taken does not
-     * tell which token, if any, is close. */
-    for (size_t i = 0; i < s->n; i++) {
-        bool eq = pz_token_equal((const char *)s->t[i].digest, SHA256_SIZE,
-                                 (const char *)d, SHA256_SIZE);
-        if (eq)
-            found = &s->t[i];
+    /* A binary search among the digests. Its path and memcmp's early stop
+     * depend on the presented token's digest only as it compares with the
+     * digests held: at most they could tell where SHA-256 of a guess falls
+     * and how many of its first bytes it shares with a digest held. That
+     * brings a guess no nearer to a token (a guess sharing characters with
+     * a token has an unrelated digest; a digest's first bytes give none of
+     * the token without a SHA-256 preimage), so the comparison need not be
+     * constant-time as one of the secret itself would be. */
+    size_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const struct token *t = s->by_digest[mid];
+        tokens_compares++;
+        int c = memcmp(d, t->digest, SHA256_SIZE);
+        if (c == 0)
+            return t;
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
     }
-    return found;
+    return NULL;
 }
 
 bool token_restricted(const struct token *t)

@@ -176,11 +176,150 @@ TEST(prefixes)
     tokens_free(s);
 }
 
+/* A repeated name or token refuses the file at the first line repeating
+ * an earlier one, whatever comes after it, with the earliest line it
+ * repeats: its name before its token. */
+TEST(repeats)
+{
+    char why[256];
+    static const struct {
+        const char *text;
+        size_t line;
+        const char *why;
+    } cases[] = {
+        /* the later line is named, blank and comment lines counted */
+        {"a rw " T1 "\n# x\n\nb ro " T2 "\nc ro " T1 "\n", 5,
+         "token 'c' repeats the token of 'a'"},
+        {"a rw " T1 "\nb ro " T2 "\nc ro " T3 "\nb rw " T3 "x\n", 4,
+         "name 'b' is used twice"},
+        /* two repeats: the first line repeating one is refused */
+        {"a rw " T1 "\nb ro " T2 "\nb rw " T3 "\nc ro " T1 "\n", 3,
+         "name 'b' is used twice"},
+        {"a rw " T1 "\nb ro " T2 "\nc ro " T1 "\nb rw " T3 "\n", 3,
+         "token 'c' repeats the token of 'a'"},
+        /* a line repeating two: the earlier of the two decides */
+        {"a rw " T1 "\nb ro " T2 "\nb ro " T1 "\n", 3,
+         "token 'b' repeats the token of 'a'"},
+        {"a rw " T1 "\nb ro " T2 "\na ro " T2 "\n", 3,
+         "name 'a' is used twice"},
+        {"a rw " T1 "\na ro " T1 "\n", 2, "name 'a' is used twice"},
+        /* the first of three of a kind is the one repeated */
+        {"x ro " T3 "\na rw " T1 "\nb ro " T1 "\nc ro " T1 "\n", 3,
+         "token 'b' repeats the token of 'a'"},
+        /* a repeat before a bad line is refused first, after it not */
+        {"a rw " T1 "\nb ro " T1 "\nc rx " T2 "\n", 2, "repeats"},
+        {"a rw " T1 "\nc rx " T2 "\nb ro " T1 "\n", 2, "rights must be"},
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(cases); i++) {
+        why[0] = '\0';
+        size_t line =
+            refused(cases[i].text, strlen(cases[i].text), why, sizeof why);
+        if (line != cases[i].line || !strstr(why, cases[i].why))
+            fprintf(stderr, "    case %zu: line %zu: %s\n", i, line, why);
+        CHECK_EQ_INT(line, cases[i].line);
+        CHECK(strstr(why, cases[i].why) != NULL);
+    }
+    const char nul[] = "a rw " T1 "\nb ro " T1 "\nc ro\0" T2 "\n";
+    CHECK_EQ_INT(refused(nul, sizeof nul - 1, why, sizeof why), 2);
+    CHECK(strstr(why, "token 'b' repeats the token of 'a'") != NULL);
+}
+
+/* Line i of a file of n tokens (name and token unique to i, the names
+ * not in file order) appended to b. */
+static void scale_line(struct pz_buf *b, size_t i, const char *tok)
+{
+    char l[128];
+    int n = snprintf(l, sizeof l, "client-%05zu %s %s\n", i * 7919 % 10000,
+                     i % 2 ? "ro" : "rw", tok);
+    pz_buf_append(b, l, (size_t)n);
+}
+
+static void scale_token(char *tok, size_t size, size_t i)
+{
+    snprintf(tok, size, "tok-%05zu-0123456789abcdef", i);
+}
+
+/* A file of TOKENS_MAX tokens: parsed with n log n comparisons of names
+ * and digests, not the n * n / 2 (50 million) of comparing every line
+ * with each earlier one, which held the event loop for a quarter of a
+ * second on every reload; each token found with at most log2 n + 1
+ * digest comparisons, not n on every request, an unknown token too. The
+ * counts (tokens_compares) stand in for the time, which a loaded machine
+ * or a sanitizer would blur. */
+TEST(scale)
+{
+    struct pz_buf b;
+    pz_buf_init(&b);
+    char tok[64];
+    for (size_t i = 0; i < TOKENS_MAX; i++) {
+        scale_token(tok, sizeof tok, i);
+        scale_line(&b, i, tok);
+    }
+    CHECK(b.len <= TOKENS_FILE_MAX);
+    struct token_set *s = NULL;
+    size_t line = 0;
+    char why[256] = "";
+    unsigned long before = tokens_compares;
+    int rv = tokens_parse(b.data, b.len, &s, &line, why, sizeof why);
+    unsigned long parse = tokens_compares - before;
+    if (rv != 0)
+        fprintf(stderr, "    refused: line %zu: %s\n", line, why);
+    CHECK_EQ_INT(rv, 0);
+    CHECK_EQ_INT(s->n, TOKENS_MAX);
+    /* two sorts of 10,000 (about 14 comparisons a token each) and a pass
+     * over each: some 300,000 */
+    if (parse >= 1000000)
+        fprintf(stderr, "    parse: %lu comparisons\n", parse);
+    CHECK(parse < 1000000);
+    unsigned long most = 0;
+    for (size_t i = 0; i < TOKENS_MAX; i++) {
+        scale_token(tok, sizeof tok, i);
+        char name[32];
+        snprintf(name, sizeof name, "client-%05zu", i * 7919 % 10000);
+        before = tokens_compares;
+        const struct token *t = tokens_find(s, tok, strlen(tok));
+        unsigned long n = tokens_compares - before;
+        most = n > most ? n : most;
+        CHECK(t == &s->t[i]);
+        CHECK_EQ_STR(t->name, name);
+        CHECK_EQ_INT(t->line, i + 1);
+        CHECK_EQ_INT(t->rights, i % 2 ? TOKEN_READ : TOKEN_READ | TOKEN_WRITE);
+        /* an unknown token, one character off, as cheap and refused */
+        tok[strlen(tok) - 1] = 'g';
+        before = tokens_compares;
+        CHECK(tokens_find(s, tok, strlen(tok)) == NULL);
+        n = tokens_compares - before;
+        most = n > most ? n : most;
+    }
+    if (most > 14)
+        fprintf(stderr, "    lookup: up to %lu comparisons\n", most);
+    CHECK(most <= 14); /* floor(log2 10000) + 1 */
+    tokens_free(s);
+
+    /* a repeat on the last line is still found, and named */
+    size_t last = b.len - 1;
+    while (last > 0 && b.data[last - 1] != '\n')
+        last--;
+    b.len = last;
+    scale_token(tok, sizeof tok, 17);
+    scale_line(&b, TOKENS_MAX - 1, tok);
+    CHECK_EQ_INT(refused(b.data, b.len, why, sizeof why), TOKENS_MAX);
+    CHECK(strstr(why, "repeats the token of 'client-") != NULL);
+    /* one token more than TOKENS_MAX */
+    b.len = last;
+    scale_token(tok, sizeof tok, TOKENS_MAX - 1);
+    scale_line(&b, TOKENS_MAX - 1, tok);
+    scale_token(tok, sizeof tok, TOKENS_MAX);
+    pz_buf_append(&b, "extra ro ", 9);
+    pz_buf_append(&b, tok, strlen(tok));
+    CHECK_EQ_INT(refused(b.data, b.len, why, sizeof why), TOKENS_MAX + 1);
+    CHECK(strstr(why, "more than 10000 tokens") != NULL);
+    pz_buf_free(&b);
+}
+
 static const struct test_case cases[] = {
-    TEST_ENTRY(format),
-    TEST_ENTRY(refusals),
-    TEST_ENTRY(prefixes),
-    TEST_END,
+    TEST_ENTRY(format),  TEST_ENTRY(refusals), TEST_ENTRY(prefixes),
+    TEST_ENTRY(repeats), TEST_ENTRY(scale),    TEST_END,
 };
 
 const struct test_suite suite_tokens = {"tokens", cases};
