@@ -1426,7 +1426,9 @@ static void election_won(struct raft *r);
  * whether it could win, without changing its term. */
 static void campaign(struct raft *r, bool pre_vote, bool transfer)
 {
-    if (!promotable(r) || r->role == RAFT_LEADER)
+    /* At RAFT_TERM_MAX the next term would be RAFT_LIMIT, which every
+     * peer refuses: the node stays a follower (see RAFT_TERM_BOUND). */
+    if (!promotable(r) || r->role == RAFT_LEADER || r->term >= RAFT_TERM_MAX)
         return;
     uint64_t vote_term;
     if (pre_vote) {
@@ -2049,6 +2051,8 @@ static bool restore_valid(const struct raft_hard_state *hs, uint64_t si,
                           uint64_t st, const struct raft_entry *entries,
                           size_t n)
 {
+    if (hs->term >= RAFT_LIMIT)
+        return false;
     if (si > 0 && (st == 0 || st > hs->term))
         return false;
     uint64_t first = n ? entries[0].index : si + 1;
@@ -2332,6 +2336,33 @@ const char *raft_errmsg(const struct raft *r)
     return r->errmsg;
 }
 
+/* The highest term a peer may make this node take (RAFT_TERM_BOUND): any
+ * below the bound, at most RAFT_TERM_LEAP above ours past it. Every
+ * message carries its sender's term (the terms inside it, of entries,
+ * previous entries and snapshots, are checked against it), and any
+ * message of a newer term but a Pre-Vote and its grant makes the receiver
+ * take it. */
+static uint64_t term_reach(const struct raft *r)
+{
+    uint64_t reach = PZ_MAX(r->term + RAFT_TERM_LEAP, RAFT_TERM_BOUND - 1);
+    return PZ_MIN(reach, RAFT_TERM_MAX);
+}
+
+/* A message of a term out of reach is refused, but a node that trails a
+ * cluster gone past the bound (after a forged term below it: the node
+ * missed it, or is new) must catch up: it moves to its reach, so that
+ * the next messages of its cluster's term come within it. Nothing tells
+ * such a message from a forged one: that moves the node no further than
+ * a term in reach would. */
+static void term_catch_up(struct raft *r)
+{
+    uint64_t reach = term_reach(r);
+    if (reach > r->term) {
+        r->fresh = false;
+        become_follower(r, reach, 0);
+    }
+}
+
 int raft_step(struct raft *r, const struct raft_msg *m)
 {
     const char *why = msg_invalid(m);
@@ -2339,6 +2370,10 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         return refuse(r, m, why);
     if (m->to != r->id || m->from == r->id)
         return 0;
+    if (m->term > term_reach(r)) {
+        term_catch_up(r);
+        return refuse(r, m, "term too far above ours, past 2^61");
+    }
     if (m->type == RAFT_MSG_INSTALL_SNAPSHOT_RESP)
         return 0;
     if (m->type == RAFT_MSG_APPEND && m->term >= r->term &&

@@ -95,6 +95,27 @@
  * near it (2^62 elections or entries), and arithmetic on them (term + 1,
  * index + n) can then never wrap around. */
 #define RAFT_LIMIT (UINT64_C(1) << 62)
+/* A node's own term goes up to RAFT_TERM_MAX, never further: its next
+ * election would ask for RAFT_LIMIT, which every peer refuses. There it
+ * never stands for election again (raft_campaign is a no-op). */
+#define RAFT_TERM_MAX (RAFT_LIMIT - 1)
+/* Terms a peer may make us take. Below RAFT_TERM_BOUND (2^61) any: no
+ * correct cluster gets there (2^61 elections, one a millisecond, take 73
+ * million years). At or above it, at most RAFT_TERM_LEAP above our own
+ * term; a message of a higher term is refused (the link dropped). Without
+ * the bound one forged message at RAFT_TERM_MAX took the whole room left:
+ * its receiver, and every node it then told, could never campaign again,
+ * and the cluster stayed leaderless. With it, a forged term is either
+ * refused, or below the bound and leaves the cluster 2^61 elections,
+ * which forged messages can only take 2^16 at a time (2^45 messages).
+ * After such a forgery the cluster elects past the bound, and a node that
+ * trails it there (a new one, one that missed the forged term) must
+ * follow: on a refused term, a node moves up to the most it may take (to
+ * 2^61 - 1 from below, a leap from past the bound) and the cluster's next
+ * messages come within its reach. A forged term past the reach moves its
+ * receiver no further than one in reach does. */
+#define RAFT_TERM_BOUND (RAFT_LIMIT / 2)
+#define RAFT_TERM_LEAP (UINT64_C(1) << 16)
 /* Default soft cap of an APPEND's entries, and what each entry counts on
  * top of its payload (its framing on the wire, roughly): a message of
  * many small entries stays as small as one of few large ones. */
@@ -381,8 +402,8 @@ int raft_restore(struct raft *r, const struct raft_hard_state *hs,
  * starts after snap->index + 1 or not at 1 without a snapshot, or that
  * starts at or below snap->index but ends before it, an entry at
  * snap->index with another term, decreasing terms, a term above hs->term,
- * undecodable CONF entry, snapshot term 0 or above hs->term, a conf with
- * id 0 or a duplicate id). */
+ * hs->term at or above RAFT_LIMIT, undecodable CONF entry, snapshot term 0 or
+ * above hs->term, a conf with id 0 or a duplicate id). */
 int raft_restore_snapshot(struct raft *r, const struct raft_hard_state *hs,
                           const struct raft_snapshot_meta *snap,
                           const struct raft_entry *entries, size_t n);
@@ -425,7 +446,9 @@ void raft_tick(struct raft *r);
  * is ignored). Everything kept is copied; m stays the caller's. Returns 0,
  * or PZ_EINVAL for a message no correct peer sends, with nothing changed
  * and the reason in raft_errmsg(): an unknown type, sender 0, a term or
- * index at or above RAFT_LIMIT, entries where none belong, a leader
+ * index at or above RAFT_LIMIT, a term at or above RAFT_TERM_BOUND more
+ * than RAFT_TERM_LEAP above ours (the one refusal that changes something:
+ * our term moves up, see RAFT_TERM_BOUND), entries where none belong, a leader
  * message or vote request of term 0, an APPEND whose entries do not
  * follow its previous index one by one with terms from 1 never
  * decreasing and never above the message's, a configuration entry that
@@ -433,8 +456,8 @@ void raft_tick(struct raft *r);
  * documented above, and an APPEND of our term or a newer one that
  * contradicts an entry we know is committed. Stale or inapplicable
  * messages return 0 and are ignored, among them a TIMEOUT_NOW not from
- * the leader we follow, a READ_INDEX_RESP with an index not from it, and a READ_INDEX
- * from a non-member (answered with a refusal). */
+ * the leader we follow, a READ_INDEX_RESP with an index not from it, and a
+ * READ_INDEX from a non-member (answered with a refusal). */
 int raft_step(struct raft *r, const struct raft_msg *m);
 /* Why the last raft_step returned PZ_EINVAL ("" before any). */
 const char *raft_errmsg(const struct raft *r);
@@ -511,7 +534,8 @@ void raft_commit_eager(struct raft *r);
 int raft_read_index(struct raft *r, uint64_t ctx);
 
 /* Starts an election now (Pre-Vote first if enabled), as an election
- * timeout would. No-op for a leader or a node that may not campaign: only
+ * timeout would. No-op for a leader, for a node whose term is
+ * RAFT_TERM_MAX, or for a node that may not campaign: only
  * voters of the current configuration campaign, plus a node whose latest
  * (uncommitted) configuration removed or demoted it while the previous one
  * had it as a voter (so a leader that removed itself and lost leadership

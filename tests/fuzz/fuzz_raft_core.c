@@ -47,7 +47,9 @@
  *    those sent before it only what already was; each read gets one
  *    outcome; Ready memory stays valid until the next raft_ready;
  *  - a message raft_step refuses (PZ_EINVAL) changes nothing and comes
- *    with a reason (raft_errmsg).
+ *    with a reason (raft_errmsg), but one of a term out of reach
+ *    (RAFT_TERM_BOUND), which moves the node's term up to its reach and
+ *    leaves its log alone.
  *
  * FUZZ_TRACE=1 prints each operation, the node's state and the stored
  * log, to follow a crashing input. */
@@ -648,9 +650,30 @@ static void step(struct h *h, const struct raft_msg *m)
     if (bad_type || m->from == 0)
         FUZZ_CHECK(rv == PZ_EINVAL);
     if (rv != 0) {
-        /* Refused before anything changed, with a reason. */
+        /* Refused before anything changed, with a reason; but a term out
+         * of reach (RAFT_TERM_BOUND) moves ours up to the reach, and
+         * changes only the term and what goes with it (vote, role,
+         * leader), never the log. */
         FUZZ_CHECK(raft_errmsg(h->r)[0] != '\0');
         look(h, &after);
+        uint64_t reach =
+            PZ_MIN(PZ_MAX(before.s.term + RAFT_TERM_LEAP, RAFT_TERM_BOUND - 1),
+                   RAFT_TERM_MAX);
+        if (after.s.term != before.s.term) {
+            FUZZ_CHECKF(m->to == SELF && m->from != SELF && m->term > reach &&
+                            after.s.term == reach &&
+                            after.s.role == RAFT_FOLLOWER &&
+                            after.s.leader == 0 && after.s.vote == 0 &&
+                            after.s.commit == before.s.commit &&
+                            after.s.applied == before.s.applied &&
+                            after.s.last_index == before.s.last_index &&
+                            after.s.last_term == before.s.last_term &&
+                            after.s.first_index == before.s.first_index &&
+                            after.s.snap_index == before.s.snap_index,
+                        "refused %s (%s) changed the node past its term",
+                        raft_msg_type_name(m->type), raft_errmsg(h->r));
+            return;
+        }
         FUZZ_CHECKF(memcmp(&before.s, &after.s, sizeof before.s) == 0 &&
                         before.has_ready == after.has_ready,
                     "refused %s (%s) changed the node",

@@ -2857,6 +2857,217 @@ TEST(message_shape_checks)
     net_free(&net);
 }
 
+/* A message of every kind whose term would leave no room to campaign
+ * (RAFT_TERM_BOUND): at 2^62 - 1, at the bound, a leap past it. Each is
+ * refused (the driver drops the link) and moves the receiver's term to
+ * 2^61 - 1 at most, nothing else; the cluster then elects and commits as
+ * before. Once 2^62 - 1 was taken, and the node's next campaign asked for
+ * 2^62, which every peer refuses: no election ever succeeded again. */
+TEST(terms_without_room_refused)
+{
+    const uint64_t bad[] = {RAFT_TERM_MAX, RAFT_TERM_BOUND,
+                            RAFT_TERM_BOUND + RAFT_TERM_LEAP + 7};
+    for (size_t k = 0; k < PZ_ARRAY_SIZE(bad); k++) {
+        for (uint8_t type = RAFT_MSG_APPEND; type < RAFT_MSG_TYPE_MAX; type++) {
+            struct tnet net;
+            committed_cluster(&net);
+            struct raft *r = net.nodes[2].r;
+            uint64_t t = st_of(&net, 2).term;
+            struct observed before = observe(r);
+            struct raft_conf c;
+            conf_of(&c, 3);
+            struct raft_entry e = {0};
+            struct raft_msg m = {.type = type,
+                                 .from = 1,
+                                 .to = 2,
+                                 .term = bad[k],
+                                 .index = 4,
+                                 .log_term = t,
+                                 .commit = 4,
+                                 .context = 1};
+            if (type == RAFT_MSG_PREVOTE || type == RAFT_MSG_VOTE)
+                m.from = 3;
+            if (type == RAFT_MSG_INSTALL_SNAPSHOT) {
+                m = snap_msg(1, bad[k], 50, bad[k], &c, &e);
+                m.to = 2;
+            }
+            int rv = raft_step(r, &m);
+            pz_free(e.data);
+            raft_conf_free(&c);
+            struct observed after = observe(r);
+            if (rv != PZ_EINVAL ||
+                strstr(raft_errmsg(r), "past 2^61") == NULL ||
+                after.term != RAFT_TERM_BOUND - 1 ||
+                after.commit != before.commit || after.last != before.last) {
+                fprintf(stderr, "    %s at term %llu: %d, term %llu: %s\n",
+                        raft_msg_type_name(type), (unsigned long long)bad[k],
+                        rv, (unsigned long long)after.term, raft_errmsg(r));
+                CHECK(false);
+            }
+            /* the cluster elects past the bound, and commits */
+            tick_all(&net, 60);
+            uint64_t term = 0;
+            CHECK_EQ_INT(count_leaders(&net, &term), 1);
+            CHECK(term >= RAFT_TERM_BOUND && term < RAFT_TERM_BOUND + 100);
+            int l = leader_id(&net);
+            propose_n(&net, l, 1);
+            tick_all(&net, 5);
+            for (int i = 1; i <= 3; i++)
+                CHECK_EQ_INT(st_of(&net, i).commit, st_of(&net, l).commit);
+            net_free(&net);
+        }
+    }
+    /* An APPEND's entries of such a term come only in an APPEND of it. */
+    struct tnet net;
+    committed_cluster(&net);
+    uint64_t t = st_of(&net, 2).term;
+    struct raft_entry e = {
+        .term = RAFT_TERM_MAX, .index = 5, .type = RAFT_ENTRY_NORMAL};
+    struct raft_msg m = {.type = RAFT_MSG_APPEND,
+                         .from = 1,
+                         .to = 2,
+                         .term = t,
+                         .index = 4,
+                         .log_term = t,
+                         .entries = &e,
+                         .n_entries = 1};
+    CHECK(refused(net.nodes[2].r, m));
+    net_free(&net);
+}
+
+/* A term just below RAFT_TERM_BOUND is taken (no peer can tell it from a
+ * real one): the cluster then elects above the bound, where a peer's term
+ * is believed up to RAFT_TERM_LEAP above ours, and goes on electing and
+ * committing, also after restarts; a node left more than a leap behind
+ * catches up. */
+TEST(terms_below_the_bound_leave_room)
+{
+    struct tnet net;
+    committed_cluster(&net);
+    uint64_t b = RAFT_TERM_BOUND;
+    CHECK_EQ_INT(
+        raft_step(net.nodes[2].r, &(struct raft_msg){.type = RAFT_MSG_HEARTBEAT,
+                                                     .from = 3,
+                                                     .to = 2,
+                                                     .term = b - 1}),
+        0);
+    CHECK_EQ_INT(st_of(&net, 2).term, b - 1);
+    /* the leader hears of it, and a leader is elected in term b */
+    tick_all(&net, 60);
+    uint64_t term = 0;
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    CHECK(term >= b);
+    int l = leader_id(&net);
+    propose_n(&net, l, 1);
+    deliver_all(&net);
+    tick_all(&net, 1);
+    for (int i = 1; i <= 3; i++)
+        CHECK_EQ_INT(st_of(&net, i).commit, st_of(&net, l).commit);
+    /* above the bound: a leap is believed, one more is not (the node
+     * moves up a leap then: it may trail) */
+    int f = l % 3 + 1;
+    uint64_t ft = st_of(&net, f).term;
+    struct raft_msg vr = {.type = RAFT_MSG_VOTE_RESP,
+                          .from = l,
+                          .to = (uint64_t)f,
+                          .term = ft + RAFT_TERM_LEAP + 1,
+                          .reject = true};
+    CHECK_EQ_INT(raft_step(net.nodes[f].r, &vr), PZ_EINVAL);
+    CHECK_EQ_INT(st_of(&net, f).term, ft + RAFT_TERM_LEAP);
+    vr.term = ft + 2 * RAFT_TERM_LEAP;
+    CHECK_EQ_INT(raft_step(net.nodes[f].r, &vr), 0);
+    CHECK_EQ_INT(st_of(&net, f).term, ft + 2 * RAFT_TERM_LEAP);
+    tick_all(&net, 60);
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    CHECK(term > ft + 2 * RAFT_TERM_LEAP);
+    /* every node restarted: they elect again */
+    for (int i = 1; i <= 3; i++)
+        restart(&net, i);
+    tick_all(&net, 60);
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    l = leader_id(&net);
+    propose_n(&net, l, 1);
+    tick_all(&net, 5);
+    for (int i = 1; i <= 3; i++)
+        CHECK_EQ_INT(st_of(&net, i).commit, st_of(&net, l).commit);
+    net_free(&net);
+}
+
+/* A node that trails its cluster past the bound (a new one, one that
+ * missed the forged term) moves up to its reach on each refused message:
+ * to 2^61 - 1 from below, then a leap each, until its cluster's term is
+ * in reach. */
+TEST(trailing_node_catches_up_past_the_bound)
+{
+    struct tnet net;
+    committed_cluster(&net);
+    struct raft *r = net.nodes[2].r;
+    uint64_t b = RAFT_TERM_BOUND, leap = RAFT_TERM_LEAP;
+    struct raft_msg hb = {.type = RAFT_MSG_HEARTBEAT,
+                          .from = 1,
+                          .to = 2,
+                          .term = b - 1 + 2 * leap + 5};
+    CHECK_EQ_INT(raft_step(r, &hb), PZ_EINVAL);
+    CHECK_EQ_INT(st_of(&net, 2).term, b - 1);
+    CHECK_EQ_INT(st_of(&net, 2).leader, 0);
+    CHECK_EQ_INT(raft_step(r, &hb), PZ_EINVAL);
+    CHECK_EQ_INT(st_of(&net, 2).term, b - 1 + leap);
+    CHECK_EQ_INT(raft_step(r, &hb), PZ_EINVAL);
+    CHECK_EQ_INT(st_of(&net, 2).term, b - 1 + 2 * leap);
+    CHECK_EQ_INT(raft_step(r, &hb), 0);
+    CHECK_EQ_INT(st_of(&net, 2).term, hb.term);
+    CHECK_EQ_INT(st_of(&net, 2).leader, 1);
+    net_free(&net);
+    /* a new node, at term 0, the same */
+    struct raft_config cfg = tcfg(4);
+    r = raft_new(&cfg, NULL);
+    hb.to = 4;
+    hb.term = b + 5;
+    CHECK_EQ_INT(raft_step(r, &hb), PZ_EINVAL);
+    CHECK_EQ_INT(raft_step(r, &hb), 0);
+    struct raft_status st;
+    raft_status(r, &st);
+    CHECK_EQ_INT(st.term, b + 5);
+    CHECK_EQ_INT(st.leader, 1);
+    raft_free(r);
+}
+
+/* A node's own term stops at RAFT_TERM_MAX: one more election asks for
+ * it, none then asks for more (RAFT_LIMIT, which every peer refuses). A
+ * stored term at or above RAFT_LIMIT is refused. */
+TEST(own_term_stops_at_the_max)
+{
+    uint64_t terms[] = {2};
+    struct raft *rs[3];
+    for (int i = 0; i < 3; i++)
+        rs[i] = restored((uint64_t)i + 1, 3, terms, 1, RAFT_TERM_MAX - 1);
+    struct tnet net;
+    net_with(&net, 3, rs);
+    uint64_t term = 0;
+    tick_all(&net, 60);
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    CHECK_EQ_INT(term, RAFT_TERM_MAX);
+    int l = leader_id(&net);
+    /* the leader gone, nobody stands again */
+    isolate(&net, l, true);
+    tick_all(&net, 200);
+    for (int i = 1; i <= 3; i++) {
+        struct raft_status st = st_of(&net, i);
+        CHECK_EQ_INT(st.term, RAFT_TERM_MAX);
+        if (i != l)
+            CHECK_EQ_INT(st.role, RAFT_FOLLOWER);
+    }
+    raft_campaign(net.nodes[l % 3 + 1].r);
+    CHECK_EQ_INT(st_of(&net, l % 3 + 1).role, RAFT_FOLLOWER);
+    CHECK_EQ_INT(st_of(&net, l % 3 + 1).term, RAFT_TERM_MAX);
+    net_free(&net);
+    struct raft_config cfg = tcfg(1);
+    struct raft *r = raft_new(&cfg, NULL);
+    struct raft_hard_state hs = {.term = RAFT_LIMIT};
+    CHECK_EQ_INT(raft_restore(r, &hs, NULL, 0), PZ_ECORRUPT);
+    raft_free(r);
+}
+
 /* Messages that only the leader, or a member, may send are ignored from
  * anyone else. */
 TEST(messages_from_the_wrong_peer_ignored)
@@ -3777,6 +3988,10 @@ static const struct test_case cases[] = {
     TEST_ENTRY(append_prev_at_log_start_refused),
     TEST_ENTRY(reject_hint_bounded),
     TEST_ENTRY(message_shape_checks),
+    TEST_ENTRY(terms_without_room_refused),
+    TEST_ENTRY(terms_below_the_bound_leave_room),
+    TEST_ENTRY(trailing_node_catches_up_past_the_bound),
+    TEST_ENTRY(own_term_stops_at_the_max),
     TEST_ENTRY(messages_from_the_wrong_peer_ignored),
     TEST_ENTRY(advance_counts_nothing_truncated_meanwhile),
     TEST_ENTRY(append_breaking_log_matching_refused),

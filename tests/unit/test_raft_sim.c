@@ -94,6 +94,10 @@ enum ev_type {
 };
 
 /* A snapshot file: the state machine (a digest) and its meta. */
+struct term_leader {
+    uint64_t term, id; /* a term and its leader */
+};
+
 struct sim_snapshot {
     uint64_t index;        /* last index covered, 0: none */
     uint64_t term;         /* its term */
@@ -228,8 +232,10 @@ struct sim {
     int store_keep_pct;                /* compactions that keep the
                                           durable log (trailing below the
                                           snapshot on restart) */
-    uint64_t *leader_of_term;          /* term -> leader id */
-    size_t cap_lot;                    /* allocated */
+    struct term_leader *lot;           /* every term's leader (terms
+                                          past 2^61 after forged ones:
+                                          not an array by term) */
+    size_t n_lot, cap_lot;             /* used, allocated */
     struct committed_rec *committed;   /* by index-1 */
     size_t n_committed, cap_committed; /* used, allocated */
     struct chain_slot *chains;         /* open addressing (index, term) */
@@ -249,6 +255,8 @@ struct sim {
     uint64_t forge_rng;                /* forged messages' randomness (its
                                           own, so seeds replay as before) */
     uint64_t stat_forged;              /* forged messages refused */
+    uint64_t stat_forged_terms;        /* forged terms taken */
+    uint64_t stat_past_bound;          /* leaders elected past 2^61 */
     uint64_t stat_pipelined;           /* Readies taken behind others */
     /* links cut one way: cut[a][b] drops what a sends to b */
     bool cut[SIM_MAXN + 1][SIM_MAXN + 1];
@@ -812,6 +820,23 @@ static void crash_and_restart(struct sim *s, int id);
 static void quick_restart_behind_leader(struct sim *s, int l);
 static void stale_candidate_behind_leader(struct sim *s, int l);
 
+/* The leader recorded for term (0 if none yet), NULL if none and not
+ * add; with add, a slot is made. Newest terms last: searched backwards. */
+static uint64_t *leader_of_term(struct sim *s, uint64_t term, bool add)
+{
+    for (size_t i = s->n_lot; i-- > 0;)
+        if (s->lot[i].term == term)
+            return &s->lot[i].id;
+    if (!add)
+        return NULL;
+    if (s->n_lot == s->cap_lot) {
+        s->cap_lot = s->cap_lot * 2 + 16;
+        s->lot = pz_realloc(s->lot, s->cap_lot * sizeof *s->lot);
+    }
+    s->lot[s->n_lot] = (struct term_leader){.term = term, .id = 0};
+    return &s->lot[s->n_lot++].id;
+}
+
 static void check_node(struct sim *s, int id)
 {
     struct snode *sn = &s->nodes[id];
@@ -840,18 +865,12 @@ static void check_node(struct sim *s, int id)
         sn->commit = st.commit;
     /* Election Safety. */
     if (st.role == RAFT_LEADER) {
-        if (st.term >= s->cap_lot) {
-            size_t ncap = st.term * 2 + 16;
-            s->leader_of_term =
-                pz_realloc(s->leader_of_term, ncap * sizeof *s->leader_of_term);
-            memset(s->leader_of_term + s->cap_lot, 0,
-                   (ncap - s->cap_lot) * sizeof *s->leader_of_term);
-            s->cap_lot = ncap;
-        }
-        uint64_t *l = &s->leader_of_term[st.term];
+        uint64_t *l = leader_of_term(s, st.term, true);
         if (*l == 0) {
             *l = sn->id;
             s->stat_leaders++;
+            if (st.term >= RAFT_TERM_BOUND)
+                s->stat_past_bound++;
             trace(s, "node %d leader of term %" PRIu64, id, st.term);
             /* Kill some new leaders while their first entries are in
              * flight: leaves entries of older terms on minorities, the
@@ -1130,8 +1149,8 @@ static void check_ack(struct sim *s, struct snode *sn, const struct raft_msg *m)
     else
         return;
     struct snode *ln = &s->nodes[m->to];
-    if (ln->r == NULL || m->term >= s->cap_lot ||
-        s->leader_of_term[m->term] != m->to)
+    const uint64_t *lt = leader_of_term(s, m->term, false);
+    if (ln->r == NULL || lt == NULL || *lt != m->to)
         return;
     struct raft_status st;
     raft_status(ln->r, &st);
@@ -1993,7 +2012,13 @@ static void chaos_action(struct sim *s)
  * (PZ_EINVAL) and change nothing. The variants: an APPEND whose previous
  * index is 0 with a term (once hung the node), an APPEND of a current or
  * newer term rewriting the receiver's last committed entry (once aborted
- * it), and any message with a term beyond RAFT_LIMIT. */
+ * it), any message with a term beyond RAFT_LIMIT, and one whose term is
+ * out of the receiver's reach (RAFT_TERM_BOUND): 2^62 - 1, once taken and
+ * never left, or a leap and more past the reach. The last moves the
+ * receiver's term up to its reach, and nothing else. And now and then a
+ * forged term that is taken, no peer can tell it from a real one: just
+ * below the bound, or at the receiver's reach (the most a message can
+ * move it); the cluster must go on electing leaders past the bound. */
 struct sim_seen {
     struct raft_status st;
     bool ready;
@@ -2016,25 +2041,87 @@ static bool sim_same(const struct sim_seen *a, const struct sim_seen *b)
            a->st.first_index == b->st.first_index && a->ready == b->ready;
 }
 
-static void forge_step(struct sim *s, struct snode *sn, struct raft_msg *f,
-                       const char *what)
+/* The highest term a peer may make a node of term t take. */
+static uint64_t sim_reach(uint64_t t)
+{
+    return PZ_MIN(PZ_MAX(t + RAFT_TERM_LEAP, RAFT_TERM_BOUND - 1),
+                  RAFT_TERM_MAX);
+}
+
+/* Steps forged f into sn: it must be refused with nothing changed, but
+ * its term moved up to moved_to if that is not 0 (then only the term,
+ * vote, role and leader may differ, and the term must be moved_to). */
+static void forge_step_moving(struct sim *s, struct snode *sn,
+                              struct raft_msg *f, const char *what,
+                              uint64_t moved_to)
 {
     struct sim_seen before = sim_observe(sn->r);
     int rv = raft_step(sn->r, f);
     struct sim_seen after = sim_observe(sn->r);
+    bool moved = moved_to != 0 && after.st.term == moved_to &&
+                 after.st.role == RAFT_FOLLOWER && after.st.leader == 0 &&
+                 after.st.commit == before.st.commit &&
+                 after.st.last_index == before.st.last_index &&
+                 after.st.first_index == before.st.first_index;
     if (rv != PZ_EINVAL)
         sim_fail(s, "node %" PRIu64 " took a forged %s (%d)", sn->id, what,
                  rv);
-    else if (!sim_same(&before, &after))
+    else if (!sim_same(&before, &after) && !moved)
         sim_fail(s, "node %" PRIu64 " changed on a refused forged %s", sn->id,
                  what);
     else
         s->stat_forged++;
 }
 
+static void forge_step(struct sim *s, struct snode *sn, struct raft_msg *f,
+                       const char *what)
+{
+    forge_step_moving(s, sn, f, what, 0);
+}
+
+/* A forged term out of sn's reach (2^62 - 1, or a leap and more past the
+ * reach): refused, sn moved up to its reach. Or, one time in four, a term
+ * it takes: just below the bound, or its reach. */
+static void forge_term(struct sim *s, struct snode *sn,
+                       const struct raft_msg *m)
+{
+    struct raft_status st;
+    raft_status(sn->r, &st);
+    uint64_t reach = sim_reach(st.term);
+    uint64_t pick = pz_rand_next(&s->forge_rng) % 8;
+    struct raft_msg f = {
+        .type = RAFT_MSG_HEARTBEAT_RESP, .from = m->from, .to = m->to};
+    if (pick < 2) {
+        f.term = pick == 0
+                     ? RAFT_TERM_BOUND - 1 - pz_rand_next(&s->forge_rng) % 4
+                     : reach;
+        int rv = raft_step(sn->r, &f);
+        if (rv != 0)
+            sim_fail(s,
+                     "node %" PRIu64 " refused a forged term %" PRIu64
+                     " in its reach (%d: %s)",
+                     sn->id, f.term, rv, raft_errmsg(sn->r));
+        trace(s, "forged term %" PRIu64 " taken by node %" PRIu64, f.term,
+              sn->id);
+        s->stat_forged_terms++;
+        return;
+    }
+    if (reach >= RAFT_TERM_MAX)
+        return;
+    f.term = pick < 5 ? RAFT_TERM_MAX
+                      : PZ_MIN(reach + RAFT_TERM_LEAP + 1 +
+                                   pz_rand_next(&s->forge_rng) % 1000,
+                               RAFT_TERM_MAX);
+    forge_step_moving(s, sn, &f, "term out of reach", reach);
+}
+
 static void forge(struct sim *s, struct snode *sn, const struct raft_msg *m)
 {
-    uint64_t pick = pz_rand_next(&s->forge_rng) % 3;
+    uint64_t pick = pz_rand_next(&s->forge_rng) % 4;
+    if (pick == 3) {
+        forge_term(s, sn, m);
+        return;
+    }
     struct raft_msg f = *m;
     f.entries = NULL;
     f.n_entries = 0;
@@ -2047,10 +2134,12 @@ static void forge(struct sim *s, struct snode *sn, const struct raft_msg *m)
     raft_status(sn->r, &st);
     f.type = RAFT_MSG_APPEND;
     f.term = PZ_MAX(PZ_MAX(m->term, st.term), 1);
+    /* of a real message's term, which may be out of reach */
+    uint64_t moved = f.term > sim_reach(st.term) ? sim_reach(st.term) : 0;
     if (pick == 1) {
         f.index = 0;
         f.log_term = 1 + pz_rand_next(&s->forge_rng) % f.term;
-        forge_step(s, sn, &f, "APPEND after index 0");
+        forge_step_moving(s, sn, &f, "APPEND after index 0", moved);
         return;
     }
     /* Rewrite the last committed entry, if the log still holds it and
@@ -2069,7 +2158,8 @@ static void forge(struct sim *s, struct snode *sn, const struct raft_msg *m)
     f.log_term = prev_term;
     f.entries = &e;
     f.n_entries = 1;
-    forge_step(s, sn, &f, "APPEND rewriting a committed entry");
+    forge_step_moving(s, sn, &f, "APPEND rewriting a committed entry",
+                      f.term > sim_reach(st.term) ? sim_reach(st.term) : 0);
 }
 
 static void handle_event(struct sim *s, struct event *e)
@@ -2116,7 +2206,12 @@ static void handle_event(struct sim *s, struct event *e)
                   e->m.reject ? " REJECT" : "", e->m.context);
         if (s->chaos && pz_rand_next(&s->forge_rng) % 50 == 0)
             forge(s, sn, &e->m);
-        if (raft_step(sn->r, &e->m) != 0)
+        /* A message of a term out of reach (only past forged terms) is
+         * refused, its receiver moved towards it (forge_term). */
+        struct raft_status rst;
+        raft_status(sn->r, &rst);
+        int rv = raft_step(sn->r, &e->m);
+        if (rv != 0 && (rv != PZ_EINVAL || e->m.term <= sim_reach(rst.term)))
             sim_fail(s, "node %d rejected a well-formed message", e->node);
         break;
     case EV_PERSIST:
@@ -2255,7 +2350,7 @@ static void sim_free(struct sim *s)
             ssnap_free(&sn->rx[k]);
         raft_conf_free(&sn->sm_conf);
     }
-    pz_free(s->leader_of_term);
+    pz_free(s->lot);
     pz_free(s->committed);
     pz_free(s->chains);
     pz_free(s->reads);
@@ -2272,6 +2367,8 @@ struct sim_stats {
     uint64_t snaps;    /* local snapshots taken (compactions) */
     uint64_t installs; /* snapshots installed from a leader */
     uint64_t forged;   /* forged messages refused */
+    uint64_t forged_terms; /* forged terms taken */
+    uint64_t past_bound;   /* leaders elected past 2^61 */
     uint64_t pipelined; /* Readies taken while others were in flight */
     uint64_t frames;   /* messages through the codec */
     uint64_t damaged;  /* frames damaged on the way, all refused */
@@ -2403,6 +2500,8 @@ static bool sim_run(uint64_t seed, int n, bool trace_on,
         stats->snaps += s->stat_snaps;
         stats->installs += s->stat_installs;
         stats->forged += s->stat_forged;
+        stats->forged_terms += s->stat_forged_terms;
+        stats->past_bound += s->stat_past_bound;
         stats->pipelined += s->stat_pipelined;
         stats->frames += s->stat_frames;
         stats->damaged += s->stat_damaged;
@@ -2465,17 +2564,18 @@ static int sim_main_loop(uint64_t first, uint64_t count, bool verbose)
                " committed entries, %" PRIu64 " reads (%" PRIu64
                " by a lease), %" PRIu64 " leaders, %" PRIu64
                " snapshots, %" PRIu64 " installs, %" PRIu64
-               " forged messages refused, %" PRIu64 " frames decoded, %" PRIu64
-               " damaged frames refused, %" PRIu64 " stale copies, %" PRIu64
-               " one-way cuts, %" PRIu64 " bridges, %" PRIu64
-               " pauses, %" PRIu64 " blackouts, %" PRIu64
+               " forged messages refused, %" PRIu64
+               " forged terms taken, %" PRIu64 " leaders past 2^61, %" PRIu64
+               " frames decoded, %" PRIu64 " damaged frames refused, %" PRIu64
+               " stale copies, %" PRIu64 " one-way cuts, %" PRIu64
+               " bridges, %" PRIu64 " pauses, %" PRIu64 " blackouts, %" PRIu64
                " proposals refused by followers, %" PRIu64
                " Readies taken behind others in flight\n",
                count, first, failed, secs, (double)count / secs, st.events,
                st.commits, st.reads, st.lease_reads, st.leaders, st.snaps,
-               st.installs, st.forged, st.frames, st.damaged, st.stale,
-               st.oneway, st.bridges, st.pauses, st.blackouts,
-               st.follower_props, st.pipelined);
+               st.installs, st.forged, st.forged_terms, st.past_bound,
+               st.frames, st.damaged, st.stale, st.oneway, st.bridges,
+               st.pauses, st.blackouts, st.follower_props, st.pipelined);
     return failed ? 1 : 0;
 }
 
