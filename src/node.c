@@ -961,6 +961,24 @@ static void promise_record(void)
     nd->promise_lower_at = 0;
 }
 
+/* A node at RAFT_TERM_MAX never stands for election again (reached only
+ * through 2^45 forged messages, see RAFT_TERM_BOUND): say so once a
+ * minute, rather than sit silently without a leader. */
+static void term_max_cron(uint64_t now)
+{
+    struct raft_status rs;
+    raft_status(nd->raft, &rs);
+    if (rs.term < RAFT_TERM_MAX ||
+        (nd->term_max_warned && now < nd->term_max_warned_at + 60000))
+        return;
+    pz_error("term %llu is the highest (2^62 - 1): this node can never "
+             "be elected again; restore the cluster from a backup (README, "
+             "\"Backup and restore\")",
+             (unsigned long long)rs.term);
+    nd->term_max_warned = true;
+    nd->term_max_warned_at = now;
+}
+
 void node_tick(void)
 {
     if (!nd->open)
@@ -998,6 +1016,7 @@ void node_tick(void)
         members_cron();
         nospace_cron();
         checkpoint_cron(now);
+        term_max_cron(now);
         promise_record();
     }
 }
@@ -1294,6 +1313,18 @@ static int restore(char *err, size_t errlen)
         store_entries_free(ents, n);
         rv = stray_snapshots(&meta, err, errlen);
         return rv < 0 ? rv : 1;
+    }
+    if (hs.term >= RAFT_TERM_MAX) {
+        /* Only a forged term taken by an older version gets here: no
+         * election could ever succeed (RAFT_TERM_BOUND). */
+        snprintf(err, errlen,
+                 "%s holds term %llu, at or above the highest (2^62 - 1): "
+                 "this node could never be elected again (a forged term "
+                 "taken by an older version?); restore the cluster from a "
+                 "backup (README, \"Backup and restore\")",
+                 NIO(store_path), (unsigned long long)hs.term);
+        store_entries_free(ents, n);
+        return PZ_ECORRUPT;
     }
     nd->cluster_id = meta.cluster_id;
     nd->incarnation = meta.incarnation;

@@ -153,6 +153,8 @@ struct node {
                                     said nothing since */
     bool ckpt_warned_once;       /* ever, at ckpt_warned_at (loop ms) */
     uint64_t ckpt_warned_at;
+    bool term_max_warned;        /* said the term is at RAFT_TERM_MAX, */
+    uint64_t term_max_warned_at; /* last at this (loop ms) */
     uint64_t promise_ns;         /* this run's raft_config.lease_ns */
     uint64_t promise_lower_at;   /* io clock_ns after which the stored
                                     promise, an earlier run's longer one,

@@ -358,3 +358,24 @@ def test_fifo_config_and_token_files_are_refused(servers, tmp_path):
     assert "reload failed" in log and "not a regular file" in log, log
     assert get(s, "k", timeout=3)[2] == b"v"
     assert s.stop() == 0
+
+
+@pytest.mark.parametrize("term", [2**62 - 1, 2**62, 2**62 + 1])
+def test_term_without_room_is_refused_at_start(servers, term):
+    """A stored term of 2^62 - 1 or more (what a forged term left in an
+    older version: the node could never be elected again, and a lone node
+    went past 2^62) stops the start, naming the way back."""
+    s, db = stopped_initial_cluster(servers)
+    s.stop()
+    sql(db, f"UPDATE hard_state SET term = {term}")
+    s.start(wait=False)
+    assert s.wait_exit(10) != 0
+    log = s.read_log()
+    assert (f"{db} holds term {term}, at or above the highest (2^62 - 1): "
+            "this node could never be elected again") in log, log
+    assert 'restore the cluster from a backup (README, "Backup and ' \
+        'restore")' in log, log
+    sql(db, f"UPDATE hard_state SET term = {2**62 - 2}")
+    s.start()
+    assert put(s, "k", "after")[0] == 204
+    assert s.status()["term"] == 2**62 - 1
