@@ -184,6 +184,41 @@ def test_append_after_index_zero_does_not_hang(servers):
     assert time.time() - t0 < 5
 
 
+def test_terms_without_room_are_refused(servers):
+    """One HEARTBEAT of term 2^62 - 1 used to be taken: its receiver, and
+    every node it then told, asked for 2^62 in its next campaign, which
+    every peer refuses, and the cluster stayed without a leader for good,
+    restarts included. A term past 2^61 more than 2^16 above the
+    receiver's is now refused and the link closed; the receiver's term
+    moves up to the most it takes (2^61 - 1 from below), and the cluster
+    elects, keeps every write and takes new ones, also after restarts."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    other = next(s for s in nodes if s not in (leader, victim))
+    vid = rw.identity(victim)[0]
+    room = 2**61 + 2**17  # far below 2^62 - 1: 2^61 elections left
+    for term in (2**61, 2**62 - 1):
+        p, fake = impostor(nodes, victim, other)
+        p.message(type=rw.HEARTBEAT, to=vid, term=term, commit=0,
+                  **{"from": fake})
+        assert p.closed_by_peer(), "the node kept the link of a lying peer"
+        p.close()
+        assert (f"invalid HEARTBEAT from node {fake}: term too far above "
+                "ours, past 2^61") in victim.read_log()
+        still_whole(nodes)
+        for s in nodes:
+            assert status(s)["term"] < room, (s.name, status(s))
+    for s in nodes:
+        s.stop()
+    for s in nodes:
+        s.start(wait=False)
+    for s in nodes:
+        s.wait_ready()
+    still_whole(nodes)
+    for s in nodes:
+        assert status(s)["term"] < room, (s.name, status(s))
+
+
 def send_snapshot(p, term, index, snap_term, data, piece=64 * 1024):
     for off in range(0, len(data), piece):
         p.chunk(term, index, snap_term, off, len(data), data[off:off + piece])
