@@ -364,7 +364,8 @@ def test_fifo_config_and_token_files_are_refused(servers, tmp_path):
 def test_term_without_room_is_refused_at_start(servers, term):
     """A stored term of 2^62 - 1 or more (what a forged term left in an
     older version: the node could never be elected again, and a lone node
-    went past 2^62) stops the start, naming the way back."""
+    went past 2^62) stops the start, naming the way back. A node that
+    reaches 2^62 - 1 says it will not be elected again."""
     s, db = stopped_initial_cluster(servers)
     s.stop()
     sql(db, f"UPDATE hard_state SET term = {term}")
@@ -375,7 +376,15 @@ def test_term_without_room_is_refused_at_start(servers, term):
             "this node could never be elected again") in log, log
     assert 'restore the cluster from a backup (README, "Backup and ' \
         'restore")' in log, log
+    # One below: it starts, is elected once more (2^62 - 1), and says it
+    # will never be again.
     sql(db, f"UPDATE hard_state SET term = {2**62 - 2}")
     s.start()
     assert put(s, "k", "after")[0] == 204
     assert s.status()["term"] == 2**62 - 1
+    want = (f"term {2**62 - 1} is the highest (2^62 - 1): this node can "
+            "never be elected again; restore the cluster from a backup")
+    deadline = time.time() + 5
+    while want not in s.read_log() and time.time() < deadline:
+        time.sleep(0.1)
+    assert want in s.read_log()
