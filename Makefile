@@ -359,7 +359,7 @@ PURE_SRC = src/pz.c src/kv.c src/config.c src/json.c src/mandi_codec.c \
            src/raft.h src/raft_codec.h src/config.h src/http_parse.h \
            src/grpc_frame.h src/grpc_pb.h src/grpc_reflect.h src/json.h \
            src/mandi_codec.h src/watch.c src/watch.h src/lease.c src/lease.h \
-           src/pbjson.c src/pbjson.h
+           src/pbjson.c src/pbjson.h src/tokens.c src/tokens.h
 CORE_PURE = src/raft.c src/raft_conf.c src/raft_codec.c src/kv.c src/lease.c \
             src/watch.c
 IO_HDRS = conn|node|node_internal|node_metrics|stats|transport|store
