@@ -741,11 +741,13 @@ static void on_signal(uv_signal_t *h, int signum)
 }
 
 /* What a reload changes in mandi (reload_apply_cb): the log level, the
- * idle, header and body timeouts and max-clients; reload.c reopens the
- * log file. Mandi reads no other directive that a reload applies. */
-static void apply_config(const struct pz_config *c, void *arg)
+ * idle, header and body timeouts and max-clients, and the TLS files read
+ * again; reload.c reopens the log file. Mandi reads no other directive
+ * that a reload applies. */
+static struct reload_refused apply_config(const struct pz_config *c, void *arg)
 {
     PZ_UNUSED(arg);
+    struct reload_refused no = {0, 0};
     pz_log_setup((enum pz_log_level)c->log_level, NULL);
     conn_set_idle_timeout((uint64_t)c->client_idle_timeout_ms);
     if (proc.m) {
@@ -764,8 +766,14 @@ static void apply_config(const struct pz_config *c, void *arg)
         proc.m->http.o.body_timeout_ms = (uint64_t)c->client_body_timeout_ms;
         proc.m->http.ls.send_timeout = (uint64_t)c->client_body_timeout_ms;
     }
-    if (tls_slot_on(&tls_http))
-        tls_setup_load(c, true, NULL, 0); /* new certificates */
+    if (tls_slot_on(&tls_http)) {
+        int tls = tls_setup_load(c, true, NULL, 0); /* new certificates */
+        if (tls & TLS_SETUP_FAILED)
+            no.failed |= RELOAD_TLS;
+        if (tls & TLS_SETUP_RESTART)
+            no.restart |= RELOAD_TLS;
+    }
+    return no;
 }
 
 static void on_sighup(uv_signal_t *h, int signum)

@@ -49,6 +49,70 @@ static void shown(const struct pz_config *c, const struct cfg_directive *d,
         cfg_format(c, d, buf, len);
 }
 
+/* The RELOAD_* group of directive name, 0 for one that an apply callback
+ * always puts in place. */
+static unsigned group_of(const char *name)
+{
+    if (strcmp(name, "client-token-file") == 0)
+        return RELOAD_TOKENS;
+    if (strncmp(name, "peer-tls-", 9) == 0)
+        return RELOAD_PEER_TLS;
+    if (strncmp(name, "tls-", 4) == 0 || strcmp(name, "mandi-ca-file") == 0)
+        return RELOAD_TLS;
+    return 0;
+}
+
+/* Set directive d of dst to its value in src (both loaded configurations:
+ * cfg_format's text parses back). */
+static void set_from(struct pz_config *dst, const struct pz_config *src,
+                     const struct cfg_directive *d)
+{
+    char set_err[512];
+    char num[64];
+    const char *value = num;
+    if (d->type == CFG_STRING || d->type == CFG_ADDR) {
+        /* As it is, whatever its length (a path may be long). */
+        value = *(char *const *)((const char *)src + d->offset);
+        value = value ? value : "";
+    } else {
+        cfg_format(src, d, num, sizeof num);
+    }
+    int rv = cfg_set(dst, d->name, value, "reload", 0, set_err, sizeof set_err);
+    pz_assert(rv == 0);
+}
+
+/* Open the log file again, or at its new path. Returns 0, or -1 when it
+ * could not be opened (logged; the log stays where it was). */
+static int reopen_log(const char *was, const char *now)
+{
+    if (strcmp(was, now) != 0) {
+        /* Said in the old log, then in the new one. */
+        pz_info("reload: log-file %s -> %s", was[0] ? was : "(stderr)",
+                now[0] ? now : "(stderr)");
+        int rv = pz_log_open(now);
+        if (rv < 0) {
+            pz_error("reload: cannot open log-file '%s': %s; still "
+                     "logging to %s",
+                     now, pz_strerror(rv), was[0] ? was : "stderr");
+            return -1;
+        }
+        pz_info("reload: log-file: now logging here (was %s)",
+                was[0] ? was : "stderr");
+        return 0;
+    }
+    /* The same log file: open it again (logrotate). */
+    if (now[0] == '\0')
+        return 0;
+    int rv = pz_log_open(now);
+    if (rv < 0) {
+        pz_error("reload: cannot reopen log-file '%s': %s; still "
+                 "logging to the file as it was",
+                 now, pz_strerror(rv));
+        return -1;
+    }
+    return 0;
+}
+
 int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
 {
     char err[4096];
@@ -76,9 +140,17 @@ int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
      * lines below show at either level; apply() sets the new one. */
     if (next.log_level < r->running.log_level)
         pz_log_setup((enum pz_log_level)next.log_level, NULL);
+    /* cand: the running configuration with every change that may be
+     * applied; it becomes the running one once apply() said which of
+     * them did not take. */
+    struct pz_config cand;
+    cfg_copy(&cand, &r->running);
+    size_t n = cfg_directive_count();
+    bool *changed = pz_calloc(n, sizeof *changed);
     int applied = 0, restart = 0, failed = 0;
-    char *log_file_before = pz_strdup(r->running.log_file);
-    for (size_t i = 0; i < cfg_directive_count(); i++) {
+    unsigned changed_groups = 0;
+    const char *log_failed = NULL;
+    for (size_t i = 0; i < n; i++) {
         const struct cfg_directive *d = cfg_directive_at(i);
         if (r->mode_flag && !(d->flags & r->mode_flag))
             continue;
@@ -87,26 +159,8 @@ int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
         char was[256], now[256];
         shown(&r->running, d, was, sizeof was);
         shown(&next, d, now, sizeof now);
-        if (strcmp(d->name, "log-file") == 0) {
-            /* Said in the old log, then in the new one. */
-            pz_info("reload: log-file %s -> %s", was[0] ? was : "(stderr)",
-                    now[0] ? now : "(stderr)");
-            rv = pz_log_open(next.log_file);
-            if (rv < 0) {
-                pz_error("reload: cannot open log-file '%s': %s; still "
-                         "logging to %s",
-                         next.log_file, pz_strerror(rv),
-                         was[0] ? was : "stderr");
-                failed++;
-                continue;
-            }
-            pz_info("reload: log-file: now logging here (was %s)",
-                    was[0] ? was : "stderr");
-            pz_free(r->running.log_file);
-            r->running.log_file = pz_strdup(next.log_file);
-            applied++;
-            continue;
-        }
+        if (strcmp(d->name, "log-file") == 0)
+            continue; /* below */
         if (d->flags & CFG_IMMUTABLE) {
             pz_warn("reload: %s changed (%s -> %s) but needs a restart; "
                     "still %s",
@@ -115,44 +169,82 @@ int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
             continue;
         }
         pz_info("reload: %s %s -> %s", d->name, was, now);
-        char set_err[512];
-        char num[64];
-        const char *value = num;
-        if (d->type == CFG_STRING || d->type == CFG_ADDR) {
-            /* As it is, whatever its length (a path may be long). */
-            value = *(char *const *)((const char *)&next + d->offset);
-            value = value ? value : "";
-        } else {
-            cfg_format(&next, d, num, sizeof num);
-        }
-        rv = cfg_set(&r->running, d->name, value, "reload", 0, set_err,
-                     sizeof set_err);
-        pz_assert(rv == 0); /* cfg_format's text parses back */
+        set_from(&cand, &next, d);
+        changed[i] = true;
+        changed_groups |= group_of(d->name);
+    }
+    bool new_log = strcmp(r->running.log_file, next.log_file) != 0;
+    if (reopen_log(r->running.log_file, next.log_file) < 0) {
+        failed++;
+        log_failed = new_log ? "the new log-file could not be opened"
+                             : "the log-file could not be reopened";
+    } else if (new_log) {
+        pz_free(cand.log_file);
+        cand.log_file = pz_strdup(next.log_file);
         applied++;
     }
     cfg_free(&next);
-    /* The same log file: open it again (logrotate). */
-    if (r->running.log_file[0] != '\0' &&
-        strcmp(r->running.log_file, log_file_before) == 0) {
-        rv = pz_log_open(r->running.log_file);
-        if (rv < 0)
-            pz_error("reload: cannot reopen log-file '%s': %s; still "
-                     "logging to the file as it was",
-                     r->running.log_file, pz_strerror(rv));
+    struct reload_refused no = apply(&cand, arg);
+    /* A refused change keeps its running value. */
+    for (size_t i = 0; i < n; i++) {
+        if (!changed[i])
+            continue;
+        const struct cfg_directive *d = cfg_directive_at(i);
+        unsigned g = group_of(d->name);
+        if (g & no.failed) {
+            failed++;
+            set_from(&cand, &r->running, d);
+        } else if (g & no.restart) {
+            restart++;
+            set_from(&cand, &r->running, d);
+        } else {
+            applied++;
+        }
     }
-    pz_free(log_file_before);
-    apply(&r->running, arg);
-    char status[160];
-    if (applied == 0 && restart == 0 && failed == 0)
-        snprintf(status, sizeof status, "reloaded: nothing changed");
-    else
-        snprintf(status, sizeof status,
-                 "reloaded: %d change%s applied, %d need%s a restart%s",
-                 applied, applied == 1 ? "" : "s", restart,
-                 restart == 1 ? "s" : "",
-                 failed ? ", the new log-file could not be opened" : "");
+    /* Files read again under the same names that did not load. */
+    failed += __builtin_popcount(no.failed & ~changed_groups);
+    pz_free(changed);
+    cfg_free(&r->running);
+    r->running = cand;
+    char status[320];
+    int len = snprintf(status, sizeof status, "reloaded: ");
+    if (applied == 0 && restart == 0 && failed == 0) {
+        snprintf(status + len, sizeof status - len, "nothing changed");
+    } else {
+        len +=
+            snprintf(status + len, sizeof status - len, "%d change%s applied, ",
+                     applied, applied == 1 ? "" : "s");
+        if (failed) {
+            len += snprintf(status + len, sizeof status - len, "%d failed (",
+                            failed);
+            const char *sep = "";
+            static const struct {
+                unsigned group;
+                const char *what;
+            } kept[] = {
+                {RELOAD_TLS, "old TLS material kept"},
+                {RELOAD_PEER_TLS, "old peer TLS material kept"},
+                {RELOAD_TOKENS, "old client tokens kept"},
+            };
+            if (log_failed) {
+                len += snprintf(status + len, sizeof status - len, "%s",
+                                log_failed);
+                sep = "; ";
+            }
+            for (size_t k = 0; k < sizeof kept / sizeof kept[0]; k++) {
+                if (!(no.failed & kept[k].group))
+                    continue;
+                len += snprintf(status + len, sizeof status - len, "%s%s", sep,
+                                kept[k].what);
+                sep = "; ";
+            }
+            len += snprintf(status + len, sizeof status - len, "), ");
+        }
+        snprintf(status + len, sizeof status - len, "%d need%s a restart",
+                 restart, restart == 1 ? "s" : "");
+    }
     pz_info("%s", status);
-    char msg[200];
+    char msg[sizeof status + 40];
     snprintf(msg, sizeof msg, "READY=1\nSTATUS=%s", status);
     sdnotify(msg);
     return applied;

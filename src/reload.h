@@ -3,11 +3,14 @@
  * in a running process.
  *
  * What can change is every directive without CFG_IMMUTABLE (log-level,
- * log-file, max-clients and the client timeouts): the caller's apply
- * callback puts the new values in place, but for log-file, which this
- * module opens again on every reload (so a file moved away by logrotate
- * is created anew), keeping the old one when the new one cannot be
- * opened. Every other directive that differs is logged
+ * log-file, max-clients, the client timeouts, the TLS and token files):
+ * the caller's apply callback puts the new values in place and says which
+ * it could not (files that do not load, TLS or tokens turned on or off),
+ * but for log-file, which this module opens again on every reload (so a
+ * file moved away by logrotate is created anew), keeping the old one when
+ * the new one cannot be opened. A change not put in place is counted as
+ * failed or as needing a restart, never as applied, and the running copy
+ * keeps the old value. Every other directive that differs is logged
  * as needing a restart and keeps its running value. A configuration that
  * does not load (a syntax error, a bad value, a broken cross-field rule)
  * is logged with its file and line and changes nothing.
@@ -31,18 +34,42 @@ struct reload {
                                  read and their changes are ignored */
 };
 
+/* The directives an apply callback may be unable to put in place, by
+ * group: each group's files are read together. */
+enum {
+    RELOAD_TLS = 1u << 0,      /* tls-cert-file, tls-key-file, tls-ca-file,
+                                  tls-client-auth, mandi-ca-file */
+    RELOAD_PEER_TLS = 1u << 1, /* peer-tls-cert-file, -key-file, -ca-file */
+    RELOAD_TOKENS = 1u << 2,   /* client-token-file */
+};
+
+/* What an apply callback could not do, as masks of RELOAD_* groups (each
+ * already logged): failed, the files did not load and the material in
+ * force stays; restart, the feature was turned on or off, which needs a
+ * restart. */
+struct reload_refused {
+    unsigned failed;
+    unsigned restart;
+};
+
 /* Called after a successful load with the new configuration: put every
  * directive without CFG_IMMUTABLE in place (changed or not: the values
- * that did not change are the running ones). */
-typedef void (*reload_apply_cb)(const struct pz_config *next, void *arg);
+ * that did not change are the running ones), reading the TLS and token
+ * files again. Returns the groups it could not put in place; their
+ * changed directives keep their running values, so that a later reload
+ * tries them again. */
+typedef struct reload_refused (*reload_apply_cb)(const struct pz_config *next,
+                                                 void *arg);
 
 /* Start from the configuration the process runs with (copied). */
 void reload_init(struct reload *r, const struct pz_config *cfg);
 void reload_free(struct reload *r);
 
-/* Load and apply, logging each change and what needs a restart. Returns
- * the number of directives changed in place, or PZ_ECONFIG when the
- * configuration does not load (nothing changed). */
+/* Load and apply, logging each change, what failed and what needs a
+ * restart, then one summary line ("reloaded: 1 change applied, 1 failed
+ * (old TLS material kept), 0 need a restart"), also the STATUS= told to
+ * the service manager. Returns the number of directives changed in place,
+ * or PZ_ECONFIG when the configuration does not load (nothing changed). */
 int reload_run(struct reload *r, reload_apply_cb apply, void *arg);
 
 #endif

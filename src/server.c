@@ -241,10 +241,13 @@ static int fit_clients(const struct pz_config *c, char *err, size_t errlen)
     return rv;
 }
 
-/* Put the values a reload may change in place (reload_apply_cb). */
-static void apply_config(const struct pz_config *c, void *arg)
+/* Put the values a reload may change in place (reload_apply_cb); on a
+ * reload, read the TLS and token files again and say which of them could
+ * not be put in place. */
+static struct reload_refused apply_config(const struct pz_config *c, void *arg)
 {
     PZ_UNUSED(arg);
+    struct reload_refused no = {0, 0};
     pz_log_setup((enum pz_log_level)c->log_level, NULL);
     conn_set_idle_timeout((uint64_t)c->client_idle_timeout_ms);
     if (srv.reload_applying) {
@@ -264,13 +267,26 @@ static void apply_config(const struct pz_config *c, void *arg)
     srv.http.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
     srv.grpc.ls.handshake_ms = (uint64_t)c->client_header_timeout_ms;
     if (srv.reload_applying) {
-        tls_setup_load(c, true, NULL, 0);
-        auth_load(c, true, NULL, 0);
+        int tls = tls_setup_load(c, true, NULL, 0);
+        if (tls & TLS_SETUP_FAILED)
+            no.failed |= RELOAD_TLS;
+        if (tls & TLS_SETUP_RESTART)
+            no.restart |= RELOAD_TLS;
+        if (tls & TLS_SETUP_PEER_FAILED)
+            no.failed |= RELOAD_PEER_TLS;
+        if (tls & TLS_SETUP_PEER_RESTART)
+            no.restart |= RELOAD_PEER_TLS;
+        bool tokens = c->client_token_file[0] != '\0';
+        if (tokens != auth_on())
+            no.restart |= RELOAD_TOKENS; /* auth_load says so */
+        if (auth_load(c, true, NULL, 0) < 0)
+            no.failed |= RELOAD_TOKENS;
     }
     /* Client tokens count as client authentication. */
     bool open_tls = tls_slot_on(&tls_http) || auth_on();
     set_protected(&srv.http.ls, c->protected_mode && !open_tls, false);
     set_protected(&srv.grpc.ls, c->protected_mode && !open_tls, true);
+    return no;
 }
 
 static void on_sighup(uv_signal_t *h, int signum)

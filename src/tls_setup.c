@@ -8,7 +8,9 @@
 struct tls_slot tls_http, tls_grpc, tls_peer_in, tls_peer_out;
 struct tls_slot tls_http_client, tls_grpc_client, tls_mandi_client;
 
-/* Load one slot from o. want: configured now. */
+/* Load one slot from o. want: configured now. Returns 0, a negative
+ * code when it did not load, or 1 on a reload that turns it on or off
+ * (which needs a restart: logged, nothing done). */
 static int load_one(struct tls_slot *s, const char *name, bool want,
                     const struct tls_opts *o, bool reload, char *err,
                     size_t errlen)
@@ -17,7 +19,7 @@ static int load_one(struct tls_slot *s, const char *name, bool want,
     if (reload && want != tls_slot_on(s)) {
         pz_warn("reload: TLS on %s turned %s: needs a restart; still %s", name,
                 want ? "on" : "off", tls_slot_on(s) ? "on" : "off");
-        return 0;
+        return 1;
     }
     if (!want)
         return 0;
@@ -49,18 +51,17 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
         .client_auth = c->tls_client_auth,
         .alpn = "http/1.1",
     };
-    int failed = 0;
-    if (load_one(&tls_http, "http", client, &o, reload, err, errlen) < 0) {
-        if (!reload)
-            return PZ_ECONFIG;
-        failed++;
-    }
+    int failed = 0; /* TLS_SETUP_* */
+    int rv;
+    rv = load_one(&tls_http, "http", client, &o, reload, err, errlen);
+    if (rv < 0 && !reload)
+        return PZ_ECONFIG;
+    failed |= rv < 0 ? TLS_SETUP_FAILED : rv > 0 ? TLS_SETUP_RESTART : 0;
     o.alpn = "h2";
-    if (load_one(&tls_grpc, "grpc", client, &o, reload, err, errlen) < 0) {
-        if (!reload)
-            return PZ_ECONFIG;
-        failed++;
-    }
+    rv = load_one(&tls_grpc, "grpc", client, &o, reload, err, errlen);
+    if (rv < 0 && !reload)
+        return PZ_ECONFIG;
+    failed |= rv < 0 ? TLS_SETUP_FAILED : rv > 0 ? TLS_SETUP_RESTART : 0;
     struct tls_opts oc = {
         .server = false,
         .cert_file = c->tls_cert_file,
@@ -68,19 +69,17 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
         .ca_file = c->tls_ca_file,
         .alpn = "http/1.1",
     };
-    if (load_one(&tls_http_client, "http client", client, &oc, reload, err,
-                 errlen) < 0) {
-        if (!reload)
-            return PZ_ECONFIG;
-        failed++;
-    }
+    rv = load_one(&tls_http_client, "http client", client, &oc, reload, err,
+                  errlen);
+    if (rv < 0 && !reload)
+        return PZ_ECONFIG;
+    failed |= rv < 0 ? TLS_SETUP_FAILED : rv > 0 ? TLS_SETUP_RESTART : 0;
     oc.alpn = "h2";
-    if (load_one(&tls_grpc_client, "grpc client", client, &oc, reload, err,
-                 errlen) < 0) {
-        if (!reload)
-            return PZ_ECONFIG;
-        failed++;
-    }
+    rv = load_one(&tls_grpc_client, "grpc client", client, &oc, reload, err,
+                  errlen);
+    if (rv < 0 && !reload)
+        return PZ_ECONFIG;
+    failed |= rv < 0 ? TLS_SETUP_FAILED : rv > 0 ? TLS_SETUP_RESTART : 0;
     /* A node's client of an https mandi: mandi-ca-file, else tls-ca-file,
      * else the system's CAs; this node's certificate when it has one. */
     struct tls_opts om = {
@@ -92,12 +91,12 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
     };
     bool mandi_https = c->mode != CFG_MODE_MANDI &&
                        cfg_url_is_https(c->mandi_addr);
-    if (load_one(&tls_mandi_client, "mandi client", mandi_https, &om, reload,
-                 err, errlen) < 0) {
-        if (!reload)
-            return PZ_ECONFIG;
-        failed++;
-    }
+    rv = load_one(&tls_mandi_client, "mandi client", mandi_https, &om, reload,
+                  err, errlen);
+    if (rv < 0 && !reload)
+        return PZ_ECONFIG;
+    /* on or off with mandi-addr, which is reported as needing a restart */
+    failed |= rv < 0 ? TLS_SETUP_FAILED : 0;
     struct tls_opts p = {
         .server = true,
         .cert_file = c->peer_tls_cert_file,
@@ -105,18 +104,19 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
         .ca_file = c->peer_tls_ca_file,
         .client_auth = TLS_AUTH_REQUIRE,
     };
-    if (load_one(&tls_peer_in, "raft", peer, &p, reload, err, errlen) < 0) {
-        if (!reload)
-            return PZ_ECONFIG;
-        failed++;
-    }
+    rv = load_one(&tls_peer_in, "raft", peer, &p, reload, err, errlen);
+    if (rv < 0 && !reload)
+        return PZ_ECONFIG;
+    failed |= rv < 0   ? TLS_SETUP_PEER_FAILED
+              : rv > 0 ? TLS_SETUP_PEER_RESTART
+                       : 0;
     p.server = false;
-    if (load_one(&tls_peer_out, "raft dialer", peer, &p, reload, err, errlen) <
-        0) {
-        if (!reload)
-            return PZ_ECONFIG;
-        failed++;
-    }
+    rv = load_one(&tls_peer_out, "raft dialer", peer, &p, reload, err, errlen);
+    if (rv < 0 && !reload)
+        return PZ_ECONFIG;
+    failed |= rv < 0   ? TLS_SETUP_PEER_FAILED
+              : rv > 0 ? TLS_SETUP_PEER_RESTART
+                       : 0;
     return failed;
 }
 

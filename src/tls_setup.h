@@ -25,8 +25,20 @@ extern struct tls_slot tls_http_client, tls_grpc_client;
 /* A node's client of mandi when mandi-addr is https:// (mandi-ca-file). */
 extern struct tls_slot tls_mandi_client;
 
-/* At start (reload false: any failure is an error in err) or on a reload
- * (failures are logged, the rest applied; returns how many failed). */
+/* What a reload of the slots did not do, as a mask: the client-facing
+ * slots (HTTP, gRPC, this node's clients of other nodes and of mandi) and
+ * the peer slots, each either failed to load (the old material stays in
+ * force) or turned on or off (needs a restart). */
+enum {
+    TLS_SETUP_FAILED = 1 << 0,
+    TLS_SETUP_RESTART = 1 << 1,
+    TLS_SETUP_PEER_FAILED = 1 << 2,
+    TLS_SETUP_PEER_RESTART = 1 << 3,
+};
+
+/* At start (reload false: any failure is an error in err; returns 0 or
+ * PZ_ECONFIG) or on a reload (failures are logged, the rest applied;
+ * returns the TLS_SETUP_* mask of what was not). */
 int tls_setup_load(const struct pz_config *c, bool reload, char *err,
                    size_t errlen);
 /* Release every context (at exit). */

@@ -306,3 +306,52 @@ def test_sighup_reopens_and_moves_the_log_file(servers, tmp_path):
     assert st == 200
     assert s.stop() == 0
     assert " I stopped" in read(second)
+
+
+TOKEN = "grafana ro 0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f\n"
+
+
+def test_reload_summary_counts_refused_token_changes(servers, tmp_path):
+    """A client-token-file turned on (needs a restart) or one that no
+    longer loads (the tokens in force stay) is not counted as applied, and
+    the running configuration does not take it: the next reload says the
+    same again."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN)
+    with sock:
+        s = servers(conf={"log-level": "info"},
+                    env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+        recv_until(sock, "READY=1")
+        for _ in range(2):
+            new = hup(s, {"client-token-file": str(tokens)})
+            assert "client tokens turned on: needs a restart; still off" \
+                in new
+            assert "reloaded: 0 changes applied, 1 needs a restart" in new
+            got = recv_until(sock, "READY=1")
+            assert "STATUS=reloaded: 0 changes applied, 1 needs a restart" \
+                in got[-1], got
+        assert s.request("GET", "/get?key=k")[0] == 404  # still no tokens
+        assert s.stop() == 0
+
+    # tokens on; the file then replaced by one that does not load
+    s = servers(name="node2", conf={"log-level": "info",
+                                    "client-token-file": str(tokens)})
+    tokens.write_text("grafana rx short\n")
+    new = hup(s)
+    assert "the tokens in force stay" in new
+    assert ("reloaded: 0 changes applied, 1 failed (old client tokens "
+            "kept), 0 need a restart") in new
+    # another token file that does not load, with a change that does
+    bad = tmp_path / "bad-tokens"
+    bad.write_text("nonsense\n")
+    new = hup(s, {"client-token-file": str(bad), "log-level": "debug"})
+    assert ("reloaded: 1 change applied, 1 failed (old client tokens "
+            "kept), 0 need a restart") in new
+    # the refused path was not taken: once it loads, it is a change
+    bad.write_text(TOKEN)
+    new = hup(s)
+    assert f"reload: client-token-file {bad}: 1 tokens" in new
+    assert "reloaded: 1 change applied, 0 need a restart" in new
+    assert s.stop() == 0

@@ -500,6 +500,53 @@ def test_reload_long_certificate_path(servers, pki, tmp_path):
     assert s.request("GET", "/health")[0] == 200
 
 
+def test_reload_summary_counts_tls_failures(servers, pki, tmp_path):
+    """TLS files that do not load on a reload are counted as failed, not
+    applied (nor "nothing changed"), and a refused path is not taken into
+    the running configuration: the next reload tries it again."""
+    crt, key = str(tmp_path / "live.crt"), str(tmp_path / "live.key")
+    shutil.copy(pki["node1.crt"], crt)
+    shutil.copy(pki["node1.key"], key)
+    s = servers(conf={"tls-cert-file": crt, "tls-key-file": key,
+                      "log-level": "info"}, start=False)
+    s.ssl_context = client_ctx(pki)
+    s.start()
+    serial = server_cert_serial(s.http_port, pki)
+
+    def hup(update=None):
+        start = len(s.read_log())
+        if update:
+            s.conf.update(update)
+            s.write_conf()
+        s.signal(signal.SIGHUP)
+        assert gh.wait_for(lambda: "reloaded:" in s.read_log()[start:])
+        return s.read_log()[start:]
+
+    failed = ("0 changes applied, 1 failed (old TLS material kept), 0 need "
+              "a restart")
+    # a new path to a file that is not there, twice
+    missing = str(tmp_path / "new.crt")
+    for _ in range(2):
+        new = hup({"tls-cert-file": missing})
+        assert "the certificates in force stay" in new
+        assert f"reloaded: {failed}" in new, new
+    # the same names, the contents broken
+    s.conf["tls-cert-file"] = crt
+    s.write_conf()
+    with open(crt, "w") as f:
+        f.write("not a certificate\n")
+    new = hup({"log-level": "debug"})
+    assert ("reloaded: 1 change applied, 1 failed (old TLS material kept), "
+            "0 need a restart") in new, new
+    assert server_cert_serial(s.http_port, pki) == serial
+    # the file appears at the new path: now it is a change, applied
+    shutil.copy(pki["node1.crt"], missing)
+    new = hup({"tls-cert-file": missing})
+    assert "reloaded: 1 change applied, 0 need a restart" in new, new
+    assert "the certificates in force stay" not in new
+    assert s.request("GET", "/health")[0] == 200
+
+
 def test_bad_files_refused_at_start(servers, pki, tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("garbage\n")
