@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "json.h"
 
@@ -116,13 +117,27 @@ int pz_log_open(const char *path)
         pz_log_close();
         return 0;
     }
-    FILE *f = fopen(path, "a");
-    if (f == NULL)
-        return -errno;
+    /* Not fopen: a FIFO at path (left there by mistake, or in place of
+     * a file logrotate moved away) would block the open, on a reload the
+     * whole process, until something reads it. */
+    int fd = pz_open_regular_append(path);
+    if (fd < 0)
+        return fd;
+    FILE *f = fdopen(fd, "a");
+    if (f == NULL) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
     setvbuf(f, NULL, _IOLBF, 0);
     pz_log_close();
     out = f;
     return 0;
+}
+
+const char *pz_log_strerror(int rv)
+{
+    return rv == PZ_EINVAL ? "not a regular file" : pz_strerror(rv);
 }
 
 void pz_log_close(void)

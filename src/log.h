@@ -28,9 +28,14 @@ enum pz_log_level {
 
 /* Set the minimum level printed and the line prefix (copied). */
 void pz_log_setup(enum pz_log_level level, const char *prefix);
-/* Log to this file from now on (appending); NULL or "" means stderr.
- * Returns 0 or a negative errno, leaving the destination unchanged. */
+/* Log to this file from now on (appending; created when missing); NULL
+ * or "" means stderr. Only a regular file (or /dev/null) is taken: a FIFO
+ * or a device is refused at once rather than waited on. Returns 0, a
+ * negative errno or PZ_EINVAL (not a regular file: pz_log_strerror),
+ * leaving the destination unchanged. */
 int pz_log_open(const char *path);
+/* What a pz_log_open() failure means, for a message. */
+const char *pz_log_strerror(int rv);
 void pz_log(enum pz_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void pz_log_close(void);

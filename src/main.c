@@ -92,7 +92,7 @@ int main(int argc, char **argv)
     rv = pz_log_open(cfg.log_file);
     if (rv < 0) {
         fprintf(stderr, "pyazdb-server: cannot open log-file '%s': %s\n",
-                cfg.log_file, pz_strerror(rv));
+                cfg.log_file, pz_log_strerror(rv));
         cfg_free(&cfg);
         return 1;
     }

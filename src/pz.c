@@ -847,7 +847,10 @@ int pz_fsync_path(const char *path, bool dir)
     return rc;
 }
 
-int pz_open_regular(const char *path)
+/* pz_open_regular with the open flags given (O_RDONLY, or O_WRONLY with
+ * O_APPEND and O_CREAT: a file made here gets mode 0666 less the umask,
+ * as fopen would give it). */
+static int open_regular(const char *path, int flags)
 {
     /* Looked at before it is opened, so that a device or a FIFO is not
      * even opened (opening a terminal or a watchdog acts on it, opening a
@@ -856,7 +859,7 @@ int pz_open_regular(const char *path)
     struct stat st;
     if (stat(path, &st) == 0 && !regular_or_null(&st))
         return PZ_EINVAL;
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    int fd = open(path, flags | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0666);
     if (fd < 0)
         return -errno;
     int rc = 0;
@@ -871,6 +874,16 @@ int pz_open_regular(const char *path)
         return rc;
     }
     return fd;
+}
+
+int pz_open_regular(const char *path)
+{
+    return open_regular(path, O_RDONLY);
+}
+
+int pz_open_regular_append(const char *path)
+{
+    return open_regular(path, O_WRONLY | O_APPEND | O_CREAT);
 }
 
 FILE *pz_fopen_regular(const char *path, const char **why)

@@ -231,9 +231,9 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
 
 /* A seed for a PRNG (pz_rand_next, a hash table): 8 bytes from the
  * kernel's random source (getrandom), or, when that fails, the monotonic
- * and wall clocks mixed. One of the two helpers here that ask the system
- * for something (pz_open_regular the other): every module seeds through
- * it. */
+ * and wall clocks mixed. One of the helpers here that ask the system
+ * for something (pz_open_regular and pz_open_regular_append the
+ * others): every module seeds through it. */
 uint64_t pz_seed(void);
 
 /* Is code point cp one that makes a line of text show other than it
@@ -254,6 +254,12 @@ bool pz_cp_disguises_text(uint32_t cp);
  * -errno when the open or fstat fails, or PZ_EINVAL when path is not a
  * regular file (callers say "not a regular file"). */
 int pz_open_regular(const char *path);
+
+/* pz_open_regular for appending (a log file): created when missing (mode
+ * 0666 less the umask), and, like it, never blocking on a FIFO (whose
+ * open for writing waits for a reader) and refusing anything but a
+ * regular file or /dev/null with PZ_EINVAL. */
+int pz_open_regular_append(const char *path);
 
 /* fsync of the directory (or, with dir false, of the file) at path:
  * what makes a file's creation, rename or removal in a directory

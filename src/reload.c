@@ -93,7 +93,7 @@ static int reopen_log(const char *was, const char *now)
         if (rv < 0) {
             pz_error("reload: cannot open log-file '%s': %s; still "
                      "logging to %s",
-                     now, pz_strerror(rv), was[0] ? was : "stderr");
+                     now, pz_log_strerror(rv), was[0] ? was : "stderr");
             return -1;
         }
         pz_info("reload: log-file: now logging here (was %s)",
@@ -107,7 +107,7 @@ static int reopen_log(const char *was, const char *now)
     if (rv < 0) {
         pz_error("reload: cannot reopen log-file '%s': %s; still "
                  "logging to the file as it was",
-                 now, pz_strerror(rv));
+                 now, pz_log_strerror(rv));
         return -1;
     }
     return 0;

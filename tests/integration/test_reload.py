@@ -308,6 +308,68 @@ def test_sighup_reopens_and_moves_the_log_file(servers, tmp_path):
     assert " I stopped" in read(second)
 
 
+def test_fifo_log_file_on_reload_is_refused(servers, tmp_path):
+    """A FIFO where the log file was (logrotate moved the file, something
+    else took its name), or named as the new log-file, is refused at once:
+    nothing reads a FIFO, and waiting for a reader would stop the node."""
+    path = str(tmp_path / "node.log")
+    s = servers(conf={"log-file": path, "log-level": "info"})
+    os.rename(path, path + ".1")
+    os.mkfifo(path)
+    try:
+        s.proc.send_signal(signal.SIGHUP)
+        # still logging to the file as it was (now node.log.1)
+        deadline = time.time() + 10
+        while "reloaded:" not in open(path + ".1").read():
+            assert time.time() < deadline, open(path + ".1").read()
+            time.sleep(0.05)
+        old = open(path + ".1").read()
+        assert (f"reload: cannot reopen log-file '{path}': not a regular "
+                "file; still logging to the file as it was") in old
+        assert ("reloaded: 0 changes applied, 1 failed (the log-file could "
+                "not be reopened), 0 need a restart") in old
+        st, _, _ = s.request("POST", "/set", body=b'{"key":"k","value":"v"}',
+                             timeout=5)
+        assert st == 204
+        # a new log-file naming a FIFO: the same
+        fifo2 = str(tmp_path / "other.fifo")
+        os.mkfifo(fifo2)
+        s.conf["log-file"] = fifo2
+        s.write_conf()
+        start = len(open(path + ".1").read())
+        s.proc.send_signal(signal.SIGHUP)
+        while "reloaded:" not in open(path + ".1").read()[start:]:
+            assert time.time() < deadline + 10, open(path + ".1").read()
+            time.sleep(0.05)
+        new = open(path + ".1").read()[start:]
+        assert (f"reload: cannot open log-file '{fifo2}': not a regular "
+                f"file; still logging to {path}") in new
+        assert "1 failed (the new log-file could not be opened)" in new
+        assert s.request("GET", "/get?key=k", timeout=5)[0] == 200
+        assert s.stop() == 0
+    finally:
+        # a node stuck opening a FIFO for writing goes on once it has a
+        # reader: a failing run ends instead of hanging
+        for f in (path, str(tmp_path / "other.fifo")):
+            if os.path.exists(f):
+                os.close(os.open(f, os.O_RDONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("mode", ["node", "mandi"])
+def test_fifo_log_file_at_start_is_an_error(servers, mandis, tmp_path, mode):
+    fifo = str(tmp_path / "log.fifo")
+    os.mkfifo(fifo)
+    make = servers if mode == "node" else mandis
+    s = make(conf={"log-file": fifo}, start=False)
+    s.start(wait=False)
+    try:
+        assert s.wait_exit(timeout=10) == 1
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    assert (f"cannot open log-file '{fifo}': not a regular file"
+            in s.read_log())
+
+
 TOKEN = "grafana ro 0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f\n"
 
 
