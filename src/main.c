@@ -7,8 +7,10 @@
  *                                          backup, then serve
  *   pyazdb-server --help | --version
  *
- * Configuration errors exit with status 1 and a message naming the file and
+ * A SIGHUP before the process serves is ignored (see main). Configuration
+ * errors exit with status 1 and a message naming the file and
  * line (or the environment variable or flag) at fault. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +60,11 @@ int main(int argc, char **argv)
     char err[4096];
     const char *restore;
 
+    /* SIGHUP's default action ends the process: until server_run or
+     * mandi_run hands it to the loop (a reload), a SIGHUP (logrotate, a
+     * reload sent while the unit starts) is ignored rather than killing a
+     * start that reads its configuration fresh anyway. */
+    signal(SIGHUP, SIG_IGN);
     argc = take_restore(argc, argv, &restore);
     if (restore && restore[0] == '\0') {
         fprintf(stderr, "pyazdb-server: --restore needs a snapshot file\n");

@@ -308,6 +308,14 @@ def test_sighup_reopens_and_moves_the_log_file(servers, tmp_path):
     assert " I stopped" in read(second)
 
 
+def pad_conf(s, lines=100000):
+    """Append comment lines to s's config file (after write_conf): a few
+    MB that make each read of it, at start or on a reload, take a few
+    milliseconds."""
+    with open(s.conf_path, "a") as f:
+        f.write(("# " + "x" * 100 + "\n") * lines)
+
+
 def test_fifo_log_file_on_reload_is_refused(servers, tmp_path):
     """A FIFO where the log file was (logrotate moved the file, something
     else took its name), or named as the new log-file, is refused at once:
@@ -368,6 +376,45 @@ def test_fifo_log_file_at_start_is_an_error(servers, mandis, tmp_path, mode):
         os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
     assert (f"cannot open log-file '{fifo}': not a regular file"
             in s.read_log())
+
+
+def opened(path, timeout=10):
+    """A function that waits (up to timeout) until path is opened by
+    anyone, by inotify, watching from the moment opened() returns."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    assert fd >= 0
+    IN_OPEN = 0x20
+    assert libc.inotify_add_watch(fd, path.encode(), IN_OPEN) >= 0
+
+    def wait():
+        import select
+        try:
+            r, _, _ = select.select([fd], [], [], timeout)
+            assert r, f"{path} was not opened"
+        finally:
+            os.close(fd)
+    return wait
+
+
+@pytest.mark.parametrize("mode", ["node", "mandi"])
+def test_sighup_during_start_does_not_kill(servers, mandis, mode):
+    """A SIGHUP while the process starts (it reads its configuration, its
+    token and TLS files, binds) is ignored: the process starts as if it had
+    not come."""
+    make = servers if mode == "node" else mandis
+    s = make(conf={"log-level": "info"}, start=False)
+    pad_conf(s)
+    wait = opened(s.conf_path)
+    s.start(wait=False)
+    wait()  # main() is reading its configuration
+    s.proc.send_signal(signal.SIGHUP)
+    s.wait_ready()
+    assert s.proc.poll() is None
+    # and once it serves, SIGHUP reloads
+    hup(s)
+    assert s.stop() == 0
 
 
 TOKEN = "grafana ro 0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f\n"
