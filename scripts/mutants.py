@@ -1743,6 +1743,12 @@ MUTATIONS = [
       "    FILE *f = fopen(path, \"rb\");\n    why = \"no such file\";\n    if (f == NULL) {\n        fmt_err(",
       ["py:test_storage.py::test_fifo_config_and_token_files_are_refused"],
       "a FIFO in place of the config file blocks the loop on SIGHUP"),
+    M("reload_per_sighup", "src/server.c",
+      "    if (srv.hups++ == 0)\n        uv_timer_start(&srv.reload_soon, on_reload_soon, 0, 0);",
+      "    srv.hups = 1;\n    on_reload_soon(&srv.reload_soon);",
+      ["py:test_reload.py::test_sighup_burst_is_coalesced"],
+      "every SIGHUP queued during a reload runs a reload of its own, back "
+      "to back, while clients wait"),
     M("log_fifo_blocks", "src/pz.c",
       "    return open_regular(path, O_WRONLY | O_APPEND | O_CREAT);",
       "    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);",

@@ -66,6 +66,8 @@ struct server {
     uv_timer_t grace;                /* shutdown deadline */
     uv_signal_t sigint, sigterm;     /* shutdown requests */
     uv_signal_t sighup;              /* reload requests */
+    uv_timer_t reload_soon;          /* the reload the SIGHUPs ask for */
+    unsigned hups;                   /* SIGHUPs since the last reload */
     struct reload reload;            /* the configuration in effect */
     struct httpd http;               /* HTTP API */
     struct grpc_server grpc;         /* gRPC API */
@@ -90,6 +92,7 @@ static void on_node_closed(void)
     uv_close((uv_handle_t *)&srv.sigint, NULL);
     uv_close((uv_handle_t *)&srv.sigterm, NULL);
     uv_close((uv_handle_t *)&srv.sighup, NULL);
+    uv_close((uv_handle_t *)&srv.reload_soon, NULL);
 }
 
 static void stop_all(void)
@@ -289,18 +292,36 @@ static struct reload_refused apply_config(const struct pz_config *c, void *arg)
     return no;
 }
 
-static void on_sighup(uv_signal_t *h, int signum)
+/* The reload that the SIGHUPs since the last one asked for: one for them
+ * all, however many came (logrotate and a configuration manager at once,
+ * `systemctl reload` twice), so a burst of signals costs one reload or
+ * two, not one each. */
+static void on_reload_soon(uv_timer_t *h)
 {
     PZ_UNUSED(h);
-    PZ_UNUSED(signum);
+    unsigned hups = srv.hups;
+    srv.hups = 0;
     if (srv.shutting_down) {
         pz_info("received SIGHUP while shutting down: ignored");
         return;
     }
-    pz_info("received SIGHUP");
+    if (hups == 1)
+        pz_info("received SIGHUP");
+    else
+        pz_info("received SIGHUP (%u signals: one reload)", hups);
     srv.reload_applying = true;
     reload_run(&srv.reload, apply_config, NULL);
     srv.reload_applying = false;
+}
+
+/* A SIGHUP: only noted; on_reload_soon reloads once the signals queued
+ * meanwhile (libuv calls this once for each) have all been seen. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    PZ_UNUSED(h);
+    PZ_UNUSED(signum);
+    if (srv.hups++ == 0)
+        uv_timer_start(&srv.reload_soon, on_reload_soon, 0, 0);
 }
 
 /* Can addr ("host:port", as conn_listen() takes it) be bound now? Bound
@@ -425,6 +446,7 @@ int server_run(const struct pz_config *cfg)
     uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
     uv_signal_init(&srv.loop, &srv.sighup);
     uv_signal_start(&srv.sighup, on_sighup, SIGHUP);
+    uv_timer_init(&srv.loop, &srv.reload_soon);
     reload_init(&srv.reload, cfg);
     /* Idle timeouts and request deadlines are checked on this tick. */
     uv_timer_start(&srv.cron, on_cron, CRON_MS, CRON_MS);

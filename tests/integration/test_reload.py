@@ -316,6 +316,62 @@ def pad_conf(s, lines=100000):
         f.write(("# " + "x" * 100 + "\n") * lines)
 
 
+@pytest.fixture(scope="module")
+def slow_tls(tmp_path_factory):
+    """TLS files whose CA file holds the CA a hundred times: every reload
+    reads it for each TLS slot, some tens of milliseconds in all."""
+    import ssl
+    import subprocess
+    from conftest import ROOT
+    d = str(tmp_path_factory.mktemp("pki"))
+    make_certs = os.path.join(ROOT, "scripts", "make-certs.sh")
+    for args in (["ca"], ["node", "node1", "127.0.0.1", "localhost"]):
+        r = subprocess.run([make_certs, d] + args, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    ca = os.path.join(d, "ca.crt")
+    with open(ca) as f, open(os.path.join(d, "many.crt"), "w") as out:
+        out.write(f.read() * 100)
+    conf = {"tls-cert-file": os.path.join(d, "node1.crt"),
+            "tls-key-file": os.path.join(d, "node1.key"),
+            "tls-ca-file": os.path.join(d, "many.crt")}
+    return conf, ssl.create_default_context(cafile=ca)
+
+
+def test_sighup_burst_is_coalesced(servers, slow_tls):
+    """SIGHUPs that arrive while a reload runs are served by one reload
+    (logrotate and a configuration manager at once, `systemctl reload`
+    twice), not one each back to back while clients wait."""
+    conf, ctx = slow_tls
+    s = servers(conf=dict(conf, **{"log-level": "info"}), start=False)
+    s.ssl_context = ctx
+    s.start()
+    start = len(s.read_log())
+    for _ in range(200):
+        os.kill(s.proc.pid, signal.SIGHUP)
+        time.sleep(0.0001)  # each signal delivered, none merged
+    t0 = time.time()
+    assert s.request("GET", "/health", timeout=5)[0] == 200
+    assert time.time() - t0 < 2
+    # wait until the reloads are over: no new line for a second
+    size, quiet = -1, 0
+    while quiet < 20:
+        n = len(s.read_log())
+        quiet = quiet + 1 if n == size else 0
+        size = n
+        time.sleep(0.05)
+    new = s.read_log()[start:]
+    reloads = new.count("reloaded: nothing changed")
+    assert 1 <= reloads <= 5, new[-3000:]
+    # the signals did reach the process: the coalesced ones are counted
+    heard = sum(int(line.split("SIGHUP (")[1].split()[0])
+                for line in new.splitlines() if "received SIGHUP (" in line)
+    heard += new.count("received SIGHUP\n")
+    assert heard >= 20, new[-3000:]
+    assert s.proc.poll() is None
+    assert s.stop() == 0
+
+
 def test_fifo_log_file_on_reload_is_refused(servers, tmp_path):
     """A FIFO where the log file was (logrotate moved the file, something
     else took its name), or named as the new log-file, is refused at once:
