@@ -508,8 +508,8 @@ MUTATIONS = [
       "when its vacuum found no room"),
     # --- clients that leave their answers unread (src/conn.c, grpc) ------
     M("send_timeout_ignored", "src/conn.c",
-      "        if (c->ls->send_timeout && stalled > c->ls->send_timeout &&",
-      "        if (0 && stalled > c->ls->send_timeout &&",
+      "        if (c->send_timeout && stalled > c->send_timeout &&",
+      "        if (0 && stalled > c->send_timeout &&",
       ["unit:httpd/unread_answer_is_dropped_after_the_body_deadline"],
       "an answer nobody reads is held as long as its client stays"),
     M("progress_by_socket_writes", "src/conn.c",
@@ -1772,6 +1772,17 @@ MUTATIONS = [
       ["py:test_reload.py::test_reload_summary_counts_refused_token_changes"],
       "a change that needs a restart is stored as running: the next reload "
       "reports nothing changed"),
+    M("send_timeout_lowered_under_an_answer", "src/conn.c",
+      "        if (c->send_timeout && stalled > c->send_timeout &&",
+      "        if (c->ls->send_timeout && stalled > c->ls->send_timeout &&",
+      ["py:test_reload.py::test_lowered_timeouts_spare_open_connections"],
+      "a reload lowering client-body-timeout cuts off answers being sent"),
+    M("idle_timeout_lowered_under_a_connection", "src/conn.c",
+      "        if (now - c->last_io > c->idle_timeout) {",
+      "        if (now - c->last_io > limits.idle_timeout) {",
+      ["py:test_reload.py::test_lowered_timeouts_spare_open_connections"],
+      "a reload lowering client-idle-timeout closes connections already "
+      "idle"),
     M("save_part_truncated_through_a_link", "src/cli_snapshot.c",
       "        open(part, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);",
       "        open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);",

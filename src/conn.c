@@ -209,7 +209,7 @@ void conn_hold_detached(size_t *held, size_t bytes)
  * it asked for for hours. */
 static bool out_too_slow(const struct conn *c)
 {
-    uint64_t t = c->ls->send_timeout;
+    uint64_t t = c->send_timeout;
     if (t == 0 || c->drain_rate == UINT64_MAX)
         return false;
     uint64_t waits = conn_output_pending(c) + c->out_held;
@@ -249,7 +249,7 @@ static void shed_stalled(struct conn *self, size_t want)
                         "max-pending-output (%zu) is reached",
                         c->peer, conn_output_pending(c) + c->out_held,
                         (unsigned long long)c->drain_rate,
-                        (unsigned long long)c->ls->send_timeout,
+                        (unsigned long long)c->send_timeout,
                         limits.max_pending_output);
             else
                 continue;
@@ -899,7 +899,7 @@ static void cron_list(struct pz_queue *head, uint64_t now)
         if (cron_deadline(c, now))
             continue;
         uint64_t stalled = out_stalled(c, now);
-        if (c->ls->send_timeout && stalled > c->ls->send_timeout &&
+        if (c->send_timeout && stalled > c->send_timeout &&
             !conn_is_closing(c)) {
             pz_info("closing %s: %zu bytes of output not read for %llu ms",
                     c->peer, conn_output_pending(c) + c->out_held,
@@ -908,9 +908,9 @@ static void cron_list(struct pz_queue *head, uint64_t now)
             continue;
         }
         if (c->busy > 0 || conn_is_closing(c) || conn_output_pending(c) ||
-            limits.idle_timeout == 0)
+            c->idle_timeout == 0)
             continue;
-        if (now - c->last_io > limits.idle_timeout) {
+        if (now - c->last_io > c->idle_timeout) {
             pz_debug("closing idle connection from %s", c->peer);
             conn_close(c);
         }
@@ -1064,6 +1064,10 @@ static void on_connection(uv_stream_t *server, int status)
     struct conn *c = conn_alloc(ls->ops);
     uv_tcp_init(loop, &c->tcp);
     c->ls = ls;
+    /* The limits in force now: a reload that lowers them does not cut
+     * off an answer being sent or a connection already idle. */
+    c->send_timeout = ls->send_timeout;
+    c->idle_timeout = limits.idle_timeout;
     pz_queue_push(&ls->conns, &c->q);
     ls->n_conns++;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {

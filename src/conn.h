@@ -104,7 +104,8 @@ struct conn_listener {
     bool evict;
     /* Output waiting for a connection's peer while the peer takes none of
      * it for this long (ms; 0: no limit) closes the connection. Set after
-     * conn_listen(). */
+     * conn_listen(); a connection keeps the value in force when it was
+     * accepted. */
     uint64_t send_timeout;
     /* Client-facing: its connections' output counts against
      * max_pending_output. Set after conn_listen(). */
@@ -197,6 +198,8 @@ struct conn {
     uv_shutdown_t shutdown_req; /* lingering close */
     void (*connect_cb)(struct conn *c, int status); /* outbound */
     struct tls_conn *tls;      /* TLS state, NULL for plain text */
+    uint64_t send_timeout;     /* accepted: ls->send_timeout then (ms) */
+    uint64_t idle_timeout;     /* accepted: the idle timeout then (ms) */
 };
 
 struct conn_limits {
@@ -228,8 +231,8 @@ struct conn_limits {
 void conn_setup(uv_loop_t *loop, const struct conn_limits *lim);
 /* The loop conn_setup was given. */
 uv_loop_t *conn_loop(void);
-/* A new client-idle-timeout (ms, 0 = never) for every connection, from
- * the next sweep on (a reload). */
+/* A new client-idle-timeout (ms, 0 = never) for the connections accepted
+ * from now on (a reload); open ones keep theirs. */
 void conn_set_idle_timeout(uint64_t ms);
 /* The fewest client connections a port may be left by conn_fit_fds. */
 #define CONN_MIN_CLIENTS 16

@@ -520,3 +520,48 @@ def test_reload_summary_counts_refused_token_changes(servers, tmp_path):
     assert f"reload: client-token-file {bad}: 1 tokens" in new
     assert "reloaded: 1 change applied, 0 need a restart" in new
     assert s.stop() == 0
+
+
+def test_lowered_timeouts_spare_open_connections(servers):
+    """A reload that lowers client-body-timeout or client-idle-timeout does
+    not cut off an answer already being sent to a slow reader, nor close a
+    connection already idle: they keep the limits they were accepted with;
+    new connections get the new ones."""
+    s = servers(conf={"log-level": "info", "client-body-timeout": "60s",
+                      "client-idle-timeout": "300s"})
+    value = "x" * 900000
+    for i in range(8):
+        body = ('{"key":"big%d","value":"%s"}' % (i, value)).encode()
+        assert s.request("POST", "/set", body=body)[0] == 204
+    # a slow reader: a small receive window, then it stops reading
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", s.http_port))
+    slow.sendall(b"GET /range?prefix=big HTTP/1.1\r\nHost: x\r\n\r\n")
+    slow.settimeout(10)
+    got = len(slow.recv(1000))
+    # an idle keep-alive connection
+    idle = socket.create_connection(("127.0.0.1", s.http_port))
+    time.sleep(1.5)  # the answer's output waits unread
+    hup(s, {"client-body-timeout": "1s", "client-idle-timeout": "500ms"})
+    time.sleep(3)  # past both new limits
+    # the idle connection still serves
+    idle.settimeout(5)
+    idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+    idle.close()
+    # the slow reader gets its whole answer
+    total = got
+    while True:
+        b = slow.recv(1 << 20)
+        if not b:
+            break
+        total += len(b)
+        if total > 8 * 900000:
+            break
+    slow.close()
+    assert total > 8 * 900000, total
+    assert "bytes of output not read" not in s.read_log()
+    # a new connection has the new idle timeout
+    assert idle_closed_within(s, 3)
+    assert s.stop() == 0
