@@ -7,9 +7,9 @@
  *                                          backup, then serve
  *   pyazdb-server --help | --version
  *
- * A SIGHUP before the process serves is ignored (see main). Configuration
- * errors exit with status 1 and a message naming the file and
- * line (or the environment variable or flag) at fault. */
+ * A SIGHUP before the loop takes it over (a reload) is ignored (see main).
+ * Configuration errors exit with status 1 and a message naming the file
+ * and line (or the environment variable or flag) at fault. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
