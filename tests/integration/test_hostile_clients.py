@@ -2689,10 +2689,13 @@ def test_keepalives_relayed_to_a_stalled_leader_are_bounded(servers, epb):
     conns = []
     leader.signal(signal.SIGSTOP)
     try:
-        for _ in range(4):
+        # 600 streams a connection: their relays (2 kB each) stay under
+        # conn-hard-limit, so no connection is closed for what it holds
+        # (900 came near it, and a loaded machine passed it now and then)
+        for _ in range(6):
             r = RawH2(f.grpc_port)
             conns.append(r)
-            for i in range(900):
+            for i in range(600):
                 sid = 2 * i + 1
                 r.headers(sid, grpc_headers(path, f.grpc_port))
                 r.data(sid, keepalive)
