@@ -1314,11 +1314,14 @@ static int restore(char *err, size_t errlen)
         rv = stray_snapshots(&meta, err, errlen);
         return rv < 0 ? rv : 1;
     }
-    if (hs.term >= RAFT_TERM_MAX) {
-        /* Only a forged term taken by an older version gets here: no
-         * election could ever succeed (RAFT_TERM_BOUND). */
+    if (hs.term > RAFT_TERM_MAX) {
+        /* Only a forged term taken by an older version gets here (a lone
+         * node went past 2^62 - 1): no election could ever succeed
+         * (RAFT_TERM_BOUND). A node at RAFT_TERM_MAX starts: its cluster
+         * may have a leader at that term to follow (term_max_cron says
+         * it will never be elected itself). */
         snprintf(err, errlen,
-                 "%s holds term %llu, at or above the highest (2^62 - 1): "
+                 "%s holds term %llu, past the highest (2^62 - 1): "
                  "this node could never be elected again (a forged term "
                  "taken by an older version?); restore the cluster from a "
                  "backup (README, \"Backup and restore\")",
