@@ -81,6 +81,17 @@ MUTATIONS = [
       "    if (reach > r->term && false) {\n        r->fresh = false;",
       ["unit:raft/trailing_node_catches_up_past_the_bound", "sim:10000"],
       "a node left behind by a cluster gone past 2^61 refuses it for good"),
+    M("raft_catch_up_on_every_refusal", "src/raft.c",
+      "    if (r->caught_up &&\n"
+      "        r->ticks - r->caught_up_at < (uint64_t)r->cfg.election_ticks)\n"
+      "        return;\n",
+      "",
+      ["py:test_hostile_peers.py::"
+       "test_a_burst_of_terms_without_room_costs_one_election",
+       "unit:raft/trailing_node_catches_up_past_the_bound"],
+      "a burst of forged messages past its reach moves a healthy follower "
+      "a leap each, alone, far above its cluster, which then climbs to it "
+      "a leap an election without a leader"),
     M("start_takes_a_term_without_room", "src/node.c",
       "    if (hs.term > RAFT_TERM_MAX) {",
       "    if (hs.term > RAFT_TERM_MAX && false) {",

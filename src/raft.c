@@ -310,6 +310,8 @@ struct raft {
     uint64_t unsent;    /* first index not handed to a Ready */
     uint64_t applied;   /* last index handed out as committed */
     bool apply_held;    /* raft_hold_apply: committed entries wait */
+    bool caught_up;     /* term_catch_up moved the term, at ticks: */
+    uint64_t caught_up_at;
     /* Readies handed out (oldest first): the in-flight ones, after
      * those advanced since the last raft_ready (freed by it). */
     struct ready_slot slots[RAFT_MAX_READIES];
@@ -2353,12 +2355,23 @@ static uint64_t term_reach(const struct raft *r)
  * missed it, or is new) must catch up: it moves to its reach, so that
  * the next messages of its cluster's term come within it. Nothing tells
  * such a message from a forged one: that moves the node no further than
- * a term in reach would. */
+ * a term in reach would. At most once an election timeout: a burst of
+ * forged messages moved a healthy follower a leap each, alone, far above
+ * its cluster, which then climbed to it a leap an election without a
+ * leader meanwhile (minutes for a few hundred messages); now a burst
+ * moves it one leap, within its cluster's reach, and costs one election.
+ * A node that trails by many leaps (only forged messages make that)
+ * catches up one an election timeout. */
 static void term_catch_up(struct raft *r)
 {
+    if (r->caught_up &&
+        r->ticks - r->caught_up_at < (uint64_t)r->cfg.election_ticks)
+        return;
     uint64_t reach = term_reach(r);
     if (reach > r->term) {
         r->fresh = false;
+        r->caught_up = true;
+        r->caught_up_at = r->ticks;
         become_follower(r, reach, 0);
     }
 }

@@ -219,6 +219,45 @@ def test_terms_without_room_are_refused(servers):
         assert status(s)["term"] < room, (s.name, status(s))
 
 
+def test_a_burst_of_terms_without_room_costs_one_election(servers):
+    """Each refused term past a node's reach moved its receiver up 2^16,
+    alone: 50 forged Pre-Votes of term 2^62 - 1 to a follower left it 50
+    leaps above the others, who climbed to it a leap an election, and the
+    cluster took no write for about 45 s. The receiver now moves at most
+    once an election timeout: the cluster follows it in one election and
+    takes writes again within seconds."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    other = next(s for s in nodes if s not in (leader, victim))
+    vid = rw.identity(victim)[0]
+    t0 = time.time()
+    for _ in range(50):
+        p, fake = impostor(nodes, victim, other)
+        try:
+            p.message(type=rw.PREVOTE, to=vid, term=2**62 - 1, index=1,
+                      log_term=1, **{"from": fake})
+            p.closed_by_peer()
+        except OSError:
+            pass
+        p.close()
+    sent = time.time() - t0
+    deadline = time.time() + 10
+    while True:
+        try:
+            lead = leader_of(nodes, timeout=1)
+            if put(lead, "burst", "over")[0] == 204:
+                break
+        except AssertionError:
+            pass
+        assert time.time() < deadline, "no write taken 10 s after the burst"
+        time.sleep(0.1)
+    print(f"burst sent in {sent:.2f} s; a write taken "
+          f"{time.time() - t0 - sent:.2f} s after it")
+    still_whole(nodes)
+    for s in nodes:  # one leap at most past 2^61
+        assert status(s)["term"] < 2**61 + 2**16 + 100, (s.name, status(s))
+
+
 def send_snapshot(p, term, index, snap_term, data, piece=64 * 1024):
     for off in range(0, len(data), piece):
         p.chunk(term, index, snap_term, off, len(data), data[off:off + piece])
