@@ -317,7 +317,10 @@ def test_removal_gives_up_after_request_timeout(servers):
                                      f"/cluster/members/{stopped.name}")
         assert (st, body) == \
             (409, b"Another membership change is in progress\n")
-        assert time.time() - t0 >= 0.3  # it waited request-timeout first
+        # it waited request-timeout first (less a few ms: the timer
+        # counts from the loop's time of the turn that read the request,
+        # taken before the read; one run measured 299.994 ms)
+        assert time.time() - t0 >= 0.28
         assert "waiting for the change in progress" in leader.read_log()
         t.join(10)
     finally:
