@@ -8,39 +8,51 @@
 struct tls_slot tls_http, tls_grpc, tls_peer_in, tls_peer_out;
 struct tls_slot tls_http_client, tls_grpc_client, tls_mandi_client;
 
-/* Load one slot from o. want: configured now. Returns 0, a negative
- * code when it did not load, or 1 on a reload that turns it on or off
- * (which needs a restart: logged, nothing done). */
-static int load_one(struct tls_slot *s, const char *name, bool want,
-                    const struct tls_opts *o, bool reload, char *err,
-                    size_t errlen)
+/* One tls_setup_load: at start or on a reload, where its message goes,
+ * and the TLS_SETUP_* bits of what a reload could not put in place. */
+struct setup {
+    bool reload;
+    char *err;
+    size_t errlen;
+    int bits;
+};
+
+/* Load one slot from o. want: configured now. On a reload, a slot that
+ * did not load adds fail to st->bits and one turned on or off (which
+ * needs a restart: logged, nothing done) adds restart. Returns false only
+ * at start, when it did not load (err says why: the start stops). */
+static bool load_one(struct setup *st, struct tls_slot *s, const char *name,
+                     bool want, const struct tls_opts *o, int fail, int restart)
 {
     char why[512];
-    if (reload && want != tls_slot_on(s)) {
+    if (st->reload && want != tls_slot_on(s)) {
         pz_warn("reload: TLS on %s turned %s: needs a restart; still %s", name,
                 want ? "on" : "off", tls_slot_on(s) ? "on" : "off");
-        return 1;
+        st->bits |= restart;
+        return true;
     }
     if (!want)
-        return 0;
-    int rv = tls_slot_load(s, name, o, why, sizeof why);
-    if (rv < 0) {
-        if (reload) {
-            pz_error("reload: TLS on %s: %s; the certificates in force stay",
-                     name, why);
-        } else {
-            snprintf(err, errlen, "TLS on %s: %s", name, why);
+        return true;
+    if (tls_slot_load(s, name, o, why, sizeof why) < 0) {
+        if (!st->reload) {
+            snprintf(st->err, st->errlen, "TLS on %s: %s", name, why);
+            return false;
         }
-        return rv;
+        pz_error("reload: TLS on %s: %s; the certificates in force stay", name,
+                 why);
+        st->bits |= fail;
+        return true;
     }
-    if (reload)
+    if (st->reload)
         pz_info("reload: TLS on %s: certificates read again", name);
-    return 0;
+    return true;
 }
 
 int tls_setup_load(const struct pz_config *c, bool reload, char *err,
                    size_t errlen)
 {
+    struct setup st = {reload, err, errlen, 0};
+    const int F = TLS_SETUP_FAILED, R = TLS_SETUP_RESTART;
     bool client = c->tls_cert_file[0] != '\0';
     bool peer = c->peer_tls_cert_file[0] != '\0';
     struct tls_opts o = {
@@ -51,17 +63,11 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
         .client_auth = c->tls_client_auth,
         .alpn = "http/1.1",
     };
-    int failed = 0; /* TLS_SETUP_* */
-    int rv;
-    rv = load_one(&tls_http, "http", client, &o, reload, err, errlen);
-    if (rv < 0 && !reload)
+    if (!load_one(&st, &tls_http, "http", client, &o, F, R))
         return PZ_ECONFIG;
-    failed |= rv < 0 ? TLS_SETUP_FAILED : rv > 0 ? TLS_SETUP_RESTART : 0;
     o.alpn = "h2";
-    rv = load_one(&tls_grpc, "grpc", client, &o, reload, err, errlen);
-    if (rv < 0 && !reload)
+    if (!load_one(&st, &tls_grpc, "grpc", client, &o, F, R))
         return PZ_ECONFIG;
-    failed |= rv < 0 ? TLS_SETUP_FAILED : rv > 0 ? TLS_SETUP_RESTART : 0;
     struct tls_opts oc = {
         .server = false,
         .cert_file = c->tls_cert_file,
@@ -69,17 +75,11 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
         .ca_file = c->tls_ca_file,
         .alpn = "http/1.1",
     };
-    rv = load_one(&tls_http_client, "http client", client, &oc, reload, err,
-                  errlen);
-    if (rv < 0 && !reload)
+    if (!load_one(&st, &tls_http_client, "http client", client, &oc, F, R))
         return PZ_ECONFIG;
-    failed |= rv < 0 ? TLS_SETUP_FAILED : rv > 0 ? TLS_SETUP_RESTART : 0;
     oc.alpn = "h2";
-    rv = load_one(&tls_grpc_client, "grpc client", client, &oc, reload, err,
-                  errlen);
-    if (rv < 0 && !reload)
+    if (!load_one(&st, &tls_grpc_client, "grpc client", client, &oc, F, R))
         return PZ_ECONFIG;
-    failed |= rv < 0 ? TLS_SETUP_FAILED : rv > 0 ? TLS_SETUP_RESTART : 0;
     /* A node's client of an https mandi: mandi-ca-file, else tls-ca-file,
      * else the system's CAs; this node's certificate when it has one. */
     struct tls_opts om = {
@@ -89,14 +89,12 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
         .ca_file = c->mandi_ca_file[0] ? c->mandi_ca_file : c->tls_ca_file,
         .alpn = "http/1.1",
     };
-    bool mandi_https = c->mode != CFG_MODE_MANDI &&
-                       cfg_url_is_https(c->mandi_addr);
-    rv = load_one(&tls_mandi_client, "mandi client", mandi_https, &om, reload,
-                  err, errlen);
-    if (rv < 0 && !reload)
-        return PZ_ECONFIG;
+    bool mandi_https =
+        c->mode != CFG_MODE_MANDI && cfg_url_is_https(c->mandi_addr);
     /* on or off with mandi-addr, which is reported as needing a restart */
-    failed |= rv < 0 ? TLS_SETUP_FAILED : 0;
+    if (!load_one(&st, &tls_mandi_client, "mandi client", mandi_https, &om, F,
+                  0))
+        return PZ_ECONFIG;
     struct tls_opts p = {
         .server = true,
         .cert_file = c->peer_tls_cert_file,
@@ -104,20 +102,13 @@ int tls_setup_load(const struct pz_config *c, bool reload, char *err,
         .ca_file = c->peer_tls_ca_file,
         .client_auth = TLS_AUTH_REQUIRE,
     };
-    rv = load_one(&tls_peer_in, "raft", peer, &p, reload, err, errlen);
-    if (rv < 0 && !reload)
+    const int PF = TLS_SETUP_PEER_FAILED, PR = TLS_SETUP_PEER_RESTART;
+    if (!load_one(&st, &tls_peer_in, "raft", peer, &p, PF, PR))
         return PZ_ECONFIG;
-    failed |= rv < 0   ? TLS_SETUP_PEER_FAILED
-              : rv > 0 ? TLS_SETUP_PEER_RESTART
-                       : 0;
     p.server = false;
-    rv = load_one(&tls_peer_out, "raft dialer", peer, &p, reload, err, errlen);
-    if (rv < 0 && !reload)
+    if (!load_one(&st, &tls_peer_out, "raft dialer", peer, &p, PF, PR))
         return PZ_ECONFIG;
-    failed |= rv < 0   ? TLS_SETUP_PEER_FAILED
-              : rv > 0 ? TLS_SETUP_PEER_RESTART
-                       : 0;
-    return failed;
+    return st.bits;
 }
 
 void tls_setup_free(void)
