@@ -34,6 +34,7 @@
 #define KB INT64_C(1024)
 #define MB (1024 * KB)
 #define GB (1024 * MB)
+#define TB (1024 * GB)
 #define MS_PER_S INT64_C(1000)
 #define MS_PER_MIN (60 * MS_PER_S)
 #define MS_PER_DAY (24 * 60 * MS_PER_MIN)
@@ -138,22 +139,21 @@ static const struct cfg_directive directives[] = {
           1000000000, IMM, "take a snapshot after this many new entries"),
     D_INT("RAFT", "raft-trailing-entries", raft_trailing_entries, "10240", 0,
           1000000000, IMM, "log entries kept behind a snapshot"),
-    D_SIZE("RAFT", "raft-snapshot-bytes", raft_snapshot_bytes, "256mb", KB,
-           1024 * GB, IMM,
+    D_SIZE("RAFT", "raft-snapshot-bytes", raft_snapshot_bytes, "256mb", KB, TB,
+           IMM,
            "take a snapshot after new entries of this many bytes (or of the "
            "last snapshot's size, if larger) at the latest"),
-    D_SIZE("RAFT", "raft-trailing-bytes", raft_trailing_bytes, "64mb", 0,
-           1024 * GB, IMM, "most bytes of log entries kept behind a snapshot"),
+    D_SIZE("RAFT", "raft-trailing-bytes", raft_trailing_bytes, "64mb", 0, TB,
+           IMM, "most bytes of log entries kept behind a snapshot"),
     D_SIZE("RAFT", "raft-max-uncommitted", raft_max_uncommitted, "64mb",
            64 * KB, 64 * GB, IMM,
            "the leader refuses writes while those it has not committed and "
            "applied yet hold this many bytes (one is always taken)"),
-    D_SIZE("RAFT", "raft-snapshot-max-size", raft_snapshot_max_size, "0", 0,
-           1024 * GB, IMM,
+    D_SIZE("RAFT", "raft-snapshot-max-size", raft_snapshot_max_size, "0", 0, TB,
+           IMM,
            "largest snapshot accepted from the leader; 0 = 4 x own data, at "
            "least 4gb"),
-    D_SIZE("RAFT", "quota-backend-bytes", quota_backend_bytes, "0", 0,
-           1024 * GB, IMM,
+    D_SIZE("RAFT", "quota-backend-bytes", quota_backend_bytes, "0", 0, TB, IMM,
            "most bytes of data stored (keys, values and 96 per key); past "
            "it only deletes are accepted (NOSPACE alarm); 0 = no quota"),
     D_INT("RAFT", "txn-max-range-keys", txn_max_range_keys, "100000", 1,
@@ -386,7 +386,9 @@ static void append_line(char *err, size_t errlen, const char *line, size_t len)
 
 static void fmt_size(int64_t v, char *buf, size_t len)
 {
-    if (v != 0 && v % GB == 0)
+    if (v != 0 && v % TB == 0)
+        snprintf(buf, len, "%" PRId64 "tb", v / TB);
+    else if (v != 0 && v % GB == 0)
         snprintf(buf, len, "%" PRId64 "gb", v / GB);
     else if (v != 0 && v % MB == 0)
         snprintf(buf, len, "%" PRId64 "mb", v / MB);
@@ -452,8 +454,8 @@ struct unit {
 };
 
 static const struct unit size_units[] = {
-    {"", 1},    {"b", 1},  {"k", KB},  {"kb", KB}, {"m", MB},
-    {"mb", MB}, {"g", GB}, {"gb", GB}, {NULL, 0},
+    {"", 1},   {"b", 1},   {"k", KB}, {"kb", KB}, {"m", MB}, {"mb", MB},
+    {"g", GB}, {"gb", GB}, {"t", TB}, {"tb", TB}, {NULL, 0},
 };
 
 static const struct unit duration_units[] = {
@@ -598,7 +600,7 @@ static int parse_value(const struct cfg_directive *d, const char *v,
                      d->type == CFG_INT    ? "must be an integer"
                      : d->type == CFG_SIZE ? "must be a size: a number of "
                                              "bytes with an optional unit "
-                                             "b, kb, mb or gb"
+                                             "b, kb, mb, gb or tb"
                                            : "must be a duration: a number "
                                              "of milliseconds with an "
                                              "optional unit ms, s or m");

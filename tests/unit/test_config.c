@@ -221,8 +221,19 @@ TEST(parse_size_units)
         CHECK_EQ_INT(set1(&c, "http-max-body", ok[i].text, err, sizeof err), 0);
         CHECK_EQ_INT(c.http_max_body, ok[i].bytes);
     }
-    const char *bad[] = {"1tb",  "1.5mb", "kb",  "-1",  "",
-                         "1 kb", "1kbb",  "mb1", "0x10"};
+    /* The limits the sample file gives as "1tb" are written that way. */
+    const char *tb[] = {"1tb", "1TB", "1t", "1024gb"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(tb); i++) {
+        CHECK_EQ_INT(set1(&c, "raft-snapshot-bytes", tb[i], err, sizeof err),
+                     0);
+        CHECK_EQ_INT(c.raft_snapshot_bytes, INT64_C(1) << 40);
+    }
+    CHECK_EQ_INT(set1(&c, "raft-snapshot-bytes", "2tb", err, sizeof err),
+                 PZ_ECONFIG);
+    CHECK_EQ_STR(err, "test: 'raft-snapshot-bytes' must be between 1kb and "
+                      "1tb: '2tb'");
+    const char *bad[] = {"1pb",  "1.5mb", "kb",  "-1",   "",
+                         "1 kb", "1kbb",  "mb1", "0x10", "1tbb"};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
         CHECK_EQ_INT(set1(&c, "http-max-body", bad[i], err, sizeof err),
                      PZ_ECONFIG);
