@@ -49,6 +49,8 @@ static struct {
     struct metrics_family compactions;                 /* no labels */
     struct metrics_family snaps;                       /* result */
     struct metrics_family snap_s;                      /* no labels */
+    struct metrics_family step_s;                      /* no labels */
+    uint64_t steps;         /* store_stats.steps seen */
     uint64_t batches;       /* store_stats.batches seen */
     uint64_t sync_batches;  /* store_stats.sync_batches seen */
     uint64_t write_ns;      /* store_stats.write_ns seen */
@@ -268,8 +270,14 @@ void node_metrics_committed(uint64_t proposed_ns)
 
 void node_metrics_compacted(void)
 {
-    if (nm.on)
-        metrics_inc(one(&nm.compactions), 1);
+    if (!nm.on)
+        return;
+    metrics_inc(one(&nm.compactions), 1);
+    struct store_stats ss;
+    NIO(store_stats, &ss);
+    if (ss.steps != nm.steps)
+        metrics_observe(one(&nm.step_s), (double)ss.last_step_ns / 1e9);
+    nm.steps = ss.steps;
 }
 
 void node_metrics_snapshot(bool ok, uint64_t started_ms)
@@ -456,6 +464,7 @@ static void render_storage(struct pz_buf *b)
               (double)fs.f_blocks * (double)fs.f_frsize);
     }
     metrics_render(b, &nm.compactions);
+    metrics_render(b, &nm.step_s);
     metrics_render(b, &nm.snaps);
     metrics_render(b, &nm.snap_s);
     gauge(b, "pyazdb_snapshot_size_bytes",
@@ -633,6 +642,12 @@ void node_metrics_init(void)
         &nm.compactions, "pyazdb_storage_compaction_steps_total",
         METRICS_COUNTER, "Log compaction steps run after a snapshot.", NULL,
         NULL, 0);
+    metrics_family_init(&nm.step_s,
+                        "pyazdb_storage_compaction_step_duration_seconds",
+                        METRICS_HISTOGRAM,
+                        "A log compaction or vacuum step after a snapshot: "
+                        "the log writes queued meanwhile wait behind it.",
+                        NULL, metrics_disk_bounds, metrics_disk_n);
     metrics_family_init(&nm.snaps, "pyazdb_snapshots_total", METRICS_COUNTER,
                         "Local snapshots finished, by result.", lbl_result,
                         NULL, 0);
@@ -642,21 +657,11 @@ void node_metrics_init(void)
                         "file.",
                         NULL, metrics_latency_bounds, metrics_latency_n);
     /* Zero-valued series exist from the start, so rate() has a base. */
-    struct metrics_family *plain[] = {&nm.leader_changes,
-                                      &nm.elections,
-                                      &nm.read_rounds,
-                                      &nm.proposals,
-                                      &nm.proposals_failed,
-                                      &nm.applied,
-                                      &nm.write_s,
-                                      &nm.fsync_s,
-                                      &nm.ckpt_s,
-                                      &nm.batch,
-                                      &nm.queue_s,
-                                      &nm.handback_s,
-                                      &nm.commit_s,
-                                      &nm.compactions,
-                                      &nm.snap_s};
+    struct metrics_family *plain[] = {
+        &nm.leader_changes,   &nm.elections,   &nm.read_rounds, &nm.proposals,
+        &nm.proposals_failed, &nm.applied,     &nm.write_s,     &nm.fsync_s,
+        &nm.ckpt_s,           &nm.batch,       &nm.queue_s,     &nm.handback_s,
+        &nm.commit_s,         &nm.compactions, &nm.step_s,      &nm.snap_s};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(plain); i++)
         one(plain[i]);
     stats_add_collector(collect, NULL);

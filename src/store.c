@@ -839,6 +839,10 @@ static void finish_batch(struct store *s, struct batch *b)
         memcpy(s->errmsg, b->err, sizeof s->errmsg);
         return;
     }
+    if ((b->compact || b->vacuum) && b->queued_ns) {
+        s->stats.steps++;
+        s->stats.last_step_ns = b->done_ns - b->start_ns;
+    }
     if (b->compact_ns)
         s->compact_level =
             step_resize(s, b->compact_level, COMPACT_LEVELS, b->compact_ns);

@@ -123,6 +123,10 @@ struct store_stats {
                                     store_write_sync) */
     uint64_t sync_batches;       /* batches written by the caller's
                                     thread (store_write_sync) */
+    uint64_t steps;              /* compaction and vacuum steps run */
+    uint64_t last_step_ns;       /* the latest one's time on the worker:
+                                    what the log writes queued behind it
+                                    waited */
     uint64_t failures;           /* failed writes (at most 1: fail-stop) */
     uint64_t nospace;            /* writes refused for lack of space (each
                                     rolled back whole; may be retried) */

@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 from test_cluster import put, get
+from test_metrics import parse, scrape, value as metric
 
 def db_bytes(node):
     data = node.conf["raft-data"]
@@ -60,6 +61,14 @@ def test_raft_db_shrinks_after_compaction(servers):
         time.sleep(0.2)
     size = db_bytes(s)
     assert size < 4_500_000, f"raft.db and WAL still {size} bytes (peak {peak})"
+    # every step was timed, once: the writes behind it waited that long
+    m = parse(scrape(s))
+    steps = metric(m, "pyazdb_storage_compaction_steps_total")
+    assert steps >= 2, steps
+    assert metric(m, "pyazdb_storage_compaction_step_duration_seconds_count") \
+        == steps
+    took = metric(m, "pyazdb_storage_compaction_step_duration_seconds_sum")
+    assert 0 < took < 30, took
     # and the state is whole, across a restart
     s.stop()
     s.start()
