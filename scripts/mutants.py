@@ -431,6 +431,11 @@ MUTATIONS = [
       "",
       ["py:test_log_space.py::test_raft_db_shrinks_after_compaction"],
       "compaction steps missing from their duration histogram"),
+    M("tls_reason_is_the_library", "src/tls.c",
+      "        if (cause == NULL && !names_a_library(r))",
+      "        if (!names_a_library(r) || r != NULL)",
+      ["py:test_tls.py::test_reload_certificates"],
+      "a TLS file refused as 'PEM lib', OpenSSL's last reason"),
     # --- configuration ------------------------------------------------------
     M("config_max_unchecked", "src/config.c",
       "        if (rc == -2 || out->i < d->min || out->i > d->max) {",

@@ -55,16 +55,55 @@ int tls_parse_client_auth(const char *s)
     return -1;
 }
 
-/* The last OpenSSL error as one line ("" when none), and clear the queue. */
+/* Whether an OpenSSL reason only names the library that failed ("PEM
+ * lib", "system lib"): OpenSSL queues one of those on top of the cause. */
+static bool names_a_library(const char *r)
+{
+    size_t n = strlen(r);
+    return n >= 4 && strcmp(r + n - 4, " lib") == 0;
+}
+
+/* OpenSSL's reason for the failure as one line ("" when none), and clear
+ * the queue: the earliest reason that says what went wrong ("no start
+ * line" for a file that holds no PEM data), not the library names
+ * queued above it. */
 static void last_error(char *buf, size_t len)
 {
-    unsigned long e = ERR_peek_last_error();
-    buf[0] = '\0';
-    if (e != 0) {
+    const char *first = NULL, *cause = NULL;
+    bool any = false;
+    unsigned long e;
+    while ((e = ERR_get_error()) != 0) {
+        any = true;
         const char *r = ERR_reason_error_string(e);
-        snprintf(buf, len, "%s", r ? r : "TLS error");
+        if (r == NULL)
+            continue;
+        if (first == NULL)
+            first = r;
+        if (cause == NULL && !names_a_library(r))
+            cause = r;
     }
-    ERR_clear_error();
+    buf[0] = '\0';
+    const char *r = cause ? cause : first;
+    if (r) {
+        /* OpenSSL's words for the usual mistakes, in plain ones (its own
+         * kept, for a search). */
+        static const char *const plain[][2] = {
+            {"no start line", "no PEM data in the file"},
+            {"bad end line", "the PEM data is cut short or damaged"},
+            {"bad base64 decode", "the PEM data is damaged"},
+            {"unsupported", "no key in a format OpenSSL reads"},
+            {"key values mismatch", "the key is not the certificate's"},
+        };
+        const char *say = NULL;
+        for (size_t i = 0; i < PZ_ARRAY_SIZE(plain); i++)
+            if (strcmp(r, plain[i][0]) == 0)
+                say = plain[i][1];
+        if (say)
+            snprintf(buf, len, "%s (%s)", say, r);
+        else
+            snprintf(buf, len, "%s", r);
+    } else if (any)
+        snprintf(buf, len, "TLS error");
 }
 
 /* ALPN: the server takes its one protocol when the client offers it and
