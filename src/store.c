@@ -825,6 +825,11 @@ static unsigned step_resize(const struct store *s, unsigned level,
 static void finish_batch(struct store *s, struct batch *b)
 {
     count_ckpt(s, &b->ckpt);
+    if ((b->compact || b->vacuum) && b->queued_ns) {
+        /* A step, rolled back or not, held the writer that long. */
+        s->stats.steps++;
+        s->stats.last_step_ns = b->done_ns - b->start_ns;
+    }
     if (b->rc == PZ_ENOSPC) {
         /* SQLite rolled the transaction back whole (run_batch's
          * rollback): nothing of it is stored and the file is as it was,
@@ -838,10 +843,6 @@ static void finish_batch(struct store *s, struct batch *b)
         s->stats.failures++;
         memcpy(s->errmsg, b->err, sizeof s->errmsg);
         return;
-    }
-    if ((b->compact || b->vacuum) && b->queued_ns) {
-        s->stats.steps++;
-        s->stats.last_step_ns = b->done_ns - b->start_ns;
     }
     if (b->compact_ns)
         s->compact_level =
