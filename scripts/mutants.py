@@ -436,6 +436,17 @@ MUTATIONS = [
       "        if (!names_a_library(r) || r != NULL)",
       ["py:test_tls.py::test_reload_certificates"],
       "a TLS file refused as 'PEM lib', OpenSSL's last reason"),
+    M("tls_asks_for_a_passphrase", "src/tls.c",
+      "    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);",
+      "    (void)no_passphrase;",
+      ["py:test_tls.py::test_encrypted_key_refused_without_asking"],
+      "an encrypted key's passphrase asked for on the terminal: the loop "
+      "waits"),
+    M("tls_reason_hides_errno", "src/tls.c",
+      "        if (ERR_SYSTEM_ERROR(e)) {",
+      "        if (ERR_SYSTEM_ERROR(e) && e == 0) {",
+      ["py:test_tls.py::test_bad_files_refused_at_start"],
+      "a missing TLS file refused as 'system lib', not 'No such file'"),
     # --- configuration ------------------------------------------------------
     M("config_max_unchecked", "src/config.c",
       "        if (rc == -2 || out->i < d->min || out->i > d->max) {",

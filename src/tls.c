@@ -71,9 +71,15 @@ static void last_error(char *buf, size_t len)
 {
     const char *first = NULL, *cause = NULL;
     bool any = false;
+    int sys = 0; /* the errno of a failed open or read, the cause */
     unsigned long e;
     while ((e = ERR_get_error()) != 0) {
         any = true;
+        if (ERR_SYSTEM_ERROR(e)) {
+            if (sys == 0)
+                sys = ERR_GET_REASON(e);
+            continue;
+        }
         const char *r = ERR_reason_error_string(e);
         if (r == NULL)
             continue;
@@ -84,7 +90,9 @@ static void last_error(char *buf, size_t len)
     }
     buf[0] = '\0';
     const char *r = cause ? cause : first;
-    if (r) {
+    if (sys != 0) {
+        snprintf(buf, len, "%s", strerror(sys));
+    } else if (r) {
         /* OpenSSL's words for the usual mistakes, in plain ones (its own
          * kept, for a search). */
         static const char *const plain[][2] = {
@@ -93,6 +101,12 @@ static void last_error(char *buf, size_t len)
             {"bad base64 decode", "the PEM data is damaged"},
             {"unsupported", "no key in a format OpenSSL reads"},
             {"key values mismatch", "the key is not the certificate's"},
+            {"bad decrypt",
+             "the key is encrypted: give it without a passphrase"},
+            {"bad password read",
+             "the key is encrypted: give it without a passphrase"},
+            {"problems getting password",
+             "the key is encrypted: give it without a passphrase"},
         };
         const char *say = NULL;
         for (size_t i = 0; i < PZ_ARRAY_SIZE(plain); i++)
@@ -155,6 +169,18 @@ static bool not_special(const char *path)
     return fd != PZ_EINVAL;
 }
 
+/* The passphrase of an encrypted key: none. Without this callback
+ * OpenSSL asks for it on the terminal, which would hold the start, or the
+ * loop on SIGHUP, until someone typed; such a key is refused instead. */
+static int no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    PZ_UNUSED(buf);
+    PZ_UNUSED(size);
+    PZ_UNUSED(rwflag);
+    PZ_UNUSED(arg);
+    return 0;
+}
+
 static int build_ctx(SSL_CTX **out, const struct tls_opts *o, char *err,
                      size_t errlen)
 {
@@ -167,6 +193,7 @@ static int build_ctx(SSL_CTX **out, const struct tls_opts *o, char *err,
         snprintf(err, errlen, "cannot make a TLS context: %s", why);
         return PZ_ENOMEM;
     }
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);

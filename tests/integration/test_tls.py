@@ -3,6 +3,7 @@ certificates, with real clients: curl, Python's ssl and grpcio, and
 `openssl s_client`. The certificates are made in a fixture by the openssl
 command line (scripts/make-certs.sh, and openssl under faketime for an
 expired one)."""
+import fcntl
 import http.client
 import json
 import os
@@ -12,13 +13,14 @@ import signal
 import socket
 import ssl
 import subprocess
+import termios
 import time
 
 import grpc
 import pytest
 
 import grpc_helpers as gh
-from conftest import ROOT
+from conftest import ROOT, SERVER
 from test_hostile_clients import ENV as HOSTILE_ENV
 from test_hostile_clients import read_answers_kept_open, rss_mb
 
@@ -557,12 +559,77 @@ def test_bad_files_refused_at_start(servers, pki, tmp_path):
                       "tls-key-file": pki["node1.key"]}, start=False)
     s.start(wait=False)
     assert s.wait_exit() == 1
-    assert "TLS on http: cannot load" in s.read_log()
+    assert ("TLS on http: cannot load " + str(bad) +
+            ": no PEM data in the file (no start line)") in s.read_log()
+    # a file not there: the system's reason, not OpenSSL's "system lib"
+    gone = str(tmp_path / "gone.key")
+    s3 = servers(name="node3", conf={"tls-cert-file": pki["node1.crt"],
+                                     "tls-key-file": gone}, start=False)
+    s3.start(wait=False)
+    assert s3.wait_exit() == 1
+    assert "cannot load " + gone + ": No such file or directory" \
+        in s3.read_log()
     s2 = servers(name="node2", conf={"tls-cert-file": pki["node1.crt"]},
                  start=False)
     s2.start(wait=False)
     assert s2.wait_exit() == 1
     assert "must be set together" in s2.read_log()
+
+
+def start_on_a_terminal(s):
+    """Start s with a terminal of its own (a pty as its controlling
+    terminal, as a server started by hand has), where OpenSSL asks for an
+    encrypted key's passphrase unless told not to. Returns the pty's
+    master side, which nothing ever types into."""
+    master, slave = os.openpty()
+
+    def own_terminal():
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    s.log = open(s.log_path, "ab")
+    s.proc = subprocess.Popen([SERVER, s.conf_path] + s.args, stdin=slave,
+                              stdout=s.log, stderr=s.log, env=s.env,
+                              preexec_fn=own_terminal)
+    s.proc.pz_signals = set()
+    s.proc.pz_waited = False
+    s.procs.append(s.proc)
+    os.close(slave)
+    return master
+
+
+def test_encrypted_key_refused_without_asking(servers, pki, tmp_path):
+    """A passphrase-protected key is refused at once, on SIGHUP and at
+    start, also by a server with a terminal: OpenSSL would ask for the
+    passphrase there and wait, holding the whole loop."""
+    enc = str(tmp_path / "enc.key")
+    r = subprocess.run(["openssl", "pkey", "-in", pki["node1.key"],
+                        "-aes256", "-passout", "pass:secret", "-out", enc],
+                       capture_output=True)
+    assert r.returncode == 0, r.stderr
+    live = str(tmp_path / "live.key")
+    shutil.copy(pki["node1.key"], live)
+    s = servers(conf=dict(tls_conf(pki), **{"tls-key-file": live}),
+                start=False)
+    s.ssl_context = client_ctx(pki)
+    master = start_on_a_terminal(s)
+    try:
+        s.wait_ready()
+        shutil.copy(enc, live)
+        s.signal(signal.SIGHUP)
+        assert gh.wait_for(lambda: "cannot load " + live + ": the key is "
+                           "encrypted: give it without a passphrase"
+                           in s.read_log()), s.read_log()
+        assert s.request("GET", "/health", timeout=3)[0] == 200
+        assert s.stop() == 0
+    finally:
+        os.close(master)
+    master = start_on_a_terminal(s)
+    try:
+        assert s.wait_exit(10) == 1
+    finally:
+        os.close(master)
+    assert s.read_log().count("the key is encrypted") >= 2
 
 
 @pytest.fixture(scope="module")
