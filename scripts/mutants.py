@@ -447,6 +447,12 @@ MUTATIONS = [
       "        if (ERR_SYSTEM_ERROR(e) && e == 0) {",
       ["py:test_tls.py::test_bad_files_refused_at_start"],
       "a missing TLS file refused as 'system lib', not 'No such file'"),
+    M("stranger_address_dialed_anywhere", "src/transport.c",
+      "        (!stranger || addr_on_source(in->c, hs->raft_addr)))",
+      "        (!stranger || addr_on_source(in->c, hs->raft_addr) || 1))",
+      ["py:test_hostile_peers.py::"
+       "test_stranger_cannot_make_the_node_dial_elsewhere"],
+      "a stranger makes the node connect to any address it names"),
     # --- configuration ------------------------------------------------------
     M("config_max_unchecked", "src/config.c",
       "        if (rc == -2 || out->i < d->min || out->i > d->max) {",

@@ -25,6 +25,7 @@
  * them. */
 #include "transport.h"
 
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -876,6 +877,34 @@ static void redial_now(struct transport *t, uint64_t id)
         p->state = PEER_IDLE;
 }
 
+/* Whether addr, the raft address a dialer gives for itself, is on the
+ * host its connection c comes from. The address of a dialer that is not
+ * in the configuration is dialed back only then: anyone who reaches the
+ * port could otherwise make the node open connections to any host and
+ * port it can reach, one per handshake. */
+static bool addr_on_source(struct conn *c, const char *addr)
+{
+    char host[64];
+    int port;
+    if (pz_split_hostport(addr, host, sizeof host, &port) != 0)
+        return false;
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return false;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1) {
+        if (ss.ss_family == AF_INET)
+            return memcmp(&((struct sockaddr_in *)&ss)->sin_addr, &a4, 4) == 0;
+        const struct in6_addr *p = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        return ss.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(p) &&
+               memcmp(p->s6_addr + 12, &a4, 4) == 0;
+    }
+    return inet_pton(AF_INET6, host, &a6) == 1 && ss.ss_family == AF_INET6 &&
+           memcmp(&((struct sockaddr_in6 *)&ss)->sin6_addr, &a6, 16) == 0;
+}
+
 static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
 {
     if (in->c->tls && !cert_names(in->t, in->c, hs->name, hs->node_id)) {
@@ -999,8 +1028,10 @@ static void in_handshake(struct inbound *in, const struct raft_handshake *hs)
     }
     /* What a dialer says of itself counts only for an id the owner has no
      * configured address for (it is joining, or the dialer is not in its
-     * configuration yet), so that it can answer. */
-    if (t->cfg.on_peer_info && kind != TRANSPORT_PEER_MEMBER)
+     * configuration yet), so that it can answer; a stranger's address,
+     * only on the host it dials from. */
+    if (t->cfg.on_peer_info && kind != TRANSPORT_PEER_MEMBER &&
+        (!stranger || addr_on_source(in->c, hs->raft_addr)))
         t->cfg.on_peer_info(t->cfg.data, hs->node_id, false, in->name,
                             hs->raft_addr, "", "");
     in->peer_id = hs->node_id;

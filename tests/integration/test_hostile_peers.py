@@ -119,6 +119,63 @@ def test_stranger_learns_nothing_and_gets_nothing(servers):
     still_whole(nodes)
 
 
+def count_dials(host, port, hits, stop):
+    """Counts the connections made to host:port until stop is set."""
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((host, port))
+    ls.listen(16)
+    ls.settimeout(0.1)
+    while not stop.is_set():
+        try:
+            c, _ = ls.accept()
+        except socket.timeout:
+            continue
+        hits[port] = hits.get(port, 0) + 1
+        c.close()
+    ls.close()
+
+
+def test_stranger_cannot_make_the_node_dial_elsewhere(servers):
+    """A dialer that is not a member has its Raft address dialed back (so
+    that the node can answer it) only on the host it connects from: naming
+    another host makes the node connect nowhere (it used to connect there,
+    once per handshake, to any address the dialer named)."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    vid, cid = rw.identity(victim)
+    elsewhere, own = free_port(), free_port()
+    hits, stop = {}, threading.Event()
+    threads = [threading.Thread(target=count_dials, args=a, daemon=True)
+               for a in (("127.0.0.2", elsewhere, hits, stop),
+                         ("127.0.0.1", own, hits, stop))]
+    for t in threads:
+        t.start()
+    try:
+        def stranger(node_id, addr, until):
+            p = rw.Peer(victim.raft_port)  # from 127.0.0.1
+            r = p.handshake(node_id=node_id, cluster_id=cid, raft_addr=addr)
+            assert r is not None and r.status == rw.OK, r
+            deadline = time.time() + 3
+            while time.time() < deadline and not until():
+                # a stale Pre-Vote: the node answers it, to the dialer
+                p.message(type=rw.PREVOTE, term=1, to=vid,
+                          **{"from": node_id})
+                time.sleep(0.05)
+            p.close()
+        for i in range(5):
+            stranger(0xdead0000 + i, f"127.0.0.2:{elsewhere}", lambda: False)
+        # the dialer's own host is still answered (a node joining)
+        stranger(0xdead0100, f"127.0.0.1:{own}", lambda: hits.get(own))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert hits.get(elsewhere, 0) == 0, hits
+    assert hits.get(own, 0) >= 1, hits
+    still_whole(nodes)
+
+
 def impostor(nodes, victim, claim):
     """A connection to victim's Raft port accepted under the node id of
     member `claim` (possible without a token). Its link replaces the real
