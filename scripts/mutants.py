@@ -453,6 +453,12 @@ MUTATIONS = [
       ["py:test_hostile_peers.py::"
        "test_stranger_cannot_make_the_node_dial_elsewhere"],
       "a stranger makes the node connect to any address it names"),
+    M("peer_failures_always_warn", "src/transport.c",
+      "                      : loud_level(p->t, &p->t->out_loud,",
+      "                      : PZ_LOG_WARNING | 0 * loud_level(p->t, &p->t->out_loud,",
+      ["py:test_hostile_peers.py::"
+       "test_strangers_answered_cannot_flood_the_log"],
+      "every failed dial to a stranger logged as a warning"),
     # --- configuration ------------------------------------------------------
     M("config_max_unchecked", "src/config.c",
       "        if (rc == -2 || out->i < d->min || out->i > d->max) {",

@@ -50,7 +50,7 @@
 #define REPLY_MAX 4096          /* handshake frames (either way): names,
                                    a token and addresses fit in 1.3 KiB */
 #define SWEEP_MS 250            /* handshake deadline check period */
-#define LOUD_BURST 10           /* inbound problems logged as warnings */
+#define LOUD_BURST 10           /* connection problems logged as warnings */
 #define LOUD_WINDOW_MS 60000    /* ... per this window, then at debug */
 #define SCRATCH_KEEP (4u << 20) /* encode buffer kept between sends */
 #define NAME_LOG 64             /* bytes of a peer name kept for logs */
@@ -93,6 +93,13 @@ struct peer {
 };
 
 /* State of one accepted connection. */
+/* A budget of warnings (loud_level). */
+struct loud {
+    uint64_t start; /* uv_now() the log window began */
+    unsigned n;     /* warnings in the window so far */
+    unsigned quiet; /* lines logged at debug instead */
+};
+
 struct inbound {
     struct pz_queue q;           /* in t->inbound */
     struct transport *t;         /* owner */
@@ -135,9 +142,8 @@ struct transport {
     size_t n_strangers;          /* accepted inbound from unknown ids */
     size_t stranger_in;          /* partial-frame bytes they hold */
     uv_timer_t sweep;            /* closes handshakes past their deadline */
-    uint64_t loud_start;         /* uv_now() the log window began */
-    unsigned loud_n;             /* warnings in the window so far */
-    unsigned quiet_n;            /* lines logged at debug instead */
+    struct loud in_loud;         /* inbound problems' warnings */
+    struct loud out_loud;        /* our dials' first failures' */
     bool closing;                /* transport_close called */
     size_t closing_handles;      /* uv_close callbacks still to come */
     uv_timer_t fin[2];           /* never started; closed last to free */
@@ -305,6 +311,7 @@ static void schedule_retry(struct peer *p)
 
 /* The attempt or the link failed: log (loudly the first time in a row),
  * drop the connection and retry later. */
+static int loud_level(struct transport *t, struct loud *l, const char *what);
 static void peer_fail(struct peer *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void peer_fail(struct peer *p, const char *fmt, ...)
@@ -314,7 +321,9 @@ static void peer_fail(struct peer *p, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
-    pz_log(p->failing ? PZ_LOG_DEBUG : PZ_LOG_WARNING,
+    pz_log(p->failing ? PZ_LOG_DEBUG
+                      : loud_level(p->t, &p->t->out_loud,
+                                   "outbound connection problems"),
            "raft: peer %" PRIu64 " at %s: %s", p->id, p->addr, why);
     p->failing = true;
     bool was_ready = peer_drop_conn(p);
@@ -659,28 +668,33 @@ static const struct conn_ops in_ops = {
     .on_close = in_close,
 };
 
-/* Inbound problems are logged as warnings LOUD_BURST times per
+/* Connection problems are logged as warnings LOUD_BURST times per
  * LOUD_WINDOW_MS, then at debug level, so a dialer that keeps failing (or
- * many of them) cannot flood the log; a summary says how many went
- * quiet. */
-static int inbound_level(struct transport *t)
+ * many of them), or strangers whose addresses we dial to answer them,
+ * cannot flood the log; a summary says how many went quiet. */
+static int loud_level(struct transport *t, struct loud *l, const char *what)
 {
     uint64_t now = uv_now(t->loop);
-    if (now - t->loud_start >= LOUD_WINDOW_MS) {
-        if (t->quiet_n > 0)
-            pz_warn("raft: %u more inbound connection problems in the last "
-                    "%d s were logged at debug level",
-                    t->quiet_n, LOUD_WINDOW_MS / 1000);
-        t->loud_start = now;
-        t->loud_n = 0;
-        t->quiet_n = 0;
+    if (now - l->start >= LOUD_WINDOW_MS) {
+        if (l->quiet > 0)
+            pz_warn("raft: %u more %s in the last %d s were logged at debug "
+                    "level",
+                    l->quiet, what, LOUD_WINDOW_MS / 1000);
+        l->start = now;
+        l->n = 0;
+        l->quiet = 0;
     }
-    if (t->loud_n < LOUD_BURST) {
-        t->loud_n++;
+    if (l->n < LOUD_BURST) {
+        l->n++;
         return PZ_LOG_WARNING;
     }
-    t->quiet_n++;
+    l->quiet++;
     return PZ_LOG_DEBUG;
+}
+
+static int inbound_level(struct transport *t)
+{
+    return loud_level(t, &t->in_loud, "inbound connection problems");
 }
 
 /* The handshake is over, one way or another: no longer counted among
@@ -1253,7 +1267,7 @@ struct transport *transport_new(uv_loop_t *loop,
     }
     uv_timer_init(loop, &t->sweep);
     t->sweep.data = t;
-    t->loud_start = uv_now(loop);
+    t->in_loud.start = t->out_loud.start = uv_now(loop);
     int rv = conn_listen(&t->ls, t->listen_addr, &in_ops, "raft",
                          t->cfg.max_inbound, err, errlen);
     if (rv < 0) {

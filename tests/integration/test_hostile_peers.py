@@ -176,6 +176,30 @@ def test_stranger_cannot_make_the_node_dial_elsewhere(servers):
     still_whole(nodes)
 
 
+def test_strangers_answered_cannot_flood_the_log(servers):
+    """Strangers that each name a closed port on their own host make the
+    node fail one dial for each: ten such failures a minute are warnings
+    at most, the rest go to debug level (each used to be a warning)."""
+    nodes, leader = cluster_with_data(servers)
+    victim = follower_of(nodes, leader)
+    vid, cid = rw.identity(victim)
+    closed = free_port()  # nothing listens there
+    for i in range(30):
+        p = rw.Peer(victim.raft_port)
+        r = p.handshake(node_id=0xfeed0000 + i, cluster_id=cid,
+                        raft_addr=f"127.0.0.1:{closed}")
+        assert r is not None and r.status == rw.OK, r
+        p.message(type=rw.PREVOTE, term=1, to=vid,
+                  **{"from": 0xfeed0000 + i})
+        time.sleep(0.1)
+        p.close()
+    time.sleep(0.5)
+    warned = [line for line in victim.read_log().splitlines()
+              if f"at 127.0.0.1:{closed}:" in line and " W raft: peer " in line]
+    assert 1 <= len(warned) <= 10, warned
+    still_whole(nodes)
+
+
 def impostor(nodes, victim, claim):
     """A connection to victim's Raft port accepted under the node id of
     member `claim` (possible without a token). Its link replaces the real
