@@ -570,6 +570,7 @@ def http_vs_redis(tmp, pz, taken, dur, reps):
     seconds at its last run's rate (a first short run, not counted, gives
     the first rate)."""
     def wrk_run(i):
+        nonlocal snaps
         now = wait_for(pz._leader, 30, "PyazDB leader")
         if now is not pz.leader:
             log("   note: PyazDB's leader changed before this run")
@@ -596,7 +597,7 @@ def http_vs_redis(tmp, pz, taken, dur, reps):
                              r.stderr)
         # distinct keys grow the table: the snapshots the run went through
         if http_json(f"{base}/status")["snapshot_index"] != snap0:
-            snaps[0] += 1
+            snaps += 1
         return float(m.group(1))
 
     port = free_port(taken)
@@ -622,7 +623,7 @@ def http_vs_redis(tmp, pz, taken, dur, reps):
         return float(found[-1]), time.monotonic() - t0
 
     cal, _ = redis_run(20000)
-    snaps = [0]  # PyazDB runs the leader took a snapshot in
+    snaps = 0  # PyazDB runs the leader took a snapshot in
     pz_rps, rd_rps, rd_secs, rd_n = [], [], [], []
     for i in range(reps):
         pz_rps.append(wrk_run(i))
@@ -638,7 +639,7 @@ def http_vs_redis(tmp, pz, taken, dur, reps):
             "redis_set_50_fsync_always": statistics.median(rd_rps),
             "pyazdb_runs": pz_rps, "redis_runs": rd_rps,
             "redis_requests": rd_n, "redis_secs": rd_secs,
-            "wrk_secs": dur, "pyazdb_runs_with_snapshot": snaps[0]}
+            "wrk_secs": dur, "pyazdb_runs_with_snapshot": snaps}
 
 
 def check_perf(sysm):

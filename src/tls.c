@@ -67,7 +67,7 @@ static bool names_a_library(const char *r)
  * the queue: the earliest reason that says what went wrong ("no start
  * line" for a file that holds no PEM data), not the library names
  * queued above it. */
-static void last_error(char *buf, size_t len)
+static void openssl_reason(char *buf, size_t len)
 {
     const char *first = NULL, *cause = NULL;
     bool any = false;
@@ -189,7 +189,7 @@ static int build_ctx(SSL_CTX **out, const struct tls_opts *o, char *err,
     SSL_CTX *ctx =
         SSL_CTX_new(o->server ? TLS_server_method() : TLS_client_method());
     if (ctx == NULL) {
-        last_error(why, sizeof why);
+        openssl_reason(why, sizeof why);
         snprintf(err, errlen, "cannot make a TLS context: %s", why);
         return PZ_ENOMEM;
     }
@@ -266,7 +266,7 @@ static int build_ctx(SSL_CTX **out, const struct tls_opts *o, char *err,
     *out = ctx;
     return 0;
 fail:
-    last_error(why, sizeof why);
+    openssl_reason(why, sizeof why);
     snprintf(err, errlen, "cannot load %s: %s", file[0] ? file : "(none)",
              why[0] ? why : "unreadable");
     SSL_CTX_free(ctx);
@@ -393,7 +393,7 @@ static int on_ssl_error(struct tls_conn *t, int ret)
     }
     t->failed = true;
     char why[128];
-    last_error(why, sizeof why);
+    openssl_reason(why, sizeof why);
     long vr = SSL_get_verify_result(t->ssl);
     if (vr != X509_V_OK)
         snprintf(t->err, sizeof t->err, "%s (certificate: %s)",
