@@ -8,7 +8,10 @@
 # and the p99 latency of requests served meanwhile; the snapshot file and
 # the SQLite database sizes against the raw data size; the restart time of
 # a follower (start to /health, then to caught up); the time for a new
-# node joining through mandi to catch up by InstallSnapshot. Loopback only.
+# node joining through mandi to catch up by InstallSnapshot, and the longest
+# its loop kept a client waiting meanwhile (GET /health?serializable=true
+# every 20 ms: the file's check and load must not hold the loop). Loopback
+# only.
 set -eu
 cd "$(dirname "$0")/.."
 KEYS=${1:-1000000}
@@ -141,5 +144,28 @@ src/pyazdb-server --node-id node4 --raft-data "$tmp/node4" \
 bench_pids="$bench_pids $!"
 fhp=$nh
 until curl -sf "http://127.0.0.1:$fhp/health" >/dev/null 2>&1; do sleep 0.02; done
+# The new node's answers while it catches up: the slowest is how long its
+# loop was held (a snapshot loaded on the loop held it as long as the load).
+/usr/bin/python3 - "$nh" "$tmp/probe.stop" >"$tmp/probe.out" <<'PY' &
+import http.client, os, sys, time
+port, stop = int(sys.argv[1]), sys.argv[2]
+worst, n, slow = 0.0, 0, 0
+while not os.path.exists(stop):
+    t = time.monotonic()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("GET", "/health?serializable=true")
+        c.getresponse().read()
+        c.close()
+    except OSError:
+        pass
+    d = time.monotonic() - t
+    worst, n, slow = max(worst, d), n + 1, slow + (d > 0.2)
+    time.sleep(0.02)
+print(f"{n} requests, slowest {worst * 1000:.0f} ms, {slow} over 200 ms")
+PY
+probe=$!
 caught_up; t1=$(now_ms)
+touch "$tmp/probe.stop"; wait "$probe" || true
 echo "new node caught up in $((t1 - t0)) ms, join polling included ($(grep -c 'installed snapshot' "$tmp/node4.log") snapshot installed)"
+echo "its answers to a client meanwhile: $(cat "$tmp/probe.out")"

@@ -338,6 +338,29 @@ MUTATIONS = [
       "a received snapshot is renamed into place and installed without an "
       "fsync: a power cut leaves the log compacted behind a file that is "
       "not there"),
+    M("snapshot_loaded_on_the_loop", "src/node_io_uv.c",
+      "    int rc = uv_queue_work(io.loop, &w->req, snap_load_work, "
+      "snap_load_after);",
+      "    int rc = (snap_load_work(&w->req), snap_load_after(&w->req, 0), 0);",
+      ["py:test_snapshot.py::"
+       "test_received_snapshot_loads_while_the_node_serves"],
+      "a received snapshot is loaded on the loop: no client or peer is "
+      "served until a large table is in memory"),
+    M("install_dropped_during_load", "src/node_snapshot.c",
+      "    if (m->type != RAFT_MSG_INSTALL_SNAPSHOT || nd->rx_load == NULL ||",
+      "    if (true || nd->rx_load == NULL ||",
+      ["py:test_snapshot.py::"
+       "test_received_snapshot_loads_while_the_node_serves"],
+      "the leader's INSTALL_SNAPSHOT that comes while its file loads is "
+      "dropped: the install waits for the leader's timeout and a second "
+      "transfer"),
+    M("appends_refused_during_load", "src/node.c",
+      "    if (m->type == RAFT_MSG_APPEND && nd->rx_load) {",
+      "    if (m->type == RAFT_MSG_APPEND && nd->rx_load && false) {",
+      ["py:test_snapshot.py::"
+       "test_received_snapshot_loads_while_the_node_serves"],
+      "a follower loading a received snapshot refuses the leader's probes, "
+      "and the leader sends the whole file again at every heartbeat"),
     # --- tokens and sizes -------------------------------------------------
     M("bearer_prefix_accepted", "src/httpd.c",
       "           pz_token_equal(token, strlen(token), h, n);",

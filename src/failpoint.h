@@ -12,12 +12,17 @@
  *   PYAZDB_FAILPOINT=name:stop   raise(SIGSTOP): the process freezes there so
  *                                a test can look at the files and then kill
  *                                it (SIGKILL) at a known point
+ *   PYAZDB_FAILPOINT=name:sleep=MS  the calling thread sleeps MS
+ *                                milliseconds (0 to 600000), logging
+ *                                nothing, then goes on: a slow step (a
+ *                                large snapshot's load) on demand
  *
  * Points defined so far: snapshot-mid-write, snapshot-before-rename,
  * snapshot-after-rename, install-mid (snapshot.c); before-log-truncate,
  * after-log-truncate, install-received, install-applied, restore-created,
  * restore-hard-state, restore-compacted, restore-clearing
- * (node_snapshot.c); install-stored (node.c).
+ * (node_snapshot.c); install-stored (node.c); install-loading (node_io_uv.c,
+ * on the thread pool, before a received file is checked and loaded).
  *
  * Safe to call in a child between fork() and _exit() (it allocates
  * nothing; the log line goes through pz_log). */
@@ -33,7 +38,7 @@
  * otherwise return. */
 void pz_failpoint(const char *name);
 
-/* True if PYAZDB_FAILPOINT names `name` (with or without ":stop"). */
+/* True if PYAZDB_FAILPOINT names `name` (with or without a mode). */
 bool pz_failpoint_armed(const char *name);
 
 #endif

@@ -774,12 +774,23 @@ static const char *on_recv(void *data, const struct raft_msg *m)
     if (nospace_frozen())
         return NULL; /* out of space: as if paused (see frozen) */
     if (!snaps_install_ready(m)) {
+        if (snaps_install_later(m))
+            return NULL; /* its file loads: the core gets it then */
         /* its file did not arrive whole: the leader retries */
         pz_debug("raft: INSTALL_SNAPSHOT %llu/%llu from node %llu without "
                  "its file: ignored",
                  (unsigned long long)m->snap_index,
                  (unsigned long long)m->snap_term,
                  (unsigned long long)m->from);
+        return NULL;
+    }
+    if (m->type == RAFT_MSG_APPEND && nd->rx_load) {
+        /* A received snapshot loads, past the end of this node's log: the
+         * core would refuse the APPEND (or the leader's probe) for the
+         * gap, and the leader send the whole file again at once, every
+         * heartbeat until the load ends. Dropped, as if lost: the leader
+         * probes again at its next heartbeat, and that one goes through
+         * once the table is installed. Heartbeats still count. */
         return NULL;
     }
     const char *refused = snaps_install_refused(m);
@@ -806,6 +817,11 @@ static const char *on_recv(void *data, const struct raft_msg *m)
             snaps_got_drop();
     }
     return NULL;
+}
+
+const char *core_on_recv(const struct raft_msg *m)
+{
+    return on_recv(NULL, m);
 }
 
 /* What this node promises a leader (raft_config.lease_ns): it refuses

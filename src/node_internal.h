@@ -253,6 +253,11 @@ struct node {
     uint64_t rx_total;           /* its announced size */
     uint64_t rx_leader_term;     /* the term its leader sends it in */
     uint64_t rx_last_ms;         /* io now() of its last chunk */
+    struct node_snap_load *rx_load; /* rx whole, being checked and loaded
+                                       off the loop (snap_load) */
+    struct pz_buf rx_install;       /* its INSTALL_SNAPSHOT if one came
+                                       meanwhile (a whole frame), for when
+                                       it is loaded; empty: none */
     uint64_t got_index, got_term;/* verified received file, not installed */
     struct kv *got_kv;           /* that file, loaded (the check loads) */
     uint8_t *got_conf;           /* its configuration, encoded again */
@@ -289,6 +294,9 @@ void core_reads_check_applied(void);
  * any leader is known, the rest once it can take them
  * (members_leader_told). */
 void core_leader_waits_wake(void);
+/* A message from a peer, as the transport hands it (its checks, then the
+ * core); the reason if it is invalid. */
+const char *core_on_recv(const struct raft_msg *m);
 /* Close the tick timer, then the transport, then the rest (node_close,
  * once no store job is in flight). */
 void core_finish_close(void);
@@ -422,6 +430,8 @@ void snaps_rx_check(void);
 /* Whether m may go to the core: an INSTALL_SNAPSHOT only once its file is
  * here and loaded. */
 bool snaps_install_ready(const struct raft_msg *m);
+/* Not ready, but its file is being loaded: held for then (true). */
+bool snaps_install_later(const struct raft_msg *m);
 /* NULL, or why an INSTALL_SNAPSHOT whose file is here must not go to the
  * core (its configuration is not the file's: the file is dropped). */
 const char *snaps_install_refused(const struct raft_msg *m);

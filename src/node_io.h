@@ -1,7 +1,7 @@
 /* node_io.h - everything the node driver does to the world, as one table
  * of functions (as canonical/raft's raft_io): the log store, the peer
- * transport, the snapshot writer, the discovery service (mandi), the
- * monotonic clock and the tick timer.
+ * transport, the snapshot writer and the loader of received snapshots,
+ * the discovery service (mandi), the monotonic clock and the tick timer.
  *
  * The driver (src/node*.c) calls the store, the transport, the writer,
  * mandi and the clock only through this table. node_init fills it with
@@ -24,6 +24,10 @@
  *    makes those behind it complete with PZ_ECANCELED, not run;
  *    store_write_now is the one synchronous write, for when nothing is
  *    in flight and the loop is idle or serves only its Raft peers;
+ *  - a received snapshot's load (snap_load) completes once through its
+ *    done, later, unless called off (snap_load_cancel); the production
+ *    table runs it on libuv's thread pool, so the loop goes on serving
+ *    while a large table loads;
  *  - transport callbacks (recv, on_chunk, ...) come from the
  *    transport_config given to tr_open, never from inside send;
  *  - the tick callback and every completion run with the node selected
@@ -50,6 +54,24 @@
 /* A store job finished: status 0 or a negative code, errmsg why (NULL on
  * success; valid during the call). */
 typedef void (*node_io_done_cb)(int status, const char *errmsg);
+
+/* A received snapshot file checked and loaded into a new table off the
+ * loop (snap_load): snapshot_receiver_finish(rx, kv, ...), which fsyncs
+ * the file, loads it (the most thorough check) and renames it into
+ * place. The node fills the first fields and frees the job in done; the
+ * io owns it from snap_load_cancel on. */
+struct node_snap_load {
+    struct snapshot_receiver *rx;   /* in: a whole file, taken by the job */
+    struct kv *kv;                  /* in: a new table; out: filled (the
+                                       job's rc 0) */
+    uint64_t index, term;           /* the file's point, as announced */
+    int rc;                         /* out: snapshot_receiver_finish's */
+    struct snapshot_meta meta;      /* out: the file's (rc 0) */
+    char err[SNAPSHOT_ERRMSG_SIZE]; /* out: why not (rc < 0) */
+    void (*done)(struct node_snap_load *job); /* on the loop, node
+                                                 selected */
+    void *io_data;                            /* the io's */
+};
 
 struct node_io {
     void *data;    /* first argument of every function */
@@ -138,6 +160,13 @@ struct node_io {
     void (*snap_poll)(void *data, struct snapshot_child *c, bool *done,
                       bool *ok);
     void (*snap_kill)(void *data, struct snapshot_child *c);
+    /* Run job (struct node_snap_load) on another thread: its done
+     * later, on the loop, never from inside the call. 0, or a negative
+     * code (the job untouched: rx still the caller's). */
+    int (*snap_load)(void *data, struct node_snap_load *job);
+    /* The node goes: done is not called; the io frees the job (rx, kv,
+     * meta and the job itself) once it has run or was called off. */
+    void (*snap_load_cancel)(void *data, struct node_snap_load *job);
 
     /* --- mandi (mandi_client.h); mandi_open may leave it off --- */
     int (*mandi_open)(void *data, const struct pz_config *cfg, bool *on,

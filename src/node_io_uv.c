@@ -1,8 +1,8 @@
 /* node_io_uv.c - the node's production I/O table (node_io.h): libuv's
  * timer and clock, store.c on libuv's thread pool (or on the loop, for a
  * small write while the loop has nothing else to do), transport.c,
- * snapshot.c's forked writer and mandi_client.c. One node per process:
- * the handles live here. */
+ * snapshot.c's forked writer, its receiver's load on the thread pool and
+ * mandi_client.c. One node per process: the handles live here. */
 #include "node_io.h"
 
 #include <poll.h>
@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "conn.h"
+#include "failpoint.h"
 #include "log.h"
 #include "tls_setup.h"
 
@@ -400,6 +401,68 @@ static void uv_io_snap_kill(void *data, struct snapshot_child *c)
     snapshot_child_kill(c);
 }
 
+/* --- loading a received snapshot, on the thread pool ---------------------- */
+
+struct snap_load_work {
+    uv_work_t req;
+    struct node_snap_load *job;
+    bool cancelled; /* the node went: free, no done */
+};
+
+static void snap_load_work(uv_work_t *req)
+{
+    struct node_snap_load *job = ((struct snap_load_work *)req->data)->job;
+    pz_failpoint("install-loading");
+    job->rc = snapshot_receiver_finish(job->rx, job->kv, NULL, 0, &job->meta,
+                                       job->err, sizeof job->err);
+    job->rx = NULL; /* finished or freed */
+}
+
+static void snap_load_after(uv_work_t *req, int status)
+{
+    struct snap_load_work *w = req->data;
+    struct node_snap_load *job = w->job;
+    if (status == UV_ECANCELED) { /* never ran: only a cancelled one */
+        snapshot_receiver_abort(job->rx);
+        job->rx = NULL;
+        job->rc = PZ_ECANCELED;
+    }
+    if (w->cancelled) {
+        if (job->rc == 0)
+            snapshot_meta_free(&job->meta);
+        kv_free(job->kv);
+        pz_free(job);
+    } else {
+        job->io_data = NULL;
+        job->done(job);
+    }
+    pz_free(w);
+}
+
+static int uv_io_snap_load(void *data, struct node_snap_load *job)
+{
+    PZ_UNUSED(data);
+    struct snap_load_work *w = pz_calloc(1, sizeof *w);
+    w->req.data = w;
+    w->job = job;
+    job->io_data = w;
+    int rc = uv_queue_work(io.loop, &w->req, snap_load_work, snap_load_after);
+    if (rc < 0) {
+        job->io_data = NULL;
+        pz_free(w);
+        return rc;
+    }
+    return 0;
+}
+
+static void uv_io_snap_load_cancel(void *data, struct node_snap_load *job)
+{
+    PZ_UNUSED(data);
+    struct snap_load_work *w = job->io_data;
+    w->cancelled = true;
+    (void)uv_cancel((uv_req_t *)&w->req); /* fails once it runs */
+}
+
 /* --- mandi ---------------------------------------------------------------- */
 
 static int uv_io_mandi_open(void *data, const struct pz_config *cfg, bool *on,
@@ -522,6 +585,8 @@ void node_io_uv(struct node_io *t, uv_loop_t *loop)
         .snap_write = uv_io_snap_write,
         .snap_poll = uv_io_snap_poll,
         .snap_kill = uv_io_snap_kill,
+        .snap_load = uv_io_snap_load,
+        .snap_load_cancel = uv_io_snap_load_cancel,
         .mandi_open = uv_io_mandi_open,
         .mandi_close = uv_io_mandi_close,
         .mandi_put_leader = uv_io_mandi_put_leader,

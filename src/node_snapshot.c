@@ -23,6 +23,7 @@ static void on_compacted(int status, const char *errmsg);
 static void request_compaction(void);
 static uint64_t rx_max_size(void);
 static bool rx_fits_disk(uint64_t total, char *why, size_t len);
+static void on_loaded(struct node_snap_load *job);
 
 /* --- snapshots ------------------------------------------------------------
  * Taking one (after raft-snapshot-entries applied entries that carry an
@@ -31,14 +32,14 @@ static bool rx_fits_disk(uint64_t total, char *why, size_t len);
  * /admin/snapshot, or for backups, which share one and take at most one
  * per snapshot-backup-interval: backups_start): fork, as Redis's BGSAVE
  * does, so that the child writes the table as of the fork from
- * copy-on-write memory while the loop goes on serving; the parent only polls the child from the tick timer.
- * When the file is durable (written, fsynced, renamed), the Raft core records the
- * snapshot point and drops its log up to index - raft-trailing-entries
- * (fewer entries are kept if those hold more than raft-trailing-bytes),
- * and the store drops the same prefix. The two newest files are kept.
- * Fork rather than an incremental copy-on-write scan of the table: the
- * table stays simple and the loop does no snapshot work at all; the price
- * is the fork itself (page tables: a few milliseconds per GB) and memory
+ * copy-on-write memory while the loop goes on serving; the parent only polls
+ * the child from the tick timer. When the file is durable (written, fsynced,
+ * renamed), the Raft core records the snapshot point and drops its log up to
+ * index - raft-trailing-entries (fewer entries are kept if those hold more than
+ * raft-trailing-bytes), and the store drops the same prefix. The two newest
+ * files are kept. Fork rather than an incremental copy-on-write scan of the
+ * table: the table stays simple and the loop does no snapshot work at all; the
+ * price is the fork itself (page tables: a few milliseconds per GB) and memory
  * for the pages written meanwhile.
  *
  * Sending one (leader): an INSTALL_SNAPSHOT from the core is not sent as
@@ -47,9 +48,16 @@ static bool rx_fits_disk(uint64_t total, char *why, size_t len);
  * outcome goes back to the core (raft_report_snapshot); a lost link fails
  * the transfer and the core retries.
  *
- * Receiving one (follower): chunks are written to a temporary file, which
- * is verified (checksum) and renamed into place when complete; only then is
- * the INSTALL_SNAPSHOT message handed to the core. The core's Ready then
+ * Receiving one (follower): chunks are written to a temporary file; when
+ * it is whole, it is fsynced, loaded into a new table (the most thorough
+ * check: the checksum, every record, a key held twice) and renamed into
+ * place on libuv's thread pool (snap_load), so the loop goes on serving
+ * clients and its peers while a large table loads (2M keys: about a
+ * second; it stalled the loop that long). Chunks that come meanwhile are
+ * ignored, and the leader's INSTALL_SNAPSHOT for the file is held until
+ * the table is loaded (a dropped one would cost a whole new transfer after
+ * the leader's snapshot timeout). Only then is the message handed to the
+ * core. The core's Ready then
  * carries the snapshot: the state machine is loaded from the file and the
  * store replaces its log in the same transaction as the Ready's hard state
  * and entries, so a crash leaves the old state or the new one.
@@ -362,7 +370,9 @@ void snaps_poll(void)
         {nd->got_index, nd->got_term},
         {rs.snap_index, rs.snap_term}, /* installed, maybe not yet here */
     };
-    if (nd->rx == NULL) /* pruning removes temporary files too */
+    /* Pruning removes temporary files too: not while one is written, nor
+     * while a whole one is checked and renamed into place. */
+    if (nd->rx == NULL && nd->rx_load == NULL)
         snapshot_prune_except(nd->cfg->raft_data, keep, 4, &removed, err,
                               sizeof err);
     update_snap_waiters();
@@ -724,8 +734,8 @@ const char *snaps_on_chunk(void *data, uint64_t from,
 {
     PZ_UNUSED(data);
     char err[SNAPSHOT_ERRMSG_SIZE];
-    if (!nd->open || got_install_pending())
-        return NULL; /* a newer one waits: the leader sends it again */
+    if (!nd->open || got_install_pending() || nd->rx_load)
+        return NULL; /* one waits or loads: the leader sends it again */
     struct raft_status rs;
     raft_status(nd->raft, &rs);
     struct snapshot_rx_view v = {
@@ -797,16 +807,54 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     }
     if (c->offset + c->len < c->total)
         return NULL;
-    struct snapshot_receiver *rx = nd->rx;
-    nd->rx = NULL;
-    uint64_t seed = pz_seed();
-    struct kv *kv = kv_new_seeded(seed);
-    struct snapshot_meta meta;
-    if (snapshot_receiver_finish(rx, kv, NULL, 0, &meta, err, sizeof err) < 0) {
-        pz_warn("snapshot %llu refused: %s",
-                (unsigned long long)c->snap_index, err);
+    struct node_snap_load *job = pz_calloc(1, sizeof *job);
+    job->rx = nd->rx;
+    job->kv = kv_new_seeded(pz_seed());
+    job->index = c->snap_index;
+    job->term = c->snap_term;
+    job->done = on_loaded;
+    pz_info("snapshot at index %llu received (%llu bytes); checking and "
+            "loading it",
+            (unsigned long long)c->snap_index, (unsigned long long)c->total);
+    nd->rx = NULL; /* the job's */
+    nd->rx_load = job;
+    int rc = NIO(snap_load, job);
+    if (rc < 0) {
+        pz_warn("snapshot %llu: cannot load it: %s; dropping the transfer",
+                (unsigned long long)c->snap_index, pz_strerror(rc));
+        nd->rx = job->rx;
+        nd->rx_load = NULL;
+        kv_free(job->kv);
+        pz_free(job);
+        snaps_rx_abort();
+    }
+    return NULL;
+}
+
+/* Forget an INSTALL_SNAPSHOT held for the file being loaded. */
+static void held_install_free(void)
+{
+    pz_buf_free(&nd->rx_install);
+}
+
+/* The loaded table of a received file (snap_load's done, on the loop):
+ * held until the leader says to install it, then the INSTALL_SNAPSHOT
+ * that came during the load, if one did, goes to the core. */
+static void on_loaded(struct node_snap_load *job)
+{
+    nd->rx_load = NULL;
+    uint64_t index = job->index, term = job->term;
+    struct kv *kv = job->kv;
+    int rc = job->rc;
+    struct snapshot_meta meta = job->meta;
+    if (rc < 0)
+        pz_warn("snapshot %llu refused: %s", (unsigned long long)index,
+                job->err);
+    pz_free(job);
+    if (rc < 0) {
         kv_free(kv);
-        return NULL;
+        held_install_free();
+        return;
     }
     /* Its configuration is what a restart reads: one that does not decode
      * would keep the node from starting once the log is compacted. */
@@ -814,28 +862,65 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     size_t conf_len;
     bool conf_ok = conf_canonical(meta.conf, meta.conf_len, &conf, &conf_len);
     snapshot_meta_free(&meta);
-    if (!conf_ok) {
-        pz_warn("snapshot %llu refused: its configuration does not decode",
-                (unsigned long long)c->snap_index);
+    if (!conf_ok || got_install_pending()) {
+        /* got_install_pending: the core took the INSTALL_SNAPSHOT of an
+         * earlier file meanwhile, which its next Ready installs. */
+        if (!conf_ok)
+            pz_warn("snapshot %llu refused: its configuration does not "
+                    "decode",
+                    (unsigned long long)index);
+        else
+            pz_free(conf);
         kv_free(kv);
-        got_unlink(c->snap_index, c->snap_term);
-        return NULL;
+        got_unlink(index, term);
+        held_install_free();
+        return;
     }
     snaps_got_drop();
     nd->got_kv = kv;
     nd->got_conf = conf;
     nd->got_conf_len = conf_len;
     nd->got_taken = false;
-    nd->got_index = c->snap_index;
-    nd->got_term = c->snap_term;
-    if (nd->io.update_time)
-        NIO(update_time); /* the load may have taken a while */
+    nd->got_index = index;
+    nd->got_term = term;
     nd->rx_last_ms = NIO(now);
     pz_info("received snapshot at index %llu (%zu keys); installing it once "
             "the leader says so",
-            (unsigned long long)c->snap_index, kv_count(kv));
+            (unsigned long long)index, kv_count(kv));
     pz_failpoint("install-received"); /* the file durable, Raft unaware */
-    return NULL;
+    if (nd->rx_install.len == 0)
+        return;
+    struct pz_buf held = nd->rx_install;
+    pz_buf_init(&nd->rx_install);
+    struct raft_decoded d;
+    if (raft_codec_decode((const uint8_t *)held.data + RAFT_FRAME_HDR,
+                          held.len - RAFT_FRAME_HDR, &d) == 0 &&
+        d.kind == RAFT_FRAME_MESSAGE) {
+        const char *why = core_on_recv(&d.msg);
+        if (why)
+            pz_warn("raft: INSTALL_SNAPSHOT %llu from node %llu: %s",
+                    (unsigned long long)index, (unsigned long long)d.msg.from,
+                    why);
+    }
+    raft_decoded_free(&d);
+    pz_buf_free(&held);
+}
+
+/* An INSTALL_SNAPSHOT whose file is being loaded: held (a copy) for
+ * on_loaded, which hands it to the core; true if so. The latest one
+ * counts (a leader retrying sends the same). */
+bool snaps_install_later(const struct raft_msg *m)
+{
+    if (m->type != RAFT_MSG_INSTALL_SNAPSHOT || nd->rx_load == NULL ||
+        m->snap_index != nd->rx_load->index ||
+        m->snap_term != nd->rx_load->term)
+        return false;
+    pz_buf_reset(&nd->rx_install);
+    if (raft_codec_encode_msg(&nd->rx_install, m, UINT32_MAX) < 0) {
+        held_install_free();
+        return false;
+    }
+    return true;
 }
 
 /* The last accepted link from `from` closed: a transfer on it is over,
@@ -1073,6 +1158,11 @@ void snaps_close(void)
 {
     NIO(snap_kill, &nd->snap_child);
     snaps_rx_abort();
+    if (nd->rx_load) {
+        NIO(snap_load_cancel, nd->rx_load);
+        nd->rx_load = NULL;
+    }
+    held_install_free();
     got_free();
     while (nd->xfers)
         snaps_xfer_free(nd->xfers, false);
