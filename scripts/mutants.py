@@ -1815,9 +1815,9 @@ MUTATIONS = [
       "    FILE *f = fopen(path, \"rb\");\n    why = \"no such file\";\n    if (f == NULL) {\n        fmt_err(",
       ["py:test_storage.py::test_fifo_config_and_token_files_are_refused"],
       "a FIFO in place of the config file blocks the loop on SIGHUP"),
-    M("reload_per_sighup", "src/server.c",
-      "    if (srv.hups++ == 0)\n        uv_timer_start(&srv.reload_soon, on_reload_soon, 0, 0);",
-      "    srv.hups = 1;\n    on_reload_soon(&srv.reload_soon);",
+    M("reload_per_sighup", "src/reload.c",
+      "    if (h->hups++ == 0)\n        uv_timer_start(&h->soon, on_hup_soon, 0, 0);",
+      "    h->hups = 1;\n    on_hup_soon(&h->soon);",
       ["py:test_reload.py::test_sighup_burst_is_coalesced"],
       "every SIGHUP queued during a reload runs a reload of its own, back "
       "to back, while clients wait"),

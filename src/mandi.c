@@ -684,9 +684,7 @@ struct mandi_proc {
     uv_idle_t idle;              /* keeps poll from blocking */
     uv_timer_t cron;             /* 1 s: idle connections */
     uv_signal_t sigint, sigterm; /* shutdown requests */
-    uv_signal_t sighup;          /* reload requests */
-    uv_timer_t reload_soon;      /* the reload the SIGHUPs ask for */
-    unsigned hups;               /* SIGHUPs since the last reload */
+    struct reload_hup hup;       /* reload requests */
     struct reload reload;        /* the configuration in effect */
     struct mandi *m;             /* NULL once closing */
     bool shutting_down;          /* a signal arrived */
@@ -723,8 +721,7 @@ static void close_proc_handles(void *data)
     uv_close((uv_handle_t *)&proc.cron, NULL);
     uv_close((uv_handle_t *)&proc.sigint, NULL);
     uv_close((uv_handle_t *)&proc.sigterm, NULL);
-    uv_close((uv_handle_t *)&proc.sighup, NULL);
-    uv_close((uv_handle_t *)&proc.reload_soon, NULL);
+    reload_hup_close(&proc.hup);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -779,30 +776,13 @@ static struct reload_refused apply_config(const struct pz_config *c, void *arg)
     return no;
 }
 
-/* The reload that the SIGHUPs since the last one asked for: one for them
- * all, however many came (as in server.c). */
-static void on_reload_soon(uv_timer_t *h)
+/* The reload a burst of SIGHUPs asks for (reload_hup). */
+static void on_hups(unsigned hups)
 {
-    PZ_UNUSED(h);
-    unsigned hups = proc.hups;
-    proc.hups = 0;
     if (proc.shutting_down)
         return;
-    if (hups == 1)
-        pz_info("received SIGHUP");
-    else
-        pz_info("received SIGHUP (%u signals: one reload)", hups);
+    reload_hup_log(hups);
     reload_run(&proc.reload, apply_config, NULL);
-}
-
-/* A SIGHUP: only noted; on_reload_soon reloads once the signals queued
- * meanwhile (libuv calls this once for each) have all been seen. */
-static void on_sighup(uv_signal_t *h, int signum)
-{
-    PZ_UNUSED(h);
-    PZ_UNUSED(signum);
-    if (proc.hups++ == 0)
-        uv_timer_start(&proc.reload_soon, on_reload_soon, 0, 0);
 }
 
 /* The collector of the process's mandi (none once it is closing). */
@@ -860,9 +840,7 @@ int mandi_run(const struct pz_config *cfg)
     uv_signal_init(&proc.loop, &proc.sigterm);
     uv_signal_start(&proc.sigint, on_signal, SIGINT);
     uv_signal_start(&proc.sigterm, on_signal, SIGTERM);
-    uv_signal_init(&proc.loop, &proc.sighup);
-    uv_signal_start(&proc.sighup, on_sighup, SIGHUP);
-    uv_timer_init(&proc.loop, &proc.reload_soon);
+    reload_hup_init(&proc.hup, &proc.loop, on_hups);
     reload_init(&proc.reload, cfg);
     stats_add_collector(collect_proc, NULL);
 

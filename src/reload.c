@@ -3,6 +3,7 @@
  * logged and applied, so a bad file never leaves a half-applied state. */
 #include "reload.h"
 
+#include <signal.h>
 #include <string.h>
 
 #include "log.h"
@@ -248,4 +249,46 @@ int reload_run(struct reload *r, reload_apply_cb apply, void *arg)
     snprintf(msg, sizeof msg, "READY=1\nSTATUS=%s", status);
     sdnotify(msg);
     return applied;
+}
+
+static void on_hup_soon(uv_timer_t *t)
+{
+    struct reload_hup *h = t->data;
+    unsigned hups = h->hups;
+    h->hups = 0;
+    h->run(hups);
+}
+
+static void on_hup(uv_signal_t *sig, int signum)
+{
+    PZ_UNUSED(signum);
+    struct reload_hup *h = sig->data;
+    if (h->hups++ == 0)
+        uv_timer_start(&h->soon, on_hup_soon, 0, 0);
+}
+
+void reload_hup_init(struct reload_hup *h, uv_loop_t *loop,
+                     void (*run)(unsigned hups))
+{
+    h->hups = 0;
+    h->run = run;
+    uv_signal_init(loop, &h->sig);
+    uv_timer_init(loop, &h->soon);
+    h->sig.data = h;
+    h->soon.data = h;
+    uv_signal_start(&h->sig, on_hup, SIGHUP);
+}
+
+void reload_hup_close(struct reload_hup *h)
+{
+    uv_close((uv_handle_t *)&h->sig, NULL);
+    uv_close((uv_handle_t *)&h->soon, NULL);
+}
+
+void reload_hup_log(unsigned hups)
+{
+    if (hups == 1)
+        pz_info("received SIGHUP");
+    else
+        pz_info("received SIGHUP (%u signals: one reload)", hups);
 }

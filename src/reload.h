@@ -21,6 +21,8 @@
 #ifndef PZ_RELOAD_H
 #define PZ_RELOAD_H
 
+#include <uv.h>
+
 #include "config.h"
 
 /* The command line cfg_load() read at start, kept (borrowed: main's argv
@@ -71,5 +73,26 @@ void reload_free(struct reload *r);
  * the service manager. Returns the number of directives changed in place,
  * or PZ_ECONFIG when the configuration does not load (nothing changed). */
 int reload_run(struct reload *r, reload_apply_cb apply, void *arg);
+
+/* SIGHUP, coalesced. libuv calls a signal's handler once for each signal
+ * that came; the reload runs from a zero timer, once those queued
+ * meanwhile have all been seen: one reload for a burst (logrotate and a
+ * configuration manager at once, `systemctl reload` twice), not one
+ * each. */
+struct reload_hup {
+    uv_signal_t sig;
+    uv_timer_t soon;
+    unsigned hups;              /* SIGHUPs since the last run */
+    void (*run)(unsigned hups); /* the reload they ask for (hups >= 1) */
+};
+
+/* Listen for SIGHUP on loop: run once a burst. */
+void reload_hup_init(struct reload_hup *h, uv_loop_t *loop,
+                     void (*run)(unsigned hups));
+/* Close both handles (the loop then holds nothing of h). */
+void reload_hup_close(struct reload_hup *h);
+/* The reload's first line: "received SIGHUP", or with the count of a
+ * burst. */
+void reload_hup_log(unsigned hups);
 
 #endif

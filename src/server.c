@@ -65,9 +65,7 @@ struct server {
     uv_timer_t cron;                 /* CRON_MS housekeeping */
     uv_timer_t grace;                /* shutdown deadline */
     uv_signal_t sigint, sigterm;     /* shutdown requests */
-    uv_signal_t sighup;              /* reload requests */
-    uv_timer_t reload_soon;          /* the reload the SIGHUPs ask for */
-    unsigned hups;                   /* SIGHUPs since the last reload */
+    struct reload_hup hup;           /* reload requests */
     struct reload reload;            /* the configuration in effect */
     struct httpd http;               /* HTTP API */
     struct grpc_server grpc;         /* gRPC API */
@@ -91,8 +89,7 @@ static void on_node_closed(void)
     uv_close((uv_handle_t *)&srv.grace, NULL);
     uv_close((uv_handle_t *)&srv.sigint, NULL);
     uv_close((uv_handle_t *)&srv.sigterm, NULL);
-    uv_close((uv_handle_t *)&srv.sighup, NULL);
-    uv_close((uv_handle_t *)&srv.reload_soon, NULL);
+    reload_hup_close(&srv.hup);
 }
 
 static void stop_all(void)
@@ -292,36 +289,17 @@ static struct reload_refused apply_config(const struct pz_config *c, void *arg)
     return no;
 }
 
-/* The reload that the SIGHUPs since the last one asked for: one for them
- * all, however many came (logrotate and a configuration manager at once,
- * `systemctl reload` twice), so a burst of signals costs one reload or
- * two, not one each. */
-static void on_reload_soon(uv_timer_t *h)
+/* The reload a burst of SIGHUPs asks for (reload_hup). */
+static void on_hups(unsigned hups)
 {
-    PZ_UNUSED(h);
-    unsigned hups = srv.hups;
-    srv.hups = 0;
     if (srv.shutting_down) {
         pz_info("received SIGHUP while shutting down: ignored");
         return;
     }
-    if (hups == 1)
-        pz_info("received SIGHUP");
-    else
-        pz_info("received SIGHUP (%u signals: one reload)", hups);
+    reload_hup_log(hups);
     srv.reload_applying = true;
     reload_run(&srv.reload, apply_config, NULL);
     srv.reload_applying = false;
-}
-
-/* A SIGHUP: only noted; on_reload_soon reloads once the signals queued
- * meanwhile (libuv calls this once for each) have all been seen. */
-static void on_sighup(uv_signal_t *h, int signum)
-{
-    PZ_UNUSED(h);
-    PZ_UNUSED(signum);
-    if (srv.hups++ == 0)
-        uv_timer_start(&srv.reload_soon, on_reload_soon, 0, 0);
 }
 
 /* Can addr ("host:port", as conn_listen() takes it) be bound now? Bound
@@ -444,9 +422,7 @@ int server_run(const struct pz_config *cfg)
     uv_signal_init(&srv.loop, &srv.sigterm);
     uv_signal_start(&srv.sigint, on_signal, SIGINT);
     uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
-    uv_signal_init(&srv.loop, &srv.sighup);
-    uv_signal_start(&srv.sighup, on_sighup, SIGHUP);
-    uv_timer_init(&srv.loop, &srv.reload_soon);
+    reload_hup_init(&srv.hup, &srv.loop, on_hups);
     reload_init(&srv.reload, cfg);
     /* Idle timeouts and request deadlines are checked on this tick. */
     uv_timer_start(&srv.cron, on_cron, CRON_MS, CRON_MS);
