@@ -354,6 +354,14 @@ MUTATIONS = [
       "the leader's INSTALL_SNAPSHOT that comes while its file loads is "
       "dropped: the install waits for the leader's timeout and a second "
       "transfer"),
+    M("held_install_from_a_quiet_leader", "src/node_snapshot.c",
+      "    } else if (rs.leader != d.msg.from || rs.term != d.msg.term || "
+      "!rs.lease) {",
+      "    } else if (false) {",
+      ["py:test_snapshot.py::"
+       "test_held_install_is_not_taken_from_a_quiet_leader"],
+      "the INSTALL_SNAPSHOT held through a load is taken after its leader "
+      "went quiet: fresh word from a dead leader delays the failover"),
     M("appends_refused_during_load", "src/node.c",
       "    if (m->type == RAFT_MSG_APPEND && nd->rx_load) {",
       "    if (m->type == RAFT_MSG_APPEND && nd->rx_load && false) {",

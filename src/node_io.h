@@ -71,6 +71,8 @@ struct node_snap_load {
     void (*done)(struct node_snap_load *job); /* on the loop, node
                                                  selected */
     void *io_data;                            /* the io's */
+    uint64_t started_ms; /* the node's: io now() at the start */
+    bool slow_told;      /* the node's: "still loading" logged */
 };
 
 struct node_io {

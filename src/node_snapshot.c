@@ -813,6 +813,7 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     job->index = c->snap_index;
     job->term = c->snap_term;
     job->done = on_loaded;
+    job->started_ms = NIO(now);
     pz_info("snapshot at index %llu received (%llu bytes); checking and "
             "loading it",
             (unsigned long long)c->snap_index, (unsigned long long)c->total);
@@ -893,9 +894,28 @@ static void on_loaded(struct node_snap_load *job)
     struct pz_buf held = nd->rx_install;
     pz_buf_init(&nd->rx_install);
     struct raft_decoded d;
+    struct raft_status rs;
+    raft_status(nd->raft, &rs);
     if (raft_codec_decode((const uint8_t *)held.data + RAFT_FRAME_HDR,
-                          held.len - RAFT_FRAME_HDR, &d) == 0 &&
-        d.kind == RAFT_FRAME_MESSAGE) {
+                          held.len - RAFT_FRAME_HDR, &d) != 0 ||
+        d.kind != RAFT_FRAME_MESSAGE) {
+        /* Our own encoding of a message that decoded once. */
+        pz_warn("snapshot %llu: its install message does not decode again; "
+                "the leader sends another",
+                (unsigned long long)index);
+    } else if (rs.leader != d.msg.from || rs.term != d.msg.term || !rs.lease) {
+        /* Its leader is no longer ours, or went quiet during the load:
+         * the message, as old as the load, would count as word from a
+         * live leader (the core resets its election timer and refuses
+         * votes for another timeout). The table waits for a leader to
+         * say so again (snaps_rx_check drops it if none does). */
+        pz_info("snapshot %llu: the leader that sent it is %s; its "
+                "install message is not taken",
+                (unsigned long long)index,
+                rs.term != d.msg.term || rs.leader != d.msg.from
+                    ? "no longer the leader"
+                    : "not heard from within an election timeout");
+    } else {
         const char *why = core_on_recv(&d.msg);
         if (why)
             pz_warn("raft: INSTALL_SNAPSHOT %llu from node %llu: %s",
@@ -945,6 +965,15 @@ void snaps_on_inbound_closed(void *data, uint64_t from, bool last)
 /* From the tick: a transfer whose leader moved on or went quiet. */
 void snaps_rx_check(void)
 {
+    struct node_snap_load *job = nd->rx_load;
+    if (job && !job->slow_told && NIO(now) - job->started_ms > RX_IDLE_MS) {
+        /* The node answers its leader's heartbeats but takes none of
+         * its entries meanwhile: say so, once. */
+        job->slow_told = true;
+        pz_warn("snapshot %llu: still being checked and loaded after %d s "
+                "(a slow disk?); the leader's entries wait for it",
+                (unsigned long long)job->index, RX_IDLE_MS / 1000);
+    }
     if (nd->rx == NULL && nd->got_kv == NULL)
         return;
     struct raft_status rs;

@@ -5,6 +5,7 @@ consistent state."""
 import json
 import os
 import random
+import signal
 import sqlite3
 import threading
 import time
@@ -139,6 +140,18 @@ def test_lagging_node_catches_up_by_install_snapshot(servers):
     assert get(lagging, "k2999")[2] == b"v-k2999"
 
 
+def lag_behind_a_snapshot(servers):
+    """A cluster whose follower `lagging` (stopped) can only catch up by
+    InstallSnapshot: (nodes, leader, lagging)."""
+    nodes = make_cluster(servers, conf=SNAP)
+    leader = leader_of(nodes)
+    lagging = next(s for s in nodes if s is not leader)
+    lagging.stop()
+    assert len(write_many(leader, [f"k{i}" for i in range(3000)])) == 3000
+    wait_snapshot_index([s for s in nodes if s is not lagging], 1000)
+    return nodes, leader, lagging
+
+
 def test_received_snapshot_loads_while_the_node_serves(servers):
     """A received snapshot is checked and loaded off the loop. Its load
     held for 3 s (a failpoint standing in for a large table), the
@@ -147,12 +160,7 @@ def test_received_snapshot_loads_while_the_node_serves(servers):
     installed as soon as the load ends; and the leader must not send the
     file again meanwhile (the follower's refusals of its probes would
     make it start over at every heartbeat), nor once it is loaded."""
-    nodes = make_cluster(servers, conf=SNAP)
-    leader = leader_of(nodes)
-    lagging = next(s for s in nodes if s is not leader)
-    lagging.stop()
-    assert len(write_many(leader, [f"k{i}" for i in range(3000)])) == 3000
-    wait_snapshot_index([s for s in nodes if s is not lagging], 1000)
+    nodes, leader, lagging = lag_behind_a_snapshot(servers)
     lagging.env["PYAZDB_FAILPOINT"] = "install-loading:sleep=3000"
     seen = len(leader.read_log())
     lagging.start()
@@ -192,6 +200,40 @@ def test_received_snapshot_loads_while_the_node_serves(servers):
     loaded_at = next(line for line in lagging.read_log().splitlines()
                      if " received snapshot at index " in line)[:24]
     assert all(line[:24] < loaded_at for line in sends), (loaded_at, sends)
+
+
+def test_held_install_is_not_taken_from_a_quiet_leader(servers):
+    """The INSTALL_SNAPSHOT held while its file loads is as old as the
+    load: once the leader went quiet meanwhile, handing it to the core
+    would count as fresh word from a live leader (its election timer
+    reset, votes refused for another timeout). It must not be taken; once
+    the leader is back, the install goes through."""
+    nodes, leader, lagging = lag_behind_a_snapshot(servers)
+    other = next(s for s in nodes if s not in (leader, lagging))
+    lagging.env["PYAZDB_FAILPOINT"] = "install-loading:sleep=3000"
+    lagging.start()
+    deadline = time.time() + 20
+    while "checking and loading it" not in lagging.read_log():
+        assert time.time() < deadline, lagging.read_log()
+        time.sleep(0.02)
+    time.sleep(0.5)  # the INSTALL_SNAPSHOT follows the file at once
+    # No heartbeat and no election while the load ends.
+    leader.signal(signal.SIGSTOP)
+    other.signal(signal.SIGSTOP)
+    try:
+        while "received snapshot at index" not in lagging.read_log():
+            assert time.time() < deadline, lagging.read_log()
+            time.sleep(0.02)
+        time.sleep(0.5)
+        log = lagging.read_log()
+        assert "its install message is not taken" in log, log
+        assert "installed snapshot" not in log, log
+    finally:
+        leader.signal(signal.SIGCONT)
+        other.signal(signal.SIGCONT)
+    sts = settled(nodes)
+    assert sts[0]["keys"] == 3000
+    assert "installed snapshot" in lagging.read_log()
 
 
 def test_admin_snapshot_and_status(servers):
