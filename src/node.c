@@ -785,12 +785,13 @@ static const char *on_recv(void *data, const struct raft_msg *m)
         return NULL;
     }
     if (m->type == RAFT_MSG_APPEND && nd->rx_load) {
-        /* A received snapshot loads, past the end of this node's log: the
-         * core would refuse the APPEND (or the leader's probe) for the
-         * gap, and the leader send the whole file again at once, every
-         * heartbeat until the load ends. Dropped, as if lost: the leader
-         * probes again at its next heartbeat, and that one goes through
-         * once the table is installed. Heartbeats still count. */
+        /* A received snapshot loads: the leader sent it because this
+         * node's log lacks entries the leader no longer holds, so the core
+         * would refuse the APPEND (or the leader's probe), and the leader
+         * send the whole file again at once, every heartbeat until the
+         * load ends. Dropped, as if lost: the leader probes again at its
+         * next heartbeat, and that one goes through once the table is
+         * installed. Heartbeats still count. */
         return NULL;
     }
     const char *refused = snaps_install_refused(m);
