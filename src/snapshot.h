@@ -89,10 +89,14 @@
  * PZ_ENOTFOUND: no such file / no snapshot. Negative errno values: a
  * system call failed (disk full, permission, ...).
  *
- * Threads and processes: call everything from one thread (the loop thread).
- * Loading and the synchronous writer block that thread for as long as the
- * file takes; snapshot_write_fork does the writing in a child process. Not
- * pure: files, fork, the wall clock (creation time). */
+ * Threads and processes: call everything from the loop thread, but for
+ * snapshot_receiver_finish (with the load into a new table), which the
+ * node runs on libuv's thread pool: nothing else touches that receiver or
+ * table meanwhile, and the module keeps no state between calls (its CRC
+ * tables are set up once, under pthread_once). Loading and the
+ * synchronous writer block their thread for as long as the file takes;
+ * snapshot_write_fork does the writing in a child process. Not pure:
+ * files, fork, the wall clock (creation time). */
 #ifndef PZ_SNAPSHOT_H
 #define PZ_SNAPSHOT_H
 
