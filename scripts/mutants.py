@@ -362,6 +362,13 @@ MUTATIONS = [
        "test_held_install_is_not_taken_from_a_quiet_leader"],
       "the INSTALL_SNAPSHOT held through a load is taken after its leader "
       "went quiet: fresh word from a dead leader delays the failover"),
+    M("load_not_called_off", "src/snapshot.c",
+      "        if ((i & 4095) == 0 && stop &&\n"
+      "            __atomic_load_n(stop, __ATOMIC_RELAXED)) {",
+      "        if (false && stop) {",
+      ["unit:snapshot/receiver_load_called_off"],
+      "a received snapshot's load called off by a closing node runs to its "
+      "end: the stop waits for the whole table"),
     M("appends_refused_during_load", "src/node.c",
       "    if (m->type == RAFT_MSG_APPEND && nd->rx_load) {",
       "    if (m->type == RAFT_MSG_APPEND && nd->rx_load && false) {",

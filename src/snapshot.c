@@ -1268,8 +1268,11 @@ static void prefetch_ahead(const struct reader *r, struct ahead *a,
 }
 
 /* Read (and into kv, unless NULL, load) a whole file with every check. */
+/* stop: NULL, or a flag another thread may raise: the load then ends
+ * within 4096 records with PZ_ECANCELED. */
 static int read_file(const char *path, struct kv *kv,
-                     struct snapshot_meta *meta, char *err, size_t errlen)
+                     struct snapshot_meta *meta, const int *stop, char *err,
+                     size_t errlen)
 {
     struct snapshot_meta m = {0};
     struct reader r;
@@ -1377,6 +1380,12 @@ static int read_file(const char *path, struct kv *kv,
         if ((rc = rd_need(&r, (size_t)need)) != 0)
             break;
         const uint8_t *kvp = rd_take(&r, (size_t)need);
+        if ((i & 4095) == 0 && stop &&
+            __atomic_load_n(stop, __ATOMIC_RELAXED)) {
+            set_err(err, errlen, "%s: load called off", path);
+            rc = PZ_ECANCELED;
+            break;
+        }
         if ((i & 4095) == 0) /* the share of the file read */
             pz_warm_allow(&warm, (size_t)((double)warm_est * (double)r.pos /
                                           (double)m.file_size));
@@ -1454,13 +1463,13 @@ int snapshot_load(const char *path, struct kv *into, struct snapshot_meta *meta,
                   char *err, size_t errlen)
 {
     pz_assert(into != NULL);
-    return read_file(path, into, meta, err, errlen);
+    return read_file(path, into, meta, NULL, err, errlen);
 }
 
 int snapshot_verify(const char *path, struct snapshot_meta *meta, char *err,
                     size_t errlen)
 {
-    return read_file(path, NULL, meta, err, errlen);
+    return read_file(path, NULL, meta, NULL, err, errlen);
 }
 
 int snapshot_peek(const char *path, struct snapshot_meta *meta, char *err,
@@ -1630,6 +1639,7 @@ struct snapshot_receiver {
     char *dir;                    /* directory (pz_malloc) */
     char path[SNAPSHOT_PATH_MAX]; /* final .snap */
     char tmp[SNAPSHOT_PATH_MAX];  /* file being written */
+    const int *stop;              /* snapshot_receiver_stop_on */
 };
 
 static void receiver_free(struct snapshot_receiver *r, bool remove_tmp)
@@ -1742,8 +1752,7 @@ int snapshot_receiver_finish(struct snapshot_receiver *r, struct kv *into,
     }
     /* Loading is the most thorough check (a repeated key included); a
      * caller that will load the file anyway does it here, once. */
-    rc = into ? snapshot_load(r->tmp, into, &m, err, errlen)
-              : snapshot_verify(r->tmp, &m, err, errlen);
+    rc = read_file(r->tmp, into, &m, r->stop, err, errlen);
     if (rc == 0 && (m.index != r->index || m.term != r->term)) {
         set_err(err, errlen,
                 "%s: corrupt: header says index %" PRIu64 " term %" PRIu64
@@ -1766,6 +1775,11 @@ int snapshot_receiver_finish(struct snapshot_receiver *r, struct kv *into,
         snapshot_meta_free(&m);
     receiver_free(r, false);
     return 0;
+}
+
+void snapshot_receiver_stop_on(struct snapshot_receiver *r, const int *stop)
+{
+    r->stop = stop;
 }
 
 void snapshot_receiver_abort(struct snapshot_receiver *r)

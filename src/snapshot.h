@@ -405,6 +405,11 @@ int snapshot_receiver_finish(struct snapshot_receiver *r, struct kv *into,
                              char *path_out, size_t pathlen,
                              struct snapshot_meta *meta, char *err,
                              size_t errlen);
+/* A flag that calls off the check of snapshot_receiver_finish running on
+ * another thread (the node closing): once it is non-zero, the check ends
+ * within 4096 records and the finish fails with PZ_ECANCELED, the .tmp
+ * removed. NULL (the default): never. */
+void snapshot_receiver_stop_on(struct snapshot_receiver *r, const int *stop);
 /* Give up: close and remove the .tmp, free r. NULL is fine. */
 void snapshot_receiver_abort(struct snapshot_receiver *r);
 

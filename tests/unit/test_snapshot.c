@@ -1437,6 +1437,49 @@ TEST(receiver_roundtrip)
     tdir_free(&u);
 }
 
+/* A check called off (the node closing while a pool thread loads the
+ * file): the finish fails with PZ_ECANCELED, leaves neither the .tmp nor
+ * a .snap, and the same file received again with the flag down loads. */
+TEST(receiver_load_called_off)
+{
+    struct tdir t, u;
+    tdir_init(&t);
+    tdir_init(&u);
+    struct kv *kv = kv_new();
+    fill(kv, 10000, 20, 10);
+    char src[SNAPSHOT_PATH_MAX], err[SNAPSHOT_ERRMSG_SIZE] = "";
+    CHECK(write_ok(t.root, kv, 50, 2, src));
+    size_t size;
+    uint8_t *buf = read_all(src, &size);
+    for (int stop = 1; stop >= 0; stop--) {
+        struct snapshot_receiver *rx;
+        CHECK_EQ_INT(
+            snapshot_receiver_begin(u.root, 50, 2, size, &rx, err, sizeof err),
+            0);
+        CHECK_EQ_INT(snapshot_receiver_write(rx, 0, buf, size, err, sizeof err),
+                     0);
+        snapshot_receiver_stop_on(rx, &stop);
+        struct kv *into = kv_new();
+        int rc =
+            snapshot_receiver_finish(rx, into, NULL, 0, NULL, err, sizeof err);
+        if (stop) {
+            CHECK_EQ_INT(rc, PZ_ECANCELED);
+            CHECK(strstr(err, "called off") != NULL);
+            CHECK_EQ_INT(count_suffix(u.root, ".tmp"), 0);
+            CHECK_EQ_INT(count_suffix(u.root, ".snap"), 0);
+        } else {
+            CHECK_EQ_INT(rc, 0);
+            CHECK(kv_digest(into) == kv_digest(kv));
+            CHECK_EQ_INT(count_suffix(u.root, ".snap"), 1);
+        }
+        kv_free(into);
+    }
+    pz_free(buf);
+    kv_free(kv);
+    tdir_free(&t);
+    tdir_free(&u);
+}
+
 TEST(receiver_refuses_gaps_and_overruns)
 {
     struct tdir t, u;
@@ -2218,6 +2261,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(failpoints),
     TEST_ENTRY(reader_chunks),
     TEST_ENTRY(receiver_roundtrip),
+    TEST_ENTRY(receiver_load_called_off),
     TEST_ENTRY(receiver_refuses_gaps_and_overruns),
     TEST_ENTRY(receiver_abort_and_corruption),
     TEST_ENTRY(receiver_crash_mid_install),
