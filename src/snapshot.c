@@ -1267,8 +1267,8 @@ static void prefetch_ahead(const struct reader *r, struct ahead *a,
     }
 }
 
-/* Read (and into kv, unless NULL, load) a whole file with every check. */
-/* stop: NULL, or a flag another thread may raise: the load then ends
+/* Read (and into kv, unless NULL, load) a whole file with every check.
+ * stop: NULL, or a flag another thread may raise: the read then ends
  * within 4096 records with PZ_ECANCELED. */
 static int read_file(const char *path, struct kv *kv,
                      struct snapshot_meta *meta, const int *stop, char *err,
