@@ -823,11 +823,10 @@ const char *snaps_on_chunk(void *data, uint64_t from,
     if (rc < 0) {
         pz_warn("snapshot %llu: cannot load it: %s; dropping the transfer",
                 (unsigned long long)c->snap_index, pz_strerror(rc));
-        nd->rx = job->rx;
         nd->rx_load = NULL;
+        snapshot_receiver_abort(job->rx);
         kv_free(job->kv);
         pz_free(job);
-        snaps_rx_abort();
     }
     return NULL;
 }

@@ -92,7 +92,6 @@ struct peer {
     struct transport_peer_stats st; /* counters */
 };
 
-/* State of one accepted connection. */
 /* A budget of warnings (loud_level). */
 struct loud {
     uint64_t start; /* uv_now() the log window began */
@@ -100,6 +99,7 @@ struct loud {
     unsigned quiet; /* lines logged at debug instead */
 };
 
+/* State of one accepted connection. */
 struct inbound {
     struct pz_queue q;           /* in t->inbound */
     struct transport *t;         /* owner */
@@ -309,9 +309,32 @@ static void schedule_retry(struct peer *p)
     uv_timer_start(&p->timer, on_peer_timer, delay, 0);
 }
 
+/* Connection problems are logged as warnings LOUD_BURST times per
+ * LOUD_WINDOW_MS, then at debug level, so a dialer that keeps failing (or
+ * many of them), or strangers whose addresses we dial to answer them,
+ * cannot flood the log; a summary says how many went quiet. */
+static int loud_level(struct transport *t, struct loud *l, const char *what)
+{
+    uint64_t now = uv_now(t->loop);
+    if (now - l->start >= LOUD_WINDOW_MS) {
+        if (l->quiet > 0)
+            pz_warn("raft: %u more %s in the last %d s were logged at debug "
+                    "level",
+                    l->quiet, what, LOUD_WINDOW_MS / 1000);
+        l->start = now;
+        l->n = 0;
+        l->quiet = 0;
+    }
+    if (l->n < LOUD_BURST) {
+        l->n++;
+        return PZ_LOG_WARNING;
+    }
+    l->quiet++;
+    return PZ_LOG_DEBUG;
+}
+
 /* The attempt or the link failed: log (loudly the first time in a row),
  * drop the connection and retry later. */
-static int loud_level(struct transport *t, struct loud *l, const char *what);
 static void peer_fail(struct peer *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void peer_fail(struct peer *p, const char *fmt, ...)
@@ -667,30 +690,6 @@ static const struct conn_ops in_ops = {
     .on_drain = NULL,
     .on_close = in_close,
 };
-
-/* Connection problems are logged as warnings LOUD_BURST times per
- * LOUD_WINDOW_MS, then at debug level, so a dialer that keeps failing (or
- * many of them), or strangers whose addresses we dial to answer them,
- * cannot flood the log; a summary says how many went quiet. */
-static int loud_level(struct transport *t, struct loud *l, const char *what)
-{
-    uint64_t now = uv_now(t->loop);
-    if (now - l->start >= LOUD_WINDOW_MS) {
-        if (l->quiet > 0)
-            pz_warn("raft: %u more %s in the last %d s were logged at debug "
-                    "level",
-                    l->quiet, what, LOUD_WINDOW_MS / 1000);
-        l->start = now;
-        l->n = 0;
-        l->quiet = 0;
-    }
-    if (l->n < LOUD_BURST) {
-        l->n++;
-        return PZ_LOG_WARNING;
-    }
-    l->quiet++;
-    return PZ_LOG_DEBUG;
-}
 
 static int inbound_level(struct transport *t)
 {
