@@ -2057,6 +2057,18 @@ MUTATIONS = [
        "test_huge_prefix_delete_keeps_the_cluster_calm"],
       "a huge delete is applied in one loop turn again: heartbeats stop "
       "and the followers elect another leader"),
+    M("set_charges_no_unit", "src/kv.c",
+      "        *budget -= PZ_MIN(*budget, 1 + (uint64_t)len / JOB_BYTES_PER_UNIT);",
+      "",
+      ["unit:kv/job_set_del_grant_charge", "nodesim:150"],
+      "SETs cost no apply budget: a follower catching up applies every "
+      "entry handed out at once in one loop turn"),
+    M("spent_budget_applies_on", "src/node.c",
+      "        if (nd->ap.left == 0 || !apply_entry(&rd->committed[i])) {",
+      "        if (!apply_entry(&rd->committed[i])) {",
+      ["nodesim:150"],
+      "entries handed out past the turn's apply budget are applied in the "
+      "same turn"),
     M("applied_index_before_entry_end", "src/node.c",
       "            nd->ap.req = w;\n            return false;",
       "            nd->ap.req = w;\n            nd->applied = e->index;\n"

@@ -2162,6 +2162,9 @@ static void apply_grant(struct kv *kv, const struct kv_cmd *c,
  * key deleted): they are a compare or a pointer copy, not a removal from
  * both indexes with its event. */
 #define JOB_CHEAP_PER_UNIT 8
+/* Bytes of a command done at once (a SET's value, copied) that count as
+ * one unit more. */
+#define JOB_BYTES_PER_UNIT 16384
 
 /* Charge one cheap step (JOB_CHEAP_PER_UNIT to a unit). */
 static void charge_cheap(struct kv_job *j, uint64_t *budget)
@@ -2464,6 +2467,9 @@ int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
     j->res.status = KV_OK;
     j->res.succeeded = true;
     if (!job_begin(j)) {
+        /* Done at once: one unit, and one per JOB_BYTES_PER_UNIT of the
+         * command (its value copied into the table). */
+        *budget -= PZ_MIN(*budget, 1 + (uint64_t)len / JOB_BYTES_PER_UNIT);
         job_finish(j, res);
         return 0;
     }

@@ -2427,6 +2427,65 @@ TEST(job_big_revoke_and_drop)
     kv_free(kv);
 }
 
+/* Commands done at once take their units too: one each, and one more per
+ * 16 KiB of command; none below zero; a refused one counts as well. A
+ * caller that stops at a spent budget thus stops between SETs. */
+TEST(job_set_del_grant_charge)
+{
+    struct kv *kv = kv_new();
+    struct pz_buf cmd;
+    pz_buf_init(&cmd);
+    struct kv_result r;
+    struct kv_job *job;
+    uint64_t budget = 10;
+    kv_encode_set(&cmd, "a", 1, "v", 1);
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                &budget, &r, &job),
+                 0);
+    CHECK(job == NULL);
+    CHECK_EQ_INT(budget, 9);
+    pz_buf_reset(&cmd);
+    kv_encode_del(&cmd, "a", 1);
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                &budget, &r, &job),
+                 0);
+    CHECK_EQ_INT(budget, 8);
+    pz_buf_reset(&cmd);
+    kv_encode_lease_grant(&cmd, 7, 60);
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                &budget, &r, &job),
+                 0);
+    CHECK_EQ_INT(budget, 7);
+    pz_buf_reset(&cmd); /* refused: no such lease */
+    kv_encode_set_lease(&cmd, "b", 1, "v", 1, 8);
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                &budget, &r, &job),
+                 0);
+    CHECK_EQ_INT(r.status, KV_ELEASE_NOTFOUND);
+    CHECK_EQ_INT(budget, 6);
+    static char big[40000];
+    memset(big, 'x', sizeof big);
+    pz_buf_reset(&cmd); /* 1 + 40,000 / 16,384 */
+    kv_encode_set(&cmd, "c", 1, big, sizeof big);
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                &budget, &r, &job),
+                 0);
+    CHECK_EQ_INT(budget, 3);
+    budget = 1;
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                &budget, &r, &job),
+                 0);
+    CHECK_EQ_INT(budget, 0);
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                &budget, &r, &job),
+                 0); /* at 0: done all the same */
+    CHECK(job == NULL);
+    CHECK_EQ_INT(budget, 0);
+    CHECK_EQ_INT(kv_count(kv), 1);
+    pz_buf_free(&cmd);
+    kv_free(kv);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(basic_ops),
     TEST_ENTRY(quota_bytes_count_keys),
@@ -2457,6 +2516,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(txn_sink_branch),
     TEST_ENTRY(range_count_range),
     TEST_ENTRY(txn_range_budget),
+    TEST_ENTRY(job_set_del_grant_charge),
     TEST_ENTRY(append_in_order_keeps_tails),
     TEST_ENTRY(restore_in_order_and_not),
     TEST_ENTRY(revision_max_refuses_writes),
