@@ -169,3 +169,15 @@ caught_up; t1=$(now_ms)
 touch "$tmp/probe.stop"; wait "$probe" || true
 echo "new node caught up in $((t1 - t0)) ms, join polling included ($(grep -c 'installed snapshot' "$tmp/node4.log") snapshot installed)"
 echo "its answers to a client meanwhile: $(cat "$tmp/probe.out")"
+# Its loop's own view: turns that worked over 25 ms (pyazdb_loop_busy_seconds
+# since its start). A slow answer with no long turn waited for a CPU.
+curl -sf "http://127.0.0.1:$nh/metrics" | awk '
+    /^pyazdb_loop_busy_seconds_bucket/ {
+        match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+        if (le == "0.025") under = $2
+        if (le == "+Inf") all = $2
+    }
+    END { printf "its loop: %d turns, %d over 25 ms\n", all, all - under }'
+if [ -n "${BENCH_KEEP:-}" ]; then
+    curl -sf "http://127.0.0.1:$nh/metrics" | grep '^pyazdb_loop_busy_seconds_bucket'
+fi
