@@ -260,7 +260,7 @@ $(SNAP_LOAD): tests/bench/snap_load.c $(CORE_O) src/snapshot.o \
 bench-snapshot-load: $(SNAP_LOAD)
 	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; \
 	 f=$$($(SNAP_LOAD) make "$$d" $${SNAP_LOAD_KEYS:-1000000}) && \
-	 $(SNAP_LOAD) load "$$f" 3
+	 $(SNAP_LOAD) load "$$f" 3 && $(SNAP_LOAD) load "$$f" 1 thread
 
 # The side-by-side benchmark (scripts/bench.py): quick by default.
 BENCH ?= quick

@@ -422,54 +422,55 @@ void pz_warm_begin(struct pz_warm *w, size_t bytes)
 {
     memset(w, 0, sizeof *w);
 #if WARM_ON
-    /* The main thread allocates from the main arena, whose heap is given
-     * back only from its top (which the fence below holds). */
-    if (bytes < pz_warm_min || gettid() != getpid())
+    if (bytes < pz_warm_min)
         return;
     size_t n = bytes / WARM_BLOCK + 1;
     void **b = malloc(n * sizeof *b);
     void **runs = malloc(2 * n * sizeof *runs);
+    void **fences = malloc(n * sizeof *fences);
     size_t got = 0;
     bool heap = true;
-    while (b && runs && got < n && (b[got] = malloc(WARM_BLOCK)) != NULL) {
+    while (b && runs && fences && got < n &&
+           (b[got] = malloc(WARM_BLOCK)) != NULL) {
         if (malloc_usable_size(b[got++]) != WARM_BLOCK + 8) {
             heap = false;
             break;
         }
     }
-    if (got < 2 || !heap) {
-        for (size_t i = 0; i < got; i++)
-            free(b[i]);
-        free(b);
-        free(runs);
-        return;
-    }
-    /* The last block stays allocated until pz_warm_end: freed, the rest
-     * would join the top of the heap, which malloc may give back. */
-    w->fence = b[--got];
-    /* Runs of blocks that lie end to end: heap pages, which stay mapped
-     * while the fence is held. */
-    uintptr_t mask = (uintptr_t)page_size() - 1;
-    uintptr_t lo = (uintptr_t)b[0], hi = lo + WARM_BLOCK;
-    for (size_t i = 1; i <= got; i++) {
-        uintptr_t p = i < got ? (uintptr_t)b[i] : 0;
-        if (i < got && p == hi - WARM_BLOCK + WARM_CHUNK) {
-            hi = p + WARM_BLOCK;
+    /* Runs of blocks that lie end to end. The last block of each stays
+     * allocated until pz_warm_end (its fence), and the pages before it are
+     * the run's to map in. malloc gives memory back to the system only
+     * from the top of a heap (the main arena's, by sbrk; a thread arena's
+     * heaps, by shrinking or unmapping the last one), and a free block
+     * below a block in use is never part of that top: the run's pages stay
+     * mapped, in any arena, whatever else the process frees meanwhile
+     * (malloc_trim may empty them with MADV_DONTNEED: still mapped). */
+    for (size_t i = 0, first = 0; heap && i < got; i++) {
+        if (i + 1 < got && (uintptr_t)b[i + 1] == (uintptr_t)b[i] + WARM_CHUNK)
             continue;
+        if (i > first) { /* blocks first..i, i the fence */
+            uintptr_t mask = (uintptr_t)page_size() - 1;
+            uintptr_t lo = ((uintptr_t)b[first] + mask) & ~mask;
+            uintptr_t hi = (uintptr_t)b[i] & ~mask;
+            fences[w->nfences++] = b[i];
+            b[i] = NULL;
+            if (hi > lo) {
+                runs[2 * w->nruns] = (void *)lo;
+                runs[2 * w->nruns + 1] = (void *)hi;
+                w->nruns++;
+            }
         }
-        uintptr_t first = (lo + mask) & ~mask, end = hi & ~mask;
-        if (end > first) {
-            runs[2 * w->nruns] = (void *)first;
-            runs[2 * w->nruns + 1] = (void *)end;
-            w->nruns++;
-        }
-        lo = p;
-        hi = p + WARM_BLOCK;
+        first = i + 1;
     }
     for (size_t i = 0; i < got; i++)
         free(b[i]);
     free(b);
+    w->fences = fences;
     w->runs = runs;
+    if (!heap || w->nruns == 0) {
+        pz_warm_end(w);
+        return;
+    }
     w->allowed = WARM_AHEAD;
     /* No signal for the thread: the process's handlers run elsewhere. */
     sigset_t all, old;
@@ -498,14 +499,17 @@ void pz_warm_end(struct pz_warm *w)
         pthread_join(w->th, NULL);
         w->started = false;
     }
-    free(w->fence);
-    w->fence = NULL;
+    for (size_t i = 0; i < w->nfences; i++)
+        free(w->fences[i]);
+    free(w->fences);
+    w->fences = NULL;
+    w->nfences = 0;
     free(w->runs);
     w->runs = NULL;
     w->nruns = 0;
 #ifdef __GLIBC__
-    /* What the load left of the warmed block joined the top with the
-     * fence; malloc gives the top back only past its trim threshold,
+    /* What the load left of the warmed runs joined the top with the
+     * fences; malloc gives the top back only past its trim threshold,
      * which grows to 64 MiB after large blocks were freed. */
     if (was)
         malloc_trim(0);

@@ -82,18 +82,20 @@ void pz_fifo_trim(void);
  * load allocates about `bytes` in small blocks, and each new page costs a
  * page fault on its first write: 13 to 16 us apiece on the virtual machine
  * we measured, two thirds of loading 10M keys into a fresh process.
- * pz_warm_begin carves that much from malloc's heap and frees it again in
- * one piece (several if the heap had holes), which malloc then hands out
- * to the load front to back (one block past it stays allocated, so that
- * the heap does not shrink under the load), and starts a thread that maps
- * those pages in with MADV_POPULATE_WRITE (cheaper per page than a fault,
- * and on the other core) and reads a byte of each (pz.c says why, and why
- * that read is harmless). It writes nothing: what the load wrote stays.
- * The thread keeps at most 64 MiB ahead of what the load says it has used
- * (pz_warm_allow), so that a load that stops early, or a file whose header
- * overstates its keys, does not make it map in more than that for nothing.
- * pz_warm_end stops and joins the thread and gives back what the load left
- * unused. Only on the main thread (the main arena), only below glibc's
+ * pz_warm_begin carves that much from malloc's heap (the calling thread's
+ * arena) and frees it again in one piece (several if the heap had holes,
+ * or if it spans several of a thread arena's 64 MiB heaps), which malloc
+ * then hands out to the load front to back (one block past each piece
+ * stays allocated, so that no heap shrinks under the load), and starts a
+ * thread that maps those pages in with MADV_POPULATE_WRITE (cheaper per
+ * page than a fault, and on the other core) and reads a byte of each
+ * (pz.c says why, and why that read is harmless). It writes nothing: what
+ * the load wrote stays. The thread keeps at most 64 MiB ahead of what the
+ * load says it has used (pz_warm_allow), so that a load that stops early,
+ * or a file whose header overstates its keys, does not make it map in
+ * more than that for nothing. pz_warm_end stops and joins the thread and
+ * gives back what the load left unused. On any thread (a snapshot
+ * received from the leader loads on the thread pool), only below glibc's
  * malloc (the sizes it reports for the blocks tell), not under
  * AddressSanitizer (whose allocator sets freed blocks aside) and not under
  * pz_warm_min bytes (PZ_WARM_MIN; tests lower it): otherwise it does
@@ -102,7 +104,8 @@ void pz_fifo_trim(void);
 #define PZ_WARM_MIN ((size_t)64 << 20)
 extern size_t pz_warm_min;
 struct pz_warm {
-    void *fence;    /* the block kept past the free one (NULL: none) */
+    void **fences; /* the block kept past each run */
+    size_t nfences;
     void **runs;    /* start and end of each run of pages to map in */
     size_t nruns;
     size_t mapped;  /* bytes the thread has mapped in so far (atomic) */

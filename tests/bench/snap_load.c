@@ -3,17 +3,22 @@
  *   snap-load make DIR N     write a snapshot of N keys (16-byte keys,
  *                            100-byte values, key-NNNNNNNNNNNN) into DIR
  *                            and print its path
- *   snap-load load PATH [R]  load PATH into a new table R times (default 1)
+ *   snap-load load PATH [R] [thread]
+ *                            load PATH into a new table R times (default 1)
  *                            and verify it once without a table; prints
  *                            the first load's wall and CPU time (what a
  *                            restart pays: the table's memory is new to
  *                            the process), the best load's (memory the
- *                            previous load freed), keys and digest
+ *                            previous load freed), keys and digest;
+ *                            `thread`: the loads run on another thread,
+ *                            as a snapshot received from the leader does
+ *                            (on the thread pool: another malloc arena)
  *
  * Build and run with `make bench-snapshot-load` (SNAP_LOAD_KEYS=n). For
  * instruction counts, run `load` under valgrind --tool=callgrind
  * --toggle-collect=snapshot_load. */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,12 +115,35 @@ static int load(const char *path, int reps)
     return 0;
 }
 
+struct load_args {
+    const char *path;
+    int reps, rc;
+};
+
+static void *load_main(void *arg)
+{
+    struct load_args *a = arg;
+    a->rc = load(a->path, a->reps);
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 4 && strcmp(argv[1], "make") == 0)
         return make(argv[2], atol(argv[3]));
-    if (argc >= 3 && strcmp(argv[1], "load") == 0)
-        return load(argv[2], argc > 3 ? atoi(argv[3]) : 1);
-    fprintf(stderr, "usage: snap-load make DIR N | snap-load load PATH [R]\n");
+    if (argc >= 3 && strcmp(argv[1], "load") == 0) {
+        struct load_args a = {argv[2], argc > 3 ? atoi(argv[3]) : 1, 0};
+        if (argc <= 4 || strcmp(argv[4], "thread") != 0)
+            return load(a.path, a.reps);
+        pthread_t th;
+        if (pthread_create(&th, NULL, load_main, &a) != 0) {
+            fprintf(stderr, "snap-load: cannot start a thread\n");
+            return 1;
+        }
+        pthread_join(th, NULL);
+        return a.rc;
+    }
+    fprintf(stderr, "usage: snap-load make DIR N | snap-load load PATH [R] "
+                    "[thread]\n");
     return 2;
 }

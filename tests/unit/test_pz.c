@@ -456,11 +456,11 @@ TEST(warm_maps_the_load_in_ahead)
     pz_warm_min = MB;
     uint64_t count = pz_warm_count();
     pz_warm_begin(&w, MB - 1); /* under the minimum: nothing */
-    CHECK(!w.started && w.fence == NULL);
+    CHECK(!w.started && w.nfences == 0);
     pz_warm_end(&w);
     if (!pz_warm_built()) {
         pz_warm_begin(&w, WARM);
-        CHECK(!w.started && w.fence == NULL && pz_warm_count() == count);
+        CHECK(!w.started && w.nfences == 0 && pz_warm_count() == count);
         pz_warm_end(&w);
         return;
     }
@@ -502,7 +502,7 @@ TEST(warm_maps_the_load_in_ahead)
     CHECK(inside > N - N / 100);
     CHECK(faults < 40 * MB / 4096 / 20); /* of 10,240 pages written */
     pz_warm_end(&w);
-    CHECK(w.fence == NULL && !w.started);
+    CHECK(w.fences == NULL && w.nfences == 0 && !w.started);
     /* 40 MiB in use, the rest of the 96 given back */
     CHECK(mallinfo2().arena < heap0 + 42 * (size_t)MB);
     for (size_t i = 0; i < N; i++)
@@ -511,6 +511,76 @@ TEST(warm_maps_the_load_in_ahead)
     for (size_t i = 0; i < N; i++)
         free(b[i]);
     CHECK(mallinfo2().arena < heap0 + 2 * (size_t)MB);
+}
+
+/* On a thread of its own (a snapshot received from the leader loads on
+ * the thread pool), malloc serves the thread from an arena of 64 MiB
+ * heaps: 160 MiB warmed there is several runs, each with its fence, and
+ * the blocks a load allocates next land in them without faulting. */
+static void warm_on_a_thread_body(void)
+{
+    enum { MB = 1 << 20, WARM = 160 * MB, BLK = 176, N = 100 * MB / 192 };
+    static struct pz_warm w;
+    static char *b[N];
+    memset(b, 0, sizeof b);
+    pz_warm_begin(&w, WARM);
+    CHECK(w.started);
+    CHECK(w.nruns >= 2 && w.nfences >= w.nruns);
+    size_t want = 0;
+    for (size_t i = 0; i < w.nruns; i++)
+        want += (uintptr_t)w.runs[2 * i + 1] - (uintptr_t)w.runs[2 * i];
+    CHECK(want >= WARM - 4 * (size_t)MB);
+    pz_warm_allow(&w, WARM);
+    if (warm_wait(&w, want) < want && w.err == EINVAL) {
+        fprintf(stderr, "    no MADV_POPULATE_WRITE: nothing mapped in\n");
+        pz_warm_end(&w);
+        return;
+    }
+    CHECK_EQ_INT(w.err, 0);
+    CHECK(__atomic_load_n(&w.mapped, __ATOMIC_RELAXED) == want);
+    long before = thread_faults();
+    for (size_t i = 0; i < N; i++) {
+        b[i] = malloc(BLK);
+        CHECK(b[i] != NULL);
+        memset(b[i], (int)i, BLK);
+    }
+    long faults = thread_faults() - before;
+    size_t inside = 0;
+    for (size_t i = 0; i < N; i++)
+        for (size_t r = 0; r < w.nruns; r++)
+            if ((uintptr_t)b[i] >= (uintptr_t)w.runs[2 * r] - 4096 &&
+                (uintptr_t)b[i] < (uintptr_t)w.runs[2 * r + 1]) {
+                inside++;
+                break;
+            }
+    fprintf(stderr, "    %zu runs; %zu of %d blocks in them, %ld faults\n",
+            w.nruns, inside, N, faults);
+    CHECK(inside > N - N / 50);
+    CHECK(faults < 100 * MB / 4096 / 20);
+    pz_warm_end(&w);
+    CHECK(w.fences == NULL && !w.started);
+    for (size_t i = 0; i < N; i++)
+        CHECK((unsigned char)b[i][BLK - 1] == (unsigned char)i);
+    for (size_t i = 0; i < N; i++)
+        free(b[i]);
+}
+
+static void *warm_on_a_thread_main(void *arg)
+{
+    PZ_UNUSED(arg);
+    warm_on_a_thread_body();
+    return NULL;
+}
+
+TEST(warm_on_a_thread_maps_its_arena_in)
+{
+    if (!pz_warm_built())
+        return; /* warm_maps_the_load_in_ahead: it does nothing */
+    pz_warm_min = 1 << 20;
+    pthread_t th;
+    CHECK_EQ_INT(pthread_create(&th, NULL, warm_on_a_thread_main, NULL), 0);
+    pthread_join(th, NULL);
+    pz_warm_min = PZ_WARM_MIN;
 }
 
 TEST(fifo_current_chunk_is_reused_when_emptied)
@@ -594,6 +664,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(fifo_current_chunk_is_reused_when_emptied),
     TEST_ENTRY(fifo_chunks_leave_no_poison),
     TEST_ENTRY(warm_maps_the_load_in_ahead),
+    TEST_ENTRY(warm_on_a_thread_maps_its_arena_in),
     TEST_END};
 const struct test_suite suite_pz = {"pz", cases};
 
