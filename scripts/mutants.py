@@ -2069,6 +2069,14 @@ MUTATIONS = [
       ["unit:kv/job_set_del_grant_charge", "nodesim:150"],
       "SETs cost no apply budget: a follower catching up applies every "
       "entry handed out at once in one loop turn"),
+    M("empty_command_costs_nothing", "src/kv.c",
+      "    else if (*budget == had) /* its steps found nothing to do */\n"
+      "        *budget -= PZ_MIN(*budget, 1);",
+      "    else if (*budget == had + 1) /* its steps found nothing to do */\n"
+      "        *budget -= PZ_MIN(*budget, 1);",
+      ["unit:kv/job_set_del_grant_charge"],
+      "a transaction whose branch is empty, or a revoke of a lease with no "
+      "key, costs no apply budget: any number of them go in one turn"),
     M("spent_budget_applies_on", "src/node.c",
       "        if (nd->ap.left == 0 || !apply_entry(&rd->committed[i])) {",
       "        if (!apply_entry(&rd->committed[i])) {",

@@ -2450,8 +2450,10 @@ int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
     *job = NULL;
     struct kv_cmd c;
     int rc = kv_decode(cmd, len, &c);
-    if (rc)
+    if (rc) {
+        *budget -= PZ_MIN(*budget, 1);
         return rc;
+    }
     struct kv_job *j = pz_calloc(1, sizeof *j);
     j->kv = kv;
     j->c = c;
@@ -2473,8 +2475,11 @@ int kv_apply_start(struct kv *kv, const uint8_t *cmd, size_t len,
         job_finish(j, res);
         return 0;
     }
+    uint64_t had = *budget;
     if (!job_go(j, budget, res))
         *job = j;
+    else if (*budget == had) /* its steps found nothing to do */
+        *budget -= PZ_MIN(*budget, 1);
     return 0;
 }
 

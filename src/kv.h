@@ -497,8 +497,9 @@ int kv_apply_sink(struct kv *kv, const uint8_t *cmd, size_t len,
  * one key deleted (a removed key, or a few cheap steps: keys collected or
  * sorted); every call makes progress (a budget of 0 does one unit), and
  * work that cannot be cut (a PUT, a GET, a RANGE's walk, a transaction's
- * checks) counts one unit. A command done at once (SET, SETL, DEL,
- * GRANT, one refused) counts one unit, and one more per 16 KiB of its
+ * checks) counts one unit. Every command counts one unit at least (one
+ * that finds nothing to do, one refused, one that does not decode), and
+ * one done at once (SET, SETL, DEL, GRANT) one more per 16 KiB of its
  * encoding, so that a caller applying many of them in a row (a follower
  * catching up) can stop between them too. Invariants
  * (test kv/job_chunked_vs_oneshot):

@@ -2427,7 +2427,7 @@ TEST(job_big_revoke_and_drop)
     kv_free(kv);
 }
 
-/* Commands done at once take their units too: one each, and one more per
+/* Every command takes a unit at least: one done at once, one more per
  * 16 KiB of command; none below zero; a refused one counts as well. A
  * caller that stops at a spent budget thus stops between SETs. */
 TEST(job_set_del_grant_charge)
@@ -2482,6 +2482,28 @@ TEST(job_set_del_grant_charge)
     CHECK(job == NULL);
     CHECK_EQ_INT(budget, 0);
     CHECK_EQ_INT(kv_count(kv), 1);
+    /* Commands whose steps find nothing to do: a unit each all the same
+     * (an empty transaction, a revoke of a lease with no key), and one
+     * that does not decode. */
+    budget = 10;
+    pz_buf_reset(&cmd);
+    CHECK_EQ_INT(kv_encode_txn(&cmd, NULL, 0, NULL, 0, NULL, 0), 0);
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                &budget, &r, &job),
+                 0);
+    CHECK(job == NULL);
+    CHECK_EQ_INT(budget, 9);
+    pz_buf_reset(&cmd);
+    kv_encode_lease_revoke(&cmd, 7);
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
+                                &budget, &r, &job),
+                 0);
+    CHECK(job == NULL);
+    CHECK_EQ_INT(budget, 8);
+    CHECK_EQ_INT(
+        kv_apply_start(kv, (const uint8_t[]){0xff}, 1, NULL, &budget, &r, &job),
+        PZ_EINVAL);
+    CHECK_EQ_INT(budget, 7);
     pz_buf_free(&cmd);
     kv_free(kv);
 }
