@@ -226,24 +226,31 @@ static bool apply_entry(const struct raft_entry *e)
  *    it (it is committed); a snapshot install and a close first finish it
  *    (apply_drain); a crash drops it with the table. */
 
-/* Copy es (n of them) behind the entries waiting, and hold the core's. */
-static void queue_entries(const struct raft_entry *es, size_t n)
+/* rd's committed entries from `from` on wait for later turns: take them
+ * from the core (no copy: a follower catching up is handed tens of
+ * thousands at once, or large values) and hold the core's next ones. The
+ * queue is empty here: the core hands out nothing while it is not. */
+static void queue_entries(struct raft_ready *rd, size_t from)
 {
     raft_hold_apply(nd->raft, true);
-    if (n == 0)
+    pz_assert(nd->ap.queue == NULL);
+    if (from == rd->n_committed)
         return;
-    if (nd->ap.next == nd->ap.n) {
-        pz_free(nd->ap.queue);
-        nd->ap.queue = NULL;
-        nd->ap.n = nd->ap.next = 0;
-    }
-    nd->ap.queue =
-        pz_realloc(nd->ap.queue, (nd->ap.n + n) * sizeof *nd->ap.queue);
-    for (size_t i = 0; i < n; i++) {
-        struct raft_entry *q = &nd->ap.queue[nd->ap.n++];
-        *q = es[i];
-        q->data = es[i].len ? pz_memdup(es[i].data, es[i].len) : NULL;
-    }
+    size_t n;
+    nd->ap.queue = raft_take_committed(nd->raft, &n);
+    pz_assert(nd->ap.queue == rd->committed && n == rd->n_committed);
+    nd->ap.n = n;
+    nd->ap.next = from;
+    rd->committed = NULL; /* the queue's now */
+    rd->n_committed = 0;
+}
+
+/* The queue is done with (or dropped): its entries go back to the core. */
+static void queue_free(void)
+{
+    raft_entries_free(nd->ap.queue, nd->ap.n);
+    nd->ap.queue = NULL;
+    nd->ap.n = nd->ap.next = 0;
 }
 
 bool node_applying(void)
@@ -264,16 +271,10 @@ static bool apply_pending(void)
     while (nd->ap.next < nd->ap.n) {
         if (nd->ap.left == 0)
             return false;
-        struct raft_entry *e = &nd->ap.queue[nd->ap.next++];
-        bool done = apply_entry(e);
-        pz_free(e->data);
-        e->data = NULL;
-        if (!done)
+        if (!apply_entry(&nd->ap.queue[nd->ap.next++]))
             return false;
     }
-    pz_free(nd->ap.queue);
-    nd->ap.queue = NULL;
-    nd->ap.n = nd->ap.next = 0;
+    queue_free();
     raft_hold_apply(nd->raft, false);
     return true;
 }
@@ -309,11 +310,7 @@ static void apply_free(void)
     kv_job_free(nd->ap.job);
     nd->ap.job = NULL;
     nd->ap.req = NULL;
-    for (size_t i = nd->ap.next; i < nd->ap.n; i++)
-        pz_free(nd->ap.queue[i].data);
-    pz_free(nd->ap.queue);
-    nd->ap.queue = NULL;
-    nd->ap.n = nd->ap.next = 0;
+    queue_free();
 }
 
 /* Entries were applied outside a Ready: what waited for them goes. */
@@ -448,14 +445,15 @@ static void ready_apply(struct raft_ready *rd)
     /* The core hands out nothing while entries wait (raft_hold_apply). */
     pz_assert(rd->n_committed == 0 ||
               (nd->ap.job == NULL && nd->ap.next == nd->ap.n));
-    for (size_t i = 0; i < rd->n_committed; i++) {
+    size_t n_committed = rd->n_committed;
+    for (size_t i = 0; i < n_committed; i++) {
         if (nd->ap.left == 0 || !apply_entry(&rd->committed[i])) {
-            size_t from = nd->ap.left == 0 && nd->ap.job == NULL ? i : i + 1;
-            queue_entries(rd->committed + from, rd->n_committed - from);
+            queue_entries(rd,
+                          nd->ap.left == 0 && nd->ap.job == NULL ? i : i + 1);
             break;
         }
     }
-    if (rd->n_committed)
+    if (n_committed)
         snaps_maybe();
     if (rd->conf_changed)
         members_refresh();
@@ -1493,9 +1491,9 @@ static void free_state(void)
 {
     raft_conf_free(&nd->committed);
     nospace_pending_clear();
+    apply_free(); /* its entries are the core's */
     raft_free(nd->raft);
     node_lease_free();
-    apply_free();
     kv_free(nd->kv);
     watch_hub_close(&nd->watch_hub);
     for (size_t i = 0; i < nd->n_members; i++)

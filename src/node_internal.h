@@ -101,9 +101,11 @@ struct node_apply {
     struct kv_job *job;       /* the command of cur, paused, or NULL */
     struct raft_entry cur;    /* the entry job applies (no data) */
     struct node_req *req;     /* the write whose sink job reports to */
-    struct raft_entry *queue; /* entries after it, in order (data
-                                 owned): raft_hold_apply keeps the rest
-                                 in the core */
+    struct raft_entry *queue; /* a Ready's committed entries, taken
+                                 from the core (raft_take_committed),
+                                 those from next on still to apply:
+                                 raft_hold_apply keeps the rest in the
+                                 core */
     size_t n;                 /* entries in queue */
     size_t next;              /* queue[next] is the next to apply */
     uint64_t budget;          /* units (kv.h) applied per loop turn */

@@ -2786,6 +2786,20 @@ void raft_hold_apply(struct raft *r, bool hold)
     r->apply_held = hold;
 }
 
+struct raft_entry *raft_take_committed(struct raft *r, size_t *n)
+{
+    struct raft_entry *e = r->rd_committed;
+    *n = r->rd_n_committed;
+    r->rd_committed = NULL;
+    r->rd_n_committed = 0;
+    return e;
+}
+
+void raft_entries_free(struct raft_entry *e, size_t n)
+{
+    entries_release(e, n);
+}
+
 bool raft_has_ready(const struct raft *r)
 {
     if (!ready_room(r))

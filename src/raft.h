@@ -673,6 +673,16 @@ void raft_ready(struct raft *r, struct raft_ready *rd);
  * a leader's in max_uncommitted, as they would before their Ready. */
 void raft_hold_apply(struct raft *r, bool hold);
 
+/* The committed entries of the Ready just taken (its committed array,
+ * returned with their count in *n) become the caller's: the next
+ * raft_ready does not free them, and their payloads, shared with the log
+ * rather than copied, stay valid until raft_entries_free. For a driver
+ * that applies part of a Ready now and the rest in later turns. Returns
+ * NULL (and 0) if the Ready had none or they were taken already. */
+struct raft_entry *raft_take_committed(struct raft *r, size_t *n);
+/* Release entries taken with raft_take_committed (NULL: nothing). */
+void raft_entries_free(struct raft_entry *e, size_t n);
+
 /* The oldest Ready in flight is durable (its snapshot, hs and entries
  * written; rd is that Ready, asserted). Uses only rd's scalar fields
  * (persist_index, persist_term, hs.term: that term is now durable, and a

@@ -1091,6 +1091,55 @@ TEST(hold_apply_keeps_following)
     net_free(&net);
 }
 
+/* A Ready's committed entries taken by the driver outlive the Readies
+ * after it, payloads included, until it frees them; the core hands out
+ * the next ones as usual. */
+TEST(taken_committed_entries_outlive_the_ready)
+{
+    struct tnet net;
+    net_init(&net, 3);
+    uint64_t term = 0;
+    for (int k = 0; k < 40 && count_leaders(&net, &term) == 0; k++)
+        tick_all(&net, 1);
+    CHECK_EQ_INT(count_leaders(&net, &term), 1);
+    tick_all(&net, 1);
+    int leader = leader_id(&net);
+    int f = leader % 3 + 1;
+    raft_hold_apply(net.nodes[f].r, true);
+    static const char *vals[] = {"one", "two", "three"};
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(raft_propose(net.nodes[leader].r, (const uint8_t *)vals[i],
+                                  strlen(vals[i]), NULL, NULL),
+                     0);
+        deliver_all(&net);
+    }
+    tick_all(&net, 1);
+    raft_hold_apply(net.nodes[f].r, false);
+    struct tnode *t = &net.nodes[f];
+    struct raft_ready rd;
+    take_ready(&net, t, &rd);
+    CHECK_EQ_INT(rd.n_committed, 3);
+    size_t n;
+    struct raft_entry *e = raft_take_committed(t->r, &n);
+    CHECK(e == rd.committed && n == 3);
+    CHECK(raft_take_committed(t->r, &n) == NULL && n == 0);
+    finish_ready(&net, t, &rd);
+    /* More Readies come and go; the entries taken stay whole. */
+    CHECK_EQ_INT(raft_propose(net.nodes[leader].r, (const uint8_t *)"four", 4,
+                              NULL, NULL),
+                 0);
+    deliver_all(&net);
+    tick_all(&net, 1);
+    pump(&net, f);
+    CHECK_EQ_INT(t->applied, e[2].index + 1);
+    for (int i = 0; i < 3; i++)
+        CHECK(e[i].len == strlen(vals[i]) &&
+              memcmp(e[i].data, vals[i], e[i].len) == 0);
+    raft_entries_free(e, n);
+    raft_entries_free(NULL, 0);
+    net_free(&net);
+}
+
 static bool read_at_once(struct tnet *net, int id, uint64_t ctx, int *hb)
 {
     struct tnode *t = &net->nodes[id];
@@ -3947,6 +3996,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(single_node_election_and_commit),
     TEST_ENTRY(three_node_election),
     TEST_ENTRY(hold_apply_keeps_following),
+    TEST_ENTRY(taken_committed_entries_outlive_the_ready),
     TEST_ENTRY(founding_members_stand_early),
     TEST_ENTRY(vote_requires_up_to_date_log),
     TEST_ENTRY(vote_of_lower_term_refused),
