@@ -382,6 +382,13 @@ MUTATIONS = [
       ["unit:pz/warm_on_a_thread_maps_its_arena_in"],
       "a snapshot loaded on the thread pool goes without the heap warming "
       "(2.5 times slower on this VM)"),
+    M("warm_ignores_the_hint", "src/pz.c",
+      "    uintptr_t h = __atomic_load_n(&w->hint, __ATOMIC_RELAXED);",
+      "    uintptr_t h = 0;",
+      ["unit:pz/warm_on_a_thread_maps_its_arena_in"],
+      "the warm thread maps a thread arena's runs in the order they were "
+      "carved, not the one the load takes them in: the load faults through "
+      "the runs it reaches first"),
     # --- tokens and sizes -------------------------------------------------
     M("bearer_prefix_accepted", "src/httpd.c",
       "           pz_token_equal(token, strlen(token), h, n);",

@@ -351,6 +351,7 @@ void pz_fifo_trim(void)
 #define WARM_CHUNK (WARM_BLOCK + 16) /* from one block to the next */
 #define WARM_STEP ((size_t)1 << 20)  /* mapped in per call */
 #define WARM_AHEAD ((size_t)64 << 20) /* ahead of the load, at most */
+#define WARM_PROBE 4096 /* pz_warm_allow's look at where malloc carves */
 
 size_t pz_warm_min = PZ_WARM_MIN;
 static uint64_t warm_started;
@@ -378,6 +379,29 @@ static size_t page_size(void)
     return pg > 0 ? (size_t)pg : 4096;
 }
 
+/* The run the load allocates from now (the one holding its last hint,
+ * unless mapped WARM_AHEAD past the hint or to its end), else the first
+ * not mapped to its end; w->nruns when every run is. */
+static size_t warm_next(struct pz_warm *w, size_t page)
+{
+    uintptr_t h = __atomic_load_n(&w->hint, __ATOMIC_RELAXED);
+    for (size_t i = 0; h && i < w->nruns; i++) {
+        char *lo = w->runs[2 * i], *end = w->runs[2 * i + 1];
+        if (h < (uintptr_t)lo || h >= (uintptr_t)end)
+            continue;
+        char *hp = (char *)(h & ~(uintptr_t)(page - 1));
+        if (w->at[i] < hp)
+            w->at[i] = hp; /* the load is past these: not worth it now */
+        if (w->at[i] < end && w->at[i] < hp + WARM_AHEAD)
+            return i;
+        break;
+    }
+    for (size_t i = 0; i < w->nruns; i++)
+        if (w->at[i] < (char *)w->runs[2 * i + 1])
+            return i;
+    return w->nruns;
+}
+
 /* Maps the runs in, 1 MiB at a time, no more than WARM_AHEAD past what
  * the load said it used (pz_warm_allow), then reads a byte of each page
  * of that MiB: where the hypervisor keeps shadow page tables (as on the
@@ -388,31 +412,34 @@ static size_t page_size(void)
  * the same byte at that moment. In C11 terms that is a data race (which
  * ThreadSanitizer would report); the read is volatile and its value
  * unused, and on the hardware (x86-64, arm64) it sees the old value or
- * the new one, nothing else. */
+ * the new one, nothing else. The run it maps first is the one the load
+ * is in (warm_next): malloc does not hand the runs out in the order they
+ * were carved (it takes the smallest free piece that fits: in a thread
+ * arena, one of several nearly equal 64 MiB heaps), and a thread that
+ * mapped them in order mapped the wrong one about as often as not. */
 static void *warm_main(void *arg)
 {
     struct pz_warm *w = arg;
-    size_t page = page_size(), done = 0;
-    for (size_t i = 0; i < w->nruns; i++) {
-        char *p = w->runs[2 * i], *end = w->runs[2 * i + 1];
-        while (p < end && !__atomic_load_n(&w->stop, __ATOMIC_RELAXED)) {
-            size_t n = PZ_MIN((size_t)(end - p), WARM_STEP);
-            if (done + n > __atomic_load_n(&w->allowed, __ATOMIC_RELAXED)) {
-                struct timespec ts = {0, 500 * 1000};
-                nanosleep(&ts, NULL); /* the load is 64 MiB behind */
-                continue;
-            }
-            if (madvise(p, n, MADV_POPULATE_WRITE) != 0) {
-                /* EINVAL: a kernel without it. The load faults. */
-                __atomic_store_n(&w->err, errno, __ATOMIC_RELAXED);
-                return NULL;
-            }
-            for (size_t off = 0; off < n; off += page)
-                (void)*(volatile const char *)(p + off);
-            p += n;
-            done += n;
-            __atomic_store_n(&w->mapped, done, __ATOMIC_RELAXED);
+    size_t page = page_size(), done = 0, i;
+    while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED) &&
+           (i = warm_next(w, page)) < w->nruns) {
+        char *p = w->at[i];
+        size_t n = PZ_MIN((size_t)((char *)w->runs[2 * i + 1] - p), WARM_STEP);
+        if (done + n > __atomic_load_n(&w->allowed, __ATOMIC_RELAXED)) {
+            struct timespec ts = {0, 500 * 1000};
+            nanosleep(&ts, NULL); /* the load is 64 MiB behind */
+            continue;
         }
+        if (madvise(p, n, MADV_POPULATE_WRITE) != 0) {
+            /* EINVAL: a kernel without it. The load faults. */
+            __atomic_store_n(&w->err, errno, __ATOMIC_RELAXED);
+            return NULL;
+        }
+        for (size_t off = 0; off < n; off += page)
+            (void)*(volatile const char *)(p + off);
+        w->at[i] = p + n;
+        done += n;
+        __atomic_store_n(&w->mapped, done, __ATOMIC_RELAXED);
     }
     return NULL;
 }
@@ -467,10 +494,13 @@ void pz_warm_begin(struct pz_warm *w, size_t bytes)
     free(b);
     w->fences = fences;
     w->runs = runs;
-    if (!heap || w->nruns == 0) {
+    w->at = heap && w->nruns ? malloc(w->nruns * sizeof *w->at) : NULL;
+    if (w->at == NULL) {
         pz_warm_end(w);
         return;
     }
+    for (size_t i = 0; i < w->nruns; i++)
+        w->at[i] = w->runs[2 * i];
     w->allowed = WARM_AHEAD;
     /* No signal for the thread: the process's handlers run elsewhere. */
     sigset_t all, old;
@@ -487,8 +517,20 @@ void pz_warm_begin(struct pz_warm *w, size_t bytes)
 
 void pz_warm_allow(struct pz_warm *w, size_t used)
 {
-    if (w->started)
-        __atomic_store_n(&w->allowed, used + WARM_AHEAD, __ATOMIC_RELAXED);
+    if (!w->started)
+        return;
+    __atomic_store_n(&w->allowed, used + WARM_AHEAD, __ATOMIC_RELAXED);
+#if WARM_ON
+    /* Where malloc carves the load's blocks from now: a block above its
+     * per-thread caches and small bins comes from the smallest free
+     * piece that fits, the one the load is cutting, at its front; freed,
+     * it joins that piece again. */
+    void *p = malloc(WARM_PROBE);
+    if (p != NULL) {
+        __atomic_store_n(&w->hint, (uintptr_t)p, __ATOMIC_RELAXED);
+        free(p);
+    }
+#endif
 }
 
 void pz_warm_end(struct pz_warm *w)
@@ -507,11 +549,18 @@ void pz_warm_end(struct pz_warm *w)
     free(w->runs);
     w->runs = NULL;
     w->nruns = 0;
+    free(w->at);
+    w->at = NULL;
 #ifdef __GLIBC__
     /* What the load left of the warmed runs joined the top with the
      * fences; malloc gives the top back only past its trim threshold,
-     * which grows to 64 MiB after large blocks were freed. */
-    if (was)
+     * which grows to 64 MiB after large blocks were freed. Only on the
+     * main thread: malloc_trim walks every arena, the event loop's too,
+     * holding each one's lock (14 to 25 ms with 1M to 2M keys in it), and
+     * a load on the thread pool runs while the loop serves. There, what
+     * the load left (64 MiB at most) stays in the thread's arena for its
+     * next use, or for the loop's own trim after a log compaction. */
+    if (was && gettid() == getpid())
         malloc_trim(0);
 #else
     PZ_UNUSED(was);

@@ -108,6 +108,8 @@ struct pz_warm {
     size_t nfences;
     void **runs;    /* start and end of each run of pages to map in */
     size_t nruns;
+    char **at;      /* how far the thread mapped each run in */
+    uintptr_t hint; /* where the load allocated lately (atomic) */
     size_t mapped;  /* bytes the thread has mapped in so far (atomic) */
     size_t allowed; /* bytes it may map in (atomic) */
     int err;        /* errno of the madvise that stopped it (atomic) */

@@ -19,6 +19,7 @@
  * --toggle-collect=snapshot_load. */
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,8 +133,14 @@ int main(int argc, char **argv)
     if (argc >= 4 && strcmp(argv[1], "make") == 0)
         return make(argv[2], atol(argv[3]));
     if (argc >= 3 && strcmp(argv[1], "load") == 0) {
-        struct load_args a = {argv[2], argc > 3 ? atoi(argv[3]) : 1, 0};
-        if (argc <= 4 || strcmp(argv[4], "thread") != 0)
+        bool thread = strcmp(argv[argc - 1], "thread") == 0;
+        int nargs = argc - thread; /* "thread" alone stands for R = 1 */
+        struct load_args a = {argv[2], nargs > 3 ? atoi(argv[3]) : 1, 0};
+        if (a.reps < 1) {
+            fprintf(stderr, "snap-load: R must be 1 or more\n");
+            return 2;
+        }
+        if (!thread)
             return load(a.path, a.reps);
         pthread_t th;
         if (pthread_create(&th, NULL, load_main, &a) != 0) {
