@@ -421,8 +421,11 @@ static void *warm_main(void *arg)
 {
     struct pz_warm *w = arg;
     size_t page = page_size(), done = 0, i;
-    while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED) &&
-           (i = warm_next(w, page)) < w->nruns) {
+    while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED)) {
+        if ((i = warm_next(w, page)) == w->nruns) {
+            __atomic_store_n(&w->finished, 1, __ATOMIC_RELAXED);
+            break;
+        }
         char *p = w->at[i];
         size_t n = PZ_MIN((size_t)((char *)w->runs[2 * i + 1] - p), WARM_STEP);
         if (done + n > __atomic_load_n(&w->allowed, __ATOMIC_RELAXED)) {
@@ -559,7 +562,7 @@ void pz_warm_end(struct pz_warm *w)
      * holding each one's lock (14 to 25 ms with 1M to 2M keys in it), and
      * a load on the thread pool runs while the loop serves. There, what
      * the load left (64 MiB at most) stays in the thread's arena for its
-     * next use, or for the loop's own trim after a log compaction. */
+     * next use. */
     if (was && gettid() == getpid())
         malloc_trim(0);
 #else

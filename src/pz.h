@@ -114,6 +114,7 @@ struct pz_warm {
     size_t allowed; /* bytes it may map in (atomic) */
     int err;        /* errno of the madvise that stopped it (atomic) */
     int stop;       /* set by pz_warm_end (atomic) */
+    int finished;   /* every run mapped in (or passed by the load; atomic) */
     bool started;   /* the thread runs */
     pthread_t th;
 };

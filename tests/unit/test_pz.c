@@ -530,15 +530,8 @@ static void warm_on_a_thread_body(void)
     CHECK(w.started);
     CHECK(w.nruns >= 2);
     size_t want = 0;
-    for (size_t i = 0; i < w.nruns; i++) {
-        uintptr_t end = (uintptr_t)w.runs[2 * i + 1];
-        bool fenced = false;
-        for (size_t f = 0; f < w.nfences; f++)
-            fenced |= (uintptr_t)w.fences[f] >= end &&
-                      (uintptr_t)w.fences[f] < end + 4096;
-        CHECK(fenced); /* a block in use right after each run */
-        want += end - (uintptr_t)w.runs[2 * i];
-    }
+    for (size_t i = 0; i < w.nruns; i++)
+        want += (uintptr_t)w.runs[2 * i + 1] - (uintptr_t)w.runs[2 * i];
     CHECK(want >= WARM - 4 * (size_t)MB);
     size_t used = 0;
     long before = thread_faults();
@@ -548,8 +541,10 @@ static void warm_on_a_thread_body(void)
             size_t last = SIZE_MAX;
             for (int k = 0; k < 2000; k++) { /* 2 s at most */
                 size_t m = __atomic_load_n(&w.mapped, __ATOMIC_RELAXED);
-                if (m + MB > used + 64 * (size_t)MB || m >= want ||
-                    w.err != 0 || (k % 50 == 49 && m == last))
+                if (m + MB > used + 64 * (size_t)MB ||
+                    __atomic_load_n(&w.finished, __ATOMIC_RELAXED) ||
+                    __atomic_load_n(&w.err, __ATOMIC_RELAXED) != 0 ||
+                    (k % 50 == 49 && m == last))
                     break;
                 if (k % 50 == 49)
                     last = m;
@@ -562,12 +557,13 @@ static void warm_on_a_thread_body(void)
         used += BLK + 16;
     }
     long faults = thread_faults() - before;
-    if (w.err == EINVAL) {
+    int err = __atomic_load_n(&w.err, __ATOMIC_RELAXED);
+    if (err == EINVAL) {
         fprintf(stderr, "    no MADV_POPULATE_WRITE: nothing mapped in\n");
         pz_warm_end(&w);
         return;
     }
-    CHECK_EQ_INT(w.err, 0);
+    CHECK_EQ_INT(err, 0);
     size_t inside = 0;
     for (size_t i = 0; i < N; i++)
         for (size_t r = 0; r < w.nruns; r++)
