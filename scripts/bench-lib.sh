@@ -57,3 +57,50 @@ bench_start_cluster() {
         done
     done
 }
+
+# A client of node HTTP port $1 that asks GET /health?serializable=true
+# every 20 ms until bench_probe_stop, then writes to $tmp/probe.out how
+# many it sent, the slowest answer and how many took over 200 ms: a slow
+# one is a long loop turn, or a wait for a CPU (bench_loop_turns tells
+# which).
+bench_probe_start() {
+    rm -f "$tmp/probe.stop"
+    /usr/bin/python3 - "$1" "$tmp/probe.stop" >"$tmp/probe.out" <<'PY' &
+import http.client, os, sys, time
+port, stop = int(sys.argv[1]), sys.argv[2]
+worst, n, slow = 0.0, 0, 0
+while not os.path.exists(stop):
+    t = time.monotonic()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("GET", "/health?serializable=true")
+        c.getresponse().read()
+        c.close()
+    except OSError:
+        pass
+    d = time.monotonic() - t
+    worst, n, slow = max(worst, d), n + 1, slow + (d > 0.2)
+    time.sleep(0.02)
+print(f"{n} requests, slowest {worst * 1000:.0f} ms, {slow} over 200 ms")
+PY
+    bench_probe=$!
+}
+
+bench_probe_stop() {
+    touch "$tmp/probe.stop"
+    wait "$bench_probe" || true
+}
+
+# The loop turns of node HTTP port $1 since its start that worked over 25,
+# 50 and 100 ms (pyazdb_loop_busy_seconds), on one line.
+bench_loop_turns() {
+    curl -sf -m 30 "http://127.0.0.1:$1/metrics" | awk '
+        /^pyazdb_loop_busy_seconds_bucket/ {
+            match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+            if (le == "0.025") a = $2
+            if (le == "0.05") b = $2
+            if (le == "0.1") c = $2
+            if (le == "+Inf") n = $2
+        }
+        END { print n - a, n - b, n - c }'
+}

@@ -146,38 +146,12 @@ fhp=$nh
 until curl -sf "http://127.0.0.1:$fhp/health" >/dev/null 2>&1; do sleep 0.02; done
 # The new node's answers while it catches up: the slowest is how long its
 # loop was held (a snapshot loaded on the loop held it as long as the load).
-/usr/bin/python3 - "$nh" "$tmp/probe.stop" >"$tmp/probe.out" <<'PY' &
-import http.client, os, sys, time
-port, stop = int(sys.argv[1]), sys.argv[2]
-worst, n, slow = 0.0, 0, 0
-while not os.path.exists(stop):
-    t = time.monotonic()
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        c.request("GET", "/health?serializable=true")
-        c.getresponse().read()
-        c.close()
-    except OSError:
-        pass
-    d = time.monotonic() - t
-    worst, n, slow = max(worst, d), n + 1, slow + (d > 0.2)
-    time.sleep(0.02)
-print(f"{n} requests, slowest {worst * 1000:.0f} ms, {slow} over 200 ms")
-PY
-probe=$!
+bench_probe_start "$nh"
 caught_up; t1=$(now_ms)
-touch "$tmp/probe.stop"; wait "$probe" || true
+bench_probe_stop
 echo "new node caught up in $((t1 - t0)) ms, join polling included ($(grep -c 'installed snapshot' "$tmp/node4.log") snapshot installed)"
 echo "its answers to a client meanwhile: $(cat "$tmp/probe.out")"
-# Its loop's own view: turns that worked over 25 ms (pyazdb_loop_busy_seconds
-# since its start). A slow answer with no long turn waited for a CPU.
-curl -sf "http://127.0.0.1:$nh/metrics" | awk '
-    /^pyazdb_loop_busy_seconds_bucket/ {
-        match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
-        if (le == "0.025") under = $2
-        if (le == "+Inf") all = $2
-    }
-    END { printf "its loop: %d turns, %d over 25 ms\n", all, all - under }'
-if [ -n "${BENCH_KEEP:-}" ]; then
-    curl -sf "http://127.0.0.1:$nh/metrics" | grep '^pyazdb_loop_busy_seconds_bucket'
-fi
+# Its loop's own view (since its start). A slow answer with no long turn
+# waited for a CPU.
+bench_loop_turns "$nh" |
+    awk '{ printf "its loop turns over 25 ms: %d, over 50 ms: %d, over 100 ms: %d\n", $1, $2, $3 }'
