@@ -2427,6 +2427,14 @@ TEST(job_big_revoke_and_drop)
     kv_free(kv);
 }
 
+/* kv_apply_start of cmd with no sink. */
+static int apply_in(struct kv *kv, const struct pz_buf *cmd, uint64_t *budget,
+                    struct kv_result *r, struct kv_job **job)
+{
+    return kv_apply_start(kv, (const uint8_t *)cmd->data, cmd->len, NULL,
+                          budget, r, job);
+}
+
 /* Every command takes a unit at least: one done at once, one more per
  * 16 KiB of command; none below zero; a refused one counts as well. A
  * caller that stops at a spent budget thus stops between SETs. */
@@ -2439,46 +2447,33 @@ TEST(job_set_del_grant_charge)
     struct kv_job *job;
     uint64_t budget = 10;
     kv_encode_set(&cmd, "a", 1, "v", 1);
-    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                &budget, &r, &job),
-                 0);
+    CHECK_EQ_INT(apply_in(kv, &cmd, &budget, &r, &job), 0);
     CHECK(job == NULL);
     CHECK_EQ_INT(budget, 9);
     pz_buf_reset(&cmd);
     kv_encode_del(&cmd, "a", 1);
-    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                &budget, &r, &job),
-                 0);
+    CHECK_EQ_INT(apply_in(kv, &cmd, &budget, &r, &job), 0);
     CHECK_EQ_INT(budget, 8);
     pz_buf_reset(&cmd);
     kv_encode_lease_grant(&cmd, 7, 60);
-    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                &budget, &r, &job),
-                 0);
+    CHECK_EQ_INT(apply_in(kv, &cmd, &budget, &r, &job), 0);
     CHECK_EQ_INT(budget, 7);
     pz_buf_reset(&cmd); /* refused: no such lease */
     kv_encode_set_lease(&cmd, "b", 1, "v", 1, 8);
-    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                &budget, &r, &job),
-                 0);
+    CHECK_EQ_INT(apply_in(kv, &cmd, &budget, &r, &job), 0);
     CHECK_EQ_INT(r.status, KV_ELEASE_NOTFOUND);
     CHECK_EQ_INT(budget, 6);
     static char big[40000];
     memset(big, 'x', sizeof big);
     pz_buf_reset(&cmd); /* 1 + 40,000 / 16,384 */
     kv_encode_set(&cmd, "c", 1, big, sizeof big);
-    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                &budget, &r, &job),
-                 0);
+    CHECK_EQ_INT(apply_in(kv, &cmd, &budget, &r, &job), 0);
     CHECK_EQ_INT(budget, 3);
     budget = 1;
-    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                &budget, &r, &job),
-                 0);
+    CHECK_EQ_INT(apply_in(kv, &cmd, &budget, &r, &job), 0);
     CHECK_EQ_INT(budget, 0);
-    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                &budget, &r, &job),
-                 0); /* at 0: done all the same */
+    /* at 0: done all the same */
+    CHECK_EQ_INT(apply_in(kv, &cmd, &budget, &r, &job), 0);
     CHECK(job == NULL);
     CHECK_EQ_INT(budget, 0);
     CHECK_EQ_INT(kv_count(kv), 1);
@@ -2488,16 +2483,12 @@ TEST(job_set_del_grant_charge)
     budget = 10;
     pz_buf_reset(&cmd);
     CHECK_EQ_INT(kv_encode_txn(&cmd, NULL, 0, NULL, 0, NULL, 0), 0);
-    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                &budget, &r, &job),
-                 0);
+    CHECK_EQ_INT(apply_in(kv, &cmd, &budget, &r, &job), 0);
     CHECK(job == NULL);
     CHECK_EQ_INT(budget, 9);
     pz_buf_reset(&cmd);
     kv_encode_lease_revoke(&cmd, 7);
-    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, NULL,
-                                &budget, &r, &job),
-                 0);
+    CHECK_EQ_INT(apply_in(kv, &cmd, &budget, &r, &job), 0);
     CHECK(job == NULL);
     CHECK_EQ_INT(budget, 8);
     CHECK_EQ_INT(
