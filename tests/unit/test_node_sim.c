@@ -421,6 +421,8 @@ static int io_store_meta_set_promise(void *data, uint64_t promise_ns)
 }
 
 static size_t jobs_deepest; /* store jobs in flight at once, at most */
+static size_t seed_deepest; /* ... in the seed running */
+static uint64_t seeds_full; /* seeds that had NODE_READIES jobs at once */
 
 static int st_submit(struct ns_node *s, int job,
                      const struct raft_hard_state *hs,
@@ -455,6 +457,8 @@ static int st_submit(struct ns_node *s, int job,
     st->nq++;
     if (st->nq > jobs_deepest)
         jobs_deepest = st->nq;
+    if (st->nq > seed_deepest)
+        seed_deepest = st->nq;
     return 0;
 }
 
@@ -1699,6 +1703,7 @@ static int run_seed(uint64_t seed)
 {
     char root[256];
     world_begin(seed, root, sizeof root);
+    seed_deepest = 0;
     W.loss_pct = (unsigned)rnd_in(0, 10);
     /* A disk full now and then in a quarter of the seeds. */
     W.nospace_pm = seed % 4 == 1 ? 5 : 0;
@@ -1745,7 +1750,10 @@ static int run_seed(uint64_t seed)
             client_write();
             if (rnd() % 3 == 0)
                 client_read();
-            next_write = W.now + rnd_in(5, 40);
+            /* Faster while the disk is slow (one second in four), so
+             * that Readies pile up to NODE_READIES behind a slow COMMIT. */
+            next_write = W.now + ((W.now / 1000) % 4 == 3 ? rnd_in(1, 12)
+                                                          : rnd_in(5, 40));
         }
         chaos();
         step();
@@ -1771,6 +1779,8 @@ static int run_seed(uint64_t seed)
                 W.nodes[victim].name, W.nodes[victim].gone, st);
     }
     W.total_installs = W.installs;
+    if (seed_deepest >= NODE_READIES)
+        seeds_full++;
     world_end(root);
     return W.failed[0] ? -1 : 0;
 }
@@ -1845,12 +1855,13 @@ int main(void)
            " log writes on the loop (%" PRIu64 " of several entries by a "
            "follower alone, %" PRIu64 " refused for lack of space), %" PRIu64
            " with writes queued "
-           "behind (at most %zu jobs at once), %" PRIu64 " refused for "
+           "behind (at most %zu jobs at once, %d in %" PRIu64
+           " seeds), %" PRIu64 " refused for "
            "lack of space, %" PRIu64 " vacuums without room, %.2f s "
            "(%.1f seeds/s)\n",
            n, first, failures, acked, installs, writes_now, writes_alone,
-           writes_now_nospace, writes_pipelined, jobs_deepest, writes_nospace,
-           vacuums_nospace, secs, (double)n / secs);
+           writes_now_nospace, writes_pipelined, jobs_deepest, NODE_READIES,
+           seeds_full, writes_nospace, vacuums_nospace, secs, (double)n / secs);
     if (failures == 0 && n >= 5 && installs == 0) {
         printf("node-sim: no snapshot was installed\n");
         return 1;
