@@ -188,6 +188,32 @@ TEST(start_revision_past_and_future)
     fx_free(&f);
 }
 
+/* A new watcher counts as given every revision before its start (what a
+ * cancelled stream reports as the revision to resume after), and each
+ * revision watch_next returns after that. */
+TEST(sent_revision_starts_before_start)
+{
+    struct fx f;
+    fx_init(&f, 100, 1 << 20, 1 << 20);
+    put(&f, "k", "1");
+    put(&f, "k", "2");
+    struct watcher w, w0;
+    CHECK_EQ_INT(watch_add(&f.hub, &w, "k", 1, "k\0", 2, 2), 0);
+    CHECK_EQ_INT(w.sent_rev, 1);
+    CHECK_EQ_INT(watch_add(&f.hub, &w0, "k", 1, "k\0", 2, 0), 0);
+    CHECK_EQ_INT(w0.start, 1);
+    CHECK_EQ_INT(w0.sent_rev, 0);
+    uint64_t r, b, e;
+    CHECK(watch_next(&w, &r, &b, &e));
+    CHECK_EQ_INT(r, 2);
+    CHECK_EQ_INT(w.sent_rev, 2);
+    CHECK(!watch_next(&w, &r, &b, &e));
+    CHECK_EQ_INT(w.sent_rev, 2);
+    watch_remove(&w);
+    watch_remove(&w0);
+    fx_free(&f);
+}
+
 /* A progress report at the node's revision is true for a watch only from
  * the revision before its start on: not for a future start (or a start a
  * node behind got from one ahead) until the node gets there, which a
@@ -274,6 +300,36 @@ TEST(bounds_and_compaction)
     CHECK(f.hub.bytes <= 3 * (WATCH_EVENT_OVERHEAD + 2));
     CHECK(f.hub.count >= 1);
     CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 10 - f.hub.count + 1);
+    fx_free(&f);
+}
+
+/* The limits are inclusive: a history at exactly max_bytes, or exactly
+ * max_events, keeps everything. */
+TEST(history_at_its_limits_keeps_all)
+{
+    struct fx f;
+    /* key "k", value "v": 1 + 1 bytes on the first put, 1 + 1 + 1 (its
+     * previous value) after */
+    size_t first = WATCH_EVENT_OVERHEAD + 2, next = WATCH_EVENT_OVERHEAD + 3;
+    fx_init(&f, 1000, first + 2 * next, 1 << 20);
+    for (int i = 0; i < 3; i++)
+        put(&f, "k", "v");
+    CHECK_EQ_INT(f.hub.bytes, first + 2 * next);
+    CHECK_EQ_INT(f.hub.count, 3);
+    CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 1);
+    /* over: without revision 1, the three of next bytes are one byte
+     * over still, so revision 2 goes too */
+    put(&f, "k", "v");
+    CHECK_EQ_INT(f.hub.count, 2);
+    CHECK_EQ_INT(f.hub.bytes, 2 * next);
+    CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 3);
+    fx_free(&f);
+
+    fx_init(&f, 3, 1 << 20, 1 << 20);
+    for (int i = 0; i < 3; i++)
+        put(&f, "k", "v");
+    CHECK_EQ_INT(f.hub.count, 3);
+    CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 1);
     fx_free(&f);
 }
 
@@ -687,11 +743,173 @@ TEST(owner_lag_and_cursor)
     fx_free(&f);
 }
 
+/* Each event holds its key, value and previous value with their exact
+ * lengths (what a watch stream encodes), and a delete's metadata is zeros
+ * but its own revision. */
+TEST(event_lengths_and_delete_meta)
+{
+    struct fx f;
+    fx_init(&f, 100, 1 << 20, 1 << 20);
+    put(&f, "key", "12345");   /* 1 */
+    put(&f, "key", "abcdefg"); /* 2 */
+    del(&f, "key");            /* 3 */
+    const struct watch_event *e1 = watch_event_at(&f.hub, f.hub.first_seq);
+    const struct watch_event *e2 = watch_event_at(&f.hub, f.hub.first_seq + 1);
+    const struct watch_event *e3 = watch_event_at(&f.hub, f.hub.first_seq + 2);
+    CHECK_EQ_INT(e1->klen, 3);
+    CHECK_EQ_INT(e1->vlen, 5);
+    CHECK(!e1->has_prev);
+    CHECK_EQ_INT(e1->plen, 0);
+    CHECK_EQ_INT(e2->rev, 2);
+    CHECK_EQ_INT(e2->vlen, 7);
+    CHECK(memcmp(e2->value, "abcdefg", 8) == 0); /* NUL-terminated too */
+    CHECK(e2->has_prev);
+    CHECK_EQ_INT(e2->plen, 5);
+    CHECK(memcmp(e2->prev, "12345", 6) == 0);
+    /* key 3 + value 7 + previous 5 */
+    CHECK_EQ_INT(e2->size, WATCH_EVENT_OVERHEAD + 3 + 7 + 5);
+    CHECK_EQ_INT(e3->type, KV_TOP_DEL);
+    CHECK_EQ_INT(e3->klen, 3);
+    CHECK(e3->value == NULL);
+    CHECK_EQ_INT(e3->vlen, 0);
+    CHECK_EQ_INT(e3->meta.mod_revision, 3);
+    CHECK_EQ_INT(e3->meta.create_revision, 0);
+    CHECK_EQ_INT(e3->meta.version, 0);
+    CHECK(e3->has_prev);
+    CHECK_EQ_INT(e3->plen, 7);
+    CHECK_EQ_INT(e3->pmeta.mod_revision, 2);
+    CHECK_EQ_INT(e3->pmeta.version, 2);
+    fx_free(&f);
+}
+
+/* A range whose end is another key + "\0" is a range, not that one key:
+ * it sees every key from its start up to and including that other key. */
+TEST(range_ending_at_another_key_is_not_exact)
+{
+    struct fx f;
+    char out[256];
+    fx_init(&f, 100, 1 << 20, 1 << 20);
+    struct watcher w, wlong;
+    CHECK_EQ_INT(watch_add(&f.hub, &w, "ab", 2, "ac\0", 3, 1), 0);
+    CHECK_EQ_INT(w.kind, WATCH_KIND_RANGE);
+    CHECK_EQ_INT(watch_add(&f.hub, &wlong, "ab", 2, "zz\0", 3, 1), 0);
+    CHECK_EQ_INT(wlong.kind, WATCH_KIND_RANGE);
+    put(&f, "ab", "1");  /* 1 */
+    put(&f, "ab0", "2"); /* 2 */
+    put(&f, "ac", "3");  /* 3 */
+    put(&f, "ac0", "4"); /* 4: past ac\0 */
+    put(&f, "b", "5");   /* 5 */
+    drain(&f, &w, out, sizeof out);
+    CHECK_EQ_STR(out, "1:+ab=1,;2:+ab0=2,;3:+ac=3,;");
+    drain(&f, &wlong, out, sizeof out);
+    CHECK_EQ_STR(out, "1:+ab=1,;2:+ab0=2,;3:+ac=3,;4:+ac0=4,;5:+b=5,;");
+    watch_remove(&w);
+    watch_remove(&wlong);
+    fx_free(&f);
+}
+
+/* A snapshot at exactly the revision a watcher wants next (given all
+ * before it) cancels it: that revision's events are not in the history
+ * that starts after the snapshot. */
+TEST(reset_at_the_revision_wanted_next_cancels)
+{
+    struct fx f;
+    char out[256];
+    fx_init(&f, 100, 1 << 20, 1 << 20);
+    put(&f, "k", "1");
+    put(&f, "k", "2");
+    put(&f, "k", "3");
+    struct watcher w, wafter;
+    CHECK_EQ_INT(watch_add(&f.hub, &w, "k", 1, "k\0", 2, 1), 0);
+    CHECK_EQ_INT(watch_add(&f.hub, &wafter, "k", 1, "k\0", 2, 5), 0);
+    drain(&f, &w, out, sizeof out);
+    CHECK_EQ_STR(out, "1:+k=1,;2:+k=2,;3:+k=3,;");
+    /* w wants 4 next, wafter 5: a snapshot at 4 */
+    kv_set_revision(f.kv, 4);
+    f.last_cancelled = NULL;
+    watch_hub_reset(&f.hub, 4);
+    CHECK_EQ_INT(w.state, WATCH_COMPACTED);
+    CHECK(f.last_cancelled == &w);
+    CHECK_EQ_INT(wafter.state, WATCH_LIVE);
+    put(&f, "k", "5");
+    drain(&f, &wafter, out, sizeof out);
+    CHECK_EQ_STR(out, "5:+k=5,;");
+    watch_remove(&w);
+    watch_remove(&wafter);
+    fx_free(&f);
+}
+
+/* Closing the hub with watchers still registered detaches them: they
+ * read nothing, and removing them afterwards touches no freed hub. */
+TEST(close_detaches_watchers)
+{
+    struct fx f;
+    fx_init(&f, 100, 1 << 20, 1 << 20);
+    struct watcher a, b, c;
+    CHECK_EQ_INT(watch_add(&f.hub, &a, "k", 1, "k\0", 2, 1), 0);
+    CHECK_EQ_INT(add_prefix(&f, &b, "", 1), 0);
+    CHECK_EQ_INT(watch_add(&f.hub, &c, "a", 1, "c", 1, 1), 0);
+    put(&f, "k", "1");
+    watch_hub_close(&f.hub);
+    CHECK(a.hub == NULL && b.hub == NULL && c.hub == NULL);
+    CHECK_EQ_INT(f.hub.n_watchers, 0);
+    CHECK(f.hub.watchers == NULL);
+    uint64_t r, bg, e;
+    CHECK(!watch_next(&b, &r, &bg, &e));
+    CHECK(watch_caught_up(&b));
+    watch_remove(&a);
+    watch_remove(&b);
+    watch_remove(&c);
+    kv_free(f.kv);
+}
+
+/* An owner told of one cancellation may read its other watchers at once
+ * (one stream carries several): one whose revisions the history dropped
+ * reads nothing, before the commit cancels it too. */
+static struct watcher *stream[2];
+static int stream_tries, stream_reads;
+static void read_stream(void *arg, struct watcher *w)
+{
+    on_notify(arg, w);
+    uint64_t r, b, e;
+    for (int i = 0; i < 2 && w->state != WATCH_LIVE; i++)
+        if (stream[i] && stream[i] != w && stream[i]->hub) {
+            stream_tries++;
+            if (watch_next(stream[i], &r, &b, &e))
+                stream_reads++;
+        }
+}
+
+TEST(compacted_watcher_reads_nothing)
+{
+    struct fx f;
+    fx_init(&f, 2, 1 << 20, 1 << 20);
+    watch_hub_set_notify(&f.hub, read_stream, &f);
+    struct watcher a, b;
+    CHECK_EQ_INT(watch_add(&f.hub, &a, "k", 1, "k\0", 2, 1), 0);
+    CHECK_EQ_INT(watch_add(&f.hub, &b, "k", 1, "k\0", 2, 1), 0);
+    stream[0] = &a;
+    stream[1] = &b;
+    stream_tries = stream_reads = 0;
+    for (int i = 0; i < 3; i++) /* neither reads: revision 1 dropped */
+        put(&f, "k", "v");
+    CHECK_EQ_INT(a.state, WATCH_COMPACTED);
+    CHECK_EQ_INT(b.state, WATCH_COMPACTED);
+    CHECK_EQ_INT(stream_tries, 1); /* the second, when the first went */
+    CHECK_EQ_INT(stream_reads, 0);
+    stream[0] = stream[1] = NULL;
+    watch_remove(&a);
+    watch_remove(&b);
+    fx_free(&f);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(order_and_filters),
     TEST_ENTRY(start_revision_past_and_future),
+    TEST_ENTRY(sent_revision_starts_before_start),
     TEST_ENTRY(progress_never_before_start),
     TEST_ENTRY(bounds_and_compaction),
+    TEST_ENTRY(history_at_its_limits_keeps_all),
     TEST_ENTRY(lagging_watcher_is_compacted),
     TEST_ENTRY(slow_watcher_cancelled),
     TEST_ENTRY(judged_slow_counted_once),
@@ -703,6 +921,11 @@ static const struct test_case cases[] = {
     TEST_ENTRY(too_large_revision_not_kept),
     TEST_ENTRY(commit_visits_matching_watchers_only),
     TEST_ENTRY(owner_lag_and_cursor),
+    TEST_ENTRY(event_lengths_and_delete_meta),
+    TEST_ENTRY(range_ending_at_another_key_is_not_exact),
+    TEST_ENTRY(reset_at_the_revision_wanted_next_cancels),
+    TEST_ENTRY(close_detaches_watchers),
+    TEST_ENTRY(compacted_watcher_reads_nothing),
     TEST_END};
 
 const struct test_suite suite_watch = {"watch", cases};
