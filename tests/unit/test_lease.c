@@ -746,6 +746,59 @@ TEST(tracker_never_early)
     lease_tracker_free(&t);
 }
 
+/* Untracking an id that is not tracked changes nothing, whether the
+ * tracker is empty or the id sorts after every tracked one. */
+TEST(tracker_untrack_unknown)
+{
+    struct lease_tracker t;
+    lease_tracker_init(&t);
+    uint64_t ms;
+    lease_untrack(&t, 3); /* empty */
+    CHECK_EQ_INT(t.n, 0);
+    lease_track(&t, 2, 1, 0);
+    lease_track(&t, 4, 1, 0);
+    lease_untrack(&t, 9); /* after every id */
+    lease_untrack(&t, 3); /* between two */
+    lease_untrack(&t, 1); /* before every id */
+    CHECK_EQ_INT(t.n, 2);
+    CHECK(lease_remaining(&t, 2, 0, &ms) && ms == 1000);
+    CHECK(lease_remaining(&t, 4, 0, &ms) && ms == 1000);
+    lease_untrack(&t, 4);
+    lease_untrack(&t, 4);
+    CHECK_EQ_INT(t.n, 1);
+    lease_tracker_free(&t);
+}
+
+/* The milliseconds left count down to the deadline one by one: 1 just
+ * before it, 0 at it and after. */
+TEST(tracker_remaining_to_the_millisecond)
+{
+    struct lease_tracker t;
+    lease_tracker_init(&t);
+    uint64_t ms = 99;
+    lease_track(&t, 1, 2, 500); /* deadline 2500 */
+    CHECK(lease_remaining(&t, 1, 500, &ms) && ms == 2000);
+    CHECK(lease_remaining(&t, 1, 2499, &ms) && ms == 1);
+    CHECK(lease_remaining(&t, 1, 2500, &ms) && ms == 0);
+    CHECK(lease_remaining(&t, 1, 9000, &ms) && ms == 0);
+    lease_tracker_free(&t);
+}
+
+/* A lease found expired at time 0 (a clock that starts there) is marked
+ * pending all the same: not reported again at the next scan. */
+TEST(tracker_expired_at_time_zero_reported_once)
+{
+    struct lease_tracker t;
+    lease_tracker_init(&t);
+    uint64_t ids[4];
+    lease_track(&t, 8, 0, 0); /* deadline 0 */
+    CHECK(lease_expired(&t, 0, ids, 4) == 1 && ids[0] == 8);
+    CHECK(lease_keepalive(&t, 8, 0) == LEASE_KA_EXPIRED);
+    CHECK(lease_expired(&t, 0, ids, 4) == 0);
+    CHECK(lease_expired(&t, LEASE_RETRY_MS - 1, ids, 4) == 0);
+    lease_tracker_free(&t);
+}
+
 /* --- a small cluster over one log ----------------------------------------
  * Three nodes, each with its own table and deadline tracker, apply one
  * committed log at their own pace; their clocks have different offsets.
@@ -970,6 +1023,9 @@ static const struct test_case cases[] = {
     TEST_ENTRY(tracker_deadlines),
     TEST_ENTRY(tracker_keepalive_after_expiry),
     TEST_ENTRY(tracker_never_early),
+    TEST_ENTRY(tracker_untrack_unknown),
+    TEST_ENTRY(tracker_remaining_to_the_millisecond),
+    TEST_ENTRY(tracker_expired_at_time_zero_reported_once),
     TEST_ENTRY(cluster_sim),
     TEST_END};
 const struct test_suite suite_lease = {"lease", cases};
