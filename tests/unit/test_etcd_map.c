@@ -47,6 +47,35 @@ TEST(range_conventions)
     CHECK(r.empty);
 }
 
+/* Keys come as slices of a request's buffer, followed by other bytes
+ * (no NUL): comparisons read only their own length. */
+TEST(range_keys_are_slices)
+{
+    /* "abz": the key "ab" followed by a byte that sorts after "abc" */
+    const uint8_t buf[] = {'a', 'b', 'z', 'b', 'b', 0xff};
+    const uint8_t *ab = buf, *bb = buf + 3;
+    struct etcd_range r;
+    CHECK_EQ_INT(etcd_range_decode(ab, 2, B("abc"), &r), 0);
+    CHECK(!r.empty);
+    CHECK(etcd_range_has(&r, ab, 2));
+    CHECK(etcd_range_has(&r, B("abb")));
+    CHECK(!etcd_range_has(&r, B("abc")));
+    /* the end a slice too: [a, ab) holds "a" and "aa", not "ab" */
+    CHECK_EQ_INT(etcd_range_decode(B("a"), ab, 2, &r), 0);
+    CHECK(!r.empty);
+    CHECK(etcd_range_has(&r, B("aa")));
+    CHECK(!etcd_range_has(&r, ab, 2));
+    /* [ab, bb): a slice at each end, of the same length */
+    CHECK_EQ_INT(etcd_range_decode(ab, 2, bb, 2, &r), 0);
+    CHECK(!r.empty);
+    CHECK(etcd_range_has(&r, B("ba")));
+    CHECK(!etcd_range_has(&r, bb, 2));
+    /* one key given as a slice matches only itself */
+    CHECK_EQ_INT(etcd_range_decode(ab, 2, NULL, 0, &r), 0);
+    CHECK(etcd_range_has(&r, B("ab")));
+    CHECK(!etcd_range_has(&r, B("abz")));
+}
+
 TEST(watch_keys_and_start)
 {
     struct etcd_watch_keys k;
@@ -456,6 +485,7 @@ TEST(node_status)
 
 static const struct test_case cases[] = {
     TEST_ENTRY(range_conventions),
+    TEST_ENTRY(range_keys_are_slices),
     TEST_ENTRY(range_overlap),
     TEST_ENTRY(watch_keys_and_start),
     TEST_ENTRY(compare_mapping),
