@@ -333,6 +333,37 @@ TEST(history_at_its_limits_keeps_all)
     fx_free(&f);
 }
 
+/* The history's ring grows past its first size while it has wrapped
+ * (its oldest event not at the start): every event kept stays, in
+ * order. */
+TEST(history_grows_after_wrapping)
+{
+    struct fx f;
+    char out[4096], want[4096];
+    fx_init(&f, 50, 1 << 20, 1 << 20);
+    for (int i = 1; i <= 80; i++) /* 50 kept: 31 to 80 */
+        put(&f, "k", "v");
+    CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 31);
+    struct watch_limits l = f.hub.lim;
+    l.max_events = 1000;
+    watch_hub_set_limits(&f.hub, &l);
+    struct watcher w;
+    CHECK_EQ_INT(watch_add(&f.hub, &w, "k", 1, "k\0", 2, 31), 0);
+    for (int i = 81; i <= 200; i++) /* 170 events at once */
+        put(&f, "k", "v");
+    CHECK_EQ_INT(f.hub.count, 170);
+    CHECK_EQ_INT(watch_hub_first_rev(&f.hub), 31);
+    drain(&f, &w, out, sizeof out);
+    want[0] = 0;
+    for (int i = 31; i <= 200; i++) {
+        size_t n = strlen(want);
+        snprintf(want + n, sizeof want - n, "%d:+k=v,;", i);
+    }
+    CHECK_EQ_STR(out, want);
+    watch_remove(&w);
+    fx_free(&f);
+}
+
 TEST(lagging_watcher_is_compacted)
 {
     struct fx f;
@@ -910,6 +941,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(progress_never_before_start),
     TEST_ENTRY(bounds_and_compaction),
     TEST_ENTRY(history_at_its_limits_keeps_all),
+    TEST_ENTRY(history_grows_after_wrapping),
     TEST_ENTRY(lagging_watcher_is_compacted),
     TEST_ENTRY(slow_watcher_cancelled),
     TEST_ENTRY(judged_slow_counted_once),
