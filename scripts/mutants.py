@@ -1249,6 +1249,25 @@ MUTATIONS = [
       ["unit:watch/reset_keeps_watchers_past_it"],
       "a watch delivering a revision piecewise outlives the reset that "
       "freed the revision's events"),
+    M("watch_reset_keeps_watcher_wanting_its_revision", "src/watch.c",
+      "        if (held || next_wanted(w) <= rev)\n            set_dirty(h, w);",
+      "        if (held || next_wanted(w) < rev)\n            set_dirty(h, w);",
+      ["unit:watch/reset_at_the_revision_wanted_next_cancels"],
+      "a watch that wants exactly the revision a snapshot installs stays "
+      "live and never sees that revision's changes"),
+    M("watch_range_to_other_key_indexed_as_key", "src/watch.c",
+      "    if (w->tlen == w->flen + 1 && w->to[w->flen] == 0 &&\n"
+      "        (w->flen == 0 || memcmp(w->to, w->from, w->flen) == 0))",
+      "    if (w->tlen == w->flen + 1 && w->to[w->flen] == 0)",
+      ["unit:watch/range_ending_at_another_key_is_not_exact"],
+      "a watch of [a, b\\0) is indexed as the key a alone: it never sees "
+      "the changes to the other keys of its range"),
+    M("watch_history_full_at_its_byte_limit", "src/watch.c",
+      "           (h->count > h->lim.max_events || h->bytes > h->lim.max_bytes)) {",
+      "           (h->count > h->lim.max_events || h->bytes >= h->lim.max_bytes)) {",
+      ["unit:watch/history_at_its_limits_keeps_all"],
+      "a history exactly at watch-history-bytes drops its oldest revision: "
+      "a watch from it is refused as compacted"),
     M("lease_expires_early", "src/lease.c",
       "        if (now < d->deadline)\n            continue;",
       "        if (now + 500 < d->deadline)\n            continue;",
@@ -1714,6 +1733,13 @@ MUTATIONS = [
       ["unit:etcd_map/watch_keys_and_start"],
       "a watch's start_revision is taken in the store's numbers: it "
       "starts one revision late, missing the revision asked for"),
+    M("etcd_key_compare_reads_past_the_key", "src/etcd_map.c",
+      "    size_t n = alen < blen ? alen : blen;\n    int c = n ? memcmp(a, b, n) : 0;\n    if (c != 0)",
+      "    size_t n = alen < blen ? blen : alen;\n    int c = n ? memcmp(a, b, n) : 0;\n    if (c != 0)",
+      ["unit:etcd_map/range_keys_are_slices"],
+      "an etcd range compares keys past their length, reading the bytes "
+      "that follow them in memory: a key in the range is left out (or one "
+      "outside it taken) depending on what follows it"),
     M("etcd_range_end_equal_not_empty", "src/etcd_map.c",
       "        out->empty = bytes_cmp(end, elen, key, klen) <= 0;",
       "        out->empty = bytes_cmp(end, elen, key, klen) < 0;",
