@@ -12,6 +12,13 @@
 #include "test.h"
 #include "suites.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#define LEAK_CHECK 1
+#else
+#define LEAK_CHECK 0
+#endif
+
 int test_failed_flag;
 
 #define TEST_TIMEOUT_S 60
@@ -71,6 +78,12 @@ int main(int argc, char **argv)
                 alarm(TEST_TIMEOUT_S);
                 test_failed_flag = 0;
                 c->fn();
+#if LEAK_CHECK
+                /* A test that passed must have freed what it allocated:
+                 * _exit skips LeakSanitizer's check at exit. */
+                if (!test_failed_flag && __lsan_do_recoverable_leak_check())
+                    test_failed_flag = 1;
+#endif
                 fflush(stdout);
                 fflush(stderr);
                 _exit(test_failed_flag ? 1 : 0);
