@@ -298,7 +298,9 @@ TEST(grow_to_1m_and_shrink)
      * bucket per delete, lasted until few keys were left; then a second
      * shrink. Idle-time rehashing finishes it. */
     CHECK(st.shrinks >= 2);
-    CHECK(st.max_step_buckets <= KV_REHASH_EMPTY_VISITS);
+    /* The shrinks moved a sparse table: some step met the bound of empty
+     * buckets, none went past it. */
+    CHECK_EQ_INT(st.max_step_buckets, KV_REHASH_EMPTY_VISITS);
     CHECK(w.max_streak >= 10000); /* shrinks were incremental too */
     while (kv_rehash(kv, 100))
         ;
