@@ -344,6 +344,37 @@ TEST(reserve_loads_without_rehashing)
     kv_free(kv);
 }
 
+/* A reservation of a power of two buckets takes exactly that many: n keys
+ * fit in n buckets, the grow comes with key n + 1. */
+TEST(reserve_power_of_two_exact)
+{
+    struct kv *kv = kv_new();
+    kv_reserve(kv, 1024);
+    struct kv_stats st;
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.buckets[0], 1024);
+    char k[32], v[48];
+    for (size_t i = 0; i < 1024; i++) {
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        CHECK_EQ_INT(kv_set(kv, k, kl, v, vl), 0);
+    }
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.grows, 0);
+    CHECK_EQ_INT(st.buckets[0], 1024);
+    size_t kl = key_of(k, 1024), vl = val_of(v, 1024);
+    CHECK_EQ_INT(kv_set(kv, k, kl, v, vl), 0);
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.grows, 1);
+    CHECK_EQ_INT(st.buckets[1], 2048);
+    kv_free(kv);
+
+    kv = kv_new();
+    kv_reserve(kv, 4); /* the smallest array */
+    kv_stats(kv, &st);
+    CHECK_EQ_INT(st.buckets[0], 4);
+    kv_free(kv);
+}
+
 /* Pointers from kv_get stay valid while gets advance a rehash. */
 TEST(get_pointer_survives_rehash)
 {
@@ -2511,6 +2542,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(too_big),
     TEST_ENTRY(grow_to_1m_and_shrink),
     TEST_ENTRY(reserve_loads_without_rehashing),
+    TEST_ENTRY(reserve_power_of_two_exact),
     TEST_ENTRY(get_pointer_survives_rehash),
     TEST_ENTRY(foreach_during_rehash),
     TEST_ENTRY(foreach_stops),
