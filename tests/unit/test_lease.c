@@ -137,6 +137,41 @@ TEST(codec)
     kv_free(kv);
 }
 
+/* A snapshot's leases come back with every id and ttl a GRANT accepts,
+ * the largest included, and nothing a GRANT would refuse. */
+TEST(restore_limits)
+{
+    struct kv *kv = kv_new();
+    CHECK_EQ_INT(kv_lease_restore(kv, KV_LEASE_ID_MAX, 1), 0);
+    CHECK_EQ_INT(kv_lease_restore(kv, 1, KV_LEASE_TTL_MAX), 0);
+    CHECK_EQ_INT(kv_lease_restore(kv, 0, 10), PZ_EINVAL);
+    CHECK_EQ_INT(kv_lease_restore(kv, KV_LEASE_ID_MAX + 1, 10), PZ_EINVAL);
+    CHECK_EQ_INT(kv_lease_restore(kv, 2, 0), PZ_EINVAL);
+    CHECK_EQ_INT(kv_lease_restore(kv, 2, KV_LEASE_TTL_MAX + 1ull), PZ_EINVAL);
+    CHECK_EQ_INT(kv_lease_restore(kv, 1, 10), PZ_EINVAL); /* present */
+    CHECK_EQ_INT(kv_lease_count(kv), 2);
+    struct kv_lease l;
+    CHECK(kv_lease_get(kv, KV_LEASE_ID_MAX, &l));
+    CHECK(l.id == KV_LEASE_ID_MAX && l.ttl == 1 && l.nkeys == 0);
+    CHECK(kv_lease_get(kv, 1, &l));
+    CHECK(l.id == 1 && l.ttl == KV_LEASE_TTL_MAX && l.nkeys == 0);
+    CHECK(kv_digest(kv) == kv_digest_compute(kv));
+    /* a key restored on the largest id goes with its revoke */
+    struct kv_meta m = {.create_revision = 1,
+                        .mod_revision = 1,
+                        .version = 1,
+                        .lease = KV_LEASE_ID_MAX};
+    CHECK_EQ_INT(kv_restore(kv, "k", 1, "v", 1, &m), 0);
+    CHECK_EQ_INT(nkeys_of(kv, KV_LEASE_ID_MAX), 1);
+    kv_set_revision(kv, 1);
+    uint64_t deleted = 0;
+    CHECK_EQ_INT(revoke(kv, KV_LEASE_ID_MAX, &deleted), KV_OK);
+    CHECK_EQ_INT(deleted, 1);
+    CHECK_EQ_INT(kv_count(kv), 0);
+    CHECK_EQ_INT(kv_lease_count(kv), 1);
+    kv_free(kv);
+}
+
 TEST(grant_put_revoke)
 {
     struct kv *kv = kv_new();
@@ -1015,6 +1050,7 @@ TEST(cluster_sim)
 
 static const struct test_case cases[] = {
     TEST_ENTRY(codec),
+    TEST_ENTRY(restore_limits),
     TEST_ENTRY(grant_put_revoke),
     TEST_ENTRY(txn_leases_and_events),
     TEST_ENTRY(revoke_deletes_in_key_order),
