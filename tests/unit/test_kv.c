@@ -724,6 +724,11 @@ TEST(apply_malformed)
     CHECK_REJECT(kv, vlen_huge, sizeof vlen_huge, PZ_ECORRUPT);
     CHECK_REJECT(kv, vlen_cut, sizeof vlen_cut, PZ_ECORRUPT);
     CHECK_REJECT(kv, vlen_past, sizeof vlen_past, PZ_ECORRUPT);
+    /* A 64-bit varint (a REVOKE's lease id) has 10 bytes at most: one
+     * whose 10th byte goes on to an 11th is refused, not read on. */
+    static const uint8_t lease_11_bytes[] = {
+        0x33, 0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01};
+    CHECK_REJECT(kv, lease_11_bytes, sizeof lease_11_bytes, PZ_ECORRUPT);
 
     /* A key over the limit whose bytes are all there. */
     size_t n = 1 + 5 + KV_KEY_MAX + 1;
