@@ -190,6 +190,11 @@ TEST(too_big)
     CHECK_EQ_INT(kv_encode_set(&b, "k", 1, small, KV_VALUE_MAX + 1),
                  PZ_ETOOBIG);
     CHECK_EQ_INT(kv_encode_del(&b, small, KV_KEY_MAX + 1), PZ_ETOOBIG);
+    /* with a lease too (a version-3 SET) */
+    CHECK_EQ_INT(kv_encode_set_lease(&b, small, KV_KEY_MAX + 1, "v", 1, 5),
+                 PZ_ETOOBIG);
+    CHECK_EQ_INT(kv_encode_set_lease(&b, "k", 1, small, KV_VALUE_MAX + 1, 5),
+                 PZ_ETOOBIG);
     CHECK_EQ_INT(b.len, 0);
     /* The largest key is accepted. */
     char *big = pz_calloc(1, KV_KEY_MAX);
