@@ -1385,7 +1385,13 @@ TEST(txn_malformed)
          "\x01"
          "x"
          "\x80\x00\x00",
-         10, PZ_ECORRUPT},                  /* lease varint not shortest */
+         10, PZ_ECORRUPT}, /* lease varint not shortest */
+        {"\x21\x00\x01\x05\x01"
+         "a"
+         "\x00\x00"
+         "\x81\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01"
+         "\x00",
+         20, PZ_ECORRUPT}, /* a limit varint going on past 10 bytes */
         {"\x22\x00\x00\x00", 4, PZ_EINVAL}, /* unknown v2 op */
         {"\x31\x00\x00\x00", 4, PZ_EINVAL}, /* unknown version */
     };
@@ -1403,6 +1409,19 @@ TEST(txn_malformed)
     struct kv_result res;
     CHECK_EQ_INT(kv_apply(kv, (const uint8_t *)"\x21\x00\x00\x00", 4, &res), 0);
     CHECK(res.op == KV_OP_TXN && res.succeeded && res.revision == 1);
+    /* The encoder refuses a PUT whose value is over the limit, in either
+     * branch, before reading it (the value is never touched). */
+    struct kv_op put = {.type = KV_TOP_PUT,
+                        .key = (const uint8_t *)"k",
+                        .klen = 1,
+                        .value = (const uint8_t *)"v",
+                        .vlen = KV_VALUE_MAX + 1};
+    struct pz_buf b;
+    pz_buf_init(&b);
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &put, 1, NULL, 0), PZ_ETOOBIG);
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, NULL, 0, &put, 1), PZ_ETOOBIG);
+    CHECK_EQ_INT(b.len, 0);
+    pz_buf_free(&b);
     kv_free(kv);
 }
 
