@@ -1756,6 +1756,17 @@ TEST(txn_range_budget)
                  0);
     CHECK(res.status == KV_OK && res.succeeded && end.count == 1000 &&
           res.revision == rev);
+    /* A RANGE without limit walks exactly the keys of its range: here
+     * the 100 from k0000 to k0099. */
+    struct kv_op hundred = {.type = KV_TOP_RANGE,
+                            .key = (const uint8_t *)"k00",
+                            .klen = 3,
+                            .value = (const uint8_t *)"k01",
+                            .vlen = 3};
+    pz_buf_reset(&b);
+    CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &hundred, 1, NULL, 0), 0);
+    CHECK_EQ_INT(kv_txn_check(kv, (uint8_t *)b.data, b.len, 100), KV_OK);
+    CHECK_EQ_INT(kv_txn_check(kv, (uint8_t *)b.data, b.len, 99), KV_ETXN_KEYS);
     /* 128 ranges of limit 2 visit 3 keys each. */
     struct kv_op many[KV_TXN_MAX];
     for (int i = 0; i < KV_TXN_MAX; i++)
