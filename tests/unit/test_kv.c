@@ -1420,6 +1420,15 @@ TEST(txn_malformed)
     pz_buf_init(&b);
     CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, &put, 1, NULL, 0), PZ_ETOOBIG);
     CHECK_EQ_INT(kv_encode_txn(&b, NULL, 0, NULL, 0, &put, 1), PZ_ETOOBIG);
+    /* and a comparison of a target or result the decoder would refuse */
+    struct kv_cmp cmp = {.target = KV_CMP_LEASE + 1,
+                         .result = KV_CMP_EQ,
+                         .key = (const uint8_t *)"a",
+                         .klen = 1};
+    CHECK_EQ_INT(kv_encode_txn(&b, &cmp, 1, NULL, 0, NULL, 0), PZ_EINVAL);
+    cmp.target = KV_CMP_VERSION;
+    cmp.result = KV_CMP_GT + 1;
+    CHECK_EQ_INT(kv_encode_txn(&b, &cmp, 1, NULL, 0, NULL, 0), PZ_EINVAL);
     CHECK_EQ_INT(b.len, 0);
     pz_buf_free(&b);
     kv_free(kv);
