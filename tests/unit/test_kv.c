@@ -2517,6 +2517,52 @@ static int apply_in(struct kv *kv, const struct pz_buf *cmd, uint64_t *budget,
                           budget, r, job);
 }
 
+static void ops_ended(void *arg, uint64_t count, bool more)
+{
+    PZ_UNUSED(count);
+    PZ_UNUSED(more);
+    (*(int *)arg)++;
+}
+
+/* A paused transaction run with a spent budget makes progress by exactly
+ * one step (a PUT): a caller out of budget still moves, and no faster. */
+TEST(job_spent_budget_one_step)
+{
+    struct kv *kv = kv_new();
+    struct kv_op puts[3];
+    static const char *const keys[] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++)
+        puts[i] = (struct kv_op){.type = KV_TOP_PUT,
+                                 .key = (const uint8_t *)keys[i],
+                                 .klen = 1,
+                                 .value = (const uint8_t *)"v",
+                                 .vlen = 1};
+    struct pz_buf cmd;
+    pz_buf_init(&cmd);
+    CHECK_EQ_INT(kv_encode_txn(&cmd, NULL, 0, puts, 3, NULL, 0), 0);
+    int ended = 0;
+    struct kv_sink sk = {.op_end = ops_ended, .arg = &ended};
+    struct kv_result r;
+    struct kv_job *job;
+    uint64_t budget = 1;
+    CHECK_EQ_INT(kv_apply_start(kv, (const uint8_t *)cmd.data, cmd.len, &sk,
+                                &budget, &r, &job),
+                 0);
+    CHECK(job != NULL);
+    CHECK_EQ_INT(ended, 1);
+    CHECK_EQ_INT(budget, 0);
+    CHECK(!kv_job_run(job, &budget, &r));
+    CHECK_EQ_INT(ended, 2);
+    CHECK_EQ_INT(budget, 0);
+    CHECK(kv_job_run(job, &budget, &r));
+    CHECK_EQ_INT(ended, 3);
+    CHECK(r.status == KV_OK && r.succeeded);
+    CHECK_EQ_INT(kv_count(kv), 3);
+    CHECK_EQ_INT(kv_revision(kv), 1);
+    pz_buf_free(&cmd);
+    kv_free(kv);
+}
+
 /* Every command takes a unit at least: one done at once, one more per
  * 16 KiB of command; none below zero; a refused one counts as well. A
  * caller that stops at a spent budget thus stops between SETs. */
@@ -2613,6 +2659,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(range_count_range),
     TEST_ENTRY(txn_range_budget),
     TEST_ENTRY(job_set_del_grant_charge),
+    TEST_ENTRY(job_spent_budget_one_step),
     TEST_ENTRY(append_in_order_keeps_tails),
     TEST_ENTRY(restore_in_order_and_not),
     TEST_ENTRY(revision_max_refuses_writes),
