@@ -546,6 +546,42 @@ MUTATIONS = [
       "    if (a != NULL) {\n        a->kv->digest -= revision_digest(",
       ["unit:kv", "py:test_coord.py"],
       "a transaction advances the revision once per change, not once"),
+    M("txn_range_budget_counts_one_more", "src/kv.c",
+      "    struct budget_walk w = {0, stop};",
+      "    struct budget_walk w = {1, stop};",
+      ["unit:kv/txn_range_budget"],
+      "a transaction whose RANGE reads exactly as many keys as allowed is "
+      "refused as too big"),
+    M("txn_put_value_over_limit_encoded", "src/kv.c",
+      "    if (o->type == KV_TOP_PUT && o->vlen > KV_VALUE_MAX)",
+      "    if (o->type != KV_TOP_PUT && o->vlen > KV_VALUE_MAX)",
+      ["unit:kv/txn_malformed"],
+      "a transaction PUT of a value over 256 MiB is encoded and proposed, "
+      "then refused by every node at apply"),
+    M("varint_eleventh_byte_read", "src/kv.c",
+      "    for (int i = 0; i < maxb; i++) {",
+      "    for (int i = 0; i <= maxb; i++) {",
+      ["unit:kv/apply_malformed", "unit:kv/txn_malformed"],
+      "a command with a 64-bit varint of 11 bytes is applied (its value "
+      "shifted past 64 bits) instead of refused as corrupt"),
+    M("lease_restore_refuses_max_id", "src/kv.c",
+      "    if (id == 0 || id > KV_LEASE_ID_MAX || ttl == 0 ||",
+      "    if (id == 0 || id >= KV_LEASE_ID_MAX || ttl == 0 ||",
+      ["unit:lease/restore_limits"],
+      "a snapshot holding a lease granted with the largest id cannot be "
+      "loaded: the node fails to restart or to install it"),
+    M("kv_reserve_doubles", "src/kv.c",
+      "    while (s < n)\n        s *= 2;",
+      "    while (s <= n)\n        s *= 2;",
+      ["unit:kv/reserve_power_of_two_exact"],
+      "a snapshot of 2^k keys loads into twice the buckets it needs "
+      "(and a shrink keeps twice as many)"),
+    M("job_spent_budget_two_steps", "src/kv.c",
+      "    uint64_t b = *budget ? *budget : 1;",
+      "    uint64_t b = *budget ? *budget : 2;",
+      ["unit:kv/job_spent_budget_one_step"],
+      "a paused command run with no budget left does two steps: the "
+      "loop turn runs longer than its budget allows"),
     # --- out of space (src/node_nospace.c, src/node.c) ------------------
     M("nospace_alarm_ignored", "src/node_nospace.c",
       "    if (nd->alarm_disk)\n        return PZ_ENOSPC;",
