@@ -942,16 +942,12 @@ static uint64_t apply_rev(struct apply *a)
     return a->kv->revision;
 }
 
-static void sink_item(struct apply *a, const struct entry *e, bool values)
+static void sink_item(struct apply *a, const struct entry *e)
 {
     if (a->sink == NULL || a->sink->item == NULL)
         return;
     struct kv_view v;
     view_of(e, &v);
-    if (!values) {
-        v.value = NULL;
-        v.vlen = 0;
-    }
     a->sink->item(a->sink->arg, &v);
 }
 
@@ -971,7 +967,7 @@ static int do_put(struct apply *a, const void *key, size_t klen,
     uint64_t rev = apply_rev(a);
     if (link) {
         struct entry *old = *link;
-        sink_item(a, old, true);
+        sink_item(a, old);
         struct kv_meta m = entry_meta(old);
         m.mod_revision = rev;
         m.version++;
@@ -1055,7 +1051,7 @@ static void remove_entry(struct apply *a, struct entry **link, struct table *t,
 {
     struct kv *kv = a->kv;
     apply_rev(a);
-    sink_item(a, e, true);
+    sink_item(a, e);
     *link = e->next;
     pz_assert(t->used > 0);
     t->used--;
@@ -1113,7 +1109,8 @@ static bool do_delrange(struct apply *a, const void *from, size_t flen,
         if (*budget == 0)
             return false;
         struct table *t;
-        struct entry **link = find_link(kv, entry_hash(kv, e), entry_key(e), e->klen, &t);
+        struct entry **link =
+            find_link(kv, entry_hash(kv, e), entry_key(e), e->klen, &t);
         pz_assert(link && *link == e);
         remove_entry(a, link, t, upd, e);
         (*n)++;
@@ -1886,7 +1883,7 @@ static void run_op(struct apply *a, size_t i, const struct kv_op *o)
     case KV_TOP_GET: {
         struct entry *e = lookup(a->kv, o->key, o->klen);
         if (e) {
-            sink_item(a, e, true);
+            sink_item(a, e);
             count = 1;
         }
         break;
