@@ -36,6 +36,7 @@ TEST(accepts_rfc8259)
         "{\"\\u00e9\\ud83d\\ude00\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"}",
         "\t\r\n{ \"a\" : 1 , \"a\" : 2 }\n",
         "\"raw \xff\xfe bytes are kept\"",
+        "\"\\ud800\\udc00 \\udbff\\udfff\"", /* the first and last pairs */
     };
     for (size_t i = 0; i < PZ_ARRAY_SIZE(good); i++) {
         if (!valid(good[i]))
@@ -73,6 +74,8 @@ TEST(refuses_the_rest)
         "\"\\ud800\\u0041\"",
         "\"\\udc00\"",
         "\"unterminated",
+        "\"ends in a backslash\\",
+        "[\"ends in a backslash\\",
         "\"tab\tinside\"",
         "\"nl\ninside\"",
         "{} x",
@@ -132,6 +135,12 @@ TEST(strings_are_bytes)
     CHECK_EQ_INT(len, 10);
     CHECK(memcmp(s, "a\0b\xc3\xa9\xf0\x9f\x98\x80\n", 10) == 0);
     CHECK_EQ_INT(s[len], '\0');
+    pz_free(s);
+    /* The pairs at both ends of the surrogate ranges: U+10000, U+10FFFF. */
+    CHECK_EQ_INT(parse("\"\\ud800\\udc00\\udbff\\udfff\"", &v), 0);
+    s = json_strdup(&v, &len);
+    CHECK_EQ_INT(len, 8);
+    CHECK(memcmp(s, "\xf0\x90\x80\x80\xf4\x8f\xbf\xbf", 8) == 0);
     pz_free(s);
     /* Every short escape: a key "a/b" may come as "a\/b". */
     CHECK_EQ_INT(parse("\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"", &v), 0);
@@ -373,6 +382,22 @@ TEST(put_string)
               "\"\\ufffd\\ufffd\\ufffd\\ufffd\"");
     put_check("\xff\xe2\x82\xac", 4, "\"\\ufffd€\"");
     put_check("\xf0\x9f\x98\x80", 4, "\"\xf0\x9f\x98\x80\"");
+    /* The first and last code points of each length are kept; the same
+     * code point one byte longer than it needs is overlong. */
+    static const char *const kept[] = {
+        "\xc2\x80",         "\xdf\xbf",         /* U+0080, U+07FF */
+        "\xe0\xa0\x80",     "\xef\xbf\xbf",     /* U+0800, U+FFFF */
+        "\xed\x9f\xbf",     "\xee\x80\x80",     /* U+D7FF, U+E000 */
+        "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf", /* U+10000, U+10FFFF */
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(kept); i++) {
+        char want[8];
+        snprintf(want, sizeof want, "\"%s\"", kept[i]);
+        put_check(kept[i], strlen(kept[i]), want);
+    }
+    put_check("\xc1\xbf", 2, "\"\\ufffd\\ufffd\"");
+    put_check("\xe0\x9f\xbf", 3, "\"\\ufffd\\ufffd\\ufffd\"");
+    put_check("\xf0\x8f\xbf\xbf", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\"");
     /* every byte value alone gives valid JSON */
     for (int c = 0; c < 256; c++) {
         char one = (char)c;
@@ -427,13 +452,52 @@ TEST(flat)
     CHECK_EQ_INT(json_flat("{\"a\":\"\0\"}", 9, n, v, 3), -1);
 }
 
+/* Every proper prefix of a document, in a buffer of exactly its length
+ * (so that a sanitizer build sees a read past it), is refused by
+ * json_parse and by json_flat, even when the byte past the length would
+ * complete it. */
+TEST(truncated_documents_refused)
+{
+    static const char *const docs[] = {
+        "{}",
+        "[]",
+        "[[]]",
+        "{\"a\":[]}",
+        "{\"a\":\"b\"}",
+        "{\"a\":\"b\",\"c\":\"d\"}",
+        "[\"x\\u00e9\",{\"k\":null}]",
+        "\"\\ud83d\\ude00\"",
+    };
+    struct json_val root, n[3], v[3];
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(docs); i++) {
+        size_t len = strlen(docs[i]);
+        CHECK_EQ_INT(json_parse(docs[i], len, &root), 0);
+        for (size_t cut = 0; cut < len; cut++) {
+            /* exactly cut bytes (pz_memdup would add a NUL) */
+            char *copy = pz_malloc(cut + !cut);
+            memcpy(copy, docs[i], cut);
+            CHECK_EQ_INT(json_parse(copy, cut, &root), PZ_EINVAL);
+            CHECK_EQ_INT(json_flat(copy, cut, n, v, 3), -1);
+            pz_free(copy);
+            CHECK_EQ_INT(json_parse(docs[i], cut, &root), PZ_EINVAL);
+            CHECK_EQ_INT(json_flat(docs[i], cut, n, v, 3), -1);
+        }
+    }
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(put_string),
-    TEST_ENTRY(accepts_rfc8259), TEST_ENTRY(refuses_the_rest),
-    TEST_ENTRY(nesting_limit),   TEST_ENTRY(strings_are_bytes),
+    TEST_ENTRY(truncated_documents_refused),
+    TEST_ENTRY(accepts_rfc8259),
+    TEST_ENTRY(refuses_the_rest),
+    TEST_ENTRY(nesting_limit),
+    TEST_ENTRY(strings_are_bytes),
     TEST_ENTRY(string_word_scan),
-    TEST_ENTRY(members),         TEST_ENTRY(walk),
-    TEST_ENTRY(walk_backslash_runs), TEST_ENTRY(flat),
-    TEST_ENTRY(u64_exact),       TEST_END};
+    TEST_ENTRY(members),
+    TEST_ENTRY(walk),
+    TEST_ENTRY(walk_backslash_runs),
+    TEST_ENTRY(flat),
+    TEST_ENTRY(u64_exact),
+    TEST_END};
 
 const struct test_suite suite_json = {"json", cases};
