@@ -6,6 +6,14 @@
 #include "kv.h"
 #include "test.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+/* Tests run in forked children that _exit(): check for leaks explicitly. */
+#define LEAK_CHECK() __lsan_do_leak_check()
+#else
+#define LEAK_CHECK() ((void)0)
+#endif
+
 static const struct http_limits lim = {8192, 50, 4096};
 static const struct http_api_limits api = {16, 64};
 
@@ -393,6 +401,20 @@ TEST(txn_requests)
         CHECK_EQ_INT(status_of(req), 400);
     }
     CHECK_EQ_INT(status_of("GET /txn HTTP/1.1\r\n\r\n"), 405);
+    /* An operation without a key, or with an empty one, is named. */
+    static const char *const keyless[] = {
+        "{\"success\":[{\"put\":{\"value\":\"1\"}}]}",
+        "{\"failure\":[{\"get\":{}}]}",
+        "{\"success\":[{\"delete\":{\"key\":\"\"}}]}",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(keyless); i++) {
+        snprintf(req, sizeof req,
+                 "POST /txn HTTP/1.1\r\nContent-Length: %zu\r\n\r\n%s",
+                 strlen(keyless[i]), keyless[i]);
+        CHECK_EQ_INT(status_of(req), 400);
+        CHECK_EQ_STR(reason_of(req), "Missing key field");
+    }
+    LEAK_CHECK();
 }
 
 TEST(json_strings)
@@ -467,6 +489,20 @@ TEST(base64_and_utf8)
     CHECK(!http_utf8_valid("\xc0\xaf", 2));         /* overlong */
     CHECK(!http_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
     CHECK(!http_utf8_valid("\xf4\x90\x80\x80", 4)); /* past U+10FFFF */
+    /* The first and last code points of each length, and around the
+     * surrogates, are valid; one byte longer than needed is overlong. */
+    static const char *const edges[] = {
+        "\xc2\x80",         "\xdf\xbf",         /* U+0080, U+07FF */
+        "\xe0\xa0\x80",     "\xef\xbf\xbf",     /* U+0800, U+FFFF */
+        "\xed\x9f\xbf",     "\xee\x80\x80",     /* U+D7FF, U+E000 */
+        "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf", /* U+10000, U+10FFFF */
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(edges); i++)
+        CHECK(http_utf8_valid(edges[i], strlen(edges[i])));
+    CHECK(!http_utf8_valid("\xc1\xbf", 2));         /* U+007F */
+    CHECK(!http_utf8_valid("\xe0\x9f\xbf", 3));     /* U+07FF */
+    CHECK(!http_utf8_valid("\xf0\x8f\xbf\xbf", 4)); /* U+FFFF */
+    CHECK(!http_utf8_valid("\xed\xbf\xbf", 3));     /* U+DFFF */
 }
 
 TEST(protocol_errors)
@@ -505,6 +541,15 @@ TEST(protocol_errors)
         pz_buf_append(&b, "a", 1);
     pz_buf_append(&b, "\r\n\r\n", 4);
     CHECK_EQ_INT(status_of(b.data), 431);
+    /* A URL of exactly the limit (8192 bytes) is taken; one more is 414. */
+    for (int extra = 0; extra <= 1; extra++) {
+        pz_buf_reset(&b);
+        pz_buf_append(&b, "GET /health?x=", 14);
+        for (int i = 0; i < 8192 - 10 + extra; i++) /* "/health?x=" */
+            pz_buf_append(&b, "a", 1);
+        pz_buf_append(&b, " HTTP/1.1\r\n\r\n", 13);
+        CHECK_EQ_INT(status_of(b.data), (extra ? 414 : 0));
+    }
     /* URL alone over the limit */
     pz_buf_reset(&b);
     pz_buf_append(&b, "GET /get?key=", 13);
@@ -573,6 +618,10 @@ TEST(query_decoding)
     CHECK_EQ_INT(http_url_path("/ab%", 4, &path), PZ_EINVAL);
     CHECK_EQ_INT(http_url_path("/ab%4", 5, &path), PZ_EINVAL);
     CHECK_EQ_INT(http_url_path("/ab%4g", 6, &path), PZ_EINVAL);
+    /* An escape cut by the length is refused, whatever follows in memory. */
+    CHECK_EQ_INT(http_url_path("/ab%41", 5, &path), PZ_EINVAL);
+    CHECK_EQ_INT(http_url_path("/ab%41", 4, &path), PZ_EINVAL);
+    CHECK_EQ_INT(http_query_get("/g?key=%41", 9, "key", &v, &l), PZ_EINVAL);
     /* An empty path in a buffer never used: a string, not bytes left
      * as malloc gave them. */
     struct pz_buf fresh;
@@ -735,6 +784,24 @@ TEST(body_memory)
     pz_buf_free(&b);
 }
 
+/* A parser freed in the middle of a body (a client gone mid-request) lets
+ * go of everything it holds. It lives in memory freed with it, as in a
+ * connection, so that nothing still points at what it held. */
+TEST(parser_freed_mid_body_leaks_nothing)
+{
+    static const char req[] = "POST /set HTTP/1.1\r\nX-A: b\r\n"
+                              "Content-Length: 100\r\n\r\n0123456789";
+    struct http_parser *p = pz_malloc(sizeof *p);
+    size_t used;
+    http_parser_init(p, &lim);
+    CHECK_EQ_INT(http_parser_feed(p, req, sizeof req - 1, &used),
+                 HTTP_PARSE_NEED_MORE);
+    CHECK_EQ_INT(p->req.body.len, 10);
+    http_parser_free(p);
+    pz_free(p);
+    LEAK_CHECK();
+}
+
 TEST(lease_requests)
 {
     struct http_op op = one(req_of("/lease/grant", "{\"ttl\":30}"));
@@ -752,6 +819,13 @@ TEST(lease_requests)
     http_op_free(&op);
     op = one("GET /lease?id=12&keys=true HTTP/1.1\r\n\r\n");
     CHECK(op.kind == HTTP_OP_LEASE_GET && op.lease_id == 12 && op.keys_only);
+    http_op_free(&op);
+    /* The largest id, 2^53 - 1, also with leading zeros up to 19 digits. */
+    op = one("GET /lease?id=9007199254740991 HTTP/1.1\r\n\r\n");
+    CHECK(op.kind == HTTP_OP_LEASE_GET && op.lease_id == KV_LEASE_ID_MAX);
+    http_op_free(&op);
+    op = one("GET /lease?id=0009007199254740991 HTTP/1.1\r\n\r\n");
+    CHECK(op.kind == HTTP_OP_LEASE_GET && op.lease_id == KV_LEASE_ID_MAX);
     http_op_free(&op);
     op = one("GET /leases HTTP/1.1\r\n\r\n");
     CHECK(op.kind == HTTP_OP_LEASE_LIST);
@@ -877,6 +951,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(chunk_size_over_limit_refused_at_once),
     TEST_ENTRY(phases_and_start),
     TEST_ENTRY(body_memory),
+    TEST_ENTRY(parser_freed_mid_body_leaks_nothing),
     TEST_ENTRY(bearer_value),
     TEST_ENTRY(parse_revision),
     TEST_END};
