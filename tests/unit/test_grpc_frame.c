@@ -326,6 +326,21 @@ TEST(message_encode)
     e = encode("a\xc3\xa9z", 4, 7);
     CHECK_EQ_STR(e, "a%C3%A9");
     pz_free(e);
+    /* Nor inside a 3-byte one (leads 0xE0 to 0xEF) or a 4-byte one:
+     * 9 and 12 bytes, one short of the room needed. */
+    static const char *const wide[] = {"a\xe0\xa0\x80", "a\xe2\x82\xac",
+                                       "a\xef\xbf\xbf"};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(wide); i++) {
+        e = encode(wide[i], 4, 9);
+        CHECK_EQ_STR(e, "a");
+        pz_free(e);
+    }
+    e = encode("a\xe2\x82\xac", 4, 10);
+    CHECK_EQ_STR(e, "a%E2%82%AC");
+    pz_free(e);
+    e = encode("a\xf0\x9f\x98\x80", 5, 12);
+    CHECK_EQ_STR(e, "a");
+    pz_free(e);
     /* A stray continuation byte or a truncated sequence goes alone. */
     e = encode("\xa9\xc3", 2, 100);
     CHECK_EQ_STR(e, "%A9%C3");
