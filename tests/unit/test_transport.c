@@ -477,6 +477,17 @@ TEST(codec_malformed_rejected)
     CHECK_EQ_INT(decode_bytes(typemax, sizeof typemax), PZ_EPROTO);
     CHECK_EQ_INT(decode_bytes(etype3, sizeof etype3), PZ_EPROTO);
     CHECK_EQ_INT(decode_bytes(etype2, sizeof etype2), 0);
+    /* So does the path through protobuf-c (the reference the tests
+     * compare the codec with). */
+    static const uint8_t *const bad_msgs[] = {type0, type300, typemax, etype3};
+    static const size_t bad_lens[] = {sizeof type0, sizeof type300,
+                                      sizeof typemax, sizeof etype3};
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad_msgs); i++) {
+        struct raft_decoded d;
+        CHECK_EQ_INT(raft_codec_decode_pb(bad_msgs[i], bad_lens[i], &d),
+                     PZ_EPROTO);
+        raft_decoded_free(&d);
+    }
     /* A length prefix of six bytes (2, written long): neither decoder
      * reads one over five bytes. */
     static const uint8_t long_len[] = {0x1a, 0x82, 0x80, 0x80, 0x80,
