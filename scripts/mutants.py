@@ -1384,6 +1384,18 @@ MUTATIONS = [
       "            lit = e; /* '\"', '\\\\', '/' */",
       "            lit = e == '/' ? '\\\\' : e;",
       ["unit:json"], "a key sent as \"a\\/b\" is stored under another name"),
+    M("json_backslash_at_the_end_taken", "src/json.c",
+      "        if (c->i >= c->n)\n            return -1;\n        switch (c->s[c->i++]) {",
+      "        if (c->i >= c->n)\n            return 0;\n        switch (c->s[c->i++]) {",
+      ["unit:json/refuses_the_rest"],
+      "a body cut after a backslash inside a string (\"abc\\) is taken "
+      "as well-formed JSON"),
+    M("json_out_three_byte_floor_off", "src/json.c",
+      "        len = 3, cp = c & 0x0f, min = 0x800;",
+      "        len = 3, cp = c & 0x0f, min = 0x801;",
+      ["unit:json/put_string"],
+      "a key or value holding U+0800 (the first 3-byte character) comes "
+      "back in JSON answers as U+FFFD"),
     M("query_plus_in_path", "src/http_parse.c",
       "        while (run < n && s[run] != '%' && (s[run] != '+' || !plus_is_space))",
       "        while (run < n && s[run] != '%' && (s[run] != '+' || "
@@ -1397,6 +1409,18 @@ MUTATIONS = [
       "    if (rv == 0 && memchr(path->data ? path->data : \"\", 0, path->len))\n        return PZ_EINVAL;",
       "    if (rv == 0 && memchr(path->data ? path->data : \"\", 0, path->len) && 0)\n        return PZ_EINVAL;",
       ["unit:http"], "a NUL byte in a path is taken"),
+    M("pct_escape_cut_by_the_length", "src/http_parse.c",
+      "            if (i + 2 >= n)\n                return PZ_EINVAL;",
+      "            if (i + 1 >= n)\n                return PZ_EINVAL;",
+      ["unit:http/query_decoding"],
+      "a '%4' at the end of a path or query value is completed with the "
+      "byte after it in memory instead of refused"),
+    M("txn_op_without_a_key_taken", "src/http_parse.c",
+      "        bytes_member(&body, \"key\", lim->max_key, st, &o->key, &o->klen, why);\n    if (hk < 0)",
+      "        bytes_member(&body, \"key\", lim->max_key, st, &o->key, &o->klen, why);\n    if (hk <= 0)",
+      ["unit:http/txn_requests"],
+      "a /txn operation without a key runs on the empty key instead of a "
+      "400 \"Missing key field\""),
     M("range_limit_zero_taken", "src/http_parse.c",
       "        if (vl == 0 || *e || v[0] == '-' || v[0] == '+' || l == 0 ||",
       "        if (vl == 0 || *e || v[0] == '-' || v[0] == '+' ||",
@@ -1525,6 +1549,12 @@ MUTATIONS = [
       "        *ms = v / 1000u;",
       ["unit:grpc_frame"], "a grpc-timeout under a millisecond is no "
       "deadline at all"),
+    M("grpc_message_cut_inside_a_character", "src/grpc_frame.c",
+      "        return b <= 0xEF ? 3 : 1;",
+      "        return b <= 0xEF ? 1 : 3;",
+      ["unit:grpc_frame/message_encode"],
+      "a grpc-message cut at its size limit can end inside a 3-byte "
+      "character: clients get a status message that is not UTF-8"),
     M("mandi_overlong_utf8", "src/mandi_codec.c",
       "    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))",
       "    if ((cp < min && min == 0x80) || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))",
