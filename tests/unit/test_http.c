@@ -6,14 +6,6 @@
 #include "kv.h"
 #include "test.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-/* Tests run in forked children that _exit(): check for leaks explicitly. */
-#define LEAK_CHECK() __lsan_do_leak_check()
-#else
-#define LEAK_CHECK() ((void)0)
-#endif
-
 static const struct http_limits lim = {8192, 50, 4096};
 static const struct http_api_limits api = {16, 64};
 
@@ -414,7 +406,6 @@ TEST(txn_requests)
         CHECK_EQ_INT(status_of(req), 400);
         CHECK_EQ_STR(reason_of(req), "Missing key field");
     }
-    LEAK_CHECK();
 }
 
 TEST(json_strings)
@@ -799,7 +790,6 @@ TEST(parser_freed_mid_body_leaks_nothing)
     CHECK_EQ_INT(p->req.body.len, 10);
     http_parser_free(p);
     pz_free(p);
-    LEAK_CHECK();
 }
 
 TEST(lease_requests)

@@ -26,14 +26,6 @@
 #include "mandi_client.h"
 #include "test.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-/* Tests run in forked children that _exit(): check for leaks explicitly. */
-#define LEAK_CHECK() __lsan_do_leak_check()
-#else
-#define LEAK_CHECK() ((void)0)
-#endif
-
 /* --- codec ------------------------------------------------------------- */
 
 static int u64_of(const char *doc, uint64_t *v)
@@ -721,7 +713,6 @@ static int world_close(void)
     unlink(log_path);
     if (conn_count() != 0)
         fprintf(stderr, "    %zu connections left\n", conn_count());
-    LEAK_CHECK();
     return rv == 0 && conn_count() == 0 ? 0 : -1;
 }
 
