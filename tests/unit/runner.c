@@ -1,5 +1,6 @@
 /* runner.c - runs the unit suites. Each test runs in a forked child with a
- * timeout, so a crash or a hang fails that test and the run goes on.
+ * timeout, so a crash or a hang fails that test and the run goes on; in an
+ * AddressSanitizer build, so does a leak left by a test that passed.
  * Usage: test-unit [suite[/test] ...]
  * A name that matches no suite (or no test of its suite) stops the run
  * before any test, exit 2, listing the suites: a misspelled TESTS= must
