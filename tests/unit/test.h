@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "pz.h"
+
 struct test_case {
     const char *name;
     void (*fn)(void);
@@ -63,5 +65,15 @@ extern int test_failed_flag; /* set by CHECK on failure */
             return;                                                          \
         }                                                                    \
     } while (0)
+
+/* A copy of n bytes in a block of exactly n (pz_memdup adds a NUL), so
+ * that AddressSanitizer sees a read one byte past them. */
+static inline void *test_exact_copy(const void *p, size_t n)
+{
+    void *q = pz_malloc(n ? n : 1);
+    if (n)
+        memcpy(q, p, n);
+    return q;
+}
 
 #endif

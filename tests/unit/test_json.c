@@ -473,9 +473,7 @@ TEST(truncated_documents_refused)
         size_t len = strlen(docs[i]);
         CHECK_EQ_INT(json_parse(docs[i], len, &root), 0);
         for (size_t cut = 0; cut < len; cut++) {
-            /* exactly cut bytes (pz_memdup would add a NUL) */
-            char *copy = pz_malloc(cut + !cut);
-            memcpy(copy, docs[i], cut);
+            char *copy = test_exact_copy(docs[i], cut);
             CHECK_EQ_INT(json_parse(copy, cut, &root), PZ_EINVAL);
             CHECK_EQ_INT(json_flat(copy, cut, n, v, 3), -1);
             pz_free(copy);

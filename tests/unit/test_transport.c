@@ -435,16 +435,6 @@ TEST(codec_handshake_roundtrip)
     pz_buf_free(&b);
 }
 
-/* A copy of n bytes in a block of exactly n (pz_memdup adds a NUL), so
- * that AddressSanitizer sees a read one byte past them. */
-static uint8_t *exact_copy(const void *p, size_t n)
-{
-    uint8_t *q = pz_malloc(n ? n : 1);
-    if (n)
-        memcpy(q, p, n);
-    return q;
-}
-
 static int decode_bytes(const uint8_t *p, size_t n)
 {
     struct raft_decoded d;
@@ -531,7 +521,7 @@ TEST(codec_malformed_rejected)
     const uint8_t *body = (uint8_t *)b.data + 4;
     size_t len = b.len - 4;
     for (size_t cut = 1; cut < len; cut++) {
-        uint8_t *copy = exact_copy(body, cut);
+        uint8_t *copy = test_exact_copy(body, cut);
         int rv = decode_bytes(copy, cut);
         pz_free(copy);
         if (rv == 0)
@@ -663,7 +653,7 @@ TEST(codec_decode_matches_protobuf_c)
             int muts = 1 + (int)(pz_rand_next(&rng) % 3);
             for (int j = 0; j < muts; j++)
                 mutate(&rng, copy, &n);
-            uint8_t *body = exact_copy(copy, n);
+            uint8_t *body = test_exact_copy(copy, n);
             why = codec_diff_check(body, n, &skip, &rv);
             if (why) {
                 fprintf(stderr, "    iteration %d mutation %d: %s:", iter,
