@@ -1987,7 +1987,7 @@ int main(int argc, char **argv)
             struct pz_buf b;
             pz_buf_init(&b);
             size_t kl = strlen(args[0]);
-            bool ku = http_utf8_valid(args[0], kl);
+            bool ku = pz_utf8_valid(args[0], kl);
             pz_buf_appendf(&b, "{\"%s\":", ku ? "key" : "key_b64");
             if (ku) {
                 json_put_string(&b, args[0], kl);
@@ -1997,7 +1997,7 @@ int main(int argc, char **argv)
                 pz_buf_append(&b, "\"", 1);
             }
             pz_buf_appendf(&b, ",\"found\":%s", found ? "true" : "false");
-            if (found && http_utf8_valid(v, vl)) {
+            if (found && pz_utf8_valid(v, vl)) {
                 pz_buf_appendf(&b, ",\"value\":");
                 json_put_string(&b, v, vl);
             } else if (found) {

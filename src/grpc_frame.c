@@ -309,19 +309,6 @@ size_t grpc_timeout_format(uint64_t ms, char *out, size_t outlen)
 
 static const char hex_digits[] = "0123456789ABCDEF";
 
-/* Length of the UTF-8 sequence starting with byte b, 1 for anything that
- * does not start a sequence (so such bytes are cut on their own). */
-static size_t utf8_seq_len(uint8_t b)
-{
-    if (b >= 0xF0 && b <= 0xF7)
-        return 4;
-    if (b >= 0xE0)
-        return b <= 0xEF ? 3 : 1;
-    if (b >= 0xC0)
-        return 2;
-    return 1;
-}
-
 void grpc_message_encode(struct pz_buf *out, const char *msg, size_t len,
                          size_t max_out)
 {
@@ -329,8 +316,10 @@ void grpc_message_encode(struct pz_buf *out, const char *msg, size_t len,
     size_t i = 0;
     while (i < len) {
         const uint8_t *u = (const uint8_t *)msg + i;
-        size_t seq = utf8_seq_len(u[0]);
-        if (seq > len - i)
+        /* Never cut inside a character; bytes that are not UTF-8 go one
+         * by one. */
+        size_t seq = pz_utf8_decode(u, len - i, NULL);
+        if (seq == 0)
             seq = 1;
         size_t cost = 0;
         for (size_t k = 0; k < seq; k++) {

@@ -116,7 +116,7 @@ static void reply_rev(struct http_conn *h, int status, const char *ctype,
 static void put_bytes_field(struct pz_buf *b, const char *name, const void *p,
                             size_t n)
 {
-    if (http_utf8_valid(p, n)) {
+    if (pz_utf8_valid(p, n)) {
         pz_buf_appendf(b, "\"%s\":", name);
         http_json_str(b, p, n);
     } else {

@@ -215,8 +215,6 @@ void http_b64_encode(struct pz_buf *out, const void *p, size_t n);
  * and control characters escaped, the other bytes as they are (valid
  * UTF-8 is the caller's check). At most 6 * n + 2 bytes. */
 void http_json_str(struct pz_buf *out, const void *p, size_t n);
-/* Is p[0..n) valid UTF-8 (what a JSON string can carry as it is)? */
-bool http_utf8_valid(const void *p, size_t n);
 /* s[0..n) as a revision: decimal digits only (no sign, no space), at
  * most the store's highest (KV_REVISION_MAX), so that a revision + 1
  * cannot wrap. false leaves *out alone. */

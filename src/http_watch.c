@@ -196,7 +196,7 @@ static bool put_field_part(struct watch_stream *ws, struct pz_buf *b,
     if (!ws->fstarted) {
         ws->fstarted = true;
         ws->off = 0;
-        ws->b64 = !http_utf8_valid(p, n);
+        ws->b64 = !pz_utf8_valid(p, n);
         pz_buf_appendf(b, "\"%s%s\":\"", name, ws->b64 ? "_b64" : "");
     }
     bool done;

@@ -615,37 +615,6 @@ int json_u64(const struct json_val *v, uint64_t *out)
     return 0;
 }
 
-/* The length of the valid UTF-8 sequence at s[0..n) (1 to 4), or 0 when
- * s[0] does not begin one (overlong forms, surrogates and code points over
- * U+10FFFF are not valid). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    unsigned long cp, min;
-    if (c < 0x80)
-        return 1;
-    if ((c & 0xe0) == 0xc0) {
-        len = 2, cp = c & 0x1f, min = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-        len = 3, cp = c & 0x0f, min = 0x800;
-    } else if ((c & 0xf8) == 0xf0) {
-        len = 4, cp = c & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t j = 1; j < len; j++) {
-        if ((s[j] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[j] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 void json_put_string(struct pz_buf *out, const void *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -663,7 +632,7 @@ void json_put_string(struct pz_buf *out, const void *s, size_t n)
             pz_buf_append(out, e, 6);
             i++;
         } else {
-            size_t len = utf8_seq(p + i, n - i);
+            size_t len = pz_utf8_decode(p + i, n - i, NULL);
             if (len == 0) {
                 pz_buf_append(out, "\\ufffd", 6);
                 i++;

@@ -29,20 +29,9 @@ void pz_log_set_json(bool json)
  * (pz_cp_disguises_text). */
 static size_t utf8_printable(const unsigned char *s, size_t n)
 {
-    size_t len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
-    if (len == 0 || s[0] > 0xf4 || len > n)
-        return 0;
-    uint32_t cp = s[0] & (0x7f >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < least[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ||
-        cp < 0xa0)
-        return 0;
-    if (pz_cp_disguises_text(cp))
+    uint32_t cp;
+    size_t len = pz_utf8_decode(s, n, &cp);
+    if (len == 0 || cp < 0xa0 || pz_cp_disguises_text(cp))
         return 0;
     return len;
 }

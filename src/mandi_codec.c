@@ -54,40 +54,9 @@ int mandi_json_u64(const char *doc, size_t len, const char *name, uint64_t *out)
  * embeddings that reorder text on display: none of these belongs in a
  * node name, and each can make a log line or a terminal lie. */
 
-/* The next code point of s[0..n) at *i, strictly (no overlong forms, no
- * surrogates, nothing above U+10FFFF); -1 on invalid UTF-8. */
-static long utf8_next(const unsigned char *s, size_t n, size_t *i)
+static bool unsafe_code_point(uint32_t cp)
 {
-    unsigned c = s[(*i)++];
-    if (c < 0x80)
-        return (long)c;
-    int more;
-    unsigned long cp, min;
-    if (c >= 0xc2 && c <= 0xdf)
-        more = 1, cp = c & 0x1f, min = 0x80;
-    else if (c >= 0xe0 && c <= 0xef)
-        more = 2, cp = c & 0x0f, min = 0x800;
-    else if (c >= 0xf0 && c <= 0xf4)
-        more = 3, cp = c & 0x07, min = 0x10000;
-    else
-        return -1;
-    if (n - *i < (size_t)more)
-        return -1;
-    for (int k = 0; k < more; k++) {
-        unsigned cc = s[(*i)++];
-        if ((cc & 0xc0) != 0x80)
-            return -1;
-        cp = cp << 6 | (cc & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return -1;
-    return (long)cp;
-}
-
-static bool unsafe_code_point(long cp)
-{
-    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) ||
-           pz_cp_disguises_text((uint32_t)cp);
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || pz_cp_disguises_text(cp);
 }
 
 /* NULL if s[0..n) is printable text as above, else what is wrong. */
@@ -95,9 +64,11 @@ const char *mandi_text_problem(const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        long cp = utf8_next(u, n, &i);
-        if (cp < 0)
+        uint32_t cp;
+        size_t len = pz_utf8_decode(u + i, n - i, &cp);
+        if (len == 0)
             return "is not valid UTF-8";
+        i += len;
         if (unsafe_code_point(cp))
             return "holds a control character";
     }

@@ -290,7 +290,7 @@ static int decode_value(struct dec *d, const ProtobufCFieldDescriptor *f,
         pz_buf_init(&s);
         json_str(v, &s);
         const char *p = s.data ? s.data : "";
-        if (memchr(p, 0, s.len) || !http_utf8_valid(p, s.len)) {
+        if (memchr(p, 0, s.len) || !pz_utf8_valid(p, s.len)) {
             pz_buf_free(&s);
             return fail(d, "string is not valid UTF-8 without NUL");
         }

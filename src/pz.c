@@ -879,6 +879,49 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
     return diff == 0;
 }
 
+size_t pz_utf8_decode(const void *s, size_t n, uint32_t *cp)
+{
+    static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+    const unsigned char *u = s;
+    unsigned char c = u[0];
+    size_t len = c < 0x80   ? 1
+                 : c < 0xc0 ? 0
+                 : c < 0xe0 ? 2
+                 : c < 0xf0 ? 3
+                 : c < 0xf8 ? 4
+                            : 0;
+    if (len == 0 || len > n)
+        return 0;
+    uint32_t v = len == 1 ? c : c & (0x7fu >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((u[i] & 0xc0) != 0x80)
+            return 0;
+        v = v << 6 | (u[i] & 0x3f);
+    }
+    if (v < least[len] || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+        return 0;
+    if (cp)
+        *cp = v;
+    return len;
+}
+
+bool pz_utf8_valid(const void *s, size_t n)
+{
+    const unsigned char *u = s;
+    size_t i = 0;
+    while (i < n) {
+        if (u[i] < 0x80) {
+            i++; /* ASCII, the common case, without the call */
+            continue;
+        }
+        size_t len = pz_utf8_decode(u + i, n - i, NULL);
+        if (len == 0)
+            return false;
+        i += len;
+    }
+    return true;
+}
+
 bool pz_cp_disguises_text(uint32_t cp)
 {
     return cp == 0x061c || cp == 0x200e || cp == 0x200f || cp == 0x2028 ||

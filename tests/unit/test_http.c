@@ -446,7 +446,7 @@ TEST(json_strings)
     free(v);
 }
 
-TEST(base64_and_utf8)
+TEST(base64)
 {
     static const char *const plain[] = {"",     "f",     "fo",    "foo",
                                         "foob", "fooba", "foobar"};
@@ -473,27 +473,6 @@ TEST(base64_and_utf8)
         CHECK_EQ_INT(http_b64_decode(&d, bad[i], strlen(bad[i])), PZ_EINVAL);
         pz_buf_free(&d);
     }
-    CHECK(http_utf8_valid("abc\xc3\xa9\xf0\x9f\x98\x80", 9));
-    CHECK(http_utf8_valid("a\0b", 3));
-    CHECK(!http_utf8_valid("\xff", 1));
-    CHECK(!http_utf8_valid("\xc3", 1));             /* truncated */
-    CHECK(!http_utf8_valid("\xc0\xaf", 2));         /* overlong */
-    CHECK(!http_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
-    CHECK(!http_utf8_valid("\xf4\x90\x80\x80", 4)); /* past U+10FFFF */
-    /* The first and last code points of each length, and around the
-     * surrogates, are valid; one byte longer than needed is overlong. */
-    static const char *const edges[] = {
-        "\xc2\x80",         "\xdf\xbf",         /* U+0080, U+07FF */
-        "\xe0\xa0\x80",     "\xef\xbf\xbf",     /* U+0800, U+FFFF */
-        "\xed\x9f\xbf",     "\xee\x80\x80",     /* U+D7FF, U+E000 */
-        "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf", /* U+10000, U+10FFFF */
-    };
-    for (size_t i = 0; i < PZ_ARRAY_SIZE(edges); i++)
-        CHECK(http_utf8_valid(edges[i], strlen(edges[i])));
-    CHECK(!http_utf8_valid("\xc1\xbf", 2));         /* U+007F */
-    CHECK(!http_utf8_valid("\xe0\x9f\xbf", 3));     /* U+07FF */
-    CHECK(!http_utf8_valid("\xf0\x8f\xbf\xbf", 4)); /* U+FFFF */
-    CHECK(!http_utf8_valid("\xed\xbf\xbf", 3));     /* U+DFFF */
 }
 
 TEST(protocol_errors)
@@ -932,7 +911,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(lease_requests),
     TEST_ENTRY(txn_requests),
     TEST_ENTRY(json_strings),
-    TEST_ENTRY(base64_and_utf8),
+    TEST_ENTRY(base64),
     TEST_ENTRY(protocol_errors),
     TEST_ENTRY(chunked_body_over_limit),
     TEST_ENTRY(upgrade_h2c_ignored),

@@ -406,7 +406,7 @@ TEST(put_string)
         json_put_string(&b, &one, 1);
         struct json_val v;
         CHECK_EQ_INT(json_parse(b.data, b.len, &v), 0);
-        CHECK(http_utf8_valid(b.data, b.len));
+        CHECK(pz_utf8_valid(b.data, b.len));
         pz_buf_free(&b);
     }
 }

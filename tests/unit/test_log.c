@@ -71,7 +71,7 @@ TEST(json_line_any_bytes)
         CHECK(root.type == JSON_OBJECT);
         CHECK(json_get(&root, "msg", &v) && v.type == JSON_STRING);
         CHECK(json_get(&root, "node", &v) && v.type == JSON_STRING);
-        CHECK(http_utf8_valid(s, len));
+        CHECK(pz_utf8_valid(s, len));
     }
 }
 

@@ -14,6 +14,82 @@
 #include "queue.h"
 #include "test.h"
 
+/* pz_utf8_decode, which every module reading UTF-8 goes through, in
+ * blocks of their exact size (a read past the end shows under ASan). */
+static size_t utf8_len(const char *s, size_t n, uint32_t *cp)
+{
+    void *q = test_exact_copy(s, n);
+    size_t len = pz_utf8_decode(q, n, cp);
+    pz_free(q);
+    return len;
+}
+
+TEST(utf8_decode)
+{
+    /* The first and last code points of each length, and around the
+     * surrogates. */
+    static const struct {
+        const char *s;
+        uint32_t cp;
+    } ok[] = {
+        {"\x00", 0},
+        {"\x7f", 0x7f},
+        {"\xc2\x80", 0x80},
+        {"\xdf\xbf", 0x7ff},
+        {"\xe0\xa0\x80", 0x800},
+        {"\xed\x9f\xbf", 0xd7ff},
+        {"\xee\x80\x80", 0xe000},
+        {"\xef\xbf\xbf", 0xffff},
+        {"\xf0\x90\x80\x80", 0x10000},
+        {"\xf4\x8f\xbf\xbf", 0x10ffff},
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(ok); i++) {
+        size_t n = i == 0 ? 1 : strlen(ok[i].s);
+        uint32_t cp = 0xdead;
+        CHECK_EQ_INT(utf8_len(ok[i].s, n, &cp), n);
+        CHECK_EQ_INT(cp, ok[i].cp);
+        /* Only the first character is read; cp may be NULL. */
+        char two[8];
+        memcpy(two, ok[i].s, n);
+        two[n] = 'z';
+        CHECK_EQ_INT(utf8_len(two, n + 1, NULL), n);
+        /* Cut anywhere, it is not a character. */
+        for (size_t k = 1; k < n; k++)
+            CHECK_EQ_INT(utf8_len(ok[i].s, k, &cp), 0);
+    }
+    static const char *const bad[] = {
+        "\x80",
+        "\xbf", /* a continuation byte first */
+        "\xc0\xaf",
+        "\xc1\xbf",         /* overlong: U+002F, U+007F */
+        "\xe0\x9f\xbf",     /* overlong U+07FF */
+        "\xf0\x8f\xbf\xbf", /* overlong U+FFFF */
+        "\xed\xa0\x80",
+        "\xed\xbf\xbf",     /* surrogates U+D800, U+DFFF */
+        "\xf4\x90\x80\x80", /* U+110000 */
+        "\xf5\x80\x80\x80",
+        "\xf7\xbf\xbf\xbf", /* past it */
+        "\xf8\x88\x80\x80\x80",
+        "\xfe",
+        "\xff",
+        "\xc3\x28",
+        "\xe2\x82\x28", /* no continuation where due */
+        "\xf0\x9f\x98\xc3",
+        "\xc3\xc3",
+    };
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(bad); i++) {
+        uint32_t cp = 0xdead;
+        CHECK_EQ_INT(utf8_len(bad[i], strlen(bad[i]), &cp), 0);
+        CHECK_EQ_INT(cp, 0xdead); /* left alone */
+        CHECK(!pz_utf8_valid(bad[i], strlen(bad[i])));
+    }
+    CHECK(pz_utf8_valid("abc\xc3\xa9\xf0\x9f\x98\x80", 9));
+    CHECK(pz_utf8_valid("a\0b", 3));
+    CHECK(pz_utf8_valid("", 0));
+    CHECK(!pz_utf8_valid("ab\xc3", 3));       /* cut at the end */
+    CHECK(!pz_utf8_valid("\xc3\xa9\xa9", 3)); /* a continuation too many */
+}
+
 TEST(buf_append_consume)
 {
     struct pz_buf b;
@@ -676,6 +752,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(crc32c),
     TEST_ENTRY(cache_reuse),
     TEST_ENTRY(cache_realloc),
+    TEST_ENTRY(utf8_decode),
     TEST_ENTRY(cache_bounded),
     TEST_ENTRY(fifo_memory_is_returned),
     TEST_ENTRY(fifo_emptied_chunks_are_reused),
