@@ -1579,6 +1579,24 @@ MUTATIONS = [
       ["unit:pz/utf8_decode"],
       "lead bytes 0xF5 to 0xF7 and code points past U+10FFFF pass as "
       "UTF-8"),
+    M("utf8_lead_f8_taken", "src/pz.c",
+      "                 : c < 0xf8 ? 4\n",
+      "                 : c < 0xff ? 4\n",
+      ["unit:pz/utf8_decode"],
+      "lead bytes 0xF8 to 0xFE are read as 4-byte leads: F8 90 80 80 "
+      "passes as U+10000"),
+    M("utf8_continuation_byte_taken_as_lead", "src/pz.c",
+      "                 : c < 0xc0 ? 0\n",
+      "                 : c < 0x80 ? 0\n",
+      ["unit:pz/utf8_decode"],
+      "a continuation byte first is read as a 2-byte lead: 9F BF passes "
+      "as U+07FF"),
+    M("grpc_message_groups_bytes_that_are_not_utf8", "src/grpc_frame.c",
+      "        if (seq == 0)\n            seq = 1;",
+      "        if (seq == 0)\n            seq = u[0] >= 0xC0 && u[0] <= 0xF7 ? (u[0] >= 0xF0 ? 4 : u[0] >= 0xE0 ? 3 : 2) : 1;\n        if (seq > len - i)\n            seq = 1;",
+      ["unit:grpc_frame/message_encode"],
+      "a grpc-message cut at its size limit drops bytes that are not "
+      "UTF-8 with the ones after them, as if they began a character"),
     M("mandi_continuation_bits", "src/pz.c",
       "        if ((u[i] & 0xc0) != 0x80)",
       "        if ((u[i] & 0x80) != 0x80)",

@@ -243,10 +243,10 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
 uint64_t pz_seed(void);
 
 /* The length (1 to 4) of the valid UTF-8 sequence at s[0..n), n > 0, and
- * its code point in *cp (when cp is not NULL); 0 when s does not begin
- * one: a stray continuation byte, a sequence cut short, an overlong form,
- * a surrogate (U+D800..U+DFFF) or a code point past U+10FFFF. Every
- * module that reads UTF-8 decodes through it. */
+ * its code point in *cp (when cp is not NULL); 0, *cp left alone, when s
+ * does not begin one: a stray continuation byte, a sequence cut short, an
+ * overlong form, a surrogate (U+D800..U+DFFF) or a code point past U+10FFFF.
+ * Every module that reads UTF-8 decodes through it. */
 size_t pz_utf8_decode(const void *s, size_t n, uint32_t *cp);
 
 /* Is s[0..n) valid UTF-8 (pz_utf8_decode)? NUL bytes are valid. */

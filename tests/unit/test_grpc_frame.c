@@ -345,6 +345,18 @@ TEST(message_encode)
     e = encode("\xa9\xc3", 2, 100);
     CHECK_EQ_STR(e, "%A9%C3");
     pz_free(e);
+    /* So do bytes that only look like a character: a lead byte before
+     * another lead, 0xC0 (always overlong), 0xF5 (past U+10FFFF), each
+     * cut at the first byte that does not fit. */
+    e = encode("a\xc3\xc3", 3, 4);
+    CHECK_EQ_STR(e, "a%C3");
+    pz_free(e);
+    e = encode("a\xc0\xaf", 3, 4);
+    CHECK_EQ_STR(e, "a%C0");
+    pz_free(e);
+    e = encode("a\xf5\x80\x80\x80", 5, 6);
+    CHECK_EQ_STR(e, "a%F5");
+    pz_free(e);
 }
 
 static char *decode(const char *s)

@@ -24,6 +24,14 @@ static size_t utf8_len(const char *s, size_t n, uint32_t *cp)
     return len;
 }
 
+static bool utf8_ok(const char *s, size_t n)
+{
+    void *q = test_exact_copy(s, n);
+    bool ok = pz_utf8_valid(q, n);
+    pz_free(q);
+    return ok;
+}
+
 TEST(utf8_decode)
 {
     /* The first and last code points of each length, and around the
@@ -57,9 +65,14 @@ TEST(utf8_decode)
         for (size_t k = 1; k < n; k++)
             CHECK_EQ_INT(utf8_len(ok[i].s, k, &cp), 0);
     }
+    /* Each would decode to a valid code point if its first byte were
+     * taken for the lead it resembles: a continuation byte (0x9F as
+     * 0xDF), 0xF8 to 0xFF as 4-byte leads (0xF8: U+10000). */
     static const char *const bad[] = {
         "\x80",
-        "\xbf", /* a continuation byte first */
+        "\xbf",
+        "\x9f\xbf",
+        "\xbf\xbf", /* a continuation byte first */
         "\xc0\xaf",
         "\xc1\xbf",         /* overlong: U+002F, U+007F */
         "\xe0\x9f\xbf",     /* overlong U+07FF */
@@ -69,6 +82,9 @@ TEST(utf8_decode)
         "\xf4\x90\x80\x80", /* U+110000 */
         "\xf5\x80\x80\x80",
         "\xf7\xbf\xbf\xbf", /* past it */
+        "\xf8\x90\x80\x80",
+        "\xf9\x80\x80\x80",
+        "\xfc\x80\x80\x80", /* 5- and 6-byte forms */
         "\xf8\x88\x80\x80\x80",
         "\xfe",
         "\xff",
@@ -81,13 +97,15 @@ TEST(utf8_decode)
         uint32_t cp = 0xdead;
         CHECK_EQ_INT(utf8_len(bad[i], strlen(bad[i]), &cp), 0);
         CHECK_EQ_INT(cp, 0xdead); /* left alone */
-        CHECK(!pz_utf8_valid(bad[i], strlen(bad[i])));
+        CHECK(!utf8_ok(bad[i], strlen(bad[i])));
     }
-    CHECK(pz_utf8_valid("abc\xc3\xa9\xf0\x9f\x98\x80", 9));
-    CHECK(pz_utf8_valid("a\0b", 3));
-    CHECK(pz_utf8_valid("", 0));
-    CHECK(!pz_utf8_valid("ab\xc3", 3));       /* cut at the end */
-    CHECK(!pz_utf8_valid("\xc3\xa9\xa9", 3)); /* a continuation too many */
+    CHECK(utf8_ok("abc\xc3\xa9\xf0\x9f\x98\x80", 9));
+    CHECK(utf8_ok("\xe2\x82\xac\xc3\xa9z\xf4\x8f\xbf\xbf", 10));
+    CHECK(utf8_ok("a\0b", 3));
+    CHECK(utf8_ok("", 0));
+    CHECK(!utf8_ok("ab\xc3", 3)); /* cut at the end */
+    CHECK(!utf8_ok("ab\xe2\x82", 4));
+    CHECK(!utf8_ok("\xc3\xa9\xa9", 3)); /* a continuation too many */
 }
 
 TEST(buf_append_consume)
