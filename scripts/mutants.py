@@ -1390,6 +1390,11 @@ MUTATIONS = [
       ["unit:json/refuses_the_rest"],
       "a body cut after a backslash inside a string (\"abc\\) is taken "
       "as well-formed JSON"),
+    M("json_ascii_run_takes_del", "src/json.c",
+      "            while (run < n && p[run] >= 0x20 && p[run] < 0x7f &&",
+      "            while (run < n && p[run] >= 0x20 && p[run] <= 0x7f &&",
+      ["unit:json/put_string"],
+      "a DEL after printable ASCII goes into JSON answers unescaped"),
     M("json_out_three_byte_floor_off", "src/pz.c",
       "    static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};",
       "    static const uint32_t least[] = {0, 0, 0x80, 0x801, 0x10000};",
@@ -1580,14 +1585,14 @@ MUTATIONS = [
       "lead bytes 0xF5 to 0xF7 and code points past U+10FFFF pass as "
       "UTF-8"),
     M("utf8_lead_f8_taken", "src/pz.c",
-      "                 : c < 0xf8 ? 4\n",
-      "                 : c < 0xff ? 4\n",
+      "c < 0xf8 ? 4 : 0;",
+      "c < 0xff ? 4 : 0;",
       ["unit:pz/utf8_decode"],
       "lead bytes 0xF8 to 0xFE are read as 4-byte leads: F8 90 80 80 "
       "passes as U+10000"),
     M("utf8_continuation_byte_taken_as_lead", "src/pz.c",
-      "                 : c < 0xc0 ? 0\n",
-      "                 : c < 0x80 ? 0\n",
+      "size_t len = c < 0xc0 ? 0 :",
+      "size_t len = c < 0x80 ? 0 :",
       ["unit:pz/utf8_decode"],
       "a continuation byte first is read as a 2-byte lead: 9F BF passes "
       "as U+07FF"),

@@ -631,6 +631,14 @@ void json_put_string(struct pz_buf *out, const void *s, size_t n)
             char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
             pz_buf_append(out, e, 6);
             i++;
+        } else if (c < 0x80) {
+            /* Printable ASCII, the common case: the whole run at once. */
+            size_t run = i + 1;
+            while (run < n && p[run] >= 0x20 && p[run] < 0x7f &&
+                   p[run] != '"' && p[run] != '\\')
+                run++;
+            pz_buf_append(out, p + i, run - i);
+            i = run;
         } else {
             size_t len = pz_utf8_decode(p + i, n - i, NULL);
             if (len == 0) {

@@ -881,18 +881,18 @@ bool pz_token_equal(const char *want, size_t wlen, const char *got,
 
 size_t pz_utf8_decode(const void *s, size_t n, uint32_t *cp)
 {
-    static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+    static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000}; /* by len */
     const unsigned char *u = s;
     unsigned char c = u[0];
-    size_t len = c < 0x80   ? 1
-                 : c < 0xc0 ? 0
-                 : c < 0xe0 ? 2
-                 : c < 0xf0 ? 3
-                 : c < 0xf8 ? 4
-                            : 0;
+    if (c < 0x80) {
+        if (cp)
+            *cp = c;
+        return 1;
+    }
+    size_t len = c < 0xc0 ? 0 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : c < 0xf8 ? 4 : 0;
     if (len == 0 || len > n)
         return 0;
-    uint32_t v = len == 1 ? c : c & (0x7fu >> len);
+    uint32_t v = c & (0x7fu >> len);
     for (size_t i = 1; i < len; i++) {
         if ((u[i] & 0xc0) != 0x80)
             return 0;

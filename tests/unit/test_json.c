@@ -372,6 +372,11 @@ TEST(put_string)
     put_check("\n\t\x01\x1f\x7f", 5,
               "\"\\u000a\\u0009\\u0001\\u001f\\u007f\"");
     put_check("a\0b", 3, "\"a\\u0000b\"");
+    /* inside a run of printable ASCII, ' ' and '~' stay, controls and
+     * DEL do not */
+    put_check("a\x1f b~\x7f"
+              "c\xc3\xa9",
+              9, "\"a\\u001f b~\\u007fc\xc3\xa9\"");
     /* not UTF-8: a stray continuation, a lead byte cut short, an overlong
      * form, a surrogate, a code point over U+10FFFF, 0xff */
     put_check("\x80", 1, "\"\\ufffd\"");
