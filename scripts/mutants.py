@@ -92,6 +92,13 @@ MUTATIONS = [
       "a burst of forged messages past its reach moves a healthy follower "
       "a leap each, alone, far above its cluster, which then climbs to it "
       "a leap an election without a leader"),
+    M("raft_leads_before_its_term_is_durable", "src/raft.c",
+      "    if (t == 1 && (pre || r->durable_term == r->term))",
+      "    if (t == 1)",
+      ["unit:raft/candidate_leads_only_once_its_term_is_durable"],
+      "two peers granting a vote before its request was sent make a "
+      "candidate lead a term that is not on its disk yet; a crash then "
+      "lets it lead that term again"),
     M("start_takes_a_term_without_room", "src/node.c",
       "    if (hs.term > RAFT_TERM_MAX) {",
       "    if (hs.term > RAFT_TERM_MAX && false) {",

@@ -1518,7 +1518,11 @@ static void handle_vote_resp(struct raft *r, const struct raft_msg *m)
         return;
     vote_record(r, m->from, !m->reject);
     int t = vote_tally(r);
-    if (t == 1)
+    /* A candidate leads only once its term is durable, even if a quorum
+     * of others granted before (peers that answer a request not yet
+     * sent): raft_advance ends the election then. Otherwise a crash
+     * before the write could see it lead the same term twice. */
+    if (t == 1 && (pre || r->durable_term == r->term))
         election_won(r);
     else if (t == -1)
         become_follower(r, r->term, 0);

@@ -970,6 +970,41 @@ TEST(old_term_entry_not_committed_by_count)
     net_free(&net);
 }
 
+TEST(candidate_leads_only_once_its_term_is_durable)
+{
+    /* Two peers grant the vote of a term whose requests were not sent
+     * yet (they wait for the candidate's term to reach the disk). A
+     * quorum without its own vote must not make it lead before then: a
+     * crash before the write would let it lead that term again. */
+    struct raft *rs[3] = {restored(1, 3, NULL, 0, 3),
+                          restored(2, 3, NULL, 0, 3),
+                          restored(3, 3, NULL, 0, 3)};
+    struct tnet net;
+    net_with(&net, 3, rs);
+    isolate(&net, 1, true); /* the test answers for the peers */
+    raft_campaign(net.nodes[1].r);
+    inject(
+        &net, 1,
+        (struct raft_msg){.type = RAFT_MSG_PREVOTE_RESP, .from = 2, .term = 4});
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_CANDIDATE);
+    for (uint64_t from = 2; from <= 3; from++)
+        inject(&net, 1,
+               (struct raft_msg){
+                   .type = RAFT_MSG_VOTE_RESP, .from = from, .term = 4});
+    CHECK_EQ_INT(st_of(&net, 1).role, RAFT_CANDIDATE);
+    struct raft_ready rd;
+    take_ready(&net, &net.nodes[1], &rd);
+    CHECK_EQ_INT(rd.hs.term, 4);
+    CHECK_EQ_INT(st_of(&net, 1).role,
+                 RAFT_CANDIDATE); /* written, not durable */
+    finish_ready(&net, &net.nodes[1], &rd);
+    struct raft_status st = st_of(&net, 1);
+    CHECK_EQ_INT(st.role, RAFT_LEADER);
+    CHECK_EQ_INT(st.term, 4);
+    drop_queue(&net);
+    net_free(&net);
+}
+
 TEST(prevote_does_not_bump_terms)
 {
     struct tnet net;
@@ -4014,6 +4049,7 @@ static const struct test_case cases[] = {
     TEST_ENTRY(reject_hint),
     TEST_ENTRY(backtracking_converges_fast),
     TEST_ENTRY(old_term_entry_not_committed_by_count),
+    TEST_ENTRY(candidate_leads_only_once_its_term_is_durable),
     TEST_ENTRY(prevote_does_not_bump_terms),
     TEST_ENTRY(leader_stickiness_ignores_votes),
     TEST_ENTRY(check_quorum_step_down),
