@@ -2,9 +2,14 @@
  * timeout, so a crash or a hang fails that test and the run goes on; in an
  * AddressSanitizer build, so does a leak left by a test that passed.
  * Usage: test-unit [suite[/test] ...]
+ * Tests run TEST_JOBS at a time (default: two per CPU, as most of them
+ * wait on timers, sockets or fsync rather than compute); each one's output
+ * is held until it ends and printed in the suites' order, so the report
+ * reads as if they had run one after another.
  * A name that matches no suite (or no test of its suite) stops the run
  * before any test, exit 2, listing the suites: a misspelled TESTS= must
  * not pass by running nothing. */
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -56,6 +61,74 @@ static bool known(const char *arg)
     return false;
 }
 
+/* One selected test: where its output goes and how it ended. */
+struct job {
+    const struct test_suite *suite;
+    const struct test_case *test;
+    FILE *out; /* what the child printed (stdout and stderr) */
+    pid_t pid; /* 0: not started yet or reaped */
+    bool done;
+    int status;
+};
+
+static int jobs_wanted(void)
+{
+    const char *v = getenv("TEST_JOBS");
+    long n = v != NULL && *v ? strtol(v, NULL, 10)
+                             : 2 * sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+static void start(struct job *j)
+{
+    j->out = tmpfile();
+    if (j->out == NULL) {
+        perror("test-unit: tmpfile");
+        exit(2);
+    }
+    fflush(stdout);
+    fflush(stderr);
+    j->pid = fork();
+    if (j->pid < 0) {
+        perror("test-unit: fork");
+        exit(2);
+    }
+    if (j->pid == 0) {
+        dup2(fileno(j->out), STDOUT_FILENO);
+        dup2(fileno(j->out), STDERR_FILENO);
+        alarm(TEST_TIMEOUT_S);
+        test_failed_flag = 0;
+        j->test->fn();
+#if LEAK_CHECK
+        /* A test that passed must have freed what it allocated: _exit
+         * skips LeakSanitizer's check at exit. */
+        if (!test_failed_flag && __lsan_do_recoverable_leak_check())
+            test_failed_flag = 1;
+#endif
+        fflush(stdout);
+        fflush(stderr);
+        _exit(test_failed_flag ? 1 : 0);
+    }
+}
+
+/* Prints what a test printed, then its verdict; true if it passed. */
+static bool report(struct job *j)
+{
+    char buf[4096];
+    size_t n;
+    rewind(j->out);
+    while ((n = fread(buf, 1, sizeof buf, j->out)) > 0)
+        fwrite(buf, 1, n, stdout);
+    fclose(j->out);
+    int st = j->status;
+    bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    if (WIFSIGNALED(st))
+        printf("  (killed by signal %d%s)\n", WTERMSIG(st),
+               WTERMSIG(st) == SIGALRM ? ": timeout" : "");
+    printf("%s %s/%s\n", ok ? "ok  " : "FAIL", j->suite->name, j->test->name);
+    return ok;
+}
+
 int main(int argc, char **argv)
 {
     int passed = 0, failed = 0;
@@ -70,39 +143,50 @@ int main(int argc, char **argv)
         fprintf(stderr, " (or suite/test)\n");
         return 2;
     }
-    for (const struct test_suite *const *s = all_suites; *s; s++) {
-        for (const struct test_case *c = (*s)->cases; c->name; c++) {
-            if (!selected(argc, argv, (*s)->name, c->name))
+    size_t n = 0;
+    for (const struct test_suite *const *s = all_suites; *s; s++)
+        for (const struct test_case *c = (*s)->cases; c->name; c++)
+            n += selected(argc, argv, (*s)->name, c->name);
+    struct job *jobs = calloc(n ? n : 1, sizeof *jobs);
+    if (jobs == NULL)
+        return 2;
+    size_t k = 0;
+    for (const struct test_suite *const *s = all_suites; *s; s++)
+        for (const struct test_case *c = (*s)->cases; c->name; c++)
+            if (selected(argc, argv, (*s)->name, c->name))
+                jobs[k++] = (struct job){.suite = *s, .test = c};
+    int max = jobs_wanted(), running = 0;
+    size_t next = 0, shown = 0;
+    while (shown < n) {
+        while (running < max && next < n) {
+            start(&jobs[next++]);
+            running++;
+        }
+        int st = 0;
+        pid_t pid = wait(&st);
+        if (pid < 0) {
+            if (errno == EINTR)
                 continue;
-            pid_t pid = fork();
-            if (pid == 0) {
-                alarm(TEST_TIMEOUT_S);
-                test_failed_flag = 0;
-                c->fn();
-#if LEAK_CHECK
-                /* A test that passed must have freed what it allocated:
-                 * _exit skips LeakSanitizer's check at exit. */
-                if (!test_failed_flag && __lsan_do_recoverable_leak_check())
-                    test_failed_flag = 1;
-#endif
-                fflush(stdout);
-                fflush(stderr);
-                _exit(test_failed_flag ? 1 : 0);
+            perror("test-unit: wait");
+            return 2;
+        }
+        for (size_t i = shown; i < next; i++) {
+            if (jobs[i].pid == pid && !jobs[i].done) {
+                jobs[i].done = true;
+                jobs[i].status = st;
+                jobs[i].pid = 0;
+                running--;
+                break;
             }
-            int st = 0;
-            waitpid(pid, &st, 0);
-            bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
-            if (ok) {
+        }
+        while (shown < n && jobs[shown].done) {
+            if (report(&jobs[shown++]))
                 passed++;
-            } else {
+            else
                 failed++;
-                if (WIFSIGNALED(st))
-                    printf("  (killed by signal %d%s)\n", WTERMSIG(st),
-                           WTERMSIG(st) == SIGALRM ? ": timeout" : "");
-            }
-            printf("%s %s/%s\n", ok ? "ok  " : "FAIL", (*s)->name, c->name);
         }
     }
+    free(jobs);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
