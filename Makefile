@@ -286,10 +286,15 @@ $(POWERLOSS): tests/powerloss/powerloss.c
 	$(CC) -std=gnu11 -g -O2 $(WARN) -Wno-missing-prototypes -fPIC -shared \
 	    -o $@ $< -ldl -lpthread
 
-# --durations: the slowest tests, to keep CI's time in check.
+# --durations: the slowest tests, to keep CI's time in check. The files
+# run TEST_WORKERS at once (pytest-xdist; each file whole in one worker,
+# its tests in order): most of the suite's time is spent waiting on
+# servers (elections, timeouts, fsync), not computing. TEST_WORKERS=0
+# runs everything in one process.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
 test-integration: $(BINS) $(POWERLOSS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
-	    --durations=15 \
+	    --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) \
 	    tests/integration $(PYTEST_ARGS)
 
 # The chaos test (tests/chaos/chaos.py): the checker's own tests, then

@@ -17,6 +17,7 @@ libssl-dev"
 # protoc writes the seed corpora (tests/fuzz/mkseeds.py), when rewritten.
 fuzz_only="clang libclang-rt-14-dev"
 fuzz="$build $fuzz_only"
+# python3-pytest-xdist: make test-integration runs test files side by side.
 # systemd: systemd-analyze verifies the units in scripts/systemd (installing
 # the package starts nothing in a container without systemd running).
 # util-linux: setsid (scripts/cluster.sh), setpriv (a test runs the server
@@ -40,7 +41,7 @@ fuzz="$build $fuzz_only"
 node="nodejs npm"
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && node=""
 test="$build curl nghttp2-client openssl python3 python3-pytest python3-grpcio
-python3-protobuf python3-pytest-timeout python3-hpack protobuf-compiler procps systemd
+python3-protobuf python3-pytest-timeout python3-pytest-xdist python3-hpack protobuf-compiler procps systemd
 util-linux faketime strace prometheus etcd-client etcd-server python3-etcd3gw
 iptables iproute2 $fuzz_only $node"
 bench="$test wrk redis-server redis-tools gnuplot-nox stress-ng"

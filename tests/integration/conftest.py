@@ -30,19 +30,35 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
 _handed_out = set()
 
 
-def _listen_ports():
+def _worker():
+    """(index, count) of this pytest-xdist worker; (0, 1) when the tests
+    run in one process."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        index = int(name[2:]) if name.startswith("gw") else 0
+    except ValueError:
+        return 0, 1
+    return (index, count) if 0 <= index < count else (0, 1)
+
+
+def listen_span():
     """Ports for listeners: below the kernel's ephemeral range, which the
     local ends of outgoing connections (clients, peers, etcd) draw from,
     so that none of them can take a port between its choice here and the
-    server's bind."""
+    server's bind; when tests run in several workers (make
+    test-integration), a slice of its own for each, so that two workers
+    never choose the same port before either binds it."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             low = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    if low > 12000:
-        return 10000, low - 1
-    return None  # an unusual range: let the kernel choose
+    if low <= 12000:
+        return None  # an unusual range: let the kernel choose
+    index, count = _worker()
+    width = (low - 10000) // count
+    return 10000 + index * width, 10000 + (index + 1) * width - 1
 
 
 _rng = random.Random(os.getpid() ^ int(time.time() * 1e6))
@@ -51,7 +67,7 @@ _rng = random.Random(os.getpid() ^ int(time.time() * 1e6))
 def free_port(host="127.0.0.1"):
     """A port nobody listens on now, and never handed out before in this
     run (the kernel may offer the same ephemeral port twice in a row)."""
-    span = _listen_ports()
+    span = listen_span()
     while True:
         with socket.socket() as s:
             try:

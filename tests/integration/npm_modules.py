@@ -6,6 +6,7 @@ not name, so each install names them all. Node.js and npm come from
 scripts/install-deps.sh test; without them, or when npm cannot install the
 packages, the test using the fixture fails saying why: it never passes, nor
 skips, without running."""
+import fcntl
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ PACKAGES = ["grpc-js-reflection-client@1.4.2", "@grpc/grpc-js@1.14.7",
             "etcd3@1.1.2"]
 MODULES = os.path.join(ROOT, "node_modules")
 CACHE = os.path.join(ROOT, "tests", "integration", "gen", "npm-cache")
+LOCK = os.path.join(ROOT, "tests", "integration", "gen", "npm-install.lock")
 
 
 def have_packages():
@@ -36,8 +38,16 @@ def node_modules():
     if missing:
         pytest.fail(" and ".join(missing) + " not found: run "
                     "scripts/install-deps.sh test (Debian's nodejs and npm)")
+    os.makedirs(CACHE, exist_ok=True)
+    # One install at a time when tests run in several workers: the others
+    # wait for it and find the packages there.
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install()
+
+
+def _install():
     if not have_packages():
-        os.makedirs(CACHE, exist_ok=True)
         # Bounded: three packages and their dependencies (about 30 MB), a
         # minute per fetch, two retries, five minutes in all.
         try:

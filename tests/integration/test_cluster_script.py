@@ -13,15 +13,17 @@ import time
 
 import pytest
 
-from conftest import ROOT, SANITIZER_MARKS, _handed_out
+from conftest import ROOT, SANITIZER_MARKS, _handed_out, listen_span
 
 SCRIPT = os.path.join(ROOT, "scripts", "cluster.sh")
 
 
 def free_range(n):
-    """n consecutive free ports, below the ephemeral range."""
+    """n consecutive free ports, below the ephemeral range (in this
+    worker's slice of it)."""
+    low, high = listen_span() or (20000, 32000)
     while True:
-        base = random.randrange(20000, 32000 - n)
+        base = random.randrange(low, high + 1 - n)
         ports = range(base, base + n)
         if any(p in _handed_out for p in ports):
             continue
