@@ -290,8 +290,8 @@ $(POWERLOSS): tests/powerloss/powerloss.c
 # run TEST_WORKERS at once (pytest-xdist; each file whole in one worker,
 # its tests in order): most of the suite's time is spent waiting on
 # servers (elections, timeouts, fsync), not computing. TEST_WORKERS=0
-# runs everything in one process.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
+# runs everything in one process; the default is two per CPU, at most 8.
+TEST_WORKERS ?= $(shell n=$$(( $$(nproc) * 2 )); echo $$(( n > 8 ? 8 : n )))
 test-integration: $(BINS) $(POWERLOSS)
 	PYAZDB_SANITIZER='$(SANITIZER)' $(PYTHON) -m pytest -q -p no:cacheprovider \
 	    --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) \

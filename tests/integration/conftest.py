@@ -10,6 +10,7 @@ teardown: killed by a signal the test did not send (SIGSEGV, SIGABRT...),
 or a non-zero exit status the test did not wait for with wait_exit().
 Exit status 0 (a graceful stop, a removed node) is always fine.
 """
+import collections
 import os
 import random
 import signal
@@ -28,6 +29,21 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
 
 
 _handed_out = set()
+_handed_order = collections.deque()  # the same ports, oldest first
+
+
+def hand_out(ports):
+    """Remember ports as handed out. Only the latest half of this worker's
+    range is remembered: a long run in a narrow range (many workers) would
+    otherwise run out, and a port handed out that long ago is either
+    closed or still bound, which free_port sees."""
+    for p in ports:
+        _handed_out.add(p)
+        _handed_order.append(p)
+    span = listen_span()
+    keep = (span[1] - span[0] + 1) // 2 if span else 10000
+    while len(_handed_order) > keep:
+        _handed_out.discard(_handed_order.popleft())
 
 
 def _worker():
@@ -76,7 +92,7 @@ def free_port(host="127.0.0.1"):
                 continue  # in use: try another
             port = s.getsockname()[1]
         if port not in _handed_out:
-            _handed_out.add(port)
+            hand_out([port])
             return port
 
 

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, SANITIZER_MARKS, _handed_out, listen_span
+from conftest import (ROOT, SANITIZER_MARKS, _handed_out, hand_out,
+                      listen_span)
 
 SCRIPT = os.path.join(ROOT, "scripts", "cluster.sh")
 
@@ -36,7 +37,7 @@ def free_range(n):
                     ok = False
                     break
         if ok:
-            _handed_out.update(ports)
+            hand_out(ports)
             return base
 
 
