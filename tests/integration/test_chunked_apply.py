@@ -7,8 +7,13 @@ import os
 import threading
 import time
 
+import pytest
+
 from test_cluster import leader_of, make_cluster
 from conftest import wait_for
+
+# Bounds on the loop's latency: alone, not beside other test files.
+pytestmark = pytest.mark.serial
 
 # Enough keys that applying the delete in one go holds a node's loop
 # well past the election timeout below (about 1.5 us a key: 0.6 s), and

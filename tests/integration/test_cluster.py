@@ -185,6 +185,7 @@ def test_leader_kill_failover_and_catch_up(cluster):
     assert get(leader, "after")[2] == b"y"
 
 
+@pytest.mark.serial  # start to leader named within 0.8 s
 def test_restarted_follower_hears_from_the_leader_at_once(servers):
     """A follower back from a crash dials every member as it starts, and
     the leader, seeing it dial, dials back at once: the follower hears
@@ -377,6 +378,7 @@ def log_times(node, text):
     return out
 
 
+@pytest.mark.serial  # leads within 0.5 s of a restart
 def test_lone_voter_with_an_uncommitted_removal_waits(servers):
     """A leader of two voters that removed itself leads until the other
     acknowledges the change, reading by a lease that counts on the other's

@@ -10,7 +10,12 @@ import struct
 import threading
 import time
 
+import pytest
+
 import raft_wire as rw
+
+# Bounds on the loop's latency: alone, not beside other test files.
+pytestmark = pytest.mark.serial
 
 N = 500000  # keys under k/, loaded from a snapshot file
 BURST = 100  # concurrent requests of each kind

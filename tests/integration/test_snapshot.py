@@ -152,6 +152,7 @@ def lag_behind_a_snapshot(servers):
     return nodes, leader, lagging
 
 
+@pytest.mark.serial  # requests wait at most 0.5 s
 def test_received_snapshot_loads_while_the_node_serves(servers):
     """A received snapshot is checked and loaded off the loop. Its load
     held for 3 s (a failpoint standing in for a large table), the
