@@ -338,6 +338,7 @@ def slow_tls(tmp_path_factory):
     return conf, ssl.create_default_context(cafile=ca)
 
 
+@pytest.mark.serial  # the reloads' CPU time bounds /health at 2 s
 def test_sighup_burst_is_coalesced(servers, slow_tls):
     """SIGHUPs that arrive while a reload runs are served by one reload
     (logrotate and a configuration manager at once, `systemctl reload`
