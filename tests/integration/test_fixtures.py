@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+import conftest
 from conftest import Server, _factory
 from test_cluster import leader_of, put
 
@@ -92,3 +93,25 @@ def test_own_kills_stops_and_waited_exits_are_fine(tmp_path, request):
     failed.start()
     assert teardown() is None
     assert paused.proc.returncode == 0
+
+
+def test_workers_take_ports_from_ranges_of_their_own(monkeypatch):
+    """Side by side (pytest-xdist), each worker's listener ports come from
+    its own slice of the range, and a worker forgets the ports it handed
+    out longest ago rather than running out of its slice."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "4")
+    spans = []
+    for w in range(4):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{w}")
+        spans.append(conftest.listen_span())
+    if spans[0] is None:
+        pytest.skip("ephemeral range starts below 12000: the kernel chooses")
+    for (lo, hi), (lo2, _) in zip(spans, spans[1:]):
+        assert lo <= hi < lo2, spans
+    lo, hi = spans[3]
+    monkeypatch.setattr(conftest, "_handed_out", set())
+    monkeypatch.setattr(conftest, "_handed_order",
+                        conftest.collections.deque())
+    ports = [conftest.free_port() for _ in range(hi - lo + 1)]
+    assert all(lo <= p <= hi for p in ports)
+    assert len(conftest._handed_out) <= (hi - lo + 1) // 2

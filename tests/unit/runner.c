@@ -66,8 +66,8 @@ struct job {
     const struct test_suite *suite;
     const struct test_case *test;
     FILE *out; /* what the child printed (stdout and stderr) */
-    pid_t pid; /* 0: not started yet or reaped */
-    bool done;
+    pid_t pid; /* the child's, once started */
+    bool done; /* reaped (its pid may since be another test's) */
     int status;
 };
 
@@ -176,7 +176,6 @@ int main(int argc, char **argv)
             if (jobs[i].pid == pid && !jobs[i].done) {
                 jobs[i].done = true;
                 jobs[i].status = st;
-                jobs[i].pid = 0;
                 running--;
                 break;
             }
