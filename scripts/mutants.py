@@ -1659,6 +1659,31 @@ MUTATIONS = [
       "        if (i < 0 || (uint64_t)i <= s->meta.snap_index) {",
       ["unit:store/tampered_rows_refused"], "a restart that reads the log's end misses a gap at its "
       "start"),
+    M("store_keeps_only_the_segment_past_the_goal", "src/store.c",
+      "    unsigned keep = slots_of(s, upto + 1, last);",
+      "    unsigned keep = slots_of(s, upto + 1, PZ_MIN(last, seg_end(s, upto + 1)));",
+      ["unit:store/compaction_empties_whole_segments"],
+      "compaction empties a table that also holds a later segment's "
+      "entries, live ones"),
+    M("store_overwrite_in_first_table_only", "src/store.c",
+      "        unsigned m = slots_of(s, first, b->stored_last);",
+      "        unsigned m = slots_of(s, first, seg_end(s, first));",
+      ["unit:store/log_segments_hold_their_entries"],
+      "a rewrite across segments leaves the old entries of the later ones "
+      "in their tables"),
+    M("store_install_leaves_a_table", "src/store.c",
+      "        for (unsigned k = 0; k < LOG_SLOTS && rc == 0; k++)\n"
+      "            rc =\n                run(s, s->slot[k].clear, b->err,",
+      "        for (unsigned k = 0; k + 1 < LOG_SLOTS && rc == 0; k++)\n"
+      "            rc =\n                run(s, s->slot[k].clear, b->err,",
+      ["unit:store/compaction_empties_whole_segments"],
+      "an installed snapshot leaves the old log's entries in one table"),
+    M("store_misplaced_entry_taken", "src/store.c",
+      "\"SELECT idx FROM %s WHERE ((idx >> %u) & %d) != %u LIMIT 1\",",
+      "\"SELECT idx FROM %s WHERE ((idx >> %u) & %d) != %u AND 0 LIMIT 1\",",
+      ["unit:store/tampered_rows_refused"],
+      "an entry outside its segment's table is taken (writes would miss "
+      "it)"),
     M("store_vote_in_term_zero", "src/store.c",
       "        (s->hs.term == 0 && (s->last_index > 0 || s->hs.vote != 0))) {",
       "        (s->hs.term == 0 && s->last_index > 0)) {",

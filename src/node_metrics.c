@@ -50,7 +50,11 @@ static struct {
     struct metrics_family snaps;                       /* result */
     struct metrics_family snap_s;                      /* no labels */
     struct metrics_family step_s;                      /* no labels */
+    struct metrics_family segments;                    /* no labels */
+    struct metrics_family rows_deleted;                /* no labels */
     uint64_t steps;         /* store_stats.steps seen */
+    uint64_t segs;          /* store_stats.segments_dropped seen */
+    uint64_t rows_del;      /* store_stats.rows_deleted seen */
     uint64_t batches;       /* store_stats.batches seen */
     uint64_t sync_batches;  /* store_stats.sync_batches seen */
     uint64_t write_ns;      /* store_stats.write_ns seen */
@@ -278,6 +282,10 @@ void node_metrics_compacted(void)
     if (ss.steps != nm.steps)
         metrics_observe(one(&nm.step_s), (double)ss.last_step_ns / 1e9);
     nm.steps = ss.steps;
+    metrics_inc(one(&nm.segments), ss.segments_dropped - nm.segs);
+    nm.segs = ss.segments_dropped;
+    metrics_inc(one(&nm.rows_deleted), ss.rows_deleted - nm.rows_del);
+    nm.rows_del = ss.rows_deleted;
 }
 
 void node_metrics_snapshot(bool ok, uint64_t started_ms)
@@ -465,6 +473,8 @@ static void render_storage(struct pz_buf *b)
     }
     metrics_render(b, &nm.compactions);
     metrics_render(b, &nm.step_s);
+    metrics_render(b, &nm.segments);
+    metrics_render(b, &nm.rows_deleted);
     metrics_render(b, &nm.snaps);
     metrics_render(b, &nm.snap_s);
     gauge(b, "pyazdb_snapshot_size_bytes",
@@ -648,6 +658,18 @@ void node_metrics_init(void)
                         "A log compaction or vacuum step after a snapshot: "
                         "the log writes queued meanwhile wait behind it.",
                         NULL, metrics_disk_bounds, metrics_disk_n);
+    metrics_family_init(&nm.segments,
+                        "pyazdb_storage_compaction_segments_total",
+                        METRICS_COUNTER,
+                        "Log segments compaction dropped by emptying their "
+                        "table at once.",
+                        NULL, NULL, 0);
+    metrics_family_init(&nm.rows_deleted,
+                        "pyazdb_storage_compaction_rows_deleted_total",
+                        METRICS_COUNTER,
+                        "Log entries compaction deleted one by one (rows "
+                        "beside later entries in their table).",
+                        NULL, NULL, 0);
     metrics_family_init(&nm.snaps, "pyazdb_snapshots_total", METRICS_COUNTER,
                         "Local snapshots finished, by result.", lbl_result,
                         NULL, 0);
@@ -661,7 +683,8 @@ void node_metrics_init(void)
         &nm.leader_changes,   &nm.elections,   &nm.read_rounds, &nm.proposals,
         &nm.proposals_failed, &nm.applied,     &nm.write_s,     &nm.fsync_s,
         &nm.ckpt_s,           &nm.batch,       &nm.queue_s,     &nm.handback_s,
-        &nm.commit_s,         &nm.compactions, &nm.step_s,      &nm.snap_s};
+        &nm.commit_s,         &nm.compactions, &nm.step_s,      &nm.snap_s,
+        &nm.segments,         &nm.rows_deleted};
     for (size_t i = 0; i < PZ_ARRAY_SIZE(plain); i++)
         one(plain[i]);
     stats_add_collector(collect, NULL);

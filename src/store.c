@@ -4,18 +4,25 @@
  * statements, the in-memory copy of what is stored (hard state, meta, last
  * index/term) and the queue of writes run on libuv's thread pool.
  *
- * Schema (version 2), all tables STRICT:
- *   log(idx INTEGER PRIMARY KEY, term, type, data BLOB, crc)  one row per
+ * Schema (version 3), all tables STRICT:
+ *   log, log1 ... log7 (LOG_SLOTS tables, the same columns):
+ *     (idx INTEGER PRIMARY KEY, term, type, data BLOB, crc)  one row per
  *       entry; crc: CRC-64/XZ of idx, term (8 bytes big-endian each), type
  *       (1 byte) and data, as its 64-bit pattern, checked by every load
  *       (SQLite checks its pages' structure, not their bytes: a flipped
  *       bit in a payload would go unseen); NULL in rows written by a
- *       version 1 build, which open converts (ALTER TABLE ADD COLUMN)
+ *       version 1 build. The log is cut into segments of log_segment
+ *       (meta) entries, and entry idx lives in table (idx / log_segment)
+ *       % LOG_SLOTS, so that compaction empties a whole table at once
+ *       ("Log segments" below). Open converts older files: version 1
+ *       gets the crc column (ALTER TABLE ADD COLUMN), version 2 (one
+ *       table, log) the seven others and its rows moved into them
  *   hard_state(id = 0, term, vote, commit_index)          exactly one row;
  *       vote is a node id kept as its 64-bit pattern (may read negative)
  *   meta(key TEXT PRIMARY KEY, value TEXT)                schema_version,
  *       created_ms, cluster_id, node_id, node_name, snapshot_index,
- *       snapshot_term; 64-bit numbers as decimal text, never as doubles;
+ *       snapshot_term, log_segment (a power of two, fixed when the file
+ *       is made); 64-bit numbers as decimal text, never as doubles;
  *       optional: incarnation, lease_promise_ns, and restoring (only
  *       while a --restore seeds the directory: store_create_restoring
  *       writes it with the schema, store_restore_done deletes it)
@@ -39,6 +46,21 @@
  * are dropped, incremental vacuum steps sized the same way (the database
  * is auto_vacuum=INCREMENTAL; one from an older build is converted at
  * open), so the file shrinks.
+ *
+ * Log segments: deleting a row writes its leaf page into the WAL, so
+ * dropping a compacted prefix row by row wrote about as many pages as
+ * writing it had, and held the log writes behind it for tens of ms; a
+ * DELETE without WHERE frees a whole table's pages at once (SQLite's
+ * truncate optimisation: a few WAL frames for any number of rows). So a
+ * compaction step empties the table of the oldest segment when its goal
+ * covers the segment's last entry (whatever the step's row bound; up to
+ * LOG_CLEAR_BYTES of payload), and a goal that ends inside a segment
+ * leaves that segment's rows for a later step, which empties the table
+ * once a later snapshot covers all of it: the store keeps at most one
+ * segment (LOG_CLEAR_BYTES) more than it was asked to. Rows are deleted
+ * one by one, in the bounded steps above, only where a table holds the
+ * compacted rows beside live ones (a log longer than LOG_SLOTS - 1
+ * segments) or a segment's payload is larger than that.
  *
  * Failure modes: any failed step inside a write rolls the transaction back
  * (if SQLite has not already), marks the store failed (every later write
@@ -135,6 +157,20 @@ struct ckpt {
  * freed overflow pages keep their bytes until reused or given back to the
  * file system by the incremental vacuum. */
 #define SECURE_DELETE "FAST"
+/* The log's tables and segments ("Log segments" above). Eight tables of
+ * 32768 entries hold 229,376 entries before one holds two segments: more
+ * than a default snapshot interval and the entries kept after it (65,536
+ * and 10,240). Emptying a table of 32768 entries of 110 bytes (3.6 MB)
+ * took 1.6 ms and wrote 6 WAL frames; deleting 3,400 of them by index,
+ * 2.5 ms and 120 frames. */
+#define LOG_SLOTS 8
+#define LOG_SEGMENT 32768 /* entries a segment, in new files */
+#define LOG_SEGMENT_MIN 4 /* what open accepts, and the hook */
+#define LOG_SEGMENT_MAX (UINT64_C(1) << 30)
+#define LOG_CLEAR_BYTES                                                        \
+    (8 * 1024 * 1024) /* the most payload a step drops                         \
+                         by emptying a table, or                               \
+                         leaves for a later one */
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -149,12 +185,19 @@ struct batch {
     bool reset;                       /* install: drop the whole log and
                                          move the snapshot point first */
     uint64_t reset_index, reset_term; /* the new snapshot point */
+    uint64_t stored_last;             /* the last index stored when it
+                                         runs (what the batches queued
+                                         before it leave) */
     bool compact;                     /* drop the log up to compact_upto */
     uint64_t compact_from;            /* the snapshot point before it */
     uint64_t compact_upto;            /* (stored, so below last_index);
                                          lowered to fit compact_bytes */
     uint64_t compact_goal;            /* the caller's upto: no vacuum
                                          before the step that reaches it */
+    uint64_t compact_last;            /* the last index stored */
+    uint64_t compact_rows;            /* the caller's max_rows */
+    uint64_t compact_big;             /* in and out: a segment (number)
+                                         too large to empty at once */
     uint64_t compact_bytes;           /* payload bytes at most (one
                                          entry at least) */
     unsigned compact_level;           /* in: that is max_bytes >>
@@ -162,6 +205,10 @@ struct batch {
     uint64_t compact_ns;              /* out: time to find and delete
                                          the rows */
     uint64_t compact_term;            /* read in the transaction */
+    bool compact_left;                /* out: upto ends inside the oldest
+                                         segment, which stays whole */
+    uint64_t compact_cleared;         /* out: tables emptied whole */
+    uint64_t compact_deleted;         /* out: rows deleted one by one */
     bool vacuum;                      /* then give free pages back */
     unsigned vacuum_level;            /* in: VACUUM_PAGES_MIN << it */
     uint64_t vacuum_ns;               /* out: time the vacuum took (0:
@@ -206,6 +253,17 @@ struct drain {
     struct drain *next;  /* the store's live drains */
 };
 
+/* The statements of one of the log's tables. */
+struct log_slot {
+    sqlite3_stmt *insert[4]; /* INSERT 8, 4, 2, 1 entries */
+    sqlite3_stmt *del_from;  /* DELETE idx >= ?1 */
+    sqlite3_stmt *del_upto;  /* DELETE idx <= ?1 */
+    sqlite3_stmt *clear;     /* DELETE every row (SQLite frees
+                                the table's pages whole) */
+    sqlite3_stmt *term_at;   /* term of entry ?1 */
+    sqlite3_stmt *bytes;     /* payload bytes of ?1 < idx <= ?2 */
+};
+
 struct store {
     sqlite3 *db;                       /* the connection */
     char *path;                        /* <dir>/raft.db */
@@ -213,18 +271,17 @@ struct store {
     sqlite3_stmt *st_begin;            /* BEGIN IMMEDIATE */
     sqlite3_stmt *st_commit;           /* COMMIT */
     sqlite3_stmt *st_rollback;         /* ROLLBACK */
-    sqlite3_stmt *st_del_from;         /* DELETE idx >= ?1 */
-    sqlite3_stmt *st_del_upto;         /* DELETE idx <= ?1 */
-    sqlite3_stmt *st_insert;           /* INSERT an entry */
-    sqlite3_stmt *st_insert_n[3];      /* INSERT 8, 4, 2 entries */
-    sqlite3_stmt *st_term_at;          /* term of entry ?1 */
+    struct log_slot slot[LOG_SLOTS];   /* the log's tables */
+    unsigned seg_shift;                /* log2 of meta.log_segment */
     sqlite3_stmt *st_hs_put;           /* UPDATE hard_state */
     sqlite3_stmt *st_meta_put;         /* upsert a meta key */
-    sqlite3_stmt *st_scan;             /* entries from ?1 on, by index */
+    sqlite3_stmt *st_scan;             /* entries from ?1 on, by index
+                                          (every table, merged) */
     sqlite3_stmt *st_vacuum[VACUUM_LEVELS]; /* PRAGMA incremental_vacuum
                                           (VACUUM_PAGES_MIN << level) */
     sqlite3_stmt *st_freelist;         /* PRAGMA freelist_count */
-    sqlite3_stmt *st_sizes;            /* payload bytes of ?1 < idx <= ?2 */
+    sqlite3_stmt *st_sizes;            /* payload bytes of ?1 < idx <= ?2,
+                                          by index (every table) */
     bool incremental;                  /* auto_vacuum is INCREMENTAL */
     uint64_t free_pages;               /* free pages in the file (as of
                                           the last vacuum step) */
@@ -233,6 +290,13 @@ struct store {
                                           checkpoint of a vacuum step, or
                                           any size it has had since */
     unsigned compact_level;            /* of the next compaction step */
+    uint64_t compact_left;             /* a compaction goal that ended
+                                          inside the oldest segment: the
+                                          entries up to it stay until a
+                                          later goal covers the segment */
+    uint64_t compact_big;              /* the segment (number) the last
+                                          step found too large to empty
+                                          whole (UINT64_MAX: none) */
     uint64_t step_budget_ns;           /* STEP_NS (tests set it) */
     bool test_vacuum_full;             /* test hook: vacuums find no room */
     bool test_ckpt_fail;               /* test hook: checkpoints fail */
@@ -333,8 +397,8 @@ static int sql_err(struct store *s, char *buf, const char *what, int rc)
  * anyway; with the default (ABORT) SQLite would open a statement
  * savepoint for each multi-row INSERT and copy every page it first
  * touches into a statement journal, only to undo that one statement. */
-#define INSERT_INTO                                                       \
-    "INSERT OR ROLLBACK INTO log (idx, term, type, data, crc) VALUES "
+#define INSERT_INTO /* table name: %s */                                       \
+    "INSERT OR ROLLBACK INTO %s (idx, term, type, data, crc) VALUES "
 #define INSERT_ROW1 "(?, ?, ?, ?, ?)"
 #define INSERT_ROW2 INSERT_ROW1 "," INSERT_ROW1
 #define INSERT_ROW4 INSERT_ROW2 "," INSERT_ROW2
@@ -350,6 +414,65 @@ static uint64_t entry_crc(uint64_t index, uint64_t term, uint8_t type,
     h[16] = type;
     uint64_t c = snapshot_crc64(0, h, sizeof h);
     return len > 0 ? snapshot_crc64(c, data, len) : c;
+}
+
+/* --- the log's tables ----------------------------------------------------- */
+
+/* The name of the log's table k: log, log1, ..., log7. */
+static void log_table(char *buf, size_t len, unsigned k)
+{
+    if (k == 0)
+        snprintf(buf, len, "log");
+    else
+        snprintf(buf, len, "log%u", k);
+}
+
+/* Into buf (LOG_SQL_MAX bytes): "SELECT cols FROM log WHERE cond UNION
+ * ALL SELECT cols FROM log1 WHERE cond ... tail", the rows of every
+ * table, which SQLite merges in index order when tail orders by idx (each
+ * table read in the order of its primary key, no sort). */
+#define LOG_SQL_MAX 2048
+static void log_union(char *buf, const char *cols, const char *cond,
+                      const char *tail)
+{
+    size_t n = 0;
+    for (unsigned k = 0; k < LOG_SLOTS; k++) {
+        char t[16];
+        log_table(t, sizeof t, k);
+        n += (size_t)snprintf(buf + n, LOG_SQL_MAX - n,
+                              "%sSELECT %s FROM %s%s%s", k ? " UNION ALL " : "",
+                              cols, t, cond ? " WHERE " : "", cond ? cond : "");
+        pz_assert(n < LOG_SQL_MAX);
+    }
+    n += (size_t)snprintf(buf + n, LOG_SQL_MAX - n, " %s", tail);
+    pz_assert(n < LOG_SQL_MAX);
+}
+
+/* The table that holds entry index. */
+static unsigned slot_of(const struct store *s, uint64_t index)
+{
+    return (unsigned)(index >> s->seg_shift) & (LOG_SLOTS - 1);
+}
+
+/* The last index of the segment that holds index. */
+static uint64_t seg_end(const struct store *s, uint64_t index)
+{
+    return index | ((UINT64_C(1) << s->seg_shift) - 1);
+}
+
+/* The tables that hold the indexes lo to hi, a bit each (none if lo >
+ * hi). */
+static unsigned slots_of(const struct store *s, uint64_t lo, uint64_t hi)
+{
+    if (lo > hi)
+        return 0;
+    uint64_t a = lo >> s->seg_shift, b = hi >> s->seg_shift;
+    if (b - a >= LOG_SLOTS - 1)
+        return (1u << LOG_SLOTS) - 1;
+    unsigned m = 0;
+    for (uint64_t g = a; g <= b; g++)
+        m |= 1u << (g & (LOG_SLOTS - 1));
+    return m;
 }
 
 /* --- statements ----------------------------------------------------------- */
@@ -481,7 +604,7 @@ static int commit_sync(struct store *s, char *buf)
 static int term_at(struct store *s, uint64_t index, uint64_t *term,
                    char *buf)
 {
-    sqlite3_stmt *st = s->st_term_at;
+    sqlite3_stmt *st = s->slot[slot_of(s, index)].term_at;
     bind_u64(st, 1, index);
     int rc = step(s, st);
     int ret = 0;
@@ -664,6 +787,130 @@ static int compact_fit(struct store *s, struct batch *b)
     return 0;
 }
 
+/* The payload bytes of the stored entries from + 1 to upto, which one
+ * segment holds, into *bytes; once past max, no more are read (*bytes >
+ * max says so). */
+static int segment_bytes(struct store *s, uint64_t from, uint64_t upto,
+                         uint64_t max, uint64_t *bytes, char *err)
+{
+    sqlite3_stmt *st = s->slot[slot_of(s, from + 1)].bytes;
+    bind_u64(st, 1, from);
+    bind_u64(st, 2, upto);
+    uint64_t sum = 0;
+    int rc = SQLITE_DONE;
+    while (sum <= max && (rc = step(s, st)) == SQLITE_ROW) {
+        sqlite3_int64 len = sqlite3_column_int64(st, 0);
+        sum += len > 0 ? (uint64_t)len : 0;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    *bytes = sum;
+    if (sum <= max && rc != SQLITE_DONE)
+        return sql_err(s, err, "read entry sizes", rc);
+    return 0;
+}
+
+/* Where a compaction step ends ("Log segments" above): past the oldest
+ * segments whose tables it can empty whole (the goal covers the
+ * segment's last entry, no later segment shares its table, and they hold
+ * at most LOG_CLEAR_BYTES together), whatever the row bound; nowhere if
+ * the goal ends inside the oldest segment and that one could be emptied
+ * later (compact_left); otherwise row by row, bounded by rows and bytes
+ * as before segments. At most LOG_SLOTS segments: no more are free of a
+ * later one. */
+static int compact_plan(struct store *s, struct batch *b)
+{
+    uint64_t from = b->compact_from, goal = b->compact_goal;
+    uint64_t upto = from, total = 0;
+    while (upto < goal) {
+        uint64_t end = seg_end(s, upto + 1);
+        /* the first index after the segment that shares its table */
+        uint64_t next = end + 1 + ((uint64_t)(LOG_SLOTS - 1) << s->seg_shift);
+        uint64_t bytes = 0;
+        if (b->compact_last >= next)
+            break;
+        if ((upto + 1) >> s->seg_shift == b->compact_big)
+            break; /* found too large by an earlier step */
+        int rc = segment_bytes(s, upto, PZ_MIN(end, goal),
+                               LOG_CLEAR_BYTES - total, &bytes, b->err);
+        if (rc)
+            return rc;
+        if (bytes > LOG_CLEAR_BYTES - total) {
+            if (upto == from)
+                b->compact_big = (upto + 1) >> s->seg_shift;
+            break;
+        }
+        if (end > goal) {
+            b->compact_left = upto == from;
+            break;
+        }
+        total += bytes;
+        upto = end;
+    }
+    if (upto > from || b->compact_left) {
+        b->compact_upto = upto;
+        return 0;
+    }
+    b->compact_upto = from + PZ_MIN(b->compact_rows, goal - from);
+    return compact_fit(s, b);
+}
+
+/* Drops the stored entries from + 1 to upto (last: the last one stored):
+ * a table that holds none of the entries after upto is emptied whole,
+ * one that does loses its rows up to upto one by one. Counted in
+ * *cleared and *deleted. */
+static int drop_upto(struct store *s, uint64_t from, uint64_t upto,
+                     uint64_t last, uint64_t *cleared, uint64_t *deleted,
+                     char *err)
+{
+    unsigned drop = slots_of(s, from + 1, upto);
+    unsigned keep = slots_of(s, upto + 1, last);
+    for (unsigned k = 0; k < LOG_SLOTS; k++) {
+        if (!(drop & (1u << k)))
+            continue;
+        struct log_slot *ls = &s->slot[k];
+        int rc;
+        if (keep & (1u << k)) {
+            bind_u64(ls->del_upto, 1, upto);
+            rc = run(s, ls->del_upto, err, "delete compacted entries");
+            if (rc == 0)
+                *deleted += (uint64_t)sqlite3_changes64(s->db);
+        } else {
+            rc = run(s, ls->clear, err, "drop a compacted segment");
+            *cleared += rc == 0;
+        }
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Inserts n entries of contiguous indexes into their tables, the run in
+ * each segment eight at a time, the rest by four, two and one. */
+static int insert_entries(struct store *s, const struct raft_entry *e, size_t n,
+                          char *err)
+{
+    size_t i = 0;
+    while (i < n) {
+        struct log_slot *ls = &s->slot[slot_of(s, e[i].index)];
+        size_t end =
+            i + (size_t)PZ_MIN((uint64_t)(n - i),
+                               seg_end(s, e[i].index) - e[i].index + 1);
+        for (int k = 0; k < 4; k++) {
+            size_t rows = (size_t)8 >> k; /* 8, 4, 2, 1 */
+            sqlite3_stmt *st = ls->insert[k];
+            for (; end - i >= rows; i += rows) {
+                for (size_t j = 0; j < rows; j++)
+                    bind_entry(st, 5 * (int)j, &e[i + j]);
+                int rc = run(s, st, err, "insert entries");
+                if (rc)
+                    return rc;
+            }
+        }
+    }
+    return 0;
+}
+
 /* The statements of one batch, inside the transaction run_batch opened
  * (an error: its message in b->err; the caller rolls back). */
 static int batch_body(struct store *s, struct batch *b)
@@ -671,17 +918,19 @@ static int batch_body(struct store *s, struct batch *b)
     int rc = 0;
     if (b->compact) {
         uint64_t t0 = uv_hrtime();
-        rc = compact_fit(s, b);
-        if (rc == 0)
+        rc = compact_plan(s, b);
+        if (rc == 0 && !b->compact_left)
             rc = term_at(s, b->compact_upto, &b->compact_term, b->err);
-        if (rc == 0) {
-            bind_u64(s->st_del_upto, 1, b->compact_upto);
-            rc = run(s, s->st_del_upto, b->err, "delete compacted entries");
-        }
-        b->compact_ns = PZ_MAX(uv_hrtime() - t0, 1);
-        if (rc == 0)
+        if (rc == 0 && !b->compact_left)
+            rc = drop_upto(s, b->compact_from, b->compact_upto, b->compact_last,
+                           &b->compact_cleared, &b->compact_deleted, b->err);
+        /* The byte bound follows the steps that delete rows one by one
+         * (a table emptied whole costs little per row). */
+        if (b->compact_deleted > 0)
+            b->compact_ns = PZ_MAX(uv_hrtime() - t0, 1);
+        if (rc == 0 && !b->compact_left)
             rc = meta_put_u64(s, "snapshot_index", b->compact_upto, b->err);
-        if (rc == 0)
+        if (rc == 0 && !b->compact_left)
             rc = meta_put_u64(s, "snapshot_term", b->compact_term, b->err);
         if (rc)
             return rc;
@@ -689,8 +938,9 @@ static int batch_body(struct store *s, struct batch *b)
     if (b->reset) {
         /* An installed snapshot replaces the whole log, atomically with
          * the entries and hard state that follow it. */
-        bind_u64(s->st_del_from, 1, 0);
-        rc = run(s, s->st_del_from, b->err, "drop the log for a snapshot");
+        for (unsigned k = 0; k < LOG_SLOTS && rc == 0; k++)
+            rc =
+                run(s, s->slot[k].clear, b->err, "drop the log for a snapshot");
         if (rc == 0)
             rc = meta_put_u64(s, "snapshot_index", b->reset_index, b->err);
         if (rc == 0)
@@ -713,22 +963,21 @@ static int batch_body(struct store *s, struct batch *b)
                 return PZ_EINVAL;
             }
         }
-        bind_u64(s->st_del_from, 1, first);
-        rc = run(s, s->st_del_from, b->err, "delete conflicting entries");
+        /* Entries from first on are written over (no row lies beyond
+         * stored_last). */
+        unsigned m = slots_of(s, first, b->stored_last);
+        for (unsigned k = 0; k < LOG_SLOTS; k++) {
+            if (!(m & (1u << k)))
+                continue;
+            bind_u64(s->slot[k].del_from, 1, first);
+            rc = run(s, s->slot[k].del_from, b->err,
+                     "delete conflicting entries");
+            if (rc)
+                return rc;
+        }
+        rc = insert_entries(s, b->entries, b->n, b->err);
         if (rc)
             return rc;
-        size_t i = 0;
-        for (int k = 0; k < 4; k++) {
-            size_t rows = (size_t)8 >> k; /* 8, 4, 2, 1 */
-            sqlite3_stmt *st = k < 3 ? s->st_insert_n[k] : s->st_insert;
-            for (; b->n - i >= rows; i += rows) {
-                for (size_t j = 0; j < rows; j++)
-                    bind_entry(st, 5 * (int)j, &b->entries[i + j]);
-                rc = run(s, st, b->err, "insert entries");
-                if (rc)
-                    return rc;
-            }
-        }
     }
     if (b->has_hs) {
         bind_u64(s->st_hs_put, 1, b->hs.term);
@@ -797,7 +1046,7 @@ static int run_batch(struct store *s, struct batch *b)
      * 16 MiB of a 250 MiB log of 1 MiB entries, the steps held the store
      * for 1.2 s a node interleaved, 1.05 s deferred (one run each). */
     /* The compaction is committed whatever the vacuum does. */
-    return b->vacuum && b->compact_upto >= b->compact_goal
+    return b->vacuum && (b->compact_upto >= b->compact_goal || b->compact_left)
                ? vacuum_or_full(s, b)
                : 0;
 
@@ -876,9 +1125,17 @@ static void finish_batch(struct store *s, struct batch *b)
     if (b->n == 0 && !b->has_hs && !b->reset && !b->compact)
         return;
     if (b->compact) {
+        /* not a log write: not counted as a batch */
+        s->stats.segments_dropped += b->compact_cleared;
+        s->stats.rows_deleted += b->compact_deleted;
+        s->compact_big = b->compact_big;
+        if (b->compact_left) {
+            s->compact_left = b->compact_goal;
+            return;
+        }
         s->meta.snap_index = b->compact_upto;
         s->meta.snap_term = b->compact_term;
-        return; /* not a log write: not counted as a batch */
+        return;
     }
     if (b->reset) {
         s->meta.snap_index = b->reset_index;
@@ -924,6 +1181,7 @@ static int prepare_batch(struct store *s, struct batch *b,
                          const struct raft_entry *entries, size_t n)
 {
     memset(b, 0, sizeof *b);
+    b->stored_last = s->t_last_index;
     if (s->failed) {
         char prev[STORE_ERRMSG_SIZE];
         memcpy(prev, s->errmsg, sizeof prev);
@@ -1326,17 +1584,20 @@ int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
     struct batch *b = pz_calloc(1, sizeof *b);
     b->vacuum = s->incremental;
     b->vacuum_level = s->vacuum_level;
-    if (upto <= s->meta.snap_index) {
+    if (upto <= s->meta.snap_index || upto <= s->compact_left) {
         if (!s->incremental || s->free_pages <= VACUUM_KEEP) {
             pz_free(b);
             return 1;
         }
         return queue_batch(s, loop, b, cb, arg); /* free pages left */
     }
-    b->compact_upto = PZ_MIN(upto, s->meta.snap_index + max_rows);
     b->compact = true;
     b->compact_from = s->meta.snap_index;
+    b->compact_upto = b->compact_from; /* compact_plan sets it */
     b->compact_goal = upto;
+    b->compact_last = s->last_index;
+    b->compact_rows = PZ_MAX(max_rows, 1);
+    b->compact_big = s->compact_big;
     b->compact_level = s->compact_level;
     b->compact_bytes = max_bytes >> (COMPACT_LEVELS - 1 - s->compact_level);
     if (s->incremental && s->free_pages == 0)
@@ -1383,8 +1644,9 @@ int store_compact(struct store *s, uint64_t upto, uint64_t term)
             return PZ_EINVAL;
         }
     }
-    bind_u64(s->st_del_upto, 1, upto);
-    rc = run(s, s->st_del_upto, buf, "delete compacted entries");
+    uint64_t cleared = 0, deleted = 0;
+    rc = drop_upto(s, s->meta.snap_index, PZ_MIN(upto, s->last_index),
+                   s->last_index, &cleared, &deleted, buf);
     if (rc)
         goto err_in_txn;
     rc = meta_put_u64(s, "snapshot_index", upto, buf);
@@ -1396,6 +1658,8 @@ int store_compact(struct store *s, uint64_t upto, uint64_t term)
     rc = commit_sync(s, buf);
     if (rc)
         goto err_in_txn;
+    s->stats.segments_dropped += cleared;
+    s->stats.rows_deleted += deleted;
     s->meta.snap_index = upto;
     s->meta.snap_term = term;
     if (upto >= s->last_index) {
@@ -1584,11 +1848,10 @@ int store_trailing_from(struct store *s, uint64_t index, uint64_t max_entries,
     /* length() of a blob reads its size from the row header, not the
      * payload's overflow pages. */
     sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(s->db,
-                                "SELECT idx, length(data) FROM log "
-                                "WHERE idx <= ?1 "
-                                "ORDER BY idx DESC LIMIT ?2",
-                                -1, &st, NULL);
+    char sql[LOG_SQL_MAX];
+    log_union(sql, "idx, length(data)", "idx <= ?1",
+              "ORDER BY idx DESC LIMIT ?2");
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
     if (rc != SQLITE_OK)
         return sql_err(s, s->errmsg, "prepare trailing scan", rc);
     bind_u64(st, 1, PZ_MIN(index, (uint64_t)INT64_MAX));
@@ -1702,12 +1965,14 @@ int store_load_from(struct store *s, uint64_t from,
             uint64_t got = entry_crc(e->index, e->term, e->type, e->data,
                                      e->len);
             if (got != want) {
+                char table[16];
+                log_table(table, sizeof table, slot_of(s, e->index));
                 set_err(buf, STORE_ERRMSG_SIZE,
-                        "%s: log entry %lld (row idx = %lld of table log, "
+                        "%s: log entry %lld (row idx = %lld of table %s, "
                         "%d payload bytes) fails its checksum (stored "
                         "%016" PRIx64 ", computed %016" PRIx64
                         "): the file was changed on disk",
-                        s->path, idx, idx, len, want, got);
+                        s->path, idx, idx, table, len, want, got);
                 ret = PZ_ECORRUPT;
                 break;
             }
@@ -1741,17 +2006,27 @@ int store_load_from(struct store *s, uint64_t from,
 
 /* --- open / close --------------------------------------------------------- */
 
+/* The columns of each of the log's tables. */
+#define LOG_COLUMNS                                                            \
+    " ("                                                                       \
+    "  idx INTEGER PRIMARY KEY,"                                               \
+    "  term INTEGER NOT NULL,"                                                 \
+    "  type INTEGER NOT NULL,"                                                 \
+    "  data BLOB,"                                                             \
+    "  crc INTEGER) STRICT;"
+/* The log's tables after the first (version 2 had that one only). */
+#define LOG_TABLES_1_7                                                         \
+    "CREATE TABLE log1" LOG_COLUMNS "CREATE TABLE log2" LOG_COLUMNS            \
+    "CREATE TABLE log3" LOG_COLUMNS "CREATE TABLE log4" LOG_COLUMNS            \
+    "CREATE TABLE log5" LOG_COLUMNS "CREATE TABLE log6" LOG_COLUMNS            \
+    "CREATE TABLE log7" LOG_COLUMNS
+_Static_assert(LOG_SLOTS == 8, "one table per slot");
+
 static const char schema_sql[] =
     "CREATE TABLE meta ("
     "  key TEXT PRIMARY KEY NOT NULL,"
     "  value TEXT NOT NULL) STRICT;"
-    "CREATE TABLE log ("
-    "  idx INTEGER PRIMARY KEY,"
-    "  term INTEGER NOT NULL,"
-    "  type INTEGER NOT NULL,"
-    "  data BLOB,"
-    "  crc INTEGER) STRICT;"
-    "CREATE TABLE hard_state ("
+    "CREATE TABLE log" LOG_COLUMNS LOG_TABLES_1_7 "CREATE TABLE hard_state ("
     "  id INTEGER PRIMARY KEY CHECK (id = 0),"
     "  term INTEGER NOT NULL,"
     "  vote INTEGER NOT NULL,"
@@ -1762,16 +2037,10 @@ static const char *const stmt_sql[] = {
     "BEGIN IMMEDIATE",
     "COMMIT",
     "ROLLBACK",
-    "DELETE FROM log WHERE idx >= ?1",
-    "DELETE FROM log WHERE idx <= ?1",
-    INSERT_INTO INSERT_ROW1,
-    "SELECT term FROM log WHERE idx = ?1",
     "UPDATE hard_state SET term = ?1, vote = ?2, commit_index = ?3 "
     "WHERE id = 0",
     "INSERT INTO meta (key, value) VALUES (?1, ?2) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    "SELECT idx, term, type, data, crc FROM log WHERE idx >= ?1 "
-    "ORDER BY idx",
     "PRAGMA incremental_vacuum(8)", /* VACUUM_PAGES_MIN << level */
     "PRAGMA incremental_vacuum(16)",
     "PRAGMA incremental_vacuum(32)",
@@ -1782,33 +2051,98 @@ static const char *const stmt_sql[] = {
     "PRAGMA incremental_vacuum(1024)",
     "PRAGMA incremental_vacuum(2048)",
     "PRAGMA freelist_count",
-    INSERT_INTO INSERT_ROW8,
-    INSERT_INTO INSERT_ROW4,
-    INSERT_INTO INSERT_ROW2,
-    /* length() of a BLOB column reads the row's header, not its
-     * overflow pages */
-    "SELECT idx, length(data) FROM log WHERE idx > ?1 AND idx <= ?2 "
-    "ORDER BY idx",
 };
 
 static sqlite3_stmt **stmt_slot(struct store *s, size_t i)
 {
     sqlite3_stmt **slots[] = {
-        &s->st_begin,    &s->st_commit,  &s->st_rollback, &s->st_del_from,
-        &s->st_del_upto, &s->st_insert,  &s->st_term_at,  &s->st_hs_put,
-        &s->st_meta_put, &s->st_scan,
-        &s->st_vacuum[0], &s->st_vacuum[1], &s->st_vacuum[2],
-        &s->st_vacuum[3], &s->st_vacuum[4], &s->st_vacuum[5],
-        &s->st_vacuum[6], &s->st_vacuum[7], &s->st_vacuum[8],
-        &s->st_freelist,
-        &s->st_insert_n[0], &s->st_insert_n[1], &s->st_insert_n[2],
-        &s->st_sizes,
+        &s->st_begin,     &s->st_commit,    &s->st_rollback,  &s->st_hs_put,
+        &s->st_meta_put,  &s->st_vacuum[0], &s->st_vacuum[1], &s->st_vacuum[2],
+        &s->st_vacuum[3], &s->st_vacuum[4], &s->st_vacuum[5], &s->st_vacuum[6],
+        &s->st_vacuum[7], &s->st_vacuum[8], &s->st_freelist,
     };
     _Static_assert(PZ_ARRAY_SIZE(slots) == PZ_ARRAY_SIZE(stmt_sql),
                    "one slot per statement");
     _Static_assert(VACUUM_PAGES_MIN << (VACUUM_LEVELS - 1) == 2048,
                    "one vacuum statement per level");
     return slots[i];
+}
+
+/* Prepares one statement kept for the store's life; one that does not
+ * compile names a table or column the file lacks. */
+static int prep(struct store *s, const char *sql, sqlite3_stmt **st, char *err,
+                size_t errlen)
+{
+    int rc =
+        sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: schema does not match (%s): %s", s->path, sql,
+                sqlite3_errmsg(s->db));
+        return PZ_ECORRUPT;
+    }
+    return 0;
+}
+
+/* The statements of the log's tables, and those that read them all. */
+static int prepare_log(struct store *s, char *err, size_t errlen)
+{
+    static const char *const rows[4] = {INSERT_ROW8, INSERT_ROW4, INSERT_ROW2,
+                                        INSERT_ROW1};
+    char sql[LOG_SQL_MAX];
+    int ret = 0;
+    for (unsigned k = 0; k < LOG_SLOTS && ret == 0; k++) {
+        char t[16];
+        log_table(t, sizeof t, k);
+        struct log_slot *ls = &s->slot[k];
+        for (int i = 0; i < 4 && ret == 0; i++) {
+            snprintf(sql, sizeof sql, INSERT_INTO "%s", t, rows[i]);
+            ret = prep(s, sql, &ls->insert[i], err, errlen);
+        }
+        const struct {
+            sqlite3_stmt **st;
+            const char *fmt;
+        } one[] = {
+            {&ls->del_from, "DELETE FROM %s WHERE idx >= ?1"},
+            {&ls->del_upto, "DELETE FROM %s WHERE idx <= ?1"},
+            {&ls->clear, "DELETE FROM %s"},
+            {&ls->term_at, "SELECT term FROM %s WHERE idx = ?1"},
+            /* length() of a BLOB column reads the row's header, not its
+             * overflow pages */
+            {&ls->bytes, "SELECT length(data) FROM %s "
+                         "WHERE idx > ?1 AND idx <= ?2"},
+        };
+        for (size_t i = 0; i < PZ_ARRAY_SIZE(one) && ret == 0; i++) {
+            snprintf(sql, sizeof sql, one[i].fmt, t);
+            ret = prep(s, sql, one[i].st, err, errlen);
+        }
+    }
+    if (ret == 0) {
+        log_union(sql, "idx, term, type, data, crc", "idx >= ?1",
+                  "ORDER BY idx");
+        ret = prep(s, sql, &s->st_scan, err, errlen);
+    }
+    if (ret == 0) {
+        log_union(sql, "idx, length(data)", "idx > ?1 AND idx <= ?2",
+                  "ORDER BY idx");
+        ret = prep(s, sql, &s->st_sizes, err, errlen);
+    }
+    return ret;
+}
+
+static void finalize_log(struct store *s)
+{
+    for (unsigned k = 0; k < LOG_SLOTS; k++) {
+        struct log_slot *ls = &s->slot[k];
+        for (int i = 0; i < 4; i++)
+            sqlite3_finalize(ls->insert[i]);
+        sqlite3_finalize(ls->del_from);
+        sqlite3_finalize(ls->del_upto);
+        sqlite3_finalize(ls->clear);
+        sqlite3_finalize(ls->term_at);
+        sqlite3_finalize(ls->bytes);
+    }
+    sqlite3_finalize(s->st_scan);
+    sqlite3_finalize(s->st_sizes);
 }
 
 /* Makes the entry of the directory p (just created) durable: fsyncs the
@@ -1893,6 +2227,42 @@ static bool path_exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
+static uint64_t test_log_segment; /* store_test_log_segment (0: none) */
+
+static bool valid_segment(uint64_t n)
+{
+    return n >= LOG_SEGMENT_MIN && n <= LOG_SEGMENT_MAX && (n & (n - 1)) == 0;
+}
+
+void store_test_log_segment(uint64_t entries)
+{
+    pz_assert(entries == 0 || valid_segment(entries));
+    test_log_segment = entries;
+}
+
+/* The entries a segment holds in a database made now: the test hook's,
+ * else PYAZDB_TEST_LOG_SEGMENT's, else LOG_SEGMENT; 0 and a message if
+ * the variable is not a valid size. */
+static uint64_t new_segment(char *err, size_t errlen)
+{
+    if (test_log_segment)
+        return test_log_segment;
+    const char *env = getenv("PYAZDB_TEST_LOG_SEGMENT");
+    if (env == NULL || *env == '\0')
+        return LOG_SEGMENT;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(env, &end, 10);
+    if (errno || *end || !valid_segment(v)) {
+        set_err(err, errlen,
+                "PYAZDB_TEST_LOG_SEGMENT=%s: not a power of two from %d to "
+                "%" PRIu64,
+                env, LOG_SEGMENT_MIN, LOG_SEGMENT_MAX);
+        return 0;
+    }
+    return v;
+}
+
 /* Builds a fresh database as <path>.tmp and renames it to path; with
  * restoring, the meta row restoring is in it from the start. */
 static int create_db(const char *dir, const char *path, bool restoring,
@@ -1902,8 +2272,13 @@ static int create_db(const char *dir, const char *path, bool restoring,
     static const char *const extra[] = {"", "-journal", "-wal", "-shm"};
     sqlite3 *db = NULL;
     char *msg = NULL;
-    char sql[sizeof schema_sql + 512];
+    char sql[sizeof schema_sql + 1024];
     int ret = 0;
+    uint64_t segment = new_segment(err, errlen);
+    if (segment == 0) {
+        pz_free(tmp);
+        return PZ_EINVAL;
+    }
 
     for (size_t i = 0; i < PZ_ARRAY_SIZE(extra); i++) {
         char *f = suffixed(tmp, extra[i]);
@@ -1935,9 +2310,10 @@ static int create_db(const char *dir, const char *path, bool restoring,
              "INSERT INTO meta VALUES ('schema_version', '%d'),"
              " ('created_ms', '%" PRId64 "'), ('cluster_id', '0'),"
              " ('node_id', '0'), ('node_name', ''),"
-             " ('snapshot_index', '0'), ('snapshot_term', '0')%s;"
+             " ('snapshot_index', '0'), ('snapshot_term', '0'),"
+             " ('log_segment', '%" PRIu64 "')%s;"
              "COMMIT;",
-             STORE_APP_ID, schema_sql, STORE_SCHEMA_VERSION, ms,
+             STORE_APP_ID, schema_sql, STORE_SCHEMA_VERSION, ms, segment,
              restoring ? ", ('restoring', '1')" : "");
     rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
@@ -1967,6 +2343,49 @@ out:
         sqlite3_close(db);
     pz_free(tmp);
     return ret;
+}
+
+/* Version 3 cuts the log into segments, each in its table: the seven
+ * tables after log, and the rows moved into them, in one transaction. */
+static int convert_2(struct store *s, char *err, size_t errlen)
+{
+    uint64_t seg = new_segment(err, errlen);
+    if (seg == 0)
+        return PZ_EINVAL;
+    unsigned shift = (unsigned)__builtin_ctzll(seg);
+    char sql[4096];
+    size_t n = (size_t)snprintf(sql, sizeof sql, "BEGIN;" LOG_TABLES_1_7);
+    for (unsigned k = 1; k < LOG_SLOTS; k++)
+        n += (size_t)snprintf(sql + n, sizeof sql - n,
+                              "INSERT INTO log%u (idx, term, type, data, crc) "
+                              "SELECT idx, term, type, data, crc FROM log "
+                              "WHERE ((idx >> %u) & %d) = %u;",
+                              k, shift, LOG_SLOTS - 1, k);
+    n += (size_t)snprintf(sql + n, sizeof sql - n,
+                          "DELETE FROM log WHERE ((idx >> %u) & %d) != 0;"
+                          "INSERT INTO meta VALUES ('log_segment', "
+                          "'%" PRIu64 "');"
+                          "UPDATE meta SET value = '%d' "
+                          "WHERE key = 'schema_version';"
+                          "COMMIT;",
+                          shift, LOG_SLOTS - 1, seg, STORE_SCHEMA_VERSION);
+    pz_assert(n < sizeof sql);
+    char *msg = NULL;
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen,
+                "%s: cannot convert to schema version %d (the log in "
+                "segments): %s (SQLite error %d)",
+                s->path, STORE_SCHEMA_VERSION, msg ? msg : sqlite3_errstr(rc),
+                rc);
+        sqlite3_free(msg);
+        rollback(s);
+        return map_sqlite(rc);
+    }
+    s->meta.schema_version = STORE_SCHEMA_VERSION;
+    s->meta.log_segment = seg;
+    s->seg_shift = shift;
+    return 0;
 }
 
 /* Runs a statement that yields one text or integer row, copies it into
@@ -2088,6 +2507,20 @@ static int load_meta(struct store *s, char *err, size_t errlen)
             m->restoring = true;
             continue;
         }
+        if (k && strcmp(k, "log_segment") == 0) {
+            /* Version 3 on; open converts older files. */
+            if (!parse_u64(t, &m->log_segment) ||
+                !valid_segment(m->log_segment)) {
+                set_err(err, errlen,
+                        "%s: meta %s has a bad value \"%s\" (a power of "
+                        "two from %d to %" PRIu64 ")",
+                        s->path, k, t ? t : "(null)", LOG_SEGMENT_MIN,
+                        LOG_SEGMENT_MAX);
+                ret = PZ_ECORRUPT;
+                goto out;
+            }
+            continue;
+        }
         if (k && (strcmp(k, "incarnation") == 0 ||
                   strcmp(k, "lease_promise_ns") == 0)) {
             /* Optional: databases of joined nodes have an incarnation,
@@ -2121,7 +2554,7 @@ static int load_meta(struct store *s, char *err, size_t errlen)
         }
         switch (i) {
         case 0:
-            if (v != STORE_SCHEMA_VERSION && v != 1) {
+            if (v != STORE_SCHEMA_VERSION && v != 1 && v != 2) {
                 set_err(err, errlen,
                         "%s: unknown schema version %" PRIu64
                         " (this build reads version %d)",
@@ -2149,6 +2582,13 @@ static int load_meta(struct store *s, char *err, size_t errlen)
             goto out;
         }
     }
+    if (m->log_segment == 0 && m->schema_version == STORE_SCHEMA_VERSION) {
+        set_err(err, errlen, "%s: meta row log_segment is missing", s->path);
+        ret = PZ_ECORRUPT;
+        goto out;
+    }
+    if (m->log_segment)
+        s->seg_shift = (unsigned)__builtin_ctzll(m->log_segment);
     goto out;
 sql_error:
     ret = sql_err(s, s->errmsg, "read meta", rc);
@@ -2192,9 +2632,37 @@ static int load_state(struct store *s, char *err, size_t errlen)
     sqlite3_finalize(st);
     st = NULL;
 
-    rc = sqlite3_prepare_v2(
-        s->db, "SELECT idx, term FROM log ORDER BY idx DESC LIMIT 1", -1, &st,
-        NULL);
+    /* Each entry in its segment's table: the writes find it there. */
+    char sql[LOG_SQL_MAX];
+    for (unsigned k = 0; k < LOG_SLOTS; k++) {
+        char table[16];
+        log_table(table, sizeof table, k);
+        snprintf(sql, sizeof sql,
+                 "SELECT idx FROM %s WHERE ((idx >> %u) & %d) != %u LIMIT 1",
+                 table, s->seg_shift, LOG_SLOTS - 1, k);
+        rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+        if (rc != SQLITE_OK)
+            goto sql_error;
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            sqlite3_int64 i = sqlite3_column_int64(st, 0);
+            char want[16];
+            log_table(want, sizeof want, slot_of(s, (uint64_t)i));
+            set_err(err, errlen,
+                    "%s: log entry %lld is in table %s, not in %s (segments "
+                    "of %" PRIu64 " entries)",
+                    s->path, i, table, want, s->meta.log_segment);
+            ret = PZ_ECORRUPT;
+            goto out;
+        }
+        if (rc != SQLITE_DONE)
+            goto sql_error;
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+
+    log_union(sql, "idx, term", NULL, "ORDER BY idx DESC LIMIT 1");
+    rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
     if (rc != SQLITE_OK)
         goto sql_error;
     rc = sqlite3_step(st);
@@ -2220,8 +2688,8 @@ static int load_state(struct store *s, char *err, size_t errlen)
     st = NULL;
     /* The log starts right after the snapshot point (a restart may load
      * only its end: store_load_from, so the start is checked here). */
-    rc = sqlite3_prepare_v2(s->db, "SELECT idx FROM log ORDER BY idx LIMIT 1",
-                            -1, &st, NULL);
+    log_union(sql, "idx", NULL, "ORDER BY idx LIMIT 1");
+    rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
     if (rc != SQLITE_OK)
         goto sql_error;
     rc = sqlite3_step(st);
@@ -2397,10 +2865,11 @@ static int open_db(struct store *s, char *err, size_t errlen)
                           errlen)))
         return ret;
     if (strtol(row, NULL, 10) != STORE_APP_ID) {
+        char tables[64];
         if (strcmp(row, "0") == 0 &&
-            pragma_row(s, "SELECT count(*) FROM sqlite_schema", row,
-                       sizeof row, err, errlen) == 0 &&
-            strcmp(row, "0") == 0)
+            pragma_row(s, "SELECT count(*) FROM sqlite_schema", tables,
+                       sizeof tables, err, errlen) == 0 &&
+            strcmp(tables, "0") == 0)
             set_err(err, errlen,
                     "%s: database holds no schema (empty or truncated "
                     "file?); refusing to treat it as a new node",
@@ -2418,31 +2887,27 @@ static int open_db(struct store *s, char *err, size_t errlen)
         if ((ret = exec_sql(s,
                             "BEGIN;"
                             "ALTER TABLE log ADD COLUMN crc INTEGER;"
-                            "UPDATE meta SET value = '" STR(
-                                STORE_SCHEMA_VERSION) "' "
+                            "UPDATE meta SET value = '2' "
                             "WHERE key = 'schema_version';"
                             "COMMIT;",
                             err, errlen))) {
             rollback(s);
             return ret;
         }
-        s->meta.schema_version = STORE_SCHEMA_VERSION;
+        s->meta.schema_version = 2;
     }
+    if (s->meta.schema_version == 2 && (ret = convert_2(s, err, errlen)))
+        return ret;
     if ((ret = vacuum_mode(s, err, errlen)))
         return ret;
     /* From here commit() checkpoints; until here SQLite's auto-checkpoint
      * did (the conversion's VACUUM, at open). */
     sqlite3_wal_hook(s->db, on_wal_commit, s);
-    for (size_t i = 0; i < PZ_ARRAY_SIZE(stmt_sql); i++) {
-        rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1,
-                                SQLITE_PREPARE_PERSISTENT, stmt_slot(s, i),
-                                NULL);
-        if (rc != SQLITE_OK) {
-            set_err(err, errlen, "%s: schema does not match (%s): %s",
-                    s->path, stmt_sql[i], sqlite3_errmsg(s->db));
-            return PZ_ECORRUPT;
-        }
-    }
+    for (size_t i = 0; i < PZ_ARRAY_SIZE(stmt_sql); i++)
+        if ((ret = prep(s, stmt_sql[i], stmt_slot(s, i), err, errlen)))
+            return ret;
+    if ((ret = prepare_log(s, err, errlen)))
+        return ret;
     return load_state(s, err, errlen);
 
 check_busy:
@@ -2494,6 +2959,7 @@ static int open_store(const char *dir, bool restoring, struct store **out,
     s->vacuum_level = VACUUM_LEVEL_START;
     s->compact_level = COMPACT_LEVEL_START;
     s->step_budget_ns = STEP_NS;
+    s->compact_big = UINT64_MAX;
     pz_assert(uv_mutex_init(&s->mu) == 0);
     pz_queue_init(&s->todo);
     pz_queue_init(&s->done);
@@ -2537,6 +3003,7 @@ void store_close(struct store *s)
     uv_mutex_destroy(&s->mu);
     for (size_t i = 0; i < PZ_ARRAY_SIZE(stmt_sql); i++)
         sqlite3_finalize(*stmt_slot(s, i));
+    finalize_log(s);
     if (s->db)
         sqlite3_close(s->db);
     pz_free(s->path);

@@ -55,8 +55,9 @@
 
 #include "raft.h"
 
-#define STORE_SCHEMA_VERSION 2  /* schema written by this code (1 is
-                                   converted at open) */
+#define STORE_SCHEMA_VERSION                                                   \
+    3                           /* schema written by this code (1 and 2        \
+                                   are converted at open) */
 #define STORE_NAME_MAX 256      /* node_name buffer, NUL included */
 #define STORE_ERRMSG_SIZE 512   /* store_errmsg() buffer */
 
@@ -72,6 +73,8 @@ struct store_meta {
     int64_t created_ms;            /* unix time (ms) raft.db was created */
     uint64_t snap_index;           /* last index compacted away (0: none);
                                       the log starts at snap_index + 1 */
+    uint64_t log_segment;          /* entries per log segment (one table
+                                      of the log holds a segment) */
     uint64_t snap_term;            /* term of the entry at snap_index */
     uint64_t incarnation;          /* 0 for a founding member; set once
                                       by a node that joins, so that the
@@ -124,6 +127,11 @@ struct store_stats {
     uint64_t sync_batches;       /* batches written by the caller's
                                     thread (store_write_sync) */
     uint64_t steps;              /* compaction and vacuum steps run */
+    uint64_t segments_dropped;   /* log tables compaction emptied whole
+                                    (each a segment, or what was left of
+                                    it) */
+    uint64_t rows_deleted;       /* entries compaction deleted one by one
+                                    (rows beside live ones in a table) */
     uint64_t last_step_ns;       /* the latest one's time on the worker:
                                     what the log writes queued behind it
                                     waited */
@@ -272,13 +280,20 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
  * quick), unless the first alone holds more; never past the last stored
  * entry) on the thread pool, with no other job queued (asserted), moving the
  * snapshot point there with the term stored at it: compaction in steps
- * short enough that log writes never wait long. The step that reaches
- * upto, and each step after it with nothing left to drop, then gives free
- * pages back to the file system (auto_vacuum INCREMENTAL), as many as
- * fit in the same budget; every 8 MiB given back a step checkpoints
- * instead, which cuts the file, and once none is left one checkpoints
- * and truncates the WAL, so raft.db shrinks as the steps go. A vacuum
- * that finds no room (a full disk) rolls back alone and fails nothing:
+ * short enough that log writes never wait long. Except by segments: a
+ * step that can empty the table of the oldest segment (upto covers the
+ * segment's last entry, no later segment shares its table, and it holds
+ * at most 8 MiB of payload) drops the rest of that segment whatever
+ * max_rows says; and when upto ends inside the oldest segment (8 MiB at
+ * most before it), the step drops nothing, and the store keeps those
+ * entries until a later call's upto covers the segment: store.c, "Log
+ * segments". The step that reaches
+ * upto (or leaves the rest so), and each step after it with nothing left to
+ * drop, then gives free pages back to the file system (auto_vacuum
+ * INCREMENTAL), as many as fit in the same budget; every 8 MiB given back a
+ * step checkpoints instead, which cuts the file, and once none is left one
+ * checkpoints and truncates the WAL, so raft.db shrinks as the steps go. A
+ * vacuum that finds no room (a full disk) rolls back alone and fails nothing:
  * counted in vacuum_nospace (store_errmsg says why), it ends the giving
  * back until the next compaction. Returns 0 (cb later), 1 when there is
  * nothing to drop or give back (no cb), PZ_EIO. */
@@ -333,5 +348,12 @@ void store_test_vacuum_full(struct store *s, bool on);
  * the WAL as it is. store_open turns it on when the environment variable
  * PYAZDB_TEST_CHECKPOINT_FAIL is 1. */
 void store_test_checkpoint_fail(struct store *s, bool on);
+
+/* Test hook: databases this process creates from now on cut their log
+ * into segments of this many entries (a power of two, 4 to 2^30; 0: the
+ * default, 32768), so that a test crosses many with a short log.
+ * store_open also reads the environment variable PYAZDB_TEST_LOG_SEGMENT
+ * (the same number) when it creates a database. */
+void store_test_log_segment(uint64_t entries);
 
 #endif

@@ -96,6 +96,14 @@ def free_port(host="127.0.0.1"):
             return port
 
 
+def log_rows(cols):
+    """SQL for the rows of raft.db's log, which lives in eight tables (one
+    per segment of entries, in turn): cols of every row, by index."""
+    return " UNION ALL ".join(
+        f"SELECT {cols} FROM {t}"
+        for t in ["log"] + [f"log{k}" for k in range(1, 8)]) + " ORDER BY 1"
+
+
 def wait_for(pred, what="condition", timeout=15, step=0.02):
     """Poll pred() until it returns something true, and return that; fail
     after `timeout` seconds naming `what` and pred's last answer."""
@@ -145,6 +153,11 @@ class Server:
             self.env.pop(var, None)
         self.env.update(env or {})
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        # raft.db cuts its log into segments of 16 entries, not 32768, so
+        # that the short logs of tests cross many: compaction empties
+        # whole tables, and deletes rows one by one where a table holds
+        # later entries too, as a long-running node's does
+        self.env.setdefault("PYAZDB_TEST_LOG_SEGMENT", "16")
         self.log_path = os.path.join(self.dir, "server.log")
         self.proc = None
         self.procs = []  # every process started, oldest first

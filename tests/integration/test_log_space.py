@@ -8,6 +8,7 @@ import re
 import sqlite3
 import time
 
+from conftest import log_rows, wait_for
 from test_cluster import put, get
 from test_metrics import parse, scrape, value as metric
 
@@ -16,6 +17,14 @@ def db_bytes(node):
     return sum(os.path.getsize(os.path.join(data, f))
                for f in ("raft.db", "raft.db-wal")
                if os.path.exists(os.path.join(data, f)))
+
+
+def stored_entries(db):
+    """Rows of raft.db's log, every table of it (log, log1 ... log7)."""
+    c = sqlite3.connect(db)
+    n = len(c.execute(log_rows("idx")).fetchall())
+    c.close()
+    return n
 
 
 def loaded_entries(node):
@@ -53,14 +62,17 @@ def test_raft_db_shrinks_after_compaction(servers):
     assert peak > 20_000_000, peak
     st, _, body = s.request("POST", "/admin/snapshot")
     assert st == 200, body
-    # what stays: the 100 trailing entries (0.8 MB) and the free pages
-    # kept for the log to grow into, four times its pages (3.2 MB): no
-    # vacuum step gives back more than the pages beyond those
+    # what stays: the 100 trailing entries (0.8 MB), up to a segment
+    # below them the store leaves for a later compaction (16 entries in
+    # tests, 0.13 MB), and the free pages kept for the log to grow into,
+    # four times its pages (3.7 MB): no vacuum step gives back more than
+    # the pages beyond those
+    bound = 4_500_000 + 5 * 16 * 8000
     deadline = time.time() + 30
-    while time.time() < deadline and db_bytes(s) > 4_500_000:
+    while time.time() < deadline and db_bytes(s) > bound:
         time.sleep(0.2)
     size = db_bytes(s)
-    assert size < 4_500_000, f"raft.db and WAL still {size} bytes (peak {peak})"
+    assert size < bound, f"raft.db and WAL still {size} bytes (peak {peak})"
     # every step was timed, once: the writes behind it waited that long
     m = parse(scrape(s))
     steps = metric(m, "pyazdb_storage_compaction_steps_total")
@@ -104,9 +116,7 @@ def test_restart_loads_only_the_end_of_the_log(servers):
         assert put(s, f"k{i}", str(i))[0] == 204
     stop_before_log_truncate(s, {f"late{i}": str(i) for i in range(5)})
     db = os.path.join(s.conf["raft-data"], "raft.db")
-    c = sqlite3.connect(db)
-    stored = c.execute("SELECT count(*) FROM log").fetchone()[0]
-    c.close()
+    stored = stored_entries(db)
     assert stored > 2000  # nothing was dropped
     s.start()
     status = s.status()
@@ -120,14 +130,56 @@ def test_restart_loads_only_the_end_of_the_log(servers):
     # holds the database exclusively, so look once it has stopped)
     time.sleep(2)
     s.stop()
-    c = sqlite3.connect(db)
-    stored = c.execute("SELECT count(*) FROM log").fetchone()[0]
-    c.close()
-    assert stored <= trailing + after + 10, stored
+    # (and up to a segment, 16 entries in tests, left for a later one)
+    stored = stored_entries(db)
+    assert stored <= trailing + after + 16 + 10, stored
     # a normal restart loads as little
     s.start()
     assert loaded_entries(s) <= trailing + after + 10
     assert get(s, "k1000")[2] == b"1000"
+
+
+def test_compaction_empties_whole_segments(servers):
+    """raft.db keeps its log in eight tables, a segment of entries each in
+    turn (16 under the tests' PYAZDB_TEST_LOG_SEGMENT): a compaction drops
+    the segments it covers by emptying their tables, leaves the one its
+    goal ends in, and deletes rows one by one only in tables that also
+    hold a later segment (here a log of more than seven segments)."""
+    s = servers(conf={"raft-snapshot-entries": "1000000",
+                      "raft-trailing-entries": "10"})
+
+    def counters():
+        m = parse(scrape(s))
+        return (metric(m, "pyazdb_storage_compaction_segments_total"),
+                metric(m, "pyazdb_storage_compaction_rows_deleted_total"))
+
+    def snapshot_and_compact(done):
+        assert s.request("POST", "/admin/snapshot")[0] == 200
+        wait_for(lambda: done(*counters()), "compaction", timeout=15)
+        return counters()
+
+    assert counters() == (0, 0)
+    for i in range(90):
+        assert put(s, f"k{i}", str(i))[0] == 204
+    # entries 1..~92, goal ~82: segments 0 to 4 (1..79) go whole
+    segs, rows = snapshot_and_compact(lambda segs, rows: segs >= 5)
+    assert (segs, rows) == (5, 0)
+    status = s.status()
+    first = status["snapshot_index"] - 10  # the core's first entry
+    for i in range(90, 290):
+        assert put(s, f"k{i}", str(i))[0] == 204
+    # the log now spans 14 segments: two tables hold entries past the goal
+    segs, rows = snapshot_and_compact(lambda segs, rows: rows > 0)
+    assert segs > 5 and rows > 0, (segs, rows)
+    status = s.status()
+    after = status["last_index"] - status["snapshot_index"]
+    s.stop()
+    db = os.path.join(s.conf["raft-data"], "raft.db")
+    stored = stored_entries(db)
+    assert first > 16 and stored <= 10 + after + 16, (stored, status)
+    s.start()
+    for i in (0, 89, 289):
+        assert get(s, f"k{i}")[2] == str(i).encode()
 
 
 def test_restart_honours_the_trailing_bytes(servers):

@@ -994,10 +994,24 @@ TEST(tampered_rows_refused)
         {"UPDATE meta SET value = '60' WHERE key = 'snapshot_index'",
          PZ_ECORRUPT, "snapshot index"},
         {"DROP TABLE log", PZ_ECORRUPT, "schema does not match"},
-        {"PRAGMA application_id = 7", PZ_ECORRUPT, "not a PyazDB raft log"},
+        {"DROP TABLE log5", PZ_ECORRUPT, "no such table: log5"},
+        /* an entry outside its segment's table (segments of 32768) */
+        {"INSERT INTO log3 SELECT * FROM log WHERE idx = 50;"
+         "DELETE FROM log WHERE idx = 50",
+         PZ_ECORRUPT, "log entry 50 is in table log3, not in log"},
+        {"UPDATE meta SET value = '1000' WHERE key = 'log_segment'",
+         PZ_ECORRUPT, "meta log_segment has a bad value \"1000\""},
+        {"DELETE FROM meta WHERE key = 'log_segment'", PZ_ECORRUPT,
+         "log_segment is missing"},
+        {"PRAGMA application_id = 7", PZ_ECORRUPT,
+         "not a PyazDB raft log (application_id 7)"},
+        {"DROP TABLE log; DROP TABLE log1; DROP TABLE log2; DROP TABLE log3;"
+         "DROP TABLE log4; DROP TABLE log5; DROP TABLE log6; DROP TABLE log7;"
+         "DROP TABLE meta; DROP TABLE hard_state; PRAGMA application_id = 0",
+         PZ_ECORRUPT, "no schema"},
         {"DROP TABLE log; DROP TABLE meta; DROP TABLE hard_state;"
          "PRAGMA application_id = 0",
-         PZ_ECORRUPT, "no schema"},
+         PZ_ECORRUPT, "not a PyazDB raft log (application_id 0)"},
     };
     for (size_t i = 0; i < PZ_ARRAY_SIZE(cases); i++) {
         struct tdir t;
@@ -1098,11 +1112,12 @@ TEST(fault_injection_sync)
     struct raft_hard_state hs = {1, 1, 0};
     CHECK_EQ_INT(write_range(s, 1, 5, 1, &hs), 0);
     store_close(s);
-    /* Append 3 entries + hs: BEGIN, DELETE, INSERT of 2, INSERT of 1,
-     * UPDATE, COMMIT. Overwrite from 4 adds the read of the term at 3. */
+    /* Append 3 entries + hs: BEGIN, INSERT of 2, INSERT of 1, UPDATE,
+     * COMMIT. Overwrite from 4 adds the read of the term at 3 and the
+     * DELETE of the entries from 4 on. */
     for (int overwrite_mode = 0; overwrite_mode < 2; overwrite_mode++) {
         uint64_t first = overwrite_mode ? 4 : 6;
-        int steps = overwrite_mode ? 7 : 6;
+        int steps = overwrite_mode ? 7 : 5;
         for (int k = 1; k <= steps + 1; k++) {
             s = open_ok(&t);
             CHECK(s != NULL);
@@ -1148,10 +1163,10 @@ TEST(fault_injection_async)
     pump_init(&p, s, 1);
     p.target = 1000;
     p.fixed = 4;
-    /* Each batch of 4 without hs has 4 steps (BEGIN, DELETE, one INSERT
-     * of 4, COMMIT); every third carries hs (5): fail at the INSERT of
-     * the batch after 11. */
-    store_fail_at(s, 7 * 4 + 4 * 5 + 3);
+    /* Each batch of 4 without hs has 3 steps (BEGIN, one INSERT of 4,
+     * COMMIT); every third carries hs (4): fail at the INSERT of the
+     * batch after 11. */
+    store_fail_at(s, 7 * 3 + 4 * 4 + 2);
     pump_next(&p);
     CHECK_EQ_INT(uv_run(&p.loop, UV_RUN_DEFAULT), 0);
     CHECK_EQ_INT(uv_loop_close(&p.loop), 0);
@@ -1224,6 +1239,18 @@ TEST(bench_start_checks)
     tdir_free(&t);
 }
 
+/* SQL that turns a version 3 file into what a version 2 build wrote: one
+ * table, log, for every entry, and no log_segment. */
+#define AS_VERSION_2                                                           \
+    "INSERT INTO log SELECT * FROM log1; INSERT INTO log SELECT * FROM log2;"  \
+    "INSERT INTO log SELECT * FROM log3; INSERT INTO log SELECT * FROM log4;"  \
+    "INSERT INTO log SELECT * FROM log5; INSERT INTO log SELECT * FROM log6;"  \
+    "INSERT INTO log SELECT * FROM log7;"                                      \
+    "DROP TABLE log1; DROP TABLE log2; DROP TABLE log3; DROP TABLE log4;"      \
+    "DROP TABLE log5; DROP TABLE log6; DROP TABLE log7;"                       \
+    "DELETE FROM meta WHERE key = 'log_segment';"                              \
+    "UPDATE meta SET value = '2' WHERE key = 'schema_version';"
+
 /* A version 1 file (no checksum column) is converted at open: its rows
  * keep no checksum and load, new ones get theirs. */
 TEST(schema_1_is_converted)
@@ -1231,8 +1258,9 @@ TEST(schema_1_is_converted)
     struct tdir t;
     tdir_init(&t);
     CHECK(build_db(&t, 20));
-    CHECK(sql(&t, "ALTER TABLE log DROP COLUMN crc;"
-                  "UPDATE meta SET value = '1' WHERE key = 'schema_version'"));
+    CHECK(sql(&t, AS_VERSION_2
+              "ALTER TABLE log DROP COLUMN crc;"
+              "UPDATE meta SET value = '1' WHERE key = 'schema_version'"));
     struct store *s = open_ok(&t);
     CHECK(s != NULL);
     struct store_meta m;
@@ -1806,6 +1834,9 @@ static bool crash_matches(const struct raft_hard_state *hs,
 
 TEST(crash_consistency_sigkill)
 {
+    /* segments of 8: batches of up to 13 entries and their rewrites
+     * straddle them */
+    store_test_log_segment(8);
     struct tdir t;
     tdir_init(&t);
     /* A fixed seed, so that a run can be repeated; PZ_TEST_SEED sets
@@ -2288,6 +2319,16 @@ static void step_cb(struct store *s, int status, const char *msg, void *arg)
     *(int *)arg = status;
 }
 
+/* Databases made from now on in this test cut their log into segments of
+ * 4 entries: a log of more than 28 entries has a later segment in every
+ * table, so compaction deletes rows one by one, bounded by rows and
+ * bytes, the way these tests look at (tables emptied whole: the tests of
+ * log segments, below). */
+static void rows_one_by_one(void)
+{
+    store_test_log_segment(4);
+}
+
 /* Compaction steps up to upto, 1000 rows each, until the store has
  * nothing left to drop or give back: *steps is how many ran, -1 if one
  * failed. */
@@ -2326,6 +2367,7 @@ static void check_reopened(const struct tdir *t, uint64_t first, size_t n,
 
 TEST(compaction_gives_space_back)
 {
+    rows_one_by_one();
     struct tdir t;
     tdir_init(&t);
     struct store *s = open_ok(&t);
@@ -2364,6 +2406,7 @@ TEST(compaction_gives_space_back)
  * and a vacuum would move all of it. */
 TEST(compaction_keeps_room_for_a_large_log)
 {
+    rows_one_by_one();
     struct tdir t;
     tdir_init(&t);
     struct store *s = open_ok(&t);
@@ -2420,17 +2463,20 @@ static void compact_once(struct store *s, uint64_t upto, uint64_t max_rows,
  * its overflow pages, so large entries made long steps. */
 TEST(compaction_step_bounded_by_bytes)
 {
+    rows_one_by_one();
     struct tdir t;
     tdir_init(&t);
     struct store *s = open_ok(&t);
     CHECK(s != NULL);
     struct raft_hard_state hs = {1, 0, 0};
-    enum { N = 160, MID = 15000, HUGE = 100000, SMALL = 100 };
+    /* the 50 entries after the last step's end keep a later segment in
+     * every table */
+    enum { N = 200, MID = 15000, HUGE = 100000, SMALL = 100 };
     static uint8_t buf[HUGE];
     memset(buf, 'z', sizeof buf);
     struct raft_entry e[N];
     for (size_t i = 0; i < N; i++) {
-        /* 1..40: 15 KB, 41..140: 100 B, 141: 100 KB, 142..160: 100 B */
+        /* 1..40: 15 KB, 41..140: 100 B, 141: 100 KB, 142..200: 100 B */
         size_t len = i < 40 ? MID : i == 140 ? HUGE : SMALL;
         e[i] = (struct raft_entry){.index = i + 1, .term = 1 + i / 100,
                                    .type = RAFT_ENTRY_NORMAL, .data = buf,
@@ -2467,7 +2513,7 @@ TEST(compaction_step_bounded_by_bytes)
     store_meta_get(s, &m);
     CHECK_EQ_INT(m.snap_term, 2);
     store_close(s);
-    check_reopened(&t, 151, 10, SMALL);
+    check_reopened(&t, 151, 50, SMALL);
     tdir_free(&t);
 }
 
@@ -2493,6 +2539,7 @@ static void write_log(struct store *s, uint64_t n, size_t len)
  * entry at least); steps within it keep (or grow back to) max_bytes. */
 TEST(compaction_step_shrinks_to_its_budget)
 {
+    rows_one_by_one();
     struct tdir t;
     tdir_init(&t);
     struct store *s = open_ok(&t);
@@ -2574,6 +2621,7 @@ static void compact_sizes(struct store *s, const struct tdir *t,
  * and raft.db shrinks as the steps go, not only after the last one. */
 TEST(compaction_vacuum_steps_fit_a_time_budget)
 {
+    rows_one_by_one();
     enum { N = 6000, LEN = 4000, MAX = 4000 };
     static off_t sizes[MAX];
     int steps[2];
@@ -2624,6 +2672,7 @@ TEST(compaction_vacuum_steps_fit_a_time_budget)
  * the next steps drop most of them. */
 TEST(compaction_vacuums_after_the_last_rows)
 {
+    rows_one_by_one();
     enum { N = 4000, LEN = 4000, MAX = 1000 };
     static off_t sizes[MAX];
     struct tdir t;
@@ -2671,6 +2720,7 @@ TEST(compaction_vacuums_after_the_last_rows)
  * once there is room. */
 TEST(vacuum_without_room_fails_no_step)
 {
+    rows_one_by_one();
     enum { N = 2000, LEN = 4000 };
     struct tdir t;
     struct store *s = open_with_log(&t, N, LEN);
@@ -2737,6 +2787,7 @@ TEST(vacuum_without_room_fails_no_step)
  * the log (four times it). */
 TEST(compaction_ends_beside_writes)
 {
+    rows_one_by_one();
     enum { N = 4000, LEN = 4000, WLEN = 100, MAX = 3000 };
     struct tdir t;
     struct store *s = open_with_log(&t, N, LEN);
@@ -2783,6 +2834,250 @@ TEST(compaction_ends_beside_writes)
     tdir_free(&t);
 }
 
+/* --- log segments --------------------------------------------------------- */
+
+/* The one integer q yields on the closed database (-1 if none). */
+static long long sql_int(const struct tdir *t, const char *q)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st = NULL;
+    long long v = -1;
+    if (sqlite3_open(t->db, &db) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, q, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    else
+        fprintf(stderr, "    sql %s: %s\n", q, sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* The closed database's log tables hold entries first..last, each in its
+ * segment's table (segments of seg entries, eight tables), and nothing
+ * else. */
+static bool tables_hold(const struct tdir *t, uint64_t seg, uint64_t first,
+                        uint64_t last)
+{
+    bool ok = true;
+    for (unsigned k = 0; k < 8; k++) {
+        long long want = 0;
+        for (uint64_t i = first; i <= last; i++)
+            want += (i / seg) % 8 == k;
+        char table[8] = "log", q[160];
+        if (k > 0)
+            snprintf(table, sizeof table, "log%u", k);
+        snprintf(q, sizeof q,
+                 "SELECT count(*) FROM %s WHERE idx >= %" PRIu64
+                 " AND idx <= %" PRIu64 " AND (idx / %" PRIu64 ") %% 8 = %u",
+                 table, first, last, seg, k);
+        long long in_range = sql_int(t, q);
+        snprintf(q, sizeof q, "SELECT count(*) FROM %s", table);
+        long long all = sql_int(t, q);
+        if (in_range != want || all != want) {
+            fprintf(stderr,
+                    "    table %u: %lld rows, %lld of them its own, want "
+                    "%lld\n",
+                    k, all, in_range, want);
+            ok = false;
+        }
+    }
+    return ok;
+}
+
+/* Entries go to the table of their segment, batches that straddle
+ * segments and a rewrite across several of them included. */
+TEST(log_segments_hold_their_entries)
+{
+    store_test_log_segment(8);
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct store_meta m;
+    store_meta_get(s, &m);
+    CHECK_EQ_INT(m.log_segment, 8);
+    struct raft_hard_state hs = {2, 1, 0};
+    for (uint64_t first = 1; first <= 92; first += 13) /* 1..104 */
+        CHECK_EQ_INT(write_range(s, first, 13, 1, &hs), 0);
+    store_close(s);
+    CHECK(tables_hold(&t, 8, 1, 104)); /* every table twice over */
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    /* 30..69 rewritten: 70..104, in every table, go */
+    CHECK_EQ_INT(write_range(s, 30, 40, 2, &hs), 0);
+    uint64_t term = 0;
+    CHECK_EQ_INT(store_term(s, 29, &term), 0);
+    CHECK_EQ_INT(term, 1);
+    CHECK_EQ_INT(store_term(s, 64, &term), 0); /* table 0 again */
+    CHECK_EQ_INT(term, 2);
+    store_close(s);
+    CHECK(tables_hold(&t, 8, 1, 69));
+    CHECK(log_is(&t, 69, 2, 2));
+    tdir_free(&t);
+}
+
+/* Compaction steps up to upto (max_rows each, bytes unbounded) until the
+ * store has nothing to drop: *steps is how many ran, -1 if one failed. */
+static void compact_steps(struct store *s, uint64_t upto, uint64_t max_rows,
+                          int *steps)
+{
+    *steps = -1;
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int n = 0, status = 0, rc;
+    while ((rc = store_compact_step(s, &loop, upto, max_rows, UINT64_MAX,
+                                    step_cb, &status)) == 0) {
+        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        CHECK_EQ_INT(status, 0);
+        CHECK(++n < 100);
+    }
+    CHECK_EQ_INT(rc, 1);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    *steps = n;
+}
+
+/* A compaction empties the tables of whole segments in one step whatever
+ * its row bound, leaves a goal inside a segment for later, and deletes
+ * rows one by one only from tables that also hold later entries. */
+TEST(compaction_empties_whole_segments)
+{
+    store_test_log_segment(8);
+    struct tdir t;
+    tdir_init(&t);
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state hs = {1, 1, 0};
+    int steps;
+    CHECK_EQ_INT(write_range(s, 1, 50, 1, &hs), 0);
+    /* 1..31 (four segments, tables 0..3) in one step of at most 2 rows;
+     * then 32..37, inside segment 4, stay */
+    compact_steps(s, 37, 2, &steps);
+    CHECK_EQ_INT(steps, 2);
+    struct store_stats st;
+    store_stats(s, &st);
+    CHECK_EQ_INT(st.segments_dropped, 4);
+    CHECK_EQ_INT(st.rows_deleted, 0);
+    struct store_meta m;
+    store_meta_get(s, &m);
+    CHECK_EQ_INT(m.snap_index, 31);
+    compact_steps(s, 37, 2, &steps);
+    CHECK_EQ_INT(steps, 0); /* left: nothing to do */
+    store_close(s);
+    CHECK(tables_hold(&t, 8, 32, 50));
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    store_meta_get(s, &m);
+    CHECK_EQ_INT(m.snap_index, 31);
+    /* 51..120: the log spans twelve segments, so every table holds a
+     * later one: rows go one by one, 32..60 */
+    CHECK_EQ_INT(write_range(s, 51, 70, 1, &hs), 0);
+    compact_steps(s, 60, 1000, &steps);
+    CHECK_EQ_INT(steps, 1);
+    store_stats(s, &st);
+    CHECK_EQ_INT(st.segments_dropped, 0);
+    CHECK_EQ_INT(st.rows_deleted, 29);
+    /* to 110: tables 0..4 (64..103) hold nothing later and go whole; 61..63
+     * (table 7, beside 120) and 104..110 (table 5, beside 111) one by one */
+    compact_steps(s, 110, 1000, &steps);
+    CHECK_EQ_INT(steps, 1);
+    store_stats(s, &st);
+    CHECK_EQ_INT(st.segments_dropped, 5);
+    CHECK_EQ_INT(st.rows_deleted, 29 + 10);
+    store_close(s);
+    CHECK(tables_hold(&t, 8, 111, 120));
+    s = open_ok(&t);
+    CHECK(s != NULL);
+    struct raft_hard_state h;
+    struct raft_entry *e;
+    size_t n;
+    CHECK_EQ_INT(store_load(s, &h, &e, &n, NULL), 0);
+    CHECK(n == 10 && e[0].index == 111 && entry_ok(&e[9], 120, 1));
+    free_entries(e, n);
+    /* An installed snapshot empties every table. */
+    struct raft_entry *ne = mk_entries(201, 5, 1);
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    int status = -1;
+    CHECK_EQ_INT(
+        store_write_install(s, &loop, 200, 1, &hs, ne, 5, step_cb, &status), 0);
+    CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    CHECK_EQ_INT(status, 0);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    free_entries(ne, 5);
+    store_close(s);
+    CHECK(tables_hold(&t, 8, 201, 205));
+    tdir_free(&t);
+}
+
+/* What segments are for: emptying a table writes a few pages, where
+ * deleting the same rows one by one writes every leaf page they were
+ * on. Measured as the WAL a compaction of 2,047 entries of 100 bytes
+ * leaves, one database each way. */
+TEST(compaction_of_segments_writes_few_pages)
+{
+    off_t wal_size[2];
+    for (int way = 0; way < 2; way++) {
+        /* segments of 1024: 1..2047 fill two; of 4: every table holds
+         * later entries */
+        store_test_log_segment(way == 0 ? 1024 : 4);
+        struct tdir t;
+        char wal[160];
+        struct store *s = open_with_wal(&t, wal, sizeof wal);
+        CHECK(s != NULL);
+        struct raft_hard_state hs = {1, 1, 0};
+        for (uint64_t first = 1; first <= 3000; first += 100)
+            CHECK_EQ_INT(write_range(s, first, 100, 1, &hs), 0);
+        store_close(s); /* checkpoints: the WAL is gone */
+        s = open_ok(&t);
+        CHECK(s != NULL);
+        int steps;
+        compact_steps(s, 2047, 100000, &steps);
+        CHECK_EQ_INT(steps, 1);
+        wal_size[way] = file_size(wal);
+        struct store_stats st;
+        store_stats(s, &st);
+        fprintf(stderr,
+                "    segments of %d: %" PRIu64 " tables emptied, %" PRIu64
+                " rows deleted, WAL %lld bytes\n",
+                way == 0 ? 1024 : 4, st.segments_dropped, st.rows_deleted,
+                (long long)wal_size[way]);
+        CHECK_EQ_INT(st.rows_deleted, way == 0 ? 0 : 2047);
+        store_close(s);
+        CHECK(log_is(&t, 953, 1, 1));
+        tdir_free(&t);
+    }
+    CHECK(wal_size[0] > 0 && wal_size[0] * 5 < wal_size[1]);
+}
+
+/* A version 2 file (the whole log in one table) is converted at open:
+ * its rows moved into the tables of their segments. */
+TEST(schema_2_is_converted)
+{
+    store_test_log_segment(16);
+    struct tdir t;
+    tdir_init(&t);
+    CHECK(build_db(&t, 300));
+    CHECK(sql(&t, AS_VERSION_2));
+    CHECK_EQ_INT(sql_int(&t, "SELECT count(*) FROM log"), 300);
+    store_test_log_segment(8); /* what the conversion cuts it into */
+    struct store *s = open_ok(&t);
+    CHECK(s != NULL);
+    struct store_meta m;
+    store_meta_get(s, &m);
+    CHECK_EQ_INT(m.schema_version, STORE_SCHEMA_VERSION);
+    CHECK_EQ_INT(m.log_segment, 8);
+    struct raft_hard_state hs = {3, 2, 0};
+    CHECK_EQ_INT(write_range(s, 301, 20, 3, &hs), 0);
+    store_close(s);
+    CHECK(tables_hold(&t, 8, 1, 320));
+    CHECK(log_is(&t, 320, 3, 3));
+    CHECK_EQ_INT(sql_int(&t, "SELECT value FROM meta WHERE key = "
+                             "'log_segment'"),
+                 8);
+    tdir_free(&t);
+}
+
 static const struct test_case cases[] = {
     TEST_ENTRY(round_trip),
     TEST_ENTRY(batch_sizes_round_trip),
@@ -2805,6 +3100,10 @@ static const struct test_case cases[] = {
     TEST_ENTRY(fault_injection_async),
     TEST_ENTRY(full_disk_rolls_back_and_retries),
     TEST_ENTRY(schema_1_is_converted),
+    TEST_ENTRY(schema_2_is_converted),
+    TEST_ENTRY(log_segments_hold_their_entries),
+    TEST_ENTRY(compaction_empties_whole_segments),
+    TEST_ENTRY(compaction_of_segments_writes_few_pages),
     TEST_ENTRY(compact_and_reload),
     TEST_ENTRY(compaction_keeps_room_for_a_large_log),
     TEST_ENTRY(compact_does_not_rewrite_dropped_bytes),
