@@ -998,7 +998,11 @@ TEST(tampered_rows_refused)
         /* an entry outside its segment's table (segments of 32768) */
         {"INSERT INTO log3 SELECT * FROM log WHERE idx = 50;"
          "DELETE FROM log WHERE idx = 50",
-         PZ_ECORRUPT, "log entry 50 is in table log3, not in log"},
+         PZ_ECORRUPT,
+         "out of its segment's table: table log holds 99 entries where the "
+         "log from 1 to 100 has 100"},
+        {"INSERT INTO log5 SELECT * FROM log WHERE idx = 50", PZ_ECORRUPT,
+         "table log5 holds 1 entries where the log from 1 to 100 has 0"},
         {"UPDATE meta SET value = '1000' WHERE key = 'log_segment'",
          PZ_ECORRUPT, "meta log_segment has a bad value \"1000\""},
         {"DELETE FROM meta WHERE key = 'log_segment'", PZ_ECORRUPT,
