@@ -285,8 +285,9 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
  * segment's last entry, no later segment shares its table, and it holds
  * at most 8 MiB of payload) drops the rest of that segment whatever
  * max_rows says; and when upto ends inside the oldest segment (8 MiB at
- * most before it), the step drops nothing, and the store keeps those
- * entries until a later call's upto covers the segment: store.c, "Log
+ * most before it, no later segment in its table), the step drops nothing,
+ * and the store keeps those entries until a later call's upto covers the
+ * segment (an install or store_compact forgets that): store.c, "Log
  * segments". The step that reaches
  * upto (or leaves the rest so), and each step after it with nothing left to
  * drop, then gives free pages back to the file system (auto_vacuum
