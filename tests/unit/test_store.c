@@ -2333,16 +2333,17 @@ static void rows_one_by_one(void)
     store_test_log_segment(4);
 }
 
-/* Compaction steps up to upto, 1000 rows each, until the store has
- * nothing left to drop or give back: *steps is how many ran, -1 if one
- * failed. */
-static void compact_fully(struct store *s, uint64_t upto, int *steps)
+/* Compaction steps up to upto, max_rows each (bytes unbounded), until
+ * the store has nothing left to drop or give back: *steps is how many
+ * ran, -1 if one failed. */
+static void compact_steps(struct store *s, uint64_t upto, uint64_t max_rows,
+                          int *steps)
 {
     *steps = -1;
     uv_loop_t loop;
     CHECK_EQ_INT(uv_loop_init(&loop), 0);
     int n = 0, status = 0, rc;
-    while ((rc = store_compact_step(s, &loop, upto, 1000, UINT64_MAX,
+    while ((rc = store_compact_step(s, &loop, upto, max_rows, UINT64_MAX,
                                     step_cb, &status)) == 0) {
         CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
         CHECK_EQ_INT(status, 0);
@@ -2351,6 +2352,11 @@ static void compact_fully(struct store *s, uint64_t upto, int *steps)
     CHECK_EQ_INT(rc, 1);
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
     *steps = n;
+}
+
+static void compact_fully(struct store *s, uint64_t upto, int *steps)
+{
+    compact_steps(s, upto, 1000, steps);
 }
 
 /* Reopened, the store holds n entries from first on, the last of len
@@ -2919,26 +2925,6 @@ TEST(log_segments_hold_their_entries)
     CHECK(tables_hold(&t, 8, 1, 69));
     CHECK(log_is(&t, 69, 2, 2));
     tdir_free(&t);
-}
-
-/* Compaction steps up to upto (max_rows each, bytes unbounded) until the
- * store has nothing to drop: *steps is how many ran, -1 if one failed. */
-static void compact_steps(struct store *s, uint64_t upto, uint64_t max_rows,
-                          int *steps)
-{
-    *steps = -1;
-    uv_loop_t loop;
-    CHECK_EQ_INT(uv_loop_init(&loop), 0);
-    int n = 0, status = 0, rc;
-    while ((rc = store_compact_step(s, &loop, upto, max_rows, UINT64_MAX,
-                                    step_cb, &status)) == 0) {
-        CHECK_EQ_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
-        CHECK_EQ_INT(status, 0);
-        CHECK(++n < 100);
-    }
-    CHECK_EQ_INT(rc, 1);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
-    *steps = n;
 }
 
 /* A compaction empties the tables of whole segments in one step whatever
