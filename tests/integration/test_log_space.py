@@ -108,6 +108,41 @@ def test_database_of_an_older_build_is_converted(servers):
     c.close()
 
 
+def test_log_of_an_older_build_is_cut_into_segments(servers):
+    """A raft.db of a build before log segments (schema version 2: the
+    whole log in one table) is converted at start: its entries moved into
+    the tables of their segments, and the node goes on with them."""
+    s = servers(conf={"raft-snapshot-entries": "1000000"})
+    for i in range(100):
+        assert put(s, f"k{i}", str(i))[0] == 204
+    s.stop()
+    db = os.path.join(s.conf["raft-data"], "raft.db")
+    c = sqlite3.connect(db)
+    before = c.execute(log_rows("idx, term, data")).fetchall()
+    for k in range(1, 8):  # what a version 2 build wrote
+        c.execute(f"INSERT INTO log SELECT * FROM log{k}")
+        c.execute(f"DROP TABLE log{k}")
+    c.execute("DELETE FROM meta WHERE key = 'log_segment'")
+    c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    c.commit()
+    assert c.execute("SELECT count(*) FROM log").fetchone()[0] == len(before)
+    c.close()
+    s.start()
+    for i in (0, 50, 99):
+        assert get(s, f"k{i}")[2] == str(i).encode()
+    assert put(s, "after", "1")[0] == 204
+    s.stop()
+    c = sqlite3.connect(db)
+    meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
+    after = c.execute(log_rows("idx, term, data")).fetchall()
+    in_log = c.execute("SELECT count(*) FROM log").fetchone()[0]
+    c.close()
+    assert meta["schema_version"] == "3" and meta["log_segment"] == "16"
+    # the same entries, then the new term's empty one and the put
+    assert after[:len(before)] == before and len(after) == len(before) + 2
+    assert in_log < len(before)  # moved out of the one table
+
+
 def test_restart_loads_only_the_end_of_the_log(servers):
     trailing = 50
     s = servers(conf={"raft-snapshot-entries": "1000000",
