@@ -54,8 +54,8 @@
  * writing it had, and held the log writes behind it for tens of ms; a
  * DELETE without WHERE frees a whole table's pages at once (SQLite's
  * truncate optimisation: a few WAL frames for any number of rows). So a
- * compaction step empties the table of the oldest segment when its goal
- * covers the segment's last entry (whatever the step's row bound; up to
+ * compaction step empties the tables of the oldest segments its goal
+ * covers to their last entry (whatever the step's row bound; up to
  * LOG_CLEAR_BYTES of payload), and a goal that ends inside a segment
  * leaves that segment's rows for a later step, which empties the table
  * once a later snapshot covers all of it: the store keeps at most one
@@ -423,14 +423,9 @@ static uint64_t entry_crc(uint64_t index, uint64_t term, uint8_t type,
 
 /* --- the log's tables ----------------------------------------------------- */
 
-/* The name of the log's table k: log, log1, ..., log7. */
-static void log_table(char *buf, size_t len, unsigned k)
-{
-    if (k == 0)
-        snprintf(buf, len, "log");
-    else
-        snprintf(buf, len, "log%u", k);
-}
+/* The names of the log's tables, by slot. */
+static const char *const log_tables[LOG_SLOTS] = {
+    "log", "log1", "log2", "log3", "log4", "log5", "log6", "log7"};
 
 /* Into buf (LOG_SQL_MAX bytes): "SELECT cols FROM log WHERE cond UNION
  * ALL SELECT cols FROM log1 WHERE cond ... tail", the rows of every
@@ -442,11 +437,10 @@ static void log_union(char *buf, const char *cols, const char *cond,
 {
     size_t n = 0;
     for (unsigned k = 0; k < LOG_SLOTS; k++) {
-        char t[16];
-        log_table(t, sizeof t, k);
         n += (size_t)snprintf(buf + n, LOG_SQL_MAX - n,
                               "%sSELECT %s FROM %s%s%s", k ? " UNION ALL " : "",
-                              cols, t, cond ? " WHERE " : "", cond ? cond : "");
+                              cols, log_tables[k], cond ? " WHERE " : "",
+                              cond ? cond : "");
         pz_assert(n < LOG_SQL_MAX);
     }
     n += (size_t)snprintf(buf + n, LOG_SQL_MAX - n, " %s", tail);
@@ -1909,17 +1903,94 @@ int store_load(struct store *s, struct raft_hard_state *hs,
     return store_load_from(s, 0, hs, entries, n, meta);
 }
 
+/* What store_load_from has read so far. */
+struct loaded {
+    struct raft_entry *ents; /* the entries */
+    size_t cnt, cap;         /* their number, the array's room */
+    uint64_t expect;         /* the index of the next row */
+    uint64_t prev_term;      /* the term before it */
+};
+
+/* One row of the log, checked and appended to l (an error: its message
+ * in s->errmsg). */
+static int load_row(struct store *s, sqlite3_stmt *st, struct loaded *l)
+{
+    if (sqlite3_column_type(st, 0) != SQLITE_INTEGER ||
+        sqlite3_column_type(st, 1) != SQLITE_INTEGER ||
+        sqlite3_column_type(st, 2) != SQLITE_INTEGER ||
+        (sqlite3_column_type(st, 3) != SQLITE_BLOB &&
+         sqlite3_column_type(st, 3) != SQLITE_NULL) ||
+        (sqlite3_column_type(st, 4) != SQLITE_INTEGER &&
+         sqlite3_column_type(st, 4) != SQLITE_NULL)) {
+        set_err(s->errmsg, STORE_ERRMSG_SIZE,
+                "%s: log row after index %" PRIu64
+                " has columns of the wrong type",
+                s->path, l->expect - 1);
+        return PZ_ECORRUPT;
+    }
+    sqlite3_int64 idx = sqlite3_column_int64(st, 0);
+    sqlite3_int64 term = sqlite3_column_int64(st, 1);
+    sqlite3_int64 type = sqlite3_column_int64(st, 2);
+    const char *bad = NULL;
+    if (idx < 0 || (uint64_t)idx < l->expect)
+        bad = "index at or below the snapshot index";
+    else if ((uint64_t)idx > l->expect)
+        bad = "gap in the log";
+    else if (term < 0 || (uint64_t)term < l->prev_term)
+        bad = "term decreases";
+    else if ((uint64_t)term > s->hs.term)
+        bad = "term above the hard state's term";
+    else if (type != RAFT_ENTRY_NORMAL && type != RAFT_ENTRY_CONF &&
+             type != RAFT_ENTRY_NOOP)
+        bad = "unknown entry type";
+    if (bad) {
+        set_err(s->errmsg, STORE_ERRMSG_SIZE,
+                "%s: log corrupt at index %lld (expected index %" PRIu64
+                ", term %lld after %" PRIu64 ", hard state term %" PRIu64
+                ", type %lld): %s",
+                s->path, idx, l->expect, term, l->prev_term, s->hs.term, type,
+                bad);
+        return PZ_ECORRUPT;
+    }
+    if (l->cnt == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 64;
+        l->ents = pz_realloc(l->ents, l->cap * sizeof *l->ents);
+    }
+    struct raft_entry *e = &l->ents[l->cnt++];
+    int len = sqlite3_column_bytes(st, 3);
+    e->index = (uint64_t)idx;
+    e->term = (uint64_t)term;
+    e->type = (uint8_t)type;
+    e->len = (size_t)len;
+    e->data =
+        len > 0 ? pz_memdup(sqlite3_column_blob(st, 3), (size_t)len) : NULL;
+    if (sqlite3_column_type(st, 4) == SQLITE_INTEGER) {
+        uint64_t want = (uint64_t)sqlite3_column_int64(st, 4);
+        uint64_t got = entry_crc(e->index, e->term, e->type, e->data, e->len);
+        if (got != want) {
+            set_err(s->errmsg, STORE_ERRMSG_SIZE,
+                    "%s: log entry %lld (row idx = %lld of table %s, "
+                    "%d payload bytes) fails its checksum (stored "
+                    "%016" PRIx64 ", computed %016" PRIx64
+                    "): the file was changed on disk",
+                    s->path, idx, idx, log_tables[slot_of(s, e->index)], len,
+                    want, got);
+            return PZ_ECORRUPT;
+        }
+    }
+    l->expect++;
+    l->prev_term = (uint64_t)term;
+    return 0;
+}
+
 int store_load_from(struct store *s, uint64_t from,
                     struct raft_hard_state *hs, struct raft_entry **entries,
                     size_t *n, struct store_meta *meta)
 {
     pz_assert(s->jobs == 0);
     char *buf = s->errmsg;
-    sqlite3_stmt *st = NULL;
-    struct raft_entry *ents = NULL;
-    size_t cnt = 0, cap = 0;
-    uint64_t expect = s->meta.snap_index + 1;
-    uint64_t prev_term = s->meta.snap_term;
+    struct loaded l = {.expect = s->meta.snap_index + 1,
+                       .prev_term = s->meta.snap_term};
     int rc, ret = 0;
 
     *entries = NULL;
@@ -1928,115 +1999,45 @@ int store_load_from(struct store *s, uint64_t from,
      * the one before from gives the term the first loaded one must not
      * go below. */
     from = PZ_MIN(from, s->last_index + 1);
-    if (from > expect) {
-        ret = term_at(s, from - 1, &prev_term, buf);
+    if (from > l.expect) {
+        ret = term_at(s, from - 1, &l.prev_term, buf);
         if (ret)
             return ret;
-        expect = from;
+        l.expect = from;
     }
     /* Segment by segment, each read from its table: no merge of them
      * all (a load took 13% longer through one). Rows are checked as
      * before, so missing ones show as a gap wherever they were. */
     rc = SQLITE_DONE;
-    for (uint64_t g = expect >> s->seg_shift;
+    for (uint64_t g = l.expect >> s->seg_shift;
          ret == 0 && rc == SQLITE_DONE && g <= s->last_index >> s->seg_shift;
          g++) {
-        st = s->slot[g & (LOG_SLOTS - 1)].scan;
-        bind_u64(st, 1, PZ_MAX(expect, g << s->seg_shift));
+        sqlite3_stmt *st = s->slot[g & (LOG_SLOTS - 1)].scan;
+        bind_u64(st, 1, PZ_MAX(l.expect, g << s->seg_shift));
         bind_u64(st, 2, seg_end(s, g << s->seg_shift));
-        while ((rc = step(s, st)) == SQLITE_ROW) {
-            if (sqlite3_column_type(st, 0) != SQLITE_INTEGER ||
-                sqlite3_column_type(st, 1) != SQLITE_INTEGER ||
-                sqlite3_column_type(st, 2) != SQLITE_INTEGER ||
-                (sqlite3_column_type(st, 3) != SQLITE_BLOB &&
-                 sqlite3_column_type(st, 3) != SQLITE_NULL) ||
-                (sqlite3_column_type(st, 4) != SQLITE_INTEGER &&
-                 sqlite3_column_type(st, 4) != SQLITE_NULL)) {
-                set_err(buf, STORE_ERRMSG_SIZE,
-                        "%s: log row after index %" PRIu64
-                        " has columns of the wrong type",
-                        s->path, expect - 1);
-                ret = PZ_ECORRUPT;
-                break;
-            }
-            sqlite3_int64 idx = sqlite3_column_int64(st, 0);
-            sqlite3_int64 term = sqlite3_column_int64(st, 1);
-            sqlite3_int64 type = sqlite3_column_int64(st, 2);
-            const char *bad = NULL;
-            if (idx < 0 || (uint64_t)idx < expect)
-                bad = "index at or below the snapshot index";
-            else if ((uint64_t)idx > expect)
-                bad = "gap in the log";
-            else if (term < 0 || (uint64_t)term < prev_term)
-                bad = "term decreases";
-            else if ((uint64_t)term > s->hs.term)
-                bad = "term above the hard state's term";
-            else if (type != RAFT_ENTRY_NORMAL && type != RAFT_ENTRY_CONF &&
-                     type != RAFT_ENTRY_NOOP)
-                bad = "unknown entry type";
-            if (bad) {
-                set_err(buf, STORE_ERRMSG_SIZE,
-                        "%s: log corrupt at index %lld (expected index %" PRIu64
-                        ", term %lld after %" PRIu64
-                        ", hard state term %" PRIu64 ", type %lld): %s",
-                        s->path, idx, expect, term, prev_term, s->hs.term, type,
-                        bad);
-                ret = PZ_ECORRUPT;
-                break;
-            }
-            if (cnt == cap) {
-                cap = cap ? cap * 2 : 64;
-                ents = pz_realloc(ents, cap * sizeof *ents);
-            }
-            struct raft_entry *e = &ents[cnt++];
-            int len = sqlite3_column_bytes(st, 3);
-            e->index = (uint64_t)idx;
-            e->term = (uint64_t)term;
-            e->type = (uint8_t)type;
-            e->len = (size_t)len;
-            e->data = len > 0
-                          ? pz_memdup(sqlite3_column_blob(st, 3), (size_t)len)
-                          : NULL;
-            if (sqlite3_column_type(st, 4) == SQLITE_INTEGER) {
-                uint64_t want = (uint64_t)sqlite3_column_int64(st, 4);
-                uint64_t got =
-                    entry_crc(e->index, e->term, e->type, e->data, e->len);
-                if (got != want) {
-                    char table[16];
-                    log_table(table, sizeof table, slot_of(s, e->index));
-                    set_err(buf, STORE_ERRMSG_SIZE,
-                            "%s: log entry %lld (row idx = %lld of table %s, "
-                            "%d payload bytes) fails its checksum (stored "
-                            "%016" PRIx64 ", computed %016" PRIx64
-                            "): the file was changed on disk",
-                            s->path, idx, idx, table, len, want, got);
-                    ret = PZ_ECORRUPT;
-                    break;
-                }
-            }
-            expect++;
-            prev_term = (uint64_t)term;
-        }
+        while ((rc = step(s, st)) == SQLITE_ROW &&
+               (ret = load_row(s, st, &l)) == 0)
+            ;
         if (ret == 0 && rc != SQLITE_DONE)
             ret = sql_err(s, buf, "read log", rc);
         sqlite3_reset(st);
         sqlite3_clear_bindings(st);
     }
-    if (ret == 0 && (expect - 1 != s->last_index ||
-                     (cnt > 0 && prev_term != s->last_term))) {
+    if (ret == 0 && (l.expect - 1 != s->last_index ||
+                     (l.cnt > 0 && l.prev_term != s->last_term))) {
         set_err(buf, STORE_ERRMSG_SIZE,
                 "%s: log changed under us: last index %" PRIu64
                 " read, %" PRIu64 " expected",
-                s->path, expect - 1, s->last_index);
+                s->path, l.expect - 1, s->last_index);
         ret = PZ_ECORRUPT;
     }
     if (ret) {
-        store_entries_free(ents, cnt);
+        store_entries_free(l.ents, l.cnt);
         return ret;
     }
     *hs = s->hs;
-    *entries = ents;
-    *n = cnt;
+    *entries = l.ents;
+    *n = l.cnt;
     if (meta)
         *meta = s->meta;
     return 0;
@@ -2129,8 +2130,7 @@ static int prepare_log(struct store *s, char *err, size_t errlen)
     char sql[LOG_SQL_MAX];
     int ret = 0;
     for (unsigned k = 0; k < LOG_SLOTS && ret == 0; k++) {
-        char t[16];
-        log_table(t, sizeof t, k);
+        const char *t = log_tables[k];
         struct log_slot *ls = &s->slot[k];
         for (int i = 0; i < 4 && ret == 0; i++) {
             snprintf(sql, sizeof sql, INSERT_INTO "%s", t, rows[i]);
@@ -2727,8 +2727,7 @@ static int load_state(struct store *s, char *err, size_t errlen)
      * gap in what it reads). SQLite counts a table's rows from its pages,
      * without reading the rows. */
     for (unsigned k = 0; k < LOG_SLOTS; k++) {
-        char table[16];
-        log_table(table, sizeof table, k);
+        const char *table = log_tables[k];
         snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", table);
         rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
         if (rc != SQLITE_OK)

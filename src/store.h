@@ -55,9 +55,8 @@
 
 #include "raft.h"
 
-#define STORE_SCHEMA_VERSION                                                   \
-    3                           /* schema written by this code (1 and 2        \
-                                   are converted at open) */
+/* The schema this code writes (1 and 2 are converted at open). */
+#define STORE_SCHEMA_VERSION 3
 #define STORE_NAME_MAX 256      /* node_name buffer, NUL included */
 #define STORE_ERRMSG_SIZE 512   /* store_errmsg() buffer */
 
@@ -73,9 +72,9 @@ struct store_meta {
     int64_t created_ms;            /* unix time (ms) raft.db was created */
     uint64_t snap_index;           /* last index compacted away (0: none);
                                       the log starts at snap_index + 1 */
+    uint64_t snap_term;            /* term of the entry at snap_index */
     uint64_t log_segment;          /* entries per log segment (one table
                                       of the log holds a segment) */
-    uint64_t snap_term;            /* term of the entry at snap_index */
     uint64_t incarnation;          /* 0 for a founding member; set once
                                       by a node that joins, so that the
                                       cluster can tell this data dir from
@@ -281,23 +280,23 @@ int store_write_install(struct store *s, uv_loop_t *loop, uint64_t index,
  * entry) on the thread pool, with no other job queued (asserted), moving the
  * snapshot point there with the term stored at it: compaction in steps
  * short enough that log writes never wait long. Except by segments: a
- * step that can empty the table of the oldest segment (upto covers the
- * segment's last entry, no later segment shares its table, and it holds
- * at most 8 MiB of payload) drops the rest of that segment whatever
- * max_rows says; and when upto ends inside the oldest segment (8 MiB at
- * most before it, no later segment in its table), the step drops nothing,
+ * step that can empty the tables of the oldest segments (upto covers
+ * their last entries, no later segment shares their tables, and they
+ * hold at most 8 MiB of payload) drops the rest of those segments
+ * whatever max_rows says; and when upto ends inside the oldest segment (8 MiB
+ * at most before it, no later segment in its table), the step drops nothing,
  * and the store keeps those entries until a later call's upto covers the
  * segment (an install or store_compact forgets that): store.c, "Log
- * segments". The step that reaches
- * upto (or leaves the rest so), and each step after it with nothing left to
- * drop, then gives free pages back to the file system (auto_vacuum
- * INCREMENTAL), as many as fit in the same budget; every 8 MiB given back a
- * step checkpoints instead, which cuts the file, and once none is left one
- * checkpoints and truncates the WAL, so raft.db shrinks as the steps go. A
- * vacuum that finds no room (a full disk) rolls back alone and fails nothing:
- * counted in vacuum_nospace (store_errmsg says why), it ends the giving
- * back until the next compaction. Returns 0 (cb later), 1 when there is
- * nothing to drop or give back (no cb), PZ_EIO. */
+ * segments". The step that reaches upto (or leaves the rest so), and each
+ * step after it with nothing left to drop, then gives free pages back to
+ * the file system (auto_vacuum INCREMENTAL), as many as fit in the same
+ * budget; every 8 MiB given back a step checkpoints instead, which cuts
+ * the file, and once none is left one checkpoints and truncates the WAL,
+ * so raft.db shrinks as the steps go. A vacuum that finds no room (a full
+ * disk) rolls back alone and fails nothing: counted in vacuum_nospace
+ * (store_errmsg says why), it ends the giving back until the next compaction.
+ * Returns 0 (cb later), 1 when there is nothing to drop or give back (no cb),
+ * PZ_EIO. */
 int store_compact_step(struct store *s, uv_loop_t *loop, uint64_t upto,
                        uint64_t max_rows, uint64_t max_bytes,
                        store_write_cb cb, void *arg);
